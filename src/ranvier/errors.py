@@ -1,0 +1,110 @@
+"""Errors that cross layers.
+
+Every layer of ranvier (protocol, core, storage, federation, the APIs) may
+import this module and nothing it imports comes from ranvier, so an error
+raised deep in storage can be caught by name in a request handler without an
+import cycle.
+
+A :class:`MatrixError` carries what the specification needs to answer a
+request with it: an ``errcode``, a human-readable message and the HTTP status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BadJsonError",
+    "EventTooLargeError",
+    "InvalidSignatureError",
+    "LimitExceededError",
+    "MatrixError",
+    "PartialStateConflictError",
+    "UnsupportedRoomVersionError",
+]
+
+
+class MatrixError(Exception):
+    """An error that the Matrix APIs can answer with: errcode, message, status."""
+
+    errcode: str = "M_UNKNOWN"
+    http_status: int = 500
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errcode: str | None = None,
+        http_status: int | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if errcode is not None:
+            self.errcode = errcode
+        if http_status is not None:
+            self.http_status = http_status
+        # Extra fields defined by the spec for some errcodes (for example
+        # ``retry_after_ms`` on M_LIMIT_EXCEEDED) go into the response body.
+        self.extra: dict[str, Any] = extra
+
+    def to_json(self) -> dict[str, Any]:
+        """The body of an error response, as the spec shapes it."""
+        body: dict[str, Any] = {"errcode": self.errcode, "error": self.message}
+        body.update(self.extra)
+        return body
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.errcode}, {self.message!r})"
+
+
+class BadJsonError(MatrixError):
+    """JSON that is not valid, not canonical, or not shaped as required."""
+
+    errcode = "M_BAD_JSON"
+    http_status = 400
+
+
+class EventTooLargeError(MatrixError):
+    """An event or one of its fields over the spec's size limits."""
+
+    errcode = "M_TOO_LARGE"
+    http_status = 413
+
+
+class InvalidSignatureError(MatrixError):
+    """A signature that is missing, made with an unknown key, or wrong."""
+
+    errcode = "M_UNAUTHORIZED"
+    http_status = 401
+
+
+class UnsupportedRoomVersionError(MatrixError):
+    """A room version that ranvier does not know, or knows and refuses."""
+
+    errcode = "M_UNSUPPORTED_ROOM_VERSION"
+    http_status = 400
+
+
+class LimitExceededError(MatrixError):
+    """Too many requests: the client should retry after ``retry_after_ms``."""
+
+    errcode = "M_LIMIT_EXCEEDED"
+    http_status = 429
+
+    def __init__(self, message: str = "Too many requests", *, retry_after_ms: int) -> None:
+        super().__init__(message, retry_after_ms=retry_after_ms)
+        self.retry_after_ms = retry_after_ms
+
+
+class PartialStateConflictError(Exception):
+    """An event's context was computed while its room had partial state, and
+    the room's partial state was cleared before the event could be written.
+
+    It is not a :class:`MatrixError` on purpose: it never reaches a client or
+    a remote server as itself. The caller recomputes the event's context and
+    tries again; a client that hits it twice sees :class:`LimitExceededError`.
+    """
+
+    def __init__(self, message: str = "the room's partial state changed under this write") -> None:
+        super().__init__(message)
