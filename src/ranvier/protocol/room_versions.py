@@ -165,9 +165,7 @@ _V6 = RoomVersion(
 _V7 = replace(_V6, identifier="7", knock_join_rule=True)
 _V8 = replace(_V7, identifier="8", redaction=RedactionAlgorithm.V8, restricted_join_rule=True)
 _V9 = replace(_V8, identifier="9", redaction=RedactionAlgorithm.V9)
-_V10 = replace(
-    _V9, identifier="10", knock_restricted_join_rule=True, integer_power_levels=True
-)
+_V10 = replace(_V9, identifier="10", knock_restricted_join_rule=True, integer_power_levels=True)
 _V11 = replace(
     _V10,
     identifier="11",
@@ -185,8 +183,7 @@ _V12 = replace(
 
 #: Every room version ranvier recognises, by identifier.
 KNOWN_ROOM_VERSIONS: dict[str, RoomVersion] = {
-    rv.identifier: rv
-    for rv in (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12)
+    rv.identifier: rv for rv in (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12)
 }
 
 #: The room versions ranvier takes part in, by identifier.
@@ -201,11 +198,13 @@ DEFAULT_ROOM_VERSION: RoomVersion = _V12
 RoomVersionLike = str | RoomVersion
 
 
-def get_room_version(room_version: RoomVersionLike) -> RoomVersion:
-    """The supported room version named by ``room_version``.
+def get_room_version(room_version: RoomVersionLike, *, unsupported_ok: bool = False) -> RoomVersion:
+    """The room version named by ``room_version``.
 
     Raises :class:`~ranvier.errors.UnsupportedRoomVersionError` for a version
-    that is unknown, or known but not one ranvier takes part in.
+    that is unknown, or known but not one ranvier takes part in. Pure
+    computations that are defined for older versions too (an event ID of a
+    v4 event, say) pass ``unsupported_ok=True`` to accept any known version.
     """
     if isinstance(room_version, RoomVersion):
         rv = room_version
@@ -214,7 +213,7 @@ def get_room_version(room_version: RoomVersionLike) -> RoomVersion:
         if found is None:
             raise UnsupportedRoomVersionError(f"unknown room version {room_version!r}")
         rv = found
-    if not rv.supported:
+    if not rv.supported and not unsupported_ok:
         raise UnsupportedRoomVersionError(
             f"room version {rv.identifier} is not supported; supported versions are "
             + ", ".join(SUPPORTED_ROOM_VERSIONS)
