@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AuthError",
     "BadJsonError",
     "EventTooLargeError",
     "InvalidSignatureError",
@@ -77,6 +78,26 @@ class InvalidSignatureError(MatrixError):
 
     errcode = "M_UNAUTHORIZED"
     http_status = 401
+
+
+class AuthError(MatrixError):
+    """An event that the authorization rules reject.
+
+    ``rule`` names the rule that failed with a stable dotted name (for example
+    ``member.join.banned``), so logs, metrics and tests can tell rejections
+    apart without parsing the message; rule numbers shift between room
+    versions, names do not.
+    """
+
+    errcode = "M_FORBIDDEN"
+    http_status = 403
+
+    def __init__(self, message: str, *, rule: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.rule}, {self.message!r})"
 
 
 class UnsupportedRoomVersionError(MatrixError):
