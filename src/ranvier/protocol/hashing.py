@@ -1,0 +1,103 @@
+"""Content hashes, reference hashes, event IDs and v12 room IDs.
+
+Two hashes cover an event. The content hash covers everything the sender
+wrote except the hashes, signatures and ``unsigned``: it lets a receiver tell
+that the content was tampered with even though the signatures, which cover
+only the redacted form, still verify. The reference hash covers the redacted
+form including the content hash; from room version 3 on it is the event's
+ID, and from version 12 on the create event's reference hash is also the
+room's ID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ranvier.errors import BadJsonError
+from ranvier.protocol.canonical import encode_canonical_json
+from ranvier.protocol.redaction import redact
+from ranvier.protocol.room_versions import (
+    EventIdFormat,
+    RoomVersionLike,
+    get_room_version,
+)
+from ranvier.protocol.unpadded_base64 import encode_unpadded_base64
+
+__all__ = [
+    "compute_content_hash",
+    "compute_event_id",
+    "compute_reference_hash",
+    "compute_room_id",
+    "content_hash_matches",
+]
+
+_NOT_IN_CONTENT_HASH: Final = frozenset({"unsigned", "signatures", "hashes"})
+_NOT_IN_REFERENCE_HASH: Final = frozenset({"unsigned", "signatures"})
+
+
+def compute_content_hash(event: Mapping[str, Any]) -> str:
+    """The value for ``hashes.sha256``: unpadded base64 of the content hash."""
+    hashed = {key: value for key, value in event.items() if key not in _NOT_IN_CONTENT_HASH}
+    digest = hashlib.sha256(encode_canonical_json(hashed)).digest()
+    return encode_unpadded_base64(digest)
+
+
+def content_hash_matches(event: Mapping[str, Any]) -> bool:
+    """Whether ``hashes.sha256`` is the content hash of ``event``.
+
+    A mismatch is not an error: the spec has the receiver keep the event in
+    its redacted form, so the caller decides. A missing or malformed
+    ``hashes`` counts as a mismatch.
+    """
+    hashes = event.get("hashes")
+    if type(hashes) is not dict:
+        return False
+    claimed = hashes.get("sha256")
+    return type(claimed) is str and claimed == compute_content_hash(event)
+
+
+def compute_reference_hash(event: Mapping[str, Any], room_version: RoomVersionLike) -> bytes:
+    """The sha256 digest of the redacted event without signatures and ``unsigned``."""
+    redacted = redact(event, room_version)
+    for key in _NOT_IN_REFERENCE_HASH:
+        redacted.pop(key, None)
+    return hashlib.sha256(encode_canonical_json(redacted)).digest()
+
+
+def compute_event_id(event: Mapping[str, Any], room_version: RoomVersionLike) -> str:
+    """The event ID of ``event``: ``$`` + its reference hash in unpadded base64.
+
+    Room version 3 uses the standard alphabet, version 4 onwards the URL-safe
+    one. Versions 1 and 2 have no computed IDs (the origin chose them and put
+    them in the event), so asking for one is an error.
+    """
+    rv = get_room_version(room_version, unsupported_ok=True)
+    if rv.event_id_format is EventIdFormat.V1:
+        raise BadJsonError(
+            f"room version {rv.identifier} has no computed event IDs: the ID is the"
+            " event's own event_id field"
+        )
+    urlsafe = rv.event_id_format is EventIdFormat.V4
+    return "$" + encode_unpadded_base64(compute_reference_hash(event, rv), urlsafe=urlsafe)
+
+
+def compute_room_id(create_event: Mapping[str, Any], room_version: RoomVersionLike = "12") -> str:
+    """The room ID that a create event founds, in versions where the event makes the ID (v12+).
+
+    It is ``!`` + the URL-safe unpadded base64 of the create event's reference
+    hash, so nobody can claim a room ID without the event that makes it.
+    """
+    rv = get_room_version(room_version, unsupported_ok=True)
+    if not rv.room_id_from_create_event:
+        raise BadJsonError(
+            f"room version {rv.identifier} has no computed room IDs: the creator chose the ID"
+        )
+    if create_event.get("type") != "m.room.create" or create_event.get("state_key") != "":
+        raise BadJsonError("a room ID is computed from an m.room.create event with state_key ''")
+    if "room_id" in create_event:
+        raise BadJsonError(
+            f"an m.room.create event of room version {rv.identifier} must not have a room_id"
+        )
+    return "!" + encode_unpadded_base64(compute_reference_hash(create_event, rv), urlsafe=True)
