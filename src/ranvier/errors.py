@@ -21,6 +21,8 @@ __all__ = [
     "LimitExceededError",
     "MatrixError",
     "PartialStateConflictError",
+    "PartialStateEventsRemainError",
+    "StorageUnavailableError",
     "UnsupportedRoomVersionError",
 ]
 
@@ -129,3 +131,26 @@ class PartialStateConflictError(Exception):
 
     def __init__(self, message: str = "the room's partial state changed under this write") -> None:
         super().__init__(message)
+
+
+class PartialStateEventsRemainError(Exception):
+    """A room's partial state was to be cleared while some of its events still
+    have partial state.
+
+    The foreign key between partial-state events and their room fails this
+    way round too. The un-partial-state task catches it by name (it cannot
+    import storage), finishes the events that remain, and clears again.
+    """
+
+    def __init__(self, room_id: str) -> None:
+        super().__init__(f"{room_id} still has events with partial state")
+        self.room_id = room_id
+
+
+class StorageUnavailableError(MatrixError):
+    """The storage actor is not running: it was stopped, or it failed on a
+    fatal database error. Every layer may meet it, so it lives here.
+    """
+
+    errcode = "M_UNKNOWN"
+    http_status = 503
