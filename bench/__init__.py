@@ -1,0 +1,53 @@
+"""ranvier's benchmarks, run with ``python -m bench [NAME ...]`` (or ``nox -s bench``).
+
+Each benchmark is a module ``bench/<name>.py`` with a synchronous
+``run() -> dict[str, Any]`` that returns its figures, JSON-serialisable, with
+the unit in each key's name (``..._ops_per_s``, ``..._speedup``). The runner
+prints them and writes ``bench/results/<name>.json``. Modules whose names
+start with ``_`` are helpers, not benchmarks.
+
+Figures worth comparing are measured against a reference in the same run,
+on the same machine, so that the ratio means something even where the
+absolute rates do not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+__all__ = ["ops_per_second"]
+
+
+def ops_per_second(
+    operation: Callable[[], object],
+    *,
+    ops_per_call: int = 1,
+    repeats: int = 5,
+    seconds_per_repeat: float = 0.2,
+) -> float:
+    """The best rate of ``operation`` over several timed repeats.
+
+    The number of calls per repeat is calibrated first, so that each repeat
+    lasts about ``seconds_per_repeat`` whatever the operation costs. The best
+    repeat is kept, not the mean: slower repeats measure interference from
+    the rest of the machine, not the code. ``ops_per_call`` counts the
+    operations one call makes (for example one per event of a batch).
+    """
+    calls = 1
+    while True:
+        started = time.perf_counter()
+        for _ in range(calls):
+            operation()
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds_per_repeat / 10:
+            break
+        calls *= 2
+    calls = max(1, round(calls * seconds_per_repeat / elapsed))
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(calls):
+            operation()
+        best = min(best, time.perf_counter() - started)
+    return calls * ops_per_call / best
