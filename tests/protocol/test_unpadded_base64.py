@@ -46,6 +46,7 @@ def test_url_safe_alphabet() -> None:
         ("Zm9v!", False),
         ("Z", False),  # one character cannot hold a whole byte
         ("Zm 9v", False),
+        ("+/+/", True),  # standard characters in a URL-safe field
     ],
 )
 def test_invalid_input_is_refused(text: str, urlsafe: bool) -> None:

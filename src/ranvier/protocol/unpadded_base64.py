@@ -23,6 +23,10 @@ def encode_unpadded_base64(data: bytes, *, urlsafe: bool = False) -> str:
 
 def decode_unpadded_base64(text: str, *, urlsafe: bool = False) -> bytes:
     """Decode base64 with or without padding; raise BadJsonError if invalid."""
+    # b64decode maps the alternative alphabet onto the standard one before it
+    # validates, so it would accept a mix of both; refuse the other alphabet.
+    if any(char in text for char in ("+/" if urlsafe else "-_")):
+        raise BadJsonError("invalid base64: character from the wrong alphabet")
     padded = text + "=" * (-len(text) % 4)
     alphabet = b"-_" if urlsafe else b"+/"
     try:
