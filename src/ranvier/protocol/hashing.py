@@ -23,6 +23,7 @@ from ranvier.protocol.room_versions import (
     RoomVersionLike,
     get_room_version,
 )
+from ranvier.protocol.signing import SigningKeyLike, sign_json
 from ranvier.protocol.unpadded_base64 import encode_unpadded_base64
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "compute_reference_hash",
     "compute_room_id",
     "content_hash_matches",
+    "hash_and_sign_event",
 ]
 
 _NOT_IN_CONTENT_HASH: Final = frozenset({"unsigned", "signatures", "hashes"})
@@ -101,3 +103,26 @@ def compute_room_id(create_event: Mapping[str, Any], room_version: RoomVersionLi
             f"an m.room.create event of room version {rv.identifier} must not have a room_id"
         )
     return "!" + encode_unpadded_base64(compute_reference_hash(create_event, rv), urlsafe=True)
+
+
+def hash_and_sign_event(
+    event: Mapping[str, Any],
+    room_version: RoomVersionLike,
+    server_name: str,
+    signing_key: SigningKeyLike,
+) -> dict[str, Any]:
+    """A copy of ``event`` with its content hash and ``server_name``'s signature.
+
+    This is what the origin of an event does before sending it. The
+    signature is made over the redacted event (content hash included), so it
+    still verifies once the event is redacted; it is then put on the full
+    event. Signatures already there are kept. ``event`` is not changed.
+    """
+    hashed = dict(event)
+    hashes = hashed.get("hashes")
+    hashed["hashes"] = (dict(hashes) if type(hashes) is dict else {}) | {
+        "sha256": compute_content_hash(event)
+    }
+    signed_redacted = sign_json(redact(hashed, room_version), server_name, signing_key)
+    hashed["signatures"] = signed_redacted["signatures"]
+    return hashed
