@@ -1,0 +1,356 @@
+"""The storage actor: the one task that writes to the database.
+
+Invariants
+----------
+
+* **One writer.** Only the actor writes, through one connection that lives
+  on one dedicated thread, the writer thread. No other connection writes.
+* **Group commit.** The actor takes the first waiting request, then every
+  other request already waiting, up to ``batch_cap``, and runs them in one
+  ``BEGIN IMMEDIATE ... COMMIT``, in the order they were sent, each inside
+  a SAVEPOINT of its own.
+* **Failures stay with their request.** A request whose operation raises is
+  rolled back to its savepoint alone; its caller gets that exception; the
+  rest of the batch commits and the actor goes on.
+* **Answers come after the commit.** No caller hears of success before the
+  transaction holding its write has committed.
+* **Writes outlive their callers.** A request that reached the channel is
+  written even if its caller is then cancelled; only the answer is dropped.
+  The actor never waits for a caller: each answer goes into the caller's own
+  one-slot channel with ``send_nowait``.
+* **No batch is abandoned.** Once a batch is on the writer thread, the actor
+  waits for it shielded from cancellation, so a cancelled actor still
+  commits and answers the batch in hand before it stops.
+* **Fatal errors are loud.** A database error that is not about one request
+  (disk full, I/O error, corruption, a lock held by another process) fails
+  the whole batch and every request still waiting, then leaves :meth:`run`
+  with that error, so the owning nursery learns of it instead of writes
+  vanishing.
+* **A stopped actor refuses at once.** After :meth:`run` returns or raises,
+  every write raises :class:`~ranvier.errors.StorageUnavailableError`.
+
+Handing work to the writer thread
+---------------------------------
+
+A sqlite3 connection belongs to the thread that opened it, and
+``trio.to_thread.run_sync`` may pick a different worker thread on each call,
+so the actor keeps a thread of its own fed by a job queue. The actor waits
+for a job on a :class:`trio.Event`, and the thread hands the result back with
+``TrioToken.run_sync_soon``, which queues a callback on the Trio loop and
+returns at once. (``trio.from_thread.run_sync`` would instead keep the writer
+thread waiting until the loop got round to the callback.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, NoReturn, TypeAlias, TypeVar
+
+import trio
+
+from ranvier.errors import StorageUnavailableError
+
+from .connections import SynchronousMode, open_writer
+from .schema import migrate
+
+__all__ = ["StorageActor", "WriteOperation", "WriteStats", "is_fatal_database_error"]
+
+T = TypeVar("T")
+
+#: A write: a function of the write connection, run inside the actor's
+#: transaction and its own savepoint, on the writer thread.
+WriteOperation: TypeAlias = Callable[[sqlite3.Connection], T]
+
+# Error codes (primary, the low byte) that are about the database rather than
+# one request.
+_FATAL_CODES = frozenset(
+    {
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+
+
+def is_fatal_database_error(exc: BaseException) -> bool:
+    """Whether an error means the database itself is in trouble."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and (code & 0xFF) in _FATAL_CODES
+
+
+@dataclass(frozen=True, slots=True)
+class _Ok(Generic[T]):
+    value: T
+
+    def unwrap(self) -> T:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: BaseException
+
+    def unwrap(self) -> NoReturn:
+        raise self.error
+
+
+_Answer: TypeAlias = _Ok[T] | _Failed
+
+
+@dataclass(slots=True)
+class _Request:
+    operation: WriteOperation[Any]
+    reply: trio.MemorySendChannel[_Answer[Any]]
+
+    def answer(self, answer: _Answer[Any]) -> None:
+        # One slot, one answer: this never blocks. A caller that went away
+        # closed its end; the answer is dropped, the write stays.
+        try:
+            self.reply.send_nowait(answer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.reply.close()
+
+
+@dataclass(frozen=True, slots=True)
+class WriteStats:
+    """How the actor has grouped its work so far."""
+
+    batches: int = 0
+    requests: int = 0
+    largest_batch: int = 0
+
+
+def _unavailable(reason: BaseException | None) -> StorageUnavailableError:
+    if reason is None or isinstance(reason, trio.Cancelled):
+        return StorageUnavailableError("the storage actor has stopped")
+    error = StorageUnavailableError(f"the database failed ({reason}); this write was not committed")
+    error.__cause__ = reason
+    return error
+
+
+def _run_batch(
+    conn: sqlite3.Connection, operations: Sequence[WriteOperation[Any]]
+) -> list[_Answer[Any]]:
+    """One transaction, one savepoint per operation; runs on the writer thread.
+
+    Raises only on a fatal error, after rolling the whole batch back.
+    """
+    answers: list[_Answer[Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for operation in operations:
+            conn.execute("SAVEPOINT request")
+            try:
+                value = operation(conn)
+            except Exception as exc:
+                if is_fatal_database_error(exc):
+                    raise
+                conn.execute("ROLLBACK TO request")
+                conn.execute("RELEASE request")
+                answers.append(_Failed(exc))
+            else:
+                conn.execute("RELEASE request")
+                answers.append(_Ok(value))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            # The error being raised says more than one from ROLLBACK would.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+    return answers
+
+
+class _WriterThread:
+    """A thread that owns the write connection and runs jobs in turn."""
+
+    def __init__(self, open_connection: Callable[[], sqlite3.Connection]) -> None:
+        self._open_connection = open_connection
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        # Touched only on the writer thread.
+        self._conn: sqlite3.Connection | None = None
+        self._thread = threading.Thread(
+            target=self._main, name="ranvier-storage-writer", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _main(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._open_connection()
+        return self._conn
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+
+    async def _run(self, function: Callable[[], T]) -> T:
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        answers: list[_Answer[T]] = []
+
+        def deliver(answer: _Answer[T]) -> None:
+            answers.append(answer)
+            done.set()
+
+        def job() -> None:
+            answer: _Answer[T]
+            try:
+                answer = _Ok(function())
+            except BaseException as exc:
+                answer = _Failed(exc)
+            # When the Trio run is over, nobody is left to tell.
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(deliver, answer)
+
+        self._jobs.put(job)
+        with trio.CancelScope(shield=True):
+            await done.wait()
+        return answers[0].unwrap()
+
+    async def call(self, operation: WriteOperation[T]) -> T:
+        """Run ``operation`` on the writer thread, opening the connection first
+        if need be, and wait for it whatever happens to the caller.
+        """
+        return await self._run(lambda: operation(self._connection()))
+
+    async def stop(self) -> None:
+        """Close the connection on its own thread and end the thread."""
+        try:
+            await self._run(self._close_connection)
+        finally:
+            self._jobs.put(None)
+
+
+class StorageActor:
+    """The task that alone writes; see the invariants above.
+
+    Start it with ``await nursery.start(actor.run)``: it returns once the
+    database is open and migrated. Then :meth:`submit` write operations from
+    any task.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: SynchronousMode = "FULL",
+        batch_cap: int = 256,
+        queue_size: int = 1024,
+        max_page_count: int | None = None,
+    ) -> None:
+        if batch_cap < 1:
+            raise ValueError(f"batch_cap must be at least 1, not {batch_cap}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, not {queue_size}")
+        self.path = path
+        self._open = functools.partial(
+            open_writer, path, synchronous=synchronous, max_page_count=max_page_count
+        )
+        self._batch_cap = batch_cap
+        self._send, self._receive = trio.open_memory_channel[_Request](queue_size)
+        self._ran = False
+        self._stats = WriteStats()
+
+    @property
+    def stats(self) -> WriteStats:
+        return self._stats
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open and migrate the database, then write until cancelled or a
+        fatal database error, which is raised from here.
+        """
+        if self._ran:
+            raise RuntimeError("a StorageActor runs once")
+        self._ran = True
+        writer = _WriterThread(self._open)
+        writer.start()
+        reason: BaseException | None = None
+        try:
+            await writer.call(migrate)
+            task_status.started()
+            await self._serve(writer)
+        except BaseException as exc:
+            reason = exc
+            raise
+        finally:
+            self._refuse_waiting(reason)
+            with trio.CancelScope(shield=True):
+                await writer.stop()
+
+    async def _serve(self, writer: _WriterThread) -> NoReturn:
+        while True:
+            batch = [await self._receive.receive()]
+            while len(batch) < self._batch_cap:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            operations = [request.operation for request in batch]
+            try:
+                answers = await writer.call(functools.partial(_run_batch, operations=operations))
+            except BaseException as exc:
+                for request in batch:
+                    request.answer(_Failed(_unavailable(exc)))
+                raise
+            self._stats = WriteStats(
+                batches=self._stats.batches + 1,
+                requests=self._stats.requests + len(batch),
+                largest_batch=max(self._stats.largest_batch, len(batch)),
+            )
+            for request, answer in zip(batch, answers, strict=True):
+                request.answer(answer)
+
+    def _refuse_waiting(self, reason: BaseException | None) -> None:
+        """Answer every request still in the channel, and close it so that
+        later writes fail at once.
+        """
+        while True:
+            try:
+                request = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            request.answer(_Failed(_unavailable(reason)))
+        self._receive.close()
+
+    async def submit(self, operation: WriteOperation[T]) -> T:
+        """Have the actor run ``operation`` and return its result, or raise
+        what it raised.
+
+        Once this has handed the request over, cancelling the caller does not
+        stop the write.
+        """
+        reply_send, reply_receive = trio.open_memory_channel[_Answer[T]](1)
+        with reply_receive:
+            try:
+                await self._send.send(_Request(operation, reply_send))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise _unavailable(None) from None
+            try:
+                answer = await reply_receive.receive()
+            except trio.EndOfChannel:
+                raise _unavailable(None) from None
+        return answer.unwrap()

@@ -1,0 +1,70 @@
+"""Opening SQLite connections the way every part of storage relies on.
+
+Every connection enforces foreign keys: the partial-state race is detected by
+one. The database runs in WAL mode, so readers never block the writer nor the
+writer the readers. Commits are durable by default (``synchronous=FULL``):
+a write the actor has acknowledged survives a crash of the process or of the
+machine. ``NORMAL`` survives a crash of the process only.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Literal, get_args
+
+__all__ = ["SynchronousMode", "open_reader", "open_writer"]
+
+SynchronousMode = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+# How long a statement waits for a lock held by another connection. Only a
+# checkpoint or a second process could hold one; neither should for long.
+_BUSY_TIMEOUT_MS = 10_000
+
+
+def open_writer(
+    path: str | os.PathLike[str],
+    *,
+    synchronous: SynchronousMode = "FULL",
+    max_page_count: int | None = None,
+) -> sqlite3.Connection:
+    """The one write connection, to be used only on the thread that opens it.
+
+    Transactions are explicit (``isolation_level=None``): the actor issues
+    BEGIN, SAVEPOINT and COMMIT itself. ``max_page_count`` caps the size of
+    the database; a write past it fails as if the disk were full.
+    """
+    if synchronous not in get_args(SynchronousMode):
+        raise ValueError(
+            f"synchronous must be one of {get_args(SynchronousMode)}, not {synchronous!r}"
+        )
+    conn = sqlite3.connect(os.fspath(path), isolation_level=None, cached_statements=512)
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if str(mode).lower() != "wal":
+            raise RuntimeError(f"{path}: SQLite refused WAL mode (journal mode is {mode})")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS:d}")
+        if max_page_count is not None:
+            conn.execute(f"PRAGMA max_page_count = {int(max_page_count):d}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def open_reader(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A read-only connection, handed from thread to thread by the reader pool
+    (one thread at a time).
+    """
+    uri = Path(path).absolute().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS:d}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -1,0 +1,255 @@
+"""The read queries, run on a reader connection in a worker thread.
+
+Each takes a read-only connection and runs inside one read transaction that
+the reader pool opens around it, so a query made of several statements sees
+one consistent snapshot even while the actor commits.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection, Iterable, Iterator
+from typing import Any
+
+from .records import (
+    DestinationRetry,
+    EventStateGroups,
+    PartialStateRoom,
+    ReceivedTransaction,
+    ServerKey,
+    StateMap,
+    StoredEvent,
+)
+from .state_groups import read_state
+
+__all__ = [
+    "get_current_state_ids",
+    "get_destination_retry",
+    "get_event",
+    "get_event_state_groups",
+    "get_events",
+    "get_forward_extremities",
+    "get_partial_state_events",
+    "get_partial_state_rooms",
+    "get_received_transaction",
+    "get_room_version",
+    "get_server_keys",
+    "get_state_ids",
+    "have_seen_events",
+    "is_partial_state_room",
+]
+
+_EVENT_COLUMNS = (
+    "stream_ordering, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
+    " json, outlier, soft_failed, rejected_reason"
+)
+# Stays well under SQLite's limit on bound parameters.
+_CHUNK = 500
+
+
+def _chunks(items: Iterable[str]) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == _CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _stored_event(row: Any) -> StoredEvent:
+    return StoredEvent(
+        stream_ordering=row[0],
+        event_id=row[1],
+        room_id=row[2],
+        type=row[3],
+        state_key=row[4],
+        sender=row[5],
+        depth=row[6],
+        origin_server_ts=row[7],
+        json=row[8],
+        outlier=bool(row[9]),
+        soft_failed=bool(row[10]),
+        rejected_reason=row[11],
+    )
+
+
+def get_event(conn: sqlite3.Connection, event_id: str) -> StoredEvent | None:
+    row = conn.execute(
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
+    ).fetchone()
+    return None if row is None else _stored_event(row)
+
+
+def get_events(conn: sqlite3.Connection, event_ids: Collection[str]) -> dict[str, StoredEvent]:
+    """The events of ``event_ids`` that are stored, by ID."""
+    found: dict[str, StoredEvent] = {}
+    for chunk in _chunks(set(event_ids)):
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id IN ({marks})", chunk
+        ):
+            event = _stored_event(row)
+            found[event.event_id] = event
+    return found
+
+
+def have_seen_events(conn: sqlite3.Connection, event_ids: Collection[str]) -> frozenset[str]:
+    """Which of ``event_ids`` are stored (outliers included)."""
+    seen: set[str] = set()
+    for chunk in _chunks(set(event_ids)):
+        marks = ",".join("?" * len(chunk))
+        seen.update(
+            event_id
+            for (event_id,) in conn.execute(
+                f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk
+            )
+        )
+    return frozenset(seen)
+
+
+def get_event_state_groups(conn: sqlite3.Connection, event_id: str) -> EventStateGroups | None:
+    """The state groups around an event; None for outliers and unknown events."""
+    row = conn.execute(
+        "SELECT state_group_before, state_group_after FROM event_to_state_groups"
+        " WHERE event_id = ?",
+        (event_id,),
+    ).fetchone()
+    return None if row is None else EventStateGroups(row[0], row[1])
+
+
+def get_state_ids(conn: sqlite3.Connection, state_group: int) -> StateMap:
+    return read_state(conn, state_group)
+
+
+def get_current_state_ids(conn: sqlite3.Connection, room_id: str) -> StateMap:
+    return {
+        (typ, state_key): event_id
+        for typ, state_key, event_id in conn.execute(
+            "SELECT type, state_key, event_id FROM current_state WHERE room_id = ?", (room_id,)
+        )
+    }
+
+
+def get_forward_extremities(conn: sqlite3.Connection, room_id: str) -> frozenset[str]:
+    return frozenset(
+        event_id
+        for (event_id,) in conn.execute(
+            "SELECT event_id FROM forward_extremities WHERE room_id = ?", (room_id,)
+        )
+    )
+
+
+def get_room_version(conn: sqlite3.Connection, room_id: str) -> str | None:
+    row = conn.execute("SELECT room_version FROM rooms WHERE room_id = ?", (room_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def is_partial_state_room(conn: sqlite3.Connection, room_id: str) -> bool:
+    return (
+        conn.execute("SELECT 1 FROM partial_state_rooms WHERE room_id = ?", (room_id,)).fetchone()
+        is not None
+    )
+
+
+def get_partial_state_events(conn: sqlite3.Connection, room_id: str) -> list[str]:
+    """A room's events that still have partial state, oldest first."""
+    return [
+        event_id
+        for (event_id,) in conn.execute(
+            """
+            SELECT p.event_id FROM partial_state_events AS p
+            JOIN events AS e ON e.event_id = p.event_id
+            WHERE p.room_id = ? ORDER BY e.stream_ordering
+            """,
+            (room_id,),
+        )
+    ]
+
+
+def get_partial_state_rooms(conn: sqlite3.Connection) -> dict[str, PartialStateRoom]:
+    """Every room with partial state, to resume their resyncs at start-up."""
+    servers: dict[str, set[str]] = {}
+    for room_id, server in conn.execute(
+        "SELECT room_id, server_name FROM partial_state_rooms_servers"
+    ):
+        servers.setdefault(room_id, set()).add(server)
+    return {
+        room_id: PartialStateRoom(
+            room_id=room_id,
+            room_version=room_version,
+            join_event_id=join_event_id,
+            joined_via=joined_via,
+            servers=frozenset(servers.get(room_id, ())),
+        )
+        for room_id, room_version, join_event_id, joined_via in conn.execute(
+            """
+            SELECT p.room_id, r.room_version, p.join_event_id, p.joined_via
+            FROM partial_state_rooms AS p JOIN rooms AS r ON r.room_id = p.room_id
+            """
+        )
+    }
+
+
+def get_received_transaction(
+    conn: sqlite3.Connection, origin: str, transaction_id: str
+) -> ReceivedTransaction | None:
+    row = conn.execute(
+        "SELECT response_code, response_json, received_ts FROM received_transactions"
+        " WHERE origin = ? AND transaction_id = ?",
+        (origin, transaction_id),
+    ).fetchone()
+    if row is None:
+        return None
+    return ReceivedTransaction(
+        origin=origin,
+        transaction_id=transaction_id,
+        response_code=row[0],
+        response_json=bytes(row[1]),
+        received_ts=row[2],
+    )
+
+
+def get_server_keys(
+    conn: sqlite3.Connection, server_name: str, key_ids: Collection[str] | None = None
+) -> dict[str, ServerKey]:
+    """A server's stored keys by key ID: all of them, or those of ``key_ids``."""
+    keys: dict[str, ServerKey] = {}
+    for row in conn.execute(
+        """
+        SELECT key_id, verify_key, valid_until_ts, expired_ts, from_server, fetched_ts, key_json
+        FROM server_keys WHERE server_name = ?
+        """,
+        (server_name,),
+    ):
+        key_id, verify_key, valid_until_ts, expired_ts, from_server, fetched_ts, key_json = row
+        if key_ids is not None and key_id not in key_ids:
+            continue
+        keys[key_id] = ServerKey(
+            server_name=server_name,
+            key_id=key_id,
+            verify_key=bytes(verify_key),
+            valid_until_ts=valid_until_ts,
+            expired_ts=expired_ts,
+            from_server=from_server,
+            fetched_ts=fetched_ts,
+            key_json=bytes(key_json),
+        )
+    return keys
+
+
+def get_destination_retry(conn: sqlite3.Connection, destination: str) -> DestinationRetry | None:
+    row = conn.execute(
+        "SELECT failure_ts, retry_last_ts, retry_interval_ms FROM destinations"
+        " WHERE destination = ?",
+        (destination,),
+    ).fetchone()
+    if row is None:
+        return None
+    return DestinationRetry(
+        destination=destination,
+        failure_ts=row[0],
+        retry_last_ts=row[1],
+        retry_interval_ms=row[2],
+    )

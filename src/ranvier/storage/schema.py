@@ -1,0 +1,284 @@
+"""The database schema, as numbered migrations applied at start-up.
+
+The version a database is at lives in ``PRAGMA user_version``. Start-up runs
+every migration above it in order, each in its own transaction together with
+the version bump, so a crash mid-upgrade leaves the database at the version
+before and the next start-up simply tries again. A migration is never edited
+once released: a change to the schema is a new migration.
+
+Foreign keys are declared without ``ON DELETE`` actions on purpose. Deleting a
+row that others still reference must fail: that failure is how the storage
+actor notices that a room's partial state changed under a write.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+
+import sqlite_utils
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "schema_version"]
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def _create(
+    db: sqlite_utils.Database,
+    name: str,
+    columns: dict[str, type],
+    *,
+    pk: str | tuple[str, ...],
+    not_null: set[str] | None = None,
+    foreign_keys: list[tuple[str, str, str]] | None = None,
+) -> None:
+    """A STRICT table whose primary-key columns are NOT NULL.
+
+    SQLite lets a composite primary key hold NULLs unless told otherwise, and
+    without STRICT it stores a string in an INTEGER column without a word.
+    """
+    keys = {pk} if isinstance(pk, str) else set(pk)
+    db.table(name).create(
+        columns,
+        pk=pk,
+        not_null=(not_null or set()) | keys,
+        foreign_keys=foreign_keys,
+        strict=True,
+    )
+
+
+def _rooms_and_events(db: sqlite_utils.Database) -> None:
+    """Rooms, events exactly as received, and the two kinds of event edges."""
+    _create(
+        db, "rooms", {"room_id": str, "room_version": str}, pk="room_id", not_null={"room_version"}
+    )
+    # stream_ordering is the rowid: SQLite hands out max + 1, which is the
+    # order the actor commits events in.
+    _create(
+        db,
+        "events",
+        {
+            "stream_ordering": int,
+            "event_id": str,
+            "room_id": str,
+            "type": str,
+            "state_key": str,
+            "sender": str,
+            "depth": int,
+            "origin_server_ts": int,
+            "json": bytes,
+            "outlier": int,
+            "soft_failed": int,
+            "rejected_reason": str,
+        },
+        pk="stream_ordering",
+        not_null={
+            "event_id",
+            "room_id",
+            "type",
+            "sender",
+            "depth",
+            "origin_server_ts",
+            "json",
+            "outlier",
+            "soft_failed",
+        },
+        foreign_keys=[("room_id", "rooms", "room_id")],
+    )
+    db.table("events").create_index(["event_id"], unique=True)
+    db.table("events").create_index(["room_id", "stream_ordering"])
+    # prev_event_id and auth_event_id are not foreign keys: an event may
+    # point at events this server has never seen.
+    for table, column in (("event_edges", "prev_event_id"), ("event_auth", "auth_event_id")):
+        _create(
+            db,
+            table,
+            {"event_id": str, column: str, "room_id": str},
+            pk=("event_id", column),
+            not_null={"room_id"},
+            foreign_keys=[("event_id", "events", "event_id")],
+        )
+    db.table("event_edges").create_index(["prev_event_id"])
+
+
+def _state(db: sqlite_utils.Database) -> None:
+    """State groups stored as deltas, the state at each event, current state
+    and forward extremities.
+    """
+    # A group with no prev_group is a snapshot: its rows are the whole state.
+    # Otherwise its rows are the changes from prev_group, a NULL event_id
+    # meaning the key is gone. chain_length counts hops to the snapshot.
+    _create(
+        db,
+        "state_groups",
+        {
+            "id": int,
+            "room_id": str,
+            "prev_group": int,
+            "chain_length": int,
+            "row_count": int,
+        },
+        pk="id",
+        not_null={"room_id", "chain_length", "row_count"},
+        foreign_keys=[("room_id", "rooms", "room_id"), ("prev_group", "state_groups", "id")],
+    )
+    _create(
+        db,
+        "state_group_rows",
+        {"state_group": int, "type": str, "state_key": str, "event_id": str},
+        pk=("state_group", "type", "state_key"),
+        foreign_keys=[("state_group", "state_groups", "id")],
+    )
+    _create(
+        db,
+        "event_to_state_groups",
+        {"event_id": str, "state_group_before": int, "state_group_after": int},
+        pk="event_id",
+        not_null={"state_group_before", "state_group_after"},
+        foreign_keys=[
+            ("event_id", "events", "event_id"),
+            ("state_group_before", "state_groups", "id"),
+            ("state_group_after", "state_groups", "id"),
+        ],
+    )
+    _create(
+        db,
+        "current_state",
+        {"room_id": str, "type": str, "state_key": str, "event_id": str},
+        pk=("room_id", "type", "state_key"),
+        not_null={"event_id"},
+        foreign_keys=[("room_id", "rooms", "room_id")],
+    )
+    # Which state group current_state is a copy of, so that moving current
+    # state writes only the keys that differ.
+    _create(
+        db,
+        "current_state_groups",
+        {"room_id": str, "state_group": int},
+        pk="room_id",
+        not_null={"state_group"},
+        foreign_keys=[("room_id", "rooms", "room_id"), ("state_group", "state_groups", "id")],
+    )
+    _create(
+        db,
+        "forward_extremities",
+        {"room_id": str, "event_id": str},
+        pk=("room_id", "event_id"),
+        foreign_keys=[("room_id", "rooms", "room_id"), ("event_id", "events", "event_id")],
+    )
+
+
+def _partial_state(db: sqlite_utils.Database) -> None:
+    """Rooms joined with partial state, the servers in them, and the events
+    whose state is still partial.
+    """
+    # The join event is written after this row, so it is not a foreign key.
+    _create(
+        db,
+        "partial_state_rooms",
+        {"room_id": str, "join_event_id": str, "joined_via": str},
+        pk="room_id",
+        not_null={"join_event_id", "joined_via"},
+        foreign_keys=[("room_id", "rooms", "room_id")],
+    )
+    _create(
+        db,
+        "partial_state_rooms_servers",
+        {"room_id": str, "server_name": str},
+        pk=("room_id", "server_name"),
+        foreign_keys=[("room_id", "partial_state_rooms", "room_id")],
+    )
+    # The key the race turns on: room_id references partial_state_rooms.
+    _create(
+        db,
+        "partial_state_events",
+        {"event_id": str, "room_id": str},
+        pk="event_id",
+        not_null={"room_id"},
+        foreign_keys=[
+            ("event_id", "events", "event_id"),
+            ("room_id", "partial_state_rooms", "room_id"),
+        ],
+    )
+    db.table("partial_state_events").create_index(["room_id"])
+
+
+def _federation(db: sqlite_utils.Database) -> None:
+    """Received transactions, remote servers' keys and per-destination retry
+    state.
+    """
+    _create(
+        db,
+        "received_transactions",
+        {
+            "origin": str,
+            "transaction_id": str,
+            "response_code": int,
+            "response_json": bytes,
+            "received_ts": int,
+        },
+        pk=("origin", "transaction_id"),
+        not_null={"response_code", "response_json", "received_ts"},
+    )
+    db.table("received_transactions").create_index(["received_ts"])
+    _create(
+        db,
+        "server_keys",
+        {
+            "server_name": str,
+            "key_id": str,
+            "verify_key": bytes,
+            "valid_until_ts": int,
+            "expired_ts": int,
+            "from_server": str,
+            "fetched_ts": int,
+            "key_json": bytes,
+        },
+        pk=("server_name", "key_id"),
+        not_null={"verify_key", "valid_until_ts", "from_server", "fetched_ts", "key_json"},
+    )
+    _create(
+        db,
+        "destinations",
+        {
+            "destination": str,
+            "failure_ts": int,
+            "retry_last_ts": int,
+            "retry_interval_ms": int,
+        },
+        pk="destination",
+        not_null={"retry_last_ts", "retry_interval_ms"},
+    )
+
+
+#: Migration n (1-based) brings a database from version n - 1 to n.
+MIGRATIONS: Sequence[Migration] = (_rooms_and_events, _state, _partial_state, _federation)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The version a database is at: 0 when it is empty."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
+def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> int:
+    """Bring the database to ``target``, one transaction per migration.
+
+    ``conn`` must have no transaction open. Returns the version reached. A
+    database newer than this code is refused rather than written to.
+    """
+    if not 0 <= target <= SCHEMA_VERSION:
+        raise ValueError(f"no schema version {target}: this code knows 0 to {SCHEMA_VERSION}")
+    current = schema_version(conn)
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the database is at schema version {current}, newer than this code's "
+            f"{SCHEMA_VERSION}: refusing to write to it"
+        )
+    db = sqlite_utils.Database(conn)
+    for version in range(current + 1, target + 1):
+        with db.atomic():
+            MIGRATIONS[version - 1](db)
+            conn.execute(f"PRAGMA user_version = {version:d}")
+    return max(current, target)

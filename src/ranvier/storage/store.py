@@ -1,0 +1,254 @@
+"""Storage as the rest of ranvier sees it: typed async writes and reads.
+
+Writes go to the storage actor, reads to the reader pool. Start it with
+``await nursery.start(storage.run)``; it is ready, migrated and readable
+when that returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Collection, Mapping, Sequence
+
+import trio
+
+from ranvier.protocol.room_versions import RoomVersion, RoomVersionLike
+
+from . import reads, writes
+from .actor import StorageActor
+from .connections import SynchronousMode
+from .readers import ReaderPool
+from .records import (
+    DestinationRetry,
+    EventStateGroups,
+    EventToPersist,
+    PartialStateRoom,
+    ReceivedTransaction,
+    ServerKey,
+    StateDelta,
+    StateMap,
+    StoredEvent,
+)
+
+__all__ = ["Storage"]
+
+
+def _version_id(room_version: RoomVersionLike) -> str:
+    return room_version.identifier if isinstance(room_version, RoomVersion) else room_version
+
+
+class Storage:
+    """One database: its storage actor and its reader pool.
+
+    ``synchronous`` is SQLite's durability setting (``FULL``: a commit
+    survives power loss); ``batch_cap`` bounds how many requests share one
+    transaction; ``queue_size`` how many may wait before writers are made to
+    wait; ``readers`` how many reads run at once.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: SynchronousMode = "FULL",
+        batch_cap: int = 256,
+        queue_size: int = 1024,
+        readers: int = 4,
+        max_page_count: int | None = None,
+    ) -> None:
+        self.path = path
+        self.actor = StorageActor(
+            path,
+            synchronous=synchronous,
+            batch_cap=batch_cap,
+            queue_size=queue_size,
+            max_page_count=max_page_count,
+        )
+        self.readers = ReaderPool(path, size=readers)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self.actor.run(task_status=task_status)
+        finally:
+            self.readers.close()
+
+    # Writes.
+
+    async def persist_events(
+        self,
+        events: Sequence[EventToPersist],
+        *,
+        current_state_groups: Mapping[str, int] | None = None,
+    ) -> dict[str, int]:
+        """Write events in one go; return their stream orderings by event ID.
+
+        ``current_state_groups`` names, per room, the state group that is its
+        current state after these events, when the caller resolved it; see
+        :mod:`ranvier.storage.writes` for the rule otherwise. Raises
+        :class:`~ranvier.errors.PartialStateConflictError`, writing none of
+        them, if one has partial state and its room no longer does.
+        """
+        events = tuple(events)
+        named = dict(current_state_groups or {})
+        return await self.actor.submit(
+            functools.partial(writes.persist_events, events=events, current_state_groups=named)
+        )
+
+    async def store_room(self, room_id: str, room_version: RoomVersionLike) -> None:
+        """Make a room known before any of its events or state is stored."""
+        await self.actor.submit(
+            functools.partial(
+                writes.store_room, room_id=room_id, room_version=_version_id(room_version)
+            )
+        )
+
+    async def store_state_group(
+        self, room_id: str, prev_group: int | None, delta: StateDelta
+    ) -> int:
+        """Store a state ahead of the events that will use it: ``prev_group``
+        plus ``delta``, or ``delta`` alone as a snapshot when ``prev_group`` is
+        None. The room must be known (:meth:`store_room`).
+        """
+        delta = dict(delta)
+        return await self.actor.submit(
+            functools.partial(
+                writes.store_state_group, room_id=room_id, prev_group=prev_group, delta=delta
+            )
+        )
+
+    async def store_partial_join(
+        self,
+        room_id: str,
+        room_version: RoomVersionLike,
+        join_event_id: str,
+        joined_via: str,
+        servers_in_room: Collection[str],
+    ) -> None:
+        await self.actor.submit(
+            functools.partial(
+                writes.store_partial_join,
+                room_id=room_id,
+                room_version=_version_id(room_version),
+                join_event_id=join_event_id,
+                joined_via=joined_via,
+                servers_in_room=frozenset(servers_in_room),
+            )
+        )
+
+    async def update_state_for_partial_event(
+        self,
+        event_id: str,
+        state_group_before: int,
+        state_group_after: int | None,
+        rejected_reason: str | None = None,
+    ) -> None:
+        await self.actor.submit(
+            functools.partial(
+                writes.update_state_for_partial_event,
+                event_id=event_id,
+                state_group_before=state_group_before,
+                state_group_after=state_group_after,
+                rejected_reason=rejected_reason,
+            )
+        )
+
+    async def clear_partial_state(self, room_id: str) -> bool:
+        """Raises :class:`~ranvier.errors.PartialStateEventsRemainError` while
+        any of the room's events has partial state.
+        """
+        return await self.actor.submit(
+            functools.partial(writes.clear_partial_state, room_id=room_id)
+        )
+
+    async def set_current_state(self, room_id: str, state_group: int) -> None:
+        await self.actor.submit(
+            functools.partial(writes.set_current_state, room_id=room_id, state_group=state_group)
+        )
+
+    async def record_transaction(self, transaction: ReceivedTransaction) -> None:
+        await self.actor.submit(
+            functools.partial(writes.record_transaction, transaction=transaction)
+        )
+
+    async def store_server_keys(self, keys: Sequence[ServerKey]) -> None:
+        keys = tuple(keys)
+        await self.actor.submit(functools.partial(writes.store_server_keys, keys=keys))
+
+    async def store_destination_retry(
+        self, destination: str, retry: DestinationRetry | None
+    ) -> None:
+        await self.actor.submit(
+            functools.partial(writes.store_destination_retry, destination=destination, retry=retry)
+        )
+
+    # Reads.
+
+    async def get_event(self, event_id: str) -> StoredEvent | None:
+        return await self.readers.read(functools.partial(reads.get_event, event_id=event_id))
+
+    async def get_events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
+        ids = frozenset(event_ids)
+        return await self.readers.read(functools.partial(reads.get_events, event_ids=ids))
+
+    async def have_seen_events(self, event_ids: Collection[str]) -> frozenset[str]:
+        ids = frozenset(event_ids)
+        return await self.readers.read(functools.partial(reads.have_seen_events, event_ids=ids))
+
+    async def get_event_state_groups(self, event_id: str) -> EventStateGroups | None:
+        return await self.readers.read(
+            functools.partial(reads.get_event_state_groups, event_id=event_id)
+        )
+
+    async def get_state_ids(self, state_group: int) -> StateMap:
+        return await self.readers.read(
+            functools.partial(reads.get_state_ids, state_group=state_group)
+        )
+
+    async def get_current_state_ids(self, room_id: str) -> StateMap:
+        return await self.readers.read(
+            functools.partial(reads.get_current_state_ids, room_id=room_id)
+        )
+
+    async def get_forward_extremities(self, room_id: str) -> frozenset[str]:
+        return await self.readers.read(
+            functools.partial(reads.get_forward_extremities, room_id=room_id)
+        )
+
+    async def get_room_version(self, room_id: str) -> str | None:
+        return await self.readers.read(functools.partial(reads.get_room_version, room_id=room_id))
+
+    async def is_partial_state_room(self, room_id: str) -> bool:
+        return await self.readers.read(
+            functools.partial(reads.is_partial_state_room, room_id=room_id)
+        )
+
+    async def get_partial_state_events(self, room_id: str) -> list[str]:
+        return await self.readers.read(
+            functools.partial(reads.get_partial_state_events, room_id=room_id)
+        )
+
+    async def get_partial_state_rooms(self) -> dict[str, PartialStateRoom]:
+        return await self.readers.read(reads.get_partial_state_rooms)
+
+    async def get_received_transaction(
+        self, origin: str, transaction_id: str
+    ) -> ReceivedTransaction | None:
+        return await self.readers.read(
+            functools.partial(
+                reads.get_received_transaction, origin=origin, transaction_id=transaction_id
+            )
+        )
+
+    async def get_server_keys(
+        self, server_name: str, key_ids: Collection[str] | None = None
+    ) -> dict[str, ServerKey]:
+        ids = None if key_ids is None else frozenset(key_ids)
+        return await self.readers.read(
+            functools.partial(reads.get_server_keys, server_name=server_name, key_ids=ids)
+        )
+
+    async def get_destination_retry(self, destination: str) -> DestinationRetry | None:
+        return await self.readers.read(
+            functools.partial(reads.get_destination_retry, destination=destination)
+        )

@@ -1,0 +1,60 @@
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ranvier.storage.connections import SynchronousMode, open_reader, open_writer
+
+
+def _pragma(conn: sqlite3.Connection, name: str) -> object:
+    return conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+def test_writer_is_wal_durable_and_enforces_foreign_keys(db_path: Path) -> None:
+    conn = open_writer(db_path)
+    try:
+        assert _pragma(conn, "journal_mode") == "wal"
+        assert _pragma(conn, "synchronous") == 2  # FULL
+        assert _pragma(conn, "foreign_keys") == 1
+        assert conn.isolation_level is None
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("mode", "level"), [("OFF", 0), ("NORMAL", 1), ("EXTRA", 3)])
+def test_durability_is_configurable(db_path: Path, mode: SynchronousMode, level: int) -> None:
+    conn = open_writer(db_path, synchronous=mode)
+    try:
+        assert _pragma(conn, "synchronous") == level
+    finally:
+        conn.close()
+
+
+def test_unknown_durability_is_refused(db_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous must be one of"):
+        open_writer(db_path, synchronous="SOMETIMES")  # type: ignore[arg-type]
+
+
+def test_page_cap_is_applied(db_path: Path) -> None:
+    conn = open_writer(db_path, max_page_count=50)
+    try:
+        assert _pragma(conn, "max_page_count") == 50
+    finally:
+        conn.close()
+
+
+def test_reader_is_read_only_and_enforces_foreign_keys(tmp_path: Path) -> None:
+    # A name that needs quoting in a URI.
+    path = tmp_path / "a db #1?.sqlite"
+    writer = open_writer(path)
+    writer.execute("CREATE TABLE t (x INTEGER)")
+    writer.execute("INSERT INTO t VALUES (1)")
+    reader = open_reader(path)
+    try:
+        assert _pragma(reader, "foreign_keys") == 1
+        assert reader.execute("SELECT x FROM t").fetchall() == [(1,)]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.execute("INSERT INTO t VALUES (2)")
+    finally:
+        reader.close()
+        writer.close()

@@ -1,0 +1,169 @@
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ranvier.storage.connections import open_writer
+from ranvier.storage.schema import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
+
+# What each version adds, written out here independently of the migrations.
+TABLES_ADDED = {
+    1: {"rooms", "events", "event_edges", "event_auth"},
+    2: {
+        "state_groups",
+        "state_group_rows",
+        "event_to_state_groups",
+        "current_state",
+        "current_state_groups",
+        "forward_extremities",
+    },
+    3: {"partial_state_rooms", "partial_state_rooms_servers", "partial_state_events"},
+    4: {"received_transactions", "server_keys", "destinations"},
+}
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+    }
+
+
+def _fill(conn: sqlite3.Connection, version: int) -> None:
+    """Rows for the tables of ``version``, each consistent with the keys."""
+    run = conn.execute
+    if version == 1:
+        run("INSERT INTO rooms VALUES ('!r:x', '10')")
+        run(
+            "INSERT INTO events (event_id, room_id, type, state_key, sender, depth,"
+            " origin_server_ts, json, outlier, soft_failed, rejected_reason)"
+            " VALUES ('$e', '!r:x', 'm.room.create', '', '@a:x', 1, 5, x'7b7d', 0, 0, NULL)"
+        )
+        run("INSERT INTO event_edges VALUES ('$e', '$p', '!r:x')")
+        run("INSERT INTO event_auth VALUES ('$e', '$a', '!r:x')")
+    elif version == 2:
+        run("INSERT INTO state_groups VALUES (1, '!r:x', NULL, 0, 1)")
+        run("INSERT INTO state_group_rows VALUES (1, 'm.room.create', '', '$e')")
+        run("INSERT INTO event_to_state_groups VALUES ('$e', 1, 1)")
+        run("INSERT INTO current_state VALUES ('!r:x', 'm.room.create', '', '$e')")
+        run("INSERT INTO current_state_groups VALUES ('!r:x', 1)")
+        run("INSERT INTO forward_extremities VALUES ('!r:x', '$e')")
+    elif version == 3:
+        run("INSERT INTO partial_state_rooms VALUES ('!r:x', '$e', 'hs.example')")
+        run("INSERT INTO partial_state_rooms_servers VALUES ('!r:x', 'hs.example')")
+        run("INSERT INTO partial_state_events VALUES ('$e', '!r:x')")
+    elif version == 4:
+        run("INSERT INTO received_transactions VALUES ('hs.example', 't1', 200, x'7b7d', 7)")
+        run(
+            "INSERT INTO server_keys VALUES"
+            " ('hs.example', 'ed25519:a', x'00', 9, NULL, 'hs.example', 8, x'7b7d')"
+        )
+        run("INSERT INTO destinations VALUES ('hs.example', NULL, 1, 2)")
+
+
+def _row_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    return {
+        table: conn.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0]
+        for table in _tables(conn)
+    }
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    connection = open_writer(tmp_path / "schema.db")
+    yield connection
+    connection.close()
+
+
+def test_versions_are_numbered_from_one() -> None:
+    assert SCHEMA_VERSION == len(MIGRATIONS) == len(TABLES_ADDED)
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))
+def test_each_version_from_an_empty_database(raw: sqlite3.Connection, version: int) -> None:
+    assert schema_version(raw) == 0
+    assert migrate(raw, target=version) == version
+    assert schema_version(raw) == version
+    expected = set().union(*(TABLES_ADDED[v] for v in range(1, version + 1)))
+    assert _tables(raw) == expected
+    assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))
+def test_each_version_from_the_one_before_keeps_the_data(
+    raw: sqlite3.Connection, version: int
+) -> None:
+    migrate(raw, target=version - 1)
+    for earlier in range(1, version):
+        _fill(raw, earlier)
+    before = _row_counts(raw)
+
+    assert migrate(raw, target=version) == version
+
+    after = _row_counts(raw)
+    assert {table: after[table] for table in before} == before
+    assert set(after) - set(before) == TABLES_ADDED[version]
+    # The new tables accept rows that reference the old ones.
+    _fill(raw, version)
+    assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def test_migrating_again_changes_nothing(raw: sqlite3.Connection) -> None:
+    migrate(raw)
+    _fill(raw, 1)
+    assert migrate(raw) == SCHEMA_VERSION
+    assert _row_counts(raw)["events"] == 1
+
+
+def test_a_newer_database_is_refused(raw: sqlite3.Connection) -> None:
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(RuntimeError, match="newer than this code"):
+        migrate(raw)
+
+
+def test_unknown_target_is_refused(raw: sqlite3.Connection) -> None:
+    with pytest.raises(ValueError, match="no schema version"):
+        migrate(raw, target=SCHEMA_VERSION + 1)
+
+
+def test_a_failing_migration_is_undone_whole(raw: sqlite3.Connection) -> None:
+    migrate(raw, target=2)
+    # A stray table with the name migration 3 creates second makes it fail
+    # half-way through.
+    raw.execute("CREATE TABLE partial_state_rooms_servers (x)")
+    with pytest.raises(sqlite3.OperationalError, match="already exists"):
+        migrate(raw)
+    assert schema_version(raw) == 2
+    assert "partial_state_rooms" not in _tables(raw)
+
+
+def test_every_table_is_strict_with_non_null_keys(raw: sqlite3.Connection) -> None:
+    migrate(raw)
+    for table in _tables(raw):
+        (sql,) = raw.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+        assert sql.rstrip().endswith("STRICT"), table
+        for _, name, _, notnull, _, pk in raw.execute(f'PRAGMA table_info("{table}")'):
+            if pk:
+                assert notnull, (table, name)
+
+
+def test_partial_state_foreign_key_fails_both_ways(raw: sqlite3.Connection) -> None:
+    migrate(raw)
+    _fill(raw, 1)
+    raw.execute("INSERT INTO partial_state_rooms VALUES ('!r:x', '$e', 'hs.example')")
+    raw.execute("INSERT INTO partial_state_events VALUES ('$e', '!r:x')")
+    # The room row cannot go while an event refers to it ...
+    with pytest.raises(sqlite3.IntegrityError) as deleting:
+        raw.execute("DELETE FROM partial_state_rooms WHERE room_id = '!r:x'")
+    assert deleting.value.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY
+    # ... and nothing cascades: the event row is still there.
+    assert raw.execute("SELECT COUNT(*) FROM partial_state_events").fetchone() == (1,)
+    raw.execute("DELETE FROM partial_state_events")
+    raw.execute("DELETE FROM partial_state_rooms")
+    # Once it is gone, an event cannot claim it.
+    with pytest.raises(sqlite3.IntegrityError) as inserting:
+        raw.execute("INSERT INTO partial_state_events VALUES ('$e', '!r:x')")
+    assert inserting.value.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY
