@@ -154,6 +154,16 @@ class RoomBuilder:
         self.ts, self.depth = saved
         return pdu
 
+    def draft_member(
+        self, sender: str, membership: str, target: str | None = None, **content: Any
+    ) -> Pdu:
+        return self.draft(
+            "m.room.member",
+            sender,
+            {"membership": membership, **content},
+            state_key=target or sender,
+        )
+
     def state_events(self) -> dict[StateKey, Pdu]:
         """The current state as events: what :func:`check_auth_rules` takes."""
         return {key: self.events[event_id] for key, event_id in self.state.items()}
