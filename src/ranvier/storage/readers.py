@@ -22,6 +22,8 @@ from typing import TypeVar
 
 import trio
 
+from ranvier.errors import StorageUnavailableError
+
 from .connections import open_reader
 
 __all__ = ["ReadOperation", "ReaderPool"]
@@ -51,7 +53,7 @@ class ReaderPool:
         the connection must come back to the pool whole).
         """
         if self._closed:
-            raise RuntimeError("the reader pool is closed")
+            raise StorageUnavailableError("storage has stopped: the reader pool is closed")
         return await trio.to_thread.run_sync(self._read, operation, limiter=self.limiter)
 
     def _read(self, operation: ReadOperation[T]) -> T:
