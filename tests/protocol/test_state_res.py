@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import trio
 from _builders import ALICE, BOB, CAROL, DAVE, EVE, RoomBuilder, make_pdu
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -601,3 +602,32 @@ def test_create_event_counts_once_in_v12_lookups() -> None:
     # Without its create event no v12 event can be authorised: neither topic applies.
     assert TOPIC not in resolve_state("12", sets, without_create)
     assert resolve_state("12", sets, room.events)[TOPIC] == b.event_id
+
+
+async def test_an_async_driver_lets_other_tasks_run_during_a_resolution() -> None:
+    room, sets = _many_conflicting_joins(300)
+    ticks = 0
+    resolved: dict[StateKey, str] = {}
+
+    async def resolve() -> None:
+        nonlocal resolved
+        steps = resolve_state_steps("10", sets, room.events, yield_every=20)
+        try:
+            while True:
+                next(steps)
+                await trio.lowlevel.checkpoint()
+        except StopIteration as done:
+            resolved = done.value
+        nursery.cancel_scope.cancel()
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tick)
+        nursery.start_soon(resolve)
+    assert resolved == sets[1]
+    assert ticks >= 10

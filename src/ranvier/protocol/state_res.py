@@ -229,8 +229,14 @@ def resolve_state_steps(
     ``events`` must also hold the auth chains of every event of every state
     set, and it is computed from them. ``conflicted_subgraph`` likewise, for
     v2.1: without it, ``events`` must hold the auth chains of the conflicted
-    events. ``rejected`` holds the IDs of rejected events: they are never
-    used to authorise another event.
+    events.
+
+    ``rejected`` holds the IDs of events that were rejected. None of them
+    ever authorises another event, whether cited in ``auth_events`` or
+    found in the state being built. They are replayed like any other event
+    otherwise, as the spec asks for events rejected against the state
+    before them; events rejected against their own auth events should not
+    be in the state sets or their auth chains at all.
     """
     rv = get_room_version(room_version)
     unconflicted, conflicted = separate_state(state_sets)
