@@ -439,6 +439,30 @@ def test_separate_state() -> None:
     assert separate_state([]) == ({}, {})
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(
+            st.tuples(st.sampled_from("abc"), st.sampled_from("xy")),
+            st.sampled_from(["$1", "$2", "$3"]),
+        ),
+        max_size=4,
+    )
+)
+def test_separate_state_matches_the_definition(state_sets: list[dict[StateKey, str]]) -> None:
+    unconflicted, conflicted = separate_state(state_sets)
+    keys = set().union(*state_sets)
+    for key in keys:
+        values = [s.get(key) for s in state_sets]
+        if len(set(values)) == 1:
+            assert unconflicted[key] == values[0]
+            assert key not in conflicted
+        else:
+            assert conflicted[key] == {v for v in values if v is not None}
+            assert key not in unconflicted
+    assert unconflicted.keys() | conflicted.keys() == keys
+
+
 def test_power_events() -> None:
     room = public_room_events()
     assert is_power_event(room.events[room.state[POWER]])

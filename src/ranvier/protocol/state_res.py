@@ -88,18 +88,39 @@ def separate_state(
     A key is unconflicted when every set has it with the same event; the
     conflicted state set holds, by key, the events the sets disagree on (a
     set that lacks the key disagrees with the others, but adds no event).
-    The whole-map work is done with set operations on the maps' views.
+
+    This is the one pass over whole states that resolution makes: one
+    lookup per key of the first set in each other set, and set arithmetic
+    on keys only for a set that has keys the first lacks.
     """
     if not state_sets:
         return {}, {}
-    agreed = set(state_sets[0].items())
-    for state_set in state_sets[1:]:
-        agreed &= state_set.items()
-    unconflicted = dict(agreed)
+    first, rest = state_sets[0], state_sets[1:]
+    unconflicted: dict[StateKey, str] = {}
     conflicted: dict[StateKey, set[str]] = {}
-    for state_set in state_sets:
-        for key in state_set.keys() - unconflicted.keys():
-            conflicted.setdefault(key, set()).add(state_set[key])
+    shared_keys = [0] * len(rest)
+    for key, event_id in first.items():
+        agree = True
+        for index, other in enumerate(rest):
+            other_id = other.get(key)
+            if other_id is not None:
+                shared_keys[index] += 1
+            if other_id != event_id:
+                agree = False
+        if agree:
+            unconflicted[key] = event_id
+            continue
+        ids = conflicted[key] = {event_id}
+        for other in rest:
+            other_id = other.get(key)
+            if other_id is not None:
+                ids.add(other_id)
+    for index, other in enumerate(rest):
+        if shared_keys[index] == len(other):
+            continue
+        # Keys missing from the first set are conflicted wherever they are.
+        for key in other.keys() - first.keys():
+            conflicted.setdefault(key, set()).add(other[key])
     return unconflicted, conflicted
 
 
