@@ -24,6 +24,7 @@ from ranvier.protocol.auth import (
     check_auth_events,
     check_auth_rules,
     is_valid_user_id,
+    redaction_applies,
 )
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.signing import (
@@ -1024,3 +1025,26 @@ def test_no_create_event_in_state_is_refused() -> None:
     with pytest.raises(AuthError) as raised:
         check_auth_rules(room.draft("m.room.message", BOB, {"body": "x"}), state)
     assert raised.value.rule == "auth_events.no_create"
+
+
+@pytest.mark.parametrize("version", ALL_VERSIONS)
+def test_handling_redactions(version: str) -> None:
+    # A redaction takes effect if its sender has the redact level or shares
+    # a server with the redacted event's sender.
+    room = public_room(version, redact=50)
+    room.member(EVE, "join")
+    by_eve = room.send("m.room.message", EVE, {"body": "x"})
+    by_alice = room.send("m.room.message", ALICE, {"body": "y"})
+
+    def redaction(sender: str, target: Pdu) -> Pdu:
+        if int(version) >= 11:
+            return room.draft("m.room.redaction", sender, {"redacts": target.event_id})
+        return room.draft("m.room.redaction", sender, {}, redacts=target.event_id)
+
+    state = room.state_events()
+    levels = {"power_levels": state[POWER_LEVELS_KEY], "create": room.create}
+    assert redaction_applies(redaction(BOB, by_alice), by_alice, **levels)  # same server
+    assert not redaction_applies(redaction(BOB, by_eve), by_eve, **levels)  # below redact level
+    assert redaction_applies(redaction(ALICE, by_eve), by_eve, **levels)  # admin
+    assert redaction_applies(redaction(EVE, by_eve), by_eve, **levels)  # her own
+    assert not redaction_applies(redaction(ALICE, by_eve), by_alice, **levels)  # names another

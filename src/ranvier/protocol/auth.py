@@ -63,6 +63,7 @@ __all__ = [
     "check_auth_rules",
     "create_event_id_for_room",
     "is_valid_user_id",
+    "redaction_applies",
 ]
 
 #: A state map's key: ``(event type, state key)``.
@@ -362,6 +363,26 @@ def _state_event(auth_state: Mapping[StateKey, Pdu], key: StateKey, event: Pdu) 
 def _membership_of(auth_state: Mapping[StateKey, Pdu], user_id: str, event: Pdu) -> str | None:
     member = _state_event(auth_state, (_MEMBER, user_id), event)
     return member.membership if member is not None else None
+
+
+def redaction_applies(
+    redaction: Pdu, redacted: Pdu, *, power_levels: Pdu | None, create: Pdu | None
+) -> bool:
+    """Whether an authorised ``redaction`` of ``redacted`` is to be carried out.
+
+    The auth rules let any redaction in that the sender may send; whether it
+    takes effect is the "Handling redactions" rule of the room versions
+    (from v3): it does if its sender has the *redact level* (given by the
+    room's current ``power_levels`` and ``create`` events), or is on the
+    same server as the sender of the event it redacts. The two events must
+    be of the same room, and the redaction must name the event.
+    """
+    if redaction.redacts != redacted.event_id or redaction.room_id != redacted.room_id:
+        return False
+    if _domain(redaction.sender) == _domain(redacted.sender):
+        return True
+    level = get_user_power_level(redaction.sender, power_levels=power_levels, create=create)
+    return level >= get_named_level(power_levels, "redact")
 
 
 # --- m.room.create ----------------------------------------------------------------
