@@ -1,0 +1,308 @@
+"""The homeserver's configuration: typed, loaded from TOML, safe by default.
+
+Every setting has a default that is safe to run with: a server named
+``localhost:8448`` keeping its data under ``./ranvier-data``, listening on
+loopback only, verifying other servers' certificates. So
+``Config.default()`` (or an empty TOML file) starts a working server that
+nothing outside the machine can reach, and an operator writes only what
+differs.
+
+A bad file fails when it is loaded, not later when some component first
+reads a setting, and the error names the key as it appears in the file
+(``listeners[0].port: expected int, got str``). Unknown keys are errors too:
+a misspelt key that was silently ignored would leave its default in place,
+which the operator would not notice until it mattered.
+
+Paths are used as written; a relative path is relative to the working
+directory of the process, like the default ``ranvier-data``. The files that
+live in the data directory unless configured elsewhere (signing key, TLS
+certificate and key, database) are listed, resolved, by :attr:`Config.paths`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+import msgspec.inspect
+
+from ranvier.protocol.x_matrix import split_server_name
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataPaths",
+    "DatabaseConfig",
+    "FederationConfig",
+    "ListenerConfig",
+    "TlsConfig",
+    "load_config",
+]
+
+_MIB: Final = 1024 * 1024
+_DAY_SECONDS: Final = 24 * 60 * 60
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used.
+
+    ``key`` is the setting's path as written in TOML (``database.synchronous``,
+    ``listeners[1].host``), or None when the problem is not one key's (a file
+    that is not TOML at all). ``source`` names the file, when there is one.
+    It is a ValueError, not a MatrixError: it is for the operator, and no
+    request is ever answered with it.
+    """
+
+    def __init__(self, key: str | None, problem: str, *, source: str | None = None) -> None:
+        self.key = key
+        self.problem = problem
+        self.source = source
+        where = "" if source is None else f"{source}: "
+        super().__init__(f"{where}{problem}" if key is None else f"{where}{key}: {problem}")
+
+
+class ListenerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One socket the server listens on, and what it serves there."""
+
+    #: What is served: the federation API (with ``/_matrix/key``) or the
+    #: client-server API.
+    type: Literal["federation", "client"]
+    #: An IP address: a host name could resolve to more than one, or change.
+    host: str = "127.0.0.1"
+    #: 0 asks the system for a free port; the listener reports the real one.
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)]
+    #: None means the usual for the type: TLS for federation, which other
+    #: servers reach directly, plain HTTP for the client API, which usually
+    #: sits behind a reverse proxy.
+    tls: bool | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            raise ConfigError("host", f"expected an IP address, got {self.host!r}") from None
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether connections to this listener are TLS."""
+        return self.type == "federation" if self.tls is None else self.tls
+
+
+class TlsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The certificate the federation listener presents.
+
+    When both paths are left unset and the files do not exist, a self-signed
+    certificate is generated into the data directory: enough for loopback
+    and tests, though remote servers that verify certificates will refuse it.
+    """
+
+    #: PEM certificate chain; None means ``<data_dir>/tls.crt``.
+    certificate_path: Path | None = None
+    #: PEM private key; None means ``<data_dir>/tls.key``.
+    private_key_path: Path | None = None
+
+
+class DatabaseConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The SQLite database."""
+
+    #: None means ``<data_dir>/homeserver.db``.
+    path: Path | None = None
+    #: SQLite's ``PRAGMA synchronous``. FULL by default: an event the server
+    #: acknowledged must survive a power cut.
+    synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
+
+
+class FederationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Talking to other homeservers."""
+
+    #: Check remote servers' TLS certificates. Turn off only for tests.
+    verify_certificates: bool = True
+    #: Trust these CA certificates (PEM) instead of the system's, for
+    #: private federations and tests.
+    ca_file: Path | None = None
+    #: How long other servers may cache our published keys
+    #: (``valid_until_ts`` is now plus this).
+    key_validity_seconds: Annotated[int, msgspec.Meta(gt=0)] = _DAY_SECONDS
+    #: How long an outgoing request may take, from connecting to the end of
+    #: the response.
+    request_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    #: The largest request body accepted. A transaction is at most 50 PDUs of
+    #: 64 KiB and 100 EDUs, so this leaves room.
+    max_request_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 16 * _MIB
+
+
+def _default_listeners() -> tuple[ListenerConfig, ...]:
+    return (
+        ListenerConfig(type="federation", host="127.0.0.1", port=8448),
+        ListenerConfig(type="client", host="127.0.0.1", port=8008),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DataPaths:
+    """Where the server's files are, with the data-directory defaults applied."""
+
+    signing_key: Path
+    tls_certificate: Path
+    tls_private_key: Path
+    database: Path
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The homeserver's configuration. Build it with :meth:`default`,
+    :meth:`from_toml` or :func:`load_config`, or directly with keywords."""
+
+    #: The name other servers know this one by; it is in every ID the
+    #: server creates, so it cannot change once the server has federated.
+    server_name: str = "localhost:8448"
+    data_dir: Path = Path("ranvier-data")
+    #: Synapse's key-file format; None means ``<data_dir>/signing.key``,
+    #: generated if missing.
+    signing_key_path: Path | None = None
+    tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
+    listeners: tuple[ListenerConfig, ...] = msgspec.field(default_factory=_default_listeners)
+    database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
+    federation: FederationConfig = msgspec.field(default_factory=FederationConfig)
+
+    def __post_init__(self) -> None:
+        try:
+            split_server_name(self.server_name)
+        except ValueError as exc:
+            raise ConfigError("server_name", str(exc)) from None
+        seen: dict[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], int] = {}
+        for index, listener in enumerate(self.listeners):
+            if listener.port == 0:
+                continue
+            address = (ipaddress.ip_address(listener.host), listener.port)
+            if address in seen:
+                raise ConfigError(
+                    f"listeners[{index}]",
+                    f"{listener.host} port {listener.port} is already used by"
+                    f" listeners[{seen[address]}]",
+                )
+            seen[address] = index
+
+    @classmethod
+    def default(cls) -> Config:
+        """The configuration used when none is given."""
+        return cls()
+
+    @classmethod
+    def from_toml(cls, text: str, *, source: str | None = None) -> Config:
+        """Parse TOML text; raise :class:`ConfigError` naming the bad key.
+
+        ``source`` names the text's origin (a file name) in error messages.
+        """
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(None, f"not valid TOML: {exc}", source=source) from None
+        return cls.from_mapping(data, source=source)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], *, source: str | None = None) -> Config:
+        """Build a configuration from parsed TOML (or any dict shaped like it)."""
+        try:
+            return msgspec.convert(data, cls, dec_hook=_decode_path)
+        except msgspec.ValidationError as exc:
+            raise _config_error(exc, source) from None
+
+    @property
+    def paths(self) -> DataPaths:
+        """The server's files, each where configured or in the data directory."""
+        return DataPaths(
+            signing_key=self.signing_key_path or self.data_dir / "signing.key",
+            tls_certificate=self.tls.certificate_path or self.data_dir / "tls.crt",
+            tls_private_key=self.tls.private_key_path or self.data_dir / "tls.key",
+            database=self.database.path or self.data_dir / "homeserver.db",
+        )
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check the TOML file at ``path``; raise :class:`ConfigError`."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(None, f"cannot read the file: {exc.strerror}", source=source) from None
+    except UnicodeDecodeError:
+        raise ConfigError(None, "the file is not UTF-8 text", source=source) from None
+    return Config.from_toml(text, source=source)
+
+
+def _decode_path(type_: type, obj: object) -> object:
+    if type_ is Path:
+        if isinstance(obj, str):
+            return Path(obj)
+        # A TypeError, so msgspec reports it with the key's path.
+        raise TypeError(f"expected a path (str), got {_toml_type_name(obj)}")
+    raise NotImplementedError(f"no decoder for {type_!r}")
+
+
+def _toml_type_name(obj: object) -> str:
+    names = {bool: "bool", int: "int", float: "float", dict: "table", list: "array"}
+    return names.get(type(obj), type(obj).__name__)
+
+
+# msgspec reports "<problem> - at `$.a.b[0]`", or just "<problem>" at the top.
+_MSGSPEC_ERROR: Final = re.compile(r"(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?", re.DOTALL)
+_UNKNOWN_FIELD: Final = re.compile(r"Object contains unknown field `(?P<name>[^`]*)`")
+_MISSING_FIELD: Final = re.compile(r"Object missing required field `(?P<name>[^`]*)`")
+
+
+def _config_error(exc: msgspec.ValidationError, source: str | None) -> ConfigError:
+    match = _MSGSPEC_ERROR.fullmatch(str(exc))
+    assert match is not None  # the pattern matches any text
+    path = (match["path"] or "").removeprefix(".")
+    cause = exc.__cause__
+    if isinstance(cause, ConfigError):
+        # Raised by a section's own checks, with the key relative to it.
+        return ConfigError(_join(path, cause.key), cause.problem, source=source)
+    problem = match["problem"]
+    unknown = _UNKNOWN_FIELD.fullmatch(problem)
+    if unknown:
+        return ConfigError(_join(path, unknown["name"]), "unknown key", source=source)
+    missing = _MISSING_FIELD.fullmatch(problem)
+    if missing:
+        return ConfigError(_join(path, missing["name"]), "required key is missing", source=source)
+    if problem.startswith("Invalid enum value "):
+        allowed = _literal_values(path)
+        if allowed:
+            shown = ", ".join(repr(value) for value in allowed)
+            value = problem.removeprefix("Invalid enum value ")
+            return ConfigError(
+                path, f"invalid value {value}, expected one of {shown}", source=source
+            )
+    # msgspec speaks of JSON types; TOML calls objects tables.
+    problem = problem.replace("`object`", "`table`").replace("`", "")
+    problem = problem[:1].lower() + problem[1:]
+    return ConfigError(path or None, problem, source=source)
+
+
+def _literal_values(path: str) -> tuple[object, ...]:
+    # The values a Literal-typed key allows, found by walking the Structs
+    # along the key's path (list indexes dropped).
+    info: msgspec.inspect.Type = msgspec.inspect.type_info(Config)
+    for name in re.sub(r"\[\d+\]", "", path).split("."):
+        while isinstance(info, msgspec.inspect.VarTupleType | msgspec.inspect.ListType):
+            info = info.item_type
+        if not isinstance(info, msgspec.inspect.StructType):
+            return ()
+        field = next((f for f in info.fields if f.encode_name == name), None)
+        if field is None:
+            return ()
+        info = field.type
+    return info.values if isinstance(info, msgspec.inspect.LiteralType) else ()
+
+
+def _join(path: str, key: str | None) -> str | None:
+    if not key:
+        return path or None
+    if not path:
+        return key
+    return path + key if key.startswith("[") else f"{path}.{key}"
