@@ -30,5 +30,8 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Every benchmark, or the ones named after `--`; results in bench/results/."""
-    session.install("-e", ".[test]")
+    # Synapse is the reference for the state resolution benchmark. It is
+    # large and AGPL-licensed, so it is installed here as a library only,
+    # never as a dependency of ranvier.
+    session.install("-e", ".[test]", "matrix-synapse>=1.135")
     session.run("python", "-m", "bench", *session.posargs)
