@@ -1,7 +1,10 @@
 import sqlite3
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ranvier.errors import MatrixError, PartialStateConflictError, PartialStateEventsRemainError
 from ranvier.storage import reads
@@ -11,8 +14,10 @@ from ranvier.storage.records import (
     ReceivedTransaction,
     ServerKey,
 )
+from ranvier.storage.schema import migrate
 from ranvier.storage.state_groups import read_state, store_state_group
 from ranvier.storage.writes import (
+    PersistEvents,
     clear_partial_state,
     persist_events,
     record_transaction,
@@ -178,7 +183,7 @@ def test_an_event_with_children_already_is_not_an_extremity(
     assert reads.get_forward_extremities(conn, ROOM) == {"$child"}
 
 
-def test_current_state_follows_a_sole_extremity_only(
+def test_current_state_follows_the_sole_extremity_or_the_last_event(
     conn: sqlite3.Connection, make_event: EventFactory
 ) -> None:
     base = _base(conn)
@@ -187,7 +192,8 @@ def test_current_state_follows_a_sole_extremity_only(
     assert reads.get_current_state_ids(conn, ROOM) == {CREATE: "$create", member: "$join"}
     joined = reads.get_event_state_groups(conn, "$join")
     assert joined is not None
-    # Two branches: current state stays until they merge.
+    # Two branches and no resolved state named: the state after the last
+    # event written, until the branches merge.
     persist_events(
         conn,
         [
@@ -199,7 +205,11 @@ def test_current_state_follows_a_sole_extremity_only(
             ),
         ],
     )
-    assert reads.get_current_state_ids(conn, ROOM) == {CREATE: "$create", member: "$join"}
+    assert reads.get_current_state_ids(conn, ROOM) == {
+        CREATE: "$create",
+        member: "$join",
+        ("m.room.topic", ""): "$topic",
+    }
     name = reads.get_event_state_groups(conn, "$name")
     assert name is not None
     resolved = store_state_group(conn, ROOM, name.after, {("m.room.topic", ""): "$topic"})
@@ -415,3 +425,112 @@ def test_destination_retry_state(conn: sqlite3.Connection) -> None:
     assert reads.get_destination_retry(conn, "hs.example") is None
     with pytest.raises(MatrixError, match=r"given for other\.example"):
         store_destination_retry(conn, "other.example", retry)
+
+
+_STATE_KEYS = st.sampled_from([None, None, ("m.room.name", ""), ("m.room.member", "@b:x")])
+
+
+@st.composite
+def _event_lists(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Events (as arguments for ``make_event``) in the order a server might
+    write them: new events on random prev events, outliers, outliers brought
+    into the DAG, repeats.
+    """
+    events: list[dict[str, Any]] = []
+    in_dag: list[str] = []
+    outliers: list[str] = []
+    for n in range(draw(st.integers(min_value=1, max_value=12))):
+        kind = draw(st.sampled_from(["new", "new", "new", "outlier", "promote", "repeat"]))
+        if kind == "repeat" and events:
+            events.append(draw(st.sampled_from(events)))
+            continue
+        event_id = draw(st.sampled_from(outliers)) if kind == "promote" and outliers else f"$e{n}"
+        if kind == "outlier":
+            outliers.append(event_id)
+            events.append({"event_id": event_id, "outlier": True})
+            continue
+        key = draw(_STATE_KEYS)
+        prev = (
+            tuple(draw(st.lists(st.sampled_from(in_dag), max_size=2, unique=True)))
+            if in_dag
+            else ()
+        )
+        events.append(
+            {
+                "event_id": event_id,
+                "type": key[0] if key else "m.room.message",
+                "state_key": key[1] if key else None,
+                "prev": prev,
+                "before": draw(st.sampled_from([1, 2, 3])),
+                "after": draw(st.sampled_from([None, None, 2, 3])),
+                "rejected": draw(st.sampled_from([None, None, "auth"])),
+                "soft_failed": draw(st.booleans()),
+            }
+        )
+        in_dag.append(event_id)
+    return events
+
+
+def _fresh_db() -> sqlite3.Connection:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.execute("PRAGMA foreign_keys = ON")
+    migrate(db)
+    store_room(db, ROOM, "10")
+    store_state_group(db, ROOM, None, {CREATE: "$create"})  # group 1
+    store_state_group(db, ROOM, 1, {("m.room.name", ""): "$name"})  # group 2
+    store_state_group(db, ROOM, 1, {("m.room.topic", ""): "$topic"})  # group 3
+    return db
+
+
+def _observable(db: sqlite3.Connection) -> tuple[object, ...]:
+    events = db.execute(
+        "SELECT event_id, stream_ordering, outlier, soft_failed, rejected_reason FROM events"
+        " ORDER BY stream_ordering"
+    ).fetchall()
+    states = {
+        event_id: (read_state(db, before), read_state(db, after))
+        for event_id, before, after in db.execute("SELECT * FROM event_to_state_groups")
+    }
+    return (
+        events,
+        states,
+        reads.get_forward_extremities(db, ROOM),
+        reads.get_current_state_ids(db, ROOM),
+    )
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(specs=_event_lists())
+def test_one_call_writes_what_one_call_per_event_writes(
+    make_event: EventFactory, specs: list[dict[str, Any]]
+) -> None:
+    """Whether events come one request at a time or all together (as the
+    actor combines neighbouring requests), the database ends up the same.
+    """
+    events = [make_event(**spec) for spec in specs]
+    apart, together = _fresh_db(), _fresh_db()
+    one_by_one = {}
+    for event in events:
+        one_by_one.update(persist_events(apart, [event]))
+    assert persist_events(together, events) == one_by_one
+    assert _observable(together) == _observable(apart)
+    apart.close()
+    together.close()
+
+
+def test_persist_requests_combine_and_answer_each(
+    conn: sqlite3.Connection, make_event: EventFactory
+) -> None:
+    base = _base(conn)
+    first = PersistEvents((make_event("$a", before=base), make_event("$b", before=base)))
+    second = PersistEvents((make_event("$c", before=base, prev=("$a", "$b")),))
+    named = PersistEvents((make_event("$d", before=base),), {ROOM: base})
+    assert first.combine_key == second.combine_key == "persist_events"
+    # A request naming current state is never combined.
+    assert named.combine_key is None
+    answers = first.run_combined(conn, [first, second])
+    assert [set(answer) for answer in answers] == [{"$a", "$b"}, {"$c"}]
+    assert answers[0]["$b"] < answers[1]["$c"]
+    assert reads.get_forward_extremities(conn, ROOM) == {"$c"}

@@ -6,7 +6,13 @@ rules the actor keeps and :mod:`ranvier.storage.writes` for how current state
 and forward extremities follow the events written.
 """
 
-from .actor import StorageActor, WriteOperation, WriteStats, is_fatal_database_error
+from .actor import (
+    CombinableWrite,
+    StorageActor,
+    WriteOperation,
+    WriteStats,
+    is_fatal_database_error,
+)
 from .connections import SynchronousMode
 from .readers import ReaderPool, ReadOperation
 from .records import (
@@ -29,6 +35,7 @@ from .store import Storage
 __all__ = [
     "MAX_CHAIN_LENGTH",
     "SCHEMA_VERSION",
+    "CombinableWrite",
     "DestinationRetry",
     "EventStateContext",
     "EventStateGroups",

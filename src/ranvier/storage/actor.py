@@ -7,17 +7,24 @@ Invariants
   on one dedicated thread, the writer thread. No other connection writes.
 * **Group commit.** The actor takes the first waiting request, then every
   other request already waiting, up to ``batch_cap``, and runs them in one
-  ``BEGIN IMMEDIATE ... COMMIT``, in the order they were sent, each inside
-  a SAVEPOINT of its own.
+  ``BEGIN IMMEDIATE ... COMMIT``, in the order they were sent.
 * **Failures stay with their request.** A request whose operation raises is
-  rolled back to its savepoint alone; its caller gets that exception; the
-  rest of the batch commits and the actor goes on.
+  rolled back alone; its caller gets that exception; the rest of the batch
+  commits and the actor goes on. The batch is first run straight through,
+  without savepoints (an open savepoint makes SQLite copy aside every page
+  written under it, which costs more than the writes), and neighbouring
+  requests that can be combined (:class:`CombinableWrite`, such as event
+  persists) run as one operation. If any request raises, the transaction
+  is rolled back whole and the batch runs again with one SAVEPOINT per
+  request, so the outcome is always what one savepoint per request gives.
+* **Writes are pure.** A write operation touches nothing but the database
+  and does the same on the same data, because it may run twice.
 * **Answers come after the commit.** No caller hears of success before the
   transaction holding its write has committed.
 * **Writes outlive their callers.** A request that reached the channel is
   written even if its caller is then cancelled; only the answer is dropped.
-  The actor never waits for a caller: each answer goes into the caller's own
-  one-slot channel with ``send_nowait``.
+  The actor never waits for a caller: each answer goes into a one-shot slot
+  of the request's own, which never blocks.
 * **No batch is abandoned.** Once a batch is on the writer thread, the actor
   waits for it shielded from cancellation, so a cancelled actor still
   commits and answers the batch in hand before it stops.
@@ -49,9 +56,9 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, NoReturn, TypeAlias, TypeVar
+from typing import Any, Generic, NoReturn, Protocol, TypeAlias, TypeVar, cast
 
 import trio
 
@@ -60,13 +67,42 @@ from ranvier.errors import StorageUnavailableError
 from .connections import SynchronousMode, open_writer
 from .schema import migrate
 
-__all__ = ["StorageActor", "WriteOperation", "WriteStats", "is_fatal_database_error"]
+__all__ = [
+    "CombinableWrite",
+    "StorageActor",
+    "WriteOperation",
+    "WriteStats",
+    "is_fatal_database_error",
+]
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
-#: A write: a function of the write connection, run inside the actor's
-#: transaction and its own savepoint, on the writer thread.
+#: A write: a function of the write connection, run on the writer thread
+#: inside the actor's transaction (and, when a batch is retried, inside a
+#: savepoint of its own). It must be pure: it may run twice.
 WriteOperation: TypeAlias = Callable[[sqlite3.Connection], T]
+
+
+class CombinableWrite(Protocol[T_co]):
+    """A write that can run in one go with neighbouring writes of its kind.
+
+    Many small writes cost mostly their per-statement overhead; run together
+    they become one statement per table. ``run_combined`` must leave the
+    database exactly as running ``writes`` one after another would, and
+    return their results in order.
+    """
+
+    #: Writes with equal keys may be combined; None: never combined.
+    @property
+    def combine_key(self) -> Hashable | None: ...
+
+    def __call__(self, conn: sqlite3.Connection, /) -> T_co: ...
+
+    def run_combined(
+        self, conn: sqlite3.Connection, writes: Sequence[Any], /
+    ) -> Sequence[T_co]: ...
+
 
 # Error codes (primary, the low byte) that are about the database rather than
 # one request.
@@ -112,20 +148,29 @@ class _Failed:
 _Answer: TypeAlias = _Ok[T] | _Failed
 
 
-@dataclass(slots=True)
 class _Request:
-    operation: WriteOperation[Any]
-    reply: trio.MemorySendChannel[_Answer[Any]]
+    """A write and the one-shot slot its answer goes into.
 
-    def answer(self, answer: _Answer[Any]) -> None:
-        # One slot, one answer: this never blocks. A caller that went away
-        # closed its end; the answer is dropped, the write stays.
-        try:
-            self.reply.send_nowait(answer)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            self.reply.close()
+    Answering sets a :class:`trio.Event`, which never blocks: a caller that
+    went away simply never looks at the answer, and the write stays.
+    """
+
+    __slots__ = ("_answered", "answer", "operation")
+
+    def __init__(self, operation: WriteOperation[Any]) -> None:
+        self.operation = operation
+        self.answer: _Answer[Any] | None = None
+        self._answered = trio.Event()
+
+    def reply(self, answer: _Answer[Any]) -> None:
+        if self.answer is None:
+            self.answer = answer
+            self._answered.set()
+
+    async def wait(self) -> _Answer[Any]:
+        await self._answered.wait()
+        assert self.answer is not None
+        return self.answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,29 +190,79 @@ def _unavailable(reason: BaseException | None) -> StorageUnavailableError:
     return error
 
 
+def _combine_key(operation: WriteOperation[Any]) -> Hashable | None:
+    # Not isinstance(): a runtime Protocol check costs more than the write.
+    key: Hashable | None = getattr(operation, "combine_key", None)
+    return key
+
+
+def _runs(operations: Sequence[WriteOperation[Any]]) -> Iterator[list[WriteOperation[Any]]]:
+    """The operations in order, neighbours with one combine key together."""
+    run: list[WriteOperation[Any]] = []
+    run_key: Hashable | None = None
+    for operation in operations:
+        key = _combine_key(operation)
+        if run and (key is None or key != run_key):
+            yield run
+            run = []
+        run.append(operation)
+        run_key = key
+    if run:
+        yield run
+
+
+def _run_straight(
+    conn: sqlite3.Connection, operations: Sequence[WriteOperation[Any]]
+) -> list[_Answer[Any]] | _Failed:
+    """Every operation's answer, combining neighbours where they allow it; or
+    the first failure, with the transaction left to roll back.
+    """
+    answers: list[_Answer[Any]] = []
+    for run in _runs(operations):
+        try:
+            if len(run) > 1:
+                values = cast(CombinableWrite[Any], run[0]).run_combined(conn, run)
+            else:
+                values = [run[0](conn)]
+        except Exception as exc:
+            if is_fatal_database_error(exc):
+                raise
+            return _Failed(exc)
+        answers.extend(_Ok(value) for value in values)
+    return answers
+
+
+def _run_alone(conn: sqlite3.Connection, operation: WriteOperation[Any]) -> _Answer[Any]:
+    conn.execute("SAVEPOINT request")
+    try:
+        value = operation(conn)
+    except Exception as exc:
+        if is_fatal_database_error(exc):
+            raise
+        conn.execute("ROLLBACK TO request")
+        conn.execute("RELEASE request")
+        return _Failed(exc)
+    conn.execute("RELEASE request")
+    return _Ok(value)
+
+
 def _run_batch(
     conn: sqlite3.Connection, operations: Sequence[WriteOperation[Any]]
 ) -> list[_Answer[Any]]:
-    """One transaction, one savepoint per operation; runs on the writer thread.
+    """One transaction for the batch; runs on the writer thread.
 
     Raises only on a fatal error, after rolling the whole batch back.
     """
-    answers: list[_Answer[Any]] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for operation in operations:
-            conn.execute("SAVEPOINT request")
-            try:
-                value = operation(conn)
-            except Exception as exc:
-                if is_fatal_database_error(exc):
-                    raise
-                conn.execute("ROLLBACK TO request")
-                conn.execute("RELEASE request")
-                answers.append(_Failed(exc))
-            else:
-                conn.execute("RELEASE request")
-                answers.append(_Ok(value))
+        answers = _run_straight(conn, operations)
+        if isinstance(answers, _Failed):
+            conn.execute("ROLLBACK")
+            if len(operations) == 1:
+                # Rolling back the transaction rolled back exactly it.
+                return [answers]
+            conn.execute("BEGIN IMMEDIATE")
+            answers = [_run_alone(conn, operation) for operation in operations]
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -314,7 +409,7 @@ class StorageActor:
                 answers = await writer.call(functools.partial(_run_batch, operations=operations))
             except BaseException as exc:
                 for request in batch:
-                    request.answer(_Failed(_unavailable(exc)))
+                    request.reply(_Failed(_unavailable(exc)))
                 raise
             self._stats = WriteStats(
                 batches=self._stats.batches + 1,
@@ -322,7 +417,7 @@ class StorageActor:
                 largest_batch=max(self._stats.largest_batch, len(batch)),
             )
             for request, answer in zip(batch, answers, strict=True):
-                request.answer(answer)
+                request.reply(answer)
 
     def _refuse_waiting(self, reason: BaseException | None) -> None:
         """Answer every request still in the channel, and close it so that
@@ -333,7 +428,7 @@ class StorageActor:
                 request = self._receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-            request.answer(_Failed(_unavailable(reason)))
+            request.reply(_Failed(_unavailable(reason)))
         self._receive.close()
 
     async def submit(self, operation: WriteOperation[T]) -> T:
@@ -343,14 +438,10 @@ class StorageActor:
         Once this has handed the request over, cancelling the caller does not
         stop the write.
         """
-        reply_send, reply_receive = trio.open_memory_channel[_Answer[T]](1)
-        with reply_receive:
-            try:
-                await self._send.send(_Request(operation, reply_send))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise _unavailable(None) from None
-            try:
-                answer = await reply_receive.receive()
-            except trio.EndOfChannel:
-                raise _unavailable(None) from None
+        request = _Request(operation)
+        try:
+            await self._send.send(request)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise _unavailable(None) from None
+        answer: _Answer[T] = await request.wait()
         return answer.unwrap()

@@ -89,10 +89,8 @@ class Storage:
         :class:`~ranvier.errors.PartialStateConflictError`, writing none of
         them, if one has partial state and its room no longer does.
         """
-        events = tuple(events)
-        named = dict(current_state_groups or {})
         return await self.actor.submit(
-            functools.partial(writes.persist_events, events=events, current_state_groups=named)
+            writes.PersistEvents(tuple(events), dict(current_state_groups or {}))
         )
 
     async def store_room(self, room_id: str, room_version: RoomVersionLike) -> None:

@@ -12,16 +12,24 @@ operation touches:
    state of several extremities itself), current state becomes that group.
 2. Otherwise, if the room has exactly one forward extremity afterwards,
    current state becomes the state after that event.
-3. Otherwise current state stays as it was.
+3. Otherwise current state becomes the state after the last accepted event
+   written. The caller is expected to name the resolved state whenever the
+   room has several extremities; this fallback keeps current state a state
+   the room really had.
 
 Only accepted events (not outliers, not rejected, not soft-failed) move
-extremities and current state.
+extremities and current state, and a write with none leaves both alone.
+
+The rule depends only on the events written and where the extremities end
+up, not on how the writes were split into requests: that is what lets the
+actor run neighbouring persist requests as one (:class:`PersistEvents`).
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from ranvier.errors import (
     MatrixError,
@@ -45,6 +53,7 @@ from .state_groups import (
 )
 
 __all__ = [
+    "PersistEvents",
     "clear_partial_state",
     "persist_events",
     "record_transaction",
@@ -57,19 +66,33 @@ __all__ = [
     "update_state_for_partial_event",
 ]
 
-_INSERT_EVENT_SQL = """
-INSERT INTO events (
-    event_id, room_id, type, state_key, sender, depth, origin_server_ts, json,
-    outlier, soft_failed, rejected_reason
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (event_id) DO NOTHING
+_EVENT_COLUMNS = (
+    "event_id, room_id, type, state_key, sender, depth, origin_server_ts, json,"
+    " outlier, soft_failed, rejected_reason"
+)
+_INSERT_EVENT_SQL = (
+    f"INSERT INTO events (stream_ordering, {_EVENT_COLUMNS}) VALUES (?, {', '.join('?' * 11)})"
+)
+_INSERT_EVENT_IF_NEW_SQL = (
+    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * 11)})"
+    " ON CONFLICT (event_id) DO NOTHING"
+)
+_INSERT_STATE_GROUPS_SQL = (
+    "INSERT INTO event_to_state_groups (event_id, state_group_before, state_group_after)"
+    " VALUES (?, ?, ?)"
+)
+# An event that already has accepted children (it arrived late, say by
+# backfill) is not an extremity.
+_ADD_EXTREMITY_SQL = """
+INSERT OR IGNORE INTO forward_extremities (room_id, event_id)
+SELECT ?1, ?2 WHERE NOT EXISTS (
+    SELECT 1 FROM event_edges AS edge JOIN events AS child ON child.event_id = edge.event_id
+    WHERE edge.prev_event_id = ?2
+      AND child.outlier = 0 AND child.soft_failed = 0 AND child.rejected_reason IS NULL
+)
 """
-_HAS_ACCEPTED_CHILD_SQL = """
-SELECT 1 FROM event_edges AS edge JOIN events AS child ON child.event_id = edge.event_id
-WHERE edge.prev_event_id = ?
-  AND child.outlier = 0 AND child.soft_failed = 0 AND child.rejected_reason IS NULL
-LIMIT 1
-"""
+# Stays well under SQLite's limit on bound parameters.
+_CHUNK = 500
 
 
 def _is_foreign_key_failure(exc: sqlite3.IntegrityError) -> bool:
@@ -105,28 +128,29 @@ def store_room(conn: sqlite3.Connection, room_id: str, room_version: str) -> Non
     _ensure_room(conn, room_id, room_version)
 
 
+def _event_row(event: EventToPersist) -> tuple[object, ...]:
+    return (
+        event.event_id,
+        event.room_id,
+        event.type,
+        event.state_key,
+        event.sender,
+        event.depth,
+        event.origin_server_ts,
+        event.json,
+        event.outlier,
+        event.soft_failed,
+        event.rejected_reason,
+    )
+
+
 def _write_event_row(conn: sqlite3.Connection, event: EventToPersist) -> tuple[int, bool]:
-    """Write the event's row and edges: ``(stream ordering, whether to go on)``.
+    """Write one event's row and edges: ``(stream ordering, whether to go on)``.
 
     An event already stored is left alone, except an outlier that now comes
     with a place in the DAG: it joins the DAG at the end of the stream.
     """
-    cursor = conn.execute(
-        _INSERT_EVENT_SQL,
-        (
-            event.event_id,
-            event.room_id,
-            event.type,
-            event.state_key,
-            event.sender,
-            event.depth,
-            event.origin_server_ts,
-            event.json,
-            event.outlier,
-            event.soft_failed,
-            event.rejected_reason,
-        ),
-    )
+    cursor = conn.execute(_INSERT_EVENT_IF_NEW_SQL, _event_row(event))
     if cursor.rowcount:
         ordering = cursor.lastrowid
         assert ordering is not None
@@ -157,7 +181,7 @@ def _write_event_row(conn: sqlite3.Connection, event: EventToPersist) -> tuple[i
     return ordering, True
 
 
-def _group_after(
+def _derived_after(
     conn: sqlite3.Connection,
     *,
     room_id: str,
@@ -165,46 +189,29 @@ def _group_after(
     state_key: StateKey | None,
     rejected: bool,
     before: int,
-    after: int | None,
 ) -> int:
-    """The state group after an event: given, or derived from the one before."""
-    check_group_in_room(conn, before, room_id)
-    if after is not None:
-        check_group_in_room(conn, after, room_id)
-        return after
+    """The state after an event, from the state before: the event added for
+    an accepted state event, the same state otherwise.
+    """
     if state_key is None or rejected:
         return before
     return store_state_group(conn, room_id, before, {state_key: event_id})
 
 
-def _insert_partial_state_event(conn: sqlite3.Connection, event_id: str, room_id: str) -> None:
-    try:
-        conn.execute(
-            "INSERT INTO partial_state_events (event_id, room_id) VALUES (?, ?)",
-            (event_id, room_id),
-        )
-    except sqlite3.IntegrityError as exc:
-        # The only foreign key this statement can fail on its room side is
-        # partial_state_rooms: the event row was written just before.
-        if _is_foreign_key_failure(exc):
-            raise PartialStateConflictError(
-                f"{event_id} has partial state but {room_id} no longer does"
-            ) from None
-        raise
-
-
-def _add_extremity(conn: sqlite3.Connection, event: EventToPersist) -> None:
-    conn.executemany(
-        "DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ?",
-        [(event.room_id, prev) for prev in event.prev_event_ids],
+def _group_after(
+    conn: sqlite3.Connection, event: EventToPersist, before: int, after: int | None
+) -> int:
+    """The state group after an event whose groups have been checked."""
+    if after is not None:
+        return after
+    return _derived_after(
+        conn,
+        room_id=event.room_id,
+        event_id=event.event_id,
+        state_key=None if event.state_key is None else (event.type, event.state_key),
+        rejected=event.rejected_reason is not None,
+        before=before,
     )
-    # An event that already has accepted children (it arrived late, say by
-    # backfill) is not an extremity.
-    if conn.execute(_HAS_ACCEPTED_CHILD_SQL, (event.event_id,)).fetchone() is None:
-        conn.execute(
-            "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?, ?)",
-            (event.room_id, event.event_id),
-        )
 
 
 def _sole_extremity_group(conn: sqlite3.Connection, room_id: str) -> int | None:
@@ -276,6 +283,165 @@ def _move_current_state(conn: sqlite3.Connection, room_id: str, to_group: int) -
     )
 
 
+def _stored_events(
+    conn: sqlite3.Connection, event_ids: Sequence[str]
+) -> dict[str, tuple[int, bool]]:
+    """``event_id -> (stream ordering, outlier)`` for the IDs already stored."""
+    stored: dict[str, tuple[int, bool]] = {}
+    unique = list(dict.fromkeys(event_ids))
+    for start in range(0, len(unique), _CHUNK):
+        chunk = unique[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for event_id, ordering, outlier in conn.execute(
+            f"SELECT event_id, stream_ordering, outlier FROM events WHERE event_id IN ({marks})",
+            chunk,
+        ):
+            stored[event_id] = (ordering, bool(outlier))
+    return stored
+
+
+def _check_groups(conn: sqlite3.Connection, events: Sequence[EventToPersist]) -> None:
+    """Refuse state groups that do not exist or belong to another room."""
+    claims: set[tuple[int, str]] = set()
+    for event in events:
+        assert event.context is not None
+        claims.add((event.context.state_group_before, event.room_id))
+        if event.context.state_group_after is not None:
+            claims.add((event.context.state_group_after, event.room_id))
+    groups = sorted({group for group, _ in claims})
+    rooms: dict[int, str] = {}
+    for start in range(0, len(groups), _CHUNK):
+        chunk = groups[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rooms.update(
+            conn.execute(f"SELECT id, room_id FROM state_groups WHERE id IN ({marks})", chunk)
+        )
+    for group, room_id in sorted(claims):
+        if rooms.get(group) != room_id:
+            check_group_in_room(conn, group, room_id)  # raises, saying which
+
+
+def _partial_state_conflict(
+    conn: sqlite3.Connection, partial: Sequence[tuple[str, str]]
+) -> PartialStateConflictError:
+    gone = sorted(
+        room_id
+        for room_id in {room_id for _, room_id in partial}
+        if conn.execute(
+            "SELECT 1 FROM partial_state_rooms WHERE room_id = ?", (room_id,)
+        ).fetchone()
+        is None
+    )
+    events = [event_id for event_id, room_id in partial if room_id in gone]
+    return PartialStateConflictError(
+        f"{', '.join(events)} {'has' if len(events) == 1 else 'have'} partial state"
+        f" but {', '.join(gone)} no longer {'does' if len(gone) == 1 else 'do'}"
+    )
+
+
+def _write_new_events(
+    conn: sqlite3.Connection,
+    events: Sequence[EventToPersist],
+    stored: Mapping[str, tuple[int, bool]],
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Write events none of which needs more than skipping if already stored,
+    a statement per table for all of them. Returns their orderings and, per
+    room, the state after the last accepted event.
+    """
+    orderings = {event_id: stored[event_id][0] for event_id in stored}
+    new = [event for event in events if event.event_id not in stored]
+    if not new:
+        return orderings, {}
+    (top,) = conn.execute("SELECT COALESCE(MAX(stream_ordering), 0) FROM events").fetchone()
+    rows = []
+    for ordering, event in enumerate(new, start=top + 1):
+        orderings[event.event_id] = ordering
+        rows.append((ordering, *_event_row(event)))
+    conn.executemany(_INSERT_EVENT_SQL, rows)
+    conn.executemany(
+        "INSERT OR IGNORE INTO event_edges (event_id, prev_event_id, room_id) VALUES (?, ?, ?)",
+        [(e.event_id, prev, e.room_id) for e in new for prev in e.prev_event_ids],
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO event_auth (event_id, auth_event_id, room_id) VALUES (?, ?, ?)",
+        [(e.event_id, auth, e.room_id) for e in new for auth in e.auth_event_ids],
+    )
+    in_dag = [event for event in new if event.context is not None]
+    if not in_dag:
+        return orderings, {}
+    _check_groups(conn, in_dag)
+    group_rows = []
+    partial = []
+    for event in in_dag:
+        context = event.context
+        assert context is not None
+        after = _group_after(conn, event, context.state_group_before, context.state_group_after)
+        group_rows.append((event.event_id, context.state_group_before, after))
+        if context.partial_state:
+            partial.append((event.event_id, event.room_id))
+    conn.executemany(_INSERT_STATE_GROUPS_SQL, group_rows)
+    if partial:
+        try:
+            conn.executemany(
+                "INSERT INTO partial_state_events (event_id, room_id) VALUES (?, ?)", partial
+            )
+        except sqlite3.IntegrityError as exc:
+            # Every event row was written just before, so the key that
+            # failed is the room's: its partial state is gone.
+            if _is_foreign_key_failure(exc):
+                raise _partial_state_conflict(conn, partial) from None
+            raise
+    accepted = [event for event in in_dag if event.accepted]
+    conn.executemany(
+        "DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ?",
+        [(e.room_id, prev) for e in accepted for prev in e.prev_event_ids],
+    )
+    conn.executemany(_ADD_EXTREMITY_SQL, [(e.room_id, e.event_id) for e in accepted])
+    last_state = {
+        event.room_id: after
+        for event, (_, _, after) in zip(in_dag, group_rows, strict=True)
+        if event.accepted
+    }
+    return orderings, last_state
+
+
+def _write_events_one_by_one(
+    conn: sqlite3.Connection, events: Sequence[EventToPersist]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Write events in order, for lists that repeat an event or bring an
+    outlier into the DAG, where each event depends on the ones before.
+    """
+    orderings: dict[str, int] = {}
+    last_state: dict[str, int] = {}
+    for event in events:
+        ordering, written = _write_event_row(conn, event)
+        orderings[event.event_id] = ordering
+        if not written or event.context is None:
+            continue
+        _check_groups(conn, [event])
+        context = event.context
+        after = _group_after(conn, event, context.state_group_before, context.state_group_after)
+        conn.execute(_INSERT_STATE_GROUPS_SQL, (event.event_id, context.state_group_before, after))
+        if context.partial_state:
+            partial = [(event.event_id, event.room_id)]
+            try:
+                conn.execute(
+                    "INSERT INTO partial_state_events (event_id, room_id) VALUES (?, ?)", partial[0]
+                )
+            except sqlite3.IntegrityError as exc:
+                if _is_foreign_key_failure(exc):
+                    raise _partial_state_conflict(conn, partial) from None
+                raise
+        if event.accepted:
+            conn.executemany(
+                "DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ?",
+                [(event.room_id, prev) for prev in event.prev_event_ids],
+            )
+            conn.execute(_ADD_EXTREMITY_SQL, (event.room_id, event.event_id))
+            last_state[event.room_id] = after
+    return orderings, last_state
+
+
 def persist_events(
     conn: sqlite3.Connection,
     events: Sequence[EventToPersist],
@@ -284,51 +450,66 @@ def persist_events(
     """Write events with their edges, state groups, partial-state rows,
     extremities and current state; return each event's stream ordering.
 
-    An event with partial state whose room no longer has partial state
-    raises :class:`PartialStateConflictError`, and none of ``events`` is
-    written. Events already stored are skipped (keeping their ordering).
+    Events get stream orderings in the order given. An event with partial
+    state whose room no longer has partial state raises
+    :class:`PartialStateConflictError`, and none of ``events`` is written.
+    Events already stored are skipped, keeping their ordering, except an
+    outlier now given a place in the DAG.
     """
-    orderings: dict[str, int] = {}
-    rooms_seen: set[str] = set()
-    rooms_moved: set[str] = set()
-    for event in events:
-        if event.room_id not in rooms_seen:
-            _ensure_room(conn, event.room_id, event.room_version)
-            rooms_seen.add(event.room_id)
-        ordering, written = _write_event_row(conn, event)
-        orderings[event.event_id] = ordering
-        if not written or event.context is None:
-            continue
-        context = event.context
-        after = _group_after(
-            conn,
-            room_id=event.room_id,
-            event_id=event.event_id,
-            state_key=None if event.state_key is None else (event.type, event.state_key),
-            rejected=event.rejected_reason is not None,
-            before=context.state_group_before,
-            after=context.state_group_after,
-        )
-        conn.execute(
-            "INSERT INTO event_to_state_groups (event_id, state_group_before, state_group_after)"
-            " VALUES (?, ?, ?)",
-            (event.event_id, context.state_group_before, after),
-        )
-        if context.partial_state:
-            _insert_partial_state_event(conn, event.event_id, event.room_id)
-        if event.accepted:
-            _add_extremity(conn, event)
-            rooms_moved.add(event.room_id)
+    for room_id, room_version in dict.fromkeys((e.room_id, e.room_version) for e in events):
+        _ensure_room(conn, room_id, room_version)
+    ids = [event.event_id for event in events]
+    stored = _stored_events(conn, ids)
+    joins_dag = any(
+        not event.outlier and stored[event.event_id][1]
+        for event in events
+        if event.event_id in stored
+    )
+    if len(set(ids)) == len(ids) and not joins_dag:
+        orderings, last_state = _write_new_events(conn, events, stored)
+    else:
+        orderings, last_state = _write_events_one_by_one(conn, events)
 
     named = dict(current_state_groups or {})
     for room_id, group in named.items():
         check_group_in_room(conn, group, room_id)
         _move_current_state(conn, room_id, group)
-    for room_id in rooms_moved - named.keys():
-        sole = _sole_extremity_group(conn, room_id)
-        if sole is not None:
-            _move_current_state(conn, room_id, sole)
+    for room_id, last_group in last_state.items():
+        if room_id not in named:
+            sole = _sole_extremity_group(conn, room_id)
+            _move_current_state(conn, room_id, last_group if sole is None else sole)
     return orderings
+
+
+@dataclass(frozen=True, slots=True)
+class PersistEvents:
+    """One request to persist events, as the actor runs it.
+
+    Neighbouring requests that name no current state are combined into one
+    :func:`persist_events` call: the current-state rule does not depend on
+    how events are split into requests, stream orderings follow the order
+    of the events either way, and each request gets back the orderings of
+    its own events.
+    """
+
+    events: tuple[EventToPersist, ...]
+    current_state_groups: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def combine_key(self) -> str | None:
+        return None if self.current_state_groups else "persist_events"
+
+    def __call__(self, conn: sqlite3.Connection) -> dict[str, int]:
+        return persist_events(conn, self.events, self.current_state_groups)
+
+    def run_combined(
+        self, conn: sqlite3.Connection, writes: Sequence[PersistEvents]
+    ) -> list[dict[str, int]]:
+        orderings = persist_events(conn, [event for write in writes for event in write.events])
+        return [
+            {event.event_id: orderings[event.event_id] for event in write.events}
+            for write in writes
+        ]
 
 
 def set_current_state(conn: sqlite3.Connection, room_id: str, state_group: int) -> None:
@@ -390,15 +571,19 @@ def update_state_for_partial_event(
             errcode="M_INVALID_PARAM",
             http_status=400,
         )
-    after = _group_after(
-        conn,
-        room_id=room_id,
-        event_id=event_id,
-        state_key=None if state_key is None else (typ, state_key),
-        rejected=rejected_reason is not None,
-        before=state_group_before,
-        after=state_group_after,
-    )
+    check_group_in_room(conn, state_group_before, room_id)
+    if state_group_after is not None:
+        check_group_in_room(conn, state_group_after, room_id)
+        after = state_group_after
+    else:
+        after = _derived_after(
+            conn,
+            room_id=room_id,
+            event_id=event_id,
+            state_key=None if state_key is None else (typ, state_key),
+            rejected=rejected_reason is not None,
+            before=state_group_before,
+        )
     conn.execute(
         "UPDATE event_to_state_groups SET state_group_before = ?, state_group_after = ?"
         " WHERE event_id = ?",
