@@ -23,7 +23,7 @@ from ranvier.errors import (
     PartialStateEventsRemainError,
     StorageUnavailableError,
 )
-from ranvier.storage import EventToPersist, Storage, StorageActor
+from ranvier.storage import EventToPersist, Storage, StorageActor, is_fatal_database_error
 
 ROOM = "!room:example.org"
 CREATE = ("m.room.create", "")
@@ -350,3 +350,36 @@ def test_bad_settings_are_refused(db_path: Path) -> None:
         StorageActor(db_path, batch_cap=0)
     with pytest.raises(ValueError, match="queue_size"):
         StorageActor(db_path, queue_size=0)
+
+
+def test_which_errors_are_fatal(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database " * 1_000)
+    broken = sqlite3.connect(garbage)
+    with pytest.raises(sqlite3.DatabaseError) as not_a_database:
+        broken.execute("SELECT * FROM sqlite_master")
+    broken.close()
+    assert is_fatal_database_error(not_a_database.value)
+
+    memory = sqlite3.connect(":memory:")
+    memory.execute("CREATE TABLE t (x PRIMARY KEY)")
+    memory.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(sqlite3.IntegrityError) as duplicate:
+        memory.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(sqlite3.OperationalError) as typo:
+        memory.execute("SELEC 1")
+    memory.close()
+    assert not is_fatal_database_error(duplicate.value)
+    assert not is_fatal_database_error(typo.value)
+    assert not is_fatal_database_error(ValueError("not from SQLite"))
+
+
+async def test_a_file_that_is_no_database_fails_the_start(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database " * 1_000)
+    storage = Storage(garbage)
+    with pytest.RaisesGroup(pytest.RaisesExc(sqlite3.DatabaseError, match="not a database")):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(storage.run)
+    with pytest.raises(StorageUnavailableError):
+        await storage.store_room(ROOM, "10")
