@@ -1,8 +1,10 @@
 """The write operations, run by the storage actor on its writer thread.
 
-Each takes the write connection and runs inside the actor's transaction, in a
-savepoint of its own: it never begins, commits or rolls back. An exception
-from it undoes exactly its own writes and reaches its own caller.
+Each takes the write connection and runs inside the actor's transaction: it
+never begins, commits or rolls back. If it raises, the actor undoes exactly
+its writes and the exception reaches its caller. Each is pure (it touches
+only the database and does the same on the same data): the actor may run it
+twice, see :mod:`ranvier.storage.actor`.
 
 Current state and forward extremities change in the same transaction as the
 events that move them. The rule for current state, for each room an
