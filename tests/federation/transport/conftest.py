@@ -12,6 +12,7 @@ import httpx
 import pytest
 import trio
 
+from ranvier.errors import MatrixError
 from ranvier.federation.transport.listener import HttpListener
 from ranvier.federation.transport.routes import add_key_server_route, add_version_route
 from ranvier.federation.transport.server import FederationApp
@@ -34,6 +35,8 @@ class DictKeyLookup:
     def __init__(self) -> None:
         self.keys: dict[tuple[str, str], VerifyKeyLike] = {}
         self.asked: list[tuple[str, str]] = []
+        #: Raised by every lookup when set, as a remote that cannot be reached.
+        self.error: MatrixError | None = None
 
     def add(self, server_name: str, key: SigningKey) -> None:
         self.keys[(server_name, key_id(key))] = key.verify_key
@@ -41,6 +44,8 @@ class DictKeyLookup:
     async def get_verify_key(self, server_name: str, key_id: str) -> VerifyKeyLike | None:
         self.asked.append((server_name, key_id))
         await trio.lowlevel.checkpoint()
+        if self.error is not None:
+            raise self.error
         return self.keys.get((server_name, key_id))
 
 

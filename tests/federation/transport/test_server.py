@@ -337,12 +337,7 @@ async def test_each_auth_failure_is_401_naming_it(served: Served, failure: str) 
 
 async def test_key_lookup_errors_become_401(served: Served) -> None:
     _add_echo(served)
-
-    class FailingLookup:
-        async def get_verify_key(self, server_name: str, key_id: str) -> None:
-            raise MatrixError("remote.example did not answer", errcode="M_UNKNOWN")
-
-    served.app._key_lookup = FailingLookup()
+    served.lookup.error = MatrixError("remote.example did not answer", errcode="M_UNKNOWN")
     response = await served.client.put(
         "/_matrix/federation/v1/send/t1", json={}, auth=_auth(served)
     )

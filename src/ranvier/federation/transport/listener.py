@@ -100,6 +100,8 @@ class HttpListener:
                 insecure_sockets=[] if self.ssl_context is not None else [sock],
                 quic_sockets=[],
             )
+            # hypercorn.trio.serve binds its own sockets; worker_serve, which
+            # it wraps, takes ready ones.
             app = hypercorn.app_wrappers.ASGIWrapper(cast(hypercorn.typing.ASGIFramework, self.app))
             async with trio.open_nursery() as nursery:
                 await nursery.start(

@@ -54,6 +54,8 @@ __all__ = [
     "JsonResponse",
     "KeyLookup",
     "Request",
+    "Route",
+    "RouteMatch",
     "Router",
 ]
 
@@ -128,7 +130,9 @@ Handler = Callable[[Request], Awaitable[JsonResponse | Mapping[str, Any] | list[
 
 
 @dataclass(frozen=True, slots=True)
-class _Route:
+class Route:
+    """One registered route."""
+
     method: str
     pattern: str
     segments: tuple[str | None, ...]  # None where the pattern has a parameter
@@ -138,8 +142,10 @@ class _Route:
 
 
 @dataclass(frozen=True, slots=True)
-class _Match:
-    route: _Route
+class RouteMatch:
+    """The route a request goes to, with its path parameters decoded."""
+
+    route: Route
     params: dict[str, str]
 
 
@@ -156,7 +162,7 @@ class Router:
     (Synapse's transaction URIs do).
     """
 
-    _routes: dict[tuple[str | None, ...], dict[str, _Route]] = field(default_factory=dict)
+    _routes: dict[tuple[str | None, ...], dict[str, Route]] = field(default_factory=dict)
 
     def add(
         self,
@@ -195,7 +201,7 @@ class Router:
             )
         if authenticated is None:
             authenticated = pattern.startswith(FEDERATION_PREFIX)
-        by_method[method] = _Route(
+        by_method[method] = Route(
             method, pattern, tuple(segments), tuple(names), handler, authenticated
         )
 
@@ -210,7 +216,7 @@ class Router:
 
         return register
 
-    def match(self, method: str, path: str) -> _Match:
+    def match(self, method: str, path: str) -> RouteMatch:
         """The route for ``method`` and the still percent-encoded ``path``.
 
         Raises MatrixError: 404 or 405 ``M_UNRECOGNIZED``, or 400
@@ -252,7 +258,7 @@ class Router:
             )
             route = by_method[method]
             values = [part for part, want in zip(parts, segments, strict=True) if want is None]
-            return _Match(route, dict(zip(route.names, values, strict=True)))
+            return RouteMatch(route, dict(zip(route.names, values, strict=True)))
         raise MatrixError("unrecognized request", errcode="M_UNRECOGNIZED", http_status=404)
 
     def routes(self) -> list[tuple[str, str, bool]]:
@@ -375,6 +381,8 @@ class FederationApp:
                     f"the request's Authorization headers name different origins"
                     f" ({origin!r} and {authorization.origin!r})"
                 )
+            # verify_request checks the destination too; checking it here
+            # first spares a key fetch for a request that is refused anyway.
             destination = authorization.destination
             if destination is not None and destination != self.server_name:
                 raise InvalidSignatureError(
