@@ -28,7 +28,7 @@ from ranvier.federation.transport.resolve import ServerNameResolutionError, SrvR
 from ranvier.federation.transport.routes import add_version_route, server_keys_json
 from ranvier.federation.transport.server import FederationApp, JsonResponse, KeyLookup, Request
 from ranvier.federation.transport.tls import client_ssl_context
-from ranvier.protocol.signing import SigningKey, generate_signing_key
+from ranvier.protocol.signing import SigningKey, VerifyKeyLike, generate_signing_key, key_id
 
 #: Every name a test server may be reached by; the certificate covers all.
 TEST_NAMES = (
@@ -183,11 +183,15 @@ class Canned:
 
 
 class WellKnownApp:
-    """Serves ``/.well-known/matrix/server`` per ``Host``, counting requests."""
+    """Answers any path with the answer set for the request's ``Host`` (for
+    ``/.well-known/matrix/server``, and as a server of raw answers),
+    recording each request's host and the client port it came from.
+    """
 
     def __init__(self) -> None:
         self.answers: dict[str, Canned] = {}
         self.hits: list[str] = []
+        self.client_ports: list[int] = []
 
     async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
         if scope["type"] == "lifespan":
@@ -199,6 +203,7 @@ class WellKnownApp:
         headers = {name.decode().lower(): value.decode() for name, value in scope["headers"]}
         host = headers.get("host", "").rsplit(":", 1)[0]
         self.hits.append(host)
+        self.client_ports.append(scope["client"][1])
         answer = self.answers.get(host, Canned(404, b'{"errcode":"M_NOT_FOUND"}'))
         await send(
             {
@@ -221,54 +226,78 @@ class Seen:
     origin: str | None
 
 
-class RemoteHomeserver:
-    """Another homeserver: the real federation app, its key route, an echo
-    route, and routes whose answers a test sets.
+class StaticKeys:
+    """A key lookup answering from a dict: for servers whose keys a test
+    hands over directly."""
 
-    ``key_response`` replaces the key route's answer when set, to serve a
-    forged or broken one.
+    def __init__(self, *keys: tuple[str, SigningKey]) -> None:
+        self.keys = {(name, key_id(key)): key.verify_key for name, key in keys}
+
+    async def get_verify_key(self, server_name: str, key_id: str) -> VerifyKeyLike | None:
+        await trio.lowlevel.checkpoint()
+        return self.keys.get((server_name, key_id))
+
+
+class RemoteHomeserver:
+    """Another homeserver: the real federation app with its own key route,
+    echo routes that record what arrives, and answers a test can set.
+
+    The server name is ``name_template`` with the port filled in once it
+    listens (``"remote.test:{port}"``). ``key_response`` replaces the key
+    route's answer when set, to serve a forged or broken one; ``delay``
+    holds every answer back that many seconds.
     """
 
     def __init__(
         self,
-        server_name: str,
+        name_template: str,
         *,
         key_lookup: KeyLookup,
-        signing_key: SigningKey | None = None,
         clock: Callable[[], int],
+        signing_key: SigningKey | None = None,
         validity_ms: int = 24 * 3600 * 1000,
     ) -> None:
-        self.server_name = server_name
+        self.name_template = name_template
+        self.server_name = name_template
         self.signing_key = signing_key or generate_signing_key("k1")
-        self.app = FederationApp(server_name=server_name, key_lookup=key_lookup)
+        self.app = FederationApp(server_name=name_template, key_lookup=key_lookup)
+        self.port = 0
         self.seen: list[Seen] = []
         self.key_requests = 0
         self.key_response: Mapping[str, Any] | None = None
-        self.key_delay = 0.0
+        self.delay = 0.0
         self.canned: dict[str, Canned] = {}
-        self._clock = clock
+        self.clock = clock
         self.validity_ms = validity_ms
         add_version_route(self.app.router)
         self.app.router.add("GET", "/_matrix/key/v2/server", self._keys, authenticated=False)
-        self.app.router.add("GET", "/_matrix/federation/v1/echo", self._echo)
+        for method in ("GET", "PUT", "POST"):
+            self.app.router.add(method, "/_matrix/federation/v1/echo", self._echo)
         self.app.router.add("PUT", "/_matrix/federation/v1/echo/{id}", self._echo)
-        self.app.router.add("POST", "/_matrix/federation/v1/echo", self._echo)
-        self.app.router.add("GET", "/_matrix/federation/v1/open", self._echo, authenticated=False)
+
+    async def start(self, nursery: trio.Nursery, context: ssl.SSLContext) -> str:
+        """Listen on loopback; return the server name, port filled in."""
+        self.port = await serve(nursery, self.app, context)
+        self.server_name = self.name_template.format(port=self.port)
+        self.app.server_name = self.server_name
+        return self.server_name
 
     async def _keys(self, request: Request) -> Any:
         self.key_requests += 1
-        if self.key_delay:
-            await trio.sleep(self.key_delay)
+        if self.delay:
+            await trio.sleep(self.delay)
         if self.key_response is not None:
             return self.key_response
         return server_keys_json(
-            self.server_name, [self.signing_key], self._clock() + self.validity_ms
+            self.server_name, [self.signing_key], self.clock() + self.validity_ms
         )
 
     async def _echo(self, request: Request) -> Any:
         self.seen.append(
             Seen(request.method, request.uri, dict(request.headers), request.body, request.origin)
         )
+        if self.delay:
+            await trio.sleep(self.delay)
         canned = self.canned.get(request.uri.partition("?")[0])
         if canned is not None:
             return JsonResponse(msgspec.json.decode(canned.body), status=canned.status)
