@@ -800,8 +800,24 @@ def _httpx_errors(request: httpx.Request) -> Any:
     except Exception as exc:
         for core_type, httpx_type in _ERROR_MAP:
             if isinstance(exc, core_type):
-                raise httpx_type(str(exc) or type(exc).__name__, request=request) from exc
+                raise httpx_type(_root_cause(exc), request=request) from exc
         raise
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The message of the deepest exception behind ``exc`` that has one:
+    httpcore's errors are often empty and wrap the one that says what
+    happened (a certificate that does not match, a refused connection).
+    """
+    message = str(exc) or type(exc).__name__
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if str(current):
+            message = str(current)
+        current = current.__cause__ or current.__context__
+    return message
 
 
 class _RoutingBackend(httpcore.AsyncNetworkBackend):
@@ -829,7 +845,7 @@ class _RoutingBackend(httpcore.AsyncNetworkBackend):
                     socket_options=socket_options,
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failures.append(f"{_format_endpoint(endpoint)}: {exc or type(exc).__name__}")
+                failures.append(f"{_format_endpoint(endpoint)}: {_root_cause(exc)}")
         if not failures:
             raise httpcore.ConnectError(f"no endpoint to connect to for {host}")
         raise httpcore.ConnectError(f"could not connect to {host}: " + "; ".join(failures))
