@@ -264,6 +264,8 @@ class RemoteHomeserver:
         self.port = 0
         self.seen: list[Seen] = []
         self.key_requests = 0
+        #: Set when the first key request arrives.
+        self.key_requested = trio.Event()
         self.key_response: Mapping[str, Any] | None = None
         self.delay = 0.0
         self.canned: dict[str, Canned] = {}
@@ -284,6 +286,7 @@ class RemoteHomeserver:
 
     async def _keys(self, request: Request) -> Any:
         self.key_requests += 1
+        self.key_requested.set()
         if self.delay:
             await trio.sleep(self.delay)
         if self.key_response is not None:
