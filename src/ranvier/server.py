@@ -1,0 +1,406 @@
+"""The homeserver: one object that owns every long-lived task, in one nursery.
+
+:class:`HomeServer` wires the real parts together (storage, the outgoing
+federation client, the key ring, the federation HTTP app and its listeners)
+and :meth:`HomeServer.run` runs them. :func:`open_homeserver` is the way to
+embed one in a Trio program: the server runs inside the ``async with``
+block and is gone, every socket closed and every task ended, when the block
+is left.
+
+Invariants
+----------
+
+* **Owned tasks only.** Every task the server starts lives in the nursery
+  :meth:`HomeServer.run` opens; when ``run`` returns or raises, none is
+  left.
+* **Ready means ready.** ``run`` reports started only once every component
+  is ready: the database open and migrated, every listener accepting
+  connections on the port it reports.
+* **Ordered start and stop.** Components start one after another in one
+  place (:meth:`HomeServer._components`), each ready before the next, and
+  stop in the reverse order, each gone before the one below it is told to
+  stop: the listeners first, so that no new request arrives, and storage
+  last, so that a request still being answered can write, and the storage
+  actor finishes the batch in hand. Each component runs in a cancel scope
+  of its own, shielded from cancellation of the server as a whole, and is
+  cancelled by the server when its turn comes.
+* **Start failures come out plain.** A problem found while starting (a bad
+  configuration, key file or certificate, a port in use, a database that
+  cannot be opened) is raised by ``run`` and by :func:`open_homeserver` as
+  itself, not inside an exception group, after whatever had started has
+  stopped; its message names the setting or file at fault. A component
+  that fails once the server runs stops the server, and the failure comes
+  out of the nursery as Trio reports it.
+
+Files
+-----
+
+The data directory is created (mode 0700) if missing. The signing key and,
+when a listener uses TLS and no certificate is configured, a self-signed
+certificate are generated into it on the first start and reused on every
+later one, as is the database.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import msgspec
+import trio
+
+from ranvier.config import Config, ListenerConfig
+from ranvier.federation.keys import KeyRing
+from ranvier.federation.transport.client import FederationHttpClient
+from ranvier.federation.transport.listener import HttpListener
+from ranvier.federation.transport.routes import add_key_server_route, add_version_route
+from ranvier.federation.transport.server import FederationApp, Router
+from ranvier.federation.transport.tls import ensure_certificate, server_ssl_context
+from ranvier.keyfile import load_or_create_signing_key
+from ranvier.protocol.signing import SigningKey
+from ranvier.storage import Storage
+
+__all__ = ["BoundListener", "HomeServer", "open_homeserver"]
+
+_log: Final = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class BoundListener:
+    """A configured listener, as it listens once the server runs."""
+
+    config: ListenerConfig
+    #: The port listened on: the configured one, or the one the system
+    #: chose for port 0.
+    port: int
+    #: ``https`` or ``http``.
+    scheme: str
+
+    @property
+    def url(self) -> str:
+        """The listener's base URL, such as ``https://127.0.0.1:8448``."""
+        host = self.config.host
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Component:
+    """A long-lived part of the server, started with ``nursery.start(run)``."""
+
+    name: str
+    run: Callable[..., Awaitable[object]]
+
+
+@dataclass(eq=False, slots=True)
+class _Running:
+    """What the server holds of a component it started, to stop it."""
+
+    name: str
+    scope: trio.CancelScope
+    done: trio.Event
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What the start reads from disk before any task runs."""
+
+    signing_key: SigningKey
+    #: The TLS listeners' context; None when no listener uses TLS.
+    server_ssl_context: ssl.SSLContext | None
+
+
+class HomeServer:
+    """A Matrix homeserver: its configuration, its parts and their tasks.
+
+    Construct it with a :class:`~ranvier.config.Config` (the configuration
+    is checked here, and :class:`~ranvier.config.ConfigError` names the bad
+    key), then run it with ``await nursery.start(hs.run)``, or use
+    :func:`open_homeserver`. A HomeServer runs once. Its parts
+    (:attr:`storage`, :attr:`federation_app` and so on) exist from the
+    moment ``run`` reports started.
+    """
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = _checked(config if config is not None else Config.default())
+        self._ran = False
+        self._signing_key: SigningKey | None = None
+        self._storage: Storage | None = None
+        self._federation_client: FederationHttpClient | None = None
+        self._key_ring: KeyRing | None = None
+        self._federation_app: FederationApp | None = None
+        self._listeners: list[tuple[ListenerConfig, HttpListener]] = []
+        self._bound: tuple[BoundListener, ...] | None = None
+
+    # The parts, once built.
+
+    @property
+    def server_name(self) -> str:
+        return self.config.server_name
+
+    @property
+    def signing_key(self) -> SigningKey:
+        """The key this server signs events and requests with."""
+        return _built(self._signing_key, "signing_key")
+
+    @property
+    def storage(self) -> Storage:
+        return _built(self._storage, "storage")
+
+    @property
+    def federation_client(self) -> FederationHttpClient:
+        """The one client for requests to other homeservers."""
+        return _built(self._federation_client, "federation_client")
+
+    @property
+    def key_ring(self) -> KeyRing:
+        """Other servers' keys, for checking their requests and events."""
+        return _built(self._key_ring, "key_ring")
+
+    @property
+    def federation_app(self) -> FederationApp:
+        """The app every federation listener serves; its router holds the routes."""
+        return _built(self._federation_app, "federation_app")
+
+    @property
+    def listeners(self) -> tuple[BoundListener, ...]:
+        """The listeners, in configuration order, as they listen once started."""
+        return _built(self._bound, "listeners")
+
+    @property
+    def federation_port(self) -> int:
+        """The port of the first federation listener, once started."""
+        for bound in self.listeners:
+            if bound.config.type == "federation":
+                return bound.port
+        raise RuntimeError("the configuration has no federation listener")
+
+    # Running.
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start every component, report started, and serve until cancelled.
+
+        Raises the problem that stopped the start as itself; see the module's
+        invariants.
+        """
+        if self._ran:
+            raise RuntimeError("a HomeServer runs once; make a new one to start again")
+        self._ran = True
+        # Reading and perhaps generating files: off the event loop, which an
+        # embedding program may be using for other things.
+        prepared = await trio.to_thread.run_sync(self._prepare)
+        self._build(prepared)
+        failure: Exception | None = None
+        running: list[_Running] = []
+        async with trio.open_nursery() as nursery:
+            try:
+                for component in self._components():
+                    entry = _Running(component.name, trio.CancelScope(shield=True), trio.Event())
+                    # Recorded before it is started, so the shutdown below
+                    # waits for it however far its start got.
+                    running.append(entry)
+                    await nursery.start(
+                        self._run_component, component, entry, name=f"ranvier {component.name}"
+                    )
+                self._bound = tuple(
+                    BoundListener(config, port=_bound_port(listener), scheme=listener.scheme)
+                    for config, listener in self._listeners
+                )
+                for bound in self._bound:
+                    _log.info("listening on %s (%s)", bound.url, bound.config.type)
+                task_status.started()
+                await trio.sleep_forever()
+            except Exception as exc:
+                # Only a start can fail here: once started, the body just
+                # sleeps, and a component's failure cancels it.
+                failure = exc
+            finally:
+                with trio.CancelScope(shield=True):
+                    for entry in reversed(running):
+                        entry.scope.cancel()
+                        await entry.done.wait()
+        if failure is not None:
+            raise failure
+
+    @staticmethod
+    async def _run_component(
+        component: _Component,
+        entry: _Running,
+        *,
+        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            with entry.scope:
+                await component.run(task_status=task_status)
+                if not entry.scope.cancel_called:
+                    # A component that ends by itself would leave the server
+                    # running without it.
+                    raise RuntimeError(f"the {component.name} stopped by itself")
+        finally:
+            entry.done.set()
+
+    def _prepare(self) -> _Prepared:
+        config = self.config
+        paths = config.paths
+        _make_private_directory(config.data_dir)
+        paths.database.parent.mkdir(parents=True, exist_ok=True)
+        signing_key = load_or_create_signing_key(paths.signing_key)
+        context = None
+        if any(listener.uses_tls for listener in config.listeners):
+            certificate, private_key = paths.tls_certificate, paths.tls_private_key
+            configured = config.tls.certificate_path or config.tls.private_key_path
+            # A configured certificate that is missing is the operator's to
+            # fix: replacing it with a self-signed one would hide that.
+            if not configured and ensure_certificate(certificate, private_key, config.server_name):
+                _log.info(
+                    "generated a self-signed TLS certificate for %s in %s; servers that"
+                    " verify certificates will not accept it",
+                    config.server_name,
+                    certificate,
+                )
+            context = server_ssl_context(certificate, private_key)
+        return _Prepared(signing_key, context)
+
+    def _build(self, prepared: _Prepared) -> None:
+        """Make the parts; nothing runs yet."""
+        config = self.config
+        self._signing_key = prepared.signing_key
+        self._storage = Storage(config.paths.database, synchronous=config.database.synchronous)
+        self._federation_client = FederationHttpClient.from_config(config, prepared.signing_key)
+        self._key_ring = KeyRing(
+            store=self._storage,
+            client=self._federation_client,
+            local_server_name=config.server_name,
+            local_keys=[prepared.signing_key.verify_key],
+        )
+        self._federation_app = FederationApp(
+            server_name=config.server_name,
+            key_lookup=self._key_ring,
+            router=self._federation_router(prepared.signing_key),
+            max_body_bytes=config.federation.max_request_body_bytes,
+        )
+        self._listeners = []
+        for index, listener in enumerate(config.listeners):
+            if listener.type != "federation":
+                _log.warning(
+                    "listeners[%d]: the %s API is not served yet; nothing listens on %s port %d",
+                    index,
+                    listener.type,
+                    listener.host,
+                    listener.port,
+                )
+                continue
+            http = HttpListener(
+                self._federation_app,
+                host=listener.host,
+                port=listener.port,
+                ssl_context=prepared.server_ssl_context if listener.uses_tls else None,
+            )
+            self._listeners.append((listener, http))
+
+    def _federation_router(self, signing_key: SigningKey) -> Router:
+        """Every federation and key route this server answers, registered here."""
+        router = Router()
+        add_version_route(router)
+        add_key_server_route(
+            router,
+            server_name=self.config.server_name,
+            signing_keys=[signing_key],
+            validity_ms=self.config.federation.key_validity_seconds * 1000,
+        )
+        return router
+
+    def _components(self) -> list[_Component]:
+        """The long-lived parts in the order they start; they stop in reverse."""
+        components = [
+            _Component("storage", self.storage.run),
+            _Component("federation client", self.federation_client.run),
+        ]
+        components.extend(
+            _Component(
+                f"{config.type} listener on {listener.host} port {config.port}", listener.run
+            )
+            for config, listener in self._listeners
+        )
+        return components
+
+
+@asynccontextmanager
+async def open_homeserver(config: Config | None = None) -> AsyncIterator[HomeServer]:
+    """Run a homeserver for the duration of an ``async with`` block.
+
+    The block starts once the server is ready (its ports listening, see
+    :attr:`HomeServer.federation_port`); leaving it stops the server and
+    waits until every task and socket is gone. A problem at start is raised
+    from the ``async with`` as itself; an exception raised in the block
+    comes out as itself too, unless the server also failed.
+    """
+    server = HomeServer(config)
+    failure: Exception | None = None
+    raised: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(server.run)
+            except Exception as exc:
+                failure = exc
+            else:
+                try:
+                    yield server
+                except BaseException as exc:
+                    raised = exc
+                    raise
+                finally:
+                    nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if raised is not None and len(group.exceptions) == 1 and group.exceptions[0] is raised:
+            raise raised from None
+        raise
+    if failure is not None:
+        raise failure
+
+
+def _checked(config: Config) -> Config:
+    # A Config built with keywords skips the type and range checks that
+    # loading applies (msgspec checks those when decoding, not in
+    # __init__), so it is checked again the way a file would be.
+    return Config.from_mapping(msgspec.to_builtins(config, enc_hook=_encode_path))
+
+
+def _encode_path(obj: object) -> object:
+    if isinstance(obj, Path):
+        return str(obj)
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+def _make_private_directory(path: Path) -> None:
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            raise NotADirectoryError(
+                f"the data directory {path} exists and is not a directory"
+            ) from None
+        return
+    # mkdir's mode is reduced by the umask; set it outright. An existing
+    # directory keeps the mode its operator gave it.
+    path.chmod(0o700)
+
+
+def _built(part: _T | None, name: str) -> _T:
+    if part is None:
+        raise RuntimeError(f"the homeserver has not started: it has no {name} yet")
+    return part
+
+
+def _bound_port(listener: HttpListener) -> int:
+    assert listener.port is not None  # set before the listener reports started
+    return listener.port
