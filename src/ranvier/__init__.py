@@ -1,4 +1,15 @@
-"""ranvier: a Matrix homeserver core for Trio."""
+"""ranvier: a Matrix homeserver core for Trio.
+
+The server's names (:func:`open_homeserver`, :class:`HomeServer`, the
+configuration) are imported on first use: they bring in the HTTP server,
+TLS and storage, which a program using only :mod:`ranvier.protocol` should
+not have to load.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ranvier.errors import (
     BadJsonError,
@@ -12,13 +23,43 @@ from ranvier.errors import (
 
 __version__ = "0.1.0.dev0"
 
+if TYPE_CHECKING:
+    from ranvier.config import Config, ConfigError, load_config
+    from ranvier.server import HomeServer, open_homeserver
+
 __all__ = [
     "BadJsonError",
+    "Config",
+    "ConfigError",
     "EventTooLargeError",
+    "HomeServer",
     "InvalidSignatureError",
     "LimitExceededError",
     "MatrixError",
     "PartialStateConflictError",
     "UnsupportedRoomVersionError",
     "__version__",
+    "load_config",
+    "open_homeserver",
 ]
+
+_LAZY = {
+    "Config": "ranvier.config",
+    "ConfigError": "ranvier.config",
+    "load_config": "ranvier.config",
+    "HomeServer": "ranvier.server",
+    "open_homeserver": "ranvier.server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ranvier' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
