@@ -12,14 +12,22 @@ message on stderr says why), 2 for a command line that does not parse.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
+
+import trio
 
 import ranvier
+from ranvier.config import Config, ConfigError, load_config
+from ranvier.keyfile import KeyFileError
 from ranvier.protocol.signing import (
     generate_key_version,
     generate_signing_key,
@@ -28,6 +36,8 @@ from ranvier.protocol.signing import (
 )
 
 __all__ = ["main"]
+
+_log: Final = logging.getLogger("ranvier.cli")
 
 
 @dataclass(frozen=True)
@@ -121,12 +131,114 @@ def _replace_private_file(path: Path, text: str) -> None:
         raise
 
 
+# --- serve --------------------------------------------------------------------------
+
+_LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the TOML configuration file (default: the built-in defaults: server name"
+        " localhost:8448, data in ./ranvier-data, federation on 127.0.0.1:8448)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=_LOG_LEVELS,
+        default="INFO",
+        help="the least severe messages logged (default: INFO)",
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _serve_config(args.config)
+    # Imported here: the server brings in the HTTP stack and storage, which
+    # the other commands do not need.
+    from ranvier.server import open_homeserver
+
+    async def serve_until_signalled() -> None:
+        # Signals are received as messages, not as KeyboardInterrupt, so
+        # that a stop always goes through the orderly shutdown. The receiver
+        # is open before the start, so a signal during the start is kept
+        # and acted on as soon as the server runs.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with open_homeserver(config):
+                async for number in signals:
+                    _log.info("received %s, stopping", signal.Signals(number).name)
+                    break
+        _log.info("stopped")
+
+    handler = _log_handler()
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(handler)
+    root.setLevel(args.log_level)
+    try:
+        trio.run(serve_until_signalled)
+    except (ConfigError, KeyFileError) as exc:
+        raise _CommandError(str(exc)) from None
+    except OSError as exc:
+        raise _CommandError(_describe_os_error(exc)) from None
+    except sqlite3.Error as exc:
+        raise _CommandError(f"cannot use the database {config.paths.database}: {exc}") from None
+    except Exception:
+        _log.exception("the server failed")
+        return 1
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+    return 0
+
+
+def _serve_config(path: Path | None) -> Config:
+    """The configuration ``serve`` runs with: the file's, or the defaults."""
+    if path is None:
+        return Config.default()
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise _CommandError(str(exc)) from None
+
+
+def _log_handler() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_not_hypercorn_banner)
+    return handler
+
+
+def _not_hypercorn_banner(record: logging.LogRecord) -> bool:
+    # hypercorn announces each socket ("Running on ... (CTRL + C to quit)");
+    # the server's own "listening on" line says it, and names the API served.
+    return not (record.name == "ranvier.http" and record.getMessage().startswith("Running on "))
+
+
+def _describe_os_error(exc: OSError) -> str:
+    # str() of an OSError starts with "[Errno N]", which tells an operator
+    # nothing; the listener's and the certificate loader's messages already
+    # name the address or file.
+    if exc.strerror is None:
+        return str(exc)
+    if exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror}"
+    return exc.strerror
+
+
 _COMMANDS: list[_Command] = [
     _Command(
         "keygen",
         "create a signing key file (Synapse's format)",
         _keygen_arguments,
         _keygen,
+    ),
+    _Command(
+        "serve",
+        "run the homeserver until SIGINT or SIGTERM",
+        _serve_arguments,
+        _serve,
     ),
 ]
 
