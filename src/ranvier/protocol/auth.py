@@ -57,6 +57,7 @@ __all__ = [
     "JOIN_RULES_KEY",
     "POWER_LEVELS_KEY",
     "StateKey",
+    "auth_state_keys",
     "auth_types_for_event",
     "authorize_event",
     "check_auth_events",
@@ -162,27 +163,42 @@ def auth_types_for_event(event: Pdu) -> set[StateKey]:
     that an invite redeems, and the membership of the user who authorised a
     restricted join. The event needs only those that exist in the room.
     """
-    rv = event.room_version
+    return set(auth_state_keys(event))
+
+
+def auth_state_keys(event: Pdu) -> tuple[StateKey, ...]:
+    """The pairs of :func:`auth_types_for_event` as a tuple, each once.
+
+    State resolution looks these keys up for every event it replays; a
+    tuple spares it hashing each pair into a set first.
+    """
     if event.type == CREATE_KEY[0]:
-        return set()
-    types: set[StateKey] = {POWER_LEVELS_KEY, (_MEMBER, event.sender)}
-    if not rv.room_id_from_create_event:
-        types.add(CREATE_KEY)
-    if event.type != _MEMBER or event.state_key is None:
-        return types
-    types.add((_MEMBER, event.state_key))
+        return ()
+    rv = event.room_version
+    sender = event.sender
+    sender_key = (_MEMBER, sender)
+    if rv.room_id_from_create_event:
+        common: tuple[StateKey, ...] = (POWER_LEVELS_KEY, sender_key)
+    else:
+        common = (CREATE_KEY, POWER_LEVELS_KEY, sender_key)
+    target = event.state_key
+    if event.type != _MEMBER or target is None:
+        return common
+    keys = list(common)
+    if target != sender:
+        keys.append((_MEMBER, target))
     membership = event.membership
     if membership in ("join", "invite", "knock"):
-        types.add(JOIN_RULES_KEY)
+        keys.append(JOIN_RULES_KEY)
     if membership == "invite":
         token = _third_party_invite_token(event.content)
         if token is not None:
-            types.add((_THIRD_PARTY_INVITE, token))
+            keys.append((_THIRD_PARTY_INVITE, token))
     if membership == "join" and rv.restricted_join_rule:
         authoriser = event.content.get(_AUTHORISER)
-        if type(authoriser) is str:
-            types.add((_MEMBER, authoriser))
-    return types
+        if type(authoriser) is str and authoriser != sender and authoriser != target:
+            keys.append((_MEMBER, authoriser))
+    return tuple(keys)
 
 
 def _third_party_invite_token(content: Mapping[str, Any]) -> str | None:

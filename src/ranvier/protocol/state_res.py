@@ -17,11 +17,20 @@ step (see "State resolution" in the room version pages):
 4. put the unconflicted state back on top.
 
 Cost follows the full conflicted set and the auth events it leads to, not
-the size of the room: the unconflicted state is only split off and laid
-back (dictionary work on the whole maps), never walked event by event. So
-that a long resolution does not stall an event loop, the work is a
-generator, :func:`resolve_state_steps`, that yields every few dozen events;
-:func:`resolve_state` runs it to the end.
+the size of the room. The states are handled as one *base* state and, per
+state set, its changes against the base (:data:`StateDelta`): only keys some
+set changes can be conflicted, so splitting costs the size of the changes,
+and the resolved state comes back as changes against the same base. Storage
+keeps state groups as such delta chains, so a caller holding the states of
+the fork point and of each fork's changes passes them as they are to
+:func:`resolve_state_delta`. :func:`resolve_state` takes whole state maps:
+it reads the first as the base and the others' differences from it, which
+is a pass over whole maps, but one that compares the entries two maps
+share by identity, in order, where the maps were copied from one another.
+
+So that a long resolution does not stall an event loop, the work is a
+generator that yields every few dozen events (:func:`resolve_state_steps`,
+:func:`resolve_state_delta_steps`); the plain functions run it to the end.
 
 Where the spec is open to reading, ranvier reads it as Synapse, ruma and
 gomatrixserverlib do, so that servers agree: the events "in the auth chain
@@ -35,15 +44,15 @@ ID names.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Container, Generator, Iterator, Mapping, Sequence
-from typing import Final
+from collections.abc import Callable, Collection, Container, Generator, Mapping, Sequence
+from typing import Final, TypeVar
 
 from ranvier.errors import AuthError
 from ranvier.protocol.auth import (
     CREATE_KEY,
     POWER_LEVELS_KEY,
     StateKey,
-    auth_types_for_event,
+    auth_state_keys,
     check_auth_rules,
     create_event_id_for_room,
 )
@@ -65,9 +74,12 @@ from ranvier.protocol.room_versions import (
 
 __all__ = [
     "DEFAULT_YIELD_EVERY",
+    "StateDelta",
     "StateMap",
     "is_power_event",
     "resolve_state",
+    "resolve_state_delta",
+    "resolve_state_delta_steps",
     "resolve_state_steps",
     "reverse_topological_power_order",
     "separate_state",
@@ -76,8 +88,137 @@ __all__ = [
 #: A room state: ``(type, state_key)`` to event ID.
 StateMap = Mapping[StateKey, str]
 
-#: How many events :func:`resolve_state_steps` handles between two yields.
+#: Changes to a room state: a key's new event ID, or None where the key is
+#: gone. Keys it leaves out are as they were. Storage's deltas have this form.
+StateDelta = Mapping[StateKey, str | None]
+
+#: How many events the resolution handles between two yields.
 DEFAULT_YIELD_EVERY: Final = 50
+
+_CREATE_TYPE: Final = CREATE_KEY[0]
+_POWER_LEVELS_TYPE: Final = POWER_LEVELS_KEY[0]
+
+#: How many entries of two state maps are compared at once while splitting.
+_RUN_SLICE: Final = 256
+
+# Marks a key the state being built leaves to the base; never an event ID.
+_FROM_BASE: Final = "\x00base"
+
+
+# --- Splitting the states -------------------------------------------------------------
+
+
+def _differences(first: StateMap, other: StateMap) -> list[tuple[StateKey, str | None, str | None]]:
+    """Where ``other`` differs from ``first``: ``(key, first's event, other's event)``.
+
+    None stands for no event: a key only one of the two has.
+
+    Maps copied from one another list the keys they share in the same order,
+    so the two are compared position by position, a slice of
+    :data:`_RUN_SLICE` entries at a time (list comparison, which takes the
+    same object as equal without comparing it), as long as their keys line
+    up; only slices that differ are looked at entry by entry, and only keys
+    past the point where the keys stop lining up are looked up by hash.
+    Maps built apart are compared by lookups throughout.
+    """
+    first_keys, other_keys = list(first), list(other)
+    first_ids, other_ids = list(first.values()), list(other.values())
+    found: list[tuple[StateKey, str | None, str | None]] = []
+    lined_up = min(len(first_keys), len(other_keys))
+    for start in range(0, lined_up, _RUN_SLICE):
+        end = min(start + _RUN_SLICE, lined_up)
+        if first_keys[start:end] != other_keys[start:end]:
+            lined_up = next(
+                index for index in range(start, end) if first_keys[index] != other_keys[index]
+            )
+            end = lined_up
+        if first_ids[start:end] != other_ids[start:end]:
+            found.extend(
+                (first_keys[index], first_ids[index], other_ids[index])
+                for index in range(start, end)
+                if first_ids[index] != other_ids[index]
+            )
+        if end == lined_up:
+            break
+    for index in range(lined_up, len(first_keys)):
+        key = first_keys[index]
+        other_id = other.get(key)
+        if other_id != first_ids[index]:
+            found.append((key, first_ids[index], other_id))
+    for index in range(lined_up, len(other_keys)):
+        key = other_keys[index]
+        if key not in first:
+            found.append((key, None, other_ids[index]))
+    return found
+
+
+class _Split:
+    """State sets split against a base state: what the resolution needs of them.
+
+    ``unconflicted_changes`` holds the unconflicted keys whose event is not
+    the base's; ``conflicted`` the conflicted state set; ``dropped`` the
+    base's keys that no set has. Every other key of the base is
+    unconflicted with the base's event.
+    """
+
+    __slots__ = ("base", "conflicted", "dropped", "unconflicted_changes")
+
+    def __init__(self, base: StateMap) -> None:
+        self.base = base
+        self.unconflicted_changes: dict[StateKey, str] = {}
+        self.conflicted: dict[StateKey, set[str]] = {}
+        self.dropped: list[StateKey] = []
+
+    @classmethod
+    def of_deltas(cls, base: StateMap, deltas: Sequence[StateDelta]) -> _Split:
+        """The split of the state sets ``base`` + each of ``deltas``."""
+        split = cls(base)
+        if not deltas:
+            # No state at all: every key of the base is gone.
+            split.dropped.extend(base)
+            return split
+        for key in set().union(*deltas):
+            at_base = base.get(key)
+            ids = {delta.get(key, at_base) for delta in deltas}
+            if len(ids) > 1:
+                split.conflicted[key] = {event_id for event_id in ids if event_id is not None}
+                continue
+            (event_id,) = ids
+            if event_id is None:
+                if at_base is not None:
+                    split.dropped.append(key)
+            elif event_id != at_base:
+                split.unconflicted_changes[key] = event_id
+        return split
+
+    @classmethod
+    def of_maps(cls, state_sets: Sequence[StateMap]) -> _Split:
+        """The split of whole state maps, against the first.
+
+        Every key where a set differs from the first is conflicted, and
+        every key of the first where none does is not, so only the
+        differences are looked at.
+        """
+        first = state_sets[0]
+        split = cls(first)
+        conflicted = split.conflicted
+        for other in state_sets[1:]:
+            if other is first:
+                continue
+            for key, first_id, other_id in _differences(first, other):
+                ids = conflicted.get(key)
+                if ids is None:
+                    ids = conflicted[key] = set() if first_id is None else {first_id}
+                if other_id is not None:
+                    ids.add(other_id)
+        return split
+
+    def unconflicted_overrides(self) -> dict[StateKey, str | None]:
+        """Where the unconflicted state map differs from the base (None: no entry)."""
+        overrides: dict[StateKey, str | None] = dict.fromkeys(self.conflicted)
+        overrides.update(dict.fromkeys(self.dropped))
+        overrides.update(self.unconflicted_changes)
+        return overrides
 
 
 def separate_state(
@@ -88,40 +229,14 @@ def separate_state(
     A key is unconflicted when every set has it with the same event; the
     conflicted state set holds, by key, the events the sets disagree on (a
     set that lacks the key disagrees with the others, but adds no event).
-
-    This is the one pass over whole states that resolution makes: one
-    lookup per key of the first set in each other set, and set arithmetic
-    on keys only for a set that has keys the first lacks.
     """
     if not state_sets:
         return {}, {}
-    first, rest = state_sets[0], state_sets[1:]
-    unconflicted: dict[StateKey, str] = {}
-    conflicted: dict[StateKey, set[str]] = {}
-    shared_keys = [0] * len(rest)
-    for key, event_id in first.items():
-        agree = True
-        for index, other in enumerate(rest):
-            other_id = other.get(key)
-            if other_id is not None:
-                shared_keys[index] += 1
-            if other_id != event_id:
-                agree = False
-        if agree:
-            unconflicted[key] = event_id
-            continue
-        ids = conflicted[key] = {event_id}
-        for other in rest:
-            other_id = other.get(key)
-            if other_id is not None:
-                ids.add(other_id)
-    for index, other in enumerate(rest):
-        if shared_keys[index] == len(other):
-            continue
-        # Keys missing from the first set are conflicted wherever they are.
-        for key in other.keys() - first.keys():
-            conflicted.setdefault(key, set()).add(other[key])
-    return unconflicted, conflicted
+    split = _Split.of_maps(state_sets)
+    unconflicted = dict(state_sets[0])
+    for key in split.conflicted:
+        unconflicted.pop(key, None)
+    return unconflicted, split.conflicted
 
 
 def is_power_event(event: Pdu) -> bool:
@@ -132,7 +247,7 @@ def is_power_event(event: Pdu) -> bool:
     """
     if event.state_key is None:
         return False
-    if event.type in (POWER_LEVELS_KEY[0], "m.room.join_rules"):
+    if event.type in (_POWER_LEVELS_TYPE, "m.room.join_rules"):
         return event.state_key == ""
     return (
         event.type == "m.room.member"
@@ -179,6 +294,21 @@ def reverse_topological_power_order(
     return order
 
 
+# --- Entry points ---------------------------------------------------------------------
+
+
+_Result = TypeVar("_Result")
+
+
+def _run(steps: Generator[None, None, _Result]) -> _Result:
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: _Result = done.value
+            return result
+
+
 def resolve_state(
     room_version: RoomVersionLike,
     state_sets: Sequence[StateMap],
@@ -189,20 +319,40 @@ def resolve_state(
     rejected: Container[str] = frozenset(),
 ) -> dict[StateKey, str]:
     """Resolve ``state_sets`` to one state; see :func:`resolve_state_steps`."""
-    steps = resolve_state_steps(
-        room_version,
-        state_sets,
-        events,
-        auth_chain_difference=auth_chain_difference,
-        conflicted_subgraph=conflicted_subgraph,
-        rejected=rejected,
+    return _run(
+        resolve_state_steps(
+            room_version,
+            state_sets,
+            events,
+            auth_chain_difference=auth_chain_difference,
+            conflicted_subgraph=conflicted_subgraph,
+            rejected=rejected,
+        )
     )
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            resolved: dict[StateKey, str] = done.value
-            return resolved
+
+
+def resolve_state_delta(
+    room_version: RoomVersionLike,
+    base: StateMap,
+    deltas: Sequence[StateDelta],
+    events: Mapping[str, Pdu],
+    *,
+    auth_chain_difference: Collection[str] | None = None,
+    conflicted_subgraph: Collection[str] | None = None,
+    rejected: Container[str] = frozenset(),
+) -> dict[StateKey, str | None]:
+    """Resolve the states ``base`` + each of ``deltas``; see :func:`resolve_state_delta_steps`."""
+    return _run(
+        resolve_state_delta_steps(
+            room_version,
+            base,
+            deltas,
+            events,
+            auth_chain_difference=auth_chain_difference,
+            conflicted_subgraph=conflicted_subgraph,
+            rejected=rejected,
+        )
+    )
 
 
 def resolve_state_steps(
@@ -259,165 +409,332 @@ def resolve_state_steps(
     before them; events rejected against their own auth events should not
     be in the state sets or their auth chains at all.
     """
-    rv = get_room_version(room_version)
-    unconflicted, conflicted = separate_state(state_sets)
-    if not conflicted:
-        return unconflicted
-    conflicted_ids = set().union(*conflicted.values())
+    if not state_sets:
+        return {}
+    first = state_sets[0]
+    split = _Split.of_maps(state_sets)
     yield
+    changed = yield from _resolve_split(
+        get_room_version(room_version),
+        split,
+        lambda: [state_set.values() for state_set in state_sets],
+        events,
+        auth_chain_difference,
+        conflicted_subgraph,
+        rejected,
+        yield_every,
+    )
+    resolved = dict(first)
+    for key, event_id in changed.items():
+        if event_id is None:
+            resolved.pop(key, None)
+        else:
+            resolved[key] = event_id
+    return resolved
+
+
+def resolve_state_delta_steps(
+    room_version: RoomVersionLike,
+    base: StateMap,
+    deltas: Sequence[StateDelta],
+    events: Mapping[str, Pdu],
+    *,
+    auth_chain_difference: Collection[str] | None = None,
+    conflicted_subgraph: Collection[str] | None = None,
+    rejected: Container[str] = frozenset(),
+    yield_every: int = DEFAULT_YIELD_EVERY,
+) -> Generator[None, None, dict[StateKey, str | None]]:
+    """Resolve the state sets given as ``base`` with each of ``deltas`` applied.
+
+    This is :func:`resolve_state_steps` for states given as changes: the
+    state sets are ``base`` updated by each delta in turn (one state set per
+    delta; an empty delta is ``base`` itself), and the return value is the
+    resolved state as changes against ``base``, None marking a key of
+    ``base`` the resolved state lacks. Apart from reading ``base`` at the
+    keys the deltas name and the auth checks look up, the cost is that of
+    the deltas and the conflict, whatever the size of ``base``; the base
+    is neither copied nor walked. Everything else is as for
+    :func:`resolve_state_steps`.
+
+    Any state the sets have in common serves as the base: the state at the
+    point they forked from is the natural one, and with it the result is
+    the delta a new state group stores against that point's group.
+    """
+    split = _Split.of_deltas(base, deltas)
+    yield
+    changed = yield from _resolve_split(
+        get_room_version(room_version),
+        split,
+        lambda: _state_set_ids(base, deltas),
+        events,
+        auth_chain_difference,
+        conflicted_subgraph,
+        rejected,
+        yield_every,
+    )
+    return {key: event_id for key, event_id in changed.items() if event_id != base.get(key)}
+
+
+def _state_set_ids(base: StateMap, deltas: Sequence[StateDelta]) -> list[list[str]]:
+    # Only for an auth difference computed here, which walks whole auth
+    # chains anyway: the event IDs of each whole state set.
+    return [
+        [event_id for key, event_id in base.items() if key not in delta]
+        + [event_id for event_id in delta.values() if event_id is not None]
+        for delta in deltas
+    ]
+
+
+# --- The resolution ---------------------------------------------------------------------
+
+
+def _resolve_split(
+    rv: RoomVersion,
+    split: _Split,
+    state_set_ids: Callable[[], Sequence[Collection[str]]],
+    events: Mapping[str, Pdu],
+    auth_chain_difference: Collection[str] | None,
+    conflicted_subgraph: Collection[str] | None,
+    rejected: Container[str],
+    yield_every: int,
+) -> Generator[None, None, dict[StateKey, str | None]]:
+    """Resolve the split states.
+
+    The return value holds the resolved state at every key where it may
+    differ from the base (None: no entry there); some of them may not.
+    """
+    resolved: dict[StateKey, str | None] = dict(split.unconflicted_changes)
+    if not split.conflicted:
+        resolved.update(dict.fromkeys(split.dropped))
+        return resolved
+    conflicted_ids: set[str] = set().union(*split.conflicted.values())
     edges = auth_edges_of(events)
     if auth_chain_difference is None:
-        auth_chain_difference = compute_auth_chain_difference(
-            [state_set.values() for state_set in state_sets], edges
-        )
+        auth_chain_difference = compute_auth_chain_difference(state_set_ids(), edges)
         yield
-    full_conflicted = conflicted_ids | set(auth_chain_difference)
+    full_conflicted = conflicted_ids.union(auth_chain_difference)
     if rv.state_res is StateResAlgorithm.V2_1:
         if conflicted_subgraph is None:
             conflicted_subgraph = conflicted_state_subgraph(conflicted_ids, edges)
             yield
-        full_conflicted |= set(conflicted_subgraph)
-    full_conflicted = {event_id for event_id in full_conflicted if event_id in events}
-    resolver = _Resolver(rv, events, rejected, yield_every)
+        full_conflicted.update(conflicted_subgraph)
+    # The events of the full conflicted set, each looked up once.
+    get_event = events.get
+    replayed: dict[str, Pdu] = {}
+    for event_id in full_conflicted:
+        event = get_event(event_id)
+        if event is not None:
+            replayed[event_id] = event
+
+    overrides = split.unconflicted_overrides()
+    if rv.state_res is StateResAlgorithm.V2_1:
+        resolver = _Resolver(rv, events, replayed, rejected, yield_every, overrides={}, base={})
+    else:
+        # v2 starts from the unconflicted state: the base, overridden.
+        resolver = _Resolver(
+            rv, events, replayed, rejected, yield_every, overrides=overrides, base=split.base
+        )
 
     # Power events and the events of their auth chains in the full
     # conflicted set, in reverse topological power order.
     graph: dict[str, list[str]] = {}
-    pending = [event_id for event_id in full_conflicted if is_power_event(events[event_id])]
+    pending = [event_id for event_id, event in replayed.items() if is_power_event(event)]
     while pending:
         event_id = pending.pop()
         if event_id in graph:
             continue
-        cited = [a for a in events[event_id].auth_event_ids if a in full_conflicted]
+        cited = [a for a in replayed[event_id].auth_event_ids if a in replayed]
         graph[event_id] = cited
         pending.extend(a for a in cited if a not in graph)
-        yield from resolver.tick()
+        resolver.work += 1
+        if resolver.work >= resolver.yield_every:
+            resolver.work = 0
+            yield
     sort_key: dict[str, tuple[int, int]] = {}
     for event_id in graph:
-        event = events[event_id]
+        resolver.work += 1
+        if resolver.work >= resolver.yield_every:
+            resolver.work = 0
+            yield
+        event = replayed[event_id]
         sort_key[event_id] = (resolver.sender_power_level(event), event.origin_server_ts)
-        yield from resolver.tick()
     power_order = reverse_topological_power_order(graph, sort_key)
     yield
 
-    base: StateMap = {} if rv.state_res is StateResAlgorithm.V2_1 else unconflicted
-    state = _Overlay(base)
-    yield from resolver.iterative_auth_checks(power_order, state)
+    yield from resolver.iterative_auth_checks(power_order)
 
     # Everything else, in mainline order of the power levels reached.
-    others = [event_id for event_id in full_conflicted if event_id not in graph]
-    ordered = yield from resolver.mainline_order(others, state.get(POWER_LEVELS_KEY))
-    yield from resolver.iterative_auth_checks(ordered, state)
+    others = [event_id for event_id in replayed if event_id not in graph]
+    ordered = yield from resolver.mainline_order(others, resolver.lookup(POWER_LEVELS_KEY))
+    yield from resolver.iterative_auth_checks(ordered)
 
-    resolved = dict(state.changes)
-    resolved.update(unconflicted)
+    # The unconflicted state goes back on top of what the checks reached.
+    changes = resolver.changes
+    for key in (*split.conflicted, *split.dropped):
+        resolved[key] = changes.get(key)
+    base = split.base
+    for key, event_id in changes.items():
+        # A key no set has (one only an auth difference event holds).
+        if key not in overrides and key not in base:
+            resolved[key] = event_id
     return resolved
 
 
-class _Overlay(Mapping[StateKey, str]):
-    """A state map of changes laid over a base that is never copied.
-
-    In v2 the base is the unconflicted state, which may be a whole large
-    room's; only the few keys the resolution touches are written.
-    """
-
-    def __init__(self, base: StateMap) -> None:
-        self.base = base
-        self.changes: dict[StateKey, str] = {}
-
-    def __getitem__(self, key: StateKey) -> str:
-        if key in self.changes:
-            return self.changes[key]
-        return self.base[key]
-
-    def __setitem__(self, key: StateKey, value: str) -> None:
-        self.changes[key] = value
-
-    def __iter__(self) -> Iterator[StateKey]:
-        yield from self.changes
-        yield from (key for key in self.base if key not in self.changes)
-
-    def __len__(self) -> int:
-        return len(self.changes) + sum(1 for key in self.base if key not in self.changes)
-
-
 class _Resolver:
-    """The steps of one resolution that look events up, sharing the lookup and counters."""
+    """The steps of one resolution that look events up, sharing the state being built.
+
+    The state is ``state`` over ``base``: in v2, ``state`` starts as the
+    entries where the unconflicted state map differs from the base (None:
+    no entry); in v2.1 both start empty. ``changes`` keeps what the auth
+    checks applied.
+    """
 
     def __init__(
         self,
         room_version: RoomVersion,
         events: Mapping[str, Pdu],
+        replayed: Mapping[str, Pdu],
         rejected: Container[str],
         yield_every: int,
+        *,
+        overrides: Mapping[StateKey, str | None],
+        base: StateMap,
     ) -> None:
         self.room_version = room_version
         self.events = events
+        self.replayed = replayed
         self.rejected = rejected
         self.yield_every = max(1, yield_every)
         self.work = 0
+        self.state: dict[StateKey, str | None] = dict(overrides)
+        self.base = base
+        self.changes: dict[StateKey, str] = {}
+        self._room_creates: dict[str, Pdu | None] = {}
 
-    def tick(self) -> Generator[None, None, None]:
-        self.work += 1
-        if self.work % self.yield_every == 0:
-            yield
+    def lookup(self, key: StateKey) -> str | None:
+        """The event at ``key`` in the state being built."""
+        event_id = self.state.get(key, _FROM_BASE)
+        return self.base.get(key) if event_id is _FROM_BASE else event_id
 
     def _create_for(self, event: Pdu) -> Pdu | None:
         # From v12 no event cites the create event: the room ID names it.
-        if self.room_version.room_id_from_create_event:
-            return self.events.get(create_event_id_for_room(event.room_id))
-        return None
+        if not self.room_version.room_id_from_create_event:
+            return None
+        room_id = event.room_id
+        if room_id not in self._room_creates:
+            create_id = create_event_id_for_room(room_id)
+            self._room_creates[room_id] = self.events.get(create_id)
+        return self._room_creates[room_id]
 
-    def _cited(self, event: Pdu, key: StateKey) -> Pdu | None:
+    def _cited_power_levels(self, event: Pdu) -> Pdu | None:
+        # The first cited power levels event.
+        get = self.events.get
         for auth_id in event.auth_event_ids:
-            auth_event = self.events.get(auth_id)
-            if auth_event is not None and (auth_event.type, auth_event.state_key) == key:
+            auth_event = get(auth_id)
+            if (
+                auth_event is not None
+                and auth_event.type == _POWER_LEVELS_TYPE
+                and auth_event.state_key == ""
+            ):
                 return auth_event
         return None
 
     def sender_power_level(self, event: Pdu) -> int:
-        """The power level of ``event``'s sender according to its own auth events."""
-        create = self._create_for(event) or self._cited(event, CREATE_KEY)
-        power_levels = self._cited(event, POWER_LEVELS_KEY)
+        """The power level of ``event``'s sender according to its own auth events.
+
+        That takes the first cited power levels event, and the room's create
+        event (v12) or else the first cited one.
+        """
+        create = self._create_for(event)
+        power_levels = None
+        get = self.events.get
+        for auth_id in event.auth_event_ids:
+            auth_event = get(auth_id)
+            if auth_event is None or auth_event.state_key != "":
+                continue
+            if auth_event.type == _POWER_LEVELS_TYPE:
+                if power_levels is None:
+                    power_levels = auth_event
+            elif auth_event.type == _CREATE_TYPE and create is None:
+                create = auth_event
         return get_user_power_level(event.sender, power_levels=power_levels, create=create)
 
-    def iterative_auth_checks(
-        self, order: Sequence[str], state: _Overlay
-    ) -> Generator[None, None, None]:
-        """Apply each event of ``order`` to ``state`` if the auth rules allow it there."""
-        rv = self.room_version
+    def _add_cited(
+        self, event: Pdu, keys: Sequence[StateKey], auth_state: dict[StateKey, Pdu]
+    ) -> None:
+        """Take each of ``keys`` from the usable events ``event`` cites, the last one citing it."""
+        get = self.events.get
+        rejected = self.rejected
+        cited = [
+            auth_event
+            for auth_id in reversed(event.auth_event_ids)
+            if auth_id not in rejected and (auth_event := get(auth_id)) is not None
+        ]
+        for event_type, state_key in keys:
+            for auth_event in cited:
+                if auth_event.state_key == state_key and auth_event.type == event_type:
+                    auth_state[(event_type, state_key)] = auth_event
+                    break
+
+    def iterative_auth_checks(self, order: Sequence[str]) -> Generator[None, None, None]:
+        """Apply each event of ``order`` to the state if the auth rules allow it there.
+
+        Each key the rules read is taken from the state being built and,
+        where that has no usable event, from the event's own auth events
+        (from v12, the create event from the room ID first).
+        """
+        replayed = self.replayed
+        get_event = self.events.get
+        rejected = self.rejected
+        state = self.state
+        state_get = state.get
+        base_get = self.base.get
+        changes = self.changes
+        room_id_create = self.room_version.room_id_from_create_event
         for event_id in order:
-            yield from self.tick()
-            event = self.events[event_id]
+            self.work += 1
+            if self.work >= self.yield_every:
+                self.work = 0
+                yield
+            event = replayed[event_id]
             if event.state_key is None:
                 continue
+            keys = auth_state_keys(event)
             auth_state: dict[StateKey, Pdu] = {}
-            for auth_id in event.auth_event_ids:
-                auth_event = self.events.get(auth_id)
-                if (
-                    auth_event is not None
-                    and auth_event.state_key is not None
-                    and auth_id not in self.rejected
-                ):
-                    auth_state[(auth_event.type, auth_event.state_key)] = auth_event
-            keys = auth_types_for_event(event)
-            if rv.room_id_from_create_event:
-                create = self._create_for(event)
-                if create is not None and create.event_id not in self.rejected:
+            unresolved: list[StateKey] = []
+            if room_id_create:
+                create_id = state_get(CREATE_KEY, _FROM_BASE)
+                if create_id is _FROM_BASE:
+                    create_id = base_get(CREATE_KEY)
+                create = None
+                if create_id is not None and create_id not in rejected:
+                    create = get_event(create_id)
+                if create is None:
+                    create = self._create_for(event)
+                    if create is not None and create.event_id in rejected:
+                        create = None
+                if create is None:
+                    unresolved.append(CREATE_KEY)
+                else:
                     auth_state[CREATE_KEY] = create
-                keys.add(CREATE_KEY)
             for key in keys:
-                state_id = state.get(key)
-                if state_id is None or state_id in self.rejected:
-                    continue
-                state_event = self.events.get(state_id)
-                if state_event is not None:
-                    auth_state[key] = state_event
+                state_id = state_get(key, _FROM_BASE)
+                if state_id is _FROM_BASE:
+                    state_id = base_get(key)
+                if state_id is not None and state_id not in rejected:
+                    state_event = get_event(state_id)
+                    if state_event is not None:
+                        auth_state[key] = state_event
+                        continue
+                unresolved.append(key)
+            if unresolved:
+                self._add_cited(event, unresolved, auth_state)
             try:
                 check_auth_rules(event, auth_state)
             except AuthError:
                 continue
-            state[(event.type, event.state_key)] = event_id
+            key = (event.type, event.state_key)
+            state[key] = changes[key] = event_id
 
     def mainline_order(
         self, event_ids: Sequence[str], power_levels_id: str | None
@@ -431,40 +748,40 @@ class _Resolver:
         """
         if not event_ids:
             return []
+        cited_power_levels = self._cited_power_levels
         position: dict[str, int] = {}
         current = power_levels_id
         while current is not None and current not in position:
             position[current] = len(position)
-            yield from self.tick()
             event = self.events.get(current)
-            found = self._cited(event, POWER_LEVELS_KEY) if event is not None else None
+            found = cited_power_levels(event) if event is not None else None
             current = found.event_id if found is not None else None
         never = len(position)
+        self.work += never
         # Positions of power levels events off the mainline, found on the way.
         reached: dict[str, int] = {}
-
-        def mainline_position(event: Pdu) -> Generator[None, None, int]:
-            path: list[str] = []
-            found = self._cited(event, POWER_LEVELS_KEY)
-            result = never
-            while found is not None:
-                if found.event_id in position:
-                    result = position[found.event_id]
-                    break
-                if found.event_id in reached:
-                    result = reached[found.event_id]
-                    break
-                path.append(found.event_id)
-                yield from self.tick()
-                found = self._cited(found, POWER_LEVELS_KEY)
-            for event_id in path:
-                reached[event_id] = result
-            return result
-
         keys: dict[str, tuple[int, int, str]] = {}
+        replayed = self.replayed
         for event_id in event_ids:
-            event = self.events[event_id]
-            at = yield from mainline_position(event)
+            if self.work >= self.yield_every:
+                self.work = 0
+                yield
+            event = replayed[event_id]
+            path: list[str] = []
+            found = cited_power_levels(event)
+            at = never
+            while found is not None:
+                found_id = found.event_id
+                if found_id in position:
+                    at = position[found_id]
+                    break
+                if found_id in reached:
+                    at = reached[found_id]
+                    break
+                path.append(found_id)
+                found = cited_power_levels(found)
+            for path_id in path:
+                reached[path_id] = at
+            self.work += 1 + len(path)
             keys[event_id] = (-at, event.origin_server_ts, event_id)
-            yield from self.tick()
         return sorted(event_ids, key=keys.__getitem__)
