@@ -20,6 +20,7 @@ TABLES_ADDED = {
     },
     3: {"partial_state_rooms", "partial_state_rooms_servers", "partial_state_events"},
     4: {"received_transactions", "server_keys", "destinations"},
+    5: {"destination_rooms"},
 }
 
 
@@ -62,6 +63,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
             " ('hs.example', 'ed25519:a', x'00', 9, NULL, 'hs.example', 8, x'7b7d')"
         )
         run("INSERT INTO destinations VALUES ('hs.example', NULL, 1, 2)")
+    elif version == 5:
+        run("INSERT INTO destination_rooms VALUES ('hs.example', '!r:x', 1, NULL)")
 
 
 def _row_counts(conn: sqlite3.Connection) -> dict[str, int]:

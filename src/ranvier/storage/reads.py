@@ -11,6 +11,8 @@ import sqlite3
 from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
+import msgspec
+
 from .records import (
     DestinationRetry,
     EventStateGroups,
@@ -23,8 +25,10 @@ from .records import (
 from .state_groups import read_state
 
 __all__ = [
+    "UnsentDestinationRoom",
     "get_current_state_ids",
     "get_destination_retry",
+    "get_destinations_with_unsent_rooms",
     "get_event",
     "get_event_state_groups",
     "get_events",
@@ -35,6 +39,7 @@ __all__ = [
     "get_room_version",
     "get_server_keys",
     "get_state_ids",
+    "get_unsent_destination_rooms",
     "have_seen_events",
     "is_partial_state_room",
 ]
@@ -253,3 +258,68 @@ def get_destination_retry(conn: sqlite3.Connection, destination: str) -> Destina
         retry_last_ts=row[1],
         retry_interval_ms=row[2],
     )
+
+
+# Outgoing federation: rooms a destination has missed events of.
+
+_UNSENT = "(sent_stream_ordering IS NULL OR stream_ordering > sent_stream_ordering)"
+
+
+class UnsentDestinationRoom(msgspec.Struct, frozen=True, kw_only=True):
+    """A room with events meant for a destination that it has not had."""
+
+    room_id: str
+    #: The newest event of the room meant for the destination ...
+    stream_ordering: int
+    #: ... and its ID; None if that event is not stored (any more).
+    event_id: str | None
+    #: The newest event the destination has had; None if it never had one.
+    sent_stream_ordering: int | None
+
+
+def get_unsent_destination_rooms(
+    conn: sqlite3.Connection, destination: str, limit: int
+) -> list[UnsentDestinationRoom]:
+    """Up to ``limit`` rooms ``destination`` is behind in, longest waiting first."""
+    rows = conn.execute(
+        f"""
+        SELECT d.room_id, d.stream_ordering, e.event_id, d.sent_stream_ordering
+        FROM (
+            SELECT room_id, stream_ordering, sent_stream_ordering FROM destination_rooms
+            WHERE destination = ? AND {_UNSENT}
+            ORDER BY stream_ordering
+            LIMIT ?
+        ) AS d
+        LEFT JOIN events AS e ON e.stream_ordering = d.stream_ordering AND e.room_id = d.room_id
+        ORDER BY d.stream_ordering
+        """,
+        (destination, limit),
+    )
+    return [
+        UnsentDestinationRoom(
+            room_id=room_id,
+            stream_ordering=stream_ordering,
+            event_id=event_id,
+            sent_stream_ordering=sent,
+        )
+        for room_id, stream_ordering, event_id, sent in rows
+    ]
+
+
+def get_destinations_with_unsent_rooms(
+    conn: sqlite3.Connection, after: str | None, limit: int
+) -> list[str]:
+    """Destinations behind in some room, in name order, from after ``after``.
+
+    Pages through them ``limit`` at a time, for resuming catch-up at start-up.
+    """
+    rows = conn.execute(
+        f"""
+        SELECT DISTINCT destination FROM destination_rooms
+        WHERE {_UNSENT} AND destination > ?
+        ORDER BY destination
+        LIMIT ?
+        """,
+        ("" if after is None else after, limit),
+    )
+    return [destination for (destination,) in rows]

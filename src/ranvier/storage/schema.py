@@ -251,8 +251,45 @@ def _federation(db: sqlite_utils.Database) -> None:
     )
 
 
+def _outgoing_federation(db: sqlite_utils.Database) -> None:
+    """Which rooms each destination has been sent events of, and how far.
+
+    ``stream_ordering`` is the newest event of the room meant for the
+    destination, ``sent_stream_ordering`` the newest one it acknowledged. A
+    row where the first is ahead is a room the destination has missed events
+    of: after an outage, a restart or an overflowing queue, the sender sends
+    it the room's latest events and the destination fetches the gap itself.
+    """
+    _create(
+        db,
+        "destination_rooms",
+        {
+            "destination": str,
+            "room_id": str,
+            "stream_ordering": int,
+            "sent_stream_ordering": int,
+        },
+        pk=("destination", "room_id"),
+        not_null={"stream_ordering"},
+        foreign_keys=[("room_id", "rooms", "room_id")],
+    )
+    # Only the rows still to catch up on are indexed: a server that is up
+    # has none, so finding the destinations behind is cheap however many
+    # rooms are shared.
+    db.execute(
+        "CREATE INDEX destination_rooms_unsent ON destination_rooms (destination, stream_ordering)"
+        " WHERE sent_stream_ordering IS NULL OR stream_ordering > sent_stream_ordering"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
-MIGRATIONS: Sequence[Migration] = (_rooms_and_events, _state, _partial_state, _federation)
+MIGRATIONS: Sequence[Migration] = (
+    _rooms_and_events,
+    _state,
+    _partial_state,
+    _federation,
+    _outgoing_federation,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -250,3 +250,41 @@ class Storage:
         return await self.readers.read(
             functools.partial(reads.get_destination_retry, destination=destination)
         )
+
+    # Outgoing federation: how far each destination has been sent each room.
+
+    async def store_destination_rooms(self, destination: str, positions: Mapping[str, int]) -> None:
+        """See :func:`ranvier.storage.writes.store_destination_rooms`."""
+        positions = dict(positions)
+        await self.actor.submit(
+            functools.partial(
+                writes.store_destination_rooms, destination=destination, positions=positions
+            )
+        )
+
+    async def mark_destination_rooms_sent(
+        self, destination: str, positions: Mapping[str, int]
+    ) -> None:
+        """See :func:`ranvier.storage.writes.mark_destination_rooms_sent`."""
+        positions = dict(positions)
+        await self.actor.submit(
+            functools.partial(
+                writes.mark_destination_rooms_sent, destination=destination, positions=positions
+            )
+        )
+
+    async def get_unsent_destination_rooms(
+        self, destination: str, limit: int = 100
+    ) -> list[reads.UnsentDestinationRoom]:
+        return await self.readers.read(
+            functools.partial(
+                reads.get_unsent_destination_rooms, destination=destination, limit=limit
+            )
+        )
+
+    async def get_destinations_with_unsent_rooms(
+        self, after: str | None = None, limit: int = 100
+    ) -> list[str]:
+        return await self.readers.read(
+            functools.partial(reads.get_destinations_with_unsent_rooms, after=after, limit=limit)
+        )

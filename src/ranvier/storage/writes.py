@@ -57,10 +57,12 @@ from .state_groups import (
 __all__ = [
     "PersistEvents",
     "clear_partial_state",
+    "mark_destination_rooms_sent",
     "persist_events",
     "record_transaction",
     "set_current_state",
     "store_destination_retry",
+    "store_destination_rooms",
     "store_partial_join",
     "store_room",
     "store_server_keys",
@@ -689,4 +691,84 @@ def store_destination_retry(
         VALUES (?, ?, ?, ?)
         """,
         (destination, retry.failure_ts, retry.retry_last_ts, retry.retry_interval_ms),
+    )
+
+
+# Outgoing federation: how far each destination has been sent each room.
+
+
+def _unknown_rooms(conn: sqlite3.Connection, room_ids: Collection[str]) -> list[str]:
+    known = {
+        room_id
+        for chunk in _chunked(sorted(room_ids))
+        for (room_id,) in conn.execute(
+            f"SELECT room_id FROM rooms WHERE room_id IN ({', '.join('?' * len(chunk))})", chunk
+        )
+    }
+    return sorted(set(room_ids) - known)
+
+
+def _chunked(items: Sequence[str]) -> list[Sequence[str]]:
+    return [items[start : start + _CHUNK] for start in range(0, len(items), _CHUNK)]
+
+
+def _upsert_destination_rooms(
+    conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[object, ...]], rooms: Collection[str]
+) -> None:
+    try:
+        conn.executemany(sql, rows)
+    except sqlite3.IntegrityError as exc:
+        unknown = _unknown_rooms(conn, rooms) if _is_foreign_key_failure(exc) else []
+        if unknown:
+            raise _not_found(f"room {', '.join(unknown)}") from None
+        raise
+
+
+def store_destination_rooms(
+    conn: sqlite3.Connection, destination: str, positions: Mapping[str, int]
+) -> None:
+    """Note the newest event (by stream ordering) of each room meant for
+    ``destination``, before it is sent: what is noted survives a restart and
+    tells the sender which rooms to catch the destination up on.
+
+    A position only moves forward. Every room must be known
+    (``M_NOT_FOUND`` otherwise, and nothing is written).
+    """
+    _upsert_destination_rooms(
+        conn,
+        """
+        INSERT INTO destination_rooms (destination, room_id, stream_ordering) VALUES (?, ?, ?)
+        ON CONFLICT (destination, room_id) DO UPDATE
+            SET stream_ordering = max(stream_ordering, excluded.stream_ordering)
+        """,
+        [(destination, room_id, position) for room_id, position in positions.items()],
+        positions.keys(),
+    )
+
+
+def mark_destination_rooms_sent(
+    conn: sqlite3.Connection, destination: str, positions: Mapping[str, int]
+) -> None:
+    """Note that ``destination`` has everything of each room up to the given
+    stream ordering: it acknowledged that event or a later one, or the
+    sender gave up on it.
+
+    A position only moves forward, and the room's newest event meant for the
+    destination is raised to it if it was behind. Every room must be known
+    (``M_NOT_FOUND`` otherwise, and nothing is written).
+    """
+    _upsert_destination_rooms(
+        conn,
+        """
+        INSERT INTO destination_rooms (destination, room_id, stream_ordering, sent_stream_ordering)
+        VALUES (?1, ?2, ?3, ?3)
+        ON CONFLICT (destination, room_id) DO UPDATE SET
+            sent_stream_ordering = max(
+                coalesce(sent_stream_ordering, excluded.sent_stream_ordering),
+                excluded.sent_stream_ordering
+            ),
+            stream_ordering = max(stream_ordering, excluded.stream_ordering)
+        """,
+        [(destination, room_id, position) for room_id, position in positions.items()],
+        positions.keys(),
     )
