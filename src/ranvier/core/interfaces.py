@@ -1,0 +1,100 @@
+"""What core needs from the layers below it, as structural types.
+
+core never imports storage, replication or federation concretely: it is
+handed objects that have these methods. The main process hands it the
+storage facade (:class:`ranvier.storage.Storage` has all of them); a worker
+hands it a replication client for :class:`EventPersister`. So every argument
+and result of :class:`EventPersister` is a plain value or a msgspec Struct
+from :mod:`ranvier.storage.records`, which can cross a process boundary.
+
+The reads are the ones the storage facade offers today. Three would save
+whole-state reads in large rooms and are not there yet: the entries of a
+state group for a few keys, the room's current state for a few keys, and
+which of a set of events have partial state. Until they are, core reads
+whole maps and keeps them on the event context, so each is read at most
+once per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence, Set
+from typing import Protocol, runtime_checkable
+
+from ranvier.storage.records import (
+    EventStateGroups,
+    EventToPersist,
+    StateDelta,
+    StateKey,
+    StoredEvent,
+)
+
+__all__ = ["EventPersister", "StateReader"]
+
+
+@runtime_checkable
+class StateReader(Protocol):
+    """Reads of events, state groups and the room's current position."""
+
+    async def get_events(self, event_ids: Collection[str]) -> Mapping[str, StoredEvent]:
+        """The stored events among ``event_ids``, outliers and rejected ones too."""
+        ...
+
+    async def get_event_state_groups(self, event_id: str) -> EventStateGroups | None:
+        """The groups before and after an event; None for outliers and unknown events."""
+        ...
+
+    async def get_state_ids(self, state_group: int) -> Mapping[StateKey, str]:
+        """The whole state a group stands for."""
+        ...
+
+    async def get_current_state_ids(self, room_id: str) -> Mapping[StateKey, str]:
+        """The room's current state: the resolved state of its forward extremities."""
+        ...
+
+    async def get_forward_extremities(self, room_id: str) -> Set[str]:
+        """The accepted events of the room that no accepted event follows yet."""
+        ...
+
+    async def is_partial_state_room(self, room_id: str) -> bool:
+        """Whether the room was joined with partial state that is not yet complete."""
+        ...
+
+    async def get_partial_state_events(self, room_id: str) -> Sequence[str]:
+        """The room's events whose state is still partial."""
+        ...
+
+    async def get_room_version(self, room_id: str) -> str | None:
+        """The room's version identifier; None for a room not known here."""
+        ...
+
+
+@runtime_checkable
+class EventPersister(Protocol):
+    """Writes of events and state groups: the storage actor, or a worker's
+    client of it.
+    """
+
+    async def persist_events(
+        self,
+        events: Sequence[EventToPersist],
+        *,
+        current_state_groups: Mapping[str, int] | None = None,
+    ) -> Mapping[str, int]:
+        """Write ``events``; return their stream orderings by event ID.
+
+        ``current_state_groups`` names, per room, the group that is its
+        current state afterwards, where the caller resolved it. Raises
+        :class:`~ranvier.errors.PartialStateConflictError` when an event has
+        partial state and its room no longer does.
+        """
+        ...
+
+    async def store_room(self, room_id: str, room_version: str) -> None:
+        """Make a room known before any of its state is stored."""
+        ...
+
+    async def store_state_group(
+        self, room_id: str, prev_group: int | None, delta: StateDelta
+    ) -> int:
+        """Store ``prev_group`` with ``delta`` applied (a snapshot when None)."""
+        ...
