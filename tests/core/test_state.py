@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from pathlib import Path
+
+import pytest
+import trio
+from _rooms import ALICE, DAVE, CountingStorage, Room, ingest_all
+
+from ranvier.core import compute_event_context, event_to_persist, resolve_state_maps
+from ranvier.core.state import changes_between, drive_steps
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.room_versions import get_room_version
+from ranvier.protocol.state_res import resolve_state, resolve_state_steps
+from ranvier.storage import Storage
+
+MEMBER = "m.room.member"
+
+
+@pytest.fixture
+async def counting(tmp_path: Path, nursery: trio.Nursery) -> CountingStorage:
+    store = CountingStorage(tmp_path / "counting.db")
+    await nursery.start(store.run)
+    return store
+
+
+async def _persist_plain(storage: Storage, events: Sequence[Pdu]) -> None:
+    """Write events with their contexts, skipping the auth checks."""
+    for event in events:
+        context = await compute_event_context(event, storage, storage)
+        await storage.persist_events([event_to_persist(event, context)])
+
+
+def _custom_fork(room: Room, fork: str, label: str, count: int) -> str:
+    last = fork
+    for n in range(count):
+        last = room.send("m.custom", ALICE, {"v": label}, state_key=str(n), prev=[last]).event_id
+    return last
+
+
+@pytest.mark.parametrize("version", ["10", "12"])
+async def test_join_rules_against_a_join_resolves_as_in_memory(
+    counting: CountingStorage, version: str
+) -> None:
+    # One branch closes the room while on the other Dave joins it.
+    room = Room(version)
+    room.basic()
+    fork = room.last
+    closed = room.join_rules(ALICE, "invite")
+    dave = room.member(DAVE, "join", prev=[fork])
+    await ingest_all(counting, [e for e in room.events.values() if e not in (closed, dave)])
+    await _persist_plain(counting, [closed, dave])
+    sets = [room.state_after[closed.event_id], room.state_after[dave.event_id]]
+
+    resolved = await resolve_state_maps(counting, room.room_id, get_room_version(version), sets)
+    assert resolved == resolve_state(version, sets, room.events)
+    # The join rules change is a power event and goes first; Dave's join
+    # then fails against an invite-only room.
+    assert resolved[("m.room.join_rules", "")] == closed.event_id
+    assert (MEMBER, DAVE) not in resolved
+
+
+@pytest.mark.parametrize("version", ["10", "12"])
+async def test_only_the_events_the_resolution_needs_are_read(
+    counting: CountingStorage, version: str
+) -> None:
+    room = Room(version)
+    room.basic()
+    for n in range(300):
+        room.member(f"@user{n}:example.org", "join")
+    fork = room.last
+    # Both cite the same auth events, so their auth chains agree and the
+    # auth difference is empty without a look at the rest of the state.
+    left = room.topic(ALICE, "left")
+    right = room.topic(ALICE, "right", prev=[fork])
+    await ingest_all(counting, [e for e in room.events.values() if e not in (left, right)])
+    await _persist_plain(counting, [left, right])
+    sets = [room.state_after[left.event_id], room.state_after[right.event_id]]
+
+    read_before = counting.events_read
+    resolved = await resolve_state_maps(counting, room.room_id, get_room_version(version), sets)
+    assert resolved == resolve_state(version, sets, room.events)
+    assert resolved[("m.room.topic", "")] == right.event_id
+    # The topics, what they cite, the power levels: not the 300 members.
+    assert counting.events_read - read_before < 20
+
+
+async def test_states_that_agree_need_no_events(counting: CountingStorage) -> None:
+    room = Room()
+    room.basic()
+    await ingest_all(counting, list(room.events.values()))
+    state = room.state_after[room.last]
+    read_before = counting.events_read
+    resolved = await resolve_state_maps(
+        counting, room.room_id, get_room_version("10"), [state, dict(state)]
+    )
+    assert resolved == state
+    assert counting.events_read == read_before
+    assert await resolve_state_maps(counting, room.room_id, get_room_version("10"), []) == {}
+
+
+def _conflicted_room(count: int) -> tuple[Room, list[dict[tuple[str, str], str]]]:
+    room = Room()
+    room.basic()
+    fork = room.last
+    left = _custom_fork(room, fork, "left", count)
+    right = _custom_fork(room, fork, "right", count)
+    return room, [room.state_after[left], room.state_after[right]]
+
+
+async def test_the_driver_lets_other_tasks_run_between_steps() -> None:
+    room, sets = _conflicted_room(300)
+
+    def steps() -> Generator[None, None, dict[tuple[str, str], str]]:
+        return resolve_state_steps("10", sets, room.events, yield_every=20)
+
+    yields = 0
+    counted = steps()
+    try:
+        while True:
+            next(counted)
+            yields += 1
+    except StopIteration as done:
+        expected = done.value
+    assert yields > 30
+
+    ticks = 0
+    result: dict[tuple[str, str], str] = {}
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await trio.lowlevel.checkpoint()
+            ticks += 1
+
+    async def resolve() -> None:
+        nonlocal result
+        result = await drive_steps(steps())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tick)
+        await resolve()
+        nursery.cancel_scope.cancel()
+    assert result == expected
+    # Without a checkpoint per step the ticker would not run at all.
+    assert ticks >= yields // 2
+
+
+class _StepCounter(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_a_long_resolution_through_storage_checkpoints(storage: Storage) -> None:
+    room, sets = _conflicted_room(200)
+    await ingest_all(storage, list(room.events.values())[:6])
+    await _persist_plain(storage, list(room.events.values())[6:])
+
+    counter = _StepCounter()
+    trio.lowlevel.add_instrument(counter)
+    try:
+        counter.task = trio.lowlevel.current_task()
+        resolved = await resolve_state_maps(
+            storage, room.room_id, get_room_version("10"), sets, yield_every=10
+        )
+    finally:
+        counter.task = None
+        trio.lowlevel.remove_instrument(counter)
+    assert resolved == resolve_state("10", sets, room.events)
+    # 400 conflicted events, a checkpoint every 10 of them at least.
+    assert counter.steps >= 40
+
+
+def test_changes_between_states() -> None:
+    base = {("a", ""): "$1", ("b", ""): "$2", ("c", ""): "$3"}
+    state = {("a", ""): "$1", ("b", ""): "$9", ("d", ""): "$4"}
+    assert changes_between(base, state) == {("b", ""): "$9", ("c", ""): None, ("d", ""): "$4"}
+    assert changes_between(base, dict(base)) == {}
