@@ -21,7 +21,7 @@ from _builders import ALICE, BOB, CAROL, DAVE, EVE, RoomBuilder, make_pdu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ranvier.protocol.auth import CREATE_KEY, StateKey, auth_types_for_event
+from ranvier.protocol.auth import CREATE_KEY, StateKey, auth_state_keys, auth_types_for_event
 from ranvier.protocol.auth_chain import (
     auth_chain_difference,
     auth_edges_of,
@@ -29,8 +29,12 @@ from ranvier.protocol.auth_chain import (
 )
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.state_res import (
+    StateDelta,
+    StateMap,
     is_power_event,
     resolve_state,
+    resolve_state_delta,
+    resolve_state_delta_steps,
     resolve_state_steps,
     reverse_topological_power_order,
     separate_state,
@@ -416,6 +420,49 @@ def test_events_missing_from_the_lookup_are_left_out() -> None:
     assert resolve_state("10", sets, without_b)[TOPIC] == a.event_id
 
 
+def test_an_auth_difference_event_at_a_key_no_set_has_is_kept() -> None:
+    room = public_room_events()
+    bob_join = room.state[member(BOB)]
+    a = room.send("m.room.topic", ALICE, {"topic": "a"}, state_key="", apply=False)
+    b = room.send("m.room.topic", BOB, {"topic": "b"}, state_key="", apply=False)
+    without_bob = {key: value for key, value in room.state.items() if key != member(BOB)}
+    sets = [without_bob | {TOPIC: a.event_id}, without_bob | {TOPIC: b.event_id}]
+    # Bob's topic cites his join, so the join is in the auth difference and
+    # is replayed; Bob may not set the topic.
+    expected = without_bob | {TOPIC: a.event_id, member(BOB): bob_join}
+    assert resolve_state("10", sets, room.events) == expected
+    for base in (without_bob, {}):
+        deltas = [_delta_against(base, state_set) for state_set in sets]
+        assert _apply(base, resolve_state_delta("10", base, deltas, room.events)) == expected
+
+
+def test_of_two_cited_events_for_one_key_the_last_counts() -> None:
+    room = RoomBuilder("10")
+    room.member(ALICE, "join")
+    room.power_levels(ALICE, {"users": {ALICE: 100, BOB: 50}})
+    room.join_rules(ALICE, "public")
+    join = room.member(BOB, "join")
+    leave = room.member(BOB, "leave")
+    state = {key: value for key, value in room.state.items() if key != member(BOB)}
+    cited = [room.create.event_id, state[POWER]]
+
+    def topic_cites(*memberships: Pdu) -> str | None:
+        topic = room.send(
+            "m.room.topic",
+            BOB,
+            {"topic": "t"},
+            state_key="",
+            auth_events=cited + [m.event_id for m in memberships],
+            apply=False,
+        )
+        sets = [state | {TOPIC: topic.event_id}, state]
+        # No auth difference: Bob's membership comes from the topic's auth events only.
+        return resolve_state("10", sets, room.events, auth_chain_difference=set()).get(TOPIC)
+
+    assert topic_cites(leave, join) is not None
+    assert topic_cites(join, leave) is None
+
+
 def public_room_events(version: str = "10") -> RoomBuilder:
     room = RoomBuilder(version)
     room.member(ALICE, "join")
@@ -461,6 +508,109 @@ def test_separate_state_matches_the_definition(state_sets: list[dict[StateKey, s
             assert conflicted[key] == {v for v in values if v is not None}
             assert key not in unconflicted
     assert unconflicted.keys() | conflicted.keys() == keys
+
+
+def _fresh(text: str) -> str:
+    """An equal string that is another object."""
+    return "".join([text[:1], text[1:]])
+
+
+@st.composite
+def related_state_maps(draw: st.DrawFn) -> list[dict[StateKey, str]]:
+    """State maps copied from one map and changed, as a server derives states.
+
+    Large enough for several slices of the comparison; changes include
+    keys deleted and added back (which moves them to the end), equal
+    values and keys that are other objects, and maps rebuilt in another
+    order.
+    """
+    size = draw(st.integers(0, 700))
+    first = {("m.room.member", f"@u{i}:example.org"): f"$e{i}" for i in range(size)}
+    maps = [first]
+    for _ in range(draw(st.integers(1, 3))):
+        derived = dict(draw(st.sampled_from(maps)))
+        keys = list(derived)
+        for _ in range(draw(st.integers(0, 6))):
+            action = draw(st.sampled_from(["set", "same", "add", "delete", "move", "same_key"]))
+            if action == "add" or not keys:
+                derived[("m.room.member", f"@new{draw(st.integers(0, 9))}:example.org")] = "$n"
+                continue
+            key = keys[draw(st.integers(0, len(keys) - 1))]
+            if key not in derived:
+                continue
+            if action == "set":
+                derived[key] = draw(st.sampled_from(["$x", "$y", "$e0"]))
+            elif action == "same":
+                derived[key] = _fresh(derived[key])
+            elif action == "delete":
+                del derived[key]
+            elif action == "move":
+                derived[key] = derived.pop(key)
+            else:
+                event_id = derived.pop(key)
+                derived[(_fresh(key[0]), _fresh(key[1]))] = event_id
+        if draw(st.booleans()):
+            derived = dict(sorted(derived.items(), reverse=True))
+        maps.append(derived)
+    return maps
+
+
+@settings(max_examples=200, deadline=None)
+@given(related_state_maps())
+def test_separate_state_of_maps_copied_from_one_another(
+    state_sets: list[dict[StateKey, str]],
+) -> None:
+    unconflicted, conflicted = separate_state(state_sets)
+    keys = set().union(*state_sets)
+    for key in keys:
+        values = [s.get(key) for s in state_sets]
+        if len(set(values)) == 1:
+            assert unconflicted[key] == values[0]
+            assert key not in conflicted
+        else:
+            assert conflicted[key] == {v for v in values if v is not None}
+            assert key not in unconflicted
+    assert unconflicted.keys() | conflicted.keys() == keys
+
+
+def test_the_keys_the_auth_checks_read_are_the_auth_events_selection() -> None:
+    room = public_room_events()
+    invite = room.draft_member(
+        ALICE,
+        "invite",
+        CAROL,
+        third_party_invite={"signed": {"mxid": CAROL, "token": "abc", "signatures": {}}},
+    )
+    v12 = public_room_events("12")
+    authorised = [
+        make_pdu(
+            version,
+            {
+                "type": "m.room.member",
+                "sender": BOB,
+                "state_key": BOB,
+                "room_id": "!room:example.org",
+                "content": {"membership": "join", "join_authorised_via_users_server": authoriser},
+            },
+        )
+        for version in ("10", "11")
+        for authoriser in (ALICE, BOB, 7)
+    ]
+    events = [
+        *room.events.values(),
+        *v12.events.values(),
+        invite,
+        room.draft_member(BOB, "knock"),
+        room.draft_member(ALICE, "ban", BOB),
+        room.draft("m.room.message", BOB, {"body": "hi"}),
+        *authorised,
+    ]
+    for event in events:
+        keys = auth_state_keys(event)
+        assert len(set(keys)) == len(keys), event
+        assert set(keys) == auth_types_for_event(event)
+    assert ("m.room.third_party_invite", "abc") in auth_state_keys(invite)
+    assert auth_state_keys(room.create) == ()
 
 
 def test_power_events() -> None:
@@ -540,6 +690,152 @@ def test_resolving_one_state_set_returns_it(
     for branch in branches:
         assert resolve_state(version, [branch], room.events) == branch
         assert resolve_state(version, [branch, dict(branch)], room.events) == branch
+
+
+# --- States given as changes against a base ------------------------------------------------
+
+
+def _delta_against(base: StateMap, state: StateMap) -> dict[StateKey, str | None]:
+    """The changes that turn ``base`` into ``state``."""
+    delta: dict[StateKey, str | None] = {
+        key: event_id for key, event_id in state.items() if base.get(key) != event_id
+    }
+    delta.update(dict.fromkeys(key for key in base if key not in state))
+    return delta
+
+
+def _apply(base: StateMap, delta: StateDelta) -> dict[StateKey, str]:
+    state = dict(base)
+    for key, event_id in delta.items():
+        if event_id is None:
+            del state[key]
+        else:
+            state[key] = event_id
+    return state
+
+
+def _bases(branches: list[dict[StateKey, str]]) -> list[dict[StateKey, str]]:
+    """States to give the branches as changes against: any state will do."""
+    shared = {
+        key: event_id
+        for key, event_id in branches[0].items()
+        if all(branch.get(key) == event_id for branch in branches)
+    }
+    # A key no branch has, naming an event nobody knows.
+    stale = branches[0] | {("m.room.topic", "stale"): "$gone"}
+    return [shared, *branches, {}, stale]
+
+
+@settings(max_examples=60, deadline=None)
+@given(history=forked_histories(), data=st.data())
+def test_the_delta_form_resolves_as_whole_maps_do(
+    history: tuple[str, RoomBuilder, list[dict[StateKey, str]]], data: st.DataObject
+) -> None:
+    version, room, branches = history
+    expected = resolve_state(version, branches, room.events)
+    base = data.draw(st.sampled_from(_bases(branches)))
+    deltas = [_delta_against(base, branch) for branch in branches]
+    indexed = data.draw(st.booleans())
+    if indexed:
+        edges = auth_edges_of(room.events)
+        difference = auth_chain_difference([b.values() for b in branches], edges)
+        _, conflicted = separate_state(branches)
+        subgraph = conflicted_state_subgraph(set().union(*conflicted.values()), edges)
+        delta = resolve_state_delta(
+            version,
+            base,
+            deltas,
+            room.events,
+            auth_chain_difference=difference,
+            conflicted_subgraph=subgraph,
+        )
+    else:
+        delta = resolve_state_delta(version, base, deltas, room.events)
+    assert _apply(base, delta) == expected
+    # Only real changes: no entry the base already has, no removal of a key it lacks.
+    assert all(base.get(key) != event_id for key, event_id in delta.items())
+
+
+def test_the_delta_form_with_no_or_one_state_set() -> None:
+    room = public_room_events()
+    base = dict(room.state)
+    assert resolve_state_delta("10", base, [], room.events) == dict.fromkeys(base)
+    topic = room.send("m.room.topic", ALICE, {"topic": "t"}, state_key="")
+    only = {TOPIC: topic.event_id, POWER: base[POWER], member(BOB): None}
+    assert resolve_state_delta("10", base, [only], room.events) == {
+        TOPIC: topic.event_id,
+        member(BOB): None,
+    }
+    assert resolve_state_delta("10", base, [{}, {}], room.events) == {}
+
+
+def test_keys_every_set_changes_alike_are_unconflicted() -> None:
+    room = public_room_events()
+    room.member(CAROL, "join")
+    base = dict(room.state)
+    a = room.send("m.room.topic", ALICE, {"topic": "a"}, state_key="", apply=False)
+    b = room.send("m.room.topic", BOB, {"topic": "b"}, state_key="", apply=False)
+    name = room.send("m.room.name", ALICE, {"name": "n"}, state_key="", apply=False)
+    # Both sets name the room alike and lack Carol alike; only the topic conflicts.
+    alike = {("m.room.name", ""): name.event_id, member(CAROL): None}
+    deltas = [alike | {TOPIC: a.event_id}, alike | {TOPIC: b.event_id}]
+    delta = resolve_state_delta("10", base, deltas, room.events)
+    assert delta == alike | {TOPIC: a.event_id}  # Bob may not set the topic
+    full = [_apply(base, d) for d in deltas]
+    assert _apply(base, delta) == resolve_state("10", full, room.events)
+
+
+class _RecordingState(Mapping[StateKey, str]):
+    """A base state that notes the keys resolution reads and refuses to be walked."""
+
+    def __init__(self, state: Mapping[StateKey, str]) -> None:
+        self.state = state
+        self.read: set[StateKey] = set()
+
+    def __getitem__(self, key: StateKey) -> str:
+        self.read.add(key)
+        return self.state[key]
+
+    def __iter__(self) -> Iterator[StateKey]:
+        raise AssertionError("resolution must not walk the base state")
+
+    def __len__(self) -> int:
+        raise AssertionError("resolution must not count the base state")
+
+
+@pytest.mark.parametrize("version", ["10", "12"])
+def test_the_delta_form_reads_the_base_only_where_it_must(version: str) -> None:
+    room = public_room_events(version)
+    room.member(CAROL, "join")
+    members = {member(f"@m{i}:example.org"): f"$member{i}" for i in range(50_000)}
+    base = _RecordingState(room.state | members)
+    a = room.send("m.room.topic", ALICE, {"topic": "a"}, state_key="", apply=False)
+    b = room.send("m.room.topic", BOB, {"topic": "b"}, state_key="", apply=False)
+    ban = room.draft_member(ALICE, "ban", CAROL)
+    room.events[ban.event_id] = ban
+    deltas = [{TOPIC: a.event_id}, {TOPIC: b.event_id, member(CAROL): ban.event_id}]
+    lookup = _RecordingEvents(room.events)
+    delta = resolve_state_delta(version, base, deltas, lookup, auth_chain_difference=set())
+    assert delta == {TOPIC: a.event_id, member(CAROL): ban.event_id}
+    assert len(base.read) < 10, base.read
+    assert not any(event_id.startswith("$member") for event_id in lookup.asked)
+
+
+def test_the_delta_form_yields_while_it_works() -> None:
+    room, sets = _many_conflicting_joins(200)
+    base = sets[0]
+    steps = resolve_state_delta_steps(
+        "10", base, [{}, _delta_against(base, sets[1])], room.events, yield_every=10
+    )
+    yields = 0
+    try:
+        while True:
+            next(steps)
+            yields += 1
+    except StopIteration as done:
+        delta = done.value
+    assert _apply(base, delta) == sets[1]
+    assert yields >= 20
 
 
 # --- Checkpoints and cost ------------------------------------------------------------------

@@ -30,7 +30,12 @@ from ranvier.protocol.auth_chain import (
     conflicted_state_subgraph,
 )
 from ranvier.protocol.events import Pdu
-from ranvier.protocol.state_res import resolve_state, reverse_topological_power_order
+from ranvier.protocol.state_res import (
+    StateDelta,
+    resolve_state,
+    resolve_state_delta,
+    reverse_topological_power_order,
+)
 
 PEERS = Path(__file__).parent.parent / "data" / "peer-vectors"
 RUMA = PEERS / "ruma-state-res"
@@ -61,7 +66,16 @@ class _Fixture:
         ]
 
     def resolve(self, state_sets: Sequence[Mapping[StateKey, str]]) -> dict[StateKey, str]:
-        return resolve_state(self.room_version, state_sets, self.events, rejected=self.rejected)
+        resolved = resolve_state(self.room_version, state_sets, self.events, rejected=self.rejected)
+        # The same sets as changes against the first: the same state.
+        if state_sets:
+            base = state_sets[0]
+            deltas = [_changes(base, state_set) for state_set in state_sets]
+            delta = resolve_state_delta(
+                self.room_version, base, deltas, self.events, rejected=self.rejected
+            )
+            assert _changes(base, resolved) == delta
+        return resolved
 
     def as_expected(self, state: Mapping[StateKey, str]) -> list[dict[str, Any]]:
         rows = [
@@ -74,6 +88,12 @@ class _Fixture:
             for key, event_id in state.items()
         ]
         return sorted(rows, key=lambda row: (row["type"], row["state_key"]))
+
+
+def _changes(base: Mapping[StateKey, str], state: Mapping[StateKey, str]) -> StateDelta:
+    changes: dict[StateKey, str | None] = {k: v for k, v in state.items() if base.get(k) != v}
+    changes.update(dict.fromkeys(k for k in base if k not in state))
+    return changes
 
 
 def _key(event: Pdu) -> StateKey:

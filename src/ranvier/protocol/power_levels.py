@@ -110,6 +110,20 @@ def get_creators(create: Pdu) -> frozenset[str]:
     return frozenset(creators)
 
 
+def _is_creator(user_id: str, create: Pdu) -> bool:
+    # ``user_id in get_creators(create)``, without building the set: state
+    # resolution asks this for every sender it sorts or checks.
+    rv = create.room_version
+    if not rv.implicit_room_creator:
+        return create.content.get("creator") == user_id
+    if user_id == create.sender:
+        return True
+    if rv.privileged_creators:
+        additional = create.content.get("additional_creators")
+        return type(additional) is list and user_id in additional
+    return False
+
+
 def get_user_power_level(user_id: str, *, power_levels: Pdu | None, create: Pdu | None) -> int:
     """The power level of ``user_id`` given the room's current power levels and create events.
 
@@ -117,17 +131,12 @@ def get_user_power_level(user_id: str, *, power_levels: Pdu | None, create: Pdu 
     names the creators (v12) and the creator's level when the room has no
     power levels event (v6-v11).
     """
-    if create is not None:
-        rv = create.room_version
-        if rv.privileged_creators and user_id in get_creators(create):
+    if create is not None and create.room_version.privileged_creators:
+        if _is_creator(user_id, create):
             return CREATOR_POWER_LEVEL
+    elif power_levels is None:
+        return 100 if create is not None and _is_creator(user_id, create) else 0
     if power_levels is None:
-        if (
-            create is not None
-            and not create.room_version.privileged_creators
-            and user_id in get_creators(create)
-        ):
-            return 100
         return 0
     rv = power_levels.room_version
     content = power_levels.content

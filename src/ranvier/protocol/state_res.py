@@ -270,25 +270,26 @@ def reverse_topological_power_order(
     """
     cited_by: dict[str, list[str]] = {event_id: [] for event_id in auth_graph}
     waiting_on: dict[str, int] = {}
+    ready: list[tuple[int, int, str]] = []
     for event_id, auth_ids in auth_graph.items():
         waiting_on[event_id] = len(auth_ids)
         for auth_id in auth_ids:
             cited_by[auth_id].append(event_id)
-
-    def entry(event_id: str) -> tuple[int, int, str]:
-        power, ts = sort_key[event_id]
-        return -power, ts, event_id
-
-    ready = [entry(event_id) for event_id, count in waiting_on.items() if count == 0]
+        if not auth_ids:
+            power, ts = sort_key[event_id]
+            ready.append((-power, ts, event_id))
     heapq.heapify(ready)
+    heappop, heappush = heapq.heappop, heapq.heappush
     order: list[str] = []
     while ready:
-        event_id = heapq.heappop(ready)[2]
+        event_id = heappop(ready)[2]
         order.append(event_id)
         for child in cited_by[event_id]:
-            waiting_on[child] -= 1
-            if waiting_on[child] == 0:
-                heapq.heappush(ready, entry(child))
+            left = waiting_on[child] - 1
+            waiting_on[child] = left
+            if not left:
+                power, ts = sort_key[child]
+                heappush(ready, (-power, ts, child))
     if len(order) != len(auth_graph):
         raise ValueError("the auth events of the events to sort form a cycle")
     return order
@@ -691,9 +692,10 @@ class _Resolver:
         base_get = self.base.get
         changes = self.changes
         room_id_create = self.room_version.room_id_from_create_event
+        yield_every = self.yield_every
         for event_id in order:
             self.work += 1
-            if self.work >= self.yield_every:
+            if self.work >= yield_every:
                 self.work = 0
                 yield
             event = replayed[event_id]
