@@ -19,26 +19,30 @@ from .records import (
     PartialStateRoom,
     ReceivedTransaction,
     ServerKey,
+    StateKey,
     StateMap,
     StoredEvent,
 )
-from .state_groups import read_state
+from .state_groups import read_state, read_state_for_keys
 
 __all__ = [
     "UnsentDestinationRoom",
     "get_current_state_ids",
+    "get_current_state_ids_for_keys",
     "get_destination_retry",
     "get_destinations_with_unsent_rooms",
     "get_event",
     "get_event_state_groups",
     "get_events",
     "get_forward_extremities",
+    "get_partial_state_event_ids",
     "get_partial_state_events",
     "get_partial_state_rooms",
     "get_received_transaction",
     "get_room_version",
     "get_server_keys",
     "get_state_ids",
+    "get_state_ids_for_keys",
     "get_unsent_destination_rooms",
     "have_seen_events",
     "is_partial_state_room",
@@ -195,6 +199,55 @@ def get_partial_state_rooms(conn: sqlite3.Connection) -> dict[str, PartialStateR
             """
         )
     }
+
+
+# Narrow reads: a few entries of a room's state, and which events are
+# partial, for checks that must not read a big room's whole state.
+
+
+def get_state_ids_for_keys(
+    conn: sqlite3.Connection, state_group: int, keys: Collection[StateKey]
+) -> StateMap:
+    """The entries of a group's state for ``keys``; keys not in it are left out.
+
+    Costs a few index look-ups per key, however big the state.
+    """
+    return read_state_for_keys(conn, state_group, keys)
+
+
+def get_current_state_ids_for_keys(
+    conn: sqlite3.Connection, room_id: str, keys: Collection[StateKey]
+) -> StateMap:
+    """The entries of a room's current state for ``keys``; keys not in it are left out."""
+    found: StateMap = {}
+    for key in set(keys):
+        row = conn.execute(
+            "SELECT event_id FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
+            (room_id, *key),
+        ).fetchone()
+        if row is not None:
+            found[key] = row[0]
+    return found
+
+
+def get_partial_state_event_ids(
+    conn: sqlite3.Connection, event_ids: Collection[str]
+) -> frozenset[str]:
+    """Which of ``event_ids`` still have partial state.
+
+    Looks the events up by ID, so the answer costs the same in a room with
+    thousands of partial-state events as in one with none.
+    """
+    partial: set[str] = set()
+    for chunk in _chunks(set(event_ids)):
+        marks = ",".join("?" * len(chunk))
+        partial.update(
+            event_id
+            for (event_id,) in conn.execute(
+                f"SELECT event_id FROM partial_state_events WHERE event_id IN ({marks})", chunk
+            )
+        )
+    return frozenset(partial)
 
 
 def get_received_transaction(

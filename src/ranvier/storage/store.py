@@ -27,6 +27,7 @@ from .records import (
     ReceivedTransaction,
     ServerKey,
     StateDelta,
+    StateKey,
     StateMap,
     StoredEvent,
 )
@@ -228,6 +229,34 @@ class Storage:
 
     async def get_partial_state_rooms(self) -> dict[str, PartialStateRoom]:
         return await self.readers.read(reads.get_partial_state_rooms)
+
+    # Narrow state reads, so that checking an event in a big room reads a few
+    # rows instead of the whole state.
+
+    async def get_state_ids_for_keys(
+        self, state_group: int, keys: Collection[StateKey]
+    ) -> StateMap:
+        """The entries of a group's state for ``keys``; keys not in it are left out."""
+        wanted = frozenset(keys)
+        return await self.readers.read(
+            functools.partial(reads.get_state_ids_for_keys, state_group=state_group, keys=wanted)
+        )
+
+    async def get_current_state_ids_for_keys(
+        self, room_id: str, keys: Collection[StateKey]
+    ) -> StateMap:
+        """The entries of a room's current state for ``keys``; keys not in it are left out."""
+        wanted = frozenset(keys)
+        return await self.readers.read(
+            functools.partial(reads.get_current_state_ids_for_keys, room_id=room_id, keys=wanted)
+        )
+
+    async def get_partial_state_event_ids(self, event_ids: Collection[str]) -> frozenset[str]:
+        """Which of ``event_ids`` still have partial state."""
+        ids = frozenset(event_ids)
+        return await self.readers.read(
+            functools.partial(reads.get_partial_state_event_ids, event_ids=ids)
+        )
 
     async def get_received_transaction(
         self, origin: str, transaction_id: str
