@@ -1,0 +1,66 @@
+"""What the sender needs from storage and from the HTTP client, as
+structural types: :class:`ranvier.storage.Storage` and
+:class:`~ranvier.federation.transport.client.FederationHttpClient` have
+these methods, and a worker could hand it others that do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence, Set
+from typing import Any, Protocol
+
+from ranvier.storage.reads import UnsentDestinationRoom
+from ranvier.storage.records import DestinationRetry, StoredEvent
+
+__all__ = ["SenderStore", "TransactionClient"]
+
+
+class TransactionClient(Protocol):
+    """Sends one signed request and returns the decoded JSON answer, raising
+    :class:`~ranvier.federation.transport.client.FederationError` when the
+    destination did not give a usable one.
+    """
+
+    async def put_json(
+        self,
+        destination: str,
+        path: str,
+        content: Any,
+        *,
+        query: Mapping[str, Any] | None = None,
+        max_response_bytes: int | None = None,
+    ) -> Any: ...
+
+
+class SenderStore(Protocol):
+    """Retry state, how far each destination has been sent each room, and
+    the reads that catching a destination up needs.
+    """
+
+    async def get_destination_retry(self, destination: str) -> DestinationRetry | None: ...
+
+    async def store_destination_retry(
+        self, destination: str, retry: DestinationRetry | None
+    ) -> None: ...
+
+    async def store_destination_rooms(
+        self, destination: str, positions: Mapping[str, int]
+    ) -> None: ...
+
+    async def mark_destination_rooms_sent(
+        self, destination: str, positions: Mapping[str, int]
+    ) -> None: ...
+
+    async def get_unsent_destination_rooms(
+        self, destination: str, limit: int = ...
+    ) -> Sequence[UnsentDestinationRoom]: ...
+
+    async def get_destinations_with_unsent_rooms(
+        self, after: str | None = ..., limit: int = ...
+    ) -> Sequence[str]: ...
+
+    async def get_forward_extremities(self, room_id: str) -> Set[str]: ...
+
+    async def get_events(self, event_ids: Collection[str]) -> Mapping[str, StoredEvent]: ...
+
+    async def is_partial_state_room(self, room_id: str) -> bool: ...

@@ -1,0 +1,248 @@
+"""The federation sender: PDUs and EDUs to other homeservers, a queue per
+destination, each drained by a task of the sender's own nursery.
+
+Callers hand work over with :meth:`FederationSender.send_pdu` and
+:meth:`FederationSender.send_edu`, which never wait: the caller's event is
+already stored, and delivering it is the sender's business from then on. A
+destination's task starts when something is queued for it and ends once its
+queue has been idle for ``idle_timeout`` seconds, so only destinations with
+something to send, or something to retry, have a task.
+
+At start-up the sender looks in the database for destinations that missed
+events (the process stopped before they were sent, or while the
+destination was down) and catches each of them up, respecting any backoff
+in force.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+import msgspec
+import trio
+
+from ranvier.errors import BadJsonError, MatrixError
+from ranvier.federation.transport.routes import wall_clock_ms
+from ranvier.federation.units import Edu
+from ranvier.protocol.canonical import decode_canonical_json, encode_canonical_json
+from ranvier.protocol.x_matrix import split_server_name
+
+from .backoff import BackoffPolicy
+from .interfaces import SenderStore, TransactionClient
+from .queue import DestinationQueue, DestinationStatus, QueuedPdu, QueueSettings
+
+__all__ = ["FederationSender"]
+
+_log = logging.getLogger(__name__)
+
+# Destinations read per page when resuming catch-up at start-up.
+_RESUME_PAGE: Final = 100
+
+
+class FederationSender:
+    """Sends PDUs and EDUs to other homeservers, as ``server_name``.
+
+    Start it with ``await nursery.start(sender.run)``. ``client`` sends the
+    signed requests and ``store`` keeps retry state and how far each
+    destination has been sent each room (:class:`ranvier.storage.Storage`
+    and :class:`~ranvier.federation.transport.client.FederationHttpClient`
+    are the real ones).
+
+    ``max_queued_pdus`` and ``max_queued_edus`` bound each destination's
+    queue in memory; ``backoff`` sets how retry intervals grow;
+    ``idle_timeout`` is how long a destination's task waits for more work
+    before it ends. ``clock_ms`` (wall-clock milliseconds) and ``rng`` are
+    there for tests.
+    """
+
+    def __init__(
+        self,
+        server_name: str,
+        client: TransactionClient,
+        store: SenderStore,
+        *,
+        max_queued_pdus: int = 1000,
+        max_queued_edus: int = 1000,
+        backoff: BackoffPolicy | None = None,
+        idle_timeout: float = 60.0,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_queued_pdus < 1 or max_queued_edus < 1:
+            raise ValueError("a destination queue must hold at least one PDU and one EDU")
+        if idle_timeout < 0:
+            raise ValueError(f"idle_timeout must not be negative, not {idle_timeout}")
+        self.server_name = server_name
+        # A receiver takes a transaction ID it has seen from us for a resend
+        # and answers from memory, so an ID must never come back: the start
+        # time and a random part keep them apart across restarts (and
+        # across senders started within one millisecond), the counter
+        # within one run.
+        self._transaction_prefix = f"{clock_ms()}-{secrets.token_urlsafe(6)}"
+        self._transaction_counter = itertools.count(1)
+        self._settings = QueueSettings(
+            origin=server_name,
+            client=client,
+            store=store,
+            backoff=backoff if backoff is not None else BackoffPolicy(),
+            rng=rng if rng is not None else random.Random(),
+            clock_ms=clock_ms,
+            next_transaction_id=self._next_transaction_id,
+            max_pdus=max_queued_pdus,
+            max_edus=max_queued_edus,
+            idle_timeout=idle_timeout,
+        )
+        self._queues: dict[str, DestinationQueue] = {}
+        self._nursery: trio.Nursery | None = None
+
+    def _next_transaction_id(self) -> str:
+        return f"{self._transaction_prefix}-{next(self._transaction_counter)}"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the destination queues until cancelled."""
+        if self._nursery is not None:
+            raise RuntimeError("the federation sender is already running")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._resume_catching_up)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            self._queues.clear()
+
+    # Handing work over.
+
+    def send_pdu(
+        self,
+        pdu: bytes | Mapping[str, Any],
+        *,
+        event_id: str,
+        room_id: str,
+        stream_ordering: int,
+        destinations: Iterable[str],
+    ) -> None:
+        """Queue a stored event for each of ``destinations`` (our own name is
+        skipped). ``pdu`` is its JSON as stored, or the event as a mapping;
+        ``stream_ordering`` is where storage put it.
+
+        Raises :class:`~ranvier.errors.BadJsonError` for a PDU that is not a
+        canonical JSON object and ``M_INVALID_PARAM`` for a bad destination
+        name, before queuing anything.
+        """
+        nursery = self._running()
+        if isinstance(pdu, bytes | bytearray | memoryview):
+            data = bytes(pdu)
+            if not isinstance(decode_canonical_json(data), dict):
+                raise BadJsonError(f"PDU {event_id} is not a JSON object")
+        else:
+            data = encode_canonical_json(dict(pdu))
+        if isinstance(stream_ordering, bool) or not isinstance(stream_ordering, int):
+            raise MatrixError(
+                f"the stream ordering of {event_id} must be an integer",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        targets = self._destinations(destinations)
+        queued = QueuedPdu(
+            event_id=event_id, room_id=room_id, stream_ordering=stream_ordering, json=data
+        )
+        for destination in targets:
+            self._queue(nursery, destination).add_pdu(queued)
+
+    def send_edu(self, destination: str, edu_type: str, content: Mapping[str, Any]) -> None:
+        """Queue an EDU for ``destination``. EDUs are ephemeral: one for a
+        destination that is backing off is dropped, as is the oldest one of a
+        full queue.
+
+        Raises :class:`~ranvier.errors.BadJsonError` for content that is not
+        canonical JSON and ``M_INVALID_PARAM`` for a bad destination name.
+        """
+        nursery = self._running()
+        # Encoding checks the content and decoding copies it, so later
+        # changes by the caller do not reach the transaction.
+        copied = msgspec.json.decode(encode_canonical_json(dict(content)))
+        for target in self._destinations([destination]):
+            self._queue(nursery, target).add_edu(Edu(edu_type=edu_type, content=copied))
+
+    def wake_destination(self, destination: str) -> None:
+        """Catch ``destination`` up now, whether or not anything new is queued
+        for it (it is known to be back, say), unless it is backing off.
+        """
+        nursery = self._running()
+        for target in self._destinations([destination]):
+            self._queue(nursery, target).start_catching_up()
+
+    # Looking on.
+
+    def status(self, destination: str) -> DestinationStatus | None:
+        """The state of ``destination``'s queue; None if it has no task now."""
+        queue = self._queues.get(destination)
+        return queue.status() if queue is not None else None
+
+    @property
+    def active_destinations(self) -> frozenset[str]:
+        """The destinations that have a queue task now."""
+        return frozenset(self._queues)
+
+    # Internals.
+
+    def _running(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise RuntimeError("the federation sender is not running")
+        return self._nursery
+
+    def _destinations(self, destinations: Iterable[str]) -> list[str]:
+        if isinstance(destinations, str):
+            raise TypeError("destinations must be a collection of server names, not one string")
+        chosen: dict[str, None] = {}
+        for destination in destinations:
+            try:
+                split_server_name(destination)
+            except (ValueError, TypeError):
+                raise MatrixError(
+                    f"{destination!r} is not a valid server name",
+                    errcode="M_INVALID_PARAM",
+                    http_status=400,
+                ) from None
+            if destination != self.server_name:
+                chosen[destination] = None
+        return list(chosen)
+
+    def _queue(self, nursery: trio.Nursery, destination: str) -> DestinationQueue:
+        queue = self._queues.get(destination)
+        if queue is None or queue.closed:
+            queue = DestinationQueue(destination, self._settings)
+            self._queues[destination] = queue
+            nursery.start_soon(self._run_queue, queue, name=f"federation sender: {destination}")
+        return queue
+
+    async def _run_queue(self, queue: DestinationQueue) -> None:
+        try:
+            await queue.run()
+        finally:
+            # A queue closes itself the moment it decides to end, and a
+            # closed queue is replaced rather than handed work, so nothing
+            # is handed to a queue whose task is gone.
+            if self._queues.get(queue.destination) is queue:
+                del self._queues[queue.destination]
+
+    async def _resume_catching_up(self) -> None:
+        nursery = self._running()
+        store = self._settings.store
+        after: str | None = None
+        resumed = 0
+        while page := await store.get_destinations_with_unsent_rooms(after, _RESUME_PAGE):
+            for destination in page:
+                if destination != self.server_name:
+                    self._queue(nursery, destination).start_catching_up()
+                    resumed += 1
+            after = page[-1]
+        if resumed:
+            _log.info("catching up %d destinations that missed events", resumed)
