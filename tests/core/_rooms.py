@@ -218,6 +218,7 @@ class CountingStorage(Storage):
         super().__init__(path, synchronous="NORMAL")
         self.events_read = 0
         self.state_reads = 0
+        self.current_state_reads = 0
 
     async def get_events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
         self.events_read += len(set(event_ids))
@@ -226,3 +227,7 @@ class CountingStorage(Storage):
     async def get_state_ids(self, state_group: int) -> StateMap:
         self.state_reads += 1
         return await super().get_state_ids(state_group)
+
+    async def get_current_state_ids(self, room_id: str) -> StateMap:
+        self.current_state_reads += 1
+        return await super().get_current_state_ids(room_id)

@@ -6,6 +6,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import trio
+from _recording import Read, RecordingReader
 from _rooms import (
     ALICE,
     BOB,
@@ -25,6 +26,7 @@ from ranvier.core import (
     compute_current_state_after,
     compute_event_context,
     event_to_persist,
+    run_auth_checks,
 )
 from ranvier.errors import MatrixError
 from ranvier.protocol.state_res import resolve_state
@@ -75,6 +77,31 @@ async def test_one_prev_event_reads_no_state(counting: CountingStorage) -> None:
     assert await context.get_state_before(counting) == expected
     assert await context.get_state_before(counting) == expected
     assert counting.state_reads == reads + 1
+
+
+async def test_a_few_keys_of_the_state_before_are_read_alone(storage: Storage) -> None:
+    room = Room()
+    room.basic()
+    await ingest_all(storage, list(room.events.values()))
+    message = room.message(BOB)
+    expected = room.state_after[message.prev_event_ids[0]]
+    keys = [("m.room.power_levels", ""), (MEMBER, BOB), (MEMBER, DAVE)]
+    reader = RecordingReader(storage)
+    context = await compute_event_context(message, reader, storage)
+    reader.clear()
+    picked = {key: expected[key] for key in keys if key in expected}
+    assert await context.get_state_before_for_keys(reader, keys) == picked
+    assert reader.reads == [Read("get_state_ids_for_keys", 2)]
+    # The whole map is still unread, and read once when asked for ...
+    assert await context.get_state_before(reader) == expected
+    assert await context.get_state_before(reader) == expected
+    assert reader.calls({"get_state_ids"}) == [Read("get_state_ids", len(expected))]
+    # ... after which keys are picked from it without reading.
+    reader.clear()
+    assert await context.get_state_before_for_keys(reader, keys) == picked
+    assert reader.reads == []
+    with pytest.raises(MatrixError, match="no state before"):
+        await EventContext.for_outlier().get_state_before_for_keys(reader, keys)
 
 
 @pytest.mark.parametrize("version", ["10", "12"])
@@ -207,6 +234,30 @@ async def test_partial_state_spreads_from_a_prev_event(storage: Storage) -> None
     assert not context.partial_state
 
 
+async def test_partial_state_is_asked_of_the_prev_events_only(storage: Storage) -> None:
+    room, join_id = await _partial_join(storage)
+    for n in range(40):
+        assert (await ingest(storage, room.message(DAVE, f"partial {n}"))).context.partial_state
+    assert len(await storage.get_partial_state_events(room.room_id)) == 41
+    reader = RecordingReader(storage)
+    fork = room.message(CAROL, prev=[join_id, room.last])
+    context = await compute_event_context(fork, reader, storage)
+    assert context.partial_state
+    assert reader.calls({"get_partial_state_events", "is_partial_state_room"}) == []
+    assert reader.calls({"get_partial_state_event_ids"}) == [Read("get_partial_state_event_ids", 2)]
+
+    # With full state for those two, the room's other partial events do not matter.
+    for event_id in fork.prev_event_ids:
+        groups = await storage.get_event_state_groups(event_id)
+        assert groups is not None
+        await storage.update_state_for_partial_event(event_id, groups.before, groups.after)
+    reader.clear()
+    context = await compute_event_context(fork, reader, storage)
+    assert not context.partial_state
+    assert len(await storage.get_partial_state_events(room.room_id)) == 39
+    assert reader.calls({"get_partial_state_event_ids"}) == [Read("get_partial_state_event_ids", 0)]
+
+
 async def test_outliers_are_never_partial(storage: Storage) -> None:
     room, _ = await _partial_join(storage)
     message = room.message(DAVE)
@@ -295,9 +346,9 @@ async def test_events_to_persist_keep_the_bytes_and_cross_a_process_boundary(
 
 
 async def test_a_big_room_grows_by_deltas(counting: CountingStorage) -> None:
-    """50,000 members' state, then 1,000 events: the database gains about a
-    row per state event, never another copy of the state. (Auth is not what
-    this measures, so the 1,000 events go through contexts and storage only.)
+    """50,000 members' state, then 1,000 events through contexts, the auth
+    checks and storage: the database gains about a row per state event,
+    never another copy of the state, and no event reads the whole state.
     """
     started = time.monotonic()
     room = Room()
@@ -358,8 +409,13 @@ async def test_a_big_room_grows_by_deltas(counting: CountingStorage) -> None:
             state_events += 1
         context = await compute_event_context(event, counting, counting)
         assert not context.partial_state
-        await counting.persist_events([event_to_persist(event, context)])
+        outcome = await run_auth_checks(event, context, counting)
+        assert outcome.failure is None, (n, outcome.failure)
+        await counting.persist_events([event_to_persist(event, outcome.context)])
     groups_end, rows_end = count_rows(counting.path)
+    # No event read the room's whole state, before it or current.
+    assert counting.state_reads == state_reads
+    assert counting.current_state_reads == 0
 
     # One group per state event; rows: one per state event, plus the
     # changes a group merges when a delta chain reaches its cap.
@@ -369,8 +425,6 @@ async def test_a_big_room_grows_by_deltas(counting: CountingStorage) -> None:
     assert rows_end - rows_joined <= state_events + merged_rows
     assert rows_end - rows_joined < 10_000  # a single copy would be 50,000
     assert await counting.get_current_state_ids(room.room_id) == expected
-    # No event read the room's whole state.
-    assert counting.state_reads == state_reads
     print(
         f"50,000 members + 1,000 events: +{groups_end - groups_joined} groups,"
         f" +{rows_end - rows_joined} rows after the join's {rows_joined - rows_start};"

@@ -1,18 +1,24 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import pytest
+from _recording import NARROW_STATE_READS, WHOLE_MAP_READS, Read, RecordingReader
 from _rooms import ALICE, BOB, CAROL, DAVE, Room, ingest, ingest_all
 
 from ranvier.core import (
+    AuthOutcome,
     AuthPoint,
     check_against_auth_events,
     check_against_current_state,
     check_against_state_before,
     compute_event_context,
+    event_to_persist,
     run_auth_checks,
 )
+from ranvier.protocol.auth import StateKey, auth_types_for_event
+from ranvier.protocol.events import Pdu
 from ranvier.storage import Storage
 
 MEMBER = "m.room.member"
@@ -205,3 +211,146 @@ async def test_outliers_are_checked_against_their_auth_events_only(storage: Stor
     assert stored is not None
     assert stored.outlier
     assert stored.rejected_reason == "send_level"
+
+
+# --- A big room: the checks read a handful of state entries ----------------------
+
+BIG_ROOM_MEMBERS = 50_000
+
+
+@dataclasses.dataclass
+class BigRoom:
+    room: Room
+    join: str
+    #: The state after the join.
+    state: dict[StateKey, str]
+
+
+async def _big_room(storage: Storage, version: str, *, partial: bool = False) -> BigRoom:
+    """Alice's room with 50,000 more members, joined by Dave over federation.
+
+    The room's own events arrive as outliers and the state before the join
+    is supplied, as a send_join response gives it. The members' events are
+    not stored: the checks under test never look at them, and their state
+    entries are all a big room's cost comes from. With ``partial``, the
+    join has partial state, which lacks Carol's membership.
+    """
+    room = Room(version)
+    room.basic()
+    for event in room.events.values():
+        await ingest(storage, event, outlier=True)
+    state = dict(room.state_after[room.last])
+    if partial:
+        del state[(MEMBER, CAROL)]
+    state.update(
+        {(MEMBER, f"@user{n}:example.org"): f"$member{n}" for n in range(BIG_ROOM_MEMBERS)}
+    )
+    room.track_state = False
+    join = room.member(DAVE, "join", state=state)
+    if partial:
+        await storage.store_partial_join(room.room_id, version, join.event_id, "example.org", ())
+    outcome = await ingest(storage, join, state_ids_before=state, partial_state=partial)
+    assert outcome.failure is None
+    state[(MEMBER, DAVE)] = join.event_id
+    return BigRoom(room, join.event_id, state)
+
+
+async def _check(reader: RecordingReader, storage: Storage, event: Pdu) -> AuthOutcome:
+    """Compute ``event``'s context and run the checks, reading through ``reader``."""
+    reader.clear()
+    context = await compute_event_context(event, reader, storage)
+    return await run_auth_checks(event, context, reader)
+
+
+def _present(event: Pdu, state: Mapping[StateKey, str]) -> int:
+    """How many of the keys the rules read for ``event`` ``state`` has."""
+    return sum(1 for key in auth_types_for_event(event) if key in state)
+
+
+@pytest.mark.parametrize("version", ["10", "12"])
+async def test_checks_in_a_big_room_read_a_handful_of_state_entries(
+    storage: Storage, version: str
+) -> None:
+    big = await _big_room(storage, version)
+    room, state = big.room, big.state
+    assert len(await storage.get_current_state_ids(room.room_id)) > BIG_ROOM_MEMBERS
+    reader = RecordingReader(storage)
+
+    # Alice bans Bob: checks 1 and 2 (its prev event is the only extremity).
+    ban = room.member(ALICE, "ban", BOB, prev=[big.join], state=state)
+    outcome = await _check(reader, storage, ban)
+    assert outcome.failure is None
+    assert not reader.calls(WHOLE_MAP_READS)
+    assert [r.entries for r in reader.calls({"get_state_ids_for_keys"})] == [_present(ban, state)]
+    assert not reader.calls({"get_current_state_ids_for_keys"})
+    await storage.persist_events([event_to_persist(ban, outcome.context)])
+    after_ban = state | {(MEMBER, BOB): ban.event_id}
+
+    # Bob, from before the ban: passes checks 1 and 2, soft fails check 3,
+    # which read the ban from the current state, and nothing else of it.
+    topic = room.topic(BOB, "evading", prev=[big.join], state=state)
+    outcome = await _check(reader, storage, topic)
+    assert outcome.failure is not None
+    assert outcome.failure.point is AuthPoint.CURRENT_STATE
+    assert outcome.failure.rule == "sender_not_joined"
+    assert not reader.calls(WHOLE_MAP_READS)
+    assert [r.entries for r in reader.calls(NARROW_STATE_READS)] == [
+        _present(topic, state),
+        _present(topic, after_ban),
+    ]
+
+    # Carol from the same fork passes all three.
+    message = room.message(CAROL, prev=[big.join], state=state)
+    outcome = await _check(reader, storage, message)
+    assert outcome.failure is None
+    assert not reader.calls(WHOLE_MAP_READS)
+    assert len(reader.calls({"get_current_state_ids_for_keys"})) == 1
+
+    # Bob's server citing his old join: rejected against the state before.
+    cited = [state[key] for key in sorted(auth_types_for_event(topic))]
+    late = room.message(BOB, prev=[ban.event_id], state=after_ban, auth=cited)
+    outcome = await _check(reader, storage, late)
+    assert outcome.failure is not None
+    assert outcome.failure.point is AuthPoint.STATE_BEFORE
+    assert outcome.failure.rule == "sender_not_joined"
+    assert not reader.calls(WHOLE_MAP_READS)
+
+    # A join reads the most keys: the joining user's membership (absent)
+    # and the join rules besides.
+    newcomer = room.member("@newcomer:example.org", "join", prev=[ban.event_id], state=after_ban)
+    outcome = await _check(reader, storage, newcomer)
+    assert outcome.failure is None
+    assert not reader.calls(WHOLE_MAP_READS)
+    state_entries = reader.entries(NARROW_STATE_READS)
+    assert state_entries == _present(newcomer, after_ban) < len(auth_types_for_event(newcomer))
+    # Everything read for the join, events included, is a handful.
+    assert sum(r.entries for r in reader.reads) <= 16
+
+
+@pytest.mark.parametrize("version", ["10", "12"])
+async def test_checks_with_partial_state_in_a_big_room_stay_narrow(
+    storage: Storage, version: str
+) -> None:
+    big = await _big_room(storage, version, partial=True)
+    room = big.room
+    reader = RecordingReader(storage)
+    # Carol's membership is missing from the partial state; her message
+    # cites her join and is let in by resolving the two at the keys checked.
+    assert (MEMBER, CAROL) not in big.state
+    carol_join = next(
+        event.event_id
+        for event in room.events.values()
+        if event.type == MEMBER and event.state_key == CAROL
+    )
+    cited = [
+        *([] if version == "12" else [room.create.event_id]),
+        big.state[("m.room.power_levels", "")],
+        carol_join,
+    ]
+    message = room.message(CAROL, prev=[big.join], state=big.state, auth=cited)
+    outcome = await _check(reader, storage, message)
+    assert outcome.context.partial_state
+    assert outcome.failure is None
+    assert not reader.calls(WHOLE_MAP_READS)
+    assert reader.calls({"get_partial_state_event_ids"}) == [Read("get_partial_state_event_ids", 1)]
+    assert reader.entries({"get_state_ids_for_keys"}) == _present(message, big.state)

@@ -17,7 +17,9 @@ Invariants
   supplied with no prev event known here is stored whole.
 * **Whole states are read once, and only when needed.** A context keeps its
   state-before group's map once read; an event with one prev event gets its
-  context without any state being read.
+  context without any state being read, and the auth checks read only the
+  few keys they look at (:meth:`EventContext.get_state_before_for_keys`), so
+  an event in a room of 50,000 members costs a handful of rows.
 
 The caller handles one room's events one at a time (as federation ingestion
 and local event creation do), so that the room's forward extremities do not
@@ -82,6 +84,15 @@ class _StateBefore:
             self.state = await store.get_state_ids(self.group)
         return self.state
 
+    async def get_for_keys(
+        self, store: StateReader, keys: Collection[StateKey]
+    ) -> dict[StateKey, str]:
+        # A map already held costs nothing to pick from; otherwise only the
+        # keys are read, and the map stays unread for whoever needs it whole.
+        if self.state is not None:
+            return {key: self.state[key] for key in keys if key in self.state}
+        return dict(await store.get_state_ids_for_keys(self.group, keys))
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EventContext:
@@ -125,6 +136,21 @@ class EventContext:
                 "an outlier has no state before it", errcode="M_INVALID_PARAM", http_status=400
             )
         return await self._before.get(store)
+
+    async def get_state_before_for_keys(
+        self, store: StateReader, keys: Collection[StateKey]
+    ) -> dict[StateKey, str]:
+        """The entries of the state before the event for ``keys``.
+
+        Reads only those keys unless the whole map is held already, and never
+        reads the whole map: checking an event needs a handful of keys of a
+        state that may have tens of thousands.
+        """
+        if self._before is None:
+            raise MatrixError(
+                "an outlier has no state before it", errcode="M_INVALID_PARAM", http_status=400
+            )
+        return await self._before.get_for_keys(store, keys)
 
     def as_rejected(self, reason: str) -> EventContext:
         """This context for an event rejected for ``reason``: state after = state before."""
@@ -202,7 +228,7 @@ async def compute_event_context(
         groups = await store.get_event_state_groups(prev_id)
         if groups is not None:
             after_groups[prev_id] = groups.after
-    partial = partial_state or await _any_partial(store, event.room_id, after_groups)
+    partial = partial_state or await _any_partial(store, after_groups)
 
     if state_ids_before is not None:
         bases: dict[int, Mapping[StateKey, str]] = {}
@@ -241,17 +267,15 @@ def _context(group: int, partial: bool, state: Mapping[StateKey, str] | None) ->
     )
 
 
-async def _any_partial(store: StateReader, room_id: str, event_ids: Collection[str]) -> bool:
+async def _any_partial(store: StateReader, event_ids: Collection[str]) -> bool:
     """Whether any of ``event_ids`` has partial state.
 
-    A room whose partial state is cleared has no partial-state events left
-    (storage refuses to clear it otherwise), so only a partial-state room's
-    events need looking at.
+    Asked of the events themselves, not of the room's list of partial-state
+    events, which a big room joined moments ago may have thousands of.
     """
-    if not event_ids or not await store.is_partial_state_room(room_id):
+    if not event_ids:
         return False
-    partial = set(await store.get_partial_state_events(room_id))
-    return not partial.isdisjoint(event_ids)
+    return bool(await store.get_partial_state_event_ids(event_ids))
 
 
 async def _store_state(

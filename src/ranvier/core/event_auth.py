@@ -16,6 +16,12 @@ runs them in order on one context and returns the context updated with
 the verdict. Outliers are checked only against their auth events: they
 have no state.
 
+The rules look at a handful of state entries: those of the auth events
+selection (:func:`~ranvier.protocol.auth.auth_types_for_event`) and, from
+v12, the create event, which the room ID names. Checks 2 and 3 read just
+those keys of the state before and of the current state, so checking an
+event costs the same in a room of 50,000 members as in a room of three.
+
 Two choices where the spec leaves the way open, as Synapse makes them:
 
 - when the state before the event is partial, it may lack the memberships
@@ -32,14 +38,14 @@ Two choices where the spec leaves the way open, as Synapse makes them:
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 from ranvier.errors import AuthError
 from ranvier.protocol.auth import (
     CREATE_KEY,
     StateKey,
-    auth_state_keys,
+    auth_types_for_event,
     authorize_event,
     check_auth_rules,
     create_event_id_for_room,
@@ -142,8 +148,8 @@ async def check_against_state_before(
 ) -> AuthFailure | None:
     """Check 2: every rule against the state before the event."""
     loader = loader or EventLoader(store, event.room_version)
-    state = await context.get_state_before(store)
-    at_keys = _at_auth_keys(event, state)
+    keys = auth_types_for_event(event)
+    at_keys = _with_room_create(event, await context.get_state_before_for_keys(store, keys))
     if context.partial_state:
         cited = await loader.load(event.auth_event_ids)
         claimed = {
@@ -151,12 +157,14 @@ async def check_against_state_before(
             for auth_id, auth_event in cited.items()
             if auth_event.state_key is not None and auth_id not in loader.rejected
         }
-        if event.room_version.room_id_from_create_event:
-            claimed[CREATE_KEY] = create_event_id_for_room(event.room_id)
         resolved = await resolve_state_maps(
-            store, event.room_id, event.room_version, [at_keys, claimed], loader=loader
+            store,
+            event.room_id,
+            event.room_version,
+            [at_keys, _with_room_create(event, claimed)],
+            loader=loader,
         )
-        at_keys = _at_auth_keys(event, resolved)
+        at_keys = _with_room_create(event, _at(resolved, keys))
     return await _check_against(event, at_keys, loader, AuthPoint.STATE_BEFORE)
 
 
@@ -182,19 +190,27 @@ async def check_against_current_state(
     if not extremities or set(extremities) == set(event.prev_event_ids):
         return None
     loader = loader or EventLoader(store, event.room_version)
-    current = await store.get_current_state_ids(event.room_id)
+    current = await store.get_current_state_ids_for_keys(event.room_id, auth_types_for_event(event))
     return await _check_against(
-        event, _at_auth_keys(event, current), loader, AuthPoint.CURRENT_STATE
+        event, _with_room_create(event, current), loader, AuthPoint.CURRENT_STATE
     )
 
 
-def _auth_keys(event: Pdu) -> Iterable[StateKey]:
-    # The create event too: from v12 the auth events selection leaves it out.
-    return (CREATE_KEY, *auth_state_keys(event))
+def _at(state: Mapping[StateKey, str], keys: Set[StateKey]) -> dict[StateKey, str]:
+    return {key: event_id for key, event_id in state.items() if key in keys}
 
 
-def _at_auth_keys(event: Pdu, state: Mapping[StateKey, str]) -> dict[StateKey, str]:
-    return {key: state[key] for key in _auth_keys(event) if key in state}
+def _with_room_create(event: Pdu, state_ids: Mapping[StateKey, str]) -> dict[StateKey, str]:
+    """``state_ids`` with, from v12, the create event the room ID names.
+
+    The auth events selection leaves it out from v12 because the room ID
+    stands for it; the rules still read it, and no other create event can
+    speak for the room.
+    """
+    with_create = dict(state_ids)
+    if event.room_version.room_id_from_create_event and event.type != CREATE_KEY[0]:
+        with_create[CREATE_KEY] = create_event_id_for_room(event.room_id)
+    return with_create
 
 
 async def _check_against(

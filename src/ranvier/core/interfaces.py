@@ -7,12 +7,12 @@ hands it a replication client for :class:`EventPersister`. So every argument
 and result of :class:`EventPersister` is a plain value or a msgspec Struct
 from :mod:`ranvier.storage.records`, which can cross a process boundary.
 
-The reads are the ones the storage facade offers today. Three would save
-whole-state reads in large rooms and are not there yet: the entries of a
-state group for a few keys, the room's current state for a few keys, and
-which of a set of events have partial state. Until they are, core reads
-whole maps and keeps them on the event context, so each is read at most
-once per event.
+A room may have tens of thousands of state entries, so besides the whole
+maps there are narrow reads: a state group's entries for a few keys, the
+room's current state for a few keys, and which of some events have partial
+state. Checking an event uses only those; whole maps are for the work that
+needs every key (state resolution, storing a state as changes against
+another).
 """
 
 from __future__ import annotations
@@ -51,6 +51,18 @@ class StateReader(Protocol):
         """The room's current state: the resolved state of its forward extremities."""
         ...
 
+    async def get_state_ids_for_keys(
+        self, state_group: int, keys: Collection[StateKey]
+    ) -> Mapping[StateKey, str]:
+        """The entries of a group's state for ``keys``; keys not in it are left out."""
+        ...
+
+    async def get_current_state_ids_for_keys(
+        self, room_id: str, keys: Collection[StateKey]
+    ) -> Mapping[StateKey, str]:
+        """The entries of the room's current state for ``keys``; keys not in it are left out."""
+        ...
+
     async def get_forward_extremities(self, room_id: str) -> Set[str]:
         """The accepted events of the room that no accepted event follows yet."""
         ...
@@ -61,6 +73,10 @@ class StateReader(Protocol):
 
     async def get_partial_state_events(self, room_id: str) -> Sequence[str]:
         """The room's events whose state is still partial."""
+        ...
+
+    async def get_partial_state_event_ids(self, event_ids: Collection[str]) -> Set[str]:
+        """Which of ``event_ids`` still have partial state."""
         ...
 
     async def get_room_version(self, room_id: str) -> str | None:
