@@ -18,8 +18,9 @@ another).
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence, Set
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from ranvier.protocol.signing import VerifyKeyLike
 from ranvier.storage.records import (
     EventStateGroups,
     EventToPersist,
@@ -28,7 +29,7 @@ from ranvier.storage.records import (
     StoredEvent,
 )
 
-__all__ = ["EventPersister", "StateReader"]
+__all__ = ["EventPersister", "JoinClient", "StateReader", "VerifyKeySource"]
 
 
 @runtime_checkable
@@ -113,4 +114,49 @@ class EventPersister(Protocol):
         self, room_id: str, prev_group: int | None, delta: StateDelta
     ) -> int:
         """Store ``prev_group`` with ``delta`` applied (a snapshot when None)."""
+        ...
+
+
+# --- Joining a room through another server; the keys its events are signed with --
+
+
+@runtime_checkable
+class JoinClient(Protocol):
+    """The requests of the join handshake, sent to a server in the room.
+
+    Both raise :class:`~ranvier.errors.MatrixError`: with the server's own
+    errcode and HTTP status when it refuses, with 502 when it gives no
+    usable answer (unreachable, timed out, not JSON).
+    """
+
+    async def make_join(
+        self, destination: str, room_id: str, user_id: str, room_versions: Sequence[str]
+    ) -> Any:
+        """The decoded answer to ``make_join``, offering ``room_versions``."""
+        ...
+
+    async def send_join(
+        self, destination: str, room_id: str, event_id: str, event: Mapping[str, Any]
+    ) -> bytes:
+        """The answer to ``send_join`` (v2) as received: its events are kept
+        byte for byte, as their signatures and hashes need.
+        """
+        ...
+
+
+@runtime_checkable
+class VerifyKeySource(Protocol):
+    """Other servers' signing keys, for the signatures on their events
+    (:class:`ranvier.federation.keys.KeyRing` is one).
+    """
+
+    async def get_verify_key(
+        self, server_name: str, key_id: str, *, at_ts: int | None = None
+    ) -> VerifyKeyLike | None:
+        """Key ``key_id`` of ``server_name`` that may be trusted at ``at_ts``
+        (ms since the epoch; None means now).
+
+        None, or a :class:`~ranvier.errors.MatrixError`, when no such key
+        can be trusted.
+        """
         ...
