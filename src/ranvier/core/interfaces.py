@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence, Set
 from typing import Any, Protocol, runtime_checkable
 
+from ranvier.protocol.events import Pdu
 from ranvier.protocol.signing import VerifyKeyLike
 from ranvier.storage.records import (
     EventStateGroups,
@@ -29,7 +30,14 @@ from ranvier.storage.records import (
     StoredEvent,
 )
 
-__all__ = ["EventPersister", "JoinClient", "StateReader", "VerifyKeySource"]
+__all__ = [
+    "EventNotifier",
+    "EventPersister",
+    "JoinClient",
+    "RemoteInviter",
+    "StateReader",
+    "VerifyKeySource",
+]
 
 
 @runtime_checkable
@@ -114,6 +122,35 @@ class EventPersister(Protocol):
         self, room_id: str, prev_group: int | None, delta: StateDelta
     ) -> int:
         """Store ``prev_group`` with ``delta`` applied (a snapshot when None)."""
+        ...
+
+
+# --- Local events: who hears of them, and invites to other servers --------------
+
+
+@runtime_checkable
+class EventNotifier(Protocol):
+    """Told of each event this server's users create, once it is written:
+    the homeserver sends it on to the other servers in the room.
+    """
+
+    async def on_new_event(self, event: Pdu, stream_ordering: int) -> None:
+        """``event`` was written with ``stream_ordering``; it must not be changed."""
+        ...
+
+
+@runtime_checkable
+class RemoteInviter(Protocol):
+    """Sends an invite of a user of another server to that server (the
+    federation ``/invite`` request), which must sign it before it is valid.
+    """
+
+    async def send_invite(self, event: Pdu) -> Pdu:
+        """Return ``event`` with the invitee's server's signature added.
+
+        Raises :class:`~ranvier.errors.MatrixError` when that server refuses
+        the invite or cannot be reached; the invite is then not written.
+        """
         ...
 
 
