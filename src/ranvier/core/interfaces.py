@@ -189,11 +189,11 @@ class VerifyKeySource(Protocol):
 
     async def get_verify_key(
         self, server_name: str, key_id: str, *, at_ts: int | None = None
-    ) -> VerifyKeyLike | None:
-        """Key ``key_id`` of ``server_name`` that may be trusted at ``at_ts``
-        (ms since the epoch; None means now).
+    ) -> VerifyKeyLike:
+        """Key ``key_id`` of ``server_name`` as trusted at ``at_ts`` (ms since
+        the epoch; None means now).
 
-        None, or a :class:`~ranvier.errors.MatrixError`, when no such key
-        can be trusted.
+        Raises :class:`~ranvier.errors.InvalidSignatureError` saying why,
+        when no such key can be trusted.
         """
         ...
