@@ -1,0 +1,760 @@
+"""Events created by local users: new rooms, messages and state, memberships.
+
+This is what the client-server API calls. Every event takes one path:
+built (:mod:`ranvier.core.builder`), given its context, checked by the auth
+rules at all three points, written, and then handed to the
+:class:`~ranvier.core.interfaces.EventNotifier`, which tells the other
+servers in the room.
+
+Invariants
+----------
+
+* **One event at a time per room.** A room's events are built and written
+  under that room's lock, so each event's prev events are the room's
+  forward extremities at the moment it is written: a room's local events
+  form a chain, never a fork. Different rooms do not wait for each other.
+* **Refused means not written.** An event that fails the auth rules at any
+  point (soft failure included) raises :class:`~ranvier.errors.AuthError`
+  (403 M_FORBIDDEN) and is not persisted. A state group computed for it may
+  remain; nothing refers to it.
+* **A new room is checked whole before any of it is written.** The events
+  a room creation implies are run through the auth rules in memory first,
+  so a request that would leave a half-made room (an override taking the
+  creator's power away) makes no room at all (400 M_INVALID_ROOM_STATE).
+* **A conflict is retried once, then handed back.** When the room's partial
+  state is cleared between computing an event's context and writing it,
+  the persister raises PartialStateConflictError; the context is computed
+  again and the write tried once more. A second conflict raises
+  :class:`~ranvier.errors.LimitExceededError` (429) so that the client
+  tries again later.
+* **The notifier hears of an event only once it is written**, under the
+  room's lock, so it hears a room's events in the order they were written.
+  Once the write has begun, cancelling the caller does not stop it or the
+  notification: a written event is always announced.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Final, Literal, get_args
+
+import trio
+
+from ranvier.errors import AuthError, LimitExceededError, MatrixError, PartialStateConflictError
+from ranvier.protocol.auth import (
+    CREATE_KEY,
+    POWER_LEVELS_KEY,
+    StateKey,
+    check_auth_rules,
+    is_valid_user_id,
+)
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.room_versions import (
+    DEFAULT_ROOM_VERSION,
+    RoomVersion,
+    RoomVersionLike,
+    get_room_version,
+)
+from ranvier.protocol.signing import SigningKeyLike
+
+from .builder import Clock, build_event, wall_clock_ms
+from .context import (
+    EventContext,
+    compute_current_state_after,
+    compute_event_context,
+    event_to_persist,
+)
+from .event_auth import run_auth_checks
+from .interfaces import EventNotifier, EventPersister, RemoteInviter, StateReader
+
+__all__ = ["EventCreator", "NotInRoomError", "Preset"]
+
+#: The room presets of the client-server API's ``/createRoom``.
+Preset = Literal["private_chat", "public_chat", "trusted_private_chat"]
+
+_MEMBER: Final = "m.room.member"
+_JOIN_RULES: Final = "m.room.join_rules"
+_HISTORY_VISIBILITY: Final = "m.room.history_visibility"
+_GUEST_ACCESS: Final = "m.room.guest_access"
+_NAME: Final = "m.room.name"
+_TOPIC: Final = "m.room.topic"
+
+#: What each preset sets: join rule, history visibility, guest access.
+_PRESET_STATE: Final[Mapping[str, tuple[str, str, str]]] = {
+    "private_chat": ("invite", "shared", "can_join"),
+    "trusted_private_chat": ("invite", "shared", "can_join"),
+    "public_chat": ("public", "shared", "forbidden"),
+}
+
+#: The power level of a room's creator where creators are not privileged
+#: (before v12), and of trusted_private_chat's invitees there.
+_CREATOR_LEVEL: Final = 100
+
+_ROOM_ID_CHARS: Final = string.ascii_letters
+_ROOM_ID_LENGTH: Final = 18
+
+
+class NotInRoomError(MatrixError):
+    """A local user asked to join a room this server is not in.
+
+    The join must go through a server that is in the room (make_join and
+    send_join over federation); the caller catches this by name and takes
+    that path instead.
+    """
+
+    errcode = "M_NOT_FOUND"
+    http_status = 404
+
+    def __init__(self, room_id: str) -> None:
+        super().__init__(
+            f"this server is not in room {room_id}: joining it goes through a server that is"
+        )
+        self.room_id = room_id
+
+
+class _RoomLocks:
+    """A lock per room, kept only while some task holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[trio.Lock, list[int]]] = {}
+
+    @asynccontextmanager
+    async def hold(self, room_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(room_id, (trio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[room_id]
+
+
+class _SentTransactions:
+    """The event each recent ``(sender, txn_id)`` produced.
+
+    Held in memory, so it is lost on restart, and bounded: beyond
+    ``capacity`` pairs the oldest are forgotten. A client that retries a
+    send across a restart, or after that many newer sends, gets a second
+    event.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._sent: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def get(self, sender: str, txn_id: str) -> str | None:
+        return self._sent.get((sender, txn_id))
+
+    def add(self, sender: str, txn_id: str, event_id: str) -> None:
+        self._sent[(sender, txn_id)] = event_id
+        while len(self._sent) > self._capacity:
+            self._sent.popitem(last=False)
+
+
+class EventCreator:
+    """Creates the events of this server's users and writes them.
+
+    ``store`` and ``persister`` are storage as core sees it (the main
+    process passes :class:`~ranvier.storage.Storage` for both). ``notifier``
+    hears of every event written; ``remote_inviter`` sends invites of users
+    of other servers to their server. ``clock`` gives ``origin_server_ts``;
+    ``conflict_retry_after_ms`` is what a client is told to wait after a
+    second partial-state conflict; ``remembered_transactions`` bounds the
+    memory of transaction IDs (see :meth:`send_event`).
+    """
+
+    def __init__(
+        self,
+        *,
+        server_name: str,
+        signing_key: SigningKeyLike,
+        store: StateReader,
+        persister: EventPersister,
+        notifier: EventNotifier | None = None,
+        remote_inviter: RemoteInviter | None = None,
+        clock: Clock = wall_clock_ms,
+        conflict_retry_after_ms: int = 500,
+        remembered_transactions: int = 10_000,
+    ) -> None:
+        self.server_name = server_name
+        self._signing_key = signing_key
+        self._store = store
+        self._persister = persister
+        self._notifier = notifier
+        self._remote_inviter = remote_inviter
+        self._clock = clock
+        self._retry_after_ms = conflict_retry_after_ms
+        self._locks = _RoomLocks()
+        self._transactions = _SentTransactions(remembered_transactions)
+
+    # --- Rooms ----------------------------------------------------------------------
+
+    async def create_room(
+        self,
+        creator: str,
+        *,
+        preset: Preset = "private_chat",
+        name: str | None = None,
+        topic: str | None = None,
+        invite: Iterable[str] = (),
+        initial_state: Iterable[Mapping[str, Any]] = (),
+        power_level_content_override: Mapping[str, Any] | None = None,
+        creation_content: Mapping[str, Any] | None = None,
+        room_version: RoomVersionLike = DEFAULT_ROOM_VERSION,
+    ) -> str:
+        """Create a room as ``/createRoom`` does; return its ID.
+
+        The events follow the spec's order: the create event, the creator's
+        join, power levels, the preset's join rules, history visibility and
+        guest access, ``initial_state``, name, topic, then an invite for
+        each of ``invite``. Aliases are not handled here.
+
+        Where the spec leaves a choice: an ``initial_state`` event takes the
+        place of the preset's event for its key, and an
+        ``m.room.power_levels`` there replaces the default power levels (at
+        their place in the order, with ``power_level_content_override``
+        still applied on top); ``name`` and ``topic`` replace
+        ``initial_state`` events for their keys; ``initial_state`` may not
+        hold the create event or memberships.
+
+        Everything the rules would refuse is refused before anything is
+        written. What can still fail once writing has begun is outside the
+        request: storage, or an invitee's server refusing its invite, which
+        raises with the room and the events before that invite written.
+        """
+        rv = get_room_version(room_version)
+        self._check_local(creator)
+        if preset not in get_args(Preset):
+            raise _invalid_param(
+                f"unknown preset {preset!r}; presets are {', '.join(get_args(Preset))}"
+            )
+        invitees = _invitees(invite, creator)
+        remote = [user for user in invitees if not self._is_local(user)]
+        if remote and self._remote_inviter is None:
+            raise _no_remote_invites(remote[0])
+
+        room_id = None if rv.room_id_from_create_event else self._new_room_id()
+        templates = _room_templates(
+            rv,
+            creator,
+            preset=preset,
+            name=name,
+            topic=topic,
+            invitees=invitees,
+            initial_state=initial_state,
+            power_level_content_override=power_level_content_override,
+            creation_content=creation_content,
+        )
+        _rehearse(rv, room_id, templates)
+
+        create_template = templates[0] if room_id is None else templates[0] | {"room_id": room_id}
+        create = await self._build(rv, create_template)
+        room_id = create.room_id
+        async with self._locks.hold(room_id):
+            await self._write(create)
+            for template in templates[1:]:
+                event = await self._build(rv, template | {"room_id": room_id})
+                await self._write(event, countersign=self._countersigner(event))
+        return room_id
+
+    # --- Messages and state ---------------------------------------------------------
+
+    async def send_event(
+        self,
+        sender: str,
+        room_id: str,
+        event_type: str,
+        content: Mapping[str, Any],
+        *,
+        state_key: str | None = None,
+        txn_id: str | None = None,
+    ) -> str:
+        """Send a message event, or a state event when ``state_key`` is given;
+        return its ID.
+
+        A ``txn_id`` already used by the same sender returns the event it
+        produced without sending another. Transaction IDs are remembered in
+        memory only (see :class:`EventCreator`); across restarts, storage
+        would need a table of ``(sender, txn_id) -> event_id``.
+        """
+        self._check_local(sender)
+        if type(event_type) is not str or not event_type:
+            raise _invalid_param("an event type must be a non-empty string")
+        if not isinstance(content, Mapping):
+            raise _invalid_param("an event's content must be a JSON object")
+        if state_key is not None and type(state_key) is not str:
+            raise _invalid_param("a state key must be a string")
+        if txn_id is not None and type(txn_id) is not str:
+            raise _invalid_param("a transaction ID must be a string")
+        if event_type == CREATE_KEY[0]:
+            # It would start the room's DAG over; the rules see nothing
+            # wrong with a create event on its own.
+            raise MatrixError(
+                f"a room has one {CREATE_KEY[0]} event, sent when it is created",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+        if txn_id is not None and (sent := self._transactions.get(sender, txn_id)) is not None:
+            return sent
+
+        rv = await self._room_version(room_id)
+        template: dict[str, Any] = {
+            "type": event_type,
+            "sender": sender,
+            "room_id": room_id,
+            "content": dict(content),
+        }
+        if state_key is not None:
+            template["state_key"] = state_key
+        if event_type == "m.room.redaction" and "redacts" in content and not rv.redacts_in_content:
+            # Before v11 the redacted event is named at the top level.
+            template["redacts"] = content["redacts"]
+        async with self._locks.hold(room_id):
+            if txn_id is not None and (sent := self._transactions.get(sender, txn_id)):
+                return sent  # a concurrent send of the same transaction won the lock
+            event = await self._build(rv, template)
+            # A membership sent as plain state still needs an invitee's server.
+            event = await self._write(event, countersign=self._countersigner(event))
+            if txn_id is not None:
+                self._transactions.add(sender, txn_id, event.event_id)
+        return event.event_id
+
+    # --- Memberships ----------------------------------------------------------------
+
+    async def invite(
+        self, sender: str, room_id: str, target: str, *, reason: str | None = None
+    ) -> str:
+        """Invite ``target``; return the invite's event ID.
+
+        A user of another server is invited through ``remote_inviter``: the
+        invite is checked here first, then sent to the invitee's server,
+        and written with that server's signature once it agrees.
+        """
+        if not self._is_local(target) and self._remote_inviter is None:
+            raise _no_remote_invites(target)
+        return await self._membership(sender, room_id, target, "invite", reason)
+
+    async def join(self, user: str, room_id: str) -> str:
+        """Join a room this server is in; return the join's event ID.
+
+        Raises :class:`NotInRoomError` for a room this server is not in
+        (unknown here, or every local user has left): such a join goes
+        through another server.
+        """
+        self._check_local(user)
+        rv = await self._room_version(room_id, not_known=NotInRoomError(room_id))
+        if not await self._server_in_room(room_id, rv):
+            raise NotInRoomError(room_id)
+        return await self._membership(user, room_id, user, "join", None)
+
+    async def leave(self, user: str, room_id: str, *, reason: str | None = None) -> str:
+        """Leave a room, or decline an invite; return the leave's event ID."""
+        return await self._membership(user, room_id, user, "leave", reason)
+
+    async def kick(
+        self, sender: str, room_id: str, target: str, *, reason: str | None = None
+    ) -> str:
+        """Make ``target`` leave: a leave sent by someone else, which needs the kick level."""
+        return await self._membership(sender, room_id, target, "leave", reason)
+
+    async def ban(
+        self, sender: str, room_id: str, target: str, *, reason: str | None = None
+    ) -> str:
+        return await self._membership(sender, room_id, target, "ban", reason)
+
+    async def unban(
+        self, sender: str, room_id: str, target: str, *, reason: str | None = None
+    ) -> str:
+        """Lift a ban: a leave of a banned user, which needs the ban level."""
+        return await self._membership(sender, room_id, target, "leave", reason)
+
+    async def _membership(
+        self, sender: str, room_id: str, target: str, membership: str, reason: str | None
+    ) -> str:
+        self._check_local(sender)
+        if not is_valid_user_id(target):
+            raise _invalid_param(f"{target!r} is not a user ID")
+        content: dict[str, Any] = {"membership": membership}
+        if reason is not None:
+            if type(reason) is not str:
+                raise _invalid_param("a reason must be a string")
+            content["reason"] = reason
+        rv = await self._room_version(room_id)
+        template = {
+            "type": _MEMBER,
+            "sender": sender,
+            "room_id": room_id,
+            "state_key": target,
+            "content": content,
+        }
+        async with self._locks.hold(room_id):
+            event = await self._build(rv, template)
+            written = await self._write(event, countersign=self._countersigner(event))
+        return written.event_id
+
+    # --- The path of every event ----------------------------------------------------
+
+    async def _build(self, rv: RoomVersion, template: Mapping[str, Any]) -> Pdu:
+        return await build_event(
+            template,
+            room_version=rv,
+            store=self._store,
+            server_name=self.server_name,
+            signing_key=self._signing_key,
+            clock=self._clock,
+        )
+
+    async def _write(
+        self,
+        event: Pdu,
+        *,
+        countersign: Callable[[Pdu], Awaitable[Pdu]] | None = None,
+    ) -> Pdu:
+        """Check and write ``event`` (the room's lock held); return it as written.
+
+        ``countersign`` runs between the checks and the write, once: an
+        invite goes to the invitee's server only when this server would
+        accept it, and is written as that server returned it.
+        """
+        context = await self._authorise(event)
+        if countersign is not None:
+            event = await countersign(event)
+        # From here the event is written and announced even if the caller
+        # gives up: an event written but never sent to the room's other
+        # servers would leave them without it until something else pulls it.
+        with trio.CancelScope(shield=True):
+            try:
+                ordering = await self._persist(event, context)
+            except PartialStateConflictError:
+                # The room's partial state was cleared under us: the state
+                # before the event is now known in full, and may differ.
+                context = await self._authorise(event)
+                try:
+                    ordering = await self._persist(event, context)
+                except PartialStateConflictError:
+                    raise LimitExceededError(
+                        f"the state of room {event.room_id} changed twice while"
+                        f" {event.event_id} was being written; try again",
+                        retry_after_ms=self._retry_after_ms,
+                    ) from None
+            if self._notifier is not None:
+                await self._notifier.on_new_event(event, ordering)
+        return event
+
+    async def _authorise(self, event: Pdu) -> EventContext:
+        context = await compute_event_context(event, self._store, self._persister)
+        outcome = await run_auth_checks(event, context, self._store)
+        if outcome.failure is not None:
+            raise outcome.failure.error
+        return outcome.context
+
+    async def _persist(self, event: Pdu, context: EventContext) -> int:
+        current = await compute_current_state_after(event, context, self._store, self._persister)
+        orderings = await self._persister.persist_events(
+            [event_to_persist(event, context)],
+            current_state_groups=None if current is None else {event.room_id: current},
+        )
+        return orderings[event.event_id]
+
+    def _countersigner(self, event: Pdu) -> Callable[[Pdu], Awaitable[Pdu]] | None:
+        """How an invite of a user of another server gets that server's signature."""
+        if event.membership != "invite" or event.state_key is None:
+            return None
+        target = event.state_key
+        if self._is_local(target):
+            return None
+        inviter = self._remote_inviter
+        if inviter is None:
+            raise _no_remote_invites(target)
+
+        async def countersign(invite: Pdu) -> Pdu:
+            # Only the invitee's server's signatures are taken from its
+            # answer: the event written is the one checked here, whatever
+            # else came back. Verifying that signature is the sender's job.
+            server = target.partition(":")[2]
+            answered = await inviter.send_invite(invite)
+            theirs = answered.signatures.get(server)
+            if not isinstance(theirs, dict) or not theirs:
+                raise MatrixError(
+                    f"{server} answered invite {invite.event_id} without its signature",
+                    errcode="M_UNKNOWN",
+                    http_status=502,
+                )
+            signatures = dict(invite.signatures) | {server: dict(theirs)}
+            return Pdu.from_json(invite.json | {"signatures": signatures}, invite.room_version)
+
+        return countersign
+
+    # --- Helpers --------------------------------------------------------------------
+
+    def _is_local(self, user_id: str) -> bool:
+        return type(user_id) is str and user_id.partition(":")[2] == self.server_name
+
+    def _check_local(self, user_id: str) -> None:
+        if type(user_id) is not str or not user_id.startswith("@") or not self._is_local(user_id):
+            raise MatrixError(
+                f"{user_id!r} is not a user of {self.server_name}",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+
+    def _new_room_id(self) -> str:
+        localpart = "".join(secrets.choice(_ROOM_ID_CHARS) for _ in range(_ROOM_ID_LENGTH))
+        return f"!{localpart}:{self.server_name}"
+
+    async def _room_version(
+        self, room_id: str, *, not_known: MatrixError | None = None
+    ) -> RoomVersion:
+        identifier = await self._store.get_room_version(room_id)
+        if identifier is None:
+            raise not_known or MatrixError(
+                f"room {room_id} is not known here", errcode="M_NOT_FOUND", http_status=404
+            )
+        return get_room_version(identifier)
+
+    async def _server_in_room(self, room_id: str, rv: RoomVersion) -> bool:
+        """Whether some user of this server is joined to the room.
+
+        Storage has no index of a room's members by server, so this reads
+        the room's whole current state and the local members' events, and
+        stops at the first joined one.
+        """
+        state = await self._store.get_current_state_ids(room_id)
+        local = [
+            event_id
+            for (event_type, state_key), event_id in state.items()
+            if event_type == _MEMBER and self._is_local(state_key)
+        ]
+        for start in range(0, len(local), 100):
+            rows = await self._store.get_events(local[start : start + 100])
+            for row in rows.values():
+                if Pdu.from_json(row.json, rv, check_limits=False).membership == "join":
+                    return True
+        return False
+
+
+# --- Room creation, worked out before anything is written ----------------------------
+
+
+def _invalid_param(message: str) -> MatrixError:
+    return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
+
+
+def _no_remote_invites(user_id: str) -> MatrixError:
+    return MatrixError(
+        f"{user_id} is a user of another server, and this server sends no invites to others",
+        errcode="M_UNKNOWN",
+        http_status=501,
+    )
+
+
+def _invitees(invite: Iterable[str], creator: str) -> list[str]:
+    if isinstance(invite, str):
+        raise _invalid_param("invite must be a list of user IDs, not one string")
+    invitees = list(dict.fromkeys(invite))
+    for user_id in invitees:
+        if not is_valid_user_id(user_id):
+            raise _invalid_param(f"cannot invite {user_id!r}: it is not a user ID")
+    if creator in invitees:
+        raise _invalid_param(f"{creator} creates the room and cannot also be invited to it")
+    return invitees
+
+
+def _state(
+    event_type: str, sender: str, content: Mapping[str, Any], state_key: str = ""
+) -> dict[str, Any]:
+    return {"type": event_type, "state_key": state_key, "sender": sender, "content": dict(content)}
+
+
+def _room_templates(
+    rv: RoomVersion,
+    creator: str,
+    *,
+    preset: str,
+    name: str | None,
+    topic: str | None,
+    invitees: Collection[str],
+    initial_state: Iterable[Mapping[str, Any]],
+    power_level_content_override: Mapping[str, Any] | None,
+    creation_content: Mapping[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """The events of a new room in the spec's order, without room IDs."""
+    trusted = preset == "trusted_private_chat"
+    create_content = _create_content(rv, creator, creation_content, invitees if trusted else ())
+
+    initial = [_initial_state_event(creator, item) for item in initial_state]
+    if name is not None:
+        initial = [event for event in initial if (event["type"], event["state_key"]) != (_NAME, "")]
+    if topic is not None:
+        initial = [
+            event for event in initial if (event["type"], event["state_key"]) != (_TOPIC, "")
+        ]
+    initial_keys = {(event["type"], event["state_key"]) for event in initial}
+
+    power_levels: dict[str, Any] = _default_power_levels(rv, creator, preset, invitees)
+    for event in initial:
+        if (event["type"], event["state_key"]) == POWER_LEVELS_KEY:
+            power_levels = dict(event["content"])
+    initial = [
+        event for event in initial if (event["type"], event["state_key"]) != POWER_LEVELS_KEY
+    ]
+    if power_level_content_override is not None:
+        if not isinstance(power_level_content_override, Mapping):
+            raise _invalid_param("power_level_content_override must be a JSON object")
+        power_levels.update(power_level_content_override)
+
+    join_rule, history_visibility, guest_access = _PRESET_STATE[preset]
+    preset_events = [
+        _state(_JOIN_RULES, creator, {"join_rule": join_rule}),
+        _state(_HISTORY_VISIBILITY, creator, {"history_visibility": history_visibility}),
+        _state(_GUEST_ACCESS, creator, {"guest_access": guest_access}),
+    ]
+    templates = [
+        _state(CREATE_KEY[0], creator, create_content),
+        _state(_MEMBER, creator, {"membership": "join"}, creator),
+        _state(POWER_LEVELS_KEY[0], creator, power_levels),
+        *(e for e in preset_events if (e["type"], e["state_key"]) not in initial_keys),
+        *initial,
+    ]
+    if name is not None:
+        if type(name) is not str:
+            raise _invalid_param("a room name must be a string")
+        templates.append(_state(_NAME, creator, {"name": name}))
+    if topic is not None:
+        if type(topic) is not str:
+            raise _invalid_param("a room topic must be a string")
+        templates.append(_state(_TOPIC, creator, _topic_content(topic)))
+    templates.extend(_state(_MEMBER, creator, {"membership": "invite"}, user) for user in invitees)
+    return templates
+
+
+def _create_content(
+    rv: RoomVersion,
+    creator: str,
+    creation_content: Mapping[str, Any] | None,
+    additional_creators: Collection[str],
+) -> dict[str, Any]:
+    if creation_content is not None and not isinstance(creation_content, Mapping):
+        raise _invalid_param("creation_content must be a JSON object")
+    content = dict(creation_content or {})
+    # The server decides these two, whatever the request says.
+    content["room_version"] = rv.identifier
+    if rv.implicit_room_creator:
+        content.pop("creator", None)
+    else:
+        content["creator"] = creator
+    if rv.privileged_creators and additional_creators:
+        # trusted_private_chat: invitees get the creator's power, which from
+        # v12 only the create event can give.
+        named = content.get("additional_creators", [])
+        if not isinstance(named, list):
+            raise _invalid_param("creation_content.additional_creators must be a list of user IDs")
+        content["additional_creators"] = list(dict.fromkeys([*named, *additional_creators]))
+    return content
+
+
+def _default_power_levels(
+    rv: RoomVersion, creator: str, preset: str, invitees: Collection[str]
+) -> dict[str, Any]:
+    """The power levels a new room starts with, before any override.
+
+    The creator can do everything (from v12 by being a creator, which
+    ``users`` must not mention); everyone else may talk and, in a private
+    chat, invite their friends. Changing the power levels, who can read the
+    history, encryption, server ACLs and upgrading the room need more than
+    a moderator's 50; from v12 the upgrade (tombstone) needs more than an
+    admin's 100, as the spec asks.
+    """
+    users: dict[str, int] = {}
+    if not rv.privileged_creators:
+        users[creator] = _CREATOR_LEVEL
+        if preset == "trusted_private_chat":
+            users.update((user, _CREATOR_LEVEL) for user in invitees)
+    return {
+        "users": users,
+        "users_default": 0,
+        "events": {
+            "m.room.power_levels": 100,
+            "m.room.history_visibility": 100,
+            "m.room.encryption": 100,
+            "m.room.server_acl": 100,
+            "m.room.tombstone": 150 if rv.privileged_creators else 100,
+        },
+        "events_default": 0,
+        "state_default": 50,
+        "ban": 50,
+        "kick": 50,
+        "redact": 50,
+        "invite": 50 if preset == "public_chat" else 0,
+    }
+
+
+def _topic_content(topic: str) -> dict[str, Any]:
+    # The plain ``topic`` for older clients, and the same text as a
+    # text/plain representation of ``m.topic``.
+    return {"topic": topic, "m.topic": {"m.text": [{"mimetype": "text/plain", "body": topic}]}}
+
+
+def _initial_state_event(creator: str, item: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(item, Mapping):
+        raise _invalid_param("each initial_state entry must be a JSON object")
+    event_type, state_key, content = (
+        item.get("type"),
+        item.get("state_key", ""),
+        item.get("content"),
+    )
+    if type(event_type) is not str or not event_type:
+        raise _invalid_param("an initial_state entry needs a type")
+    if type(state_key) is not str:
+        raise _invalid_param(f"the state_key of initial_state entry {event_type} must be a string")
+    if not isinstance(content, Mapping):
+        raise _invalid_param(f"initial_state entry {event_type} needs a content object")
+    if event_type in (CREATE_KEY[0], _MEMBER):
+        raise MatrixError(
+            f"initial_state may not hold {event_type} events: the server sends them",
+            errcode="M_INVALID_ROOM_STATE",
+            http_status=400,
+        )
+    return _state(event_type, creator, content, state_key)
+
+
+def _rehearse(rv: RoomVersion, room_id: str | None, templates: list[dict[str, Any]]) -> None:
+    """Run a new room's events through the auth rules in memory, before any is written.
+
+    The events here are drafts (no hashes, no signatures, a zero
+    timestamp), chained as the real ones will be; the rules read none of
+    what differs. Raises M_INVALID_ROOM_STATE naming the first event the
+    rules would refuse, or the error that makes an event invalid.
+    """
+    state: dict[StateKey, Pdu] = {}
+    prev: list[str] = []
+    for depth, template in enumerate(templates, start=1):
+        fields = template | {
+            "prev_events": prev,
+            "auth_events": [],
+            "depth": depth,
+            "origin_server_ts": 0,
+            "hashes": {"sha256": ""},
+            "signatures": {},
+        }
+        if room_id is not None:
+            fields["room_id"] = room_id
+        draft = Pdu.from_json(fields, rv)
+        try:
+            check_auth_rules(draft, state)
+        except AuthError as error:
+            key = (draft.type, draft.state_key)
+            raise MatrixError(
+                f"the room's {key} event would be refused: {error.message}",
+                errcode="M_INVALID_ROOM_STATE",
+                http_status=400,
+            ) from None
+        room_id = draft.room_id
+        state[(template["type"], template["state_key"])] = draft
+        prev = [draft.event_id]
