@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence, Set
 from typing import Any, Protocol, runtime_checkable
 
+import msgspec
+
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.signing import VerifyKeyLike
 from ranvier.storage.records import (
@@ -33,8 +35,10 @@ from ranvier.storage.records import (
 __all__ = [
     "EventNotifier",
     "EventPersister",
+    "FederationEventClient",
     "JoinClient",
     "RemoteInviter",
+    "StateIdsAtEvent",
     "StateReader",
     "VerifyKeySource",
 ]
@@ -196,4 +200,49 @@ class VerifyKeySource(Protocol):
         Raises :class:`~ranvier.errors.InvalidSignatureError` saying why,
         when no such key can be trusted.
         """
+        ...
+
+
+# --- A remote server's copy of a room, read while taking in its events ----------
+
+
+class StateIdsAtEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A remote server's answer to ``/state_ids``: the state before an event
+    and the auth chain of that state.
+    """
+
+    pdu_ids: tuple[str, ...]
+    auth_chain_ids: tuple[str, ...]
+
+
+@runtime_checkable
+class FederationEventClient(Protocol):
+    """The reads of a remote server's copy of a room that ingestion makes to
+    fill gaps in our copy.
+
+    Events come back as the bytes the remote sent, one JSON object each:
+    they are stored as received. Every method raises
+    :class:`~ranvier.errors.MatrixError` (502) when the remote gives no
+    usable answer.
+    """
+
+    async def get_missing_events(
+        self,
+        destination: str,
+        room_id: str,
+        *,
+        earliest_events: Sequence[str],
+        latest_events: Sequence[str],
+        limit: int,
+        min_depth: int = 0,
+    ) -> Sequence[bytes]:
+        """The events before ``latest_events`` back to ``earliest_events``."""
+        ...
+
+    async def get_state_ids(self, destination: str, room_id: str, event_id: str) -> StateIdsAtEvent:
+        """The IDs of the state before ``event_id`` and of its auth chain."""
+        ...
+
+    async def get_event(self, destination: str, event_id: str) -> bytes:
+        """One event, by its ID."""
         ...
