@@ -21,7 +21,14 @@ from _builders import ALICE, BOB, CAROL, DAVE, EVE, RoomBuilder, make_pdu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ranvier.protocol.auth import CREATE_KEY, StateKey, auth_state_keys, auth_types_for_event
+from ranvier.protocol.auth import (
+    CREATE_KEY,
+    JOIN_RULES_KEY,
+    StateKey,
+    auth_state_keys,
+    auth_types_for_event,
+    membership_auth_types,
+)
 from ranvier.protocol.auth_chain import (
     auth_chain_difference,
     auth_edges_of,
@@ -29,6 +36,7 @@ from ranvier.protocol.auth_chain import (
 )
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.state_res import (
+    ChangedState,
     StateDelta,
     StateMap,
     is_power_event,
@@ -609,6 +617,17 @@ def test_the_keys_the_auth_checks_read_are_the_auth_events_selection() -> None:
         keys = auth_state_keys(event)
         assert len(set(keys)) == len(keys), event
         assert set(keys) == auth_types_for_event(event)
+        if event.type == "m.room.create":
+            assert membership_auth_types(event) == []
+            continue
+        every_event = (
+            {POWER} if event.room_version.room_id_from_create_event else {POWER, CREATE_KEY}
+        )
+        personal = membership_auth_types(event)
+        assert len(set(personal)) == len(personal), event
+        assert set(personal) | every_event == auth_types_for_event(event)
+        assert not set(personal) & every_event
+        assert all(key is JOIN_RULES_KEY for key in personal if key == JOIN_RULES)
     assert ("m.room.third_party_invite", "abc") in auth_state_keys(invite)
     assert auth_state_keys(room.create) == ()
 
@@ -754,6 +773,27 @@ def test_the_delta_form_resolves_as_whole_maps_do(
     assert _apply(base, delta) == expected
     # Only real changes: no entry the base already has, no removal of a key it lacks.
     assert all(base.get(key) != event_id for key, event_id in delta.items())
+    view = ChangedState(base, delta)
+    assert dict(view) == expected
+    assert len(view) == len(expected)
+    assert all(view.get(key) == expected.get(key) for key in base.keys() | delta.keys())
+
+
+def test_a_changed_state_reads_through_to_its_base() -> None:
+    base = {TOPIC: "$t", POWER: "$p", member(BOB): "$b"}
+    view = ChangedState(
+        base, {TOPIC: "$t2", member(BOB): None, member(CAROL): "$c", JOIN_RULES: None}
+    )
+    assert view[TOPIC] == "$t2"
+    assert view[POWER] == "$p"
+    assert view[member(CAROL)] == "$c"
+    with pytest.raises(KeyError):
+        view[member(BOB)]
+    assert JOIN_RULES not in view
+    assert sorted(view) == sorted([TOPIC, POWER, member(CAROL)])
+    assert len(view) == 3
+    assert view == {TOPIC: "$t2", POWER: "$p", member(CAROL): "$c"}
+    assert base == {TOPIC: "$t", POWER: "$p", member(BOB): "$b"}
 
 
 def test_the_delta_form_with_no_or_one_state_set() -> None:

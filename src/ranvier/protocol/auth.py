@@ -64,6 +64,7 @@ __all__ = [
     "check_auth_rules",
     "create_event_id_for_room",
     "is_valid_user_id",
+    "membership_auth_types",
     "redaction_applies",
 ]
 
@@ -174,17 +175,38 @@ def auth_state_keys(event: Pdu) -> tuple[StateKey, ...]:
     """
     if event.type == CREATE_KEY[0]:
         return ()
-    rv = event.room_version
-    sender = event.sender
-    sender_key = (_MEMBER, sender)
-    if rv.room_id_from_create_event:
+    sender_key = (_MEMBER, event.sender)
+    if event.room_version.room_id_from_create_event:
         common: tuple[StateKey, ...] = (POWER_LEVELS_KEY, sender_key)
     else:
         common = (CREATE_KEY, POWER_LEVELS_KEY, sender_key)
-    target = event.state_key
-    if event.type != _MEMBER or target is None:
+    if event.type != _MEMBER or event.state_key is None:
         return common
-    keys = list(common)
+    return common + tuple(_membership_event_types(event, event.state_key))
+
+
+def membership_auth_types(event: Pdu) -> list[StateKey]:
+    """The pairs of :func:`auth_types_for_event` other than the create and power levels events.
+
+    Those two are in every event's selection (but the create event's own,
+    which has none); the rest depends on the event: the sender's membership
+    and, for a membership event, the target's, the join rules, the redeemed
+    third-party invite and the authorising user's membership. Each comes
+    once; :data:`JOIN_RULES_KEY` is that very object.
+    """
+    if event.type == CREATE_KEY[0]:
+        return []
+    keys = [(_MEMBER, event.sender)]
+    if event.type == _MEMBER and event.state_key is not None:
+        keys += _membership_event_types(event, event.state_key)
+    return keys
+
+
+def _membership_event_types(event: Pdu, target: str) -> list[StateKey]:
+    # The selection's pairs for a membership event beyond the create, power
+    # levels and sender's membership events.
+    sender = event.sender
+    keys: list[StateKey] = []
     if target != sender:
         keys.append((_MEMBER, target))
     membership = event.membership
@@ -194,11 +216,11 @@ def auth_state_keys(event: Pdu) -> tuple[StateKey, ...]:
         token = _third_party_invite_token(event.content)
         if token is not None:
             keys.append((_THIRD_PARTY_INVITE, token))
-    if membership == "join" and rv.restricted_join_rule:
+    if membership == "join" and event.room_version.restricted_join_rule:
         authoriser = event.content.get(_AUTHORISER)
         if type(authoriser) is str and authoriser != sender and authoriser != target:
             keys.append((_MEMBER, authoriser))
-    return tuple(keys)
+    return keys
 
 
 def _third_party_invite_token(content: Mapping[str, Any]) -> str | None:
@@ -475,7 +497,10 @@ def _check_member(
 
     sender = event.sender
     sender_membership = _membership_of(auth_state, sender, event)
-    target_membership = _membership_of(auth_state, target, event)
+    if target == sender:
+        target_membership = sender_membership
+    else:
+        target_membership = _membership_of(auth_state, target, event)
 
     if membership == "join":
         _check_join(event, auth_state, create, power_levels, target_membership)

@@ -20,13 +20,15 @@ Cost follows the full conflicted set and the auth events it leads to, not
 the size of the room. The states are handled as one *base* state and, per
 state set, its changes against the base (:data:`StateDelta`): only keys some
 set changes can be conflicted, so splitting costs the size of the changes,
-and the resolved state comes back as changes against the same base. Storage
-keeps state groups as such delta chains, so a caller holding the states of
-the fork point and of each fork's changes passes them as they are to
+and the resolved state comes back as changes against the same base
+(:class:`ChangedState` reads them as a whole state without a copy).
+Storage keeps state groups as such delta chains, so a caller holding a
+base state and each fork's changes against it passes them as they are to
 :func:`resolve_state_delta`. :func:`resolve_state` takes whole state maps:
-it reads the first as the base and the others' differences from it, which
-is a pass over whole maps, but one that compares the entries two maps
-share by identity, in order, where the maps were copied from one another.
+it reads the first as the base and finds the others' differences from it,
+which is a pass over whole maps, but a cheap one where the maps were
+copied from one another: their entries line up and are compared a slice
+at a time, the same objects without looking into them.
 
 So that a long resolution does not stall an event loop, the work is a
 generator that yields every few dozen events (:func:`resolve_state_steps`,
@@ -44,17 +46,26 @@ ID names.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Collection, Container, Generator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Container,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Final, TypeVar
 
 from ranvier.errors import AuthError
 from ranvier.protocol.auth import (
     CREATE_KEY,
+    JOIN_RULES_KEY,
     POWER_LEVELS_KEY,
     StateKey,
-    auth_state_keys,
     check_auth_rules,
     create_event_id_for_room,
+    membership_auth_types,
 )
 from ranvier.protocol.auth_chain import (
     auth_chain_difference as compute_auth_chain_difference,
@@ -74,6 +85,7 @@ from ranvier.protocol.room_versions import (
 
 __all__ = [
     "DEFAULT_YIELD_EVERY",
+    "ChangedState",
     "StateDelta",
     "StateMap",
     "is_power_event",
@@ -100,6 +112,9 @@ _POWER_LEVELS_TYPE: Final = POWER_LEVELS_KEY[0]
 
 #: How many entries of two state maps are compared at once while splitting.
 _RUN_SLICE: Final = 256
+
+# The keys whose events the auth rules read for nearly every event.
+_SHARED_KEYS: Final = frozenset((CREATE_KEY, POWER_LEVELS_KEY, JOIN_RULES_KEY))
 
 # Marks a key the state being built leaves to the base; never an event ID.
 _FROM_BASE: Final = "\x00base"
@@ -245,15 +260,12 @@ def is_power_event(event: Pdu) -> bool:
     Those are power levels and join rules events, and kicks and bans (a
     leave or ban membership whose sender is not its target).
     """
-    if event.state_key is None:
+    state_key = event.state_key
+    if state_key is None:
         return False
-    if event.type in (_POWER_LEVELS_TYPE, "m.room.join_rules"):
-        return event.state_key == ""
-    return (
-        event.type == "m.room.member"
-        and event.membership in ("leave", "ban")
-        and event.sender != event.state_key
-    )
+    if event.type == "m.room.member":
+        return event.membership in ("leave", "ban") and event.sender != state_key
+    return state_key == "" and event.type in (_POWER_LEVELS_TYPE, "m.room.join_rules")
 
 
 def reverse_topological_power_order(
@@ -447,19 +459,21 @@ def resolve_state_delta_steps(
 ) -> Generator[None, None, dict[StateKey, str | None]]:
     """Resolve the state sets given as ``base`` with each of ``deltas`` applied.
 
-    This is :func:`resolve_state_steps` for states given as changes: the
-    state sets are ``base`` updated by each delta in turn (one state set per
-    delta; an empty delta is ``base`` itself), and the return value is the
-    resolved state as changes against ``base``, None marking a key of
-    ``base`` the resolved state lacks. Apart from reading ``base`` at the
-    keys the deltas name and the auth checks look up, the cost is that of
-    the deltas and the conflict, whatever the size of ``base``; the base
-    is neither copied nor walked. Everything else is as for
-    :func:`resolve_state_steps`.
+    This is :func:`resolve_state_steps` for states given as changes: each
+    delta is one state set, ``base`` with that delta applied (an empty
+    delta is ``base`` itself), and the return value is the resolved state
+    as changes against ``base``, None marking a key of ``base`` the
+    resolved state lacks; :class:`ChangedState` reads it as a whole state.
+    Apart from reading ``base`` at the keys the deltas name and the auth
+    checks look up, the cost is that of the deltas and the conflict,
+    whatever the size of ``base``: the base is neither copied nor walked.
+    Everything else is as for :func:`resolve_state_steps`.
 
-    Any state the sets have in common serves as the base: the state at the
-    point they forked from is the natural one, and with it the result is
-    the delta a new state group stores against that point's group.
+    Any state serves as the base, and the closer it is to the sets, the
+    less there is to do: the state where the forks parted, or one of the
+    sets itself with the others' changes against it (storage finds those
+    from the delta rows between their state groups). The result is the
+    delta a new state group stores against the base's group.
     """
     split = _Split.of_deltas(base, deltas)
     yield
@@ -474,6 +488,48 @@ def resolve_state_delta_steps(
         yield_every,
     )
     return {key: event_id for key, event_id in changed.items() if event_id != base.get(key)}
+
+
+class ChangedState(Mapping[StateKey, str]):
+    """The state ``base`` with ``changes`` applied, read through without copying ``base``.
+
+    :func:`resolve_state_delta` returns the resolved state as changes
+    against its base; this reads them as the whole state. A lookup costs a
+    lookup in each, so a caller that reads a few keys of a large room never
+    pays for the whole of it; iterating or counting walks the base.
+    """
+
+    __slots__ = ("base", "changes")
+
+    def __init__(self, base: StateMap, changes: StateDelta) -> None:
+        self.base = base
+        self.changes = changes
+
+    def __getitem__(self, key: StateKey) -> str:
+        if key in self.changes:
+            event_id = self.changes[key]
+            if event_id is None:
+                raise KeyError(key)
+            return event_id
+        return self.base[key]
+
+    def __iter__(self) -> Iterator[StateKey]:
+        changes = self.changes
+        for key in self.base:
+            if key not in changes:
+                yield key
+        for key, event_id in changes.items():
+            if event_id is not None:
+                yield key
+
+    def __len__(self) -> int:
+        size = len(self.base)
+        for key, event_id in self.changes.items():
+            if event_id is None:
+                size -= key in self.base
+            else:
+                size += key not in self.base
+        return size
 
 
 def _state_set_ids(base: StateMap, deltas: Sequence[StateDelta]) -> list[list[str]]:
@@ -677,12 +733,22 @@ class _Resolver:
                     auth_state[(event_type, state_key)] = auth_event
                     break
 
+    def _usable(self, key: StateKey) -> Pdu | None:
+        """The event at ``key`` in the state being built, if it may authorise others."""
+        event_id = self.lookup(key)
+        if event_id is None or event_id in self.rejected:
+            return None
+        return self.events.get(event_id)
+
     def iterative_auth_checks(self, order: Sequence[str]) -> Generator[None, None, None]:
         """Apply each event of ``order`` to the state if the auth rules allow it there.
 
         Each key the rules read is taken from the state being built and,
         where that has no usable event, from the event's own auth events
-        (from v12, the create event from the room ID first).
+        (from v12, the create event from the room ID first). Every event
+        reads the create, power levels and join rules events, so the
+        usable ones are kept at hand in ``shared`` and passed whatever the
+        event reads; the rules read only what they need.
         """
         replayed = self.replayed
         get_event = self.events.get
@@ -693,6 +759,14 @@ class _Resolver:
         changes = self.changes
         room_id_create = self.room_version.room_id_from_create_event
         yield_every = self.yield_every
+        shared: dict[StateKey, Pdu] = {}
+        for key in _SHARED_KEYS:
+            found = self._usable(key)
+            if found is not None:
+                shared[key] = found
+        # The keys every event's selection has (but a create event's, which
+        # the rules do not look up) that the state has no usable event at.
+        missing = self._missing_everywhere(shared)
         for event_id in order:
             self.work += 1
             if self.work >= yield_every:
@@ -701,25 +775,17 @@ class _Resolver:
             event = replayed[event_id]
             if event.state_key is None:
                 continue
-            keys = auth_state_keys(event)
-            auth_state: dict[StateKey, Pdu] = {}
-            unresolved: list[StateKey] = []
-            if room_id_create:
-                create_id = state_get(CREATE_KEY, _FROM_BASE)
-                if create_id is _FROM_BASE:
-                    create_id = base_get(CREATE_KEY)
-                create = None
-                if create_id is not None and create_id not in rejected:
-                    create = get_event(create_id)
-                if create is None:
-                    create = self._create_for(event)
-                    if create is not None and create.event_id in rejected:
-                        create = None
-                if create is None:
+            auth_state = shared.copy()
+            unresolved = list(missing)
+            if room_id_create and CREATE_KEY not in auth_state:
+                create = self._create_for(event)
+                if create is None or create.event_id in rejected:
                     unresolved.append(CREATE_KEY)
                 else:
                     auth_state[CREATE_KEY] = create
-            for key in keys:
+            for key in membership_auth_types(event):
+                if key is JOIN_RULES_KEY and key in auth_state:
+                    continue
                 state_id = state_get(key, _FROM_BASE)
                 if state_id is _FROM_BASE:
                     state_id = base_get(key)
@@ -737,6 +803,18 @@ class _Resolver:
                 continue
             key = (event.type, event.state_key)
             state[key] = changes[key] = event_id
+            if key in _SHARED_KEYS:
+                if event_id in rejected:
+                    shared.pop(key, None)
+                else:
+                    shared[key] = event
+                missing = self._missing_everywhere(shared)
+
+    def _missing_everywhere(self, shared: Mapping[StateKey, Pdu]) -> tuple[StateKey, ...]:
+        if self.room_version.room_id_from_create_event:
+            # The room ID names the create event, looked up separately.
+            return () if POWER_LEVELS_KEY in shared else (POWER_LEVELS_KEY,)
+        return tuple(key for key in (CREATE_KEY, POWER_LEVELS_KEY) if key not in shared)
 
     def mainline_order(
         self, event_ids: Sequence[str], power_levels_id: str | None
