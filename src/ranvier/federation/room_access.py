@@ -1,0 +1,243 @@
+"""Who may ask this server about a room: server ACLs and history visibility.
+
+Every federation request about a room's events names the room, and the
+server asking (the X-Matrix origin) must be allowed to see what it asks for:
+
+* **Server ACLs** (``m.room.server_acl`` in the room's current state) are
+  applied first, to every endpoint the spec lists as protected: a denied
+  server gets 403 ``M_FORBIDDEN`` whatever else holds.
+* **Being in the room.** A server is in the room when one of its users'
+  membership is ``join`` in the room's current state.
+* **Seeing an event.** A server may see an event when the room's history
+  visibility before the event is ``world_readable``; when it is ``shared``
+  (the default) and the server is in the room now; or when one of its users
+  was joined at the event (invited, too, where visibility is ``invited``).
+  Membership at an event is read from the state after it, so a server sees
+  its own user's join; the visibility is read from the state before it, so
+  an event that restricts the history is itself judged by the old rule.
+
+The query endpoints build on these: the state at an event goes to a server
+that is in the room now or can see the event, and pulled history goes only
+to a server in the room (or a world-readable one), with each event it may
+not see replaced by its redacted form, which keeps the room's graph intact
+without its content.
+
+Left out for now: erased users' events (GDPR erasure) served redacted, and
+the per-key state reads that would spare reading a large room's whole
+state for each question (storage offers only whole-state reads).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any, Final
+
+import msgspec
+
+from ranvier.core.interfaces import StateReader
+from ranvier.errors import MatrixError
+from ranvier.storage.records import StateKey, StoredEvent
+
+__all__ = [
+    "HISTORY_VISIBILITY_KEY",
+    "SERVER_ACL_KEY",
+    "RoomAccess",
+    "joined_servers",
+    "server_allowed_by_acl",
+]
+
+SERVER_ACL_KEY: Final[StateKey] = ("m.room.server_acl", "")
+HISTORY_VISIBILITY_KEY: Final[StateKey] = ("m.room.history_visibility", "")
+_MEMBER: Final = "m.room.member"
+_DEFAULT_VISIBILITY: Final = "shared"
+_VISIBILITIES: Final = frozenset({"world_readable", "shared", "invited", "joined"})
+# Membership events of one server read at a time while looking for a join.
+_MEMBER_BATCH: Final = 200
+
+
+class _ContentOnly(msgspec.Struct):
+    content: dict[str, Any] = {}
+
+
+_decode_content = msgspec.json.Decoder(_ContentOnly).decode
+
+
+def _content(event: StoredEvent) -> dict[str, Any]:
+    try:
+        return _decode_content(event.json).content
+    except msgspec.DecodeError:
+        return {}
+
+
+def _server_of(user_id: str) -> str:
+    return user_id.partition(":")[2]
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """A server ACL glob: ``*`` any run of characters, ``?`` any one."""
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
+
+
+def _is_ip_literal(host: str) -> bool:
+    if host.startswith("[") and host.endswith("]"):
+        return True
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _host(server_name: str) -> str:
+    """The server name without its port, as ACL entries are written."""
+    if server_name.startswith("["):
+        return server_name[: server_name.find("]") + 1]
+    return server_name.rpartition(":")[0] if ":" in server_name else server_name
+
+
+def server_allowed_by_acl(server_name: str, content: Mapping[str, Any]) -> bool:
+    """Whether an ``m.room.server_acl`` event with ``content`` lets ``server_name`` in.
+
+    The spec's order: an IP literal is refused when ``allow_ip_literals`` is
+    false; then any ``deny`` match refuses; then an ``allow`` match admits;
+    anything else is refused (so a missing ``allow`` refuses everyone).
+    Entries that are not strings are ignored, and so is a list that is not
+    a list; ports never take part.
+    """
+    host = _host(server_name)
+    allow_ip_literals = content.get("allow_ip_literals", True)
+    if _is_ip_literal(host) and allow_ip_literals is False:
+        return False
+    deny = content.get("deny")
+    allow = content.get("allow")
+    for entry in deny if isinstance(deny, list) else ():
+        if isinstance(entry, str) and _glob(entry).fullmatch(host):
+            return False
+    return any(
+        isinstance(entry, str) and _glob(entry).fullmatch(host)
+        for entry in (allow if isinstance(allow, list) else ())
+    )
+
+
+def _member_keys(state: Mapping[StateKey, str], server_name: str) -> list[str]:
+    return [
+        event_id
+        for (event_type, state_key), event_id in state.items()
+        if event_type == _MEMBER and _server_of(state_key) == server_name
+    ]
+
+
+def joined_servers(state: Mapping[StateKey, str], memberships: Mapping[str, str]) -> set[str]:
+    """The servers with a joined user in ``state``, given each member event's
+    membership (by event ID) in ``memberships``.
+    """
+    return {
+        _server_of(state_key)
+        for (event_type, state_key), event_id in state.items()
+        if event_type == _MEMBER and memberships.get(event_id) == "join"
+    }
+
+
+class RoomAccess:
+    """Answers the access questions above for one request.
+
+    It keeps the state maps and event contents it reads, so the many
+    questions one request asks (one per event of a backfill) read each
+    state group and event once.
+    """
+
+    def __init__(self, store: StateReader) -> None:
+        self._store = store
+        self._groups: dict[int, Mapping[StateKey, str]] = {}
+        self._current: dict[str, Mapping[StateKey, str]] = {}
+        self._contents: dict[str, dict[str, Any]] = {}
+
+    # Reads, kept.
+
+    async def current_state(self, room_id: str) -> Mapping[StateKey, str]:
+        state = self._current.get(room_id)
+        if state is None:
+            state = self._current[room_id] = await self._store.get_current_state_ids(room_id)
+        return state
+
+    async def state_group(self, group: int) -> Mapping[StateKey, str]:
+        state = self._groups.get(group)
+        if state is None:
+            state = self._groups[group] = await self._store.get_state_ids(group)
+        return state
+
+    async def contents(self, event_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The ``content`` of each stored event of ``event_ids``."""
+        wanted = list(dict.fromkeys(event_ids))
+        unread = [event_id for event_id in wanted if event_id not in self._contents]
+        if unread:
+            stored = await self._store.get_events(unread)
+            for event_id in unread:
+                row = stored.get(event_id)
+                self._contents[event_id] = {} if row is None else _content(row)
+        return {event_id: self._contents[event_id] for event_id in wanted}
+
+    # Questions.
+
+    async def check_server_acl(self, room_id: str, server_name: str) -> None:
+        """Raise 403 ``M_FORBIDDEN`` if the room's server ACL denies ``server_name``."""
+        acl_id = (await self.current_state(room_id)).get(SERVER_ACL_KEY)
+        if acl_id is None:
+            return
+        content = (await self.contents([acl_id]))[acl_id]
+        if not server_allowed_by_acl(server_name, content):
+            raise MatrixError(
+                f"the server ACL of {room_id} denies {server_name}",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+
+    async def has_member(
+        self,
+        state: Mapping[StateKey, str],
+        server_name: str,
+        memberships: Collection[str] = ("join",),
+    ) -> bool:
+        """Whether a user of ``server_name`` has one of ``memberships`` in ``state``."""
+        event_ids = _member_keys(state, server_name)
+        for start in range(0, len(event_ids), _MEMBER_BATCH):
+            contents = await self.contents(event_ids[start : start + _MEMBER_BATCH])
+            if any(content.get("membership") in memberships for content in contents.values()):
+                return True
+        return False
+
+    async def server_in_room(self, room_id: str, server_name: str) -> bool:
+        """Whether a user of ``server_name`` is joined to the room now."""
+        return await self.has_member(await self.current_state(room_id), server_name)
+
+    async def visibility(self, state: Mapping[StateKey, str]) -> str:
+        """The history visibility in ``state``; ``shared`` when unset or unknown."""
+        event_id = state.get(HISTORY_VISIBILITY_KEY)
+        if event_id is None:
+            return _DEFAULT_VISIBILITY
+        value = (await self.contents([event_id]))[event_id].get("history_visibility")
+        return value if isinstance(value, str) and value in _VISIBILITIES else _DEFAULT_VISIBILITY
+
+    async def world_readable(self, room_id: str) -> bool:
+        """Whether the room's history is world-readable now."""
+        return await self.visibility(await self.current_state(room_id)) == "world_readable"
+
+    async def can_see_event(self, event: StoredEvent, server_name: str) -> bool:
+        """Whether ``server_name`` may see ``event`` (see the module's rules).
+
+        An event with no state here (an outlier) is judged by the room's
+        current state alone: visible to a server in the room now.
+        """
+        groups = await self._store.get_event_state_groups(event.event_id)
+        if groups is None:
+            return await self.server_in_room(event.room_id, server_name)
+        visibility = await self.visibility(await self.state_group(groups.before))
+        if visibility == "world_readable":
+            return True
+        if visibility == "shared" and await self.server_in_room(event.room_id, server_name):
+            return True
+        memberships = ("join", "invite") if visibility == "invited" else ("join",)
+        return await self.has_member(await self.state_group(groups.after), server_name, memberships)

@@ -1,0 +1,374 @@
+"""The federation queries over real HTTPS: our routes and storage on one
+side, another server's signed client on the other.
+
+The room: alice (of the served server) creates a public room and writes a
+message; bob (of b.test) joins; messages follow. c.test has no one in the
+room.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+
+from ranvier.federation.queries import MAX_BACKFILL_LIMIT, add_query_routes
+from ranvier.federation.transport.client import FederationRequestError
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.redaction import redact
+
+from ._resident import (
+    NOW_MS,
+    Keys,
+    Peer,
+    Resident,
+    SignedRoom,
+    ingest,
+    open_peer,
+    start_resident,
+    zone_for,
+)
+from ._servers import Pki
+
+V1 = "/_matrix/federation/v1"
+BOB = "@bob:b.test"
+
+
+def seg(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+class Profiles:
+    def __init__(self, profiles: Mapping[str, Mapping[str, Any]]) -> None:
+        self.profiles = profiles
+
+    async def get_profile(self, user_id: str) -> Mapping[str, Any] | None:
+        await trio.lowlevel.checkpoint()
+        return self.profiles.get(user_id)
+
+
+@dataclass
+class World:
+    resident: Resident
+    peer: Peer
+    stranger: Peer
+    room: SignedRoom
+    alice: str
+    bob_join: Pdu
+    messages: list[Pdu]
+
+    @property
+    def name(self) -> str:
+        return self.resident.server_name
+
+    def new_room(self) -> SignedRoom:
+        return SignedRoom(self.room.signing_keys, self.alice)
+
+    async def get(self, peer: Peer, path: str, **query: Any) -> Any:
+        return await peer.client.get_json(self.name, path, query=query or None)
+
+    async def refused(self, peer: Peer, method: str, path: str, **kwargs: Any) -> Any:
+        with pytest.raises(FederationRequestError) as caught:
+            await peer.client.request(method, self.name, path, **kwargs)
+        return caught.value
+
+
+@pytest.fixture
+async def world(tmp_path: Path, nursery: trio.Nursery) -> World:
+    pki = Pki.create(tmp_path)
+    keys = Keys()
+    zone = zone_for("a.test")
+    resident = await start_resident(nursery, tmp_path, pki, keys)
+    alice = f"@alice:{resident.server_name}"
+    add_query_routes(
+        resident.app.router,
+        server_name=resident.server_name,
+        store=resident.storage,
+        profiles=Profiles({alice: {"displayname": "Alice", "avatar_url": "mxc://a/b"}}),
+        clock=lambda: NOW_MS,
+    )
+    peer = await open_peer(nursery, pki, zone, keys, "b.test")
+    stranger = await open_peer(nursery, pki, zone, keys, "c.test")
+    signing_keys = {
+        resident.server_name: resident.signing_key,
+        "b.test": peer.signing_key,
+        "c.test": stranger.signing_key,
+    }
+    room = SignedRoom(signing_keys, alice)
+    room.public()
+    room.message(alice, "before bob")
+    bob_join = room.member(BOB, "join")
+    messages = [room.message(BOB if i % 2 else alice, f"m{i}") for i in range(5)]
+    await ingest(resident.storage, room.order)
+    return World(resident, peer, stranger, room, alice, bob_join, messages)
+
+
+def ids_of(events: Sequence[Any], room_version: str = "12") -> list[str]:
+    return [Pdu.from_json(msgspec.json.encode(e), room_version).event_id for e in events]
+
+
+def auth_chain(room: SignedRoom, event_ids: Sequence[str]) -> set[str]:
+    """The union of the events' auth chains, walked in the test's own copy;
+    from v12 with the room's create event, which no event cites.
+    """
+    create_id = room.create.event_id
+    chain = {create_id} if set(event_ids) - {create_id} else set()
+    todo = [a for event_id in event_ids for a in room.events[event_id].auth_event_ids]
+    while todo:
+        event_id = todo.pop()
+        if event_id not in chain:
+            chain.add(event_id)
+            todo.extend(room.events[event_id].auth_event_ids)
+    return chain
+
+
+# /event
+
+
+async def test_event_is_served_byte_for_byte(world: World) -> None:
+    event = world.messages[2]
+    response = await world.peer.client.request(
+        "GET", world.name, f"{V1}/event/{seg(event.event_id)}"
+    )
+    body = response.json()
+    assert body["origin"] == world.name
+    assert body["origin_server_ts"] == NOW_MS
+    assert ids_of(body["pdus"]) == [event.event_id]
+    assert event.raw in response.body
+
+
+async def test_unknown_event_is_404(world: World) -> None:
+    error = await world.refused(world.peer, "GET", f"{V1}/event/{seg('$unknown')}")
+    assert (error.status, error.errcode) == (404, "M_NOT_FOUND")
+
+
+async def test_server_without_members_is_refused_everything(world: World) -> None:
+    room_id, event_id = seg(world.room.room_id), world.messages[0].event_id
+    refusals = [
+        await world.refused(world.stranger, "GET", f"{V1}/event/{seg(event_id)}"),
+        await world.refused(
+            world.stranger, "GET", f"{V1}/state_ids/{room_id}", query={"event_id": event_id}
+        ),
+        await world.refused(
+            world.stranger, "GET", f"{V1}/state/{room_id}", query={"event_id": event_id}
+        ),
+        await world.refused(world.stranger, "GET", f"{V1}/event_auth/{room_id}/{seg(event_id)}"),
+        await world.refused(
+            world.stranger, "GET", f"{V1}/backfill/{room_id}", query={"v": event_id, "limit": 5}
+        ),
+        await world.refused(
+            world.stranger,
+            "POST",
+            f"{V1}/get_missing_events/{room_id}",
+            content={"earliest_events": [], "latest_events": [world.messages[-1].event_id]},
+        ),
+    ]
+    assert [(e.status, e.errcode) for e in refusals] == [(403, "M_FORBIDDEN")] * 6
+
+
+# /state_ids, /state, /event_auth
+
+
+async def test_state_ids_are_the_state_before_the_event(world: World) -> None:
+    join = world.bob_join
+    body = await world.get(
+        world.peer, f"{V1}/state_ids/{seg(world.room.room_id)}", event_id=join.event_id
+    )
+    before = world.room.state_after[join.prev_event_ids[0]]
+    assert sorted(body["pdu_ids"]) == sorted(before.values())
+    assert join.event_id not in body["pdu_ids"]
+    assert set(body["auth_chain_ids"]) == auth_chain(world.room, list(before.values()))
+
+
+async def test_state_gives_the_events_themselves(world: World) -> None:
+    event = world.messages[-1]
+    body = await world.get(
+        world.peer, f"{V1}/state/{seg(world.room.room_id)}", event_id=event.event_id
+    )
+    before = world.room.state_after[event.prev_event_ids[0]]
+    assert sorted(ids_of(body["pdus"])) == sorted(before.values())
+    assert world.bob_join.event_id in ids_of(body["pdus"])
+    assert set(ids_of(body["auth_chain"])) == auth_chain(world.room, list(before.values()))
+
+
+async def test_state_ids_need_an_event_of_the_room(world: World) -> None:
+    path = f"{V1}/state_ids/{seg(world.room.room_id)}"
+    missing = await world.refused(world.peer, "GET", path)
+    assert (missing.status, missing.errcode) == (400, "M_MISSING_PARAM")
+    unknown = await world.refused(world.peer, "GET", path, query={"event_id": "$nope"})
+    assert (unknown.status, unknown.errcode) == (404, "M_NOT_FOUND")
+    other = world.new_room()
+    other.public()
+    await ingest(world.resident.storage, other.order)
+    elsewhere = await world.refused(world.peer, "GET", path, query={"event_id": other.last})
+    assert (elsewhere.status, elsewhere.errcode) == (404, "M_NOT_FOUND")
+
+
+async def test_event_auth_is_the_events_auth_chain(world: World) -> None:
+    event = world.messages[1]
+    body = await world.get(
+        world.peer, f"{V1}/event_auth/{seg(world.room.room_id)}/{seg(event.event_id)}"
+    )
+    assert set(ids_of(body["auth_chain"])) == auth_chain(world.room, [event.event_id])
+    assert world.room.create.event_id in ids_of(body["auth_chain"])
+
+
+# /backfill and /get_missing_events
+
+
+async def test_backfill_walks_back_deepest_first(world: World) -> None:
+    last = world.messages[-1]
+    body = await world.get(
+        world.peer, f"{V1}/backfill/{seg(world.room.room_id)}", v=last.event_id, limit=4
+    )
+    assert body["origin"] == world.name
+    assert ids_of(body["pdus"]) == [e.event_id for e in reversed(world.messages[-4:])]
+
+
+async def test_backfill_from_two_events_of_a_fork(world: World) -> None:
+    room = world.room
+    fork_point = world.messages[2].event_id
+    left = room.message(world.alice, "left", prev=[fork_point])
+    right = room.message(BOB, "right", prev=[fork_point])
+    await ingest(world.resident.storage, [left, right])
+    body = await world.get(
+        world.peer,
+        f"{V1}/backfill/{seg(room.room_id)}",
+        v=[left.event_id, right.event_id],
+        limit=3,
+    )
+    got = ids_of(body["pdus"])
+    assert set(got[:2]) == {left.event_id, right.event_id}
+    assert got[2] == fork_point
+
+
+async def test_backfill_limit_is_capped(world: World) -> None:
+    room = world.room
+    more = [room.message(world.alice, f"n{i}") for i in range(MAX_BACKFILL_LIMIT + 5)]
+    await ingest(world.resident.storage, more)
+    body = await world.get(
+        world.peer, f"{V1}/backfill/{seg(room.room_id)}", v=more[-1].event_id, limit=10_000
+    )
+    assert len(body["pdus"]) == MAX_BACKFILL_LIMIT
+    bad = await world.refused(
+        world.peer,
+        "GET",
+        f"{V1}/backfill/{seg(room.room_id)}",
+        query={"v": more[-1].event_id, "limit": "many"},
+    )
+    assert (bad.status, bad.errcode) == (400, "M_INVALID_PARAM")
+
+
+async def test_get_missing_events_between_earliest_and_latest(world: World) -> None:
+    m = world.messages
+    path = f"{V1}/get_missing_events/{seg(world.room.room_id)}"
+    body = await world.peer.client.post_json(
+        world.name, path, {"earliest_events": [m[0].event_id], "latest_events": [m[4].event_id]}
+    )
+    # Oldest first, the latest and earliest left out.
+    assert ids_of(body["events"]) == [m[1].event_id, m[2].event_id, m[3].event_id]
+    limited = await world.peer.client.post_json(
+        world.name,
+        path,
+        {"earliest_events": [m[0].event_id], "latest_events": [m[4].event_id], "limit": 2},
+    )
+    assert ids_of(limited["events"]) == [m[2].event_id, m[3].event_id]
+    shallow = await world.peer.client.post_json(
+        world.name,
+        path,
+        {
+            "earliest_events": [],
+            "latest_events": [m[4].event_id],
+            "min_depth": m[3].depth,
+        },
+    )
+    assert ids_of(shallow["events"]) == [m[3].event_id]
+    bad = await world.refused(world.peer, "POST", path, content={"latest_events": "x"})
+    assert (bad.status, bad.errcode) == (400, "M_BAD_JSON")
+
+
+# History visibility
+
+
+async def test_joined_history_goes_redacted_to_a_server_joined_later(world: World) -> None:
+    room = world.new_room()
+    room.public(visibility="joined")
+    secret = room.message(world.alice, "before bob joined")
+    room.member(BOB, "join")
+    after = room.message(world.alice, "bob sees this")
+    await ingest(world.resident.storage, room.order)
+
+    body = await world.get(world.peer, f"{V1}/event/{seg(secret.event_id)}")
+    assert body["pdus"] == [redact(secret.json, "12")]
+    assert "body" not in body["pdus"][0]["content"]
+    body = await world.get(world.peer, f"{V1}/event/{seg(after.event_id)}")
+    assert body["pdus"][0]["content"] == {"body": "bob sees this"}
+
+    backfill = await world.get(
+        world.peer, f"{V1}/backfill/{seg(room.room_id)}", v=after.event_id, limit=3
+    )
+    pdus = backfill["pdus"]
+    contents = {i: e["content"] for i, e in zip(ids_of(pdus), pdus, strict=True)}
+    assert contents[after.event_id] == {"body": "bob sees this"}
+    assert contents[secret.event_id] == {}
+    # The state needed to take part is not history: it is given whole.
+    state = await world.get(
+        world.peer, f"{V1}/state_ids/{seg(room.room_id)}", event_id=secret.event_id
+    )
+    assert sorted(state["pdu_ids"]) == sorted(room.state_after[secret.prev_event_ids[0]].values())
+
+
+async def test_world_readable_room_is_open_to_any_server(world: World) -> None:
+    room = world.new_room()
+    room.public(visibility="world_readable")
+    message = room.message(world.alice, "for everyone")
+    await ingest(world.resident.storage, room.order)
+    body = await world.get(world.stranger, f"{V1}/event/{seg(message.event_id)}")
+    assert body["pdus"][0]["content"] == {"body": "for everyone"}
+    backfill = await world.get(
+        world.stranger, f"{V1}/backfill/{seg(room.room_id)}", v=message.event_id, limit=2
+    )
+    assert ids_of(backfill["pdus"])[0] == message.event_id
+
+
+async def test_server_acl_denies_a_member_server(world: World) -> None:
+    room = world.room
+    room.state_event(world.alice, "m.room.server_acl", {"allow": ["*"], "deny": ["b.test"]})
+    await ingest(world.resident.storage, [room.order[-1]])
+    event_id = world.messages[0].event_id
+    error = await world.refused(world.peer, "GET", f"{V1}/event/{seg(event_id)}")
+    assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
+    assert "server ACL" in (error.error or "")
+    error = await world.refused(
+        world.peer, "GET", f"{V1}/state_ids/{seg(room.room_id)}", query={"event_id": event_id}
+    )
+    assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
+
+
+# /query/profile
+
+
+async def test_profile_of_a_local_user(world: World) -> None:
+    path = f"{V1}/query/profile"
+    assert await world.get(world.peer, path, user_id=world.alice) == {
+        "displayname": "Alice",
+        "avatar_url": "mxc://a/b",
+    }
+    assert await world.get(world.peer, path, user_id=world.alice, field="displayname") == {
+        "displayname": "Alice"
+    }
+    assert await world.get(world.peer, path, user_id=world.alice, field="m.tz") == {}
+    unknown = await world.refused(
+        world.peer, "GET", path, query={"user_id": f"@nobody:{world.name}"}
+    )
+    assert (unknown.status, unknown.errcode) == (404, "M_NOT_FOUND")
+    remote = await world.refused(world.peer, "GET", path, query={"user_id": BOB})
+    assert (remote.status, remote.errcode) == (400, "M_INVALID_PARAM")
+    missing = await world.refused(world.peer, "GET", path)
+    assert (missing.status, missing.errcode) == (400, "M_MISSING_PARAM")
