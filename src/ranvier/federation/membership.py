@@ -1,0 +1,624 @@
+"""The membership handshakes over federation.
+
+As the resident server, this server answers other servers whose users join,
+leave or are invited:
+
+* ``GET /v1/make_join/{roomId}/{userId}?ver=``: a join event template for
+  the user, refused with 403 ``M_FORBIDDEN`` when the room's current state
+  would not let the user in (bans, join rules) and with 400
+  ``M_INCOMPATIBLE_ROOM_VERSION`` when the room's version is not among
+  ``ver``. For a restricted room the user may join through membership of
+  another room; the template then names a local user who may invite, as
+  ``join_authorised_via_users_server``.
+* ``PUT /v2/send_join/{roomId}/{eventId}``: the signed join. It is checked
+  (the path's event ID, a join of a user of the requesting server, its
+  server's signature and content hash), signed by this server, authorised
+  and written like any event; the answer is the room's state before it and
+  the auth chain of that state and of the join.
+* ``GET /v1/make_leave`` and ``PUT /v2/send_leave``: the same for leaving.
+* ``PUT /v2/invite/{roomId}/{eventId}``: an invite of one of our users,
+  checked, signed and kept as an outlier until the user joins.
+
+Every room endpoint applies the room's server ACL first
+(:mod:`ranvier.federation.room_access`). This server answers make_join,
+send_join and make_leave only for rooms it is in with full state: with
+partial state it cannot tell who may join, nor give the room's state.
+
+A join or leave written here is handed to the :class:`EventNotifier`, so
+that the homeserver sends it on to the room's other servers, as the
+resident server must. Writes of one room's events are serialised with the
+room's lock; on :class:`~ranvier.errors.PartialStateConflictError` the
+event's context is computed again and the write tried once more.
+
+:class:`FederationJoinClient` is the other side: the joining server's
+``make_join`` and ``send_join`` requests, for
+:class:`~ranvier.core.joins.RemoteJoiner`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Final
+
+import msgspec
+import trio
+
+from ranvier.core.builder import prepare_event
+from ranvier.core.context import (
+    EventContext,
+    UnknownPrevStateError,
+    compute_current_state_after,
+    compute_event_context,
+    event_to_persist,
+)
+from ranvier.core.event_auth import check_against_auth_events, run_auth_checks
+from ranvier.core.event_signatures import check_event_signatures, required_signers
+from ranvier.core.interfaces import EventNotifier, EventPersister, StateReader, VerifyKeySource
+from ranvier.core.loading import EventLoader
+from ranvier.errors import MatrixError, PartialStateConflictError
+from ranvier.federation.transport.client import (
+    FederationError,
+    FederationHttpClient,
+    FederationRequestError,
+)
+from ranvier.federation.transport.routes import wall_clock_ms
+from ranvier.federation.transport.server import Request, Router
+from ranvier.protocol.auth import CREATE_KEY, JOIN_RULES_KEY, POWER_LEVELS_KEY, is_valid_user_id
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.hashing import content_hash_matches, hash_and_sign_event
+from ranvier.protocol.power_levels import get_named_level, get_user_power_level
+from ranvier.protocol.redaction import redact
+from ranvier.protocol.room_versions import (
+    SUPPORTED_ROOM_VERSIONS,
+    RoomVersion,
+    get_room_version,
+)
+from ranvier.protocol.signing import SigningKeyLike, sign_json
+from ranvier.storage.records import StateKey
+
+from .room_access import RoomAccess
+
+__all__ = ["FederationJoinClient", "RoomLock", "add_membership_routes"]
+
+_MEMBER: Final = "m.room.member"
+_AUTHORISER: Final = "join_authorised_via_users_server"
+# Room versions whose invites' invite_room_state the spec lets through unchecked.
+_UNCHECKED_INVITE_STATE_VERSIONS: Final = frozenset(str(number) for number in range(1, 12))
+
+#: Holds a room's lock for the length of an ``async with``.
+RoomLock = Callable[[str], AbstractAsyncContextManager[None]]
+
+
+def _invalid(message: str) -> MatrixError:
+    return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
+
+
+def _forbidden(message: str) -> MatrixError:
+    return MatrixError(message, errcode="M_FORBIDDEN", http_status=403)
+
+
+def _not_found(message: str) -> MatrixError:
+    return MatrixError(message, errcode="M_NOT_FOUND", http_status=404)
+
+
+def _server_of(user_id: str) -> str:
+    return user_id.partition(":")[2]
+
+
+def _origin(request: Request) -> str:
+    # Every route here is authenticated, so the app has set the origin.
+    assert request.origin is not None
+    return request.origin
+
+
+class _RoomLocks:
+    """A lock per room, kept only while some task holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[trio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, room_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(room_id, (trio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[room_id]
+
+
+class _InviteBody(msgspec.Struct):
+    room_version: str
+    event: msgspec.Raw
+    invite_room_state: list[msgspec.Raw] = []
+
+
+class _Membership:
+    def __init__(
+        self,
+        *,
+        server_name: str,
+        signing_key: SigningKeyLike,
+        store: StateReader,
+        persister: EventPersister,
+        keys: VerifyKeySource,
+        notifier: EventNotifier | None,
+        room_lock: RoomLock,
+        clock: Callable[[], int],
+    ) -> None:
+        self._server_name = server_name
+        self._signing_key = signing_key
+        self._store = store
+        self._persister = persister
+        self._keys = keys
+        self._notifier = notifier
+        self._room_lock = room_lock
+        self._clock = clock
+
+    # What every handshake checks first.
+
+    async def _resident_room(
+        self, access: RoomAccess, room_id: str, origin: str, *, full_state: bool
+    ) -> RoomVersion:
+        """The room's version, once the origin passes its ACL and this server
+        is found to be in the room (with full state, if ``full_state``).
+        """
+        await access.check_server_acl(room_id, origin)
+        version = await self._store.get_room_version(room_id)
+        if version is None or not await access.server_in_room(room_id, self._server_name):
+            raise _not_found(f"{self._server_name} is not in {room_id}")
+        if full_state and await self._store.is_partial_state_room(room_id):
+            raise _not_found(
+                f"{self._server_name} does not have the full state of {room_id} yet;"
+                " try another server"
+            )
+        return get_room_version(version)
+
+    def _check_user_of_origin(self, user_id: str, origin: str) -> None:
+        if not is_valid_user_id(user_id):
+            raise _invalid(f"{user_id!r} is not a user ID")
+        if _server_of(user_id) != origin:
+            raise _forbidden(f"{user_id} is not a user of {origin}, which asks for it")
+
+    # make_join and make_leave.
+
+    async def make_join(self, request: Request) -> Mapping[str, Any]:
+        room_id, user_id = request.path_params["room_id"], request.path_params["user_id"]
+        origin = _origin(request)
+        self._check_user_of_origin(user_id, origin)
+        access = RoomAccess(self._store)
+        rv = await self._resident_room(access, room_id, origin, full_state=True)
+        offered = request.query.get("ver") or ["1"]
+        if rv.identifier not in offered:
+            raise MatrixError(
+                f"{room_id} is a room of version {rv.identifier}, which {origin} does not offer"
+                f" ({', '.join(offered)})",
+                errcode="M_INCOMPATIBLE_ROOM_VERSION",
+                http_status=400,
+                room_version=rv.identifier,
+            )
+        content: dict[str, Any] = {"membership": "join"}
+        authoriser = await self._join_authoriser(access, room_id, rv, user_id)
+        if authoriser is not None:
+            content[_AUTHORISER] = authoriser
+        return await self._template(rv, room_id, user_id, content)
+
+    async def make_leave(self, request: Request) -> Mapping[str, Any]:
+        room_id, user_id = request.path_params["room_id"], request.path_params["user_id"]
+        origin = _origin(request)
+        self._check_user_of_origin(user_id, origin)
+        access = RoomAccess(self._store)
+        rv = await self._resident_room(access, room_id, origin, full_state=True)
+        return await self._template(rv, room_id, user_id, {"membership": "leave"})
+
+    async def _template(
+        self, rv: RoomVersion, room_id: str, user_id: str, content: dict[str, Any]
+    ) -> Mapping[str, Any]:
+        """The template answer, once the event it makes is found to pass the
+        auth rules against the room's current state.
+        """
+        template = {
+            "type": _MEMBER,
+            "room_id": room_id,
+            "sender": user_id,
+            "state_key": user_id,
+            "content": content,
+            "origin": self._server_name,
+        }
+        event = await prepare_event(template, room_version=rv, store=self._store, clock=self._clock)
+        # Checked as signed by us: a restricted join names our user, whose
+        # server's signature the rules require, and we sign it at send_join.
+        draft = Pdu.from_json(
+            hash_and_sign_event(event, rv, self._server_name, self._signing_key), rv
+        )
+        failure = await check_against_auth_events(draft, self._store)
+        if failure is not None:
+            raise _forbidden(
+                f"{user_id} may not {content['membership']} {room_id}: {failure.error.message}"
+            )
+        return {"room_version": rv.identifier, "event": event}
+
+    async def _join_authoriser(
+        self, access: RoomAccess, room_id: str, rv: RoomVersion, user_id: str
+    ) -> str | None:
+        """For a restricted room, a local user who can vouch for ``user_id``'s
+        join through the room's ``allow`` conditions; None where the join
+        rules need no one to vouch.
+        """
+        state = await access.current_state(room_id)
+        rules_id = state.get(JOIN_RULES_KEY)
+        rules = {} if rules_id is None else (await access.contents([rules_id]))[rules_id]
+        rule = rules.get("join_rule")
+        restricted = (rv.restricted_join_rule and rule == "restricted") or (
+            rv.knock_restricted_join_rule and rule == "knock_restricted"
+        )
+        if not restricted:
+            return None
+        member_id = state.get((_MEMBER, user_id))
+        if member_id is not None:
+            membership = (await access.contents([member_id]))[member_id].get("membership")
+            if membership in ("join", "invite"):
+                return None
+        await self._check_allow_conditions(access, room_id, rules.get("allow"), user_id)
+        authoriser = await self._local_inviter(access, room_id, rv, state)
+        if authoriser is None:
+            raise MatrixError(
+                f"no user of {self._server_name} in {room_id} may invite, so it cannot vouch"
+                f" for {user_id}'s join; try another server",
+                errcode="M_UNABLE_TO_GRANT_JOIN",
+                http_status=400,
+            )
+        return authoriser
+
+    async def _check_allow_conditions(
+        self, access: RoomAccess, room_id: str, allow: object, user_id: str
+    ) -> None:
+        rooms = [
+            entry["room_id"]
+            for entry in (allow if isinstance(allow, list) else ())
+            if isinstance(entry, dict)
+            and entry.get("type") == "m.room_membership"
+            and isinstance(entry.get("room_id"), str)
+        ]
+        known = False
+        for other in rooms:
+            if not await access.server_in_room(other, self._server_name):
+                continue
+            known = True
+            member_id = (await access.current_state(other)).get((_MEMBER, user_id))
+            if member_id is None:
+                continue
+            if (await access.contents([member_id]))[member_id].get("membership") == "join":
+                return
+        if rooms and not known:
+            raise MatrixError(
+                f"{self._server_name} is in none of the rooms whose members may join {room_id}",
+                errcode="M_UNABLE_TO_AUTHORISE_JOIN",
+                http_status=400,
+            )
+        raise _forbidden(f"{user_id} meets none of the conditions for joining {room_id}")
+
+    async def _local_inviter(
+        self, access: RoomAccess, room_id: str, rv: RoomVersion, state: Mapping[StateKey, str]
+    ) -> str | None:
+        """Our joined user with the most power in the room that may invite."""
+        local = {
+            state_key: event_id
+            for (event_type, state_key), event_id in state.items()
+            if event_type == _MEMBER and _server_of(state_key) == self._server_name
+        }
+        contents = await access.contents(local.values())
+        joined = [
+            user
+            for user, event_id in local.items()
+            if contents[event_id].get("membership") == "join"
+        ]
+        loader = EventLoader(self._store, rv)
+        create_id, levels_id = state.get(CREATE_KEY), state.get(POWER_LEVELS_KEY)
+        events = await loader.load(event_id for event_id in (create_id, levels_id) if event_id)
+        create = events.get(create_id) if create_id else None
+        power_levels = events.get(levels_id) if levels_id else None
+        needed = get_named_level(power_levels, "invite")
+        levels = {
+            user: get_user_power_level(user, power_levels=power_levels, create=create)
+            for user in joined
+        }
+        able = sorted((-level, user) for user, level in levels.items() if level >= needed)
+        return able[0][1] if able else None
+
+    # send_join and send_leave.
+
+    async def send_join(self, request: Request) -> Mapping[str, Any]:
+        event, state_group = await self._receive(request, "join", sign=True)
+        return await self._send_join_answer(event, state_group, omit_members=False)
+
+    async def send_leave(self, request: Request) -> Mapping[str, Any]:
+        await self._receive(request, "leave", sign=False)
+        return {}
+
+    async def _receive(self, request: Request, membership: str, *, sign: bool) -> tuple[Pdu, int]:
+        """The membership event of the request, written; with the state group
+        before it.
+        """
+        room_id, event_id = request.path_params["room_id"], request.path_params["event_id"]
+        origin = _origin(request)
+        access = RoomAccess(self._store)
+        rv = await self._resident_room(access, room_id, origin, full_state=membership == "join")
+        event = Pdu.from_json(request.body, rv)
+        _check_membership_event(event, room_id, event_id, membership, origin)
+        if not content_hash_matches(event.json):
+            raise _invalid(f"{event_id} does not match its content hash")
+        if sign:
+            event = self._countersigned(event)
+        await self._check_signatures(event)
+        async with self._room_lock(room_id):
+            return await self._write(event)
+
+    def _countersigned(self, event: Pdu) -> Pdu:
+        """``event`` with this server's signature added, its hashes untouched."""
+        rv = event.room_version
+        ours = sign_json(redact(event.json, rv), self._server_name, self._signing_key)
+        signed = dict(event.json)
+        signed["signatures"] = ours["signatures"]
+        return Pdu.from_json(signed, rv)
+
+    async def _check_signatures(self, event: Pdu) -> None:
+        failures = await check_event_signatures([event], self._keys)
+        if failures:
+            servers = ", ".join(required_signers(event))
+            raise _invalid(
+                f"{event.event_id} is not validly signed by {servers}:"
+                f" {failures[event.event_id].message}"
+            )
+
+    async def _write(self, event: Pdu) -> tuple[Pdu, int]:
+        """Authorise and write ``event`` (the room's lock held): once, or again
+        after a partial-state conflict.
+        """
+        stored = (await self._store.get_events([event.event_id])).get(event.event_id)
+        if stored is not None and not stored.outlier:
+            # Sent again (a retry after a lost answer): answer as before.
+            if stored.rejected_reason is not None or stored.soft_failed:
+                raise _forbidden(f"{event.event_id} was refused here before")
+            groups = await self._store.get_event_state_groups(event.event_id)
+            assert groups is not None  # an event in the DAG has its state
+            stored_event = Pdu.from_json(stored.json, event.room_version, check_limits=False)
+            return stored_event, groups.before
+        for attempt in range(2):
+            try:
+                context = await compute_event_context(event, self._store, self._persister)
+            except UnknownPrevStateError as exc:
+                raise _invalid(
+                    f"{event.event_id} follows events not known here ({exc.message}); ask"
+                    " this server for a template with make_join or make_leave"
+                ) from None
+            outcome = await run_auth_checks(event, context, self._store)
+            if outcome.failure is not None:
+                raise _forbidden(
+                    f"{event.event_id} is not allowed in {event.room_id}:"
+                    f" {outcome.failure.error.message}"
+                )
+            current = await compute_current_state_after(
+                event, outcome.context, self._store, self._persister
+            )
+            try:
+                orderings = await self._persister.persist_events(
+                    [event_to_persist(event, outcome.context)],
+                    current_state_groups=None if current is None else {event.room_id: current},
+                )
+            except PartialStateConflictError:
+                if attempt:
+                    raise MatrixError(
+                        f"the state of {event.room_id} changed while {event.event_id} was"
+                        " written; send it again",
+                        errcode="M_LIMIT_EXCEEDED",
+                        http_status=429,
+                        retry_after_ms=1000,
+                    ) from None
+                continue
+            if self._notifier is not None:
+                await self._notifier.on_new_event(event, orderings[event.event_id])
+            assert outcome.context.state_group_before is not None  # not an outlier
+            return event, outcome.context.state_group_before
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send_join_answer(
+        self, event: Pdu, state_group: int, *, omit_members: bool
+    ) -> Mapping[str, Any]:
+        """The room's state before the join and the auth chains of it and of
+        the join.
+
+        ``omit_members`` is where a partial-state answer will leave out
+        membership events (MSC3706); only full answers are given now.
+        """
+        state_ids = await self._store.get_state_ids(state_group)
+        loader = EventLoader(self._store, event.room_version)
+        chain = await loader.auth_chain([*state_ids.values(), event.event_id])
+        state = await self._raw_events(sorted(state_ids.values()))
+        return {
+            "origin": self._server_name,
+            "members_omitted": omit_members,
+            "state": state,
+            "auth_chain": await self._raw_events(sorted(chain)),
+            "event": msgspec.Raw(event.raw),
+        }
+
+    async def _raw_events(self, event_ids: Sequence[str]) -> list[msgspec.Raw]:
+        stored = await self._store.get_events(event_ids)
+        return [msgspec.Raw(stored[event_id].json) for event_id in event_ids if event_id in stored]
+
+    # invite.
+
+    async def invite(self, request: Request) -> Mapping[str, Any]:
+        room_id, event_id = request.path_params["room_id"], request.path_params["event_id"]
+        origin = _origin(request)
+        try:
+            body = msgspec.json.decode(request.body, type=_InviteBody)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise MatrixError(
+                f"invalid invite request: {exc}", errcode="M_BAD_JSON", http_status=400
+            ) from None
+        rv = SUPPORTED_ROOM_VERSIONS.get(body.room_version)
+        if rv is None:
+            raise MatrixError(
+                f"room version {body.room_version!r} is not supported here",
+                errcode="M_INCOMPATIBLE_ROOM_VERSION",
+                http_status=400,
+                room_version=body.room_version,
+            )
+        await RoomAccess(self._store).check_server_acl(room_id, origin)
+        event = Pdu.from_json(bytes(body.event), rv)
+        _check_membership_event(event, room_id, event_id, "invite", origin, sender_only=True)
+        if event.state_key is None or _server_of(event.state_key) != self._server_name:
+            raise _invalid(f"{event.state_key!r} is not a user of {self._server_name}")
+        if not content_hash_matches(event.json):
+            raise _invalid(f"{event_id} does not match its content hash")
+        await self._check_signatures(event)
+        await self._check_invite_room_state(rv, room_id, body.invite_room_state)
+        signed = self._countersigned(event)
+        if not await self._store.get_events([signed.event_id]):
+            await self._persister.persist_events(
+                [event_to_persist(signed, EventContext.for_outlier())]
+            )
+        return {"event": msgspec.Raw(signed.raw)}
+
+    async def _check_invite_room_state(
+        self, rv: RoomVersion, room_id: str, entries: Sequence[msgspec.Raw]
+    ) -> None:
+        """The spec's checks of ``invite_room_state``: required from room
+        version 12 (older versions' servers sent stripped events, which are
+        let through unchecked).
+        """
+        if rv.identifier in _UNCHECKED_INVITE_STATE_VERSIONS:
+            return
+        try:
+            events = [Pdu.from_json(bytes(raw), rv, check_limits=False) for raw in entries]
+        except MatrixError as exc:
+            raise _invalid(f"invite_room_state holds an invalid event: {exc.message}") from None
+        if not any(e.type == CREATE_KEY[0] and e.state_key == CREATE_KEY[1] for e in events):
+            raise _invalid("invite_room_state has no m.room.create event")
+        strangers = [event.event_id for event in events if event.room_id != room_id]
+        if strangers:
+            raise _invalid(f"invite_room_state holds events of another room: {strangers[0]}")
+        failures = await check_event_signatures(events, self._keys)
+        if failures:
+            first = failures[min(failures)]
+            raise _invalid(f"invite_room_state holds an event not validly signed: {first.message}")
+
+
+def _check_membership_event(
+    event: Pdu,
+    room_id: str,
+    event_id: str,
+    membership: str,
+    origin: str,
+    *,
+    sender_only: bool = False,
+) -> None:
+    """The spec's checks of a membership event sent to the resident server."""
+    if event.event_id != event_id:
+        raise _invalid(f"the event's ID is {event.event_id}, not {event_id} as the path says")
+    if event.room_id != room_id:
+        raise _invalid(f"the event is in {event.room_id}, not {room_id} as the path says")
+    if event.type != _MEMBER or event.membership != membership:
+        raise _invalid(f"the event is not an m.room.member event with membership {membership!r}")
+    if _server_of(event.sender) != origin:
+        raise _invalid(f"the event's sender {event.sender} is not a user of {origin}")
+    if not sender_only and event.state_key != event.sender:
+        raise _invalid(f"the event's state_key {event.state_key!r} is not its sender")
+
+
+def add_membership_routes(
+    router: Router,
+    *,
+    server_name: str,
+    signing_key: SigningKeyLike,
+    store: StateReader,
+    persister: EventPersister,
+    keys: VerifyKeySource,
+    notifier: EventNotifier | None = None,
+    room_lock: RoomLock | None = None,
+    clock: Callable[[], int] = wall_clock_ms,
+) -> None:
+    """Serve the membership handshakes as a resident server.
+
+    ``server_name`` and ``signing_key`` are ours (joins and invites get our
+    signature); ``keys`` gives other servers' keys (and ours) for their
+    events' signatures; ``notifier`` hears of each join and leave written,
+    to send it to the room's other servers. ``room_lock`` holds a room's
+    lock: pass the one the rest of the server writes the room's events
+    under (a lock per room of its own by default). ``clock`` gives
+    templates' ``origin_server_ts``.
+    """
+    handler = _Membership(
+        server_name=server_name,
+        signing_key=signing_key,
+        store=store,
+        persister=persister,
+        keys=keys,
+        notifier=notifier,
+        room_lock=room_lock if room_lock is not None else _RoomLocks().hold,
+        clock=clock,
+    )
+    v1, v2 = "/_matrix/federation/v1", "/_matrix/federation/v2"
+    router.add("GET", f"{v1}/make_join/{{room_id}}/{{user_id}}", handler.make_join)
+    router.add("PUT", f"{v2}/send_join/{{room_id}}/{{event_id}}", handler.send_join)
+    router.add("GET", f"{v1}/make_leave/{{room_id}}/{{user_id}}", handler.make_leave)
+    router.add("PUT", f"{v2}/send_leave/{{room_id}}/{{event_id}}", handler.send_leave)
+    router.add("PUT", f"{v2}/invite/{{room_id}}/{{event_id}}", handler.invite)
+
+
+class FederationJoinClient:
+    """The joining server's side of the handshake, over ``http``: a
+    :class:`~ranvier.core.interfaces.JoinClient`.
+
+    A refusal comes out as a :class:`~ranvier.errors.MatrixError` with the
+    server's errcode and status (and its ``room_version``, for
+    ``M_INCOMPATIBLE_ROOM_VERSION``); no usable answer as one with 502.
+    """
+
+    def __init__(self, http: FederationHttpClient) -> None:
+        self._http = http
+
+    async def make_join(
+        self, destination: str, room_id: str, user_id: str, room_versions: Sequence[str]
+    ) -> Any:
+        path = f"/_matrix/federation/v1/make_join/{_segment(room_id)}/{_segment(user_id)}"
+        try:
+            return await self._http.get_json(destination, path, query={"ver": list(room_versions)})
+        except FederationError as exc:
+            raise _as_matrix_error(exc) from None
+
+    async def send_join(
+        self, destination: str, room_id: str, event_id: str, event: Mapping[str, Any]
+    ) -> bytes:
+        path = f"/_matrix/federation/v2/send_join/{_segment(room_id)}/{_segment(event_id)}"
+        try:
+            response = await self._http.request("PUT", destination, path, content=dict(event))
+        except FederationError as exc:
+            raise _as_matrix_error(exc) from None
+        return response.body
+
+
+def _segment(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+def _as_matrix_error(exc: FederationError) -> MatrixError:
+    if isinstance(exc, FederationRequestError):
+        extra: dict[str, Any] = {}
+        if isinstance(exc.body, dict) and isinstance(exc.body.get("room_version"), str):
+            extra["room_version"] = exc.body["room_version"]
+        return MatrixError(
+            f"{exc.destination} refused: {exc.error or exc}",
+            errcode=exc.errcode or "M_UNKNOWN",
+            http_status=exc.status,
+            **extra,
+        )
+    return MatrixError(str(exc), errcode="M_UNKNOWN", http_status=502)

@@ -1,0 +1,489 @@
+"""The membership handshakes as the resident server answers them, over real
+HTTPS: our routes and storage on one side, b.test's signed client on the
+other, doing what a joining (leaving, inviting) server does.
+
+The resident's room: alice (of the resident) creates a public room and
+writes a message. b.test's users are bob and carol; c.test has no one.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+
+from ranvier.core import compute_event_context, event_to_persist
+from ranvier.federation.membership import add_membership_routes
+from ranvier.federation.transport.client import FederationRequestError
+from ranvier.federation.transport.server import Router
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.hashing import hash_and_sign_event
+from ranvier.protocol.redaction import redact
+from ranvier.protocol.signing import verify_signed_json
+from ranvier.storage import EventToPersist, Storage
+
+from ._resident import (
+    NOW_MS,
+    Keys,
+    Peer,
+    Resident,
+    SignedRoom,
+    ingest,
+    open_peer,
+    start_resident,
+    zone_for,
+)
+from ._servers import Pki
+
+V1 = "/_matrix/federation/v1"
+V2 = "/_matrix/federation/v2"
+BOB = "@bob:b.test"
+CAROL = "@carol:b.test"
+MEMBER = "m.room.member"
+
+
+def seg(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+class Heard:
+    """Keeps the events the notifier is told of."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Pdu, int]] = []
+
+    async def on_new_event(self, event: Pdu, stream_ordering: int) -> None:
+        await trio.lowlevel.checkpoint()
+        self.events.append((event, stream_ordering))
+
+
+class ClearsPartialStateFirst:
+    """Storage that, before the first write of events, finishes the room's
+    partial state: the race of the un-partial-state task with a write,
+    reproduced at its worst moment.
+    """
+
+    def __init__(self, storage: Storage, room_id: str, partial: Sequence[str]) -> None:
+        self.storage = storage
+        self.room_id = room_id
+        self.partial = partial
+        self.writes = 0
+
+    async def persist_events(
+        self, events: Sequence[EventToPersist], *, current_state_groups: Any = None
+    ) -> Mapping[str, int]:
+        self.writes += 1
+        if self.writes == 1:
+            for event_id in self.partial:
+                groups = await self.storage.get_event_state_groups(event_id)
+                assert groups is not None
+                await self.storage.update_state_for_partial_event(
+                    event_id, groups.before, groups.after
+                )
+            assert await self.storage.clear_partial_state(self.room_id)
+        return await self.storage.persist_events(events, current_state_groups=current_state_groups)
+
+    async def store_room(self, room_id: str, room_version: str) -> None:
+        await self.storage.store_room(room_id, room_version)
+
+    async def store_state_group(self, room_id: str, prev_group: int | None, delta: Any) -> int:
+        return await self.storage.store_state_group(room_id, prev_group, delta)
+
+
+@dataclass
+class World:
+    resident: Resident
+    peer: Peer
+    stranger: Peer
+    heard: Heard
+    keys: Keys
+    alice: str
+    room: SignedRoom
+
+    @property
+    def name(self) -> str:
+        return self.resident.server_name
+
+    @property
+    def storage(self) -> Storage:
+        return self.resident.storage
+
+    def new_room(self, version: str = "12") -> SignedRoom:
+        return SignedRoom(self.room.signing_keys, self.alice, version)
+
+    async def make(self, membership: str, room_id: str, user: str, **query: Any) -> Any:
+        path = f"{V1}/make_{membership}/{seg(room_id)}/{seg(user)}"
+        return await self.peer.client.get_json(self.name, path, query=query or None)
+
+    async def send(self, membership: str, event: Pdu, *, path_id: str | None = None) -> Any:
+        path = f"{V2}/send_{membership}/{seg(event.room_id)}/{seg(path_id or event.event_id)}"
+        return await self.peer.client.put_json(self.name, path, event.json)
+
+    async def refused(self, call: Any) -> FederationRequestError:
+        with pytest.raises(FederationRequestError) as caught:
+            await call
+        return caught.value
+
+    def sign(self, template: Mapping[str, Any], room_version: str = "12") -> Pdu:
+        """What the joining server does with a template: complete and sign it."""
+        event = dict(template) | {"origin": "b.test", "origin_server_ts": NOW_MS + 5}
+        signed = hash_and_sign_event(event, room_version, "b.test", self.peer.signing_key)
+        return Pdu.from_json(signed, room_version)
+
+    async def join(self, room: SignedRoom, user: str = BOB) -> tuple[Pdu, Any]:
+        answer = await self.make("join", room.room_id, user, ver=[room.version])
+        event = self.sign(answer["event"], room.version)
+        return event, await self.send("join", event)
+
+
+@pytest.fixture
+async def world(tmp_path: Path, nursery: trio.Nursery) -> World:
+    pki = Pki.create(tmp_path)
+    keys = Keys()
+    zone = zone_for("a.test")
+    resident = await start_resident(nursery, tmp_path, pki, keys)
+    heard = Heard()
+    add_membership_routes(
+        resident.app.router,
+        server_name=resident.server_name,
+        signing_key=resident.signing_key,
+        store=resident.storage,
+        persister=resident.storage,
+        keys=keys,
+        notifier=heard,
+        clock=lambda: NOW_MS,
+    )
+    peer = await open_peer(nursery, pki, zone, keys, "b.test")
+    stranger = await open_peer(nursery, pki, zone, keys, "c.test")
+    alice = f"@alice:{resident.server_name}"
+    signing_keys = {
+        resident.server_name: resident.signing_key,
+        "b.test": peer.signing_key,
+        "c.test": stranger.signing_key,
+    }
+    room = SignedRoom(signing_keys, alice)
+    room.public()
+    room.message(alice, "welcome")
+    await ingest(resident.storage, room.order)
+    return World(resident, peer, stranger, heard, keys, alice, room)
+
+
+async def stored(storage: Storage, event_id: str) -> bool:
+    return await storage.get_event(event_id) is not None
+
+
+async def membership_now(storage: Storage, room_id: str, user: str) -> str | None:
+    event_id = (await storage.get_current_state_ids(room_id)).get((MEMBER, user))
+    if event_id is None:
+        return None
+    event = await storage.get_event(event_id)
+    assert event is not None
+    membership: str = msgspec.json.decode(event.json)["content"]["membership"]
+    return membership
+
+
+# make_join
+
+
+async def test_make_join_gives_a_template_on_the_current_state(world: World) -> None:
+    room = world.room
+    answer = await world.make("join", room.room_id, BOB, ver=["11", "12"])
+    assert answer["room_version"] == "12"
+    event = answer["event"]
+    assert {k: event[k] for k in ("type", "room_id", "sender", "state_key", "content")} == {
+        "type": MEMBER,
+        "room_id": room.room_id,
+        "sender": BOB,
+        "state_key": BOB,
+        "content": {"membership": "join"},
+    }
+    assert event["origin"] == world.name
+    assert event["origin_server_ts"] == NOW_MS
+    assert event["prev_events"] == [room.last]
+    assert event["depth"] == room.events[room.last].depth + 1
+    # v12: power levels and join rules; the create event is never cited.
+    state = room.state
+    expected = {state[("m.room.power_levels", "")], state[("m.room.join_rules", "")]}
+    assert set(event["auth_events"]) == expected
+    assert "hashes" not in event
+    assert "signatures" not in event
+
+
+async def test_make_join_refuses_a_banned_user(world: World) -> None:
+    room = world.room
+    room.member(world.alice, "ban", BOB)
+    await ingest(world.storage, room.order[-1:])
+    error = await world.refused(world.make("join", room.room_id, BOB, ver=["12"]))
+    assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
+    assert "ban" in (error.error or "")
+
+
+async def test_make_join_refuses_an_uninvited_user_of_an_invite_only_room(world: World) -> None:
+    room = world.room
+    room.state_event(world.alice, "m.room.join_rules", {"join_rule": "invite"})
+    await ingest(world.storage, room.order[-1:])
+    error = await world.refused(world.make("join", room.room_id, BOB, ver=["12"]))
+    assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
+    room.member(world.alice, "invite", BOB)
+    await ingest(world.storage, room.order[-1:])
+    answer = await world.make("join", room.room_id, BOB, ver=["12"])
+    assert answer["event"]["content"] == {"membership": "join"}
+
+
+async def test_make_join_refusals(world: World) -> None:
+    room_id = world.room.room_id
+    incompatible = await world.refused(world.make("join", room_id, BOB, ver=["10", "11"]))
+    assert (incompatible.status, incompatible.errcode) == (400, "M_INCOMPATIBLE_ROOM_VERSION")
+    assert incompatible.body["room_version"] == "12"
+    # Without ver, a server speaks only version 1.
+    default = await world.refused(world.make("join", room_id, BOB))
+    assert default.errcode == "M_INCOMPATIBLE_ROOM_VERSION"
+    unknown = await world.refused(world.make("join", "!nowhere:a.test", BOB, ver=["12"]))
+    assert (unknown.status, unknown.errcode) == (404, "M_NOT_FOUND")
+    # A server asks only for its own users.
+    other = await world.refused(world.make("join", room_id, "@eve:c.test", ver=["12"]))
+    assert (other.status, other.errcode) == (403, "M_FORBIDDEN")
+
+
+async def test_server_acl_shuts_out_the_handshakes(world: World) -> None:
+    room = world.room
+    room.state_event(world.alice, "m.room.server_acl", {"allow": ["*"], "deny": ["b.test"]})
+    await ingest(world.storage, room.order[-1:])
+    error = await world.refused(world.make("join", room.room_id, BOB, ver=["12"]))
+    assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
+
+
+# send_join
+
+
+async def test_send_join_writes_the_join_and_answers_with_the_state(world: World) -> None:
+    room = world.room
+    event, answer = await world.join(room)
+
+    assert answer["origin"] == world.name
+    assert answer["members_omitted"] is False
+    state = {Pdu.from_json(msgspec.json.encode(e), "12").event_id for e in answer["state"]}
+    assert state == set(room.state.values())
+    chain = {Pdu.from_json(msgspec.json.encode(e), "12").event_id for e in answer["auth_chain"]}
+    assert set(event.auth_event_ids) <= chain | state
+    returned = Pdu.from_json(msgspec.json.encode(answer["event"]), "12")
+    assert returned.event_id == event.event_id
+    # Countersigned by the resident, the joiner's signature kept.
+    assert set(returned.signatures) == {"b.test", world.name}
+    redacted = redact(returned.json, "12")
+    verify_signed_json(redacted, "b.test", world.peer.signing_key.verify_key)
+    verify_signed_json(redacted, world.name, world.resident.signing_key.verify_key)
+    row = await world.storage.get_event(event.event_id)
+    assert row is not None
+    assert row.json == returned.raw
+    assert await membership_now(world.storage, room.room_id, BOB) == "join"
+    assert await world.storage.get_forward_extremities(room.room_id) == {event.event_id}
+    assert [e.event_id for e, _ in world.heard.events] == [event.event_id]
+
+
+async def test_send_join_again_answers_the_same_without_a_second_event(world: World) -> None:
+    event, first = await world.join(world.room)
+    again = await world.send("join", event)
+    assert again["state"] == first["state"]
+    assert len(world.heard.events) == 1
+
+
+async def test_send_join_with_a_bad_signature_is_refused(world: World) -> None:
+    answer = await world.make("join", world.room.room_id, BOB, ver=["12"])
+    event = world.sign(answer["event"])
+    forged = dict(event.json)
+    forged["signatures"] = {"b.test": {"ed25519:p1": "A" * 86}}
+    bad = Pdu.from_json(forged, "12")
+    error = await world.refused(world.send("join", bad))
+    assert (error.status, error.errcode) == (400, "M_INVALID_PARAM")
+    assert "signed" in (error.error or "")
+    assert not await stored(world.storage, bad.event_id)
+    assert world.heard.events == []
+
+
+async def test_send_join_checks_what_the_event_is(world: World) -> None:
+    room = world.room
+    answer = await world.make("join", room.room_id, BOB, ver=["12"])
+    event = world.sign(answer["event"])
+    wrong_id = await world.refused(world.send("join", event, path_id="$other"))
+    assert (wrong_id.status, wrong_id.errcode) == (400, "M_INVALID_PARAM")
+
+    leave = world.sign(answer["event"] | {"content": {"membership": "leave"}})
+    not_a_join = await world.refused(world.send("join", leave))
+    assert (not_a_join.status, not_a_join.errcode) == (400, "M_INVALID_PARAM")
+
+    for_carol = world.sign(answer["event"] | {"state_key": CAROL})
+    not_the_sender = await world.refused(world.send("join", for_carol))
+    assert (not_the_sender.status, not_the_sender.errcode) == (400, "M_INVALID_PARAM")
+
+    tampered = dict(event.json) | {"content": {"membership": "join", "displayname": "x"}}
+    bad_hash = Pdu.from_json(tampered, "12")
+    hash_error = await world.refused(world.send("join", bad_hash))
+    assert (hash_error.status, hash_error.errcode) == (400, "M_INVALID_PARAM")
+
+    for bad in (event, leave, for_carol, bad_hash):
+        assert not await stored(world.storage, bad.event_id)
+    assert await membership_now(world.storage, room.room_id, BOB) is None
+
+
+async def test_send_join_failing_the_auth_rules_is_refused(world: World) -> None:
+    room = world.room
+    answer = await world.make("join", room.room_id, BOB, ver=["12"])
+    # Bob is banned after the template was handed out.
+    room.member(world.alice, "ban", BOB)
+    await ingest(world.storage, room.order[-1:])
+    event = world.sign(answer["event"])
+    error = await world.refused(world.send("join", event))
+    assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
+    assert not await stored(world.storage, event.event_id)
+    assert await membership_now(world.storage, room.room_id, BOB) == "ban"
+
+
+# make_leave and send_leave
+
+
+async def test_leave_through_the_handshake(world: World) -> None:
+    room = world.room
+    join, _ = await world.join(room)
+    answer = await world.make("leave", room.room_id, BOB)
+    assert answer["room_version"] == "12"
+    assert answer["event"]["content"] == {"membership": "leave"}
+    assert answer["event"]["prev_events"] == [join.event_id]
+    leave = world.sign(answer["event"])
+    assert await world.send("leave", leave) == {}
+    assert await membership_now(world.storage, room.room_id, BOB) == "leave"
+    assert [e.event_id for e, _ in world.heard.events] == [join.event_id, leave.event_id]
+
+
+async def test_make_leave_for_a_user_not_in_the_room_is_refused(world: World) -> None:
+    error = await world.refused(world.make("leave", world.room.room_id, CAROL))
+    assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
+
+
+async def test_send_leave_retries_after_the_partial_state_is_cleared(world: World) -> None:
+    """The write races the end of the room's partial state and loses once."""
+    storage = world.storage
+    room = world.new_room()
+    room.public()
+    await ingest(storage, room.order)
+    bob_join = room.member(BOB, "join")
+    await ingest(storage, [bob_join])
+    # The room becomes partial, and a message arrives with partial state.
+    await storage.store_partial_join(room.room_id, "12", bob_join.event_id, "b.test", ["b.test"])
+    message = room.message(world.alice, "partial")
+    context = await compute_event_context(
+        message, storage, storage, state_ids_before=room.state, partial_state=True
+    )
+    await storage.persist_events([event_to_persist(message, context)])
+    leave = room.member(BOB, "leave")
+
+    racing = ClearsPartialStateFirst(storage, room.room_id, [message.event_id])
+    router = world.resident.app.router = Router()
+    add_membership_routes(
+        router,
+        server_name=world.name,
+        signing_key=world.resident.signing_key,
+        store=storage,
+        persister=racing,
+        keys=world.keys,
+        notifier=world.heard,
+    )
+    assert await world.send("leave", leave) == {}
+    assert racing.writes == 2
+    assert not await storage.is_partial_state_room(room.room_id)
+    assert await membership_now(storage, room.room_id, BOB) == "leave"
+    assert await storage.get_partial_state_event_ids([leave.event_id]) == frozenset()
+
+
+# Restricted rooms
+
+
+async def restricted_room(world: World, allow: list[dict[str, Any]]) -> SignedRoom:
+    room = world.new_room("10")
+    room.public()
+    room.state_event(world.alice, "m.room.join_rules", {"join_rule": "restricted", "allow": allow})
+    await ingest(world.storage, room.order)
+    return room
+
+
+async def test_restricted_join_is_vouched_for_by_a_local_user(world: World) -> None:
+    await world.join(world.room)  # bob is in the room the rule names
+    room = await restricted_room(
+        world, [{"type": "m.room_membership", "room_id": world.room.room_id}]
+    )
+    answer = await world.make("join", room.room_id, BOB, ver=["10"])
+    assert answer["event"]["content"] == {
+        "membership": "join",
+        "join_authorised_via_users_server": world.alice,
+    }
+    event = world.sign(answer["event"], "10")
+    response = await world.send("join", event)
+    assert world.name in response["event"]["signatures"]
+    assert await membership_now(world.storage, room.room_id, BOB) == "join"
+
+    # Carol is in no room the rule names.
+    error = await world.refused(world.make("join", room.room_id, CAROL, ver=["10"]))
+    assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
+
+
+async def test_restricted_join_through_rooms_unknown_here(world: World) -> None:
+    room = await restricted_room(
+        world, [{"type": "m.room_membership", "room_id": "!elsewhere:c.test"}]
+    )
+    error = await world.refused(world.make("join", room.room_id, BOB, ver=["10"]))
+    assert (error.status, error.errcode) == (400, "M_UNABLE_TO_AUTHORISE_JOIN")
+
+
+# invite
+
+
+def invite_of(world: World, *, target: str, room_version: str = "12") -> tuple[SignedRoom, Pdu]:
+    """A room of b.test's bob, and his invite of ``target``."""
+    room = SignedRoom(world.room.signing_keys, BOB, room_version)
+    room.public()
+    invite = room.member(BOB, "invite", target)
+    return room, invite
+
+
+async def put_invite(world: World, invite: Pdu, **body: Any) -> Any:
+    path = f"{V2}/invite/{seg(invite.room_id)}/{seg(invite.event_id)}"
+    content = {"room_version": invite.room_version.identifier, "event": invite.json} | body
+    return await world.peer.client.put_json(world.name, path, content)
+
+
+async def test_invite_of_a_local_user_is_countersigned_and_kept(world: World) -> None:
+    target = f"@dora:{world.name}"
+    room, invite = invite_of(world, target=target)
+    answer = await put_invite(world, invite, invite_room_state=[room.create.json])
+    signed = Pdu.from_json(msgspec.json.encode(answer["event"]), "12")
+    assert signed.event_id == invite.event_id
+    assert set(signed.signatures) == {"b.test", world.name}
+    verify_signed_json(redact(signed.json, "12"), world.name, world.resident.signing_key.verify_key)
+    row = await world.storage.get_event(invite.event_id)
+    assert row is not None
+    assert row.outlier
+
+
+async def test_invite_refusals(world: World) -> None:
+    target = f"@dora:{world.name}"
+    room, invite = invite_of(world, target=target)
+    not_ours = invite_of(world, target="@dora:c.test")[1]
+    error = await world.refused(put_invite(world, not_ours, invite_room_state=[room.create.json]))
+    assert (error.status, error.errcode) == (400, "M_INVALID_PARAM")
+    no_create = await world.refused(put_invite(world, invite, invite_room_state=[]))
+    assert (no_create.status, no_create.errcode) == (400, "M_INVALID_PARAM")
+    unsupported = await world.refused(
+        put_invite(world, invite, room_version="5", invite_room_state=[room.create.json])
+    )
+    assert (unsupported.status, unsupported.errcode) == (400, "M_INCOMPATIBLE_ROOM_VERSION")
+    forged = Pdu.from_json(dict(invite.json) | {"signatures": {}}, "12")
+    unsigned = await world.refused(put_invite(world, forged, invite_room_state=[room.create.json]))
+    assert (unsigned.status, unsigned.errcode) == (400, "M_INVALID_PARAM")
+    for event in (not_ours, invite):
+        assert not await stored(world.storage, event.event_id)
