@@ -1,0 +1,565 @@
+"""Ingestion of remote events into real storage.
+
+The remote server is a stand-in holding its copy of the room in memory and
+answering the three reads ingestion makes; keys come from a dict. Both are
+the parts of other servers a test cannot start; everything of ours is real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from _signed_rooms import SignedRoom, persist_directly
+
+from ranvier.core import compute_event_context
+from ranvier.core.context import event_to_persist
+from ranvier.core.ingest import EventVerifier, FederationIngester, IngestResult, RoomLocks
+from ranvier.core.interfaces import StateIdsAtEvent
+from ranvier.errors import InvalidSignatureError, MatrixError, PartialStateConflictError
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.hashing import hash_and_sign_event
+from ranvier.protocol.redaction import redact
+from ranvier.protocol.signing import SigningKey, VerifyKeyLike, generate_signing_key, key_id
+from ranvier.storage import EventToPersist, Storage
+
+OURS = "ours.test"
+REMOTE = "remote.test"
+THIRD = "third.test"
+EVIL = "evil.test"
+ALICE = f"@alice:{OURS}"
+BOB = f"@bob:{REMOTE}"
+CAROL = f"@carol:{THIRD}"
+MALLORY = f"@mallory:{EVIL}"
+
+
+class Keys:
+    """Servers' verify keys from a dict, as a key ring that has fetched them."""
+
+    def __init__(self, keys: Mapping[str, SigningKey]) -> None:
+        self.keys = {(server, key_id(key)): key.verify_key for server, key in keys.items()}
+
+    async def get_verify_key(
+        self, server_name: str, key_id: str, *, at_ts: int | None = None
+    ) -> VerifyKeyLike:
+        await trio.lowlevel.checkpoint()
+        key = self.keys.get((server_name, key_id))
+        if key is None:
+            raise InvalidSignatureError(f"{server_name} has no key {key_id}")
+        return key
+
+
+class StandInRemote:
+    """A remote server's copy of rooms, answering what ingestion asks."""
+
+    def __init__(self, *rooms: SignedRoom) -> None:
+        self.rooms = {room.room_id: room for room in rooms}
+        self.calls: list[tuple[str, str]] = []
+        #: When set, get_missing_events waits for it first.
+        self.hold_missing_events: trio.Event | None = None
+
+    def _event(self, event_id: str) -> Pdu:
+        for room in self.rooms.values():
+            if event_id in room.events:
+                return room.events[event_id]
+        raise MatrixError(f"no event {event_id}", errcode="M_NOT_FOUND", http_status=502)
+
+    async def get_missing_events(
+        self,
+        destination: str,
+        room_id: str,
+        *,
+        earliest_events: Sequence[str],
+        latest_events: Sequence[str],
+        limit: int,
+        min_depth: int = 0,
+    ) -> list[bytes]:
+        self.calls.append(("get_missing_events", destination))
+        if self.hold_missing_events is not None:
+            await self.hold_missing_events.wait()
+        room = self.rooms[room_id]
+        found: list[Pdu] = []
+        level = [prev for latest in latest_events for prev in room.events[latest].prev_event_ids]
+        seen = set(earliest_events)
+        while level and len(found) < limit:
+            following: list[str] = []
+            for event_id in level:
+                if event_id in seen or event_id not in room.events or len(found) >= limit:
+                    continue
+                seen.add(event_id)
+                found.append(room.events[event_id])
+                following.extend(room.events[event_id].prev_event_ids)
+            level = following
+        return [event.raw for event in sorted(found, key=lambda event: event.depth)]
+
+    async def get_state_ids(self, destination: str, room_id: str, event_id: str) -> StateIdsAtEvent:
+        await trio.lowlevel.checkpoint()
+        self.calls.append(("state_ids", event_id))
+        room = self.rooms[room_id]
+        if event_id not in room.events:
+            raise MatrixError(f"no event {event_id}", errcode="M_NOT_FOUND", http_status=502)
+        state = room.state_before(event_id)
+        chain: set[str] = set()
+        level = set(state.values())
+        while level:
+            level = {a for e in level for a in room.events[e].auth_event_ids} - chain
+            chain |= level
+        return StateIdsAtEvent(pdu_ids=tuple(sorted(state.values())), auth_chain_ids=tuple(chain))
+
+    async def get_event(self, destination: str, event_id: str) -> bytes:
+        await trio.lowlevel.checkpoint()
+        self.calls.append(("event", event_id))
+        return self._event(event_id).raw
+
+    def called(self, name: str) -> list[str]:
+        return [arg for call, arg in self.calls if call == name]
+
+
+class World:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.keys = {server: generate_signing_key("k1") for server in (OURS, REMOTE, THIRD, EVIL)}
+        self.room = SignedRoom(self.keys, ALICE)
+        self.room.public_room(BOB, CAROL)
+        self.remote = StandInRemote(self.room)
+        self.ingester = self.make_ingester(storage)
+
+    def make_ingester(self, persister: Any, **kw: Any) -> FederationIngester:
+        return FederationIngester(
+            store=self.storage,
+            persister=persister,
+            client=self.remote,
+            verifier=EventVerifier(Keys(self.keys)),
+            **kw,
+        )
+
+    async def stored(self, *events: Pdu) -> set[str]:
+        return set(await self.storage.get_events([event.event_id for event in events]))
+
+
+@pytest.fixture
+async def world(storage: Storage) -> World:
+    world = World(storage)
+    await persist_directly(storage, list(world.room.events.values()))
+    return world
+
+
+async def _receive(world: World, event: Pdu, origin: str = REMOTE) -> IngestResult:
+    return await world.ingester.on_receive_pdu(origin, event)
+
+
+# Signatures and hashes
+
+
+async def test_a_good_event_passes_and_a_tampered_one_is_redacted(world: World) -> None:
+    verifier = EventVerifier(Keys(world.keys))
+    message = world.room.message(BOB, "signed words")
+    tampered = Pdu.from_json(
+        message.json | {"content": {"body": "other words"}}, world.room.version
+    )
+    assert tampered.event_id == message.event_id  # the ID covers the redacted form only
+    good, redacted = await verifier.verify([message, tampered])
+    assert good is message
+    assert isinstance(redacted, Pdu)
+    assert redacted.event_id == message.event_id
+    assert redacted.content == {}
+    assert redacted.json == redact(message.json, world.room.version)
+
+
+async def test_bad_signatures_are_told_apart(world: World) -> None:
+    verifier = EventVerifier(Keys(world.keys))
+    forged = world.room.message(BOB, key=generate_signing_key("k1"))
+    unknown_key = world.room.message(BOB, key=generate_signing_key("k2"))
+    no_signature = Pdu.from_json(
+        world.room.message(BOB).json | {"signatures": {OURS: {}}}, world.room.version
+    )
+    # An extra signature with a key nobody knows is skipped.
+    extra = world.room.message(BOB)
+    extra_json = dict(extra.json)
+    extra_json["signatures"] = {REMOTE: dict(extra.signatures[REMOTE]) | {"ed25519:old": "A" * 86}}
+    with_extra = Pdu.from_json(extra_json, world.room.version)
+    results = await verifier.verify([forged, unknown_key, no_signature, with_extra])
+    assert isinstance(results[0], InvalidSignatureError)
+    assert "does not match" in results[0].message
+    assert isinstance(results[1], InvalidSignatureError)
+    assert "no key" in results[1].message
+    assert f"{REMOTE} has no key ed25519:k2" in results[1].message
+    assert isinstance(results[2], InvalidSignatureError)
+    assert f"not signed by {REMOTE}" in results[2].message
+    assert results[3] is with_extra
+
+
+async def test_a_restricted_join_needs_the_authorising_servers_signature(
+    world: World,
+) -> None:
+    verifier = EventVerifier(Keys(world.keys))
+    dave = f"@dave:{REMOTE}"
+    content = {"membership": "join", "join_authorised_via_users_server": ALICE}
+    join = world.room.send("m.room.member", dave, content, state_key=dave)
+    (refused,) = await verifier.verify([join])
+    assert isinstance(refused, InvalidSignatureError)
+    assert f"not signed by {OURS}" in refused.message
+    # Signed by the authorising server as well, it passes.
+    cosigned = hash_and_sign_event(join.json, world.room.version, OURS, world.keys[OURS])
+    (accepted,) = await verifier.verify([Pdu.from_json(cosigned, world.room.version)])
+    assert isinstance(accepted, Pdu)
+
+
+async def test_nothing_of_a_badly_signed_event_is_written(world: World) -> None:
+    forged = world.room.message(BOB, key=generate_signing_key("k1"))
+    with pytest.raises(InvalidSignatureError):
+        await _receive(world, forged)
+    assert await world.stored(forged) == set()
+
+
+# Pushed events
+
+
+async def test_a_pushed_event_is_written_and_a_repeat_changes_nothing(world: World) -> None:
+    message = world.room.message(BOB)
+    result = await _receive(world, message)
+    assert not result.already_known
+    assert result.error is None
+    assert await world.storage.get_forward_extremities(world.room.room_id) == {message.event_id}
+    again = await _receive(world, message)
+    assert again.already_known
+    assert world.remote.calls == []
+
+
+async def test_a_pdu_of_another_room_version_than_its_room_is_refused(world: World) -> None:
+    message = world.room.message(BOB)
+    as_v11 = Pdu.from_json(message.json, "11")
+    with pytest.raises(MatrixError, match="room version 11"):
+        await _receive(world, as_v11)
+    assert await world.stored(message) == set()
+
+
+async def test_servers_speak_for_a_room_only_from_inside_it(world: World) -> None:
+    world.room.keys[EVIL] = world.keys[EVIL]
+    before = world.room.last
+    intruder = world.room.message(MALLORY, auth=[world.room.create.event_id], prev=[before])
+    with pytest.raises(MatrixError, match=f"{EVIL} has no member") as refused:
+        await _receive(world, intruder, origin=EVIL)
+    assert refused.value.errcode == "M_FORBIDDEN"
+    # A member's event relayed by a server with no member is refused too...
+    relayed = world.room.message(CAROL, "relayed", prev=[before])
+    with pytest.raises(MatrixError, match=f"{EVIL} has no member"):
+        await _receive(world, relayed, origin=EVIL)
+    assert await world.stored(intruder, relayed) == set()
+    # ...and taken when a server with a member relays it.
+    assert (await _receive(world, relayed, origin=REMOTE)).error is None
+
+
+async def test_an_event_failing_auth_is_kept_rejected(world: World) -> None:
+    grab = world.room.power_levels(BOB, {BOB: 100})
+    result = await _receive(world, grab)
+    assert result.rejected_reason is not None
+    assert result.error is not None
+    assert result.error.errcode == "M_FORBIDDEN"
+    stored = await world.storage.get_event(grab.event_id)
+    assert stored is not None
+    assert stored.rejected_reason == result.rejected_reason
+    # Pushed again, it is known, and still rejected.
+    again = await _receive(world, grab)
+    assert again.already_known
+    assert again.rejected_reason == result.rejected_reason
+    assert again.error is not None
+
+
+async def test_auth_events_we_lack_are_fetched_before_the_event_is_checked(
+    world: World, storage: Storage
+) -> None:
+    # The remote has events we never saw: Dave's join and power levels
+    # giving him 50. Only his topic, which cites both, is pushed.
+    dave = f"@dave:{REMOTE}"
+    room = world.room
+    join = room.member(dave, "join")
+    power = room.power_levels(ALICE, {ALICE: 100, dave: 50})
+    topic = room.topic(dave, "dave's topic")
+    result = await _receive(world, topic)
+    assert result.error is None
+    assert sorted(world.remote.called("event")) == sorted([join.event_id, power.event_id])
+    stored = await storage.get_events([join.event_id, power.event_id, topic.event_id])
+    assert set(stored) == {join.event_id, power.event_id, topic.event_id}
+    assert all(row.rejected_reason is None for row in stored.values())
+    # Fetched as outliers, they joined the room's DAG when the gap was filled.
+    assert all(not row.outlier for row in stored.values())
+    current = await storage.get_current_state_ids(room.room_id)
+    assert current[("m.room.topic", "")] == topic.event_id
+
+
+async def test_an_outlier_citing_a_rejected_event_is_rejected(world: World) -> None:
+    room = world.room
+    eve = f"@eve:{REMOTE}"
+    # Bob's power grab is not allowed; Eve's topic cites the grab as its
+    # power levels. Neither is known here; the topic is pushed with a prev
+    # event we have.
+    grab = room.power_levels(BOB, {BOB: 100, eve: 100})
+    room.member(eve, "join", prev=[grab.event_id])
+    eve_join = room.events[room.last]
+    auth = [room.create.event_id, grab.event_id, eve_join.event_id]
+    topic = room.topic(eve, "taken over", auth=auth, prev=[eve_join.event_id])
+    result = await _receive(world, topic)
+    assert result.rejected_reason is not None
+    grab_row = await world.storage.get_event(grab.event_id)
+    assert grab_row is not None
+    assert grab_row.rejected_reason is not None
+    current = await world.storage.get_current_state_ids(room.room_id)
+    assert current.get(("m.room.topic", "")) != topic.event_id
+
+
+# Gaps
+
+
+async def test_a_gap_is_filled_with_get_missing_events(world: World) -> None:
+    missed = [world.room.message(BOB, f"missed {n}") for n in range(4)]
+    latest = world.room.message(CAROL, "latest")
+    result = await _receive(world, latest)
+    assert result.error is None
+    assert world.remote.called("get_missing_events") == [REMOTE]
+    assert world.remote.called("state_ids") == []
+    for event in missed:
+        assert await world.storage.get_event_state_groups(event.event_id) is not None
+    assert await world.storage.get_forward_extremities(world.room.room_id) == {latest.event_id}
+
+
+async def test_a_fork_with_a_gap_resolves_our_state_with_the_remote_one(world: World) -> None:
+    room = world.room
+    fork_point = room.last
+    dave = f"@dave:{REMOTE}"
+    # Our side: Alice sets the topic. Their side, unseen here: Dave joins,
+    # then a long run of messages.
+    ours = room.topic(ALICE, "ours", prev=[fork_point])
+    await persist_directly(world.storage, [ours])
+    dave_join = room.member(dave, "join", prev=[fork_point])
+    theirs = [room.message(BOB, f"m{n}") for n in range(14)]
+    merge = room.message(BOB, "merge", prev=[ours.event_id, theirs[-1].event_id])
+    result = await _receive(world, merge)
+    assert result.error is None
+    # Ten came with get_missing_events; the state at the rest of the gap
+    # came with /state_ids, its events as outliers.
+    assert world.remote.called("get_missing_events") == [REMOTE]
+    assert world.remote.called("state_ids") == [theirs[3].event_id]
+    for event in theirs[4:]:
+        assert await world.storage.get_event_state_groups(event.event_id) is not None
+    dave_row = await world.storage.get_event(dave_join.event_id)
+    assert dave_row is not None
+    assert dave_row.outlier
+    assert await world.storage.get_forward_extremities(room.room_id) == {merge.event_id}
+    # The state after the merge has both sides' changes.
+    current = await world.storage.get_current_state_ids(room.room_id)
+    assert current[("m.room.topic", "")] == ours.event_id
+    assert current[("m.room.member", dave)] == dave_join.event_id
+
+
+async def test_a_gap_the_origin_cannot_fill_is_an_error_with_nothing_written(
+    world: World,
+) -> None:
+    room = world.room
+    lost = room.message(BOB, "lost")
+    latest = room.message(BOB, "latest")
+    del world.remote.rooms[room.room_id].events[lost.event_id]  # the remote forgot it
+
+    with pytest.raises(MatrixError) as failed:
+        await _receive(world, latest)
+    assert failed.value.http_status == 502
+    assert await world.stored(latest, lost) == set()
+
+
+# Transactions' PDUs
+
+
+async def test_receive_pdus_gives_one_outcome_per_pdu(world: World) -> None:
+    room = world.room
+    first = room.message(BOB, "one")
+    second = room.message(BOB, "two")
+    other = SignedRoom(world.keys, BOB)
+    stray = other.message(BOB)  # a room we are not in
+    outcomes = await world.ingester.receive_pdus(
+        REMOTE, [first.raw, b"[1, 2]", stray.raw, second.raw, b"{not json"]
+    )
+    assert [outcome.event_id for outcome in outcomes] == [
+        first.event_id,
+        None,
+        stray.event_id,
+        second.event_id,
+        None,
+    ]
+    assert outcomes[0].error is None
+    assert outcomes[3].error is None
+    assert outcomes[2].error is not None
+    assert outcomes[2].error.errcode == "M_NOT_FOUND"
+    assert all(outcome.error is not None for outcome in (outcomes[1], outcomes[4]))
+    # In order within the room: the second never looked like a gap.
+    assert world.remote.calls == []
+
+
+async def test_rooms_of_a_transaction_are_handled_concurrently(
+    world: World, storage: Storage
+) -> None:
+    slow_room = world.room
+    fast_room = SignedRoom(world.keys, ALICE)
+    fast_room.public_room(BOB)
+    await persist_directly(storage, list(fast_room.events.values()))
+    slow_room.message(BOB, "missed")
+    slow = slow_room.message(BOB, "after a gap")
+    fast = fast_room.message(BOB, "no gap")
+    fast_written = trio.Event()
+
+    class Watching:
+        """Storage, with a signal once the fast room's event is written."""
+
+        async def persist_events(self, events: Sequence[EventToPersist], **kw: Any) -> Any:
+            written = await storage.persist_events(events, **kw)
+            if any(event.event_id == fast.event_id for event in events):
+                fast_written.set()
+            return written
+
+        async def store_room(self, room_id: str, room_version: str) -> None:
+            await storage.store_room(room_id, room_version)
+
+        async def store_state_group(self, room_id: str, prev: int | None, delta: Any) -> int:
+            return await storage.store_state_group(room_id, prev, delta)
+
+    world.remote.rooms[fast_room.room_id] = fast_room
+    # The slow room's gap is answered only once the fast room's event is
+    # written: handled one room after another, this would never finish.
+    world.remote.hold_missing_events = fast_written
+    ingester = world.make_ingester(Watching())
+    with trio.fail_after(10):
+        outcomes = await ingester.receive_pdus(REMOTE, [slow.raw, fast.raw])
+    assert [outcome.error for outcome in outcomes] == [None, None]
+    assert len(ingester.room_locks) == 0
+
+
+async def test_room_locks_order_one_room_and_free_themselves() -> None:
+    locks = RoomLocks()
+    order: list[str] = []
+
+    async def hold(room_id: str, name: str, wait: trio.Event | None = None) -> None:
+        async with locks.hold(room_id):
+            order.append(f"{name} in")
+            if wait is not None:
+                await wait.wait()
+            order.append(f"{name} out")
+
+    release = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold, "!a:x", "first", release)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(hold, "!a:x", "second")
+        nursery.start_soon(hold, "!b:x", "other room")
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["first in", "other room in", "other room out"]
+        assert len(locks) == 1
+        release.set()
+    assert order[3:] == ["first out", "second in", "second out"]
+    assert len(locks) == 0
+
+
+# Partial state
+
+
+async def _partial_room(world: World) -> Pdu:
+    """Mark the room partial, and write Bob's next message with partial state."""
+    room, storage = world.room, world.storage
+    await storage.store_partial_join(
+        room.room_id, room.version, room.last, joined_via=REMOTE, servers_in_room=[REMOTE]
+    )
+    message = room.message(BOB, "written with partial state")
+    context = await compute_event_context(
+        message,
+        storage,
+        storage,
+        state_ids_before=room.state_before(message.event_id),
+        partial_state=True,
+    )
+    await storage.persist_events([event_to_persist(message, context)])
+    assert await storage.get_partial_state_events(room.room_id) == [message.event_id]
+    return message
+
+
+class ClearsPartialStateFirst:
+    """Storage, with the room's partial state finished just before the
+    first write of ``event_id``: the race with the un-partial-state task,
+    made to happen.
+    """
+
+    def __init__(self, storage: Storage, room_id: str, event_id: str) -> None:
+        self.storage = storage
+        self.room_id = room_id
+        self.event_id = event_id
+        self.writes: list[bool] = []
+
+    async def persist_events(self, events: Sequence[EventToPersist], **kw: Any) -> Any:
+        mine = [event for event in events if event.event_id == self.event_id]
+        if mine:
+            assert mine[0].context is not None
+            self.writes.append(mine[0].context.partial_state)
+            if len(self.writes) == 1:
+                await self._finish_partial_state()
+        return await self.storage.persist_events(events, **kw)
+
+    async def _finish_partial_state(self) -> None:
+        for event_id in await self.storage.get_partial_state_events(self.room_id):
+            groups = await self.storage.get_event_state_groups(event_id)
+            assert groups is not None
+            await self.storage.update_state_for_partial_event(event_id, groups.before, None)
+        assert await self.storage.clear_partial_state(self.room_id)
+
+    async def store_room(self, room_id: str, room_version: str) -> None:
+        await self.storage.store_room(room_id, room_version)
+
+    async def store_state_group(self, room_id: str, prev: int | None, delta: Any) -> int:
+        return await self.storage.store_state_group(room_id, prev, delta)
+
+
+async def test_a_partial_state_conflict_recomputes_the_context_once(world: World) -> None:
+    await _partial_room(world)
+    event = world.room.message(BOB, "after the partial one")
+    persister = ClearsPartialStateFirst(world.storage, world.room.room_id, event.event_id)
+    ingester = world.make_ingester(persister)
+    result = await ingester.on_receive_pdu(REMOTE, event)
+    # Tried with partial state, refused, tried again with full state.
+    assert persister.writes == [True, False]
+    assert result.error is None
+    assert result.context is not None
+    assert not result.context.partial_state
+    assert not await world.storage.is_partial_state_room(world.room.room_id)
+    assert await world.storage.get_partial_state_events(world.room.room_id) == []
+    assert await world.storage.get_forward_extremities(world.room.room_id) == {event.event_id}
+
+
+async def test_a_second_conflict_is_an_error_for_that_event(world: World) -> None:
+    event = world.room.message(BOB)
+
+    class AlwaysConflicting(ClearsPartialStateFirst):
+        """Storage whose room keeps losing its partial state under the write."""
+
+        async def persist_events(self, events: Sequence[EventToPersist], **kw: Any) -> Any:
+            if any(e.event_id == self.event_id for e in events):
+                self.writes.append(True)
+                raise PartialStateConflictError()
+            return await self.storage.persist_events(events, **kw)
+
+    persister = AlwaysConflicting(world.storage, world.room.room_id, event.event_id)
+    with pytest.raises(MatrixError, match="changed under it twice"):
+        await world.make_ingester(persister).on_receive_pdu(REMOTE, event)
+    assert persister.writes == [True, True]
+    assert await world.stored(event) == set()
+
+
+async def test_pulled_events_are_retried_after_a_conflict_too(world: World) -> None:
+    await _partial_room(world)
+    pulled = world.room.message(BOB, "pulled")
+    pushed = world.room.message(BOB, "pushed")
+    persister = ClearsPartialStateFirst(world.storage, world.room.room_id, pulled.event_id)
+    ingester = world.make_ingester(persister)
+    result = await ingester.on_receive_pdu(REMOTE, pushed)
+    assert result.error is None
+    assert world.remote.called("get_missing_events") == [REMOTE]
+    assert persister.writes == [True, False]
+    assert await world.storage.get_event_state_groups(pulled.event_id) is not None
