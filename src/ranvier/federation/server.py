@@ -1,0 +1,355 @@
+"""Incoming transactions: ``PUT /_matrix/federation/v1/send/{txnId}``.
+
+A transaction carries up to 50 PDUs and 100 EDUs from one origin.
+:class:`TransactionHandler` answers it once every PDU in it has been
+written or definitively refused, so a 200 answer means "persisted": a PDU
+whose result carries no error is in storage, and never dropped afterwards.
+The answer lists a result per PDU; a PDU that fails fails alone.
+
+Invariants
+----------
+
+* **A repeat changes nothing.** A transaction sent again with the same ID
+  gets the first answer (:mod:`ranvier.federation.persistence`).
+* **One transaction per origin at a time.** The spec has a sender wait for
+  each answer; a sender that does not is served in turn. At most
+  ``max_waiting_per_origin`` of its transactions wait; more are refused
+  with 429 ``M_LIMIT_EXCEEDED`` and recorded nowhere, so a flood makes the
+  sender slow down and send again instead of growing our memory, and
+  nothing it sent is lost.
+* **Bounded work across origins.** At most ``max_concurrent_transactions``
+  transactions are handled at once, whatever the number of origins.
+* **PDUs of one room in order, rooms concurrently** (see
+  :mod:`ranvier.core.ingest`).
+* **EDUs never break a transaction.** They are read one by one; a broken
+  one, one of a type we do not handle, or one whose handler fails is
+  logged and skipped.
+
+The module also holds :class:`FederationEventFetcher`, the remote reads that
+handling a transaction may need (the events missing before a PDU, the state
+at a gap), over the federation HTTP client.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, TypeVar
+
+import msgspec
+import trio
+
+from ranvier.core.ingest import PduOutcome
+from ranvier.core.interfaces import StateIdsAtEvent
+from ranvier.errors import BadJsonError, LimitExceededError, MatrixError
+from ranvier.federation.persistence import ReceivedTransactions
+from ranvier.federation.transport.client import FederationError, FederationHttpClient
+from ranvier.federation.transport.server import Request, Router
+
+__all__ = [
+    "KNOWN_EDU_TYPES",
+    "MAX_EDUS_PER_TRANSACTION",
+    "MAX_PDUS_PER_TRANSACTION",
+    "EduHandler",
+    "FederationEventFetcher",
+    "IgnoreEdus",
+    "PduReceiver",
+    "TransactionHandler",
+    "add_transaction_routes",
+]
+
+_log: Final = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+MAX_PDUS_PER_TRANSACTION: Final = 50
+MAX_EDUS_PER_TRANSACTION: Final = 100
+
+#: The EDU types the spec defines; others are ignored.
+KNOWN_EDU_TYPES: Final = frozenset(
+    {
+        "m.typing",
+        "m.receipt",
+        "m.presence",
+        "m.device_list_update",
+        "m.signing_key_update",
+        "m.direct_to_device",
+    }
+)
+
+SEND_PATH: Final = "/_matrix/federation/v1/send/{txn_id}"
+
+
+class PduReceiver(Protocol):
+    """Where a transaction's PDUs go; :class:`ranvier.core.ingest.FederationIngester` is one."""
+
+    async def receive_pdus(self, origin: str, pdus: Sequence[bytes]) -> Sequence[PduOutcome]: ...
+
+
+class EduHandler(Protocol):
+    """Where EDUs of the types in :data:`KNOWN_EDU_TYPES` go."""
+
+    async def on_edu(self, origin: str, edu_type: str, content: Mapping[str, Any]) -> None: ...
+
+
+class IgnoreEdus:
+    """An :class:`EduHandler` for a server that handles no EDUs yet."""
+
+    async def on_edu(self, origin: str, edu_type: str, content: Mapping[str, Any]) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class _IncomingTransaction(msgspec.Struct):
+    """A ``/send`` body read leniently: PDUs and EDUs stay as bytes, so one
+    bad unit cannot make the whole body unreadable.
+    """
+
+    origin: str
+    origin_server_ts: int
+    pdus: list[msgspec.Raw] = []
+    edus: list[msgspec.Raw] = []
+
+
+class _Edu(msgspec.Struct):
+    edu_type: str
+    content: dict[str, Any]
+
+
+_decode_transaction = msgspec.json.Decoder(_IncomingTransaction).decode
+_decode_edu = msgspec.json.Decoder(_Edu).decode
+
+
+@dataclass(eq=False, slots=True)
+class _OriginQueue:
+    """The transactions of one origin: one handled, a few waiting."""
+
+    lock: trio.Lock
+    #: Transactions of the origin holding or waiting for the lock.
+    entered: int = 0
+
+
+class TransactionHandler:
+    """Handles ``PUT /send/{txnId}``; register it with :func:`add_transaction_routes`.
+
+    ``pdus`` takes each transaction's PDUs, ``edus`` its EDUs (by default
+    none are handled), ``transactions`` answers repeats.
+    """
+
+    def __init__(
+        self,
+        *,
+        pdus: PduReceiver,
+        transactions: ReceivedTransactions,
+        edus: EduHandler | None = None,
+        max_concurrent_transactions: int = 16,
+        max_waiting_per_origin: int = 4,
+        retry_after_ms: int = 1_000,
+    ) -> None:
+        if max_concurrent_transactions < 1 or max_waiting_per_origin < 0:
+            raise ValueError("the limits on transactions must be positive")
+        self._pdus = pdus
+        self._transactions = transactions
+        self._edus = edus if edus is not None else IgnoreEdus()
+        self._limiter = trio.CapacityLimiter(max_concurrent_transactions)
+        self._max_waiting = max_waiting_per_origin
+        self._retry_after_ms = retry_after_ms
+        self._origins: dict[str, _OriginQueue] = {}
+
+    def queued(self, origin: str) -> int:
+        """How many transactions of ``origin`` are being handled or waiting."""
+        queue = self._origins.get(origin)
+        return 0 if queue is None else queue.entered
+
+    async def on_send(self, request: Request) -> Mapping[str, Any]:
+        """The route's handler."""
+        origin = request.origin
+        if origin is None:
+            raise MatrixError(
+                "transactions must be signed", errcode="M_UNAUTHORIZED", http_status=401
+            )
+        transaction_id = request.path_params["txn_id"]
+        transaction = _read_transaction(request.body)
+        if transaction.origin != origin:
+            raise MatrixError(
+                f"the transaction says it is from {transaction.origin!r}, but {origin!r}"
+                " signed the request",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+        answer: Mapping[str, Any] = await self._transactions.run_once(
+            origin, transaction_id, lambda: self._in_turn(origin, transaction)
+        )
+        return answer
+
+    async def _in_turn(self, origin: str, transaction: _IncomingTransaction) -> dict[str, Any]:
+        queue = self._origins.get(origin)
+        if queue is None:
+            queue = self._origins[origin] = _OriginQueue(trio.Lock())
+        if queue.entered > self._max_waiting:
+            raise LimitExceededError(
+                f"{origin} has {queue.entered} transactions in progress here; send one at a time",
+                retry_after_ms=self._retry_after_ms,
+            )
+        queue.entered += 1
+        try:
+            async with queue.lock, self._limiter:
+                return await self._handle(origin, transaction)
+        finally:
+            queue.entered -= 1
+            if not queue.entered:
+                del self._origins[origin]
+
+    async def _handle(self, origin: str, transaction: _IncomingTransaction) -> dict[str, Any]:
+        outcomes: Sequence[PduOutcome] = ()
+
+        async def handle_pdus() -> None:
+            nonlocal outcomes
+            outcomes = await self._pdus.receive_pdus(
+                origin, [bytes(pdu) for pdu in transaction.pdus]
+            )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(handle_pdus)
+            nursery.start_soon(self._handle_edus, origin, transaction.edus)
+        results: dict[str, dict[str, str]] = {}
+        for outcome in outcomes:
+            if outcome.event_id is None:
+                continue
+            results[outcome.event_id] = (
+                {} if outcome.error is None else {"error": _describe(outcome.error)}
+            )
+        return {"pdus": results}
+
+    async def _handle_edus(self, origin: str, edus: Sequence[msgspec.Raw]) -> None:
+        for index, raw in enumerate(edus):
+            try:
+                edu = _decode_edu(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                _log.info("ignoring EDU %d from %s: %s", index, origin, exc)
+                continue
+            if edu.edu_type not in KNOWN_EDU_TYPES:
+                _log.debug("ignoring EDU of unknown type %r from %s", edu.edu_type, origin)
+                continue
+            try:
+                await self._edus.on_edu(origin, edu.edu_type, edu.content)
+            except Exception:
+                _log.exception("handling a %s EDU from %s failed", edu.edu_type, origin)
+
+
+def _read_transaction(body: bytes) -> _IncomingTransaction:
+    try:
+        transaction = _decode_transaction(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BadJsonError(f"invalid transaction: {exc}") from None
+    if len(transaction.pdus) > MAX_PDUS_PER_TRANSACTION:
+        raise BadJsonError(
+            f"a transaction holds at most {MAX_PDUS_PER_TRANSACTION} PDUs,"
+            f" this one {len(transaction.pdus)}"
+        )
+    if len(transaction.edus) > MAX_EDUS_PER_TRANSACTION:
+        raise BadJsonError(
+            f"a transaction holds at most {MAX_EDUS_PER_TRANSACTION} EDUs,"
+            f" this one {len(transaction.edus)}"
+        )
+    return transaction
+
+
+def _describe(error: MatrixError) -> str:
+    return f"{error.errcode}: {error.message}"
+
+
+def add_transaction_routes(router: Router, handler: TransactionHandler) -> None:
+    """Serve ``PUT /_matrix/federation/v1/send/{txnId}`` with ``handler``."""
+    router.add("PUT", SEND_PATH, handler.on_send)
+
+
+# --- Remote reads for ingestion -----------------------------------------------------
+
+
+class _EventsBody(msgspec.Struct):
+    events: list[msgspec.Raw]
+
+
+class _PdusBody(msgspec.Struct):
+    pdus: list[msgspec.Raw]
+
+
+class FederationEventFetcher:
+    """The reads of a remote room that ingestion makes
+    (:class:`ranvier.core.interfaces.FederationEventClient`), over ``client``.
+
+    Events are handed on as the bytes the remote sent. A failed request, or
+    an answer not shaped as the spec says, raises
+    :class:`~ranvier.errors.MatrixError` (status 502, the remote's fault).
+    """
+
+    def __init__(self, client: FederationHttpClient) -> None:
+        self._client = client
+
+    async def get_missing_events(
+        self,
+        destination: str,
+        room_id: str,
+        *,
+        earliest_events: Sequence[str],
+        latest_events: Sequence[str],
+        limit: int,
+        min_depth: int = 0,
+    ) -> list[bytes]:
+        body = {
+            "earliest_events": list(earliest_events),
+            "latest_events": list(latest_events),
+            "limit": limit,
+            "min_depth": min_depth,
+        }
+        path = f"/_matrix/federation/v1/get_missing_events/{_quote(room_id)}"
+        answer = await self._request(
+            destination, "POST", path, _EventsBody, content=body, query=None
+        )
+        return [bytes(event) for event in answer.events]
+
+    async def get_state_ids(self, destination: str, room_id: str, event_id: str) -> StateIdsAtEvent:
+        path = f"/_matrix/federation/v1/state_ids/{_quote(room_id)}"
+        return await self._request(
+            destination, "GET", path, StateIdsAtEvent, content=None, query={"event_id": event_id}
+        )
+
+    async def get_event(self, destination: str, event_id: str) -> bytes:
+        path = f"/_matrix/federation/v1/event/{_quote(event_id)}"
+        answer = await self._request(destination, "GET", path, _PdusBody, content=None, query=None)
+        if len(answer.pdus) != 1:
+            raise _remote_error(
+                destination, f"GET {path} answered with {len(answer.pdus)} events, not one"
+            )
+        return bytes(answer.pdus[0])
+
+    async def _request(
+        self,
+        destination: str,
+        method: str,
+        path: str,
+        shape: type[_T],
+        *,
+        content: Any,
+        query: Mapping[str, str] | None,
+    ) -> _T:
+        try:
+            response = await self._client.request(
+                method, destination, path, content=content, query=query
+            )
+        except FederationError as exc:
+            raise _remote_error(destination, str(exc)) from exc
+        try:
+            return msgspec.json.decode(response.body, type=shape)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise _remote_error(destination, f"{method} {path}: unusable answer: {exc}") from None
+
+
+def _quote(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+def _remote_error(destination: str, message: str) -> MatrixError:
+    text = message if message.startswith(f"{destination}:") else f"{destination}: {message}"
+    return MatrixError(text, errcode="M_UNKNOWN", http_status=502)
