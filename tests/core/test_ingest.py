@@ -185,10 +185,10 @@ async def test_bad_signatures_are_told_apart(world: World) -> None:
     assert isinstance(results[0], InvalidSignatureError)
     assert "does not match" in results[0].message
     assert isinstance(results[1], InvalidSignatureError)
-    assert "no key" in results[1].message
-    assert f"{REMOTE} has no key ed25519:k2" in results[1].message
+    assert "only with keys that cannot be trusted" in results[1].message
+    assert "ed25519:k2" in results[1].message
     assert isinstance(results[2], InvalidSignatureError)
-    assert f"not signed by {REMOTE}" in results[2].message
+    assert f"no signature from {REMOTE}" in results[2].message
     assert results[3] is with_extra
 
 
@@ -201,7 +201,7 @@ async def test_a_restricted_join_needs_the_authorising_servers_signature(
     join = world.room.send("m.room.member", dave, content, state_key=dave)
     (refused,) = await verifier.verify([join])
     assert isinstance(refused, InvalidSignatureError)
-    assert f"not signed by {OURS}" in refused.message
+    assert f"no signature from {OURS}" in refused.message
     # Signed by the authorising server as well, it passes.
     cosigned = hash_and_sign_event(join.json, world.room.version, OURS, world.keys[OURS])
     (accepted,) = await verifier.verify([Pdu.from_json(cosigned, world.room.version)])

@@ -48,13 +48,6 @@ filled) are :class:`~ranvier.errors.MatrixError` results for that event.
 Anything else, such as storage being unavailable, is raised: the caller
 then fails the whole transaction, so that the sender tries it again instead
 of being told that events it must resend were handled.
-
-Signature checks run on the event loop, a few events at a time with a
-checkpoint between. Measured on this two-core machine, checking a 50-PDU
-transaction costs 2.5 ms inline and the same or more through
-``trio.to_thread``; with the event loop busy at the same time, checks in a
-thread ran 3x slower and freed no CPU time, because only the libsodium call
-releases the GIL and the canonical encoding around it does not.
 """
 
 from __future__ import annotations
@@ -72,22 +65,20 @@ import trio
 from ranvier.errors import (
     AuthError,
     BadJsonError,
-    InvalidSignatureError,
     MatrixError,
     PartialStateConflictError,
     StorageUnavailableError,
 )
 from ranvier.protocol.auth import CREATE_KEY, StateKey, create_event_id_for_room
 from ranvier.protocol.events import Pdu
-from ranvier.protocol.hashing import compute_event_id, content_hash_matches
-from ranvier.protocol.redaction import redact
+from ranvier.protocol.hashing import compute_event_id
 from ranvier.protocol.room_versions import RoomVersion, get_room_version
-from ranvier.protocol.signing import ED25519, VerifyKeyLike, signature_key_ids, verify_signed_json
 from ranvier.storage.records import StoredEvent
 
 from .context import EventContext, compute_current_state_after, compute_event_context
 from .context import event_to_persist as _event_to_persist
 from .event_auth import AuthFailure, AuthPoint, check_against_auth_events, run_auth_checks
+from .event_signatures import check_event_signatures, redacted_if_hash_mismatch
 from .interfaces import (
     EventPersister,
     FederationEventClient,
@@ -108,8 +99,6 @@ __all__ = [
 _log: Final = logging.getLogger(__name__)
 
 _MEMBER: Final = "m.room.member"
-#: Signature checks done between two checkpoints: about a millisecond's work.
-_VERIFY_CHUNK: Final = 16
 #: Members of one server looked at per read when checking it is in a room.
 _MEMBER_BATCH: Final = 200
 
@@ -118,14 +107,10 @@ _MEMBER_BATCH: Final = 200
 
 
 class EventVerifier:
-    """Checks the signatures and content hashes of events from other servers.
-
-    An event must carry a valid signature from its sender's server and, for
-    a join to a restricted room, from the server of the user who authorised
-    it. Keys that cannot be found or are not valid at the event's
-    ``origin_server_ts`` are skipped, as the spec says; a server with no
-    usable key at all fails the check, and so does any signature made with a
-    key that is known and does not verify.
+    """Steps 2 and 3 of the checks on receipt, for a batch of events, as
+    :mod:`ranvier.core.event_signatures` defines them: the signatures an
+    event needs, checked over its redacted form with keys valid at its
+    ``origin_server_ts``; then its content hash.
     """
 
     def __init__(self, keys: VerifyKeySource) -> None:
@@ -135,75 +120,22 @@ class EventVerifier:
         """For each event: the event to go on with (its redacted copy when
         the content hash does not match), or why it is dropped.
         """
+        failures = await check_event_signatures(events, self._keys)
         results: list[Pdu | MatrixError] = []
-        for index, event in enumerate(events):
-            if index and index % _VERIFY_CHUNK == 0:
-                await trio.lowlevel.checkpoint()
-            try:
-                keys = await self._keys_for(event)
-                results.append(_check_signatures_and_hash(event, keys))
-            except StorageUnavailableError:
-                raise
-            except MatrixError as exc:
-                results.append(exc)
+        for event in events:
+            failure = failures.get(event.event_id)
+            if failure is not None:
+                results.append(failure)
+                continue
+            checked = redacted_if_hash_mismatch(event)
+            if checked is not event:
+                _log.info("%s: content hash does not match; kept redacted", event.event_id)
+            results.append(checked)
         return results
-
-    async def _keys_for(self, event: Pdu) -> dict[str, list[VerifyKeyLike]]:
-        at_ts = event.origin_server_ts if event.room_version.enforce_key_validity else 0
-        found: dict[str, list[VerifyKeyLike]] = {}
-        for server in _signing_servers(event):
-            key_ids = [
-                key_id
-                for key_id in signature_key_ids(event.json, server)
-                if key_id.partition(":")[0] == ED25519
-            ]
-            if not key_ids:
-                raise InvalidSignatureError(f"{event.event_id} is not signed by {server}")
-            usable: list[VerifyKeyLike] = []
-            problems: list[str] = []
-            for key_id in key_ids:
-                try:
-                    usable.append(await self._keys.get_verify_key(server, key_id, at_ts=at_ts))
-                except InvalidSignatureError as exc:
-                    problems.append(exc.message)
-            if not usable:
-                raise InvalidSignatureError(
-                    f"{event.event_id}: no key {server} signed it with can be used ("
-                    + "; ".join(problems)
-                    + ")"
-                )
-            found[server] = usable
-        return found
 
 
 def _domain(user_id: str) -> str:
     return user_id.partition(":")[2]
-
-
-def _signing_servers(event: Pdu) -> list[str]:
-    """The servers whose signatures the event must carry."""
-    servers = [_domain(event.sender)]
-    if (
-        event.room_version.restricted_join_rule
-        and event.type == _MEMBER
-        and event.membership == "join"
-    ):
-        authoriser = event.content.get("join_authorised_via_users_server")
-        if type(authoriser) is str and _domain(authoriser) not in servers:
-            servers.append(_domain(authoriser))
-    return servers
-
-
-def _check_signatures_and_hash(event: Pdu, keys: Mapping[str, Sequence[VerifyKeyLike]]) -> Pdu:
-    # Signatures cover the redacted event, so a redacted copy verifies too.
-    redacted = redact(event.json, event.room_version)
-    for server, server_keys in keys.items():
-        for key in server_keys:
-            verify_signed_json(redacted, server, key)
-    if content_hash_matches(event.json):
-        return event
-    _log.info("%s: content hash does not match; keeping its redacted copy", event.event_id)
-    return Pdu.from_json(redacted, event.room_version, check_limits=False)
 
 
 # --- Per-room ordering ------------------------------------------------------------
