@@ -175,14 +175,9 @@ def auth_state_keys(event: Pdu) -> tuple[StateKey, ...]:
     """
     if event.type == CREATE_KEY[0]:
         return ()
-    sender_key = (_MEMBER, event.sender)
     if event.room_version.room_id_from_create_event:
-        common: tuple[StateKey, ...] = (POWER_LEVELS_KEY, sender_key)
-    else:
-        common = (CREATE_KEY, POWER_LEVELS_KEY, sender_key)
-    if event.type != _MEMBER or event.state_key is None:
-        return common
-    return common + tuple(_membership_event_types(event, event.state_key))
+        return (POWER_LEVELS_KEY, *membership_auth_types(event))
+    return (CREATE_KEY, POWER_LEVELS_KEY, *membership_auth_types(event))
 
 
 def membership_auth_types(event: Pdu) -> list[StateKey]:
@@ -194,19 +189,11 @@ def membership_auth_types(event: Pdu) -> list[StateKey]:
     third-party invite and the authorising user's membership. Each comes
     once; :data:`JOIN_RULES_KEY` is that very object.
     """
-    if event.type == CREATE_KEY[0]:
-        return []
-    keys = [(_MEMBER, event.sender)]
-    if event.type == _MEMBER and event.state_key is not None:
-        keys += _membership_event_types(event, event.state_key)
-    return keys
-
-
-def _membership_event_types(event: Pdu, target: str) -> list[StateKey]:
-    # The selection's pairs for a membership event beyond the create, power
-    # levels and sender's membership events.
     sender = event.sender
-    keys: list[StateKey] = []
+    target = event.state_key
+    if event.type != _MEMBER or target is None:
+        return [] if event.type == CREATE_KEY[0] else [(_MEMBER, sender)]
+    keys: list[StateKey] = [(_MEMBER, sender)]
     if target != sender:
         keys.append((_MEMBER, target))
     membership = event.membership

@@ -192,14 +192,19 @@ class _Split:
             # No state at all: every key of the base is gone.
             split.dropped.extend(base)
             return split
+        base_get = base.get
+        gets = [delta.get for delta in deltas]
         for key in set().union(*deltas):
-            at_base = base.get(key)
-            ids = {delta.get(key, at_base) for delta in deltas}
-            if len(ids) > 1:
-                split.conflicted[key] = {event_id for event_id in ids if event_id is not None}
-                continue
-            (event_id,) = ids
-            if event_id is None:
+            at_base = base_get(key)
+            event_id = gets[0](key, at_base)
+            if any(get(key, at_base) != event_id for get in gets):
+                ids: set[str] = set()
+                for get in gets:
+                    other_id = get(key, at_base)
+                    if other_id is not None:
+                        ids.add(other_id)
+                split.conflicted[key] = ids
+            elif event_id is None:
                 if at_base is not None:
                     split.dropped.append(key)
             elif event_id != at_base:
@@ -721,17 +726,18 @@ class _Resolver:
     ) -> None:
         """Take each of ``keys`` from the usable events ``event`` cites, the last one citing it."""
         get = self.events.get
-        rejected = self.rejected
-        cited = [
-            auth_event
-            for auth_id in reversed(event.auth_event_ids)
-            if auth_id not in rejected and (auth_event := get(auth_id)) is not None
-        ]
-        for event_type, state_key in keys:
-            for auth_event in cited:
-                if auth_event.state_key == state_key and auth_event.type == event_type:
-                    auth_state[(event_type, state_key)] = auth_event
-                    break
+        for auth_id in reversed(event.auth_event_ids):
+            auth_event = get(auth_id)
+            if auth_event is None:
+                continue
+            for key in keys:
+                if (
+                    key[1] == auth_event.state_key
+                    and key[0] == auth_event.type
+                    and key not in auth_state
+                    and auth_id not in self.rejected
+                ):
+                    auth_state[key] = auth_event
 
     def _usable(self, key: StateKey) -> Pdu | None:
         """The event at ``key`` in the state being built, if it may authorise others."""
