@@ -26,7 +26,10 @@ with the garbage collector off (as ``timeit`` does):
 - *indexed*: both are handed the auth difference (and, from v12, the
   conflicted state subgraph) precomputed, as a storage index gives them in
   a server, and every event in a dict (Synapse fetches them from a store
-  that is that dict); only the resolution is timed;
+  that is that dict); ranvier also gets the states as storage's state
+  groups give them, the first fork's state and each state's changes
+  against it, and returns the resolved state as changes over that base;
+  only the resolution is timed;
 - *in memory*: both get every event in memory and compute the auth
   difference themselves.
 
@@ -52,7 +55,7 @@ from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import hash_and_sign_event
 from ranvier.protocol.room_versions import RoomVersion, StateResAlgorithm, get_room_version
 from ranvier.protocol.signing import SigningKey
-from ranvier.protocol.state_res import resolve_state
+from ranvier.protocol.state_res import ChangedState, resolve_state, resolve_state_delta
 
 ROOM_VERSIONS = ("10", "11", "12")
 MEMBERS = 10_000
@@ -327,12 +330,23 @@ def _measure(room: _Room, synapse: Any) -> dict[str, Any]:
         subgraph = conflicted_state_subgraph(conflicted, edges)
 
     def ranvier_indexed() -> Callable[[], Mapping[StateKey, str]]:
-        return lambda: resolve_state(
-            rv,
-            room.state_sets,
-            room.events,
-            auth_chain_difference=difference,
-            conflicted_subgraph=subgraph,
+        base = room.state_sets[0]
+        deltas: list[dict[StateKey, str | None]] = [
+            {key: event_id for key, event_id in state_set.items() if base.get(key) != event_id}
+            for state_set in room.state_sets
+        ]
+        for delta, state_set in zip(deltas, room.state_sets, strict=True):
+            delta.update(dict.fromkeys(base.keys() - state_set.keys()))
+        return lambda: ChangedState(
+            base,
+            resolve_state_delta(
+                rv,
+                base,
+                deltas,
+                room.events,
+                auth_chain_difference=difference,
+                conflicted_subgraph=subgraph,
+            ),
         )
 
     def ranvier_in_memory() -> Callable[[], Mapping[StateKey, str]]:
