@@ -22,9 +22,10 @@ to a server in the room (or a world-readable one), with each event it may
 not see replaced by its redacted form, which keeps the room's graph intact
 without its content.
 
-Left out for now: erased users' events (GDPR erasure) served redacted, and
-the per-key state reads that would spare reading a large room's whole
-state for each question (storage offers only whole-state reads).
+The ACL and history visibility are read at their keys alone. Whether a
+server has a member in a state reads that whole state (storage has no read
+of one server's members), once per request and state. Left out for now:
+erased users' events (GDPR erasure) served redacted.
 """
 
 from __future__ import annotations
@@ -163,6 +164,15 @@ class RoomAccess:
             state = self._current[room_id] = await self._store.get_current_state_ids(room_id)
         return state
 
+    async def _current_at(self, room_id: str, key: StateKey) -> Mapping[StateKey, str]:
+        """The room's current state at ``key``: from the whole state if it was
+        read already, else read at that key alone.
+        """
+        state = self._current.get(room_id)
+        if state is None:
+            state = await self._store.get_current_state_ids_for_keys(room_id, [key])
+        return state
+
     async def state_group(self, group: int) -> Mapping[StateKey, str]:
         state = self._groups.get(group)
         if state is None:
@@ -184,7 +194,7 @@ class RoomAccess:
 
     async def check_server_acl(self, room_id: str, server_name: str) -> None:
         """Raise 403 ``M_FORBIDDEN`` if the room's server ACL denies ``server_name``."""
-        acl_id = (await self.current_state(room_id)).get(SERVER_ACL_KEY)
+        acl_id = (await self._current_at(room_id, SERVER_ACL_KEY)).get(SERVER_ACL_KEY)
         if acl_id is None:
             return
         content = (await self.contents([acl_id]))[acl_id]
@@ -223,7 +233,8 @@ class RoomAccess:
 
     async def world_readable(self, room_id: str) -> bool:
         """Whether the room's history is world-readable now."""
-        return await self.visibility(await self.current_state(room_id)) == "world_readable"
+        state = await self._current_at(room_id, HISTORY_VISIBILITY_KEY)
+        return await self.visibility(state) == "world_readable"
 
     async def can_see_event(self, event: StoredEvent, server_name: str) -> bool:
         """Whether ``server_name`` may see ``event`` (see the module's rules).
@@ -234,7 +245,12 @@ class RoomAccess:
         groups = await self._store.get_event_state_groups(event.event_id)
         if groups is None:
             return await self.server_in_room(event.room_id, server_name)
-        visibility = await self.visibility(await self.state_group(groups.before))
+        before = self._groups.get(groups.before)
+        if before is None:
+            before = await self._store.get_state_ids_for_keys(
+                groups.before, [HISTORY_VISIBILITY_KEY]
+            )
+        visibility = await self.visibility(before)
         if visibility == "world_readable":
             return True
         if visibility == "shared" and await self.server_in_room(event.room_id, server_name):
