@@ -18,6 +18,7 @@ import msgspec
 import pytest
 import trio
 
+from ranvier.core import compute_event_context, event_to_persist
 from ranvier.federation.queries import MAX_BACKFILL_LIMIT, add_query_routes
 from ranvier.federation.transport.client import FederationRequestError
 from ranvier.protocol.events import Pdu
@@ -372,3 +373,28 @@ async def test_profile_of_a_local_user(world: World) -> None:
     assert (remote.status, remote.errcode) == (400, "M_INVALID_PARAM")
     missing = await world.refused(world.peer, "GET", path)
     assert (missing.status, missing.errcode) == (400, "M_MISSING_PARAM")
+
+
+async def test_state_at_an_event_with_partial_state_is_not_given(world: World) -> None:
+    storage = world.resident.storage
+    room = world.room
+    await storage.store_partial_join(
+        room.room_id, "12", world.bob_join.event_id, "b.test", ["b.test"]
+    )
+    message = room.message(world.alice, "while partial")
+    context = await compute_event_context(
+        message, storage, storage, state_ids_before=room.state, partial_state=True
+    )
+    await storage.persist_events([event_to_persist(message, context)])
+    error = await world.refused(
+        world.peer,
+        "GET",
+        f"{V1}/state_ids/{seg(room.room_id)}",
+        query={"event_id": message.event_id},
+    )
+    assert (error.status, error.errcode) == (404, "M_NOT_FOUND")
+    # The state at events from before is known whole.
+    body = await world.get(
+        world.peer, f"{V1}/state_ids/{seg(room.room_id)}", event_id=world.messages[0].event_id
+    )
+    assert world.bob_join.event_id in body["pdu_ids"]

@@ -168,9 +168,7 @@ class _Queries:
         groups = await self._store.get_event_state_groups(event_id)
         if groups is None or event.rejected_reason is not None:
             raise _not_found(f"the state at {event_id} is not known here")
-        if await self._store.is_partial_state_room(room_id) and event_id in set(
-            await self._store.get_partial_state_events(room_id)
-        ):
+        if await self._store.get_partial_state_event_ids([event_id]):
             raise _not_found(f"the state at {event_id} is not yet fully known here")
         return version, await access.state_group(groups.before)
 
