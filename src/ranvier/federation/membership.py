@@ -37,14 +37,12 @@ event's context is computed again and the write tried once more.
 
 from __future__ import annotations
 
-import contextlib
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
 import msgspec
-import trio
 
 from ranvier.core.builder import prepare_event
 from ranvier.core.context import (
@@ -56,6 +54,7 @@ from ranvier.core.context import (
 )
 from ranvier.core.event_auth import check_against_auth_events, run_auth_checks
 from ranvier.core.event_signatures import check_event_signatures, required_signers
+from ranvier.core.ingest import RoomLocks
 from ranvier.core.interfaces import EventNotifier, EventPersister, StateReader, VerifyKeySource
 from ranvier.core.loading import EventLoader
 from ranvier.errors import MatrixError, PartialStateConflictError
@@ -112,25 +111,6 @@ def _origin(request: Request) -> str:
     # Every route here is authenticated, so the app has set the origin.
     assert request.origin is not None
     return request.origin
-
-
-class _RoomLocks:
-    """A lock per room, kept only while some task holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[trio.Lock, list[int]]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, room_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.setdefault(room_id, (trio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._locks[room_id]
 
 
 class _InviteBody(msgspec.Struct):
@@ -552,8 +532,9 @@ def add_membership_routes(
     signature); ``keys`` gives other servers' keys (and ours) for their
     events' signatures; ``notifier`` hears of each join and leave written,
     to send it to the room's other servers. ``room_lock`` holds a room's
-    lock: pass the one the rest of the server writes the room's events
-    under (a lock per room of its own by default). ``clock`` gives
+    lock: pass the :class:`~ranvier.core.ingest.RoomLocks` the rest of the
+    server writes the room's events under (``room_locks.hold``); without
+    it, the routes have locks of their own. ``clock`` gives
     templates' ``origin_server_ts``.
     """
     handler = _Membership(
@@ -563,7 +544,7 @@ def add_membership_routes(
         persister=persister,
         keys=keys,
         notifier=notifier,
-        room_lock=room_lock if room_lock is not None else _RoomLocks().hold,
+        room_lock=room_lock if room_lock is not None else RoomLocks().hold,
         clock=clock,
     )
     v1, v2 = "/_matrix/federation/v1", "/_matrix/federation/v2"

@@ -1,0 +1,219 @@
+"""Whose signatures an event needs, and checking them with keys valid at
+the event's time, one event or a batch (checked in a worker thread)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+import trio
+
+from ranvier.core.event_signatures import (
+    THREAD_THRESHOLD,
+    check_event_signatures,
+    redacted_if_hash_mismatch,
+    required_signers,
+)
+from ranvier.errors import InvalidSignatureError
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.hashing import hash_and_sign_event
+from ranvier.protocol.signing import (
+    SigningKey,
+    VerifyKeyLike,
+    generate_signing_key,
+    key_id,
+)
+
+ROOM = "!room:a.test"
+A_KEY = generate_signing_key("a1")
+B_KEY = generate_signing_key("b1")
+TS = 1_700_000_000_000
+
+
+class Keys:
+    """Verify keys by server and key ID, each valid until a time; counts lookups."""
+
+    def __init__(self, keys: Mapping[tuple[str, SigningKey], int]) -> None:
+        self.keys = {
+            (server, key_id(key)): (key.verify_key, until) for (server, key), until in keys.items()
+        }
+        self.lookups = 0
+
+    async def get_verify_key(
+        self, server_name: str, key_id: str, *, at_ts: int | None = None
+    ) -> VerifyKeyLike:
+        await trio.lowlevel.checkpoint()
+        self.lookups += 1
+        found = self.keys.get((server_name, key_id))
+        if found is None:
+            raise InvalidSignatureError(f"{server_name} has no key {key_id}")
+        key, until = found
+        if at_ts is not None and at_ts > until:
+            raise InvalidSignatureError(f"{key_id} of {server_name} expired at {until}")
+        return key
+
+
+FOREVER = 2**53 - 1
+KEYS = {("a.test", A_KEY): FOREVER, ("b.test", B_KEY): FOREVER}
+
+
+def event(
+    sender: str = "@alice:a.test",
+    *,
+    version: str = "10",
+    ts: int = TS,
+    content: Mapping[str, Any] | None = None,
+    state_key: str | None = None,
+    event_type: str = "m.room.message",
+    signers: Mapping[str, SigningKey] | None = None,
+) -> Pdu:
+    fields: dict[str, Any] = {
+        "type": event_type,
+        "sender": sender,
+        "room_id": ROOM,
+        "content": dict(content or {"body": "hi"}),
+        "prev_events": ["$prev"],
+        "auth_events": [],
+        "depth": 5,
+        "origin_server_ts": ts,
+    }
+    if state_key is not None:
+        fields["state_key"] = state_key
+    signers = signers if signers is not None else {sender.partition(":")[2]: A_KEY}
+    signed = dict(fields)
+    for server, key in signers.items():
+        signed = hash_and_sign_event(signed, version, server, key)
+    if not signers:
+        signed = hash_and_sign_event(fields, version, "x", A_KEY) | {"signatures": {}}
+    return Pdu.from_json(signed, version)
+
+
+def restricted_join(version: str, signers: Mapping[str, SigningKey]) -> Pdu:
+    return event(
+        "@bob:b.test",
+        version=version,
+        event_type="m.room.member",
+        state_key="@bob:b.test",
+        content={"membership": "join", "join_authorised_via_users_server": "@alice:a.test"},
+        signers=signers,
+    )
+
+
+# Whose signatures.
+
+
+def test_the_senders_server_signs() -> None:
+    assert required_signers(event()) == ["a.test"]
+
+
+def test_a_restricted_join_needs_the_authorising_server_too() -> None:
+    assert required_signers(restricted_join("10", {"b.test": B_KEY})) == ["b.test", "a.test"]
+    # Before v8 the key means nothing.
+    assert required_signers(restricted_join("7", {"b.test": B_KEY})) == ["b.test"]
+    # A user vouching for their own server's user adds no one.
+    own = event(
+        "@bob:b.test",
+        event_type="m.room.member",
+        state_key="@bob:b.test",
+        content={"membership": "join", "join_authorised_via_users_server": "@carol:b.test"},
+        signers={"b.test": B_KEY},
+    )
+    assert required_signers(own) == ["b.test"]
+
+
+def test_a_third_party_invite_may_come_from_any_server() -> None:
+    invite = event(
+        "@alice:a.test",
+        event_type="m.room.member",
+        state_key="@dora:c.test",
+        content={"membership": "invite", "third_party_invite": {"signed": {"token": "t"}}},
+    )
+    assert required_signers(invite) == []
+
+
+# Checking them.
+
+
+async def test_a_signed_event_passes() -> None:
+    assert await check_event_signatures([event()], Keys(KEYS)) == {}
+
+
+async def test_a_bad_signature_fails() -> None:
+    good = event()
+    forged = Pdu.from_json(good.json | {"signatures": {"a.test": {"ed25519:a1": "A" * 86}}}, "10")
+    failures = await check_event_signatures([forged], Keys(KEYS))
+    assert set(failures) == {forged.event_id}
+    assert "does not match" in failures[forged.event_id].message
+
+
+async def test_a_missing_signature_fails() -> None:
+    unsigned = event(signers={})
+    failures = await check_event_signatures([unsigned], Keys(KEYS))
+    assert "no signature from a.test" in failures[unsigned.event_id].message
+
+
+async def test_keys_must_be_valid_at_the_events_time() -> None:
+    old, new = event(ts=TS), event(ts=TS + 10, content={"body": "later"})
+    keys = Keys({("a.test", A_KEY): TS + 5})
+    failures = await check_event_signatures([old, new], keys)
+    assert set(failures) == {new.event_id}
+    assert "cannot be trusted" in failures[new.event_id].message
+
+
+async def test_keys_that_cannot_be_had_are_skipped_but_one_must_verify() -> None:
+    other = generate_signing_key("gone")
+    signed = event()
+    # A second signature, with a key nobody can get: skipped.
+    both = Pdu.from_json(
+        signed.json
+        | {"signatures": {"a.test": signed.signatures["a.test"] | {"ed25519:gone": "A" * 86}}},
+        "10",
+    )
+    assert await check_event_signatures([both], Keys(KEYS)) == {}
+    only_unknown = event(signers={"a.test": other})
+    failures = await check_event_signatures([only_unknown], Keys(KEYS))
+    assert "cannot be trusted" in failures[only_unknown.event_id].message
+
+
+async def test_a_restricted_join_without_the_authorising_servers_signature() -> None:
+    keys = Keys(KEYS)
+    assert (
+        await check_event_signatures(
+            [restricted_join("10", {"b.test": B_KEY, "a.test": A_KEY})], keys
+        )
+        == {}
+    )
+    lone = restricted_join("10", {"b.test": B_KEY})
+    failures = await check_event_signatures([lone], keys)
+    assert "no signature from a.test" in failures[lone.event_id].message
+
+
+@pytest.mark.parametrize("count", [THREAD_THRESHOLD, THREAD_THRESHOLD * 20])
+async def test_a_batch_finds_its_bad_events_and_asks_for_each_key_once(count: int) -> None:
+    events = [event(content={"body": str(i)}, ts=TS + i) for i in range(count)]
+    bad = events[count // 2]
+    events[count // 2] = Pdu.from_json(
+        bad.json | {"signatures": {"a.test": {"ed25519:a1": "A" * 86}}}, "10"
+    )
+    keys = Keys(KEYS)
+    failures = await check_event_signatures(events, keys)
+    assert set(failures) == {bad.event_id}
+    assert keys.lookups == 1
+
+
+# Content hashes.
+
+
+def test_an_event_whose_hash_matches_is_kept_whole() -> None:
+    whole = event()
+    assert redacted_if_hash_mismatch(whole) is whole
+
+
+def test_an_event_whose_hash_does_not_match_is_kept_redacted() -> None:
+    whole = event(event_type="m.room.topic", state_key="", content={"topic": "true"})
+    altered = Pdu.from_json(whole.json | {"content": {"topic": "a lie"}}, "10")
+    kept = redacted_if_hash_mismatch(altered)
+    assert kept.event_id == whole.event_id
+    assert kept.content == {}
+    assert kept.signatures == whole.signatures
