@@ -75,7 +75,12 @@ from ranvier.protocol.hashing import compute_event_id
 from ranvier.protocol.room_versions import RoomVersion, get_room_version
 from ranvier.storage.records import StoredEvent
 
-from .context import EventContext, compute_current_state_after, compute_event_context
+from .context import (
+    EventContext,
+    UnknownPrevStateError,
+    compute_current_state_after,
+    compute_event_context,
+)
 from .context import event_to_persist as _event_to_persist
 from .event_auth import AuthFailure, AuthPoint, check_against_auth_events, run_auth_checks
 from .event_signatures import check_event_signatures, redacted_if_hash_mismatch
@@ -263,8 +268,9 @@ class FederationIngester:
         """
         outcomes: list[PduOutcome | None] = [None] * len(pdus)
         parsed: list[tuple[int, Pdu]] = []
+        versions: dict[str, str | None] = {}
         for index, raw in enumerate(pdus):
-            event_id, event = await self._parse(raw)
+            event_id, event = await self._parse(raw, versions)
             if isinstance(event, MatrixError):
                 outcomes[index] = PduOutcome(event_id, error=event)
             else:
@@ -330,13 +336,16 @@ class FederationIngester:
                 f" {event.room_version.identifier}, but {event.room_id} is of version {version}"
             )
 
-    async def _parse(self, raw: bytes) -> tuple[str | None, Pdu | MatrixError]:
+    async def _parse(
+        self, raw: bytes, versions: dict[str, str | None]
+    ) -> tuple[str | None, Pdu | MatrixError]:
         """The PDU as an event of its room's version, or why it is dropped.
 
-        The event ID is worked out even for an event that fails the format
-        checks, so the sender can be told which of its PDUs failed. For a
-        room not known here, the version is guessed from the room ID's
-        shape (a version 12 ID, or an older one).
+        ``versions`` caches room versions for one transaction. The event ID
+        is worked out even for an event that fails the format checks, so
+        the sender can be told which of its PDUs failed. For a room not
+        known here, the version is guessed from the room ID's shape (a
+        version 12 ID, or an older one).
         """
         try:
             obj = msgspec.json.decode(raw)
@@ -347,18 +356,26 @@ class FederationIngester:
         room_id = obj.get("room_id")
         if type(room_id) is not str:
             return None, BadJsonError("a PDU has no room_id")
-        version = await self._store.get_room_version(room_id)
-        rv = get_room_version(version if version is not None else _guess_version(room_id))
+        if room_id not in versions:
+            versions[room_id] = await self._store.get_room_version(room_id)
+        version = versions[room_id]
+        try:
+            rv = get_room_version(version if version is not None else _guess_version(room_id))
+        except MatrixError as exc:  # a room of a version no longer supported
+            return None, exc
+        error: MatrixError
+        if version is None:
+            error = _not_in_room(room_id)
+        else:
+            try:
+                return None, Pdu.from_json(raw, rv)
+            except MatrixError as exc:
+                error = exc
         try:
             event_id: str | None = compute_event_id(obj, rv)
         except MatrixError:
             event_id = None
-        if version is None:
-            return event_id, _not_in_room(room_id)
-        try:
-            return event_id, Pdu.from_json(raw, rv)
-        except MatrixError as exc:
-            return event_id, exc
+        return event_id, error
 
     async def _outcome(self, origin: str, event: Pdu) -> PduOutcome:
         try:
@@ -372,22 +389,23 @@ class FederationIngester:
         return PduOutcome(event.event_id, result=result, error=result.error)
 
     async def _handle_pushed(self, origin: str, event: Pdu) -> IngestResult:
-        known = await self._known_in_dag(event.event_id)
+        known, missing_auth = await self._first_look(event)
         if known is not None:
             return known
-        await self._fetch_auth_events(origin, event)
-        missing = await self._prevs_without_state(event)
-        if missing:
-            await self._fetch_missing_events(origin, event)
+        if missing_auth:
+            await self._fetch_outliers(origin, event.room_id, event.room_version, missing_auth)
         return await self._process(origin, event, pushed=True)
 
     async def _handle_pulled(self, origin: str, events: Sequence[Pdu]) -> list[PduOutcome]:
         outcomes = []
         for event in sorted(events, key=lambda pulled: pulled.depth):
             try:
-                result = await self._known_in_dag(event.event_id)
+                result, missing_auth = await self._first_look(event)
                 if result is None:
-                    await self._fetch_auth_events(origin, event)
+                    if missing_auth:
+                        await self._fetch_outliers(
+                            origin, event.room_id, event.room_version, missing_auth
+                        )
                     result = await self._process(origin, event, pushed=False)
             except StorageUnavailableError:
                 raise
@@ -398,34 +416,50 @@ class FederationIngester:
             outcomes.append(PduOutcome(event.event_id, result=result, error=result.error))
         return outcomes
 
-    async def _known_in_dag(self, event_id: str) -> IngestResult | None:
-        stored = (await self._store.get_events([event_id])).get(event_id)
-        if stored is None or stored.outlier:
-            return None
-        return IngestResult(
-            event_id,
-            rejected_reason=stored.rejected_reason,
-            soft_failed=stored.soft_failed,
-            already_known=True,
-        )
+    async def _first_look(self, event: Pdu) -> tuple[IngestResult | None, set[str]]:
+        """What is known of ``event`` here, in one read: the event itself
+        when it is in the room's DAG already, else the auth events it cites
+        that are not stored.
+        """
+        auth_ids = set(event.auth_event_ids)
+        if event.room_version.room_id_from_create_event and event.type != CREATE_KEY[0]:
+            auth_ids.add(create_event_id_for_room(event.room_id))
+        stored = await self._store.get_events([event.event_id, *auth_ids])
+        row = stored.get(event.event_id)
+        if row is not None and not row.outlier:
+            known = IngestResult(
+                event.event_id,
+                rejected_reason=row.rejected_reason,
+                soft_failed=row.soft_failed,
+                already_known=True,
+            )
+            return known, set()
+        return None, auth_ids.difference(stored)
 
-    async def _prevs_without_state(self, event: Pdu) -> list[str]:
-        missing = []
-        for prev_id in dict.fromkeys(event.prev_event_ids):
-            if await self._store.get_event_state_groups(prev_id) is None:
-                missing.append(prev_id)
-        return missing
+    async def _context(self, origin: str, event: Pdu, *, pushed: bool) -> EventContext:
+        """The event's context, its gaps filled first: for a pushed event,
+        the missing events are asked of the origin; if prev events are still
+        without state here, the state at them is.
+        """
+        state_before: dict[StateKey, str] | None = None
+        ask_for_missing = pushed
+        while True:
+            try:
+                return await compute_event_context(
+                    event, self._store, self._persister, state_ids_before=state_before
+                )
+            except UnknownPrevStateError as gap:
+                if ask_for_missing:
+                    ask_for_missing = False
+                    await self._fetch_missing_events(origin, event)
+                    continue
+                missing = sorted(gap.prev_event_ids)
+                state_before = await self._state_at_gap(origin, event, missing)
 
     async def _process(self, origin: str, event: Pdu, *, pushed: bool) -> IngestResult:
         """Context, auth checks, write: the part every event in the DAG goes through."""
-        missing = await self._prevs_without_state(event)
-        state_before = None
-        if missing:
-            state_before = await self._state_at_gap(origin, event, missing)
         for attempt in (1, 2):
-            context = await compute_event_context(
-                event, self._store, self._persister, state_ids_before=state_before
-            )
+            context = await self._context(origin, event, pushed=pushed and attempt == 1)
             outcome = await run_auth_checks(event, context, self._store)
             if pushed:
                 await self._check_origin_in_room(origin, event, outcome.context, outcome.failure)
@@ -578,12 +612,6 @@ class FederationIngester:
         if prev.state_key is not None and prev.rejected_reason is None:
             state[(prev.type, prev.state_key)] = prev_id
         return state
-
-    async def _fetch_auth_events(self, origin: str, event: Pdu) -> None:
-        wanted = set(event.auth_event_ids)
-        if event.room_version.room_id_from_create_event and event.type != CREATE_KEY[0]:
-            wanted.add(create_event_id_for_room(event.room_id))
-        await self._fetch_outliers(origin, event.room_id, event.room_version, wanted)
 
     async def _fetch_outliers(
         self, origin: str, room_id: str, room_version: RoomVersion, wanted: Collection[str]
