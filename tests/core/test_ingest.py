@@ -60,6 +60,8 @@ class StandInRemote:
         self.calls: list[tuple[str, str]] = []
         #: When set, get_missing_events waits for it first.
         self.hold_missing_events: trio.Event | None = None
+        #: Set once get_missing_events is asked.
+        self.asked_for_missing = trio.Event()
 
     def _event(self, event_id: str) -> Pdu:
         for room in self.rooms.values():
@@ -78,6 +80,7 @@ class StandInRemote:
         min_depth: int = 0,
     ) -> list[bytes]:
         self.calls.append(("get_missing_events", destination))
+        self.asked_for_missing.set()
         if self.hold_missing_events is not None:
             await self.hold_missing_events.wait()
         room = self.rooms[room_id]
@@ -433,6 +436,27 @@ async def test_rooms_of_a_transaction_are_handled_concurrently(
         outcomes = await ingester.receive_pdus(REMOTE, [slow.raw, fast.raw])
     assert [outcome.error for outcome in outcomes] == [None, None]
     assert len(ingester.room_locks) == 0
+
+
+async def test_a_cancelled_ingestion_leaves_the_room_free_and_can_run_again(
+    world: World,
+) -> None:
+    missed = world.room.message(BOB, "missed")
+    latest = world.room.message(BOB, "latest")
+    world.remote.hold_missing_events = trio.Event()  # never set: the remote hangs
+    with trio.move_on_after(5) as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_receive, world, latest)
+            await world.remote.asked_for_missing.wait()
+            nursery.cancel_scope.cancel()
+    assert not scope.cancelled_caught
+    assert len(world.ingester.room_locks) == 0
+    assert await world.stored(missed, latest) == set()
+    # Sent again, it goes through.
+    world.remote.hold_missing_events = None
+    result = await _receive(world, latest)
+    assert result.error is None
+    assert await world.stored(missed, latest) == {missed.event_id, latest.event_id}
 
 
 async def test_room_locks_order_one_room_and_free_themselves() -> None:

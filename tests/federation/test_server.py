@@ -9,7 +9,7 @@ ask it for; it sends transactions with the real federation client.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,10 @@ class RoomServer:
         self.remote = remote
         self.rooms: dict[str, SignedRoom] = {}
         self.requests: list[str] = []
+        #: Set once a get_missing_events request arrives.
+        self.asked_for_missing = trio.Event()
+        #: When set, get_missing_events is answered only once it is set.
+        self.hold: trio.Event | None = None
         router = remote.app.router
         router.add(
             "POST", "/_matrix/federation/v1/get_missing_events/{room_id}", self._missing_events
@@ -68,6 +72,9 @@ class RoomServer:
 
     async def _missing_events(self, request: Request) -> Mapping[str, Any]:
         self.requests.append("get_missing_events")
+        self.asked_for_missing.set()
+        if self.hold is not None:
+            await self.hold.wait()
         room = self.rooms[request.path_params["room_id"]]
         body = request.content
         earliest = set(body["earliest_events"])
@@ -169,7 +176,15 @@ class World:
 
 
 @pytest.fixture
-async def world(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[World]:
+def limits() -> dict[str, int]:
+    """The transaction handler's limits; a test parametrizes it to change them."""
+    return {}
+
+
+@pytest.fixture
+async def world(
+    tmp_path: Path, nursery: trio.Nursery, limits: dict[str, int]
+) -> AsyncIterator[World]:
     pki = Pki.create(tmp_path)
     zone = ZoneDns()
     for name in NAMES[:3]:
@@ -194,8 +209,9 @@ async def world(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[World]:
     handler = TransactionHandler(
         pdus=ingester,
         transactions=ReceivedTransactions(storage),
-        max_waiting_per_origin=2,
         retry_after_ms=200,
+        max_waiting_per_origin=limits.get("max_waiting_per_origin", 2),
+        max_concurrent_transactions=limits.get("max_concurrent_transactions", 16),
     )
     app = FederationApp(server_name=ours, key_lookup=ring)
     add_transaction_routes(app.router, handler)
@@ -516,6 +532,56 @@ async def test_an_event_pushed_by_a_server_with_no_member_is_refused(world: Worl
     assert await world.stored(message, relayed) == set()
     # The same event pushed by a server in the room is taken.
     assert await world.send([relayed]) == {relayed.event_id: {}}
+
+
+# Concurrency
+
+
+async def _wait_until(condition: Callable[[], bool]) -> None:
+    # What is awaited travels over real sockets: there is no event in this
+    # process to wait on, so it is looked at until it holds.
+    with trio.fail_after(5):
+        while not condition():  # noqa: ASYNC110
+            await trio.sleep(0.005)
+
+
+@pytest.mark.parametrize(
+    ("limits", "bounded"),
+    [({"max_concurrent_transactions": 1}, True), ({"max_concurrent_transactions": 2}, False)],
+)
+async def test_work_across_origins_is_bounded(world: World, bounded: bool) -> None:
+    other, other_client = await world.add_server("evil.test")
+    world.served.hold = trio.Event()
+    world.room.message(world.bob, "missed")
+    latest = world.room.message(world.bob, "latest")
+    done: list[str] = []
+
+    async def remote_sends() -> None:
+        await world.send([latest])
+        done.append("remote")
+
+    async def other_sends() -> None:
+        body = {"origin": other.server_name, "origin_server_ts": wall_clock_ms(), "pdus": []}
+        await other_client.put_json(world.ours, SEND + "o1", body)
+        done.append("other")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(remote_sends)
+        # The remote's transaction is under way, held by its gap.
+        await world.served.asked_for_missing.wait()
+        nursery.start_soon(other_sends)
+        if bounded:
+            # The other origin's transaction waits for a place...
+            await _wait_until(lambda: world.handler.queued(other.server_name) == 1)
+            assert done == []
+        else:
+            # ...or, with room for two, is answered meanwhile.
+            await _wait_until(lambda: done == ["other"])
+        world.served.hold.set()
+    assert sorted(done) == ["other", "remote"]
+    if bounded:
+        assert done == ["remote", "other"]
+    assert await world.stored(latest) == {latest.event_id}
 
 
 # A sender that does not wait
