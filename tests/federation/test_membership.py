@@ -19,9 +19,16 @@ import pytest
 import trio
 
 from ranvier.core import compute_event_context, event_to_persist
-from ranvier.federation.membership import add_membership_routes
-from ranvier.federation.transport.client import FederationRequestError
-from ranvier.federation.transport.server import Router
+from ranvier.core.creation import EventCreator
+from ranvier.core.joins import RemoteJoiner
+from ranvier.errors import MatrixError
+from ranvier.federation.membership import (
+    FederationInviter,
+    FederationJoinClient,
+    add_membership_routes,
+)
+from ranvier.federation.transport.client import FederationHttpClient, FederationRequestError
+from ranvier.federation.transport.server import Request, Router
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import hash_and_sign_event
 from ranvier.protocol.redaction import redact
@@ -39,7 +46,7 @@ from ._resident import (
     start_resident,
     zone_for,
 )
-from ._servers import Pki
+from ._servers import Pki, ZoneDns
 
 V1 = "/_matrix/federation/v1"
 V2 = "/_matrix/federation/v2"
@@ -105,6 +112,9 @@ class World:
     keys: Keys
     alice: str
     room: SignedRoom
+    pki: Pki
+    zone: ZoneDns
+    tmp_path: Path
 
     @property
     def name(self) -> str:
@@ -171,7 +181,7 @@ async def world(tmp_path: Path, nursery: trio.Nursery) -> World:
     room.public()
     room.message(alice, "welcome")
     await ingest(resident.storage, room.order)
-    return World(resident, peer, stranger, heard, keys, alice, room)
+    return World(resident, peer, stranger, heard, keys, alice, room, pki, zone, tmp_path)
 
 
 async def stored(storage: Storage, event_id: str) -> bool:
@@ -487,3 +497,135 @@ async def test_invite_refusals(world: World) -> None:
     assert (unsigned.status, unsigned.errcode) == (400, "M_INVALID_PARAM")
     for event in (not_ours, invite):
         assert not await stored(world.storage, event.event_id)
+
+
+# Two servers: an invite from one, then the join through it.
+
+
+async def test_invite_then_join_between_two_servers(world: World, nursery: trio.Nursery) -> None:
+    a = world.resident
+    b = await start_resident(nursery, world.tmp_path, world.pki, world.keys, host="b.test")
+    add_membership_routes(
+        b.app.router,
+        server_name=b.server_name,
+        signing_key=b.signing_key,
+        store=b.storage,
+        persister=b.storage,
+        keys=world.keys,
+    )
+    world.zone.addresses["b.test"] = ["127.0.0.1"]
+
+    async def client_of(server: Resident) -> FederationHttpClient:
+        http = FederationHttpClient(
+            server.server_name,
+            server.signing_key,
+            ssl_context=world.pki.client_context(),
+            dns=world.zone,
+        )
+        await nursery.start(http.run)
+        return http
+
+    a_http, b_http = await client_of(a), await client_of(b)
+    creator = EventCreator(
+        server_name=a.server_name,
+        signing_key=a.signing_key,
+        store=a.storage,
+        persister=a.storage,
+        remote_inviter=FederationInviter(a_http, store=a.storage, keys=world.keys),
+    )
+    room_id = await creator.create_room(world.alice, preset="private_chat", name="Invited")
+    dora = f"@dora:{b.server_name}"
+    invite_id = await creator.invite(world.alice, room_id, dora)
+
+    # b.test signed it and keeps it; a.test wrote it with both signatures.
+    kept = await b.storage.get_event(invite_id)
+    assert kept is not None
+    assert kept.outlier
+    written = await a.storage.get_event(invite_id)
+    assert written is not None
+    invite = Pdu.from_json(written.json, "12")
+    verify_signed_json(redact(invite.json, "12"), b.server_name, b.signing_key.verify_key)
+    assert await membership_now(a.storage, room_id, dora) == "invite"
+
+    joiner = RemoteJoiner(
+        server_name=b.server_name,
+        signing_key=b.signing_key,
+        client=FederationJoinClient(b_http),
+        keys=world.keys,
+        store=b.storage,
+        persister=b.storage,
+    )
+    joined = await joiner.join_remote_room(dora, room_id, [a.server_name])
+    assert joined.via == a.server_name
+    assert await membership_now(a.storage, room_id, dora) == "join"
+    assert await membership_now(b.storage, room_id, dora) == "join"
+    assert await b.storage.get_current_state_ids(room_id) == (
+        await a.storage.get_current_state_ids(room_id)
+    )
+
+
+async def test_an_invite_the_invitees_server_refuses(world: World, nursery: trio.Nursery) -> None:
+    a = world.resident
+    # b.test does not know a.test's key, so it refuses a.test's requests.
+    b = await start_resident(nursery, world.tmp_path, world.pki, Keys(), host="b.test")
+    add_membership_routes(
+        b.app.router,
+        server_name=b.server_name,
+        signing_key=b.signing_key,
+        store=b.storage,
+        persister=b.storage,
+        keys=b.keys,
+    )
+    world.zone.addresses["b.test"] = ["127.0.0.1"]
+    http = FederationHttpClient(
+        a.server_name, a.signing_key, ssl_context=world.pki.client_context(), dns=world.zone
+    )
+    await nursery.start(http.run)
+    creator = EventCreator(
+        server_name=a.server_name,
+        signing_key=a.signing_key,
+        store=a.storage,
+        persister=a.storage,
+        remote_inviter=FederationInviter(http, store=a.storage, keys=world.keys),
+    )
+    room_id = await creator.create_room(world.alice, preset="private_chat")
+    refused, unreachable = f"@erin:{b.server_name}", "@erin:nowhere.test"
+    with pytest.raises(MatrixError) as caught:
+        await creator.invite(world.alice, room_id, refused)
+    assert (caught.value.http_status, caught.value.errcode) == (401, "M_UNAUTHORIZED")
+    with pytest.raises(MatrixError) as caught:
+        await creator.invite(world.alice, room_id, unreachable)
+    assert caught.value.http_status == 502
+    for target in (refused, unreachable):
+        assert await membership_now(a.storage, room_id, target) is None
+
+
+async def test_an_invite_answered_without_the_invitees_signature(
+    world: World, nursery: trio.Nursery
+) -> None:
+    a = world.resident
+    b = await start_resident(nursery, world.tmp_path, world.pki, world.keys, host="b.test")
+
+    async def echo_unsigned(request: Request) -> Any:
+        return {"event": request.content["event"]}
+
+    b.app.router.add("PUT", f"{V2}/invite/{{room_id}}/{{event_id}}", echo_unsigned)
+    world.zone.addresses["b.test"] = ["127.0.0.1"]
+    http = FederationHttpClient(
+        a.server_name, a.signing_key, ssl_context=world.pki.client_context(), dns=world.zone
+    )
+    await nursery.start(http.run)
+    creator = EventCreator(
+        server_name=a.server_name,
+        signing_key=a.signing_key,
+        store=a.storage,
+        persister=a.storage,
+        remote_inviter=FederationInviter(http, store=a.storage, keys=world.keys),
+    )
+    room_id = await creator.create_room(world.alice, preset="private_chat")
+    target = f"@erin:{b.server_name}"
+    with pytest.raises(MatrixError) as caught:
+        await creator.invite(world.alice, room_id, target)
+    assert caught.value.http_status == 502
+    assert "no signature" in caught.value.message
+    assert await membership_now(a.storage, room_id, target) is None

@@ -32,7 +32,8 @@ event's context is computed again and the write tried once more.
 
 :class:`FederationJoinClient` is the other side: the joining server's
 ``make_join`` and ``send_join`` requests, for
-:class:`~ranvier.core.joins.RemoteJoiner`.
+:class:`~ranvier.core.joins.RemoteJoiner`; and :class:`FederationInviter`
+sends our users' invites to the invitees' servers.
 """
 
 from __future__ import annotations
@@ -75,12 +76,18 @@ from ranvier.protocol.room_versions import (
     RoomVersion,
     get_room_version,
 )
-from ranvier.protocol.signing import SigningKeyLike, sign_json
+from ranvier.protocol.signing import SigningKeyLike, sign_json, verify_signed_json
 from ranvier.storage.records import StateKey
 
 from .room_access import RoomAccess
 
-__all__ = ["FederationJoinClient", "RoomLock", "add_membership_routes"]
+__all__ = [
+    "INVITE_ROOM_STATE_KEYS",
+    "FederationInviter",
+    "FederationJoinClient",
+    "RoomLock",
+    "add_membership_routes",
+]
 
 _MEMBER: Final = "m.room.member"
 _AUTHORISER: Final = "join_authorised_via_users_server"
@@ -585,6 +592,97 @@ class FederationJoinClient:
         except FederationError as exc:
             raise _as_matrix_error(exc) from None
         return response.body
+
+
+#: The state an invitee's server is shown of the room, as the spec
+#: recommends for ``invite_room_state``, with the inviter's membership.
+INVITE_ROOM_STATE_KEYS: Final[tuple[StateKey, ...]] = (
+    CREATE_KEY,
+    JOIN_RULES_KEY,
+    ("m.room.name", ""),
+    ("m.room.avatar", ""),
+    ("m.room.topic", ""),
+    ("m.room.canonical_alias", ""),
+    ("m.room.encryption", ""),
+)
+
+
+class FederationInviter:
+    """Sends our users' invites of other servers' users to those servers
+    (``PUT /v2/invite``), for :class:`~ranvier.core.creation.EventCreator`:
+    a :class:`~ranvier.core.interfaces.RemoteInviter`.
+
+    The invitee's server is shown the room's current state at
+    :data:`INVITE_ROOM_STATE_KEYS` (whole events, as room version 12
+    requires) and must answer with the same event signed by it; that
+    signature is checked here with ``keys``. A refusal comes out as a
+    :class:`~ranvier.errors.MatrixError` with the server's errcode and
+    status, no usable answer as one with 502.
+    """
+
+    def __init__(
+        self, http: FederationHttpClient, *, store: StateReader, keys: VerifyKeySource
+    ) -> None:
+        self._http = http
+        self._store = store
+        self._keys = keys
+
+    async def send_invite(self, event: Pdu) -> Pdu:
+        if event.membership != "invite" or event.state_key is None:
+            raise _invalid(f"{event.event_id} is not an invite")
+        destination = _server_of(event.state_key)
+        keys = (*INVITE_ROOM_STATE_KEYS, (_MEMBER, event.sender))
+        state = await self._store.get_current_state_ids_for_keys(event.room_id, keys)
+        stored = await self._store.get_events(state.values())
+        # The request is signed as canonical JSON, so its events travel decoded.
+        body = {
+            "room_version": event.room_version.identifier,
+            "event": event.json,
+            "invite_room_state": [
+                msgspec.json.decode(stored[event_id].json)
+                for event_id in state.values()
+                if event_id in stored
+            ],
+        }
+        path = f"/_matrix/federation/v2/invite/{_segment(event.room_id)}/{_segment(event.event_id)}"
+        try:
+            response = await self._http.request("PUT", destination, path, content=body)
+        except FederationError as exc:
+            raise _as_matrix_error(exc) from None
+        return await self._countersigned(response.body, event, destination)
+
+    async def _countersigned(self, body: bytes, event: Pdu, destination: str) -> Pdu:
+        def bad(reason: str) -> MatrixError:
+            return MatrixError(
+                f"{destination} answered invite {event.event_id} with {reason}",
+                errcode="M_UNKNOWN",
+                http_status=502,
+            )
+
+        try:
+            answer = msgspec.json.decode(body, type=_InviteAnswer)
+            signed = Pdu.from_json(bytes(answer.event), event.room_version)
+        except (msgspec.DecodeError, msgspec.ValidationError, MatrixError):
+            raise bad("something that is not the signed event") from None
+        if signed.event_id != event.event_id:
+            raise bad(f"another event, {signed.event_id}")
+        theirs = sorted(signed.signatures.get(destination, {}))
+        redacted = redact(signed.json, signed.room_version)
+        for key_id in theirs:
+            try:
+                key = await self._keys.get_verify_key(
+                    destination, key_id, at_ts=signed.origin_server_ts
+                )
+                verify_signed_json(redacted, destination, key)
+            except MatrixError as exc:
+                raise bad(f"a signature that does not check out: {exc.message}") from None
+        if not theirs:
+            raise bad("no signature of its own")
+        return signed
+
+
+class _InviteAnswer(msgspec.Struct):
+    event: msgspec.Raw
 
 
 def _segment(value: str) -> str:
