@@ -176,13 +176,15 @@ class _Split:
     unconflicted with the base's event.
     """
 
-    __slots__ = ("base", "conflicted", "dropped", "unconflicted_changes")
+    __slots__ = ("base", "base_at", "conflicted", "dropped", "unconflicted_changes")
 
     def __init__(self, base: StateMap) -> None:
         self.base = base
         self.unconflicted_changes: dict[StateKey, str] = {}
         self.conflicted: dict[StateKey, set[str]] = {}
         self.dropped: list[StateKey] = []
+        # The base's events at the keys some set changes, where known.
+        self.base_at: dict[StateKey, str | None] = {}
 
     @classmethod
     def of_deltas(cls, base: StateMap, deltas: Sequence[StateDelta]) -> _Split:
@@ -191,11 +193,13 @@ class _Split:
         if not deltas:
             # No state at all: every key of the base is gone.
             split.dropped.extend(base)
+            split.base_at.update(base)
             return split
         base_get = base.get
+        base_at = split.base_at
         gets = [delta.get for delta in deltas]
         for key in set().union(*deltas):
-            at_base = base_get(key)
+            at_base = base_at[key] = base_get(key)
             event_id = gets[0](key, at_base)
             if any(get(key, at_base) != event_id for get in gets):
                 ids: set[str] = set()
@@ -492,7 +496,9 @@ def resolve_state_delta_steps(
         rejected,
         yield_every,
     )
-    return {key: event_id for key, event_id in changed.items() if event_id != base.get(key)}
+    # Every key it holds is one some set changes, or one the base lacks.
+    base_at = split.base_at.get
+    return {key: event_id for key, event_id in changed.items() if event_id != base_at(key)}
 
 
 class ChangedState(Mapping[StateKey, str]):
@@ -605,9 +611,12 @@ def _resolve_split(
         event_id = pending.pop()
         if event_id in graph:
             continue
-        cited = [a for a in replayed[event_id].auth_event_ids if a in replayed]
-        graph[event_id] = cited
-        pending.extend(a for a in cited if a not in graph)
+        cited = graph[event_id] = []
+        for auth_id in replayed[event_id].auth_event_ids:
+            if auth_id in replayed:
+                cited.append(auth_id)
+                if auth_id not in graph:
+                    pending.append(auth_id)
         resolver.work += 1
         if resolver.work >= resolver.yield_every:
             resolver.work = 0
