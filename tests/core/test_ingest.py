@@ -19,7 +19,12 @@ from ranvier.core import compute_event_context
 from ranvier.core.context import event_to_persist
 from ranvier.core.ingest import EventVerifier, FederationIngester, IngestResult, RoomLocks
 from ranvier.core.interfaces import StateIdsAtEvent
-from ranvier.errors import InvalidSignatureError, MatrixError, PartialStateConflictError
+from ranvier.errors import (
+    InvalidSignatureError,
+    MatrixError,
+    PartialStateConflictError,
+    StorageUnavailableError,
+)
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import hash_and_sign_event
 from ranvier.protocol.redaction import redact
@@ -398,6 +403,43 @@ async def test_receive_pdus_gives_one_outcome_per_pdu(world: World) -> None:
     assert all(outcome.error is not None for outcome in (outcomes[1], outcomes[4]))
     # In order within the room: the second never looked like a gap.
     assert world.remote.calls == []
+
+
+async def test_storage_being_down_fails_the_whole_transaction(world: World) -> None:
+    class Down:
+        async def persist_events(self, events: Sequence[EventToPersist], **kw: Any) -> Any:
+            await trio.lowlevel.checkpoint()
+            raise StorageUnavailableError("the storage actor is not running")
+
+        async def store_room(self, room_id: str, room_version: str) -> None:
+            raise StorageUnavailableError("the storage actor is not running")
+
+        async def store_state_group(self, room_id: str, prev: int | None, delta: Any) -> int:
+            raise StorageUnavailableError("the storage actor is not running")
+
+    message = world.room.message(BOB)
+    # Not a result for the PDU (the sender would drop it) but the
+    # transaction's failure, as itself, so the sender sends it again.
+    with pytest.raises(StorageUnavailableError):
+        await world.make_ingester(Down()).receive_pdus(REMOTE, [message.raw])
+
+
+async def test_an_event_failing_only_against_current_state_is_soft_failed(
+    world: World,
+) -> None:
+    room = world.room
+    before_ban = room.last
+    ban = room.member(ALICE, "ban", BOB)
+    await persist_directly(world.storage, [ban])
+    # Bob's message forks from before his ban.
+    late = room.message(BOB, "from before the ban", prev=[before_ban])
+    result = await _receive(world, late)
+    assert result.soft_failed
+    assert result.error is None
+    stored = await world.storage.get_event(late.event_id)
+    assert stored is not None
+    assert stored.soft_failed
+    assert await world.storage.get_forward_extremities(room.room_id) == {ban.event_id}
 
 
 async def test_rooms_of_a_transaction_are_handled_concurrently(

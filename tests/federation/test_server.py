@@ -350,6 +350,17 @@ async def test_a_bigger_gap_is_filled_with_the_state_at_it(world: World) -> None
         assert stored.outlier
 
 
+async def test_a_gap_the_origin_cannot_fill_fails_that_pdu(world: World) -> None:
+    world.room.message(world.bob, "missed")
+    latest = world.room.message(world.bob, "latest")
+    world.served.rooms.clear()  # the remote answers 500 to every read
+    results = await world.send([latest])
+    error = results[latest.event_id]["error"]
+    assert error.startswith("M_UNKNOWN")
+    assert "answered 500" in error
+    assert await world.stored(latest) == set()
+
+
 # Bad input: refused before anything is read
 
 

@@ -99,6 +99,7 @@ __all__ = [
     "IngestResult",
     "PduOutcome",
     "RoomLocks",
+    "sole_failure",
 ]
 
 _log: Final = logging.getLogger(__name__)
@@ -287,9 +288,12 @@ class FederationIngester:
             for index, event in events:
                 outcomes[index] = await self._outcome(origin, event)
 
-        async with trio.open_nursery() as nursery:
-            for events in by_room.values():
-                nursery.start_soon(handle_room, events)
+        try:
+            async with trio.open_nursery() as nursery:
+                for events in by_room.values():
+                    nursery.start_soon(handle_room, events)
+        except BaseExceptionGroup as group:
+            raise sole_failure(group) from None
         return [outcome for outcome in outcomes if outcome is not None]
 
     async def on_receive_pdu(self, origin: str, event: Pdu) -> IngestResult:
@@ -681,6 +685,22 @@ class FederationIngester:
             for event_id in event_ids:
                 nursery.start_soon(fetch, event_id)
         return {event_id: found[event_id] for event_id in event_ids if event_id in found}
+
+
+def sole_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """A nursery's failure as itself when it is one exception, so that, say,
+    storage being unavailable reaches a request handler as the
+    :class:`~ranvier.errors.MatrixError` it is; the group otherwise.
+    """
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else group
 
 
 def _not_in_room(room_id: str) -> MatrixError:

@@ -41,7 +41,7 @@ from typing import Any, Final, Protocol, TypeVar
 import msgspec
 import trio
 
-from ranvier.core.ingest import PduOutcome
+from ranvier.core.ingest import PduOutcome, sole_failure
 from ranvier.core.interfaces import StateIdsAtEvent
 from ranvier.errors import BadJsonError, LimitExceededError, MatrixError
 from ranvier.federation.persistence import ReceivedTransactions
@@ -209,9 +209,12 @@ class TransactionHandler:
                 origin, [bytes(pdu) for pdu in transaction.pdus]
             )
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(handle_pdus)
-            nursery.start_soon(self._handle_edus, origin, transaction.edus)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(handle_pdus)
+                nursery.start_soon(self._handle_edus, origin, transaction.edus)
+        except BaseExceptionGroup as group:
+            raise sole_failure(group) from None
         results: dict[str, dict[str, str]] = {}
         for outcome in outcomes:
             if outcome.event_id is None:
