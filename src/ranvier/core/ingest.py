@@ -80,8 +80,8 @@ from .context import (
     UnknownPrevStateError,
     compute_current_state_after,
     compute_event_context,
+    event_to_persist,
 )
-from .context import event_to_persist as _event_to_persist
 from .event_auth import AuthFailure, AuthPoint, check_against_auth_events, run_auth_checks
 from .event_signatures import check_event_signatures, redacted_if_hash_mismatch
 from .interfaces import (
@@ -472,7 +472,7 @@ class FederationIngester:
             )
             try:
                 await self._persister.persist_events(
-                    [_event_to_persist(event, outcome.context)],
+                    [event_to_persist(event, outcome.context)],
                     current_state_groups=None if current is None else {event.room_id: current},
                 )
             except PartialStateConflictError as exc:
@@ -656,7 +656,7 @@ class FederationIngester:
             if failure is not None:
                 loader.rejected.add(outlier.event_id)
                 context = context.as_rejected(failure.rule)
-            to_persist.append(_event_to_persist(outlier, context))
+            to_persist.append(event_to_persist(outlier, context))
         await self._persister.persist_events(to_persist)
 
     async def _fetch_events(
