@@ -20,11 +20,11 @@ import pytest
 import trio
 
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
+from ranvier.federation.client import FederationEventFetcher
 from ranvier.federation.keys import KeyRing
 from ranvier.federation.persistence import ReceivedTransactions
 from ranvier.federation.server import (
     MAX_PDUS_PER_TRANSACTION,
-    FederationEventFetcher,
     TransactionHandler,
     add_transaction_routes,
 )

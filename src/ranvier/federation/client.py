@@ -1,0 +1,114 @@
+"""Outgoing requests that read a remote server's copy of a room.
+
+:class:`FederationEventFetcher` makes the reads ingestion needs to fill a
+gap in our copy (the events missing before a PDU, the state at a gap, one
+event), over the homeserver's one
+:class:`~ranvier.federation.transport.client.FederationHttpClient`. It sits
+beside the transport client rather than with the ``/send`` handler, which
+only receives: core is handed it as its
+:class:`~ranvier.core.interfaces.FederationEventClient`.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+
+from ranvier.core.interfaces import StateIdsAtEvent
+from ranvier.errors import MatrixError
+from ranvier.federation.transport.client import FederationError, FederationHttpClient
+
+__all__ = ["FederationEventFetcher"]
+
+_T = TypeVar("_T")
+
+
+class _EventsBody(msgspec.Struct):
+    events: list[msgspec.Raw]
+
+
+class _PdusBody(msgspec.Struct):
+    pdus: list[msgspec.Raw]
+
+
+class FederationEventFetcher:
+    """The reads of a remote room that ingestion makes
+    (:class:`ranvier.core.interfaces.FederationEventClient`), over ``client``.
+
+    Events are handed on as the bytes the remote sent. A failed request, or
+    an answer not shaped as the spec says, raises
+    :class:`~ranvier.errors.MatrixError` (status 502, the remote's fault).
+    """
+
+    def __init__(self, client: FederationHttpClient) -> None:
+        self._client = client
+
+    async def get_missing_events(
+        self,
+        destination: str,
+        room_id: str,
+        *,
+        earliest_events: Sequence[str],
+        latest_events: Sequence[str],
+        limit: int,
+        min_depth: int = 0,
+    ) -> list[bytes]:
+        body = {
+            "earliest_events": list(earliest_events),
+            "latest_events": list(latest_events),
+            "limit": limit,
+            "min_depth": min_depth,
+        }
+        path = f"/_matrix/federation/v1/get_missing_events/{_quote(room_id)}"
+        answer = await self._request(
+            destination, "POST", path, _EventsBody, content=body, query=None
+        )
+        return [bytes(event) for event in answer.events]
+
+    async def get_state_ids(self, destination: str, room_id: str, event_id: str) -> StateIdsAtEvent:
+        path = f"/_matrix/federation/v1/state_ids/{_quote(room_id)}"
+        return await self._request(
+            destination, "GET", path, StateIdsAtEvent, content=None, query={"event_id": event_id}
+        )
+
+    async def get_event(self, destination: str, event_id: str) -> bytes:
+        path = f"/_matrix/federation/v1/event/{_quote(event_id)}"
+        answer = await self._request(destination, "GET", path, _PdusBody, content=None, query=None)
+        if len(answer.pdus) != 1:
+            raise _remote_error(
+                destination, f"GET {path} answered with {len(answer.pdus)} events, not one"
+            )
+        return bytes(answer.pdus[0])
+
+    async def _request(
+        self,
+        destination: str,
+        method: str,
+        path: str,
+        shape: type[_T],
+        *,
+        content: Any,
+        query: Mapping[str, str] | None,
+    ) -> _T:
+        try:
+            response = await self._client.request(
+                method, destination, path, content=content, query=query
+            )
+        except FederationError as exc:
+            raise _remote_error(destination, str(exc)) from exc
+        try:
+            return msgspec.json.decode(response.body, type=shape)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise _remote_error(destination, f"{method} {path}: unusable answer: {exc}") from None
+
+
+def _quote(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+def _remote_error(destination: str, message: str) -> MatrixError:
+    text = message if message.startswith(f"{destination}:") else f"{destination}: {message}"
+    return MatrixError(text, errcode="M_UNKNOWN", http_status=502)
