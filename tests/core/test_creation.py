@@ -15,6 +15,7 @@ from _rooms import DAVE, Room, ingest
 
 from ranvier.core import check_against_auth_events
 from ranvier.core.creation import EventCreator, NotInRoomError
+from ranvier.core.ingest import RoomLocks
 from ranvier.errors import AuthError, LimitExceededError, MatrixError, PartialStateConflictError
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import compute_room_id
@@ -710,6 +711,28 @@ async def test_one_room_waits_while_others_go_on(storage: Storage, heard: Heard)
     assert bodies[-2:] == ["first", "second"]
     # The second was built after the first was written: one chain.
     await _check_written(storage, heard.in_room(slow))
+
+
+async def test_local_events_wait_for_the_room_lock_the_server_shares(
+    storage: Storage, heard: Heard
+) -> None:
+    locks = RoomLocks()
+    creator = _creator(storage, heard, room_locks=locks)
+    room_id = await creator.create_room(ALICE)
+    sent: list[str] = []
+
+    async def send() -> None:
+        sent.append(await creator.send_event(ALICE, room_id, "m.room.message", {"body": "x"}))
+
+    with trio.fail_after(10):
+        # Held as ingestion holds it while writing a remote event.
+        async with trio.open_nursery() as nursery, locks.hold(room_id):
+            nursery.start_soon(send)
+            await trio.testing.wait_all_tasks_blocked()
+            assert sent == []
+            assert len(locks) == 1
+    assert len(sent) == 1
+    assert len(locks) == 0
 
 
 async def test_a_cancelled_send_that_began_writing_is_written_and_told(

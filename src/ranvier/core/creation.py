@@ -38,8 +38,7 @@ from __future__ import annotations
 import secrets
 import string
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, Final, Literal, get_args
 
 import trio
@@ -69,6 +68,7 @@ from .context import (
     event_to_persist,
 )
 from .event_auth import run_auth_checks
+from .ingest import RoomLocks
 from .interfaces import EventNotifier, EventPersister, RemoteInviter, StateReader
 
 __all__ = ["EventCreator", "NotInRoomError", "Preset"]
@@ -116,25 +116,6 @@ class NotInRoomError(MatrixError):
         self.room_id = room_id
 
 
-class _RoomLocks:
-    """A lock per room, kept only while some task holds or awaits it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[trio.Lock, list[int]]] = {}
-
-    @asynccontextmanager
-    async def hold(self, room_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.setdefault(room_id, (trio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._locks[room_id]
-
-
 class _SentTransactions:
     """The event each recent ``(sender, txn_id)`` produced.
 
@@ -163,7 +144,12 @@ class EventCreator:
     ``store`` and ``persister`` are storage as core sees it (the main
     process passes :class:`~ranvier.storage.Storage` for both). ``notifier``
     hears of every event written; ``remote_inviter`` sends invites of users
-    of other servers to their server. ``clock`` gives ``origin_server_ts``;
+    of other servers to their server. ``room_locks`` must be the locks the
+    rest of the server writes a room's events under (ingestion, the
+    membership routes, remote joins): a local event and a remote one
+    written at once would both take the same forward extremities as their
+    prev events, or move them under each other. ``clock`` gives
+    ``origin_server_ts``;
     ``conflict_retry_after_ms`` is what a client is told to wait after a
     second partial-state conflict; ``remembered_transactions`` bounds the
     memory of transaction IDs (see :meth:`send_event`).
@@ -178,6 +164,7 @@ class EventCreator:
         persister: EventPersister,
         notifier: EventNotifier | None = None,
         remote_inviter: RemoteInviter | None = None,
+        room_locks: RoomLocks | None = None,
         clock: Clock = wall_clock_ms,
         conflict_retry_after_ms: int = 500,
         remembered_transactions: int = 10_000,
@@ -190,7 +177,7 @@ class EventCreator:
         self._remote_inviter = remote_inviter
         self._clock = clock
         self._retry_after_ms = conflict_retry_after_ms
-        self._locks = _RoomLocks()
+        self._locks = room_locks if room_locks is not None else RoomLocks()
         self._transactions = _SentTransactions(remembered_transactions)
 
     # --- Rooms ----------------------------------------------------------------------
