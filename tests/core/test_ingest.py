@@ -629,3 +629,37 @@ async def test_pulled_events_are_retried_after_a_conflict_too(world: World) -> N
     assert world.remote.called("get_missing_events") == [REMOTE]
     assert persister.writes == [True, False]
     assert await world.storage.get_event_state_groups(pulled.event_id) is not None
+
+
+# Events that would start the room over
+
+
+async def test_a_second_create_event_for_a_known_room_is_refused(world: World) -> None:
+    room = world.room
+    state_before = await world.storage.get_current_state_ids(room.room_id)
+    extremities = await world.storage.get_forward_extremities(room.room_id)
+    content = {"room_version": room.version, "creator": ALICE, "again": True}
+    # Signed by the room's own server, so only this check stands in its way.
+    second = room.send("m.room.create", ALICE, content, state_key="", prev=[], auth=[])
+    assert second.event_id != room.create.event_id
+    with pytest.raises(MatrixError, match=r"already has its m\.room\.create") as refused:
+        await _receive(world, second, origin=OURS)
+    assert refused.value.errcode == "M_FORBIDDEN"
+    pulled = await world.ingester.on_pulled_events(OURS, [second])
+    assert [outcome.error.errcode for outcome in pulled if outcome.error] == ["M_FORBIDDEN"]
+    assert await world.stored(second) == set()
+    assert await world.storage.get_current_state_ids(room.room_id) == state_before
+    assert await world.storage.get_forward_extremities(room.room_id) == extremities
+    # The room's own create event, sent again, is known and changes nothing.
+    again = await _receive(world, room.create, origin=OURS)
+    assert again.already_known
+
+
+async def test_an_event_with_no_prev_events_is_refused(world: World) -> None:
+    room = world.room
+    orphan = room.message(BOB, "from nowhere", prev=[], auth=[room.create.event_id])
+    with pytest.raises(MatrixError, match="no prev_events") as refused:
+        await _receive(world, orphan)
+    assert refused.value.errcode == "M_BAD_JSON"
+    assert await world.stored(orphan) == set()
+    assert world.remote.calls == []

@@ -31,6 +31,10 @@ Invariants
   the state at them fetched with ``/state_ids`` (their state and auth chain
   stored as outliers), and the event gets the resolution of those states as
   its state before.
+* **A known room is never started over.** Only rooms known here are
+  ingested, so an ``m.room.create`` event other than the one stored, and
+  any event with no ``prev_events``, is refused before anything of it is
+  fetched or written.
 * **A server speaks for a room only from inside it.** A pushed event is
   refused, and nothing of it written, when the server that pushed it has no
   joined member in the state before the event. A server's own users' events
@@ -396,6 +400,7 @@ class FederationIngester:
         known, missing_auth = await self._first_look(event)
         if known is not None:
             return known
+        _check_extends_room(event)
         if missing_auth:
             await self._fetch_outliers(origin, event.room_id, event.room_version, missing_auth)
         return await self._process(origin, event, pushed=True)
@@ -406,6 +411,7 @@ class FederationIngester:
             try:
                 result, missing_auth = await self._first_look(event)
                 if result is None:
+                    _check_extends_room(event)
                     if missing_auth:
                         await self._fetch_outliers(
                             origin, event.room_id, event.room_version, missing_auth
@@ -701,6 +707,30 @@ def sole_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
         else:
             leaves.append(exc)
     return leaves[0] if len(leaves) == 1 else group
+
+
+def _check_extends_room(event: Pdu) -> None:
+    """Refuse an event that would start a room we know over instead of
+    following its history.
+
+    Only rooms known here are ingested, and such a room has its create
+    event already; a second one (possible before v12, where the room ID
+    does not name the create event) passes the auth rules on its own, and
+    written in the DAG it would reset the room's state. An event with no
+    prev events other than the create event is malformed in the same way.
+    """
+    if event.prev_event_ids:
+        return
+    if event.type == CREATE_KEY[0] and event.state_key == CREATE_KEY[1]:
+        raise MatrixError(
+            f"{event.room_id} already has its m.room.create event; {event.event_id} would"
+            " start the room over",
+            errcode="M_FORBIDDEN",
+            http_status=403,
+        )
+    raise BadJsonError(
+        f"{event.event_id} has no prev_events: only a room's m.room.create event may have none"
+    )
 
 
 def _not_in_room(room_id: str) -> MatrixError:
