@@ -1,0 +1,151 @@
+"""Which servers are in a room, and telling them of this server's events.
+
+Federation is a full mesh: the server that creates an event sends it to
+every other server with a joined member in the room, and servers pass on
+nothing they receive. :class:`RoomServers` answers "who is in the room"
+from the room's current state; :class:`RoomEventSender` is the
+:class:`~ranvier.core.interfaces.EventNotifier` that hands each new local
+event to the outgoing queues for those servers.
+
+Storage has no index of a room's members by server, so the answer is read
+from the room's whole current state. Member events rarely change, so their
+memberships are remembered by event ID: a room's second look reads the
+current state's IDs and only the member events that are new since.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, Protocol
+
+import msgspec
+
+from ranvier.protocol.events import Pdu
+
+from .interfaces import StateReader
+
+__all__ = ["PduSink", "RoomEventSender", "RoomServers"]
+
+_MEMBER: Final = "m.room.member"
+# Member events read per storage request.
+_BATCH: Final = 500
+
+
+class _Content(msgspec.Struct):
+    content: dict[str, Any] = {}
+
+
+_decode_content = msgspec.json.Decoder(_Content).decode
+
+
+def _server_of(user_id: str) -> str:
+    return user_id.partition(":")[2]
+
+
+class RoomServers:
+    """The servers with a joined member in a room, as its current state says.
+
+    ``rooms_remembered`` bounds how many rooms' member memberships are kept
+    between calls; the least recently asked room is forgotten first.
+    """
+
+    def __init__(self, store: StateReader, *, rooms_remembered: int = 1_000) -> None:
+        if rooms_remembered < 1:
+            raise ValueError("at least one room's members must be remembered")
+        self._store = store
+        self._capacity = rooms_remembered
+        # Per room: each member's state key to (its event ID, whether joined).
+        self._rooms: OrderedDict[str, dict[str, tuple[str, bool]]] = OrderedDict()
+
+    async def joined_servers(self, room_id: str) -> frozenset[str]:
+        """Every server with a user whose membership in the current state is ``join``."""
+        state = await self._store.get_current_state_ids(room_id)
+        known = self._rooms.get(room_id, {})
+        members: dict[str, tuple[str, bool]] = {}
+        unread: dict[str, str] = {}
+        for (event_type, state_key), event_id in state.items():
+            if event_type != _MEMBER:
+                continue
+            remembered = known.get(state_key)
+            if remembered is not None and remembered[0] == event_id:
+                members[state_key] = remembered
+            else:
+                unread[event_id] = state_key
+        pending = list(unread)
+        for start in range(0, len(pending), _BATCH):
+            rows = await self._store.get_events(pending[start : start + _BATCH])
+            for event_id in pending[start : start + _BATCH]:
+                row = rows.get(event_id)
+                joined = row is not None and _is_join(row.json)
+                members[unread[event_id]] = (event_id, joined)
+        # Replaced whole, never changed in place: a concurrent call for the
+        # same room works on its own copy, and every entry it leaves is a
+        # fact about an event ID, true whichever call stored it last.
+        self._rooms[room_id] = members
+        self._rooms.move_to_end(room_id)
+        while len(self._rooms) > self._capacity:
+            self._rooms.popitem(last=False)
+        return frozenset(_server_of(user) for user, (_, joined) in members.items() if joined)
+
+    def forget(self, room_id: str) -> None:
+        """Drop what is remembered of a room's members."""
+        self._rooms.pop(room_id, None)
+
+
+def _is_join(raw: bytes) -> bool:
+    try:
+        return _decode_content(raw).content.get("membership") == "join"
+    except msgspec.DecodeError:
+        return False
+
+
+class PduSink(Protocol):
+    """Takes a stored event for delivery to other servers without waiting
+    (:class:`ranvier.federation.sender.FederationSender` is one).
+    """
+
+    def send_pdu(
+        self,
+        pdu: bytes | Mapping[str, Any],
+        *,
+        event_id: str,
+        room_id: str,
+        stream_ordering: int,
+        destinations: Iterable[str],
+    ) -> None: ...
+
+
+class RoomEventSender:
+    """Hands each event this server writes to ``sink`` for the other
+    servers in its room: the :class:`~ranvier.core.interfaces.EventNotifier`
+    of :class:`~ranvier.core.creation.EventCreator` and of the membership
+    routes.
+
+    The destinations are the servers joined in the room's current state,
+    which already includes the event. A membership that takes a user of
+    another server out of the room (a kick, a ban, a leave through us) also
+    goes to that user's server, which the state after it no longer counts
+    as joined. An invite does not: the invitee's server signed it already.
+    """
+
+    def __init__(self, server_name: str, rooms: RoomServers, sink: PduSink) -> None:
+        self.server_name = server_name
+        self._rooms = rooms
+        self._sink = sink
+
+    async def on_new_event(self, event: Pdu, stream_ordering: int) -> None:
+        destinations = set(await self._rooms.joined_servers(event.room_id))
+        leaving = event.type == _MEMBER and event.membership in ("leave", "ban")
+        if leaving and event.state_key is not None:
+            destinations.add(_server_of(event.state_key))
+        destinations.discard(self.server_name)
+        if not destinations:
+            return
+        self._sink.send_pdu(
+            event.raw,
+            event_id=event.event_id,
+            room_id=event.room_id,
+            stream_ordering=stream_ordering,
+            destinations=sorted(destinations),
+        )

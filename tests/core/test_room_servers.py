@@ -1,0 +1,148 @@
+"""Which servers are in a room, read from real storage, and where a local
+event is sent.
+
+The room's events are signed by their senders' servers and written through
+core; the queue a local event is handed to is a list that keeps what it
+is given, standing in for the federation sender (which has tests of its
+own, and runs for real in tests/test_federation_e2e.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pytest
+from _recording import RecordingReader
+from _signed_rooms import SignedRoom, persist_directly
+
+from ranvier.core.room_servers import RoomEventSender, RoomServers
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.signing import generate_signing_key
+from ranvier.storage import Storage
+
+OURS = "ours.test"
+REMOTE = "remote.test"
+THIRD = "third.test"
+ALICE = f"@alice:{OURS}"
+BOB = f"@bob:{REMOTE}"
+CAROL = f"@carol:{THIRD}"
+DAN = f"@dan:{THIRD}"
+
+
+class Queued:
+    """Keeps each PDU handed over for delivery."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, list[str], bytes]] = []
+
+    def send_pdu(
+        self,
+        pdu: bytes | Mapping[str, Any],
+        *,
+        event_id: str,
+        room_id: str,
+        stream_ordering: int,
+        destinations: Iterable[str],
+    ) -> None:
+        assert isinstance(pdu, bytes)
+        self.calls.append((event_id, stream_ordering, list(destinations), pdu))
+
+
+@pytest.fixture
+async def room(storage: Storage) -> SignedRoom:
+    keys = {server: generate_signing_key("k1") for server in (OURS, REMOTE, THIRD)}
+    room = SignedRoom(keys, ALICE)
+    room.public_room(BOB, CAROL, DAN)
+    await persist_directly(storage, list(room.events.values()))
+    return room
+
+
+async def test_joined_servers_follow_the_current_state(storage: Storage, room: SignedRoom) -> None:
+    servers = RoomServers(storage)
+    assert await servers.joined_servers(room.room_id) == {OURS, REMOTE, THIRD}
+    # One of THIRD's two users leaving leaves THIRD in; both leaving takes it out.
+    await persist_directly(storage, [room.member(CAROL, "leave")])
+    assert await servers.joined_servers(room.room_id) == {OURS, REMOTE, THIRD}
+    await persist_directly(storage, [room.member(DAN, "leave")])
+    assert await servers.joined_servers(room.room_id) == {OURS, REMOTE}
+    # An invite is not a join.
+    await persist_directly(storage, [room.member(ALICE, "invite", CAROL)])
+    assert await servers.joined_servers(room.room_id) == {OURS, REMOTE}
+    assert await servers.joined_servers("!unknown:ours.test") == frozenset()
+
+
+async def test_only_new_member_events_are_read_again(storage: Storage, room: SignedRoom) -> None:
+    reader = RecordingReader(storage)
+    servers = RoomServers(reader)
+    await servers.joined_servers(room.room_id)
+    assert reader.entries({"get_events"}) == 4  # alice, bob, carol, dan
+    reader.clear()
+    await persist_directly(storage, [room.member(BOB, "leave")])
+    assert await servers.joined_servers(room.room_id) == {OURS, THIRD}
+    assert reader.entries({"get_events"}) == 1
+    # A room forgotten is read whole again.
+    servers.forget(room.room_id)
+    reader.clear()
+    assert await servers.joined_servers(room.room_id) == {OURS, THIRD}
+    assert reader.entries({"get_events"}) == 4
+
+
+async def test_rooms_remembered_are_bounded(storage: Storage, room: SignedRoom) -> None:
+    reader = RecordingReader(storage)
+    servers = RoomServers(reader, rooms_remembered=1)
+    other = SignedRoom(room.keys, ALICE)
+    other.public_room(BOB)
+    await persist_directly(storage, list(other.events.values()))
+    await servers.joined_servers(room.room_id)
+    await servers.joined_servers(other.room_id)
+    reader.clear()
+    # The first room was pushed out by the second, so it is read whole.
+    await servers.joined_servers(room.room_id)
+    assert reader.entries({"get_events"}) == 4
+    with pytest.raises(ValueError, match="at least one room"):
+        RoomServers(storage, rooms_remembered=0)
+
+
+async def _send_after_write(
+    storage: Storage, sender: RoomEventSender, event: Pdu, ordering: int = 7
+) -> None:
+    await persist_directly(storage, [event])
+    await sender.on_new_event(event, ordering)
+
+
+async def test_a_local_event_goes_to_every_other_joined_server(
+    storage: Storage, room: SignedRoom
+) -> None:
+    queued = Queued()
+    sender = RoomEventSender(OURS, RoomServers(storage), queued)
+    message = room.message(ALICE, "to all")
+    await _send_after_write(storage, sender, message, 42)
+    assert queued.calls == [(message.event_id, 42, [REMOTE, THIRD], message.raw)]
+
+
+async def test_a_kick_also_goes_to_the_kicked_users_server(
+    storage: Storage, room: SignedRoom
+) -> None:
+    queued = Queued()
+    sender = RoomEventSender(OURS, RoomServers(storage), queued)
+    await persist_directly(storage, [room.member(CAROL, "leave")])
+    kick = room.member(ALICE, "leave", DAN)
+    await _send_after_write(storage, sender, kick)
+    # THIRD has no one joined after the kick, and hears of it all the same.
+    assert [destinations for _, _, destinations, _ in queued.calls] == [[REMOTE, THIRD]]
+    # An invite of a user of another server is not sent there by this path.
+    invite = room.member(ALICE, "invite", CAROL)
+    await _send_after_write(storage, sender, invite)
+    assert queued.calls[-1][2] == [REMOTE]
+
+
+async def test_nothing_is_queued_when_no_other_server_is_in_the_room(storage: Storage) -> None:
+    keys = {OURS: generate_signing_key("k1")}
+    room = SignedRoom(keys, ALICE)
+    room.public_room()
+    await persist_directly(storage, list(room.events.values()))
+    queued = Queued()
+    sender = RoomEventSender(OURS, RoomServers(storage), queued)
+    await _send_after_write(storage, sender, room.message(ALICE))
+    assert queued.calls == []
