@@ -27,6 +27,7 @@ from ranvier.protocol.signing import VerifyKeyLike
 from ranvier.storage.records import (
     EventStateGroups,
     EventToPersist,
+    PartialStateRoom,
     StateDelta,
     StateKey,
     StoredEvent,
@@ -37,7 +38,10 @@ __all__ = [
     "EventPersister",
     "FederationEventClient",
     "JoinClient",
+    "PartialStateStore",
     "RemoteInviter",
+    "ResyncClient",
+    "RoomStateAtEvent",
     "StateIdsAtEvent",
     "StateReader",
     "VerifyKeySource",
@@ -245,4 +249,65 @@ class FederationEventClient(Protocol):
 
     async def get_event(self, destination: str, event_id: str) -> bytes:
         """One event, by its ID."""
+        ...
+
+
+# --- Finishing a room joined with partial state ------------------------------------
+
+
+class RoomStateAtEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A remote server's answer to ``/state``: the events of the state before
+    an event and of that state's auth chain, each as the bytes received.
+    """
+
+    pdus: tuple[bytes, ...]
+    auth_chain: tuple[bytes, ...]
+
+
+@runtime_checkable
+class ResyncClient(FederationEventClient, Protocol):
+    """The reads that complete a partial-state room from the servers in it:
+    the gap-filling reads, and ``/state`` for when most of a state is missing
+    here and one request beats thousands of ``/event``.
+    """
+
+    async def get_state(self, destination: str, room_id: str, event_id: str) -> RoomStateAtEvent:
+        """The events of the state before ``event_id`` and of its auth chain."""
+        ...
+
+
+@runtime_checkable
+class PartialStateStore(StateReader, EventPersister, Protocol):
+    """What the un-partial-state task reads and writes: which rooms and events
+    have partial state, and the writes that replace it with full state.
+    """
+
+    async def get_partial_state_rooms(self) -> Mapping[str, PartialStateRoom]:
+        """Every room that still has partial state, by room ID."""
+        ...
+
+    async def have_seen_events(self, event_ids: Collection[str]) -> Set[str]:
+        """Which of ``event_ids`` are stored, outliers included."""
+        ...
+
+    async def update_state_for_partial_event(
+        self,
+        event_id: str,
+        state_group_before: int,
+        state_group_after: int | None,
+        rejected_reason: str | None = None,
+    ) -> None:
+        """Give an event its full state and verdict, and drop its partial-state mark."""
+        ...
+
+    async def set_current_state(self, room_id: str, state_group: int) -> None:
+        """Make a group's state the room's current state."""
+        ...
+
+    async def clear_partial_state(self, room_id: str) -> bool:
+        """Forget the room's partial state; False if it had none.
+
+        Raises :class:`~ranvier.errors.PartialStateEventsRemainError` while
+        any of its events still has partial state.
+        """
         ...
