@@ -1,11 +1,15 @@
 """The homeserver: one object that owns every long-lived task, in one nursery.
 
 :class:`HomeServer` wires the real parts together (storage, the outgoing
-federation client, the key ring, the federation HTTP app and its listeners)
-and :meth:`HomeServer.run` runs them. :func:`open_homeserver` is the way to
+federation client and sender, the key ring, the handlers of local and
+remote events, the federation HTTP app and its listeners) and
+:meth:`HomeServer.run` runs them. :func:`open_homeserver` is the way to
 embed one in a Trio program: the server runs inside the ``async with``
 block and is gone, every socket closed and every task ended, when the block
-is left.
+is left. A program (and the client-server API) acts for local users with
+:meth:`~HomeServer.create_room`, :meth:`~HomeServer.send_event`,
+:meth:`~HomeServer.invite`, :meth:`~HomeServer.join_room` and
+:meth:`~HomeServer.leave_room`.
 
 Invariants
 ----------
@@ -19,11 +23,22 @@ Invariants
 * **Ordered start and stop.** Components start one after another in one
   place (:meth:`HomeServer._components`), each ready before the next, and
   stop in the reverse order, each gone before the one below it is told to
-  stop: the listeners first, so that no new request arrives, and storage
-  last, so that a request still being answered can write, and the storage
-  actor finishes the batch in hand. Each component runs in a cancel scope
+  stop: the listeners first, so that no new request arrives, then the
+  federation sender, before the client it sends with, and storage last,
+  so that a request still being answered can write, and the storage actor
+  finishes the batch in hand. Each component runs in a cancel scope
   of its own, shielded from cancellation of the server as a whole, and is
   cancelled by the server when its turn comes.
+* **One writer per room at a time.** Every path that writes a room's
+  events (local events, incoming transactions, the membership handshakes
+  answered here, joins through other servers) takes the room's lock from
+  the one :class:`~ranvier.core.ingest.RoomLocks` the server holds, so no
+  two of them compute an event's prev events or context from extremities
+  the other is about to move.
+* **Full mesh.** Each event written for a local user, and each join or
+  leave another server makes through this one, is handed to the federation
+  sender for every other server joined in the room once it is written;
+  events received from other servers are never sent on.
 * **Start failures come out plain.** A problem found while starting (a bad
   configuration, key file or certificate, a port in use, a database that
   cannot be opened) is raised by ``run`` and by :func:`open_homeserver` as
@@ -46,7 +61,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,13 +71,29 @@ import msgspec
 import trio
 
 from ranvier.config import Config, ListenerConfig
+from ranvier.core.creation import EventCreator, NotInRoomError, Preset
+from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
+from ranvier.core.joins import RemoteJoiner
+from ranvier.core.room_servers import RoomEventSender, RoomServers
+from ranvier.errors import MatrixError
+from ranvier.federation.client import FederationEventFetcher
 from ranvier.federation.keys import KeyRing
+from ranvier.federation.membership import (
+    FederationInviter,
+    FederationJoinClient,
+    add_membership_routes,
+)
+from ranvier.federation.persistence import ReceivedTransactions
+from ranvier.federation.queries import add_query_routes
+from ranvier.federation.sender import FederationSender
+from ranvier.federation.server import TransactionHandler, add_transaction_routes
 from ranvier.federation.transport.client import FederationHttpClient
 from ranvier.federation.transport.listener import HttpListener
 from ranvier.federation.transport.routes import add_key_server_route, add_version_route
 from ranvier.federation.transport.server import FederationApp, Router
 from ranvier.federation.transport.tls import ensure_certificate, server_ssl_context
 from ranvier.keyfile import load_or_create_signing_key
+from ranvier.protocol.room_versions import DEFAULT_ROOM_VERSION, RoomVersionLike
 from ranvier.protocol.signing import SigningKey
 from ranvier.storage import Storage
 
@@ -136,9 +167,17 @@ class HomeServer:
         self._storage: Storage | None = None
         self._federation_client: FederationHttpClient | None = None
         self._key_ring: KeyRing | None = None
+        self._room_locks = RoomLocks()
+        self._room_servers: RoomServers | None = None
+        self._federation_sender: FederationSender | None = None
+        self._ingester: FederationIngester | None = None
+        self._transaction_handler: TransactionHandler | None = None
+        self._event_creator: EventCreator | None = None
+        self._remote_joiner: RemoteJoiner | None = None
         self._federation_app: FederationApp | None = None
         self._listeners: list[tuple[ListenerConfig, HttpListener]] = []
         self._bound: tuple[BoundListener, ...] | None = None
+        self._notifier: RoomEventSender | None = None
 
     # The parts, once built.
 
@@ -166,6 +205,41 @@ class HomeServer:
         return _built(self._key_ring, "key_ring")
 
     @property
+    def room_locks(self) -> RoomLocks:
+        """The rooms' locks, shared by every path that writes a room's events."""
+        return self._room_locks
+
+    @property
+    def room_servers(self) -> RoomServers:
+        """Which servers are joined in each room, from its current state."""
+        return _built(self._room_servers, "room_servers")
+
+    @property
+    def federation_sender(self) -> FederationSender:
+        """The queues of PDUs and EDUs to other servers."""
+        return _built(self._federation_sender, "federation_sender")
+
+    @property
+    def ingester(self) -> FederationIngester:
+        """Takes other servers' events in: checked, gaps filled, authorised, written."""
+        return _built(self._ingester, "ingester")
+
+    @property
+    def transaction_handler(self) -> TransactionHandler:
+        """Answers ``PUT /send``: other servers' transactions."""
+        return _built(self._transaction_handler, "transaction_handler")
+
+    @property
+    def event_creator(self) -> EventCreator:
+        """Creates local users' events; the methods below act through it."""
+        return _built(self._event_creator, "event_creator")
+
+    @property
+    def remote_joiner(self) -> RemoteJoiner:
+        """Joins local users to rooms through servers that are in them."""
+        return _built(self._remote_joiner, "remote_joiner")
+
+    @property
     def federation_app(self) -> FederationApp:
         """The app every federation listener serves; its router holds the routes."""
         return _built(self._federation_app, "federation_app")
@@ -182,6 +256,87 @@ class HomeServer:
             if bound.config.type == "federation":
                 return bound.port
         raise RuntimeError("the configuration has no federation listener")
+
+    # Acting for local users.
+
+    async def create_room(
+        self,
+        creator: str,
+        *,
+        preset: Preset = "private_chat",
+        name: str | None = None,
+        topic: str | None = None,
+        invite: Iterable[str] = (),
+        initial_state: Iterable[Mapping[str, Any]] = (),
+        power_level_content_override: Mapping[str, Any] | None = None,
+        creation_content: Mapping[str, Any] | None = None,
+        room_version: RoomVersionLike = DEFAULT_ROOM_VERSION,
+    ) -> str:
+        """Create a room as ``/createRoom`` does; return its ID.
+
+        See :meth:`ranvier.core.creation.EventCreator.create_room`. Users of
+        other servers in ``invite`` are invited over federation.
+        """
+        return await self.event_creator.create_room(
+            creator,
+            preset=preset,
+            name=name,
+            topic=topic,
+            invite=invite,
+            initial_state=initial_state,
+            power_level_content_override=power_level_content_override,
+            creation_content=creation_content,
+            room_version=room_version,
+        )
+
+    async def send_event(
+        self,
+        sender: str,
+        room_id: str,
+        event_type: str,
+        content: Mapping[str, Any],
+        *,
+        state_key: str | None = None,
+        txn_id: str | None = None,
+    ) -> str:
+        """Send a message, or a state event when ``state_key`` is given; return its ID."""
+        return await self.event_creator.send_event(
+            sender, room_id, event_type, content, state_key=state_key, txn_id=txn_id
+        )
+
+    async def invite(
+        self, sender: str, room_id: str, target: str, *, reason: str | None = None
+    ) -> str:
+        """Invite ``target``, through its server if it is another's; return the invite's ID."""
+        return await self.event_creator.invite(sender, room_id, target, reason=reason)
+
+    async def join_room(self, user: str, room_id: str, servers: Sequence[str] = ()) -> str:
+        """Join ``user`` to ``room_id``; return the join's event ID.
+
+        In a room this server is in, the join is made here. Otherwise it
+        goes through the first of ``servers`` that can take it (make_join
+        and send_join, with the room's full state), then the server the
+        room ID names, if it names one. Only room IDs are taken: aliases
+        are not resolved yet.
+        """
+        if type(room_id) is not str or not room_id.startswith("!"):
+            raise MatrixError(
+                f"{room_id!r} is not a room ID", errcode="M_INVALID_PARAM", http_status=400
+            )
+        try:
+            return await self.event_creator.join(user, room_id)
+        except NotInRoomError:
+            pass
+        candidates = list(dict.fromkeys(servers))
+        named = room_id.partition(":")[2]
+        if named and named not in candidates:
+            candidates.append(named)
+        joined = await self.remote_joiner.join_remote_room(user, room_id, candidates)
+        return joined.event.event_id
+
+    async def leave_room(self, user: str, room_id: str, *, reason: str | None = None) -> str:
+        """Make ``user`` leave a room this server is in; return the leave's event ID."""
+        return await self.event_creator.leave(user, room_id, reason=reason)
 
     # Running.
 
@@ -281,6 +436,7 @@ class HomeServer:
             local_server_name=config.server_name,
             local_keys=[prepared.signing_key.verify_key],
         )
+        self._build_handlers(prepared.signing_key)
         self._federation_app = FederationApp(
             server_name=config.server_name,
             key_lookup=self._key_ring,
@@ -306,15 +462,67 @@ class HomeServer:
             )
             self._listeners.append((listener, http))
 
+    def _build_handlers(self, signing_key: SigningKey) -> None:
+        """The handlers of local and remote events, over storage, the client
+        and the key ring (built before them).
+        """
+        server_name = self.config.server_name
+        storage, client, keys = self.storage, self.federation_client, self.key_ring
+        self._room_servers = RoomServers(storage)
+        self._federation_sender = FederationSender(server_name, client, storage)
+        notifier = RoomEventSender(server_name, self._room_servers, self._federation_sender)
+        self._ingester = FederationIngester(
+            store=storage,
+            persister=storage,
+            client=FederationEventFetcher(client),
+            verifier=EventVerifier(keys),
+            room_locks=self._room_locks,
+        )
+        self._transaction_handler = TransactionHandler(
+            pdus=self._ingester, transactions=ReceivedTransactions(storage)
+        )
+        self._event_creator = EventCreator(
+            server_name=server_name,
+            signing_key=signing_key,
+            store=storage,
+            persister=storage,
+            notifier=notifier,
+            remote_inviter=FederationInviter(client, store=storage, keys=keys),
+            room_locks=self._room_locks,
+        )
+        self._remote_joiner = RemoteJoiner(
+            server_name=server_name,
+            signing_key=signing_key,
+            client=FederationJoinClient(client),
+            keys=keys,
+            store=storage,
+            persister=storage,
+            room_lock=self._room_locks.hold,
+        )
+        self._notifier = notifier
+
     def _federation_router(self, signing_key: SigningKey) -> Router:
         """Every federation and key route this server answers, registered here."""
+        config = self.config
         router = Router()
         add_version_route(router)
         add_key_server_route(
             router,
-            server_name=self.config.server_name,
+            server_name=config.server_name,
             signing_keys=[signing_key],
-            validity_ms=self.config.federation.key_validity_seconds * 1000,
+            validity_ms=config.federation.key_validity_seconds * 1000,
+        )
+        add_transaction_routes(router, self.transaction_handler)
+        add_query_routes(router, server_name=config.server_name, store=self.storage)
+        add_membership_routes(
+            router,
+            server_name=config.server_name,
+            signing_key=signing_key,
+            store=self.storage,
+            persister=self.storage,
+            keys=self.key_ring,
+            notifier=self._notifier,
+            room_lock=self._room_locks.hold,
         )
         return router
 
@@ -323,6 +531,7 @@ class HomeServer:
         components = [
             _Component("storage", self.storage.run),
             _Component("federation client", self.federation_client.run),
+            _Component("federation sender", self.federation_sender.run),
         ]
         components.extend(
             _Component(
