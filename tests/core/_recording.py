@@ -11,6 +11,8 @@ from ranvier.storage import EventStateGroups, StateKey, Storage, StoredEvent
 WHOLE_MAP_READS = frozenset({"get_state_ids", "get_current_state_ids", "get_partial_state_events"})
 #: Reads of a few keys of a state.
 NARROW_STATE_READS = frozenset({"get_state_ids_for_keys", "get_current_state_ids_for_keys"})
+#: Reads of the changes between state groups: what resolving a fork reads.
+STATE_DELTA_READS = frozenset({"get_state_deltas"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,13 @@ class RecordingReader:
         state = await self.storage.get_state_ids_for_keys(state_group, keys)
         self._record("get_state_ids_for_keys", len(state))
         return state
+
+    async def get_state_deltas(
+        self, state_groups: Sequence[int]
+    ) -> tuple[int, Mapping[int, Mapping[StateKey, str | None]]]:
+        base, deltas = await self.storage.get_state_deltas(state_groups)
+        self._record("get_state_deltas", sum(len(delta) for delta in deltas.values()))
+        return base, deltas
 
     async def get_current_state_ids(self, room_id: str) -> Mapping[StateKey, str]:
         state = await self.storage.get_current_state_ids(room_id)

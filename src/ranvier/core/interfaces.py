@@ -80,6 +80,17 @@ class StateReader(Protocol):
         """The entries of the room's current state for ``keys``; keys not in it are left out."""
         ...
 
+    async def get_state_deltas(
+        self, state_groups: Sequence[int]
+    ) -> tuple[int, Mapping[int, StateDelta]]:
+        """The first of ``state_groups`` as a base, and each group's state as
+        changes against the base's (None: a key the group lacks).
+
+        Costs the changes between the groups, not their states: resolving a
+        fork in a big room reads what the fork changed.
+        """
+        ...
+
     async def get_forward_extremities(self, room_id: str) -> Set[str]:
         """The accepted events of the room that no accepted event follows yet."""
         ...

@@ -8,10 +8,12 @@ one consistent snapshot even while the actor commits.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import msgspec
+
+from ranvier.errors import MatrixError
 
 from .records import (
     DestinationRetry,
@@ -23,7 +25,7 @@ from .records import (
     StateMap,
     StoredEvent,
 )
-from .state_groups import read_state, read_state_for_keys
+from .state_groups import keys_changed_between, read_state, read_state_for_keys
 
 __all__ = [
     "UnsentDestinationRoom",
@@ -41,6 +43,7 @@ __all__ = [
     "get_received_transaction",
     "get_room_version",
     "get_server_keys",
+    "get_state_deltas",
     "get_state_ids",
     "get_state_ids_for_keys",
     "get_unsent_destination_rooms",
@@ -228,6 +231,76 @@ def get_current_state_ids_for_keys(
         if row is not None:
             found[key] = row[0]
     return found
+
+
+def get_state_deltas(
+    conn: sqlite3.Connection, state_groups: Sequence[int]
+) -> tuple[int, dict[int, dict[StateKey, str | None]]]:
+    """The first of ``state_groups`` as a base, and each group's state as
+    changes against the base's: ``(base, {group: delta})``.
+
+    A delta holds exactly the keys where the group's state differs from the
+    base's, None marking a key of the base that the group lacks; the base's
+    own delta is empty. State resolution of a fork needs no more than that,
+    and in a big room it is the difference between the fork and the room.
+
+    The keys that may differ come from the delta rows between the two groups
+    and their nearest common ancestor, and only those keys are read, so the
+    cost follows the changes, not the size of the state. A group whose chain
+    shares no group with the base's (a state stored whole, as a join's is)
+    is compared whole instead: both states are read once.
+    """
+    groups = list(dict.fromkeys(state_groups))
+    if not groups:
+        raise MatrixError("no state groups to compare", errcode="M_INVALID_PARAM", http_status=400)
+    _check_one_room(conn, groups)
+    base = groups[0]
+    changed: dict[int, set[StateKey]] = {}
+    unrelated: list[int] = []
+    for group in groups[1:]:
+        keys = keys_changed_between(conn, base, group)
+        if keys is None:
+            unrelated.append(group)
+        else:
+            changed[group] = keys
+    at_base = read_state_for_keys(conn, base, set().union(*changed.values()))
+    deltas: dict[int, dict[StateKey, str | None]] = {base: {}}
+    for group, keys in changed.items():
+        at_group = read_state_for_keys(conn, group, keys)
+        deltas[group] = {
+            key: at_group.get(key) for key in keys if at_group.get(key) != at_base.get(key)
+        }
+    if unrelated:
+        whole_base = read_state(conn, base)
+        for group in unrelated:
+            state = read_state(conn, group)
+            delta: dict[StateKey, str | None] = {
+                key: event_id for key, event_id in state.items() if whole_base.get(key) != event_id
+            }
+            delta.update((key, None) for key in whole_base if key not in state)
+            deltas[group] = delta
+    return base, deltas
+
+
+def _check_one_room(conn: sqlite3.Connection, groups: list[int]) -> None:
+    """Refuse unknown groups, and groups of different rooms: their states
+    are not versions of one another.
+    """
+    rooms: dict[int, str] = {}
+    for group in groups:
+        row = conn.execute("SELECT room_id FROM state_groups WHERE id = ?", (group,)).fetchone()
+        if row is None:
+            raise MatrixError(
+                f"state group {group} does not exist", errcode="M_NOT_FOUND", http_status=404
+            )
+        rooms[group] = row[0]
+    if len(set(rooms.values())) > 1:
+        listed = ", ".join(f"{group} of {rooms[group]}" for group in groups)
+        raise MatrixError(
+            f"state groups of different rooms cannot be compared: {listed}",
+            errcode="M_INVALID_PARAM",
+            http_status=400,
+        )
 
 
 def get_partial_state_event_ids(

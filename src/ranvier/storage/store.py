@@ -242,6 +242,17 @@ class Storage:
             functools.partial(reads.get_state_ids_for_keys, state_group=state_group, keys=wanted)
         )
 
+    async def get_state_deltas(
+        self, state_groups: Sequence[int]
+    ) -> tuple[int, dict[int, dict[StateKey, str | None]]]:
+        """The first of ``state_groups`` as a base, and each group's state as
+        changes against it; see :func:`ranvier.storage.reads.get_state_deltas`.
+        """
+        groups = tuple(state_groups)
+        return await self.readers.read(
+            functools.partial(reads.get_state_deltas, state_groups=groups)
+        )
+
     async def get_current_state_ids_for_keys(
         self, room_id: str, keys: Collection[StateKey]
     ) -> StateMap:
