@@ -1,0 +1,333 @@
+"""Incoming federation into a running HomeServer, beside ed25519 verification.
+
+A real HomeServer runs on loopback with TLS. Stand-in remotes (servers we
+do not start whole: a key route over HTTPS and a client signing as them)
+join a room on it through make_join and send_join, then push signed
+transactions of 50 messages each with ``PUT /send``, each sending its next
+transaction as soon as the previous one is answered, as the spec has a
+sender do. The events are signed before the clock starts: signing is the
+remote's cost, not ours.
+
+Every PDU costs the receiver at least one ed25519 verification (the
+origin's signature), so the reference is the rate at which PyNaCl verifies
+signatures of event-sized messages on this machine, in the same run:
+``fraction_of_limit`` says how much of that ceiling ingestion reaches with
+everything else it does (TLS, X-Matrix, parsing, auth checks, state,
+SQLite). The remotes run in the server's process and event loop, so their
+work (encoding and signing each request) counts against the server too.
+
+Then four remotes burst into the room at once, each on its own chain of
+events, so the room forks four ways; ``burst_lost_pdus`` counts PDUs
+answered with an error or not found accepted in the room afterwards.
+
+``ingester_only_pdus_per_s`` hands the same kind of PDUs to the ingester
+directly, without HTTP, TLS and request signatures, to tell their cost
+from ingestion's own.
+
+The database uses ``synchronous = NORMAL``: with WAL, a commit survives a
+crash of the process, though not a power cut, as with FULL, which every
+commit would wait on the disk for.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import ssl
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nacl.signing
+import trio
+import trustme
+
+from bench import ops_per_second
+from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
+from ranvier.federation.transport.client import FederationError, FederationHttpClient
+from ranvier.federation.transport.listener import HttpListener
+from ranvier.federation.transport.routes import add_key_server_route, wall_clock_ms
+from ranvier.federation.transport.server import FederationApp
+from ranvier.federation.transport.tls import client_ssl_context
+from ranvier.protocol.canonical import encode_canonical_json
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.hashing import hash_and_sign_event
+from ranvier.protocol.redaction import redact
+from ranvier.protocol.signing import SigningKey, VerifyKeyLike, generate_signing_key
+from ranvier.server import HomeServer, open_homeserver
+
+VERSION = "10"
+PDUS_PER_TRANSACTION = 50
+#: Transactions the single sender pushes back to back.
+STEADY_TRANSACTIONS = 40
+#: Remotes bursting at once, and transactions each.
+BURST_REMOTES = 4
+BURST_TRANSACTIONS = 10
+SEND = "/_matrix/federation/v1/send/"
+_txn_ids = itertools.count(1)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@dataclass(frozen=True)
+class _Pki:
+    ca: trustme.CA
+    ca_file: Path
+    directory: Path
+
+    def certificate(self, label: str) -> tuple[Path, Path]:
+        issued = self.ca.issue_cert("127.0.0.1")
+        chain, key = self.directory / f"{label}.crt", self.directory / f"{label}.key"
+        chain.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+        issued.private_key_pem.write_to_path(str(key))
+        return chain, key
+
+
+class _NoKeys:
+    async def get_verify_key(self, server_name: str, key_id: str) -> VerifyKeyLike | None:
+        await trio.lowlevel.checkpoint()
+        return None
+
+
+@dataclass
+class _Remote:
+    """A stand-in remote: its key route over HTTPS and a client signing as it."""
+
+    server_name: str
+    key: SigningKey
+    client: FederationHttpClient
+    user: str
+
+    @classmethod
+    async def start(cls, nursery: trio.Nursery, pki: _Pki, label: str) -> _Remote:
+        port = _free_port()
+        name = f"127.0.0.1:{port}"
+        key = generate_signing_key("r1")
+        app = FederationApp(server_name=name, key_lookup=_NoKeys())
+        add_key_server_route(app.router, server_name=name, signing_keys=[key], validity_ms=3600_000)
+        certificate, private_key = pki.certificate(label)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(certificate, private_key)
+        await nursery.start(HttpListener(app, host="127.0.0.1", port=port, ssl_context=context).run)
+        client = FederationHttpClient(
+            name, key, ssl_context=client_ssl_context(ca_file=pki.ca_file), request_timeout=60
+        )
+        await nursery.start(client.run)
+        return cls(name, key, client, f"@{label}:{name}")
+
+    async def join(self, hs: HomeServer, room_id: str) -> None:
+        quoted = "/".join(urllib.parse.quote(p, safe="") for p in (room_id, self.user))
+        answer = await self.client.get_json(
+            hs.server_name, f"/_matrix/federation/v1/make_join/{quoted}", query={"ver": [VERSION]}
+        )
+        template = answer["event"] | {"origin_server_ts": wall_clock_ms()}
+        join = Pdu.from_json(
+            hash_and_sign_event(template, VERSION, self.server_name, self.key), VERSION
+        )
+        path = "/_matrix/federation/v2/send_join/" + "/".join(
+            urllib.parse.quote(p, safe="") for p in (room_id, join.event_id)
+        )
+        await self.client.put_json(hs.server_name, path, join.json)
+
+    def chain(
+        self, room_id: str, auth: Sequence[str], prev: Sequence[str], depth: int, count: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """``count`` messages, each after the one before, the first after ``prev``."""
+        events = []
+        for n in range(count):
+            fields = {
+                "type": "m.room.message",
+                "room_id": room_id,
+                "sender": self.user,
+                "content": {"msgtype": "m.text", "body": f"message {n} from {self.user}"},
+                "prev_events": list(prev),
+                "auth_events": list(auth),
+                "depth": depth + n,
+                "origin_server_ts": wall_clock_ms() + n,
+            }
+            event = Pdu.from_json(
+                hash_and_sign_event(fields, VERSION, self.server_name, self.key), VERSION
+            )
+            events.append((event.event_id, event.json))
+            prev = [event.event_id]
+        return events
+
+    async def push(self, hs: HomeServer, events: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
+        """Send ``events`` in transactions, each once the last is answered;
+        a transaction that fails is sent again under its ID. Returns the
+        PDUs answered with an error.
+        """
+        errors = 0
+        for start in range(0, len(events), PDUS_PER_TRANSACTION):
+            batch = [pdu for _, pdu in events[start : start + PDUS_PER_TRANSACTION]]
+            path = f"{SEND}b{next(_txn_ids)}"
+            body = {"origin": self.server_name, "origin_server_ts": wall_clock_ms(), "pdus": batch}
+            for _ in range(20):
+                try:
+                    answer = await self.client.put_json(hs.server_name, path, body)
+                except FederationError:
+                    await trio.sleep(0.2)
+                    continue
+                errors += sum(1 for result in answer["pdus"].values() if result.get("error"))
+                break
+            else:
+                errors += len(batch)
+        return errors
+
+
+async def _accepted(hs: HomeServer, event_ids: Sequence[str]) -> int:
+    found = 0
+    for start in range(0, len(event_ids), 500):
+        rows = await hs.storage.get_events(event_ids[start : start + 500])
+        found += sum(
+            1
+            for row in rows.values()
+            if not row.outlier and row.rejected_reason is None and not row.soft_failed
+        )
+    return found
+
+
+async def _auth_for(hs: HomeServer, room_id: str, user: str) -> list[str]:
+    state = await hs.storage.get_current_state_ids(room_id)
+    return [
+        state[("m.room.create", "")],
+        state[("m.room.power_levels", "")],
+        state[("m.room.member", user)],
+    ]
+
+
+async def _start_of_chain(hs: HomeServer, room_id: str) -> tuple[list[str], int]:
+    prev = sorted(await hs.storage.get_forward_extremities(room_id))
+    rows = await hs.storage.get_events(prev)
+    return prev, 1 + max(row.depth for row in rows.values())
+
+
+async def _main(directory: Path) -> dict[str, Any]:
+    ca = trustme.CA()
+    ca_file = directory / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    pki = _Pki(ca, ca_file, directory)
+    port = _free_port()
+    certificate, key = pki.certificate("hs")
+    config = Config(
+        server_name=f"127.0.0.1:{port}",
+        data_dir=directory / "hs",
+        listeners=(ListenerConfig(type="federation", host="127.0.0.1", port=port),),
+        tls=TlsConfig(certificate_path=certificate, private_key_path=key),
+        database=DatabaseConfig(synchronous="NORMAL"),
+        federation=FederationConfig(ca_file=ca_file),
+    )
+    figures: dict[str, Any] = {}
+    async with open_homeserver(config) as hs, trio.open_nursery() as nursery:
+        alice = f"@alice:{hs.server_name}"
+        room_id = await hs.create_room(alice, preset="public_chat", room_version=VERSION)
+        remotes = [
+            await _Remote.start(nursery, pki, f"remote{n}") for n in range(1 + BURST_REMOTES)
+        ]
+        for remote in remotes:
+            await remote.join(hs, room_id)
+
+        # One sender, back to back.
+        steady = remotes[0]
+        prev, depth = await _start_of_chain(hs, room_id)
+        auth = await _auth_for(hs, room_id, steady.user)
+        events = steady.chain(
+            room_id, auth, prev, depth, STEADY_TRANSACTIONS * PDUS_PER_TRANSACTION
+        )
+        started = time.perf_counter()
+        errors = await steady.push(hs, events)
+        elapsed = time.perf_counter() - started
+        accepted = await _accepted(hs, [event_id for event_id, _ in events])
+        figures["pdus_sent"] = len(events)
+        figures["pdus_accepted"] = accepted
+        figures["pdu_errors"] = errors
+        figures["pdus_per_s"] = accepted / elapsed
+        figures["transactions_per_s"] = STEADY_TRANSACTIONS / elapsed
+
+        # The same work handed to the ingester directly, without HTTP, TLS,
+        # X-Matrix or the transaction record: what ingestion itself costs.
+        prev, depth = await _start_of_chain(hs, room_id)
+        direct = steady.chain(
+            room_id, auth, prev, depth, STEADY_TRANSACTIONS * PDUS_PER_TRANSACTION
+        )
+        raws = [encode_canonical_json(pdu) for _, pdu in direct]
+        started = time.perf_counter()
+        for start in range(0, len(raws), PDUS_PER_TRANSACTION):
+            await hs.ingester.receive_pdus(
+                steady.server_name, raws[start : start + PDUS_PER_TRANSACTION]
+            )
+        elapsed = time.perf_counter() - started
+        reached = await _accepted(hs, [event_id for event_id, _ in direct])
+        figures["ingester_only_pdus_per_s"] = reached / elapsed
+
+        # Four remotes at once, each on its own chain from the same point.
+        prev, depth = await _start_of_chain(hs, room_id)
+        chains = []
+        for remote in remotes[1:]:
+            auth = await _auth_for(hs, room_id, remote.user)
+            chains.append(
+                remote.chain(room_id, auth, prev, depth, BURST_TRANSACTIONS * PDUS_PER_TRANSACTION)
+            )
+        burst_errors = 0
+
+        async def burst(remote: _Remote, chain: list[tuple[str, dict[str, Any]]]) -> None:
+            nonlocal burst_errors
+            burst_errors += await remote.push(hs, chain)
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as bursting:
+            for remote, chain in zip(remotes[1:], chains, strict=True):
+                bursting.start_soon(burst, remote, chain)
+        elapsed = time.perf_counter() - started
+        sent = [event_id for chain in chains for event_id, _ in chain]
+        reached = await _accepted(hs, sent)
+        figures["burst_remotes"] = BURST_REMOTES
+        figures["burst_pdus_sent"] = len(sent)
+        figures["burst_pdu_errors"] = burst_errors
+        figures["burst_lost_pdus"] = len(sent) - reached
+        figures["burst_pdus_per_s"] = reached / elapsed
+        nursery.cancel_scope.cancel()
+    return figures
+
+
+def _verify_limit() -> float:
+    """PyNaCl's ed25519 verifications per second of an event's redacted form."""
+    key = generate_signing_key("v1")
+    event = {
+        "type": "m.room.message",
+        "room_id": "!room:example.org",
+        "sender": "@alice:example.org",
+        "content": {"msgtype": "m.text", "body": "message 1 from @alice:example.org"},
+        "prev_events": ["$" + "a" * 43],
+        "auth_events": ["$" + "b" * 43, "$" + "c" * 43, "$" + "d" * 43],
+        "depth": 12,
+        "origin_server_ts": 1_700_000_000_000,
+        "hashes": {"sha256": "e" * 43},
+    }
+    message = encode_canonical_json(redact(event, VERSION))
+    signature = key.sign(message).signature
+    verify_key: nacl.signing.VerifyKey = key.verify_key
+    return ops_per_second(lambda: verify_key.verify(message, signature))
+
+
+def run() -> dict[str, Any]:
+    limit = _verify_limit()
+    with tempfile.TemporaryDirectory(prefix="ranvier-bench-") as directory:
+        figures = trio.run(_main, Path(directory))
+    figures["verify_limit_per_s"] = limit
+    figures["fraction_of_limit"] = figures["pdus_per_s"] / limit
+    figures["cpus"] = os.cpu_count()
+    order = ["pdus_per_s", "verify_limit_per_s", "fraction_of_limit"]
+    return {key: figures[key] for key in order} | {
+        key: value for key, value in figures.items() if key not in order
+    }
