@@ -367,3 +367,28 @@ async def test_a_homeserver_without_federation_listeners(tmp_path: Path) -> None
         with pytest.raises(RuntimeError, match="no federation listener"):
             _ = server.federation_port
         await server.storage.store_room("!room:hs.test", "10")
+
+
+async def test_local_users_act_through_the_server(tmp_path: Path) -> None:
+    server = HomeServer(_config(tmp_path))
+    with pytest.raises(RuntimeError, match="has not started"):
+        await server.create_room("@alice:hs.test")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        alice, bob = "@alice:hs.test:8448", "@bob:hs.test:8448"
+        room_id = await server.create_room(alice, preset="public_chat", name="Lobby")
+        assert await server.join_room(bob, room_id) in await server.storage.get_forward_extremities(
+            room_id
+        )
+        message = await server.send_event(bob, room_id, "m.room.message", {"body": "hi"})
+        invite = await server.invite(alice, room_id, "@carol:hs.test:8448")
+        leave = await server.leave_room(bob, room_id)
+        rows = await server.storage.get_events([message, invite, leave])
+        assert {row.type for row in rows.values()} == {"m.room.message", "m.room.member"}
+        assert all(not row.outlier and row.rejected_reason is None for row in rows.values())
+        # Nobody else is in the room: nothing was queued for another server.
+        assert server.federation_sender.active_destinations == frozenset()
+        with pytest.raises(ranvier.MatrixError) as not_a_room:
+            await server.join_room(bob, "#lobby:hs.test:8448")
+        assert not_a_room.value.errcode == "M_INVALID_PARAM"
+        nursery.cancel_scope.cancel()
