@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from _builders import ALICE, BOB, CAROL, DAVE, EVE, RoomBuilder, make_pdu
+from _builders import ALICE, BOB, CAROL, DAVE, EVE
 
 from ranvier.errors import AuthError, BadJsonError
 from ranvier.protocol.auth import (
@@ -33,6 +33,7 @@ from ranvier.protocol.signing import (
     get_verify_key,
     sign_json,
 )
+from ranvier.testing import RoomBuilder, make_pdu
 
 ALL_VERSIONS = ["6", "7", "8", "9", "10", "11", "12"]
 
@@ -69,7 +70,7 @@ def public_room(
     """Alice's room: her join, power levels, a join rule, Bob joined."""
     room = RoomBuilder(version)
     room.member(ALICE, "join")
-    room.power_levels(ALICE, admin_levels(room, users or {}, **levels))
+    room.power_levels(ALICE, content=admin_levels(room, users or {}, **levels))
     if join_rule is not None:
         room.join_rules(ALICE, join_rule)
         if join_rule == "public":
@@ -222,14 +223,14 @@ def test_auth_types_for_membership(membership: str) -> None:
 def test_auth_types_for_a_third_party_invite_and_a_restricted_join() -> None:
     room = public_room("10")
     invite = room.draft_member(
-        ALICE, "invite", CAROL, third_party_invite={"signed": {"token": "abc"}}
+        ALICE, "invite", CAROL, content={"third_party_invite": {"signed": {"token": "abc"}}}
     )
     assert ("m.room.third_party_invite", "abc") in auth_types_for_event(invite)
-    join = room.draft_member(CAROL, "join", join_authorised_via_users_server=BOB)
+    join = room.draft_member(CAROL, "join", content={"join_authorised_via_users_server": BOB})
     assert ("m.room.member", BOB) in auth_types_for_event(join)
     # Before restricted rooms (v8) the key means nothing.
     old = public_room("7")
-    join = old.draft_member(CAROL, "join", join_authorised_via_users_server=BOB)
+    join = old.draft_member(CAROL, "join", content={"join_authorised_via_users_server": BOB})
     assert ("m.room.member", BOB) not in auth_types_for_event(join)
 
 
@@ -257,7 +258,7 @@ def _auth_events_rule(events: dict[str, Pdu], event: Pdu, **kwargs: Any) -> str 
 def test_3_1_duplicate_auth_event_types_are_rejected(version: str) -> None:
     room = public_room(version)
     old_levels = room.state[POWER_LEVELS_KEY]
-    room.power_levels(ALICE, admin_levels(room, {BOB: 10}))
+    room.power_levels(ALICE, content=admin_levels(room, {BOB: 10}))
     message = room.draft("m.room.message", BOB, {"body": "hi"})
     doubled = _with_auth_events(room, message, [*message.auth_event_ids, old_levels])
     assert _auth_events_rule(room.events, doubled) == "auth_events.duplicate"
@@ -365,7 +366,7 @@ def test_5_2_authorising_server_must_have_signed(version: str) -> None:
     room.member(ALICE, "invite", EVE)
     # Eve is invited, so she may join; but she names Bob's server as
     # authoriser, and that server did not sign.
-    unsigned = room.draft_member(EVE, "join", join_authorised_via_users_server=BOB)
+    unsigned = room.draft_member(EVE, "join", content={"join_authorised_via_users_server": BOB})
     assert verdict(room, unsigned) == "member.authoriser_signature"
     signatures = {"other.example": {"ed25519:1": "x"}, "example.org": {"ed25519:1": "y"}}
     signed = room.draft(
@@ -373,16 +374,16 @@ def test_5_2_authorising_server_must_have_signed(version: str) -> None:
         EVE,
         {"membership": "join", "join_authorised_via_users_server": BOB},
         state_key=EVE,
-        signatures=signatures,
+        extra={"signatures": signatures},
     )
     assert verdict(room, signed) is None
-    bad_key = room.draft_member(EVE, "join", join_authorised_via_users_server="bob")
+    bad_key = room.draft_member(EVE, "join", content={"join_authorised_via_users_server": "bob"})
     assert verdict(room, bad_key) == "member.authoriser_signature"
 
 
 def test_5_2_authorising_server_key_means_nothing_before_v8() -> None:
     room = public_room("7")
-    event = room.draft_member(EVE, "join", join_authorised_via_users_server=BOB)
+    event = room.draft_member(EVE, "join", content={"join_authorised_via_users_server": BOB})
     assert verdict(room, event) is None
 
 
@@ -426,7 +427,7 @@ def test_5_3_1_creator_rule_needs_create_as_only_prev_event(version: str) -> Non
         ALICE,
         {"membership": "join"},
         state_key=ALICE,
-        prev_events=[room.create.event_id, "$other"],
+        prev=[room.create.event_id, "$other"],
     )
     assert verdict(room, two_prevs) == "member.join.not_invited"
 
@@ -452,7 +453,7 @@ def test_5_3_4_invite_rule_admits_invited_and_joined(version: str) -> None:
     assert verdict(room, room.draft_member(CAROL, "join")) is None
     room.member(CAROL, "join")
     # Already joined: a profile change is a join too.
-    assert verdict(room, room.draft_member(CAROL, "join", displayname="C")) is None
+    assert verdict(room, room.draft_member(CAROL, "join", content={"displayname": "C"})) is None
 
 
 @pytest.mark.parametrize("version", ALL_VERSIONS)
@@ -479,7 +480,7 @@ def test_5_3_5_restricted_joins(version: str, rule: str) -> None:
     room.member(ALICE, "invite", BOB)
     room.member(BOB, "join")
     room.member(ALICE, "invite", DAVE)
-    via_bob = room.draft_member(CAROL, "join", join_authorised_via_users_server=BOB)
+    via_bob = room.draft_member(CAROL, "join", content={"join_authorised_via_users_server": BOB})
     if int(version) < since:
         # Before the version that defines it, the join rule is unknown.
         assert verdict(room, via_bob) == "member.join.rule"
@@ -490,16 +491,18 @@ def test_5_3_5_restricted_joins(version: str, rule: str) -> None:
     # 5.3.5.2: otherwise a joined user able to invite must authorise it.
     assert verdict(room, room.draft_member(CAROL, "join")) == "member.join.authoriser"
     assert verdict(room, via_bob) is None
-    not_joined = room.draft_member(CAROL, "join", join_authorised_via_users_server=DAVE)
+    not_joined = room.draft_member(
+        CAROL, "join", content={"join_authorised_via_users_server": DAVE}
+    )
     assert verdict(room, not_joined) == "member.join.authoriser"
-    room.power_levels(ALICE, admin_levels(room, {BOB: 5}, invite=10))
-    too_weak = room.draft_member(CAROL, "join", join_authorised_via_users_server=BOB)
+    room.power_levels(ALICE, content=admin_levels(room, {BOB: 5}, invite=10))
+    too_weak = room.draft_member(CAROL, "join", content={"join_authorised_via_users_server": BOB})
     assert verdict(room, too_weak) == "member.join.authoriser"
 
 
 def test_5_3_5_v12_creator_can_always_authorise() -> None:
     room = public_room("12", join_rule="restricted", invite=100)
-    event = room.draft_member(CAROL, "join", join_authorised_via_users_server=ALICE)
+    event = room.draft_member(CAROL, "join", content={"join_authorised_via_users_server": ALICE})
     assert verdict(room, event) is None
 
 
@@ -538,7 +541,7 @@ def test_5_4_4_inviter_needs_the_invite_level(version: str) -> None:
     room = public_room(version, invite=50)
     assert verdict(room, room.draft_member(BOB, "invite", CAROL)) == "member.invite.power"
     assert verdict(room, room.draft_member(ALICE, "invite", CAROL)) is None
-    room.power_levels(ALICE, admin_levels(room, {BOB: 50}, invite=50))
+    room.power_levels(ALICE, content=admin_levels(room, {BOB: 50}, invite=50))
     assert verdict(room, room.draft_member(BOB, "invite", CAROL)) is None
 
 
@@ -561,7 +564,9 @@ def _third_party_room(version: str, ids: _IdentityServer, **tpi: Any) -> RoomBui
 
 
 def _third_party_invite(room: RoomBuilder, signed: object, sender: str = ALICE) -> Pdu:
-    return room.draft_member(sender, "invite", CAROL, third_party_invite={"signed": signed})
+    return room.draft_member(
+        sender, "invite", CAROL, content={"third_party_invite": {"signed": signed}}
+    )
 
 
 @pytest.mark.parametrize("version", ALL_VERSIONS)
@@ -648,7 +653,7 @@ def test_5_5_4_kick_needs_kick_level_and_more_power(version: str) -> None:
     assert verdict(room, room.draft_member(BOB, "leave", CAROL)) is None
     assert verdict(room, room.draft_member(CAROL, "leave", BOB)) == "member.leave.kick"
     room.member(DAVE, "join")
-    room.power_levels(ALICE, admin_levels(room, {BOB: 50, DAVE: 50}, kick=50))
+    room.power_levels(ALICE, content=admin_levels(room, {BOB: 50, DAVE: 50}, kick=50))
     # Equal power is not enough.
     assert verdict(room, room.draft_member(BOB, "leave", DAVE)) == "member.leave.kick"
 
@@ -682,7 +687,7 @@ def test_5_6_2_v12_creators_cannot_be_banned_or_kicked() -> None:
 def test_5_6_2_v12_creators_cannot_ban_each_other() -> None:
     room = RoomBuilder("12", create_content={"additional_creators": [BOB]})
     room.member(ALICE, "join")
-    room.power_levels(ALICE, {})
+    room.power_levels(ALICE, content={})
     room.join_rules(ALICE, "public")
     room.member(BOB, "join")
     assert verdict(room, room.draft_member(ALICE, "ban", BOB)) == "member.ban.power"
@@ -754,7 +759,7 @@ def test_7_third_party_invite_event_needs_invite_level(version: str) -> None:
     room = public_room(version, invite=20)
     event = room.draft("m.room.third_party_invite", BOB, {"public_key": "x"}, state_key="t")
     assert verdict(room, event) == "third_party_invite.power"
-    room.power_levels(ALICE, admin_levels(room, {BOB: 20}, invite=20))
+    room.power_levels(ALICE, content=admin_levels(room, {BOB: 20}, invite=20))
     # At the invite level it is allowed, though state_default (50) is higher.
     assert verdict(room, event) is None
 
@@ -816,10 +821,10 @@ def test_redactions_are_authorised_like_other_events(version: str) -> None:
     if int(version) >= 11:
         redaction = room.draft("m.room.redaction", BOB, {"redacts": target.event_id})
     else:
-        redaction = room.draft("m.room.redaction", BOB, {}, redacts=target.event_id)
+        redaction = room.draft("m.room.redaction", BOB, {}, extra={"redacts": target.event_id})
     assert redaction.redacts == target.event_id
     assert verdict(room, redaction) is None
-    room.power_levels(ALICE, admin_levels(room, {}, events={"m.room.redaction": 10}))
+    room.power_levels(ALICE, content=admin_levels(room, {}, events={"m.room.redaction": 10}))
     assert verdict(room, redaction) == "send_level"
 
 
@@ -1039,7 +1044,7 @@ def test_handling_redactions(version: str) -> None:
     def redaction(sender: str, target: Pdu) -> Pdu:
         if int(version) >= 11:
             return room.draft("m.room.redaction", sender, {"redacts": target.event_id})
-        return room.draft("m.room.redaction", sender, {}, redacts=target.event_id)
+        return room.draft("m.room.redaction", sender, {}, extra={"redacts": target.event_id})
 
     state = room.state_events()
     levels = {"power_levels": state[POWER_LEVELS_KEY], "create": room.create}

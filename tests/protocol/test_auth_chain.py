@@ -3,7 +3,7 @@ against the spec's definitions computed the slow way on random DAGs."""
 
 from __future__ import annotations
 
-from _builders import ALICE, BOB, RoomBuilder
+from _builders import ALICE, BOB
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +13,7 @@ from ranvier.protocol.auth_chain import (
     auth_edges_of,
     conflicted_state_subgraph,
 )
+from ranvier.testing import RoomBuilder
 
 Graph = dict[str, list[str]]
 

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _builders import make_pdu
 
 from ranvier.errors import AuthError, BadJsonError
 from ranvier.protocol.auth import StateKey, check_auth_rules
 from ranvier.protocol.events import Pdu
+from ranvier.testing import make_pdu
 
 SUITES = json.loads(
     (

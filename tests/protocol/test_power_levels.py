@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _builders import ALICE, BOB, CAROL, RoomBuilder
+from _builders import ALICE, BOB, CAROL
 
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.power_levels import (
@@ -19,6 +19,7 @@ from ranvier.protocol.power_levels import (
     parse_power_level,
 )
 from ranvier.protocol.room_versions import get_room_version
+from ranvier.testing import RoomBuilder
 
 LEGACY = json.loads(
     (
@@ -52,7 +53,7 @@ def test_integers_are_levels_in_every_version() -> None:
 def _room(version: str, levels: dict[str, Any] | None, **create: Any) -> tuple[Pdu, Pdu | None]:
     room = RoomBuilder(version, create_content=create)
     room.member(ALICE, "join")
-    power_levels = room.power_levels(ALICE, levels) if levels is not None else None
+    power_levels = room.power_levels(ALICE, content=levels) if levels is not None else None
     return room.create, power_levels
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import trio
-from _builders import ALICE, BOB, CAROL, DAVE, EVE, RoomBuilder, make_pdu
+from _builders import ALICE, BOB, CAROL, DAVE, EVE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -47,6 +47,7 @@ from ranvier.protocol.state_res import (
     reverse_topological_power_order,
     separate_state,
 )
+from ranvier.testing import RoomBuilder, make_pdu
 
 ZARA = "@zara:example.org"
 TOPIC = ("m.room.topic", "")
@@ -311,7 +312,7 @@ class V12Room:
             sender,
             content,
             state_key=state_key,
-            auth_events=[a.event_id for a in auth],
+            auth=[a.event_id for a in auth],
             apply=False,
         )
         self.events[pdu.event_id] = pdu
@@ -381,7 +382,7 @@ def test_v21_starts_from_an_empty_state() -> None:
     # lose the join rules altogether: that is the reset v2.1 fixes.
     old = RoomBuilder("11")
     old_ma1 = old.member(ALICE, "join")
-    old_power = old.power_levels(ALICE, {"users": {ALICE: 100, BOB: 100}})
+    old_power = old.power_levels(ALICE, content={"users": {ALICE: 100, BOB: 100}})
     old_jr1 = old.join_rules(ALICE, "public")
     old_mb = old.member(BOB, "join")
     old_jr2 = old.join_rules(ALICE, "invite")
@@ -398,14 +399,14 @@ def test_v21_starts_from_an_empty_state() -> None:
 def _topic_race_winner(rejected_power: bool) -> str:
     """Who sets the topic when Bob's topic cites a promotion that may have been rejected."""
     room = public_room_events()
-    fork = dict(room.state)
+    fork, fork_at = dict(room.state), room.last
     room.send("m.room.topic", ALICE, {"topic": "alice"}, state_key="")
     alice_branch = dict(room.state)
-    room.state = dict(fork)
+    room.last = fork_at
     # Bob's branch: power levels promoting him, then his topic citing them.
     # The promotion is in neither state: only Bob's topic cites it. Citing
     # newer power levels, his topic is applied after Alice's, if allowed.
-    promote = room.power_levels(ALICE, {"users": {ALICE: 100, BOB: 50}})
+    promote = room.power_levels(ALICE, content={"users": {ALICE: 100, BOB: 50}})
     room.send("m.room.topic", BOB, {"topic": "bob"}, state_key="")
     bob_branch = room.state | {POWER: fork[POWER]}
     rejected = {promote.event_id} if rejected_power else set()
@@ -447,7 +448,7 @@ def test_an_auth_difference_event_at_a_key_no_set_has_is_kept() -> None:
 def test_of_two_cited_events_for_one_key_the_last_counts() -> None:
     room = RoomBuilder("10")
     room.member(ALICE, "join")
-    room.power_levels(ALICE, {"users": {ALICE: 100, BOB: 50}})
+    room.power_levels(ALICE, content={"users": {ALICE: 100, BOB: 50}})
     room.join_rules(ALICE, "public")
     join = room.member(BOB, "join")
     leave = room.member(BOB, "leave")
@@ -460,7 +461,7 @@ def test_of_two_cited_events_for_one_key_the_last_counts() -> None:
             BOB,
             {"topic": "t"},
             state_key="",
-            auth_events=cited + [m.event_id for m in memberships],
+            auth=cited + [m.event_id for m in memberships],
             apply=False,
         )
         sets = [state | {TOPIC: topic.event_id}, state]
@@ -475,7 +476,7 @@ def public_room_events(version: str = "10") -> RoomBuilder:
     room = RoomBuilder(version)
     room.member(ALICE, "join")
     users = {} if version == "12" else {ALICE: 100}
-    room.power_levels(ALICE, {"users": users})
+    room.power_levels(ALICE, content={"users": users})
     room.join_rules(ALICE, "public")
     room.member(BOB, "join")
     return room
@@ -587,7 +588,9 @@ def test_the_keys_the_auth_checks_read_are_the_auth_events_selection() -> None:
         ALICE,
         "invite",
         CAROL,
-        third_party_invite={"signed": {"mxid": CAROL, "token": "abc", "signatures": {}}},
+        content={
+            "third_party_invite": {"signed": {"mxid": CAROL, "token": "abc", "signatures": {}}}
+        },
     )
     v12 = public_room_events("12")
     authorised = [
@@ -665,7 +668,6 @@ def forked_histories(draw: st.DrawFn) -> tuple[str, RoomBuilder, list[dict[State
     base = dict(room.state)
     branches = []
     for _ in range(draw(st.integers(2, 4))):
-        room.state = dict(base)
         room.last = base[member(CAROL)]
         for _ in range(draw(st.integers(0, 4))):
             sender = draw(st.sampled_from(ACTORS))
@@ -678,7 +680,7 @@ def forked_histories(draw: st.DrawFn) -> tuple[str, RoomBuilder, list[dict[State
                 users = {target: level} if version != "12" or target != ALICE else {}
                 if version != "12":
                     users.setdefault(ALICE, 100)
-                room.power_levels(sender, {"users": users})
+                room.power_levels(sender, content={"users": users})
             elif kind == "join_rules":
                 room.join_rules(sender, draw(st.sampled_from(["public", "invite"])))
             else:
@@ -883,11 +885,11 @@ def test_the_delta_form_yields_while_it_works() -> None:
 
 def _many_conflicting_joins(count: int) -> tuple[RoomBuilder, list[dict[StateKey, str]]]:
     room = public_room_events()
-    base = dict(room.state)
+    base, base_at = dict(room.state), room.last
     joined = dict(base)
     for i in range(count):
         user = f"@user{i}:example.org"
-        room.state = dict(base)
+        room.last = base_at
         pdu = room.member(user, "join")
         joined[member(user)] = pdu.event_id
     return room, [base, joined]
