@@ -1,0 +1,369 @@
+"""The state of a room after one of its events, as a server in the room gives it.
+
+The un-partial-state task (:mod:`ranvier.core.unpartial`) needs the full
+state at the points where the room's history starts for us: the events a
+join (or an event after a gap) follows, which we have no state for. It asks
+one server at a time, and a server's answer is taken only once it checks
+out, because a server may be buggy, behind, or hostile.
+
+``/state_ids`` at an event gives the state *before* it, so the state after
+it is that state plus the event itself, when the event is a state event
+that the state before it allows.
+
+Invariants
+----------
+
+* **A server's answer is used whole or not at all.** Every event of the
+  state, the event itself, and every event in their auth chains must be
+  stored here or come from the server validly signed, and the state must
+  be a state of the room (state events only, one per key, the room's
+  create event); otherwise the answer is refused (:class:`RemoteStateError`)
+  and the caller asks another server. Events go to storage only once the
+  whole set has been had, so a server that withholds some or signs badly
+  gets nothing written; a state refused for its shape after that may leave
+  outliers behind, which is harmless: each is a validly signed event of the
+  room with its auth chain.
+* **What is written was checked as on receipt.** Fetched events go through
+  the same verifier as federation ingestion (signatures, then the content
+  hash, keeping the redacted copy on a mismatch), and are checked against
+  their auth events, auth events first, before they are written as
+  outliers; an event failing that check is written rejected.
+* **One request when most is missing.** When more than ``bulk_min_missing``
+  events, and more than ``bulk_missing_share`` of those wanted, are missing
+  here, they are asked for in one ``/state`` request; otherwise, or for what
+  that answer leaves out, one ``/event`` request each, a few at a time. A
+  room joined with partial state lacks all of its members, so the first
+  fetch after a join is a ``/state``; later gaps are usually a few events.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Final
+
+import trio
+
+from ranvier.errors import AuthError, MatrixError
+from ranvier.protocol.auth import (
+    CREATE_KEY,
+    StateKey,
+    auth_types_for_event,
+    check_auth_rules,
+    create_event_id_for_room,
+)
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.room_versions import RoomVersion
+
+from .context import EventContext, event_to_persist
+from .event_auth import check_against_auth_events
+from .ingest import EventVerifier
+from .interfaces import PartialStateStore, ResyncClient
+from .loading import EventLoader
+
+__all__ = ["RemoteStateError", "RemoteStateFetcher"]
+
+_log: Final = logging.getLogger(__name__)
+
+#: Outliers written per storage request, so other writers get a turn.
+_WRITE_BATCH: Final = 500
+#: Events checked against their auth events between two checkpoints.
+_CHECKS_PER_STEP: Final = 200
+#: Event IDs named in a message before the rest are counted.
+_NAMED: Final = 3
+
+
+class RemoteStateError(Exception):
+    """A server's answer about the state at an event did not check out, or
+    it gave none; another server may do better.
+    """
+
+    def __init__(self, server: str, message: str) -> None:
+        super().__init__(f"{server}: {message}")
+        self.server = server
+
+
+class RemoteStateFetcher:
+    """Fetches the state after an event from one server, checks it, and
+    writes the events it lacked here as outliers.
+
+    ``store`` is storage; ``client`` reaches the servers; ``verifier`` is
+    the one federation ingestion uses. See the module's invariants for
+    ``bulk_min_missing`` and ``bulk_missing_share``; ``fetch_concurrency``
+    bounds the ``/event`` requests in flight.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: PartialStateStore,
+        client: ResyncClient,
+        verifier: EventVerifier,
+        bulk_min_missing: int = 10,
+        bulk_missing_share: float = 0.1,
+        fetch_concurrency: int = 10,
+    ) -> None:
+        if bulk_min_missing < 0:
+            raise ValueError(f"bulk_min_missing must not be negative, not {bulk_min_missing}")
+        if not 0 <= bulk_missing_share <= 1:
+            raise ValueError(f"bulk_missing_share must be in [0, 1], not {bulk_missing_share}")
+        if fetch_concurrency < 1:
+            raise ValueError(f"fetch_concurrency must be at least 1, not {fetch_concurrency}")
+        self._store = store
+        self._client = client
+        self._verifier = verifier
+        self._bulk_min_missing = bulk_min_missing
+        self._bulk_missing_share = bulk_missing_share
+        self._fetch_concurrency = fetch_concurrency
+
+    async def state_after(
+        self,
+        server: str,
+        room_id: str,
+        room_version: RoomVersion,
+        event_id: str,
+        *,
+        create_event_id: str | None = None,
+    ) -> dict[StateKey, str]:
+        """The state of ``room_id`` after ``event_id``, as ``server`` has it.
+
+        ``create_event_id`` is the room's create event as known here; a
+        state naming another is refused. Raises :class:`RemoteStateError`
+        when the server gives no usable answer.
+        """
+        try:
+            answer = await self._client.get_state_ids(server, room_id, event_id)
+        except MatrixError as exc:
+            raise RemoteStateError(server, f"/state_ids at {event_id}: {exc.message}") from exc
+        wanted = {event_id, *answer.pdu_ids, *answer.auth_chain_ids}
+        await self._fetch_missing(server, room_id, room_version, event_id, wanted)
+        state = await self._state_map(server, room_id, event_id, answer.pdu_ids)
+        expected = create_event_id
+        if room_version.room_id_from_create_event:
+            expected = create_event_id_for_room(room_id)
+        if expected is not None and state.get(CREATE_KEY) != expected:
+            raise RemoteStateError(
+                server,
+                f"the state at {event_id} has create event {state.get(CREATE_KEY)},"
+                f" not the room's {expected}",
+            )
+        event = await self._event(event_id, room_version)
+        if event.room_id != room_id:
+            raise RemoteStateError(server, f"{event_id} is not an event of {room_id}")
+        if event.state_key is not None and await self._allowed(event, state):
+            state[(event.type, event.state_key)] = event_id
+        return state
+
+    # The state map
+
+    async def _state_map(
+        self, server: str, room_id: str, event_id: str, pdu_ids: Sequence[str]
+    ) -> dict[StateKey, str]:
+        rows = await self._store.get_events(pdu_ids)
+        state: dict[StateKey, str] = {}
+        for state_id in dict.fromkeys(pdu_ids):
+            row = rows.get(state_id)
+            if row is None:  # written just before; only a purge could remove it
+                raise RemoteStateError(server, f"{state_id} of the state at {event_id} is gone")
+            if row.room_id != room_id or row.state_key is None:
+                raise RemoteStateError(
+                    server,
+                    f"{state_id}, in the state at {event_id}, is not a state event of {room_id}",
+                )
+            key = (row.type, row.state_key)
+            if key in state:
+                raise RemoteStateError(
+                    server, f"the state at {event_id} holds two events for {key}"
+                )
+            state[key] = state_id
+        if CREATE_KEY not in state:
+            raise RemoteStateError(server, f"the state at {event_id} has no create event")
+        return state
+
+    async def _event(self, event_id: str, room_version: RoomVersion) -> Pdu:
+        row = (await self._store.get_events([event_id]))[event_id]
+        return Pdu.from_json(row.json, room_version, check_limits=False)
+
+    async def _allowed(self, event: Pdu, state: Mapping[StateKey, str]) -> bool:
+        """Whether ``event`` is not rejected: it passed the check against its
+        auth events when it was written, and the rules allow it against
+        ``state``, the state before it.
+        """
+        loader = EventLoader(self._store, event.room_version)
+        cited = await loader.load([event.event_id])
+        if event.event_id not in cited or event.event_id in loader.rejected:
+            return False
+        keys = {key for key in auth_types_for_event(event) if key in state}
+        keys.add(CREATE_KEY)
+        at_keys = {key: state[key] for key in keys if key in state}
+        events = await loader.load(at_keys.values())
+        auth_state = {
+            key: events[state_id]
+            for key, state_id in at_keys.items()
+            if state_id in events and state_id not in loader.rejected
+        }
+        try:
+            check_auth_rules(event, auth_state)
+        except AuthError as exc:
+            _log.info("%s is rejected by the state before it: %s", event.event_id, exc.message)
+            return False
+        return True
+
+    # Fetching
+
+    async def _fetch_missing(
+        self,
+        server: str,
+        room_id: str,
+        room_version: RoomVersion,
+        at_event: str,
+        wanted: Collection[str],
+    ) -> None:
+        """Fetch from ``server`` the events of ``wanted`` not stored here, and
+        those of their auth chains, check them and write them as outliers.
+        """
+        known = set(await self._store.have_seen_events(wanted))
+        level = set(wanted) - known
+        if not level:
+            return
+        bulk = len(level) > self._bulk_min_missing and (
+            len(level) > self._bulk_missing_share * len(wanted)
+        )
+        fetched: dict[str, Pdu] = {}
+        while level:
+            got: dict[str, Pdu] = {}
+            if bulk:
+                bulk = False
+                got = await self._fetch_state(server, room_id, room_version, at_event, level)
+            rest = sorted(level - got.keys())
+            if rest:
+                got.update(await self._fetch_each(server, room_id, room_version, rest))
+            lost = sorted(level - got.keys())
+            if lost:
+                named = ", ".join(lost[:_NAMED])
+                raise RemoteStateError(
+                    server,
+                    f"{len(lost)} events needed for the state at {at_event} could not be had"
+                    f" validly signed ({named}{', …' if len(lost) > _NAMED else ''})",
+                )
+            fetched.update(got)
+            cited = {auth_id for event in got.values() for auth_id in event.auth_event_ids}
+            cited.difference_update(fetched, known)
+            if cited:
+                known.update(await self._store.have_seen_events(cited))
+            level = cited - known
+        await self._write_outliers(room_version, fetched)
+
+    async def _fetch_state(
+        self,
+        server: str,
+        room_id: str,
+        room_version: RoomVersion,
+        at_event: str,
+        wanted: Collection[str],
+    ) -> dict[str, Pdu]:
+        """The events of ``wanted`` that a ``/state`` answer holds, verified.
+
+        A failed request leaves every event to ``/event``.
+        """
+        try:
+            answer = await self._client.get_state(server, room_id, at_event)
+        except MatrixError as exc:
+            _log.info("/state at %s from %s failed: %s", at_event, server, exc.message)
+            return {}
+        events: dict[str, Pdu] = {}
+        for raw in (*answer.pdus, *answer.auth_chain):
+            try:
+                event = Pdu.from_json(raw, room_version, check_limits=False)
+            except MatrixError as exc:
+                _log.info("an event of /state from %s is invalid: %s", server, exc.message)
+                continue
+            if event.event_id in wanted and event.room_id == room_id:
+                events.setdefault(event.event_id, event)
+        return await self._verified(server, events.values())
+
+    async def _fetch_each(
+        self, server: str, room_id: str, room_version: RoomVersion, event_ids: Sequence[str]
+    ) -> dict[str, Pdu]:
+        """The events of ``event_ids`` that ``server`` gives one by one, verified."""
+        found: dict[str, Pdu] = {}
+        limiter = trio.CapacityLimiter(self._fetch_concurrency)
+
+        async def fetch(event_id: str) -> None:
+            async with limiter:
+                try:
+                    raw = await self._client.get_event(server, event_id)
+                    event = Pdu.from_json(raw, room_version, check_limits=False)
+                except MatrixError as exc:
+                    _log.info("could not fetch %s from %s: %s", event_id, server, exc.message)
+                    return
+            if event.event_id != event_id or event.room_id != room_id:
+                _log.info("%s answered %s with another event", server, event_id)
+                return
+            found[event_id] = event
+
+        async with trio.open_nursery() as nursery:
+            for event_id in event_ids:
+                nursery.start_soon(fetch, event_id)
+        return await self._verified(server, found.values())
+
+    async def _verified(self, server: str, events: Iterable[Pdu]) -> dict[str, Pdu]:
+        batch = list(events)
+        verdicts = await self._verifier.verify(batch)
+        good: dict[str, Pdu] = {}
+        for event, verdict in zip(batch, verdicts, strict=True):
+            if isinstance(verdict, MatrixError):
+                _log.info("dropping %s from %s: %s", event.event_id, server, verdict.message)
+            else:
+                good[verdict.event_id] = verdict
+        return good
+
+    async def _write_outliers(self, room_version: RoomVersion, fetched: Mapping[str, Pdu]) -> None:
+        loader = EventLoader(self._store, room_version)
+        for event in fetched.values():
+            loader.add(event)
+        rows = []
+        for count, event in enumerate(_auth_order(fetched), start=1):
+            context = EventContext.for_outlier()
+            failure = await check_against_auth_events(event, self._store, loader=loader)
+            if failure is not None:
+                _log.info(
+                    "%s fails against its auth events: %s", event.event_id, failure.error.message
+                )
+                loader.rejected.add(event.event_id)
+                context = context.as_rejected(failure.rule)
+            rows.append(event_to_persist(event, context))
+            if count % _CHECKS_PER_STEP == 0:
+                await trio.lowlevel.checkpoint()
+        for start in range(0, len(rows), _WRITE_BATCH):
+            await self._store.persist_events(rows[start : start + _WRITE_BATCH])
+
+
+def _auth_order(events: Mapping[str, Pdu]) -> list[Pdu]:
+    """``events`` ordered so that each comes after those of them it cites in
+    ``auth_events``; among events ready together, the shallower first.
+    """
+    waiting_on = {
+        event_id: {auth_id for auth_id in event.auth_event_ids if auth_id in events}
+        for event_id, event in events.items()
+    }
+    dependants: dict[str, list[str]] = {}
+    for event_id, needs in waiting_on.items():
+        for auth_id in needs:
+            dependants.setdefault(auth_id, []).append(event_id)
+    ready = [(events[e].depth, e) for e, needs in waiting_on.items() if not needs]
+    heapq.heapify(ready)
+    ordered: list[Pdu] = []
+    while ready:
+        _, event_id = heapq.heappop(ready)
+        ordered.append(events[event_id])
+        for dependant in dependants.get(event_id, ()):
+            waiting_on[dependant].discard(event_id)
+            if not waiting_on[dependant]:
+                heapq.heappush(ready, (events[dependant].depth, dependant))
+    # Event IDs are hashes over auth_events, so a cycle cannot be built;
+    # should one appear anyway, its events still get written, last.
+    placed = {event.event_id for event in ordered}
+    ordered.extend(events[e] for e in sorted(events) if e not in placed)
+    return ordered
