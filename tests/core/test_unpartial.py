@@ -1,0 +1,713 @@
+"""The un-partial-state task against real storage.
+
+A room lives in full at a resident: a second real Storage that took in
+every event through core, and that the stand-in servers answer
+``/state_ids``, ``/state`` and ``/event`` from (the servers are what a test
+cannot start). Our storage holds the room as a partial join leaves it: the
+non-member state and its auth chain as outliers, the room marked partial,
+the join with the partial state, and later events taken in by federation
+ingestion on partial state. After the resync, every event of ours must have
+the state and verdict the resident gave it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from _rooms import ingest
+from _signed_rooms import SignedRoom
+from trio.testing import MockClock
+
+from ranvier.core import EventContext, compute_event_context, event_to_persist, run_auth_checks
+from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
+from ranvier.core.interfaces import (
+    PartialStateStore,
+    ResyncClient,
+    RoomStateAtEvent,
+    StateIdsAtEvent,
+)
+from ranvier.core.unpartial import ResyncStatus, UnpartialStater
+from ranvier.errors import InvalidSignatureError, MatrixError, PartialStateConflictError
+from ranvier.protocol.canonical import encode_canonical_json
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.signing import SigningKey, VerifyKeyLike, generate_signing_key, key_id
+from ranvier.storage import Storage
+
+OURS = "ours.test"
+REMOTE = "remote.test"
+THIRD = "third.test"
+EVIL = "evil.test"
+ALICE = f"@alice:{OURS}"
+BOB = f"@bob:{REMOTE}"
+CAROL = f"@carol:{THIRD}"
+MALLORY = f"@mallory:{EVIL}"
+#: Members of the resident's server besides Bob: what a partial join leaves out.
+CROWD = [f"@m{n}:{REMOTE}" for n in range(24)]
+
+
+# --- The parts of other servers ---------------------------------------------------
+
+
+class Keys:
+    """Servers' verify keys from a dict, as a key ring that fetched them."""
+
+    def __init__(self, keys: Mapping[str, SigningKey]) -> None:
+        self.keys = {(server, key_id(key)): key.verify_key for server, key in keys.items()}
+
+    async def get_verify_key(
+        self, server_name: str, key_id: str, *, at_ts: int | None = None
+    ) -> VerifyKeyLike:
+        await trio.lowlevel.checkpoint()
+        key = self.keys.get((server_name, key_id))
+        if key is None:
+            raise InvalidSignatureError(f"{server_name} has no key {key_id}")
+        return key
+
+
+def _unreachable(server: str) -> MatrixError:
+    return MatrixError(f"{server}: connection refused", errcode="M_UNKNOWN", http_status=502)
+
+
+class StandIn:
+    """One server holding the whole room, as the resident's storage has it.
+
+    ``down`` makes every request fail; ``garbage`` makes it serve events
+    with broken signatures (``"signatures"``) or withhold the members it
+    lists in ``/state_ids`` (``"missing"``); ``gate``, when set, holds every
+    ``/state_ids`` until it is set.
+    """
+
+    def __init__(self, name: str, room: SignedRoom, resident: Storage) -> None:
+        self.name = name
+        self.room = room
+        self.resident = resident
+        self.down = False
+        self.garbage: str | None = None
+        self.gate: trio.Event | None = None
+        #: Requests answered.
+        self.calls: list[tuple[str, str]] = []
+        #: Requests made, answered or not, with the (mock) time of each.
+        self.tried: list[tuple[str, str, float]] = []
+
+    def _note(self, call: str, arg: str) -> None:
+        self.tried.append((call, arg, trio.current_time()))
+        if self.down:
+            raise _unreachable(self.name)
+        self.calls.append((call, arg))
+
+    def called(self, name: str) -> list[str]:
+        return [arg for call, arg in self.calls if call == name]
+
+    def _served(self, event: Pdu) -> bytes:
+        if self.garbage == "signatures":
+            broken = dict(event.json)
+            broken["signatures"] = {
+                server: dict.fromkeys(by_key, "A" * 86)
+                for server, by_key in event.signatures.items()
+            }
+            return encode_canonical_json(broken)
+        return event.raw
+
+    def _withheld(self, event: Pdu) -> bool:
+        return self.garbage == "missing" and event.type == "m.room.member"
+
+    async def _state_before(self, event_id: str) -> tuple[list[str], list[str]]:
+        groups = await self.resident.get_event_state_groups(event_id)
+        if groups is None:
+            raise MatrixError(f"no state at {event_id}", errcode="M_NOT_FOUND", http_status=404)
+        state = sorted((await self.resident.get_state_ids(groups.before)).values())
+        chain: set[str] = set()
+        level = set(state)
+        while level:
+            level = {a for e in level for a in self.room.events[e].auth_event_ids} - chain
+            chain |= level
+        return state, sorted(chain)
+
+    async def get_state_ids(self, destination: str, room_id: str, event_id: str) -> StateIdsAtEvent:
+        self._note("state_ids", event_id)
+        if self.gate is not None:
+            await self.gate.wait()
+        state, chain = await self._state_before(event_id)
+        return StateIdsAtEvent(pdu_ids=tuple(state), auth_chain_ids=tuple(chain))
+
+    async def get_state(self, destination: str, room_id: str, event_id: str) -> RoomStateAtEvent:
+        self._note("state", event_id)
+        state, chain = await self._state_before(event_id)
+        events = self.room.events
+        return RoomStateAtEvent(
+            pdus=tuple(self._served(events[e]) for e in state if not self._withheld(events[e])),
+            auth_chain=tuple(
+                self._served(events[e]) for e in chain if not self._withheld(events[e])
+            ),
+        )
+
+    async def get_event(self, destination: str, event_id: str) -> bytes:
+        await trio.lowlevel.checkpoint()
+        self._note("event", event_id)
+        event = self.room.events.get(event_id)
+        if event is None or self._withheld(event):
+            raise MatrixError(f"no event {event_id}", errcode="M_NOT_FOUND", http_status=404)
+        return self._served(event)
+
+    async def get_missing_events(
+        self,
+        destination: str,
+        room_id: str,
+        *,
+        earliest_events: Sequence[str],
+        latest_events: Sequence[str],
+        limit: int,
+        min_depth: int = 0,
+    ) -> list[bytes]:
+        self._note("get_missing_events", ",".join(latest_events))
+        return []
+
+
+class Federation:
+    """The other servers, reached by name, as the federation client reaches them."""
+
+    def __init__(self, *servers: StandIn) -> None:
+        self.servers = {server.name: server for server in servers}
+
+    def _at(self, destination: str) -> StandIn:
+        server = self.servers.get(destination)
+        if server is None:
+            raise _unreachable(destination)
+        return server
+
+    async def get_state_ids(self, destination: str, room_id: str, event_id: str) -> StateIdsAtEvent:
+        return await self._at(destination).get_state_ids(destination, room_id, event_id)
+
+    async def get_state(self, destination: str, room_id: str, event_id: str) -> RoomStateAtEvent:
+        return await self._at(destination).get_state(destination, room_id, event_id)
+
+    async def get_event(self, destination: str, event_id: str) -> bytes:
+        return await self._at(destination).get_event(destination, event_id)
+
+    async def get_missing_events(
+        self,
+        destination: str,
+        room_id: str,
+        *,
+        earliest_events: Sequence[str],
+        latest_events: Sequence[str],
+        limit: int,
+        min_depth: int = 0,
+    ) -> list[bytes]:
+        return await self._at(destination).get_missing_events(
+            destination,
+            room_id,
+            earliest_events=earliest_events,
+            latest_events=latest_events,
+            limit=limit,
+            min_depth=min_depth,
+        )
+
+
+# --- The room -------------------------------------------------------------------------
+
+
+class World:
+    """The room in full at the resident, and a partial join of it here.
+
+    Before the join: Bob creates a public room, gives Mallory power level
+    50, Carol, Mallory and a crowd join, Bob bans Mallory. After it:
+
+    - ``mallory_pl``: Mallory raises ``events_default`` to 50, citing her old
+      join. On partial state her ban is unknown here: accepted. On full
+      state: rejected.
+    - ``carol_says``: Carol speaks, citing the power levels before Mallory's.
+      On partial state Mallory's power levels are in force: rejected. On
+      full state: accepted.
+    """
+
+    def __init__(self, version: str, ours: Storage, resident: Storage) -> None:
+        self.version = version
+        self.ours = ours
+        self.resident = resident
+        self.keys = {s: generate_signing_key("k1") for s in (OURS, REMOTE, THIRD, EVIL)}
+        room = self.room = SignedRoom(self.keys, BOB, version=version)
+        self.bob_join = room.member(BOB, "join")
+        self.pl = room.power_levels(BOB, {BOB: 100, MALLORY: 50})
+        room.join_rules(BOB, "public")
+        room.topic(BOB, "before")
+        self.carol_join = room.member(CAROL, "join")
+        self.mallory_join = room.member(MALLORY, "join")
+        for user in CROWD:
+            room.member(user, "join")
+        room.member(BOB, "ban", MALLORY)
+        room.message(BOB, "the last word before the join")
+        self.join = room.member(ALICE, "join")
+        self.said = room.message(CAROL, "welcome")
+        self.mallory_pl = room.send(
+            "m.room.power_levels",
+            MALLORY,
+            dict(self.pl.content) | {"events_default": 50},
+            state_key="",
+            auth=self.auth_ids(self.pl, self.mallory_join),
+        )
+        self.carol_says = room.message(
+            CAROL, "still here", auth=self.auth_ids(self.pl, self.carol_join)
+        )
+        self.bob_says = room.message(BOB, "indeed", auth=self.auth_ids(self.pl, self.bob_join))
+        self.topic = room.topic(BOB, "after", auth=self.auth_ids(self.pl, self.bob_join))
+        self.after_join = [self.said, self.mallory_pl, self.carol_says, self.bob_says, self.topic]
+        self.servers = {name: StandIn(name, room, resident) for name in (REMOTE, THIRD)}
+        self.federation = Federation(*self.servers.values())
+        self.verifier = EventVerifier(Keys(self.keys))
+        self.locks = RoomLocks()
+
+    def auth_ids(self, *events: Pdu) -> list[str]:
+        ids = [event.event_id for event in events]
+        return ids if self.version == "12" else [self.room.create.event_id, *ids]
+
+    @property
+    def room_id(self) -> str:
+        return self.room.room_id
+
+    def dag(self) -> list[str]:
+        """Our events in the room's DAG, the join first."""
+        return [self.join.event_id, *(event.event_id for event in self.after_join)]
+
+    async def fill_resident(self) -> None:
+        for event_id in self.room.order:
+            await ingest(self.resident, self.room.events[event_id])
+
+    async def join_partially(self, storage: Storage | None = None) -> None:
+        """Store the room here as a partial join leaves it, then take in the
+        events after the join through federation ingestion.
+        """
+        ours = storage or self.ours
+        groups = await self.resident.get_event_state_groups(self.join.event_id)
+        assert groups is not None
+        full = await self.resident.get_state_ids(groups.before)
+        partial = {key: event_id for key, event_id in full.items() if key[0] != "m.room.member"}
+        wanted = set(partial.values()) | set(self.join.auth_event_ids)
+        chain: set[str] = set()
+        level = set(wanted)
+        while level:
+            level = {a for e in level for a in self.room.events[e].auth_event_ids} - chain
+            chain |= level
+        outliers = sorted(
+            (self.room.events[e] for e in wanted | chain), key=lambda e: (e.depth, e.event_id)
+        )
+        await ours.persist_events(
+            [event_to_persist(event, EventContext.for_outlier()) for event in outliers]
+        )
+        await ours.store_partial_join(
+            self.room_id, self.version, self.join.event_id, REMOTE, {REMOTE, THIRD, OURS}
+        )
+        outcome = await ingest(ours, self.join, state_ids_before=partial, partial_state=True)
+        assert outcome.failure is None
+        assert outcome.context.partial_state
+        ingester = FederationIngester(
+            store=ours,
+            persister=ours,
+            client=self.federation,
+            verifier=self.verifier,
+            room_locks=self.locks,
+        )
+        outcomes = await ingester.receive_pdus(REMOTE, [e.raw for e in self.after_join])
+        assert all(outcome.result is not None for outcome in outcomes), outcomes
+
+    def stater(self, storage: Storage | None = None, **kw: Any) -> UnpartialStater:
+        return UnpartialStater(
+            server_name=OURS,
+            store=storage or self.ours,
+            client=self.federation,
+            verifier=self.verifier,
+            room_locks=self.locks,
+            **kw,
+        )
+
+    async def verdicts(self, storage: Storage | None = None) -> dict[str, bool]:
+        """Whether each of our events after the join is accepted here."""
+        rows = await (storage or self.ours).get_events([e.event_id for e in self.after_join])
+        return {event_id: row.rejected_reason is None for event_id, row in rows.items()}
+
+    async def assert_full_state(self, storage: Storage | None = None) -> None:
+        """Our copy of the room is the resident's: every event's state and
+        verdict, and current state; nothing partial is left.
+        """
+        ours = storage or self.ours
+        assert not await ours.is_partial_state_room(self.room_id)
+        assert await ours.get_partial_state_events(self.room_id) == []
+        assert await ours.get_partial_state_event_ids(self.dag()) == frozenset()
+        mine = await ours.get_events(self.dag())
+        theirs = await self.resident.get_events(self.dag())
+        for event_id in self.dag():
+            assert mine[event_id].rejected_reason == theirs[event_id].rejected_reason, event_id
+            our_groups = await ours.get_event_state_groups(event_id)
+            their_groups = await self.resident.get_event_state_groups(event_id)
+            assert our_groups is not None
+            assert their_groups is not None
+            assert await ours.get_state_ids(our_groups.before) == await self.resident.get_state_ids(
+                their_groups.before
+            ), event_id
+            assert await ours.get_state_ids(our_groups.after) == await self.resident.get_state_ids(
+                their_groups.after
+            ), event_id
+        current = await ours.get_current_state_ids(self.room_id)
+        assert current == await self.resident.get_current_state_ids(self.room_id)
+        assert ("m.room.member", CROWD[-1]) in current
+
+
+@asynccontextmanager
+async def open_storage(path: Path) -> AsyncIterator[Storage]:
+    async with trio.open_nursery() as nursery:
+        storage = Storage(path, synchronous="OFF")
+        await nursery.start(storage.run)
+        yield storage
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running(stater: UnpartialStater) -> AsyncIterator[UnpartialStater]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stater.run)
+        yield stater
+        nursery.cancel_scope.cancel()
+
+
+async def until(predicate: Callable[[], Awaitable[bool] | bool], what: str) -> None:
+    """Wait until ``predicate()`` holds, letting every task run meanwhile;
+    bounded in real time, since a mock clock may not move by itself.
+    """
+    give_up = time.monotonic() + 15
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > give_up:
+            raise AssertionError(f"gave up waiting for {what}")
+        await trio.testing.wait_all_tasks_blocked(cushion=0.001)
+
+
+def phase_is(stater: UnpartialStater, room_id: str, phase: str) -> Callable[[], bool]:
+    def check() -> bool:
+        status = stater.status().get(room_id)
+        return status is not None and status.phase == phase
+
+    return check
+
+
+@pytest.fixture
+async def resident(tmp_path: Path, nursery: trio.Nursery) -> Storage:
+    storage = Storage(tmp_path / "resident.db", synchronous="OFF")
+    await nursery.start(storage.run)
+    return storage
+
+
+async def make_world(storage: Storage, resident: Storage, version: str = "10") -> World:
+    world = World(version, storage, resident)
+    await world.fill_resident()
+    return world
+
+
+@pytest.fixture
+async def world(storage: Storage, resident: Storage) -> World:
+    return await make_world(storage, resident)
+
+
+# --- Tests ------------------------------------------------------------------------------
+
+
+def test_storage_is_what_the_task_talks_to(tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "unused.db")
+    store: PartialStateStore = storage
+    assert isinstance(store, PartialStateStore)
+    assert not isinstance(object(), PartialStateStore)
+    client: ResyncClient = Federation()
+    assert isinstance(client, ResyncClient)
+
+
+@pytest.mark.parametrize("version", ["10", "12"])
+async def test_a_partial_room_gets_the_residents_full_state(
+    storage: Storage, resident: Storage, version: str, autojump_clock: MockClock
+) -> None:
+    world = await make_world(storage, resident, version)
+    await world.join_partially()
+    mallory_pl, carol_says = world.mallory_pl.event_id, world.carol_says.event_id
+    # Partial state misjudges both, the way round the resident does not.
+    assert (await world.verdicts())[mallory_pl] is True
+    assert (await world.verdicts())[carol_says] is False
+    truth = await world.verdicts(resident)
+    assert (truth[mallory_pl], truth[carol_says]) == (False, True)
+    before = await storage.get_partial_state_events(world.room_id)
+    assert before == world.dag()
+
+    stater = world.stater()
+    async with running(stater):
+        await stater.wait_for_full_state(world.room_id)
+        await until(lambda: not stater.status(), "the task to end")
+
+    await world.assert_full_state()
+    assert await world.verdicts() == truth
+    remote = world.servers[REMOTE]
+    # The state at the join's prev event, most of it in one /state request.
+    (prev_id,) = world.join.prev_event_ids
+    assert remote.called("state_ids") == [prev_id]
+    assert remote.called("state") == [prev_id]
+    assert world.servers[THIRD].calls == []
+    members = await storage.get_events(
+        [world.room.state_after[prev_id][("m.room.member", u)] for u in CROWD]
+    )
+    assert len(members) == len(CROWD)
+    assert all(row.outlier for row in members.values())
+
+
+async def test_few_missing_events_are_fetched_one_by_one(
+    world: World, autojump_clock: MockClock
+) -> None:
+    await world.join_partially()
+    remote = world.servers[REMOTE]
+    remote.calls.clear()
+    stater = world.stater(bulk_min_missing=100)
+    async with running(stater):
+        await stater.wait_for_full_state(world.room_id)
+    await world.assert_full_state()
+    assert remote.called("state") == []
+    fetched = remote.called("event")
+    (prev_id,) = world.join.prev_event_ids
+    crowd = {world.room.state_after[prev_id][("m.room.member", user)] for user in CROWD}
+    assert crowd <= set(fetched)
+    assert prev_id in fetched
+    assert len(set(fetched)) == len(fetched)  # each asked for once
+
+
+@pytest.mark.parametrize("garbage", ["signatures", "missing"])
+async def test_a_server_answering_garbage_hands_over_to_the_next(
+    world: World, garbage: str, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    await world.join_partially()
+    remote, third = world.servers[REMOTE], world.servers[THIRD]
+    remote.garbage = garbage
+    stater = world.stater()
+    with caplog.at_level(logging.WARNING, logger="ranvier.core.unpartial"):
+        async with running(stater):
+            await stater.wait_for_full_state(world.room_id)
+    await world.assert_full_state()
+    (prev_id,) = world.join.prev_event_ids
+    assert remote.called("state_ids") == [prev_id]
+    assert third.called("state_ids") == [prev_id]
+    assert any(f"resync from {REMOTE} failed" in r.getMessage() for r in caplog.records)
+    # Only the true events were written: as the servers signed them.
+    crowd_ids = [world.room.state_after[prev_id][("m.room.member", u)] for u in CROWD]
+    stored = await world.ours.get_events(crowd_ids)
+    assert {e: row.json for e, row in stored.items()} == {
+        e: world.room.events[e].raw for e in crowd_ids
+    }
+
+
+def failed_attempts(stater: UnpartialStater, room_id: str, count: int) -> Callable[[], bool]:
+    def check() -> bool:
+        status = stater.status().get(room_id)
+        return status is not None and status.phase == "waiting" and status.attempts == count
+
+    return check
+
+
+async def test_every_server_down_backs_off_until_one_comes_back(
+    world: World, mock_clock: MockClock
+) -> None:
+    await world.join_partially()
+    remote, third = world.servers[REMOTE], world.servers[THIRD]
+    remote.calls.clear()
+    remote.tried.clear()
+    remote.down = third.down = True
+    stater = world.stater(backoff_initial=1.0, backoff_max=8.0)
+    async with running(stater):
+        waits = []
+        for attempt in range(1, 7):
+            await until(failed_attempts(stater, world.room_id, attempt), f"attempt {attempt}")
+            status = stater.status()[world.room_id]
+            assert status.retry_in is not None
+            waits.append(status.retry_in)
+            assert status.last_error is not None
+            assert THIRD in status.last_error
+            # Each round asks each server once, the one joined through first.
+            assert [call[0] for call in remote.tried[-1:] + third.tried[-1:]] == [
+                "state_ids",
+                "state_ids",
+            ]
+            assert remote.tried[-1][2] <= third.tried[-1][2]
+            assert (len(remote.tried), len(third.tried)) == (attempt, attempt)
+            # Waiting means waiting: nothing is asked until the clock moves.
+            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            mock_clock.jump(status.retry_in - 0.01)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            assert stater.status()[world.room_id].attempts == attempt
+            assert (len(remote.tried), len(third.tried)) == (attempt, attempt)
+            mock_clock.jump(0.02)
+        assert waits == pytest.approx([1.0, 2.0, 4.0, 8.0, 8.0, 8.0])
+        await until(failed_attempts(stater, world.room_id, 7), "attempt 7")
+        assert remote.calls == []
+        assert third.calls == []
+
+        third.down = False
+        mock_clock.jump(8.0)
+        await stater.wait_for_full_state(world.room_id)
+        await until(lambda: not stater.status(), "the task to end")
+    await world.assert_full_state()
+    assert third.called("state_ids") == list(world.join.prev_event_ids)
+
+
+async def test_a_restarted_server_resumes_the_resync(
+    tmp_path: Path, resident: Storage, autojump_clock: MockClock
+) -> None:
+    path = tmp_path / "ours.db"
+    async with open_storage(path) as ours:
+        world = await make_world(ours, resident)
+        await world.join_partially()
+        remote = world.servers[REMOTE]
+        remote.gate = trio.Event()
+        stater = world.stater()
+        async with running(stater):
+            await until(lambda: bool(remote.called("state_ids")), "the resync to start")
+            assert stater.status()[world.room_id].phase == "fetching"
+        # Stopped mid-way, storage and all.
+        assert await ours.is_partial_state_room(world.room_id)
+
+    remote.gate = None
+    async with open_storage(path) as reopened:
+        stater = world.stater(reopened)
+        async with running(stater):
+            assert set(stater.status()) == {world.room_id}
+            await stater.wait_for_full_state(world.room_id)
+        await world.assert_full_state(reopened)
+
+
+async def test_one_task_per_room_however_often_asked(
+    world: World, autojump_clock: MockClock
+) -> None:
+    await world.join_partially()
+    remote = world.servers[REMOTE]
+    remote.gate = trio.Event()
+    stater = world.stater()
+    with pytest.raises(RuntimeError, match="not running"):
+        stater.start_resync(world.room_id)
+    async with running(stater):
+        # Resumed at start-up, then asked for again, as a join would.
+        for _ in range(3):
+            stater.start_resync(world.room_id)
+        await until(lambda: bool(remote.called("state_ids")), "the resync to start")
+        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+        assert list(stater.status()) == [world.room_id]
+        assert len(remote.called("state_ids")) == 1
+        remote.gate.set()
+        await stater.wait_for_full_state(world.room_id)
+        await until(lambda: not stater.status(), "the task to end")
+        # A room with full state needs nothing more.
+        stater.start_resync(world.room_id)
+        await until(lambda: not stater.status(), "the task to end")
+    assert len(remote.called("state_ids")) == 1
+    await world.assert_full_state()
+
+
+async def test_an_event_written_with_partial_state_before_the_clear_is_redone(
+    world: World, resident: Storage, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # In the room at both ends, but written here only during the resync, with
+    # a context computed on partial state: a writer racing the task.
+    late = world.room.message(BOB, "late", auth=world.auth_ids(world.pl, world.bob_join))
+    await ingest(resident, late)
+    await world.join_partially()
+    context = await compute_event_context(late, world.ours, world.ours)
+    outcome = await run_auth_checks(late, context, world.ours)
+    assert outcome.context.partial_state
+    assert outcome.failure is None
+    world.after_join.append(late)
+
+    stater = world.stater()
+    with caplog.at_level(logging.INFO, logger="ranvier.core.unpartial"):
+        async with running(stater):
+            async with world.locks.hold(world.room_id):
+                await until(phase_is(stater, world.room_id, "clearing"), "the task to clear")
+                # All redone, yet the room stays partial while its lock is held.
+                assert await world.ours.get_partial_state_events(world.room_id) == []
+                assert await world.ours.is_partial_state_room(world.room_id)
+                assert stater.status()[world.room_id].passes == 1
+                await world.ours.persist_events([event_to_persist(late, outcome.context)])
+                assert await world.ours.get_partial_state_events(world.room_id) == [late.event_id]
+            await stater.wait_for_full_state(world.room_id)
+    passes = [r.getMessage() for r in caplog.records if "to do, from" in r.getMessage()]
+    assert len(passes) == 2
+    assert "; 1 to do" in passes[1]
+    await world.assert_full_state()
+
+
+async def test_a_partial_context_computed_before_the_clear_conflicts_after_it(
+    world: World, autojump_clock: MockClock
+) -> None:
+    await world.join_partially()
+    stale = world.room.message(CAROL, "too late", auth=world.auth_ids(world.pl, world.carol_join))
+    context = await compute_event_context(stale, world.ours, world.ours)
+    assert context.partial_state
+    stater = world.stater()
+    async with running(stater):
+        await stater.wait_for_full_state(world.room_id)
+    with pytest.raises(PartialStateConflictError):
+        await world.ours.persist_events([event_to_persist(stale, context)])
+    await world.assert_full_state()
+
+
+async def test_the_task_stops_when_the_last_local_user_leaves(
+    world: World, mock_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    await world.join_partially()
+    for server in world.servers.values():
+        server.down = True
+    stater = world.stater(backoff_initial=5.0)
+    with caplog.at_level(logging.INFO, logger="ranvier.core.unpartial"):
+        async with running(stater):
+            await until(phase_is(stater, world.room_id, "waiting"), "the first failure")
+            leave = world.room.member(ALICE, "leave")
+            outcome = await ingest(world.ours, leave)
+            assert outcome.failure is None
+            assert outcome.context.partial_state
+            mock_clock.jump(5.0)
+            await until(lambda: not stater.status(), "the task to stop")
+            assert stater.status() == {}
+    assert await world.ours.is_partial_state_room(world.room_id)
+    assert any("no user of ours.test" in r.getMessage() for r in caplog.records)
+
+
+async def test_status_is_a_struct_per_room(world: World, autojump_clock: MockClock) -> None:
+    await world.join_partially()
+    gate = world.servers[REMOTE].gate = trio.Event()
+    stater = world.stater()
+    async with running(stater):
+        await until(lambda: bool(world.servers[REMOTE].called("state_ids")), "the resync")
+        status = stater.status()[world.room_id]
+        assert isinstance(status, ResyncStatus)
+        assert status.server == REMOTE
+        assert (status.events_resynced, status.events_total) == (0, len(world.dag()))
+        assert (status.attempts, status.passes, status.retry_in) == (1, 1, None)
+        gate.set()
+        await stater.wait_for_full_state(world.room_id)
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        ({"backoff_initial": 0.0}, "backoff_initial must be positive"),
+        ({"backoff_initial": 5.0, "backoff_max": 1.0}, "must be at least backoff_initial"),
+        ({"bulk_missing_share": 1.5}, "bulk_missing_share"),
+        ({"fetch_concurrency": 0}, "fetch_concurrency"),
+    ],
+)
+async def test_settings_that_make_no_sense_are_refused(
+    world: World, settings: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        world.stater(**settings)
