@@ -19,7 +19,10 @@ Invariants
   state-before group's map once read; an event with one prev event gets its
   context without any state being read, and the auth checks read only the
   few keys they look at (:meth:`EventContext.get_state_before_for_keys`), so
-  an event in a room of 50,000 members costs a handful of rows.
+  an event in a room of 50,000 members costs a handful of rows. Forks are
+  resolved from the groups' changes against one another
+  (:func:`~ranvier.core.state.resolve_state_groups`), and the result stored
+  as changes against one of them, so a merge costs the fork, not the room.
 
 The caller handles one room's events one at a time (as federation ingestion
 and local event creation do), so that the room's forward extremities do not
@@ -39,7 +42,7 @@ from ranvier.storage.records import EventStateContext, EventToPersist
 
 from .interfaces import EventPersister, StateReader
 from .loading import EventLoader
-from .state import changes_between, resolve_state_maps
+from .state import GroupState, ResolvedGroups, changes_between, resolve_state_groups
 
 __all__ = [
     "EventContext",
@@ -251,12 +254,9 @@ async def compute_event_context(
     distinct = list(dict.fromkeys(after_groups.values()))
     if len(distinct) == 1:
         return _context(distinct[0], partial, None)
-    states = {group: await store.get_state_ids(group) for group in distinct}
-    resolved = await resolve_state_maps(
-        store, event.room_id, event.room_version, list(states.values())
-    )
-    group = await _store_state(persister, event, resolved, states)
-    return _context(group, partial, resolved)
+    resolved = await resolve_state_groups(store, event.room_id, event.room_version, distinct)
+    group = await _store_resolved(persister, event.room_id, resolved)
+    return _context(group, partial, None)
 
 
 def _context(group: int, partial: bool, state: Mapping[StateKey, str] | None) -> EventContext:
@@ -278,13 +278,24 @@ async def _any_partial(store: StateReader, event_ids: Collection[str]) -> bool:
     return bool(await store.get_partial_state_event_ids(event_ids))
 
 
+async def _store_resolved(persister: EventPersister, room_id: str, resolved: ResolvedGroups) -> int:
+    """The group of a resolved state, stored as changes against the closest
+    of the groups resolved; one of them if it is that state already.
+    """
+    group, delta = resolved.closest()
+    if not delta:
+        return group
+    return await persister.store_state_group(room_id, group, delta)
+
+
 async def _store_state(
     persister: EventPersister,
     event: Pdu,
     state: Mapping[StateKey, str],
     bases: Mapping[int, Mapping[StateKey, str]],
 ) -> int:
-    """The group of ``state``, stored as changes against the closest of ``bases``.
+    """The group of ``state``, given whole, stored as changes against the
+    closest of ``bases``.
 
     With no base, the state is stored whole, in a room made known first.
     """
@@ -323,26 +334,22 @@ async def compute_current_state_after(
     if not extremities:
         return None
 
-    before = await context.get_state_before(store)
-    after = before
+    # The state after the event: it is not written yet, so its group is the
+    # state before it with the event on top, and the loader is given it.
+    on_top: dict[StateKey, str | None] = {}
     if event.state_key is not None:
-        after = dict(before)
-        after[(event.type, event.state_key)] = event.event_id
-    bases: dict[int, Mapping[StateKey, str]] = {context.state_group_before: before}
-    others: dict[int, Mapping[StateKey, str]] = {}
+        on_top[(event.type, event.state_key)] = event.event_id
+    state_sets = [GroupState(context.state_group_before, on_top)]
+    others: set[int] = set()
     for extremity in sorted(extremities):
         groups = await store.get_event_state_groups(extremity)
         if groups is None or groups.after in others:
             continue
-        if groups.after in bases:
-            others[groups.after] = bases[groups.after]
-        else:
-            others[groups.after] = await store.get_state_ids(groups.after)
-    bases.update(others)
-    # The event is not written yet, and its state after may be conflicted.
+        others.add(groups.after)
+        state_sets.append(GroupState(groups.after))
     loader = EventLoader(store, event.room_version)
     loader.add(event)
-    resolved = await resolve_state_maps(
-        store, event.room_id, event.room_version, [after, *others.values()], loader=loader
+    resolved = await resolve_state_groups(
+        store, event.room_id, event.room_version, state_sets, loader=loader
     )
-    return await _store_state(persister, event, resolved, bases)
+    return await _store_resolved(persister, event.room_id, resolved)
