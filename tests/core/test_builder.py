@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import trio
-from _rooms import ALICE, BOB, CAROL, DAVE, Room, ingest, ingest_all, make_pdu
+from _rooms import ALICE, BOB, CAROL, DAVE
 
 from ranvier.core.builder import build_event, prepare_event, wall_clock_ms
 from ranvier.errors import BadJsonError, MatrixError
@@ -23,6 +23,7 @@ from ranvier.protocol.signing import (
     verify_signed_json,
 )
 from ranvier.storage import StateMap, Storage
+from ranvier.testing import RoomBuilder, ingest, ingest_all, make_pdu
 
 SERVER = "example.org"
 KEY = generate_signing_key("1")
@@ -55,9 +56,9 @@ def _expected_auth(event: Pdu, state: Mapping[StateKey, str]) -> set[str]:
     return {state[key] for key in auth_types_for_event(event) if key in state}
 
 
-async def _stored(storage: Storage, version: str = "10") -> Room:
-    room = Room(version)
-    room.basic()
+async def _stored(storage: Storage, version: str = "10") -> RoomBuilder:
+    room = RoomBuilder(version)
+    room.public_room(BOB, CAROL, users={BOB: 50})
     await ingest_all(storage, list(room.events.values()))
     return room
 

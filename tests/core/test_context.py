@@ -7,18 +7,7 @@ import msgspec
 import pytest
 import trio
 from _recording import Read, RecordingReader
-from _rooms import (
-    ALICE,
-    BOB,
-    CAROL,
-    DAVE,
-    CountingStorage,
-    Room,
-    count_rows,
-    ingest,
-    ingest_all,
-    make_pdu,
-)
+from _rooms import ALICE, BOB, CAROL, DAVE, CountingStorage, count_rows
 
 from ranvier.core import (
     EventContext,
@@ -32,6 +21,7 @@ from ranvier.errors import MatrixError
 from ranvier.protocol.state_res import resolve_state
 from ranvier.storage import EventToPersist, Storage
 from ranvier.storage.state_groups import MAX_CHAIN_LENGTH
+from ranvier.testing import RoomBuilder, ingest, ingest_all, make_pdu
 
 MEMBER = "m.room.member"
 
@@ -45,8 +35,8 @@ async def counting(tmp_path: Path, nursery: trio.Nursery) -> CountingStorage:
 
 @pytest.mark.parametrize("version", ["10", "12"])
 async def test_a_room_event_by_event(storage: Storage, version: str) -> None:
-    room = Room(version)
-    room.basic()
+    room = RoomBuilder(version)
+    room.public_room(BOB, CAROL, users={BOB: 50})
     contexts = await ingest_all(storage, list(room.events.values()))
     for event, context in zip(room.events.values(), contexts, strict=True):
         groups = await storage.get_event_state_groups(event.event_id)
@@ -59,8 +49,8 @@ async def test_a_room_event_by_event(storage: Storage, version: str) -> None:
 
 
 async def test_one_prev_event_reads_no_state(counting: CountingStorage) -> None:
-    room = Room()
-    room.basic()
+    room = RoomBuilder()
+    room.public_room(BOB, CAROL, users={BOB: 50})
     await ingest_all(counting, list(room.events.values()))
     message = room.message(BOB)
     reads = counting.state_reads
@@ -80,8 +70,8 @@ async def test_one_prev_event_reads_no_state(counting: CountingStorage) -> None:
 
 
 async def test_a_few_keys_of_the_state_before_are_read_alone(storage: Storage) -> None:
-    room = Room()
-    room.basic()
+    room = RoomBuilder()
+    room.public_room(BOB, CAROL, users={BOB: 50})
     await ingest_all(storage, list(room.events.values()))
     message = room.message(BOB)
     expected = room.state_after[message.prev_event_ids[0]]
@@ -108,8 +98,8 @@ async def test_a_few_keys_of_the_state_before_are_read_alone(storage: Storage) -
 async def test_forked_room_is_resolved_at_the_merge(
     storage: Storage, db_path: Path, version: str
 ) -> None:
-    room = Room(version)
-    room.basic()
+    room = RoomBuilder(version)
+    room.public_room(BOB, CAROL, users={BOB: 50})
     fork = room.last
     room.topic(ALICE, "left")
     name = room.send("m.room.name", ALICE, {"name": "left"}, state_key="")
@@ -141,8 +131,8 @@ async def test_ban_against_power_change_resolves_as_the_spec_orders(storage: Sto
     # Bob (50) bans Carol while, on another branch, Alice takes Bob's power
     # away. Power events are replayed in order of their senders' power:
     # Alice's change first, after which Bob may no longer ban.
-    room = Room()
-    room.basic()
+    room = RoomBuilder()
+    room.public_room(BOB, CAROL, users={BOB: 50})
     fork = room.last
     demote = room.power_levels(ALICE, {ALICE: 100})
     ban = room.member(BOB, "ban", CAROL, prev=[fork])
@@ -166,8 +156,8 @@ async def test_ban_against_power_change_resolves_as_the_spec_orders(storage: Sto
 async def test_current_state_after_needs_resolving_only_with_several_extremities(
     storage: Storage,
 ) -> None:
-    room = Room()
-    room.basic()
+    room = RoomBuilder()
+    room.public_room(BOB, CAROL, users={BOB: 50})
     await ingest_all(storage, list(room.events.values()))
     topic = room.topic(ALICE, "one extremity")
     context = await compute_event_context(topic, storage, storage)
@@ -189,12 +179,12 @@ async def test_current_state_after_needs_resolving_only_with_several_extremities
     )
 
 
-async def _partial_join(storage: Storage) -> tuple[Room, str]:
+async def _partial_join(storage: Storage) -> tuple[RoomBuilder, str]:
     """A room that Dave joins with partial state: the remote server's state
     leaves out Carol, whom a partial join response does not list.
     """
-    room = Room()
-    room.basic()
+    room = RoomBuilder()
+    room.public_room(BOB, CAROL, users={BOB: 50})
     remote_last = room.last
     join = room.member(DAVE, "join")
     state = dict(room.state_after[remote_last or ""])
@@ -276,8 +266,8 @@ async def test_outliers_are_never_partial(storage: Storage) -> None:
 async def test_unknown_prev_events_need_state_from_the_caller(
     storage: Storage, db_path: Path
 ) -> None:
-    room = Room()
-    room.basic()
+    room = RoomBuilder()
+    room.public_room(BOB, CAROL, users={BOB: 50})
     events = list(room.events.values())
     await ingest_all(storage, events[:-1])
     after_gap = room.message(CAROL)
@@ -306,7 +296,7 @@ async def test_unknown_prev_events_need_state_from_the_caller(
 
 
 async def test_only_the_create_event_starts_from_nothing(storage: Storage) -> None:
-    room = Room()
+    room = RoomBuilder()
     orphan = make_pdu(
         "10",
         {
@@ -326,8 +316,8 @@ async def test_only_the_create_event_starts_from_nothing(storage: Storage) -> No
 async def test_events_to_persist_keep_the_bytes_and_cross_a_process_boundary(
     storage: Storage,
 ) -> None:
-    room = Room()
-    room.basic()
+    room = RoomBuilder()
+    room.public_room(BOB, CAROL, users={BOB: 50})
     await ingest_all(storage, list(room.events.values()))
     message = room.message(BOB)
     context = await compute_event_context(message, storage, storage)
@@ -351,8 +341,8 @@ async def test_a_big_room_grows_by_deltas(counting: CountingStorage) -> None:
     never another copy of the state, and no event reads the whole state.
     """
     started = time.monotonic()
-    room = Room()
-    room.basic()
+    room = RoomBuilder()
+    room.public_room(BOB, CAROL, users={BOB: 50})
     # Joined over federation: the room's events arrive as outliers with the
     # state from the send_join response.
     for event in room.events.values():

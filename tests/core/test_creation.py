@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from _rooms import DAVE, Room, ingest
+from _rooms import DAVE
 
 from ranvier.core import check_against_auth_events
 from ranvier.core.creation import EventCreator, NotInRoomError
@@ -28,6 +28,7 @@ from ranvier.protocol.signing import (
     verify_signed_json,
 )
 from ranvier.storage import EventToPersist, StateDelta, Storage
+from ranvier.testing import RoomBuilder, ingest
 
 SERVER = "example.org"
 KEY = generate_signing_key("1")
@@ -780,10 +781,10 @@ async def test_a_send_cancelled_before_writing_leaves_no_trace(
 # --- Conflicts with the un-partial-state task ----------------------------------------
 
 
-async def _partial_join(storage: Storage) -> tuple[Room, str]:
+async def _partial_join(storage: Storage) -> tuple[RoomBuilder, str]:
     """A room of example.org that Dave of other.example joined with partial state."""
-    room = Room()
-    room.basic()
+    room = RoomBuilder()
+    room.public_room(BOB, CAROL, users={BOB: 50})
     state = dict(room.state_after[room.last])
     join = room.member(DAVE, "join")
     for event_id in state.values():

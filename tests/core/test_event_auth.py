@@ -5,7 +5,7 @@ from collections.abc import Mapping
 
 import pytest
 from _recording import NARROW_STATE_READS, WHOLE_MAP_READS, Read, RecordingReader
-from _rooms import ALICE, BOB, CAROL, DAVE, Room, ingest, ingest_all
+from _rooms import ALICE, BOB, CAROL, DAVE
 
 from ranvier.core import (
     AuthOutcome,
@@ -20,13 +20,14 @@ from ranvier.core import (
 from ranvier.protocol.auth import StateKey, auth_types_for_event
 from ranvier.protocol.events import Pdu
 from ranvier.storage import Storage
+from ranvier.testing import RoomBuilder, ingest, ingest_all
 
 MEMBER = "m.room.member"
 
 
-async def _stored_room(storage: Storage, version: str = "10") -> Room:
-    room = Room(version)
-    room.basic()
+async def _stored_room(storage: Storage, version: str = "10") -> RoomBuilder:
+    room = RoomBuilder(version)
+    room.public_room(BOB, CAROL, users={BOB: 50})
     await ingest_all(storage, list(room.events.values()))
     return room
 
@@ -163,8 +164,8 @@ async def test_no_soft_fail_check_in_a_partial_state_room(storage: Storage) -> N
 
 async def test_partial_state_is_filled_in_from_the_auth_events(storage: Storage) -> None:
     # Dave joins with partial state that leaves out Carol's membership.
-    room = Room()
-    room.basic()
+    room = RoomBuilder()
+    room.public_room(BOB, CAROL, users={BOB: 50})
     carol_join = room.last
     join = room.member(DAVE, "join")
     state = dict(room.state_after[carol_join])
@@ -220,7 +221,7 @@ BIG_ROOM_MEMBERS = 50_000
 
 @dataclasses.dataclass
 class BigRoom:
-    room: Room
+    room: RoomBuilder
     join: str
     #: The state after the join.
     state: dict[StateKey, str]
@@ -235,8 +236,8 @@ async def _big_room(storage: Storage, version: str, *, partial: bool = False) ->
     entries are all a big room's cost comes from. With ``partial``, the
     join has partial state, which lacks Carol's membership.
     """
-    room = Room(version)
-    room.basic()
+    room = RoomBuilder(version)
+    room.public_room(BOB, CAROL, users={BOB: 50})
     for event in room.events.values():
         await ingest(storage, event, outlier=True)
     state = dict(room.state_after[room.last])

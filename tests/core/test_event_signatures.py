@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-import trio
 
 from ranvier.core.event_signatures import (
     THREAD_THRESHOLD,
@@ -15,47 +14,16 @@ from ranvier.core.event_signatures import (
     redacted_if_hash_mismatch,
     required_signers,
 )
-from ranvier.errors import InvalidSignatureError
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import hash_and_sign_event
-from ranvier.protocol.signing import (
-    SigningKey,
-    VerifyKeyLike,
-    generate_signing_key,
-    key_id,
-)
+from ranvier.protocol.signing import SigningKey, generate_signing_key
+from ranvier.testing import KnownKeys
 
 ROOM = "!room:a.test"
 A_KEY = generate_signing_key("a1")
 B_KEY = generate_signing_key("b1")
 TS = 1_700_000_000_000
-
-
-class Keys:
-    """Verify keys by server and key ID, each valid until a time; counts lookups."""
-
-    def __init__(self, keys: Mapping[tuple[str, SigningKey], int]) -> None:
-        self.keys = {
-            (server, key_id(key)): (key.verify_key, until) for (server, key), until in keys.items()
-        }
-        self.lookups = 0
-
-    async def get_verify_key(
-        self, server_name: str, key_id: str, *, at_ts: int | None = None
-    ) -> VerifyKeyLike:
-        await trio.lowlevel.checkpoint()
-        self.lookups += 1
-        found = self.keys.get((server_name, key_id))
-        if found is None:
-            raise InvalidSignatureError(f"{server_name} has no key {key_id}")
-        key, until = found
-        if at_ts is not None and at_ts > until:
-            raise InvalidSignatureError(f"{key_id} of {server_name} expired at {until}")
-        return key
-
-
-FOREVER = 2**53 - 1
-KEYS = {("a.test", A_KEY): FOREVER, ("b.test", B_KEY): FOREVER}
+KEYS = {"a.test": A_KEY, "b.test": B_KEY}
 
 
 def event(
@@ -136,26 +104,27 @@ def test_a_third_party_invite_may_come_from_any_server() -> None:
 
 
 async def test_a_signed_event_passes() -> None:
-    assert await check_event_signatures([event()], Keys(KEYS)) == {}
+    assert await check_event_signatures([event()], KnownKeys(KEYS)) == {}
 
 
 async def test_a_bad_signature_fails() -> None:
     good = event()
     forged = Pdu.from_json(good.json | {"signatures": {"a.test": {"ed25519:a1": "A" * 86}}}, "10")
-    failures = await check_event_signatures([forged], Keys(KEYS))
+    failures = await check_event_signatures([forged], KnownKeys(KEYS))
     assert set(failures) == {forged.event_id}
     assert "does not match" in failures[forged.event_id].message
 
 
 async def test_a_missing_signature_fails() -> None:
     unsigned = event(signers={})
-    failures = await check_event_signatures([unsigned], Keys(KEYS))
+    failures = await check_event_signatures([unsigned], KnownKeys(KEYS))
     assert "no signature from a.test" in failures[unsigned.event_id].message
 
 
 async def test_keys_must_be_valid_at_the_events_time() -> None:
     old, new = event(ts=TS), event(ts=TS + 10, content={"body": "later"})
-    keys = Keys({("a.test", A_KEY): TS + 5})
+    keys = KnownKeys()
+    keys.add("a.test", A_KEY, valid_until_ts=TS + 5)
     failures = await check_event_signatures([old, new], keys)
     assert set(failures) == {new.event_id}
     assert "cannot be trusted" in failures[new.event_id].message
@@ -170,14 +139,14 @@ async def test_keys_that_cannot_be_had_are_skipped_but_one_must_verify() -> None
         | {"signatures": {"a.test": signed.signatures["a.test"] | {"ed25519:gone": "A" * 86}}},
         "10",
     )
-    assert await check_event_signatures([both], Keys(KEYS)) == {}
+    assert await check_event_signatures([both], KnownKeys(KEYS)) == {}
     only_unknown = event(signers={"a.test": other})
-    failures = await check_event_signatures([only_unknown], Keys(KEYS))
+    failures = await check_event_signatures([only_unknown], KnownKeys(KEYS))
     assert "cannot be trusted" in failures[only_unknown.event_id].message
 
 
 async def test_a_restricted_join_without_the_authorising_servers_signature() -> None:
-    keys = Keys(KEYS)
+    keys = KnownKeys(KEYS)
     assert (
         await check_event_signatures(
             [restricted_join("10", {"b.test": B_KEY, "a.test": A_KEY})], keys
@@ -196,7 +165,7 @@ async def test_a_batch_finds_its_bad_events_and_asks_for_each_key_once(count: in
     events[count // 2] = Pdu.from_json(
         bad.json | {"signatures": {"a.test": {"ed25519:a1": "A" * 86}}}, "10"
     )
-    keys = Keys(KEYS)
+    keys = KnownKeys(KEYS)
     failures = await check_event_signatures(events, keys)
     assert set(failures) == {bad.event_id}
     assert keys.lookups == 1

@@ -7,18 +7,16 @@ the parts of other servers a test cannot start; everything of ours is real.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from _signed_rooms import SignedRoom, persist_directly
 
 from ranvier.core import compute_event_context
 from ranvier.core.context import event_to_persist
 from ranvier.core.ingest import EventVerifier, FederationIngester, IngestResult, RoomLocks
-from ranvier.core.interfaces import StateIdsAtEvent
 from ranvier.errors import (
     InvalidSignatureError,
     MatrixError,
@@ -28,8 +26,9 @@ from ranvier.errors import (
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import hash_and_sign_event
 from ranvier.protocol.redaction import redact
-from ranvier.protocol.signing import SigningKey, VerifyKeyLike, generate_signing_key, key_id
+from ranvier.protocol.signing import generate_signing_key
 from ranvier.storage import EventToPersist, Storage
+from ranvier.testing import KnownKeys, RemoteRooms, RoomBuilder, ingest_all
 
 OURS = "ours.test"
 REMOTE = "remote.test"
@@ -41,98 +40,13 @@ CAROL = f"@carol:{THIRD}"
 MALLORY = f"@mallory:{EVIL}"
 
 
-class Keys:
-    """Servers' verify keys from a dict, as a key ring that has fetched them."""
-
-    def __init__(self, keys: Mapping[str, SigningKey]) -> None:
-        self.keys = {(server, key_id(key)): key.verify_key for server, key in keys.items()}
-
-    async def get_verify_key(
-        self, server_name: str, key_id: str, *, at_ts: int | None = None
-    ) -> VerifyKeyLike:
-        await trio.lowlevel.checkpoint()
-        key = self.keys.get((server_name, key_id))
-        if key is None:
-            raise InvalidSignatureError(f"{server_name} has no key {key_id}")
-        return key
-
-
-class StandInRemote:
-    """A remote server's copy of rooms, answering what ingestion asks."""
-
-    def __init__(self, *rooms: SignedRoom) -> None:
-        self.rooms = {room.room_id: room for room in rooms}
-        self.calls: list[tuple[str, str]] = []
-        #: When set, get_missing_events waits for it first.
-        self.hold_missing_events: trio.Event | None = None
-        #: Set once get_missing_events is asked.
-        self.asked_for_missing = trio.Event()
-
-    def _event(self, event_id: str) -> Pdu:
-        for room in self.rooms.values():
-            if event_id in room.events:
-                return room.events[event_id]
-        raise MatrixError(f"no event {event_id}", errcode="M_NOT_FOUND", http_status=502)
-
-    async def get_missing_events(
-        self,
-        destination: str,
-        room_id: str,
-        *,
-        earliest_events: Sequence[str],
-        latest_events: Sequence[str],
-        limit: int,
-        min_depth: int = 0,
-    ) -> list[bytes]:
-        self.calls.append(("get_missing_events", destination))
-        self.asked_for_missing.set()
-        if self.hold_missing_events is not None:
-            await self.hold_missing_events.wait()
-        room = self.rooms[room_id]
-        found: list[Pdu] = []
-        level = [prev for latest in latest_events for prev in room.events[latest].prev_event_ids]
-        seen = set(earliest_events)
-        while level and len(found) < limit:
-            following: list[str] = []
-            for event_id in level:
-                if event_id in seen or event_id not in room.events or len(found) >= limit:
-                    continue
-                seen.add(event_id)
-                found.append(room.events[event_id])
-                following.extend(room.events[event_id].prev_event_ids)
-            level = following
-        return [event.raw for event in sorted(found, key=lambda event: event.depth)]
-
-    async def get_state_ids(self, destination: str, room_id: str, event_id: str) -> StateIdsAtEvent:
-        await trio.lowlevel.checkpoint()
-        self.calls.append(("state_ids", event_id))
-        room = self.rooms[room_id]
-        if event_id not in room.events:
-            raise MatrixError(f"no event {event_id}", errcode="M_NOT_FOUND", http_status=502)
-        state = room.state_before(event_id)
-        chain: set[str] = set()
-        level = set(state.values())
-        while level:
-            level = {a for e in level for a in room.events[e].auth_event_ids} - chain
-            chain |= level
-        return StateIdsAtEvent(pdu_ids=tuple(sorted(state.values())), auth_chain_ids=tuple(chain))
-
-    async def get_event(self, destination: str, event_id: str) -> bytes:
-        await trio.lowlevel.checkpoint()
-        self.calls.append(("event", event_id))
-        return self._event(event_id).raw
-
-    def called(self, name: str) -> list[str]:
-        return [arg for call, arg in self.calls if call == name]
-
-
 class World:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self.keys = {server: generate_signing_key("k1") for server in (OURS, REMOTE, THIRD, EVIL)}
-        self.room = SignedRoom(self.keys, ALICE)
+        self.room = RoomBuilder(creator=ALICE, keys=self.keys)
         self.room.public_room(BOB, CAROL)
-        self.remote = StandInRemote(self.room)
+        self.remote = RemoteRooms(self.room)
         self.ingester = self.make_ingester(storage)
 
     def make_ingester(self, persister: Any, **kw: Any) -> FederationIngester:
@@ -140,7 +54,7 @@ class World:
             store=self.storage,
             persister=persister,
             client=self.remote,
-            verifier=EventVerifier(Keys(self.keys)),
+            verifier=EventVerifier(KnownKeys(self.keys)),
             **kw,
         )
 
@@ -151,7 +65,7 @@ class World:
 @pytest.fixture
 async def world(storage: Storage) -> World:
     world = World(storage)
-    await persist_directly(storage, list(world.room.events.values()))
+    await ingest_all(storage, list(world.room.events.values()))
     return world
 
 
@@ -163,7 +77,7 @@ async def _receive(world: World, event: Pdu, origin: str = REMOTE) -> IngestResu
 
 
 async def test_a_good_event_passes_and_a_tampered_one_is_redacted(world: World) -> None:
-    verifier = EventVerifier(Keys(world.keys))
+    verifier = EventVerifier(KnownKeys(world.keys))
     message = world.room.message(BOB, "signed words")
     tampered = Pdu.from_json(
         message.json | {"content": {"body": "other words"}}, world.room.version
@@ -178,7 +92,7 @@ async def test_a_good_event_passes_and_a_tampered_one_is_redacted(world: World) 
 
 
 async def test_bad_signatures_are_told_apart(world: World) -> None:
-    verifier = EventVerifier(Keys(world.keys))
+    verifier = EventVerifier(KnownKeys(world.keys))
     forged = world.room.message(BOB, key=generate_signing_key("k1"))
     unknown_key = world.room.message(BOB, key=generate_signing_key("k2"))
     no_signature = Pdu.from_json(
@@ -203,7 +117,7 @@ async def test_bad_signatures_are_told_apart(world: World) -> None:
 async def test_a_restricted_join_needs_the_authorising_servers_signature(
     world: World,
 ) -> None:
-    verifier = EventVerifier(Keys(world.keys))
+    verifier = EventVerifier(KnownKeys(world.keys))
     dave = f"@dave:{REMOTE}"
     content = {"membership": "join", "join_authorised_via_users_server": ALICE}
     join = world.room.send("m.room.member", dave, content, state_key=dave)
@@ -341,7 +255,7 @@ async def test_a_fork_with_a_gap_resolves_our_state_with_the_remote_one(world: W
     # Our side: Alice sets the topic. Their side, unseen here: Dave joins,
     # then a long run of messages.
     ours = room.topic(ALICE, "ours", prev=[fork_point])
-    await persist_directly(world.storage, [ours])
+    await ingest_all(world.storage, [ours])
     dave_join = room.member(dave, "join", prev=[fork_point])
     theirs = [room.message(BOB, f"m{n}") for n in range(14)]
     merge = room.message(BOB, "merge", prev=[ours.event_id, theirs[-1].event_id])
@@ -384,7 +298,7 @@ async def test_receive_pdus_gives_one_outcome_per_pdu(world: World) -> None:
     room = world.room
     first = room.message(BOB, "one")
     second = room.message(BOB, "two")
-    other = SignedRoom(world.keys, BOB)
+    other = RoomBuilder(creator=BOB, keys=world.keys)
     stray = other.message(BOB)  # a room we are not in
     outcomes = await world.ingester.receive_pdus(
         REMOTE, [first.raw, b"[1, 2]", stray.raw, second.raw, b"{not json"]
@@ -430,7 +344,7 @@ async def test_an_event_failing_only_against_current_state_is_soft_failed(
     room = world.room
     before_ban = room.last
     ban = room.member(ALICE, "ban", BOB)
-    await persist_directly(world.storage, [ban])
+    await ingest_all(world.storage, [ban])
     # Bob's message forks from before his ban.
     late = room.message(BOB, "from before the ban", prev=[before_ban])
     result = await _receive(world, late)
@@ -446,9 +360,9 @@ async def test_rooms_of_a_transaction_are_handled_concurrently(
     world: World, storage: Storage
 ) -> None:
     slow_room = world.room
-    fast_room = SignedRoom(world.keys, ALICE)
+    fast_room = RoomBuilder(creator=ALICE, keys=world.keys)
     fast_room.public_room(BOB)
-    await persist_directly(storage, list(fast_room.events.values()))
+    await ingest_all(storage, list(fast_room.events.values()))
     slow_room.message(BOB, "missed")
     slow = slow_room.message(BOB, "after a gap")
     fast = fast_room.message(BOB, "no gap")

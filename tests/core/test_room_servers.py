@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 from _recording import RecordingReader
-from _signed_rooms import SignedRoom, persist_directly
 
 from ranvier.core.room_servers import RoomEventSender, RoomServers
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.signing import generate_signing_key
 from ranvier.storage import Storage
+from ranvier.testing import RoomBuilder, ingest_all
 
 OURS = "ours.test"
 REMOTE = "remote.test"
@@ -50,35 +50,35 @@ class Queued:
 
 
 @pytest.fixture
-async def room(storage: Storage) -> SignedRoom:
+async def room(storage: Storage) -> RoomBuilder:
     keys = {server: generate_signing_key("k1") for server in (OURS, REMOTE, THIRD)}
-    room = SignedRoom(keys, ALICE)
+    room = RoomBuilder(creator=ALICE, keys=keys)
     room.public_room(BOB, CAROL, DAN)
-    await persist_directly(storage, list(room.events.values()))
+    await ingest_all(storage, list(room.events.values()))
     return room
 
 
-async def test_joined_servers_follow_the_current_state(storage: Storage, room: SignedRoom) -> None:
+async def test_joined_servers_follow_the_current_state(storage: Storage, room: RoomBuilder) -> None:
     servers = RoomServers(storage)
     assert await servers.joined_servers(room.room_id) == {OURS, REMOTE, THIRD}
     # One of THIRD's two users leaving leaves THIRD in; both leaving takes it out.
-    await persist_directly(storage, [room.member(CAROL, "leave")])
+    await ingest_all(storage, [room.member(CAROL, "leave")])
     assert await servers.joined_servers(room.room_id) == {OURS, REMOTE, THIRD}
-    await persist_directly(storage, [room.member(DAN, "leave")])
+    await ingest_all(storage, [room.member(DAN, "leave")])
     assert await servers.joined_servers(room.room_id) == {OURS, REMOTE}
     # An invite is not a join.
-    await persist_directly(storage, [room.member(ALICE, "invite", CAROL)])
+    await ingest_all(storage, [room.member(ALICE, "invite", CAROL)])
     assert await servers.joined_servers(room.room_id) == {OURS, REMOTE}
     assert await servers.joined_servers("!unknown:ours.test") == frozenset()
 
 
-async def test_only_new_member_events_are_read_again(storage: Storage, room: SignedRoom) -> None:
+async def test_only_new_member_events_are_read_again(storage: Storage, room: RoomBuilder) -> None:
     reader = RecordingReader(storage)
     servers = RoomServers(reader)
     await servers.joined_servers(room.room_id)
     assert reader.entries({"get_events"}) == 4  # alice, bob, carol, dan
     reader.clear()
-    await persist_directly(storage, [room.member(BOB, "leave")])
+    await ingest_all(storage, [room.member(BOB, "leave")])
     assert await servers.joined_servers(room.room_id) == {OURS, THIRD}
     assert reader.entries({"get_events"}) == 1
     # A room forgotten is read whole again.
@@ -88,12 +88,12 @@ async def test_only_new_member_events_are_read_again(storage: Storage, room: Sig
     assert reader.entries({"get_events"}) == 4
 
 
-async def test_rooms_remembered_are_bounded(storage: Storage, room: SignedRoom) -> None:
+async def test_rooms_remembered_are_bounded(storage: Storage, room: RoomBuilder) -> None:
     reader = RecordingReader(storage)
     servers = RoomServers(reader, rooms_remembered=1)
-    other = SignedRoom(room.keys, ALICE)
+    other = RoomBuilder(creator=ALICE, keys=room.keys)
     other.public_room(BOB)
-    await persist_directly(storage, list(other.events.values()))
+    await ingest_all(storage, list(other.events.values()))
     await servers.joined_servers(room.room_id)
     await servers.joined_servers(other.room_id)
     reader.clear()
@@ -107,12 +107,12 @@ async def test_rooms_remembered_are_bounded(storage: Storage, room: SignedRoom) 
 async def _send_after_write(
     storage: Storage, sender: RoomEventSender, event: Pdu, ordering: int = 7
 ) -> None:
-    await persist_directly(storage, [event])
+    await ingest_all(storage, [event])
     await sender.on_new_event(event, ordering)
 
 
 async def test_a_local_event_goes_to_every_other_joined_server(
-    storage: Storage, room: SignedRoom
+    storage: Storage, room: RoomBuilder
 ) -> None:
     queued = Queued()
     sender = RoomEventSender(OURS, RoomServers(storage), queued)
@@ -122,11 +122,11 @@ async def test_a_local_event_goes_to_every_other_joined_server(
 
 
 async def test_a_kick_also_goes_to_the_kicked_users_server(
-    storage: Storage, room: SignedRoom
+    storage: Storage, room: RoomBuilder
 ) -> None:
     queued = Queued()
     sender = RoomEventSender(OURS, RoomServers(storage), queued)
-    await persist_directly(storage, [room.member(CAROL, "leave")])
+    await ingest_all(storage, [room.member(CAROL, "leave")])
     kick = room.member(ALICE, "leave", DAN)
     await _send_after_write(storage, sender, kick)
     # THIRD has no one joined after the kick, and hears of it all the same.
@@ -139,9 +139,9 @@ async def test_a_kick_also_goes_to_the_kicked_users_server(
 
 async def test_nothing_is_queued_when_no_other_server_is_in_the_room(storage: Storage) -> None:
     keys = {OURS: generate_signing_key("k1")}
-    room = SignedRoom(keys, ALICE)
+    room = RoomBuilder(creator=ALICE, keys=keys)
     room.public_room()
-    await persist_directly(storage, list(room.events.values()))
+    await ingest_all(storage, list(room.events.values()))
     queued = Queued()
     sender = RoomEventSender(OURS, RoomServers(storage), queued)
     await _send_after_write(storage, sender, room.message(ALICE))

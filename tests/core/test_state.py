@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from _rooms import ALICE, DAVE, CountingStorage, Room, ingest_all
+from _rooms import ALICE, BOB, CAROL, DAVE, CountingStorage
 
 from ranvier.core import compute_event_context, event_to_persist, resolve_state_maps
 from ranvier.core.state import changes_between, drive_steps
@@ -13,6 +13,7 @@ from ranvier.protocol.events import Pdu
 from ranvier.protocol.room_versions import get_room_version
 from ranvier.protocol.state_res import resolve_state, resolve_state_steps
 from ranvier.storage import Storage
+from ranvier.testing import RoomBuilder, ingest_all
 
 MEMBER = "m.room.member"
 
@@ -31,7 +32,7 @@ async def _persist_plain(storage: Storage, events: Sequence[Pdu]) -> None:
         await storage.persist_events([event_to_persist(event, context)])
 
 
-def _custom_fork(room: Room, fork: str, label: str, count: int) -> str:
+def _custom_fork(room: RoomBuilder, fork: str, label: str, count: int) -> str:
     last = fork
     for n in range(count):
         last = room.send("m.custom", ALICE, {"v": label}, state_key=str(n), prev=[last]).event_id
@@ -43,8 +44,8 @@ async def test_join_rules_against_a_join_resolves_as_in_memory(
     counting: CountingStorage, version: str
 ) -> None:
     # One branch closes the room while on the other Dave joins it.
-    room = Room(version)
-    room.basic()
+    room = RoomBuilder(version)
+    room.public_room(BOB, CAROL, users={BOB: 50})
     fork = room.last
     closed = room.join_rules(ALICE, "invite")
     dave = room.member(DAVE, "join", prev=[fork])
@@ -64,8 +65,8 @@ async def test_join_rules_against_a_join_resolves_as_in_memory(
 async def test_only_the_events_the_resolution_needs_are_read(
     counting: CountingStorage, version: str
 ) -> None:
-    room = Room(version)
-    room.basic()
+    room = RoomBuilder(version)
+    room.public_room(BOB, CAROL, users={BOB: 50})
     for n in range(300):
         room.member(f"@user{n}:example.org", "join")
     fork = room.last
@@ -86,8 +87,8 @@ async def test_only_the_events_the_resolution_needs_are_read(
 
 
 async def test_states_that_agree_need_no_events(counting: CountingStorage) -> None:
-    room = Room()
-    room.basic()
+    room = RoomBuilder()
+    room.public_room(BOB, CAROL, users={BOB: 50})
     await ingest_all(counting, list(room.events.values()))
     state = room.state_after[room.last]
     read_before = counting.events_read
@@ -99,9 +100,9 @@ async def test_states_that_agree_need_no_events(counting: CountingStorage) -> No
     assert await resolve_state_maps(counting, room.room_id, get_room_version("10"), []) == {}
 
 
-def _conflicted_room(count: int) -> tuple[Room, list[dict[tuple[str, str], str]]]:
-    room = Room()
-    room.basic()
+def _conflicted_room(count: int) -> tuple[RoomBuilder, list[dict[tuple[str, str], str]]]:
+    room = RoomBuilder()
+    room.public_room(BOB, CAROL, users={BOB: 50})
     fork = room.last
     left = _custom_fork(room, fork, "left", count)
     right = _custom_fork(room, fork, "right", count)
