@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from _rooms import ingest
-from _signed_rooms import SignedRoom
 from trio.testing import MockClock
 
 from ranvier.core import EventContext, compute_event_context, event_to_persist, run_auth_checks
@@ -35,11 +33,12 @@ from ranvier.core.interfaces import (
     StateIdsAtEvent,
 )
 from ranvier.core.unpartial import ResyncStatus, UnpartialStater
-from ranvier.errors import InvalidSignatureError, MatrixError, PartialStateConflictError
+from ranvier.errors import MatrixError, PartialStateConflictError
 from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.events import Pdu
-from ranvier.protocol.signing import SigningKey, VerifyKeyLike, generate_signing_key, key_id
+from ranvier.protocol.signing import generate_signing_key
 from ranvier.storage import Storage
+from ranvier.testing import KnownKeys, RoomBuilder, ingest
 
 OURS = "ours.test"
 REMOTE = "remote.test"
@@ -56,22 +55,6 @@ CROWD = [f"@m{n}:{REMOTE}" for n in range(24)]
 # --- The parts of other servers ---------------------------------------------------
 
 
-class Keys:
-    """Servers' verify keys from a dict, as a key ring that fetched them."""
-
-    def __init__(self, keys: Mapping[str, SigningKey]) -> None:
-        self.keys = {(server, key_id(key)): key.verify_key for server, key in keys.items()}
-
-    async def get_verify_key(
-        self, server_name: str, key_id: str, *, at_ts: int | None = None
-    ) -> VerifyKeyLike:
-        await trio.lowlevel.checkpoint()
-        key = self.keys.get((server_name, key_id))
-        if key is None:
-            raise InvalidSignatureError(f"{server_name} has no key {key_id}")
-        return key
-
-
 def _unreachable(server: str) -> MatrixError:
     return MatrixError(f"{server}: connection refused", errcode="M_UNKNOWN", http_status=502)
 
@@ -85,7 +68,7 @@ class StandIn:
     ``/state_ids`` until it is set.
     """
 
-    def __init__(self, name: str, room: SignedRoom, resident: Storage) -> None:
+    def __init__(self, name: str, room: RoomBuilder, resident: Storage) -> None:
         self.name = name
         self.room = room
         self.resident = resident
@@ -234,7 +217,7 @@ class World:
         self.ours = ours
         self.resident = resident
         self.keys = {s: generate_signing_key("k1") for s in (OURS, REMOTE, THIRD, EVIL)}
-        room = self.room = SignedRoom(self.keys, BOB, version=version)
+        room = self.room = RoomBuilder(version, BOB, keys=self.keys)
         self.bob_join = room.member(BOB, "join")
         self.pl = room.power_levels(BOB, {BOB: 100, MALLORY: 50})
         room.join_rules(BOB, "public")
@@ -262,7 +245,7 @@ class World:
         self.after_join = [self.said, self.mallory_pl, self.carol_says, self.bob_says, self.topic]
         self.servers = {name: StandIn(name, room, resident) for name in (REMOTE, THIRD)}
         self.federation = Federation(*self.servers.values())
-        self.verifier = EventVerifier(Keys(self.keys))
+        self.verifier = EventVerifier(KnownKeys(self.keys))
         self.locks = RoomLocks()
 
     def auth_ids(self, *events: Pdu) -> list[str]:
@@ -278,8 +261,8 @@ class World:
         return [self.join.event_id, *(event.event_id for event in self.after_join)]
 
     async def fill_resident(self) -> None:
-        for event_id in self.room.order:
-            await ingest(self.resident, self.room.events[event_id])
+        for event in self.room.order:
+            await ingest(self.resident, event)
 
     async def join_partially(self, storage: Storage | None = None) -> None:
         """Store the room here as a partial join leaves it, then take in the
