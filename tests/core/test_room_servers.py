@@ -146,3 +146,15 @@ async def test_nothing_is_queued_when_no_other_server_is_in_the_room(storage: St
     sender = RoomEventSender(OURS, RoomServers(storage), queued)
     await _send_after_write(storage, sender, room.message(ALICE))
     assert queued.calls == []
+
+
+async def test_a_membership_made_through_us_does_not_go_back_to_its_server(
+    storage: Storage, room: RoomBuilder
+) -> None:
+    queued = Queued()
+    sender = RoomEventSender(OURS, RoomServers(storage), queued)
+    erin = f"@erin:{REMOTE}"
+    # Erin's server joined her through us (send_join): we pass it on to THIRD.
+    join = room.member(erin, "join")
+    await _send_after_write(storage, sender, join)
+    assert queued.calls == [(join.event_id, 7, [THIRD], join.raw)]

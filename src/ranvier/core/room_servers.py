@@ -126,7 +126,9 @@ class RoomEventSender:
     which already includes the event. A membership that takes a user of
     another server out of the room (a kick, a ban, a leave through us) also
     goes to that user's server, which the state after it no longer counts
-    as joined. An invite does not: the invitee's server signed it already.
+    as joined. An invite does not: the invitee's server signed it already;
+    nor does a join or leave another server made through this one go back
+    to that server.
     """
 
     def __init__(self, server_name: str, rooms: RoomServers, sink: PduSink) -> None:
@@ -139,6 +141,8 @@ class RoomEventSender:
         leaving = event.type == _MEMBER and event.membership in ("leave", "ban")
         if leaving and event.state_key is not None:
             destinations.add(_server_of(event.state_key))
+        # A join or leave another server made through us came from there.
+        destinations.discard(_server_of(event.sender))
         destinations.discard(self.server_name)
         if not destinations:
             return
