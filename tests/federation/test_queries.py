@@ -20,6 +20,7 @@ import trio
 
 from ranvier.core import compute_event_context, event_to_persist
 from ranvier.federation.queries import MAX_BACKFILL_LIMIT, add_query_routes
+from ranvier.federation.room_access import PARTIAL_STATE_ERRCODE
 from ranvier.federation.transport.client import FederationRequestError
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.redaction import redact
@@ -375,7 +376,11 @@ async def test_profile_of_a_local_user(world: World) -> None:
     assert (missing.status, missing.errcode) == (400, "M_MISSING_PARAM")
 
 
-async def test_state_at_an_event_with_partial_state_is_not_given(world: World) -> None:
+async def test_a_room_with_partial_state_refuses_its_state_and_auth_chains(
+    world: World,
+) -> None:
+    """While the room's state is partial here, no state or auth chain of it
+    is given, not even at events from before; once full, it is again."""
     storage = world.resident.storage
     room = world.room
     await storage.store_partial_join(
@@ -386,15 +391,26 @@ async def test_state_at_an_event_with_partial_state_is_not_given(world: World) -
         message, storage, storage, state_ids_before=room.state, partial_state=True
     )
     await storage.persist_events([event_to_persist(message, context)])
-    error = await world.refused(
-        world.peer,
-        "GET",
-        f"{V1}/state_ids/{seg(room.room_id)}",
-        query={"event_id": message.event_id},
-    )
-    assert (error.status, error.errcode) == (404, "M_NOT_FOUND")
-    # The state at events from before is known whole.
-    body = await world.get(
-        world.peer, f"{V1}/state_ids/{seg(room.room_id)}", event_id=world.messages[0].event_id
-    )
+    room_id = seg(room.room_id)
+    asked = [
+        (f"{V1}/state_ids/{room_id}", {"event_id": message.event_id}),
+        (f"{V1}/state_ids/{room_id}", {"event_id": world.messages[0].event_id}),
+        (f"{V1}/state/{room_id}", {"event_id": world.messages[0].event_id}),
+        (f"{V1}/event_auth/{room_id}/{seg(world.messages[0].event_id)}", None),
+    ]
+    for path, query in asked:
+        error = await world.refused(world.peer, "GET", path, query=query)
+        assert (error.status, error.errcode) == (403, PARTIAL_STATE_ERRCODE)
+        assert "not yet fully known" in (error.error or "")
+    # The history itself may still be pulled.
+    event = await world.get(world.peer, f"{V1}/event/{seg(message.event_id)}")
+    assert ids_of(event["pdus"]) == [message.event_id]
+
+    groups = await storage.get_event_state_groups(message.event_id)
+    assert groups is not None
+    await storage.update_state_for_partial_event(message.event_id, groups.before, groups.after)
+    assert await storage.clear_partial_state(room.room_id)
+    body = await world.get(world.peer, asked[0][0], event_id=message.event_id)
     assert world.bob_join.event_id in body["pdu_ids"]
+    auth = await world.get(world.peer, asked[3][0])
+    assert set(ids_of(auth["auth_chain"])) == auth_chain(room, [world.messages[0].event_id])

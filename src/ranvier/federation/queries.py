@@ -14,6 +14,10 @@ Other servers call these to fill gaps in what they know of a room:
   caller has (``earliest_events``) and what it got (``latest_events``);
 * ``GET /v1/query/profile?user_id=&field=``: a local user's public profile.
 
+While the room's state here is partial, ``/state``, ``/state_ids`` and
+``/event_auth`` are refused with 403 (see
+:meth:`~ranvier.federation.room_access.RoomAccess.check_full_state`).
+
 Who may see what is :mod:`ranvier.federation.room_access`'s business; every
 room endpoint here applies the room's server ACL first. Events are sent as
 stored, byte for byte: the stored JSON is embedded in the answer without
@@ -163,6 +167,7 @@ class _Queries:
         version = await self._room_version(room_id)
         access = RoomAccess(self._store)
         await access.check_server_acl(room_id, origin)
+        await access.check_full_state(room_id)
         event = await self._event_in_room(room_id, event_id)
         await self._check_may_see_state(access, event, origin)
         groups = await self._store.get_event_state_groups(event_id)
@@ -248,6 +253,7 @@ class _Queries:
         version = await self._room_version(room_id)
         access = RoomAccess(self._store)
         await access.check_server_acl(room_id, origin)
+        await access.check_full_state(room_id)
         event = await self._event_in_room(room_id, request.path_params["event_id"])
         await self._check_may_see_state(access, event, origin)
         chain = await self._auth_chain(room_id, version, [event.event_id])

@@ -22,6 +22,13 @@ to a server in the room (or a world-readable one), with each event it may
 not see replaced by its redacted form, which keeps the room's graph intact
 without its content.
 
+**Partial state.** While this server has only the partial state of a room
+(joined with ``omit_members``, MSC3706), it cannot tell which servers are
+in the room nor give the state at an event; the requests that need to
+(``/state``, ``/state_ids``, ``/event_auth``) get 403 with errcode
+:data:`PARTIAL_STATE_ERRCODE`, as Synapse answers them (the code of the
+draft MSC3895), so the asking server tries another.
+
 The ACL and history visibility are read at their keys alone. Whether a
 server has a member in a state reads that whole state (storage has no read
 of one server's members), once per request and state. Left out for now:
@@ -43,6 +50,7 @@ from ranvier.storage.records import StateKey, StoredEvent
 
 __all__ = [
     "HISTORY_VISIBILITY_KEY",
+    "PARTIAL_STATE_ERRCODE",
     "SERVER_ACL_KEY",
     "RoomAccess",
     "joined_servers",
@@ -51,6 +59,9 @@ __all__ = [
 
 SERVER_ACL_KEY: Final[StateKey] = ("m.room.server_acl", "")
 HISTORY_VISIBILITY_KEY: Final[StateKey] = ("m.room.history_visibility", "")
+#: The errcode of a refusal because this server has only partial state of
+#: the room: MSC3895's, with the unstable prefix Synapse sends.
+PARTIAL_STATE_ERRCODE: Final = "ORG.MATRIX.MSC3895_UNABLE_DUE_TO_PARTIAL_STATE"
 _MEMBER: Final = "m.room.member"
 _DEFAULT_VISIBILITY: Final = "shared"
 _VISIBILITIES: Final = frozenset({"world_readable", "shared", "invited", "joined"})
@@ -202,6 +213,17 @@ class RoomAccess:
             raise MatrixError(
                 f"the server ACL of {room_id} denies {server_name}",
                 errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+
+    async def check_full_state(self, room_id: str) -> None:
+        """Raise 403 :data:`PARTIAL_STATE_ERRCODE` while the room's state here
+        is partial.
+        """
+        if await self._store.is_partial_state_room(room_id):
+            raise MatrixError(
+                f"the state of {room_id} is not yet fully known here; ask another server",
+                errcode=PARTIAL_STATE_ERRCODE,
                 http_status=403,
             )
 
