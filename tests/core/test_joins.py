@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import socket
+import sqlite3
 import ssl
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +27,20 @@ import trio
 import trio.testing
 import trustme
 
+from ranvier.core.context import EventContext, event_to_persist
 from ranvier.core.creation import EventCreator
+from ranvier.core.ingest import RoomLocks
 from ranvier.core.joins import RemoteJoin, RemoteJoiner, RemoteJoinError
 from ranvier.errors import InvalidSignatureError, MatrixError
 from ranvier.federation.membership import FederationJoinClient, add_membership_routes
-from ranvier.federation.transport.client import FederationHttpClient
+from ranvier.federation.queries import add_query_routes
+from ranvier.federation.room_access import PARTIAL_STATE_ERRCODE
+from ranvier.federation.transport.client import FederationHttpClient, FederationRequestError
 from ranvier.federation.transport.listener import HttpListener
 from ranvier.federation.transport.server import FederationApp
 from ranvier.federation.transport.tls import client_ssl_context
 from ranvier.protocol.events import Pdu
+from ranvier.protocol.hashing import hash_and_sign_event
 from ranvier.protocol.redaction import redact
 from ranvier.protocol.signing import SigningKey, VerifyKeyLike, generate_signing_key, key_id
 from ranvier.storage import Storage
@@ -42,6 +49,12 @@ JOINER = "b.test"
 BOB = "@bob:b.test"
 NOW_MS = 1_700_000_000_000
 MEMBER = "m.room.member"
+V1 = "/_matrix/federation/v1"
+V2 = "/_matrix/federation/v2"
+
+
+def seg(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
 
 
 class Keys:
@@ -81,10 +94,18 @@ class AlteringJoinClient:
         return await self.client.make_join(destination, room_id, user_id, room_versions)
 
     async def send_join(
-        self, destination: str, room_id: str, event_id: str, event: Mapping[str, Any]
+        self,
+        destination: str,
+        room_id: str,
+        event_id: str,
+        event: Mapping[str, Any],
+        *,
+        omit_members: bool = False,
     ) -> bytes:
         answer = msgspec.json.decode(
-            await self.client.send_join(destination, room_id, event_id, event)
+            await self.client.send_join(
+                destination, room_id, event_id, event, omit_members=omit_members
+            )
         )
         self.alter(answer)
         return msgspec.json.encode(answer)
@@ -103,7 +124,9 @@ class World:
     joiner_key: SigningKey
 
     def joiner(self, client: Any = None, **kwargs: Any) -> RemoteJoiner:
+        """A joiner asking for full state, unless told otherwise."""
         clock = itertools.count(NOW_MS + 10_000)
+        kwargs.setdefault("partial_state", False)
         return RemoteJoiner(
             server_name=JOINER,
             signing_key=self.joiner_key,
@@ -115,8 +138,11 @@ class World:
             **kwargs,
         )
 
-    def altered(self, alter: Alter) -> RemoteJoiner:
-        return self.joiner(AlteringJoinClient(FederationJoinClient(self.http), alter))
+    def altered(self, alter: Alter, *, partial_state: bool = False) -> RemoteJoiner:
+        return self.joiner(
+            AlteringJoinClient(FederationJoinClient(self.http), alter),
+            partial_state=partial_state,
+        )
 
     async def join(self, joiner: RemoteJoiner | None = None) -> RemoteJoin:
         return await (joiner or self.joiner()).join_remote_room(
@@ -424,3 +450,525 @@ async def test_the_join_is_written_under_the_rooms_lock(world: World) -> None:
         lock.release()
     assert held_for == [world.room_id]
     assert await world.joiner_storage.get_event(joined[0].event.event_id) is not None
+
+
+# --- Partial-state joins between two real servers --------------------------------
+#
+# Both sides are servers on loopback HTTPS with storage of their own, the
+# membership and query routes, and a signed client: the resident holds the
+# room, the joiner joins it with partial state and then answers other
+# servers about it. A big room's members are servers of their own
+# (m0.test ... m9.test), never contacted, whose keys both sides know.
+
+MEMBER_SERVERS = tuple(f"m{index}.test" for index in range(10))
+
+
+@dataclass
+class Side:
+    name: str
+    storage: Storage
+    key: SigningKey
+    http: FederationHttpClient
+    locks: RoomLocks
+    db_path: Path
+
+
+@dataclass
+class SendJoinAsked:
+    omit_members: bool
+    body: bytes
+
+
+class RecordingJoinClient:
+    """The real join client, keeping each send_join's question and answer.
+
+    ``full_state`` asks for the full state whatever the joiner wants, as
+    against a resident that does not know ``omit_members``.
+    """
+
+    def __init__(self, http: FederationHttpClient, *, full_state: bool = False) -> None:
+        self.client = FederationJoinClient(http)
+        self.full_state = full_state
+        self.asked: list[SendJoinAsked] = []
+
+    async def make_join(
+        self, destination: str, room_id: str, user_id: str, room_versions: Sequence[str]
+    ) -> Any:
+        return await self.client.make_join(destination, room_id, user_id, room_versions)
+
+    async def send_join(
+        self,
+        destination: str,
+        room_id: str,
+        event_id: str,
+        event: Mapping[str, Any],
+        *,
+        omit_members: bool = False,
+    ) -> bytes:
+        omit_members = omit_members and not self.full_state
+        body = await self.client.send_join(
+            destination, room_id, event_id, event, omit_members=omit_members
+        )
+        self.asked.append(SendJoinAsked(omit_members, body))
+        return body
+
+
+@dataclass
+class Pair:
+    resident: Side
+    joiner: Side
+    keys: Keys
+    creator: EventCreator
+    member_keys: dict[str, SigningKey]
+
+    @property
+    def alice(self) -> str:
+        return f"@alice:{self.resident.name}"
+
+    def local(self, name: str) -> str:
+        return f"@{name}:{self.joiner.name}"
+
+    def remote_joiner(self, client: Any = None, **kwargs: Any) -> RemoteJoiner:
+        clock = itertools.count(NOW_MS + 10_000)
+        kwargs.setdefault("room_lock", self.joiner.locks.hold)
+        return RemoteJoiner(
+            server_name=self.joiner.name,
+            signing_key=self.joiner.key,
+            client=client or FederationJoinClient(self.joiner.http),
+            keys=self.keys,
+            store=self.joiner.storage,
+            persister=self.joiner.storage,
+            clock=lambda: next(clock),
+            **kwargs,
+        )
+
+    async def join(self, name: str, room_id: str, client: Any = None) -> RemoteJoin:
+        joiner = self.remote_joiner(client)
+        return await joiner.join_remote_room(self.local(name), room_id, [self.resident.name])
+
+    async def add_members(self, room_id: str, count: int) -> list[Pdu]:
+        """``count`` users of the member servers joined to the resident's room,
+        written in one request with a state group each, as cheaply as the
+        room can be grown with every state right.
+        """
+        storage = self.resident.storage
+        (prev,) = await storage.get_forward_extremities(room_id)
+        prev_row = await storage.get_event(prev)
+        groups = await storage.get_event_state_groups(prev)
+        assert prev_row is not None
+        assert groups is not None
+        state = await storage.get_state_ids(groups.after)
+        auth = [state[("m.room.power_levels", "")], state[("m.room.join_rules", "")]]
+        group, depth, ts = groups.after, prev_row.depth, prev_row.origin_server_ts
+        rows = []
+        members = []
+        for index in range(count):
+            server = MEMBER_SERVERS[index % len(MEMBER_SERVERS)]
+            user = f"@u{index}:{server}"
+            depth, ts = depth + 1, ts + 1
+            fields = {
+                "type": MEMBER,
+                "state_key": user,
+                "sender": user,
+                "room_id": room_id,
+                "content": {"membership": "join"},
+                "prev_events": [prev],
+                "auth_events": auth,
+                "depth": depth,
+                "origin_server_ts": ts,
+            }
+            signed = hash_and_sign_event(fields, "12", server, self.member_keys[server])
+            event = Pdu.from_json(signed, "12")
+            after = await storage.store_state_group(
+                room_id, group, {(MEMBER, user): event.event_id}
+            )
+            context = EventContext(state_group_before=group, state_group_after=after)
+            rows.append(event_to_persist(event, context))
+            members.append(event)
+            group, prev = after, event.event_id
+        await storage.persist_events(rows)
+        return members
+
+    async def membership(self, side: Side, room_id: str, user: str) -> str | None:
+        event_id = (await side.storage.get_current_state_ids(room_id)).get((MEMBER, user))
+        row = None if event_id is None else await side.storage.get_event(event_id)
+        version = await side.storage.get_room_version(room_id)
+        assert version is not None or row is None
+        return (
+            None if row is None or version is None else Pdu.from_json(row.json, version).membership
+        )
+
+    async def resync(self, room_id: str) -> None:
+        """What the un-partial-state task does when it is done, cut short:
+        every partial-state event given its (here: the same) state as full,
+        then the room's partial state cleared.
+        """
+        storage = self.joiner.storage
+        for event_id in await storage.get_partial_state_events(room_id):
+            groups = await storage.get_event_state_groups(event_id)
+            assert groups is not None
+            await storage.update_state_for_partial_event(event_id, groups.before, groups.after)
+        assert await storage.clear_partial_state(room_id)
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, nursery: trio.Nursery) -> Pair:
+    server_context, client_context = tls_contexts(tmp_path)
+    keys = Keys()
+    clock = itertools.count(NOW_MS)
+
+    async def side(label: str) -> Side:
+        db_path = tmp_path / f"{label}.db"
+        storage = Storage(db_path, synchronous="NORMAL")
+        await nursery.start(storage.run)
+        app = FederationApp(server_name="127.0.0.1", key_lookup=keys)
+        port = await nursery.start(
+            HttpListener(app, host="127.0.0.1", port=0, ssl_context=server_context).run
+        )
+        name = app.server_name = f"127.0.0.1:{port}"
+        key = generate_signing_key(label)
+        keys.add(name, key)
+        http = FederationHttpClient(name, key, ssl_context=client_context)
+        await nursery.start(http.run)
+        locks = RoomLocks()
+        add_membership_routes(
+            app.router,
+            server_name=name,
+            signing_key=key,
+            store=storage,
+            persister=storage,
+            keys=keys,
+            room_lock=locks.hold,
+            clock=lambda: next(clock),
+        )
+        add_query_routes(app.router, server_name=name, store=storage)
+        return Side(name, storage, key, http, locks, db_path)
+
+    resident, joiner = await side("resident"), await side("joiner")
+    member_keys = {server: generate_signing_key("m1") for server in MEMBER_SERVERS}
+    for server, key in member_keys.items():
+        keys.add(server, key)
+    creator = EventCreator(
+        server_name=resident.name,
+        signing_key=resident.key,
+        store=resident.storage,
+        persister=resident.storage,
+        room_locks=resident.locks,
+        clock=lambda: next(clock),
+    )
+    return Pair(resident, joiner, keys, creator, member_keys)
+
+
+def decoded(body: bytes) -> dict[str, Any]:
+    answer: dict[str, Any] = msgspec.json.decode(body)
+    return answer
+
+
+async def test_a_big_room_is_joined_with_partial_state(pair: Pair) -> None:
+    room_id = await pair.creator.create_room(
+        pair.alice, preset="public_chat", name="Big room", topic="many people"
+    )
+    members = await pair.add_members(room_id, 2_000)
+    client = RecordingJoinClient(pair.joiner.http)
+    joined = await pair.join("bob", room_id, client)
+    joiner, resident = pair.joiner.storage, pair.resident.storage
+    join_id = joined.event.event_id
+
+    # The room is partial here, with what the resident said of its servers.
+    assert joined.partial_state
+    assert await joiner.is_partial_state_room(room_id)
+    record = (await joiner.get_partial_state_rooms())[room_id]
+    assert (record.join_event_id, record.joined_via) == (join_id, pair.resident.name)
+    assert record.servers == {pair.resident.name, *MEMBER_SERVERS}
+    assert joined.servers_in_room == record.servers
+    # The join has the resident's state before it, less every membership
+    # (a named room keeps none), and partial state.
+    resident_groups = await resident.get_event_state_groups(join_id)
+    groups = await joiner.get_event_state_groups(join_id)
+    assert resident_groups is not None
+    assert groups is not None
+    full_state = await resident.get_state_ids(resident_groups.before)
+    assert len(full_state) == 2_001 + 7
+    assert await joiner.get_state_ids(groups.before) == {
+        key: event_id for key, event_id in full_state.items() if key[0] != MEMBER
+    }
+    assert await joiner.get_partial_state_event_ids([join_id]) == {join_id}
+    assert await joiner.get_forward_extremities(room_id) == {join_id}
+    assert await pair.membership(pair.joiner, room_id, pair.local("bob")) == "join"
+    assert not await joiner.get_events([event.event_id for event in members])
+
+    # What went over the wire: no membership in the state, a fraction of
+    # the full answer (asked again here for the same join).
+    (asked,) = client.asked
+    assert asked.omit_members
+    answer = decoded(asked.body)
+    assert answer["members_omitted"] is True
+    assert [e for e in answer["state"] if e["type"] == MEMBER] == []
+    full = await FederationJoinClient(pair.joiner.http).send_join(
+        pair.resident.name, room_id, join_id, joined.event.json
+    )
+    assert len([e for e in decoded(full)["state"] if e["type"] == MEMBER]) == 2_001
+    assert len(full) > 50 * len(asked.body)
+
+
+async def test_an_unnamed_room_is_joined_with_its_heroes(pair: Pair) -> None:
+    room_id = await pair.creator.create_room(pair.alice, preset="public_chat")
+    members = await pair.add_members(room_id, 8)
+    joined = await pair.join("bob", room_id)
+    assert joined.partial_state
+    kept = {key[1] for key in joined.state_ids if key[0] == MEMBER}
+    assert kept == {pair.alice, *(str(event.state_key) for event in members[:4])}
+    groups = await pair.joiner.storage.get_event_state_groups(joined.event.event_id)
+    assert groups is not None
+    assert await pair.joiner.storage.get_state_ids(groups.before) == joined.state_ids
+
+
+async def test_a_restricted_room_is_joined_with_partial_state(pair: Pair) -> None:
+    """The join cites alice, who vouches for it; the partial state leaves
+    her membership out, so the join is checked with it taken from the
+    join's own auth events."""
+    first = await pair.creator.create_room(pair.alice, preset="public_chat", name="First")
+    await pair.join("bob", first)
+    rules = {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": first}]}
+    room_id = await pair.creator.create_room(
+        pair.alice,
+        preset="public_chat",
+        name="Restricted",
+        room_version="10",
+        initial_state=[{"type": "m.room.join_rules", "state_key": "", "content": rules}],
+    )
+    joined = await pair.join("bob", room_id)
+    assert joined.partial_state
+    assert joined.room_version.identifier == "10"
+    assert joined.event.content["join_authorised_via_users_server"] == pair.alice
+    assert (MEMBER, pair.alice) not in joined.state_ids
+    alice_join = (await pair.resident.storage.get_current_state_ids(room_id))[(MEMBER, pair.alice)]
+    assert alice_join in joined.event.auth_event_ids
+    assert await pair.membership(pair.joiner, room_id, pair.local("bob")) == "join"
+
+
+async def test_a_resident_that_answers_with_full_state_gives_a_full_join(pair: Pair) -> None:
+    room_id = await pair.creator.create_room(pair.alice, preset="public_chat", name="Full")
+    await pair.add_members(room_id, 20)
+    client = RecordingJoinClient(pair.joiner.http, full_state=True)
+    joined = await pair.join("bob", room_id, client)
+    joiner = pair.joiner.storage
+    assert [asked.omit_members for asked in client.asked] == [False]
+    assert not joined.partial_state
+    assert not await joiner.is_partial_state_room(room_id)
+    assert await joiner.get_partial_state_event_ids([joined.event.event_id]) == frozenset()
+    assert await joiner.get_current_state_ids(room_id) == (
+        await pair.resident.storage.get_current_state_ids(room_id)
+    )
+    assert joined.servers_in_room == {pair.resident.name, *MEMBER_SERVERS}
+
+
+def _break_join_rules_signature(answer: dict[str, Any]) -> None:
+    for event in answer["state"]:
+        if event["type"] == "m.room.join_rules":
+            for by_key in event["signatures"].values():
+                for name in by_key:
+                    by_key[name] = "A" * 86
+
+
+def _drop_alices_join(answer: dict[str, Any]) -> None:
+    # Power levels cite it; the state omits it, so only the chain has it.
+    answer["auth_chain"] = [e for e in answer["auth_chain"] if e["type"] != MEMBER]
+
+
+def _no_servers_in_room(answer: dict[str, Any]) -> None:
+    del answer["servers_in_room"]
+
+
+def _not_a_server(answer: dict[str, Any]) -> None:
+    answer["servers_in_room"].append("not a server!")
+
+
+@pytest.mark.parametrize(
+    ("alter", "reason"),
+    [
+        (_break_join_rules_signature, "not validly signed"),
+        (_drop_alices_join, "is not authorised"),
+        (_no_servers_in_room, "no servers_in_room"),
+        (_not_a_server, "not a server name"),
+    ],
+)
+async def test_a_partial_answer_that_does_not_check_out_leaves_nothing(
+    pair: Pair, alter: Alter, reason: str
+) -> None:
+    room_id = await pair.creator.create_room(pair.alice, preset="public_chat", name="Named")
+    await pair.add_members(room_id, 5)
+    client = AlteringJoinClient(FederationJoinClient(pair.joiner.http), alter)
+    with pytest.raises(RemoteJoinError) as caught:
+        await pair.join("bob", room_id, client)
+    ((server, message),) = caught.value.failures
+    assert server == pair.resident.name
+    assert reason in message
+    joiner = pair.joiner.storage
+    assert await joiner.get_room_version(room_id) is None
+    assert not await joiner.is_partial_state_room(room_id)
+    assert await joiner.get_partial_state_rooms() == {}
+
+
+async def test_a_join_whose_write_fails_leaves_no_partial_room(pair: Pair) -> None:
+    """The partial-state row is written, then writing the join fails (a
+    trigger in the joiner's database refuses it): the row is removed."""
+    room_id = await pair.creator.create_room(pair.alice, preset="public_chat", name="Named")
+    bob = pair.local("bob")
+    with contextlib.closing(sqlite3.connect(pair.joiner.db_path)) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse_bob BEFORE INSERT ON events"
+            f" WHEN NEW.sender = '{bob}' BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+        )
+        conn.commit()
+    with pytest.raises(sqlite3.IntegrityError, match="refused by a trigger"):
+        await pair.join("bob", room_id)
+    joiner = pair.joiner.storage
+    assert not await joiner.is_partial_state_room(room_id)
+    assert await joiner.get_partial_state_rooms() == {}
+    assert await joiner.get_forward_extremities(room_id) == frozenset()
+    assert await pair.membership(pair.joiner, room_id, bob) is None
+
+    with contextlib.closing(sqlite3.connect(pair.joiner.db_path)) as conn:
+        conn.execute("DROP TRIGGER refuse_bob")
+        conn.commit()
+    joined = await pair.join("bob", room_id)
+    assert joined.partial_state
+    assert await pair.membership(pair.joiner, room_id, bob) == "join"
+
+
+async def test_a_partial_join_that_never_completed_is_replaced(pair: Pair) -> None:
+    """A crash between the partial-state row and the join's write leaves a
+    partial room without its join; the next join starts it afresh."""
+    room_id = await pair.creator.create_room(pair.alice, preset="public_chat", name="Named")
+    joiner = pair.joiner.storage
+    await joiner.store_partial_join(room_id, "12", "$lost", pair.resident.name, [])
+    joined = await pair.join("bob", room_id)
+    assert joined.partial_state
+    record = (await joiner.get_partial_state_rooms())[room_id]
+    assert record.join_event_id == joined.event.event_id
+
+
+async def test_a_second_join_into_a_partial_room_keeps_what_is_known(pair: Pair) -> None:
+    room_id = await pair.creator.create_room(pair.alice, preset="public_chat", name="Named")
+    await pair.add_members(room_id, 10)
+    bob = await pair.join("bob", room_id)
+    carol = await pair.join("carol", room_id)
+    joiner = pair.joiner.storage
+    # Carol's join follows bob's, whose membership the resident's partial
+    # answer leaves out: her join's state comes from his here.
+    assert carol.event.prev_event_ids == (bob.event.event_id,)
+    assert carol.partial_state
+    assert await joiner.get_partial_state_event_ids([carol.event.event_id]) == {
+        carol.event.event_id
+    }
+    assert await pair.membership(pair.joiner, room_id, pair.local("bob")) == "join"
+    assert await pair.membership(pair.joiner, room_id, pair.local("carol")) == "join"
+    record = (await joiner.get_partial_state_rooms())[room_id]
+    assert record.join_event_id == bob.event.event_id
+
+
+async def _join_while_resyncing(
+    pair: Pair, room_id: str, client: RecordingJoinClient
+) -> RemoteJoin:
+    """Carol's join, while the un-partial-state task holds the room's lock
+    and finishes the room: her join is written only after."""
+    waiting = trio.Event()
+
+    @contextlib.asynccontextmanager
+    async def watched(room: str) -> AsyncIterator[None]:
+        waiting.set()
+        async with pair.joiner.locks.hold(room):
+            yield
+
+    joiner = pair.remote_joiner(client, room_lock=watched)
+    joined: list[RemoteJoin] = []
+
+    async def join() -> None:
+        joined.append(
+            await joiner.join_remote_room(pair.local("carol"), room_id, [pair.resident.name])
+        )
+
+    # The lock is let go before the nursery waits for the join.
+    async with trio.open_nursery() as nursery, pair.joiner.locks.hold(room_id):
+        nursery.start_soon(join)
+        with trio.fail_after(10):
+            await waiting.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert not joined
+        assert client.asked[0].omit_members
+        await pair.resync(room_id)
+    (result,) = joined
+    return result
+
+
+async def test_a_join_never_makes_a_resynced_room_partial_again(pair: Pair) -> None:
+    room_id = await pair.creator.create_room(pair.alice, preset="public_chat", name="Named")
+    await pair.add_members(room_id, 10)
+    await pair.join("bob", room_id)
+    client = RecordingJoinClient(pair.joiner.http)
+    carol = await _join_while_resyncing(pair, room_id, client)
+
+    joiner = pair.joiner.storage
+    # The partial answer was placed on the state here, now full.
+    assert [asked.omit_members for asked in client.asked] == [True]
+    assert not carol.partial_state
+    assert not await joiner.is_partial_state_room(room_id)
+    assert await joiner.get_partial_state_event_ids([carol.event.event_id]) == frozenset()
+    assert await pair.membership(pair.joiner, room_id, pair.local("bob")) == "join"
+    assert await pair.membership(pair.joiner, room_id, pair.local("carol")) == "join"
+    # A room joined with full state is not asked for partial state again.
+    dave = await pair.join("dave", room_id, client)
+    assert [asked.omit_members for asked in client.asked] == [True, False]
+    assert not dave.partial_state
+    assert not await joiner.is_partial_state_room(room_id)
+
+
+async def test_a_join_the_full_state_here_cannot_place_asks_again(pair: Pair) -> None:
+    room_id = await pair.creator.create_room(pair.alice, preset="public_chat", name="Named")
+    await pair.add_members(room_id, 10)
+    await pair.join("bob", room_id)
+    # A message the joiner has not received: carol's join will follow it.
+    message_id = await pair.creator.send_event(
+        pair.alice, room_id, "m.room.message", {"body": "unseen"}
+    )
+    client = RecordingJoinClient(pair.joiner.http)
+    carol = await _join_while_resyncing(pair, room_id, client)
+
+    joiner = pair.joiner.storage
+    assert carol.event.prev_event_ids == (message_id,)
+    # The same join sent again, asking for the full state this time.
+    assert [asked.omit_members for asked in client.asked] == [True, False]
+    assert not carol.partial_state
+    assert not await joiner.is_partial_state_room(room_id)
+    assert await joiner.get_partial_state_event_ids([carol.event.event_id]) == frozenset()
+    assert await pair.membership(pair.joiner, room_id, pair.local("carol")) == "join"
+    assert len([key for key in carol.state_ids if key[0] == MEMBER]) == 12  # alice, 10, bob
+
+
+async def test_a_partial_room_sends_other_servers_elsewhere(pair: Pair) -> None:
+    room_id = await pair.creator.create_room(pair.alice, preset="public_chat", name="Named")
+    joined = await pair.join("bob", room_id)
+    http, joiner = pair.resident.http, pair.joiner.name
+    room, eve = seg(room_id), seg(f"@eve:{pair.resident.name}")
+    event = seg(joined.event.event_id)
+
+    for method, path, ver in [
+        ("GET", f"{V1}/make_join/{room}/{eve}", ["12"]),
+        ("PUT", f"{V2}/send_join/{room}/{event}", None),
+        ("GET", f"{V1}/make_leave/{room}/{eve}", None),
+        ("PUT", f"{V2}/send_leave/{room}/{event}", None),
+        ("GET", f"{V1}/make_knock/{room}/{eve}", ["12"]),
+        ("PUT", f"{V1}/send_knock/{room}/{event}", None),
+    ]:
+        with pytest.raises(FederationRequestError) as caught:
+            await http.request(method, joiner, path, query=None if ver is None else {"ver": ver})
+        assert (caught.value.status, caught.value.errcode) == (404, "M_NOT_FOUND"), path
+    for path, query in [
+        (f"{V1}/state_ids/{room}", {"event_id": joined.event.event_id}),
+        (f"{V1}/state/{room}", {"event_id": joined.event.event_id}),
+        (f"{V1}/event_auth/{room}/{event}", None),
+    ]:
+        with pytest.raises(FederationRequestError) as caught:
+            await http.request("GET", joiner, path, query=query)
+        assert (caught.value.status, caught.value.errcode) == (403, PARTIAL_STATE_ERRCODE), path

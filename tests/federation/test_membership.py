@@ -26,14 +26,15 @@ from ranvier.federation.membership import (
     FederationInviter,
     FederationJoinClient,
     add_membership_routes,
+    room_heroes,
 )
 from ranvier.federation.transport.client import FederationHttpClient, FederationRequestError
-from ranvier.federation.transport.server import Request, Router
+from ranvier.federation.transport.server import Request
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import hash_and_sign_event
 from ranvier.protocol.redaction import redact
 from ranvier.protocol.signing import verify_signed_json
-from ranvier.storage import EventToPersist, Storage
+from ranvier.storage import Storage
 
 from ._resident import (
     NOW_MS,
@@ -70,39 +71,6 @@ class Heard:
         self.events.append((event, stream_ordering))
 
 
-class ClearsPartialStateFirst:
-    """Storage that, before the first write of events, finishes the room's
-    partial state: the race of the un-partial-state task with a write,
-    reproduced at its worst moment.
-    """
-
-    def __init__(self, storage: Storage, room_id: str, partial: Sequence[str]) -> None:
-        self.storage = storage
-        self.room_id = room_id
-        self.partial = partial
-        self.writes = 0
-
-    async def persist_events(
-        self, events: Sequence[EventToPersist], *, current_state_groups: Any = None
-    ) -> Mapping[str, int]:
-        self.writes += 1
-        if self.writes == 1:
-            for event_id in self.partial:
-                groups = await self.storage.get_event_state_groups(event_id)
-                assert groups is not None
-                await self.storage.update_state_for_partial_event(
-                    event_id, groups.before, groups.after
-                )
-            assert await self.storage.clear_partial_state(self.room_id)
-        return await self.storage.persist_events(events, current_state_groups=current_state_groups)
-
-    async def store_room(self, room_id: str, room_version: str) -> None:
-        await self.storage.store_room(room_id, room_version)
-
-    async def store_state_group(self, room_id: str, prev_group: int | None, delta: Any) -> int:
-        return await self.storage.store_state_group(room_id, prev_group, delta)
-
-
 @dataclass
 class World:
     resident: Resident
@@ -131,9 +99,17 @@ class World:
         path = f"{V1}/make_{membership}/{seg(room_id)}/{seg(user)}"
         return await self.peer.client.get_json(self.name, path, query=query or None)
 
-    async def send(self, membership: str, event: Pdu, *, path_id: str | None = None) -> Any:
-        path = f"{V2}/send_{membership}/{seg(event.room_id)}/{seg(path_id or event.event_id)}"
-        return await self.peer.client.put_json(self.name, path, event.json)
+    async def send(
+        self,
+        membership: str,
+        event: Pdu,
+        *,
+        path_id: str | None = None,
+        query: Mapping[str, Any] | None = None,
+    ) -> Any:
+        version = V1 if membership == "knock" else V2
+        path = f"{version}/send_{membership}/{seg(event.room_id)}/{seg(path_id or event.event_id)}"
+        return await self.peer.client.put_json(self.name, path, event.json, query=query)
 
     async def refused(self, call: Any) -> FederationRequestError:
         with pytest.raises(FederationRequestError) as caught:
@@ -146,10 +122,12 @@ class World:
         signed = hash_and_sign_event(event, room_version, "b.test", self.peer.signing_key)
         return Pdu.from_json(signed, room_version)
 
-    async def join(self, room: SignedRoom, user: str = BOB) -> tuple[Pdu, Any]:
+    async def join(
+        self, room: SignedRoom, user: str = BOB, query: Mapping[str, Any] | None = None
+    ) -> tuple[Pdu, Any]:
         answer = await self.make("join", room.room_id, user, ver=[room.version])
         event = self.sign(answer["event"], room.version)
-        return event, await self.send("join", event)
+        return event, await self.send("join", event, query=query)
 
 
 @pytest.fixture
@@ -355,6 +333,110 @@ async def test_send_join_failing_the_auth_rules_is_refused(world: World) -> None
     assert await membership_now(world.storage, room.room_id, BOB) == "ban"
 
 
+# send_join with omit_members (MSC3706)
+
+
+def event_ids(events: Sequence[Any]) -> list[str]:
+    return [Pdu.from_json(msgspec.json.encode(e), "12").event_id for e in events]
+
+
+def member_keys(room: SignedRoom, ids: Sequence[str]) -> set[str]:
+    return {
+        str(room.events[event_id].state_key)
+        for event_id in ids
+        if room.events[event_id].type == MEMBER
+    }
+
+
+async def crowded_room(world: World, *, name: str | None = None) -> tuple[SignedRoom, list[str]]:
+    """A public room with seven members of c.test besides alice, and bob
+    invited last; named ``name`` if given."""
+    room = world.new_room()
+    room.public()
+    users = [f"@u{index}:c.test" for index in range(7)]
+    for user in users:
+        room.member(user, "join")
+    if name is not None:
+        room.state_event(world.alice, "m.room.name", {"name": name})
+    room.member(world.alice, "invite", BOB)
+    await ingest(world.storage, room.order)
+    return room, users
+
+
+def check_auth_chain_closed(room: SignedRoom, answer: Any, join: Pdu) -> None:
+    """Every event the answer returns has its auth events in the answer, and
+    the auth chain repeats nothing of the state."""
+    state, chain = set(event_ids(answer["state"])), set(event_ids(answer["auth_chain"]))
+    assert not state & chain
+    for event_id in (*state, *chain, join.event_id):
+        cited = room.events[event_id].auth_event_ids if event_id in room.events else ()
+        assert set(cited) <= state | chain, event_id
+    assert set(join.auth_event_ids) <= state | chain
+
+
+async def test_send_join_omitting_members_keeps_heroes_and_the_joiners_membership(
+    world: World,
+) -> None:
+    room, users = await crowded_room(world)
+    join, answer = await world.join(room, query={"omit_members": "true"})
+
+    assert answer["members_omitted"] is True
+    assert sorted(answer["servers_in_room"]) == sorted(["c.test", world.name])
+    state = event_ids(answer["state"])
+    non_members = {event_id for (kind, _), event_id in room.state.items() if kind != MEMBER}
+    assert non_members <= set(state)
+    # Unnamed: the heroes are the first five joined or invited by the
+    # order they were written, bob left out; and bob's own invite.
+    assert member_keys(room, state) == {world.alice, *users[:4], BOB}
+    assert room.state[(MEMBER, BOB)] in state
+    check_auth_chain_closed(room, answer, join)
+    assert await membership_now(world.storage, room.room_id, BOB) == "join"
+
+
+async def test_send_join_omitting_members_of_a_named_room(world: World) -> None:
+    room, _ = await crowded_room(world, name="The Room")
+    join, answer = await world.join(room, query={"omit_members": "true"})
+    state = event_ids(answer["state"])
+    assert member_keys(room, state) == {BOB}  # only the joiner's invite
+    # Alice's join is not state here, but power levels rest on it.
+    chain = event_ids(answer["auth_chain"])
+    assert room.state[(MEMBER, world.alice)] in chain
+    check_auth_chain_closed(room, answer, join)
+    full_join, full = await world.join(room, CAROL, query={"omit_members": "false"})
+    assert full["members_omitted"] is False
+    assert "servers_in_room" not in full
+    assert len([e for e in full["state"] if e["type"] == MEMBER]) == 9  # bob's join too
+    assert len(msgspec.json.encode(full)) > len(msgspec.json.encode(answer))
+    assert full_join.event_id != join.event_id
+
+
+async def test_send_join_with_an_omit_members_that_is_not_a_boolean(world: World) -> None:
+    answer = await world.make("join", world.room.room_id, BOB, ver=["12"])
+    event = world.sign(answer["event"])
+    error = await world.refused(world.send("join", event, query={"omit_members": "yes"}))
+    assert (error.status, error.errcode) == (400, "M_INVALID_PARAM")
+    assert not await stored(world.storage, event.event_id)
+
+
+def test_room_heroes_follow_the_spec() -> None:
+    memberships: dict[str, tuple[int, str | None]] = {
+        "@a:x": (5, "join"),
+        "@b:x": (1, "invite"),
+        "@me:x": (0, "join"),
+        "@c:x": (3, "leave"),
+        "@d:x": (2, "join"),
+        "@e:x": (9, "join"),
+        "@f:x": (7, "join"),
+        "@g:x": (8, "join"),
+        "@h:x": (4, "ban"),
+    }
+    assert room_heroes(memberships, "@me:x") == ["@b:x", "@d:x", "@a:x", "@f:x", "@g:x"]
+    assert room_heroes(memberships, "@me:x", count=2) == ["@b:x", "@d:x"]
+    gone = {"@c:x": (3, "leave"), "@h:x": (4, "ban"), "@k:x": (1, "knock"), "@me:x": (0, "join")}
+    assert room_heroes(gone, "@me:x") == ["@c:x", "@h:x"]
+    assert room_heroes({"@me:x": (0, "join")}, "@me:x") == []
+
+
 # make_leave and send_leave
 
 
@@ -376,39 +458,87 @@ async def test_make_leave_for_a_user_not_in_the_room_is_refused(world: World) ->
     assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
 
 
-async def test_send_leave_retries_after_the_partial_state_is_cleared(world: World) -> None:
-    """The write races the end of the room's partial state and loses once."""
+async def test_a_room_with_partial_state_sends_other_servers_elsewhere(world: World) -> None:
+    """Joins, leaves and knocks through a server that has only part of the
+    room's state are 404, as if it were not in the room; once the state is
+    complete they are answered again."""
     storage = world.storage
     room = world.new_room()
     room.public()
-    await ingest(storage, room.order)
     bob_join = room.member(BOB, "join")
-    await ingest(storage, [bob_join])
-    # The room becomes partial, and a message arrives with partial state.
+    await ingest(storage, room.order)
     await storage.store_partial_join(room.room_id, "12", bob_join.event_id, "b.test", ["b.test"])
     message = room.message(world.alice, "partial")
     context = await compute_event_context(
         message, storage, storage, state_ids_before=room.state, partial_state=True
     )
     await storage.persist_events([event_to_persist(message, context)])
-    leave = room.member(BOB, "leave")
+    carol_join, bob_leave = room.member(CAROL, "join"), room.member(BOB, "leave")
+    carol_knock = room.member(CAROL, "knock", prev=[message.event_id])
 
-    racing = ClearsPartialStateFirst(storage, room.room_id, [message.event_id])
-    router = world.resident.app.router = Router()
-    add_membership_routes(
-        router,
-        server_name=world.name,
-        signing_key=world.resident.signing_key,
-        store=storage,
-        persister=racing,
-        keys=world.keys,
-        notifier=world.heard,
-    )
-    assert await world.send("leave", leave) == {}
-    assert racing.writes == 2
-    assert not await storage.is_partial_state_room(room.room_id)
+    calls = [
+        world.make("join", room.room_id, CAROL, ver=["12"]),
+        world.send("join", carol_join),
+        world.send("join", carol_join, query={"omit_members": "true"}),
+        world.make("leave", room.room_id, BOB),
+        world.send("leave", bob_leave),
+        world.make("knock", room.room_id, CAROL, ver=["12"]),
+        world.send("knock", carol_knock),
+    ]
+    for call in calls:
+        error = await world.refused(call)
+        assert (error.status, error.errcode) == (404, "M_NOT_FOUND")
+        assert "full state" in (error.error or "")
+    for event in (carol_join, bob_leave, carol_knock):
+        assert not await stored(storage, event.event_id)
+
+    # The un-partial-state task finishes the room.
+    groups = await storage.get_event_state_groups(message.event_id)
+    assert groups is not None
+    await storage.update_state_for_partial_event(message.event_id, groups.before, groups.after)
+    assert await storage.clear_partial_state(room.room_id)
+    answer = await world.make("leave", room.room_id, BOB)
+    assert answer["event"]["prev_events"] == [message.event_id]
+    assert await world.send("leave", world.sign(answer["event"])) == {}
     assert await membership_now(storage, room.room_id, BOB) == "leave"
-    assert await storage.get_partial_state_event_ids([leave.event_id]) == frozenset()
+
+
+# make_knock and send_knock
+
+
+async def test_knock_through_the_handshake(world: World) -> None:
+    room = world.new_room()
+    room.public()
+    room.state_event(world.alice, "m.room.join_rules", {"join_rule": "knock"})
+    await ingest(world.storage, room.order)
+    answer = await world.make("knock", room.room_id, CAROL, ver=["12"])
+    assert answer["room_version"] == "12"
+    assert answer["event"]["content"] == {"membership": "knock"}
+    knock = world.sign(answer["event"])
+    reply = await world.send("knock", knock)
+    shown = event_ids(reply["knock_room_state"])
+    assert room.create.event_id in shown
+    assert room.state[("m.room.join_rules", "")] in shown
+    assert knock.event_id in shown  # the knock itself, the knocker's membership now
+    assert await membership_now(world.storage, room.room_id, CAROL) == "knock"
+    assert [e.event_id for e, _ in world.heard.events] == [knock.event_id]
+
+
+async def test_knock_refusals(world: World) -> None:
+    # A public room takes no knocks.
+    public = await world.refused(world.make("knock", world.room.room_id, CAROL, ver=["12"]))
+    assert (public.status, public.errcode) == (403, "M_FORBIDDEN")
+    old = world.new_room("6")
+    old.public()
+    await ingest(world.storage, old.order)
+    no_knocks = await world.refused(world.make("knock", old.room_id, CAROL, ver=["6"]))
+    assert (no_knocks.status, no_knocks.errcode) == (400, "M_INCOMPATIBLE_ROOM_VERSION")
+    knock = old.member(CAROL, "knock")
+    refused = await world.refused(world.send("knock", knock))
+    assert (refused.status, refused.errcode) == (403, "M_FORBIDDEN")
+    assert not await stored(world.storage, knock.event_id)
+    not_offered = await world.refused(world.make("knock", world.room.room_id, CAROL, ver=["11"]))
+    assert (not_offered.status, not_offered.errcode) == (400, "M_INCOMPATIBLE_ROOM_VERSION")
 
 
 # Restricted rooms
@@ -559,9 +689,13 @@ async def test_invite_then_join_between_two_servers(world: World, nursery: trio.
     assert joined.via == a.server_name
     assert await membership_now(a.storage, room_id, dora) == "join"
     assert await membership_now(b.storage, room_id, dora) == "join"
-    assert await b.storage.get_current_state_ids(room_id) == (
-        await a.storage.get_current_state_ids(room_id)
-    )
+    # A named room, joined with partial state: every event of a.test's state
+    # but alice's membership, which b.test learns of when the state is full.
+    assert joined.partial_state
+    assert await b.storage.is_partial_state_room(room_id)
+    full = dict(await a.storage.get_current_state_ids(room_id))
+    del full[(MEMBER, world.alice)]
+    assert await b.storage.get_current_state_ids(room_id) == full
 
 
 async def test_an_invite_the_invitees_server_refuses(world: World, nursery: trio.Nursery) -> None:

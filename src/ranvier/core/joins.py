@@ -7,6 +7,29 @@ completed (``origin``, ``origin_server_ts``), hashed and signed here; and
 ``send_join`` (v2) hands it to the same server, which answers with the
 room's state before the join and the auth chain of that state.
 
+Partial state (MSC3706, MSC3902)
+--------------------------------
+
+Most of a big room's state is memberships, and checking and storing tens
+of thousands of them is what makes a join slow. Unless the room is joined
+here with full state already, the join asks for the state without them
+(``send_join?omit_members=true``). A resident that agrees answers
+``members_omitted: true`` with the other state, the few memberships the
+spec keeps (heroes of an unnamed room, the joiner's own earlier
+membership), an auth chain for all of it and ``servers_in_room``. The room
+is then stored as *partial*: its partial-state row names the join event,
+the server joined through and the servers in the room, and the join gets a
+partial-state context. The un-partial-state task fetches the rest later. A
+resident that answers with the full state gives an ordinary join.
+
+What a partial answer lets us check is less than a full one: each event
+returned (state and auth chain) is checked against the events it cites,
+which must all be in the answer, and the join against the returned state,
+where the memberships the join cites stand in for the memberships the
+state leaves out. Whether the omitted memberships exist, and whether they
+would let the join in (a ban, say), cannot be known until the full state
+arrives; the un-partial-state task checks the join again then.
+
 Invariants
 ----------
 
@@ -14,58 +37,78 @@ Invariants
   answer must be of the room and validly signed; the state must hold the
   create event of the room's version and no key twice; every state and
   auth chain event must be authorised by the events it cites, all of them
-  in the answer; the join must pass the auth rules against the state; and
-  an ``event`` in the answer must be our join (same event ID, content hash
-  intact). An answer failing any of these is the server's fault: the next
-  server is tried, and if none is left, :class:`RemoteJoinError` says what
-  each one did. No room, state or event is left behind by a failed join.
+  in the answer; the join must pass the auth rules against the state (as
+  above, when members are omitted); an ``event`` in the answer must be our
+  join (same event ID, content hash intact); and an answer that omits
+  members must have been asked to and must list ``servers_in_room``. An
+  answer failing any of these is the server's fault: the next server is
+  tried, and if none is left, :class:`RemoteJoinError` says what each one
+  did. No room, state or event is left behind by a failed handshake.
 * **What is written is what was checked**, byte for byte: the state and
   auth chain as outliers (events with content hashes that do not match
-  are kept redacted, as the spec says), and the join, in the room's DAG,
-  with the answer's state as the state before it.
-* **One write for a first join.** When the room has no events here in its
-  DAG, the outliers and the join go to storage in one request, which lands
-  whole or not at all. Rejoining a room that already has events here needs
-  the outliers stored before the room's current state can be resolved
-  with the join, so they are written first.
+  are kept redacted, as the spec says), and the join, in the room's DAG.
+* **A room joined here with full state is never made partial again.**
+  Whether the room is known here, and whether its state is partial, is
+  read again under the room's lock (``room_lock``), the lock under which
+  the un-partial-state task clears a room's partial state; the handshake
+  itself holds no lock. A partial answer for a room that became full
+  meanwhile gives the join a context from the state here when its prev
+  events are known, and otherwise the same join is sent again asking for
+  the full state.
+* **A partial join lands whole or leaves no partial room.** Storage writes
+  the partial-state row (``store_partial_join``) and the events in two
+  requests, the row first, because the join's partial-state row refers to
+  it. If the events' write fails or is cancelled, the row is removed again
+  (``clear_partial_state``, which storage refuses if the join landed after
+  all). A crash between the two leaves a partial room whose join event is
+  not stored; the next join into the room finds such a row (a partial room
+  with no events in its DAG) and removes it first.
+* **One write for a first full join.** When the room has no events here in
+  its DAG, the outliers and the join go to storage in one request, which
+  lands whole or not at all. Joining a room that already has events here
+  needs the outliers stored before the join's state can be worked out, so
+  they are written first.
 
 Which failures move on to the next server: no usable answer (5xx, 429,
-unreachable), the server not knowing the room or the endpoint (404), the
+unreachable), the server not knowing the room or the endpoint (404, which
+is also how a resident with partial state of its own declines), the
 restricted-room answers that name another server as the one to ask
 (``M_UNABLE_TO_AUTHORISE_JOIN``, ``M_UNABLE_TO_GRANT_JOIN``), and answers
 that do not check out. Any other refusal (``M_FORBIDDEN``,
 ``M_INCOMPATIBLE_ROOM_VERSION`` …) is the room's verdict and is raised as
-the server gave it.
-
-Partial-state joins (``omit_members``) are not asked for yet: the join
-takes the room's full state. The writes are made under the room's lock
-(``room_lock``), the one every writer of the room's events must share
-(see :mod:`ranvier.core.context`); the handshake itself holds no lock.
+the server gave it. Failures to write are raised as they come.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 import msgspec
 import trio
 
-from ranvier.errors import AuthError, MatrixError
+from ranvier.errors import (
+    AuthError,
+    MatrixError,
+    PartialStateConflictError,
+    PartialStateEventsRemainError,
+)
 from ranvier.protocol.auth import (
     CREATE_KEY,
     StateKey,
     auth_state_keys,
     authorize_event,
     check_auth_rules,
+    is_valid_user_id,
 )
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import hash_and_sign_event
 from ranvier.protocol.room_versions import SUPPORTED_ROOM_VERSIONS, RoomVersion
 from ranvier.protocol.signing import SigningKeyLike
+from ranvier.storage.records import EventToPersist
 
 from .builder import wall_clock_ms
 from .context import (
@@ -74,10 +117,20 @@ from .context import (
     compute_event_context,
     event_to_persist,
 )
+from .event_auth import run_auth_checks
 from .event_signatures import check_event_signatures, redacted_if_hash_mismatch
-from .interfaces import EventPersister, JoinClient, StateReader, VerifyKeySource
+from .ingest import RoomLocks
+from .interfaces import EventPersister, StateReader, VerifyKeySource
+from .state import resolve_state_maps
 
-__all__ = ["RemoteJoin", "RemoteJoinError", "RemoteJoiner", "check_membership_template"]
+__all__ = [
+    "PartialJoinPersister",
+    "PartialStateJoinClient",
+    "RemoteJoin",
+    "RemoteJoinError",
+    "RemoteJoiner",
+    "check_membership_template",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -90,6 +143,63 @@ _NOT_FROM_TEMPLATE: Final = frozenset({"event_id", "hashes", "signatures", "unsi
 # Events checked against the auth rules between two checkpoints.
 _AUTH_CHECKS_PER_STEP: Final = 200
 _MEMBER: Final = "m.room.member"
+
+
+@runtime_checkable
+class PartialStateJoinClient(Protocol):
+    """The requests of the join handshake, sent to a server in the room,
+    with ``send_join`` able to ask for the state without memberships.
+
+    Both raise :class:`~ranvier.errors.MatrixError`: with the server's own
+    errcode and HTTP status when it refuses, with 502 when it gives no
+    usable answer (unreachable, timed out, not JSON).
+    """
+
+    async def make_join(
+        self, destination: str, room_id: str, user_id: str, room_versions: Sequence[str]
+    ) -> Any:
+        """The decoded answer to ``make_join``, offering ``room_versions``."""
+        ...
+
+    async def send_join(
+        self,
+        destination: str,
+        room_id: str,
+        event_id: str,
+        event: Mapping[str, Any],
+        *,
+        omit_members: bool = False,
+    ) -> bytes:
+        """The answer to ``send_join`` (v2) as received, asked with
+        ``omit_members=true`` when ``omit_members``: its events are kept
+        byte for byte, as their signatures and hashes need.
+        """
+        ...
+
+
+@runtime_checkable
+class PartialJoinPersister(EventPersister, Protocol):
+    """Event writes, and the record of rooms joined with partial state
+    (:class:`ranvier.storage.Storage` has all of them).
+    """
+
+    async def store_partial_join(
+        self,
+        room_id: str,
+        room_version: str,
+        join_event_id: str,
+        joined_via: str,
+        servers_in_room: Collection[str],
+    ) -> None:
+        """Mark a room as joined with partial state, before its join is written."""
+        ...
+
+    async def clear_partial_state(self, room_id: str) -> bool:
+        """Forget a room's partial state; False if it had none. Raises
+        :class:`~ranvier.errors.PartialStateEventsRemainError` while any of
+        its events has partial state.
+        """
+        ...
 
 
 class RemoteJoinError(MatrixError):
@@ -129,11 +239,16 @@ class RemoteJoin:
     stream_ordering: int
     #: The server the join went through.
     via: str
-    #: The room's state before the join, as that server gave it.
+    #: The room's state before the join, as that server gave it: without
+    #: most memberships when ``partial_state``.
     state_ids: Mapping[StateKey, str]
-    #: The servers with a joined user in that state: where the room's
-    #: events come from from now on.
+    #: The servers in the room at the join, other than this one: those with
+    #: a joined user in the state given, and, for a partial answer, those
+    #: the resident listed. Where the room's events come from from now on.
     servers_in_room: frozenset[str]
+    #: Whether the join was written with partial state (the room then has
+    #: partial state here until the un-partial-state task completes it).
+    partial_state: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +259,8 @@ class _CheckedAnswer:
     #: State and auth chain events, deepest last, as they will be written.
     outliers: list[Pdu]
     servers_in_room: frozenset[str]
+    #: The resident left memberships out of the state.
+    partial: bool
 
 
 class _SendJoinAnswer(msgspec.Struct):
@@ -152,6 +269,7 @@ class _SendJoinAnswer(msgspec.Struct):
     # msgspec takes no Raw in a union: absent reads as empty, null as "null".
     event: msgspec.Raw = msgspec.Raw()
     members_omitted: bool = False
+    servers_in_room: list[str] | None = None
 
 
 def check_membership_template(
@@ -186,7 +304,11 @@ class RemoteJoiner:
     servers' keys for the answer's signatures; ``store`` and ``persister``
     are storage. ``room_versions`` are those offered to the resident server
     (by default every version ranvier supports); ``clock`` gives the join's
-    ``origin_server_ts``.
+    ``origin_server_ts``. ``room_lock`` holds a room's lock: pass the
+    :class:`~ranvier.core.ingest.RoomLocks` that event ingestion, local
+    events and the un-partial-state task share (``room_locks.hold``);
+    without it the joiner has locks of its own. ``partial_state`` False
+    never asks for partial state.
     """
 
     def __init__(
@@ -194,13 +316,14 @@ class RemoteJoiner:
         *,
         server_name: str,
         signing_key: SigningKeyLike,
-        client: JoinClient,
+        client: PartialStateJoinClient,
         keys: VerifyKeySource,
         store: StateReader,
-        persister: EventPersister,
+        persister: PartialJoinPersister,
         room_versions: Collection[str] = tuple(SUPPORTED_ROOM_VERSIONS),
         clock: Callable[[], int] = wall_clock_ms,
         room_lock: Callable[[str], AbstractAsyncContextManager[None]] | None = None,
+        partial_state: bool = True,
     ) -> None:
         unsupported = sorted(set(room_versions).difference(SUPPORTED_ROOM_VERSIONS))
         if unsupported:
@@ -213,7 +336,8 @@ class RemoteJoiner:
         self._persister = persister
         self.room_versions = tuple(room_versions)
         self._clock = clock
-        self._room_lock = room_lock
+        self._room_lock = room_lock if room_lock is not None else RoomLocks().hold
+        self.partial_state = partial_state
 
     async def join_remote_room(
         self, user_id: str, room_id: str, servers: Sequence[str]
@@ -238,32 +362,61 @@ class RemoteJoiner:
             if server == self.server_name or server in tried:
                 continue
             tried.add(server)
-            try:
-                answer = await self._handshake(server, user_id, room_id)
-            except _BadAnswer as exc:
-                reason = f"its answer does not check out: {exc}"
-            except MatrixError as exc:
-                if not _worth_trying_elsewhere(exc):
-                    raise
-                reason = f"{exc.errcode}: {exc.message}"
-            else:
-                if self._room_lock is None:
-                    return await self._write(room_id, answer)
-                async with self._room_lock(room_id):
-                    return await self._write(room_id, answer)
-            _log.info("joining %s through %s failed: %s", room_id, server, reason)
-            failures.append((server, reason))
+            omit_members = self.partial_state and not await self._joined_with_full_state(room_id)
+            answer = await self._checked(self._handshake(server, user_id, room_id, omit_members))
+            if isinstance(answer, _CheckedAnswer):
+                joined = await self._write_locked(room_id, answer)
+                if joined is not None:
+                    return joined
+                # The room's partial state was cleared while we were asking,
+                # and the state here cannot place the join: ask for it whole.
+                _log.info("%s became full during the join; asking %s again", room_id, server)
+                answer = await self._checked(self._send_join(server, answer.event, False))
+                if isinstance(answer, _CheckedAnswer):
+                    joined = await self._write_locked(room_id, answer)
+                    assert joined is not None  # a full answer is always written
+                    return joined
+            _log.info("joining %s through %s failed: %s", room_id, server, answer)
+            failures.append((server, answer))
         raise RemoteJoinError(room_id, failures)
+
+    async def _joined_with_full_state(self, room_id: str) -> bool:
+        """Whether the room has events here and all of its state: a join
+        into it must not make it partial.
+        """
+        if not await self._store.get_forward_extremities(room_id):
+            return False
+        return not await self._store.is_partial_state_room(room_id)
 
     # The handshake.
 
-    async def _handshake(self, server: str, user_id: str, room_id: str) -> _CheckedAnswer:
-        template = await self._client.make_join(server, room_id, user_id, self.room_versions)
-        rv, join = self._join_event(template, user_id, room_id)
-        body = await self._client.send_join(server, room_id, join.event_id, join.json)
-        return await self._check_answer(body, join, rv, server)
+    async def _checked(self, pending: Awaitable[_CheckedAnswer]) -> _CheckedAnswer | str:
+        """The checked answer, or why the server failed us when that is
+        worth trying another server for.
+        """
+        try:
+            return await pending
+        except _BadAnswer as exc:
+            return f"its answer does not check out: {exc}"
+        except MatrixError as exc:
+            if not _worth_trying_elsewhere(exc):
+                raise
+            return f"{exc.errcode}: {exc.message}"
 
-    def _join_event(self, answer: object, user_id: str, room_id: str) -> tuple[RoomVersion, Pdu]:
+    async def _handshake(
+        self, server: str, user_id: str, room_id: str, omit_members: bool
+    ) -> _CheckedAnswer:
+        template = await self._client.make_join(server, room_id, user_id, self.room_versions)
+        join = self._join_event(template, user_id, room_id)
+        return await self._send_join(server, join, omit_members)
+
+    async def _send_join(self, server: str, join: Pdu, omit_members: bool) -> _CheckedAnswer:
+        body = await self._client.send_join(
+            server, join.room_id, join.event_id, join.json, omit_members=omit_members
+        )
+        return await self._check_answer(body, join, server, asked_partial=omit_members)
+
+    def _join_event(self, answer: object, user_id: str, room_id: str) -> Pdu:
         """Our join, made from a make_join answer."""
         if not isinstance(answer, dict):
             raise _BadAnswer("the make_join answer is not a JSON object")
@@ -284,21 +437,29 @@ class RemoteJoiner:
         event["origin_server_ts"] = self._clock()
         try:
             signed = hash_and_sign_event(event, rv, self.server_name, self._signing_key)
-            return rv, Pdu.from_json(signed, rv)
+            return Pdu.from_json(signed, rv)
         except MatrixError as exc:
             raise _BadAnswer(f"the template does not make a valid event: {exc.message}") from None
 
     async def _check_answer(
-        self, body: bytes, join: Pdu, rv: RoomVersion, server: str
+        self, body: bytes, join: Pdu, server: str, *, asked_partial: bool
     ) -> _CheckedAnswer:
+        rv = join.room_version
         try:
             answer = msgspec.json.decode(body, type=_SendJoinAnswer)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise _BadAnswer(
                 f"the send_join answer is not shaped as the spec says: {exc}"
             ) from None
-        if answer.members_omitted:
+        partial = answer.members_omitted
+        if partial and not asked_partial:
             raise _BadAnswer("the send_join answer omits members, which were not asked to be")
+        if partial and answer.servers_in_room is None:
+            raise _BadAnswer("the send_join answer omits members but has no servers_in_room")
+        listed = answer.servers_in_room if partial and answer.servers_in_room else []
+        strange = [name for name in listed if not is_valid_user_id(f"@x:{name}")]
+        if strange:
+            raise _BadAnswer(f"servers_in_room holds {strange[0]!r}, which is not a server name")
         try:
             state = [_parse(raw, rv) for raw in answer.state]
             auth_chain = [_parse(raw, rv) for raw in answer.auth_chain]
@@ -332,49 +493,199 @@ class RemoteJoiner:
         events = {event_id: redacted_if_hash_mismatch(e) for event_id, e in events.items()}
 
         state_ids = _state_map([events[event.event_id] for event in state], rv)
-        await _check_authorised(events, join, state_ids)
+        await _check_authorised(events, join, state_ids, members_omitted=partial)
+        servers = _servers_in(state_ids, events).union(listed, [server])
         return _CheckedAnswer(
             event=join,
             via=server,
             state_ids=state_ids,
             outliers=sorted(events.values(), key=lambda e: (e.depth, e.event_id)),
-            servers_in_room=_servers_in(state_ids, events),
+            servers_in_room=frozenset(servers - {self.server_name}),
+            partial=partial,
         )
 
     # Writing.
 
-    async def _write(self, room_id: str, answer: _CheckedAnswer) -> RemoteJoin:
-        join = answer.event
-        rv = join.room_version
+    async def _write_locked(self, room_id: str, answer: _CheckedAnswer) -> RemoteJoin | None:
+        """Write the join under the room's lock; None when the answer is
+        partial, the room has full state here, and the join cannot be placed
+        in it.
+        """
+        async with self._room_lock(room_id):
+            partial_room = await self._store.is_partial_state_room(room_id)
+            in_dag = bool(await self._store.get_forward_extremities(room_id))
+            if partial_room and not in_dag:
+                partial_room = not await self._drop_unfinished_partial_join(room_id)
+            if not answer.partial:
+                return await self._write_full(room_id, answer, in_dag=in_dag)
+            if not in_dag and not partial_room:
+                return await self._write_first_partial(room_id, answer)
+            return await self._write_into_room(room_id, answer, partial_room=partial_room)
+
+    async def _outlier_rows(self, answer: _CheckedAnswer) -> list[EventToPersist]:
         stored = await self._store.get_events([event.event_id for event in answer.outliers])
         outlier = EventContext.for_outlier()
-        rows = [
+        return [
             event_to_persist(event, outlier)
             for event in answer.outliers
             if event.event_id not in stored
         ]
-        rejoining = bool(await self._store.get_forward_extremities(room_id))
-        if rejoining and rows:
+
+    async def _write_full(
+        self, room_id: str, answer: _CheckedAnswer, *, in_dag: bool
+    ) -> RemoteJoin:
+        """A join with the room's full state before it."""
+        join = answer.event
+        rows = await self._outlier_rows(answer)
+        if in_dag and rows:
             await self._persister.persist_events(rows)
             rows = []
         context = await compute_event_context(
             join, self._store, self._persister, state_ids_before=answer.state_ids
         )
         current = None
-        if rejoining:
+        if in_dag:
             current = await compute_current_state_after(join, context, self._store, self._persister)
         orderings = await self._persister.persist_events(
             [*rows, event_to_persist(join, context)],
             current_state_groups=None if current is None else {room_id: current},
         )
+        return self._joined(answer, orderings[join.event_id], context)
+
+    async def _write_first_partial(self, room_id: str, answer: _CheckedAnswer) -> RemoteJoin:
+        """The room's first join here, with partial state: the room's
+        partial-state row, then the outliers and the join in one request.
+        """
+        join = answer.event
+        rows = await self._outlier_rows(answer)
+        context = await compute_event_context(
+            join,
+            self._store,
+            self._persister,
+            state_ids_before=answer.state_ids,
+            partial_state=True,
+        )
+        await self._persister.store_partial_join(
+            room_id,
+            join.room_version.identifier,
+            join.event_id,
+            answer.via,
+            sorted(answer.servers_in_room),
+        )
+        try:
+            orderings = await self._persister.persist_events(
+                [*rows, event_to_persist(join, context)]
+            )
+        except BaseException:
+            await self._undo_partial_join(room_id)
+            raise
+        _log.info(
+            "joined %s through %s with partial state (%d state events, %d servers in the room)",
+            room_id,
+            answer.via,
+            len(answer.state_ids),
+            len(answer.servers_in_room),
+        )
+        return self._joined(answer, orderings[join.event_id], context)
+
+    async def _write_into_room(
+        self, room_id: str, answer: _CheckedAnswer, *, partial_room: bool
+    ) -> RemoteJoin | None:
+        """A join from a partial answer into a room that has events here.
+
+        The answer's state lacks the memberships we know of (our own users'
+        among them), so the join's state is worked out from its prev events
+        where they are known here, as for any event. Prev events not known
+        here: in a partial room their state is resolved with the answer's,
+        and the join has partial state; in a room with full state the join
+        cannot be placed (None).
+        """
+        join = answer.event
+        prev_ids = list(dict.fromkeys(join.prev_event_ids))
+        after: dict[str, int] = {}
+        for prev_id in prev_ids:
+            groups = await self._store.get_event_state_groups(prev_id)
+            if groups is not None:
+                after[prev_id] = groups.after
+        unknown = [prev_id for prev_id in prev_ids if prev_id not in after]
+        if unknown and not partial_room:
+            return None
+        rows = await self._outlier_rows(answer)
+        if rows:
+            await self._persister.persist_events(rows)
+        if not unknown:
+            context = await compute_event_context(join, self._store, self._persister)
+        else:
+            states = [await self._store.get_state_ids(g) for g in dict.fromkeys(after.values())]
+            state = answer.state_ids
+            if states:
+                state = await resolve_state_maps(
+                    self._store, room_id, join.room_version, [*states, answer.state_ids]
+                )
+            context = await compute_event_context(
+                join, self._store, self._persister, state_ids_before=state, partial_state=True
+            )
+        outcome = await run_auth_checks(join, context, self._store)
+        if outcome.failure is not None:
+            raise MatrixError(
+                f"{join.event_id} was accepted by {answer.via}, but the state of {room_id}"
+                f" here does not allow it: {outcome.failure.error.message}",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+        current = await compute_current_state_after(
+            join, outcome.context, self._store, self._persister
+        )
+        try:
+            orderings = await self._persister.persist_events(
+                [event_to_persist(join, outcome.context)],
+                current_state_groups=None if current is None else {room_id: current},
+            )
+        except PartialStateConflictError:
+            # Cleared by someone not holding the room's lock: the state here
+            # is full now, so work the join's context out again from it.
+            return await self._write_into_room(room_id, answer, partial_room=False)
+        return self._joined(answer, orderings[join.event_id], outcome.context)
+
+    async def _undo_partial_join(self, room_id: str) -> None:
+        """Remove the partial-state row of a join whose events were not written."""
+        with trio.CancelScope(shield=True):
+            try:
+                await self._persister.clear_partial_state(room_id)
+            except PartialStateEventsRemainError:
+                # The write landed after all (only its caller was cancelled):
+                # the room rightly has partial state.
+                pass
+            except Exception:
+                _log.exception(
+                    "the partial state of %s could not be removed after a failed join;"
+                    " the next join into it removes it",
+                    room_id,
+                )
+
+    async def _drop_unfinished_partial_join(self, room_id: str) -> bool:
+        """Remove the partial-state row of a room with no events in its DAG,
+        left by a join whose events were never written; False if events of
+        the room still have partial state.
+        """
+        try:
+            await self._persister.clear_partial_state(room_id)
+        except PartialStateEventsRemainError:
+            return False
+        _log.warning("%s had partial state from a join that never completed; removed", room_id)
+        return True
+
+    def _joined(self, answer: _CheckedAnswer, ordering: int, context: EventContext) -> RemoteJoin:
+        join = answer.event
         return RemoteJoin(
-            room_id=room_id,
-            room_version=rv,
+            room_id=join.room_id,
+            room_version=join.room_version,
             event=join,
-            stream_ordering=orderings[join.event_id],
+            stream_ordering=ordering,
             via=answer.via,
             state_ids=answer.state_ids,
             servers_in_room=answer.servers_in_room,
+            partial_state=context.partial_state,
         )
 
 
@@ -411,10 +722,15 @@ def _state_map(state: Sequence[Pdu], rv: RoomVersion) -> dict[StateKey, str]:
 
 
 async def _check_authorised(
-    events: Mapping[str, Pdu], join: Pdu, state_ids: Mapping[StateKey, str]
+    events: Mapping[str, Pdu],
+    join: Pdu,
+    state_ids: Mapping[StateKey, str],
+    *,
+    members_omitted: bool,
 ) -> None:
     """Every event authorised by the events it cites, and the join by those
-    and by the state.
+    and by the state. With ``members_omitted``, a membership the state
+    lacks is taken from the join's own auth events.
     """
     for count, event in enumerate(events.values(), start=1):
         try:
@@ -423,23 +739,26 @@ async def _check_authorised(
             raise _BadAnswer(f"{event.event_id} is not authorised: {exc.message}") from None
         if count % _AUTH_CHECKS_PER_STEP == 0:
             await trio.lowlevel.checkpoint()
+    auth_state = {
+        key: events[state_ids[key]]
+        for key in (CREATE_KEY, *auth_state_keys(join))
+        if key in state_ids
+    }
+    if members_omitted:
+        for auth_id in join.auth_event_ids:
+            cited = events.get(auth_id)
+            if cited is not None and cited.type == _MEMBER and cited.state_key is not None:
+                auth_state.setdefault((_MEMBER, cited.state_key), cited)
     try:
         authorize_event(join, events)
-        check_auth_rules(
-            join,
-            {
-                key: events[state_ids[key]]
-                for key in (CREATE_KEY, *auth_state_keys(join))
-                if key in state_ids
-            },
-        )
+        check_auth_rules(join, auth_state)
     except AuthError as exc:
         raise _BadAnswer(f"our join is not authorised by the room's state: {exc.message}") from None
 
 
-def _servers_in(state_ids: Mapping[StateKey, str], events: Mapping[str, Pdu]) -> frozenset[str]:
-    return frozenset(
+def _servers_in(state_ids: Mapping[StateKey, str], events: Mapping[str, Pdu]) -> set[str]:
+    return {
         state_key.partition(":")[2]
         for (event_type, state_key), event_id in state_ids.items()
         if event_type == _MEMBER and events[event_id].membership == "join"
-    )
+    }

@@ -1,7 +1,7 @@
 """The membership handshakes over federation.
 
 As the resident server, this server answers other servers whose users join,
-leave or are invited:
+leave, knock or are invited:
 
 * ``GET /v1/make_join/{roomId}/{userId}?ver=``: a join event template for
   the user, refused with 403 ``M_FORBIDDEN`` when the room's current state
@@ -14,21 +14,38 @@ leave or are invited:
   (the path's event ID, a join of a user of the requesting server, its
   server's signature and content hash), signed by this server, authorised
   and written like any event; the answer is the room's state before it and
-  the auth chain of that state and of the join.
+  the auth chain of that state and of the join. With ``omit_members=true``
+  (MSC3706) the answer leaves memberships out: see below.
 * ``GET /v1/make_leave`` and ``PUT /v2/send_leave``: the same for leaving.
+* ``GET /v1/make_knock`` and ``PUT /v1/send_knock``: the same for knocking,
+  in rooms of versions that have it; the answer to ``send_knock`` is the
+  room's state that identifies it (``knock_room_state``, whole events).
 * ``PUT /v2/invite/{roomId}/{eventId}``: an invite of one of our users,
   checked, signed and kept as an outlier until the user joins.
 
 Every room endpoint applies the room's server ACL first
 (:mod:`ranvier.federation.room_access`). This server answers make_join,
-send_join and make_leave only for rooms it is in with full state: with
-partial state it cannot tell who may join, nor give the room's state.
+send_join, make_leave, send_leave, make_knock and send_knock only for rooms
+it is in with full state: with partial state it cannot tell who may join,
+nor give the room's state and servers, so it answers 404 ``M_NOT_FOUND``,
+as if it were not in the room, and the other server asks another resident
+(MSC3902; Synapse does the same).
 
-A join or leave written here is handed to the :class:`EventNotifier`, so
-that the homeserver sends it on to the room's other servers, as the
-resident server must. Writes of one room's events are serialised with the
-room's lock; on :class:`~ranvier.errors.PartialStateConflictError` the
-event's context is computed again and the write tried once more.
+A partial-state answer to ``send_join`` (``members_omitted: true``) holds
+the state before the join without its ``m.room.member`` events, except the
+ones the spec keeps: the joining user's own earlier membership, and, when
+the state has neither ``m.room.name`` nor ``m.room.canonical_alias``, the
+memberships of the room's heroes (:func:`room_heroes`). Its
+``servers_in_room`` are the servers with a joined member in that state,
+and its auth chain is that of the state returned and of the join, less the
+events already in ``state``.
+
+A join, leave or knock written here is handed to the
+:class:`EventNotifier`, so that the homeserver sends it on to the room's
+other servers, as the resident server must. Writes of one room's events
+are serialised with the room's lock; on
+:class:`~ranvier.errors.PartialStateConflictError` the event's context is
+computed again and the write tried once more.
 
 :class:`FederationJoinClient` is the other side: the joining server's
 ``make_join`` and ``send_join`` requests, for
@@ -82,14 +99,20 @@ from ranvier.storage.records import StateKey
 from .room_access import RoomAccess
 
 __all__ = [
+    "HERO_COUNT",
     "INVITE_ROOM_STATE_KEYS",
     "FederationInviter",
     "FederationJoinClient",
     "RoomLock",
     "add_membership_routes",
+    "room_heroes",
 ]
 
+#: How many heroes a room summary names, as the spec has it for ``m.heroes``.
+HERO_COUNT: Final = 5
 _MEMBER: Final = "m.room.member"
+_NAME_KEY: Final[StateKey] = ("m.room.name", "")
+_CANONICAL_ALIAS_KEY: Final[StateKey] = ("m.room.canonical_alias", "")
 _AUTHORISER: Final = "join_authorised_via_users_server"
 # Room versions whose invites' invite_room_state the spec lets through unchecked.
 _UNCHECKED_INVITE_STATE_VERSIONS: Final = frozenset(str(number) for number in range(1, 12))
@@ -118,6 +141,70 @@ def _origin(request: Request) -> str:
     # Every route here is authenticated, so the app has set the origin.
     assert request.origin is not None
     return request.origin
+
+
+class _MembershipContent(msgspec.Struct):
+    membership: Any = None
+
+
+class _MembershipOnly(msgspec.Struct):
+    content: _MembershipContent = msgspec.field(default_factory=_MembershipContent)
+
+
+_decode_membership = msgspec.json.Decoder(_MembershipOnly).decode
+
+
+def _membership_of(event_json: bytes) -> str | None:
+    try:
+        membership = _decode_membership(event_json).content.membership
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return membership if isinstance(membership, str) else None
+
+
+def room_heroes(
+    memberships: Mapping[str, tuple[int, str | None]], user_id: str, count: int = HERO_COUNT
+) -> list[str]:
+    """The users a client would name an unnamed room after, as the spec
+    picks ``m.heroes`` for ``user_id``: the first ``count`` joined or
+    invited members by stream ordering, or, when there are none, the first
+    who left or were banned; never ``user_id`` itself.
+
+    ``memberships`` gives each member's ``(stream ordering, membership)``.
+    """
+    others = sorted(
+        (ordering, member, membership)
+        for member, (ordering, membership) in memberships.items()
+        if member != user_id
+    )
+    present = [member for _, member, membership in others if membership in ("join", "invite")]
+    if present:
+        return present[:count]
+    return [member for _, member, membership in others if membership in ("leave", "ban")][:count]
+
+
+def _check_version_offered(request: Request, rv: RoomVersion, room_id: str, origin: str) -> None:
+    offered = request.query.get("ver") or ["1"]
+    if rv.identifier not in offered:
+        raise MatrixError(
+            f"{room_id} is a room of version {rv.identifier}, which {origin} does not offer"
+            f" ({', '.join(offered)})",
+            errcode="M_INCOMPATIBLE_ROOM_VERSION",
+            http_status=400,
+            room_version=rv.identifier,
+        )
+
+
+def _omit_members(request: Request) -> bool:
+    """The ``omit_members`` query parameter: ``true`` or ``false``, as
+    MSC3706 has it; anything else is refused with ``M_INVALID_PARAM``.
+    """
+    value = request.query_value("omit_members")
+    if value is None or value == "false":
+        return False
+    if value == "true":
+        return True
+    raise _invalid(f"omit_members must be 'true' or 'false', not {value!r}")
 
 
 class _InviteBody(msgspec.Struct):
@@ -150,17 +237,15 @@ class _Membership:
 
     # What every handshake checks first.
 
-    async def _resident_room(
-        self, access: RoomAccess, room_id: str, origin: str, *, full_state: bool
-    ) -> RoomVersion:
+    async def _resident_room(self, access: RoomAccess, room_id: str, origin: str) -> RoomVersion:
         """The room's version, once the origin passes its ACL and this server
-        is found to be in the room (with full state, if ``full_state``).
+        is found to be in the room with full state.
         """
         await access.check_server_acl(room_id, origin)
         version = await self._store.get_room_version(room_id)
         if version is None or not await access.server_in_room(room_id, self._server_name):
             raise _not_found(f"{self._server_name} is not in {room_id}")
-        if full_state and await self._store.is_partial_state_room(room_id):
+        if await self._store.is_partial_state_room(room_id):
             raise _not_found(
                 f"{self._server_name} does not have the full state of {room_id} yet;"
                 " try another server"
@@ -173,23 +258,15 @@ class _Membership:
         if _server_of(user_id) != origin:
             raise _forbidden(f"{user_id} is not a user of {origin}, which asks for it")
 
-    # make_join and make_leave.
+    # make_join, make_leave and make_knock.
 
     async def make_join(self, request: Request) -> Mapping[str, Any]:
         room_id, user_id = request.path_params["room_id"], request.path_params["user_id"]
         origin = _origin(request)
         self._check_user_of_origin(user_id, origin)
         access = RoomAccess(self._store)
-        rv = await self._resident_room(access, room_id, origin, full_state=True)
-        offered = request.query.get("ver") or ["1"]
-        if rv.identifier not in offered:
-            raise MatrixError(
-                f"{room_id} is a room of version {rv.identifier}, which {origin} does not offer"
-                f" ({', '.join(offered)})",
-                errcode="M_INCOMPATIBLE_ROOM_VERSION",
-                http_status=400,
-                room_version=rv.identifier,
-            )
+        rv = await self._resident_room(access, room_id, origin)
+        _check_version_offered(request, rv, room_id, origin)
         content: dict[str, Any] = {"membership": "join"}
         authoriser = await self._join_authoriser(access, room_id, rv, user_id)
         if authoriser is not None:
@@ -201,8 +278,24 @@ class _Membership:
         origin = _origin(request)
         self._check_user_of_origin(user_id, origin)
         access = RoomAccess(self._store)
-        rv = await self._resident_room(access, room_id, origin, full_state=True)
+        rv = await self._resident_room(access, room_id, origin)
         return await self._template(rv, room_id, user_id, {"membership": "leave"})
+
+    async def make_knock(self, request: Request) -> Mapping[str, Any]:
+        room_id, user_id = request.path_params["room_id"], request.path_params["user_id"]
+        origin = _origin(request)
+        self._check_user_of_origin(user_id, origin)
+        access = RoomAccess(self._store)
+        rv = await self._resident_room(access, room_id, origin)
+        _check_version_offered(request, rv, room_id, origin)
+        if not rv.knock_join_rule:
+            raise MatrixError(
+                f"{room_id} is a room of version {rv.identifier}, which has no knocking",
+                errcode="M_INCOMPATIBLE_ROOM_VERSION",
+                http_status=400,
+                room_version=rv.identifier,
+            )
+        return await self._template(rv, room_id, user_id, {"membership": "knock"})
 
     async def _template(
         self, rv: RoomVersion, room_id: str, user_id: str, content: dict[str, Any]
@@ -319,15 +412,23 @@ class _Membership:
         able = sorted((-level, user) for user, level in levels.items() if level >= needed)
         return able[0][1] if able else None
 
-    # send_join and send_leave.
+    # send_join, send_leave and send_knock.
 
     async def send_join(self, request: Request) -> Mapping[str, Any]:
+        omit_members = _omit_members(request)
         event, state_group = await self._receive(request, "join", sign=True)
-        return await self._send_join_answer(event, state_group, omit_members=False)
+        return await self._send_join_answer(event, state_group, omit_members=omit_members)
 
     async def send_leave(self, request: Request) -> Mapping[str, Any]:
         await self._receive(request, "leave", sign=False)
         return {}
+
+    async def send_knock(self, request: Request) -> Mapping[str, Any]:
+        # A knock in a version without knocking fails the auth rules (403).
+        event, _ = await self._receive(request, "knock", sign=False)
+        keys = (*INVITE_ROOM_STATE_KEYS, (_MEMBER, event.sender))
+        state = await self._store.get_current_state_ids_for_keys(event.room_id, keys)
+        return {"knock_room_state": await self._raw_events(sorted(state.values()))}
 
     async def _receive(self, request: Request, membership: str, *, sign: bool) -> tuple[Pdu, int]:
         """The membership event of the request, written; with the state group
@@ -336,7 +437,7 @@ class _Membership:
         room_id, event_id = request.path_params["room_id"], request.path_params["event_id"]
         origin = _origin(request)
         access = RoomAccess(self._store)
-        rv = await self._resident_room(access, room_id, origin, full_state=membership == "join")
+        rv = await self._resident_room(access, room_id, origin)
         event = Pdu.from_json(request.body, rv)
         _check_membership_event(event, room_id, event_id, membership, origin)
         if not content_hash_matches(event.json):
@@ -419,22 +520,56 @@ class _Membership:
         self, event: Pdu, state_group: int, *, omit_members: bool
     ) -> Mapping[str, Any]:
         """The room's state before the join and the auth chains of it and of
-        the join.
-
-        ``omit_members`` is where a partial-state answer will leave out
-        membership events (MSC3706); only full answers are given now.
+        the join; with ``omit_members``, the partial answer of MSC3706.
         """
         state_ids = await self._store.get_state_ids(state_group)
+        answer: dict[str, Any] = {"origin": self._server_name, "members_omitted": omit_members}
+        if omit_members:
+            kept, servers = await self._partial_state(event, state_ids)
+            answer["servers_in_room"] = sorted(servers)
+        else:
+            kept = set(state_ids.values())
         loader = EventLoader(self._store, event.room_version)
-        chain = await loader.auth_chain([*state_ids.values(), event.event_id])
-        state = await self._raw_events(sorted(state_ids.values()))
-        return {
-            "origin": self._server_name,
-            "members_omitted": omit_members,
-            "state": state,
-            "auth_chain": await self._raw_events(sorted(chain)),
-            "event": msgspec.Raw(event.raw),
+        chain = await loader.auth_chain([*kept, event.event_id])
+        if omit_members:
+            chain -= kept
+        chain.discard(event.event_id)
+        answer["state"] = await self._raw_events(sorted(kept))
+        answer["auth_chain"] = await self._raw_events(sorted(chain))
+        answer["event"] = msgspec.Raw(event.raw)
+        return answer
+
+    async def _partial_state(
+        self, join: Pdu, state_ids: Mapping[StateKey, str]
+    ) -> tuple[set[str], set[str]]:
+        """The state a partial answer keeps (every event but the memberships
+        the spec lets go), and the servers with a joined member.
+        """
+        kept = {
+            event_id for (event_type, _), event_id in state_ids.items() if event_type != _MEMBER
         }
+        members = {
+            state_key: event_id
+            for (event_type, state_key), event_id in state_ids.items()
+            if event_type == _MEMBER
+        }
+        stored = await self._store.get_events(members.values())
+        memberships: dict[str, tuple[int, str | None]] = {}
+        for user_id, event_id in members.items():
+            row = stored.get(event_id)
+            if row is not None:
+                memberships[user_id] = (row.stream_ordering, _membership_of(row.json))
+        servers = {
+            _server_of(user_id)
+            for user_id, (_, membership) in memberships.items()
+            if membership == "join"
+        }
+        assert join.state_key is not None  # a membership event
+        wanted = [join.state_key]
+        if _NAME_KEY not in state_ids and _CANONICAL_ALIAS_KEY not in state_ids:
+            wanted.extend(room_heroes(memberships, join.state_key))
+        kept.update(members[user_id] for user_id in wanted if user_id in members)
+        return kept, servers
 
     async def _raw_events(self, event_ids: Sequence[str]) -> list[msgspec.Raw]:
         stored = await self._store.get_events(event_ids)
@@ -559,6 +694,8 @@ def add_membership_routes(
     router.add("PUT", f"{v2}/send_join/{{room_id}}/{{event_id}}", handler.send_join)
     router.add("GET", f"{v1}/make_leave/{{room_id}}/{{user_id}}", handler.make_leave)
     router.add("PUT", f"{v2}/send_leave/{{room_id}}/{{event_id}}", handler.send_leave)
+    router.add("GET", f"{v1}/make_knock/{{room_id}}/{{user_id}}", handler.make_knock)
+    router.add("PUT", f"{v1}/send_knock/{{room_id}}/{{event_id}}", handler.send_knock)
     router.add("PUT", f"{v2}/invite/{{room_id}}/{{event_id}}", handler.invite)
 
 
@@ -584,11 +721,20 @@ class FederationJoinClient:
             raise _as_matrix_error(exc) from None
 
     async def send_join(
-        self, destination: str, room_id: str, event_id: str, event: Mapping[str, Any]
+        self,
+        destination: str,
+        room_id: str,
+        event_id: str,
+        event: Mapping[str, Any],
+        *,
+        omit_members: bool = False,
     ) -> bytes:
         path = f"/_matrix/federation/v2/send_join/{_segment(room_id)}/{_segment(event_id)}"
+        query = {"omit_members": "true"} if omit_members else None
         try:
-            response = await self._http.request("PUT", destination, path, content=dict(event))
+            response = await self._http.request(
+                "PUT", destination, path, query=query, content=dict(event)
+            )
         except FederationError as exc:
             raise _as_matrix_error(exc) from None
         return response.body
