@@ -97,6 +97,32 @@ SELECT ?1, ?2 WHERE NOT EXISTS (
 """
 # Stays well under SQLite's limit on bound parameters.
 _CHUNK = 500
+# When an event's verdict changes, only its own extremity status and that
+# of its prev events can change: whether an event is an extremity depends on
+# its own verdict and on which accepted events cite it. Both statements
+# reach those few events through event_edges' keys, never by scanning the
+# room (the CROSS JOIN keeps SQLite from starting at the room's events).
+_JUDGED_EVENTS_CTE = """
+WITH judged (event_id) AS (
+    SELECT ?2 UNION SELECT prev_event_id FROM event_edges WHERE event_id = ?2
+)
+"""
+_FORGET_JUDGED_EXTREMITIES_SQL = f"""{_JUDGED_EVENTS_CTE}
+DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id IN judged
+"""
+_RESTORE_JUDGED_EXTREMITIES_SQL = f"""{_JUDGED_EVENTS_CTE}
+INSERT OR IGNORE INTO forward_extremities (room_id, event_id)
+SELECT candidate.room_id, candidate.event_id
+FROM judged CROSS JOIN events AS candidate USING (event_id)
+WHERE candidate.room_id = ?1
+  AND candidate.outlier = 0 AND candidate.soft_failed = 0
+  AND candidate.rejected_reason IS NULL
+  AND NOT EXISTS (
+    SELECT 1 FROM event_edges AS edge JOIN events AS child ON child.event_id = edge.event_id
+    WHERE edge.prev_event_id = candidate.event_id
+      AND child.outlier = 0 AND child.soft_failed = 0 AND child.rejected_reason IS NULL
+  )
+"""
 
 
 def _is_foreign_key_failure(exc: sqlite3.IntegrityError) -> bool:
@@ -549,6 +575,21 @@ def store_partial_join(
     )
 
 
+def _rejudge_extremities(conn: sqlite3.Connection, room_id: str, event_id: str) -> None:
+    """Apply the extremity rule afresh to an event and its prev events, after
+    its verdict changed.
+
+    The rule is the one every persist keeps: the room's forward extremities
+    are its accepted events in the DAG that no accepted event cites. An event
+    found rejected gives back the extremity status of its prev events that
+    nothing else accepted cites; an event found accepted takes it from its
+    prev events and becomes an extremity unless an accepted event already
+    follows it.
+    """
+    conn.execute(_FORGET_JUDGED_EXTREMITIES_SQL, (room_id, event_id))
+    conn.execute(_RESTORE_JUDGED_EXTREMITIES_SQL, (room_id, event_id))
+
+
 def update_state_for_partial_event(
     conn: sqlite3.Connection,
     event_id: str,
@@ -556,19 +597,24 @@ def update_state_for_partial_event(
     state_group_after: int | None,
     rejected_reason: str | None,
 ) -> None:
-    """Give an event with partial state its full state, and drop its
-    partial-state row.
+    """Give an event with partial state its full state and verdict, and drop
+    its partial-state row.
 
-    Leaving ``state_group_after`` out derives it as for a new event. An event
-    found to be rejected now stops being a forward extremity. If the event is
-    its room's only forward extremity, current state follows its new state.
+    Leaving ``state_group_after`` out derives it as for a new event. When the
+    full state turns the verdict around (accepted to rejected or back), the
+    forward extremities end up as if the event had been written with its new
+    verdict in the first place. Then, if the room has exactly one forward
+    extremity, current state becomes the state after it; otherwise current
+    state is left for the caller to resolve.
     """
     row = conn.execute(
-        "SELECT room_id, type, state_key, outlier FROM events WHERE event_id = ?", (event_id,)
+        "SELECT room_id, type, state_key, outlier, soft_failed, rejected_reason"
+        " FROM events WHERE event_id = ?",
+        (event_id,),
     ).fetchone()
     if row is None:
         raise _not_found(f"event {event_id}")
-    room_id, typ, state_key, outlier = row
+    room_id, typ, state_key, outlier, soft_failed, was_rejected = row
     if outlier:
         raise MatrixError(
             f"{event_id} is an outlier: it has no state to update",
@@ -597,8 +643,9 @@ def update_state_for_partial_event(
         "UPDATE events SET rejected_reason = ? WHERE event_id = ?", (rejected_reason, event_id)
     )
     conn.execute("DELETE FROM partial_state_events WHERE event_id = ?", (event_id,))
-    if rejected_reason is not None:
-        conn.execute("DELETE FROM forward_extremities WHERE event_id = ?", (event_id,))
+    # A soft-failed event moves no extremity whatever its verdict.
+    if not soft_failed and (was_rejected is None) != (rejected_reason is None):
+        _rejudge_extremities(conn, room_id, event_id)
     sole = _sole_extremity_group(conn, room_id)
     if sole is not None:
         _move_current_state(conn, room_id, sole)
