@@ -22,20 +22,22 @@ what a running server needs:
   checkpoint between steps, so a long resolution in a big room does not
   stall other tasks.
 
-The auth difference is computed exactly. An event in every state set is in
-every full auth chain together with its own chain, so only the chains of
-the events that differ between the sets can hold events of the difference;
-those are walked first. An event found in some of their chains and not in
-all is in the difference unless an event of every set reaches it. Showing
-that one is not so reached takes the whole chain of the shared events:
-storage has no index of which events cite an event, and a walk from the
-shared events can only stop early once it has found them all. So only then
-are the shared events read (the whole base state) and their chain walked,
-and only until every such event is found in it. That happens whenever the
-forks' events cite shared events the other fork's do not, as two members'
-events on two sides cite their two memberships: unless another shared
-event cites a membership, it is in the difference, and nothing but the
-whole walk shows it.
+The auth difference is computed exactly, as the spec defines it: a state
+set's full auth chain is the union of its events' auth chains, which hold
+the events they cite, not the events themselves. The auth chain of an
+event in every state set is in every full auth chain, so only the chains
+of the events that differ between the sets can hold events of the
+difference; those are walked first. An event found in some of their chains
+and not in all is in the difference unless the chain of the shared events
+holds it. Only then are the shared events read (the whole base state), and
+their chains walked a batch at a time until every such event is found: one
+that many shared events cite, as the join rules that every join cites, is
+found in the first batch. Showing that an event is *not* in that chain
+takes all of it, as storage keeps no index of which events cite an event.
+That is the case whenever the forks' events cite a shared event the other
+fork's do not, as two members' events on two sides cite their two
+memberships: unless another shared event cites a membership, it is in the
+difference, and only the whole walk shows it.
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ __all__ = [
 ]
 
 _Result = TypeVar("_Result")
+
+#: How many shared events' chains the auth difference walks first.
+_FIRST_SHARED_BATCH = 64
 
 
 async def drive_steps(steps: Generator[None, None, _Result]) -> _Result:
@@ -220,12 +225,13 @@ async def resolve_state_groups(
 
     shared_changed = changed_ids[0].intersection(*changed_ids[1:])
 
-    async def shared_events() -> set[str]:
+    async def shared_events() -> list[str]:
         # The base's events at the keys no set changes are in every set.
         whole = await store.get_state_ids(base_group)
-        return shared_changed.union(
-            event_id for key, event_id in whole.items() if key not in changed_keys
-        )
+        return [
+            *shared_changed,
+            *(event_id for key, event_id in whole.items() if key not in changed_keys),
+        ]
 
     auth_difference = await _auth_difference(
         loader, [ids - shared_changed for ids in changed_ids], shared_events
@@ -334,8 +340,8 @@ async def resolve_state_maps(
     sets = [set(state_set.values()) for state_set in state_sets]
     shared = sets[0].intersection(*sets[1:])
 
-    async def shared_events() -> set[str]:
-        return shared
+    async def shared_events() -> list[str]:
+        return [event_id for event_id in state_sets[0].values() if event_id in shared]
 
     auth_difference = await _auth_difference(
         loader, [state_set - shared for state_set in sets], shared_events
@@ -365,7 +371,7 @@ async def resolve_state_maps(
 async def _auth_difference(
     loader: EventLoader,
     unshared: Sequence[set[str]],
-    shared_events: Callable[[], Awaitable[set[str]]],
+    shared_events: Callable[[], Awaitable[Sequence[str]]],
 ) -> set[str]:
     """The events in some but not all of the state sets' full auth chains.
 
@@ -377,9 +383,19 @@ async def _auth_difference(
     candidates = set().union(*chains) - chains[0].intersection(*chains[1:])
     if not candidates:
         return candidates
-    # An event of the shared events' chain is in every full chain.
-    shared_chain = await loader.auth_chain(await shared_events(), until_found=candidates)
-    return candidates - shared_chain
+    # An event of the shared events' chain is in every full chain. Their
+    # chains are walked a batch at a time, each batch twice the last, until
+    # every candidate is found: one that many shared events cite (the join
+    # rules, which every join cites) is found in the first batch, and only
+    # a candidate outside the chain has the whole of it walked.
+    shared = await shared_events()
+    remaining = set(candidates)
+    start, size = 0, _FIRST_SHARED_BATCH
+    while remaining and start < len(shared):
+        remaining -= await loader.auth_chain(shared[start : start + size], until_found=remaining)
+        start += size
+        size *= 2
+    return remaining
 
 
 async def _full_conflicted(
