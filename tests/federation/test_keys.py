@@ -32,8 +32,9 @@ from ranvier.protocol.signing import (
     sign_json,
 )
 from ranvier.storage import Storage
+from ranvier.testing import KnownKeys, Pki, RemoteHomeserver, ZoneDns, free_port
 
-from ._servers import Pki, RemoteHomeserver, StaticKeys, ZoneDns, free_port
+from ._servers import TEST_NAMES
 
 NOW = 1_700_000_000_000
 HOUR = 3_600_000
@@ -87,7 +88,7 @@ class World:
         *,
         cls: type[RemoteHomeserver] = RemoteHomeserver,
     ) -> Any:
-        remote = cls(template, key_lookup=StaticKeys(), clock=self.clock, validity_ms=HOUR)
+        remote = cls(template, key_lookup=KnownKeys(), clock=self.clock, validity_ms=HOUR)
         await remote.start(self.nursery, self.pki.server_context())
         return remote
 
@@ -97,7 +98,7 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[World]:
-    pki = Pki.create(tmp_path)
+    pki = Pki.create(tmp_path, names=TEST_NAMES)
     zone = ZoneDns()
     for name in ("remote.test", "notary.test", "a.test", "b.test"):
         zone.addresses[name] = ["127.0.0.1"]

@@ -8,9 +8,8 @@ ask it for; it sends transactions with the real federation client.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,92 +30,26 @@ from ranvier.federation.server import (
 from ranvier.federation.transport.client import FederationHttpClient, FederationRequestError
 from ranvier.federation.transport.listener import HttpListener
 from ranvier.federation.transport.routes import wall_clock_ms
-from ranvier.federation.transport.server import FederationApp, Request
+from ranvier.federation.transport.server import FederationApp
 from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.redaction import redact
 from ranvier.protocol.signing import SigningKey, generate_signing_key
 from ranvier.protocol.x_matrix import format_authorization, sign_request
 from ranvier.storage import Storage
-
-from ._servers import Pki, RemoteHomeserver, StaticKeys, ZoneDns, free_port
-from ._signed_rooms import SignedRoom, persist_directly
+from ranvier.testing import (
+    KnownKeys,
+    Pki,
+    RemoteHomeserver,
+    RemoteRooms,
+    RoomBuilder,
+    ZoneDns,
+    free_port,
+    ingest_all,
+)
 
 NAMES = ("ours.test", "remote.test", "evil.test", "127.0.0.1")
 SEND = "/_matrix/federation/v1/send/"
-
-
-class RoomServer:
-    """The remote's copy of rooms, served over the routes ingestion reads."""
-
-    def __init__(self, remote: RemoteHomeserver) -> None:
-        self.remote = remote
-        self.rooms: dict[str, SignedRoom] = {}
-        self.requests: list[str] = []
-        #: Set once a get_missing_events request arrives.
-        self.asked_for_missing = trio.Event()
-        #: When set, get_missing_events is answered only once it is set.
-        self.hold: trio.Event | None = None
-        router = remote.app.router
-        router.add(
-            "POST", "/_matrix/federation/v1/get_missing_events/{room_id}", self._missing_events
-        )
-        router.add("GET", "/_matrix/federation/v1/state_ids/{room_id}", self._state_ids)
-        router.add("GET", "/_matrix/federation/v1/event/{event_id}", self._event)
-
-    def _find(self, event_id: str) -> Pdu:
-        for room in self.rooms.values():
-            if event_id in room.events:
-                return room.events[event_id]
-        raise LookupError(event_id)
-
-    async def _missing_events(self, request: Request) -> Mapping[str, Any]:
-        self.requests.append("get_missing_events")
-        self.asked_for_missing.set()
-        if self.hold is not None:
-            await self.hold.wait()
-        room = self.rooms[request.path_params["room_id"]]
-        body = request.content
-        earliest = set(body["earliest_events"])
-        limit = body.get("limit", 10)
-        found: list[Pdu] = []
-        level = [
-            prev for latest in body["latest_events"] for prev in room.events[latest].prev_event_ids
-        ]
-        seen: set[str] = set()
-        while level and len(found) < limit:
-            following: list[str] = []
-            for event_id in level:
-                if event_id in seen or event_id in earliest or len(found) >= limit:
-                    continue
-                seen.add(event_id)
-                found.append(room.events[event_id])
-                following.extend(room.events[event_id].prev_event_ids)
-            level = following
-        found.sort(key=lambda event: event.depth)
-        return {"events": [event.json for event in found]}
-
-    async def _state_ids(self, request: Request) -> Mapping[str, Any]:
-        self.requests.append("state_ids")
-        room = self.rooms[request.path_params["room_id"]]
-        event_id = request.query_value("event_id")
-        assert event_id is not None
-        state = room.state_before(event_id)
-        chain: set[str] = set()
-        level = set(state.values())
-        while level:
-            level = {a for e in level for a in room.events[e].auth_event_ids} - chain
-            chain |= level
-        return {"pdu_ids": sorted(state.values()), "auth_chain_ids": sorted(chain)}
-
-    async def _event(self, request: Request) -> Mapping[str, Any]:
-        self.requests.append("event")
-        event = self._find(request.path_params["event_id"])
-        return {
-            "origin": self.remote.server_name,
-            "origin_server_ts": wall_clock_ms(),
-            "pdus": [event.json],
-        }
 
 
 @dataclass
@@ -131,28 +64,20 @@ class World:
     handler: TransactionHandler
     remote: RemoteHomeserver
     remote_client: FederationHttpClient
-    served: RoomServer
-    room: SignedRoom
+    served: RemoteRooms
+    room: RoomBuilder
     alice: str
     bob: str
     http: httpx.AsyncClient
-    txn_ids: Iterator[int] = field(default_factory=itertools.count)
 
     def transaction(self, pdus: Sequence[Mapping[str, Any]], **extra: Any) -> dict[str, Any]:
-        return {
-            "origin": self.remote.server_name,
-            "origin_server_ts": wall_clock_ms(),
-            "pdus": list(pdus),
-            **extra,
-        }
+        return self.remote.transaction(pdus, **extra)
 
     async def send(
         self, pdus: Sequence[Pdu | Mapping[str, Any]], txn_id: str | None = None, **extra: Any
     ) -> dict[str, Any]:
         """PUT /send as the remote; the answer's PDU results."""
-        body = self.transaction([p.json if isinstance(p, Pdu) else p for p in pdus], **extra)
-        txn_id = txn_id or f"t{next(self.txn_ids)}"
-        answer = await self.remote_client.put_json(self.ours, SEND + txn_id, body)
+        answer = await self.remote.send_transaction(self.ours, pdus, txn_id=txn_id, **extra)
         results: dict[str, Any] = answer["pdus"]
         return results
 
@@ -161,17 +86,9 @@ class World:
 
     async def add_server(self, name: str) -> tuple[RemoteHomeserver, FederationHttpClient]:
         """Another remote server, listening, with a client that signs as it."""
-        other = RemoteHomeserver(
-            name + ":{port}", key_lookup=StaticKeys((self.ours, self.our_key)), clock=wall_clock_ms
-        )
+        other = RemoteHomeserver(name + ":{port}", key_lookup=KnownKeys({self.ours: self.our_key}))
         await other.start(self.nursery, self.pki.server_context(*NAMES))
-        client = FederationHttpClient(
-            other.server_name,
-            other.signing_key,
-            ssl_context=self.pki.client_context(),
-            dns=self.zone,
-        )
-        await self.nursery.start(client.run)
+        client = await other.open_client(self.nursery, self.pki.client_context(), self.zone)
         return other, client
 
 
@@ -220,21 +137,16 @@ async def world(
     )
     await nursery.start(listener.run)
 
-    remote = RemoteHomeserver(
-        "remote.test:{port}", key_lookup=StaticKeys((ours, our_key)), clock=wall_clock_ms
-    )
+    remote = RemoteHomeserver("remote.test:{port}", key_lookup=KnownKeys({ours: our_key}))
     await remote.start(nursery, pki.server_context(*NAMES))
-    served = RoomServer(remote)
-    remote_client = FederationHttpClient(
-        remote.server_name, remote.signing_key, ssl_context=pki.client_context(), dns=zone
-    )
-    await nursery.start(remote_client.run)
+    served = remote.rooms
+    remote_client = await remote.open_client(nursery, pki.client_context(), zone)
 
     alice, bob = f"@alice:{ours}", f"@bob:{remote.server_name}"
-    room = SignedRoom({ours: our_key, remote.server_name: remote.signing_key}, alice)
+    room = RoomBuilder(creator=alice, keys={ours: our_key, remote.server_name: remote.signing_key})
     room.public_room(bob)
     served.rooms[room.room_id] = room
-    await persist_directly(storage, list(room.events.values()))
+    await ingest_all(storage, list(room.events.values()))
     async with httpx.AsyncClient(
         base_url=f"https://127.0.0.1:{port}", verify=pki.client_context(), timeout=10
     ) as http:
@@ -272,9 +184,9 @@ async def test_a_repeated_transaction_gets_the_first_answer_and_changes_nothing(
 
 
 async def test_rooms_in_one_transaction_are_each_handled(world: World) -> None:
-    other = SignedRoom(world.room.keys, world.alice)
+    other = RoomBuilder(creator=world.alice, keys=world.room.keys)
     other.public_room(world.bob)
-    await persist_directly(world.storage, list(other.events.values()))
+    await ingest_all(world.storage, list(other.events.values()))
     pdus = [world.room.message(world.bob, "a1"), other.message(world.bob, "b1")]
     pdus.append(world.room.message(world.bob, "a2"))
     results = await world.send(pdus)
@@ -498,7 +410,7 @@ async def test_a_bad_content_hash_keeps_only_the_redacted_event(world: World) ->
 
 
 async def test_an_event_for_a_room_we_are_not_in_gets_an_error(world: World) -> None:
-    elsewhere = SignedRoom(world.room.keys, world.bob)
+    elsewhere = RoomBuilder(creator=world.bob, keys=world.room.keys)
     elsewhere.public_room()
     message = elsewhere.message(world.bob)
     results = await world.send([message])
@@ -562,7 +474,7 @@ async def _wait_until(condition: Callable[[], bool]) -> None:
 )
 async def test_work_across_origins_is_bounded(world: World, bounded: bool) -> None:
     other, other_client = await world.add_server("evil.test")
-    world.served.hold = trio.Event()
+    world.served.hold_missing_events = trio.Event()
     world.room.message(world.bob, "missed")
     latest = world.room.message(world.bob, "latest")
     done: list[str] = []
@@ -588,7 +500,7 @@ async def test_work_across_origins_is_bounded(world: World, bounded: bool) -> No
         else:
             # ...or, with room for two, is answered meanwhile.
             await _wait_until(lambda: done == ["other"])
-        world.served.hold.set()
+        world.served.hold_missing_events.set()
     assert sorted(done) == ["other", "remote"]
     if bounded:
         assert done == ["remote", "other"]

@@ -275,7 +275,7 @@ class RoomBuilder:
         return self.draft("m.room.member", sender, body, state_key=target or sender, **options)
 
     def message(self, sender: str, body: str = "hello", **options: Unpack[SendOptions]) -> Pdu:
-        return self.send("m.room.message", sender, {"msgtype": "m.text", "body": body}, **options)
+        return self.send("m.room.message", sender, {"body": body}, **options)
 
     def state_event(
         self,

@@ -25,8 +25,9 @@ from ranvier.federation.transport.server import JsonResponse, Request
 from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.signing import SigningKey, generate_signing_key
 from ranvier.storage import EventStateContext, EventToPersist, Storage
+from ranvier.testing import Canned, KnownKeys, Pki, RemoteHomeserver, ZoneDns
 
-from .._servers import Canned, Pki, RemoteHomeserver, StaticKeys, ZoneDns
+from .._servers import TEST_NAMES
 
 ORIGIN = "origin.test"
 NOW_MS = 1_700_000_000_000
@@ -92,7 +93,7 @@ class TransactionSink(RemoteHomeserver):
     unwell, say); ``pdu_errors`` are reported for those event IDs.
     """
 
-    def __init__(self, template: str, *, key_lookup: StaticKeys) -> None:
+    def __init__(self, template: str, *, key_lookup: KnownKeys) -> None:
         super().__init__(template, key_lookup=key_lookup, clock=clock_ms)
         self.received: list[Received] = []
         self.gate: trio.Event | None = None
@@ -150,7 +151,7 @@ class World:
     _rooms: dict[str, list[StoredPdu]] = field(default_factory=dict)
 
     async def remote(self, host: str = "remote.test") -> TransactionSink:
-        sink = TransactionSink(host + ":{port}", key_lookup=StaticKeys((ORIGIN, self.key)))
+        sink = TransactionSink(host + ":{port}", key_lookup=KnownKeys({ORIGIN: self.key}))
         await sink.start(self.nursery, self.pki.server_context())
         return sink
 
@@ -248,7 +249,7 @@ async def world(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[World]:
     """Remotes, storage and a client; each test takes ``mock_clock`` itself,
     since pytest-trio runs a test on a clock only when the test names it.
     """
-    pki = Pki.create(tmp_path)
+    pki = Pki.create(tmp_path, names=TEST_NAMES)
     zone = ZoneDns()
     for name in ("remote.test", "a.test", "b.test"):
         zone.addresses[name] = ["127.0.0.1"]

@@ -10,8 +10,8 @@ import trio
 from trio.testing import MockClock
 
 from ranvier.federation.sender import BackoffPolicy, DestinationStatus, FederationSender
+from ranvier.testing import Canned, free_port
 
-from .._servers import Canned, free_port
 from .conftest import World, caught_up, clock_ms, send, settle, until
 
 POLICY = BackoffPolicy(initial_ms=5_000, multiplier=2.0, max_ms=60_000, jitter=0.2)

@@ -11,8 +11,8 @@ from trio.testing import MockClock
 
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.federation.sender import BackoffPolicy
+from ranvier.testing import Canned
 
-from .._servers import Canned
 from .conftest import ORIGIN, World, caught_up, send, settle, until, until_async
 
 

@@ -25,17 +25,9 @@ from ranvier.federation.transport.client import (
 from ranvier.federation.transport.resolve import ServerNameResolver
 from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.signing import SigningKey, generate_signing_key
+from ranvier.testing import Canned, KnownKeys, Pki, RemoteHomeserver, ZoneDns, free_port, serve
 
-from .._servers import (
-    Canned,
-    Pki,
-    RemoteHomeserver,
-    StaticKeys,
-    WellKnownApp,
-    ZoneDns,
-    free_port,
-    serve,
-)
+from .._servers import TEST_NAMES, WellKnownApp
 
 ORIGIN = "origin.test"
 NOW_MS = 1_700_000_000_000
@@ -64,7 +56,7 @@ class Setup:
         self, template: str = "remote.test:{port}", *, names: tuple[str, ...] = ()
     ) -> RemoteHomeserver:
         remote = RemoteHomeserver(
-            template, key_lookup=StaticKeys((ORIGIN, self.key)), clock=lambda: NOW_MS
+            template, key_lookup=KnownKeys({ORIGIN: self.key}), clock=lambda: NOW_MS
         )
         await remote.start(self.nursery, self.pki.server_context(*names))
         return remote
@@ -72,7 +64,7 @@ class Setup:
 
 @pytest.fixture
 async def setup(tmp_path: Path, nursery: trio.Nursery) -> Setup:
-    pki = Pki.create(tmp_path)
+    pki = Pki.create(tmp_path, names=TEST_NAMES)
     zone = ZoneDns()
     for name in ("remote.test", "delegated.test", "a.test", "b.test"):
         zone.addresses[name] = ["127.0.0.1"]

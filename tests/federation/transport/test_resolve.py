@@ -21,15 +21,16 @@ from ranvier.federation.transport.resolve import (
     SystemDnsResolver,
     parse_server_name,
 )
+from ranvier.testing import Canned, Pki, ZoneDns, serve
 
-from .._servers import Canned, DnsResponder, Pki, WellKnownApp, ZoneDns, serve
+from .._servers import TEST_NAMES, DnsResponder, WellKnownApp
 
 LOCAL = "127.0.0.1"
 
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
-    return Pki.create(tmp_path)
+    return Pki.create(tmp_path, names=TEST_NAMES)
 
 
 @pytest.fixture
