@@ -11,8 +11,6 @@ lying or broken server's would be.
 from __future__ import annotations
 
 import contextlib
-import itertools
-import socket
 import sqlite3
 import ssl
 import urllib.parse
@@ -25,29 +23,26 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-import trustme
 
 from ranvier.core.context import EventContext, event_to_persist
 from ranvier.core.creation import EventCreator
 from ranvier.core.ingest import RoomLocks
 from ranvier.core.joins import RemoteJoin, RemoteJoiner, RemoteJoinError
-from ranvier.errors import InvalidSignatureError, MatrixError
+from ranvier.errors import MatrixError
 from ranvier.federation.membership import FederationJoinClient, add_membership_routes
 from ranvier.federation.queries import add_query_routes
 from ranvier.federation.room_access import PARTIAL_STATE_ERRCODE
 from ranvier.federation.transport.client import FederationHttpClient, FederationRequestError
-from ranvier.federation.transport.listener import HttpListener
 from ranvier.federation.transport.server import FederationApp
-from ranvier.federation.transport.tls import client_ssl_context
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import hash_and_sign_event
 from ranvier.protocol.redaction import redact
-from ranvier.protocol.signing import SigningKey, VerifyKeyLike, generate_signing_key, key_id
+from ranvier.protocol.signing import SigningKey, generate_signing_key
 from ranvier.storage import Storage
+from ranvier.testing import NOW_MS, KnownKeys, Pki, free_port, ingest, serve, ticking_clock
 
 JOINER = "b.test"
 BOB = "@bob:b.test"
-NOW_MS = 1_700_000_000_000
 MEMBER = "m.room.member"
 V1 = "/_matrix/federation/v1"
 V2 = "/_matrix/federation/v2"
@@ -55,25 +50,6 @@ V2 = "/_matrix/federation/v2"
 
 def seg(value: str) -> str:
     return urllib.parse.quote(value, safe="")
-
-
-class Keys:
-    """Servers' verify keys from a dict: both servers' key source."""
-
-    def __init__(self) -> None:
-        self.keys: dict[tuple[str, str], VerifyKeyLike] = {}
-
-    def add(self, server_name: str, key: SigningKey) -> None:
-        self.keys[(server_name, key_id(key))] = key.verify_key
-
-    async def get_verify_key(
-        self, server_name: str, key_id: str, *, at_ts: int | None = None
-    ) -> VerifyKeyLike:
-        await trio.lowlevel.checkpoint()
-        found = self.keys.get((server_name, key_id))
-        if found is None:
-            raise InvalidSignatureError(f"{server_name} has no key {key_id}")
-        return found
 
 
 Alter = Callable[[dict[str, Any]], None]
@@ -120,12 +96,12 @@ class World:
     room_id: str
     joiner_storage: Storage
     http: FederationHttpClient
-    keys: Keys
+    keys: KnownKeys
     joiner_key: SigningKey
 
     def joiner(self, client: Any = None, **kwargs: Any) -> RemoteJoiner:
         """A joiner asking for full state, unless told otherwise."""
-        clock = itertools.count(NOW_MS + 10_000)
+        clock = ticking_clock(NOW_MS + 10_000)
         kwargs.setdefault("partial_state", False)
         return RemoteJoiner(
             server_name=JOINER,
@@ -134,7 +110,7 @@ class World:
             keys=self.keys,
             store=self.joiner_storage,
             persister=self.joiner_storage,
-            clock=lambda: next(clock),
+            clock=clock,
             **kwargs,
         )
 
@@ -154,25 +130,14 @@ class World:
 
 
 def tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    ca = trustme.CA()
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server)
-    return server, client_ssl_context(ca_file=ca_file)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    pki = Pki.create(tmp_path)
+    return pki.server_context(), pki.client_context()
 
 
 @pytest.fixture
 async def world(tmp_path: Path, nursery: trio.Nursery) -> World:
     server_context, client_context = tls_contexts(tmp_path)
-    keys = Keys()
+    keys = KnownKeys()
     joiner_key = generate_signing_key("b1")
     keys.add(JOINER, joiner_key)
     resident_key = generate_signing_key("a1")
@@ -180,12 +145,10 @@ async def world(tmp_path: Path, nursery: trio.Nursery) -> World:
     resident_storage = Storage(tmp_path / "resident.db", synchronous="NORMAL")
     await nursery.start(resident_storage.run)
     app = FederationApp(server_name="127.0.0.1", key_lookup=keys)
-    port = await nursery.start(
-        HttpListener(app, host="127.0.0.1", port=0, ssl_context=server_context).run
-    )
+    port = await serve(nursery, app, server_context)
     resident_name = app.server_name = f"127.0.0.1:{port}"
     keys.add(resident_name, resident_key)
-    clock = itertools.count(NOW_MS)
+    clock = ticking_clock(NOW_MS)
     add_membership_routes(
         app.router,
         server_name=resident_name,
@@ -193,14 +156,14 @@ async def world(tmp_path: Path, nursery: trio.Nursery) -> World:
         store=resident_storage,
         persister=resident_storage,
         keys=keys,
-        clock=lambda: next(clock),
+        clock=clock,
     )
     creator = EventCreator(
         server_name=resident_name,
         signing_key=resident_key,
         store=resident_storage,
         persister=resident_storage,
-        clock=lambda: next(clock),
+        clock=clock,
     )
     alice = f"@alice:{resident_name}"
     room_id = await creator.create_room(alice, preset="public_chat", topic="the topic")
@@ -391,8 +354,6 @@ async def test_only_local_users_join(world: World) -> None:
 async def test_joined_room_takes_events_after_the_join(world: World) -> None:
     """The joiner's copy works as a room: an event after the join has its
     context from the join's state and passes the auth checks."""
-    from _rooms import ingest
-
     joined = await world.join()
     event_id = await world.creator.send_event(
         world.alice, world.room_id, "m.room.message", {"body": "welcome bob"}
@@ -517,7 +478,7 @@ class RecordingJoinClient:
 class Pair:
     resident: Side
     joiner: Side
-    keys: Keys
+    keys: KnownKeys
     creator: EventCreator
     member_keys: dict[str, SigningKey]
 
@@ -529,7 +490,7 @@ class Pair:
         return f"@{name}:{self.joiner.name}"
 
     def remote_joiner(self, client: Any = None, **kwargs: Any) -> RemoteJoiner:
-        clock = itertools.count(NOW_MS + 10_000)
+        clock = ticking_clock(NOW_MS + 10_000)
         kwargs.setdefault("room_lock", self.joiner.locks.hold)
         return RemoteJoiner(
             server_name=self.joiner.name,
@@ -538,7 +499,7 @@ class Pair:
             keys=self.keys,
             store=self.joiner.storage,
             persister=self.joiner.storage,
-            clock=lambda: next(clock),
+            clock=clock,
             **kwargs,
         )
 
@@ -614,17 +575,15 @@ class Pair:
 @pytest.fixture
 async def pair(tmp_path: Path, nursery: trio.Nursery) -> Pair:
     server_context, client_context = tls_contexts(tmp_path)
-    keys = Keys()
-    clock = itertools.count(NOW_MS)
+    keys = KnownKeys()
+    clock = ticking_clock(NOW_MS)
 
     async def side(label: str) -> Side:
         db_path = tmp_path / f"{label}.db"
         storage = Storage(db_path, synchronous="NORMAL")
         await nursery.start(storage.run)
         app = FederationApp(server_name="127.0.0.1", key_lookup=keys)
-        port = await nursery.start(
-            HttpListener(app, host="127.0.0.1", port=0, ssl_context=server_context).run
-        )
+        port = await serve(nursery, app, server_context)
         name = app.server_name = f"127.0.0.1:{port}"
         key = generate_signing_key(label)
         keys.add(name, key)
@@ -639,7 +598,7 @@ async def pair(tmp_path: Path, nursery: trio.Nursery) -> Pair:
             persister=storage,
             keys=keys,
             room_lock=locks.hold,
-            clock=lambda: next(clock),
+            clock=clock,
         )
         add_query_routes(app.router, server_name=name, store=storage)
         return Side(name, storage, key, http, locks, db_path)
@@ -654,7 +613,7 @@ async def pair(tmp_path: Path, nursery: trio.Nursery) -> Pair:
         store=resident.storage,
         persister=resident.storage,
         room_locks=resident.locks,
-        clock=lambda: next(clock),
+        clock=clock,
     )
     return Pair(resident, joiner, keys, creator, member_keys)
 
