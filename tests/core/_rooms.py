@@ -15,7 +15,6 @@ from collections.abc import Collection
 from pathlib import Path
 
 from ranvier.storage import StateMap, Storage, StoredEvent
-from ranvier.testing import ingest as ingest
 
 ALICE = "@alice:example.org"
 BOB = "@bob:example.org"
