@@ -34,6 +34,7 @@ from ranvier.storage.records import (
 )
 
 __all__ = [
+    "BatchStateReader",
     "EventNotifier",
     "EventPersister",
     "FederationEventClient",
@@ -109,6 +110,28 @@ class StateReader(Protocol):
 
     async def get_room_version(self, room_id: str) -> str | None:
         """The room's version identifier; None for a room not known here."""
+        ...
+
+
+@runtime_checkable
+class BatchStateReader(StateReader, Protocol):
+    """The reads above, and those that take in a run of one room's events
+    with one read each instead of one per event: federation ingestion's
+    store.
+    """
+
+    async def get_events_state_groups(
+        self, event_ids: Collection[str]
+    ) -> Mapping[str, EventStateGroups]:
+        """The groups before and after each of ``event_ids`` that has them;
+        outliers and unknown events are left out.
+        """
+        ...
+
+    async def get_events_with_accepted_children(self, event_ids: Collection[str]) -> Set[str]:
+        """Which of ``event_ids`` an accepted event in the DAG cites as a prev
+        event: written, such an event does not become a forward extremity.
+        """
         ...
 
 

@@ -36,6 +36,8 @@ __all__ = [
     "get_event",
     "get_event_state_groups",
     "get_events",
+    "get_events_state_groups",
+    "get_events_with_accepted_children",
     "get_forward_extremities",
     "get_partial_state_event_ids",
     "get_partial_state_events",
@@ -129,6 +131,57 @@ def get_event_state_groups(conn: sqlite3.Connection, event_id: str) -> EventStat
         (event_id,),
     ).fetchone()
     return None if row is None else EventStateGroups(row[0], row[1])
+
+
+def get_events_state_groups(
+    conn: sqlite3.Connection, event_ids: Collection[str]
+) -> dict[str, EventStateGroups]:
+    """The state groups around each of ``event_ids`` that has them, by ID.
+
+    :func:`get_event_state_groups` for many events in one read, for
+    ingesting a run of events whose prev events are known together;
+    outliers and unknown events are left out.
+    """
+    found: dict[str, EventStateGroups] = {}
+    for chunk in _chunks(set(event_ids)):
+        marks = ",".join("?" * len(chunk))
+        for event_id, before, after in conn.execute(
+            "SELECT event_id, state_group_before, state_group_after FROM event_to_state_groups"
+            f" WHERE event_id IN ({marks})",
+            chunk,
+        ):
+            found[event_id] = EventStateGroups(before, after)
+    return found
+
+
+def get_events_with_accepted_children(
+    conn: sqlite3.Connection, event_ids: Collection[str]
+) -> frozenset[str]:
+    """Which of ``event_ids`` an accepted event of the DAG names among its
+    prev events.
+
+    Such an event, written late (its children came first, with the state
+    at the gap fetched), never becomes a forward extremity; a caller that
+    follows the extremities in memory across several events asks this once
+    for all of them. The events themselves need not be stored.
+    """
+    cited: set[str] = set()
+    for chunk in _chunks(set(event_ids)):
+        marks = ",".join("?" * len(chunk))
+        cited.update(
+            prev_id
+            for (prev_id,) in conn.execute(
+                f"""
+                SELECT DISTINCT edge.prev_event_id
+                FROM event_edges AS edge JOIN events AS child ON child.event_id = edge.event_id
+                WHERE edge.prev_event_id IN ({marks})
+                  AND child.outlier = 0 AND child.soft_failed = 0
+                  AND child.rejected_reason IS NULL
+                """,
+                chunk,
+            )
+        )
+    return frozenset(cited)
 
 
 def get_state_ids(conn: sqlite3.Connection, state_group: int) -> StateMap:

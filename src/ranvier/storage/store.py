@@ -199,6 +199,22 @@ class Storage:
             functools.partial(reads.get_event_state_groups, event_id=event_id)
         )
 
+    async def get_events_state_groups(
+        self, event_ids: Collection[str]
+    ) -> dict[str, EventStateGroups]:
+        """The state groups around each of ``event_ids`` that has them."""
+        ids = frozenset(event_ids)
+        return await self.readers.read(
+            functools.partial(reads.get_events_state_groups, event_ids=ids)
+        )
+
+    async def get_events_with_accepted_children(self, event_ids: Collection[str]) -> frozenset[str]:
+        """Which of ``event_ids`` an accepted event of the DAG cites as a prev event."""
+        ids = frozenset(event_ids)
+        return await self.readers.read(
+            functools.partial(reads.get_events_with_accepted_children, event_ids=ids)
+        )
+
     async def get_state_ids(self, state_group: int) -> StateMap:
         return await self.readers.read(
             functools.partial(reads.get_state_ids, state_group=state_group)
