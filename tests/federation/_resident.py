@@ -6,67 +6,15 @@ storage and key. The servers calling it are
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from ranvier.federation.transport.server import FederationApp
-from ranvier.protocol.events import Pdu
-from ranvier.protocol.signing import SigningKey, SigningKeyLike, generate_signing_key
+from ranvier.protocol.signing import SigningKey, generate_signing_key
 from ranvier.storage import Storage
-from ranvier.testing import (
-    NOW_MS,
-    KnownKeys,
-    Pki,
-    RemoteHomeserver,
-    RoomBuilder,
-    ZoneDns,
-    ingest_all,
-    serve,
-)
-
-__all__ = [
-    "NOW_MS",
-    "Keys",
-    "Peer",
-    "Resident",
-    "SignedRoom",
-    "ingest",
-    "open_peer",
-    "start_resident",
-    "zone_for",
-]
-
-# The names the membership and query tests knew these by.
-Keys = KnownKeys
-Peer = RemoteHomeserver
-
-
-class SignedRoom(RoomBuilder):
-    """A :class:`RoomBuilder` of signed events, room version 12 unless told."""
-
-    def __init__(
-        self,
-        signing_keys: Mapping[str, SigningKeyLike],
-        creator: str,
-        room_version: str = "12",
-        *,
-        room_id: str | None = None,
-    ) -> None:
-        super().__init__(room_version, creator, keys=signing_keys, room_id=room_id)
-
-    @property
-    def signing_keys(self) -> Mapping[str, SigningKeyLike]:
-        return self.keys
-
-    def public(self, *, visibility: str = "shared") -> None:
-        self.public_room(history_visibility=visibility)
-
-
-async def ingest(storage: Storage, events: Sequence[Pdu]) -> None:
-    await ingest_all(storage, events)
+from ranvier.testing import KnownKeys, Pki, RemoteHomeserver, ZoneDns, serve
 
 
 @dataclass
@@ -103,7 +51,3 @@ async def open_peer(
     keys.add(server_name, peer.signing_key)
     await peer.open_client(nursery, pki.client_context(), zone)
     return peer
-
-
-def zone_for(*hosts: str) -> ZoneDns:
-    return ZoneDns.loopback(*hosts)

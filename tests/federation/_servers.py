@@ -113,8 +113,3 @@ class WellKnownApp:
             }
         )
         await send({"type": "http.response.body", "body": answer.body})
-
-
-# The membership and query tests still take these from here.
-from ranvier.testing import Pki as Pki  # noqa: E402
-from ranvier.testing import ZoneDns as ZoneDns  # noqa: E402

@@ -35,19 +35,17 @@ from ranvier.protocol.hashing import hash_and_sign_event
 from ranvier.protocol.redaction import redact
 from ranvier.protocol.signing import verify_signed_json
 from ranvier.storage import Storage
-
-from ._resident import (
+from ranvier.testing import (
     NOW_MS,
-    Keys,
-    Peer,
-    Resident,
-    SignedRoom,
-    ingest,
-    open_peer,
-    start_resident,
-    zone_for,
+    KnownKeys,
+    Pki,
+    RemoteHomeserver,
+    RoomBuilder,
+    ZoneDns,
+    ingest_all,
 )
-from ._servers import Pki, ZoneDns
+
+from ._resident import Resident, open_peer, start_resident
 
 V1 = "/_matrix/federation/v1"
 V2 = "/_matrix/federation/v2"
@@ -74,12 +72,12 @@ class Heard:
 @dataclass
 class World:
     resident: Resident
-    peer: Peer
-    stranger: Peer
+    peer: RemoteHomeserver
+    stranger: RemoteHomeserver
     heard: Heard
-    keys: Keys
+    keys: KnownKeys
     alice: str
-    room: SignedRoom
+    room: RoomBuilder
     pki: Pki
     zone: ZoneDns
     tmp_path: Path
@@ -92,8 +90,8 @@ class World:
     def storage(self) -> Storage:
         return self.resident.storage
 
-    def new_room(self, version: str = "12") -> SignedRoom:
-        return SignedRoom(self.room.signing_keys, self.alice, version)
+    def new_room(self, version: str = "12") -> RoomBuilder:
+        return RoomBuilder(version, self.alice, keys=self.room.keys)
 
     async def make(self, membership: str, room_id: str, user: str, **query: Any) -> Any:
         path = f"{V1}/make_{membership}/{seg(room_id)}/{seg(user)}"
@@ -123,7 +121,7 @@ class World:
         return Pdu.from_json(signed, room_version)
 
     async def join(
-        self, room: SignedRoom, user: str = BOB, query: Mapping[str, Any] | None = None
+        self, room: RoomBuilder, user: str = BOB, query: Mapping[str, Any] | None = None
     ) -> tuple[Pdu, Any]:
         answer = await self.make("join", room.room_id, user, ver=[room.version])
         event = self.sign(answer["event"], room.version)
@@ -133,8 +131,8 @@ class World:
 @pytest.fixture
 async def world(tmp_path: Path, nursery: trio.Nursery) -> World:
     pki = Pki.create(tmp_path)
-    keys = Keys()
-    zone = zone_for("a.test")
+    keys = KnownKeys()
+    zone = ZoneDns.loopback("a.test")
     resident = await start_resident(nursery, tmp_path, pki, keys)
     heard = Heard()
     add_membership_routes(
@@ -155,10 +153,10 @@ async def world(tmp_path: Path, nursery: trio.Nursery) -> World:
         "b.test": peer.signing_key,
         "c.test": stranger.signing_key,
     }
-    room = SignedRoom(signing_keys, alice)
-    room.public()
+    room = RoomBuilder("12", alice, keys=signing_keys)
+    room.public_room(history_visibility="shared")
     room.message(alice, "welcome")
-    await ingest(resident.storage, room.order)
+    await ingest_all(resident.storage, room.order)
     return World(resident, peer, stranger, heard, keys, alice, room, pki, zone, tmp_path)
 
 
@@ -206,7 +204,7 @@ async def test_make_join_gives_a_template_on_the_current_state(world: World) -> 
 async def test_make_join_refuses_a_banned_user(world: World) -> None:
     room = world.room
     room.member(world.alice, "ban", BOB)
-    await ingest(world.storage, room.order[-1:])
+    await ingest_all(world.storage, room.order[-1:])
     error = await world.refused(world.make("join", room.room_id, BOB, ver=["12"]))
     assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
     assert "ban" in (error.error or "")
@@ -215,11 +213,11 @@ async def test_make_join_refuses_a_banned_user(world: World) -> None:
 async def test_make_join_refuses_an_uninvited_user_of_an_invite_only_room(world: World) -> None:
     room = world.room
     room.state_event(world.alice, "m.room.join_rules", {"join_rule": "invite"})
-    await ingest(world.storage, room.order[-1:])
+    await ingest_all(world.storage, room.order[-1:])
     error = await world.refused(world.make("join", room.room_id, BOB, ver=["12"]))
     assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
     room.member(world.alice, "invite", BOB)
-    await ingest(world.storage, room.order[-1:])
+    await ingest_all(world.storage, room.order[-1:])
     answer = await world.make("join", room.room_id, BOB, ver=["12"])
     assert answer["event"]["content"] == {"membership": "join"}
 
@@ -242,7 +240,7 @@ async def test_make_join_refusals(world: World) -> None:
 async def test_server_acl_shuts_out_the_handshakes(world: World) -> None:
     room = world.room
     room.state_event(world.alice, "m.room.server_acl", {"allow": ["*"], "deny": ["b.test"]})
-    await ingest(world.storage, room.order[-1:])
+    await ingest_all(world.storage, room.order[-1:])
     error = await world.refused(world.make("join", room.room_id, BOB, ver=["12"]))
     assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
 
@@ -325,7 +323,7 @@ async def test_send_join_failing_the_auth_rules_is_refused(world: World) -> None
     answer = await world.make("join", room.room_id, BOB, ver=["12"])
     # Bob is banned after the template was handed out.
     room.member(world.alice, "ban", BOB)
-    await ingest(world.storage, room.order[-1:])
+    await ingest_all(world.storage, room.order[-1:])
     event = world.sign(answer["event"])
     error = await world.refused(world.send("join", event))
     assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
@@ -340,7 +338,7 @@ def event_ids(events: Sequence[Any]) -> list[str]:
     return [Pdu.from_json(msgspec.json.encode(e), "12").event_id for e in events]
 
 
-def member_keys(room: SignedRoom, ids: Sequence[str]) -> set[str]:
+def member_keys(room: RoomBuilder, ids: Sequence[str]) -> set[str]:
     return {
         str(room.events[event_id].state_key)
         for event_id in ids
@@ -348,22 +346,22 @@ def member_keys(room: SignedRoom, ids: Sequence[str]) -> set[str]:
     }
 
 
-async def crowded_room(world: World, *, name: str | None = None) -> tuple[SignedRoom, list[str]]:
+async def crowded_room(world: World, *, name: str | None = None) -> tuple[RoomBuilder, list[str]]:
     """A public room with seven members of c.test besides alice, and bob
     invited last; named ``name`` if given."""
     room = world.new_room()
-    room.public()
+    room.public_room(history_visibility="shared")
     users = [f"@u{index}:c.test" for index in range(7)]
     for user in users:
         room.member(user, "join")
     if name is not None:
         room.state_event(world.alice, "m.room.name", {"name": name})
     room.member(world.alice, "invite", BOB)
-    await ingest(world.storage, room.order)
+    await ingest_all(world.storage, room.order)
     return room, users
 
 
-def check_auth_chain_closed(room: SignedRoom, answer: Any, join: Pdu) -> None:
+def check_auth_chain_closed(room: RoomBuilder, answer: Any, join: Pdu) -> None:
     """Every event the answer returns has its auth events in the answer, and
     the auth chain repeats nothing of the state."""
     state, chain = set(event_ids(answer["state"])), set(event_ids(answer["auth_chain"]))
@@ -464,9 +462,9 @@ async def test_a_room_with_partial_state_sends_other_servers_elsewhere(world: Wo
     complete they are answered again."""
     storage = world.storage
     room = world.new_room()
-    room.public()
+    room.public_room(history_visibility="shared")
     bob_join = room.member(BOB, "join")
-    await ingest(storage, room.order)
+    await ingest_all(storage, room.order)
     await storage.store_partial_join(room.room_id, "12", bob_join.event_id, "b.test", ["b.test"])
     message = room.message(world.alice, "partial")
     context = await compute_event_context(
@@ -508,9 +506,9 @@ async def test_a_room_with_partial_state_sends_other_servers_elsewhere(world: Wo
 
 async def test_knock_through_the_handshake(world: World) -> None:
     room = world.new_room()
-    room.public()
+    room.public_room(history_visibility="shared")
     room.state_event(world.alice, "m.room.join_rules", {"join_rule": "knock"})
-    await ingest(world.storage, room.order)
+    await ingest_all(world.storage, room.order)
     answer = await world.make("knock", room.room_id, CAROL, ver=["12"])
     assert answer["room_version"] == "12"
     assert answer["event"]["content"] == {"membership": "knock"}
@@ -529,8 +527,8 @@ async def test_knock_refusals(world: World) -> None:
     public = await world.refused(world.make("knock", world.room.room_id, CAROL, ver=["12"]))
     assert (public.status, public.errcode) == (403, "M_FORBIDDEN")
     old = world.new_room("6")
-    old.public()
-    await ingest(world.storage, old.order)
+    old.public_room(history_visibility="shared")
+    await ingest_all(world.storage, old.order)
     no_knocks = await world.refused(world.make("knock", old.room_id, CAROL, ver=["6"]))
     assert (no_knocks.status, no_knocks.errcode) == (400, "M_INCOMPATIBLE_ROOM_VERSION")
     knock = old.member(CAROL, "knock")
@@ -544,11 +542,11 @@ async def test_knock_refusals(world: World) -> None:
 # Restricted rooms
 
 
-async def restricted_room(world: World, allow: list[dict[str, Any]]) -> SignedRoom:
+async def restricted_room(world: World, allow: list[dict[str, Any]]) -> RoomBuilder:
     room = world.new_room("10")
-    room.public()
+    room.public_room(history_visibility="shared")
     room.state_event(world.alice, "m.room.join_rules", {"join_rule": "restricted", "allow": allow})
-    await ingest(world.storage, room.order)
+    await ingest_all(world.storage, room.order)
     return room
 
 
@@ -583,10 +581,10 @@ async def test_restricted_join_through_rooms_unknown_here(world: World) -> None:
 # invite
 
 
-def invite_of(world: World, *, target: str, room_version: str = "12") -> tuple[SignedRoom, Pdu]:
+def invite_of(world: World, *, target: str, room_version: str = "12") -> tuple[RoomBuilder, Pdu]:
     """A room of b.test's bob, and his invite of ``target``."""
-    room = SignedRoom(world.room.signing_keys, BOB, room_version)
-    room.public()
+    room = RoomBuilder(room_version, BOB, keys=world.room.keys)
+    room.public_room(history_visibility="shared")
     invite = room.member(BOB, "invite", target)
     return room, invite
 
@@ -701,7 +699,7 @@ async def test_invite_then_join_between_two_servers(world: World, nursery: trio.
 async def test_an_invite_the_invitees_server_refuses(world: World, nursery: trio.Nursery) -> None:
     a = world.resident
     # b.test does not know a.test's key, so it refuses a.test's requests.
-    b = await start_resident(nursery, world.tmp_path, world.pki, Keys(), host="b.test")
+    b = await start_resident(nursery, world.tmp_path, world.pki, KnownKeys(), host="b.test")
     add_membership_routes(
         b.app.router,
         server_name=b.server_name,

@@ -24,19 +24,17 @@ from ranvier.federation.room_access import PARTIAL_STATE_ERRCODE
 from ranvier.federation.transport.client import FederationRequestError
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.redaction import redact
-
-from ._resident import (
+from ranvier.testing import (
     NOW_MS,
-    Keys,
-    Peer,
-    Resident,
-    SignedRoom,
-    ingest,
-    open_peer,
-    start_resident,
-    zone_for,
+    KnownKeys,
+    Pki,
+    RemoteHomeserver,
+    RoomBuilder,
+    ZoneDns,
+    ingest_all,
 )
-from ._servers import Pki
+
+from ._resident import Resident, open_peer, start_resident
 
 V1 = "/_matrix/federation/v1"
 BOB = "@bob:b.test"
@@ -58,9 +56,9 @@ class Profiles:
 @dataclass
 class World:
     resident: Resident
-    peer: Peer
-    stranger: Peer
-    room: SignedRoom
+    peer: RemoteHomeserver
+    stranger: RemoteHomeserver
+    room: RoomBuilder
     alice: str
     bob_join: Pdu
     messages: list[Pdu]
@@ -69,13 +67,13 @@ class World:
     def name(self) -> str:
         return self.resident.server_name
 
-    def new_room(self) -> SignedRoom:
-        return SignedRoom(self.room.signing_keys, self.alice)
+    def new_room(self) -> RoomBuilder:
+        return RoomBuilder("12", self.alice, keys=self.room.keys)
 
-    async def get(self, peer: Peer, path: str, **query: Any) -> Any:
+    async def get(self, peer: RemoteHomeserver, path: str, **query: Any) -> Any:
         return await peer.client.get_json(self.name, path, query=query or None)
 
-    async def refused(self, peer: Peer, method: str, path: str, **kwargs: Any) -> Any:
+    async def refused(self, peer: RemoteHomeserver, method: str, path: str, **kwargs: Any) -> Any:
         with pytest.raises(FederationRequestError) as caught:
             await peer.client.request(method, self.name, path, **kwargs)
         return caught.value
@@ -84,8 +82,8 @@ class World:
 @pytest.fixture
 async def world(tmp_path: Path, nursery: trio.Nursery) -> World:
     pki = Pki.create(tmp_path)
-    keys = Keys()
-    zone = zone_for("a.test")
+    keys = KnownKeys()
+    zone = ZoneDns.loopback("a.test")
     resident = await start_resident(nursery, tmp_path, pki, keys)
     alice = f"@alice:{resident.server_name}"
     add_query_routes(
@@ -102,12 +100,12 @@ async def world(tmp_path: Path, nursery: trio.Nursery) -> World:
         "b.test": peer.signing_key,
         "c.test": stranger.signing_key,
     }
-    room = SignedRoom(signing_keys, alice)
-    room.public()
+    room = RoomBuilder("12", alice, keys=signing_keys)
+    room.public_room(history_visibility="shared")
     room.message(alice, "before bob")
     bob_join = room.member(BOB, "join")
     messages = [room.message(BOB if i % 2 else alice, f"m{i}") for i in range(5)]
-    await ingest(resident.storage, room.order)
+    await ingest_all(resident.storage, room.order)
     return World(resident, peer, stranger, room, alice, bob_join, messages)
 
 
@@ -115,7 +113,7 @@ def ids_of(events: Sequence[Any], room_version: str = "12") -> list[str]:
     return [Pdu.from_json(msgspec.json.encode(e), room_version).event_id for e in events]
 
 
-def auth_chain(room: SignedRoom, event_ids: Sequence[str]) -> set[str]:
+def auth_chain(room: RoomBuilder, event_ids: Sequence[str]) -> set[str]:
     """The union of the events' auth chains, walked in the test's own copy;
     from v12 with the room's create event, which no event cites.
     """
@@ -206,8 +204,8 @@ async def test_state_ids_need_an_event_of_the_room(world: World) -> None:
     unknown = await world.refused(world.peer, "GET", path, query={"event_id": "$nope"})
     assert (unknown.status, unknown.errcode) == (404, "M_NOT_FOUND")
     other = world.new_room()
-    other.public()
-    await ingest(world.resident.storage, other.order)
+    other.public_room(history_visibility="shared")
+    await ingest_all(world.resident.storage, other.order)
     elsewhere = await world.refused(world.peer, "GET", path, query={"event_id": other.last})
     assert (elsewhere.status, elsewhere.errcode) == (404, "M_NOT_FOUND")
 
@@ -238,7 +236,7 @@ async def test_backfill_from_two_events_of_a_fork(world: World) -> None:
     fork_point = world.messages[2].event_id
     left = room.message(world.alice, "left", prev=[fork_point])
     right = room.message(BOB, "right", prev=[fork_point])
-    await ingest(world.resident.storage, [left, right])
+    await ingest_all(world.resident.storage, [left, right])
     body = await world.get(
         world.peer,
         f"{V1}/backfill/{seg(room.room_id)}",
@@ -253,7 +251,7 @@ async def test_backfill_from_two_events_of_a_fork(world: World) -> None:
 async def test_backfill_limit_is_capped(world: World) -> None:
     room = world.room
     more = [room.message(world.alice, f"n{i}") for i in range(MAX_BACKFILL_LIMIT + 5)]
-    await ingest(world.resident.storage, more)
+    await ingest_all(world.resident.storage, more)
     body = await world.get(
         world.peer, f"{V1}/backfill/{seg(room.room_id)}", v=more[-1].event_id, limit=10_000
     )
@@ -300,11 +298,11 @@ async def test_get_missing_events_between_earliest_and_latest(world: World) -> N
 
 async def test_joined_history_goes_redacted_to_a_server_joined_later(world: World) -> None:
     room = world.new_room()
-    room.public(visibility="joined")
+    room.public_room(history_visibility="joined")
     secret = room.message(world.alice, "before bob joined")
     room.member(BOB, "join")
     after = room.message(world.alice, "bob sees this")
-    await ingest(world.resident.storage, room.order)
+    await ingest_all(world.resident.storage, room.order)
 
     body = await world.get(world.peer, f"{V1}/event/{seg(secret.event_id)}")
     assert body["pdus"] == [redact(secret.json, "12")]
@@ -328,9 +326,9 @@ async def test_joined_history_goes_redacted_to_a_server_joined_later(world: Worl
 
 async def test_world_readable_room_is_open_to_any_server(world: World) -> None:
     room = world.new_room()
-    room.public(visibility="world_readable")
+    room.public_room(history_visibility="world_readable")
     message = room.message(world.alice, "for everyone")
-    await ingest(world.resident.storage, room.order)
+    await ingest_all(world.resident.storage, room.order)
     body = await world.get(world.stranger, f"{V1}/event/{seg(message.event_id)}")
     assert body["pdus"][0]["content"] == {"body": "for everyone"}
     backfill = await world.get(
@@ -342,7 +340,7 @@ async def test_world_readable_room_is_open_to_any_server(world: World) -> None:
 async def test_server_acl_denies_a_member_server(world: World) -> None:
     room = world.room
     room.state_event(world.alice, "m.room.server_acl", {"allow": ["*"], "deny": ["b.test"]})
-    await ingest(world.resident.storage, [room.order[-1]])
+    await ingest_all(world.resident.storage, [room.order[-1]])
     event_id = world.messages[0].event_id
     error = await world.refused(world.peer, "GET", f"{V1}/event/{seg(event_id)}")
     assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
