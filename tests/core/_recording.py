@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence, Set
 from dataclasses import dataclass
 
-from ranvier.storage import EventStateGroups, StateKey, Storage, StoredEvent
+from ranvier.storage import EventStateGroups, PartialStateRoom, StateKey, Storage, StoredEvent
 
 #: Reads whose answer grows with the room: what a check must never make.
 WHOLE_MAP_READS = frozenset({"get_state_ids", "get_current_state_ids", "get_partial_state_events"})
@@ -92,6 +92,11 @@ class RecordingReader:
         partial = await self.storage.is_partial_state_room(room_id)
         self._record("is_partial_state_room", 1)
         return partial
+
+    async def get_partial_state_rooms(self) -> Mapping[str, PartialStateRoom]:
+        rooms = await self.storage.get_partial_state_rooms()
+        self._record("get_partial_state_rooms", len(rooms))
+        return rooms
 
     async def get_partial_state_events(self, room_id: str) -> Sequence[str]:
         events = await self.storage.get_partial_state_events(room_id)

@@ -104,6 +104,25 @@ async def test_rooms_remembered_are_bounded(storage: Storage, room: RoomBuilder)
         RoomServers(storage, rooms_remembered=0)
 
 
+async def test_a_partial_state_room_counts_the_servers_its_join_named(
+    storage: Storage, room: RoomBuilder
+) -> None:
+    # Joined with partial state, a room's current state lacks the members of
+    # servers already in it; the servers of the send_join answer stand in.
+    fourth = "fourth.test"
+    await storage.store_partial_join(room.room_id, room.version, "$join", REMOTE, [fourth])
+    servers = RoomServers(storage)
+    assert await servers.joined_servers(room.room_id) == {OURS, REMOTE, THIRD, fourth}
+    queued = Queued()
+    sender = RoomEventSender(OURS, servers, queued)
+    message = room.message(ALICE, "while partial")
+    await _send_after_write(storage, sender, message)
+    assert queued.calls[-1][2] == sorted({REMOTE, THIRD, fourth})
+    # Once the full state is in, the current state alone says who is in.
+    assert await storage.clear_partial_state(room.room_id)
+    assert await servers.joined_servers(room.room_id) == {OURS, REMOTE, THIRD}
+
+
 async def _send_after_write(
     storage: Storage, sender: RoomEventSender, event: Pdu, ordering: int = 7
 ) -> None:

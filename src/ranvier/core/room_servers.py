@@ -7,6 +7,13 @@ from the room's current state; :class:`RoomEventSender` is the
 :class:`~ranvier.core.interfaces.EventNotifier` that hands each new local
 event to the outgoing queues for those servers.
 
+A room joined with partial state is the exception: its current state
+lacks most memberships until the un-partial-state task has fetched them,
+so until then the servers the join named (``servers_in_room`` of the
+``send_join`` answer, kept with the room's partial-state row) count as in
+the room as well. Without them this server's events in such a room would
+reach none of the servers already there.
+
 Storage has no index of a room's members by server, so the answer is read
 from the room's whole current state. Member events rarely change, so their
 memberships are remembered by event ID: a room's second look reads the
@@ -22,10 +29,11 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from ranvier.protocol.events import Pdu
+from ranvier.storage.records import PartialStateRoom
 
 from .interfaces import StateReader
 
-__all__ = ["PduSink", "RoomEventSender", "RoomServers"]
+__all__ = ["PduSink", "RoomEventSender", "RoomServers", "RoomServersReader"]
 
 _MEMBER: Final = "m.room.member"
 # Member events read per storage request.
@@ -43,14 +51,25 @@ def _server_of(user_id: str) -> str:
     return user_id.partition(":")[2]
 
 
+class RoomServersReader(StateReader, Protocol):
+    """The reads :class:`RoomServers` makes: the room's state, and what a
+    partial-state join learned of the servers in the room.
+    """
+
+    async def get_partial_state_rooms(self) -> Mapping[str, PartialStateRoom]:
+        """Every room that still has partial state, by room ID."""
+        ...
+
+
 class RoomServers:
-    """The servers with a joined member in a room, as its current state says.
+    """The servers with a joined member in a room, as its current state
+    says, and while the room's state is partial, the servers its join named.
 
     ``rooms_remembered`` bounds how many rooms' member memberships are kept
     between calls; the least recently asked room is forgotten first.
     """
 
-    def __init__(self, store: StateReader, *, rooms_remembered: int = 1_000) -> None:
+    def __init__(self, store: RoomServersReader, *, rooms_remembered: int = 1_000) -> None:
         if rooms_remembered < 1:
             raise ValueError("at least one room's members must be remembered")
         self._store = store
@@ -59,7 +78,9 @@ class RoomServers:
         self._rooms: OrderedDict[str, dict[str, tuple[str, bool]]] = OrderedDict()
 
     async def joined_servers(self, room_id: str) -> frozenset[str]:
-        """Every server with a user whose membership in the current state is ``join``."""
+        """Every server with a user whose membership in the current state is
+        ``join``; for a room with partial state, with the servers its join named.
+        """
         state = await self._store.get_current_state_ids(room_id)
         known = self._rooms.get(room_id, {})
         members: dict[str, tuple[str, bool]] = {}
@@ -86,7 +107,12 @@ class RoomServers:
         self._rooms.move_to_end(room_id)
         while len(self._rooms) > self._capacity:
             self._rooms.popitem(last=False)
-        return frozenset(_server_of(user) for user, (_, joined) in members.items() if joined)
+        servers = {_server_of(user) for user, (_, joined) in members.items() if joined}
+        if await self._store.is_partial_state_room(room_id):
+            partial = (await self._store.get_partial_state_rooms()).get(room_id)
+            if partial is not None:
+                servers |= partial.servers
+        return frozenset(servers)
 
     def forget(self, room_id: str) -> None:
         """Drop what is remembered of a room's members."""
