@@ -29,8 +29,8 @@ events, and from room version 12 room IDs, of their own.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
-from typing import Any, TypedDict, Unpack
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypedDict, Unpack
 
 from ranvier.protocol.auth import CREATE_KEY, StateKey, auth_types_for_event
 from ranvier.protocol.events import Pdu
@@ -47,6 +47,7 @@ _PLACEHOLDER = "placeholder"
 # events of one room never take another's times.
 _ROOM_SPAN = 1_000_000
 _room_numbers = itertools.count(1)
+_P = ParamSpec("_P")
 
 
 def server_of(user_id: str) -> str:
@@ -73,6 +74,22 @@ def make_pdu(room_version: RoomVersionLike, fields: Mapping[str, Any]) -> Pdu:
     if "signatures" not in event:
         event["signatures"] = {server_of(str(event["sender"])): {"ed25519:1": _PLACEHOLDER}}
     return Pdu.from_json(event, room_version)
+
+
+def _drafted(
+    build: Callable[Concatenate[RoomBuilder, _P], Pdu],
+) -> Callable[Concatenate[RoomBuilder, _P], Pdu]:
+    """``build``, making an event that is not applied and takes no time."""
+
+    def draft(room: RoomBuilder, /, *args: _P.args, **kwargs: _P.kwargs) -> Pdu:
+        ts = room.ts
+        kwargs["apply"] = False
+        try:
+            return build(room, *args, **kwargs)
+        finally:
+            room.ts = ts
+
+    return draft
 
 
 class SendOptions(TypedDict, total=False):
@@ -230,24 +247,6 @@ class RoomBuilder:
             fields["state_key"] = state_key
         return self.send_fields(fields, **options)
 
-    def draft(
-        self,
-        event_type: str,
-        sender: str,
-        content: Mapping[str, Any] | None = None,
-        *,
-        state_key: str | None = None,
-        **options: Unpack[SendOptions],
-    ) -> Pdu:
-        """The event :meth:`send` would add, kept in ``events`` but leaving
-        the room as it was: the next event is built as if it never was.
-        """
-        ts = self.ts
-        options["apply"] = False
-        pdu = self.send(event_type, sender, content, state_key=state_key, **options)
-        self.ts = ts
-        return pdu
-
     def member(
         self,
         sender: str,
@@ -261,18 +260,11 @@ class RoomBuilder:
         body = {"membership": membership, **(content or {})}
         return self.send("m.room.member", sender, body, state_key=target or sender, **options)
 
-    def draft_member(
-        self,
-        sender: str,
-        membership: str,
-        target: str | None = None,
-        *,
-        content: Mapping[str, Any] | None = None,
-        **options: Unpack[SendOptions],
-    ) -> Pdu:
-        """:meth:`member` as a :meth:`draft`."""
-        body = {"membership": membership, **(content or {})}
-        return self.draft("m.room.member", sender, body, state_key=target or sender, **options)
+    #: :meth:`send`, keeping the event in ``events`` but leaving the room
+    #: as it was: the next event is built as if it never was.
+    draft = _drafted(send)
+    #: :meth:`member` as a :meth:`draft`.
+    draft_member = _drafted(member)
 
     def message(self, sender: str, body: str = "hello", **options: Unpack[SendOptions]) -> Pdu:
         return self.send("m.room.message", sender, {"body": body}, **options)
