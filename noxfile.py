@@ -1,6 +1,9 @@
-"""Developer tasks: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s bench [-- NAME]`."""
+"""Developer tasks: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s interop`,
+`nox -s bench [-- NAME]`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import nox
 
@@ -11,7 +14,8 @@ nox.options.reuse_existing_virtualenvs = True
 @nox.session
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    # The interop tests need a Synapse, which only the interop session installs.
+    session.run("pytest", "--ignore=tests/interop", *session.posargs)
 
 
 @nox.session
@@ -25,6 +29,35 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[test]", "mypy>=1.13")
     session.run("mypy", "--strict", "src/ranvier")
+
+
+@nox.session
+def interop(session: nox.Session) -> None:
+    """ranvier against a real Synapse on loopback: tests/interop."""
+    session.install("-e", ".[test]")
+    # Synapse gets a virtualenv of its own, so its pinned dependencies never
+    # change what ranvier is tested with. It is AGPL-licensed and is only
+    # run as a program, never imported.
+    synapse_env = Path(session.virtualenv.location) / "synapse"
+    synapse_python = synapse_env / "bin" / "python"
+    if not synapse_python.exists():
+        session.run("python", "-m", "venv", str(synapse_env))
+    session.run(
+        str(synapse_python),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "matrix-synapse>=1.163",
+        external=True,
+    )
+    session.run(
+        "pytest",
+        "tests/interop",
+        *session.posargs,
+        env={"RANVIER_SYNAPSE_PYTHON": str(synapse_python)},
+    )
 
 
 @nox.session

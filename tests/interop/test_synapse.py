@@ -1,0 +1,243 @@
+"""ranvier and a real Synapse in one room, each way round.
+
+Synapse hosts a room (version 12, its default) and ranvier joins it; ranvier
+hosts a room and a Synapse user joins it. In both, messages go each way,
+at the same time as well as in turn, a state change made on one side
+reaches the other, and the two servers end with the same current state:
+the same event ID at every key.
+
+What ranvier has is read from its storage; what Synapse has, through its
+client API. Synapse acknowledges a PDU before storing it, so arrival on
+either side is awaited by polling, within a bound.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import msgspec
+import trio
+
+from ranvier.server import HomeServer
+from ranvier.storage import Storage
+
+from ._synapse import SynapseProcess, SynapseUser
+
+_WAIT_SECONDS = 20.0
+_users = itertools.count(1)
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait until ``check`` holds, looking every 50 ms for at most 20 s."""
+    # Polling, not an event: what is awaited happens in another process.
+    with trio.move_on_after(_WAIT_SECONDS):
+        while True:
+            if await check():
+                return
+            await trio.sleep(0.05)
+    raise AssertionError(f"gave up after {_WAIT_SECONDS:.0f} s waiting for {what}")
+
+
+def _localpart(name: str) -> str:
+    # One Synapse serves every test of the run: its users must differ.
+    return f"{name}{os.getpid()}x{next(_users)}"
+
+
+async def _in_dag(storage: Storage, *event_ids: str) -> bool:
+    """Whether ranvier has every one of the events, accepted, in the room's DAG."""
+    rows = await storage.get_events(event_ids)
+    for event_id in event_ids:
+        row = rows.get(event_id)
+        if row is None or row.outlier:
+            return False
+        assert row.rejected_reason is None, (event_id, row.rejected_reason)
+        assert not row.soft_failed, event_id
+    return True
+
+
+async def _on_synapse(user: SynapseUser, room_id: str, *event_ids: str) -> bool:
+    for event_id in event_ids:
+        if await user.event(room_id, event_id) is None:
+            return False
+    return True
+
+
+async def _ranvier_event(storage: Storage, event_id: str) -> dict[str, Any]:
+    row = await storage.get_event(event_id)
+    assert row is not None, event_id
+    event: dict[str, Any] = msgspec.json.decode(row.json)
+    return event
+
+
+async def _ranvier_membership(storage: Storage, room_id: str, user_id: str) -> str | None:
+    state = await storage.get_current_state_ids(room_id)
+    event_id = state.get(("m.room.member", user_id))
+    if event_id is None:
+        return None
+    membership: str = (await _ranvier_event(storage, event_id))["content"]["membership"]
+    return membership
+
+
+async def _same_state(hs: HomeServer, user: SynapseUser, room_id: str) -> None:
+    """Wait until both servers hold the same current state, then check it is so."""
+    last: list[dict[tuple[str, str], str]] = []
+
+    async def agree() -> bool:
+        ours = await hs.storage.get_current_state_ids(room_id)
+        theirs = await user.state_ids(room_id)
+        last[:] = [ours, theirs]
+        return ours == theirs
+
+    try:
+        await _eventually(agree, "the same current state on both servers")
+    except AssertionError:
+        ours, theirs = last
+        only_ours = {k: v for k, v in ours.items() if theirs.get(k) != v}
+        only_theirs = {k: v for k, v in theirs.items() if ours.get(k) != v}
+        raise AssertionError(
+            f"current states differ: ranvier has {only_ours}, Synapse has {only_theirs}"
+        ) from None
+
+
+async def _talk(
+    hs: HomeServer, ranvier_user: str, synapse_user: SynapseUser, room_id: str, label: str
+) -> None:
+    """Messages from each side, in turn and then at once; each must arrive,
+    with its sender and body, on the other side.
+    """
+    from_synapse = [await synapse_user.send_message(room_id, f"{label}: Synapse 0")]
+    text = {"msgtype": "m.text", "body": f"{label}: ranvier 0"}
+    from_ranvier = [await hs.send_event(ranvier_user, room_id, "m.room.message", text)]
+
+    async def synapse_side() -> None:
+        for n in range(1, 4):
+            from_synapse.append(await synapse_user.send_message(room_id, f"{label}: Synapse {n}"))
+
+    async def ranvier_side() -> None:
+        for n in range(1, 4):
+            body = {"msgtype": "m.text", "body": f"{label}: ranvier {n}"}
+            from_ranvier.append(await hs.send_event(ranvier_user, room_id, "m.room.message", body))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(synapse_side)
+        nursery.start_soon(ranvier_side)
+
+    await _eventually(
+        lambda: _in_dag(hs.storage, *from_synapse), f"{label}: Synapse's messages on ranvier"
+    )
+    await _eventually(
+        lambda: _on_synapse(synapse_user, room_id, *from_ranvier),
+        f"{label}: ranvier's messages on Synapse",
+    )
+    for n, event_id in enumerate(from_synapse):
+        event = await _ranvier_event(hs.storage, event_id)
+        assert event["sender"] == synapse_user.user_id
+        assert event["content"]["body"] == f"{label}: Synapse {n}"
+    for n, event_id in enumerate(from_ranvier):
+        seen = await synapse_user.event(room_id, event_id)
+        assert seen is not None
+        assert seen["sender"] == ranvier_user
+        assert seen["content"]["body"] == f"{label}: ranvier {n}"
+
+
+async def test_ranvier_joins_a_room_hosted_by_synapse(
+    synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer
+) -> None:
+    alice = await synapse.register(synapse_http, _localpart("alice"))
+    carol = await synapse.register(synapse_http, _localpart("carol"))
+    room_id = await alice.create_room(preset="public_chat", name="On Synapse", room_version="12")
+    # A second member, whose membership a partial answer leaves out.
+    await carol.join(room_id, via=synapse.server_name)
+    before = await alice.send_message(room_id, "before the join")
+    bob = f"@bob:{ranvier.server_name}"
+
+    join_id = await ranvier.join_room(bob, room_id, [synapse.server_name])
+
+    # Synapse answers send_join with partial state: ranvier has the room,
+    # but not yet Carol's membership.
+    storage = ranvier.storage
+    assert await _in_dag(storage, join_id)
+    assert await storage.get_room_version(room_id) == "12"
+    assert await storage.is_partial_state_room(room_id), "the join did not give partial state"
+    assert before in (await _ranvier_event(storage, join_id))["prev_events"]
+    await _eventually(lambda: _on_synapse(alice, room_id, join_id), "ranvier's join on Synapse")
+    assert await alice.joined_members(room_id) == {alice.user_id, carol.user_id, bob}
+
+    # Messages both ways while the state is (or may still be) partial.
+    await _talk(ranvier, bob, alice, room_id, "just joined")
+
+    async def resynced() -> bool:
+        return not await storage.is_partial_state_room(room_id)
+
+    await _eventually(resynced, "ranvier to finish resyncing the room's state")
+    assert await storage.get_partial_state_events(room_id) == []
+    assert await _ranvier_membership(storage, room_id, carol.user_id) == "join"
+    await _same_state(ranvier, alice, room_id)
+
+    await _talk(ranvier, bob, carol, room_id, "resynced")
+    topic = await alice.send_state(room_id, "m.room.topic", {"topic": "set on Synapse"})
+    await _eventually(lambda: _in_dag(storage, topic), "the topic on ranvier")
+    await _same_state(ranvier, alice, room_id)
+    assert (await storage.get_current_state_ids(room_id))[("m.room.topic", "")] == topic
+
+    leave_id = await ranvier.leave_room(bob, room_id)
+    await _eventually(lambda: _on_synapse(alice, room_id, leave_id), "ranvier's leave on Synapse")
+    assert await alice.joined_members(room_id) == {alice.user_id, carol.user_id}
+
+
+async def test_a_synapse_user_joins_a_room_hosted_by_ranvier(
+    synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer
+) -> None:
+    carol = f"@carol:{ranvier.server_name}"
+    erin = f"@erin:{ranvier.server_name}"
+    room_id = await ranvier.create_room(
+        carol, preset="public_chat", name="On ranvier", room_version="12"
+    )
+    # A second member, whose membership a partial answer leaves out.
+    await ranvier.join_room(erin, room_id)
+    before = await ranvier.send_event(carol, room_id, "m.room.message", {"body": "before"})
+    dave = await synapse.register(synapse_http, _localpart("dave"))
+    log_mark = synapse.log_size()
+
+    assert await dave.join(room_id, via=ranvier.server_name) == room_id
+
+    assert await _ranvier_membership(ranvier.storage, room_id, dave.user_id) == "join"
+    # Synapse asks for partial state and resyncs from ranvier afterwards:
+    # messages both ways while it does.
+    await _talk(ranvier, carol, dave, room_id, "just joined")
+    # /joined_members waits for the resync, and only a partial join makes
+    # Synapse log one.
+    assert await dave.joined_members(room_id) == {carol, erin, dave.user_id}
+    assert synapse.logged_since(log_mark, f"State resync complete for {room_id}"), (
+        "Synapse did not join with partial state"
+    )
+    await _same_state(ranvier, dave, room_id)
+
+    async def backfilled() -> bool:
+        return before in {event["event_id"] for event in await dave.timeline(room_id)}
+
+    # The message before the join reaches Synapse when it pages back.
+    await _eventually(backfilled, "the message before the join, backfilled by Synapse")
+
+    await _talk(ranvier, erin, dave, room_id, "resynced")
+
+    topic = await ranvier.send_event(
+        carol, room_id, "m.room.topic", {"topic": "set on ranvier"}, state_key=""
+    )
+    await _eventually(lambda: _on_synapse(dave, room_id, topic), "the topic on Synapse")
+    await _same_state(ranvier, dave, room_id)
+    assert (await dave.state_ids(room_id))[("m.room.topic", "")] == topic
+
+    await dave.leave(room_id)
+    await _eventually(
+        lambda: _membership_is(ranvier.storage, room_id, dave.user_id, "leave"),
+        "Synapse's leave on ranvier",
+    )
+
+
+async def _membership_is(storage: Storage, room_id: str, user_id: str, membership: str) -> bool:
+    return await _ranvier_membership(storage, room_id, user_id) == membership
