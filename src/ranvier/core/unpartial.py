@@ -346,12 +346,13 @@ class UnpartialStater:
             progress.phase = "walking"
             progress.events_total = progress.events_resynced + len(pending)
             _log.info(
-                "%s: %d of %d events resynced; %d to do, from %s",
+                "%s: %d of %d events resynced; %d to do, from %s (attempt %d)",
                 room.room_id,
                 progress.events_resynced,
                 progress.events_total,
                 len(pending),
                 server,
+                progress.attempts,
             )
             redone = 0
             for event_id in pending:
@@ -360,10 +361,12 @@ class UnpartialStater:
                     progress.events_resynced += 1
                     if progress.events_resynced % _LOG_EVERY == 0:
                         _log.info(
-                            "%s: %d of %d events resynced",
+                            "%s: %d of %d events resynced, from %s (attempt %d)",
                             room.room_id,
                             progress.events_resynced,
                             progress.events_total,
+                            server,
+                            progress.attempts,
                         )
             if not redone:
                 raise _NoProgressError(
