@@ -2,11 +2,13 @@
 
 :class:`FederationEventFetcher` makes the reads ingestion needs to fill a
 gap in our copy (the events missing before a PDU, the state at a gap, one
-event), over the homeserver's one
+event), and the whole state at an event that the un-partial-state task
+asks for, over the homeserver's one
 :class:`~ranvier.federation.transport.client.FederationHttpClient`. It sits
 beside the transport client rather than with the ``/send`` handler, which
 only receives: core is handed it as its
-:class:`~ranvier.core.interfaces.FederationEventClient`.
+:class:`~ranvier.core.interfaces.FederationEventClient` and
+:class:`~ranvier.core.interfaces.ResyncClient`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from ranvier.core.interfaces import StateIdsAtEvent
+from ranvier.core.interfaces import RoomStateAtEvent, StateIdsAtEvent
 from ranvier.errors import MatrixError
 from ranvier.federation.transport.client import FederationError, FederationHttpClient
 
@@ -34,9 +36,14 @@ class _PdusBody(msgspec.Struct):
     pdus: list[msgspec.Raw]
 
 
+class _StateBody(msgspec.Struct):
+    pdus: list[msgspec.Raw]
+    auth_chain: list[msgspec.Raw]
+
+
 class FederationEventFetcher:
-    """The reads of a remote room that ingestion makes
-    (:class:`ranvier.core.interfaces.FederationEventClient`), over ``client``.
+    """The reads of a remote room that ingestion and the un-partial-state
+    task make (:class:`ranvier.core.interfaces.ResyncClient`), over ``client``.
 
     Events are handed on as the bytes the remote sent. A failed request, or
     an answer not shaped as the spec says, raises
@@ -72,6 +79,18 @@ class FederationEventFetcher:
         path = f"/_matrix/federation/v1/state_ids/{_quote(room_id)}"
         return await self._request(
             destination, "GET", path, StateIdsAtEvent, content=None, query={"event_id": event_id}
+        )
+
+    async def get_state(self, destination: str, room_id: str, event_id: str) -> RoomStateAtEvent:
+        path = f"/_matrix/federation/v1/state/{_quote(room_id)}"
+        answer = await self._request(
+            destination, "GET", path, _StateBody, content=None, query={"event_id": event_id}
+        )
+        # Each event is handed on as the bytes received, whatever its shape:
+        # checking it is the reader's part, as for every other read here.
+        return RoomStateAtEvent(
+            pdus=tuple(bytes(event) for event in answer.pdus),
+            auth_chain=tuple(bytes(event) for event in answer.auth_chain),
         )
 
     async def get_event(self, destination: str, event_id: str) -> bytes:
