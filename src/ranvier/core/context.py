@@ -226,12 +226,17 @@ async def compute_event_context(
         return EventContext.for_outlier()
 
     prev_ids = tuple(dict.fromkeys(event.prev_event_ids))
+    # Partial state is asked before the groups are read. The un-partial-state
+    # task gives events their full state without the room's lock, and may do
+    # so between the two reads: asked first, a prev event redone in between
+    # only makes a full group look partial, and the event is redone too;
+    # asked after, its partial group would be taken for full and kept.
+    partial = partial_state or await _any_partial(store, prev_ids)
     after_groups: dict[str, int] = {}
     for prev_id in prev_ids:
         groups = await store.get_event_state_groups(prev_id)
         if groups is not None:
             after_groups[prev_id] = groups.after
-    partial = partial_state or await _any_partial(store, after_groups)
 
     if state_ids_before is not None:
         bases: dict[int, Mapping[StateKey, str]] = {}
