@@ -11,6 +11,14 @@ is left. A program (and the client-server API) acts for local users with
 :meth:`~HomeServer.invite`, :meth:`~HomeServer.join_room` and
 :meth:`~HomeServer.leave_room`.
 
+A room joined through another server is joined with partial state
+(MSC3706): the join returns once the room's state without most of its
+members is checked and stored, and the un-partial-state task
+(:class:`~ranvier.core.unpartial.UnpartialStater`) fetches the rest in the
+background while the room is used as usual. :meth:`~HomeServer.wait_for_full_state`
+waits for it; :meth:`~HomeServer.resync_status` and
+:meth:`~HomeServer.metrics` tell how far it has come.
+
 Invariants
 ----------
 
@@ -34,7 +42,14 @@ Invariants
   answered here, joins through other servers) takes the room's lock from
   the one :class:`~ranvier.core.ingest.RoomLocks` the server holds, so no
   two of them compute an event's prev events or context from extremities
-  the other is about to move.
+  the other is about to move. The un-partial-state task clears a room's
+  partial state under the same lock, so a join never makes a room that
+  just got its full state partial again.
+* **Every partial room has its task.** A join that leaves a room with
+  partial state hands the room to the un-partial-state task before
+  :meth:`HomeServer.join_room` returns, and the task, started before the
+  listeners, resumes every room still partial when the server starts; it
+  stops before the federation sender and client it reads through.
 * **Full mesh.** Each event written for a local user, and each join or
   leave another server makes through this one, is handed to the federation
   sender for every other server joined in the room once it is written;
@@ -75,6 +90,7 @@ from ranvier.core.creation import EventCreator, NotInRoomError, Preset
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
 from ranvier.core.joins import RemoteJoiner
 from ranvier.core.room_servers import RoomEventSender, RoomServers
+from ranvier.core.unpartial import ResyncStatus, UnpartialStater
 from ranvier.errors import MatrixError
 from ranvier.federation.client import FederationEventFetcher
 from ranvier.federation.keys import KeyRing
@@ -174,6 +190,7 @@ class HomeServer:
         self._transaction_handler: TransactionHandler | None = None
         self._event_creator: EventCreator | None = None
         self._remote_joiner: RemoteJoiner | None = None
+        self._unpartial_stater: UnpartialStater | None = None
         self._federation_app: FederationApp | None = None
         self._listeners: list[tuple[ListenerConfig, HttpListener]] = []
         self._bound: tuple[BoundListener, ...] | None = None
@@ -238,6 +255,11 @@ class HomeServer:
     def remote_joiner(self) -> RemoteJoiner:
         """Joins local users to rooms through servers that are in them."""
         return _built(self._remote_joiner, "remote_joiner")
+
+    @property
+    def unpartial_stater(self) -> UnpartialStater:
+        """Completes the state of rooms joined with partial state, one task per room."""
+        return _built(self._unpartial_stater, "unpartial_stater")
 
     @property
     def federation_app(self) -> FederationApp:
@@ -315,9 +337,13 @@ class HomeServer:
 
         In a room this server is in, the join is made here. Otherwise it
         goes through the first of ``servers`` that can take it (make_join
-        and send_join, with the room's full state), then the server the
-        room ID names, if it names one. Only room IDs are taken: aliases
-        are not resolved yet.
+        and send_join), then the server the room ID names, if it names one.
+        Only room IDs are taken: aliases are not resolved yet.
+
+        A room this server is not in yet is joined with partial state when
+        the resident offers it: the join returns before the room's members
+        are known here, and the un-partial-state task completes the state
+        (see :meth:`wait_for_full_state`). The room can be used at once.
         """
         if type(room_id) is not str or not room_id.startswith("!"):
             raise MatrixError(
@@ -332,11 +358,54 @@ class HomeServer:
         if named and named not in candidates:
             candidates.append(named)
         joined = await self.remote_joiner.join_remote_room(user, room_id, candidates)
+        if joined.partial_state:
+            self._resync(room_id)
         return joined.event.event_id
 
     async def leave_room(self, user: str, room_id: str, *, reason: str | None = None) -> str:
         """Make ``user`` leave a room this server is in; return the leave's event ID."""
         return await self.event_creator.leave(user, room_id, reason=reason)
+
+    # Rooms joined with partial state.
+
+    async def wait_for_full_state(self, room_id: str) -> None:
+        """Return once ``room_id`` has its full state here (at once if it has).
+
+        A room whose last local user left stays partial and this waits on:
+        bound the wait with a cancel scope.
+        """
+        await self.unpartial_stater.wait_for_full_state(room_id)
+
+    def resync_status(self) -> dict[str, ResyncStatus]:
+        """Each room whose state is being completed, and how far it has come."""
+        return self.unpartial_stater.status()
+
+    def metrics(self) -> dict[str, int]:
+        """Gauges of the server's background work, for a monitoring system to
+        poll: the rooms whose state is being completed and their progress,
+        summed over those rooms.
+
+        Names follow Prometheus' conventions, so a program exporting them
+        can use them as they are.
+        """
+        statuses = self.resync_status().values()
+        return {
+            "ranvier_resync_rooms": len(statuses),
+            "ranvier_resync_rooms_waiting": sum(s.phase == "waiting" for s in statuses),
+            "ranvier_resync_events_resynced": sum(s.events_resynced for s in statuses),
+            "ranvier_resync_events_remaining": sum(
+                max(0, s.events_total - s.events_resynced) for s in statuses
+            ),
+            "ranvier_resync_attempts": sum(s.attempts for s in statuses),
+        }
+
+    def _resync(self, room_id: str) -> None:
+        try:
+            self.unpartial_stater.start_resync(room_id)
+        except RuntimeError:
+            # The server is stopping: the task has gone, and picks the room
+            # up when the server starts again.
+            _log.info("%s has partial state; its resync starts with the server", room_id)
 
     # Running.
 
@@ -471,11 +540,13 @@ class HomeServer:
         self._room_servers = RoomServers(storage)
         self._federation_sender = FederationSender(server_name, client, storage)
         notifier = RoomEventSender(server_name, self._room_servers, self._federation_sender)
+        fetcher = FederationEventFetcher(client)
+        verifier = EventVerifier(keys)
         self._ingester = FederationIngester(
             store=storage,
             persister=storage,
-            client=FederationEventFetcher(client),
-            verifier=EventVerifier(keys),
+            client=fetcher,
+            verifier=verifier,
             room_locks=self._room_locks,
         )
         self._transaction_handler = TransactionHandler(
@@ -498,6 +569,13 @@ class HomeServer:
             store=storage,
             persister=storage,
             room_lock=self._room_locks.hold,
+        )
+        self._unpartial_stater = UnpartialStater(
+            server_name=server_name,
+            store=storage,
+            client=fetcher,
+            verifier=verifier,
+            room_locks=self._room_locks,
         )
         self._notifier = notifier
 
@@ -532,6 +610,9 @@ class HomeServer:
             _Component("storage", self.storage.run),
             _Component("federation client", self.federation_client.run),
             _Component("federation sender", self.federation_sender.run),
+            # After what it reads and writes through, before the listeners:
+            # the rooms left partial are resumed before anything new arrives.
+            _Component("un-partial-state task", self.unpartial_stater.run),
         ]
         components.extend(
             _Component(

@@ -1,0 +1,312 @@
+"""A partial-state join between two ranvier homeservers, end to end.
+
+A holds a room of 2,000 members. B's user joins it through A with partial
+state: the join returns once the room's state without its members is
+checked and stored, and B's un-partial-state task fetches the members from
+A in the background. Meanwhile both sides talk; B is stopped in the middle
+of the resync and started again on the same data directory, at a moment
+when A is down too, so the resumed resync has to wait for A to come back.
+In the end both servers hold the same room: the same current state, the
+same events with the same prev edges, the same forward extremities, and
+nothing of the partial state is left on B.
+
+Both servers run whole, as ``open_homeserver`` starts them, on loopback
+over TLS with certificates from one test CA, which both trust through
+``federation.ca_file``. Arrival on the other side is awaited by polling
+storage in a bounded loop.
+
+Finer cases of the resync are tested on the task itself in
+tests/core/test_unpartial.py: a server answering garbage hands over to the
+next (``test_a_server_answering_garbage_hands_over_to_the_next``), every
+server down backs off until one comes back
+(``test_every_server_down_backs_off_until_one_comes_back``), events
+written with partial state just before the clear, and verdicts that change
+with the full state.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+
+from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
+from ranvier.server import HomeServer, open_homeserver
+from ranvier.storage import Storage
+from ranvier.testing import Pki, RoomBuilder, free_port, ingest_all
+
+MEMBERS = 2_000
+#: Messages each side sends while B's resumed resync runs.
+MESSAGES = 100
+
+
+# --- Servers on loopback --------------------------------------------------------------
+
+
+def _config(tmp_path: Path, pki: Pki, label: str) -> Config:
+    """A server's configuration: a port of its own, kept across restarts,
+    and a certificate for 127.0.0.1 from the test CA.
+    """
+    port = free_port()
+    issued = pki.ca.issue_cert("127.0.0.1")
+    certificate, key = tmp_path / f"{label}.crt", tmp_path / f"{label}.key"
+    certificate.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    return Config(
+        server_name=f"127.0.0.1:{port}",
+        data_dir=tmp_path / label,
+        listeners=(ListenerConfig(type="federation", host="127.0.0.1", port=port),),
+        tls=TlsConfig(certificate_path=certificate, private_key_path=key),
+        # Temporary files: durability is not what this test is about.
+        database=DatabaseConfig(synchronous="OFF"),
+        federation=FederationConfig(ca_file=pki.ca_file, request_timeout_seconds=10),
+    )
+
+
+class _Running:
+    """A homeserver that the test stops and starts again on the same data."""
+
+    def __init__(self, nursery: trio.Nursery, config: Config) -> None:
+        self._nursery = nursery
+        self.config = config
+        self._stop: trio.Event | None = None
+        self._stopped: trio.Event | None = None
+
+    async def start(self) -> HomeServer:
+        self._stop, self._stopped = trio.Event(), trio.Event()
+        started: HomeServer = await self._nursery.start(self._serve, self._stop, self._stopped)
+        return started
+
+    async def stop(self) -> None:
+        assert self._stop is not None
+        assert self._stopped is not None
+        self._stop.set()
+        await self._stopped.wait()
+
+    async def _serve(
+        self,
+        stop: trio.Event,
+        stopped: trio.Event,
+        *,
+        task_status: trio.TaskStatus[HomeServer] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            async with open_homeserver(self.config) as hs:
+                task_status.started(hs)
+                await stop.wait()
+        finally:
+            stopped.set()
+
+
+# --- Looking into storage -------------------------------------------------------------
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], what: str, seconds: float) -> None:
+    """Wait until ``check`` holds, looking every 10 ms, for at most ``seconds``."""
+    for _ in range(round(seconds * 100)):
+        if await check():
+            return
+        await trio.sleep(0.01)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+async def _in_dag(storage: Storage, event_ids: list[str]) -> bool:
+    rows = await storage.get_events(event_ids)
+    return all(event_id in rows and not rows[event_id].outlier for event_id in event_ids)
+
+
+async def _graph_since(storage: Storage, room_id: str, stop: str) -> dict[str, list[str]]:
+    """The room's events from its forward extremities back to ``stop``, each
+    with its prev events; every one must be accepted and in the DAG.
+    """
+    graph: dict[str, list[str]] = {}
+    level = set(await storage.get_forward_extremities(room_id))
+    while level:
+        rows = await storage.get_events(level)
+        following: set[str] = set()
+        for event_id in level:
+            row = rows[event_id]
+            assert not row.outlier, event_id
+            assert row.rejected_reason is None, (event_id, row.rejected_reason)
+            assert not row.soft_failed, event_id
+            prev: list[str] = msgspec.json.decode(row.json)["prev_events"]
+            graph[event_id] = prev
+            if event_id != stop:
+                following.update(p for p in prev if p not in graph)
+        level = following
+    return graph
+
+
+def _partial_rows(database: Path) -> dict[str, int]:
+    """How many rows each partial-state table holds, read from the file
+    while no server has it open.
+    """
+    uri = database.absolute().as_uri() + "?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True)) as conn:
+        return {
+            table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in (
+                "partial_state_rooms",
+                "partial_state_rooms_servers",
+                "partial_state_events",
+            )
+        }
+
+
+async def _content(storage: Storage, event_id: str) -> dict[str, Any]:
+    row = await storage.get_event(event_id)
+    assert row is not None, event_id
+    content: dict[str, Any] = msgspec.json.decode(row.json)["content"]
+    return content
+
+
+# --- The room -------------------------------------------------------------------------
+
+
+async def _big_room(a: HomeServer) -> str:
+    """A public, named room on A with :data:`MEMBERS` of A's users joined.
+
+    The members' joins are signed with A's key and written through core
+    into A's storage, as A's own joins would be, but without a round of
+    the event creator per member.
+    """
+    alice = f"@alice:{a.server_name}"
+    room = RoomBuilder("12", alice, keys={a.server_name: a.signing_key})
+    room.public_room()
+    room.state_event(alice, "m.room.name", {"name": "a big room"})
+    for n in range(MEMBERS):
+        room.member(f"@member{n}:{a.server_name}", "join")
+    await ingest_all(a.storage, room.order)
+    return room.room_id
+
+
+# --- The test -------------------------------------------------------------------------
+
+
+async def test_a_partial_join_is_quick_and_ends_with_the_residents_room(
+    tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ranvier.core.unpartial")
+    pki = Pki.create(tmp_path)
+    server_a = _Running(nursery, _config(tmp_path, pki, "a"))
+    server_b = _Running(nursery, _config(tmp_path, pki, "b"))
+    a, b = await server_a.start(), await server_b.start()
+    alice, bob = f"@alice:{a.server_name}", f"@bob:{b.server_name}"
+    room_id = await _big_room(a)
+
+    # The join returns with the room partial on B, well before its members are in.
+    started = time.perf_counter()
+    join_id = await b.join_room(bob, room_id, [a.server_name])
+    join_seconds = time.perf_counter() - started
+    assert await b.storage.is_partial_state_room(room_id)
+    assert join_seconds < 5, join_seconds
+    members_on_b = [
+        k for k in await b.storage.get_current_state_ids(room_id) if k[0] == "m.room.member"
+    ]
+    assert members_on_b == [("m.room.member", bob)]
+    assert room_id in b.resync_status()
+
+    # Both sides talk while B's resync runs: B's event is written on partial
+    # state and reaches A; A's reaches B and is taken in on partial state.
+    hello_b = await b.send_event(bob, room_id, "m.room.message", {"body": "hello from B"})
+    assert await b.storage.get_partial_state_event_ids([hello_b])
+    hello_a = await a.send_event(alice, room_id, "m.room.message", {"body": "hello from A"})
+    await _eventually(lambda: _in_dag(b.storage, [hello_a]), "A's message on B", 10)
+    await _eventually(lambda: _in_dag(a.storage, [hello_b]), "B's message on A", 10)
+    assert await b.storage.get_partial_state_event_ids([hello_a])
+
+    # B stops in the middle of the resync, and A goes down too.
+    assert b.resync_status()[room_id].phase in ("starting", "fetching", "walking")
+    await server_b.stop()
+    await server_a.stop()
+    rows = _partial_rows(server_b.config.paths.database)
+    assert rows["partial_state_rooms"] == 1
+    assert rows["partial_state_events"] >= 2
+
+    # B starts again and resumes the resync, which fails while A is down…
+    b = await server_b.start()
+    assert await b.storage.is_partial_state_room(room_id)
+    await _eventually(
+        lambda: _phase_is(b, room_id, "waiting"), "the resync to wait for A to come back", 10
+    )
+    assert b.metrics()["ranvier_resync_rooms_waiting"] == 1
+
+    # …and goes on once A is back, while both sides send messages and
+    # change state.
+    a = await server_a.start()
+    sent: dict[str, list[str]] = {"a": [], "b": []}
+
+    first_on_partial_state: list[bool] = []
+
+    async def talk(hs: HomeServer, user: str, side: str) -> None:
+        for n in range(MESSAGES):
+            body = {"msgtype": "m.text", "body": f"{side} {n}"}
+            sent[side].append(await hs.send_event(user, room_id, "m.room.message", body))
+            if side == "b" and n == 0:
+                partial = await hs.storage.get_partial_state_event_ids(sent[side])
+                first_on_partial_state.append(bool(partial))
+            if n == MESSAGES // 2:
+                if side == "a":
+                    content = {"topic": "changed on A during the resync"}
+                    state_key, event_type = "", "m.room.topic"
+                else:
+                    content = {"membership": "join", "displayname": "Bob of B"}
+                    state_key, event_type = bob, "m.room.member"
+                sent[side].append(
+                    await hs.send_event(user, room_id, event_type, content, state_key=state_key)
+                )
+
+    async with trio.open_nursery() as talking:
+        talking.start_soon(talk, a, alice, "a")
+        talking.start_soon(talk, b, bob, "b")
+    # B's first message of this round was written on partial state.
+    assert first_on_partial_state == [True]
+
+    with trio.fail_after(30):
+        await b.wait_for_full_state(room_id)
+    everything = [hello_a, hello_b, *sent["a"], *sent["b"]]
+
+    async def converged() -> bool:
+        if not (await _in_dag(a.storage, everything) and await _in_dag(b.storage, everything)):
+            return False
+        ours = await a.storage.get_forward_extremities(room_id)
+        return ours == await b.storage.get_forward_extremities(room_id)
+
+    await _eventually(converged, "both servers to hold every event", 30)
+
+    state_a = await a.storage.get_current_state_ids(room_id)
+    assert state_a == await b.storage.get_current_state_ids(room_id)
+    assert sum(key[0] == "m.room.member" for key in state_a) == MEMBERS + 2
+    assert (await _content(b.storage, state_a[("m.room.topic", "")]))["topic"].endswith("resync")
+    assert (await _content(b.storage, state_a[("m.room.member", bob)]))["displayname"] == "Bob of B"
+    graph = await _graph_since(a.storage, room_id, join_id)
+    assert graph == await _graph_since(b.storage, room_id, join_id)
+    assert set(everything) | {join_id} <= set(graph)
+    assert not await b.storage.get_partial_state_rooms()
+    assert not await b.storage.get_partial_state_events(room_id)
+    assert room_id not in b.resync_status()
+
+    # The progress was logged: events redone of how many, from which
+    # server, in which attempt (the first after the restart found A down).
+    progress = [r.getMessage() for r in caplog.records if "events resynced" in r.getMessage()]
+    assert any(f"from {a.server_name} (attempt 2)" in line for line in progress), progress
+
+    await server_b.stop()
+    await server_a.stop()
+    assert _partial_rows(server_b.config.paths.database) == dict.fromkeys(
+        ("partial_state_rooms", "partial_state_rooms_servers", "partial_state_events"), 0
+    )
+
+
+async def _phase_is(hs: HomeServer, room_id: str, phase: str) -> bool:
+    await trio.lowlevel.checkpoint()
+    status = hs.resync_status().get(room_id)
+    return status is not None and status.phase == phase
