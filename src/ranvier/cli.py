@@ -227,6 +227,91 @@ def _describe_os_error(exc: OSError) -> str:
     return exc.strerror
 
 
+# --- status -------------------------------------------------------------------------
+
+
+def _status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the TOML configuration file whose database is read (default: the built-in"
+        " defaults: ./ranvier-data/homeserver.db)",
+    )
+
+
+@dataclass(frozen=True)
+class _PartialRoomStatus:
+    room_id: str
+    joined_via: str
+    servers: frozenset[str]
+    #: Events of the room whose state is still partial.
+    partial_events: int
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = _serve_config(args.config)
+    database = config.paths.database
+    rooms = _read_partial_rooms(database)
+    if not rooms:
+        print(f"no room has partial state in {database}")
+        return 0
+    count = f"{len(rooms)} room" if len(rooms) == 1 else f"{len(rooms)} rooms"
+    print(f"{count} with partial state in {database}")
+    for room in rooms:
+        print(room.room_id)
+        print(f"  partial-state events: {room.partial_events}")
+        print(f"  joined via: {room.joined_via}")
+        print(f"  servers known: {', '.join(sorted(room.servers)) or 'none'}")
+    return 0
+
+
+def _read_partial_rooms(database: Path) -> list[_PartialRoomStatus]:
+    """The partial-state rooms in ``database``, read without writing to it.
+
+    The connection is read-only, so this is safe beside a running server
+    (the database is in WAL mode: it neither waits for the server nor holds
+    it up) and never creates or migrates a database.
+    """
+    # Imported here, as the server is for serve: keygen needs none of it.
+    from ranvier.storage import SCHEMA_VERSION
+    from ranvier.storage.connections import open_reader
+    from ranvier.storage.reads import get_partial_state_events, get_partial_state_rooms
+    from ranvier.storage.schema import schema_version
+
+    if not database.is_file():
+        raise _CommandError(f"no database at {database}")
+    try:
+        conn = open_reader(database)
+    except sqlite3.Error as exc:
+        raise _CommandError(f"cannot open the database {database}: {exc}") from None
+    try:
+        version = schema_version(conn)
+        if version == 0:
+            raise _CommandError(f"{database} is not a ranvier database (it has no schema)")
+        if version > SCHEMA_VERSION:
+            raise _CommandError(
+                f"{database} has schema version {version}, newer than this ranvier's"
+                f" ({SCHEMA_VERSION}): upgrade ranvier to read it"
+            )
+        # One read transaction, so the rooms and their counts are of one moment.
+        conn.execute("BEGIN")
+        rooms = get_partial_state_rooms(conn)
+        return [
+            _PartialRoomStatus(
+                room_id,
+                room.joined_via,
+                room.servers,
+                len(get_partial_state_events(conn, room_id)),
+            )
+            for room_id, room in sorted(rooms.items())
+        ]
+    except sqlite3.Error as exc:
+        raise _CommandError(f"cannot read the database {database}: {exc}") from None
+    finally:
+        conn.close()
+
+
 _COMMANDS: list[_Command] = [
     _Command(
         "keygen",
@@ -239,6 +324,12 @@ _COMMANDS: list[_Command] = [
         "run the homeserver until SIGINT or SIGTERM",
         _serve_arguments,
         _serve,
+    ),
+    _Command(
+        "status",
+        "list the rooms joined with partial state whose full state is still to come",
+        _status_arguments,
+        _status,
     ),
 ]
 
