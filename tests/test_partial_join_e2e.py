@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import closing
@@ -161,6 +162,20 @@ def _partial_rows(database: Path) -> dict[str, int]:
         }
 
 
+async def _ranvier_status(tmp_path: Path, config: Config) -> list[str]:
+    """The lines ``ranvier status`` prints for the server's data directory."""
+    toml = tmp_path / "status.toml"
+    toml.write_text(
+        f'server_name = "{config.server_name}"\ndata_dir = "{config.data_dir}"\n',
+        encoding="utf-8",
+    )
+    done = await trio.run_process(
+        [sys.executable, "-m", "ranvier.cli", "status", "--config", str(toml)],
+        capture_stdout=True,
+    )
+    return done.stdout.decode().splitlines()
+
+
 async def _content(storage: Storage, event_id: str) -> dict[str, Any]:
     row = await storage.get_event(event_id)
     assert row is not None, event_id
@@ -230,6 +245,14 @@ async def test_a_partial_join_is_quick_and_ends_with_the_residents_room(
     rows = _partial_rows(server_b.config.paths.database)
     assert rows["partial_state_rooms"] == 1
     assert rows["partial_state_events"] >= 2
+    # What an operator sees meanwhile.
+    status = await _ranvier_status(tmp_path, server_b.config)
+    assert status[1:] == [
+        room_id,
+        f"  partial-state events: {rows['partial_state_events']}",
+        f"  joined via: {a.server_name}",
+        f"  servers known: {a.server_name}",
+    ]
 
     # B starts again and resumes the resync, which fails while A is down…
     b = await server_b.start()
@@ -237,7 +260,9 @@ async def test_a_partial_join_is_quick_and_ends_with_the_residents_room(
     await _eventually(
         lambda: _phase_is(b, room_id, "waiting"), "the resync to wait for A to come back", 10
     )
-    assert b.metrics()["ranvier_resync_rooms_waiting"] == 1
+    metrics = b.metrics()
+    assert (metrics["ranvier_resync_rooms"], metrics["ranvier_resync_rooms_waiting"]) == (1, 1)
+    assert metrics["ranvier_resync_attempts"] == 1
 
     # …and goes on once A is back, while both sides send messages and
     # change state.
