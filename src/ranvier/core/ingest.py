@@ -26,6 +26,12 @@ Invariants
   lock in :class:`RoomLocks`, so the forward extremities a context is
   computed from do not move before the event is written. Rooms proceed
   concurrently.
+* **A run is judged as its events would be one by one.** A transaction's
+  events of one room are judged in runs (:mod:`ranvier.core.ingest_batch`):
+  each event goes through the same steps as alone, against storage as it
+  will be with the events before it written, and the run is written with
+  one request. An event that needs something fetched first (a gap before
+  it, auth events we lack) ends the run and is taken alone.
 * **Gaps are filled, not guessed.** Prev events not known here are asked of
   the origin with ``get_missing_events``; any still missing after that have
   the state at them fetched with ``/state_ids`` (their state and auth chain
@@ -43,7 +49,9 @@ Invariants
   between computing an event's context and writing the event, the context
   is computed again and the write tried again, once
   (:class:`~ranvier.errors.PartialStateConflictError`); this holds for
-  pushed and pulled events alike. Outliers carry no state and never
+  pushed and pulled events alike. A run conflicting is judged again and
+  written again, once; conflicting again, its events are taken one at a
+  time, each with its own retry. Outliers carry no state and never
   conflict.
 
 Refusals that concern one event (it is malformed, badly signed, from a
@@ -86,9 +94,18 @@ from .context import (
     compute_event_context,
     event_to_persist,
 )
-from .event_auth import AuthFailure, AuthPoint, check_against_auth_events, run_auth_checks
+from .event_auth import (
+    AuthFailure,
+    AuthOutcome,
+    AuthPoint,
+    check_against_auth_events,
+    check_against_current_state,
+    check_against_state_before,
+)
 from .event_signatures import check_event_signatures, redacted_if_hash_mismatch
+from .ingest_batch import NotInMemoryError, RoomRun
 from .interfaces import (
+    BatchStateReader,
     EventPersister,
     FederationEventClient,
     StateReader,
@@ -111,6 +128,8 @@ _log: Final = logging.getLogger(__name__)
 _MEMBER: Final = "m.room.member"
 #: Members of one server looked at per read when checking it is in a room.
 _MEMBER_BATCH: Final = 200
+#: Room versions remembered (a room's never changes); forgotten all at once past this.
+_VERSIONS_REMEMBERED: Final = 10_000
 
 
 # --- Signatures and hashes ------------------------------------------------------
@@ -247,7 +266,7 @@ class FederationIngester:
     def __init__(
         self,
         *,
-        store: StateReader,
+        store: BatchStateReader,
         persister: EventPersister,
         client: FederationEventClient,
         verifier: EventVerifier,
@@ -264,6 +283,7 @@ class FederationIngester:
         self._missing_events_limit = missing_events_limit
         self._max_fetched_events = max_fetched_events
         self._fetch_concurrency = fetch_concurrency
+        self._versions: dict[str, str] = {}
 
     # Pushed events
 
@@ -289,8 +309,9 @@ class FederationIngester:
                 by_room.setdefault(verdict.room_id, []).append((index, verdict))
 
         async def handle_room(events: list[tuple[int, Pdu]]) -> None:
-            for index, event in events:
-                outcomes[index] = await self._outcome(origin, event)
+            room_outcomes = await self._handle_room(origin, [event for _, event in events])
+            for (index, _), outcome in zip(events, room_outcomes, strict=True):
+                outcomes[index] = outcome
 
         try:
             async with trio.open_nursery() as nursery:
@@ -334,8 +355,19 @@ class FederationIngester:
 
     # The steps
 
+    async def _room_version(self, room_id: str) -> str | None:
+        """A room's version, read once: it never changes while the room is known."""
+        version = self._versions.get(room_id)
+        if version is None:
+            version = await self._store.get_room_version(room_id)
+            if version is not None:
+                if len(self._versions) >= _VERSIONS_REMEMBERED:
+                    self._versions.clear()
+                self._versions[room_id] = version
+        return version
+
     async def _check_room_known(self, event: Pdu) -> None:
-        version = await self._store.get_room_version(event.room_id)
+        version = await self._room_version(event.room_id)
         if version is None:
             raise _not_in_room(event.room_id)
         if version != event.room_version.identifier:
@@ -349,11 +381,12 @@ class FederationIngester:
     ) -> tuple[str | None, Pdu | MatrixError]:
         """The PDU as an event of its room's version, or why it is dropped.
 
-        ``versions`` caches room versions for one transaction. The event ID
-        is worked out even for an event that fails the format checks, so
-        the sender can be told which of its PDUs failed. For a room not
-        known here, the version is guessed from the room ID's shape (a
-        version 12 ID, or an older one).
+        ``versions`` holds the room versions of one transaction, so that a
+        room unknown here is looked for once. The event ID is worked out
+        even for an event that fails the format checks, so the sender can
+        be told which of its PDUs failed. For a room not known here, the
+        version is guessed from the room ID's shape (a version 12 ID, or an
+        older one).
         """
         try:
             obj = msgspec.json.decode(raw)
@@ -365,7 +398,7 @@ class FederationIngester:
         if type(room_id) is not str:
             return None, BadJsonError("a PDU has no room_id")
         if room_id not in versions:
-            versions[room_id] = await self._store.get_room_version(room_id)
+            versions[room_id] = await self._room_version(room_id)
         version = versions[room_id]
         try:
             rv = get_room_version(version if version is not None else _guess_version(room_id))
@@ -385,10 +418,94 @@ class FederationIngester:
             event_id = None
         return event_id, error
 
-    async def _outcome(self, origin: str, event: Pdu) -> PduOutcome:
+    async def _handle_room(self, origin: str, events: Sequence[Pdu]) -> list[PduOutcome]:
+        """One room's pushed events, in order, under the room's lock.
+
+        They are taken in runs (:class:`~ranvier.core.ingest_batch.RoomRun`),
+        each judged in memory and written at once; an event that needs
+        something fetched first (a gap before it, auth events we lack) ends
+        the run and is taken alone, and the next run starts after it.
+        """
+        outcomes: list[PduOutcome] = []
+        if not events:
+            return outcomes
+        async with self.room_locks.hold(events[0].room_id):
+            rest = list(events)
+            while rest:
+                taken, rest = await self._take_run(origin, rest)
+                outcomes.extend(taken)
+                if rest:
+                    outcomes.append(await self._pushed_outcome(origin, rest[0]))
+                    rest = rest[1:]
+        return outcomes
+
+    async def _take_run(
+        self, origin: str, events: Sequence[Pdu]
+    ) -> tuple[list[PduOutcome], list[Pdu]]:
+        """Judge the longest run of ``events`` that needs nothing fetched,
+        write it, and give its outcomes and the events after it.
+
+        When the room's partial state is cleared under the write, the run
+        is judged again with the state as it now is and written again,
+        once; after a second conflict its events are taken one at a time.
+        """
+        for attempt in (1, 2):
+            run = RoomRun(self._store, self._persister, events[0].room_id, events[0].room_version)
+            await run.load(events)
+            verdicts: list[IngestResult | MatrixError] = []
+            for event in events:
+                try:
+                    verdicts.append(await self._judge_in_run(origin, event, run))
+                except NotInMemoryError:
+                    break
+                except StorageUnavailableError:
+                    raise
+                except MatrixError as exc:
+                    verdicts.append(exc)
+            taken, rest = events[: len(verdicts)], list(events[len(verdicts) :])
+            try:
+                await run.write()
+            except PartialStateConflictError as exc:
+                if attempt == 1:
+                    _log.info(
+                        "%d events of %s: %s; judging them again", run.held, events[0].room_id, exc
+                    )
+                    continue
+                _log.warning(
+                    "%d events of %s conflicted with partial state twice: %s; taking them"
+                    " one at a time",
+                    run.held,
+                    events[0].room_id,
+                    exc,
+                )
+                return [await self._pushed_outcome(origin, event) for event in taken], rest
+            outcomes = []
+            for event, verdict in zip(taken, verdicts, strict=True):
+                if isinstance(verdict, MatrixError):
+                    _log.info("dropped %s from %s: %s", event.event_id, origin, verdict.message)
+                    outcomes.append(PduOutcome(event.event_id, error=verdict))
+                else:
+                    outcomes.append(PduOutcome(event.event_id, result=verdict, error=verdict.error))
+            return outcomes, rest
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _judge_in_run(self, origin: str, event: Pdu, run: RoomRun) -> IngestResult:
+        """:meth:`_handle_pushed` against ``run``: the event is held, not
+        written. Raises :class:`NotInMemoryError` for an event that needs
+        its auth events or the events before it fetched.
+        """
+        known, missing_auth = await self._first_look(event, run)
+        if known is not None:
+            return known
+        _check_extends_room(event)
+        if missing_auth:
+            raise NotInMemoryError(f"{event.event_id} cites auth events not stored here")
+        return await self._process(origin, event, pushed=True, run=run)
+
+    async def _pushed_outcome(self, origin: str, event: Pdu) -> PduOutcome:
+        """A pushed event taken alone, its room's lock held."""
         try:
-            async with self.room_locks.hold(event.room_id):
-                result = await self._handle_pushed(origin, event)
+            result = await self._handle_pushed(origin, event)
         except StorageUnavailableError:
             raise
         except MatrixError as exc:
@@ -397,7 +514,7 @@ class FederationIngester:
         return PduOutcome(event.event_id, result=result, error=result.error)
 
     async def _handle_pushed(self, origin: str, event: Pdu) -> IngestResult:
-        known, missing_auth = await self._first_look(event)
+        known, missing_auth = await self._first_look(event, self._store)
         if known is not None:
             return known
         _check_extends_room(event)
@@ -409,7 +526,7 @@ class FederationIngester:
         outcomes = []
         for event in sorted(events, key=lambda pulled: pulled.depth):
             try:
-                result, missing_auth = await self._first_look(event)
+                result, missing_auth = await self._first_look(event, self._store)
                 if result is None:
                     _check_extends_room(event)
                     if missing_auth:
@@ -426,7 +543,9 @@ class FederationIngester:
             outcomes.append(PduOutcome(event.event_id, result=result, error=result.error))
         return outcomes
 
-    async def _first_look(self, event: Pdu) -> tuple[IngestResult | None, set[str]]:
+    async def _first_look(
+        self, event: Pdu, store: StateReader
+    ) -> tuple[IngestResult | None, set[str]]:
         """What is known of ``event`` here, in one read: the event itself
         when it is in the room's DAG already, else the auth events it cites
         that are not stored.
@@ -434,7 +553,7 @@ class FederationIngester:
         auth_ids = set(event.auth_event_ids)
         if event.room_version.room_id_from_create_event and event.type != CREATE_KEY[0]:
             auth_ids.add(create_event_id_for_room(event.room_id))
-        stored = await self._store.get_events([event.event_id, *auth_ids])
+        stored = await store.get_events([event.event_id, *auth_ids])
         row = stored.get(event.event_id)
         if row is not None and not row.outlier:
             known = IngestResult(
@@ -446,19 +565,26 @@ class FederationIngester:
             return known, set()
         return None, auth_ids.difference(stored)
 
-    async def _context(self, origin: str, event: Pdu, *, pushed: bool) -> EventContext:
+    async def _context(
+        self, origin: str, event: Pdu, *, pushed: bool, run: RoomRun | None = None
+    ) -> EventContext:
         """The event's context, its gaps filled first: for a pushed event,
         the missing events are asked of the origin; if prev events are still
-        without state here, the state at them is.
+        without state here, the state at them is. In a run, a gap is not
+        filled: the event is taken alone instead (:class:`NotInMemoryError`).
         """
         state_before: dict[StateKey, str] | None = None
         ask_for_missing = pushed
         while True:
             try:
+                if run is not None:
+                    return await compute_event_context(event, run, run)
                 return await compute_event_context(
                     event, self._store, self._persister, state_ids_before=state_before
                 )
             except UnknownPrevStateError as gap:
+                if run is not None:
+                    raise NotInMemoryError(gap.message) from gap
                 if ask_for_missing:
                     ask_for_missing = False
                     await self._fetch_missing_events(origin, event)
@@ -466,18 +592,25 @@ class FederationIngester:
                 missing = sorted(gap.prev_event_ids)
                 state_before = await self._state_at_gap(origin, event, missing)
 
-    async def _process(self, origin: str, event: Pdu, *, pushed: bool) -> IngestResult:
-        """Context, auth checks, write: the part every event in the DAG goes through."""
+    async def _process(
+        self, origin: str, event: Pdu, *, pushed: bool, run: RoomRun | None = None
+    ) -> IngestResult:
+        """Context, auth checks, write: the part every event in the DAG goes
+        through; in a run, against the run and held by it.
+        """
+        store: StateReader = self._store if run is None else run
+        persister: EventPersister = self._persister if run is None else run
         for attempt in (1, 2):
-            context = await self._context(origin, event, pushed=pushed and attempt == 1)
-            outcome = await run_auth_checks(event, context, self._store)
+            context = await self._context(origin, event, pushed=pushed and attempt == 1, run=run)
+            loader = EventLoader(store, event.room_version) if run is None else run.loader
+            outcome = await _run_auth_checks(event, context, store, loader)
             if pushed:
-                await self._check_origin_in_room(origin, event, outcome.context, outcome.failure)
-            current = await compute_current_state_after(
-                event, outcome.context, self._store, self._persister
-            )
+                await self._check_origin_in_room(
+                    origin, event, outcome.context, outcome.failure, store
+                )
+            current = await compute_current_state_after(event, outcome.context, store, persister)
             try:
-                await self._persister.persist_events(
+                await persister.persist_events(
                     [event_to_persist(event, outcome.context)],
                     current_state_groups=None if current is None else {event.room_id: current},
                 )
@@ -492,6 +625,8 @@ class FederationIngester:
                     ) from exc
                 _log.info("%s: %s; computing its context again", event.event_id, exc)
                 continue
+            if run is not None:
+                run.add_to_loader(event)
             if outcome.failure is not None:
                 _log.info(
                     "%s from %s failed the auth rules at %s: %s",
@@ -510,7 +645,12 @@ class FederationIngester:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _check_origin_in_room(
-        self, origin: str, event: Pdu, context: EventContext, failure: AuthFailure | None
+        self,
+        origin: str,
+        event: Pdu,
+        context: EventContext,
+        failure: AuthFailure | None,
+        store: StateReader,
     ) -> None:
         """Refuse an event pushed by a server with no joined member in the
         state before it.
@@ -526,14 +666,14 @@ class FederationIngester:
             return
         if context.partial_state:
             return
-        state = await context.get_state_before(self._store)
+        state = await context.get_state_before(store)
         candidates = [
             event_id
             for (event_type, state_key), event_id in state.items()
             if event_type == _MEMBER and _domain(state_key) == origin
         ]
         for start in range(0, len(candidates), _MEMBER_BATCH):
-            stored = await self._store.get_events(candidates[start : start + _MEMBER_BATCH])
+            stored = await store.get_events(candidates[start : start + _MEMBER_BATCH])
             if any(_is_join(row) for row in stored.values()):
                 return
         raise MatrixError(
@@ -707,6 +847,27 @@ def sole_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
         else:
             leaves.append(exc)
     return leaves[0] if len(leaves) == 1 else group
+
+
+async def _run_auth_checks(
+    event: Pdu, context: EventContext, store: StateReader, loader: EventLoader
+) -> AuthOutcome:
+    """:func:`~ranvier.core.event_auth.run_auth_checks`, with events loaded
+    through ``loader``: a run shares one, so that the events its events
+    cite are read and parsed once.
+    """
+    failure = await check_against_auth_events(event, store, loader=loader)
+    if failure is not None:
+        return AuthOutcome(context.as_rejected(failure.rule), failure)
+    if context.is_outlier:
+        return AuthOutcome(context)
+    failure = await check_against_state_before(event, context, store, loader=loader)
+    if failure is not None:
+        return AuthOutcome(context.as_rejected(failure.rule), failure)
+    failure = await check_against_current_state(event, context, store, loader=loader)
+    if failure is not None:
+        return AuthOutcome(context.as_soft_failed(), failure)
+    return AuthOutcome(context)
 
 
 def _check_extends_room(event: Pdu) -> None:

@@ -1,0 +1,463 @@
+"""A run of one room's pushed events, judged in memory and written at once.
+
+A transaction brings up to 50 PDUs, mostly of one room, each usually
+following the one before it. Judged one at a time against storage, each
+costs a dozen reads and a write of its own, every one a round trip to
+another thread. A :class:`RoomRun` is instead storage as it will be once
+the events judged so far are written: ingestion takes each event through
+the very steps it takes alone (context, the three auth checks, the check
+that the origin is in the room, the current state after it) with the run
+as the store those steps read and the persister they write to. The run
+holds the events instead of writing them, answers later reads as storage
+would with them written, and :meth:`RoomRun.write` writes them all with
+one :meth:`~ranvier.core.interfaces.EventPersister.persist_events`.
+
+Invariants
+----------
+
+* **The run answers as storage will.** Every read returns what storage
+  would return had the events held so far been written one after another,
+  each with the current state its writer named: their rows, state groups
+  and partial-state marks, the forward extremities they leave, and the
+  current state (by the rule of :mod:`ranvier.storage.writes`: the group
+  named, else the state after the sole extremity, else after the last
+  accepted event).
+* **What storage already holds is read once per run.** The run's events,
+  the events they cite and those events' state groups are read together
+  when the run starts; entries of state groups (which never change) and
+  of the current state are kept once read. The room's lock, held for the
+  whole run, keeps every other writer of the room's DAG out; a change the
+  un-partial-state task makes meanwhile is seen by the next run, as a lone
+  event sees it at its next read.
+* **Only events of the room's DAG are held.** An outlier, an event of
+  another room or an event already held raises :class:`NotInMemoryError`:
+  the caller writes what the run holds and takes that event alone. So do
+  events with a gap before them or auth events to fetch; ingestion checks
+  for those before the event enters the run.
+* **One write, the same result.** :meth:`RoomRun.write` writes the held
+  events in the order judged, in one request, naming the current state the
+  last of the writes it stands for named. Storage derives the same
+  extremities and current state from one request as from the writes one
+  by one (see :mod:`ranvier.storage.writes`). State groups are written
+  when asked for: a group a step resolved, and the group after a held
+  state event once a later event needs its number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass, field
+from typing import Final
+
+import msgspec
+
+from ranvier.protocol.auth import CREATE_KEY, StateKey, create_event_id_for_room
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.room_versions import RoomVersion
+from ranvier.storage.records import (
+    EventStateGroups,
+    EventToPersist,
+    StateDelta,
+    StoredEvent,
+)
+
+from .interfaces import BatchStateReader, EventPersister
+from .loading import EventLoader
+
+__all__ = ["NotInMemoryError", "RoomRun"]
+
+#: The stream ordering the run gives events it holds: they have none until written.
+UNWRITTEN: Final = 0
+#: Whole states a run keeps once read (the newest), for the origin check of
+#: relayed events, which reads the state before each.
+_WHOLE_STATES_KEPT: Final = 4
+
+
+class NotInMemoryError(Exception):
+    """An event the run cannot hold: it must be taken alone, against storage."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Point:
+    """A state: a stored group, with at most the entry of an event held on top."""
+
+    group: int
+    on_top: Mapping[StateKey, str] = field(default_factory=dict)
+
+
+class RoomRun:
+    """Storage for one room, with the events judged so far held in memory.
+
+    ``store`` and ``persister`` are the real ones; reads of other rooms go
+    straight to ``store``. ``loader`` is shared by the run's auth checks,
+    so that an event cited by many is parsed once; events held are added
+    to it as they are held.
+    """
+
+    def __init__(
+        self,
+        store: BatchStateReader,
+        persister: EventPersister,
+        room_id: str,
+        room_version: RoomVersion,
+    ) -> None:
+        self._store = store
+        self._persister = persister
+        self.room_id = room_id
+        self.room_version = room_version
+        self.loader = EventLoader(self, room_version)
+        # Events: stored rows read, IDs found not stored, and the events held.
+        self._rows: dict[str, StoredEvent] = {}
+        self._absent: set[str] = set()
+        self._held: dict[str, EventToPersist] = {}
+        # State groups around events; held state events whose group after
+        # is not stored yet, by (group before, their key).
+        self._groups: dict[str, EventStateGroups] = {}
+        self._no_groups: set[str] = set()
+        self._to_derive: dict[str, tuple[int, StateKey]] = {}
+        # Partial state, of the room and of the events whose mark is known.
+        self._partial_room = False
+        self._partial_known: set[str] = set()
+        self._partial: set[str] = set()
+        self._extremities: set[str] = set()
+        # Events of the run that accepted events already stored cite.
+        self._cited: Set[str] = frozenset()
+        self._cited_known: set[str] = set()
+        # Entries of groups read so far (None: not in the group), and the
+        # groups the run stored, as their base and the entry on top.
+        self._group_keys: dict[int, dict[StateKey, str | None]] = {}
+        self._derived: dict[int, _Point] = {}
+        self._whole: dict[int, Mapping[StateKey, str]] = {}
+        # The current state: None while it is the stored one, whose entries
+        # read so far are kept.
+        self._current: _Point | None = None
+        self._current_keys: dict[StateKey, str | None] = {}
+        # The group the last write with an effect on current state named.
+        self._named: int | None = None
+        self._loaded = False
+
+    async def load(self, events: Sequence[Pdu]) -> None:
+        """Read what storage holds of ``events`` and of the events they
+        cite, and the room's extremities and partial state, all at once.
+        """
+        ids = [event.event_id for event in events]
+        prevs = {prev_id for event in events for prev_id in event.prev_event_ids}
+        wanted = {*ids, *prevs}
+        for event in events:
+            wanted.update(event.auth_event_ids)
+            if event.room_version.room_id_from_create_event and event.type != CREATE_KEY[0]:
+                wanted.add(create_event_id_for_room(event.room_id))
+        rows = await self._store.get_events(wanted)
+        self._rows.update(rows)
+        self._absent.update(wanted.difference(rows))
+        # Partial state is asked before the groups are read, as
+        # compute_event_context asks it: the un-partial-state task redoes
+        # events without the room's lock, and a prev event redone between
+        # the reads then only makes a full group look partial (the events
+        # after it are redone too), never a partial group look full.
+        # Without partial state in the room, none of its events has any:
+        # their marks refer to the room's.
+        self._partial_room = await self._store.is_partial_state_room(self.room_id)
+        if self._partial_room and prevs:
+            self._partial.update(await self._store.get_partial_state_event_ids(prevs))
+        self._partial_known.update(prevs)
+        groups = await self._store.get_events_state_groups(prevs)
+        self._groups.update(groups)
+        self._no_groups.update(prevs.difference(groups))
+        self._extremities = set(await self._store.get_forward_extremities(self.room_id))
+        self._cited = await self._store.get_events_with_accepted_children(ids)
+        self._cited_known.update(ids)
+        self._loaded = True
+
+    @property
+    def held(self) -> int:
+        """How many events the run holds, to be written."""
+        return len(self._held)
+
+    async def write(self) -> None:
+        """Write every event held, in one request.
+
+        Raises :class:`~ranvier.errors.PartialStateConflictError`, writing
+        none of them, when one has partial state and the room no longer
+        does.
+        """
+        if not self._held:
+            return
+        named = None if self._named is None else {self.room_id: self._named}
+        await self._persister.persist_events(list(self._held.values()), current_state_groups=named)
+
+    # --- StateReader -------------------------------------------------------------
+
+    async def get_events(self, event_ids: Collection[str]) -> Mapping[str, StoredEvent]:
+        wanted = set(event_ids)
+        unread = [
+            event_id
+            for event_id in wanted
+            if event_id not in self._rows and event_id not in self._absent
+        ]
+        if unread:
+            found = await self._store.get_events(unread)
+            self._rows.update(found)
+            self._absent.update(event_id for event_id in unread if event_id not in found)
+        return {event_id: self._rows[event_id] for event_id in wanted if event_id in self._rows}
+
+    async def get_event_state_groups(self, event_id: str) -> EventStateGroups | None:
+        if event_id in self._to_derive:
+            await self._derive(event_id)
+        if event_id in self._groups:
+            return self._groups[event_id]
+        if event_id in self._no_groups:
+            return None
+        groups = await self._store.get_event_state_groups(event_id)
+        if groups is None:
+            self._no_groups.add(event_id)
+        else:
+            self._groups[event_id] = groups
+        return groups
+
+    async def get_events_state_groups(
+        self, event_ids: Collection[str]
+    ) -> Mapping[str, EventStateGroups]:
+        found: dict[str, EventStateGroups] = {}
+        unread = []
+        for event_id in set(event_ids):
+            if event_id in self._to_derive or event_id in self._groups:
+                groups = await self.get_event_state_groups(event_id)
+                assert groups is not None
+                found[event_id] = groups
+            elif event_id not in self._no_groups:
+                unread.append(event_id)
+        if unread:
+            read = await self._store.get_events_state_groups(unread)
+            self._groups.update(read)
+            self._no_groups.update(event_id for event_id in unread if event_id not in read)
+            found.update(read)
+        return found
+
+    async def get_state_ids(self, state_group: int) -> Mapping[StateKey, str]:
+        # Every group the run names is stored: the whole map comes from storage.
+        state = self._whole.get(state_group)
+        if state is None:
+            state = await self._store.get_state_ids(state_group)
+            if len(self._whole) >= _WHOLE_STATES_KEPT:
+                del self._whole[next(iter(self._whole))]
+            self._whole[state_group] = state
+        return state
+
+    async def get_state_ids_for_keys(
+        self, state_group: int, keys: Collection[StateKey]
+    ) -> Mapping[StateKey, str]:
+        derived = self._derived.get(state_group)
+        if derived is not None:
+            return await self._point_for_keys(derived, keys)
+        known = self._group_keys.setdefault(state_group, {})
+        unread = [key for key in keys if key not in known]
+        if unread:
+            found = await self._store.get_state_ids_for_keys(state_group, unread)
+            for key in unread:
+                known[key] = found.get(key)
+        return _present(known, keys)
+
+    async def get_current_state_ids(self, room_id: str) -> Mapping[StateKey, str]:
+        if room_id != self.room_id or self._current is None:
+            return await self._store.get_current_state_ids(room_id)
+        state = dict(await self.get_state_ids(self._current.group))
+        state.update(self._current.on_top)
+        return state
+
+    async def get_current_state_ids_for_keys(
+        self, room_id: str, keys: Collection[StateKey]
+    ) -> Mapping[StateKey, str]:
+        if room_id != self.room_id:
+            return await self._store.get_current_state_ids_for_keys(room_id, keys)
+        if self._current is not None:
+            return await self._point_for_keys(self._current, keys)
+        unread = [key for key in keys if key not in self._current_keys]
+        if unread:
+            found = await self._store.get_current_state_ids_for_keys(room_id, unread)
+            for key in unread:
+                self._current_keys[key] = found.get(key)
+        return _present(self._current_keys, keys)
+
+    async def get_state_deltas(
+        self, state_groups: Sequence[int]
+    ) -> tuple[int, Mapping[int, StateDelta]]:
+        return await self._store.get_state_deltas(state_groups)
+
+    async def get_forward_extremities(self, room_id: str) -> Set[str]:
+        if room_id != self.room_id:
+            return await self._store.get_forward_extremities(room_id)
+        return frozenset(self._extremities)
+
+    async def is_partial_state_room(self, room_id: str) -> bool:
+        if room_id != self.room_id:
+            return await self._store.is_partial_state_room(room_id)
+        return self._partial_room
+
+    async def get_partial_state_events(self, room_id: str) -> Sequence[str]:
+        stored = list(await self._store.get_partial_state_events(room_id))
+        if room_id != self.room_id:
+            return stored
+        return stored + [event_id for event_id in self._held if event_id in self._partial]
+
+    async def get_partial_state_event_ids(self, event_ids: Collection[str]) -> Set[str]:
+        wanted = set(event_ids)
+        unread = wanted.difference(self._partial_known)
+        if unread:
+            self._partial.update(await self._store.get_partial_state_event_ids(unread))
+            self._partial_known.update(unread)
+        return frozenset(wanted.intersection(self._partial))
+
+    async def get_room_version(self, room_id: str) -> str | None:
+        if room_id == self.room_id:
+            return self.room_version.identifier
+        return await self._store.get_room_version(room_id)
+
+    async def get_events_with_accepted_children(self, event_ids: Collection[str]) -> Set[str]:
+        wanted = set(event_ids)
+        cited = set(await self._store.get_events_with_accepted_children(wanted))
+        for held in self._held.values():
+            if held.accepted:
+                cited.update(wanted.intersection(held.prev_event_ids))
+        return frozenset(cited)
+
+    # --- EventPersister ----------------------------------------------------------
+
+    async def persist_events(
+        self,
+        events: Sequence[EventToPersist],
+        *,
+        current_state_groups: Mapping[str, int] | None = None,
+    ) -> Mapping[str, int]:
+        """Hold ``events`` as if written, to be written by :meth:`write`.
+
+        They have no stream orderings until then, so none are returned.
+        """
+        named = dict(current_state_groups or {})
+        for event in events:
+            self._check_holdable(event)
+        if set(named) - {self.room_id}:
+            raise NotInMemoryError(f"a run of {self.room_id} holds no other room's state")
+        last_accepted: EventToPersist | None = None
+        for event in events:
+            self._hold(event)
+            if event.accepted:
+                last_accepted = event
+        if self.room_id in named:
+            self._current = _Point(named[self.room_id])
+            self._named = named[self.room_id]
+        elif last_accepted is not None:
+            self._current = await self._current_after(last_accepted)
+            self._named = None
+        return {}
+
+    async def store_room(self, room_id: str, room_version: str) -> None:
+        await self._persister.store_room(room_id, room_version)
+
+    async def store_state_group(
+        self, room_id: str, prev_group: int | None, delta: StateDelta
+    ) -> int:
+        return await self._persister.store_state_group(room_id, prev_group, delta)
+
+    # --- Holding events ----------------------------------------------------------
+
+    def _check_holdable(self, event: EventToPersist) -> None:
+        if not self._loaded:
+            raise NotInMemoryError("a run holds events only once it has read the room")
+        if event.room_id != self.room_id:
+            raise NotInMemoryError(f"{event.event_id} is not of {self.room_id}")
+        if event.context is None:
+            raise NotInMemoryError(f"{event.event_id} is an outlier")
+        if event.event_id in self._held:
+            raise NotInMemoryError(f"{event.event_id} is held already")
+        if event.event_id not in self._cited_known:
+            raise NotInMemoryError(f"{event.event_id} was not read when the run started")
+
+    def _hold(self, event: EventToPersist) -> None:
+        context = event.context
+        assert context is not None
+        event_id = event.event_id
+        self._held[event_id] = event
+        self._rows[event_id] = StoredEvent(
+            stream_ordering=UNWRITTEN,
+            event_id=event_id,
+            room_id=event.room_id,
+            type=event.type,
+            state_key=event.state_key,
+            sender=event.sender,
+            depth=event.depth,
+            origin_server_ts=event.origin_server_ts,
+            json=event.json,
+            outlier=False,
+            soft_failed=event.soft_failed,
+            rejected_reason=event.rejected_reason,
+        )
+        self._absent.discard(event_id)
+        self._no_groups.discard(event_id)
+        before = context.state_group_before
+        if context.state_group_after is not None:
+            self._groups[event_id] = EventStateGroups(before, context.state_group_after)
+        elif event.state_key is not None and event.rejected_reason is None:
+            self._to_derive[event_id] = (before, (event.type, event.state_key))
+        else:
+            self._groups[event_id] = EventStateGroups(before, before)
+        self._partial_known.add(event_id)
+        if context.partial_state:
+            self._partial.add(event_id)
+        if event.accepted:
+            self._extremities.difference_update(event.prev_event_ids)
+            if event_id not in self._cited:
+                self._extremities.add(event_id)
+
+    def add_to_loader(self, event: Pdu) -> None:
+        """Make a held event loadable as parsed, with its verdict."""
+        self.loader.add(event)
+        row = self._rows.get(event.event_id)
+        if row is not None and row.rejected_reason is not None:
+            self.loader.rejected.add(event.event_id)
+
+    async def _derive(self, event_id: str) -> None:
+        """Store the group after a held state event, now that it is asked for."""
+        before, key = self._to_derive.pop(event_id)
+        after = await self._persister.store_state_group(self.room_id, before, {key: event_id})
+        self._derived[after] = _Point(before, {key: event_id})
+        self._groups[event_id] = EventStateGroups(before, after)
+        held = self._held[event_id]
+        assert held.context is not None
+        self._held[event_id] = msgspec.structs.replace(
+            held, context=msgspec.structs.replace(held.context, state_group_after=after)
+        )
+
+    async def _after(self, event_id: str) -> _Point | None:
+        """The state after an event, without storing a group for a held one."""
+        derive = self._to_derive.get(event_id)
+        if derive is not None:
+            before, key = derive
+            return _Point(before, {key: event_id})
+        groups = await self.get_event_state_groups(event_id)
+        return None if groups is None else _Point(groups.after)
+
+    async def _current_after(self, last_accepted: EventToPersist) -> _Point:
+        """The current state once a write ending with ``last_accepted`` is
+        done: after the sole extremity, else after that event.
+        """
+        if len(self._extremities) == 1:
+            (sole,) = self._extremities
+            point = await self._after(sole)
+            if point is not None:
+                return point
+        point = await self._after(last_accepted.event_id)
+        assert point is not None  # a held event has its state
+        return point
+
+    async def _point_for_keys(self, point: _Point, keys: Iterable[StateKey]) -> dict[StateKey, str]:
+        wanted = list(keys)
+        found = {key: point.on_top[key] for key in wanted if key in point.on_top}
+        rest = [key for key in wanted if key not in found]
+        if rest:
+            found.update(await self.get_state_ids_for_keys(point.group, rest))
+        return found
+
+
+def _present(known: Mapping[StateKey, str | None], keys: Iterable[StateKey]) -> dict[StateKey, str]:
+    return {key: event_id for key in keys if (event_id := known.get(key)) is not None}

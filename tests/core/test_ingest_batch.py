@@ -1,0 +1,463 @@
+"""A transaction's events of one room, judged as a run and written at once.
+
+Every test runs against real storage. Where a test counts writes or reads,
+or makes the room's partial state vanish under a write, it does so with a
+thin wrapper that passes every call on to the real storage.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import trio
+
+from ranvier.core import compute_event_context
+from ranvier.core.context import compute_current_state_after, event_to_persist
+from ranvier.core.ingest import EventVerifier, FederationIngester, PduOutcome
+from ranvier.core.ingest_batch import NotInMemoryError, RoomRun
+from ranvier.errors import MatrixError, PartialStateConflictError
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.signing import generate_signing_key
+from ranvier.storage import EventToPersist, ReaderPool, ReadOperation, Storage
+from ranvier.testing import KnownKeys, RemoteRooms, RoomBuilder, ingest_all
+
+OURS = "ours.test"
+REMOTE = "remote.test"
+THIRD = "third.test"
+ALICE = f"@alice:{OURS}"
+BOB = f"@bob:{REMOTE}"
+CAROL = f"@carol:{THIRD}"
+
+T = TypeVar("T")
+
+
+class _CountingReaders(ReaderPool):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path)
+        self.count = 0
+
+    async def read(self, operation: ReadOperation[T]) -> T:
+        self.count += 1
+        return await super().read(operation)
+
+
+class CountingStorage(Storage):
+    """Storage that records each persist_events call and counts reads."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, synchronous="NORMAL")
+        self.readers = self.counting = _CountingReaders(path)
+        #: The event IDs of each persist_events call, in order.
+        self.persists: list[list[str]] = []
+
+    async def persist_events(self, events: Sequence[EventToPersist], **kw: Any) -> dict[str, int]:
+        self.persists.append([event.event_id for event in events])
+        return await super().persist_events(events, **kw)
+
+
+class Room:
+    """A room we are in with Bob (of the remote) and Carol (of a third server)."""
+
+    def __init__(self) -> None:
+        self.keys = {server: generate_signing_key("k1") for server in (OURS, REMOTE, THIRD)}
+        self.builder = RoomBuilder(creator=ALICE, keys=self.keys)
+        self.builder.public_room(BOB, CAROL)
+        self.initial = list(self.builder.order)
+
+    def ingester(self, storage: Storage, persister: Any = None) -> FederationIngester:
+        return FederationIngester(
+            store=storage,
+            persister=storage if persister is None else persister,
+            client=RemoteRooms(self.builder),
+            verifier=EventVerifier(KnownKeys(self.keys)),
+        )
+
+
+async def _started(nursery: trio.Nursery, storage: Storage, room: Room) -> Storage:
+    await nursery.start(storage.run)
+    await ingest_all(storage, room.initial)
+    return storage
+
+
+@pytest.fixture
+def room() -> Room:
+    return Room()
+
+
+@pytest.fixture
+async def counting(tmp_path: Path, nursery: trio.Nursery, room: Room) -> CountingStorage:
+    storage = CountingStorage(tmp_path / "counting.db")
+    await _started(nursery, storage, room)
+    storage.persists.clear()
+    return storage
+
+
+async def _open(tmp_path: Path, nursery: trio.Nursery, room: Room, name: str) -> Storage:
+    storage = Storage(tmp_path / f"{name}.db", synchronous="NORMAL")
+    return await _started(nursery, storage, room)
+
+
+def _fine(outcomes: Sequence[PduOutcome]) -> bool:
+    return all(
+        outcome.error is None
+        and outcome.result is not None
+        and not outcome.result.soft_failed
+        and not outcome.result.already_known
+        for outcome in outcomes
+    )
+
+
+# --- One write per run ----------------------------------------------------------------
+
+
+async def test_fifty_events_in_a_line_are_written_with_one_persist(
+    counting: CountingStorage, room: Room
+) -> None:
+    ingester = room.ingester(counting)
+    events = [room.builder.message(BOB, f"message {n}") for n in range(50)]
+    counting.counting.count = 0
+    outcomes = await ingester.receive_pdus(REMOTE, [event.raw for event in events])
+    assert [outcome.event_id for outcome in outcomes] == [event.event_id for event in events]
+    assert _fine(outcomes)
+    assert counting.persists == [[event.event_id for event in events]]
+    # A handful of reads for the whole run, not a dozen per event.
+    assert counting.counting.count <= 8
+    assert await counting.get_forward_extremities(room.builder.room_id) == {events[-1].event_id}
+    stored = await counting.get_events([event.event_id for event in events])
+    assert all(row.rejected_reason is None and not row.soft_failed for row in stored.values())
+
+    # Events of a third server's user, relayed: the origin check reads the
+    # whole state before them, once for the run.
+    more = [room.builder.message(CAROL, f"more {n}") for n in range(50)]
+    counting.counting.count = 0
+    outcomes = await ingester.receive_pdus(REMOTE, [event.raw for event in more])
+    assert _fine(outcomes)
+    assert counting.persists[1:] == [[event.event_id for event in more]]
+    assert counting.counting.count <= 8
+
+
+async def test_state_events_in_a_run_give_the_events_after_them_their_state(
+    counting: CountingStorage, room: Room
+) -> None:
+    builder = room.builder
+    first = builder.topic(ALICE, "first")
+    between = builder.message(BOB, "between")
+    second = builder.topic(ALICE, "second")
+    dave = f"@dave:{REMOTE}"
+    join = builder.member(dave, "join")
+    says = builder.message(dave, "dave speaks")
+    events = [first, between, second, join, says]
+    outcomes = await room.ingester(counting).receive_pdus(REMOTE, [e.raw for e in events])
+    assert _fine(outcomes)
+    assert len(counting.persists) == 1
+    for event in events:
+        groups = await counting.get_event_state_groups(event.event_id)
+        assert groups is not None
+        assert dict(await counting.get_state_ids(groups.before)) == builder.state_before(
+            event.event_id
+        )
+        assert (
+            dict(await counting.get_state_ids(groups.after)) == builder.state_after[event.event_id]
+        )
+    current = await counting.get_current_state_ids(builder.room_id)
+    assert dict(current) == builder.state_after[says.event_id]
+
+
+# --- The same outcome as one event at a time ------------------------------------------
+
+
+async def _snapshot(storage: Storage, room_id: str, event_ids: Sequence[str]) -> dict[str, Any]:
+    """What storage holds of the room and of ``event_ids``, without the
+    numbers (stream orderings, state group IDs) that differ between databases.
+    """
+    rows = await storage.get_events(event_ids)
+    events: dict[str, Any] = {}
+    for event_id, row in rows.items():
+        groups = await storage.get_event_state_groups(event_id)
+        states = None
+        if groups is not None:
+            states = (
+                dict(await storage.get_state_ids(groups.before)),
+                dict(await storage.get_state_ids(groups.after)),
+            )
+        events[event_id] = (
+            row.json,
+            row.outlier,
+            row.soft_failed,
+            row.rejected_reason,
+            states,
+        )
+    return {
+        "events": events,
+        "partial": set(await storage.get_partial_state_event_ids(event_ids)),
+        "extremities": set(await storage.get_forward_extremities(room_id)),
+        "current": dict(await storage.get_current_state_ids(room_id)),
+    }
+
+
+def _verdict(outcome: PduOutcome) -> tuple[Any, ...]:
+    result = outcome.result
+    return (
+        outcome.event_id,
+        None if outcome.error is None else (outcome.error.errcode, outcome.error.http_status),
+        None if result is None else (result.rejected_reason, result.soft_failed),
+        None if result is None else result.already_known,
+    )
+
+
+async def test_a_run_ends_as_its_events_one_at_a_time_do(
+    tmp_path: Path, nursery: trio.Nursery, room: Room
+) -> None:
+    one_by_one = await _open(tmp_path, nursery, room, "one-by-one")
+    batched = CountingStorage(tmp_path / "batched.db")
+    await _started(nursery, batched, room)
+    batched.persists.clear()
+    builder = room.builder
+
+    m1 = builder.message(BOB, "one")
+    topic = builder.topic(ALICE, "a topic, relayed by the remote")
+    m2 = builder.message(BOB, "two")
+    # Bob may not raise himself: rejected, and the room goes on without it.
+    grab = builder.draft("m.room.power_levels", BOB, {"users": {BOB: 100}}, state_key="")
+    m3 = builder.message(CAROL, "three")
+    ban = builder.member(ALICE, "ban", CAROL)
+    # Carol speaks from before her ban: fine there, not against the current state.
+    late = builder.message(CAROL, "from before the ban", prev=[m3.event_id], apply=False)
+    m4 = builder.message(BOB, "four")
+    # A fork in the transaction, merged again: resolved in the run.
+    fork_point = m4.event_id
+    left = builder.message(BOB, "left", prev=[fork_point])
+    right = builder.topic(ALICE, "right", prev=[fork_point])
+    merge = builder.message(BOB, "merge", prev=[left.event_id, right.event_id])
+    # A gap: the event before this one is not sent and must be fetched.
+    hidden = builder.message(BOB, "never pushed")
+    after_gap = builder.message(BOB, "after the gap")
+    tail = [builder.message(BOB, f"tail {n}") for n in range(3)]
+    pushed = [m1, topic, m2, grab, m3, ban, late, m1, m4, left, right, merge, after_gap, *tail]
+
+    batched_outcomes = await room.ingester(batched).receive_pdus(
+        REMOTE, [event.raw for event in pushed]
+    )
+    single = room.ingester(one_by_one)
+    single_outcomes = []
+    for event in pushed:
+        try:
+            result = await single.on_receive_pdu(REMOTE, event)
+        except MatrixError as exc:
+            single_outcomes.append(PduOutcome(event.event_id, error=exc))
+        else:
+            single_outcomes.append(PduOutcome(event.event_id, result=result, error=result.error))
+
+    assert [_verdict(o) for o in batched_outcomes] == [_verdict(o) for o in single_outcomes]
+    by_id = {outcome.event_id: outcome.result for outcome in batched_outcomes[:7]}
+    grab_result, late_result = by_id[grab.event_id], by_id[late.event_id]
+    assert grab_result is not None
+    assert grab_result.rejected_reason is not None
+    assert late_result is not None
+    assert late_result.soft_failed
+    repeat = batched_outcomes[7].result
+    assert repeat is not None
+    assert repeat.already_known
+    every_id = [event.event_id for event in pushed] + [hidden.event_id]
+    expected = await _snapshot(one_by_one, builder.room_id, every_id)
+    assert await _snapshot(batched, builder.room_id, every_id) == expected
+    assert expected["extremities"] == {tail[-1].event_id}
+    assert expected["current"][("m.room.topic", "")] == right.event_id
+    assert not expected["events"][hidden.event_id][1]  # fetched into the DAG
+    # Written in runs: up to the gap, the fetched event, then the rest.
+    assert len(batched.persists) < len(pushed) // 2
+    assert batched.persists[0][:3] == [m1.event_id, topic.event_id, m2.event_id]
+
+
+# --- Partial state cleared under a run's write ----------------------------------------
+
+
+async def _partial_room(storage: Storage, builder: RoomBuilder) -> Pdu:
+    """Mark the room partial, and write Bob's next message with partial state."""
+    await storage.store_partial_join(
+        builder.room_id, builder.version, builder.last, joined_via=REMOTE, servers_in_room=[REMOTE]
+    )
+    message = builder.message(BOB, "written with partial state")
+    context = await compute_event_context(
+        message,
+        storage,
+        storage,
+        state_ids_before=builder.state_before(message.event_id),
+        partial_state=True,
+    )
+    await storage.persist_events([event_to_persist(message, context)])
+    return message
+
+
+class ClearsPartialStateFirst:
+    """Storage, with the room's partial state finished just before the
+    first write that holds ``watched``: the race with the un-partial-state
+    task, made to happen. ``writes`` records, for each write holding
+    ``watched``, the events written and whether each had partial state.
+    """
+
+    def __init__(self, storage: Storage, room_id: str, watched: str) -> None:
+        self.storage = storage
+        self.room_id = room_id
+        self.watched = watched
+        self.writes: list[list[tuple[str, bool]]] = []
+
+    async def persist_events(self, events: Sequence[EventToPersist], **kw: Any) -> Any:
+        if any(event.event_id == self.watched for event in events):
+            self.writes.append(
+                [(e.event_id, e.context is not None and e.context.partial_state) for e in events]
+            )
+            if len(self.writes) == 1:
+                await self._finish_partial_state()
+        return await self.storage.persist_events(events, **kw)
+
+    async def _finish_partial_state(self) -> None:
+        for event_id in await self.storage.get_partial_state_events(self.room_id):
+            groups = await self.storage.get_event_state_groups(event_id)
+            assert groups is not None
+            await self.storage.update_state_for_partial_event(event_id, groups.before, None)
+        assert await self.storage.clear_partial_state(self.room_id)
+
+    async def store_room(self, room_id: str, room_version: str) -> None:
+        await self.storage.store_room(room_id, room_version)
+
+    async def store_state_group(self, room_id: str, prev: int | None, delta: Any) -> int:
+        return await self.storage.store_state_group(room_id, prev, delta)
+
+
+async def test_a_run_conflicting_with_partial_state_is_judged_again_once(
+    counting: CountingStorage, room: Room
+) -> None:
+    builder = room.builder
+    await _partial_room(counting, builder)
+    events = [builder.message(BOB, f"after the partial one {n}") for n in range(5)]
+    ids = [event.event_id for event in events]
+    persister = ClearsPartialStateFirst(counting, builder.room_id, ids[0])
+    outcomes = await room.ingester(counting, persister).receive_pdus(
+        REMOTE, [event.raw for event in events]
+    )
+    assert _fine(outcomes)
+    # The whole run, with partial state, refused; then the whole run again,
+    # judged with the full state.
+    assert persister.writes == [[(i, True) for i in ids], [(i, False) for i in ids]]
+    assert not await counting.is_partial_state_room(builder.room_id)
+    assert await counting.get_partial_state_events(builder.room_id) == []
+    assert await counting.get_forward_extremities(builder.room_id) == {ids[-1]}
+    for outcome in outcomes:
+        assert outcome.result is not None
+        assert outcome.result.context is not None
+        assert not outcome.result.context.partial_state
+
+
+async def test_a_run_conflicting_twice_is_taken_one_event_at_a_time(
+    counting: CountingStorage, room: Room
+) -> None:
+    builder = room.builder
+    # Side by side, so that none needs another written first.
+    start = builder.last
+    events = [builder.message(BOB, f"message {n}", prev=[start]) for n in range(3)]
+    ids = [event.event_id for event in events]
+
+    class AlwaysConflicting(ClearsPartialStateFirst):
+        """Storage whose room keeps losing its partial state under writes."""
+
+        async def persist_events(self, events: Sequence[EventToPersist], **kw: Any) -> Any:
+            self.writes.append([(event.event_id, False) for event in events])
+            raise PartialStateConflictError()
+
+    persister = AlwaysConflicting(counting, builder.room_id, ids[0])
+    outcomes = await room.ingester(counting, persister).receive_pdus(
+        REMOTE, [event.raw for event in events]
+    )
+    written = [[event_id for event_id, _ in write] for write in persister.writes]
+    # The run twice, then each event alone, twice: the error of a lone event
+    # conflicting twice.
+    assert written == [ids, ids, *([event_id] for event_id in ids for _ in range(2))]
+    for outcome in outcomes:
+        assert outcome.error is not None
+        assert outcome.error.http_status == 503
+        assert "changed under it twice" in outcome.error.message
+    assert await counting.get_events(ids) == {}
+
+
+# --- The run as storage will be -------------------------------------------------------
+
+
+async def test_a_run_answers_as_storage_does_once_it_is_written(
+    counting: CountingStorage, room: Room
+) -> None:
+    builder = room.builder
+    room_id = builder.room_id
+    start = builder.last
+    events = [
+        builder.topic(ALICE, "one"),
+        builder.message(BOB, "after the topic"),
+        builder.message(CAROL, "a fork", prev=[start]),
+        builder.topic(ALICE, "two", prev=[start]),
+    ]
+    events.append(builder.message(BOB, "merge", prev=[events[1].event_id, events[3].event_id]))
+    run = RoomRun(counting, counting, room_id, builder.room_version)
+    await run.load(events)
+    for event in events:
+        context = await compute_event_context(event, run, run)
+        current = await compute_current_state_after(event, context, run, run)
+        await run.persist_events(
+            [event_to_persist(event, context)],
+            current_state_groups=None if current is None else {room_id: current},
+        )
+    assert run.held == len(events)
+    ids = [event.event_id for event in events]
+    keys = [("m.room.topic", ""), ("m.room.member", BOB), ("m.room.power_levels", "")]
+
+    async def answers(store: Any) -> dict[str, Any]:
+        groups = await store.get_events_state_groups(ids)
+        return {
+            "extremities": set(await store.get_forward_extremities(room_id)),
+            "current": dict(await store.get_current_state_ids(room_id)),
+            "current at keys": dict(await store.get_current_state_ids_for_keys(room_id, keys)),
+            "rows": {
+                event_id: (row.json, row.rejected_reason, row.soft_failed, row.outlier)
+                for event_id, row in (await store.get_events(ids)).items()
+            },
+            "states": {
+                event_id: (
+                    dict(await store.get_state_ids(groups[event_id].before)),
+                    dict(await store.get_state_ids_for_keys(groups[event_id].after, keys)),
+                )
+                for event_id in ids
+            },
+            "cited": set(await store.get_events_with_accepted_children(ids)),
+        }
+
+    in_memory = await answers(run)
+    assert counting.persists == []
+    await run.write()
+    assert counting.persists == [ids]
+    assert await answers(counting) == in_memory
+    # Carol's branch is left open: the current state is the resolution of
+    # both branches, which the merge's write named.
+    assert in_memory["extremities"] == {ids[2], ids[4]}
+    assert in_memory["current"][("m.room.topic", "")] in (ids[0], ids[3])
+
+
+async def test_a_run_holds_only_events_of_its_room_it_read(
+    counting: CountingStorage, room: Room
+) -> None:
+    builder = room.builder
+    read = builder.message(BOB, "read when the run started")
+    unread = builder.message(BOB, "not read", prev=[read.event_id])
+    run = RoomRun(counting, counting, builder.room_id, builder.room_version)
+    await run.load([read])
+    context = await compute_event_context(read, run, run)
+    with pytest.raises(NotInMemoryError, match="outlier"):
+        await run.persist_events([event_to_persist(read, context.for_outlier())])
+    with pytest.raises(NotInMemoryError, match="not read"):
+        await run.persist_events([event_to_persist(unread, context)])
+    await run.persist_events([event_to_persist(read, context)])
+    with pytest.raises(NotInMemoryError, match="held already"):
+        await run.persist_events([event_to_persist(read, context)])
+    assert run.held == 1
