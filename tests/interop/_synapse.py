@@ -368,6 +368,10 @@ class SynapseUser:
         joined: str = answer["room_id"]
         return joined
 
+    async def invite(self, room_id: str, user_id: str) -> None:
+        path = f"/_matrix/client/v3/rooms/{_quote(room_id)}/invite"
+        await self.request("POST", path, body={"user_id": user_id})
+
     async def leave(self, room_id: str) -> None:
         await self.request("POST", f"/_matrix/client/v3/rooms/{_quote(room_id)}/leave", body={})
 
@@ -390,6 +394,17 @@ class SynapseUser:
         answer = await self.request("PUT", path, body=content)
         event_id: str = answer["event_id"]
         return event_id
+
+    async def state_event(
+        self, room_id: str, event_type: str, state_key: str = ""
+    ) -> dict[str, Any]:
+        """The content of one state event of the room's current state."""
+        content: dict[str, Any] = await self.request(
+            "GET",
+            f"/_matrix/client/v3/rooms/{_quote(room_id)}/state/{_quote(event_type)}/"
+            f"{_quote(state_key)}",
+        )
+        return content
 
     async def state_ids(self, room_id: str) -> dict[tuple[str, str], str]:
         """The room's current state as Synapse has it: each key to its event ID."""

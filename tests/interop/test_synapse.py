@@ -1,10 +1,14 @@
 """ranvier and a real Synapse in one room, each way round.
 
-Synapse hosts a room (version 12, its default) and ranvier joins it; ranvier
-hosts a room and a Synapse user joins it. In both, messages go each way,
-at the same time as well as in turn, a state change made on one side
-reaches the other, and the two servers end with the same current state:
-the same event ID at every key.
+Synapse hosts a room (version 12, its default, and the older 10 and 11) and
+ranvier joins it; ranvier hosts a room and a Synapse user joins it. Both
+joins are partial (each server asks ``send_join`` to omit members) and
+followed by a resync from the other server. In both, messages go each way,
+at the same time as well as in turn, while the joiner resyncs and after, a
+state change made on one side reaches the other, and the two servers end
+with the same current state: the same event ID at every key. Then the same
+in rooms that are busy while the join and the resync happen, and invites
+each way.
 
 What ranvier has is read from its storage; what Synapse has, through its
 client API. Synapse acknowledges a PDU before storing it, so arrival on
@@ -20,6 +24,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import pytest
 import trio
 
 from ranvier.server import HomeServer
@@ -28,6 +33,7 @@ from ranvier.storage import Storage
 from ._synapse import SynapseProcess, SynapseUser
 
 _WAIT_SECONDS = 20.0
+_VERSIONS = pytest.mark.parametrize("version", ["10", "11", "12"])
 _users = itertools.count(1)
 
 
@@ -144,12 +150,13 @@ async def _talk(
         assert seen["content"]["body"] == f"{label}: ranvier {n}"
 
 
+@_VERSIONS
 async def test_ranvier_joins_a_room_hosted_by_synapse(
-    synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer
+    synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer, version: str
 ) -> None:
     alice = await synapse.register(synapse_http, _localpart("alice"))
     carol = await synapse.register(synapse_http, _localpart("carol"))
-    room_id = await alice.create_room(preset="public_chat", name="On Synapse", room_version="12")
+    room_id = await alice.create_room(preset="public_chat", name="On Synapse", room_version=version)
     # A second member, whose membership a partial answer leaves out.
     await carol.join(room_id, via=synapse.server_name)
     before = await alice.send_message(room_id, "before the join")
@@ -161,7 +168,7 @@ async def test_ranvier_joins_a_room_hosted_by_synapse(
     # but not yet Carol's membership.
     storage = ranvier.storage
     assert await _in_dag(storage, join_id)
-    assert await storage.get_room_version(room_id) == "12"
+    assert await storage.get_room_version(room_id) == version
     assert await storage.is_partial_state_room(room_id), "the join did not give partial state"
     assert before in (await _ranvier_event(storage, join_id))["prev_events"]
     await _eventually(lambda: _on_synapse(alice, room_id, join_id), "ranvier's join on Synapse")
@@ -170,10 +177,7 @@ async def test_ranvier_joins_a_room_hosted_by_synapse(
     # Messages both ways while the state is (or may still be) partial.
     await _talk(ranvier, bob, alice, room_id, "just joined")
 
-    async def resynced() -> bool:
-        return not await storage.is_partial_state_room(room_id)
-
-    await _eventually(resynced, "ranvier to finish resyncing the room's state")
+    await _eventually(lambda: _not_partial(storage, room_id), "ranvier to finish resyncing")
     assert await storage.get_partial_state_events(room_id) == []
     assert await _ranvier_membership(storage, room_id, carol.user_id) == "join"
     await _same_state(ranvier, alice, room_id)
@@ -189,13 +193,14 @@ async def test_ranvier_joins_a_room_hosted_by_synapse(
     assert await alice.joined_members(room_id) == {alice.user_id, carol.user_id}
 
 
+@_VERSIONS
 async def test_a_synapse_user_joins_a_room_hosted_by_ranvier(
-    synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer
+    synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer, version: str
 ) -> None:
     carol = f"@carol:{ranvier.server_name}"
     erin = f"@erin:{ranvier.server_name}"
     room_id = await ranvier.create_room(
-        carol, preset="public_chat", name="On ranvier", room_version="12"
+        carol, preset="public_chat", name="On ranvier", room_version=version
     )
     # A second member, whose membership a partial answer leaves out.
     await ranvier.join_room(erin, room_id)
@@ -237,6 +242,173 @@ async def test_a_synapse_user_joins_a_room_hosted_by_ranvier(
         lambda: _membership_is(ranvier.storage, room_id, dave.user_id, "leave"),
         "Synapse's leave on ranvier",
     )
+
+
+async def test_ranvier_joins_a_busy_room_hosted_by_synapse(
+    synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer
+) -> None:
+    alice = await synapse.register(synapse_http, _localpart("alice"))
+    room_id = await alice.create_room(preset="public_chat", name="Busy on Synapse")
+    members = [await synapse.register(synapse_http, _localpart("member")) for _ in range(8)]
+    for member in members:
+        await member.join(room_id, via=synapse.server_name)
+    bob = f"@bob:{ranvier.server_name}"
+    joined = trio.Event()
+    after_join: list[str] = []
+    ours: list[str] = []
+
+    async def synapse_traffic() -> None:
+        # Messages, members leaving and coming back, topics: before, during
+        # and after ranvier's join and resync.
+        for n in range(30):
+            member = members[n % len(members)]
+            sent = [await member.send_message(room_id, f"busy {n}")]
+            if n % 7 == 3:
+                await member.leave(room_id)
+                await member.join(room_id, via=synapse.server_name)
+            if n % 9 == 5:
+                sent.append(await alice.send_state(room_id, "m.room.topic", {"topic": f"{n}"}))
+            if joined.is_set():
+                after_join.extend(sent)
+            await trio.sleep(0.01)
+
+    async def ranvier_side() -> None:
+        await trio.sleep(0.1)
+        await ranvier.join_room(bob, room_id, [synapse.server_name])
+        joined.set()
+        for n in range(10):
+            body = {"msgtype": "m.text", "body": f"ranvier {n}"}
+            ours.append(await ranvier.send_event(bob, room_id, "m.room.message", body))
+            await trio.sleep(0.02)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(synapse_traffic)
+        nursery.start_soon(ranvier_side)
+
+    storage = ranvier.storage
+    await _eventually(lambda: _not_partial(storage, room_id), "ranvier to finish resyncing")
+    await _eventually(lambda: _in_dag(storage, *after_join), "Synapse's events on ranvier")
+    await _eventually(lambda: _on_synapse(alice, room_id, *ours), "ranvier's messages on Synapse")
+    await _same_state(ranvier, alice, room_id)
+
+    # Given the power to, ranvier's user renames the room.
+    levels = await alice.state_event(room_id, "m.room.power_levels")
+    levels["users"][bob] = 100
+    raised = await alice.send_state(room_id, "m.room.power_levels", levels)
+    await _eventually(lambda: _in_dag(storage, raised), "the power levels on ranvier")
+    name = {"name": "renamed on ranvier"}
+    renamed = await ranvier.send_event(bob, room_id, "m.room.name", name, state_key="")
+    await _eventually(lambda: _on_synapse(alice, room_id, renamed), "the new name on Synapse")
+    assert await alice.state_event(room_id, "m.room.name") == name
+    await _same_state(ranvier, alice, room_id)
+
+
+async def test_a_synapse_user_joins_a_busy_room_hosted_by_ranvier(
+    synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer
+) -> None:
+    carol = f"@carol:{ranvier.server_name}"
+    # Unnamed: a partial answer must keep the memberships of its heroes.
+    room_id = await ranvier.create_room(carol, preset="public_chat")
+    members = [f"@member{n}:{ranvier.server_name}" for n in range(8)]
+    for member in members:
+        await ranvier.join_room(member, room_id)
+    dave = await synapse.register(synapse_http, _localpart("dave"))
+    joined = trio.Event()
+    after_join: list[str] = []
+    theirs: list[str] = []
+
+    async def ranvier_traffic() -> None:
+        for n in range(30):
+            member = members[n % len(members)]
+            body = {"msgtype": "m.text", "body": f"busy {n}"}
+            sent = [await ranvier.send_event(member, room_id, "m.room.message", body)]
+            if n % 7 == 3:
+                sent.append(await ranvier.leave_room(member, room_id))
+                sent.append(await ranvier.join_room(member, room_id))
+            if n % 9 == 5:
+                topic = {"topic": f"{n}"}
+                sent.append(
+                    await ranvier.send_event(carol, room_id, "m.room.topic", topic, state_key="")
+                )
+            if joined.is_set():
+                after_join.extend(sent)
+            await trio.sleep(0.01)
+
+    async def synapse_side() -> None:
+        await trio.sleep(0.1)
+        await dave.join(room_id, via=ranvier.server_name)
+        joined.set()
+        for n in range(10):
+            theirs.append(await dave.send_message(room_id, f"Synapse {n}"))
+            await trio.sleep(0.02)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ranvier_traffic)
+        nursery.start_soon(synapse_side)
+
+    async def everyone_joined() -> bool:
+        # Synapse takes in what arrived during its join only after the resync.
+        return await dave.joined_members(room_id) == {carol, *members, dave.user_id}
+
+    await _eventually(everyone_joined, "every member joined, as Synapse sees it")
+    await _eventually(
+        lambda: _on_synapse(dave, room_id, *after_join), "ranvier's events on Synapse"
+    )
+    await _eventually(lambda: _in_dag(ranvier.storage, *theirs), "Synapse's messages on ranvier")
+    await _same_state(ranvier, dave, room_id)
+
+    # A second Synapse user joins on Synapse, which is in the room now: the
+    # join reaches ranvier as a PDU.
+    erin = await synapse.register(synapse_http, _localpart("erin"))
+    await erin.join(room_id, via=synapse.server_name)
+    await _eventually(
+        lambda: _membership_is(ranvier.storage, room_id, erin.user_id, "join"),
+        "a join made on Synapse, on ranvier",
+    )
+    await _talk(ranvier, carol, erin, room_id, "second Synapse user")
+    await _same_state(ranvier, dave, room_id)
+
+
+async def test_invites_each_way(
+    synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer
+) -> None:
+    # Synapse's user invites ranvier's into an invite-only room.
+    alice = await synapse.register(synapse_http, _localpart("alice"))
+    room_id = await alice.create_room(preset="private_chat", name="Invite only, on Synapse")
+    bob = f"@bob:{ranvier.server_name}"
+    await alice.invite(room_id, bob)
+    invite_id = (await alice.state_ids(room_id))[("m.room.member", bob)]
+    invite = await _ranvier_event(ranvier.storage, invite_id)
+    assert invite["content"]["membership"] == "invite"
+    assert ranvier.server_name in invite["signatures"]
+    join_id = await ranvier.join_room(bob, room_id, [synapse.server_name])
+    await _eventually(lambda: _on_synapse(alice, room_id, join_id), "ranvier's join on Synapse")
+    await _eventually(lambda: _not_partial(ranvier.storage, room_id), "ranvier's resync")
+
+    # ranvier's user invites another Synapse user, who joins.
+    zoe = await synapse.register(synapse_http, _localpart("zoe"))
+    await ranvier.invite(bob, room_id, zoe.user_id)
+    await zoe.join(room_id, via=synapse.server_name)
+    await _eventually(
+        lambda: _membership_is(ranvier.storage, room_id, zoe.user_id, "join"),
+        "the invited Synapse user's join on ranvier",
+    )
+    await _same_state(ranvier, alice, room_id)
+
+    # And into a room ranvier hosts: the invite reaches Synapse, whose user
+    # sees it and joins.
+    carol = f"@carol:{ranvier.server_name}"
+    hosted = await ranvier.create_room(carol, preset="private_chat", name="Invite only, on ranvier")
+    await ranvier.invite(carol, hosted, zoe.user_id)
+    synced = await zoe.request("GET", "/_matrix/client/v3/sync", params={"timeout": "0"})
+    assert hosted in synced["rooms"]["invite"]
+    await zoe.join(hosted, via=ranvier.server_name)
+    assert await zoe.joined_members(hosted) == {carol, zoe.user_id}
+    await _same_state(ranvier, zoe, hosted)
+
+
+async def _not_partial(storage: Storage, room_id: str) -> bool:
+    return not await storage.is_partial_state_room(room_id)
 
 
 async def _membership_is(storage: Storage, room_id: str, user_id: str, membership: str) -> bool:
