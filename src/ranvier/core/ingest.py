@@ -103,6 +103,7 @@ from .event_auth import (
     check_against_state_before,
 )
 from .event_signatures import check_event_signatures, redacted_if_hash_mismatch
+from .failures import sole_failure
 from .ingest_batch import NotInMemoryError, RoomRun
 from .interfaces import (
     BatchStateReader,
@@ -831,22 +832,6 @@ class FederationIngester:
             for event_id in event_ids:
                 nursery.start_soon(fetch, event_id)
         return {event_id: found[event_id] for event_id in event_ids if event_id in found}
-
-
-def sole_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """A nursery's failure as itself when it is one exception, so that, say,
-    storage being unavailable reaches a request handler as the
-    :class:`~ranvier.errors.MatrixError` it is; the group otherwise.
-    """
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else group
 
 
 async def _run_auth_checks(

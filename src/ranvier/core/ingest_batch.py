@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import msgspec
+import trio
 
 from ranvier.protocol.auth import CREATE_KEY, StateKey, create_event_id_for_room
 from ranvier.protocol.events import Pdu
@@ -61,6 +62,7 @@ from ranvier.storage.records import (
     StoredEvent,
 )
 
+from .failures import sole_failure
 from .interfaces import BatchStateReader, EventPersister
 from .loading import EventLoader
 
@@ -147,26 +149,43 @@ class RoomRun:
             wanted.update(event.auth_event_ids)
             if event.room_version.room_id_from_create_event and event.type != CREATE_KEY[0]:
                 wanted.add(create_event_id_for_room(event.room_id))
-        rows = await self._store.get_events(wanted)
-        self._rows.update(rows)
-        self._absent.update(wanted.difference(rows))
-        # Partial state is asked before the groups are read, as
-        # compute_event_context asks it: the un-partial-state task redoes
-        # events without the room's lock, and a prev event redone between
-        # the reads then only makes a full group look partial (the events
-        # after it are redone too), never a partial group look full.
-        # Without partial state in the room, none of its events has any:
-        # their marks refer to the room's.
-        self._partial_room = await self._store.is_partial_state_room(self.room_id)
-        if self._partial_room and prevs:
-            self._partial.update(await self._store.get_partial_state_event_ids(prevs))
-        self._partial_known.update(prevs)
-        groups = await self._store.get_events_state_groups(prevs)
-        self._groups.update(groups)
-        self._no_groups.update(prevs.difference(groups))
-        self._extremities = set(await self._store.get_forward_extremities(self.room_id))
-        self._cited = await self._store.get_events_with_accepted_children(ids)
-        self._cited_known.update(ids)
+        store = self._store
+
+        async def read_rows() -> None:
+            rows = await store.get_events(wanted)
+            self._rows.update(rows)
+            self._absent.update(wanted.difference(rows))
+
+        async def read_prevs() -> None:
+            # Partial state is asked before the groups are read, as
+            # compute_event_context asks it: the un-partial-state task
+            # redoes events without the room's lock, and a prev event redone
+            # between the reads then only makes a full group look partial
+            # (the events after it are redone too), never a partial group
+            # look full. Without partial state in the room, none of its
+            # events has any: their marks refer to the room's.
+            self._partial_room = await store.is_partial_state_room(self.room_id)
+            if self._partial_room and prevs:
+                self._partial.update(await store.get_partial_state_event_ids(prevs))
+            self._partial_known.update(prevs)
+            groups = await store.get_events_state_groups(prevs)
+            self._groups.update(groups)
+            self._no_groups.update(prevs.difference(groups))
+
+        async def read_extremities() -> None:
+            self._extremities = set(await store.get_forward_extremities(self.room_id))
+
+        async def read_cited() -> None:
+            self._cited = await store.get_events_with_accepted_children(ids)
+            self._cited_known.update(ids)
+
+        # Independent reads, side by side: the run waits for the longest.
+        try:
+            async with trio.open_nursery() as nursery:
+                for read in (read_rows, read_prevs, read_extremities, read_cited):
+                    nursery.start_soon(read)
+        except BaseExceptionGroup as group:
+            raise sole_failure(group) from None
         self._loaded = True
 
     @property
