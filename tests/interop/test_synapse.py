@@ -164,12 +164,13 @@ async def test_ranvier_joins_a_room_hosted_by_synapse(
 
     join_id = await ranvier.join_room(bob, room_id, [synapse.server_name])
 
-    # Synapse answers send_join with partial state: ranvier has the room,
-    # but not yet Carol's membership.
+    # Synapse answers send_join with partial state (without Carol's
+    # membership). The resync starts at once and takes a few requests to
+    # Synapse, so this is read first, before it can have finished.
     storage = ranvier.storage
+    assert await storage.is_partial_state_room(room_id), "the join did not give partial state"
     assert await _in_dag(storage, join_id)
     assert await storage.get_room_version(room_id) == version
-    assert await storage.is_partial_state_room(room_id), "the join did not give partial state"
     assert before in (await _ranvier_event(storage, join_id))["prev_events"]
     await _eventually(lambda: _on_synapse(alice, room_id, join_id), "ranvier's join on Synapse")
     assert await alice.joined_members(room_id) == {alice.user_id, carol.user_id, bob}
@@ -177,8 +178,7 @@ async def test_ranvier_joins_a_room_hosted_by_synapse(
     # Messages both ways while the state is (or may still be) partial.
     await _talk(ranvier, bob, alice, room_id, "just joined")
 
-    await _eventually(lambda: _not_partial(storage, room_id), "ranvier to finish resyncing")
-    assert await storage.get_partial_state_events(room_id) == []
+    await _resynced(ranvier, room_id)
     assert await _ranvier_membership(storage, room_id, carol.user_id) == "join"
     await _same_state(ranvier, alice, room_id)
 
@@ -286,7 +286,7 @@ async def test_ranvier_joins_a_busy_room_hosted_by_synapse(
         nursery.start_soon(ranvier_side)
 
     storage = ranvier.storage
-    await _eventually(lambda: _not_partial(storage, room_id), "ranvier to finish resyncing")
+    await _resynced(ranvier, room_id)
     await _eventually(lambda: _in_dag(storage, *after_join), "Synapse's events on ranvier")
     await _eventually(lambda: _on_synapse(alice, room_id, *ours), "ranvier's messages on Synapse")
     await _same_state(ranvier, alice, room_id)
@@ -383,7 +383,7 @@ async def test_invites_each_way(
     assert ranvier.server_name in invite["signatures"]
     join_id = await ranvier.join_room(bob, room_id, [synapse.server_name])
     await _eventually(lambda: _on_synapse(alice, room_id, join_id), "ranvier's join on Synapse")
-    await _eventually(lambda: _not_partial(ranvier.storage, room_id), "ranvier's resync")
+    await _resynced(ranvier, room_id)
 
     # ranvier's user invites another Synapse user, who joins.
     zoe = await synapse.register(synapse_http, _localpart("zoe"))
@@ -407,8 +407,14 @@ async def test_invites_each_way(
     await _same_state(ranvier, zoe, hosted)
 
 
-async def _not_partial(storage: Storage, room_id: str) -> bool:
-    return not await storage.is_partial_state_room(room_id)
+async def _resynced(hs: HomeServer, room_id: str) -> None:
+    """Wait for ranvier's resync of the room to finish, and check it did."""
+    with trio.move_on_after(_WAIT_SECONDS):
+        await hs.wait_for_full_state(room_id)
+    status = hs.resync_status().get(room_id)
+    assert status is None, f"gave up after {_WAIT_SECONDS:.0f} s waiting for the resync: {status}"
+    assert not await hs.storage.is_partial_state_room(room_id)
+    assert await hs.storage.get_partial_state_events(room_id) == []
 
 
 async def _membership_is(storage: Storage, room_id: str, user_id: str, membership: str) -> bool:
