@@ -15,6 +15,12 @@ over TLS with certificates from one test CA, which both trust through
 ``federation.ca_file``. Arrival on the other side is awaited by polling
 storage in a bounded loop.
 
+"The middle of the resync" is not left to timing: during A's first life
+its router holds every answer to the reads B's resync makes (``/state_ids``,
+``/state``, ``/event``) and never lets one go, so B is stopped while its
+resync is provably fetching, however slow the machine. A's second life is
+a fresh server on the same data directory and answers at once.
+
 Finer cases of the resync are tested on the task itself in
 tests/core/test_unpartial.py: a server answering garbage hands over to the
 next (``test_a_server_answering_garbage_hands_over_to_the_next``), every
@@ -26,10 +32,12 @@ with the full state.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import sys
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
@@ -40,6 +48,8 @@ import pytest
 import trio
 
 from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
+from ranvier.core.ingest_batch import RoomRun
+from ranvier.federation.transport.server import JsonResponse, Request, RouteMatch, Router
 from ranvier.server import HomeServer, open_homeserver
 from ranvier.storage import Storage
 from ranvier.testing import Pki, RoomBuilder, free_port, ingest_all
@@ -47,6 +57,8 @@ from ranvier.testing import Pki, RoomBuilder, free_port, ingest_all
 MEMBERS = 2_000
 #: Messages each side sends while B's resumed resync runs.
 MESSAGES = 100
+#: Joins of the big room judged together and written at once: a transaction's most PDUs.
+_JOINS_PER_WRITE = 50
 
 
 # --- Servers on loopback --------------------------------------------------------------
@@ -105,6 +117,51 @@ class _Running:
                 await stop.wait()
         finally:
             stopped.set()
+
+
+#: The routes B's un-partial-state task reads the room's state through.
+_RESYNC_READS: frozenset[tuple[str, str]] = frozenset(
+    ("GET", f"/_matrix/federation/v1/{pattern}")
+    for pattern in ("state_ids/{room_id}", "state/{room_id}", "event/{event_id}")
+)
+
+
+class _HeldReads(Router):
+    """A server's router that never answers the state reads a resync makes.
+
+    A request for one of :data:`_RESYNC_READS` notes its target in
+    :attr:`held` and then waits until the server stops; every other request
+    is answered at once. A peer resyncing from this server is thus stuck
+    fetching, for as long as the test likes, while the rest of federation
+    (joins, transactions) works.
+    """
+
+    def __init__(self, inner: Router) -> None:
+        super().__init__()
+        self._inner = inner
+        #: The request targets held so far, in order of arrival.
+        self.held: list[str] = []
+        self.first_held = trio.Event()
+
+    def match(self, method: str, path: str) -> RouteMatch:
+        found = self._inner.match(method, path)
+        if (found.route.method, found.route.pattern) not in _RESYNC_READS:
+            return found
+
+        async def hold(request: Request) -> JsonResponse:
+            self.held.append(request.uri)
+            self.first_held.set()
+            await trio.sleep_forever()
+
+        return RouteMatch(dataclasses.replace(found.route, handler=hold), found.params)
+
+
+def _hold_resync_reads(hs: HomeServer) -> _HeldReads:
+    """Put a :class:`_HeldReads` in front of ``hs``'s federation routes."""
+    app = hs.federation_app
+    holding = _HeldReads(app.router)
+    app.router = holding
+    return holding
 
 
 # --- Looking into storage -------------------------------------------------------------
@@ -191,15 +248,27 @@ async def _big_room(a: HomeServer) -> str:
 
     The members' joins are signed with A's key and written through core
     into A's storage, as A's own joins would be, but without a round of
-    the event creator per member.
+    the event creator per member. They are judged and written
+    :data:`_JOINS_PER_WRITE` at a time, as ingestion takes a transaction's
+    run of events (:class:`~ranvier.core.ingest_batch.RoomRun`): one write
+    per run instead of one per join builds the room two to three times
+    quicker.
     """
     alice = f"@alice:{a.server_name}"
     room = RoomBuilder("12", alice, keys={a.server_name: a.signing_key})
     room.public_room()
     room.state_event(alice, "m.room.name", {"name": "a big room"})
+    await ingest_all(a.storage, room.order)
+    first_join = len(room.order)
     for n in range(MEMBERS):
         room.member(f"@member{n}:{a.server_name}", "join")
-    await ingest_all(a.storage, room.order)
+    joins = room.order[first_join:]
+    for start in range(0, len(joins), _JOINS_PER_WRITE):
+        some = joins[start : start + _JOINS_PER_WRITE]
+        run = RoomRun(a.storage, a.storage, room.room_id, room.room_version)
+        await run.load(some)
+        await ingest_all(run, some)
+        await run.write()
     return room.room_id
 
 
@@ -214,6 +283,8 @@ async def test_a_partial_join_is_quick_and_ends_with_the_residents_room(
     server_a = _Running(nursery, _config(tmp_path, pki, "a"))
     server_b = _Running(nursery, _config(tmp_path, pki, "b"))
     a, b = await server_a.start(), await server_b.start()
+    # A's first life answers none of B's resync reads; its second is a new server.
+    held_on_a = _hold_resync_reads(a)
     alice, bob = f"@alice:{a.server_name}", f"@bob:{b.server_name}"
     room_id = await _big_room(a)
 
@@ -238,8 +309,15 @@ async def test_a_partial_join_is_quick_and_ends_with_the_residents_room(
     await _eventually(lambda: _in_dag(a.storage, [hello_b]), "B's message on A", 10)
     assert await b.storage.get_partial_state_event_ids([hello_a])
 
-    # B stops in the middle of the resync, and A goes down too.
-    assert b.resync_status()[room_id].phase in ("starting", "fetching", "walking")
+    # B stops in the middle of the resync, its first read of the room's
+    # state still unanswered, and A goes down too.
+    with trio.fail_after(10):
+        await held_on_a.first_held.wait()
+    # One read is held, the resync's first; the talk above needed none.
+    assert len(held_on_a.held) == 1, held_on_a.held
+    held_path = urllib.parse.unquote(held_on_a.held[0].partition("?")[0])
+    assert held_path == f"/_matrix/federation/v1/state_ids/{room_id}", held_on_a.held
+    assert b.resync_status()[room_id].phase == "fetching"
     await server_b.stop()
     await server_a.stop()
     rows = _partial_rows(server_b.config.paths.database)
