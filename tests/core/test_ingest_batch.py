@@ -223,6 +223,10 @@ async def test_a_run_ends_as_its_events_one_at_a_time_do(
     m2 = builder.message(BOB, "two")
     # Bob may not raise himself: rejected, and the room goes on without it.
     grab = builder.draft("m.room.power_levels", BOB, {"users": {BOB: 100}}, state_key="")
+    # Signed with a key nobody knows: dropped before it is judged.
+    forged = builder.draft(
+        "m.room.message", BOB, {"body": "forged"}, key=generate_signing_key("k1")
+    )
     m3 = builder.message(CAROL, "three")
     ban = builder.member(ALICE, "ban", CAROL)
     # Carol speaks from before her ban: fine there, not against the current state.
@@ -237,7 +241,10 @@ async def test_a_run_ends_as_its_events_one_at_a_time_do(
     hidden = builder.message(BOB, "never pushed")
     after_gap = builder.message(BOB, "after the gap")
     tail = [builder.message(BOB, f"tail {n}") for n in range(3)]
-    pushed = [m1, topic, m2, grab, m3, ban, late, m1, m4, left, right, merge, after_gap, *tail]
+    pushed = [
+        *(m1, topic, m2, grab, forged, m3, ban, late, m1),
+        *(m4, left, right, merge, after_gap, *tail),
+    ]
 
     batched_outcomes = await room.ingester(batched).receive_pdus(
         REMOTE, [event.raw for event in pushed]
@@ -253,13 +260,16 @@ async def test_a_run_ends_as_its_events_one_at_a_time_do(
             single_outcomes.append(PduOutcome(event.event_id, result=result, error=result.error))
 
     assert [_verdict(o) for o in batched_outcomes] == [_verdict(o) for o in single_outcomes]
-    by_id = {outcome.event_id: outcome.result for outcome in batched_outcomes[:7]}
+    by_id = {outcome.event_id: outcome.result for outcome in batched_outcomes[:8]}
     grab_result, late_result = by_id[grab.event_id], by_id[late.event_id]
     assert grab_result is not None
     assert grab_result.rejected_reason is not None
     assert late_result is not None
     assert late_result.soft_failed
-    repeat = batched_outcomes[7].result
+    refused = batched_outcomes[4].error
+    assert refused is not None
+    assert refused.errcode == "M_UNAUTHORIZED"
+    repeat = batched_outcomes[8].result
     assert repeat is not None
     assert repeat.already_known
     every_id = [event.event_id for event in pushed] + [hidden.event_id]

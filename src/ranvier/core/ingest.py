@@ -69,7 +69,7 @@ import logging
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import msgspec
 import trio
@@ -244,6 +244,11 @@ class PduOutcome:
 
 # --- Ingestion --------------------------------------------------------------------
 
+#: A pushed event as parsed, and as its signature check left it: the event
+#: to go on with (its redacted copy if its content hash did not match), or
+#: why it is dropped.
+_Checked: TypeAlias = tuple[Pdu, Pdu | MatrixError]
+
 
 class _GapError(MatrixError):
     """The state at a gap in the room's history could not be had."""
@@ -293,21 +298,14 @@ class FederationIngester:
         room and rooms concurrently; one outcome per PDU, in their order.
         """
         outcomes: list[PduOutcome | None] = [None] * len(pdus)
-        parsed: list[tuple[int, Pdu]] = []
+        by_room: dict[str, list[tuple[int, Pdu]]] = {}
         versions: dict[str, str | None] = {}
         for index, raw in enumerate(pdus):
             event_id, event = await self._parse(raw, versions)
             if isinstance(event, MatrixError):
                 outcomes[index] = PduOutcome(event_id, error=event)
             else:
-                parsed.append((index, event))
-        checked = await self._verifier.verify([event for _, event in parsed])
-        by_room: dict[str, list[tuple[int, Pdu]]] = {}
-        for (index, event), verdict in zip(parsed, checked, strict=True):
-            if isinstance(verdict, MatrixError):
-                outcomes[index] = PduOutcome(event.event_id, error=verdict)
-            else:
-                by_room.setdefault(verdict.room_id, []).append((index, verdict))
+                by_room.setdefault(event.room_id, []).append((index, event))
 
         async def handle_room(events: list[tuple[int, Pdu]]) -> None:
             room_outcomes = await self._handle_room(origin, [event for _, event in events])
@@ -422,66 +420,89 @@ class FederationIngester:
     async def _handle_room(self, origin: str, events: Sequence[Pdu]) -> list[PduOutcome]:
         """One room's pushed events, in order, under the room's lock.
 
-        They are taken in runs (:class:`~ranvier.core.ingest_batch.RoomRun`),
-        each judged in memory and written at once; an event that needs
-        something fetched first (a gap before it, auth events we lack) ends
-        the run and is taken alone, and the next run starts after it.
+        Their signatures are checked while the first run reads what storage
+        holds of them. They are taken in runs
+        (:class:`~ranvier.core.ingest_batch.RoomRun`), each judged in memory
+        and written at once; an event that needs something fetched first
+        (a gap before it, auth events we lack) ends the run and is taken
+        alone, and the next run starts after it.
         """
         outcomes: list[PduOutcome] = []
         if not events:
             return outcomes
-        async with self.room_locks.hold(events[0].room_id):
-            rest = list(events)
+        room_id, room_version = events[0].room_id, events[0].room_version
+        async with self.room_locks.hold(room_id):
+            first = RoomRun(self._store, self._persister, room_id, room_version)
+            checked: list[Pdu | MatrixError] = []
+
+            async def verify() -> None:
+                checked.extend(await self._verifier.verify(events))
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(first.load, events)
+                    nursery.start_soon(verify)
+            except BaseExceptionGroup as group:
+                raise sole_failure(group) from None
+            run: RoomRun | None = first
+            rest = list(zip(events, checked, strict=True))
             while rest:
-                taken, rest = await self._take_run(origin, rest)
+                taken, rest = await self._take_run(origin, rest, run)
+                run = None
                 outcomes.extend(taken)
                 if rest:
-                    outcomes.append(await self._pushed_outcome(origin, rest[0]))
+                    outcomes.append(await self._alone(origin, rest[0]))
                     rest = rest[1:]
         return outcomes
 
     async def _take_run(
-        self, origin: str, events: Sequence[Pdu]
-    ) -> tuple[list[PduOutcome], list[Pdu]]:
-        """Judge the longest run of ``events`` that needs nothing fetched,
-        write it, and give its outcomes and the events after it.
+        self, origin: str, items: Sequence[_Checked], run: RoomRun | None
+    ) -> tuple[list[PduOutcome], list[_Checked]]:
+        """Judge the longest run of ``items`` that needs nothing fetched,
+        write it, and give its outcomes and the items after it. ``run`` is
+        one that read the items already, if any.
 
         When the room's partial state is cleared under the write, the run
         is judged again with the state as it now is and written again,
         once; after a second conflict its events are taken one at a time.
         """
+        room_id, room_version = items[0][0].room_id, items[0][0].room_version
         for attempt in (1, 2):
-            run = RoomRun(self._store, self._persister, events[0].room_id, events[0].room_version)
-            await run.load(events)
+            if run is None:
+                run = RoomRun(self._store, self._persister, room_id, room_version)
+                await run.load([event for event, _ in items])
             verdicts: list[IngestResult | MatrixError] = []
-            for event in events:
+            for _, checked in items:
+                if isinstance(checked, MatrixError):
+                    verdicts.append(checked)
+                    continue
                 try:
-                    verdicts.append(await self._judge_in_run(origin, event, run))
+                    verdicts.append(await self._judge_in_run(origin, checked, run))
                 except NotInMemoryError:
                     break
                 except StorageUnavailableError:
                     raise
                 except MatrixError as exc:
                     verdicts.append(exc)
-            taken, rest = events[: len(verdicts)], list(events[len(verdicts) :])
+            taken, rest = items[: len(verdicts)], list(items[len(verdicts) :])
+            held = run.held
             try:
                 await run.write()
             except PartialStateConflictError as exc:
+                run = None
                 if attempt == 1:
-                    _log.info(
-                        "%d events of %s: %s; judging them again", run.held, events[0].room_id, exc
-                    )
+                    _log.info("%d events of %s: %s; judging them again", held, room_id, exc)
                     continue
                 _log.warning(
                     "%d events of %s conflicted with partial state twice: %s; taking them"
                     " one at a time",
-                    run.held,
-                    events[0].room_id,
+                    held,
+                    room_id,
                     exc,
                 )
-                return [await self._pushed_outcome(origin, event) for event in taken], rest
+                return [await self._alone(origin, item) for item in taken], rest
             outcomes = []
-            for event, verdict in zip(taken, verdicts, strict=True):
+            for (event, _), verdict in zip(taken, verdicts, strict=True):
                 if isinstance(verdict, MatrixError):
                     _log.info("dropped %s from %s: %s", event.event_id, origin, verdict.message)
                     outcomes.append(PduOutcome(event.event_id, error=verdict))
@@ -489,6 +510,13 @@ class FederationIngester:
                     outcomes.append(PduOutcome(event.event_id, result=verdict, error=verdict.error))
             return outcomes, rest
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _alone(self, origin: str, item: _Checked) -> PduOutcome:
+        """A pushed event taken alone, or why its signature check dropped it."""
+        event, checked = item
+        if isinstance(checked, MatrixError):
+            return PduOutcome(event.event_id, error=checked)
+        return await self._pushed_outcome(origin, checked)
 
     async def _judge_in_run(self, origin: str, event: Pdu, run: RoomRun) -> IngestResult:
         """:meth:`_handle_pushed` against ``run``: the event is held, not
