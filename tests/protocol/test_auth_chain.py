@@ -46,7 +46,8 @@ def _reachable(graph: Graph, start: str) -> set[str]:
 def test_auth_chain_difference_matches_the_definition(graph: Graph, data: st.DataObject) -> None:
     nodes = sorted(graph)
     state_sets = data.draw(st.lists(st.lists(st.sampled_from(nodes)), min_size=1, max_size=4))
-    chains = [set().union(*(_reachable(graph, e) for e in s)) for s in state_sets]
+    # Each set's full chain: its events and everything they reach.
+    chains = [set(s).union(*(_reachable(graph, e) for e in s)) for s in state_sets]
     expected: set[str] = set().union(*chains) - chains[0].intersection(*chains[1:])
     assert auth_chain_difference(state_sets, graph.__getitem__) == expected
 
@@ -78,10 +79,17 @@ def test_auth_chain_leaves_out_its_own_events_unless_cited() -> None:
     assert auth_chain(["C"], graph.__getitem__, stop_at={"B"}) == set()
 
 
-def test_a_shared_event_cited_on_one_side_only_is_in_the_difference() -> None:
-    # Both sets hold B; only the first also holds C, which cites B.
+def test_a_shared_event_cited_on_one_side_only_is_not_in_the_difference() -> None:
+    # Both sets hold B; only the first also holds C, which cites B. Each
+    # set's own events are in its full chain, so B is in both.
     graph: Graph = {"A": [], "B": ["A"], "C": ["B"]}
-    assert auth_chain_difference([["B", "C"], ["B"]], graph.__getitem__) == {"B"}
+    assert auth_chain_difference([["B", "C"], ["B"]], graph.__getitem__) == {"C"}
+    # Events only one side reaches are, whether or not a set holds them.
+    graph = {"A": [], "B": ["A"], "B2": ["B"], "C": ["B2"], "D": ["A"]}
+    assert auth_chain_difference([["C", "D"], ["D"]], graph.__getitem__) == {"B", "B2", "C"}
+    # A set's event cited by a shared event is in every full chain.
+    graph = {"A": [], "X": ["A"], "Y": ["A"], "P": ["X"]}
+    assert auth_chain_difference([["X", "P"], ["Y", "P"]], graph.__getitem__) == {"Y"}
 
 
 def test_lone_conflicted_events_are_not_a_subgraph() -> None:

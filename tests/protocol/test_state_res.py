@@ -713,6 +713,26 @@ def test_resolving_one_state_set_returns_it(
         assert resolve_state(version, [branch, dict(branch)], room.events) == branch
 
 
+@settings(max_examples=40, deadline=None)
+@given(history=forked_histories())
+def test_the_auth_difference_leaves_the_unconflicted_state_alone(
+    history: tuple[str, RoomBuilder, list[dict[StateKey, str]]],
+) -> None:
+    version, room, branches = history
+    difference = auth_chain_difference([b.values() for b in branches], auth_edges_of(room.events))
+    unconflicted, conflicted = separate_state(branches)
+    # An event every set holds is in every full auth chain.
+    assert not difference & set(unconflicted.values())
+    # The conflicted events are replayed whatever the difference says, so a
+    # difference without them (as core computes it) resolves the same.
+    conflicted_ids: set[str] = set().union(*conflicted.values())
+    expected = resolve_state(version, branches, room.events)
+    without = resolve_state(
+        version, branches, room.events, auth_chain_difference=difference - conflicted_ids
+    )
+    assert without == expected
+
+
 # --- States given as changes against a base ------------------------------------------------
 
 

@@ -203,8 +203,8 @@ def test_gmsl_conflicted_subgraph(case: dict[str, Any]) -> None:
 
 
 def test_auth_chain_difference_on_the_gmsl_graph() -> None:
-    # F's chain holds everything below it; C's only B and A.
-    assert auth_chain_difference([["F"], ["C"]], _gmsl_edges) == {"C", "D", "D2", "E", "E2"}
-    # Shared events count once: both sets hold D, so D's chain is in both.
-    assert auth_chain_difference([["D", "E2"], ["D"]], _gmsl_edges) == {"E"}
+    # F's full chain holds F and everything below it; C's only C, B and A.
+    assert auth_chain_difference([["F"], ["C"]], _gmsl_edges) == {"D", "D2", "E", "E2", "F"}
+    # Shared events count once: both sets hold D, so D and its chain are in both.
+    assert auth_chain_difference([["D", "E2"], ["D"]], _gmsl_edges) == {"E", "E2"}
     assert auth_chain_difference([["G"]], _gmsl_edges) == set()

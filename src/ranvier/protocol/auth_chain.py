@@ -14,6 +14,29 @@ event the function does not know cites nothing.
 The edges are the ``auth_events`` each event lists. From room version 12
 events no longer cite the create event; it is not added back here, so the
 create event is in no auth chain of such a room, which changes neither set.
+
+The auth difference is read here as Synapse computes it, not word for
+word. The spec says: "The auth difference is calculated by first
+calculating the full auth chain for each state S_i, that is the union of
+the auth chains for each event in S_i, and then taking every event that
+doesn't appear in every auth chain", where an event's auth chain holds the
+events it cites, recursively, and not the event itself. Synapse counts
+each state set's own events as part of its full auth chain: its chain
+cover index and its walk over events not yet stored both start from the
+state sets' events (ruma's own state resolution tests build the chains
+the same way). The two readings differ only at events every state set
+holds, the unconflicted state: word for word, one that some set's chain
+cites and another's does not is in the auth difference and is replayed;
+as Synapse reads it, such an event is in every full chain and never is.
+Replaying it changes resolved states, in every room version: in v2 an
+unconflicted power levels event pulls the conflicted events of its auth
+chain into the power ordering, and in v2.1, which replays from an empty
+state, an unconflicted event puts its key into the state that later
+events are checked against and, if it is power levels, gives the mainline
+ordering a start it would not have. Two servers that resolve the same
+states differently fork the room for good, which is worse than departing
+from a sentence the deployed network does not follow, so ranvier computes
+what Synapse computes.
 """
 
 from __future__ import annotations
@@ -68,18 +91,25 @@ def auth_chain(
 def auth_chain_difference(state_sets: Sequence[Iterable[str]], edges: AuthEdges) -> set[str]:
     """The events in some but not all of the state sets' full auth chains.
 
-    A state set's full auth chain is the union of the auth chains of its
-    events. The chain of the events every set shares is in every full chain,
-    so it is walked once and then only the rest of each set is walked,
-    stopping where it meets the shared chain.
+    A state set's full auth chain is its events and the union of their auth
+    chains (see the module's docstring for why its own events count). An
+    event every set holds is in every full chain, and so is its auth chain,
+    so each set's other events are walked, stopping where they meet the
+    shared events; the shared events' own chain is walked only when that
+    leaves candidates, to take out those it holds.
     """
     sets = [set(state_set) for state_set in state_sets]
     if len(sets) < 2:
         return set()
     shared = sets[0].intersection(*sets[1:])
-    shared_chain = auth_chain(shared, edges)
-    chains = [auth_chain(state_set - shared, edges, stop_at=shared_chain) for state_set in sets]
-    return chains[0].union(*chains[1:]) - chains[0].intersection(*chains[1:])
+    reached = []
+    for state_set in sets:
+        own = state_set - shared
+        reached.append(own | auth_chain(own, edges, stop_at=shared))
+    candidates = reached[0].union(*reached[1:]) - reached[0].intersection(*reached[1:])
+    if candidates:
+        candidates -= auth_chain(shared, edges)
+    return candidates
 
 
 def conflicted_state_subgraph(conflicted: Iterable[str], edges: AuthEdges) -> set[str]:

@@ -40,7 +40,10 @@ of P which also belong to the full conflicted set" are found by walking
 ``auth_events`` through events of the full conflicted set only; and from
 room version 12, where events no longer cite the create event, the auth
 checks and the power level of a sender take the create event that the room
-ID names.
+ID names. The auth difference is Synapse's: each state set's own events
+count as part of its full auth chain, so no event every set holds is ever
+replayed (see :mod:`ranvier.protocol.auth_chain` for the spec's words and
+the states that resolve otherwise).
 """
 
 from __future__ import annotations
