@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
 import pytest
@@ -8,10 +8,11 @@ import trio
 from _rooms import ALICE, BOB, CAROL, DAVE, CountingStorage
 
 from ranvier.core import compute_event_context, event_to_persist, resolve_state_maps
-from ranvier.core.state import changes_between, drive_steps
+from ranvier.core.state import changes_between, drive_steps, resolve_state_groups
+from ranvier.protocol.auth import StateKey
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.room_versions import get_room_version
-from ranvier.protocol.state_res import resolve_state, resolve_state_steps
+from ranvier.protocol.state_res import ChangedState, resolve_state, resolve_state_steps
 from ranvier.storage import Storage
 from ranvier.testing import RoomBuilder, ingest_all
 
@@ -98,6 +99,76 @@ async def test_states_that_agree_need_no_events(counting: CountingStorage) -> No
     assert resolved == state
     assert counting.events_read == read_before
     assert await resolve_state_maps(counting, room.room_id, get_room_version("10"), []) == {}
+
+
+def _renames_around_a_power_change() -> tuple[RoomBuilder, list[Pdu], dict[StateKey, str]]:
+    """v11: Bob renames himself on two sides, then changes the power levels
+    (P) on the later one; after a merge Alice sets the topic, citing P.
+
+    Returns the room, the two tips (after P, after the topic) and the
+    resolved state's changes against the first tip: the topic (Bob keeps
+    his later name, "x", which the first tip has).
+    """
+    room = RoomBuilder("11")
+    room.public_room(BOB, users={ALICE: 100, BOB: 100})
+    fork = room.last
+    y = room.member(BOB, "join", content={"displayname": "y"})
+    x = room.member(BOB, "join", content={"displayname": "x"}, prev=[fork])
+    p = room.power_levels(BOB, {ALICE: 100, BOB: 100, CAROL: 50})
+    states = [room.state_after[p.event_id], room.state_after[y.event_id]]
+    topic = room.topic(
+        ALICE, "t", prev=[p.event_id, y.event_id], state=resolve_state("11", states, room.events)
+    )
+    return room, [p, topic], {("m.room.topic", ""): topic.event_id, (MEMBER, BOB): x.event_id}
+
+
+def _a_topic_a_merge_took_out() -> tuple[RoomBuilder, list[Pdu], dict[StateKey, str]]:
+    """v12: Bob sets the topic, Alice demotes him (U); a merge with a side
+    that saw neither rejects the topic; Carol joins after it, citing U.
+    Alice's message on the first side still has the topic.
+
+    Returns the room, the two tips (Alice's message, Carol's join) and the
+    resolved state's changes against the first: Carol's join.
+    """
+    room = RoomBuilder("12")
+    room.public_room(BOB, users={BOB: 50})
+    fork = room.last
+    room.topic(BOB, "bob")
+    u = room.power_levels(ALICE, {BOB: 0})
+    states = [room.state_after[u.event_id], room.state_after[fork]]
+    room.message(
+        ALICE, "merge", prev=[u.event_id, fork], state=resolve_state("12", states, room.events)
+    )
+    carol = room.member(CAROL, "join")
+    message = room.message(ALICE, "on the first side", prev=[u.event_id])
+    return room, [message, carol], {(MEMBER, CAROL): carol.event_id}
+
+
+@pytest.mark.parametrize("build", [_renames_around_a_power_change, _a_topic_a_merge_took_out])
+async def test_events_every_state_holds_are_not_replayed(
+    storage: Storage,
+    build: Callable[[], tuple[RoomBuilder, list[Pdu], dict[StateKey, str]]],
+) -> None:
+    # Each room resolves differently when an unconflicted event cited on
+    # one side only is replayed (tests/protocol/test_state_res_auth_difference.py
+    # works both through); core's walk leaves such events out, as Synapse does.
+    room, tips, changes = build()
+    await ingest_all(storage, room.order[:4])
+    await _persist_plain(storage, room.order[4:])
+    states = [room.state_after[tip.event_id] for tip in tips]
+    expected = states[0] | changes
+    assert resolve_state(room.version, states, room.events) == expected
+
+    resolved = await resolve_state_maps(storage, room.room_id, room.room_version, states)
+    assert resolved == expected
+    groups = []
+    for tip in tips:
+        event_groups = await storage.get_event_state_groups(tip.event_id)
+        assert event_groups is not None
+        groups.append(event_groups.after)
+    from_groups = await resolve_state_groups(storage, room.room_id, room.room_version, groups)
+    base = await storage.get_state_ids(from_groups.base_group)
+    assert dict(ChangedState(base, from_groups.changes)) == expected
 
 
 def _conflicted_room(count: int) -> tuple[RoomBuilder, list[dict[tuple[str, str], str]]]:

@@ -22,22 +22,25 @@ what a running server needs:
   checkpoint between steps, so a long resolution in a big room does not
   stall other tasks.
 
-The auth difference is computed exactly, as the spec defines it: a state
-set's full auth chain is the union of its events' auth chains, which hold
-the events they cite, not the events themselves. The auth chain of an
-event in every state set is in every full auth chain, so only the chains
-of the events that differ between the sets can hold events of the
-difference; those are walked first. An event found in some of their chains
-and not in all is in the difference unless the chain of the shared events
-holds it. Only then are the shared events read (the whole base state), and
-their chains walked a batch at a time until every such event is found: one
-that many shared events cite, as the join rules that every join cites, is
-found in the first batch. Showing that an event is *not* in that chain
-takes all of it, as storage keeps no index of which events cite an event.
-That is the case whenever the forks' events cite a shared event the other
-fork's do not, as two members' events on two sides cite their two
-memberships: unless another shared event cites a membership, it is in the
-difference, and only the whole walk shows it.
+The auth difference is the one the deployed servers compute (see
+:mod:`ranvier.protocol.auth_chain` for the reading and why): a state set's
+full auth chain is its events and the union of their auth chains. An event
+every state set holds is then in every full chain, and so is its auth
+chain, so only the events that differ between the sets and their chains
+can hold events of the difference; those are walked first. An event found
+in some of them and not in all is in the difference unless every set holds
+it, which one lookup of its key in the states shows, or the chain of the
+shared events holds it. The conflicted events need neither test: the full
+conflicted set holds them whatever the difference says, so the difference
+computed here leaves them out. Only an event still in doubt after that,
+one that no state set holds (an older membership or power levels event
+cited on one side), has the shared events read (the whole base state) and
+their chains walked a batch at a time until it is found: one that many
+shared events cite is found in the first batch. Showing that an event is
+*not* in that chain takes all of it, as storage keeps no index of which
+events cite an event; that happens when one side cites an event that the
+states have since replaced, as a member who joined and then changed their
+name on one side of a fork.
 """
 
 from __future__ import annotations
@@ -233,8 +236,27 @@ async def resolve_state_groups(
             *(event_id for key, event_id in whole.items() if key not in changed_keys),
         ]
 
+    async def held_by_every_set(candidates: set[str]) -> set[str]:
+        # Which candidates every set holds: the same event at a key every
+        # set changes alike, or the base's at a key none changes.
+        events = await loader.load(candidates)
+        at_keys = [
+            (event_id, (event.type, event.state_key))
+            for event_id, event in events.items()
+            if event.state_key is not None
+        ]
+        await base.read(key for _, key in at_keys)
+        return {
+            event_id
+            for event_id, key in at_keys
+            if event_id in shared_changed or (key not in changed_keys and base.get(key) == event_id)
+        }
+
     auth_difference = await _auth_difference(
-        loader, [ids - shared_changed for ids in changed_ids], shared_events
+        loader,
+        [ids - shared_changed for ids in changed_ids],
+        held_by_every_set,
+        shared_events,
     )
     full_conflicted, subgraph = await _full_conflicted(
         loader, room_version, conflicted_ids, auth_difference
@@ -340,11 +362,14 @@ async def resolve_state_maps(
     sets = [set(state_set.values()) for state_set in state_sets]
     shared = sets[0].intersection(*sets[1:])
 
+    async def held_by_every_set(candidates: set[str]) -> set[str]:
+        return candidates & shared
+
     async def shared_events() -> list[str]:
         return [event_id for event_id in state_sets[0].values() if event_id in shared]
 
     auth_difference = await _auth_difference(
-        loader, [state_set - shared for state_set in sets], shared_events
+        loader, [state_set - shared for state_set in sets], held_by_every_set, shared_events
     )
     full_conflicted, subgraph = await _full_conflicted(
         loader, room_version, conflicted_ids, auth_difference
@@ -371,16 +396,22 @@ async def resolve_state_maps(
 async def _auth_difference(
     loader: EventLoader,
     unshared: Sequence[set[str]],
+    held_by_every_set: Callable[[set[str]], Awaitable[set[str]]],
     shared_events: Callable[[], Awaitable[Sequence[str]]],
 ) -> set[str]:
-    """The events in some but not all of the state sets' full auth chains.
+    """The events of the auth difference that are not conflicted.
 
     ``unshared`` holds, per state set, its events that are not in every
-    set; ``shared_events`` gives those that are, and is asked only when the
-    chains of ``unshared`` leave some event in doubt.
+    set: together, the conflicted events. ``held_by_every_set`` tells which
+    of some events every set holds. ``shared_events`` gives the events
+    every set holds, and is asked only when an event that none of them is
+    stays in doubt.
     """
-    chains = [await loader.auth_chain(events) for events in unshared]
-    candidates = set().union(*chains) - chains[0].intersection(*chains[1:])
+    reached = [events | await loader.auth_chain(events) for events in unshared]
+    candidates = set().union(*reached) - reached[0].intersection(*reached[1:])
+    candidates -= set().union(*unshared)
+    if candidates:
+        candidates -= await held_by_every_set(candidates)
     if not candidates:
         return candidates
     # An event of the shared events' chain is in every full chain. Their
