@@ -172,7 +172,8 @@ def _domain(user_id: str) -> str:
 
 
 class RoomLocks:
-    """One lock per room, held while an event of the room is handled.
+    """One lock per room, held while an event of the room, or a run of its
+    events, is handled.
 
     Local event creation and ingestion must share one, so that a room's
     forward extremities do not move between an event's context and its

@@ -69,7 +69,7 @@ from .loading import EventLoader
 __all__ = ["NotInMemoryError", "RoomRun"]
 
 #: The stream ordering the run gives events it holds: they have none until written.
-UNWRITTEN: Final = 0
+_UNWRITTEN: Final = 0
 #: Whole states a run keeps once read (the newest), for the origin check of
 #: relayed events, which reads the state before each.
 _WHOLE_STATES_KEPT: Final = 4
@@ -92,8 +92,8 @@ class RoomRun:
 
     ``store`` and ``persister`` are the real ones; reads of other rooms go
     straight to ``store``. ``loader`` is shared by the run's auth checks,
-    so that an event cited by many is parsed once; events held are added
-    to it as they are held.
+    so that an event cited by many is parsed once; each event, once held,
+    is handed to it as parsed (:meth:`add_to_loader`).
     """
 
     def __init__(
@@ -398,7 +398,7 @@ class RoomRun:
         event_id = event.event_id
         self._held[event_id] = event
         self._rows[event_id] = StoredEvent(
-            stream_ordering=UNWRITTEN,
+            stream_ordering=_UNWRITTEN,
             event_id=event_id,
             room_id=event.room_id,
             type=event.type,
