@@ -282,6 +282,33 @@ def _outgoing_federation(db: sqlite_utils.Database) -> None:
     )
 
 
+def _resync_progress(db: sqlite_utils.Database) -> None:
+    """How far the resync of each partial-state room had come when it was
+    last recorded, so that another process (``ranvier status``) can show it.
+
+    A row belongs to a room with partial state: it references
+    ``partial_state_rooms`` and goes in the same transaction as the room's
+    partial state, so it never outlives it.
+    """
+    _create(
+        db,
+        "resync_progress",
+        {
+            "room_id": str,
+            "phase": str,
+            "server": str,
+            "events_resynced": int,
+            "events_total": int,
+            "attempts": int,
+            "last_error": str,
+            "updated_ts": int,
+        },
+        pk="room_id",
+        not_null={"phase", "events_resynced", "events_total", "attempts", "updated_ts"},
+        foreign_keys=[("room_id", "partial_state_rooms", "room_id")],
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -289,6 +316,7 @@ MIGRATIONS: Sequence[Migration] = (
     _partial_state,
     _federation,
     _outgoing_federation,
+    _resync_progress,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

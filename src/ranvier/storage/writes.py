@@ -64,6 +64,7 @@ __all__ = [
     "store_destination_retry",
     "store_destination_rooms",
     "store_partial_join",
+    "store_resync_progress",
     "store_room",
     "store_server_keys",
     "store_state_group",
@@ -122,6 +123,22 @@ WHERE candidate.room_id = ?1
     WHERE edge.prev_event_id = candidate.event_id
       AND child.outlier = 0 AND child.soft_failed = 0 AND child.rejected_reason IS NULL
   )
+"""
+
+_STORE_RESYNC_PROGRESS_SQL = """
+INSERT INTO resync_progress (
+    room_id, phase, server, events_resynced, events_total, attempts, last_error, updated_ts
+)
+SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+WHERE EXISTS (SELECT 1 FROM partial_state_rooms WHERE room_id = ?1)
+ON CONFLICT (room_id) DO UPDATE SET
+    phase = excluded.phase,
+    server = excluded.server,
+    events_resynced = excluded.events_resynced,
+    events_total = excluded.events_total,
+    attempts = excluded.attempts,
+    last_error = excluded.last_error,
+    updated_ts = excluded.updated_ts
 """
 
 
@@ -652,18 +669,53 @@ def update_state_for_partial_event(
 
 
 def clear_partial_state(conn: sqlite3.Connection, room_id: str) -> bool:
-    """Forget that a room has partial state; False if it had none.
+    """Forget that a room has partial state, and the progress recorded of
+    its resync; False if it had none.
 
     Raises :class:`PartialStateEventsRemainError` while any of its events
     still has partial state.
     """
     conn.execute("DELETE FROM partial_state_rooms_servers WHERE room_id = ?", (room_id,))
+    conn.execute("DELETE FROM resync_progress WHERE room_id = ?", (room_id,))
     try:
         cursor = conn.execute("DELETE FROM partial_state_rooms WHERE room_id = ?", (room_id,))
     except sqlite3.IntegrityError as exc:
         if _is_foreign_key_failure(exc):
             raise PartialStateEventsRemainError(room_id) from None
         raise
+    return cursor.rowcount > 0
+
+
+def store_resync_progress(
+    conn: sqlite3.Connection,
+    room_id: str,
+    phase: str,
+    server: str | None,
+    events_resynced: int,
+    events_total: int,
+    attempts: int,
+    last_error: str | None,
+    updated_ts: int,
+) -> bool:
+    """Record how far a room's resync has come, replacing what was recorded.
+
+    Only a room that still has partial state gets a row: progress of a room
+    cleared meanwhile (the recorder runs beside the task that clears) is
+    dropped, and False returned, rather than left behind or refused.
+    """
+    cursor = conn.execute(
+        _STORE_RESYNC_PROGRESS_SQL,
+        (
+            room_id,
+            phase,
+            server,
+            events_resynced,
+            events_total,
+            attempts,
+            last_error,
+            updated_ts,
+        ),
+    )
     return cursor.rowcount > 0
 
 
