@@ -134,6 +134,15 @@ class BatchStateReader(StateReader, Protocol):
         """
         ...
 
+    # How far back the room's DAG reaches here: filling a gap asks for
+    # nothing older.
+
+    async def get_min_depth(self, room_id: str) -> int | None:
+        """The smallest depth of the room's events in its DAG here (outliers
+        left out); None when it has none.
+        """
+        ...
+
 
 @runtime_checkable
 class EventPersister(Protocol):

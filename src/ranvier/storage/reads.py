@@ -39,6 +39,7 @@ __all__ = [
     "get_events_state_groups",
     "get_events_with_accepted_children",
     "get_forward_extremities",
+    "get_min_depth",
     "get_partial_state_event_ids",
     "get_partial_state_events",
     "get_partial_state_rooms",
@@ -502,3 +503,22 @@ def get_destinations_with_unsent_rooms(
         ("" if after is None else after, limit),
     )
     return [destination for (destination,) in rows]
+
+
+# How far back a room's DAG reaches here, so that filling a gap asks for
+# nothing older.
+
+
+def get_min_depth(conn: sqlite3.Connection, room_id: str) -> int | None:
+    """The smallest depth of the room's events in its DAG here; None when
+    it has none.
+
+    Outliers are left out: the state and auth chain fetched at a join lie
+    before it, and history before a join is not the room's DAG here. For a
+    room joined over federation this is the join's depth (or that of
+    events backfilled before it).
+    """
+    row = conn.execute(
+        "SELECT MIN(depth) FROM events WHERE room_id = ? AND outlier = 0", (room_id,)
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])

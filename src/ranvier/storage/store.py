@@ -344,3 +344,9 @@ class Storage:
         return await self.readers.read(
             functools.partial(reads.get_destinations_with_unsent_rooms, after=after, limit=limit)
         )
+
+    # How far back a room's DAG reaches here.
+
+    async def get_min_depth(self, room_id: str) -> int | None:
+        """The smallest depth of the room's non-outlier events; None when it has none."""
+        return await self.readers.read(functools.partial(reads.get_min_depth, room_id=room_id))
