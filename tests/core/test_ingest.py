@@ -28,7 +28,7 @@ from ranvier.protocol.hashing import hash_and_sign_event
 from ranvier.protocol.redaction import redact
 from ranvier.protocol.signing import generate_signing_key
 from ranvier.storage import EventToPersist, Storage
-from ranvier.testing import KnownKeys, RemoteRooms, RoomBuilder, ingest_all
+from ranvier.testing import KnownKeys, RemoteRooms, RoomBuilder, ingest, ingest_all
 
 OURS = "ours.test"
 REMOTE = "remote.test"
@@ -289,6 +289,163 @@ async def test_a_gap_the_origin_cannot_fill_is_an_error_with_nothing_written(
         await _receive(world, latest)
     assert failed.value.http_status == 502
     assert await world.stored(latest, lost) == set()
+
+
+# Gaps in a room joined over federation
+
+
+class HistoryHandingRemote(RemoteRooms):
+    """A remote that notes the ``min_depth`` it is asked with and pays it no
+    heed: not having our newest events, it walks back past our join into
+    the room's history before it.
+    """
+
+    def __init__(self, *rooms: RoomBuilder) -> None:
+        super().__init__(*rooms)
+        self.min_depths: list[int] = []
+
+    async def get_missing_events(
+        self,
+        destination: str,
+        room_id: str,
+        *,
+        earliest_events: Sequence[str],
+        latest_events: Sequence[str],
+        limit: int,
+        min_depth: int = 0,
+    ) -> list[bytes]:
+        self.min_depths.append(min_depth)
+        return await super().get_missing_events(
+            destination,
+            room_id,
+            earliest_events=earliest_events,
+            latest_events=latest_events,
+            limit=limit,
+        )
+
+
+class JoinedRoom:
+    """Bob's room, with six messages before Alice (ours) joined it through
+    his server: here, its state at the join as outliers, the join, and
+    Alice's first message, which has not reached Bob's server yet.
+    """
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.room = RoomBuilder(creator=BOB, keys=world.keys)
+        self.room.public_room(CAROL)
+        self.old = [self.room.message(BOB if n % 2 else CAROL, f"before {n}") for n in range(6)]
+        self.fork_point = self.old[2]
+        #: Bob's topic, sent before the join beside the later messages.
+        self.old_topic = self.room.topic(
+            BOB, "set before the join", prev=[self.fork_point.event_id], apply=False
+        )
+        self.join = self.room.member(ALICE, "join")
+        self.on_its_way = self.room.message(ALICE, "on its way", apply=False)
+        # Bob's server has not received it.
+        del self.room.events[self.on_its_way.event_id]
+        self.remote = HistoryHandingRemote(self.room)
+        self.ingester = FederationIngester(
+            store=world.storage,
+            persister=world.storage,
+            client=self.remote,
+            verifier=EventVerifier(KnownKeys(world.keys)),
+        )
+
+    async def write_ours(self) -> None:
+        storage = self.world.storage
+        state = self.room.state_before(self.join.event_id)
+        at_join = sorted(
+            (self.room.events[event_id] for event_id in state.values()),
+            key=lambda event: event.depth,
+        )
+        for event in at_join:
+            await ingest(storage, event, outlier=True)
+        await ingest(storage, self.join, state_ids_before=state)
+        await ingest(storage, self.on_its_way)
+
+    async def in_dag(self, *events: Pdu) -> set[str]:
+        """Which of ``events`` are in the room's DAG here (not outliers)."""
+        stored = await self.world.storage.get_events([event.event_id for event in events])
+        return {event_id for event_id, row in stored.items() if not row.outlier}
+
+
+@pytest.fixture
+async def joined(world: World) -> JoinedRoom:
+    joined = JoinedRoom(world)
+    await joined.write_ours()
+    return joined
+
+
+async def test_missing_events_from_before_our_join_are_neither_asked_for_nor_taken(
+    world: World, joined: JoinedRoom
+) -> None:
+    room, storage = joined.room, world.storage
+    assert await storage.get_min_depth(room.room_id) == joined.join.depth
+    after = [room.message(BOB, f"after {n}") for n in range(2)]
+    pushed = room.message(CAROL, "pushed")
+    result = await joined.ingester.on_receive_pdu(REMOTE, pushed)
+    assert result.error is None
+    assert joined.remote.min_depths == [joined.join.depth]
+    # The remote walked back past the join all the same; what it gave from
+    # before it stayed out: no old message stored, no outlier of the state
+    # at the join made part of the DAG.
+    assert await world.stored(*joined.old) == set()
+    state_at_join = [room.events[e] for e in room.state_before(joined.join.event_id).values()]
+    assert await joined.in_dag(*state_at_join) == set()
+    # The gap after the join is filled from what came back, no state fetched.
+    assert world.remote.calls == []
+    assert joined.remote.called("state_ids") == []
+    assert await joined.in_dag(*after, pushed) == {e.event_id for e in [*after, pushed]}
+    for event in after:
+        assert await storage.get_event_state_groups(event.event_id) is not None
+    assert await storage.get_forward_extremities(room.room_id) == {
+        joined.on_its_way.event_id,
+        pushed.event_id,
+    }
+    assert await storage.get_min_depth(room.room_id) == joined.join.depth
+
+
+async def test_a_gap_reaching_back_before_our_join_is_filled_with_the_state_there(
+    world: World, joined: JoinedRoom
+) -> None:
+    room, storage = joined.room, world.storage
+    after = room.message(BOB, "after the join")
+    # Bob merges his topic, sent before the join, into the room.
+    merge = room.message(BOB, "merge", prev=[after.event_id, joined.old_topic.event_id])
+    result = await joined.ingester.on_receive_pdu(REMOTE, merge)
+    assert result.error is None
+    assert joined.remote.min_depths == [joined.join.depth]
+    # The topic came back below the join's depth and was not taken in; the
+    # state at it was fetched instead, the topic itself as an outlier.
+    assert joined.remote.called("state_ids") == [joined.old_topic.event_id]
+    assert await world.stored(*joined.old) == set()
+    assert await joined.in_dag(joined.old_topic) == set()
+    assert await world.stored(joined.old_topic) == {joined.old_topic.event_id}
+    assert await joined.in_dag(after, merge) == {after.event_id, merge.event_id}
+    current = await storage.get_current_state_ids(room.room_id)
+    assert current[("m.room.topic", "")] == joined.old_topic.event_id
+    assert current[("m.room.member", ALICE)] == joined.join.event_id
+    assert await storage.get_forward_extremities(room.room_id) == {
+        joined.on_its_way.event_id,
+        merge.event_id,
+    }
+
+
+async def test_a_room_with_no_dag_here_asks_for_no_missing_events(world: World) -> None:
+    room = RoomBuilder(creator=BOB, keys=world.keys)
+    room.public_room(CAROL)
+    for event in room.order:
+        await ingest(world.storage, event, outlier=True)
+    assert await world.storage.get_min_depth(room.room_id) is None
+    world.remote.add(room)
+    room.message(BOB, "missed")
+    pushed = room.message(BOB, "pushed")
+    result = await _receive(world, pushed)
+    assert result.error is None
+    assert world.remote.called("get_missing_events") == []
+    assert world.remote.called("state_ids") == [pushed.prev_event_ids[0]]
+    assert await world.storage.get_event_state_groups(pushed.event_id) is not None
 
 
 # Transactions' PDUs

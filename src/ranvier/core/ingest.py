@@ -37,6 +37,12 @@ Invariants
   the state at them fetched with ``/state_ids`` (their state and auth chain
   stored as outliers), and the event gets the resolution of those states as
   its state before.
+* **No history from before the DAG here.** ``get_missing_events`` asks for
+  nothing below the smallest depth of the room's DAG here (for a room joined
+  over federation, the join's), and events below it that come back all the
+  same are not taken in: the origin may not have our newest events yet, and
+  walking back past them it would reach the room's history before we
+  joined.
 * **A known room is never started over.** Only rooms known here are
   ingested, so an ``m.room.create`` event other than the one stored, and
   any event with no ``prev_events``, is refused before anything of it is
@@ -718,7 +724,22 @@ class FederationIngester:
         """Ask ``origin`` for the events between ours and ``event``, and take
         in those it gives, oldest first. Failures leave the gap to
         :meth:`_state_at_gap`.
+
+        Only events as deep as the room's DAG here are asked for and taken:
+        when the origin does not have our forward extremities yet (our own
+        events still on their way to it), its walk back from ``event``
+        does not stop at them, and would go on into the room's history
+        before our join. What stays missing is left to
+        :meth:`_state_at_gap` too.
         """
+        min_depth = await self._store.get_min_depth(event.room_id)
+        if min_depth is None:
+            # No DAG here to fill a gap up to: all of it would be history
+            # from before us.
+            _log.info(
+                "%s has no events in its DAG here; not asking for missing ones", event.room_id
+            )
+            return
         extremities = sorted(await self._store.get_forward_extremities(event.room_id))
         try:
             raws = await self._client.get_missing_events(
@@ -727,19 +748,33 @@ class FederationIngester:
                 earliest_events=extremities,
                 latest_events=[event.event_id],
                 limit=self._missing_events_limit,
+                min_depth=min_depth,
             )
         except MatrixError as exc:
             _log.info("get_missing_events for %s from %s failed: %s", event.event_id, origin, exc)
             return
         pulled = []
+        too_old = 0
         for raw in raws:
             try:
                 candidate = Pdu.from_json(raw, event.room_version)
             except MatrixError as exc:
                 _log.info("ignoring a missing event from %s: %s", origin, exc.message)
                 continue
-            if candidate.room_id == event.room_id and candidate.event_id != event.event_id:
-                pulled.append(candidate)
+            if candidate.room_id != event.room_id or candidate.event_id == event.event_id:
+                continue
+            if candidate.depth < min_depth:
+                too_old += 1
+                continue
+            pulled.append(candidate)
+        if too_old:
+            _log.info(
+                "ignoring %d missing events from %s below depth %d, older than %s's DAG here",
+                too_old,
+                origin,
+                min_depth,
+                event.room_id,
+            )
         checked = await self._verifier.verify(pulled)
         verified = [verdict for verdict in checked if isinstance(verdict, Pdu)]
         await self._handle_pulled(origin, verified)
