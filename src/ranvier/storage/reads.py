@@ -28,6 +28,7 @@ from .records import (
 from .state_groups import keys_changed_between, read_state, read_state_for_keys
 
 __all__ = [
+    "ResyncProgress",
     "UnsentDestinationRoom",
     "get_current_state_ids",
     "get_current_state_ids_for_keys",
@@ -44,6 +45,7 @@ __all__ = [
     "get_partial_state_events",
     "get_partial_state_rooms",
     "get_received_transaction",
+    "get_resync_progress",
     "get_room_version",
     "get_server_keys",
     "get_state_deltas",
@@ -522,3 +524,45 @@ def get_min_depth(conn: sqlite3.Connection, room_id: str) -> int | None:
         "SELECT MIN(depth) FROM events WHERE room_id = ? AND outlier = 0", (room_id,)
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
+
+
+# How far each partial-state room's resync had come when last recorded.
+
+
+class ResyncProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """The progress of a room's resync as its task last recorded it; a
+    snapshot for another process to read, not the live state.
+    """
+
+    room_id: str
+    #: ``starting``, ``fetching``, ``walking``, ``clearing``, ``waiting``,
+    #: or ``stopped`` when no user of this server is left in the room.
+    phase: str
+    #: The server asked then, or last.
+    server: str | None
+    events_resynced: int
+    events_total: int
+    attempts: int
+    last_error: str | None
+    #: When it was recorded: milliseconds since the Unix epoch.
+    updated_ts: int
+
+
+def get_resync_progress(conn: sqlite3.Connection) -> dict[str, ResyncProgress]:
+    """The recorded progress of every room that has one, by room ID."""
+    return {
+        row[0]: ResyncProgress(
+            room_id=row[0],
+            phase=row[1],
+            server=row[2],
+            events_resynced=row[3],
+            events_total=row[4],
+            attempts=row[5],
+            last_error=row[6],
+            updated_ts=row[7],
+        )
+        for row in conn.execute(
+            "SELECT room_id, phase, server, events_resynced, events_total, attempts,"
+            " last_error, updated_ts FROM resync_progress"
+        )
+    }

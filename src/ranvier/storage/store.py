@@ -350,3 +350,35 @@ class Storage:
     async def get_min_depth(self, room_id: str) -> int | None:
         """The smallest depth of the room's non-outlier events; None when it has none."""
         return await self.readers.read(functools.partial(reads.get_min_depth, room_id=room_id))
+
+    # How far each partial-state room's resync has come, for other processes.
+
+    async def store_resync_progress(
+        self,
+        room_id: str,
+        *,
+        phase: str,
+        server: str | None,
+        events_resynced: int,
+        events_total: int,
+        attempts: int,
+        last_error: str | None,
+        updated_ts: int,
+    ) -> bool:
+        """See :func:`ranvier.storage.writes.store_resync_progress`."""
+        return await self.actor.submit(
+            functools.partial(
+                writes.store_resync_progress,
+                room_id=room_id,
+                phase=phase,
+                server=server,
+                events_resynced=events_resynced,
+                events_total=events_total,
+                attempts=attempts,
+                last_error=last_error,
+                updated_ts=updated_ts,
+            )
+        )
+
+    async def get_resync_progress(self) -> dict[str, reads.ResyncProgress]:
+        return await self.readers.read(reads.get_resync_progress)
