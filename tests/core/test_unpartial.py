@@ -694,3 +694,202 @@ async def test_settings_that_make_no_sense_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=complaint):
         world.stater(**settings)
+
+
+# --- Progress recorded for other processes ----------------------------------------------
+
+
+class HeldStorage(Storage):
+    """The running storage itself (its actor and readers, not a second
+    database), where the redo of chosen events and the writes of progress
+    can be held until the test lets them on.
+
+    Every write of progress asked for is logged in :attr:`recorded` before
+    it is held.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self.__dict__.update(vars(storage))
+        self.held_redos: dict[str, trio.Event] = {}
+        self.redos_reached: set[str] = set()
+        self.progress_gate: trio.Event | None = None
+        self.recorded: list[dict[str, Any]] = []
+
+    async def update_state_for_partial_event(
+        self,
+        event_id: str,
+        state_group_before: int,
+        state_group_after: int | None,
+        rejected_reason: str | None = None,
+    ) -> None:
+        gate = self.held_redos.get(event_id)
+        if gate is not None:
+            self.redos_reached.add(event_id)
+            await gate.wait()
+        await super().update_state_for_partial_event(
+            event_id, state_group_before, state_group_after, rejected_reason
+        )
+
+    async def store_resync_progress(self, room_id: str, **progress: Any) -> bool:
+        self.recorded.append(progress)
+        if self.progress_gate is not None:
+            await self.progress_gate.wait()
+        return await super().store_resync_progress(room_id, **progress)
+
+
+class BrokenRecords:
+    """A progress store that fails every write."""
+
+    def __init__(self) -> None:
+        self.tried = 0
+
+    async def store_resync_progress(self, room_id: str, **progress: Any) -> bool:
+        self.tried += 1
+        await trio.lowlevel.checkpoint()
+        raise MatrixError("the disk is full", errcode="M_UNKNOWN", http_status=500)
+
+
+def recorded(storage: Storage, room_id: str, **wanted: object) -> Callable[[], Awaitable[bool]]:
+    """Whether the room's recorded progress has the ``wanted`` values."""
+
+    async def check() -> bool:
+        row = (await storage.get_resync_progress()).get(room_id)
+        return row is not None and all(getattr(row, k) == v for k, v in wanted.items())
+
+    return check
+
+
+async def test_progress_is_recorded_beside_the_resync_and_goes_with_the_partial_state(
+    world: World, autojump_clock: MockClock
+) -> None:
+    await world.join_partially()
+    remote = world.servers[REMOTE]
+    remote.gate = trio.Event()
+    stater = world.stater(progress_store=world.ours)
+    wall_before = int(time.time() * 1000)
+    async with running(stater):
+        await until(phase_is(stater, world.room_id, "fetching"), "the resync to fetch")
+        await until(recorded(world.ours, world.room_id, phase="fetching"), "the fetch recorded")
+        row = (await world.ours.get_resync_progress())[world.room_id]
+        assert (row.server, row.attempts, row.last_error) == (REMOTE, 1, None)
+        assert (row.events_resynced, row.events_total) == (0, len(world.dag()))
+        assert wall_before <= row.updated_ts <= int(time.time() * 1000)
+        assert stater.completed_resyncs == 0
+
+        remote.gate.set()
+        await stater.wait_for_full_state(world.room_id)
+        await until(lambda: not stater.status(), "the task to end")
+    assert await world.ours.get_resync_progress() == {}
+    assert (stater.completed_resyncs, stater.stopped_resyncs) == (1, 0)
+    await world.assert_full_state()
+
+
+async def test_a_slow_progress_write_holds_up_no_resync_and_the_newest_progress_goes_next(
+    world: World, autojump_clock: MockClock
+) -> None:
+    await world.join_partially()
+    held = HeldStorage(world.ours)
+    held.progress_gate = trio.Event()
+    stater = world.stater(held, progress_store=held)
+    async with running(stater):
+        async with world.locks.hold(world.room_id):
+            # Every event redone while the first write of progress hangs.
+            await until(phase_is(stater, world.room_id, "clearing"), "the task to clear")
+            assert stater.status()[world.room_id].events_resynced == len(world.dag())
+            assert len(held.recorded) == 1
+            assert held.recorded[0]["events_resynced"] == 0
+            # Once it is through, the next write is of the progress as it is
+            # now: the changes in between are not written one by one.
+            held.progress_gate.set()
+            await until(recorded(held, world.room_id, phase="clearing"), "the clear recorded")
+            assert len(held.recorded) == 2
+            assert held.recorded[1]["events_resynced"] == len(world.dag())
+            assert held.recorded[1]["events_total"] == len(world.dag())
+        await stater.wait_for_full_state(world.room_id)
+    assert await held.get_resync_progress() == {}
+
+
+@pytest.mark.parametrize("every", [1, 100])
+async def test_counts_are_written_at_most_every_interval_and_every_so_many_events(
+    world: World, mock_clock: MockClock, every: int
+) -> None:
+    await world.join_partially()
+    held = HeldStorage(world.ours)
+    parked_at = world.dag()[3]
+    held.held_redos[parked_at] = trio.Event()
+    stater = world.stater(held, progress_store=held, progress_interval=10.0, progress_every=every)
+    async with running(stater):
+        await until(lambda: parked_at in held.redos_reached, "the walk to reach the fourth event")
+        assert stater.status()[world.room_id].events_resynced == 3
+        await until(recorded(held, world.room_id, phase="walking"), "the walk recorded")
+        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+        before = (await held.get_resync_progress())[world.room_id].events_resynced
+        assert before < 3
+        writes = len(held.recorded)
+        # The counts changed but no phase did: nothing is written until the
+        # interval is up, and then only if enough events were redone.
+        mock_clock.jump(9.9)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+        assert len(held.recorded) == writes
+        mock_clock.jump(0.2)
+        if every == 1:
+            await until(recorded(held, world.room_id, events_resynced=3), "the counts written")
+            assert len(held.recorded) == writes + 1
+        else:
+            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            assert len(held.recorded) == writes
+            assert await recorded(held, world.room_id, events_resynced=before)()
+        held.held_redos[parked_at].set()
+        await stater.wait_for_full_state(world.room_id)
+    await world.assert_full_state()
+
+
+async def test_a_wait_and_a_stop_are_recorded_with_why(world: World, mock_clock: MockClock) -> None:
+    await world.join_partially()
+    for server in world.servers.values():
+        server.down = True
+    stater = world.stater(backoff_initial=5.0, progress_store=world.ours)
+    async with running(stater):
+        await until(phase_is(stater, world.room_id, "waiting"), "the first failure")
+        await until(recorded(world.ours, world.room_id, phase="waiting"), "the wait recorded")
+        row = (await world.ours.get_resync_progress())[world.room_id]
+        assert (row.server, row.attempts) == (THIRD, 1)
+        assert row.last_error is not None
+        assert THIRD in row.last_error
+        outcome = await ingest(world.ours, world.room.member(ALICE, "leave"))
+        assert outcome.failure is None
+        mock_clock.jump(5.0)
+        await until(lambda: not stater.status(), "the task to stop")
+    # Written before the task ended, and kept: the room is still partial.
+    row = (await world.ours.get_resync_progress())[world.room_id]
+    assert (row.phase, row.attempts) == ("stopped", 1)
+    assert row.last_error == f"no user of {OURS} is in the room any more"
+    assert (stater.completed_resyncs, stater.stopped_resyncs) == (0, 1)
+
+
+async def test_a_progress_store_that_fails_stops_no_resync(
+    world: World, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    await world.join_partially()
+    broken = BrokenRecords()
+    stater = world.stater(progress_store=broken)
+    with caplog.at_level(logging.WARNING, logger="ranvier.core.unpartial"):
+        async with running(stater):
+            await stater.wait_for_full_state(world.room_id)
+    await world.assert_full_state()
+    assert broken.tried >= 1
+    assert any("could not record the resync's progress" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        ({"progress_interval": 0.0}, "progress_interval must be positive"),
+        ({"progress_every": 0}, "progress_every must be at least 1"),
+    ],
+)
+async def test_progress_settings_that_make_no_sense_are_refused(
+    world: World, settings: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        world.stater(**settings)

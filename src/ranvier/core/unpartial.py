@@ -45,14 +45,25 @@ Invariants
   again for as long as a user of this server is joined to the room; it
   stops when none is. Each step is logged and shown by
   :meth:`UnpartialStater.status`.
+* **Progress is recorded, never waited for.** Given a
+  :class:`ResyncProgressStore`, each room's progress is written there by a
+  recorder task beside the room's task: at once when the phase, the server
+  asked or the attempt changes, otherwise at most every
+  ``progress_interval`` seconds and only after ``progress_every`` more
+  events. The room's task only notes the change; it never waits on a write,
+  except the last one when it stops for want of a local user. Writes of a
+  room go one at a time, each of the newest snapshot, so a later one never
+  lands before an earlier one. A room whose partial state is cleared loses
+  its record with it (storage drops both in one transaction).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Final, Literal
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, Protocol
 
 import msgspec
 import trio
@@ -70,19 +81,45 @@ from .interfaces import PartialStateStore, ResyncClient
 from .resync import RemoteStateError, RemoteStateFetcher
 from .state import changes_between, resolve_state_maps
 
-__all__ = ["ResyncPhase", "ResyncStatus", "UnpartialStater"]
+__all__ = ["ResyncPhase", "ResyncProgressStore", "ResyncStatus", "UnpartialStater"]
 
 _log: Final = logging.getLogger(__name__)
 
 _MEMBER: Final = "m.room.member"
 #: Progress is logged at least this often, in events redone.
 _LOG_EVERY: Final = 1_000
+#: A recorded error is cut to this many characters: it is for a status line.
+_MAX_RECORDED_ERROR: Final = 500
 
 #: What a room's task is doing: ``starting`` before its first look at the
 #: room, ``fetching`` the state from a server, ``walking`` the room's
 #: partial-state events, ``clearing`` the room's partial state (waiting for
 #: the room's lock, perhaps), ``waiting`` before trying every server again.
-ResyncPhase = Literal["starting", "fetching", "walking", "clearing", "waiting"]
+#: ``stopped`` is only ever recorded: the task ends when no user of this
+#: server is left in the room, and the room leaves :meth:`UnpartialStater.status`.
+ResyncPhase = Literal["starting", "fetching", "walking", "clearing", "waiting", "stopped"]
+
+
+class ResyncProgressStore(Protocol):
+    """Where each room's progress is recorded for other processes to read
+    (``ranvier status``); :class:`ranvier.storage.Storage` is one.
+
+    A record replaces the room's previous one. It is dropped, and False
+    returned, when the room has no partial state (any more).
+    """
+
+    async def store_resync_progress(
+        self,
+        room_id: str,
+        *,
+        phase: str,
+        server: str | None,
+        events_resynced: int,
+        events_total: int,
+        attempts: int,
+        last_error: str | None,
+        updated_ts: int,
+    ) -> bool: ...
 
 
 class ResyncStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,6 +156,28 @@ class _Progress:
     retry_at: float | None = None
     #: start_resync was called while this task ran: look once more at the end.
     again: bool = False
+    #: Set when something an operator sees changed, for the recorder.
+    changed: trio.Event = field(default_factory=trio.Event)
+    #: Set with ``changed`` when the change must not wait for the interval.
+    urgent: trio.Event = field(default_factory=trio.Event)
+    #: ``events_resynced`` when a change was last noted.
+    noted_events: int = 0
+    #: Held for each write of this room's progress, so writes go in order.
+    write_lock: trio.Lock = field(default_factory=trio.Lock)
+
+    def note(self, *, urgent: bool) -> None:
+        """Have the recorder write the progress: at once if ``urgent``,
+        otherwise when the interval since the last write is up.
+        """
+        self.noted_events = self.events_resynced
+        self.changed.set()
+        if urgent:
+            self.urgent.set()
+
+    def enter(self, phase: ResyncPhase) -> None:
+        if phase != self.phase:
+            self.phase = phase
+            self.note(urgent=True)
 
     def snapshot(self) -> ResyncStatus:
         retry_in = None
@@ -152,6 +211,9 @@ class UnpartialStater:
     ``backoff_initial`` and ``backoff_max`` (seconds) bound the waits after
     every server failed; the ``bulk_*`` and ``fetch_concurrency`` settings
     are :class:`~ranvier.core.resync.RemoteStateFetcher`'s.
+    ``progress_store``, when given, records each room's progress (see the
+    module's invariants for how often: ``progress_interval`` seconds and
+    ``progress_every`` events).
     """
 
     def __init__(
@@ -167,7 +229,14 @@ class UnpartialStater:
         bulk_min_missing: int = 10,
         bulk_missing_share: float = 0.1,
         fetch_concurrency: int = 10,
+        progress_store: ResyncProgressStore | None = None,
+        progress_interval: float = 1.0,
+        progress_every: int = 100,
     ) -> None:
+        if progress_interval <= 0:
+            raise ValueError(f"progress_interval must be positive, not {progress_interval}")
+        if progress_every < 1:
+            raise ValueError(f"progress_every must be at least 1, not {progress_every}")
         if backoff_initial <= 0:
             raise ValueError(f"backoff_initial must be positive, not {backoff_initial}")
         if backoff_max < backoff_initial:
@@ -187,9 +256,14 @@ class UnpartialStater:
             bulk_missing_share=bulk_missing_share,
             fetch_concurrency=fetch_concurrency,
         )
+        self._progress_store = progress_store
+        self._progress_interval = progress_interval
+        self._progress_every = progress_every
         self._nursery: trio.Nursery | None = None
         self._rooms: dict[str, _Progress] = {}
         self._full_state: dict[str, trio.Event] = {}
+        self._completed = 0
+        self._stopped = 0
 
     # The component
 
@@ -227,6 +301,18 @@ class UnpartialStater:
         """Each room being resynced, and how far it has come."""
         return {room_id: progress.snapshot() for room_id, progress in self._rooms.items()}
 
+    @property
+    def completed_resyncs(self) -> int:
+        """Rooms whose full state a task of this stater completed."""
+        return self._completed
+
+    @property
+    def stopped_resyncs(self) -> int:
+        """Tasks that stopped, the room still partial, because no user of
+        this server was left in the room.
+        """
+        return self._stopped
+
     async def wait_for_full_state(self, room_id: str) -> None:
         """Return once ``room_id`` has no partial state (at once if it has none).
 
@@ -245,18 +331,66 @@ class UnpartialStater:
     def _spawn(self, room_id: str) -> None:
         assert self._nursery is not None
         progress = _Progress(room_id)
+        progress.note(urgent=True)
         self._rooms[room_id] = progress
         self._nursery.start_soon(self._run_room, progress, name=f"resync {room_id}")
 
     async def _run_room(self, progress: _Progress) -> None:
-        try:
-            while True:
-                progress.again = False
-                await self._resync(progress)
-                if not progress.again:
-                    return
-        finally:
-            del self._rooms[progress.room_id]
+        async with trio.open_nursery() as nursery:
+            if self._progress_store is not None:
+                nursery.start_soon(
+                    self._record, progress, name=f"resync progress {progress.room_id}"
+                )
+            try:
+                while True:
+                    progress.again = False
+                    await self._resync(progress)
+                    if not progress.again:
+                        return
+            finally:
+                # With no checkpoint after the look at ``again``: a
+                # start_resync from now on starts a new task.
+                del self._rooms[progress.room_id]
+                nursery.cancel_scope.cancel()
+
+    async def _record(self, progress: _Progress) -> None:
+        """Write the room's progress whenever it changes; see the module's
+        invariants for how often.
+        """
+        while True:
+            await progress.changed.wait()
+            progress.changed = trio.Event()
+            progress.urgent = trio.Event()
+            await self._write_progress(progress)
+            with trio.move_on_after(self._progress_interval):
+                await progress.urgent.wait()
+
+    async def _write_progress(self, progress: _Progress) -> None:
+        store = self._progress_store
+        if store is None:
+            return
+        async with progress.write_lock:
+            # Taken under the lock, so a write waiting for it writes what
+            # is newest then.
+            error = progress.last_error
+            if error is not None and len(error) > _MAX_RECORDED_ERROR:
+                error = error[: _MAX_RECORDED_ERROR - 1] + "…"
+            try:
+                await store.store_resync_progress(
+                    progress.room_id,
+                    phase=progress.phase,
+                    server=progress.server,
+                    events_resynced=progress.events_resynced,
+                    events_total=progress.events_total,
+                    attempts=progress.attempts,
+                    last_error=error,
+                    updated_ts=int(time.time() * 1000),
+                )
+            except Exception:
+                # The record is for operators; the resync goes on without it.
+                _log.warning(
+                    "%s: could not record the resync's progress", progress.room_id, exc_info=True
+                )
 
     async def _resync(self, progress: _Progress) -> None:
         room_id = progress.room_id
@@ -272,8 +406,14 @@ class UnpartialStater:
                     room_id,
                     self.server_name,
                 )
+                self._stopped += 1
+                progress.last_error = f"no user of {self.server_name} is in the room any more"
+                progress.enter("stopped")
+                # The one write waited for: the recorder goes with the task.
+                await self._write_progress(progress)
                 return
             progress.attempts += 1
+            progress.note(urgent=True)
             before = progress.events_resynced
             if await self._round(room, progress):
                 _log.info(
@@ -282,6 +422,7 @@ class UnpartialStater:
                     progress.server,
                     progress.events_resynced,
                 )
+                self._completed += 1
                 self._wake(room_id)
                 return
             if progress.events_resynced > before:
@@ -295,8 +436,8 @@ class UnpartialStater:
                 progress.last_error,
                 delay,
             )
-            progress.phase = "waiting"
             progress.retry_at = trio.current_time() + delay
+            progress.enter("waiting")
             try:
                 await trio.sleep(delay)
             finally:
@@ -309,7 +450,9 @@ class UnpartialStater:
             progress.last_error = "no other server is known to be in the room"
             return False
         for server in servers:
-            progress.server = server
+            if server != progress.server:
+                progress.server = server
+                progress.note(urgent=True)
             try:
                 while True:
                     await self._walk(room, server, progress)
@@ -343,8 +486,9 @@ class UnpartialStater:
             if not pending:
                 return
             progress.passes += 1
-            progress.phase = "walking"
             progress.events_total = progress.events_resynced + len(pending)
+            progress.note(urgent=False)
+            progress.enter("walking")
             _log.info(
                 "%s: %d of %d events resynced; %d to do, from %s (attempt %d)",
                 room.room_id,
@@ -359,6 +503,8 @@ class UnpartialStater:
                 if await self._redo(room, room_version, server, event_id, progress):
                     redone += 1
                     progress.events_resynced += 1
+                    if progress.events_resynced - progress.noted_events >= self._progress_every:
+                        progress.note(urgent=False)
                     if progress.events_resynced % _LOG_EVERY == 0:
                         _log.info(
                             "%s: %d of %d events resynced, from %s (attempt %d)",
@@ -399,10 +545,10 @@ class UnpartialStater:
             return False
         missing = [prev_id for prev_id in prev_ids if prev_id not in known]
         if missing:
-            progress.phase = "fetching"
+            progress.enter("fetching")
             state = await self._state_at_gap(room, room_version, server, event, known, missing)
             context = await compute_event_context(event, store, store, state_ids_before=state)
-            progress.phase = "walking"
+            progress.enter("walking")
         else:
             context = await compute_event_context(event, store, store)
         verdict = (await run_auth_checks(event, context, store)).context
@@ -463,7 +609,7 @@ class UnpartialStater:
         resolved state of the room's forward extremities current and clear
         the room's partial state. False when events are left to redo.
         """
-        progress.phase = "clearing"
+        progress.enter("clearing")
         async with self._room_locks.hold(room.room_id):
             if await self._store.get_partial_state_events(room.room_id):
                 return False
