@@ -18,10 +18,11 @@ import signal
 import sqlite3
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -34,6 +35,9 @@ from ranvier.protocol.signing import (
     key_id,
     write_signing_keys,
 )
+
+if TYPE_CHECKING:
+    from ranvier.storage.reads import ResyncProgress
 
 __all__ = ["main"]
 
@@ -247,6 +251,8 @@ class _PartialRoomStatus:
     servers: frozenset[str]
     #: Events of the room whose state is still partial.
     partial_events: int
+    #: What the server's resync task last recorded; None if nothing.
+    progress: ResyncProgress | None
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -263,7 +269,40 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  partial-state events: {room.partial_events}")
         print(f"  joined via: {room.joined_via}")
         print(f"  servers known: {', '.join(sorted(room.servers)) or 'none'}")
+        for line in _progress_lines(room.progress, now_ms=int(time.time() * 1000)):
+            print(f"  {line}")
     return 0
+
+
+def _progress_lines(progress: ResyncProgress | None, *, now_ms: int) -> list[str]:
+    """How far the room's resync had come when the server last recorded it:
+    ``resync: walking, 1,204 of 2,000 events, via a.example:8448, attempt 2,
+    updated 3 s ago``, and the last error if there was one.
+    """
+    if progress is None:
+        return ["resync: no progress recorded"]
+    parts = [progress.phase]
+    if progress.events_total:
+        parts.append(f"{progress.events_resynced:,} of {progress.events_total:,} events")
+    if progress.server is not None:
+        parts.append(f"via {progress.server}")
+    if progress.attempts:
+        parts.append(f"attempt {progress.attempts}")
+    parts.append(f"updated {_age(now_ms - progress.updated_ts)}")
+    lines = [f"resync: {', '.join(parts)}"]
+    if progress.last_error is not None:
+        # One line, whatever the error's text holds.
+        lines.append(f"last error: {' '.join(progress.last_error.split())}")
+    return lines
+
+
+def _age(milliseconds: int) -> str:
+    # A record from a clock ahead of ours reads as just made.
+    seconds = max(0, milliseconds) // 1000
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
 
 
 def _read_partial_rooms(database: Path) -> list[_PartialRoomStatus]:
@@ -276,7 +315,11 @@ def _read_partial_rooms(database: Path) -> list[_PartialRoomStatus]:
     # Imported here, as the server is for serve: keygen needs none of it.
     from ranvier.storage import SCHEMA_VERSION
     from ranvier.storage.connections import open_reader
-    from ranvier.storage.reads import get_partial_state_events, get_partial_state_rooms
+    from ranvier.storage.reads import (
+        get_partial_state_events,
+        get_partial_state_rooms,
+        get_resync_progress,
+    )
     from ranvier.storage.schema import schema_version
 
     if not database.is_file():
@@ -297,12 +340,16 @@ def _read_partial_rooms(database: Path) -> list[_PartialRoomStatus]:
         # One read transaction, so the rooms and their counts are of one moment.
         conn.execute("BEGIN")
         rooms = get_partial_state_rooms(conn)
+        # A database no server of this version has opened yet has no record
+        # of progress: status never migrates.
+        progress = get_resync_progress(conn) if _has_table(conn, "resync_progress") else {}
         return [
             _PartialRoomStatus(
                 room_id,
                 room.joined_via,
                 room.servers,
                 len(get_partial_state_events(conn, room_id)),
+                progress.get(room_id),
             )
             for room_id, room in sorted(rooms.items())
         ]
@@ -310,6 +357,13 @@ def _read_partial_rooms(database: Path) -> list[_PartialRoomStatus]:
         raise _CommandError(f"cannot read the database {database}: {exc}") from None
     finally:
         conn.close()
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
+    return found is not None
 
 
 _COMMANDS: list[_Command] = [
