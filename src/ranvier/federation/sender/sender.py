@@ -8,10 +8,12 @@ destination's task starts when something is queued for it and ends once its
 queue has been idle for ``idle_timeout`` seconds, so only destinations with
 something to send, or something to retry, have a task.
 
-At start-up the sender looks in the database for destinations that missed
-events (the process stopped before they were sent, or while the
-destination was down) and catches each of them up, respecting any backoff
-in force.
+At start-up, before it takes any work, the sender looks in the database for
+destinations that missed events (the process stopped before they were
+sent, or while the destination was down) and catches each of them up,
+respecting any backoff in force. Looked for any later, it would also find
+the rooms this run has just noted for destinations it is sending to, and
+turn their queues to catching up for nothing.
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ class FederationSender:
             idle_timeout=idle_timeout,
         )
         self._queues: dict[str, DestinationQueue] = {}
+        self._run_entered = False
+        # Set once the destinations left behind are found: work is taken
+        # from then on.
         self._nursery: trio.Nursery | None = None
 
     def _next_transaction_id(self) -> str:
@@ -105,15 +110,17 @@ class FederationSender:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the destination queues until cancelled."""
-        if self._nursery is not None:
+        if self._run_entered:
             raise RuntimeError("the federation sender is already running")
+        self._run_entered = True
         try:
             async with trio.open_nursery() as nursery:
+                await self._resume_catching_up(nursery)
                 self._nursery = nursery
-                nursery.start_soon(self._resume_catching_up)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
+            self._run_entered = False
             self._nursery = None
             self._queues.clear()
 
@@ -233,8 +240,7 @@ class FederationSender:
             if self._queues.get(queue.destination) is queue:
                 del self._queues[queue.destination]
 
-    async def _resume_catching_up(self) -> None:
-        nursery = self._running()
+    async def _resume_catching_up(self, nursery: trio.Nursery) -> None:
         store = self._settings.store
         after: str | None = None
         resumed = 0
