@@ -8,6 +8,7 @@ sender stores retry state in follows the mock clock.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,12 +41,18 @@ def clock_ms() -> int:
     return NOW_MS + int(trio.current_time() * 1000)
 
 
+# Real seconds any wait below may take before the test fails: the mock clock
+# never moves by itself, so only a bug can use them up.
+_GIVE_UP_AFTER = 15.0
+
+
 async def until(predicate: Callable[[], bool], what: str) -> None:
     """Wait until ``predicate()`` holds, letting every task run meanwhile.
 
-    Bounded in real time, since the mock clock never moves by itself.
+    It passes the moment the predicate holds, so whatever the predicate does
+    not say may still be on its way: :func:`settle` before looking at that.
     """
-    give_up = time.monotonic() + 15
+    give_up = time.monotonic() + _GIVE_UP_AFTER
     while not predicate():
         if time.monotonic() > give_up:
             raise AssertionError(f"gave up waiting for {what}")
@@ -54,16 +61,42 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
 
 async def until_async(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
     """:func:`until` for a predicate that must wait, such as a database read."""
-    give_up = time.monotonic() + 15
+    give_up = time.monotonic() + _GIVE_UP_AFTER
     while not await predicate():
         if time.monotonic() > give_up:
             raise AssertionError(f"gave up waiting for {what}")
         await trio.testing.wait_all_tasks_blocked(cushion=0.001)
 
 
-async def settle() -> None:
-    """Let every task run until all have been waiting a while (real time)."""
-    await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+def _nothing(conn: sqlite3.Connection) -> None:
+    """A write that writes nothing: it is answered only after every write
+    sent to the actor before it has committed."""
+
+
+async def settle(storage: Storage) -> None:
+    """Let everything run until nothing more happens unless the mock clock
+    moves or a remote is let answer.
+
+    Every task being blocked is not enough: a task waiting on ``storage`` is
+    blocked while a thread does the work, and what that task does next has
+    not happened yet. So this also waits until no read is running and a
+    write sent after all tasks blocked is the only write the actor took
+    meanwhile: every write asked for before has then committed, and no task
+    woke to ask for another. Remotes run in this Trio loop, so their
+    requests and answers show as tasks running.
+    """
+    give_up = time.monotonic() + _GIVE_UP_AFTER
+    readers = storage.readers.limiter
+    while True:
+        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+        if readers.borrowed_tokens == 0:
+            writes_before = storage.actor.stats.requests
+            await storage.actor.submit(_nothing)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            if storage.actor.stats.requests == writes_before + 1 and readers.borrowed_tokens == 0:
+                return
+        if time.monotonic() > give_up:
+            raise AssertionError("gave up waiting for the sender and storage to settle")
 
 
 @dataclass
@@ -149,6 +182,7 @@ class World:
     storage: Storage
     client: FederationHttpClient
     _rooms: dict[str, list[StoredPdu]] = field(default_factory=dict)
+    _senders: list[Running] = field(default_factory=list)
 
     async def remote(self, host: str = "remote.test") -> TransactionSink:
         sink = TransactionSink(host + ":{port}", key_lookup=KnownKeys({ORIGIN: self.key}))
@@ -169,7 +203,15 @@ class World:
                 running.stopped.set()
 
         await self.nursery.start(run)
+        self._senders.append(running)
         return running
+
+    async def stop_senders(self) -> None:
+        """Stop every sender still running, as a homeserver stops its parts:
+        before the storage they use, which would otherwise close under a
+        sender still reading."""
+        for running in self._senders:
+            await running.stop()
 
     async def events(
         self, room_id: str, count: int, *, after: str | None = None
@@ -225,12 +267,20 @@ class World:
 
 
 async def caught_up(world: World, destination: str) -> None:
-    """Wait until the database shows nothing ``destination`` is behind in."""
+    """Wait until the database shows nothing ``destination`` is behind in,
+    and still shows it once everything has settled.
+
+    The first look can come before a position handed over is written, when
+    the room is not behind yet only because the database has not heard of it.
+    """
 
     async def nothing_behind() -> bool:
         return not await world.storage.get_unsent_destination_rooms(destination)
 
     await until_async(nothing_behind, f"{destination} to be caught up")
+    await settle(world.storage)
+    behind = await world.storage.get_unsent_destination_rooms(destination)
+    assert not behind, f"{destination} is still behind in {behind}"
 
 
 def send(running: Running, pdus: list[StoredPdu], *destinations: str) -> None:
@@ -267,4 +317,6 @@ async def world(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[World]:
         request_timeout=30.0,
         max_keepalive_connections=0,
     ) as client:
-        yield World(pki, zone, key, nursery, storage, client)
+        world = World(pki, zone, key, nursery, storage, client)
+        yield world
+        await world.stop_senders()

@@ -44,6 +44,8 @@ async def test_backoff_grows_with_jitter_up_to_the_cap_and_nothing_is_sent_early
         base = POLICY.initial_ms if previous is None else previous * 2
         assert min(base * 0.8, 60_000) <= interval <= min(base * 1.2, 60_000)
         intervals.append(interval)
+        # The failure is counted before its retry state is written.
+        await settle(world.storage)
         stored = await world.storage.get_destination_retry(destination)
         assert stored is not None
         assert stored.retry_interval_ms == interval
@@ -51,7 +53,7 @@ async def test_backoff_grows_with_jitter_up_to_the_cap_and_nothing_is_sent_early
         assert stored.retry_last_ts == clock_ms()
         # Just short of the retry time nothing is sent ...
         mock_clock.jump(interval / 1000 - 0.01)
-        await settle()
+        await settle(world.storage)
         assert len(remote.received) == attempt
         # ... and at it, the same transaction goes again.
         mock_clock.jump(0.02)
@@ -76,6 +78,7 @@ async def test_an_unreachable_destination_is_backed_off_from(
     status = _status(running.sender, destination)
     assert status.retry_at is not None
     assert status.pending_transaction is not None
+    await settle(world.storage)
     stored = await world.storage.get_destination_retry(destination)
     assert stored is not None
     assert 4_000 <= stored.retry_interval_ms <= 6_000
@@ -90,6 +93,10 @@ async def test_backoff_outlives_the_sender(world: World, mock_clock: MockClock) 
     await until(lambda: _status(first.sender, destination).failed_attempts == 1, "a failure")
     interval = _status(first.sender, destination).retry_interval_ms
     assert interval is not None
+    # What outlives the sender is what the database holds, and the failure
+    # is counted before its retry state is written.
+    await settle(world.storage)
+    assert await world.storage.get_destination_retry(destination) is not None
     await first.stop()
     remote.answer = None
 
@@ -97,7 +104,7 @@ async def test_backoff_outlives_the_sender(world: World, mock_clock: MockClock) 
     # off, though this sender never failed to reach it.
     second = await world.start_sender(backoff=POLICY)
     send(second, await world.events("!r:origin.test", 1), destination)
-    await settle()
+    await settle(world.storage)
     assert len(remote.received) == 1
     status = _status(second.sender, destination)
     assert status.retry_at is not None
@@ -133,7 +140,7 @@ async def test_a_destination_back_is_caught_up_with_the_latest_event_of_each_roo
     mock_clock.jump(interval / 1000)
     await until(lambda: len(remote.received) == 4, "the retry and two catch-up transactions")
     await caught_up(world, destination)
-    await settle()
+    await settle(world.storage)
     failed, retried, room_a, room_b = remote.received
     # The transaction in flight is sent again as it was, ID and all ...
     assert retried.transaction_id == failed.transaction_id
@@ -194,7 +201,7 @@ async def test_an_overflowing_queue_stays_bounded_then_catches_up(
     remote.gate.set()
     await until(lambda: len(remote.received) == 2, "the catch-up transaction")
     await caught_up(world, destination)
-    await settle()
+    await settle(world.storage)
     assert remote.received[1].event_ids == [more[-1].event_id]
     assert len(remote.received) == 2
 
@@ -251,10 +258,10 @@ async def test_an_idle_queue_ends_its_task(world: World, mock_clock: MockClock) 
     running = await world.start_sender(idle_timeout=30.0)
     send(running, await world.events("!r:origin.test", 1), remote.server_name)
     await until(lambda: len(remote.received) == 1, "the transaction")
-    await settle()
+    await settle(world.storage)
     assert running.sender.active_destinations == {remote.server_name}
     mock_clock.jump(29)
-    await settle()
+    await settle(world.storage)
     assert running.sender.active_destinations == {remote.server_name}
     mock_clock.jump(2)
     await until(lambda: not running.sender.active_destinations, "the task to end")
@@ -310,6 +317,6 @@ async def test_edus_are_not_kept_for_a_destination_backing_off(
     remote.answer = None
     mock_clock.jump(60)
     await until(lambda: len(remote.received) == 2, "the retry")
-    await settle()
+    await settle(world.storage)
     assert remote.received[1].edus == remote.received[0].edus
     assert len(remote.received) == 2

@@ -24,7 +24,7 @@ async def test_120_pdus_go_in_three_transactions_in_order(
     pdus = await world.events("!r:origin.test", 120)
     send(running, pdus, remote.server_name)
     await until(lambda: len(remote.received) == 3, "three transactions")
-    await settle()
+    await settle(world.storage)
     assert [len(txn.event_ids) for txn in remote.received] == [50, 50, 20]
     assert [e for txn in remote.received for e in txn.event_ids] == [p.event_id for p in pdus]
     assert len({txn.transaction_id for txn in remote.received}) == 3
@@ -49,7 +49,7 @@ async def test_edus_go_at_most_100_per_transaction_alongside_pdus(
         running.sender.send_edu(remote.server_name, "m.typing", {"n": n})
     send(running, pdus, remote.server_name)
     await until(lambda: len(remote.received) == 3, "three transactions")
-    await settle()
+    await settle(world.storage)
     shapes = [(len(txn.event_ids), len(txn.edus)) for txn in remote.received]
     assert shapes == [(50, 100), (10, 100), (0, 50)]
     assert [edu["content"]["n"] for txn in remote.received for edu in txn.edus] == list(range(250))
@@ -70,7 +70,7 @@ async def test_a_slow_destination_does_not_hold_up_another(
     # The fast one gets the next transaction while the slow one still has
     # its first in flight; the slow one's next three wait behind it.
     await until(lambda: len(fast.received) == 2, "the fast one's second transaction")
-    await settle()
+    await settle(world.storage)
     assert len(slow.received) == 1
     status = running.sender.status(slow.server_name)
     assert status is not None
@@ -91,7 +91,7 @@ async def test_per_pdu_errors_are_logged_and_not_retried(
     with caplog.at_level(logging.WARNING, logger="ranvier.federation.sender"):
         send(running, pdus, remote.server_name)
         await until(lambda: len(remote.received) == 1, "the transaction")
-        await settle()
+        await settle(world.storage)
     assert len(remote.received) == 1
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 1
@@ -139,7 +139,7 @@ async def test_bad_input_is_refused_before_anything_is_queued(
     with pytest.raises(BadJsonError, match="floats"):
         sender.send_edu(remote.server_name, "m.typing", {"timeout": 0.5})
     assert sender.active_destinations == frozenset()
-    await settle()
+    await settle(world.storage)
     assert remote.received == []
 
 
@@ -151,7 +151,7 @@ async def test_our_own_name_and_repeats_are_skipped(world: World, mock_clock: Mo
     running.sender.send_edu(ORIGIN, "m.typing", {})
     assert running.sender.active_destinations == {remote.server_name}
     await until(lambda: len(remote.received) == 1, "the transaction")
-    await settle()
+    await settle(world.storage)
     assert len(remote.received) == 1
 
 
@@ -202,6 +202,42 @@ async def test_a_new_sender_catches_up_what_the_last_one_left_unsent(
     ids = [txn.transaction_id for txn in remote.received]
     assert len(set(ids)) == 3
     assert second.sender.status(destination) is not None
+
+
+async def test_start_up_catches_up_only_what_was_left_behind_before_it(
+    world: World, mock_clock: MockClock
+) -> None:
+    left_behind, fresh = await world.remote("a.test"), await world.remote("b.test")
+    left_behind.gate = trio.Event()
+    (old,) = await world.events("!a:origin.test", 1)
+    await world.storage.store_destination_rooms(
+        left_behind.server_name, {old.room_id: old.stream_ordering}
+    )
+    running = await world.start_sender()
+    # Found before the sender took any work ...
+    status = running.sender.status(left_behind.server_name)
+    assert status is not None
+    assert status.catching_up
+    # ... so a room noted for a destination this run sends to is not taken
+    # for one left behind: what is queued for it stays queued.
+    fresh.gate = trio.Event()
+    first = await world.events("!b:origin.test", 1)
+    send(running, first, fresh.server_name)
+    await until(lambda: len(fresh.received) == 1, "a transaction in flight")
+    more = await world.events("!b:origin.test", 3)
+    send(running, more, fresh.server_name)
+    await settle(world.storage)
+    status = running.sender.status(fresh.server_name)
+    assert status is not None
+    assert (status.queued_pdus, status.catching_up) == (3, False)
+    fresh.gate.set()
+    await until(lambda: len(fresh.received) == 2, "the queued transaction")
+    assert fresh.received[1].event_ids == [p.event_id for p in more]
+    await caught_up(world, fresh.server_name)
+    left_behind.gate.set()
+    await until(lambda: len(left_behind.received) == 1, "the catch-up transaction")
+    assert left_behind.received[0].event_ids == [old.event_id]
+    await caught_up(world, left_behind.server_name)
 
 
 async def _has_unsent_rooms(world: World, destination: str, count: int) -> bool:
