@@ -69,16 +69,19 @@ class ConfigError(ValueError):
 class ListenerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One socket the server listens on, and what it serves there."""
 
-    #: What is served: the federation API (with ``/_matrix/key``) or the
-    #: client-server API.
-    type: Literal["federation", "client"]
+    #: What is served: the federation API (with ``/_matrix/key``), the
+    #: client-server API, or ``metrics``: ``GET /metrics`` for Prometheus
+    #: (opt-in; it names the rooms being resynced, so keep it on loopback
+    #: or a private network).
+    type: Literal["federation", "client", "metrics"]
     #: An IP address: a host name could resolve to more than one, or change.
     host: str = "127.0.0.1"
     #: 0 asks the system for a free port; the listener reports the real one.
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)]
     #: None means the usual for the type: TLS for federation, which other
     #: servers reach directly, plain HTTP for the client API, which usually
-    #: sits behind a reverse proxy.
+    #: sits behind a reverse proxy, and for metrics, which a scraper nearby
+    #: reads.
     tls: bool | None = None
 
     def __post_init__(self) -> None:

@@ -17,7 +17,9 @@ members is checked and stored, and the un-partial-state task
 (:class:`~ranvier.core.unpartial.UnpartialStater`) fetches the rest in the
 background while the room is used as usual. :meth:`~HomeServer.wait_for_full_state`
 waits for it; :meth:`~HomeServer.resync_status` and
-:meth:`~HomeServer.metrics` tell how far it has come.
+:meth:`~HomeServer.metrics` tell how far it has come, a ``metrics``
+listener serves the latter to Prometheus (:mod:`ranvier.metrics`), and the
+task records each room's progress in storage for ``ranvier status``.
 
 Invariants
 ----------
@@ -109,6 +111,7 @@ from ranvier.federation.transport.routes import add_key_server_route, add_versio
 from ranvier.federation.transport.server import FederationApp, Router
 from ranvier.federation.transport.tls import ensure_certificate, server_ssl_context
 from ranvier.keyfile import load_or_create_signing_key
+from ranvier.metrics import MetricsApp, sample_name
 from ranvier.protocol.room_versions import DEFAULT_ROOM_VERSION, RoomVersionLike
 from ranvier.protocol.signing import SigningKey
 from ranvier.storage import Storage
@@ -381,23 +384,34 @@ class HomeServer:
         return self.unpartial_stater.status()
 
     def metrics(self) -> dict[str, int]:
-        """Gauges of the server's background work, for a monitoring system to
-        poll: the rooms whose state is being completed and their progress,
-        summed over those rooms.
+        """The server's background work, for a monitoring system to poll:
+        how many rooms' state is being completed, how many were completed
+        (or stopped) since the start, and each room's progress.
 
-        Names follow Prometheus' conventions, so a program exporting them
-        can use them as they are.
+        Each sample is keyed by its name in Prometheus' exposition syntax,
+        labels and all (``ranvier_resync_attempts{room_id="!r:example.org"}``,
+        see :func:`ranvier.metrics.sample_name`); :mod:`ranvier.metrics`
+        lists the families and renders them for a ``metrics`` listener.
         """
-        statuses = self.resync_status().values()
-        return {
+        stater = self.unpartial_stater
+        statuses = stater.status()
+        samples = {
             "ranvier_resync_rooms": len(statuses),
-            "ranvier_resync_rooms_waiting": sum(s.phase == "waiting" for s in statuses),
-            "ranvier_resync_events_resynced": sum(s.events_resynced for s in statuses),
-            "ranvier_resync_events_remaining": sum(
-                max(0, s.events_total - s.events_resynced) for s in statuses
+            "ranvier_resync_rooms_waiting": sum(
+                status.phase == "waiting" for status in statuses.values()
             ),
-            "ranvier_resync_attempts": sum(s.attempts for s in statuses),
+            "ranvier_resync_completed_total": stater.completed_resyncs,
+            "ranvier_resync_stopped_total": stater.stopped_resyncs,
         }
+        for room_id, status in sorted(statuses.items()):
+            room = {"room_id": room_id}
+            samples[sample_name("ranvier_resync_phase", **room, phase=status.phase)] = 1
+            samples[sample_name("ranvier_resync_events_resynced", **room)] = status.events_resynced
+            samples[sample_name("ranvier_resync_events_remaining", **room)] = max(
+                0, status.events_total - status.events_resynced
+            )
+            samples[sample_name("ranvier_resync_attempts", **room)] = status.attempts
+        return samples
 
     def _resync(self, room_id: str) -> None:
         try:
@@ -513,8 +527,9 @@ class HomeServer:
             max_body_bytes=config.federation.max_request_body_bytes,
         )
         self._listeners = []
+        metrics_app = MetricsApp(self.metrics)
         for index, listener in enumerate(config.listeners):
-            if listener.type != "federation":
+            if listener.type == "client":
                 _log.warning(
                     "listeners[%d]: the %s API is not served yet; nothing listens on %s port %d",
                     index,
@@ -523,8 +538,15 @@ class HomeServer:
                     listener.port,
                 )
                 continue
+            if listener.type == "metrics" and not ipaddress.ip_address(listener.host).is_loopback:
+                _log.warning(
+                    "listeners[%d]: metrics on %s are open to whoever reaches that address,"
+                    " and name the rooms being resynced",
+                    index,
+                    listener.host,
+                )
             http = HttpListener(
-                self._federation_app,
+                self._federation_app if listener.type == "federation" else metrics_app,
                 host=listener.host,
                 port=listener.port,
                 ssl_context=prepared.server_ssl_context if listener.uses_tls else None,
@@ -576,6 +598,7 @@ class HomeServer:
             client=fetcher,
             verifier=verifier,
             room_locks=self._room_locks,
+            progress_store=storage,
         )
         self._notifier = notifier
 

@@ -1,0 +1,240 @@
+"""The server's metrics, exposed for Prometheus to scrape.
+
+:meth:`ranvier.server.HomeServer.metrics` reports each sample under its
+name in the exposition syntax: ``ranvier_resync_rooms`` for a sample
+without labels, ``ranvier_resync_attempts{room_id="!r:example.org"}`` for
+one with (:func:`sample_name` builds those, escaping the values). That
+keeps the report a plain dict a program can read, and lets
+:func:`render_metrics` write it out as Prometheus' text exposition format
+(version 0.0.4) with each family's ``# HELP`` and ``# TYPE`` from
+:data:`FAMILIES`.
+
+:class:`MetricsApp` is the ASGI application a ``metrics`` listener serves:
+``GET /metrics`` and nothing else. It reads the report afresh for every
+request and does no I/O of its own, so a scrape costs a few dict lookups
+and never waits on storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+__all__ = [
+    "CONTENT_TYPE",
+    "FAMILIES",
+    "METRICS_PATH",
+    "MetricFamily",
+    "MetricsApp",
+    "escape_label_value",
+    "render_metrics",
+    "sample_name",
+]
+
+_log: Final = logging.getLogger(__name__)
+
+#: What a scrape is answered with: the text format, version 0.0.4.
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+#: Where a ``metrics`` listener serves them.
+METRICS_PATH: Final = "/metrics"
+
+_METRIC_NAME: Final = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+Samples = Mapping[str, int | float]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricFamily:
+    """A metric's name, its type for Prometheus and what it counts."""
+
+    name: str
+    kind: Literal["counter", "gauge"]
+    help: str
+
+    def __post_init__(self) -> None:
+        if not _METRIC_NAME.fullmatch(self.name):
+            raise ValueError(f"{self.name!r} is not a metric name")
+
+
+#: The families :meth:`~ranvier.server.HomeServer.metrics` reports, in the
+#: order they are exposed.
+FAMILIES: Final[tuple[MetricFamily, ...]] = (
+    MetricFamily(
+        "ranvier_resync_rooms",
+        "gauge",
+        "Rooms joined with partial state whose full state is being fetched.",
+    ),
+    MetricFamily(
+        "ranvier_resync_rooms_waiting",
+        "gauge",
+        "Of those, rooms waiting to try again after every server failed.",
+    ),
+    MetricFamily(
+        "ranvier_resync_completed_total",
+        "counter",
+        "Rooms whose full state was completed since the server started.",
+    ),
+    MetricFamily(
+        "ranvier_resync_stopped_total",
+        "counter",
+        "Resyncs stopped, the room still partial, because no local user was left in it.",
+    ),
+    MetricFamily(
+        "ranvier_resync_phase",
+        "gauge",
+        "1 for the phase each room's resync is in.",
+    ),
+    MetricFamily(
+        "ranvier_resync_events_resynced",
+        "gauge",
+        "Partial-state events of each room redone with full state by its resync.",
+    ),
+    MetricFamily(
+        "ranvier_resync_events_remaining",
+        "gauge",
+        "Partial-state events of each room still to redo, as last counted.",
+    ),
+    MetricFamily(
+        "ranvier_resync_attempts",
+        "gauge",
+        "Rounds of asking the servers in each room that its resync has started.",
+    ),
+)
+
+
+def escape_label_value(value: str) -> str:
+    """A label value as it goes between the quotes: backslash, double quote
+    and line feed escaped, as the text format requires.
+    """
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def sample_name(family: str, **labels: str) -> str:
+    """The name of a sample of ``family`` with ``labels``, in the exposition
+    syntax: the key it has in :meth:`~ranvier.server.HomeServer.metrics`.
+    """
+    if not _METRIC_NAME.fullmatch(family):
+        raise ValueError(f"{family!r} is not a metric name")
+    if not labels:
+        return family
+    for name in labels:
+        if not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
+            raise ValueError(f"{name!r} is not a label name")
+    pairs = ",".join(f'{name}="{escape_label_value(value)}"' for name, value in labels.items())
+    return f"{family}{{{pairs}}}"
+
+
+def render_metrics(samples: Samples, families: Iterable[MetricFamily] = FAMILIES) -> bytes:
+    """``samples`` in the text exposition format, family by family.
+
+    Each of ``families`` gets its ``# HELP`` and ``# TYPE`` lines, even
+    with no sample now (a room-labelled gauge while no room resyncs), so a
+    scraper always learns the type. A sample of a family not listed is
+    exposed as ``untyped`` after them.
+    """
+    by_family: dict[str, list[tuple[str, int | float]]] = {}
+    for name, value in samples.items():
+        by_family.setdefault(name.partition("{")[0], []).append((name, value))
+    lines: list[str] = []
+    known: set[str] = set()
+    for family in families:
+        known.add(family.name)
+        lines.append(f"# HELP {family.name} {_escape_help(family.help)}")
+        lines.append(f"# TYPE {family.name} {family.kind}")
+        lines.extend(_sample_lines(by_family.get(family.name, ())))
+    for name, found in by_family.items():
+        if name not in known:
+            lines.append(f"# TYPE {name} untyped")
+            lines.extend(_sample_lines(found))
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _sample_lines(found: Iterable[tuple[str, int | float]]) -> list[str]:
+    return [f"{name} {_format_value(value)}" for name, value in found]
+
+
+def _format_value(value: int | float) -> str:
+    if isinstance(value, int):
+        # bool is an int; the format wants 1 and 0, not True and False.
+        return str(int(value))
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+_Scope = MutableMapping[str, Any]
+_Message = MutableMapping[str, Any]
+_Receive = Callable[[], Awaitable[_Message]]
+_Send = Callable[[_Message], Awaitable[None]]
+
+
+class MetricsApp:
+    """The ASGI application of a ``metrics`` listener.
+
+    ``GET`` (or ``HEAD``) ``/metrics`` answers ``samples()`` rendered with
+    ``families``; any other path is 404 and any other method 405, both in
+    plain text. ``samples`` is called on the event loop for each scrape, so
+    it must be quick and must not block.
+    """
+
+    def __init__(
+        self,
+        samples: Callable[[], Samples],
+        families: Iterable[MetricFamily] = FAMILIES,
+    ) -> None:
+        self._samples = samples
+        self._families = tuple(families)
+
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        """The ASGI entry point."""
+        if scope["type"] == "lifespan":
+            await _run_lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        status, headers, body = self._respond(scope["method"], scope["path"])
+        head = scope["method"] == "HEAD"
+        headers = [
+            *headers,
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if head else body})
+
+    def _respond(self, method: str, path: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        plain = [(b"content-type", b"text/plain; charset=utf-8")]
+        if path != METRICS_PATH:
+            return 404, plain, f"not found: metrics are served at {METRICS_PATH}\n".encode()
+        if method not in ("GET", "HEAD"):
+            allow = [*plain, (b"allow", b"GET, HEAD")]
+            return 405, allow, f"method {method} not allowed: use GET\n".encode()
+        try:
+            body = render_metrics(self._samples(), self._families)
+        except Exception:
+            _log.exception("the metrics could not be read")
+            return 500, plain, b"the metrics could not be read\n"
+        return 200, [(b"content-type", CONTENT_TYPE.encode("ascii"))], body
+
+
+async def _run_lifespan(receive: _Receive, send: _Send) -> None:
+    # Nothing to set up or tear down; answering keeps the HTTP server from
+    # logging that the application does not speak the lifespan protocol.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
