@@ -95,8 +95,8 @@ _MAX_RECORDED_ERROR: Final = 500
 #: room, ``fetching`` the state from a server, ``walking`` the room's
 #: partial-state events, ``clearing`` the room's partial state (waiting for
 #: the room's lock, perhaps), ``waiting`` before trying every server again.
-#: ``stopped`` is only ever recorded: the task ends when no user of this
-#: server is left in the room, and the room leaves :meth:`UnpartialStater.status`.
+#: ``stopped`` when no user of this server is left in the room: the task
+#: records it and ends, and the room leaves :meth:`UnpartialStater.status`.
 ResyncPhase = Literal["starting", "fetching", "walking", "clearing", "waiting", "stopped"]
 
 
