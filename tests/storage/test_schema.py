@@ -21,6 +21,7 @@ TABLES_ADDED = {
     3: {"partial_state_rooms", "partial_state_rooms_servers", "partial_state_events"},
     4: {"received_transactions", "server_keys", "destinations"},
     5: {"destination_rooms"},
+    6: {"resync_progress"},
 }
 
 
@@ -65,6 +66,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO destinations VALUES ('hs.example', NULL, 1, 2)")
     elif version == 5:
         run("INSERT INTO destination_rooms VALUES ('hs.example', '!r:x', 1, NULL)")
+    elif version == 6:
+        run("INSERT INTO resync_progress VALUES ('!r:x', 'walking', NULL, 1, 2, 1, NULL, 5)")
 
 
 def _row_counts(conn: sqlite3.Connection) -> dict[str, int]:
