@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import sqlite3
 import sys
 import time
@@ -50,6 +51,7 @@ import trio
 from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
 from ranvier.core.ingest_batch import RoomRun
 from ranvier.federation.transport.server import JsonResponse, Request, RouteMatch, Router
+from ranvier.metrics import sample_name
 from ranvier.server import HomeServer, open_homeserver
 from ranvier.storage import Storage
 from ranvier.testing import Pki, RoomBuilder, free_port, ingest_all
@@ -318,6 +320,11 @@ async def test_a_partial_join_is_quick_and_ends_with_the_residents_room(
     held_path = urllib.parse.unquote(held_on_a.held[0].partition("?")[0])
     assert held_path == f"/_matrix/federation/v1/state_ids/{room_id}", held_on_a.held
     assert b.resync_status()[room_id].phase == "fetching"
+    # The record an operator's `ranvier status` reads is written beside the
+    # resync, not waited for by it: wait for it to say so too.
+    await _eventually(
+        lambda: _recorded_phase_is(b, room_id, "fetching"), "B to record its resync fetching", 10
+    )
     await server_b.stop()
     await server_a.stop()
     rows = _partial_rows(server_b.config.paths.database)
@@ -325,12 +332,22 @@ async def test_a_partial_join_is_quick_and_ends_with_the_residents_room(
     assert rows["partial_state_events"] >= 2
     # What an operator sees meanwhile.
     status = await _ranvier_status(tmp_path, server_b.config)
-    assert status[1:] == [
+    assert status[1:5] == [
         room_id,
         f"  partial-state events: {rows['partial_state_events']}",
         f"  joined via: {a.server_name}",
         f"  servers known: {a.server_name}",
     ]
+    # The resync's last record: fetching its first event's state from A, in
+    # its first attempt, with no error; how long ago depends on the machine.
+    assert len(status) == 6, status
+    resync_line = re.fullmatch(
+        rf"  resync: fetching, 0 of (\d+) events, via {re.escape(a.server_name)}, attempt 1,"
+        r" updated \d+ (s|min) ago",
+        status[5],
+    )
+    assert resync_line is not None, status[5]
+    assert 1 <= int(resync_line[1]) <= rows["partial_state_events"], status[5]
 
     # B starts again and resumes the resync, which fails while A is down…
     b = await server_b.start()
@@ -340,7 +357,7 @@ async def test_a_partial_join_is_quick_and_ends_with_the_residents_room(
     )
     metrics = b.metrics()
     assert (metrics["ranvier_resync_rooms"], metrics["ranvier_resync_rooms_waiting"]) == (1, 1)
-    assert metrics["ranvier_resync_attempts"] == 1
+    assert metrics[sample_name("ranvier_resync_attempts", room_id=room_id)] == 1
 
     # …and goes on once A is back, while both sides send messages and
     # change state.
@@ -407,6 +424,11 @@ async def test_a_partial_join_is_quick_and_ends_with_the_residents_room(
     assert _partial_rows(server_b.config.paths.database) == dict.fromkeys(
         ("partial_state_rooms", "partial_state_rooms_servers", "partial_state_events"), 0
     )
+
+
+async def _recorded_phase_is(hs: HomeServer, room_id: str, phase: str) -> bool:
+    recorded = (await hs.storage.get_resync_progress()).get(room_id)
+    return recorded is not None and recorded.phase == phase
 
 
 async def _phase_is(hs: HomeServer, room_id: str, phase: str) -> bool:
