@@ -14,9 +14,11 @@ from ranvier.core.event_signatures import (
     redacted_if_hash_mismatch,
     required_signers,
 )
+from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import hash_and_sign_event
 from ranvier.protocol.signing import SigningKey, generate_signing_key
+from ranvier.protocol.unpadded_base64 import encode_unpadded_base64
 from ranvier.testing import KnownKeys
 
 ROOM = "!room:a.test"
@@ -119,6 +121,40 @@ async def test_a_missing_signature_fails() -> None:
     unsigned = event(signers={})
     failures = await check_event_signatures([unsigned], KnownKeys(KEYS))
     assert "no signature from a.test" in failures[unsigned.event_id].message
+
+
+async def test_a_signature_of_the_unredacted_event_fails() -> None:
+    # Signed with the right key, but over the whole event: a signature covers
+    # the redacted form only, so that it survives redaction.
+    good = event(content={"body": "redaction drops this"})
+    whole = {k: v for k, v in good.json.items() if k not in ("signatures", "unsigned")}
+    signature = A_KEY.sign(encode_canonical_json(whole)).signature
+    forged = Pdu.from_json(
+        good.json | {"signatures": {"a.test": {"ed25519:a1": encode_unpadded_base64(signature)}}},
+        "10",
+    )
+    failures = await check_event_signatures([forged], KnownKeys(KEYS))
+    assert "does not match the event" in failures[forged.event_id].message
+
+
+async def test_what_no_signature_covers_may_change() -> None:
+    good = event()
+    annotated = Pdu.from_json(good.json | {"unsigned": {"age": 12}}, "10")
+    # The content is outside the signatures too (the content hash covers it).
+    altered = Pdu.from_json(good.json | {"content": {"body": "altered"}}, "10")
+    assert await check_event_signatures([annotated, altered], KnownKeys(KEYS)) == {}
+
+
+@pytest.mark.parametrize(
+    ("signature", "problem"),
+    [("not base64!", "is not valid base64"), ("A" * 40, "is 30 bytes, not the 64")],
+)
+async def test_a_malformed_signature_fails(signature: str, problem: str) -> None:
+    bad = Pdu.from_json(event().json | {"signatures": {"a.test": {"ed25519:a1": signature}}}, "10")
+    failures = await check_event_signatures([bad], KnownKeys(KEYS))
+    assert f"the signature from a.test with key ed25519:a1 {problem}" in (
+        failures[bad.event_id].message
+    )
 
 
 async def test_keys_must_be_valid_at_the_events_time() -> None:

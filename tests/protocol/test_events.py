@@ -51,6 +51,18 @@ def test_event_ids_of_the_reference_vectors(case: dict[str, Any]) -> None:
     assert pdu.room_id == case.get("room_id", case["signed_event"].get("room_id"))
 
 
+@pytest.mark.parametrize(
+    "case",
+    [c for c in REFERENCE_CASES if KNOWN_ROOM_VERSIONS[c["room_version"]].supported],
+    ids=lambda c: c["name"],
+)
+def test_the_signed_form_is_kept_for_signature_checks(case: dict[str, Any]) -> None:
+    annotated = case["signed_event"] | {"unsigned": {"age": 3}}
+    pdu = Pdu.from_json(annotated, case["room_version"])
+    assert pdu.signed_form == case["reference_hash_preimage"].encode()
+    assert pdu.event_id == compute_event_id(annotated, case["room_version"])
+
+
 def test_typed_view_of_a_member_event() -> None:
     case = REFERENCE_CASES[-1]
     pdu = Pdu.from_json(case["signed_event"], "12")

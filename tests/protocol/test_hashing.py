@@ -16,6 +16,8 @@ from ranvier.protocol.hashing import (
     compute_reference_hash,
     compute_room_id,
     content_hash_matches,
+    encode_signed_form,
+    event_id_from_signed_form,
     hash_and_sign_event,
 )
 from ranvier.protocol.redaction import redact
@@ -141,6 +143,40 @@ def test_reference_hash_vectors(case: dict[str, Any]) -> None:
     if "room_id" in case:
         assert compute_room_id(signed) == case["room_id"]
         assert compute_room_id(signed, "12") == case["room_id"]
+
+
+@pytest.mark.parametrize("case", REFERENCE["cases"], ids=lambda c: c["name"])
+def test_the_signed_form_is_what_the_id_hashes_and_the_signature_signs(
+    case: dict[str, Any],
+) -> None:
+    room_version = case["room_version"]
+    signed = case["signed_event"]
+    form = encode_signed_form(signed, room_version)
+    assert form == case["reference_hash_preimage"].encode()
+    assert event_id_from_signed_form(form, room_version) == case["event_id"]
+    signature = decode_unpadded_base64(signed["signatures"]["domain"]["ed25519:1"])
+    _key(REFERENCE).verify_key.verify(form, signature)
+    # Neither what is outside every signature nor what redaction drops changes it.
+    annotated = signed | {"unsigned": {"age": 7}, "signatures": {"other.org": {"ed25519:x": "Y"}}}
+    assert encode_signed_form(annotated, room_version) == form
+    redacted = redact(signed, room_version)
+    assert encode_signed_form(redacted, room_version) == form
+
+
+def test_the_signed_form_of_the_spec_examples_is_the_signing_preimage() -> None:
+    for case in SIGNING["cases"]:
+        form = encode_signed_form(case["expected"], "1")
+        assert form == case["derived"]["redacted_signing_preimage"].encode()
+
+
+def test_event_ids_from_signed_forms_follow_the_version() -> None:
+    form = encode_signed_form(REFERENCE["cases"][0]["signed_event"], "4")
+    v3, v4 = event_id_from_signed_form(form, "3"), event_id_from_signed_form(form, "4")
+    assert decode_unpadded_base64(v3[1:]) == decode_unpadded_base64(v4[1:], urlsafe=True)
+    assert decode_unpadded_base64(v4[1:], urlsafe=True) == hashlib.sha256(form).digest()
+    for version in ("1", "2"):
+        with pytest.raises(BadJsonError, match="no computed event IDs"):
+            event_id_from_signed_form(form, version)
 
 
 def test_v3_and_v4_ids_differ_only_in_alphabet() -> None:

@@ -20,9 +20,13 @@ version enforces key validity); signatures with keys that cannot be had
 are skipped, as the spec says, but at least one must verify, and any that
 is checked must verify.
 
-Checking costs some 100 µs an event (redaction, canonical JSON, ed25519),
-so batches of more than a few events are checked in a worker thread, a
-chunk at a time; libsodium releases the GIL while it verifies.
+Each signature is checked against :attr:`Pdu.signed_form
+<ranvier.protocol.events.Pdu.signed_form>`, the bytes the event's ID was
+computed from: they are the redacted event without signatures and
+``unsigned``, which is what a signature signs, so the event is not redacted
+and encoded a second time. What is left is ed25519 itself, some 40 µs an
+event, so batches of more than a few events are checked in a worker thread,
+a chunk at a time; libsodium releases the GIL while it verifies.
 """
 
 from __future__ import annotations
@@ -31,13 +35,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+import nacl.exceptions
 import trio
 
-from ranvier.errors import InvalidSignatureError, MatrixError
+from ranvier.errors import BadJsonError, InvalidSignatureError, MatrixError
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import content_hash_matches
 from ranvier.protocol.redaction import redact
-from ranvier.protocol.signing import ED25519, VerifyKeyLike, signature_key_ids, verify_signed_json
+from ranvier.protocol.signing import ED25519, VerifyKeyLike
+from ranvier.protocol.unpadded_base64 import decode_unpadded_base64
 
 from .interfaces import VerifyKeySource
 
@@ -52,6 +58,8 @@ __all__ = [
 THREAD_THRESHOLD: Final = 16
 _CHUNK: Final = 256
 _AUTHORISER: Final = "join_authorised_via_users_server"
+_SIGNATURE_BYTES: Final = 64
+_ED25519_KEY_ID: Final = ED25519 + ":"
 
 
 def _server_of(user_id: str) -> str:
@@ -118,10 +126,9 @@ async def check_event_signatures(
 
 
 def _ed25519_key_ids(event: Pdu, server: str) -> list[str]:
+    # The typed view has checked the shape of ``signatures`` already.
     return sorted(
-        key_id
-        for key_id in signature_key_ids(event.json, server)
-        if key_id.partition(":")[0] == ED25519
+        name for name in event.signatures.get(server, ()) if name.startswith(_ED25519_KEY_ID)
     )
 
 
@@ -167,7 +174,6 @@ def _verify(checks: Sequence[_Check]) -> dict[str, InvalidSignatureError]:
     failures: dict[str, InvalidSignatureError] = {}
     for check in checks:
         event = check.event
-        redacted = redact(event.json, event.room_version)
         try:
             for server, by_key in check.keys.items():
                 if not by_key:
@@ -178,14 +184,28 @@ def _verify(checks: Sequence[_Check]) -> dict[str, InvalidSignatureError]:
                         else f"{event.event_id} is signed by {server} only with keys that"
                         f" cannot be trusted at its origin_server_ts ({', '.join(signed_with)})"
                     )
-                for key in by_key.values():
-                    try:
-                        verify_signed_json(redacted, server, key)
-                    except InvalidSignatureError as exc:
-                        raise InvalidSignatureError(f"{event.event_id}: {exc.message}") from None
+                for name, key in by_key.items():
+                    _check_signature(event, server, name, key)
         except InvalidSignatureError as exc:
             failures[event.event_id] = exc
     return failures
+
+
+def _check_signature(event: Pdu, server: str, name: str, key: VerifyKeyLike) -> None:
+    """Check ``server``'s signature ``name`` on ``event``, made with ``key``."""
+    where = f"{event.event_id}: the signature from {server} with key {name}"
+    try:
+        signature = decode_unpadded_base64(event.signatures[server][name])
+    except BadJsonError:
+        raise InvalidSignatureError(f"{where} is not valid base64") from None
+    if len(signature) != _SIGNATURE_BYTES:
+        raise InvalidSignatureError(
+            f"{where} is {len(signature)} bytes, not the {_SIGNATURE_BYTES} of an ed25519 one"
+        )
+    try:
+        key.verify(event.signed_form, signature)
+    except nacl.exceptions.BadSignatureError:
+        raise InvalidSignatureError(f"{where} does not match the event") from None
 
 
 def redacted_if_hash_mismatch(event: Pdu) -> Pdu:

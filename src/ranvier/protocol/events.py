@@ -26,7 +26,7 @@ from ranvier.protocol.canonical import (
     decode_canonical_json,
     encode_canonical_json,
 )
-from ranvier.protocol.hashing import compute_event_id
+from ranvier.protocol.hashing import encode_signed_form, event_id_from_signed_form
 from ranvier.protocol.room_versions import RoomVersion, RoomVersionLike, get_room_version
 
 __all__ = [
@@ -122,6 +122,11 @@ class Pdu(msgspec.Struct, frozen=True, eq=False):
     json: dict[str, Any]
     #: The bytes it was decoded from, or a dict's canonical encoding: what storage keeps.
     raw: bytes
+    #: The redacted event without signatures and ``unsigned``, as canonical
+    #: JSON: the event ID is its hash, and every signature on the event signs
+    #: it. Kept so that checking the signatures need not redact and encode
+    #: the event again.
+    signed_form: bytes
     type: str
     state_key: str | None
     sender: str
@@ -200,7 +205,8 @@ class Pdu(msgspec.Struct, frozen=True, eq=False):
         _check_event_ids(fields.prev_events, "prev_events", MAX_PREV_EVENTS, check_limits)
         _check_event_ids(fields.auth_events, "auth_events", MAX_AUTH_EVENTS, check_limits)
 
-        event_id = compute_event_id(obj, rv)
+        signed_form = encode_signed_form(obj, rv)
+        event_id = event_id_from_signed_form(signed_form, rv)
         room_id = _room_id(fields, rv, state_key, event_id)
         content = obj["content"]
         return cls(
@@ -208,6 +214,7 @@ class Pdu(msgspec.Struct, frozen=True, eq=False):
             room_version=rv,
             json=obj,
             raw=raw,
+            signed_form=signed_form,
             type=fields.type,
             state_key=state_key,
             sender=fields.sender,

@@ -7,6 +7,11 @@ only the redacted form, still verify. The reference hash covers the redacted
 form including the content hash; from room version 3 on it is the event's
 ID, and from version 12 on the create event's reference hash is also the
 room's ID.
+
+The bytes the reference hash is taken of are the very bytes every signature
+on the event signs: the redacted event without ``signatures`` and
+``unsigned``, as canonical JSON (:func:`encode_signed_form`). Computed once,
+they serve both the event ID and the signature checks.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.redaction import redact
 from ranvier.protocol.room_versions import (
     EventIdFormat,
+    RoomVersion,
     RoomVersionLike,
     get_room_version,
 )
@@ -32,6 +38,8 @@ __all__ = [
     "compute_reference_hash",
     "compute_room_id",
     "content_hash_matches",
+    "encode_signed_form",
+    "event_id_from_signed_form",
     "hash_and_sign_event",
 ]
 
@@ -60,12 +68,32 @@ def content_hash_matches(event: Mapping[str, Any]) -> bool:
     return type(claimed) is str and claimed == compute_content_hash(event)
 
 
-def compute_reference_hash(event: Mapping[str, Any], room_version: RoomVersionLike) -> bytes:
-    """The sha256 digest of the redacted event without signatures and ``unsigned``."""
+def encode_signed_form(event: Mapping[str, Any], room_version: RoomVersionLike) -> bytes:
+    """The canonical JSON of the redacted event without signatures and ``unsigned``.
+
+    It is what the reference hash is the hash of, and what each signature on
+    the event signs (signing drops those two keys from the redacted form).
+    """
     redacted = redact(event, room_version)
     for key in _NOT_IN_REFERENCE_HASH:
         redacted.pop(key, None)
-    return hashlib.sha256(encode_canonical_json(redacted)).digest()
+    return encode_canonical_json(redacted)
+
+
+def compute_reference_hash(event: Mapping[str, Any], room_version: RoomVersionLike) -> bytes:
+    """The sha256 digest of the redacted event without signatures and ``unsigned``."""
+    return hashlib.sha256(encode_signed_form(event, room_version)).digest()
+
+
+def event_id_from_signed_form(signed_form: bytes, room_version: RoomVersionLike) -> str:
+    """The event ID of the event whose :func:`encode_signed_form` is ``signed_form``.
+
+    For a caller that needs those bytes anyway, to check signatures against
+    them, so that the event is redacted and encoded once.
+    """
+    urlsafe = _urlsafe_event_ids(get_room_version(room_version, unsupported_ok=True))
+    digest = hashlib.sha256(signed_form).digest()
+    return "$" + encode_unpadded_base64(digest, urlsafe=urlsafe)
 
 
 def compute_event_id(event: Mapping[str, Any], room_version: RoomVersionLike) -> str:
@@ -76,13 +104,21 @@ def compute_event_id(event: Mapping[str, Any], room_version: RoomVersionLike) ->
     them in the event), so asking for one is an error.
     """
     rv = get_room_version(room_version, unsupported_ok=True)
+    urlsafe = _urlsafe_event_ids(rv)
+    digest = hashlib.sha256(encode_signed_form(event, rv)).digest()
+    return "$" + encode_unpadded_base64(digest, urlsafe=urlsafe)
+
+
+def _urlsafe_event_ids(rv: RoomVersion) -> bool:
+    """Whether ``rv``'s event IDs use the URL-safe alphabet; an error for a
+    version whose IDs are not computed.
+    """
     if rv.event_id_format is EventIdFormat.V1:
         raise BadJsonError(
             f"room version {rv.identifier} has no computed event IDs: the ID is the"
             " event's own event_id field"
         )
-    urlsafe = rv.event_id_format is EventIdFormat.V4
-    return "$" + encode_unpadded_base64(compute_reference_hash(event, rv), urlsafe=urlsafe)
+    return rv.event_id_format is EventIdFormat.V4
 
 
 def compute_room_id(create_event: Mapping[str, Any], room_version: RoomVersionLike = "12") -> str:
