@@ -183,6 +183,14 @@ class SynapseServer:
         )
         return set(answer["joined"])
 
+    async def leave(self, token: str, room_id: str) -> None:
+        await self._request(
+            "POST",
+            f"/_matrix/client/v3/rooms/{urllib.parse.quote(room_id, safe='')}/leave",
+            token=token,
+            json={},
+        )
+
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL if it has not gone within ten seconds."""
         if self.process.returncode is not None:
