@@ -325,6 +325,10 @@ async def test_a_partial_join_is_quick_and_ends_with_the_residents_room(
     await _eventually(
         lambda: _recorded_phase_is(b, room_id, "fetching"), "B to record its resync fetching", 10
     )
+    # Each side has also recorded its message as delivered, so neither
+    # starts again with a catch-up to send (see _delivered).
+    await _eventually(lambda: _delivered(b, a.server_name), "B to record its delivery to A", 10)
+    await _eventually(lambda: _delivered(a, b.server_name), "A to record its delivery to B", 10)
     await server_b.stop()
     await server_a.stop()
     rows = _partial_rows(server_b.config.paths.database)
@@ -424,6 +428,25 @@ async def test_a_partial_join_is_quick_and_ends_with_the_residents_room(
     assert _partial_rows(server_b.config.paths.database) == dict.fromkeys(
         ("partial_state_rooms", "partial_state_rooms_servers", "partial_state_events"), 0
     )
+
+
+async def _delivered(hs: HomeServer, destination: str) -> bool:
+    """Whether ``hs`` has nothing in flight to ``destination`` and has
+    recorded every event it handed over for it as delivered.
+
+    The destination stores a transaction's events before the sender hears
+    the answer and records the delivery. A server stopped in between starts
+    again catching up, sending the room's newest event alone for the
+    destination to pull the gap before it; a sender whose room still has
+    partial state cannot serve that pull, so the test does not leave it to
+    chance.
+    """
+    status = hs.federation_sender.status(destination)
+    if status is not None and (
+        status.pending_transaction is not None or status.queued_pdus or status.catching_up
+    ):
+        return False
+    return not await hs.storage.get_unsent_destination_rooms(destination)
 
 
 async def _recorded_phase_is(hs: HomeServer, room_id: str, phase: str) -> bool:
