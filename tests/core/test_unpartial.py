@@ -376,6 +376,22 @@ async def until(predicate: Callable[[], Awaitable[bool] | bool], what: str) -> N
         await trio.testing.wait_all_tasks_blocked(cushion=0.001)
 
 
+def tasks_named(name: str) -> int:
+    """How many tasks of this run are called ``name``: a second task for a
+    room shows here at once, where waiting for it to make a request could
+    end before it got that far.
+    """
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    count = 0
+    todo = [root]
+    while todo:
+        task = todo.pop()
+        count += task.name == name
+        todo.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return count
+
+
 def phase_is(stater: UnpartialStater, room_id: str, phase: str) -> Callable[[], bool]:
     def check() -> bool:
         status = stater.status().get(room_id)
@@ -493,11 +509,32 @@ async def test_a_server_answering_garbage_hands_over_to_the_next(
 
 
 def failed_attempts(stater: UnpartialStater, room_id: str, count: int) -> Callable[[], bool]:
+    """Whether the task sleeps after its ``count``-th round failed.
+
+    The phase alone does not say so: it still reads ``waiting`` once the
+    sleep is over, while the next round (its count already up) reads
+    storage. ``retry_in`` is set, without a checkpoint, just before the
+    sleep begins and cleared as it ends, so with it the task is asleep and
+    its deadline is ``retry_in`` ahead on the mock clock.
+    """
+
     def check() -> bool:
         status = stater.status().get(room_id)
-        return status is not None and status.phase == "waiting" and status.attempts == count
+        return (
+            status is not None
+            and status.phase == "waiting"
+            and status.attempts == count
+            and status.retry_in is not None
+        )
 
     return check
+
+
+def retry_in(stater: UnpartialStater, room_id: str) -> float:
+    """How far the mock clock must move to end the task's sleep."""
+    wait = stater.status()[room_id].retry_in
+    assert wait is not None, "the task is not asleep"
+    return wait
 
 
 async def test_every_server_down_backs_off_until_one_comes_back(
@@ -514,8 +551,8 @@ async def test_every_server_down_backs_off_until_one_comes_back(
         for attempt in range(1, 7):
             await until(failed_attempts(stater, world.room_id, attempt), f"attempt {attempt}")
             status = stater.status()[world.room_id]
-            assert status.retry_in is not None
-            waits.append(status.retry_in)
+            wait = retry_in(stater, world.room_id)
+            waits.append(wait)
             assert status.last_error is not None
             assert THIRD in status.last_error
             # Each round asks each server once, the one joined through first.
@@ -526,14 +563,15 @@ async def test_every_server_down_backs_off_until_one_comes_back(
             assert remote.tried[-1][2] <= third.tried[-1][2]
             assert (len(remote.tried), len(third.tried)) == (attempt, attempt)
             # Waiting means waiting: nothing is asked until the clock moves.
+            mock_clock.jump(wait - 0.01)
             await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-            mock_clock.jump(status.retry_in - 0.01)
-            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-            assert stater.status()[world.room_id].attempts == attempt
+            assert failed_attempts(stater, world.room_id, attempt)()
+            assert retry_in(stater, world.room_id) == pytest.approx(0.01)
             assert (len(remote.tried), len(third.tried)) == (attempt, attempt)
             mock_clock.jump(0.02)
         assert waits == pytest.approx([1.0, 2.0, 4.0, 8.0, 8.0, 8.0])
         await until(failed_attempts(stater, world.room_id, 7), "attempt 7")
+        assert retry_in(stater, world.room_id) == pytest.approx(8.0)
         assert remote.calls == []
         assert third.calls == []
 
@@ -584,8 +622,8 @@ async def test_one_task_per_room_however_often_asked(
         for _ in range(3):
             stater.start_resync(world.room_id)
         await until(lambda: bool(remote.called("state_ids")), "the resync to start")
-        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
         assert list(stater.status()) == [world.room_id]
+        assert tasks_named(f"resync {world.room_id}") == 1
         assert len(remote.called("state_ids")) == 1
         remote.gate.set()
         await stater.wait_for_full_state(world.room_id)
@@ -653,11 +691,12 @@ async def test_the_task_stops_when_the_last_local_user_leaves(
     stater = world.stater(backoff_initial=5.0)
     with caplog.at_level(logging.INFO, logger="ranvier.core.unpartial"):
         async with running(stater):
-            await until(phase_is(stater, world.room_id, "waiting"), "the first failure")
+            await until(failed_attempts(stater, world.room_id, 1), "the first failure")
             leave = world.room.member(ALICE, "leave")
             outcome = await ingest(world.ours, leave)
             assert outcome.failure is None
             assert outcome.context.partial_state
+            assert retry_in(stater, world.room_id) == pytest.approx(5.0)
             mock_clock.jump(5.0)
             await until(lambda: not stater.status(), "the task to stop")
             assert stater.status() == {}
@@ -705,7 +744,7 @@ class HeldStorage(Storage):
     can be held until the test lets them on.
 
     Every write of progress asked for is logged in :attr:`recorded` before
-    it is held.
+    it is held, and in :attr:`written` once storage has it.
     """
 
     def __init__(self, storage: Storage) -> None:
@@ -714,6 +753,7 @@ class HeldStorage(Storage):
         self.redos_reached: set[str] = set()
         self.progress_gate: trio.Event | None = None
         self.recorded: list[dict[str, Any]] = []
+        self.written: list[dict[str, Any]] = []
 
     async def update_state_for_partial_event(
         self,
@@ -734,7 +774,9 @@ class HeldStorage(Storage):
         self.recorded.append(progress)
         if self.progress_gate is not None:
             await self.progress_gate.wait()
-        return await super().store_resync_progress(room_id, **progress)
+        kept = await super().store_resync_progress(room_id, **progress)
+        self.written.append(progress)
+        return kept
 
 
 class BrokenRecords:
@@ -809,28 +851,61 @@ async def test_a_slow_progress_write_holds_up_no_resync_and_the_newest_progress_
     assert await held.get_resync_progress() == {}
 
 
+def recorder_idle(held: HeldStorage, **wanted: object) -> Callable[[], Awaitable[bool]]:
+    """Whether the last write of progress storage finished has the
+    ``wanted`` values and the recorder has nothing more to write for now.
+
+    Only trio is left to run once no write is on its way to storage: when
+    every task is then blocked, the recorder is too, waiting for a change or
+    for its interval to be up.
+    """
+
+    async def check() -> bool:
+        await trio.testing.wait_all_tasks_blocked()
+        return (
+            len(held.written) == len(held.recorded)
+            and bool(held.written)
+            and all(held.written[-1][k] == v for k, v in wanted.items())
+        )
+
+    return check
+
+
 @pytest.mark.parametrize("every", [1, 100])
 async def test_counts_are_written_at_most_every_interval_and_every_so_many_events(
     world: World, mock_clock: MockClock, every: int
 ) -> None:
     await world.join_partially()
     held = HeldStorage(world.ours)
-    parked_at = world.dag()[3]
+    dag = world.dag()
+    # The walk is held twice: at the second event, past the join (whose gap
+    # is the last fetch, so the last change of phase), and at the fourth,
+    # when only the counts have changed since.
+    first_stop, parked_at = dag[1], dag[3]
+    held.held_redos[first_stop] = trio.Event()
     held.held_redos[parked_at] = trio.Event()
+    held.progress_gate = trio.Event()
     stater = world.stater(held, progress_store=held, progress_interval=10.0, progress_every=every)
     async with running(stater):
+        await until(lambda: first_stop in held.redos_reached, "the walk to reach the second event")
+        assert stater.status()[world.room_id].events_resynced == 1
+        # Writes were held until now, so what goes through is the walk as it
+        # stands, and the interval after it runs from here: the mock clock
+        # has not moved.
+        held.progress_gate.set()
+        await until(
+            recorder_idle(held, phase="walking", events_resynced=1), "the walk to be recorded"
+        )
+        writes = len(held.recorded)
+        held.held_redos[first_stop].set()
         await until(lambda: parked_at in held.redos_reached, "the walk to reach the fourth event")
         assert stater.status()[world.room_id].events_resynced == 3
-        await until(recorded(held, world.room_id, phase="walking"), "the walk recorded")
-        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-        before = (await held.get_resync_progress())[world.room_id].events_resynced
-        assert before < 3
-        writes = len(held.recorded)
         # The counts changed but no phase did: nothing is written until the
         # interval is up, and then only if enough events were redone.
         mock_clock.jump(9.9)
         await trio.testing.wait_all_tasks_blocked(cushion=0.01)
         assert len(held.recorded) == writes
+        assert await recorded(held, world.room_id, phase="walking", events_resynced=1)()
         mock_clock.jump(0.2)
         if every == 1:
             await until(recorded(held, world.room_id, events_resynced=3), "the counts written")
@@ -838,7 +913,7 @@ async def test_counts_are_written_at_most_every_interval_and_every_so_many_event
         else:
             await trio.testing.wait_all_tasks_blocked(cushion=0.01)
             assert len(held.recorded) == writes
-            assert await recorded(held, world.room_id, events_resynced=before)()
+            assert await recorded(held, world.room_id, events_resynced=1)()
         held.held_redos[parked_at].set()
         await stater.wait_for_full_state(world.room_id)
     await world.assert_full_state()
@@ -850,7 +925,7 @@ async def test_a_wait_and_a_stop_are_recorded_with_why(world: World, mock_clock:
         server.down = True
     stater = world.stater(backoff_initial=5.0, progress_store=world.ours)
     async with running(stater):
-        await until(phase_is(stater, world.room_id, "waiting"), "the first failure")
+        await until(failed_attempts(stater, world.room_id, 1), "the first failure")
         await until(recorded(world.ours, world.room_id, phase="waiting"), "the wait recorded")
         row = (await world.ours.get_resync_progress())[world.room_id]
         assert (row.server, row.attempts) == (THIRD, 1)
@@ -858,6 +933,7 @@ async def test_a_wait_and_a_stop_are_recorded_with_why(world: World, mock_clock:
         assert THIRD in row.last_error
         outcome = await ingest(world.ours, world.room.member(ALICE, "leave"))
         assert outcome.failure is None
+        assert retry_in(stater, world.room_id) == pytest.approx(5.0)
         mock_clock.jump(5.0)
         await until(lambda: not stater.status(), "the task to stop")
     # Written before the task ended, and kept: the room is still partial.
