@@ -412,3 +412,54 @@ async def test_a_room_with_partial_state_refuses_its_state_and_auth_chains(
     assert world.bob_join.event_id in body["pdu_ids"]
     auth = await world.get(world.peer, asked[3][0])
     assert set(ids_of(auth["auth_chain"])) == auth_chain(room, [world.messages[0].event_id])
+
+
+async def test_servers_named_by_a_partial_join_may_pull_its_history(world: World) -> None:
+    """While the room's state is partial here, a server the join named may
+    pull history though the partial state shows none of its members; a
+    server neither named nor in the state may not, and once the state is
+    full, only the state tells."""
+    storage = world.resident.storage
+    room = world.new_room()
+    room.public_room(history_visibility="shared")
+    first = room.message(world.alice, "first")
+    gap = [room.message(world.alice, f"gap {i}") for i in range(3)]
+    latest = room.message(world.alice, "latest")
+    await ingest_all(storage, room.order)
+    await storage.store_partial_join(
+        room.room_id, "12", room.order[-1].event_id, world.name, ["b.test"]
+    )
+    path = f"{V1}/get_missing_events/{seg(room.room_id)}"
+    ask = {"earliest_events": [first.event_id], "latest_events": [latest.event_id]}
+
+    body = await world.peer.client.post_json(world.name, path, ask)
+    assert ids_of(body["events"]) == [event.event_id for event in gap]
+    # Shared history: the events go whole, not redacted.
+    assert [e["content"] for e in body["events"]] == [{"body": f"gap {i}"} for i in range(3)]
+    backfill = await world.get(
+        world.peer, f"{V1}/backfill/{seg(room.room_id)}", v=latest.event_id, limit=2
+    )
+    assert ids_of(backfill["pdus"]) == [latest.event_id, gap[-1].event_id]
+    event = await world.get(world.peer, f"{V1}/event/{seg(gap[0].event_id)}")
+    assert event["pdus"][0]["content"] == {"body": "gap 0"}
+    # The state itself is still refused.
+    error = await world.refused(
+        world.peer, "GET", f"{V1}/state_ids/{seg(room.room_id)}", query={"event_id": first.event_id}
+    )
+    assert (error.status, error.errcode) == (403, PARTIAL_STATE_ERRCODE)
+
+    refusals = [
+        await world.refused(world.stranger, "POST", path, content=ask),
+        await world.refused(
+            world.stranger,
+            "GET",
+            f"{V1}/backfill/{seg(room.room_id)}",
+            query={"v": latest.event_id, "limit": 2},
+        ),
+        await world.refused(world.stranger, "GET", f"{V1}/event/{seg(gap[0].event_id)}"),
+    ]
+    assert [(e.status, e.errcode) for e in refusals] == [(403, "M_FORBIDDEN")] * 3
+
+    assert await storage.clear_partial_state(room.room_id)
+    error = await world.refused(world.peer, "POST", path, content=ask)
+    assert (error.status, error.errcode) == (403, "M_FORBIDDEN")

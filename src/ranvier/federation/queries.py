@@ -17,6 +17,10 @@ Other servers call these to fill gaps in what they know of a room:
 While the room's state here is partial, ``/state``, ``/state_ids`` and
 ``/event_auth`` are refused with 403 (see
 :meth:`~ranvier.federation.room_access.RoomAccess.check_full_state`).
+History (``/event``, ``/backfill``, ``/get_missing_events``) is not: a
+server that missed this server's events pulls the gap from here, and the
+partial state may not show it in the room, so the servers the join named
+count as in the room too.
 
 Who may see what is :mod:`ranvier.federation.room_access`'s business; every
 room endpoint here applies the room's server ACL first. Events are sent as
@@ -36,8 +40,8 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
-from ranvier.core.interfaces import StateReader
 from ranvier.core.loading import EventLoader
+from ranvier.core.room_servers import RoomServersReader
 from ranvier.errors import MatrixError
 from ranvier.federation.transport.routes import wall_clock_ms
 from ranvier.federation.transport.server import Request, Router
@@ -118,7 +122,7 @@ class _Queries:
     def __init__(
         self,
         server_name: str,
-        store: StateReader,
+        store: RoomServersReader,
         profiles: ProfileSource | None,
         clock: Callable[[], int],
     ) -> None:
@@ -128,6 +132,9 @@ class _Queries:
         self._clock = clock
 
     # Helpers.
+
+    def _access(self) -> RoomAccess:
+        return RoomAccess(self._store, partial_rooms=self._store)
 
     async def _room_version(self, room_id: str) -> str:
         version = await self._store.get_room_version(room_id)
@@ -165,7 +172,7 @@ class _Queries:
         event_id = _required_query(request, "event_id")
         origin = _origin(request)
         version = await self._room_version(room_id)
-        access = RoomAccess(self._store)
+        access = self._access()
         await access.check_server_acl(room_id, origin)
         await access.check_full_state(room_id)
         event = await self._event_in_room(room_id, event_id)
@@ -218,7 +225,7 @@ class _Queries:
     async def get_event(self, request: Request) -> Mapping[str, Any]:
         origin = _origin(request)
         event = await self._event_in_room(None, request.path_params["event_id"])
-        access = RoomAccess(self._store)
+        access = self._access()
         await access.check_server_acl(event.room_id, origin)
         if await access.can_see_event(event, origin):
             return self._transaction([msgspec.Raw(event.json)])
@@ -251,7 +258,7 @@ class _Queries:
         room_id = request.path_params["room_id"]
         origin = _origin(request)
         version = await self._room_version(room_id)
-        access = RoomAccess(self._store)
+        access = self._access()
         await access.check_server_acl(room_id, origin)
         await access.check_full_state(room_id)
         event = await self._event_in_room(room_id, request.path_params["event_id"])
@@ -269,7 +276,7 @@ class _Queries:
             )
         limit = _int_param(_required_query(request, "limit"), "limit")
         version = await self._room_version(room_id)
-        access = RoomAccess(self._store)
+        access = self._access()
         await self._check_may_pull(access, room_id, origin)
         events = await self._walk_back(
             room_id, starts, include_starts=True, limit=min(limit, MAX_BACKFILL_LIMIT)
@@ -286,7 +293,7 @@ class _Queries:
                 f"invalid get_missing_events body: {exc}", errcode="M_BAD_JSON", http_status=400
             ) from None
         version = await self._room_version(room_id)
-        access = RoomAccess(self._store)
+        access = self._access()
         await self._check_may_pull(access, room_id, origin)
         events = await self._walk_back(
             room_id,
@@ -398,7 +405,7 @@ def add_query_routes(
     router: Router,
     *,
     server_name: str,
-    store: StateReader,
+    store: RoomServersReader,
     profiles: ProfileSource | None = None,
     clock: Callable[[], int] = wall_clock_ms,
 ) -> None:

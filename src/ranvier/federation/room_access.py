@@ -27,7 +27,11 @@ without its content.
 in the room nor give the state at an event; the requests that need to
 (``/state``, ``/state_ids``, ``/event_auth``) get 403 with errcode
 :data:`PARTIAL_STATE_ERRCODE`, as Synapse answers them (the code of the
-draft MSC3895), so the asking server tries another.
+draft MSC3895), so the asking server tries another. History can still be
+pulled, and must be: a server that missed our events asks us for the gap.
+So when :class:`RoomAccess` is given the partial-state rooms, a server the
+join named as in the room counts as in it, as well as one with a joined
+member in the partial state; the history visibility is applied as ever.
 
 The ACL and history visibility are read at their keys alone. Whether a
 server has a member in a state reads that whole state (storage has no read
@@ -40,18 +44,19 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Collection, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 
 from ranvier.core.interfaces import StateReader
 from ranvier.errors import MatrixError
-from ranvier.storage.records import StateKey, StoredEvent
+from ranvier.storage.records import PartialStateRoom, StateKey, StoredEvent
 
 __all__ = [
     "HISTORY_VISIBILITY_KEY",
     "PARTIAL_STATE_ERRCODE",
     "SERVER_ACL_KEY",
+    "PartialRoomsReader",
     "RoomAccess",
     "joined_servers",
     "server_allowed_by_acl",
@@ -153,16 +158,32 @@ def joined_servers(state: Mapping[StateKey, str], memberships: Mapping[str, str]
     }
 
 
+class PartialRoomsReader(Protocol):
+    """The read of what partial-state joins learned of the servers in their rooms."""
+
+    async def get_partial_state_rooms(self) -> Mapping[str, PartialStateRoom]:
+        """Every room that still has partial state, by room ID."""
+        ...
+
+
 class RoomAccess:
     """Answers the access questions above for one request.
 
     It keeps the state maps and event contents it reads, so the many
     questions one request asks (one per event of a backfill) read each
     state group and event once.
+
+    With ``partial_rooms``, a server that the join of a room with partial
+    state here named as in the room counts as in it (see the module's
+    notes); without, only the current state tells.
     """
 
-    def __init__(self, store: StateReader) -> None:
+    def __init__(
+        self, store: StateReader, *, partial_rooms: PartialRoomsReader | None = None
+    ) -> None:
         self._store = store
+        self._partial_rooms = partial_rooms
+        self._named_by_join: dict[str, frozenset[str]] = {}
         self._groups: dict[int, Mapping[StateKey, str]] = {}
         self._current: dict[str, Mapping[StateKey, str]] = {}
         self._contents: dict[str, dict[str, Any]] = {}
@@ -242,8 +263,26 @@ class RoomAccess:
         return False
 
     async def server_in_room(self, room_id: str, server_name: str) -> bool:
-        """Whether a user of ``server_name`` is joined to the room now."""
-        return await self.has_member(await self.current_state(room_id), server_name)
+        """Whether a user of ``server_name`` is joined to the room now, or,
+        while the room's state here is partial, its join named the server.
+        """
+        if await self.has_member(await self.current_state(room_id), server_name):
+            return True
+        return server_name in await self._servers_named_by_join(room_id)
+
+    async def _servers_named_by_join(self, room_id: str) -> frozenset[str]:
+        """The servers a partial-state join of the room named; none once the
+        room's state is full. Read only for a server the state does not show
+        joined, which is rare enough for a read of every partial room.
+        """
+        if self._partial_rooms is None:
+            return frozenset()
+        servers = self._named_by_join.get(room_id)
+        if servers is None:
+            room = (await self._partial_rooms.get_partial_state_rooms()).get(room_id)
+            servers = frozenset() if room is None else room.servers
+            self._named_by_join[room_id] = servers
+        return servers
 
     async def visibility(self, state: Mapping[StateKey, str]) -> str:
         """The history visibility in ``state``; ``shared`` when unset or unknown."""
