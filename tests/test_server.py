@@ -208,12 +208,9 @@ async def test_no_thread_outlives_the_server(tmp_path: Path) -> None:
     async with open_homeserver(_config(tmp_path)) as server:
         await server.storage.store_room("!room:hs.test", "10")
         started = _our_threads() - before
-        assert {thread.name for thread in started} == {
-            "ranvier-storage-writer",
-            "ranvier-storage-checkpointer",
-        }
-    # The writer and checkpointer threads are told to end as the actor stops;
-    # they may take a moment to see that.
+        assert {thread.name for thread in started} == {"ranvier-storage-writer"}
+    # The writer thread is told to end as the actor stops; it may take a
+    # moment to see that.
     for thread in started:
         await trio.to_thread.run_sync(thread.join, 5)
     assert _our_threads() == before
