@@ -461,31 +461,6 @@ async def test_the_checkpointer_finds_the_writers_file_after_a_change_of_directo
     assert list(elsewhere.iterdir()) == []
 
 
-async def test_a_failed_checkpoint_is_logged_and_writes_go_on(
-    db_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    def insert_rows(conn: sqlite3.Connection) -> int:
-        conn.execute("CREATE TABLE IF NOT EXISTS filler (n INTEGER)")
-        conn.executemany("INSERT INTO filler VALUES (?)", [(n,) for n in range(1_500)])
-        (rows,) = conn.execute("SELECT COUNT(*) FROM filler").fetchone()
-        return int(rows)
-
-    def failure_logged() -> bool:
-        return any("WAL checkpoint failed" in r.getMessage() for r in caplog.records)
-
-    actor = StorageActor(db_path)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(actor.run)
-        # The writer keeps the file open; the checkpointer, which opens its
-        # connection when first woken, finds nothing at the path.
-        await trio.Path(db_path).rename(db_path.with_name("moved.db"))
-        assert await actor.submit(insert_rows) == 1_500
-        await trio.to_thread.run_sync(_wait_until, failure_logged)
-        assert actor.checkpoints == 0
-        assert await actor.submit(insert_rows) == 3_000
-        nursery.cancel_scope.cancel()
-
-
 async def test_small_commits_do_not_wake_the_checkpointer(db_path: Path) -> None:
     def insert_row(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS filler (n INTEGER)")

@@ -347,8 +347,7 @@ class _Checkpointer:
                     if conn is None:
                         conn = self._open_connection()
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except (sqlite3.Error, RuntimeError) as exc:
-                    # The pages are safe in the WAL, and the backstop bounds it.
+                except sqlite3.Error as exc:
                     _log.warning("WAL checkpoint failed, to be tried again: %s", exc)
                 else:
                     self._checkpoints += 1
