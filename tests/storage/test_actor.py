@@ -438,29 +438,6 @@ async def test_checkpoints_run_beside_the_writer_which_only_backstops_them(
     assert _rows_in_file_alone(db_path, copy) == 1_500
 
 
-async def test_the_checkpointer_finds_the_writers_file_after_a_change_of_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def insert_rows(conn: sqlite3.Connection) -> None:
-        conn.execute("CREATE TABLE filler (n INTEGER)")
-        conn.executemany("INSERT INTO filler VALUES (?)", [(n,) for n in range(1_500)])
-
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(tmp_path)
-    actor = StorageActor("relative.db")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(actor.run)
-        monkeypatch.chdir(elsewhere)
-        await actor.submit(insert_rows)
-        await trio.to_thread.run_sync(_wait_until, lambda: actor.checkpoints > 0)
-        copy = tmp_path / "alone.db"
-        rows = await trio.to_thread.run_sync(_rows_in_file_alone, tmp_path / "relative.db", copy)
-        assert rows == 1_500
-        nursery.cancel_scope.cancel()
-    assert list(elsewhere.iterdir()) == []
-
-
 async def test_small_commits_do_not_wake_the_checkpointer(db_path: Path) -> None:
     def insert_row(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS filler (n INTEGER)")

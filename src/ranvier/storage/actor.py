@@ -362,13 +362,6 @@ class _Checkpointer:
         self._thread.join()
 
 
-def _main_database_file(conn: sqlite3.Connection) -> str:
-    for _, name, file in conn.execute("PRAGMA database_list"):
-        if name == "main":
-            return str(file)
-    raise RuntimeError("the write connection has no main database")
-
-
 def _run_batch_and_note(
     conn: sqlite3.Connection,
     operations: Sequence[WriteOperation[Any]],
@@ -475,7 +468,9 @@ class StorageActor:
             max_page_count=max_page_count,
             wal_autocheckpoint=_BACKSTOP_PAGES,
         )
-        self._synchronous: SynchronousMode = synchronous
+        self._open_checkpointer = functools.partial(
+            open_checkpointer, path, synchronous=synchronous
+        )
         self._checkpointer: _Checkpointer | None = None
         self._batch_cap = batch_cap
         self._send, self._receive = trio.open_memory_channel[_Request](queue_size)
@@ -504,13 +499,8 @@ class StorageActor:
         reason: BaseException | None = None
         try:
             await writer.call(migrate)
-            # Only now is the file sure to be a database in WAL mode. The
-            # checkpointer opens the very file the writer did, named by the
-            # writer itself, whatever the working directory does meanwhile.
-            database_file = await writer.call(_main_database_file)
-            checkpointer = self._checkpointer = _Checkpointer(
-                functools.partial(open_checkpointer, database_file, synchronous=self._synchronous)
-            )
+            # Only now is the file sure to be a database in WAL mode.
+            checkpointer = self._checkpointer = _Checkpointer(self._open_checkpointer)
             checkpointer.start()
             task_status.started()
             await self._serve(writer, checkpointer)
