@@ -9,7 +9,6 @@ writer thread while other requests queue up behind it in a known order
 import functools
 import sqlite3
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -384,71 +383,3 @@ async def test_a_file_that_is_no_database_fails_the_start(tmp_path: Path) -> Non
             await nursery.start(storage.run)
     with pytest.raises(StorageUnavailableError):
         await storage.store_room(ROOM, "10")
-
-
-def _checkpointer_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "ranvier-storage-checkpointer"]
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 20) -> None:
-    """Wait, on a worker thread, for another thread to make ``condition`` true."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.01)
-
-
-def _rows_in_file_alone(path: Path, copy: Path) -> int:
-    """The filler rows that the database file holds without its WAL."""
-    copy.write_bytes(path.read_bytes())
-    with sqlite3.connect(copy) as conn:
-        (rows,) = conn.execute("SELECT COUNT(*) FROM filler").fetchone()
-    conn.close()
-    return int(rows)
-
-
-async def test_checkpoints_run_beside_the_writer_which_only_backstops_them(
-    db_path: Path, tmp_path: Path
-) -> None:
-    def insert_rows(conn: sqlite3.Connection) -> int:
-        conn.execute("CREATE TABLE IF NOT EXISTS filler (n INTEGER, blob BLOB)")
-        conn.executemany(
-            "INSERT INTO filler VALUES (?, ?)", [(n, bytes(100)) for n in range(1_500)]
-        )
-        (pages,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
-        return int(pages)
-
-    actor = StorageActor(db_path)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(actor.run)
-        assert len(_checkpointer_threads()) == 1
-        # The writer checkpoints on its own only far past SQLite's 1,000 pages.
-        assert await actor.submit(insert_rows) >= 10_000
-        await trio.to_thread.run_sync(_wait_until, lambda: actor.checkpoints > 0)
-        # The checkpoint ran after the commit, so the database file alone,
-        # without its WAL, already holds the rows.
-        copy = tmp_path / "alone.db"
-        assert await trio.to_thread.run_sync(_rows_in_file_alone, db_path, copy) == 1_500
-        nursery.cancel_scope.cancel()
-    # Stopped: the checkpointer's thread has ended and, the writer's
-    # connection being the last to close, the WAL was folded in and removed.
-    assert _checkpointer_threads() == []
-    assert not db_path.with_name(db_path.name + "-wal").exists()
-    assert _rows_in_file_alone(db_path, copy) == 1_500
-
-
-async def test_small_commits_do_not_wake_the_checkpointer(db_path: Path) -> None:
-    def insert_row(conn: sqlite3.Connection) -> None:
-        conn.execute("CREATE TABLE IF NOT EXISTS filler (n INTEGER)")
-        conn.execute("INSERT INTO filler VALUES (1)")
-
-    actor = StorageActor(db_path)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(actor.run)
-        for _ in range(20):
-            await actor.submit(insert_row)
-        # A thread woken would have had ample time to count its checkpoint.
-        await trio.sleep(0.2)
-        assert actor.checkpoints == 0
-        nursery.cancel_scope.cancel()

@@ -35,21 +35,6 @@ Invariants
   vanishing.
 * **A stopped actor refuses at once.** After :meth:`run` returns or raises,
   every write raises :class:`~ranvier.errors.StorageUnavailableError`.
-* **Checkpoints stay off the writer thread, and the WAL stays bounded.**
-  Copying the WAL into the database file (and syncing it) is work no commit
-  needs to wait for, so a checkpointer thread with a connection of its own
-  runs it: the writer thread wakes it after a commit that brings the rows
-  changed since the last wake-up to ``_CHECKPOINT_ROWS`` or more, a stand-in
-  for pages written, which the actor cannot count. Its checkpoints are
-  PASSIVE: they block neither the writer nor readers, and leave alone frames
-  a reader still needs. The writer's automatic checkpoint stays on as a
-  backstop at ``_BACKSTOP_PAGES``, far above what the checkpointer lets the
-  WAL reach, so however the checkpointer fares the WAL cannot grow without
-  bound. A failed checkpoint loses nothing (the pages are still in the WAL)
-  and is logged; the next one tries again. The checkpointer syncs as the
-  writer does, so ``synchronous`` means what it meant, and its connection
-  is closed before the writer's, which as the last one open checkpoints
-  what is left.
 
 Handing work to the writer thread
 ---------------------------------
@@ -67,20 +52,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Generic, NoReturn, Protocol, TypeAlias, TypeVar, cast
+from typing import Any, Generic, NoReturn, Protocol, TypeAlias, TypeVar, cast
 
 import trio
 
 from ranvier.errors import StorageUnavailableError
 
-from .connections import SynchronousMode, open_checkpointer, open_writer
+from .connections import SynchronousMode, open_writer
 from .schema import migrate
 
 __all__ = [
@@ -93,16 +77,6 @@ __all__ = [
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
-
-_log: Final = logging.getLogger(__name__)
-
-#: Rows changed between wake-ups of the checkpointer. A row written dirties a
-#: page of its table and one of each index, so this many rows come to about
-#: the 1,000 pages at which SQLite would checkpoint on its own.
-_CHECKPOINT_ROWS: Final = 1000
-#: The writer's own automatic checkpoint, which only a checkpointer falling
-#: far behind lets the WAL reach: 10,000 pages are about 40 MB.
-_BACKSTOP_PAGES: Final = 10_000
 
 #: A write: a function of the write connection, run on the writer thread
 #: inside the actor's transaction (and, when a batch is retried, inside a
@@ -299,79 +273,6 @@ def _run_batch(
     return answers
 
 
-class _Checkpointer:
-    """A thread that checkpoints the WAL through a connection of its own,
-    whenever the writer thread wakes it.
-
-    Wake-ups that come while a checkpoint runs make one more checkpoint
-    after it, never a queue of them: a checkpoint that starts after a commit
-    covers every commit before it.
-    """
-
-    def __init__(self, open_connection: Callable[[], sqlite3.Connection]) -> None:
-        self._open_connection = open_connection
-        self._wake = threading.Event()
-        self._stopping = False
-        # The writer's count of rows changed at the last wake-up; touched only
-        # on the writer thread.
-        self._rows_at_wake = 0
-        self._checkpoints = 0
-        self._thread = threading.Thread(
-            target=self._main, name="ranvier-storage-checkpointer", daemon=True
-        )
-
-    @property
-    def checkpoints(self) -> int:
-        return self._checkpoints
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def note_commit(self, conn: sqlite3.Connection) -> None:
-        """Called on the writer thread after each commit, with its connection."""
-        rows = conn.total_changes
-        # The count is a C int and may wrap; a smaller count means it did.
-        if rows - self._rows_at_wake >= _CHECKPOINT_ROWS or rows < self._rows_at_wake:
-            self._rows_at_wake = rows
-            self._wake.set()
-
-    def _main(self) -> None:
-        conn: sqlite3.Connection | None = None
-        try:
-            while True:
-                self._wake.wait()
-                self._wake.clear()
-                if self._stopping:
-                    return
-                try:
-                    if conn is None:
-                        conn = self._open_connection()
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error as exc:
-                    _log.warning("WAL checkpoint failed, to be tried again: %s", exc)
-                else:
-                    self._checkpoints += 1
-        finally:
-            if conn is not None:
-                conn.close()
-
-    def stop(self) -> None:
-        """End the thread once any checkpoint under way is done; blocks until then."""
-        self._stopping = True
-        self._wake.set()
-        self._thread.join()
-
-
-def _run_batch_and_note(
-    conn: sqlite3.Connection,
-    operations: Sequence[WriteOperation[Any]],
-    checkpointer: _Checkpointer,
-) -> list[_Answer[Any]]:
-    answers = _run_batch(conn, operations)
-    checkpointer.note_commit(conn)
-    return answers
-
-
 class _WriterThread:
     """A thread that owns the write connection and runs jobs in turn."""
 
@@ -462,16 +363,8 @@ class StorageActor:
             raise ValueError(f"queue_size must be at least 1, not {queue_size}")
         self.path = path
         self._open = functools.partial(
-            open_writer,
-            path,
-            synchronous=synchronous,
-            max_page_count=max_page_count,
-            wal_autocheckpoint=_BACKSTOP_PAGES,
+            open_writer, path, synchronous=synchronous, max_page_count=max_page_count
         )
-        self._open_checkpointer = functools.partial(
-            open_checkpointer, path, synchronous=synchronous
-        )
-        self._checkpointer: _Checkpointer | None = None
         self._batch_cap = batch_cap
         self._send, self._receive = trio.open_memory_channel[_Request](queue_size)
         self._ran = False
@@ -480,11 +373,6 @@ class StorageActor:
     @property
     def stats(self) -> WriteStats:
         return self._stats
-
-    @property
-    def checkpoints(self) -> int:
-        """WAL checkpoints run so far beside the writer (not the backstop's)."""
-        return 0 if self._checkpointer is None else self._checkpointer.checkpoints
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open and migrate the database, then write until cancelled or a
@@ -495,26 +383,20 @@ class StorageActor:
         self._ran = True
         writer = _WriterThread(self._open)
         writer.start()
-        checkpointer: _Checkpointer | None = None
         reason: BaseException | None = None
         try:
             await writer.call(migrate)
-            # Only now is the file sure to be a database in WAL mode.
-            checkpointer = self._checkpointer = _Checkpointer(self._open_checkpointer)
-            checkpointer.start()
             task_status.started()
-            await self._serve(writer, checkpointer)
+            await self._serve(writer)
         except BaseException as exc:
             reason = exc
             raise
         finally:
             self._refuse_waiting(reason)
             with trio.CancelScope(shield=True):
-                if checkpointer is not None:
-                    await trio.to_thread.run_sync(checkpointer.stop)
                 await writer.stop()
 
-    async def _serve(self, writer: _WriterThread, checkpointer: _Checkpointer) -> NoReturn:
+    async def _serve(self, writer: _WriterThread) -> NoReturn:
         while True:
             batch = [await self._receive.receive()]
             while len(batch) < self._batch_cap:
@@ -524,11 +406,7 @@ class StorageActor:
                     break
             operations = [request.operation for request in batch]
             try:
-                answers = await writer.call(
-                    functools.partial(
-                        _run_batch_and_note, operations=operations, checkpointer=checkpointer
-                    )
-                )
+                answers = await writer.call(functools.partial(_run_batch, operations=operations))
             except BaseException as exc:
                 for request in batch:
                     request.reply(_Failed(_unavailable(exc)))
