@@ -138,6 +138,30 @@ def test_the_installed_script_serves_with_defaults_and_stops_on_sigint(tmp_path:
     }
 
 
+def test_a_second_signal_while_stopping_still_exits_0_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """An operator who presses Ctrl-C twice (or a supervisor that signals the
+    process group as well as the process) gets the same clean stop.
+    """
+    port = _free_port()
+    config = _write_config(tmp_path, port)
+    argv = [sys.executable, "-m", "ranvier.cli", "serve", "--config", str(config)]
+    with _serving(argv, tmp_path) as server:
+        server.wait_for_line(f"listening on https://127.0.0.1:{port} (federation)")
+        server.process.send_signal(signal.SIGINT)
+        # The second comes once the first is being acted on, while the
+        # server stops (two at once would be folded into one).
+        server.wait_for_line("received SIGINT, stopping")
+        server.process.send_signal(signal.SIGINT)
+        code = server.process.wait(timeout=STOP_TIMEOUT)
+        server._reader.join(timeout=STOP_TIMEOUT)
+    assert code == 0, server.stderr
+    assert "Traceback" not in server.stderr
+    assert "stopped" in server.lines[-1]
+    assert _refused(port)
+
+
 def test_the_module_stops_on_sigterm_and_restarts_with_the_same_key(tmp_path: Path) -> None:
     port = _free_port()
     config = _write_config(tmp_path, port, extra='server_name = "serve.test"\ndata_dir = "state"\n')

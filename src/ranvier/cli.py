@@ -182,6 +182,10 @@ def _serve(args: argparse.Namespace) -> int:
     root.setLevel(args.log_level)
     try:
         trio.run(serve_until_signalled)
+    except KeyboardInterrupt:
+        # A second signal that came while the server was stopping: Trio
+        # delivers it when the receiver closes, after the orderly shutdown.
+        _log.info("stopped")
     except (ConfigError, KeyFileError) as exc:
         raise _CommandError(str(exc)) from None
     except OSError as exc:
