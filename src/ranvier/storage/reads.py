@@ -114,16 +114,25 @@ def get_events(conn: sqlite3.Connection, event_ids: Collection[str]) -> dict[str
 
 def have_seen_events(conn: sqlite3.Connection, event_ids: Collection[str]) -> frozenset[str]:
     """Which of ``event_ids`` are stored (outliers included)."""
-    seen: set[str] = set()
+    return _event_ids_in(conn, "events", event_ids)
+
+
+def _event_ids_in(
+    conn: sqlite3.Connection, table: str, event_ids: Collection[str]
+) -> frozenset[str]:
+    """Which of ``event_ids`` have a row in ``table``, looked up by its
+    ``event_id`` key, a chunk of IDs a statement.
+    """
+    found: set[str] = set()
     for chunk in _chunks(set(event_ids)):
         marks = ",".join("?" * len(chunk))
-        seen.update(
+        found.update(
             event_id
             for (event_id,) in conn.execute(
-                f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk
+                f"SELECT event_id FROM {table} WHERE event_id IN ({marks})", chunk
             )
         )
-    return frozenset(seen)
+    return frozenset(found)
 
 
 def get_event_state_groups(conn: sqlite3.Connection, event_id: str) -> EventStateGroups | None:
@@ -367,16 +376,7 @@ def get_partial_state_event_ids(
     Looks the events up by ID, so the answer costs the same in a room with
     thousands of partial-state events as in one with none.
     """
-    partial: set[str] = set()
-    for chunk in _chunks(set(event_ids)):
-        marks = ",".join("?" * len(chunk))
-        partial.update(
-            event_id
-            for (event_id,) in conn.execute(
-                f"SELECT event_id FROM partial_state_events WHERE event_id IN ({marks})", chunk
-            )
-        )
-    return frozenset(partial)
+    return _event_ids_in(conn, "partial_state_events", event_ids)
 
 
 def get_received_transaction(
