@@ -20,9 +20,11 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Final, Literal
+
+from ranvier.web import Receive, Scope, Send, run_lifespan
 
 __all__ = [
     "CONTENT_TYPE",
@@ -173,12 +175,6 @@ def _format_value(value: int | float) -> str:
     return repr(value)
 
 
-_Scope = MutableMapping[str, Any]
-_Message = MutableMapping[str, Any]
-_Receive = Callable[[], Awaitable[_Message]]
-_Send = Callable[[_Message], Awaitable[None]]
-
-
 class MetricsApp:
     """The ASGI application of a ``metrics`` listener.
 
@@ -196,10 +192,10 @@ class MetricsApp:
         self._samples = samples
         self._families = tuple(families)
 
-    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point."""
         if scope["type"] == "lifespan":
-            await _run_lifespan(receive, send)
+            await run_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -226,15 +222,3 @@ class MetricsApp:
             _log.exception("the metrics could not be read")
             return 500, plain, b"the metrics could not be read\n"
         return 200, [(b"content-type", CONTENT_TYPE.encode("ascii"))], body
-
-
-async def _run_lifespan(receive: _Receive, send: _Send) -> None:
-    # Nothing to set up or tear down; answering keeps the HTTP server from
-    # logging that the application does not speak the lifespan protocol.
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
