@@ -22,6 +22,15 @@ TABLES_ADDED = {
     4: {"received_transactions", "server_keys", "destinations"},
     5: {"destination_rooms"},
     6: {"resync_progress"},
+    7: {
+        "users",
+        "devices",
+        "access_tokens",
+        "client_transactions",
+        "room_aliases",
+        "user_filters",
+        "un_partial_stated_rooms",
+    },
 }
 
 
@@ -68,6 +77,14 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO destination_rooms VALUES ('hs.example', '!r:x', 1, NULL)")
     elif version == 6:
         run("INSERT INTO resync_progress VALUES ('!r:x', 'walking', NULL, 1, 2, 1, NULL, 5)")
+    elif version == 7:
+        run("INSERT INTO users VALUES ('@a:x', 'hash', 0, 5, 0)")
+        run("INSERT INTO devices VALUES ('@a:x', 'DEV', NULL, 5, NULL)")
+        run("INSERT INTO access_tokens VALUES (x'00', '@a:x', 'DEV', 5)")
+        run("INSERT INTO client_transactions VALUES ('@a:x', 'DEV', 't1', '!r:x', '$e', 5)")
+        run("INSERT INTO room_aliases VALUES ('#a:x', '!r:x', '@a:x', 5)")
+        run("INSERT INTO user_filters VALUES ('@a:x', 0, x'7b7d')")
+        run("INSERT INTO un_partial_stated_rooms VALUES ('!r:x', 1)")
 
 
 def _row_counts(conn: sqlite3.Connection) -> dict[str, int]:

@@ -309,6 +309,98 @@ def _resync_progress(db: sqlite_utils.Database) -> None:
     )
 
 
+def _client_api(db: sqlite_utils.Database) -> None:
+    """Local accounts and what the client-server API keeps for them.
+
+    Passwords and access tokens are stored only as hashes: a copy of the
+    database must not let anyone log in. ``client_transactions`` makes a
+    client's retried send return the first event instead of a second one,
+    across restarts. ``un_partial_stated_rooms`` records the stream position
+    at which a room's state became complete, so that a sync that left the
+    room out while it was partial knows to bring it in.
+    """
+    _create(
+        db,
+        "users",
+        {
+            "user_id": str,
+            "password_hash": str,
+            "admin": int,
+            "created_ts": int,
+            "deactivated": int,
+        },
+        pk="user_id",
+        not_null={"admin", "created_ts", "deactivated"},
+    )
+    _create(
+        db,
+        "devices",
+        {
+            "user_id": str,
+            "device_id": str,
+            "display_name": str,
+            "created_ts": int,
+            "last_seen_ts": int,
+        },
+        pk=("user_id", "device_id"),
+        not_null={"created_ts"},
+        foreign_keys=[("user_id", "users", "user_id")],
+    )
+    _create(
+        db,
+        "access_tokens",
+        {"token_hash": bytes, "user_id": str, "device_id": str, "created_ts": int},
+        pk="token_hash",
+        not_null={"user_id", "device_id", "created_ts"},
+        foreign_keys=[("user_id", "users", "user_id")],
+    )
+    db.table("access_tokens").create_index(["user_id", "device_id"])
+    _create(
+        db,
+        "client_transactions",
+        {
+            "user_id": str,
+            "device_id": str,
+            "txn_id": str,
+            "room_id": str,
+            "event_id": str,
+            "created_ts": int,
+        },
+        pk=("user_id", "device_id", "txn_id"),
+        not_null={"room_id", "event_id", "created_ts"},
+    )
+    db.table("client_transactions").create_index(["created_ts"])
+    _create(
+        db,
+        "room_aliases",
+        {"alias": str, "room_id": str, "creator": str, "created_ts": int},
+        pk="alias",
+        not_null={"room_id", "creator", "created_ts"},
+    )
+    db.table("room_aliases").create_index(["room_id"])
+    _create(
+        db,
+        "user_filters",
+        {"user_id": str, "filter_id": int, "filter_json": bytes},
+        pk=("user_id", "filter_id"),
+        not_null={"filter_json"},
+    )
+    _create(
+        db,
+        "un_partial_stated_rooms",
+        {"room_id": str, "stream_ordering": int},
+        pk="room_id",
+        not_null={"stream_ordering"},
+        foreign_keys=[("room_id", "rooms", "room_id")],
+    )
+    # A user's rooms, for /sync and membership checks, without a scan of
+    # every room's current state.
+    db.execute(
+        "CREATE INDEX current_state_members ON current_state (state_key, room_id)"
+        " WHERE type = 'm.room.member'"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -317,6 +409,7 @@ MIGRATIONS: Sequence[Migration] = (
     _federation,
     _outgoing_federation,
     _resync_progress,
+    _client_api,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
