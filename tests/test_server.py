@@ -285,23 +285,25 @@ async def test_plain_http_listeners_need_no_certificate(tmp_path: Path) -> None:
     assert not (tmp_path / "tls.crt").exists()
 
 
-async def test_client_listeners_are_not_served_yet(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_a_client_listener_serves_the_client_api_over_plain_http(tmp_path: Path) -> None:
     listeners = (
         ListenerConfig(type="client", port=0),
         ListenerConfig(type="federation", port=0),
     )
-    with caplog.at_level("INFO", logger="ranvier.server"):
-        async with open_homeserver(_config(tmp_path, listeners=listeners)) as server:
-            assert [bound.config.type for bound in server.listeners] == ["federation"]
-            port = server.federation_port
-    messages = [record.getMessage() for record in caplog.records]
-    assert (
-        "listeners[0]: the client API is not served yet; nothing listens on 127.0.0.1 port 0"
-        in (messages)
-    )
-    assert f"listening on https://127.0.0.1:{port} (federation)" in messages
+    async with (
+        open_homeserver(_config(tmp_path, listeners=listeners)) as server,
+        httpx.AsyncClient() as client,
+    ):
+        client_listener, federation_listener = server.listeners
+        assert (client_listener.config.type, client_listener.scheme) == ("client", "http")
+        assert federation_listener.scheme == "https"
+        response = await client.get(f"{client_listener.url}/_matrix/client/versions")
+        assert response.status_code == 200
+        assert "v1.11" in response.json()["versions"]
+        assert response.headers["access-control-allow-origin"] == "*"
+        # The federation API is not served on the client listener.
+        response = await client.get(f"{client_listener.url}{VERSION_PATH}")
+        assert (response.status_code, response.json()["errcode"]) == (404, "M_UNRECOGNIZED")
 
 
 async def test_the_data_directory_is_created_private(tmp_path: Path) -> None:

@@ -87,6 +87,8 @@ from typing import Any, Final, TypeVar
 import msgspec
 import trio
 
+from ranvier.api.app import ClientApp
+from ranvier.api.versions import add_versions_route
 from ranvier.config import Config, ListenerConfig
 from ranvier.core.creation import EventCreator, NotInRoomError, Preset
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
@@ -106,7 +108,7 @@ from ranvier.federation.queries import add_query_routes
 from ranvier.federation.sender import FederationSender
 from ranvier.federation.server import TransactionHandler, add_transaction_routes
 from ranvier.federation.transport.client import FederationHttpClient
-from ranvier.federation.transport.listener import HttpListener
+from ranvier.federation.transport.listener import AsgiApp, HttpListener
 from ranvier.federation.transport.routes import add_key_server_route, add_version_route
 from ranvier.federation.transport.server import FederationApp, Router
 from ranvier.federation.transport.tls import ensure_certificate, server_ssl_context
@@ -195,6 +197,7 @@ class HomeServer:
         self._remote_joiner: RemoteJoiner | None = None
         self._unpartial_stater: UnpartialStater | None = None
         self._federation_app: FederationApp | None = None
+        self._client_app: ClientApp | None = None
         self._listeners: list[tuple[ListenerConfig, HttpListener]] = []
         self._bound: tuple[BoundListener, ...] | None = None
         self._notifier: RoomEventSender | None = None
@@ -268,6 +271,11 @@ class HomeServer:
     def federation_app(self) -> FederationApp:
         """The app every federation listener serves; its router holds the routes."""
         return _built(self._federation_app, "federation_app")
+
+    @property
+    def client_app(self) -> ClientApp:
+        """The client-server API's ASGI application, for embedding it elsewhere."""
+        return _built(self._client_app, "client_app")
 
     @property
     def listeners(self) -> tuple[BoundListener, ...]:
@@ -526,18 +534,14 @@ class HomeServer:
             router=self._federation_router(prepared.signing_key),
             max_body_bytes=config.federation.max_request_body_bytes,
         )
+        self._client_app = ClientApp(router=self._client_router())
         self._listeners = []
-        metrics_app = MetricsApp(self.metrics)
+        apps: dict[str, AsgiApp] = {
+            "federation": self._federation_app,
+            "client": self._client_app,
+            "metrics": MetricsApp(self.metrics),
+        }
         for index, listener in enumerate(config.listeners):
-            if listener.type == "client":
-                _log.warning(
-                    "listeners[%d]: the %s API is not served yet; nothing listens on %s port %d",
-                    index,
-                    listener.type,
-                    listener.host,
-                    listener.port,
-                )
-                continue
             if listener.type == "metrics" and not ipaddress.ip_address(listener.host).is_loopback:
                 _log.warning(
                     "listeners[%d]: metrics on %s are open to whoever reaches that address,"
@@ -546,7 +550,7 @@ class HomeServer:
                     listener.host,
                 )
             http = HttpListener(
-                self._federation_app if listener.type == "federation" else metrics_app,
+                apps[listener.type],
                 host=listener.host,
                 port=listener.port,
                 ssl_context=prepared.server_ssl_context if listener.uses_tls else None,
@@ -625,6 +629,12 @@ class HomeServer:
             notifier=self._notifier,
             room_lock=self._room_locks.hold,
         )
+        return router
+
+    def _client_router(self) -> Router:
+        """Every client-server API route this server answers, registered here."""
+        router = Router()
+        add_versions_route(router)
         return router
 
     def _components(self) -> list[_Component]:

@@ -1,0 +1,131 @@
+"""The client-server API's HTTP application.
+
+Clients call ``/_matrix/client/*``. :class:`ClientApp` turns each call into a
+:class:`~ranvier.web.Request` for the handler its :class:`~ranvier.web.Router`
+names and the handler's answer, or the :class:`~ranvier.errors.MatrixError`
+it raises, into a JSON response.
+
+Unlike federation requests, which servers sign, client requests carry an
+access token, and which routes need one is the handlers' business: a
+handler that needs a user calls :meth:`ranvier.api.auth.Auth.get_user`
+first. The test suite checks that every route but the few the spec leaves
+open refuses a request without a token.
+
+Web clients call from another origin, so every response carries the CORS
+headers the spec asks for, and a preflight ``OPTIONS`` is answered for any
+path without reaching a handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from typing import Final
+
+from ranvier.errors import MatrixError
+from ranvier.web import (
+    Disconnected,
+    JsonResponse,
+    Receive,
+    Rendered,
+    Request,
+    Router,
+    Scope,
+    Send,
+    parse_json,
+    read_body,
+    render,
+    run_lifespan,
+)
+
+__all__ = ["CLIENT_PREFIX", "DEFAULT_MAX_CLIENT_BODY_BYTES", "ClientApp"]
+
+_logger: Final = logging.getLogger(__name__)
+
+CLIENT_PREFIX: Final = "/_matrix/client"
+
+#: Requests are JSON of events and their content (at most 64 KiB each) and
+#: small parameter objects; media are not served here.
+DEFAULT_MAX_CLIENT_BODY_BYTES: Final = 1024 * 1024
+
+# What the spec's "Web Browser Clients" section asks every response to carry.
+_CORS_HEADERS: Final = (
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-allow-methods", b"GET, POST, PUT, DELETE, OPTIONS"),
+    (
+        b"access-control-allow-headers",
+        b"X-Requested-With, Content-Type, Authorization",
+    ),
+)
+
+
+class ClientApp:
+    """The ASGI application serving ``/_matrix/client`` (and the few other
+    paths clients call, such as ``/.well-known/matrix/client``).
+
+    ``router`` holds the routes (``app.router`` stays open for more).
+    """
+
+    def __init__(
+        self, *, router: Router | None = None, max_body_bytes: int = DEFAULT_MAX_CLIENT_BODY_BYTES
+    ) -> None:
+        if max_body_bytes <= 0:
+            raise ValueError(f"max_body_bytes must be positive, not {max_body_bytes}")
+        self.router = router if router is not None else Router()
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI entry point."""
+        if scope["type"] == "lifespan":
+            await run_lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        response = await self._respond(scope, receive)
+        if response is not None:
+            status, headers, body = response
+            headers.extend(_CORS_HEADERS)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+    async def _respond(self, scope: Scope, receive: Receive) -> Rendered | None:
+        method: str = scope["method"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        query: bytes = scope.get("query_string", b"")
+        path = raw_path.decode("latin-1")
+        uri = path + ("?" + query.decode("latin-1") if query else "")
+        headers = [
+            (name.decode("latin-1").lower(), value.decode("latin-1"))
+            for name, value in scope["headers"]
+        ]
+        if method == "OPTIONS":
+            # A CORS preflight: the headers added to every response are the
+            # whole answer.
+            return render(JsonResponse({}))
+        try:
+            match = self.router.match(method, path)
+            body = await read_body(receive, headers, self.max_body_bytes)
+            content = parse_json(body) if body else None
+            request = Request(
+                method=method,
+                uri=uri,
+                path_params=match.params,
+                query=urllib.parse.parse_qs(
+                    query.decode("latin-1"), keep_blank_values=True, errors="replace"
+                ),
+                headers=headers,
+                body=body,
+                content=content,
+                origin=None,
+            )
+            result = await match.route.handler(request)
+            return render(result if isinstance(result, JsonResponse) else JsonResponse(result))
+        except Disconnected:
+            return None
+        except MatrixError as exc:
+            return render(JsonResponse(exc.to_json(), status=exc.http_status))
+        except Exception:
+            _logger.exception("%s %s failed", method, path)
+            return render(
+                JsonResponse({"errcode": "M_UNKNOWN", "error": "internal server error"}, status=500)
+            )

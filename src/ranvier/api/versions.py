@@ -1,0 +1,37 @@
+"""``GET /_matrix/client/versions``: what a client asks first, before it has
+logged in, to learn which versions of the spec the server speaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ranvier.web import Request, Router
+
+__all__ = ["SPEC_VERSIONS", "add_versions_route"]
+
+#: The spec versions whose client-server API this server implements; the
+#: endpoints are those of ``/_matrix/client/v3``.
+SPEC_VERSIONS: Final = (
+    "v1.1",
+    "v1.2",
+    "v1.3",
+    "v1.4",
+    "v1.5",
+    "v1.6",
+    "v1.7",
+    "v1.8",
+    "v1.9",
+    "v1.10",
+    "v1.11",
+)
+
+
+def add_versions_route(router: Router) -> None:
+    """Serve ``GET /_matrix/client/versions``, which needs no access token."""
+
+    async def get_versions(request: Request) -> Mapping[str, Any]:
+        return {"versions": list(SPEC_VERSIONS), "unstable_features": {}}
+
+    router.add("GET", "/_matrix/client/versions", get_versions)
