@@ -17,6 +17,7 @@ import trio
 
 from ranvier.core import compute_event_context
 from ranvier.core.context import compute_current_state_after, event_to_persist
+from ranvier.core.event_auth import run_auth_checks
 from ranvier.core.ingest import EventVerifier, FederationIngester, PduOutcome
 from ranvier.core.ingest_batch import NotInMemoryError, RoomRun
 from ranvier.errors import MatrixError, PartialStateConflictError
@@ -471,3 +472,36 @@ async def test_a_run_holds_only_events_of_its_room_it_read(
     with pytest.raises(NotInMemoryError, match="held already"):
         await run.persist_events([event_to_persist(read, context)])
     assert run.held == 1
+
+
+async def test_a_run_holds_hundreds_of_state_events_in_a_line(
+    counting: CountingStorage, room: Room
+) -> None:
+    # Each held state event's group sits on the one before: looking a key
+    # up through 600 of them walks the chain without nesting a call each.
+    builder = room.builder
+    room_id = builder.room_id
+    events = [builder.topic(ALICE, f"topic {n}") for n in range(600)]
+    run = RoomRun(counting, counting, room_id, builder.room_version)
+    await run.load(events)
+    for event in events:
+        context = await compute_event_context(event, run, run)
+        outcome = await run_auth_checks(event, context, run)
+        assert outcome.failure is None, outcome.failure
+        current = await compute_current_state_after(event, outcome.context, run, run)
+        await run.persist_events(
+            [event_to_persist(event, outcome.context)],
+            current_state_groups=None if current is None else {room_id: current},
+        )
+    last = events[-1].event_id
+    groups = await run.get_event_state_groups(last)
+    assert groups is not None
+    keys = [("m.room.topic", ""), ("m.room.member", BOB), ("m.room.create", "")]
+    expected = {key: builder.state_after[last][key] for key in keys}
+    assert dict(await run.get_state_ids_for_keys(groups.after, keys)) == expected
+    await run.write()
+    assert counting.persists == [[event.event_id for event in events]]
+    assert dict(await counting.get_current_state_ids(room_id)) == builder.state_after[last]
+    stored = await counting.get_event_state_groups(last)
+    assert stored is not None
+    assert dict(await counting.get_state_ids(stored.after)) == builder.state_after[last]

@@ -266,16 +266,29 @@ class RoomRun:
     async def get_state_ids_for_keys(
         self, state_group: int, keys: Collection[StateKey]
     ) -> Mapping[StateKey, str]:
-        derived = self._derived.get(state_group)
-        if derived is not None:
-            return await self._point_for_keys(derived, keys)
-        known = self._group_keys.setdefault(state_group, {})
-        unread = [key for key in keys if key not in known]
+        # A group the run stored is its base with one entry on top, and the
+        # base may be another such group: the chain is walked down in a
+        # loop, as long as the run's held state events, to a group read
+        # from storage.
+        found: dict[StateKey, str] = {}
+        rest = list(keys)
+        group = state_group
+        while (derived := self._derived.get(group)) is not None:
+            on_top = derived.on_top
+            if any(key in on_top for key in rest):
+                found.update((key, on_top[key]) for key in rest if key in on_top)
+                rest = [key for key in rest if key not in on_top]
+                if not rest:
+                    return found
+            group = derived.group
+        known = self._group_keys.setdefault(group, {})
+        unread = [key for key in rest if key not in known]
         if unread:
-            found = await self._store.get_state_ids_for_keys(state_group, unread)
+            read = await self._store.get_state_ids_for_keys(group, unread)
             for key in unread:
-                known[key] = found.get(key)
-        return _present(known, keys)
+                known[key] = read.get(key)
+        found.update(_present(known, rest))
+        return found
 
     async def get_current_state_ids(self, room_id: str) -> Mapping[StateKey, str]:
         if room_id != self.room_id or self._current is None:
