@@ -16,9 +16,13 @@ import trio
 from ranvier.protocol.room_versions import RoomVersion, RoomVersionLike
 
 from . import reads, writes
+from .accounts import AccountStorage
 from .actor import StorageActor
+from .aliases import AliasStorage
+from .client_transactions import ClientTransactionStorage
 from .connections import SynchronousMode
 from .readers import ReaderPool
+from .room_members import RoomMemberStorage
 from .records import (
     DestinationRetry,
     EventStateGroups,
@@ -67,6 +71,10 @@ class Storage:
             max_page_count=max_page_count,
         )
         self.readers = ReaderPool(path, size=readers)
+        self.aliases = AliasStorage(self.actor, self.readers)
+        self.client_transactions = ClientTransactionStorage(self.actor, self.readers)
+        self.room_members = RoomMemberStorage(self.actor, self.readers)
+        self.accounts = AccountStorage(self.actor, self.readers)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:

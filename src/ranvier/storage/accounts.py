@@ -1,0 +1,249 @@
+"""Local accounts, their devices and their access tokens, in SQLite.
+
+Access tokens are stored as their SHA-256 only and passwords as their
+argon2id hash only: a copy of the database lets nobody log in.
+
+Invariants
+----------
+
+* **One write per change.** Creating an account with its first device and
+  token, or logging a device in, is one write: a failure leaves nothing
+  half made.
+* **Taken is taken.** Whether a user ID is free is decided by the primary
+  key of ``users`` inside the write, not by a read before it, so two
+  registrations of one name cannot both succeed.
+* **A device has one token.** Logging a device in again replaces its tokens;
+  logging out removes the device with its tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from dataclasses import dataclass
+
+from ranvier.errors import MatrixError
+
+from .actor import StorageActor
+from .readers import ReaderPool
+
+__all__ = [
+    "AccountStorage",
+    "NewAccount",
+    "NewDevice",
+    "PasswordLogin",
+    "TokenOwner",
+    "UserInUseError",
+]
+
+
+class UserInUseError(MatrixError):
+    """The user ID asked for already has an account (deactivated ones too:
+    a user ID is never given to a second person).
+    """
+
+    errcode = "M_USER_IN_USE"
+    http_status = 400
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"the user ID {user_id} is already taken")
+        self.user_id = user_id
+
+
+@dataclass(frozen=True, slots=True)
+class NewAccount:
+    """An account to create. ``password_hash`` is None for an account that
+    cannot log in with a password.
+    """
+
+    user_id: str
+    password_hash: str | None
+    admin: bool
+    created_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewDevice:
+    """A device logging in, with the hash of the access token it is given."""
+
+    user_id: str
+    device_id: str
+    display_name: str | None
+    token_hash: bytes
+    created_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordLogin:
+    """What a password login needs to know of an account."""
+
+    user_id: str
+    password_hash: str | None
+    admin: bool
+    deactivated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TokenOwner:
+    """Whose access token a hash is."""
+
+    user_id: str
+    device_id: str
+    admin: bool
+
+
+class AccountStorage:
+    """Accounts, devices and access tokens over the storage actor (writes)
+    and the reader pool (reads).
+    """
+
+    def __init__(self, actor: StorageActor, readers: ReaderPool) -> None:
+        self._actor = actor
+        self._readers = readers
+
+    # Writes.
+
+    async def create_account(self, account: NewAccount, device: NewDevice | None = None) -> None:
+        """Create ``account`` and, if given, its first device and token.
+
+        Raises :class:`UserInUseError` if the user ID is taken.
+        """
+        await self._actor.submit(functools.partial(_create_account, account=account, device=device))
+
+    async def add_device(self, device: NewDevice) -> None:
+        """Log ``device`` in: create it if new (an existing one keeps its
+        display name) and make ``device.token_hash`` its only token.
+
+        Raises MatrixError ``M_FORBIDDEN`` if the user has no account.
+        """
+        await self._actor.submit(functools.partial(_add_device, device=device))
+
+    async def delete_device_of_token(self, token_hash: bytes) -> TokenOwner | None:
+        """Log out the device ``token_hash`` belongs to: the device goes with
+        every token it has. Returns whose it was, or None for an unknown token.
+        """
+        return await self._actor.submit(
+            functools.partial(_delete_device_of_token, token_hash=token_hash)
+        )
+
+    async def delete_devices(self, user_id: str) -> int:
+        """Log out every device of ``user_id``; return how many tokens went."""
+        return await self._actor.submit(functools.partial(_delete_devices, user_id=user_id))
+
+    async def set_password_hash(self, user_id: str, password_hash: str) -> None:
+        await self._actor.submit(
+            functools.partial(_set_password_hash, user_id=user_id, password_hash=password_hash)
+        )
+
+    # Reads.
+
+    async def user_exists(self, user_id: str) -> bool:
+        """Whether ``user_id`` has an account here, deactivated or not."""
+        return await self._readers.read(functools.partial(_user_exists, user_id=user_id))
+
+    async def get_password_login(self, user_id: str) -> PasswordLogin | None:
+        return await self._readers.read(functools.partial(_get_password_login, user_id=user_id))
+
+    async def get_token_owner(self, token_hash: bytes) -> TokenOwner | None:
+        """The owner of an access token, or None if no active account has it."""
+        return await self._readers.read(functools.partial(_get_token_owner, token_hash=token_hash))
+
+
+def _create_account(
+    conn: sqlite3.Connection, *, account: NewAccount, device: NewDevice | None
+) -> None:
+    try:
+        conn.execute(
+            "INSERT INTO users (user_id, password_hash, admin, created_ts, deactivated)"
+            " VALUES (?, ?, ?, ?, 0)",
+            (account.user_id, account.password_hash, int(account.admin), account.created_ts),
+        )
+    except sqlite3.IntegrityError:
+        # The primary key: someone has the name, whenever they took it.
+        raise UserInUseError(account.user_id) from None
+    if device is not None:
+        _add_device(conn, device=device)
+
+
+def _add_device(conn: sqlite3.Connection, *, device: NewDevice) -> None:
+    try:
+        conn.execute(
+            "INSERT INTO devices (user_id, device_id, display_name, created_ts, last_seen_ts)"
+            " VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (user_id, device_id) DO UPDATE SET last_seen_ts = excluded.last_seen_ts",
+            (
+                device.user_id,
+                device.device_id,
+                device.display_name,
+                device.created_ts,
+                device.created_ts,
+            ),
+        )
+    except sqlite3.IntegrityError:
+        # The foreign key to users.
+        raise MatrixError(
+            f"{device.user_id} has no account", errcode="M_FORBIDDEN", http_status=403
+        ) from None
+    conn.execute(
+        "DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?",
+        (device.user_id, device.device_id),
+    )
+    conn.execute(
+        "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts)"
+        " VALUES (?, ?, ?, ?)",
+        (device.token_hash, device.user_id, device.device_id, device.created_ts),
+    )
+
+
+def _delete_device_of_token(conn: sqlite3.Connection, *, token_hash: bytes) -> TokenOwner | None:
+    row = conn.execute(
+        "SELECT t.user_id, t.device_id, u.admin FROM access_tokens AS t"
+        " JOIN users AS u ON u.user_id = t.user_id WHERE t.token_hash = ?",
+        (token_hash,),
+    ).fetchone()
+    if row is None:
+        return None
+    user_id, device_id, admin = row
+    conn.execute(
+        "DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?", (user_id, device_id)
+    )
+    conn.execute("DELETE FROM devices WHERE user_id = ? AND device_id = ?", (user_id, device_id))
+    return TokenOwner(user_id, device_id, bool(admin))
+
+
+def _delete_devices(conn: sqlite3.Connection, *, user_id: str) -> int:
+    deleted = conn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,)).rowcount
+    conn.execute("DELETE FROM devices WHERE user_id = ?", (user_id,))
+    return deleted
+
+
+def _set_password_hash(conn: sqlite3.Connection, *, user_id: str, password_hash: str) -> None:
+    conn.execute("UPDATE users SET password_hash = ? WHERE user_id = ?", (password_hash, user_id))
+
+
+def _user_exists(conn: sqlite3.Connection, *, user_id: str) -> bool:
+    row = conn.execute("SELECT 1 FROM users WHERE user_id = ?", (user_id,)).fetchone()
+    return row is not None
+
+
+def _get_password_login(conn: sqlite3.Connection, *, user_id: str) -> PasswordLogin | None:
+    row = conn.execute(
+        "SELECT password_hash, admin, deactivated FROM users WHERE user_id = ?", (user_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    password_hash, admin, deactivated = row
+    return PasswordLogin(user_id, password_hash, bool(admin), bool(deactivated))
+
+
+def _get_token_owner(conn: sqlite3.Connection, *, token_hash: bytes) -> TokenOwner | None:
+    row = conn.execute(
+        "SELECT t.user_id, t.device_id, u.admin FROM access_tokens AS t"
+        " JOIN users AS u ON u.user_id = t.user_id"
+        " WHERE t.token_hash = ? AND u.deactivated = 0",
+        (token_hash,),
+    ).fetchone()
+    if row is None:
+        return None
+    user_id, device_id, admin = row
+    return TokenOwner(user_id, device_id, bool(admin))
