@@ -1,15 +1,21 @@
 """A real Synapse on loopback, run as a program, and a small client of its
-client-server API.
+client-server API: the one launcher of both the interop tests and the
+benchmarks that measure Synapse beside ranvier (``bench/`` imports it as
+``tests.interop._synapse``; ``python -m bench`` runs from the repository's
+root, so that name resolves, while pytest puts only ``tests/`` on the path,
+so the tests could not import ``bench``).
 
-Synapse is started from the Python interpreter that has it installed (its
-own virtual environment, named by ``RANVIER_SYNAPSE_PYTHON``), never
-imported: it is a peer under test, not a library of ours. Its configuration
-is written here from the documented options, as JSON (which YAML reads),
-with what a loopback federation needs: a server name with an explicit port
-(so no well-known or SRV lookup), one TLS listener for both APIs with a
-certificate from the test CA, no notary (each server's keys come from the
-server itself), loopback reachable for outgoing requests and nothing else,
-and rate limits out of the way.
+Synapse is started from a Python interpreter that has it installed (its
+own virtual environment, named by ``RANVIER_SYNAPSE_PYTHON``, or the
+running one), never imported: it is a peer under test, not a library of
+ours. Its configuration is written here from the documented options, as
+JSON (which YAML reads), with what a loopback federation needs: a server
+name with an explicit port (so no well-known or SRV lookup), one TLS
+listener for both APIs with a certificate from the test CA, no notary (each
+server's keys come from the server itself), loopback reachable for outgoing
+requests and nothing else, and rate limits out of the way. A second
+listener serves the client API over plain HTTP, as a homeserver behind a
+reverse proxy would, for clients that measure the server and not TLS.
 
 Synapse answers requests before it has finished with what they carry
 (``/send`` is acknowledged before its PDUs are stored), so tests poll it.
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.util
 import itertools
 import json
 import os
@@ -26,6 +33,7 @@ import secrets
 import signal
 import ssl
 import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -44,6 +52,8 @@ __all__ = [
     "SynapseStartError",
     "SynapseUser",
     "start_synapse",
+    "synapse_config",
+    "synapse_python",
 ]
 
 #: The environment variable naming the Python that has Synapse installed.
@@ -65,7 +75,7 @@ _BLOCKED_RANGES: Final = (
 )
 _ALLOWED_RANGES: Final = ("127.0.0.0/8", "::1/128")
 
-_NO_LIMIT: Final = {"per_second": 10_000, "burst_count": 10_000}
+_NO_LIMIT: Final = {"per_second": 100_000, "burst_count": 100_000}
 _RATE_LIMITS: Final = (
     "rc_message",
     "rc_registration",
@@ -102,10 +112,31 @@ class SynapseClientError(AssertionError):
         super().__init__(f"Synapse answered {method} {path} with {status}: {body}")
 
 
+def synapse_python() -> Path:
+    """The interpreter to run Synapse with: ``RANVIER_SYNAPSE_PYTHON`` if
+    set, else the running one if it has Synapse installed; raise
+    :class:`SynapseStartError` saying how to get one otherwise.
+    """
+    named = os.environ.get(SYNAPSE_PYTHON_VARIABLE)
+    if named:
+        if not Path(named).is_file():
+            raise SynapseStartError(f"{SYNAPSE_PYTHON_VARIABLE}={named}: no such file")
+        return Path(named)
+    if importlib.util.find_spec("synapse") is None:
+        raise SynapseStartError(
+            "matrix-synapse is not installed here: run `nox -s interop` or `nox -s bench`,"
+            f" `pip install matrix-synapse`, or set {SYNAPSE_PYTHON_VARIABLE} to a Python"
+            " interpreter that has it"
+        )
+    return Path(sys.executable)
+
+
 def synapse_config(
-    directory: Path, *, port: int, certificate: Path, private_key: Path
+    directory: Path, *, port: int, client_port: int, certificate: Path, private_key: Path
 ) -> dict[str, Any]:
-    """A Synapse configuration for a server named ``127.0.0.1:<port>``."""
+    """A Synapse configuration for a server named ``127.0.0.1:<port>``, with
+    the client API also on ``client_port`` over plain HTTP.
+    """
     limits: dict[str, Any] = dict.fromkeys(_RATE_LIMITS, _NO_LIMIT)
     return {
         "server_name": f"127.0.0.1:{port}",
@@ -118,7 +149,15 @@ def synapse_config(
                 "tls": True,
                 "x_forwarded": False,
                 "resources": [{"names": ["client", "federation"], "compress": False}],
-            }
+            },
+            {
+                "port": client_port,
+                "bind_addresses": ["127.0.0.1"],
+                "type": "http",
+                "tls": False,
+                "x_forwarded": False,
+                "resources": [{"names": ["client"], "compress": False}],
+            },
         ],
         "tls_certificate_path": str(certificate),
         "tls_private_key_path": str(private_key),
@@ -146,12 +185,12 @@ def synapse_config(
         "rc_invites": {"per_room": _NO_LIMIT, "per_user": _NO_LIMIT, "per_issuer": _NO_LIMIT},
         "rc_federation": {
             "window_size": 1000,
-            "sleep_limit": 10_000,
+            "sleep_limit": 100_000,
             "sleep_delay": 1,
-            "reject_limit": 10_000,
-            "concurrent": 100,
+            "reject_limit": 100_000,
+            "concurrent": 1000,
         },
-        "federation_rr_transactions_per_room_per_second": 10_000,
+        "federation_rr_transactions_per_room_per_second": 100_000,
     }
 
 
@@ -160,7 +199,10 @@ class SynapseProcess:
     """A Synapse we started, and where to find it."""
 
     server_name: str
+    #: Both APIs, over TLS.
     base_url: str
+    #: The client API over plain HTTP.
+    client_url: str
     directory: Path
     log_path: Path
     shared_secret: str
@@ -200,6 +242,10 @@ class SynapseProcess:
             log.seek(offset)
             return text.encode() in log.read()
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
     def client_context(self) -> ssl.SSLContext:
         """What a client checking Synapse's certificate trusts."""
         return self.pki.client_context()
@@ -215,10 +261,15 @@ class SynapseProcess:
             self.process.kill()
             self.process.wait()
 
-    async def register(self, http: httpx.AsyncClient, localpart: str) -> SynapseUser:
-        """A new user, through the shared-secret registration API."""
+    async def register(
+        self, http: httpx.AsyncClient, localpart: str, *, plain: bool = False
+    ) -> SynapseUser:
+        """A new user, through the shared-secret registration API; the user
+        acts over plain HTTP if ``plain``, else over TLS.
+        """
+        base_url = self.client_url if plain else self.base_url
         path = "/_synapse/admin/v1/register"
-        nonce_answer = await http.get(self.base_url + path)
+        nonce_answer = await http.get(base_url + path)
         _check(nonce_answer, "GET", path)
         nonce = nonce_answer.json()["nonce"]
         password = secrets.token_hex(8)
@@ -233,25 +284,36 @@ class SynapseProcess:
             "admin": False,
             "mac": mac.hexdigest(),
         }
-        answer = await http.post(self.base_url + path, json=body)
+        answer = await http.post(base_url + path, json=body)
         _check(answer, "POST", path)
         registered = answer.json()
-        return SynapseUser(registered["user_id"], registered["access_token"], self.base_url, http)
+        return SynapseUser(registered["user_id"], registered["access_token"], base_url, http)
 
 
-def start_synapse(python: Path, directory: Path, pki: Pki) -> SynapseProcess:
-    """Configure a Synapse in ``directory``, start it, and wait until it is healthy.
+def start_synapse(
+    python: Path, directory: Path, pki: Pki, *, cache_factor: float | None = None
+) -> SynapseProcess:
+    """Configure a Synapse with a fresh database in ``directory``, start it,
+    and wait until it is healthy.
 
-    Raise :class:`SynapseStartError` (with the log) if it is not within a
+    ``cache_factor`` scales its caches (``SYNAPSE_CACHE_FACTOR``); ``None``
+    keeps their default sizes, as an operator would run it. Raise
+    :class:`SynapseStartError` (with the log) if it is not healthy within a
     minute; the process is stopped then.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port, client_port = free_port(), free_port()
     certificate, private_key = directory / "tls.crt", directory / "tls.key"
     issued = pki.ca.issue_cert("127.0.0.1", "localhost")
     certificate.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
     issued.private_key_pem.write_to_path(str(private_key))
-    config = synapse_config(directory, port=port, certificate=certificate, private_key=private_key)
+    config = synapse_config(
+        directory,
+        port=port,
+        client_port=client_port,
+        certificate=certificate,
+        private_key=private_key,
+    )
     config_path = directory / "homeserver.yaml"
     config_path.write_text(json.dumps(config, indent=2))
     log_path = directory / "synapse.log"
@@ -264,7 +326,9 @@ def start_synapse(python: Path, directory: Path, pki: Pki) -> SynapseProcess:
         raise SynapseStartError(
             f"generating Synapse's keys failed ({generated.returncode}):\n{log_path.read_text()}"
         )
-    env = {**os.environ, "SYNAPSE_CACHE_FACTOR": "0.5", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if cache_factor is not None:
+        env["SYNAPSE_CACHE_FACTOR"] = str(cache_factor)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, cwd=directory, env=env
@@ -272,6 +336,7 @@ def start_synapse(python: Path, directory: Path, pki: Pki) -> SynapseProcess:
     synapse = SynapseProcess(
         server_name=config["server_name"],
         base_url=f"https://127.0.0.1:{port}",
+        client_url=f"http://127.0.0.1:{client_port}",
         directory=directory,
         log_path=log_path,
         shared_secret=config["registration_shared_secret"],

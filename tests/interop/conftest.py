@@ -53,7 +53,10 @@ def synapse(
         )
     if not Path(python).is_file():
         pytest.fail(f"{SYNAPSE_PYTHON_VARIABLE}={python}: no such file", pytrace=False)
-    started = start_synapse(Path(python), tmp_path_factory.mktemp("synapse"), interop_pki)
+    # Smaller caches: one Synapse serves every test, and memory is not measured here.
+    started = start_synapse(
+        Path(python), tmp_path_factory.mktemp("synapse"), interop_pki, cache_factor=0.5
+    )
     request.config.stash[_RUNNING] = started
     try:
         yield started
