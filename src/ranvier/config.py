@@ -40,6 +40,8 @@ __all__ = [
     "DatabaseConfig",
     "FederationConfig",
     "ListenerConfig",
+    "RateConfig",
+    "RateLimitConfig",
     "TlsConfig",
     "load_config",
 ]
@@ -139,6 +141,34 @@ class FederationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     max_request_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 16 * _MIB
 
 
+class RateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One rate limit: ``burst`` actions at once, refilled at ``per_second``."""
+
+    per_second: Annotated[float, msgspec.Meta(gt=0)]
+    burst: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class RateLimitConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Rate limits on the client-server API (see :mod:`ranvier.api.ratelimit`).
+
+    Events (messages and state), room creation, invites and joins are
+    counted per user, admins exempt; logins and registrations per client
+    address. docs/decisions.md says why the defaults are what they are.
+    """
+
+    enabled: bool = True
+    #: Take the client's address from the last ``X-Forwarded-For`` entry.
+    #: Only behind a reverse proxy that sets it: otherwise any client can
+    #: claim any address and escape the per-address limits.
+    trust_x_forwarded_for: bool = False
+    message: RateConfig = RateConfig(per_second=1.0, burst=20)
+    room_creation: RateConfig = RateConfig(per_second=0.05, burst=10)
+    invite: RateConfig = RateConfig(per_second=0.3, burst=10)
+    join: RateConfig = RateConfig(per_second=0.1, burst=10)
+    login: RateConfig = RateConfig(per_second=0.003, burst=5)
+    registration: RateConfig = RateConfig(per_second=0.17, burst=3)
+
+
 def _default_listeners() -> tuple[ListenerConfig, ...]:
     return (
         ListenerConfig(type="federation", host="127.0.0.1", port=8448),
@@ -171,6 +201,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     listeners: tuple[ListenerConfig, ...] = msgspec.field(default_factory=_default_listeners)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
     federation: FederationConfig = msgspec.field(default_factory=FederationConfig)
+    ratelimit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
 
     def __post_init__(self) -> None:
         try:

@@ -14,6 +14,11 @@ open refuses a request without a token.
 Web clients call from another origin, so every response carries the CORS
 headers the spec asks for, and a preflight ``OPTIONS`` is answered for any
 path without reaching a handler.
+
+Rate limits are applied here, before the handler, to the routes that
+:class:`~ranvier.api.ratelimit.RouteLimits` names; every ``429
+M_LIMIT_EXCEEDED``, whether from a limit or raised by a handler, carries a
+``Retry-After`` header beside its ``retry_after_ms``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import urllib.parse
 from typing import Final
 
+from ranvier.api.ratelimit import RouteLimits, retry_after_header
 from ranvier.errors import MatrixError
 from ranvier.web import (
     Disconnected,
@@ -63,16 +69,22 @@ class ClientApp:
     """The ASGI application serving ``/_matrix/client`` (and the few other
     paths clients call, such as ``/.well-known/matrix/client``).
 
-    ``router`` holds the routes (``app.router`` stays open for more).
+    ``router`` holds the routes (``app.router`` stays open for more);
+    ``rate_limits``, when given, says which of them are limited and how.
     """
 
     def __init__(
-        self, *, router: Router | None = None, max_body_bytes: int = DEFAULT_MAX_CLIENT_BODY_BYTES
+        self,
+        *,
+        router: Router | None = None,
+        max_body_bytes: int = DEFAULT_MAX_CLIENT_BODY_BYTES,
+        rate_limits: RouteLimits | None = None,
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, not {max_body_bytes}")
         self.router = router if router is not None else Router()
         self.max_body_bytes = max_body_bytes
+        self.rate_limits = rate_limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point."""
@@ -118,12 +130,21 @@ class ClientApp:
                 content=content,
                 origin=None,
             )
+            if self.rate_limits is not None:
+                await self.rate_limits.apply(match.route, request, scope.get("client"))
             result = await match.route.handler(request)
             return render(result if isinstance(result, JsonResponse) else JsonResponse(result))
         except Disconnected:
             return None
         except MatrixError as exc:
-            return render(JsonResponse(exc.to_json(), status=exc.http_status))
+            retry_after = retry_after_header(exc)
+            return render(
+                JsonResponse(
+                    exc.to_json(),
+                    status=exc.http_status,
+                    headers=() if retry_after is None else (retry_after,),
+                )
+            )
         except Exception:
             _logger.exception("%s %s failed", method, path)
             return render(

@@ -1,0 +1,309 @@
+"""Rate limits on the client-server API.
+
+A client that floods the server (a runaway bot, a script guessing
+passwords, a spammer creating rooms) is answered ``429 M_LIMIT_EXCEEDED``
+with ``retry_after_ms``, and a ``Retry-After`` header, instead of being
+served. Each limited route belongs to a *category*; each category has a
+rate and a burst, counted per user for what users do in rooms and per
+client address for logging in and registering, where there is no user yet.
+
+Which route belongs to which category is written down once, in
+:data:`DEFAULT_ROUTE_CATEGORIES`, and applied by :class:`ClientApp` before
+the route's handler runs (see :class:`RouteLimits`), so handlers never
+think about it.
+
+Invariants
+----------
+
+* **Generic cell rate.** A bucket is one number: the Trio-clock time at
+  which it will be full again (its "theoretical arrival time"). An action
+  moves that time one interval (``1 / per_second``) later; it is refused
+  when that would put it more than ``burst`` intervals ahead of now. This
+  is a token bucket of ``burst`` tokens refilled at ``per_second``,
+  without a second number to keep in step.
+* **Bounded memory.** A bucket whose time has passed is full, and a full
+  bucket is the same as none: such buckets are dropped, in a sweep that
+  runs when the table has doubled since the last one or a minute has
+  passed, so the table holds about what the recent traffic needs and the
+  sweeps cost O(1) per action amortised.
+* **A refusal costs nothing.** A refused action does not move the bucket,
+  so a client that retries early does not push its own wait further out.
+* **Admins are exempt** from the per-user categories. Login and
+  registration come before there is a user to ask about.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal
+
+import trio
+
+from ranvier.core.accounts import Requester
+from ranvier.errors import LimitExceededError, MatrixError
+from ranvier.web import Request, Route
+
+if TYPE_CHECKING:
+    from ranvier.config import RateConfig, RateLimitConfig
+
+__all__ = [
+    "DEFAULT_ROUTE_CATEGORIES",
+    "IP_CATEGORIES",
+    "USER_CATEGORIES",
+    "Category",
+    "Rate",
+    "RateLimiter",
+    "RouteLimits",
+    "TokenBuckets",
+    "client_address",
+    "retry_after_header",
+]
+
+#: What is limited. Sending events (messages and state alike), creating
+#: rooms, inviting and joining are counted per user; logging in and
+#: registering per client address.
+Category = Literal["message", "room_creation", "invite", "join", "login", "registration"]
+
+USER_CATEGORIES: Final[frozenset[Category]] = frozenset(
+    ("message", "room_creation", "invite", "join")
+)
+IP_CATEGORIES: Final[frozenset[Category]] = frozenset(("login", "registration"))
+
+_CLIENT_V3: Final = "/_matrix/client/v3"
+
+#: The limited routes: (method, path pattern) to category. Parameter names
+#: in the patterns do not matter, only where the parameters are (see
+#: :func:`_shape`), so the table need not follow how each route module
+#: names them.
+DEFAULT_ROUTE_CATEGORIES: Final[Mapping[tuple[str, str], Category]] = {
+    ("PUT", f"{_CLIENT_V3}/rooms/{{room_id}}/send/{{event_type}}/{{txn_id}}"): "message",
+    ("PUT", f"{_CLIENT_V3}/rooms/{{room_id}}/state/{{event_type}}"): "message",
+    ("PUT", f"{_CLIENT_V3}/rooms/{{room_id}}/state/{{event_type}}/{{state_key}}"): "message",
+    ("PUT", f"{_CLIENT_V3}/rooms/{{room_id}}/redact/{{event_id}}/{{txn_id}}"): "message",
+    ("POST", f"{_CLIENT_V3}/createRoom"): "room_creation",
+    ("POST", f"{_CLIENT_V3}/rooms/{{room_id}}/invite"): "invite",
+    ("POST", f"{_CLIENT_V3}/rooms/{{room_id}}/join"): "join",
+    ("POST", f"{_CLIENT_V3}/join/{{room_id_or_alias}}"): "join",
+    ("POST", f"{_CLIENT_V3}/login"): "login",
+    ("POST", f"{_CLIENT_V3}/register"): "registration",
+}
+
+# A sweep of full buckets runs at least this often (Trio-clock seconds) and
+# whenever the table has doubled since the last one, but never while it is
+# smaller than _SWEEP_MIN_SIZE.
+_SWEEP_SECONDS: Final = 60.0
+_SWEEP_MIN_SIZE: Final = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A category's limit: ``burst`` actions at once, refilled at ``per_second``."""
+
+    per_second: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if not (self.per_second > 0 and math.isfinite(self.per_second)):
+            raise ValueError(f"per_second must be positive and finite, not {self.per_second}")
+        if self.burst < 1:
+            raise ValueError(f"burst must be at least 1, not {self.burst}")
+
+
+class TokenBuckets:
+    """One category's buckets, one per key (a user ID or a client address).
+
+    ``clock`` defaults to Trio's, so a test's ``MockClock`` drives it.
+    """
+
+    def __init__(self, rate: Rate, *, clock: Callable[[], float] = trio.current_time) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._interval = 1.0 / rate.per_second
+        # How far ahead of now a bucket's time may be before an action is
+        # refused: an action needs one interval of room below the burst.
+        self._limit = (rate.burst - 1) * self._interval
+        self._full_at: dict[str, float] = {}
+        self._last_sweep = clock()
+        self._size_after_sweep = 0
+
+    def take(self, key: str) -> float:
+        """Take one action for ``key``. Return 0.0 if it is allowed (and
+        counted), else how many seconds until it would be (not counted).
+        """
+        now = self._clock()
+        self._maybe_sweep(now)
+        ahead = max(0.0, self._full_at.get(key, now) - now)
+        if ahead > self._limit:
+            return ahead - self._limit
+        self._full_at[key] = now + ahead + self._interval
+        return 0.0
+
+    def __len__(self) -> int:
+        """How many buckets are held (full ones not yet swept included)."""
+        return len(self._full_at)
+
+    def _maybe_sweep(self, now: float) -> None:
+        size = len(self._full_at)
+        if size < _SWEEP_MIN_SIZE:
+            return
+        if size < 2 * self._size_after_sweep and now - self._last_sweep < _SWEEP_SECONDS:
+            return
+        self._full_at = {key: full for key, full in self._full_at.items() if full > now}
+        self._last_sweep = now
+        self._size_after_sweep = len(self._full_at)
+
+
+class RateLimiter:
+    """Every category's buckets.
+
+    A category without a rate is not limited.
+    """
+
+    def __init__(
+        self,
+        rates: Mapping[Category, Rate],
+        *,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self._buckets = {
+            category: TokenBuckets(rate, clock=clock) for category, rate in rates.items()
+        }
+
+    @classmethod
+    def from_config(
+        cls, config: RateLimitConfig, *, clock: Callable[[], float] = trio.current_time
+    ) -> RateLimiter:
+        """The limiter the ``[ratelimit]`` section describes (none if disabled)."""
+        if not config.enabled:
+            return cls({}, clock=clock)
+        settings: dict[Category, RateConfig] = {
+            "message": config.message,
+            "room_creation": config.room_creation,
+            "invite": config.invite,
+            "join": config.join,
+            "login": config.login,
+            "registration": config.registration,
+        }
+        rates = {
+            category: Rate(setting.per_second, setting.burst)
+            for category, setting in settings.items()
+        }
+        return cls(rates, clock=clock)
+
+    def check(self, category: Category, key: str) -> None:
+        """Count one action of ``category`` for ``key``, or raise
+        :class:`~ranvier.errors.LimitExceededError` saying when to retry.
+        """
+        buckets = self._buckets.get(category)
+        if buckets is None:
+            return
+        wait = buckets.take(key)
+        if wait > 0:
+            raise LimitExceededError(
+                f"too many requests ({category}): at most {buckets.rate.burst} at once and"
+                f" {buckets.rate.per_second:g} a second after that",
+                retry_after_ms=math.ceil(wait * 1000),
+            )
+
+    def bucket_count(self, category: Category) -> int:
+        """How many buckets ``category`` holds: for tests and monitoring."""
+        buckets = self._buckets.get(category)
+        return 0 if buckets is None else len(buckets)
+
+
+#: Finds who made a request from its access token: ``Auth.get_user``.
+Identify = Callable[[Request], Awaitable[Requester]]
+
+
+class RouteLimits:
+    """Which routes are limited, and how, for :class:`~ranvier.api.app.ClientApp`.
+
+    ``routes`` maps (method, pattern) to a category (default
+    :data:`DEFAULT_ROUTE_CATEGORIES`). For a per-user category the request's
+    user is found with ``identify``; a request it refuses (no token, a bad
+    one) goes on to its handler unlimited, which refuses it the same way.
+    ``trust_x_forwarded_for`` takes the client address from the last
+    ``X-Forwarded-For`` entry, which the reverse proxy in front of the
+    server appended, instead of from the connection.
+    """
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        *,
+        identify: Identify,
+        routes: Mapping[tuple[str, str], Category] = DEFAULT_ROUTE_CATEGORIES,
+        trust_x_forwarded_for: bool = False,
+    ) -> None:
+        self.limiter = limiter
+        self._identify = identify
+        self._categories: dict[tuple[str, tuple[str | None, ...]], Category] = {}
+        for (method, pattern), category in routes.items():
+            self._categories[method.upper(), _shape(pattern)] = category
+        self.trust_x_forwarded_for = trust_x_forwarded_for
+
+    def category_of(self, route: Route) -> Category | None:
+        """The category ``route`` is limited under, or None."""
+        return self._categories.get((route.method, route.segments))
+
+    async def apply(self, route: Route, request: Request, peer: tuple[str, int] | None) -> None:
+        """Count the request against its route's limit, or raise
+        :class:`~ranvier.errors.LimitExceededError`. ``peer`` is the ASGI
+        scope's ``client``.
+        """
+        category = self.category_of(route)
+        if category is None:
+            return
+        if category in IP_CATEGORIES:
+            key = client_address(request, peer, trust_x_forwarded_for=self.trust_x_forwarded_for)
+            self.limiter.check(category, key)
+            return
+        try:
+            requester = await self._identify(request)
+        except MatrixError:
+            return
+        if requester.is_admin:
+            return
+        self.limiter.check(category, requester.user_id)
+
+
+def client_address(
+    request: Request, peer: tuple[str, int] | None, *, trust_x_forwarded_for: bool
+) -> str:
+    """The address a request came from.
+
+    With ``trust_x_forwarded_for``, the last entry of the last
+    ``X-Forwarded-For`` header: a proxy that appends puts the address it
+    saw there, after whatever the client claimed, and a proxy that
+    replaces the header leaves only that. Without it, or without the
+    header, the connection's peer (``"unknown"`` when the server does not
+    say, as over a Unix socket).
+    """
+    if trust_x_forwarded_for:
+        forwarded = [value for name, value in request.headers if name == "x-forwarded-for"]
+        if forwarded:
+            last = forwarded[-1].rsplit(",", 1)[-1].strip()
+            if last:
+                return last
+    return peer[0] if peer else "unknown"
+
+
+def retry_after_header(error: MatrixError) -> tuple[str, str] | None:
+    """The ``Retry-After`` header for a 429 answer: whole seconds, rounded up."""
+    if error.errcode != "M_LIMIT_EXCEEDED":
+        return None
+    retry_after_ms = error.extra.get("retry_after_ms")
+    if not isinstance(retry_after_ms, int) or isinstance(retry_after_ms, bool):
+        return None
+    return ("Retry-After", str(max(0, math.ceil(retry_after_ms / 1000))))
+
+
+def _shape(pattern: str) -> tuple[str | None, ...]:
+    # A pattern's segments as Router keeps them: literal text, None for a
+    # parameter.
+    return tuple(
+        None if part.startswith("{") and part.endswith("}") else part
+        for part in pattern[1:].split("/")
+    )
