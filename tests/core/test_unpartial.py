@@ -38,6 +38,7 @@ from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.signing import generate_signing_key
 from ranvier.storage import Storage
+from ranvier.storage.records import PartialStateRoom
 from ranvier.testing import KnownKeys, RoomBuilder, ingest
 
 OURS = "ours.test"
@@ -511,11 +512,9 @@ async def test_a_server_answering_garbage_hands_over_to_the_next(
 def failed_attempts(stater: UnpartialStater, room_id: str, count: int) -> Callable[[], bool]:
     """Whether the task sleeps after its ``count``-th round failed.
 
-    The phase alone does not say so: it still reads ``waiting`` once the
-    sleep is over, while the next round (its count already up) reads
-    storage. ``retry_in`` is set, without a checkpoint, just before the
-    sleep begins and cleared as it ends, so with it the task is asleep and
-    its deadline is ``retry_in`` ahead on the mock clock.
+    ``retry_in`` is set, without a checkpoint, just before the sleep begins
+    and cleared as it ends, so with it the task is asleep and its deadline
+    is ``retry_in`` ahead on the mock clock.
     """
 
     def check() -> bool:
@@ -754,6 +753,16 @@ class HeldStorage(Storage):
         self.progress_gate: trio.Event | None = None
         self.recorded: list[dict[str, Any]] = []
         self.written: list[dict[str, Any]] = []
+        #: When set, a look at the partial-state rooms waits for it, and
+        #: ``rooms_looked_at`` is set on the way in.
+        self.rooms_gate: trio.Event | None = None
+        self.rooms_looked_at = trio.Event()
+
+    async def get_partial_state_rooms(self) -> dict[str, PartialStateRoom]:
+        if self.rooms_gate is not None:
+            self.rooms_looked_at.set()
+            await self.rooms_gate.wait()
+        return dict(await super().get_partial_state_rooms())
 
     async def update_state_for_partial_event(
         self,
@@ -941,6 +950,28 @@ async def test_a_wait_and_a_stop_are_recorded_with_why(world: World, mock_clock:
     assert (row.phase, row.attempts) == ("stopped", 1)
     assert row.last_error == f"no user of {OURS} is in the room any more"
     assert (stater.completed_resyncs, stater.stopped_resyncs) == (0, 1)
+
+
+async def test_a_round_after_a_wait_says_it_is_starting_not_waiting(
+    world: World, mock_clock: MockClock
+) -> None:
+    await world.join_partially()
+    for server in world.servers.values():
+        server.down = True
+    held = HeldStorage(world.ours)
+    stater = world.stater(held, backoff_initial=5.0, progress_store=held)
+    async with running(stater):
+        await until(failed_attempts(stater, world.room_id, 1), "the first failure")
+        await until(recorded(world.ours, world.room_id, phase="waiting"), "the wait recorded")
+        held.rooms_gate = trio.Event()
+        mock_clock.jump(retry_in(stater, world.room_id))
+        await held.rooms_looked_at.wait()
+        # The sleep is over and the next round reads storage: not waiting.
+        status = stater.status()[world.room_id]
+        assert (status.phase, status.retry_in, status.attempts) == ("starting", None, 1)
+        await until(recorded(world.ours, world.room_id, phase="starting"), "the start recorded")
+        held.rooms_gate.set()
+        await until(failed_attempts(stater, world.room_id, 2), "the second failure")
 
 
 async def test_a_progress_store_that_fails_stops_no_resync(

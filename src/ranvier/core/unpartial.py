@@ -91,8 +91,9 @@ _LOG_EVERY: Final = 1_000
 #: A recorded error is cut to this many characters: it is for a status line.
 _MAX_RECORDED_ERROR: Final = 500
 
-#: What a room's task is doing: ``starting`` before its first look at the
-#: room, ``fetching`` the state from a server, ``walking`` the room's
+#: What a room's task is doing: ``starting`` a round, looking at the room
+#: (still partial? a user of ours still in it?) before it asks a server,
+#: ``fetching`` the state from a server, ``walking`` the room's
 #: partial-state events, ``clearing`` the room's partial state (waiting for
 #: the room's lock, perhaps), ``waiting`` before trying every server again.
 #: ``stopped`` when no user of this server is left in the room: the task
@@ -396,6 +397,8 @@ class UnpartialStater:
         room_id = progress.room_id
         delay = 0.0
         while True:
+            # After a wait, or a look again once cleared: a round starts.
+            progress.enter("starting")
             room = (await self._store.get_partial_state_rooms()).get(room_id)
             if room is None:
                 self._wake(room_id)
