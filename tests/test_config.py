@@ -10,6 +10,7 @@ from ranvier.config import (
     DataPaths,
     FederationConfig,
     ListenerConfig,
+    RegistrationConfig,
     TlsConfig,
     load_config,
 )
@@ -74,6 +75,7 @@ def test_defaults_are_safe() -> None:
     assert config.federation.key_validity_seconds == 24 * 60 * 60
     assert config.federation.request_timeout_seconds > 0
     assert config.federation.max_request_body_bytes >= 50 * 65536
+    assert config.registration == RegistrationConfig(enabled=False, shared_secret=None)
     data = Path("ranvier-data")
     assert config.paths == DataPaths(
         signing_key=data / "signing.key",
@@ -239,6 +241,16 @@ _LISTENER = '[[listeners]]\ntype = "client"\nport = 8008\n'
             "federation.max_request_body_bytes: expected int, got float",
         ),
         ("[federation]\nca_file = 1", "federation.ca_file", "federation.ca_file: expected a path"),
+        (
+            "[registration]\nenabled = 'yes'",
+            "registration.enabled",
+            "registration.enabled: expected bool, got str",
+        ),
+        (
+            "[registration]\nshared_secret = ''",
+            "registration.shared_secret",
+            "registration.shared_secret: must not be empty",
+        ),
     ],
 )
 def test_bad_key_is_named(text: str, key: str, message: str) -> None:

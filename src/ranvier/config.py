@@ -42,6 +42,7 @@ __all__ = [
     "ListenerConfig",
     "RateConfig",
     "RateLimitConfig",
+    "RegistrationConfig",
     "TlsConfig",
     "load_config",
 ]
@@ -169,6 +170,26 @@ class RateLimitConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     registration: RateConfig = RateConfig(per_second=0.17, burst=3)
 
 
+class RegistrationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Who may make accounts.
+
+    ``ranvier register-user`` makes accounts whatever is set here.
+    """
+
+    #: Let anyone make an account through ``POST /_matrix/client/v3/register``.
+    #: Off by default: an open server on the internet fills with spam accounts.
+    enabled: bool = False
+    #: Serve Synapse's shared-secret registration
+    #: (``/_synapse/admin/v1/register``, used by ``register_new_matrix_user``)
+    #: with this secret. Whoever knows it can make admin accounts. None (the
+    #: default) leaves the endpoint out.
+    shared_secret: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.shared_secret is not None and not self.shared_secret:
+            raise ConfigError("shared_secret", "must not be empty (leave it out to turn it off)")
+
+
 def _default_listeners() -> tuple[ListenerConfig, ...]:
     return (
         ListenerConfig(type="federation", host="127.0.0.1", port=8448),
@@ -202,6 +223,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
     federation: FederationConfig = msgspec.field(default_factory=FederationConfig)
     ratelimit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
+    registration: RegistrationConfig = msgspec.field(default_factory=RegistrationConfig)
 
     def __post_init__(self) -> None:
         try:
