@@ -4,6 +4,7 @@ are told apart, trying servers in turn, and the client's lifecycle."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -396,3 +397,95 @@ async def test_from_config(setup: Setup, verify: bool) -> None:
     async with FederationHttpClient.from_config(config, setup.key, dns=setup.zone) as client:
         assert client.request_timeout == 5.0
         assert (await client.get_json(remote.server_name, ECHO))["origin"] == ORIGIN
+
+
+# A kept-alive connection the server has dropped
+
+
+class _DroppingServer:
+    """Plain HTTP/1.1 over TLS that answers every request, except that on
+    its first connection it drops the connection when a second request
+    arrives there: a server whose keep-alive timeout ran out just as the
+    client reused the connection.
+    """
+
+    def __init__(self) -> None:
+        self.connections = 0
+        #: (connection number, request line) of each request read whole.
+        self.requests: list[tuple[int, str]] = []
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        self.connections += 1
+        number, served, buffer = self.connections, 0, b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = await stream.receive_some()
+                    if not data:
+                        return
+                    buffer += data
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                while len(buffer) < length:
+                    buffer += await stream.receive_some()
+                buffer = buffer[length:]
+                self.requests.append((number, lines[0]))
+                if number == 1 and served == 1:
+                    await stream.aclose()
+                    return
+                payload = b'{"answer": %d}' % len(self.requests)
+                await stream.send_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+                )
+                served += 1
+        except trio.BrokenResourceError:
+            return
+
+
+async def _dropping_server(setup: Setup) -> tuple[_DroppingServer, str]:
+    server = _DroppingServer()
+    listeners = await setup.nursery.start(
+        functools.partial(
+            trio.serve_ssl_over_tcp,
+            server.handle,
+            0,
+            setup.pki.server_context("remote.test"),
+            host="127.0.0.1",
+        )
+    )
+    port = listeners[0].transport_listener.socket.getsockname()[1]
+    return server, f"remote.test:{port}"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", ECHO), ("PUT", "/_matrix/federation/v1/send/txn-7")],
+)
+async def test_a_dropped_kept_alive_connection_is_retried_once_on_a_new_one(
+    setup: Setup, client: FederationHttpClient, method: str, path: str
+) -> None:
+    server, destination = await _dropping_server(setup)
+    first = await client.request(method, destination, path)
+    assert first.json() == {"answer": 1}
+    second = await client.request(method, destination, path)
+    assert second.json() == {"answer": 3}
+    # The same request again, the transaction ID and all, on a new connection.
+    line = f"{method} {path} HTTP/1.1"
+    assert server.requests == [(1, line), (1, line), (2, line)]
+
+
+async def test_a_post_on_a_dropped_connection_is_not_sent_again(
+    setup: Setup, client: FederationHttpClient
+) -> None:
+    server, destination = await _dropping_server(setup)
+    path = "/_matrix/federation/v1/user/keys/claim"
+    assert (await client.request("POST", destination, path)).json() == {"answer": 1}
+    with pytest.raises(FederationConnectionError, match="POST /_matrix/federation"):
+        await client.request("POST", destination, path)
+    assert server.requests == [(1, f"POST {path} HTTP/1.1")] * 2

@@ -8,7 +8,9 @@ error that says whether the server answered at all:
 
 * :class:`FederationConnectionError`: no answer (DNS, connection refused,
   TLS, a timeout, a connection dropped mid-response). Callers back off from
-  the destination.
+  the destination. A GET, HEAD, PUT or DELETE whose connection closed
+  before any answer came (a kept-alive connection the server had just
+  closed, typically) is first sent once more, on a new connection.
 * :class:`FederationRequestError`: the server answered with a non-2xx
   status; it carries the status and the Matrix ``errcode``.
 * :class:`FederationResponseError`: a 2xx answer that cannot be used (too
@@ -84,6 +86,13 @@ _MAX_ERROR_BODY_BYTES: Final = 64 * 1024
 _DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 _USER_AGENT: Final = "ranvier"
 _CLOSE_TIMEOUT: Final = 5.0
+#: Methods whose request may be sent a second time when the connection
+#: dropped before any answer: a repeated GET reads again, and a repeated
+#: PUT (a transaction under the same ID, a join event) is taken as a repeat.
+_RETRIED_METHODS: Final = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+#: How a connection that closed before the answer's head fails, as opposed
+#: to one never opened or too slow.
+_DROPPED_BEFORE_ANSWER: Final = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class FederationError(Exception):
@@ -402,12 +411,23 @@ class FederationHttpClient:
         auth = XMatrixAuth(
             origin=self.server_name, destination=destination, signing_key=self._signing_key
         )
-        try:
-            response = await self._http.send(request, auth=auth, stream=True)
-        except ServerNameResolutionError as exc:
-            raise FederationConnectionError(destination, str(exc)) from None
-        except httpx.TransportError as exc:
-            raise FederationConnectionError(destination, f"{method} {path}: {exc}") from None
+        for attempt in (1, 2):
+            try:
+                response = await self._http.send(request, auth=auth, stream=True)
+                break
+            except ServerNameResolutionError as exc:
+                raise FederationConnectionError(destination, str(exc)) from None
+            except _DROPPED_BEFORE_ANSWER as exc:
+                # Most often a kept-alive connection the server closed as
+                # the request went out; the pool has discarded it, so the
+                # next try opens a new one. Only requests that do the same
+                # when repeated are sent twice.
+                if attempt == 1 and method in _RETRIED_METHODS:
+                    _log.debug("%s %s to %s: %s; sending it again", method, path, destination, exc)
+                    continue
+                raise FederationConnectionError(destination, f"{method} {path}: {exc}") from None
+            except httpx.TransportError as exc:
+                raise FederationConnectionError(destination, f"{method} {path}: {exc}") from None
         try:
             if not 200 <= response.status_code < 300:
                 raise await self._request_error(response, destination, method, path)
