@@ -87,13 +87,22 @@ from typing import Any, Final, TypeVar
 import msgspec
 import trio
 
+from ranvier.api.account import add_account_routes
+from ranvier.api.admin import add_admin_routes
 from ranvier.api.app import ClientApp
+from ranvier.api.auth import Auth
+from ranvier.api.sync import add_sync_routes
 from ranvier.api.versions import add_versions_route
 from ranvier.config import Config, ListenerConfig
+from ranvier.core.accounts import Accounts
 from ranvier.core.creation import EventCreator, NotInRoomError, Preset
+from ranvier.core.filters import UserFilters
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
 from ranvier.core.joins import RemoteJoiner
+from ranvier.core.notifier import StreamNotifier
+from ranvier.core.pagination import RoomMessages
 from ranvier.core.room_servers import RoomEventSender, RoomServers
+from ranvier.core.sync import SyncHandler
 from ranvier.core.unpartial import ResyncStatus, UnpartialStater
 from ranvier.errors import MatrixError
 from ranvier.federation.client import FederationEventFetcher
@@ -198,9 +207,13 @@ class HomeServer:
         self._unpartial_stater: UnpartialStater | None = None
         self._federation_app: FederationApp | None = None
         self._client_app: ClientApp | None = None
+        self._accounts: Accounts | None = None
+        self._auth: Auth | None = None
         self._listeners: list[tuple[ListenerConfig, HttpListener]] = []
         self._bound: tuple[BoundListener, ...] | None = None
         self._notifier: RoomEventSender | None = None
+        #: Woken by storage after each commit that a ``/sync`` may report.
+        self.stream_notifier = StreamNotifier()
 
     # The parts, once built.
 
@@ -271,6 +284,16 @@ class HomeServer:
     def federation_app(self) -> FederationApp:
         """The app every federation listener serves; its router holds the routes."""
         return _built(self._federation_app, "federation_app")
+
+    @property
+    def accounts(self) -> Accounts:
+        """Local accounts: registration, login, and whose an access token is."""
+        return _built(self._accounts, "accounts")
+
+    @property
+    def auth(self) -> Auth:
+        """Turns a client request's access token into its requester."""
+        return _built(self._auth, "auth")
 
     @property
     def client_app(self) -> ClientApp:
@@ -605,6 +628,9 @@ class HomeServer:
             progress_store=storage,
         )
         self._notifier = notifier
+        storage.on_stream_advance = self.stream_notifier.advance
+        self._accounts = Accounts(server_name=server_name, store=storage.accounts)
+        self._auth = Auth(self._accounts)
 
     def _federation_router(self, signing_key: SigningKey) -> Router:
         """Every federation and key route this server answers, registered here."""
@@ -635,6 +661,21 @@ class HomeServer:
         """Every client-server API route this server answers, registered here."""
         router = Router()
         add_versions_route(router)
+        add_sync_routes(
+            router,
+            auth=self.auth,
+            sync=SyncHandler(self.storage.sync, self.stream_notifier),
+            filters=UserFilters(self.storage.sync),
+            messages=RoomMessages(self.storage.sync),
+        )
+        registration = self.config.registration
+        add_account_routes(
+            router,
+            accounts=self.accounts,
+            auth=self.auth,
+            registration_enabled=registration.enabled,
+        )
+        add_admin_routes(router, accounts=self.accounts, shared_secret=registration.shared_secret)
         return router
 
     def _components(self) -> list[_Component]:

@@ -1,0 +1,228 @@
+"""Registration, login, logout and ``whoami``.
+
+Registration goes through user-interactive authentication with one flow of
+one stage, ``m.login.dummy``: the spec's way for a server with open
+registration to say "no proof needed". A request without ``auth`` learns
+the flows (401); the same request with ``{"type": "m.login.dummy"}``
+registers. Registration is closed unless the operator opened it; accounts
+can always be made with ``ranvier register-user`` or the shared-secret
+endpoint (:mod:`ranvier.api.admin`).
+
+Each route is served under ``/_matrix/client/v3`` and, for older clients,
+under ``/_matrix/client/r0``, where these endpoints had the same shape.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ranvier.api.auth import Auth
+from ranvier.core.accounts import Accounts
+from ranvier.errors import BadJsonError, MatrixError
+from ranvier.web import JsonResponse, Request, Router
+
+__all__ = ["add_account_routes", "json_object", "optional_bool", "optional_str"]
+
+_PREFIXES: Final = ("/_matrix/client/v3", "/_matrix/client/r0")
+_DUMMY: Final = "m.login.dummy"
+_PASSWORD: Final = "m.login.password"
+_FLOWS: Final = [{"stages": [_DUMMY]}]
+
+
+def json_object(request: Request) -> dict[str, Any]:
+    """The request body, which must be a JSON object."""
+    if not isinstance(request.content, dict):
+        raise MatrixError(
+            "the request body must be a JSON object", errcode="M_NOT_JSON", http_status=400
+        )
+    return request.content
+
+
+def optional_str(body: Mapping[str, Any], key: str) -> str | None:
+    """``body[key]`` if it is a string, None if absent or null."""
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadJsonError(f"'{key}' must be a string")
+    return value
+
+
+def optional_bool(body: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """``body[key]`` if it is a boolean, ``default`` if absent or null."""
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadJsonError(f"'{key}' must be true or false")
+    return value
+
+
+def _required_str(body: Mapping[str, Any], key: str) -> str:
+    value = optional_str(body, key)
+    if value is None:
+        raise BadJsonError(f"'{key}' is required")
+    return value
+
+
+def add_account_routes(
+    router: Router, *, accounts: Accounts, auth: Auth, registration_enabled: bool
+) -> None:
+    """Serve registration, login, logout and ``whoami``.
+
+    ``registration_enabled`` opens ``/register`` to anyone; when False it
+    answers 403 and ``/register/available`` too.
+    """
+    server_name = accounts.server_name
+
+    def check_open() -> None:
+        if not registration_enabled:
+            raise MatrixError(
+                "registration is closed on this server", errcode="M_FORBIDDEN", http_status=403
+            )
+
+    async def register(request: Request) -> JsonResponse | Mapping[str, Any]:
+        kind = request.query_value("kind") or "user"
+        if kind == "guest":
+            raise MatrixError(
+                "guest accounts are not offered here",
+                errcode="M_GUEST_ACCESS_FORBIDDEN",
+                http_status=403,
+            )
+        if kind != "user":
+            raise MatrixError(
+                f"unknown kind of account {kind!r} (user or guest)",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        check_open()
+        body = json_object(request)
+        username = optional_str(body, "username")
+        password = optional_str(body, "password")
+        device_id = optional_str(body, "device_id")
+        display_name = optional_str(body, "initial_device_display_name")
+        inhibit_login = optional_bool(body, "inhibit_login")
+        # Refresh tokens are optional for servers; access tokens here do not
+        # expire, so none is issued.
+        optional_bool(body, "refresh_token")
+        localpart = None if username is None else username.lower()
+        if localpart is not None:
+            # Before authentication, so that a taken name is known at once.
+            await accounts.check_username_available(localpart)
+        auth_dict = body.get("auth")
+        if auth_dict is not None and not isinstance(auth_dict, dict):
+            raise BadJsonError("'auth' must be an object")
+        session = None if auth_dict is None else optional_str(auth_dict, "session")
+        stage = None if auth_dict is None else optional_str(auth_dict, "type")
+        if stage is None:
+            return JsonResponse(
+                {
+                    "flows": _FLOWS,
+                    "params": {},
+                    "session": session or secrets.token_urlsafe(16),
+                    "completed": [],
+                },
+                status=401,
+            )
+        if stage != _DUMMY:
+            raise MatrixError(
+                f"unknown authentication type {stage!r} (this server offers {_DUMMY})",
+                errcode="M_UNRECOGNIZED",
+                http_status=400,
+            )
+        registration = await accounts.register(
+            localpart,
+            password,
+            login=not inhibit_login,
+            device_id=device_id,
+            device_display_name=display_name,
+        )
+        answer: dict[str, Any] = {"user_id": registration.user_id, "home_server": server_name}
+        if registration.access_token is not None:
+            answer["access_token"] = registration.access_token
+            answer["device_id"] = registration.device_id
+        return answer
+
+    async def register_available(request: Request) -> Mapping[str, Any]:
+        check_open()
+        username = request.query_value("username")
+        if username is None:
+            raise MatrixError(
+                "the 'username' query parameter is required",
+                errcode="M_MISSING_PARAM",
+                http_status=400,
+            )
+        await accounts.check_username_available(username.lower())
+        return {"available": True}
+
+    async def login_flows(request: Request) -> Mapping[str, Any]:
+        return {"flows": [{"type": _PASSWORD}]}
+
+    async def login(request: Request) -> Mapping[str, Any]:
+        body = json_object(request)
+        login_type = _required_str(body, "type")
+        if login_type != _PASSWORD:
+            raise MatrixError(
+                f"unknown login type {login_type!r} (this server offers {_PASSWORD})",
+                errcode="M_UNKNOWN",
+                http_status=400,
+            )
+        user = _login_user(body)
+        password = _required_str(body, "password")
+        result = await accounts.login_with_password(
+            user,
+            password,
+            device_id=optional_str(body, "device_id"),
+            device_display_name=optional_str(body, "initial_device_display_name"),
+        )
+        return {
+            "user_id": result.user_id,
+            "access_token": result.access_token,
+            "device_id": result.device_id,
+            "home_server": server_name,
+        }
+
+    async def logout(request: Request) -> Mapping[str, Any]:
+        requester = await auth.get_user(request)
+        await accounts.logout(requester)
+        return {}
+
+    async def logout_all(request: Request) -> Mapping[str, Any]:
+        requester = await auth.get_user(request)
+        await accounts.logout_all(requester.user_id)
+        return {}
+
+    async def whoami(request: Request) -> Mapping[str, Any]:
+        requester = await auth.get_user(request)
+        return {"user_id": requester.user_id, "device_id": requester.device_id, "is_guest": False}
+
+    for prefix in _PREFIXES:
+        router.add("POST", f"{prefix}/register", register)
+        router.add("GET", f"{prefix}/register/available", register_available)
+        router.add("GET", f"{prefix}/login", login_flows)
+        router.add("POST", f"{prefix}/login", login)
+        router.add("POST", f"{prefix}/logout", logout)
+        router.add("POST", f"{prefix}/logout/all", logout_all)
+        router.add("GET", f"{prefix}/account/whoami", whoami)
+
+
+def _login_user(body: Mapping[str, Any]) -> str:
+    """Who a password login is for: ``identifier`` (``m.id.user``), or the
+    deprecated top-level ``user``.
+    """
+    identifier = body.get("identifier")
+    if identifier is None:
+        user = optional_str(body, "user")
+        if user is None:
+            raise BadJsonError("'identifier' is required")
+        return user
+    if not isinstance(identifier, dict):
+        raise BadJsonError("'identifier' must be an object")
+    kind = _required_str(identifier, "type")
+    if kind != "m.id.user":
+        raise MatrixError(
+            f"unsupported identifier type {kind!r} (this server knows m.id.user)",
+            errcode="M_UNKNOWN",
+            http_status=400,
+        )
+    return _required_str(identifier, "user")
