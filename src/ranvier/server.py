@@ -91,6 +91,7 @@ from ranvier.api.account import add_account_routes
 from ranvier.api.admin import add_admin_routes
 from ranvier.api.app import ClientApp
 from ranvier.api.auth import Auth
+from ranvier.api.ratelimit import RateLimiter, RouteLimits
 from ranvier.api.sync import add_sync_routes
 from ranvier.api.versions import add_versions_route
 from ranvier.config import Config, ListenerConfig
@@ -557,7 +558,14 @@ class HomeServer:
             router=self._federation_router(prepared.signing_key),
             max_body_bytes=config.federation.max_request_body_bytes,
         )
-        self._client_app = ClientApp(router=self._client_router())
+        self._client_app = ClientApp(
+            router=self._client_router(),
+            rate_limits=RouteLimits(
+                RateLimiter.from_config(config.ratelimit),
+                identify=self.auth.get_user,
+                trust_x_forwarded_for=config.ratelimit.trust_x_forwarded_for,
+            ),
+        )
         self._listeners = []
         apps: dict[str, AsgiApp] = {
             "federation": self._federation_app,

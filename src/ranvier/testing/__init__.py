@@ -17,6 +17,10 @@ fetched keys and the passing of time.
   :class:`RemoteRooms`, other homeservers that hold rooms, answer reads and
   send transactions;
 * :mod:`~ranvier.testing.clocks`: :data:`NOW_MS` and :func:`ticking_clock`.
+* :mod:`~ranvier.testing.homeserver`: :func:`open_test_homeserver`, a whole
+  homeserver in the test process, started in milliseconds, with
+  :class:`TestHomeserver` and :class:`TestUser`; as a pytest fixture in
+  :mod:`~ranvier.testing.pytest_plugin` (docs/testing.md).
 
 With pytest-trio (``trio_mode = true``), a test of a server receiving a
 room's events from another::
@@ -39,6 +43,7 @@ ranvier's ``test`` extra installs.
 """
 
 from .clocks import NOW_MS, ticking_clock
+from .homeserver import TestHomeserver, TestUser, config_for_tests, open_test_homeserver
 from .ingest import EventStore, ingest, ingest_all
 from .keys import FOREVER, KnownKeys
 from .network import LOOPBACK_NAMES, Pki, ZoneDns, free_port, serve
@@ -58,11 +63,15 @@ __all__ = [
     "RoomBuilder",
     "Seen",
     "SendOptions",
+    "TestHomeserver",
+    "TestUser",
     "ZoneDns",
+    "config_for_tests",
     "free_port",
     "ingest",
     "ingest_all",
     "make_pdu",
+    "open_test_homeserver",
     "serve",
     "server_of",
     "ticking_clock",
