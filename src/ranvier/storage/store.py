@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import trio
 
@@ -22,7 +22,6 @@ from .aliases import AliasStorage
 from .client_transactions import ClientTransactionStorage
 from .connections import SynchronousMode
 from .readers import ReaderPool
-from .room_members import RoomMemberStorage
 from .records import (
     DestinationRetry,
     EventStateGroups,
@@ -35,6 +34,8 @@ from .records import (
     StateMap,
     StoredEvent,
 )
+from .room_members import RoomMemberStorage
+from .sync_reads import SyncReads
 
 __all__ = ["Storage"]
 
@@ -71,6 +72,11 @@ class Storage:
             max_page_count=max_page_count,
         )
         self.readers = ReaderPool(path, size=readers)
+        self.sync = SyncReads(self.actor, self.readers)
+        #: Told ``(events position, un-partial-state position)`` after a
+        #: commit that moves either (None for the one it leaves), so that a
+        #: waiting ``/sync`` wakes whichever path wrote.
+        self.on_stream_advance: Callable[[int | None, int | None], None] | None = None
         self.aliases = AliasStorage(self.actor, self.readers)
         self.client_transactions = ClientTransactionStorage(self.actor, self.readers)
         self.room_members = RoomMemberStorage(self.actor, self.readers)
@@ -98,9 +104,12 @@ class Storage:
         :class:`~ranvier.errors.PartialStateConflictError`, writing none of
         them, if one has partial state and its room no longer does.
         """
-        return await self.actor.submit(
+        orderings = await self.actor.submit(
             writes.PersistEvents(tuple(events), dict(current_state_groups or {}))
         )
+        if orderings and self.on_stream_advance is not None:
+            self.on_stream_advance(max(orderings.values()), None)
+        return orderings
 
     async def store_room(self, room_id: str, room_version: RoomVersionLike) -> None:
         """Make a room known before any of its events or state is stored."""
@@ -164,9 +173,12 @@ class Storage:
         """Raises :class:`~ranvier.errors.PartialStateEventsRemainError` while
         any of the room's events has partial state.
         """
-        return await self.actor.submit(
+        cleared = await self.actor.submit(
             functools.partial(writes.clear_partial_state, room_id=room_id)
         )
+        if cleared and self.on_stream_advance is not None:
+            self.on_stream_advance(None, (await self.sync.positions())[1])
+        return cleared
 
     async def set_current_state(self, room_id: str, state_group: int) -> None:
         await self.actor.submit(

@@ -672,6 +672,12 @@ def clear_partial_state(conn: sqlite3.Connection, room_id: str) -> bool:
     """Forget that a room has partial state, and the progress recorded of
     its resync; False if it had none.
 
+    A room cleared is noted in ``un_partial_stated_rooms`` with the events'
+    stream position at the time. The row's rowid is the room's place in a
+    stream of its own, one past every other row's, so that a sync can tell
+    rooms cleared after its token from rooms cleared before it even when no
+    event came in between (see :func:`ranvier.storage.sync_reads.positions`).
+
     Raises :class:`PartialStateEventsRemainError` while any of its events
     still has partial state.
     """
@@ -683,7 +689,18 @@ def clear_partial_state(conn: sqlite3.Connection, room_id: str) -> bool:
         if _is_foreign_key_failure(exc):
             raise PartialStateEventsRemainError(room_id) from None
         raise
-    return cursor.rowcount > 0
+    if cursor.rowcount == 0:
+        return False
+    (next_position,) = conn.execute(
+        "SELECT COALESCE(MAX(rowid), 0) + 1 FROM un_partial_stated_rooms"
+    ).fetchone()
+    conn.execute("DELETE FROM un_partial_stated_rooms WHERE room_id = ?", (room_id,))
+    conn.execute(
+        "INSERT INTO un_partial_stated_rooms (rowid, room_id, stream_ordering)"
+        " SELECT ?, ?, COALESCE(MAX(stream_ordering), 0) FROM events",
+        (next_position, room_id),
+    )
+    return True
 
 
 def store_resync_progress(

@@ -1,0 +1,211 @@
+"""Stream tokens, and ``GET /rooms/{roomId}/messages``: a room's history a page at a time.
+
+Tokens
+------
+
+Clients treat tokens as opaque strings; here they are positions in the
+events stream. A sync token (``next_batch``) is ``s<events>_<un-partial>``,
+both streams a sync follows (see :mod:`ranvier.core.notifier`). A
+pagination token (``prev_batch``, ``start``, ``end``) is ``t<position>``
+and stands between events: everything at or below the position is before
+it, everything above after it. ``/messages`` takes either kind as ``from``
+and ``to``. Anything else is refused with ``M_INVALID_PARAM``.
+
+History is paged in stream order, the order events were written here,
+which for a room's live events is the order they happened.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, Final, Literal, Protocol
+
+from ranvier.core.accounts import Requester
+from ranvier.core.client_events import client_event
+from ranvier.core.filters import RoomEventFilter
+from ranvier.core.notifier import StreamPosition
+from ranvier.errors import MatrixError
+from ranvier.storage.records import StateKey, StoredEvent
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "MessagesStore",
+    "RoomMessages",
+    "format_pagination_token",
+    "format_sync_token",
+    "parse_pagination_token",
+    "parse_sync_token",
+]
+
+DEFAULT_LIMIT: Final = 10
+#: The most events one page holds, whatever the client asks.
+MAX_LIMIT: Final = 1000
+
+_SYNC_TOKEN: Final = re.compile(r"s([0-9]{1,18})_([0-9]{1,18})")
+_PAGINATION_TOKEN: Final = re.compile(r"t([0-9]{1,18})")
+
+
+def _invalid_token(token: str) -> MatrixError:
+    return MatrixError(
+        f"{token[:40]!r} is not a token this server handed out",
+        errcode="M_INVALID_PARAM",
+        http_status=400,
+    )
+
+
+def format_sync_token(position: StreamPosition) -> str:
+    return f"s{position.events}_{position.un_partial}"
+
+
+def parse_sync_token(token: str) -> StreamPosition:
+    """The position of a ``since`` token; ``M_INVALID_PARAM`` if it is not one."""
+    match = _SYNC_TOKEN.fullmatch(token)
+    if match is None:
+        raise _invalid_token(token)
+    return StreamPosition(int(match[1]), int(match[2]))
+
+
+def format_pagination_token(position: int) -> str:
+    return f"t{max(position, 0)}"
+
+
+def parse_pagination_token(token: str) -> int:
+    """The events position of a pagination or sync token."""
+    match = _PAGINATION_TOKEN.fullmatch(token)
+    if match is not None:
+        return int(match[1])
+    return parse_sync_token(token).events
+
+
+class MessagesStore(Protocol):
+    """The reads ``/messages`` (and the member lists of ``/sync``) make."""
+
+    async def positions(self) -> tuple[int, int]: ...
+
+    async def current_membership(self, room_id: str, user_id: str) -> tuple[str, int] | None: ...
+
+    async def room_events(
+        self,
+        room_id: str,
+        *,
+        after: int,
+        upto: int,
+        limit: int,
+        backwards: bool,
+        accept: Callable[[str, str], bool] | None = None,
+    ) -> tuple[list[StoredEvent], bool]: ...
+
+    async def state_before(
+        self, event_id: str, keys: Collection[StateKey] | None = None
+    ) -> dict[StateKey, str]: ...
+
+    async def auth_memberships(
+        self, event_ids: Collection[str], users: Collection[str]
+    ) -> dict[str, str]: ...
+
+    async def get_events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]: ...
+
+
+async def senders_memberships(
+    store: MessagesStore, timeline: Sequence[StoredEvent], *, state_event_id: str | None = None
+) -> dict[str, str]:
+    """The membership event IDs of the timeline's senders, by sender: from
+    the state before ``state_event_id`` (the timeline's first event when not
+    given), and, where that state lacks one (a room whose state is still
+    partial here lacks most members), from the events' own auth events,
+    which always name their sender's membership.
+    """
+    if not timeline:
+        return {}
+    senders = {event.sender for event in timeline}
+    anchor = state_event_id if state_event_id is not None else timeline[0].event_id
+    state = await store.state_before(anchor, [("m.room.member", sender) for sender in senders])
+    found = {key[1]: event_id for key, event_id in state.items()}
+    missing = senders - found.keys()
+    if missing:
+        in_timeline = {event.event_id for event in timeline}
+        from_auth = await store.auth_memberships([event.event_id for event in timeline], missing)
+        found.update(
+            (sender, event_id)
+            for sender, event_id in from_auth.items()
+            if event_id not in in_timeline
+        )
+    return found
+
+
+class RoomMessages:
+    """``GET /rooms/{roomId}/messages``.
+
+    Only a member may page a room's history: a user joined sees it up to
+    now, a user who left or was banned up to that event. Anyone else gets
+    ``M_FORBIDDEN``.
+    """
+
+    def __init__(self, store: MessagesStore) -> None:
+        self._store = store
+
+    async def _visible_upto(self, requester: Requester, room_id: str) -> int:
+        membership = await self._store.current_membership(room_id, requester.user_id)
+        if membership is not None:
+            kind, position = membership
+            if kind == "join":
+                events, _ = await self._store.positions()
+                return events
+            if kind in ("leave", "ban"):
+                return position
+        raise MatrixError(
+            f"{requester.user_id} is not in {room_id}", errcode="M_FORBIDDEN", http_status=403
+        )
+
+    async def get_messages(
+        self,
+        requester: Requester,
+        room_id: str,
+        *,
+        direction: Literal["b", "f"],
+        from_token: str | None = None,
+        to_token: str | None = None,
+        limit: int | None = None,
+        event_filter: RoomEventFilter | None = None,
+    ) -> dict[str, Any]:
+        from_position = None if from_token is None else parse_pagination_token(from_token)
+        to_position = None if to_token is None else parse_pagination_token(to_token)
+        if limit is None:
+            limit = event_filter.limit if event_filter and event_filter.limit else DEFAULT_LIMIT
+        if limit < 0:
+            raise MatrixError(f"limit must not be negative, not {limit}", errcode="M_INVALID_PARAM")
+        limit = min(limit, MAX_LIMIT)
+        visible = await self._visible_upto(requester, room_id)
+        accept = None if event_filter is None else event_filter.predicate()
+        if direction == "b":
+            start = visible if from_position is None else min(from_position, visible)
+            floor = 0 if to_position is None else to_position
+            events, more = await self._store.room_events(
+                room_id, after=floor, upto=start, limit=limit, backwards=True, accept=accept
+            )
+            end = events[-1].stream_ordering - 1 if events and more else None
+        else:
+            start = 0 if from_position is None else from_position
+            ceiling = visible if to_position is None else min(to_position, visible)
+            events, more = await self._store.room_events(
+                room_id, after=start, upto=ceiling, limit=limit, backwards=False, accept=accept
+            )
+            end = events[-1].stream_ordering if events and more else None
+        answer: dict[str, Any] = {
+            "start": from_token if from_token is not None else format_pagination_token(start),
+            "chunk": [client_event(event) for event in events],
+        }
+        if end is not None:
+            answer["end"] = format_pagination_token(end)
+        if event_filter is not None and event_filter.lazy_load_members and events:
+            chronological = sorted(events, key=lambda event: event.stream_ordering)
+            members = await senders_memberships(self._store, chronological)
+            stored = await self._store.get_events(members.values())
+            answer["state"] = [
+                client_event(stored[event_id])
+                for event_id in sorted(members.values())
+                if event_id in stored
+            ]
+        return answer

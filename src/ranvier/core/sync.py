@@ -1,0 +1,320 @@
+"""``GET /sync``: what changed in a user's rooms since their last sync.
+
+A sync starts from one snapshot of storage (the positions of both streams
+and the user's memberships, :class:`SyncStore.sync_snapshot`) and reads
+every room up to that snapshot's events position, so its ``next_batch`` is
+exactly what it covered and the next sync picks up where it stopped.
+
+Rooms
+-----
+
+* **join**: an initial sync (no ``since``), a room joined after ``since``,
+  or one brought in by its state becoming complete, comes in full: the
+  last events of the timeline (``limited`` with ``prev_batch`` when there
+  are earlier ones) and the state before them. Otherwise the room's new
+  events since ``since``, and when more arrived than the limit, the state
+  that changed between ``since`` and the start of the timeline. Rooms with
+  nothing new are left out.
+* **invite**: invites after ``since``, with the stripped state the spec
+  asks for (create, join rules, name, avatar, canonical alias, encryption)
+  and the invite itself.
+* **leave**: rooms left (or banned from) after ``since``, with the timeline
+  up to the leave; with ``include_leave`` an initial sync lists every room
+  left.
+
+Partial state (MSC3706, MSC3902)
+--------------------------------
+
+A room joined with partial state lacks most of its members. A sync that
+does not lazy-load members would hand the client a wrong member list, so
+it leaves the room out, as if not joined yet, until its state is complete;
+the next sync after that brings it in full, as a room newly joined (the
+un-partial-state stream says which rooms completed after ``since``), and a
+long-poll waiting meanwhile is woken by the completion. A sync that
+lazy-loads members includes the room at once: it only needs the members
+who sent the timeline's events, whose membership events every event cites
+as auth events.
+
+Long-polling
+------------
+
+With ``since`` and a timeout, a sync with nothing to report waits on the
+:class:`~ranvier.core.notifier.StreamNotifier` until something is committed
+past its snapshot, then looks again, until the timeout ends on Trio's
+clock; then it answers, empty, with a ``next_batch`` no older than
+``since``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import trio
+
+from ranvier.core.accounts import Requester
+from ranvier.core.client_events import client_event
+from ranvier.core.filters import Filter, RoomEventFilter
+from ranvier.core.notifier import StreamNotifier, StreamPosition
+from ranvier.core.pagination import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MessagesStore,
+    format_pagination_token,
+    format_sync_token,
+    parse_sync_token,
+    senders_memberships,
+)
+from ranvier.storage.records import StateKey, StoredEvent
+
+__all__ = ["MAX_TIMEOUT_MS", "SyncHandler", "SyncStore"]
+
+#: The longest a long-poll is held, whatever the client asks.
+MAX_TIMEOUT_MS: Final = 10 * 60 * 1000
+
+_MEMBER: Final = "m.room.member"
+#: The state an invited user sees of the room (the spec's recommendation).
+_STRIPPED_STATE_KEYS: Final[tuple[StateKey, ...]] = (
+    ("m.room.create", ""),
+    ("m.room.join_rules", ""),
+    ("m.room.name", ""),
+    ("m.room.avatar", ""),
+    ("m.room.canonical_alias", ""),
+    ("m.room.encryption", ""),
+)
+
+#: ``(room ID, membership, its event's position, its event ID)``.
+_Membership = tuple[str, str, int, str]
+
+
+class SyncStore(MessagesStore, Protocol):
+    """The reads a sync makes; see :mod:`ranvier.storage.sync_reads`."""
+
+    async def sync_snapshot(
+        self, user_id: str, un_partial_after: int
+    ) -> tuple[int, int, list[_Membership], frozenset[str], frozenset[str]]: ...
+
+    async def state_at(
+        self, room_id: str, position: int, keys: Collection[StateKey] | None = None
+    ) -> dict[StateKey, str]: ...
+
+    async def state_changes(
+        self, room_id: str, since: int, event_id: str
+    ) -> dict[StateKey, str]: ...
+
+    async def current_state_for_keys(
+        self, room_id: str, keys: Collection[StateKey]
+    ) -> list[StoredEvent]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    user_id: str
+    since: StreamPosition | None
+    now: StreamPosition
+    filter: Filter
+    full_state: bool
+    un_partialled: frozenset[str]
+
+
+def _sync_event(event: StoredEvent) -> dict[str, Any]:
+    formatted = client_event(event)
+    # Events under a room's entry do not repeat its ID.
+    formatted.pop("room_id", None)
+    return formatted
+
+
+def _stripped(event: StoredEvent) -> dict[str, Any]:
+    formatted = client_event(event)
+    return {key: formatted[key] for key in ("type", "state_key", "content", "sender")}
+
+
+def _is_empty(response: dict[str, Any]) -> bool:
+    rooms = response["rooms"]
+    return not (rooms["join"] or rooms["invite"] or rooms["leave"])
+
+
+class SyncHandler:
+    """Answers ``/sync`` from storage, waiting on the notifier to long-poll."""
+
+    def __init__(self, store: SyncStore, notifier: StreamNotifier) -> None:
+        self._store = store
+        self._notifier = notifier
+
+    async def sync(
+        self,
+        requester: Requester,
+        *,
+        since: str | None = None,
+        timeout_ms: int = 0,
+        filter: Filter | None = None,
+        full_state: bool = False,
+    ) -> dict[str, Any]:
+        """The spec's ``/sync`` response for ``requester``.
+
+        ``since`` is a ``next_batch`` of an earlier sync (``M_INVALID_PARAM``
+        if it is not one); ``timeout_ms`` how long to wait for something to
+        report when there is nothing (capped at :data:`MAX_TIMEOUT_MS`).
+        """
+        position = None if since is None else parse_sync_token(since)
+        chosen = filter if filter is not None else Filter()
+        deadline = trio.current_time() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
+        while True:
+            response, now = await self._sync_once(requester.user_id, position, chosen, full_state)
+            if position is None or full_state or not _is_empty(response):
+                return response
+            with trio.move_on_at(deadline) as waited:
+                await self._notifier.wait_beyond(now)
+            if waited.cancelled_caught:
+                return response
+
+    async def _sync_once(
+        self, user_id: str, since: StreamPosition | None, filter: Filter, full_state: bool
+    ) -> tuple[dict[str, Any], StreamPosition]:
+        events, un_partial, memberships, partial, un_partialled = await self._store.sync_snapshot(
+            user_id, 0 if since is None else since.un_partial
+        )
+        now = StreamPosition(events, un_partial)
+        if since is not None and not now.is_beyond(since):
+            # A token from before a restore, or made up: never answer with a
+            # next_batch behind the one given, or the client would go back.
+            now = StreamPosition(
+                max(now.events, since.events), max(now.un_partial, since.un_partial)
+            )
+        request = _Request(user_id, since, now, filter, full_state, un_partialled)
+        lazy = filter.lazy_load_members
+        join: dict[str, Any] = {}
+        invite: dict[str, Any] = {}
+        leave: dict[str, Any] = {}
+        for room_id, membership, ordering, event_id in sorted(memberships):
+            if not filter.room.includes_room(room_id):
+                continue
+            is_new = since is None or ordering > since.events
+            if membership == "join":
+                if room_id in partial and not lazy:
+                    continue
+                room = await self._joined_room(request, room_id, ordering)
+                if room is not None:
+                    join[room_id] = room
+            elif membership == "invite" and is_new:
+                invite[room_id] = await self._invited_room(room_id, event_id)
+            elif membership in ("leave", "ban") and (
+                (since is not None and is_new) or (since is None and filter.room.include_leave)
+            ):
+                room = await self._left_room(request, room_id, ordering)
+                if room is not None:
+                    leave[room_id] = room
+        response = {
+            "next_batch": format_sync_token(now),
+            "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
+            "presence": {"events": []},
+            "account_data": {"events": []},
+            "to_device": {"events": []},
+        }
+        return response, now
+
+    async def _joined_room(
+        self, request: _Request, room_id: str, joined_at: int
+    ) -> dict[str, Any] | None:
+        since = request.since
+        in_full = (
+            since is None
+            or request.full_state
+            or joined_at > since.events
+            or (room_id in request.un_partialled and not request.filter.lazy_load_members)
+        )
+        room = await self._room(request, room_id, upto=request.now.events, in_full=in_full)
+        if room is None:
+            return None
+        room["ephemeral"] = {"events": []}
+        room["account_data"] = {"events": []}
+        room["unread_notifications"] = {}
+        room["summary"] = {}
+        return room
+
+    async def _left_room(
+        self, request: _Request, room_id: str, left_at: int
+    ) -> dict[str, Any] | None:
+        in_full = request.since is None or request.full_state
+        room = await self._room(request, room_id, upto=left_at, in_full=in_full)
+        if room is not None:
+            room["account_data"] = {"events": []}
+        return room
+
+    async def _invited_room(self, room_id: str, invite_id: str) -> dict[str, Any]:
+        state = await self._store.current_state_for_keys(room_id, _STRIPPED_STATE_KEYS)
+        invite = await self._store.get_events([invite_id])
+        stripped = [_stripped(event) for event in state]
+        if invite_id in invite:
+            stripped.append(_stripped(invite[invite_id]))
+        return {"invite_state": {"events": stripped}}
+
+    async def _room(
+        self, request: _Request, room_id: str, *, upto: int, in_full: bool
+    ) -> dict[str, Any] | None:
+        """A room's timeline and state up to ``upto``: in full, or what is
+        new since the request's ``since``; None when nothing is new.
+        """
+        timeline_filter = request.filter.room.timeline
+        limit = min(timeline_filter.limit or DEFAULT_LIMIT, MAX_LIMIT)
+        after = 0 if in_full or request.since is None else request.since.events
+        newest_first, limited = await self._store.room_events(
+            room_id,
+            after=after,
+            upto=upto,
+            limit=limit,
+            backwards=True,
+            accept=timeline_filter.predicate(),
+        )
+        timeline = newest_first[::-1]
+        if not in_full and not timeline:
+            return None
+        if in_full:
+            if timeline:
+                state = await self._store.state_before(timeline[0].event_id)
+            else:
+                state = await self._store.state_at(room_id, upto)
+        elif limited:
+            assert request.since is not None
+            state = await self._store.state_changes(
+                room_id, request.since.events, timeline[0].event_id
+            )
+        else:
+            state = {}
+        state_events = await self._state_events(request.filter.room.state, state, timeline)
+        prev = timeline[0].stream_ordering - 1 if timeline else upto
+        return {
+            "timeline": {
+                "events": [_sync_event(event) for event in timeline],
+                "limited": limited,
+                "prev_batch": format_pagination_token(prev),
+            },
+            "state": {"events": state_events},
+        }
+
+    async def _state_events(
+        self,
+        state_filter: RoomEventFilter,
+        state: dict[StateKey, str],
+        timeline: Sequence[StoredEvent],
+    ) -> list[dict[str, Any]]:
+        """The state entries to send: the filter's, and with lazy-loading
+        only the memberships of the timeline's senders.
+        """
+        wanted = dict(state)
+        if state_filter.lazy_load_members:
+            wanted = {key: value for key, value in wanted.items() if key[0] != _MEMBER}
+            members = await senders_memberships(self._store, timeline)
+            wanted.update(((_MEMBER, sender), event_id) for sender, event_id in members.items())
+        in_timeline = {event.event_id for event in timeline}
+        ids = [event_id for event_id in wanted.values() if event_id not in in_timeline]
+        stored = await self._store.get_events(ids)
+        keep: Callable[[str, str], bool] = state_filter.matches
+        events = sorted(
+            (event for event in stored.values() if keep(event.type, event.sender)),
+            key=lambda event: event.stream_ordering,
+        )
+        if state_filter.limit is not None:
+            events = events[: state_filter.limit]
+        return [_sync_event(event) for event in events]

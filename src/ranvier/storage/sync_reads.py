@@ -1,0 +1,391 @@
+"""The reads ``/sync`` and ``/messages`` make, and the user's filters.
+
+Positions
+---------
+
+Two streams order what a sync reports. The events stream is
+``events.stream_ordering``, handed out at commit in commit order (an
+outlier taken into the DAG later moves to the end of it, see
+:mod:`ranvier.storage.writes`), so every event at or below a position
+read from one snapshot is committed and no later commit adds one below it.
+The un-partial-state stream is the rowid of ``un_partial_stated_rooms``,
+one past the previous on each clear: a room's state becoming complete is
+not an event, and a sync must tell a room cleared after its token from one
+cleared before it even when no event arrived in between.
+
+A sync reads both positions and the user's memberships in one snapshot
+(:func:`sync_snapshot`) and bounds every later read by them, so what it
+reports is what that snapshot held, however much is committed meanwhile.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Callable, Collection
+from typing import Any
+
+import msgspec
+
+from .actor import StorageActor
+from .readers import ReaderPool
+from .reads import get_events
+from .records import StateKey, StateMap, StoredEvent
+from .state_groups import keys_changed_between, read_state, read_state_for_keys
+
+__all__ = [
+    "Membership",
+    "SyncReads",
+    "SyncSnapshot",
+    "positions",
+    "sync_snapshot",
+]
+
+#: ``(room ID, membership, stream ordering of the membership event, its event ID)``.
+Membership = tuple[str, str, int, str]
+#: ``(events position, un-partial-state position, the user's memberships,
+#: rooms among them with partial state, rooms whose state became complete
+#: after the given un-partial-state position)``.
+SyncSnapshot = tuple[int, int, list[Membership], frozenset[str], frozenset[str]]
+
+_TIMELINE = "outlier = 0 AND soft_failed = 0 AND rejected_reason IS NULL"
+_EVENT_COLUMNS = (
+    "stream_ordering, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
+    " json, outlier, soft_failed, rejected_reason"
+)
+# Rows read per statement while a Python filter picks events.
+_PAGE = 200
+
+
+class _Membership(msgspec.Struct):
+    content: dict[str, Any] = {}
+
+
+_decode_membership = msgspec.json.Decoder(_Membership).decode
+
+
+def _membership_of(json: bytes) -> str:
+    membership = _decode_membership(json).content.get("membership")
+    return membership if isinstance(membership, str) else ""
+
+
+def _stored(row: Any) -> StoredEvent:
+    return StoredEvent(
+        stream_ordering=row[0],
+        event_id=row[1],
+        room_id=row[2],
+        type=row[3],
+        state_key=row[4],
+        sender=row[5],
+        depth=row[6],
+        origin_server_ts=row[7],
+        json=row[8],
+        outlier=bool(row[9]),
+        soft_failed=bool(row[10]),
+        rejected_reason=row[11],
+    )
+
+
+def positions(conn: sqlite3.Connection) -> tuple[int, int]:
+    """The newest events position and un-partial-state position."""
+    (events,) = conn.execute("SELECT COALESCE(MAX(stream_ordering), 0) FROM events").fetchone()
+    (rooms,) = conn.execute(
+        "SELECT COALESCE(MAX(rowid), 0) FROM un_partial_stated_rooms"
+    ).fetchone()
+    return int(events), int(rooms)
+
+
+def sync_snapshot(conn: sqlite3.Connection, user_id: str, un_partial_after: int) -> SyncSnapshot:
+    """Everything a sync starts from, read in one snapshot."""
+    events_position, un_partial_position = positions(conn)
+    memberships: list[Membership] = []
+    for room_id, event_id, ordering, json in conn.execute(
+        """
+        SELECT cs.room_id, cs.event_id, e.stream_ordering, e.json
+        FROM current_state AS cs JOIN events AS e ON e.event_id = cs.event_id
+        WHERE cs.type = 'm.room.member' AND cs.state_key = ?
+        """,
+        (user_id,),
+    ):
+        memberships.append((room_id, _membership_of(json), ordering, event_id))
+    rooms = [room_id for room_id, *_ in memberships]
+    partial = frozenset(
+        room_id
+        for room_id in rooms
+        if conn.execute(
+            "SELECT 1 FROM partial_state_rooms WHERE room_id = ?", (room_id,)
+        ).fetchone()
+    )
+    un_partialled = frozenset(
+        room_id
+        for (room_id,) in conn.execute(
+            "SELECT room_id FROM un_partial_stated_rooms WHERE rowid > ? AND rowid <= ?",
+            (un_partial_after, un_partial_position),
+        )
+    )
+    return events_position, un_partial_position, memberships, partial, un_partialled
+
+
+def room_events(
+    conn: sqlite3.Connection,
+    room_id: str,
+    *,
+    after: int,
+    upto: int,
+    limit: int,
+    backwards: bool,
+    accept: Callable[[str, str], bool] | None,
+) -> tuple[list[StoredEvent], bool]:
+    """The room's timeline events with ``after < stream ordering <= upto``
+    that ``accept(type, sender)`` lets through, at most ``limit`` of them
+    taken from the newest end when ``backwards`` and the oldest otherwise,
+    in the order taken; and whether more such events are left.
+    """
+    order = "DESC" if backwards else "ASC"
+    taken: list[StoredEvent] = []
+    low, high = after, upto
+    while True:
+        rows = conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events"
+            f" WHERE room_id = ? AND stream_ordering > ? AND stream_ordering <= ? AND {_TIMELINE}"
+            f" ORDER BY stream_ordering {order} LIMIT ?",
+            (room_id, low, high, _PAGE),
+        ).fetchall()
+        for row in rows:
+            event = _stored(row)
+            if accept is None or accept(event.type, event.sender):
+                if len(taken) == limit:
+                    return taken, True
+                taken.append(event)
+        if len(rows) < _PAGE:
+            return taken, False
+        if backwards:
+            high = rows[-1][0] - 1
+        else:
+            low = rows[-1][0]
+
+
+def _state_group_at(conn: sqlite3.Connection, room_id: str, position: int) -> int | None:
+    """The state after the room's last timeline event at or below ``position``."""
+    row = conn.execute(
+        f"""
+        SELECT g.state_group_after FROM events AS e
+        JOIN event_to_state_groups AS g ON g.event_id = e.event_id
+        WHERE e.room_id = ? AND e.stream_ordering <= ? AND {_TIMELINE}
+        ORDER BY e.stream_ordering DESC LIMIT 1
+        """,
+        (room_id, position),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _group_before(conn: sqlite3.Connection, event_id: str) -> int | None:
+    row = conn.execute(
+        "SELECT state_group_before FROM event_to_state_groups WHERE event_id = ?", (event_id,)
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def state_before(
+    conn: sqlite3.Connection, event_id: str, keys: Collection[StateKey] | None
+) -> StateMap:
+    """The state before an event (only ``keys`` of it, when given)."""
+    group = _group_before(conn, event_id)
+    if group is None:
+        return {}
+    return read_state(conn, group) if keys is None else read_state_for_keys(conn, group, keys)
+
+
+def state_at(
+    conn: sqlite3.Connection, room_id: str, position: int, keys: Collection[StateKey] | None
+) -> StateMap:
+    """The room's state after its last timeline event at or below ``position``."""
+    group = _state_group_at(conn, room_id, position)
+    if group is None:
+        return {}
+    return read_state(conn, group) if keys is None else read_state_for_keys(conn, group, keys)
+
+
+def state_changes(conn: sqlite3.Connection, room_id: str, since: int, event_id: str) -> StateMap:
+    """The entries of the state before ``event_id`` that differ from the
+    room's state at ``since``: what a limited incremental sync reports.
+    """
+    before = _group_before(conn, event_id)
+    if before is None:
+        return {}
+    old = _state_group_at(conn, room_id, since)
+    if old is None:
+        return read_state(conn, before)
+    keys = keys_changed_between(conn, old, before)
+    if keys is None:
+        new_state, old_state = read_state(conn, before), read_state(conn, old)
+    else:
+        new_state = read_state_for_keys(conn, before, keys)
+        old_state = read_state_for_keys(conn, old, keys)
+    return {key: value for key, value in new_state.items() if old_state.get(key) != value}
+
+
+def auth_memberships(
+    conn: sqlite3.Connection, event_ids: Collection[str], users: Collection[str]
+) -> dict[str, str]:
+    """For each of ``users``, a membership event of theirs that one of
+    ``event_ids`` cites as an auth event: what shows a sender's membership
+    where the room's state here does not hold it yet (partial state).
+    """
+    wanted = set(users)
+    found: dict[str, str] = {}
+    for event_id in event_ids:
+        for auth_id, state_key in conn.execute(
+            """
+            SELECT a.auth_event_id, e.state_key FROM event_auth AS a
+            JOIN events AS e ON e.event_id = a.auth_event_id
+            WHERE a.event_id = ? AND e.type = 'm.room.member'
+            """,
+            (event_id,),
+        ):
+            if state_key in wanted and state_key not in found:
+                found[state_key] = auth_id
+    return found
+
+
+def current_membership(
+    conn: sqlite3.Connection, room_id: str, user_id: str
+) -> tuple[str, int] | None:
+    """The user's membership in the room and the position of its event."""
+    row = conn.execute(
+        """
+        SELECT e.json, e.stream_ordering FROM current_state AS cs
+        JOIN events AS e ON e.event_id = cs.event_id
+        WHERE cs.room_id = ? AND cs.type = 'm.room.member' AND cs.state_key = ?
+        """,
+        (room_id, user_id),
+    ).fetchone()
+    return None if row is None else (_membership_of(row[0]), int(row[1]))
+
+
+def current_state_for_keys(
+    conn: sqlite3.Connection, room_id: str, keys: Collection[StateKey]
+) -> list[StoredEvent]:
+    ids = [
+        row[0]
+        for key in keys
+        for row in conn.execute(
+            "SELECT event_id FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
+            (room_id, *key),
+        )
+    ]
+    events = get_events(conn, ids)
+    return [events[event_id] for event_id in ids if event_id in events]
+
+
+def store_filter(conn: sqlite3.Connection, user_id: str, filter_json: bytes) -> int:
+    (filter_id,) = conn.execute(
+        "SELECT COALESCE(MAX(filter_id), -1) + 1 FROM user_filters WHERE user_id = ?", (user_id,)
+    ).fetchone()
+    conn.execute(
+        "INSERT INTO user_filters (user_id, filter_id, filter_json) VALUES (?, ?, ?)",
+        (user_id, filter_id, filter_json),
+    )
+    return int(filter_id)
+
+
+def get_filter(conn: sqlite3.Connection, user_id: str, filter_id: int) -> bytes | None:
+    row = conn.execute(
+        "SELECT filter_json FROM user_filters WHERE user_id = ? AND filter_id = ?",
+        (user_id, filter_id),
+    ).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+class SyncReads:
+    """The reads of ``/sync`` and ``/messages``, and the filters users store."""
+
+    def __init__(self, actor: StorageActor, readers: ReaderPool) -> None:
+        self._actor = actor
+        self._readers = readers
+
+    async def positions(self) -> tuple[int, int]:
+        return await self._readers.read(positions)
+
+    async def sync_snapshot(self, user_id: str, un_partial_after: int) -> SyncSnapshot:
+        return await self._readers.read(
+            functools.partial(sync_snapshot, user_id=user_id, un_partial_after=un_partial_after)
+        )
+
+    async def room_events(
+        self,
+        room_id: str,
+        *,
+        after: int,
+        upto: int,
+        limit: int,
+        backwards: bool,
+        accept: Callable[[str, str], bool] | None = None,
+    ) -> tuple[list[StoredEvent], bool]:
+        return await self._readers.read(
+            functools.partial(
+                room_events,
+                room_id=room_id,
+                after=after,
+                upto=upto,
+                limit=limit,
+                backwards=backwards,
+                accept=accept,
+            )
+        )
+
+    async def state_before(
+        self, event_id: str, keys: Collection[StateKey] | None = None
+    ) -> StateMap:
+        wanted = None if keys is None else frozenset(keys)
+        return await self._readers.read(
+            functools.partial(state_before, event_id=event_id, keys=wanted)
+        )
+
+    async def state_at(
+        self, room_id: str, position: int, keys: Collection[StateKey] | None = None
+    ) -> StateMap:
+        wanted = None if keys is None else frozenset(keys)
+        return await self._readers.read(
+            functools.partial(state_at, room_id=room_id, position=position, keys=wanted)
+        )
+
+    async def state_changes(self, room_id: str, since: int, event_id: str) -> StateMap:
+        return await self._readers.read(
+            functools.partial(state_changes, room_id=room_id, since=since, event_id=event_id)
+        )
+
+    async def auth_memberships(
+        self, event_ids: Collection[str], users: Collection[str]
+    ) -> dict[str, str]:
+        ids, wanted = tuple(event_ids), frozenset(users)
+        return await self._readers.read(
+            functools.partial(auth_memberships, event_ids=ids, users=wanted)
+        )
+
+    async def current_membership(self, room_id: str, user_id: str) -> tuple[str, int] | None:
+        return await self._readers.read(
+            functools.partial(current_membership, room_id=room_id, user_id=user_id)
+        )
+
+    async def current_state_for_keys(
+        self, room_id: str, keys: Collection[StateKey]
+    ) -> list[StoredEvent]:
+        wanted = tuple(keys)
+        return await self._readers.read(
+            functools.partial(current_state_for_keys, room_id=room_id, keys=wanted)
+        )
+
+    async def get_events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
+        ids = frozenset(event_ids)
+        return await self._readers.read(functools.partial(get_events, event_ids=ids))
+
+    async def store_filter(self, user_id: str, filter_json: bytes) -> int:
+        return await self._actor.submit(
+            functools.partial(store_filter, user_id=user_id, filter_json=filter_json)
+        )
+
+    async def get_filter(self, user_id: str, filter_id: int) -> bytes | None:
+        return await self._readers.read(
+            functools.partial(get_filter, user_id=user_id, filter_id=filter_id)
+        )

@@ -1,0 +1,348 @@
+"""/sync, filters and /messages over real HTTP on a started homeserver.
+
+Rooms are driven through the HomeServer's own methods (create_room,
+send_event, invite, join_room, leave_room); what the client sees is read
+through the client listener with an access token, as a client would.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from ranvier.config import Config, DatabaseConfig, ListenerConfig
+from ranvier.server import HomeServer, open_homeserver
+
+SERVER = "sync.test"
+ALICE = f"@alice:{SERVER}"
+BOB = f"@bob:{SERVER}"
+CAROL = f"@carol:{SERVER}"
+
+
+@dataclass
+class _Env:
+    hs: HomeServer
+    http: httpx.AsyncClient
+    tokens: dict[str, str]
+
+    async def get(self, user: str, path: str, **params: Any) -> httpx.Response:
+        return await self.http.get(
+            path,
+            params={k: v for k, v in params.items() if v is not None},
+            headers={"Authorization": f"Bearer {self.tokens[user]}"},
+        )
+
+    async def sync(self, user: str, **params: Any) -> dict[str, Any]:
+        response = await self.get(user, "/_matrix/client/v3/sync", **params)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[_Env]:
+    config = Config(
+        server_name=SERVER,
+        data_dir=tmp_path / "hs",
+        listeners=(ListenerConfig(type="client", host="127.0.0.1", port=0),),
+        database=DatabaseConfig(synchronous="OFF"),
+    )
+    async with open_homeserver(config) as hs:
+        tokens = {}
+        for name in ("alice", "bob", "carol"):
+            registration = await hs.accounts.register(name, "a long enough password")
+            assert registration.access_token is not None
+            tokens[registration.user_id] = registration.access_token
+        async with httpx.AsyncClient(base_url=hs.listeners[0].url, timeout=30) as http:
+            yield _Env(hs, http, tokens)
+
+
+def _bodies(room: dict[str, Any]) -> list[str]:
+    return [
+        event["content"]["body"]
+        for event in room["timeline"]["events"]
+        if event["type"] == "m.room.message"
+    ]
+
+
+async def _say(hs: HomeServer, user: str, room_id: str, *bodies: str) -> None:
+    for body in bodies:
+        await hs.send_event(user, room_id, "m.room.message", {"msgtype": "m.text", "body": body})
+
+
+async def test_initial_sync_has_the_room_with_its_state_and_latest_events(env: _Env) -> None:
+    room_id = await env.hs.create_room(ALICE, name="Lobby")
+    await _say(env.hs, ALICE, room_id, "one", "two")
+    body = await env.sync(ALICE)
+    assert body["next_batch"].startswith("s")
+    room = body["rooms"]["join"][room_id]
+    assert _bodies(room) == ["one", "two"]
+    # The whole room fits in the timeline.
+    assert room["timeline"]["limited"] is False
+    assert room["timeline"]["events"][0]["type"] == "m.room.create"
+    assert room["state"]["events"] == []
+    await _say(env.hs, ALICE, room_id, *(f"m{i}" for i in range(12)))
+    body = await env.sync(ALICE)
+    room = body["rooms"]["join"][room_id]
+    assert _bodies(room) == [f"m{i}" for i in range(2, 12)]
+    # Initial sync: the state before the timeline plus the timeline is the room.
+    state_types = {event["type"] for event in room["state"]["events"]}
+    timeline_types = {event["type"] for event in room["timeline"]["events"]}
+    assert "m.room.create" in state_types | timeline_types
+    assert "m.room.name" in state_types | timeline_types
+    assert all("room_id" not in event for event in room["timeline"]["events"])
+    assert room["timeline"]["limited"] is True
+    # Bob is in no room.
+    assert (await env.sync(BOB))["rooms"]["join"] == {}
+
+
+async def test_incremental_sync_has_only_what_is_new(env: _Env) -> None:
+    room_id = await env.hs.create_room(ALICE)
+    quiet = await env.hs.create_room(ALICE)
+    first = await env.sync(ALICE)
+    assert {room_id, quiet} <= first["rooms"]["join"].keys()
+    await _say(env.hs, ALICE, room_id, "hello")
+    second = await env.sync(ALICE, since=first["next_batch"])
+    assert list(second["rooms"]["join"]) == [room_id]
+    room = second["rooms"]["join"][room_id]
+    assert _bodies(room) == ["hello"]
+    assert room["timeline"]["limited"] is False
+    assert room["state"]["events"] == []
+    # Nothing new: nothing at all, and a next_batch that is no older.
+    third = await env.sync(ALICE, since=second["next_batch"])
+    assert third["rooms"]["join"] == {}
+    assert third["next_batch"] == second["next_batch"]
+
+
+async def test_a_long_poll_is_woken_by_a_send_from_another_task(env: _Env) -> None:
+    room_id = await env.hs.create_room(ALICE)
+    since = (await env.sync(ALICE))["next_batch"]
+    answers: list[dict[str, Any]] = []
+
+    async def poll() -> None:
+        answers.append(await env.sync(ALICE, since=since, timeout=60_000))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            # The poll has found nothing and sleeps on the notifier.
+            while env.hs.stream_notifier.waiting == 0:
+                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            await _say(env.hs, ALICE, room_id, "wake up")
+    (answer,) = answers
+    assert _bodies(answer["rooms"]["join"][room_id]) == ["wake up"]
+    assert answer["next_batch"] != since
+
+
+async def test_a_long_poll_that_times_out_answers_empty(env: _Env) -> None:
+    await env.hs.create_room(ALICE)
+    since = (await env.sync(ALICE))["next_batch"]
+    started = trio.current_time()
+    with trio.fail_after(30):
+        body = await env.sync(ALICE, since=since, timeout=300)
+    assert trio.current_time() - started >= 0.3
+    assert body["rooms"]["join"] == {}
+    assert body["next_batch"] == since
+
+
+async def test_a_long_poll_ignores_rooms_of_others(env: _Env) -> None:
+    await env.hs.create_room(ALICE)
+    since = (await env.sync(ALICE))["next_batch"]
+    others = await env.hs.create_room(BOB)
+    await _say(env.hs, BOB, others, "not for alice")
+    body = await env.sync(ALICE, since=since, timeout=200)
+    assert body["rooms"]["join"] == {}
+
+
+async def test_a_limited_incremental_sync_carries_the_state_that_changed(env: _Env) -> None:
+    room_id = await env.hs.create_room(ALICE)
+    since = (await env.sync(ALICE))["next_batch"]
+    await env.hs.send_event(ALICE, room_id, "m.room.topic", {"topic": "new"}, state_key="")
+    await _say(env.hs, ALICE, room_id, *(f"m{i}" for i in range(5)))
+    body = await env.sync(
+        ALICE, since=since, filter=json.dumps({"room": {"timeline": {"limit": 3}}})
+    )
+    room = body["rooms"]["join"][room_id]
+    assert _bodies(room) == ["m2", "m3", "m4"]
+    assert room["timeline"]["limited"] is True
+    assert [(e["type"], e["content"]) for e in room["state"]["events"]] == [
+        ("m.room.topic", {"topic": "new"})
+    ]
+    # prev_batch pages back from the start of the timeline.
+    messages = await env.get(
+        ALICE,
+        f"/_matrix/client/v3/rooms/{room_id}/messages",
+        dir="b",
+        limit=2,
+        **{"from": room["timeline"]["prev_batch"]},
+    )
+    assert [e["content"].get("body") for e in messages.json()["chunk"]] == ["m1", "m0"]
+
+
+async def test_filters_are_stored_read_back_and_applied(env: _Env) -> None:
+    room_id = await env.hs.create_room(ALICE, invite=[BOB])
+    await env.hs.join_room(BOB, room_id)
+    await _say(env.hs, ALICE, room_id, "from alice")
+    await _say(env.hs, BOB, room_id, "from bob")
+    definition = {"room": {"timeline": {"senders": [BOB], "types": ["m.room.*"]}}}
+    created = await env.http.post(
+        f"/_matrix/client/v3/user/{ALICE}/filter",
+        json=definition,
+        headers={"Authorization": f"Bearer {env.tokens[ALICE]}"},
+    )
+    assert created.status_code == 200, created.text
+    filter_id = created.json()["filter_id"]
+    read = await env.get(ALICE, f"/_matrix/client/v3/user/{ALICE}/filter/{filter_id}")
+    assert read.json() == definition
+    body = await env.sync(ALICE, filter=filter_id)
+    timeline = body["rooms"]["join"][room_id]["timeline"]["events"]
+    assert {event["sender"] for event in timeline} == {BOB}
+    assert "from bob" in [event["content"].get("body") for event in timeline]
+    # Not a room the filter lets through.
+    body = await env.sync(ALICE, filter=json.dumps({"room": {"not_rooms": [room_id]}}))
+    assert room_id not in body["rooms"]["join"]
+
+
+async def test_bad_filters_and_someone_elses(env: _Env) -> None:
+    auth = {"Authorization": f"Bearer {env.tokens[ALICE]}"}
+    bad = await env.http.post(
+        f"/_matrix/client/v3/user/{ALICE}/filter",
+        json={"room": {"timeline": {"limit": "ten"}}},
+        headers=auth,
+    )
+    assert (bad.status_code, bad.json()["errcode"]) == (400, "M_BAD_JSON")
+    theirs = await env.http.post(f"/_matrix/client/v3/user/{BOB}/filter", json={}, headers=auth)
+    assert (theirs.status_code, theirs.json()["errcode"]) == (403, "M_FORBIDDEN")
+    created = await env.http.post(
+        f"/_matrix/client/v3/user/{BOB}/filter",
+        json={},
+        headers={"Authorization": f"Bearer {env.tokens[BOB]}"},
+    )
+    filter_id = created.json()["filter_id"]
+    peek = await env.get(ALICE, f"/_matrix/client/v3/user/{BOB}/filter/{filter_id}")
+    assert (peek.status_code, peek.json()["errcode"]) == (403, "M_FORBIDDEN")
+    missing = await env.get(ALICE, f"/_matrix/client/v3/user/{ALICE}/filter/77")
+    assert (missing.status_code, missing.json()["errcode"]) == (404, "M_NOT_FOUND")
+    # Bob's filter ID is not Alice's.
+    unknown = await env.get(ALICE, "/_matrix/client/v3/sync", filter="77")
+    assert (unknown.status_code, unknown.json()["errcode"]) == (400, "M_INVALID_PARAM")
+    garbage = await env.get(ALICE, "/_matrix/client/v3/sync", filter="{not json")
+    assert (garbage.status_code, garbage.json()["errcode"]) == (400, "M_INVALID_PARAM")
+
+
+async def test_bad_tokens_are_refused(env: _Env) -> None:
+    room_id = await env.hs.create_room(ALICE)
+    for token in ("garbage", "s12", "s1_x", "t5"):
+        response = await env.get(ALICE, "/_matrix/client/v3/sync", since=token)
+        assert (response.status_code, response.json()["errcode"]) == (400, "M_INVALID_PARAM")
+    response = await env.get(
+        ALICE, f"/_matrix/client/v3/rooms/{room_id}/messages", **{"from": "nope"}
+    )
+    assert (response.status_code, response.json()["errcode"]) == (400, "M_INVALID_PARAM")
+    response = await env.get(ALICE, f"/_matrix/client/v3/rooms/{room_id}/messages", dir="x")
+    assert (response.status_code, response.json()["errcode"]) == (400, "M_INVALID_PARAM")
+    missing = await env.http.get("/_matrix/client/v3/sync")
+    assert (missing.status_code, missing.json()["errcode"]) == (401, "M_MISSING_TOKEN")
+
+
+async def test_invites_and_leaves(env: _Env) -> None:
+    room_id = await env.hs.create_room(ALICE, name="Party")
+    since = (await env.sync(BOB))["next_batch"]
+    await env.hs.invite(ALICE, room_id, BOB)
+    body = await env.sync(BOB, since=since)
+    invite = body["rooms"]["invite"][room_id]["invite_state"]["events"]
+    kinds = {(event["type"], event["state_key"]) for event in invite}
+    assert {("m.room.create", ""), ("m.room.name", ""), ("m.room.member", BOB)} <= kinds
+    assert body["rooms"]["join"] == {}
+    # Joined: the room comes in full, as newly joined.
+    await env.hs.join_room(BOB, room_id)
+    await _say(env.hs, ALICE, room_id, "welcome")
+    joined = await env.sync(BOB, since=body["next_batch"])
+    assert room_id not in joined["rooms"]["invite"]
+    room = joined["rooms"]["join"][room_id]
+    assert "welcome" in _bodies(room)
+    state_types = {e["type"] for e in room["state"]["events"] + room["timeline"]["events"]}
+    assert "m.room.create" in state_types
+    # Left: the leave, and nothing after it.
+    await env.hs.leave_room(BOB, room_id)
+    await _say(env.hs, ALICE, room_id, "gone")
+    left = await env.sync(BOB, since=joined["next_batch"])
+    assert room_id not in left["rooms"]["join"]
+    timeline = left["rooms"]["leave"][room_id]["timeline"]["events"]
+    assert timeline[-1]["type"] == "m.room.member"
+    assert timeline[-1]["content"]["membership"] == "leave"
+    assert "gone" not in [event["content"].get("body") for event in timeline]
+    # Initial syncs list left rooms only when asked to.
+    assert room_id not in (await env.sync(BOB))["rooms"]["leave"]
+    with_leave = await env.sync(BOB, filter=json.dumps({"room": {"include_leave": True}}))
+    assert room_id in with_leave["rooms"]["leave"]
+
+
+async def test_messages_pages_back_to_the_start_and_forward_again(env: _Env) -> None:
+    room_id = await env.hs.create_room(ALICE)
+    await _say(env.hs, ALICE, room_id, *(f"m{i}" for i in range(7)))
+    path = f"/_matrix/client/v3/rooms/{room_id}/messages"
+    seen: list[dict[str, Any]] = []
+    token: str | None = None
+    for _ in range(20):
+        page = (await env.get(ALICE, path, dir="b", limit=4, **{"from": token})).json()
+        seen.extend(page["chunk"])
+        assert len(page["chunk"]) <= 4
+        if "end" not in page:
+            break
+        token = page["end"]
+    else:
+        pytest.fail("paging back never reached the start")
+    assert seen[-1]["type"] == "m.room.create"
+    bodies = [event["content"].get("body") for event in seen if event["type"] == "m.room.message"]
+    assert bodies == [f"m{i}" for i in reversed(range(7))]
+    # Forward from the start: the same events in the other order.
+    forward: list[dict[str, Any]] = []
+    token = None
+    for _ in range(20):
+        page = (await env.get(ALICE, path, dir="f", limit=5, **{"from": token})).json()
+        forward.extend(page["chunk"])
+        if "end" not in page:
+            break
+        token = page["end"]
+    assert [event["event_id"] for event in forward] == [e["event_id"] for e in reversed(seen)]
+    # `to` stops the page.
+    first_page = (await env.get(ALICE, path, dir="f", limit=3)).json()
+    bounded = (await env.get(ALICE, path, dir="f", to=first_page["end"])).json()
+    assert [e["event_id"] for e in bounded["chunk"]] == [e["event_id"] for e in first_page["chunk"]]
+
+
+async def test_messages_with_lazy_loaded_members(env: _Env) -> None:
+    room_id = await env.hs.create_room(ALICE, preset="public_chat")
+    await env.hs.join_room(BOB, room_id)
+    await _say(env.hs, BOB, room_id, "bob speaks")
+    lazy = json.dumps({"lazy_load_members": True, "types": ["m.room.message"]})
+    page = (
+        await env.get(ALICE, f"/_matrix/client/v3/rooms/{room_id}/messages", limit=1, filter=lazy)
+    ).json()
+    assert [event["sender"] for event in page["chunk"]] == [BOB]
+    assert [(e["type"], e["state_key"]) for e in page["state"]] == [("m.room.member", BOB)]
+
+
+async def test_messages_are_for_members_only(env: _Env) -> None:
+    room_id = await env.hs.create_room(ALICE, preset="public_chat")
+    path = f"/_matrix/client/v3/rooms/{room_id}/messages"
+    stranger = await env.get(CAROL, path)
+    assert (stranger.status_code, stranger.json()["errcode"]) == (403, "M_FORBIDDEN")
+    await env.hs.join_room(BOB, room_id)
+    await _say(env.hs, ALICE, room_id, "before")
+    await env.hs.leave_room(BOB, room_id)
+    await _say(env.hs, ALICE, room_id, "after")
+    page = (await env.get(BOB, path, limit=50)).json()
+    bodies = [event["content"].get("body") for event in page["chunk"]]
+    assert "before" in bodies
+    assert "after" not in bodies
+    assert page["chunk"][0]["content"].get("membership") == "leave"
