@@ -1,0 +1,68 @@
+"""Room aliases this server answers for: ``#name:ours`` to a room ID.
+
+Only local aliases live here (those whose server part is this server's
+name); other servers' aliases are asked of them each time. The alias is
+the primary key, so two requests for one alias cannot both win: the
+second insert finds the row and reports it taken.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from .actor import StorageActor
+from .readers import ReaderPool
+
+__all__ = ["AliasStorage"]
+
+
+class AliasStorage:
+    """The ``room_aliases`` table: alias, room, who made it and when."""
+
+    def __init__(self, actor: StorageActor, readers: ReaderPool) -> None:
+        self._actor = actor
+        self._readers = readers
+
+    async def create_alias(self, alias: str, room_id: str, creator: str, created_ts: int) -> bool:
+        """Point ``alias`` at ``room_id``; False, changing nothing, if it is taken."""
+
+        def insert(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO room_aliases (alias, room_id, creator, created_ts)"
+                " VALUES (?, ?, ?, ?)",
+                (alias, room_id, creator, created_ts),
+            )
+            return cursor.rowcount == 1
+
+        return await self._actor.submit(insert)
+
+    async def get_alias(self, alias: str) -> tuple[str, str] | None:
+        """``(room_id, creator)`` of ``alias``; None when it is not known."""
+
+        def select(conn: sqlite3.Connection) -> tuple[str, str] | None:
+            row = conn.execute(
+                "SELECT room_id, creator FROM room_aliases WHERE alias = ?", (alias,)
+            ).fetchone()
+            return None if row is None else (str(row[0]), str(row[1]))
+
+        return await self._readers.read(select)
+
+    async def delete_alias(self, alias: str) -> bool:
+        """Forget ``alias``; False if it was not known."""
+
+        def delete(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM room_aliases WHERE alias = ?", (alias,)).rowcount == 1
+
+        return await self._actor.submit(delete)
+
+    async def get_room_aliases(self, room_id: str) -> list[str]:
+        """The aliases pointing at ``room_id``, oldest first."""
+
+        def select(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT alias FROM room_aliases WHERE room_id = ? ORDER BY created_ts, alias",
+                (room_id,),
+            ).fetchall()
+            return [str(row[0]) for row in rows]
+
+        return await self._readers.read(select)

@@ -1,0 +1,78 @@
+"""Client transaction IDs: which event a client's request produced.
+
+A client retries a request whose answer it did not get under the same
+transaction ID; the retry must answer with the first event rather than
+send a second. The row is keyed by user, device and the transaction's
+scope (see :mod:`ranvier.core.client_txns`), and kept on disk so that a
+retry across a restart of the server is recognised too.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from .actor import StorageActor
+from .readers import ReaderPool
+
+__all__ = ["ClientTransactionStorage"]
+
+
+class ClientTransactionStorage:
+    """The ``client_transactions`` table."""
+
+    def __init__(self, actor: StorageActor, readers: ReaderPool) -> None:
+        self._actor = actor
+        self._readers = readers
+
+    async def get_client_transaction(self, user_id: str, device_id: str, txn_id: str) -> str | None:
+        """The event ID recorded for the transaction; None when there is none."""
+
+        def select(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT event_id FROM client_transactions"
+                " WHERE user_id = ? AND device_id = ? AND txn_id = ?",
+                (user_id, device_id, txn_id),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._readers.read(select)
+
+    async def add_client_transaction(
+        self,
+        user_id: str,
+        device_id: str,
+        txn_id: str,
+        *,
+        room_id: str,
+        event_id: str,
+        created_ts: int,
+    ) -> str:
+        """Record the transaction's event; return the event recorded for it,
+        which is an earlier one if the transaction already had one.
+        """
+
+        def insert(conn: sqlite3.Connection) -> str:
+            conn.execute(
+                "INSERT OR IGNORE INTO client_transactions"
+                " (user_id, device_id, txn_id, room_id, event_id, created_ts)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (user_id, device_id, txn_id, room_id, event_id, created_ts),
+            )
+            (recorded,) = conn.execute(
+                "SELECT event_id FROM client_transactions"
+                " WHERE user_id = ? AND device_id = ? AND txn_id = ?",
+                (user_id, device_id, txn_id),
+            ).fetchone()
+            return str(recorded)
+
+        return await self._actor.submit(insert)
+
+    async def delete_client_transactions_before(self, created_ts: int) -> int:
+        """Forget transactions recorded before ``created_ts``; return how many."""
+
+        def delete(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM client_transactions WHERE created_ts < ?", (created_ts,)
+            ).rowcount
+
+        return await self._actor.submit(delete)

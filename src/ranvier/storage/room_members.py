@@ -1,0 +1,55 @@
+"""Which rooms a user has a membership in, read without a scan of every room.
+
+The current state's member rows are indexed by state key (schema 7's
+``current_state_members``), so a user's rooms are one index range. A
+membership this server holds only as an outlier (an invite from another
+server to a room not joined here) is not in any current state, so it is
+found among the room's own member events instead.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from .actor import StorageActor
+from .readers import ReaderPool
+
+__all__ = ["RoomMemberStorage"]
+
+
+class RoomMemberStorage:
+    """Reads of users' memberships across rooms."""
+
+    def __init__(self, actor: StorageActor, readers: ReaderPool) -> None:
+        self._actor = actor
+        self._readers = readers
+
+    async def get_current_membership_event_ids(self, user_id: str) -> dict[str, str]:
+        """For each room whose current state has a membership of ``user_id``,
+        the ID of that member event.
+        """
+
+        def select(conn: sqlite3.Connection) -> dict[str, str]:
+            rows = conn.execute(
+                "SELECT room_id, event_id FROM current_state"
+                " WHERE type = 'm.room.member' AND state_key = ?",
+                (user_id,),
+            ).fetchall()
+            return {str(room_id): str(event_id) for room_id, event_id in rows}
+
+        return await self._readers.read(select)
+
+    async def get_latest_membership_event_id(self, user_id: str, room_id: str) -> str | None:
+        """The last member event about ``user_id`` stored for ``room_id``,
+        outliers included; None when there is none.
+        """
+
+        def select(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT event_id FROM events WHERE room_id = ? AND type = 'm.room.member'"
+                " AND state_key = ? ORDER BY stream_ordering DESC LIMIT 1",
+                (room_id, user_id),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._readers.read(select)
