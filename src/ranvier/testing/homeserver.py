@@ -11,8 +11,9 @@ against a real one in their own test process, on a temporary directory::
 :func:`open_test_homeserver` runs the same :class:`~ranvier.server.HomeServer`
 that ``ranvier serve`` runs, with settings for tests: the client API on
 plain HTTP on 127.0.0.1 and a port the system picks, SQLite with
-``synchronous = OFF`` (a test's database need not survive a power cut), no
-rate limits, and no federation listener unless the test asks for one by
+``synchronous = OFF`` (a test's database need not survive a power cut),
+open registration (so a client under test can ``/register``), no rate
+limits, and no federation listener unless the test asks for one by
 passing a :class:`~ranvier.testing.network.Pki`, whose CA signs the
 listener's certificate and is the only CA the server trusts, so that two
 test homeservers federate with each other over TLS on loopback.
@@ -42,6 +43,7 @@ from ranvier.config import (
     FederationConfig,
     ListenerConfig,
     RateLimitConfig,
+    RegistrationConfig,
     TlsConfig,
 )
 from ranvier.federation.transport.tls import generate_self_signed_certificate
@@ -158,6 +160,7 @@ def config_for_tests(
         database=DatabaseConfig(synchronous="OFF"),
         federation=federation_config,
         ratelimit=RateLimitConfig(enabled=rate_limits),
+        registration=RegistrationConfig(enabled=True),
     )
 
 

@@ -1,0 +1,266 @@
+"""A real Matrix client against ranvier: matrix-nio, over HTTP on loopback.
+
+matrix-nio runs on asyncio (with aiohttp); the test runs on Trio, and
+trio-asyncio runs the client's coroutines inside the test's Trio loop
+(:func:`_aio`). Nothing here knows the server's internals: what nio
+accepts (it checks every response against the spec's schemas) is what
+passes.
+
+The servers are :func:`~ranvier.testing.open_test_homeserver`'s; the last
+test federates two of them over TLS with a test CA and joins a room of one
+from the other with partial state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import nio
+import trio
+import trio_asyncio
+
+from ranvier.testing import Pki, TestHomeserver, open_test_homeserver
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+async def _aio(call: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """Await an asyncio coroutine function from Trio."""
+    result: _T = await trio_asyncio.aio_as_trio(call)(*args, **kwargs)
+    return result
+
+
+@asynccontextmanager
+async def _asyncio() -> AsyncIterator[None]:
+    async with trio_asyncio.open_loop():
+        yield
+
+
+@asynccontextmanager
+async def _client(hs: TestHomeserver, localpart: str) -> AsyncIterator[nio.AsyncClient]:
+    """A nio client of a new account on ``hs``, registered through ``/register``."""
+    client = nio.AsyncClient(hs.client_url, store_path="")
+    try:
+        registered = await _aio(client.register, localpart, f"password of {localpart}")
+        assert isinstance(registered, nio.RegisterResponse), registered
+        assert client.access_token
+        assert client.user_id == f"@{localpart}:{hs.server_name}"
+        yield client
+    finally:
+        await _aio(client.close)
+
+
+async def _sync(client: nio.AsyncClient, *, timeout_ms: int = 0) -> nio.SyncResponse:
+    response = await _aio(client.sync, timeout=timeout_ms)
+    assert isinstance(response, nio.SyncResponse), response
+    return response
+
+
+def _bodies(response: nio.SyncResponse, room_id: str) -> list[tuple[str, str]]:
+    """The (sender, body) of each message in ``room_id``'s timeline."""
+    room = response.rooms.join.get(room_id)
+    if room is None:
+        return []
+    return [
+        (event.sender, event.body)
+        for event in room.timeline.events
+        if isinstance(event, nio.RoomMessageText)
+    ]
+
+
+async def _send(client: nio.AsyncClient, room_id: str, body: str) -> str:
+    sent = await _aio(
+        client.room_send, room_id, "m.room.message", {"msgtype": "m.text", "body": body}
+    )
+    assert isinstance(sent, nio.RoomSendResponse), sent
+    return str(sent.event_id)
+
+
+async def _sync_until(
+    client: nio.AsyncClient, check: Callable[[nio.SyncResponse], bool], seconds: float = 20
+) -> nio.SyncResponse:
+    """Sync (long-polling, from the client's last position) until ``check``
+    holds for a response.
+    """
+    with trio.fail_after(seconds):
+        while True:
+            response = await _sync(client, timeout_ms=1000)
+            if check(response):
+                return response
+
+
+async def test_register_log_in_create_send_and_sync(tmp_path: Path) -> None:
+    async with (
+        _asyncio(),
+        open_test_homeserver(tmp_path / "hs") as hs,
+        _client(hs, "alice") as alice,
+    ):
+        # The same account logs in again from a second device.
+        second = nio.AsyncClient(hs.client_url, "alice", store_path="")
+        try:
+            login = await _aio(second.login, "password of alice", device_name="phone")
+            assert isinstance(login, nio.LoginResponse), login
+            assert login.user_id == alice.user_id
+            assert login.device_id != alice.device_id
+            wrong = await _aio(second.login, "not the password")
+            assert isinstance(wrong, nio.LoginError)
+            assert wrong.status_code == "M_FORBIDDEN"
+        finally:
+            await _aio(second.close)
+
+        created = await _aio(alice.room_create, name="Lobby", preset=nio.RoomPreset.public_chat)
+        assert isinstance(created, nio.RoomCreateResponse), created
+        room_id = created.room_id
+        event_id = await _send(alice, room_id, "hello")
+
+        synced = await _sync(alice)
+        assert ("@alice:localhost", "hello") in _bodies(synced, room_id)
+        assert any(e.event_id == event_id for e in synced.rooms.join[room_id].timeline.events)
+        # nio keeps the room's state from the sync.
+        assert alice.rooms[room_id].name == "Lobby"
+        assert set(alice.rooms[room_id].users) == {alice.user_id}
+
+
+async def test_two_users_see_each_others_messages(tmp_path: Path) -> None:
+    async with (
+        _asyncio(),
+        open_test_homeserver(tmp_path / "hs") as hs,
+        _client(hs, "alice") as alice,
+        _client(hs, "bob") as bob,
+    ):
+        created = await _aio(alice.room_create, name="Lobby", preset=nio.RoomPreset.public_chat)
+        assert isinstance(created, nio.RoomCreateResponse), created
+        room_id = created.room_id
+        await _send(alice, room_id, "hello from alice")
+        await _sync(alice)
+
+        joined = await _aio(bob.join, room_id)
+        assert isinstance(joined, nio.JoinResponse), joined
+        assert joined.room_id == room_id
+        # Bob's first sync has the room, with what Alice said before he came.
+        first = await _sync(bob)
+        assert ("@alice:localhost", "hello from alice") in _bodies(first, room_id)
+
+        # Alice waits in a long poll; Bob's message wakes it.
+        seen_by_alice: list[nio.SyncResponse] = []
+
+        async def wait_for_bob() -> None:
+            seen_by_alice.append(
+                await _sync_until(
+                    alice, lambda r: ("@bob:localhost", "hi alice") in _bodies(r, room_id)
+                )
+            )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_for_bob)
+            await trio.sleep(0.2)  # let the poll start; it must work either way
+            await _send(bob, room_id, "hi alice")
+        assert seen_by_alice
+
+        await _send(alice, room_id, "welcome, bob")
+        await _sync_until(
+            bob, lambda r: ("@alice:localhost", "welcome, bob") in _bodies(r, room_id)
+        )
+        assert set(alice.rooms[room_id].users) == {alice.user_id, bob.user_id}
+        assert set(bob.rooms[room_id].users) == {alice.user_id, bob.user_id}
+        members = await _aio(bob.joined_members, room_id)
+        assert isinstance(members, nio.JoinedMembersResponse), members
+        assert {m.user_id for m in members.members} == {alice.user_id, bob.user_id}
+
+
+async def test_rate_limits_reach_the_client(tmp_path: Path) -> None:
+    """With the default limits on, a flood of sends is refused with 429 and
+    a time to wait, which nio reports; waiting that long lets the next one in.
+    """
+    async with (
+        _asyncio(),
+        open_test_homeserver(tmp_path / "hs", rate_limits=True) as hs,
+        _client(hs, "alice") as alice,
+    ):
+        created = await _aio(alice.room_create, name="Flood")
+        assert isinstance(created, nio.RoomCreateResponse), created
+        results = []
+        for n in range(25):
+            results.append(
+                await _aio(
+                    alice.room_send,
+                    created.room_id,
+                    "m.room.message",
+                    {"msgtype": "m.text", "body": f"flood {n}"},
+                )
+            )
+        refused = [r for r in results if isinstance(r, nio.RoomSendError)]
+        assert refused, "25 sends at once went through a burst of 20"
+        assert all(r.status_code == "M_LIMIT_EXCEEDED" for r in refused)
+        assert all(r.retry_after_ms is not None and r.retry_after_ms > 0 for r in refused)
+        await trio.sleep(refused[-1].retry_after_ms / 1000)
+        await _send(alice, created.room_id, "after waiting")
+
+
+async def test_joining_a_room_of_another_server_with_partial_state(tmp_path: Path) -> None:
+    """Bob, on B, joins Alice's room on A through its alias. B joins with
+    partial state and completes the room's state in the background; both
+    users see each other's messages throughout, and once the state is
+    complete B lists every member.
+    """
+    pki = Pki.create(tmp_path)
+    async with (
+        _asyncio(),
+        open_test_homeserver(tmp_path / "a", federation=pki) as a,
+        open_test_homeserver(tmp_path / "b", federation=pki) as b,
+        _client(a, "alice") as alice,
+        _client(b, "bob") as bob,
+    ):
+        created = await _aio(
+            alice.room_create,
+            name="Lobby on A",
+            alias="lobby",
+            preset=nio.RoomPreset.public_chat,
+        )
+        assert isinstance(created, nio.RoomCreateResponse), created
+        room_id = created.room_id
+        # Other members on A, whose joins B's partial state leaves out.
+        others = [await a.register_user(f"member{n}") for n in range(5)]
+        for member in others:
+            async with a.client(member) as http:
+                response = await http.post(f"/_matrix/client/v3/rooms/{room_id}/join", json={})
+                assert response.status_code == 200, response.text
+        await _send(alice, room_id, "hello from A")
+
+        joined = await _aio(bob.join, f"#lobby:{a.server_name}")
+        assert isinstance(joined, nio.JoinResponse), joined
+        assert joined.room_id == room_id
+
+        # Talking works at once, partial state or not.
+        await _send(bob, room_id, "hello from B")
+        await _sync_until(
+            alice, lambda r: (bob.user_id, "hello from B") in _bodies(r, room_id), seconds=30
+        )
+        await _sync_until(
+            bob, lambda r: (alice.user_id, "hello from A") in _bodies(r, room_id), seconds=30
+        )
+
+        with trio.fail_after(30):
+            await b.server.wait_for_full_state(room_id)
+        assert not await b.server.storage.is_partial_state_room(room_id)
+
+        members = await _aio(bob.joined_members, room_id)
+        assert isinstance(members, nio.JoinedMembersResponse), members
+        everyone = {alice.user_id, bob.user_id, *(member.user_id for member in others)}
+        assert {m.user_id for m in members.members} == everyone
+
+        # A fresh client of Bob's (an initial sync) shows the room, whole.
+        fresh = nio.AsyncClient(b.client_url, "bob", store_path="")
+        try:
+            login = await _aio(fresh.login, "password of bob")
+            assert isinstance(login, nio.LoginResponse), login
+            synced = await _sync(fresh)
+            assert room_id in synced.rooms.join
+            assert fresh.rooms[room_id].name == "Lobby on A"
+            assert set(fresh.rooms[room_id].users) == everyone
+        finally:
+            await _aio(fresh.close)
