@@ -1,0 +1,112 @@
+"""Idempotent client requests: a retried transaction answers with its first event.
+
+A client sends ``PUT .../send/{eventType}/{txnId}`` (or ``/redact``) and may
+not hear the answer; it then sends the same request again. The spec scopes
+a transaction ID to the device that used it and the HTTP path it was used
+on, so the key is ``(user, device, scope)`` where the scope is the request
+path (which ends in the transaction ID). The first event sent for a key is
+recorded in storage, where it outlives a restart of the server.
+
+Invariants
+----------
+
+* **One event per transaction.** Concurrent requests with one key wait for
+  each other: the second finds what the first recorded. Across processes
+  storage's primary key decides, and the loser answers with the winner's
+  event (the spare event it sent is then a duplicate the client never
+  sees an ID of; this cannot happen in a single process).
+* **Nothing recorded for a failed send.** A send that raises records
+  nothing, so the retry tries again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import trio
+
+from .builder import Clock, wall_clock_ms
+
+__all__ = ["ClientTransactionStore", "ClientTransactions"]
+
+
+class ClientTransactionStore(Protocol):
+    """Where transactions' events are recorded
+    (:class:`ranvier.storage.client_transactions.ClientTransactionStorage`).
+    """
+
+    async def get_client_transaction(
+        self, user_id: str, device_id: str, txn_id: str
+    ) -> str | None: ...
+
+    async def add_client_transaction(
+        self,
+        user_id: str,
+        device_id: str,
+        txn_id: str,
+        *,
+        room_id: str,
+        event_id: str,
+        created_ts: int,
+    ) -> str: ...
+
+
+class _KeyedLocks:
+    """A lock per key, dropped once nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str, str], tuple[trio.Lock, int]] = {}
+
+    async def run(self, key: tuple[str, str, str], call: Callable[[], Awaitable[str]]) -> str:
+        lock, users = self._locks.get(key, (trio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                return await call()
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class ClientTransactions:
+    """Runs each client transaction once and remembers its event."""
+
+    def __init__(self, store: ClientTransactionStore, *, clock: Clock = wall_clock_ms) -> None:
+        self._store = store
+        self._clock = clock
+        self._locks = _KeyedLocks()
+
+    async def run(
+        self,
+        user_id: str,
+        device_id: str,
+        scope: str,
+        room_id: str,
+        send: Callable[[], Awaitable[str]],
+    ) -> str:
+        """The event ID ``send`` returned for this transaction, calling it
+        only if the transaction has none yet.
+        """
+
+        async def once() -> str:
+            recorded = await self._store.get_client_transaction(user_id, device_id, scope)
+            if recorded is None:
+                event_id = await send()
+                # Sent is sent: the record must follow even if the client gave up.
+                with trio.CancelScope(shield=True):
+                    recorded = await self._store.add_client_transaction(
+                        user_id,
+                        device_id,
+                        scope,
+                        room_id=room_id,
+                        event_id=event_id,
+                        created_ts=self._clock(),
+                    )
+                assert recorded is not None  # a shielded scope is never cancelled
+            return recorded
+
+        return await self._locks.run((user_id, device_id, scope), once)

@@ -1,0 +1,230 @@
+"""Room aliases: ``#name:server`` names for rooms.
+
+An alias belongs to the server its server part names. This server keeps
+its own aliases (storage's ``room_aliases``) and asks the owning server,
+over federation (``/query/directory``), about every other alias.
+
+The rules applied here:
+
+* An alias is ``#``, a localpart of any characters but ``:`` and NUL, ``:``
+  and a server name, 255 bytes at most: the grammar of user IDs with
+  another sigil. Anything else is 400 ``M_INVALID_PARAM``.
+* Only aliases of this server may be created here (400 ``M_INVALID_PARAM``
+  otherwise), only for a room the creating user is joined to (403), and
+  an alias already taken is 409 ``M_UNKNOWN``, as the spec's example has it.
+* An alias may be deleted by the user who created it, a server admin, or a
+  user of the room with the power to send ``m.room.canonical_alias``
+  (which is what pointing the room's own aliases elsewhere needs).
+* Resolving one of our aliases names this server and the other servers
+  joined to the room, which a joining server may ask in turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from ranvier.errors import MatrixError
+from ranvier.protocol.auth import CREATE_KEY, POWER_LEVELS_KEY, is_valid_user_id
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.power_levels import get_send_level, get_user_power_level
+from ranvier.protocol.room_versions import get_room_version
+
+from .builder import Clock, wall_clock_ms
+from .interfaces import StateReader
+
+__all__ = [
+    "AliasStore",
+    "DirectoryQueryClient",
+    "JoinedServers",
+    "ResolvedAlias",
+    "RoomDirectory",
+    "parse_room_alias",
+]
+
+_MEMBER: Final = "m.room.member"
+_CANONICAL_ALIAS: Final = "m.room.canonical_alias"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedAlias:
+    """Where an alias points: the room, and servers that can help join it."""
+
+    room_id: str
+    servers: tuple[str, ...]
+
+
+class AliasStore(Protocol):
+    """This server's aliases (:class:`ranvier.storage.aliases.AliasStorage`)."""
+
+    async def create_alias(
+        self, alias: str, room_id: str, creator: str, created_ts: int
+    ) -> bool: ...
+
+    async def get_alias(self, alias: str) -> tuple[str, str] | None: ...
+
+    async def delete_alias(self, alias: str) -> bool: ...
+
+    async def get_room_aliases(self, room_id: str) -> Sequence[str]: ...
+
+
+class DirectoryQueryClient(Protocol):
+    """Asks another server what one of its aliases points at.
+
+    Raises 404 ``M_NOT_FOUND`` when that server has no such alias, and 502
+    when it gives no usable answer.
+    """
+
+    async def query_directory(self, server_name: str, alias: str) -> ResolvedAlias: ...
+
+
+class JoinedServers(Protocol):
+    """Which servers are joined to a room (:class:`ranvier.core.room_servers.RoomServers`)."""
+
+    async def joined_servers(self, room_id: str) -> Collection[str]: ...
+
+
+def _invalid(message: str) -> MatrixError:
+    return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
+
+
+def parse_room_alias(alias: object) -> tuple[str, str]:
+    """``(localpart, server name)`` of a room alias; 400 ``M_INVALID_PARAM`` if it is not one."""
+    if type(alias) is not str or not alias.startswith("#"):
+        raise _invalid(f"{alias!r} is not a room alias: an alias starts with '#'")
+    localpart, sep, server_name = alias[1:].partition(":")
+    # An alias follows the user ID grammar, with '#' for '@'.
+    if not sep or not localpart or not is_valid_user_id("@" + alias[1:]):
+        raise _invalid(f"{alias!r} is not a room alias: it must be #localpart:server.name")
+    return localpart, server_name
+
+
+class RoomDirectory:
+    """Creates, resolves and deletes aliases by the rules above.
+
+    ``store`` reads rooms (their version, membership and power levels);
+    ``servers`` names the servers joined to a room; ``client`` asks other
+    servers about their aliases (without one, they resolve to 404).
+    """
+
+    def __init__(
+        self,
+        *,
+        server_name: str,
+        aliases: AliasStore,
+        store: StateReader,
+        servers: JoinedServers,
+        client: DirectoryQueryClient | None = None,
+        clock: Clock = wall_clock_ms,
+    ) -> None:
+        self.server_name = server_name
+        self._aliases = aliases
+        self._store = store
+        self._servers = servers
+        self._client = client
+        self._clock = clock
+
+    def check_local_alias(self, alias: str) -> None:
+        """Raise 400 unless ``alias`` is an alias this server may create."""
+        _, server_name = parse_room_alias(alias)
+        if server_name != self.server_name:
+            raise _invalid(f"{alias} belongs to {server_name}; this server is {self.server_name}")
+
+    async def is_taken(self, alias: str) -> bool:
+        """Whether one of our aliases already points somewhere."""
+        return await self._aliases.get_alias(alias) is not None
+
+    async def create_alias(self, user_id: str, alias: str, room_id: str) -> None:
+        """Point ``alias`` at ``room_id`` for ``user_id``, who must be joined to it."""
+        self.check_local_alias(alias)
+        if type(room_id) is not str or not room_id.startswith("!"):
+            raise _invalid(f"{room_id!r} is not a room ID")
+        if await self._store.get_room_version(room_id) is None:
+            raise MatrixError(
+                f"room {room_id} is not known here", errcode="M_NOT_FOUND", http_status=404
+            )
+        if await self._membership(user_id, room_id) != "join":
+            raise MatrixError(
+                f"{user_id} is not in room {room_id}, so cannot give it an alias",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+        if not await self._aliases.create_alias(alias, room_id, user_id, self._clock()):
+            raise MatrixError(
+                f"room alias {alias} already exists", errcode="M_UNKNOWN", http_status=409
+            )
+
+    async def resolve(self, alias: str) -> ResolvedAlias:
+        """Where ``alias`` points, asking its server if it is another's; 404 if nowhere."""
+        _, server_name = parse_room_alias(alias)
+        if server_name == self.server_name:
+            return await self.resolve_local(alias)
+        if self._client is None:
+            raise _unknown_alias(alias)
+        return await self._client.query_directory(server_name, alias)
+
+    async def resolve_local(self, alias: str) -> ResolvedAlias:
+        """Where one of our aliases points, with the servers joined to the room."""
+        _, server_name = parse_room_alias(alias)
+        found = None if server_name != self.server_name else await self._aliases.get_alias(alias)
+        if found is None:
+            raise _unknown_alias(alias)
+        room_id = found[0]
+        others = sorted(set(await self._servers.joined_servers(room_id)) - {self.server_name})
+        return ResolvedAlias(room_id, (self.server_name, *others))
+
+    async def delete_alias(self, user_id: str, alias: str, *, is_admin: bool = False) -> None:
+        """Remove one of our aliases, if ``user_id`` may (see the module's rules)."""
+        self.check_local_alias(alias)
+        found = await self._aliases.get_alias(alias)
+        if found is None:
+            raise _unknown_alias(alias)
+        room_id, creator = found
+        if not (user_id == creator or is_admin or await self._may_edit_aliases(user_id, room_id)):
+            raise MatrixError(
+                f"{user_id} did not create {alias} and may not change room {room_id}'s aliases",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+        if not await self._aliases.delete_alias(alias):
+            raise _unknown_alias(alias)
+
+    async def room_aliases(self, room_id: str) -> list[str]:
+        """Our aliases of ``room_id``; who may ask is the caller's check."""
+        return list(await self._aliases.get_room_aliases(room_id))
+
+    async def _may_edit_aliases(self, user_id: str, room_id: str) -> bool:
+        version = await self._store.get_room_version(room_id)
+        if version is None or await self._membership(user_id, room_id) != "join":
+            return False
+        rv = get_room_version(version)
+        state = await self._store.get_current_state_ids_for_keys(
+            room_id, [CREATE_KEY, POWER_LEVELS_KEY]
+        )
+        rows = await self._store.get_events(list(state.values()))
+        events: Mapping[str, Pdu] = {
+            event_id: Pdu.from_json(row.json, rv, check_limits=False)
+            for event_id, row in rows.items()
+        }
+        create = events.get(state.get(CREATE_KEY, ""))
+        power_levels = events.get(state.get(POWER_LEVELS_KEY, ""))
+        level = get_user_power_level(user_id, power_levels=power_levels, create=create)
+        return level >= get_send_level(power_levels, _CANONICAL_ALIAS, state=True)
+
+    async def _membership(self, user_id: str, room_id: str) -> str | None:
+        key = (_MEMBER, user_id)
+        found = await self._store.get_current_state_ids_for_keys(room_id, [key])
+        event_id = found.get(key)
+        if event_id is None:
+            return None
+        row = (await self._store.get_events([event_id])).get(event_id)
+        if row is None:
+            return None
+        version = await self._store.get_room_version(room_id)
+        assert version is not None  # the room has state
+        return Pdu.from_json(row.json, get_room_version(version), check_limits=False).membership
+
+
+def _unknown_alias(alias: str) -> MatrixError:
+    return MatrixError(f"room alias {alias} is not known", errcode="M_NOT_FOUND", http_status=404)

@@ -1,0 +1,111 @@
+"""Joining a room for a local user: the one path the client API's join
+endpoints and :meth:`ranvier.server.HomeServer.join_room` share.
+
+A room this server is in is joined here. Any other room is joined through
+a server that is in it (make_join and send_join, with partial state where
+the resident offers it): first the servers the caller named (an alias's
+servers, a client's ``via``), then the server a room ID names (room
+versions before 12 have one), then the server of whoever invited the user,
+which is often the only one known for a room of version 12. A room joined
+with partial state is handed to ``on_partial_state`` (the un-partial-state
+task) before the join returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ranvier.errors import MatrixError
+
+from .creation import EventCreator, NotInRoomError
+from .directory import RoomDirectory
+from .interfaces import StateReader
+from .joins import RemoteJoiner
+
+__all__ = ["JoinedRoom", "MembershipLookup", "RoomJoins"]
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedRoom:
+    """A join made: the room and the join event's ID."""
+
+    room_id: str
+    event_id: str
+
+
+class MembershipLookup(Protocol):
+    """Finds the membership event a join looks at for a server to try
+    (:class:`ranvier.storage.room_members.RoomMemberStorage`).
+    """
+
+    async def get_latest_membership_event_id(self, user_id: str, room_id: str) -> str | None: ...
+
+
+class RoomJoins:
+    """Joins local users to rooms, here or through another server."""
+
+    def __init__(
+        self,
+        *,
+        creator: EventCreator,
+        remote: RemoteJoiner,
+        store: StateReader,
+        memberships: MembershipLookup,
+        directory: RoomDirectory | None = None,
+        on_partial_state: Callable[[str], None] = lambda room_id: None,
+    ) -> None:
+        self._creator = creator
+        self._remote = remote
+        self._store = store
+        self._memberships = memberships
+        self._directory = directory
+        self._on_partial_state = on_partial_state
+
+    async def join(
+        self, user_id: str, room_id_or_alias: str, servers: Sequence[str] = ()
+    ) -> JoinedRoom:
+        """Join ``user_id`` to a room named by ID or alias (resolved first)."""
+        candidates = list(servers)
+        if type(room_id_or_alias) is str and room_id_or_alias.startswith("#"):
+            if self._directory is None:
+                raise MatrixError(
+                    "this server resolves no room aliases", errcode="M_NOT_FOUND", http_status=404
+                )
+            resolved = await self._directory.resolve(room_id_or_alias)
+            room_id = resolved.room_id
+            candidates.extend(resolved.servers)
+        elif type(room_id_or_alias) is str and room_id_or_alias.startswith("!"):
+            room_id = room_id_or_alias
+        else:
+            raise MatrixError(
+                f"{room_id_or_alias!r} is neither a room ID nor a room alias",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        try:
+            return JoinedRoom(room_id, await self._creator.join(user_id, room_id))
+        except NotInRoomError:
+            pass
+        named = room_id.partition(":")[2]
+        if named:
+            candidates.append(named)
+        inviter = await self._inviter_server(user_id, room_id)
+        if inviter is not None:
+            candidates.append(inviter)
+        joined = await self._remote.join_remote_room(
+            user_id, room_id, list(dict.fromkeys(candidates))
+        )
+        if joined.partial_state:
+            self._on_partial_state(room_id)
+        return JoinedRoom(room_id, joined.event.event_id)
+
+    async def _inviter_server(self, user_id: str, room_id: str) -> str | None:
+        event_id = await self._memberships.get_latest_membership_event_id(user_id, room_id)
+        if event_id is None:
+            return None
+        event = (await self._store.get_events([event_id])).get(event_id)
+        if event is None or event.sender == user_id:
+            return None
+        return event.sender.partition(":")[2] or None

@@ -1,0 +1,347 @@
+"""Room reads for clients: state, events and members, as the spec lets each
+user see them.
+
+Who may read what (the client-server API's rules):
+
+* A user **joined** to the room reads its current state and members.
+* A user who **left or was banned** reads the room as it was when their
+  membership ended: the state just after their leave or ban event, and
+  the members in that state. Nothing later.
+* Anyone may read a room whose current ``m.room.history_visibility`` is
+  ``world_readable``, as a joined user would.
+* Anyone else (invited, knocking, never a member, or asking about a room
+  unknown here) gets 403 ``M_FORBIDDEN``; an unknown room and a room the
+  user may not read look the same, so that a room's existence is not given
+  away.
+* One event (``/event``) is shown where the room's history visibility at
+  that event lets the user see it: ``world_readable`` to anyone,
+  ``shared`` to members joined now or at the event, ``invited`` to those
+  invited or joined at the event, ``joined`` to those joined at it. A
+  user's own membership events are always theirs to see. An event the user
+  may not see is answered as unknown (404 ``M_NOT_FOUND``), as the spec
+  asks.
+
+A room joined with partial state lacks most of its members here until the
+un-partial-state task has fetched them, so reads of the member list wait for
+that (:class:`FullStateWaiter`), as Synapse's do; the reader's own
+membership is in the partial state, so the checks above do not wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from ranvier.errors import MatrixError
+from ranvier.storage.records import StateKey, StoredEvent
+
+from .builder import Clock, wall_clock_ms
+from .client_events import client_event, event_content
+from .interfaces import StateReader
+
+__all__ = [
+    "MEMBERSHIPS",
+    "FullStateWaiter",
+    "MembershipIndex",
+    "RoomReader",
+    "client_event",
+]
+
+_MEMBER: Final = "m.room.member"
+_HISTORY_VISIBILITY: Final[StateKey] = ("m.room.history_visibility", "")
+#: The membership values of the spec's ``m.room.member``.
+MEMBERSHIPS: Final = frozenset({"join", "invite", "knock", "leave", "ban"})
+# Events read from storage per request.
+_BATCH: Final = 1_000
+
+
+class MembershipIndex(Protocol):
+    """A user's memberships across rooms
+    (:class:`ranvier.storage.room_members.RoomMemberStorage`).
+    """
+
+    async def get_current_membership_event_ids(self, user_id: str) -> Mapping[str, str]:
+        """Per room whose current state has a membership of ``user_id``, that event's ID."""
+        ...
+
+
+class FullStateWaiter(Protocol):
+    """Waits for a room joined with partial state to have its full state
+    (:meth:`ranvier.core.unpartial.UnpartialStater.wait_for_full_state`).
+    """
+
+    async def wait_for_full_state(self, room_id: str) -> None: ...
+
+
+def _forbidden(message: str) -> MatrixError:
+    return MatrixError(message, errcode="M_FORBIDDEN", http_status=403)
+
+
+def _not_found(message: str) -> MatrixError:
+    return MatrixError(message, errcode="M_NOT_FOUND", http_status=404)
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """Which state of a room a user reads: the current one, or the state
+    after their membership ended (``state_group``).
+    """
+
+    membership: str | None
+    state_group: int | None
+    #: Whether the user is joined now.
+    joined: bool
+
+
+class RoomReader:
+    """Reads rooms for local users, applying the rules above.
+
+    ``store`` reads the rooms, ``memberships`` finds a user's rooms.
+    ``full_state`` is what member lists wait on while a room's state is
+    partial; without one they answer from the partial state. ``clock``
+    gives the ``age`` of events returned.
+    """
+
+    def __init__(
+        self,
+        store: StateReader,
+        memberships: MembershipIndex,
+        *,
+        full_state: FullStateWaiter | None = None,
+        clock: Clock = wall_clock_ms,
+    ) -> None:
+        self._store = store
+        self._memberships = memberships
+        self._full_state = full_state
+        self._clock = clock
+
+    # --- Memberships --------------------------------------------------------------
+
+    async def membership(self, user_id: str, room_id: str) -> str | None:
+        """``user_id``'s membership in the room's current state; None if none."""
+        event = await self._current_member_event(user_id, room_id)
+        return None if event is None else _membership_of(event)
+
+    async def joined_rooms(self, user_id: str) -> list[str]:
+        """The rooms ``user_id`` is joined to, in the order of their joins."""
+        event_ids = await self._memberships.get_current_membership_event_ids(user_id)
+        events = await self._events(event_ids.values())
+        joined = [
+            event for event in events.values() if event.room_id in event_ids and _is_join(event)
+        ]
+        joined.sort(key=lambda event: event.stream_ordering)
+        return [event.room_id for event in joined]
+
+    async def check_joined(self, user_id: str, room_id: str) -> None:
+        """Raise 403 unless ``user_id`` is joined to the room now."""
+        if await self.membership(user_id, room_id) != "join":
+            raise _forbidden(f"{user_id} is not in room {room_id}")
+
+    async def check_can_read(self, user_id: str, room_id: str) -> None:
+        """Raise 403 unless ``user_id`` is joined or the room is world-readable."""
+        await self._view(user_id, room_id, departed=False)
+
+    # --- State --------------------------------------------------------------------
+
+    async def state(self, user_id: str, room_id: str) -> list[dict[str, Any]]:
+        """Every state event the user may see: ``GET /rooms/{roomId}/state``."""
+        view = await self._view(user_id, room_id)
+        state = await self._state_ids(room_id, view)
+        events = await self._events(state.values())
+        now = self._clock()
+        return [
+            client_event(events[event_id], now_ms=now)
+            for event_id in state.values()
+            if event_id in events
+        ]
+
+    async def state_event(
+        self, user_id: str, room_id: str, event_type: str, state_key: str
+    ) -> dict[str, Any]:
+        """One state event in the client format: ``GET /state/{type}/{key}``.
+
+        Raises 404 ``M_NOT_FOUND`` when the state the user sees has none.
+        """
+        view = await self._view(user_id, room_id)
+        key = (event_type, state_key)
+        if view.state_group is None:
+            found = await self._store.get_current_state_ids_for_keys(room_id, [key])
+        else:
+            found = await self._store.get_state_ids_for_keys(view.state_group, [key])
+        event_id = found.get(key)
+        event = None if event_id is None else (await self._events([event_id])).get(event_id)
+        if event is None:
+            raise _not_found(f"room {room_id} has no {event_type} state with key {state_key!r}")
+        return client_event(event, now_ms=self._clock())
+
+    # --- Events -------------------------------------------------------------------
+
+    async def event(self, user_id: str, room_id: str, event_id: str) -> dict[str, Any]:
+        """``GET /rooms/{roomId}/event/{eventId}``."""
+        current = await self._current_member_event(user_id, room_id)
+        membership = None if current is None else _membership_of(current)
+        if membership not in ("join", "leave", "ban") and not await self._world_readable(
+            room_id, None
+        ):
+            raise _forbidden(f"{user_id} is not and was not in room {room_id}")
+        event = (await self._events([event_id])).get(event_id)
+        if (
+            event is None
+            or event.room_id != room_id
+            or event.outlier
+            or event.rejected_reason is not None
+            or not await self._can_see(user_id, event, joined_now=membership == "join")
+        ):
+            raise _not_found(f"event {event_id} is not known in {room_id}, or not visible")
+        return client_event(event, now_ms=self._clock())
+
+    async def _can_see(self, user_id: str, event: StoredEvent, *, joined_now: bool) -> bool:
+        if event.type == _MEMBER and event.state_key == user_id:
+            return True
+        groups = await self._store.get_event_state_groups(event.event_id)
+        if groups is None:
+            return False
+        member_key = (_MEMBER, user_id)
+        state = await self._store.get_state_ids_for_keys(
+            groups.before, [_HISTORY_VISIBILITY, member_key]
+        )
+        events = await self._events(state.values())
+        visibility = "shared"
+        if (hv := events.get(state.get(_HISTORY_VISIBILITY, ""))) is not None:
+            value = event_content(hv).get("history_visibility")
+            if isinstance(value, str):
+                visibility = value
+        member = events.get(state.get(member_key, ""))
+        then = None if member is None else _membership_of(member)
+        if visibility == "world_readable" or then == "join":
+            return True
+        if visibility == "shared":
+            return joined_now
+        if visibility == "invited":
+            return then == "invite"
+        return False
+
+    # --- Members ------------------------------------------------------------------
+
+    async def members(
+        self,
+        user_id: str,
+        room_id: str,
+        *,
+        membership: str | None = None,
+        not_membership: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The member events of the state the user sees: ``GET /members``.
+
+        With ``membership``, members with that membership; with
+        ``not_membership``, those without that one; with both, either (the
+        spec's "or").
+        """
+        for name, value in (("membership", membership), ("not_membership", not_membership)):
+            if value is not None and value not in MEMBERSHIPS:
+                raise MatrixError(
+                    f"{name} must be one of {', '.join(sorted(MEMBERSHIPS))}, not {value!r}",
+                    errcode="M_INVALID_PARAM",
+                    http_status=400,
+                )
+        view = await self._view(user_id, room_id)
+        if view.state_group is None:
+            await self._wait_for_members(room_id)
+        members = await self._member_events(room_id, view)
+        now = self._clock()
+        chosen = []
+        for event in members:
+            value = _membership_of(event)
+            wanted = membership is not None and value == membership
+            kept = not_membership is not None and value != not_membership
+            if (membership is None and not_membership is None) or wanted or kept:
+                chosen.append(client_event(event, now_ms=now))
+        return chosen
+
+    async def joined_members(self, user_id: str, room_id: str) -> dict[str, dict[str, str]]:
+        """``GET /joined_members``: each joined user's display name and avatar.
+
+        Only a joined user (or anyone, in a world-readable room) may ask.
+        """
+        view = await self._view(user_id, room_id, departed=False)
+        await self._wait_for_members(room_id)
+        joined: dict[str, dict[str, str]] = {}
+        for event in await self._member_events(room_id, view):
+            if event.state_key is None or not _is_join(event):
+                continue
+            content = event_content(event)
+            profile: dict[str, str] = {}
+            for field, name in (("displayname", "display_name"), ("avatar_url", "avatar_url")):
+                if isinstance(content.get(field), str):
+                    profile[name] = content[field]
+            joined[event.state_key] = profile
+        return joined
+
+    async def _wait_for_members(self, room_id: str) -> None:
+        if self._full_state is not None and await self._store.is_partial_state_room(room_id):
+            await self._full_state.wait_for_full_state(room_id)
+
+    async def _member_events(self, room_id: str, view: _View) -> list[StoredEvent]:
+        state = await self._state_ids(room_id, view)
+        member_ids = [event_id for (kind, _), event_id in state.items() if kind == _MEMBER]
+        events = await self._events(member_ids)
+        return [events[event_id] for event_id in member_ids if event_id in events]
+
+    # --- Helpers ------------------------------------------------------------------
+
+    async def _view(self, user_id: str, room_id: str, *, departed: bool = True) -> _View:
+        """What state of the room ``user_id`` reads, or 403."""
+        current = await self._current_member_event(user_id, room_id)
+        membership = None if current is None else _membership_of(current)
+        if membership == "join":
+            return _View(membership, None, joined=True)
+        if departed and current is not None and membership in ("leave", "ban"):
+            groups = await self._store.get_event_state_groups(current.event_id)
+            if groups is not None:
+                return _View(membership, groups.after, joined=False)
+        if await self._world_readable(room_id, None):
+            return _View(membership, None, joined=False)
+        raise _forbidden(f"{user_id} may not read room {room_id}: not a member of it")
+
+    async def _world_readable(self, room_id: str, state_group: int | None) -> bool:
+        if state_group is None:
+            found = await self._store.get_current_state_ids_for_keys(room_id, [_HISTORY_VISIBILITY])
+        else:
+            found = await self._store.get_state_ids_for_keys(state_group, [_HISTORY_VISIBILITY])
+        event_id = found.get(_HISTORY_VISIBILITY)
+        if event_id is None:
+            return False
+        event = (await self._events([event_id])).get(event_id)
+        return (
+            event is not None and event_content(event).get("history_visibility") == "world_readable"
+        )
+
+    async def _state_ids(self, room_id: str, view: _View) -> Mapping[StateKey, str]:
+        if view.state_group is None:
+            return await self._store.get_current_state_ids(room_id)
+        return await self._store.get_state_ids(view.state_group)
+
+    async def _current_member_event(self, user_id: str, room_id: str) -> StoredEvent | None:
+        key = (_MEMBER, user_id)
+        found = await self._store.get_current_state_ids_for_keys(room_id, [key])
+        event_id = found.get(key)
+        if event_id is None:
+            return None
+        return (await self._events([event_id])).get(event_id)
+
+    async def _events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
+        wanted = list(dict.fromkeys(event_ids))
+        found: dict[str, StoredEvent] = {}
+        for start in range(0, len(wanted), _BATCH):
+            found.update(await self._store.get_events(wanted[start : start + _BATCH]))
+        return found
+
+
+def _membership_of(event: StoredEvent) -> str | None:
+    value = event_content(event).get("membership")
+    return value if isinstance(value, str) else None
+
+
+def _is_join(event: StoredEvent) -> bool:
+    return _membership_of(event) == "join"

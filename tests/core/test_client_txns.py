@@ -1,0 +1,90 @@
+"""Client transactions: one event per transaction, across concurrent retries and restarts."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from ranvier.core.client_txns import ClientTransactions
+from ranvier.storage import Storage
+
+ALICE = "@alice:example.org"
+ROOM = "!room:example.org"
+
+
+class Sender:
+    """Stands in for sending an event: counts the sends, can fail or be held."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.fail = False
+        self.release = trio.Event()
+        self.release.set()
+
+    async def send(self) -> str:
+        await self.release.wait()
+        if self.fail:
+            raise RuntimeError("the send failed")
+        self.sent += 1
+        return f"$event{self.sent}"
+
+
+@pytest.fixture
+def txns(storage: Storage) -> ClientTransactions:
+    clock = itertools.count(1)
+    return ClientTransactions(storage.client_transactions, clock=lambda: next(clock))
+
+
+async def test_a_retry_answers_with_the_first_event(txns: ClientTransactions) -> None:
+    sender = Sender()
+    first = await txns.run(ALICE, "DEV", "/send/t1", ROOM, sender.send)
+    again = await txns.run(ALICE, "DEV", "/send/t1", ROOM, sender.send)
+    assert first == again == "$event1"
+    assert sender.sent == 1
+    # Another device, or another scope, is another transaction.
+    assert await txns.run(ALICE, "PHONE", "/send/t1", ROOM, sender.send) == "$event2"
+    assert await txns.run(ALICE, "DEV", "/send/t2", ROOM, sender.send) == "$event3"
+
+
+async def test_concurrent_retries_send_once(txns: ClientTransactions) -> None:
+    sender = Sender()
+    sender.release = trio.Event()
+    answers: list[str] = []
+
+    async def attempt() -> None:
+        answers.append(await txns.run(ALICE, "DEV", "/send/t", ROOM, sender.send))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(attempt)
+        await trio.testing.wait_all_tasks_blocked()
+        sender.release.set()
+    assert answers == ["$event1"] * 5
+    assert sender.sent == 1
+
+
+async def test_a_failed_send_records_nothing(txns: ClientTransactions) -> None:
+    sender = Sender()
+    sender.fail = True
+    with pytest.raises(RuntimeError):
+        await txns.run(ALICE, "DEV", "/send/t", ROOM, sender.send)
+    sender.fail = False
+    assert await txns.run(ALICE, "DEV", "/send/t", ROOM, sender.send) == "$event1"
+
+
+async def test_a_retry_after_a_restart_is_recognised(tmp_path: Path) -> None:
+    sender = Sender()
+    answers = []
+    for _ in range(2):
+        storage = Storage(tmp_path / "txns.db", synchronous="NORMAL")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(storage.run)
+            txns = ClientTransactions(storage.client_transactions)
+            answers.append(await txns.run(ALICE, "DEV", "/send/t", ROOM, sender.send))
+            nursery.cancel_scope.cancel()
+    assert answers == ["$event1", "$event1"]
+    assert sender.sent == 1
