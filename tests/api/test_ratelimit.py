@@ -1,6 +1,7 @@
 """Rate limits: the buckets on Trio's clock, and the limits ClientApp applies."""
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from ranvier.api.ratelimit import (
 from ranvier.config import Config, ConfigError, RateLimitConfig
 from ranvier.core.accounts import Requester
 from ranvier.errors import LimitExceededError, MatrixError
+from ranvier.testing import open_test_homeserver
 from ranvier.web import Request, Router
 
 # --- The buckets ----------------------------------------------------------------------
@@ -302,3 +304,40 @@ def test_the_table_covers_the_routes_it_means() -> None:
         ]
     }
     assert found == {"message", "room_creation", "invite", "join", "registration"}
+
+
+def test_a_route_under_r0_is_limited_as_under_v3() -> None:
+    limits = RouteLimits(RateLimiter({}), identify=_identify)
+    router = Router()
+
+    async def nothing(request: Request) -> Mapping[str, Any]:
+        return {}
+
+    router.add("POST", "/_matrix/client/r0/login", nothing)
+    router.add("POST", "/_matrix/client/v1/login", nothing)
+    assert limits.category_of(router.match("POST", "/_matrix/client/r0/login").route) == "login"
+    assert limits.category_of(router.match("POST", "/_matrix/client/v1/login").route) is None
+
+
+async def test_every_limited_route_is_one_the_server_serves(tmp_path: Path) -> None:
+    """The table names routes by pattern; a route renamed in its module
+    would silently lose its limit, so each entry must match a served route.
+    """
+    async with open_test_homeserver(tmp_path / "hs") as hs:
+        app = hs.server.client_app
+        assert app.rate_limits is not None
+        for (method, pattern), category in DEFAULT_ROUTE_CATEGORIES.items():
+            for prefix in ("/_matrix/client/v3/", "/_matrix/client/r0/"):
+                path = _example_path(pattern).replace("/_matrix/client/v3/", prefix)
+                try:
+                    route = app.router.match(method, path).route
+                except MatrixError:
+                    assert prefix.endswith("r0/"), f"{method} {pattern} is not served"
+                    continue
+                assert app.rate_limits.category_of(route) == category, (method, path)
+        login = app.router.match("POST", "/_matrix/client/r0/login").route
+        assert app.rate_limits.category_of(login) == "login"
+
+
+def _example_path(pattern: str) -> str:
+    return "/".join("x" if part.startswith("{") else part for part in pattern.split("/"))

@@ -74,9 +74,10 @@ IP_CATEGORIES: Final[frozenset[Category]] = frozenset(("login", "registration"))
 _CLIENT_V3: Final = "/_matrix/client/v3"
 
 #: The limited routes: (method, path pattern) to category. Parameter names
-#: in the patterns do not matter, only where the parameters are (see
-#: :func:`_shape`), so the table need not follow how each route module
-#: names them.
+#: in the patterns do not matter, only where the parameters are, so the
+#: table need not follow how each route module names them; and a route
+#: served under the old ``/_matrix/client/r0`` prefix as well is limited
+#: there as under ``v3`` (see :func:`_shape`).
 DEFAULT_ROUTE_CATEGORIES: Final[Mapping[tuple[str, str], Category]] = {
     ("PUT", f"{_CLIENT_V3}/rooms/{{room_id}}/send/{{event_type}}/{{txn_id}}"): "message",
     ("PUT", f"{_CLIENT_V3}/rooms/{{room_id}}/state/{{event_type}}"): "message",
@@ -246,7 +247,7 @@ class RouteLimits:
 
     def category_of(self, route: Route) -> Category | None:
         """The category ``route`` is limited under, or None."""
-        return self._categories.get((route.method, route.segments))
+        return self._categories.get((route.method, _same_version(route.segments)))
 
     async def apply(self, route: Route, request: Request, peer: tuple[str, int] | None) -> None:
         """Count the request against its route's limit, or raise
@@ -301,9 +302,21 @@ def retry_after_header(error: MatrixError) -> tuple[str, str] | None:
 
 
 def _shape(pattern: str) -> tuple[str | None, ...]:
-    # A pattern's segments as Router keeps them: literal text, None for a
-    # parameter.
-    return tuple(
-        None if part.startswith("{") and part.endswith("}") else part
-        for part in pattern[1:].split("/")
+    # A pattern's segments as Router keeps them (literal text, None for a
+    # parameter), under one version prefix.
+    return _same_version(
+        tuple(
+            None if part.startswith("{") and part.endswith("}") else part
+            for part in pattern[1:].split("/")
+        )
     )
+
+
+_OLD_VERSIONS: Final = frozenset(("r0", "v3"))
+
+
+def _same_version(segments: tuple[str | None, ...]) -> tuple[str | None, ...]:
+    # r0 and v3 are one API for the routes limited here.
+    if segments[:2] == ("_matrix", "client") and len(segments) > 2 and segments[2] in _OLD_VERSIONS:
+        return ("_matrix", "client", "v3", *segments[3:])
+    return segments
