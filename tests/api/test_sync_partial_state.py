@@ -1,0 +1,165 @@
+"""/sync and a room joined with partial state (MSC3706, MSC3902), end to end.
+
+A holds a public room with a few members; B's user joins it through A and
+B gets the room with partial state. A's router holds the reads B's resync
+makes until the test lets them go, so the room stays partial on B for as
+long as the test needs. Meanwhile a sync that does not lazy-load members
+leaves the room out, and one that does has it at once, with the
+memberships of the timeline's senders even though B's state lacks them.
+An eager long-poll waiting when the resync finishes is woken by it and
+gets the room in full.
+
+Both servers run whole over TLS on loopback (certificates from one test
+CA); B also serves the client API on plain HTTP, which the test calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+import trio.testing
+
+from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
+from ranvier.federation.transport.server import Request, RouteMatch, Router
+from ranvier.server import HomeServer, open_homeserver
+from ranvier.testing import Pki, free_port
+
+_RESYNC_READS = frozenset(
+    ("GET", f"/_matrix/federation/v1/{pattern}")
+    for pattern in ("state_ids/{room_id}", "state/{room_id}", "event/{event_id}")
+)
+_LAZY = json.dumps({"room": {"state": {"lazy_load_members": True}}})
+
+
+class _HeldReads(Router):
+    """A router that answers the reads of a resync only once released."""
+
+    def __init__(self, inner: Router) -> None:
+        super().__init__()
+        self._inner = inner
+        self.released = trio.Event()
+
+    def match(self, method: str, path: str) -> RouteMatch:
+        found = self._inner.match(method, path)
+        if (found.route.method, found.route.pattern) not in _RESYNC_READS:
+            return found
+        handler = found.route.handler
+
+        async def held(request: Request) -> Any:
+            await self.released.wait()
+            return await handler(request)
+
+        return RouteMatch(dataclasses.replace(found.route, handler=held), found.params)
+
+
+def _config(tmp_path: Path, pki: Pki, label: str, *, client: bool) -> Config:
+    port = free_port()
+    issued = pki.ca.issue_cert("127.0.0.1")
+    certificate, key = tmp_path / f"{label}.crt", tmp_path / f"{label}.key"
+    certificate.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    listeners = [ListenerConfig(type="federation", host="127.0.0.1", port=port)]
+    if client:
+        listeners.append(ListenerConfig(type="client", host="127.0.0.1", port=0))
+    return Config(
+        server_name=f"127.0.0.1:{port}",
+        data_dir=tmp_path / label,
+        listeners=tuple(listeners),
+        tls=TlsConfig(certificate_path=certificate, private_key_path=key),
+        database=DatabaseConfig(synchronous="OFF"),
+        federation=FederationConfig(ca_file=pki.ca_file, request_timeout_seconds=10),
+    )
+
+
+def _client_url(hs: HomeServer) -> str:
+    (client,) = [bound for bound in hs.listeners if bound.config.type == "client"]
+    return client.url
+
+
+def _kinds(room: dict[str, Any]) -> set[tuple[str, str]]:
+    events = room["state"]["events"] + room["timeline"]["events"]
+    return {(event["type"], event["state_key"]) for event in events if "state_key" in event}
+
+
+async def test_eager_syncs_wait_for_the_resync_and_lazy_ones_do_not(tmp_path: Path) -> None:
+    pki = Pki.create(tmp_path)
+    async with (
+        open_homeserver(_config(tmp_path, pki, "a", client=False)) as a,
+        open_homeserver(_config(tmp_path, pki, "b", client=True)) as b,
+    ):
+        alice = f"@alice:{a.server_name}"
+        members = [f"@member{n}:{a.server_name}" for n in range(3)]
+        room_id = await a.create_room(alice, preset="public_chat", name="partial")
+        for member in members:
+            await a.join_room(member, room_id)
+        held = _HeldReads(a.federation_app.router)
+        a.federation_app.router = held
+
+        registration = await b.accounts.register("bob", "a long enough password")
+        bob, token = registration.user_id, registration.access_token
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=_client_url(b), headers=headers, timeout=60) as http:
+
+            async def sync(**params: Any) -> dict[str, Any]:
+                response = await http.get("/_matrix/client/v3/sync", params=params)
+                assert response.status_code == 200, response.text
+                body: dict[str, Any] = response.json()
+                return body
+
+            await b.join_room(bob, room_id, [a.server_name])
+            assert await b.storage.is_partial_state_room(room_id)
+
+            # Eager: as if not joined yet.
+            eager = await sync()
+            assert room_id not in eager["rooms"]["join"]
+            # Lazy: there at once.
+            lazy = await sync(filter=_LAZY)
+            assert ("m.room.member", bob) in _kinds(lazy["rooms"]["join"][room_id])
+
+            # A message from A reaches B on partial state; a lazy long-poll
+            # is woken by its arrival over federation.
+            await a.send_event(alice, room_id, "m.room.message", {"body": "hi from A"})
+            since, timeline = lazy["next_batch"], []
+            with trio.fail_after(30):
+                while not any(e["sender"] == alice for e in timeline):
+                    answer = await sync(since=since, timeout=20_000, filter=_LAZY)
+                    since = answer["next_batch"]
+                    room = answer["rooms"]["join"].get(room_id)
+                    timeline = [] if room is None else room["timeline"]["events"]
+            assert room is not None
+            # Alice's membership is not in B's partial state: it comes from
+            # the auth events of her message. The silent members stay out.
+            state = {(e["type"], e["state_key"]) for e in room["state"]["events"]}
+            assert ("m.room.member", alice) in state
+            assert not any(("m.room.member", member) in state for member in members)
+            assert await b.storage.is_partial_state_room(room_id)
+
+            # Eager long-poll from before the room came: nothing to say
+            # until the resync ends, then the room in full.
+            answers: list[dict[str, Any]] = []
+
+            async def poll() -> None:
+                answers.append(await sync(since=eager["next_batch"], timeout=60_000))
+
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(poll)
+                    while b.stream_notifier.waiting == 0:
+                        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+                    assert not answers
+                    held.released.set()
+            assert not await b.storage.is_partial_state_room(room_id)
+            (full,) = answers
+            room = full["rooms"]["join"][room_id]
+            kinds = _kinds(room)
+            assert {("m.room.member", user) for user in (alice, bob, *members)} <= kinds
+            assert ("m.room.create", "") in kinds
+            assert "hi from A" in [e["content"].get("body") for e in room["timeline"]["events"]]
+            # And then it is an ordinary room: nothing new, nothing sent again.
+            quiet = await sync(since=full["next_batch"], timeout=0)
+            assert room_id not in quiet["rooms"]["join"]
