@@ -124,7 +124,8 @@ async def test_eager_syncs_wait_for_the_resync_and_lazy_ones_do_not(tmp_path: Pa
             # A message from A reaches B on partial state; a lazy long-poll
             # is woken by its arrival over federation.
             await a.send_event(alice, room_id, "m.room.message", {"body": "hi from A"})
-            since, timeline = lazy["next_batch"], []
+            since = lazy["next_batch"]
+            timeline: list[dict[str, Any]] = []
             with trio.fail_after(30):
                 while not any(e["sender"] == alice for e in timeline):
                     answer = await sync(since=since, timeout=20_000, filter=_LAZY)
