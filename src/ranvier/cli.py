@@ -370,6 +370,108 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     return found is not None
 
 
+# --- register-user ------------------------------------------------------------------
+
+
+def _register_user_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--user",
+        required=True,
+        metavar="NAME",
+        help="the new user's localpart (alice) or full user ID (@alice:example.org)",
+    )
+    parser.add_argument(
+        "--password",
+        required=True,
+        metavar="PW",
+        help="the password; '-' reads it from the first line of stdin, which keeps it out"
+        " of the shell's history and the process list",
+    )
+    parser.add_argument("--admin", action="store_true", help="make the user a server administrator")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the TOML configuration file whose database gets the account (default: the"
+        " built-in defaults: ./ranvier-data/homeserver.db)",
+    )
+
+
+def _register_user(args: argparse.Namespace) -> int:
+    config = _serve_config(args.config)
+    password = _read_password(args.password)
+    localpart = _localpart_of(args.user, config.server_name)
+    print(_create_account(config, localpart, password, admin=args.admin))
+    return 0
+
+
+def _read_password(value: str) -> str:
+    if value != "-":
+        return value
+    line = sys.stdin.readline()
+    password = line.removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise _CommandError("no password on stdin (--password - reads its first line)")
+    return password
+
+
+def _localpart_of(user: str, server_name: str) -> str:
+    if user.startswith("@"):
+        localpart, _, server = user[1:].partition(":")
+        if server != server_name:
+            raise _CommandError(
+                f"{user} is not a user ID of this server ({server_name}); give the localpart"
+            )
+        user = localpart
+    # As Synapse's shared-secret registration does: user IDs are lower case.
+    return user.lower()
+
+
+def _create_account(config: Config, localpart: str, password: str, *, admin: bool) -> str:
+    """Make the account in the configured database and return its user ID.
+
+    It writes through a storage actor of its own, so a server running on
+    the same database meanwhile is no obstacle: SQLite in WAL mode lets the
+    two take turns, and the server sees the account at once.
+    """
+    # Imported here, as the server is for serve: keygen needs none of it.
+    from ranvier.core.accounts import Accounts
+    from ranvier.errors import MatrixError
+    from ranvier.storage import Storage
+
+    database = config.paths.database
+
+    async def register() -> str:
+        storage = Storage(database, synchronous=config.database.synchronous)
+        failure: Exception | None = None
+        user_id = ""
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(storage.run)
+                accounts = Accounts(server_name=config.server_name, store=storage.accounts)
+                registration = await accounts.register(
+                    localpart, password, admin=admin, login=False
+                )
+                user_id = registration.user_id
+            except Exception as exc:
+                failure = exc
+            finally:
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return user_id
+
+    try:
+        database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return trio.run(register)
+    except MatrixError as exc:
+        raise _CommandError(exc.message) from None
+    except sqlite3.Error as exc:
+        raise _CommandError(f"cannot use the database {database}: {exc}") from None
+    except OSError as exc:
+        raise _CommandError(_describe_os_error(exc)) from None
+
+
 _COMMANDS: list[_Command] = [
     _Command(
         "keygen",
@@ -388,6 +490,12 @@ _COMMANDS: list[_Command] = [
         "list the rooms joined with partial state whose full state is still to come",
         _status_arguments,
         _status,
+    ),
+    _Command(
+        "register-user",
+        "make an account in the configured database, whether or not the server runs",
+        _register_user_arguments,
+        _register_user,
     ),
 ]
 
