@@ -1,0 +1,36 @@
+import pytest
+
+from ranvier.core.notifier import StreamPosition
+from ranvier.core.pagination import (
+    format_pagination_token,
+    format_sync_token,
+    parse_pagination_token,
+    parse_sync_token,
+)
+from ranvier.errors import MatrixError
+
+
+def test_tokens_round_trip() -> None:
+    position = StreamPosition(123, 4)
+    assert parse_sync_token(format_sync_token(position)) == position
+    assert parse_pagination_token(format_pagination_token(77)) == 77
+    # A sync token is a pagination token too: its events position.
+    assert parse_pagination_token(format_sync_token(position)) == 123
+    assert format_pagination_token(-1) == "t0"
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "s", "s1", "s1_", "s_1", "s-1_0", "s1_2_3", "t1", "x1_2", "s1_2 ", "s" + "9" * 19 + "_0"],
+)
+def test_malformed_sync_tokens_are_refused(token: str) -> None:
+    with pytest.raises(MatrixError) as raised:
+        parse_sync_token(token)
+    assert (raised.value.errcode, raised.value.http_status) == ("M_INVALID_PARAM", 400)
+
+
+@pytest.mark.parametrize("token", ["", "t", "t-1", "tt1", "t1.5", "1"])
+def test_malformed_pagination_tokens_are_refused(token: str) -> None:
+    with pytest.raises(MatrixError) as raised:
+        parse_pagination_token(token)
+    assert raised.value.errcode == "M_INVALID_PARAM"
