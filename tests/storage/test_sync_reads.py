@@ -1,0 +1,154 @@
+import sqlite3
+from collections.abc import Callable
+
+from ranvier.storage import EventToPersist, Storage
+from ranvier.storage.state_groups import store_state_group
+from ranvier.storage.sync_reads import positions, room_events, state_changes, sync_snapshot
+from ranvier.storage.writes import (
+    clear_partial_state,
+    persist_events,
+    store_partial_join,
+    update_state_for_partial_event,
+)
+
+ROOM = "!room:example.org"
+EventFactory = Callable[..., EventToPersist]
+
+
+def _base(conn: sqlite3.Connection) -> int:
+    return store_state_group(conn, ROOM, None, {("m.room.create", ""): "$create"})
+
+
+def test_an_outlier_taken_into_the_dag_is_seen_by_a_read_from_before(
+    conn: sqlite3.Connection, make_event: EventFactory
+) -> None:
+    base = _base(conn)
+    persist_events(conn, [make_event("$out", outlier=True)])
+    persist_events(conn, [make_event("$a", before=base)])
+    # A sync answered here; the outlier is no timeline event yet.
+    since, _ = positions(conn)
+    events, more = room_events(
+        conn, ROOM, after=0, upto=since, limit=10, backwards=False, accept=None
+    )
+    assert ([event.event_id for event in events], more) == (["$a"], False)
+    # The outlier joins the DAG: the next incremental read has it.
+    persist_events(conn, [make_event("$out", before=base, prev=("$a",))])
+    now, _ = positions(conn)
+    events, _ = room_events(
+        conn, ROOM, after=since, upto=now, limit=10, backwards=False, accept=None
+    )
+    assert [event.event_id for event in events] == ["$out"]
+
+
+def test_timeline_reads_filter_page_and_say_whether_more_is_left(
+    conn: sqlite3.Connection, make_event: EventFactory
+) -> None:
+    base = _base(conn)
+    # More events than one statement reads, few of which pass the filter.
+    events = [
+        make_event(f"$e{n}", before=base, type="m.keep" if n % 100 == 0 else "m.skip")
+        for n in range(450)
+    ]
+    events.append(make_event("$rejected", before=base, type="m.keep", rejected="no"))
+    events.append(make_event("$soft", before=base, type="m.keep", soft_failed=True))
+    persist_events(conn, events)
+    top, _ = positions(conn)
+
+    def keep(event_type: str, sender: str) -> bool:
+        return event_type == "m.keep"
+
+    newest, more = room_events(conn, ROOM, after=0, upto=top, limit=3, backwards=True, accept=keep)
+    assert ([event.event_id for event in newest], more) == (["$e400", "$e300", "$e200"], True)
+    oldest, more = room_events(conn, ROOM, after=0, upto=top, limit=5, backwards=False, accept=keep)
+    assert [event.event_id for event in oldest] == ["$e0", "$e100", "$e200", "$e300", "$e400"]
+    assert more is False
+    window, _ = room_events(
+        conn,
+        ROOM,
+        after=oldest[1].stream_ordering,
+        upto=oldest[3].stream_ordering,
+        limit=10,
+        backwards=False,
+        accept=keep,
+    )
+    assert [event.event_id for event in window] == ["$e200", "$e300"]
+
+
+def test_state_changes_between_a_position_and_an_event(
+    conn: sqlite3.Connection, make_event: EventFactory
+) -> None:
+    base = _base(conn)
+    persist_events(conn, [make_event("$a", before=base)])
+    since, _ = positions(conn)
+    topic = make_event("$topic", before=base, type="m.room.topic", state_key="", prev=("$a",))
+    persist_events(conn, [topic])
+    after_topic = store_state_group(conn, ROOM, base, {("m.room.topic", ""): "$topic"})
+    persist_events(conn, [make_event("$b", before=after_topic, prev=("$topic",))])
+    assert state_changes(conn, ROOM, since, "$b") == {("m.room.topic", ""): "$topic"}
+    assert state_changes(conn, ROOM, since, "$topic") == {}
+
+
+def test_clearing_partial_state_moves_the_un_partial_stream(
+    conn: sqlite3.Connection, make_event: EventFactory
+) -> None:
+    base = _base(conn)
+    conn.execute("INSERT INTO rooms (room_id, room_version) VALUES ('!other:example.org', '10')")
+    store_partial_join(conn, ROOM, "10", "$join", "hs.example", [])
+    persist_events(
+        conn,
+        [make_event("$join", before=base, partial=True, type="m.room.member", state_key="@u:x")],
+    )
+    events_before, un_partial_before = positions(conn)
+    assert un_partial_before == 0
+    update_state_for_partial_event(conn, "$join", base, None, None)
+    snapshot = sync_snapshot(conn, "@u:x", 0)
+    assert snapshot[3] == {ROOM}  # the user's partial rooms
+    assert clear_partial_state(conn, ROOM)
+    # No event came in between, yet the clear is after the earlier position.
+    events_after, un_partial_after = positions(conn)
+    assert (events_after, un_partial_after) == (events_before, 1)
+    assert conn.execute(
+        "SELECT stream_ordering FROM un_partial_stated_rooms WHERE room_id = ?", (ROOM,)
+    ).fetchone() == (events_before,)
+    events, un_partial, memberships, partial, cleared = sync_snapshot(conn, "@u:x", 0)
+    assert (events, un_partial, partial, cleared) == (events_before, 1, frozenset(), {ROOM})
+    assert memberships == [(ROOM, "", events_before, "$join")]
+    assert sync_snapshot(conn, "@u:x", 1)[4] == frozenset()
+    # Nothing to clear: the stream stays.
+    assert not clear_partial_state(conn, ROOM)
+    assert positions(conn)[1] == 1
+    # Another room cleared later comes after; the same room cleared again
+    # (joined with partial state anew) moves to the end.
+    store_partial_join(conn, "!other:example.org", "10", "$j2", "hs.example", [])
+    assert clear_partial_state(conn, "!other:example.org")
+    store_partial_join(conn, ROOM, "10", "$j3", "hs.example", [])
+    assert clear_partial_state(conn, ROOM)
+    assert sync_snapshot(conn, "@u:x", 2)[4] == {ROOM}
+    assert positions(conn)[1] == 3
+
+
+async def test_storage_tells_its_listener_after_each_commit(
+    storage: Storage, make_event: EventFactory
+) -> None:
+    told: list[tuple[int | None, int | None]] = []
+    storage.on_stream_advance = lambda events, rooms: told.append((events, rooms))
+    base = await storage.store_state_group(ROOM, None, {("m.room.create", ""): "$create"})
+    orderings = await storage.persist_events(
+        [make_event("$a", before=base), make_event("$b", before=base, prev=("$a",))]
+    )
+    assert told == [(orderings["$b"], None)]
+    await storage.store_partial_join(ROOM, "10", "$a", "hs.example", [])
+    assert await storage.clear_partial_state(ROOM)
+    assert told[-1] == (None, 1)
+    assert not await storage.clear_partial_state(ROOM)
+    assert len(told) == 2
+    assert await storage.sync.positions() == (orderings["$b"], 1)
+
+
+async def test_filters_are_numbered_per_user(storage: Storage) -> None:
+    assert await storage.sync.store_filter("@a:x", b'{"a":1}') == 0
+    assert await storage.sync.store_filter("@a:x", b'{"a":2}') == 1
+    assert await storage.sync.store_filter("@b:x", b"{}") == 0
+    assert await storage.sync.get_filter("@a:x", 1) == b'{"a":2}'
+    assert await storage.sync.get_filter("@b:x", 1) is None
+    assert await storage.sync.get_filter("@a:x", 0) == b'{"a":1}'
