@@ -91,22 +91,29 @@ from ranvier.api.account import add_account_routes
 from ranvier.api.admin import add_admin_routes
 from ranvier.api.app import ClientApp
 from ranvier.api.auth import Auth
+from ranvier.api.directory import add_directory_routes
 from ranvier.api.ratelimit import RateLimiter, RouteLimits
+from ranvier.api.rooms import add_room_routes
 from ranvier.api.sync import add_sync_routes
 from ranvier.api.versions import add_versions_route
 from ranvier.config import Config, ListenerConfig
 from ranvier.core.accounts import Accounts
-from ranvier.core.creation import EventCreator, NotInRoomError, Preset
+from ranvier.core.client_txns import ClientTransactions
+from ranvier.core.creation import EventCreator, Preset
+from ranvier.core.directory import RoomDirectory
 from ranvier.core.filters import UserFilters
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
 from ranvier.core.joins import RemoteJoiner
 from ranvier.core.notifier import StreamNotifier
 from ranvier.core.pagination import RoomMessages
+from ranvier.core.room_joins import RoomJoins
 from ranvier.core.room_servers import RoomEventSender, RoomServers
+from ranvier.core.rooms import RoomReader
 from ranvier.core.sync import SyncHandler
 from ranvier.core.unpartial import ResyncStatus, UnpartialStater
 from ranvier.errors import MatrixError
 from ranvier.federation.client import FederationEventFetcher
+from ranvier.federation.directory import FederationDirectoryClient, add_directory_route
 from ranvier.federation.keys import KeyRing
 from ranvier.federation.membership import (
     FederationInviter,
@@ -206,6 +213,9 @@ class HomeServer:
         self._event_creator: EventCreator | None = None
         self._remote_joiner: RemoteJoiner | None = None
         self._unpartial_stater: UnpartialStater | None = None
+        self._room_directory: RoomDirectory | None = None
+        self._room_reader: RoomReader | None = None
+        self._room_joins: RoomJoins | None = None
         self._federation_app: FederationApp | None = None
         self._client_app: ClientApp | None = None
         self._accounts: Accounts | None = None
@@ -372,8 +382,10 @@ class HomeServer:
 
         In a room this server is in, the join is made here. Otherwise it
         goes through the first of ``servers`` that can take it (make_join
-        and send_join), then the server the room ID names, if it names one.
-        Only room IDs are taken: aliases are not resolved yet.
+        and send_join), then the server the room ID names, if it names one,
+        then the server of whoever invited ``user``
+        (:class:`~ranvier.core.room_joins.RoomJoins`, which the client
+        API's joins take too). Only room IDs are taken here.
 
         A room this server is not in yet is joined with partial state when
         the resident offers it: the join returns before the room's members
@@ -384,18 +396,8 @@ class HomeServer:
             raise MatrixError(
                 f"{room_id!r} is not a room ID", errcode="M_INVALID_PARAM", http_status=400
             )
-        try:
-            return await self.event_creator.join(user, room_id)
-        except NotInRoomError:
-            pass
-        candidates = list(dict.fromkeys(servers))
-        named = room_id.partition(":")[2]
-        if named and named not in candidates:
-            candidates.append(named)
-        joined = await self.remote_joiner.join_remote_room(user, room_id, candidates)
-        if joined.partial_state:
-            self._resync(room_id)
-        return joined.event.event_id
+        joined = await _built(self._room_joins, "room_joins").join(user, room_id, servers)
+        return joined.event_id
 
     async def leave_room(self, user: str, room_id: str, *, reason: str | None = None) -> str:
         """Make ``user`` leave a room this server is in; return the leave's event ID."""
@@ -635,6 +637,24 @@ class HomeServer:
             room_locks=self._room_locks,
             progress_store=storage,
         )
+        self._room_directory = RoomDirectory(
+            server_name=server_name,
+            aliases=storage.aliases,
+            store=storage,
+            servers=self._room_servers,
+            client=FederationDirectoryClient(client),
+        )
+        self._room_reader = RoomReader(
+            storage, storage.room_members, full_state=self._unpartial_stater
+        )
+        self._room_joins = RoomJoins(
+            creator=self._event_creator,
+            remote=self._remote_joiner,
+            store=storage,
+            memberships=storage.room_members,
+            directory=self._room_directory,
+            on_partial_state=self._resync,
+        )
         self._notifier = notifier
         storage.on_stream_advance = self.stream_notifier.advance
         self._accounts = Accounts(server_name=server_name, store=storage.accounts)
@@ -663,6 +683,7 @@ class HomeServer:
             notifier=self._notifier,
             room_lock=self._room_locks.hold,
         )
+        add_directory_route(router, _built(self._room_directory, "room_directory"))
         return router
 
     def _client_router(self) -> Router:
@@ -684,6 +705,19 @@ class HomeServer:
             registration_enabled=registration.enabled,
         )
         add_admin_routes(router, accounts=self.accounts, shared_secret=registration.shared_secret)
+        directory = _built(self._room_directory, "room_directory")
+        reader = _built(self._room_reader, "room_reader")
+        add_room_routes(
+            router,
+            server_name=self.config.server_name,
+            auth=self.auth,
+            creator=self.event_creator,
+            reader=reader,
+            joins=_built(self._room_joins, "room_joins"),
+            transactions=ClientTransactions(self.storage.client_transactions),
+            directory=directory,
+        )
+        add_directory_routes(router, auth=self.auth, directory=directory, reader=reader)
         return router
 
     def _components(self) -> list[_Component]:

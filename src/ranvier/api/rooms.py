@@ -1,0 +1,414 @@
+"""The client-server API's rooms: creating them, memberships, sending
+events and state, and reading state, events and members.
+
+* ``POST /createRoom``
+* ``POST /join/{roomIdOrAlias}`` (``via`` and the older ``server_name``
+  query parameters, each repeatable), ``POST /rooms/{roomId}/join``,
+  ``/leave``, ``/invite``, ``/kick``, ``/ban``, ``/unban``, ``/forget``
+* ``PUT /rooms/{roomId}/send/{eventType}/{txnId}``,
+  ``PUT /rooms/{roomId}/state/{eventType}[/{stateKey}]``,
+  ``PUT /rooms/{roomId}/redact/{eventId}/{txnId}``
+* ``GET /rooms/{roomId}/state``, ``/state/{eventType}[/{stateKey}]``,
+  ``/event/{eventId}``, ``/members``, ``/joined_members``, and
+  ``GET /joined_rooms``
+
+Every route needs an access token. Handlers check the request's shape
+(400 ``M_BAD_JSON`` for a body of the wrong shape, ``M_NOT_JSON`` for one
+that is not JSON) and hand the rest to core: who may do and see what is
+decided there (:mod:`ranvier.core.creation`, :mod:`ranvier.core.rooms`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, Protocol, get_args
+
+from ranvier.core.accounts import Requester
+from ranvier.core.client_txns import ClientTransactions
+from ranvier.core.creation import EventCreator, Preset
+from ranvier.core.directory import RoomDirectory
+from ranvier.core.room_joins import RoomJoins
+from ranvier.core.rooms import RoomReader
+from ranvier.errors import MatrixError
+from ranvier.protocol.room_versions import DEFAULT_ROOM_VERSION
+from ranvier.web import Request, Router
+
+__all__ = ["CLIENT_V3", "RequestAuth", "add_room_routes"]
+
+CLIENT_V3: Final = "/_matrix/client/v3"
+_CANONICAL_ALIAS: Final = "m.room.canonical_alias"
+
+
+class RequestAuth(Protocol):
+    """Who a request comes from (:class:`ranvier.api.auth.Auth`)."""
+
+    async def get_user(self, request: Request) -> Requester: ...
+
+
+def _bad_json(message: str) -> MatrixError:
+    return MatrixError(message, errcode="M_BAD_JSON", http_status=400)
+
+
+def _body(request: Request, *, required: bool = False) -> dict[str, Any]:
+    """The request's JSON object; ``{}`` for a missing body unless ``required``."""
+    content = request.content
+    if content is None and not required:
+        return {}
+    if not isinstance(content, dict):
+        raise _bad_json("the request body must be a JSON object")
+    return content
+
+
+def _optional(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = body.get(name)
+    if value is not None and not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise _bad_json(f"{name} must be of type {_JSON_TYPES.get(names, names)}")
+    return value
+
+
+_JSON_TYPES: Final = {"str": "string", "dict": "object", "list": "array", "bool": "boolean"}
+
+
+def _reason(body: Mapping[str, Any]) -> str | None:
+    value: str | None = _optional(body, "reason", str)
+    return value
+
+
+def _target(body: Mapping[str, Any]) -> str:
+    user_id = body.get("user_id")
+    if user_id is None:
+        raise MatrixError("user_id is required", errcode="M_MISSING_PARAM", http_status=400)
+    if not isinstance(user_id, str):
+        raise _bad_json("user_id must be a string")
+    return user_id
+
+
+def _room_id(request: Request) -> str:
+    room_id = request.path_params["room_id"]
+    if not room_id.startswith("!"):
+        raise MatrixError(
+            f"{room_id!r} is not a room ID", errcode="M_INVALID_PARAM", http_status=400
+        )
+    return room_id
+
+
+class _Rooms:
+    def __init__(
+        self,
+        *,
+        server_name: str,
+        auth: RequestAuth,
+        creator: EventCreator,
+        reader: RoomReader,
+        joins: RoomJoins,
+        transactions: ClientTransactions,
+        directory: RoomDirectory,
+    ) -> None:
+        self._server_name = server_name
+        self._auth = auth
+        self._creator = creator
+        self._reader = reader
+        self._joins = joins
+        self._transactions = transactions
+        self._directory = directory
+
+    # --- Creating a room ------------------------------------------------------------
+
+    async def create_room(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        body = _body(request)
+        visibility = _optional(body, "visibility", str) or "private"
+        if visibility not in ("public", "private"):
+            raise MatrixError(
+                f"visibility must be public or private, not {visibility!r}",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        preset = _optional(body, "preset", str)
+        if preset is None:
+            preset = "public_chat" if visibility == "public" else "private_chat"
+        if preset not in get_args(Preset):
+            raise MatrixError(
+                f"unknown preset {preset!r}; presets are {', '.join(get_args(Preset))}",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        name = _optional(body, "name", str)
+        topic = _optional(body, "topic", str)
+        invite = _optional(body, "invite", list) or []
+        if not all(isinstance(user_id, str) for user_id in invite):
+            raise _bad_json("invite must be a list of user IDs")
+        if _optional(body, "invite_3pid", list):
+            raise MatrixError(
+                "invites by third-party identifier are not supported here",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        initial_state = list(_optional(body, "initial_state", list) or [])
+        if not all(isinstance(item, dict) for item in initial_state):
+            raise _bad_json("each initial_state entry must be a JSON object")
+        override = _optional(body, "power_level_content_override", dict)
+        creation_content = _optional(body, "creation_content", dict)
+        room_version = _optional(body, "room_version", str) or DEFAULT_ROOM_VERSION
+        _optional(body, "is_direct", bool)
+        alias_name = _optional(body, "room_alias_name", str)
+        alias = None
+        if alias_name is not None:
+            alias = f"#{alias_name}:{self._server_name}"
+            self._directory.check_local_alias(alias)
+            if await self._directory.is_taken(alias):
+                raise _alias_in_use(alias)
+            if not any(
+                item.get("type") == _CANONICAL_ALIAS and item.get("state_key", "") == ""
+                for item in initial_state
+            ):
+                initial_state.append(
+                    {"type": _CANONICAL_ALIAS, "state_key": "", "content": {"alias": alias}}
+                )
+        room_id = await self._creator.create_room(
+            requester.user_id,
+            preset=preset,
+            name=name,
+            topic=topic,
+            invite=invite,
+            initial_state=initial_state,
+            power_level_content_override=override,
+            creation_content=creation_content,
+            room_version=room_version,
+        )
+        if alias is not None:
+            try:
+                await self._directory.create_alias(requester.user_id, alias, room_id)
+            except MatrixError as exc:
+                if exc.http_status == 409:
+                    raise _alias_in_use(alias) from None
+                raise
+        return {"room_id": room_id}
+
+    # --- Memberships ----------------------------------------------------------------
+
+    async def join(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        _reason(_body(request))
+        servers = [*request.query.get("via", ()), *request.query.get("server_name", ())]
+        joined = await self._joins.join(
+            requester.user_id, request.path_params["room_id_or_alias"], servers
+        )
+        return {"room_id": joined.room_id}
+
+    async def join_by_id(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        room_id = _room_id(request)
+        _reason(_body(request))
+        joined = await self._joins.join(requester.user_id, room_id)
+        return {"room_id": joined.room_id}
+
+    async def leave(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        room_id = _room_id(request)
+        reason = _reason(_body(request))
+        await self._creator.leave(requester.user_id, room_id, reason=reason)
+        return {}
+
+    async def invite(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        room_id = _room_id(request)
+        body = _body(request, required=True)
+        target, reason = _target(body), _reason(body)
+        await self._creator.invite(requester.user_id, room_id, target, reason=reason)
+        return {}
+
+    async def kick(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        room_id = _room_id(request)
+        body = _body(request, required=True)
+        target, reason = _target(body), _reason(body)
+        await self._creator.kick(requester.user_id, room_id, target, reason=reason)
+        return {}
+
+    async def ban(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        room_id = _room_id(request)
+        body = _body(request, required=True)
+        target, reason = _target(body), _reason(body)
+        await self._creator.ban(requester.user_id, room_id, target, reason=reason)
+        return {}
+
+    async def unban(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        room_id = _room_id(request)
+        body = _body(request, required=True)
+        target, reason = _target(body), _reason(body)
+        if await self._reader.membership(target, room_id) != "ban":
+            raise MatrixError(
+                f"{target} is not banned from {room_id}", errcode="M_FORBIDDEN", http_status=403
+            )
+        await self._creator.unban(requester.user_id, room_id, target, reason=reason)
+        return {}
+
+    async def forget(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        room_id = _room_id(request)
+        membership = await self._reader.membership(requester.user_id, room_id)
+        if membership in ("join", "invite", "knock"):
+            raise MatrixError(
+                f"{requester.user_id} has not left {room_id} (membership {membership})",
+                errcode="M_UNKNOWN",
+                http_status=400,
+            )
+        # Nothing to drop: this server keeps no per-user view of old rooms
+        # beyond the room's own history.
+        return {}
+
+    # --- Sending --------------------------------------------------------------------
+
+    async def send(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        room_id = _room_id(request)
+        event_type = request.path_params["event_type"]
+        txn_id = request.path_params["txn_id"]
+        content = _body(request, required=True)
+        scope = f"/rooms/{room_id}/send/{event_type}/{txn_id}"
+
+        async def send() -> str:
+            await self._reader.check_joined(requester.user_id, room_id)
+            return await self._creator.send_event(requester.user_id, room_id, event_type, content)
+
+        event_id = await self._transactions.run(
+            requester.user_id, requester.device_id, scope, room_id, send
+        )
+        return {"event_id": event_id}
+
+    async def put_state(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        room_id = _room_id(request)
+        event_type = request.path_params["event_type"]
+        state_key = request.path_params.get("state_key", "")
+        content = _body(request, required=True)
+        await self._reader.check_joined(requester.user_id, room_id)
+        event_id = await self._creator.send_event(
+            requester.user_id, room_id, event_type, content, state_key=state_key
+        )
+        return {"event_id": event_id}
+
+    async def redact(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        room_id = _room_id(request)
+        target = request.path_params["event_id"]
+        txn_id = request.path_params["txn_id"]
+        reason = _reason(_body(request))
+        content: dict[str, Any] = {"redacts": target}
+        if reason is not None:
+            content["reason"] = reason
+        scope = f"/rooms/{room_id}/redact/{target}/{txn_id}"
+
+        async def send() -> str:
+            await self._reader.check_joined(requester.user_id, room_id)
+            return await self._creator.send_event(
+                requester.user_id, room_id, "m.room.redaction", content
+            )
+
+        event_id = await self._transactions.run(
+            requester.user_id, requester.device_id, scope, room_id, send
+        )
+        return {"event_id": event_id}
+
+    # --- Reading --------------------------------------------------------------------
+
+    async def get_state(self, request: Request) -> list[Any]:
+        requester = await self._auth.get_user(request)
+        return await self._reader.state(requester.user_id, _room_id(request))
+
+    async def get_state_event(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        room_id = _room_id(request)
+        form = request.query_value("format") or "content"
+        if form not in ("content", "event"):
+            raise MatrixError(
+                f"format must be content or event, not {form!r}",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        event = await self._reader.state_event(
+            requester.user_id,
+            room_id,
+            request.path_params["event_type"],
+            request.path_params.get("state_key", ""),
+        )
+        if form == "event":
+            return event
+        content: Mapping[str, Any] = event["content"]
+        return content
+
+    async def get_event(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        return await self._reader.event(
+            requester.user_id, _room_id(request), request.path_params["event_id"]
+        )
+
+    async def get_members(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        chunk = await self._reader.members(
+            requester.user_id,
+            _room_id(request),
+            membership=request.query_value("membership"),
+            not_membership=request.query_value("not_membership"),
+        )
+        return {"chunk": chunk}
+
+    async def get_joined_members(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        return {"joined": await self._reader.joined_members(requester.user_id, _room_id(request))}
+
+    async def get_joined_rooms(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        return {"joined_rooms": await self._reader.joined_rooms(requester.user_id)}
+
+
+def _alias_in_use(alias: str) -> MatrixError:
+    return MatrixError(f"room alias {alias} is taken", errcode="M_ROOM_IN_USE", http_status=400)
+
+
+def add_room_routes(
+    router: Router,
+    *,
+    server_name: str,
+    auth: RequestAuth,
+    creator: EventCreator,
+    reader: RoomReader,
+    joins: RoomJoins,
+    transactions: ClientTransactions,
+    directory: RoomDirectory,
+) -> None:
+    """Serve the rooms endpoints listed in the module's docstring."""
+    rooms = _Rooms(
+        server_name=server_name,
+        auth=auth,
+        creator=creator,
+        reader=reader,
+        joins=joins,
+        transactions=transactions,
+        directory=directory,
+    )
+    room = f"{CLIENT_V3}/rooms/{{room_id}}"
+    router.add("POST", f"{CLIENT_V3}/createRoom", rooms.create_room)
+    router.add("POST", f"{CLIENT_V3}/join/{{room_id_or_alias}}", rooms.join)
+    router.add("GET", f"{CLIENT_V3}/joined_rooms", rooms.get_joined_rooms)
+    router.add("POST", f"{room}/join", rooms.join_by_id)
+    router.add("POST", f"{room}/leave", rooms.leave)
+    router.add("POST", f"{room}/invite", rooms.invite)
+    router.add("POST", f"{room}/kick", rooms.kick)
+    router.add("POST", f"{room}/ban", rooms.ban)
+    router.add("POST", f"{room}/unban", rooms.unban)
+    router.add("POST", f"{room}/forget", rooms.forget)
+    router.add("PUT", f"{room}/send/{{event_type}}/{{txn_id}}", rooms.send)
+    router.add("PUT", f"{room}/state/{{event_type}}", rooms.put_state)
+    router.add("PUT", f"{room}/state/{{event_type}}/{{state_key}}", rooms.put_state)
+    router.add("PUT", f"{room}/redact/{{event_id}}/{{txn_id}}", rooms.redact)
+    router.add("GET", f"{room}/state", rooms.get_state)
+    router.add("GET", f"{room}/state/{{event_type}}", rooms.get_state_event)
+    router.add("GET", f"{room}/state/{{event_type}}/{{state_key}}", rooms.get_state_event)
+    router.add("GET", f"{room}/event/{{event_id}}", rooms.get_event)
+    router.add("GET", f"{room}/members", rooms.get_members)
+    router.add("GET", f"{room}/joined_members", rooms.get_joined_members)
