@@ -346,3 +346,40 @@ async def test_messages_are_for_members_only(env: _Env) -> None:
     assert "before" in bodies
     assert "after" not in bodies
     assert page["chunk"][0]["content"].get("membership") == "leave"
+
+
+async def test_full_state_sends_the_whole_state_with_a_timeline_since_the_token(
+    env: _Env,
+) -> None:
+    room_id = await env.hs.create_room(ALICE, name="Full")
+    quiet = await env.hs.create_room(ALICE)
+    since = (await env.sync(ALICE))["next_batch"]
+    await _say(env.hs, ALICE, room_id, "new")
+    body = await env.sync(ALICE, since=since, full_state="true")
+    room = body["rooms"]["join"][room_id]
+    assert [event["type"] for event in room["timeline"]["events"]] == ["m.room.message"]
+    kinds = {(event["type"], event["state_key"]) for event in room["state"]["events"]}
+    assert {("m.room.create", ""), ("m.room.name", ""), ("m.room.member", ALICE)} <= kinds
+    # A room with nothing new is there too, with its state.
+    assert body["rooms"]["join"][quiet]["timeline"]["events"] == []
+    assert body["rooms"]["join"][quiet]["state"]["events"]
+    bad = await env.get(ALICE, "/_matrix/client/v3/sync", full_state="yes")
+    assert (bad.status_code, bad.json()["errcode"]) == (400, "M_INVALID_PARAM")
+
+
+async def test_a_profile_change_is_not_a_new_join(env: _Env) -> None:
+    room_id = await env.hs.create_room(ALICE)
+    since = (await env.sync(ALICE))["next_batch"]
+    await env.hs.send_event(
+        ALICE,
+        room_id,
+        "m.room.member",
+        {"membership": "join", "displayname": "Alice"},
+        state_key=ALICE,
+    )
+    room = (await env.sync(ALICE, since=since))["rooms"]["join"][room_id]
+    assert [event["content"] for event in room["timeline"]["events"]] == [
+        {"membership": "join", "displayname": "Alice"}
+    ]
+    assert room["timeline"]["limited"] is False
+    assert room["state"]["events"] == []

@@ -54,7 +54,7 @@ from typing import Any, Final, Protocol
 import trio
 
 from ranvier.core.accounts import Requester
-from ranvier.core.client_events import client_event
+from ranvier.core.client_events import client_event, event_content
 from ranvier.core.filters import Filter, RoomEventFilter
 from ranvier.core.notifier import StreamNotifier, StreamPosition
 from ranvier.core.pagination import (
@@ -218,13 +218,12 @@ class SyncHandler:
         self, request: _Request, room_id: str, joined_at: int
     ) -> dict[str, Any] | None:
         since = request.since
-        in_full = (
+        newly = (
             since is None
-            or request.full_state
-            or joined_at > since.events
+            or (joined_at > since.events and not await self._was_joined(request, room_id))
             or (room_id in request.un_partialled and not request.filter.lazy_load_members)
         )
-        room = await self._room(request, room_id, upto=request.now.events, in_full=in_full)
+        room = await self._room(request, room_id, upto=request.now.events, newly=newly)
         if room is None:
             return None
         room["ephemeral"] = {"events": []}
@@ -236,8 +235,7 @@ class SyncHandler:
     async def _left_room(
         self, request: _Request, room_id: str, left_at: int
     ) -> dict[str, Any] | None:
-        in_full = request.since is None or request.full_state
-        room = await self._room(request, room_id, upto=left_at, in_full=in_full)
+        room = await self._room(request, room_id, upto=left_at, newly=request.since is None)
         if room is not None:
             room["account_data"] = {"events": []}
         return room
@@ -250,15 +248,31 @@ class SyncHandler:
             stripped.append(_stripped(invite[invite_id]))
         return {"invite_state": {"events": stripped}}
 
+    async def _was_joined(self, request: _Request, room_id: str) -> bool:
+        """Whether the user was joined at ``since`` already: a membership
+        event after it may only change their profile.
+        """
+        assert request.since is not None
+        key = (_MEMBER, request.user_id)
+        state = await self._store.state_at(room_id, request.since.events, [key])
+        if key not in state:
+            return False
+        events = await self._store.get_events([state[key]])
+        event = events.get(state[key])
+        return event is not None and event_content(event).get("membership") == "join"
+
     async def _room(
-        self, request: _Request, room_id: str, *, upto: int, in_full: bool
+        self, request: _Request, room_id: str, *, upto: int, newly: bool
     ) -> dict[str, Any] | None:
-        """A room's timeline and state up to ``upto``: in full, or what is
-        new since the request's ``since``; None when nothing is new.
+        """A room's timeline and state up to ``upto``: in full for a room
+        new to the client, otherwise what is new since the request's
+        ``since`` (with the whole state for ``full_state``); None when
+        nothing is new.
         """
         timeline_filter = request.filter.room.timeline
         limit = min(timeline_filter.limit or DEFAULT_LIMIT, MAX_LIMIT)
-        after = 0 if in_full or request.since is None else request.since.events
+        after = 0 if newly or request.since is None else request.since.events
+        in_full = newly or request.full_state
         newest_first, limited = await self._store.room_events(
             room_id,
             after=after,
