@@ -287,6 +287,21 @@ class HomeServer:
         return _built(self._remote_joiner, "remote_joiner")
 
     @property
+    def room_directory(self) -> RoomDirectory:
+        """Room aliases: ours kept here, other servers' asked of them."""
+        return _built(self._room_directory, "room_directory")
+
+    @property
+    def room_reader(self) -> RoomReader:
+        """Rooms' state, events and members as local users may see them."""
+        return _built(self._room_reader, "room_reader")
+
+    @property
+    def room_joins(self) -> RoomJoins:
+        """Joins local users to rooms, here or through a server in them."""
+        return _built(self._room_joins, "room_joins")
+
+    @property
     def unpartial_stater(self) -> UnpartialStater:
         """Completes the state of rooms joined with partial state, one task per room."""
         return _built(self._unpartial_stater, "unpartial_stater")
@@ -396,7 +411,7 @@ class HomeServer:
             raise MatrixError(
                 f"{room_id!r} is not a room ID", errcode="M_INVALID_PARAM", http_status=400
             )
-        joined = await _built(self._room_joins, "room_joins").join(user, room_id, servers)
+        joined = await self.room_joins.join(user, room_id, servers)
         return joined.event_id
 
     async def leave_room(self, user: str, room_id: str, *, reason: str | None = None) -> str:
@@ -683,7 +698,7 @@ class HomeServer:
             notifier=self._notifier,
             room_lock=self._room_locks.hold,
         )
-        add_directory_route(router, _built(self._room_directory, "room_directory"))
+        add_directory_route(router, self.room_directory)
         return router
 
     def _client_router(self) -> Router:
@@ -705,15 +720,14 @@ class HomeServer:
             registration_enabled=registration.enabled,
         )
         add_admin_routes(router, accounts=self.accounts, shared_secret=registration.shared_secret)
-        directory = _built(self._room_directory, "room_directory")
-        reader = _built(self._room_reader, "room_reader")
+        directory, reader = self.room_directory, self.room_reader
         add_room_routes(
             router,
             server_name=self.config.server_name,
             auth=self.auth,
             creator=self.event_creator,
             reader=reader,
-            joins=_built(self._room_joins, "room_joins"),
+            joins=self.room_joins,
             transactions=ClientTransactions(self.storage.client_transactions),
             directory=directory,
         )
