@@ -1,0 +1,131 @@
+"""The alias directory over real HTTP on a started homeserver."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from _client import Client, q
+
+from ranvier.testing.homeserver import TestUser, open_test_homeserver
+
+
+@dataclass
+class Env:
+    client: Client
+    alice: TestUser
+    bob: TestUser
+    admin: TestUser
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client() as http:
+        alice = await hs.register_user("alice")
+        bob = await hs.register_user("bob")
+        admin = await hs.register_user("admin", admin=True)
+        yield Env(Client(hs, http), alice, bob, admin)
+
+
+def _alias(name: str) -> str:
+    return f"/directory/room/{q(name)}"
+
+
+async def test_an_alias_is_made_resolved_listed_and_deleted(env: Env) -> None:
+    c, alice = env.client, env.alice
+    room_id = await c.create_room(alice)
+    assert await c.ok(alice, "PUT", _alias("#home:localhost"), {"room_id": room_id}) == {}
+    # Resolving needs no access token.
+    assert await c.ok(None, "GET", _alias("#home:localhost")) == {
+        "room_id": room_id,
+        "servers": ["localhost"],
+    }
+    aliases = await c.ok(alice, "GET", f"/rooms/{q(room_id)}/aliases")
+    assert aliases == {"aliases": ["#home:localhost"]}
+    assert await c.ok(alice, "DELETE", _alias("#home:localhost")) == {}
+    await c.refused(None, "GET", _alias("#home:localhost"), status=404, errcode="M_NOT_FOUND")
+    await c.refused(alice, "DELETE", _alias("#home:localhost"), status=404, errcode="M_NOT_FOUND")
+    assert await c.ok(alice, "GET", f"/rooms/{q(room_id)}/aliases") == {"aliases": []}
+
+
+async def test_bad_alias_requests_are_refused_and_change_nothing(env: Env) -> None:
+    c, alice, bob = env.client, env.alice, env.bob
+    room_id = await c.create_room(alice)
+    body = {"room_id": room_id}
+    await c.refused(
+        alice, "PUT", _alias("home:localhost"), body, status=400, errcode="M_INVALID_PARAM"
+    )
+    await c.refused(alice, "PUT", _alias("#home"), body, status=400, errcode="M_INVALID_PARAM")
+    await c.refused(
+        alice, "PUT", _alias("#home:elsewhere.example"), body, status=400, errcode="M_INVALID_PARAM"
+    )
+    await c.refused(
+        alice, "PUT", _alias("#home:localhost"), {}, status=400, errcode="M_MISSING_PARAM"
+    )
+    await c.refused(
+        alice, "PUT", _alias("#home:localhost"), {"room_id": 5}, status=400, errcode="M_BAD_JSON"
+    )
+    await c.refused(
+        alice, "PUT", _alias("#home:localhost"), raw=b"[", status=400, errcode="M_NOT_JSON"
+    )
+    await c.refused(
+        alice,
+        "PUT",
+        _alias("#home:localhost"),
+        {"room_id": "!unknown:localhost"},
+        status=404,
+        errcode="M_NOT_FOUND",
+    )
+    # Bob is not in the room.
+    await c.refused(bob, "PUT", _alias("#home:localhost"), body, status=403, errcode="M_FORBIDDEN")
+    await c.refused(None, "GET", _alias("#home:localhost"), status=404, errcode="M_NOT_FOUND")
+    await c.refused(None, "GET", _alias("#home"), status=400, errcode="M_INVALID_PARAM")
+    assert await c.ok(alice, "GET", f"/rooms/{q(room_id)}/aliases") == {"aliases": []}
+
+
+async def test_a_taken_alias_is_409_and_stays(env: Env) -> None:
+    c, alice = env.client, env.alice
+    first = await c.create_room(alice)
+    second = await c.create_room(alice)
+    await c.ok(alice, "PUT", _alias("#one:localhost"), {"room_id": first})
+    await c.refused(
+        alice, "PUT", _alias("#one:localhost"), {"room_id": second}, status=409, errcode="M_UNKNOWN"
+    )
+    assert (await c.ok(None, "GET", _alias("#one:localhost")))["room_id"] == first
+
+
+async def test_who_may_delete_an_alias(env: Env) -> None:
+    c, alice, bob, admin = env.client, env.alice, env.bob, env.admin
+    room_id = await c.create_room(alice, preset="public_chat")
+    await c.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
+    await c.ok(alice, "PUT", _alias("#a:localhost"), {"room_id": room_id})
+    await c.ok(alice, "PUT", _alias("#b:localhost"), {"room_id": room_id})
+    await c.ok(bob, "PUT", _alias("#c:localhost"), {"room_id": room_id})
+    # Bob neither made #a nor may change the room's aliases.
+    await c.refused(bob, "DELETE", _alias("#a:localhost"), status=403, errcode="M_FORBIDDEN")
+    assert (await c.ok(None, "GET", _alias("#a:localhost")))["room_id"] == room_id
+    # A server admin may; Alice, the room's creator, may delete Bob's.
+    assert await c.ok(admin, "DELETE", _alias("#a:localhost")) == {}
+    assert await c.ok(alice, "DELETE", _alias("#c:localhost")) == {}
+    assert await c.ok(alice, "GET", f"/rooms/{q(room_id)}/aliases") == {"aliases": ["#b:localhost"]}
+
+
+async def test_local_aliases_are_listed_for_members_only(env: Env) -> None:
+    c, alice, bob = env.client, env.alice, env.bob
+    room_id = await c.create_room(alice, room_alias_name="private")
+    await c.refused(bob, "GET", f"/rooms/{q(room_id)}/aliases", status=403, errcode="M_FORBIDDEN")
+    readable = await c.create_room(
+        alice,
+        room_alias_name="readable",
+        initial_state=[
+            {
+                "type": "m.room.history_visibility",
+                "content": {"history_visibility": "world_readable"},
+            }
+        ],
+    )
+    assert await c.ok(bob, "GET", f"/rooms/{q(readable)}/aliases") == {
+        "aliases": ["#readable:localhost"]
+    }

@@ -1,0 +1,107 @@
+"""The client API across two homeservers over loopback TLS: an alias of A
+resolved and joined from B (the federation ``/query/directory`` asked and
+answered underneath), and an invite from A's user to B's user accepted
+from B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+from _client import Client, q
+
+from ranvier.testing.homeserver import open_test_homeserver
+from ranvier.testing.network import Pki
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait until ``check`` holds, looking every 20 ms for at most 20 s."""
+    for _ in range(1000):
+        if await check():
+            return
+        await trio.sleep(0.02)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+async def test_an_alias_of_another_server_is_resolved_and_joined(tmp_path: Path) -> None:
+    pki = Pki.create(tmp_path)
+    async with (
+        open_test_homeserver(tmp_path / "a", federation=pki) as a,
+        open_test_homeserver(tmp_path / "b", federation=pki) as b,
+        a.client() as http_a,
+        b.client() as http_b,
+    ):
+        ca, cb = Client(a, http_a), Client(b, http_b)
+        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+        room_id = await ca.create_room(alice, preset="public_chat", room_alias_name="lobby")
+        alias = f"#lobby:{a.server_name}"
+        await ca.ok(alice, "PUT", f"/rooms/{q(room_id)}/send/m.room.message/1", {"body": "hi"})
+
+        resolved = await cb.ok(None, "GET", f"/directory/room/{q(alias)}")
+        assert resolved == {"room_id": room_id, "servers": [a.server_name]}
+        unknown = f"#nothing:{a.server_name}"
+        await cb.refused(
+            None, "GET", f"/directory/room/{q(unknown)}", status=404, errcode="M_NOT_FOUND"
+        )
+
+        assert await cb.ok(bob, "POST", f"/join/{q(alias)}", {}) == {"room_id": room_id}
+        assert await cb.ok(bob, "GET", "/joined_rooms") == {"joined_rooms": [room_id]}
+        sent = await cb.ok(bob, "PUT", f"/rooms/{q(room_id)}/send/m.room.message/1", {"body": "yo"})
+        with trio.fail_after(20):
+            await b.server.wait_for_full_state(room_id)
+        joined = await cb.ok(bob, "GET", f"/rooms/{q(room_id)}/joined_members")
+        assert set(joined["joined"]) == {alice.user_id, bob.user_id}
+
+        async def arrived() -> bool:
+            status, _ = await ca.call(
+                alice, "GET", f"/rooms/{q(room_id)}/event/{q(sent['event_id'])}"
+            )
+            return bool(status == 200)
+
+        await _eventually(arrived, "Bob's message at A")
+        # Now B is in the room, A names it too.
+        resolved = await ca.ok(None, "GET", f"/directory/room/{q(alias)}")
+        assert resolved == {"room_id": room_id, "servers": [a.server_name, b.server_name]}
+
+
+async def test_an_invite_to_another_servers_user_is_accepted_from_there(tmp_path: Path) -> None:
+    pki = Pki.create(tmp_path)
+    async with (
+        open_test_homeserver(tmp_path / "a", federation=pki) as a,
+        open_test_homeserver(tmp_path / "b", federation=pki) as b,
+        a.client() as http_a,
+        b.client() as http_b,
+    ):
+        ca, cb = Client(a, http_a), Client(b, http_b)
+        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+        # A private room of version 12: its ID names no server, so B finds
+        # A through the invite.
+        room_id = await ca.create_room(alice, name="Private")
+        assert ":" not in room_id
+        assert (
+            await ca.ok(alice, "POST", f"/rooms/{q(room_id)}/invite", {"user_id": bob.user_id})
+            == {}
+        )
+        state = await ca.state(alice, room_id)
+        invite = state[("m.room.member", bob.user_id)]
+        assert invite["content"]["membership"] == "invite"
+        # B holds the invite it signed.
+        held = await b.server.storage.room_members.get_latest_membership_event_id(
+            bob.user_id, room_id
+        )
+        assert held == invite["event_id"]
+
+        assert await cb.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {}) == {"room_id": room_id}
+
+        async def joined_at_a() -> bool:
+            members = await ca.ok(alice, "GET", f"/rooms/{q(room_id)}/joined_members")
+            return bob.user_id in set(members["joined"])
+
+        await _eventually(joined_at_a, "Bob's join at A")
+        with trio.fail_after(20):
+            await b.server.wait_for_full_state(room_id)
+        assert (await cb.ok(bob, "GET", f"/rooms/{q(room_id)}/state/m.room.name")) == {
+            "name": "Private"
+        }
