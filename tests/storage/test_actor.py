@@ -350,6 +350,8 @@ def test_bad_settings_are_refused(db_path: Path) -> None:
         StorageActor(db_path, batch_cap=0)
     with pytest.raises(ValueError, match="queue_size"):
         StorageActor(db_path, queue_size=0)
+    with pytest.raises(ValueError, match="checkpoint_after_changes"):
+        StorageActor(db_path, checkpoint_after_changes=0)
 
 
 def test_which_errors_are_fatal(tmp_path: Path) -> None:
@@ -383,3 +385,69 @@ async def test_a_file_that_is_no_database_fails_the_start(tmp_path: Path) -> Non
             await nursery.start(storage.run)
     with pytest.raises(StorageUnavailableError):
         await storage.store_room(ROOM, "10")
+
+
+def _rows_in_file_alone(db_path: Path, copy: Path) -> int:
+    """The rows of table t that the database file holds without its WAL."""
+    copy.write_bytes(db_path.read_bytes())
+    with sqlite3.connect(copy) as check:
+        tables = {name for (name,) in check.execute("SELECT name FROM sqlite_master")}
+        count = check.execute("SELECT count(*) FROM t").fetchone()[0] if "t" in tables else 0
+    check.close()
+    return int(count)
+
+
+def _fill(rows: int) -> Callable[[sqlite3.Connection], None]:
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+        conn.executemany("INSERT INTO t VALUES (?)", [(n,) for n in range(rows)])
+
+    return write
+
+
+async def test_enough_changes_start_a_checkpoint_beside_the_writer(
+    db_path: Path, tmp_path: Path
+) -> None:
+    actor = StorageActor(db_path, synchronous="NORMAL", checkpoint_after_changes=100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        await actor.submit(_fill(50))
+        assert actor.stats.checkpoints == 0
+        assert _rows_in_file_alone(db_path, tmp_path / "copy.db") == 0
+        await actor.submit(_fill(60))
+        assert actor.stats.checkpoints == 1
+        # The checkpoint runs on its own: the file alone comes to hold every row.
+        for _ in range(1_000):
+            if _rows_in_file_alone(db_path, tmp_path / "copy.db") == 110:
+                break
+            await trio.sleep(0.01)
+        assert _rows_in_file_alone(db_path, tmp_path / "copy.db") == 110
+        # The count starts again from zero.
+        await actor.submit(_fill(50))
+        assert actor.stats.checkpoints == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_writer_checkpoints_only_as_a_backstop(db_path: Path) -> None:
+    actor = StorageActor(db_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        pages = await actor.submit(
+            lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+        )
+        assert pages == (10_000,)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stopping_actor_waits_for_its_checkpoint(db_path: Path) -> None:
+    actor = StorageActor(db_path, checkpoint_after_changes=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        await actor.submit(_fill(1_000))
+        assert actor.stats.checkpoints == 1
+        nursery.cancel_scope.cancel()
+    # Every connection is closed: the last one folded the WAL in and removed it.
+    assert not db_path.with_name(db_path.name + "-wal").exists()
+    with sqlite3.connect(db_path) as check:
+        assert check.execute("SELECT count(*) FROM t").fetchone() == (1_000,)
+    check.close()

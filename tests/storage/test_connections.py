@@ -3,7 +3,12 @@ from pathlib import Path
 
 import pytest
 
-from ranvier.storage.connections import SynchronousMode, open_reader, open_writer
+from ranvier.storage.connections import (
+    SynchronousMode,
+    open_checkpointer,
+    open_reader,
+    open_writer,
+)
 
 
 def _pragma(conn: sqlite3.Connection, name: str) -> object:
@@ -58,3 +63,34 @@ def test_reader_is_read_only_and_enforces_foreign_keys(tmp_path: Path) -> None:
     finally:
         reader.close()
         writer.close()
+
+
+def test_writer_checkpoint_interval_is_configurable(db_path: Path) -> None:
+    default = open_writer(db_path)
+    backstop = open_writer(db_path, wal_autocheckpoint=10_000)
+    try:
+        assert _pragma(default, "wal_autocheckpoint") == 1000
+        assert _pragma(backstop, "wal_autocheckpoint") == 10_000
+    finally:
+        backstop.close()
+        default.close()
+
+
+@pytest.mark.parametrize(("mode", "level"), [("NORMAL", 1), ("FULL", 2)])
+def test_checkpointer_syncs_as_told_and_checkpoints(
+    db_path: Path, mode: SynchronousMode, level: int
+) -> None:
+    writer = open_writer(db_path, wal_autocheckpoint=0)
+    writer.execute("CREATE TABLE t (x INTEGER)")
+    writer.executemany("INSERT INTO t VALUES (?)", [(n,) for n in range(100)])
+    checkpointer = open_checkpointer(db_path, synchronous=mode)
+    try:
+        assert _pragma(checkpointer, "synchronous") == level
+        busy, frames, done = checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert frames > 0
+        assert (busy, done) == (0, frames)
+    finally:
+        checkpointer.close()
+        writer.close()
+    with pytest.raises(ValueError, match="synchronous must be one of"):
+        open_checkpointer(db_path, synchronous="SOMETIMES")  # type: ignore[arg-type]

@@ -35,6 +35,21 @@ Invariants
   vanishing.
 * **A stopped actor refuses at once.** After :meth:`run` returns or raises,
   every write raises :class:`~ranvier.errors.StorageUnavailableError`.
+* **Checkpoints stay out of commits, and the WAL stays bounded.** Copying
+  the WAL into the database file (and, unless ``synchronous=OFF``, syncing
+  both) is work no commit needs to wait for. Once batches have changed
+  ``checkpoint_after_changes`` rows since the last checkpoint began (a
+  stand-in for pages written, which the actor cannot count), the actor
+  starts one in a Trio worker thread (``trio.lowlevel.start_thread_soon``,
+  what ``trio.to_thread`` runs on), on a connection of its own
+  that syncs as the writer does, so ``synchronous`` means what it meant.
+  It is PASSIVE: the writer, which appends to the WAL, and readers go on
+  beside it, and frames a reader still needs stay in the WAL. At most one
+  runs at a time. The writer's automatic checkpoint stays on as a backstop
+  at ``_BACKSTOP_PAGES``, far above what these checkpoints let the WAL
+  reach. A checkpoint that fails loses nothing (the pages are still in the
+  WAL); it is logged and tried again after as many changes. A stopping
+  actor waits for the one under way.
 
 Handing work to the writer thread
 ---------------------------------
@@ -51,20 +66,23 @@ thread waiting until the loop got round to the callback.)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import logging
 import os
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, NoReturn, Protocol, TypeAlias, TypeVar, cast
+from typing import Any, Final, Generic, NoReturn, Protocol, TypeAlias, TypeVar, cast
 
+import outcome
 import trio
 
 from ranvier.errors import StorageUnavailableError
 
-from .connections import SynchronousMode, open_writer
+from .connections import SynchronousMode, open_checkpointer, open_writer
 from .schema import migrate
 
 __all__ = [
@@ -77,6 +95,12 @@ __all__ = [
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+
+_log: Final = logging.getLogger(__name__)
+
+#: The writer's own automatic checkpoint, which only checkpoints falling far
+#: behind let the WAL reach: 10,000 pages are about 40 MB.
+_BACKSTOP_PAGES: Final = 10_000
 
 #: A write: a function of the write connection, run on the writer thread
 #: inside the actor's transaction (and, when a batch is retried, inside a
@@ -180,6 +204,8 @@ class WriteStats:
     batches: int = 0
     requests: int = 0
     largest_batch: int = 0
+    #: WAL checkpoints the actor started beside the writer.
+    checkpoints: int = 0
 
 
 def _unavailable(reason: BaseException | None) -> StorageUnavailableError:
@@ -273,6 +299,27 @@ def _run_batch(
     return answers
 
 
+def _run_batch_counting_changes(
+    conn: sqlite3.Connection, operations: Sequence[WriteOperation[Any]]
+) -> tuple[list[_Answer[Any]], int]:
+    """:func:`_run_batch`, and the rows it changed (those rolled back included)."""
+    before = conn.total_changes
+    answers = _run_batch(conn, operations)
+    return answers, conn.total_changes - before
+
+
+def _checkpoint(open_connection: Callable[[], sqlite3.Connection]) -> tuple[int, int, int]:
+    """A PASSIVE checkpoint on a connection of its own: ``(busy, frames in
+    the WAL, frames checkpointed)``.
+    """
+    conn = open_connection()
+    try:
+        busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        conn.close()
+    return int(busy), int(frames), int(done)
+
+
 class _WriterThread:
     """A thread that owns the write connection and runs jobs in turn."""
 
@@ -356,15 +403,31 @@ class StorageActor:
         batch_cap: int = 256,
         queue_size: int = 1024,
         max_page_count: int | None = None,
+        checkpoint_after_changes: int = 1_000,
     ) -> None:
         if batch_cap < 1:
             raise ValueError(f"batch_cap must be at least 1, not {batch_cap}")
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, not {queue_size}")
+        if checkpoint_after_changes < 1:
+            raise ValueError(
+                f"checkpoint_after_changes must be at least 1, not {checkpoint_after_changes}"
+            )
         self.path = path
         self._open = functools.partial(
-            open_writer, path, synchronous=synchronous, max_page_count=max_page_count
+            open_writer,
+            path,
+            synchronous=synchronous,
+            max_page_count=max_page_count,
+            wal_autocheckpoint=_BACKSTOP_PAGES,
         )
+        self._open_checkpointer = functools.partial(
+            open_checkpointer, path, synchronous=synchronous
+        )
+        self._checkpoint_after = checkpoint_after_changes
+        self._changes = 0
+        #: Set when the last checkpoint started has finished; None before the first.
+        self._checkpoint_done: trio.Event | None = None
         self._batch_cap = batch_cap
         self._send, self._receive = trio.open_memory_channel[_Request](queue_size)
         self._ran = False
@@ -394,6 +457,8 @@ class StorageActor:
         finally:
             self._refuse_waiting(reason)
             with trio.CancelScope(shield=True):
+                if self._checkpoint_done is not None:
+                    await self._checkpoint_done.wait()
                 await writer.stop()
 
     async def _serve(self, writer: _WriterThread) -> NoReturn:
@@ -406,18 +471,53 @@ class StorageActor:
                     break
             operations = [request.operation for request in batch]
             try:
-                answers = await writer.call(functools.partial(_run_batch, operations=operations))
+                answers, changes = await writer.call(
+                    functools.partial(_run_batch_counting_changes, operations=operations)
+                )
             except BaseException as exc:
                 for request in batch:
                     request.reply(_Failed(_unavailable(exc)))
                 raise
-            self._stats = WriteStats(
+            self._changes += changes
+            if self._changes >= self._checkpoint_after:
+                self._start_checkpoint()
+            self._stats = dataclasses.replace(
+                self._stats,
                 batches=self._stats.batches + 1,
                 requests=self._stats.requests + len(batch),
                 largest_batch=max(self._stats.largest_batch, len(batch)),
             )
             for request, answer in zip(batch, answers, strict=True):
                 request.reply(answer)
+
+    def _start_checkpoint(self) -> None:
+        """Start a checkpoint beside the writer, unless one is under way."""
+        if self._checkpoint_done is not None and not self._checkpoint_done.is_set():
+            return
+        self._changes = 0
+        done = self._checkpoint_done = trio.Event()
+        self._stats = dataclasses.replace(self._stats, checkpoints=self._stats.checkpoints + 1)
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[tuple[int, int, int]]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._checkpoint_finished, result, done)
+
+        trio.lowlevel.start_thread_soon(
+            functools.partial(_checkpoint, self._open_checkpointer), deliver
+        )
+
+    def _checkpoint_finished(
+        self, result: outcome.Outcome[tuple[int, int, int]], done: trio.Event
+    ) -> None:
+        try:
+            busy, frames, moved = result.unwrap()
+        except sqlite3.Error as exc:
+            _log.warning("a WAL checkpoint of %s failed: %s", self.path, exc)
+        else:
+            _log.debug("checkpointed %d of %d WAL frames (busy: %d)", moved, frames, busy)
+        finally:
+            done.set()
 
     def _refuse_waiting(self, reason: BaseException | None) -> None:
         """Answer every request still in the channel, and close it so that

@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 from typing import Literal, get_args
 
-__all__ = ["SynchronousMode", "open_reader", "open_writer"]
+__all__ = ["SynchronousMode", "open_checkpointer", "open_reader", "open_writer"]
 
 SynchronousMode = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -28,12 +28,16 @@ def open_writer(
     *,
     synchronous: SynchronousMode = "FULL",
     max_page_count: int | None = None,
+    wal_autocheckpoint: int | None = None,
 ) -> sqlite3.Connection:
     """The one write connection, to be used only on the thread that opens it.
 
     Transactions are explicit (``isolation_level=None``): the actor issues
     BEGIN, SAVEPOINT and COMMIT itself. ``max_page_count`` caps the size of
     the database; a write past it fails as if the disk were full.
+    ``wal_autocheckpoint`` is the WAL size in pages at which a commit
+    checkpoints (SQLite's default, 1,000, if not given); the actor sets it
+    high and checkpoints between batches itself.
     """
     if synchronous not in get_args(SynchronousMode):
         raise ValueError(
@@ -49,6 +53,30 @@ def open_writer(
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS:d}")
         if max_page_count is not None:
             conn.execute(f"PRAGMA max_page_count = {int(max_page_count):d}")
+        if wal_autocheckpoint is not None:
+            conn.execute(f"PRAGMA wal_autocheckpoint = {int(wal_autocheckpoint):d}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def open_checkpointer(
+    path: str | os.PathLike[str], *, synchronous: SynchronousMode = "FULL"
+) -> sqlite3.Connection:
+    """A connection that only checkpoints the WAL, beside the writer.
+
+    It syncs as the writer does: a checkpoint writes the database file, and
+    with ``synchronous`` below FULL the WAL is synced only there.
+    """
+    if synchronous not in get_args(SynchronousMode):
+        raise ValueError(
+            f"synchronous must be one of {get_args(SynchronousMode)}, not {synchronous!r}"
+        )
+    conn = sqlite3.connect(os.fspath(path), isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS:d}")
     except BaseException:
         conn.close()
         raise
