@@ -338,6 +338,7 @@ async def test_hashing_leaves_the_event_loop_free(storage: Storage) -> None:
         await accounts.hash_password("pw")
         elapsed = trio.current_time() - start
         done = True
-    # The ticker ran throughout: about one tick per millisecond of hashing.
+    # The ticker ran throughout (up to one tick a millisecond); had the hash
+    # held the loop, it would have ticked once.
     assert elapsed > 0.02
-    assert ticks >= elapsed * 1000 / 4
+    assert ticks >= max(5, elapsed * 1000 / 10)
