@@ -1,6 +1,9 @@
 import sqlite3
 from collections.abc import Callable
 
+import msgspec
+
+from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.storage import EventToPersist, Storage
 from ranvier.storage.state_groups import store_state_group
 from ranvier.storage.sync_reads import positions, room_events, state_changes, sync_snapshot
@@ -152,3 +155,34 @@ async def test_filters_are_numbered_per_user(storage: Storage) -> None:
     assert await storage.sync.get_filter("@a:x", 1) == b'{"a":2}'
     assert await storage.sync.get_filter("@b:x", 1) is None
     assert await storage.sync.get_filter("@a:x", 0) == b'{"a":1}'
+
+
+def test_memberships_known_only_as_outliers(
+    conn: sqlite3.Connection, make_event: EventFactory
+) -> None:
+    remote = "!remote:elsewhere.example"
+
+    def member(event_id: str, membership: str) -> EventToPersist:
+        event = make_event(
+            event_id, room_id=remote, outlier=True, type="m.room.member", state_key="@u:x"
+        )
+        pdu = {"content": {"membership": membership}, "room_id": remote, "x": event_id}
+        return msgspec.structs.replace(event, json=encode_canonical_json(pdu))
+
+    # A room joined here is read from its current state, not its outliers.
+    base = _base(conn)
+    persist_events(
+        conn, [make_event("$joined", before=base, type="m.room.member", state_key="@u:x")]
+    )
+    persist_events(conn, [member("$invite", "invite")])
+    ordering = positions(conn)[0]
+    memberships = sync_snapshot(conn, "@u:x", 0)[2]
+    assert sorted(memberships) == [
+        (remote, "invite", ordering, "$invite"),
+        (ROOM, "", ordering - 1, "$joined"),
+    ]
+    # Declined: the latest outlier membership is what counts.
+    persist_events(conn, [member("$leave", "leave")])
+    memberships = sync_snapshot(conn, "@u:x", 0)[2]
+    assert (remote, "leave", ordering + 1, "$leave") in memberships
+    assert sync_snapshot(conn, "@someone:else", 0)[2] == []

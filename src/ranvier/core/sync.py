@@ -51,6 +51,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+import msgspec
 import trio
 
 from ranvier.core.accounts import Requester
@@ -130,6 +131,42 @@ def _stripped(event: StoredEvent) -> dict[str, Any]:
     return {key: formatted[key] for key in ("type", "state_key", "content", "sender")}
 
 
+class _StrippedEvent(msgspec.Struct):
+    type: str
+    state_key: str
+    content: dict[str, Any]
+    sender: str
+
+
+class _Unsigned(msgspec.Struct, frozen=True):
+    invite_room_state: tuple[msgspec.Raw, ...] = ()
+
+
+class _WithUnsigned(msgspec.Struct):
+    unsigned: _Unsigned = _Unsigned()
+
+
+_decode_unsigned = msgspec.json.Decoder(_WithUnsigned).decode
+
+
+def _invite_room_state(invite: StoredEvent) -> list[dict[str, Any]]:
+    """The stripped state another server put in its invite's ``unsigned``;
+    entries that are not stripped state events are left out.
+    """
+    try:
+        entries = _decode_unsigned(invite.json).unsigned.invite_room_state
+    except msgspec.ValidationError:
+        return []
+    stripped = []
+    for entry in entries:
+        try:
+            event = msgspec.json.decode(entry, type=_StrippedEvent)
+        except msgspec.ValidationError:
+            continue
+        stripped.append(msgspec.structs.asdict(event))
+    return stripped
+
+
 def _is_empty(response: dict[str, Any]) -> bool:
     rooms = response["rooms"]
     return not (rooms["join"] or rooms["invite"] or rooms["leave"])
@@ -202,9 +239,7 @@ class SyncHandler:
             elif membership in ("leave", "ban") and (
                 (since is not None and is_new) or (since is None and filter.room.include_leave)
             ):
-                room = await self._left_room(request, room_id, ordering)
-                if room is not None:
-                    leave[room_id] = room
+                leave[room_id] = await self._left_room(request, room_id, ordering, event_id)
         response = {
             "next_batch": format_sync_token(now),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
@@ -233,11 +268,24 @@ class SyncHandler:
         return room
 
     async def _left_room(
-        self, request: _Request, room_id: str, left_at: int
-    ) -> dict[str, Any] | None:
+        self, request: _Request, room_id: str, left_at: int, leave_id: str
+    ) -> dict[str, Any]:
         room = await self._room(request, room_id, upto=left_at, newly=request.since is None)
-        if room is not None:
-            room["account_data"] = {"events": []}
+        if room is None:
+            # The leave is outside the room's timeline here (an invite from
+            # another server declined) or filtered out of it: the client
+            # still needs it to drop the room.
+            events = await self._store.get_events([leave_id])
+            timeline = [_sync_event(events[leave_id])] if leave_id in events else []
+            room = {
+                "timeline": {
+                    "events": timeline,
+                    "limited": False,
+                    "prev_batch": format_pagination_token(left_at - 1),
+                },
+                "state": {"events": []},
+            }
+        room["account_data"] = {"events": []}
         return room
 
     async def _invited_room(self, room_id: str, invite_id: str) -> dict[str, Any]:
@@ -245,7 +293,11 @@ class SyncHandler:
         invite = await self._store.get_events([invite_id])
         stripped = [_stripped(event) for event in state]
         if invite_id in invite:
-            stripped.append(_stripped(invite[invite_id]))
+            event = invite[invite_id]
+            if not stripped:
+                # A room not joined here: what the inviting server sent of it.
+                stripped = _invite_room_state(event)
+            stripped.append(_stripped(event))
         return {"invite_state": {"events": stripped}}
 
     async def _was_joined(self, request: _Request, room_id: str) -> bool:

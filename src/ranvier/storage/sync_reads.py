@@ -96,7 +96,12 @@ def positions(conn: sqlite3.Connection) -> tuple[int, int]:
 
 
 def sync_snapshot(conn: sqlite3.Connection, user_id: str, un_partial_after: int) -> SyncSnapshot:
-    """Everything a sync starts from, read in one snapshot."""
+    """Everything a sync starts from, read in one snapshot.
+
+    The memberships are those of the rooms' current state, and for rooms
+    known only through outliers (an invite from another server), the
+    latest such membership event.
+    """
     events_position, un_partial_position = positions(conn)
     memberships: list[Membership] = []
     for room_id, event_id, ordering, json in conn.execute(
@@ -108,6 +113,7 @@ def sync_snapshot(conn: sqlite3.Connection, user_id: str, un_partial_after: int)
         (user_id,),
     ):
         memberships.append((room_id, _membership_of(json), ordering, event_id))
+    memberships.extend(_outlier_memberships(conn, user_id))
     rooms = [room_id for room_id, *_ in memberships]
     partial = frozenset(
         room_id
@@ -124,6 +130,27 @@ def sync_snapshot(conn: sqlite3.Connection, user_id: str, un_partial_after: int)
         )
     )
     return events_position, un_partial_position, memberships, partial, un_partialled
+
+
+def _outlier_memberships(conn: sqlite3.Connection, user_id: str) -> list[Membership]:
+    """The user's latest membership in each room this server knows only
+    through outliers: an invite from another server to a room not joined
+    here, and what became of it. Such rooms have no current state, and few
+    events, so this reads no other room's events.
+    """
+    latest: dict[str, Membership] = {}
+    for room_id, event_id, ordering, json in conn.execute(
+        """
+        SELECT e.room_id, e.event_id, e.stream_ordering, e.json FROM rooms AS r
+        JOIN events AS e ON e.room_id = r.room_id
+        WHERE NOT EXISTS (SELECT 1 FROM current_state_groups AS c WHERE c.room_id = r.room_id)
+          AND e.type = 'm.room.member' AND e.state_key = ?
+        ORDER BY e.stream_ordering
+        """,
+        (user_id,),
+    ):
+        latest[room_id] = (room_id, _membership_of(json), ordering, event_id)
+    return list(latest.values())
 
 
 def room_events(

@@ -1,4 +1,5 @@
-"""/sync and a room joined with partial state (MSC3706, MSC3902), end to end.
+"""/sync with rooms of another server, end to end: an invite from it, and a
+room joined with partial state (MSC3706, MSC3902).
 
 A holds a public room with a few members; B's user joins it through A and
 B gets the room with partial state. A's router holds the reads B's resync
@@ -164,3 +165,49 @@ async def test_eager_syncs_wait_for_the_resync_and_lazy_ones_do_not(tmp_path: Pa
             # And then it is an ordinary room: nothing new, nothing sent again.
             quiet = await sync(since=full["next_batch"], timeout=0)
             assert room_id not in quiet["rooms"]["join"]
+
+
+async def test_an_invite_from_another_server_and_the_join_after_it(tmp_path: Path) -> None:
+    pki = Pki.create(tmp_path)
+    async with (
+        open_homeserver(_config(tmp_path, pki, "a", client=False)) as a,
+        open_homeserver(_config(tmp_path, pki, "b", client=True)) as b,
+    ):
+        alice = f"@alice:{a.server_name}"
+        room_id = await a.create_room(alice, name="Invited")
+        registration = await b.accounts.register("bob", "a long enough password")
+        bob = registration.user_id
+        headers = {"Authorization": f"Bearer {registration.access_token}"}
+        async with httpx.AsyncClient(base_url=_client_url(b), headers=headers, timeout=60) as http:
+
+            async def sync(**params: Any) -> dict[str, Any]:
+                response = await http.get("/_matrix/client/v3/sync", params=params)
+                assert response.status_code == 200, response.text
+                body: dict[str, Any] = response.json()
+                return body
+
+            before = await sync()
+            assert before["rooms"]["invite"] == {}
+            await a.invite(alice, room_id, bob)
+            # B knows the room only through the invite, an outlier.
+            invited = await sync(since=before["next_batch"])
+            stripped = invited["rooms"]["invite"][room_id]["invite_state"]["events"]
+            assert stripped[-1] == {
+                "type": "m.room.member",
+                "state_key": bob,
+                "content": {"membership": "invite"},
+                "sender": alice,
+            }
+            assert room_id in (await sync())["rooms"]["invite"]
+            assert (await sync(since=invited["next_batch"]))["rooms"]["invite"] == {}
+
+            await b.join_room(bob, room_id, [a.server_name])
+            # Joined with partial state: eager syncs wait for the resync.
+            with trio.fail_after(30):
+                await b.wait_for_full_state(room_id)
+            joined = await sync(since=invited["next_batch"])
+            assert room_id not in joined["rooms"]["invite"]
+            room = joined["rooms"]["join"][room_id]
+            members = [e for e in room["timeline"]["events"] if e["type"] == "m.room.member"]
+            assert members[-1]["state_key"] == bob
+            assert members[-1]["content"]["membership"] == "join"
