@@ -74,8 +74,18 @@ async def test_a_member_reads_the_current_state_in_the_client_format(
     assert name["unsigned"]["age"] == NOW - name["origin_server_ts"]
     # Federation's fields stay out.
     assert not {"auth_events", "prev_events", "hashes", "signatures", "depth"} & set(name)
+    # The one-event reads say what a state event replaced, where it did.
+    assert await reader.state_event(BOB, room_id, "m.room.name", "") == name
+    renamed = await creator.send_event(
+        ALICE, room_id, "m.room.name", {"name": "second"}, state_key=""
+    )
     one = await reader.state_event(BOB, room_id, "m.room.name", "")
-    assert one == name
+    assert one["event_id"] == renamed
+    assert one["unsigned"]["prev_content"] == {"name": "first"}
+    assert one["unsigned"]["replaces_state"] == name["event_id"]
+    assert await reader.event(BOB, room_id, renamed) == one
+    message = await creator.send_event(ALICE, room_id, "m.room.message", {"body": "hi"})
+    assert set((await reader.event(BOB, room_id, message))["unsigned"]) == {"age"}
     await _refused(reader.state_event(BOB, room_id, "m.room.topic", ""), "M_NOT_FOUND", 404)
 
 

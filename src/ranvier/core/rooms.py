@@ -173,7 +173,7 @@ class RoomReader:
         event = None if event_id is None else (await self._events([event_id])).get(event_id)
         if event is None:
             raise _not_found(f"room {room_id} has no {event_type} state with key {state_key!r}")
-        return client_event(event, now_ms=self._clock())
+        return client_event(event, now_ms=self._clock(), unsigned=await self._replaced(event))
 
     # --- Events -------------------------------------------------------------------
 
@@ -194,7 +194,27 @@ class RoomReader:
             or not await self._can_see(user_id, event, joined_now=membership == "join")
         ):
             raise _not_found(f"event {event_id} is not known in {room_id}, or not visible")
-        return client_event(event, now_ms=self._clock())
+        return client_event(event, now_ms=self._clock(), unsigned=await self._replaced(event))
+
+    async def _replaced(self, event: StoredEvent) -> dict[str, Any]:
+        """``prev_content`` and ``replaces_state`` of a state event: the
+        event it replaced, from the state before it (two reads, so only for
+        the endpoints that return one event).
+        """
+        if event.state_key is None:
+            return {}
+        groups = await self._store.get_event_state_groups(event.event_id)
+        if groups is None:
+            return {}
+        key = (event.type, event.state_key)
+        before = await self._store.get_state_ids_for_keys(groups.before, [key])
+        replaced_id = before.get(key)
+        replaced = (
+            None if replaced_id is None else (await self._events([replaced_id])).get(replaced_id)
+        )
+        if replaced is None:
+            return {}
+        return {"prev_content": event_content(replaced), "replaces_state": replaced.event_id}
 
     async def _can_see(self, user_id: str, event: StoredEvent, *, joined_now: bool) -> bool:
         if event.type == _MEMBER and event.state_key == user_id:
