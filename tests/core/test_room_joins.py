@@ -1,0 +1,130 @@
+"""The one join path: rooms here joined here, others through the servers
+that may know them, in order.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from ranvier.core import EventContext, event_to_persist
+from ranvier.core.creation import EventCreator
+from ranvier.core.directory import RoomDirectory
+from ranvier.core.joins import RemoteJoiner, RemoteJoinError
+from ranvier.core.room_joins import RoomJoins
+from ranvier.core.room_servers import RoomServers
+from ranvier.errors import MatrixError
+from ranvier.protocol.signing import generate_signing_key
+from ranvier.storage import Storage
+from ranvier.testing import KnownKeys, RoomBuilder
+
+SERVER = "example.org"
+KEY = generate_signing_key("1")
+ALICE = "@alice:example.org"
+BOB = "@bob:example.org"
+ZED = "@zed:inviter.example"
+
+
+class Unreachable:
+    """Every server the join is tried through is down; the order is kept."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def make_join(
+        self, destination: str, room_id: str, user_id: str, room_versions: Sequence[str]
+    ) -> Any:
+        self.asked.append(destination)
+        raise MatrixError(f"{destination} is down", errcode="M_UNKNOWN", http_status=502)
+
+    async def send_join(
+        self,
+        destination: str,
+        room_id: str,
+        event_id: str,
+        event: Mapping[str, Any],
+        *,
+        omit_members: bool = False,
+    ) -> bytes:
+        raise AssertionError("no make_join succeeded")
+
+
+@pytest.fixture
+def network() -> Unreachable:
+    return Unreachable()
+
+
+@pytest.fixture
+def joins(storage: Storage, network: Unreachable) -> RoomJoins:
+    clock = itertools.count(1_700_000_000_000)
+    creator = EventCreator(
+        server_name=SERVER,
+        signing_key=KEY,
+        store=storage,
+        persister=storage,
+        clock=lambda: next(clock),
+    )
+    remote = RemoteJoiner(
+        server_name=SERVER,
+        signing_key=KEY,
+        client=network,
+        keys=KnownKeys({}),
+        store=storage,
+        persister=storage,
+    )
+    directory = RoomDirectory(
+        server_name=SERVER, aliases=storage.aliases, store=storage, servers=RoomServers(storage)
+    )
+    return RoomJoins(
+        creator=creator,
+        remote=remote,
+        store=storage,
+        memberships=storage.room_members,
+        directory=directory,
+    )
+
+
+async def test_a_room_here_is_joined_here_by_id_or_alias(
+    joins: RoomJoins, storage: Storage, network: Unreachable
+) -> None:
+    creator = EventCreator(server_name=SERVER, signing_key=KEY, store=storage, persister=storage)
+    room_id = await creator.create_room(ALICE, preset="public_chat")
+    await storage.aliases.create_alias("#open:example.org", room_id, ALICE, 1)
+    joined = await joins.join(BOB, "#open:example.org", ["ignored.example"])
+    assert joined.room_id == room_id
+    state = await storage.get_current_state_ids(room_id)
+    assert state[("m.room.member", BOB)] == joined.event_id
+    again = await joins.join(BOB, room_id)
+    assert again.room_id == room_id
+    assert network.asked == []
+
+
+@pytest.mark.parametrize("name", ["room", "@user:example.org", ""])
+async def test_a_name_that_is_neither_id_nor_alias_is_refused(joins: RoomJoins, name: str) -> None:
+    with pytest.raises(MatrixError) as caught:
+        await joins.join(BOB, name)
+    assert (caught.value.errcode, caught.value.http_status) == ("M_INVALID_PARAM", 400)
+
+
+async def test_an_unknown_local_alias_is_not_found(joins: RoomJoins) -> None:
+    with pytest.raises(MatrixError) as caught:
+        await joins.join(BOB, "#nothing:example.org")
+    assert (caught.value.errcode, caught.value.http_status) == ("M_NOT_FOUND", 404)
+
+
+async def test_a_remote_room_is_tried_through_given_named_then_inviting_servers(
+    joins: RoomJoins, storage: Storage, network: Unreachable
+) -> None:
+    room = RoomBuilder(
+        "10", ZED, keys={"inviter.example": generate_signing_key("k")}, room_id="!far:named.example"
+    )
+    room.public_room()
+    invite = room.member(ZED, "invite", BOB)
+    await storage.persist_events([event_to_persist(invite, EventContext.for_outlier())])
+    with pytest.raises(RemoteJoinError) as caught:
+        await joins.join(BOB, room.room_id, ["first.example", "second.example", "first.example"])
+    assert network.asked == ["first.example", "second.example", "named.example", "inviter.example"]
+    assert [server for server, _ in caught.value.failures] == network.asked

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import itertools
+
+from ranvier.core.creation import EventCreator
+from ranvier.protocol.signing import generate_signing_key
+from ranvier.storage import Storage
+
+ALICE = "@alice:example.org"
+BOB = "@bob:example.org"
+
+
+def _creator(storage: Storage) -> EventCreator:
+    clock = itertools.count(1_700_000_000_000)
+    return EventCreator(
+        server_name="example.org",
+        signing_key=generate_signing_key("1"),
+        store=storage,
+        persister=storage,
+        clock=lambda: next(clock),
+    )
+
+
+async def test_a_users_memberships_come_from_current_state(storage: Storage) -> None:
+    creator = _creator(storage)
+    first = await creator.create_room(ALICE, preset="public_chat")
+    second = await creator.create_room(ALICE, preset="public_chat")
+    join = await creator.join(BOB, first)
+    invite = await creator.invite(ALICE, second, BOB)
+    members = storage.room_members
+    assert await members.get_current_membership_event_ids(BOB) == {first: join, second: invite}
+    leave = await creator.leave(BOB, first)
+    assert await members.get_current_membership_event_ids(BOB) == {first: leave, second: invite}
+    assert await members.get_current_membership_event_ids("@nobody:example.org") == {}
+    assert await members.get_latest_membership_event_id(BOB, first) == leave
+    assert await members.get_latest_membership_event_id(BOB, second) == invite
+    assert await members.get_latest_membership_event_id(BOB, "!unknown:example.org") is None
