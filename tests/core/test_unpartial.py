@@ -37,7 +37,7 @@ from ranvier.errors import MatrixError, PartialStateConflictError
 from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.signing import generate_signing_key
-from ranvier.storage import Storage
+from ranvier.storage import EventToPersist, Storage
 from ranvier.storage.records import PartialStateRoom
 from ranvier.testing import KnownKeys, RoomBuilder, ingest
 
@@ -66,7 +66,9 @@ class StandIn:
     ``down`` makes every request fail; ``garbage`` makes it serve events
     with broken signatures (``"signatures"``) or withhold the members it
     lists in ``/state_ids`` (``"missing"``); ``gate``, when set, holds every
-    ``/state_ids`` until it is set.
+    ``/state_ids`` until it is set. ``newest_first`` serves ``/state`` as
+    one list, the newest events first, so that events come before their
+    auth events.
     """
 
     def __init__(self, name: str, room: RoomBuilder, resident: Storage) -> None:
@@ -76,6 +78,7 @@ class StandIn:
         self.down = False
         self.garbage: str | None = None
         self.gate: trio.Event | None = None
+        self.newest_first = False
         #: Requests answered.
         self.calls: list[tuple[str, str]] = []
         #: Requests made, answered or not, with the (mock) time of each.
@@ -126,6 +129,9 @@ class StandIn:
         self._note("state", event_id)
         state, chain = await self._state_before(event_id)
         events = self.room.events
+        if self.newest_first:
+            every = sorted((events[e] for e in {*state, *chain}), key=lambda e: -e.depth)
+            return RoomStateAtEvent(pdus=tuple(e.raw for e in every), auth_chain=())
         return RoomStateAtEvent(
             pdus=tuple(self._served(events[e]) for e in state if not self._withheld(events[e])),
             auth_chain=tuple(
@@ -485,6 +491,35 @@ async def test_few_missing_events_are_fetched_one_by_one(
     assert len(set(fetched)) == len(fetched)  # each asked for once
 
 
+async def test_a_state_answer_is_written_a_chunk_at_a_time_each_event_after_its_auth_events(
+    world: World, autojump_clock: MockClock
+) -> None:
+    await world.join_partially()
+    remote = world.servers[REMOTE]
+    remote.newest_first = True
+    logged = PersistLog(world.ours)
+    stored_before = set(await world.ours.have_seen_events(list(world.room.events)))
+    stater = world.stater(logged, state_chunk=4)
+    async with running(stater):
+        await stater.wait_for_full_state(world.room_id)
+    await world.assert_full_state()
+    (prev_id,) = world.join.prev_event_ids
+    assert remote.called("state") == [prev_id]
+    outliers = [[event_id for event_id, outlier in call if outlier] for call in logged.calls]
+    outliers = [call for call in outliers if call]
+    written = [event_id for call in outliers for event_id in call]
+    missing = set(world.room.state_after[prev_id].values()) - stored_before
+    assert missing <= set(written)
+    assert len(written) == len(set(written))
+    # Written as the answer was taken in, not all at once at its end…
+    assert len(outliers) >= 3
+    # …and never before the events it cites in auth_events.
+    seen = set(stored_before)
+    for event_id in written:
+        assert set(world.room.events[event_id].auth_event_ids) <= seen, event_id
+        seen.add(event_id)
+
+
 @pytest.mark.parametrize("garbage", ["signatures", "missing"])
 async def test_a_server_answering_garbage_hands_over_to_the_next(
     world: World, garbage: str, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
@@ -786,6 +821,19 @@ class HeldStorage(Storage):
         kept = await super().store_resync_progress(room_id, **progress)
         self.written.append(progress)
         return kept
+
+
+class PersistLog(Storage):
+    """The running storage itself, noting each persist_events call."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.__dict__.update(vars(storage))
+        #: The event IDs of each call, and whether each was an outlier.
+        self.calls: list[list[tuple[str, bool]]] = []
+
+    async def persist_events(self, events: Sequence[EventToPersist], **kw: Any) -> dict[str, int]:
+        self.calls.append([(event.event_id, event.outlier) for event in events])
+        return dict(await super().persist_events(events, **kw))
 
 
 class BrokenRecords:

@@ -18,11 +18,13 @@ Invariants
   stored here or come from the server validly signed, and the state must
   be a state of the room (state events only, one per key, the room's
   create event); otherwise the answer is refused (:class:`RemoteStateError`)
-  and the caller asks another server. Events go to storage only once the
-  whole set has been had, so a server that withholds some or signs badly
-  gets nothing written; a state refused for its shape after that may leave
-  outliers behind, which is harmless: each is a validly signed event of the
-  room with its auth chain.
+  and the caller asks another server.
+* **Written as it comes, never without its auth chain.** A big answer is
+  checked and written a chunk at a time, so that it is never all held in
+  memory. An event is written only once each event it cites in
+  ``auth_events`` is stored here; one citing what is not waits for it. So
+  an answer refused part way leaves behind only outliers that are validly
+  signed events of the room with their auth chains, which is harmless.
 * **What is written was checked as on receipt.** Fetched events go through
   the same verifier as federation ingestion (signatures, then the content
   hash, keeping the redacted copy on a mismatch), and are checked against
@@ -41,7 +43,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 import trio
 
@@ -58,11 +60,12 @@ from ranvier.protocol.room_versions import RoomVersion
 
 from .context import EventContext, event_to_persist
 from .event_auth import check_against_auth_events
+from .failures import sole_failure
 from .ingest import EventVerifier
 from .interfaces import PartialStateStore, ResyncClient
 from .loading import EventLoader
 
-__all__ = ["RemoteStateError", "RemoteStateFetcher"]
+__all__ = ["STATE_CHUNK", "RemoteStateError", "RemoteStateFetcher"]
 
 _log: Final = logging.getLogger(__name__)
 
@@ -72,6 +75,12 @@ _WRITE_BATCH: Final = 500
 _CHECKS_PER_STEP: Final = 200
 #: Event IDs named in a message before the rest are counted.
 _NAMED: Final = 3
+#: Events of a ``/state`` answer parsed, verified and written at a time.
+STATE_CHUNK: Final = 512
+#: Chunks whose signatures are checked at once, each in a worker thread.
+_VERIFYING_CHUNKS: Final = 2
+#: Chunks parsed or verified ahead of the next stage: what bounds memory.
+_CHUNKS_QUEUED: Final = 1
 
 
 class RemoteStateError(Exception):
@@ -91,7 +100,8 @@ class RemoteStateFetcher:
     ``store`` is storage; ``client`` reaches the servers; ``verifier`` is
     the one federation ingestion uses. See the module's invariants for
     ``bulk_min_missing`` and ``bulk_missing_share``; ``fetch_concurrency``
-    bounds the ``/event`` requests in flight.
+    bounds the ``/event`` requests in flight, and ``state_chunk`` is how
+    many events of a ``/state`` answer are taken at a time.
     """
 
     def __init__(
@@ -103,6 +113,7 @@ class RemoteStateFetcher:
         bulk_min_missing: int = 10,
         bulk_missing_share: float = 0.1,
         fetch_concurrency: int = 10,
+        state_chunk: int = STATE_CHUNK,
     ) -> None:
         if bulk_min_missing < 0:
             raise ValueError(f"bulk_min_missing must not be negative, not {bulk_min_missing}")
@@ -110,6 +121,9 @@ class RemoteStateFetcher:
             raise ValueError(f"bulk_missing_share must be in [0, 1], not {bulk_missing_share}")
         if fetch_concurrency < 1:
             raise ValueError(f"fetch_concurrency must be at least 1, not {fetch_concurrency}")
+        if state_chunk < 1:
+            raise ValueError(f"state_chunk must be at least 1, not {state_chunk}")
+        self._state_chunk = state_chunk
         self._store = store
         self._client = client
         self._verifier = verifier
@@ -137,8 +151,8 @@ class RemoteStateFetcher:
         except MatrixError as exc:
             raise RemoteStateError(server, f"/state_ids at {event_id}: {exc.message}") from exc
         wanted = {event_id, *answer.pdu_ids, *answer.auth_chain_ids}
-        await self._fetch_missing(server, room_id, room_version, event_id, wanted)
-        state = await self._state_map(server, room_id, event_id, answer.pdu_ids)
+        kinds = await self._fetch_missing(server, room_id, room_version, event_id, wanted)
+        state = await self._state_map(server, room_id, event_id, answer.pdu_ids, kinds)
         expected = create_event_id
         if room_version.room_id_from_create_event:
             expected = create_event_id_for_room(room_id)
@@ -158,12 +172,21 @@ class RemoteStateFetcher:
     # The state map
 
     async def _state_map(
-        self, server: str, room_id: str, event_id: str, pdu_ids: Sequence[str]
+        self,
+        server: str,
+        room_id: str,
+        event_id: str,
+        pdu_ids: Sequence[str],
+        written: Mapping[str, _Kind],
     ) -> dict[StateKey, str]:
-        rows = await self._store.get_events(pdu_ids)
+        # Only events stored before are read: those just written are known.
+        rows: dict[str, _Kind] = {}
+        found = await self._store.get_events([e for e in pdu_ids if e not in written])
+        rows.update((e, _Kind(row.room_id, row.type, row.state_key)) for e, row in found.items())
+        del found
         state: dict[StateKey, str] = {}
         for state_id in dict.fromkeys(pdu_ids):
-            row = rows.get(state_id)
+            row = written.get(state_id) or rows.get(state_id)
             if row is None:  # written just before; only a purge could remove it
                 raise RemoteStateError(server, f"{state_id} of the state at {event_id} is gone")
             if row.room_id != room_id or row.state_key is None:
@@ -219,27 +242,32 @@ class RemoteStateFetcher:
         room_version: RoomVersion,
         at_event: str,
         wanted: Collection[str],
-    ) -> None:
+    ) -> dict[str, _Kind]:
         """Fetch from ``server`` the events of ``wanted`` not stored here, and
-        those of their auth chains, check them and write them as outliers.
+        those of their auth chains, check them and write them as outliers;
+        return what each event written is (the state map needs no more).
         """
         known = set(await self._store.have_seen_events(wanted))
         level = set(wanted) - known
+        writer = _OutlierWriter(self._store, room_version, known)
         if not level:
-            return
+            return writer.kinds
         bulk = len(level) > self._bulk_min_missing and (
             len(level) > self._bulk_missing_share * len(wanted)
         )
-        fetched: dict[str, Pdu] = {}
         while level:
-            got: dict[str, Pdu] = {}
+            got: set[str] = set()
             if bulk:
                 bulk = False
-                got = await self._fetch_state(server, room_id, room_version, at_event, level)
-            rest = sorted(level - got.keys())
+                got = await self._fetch_state(
+                    server, room_id, room_version, at_event, level, writer
+                )
+            rest = sorted(level - got)
             if rest:
-                got.update(await self._fetch_each(server, room_id, room_version, rest))
-            lost = sorted(level - got.keys())
+                each = await self._fetch_each(server, room_id, room_version, rest)
+                got.update(each)
+                await writer.add(each.values())
+            lost = sorted(level - got)
             if lost:
                 named = ", ".join(lost[:_NAMED])
                 raise RemoteStateError(
@@ -247,13 +275,17 @@ class RemoteStateFetcher:
                     f"{len(lost)} events needed for the state at {at_event} could not be had"
                     f" validly signed ({named}{', …' if len(lost) > _NAMED else ''})",
                 )
-            fetched.update(got)
-            cited = {auth_id for event in got.values() for auth_id in event.auth_event_ids}
-            cited.difference_update(fetched, known)
+            cited = writer.unmet()
             if cited:
-                known.update(await self._store.have_seen_events(cited))
-            level = cited - known
-        await self._write_outliers(room_version, fetched)
+                seen = set(await self._store.have_seen_events(cited))
+                await writer.stored_already(seen)
+                cited -= seen
+            level = cited
+        if writer.waiting:
+            # Every event cited was had: only a cycle, which event IDs being
+            # hashes over auth_events rules out, could leave some waiting.
+            await writer.add((), force=True)
+        return writer.kinds
 
     async def _fetch_state(
         self,
@@ -262,26 +294,79 @@ class RemoteStateFetcher:
         room_version: RoomVersion,
         at_event: str,
         wanted: Collection[str],
-    ) -> dict[str, Pdu]:
-        """The events of ``wanted`` that a ``/state`` answer holds, verified.
+        writer: _OutlierWriter,
+    ) -> set[str]:
+        """The events of ``wanted`` that a ``/state`` answer holds, verified
+        and handed to ``writer``; their IDs.
 
+        The answer is taken a chunk at a time: parsed here, its signatures
+        checked in worker threads (libsodium lets go of the GIL, so two
+        cores share the work), and checked and written as the next chunks
+        are parsed. Only a few chunks are held at once, and the auth chain
+        goes first, so most events find their auth events written already.
         A failed request leaves every event to ``/event``.
         """
         try:
             answer = await self._client.get_state(server, room_id, at_event)
         except MatrixError as exc:
             _log.info("/state at %s from %s failed: %s", at_event, server, exc.message)
-            return {}
-        events: dict[str, Pdu] = {}
-        for raw in (*answer.pdus, *answer.auth_chain):
-            try:
-                event = Pdu.from_json(raw, room_version, check_limits=False)
-            except MatrixError as exc:
-                _log.info("an event of /state from %s is invalid: %s", server, exc.message)
-                continue
-            if event.event_id in wanted and event.room_id == room_id:
-                events.setdefault(event.event_id, event)
-        return await self._verified(server, events.values())
+            return set()
+        raws = [*answer.auth_chain, *answer.pdus]
+        del answer
+        got: set[str] = set()
+        parsed_in, parsed_out = trio.open_memory_channel[list[Pdu]](_CHUNKS_QUEUED)
+        checked_in, checked_out = trio.open_memory_channel[dict[str, Pdu]](_CHUNKS_QUEUED)
+
+        async def parse() -> None:
+            taken: set[str] = set()
+            async with parsed_in:
+                while raws:
+                    chunk = raws[: self._state_chunk]
+                    del raws[: self._state_chunk]
+                    events = []
+                    for raw in chunk:
+                        try:
+                            event = Pdu.from_json(raw, room_version, check_limits=False)
+                        except MatrixError as exc:
+                            _log.info(
+                                "an event of /state from %s is invalid: %s", server, exc.message
+                            )
+                            continue
+                        event_id = event.event_id
+                        if (
+                            event_id in wanted
+                            and event.room_id == room_id
+                            and event_id not in taken
+                        ):
+                            taken.add(event_id)
+                            events.append(event)
+                    del chunk
+                    await parsed_in.send(events)
+
+        async def verify(
+            parsed: trio.MemoryReceiveChannel[list[Pdu]],
+            checked: trio.MemorySendChannel[dict[str, Pdu]],
+        ) -> None:
+            async with parsed, checked:
+                async for events in parsed:
+                    await checked.send(await self._verified(server, events))
+
+        async def write() -> None:
+            async with checked_out:
+                async for good in checked_out:
+                    got.update(good)
+                    await writer.add(good.values())
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(parse)
+                async with parsed_out, checked_in:
+                    for _ in range(_VERIFYING_CHUNKS):
+                        nursery.start_soon(verify, parsed_out.clone(), checked_in.clone())
+                nursery.start_soon(write)
+        except BaseExceptionGroup as group:
+            raise sole_failure(group) from None
+        return got
 
     async def _fetch_each(
         self, server: str, room_id: str, room_version: RoomVersion, event_ids: Sequence[str]
@@ -319,26 +404,6 @@ class RemoteStateFetcher:
                 good[verdict.event_id] = verdict
         return good
 
-    async def _write_outliers(self, room_version: RoomVersion, fetched: Mapping[str, Pdu]) -> None:
-        loader = EventLoader(self._store, room_version)
-        for event in fetched.values():
-            loader.add(event)
-        rows = []
-        for count, event in enumerate(_auth_order(fetched), start=1):
-            context = EventContext.for_outlier()
-            failure = await check_against_auth_events(event, self._store, loader=loader)
-            if failure is not None:
-                _log.info(
-                    "%s fails against its auth events: %s", event.event_id, failure.error.message
-                )
-                loader.rejected.add(event.event_id)
-                context = context.as_rejected(failure.rule)
-            rows.append(event_to_persist(event, context))
-            if count % _CHECKS_PER_STEP == 0:
-                await trio.lowlevel.checkpoint()
-        for start in range(0, len(rows), _WRITE_BATCH):
-            await self._store.persist_events(rows[start : start + _WRITE_BATCH])
-
 
 def _auth_order(events: Mapping[str, Pdu]) -> list[Pdu]:
     """``events`` ordered so that each comes after those of them it cites in
@@ -367,3 +432,107 @@ def _auth_order(events: Mapping[str, Pdu]) -> list[Pdu]:
     placed = {event.event_id for event in ordered}
     ordered.extend(events[e] for e in sorted(events) if e not in placed)
     return ordered
+
+
+class _Kind(NamedTuple):
+    """What the state map needs of an event written here."""
+
+    room_id: str
+    type: str
+    state_key: str | None
+
+
+class _OutlierWriter:
+    """Checks fetched events against their auth events and writes them as
+    outliers, each once its auth events are stored here.
+
+    Events citing an auth event that is neither stored nor among those
+    handed over wait, in :attr:`waiting`; :meth:`unmet` names what they
+    wait for, to be fetched. So an event is never written without its
+    auth events, and a server that withholds some leaves only whole auth
+    chains behind. ``stored`` is the IDs known to be stored here; it grows
+    as events are written, and only what the state map needs of them is
+    kept (:attr:`kinds`), not the events.
+    """
+
+    def __init__(
+        self, store: PartialStateStore, room_version: RoomVersion, stored: set[str]
+    ) -> None:
+        self._store = store
+        self._room_version = room_version
+        self._stored = stored
+        self.waiting: dict[str, Pdu] = {}
+        self.kinds: dict[str, _Kind] = {}
+
+    def unmet(self) -> set[str]:
+        """The auth events that waiting events cite and nobody has handed over."""
+        return {
+            auth_id
+            for event in self.waiting.values()
+            for auth_id in event.auth_event_ids
+            if auth_id not in self._stored and auth_id not in self.waiting
+        }
+
+    async def stored_already(self, event_ids: Collection[str]) -> None:
+        """Note events found stored here, and write what waited for them."""
+        if event_ids:
+            self._stored.update(event_ids)
+            await self.add(())
+
+    async def add(self, events: Iterable[Pdu], *, force: bool = False) -> None:
+        """Write ``events`` and those waiting, each whose auth events are
+        stored or written with it; with ``force``, write every one waiting.
+        """
+        for event in events:
+            if event.event_id not in self._stored:
+                self.waiting[event.event_id] = event
+        ready = _auth_order(self.waiting if force else self._ready())
+        if not ready:
+            return
+        for event in ready:
+            del self.waiting[event.event_id]
+        # A loader for this batch alone: the events written before it are
+        # read back if cited, rather than all kept parsed.
+        loader = EventLoader(self._store, self._room_version)
+        for event in ready:
+            loader.add(event)
+        rows = []
+        for count, event in enumerate(ready, start=1):
+            context = EventContext.for_outlier()
+            failure = await check_against_auth_events(event, self._store, loader=loader)
+            if failure is not None:
+                _log.info(
+                    "%s fails against its auth events: %s", event.event_id, failure.error.message
+                )
+                loader.rejected.add(event.event_id)
+                context = context.as_rejected(failure.rule)
+            rows.append(event_to_persist(event, context))
+            self.kinds[event.event_id] = _Kind(event.room_id, event.type, event.state_key)
+            if count % _CHECKS_PER_STEP == 0:
+                await trio.lowlevel.checkpoint()
+        del ready, loader
+        for start in range(0, len(rows), _WRITE_BATCH):
+            batch = rows[start : start + _WRITE_BATCH]
+            await self._store.persist_events(batch)
+            self._stored.update(row.event_id for row in batch)
+
+    def _ready(self) -> dict[str, Pdu]:
+        """The waiting events whose auth events are stored or ready too."""
+        waiting = self.waiting
+        dependants: dict[str, list[str]] = {}
+        blocked: list[str] = []
+        for event_id, event in waiting.items():
+            for auth_id in event.auth_event_ids:
+                if auth_id in self._stored:
+                    continue
+                if auth_id in waiting:
+                    dependants.setdefault(auth_id, []).append(event_id)
+                else:
+                    blocked.append(event_id)
+        held = set(blocked)
+        while blocked:
+            for dependant in dependants.get(blocked.pop(), ()):
+                if dependant not in held:
+                    held.add(dependant)
+                    blocked.append(dependant)
+        return {event_id: event for event_id, event in waiting.items() if event_id not in held}

@@ -78,7 +78,7 @@ from .context import compute_event_context
 from .event_auth import run_auth_checks
 from .ingest import EventVerifier, RoomLocks
 from .interfaces import PartialStateStore, ResyncClient
-from .resync import RemoteStateError, RemoteStateFetcher
+from .resync import STATE_CHUNK, RemoteStateError, RemoteStateFetcher
 from .state import changes_between, resolve_state_maps
 
 __all__ = ["ResyncPhase", "ResyncProgressStore", "ResyncStatus", "UnpartialStater"]
@@ -210,8 +210,8 @@ class UnpartialStater:
     reaches the other servers; ``verifier`` is federation ingestion's and
     ``room_locks`` the one lock table every writer of room events shares.
     ``backoff_initial`` and ``backoff_max`` (seconds) bound the waits after
-    every server failed; the ``bulk_*`` and ``fetch_concurrency`` settings
-    are :class:`~ranvier.core.resync.RemoteStateFetcher`'s.
+    every server failed; the ``bulk_*``, ``fetch_concurrency`` and
+    ``state_chunk`` settings are :class:`~ranvier.core.resync.RemoteStateFetcher`'s.
     ``progress_store``, when given, records each room's progress (see the
     module's invariants for how often: ``progress_interval`` seconds and
     ``progress_every`` events).
@@ -230,6 +230,7 @@ class UnpartialStater:
         bulk_min_missing: int = 10,
         bulk_missing_share: float = 0.1,
         fetch_concurrency: int = 10,
+        state_chunk: int = STATE_CHUNK,
         progress_store: ResyncProgressStore | None = None,
         progress_interval: float = 1.0,
         progress_every: int = 100,
@@ -256,6 +257,7 @@ class UnpartialStater:
             bulk_min_missing=bulk_min_missing,
             bulk_missing_share=bulk_missing_share,
             fetch_concurrency=fetch_concurrency,
+            state_chunk=state_chunk,
         )
         self._progress_store = progress_store
         self._progress_interval = progress_interval
