@@ -383,3 +383,32 @@ async def test_a_profile_change_is_not_a_new_join(env: _Env) -> None:
     ]
     assert room["timeline"]["limited"] is False
     assert room["state"]["events"] == []
+
+
+async def test_the_sending_device_gets_its_transaction_id_back(env: _Env) -> None:
+    room_id = await env.hs.create_room(ALICE, preset="public_chat")
+    await env.hs.join_room(BOB, room_id)
+    since = {user: (await env.sync(user))["next_batch"] for user in (ALICE, BOB)}
+    sent = await env.http.put(
+        f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/txn-1",
+        json={"msgtype": "m.text", "body": "echo"},
+        headers={"Authorization": f"Bearer {env.tokens[ALICE]}"},
+    )
+    assert sent.status_code == 200, sent.text
+    event_id = sent.json()["event_id"]
+
+    def unsigned_of(events: list[dict[str, Any]]) -> dict[str, Any]:
+        (event,) = [event for event in events if event["event_id"] == event_id]
+        unsigned: dict[str, Any] = event.get("unsigned", {})
+        return unsigned
+
+    mine = await env.sync(ALICE, since=since[ALICE])
+    assert unsigned_of(mine["rooms"]["join"][room_id]["timeline"]["events"]) == {
+        "transaction_id": "txn-1"
+    }
+    theirs = await env.sync(BOB, since=since[BOB])
+    assert "transaction_id" not in unsigned_of(
+        theirs["rooms"]["join"][room_id]["timeline"]["events"]
+    )
+    page = (await env.get(ALICE, f"/_matrix/client/v3/rooms/{room_id}/messages", limit=1)).json()
+    assert unsigned_of(page["chunk"])["transaction_id"] == "txn-1"

@@ -107,6 +107,48 @@ class MessagesStore(Protocol):
 
     async def get_events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]: ...
 
+    async def transaction_ids(
+        self, user_id: str, device_id: str, event_ids: Collection[str]
+    ) -> dict[str, str]:
+        """The transaction scopes the device sent those of ``event_ids``
+        under (see :mod:`ranvier.core.client_txns`).
+        """
+        ...
+
+
+def _transaction_id(scope: str, event: StoredEvent) -> str | None:
+    """The client's transaction ID in a transaction's scope: the request
+    path, ``/rooms/{roomId}/send/{eventType}/{txnId}`` or
+    ``/rooms/{roomId}/redact/{eventId}/{txnId}``, whose other segments may
+    hold slashes once decoded, so the known ones are taken off the front.
+    """
+    send = f"/rooms/{event.room_id}/send/{event.type}/"
+    if scope.startswith(send):
+        return scope[len(send) :]
+    redact = f"/rooms/{event.room_id}/redact/"
+    if event.type == "m.room.redaction" and scope.startswith(redact):
+        _, slash, txn_id = scope[len(redact) :].partition("/")
+        return txn_id if slash else None
+    return None
+
+
+async def transaction_ids(
+    store: MessagesStore, requester: Requester, events: Sequence[StoredEvent]
+) -> dict[str, str]:
+    """The transaction IDs of the events ``requester``'s device sent, by
+    event ID: the spec hands them back to that device alone, in ``unsigned``.
+    """
+    own = {event.event_id: event for event in events if event.sender == requester.user_id}
+    if not own:
+        return {}
+    scopes = await store.transaction_ids(requester.user_id, requester.device_id, own)
+    found = {}
+    for event_id, scope in scopes.items():
+        txn_id = _transaction_id(scope, own[event_id])
+        if txn_id is not None:
+            found[event_id] = txn_id
+    return found
+
 
 async def senders_memberships(
     store: MessagesStore, timeline: Sequence[StoredEvent], *, state_event_id: str | None = None
@@ -193,9 +235,20 @@ class RoomMessages:
                 room_id, after=start, upto=ceiling, limit=limit, backwards=False, accept=accept
             )
             end = events[-1].stream_ordering if events and more else None
+        transactions = await transaction_ids(self._store, requester, events)
         answer: dict[str, Any] = {
             "start": from_token if from_token is not None else format_pagination_token(start),
-            "chunk": [client_event(event) for event in events],
+            "chunk": [
+                client_event(
+                    event,
+                    unsigned=(
+                        {"transaction_id": transactions[event.event_id]}
+                        if event.event_id in transactions
+                        else None
+                    ),
+                )
+                for event in events
+            ],
         }
         if end is not None:
             answer["end"] = format_pagination_token(end)

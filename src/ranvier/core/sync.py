@@ -66,6 +66,7 @@ from ranvier.core.pagination import (
     format_sync_token,
     parse_sync_token,
     senders_memberships,
+    transaction_ids,
 )
 from ranvier.storage.records import StateKey, StoredEvent
 
@@ -111,6 +112,7 @@ class SyncStore(MessagesStore, Protocol):
 
 @dataclass(frozen=True, slots=True)
 class _Request:
+    requester: Requester
     user_id: str
     since: StreamPosition | None
     now: StreamPosition
@@ -119,8 +121,9 @@ class _Request:
     un_partialled: frozenset[str]
 
 
-def _sync_event(event: StoredEvent) -> dict[str, Any]:
-    formatted = client_event(event)
+def _sync_event(event: StoredEvent, transaction_id: str | None = None) -> dict[str, Any]:
+    unsigned = None if transaction_id is None else {"transaction_id": transaction_id}
+    formatted = client_event(event, unsigned=unsigned)
     # Events under a room's entry do not repeat its ID.
     formatted.pop("room_id", None)
     return formatted
@@ -198,7 +201,7 @@ class SyncHandler:
         chosen = filter if filter is not None else Filter()
         deadline = trio.current_time() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
         while True:
-            response, now = await self._sync_once(requester.user_id, position, chosen, full_state)
+            response, now = await self._sync_once(requester, position, chosen, full_state)
             if position is None or full_state or not _is_empty(response):
                 return response
             with trio.move_on_at(deadline) as waited:
@@ -207,10 +210,10 @@ class SyncHandler:
                 return response
 
     async def _sync_once(
-        self, user_id: str, since: StreamPosition | None, filter: Filter, full_state: bool
+        self, requester: Requester, since: StreamPosition | None, filter: Filter, full_state: bool
     ) -> tuple[dict[str, Any], StreamPosition]:
         events, un_partial, memberships, partial, un_partialled = await self._store.sync_snapshot(
-            user_id, 0 if since is None else since.un_partial
+            requester.user_id, 0 if since is None else since.un_partial
         )
         now = StreamPosition(events, un_partial)
         if since is not None and not now.is_beyond(since):
@@ -219,7 +222,9 @@ class SyncHandler:
             now = StreamPosition(
                 max(now.events, since.events), max(now.un_partial, since.un_partial)
             )
-        request = _Request(user_id, since, now, filter, full_state, un_partialled)
+        request = _Request(
+            requester, requester.user_id, since, now, filter, full_state, un_partialled
+        )
         lazy = filter.lazy_load_members
         join: dict[str, Any] = {}
         invite: dict[str, Any] = {}
@@ -349,10 +354,13 @@ class SyncHandler:
         else:
             state = {}
         state_events = await self._state_events(request.filter.room.state, state, timeline)
+        transactions = await transaction_ids(self._store, request.requester, timeline)
         prev = timeline[0].stream_ordering - 1 if timeline else upto
         return {
             "timeline": {
-                "events": [_sync_event(event) for event in timeline],
+                "events": [
+                    _sync_event(event, transactions.get(event.event_id)) for event in timeline
+                ],
                 "limited": limited,
                 "prev_batch": format_pagination_token(prev),
             },

@@ -305,6 +305,24 @@ def current_state_for_keys(
     return [events[event_id] for event_id in ids if event_id in events]
 
 
+def transaction_ids(
+    conn: sqlite3.Connection, user_id: str, device_id: str, event_ids: Collection[str]
+) -> dict[str, str]:
+    """The transaction IDs a device sent events under, for those of
+    ``event_ids`` it sent (within the time transactions are kept). The
+    primary key's prefix narrows the read to the device's own.
+    """
+    wanted = set(event_ids)
+    return {
+        event_id: txn_id
+        for txn_id, event_id in conn.execute(
+            "SELECT txn_id, event_id FROM client_transactions WHERE user_id = ? AND device_id = ?",
+            (user_id, device_id),
+        )
+        if event_id in wanted
+    }
+
+
 def store_filter(conn: sqlite3.Connection, user_id: str, filter_json: bytes) -> int:
     (filter_id,) = conn.execute(
         "SELECT COALESCE(MAX(filter_id), -1) + 1 FROM user_filters WHERE user_id = ?", (user_id,)
@@ -406,6 +424,14 @@ class SyncReads:
     async def get_events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
         ids = frozenset(event_ids)
         return await self._readers.read(functools.partial(get_events, event_ids=ids))
+
+    async def transaction_ids(
+        self, user_id: str, device_id: str, event_ids: Collection[str]
+    ) -> dict[str, str]:
+        ids = frozenset(event_ids)
+        return await self._readers.read(
+            functools.partial(transaction_ids, user_id=user_id, device_id=device_id, event_ids=ids)
+        )
 
     async def store_filter(self, user_id: str, filter_json: bytes) -> int:
         return await self._actor.submit(
