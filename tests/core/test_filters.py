@@ -60,6 +60,9 @@ def test_the_nested_parts_and_unknown_fields() -> None:
     assert parsed.room.includes_room("!a:x")
     assert not parsed.room.includes_room("!b:x")
     assert not parsed.room.includes_room("!c:x")
+    timeline = parse_filter({"room": {"timeline": {"not_rooms": ["!quiet:x"]}}}).room.timeline
+    assert not timeline.includes_room("!quiet:x")
+    assert timeline.includes_room("!a:x")
 
 
 @pytest.mark.parametrize(

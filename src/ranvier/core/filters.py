@@ -92,6 +92,11 @@ class RoomEventFilter(EventFilter, frozen=True, kw_only=True):
     lazy_load_members: bool = False
     include_redundant_members: bool = False
 
+    def includes_room(self, room_id: str) -> bool:
+        if room_id in self.not_rooms:
+            return False
+        return self.rooms is None or room_id in self.rooms
+
 
 class RoomFilter(msgspec.Struct, frozen=True, kw_only=True):
     """Which rooms to sync, and the filters of their parts."""

@@ -330,14 +330,17 @@ class SyncHandler:
         limit = min(timeline_filter.limit or DEFAULT_LIMIT, MAX_LIMIT)
         after = 0 if newly or request.since is None else request.since.events
         in_full = newly or request.full_state
-        newest_first, limited = await self._store.room_events(
-            room_id,
-            after=after,
-            upto=upto,
-            limit=limit,
-            backwards=True,
-            accept=timeline_filter.predicate(),
-        )
+        if timeline_filter.includes_room(room_id):
+            newest_first, limited = await self._store.room_events(
+                room_id,
+                after=after,
+                upto=upto,
+                limit=limit,
+                backwards=True,
+                accept=timeline_filter.predicate(),
+            )
+        else:
+            newest_first, limited = [], False
         timeline = newest_first[::-1]
         if not in_full and not timeline:
             return None
