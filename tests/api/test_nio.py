@@ -13,16 +13,18 @@ from the other with partial state.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-import nio
+import nio  # type: ignore[import-untyped]
 import trio
-import trio_asyncio
+import trio_asyncio  # type: ignore[import-untyped]
 
 from ranvier.testing import Pki, TestHomeserver, open_test_homeserver
+from ranvier.web import Request, RouteMatch, Router
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -41,9 +43,11 @@ async def _asyncio() -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def _client(hs: TestHomeserver, localpart: str) -> AsyncIterator[nio.AsyncClient]:
+async def _client(
+    hs: TestHomeserver, localpart: str, config: nio.AsyncClientConfig | None = None
+) -> AsyncIterator[nio.AsyncClient]:
     """A nio client of a new account on ``hs``, registered through ``/register``."""
-    client = nio.AsyncClient(hs.client_url, store_path="")
+    client = nio.AsyncClient(hs.client_url, store_path="", config=config)
     try:
         registered = await _aio(client.register, localpart, f"password of {localpart}")
         assert isinstance(registered, nio.RegisterResponse), registered
@@ -138,10 +142,13 @@ async def test_two_users_see_each_others_messages(tmp_path: Path) -> None:
         await _send(alice, room_id, "hello from alice")
         await _sync(alice)
 
+        # Bob has synced before he joins, so the room comes to him in an
+        # incremental sync, as a room newly joined: with its recent history.
+        before = await _sync(bob)
+        assert room_id not in before.rooms.join
         joined = await _aio(bob.join, room_id)
         assert isinstance(joined, nio.JoinResponse), joined
         assert joined.room_id == room_id
-        # Bob's first sync has the room, with what Alice said before he came.
         first = await _sync(bob)
         assert ("@alice:localhost", "hello from alice") in _bodies(first, room_id)
 
@@ -174,38 +181,84 @@ async def test_two_users_see_each_others_messages(tmp_path: Path) -> None:
 
 async def test_rate_limits_reach_the_client(tmp_path: Path) -> None:
     """With the default limits on, a flood of sends is refused with 429 and
-    a time to wait, which nio reports; waiting that long lets the next one in.
+    a time to wait. nio waits that long and sends again by itself; told not
+    to, it reports the refusal, and after the wait the next send goes in.
     """
+    patient_sends = 24
     async with (
         _asyncio(),
         open_test_homeserver(tmp_path / "hs", rate_limits=True) as hs,
         _client(hs, "alice") as alice,
+        _client(hs, "bob", nio.AsyncClientConfig(max_limit_exceeded=0)) as bob,
     ):
-        created = await _aio(alice.room_create, name="Flood")
+        created = await _aio(alice.room_create, name="Flood", preset=nio.RoomPreset.public_chat)
         assert isinstance(created, nio.RoomCreateResponse), created
-        results = []
-        for n in range(25):
-            results.append(
-                await _aio(
-                    alice.room_send,
-                    created.room_id,
-                    "m.room.message",
-                    {"msgtype": "m.text", "body": f"flood {n}"},
-                )
+        room_id = created.room_id
+
+        # A burst of 20, then one a second: nio's own retries take the rest.
+        started = trio.current_time()
+        for n in range(patient_sends):
+            await _send(alice, room_id, f"patient {n}")
+        assert trio.current_time() - started >= patient_sends - 20 - 1
+
+        joined = await _aio(bob.join, room_id)
+        assert isinstance(joined, nio.JoinResponse), joined
+        refused = None
+        for n in range(100):
+            result = await _aio(
+                bob.room_send, room_id, "m.room.message", {"msgtype": "m.text", "body": f"{n}"}
             )
-        refused = [r for r in results if isinstance(r, nio.RoomSendError)]
-        assert refused, "25 sends at once went through a burst of 20"
-        assert all(r.status_code == "M_LIMIT_EXCEEDED" for r in refused)
-        assert all(r.retry_after_ms is not None and r.retry_after_ms > 0 for r in refused)
-        await trio.sleep(refused[-1].retry_after_ms / 1000)
-        await _send(alice, created.room_id, "after waiting")
+            if isinstance(result, nio.RoomSendError):
+                refused = result
+                break
+        assert refused is not None, "100 sends at once were all taken"
+        assert n >= 20
+        assert refused.status_code == "M_LIMIT_EXCEEDED"
+        assert refused.retry_after_ms is not None
+        assert 0 < refused.retry_after_ms <= 1000
+        await trio.sleep(refused.retry_after_ms / 1000)
+        await _send(bob, room_id, "after waiting")
+
+
+#: The federation reads a resync makes of the resident server.
+_RESYNC_READS = frozenset(
+    f"/_matrix/federation/v1/{pattern}"
+    for pattern in ("state_ids/{room_id}", "state/{room_id}", "event/{event_id}")
+)
+
+
+class _HeldResync(Router):
+    """A resident server's routes, with the reads a joiner's resync makes
+    held until :attr:`release` is set: the joiner's room stays partial for
+    as long as the test needs, however fast the machine.
+    """
+
+    def __init__(self, inner: Router) -> None:
+        super().__init__()
+        self._inner = inner
+        self.release = trio.Event()
+        self.held = trio.Event()
+
+    def match(self, method: str, path: str) -> RouteMatch:
+        found = self._inner.match(method, path)
+        if found.route.pattern not in _RESYNC_READS:
+            return found
+        answer = found.route.handler
+
+        async def held(request: Request) -> Any:
+            self.held.set()
+            await self.release.wait()
+            return await answer(request)
+
+        return RouteMatch(dataclasses.replace(found.route, handler=held), found.params)
 
 
 async def test_joining_a_room_of_another_server_with_partial_state(tmp_path: Path) -> None:
     """Bob, on B, joins Alice's room on A through its alias. B joins with
-    partial state and completes the room's state in the background; both
-    users see each other's messages throughout, and once the state is
-    complete B lists every member.
+    partial state and completes the room's state in the background (held
+    back here until the test lets it go). Both users talk meanwhile; Bob's
+    member list waits for the full state and then names everyone, and his
+    sync brings the room in whole.
     """
     pki = Pki.create(tmp_path)
     async with (
@@ -215,6 +268,8 @@ async def test_joining_a_room_of_another_server_with_partial_state(tmp_path: Pat
         _client(a, "alice") as alice,
         _client(b, "bob") as bob,
     ):
+        resync = _HeldResync(a.server.federation_app.router)
+        a.server.federation_app.router = resync
         created = await _aio(
             alice.room_create,
             name="Lobby on A",
@@ -229,29 +284,52 @@ async def test_joining_a_room_of_another_server_with_partial_state(tmp_path: Pat
             async with a.client(member) as http:
                 response = await http.post(f"/_matrix/client/v3/rooms/{room_id}/join", json={})
                 assert response.status_code == 200, response.text
-        await _send(alice, room_id, "hello from A")
+        await _send(alice, room_id, "before bob came")
+        everyone = {alice.user_id, bob.user_id, *(member.user_id for member in others)}
 
         joined = await _aio(bob.join, f"#lobby:{a.server_name}")
         assert isinstance(joined, nio.JoinResponse), joined
         assert joined.room_id == room_id
+        assert await b.server.storage.is_partial_state_room(room_id)
+        with trio.fail_after(10):
+            await resync.held.wait()
 
-        # Talking works at once, partial state or not.
+        # Talking works at once, though B's state of the room is partial.
         await _send(bob, room_id, "hello from B")
-        await _sync_until(
-            alice, lambda r: (bob.user_id, "hello from B") in _bodies(r, room_id), seconds=30
-        )
-        await _sync_until(
-            bob, lambda r: (alice.user_id, "hello from A") in _bodies(r, room_id), seconds=30
-        )
+        await _sync_until(alice, lambda r: (bob.user_id, "hello from B") in _bodies(r, room_id))
+        await _send(alice, room_id, "hello from A")
+        assert await b.server.storage.is_partial_state_room(room_id)
 
-        with trio.fail_after(30):
-            await b.server.wait_for_full_state(room_id)
+        # Bob's member list waits for the full state, then names everyone.
+        listed: list[nio.JoinedMembersResponse | nio.JoinedMembersError] = []
+
+        async def list_members() -> None:
+            listed.append(await _aio(bob.joined_members, room_id))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(list_members)
+            await trio.sleep(0.5)
+            assert not listed, "joined_members answered from partial state"
+            resync.release.set()
+            with trio.fail_after(30):
+                await b.server.wait_for_full_state(room_id)
         assert not await b.server.storage.is_partial_state_room(room_id)
-
-        members = await _aio(bob.joined_members, room_id)
+        [members] = listed
         assert isinstance(members, nio.JoinedMembersResponse), members
-        everyone = {alice.user_id, bob.user_id, *(member.user_id for member in others)}
         assert {m.user_id for m in members.members} == everyone
+
+        # Bob's sync brings the room in, with what Alice said since he came,
+        # and either what she said before or word that there is more.
+        def has_alices_hello(response: nio.SyncResponse) -> bool:
+            return (alice.user_id, "hello from A") in _bodies(response, room_id)
+
+        brought_in = await _sync_until(bob, has_alices_hello)
+        timeline = brought_in.rooms.join[room_id].timeline
+        assert (alice.user_id, "before bob came") in _bodies(brought_in, room_id) or (
+            timeline.limited and timeline.prev_batch
+        ), "the room came in without its earlier history and without saying it has more"
+        assert set(bob.rooms[room_id].users) == everyone
+        assert bob.rooms[room_id].name == "Lobby on A"
 
         # A fresh client of Bob's (an initial sync) shows the room, whole.
         fresh = nio.AsyncClient(b.client_url, "bob", store_path="")
