@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ import httpx
 import pytest
 
 from ranvier.federation.transport.client import FederationConnectionError
+from ranvier.server import open_homeserver
 from ranvier.testing import (
     Pki,
     TestHomeserver,
@@ -160,3 +163,24 @@ def test_the_docs_pytest_example_passes_as_written(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
+
+
+def _schema(database: Path) -> list[tuple[str, str, str]]:
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        rows = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
+        return [tuple(row) for row in rows] + [conn.execute("PRAGMA user_version").fetchone()]
+
+
+async def test_the_copied_database_is_the_one_the_server_would_make(tmp_path: Path) -> None:
+    async with open_test_homeserver(tmp_path / "copied") as hs:
+        alice = await hs.register_user("alice")
+        copied = hs.server.config.paths.database
+    # The server migrating a new database itself, as `ranvier serve` does.
+    async with open_homeserver(config_for_tests(tmp_path / "migrated")):
+        pass
+    assert _schema(copied) == _schema(tmp_path / "migrated" / "homeserver.db")
+    # A second start on the same directory keeps what the first wrote.
+    async with open_test_homeserver(tmp_path / "copied") as hs:
+        requester = await hs.server.accounts.get_requester(alice.access_token)
+    assert requester is not None
+    assert requester.user_id == alice.user_id
