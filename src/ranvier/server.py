@@ -107,6 +107,7 @@ from ranvier.core.joins import RemoteJoiner
 from ranvier.core.notifier import StreamNotifier
 from ranvier.core.pagination import RoomMessages
 from ranvier.core.room_joins import RoomJoins
+from ranvier.core.room_leaves import RoomLeaves
 from ranvier.core.room_servers import RoomEventSender, RoomServers
 from ranvier.core.rooms import RoomReader
 from ranvier.core.sync import SyncHandler
@@ -115,6 +116,7 @@ from ranvier.errors import MatrixError
 from ranvier.federation.client import FederationEventFetcher
 from ranvier.federation.directory import FederationDirectoryClient, add_directory_route
 from ranvier.federation.keys import KeyRing
+from ranvier.federation.leaves import FederationLeaveClient
 from ranvier.federation.membership import (
     FederationInviter,
     FederationJoinClient,
@@ -216,6 +218,7 @@ class HomeServer:
         self._room_directory: RoomDirectory | None = None
         self._room_reader: RoomReader | None = None
         self._room_joins: RoomJoins | None = None
+        self._room_leaves: RoomLeaves | None = None
         self._federation_app: FederationApp | None = None
         self._client_app: ClientApp | None = None
         self._accounts: Accounts | None = None
@@ -300,6 +303,11 @@ class HomeServer:
     def room_joins(self) -> RoomJoins:
         """Joins local users to rooms, here or through a server in them."""
         return _built(self._room_joins, "room_joins")
+
+    @property
+    def room_leaves(self) -> RoomLeaves:
+        """Makes local users leave rooms, declining other servers' invites through them."""
+        return _built(self._room_leaves, "room_leaves")
 
     @property
     def unpartial_stater(self) -> UnpartialStater:
@@ -415,8 +423,11 @@ class HomeServer:
         return joined.event_id
 
     async def leave_room(self, user: str, room_id: str, *, reason: str | None = None) -> str:
-        """Make ``user`` leave a room this server is in; return the leave's event ID."""
-        return await self.event_creator.leave(user, room_id, reason=reason)
+        """Make ``user`` leave a room, or decline an invite to it (through the
+        inviting server when no user of ours is in the room); return the
+        leave's event ID.
+        """
+        return await self.room_leaves.leave(user, room_id, reason=reason)
 
     # Rooms joined with partial state.
 
@@ -670,6 +681,15 @@ class HomeServer:
             directory=self._room_directory,
             on_partial_state=self._resync,
         )
+        self._room_leaves = RoomLeaves(
+            server_name=server_name,
+            signing_key=signing_key,
+            creator=self._event_creator,
+            store=storage,
+            memberships=storage.room_members,
+            persister=storage,
+            client=FederationLeaveClient(client),
+        )
         self._notifier = notifier
         storage.on_stream_advance = self.stream_notifier.advance
         self._accounts = Accounts(server_name=server_name, store=storage.accounts)
@@ -728,6 +748,7 @@ class HomeServer:
             creator=self.event_creator,
             reader=reader,
             joins=self.room_joins,
+            leaves=self.room_leaves,
             transactions=ClientTransactions(self.storage.client_transactions),
             directory=directory,
         )

@@ -541,6 +541,7 @@ async def test_a_second_partial_state_conflict_is_answered_429(env: Env) -> None
         creator=creator,
         reader=hs.room_reader,
         joins=hs.room_joins,
+        leaves=hs.room_leaves,
         transactions=ClientTransactions(hs.storage.client_transactions),
         directory=hs.room_directory,
     )

@@ -105,3 +105,38 @@ async def test_an_invite_to_another_servers_user_is_accepted_from_there(tmp_path
         assert (await cb.ok(bob, "GET", f"/rooms/{q(room_id)}/state/m.room.name")) == {
             "name": "Private"
         }
+
+
+async def test_an_invite_from_another_server_is_declined_through_it(tmp_path: Path) -> None:
+    pki = Pki.create(tmp_path)
+    async with (
+        open_test_homeserver(tmp_path / "a", federation=pki) as a,
+        open_test_homeserver(tmp_path / "b", federation=pki) as b,
+        a.client() as http_a,
+        b.client() as http_b,
+    ):
+        ca, cb = Client(a, http_a), Client(b, http_b)
+        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+        room_id = await ca.create_room(alice, name="Not for Bob")
+        await ca.ok(alice, "POST", f"/rooms/{q(room_id)}/invite", {"user_id": bob.user_id})
+        # B is not in the room: its reads refuse Bob, who is only invited.
+        await cb.refused(
+            bob, "GET", f"/rooms/{q(room_id)}/state", status=403, errcode="M_FORBIDDEN"
+        )
+
+        assert await cb.ok(bob, "POST", f"/rooms/{q(room_id)}/leave", {"reason": "no thanks"}) == {}
+        state = await ca.state(alice, room_id)
+        leave = state[("m.room.member", bob.user_id)]
+        assert leave["content"] == {"membership": "leave", "reason": "no thanks"}
+        assert leave["sender"] == bob.user_id
+        # B keeps the leave beside the invite.
+        members = b.server.storage.room_members
+        held = await members.get_latest_membership_event_id(bob.user_id, room_id)
+        assert held == leave["event_id"]
+        # Declined twice: there is no invite left to decline, and no room here.
+        await cb.refused(
+            bob, "POST", f"/rooms/{q(room_id)}/leave", {}, status=404, errcode="M_NOT_FOUND"
+        )
+        assert await ca.ok(alice, "GET", f"/rooms/{q(room_id)}/joined_members") == {
+            "joined": {alice.user_id: {}}
+        }

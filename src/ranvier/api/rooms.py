@@ -28,6 +28,7 @@ from ranvier.core.client_txns import ClientTransactions
 from ranvier.core.creation import EventCreator, Preset
 from ranvier.core.directory import RoomDirectory
 from ranvier.core.room_joins import RoomJoins
+from ranvier.core.room_leaves import RoomLeaves
 from ranvier.core.rooms import RoomReader
 from ranvier.errors import MatrixError
 from ranvier.protocol.room_versions import DEFAULT_ROOM_VERSION
@@ -102,9 +103,11 @@ class _Rooms:
         creator: EventCreator,
         reader: RoomReader,
         joins: RoomJoins,
+        leaves: RoomLeaves,
         transactions: ClientTransactions,
         directory: RoomDirectory,
     ) -> None:
+        self._leaves = leaves
         self._server_name = server_name
         self._auth = auth
         self._creator = creator
@@ -208,7 +211,7 @@ class _Rooms:
         requester = await self._auth.get_user(request)
         room_id = _room_id(request)
         reason = _reason(_body(request))
-        await self._creator.leave(requester.user_id, room_id, reason=reason)
+        await self._leaves.leave(requester.user_id, room_id, reason=reason)
         return {}
 
     async def invite(self, request: Request) -> Mapping[str, Any]:
@@ -378,6 +381,7 @@ def add_room_routes(
     creator: EventCreator,
     reader: RoomReader,
     joins: RoomJoins,
+    leaves: RoomLeaves,
     transactions: ClientTransactions,
     directory: RoomDirectory,
 ) -> None:
@@ -388,6 +392,7 @@ def add_room_routes(
         creator=creator,
         reader=reader,
         joins=joins,
+        leaves=leaves,
         transactions=transactions,
         directory=directory,
     )

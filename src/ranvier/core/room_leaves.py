@@ -1,0 +1,170 @@
+"""Leaving a room for a local user, including one this server is not in.
+
+A room this server is in is left here (:meth:`EventCreator.leave`). A user
+invited from another server to a room no user of ours is in holds only the
+invite (an outlier); declining it goes through a server in the room, as
+the spec's ``make_leave`` and ``send_leave`` handshake: that server makes
+a leave template, we sign it, and it takes the leave into the room. The
+leave is then kept here as an outlier beside the invite, so that this
+server, too, knows the user is no longer invited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
+
+from ranvier.errors import MatrixError
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.hashing import hash_and_sign_event
+from ranvier.protocol.room_versions import SUPPORTED_ROOM_VERSIONS
+from ranvier.protocol.signing import SigningKeyLike
+
+from .builder import Clock, wall_clock_ms
+from .client_events import event_content
+from .context import EventContext, event_to_persist
+from .creation import EventCreator
+from .interfaces import EventPersister, StateReader
+from .room_joins import MembershipLookup
+
+__all__ = ["LeaveClient", "RoomLeaves"]
+
+_MEMBER: Final = "m.room.member"
+
+
+class LeaveClient(Protocol):
+    """The leave handshake with a server in the room
+    (:class:`ranvier.federation.leaves.FederationLeaveClient`).
+
+    Both raise :class:`~ranvier.errors.MatrixError`: with the server's own
+    errcode and status when it refuses, 502 when it gives no usable answer.
+    """
+
+    async def make_leave(self, destination: str, room_id: str, user_id: str) -> Any:
+        """The decoded answer to ``make_leave``: ``room_version`` and ``event``."""
+        ...
+
+    async def send_leave(
+        self, destination: str, room_id: str, event_id: str, event: Mapping[str, Any]
+    ) -> None: ...
+
+
+def _worth_trying_elsewhere(exc: MatrixError) -> bool:
+    return exc.http_status >= 500 or exc.http_status in (404, 429)
+
+
+class RoomLeaves:
+    """Makes local users leave rooms, here or through a server in the room."""
+
+    def __init__(
+        self,
+        *,
+        server_name: str,
+        signing_key: SigningKeyLike,
+        creator: EventCreator,
+        store: StateReader,
+        memberships: MembershipLookup,
+        persister: EventPersister,
+        client: LeaveClient | None = None,
+        clock: Clock = wall_clock_ms,
+    ) -> None:
+        self.server_name = server_name
+        self._signing_key = signing_key
+        self._creator = creator
+        self._store = store
+        self._memberships = memberships
+        self._persister = persister
+        self._client = client
+        self._clock = clock
+
+    async def leave(self, user_id: str, room_id: str, *, reason: str | None = None) -> str:
+        """Leave ``room_id`` or decline an invite to it; return the leave's event ID."""
+        key = (_MEMBER, user_id)
+        if not await self._store.get_current_state_ids_for_keys(room_id, [key]):
+            invite = await self._remote_invite(user_id, room_id)
+            if invite is not None:
+                return await self._leave_remotely(user_id, invite, reason)
+        return await self._creator.leave(user_id, room_id, reason=reason)
+
+    async def _remote_invite(self, user_id: str, room_id: str) -> Pdu | None:
+        """The invite of another server that is all this server has of the room."""
+        event_id = await self._memberships.get_latest_membership_event_id(user_id, room_id)
+        if event_id is None:
+            return None
+        row = (await self._store.get_events([event_id])).get(event_id)
+        if row is None or event_content(row).get("membership") != "invite":
+            return None
+        if row.sender.partition(":")[2] == self.server_name:
+            return None
+        version = await self._store.get_room_version(room_id)
+        rv = SUPPORTED_ROOM_VERSIONS.get(version or "")
+        return None if rv is None else Pdu.from_json(row.json, rv, check_limits=False)
+
+    async def _leave_remotely(self, user_id: str, invite: Pdu, reason: str | None) -> str:
+        if self._client is None:
+            raise MatrixError(
+                f"{invite.room_id} is not joined here and this server does not speak to others",
+                errcode="M_UNKNOWN",
+                http_status=501,
+            )
+        room_id = invite.room_id
+        servers = [invite.sender.partition(":")[2]]
+        named = room_id.partition(":")[2]
+        if named and named not in servers:
+            servers.append(named)
+        failures: list[str] = []
+        for server in servers:
+            try:
+                answer = await self._client.make_leave(server, room_id, user_id)
+                event = self._signed_leave(answer, invite, user_id, reason)
+                await self._client.send_leave(server, room_id, event.event_id, event.json)
+            except MatrixError as exc:
+                if not _worth_trying_elsewhere(exc):
+                    raise
+                failures.append(f"{server}: {exc.message}")
+                continue
+            await self._persister.persist_events(
+                [event_to_persist(event, EventContext.for_outlier())]
+            )
+            return event.event_id
+        raise MatrixError(
+            f"could not decline the invite to {room_id}: {'; '.join(failures)}",
+            errcode="M_UNKNOWN",
+            http_status=502,
+        )
+
+    def _signed_leave(self, answer: Any, invite: Pdu, user_id: str, reason: str | None) -> Pdu:
+        """Our leave from a ``make_leave`` template, checked to be one, signed."""
+        rv = invite.room_version
+        if not isinstance(answer, dict) or not isinstance(answer.get("event"), dict):
+            raise _bad_template("the answer has no event template")
+        if answer.get("room_version", rv.identifier) != rv.identifier:
+            raise _bad_template(f"room version {answer.get('room_version')!r} is not the invite's")
+        template: dict[str, Any] = dict(answer["event"])
+        expected = {
+            "type": _MEMBER,
+            "room_id": invite.room_id,
+            "sender": user_id,
+            "state_key": user_id,
+        }
+        for name, value in expected.items():
+            if template.get(name) != value:
+                raise _bad_template(f"its {name} is {template.get(name)!r}, not {value!r}")
+        content: dict[str, Any] = {"membership": "leave"}
+        if reason is not None:
+            content["reason"] = reason
+        template.update(content=content, origin_server_ts=self._clock())
+        template.pop("signatures", None)
+        template.pop("hashes", None)
+        try:
+            return Pdu.from_json(
+                hash_and_sign_event(template, rv, self.server_name, self._signing_key), rv
+            )
+        except MatrixError as exc:
+            raise _bad_template(exc.message) from None
+
+
+def _bad_template(message: str) -> MatrixError:
+    return MatrixError(
+        f"unusable make_leave answer: {message}", errcode="M_UNKNOWN", http_status=502
+    )
