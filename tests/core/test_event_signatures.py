@@ -11,8 +11,10 @@ import pytest
 from ranvier.core.event_signatures import (
     THREAD_THRESHOLD,
     check_event_signatures,
+    find_signature_checks,
     redacted_if_hash_mismatch,
     required_signers,
+    run_signature_checks,
 )
 from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.events import Pdu
@@ -205,6 +207,22 @@ async def test_a_batch_finds_its_bad_events_and_asks_for_each_key_once(count: in
     failures = await check_event_signatures(events, keys)
     assert set(failures) == {bad.event_id}
     assert keys.lookups == 1
+
+
+async def test_checks_found_once_can_be_run_in_parts() -> None:
+    events = [event(content={"body": str(i)}, ts=TS + i) for i in range(5)]
+    forged = Pdu.from_json(
+        events[3].json | {"signatures": {"a.test": {"ed25519:a1": "A" * 86}}}, "10"
+    )
+    events[3] = forged
+    keys = KnownKeys(KEYS)
+    checks = await find_signature_checks(events, keys)
+    assert [check.event for check in checks] == events
+    assert keys.lookups == 1
+    assert run_signature_checks(checks[:2]) == {}
+    failures = run_signature_checks(checks[2:])
+    assert set(failures) == {forged.event_id}
+    assert "does not match" in failures[forged.event_id].message
 
 
 # Content hashes.

@@ -16,7 +16,7 @@ import trio.testing
 
 from ranvier.core import compute_event_context
 from ranvier.core.context import event_to_persist
-from ranvier.core.ingest import EventVerifier, FederationIngester, IngestResult, RoomLocks
+from ranvier.core.ingest import EventVerifier, FederationIngester, IngestResult, RoomLocks, Verdict
 from ranvier.errors import (
     InvalidSignatureError,
     MatrixError,
@@ -112,6 +112,54 @@ async def test_bad_signatures_are_told_apart(world: World) -> None:
     assert isinstance(results[2], InvalidSignatureError)
     assert f"no signature from {REMOTE}" in results[2].message
     assert results[3] is with_extra
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 50])
+async def test_verdicts_come_a_chunk_at_a_time_as_verify_has_them(
+    world: World, chunk_size: int
+) -> None:
+    keys = KnownKeys(world.keys)
+    verifier = EventVerifier(keys, threads=2, chunk_size=chunk_size)
+    events = [world.room.message(BOB, f"words {n}") for n in range(7)]
+    events[2] = world.room.message(BOB, key=generate_signing_key("k1"))
+    events[5] = Pdu.from_json(
+        events[5].json | {"content": {"body": "other words"}}, world.room.version
+    )
+    verdicts = [Verdict() for _ in events]
+    await verifier.verify_each(events, verdicts)
+    given = [await verdict.get() for verdict in verdicts]
+    expected = await verifier.verify(events)
+    assert [type(v) for v in given] == [type(v) for v in expected]
+    assert isinstance(given[2], InvalidSignatureError)
+    assert given[5] == expected[5]
+    assert isinstance(given[5], Pdu)
+    assert given[5].content == {}  # kept redacted
+    assert [v for n, v in enumerate(given) if n not in (2, 5)] == [
+        e for n, e in enumerate(events) if n not in (2, 5)
+    ]
+
+
+async def test_a_verdict_waits_until_given(world: World) -> None:
+    verdict = Verdict()
+    message = world.room.message(BOB)
+    got: list[Pdu | MatrixError] = []
+    async with trio.open_nursery() as nursery:
+
+        async def wait() -> None:
+            got.append(await verdict.get())
+
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []
+        verdict.give(message)
+    assert got == [message]
+
+
+def test_a_verifier_needs_a_thread_and_a_chunk() -> None:
+    with pytest.raises(ValueError, match="at least one thread"):
+        EventVerifier(KnownKeys({}), threads=0)
+    with pytest.raises(ValueError, match="at least one thread"):
+        EventVerifier(KnownKeys({}), chunk_size=0)
 
 
 async def test_a_restricted_join_needs_the_authorising_servers_signature(

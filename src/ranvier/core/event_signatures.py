@@ -26,7 +26,10 @@ computed from: they are the redacted event without signatures and
 ``unsigned``, which is what a signature signs, so the event is not redacted
 and encoded a second time. What is left is ed25519 itself, some 40 µs an
 event, so batches of more than a few events are checked in a worker thread,
-a chunk at a time; libsodium releases the GIL while it verifies.
+a chunk at a time; libsodium releases the GIL while it verifies. A caller
+that can go on with each event as soon as it is checked finds the keys once
+(:func:`find_signature_checks`) and runs the checks chunk by chunk in worker
+threads itself (:func:`run_signature_checks`).
 """
 
 from __future__ import annotations
@@ -49,9 +52,12 @@ from .interfaces import VerifyKeySource
 
 __all__ = [
     "THREAD_THRESHOLD",
+    "SignatureCheck",
     "check_event_signatures",
+    "find_signature_checks",
     "redacted_if_hash_mismatch",
     "required_signers",
+    "run_signature_checks",
 ]
 
 #: Batches with more events than this are checked in a worker thread.
@@ -89,7 +95,7 @@ def required_signers(event: Pdu) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Check:
+class SignatureCheck:
     """One event's signatures to check, with the keys found for each server."""
 
     event: Pdu
@@ -105,8 +111,25 @@ async def check_event_signatures(
     server and key ID where one key serves all the events that cite it.
     """
     failures: dict[str, InvalidSignatureError] = {}
+    checks = await find_signature_checks(events, keys)
+    if len(checks) <= THREAD_THRESHOLD:
+        failures.update(run_signature_checks(checks))
+        return failures
+    for start in range(0, len(checks), _CHUNK):
+        chunk = checks[start : start + _CHUNK]
+        failures.update(await trio.to_thread.run_sync(run_signature_checks, chunk))
+    return failures
+
+
+async def find_signature_checks(
+    events: Sequence[Pdu], keys: VerifyKeySource
+) -> list[SignatureCheck]:
+    """The checks ``events`` need, one per event in their order, with the
+    keys for them looked up (once per server and key ID where one key
+    serves every event that cites it).
+    """
     found = await _find_keys(events, keys)
-    checks: list[_Check] = []
+    checks: list[SignatureCheck] = []
     for event in events:
         by_server: dict[str, dict[str, VerifyKeyLike]] = {}
         for server in required_signers(event):
@@ -115,14 +138,8 @@ async def check_event_signatures(
                 for key_id in _ed25519_key_ids(event, server)
                 if (key := found.get((server, key_id, event.origin_server_ts))) is not None
             }
-        checks.append(_Check(event, by_server))
-    if len(checks) <= THREAD_THRESHOLD:
-        failures.update(_verify(checks))
-        return failures
-    for start in range(0, len(checks), _CHUNK):
-        chunk = checks[start : start + _CHUNK]
-        failures.update(await trio.to_thread.run_sync(_verify, chunk))
-    return failures
+        checks.append(SignatureCheck(event, by_server))
+    return checks
 
 
 def _ed25519_key_ids(event: Pdu, server: str) -> list[str]:
@@ -169,8 +186,11 @@ async def _lookup(
         return None
 
 
-def _verify(checks: Sequence[_Check]) -> dict[str, InvalidSignatureError]:
-    """Check each event's required signatures; the failures by event ID."""
+def run_signature_checks(checks: Sequence[SignatureCheck]) -> dict[str, InvalidSignatureError]:
+    """Check each event's required signatures; the failures by event ID.
+
+    Plain CPU work that touches nothing shared: it may run in a worker thread.
+    """
     failures: dict[str, InvalidSignatureError] = {}
     for check in checks:
         event = check.event

@@ -108,7 +108,12 @@ from .event_auth import (
     check_against_current_state,
     check_against_state_before,
 )
-from .event_signatures import check_event_signatures, redacted_if_hash_mismatch
+from .event_signatures import (
+    check_event_signatures,
+    find_signature_checks,
+    redacted_if_hash_mismatch,
+    run_signature_checks,
+)
 from .failures import sole_failure
 from .ingest_batch import NotInMemoryError, RoomRun
 from .interfaces import (
@@ -127,6 +132,7 @@ __all__ = [
     "IngestResult",
     "PduOutcome",
     "RoomLocks",
+    "Verdict",
     "sole_failure",
 ]
 
@@ -147,27 +153,78 @@ class EventVerifier:
     :mod:`ranvier.core.event_signatures` defines them: the signatures an
     event needs, checked over its redacted form with keys valid at its
     ``origin_server_ts``; then its content hash.
+
+    :meth:`verify_each` checks a batch ``chunk_size`` events at a time in
+    worker threads, at most ``threads`` at once across every batch, and
+    gives each event's verdict as soon as its chunk is checked, so that the
+    caller can go on with the first events while later ones are checked.
     """
 
-    def __init__(self, keys: VerifyKeySource) -> None:
+    def __init__(self, keys: VerifyKeySource, *, threads: int = 2, chunk_size: int = 8) -> None:
+        if threads < 1 or chunk_size < 1:
+            raise ValueError("an event verifier needs at least one thread and one event a chunk")
         self._keys = keys
+        self._limiter = trio.CapacityLimiter(threads)
+        self._chunk_size = chunk_size
 
     async def verify(self, events: Sequence[Pdu]) -> list[Pdu | MatrixError]:
         """For each event: the event to go on with (its redacted copy when
         the content hash does not match), or why it is dropped.
         """
         failures = await check_event_signatures(events, self._keys)
-        results: list[Pdu | MatrixError] = []
-        for event in events:
-            failure = failures.get(event.event_id)
-            if failure is not None:
-                results.append(failure)
-                continue
-            checked = redacted_if_hash_mismatch(event)
-            if checked is not event:
-                _log.info("%s: content hash does not match; kept redacted", event.event_id)
-            results.append(checked)
-        return results
+        return [_after_signatures(event, failures.get(event.event_id)) for event in events]
+
+    async def verify_each(self, events: Sequence[Pdu], verdicts: Sequence[Verdict]) -> None:
+        """Give each event's verdict (as :meth:`verify` has it) to the
+        :class:`Verdict` in the same place, chunk by chunk in event order.
+        """
+        checks = await find_signature_checks(events, self._keys)
+
+        async def check_chunk(start: int) -> None:
+            chunk = checks[start : start + self._chunk_size]
+            failures = await trio.to_thread.run_sync(
+                run_signature_checks, chunk, limiter=self._limiter
+            )
+            for offset, check in enumerate(chunk):
+                failure = failures.get(check.event.event_id)
+                verdicts[start + offset].give(_after_signatures(check.event, failure))
+
+        async with trio.open_nursery() as nursery:
+            for start in range(0, len(checks), self._chunk_size):
+                nursery.start_soon(check_chunk, start)
+
+
+def _after_signatures(event: Pdu, failure: MatrixError | None) -> Pdu | MatrixError:
+    """Why an event whose signature check failed is dropped; else the event
+    to go on with, redacted if its content hash does not match.
+    """
+    if failure is not None:
+        return failure
+    checked = redacted_if_hash_mismatch(event)
+    if checked is not event:
+        _log.info("%s: content hash does not match; kept redacted", event.event_id)
+    return checked
+
+
+class Verdict:
+    """What the signature and hash checks made of one event, once they are done."""
+
+    __slots__ = ("_done", "_value")
+
+    def __init__(self) -> None:
+        self._value: Pdu | MatrixError | None = None
+        self._done = trio.Event()
+
+    def give(self, value: Pdu | MatrixError) -> None:
+        self._value = value
+        self._done.set()
+
+    async def get(self) -> Pdu | MatrixError:
+        """The event to go on with, or why it is dropped; waits until known."""
+        if self._value is None:
+            await self._done.wait()
+        assert self._value is not None
+        return self._value
 
 
 def _domain(user_id: str) -> str:
@@ -251,10 +308,10 @@ class PduOutcome:
 
 # --- Ingestion --------------------------------------------------------------------
 
-#: A pushed event as parsed, and as its signature check left it: the event
-#: to go on with (its redacted copy if its content hash did not match), or
-#: why it is dropped.
-_Checked: TypeAlias = tuple[Pdu, Pdu | MatrixError]
+#: A pushed event as parsed, and what its signature check leaves of it, once
+#: done: the event to go on with (its redacted copy if its content hash did
+#: not match), or why it is dropped.
+_Checked: TypeAlias = tuple[Pdu, Verdict]
 
 
 class _GapError(MatrixError):
@@ -427,8 +484,10 @@ class FederationIngester:
     async def _handle_room(self, origin: str, events: Sequence[Pdu]) -> list[PduOutcome]:
         """One room's pushed events, in order, under the room's lock.
 
-        Their signatures are checked while the first run reads what storage
-        holds of them. They are taken in runs
+        Their signatures are checked a chunk at a time in worker threads
+        while the first run reads what storage holds of them and the first
+        events are judged: each event waits only for its own chunk. They
+        are taken in runs
         (:class:`~ranvier.core.ingest_batch.RoomRun`), each judged in memory
         and written at once; an event that needs something fetched first
         (a gap before it, auth events we lack) ends the run and is taken
@@ -439,27 +498,23 @@ class FederationIngester:
             return outcomes
         room_id, room_version = events[0].room_id, events[0].room_version
         async with self.room_locks.hold(room_id):
-            first = RoomRun(self._store, self._persister, room_id, room_version)
-            checked: list[Pdu | MatrixError] = []
-
-            async def verify() -> None:
-                checked.extend(await self._verifier.verify(events))
-
+            verdicts = [Verdict() for _ in events]
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(first.load, events)
-                    nursery.start_soon(verify)
+                    nursery.start_soon(self._verifier.verify_each, events, verdicts)
+                    first = RoomRun(self._store, self._persister, room_id, room_version)
+                    await first.load(events)
+                    run: RoomRun | None = first
+                    rest = list(zip(events, verdicts, strict=True))
+                    while rest:
+                        taken, rest = await self._take_run(origin, rest, run)
+                        run = None
+                        outcomes.extend(taken)
+                        if rest:
+                            outcomes.append(await self._alone(origin, rest[0]))
+                            rest = rest[1:]
             except BaseExceptionGroup as group:
                 raise sole_failure(group) from None
-            run: RoomRun | None = first
-            rest = list(zip(events, checked, strict=True))
-            while rest:
-                taken, rest = await self._take_run(origin, rest, run)
-                run = None
-                outcomes.extend(taken)
-                if rest:
-                    outcomes.append(await self._alone(origin, rest[0]))
-                    rest = rest[1:]
         return outcomes
 
     async def _take_run(
@@ -479,7 +534,8 @@ class FederationIngester:
                 run = RoomRun(self._store, self._persister, room_id, room_version)
                 await run.load([event for event, _ in items])
             verdicts: list[IngestResult | MatrixError] = []
-            for _, checked in items:
+            for _, pending in items:
+                checked = await pending.get()
                 if isinstance(checked, MatrixError):
                     verdicts.append(checked)
                     continue
@@ -520,7 +576,8 @@ class FederationIngester:
 
     async def _alone(self, origin: str, item: _Checked) -> PduOutcome:
         """A pushed event taken alone, or why its signature check dropped it."""
-        event, checked = item
+        event, pending = item
+        checked = await pending.get()
         if isinstance(checked, MatrixError):
             return PduOutcome(event.event_id, error=checked)
         return await self._pushed_outcome(origin, checked)
