@@ -162,6 +162,9 @@ async def test_eager_syncs_wait_for_the_resync_and_lazy_ones_do_not(tmp_path: Pa
             assert {("m.room.member", user) for user in (alice, bob, *members)} <= kinds
             assert ("m.room.create", "") in kinds
             assert "hi from A" in [e["content"].get("body") for e in room["timeline"]["events"]]
+            # B holds the room from Bob's join on; what came before is A's.
+            assert room["timeline"]["events"][0]["type"] != "m.room.create"
+            assert room["timeline"]["limited"] is True
             # And then it is an ordinary room: nothing new, nothing sent again.
             quiet = await sync(since=full["next_batch"], timeout=0)
             assert room_id not in quiet["rooms"]["join"]

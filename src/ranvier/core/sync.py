@@ -342,6 +342,11 @@ class SyncHandler:
         else:
             newest_first, limited = [], False
         timeline = newest_first[::-1]
+        if after == 0 and timeline and not limited:
+            # The room's history here may start later than the room (joined
+            # through another server, which holds what came before): only
+            # a timeline that reaches the create event is the whole room.
+            limited = timeline[0].type != "m.room.create"
         if not in_full and not timeline:
             return None
         if in_full:
