@@ -1,0 +1,134 @@
+"""Declining an invite from another server through it, and leaving rooms here."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from ranvier.core import EventContext, event_to_persist
+from ranvier.core.creation import EventCreator
+from ranvier.core.room_leaves import RoomLeaves
+from ranvier.errors import MatrixError
+from ranvier.protocol.redaction import redact
+from ranvier.protocol.signing import generate_signing_key, get_verify_key, verify_signed_json
+from ranvier.storage import Storage
+from ranvier.testing import RoomBuilder
+
+SERVER = "example.org"
+KEY = generate_signing_key("1")
+ALICE = "@alice:example.org"
+BOB = "@bob:example.org"
+ZED = "@zed:inviter.example"
+
+
+class Resident:
+    """The inviting server's side of the leave handshake."""
+
+    def __init__(self, room: RoomBuilder, *, refuse: MatrixError | None = None) -> None:
+        self.room = room
+        self.refuse = refuse
+        self.template_changes: dict[str, Any] = {}
+        self.asked: list[str] = []
+        self.received: list[Mapping[str, Any]] = []
+
+    async def make_leave(self, destination: str, room_id: str, user_id: str) -> Any:
+        self.asked.append(destination)
+        if self.refuse is not None:
+            raise self.refuse
+        draft = self.room.draft_member(user_id, "leave")
+        event = {k: v for k, v in draft.json.items() if k not in ("hashes", "signatures")}
+        return {"room_version": self.room.version, "event": event | self.template_changes}
+
+    async def send_leave(
+        self, destination: str, room_id: str, event_id: str, event: Mapping[str, Any]
+    ) -> None:
+        self.received.append(event)
+
+
+@pytest.fixture
+def creator(storage: Storage) -> EventCreator:
+    clock = itertools.count(1_700_000_000_000)
+    return EventCreator(
+        server_name=SERVER,
+        signing_key=KEY,
+        store=storage,
+        persister=storage,
+        clock=lambda: next(clock),
+    )
+
+
+async def _invited(storage: Storage) -> RoomBuilder:
+    # Our key too: the builder signs the draft of our leave it templates from.
+    keys = {"inviter.example": generate_signing_key("k"), SERVER: KEY}
+    room = RoomBuilder("10", ZED, keys=keys)
+    room.public_room()
+    invite = room.member(ZED, "invite", BOB)
+    await storage.persist_events([event_to_persist(invite, EventContext.for_outlier())])
+    return room
+
+
+def _leaves(storage: Storage, creator: EventCreator, resident: Resident) -> RoomLeaves:
+    return RoomLeaves(
+        server_name=SERVER,
+        signing_key=KEY,
+        creator=creator,
+        store=storage,
+        memberships=storage.room_members,
+        persister=storage,
+        client=resident,
+        clock=lambda: 1_800_000_000_000,
+    )
+
+
+async def test_an_invite_from_another_server_is_declined_through_it(
+    storage: Storage, creator: EventCreator
+) -> None:
+    room = await _invited(storage)
+    resident = Resident(room)
+    event_id = await _leaves(storage, creator, resident).leave(BOB, room.room_id, reason="no")
+    (sent,) = resident.received
+    assert resident.asked == ["inviter.example"]
+    assert sent["content"] == {"membership": "leave", "reason": "no"}
+    assert sent["origin_server_ts"] == 1_800_000_000_000
+    verify_signed_json(redact(sent, "10"), SERVER, get_verify_key(KEY))
+    stored = (await storage.get_events([event_id]))[event_id]
+    assert stored.outlier
+    assert await storage.room_members.get_latest_membership_event_id(BOB, room.room_id) == event_id
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"sender": ALICE}, {"state_key": ALICE}, {"type": "m.room.message"}, {"room_id": "!x:y.z"}],
+)
+async def test_a_template_that_is_not_our_leave_is_refused(
+    storage: Storage, creator: EventCreator, changes: dict[str, Any]
+) -> None:
+    room = await _invited(storage)
+    resident = Resident(room)
+    resident.template_changes = changes
+    with pytest.raises(MatrixError) as caught:
+        await _leaves(storage, creator, resident).leave(BOB, room.room_id)
+    assert caught.value.http_status == 502
+    assert resident.received == []
+    latest = await storage.room_members.get_latest_membership_event_id(BOB, room.room_id)
+    assert latest == room.order[-1].event_id
+
+
+async def test_a_refusal_comes_back_as_given(storage: Storage, creator: EventCreator) -> None:
+    room = await _invited(storage)
+    resident = Resident(room, refuse=MatrixError("no", errcode="M_FORBIDDEN", http_status=403))
+    with pytest.raises(MatrixError) as caught:
+        await _leaves(storage, creator, resident).leave(BOB, room.room_id)
+    assert (caught.value.errcode, caught.value.http_status) == ("M_FORBIDDEN", 403)
+
+
+async def test_a_room_here_is_left_here(storage: Storage, creator: EventCreator) -> None:
+    room_id = await creator.create_room(ALICE, preset="public_chat")
+    await creator.join(BOB, room_id)
+    resident = Resident(RoomBuilder("10", ZED))
+    event_id = await _leaves(storage, creator, resident).leave(BOB, room_id)
+    assert (await storage.get_current_state_ids(room_id))[("m.room.member", BOB)] == event_id
+    assert resident.asked == []
