@@ -113,7 +113,8 @@ def test_clearing_partial_state_moves_the_un_partial_stream(
     assert conn.execute(
         "SELECT stream_ordering FROM un_partial_stated_rooms WHERE room_id = ?", (ROOM,)
     ).fetchone() == (events_before,)
-    events, un_partial, memberships, partial, cleared = sync_snapshot(conn, "@u:x", 0)
+    events, un_partial, memberships, partial, cleared, changed = sync_snapshot(conn, "@u:x", 0)
+    assert changed is None
     assert (events, un_partial, set(partial), set(cleared)) == (events_before, 1, set(), {ROOM})
     assert memberships == [(ROOM, "", events_before, "$join")]
     assert sync_snapshot(conn, "@u:x", 1)[4] == frozenset()
@@ -186,3 +187,18 @@ def test_memberships_known_only_as_outliers(
     memberships = sync_snapshot(conn, "@u:x", 0)[2]
     assert (remote, "leave", ordering + 1, "$leave") in memberships
     assert sync_snapshot(conn, "@someone:else", 0)[2] == []
+
+
+def test_the_rooms_with_events_since_a_position(
+    conn: sqlite3.Connection, make_event: EventFactory
+) -> None:
+    other = "!other:example.org"
+    conn.execute("INSERT INTO rooms (room_id, room_version) VALUES (?, '10')", (other,))
+    base = _base(conn)
+    other_base = store_state_group(conn, other, None, {("m.room.create", ""): "$create2"})
+    persist_events(conn, [make_event("$a", before=base)])
+    since, _ = positions(conn)
+    assert sync_snapshot(conn, "@u:x", 0, since)[5] == frozenset()
+    persist_events(conn, [make_event("$b", room_id=other, before=other_base)])
+    assert sync_snapshot(conn, "@u:x", 0, since)[5] == frozenset({other})
+    assert sync_snapshot(conn, "@u:x", 0, 0)[5] == frozenset({ROOM, other})

@@ -94,8 +94,10 @@ class SyncStore(MessagesStore, Protocol):
     """The reads a sync makes; see :mod:`ranvier.storage.sync_reads`."""
 
     async def sync_snapshot(
-        self, user_id: str, un_partial_after: int
-    ) -> tuple[int, int, list[_Membership], frozenset[str], frozenset[str]]: ...
+        self, user_id: str, un_partial_after: int, events_after: int | None = None
+    ) -> tuple[
+        int, int, list[_Membership], frozenset[str], frozenset[str], frozenset[str] | None
+    ]: ...
 
     async def state_at(
         self, room_id: str, position: int, keys: Collection[StateKey] | None = None
@@ -212,9 +214,12 @@ class SyncHandler:
     async def _sync_once(
         self, requester: Requester, since: StreamPosition | None, filter: Filter, full_state: bool
     ) -> tuple[dict[str, Any], StreamPosition]:
-        events, un_partial, memberships, partial, un_partialled = await self._store.sync_snapshot(
-            requester.user_id, 0 if since is None else since.un_partial
+        snapshot = await self._store.sync_snapshot(
+            requester.user_id,
+            0 if since is None else since.un_partial,
+            None if since is None or full_state else since.events,
         )
+        events, un_partial, memberships, partial, un_partialled, changed = snapshot
         now = StreamPosition(events, un_partial)
         if since is not None and not now.is_beyond(since):
             # A token from before a restore, or made up: never answer with a
@@ -235,6 +240,14 @@ class SyncHandler:
             is_new = since is None or ordering > since.events
             if membership == "join":
                 if room_id in partial and not lazy:
+                    continue
+                if (
+                    changed is not None
+                    and room_id not in changed
+                    and not is_new
+                    and (lazy or room_id not in un_partialled)
+                ):
+                    # Nothing since the token, and nothing that brings it in whole.
                     continue
                 room = await self._joined_room(request, room_id, ordering)
                 if room is not None:

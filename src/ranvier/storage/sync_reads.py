@@ -45,8 +45,11 @@ __all__ = [
 Membership = tuple[str, str, int, str]
 #: ``(events position, un-partial-state position, the user's memberships,
 #: rooms among them with partial state, rooms whose state became complete
-#: after the given un-partial-state position)``.
-SyncSnapshot = tuple[int, int, list[Membership], frozenset[str], frozenset[str]]
+#: after the given un-partial-state position, rooms with events after the
+#: given events position or None when not asked or too many to list)``.
+SyncSnapshot = tuple[
+    int, int, list[Membership], frozenset[str], frozenset[str], frozenset[str] | None
+]
 
 _TIMELINE = "outlier = 0 AND soft_failed = 0 AND rejected_reason IS NULL"
 _EVENT_COLUMNS = (
@@ -55,6 +58,9 @@ _EVENT_COLUMNS = (
 )
 # Rows read per statement while a Python filter picks events.
 _PAGE = 200
+# Beyond this many events since a sync's token, listing the rooms they are
+# in costs more than reading each of the user's rooms.
+_MOST_CHANGED_EVENTS = 100_000
 
 
 class _Membership(msgspec.Struct):
@@ -95,7 +101,12 @@ def positions(conn: sqlite3.Connection) -> tuple[int, int]:
     return int(events), int(rooms)
 
 
-def sync_snapshot(conn: sqlite3.Connection, user_id: str, un_partial_after: int) -> SyncSnapshot:
+def sync_snapshot(
+    conn: sqlite3.Connection,
+    user_id: str,
+    un_partial_after: int,
+    events_after: int | None = None,
+) -> SyncSnapshot:
     """Everything a sync starts from, read in one snapshot.
 
     The memberships are those of the rooms' current state, and for rooms
@@ -129,7 +140,19 @@ def sync_snapshot(conn: sqlite3.Connection, user_id: str, un_partial_after: int)
             (un_partial_after, un_partial_position),
         )
     )
-    return events_position, un_partial_position, memberships, partial, un_partialled
+    changed = None
+    if events_after is not None and events_position - events_after <= _MOST_CHANGED_EVENTS:
+        # A range of the events' rowid: the rooms an incremental sync needs
+        # to look at, instead of every room of the user.
+        changed = frozenset(
+            room_id
+            for (room_id,) in conn.execute(
+                "SELECT DISTINCT room_id FROM events"
+                " WHERE stream_ordering > ? AND stream_ordering <= ?",
+                (events_after, events_position),
+            )
+        )
+    return events_position, un_partial_position, memberships, partial, un_partialled, changed
 
 
 def _outlier_memberships(conn: sqlite3.Connection, user_id: str) -> list[Membership]:
@@ -352,9 +375,16 @@ class SyncReads:
     async def positions(self) -> tuple[int, int]:
         return await self._readers.read(positions)
 
-    async def sync_snapshot(self, user_id: str, un_partial_after: int) -> SyncSnapshot:
+    async def sync_snapshot(
+        self, user_id: str, un_partial_after: int, events_after: int | None = None
+    ) -> SyncSnapshot:
         return await self._readers.read(
-            functools.partial(sync_snapshot, user_id=user_id, un_partial_after=un_partial_after)
+            functools.partial(
+                sync_snapshot,
+                user_id=user_id,
+                un_partial_after=un_partial_after,
+                events_after=events_after,
+            )
         )
 
     async def room_events(
