@@ -633,6 +633,7 @@ class HomeServer:
             client=fetcher,
             verifier=verifier,
             room_locks=self._room_locks,
+            run_reader=storage.run_reads,
         )
         self._transaction_handler = TransactionHandler(
             pdus=self._ingester, transactions=ReceivedTransactions(storage)
@@ -671,7 +672,10 @@ class HomeServer:
             client=FederationDirectoryClient(client),
         )
         self._room_reader = RoomReader(
-            storage, storage.room_members, full_state=self._unpartial_stater
+            storage,
+            storage.room_members,
+            full_state=self._unpartial_stater,
+            server_name=server_name,
         )
         self._room_joins = RoomJoins(
             creator=self._event_creator,

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 from _races import ALICE as RACE_ALICE
-from _races import CROWD, RaceRoom, running_stater
+from _races import CROWD, OURS, RaceRoom, running_stater
 
 from ranvier.core.creation import EventCreator
 from ranvier.core.ingest import RoomLocks
@@ -224,22 +224,27 @@ async def test_a_former_member_sees_events_up_to_the_leave_only(
     await _refused(reader.event(BOB, room_id, after), "M_NOT_FOUND", 404)
 
 
-async def test_member_lists_of_a_partial_state_room_wait_for_its_full_state(
+async def test_member_reads_of_a_partial_state_room_wait_for_its_full_state(
     storage: Storage, autojump_clock: trio.testing.MockClock
 ) -> None:
     race = RaceRoom()
     await race.join_partially(storage)
     stater = race.stater(storage, RoomLocks())
-    reader = RoomReader(storage, storage.room_members, full_state=stater)
+    reader = RoomReader(storage, storage.room_members, full_state=stater, server_name=OURS)
     room_id = race.room_id
-    # The reader's own membership is in the partial state: no wait for it.
-    partial = _by_key(await reader.state(RACE_ALICE, room_id))
-    assert ("m.room.member", CROWD[0]) not in partial
+    # Our users' memberships and other state are in the partial state: no wait.
+    own = await reader.state_event(RACE_ALICE, room_id, "m.room.member", RACE_ALICE)
+    assert own["content"]["membership"] == "join"
+    topic = await reader.state_event(RACE_ALICE, room_id, "m.room.topic", "")
+    assert topic["content"]["topic"] == "before the join"
+    await reader.check_joined(RACE_ALICE, room_id)
     results: list[Any] = []
 
     async def members() -> None:
         results.append(await reader.members(RACE_ALICE, room_id))
         results.append(await reader.joined_members(RACE_ALICE, room_id))
+        results.append(await reader.state(RACE_ALICE, room_id))
+        results.append(await reader.state_event(RACE_ALICE, room_id, "m.room.member", CROWD[0]))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(members)
@@ -250,6 +255,8 @@ async def test_member_lists_of_a_partial_state_room_wait_for_its_full_state(
         await creator.send_event(RACE_ALICE, room_id, "m.room.message", {"body": "now"})
         async with running_stater(stater):
             await stater.wait_for_full_state(room_id)
-    chunk, joined = results
+    chunk, joined, state, crowd_member = results
     assert {event["state_key"] for event in chunk} >= {RACE_ALICE, *CROWD}
     assert set(CROWD) <= set(joined)
+    assert {("m.room.member", user) for user in CROWD} <= set(_by_key(state))
+    assert crowd_member["content"]["membership"] == "join"

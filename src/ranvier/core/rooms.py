@@ -22,9 +22,11 @@ Who may read what (the client-server API's rules):
   asks.
 
 A room joined with partial state lacks most of its members here until the
-un-partial-state task has fetched them, so reads of the member list wait for
-that (:class:`FullStateWaiter`), as Synapse's do; the reader's own
-membership is in the partial state, so the checks above do not wait.
+un-partial-state task has fetched them, so reads that would show them (the
+member lists, the whole current state, the membership of a user of another
+server) wait for that (:class:`FullStateWaiter`), as Synapse's do. The
+memberships of this server's users are in the partial state, so the checks
+above, and reads of other state, do not wait.
 """
 
 from __future__ import annotations
@@ -98,8 +100,9 @@ class RoomReader:
     """Reads rooms for local users, applying the rules above.
 
     ``store`` reads the rooms, ``memberships`` finds a user's rooms.
-    ``full_state`` is what member lists wait on while a room's state is
-    partial; without one they answer from the partial state. ``clock``
+    ``full_state`` is what reads of members wait on while a room's state is
+    partial; without one they answer from the partial state. Memberships of
+    users of ``server_name`` (ours) are read without waiting. ``clock``
     gives the ``age`` of events returned.
     """
 
@@ -109,8 +112,10 @@ class RoomReader:
         memberships: MembershipIndex,
         *,
         full_state: FullStateWaiter | None = None,
+        server_name: str | None = None,
         clock: Clock = wall_clock_ms,
     ) -> None:
+        self._server_name = server_name
         self._store = store
         self._memberships = memberships
         self._full_state = full_state
@@ -147,6 +152,8 @@ class RoomReader:
     async def state(self, user_id: str, room_id: str) -> list[dict[str, Any]]:
         """Every state event the user may see: ``GET /rooms/{roomId}/state``."""
         view = await self._view(user_id, room_id)
+        if view.state_group is None:
+            await self._wait_for_members(room_id)
         state = await self._state_ids(room_id, view)
         events = await self._events(state.values())
         now = self._clock()
@@ -165,6 +172,9 @@ class RoomReader:
         """
         view = await self._view(user_id, room_id)
         key = (event_type, state_key)
+        local = self._server_name is not None and state_key.partition(":")[2] == self._server_name
+        if view.state_group is None and event_type == _MEMBER and not local:
+            await self._wait_for_members(room_id)
         if view.state_group is None:
             found = await self._store.get_current_state_ids_for_keys(room_id, [key])
         else:
