@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import nio  # type: ignore[import-untyped]
+import pytest
 import trio
 import trio_asyncio  # type: ignore[import-untyped]
 
@@ -76,6 +77,17 @@ def _bodies(response: nio.SyncResponse, room_id: str) -> list[tuple[str, str]]:
     ]
 
 
+def _invalid_responses(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What nio logged of responses that broke the spec's schemas (it then
+    hands back an error response, or drops the part it could not read).
+    """
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name.startswith("nio") and "validating" in record.getMessage()
+    ]
+
+
 async def _send(client: nio.AsyncClient, room_id: str, body: str) -> str:
     sent = await _aio(
         client.room_send, room_id, "m.room.message", {"msgtype": "m.text", "body": body}
@@ -97,7 +109,9 @@ async def _sync_until(
                 return response
 
 
-async def test_register_log_in_create_send_and_sync(tmp_path: Path) -> None:
+async def test_register_log_in_create_send_and_sync(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async with (
         _asyncio(),
         open_test_homeserver(tmp_path / "hs") as hs,
@@ -127,9 +141,15 @@ async def test_register_log_in_create_send_and_sync(tmp_path: Path) -> None:
         # nio keeps the room's state from the sync.
         assert alice.rooms[room_id].name == "Lobby"
         assert set(alice.rooms[room_id].users) == {alice.user_id}
+    # nio reads the refused login's body as a login first: the one complaint.
+    assert _invalid_responses(caplog) == [
+        "Error validating response: 'user_id' is a required property"
+    ]
 
 
-async def test_two_users_see_each_others_messages(tmp_path: Path) -> None:
+async def test_two_users_see_each_others_messages(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async with (
         _asyncio(),
         open_test_homeserver(tmp_path / "hs") as hs,
@@ -177,6 +197,7 @@ async def test_two_users_see_each_others_messages(tmp_path: Path) -> None:
         members = await _aio(bob.joined_members, room_id)
         assert isinstance(members, nio.JoinedMembersResponse), members
         assert {m.user_id for m in members.members} == {alice.user_id, bob.user_id}
+    assert not _invalid_responses(caplog)
 
 
 async def test_rate_limits_reach_the_client(tmp_path: Path) -> None:
@@ -253,7 +274,9 @@ class _HeldResync(Router):
         return RouteMatch(dataclasses.replace(found.route, handler=held), found.params)
 
 
-async def test_joining_a_room_of_another_server_with_partial_state(tmp_path: Path) -> None:
+async def test_joining_a_room_of_another_server_with_partial_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Bob, on B, joins Alice's room on A through its alias. B joins with
     partial state and completes the room's state in the background (held
     back here until the test lets it go). Both users talk meanwhile; Bob's
@@ -342,3 +365,4 @@ async def test_joining_a_room_of_another_server_with_partial_state(tmp_path: Pat
             assert set(fresh.rooms[room_id].users) == everyone
         finally:
             await _aio(fresh.close)
+    assert not _invalid_responses(caplog)
