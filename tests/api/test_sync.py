@@ -412,3 +412,26 @@ async def test_the_sending_device_gets_its_transaction_id_back(env: _Env) -> Non
     )
     page = (await env.get(ALICE, f"/_matrix/client/v3/rooms/{room_id}/messages", limit=1)).json()
     assert unsigned_of(page["chunk"])["transaction_id"] == "txn-1"
+
+
+async def test_lazy_loading_sends_the_senders_and_the_users_own_membership(env: _Env) -> None:
+    room_id = await env.hs.create_room(ALICE, preset="public_chat")
+    await env.hs.join_room(BOB, room_id)
+    await env.hs.join_room(CAROL, room_id)
+    await _say(env.hs, BOB, room_id, *(f"b{i}" for i in range(10)))
+    await _say(env.hs, CAROL, room_id, *(f"c{i}" for i in range(10)))
+    lazy = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 10}}})
+    room = (await env.sync(ALICE, filter=lazy))["rooms"]["join"][room_id]
+    assert {event["sender"] for event in room["timeline"]["events"]} == {CAROL}
+    members = {e["state_key"] for e in room["state"]["events"] if e["type"] == "m.room.member"}
+    assert members == {ALICE, CAROL}
+    # Without lazy-loading, every member.
+    room = (await env.sync(ALICE))["rooms"]["join"][room_id]
+    members = {e["state_key"] for e in room["state"]["events"] if e["type"] == "m.room.member"}
+    assert members == {ALICE, BOB, CAROL}
+    refused = await env.get(
+        ALICE,
+        "/_matrix/client/v3/sync",
+        filter=json.dumps({"room": {"state": {"lazy_load_members": "true"}}}),
+    )
+    assert (refused.status_code, refused.json()["errcode"]) == (400, "M_BAD_JSON")

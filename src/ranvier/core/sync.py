@@ -374,7 +374,9 @@ class SyncHandler:
             )
         else:
             state = {}
-        state_events = await self._state_events(request.filter.room.state, state, timeline)
+        state_events = await self._state_events(
+            request.filter.room.state, state, timeline, request.user_id
+        )
         transactions = await transaction_ids(self._store, request.requester, timeline)
         prev = timeline[0].stream_ordering - 1 if timeline else upto
         return {
@@ -393,13 +395,17 @@ class SyncHandler:
         state_filter: RoomEventFilter,
         state: dict[StateKey, str],
         timeline: Sequence[StoredEvent],
+        user_id: str,
     ) -> list[dict[str, Any]]:
         """The state entries to send: the filter's, and with lazy-loading
-        only the memberships of the timeline's senders.
+        only the memberships of the timeline's senders and the user's own.
         """
         wanted = dict(state)
         if state_filter.lazy_load_members:
-            wanted = {key: value for key, value in wanted.items() if key[0] != _MEMBER}
+            own = (_MEMBER, user_id)
+            wanted = {
+                key: value for key, value in wanted.items() if key[0] != _MEMBER or key == own
+            }
             members = await senders_memberships(self._store, timeline)
             wanted.update(((_MEMBER, sender), event_id) for sender, event_id in members.items())
         in_timeline = {event.event_id for event in timeline}
