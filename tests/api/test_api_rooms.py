@@ -466,6 +466,25 @@ async def test_members_and_joined_members(env: Env) -> None:
         status=400,
         errcode="M_INVALID_PARAM",
     )
+    # Just before Bob set his display name, and before the room was made.
+    renamed = (await c.state(alice, room_id))[("m.room.member", bob.user_id)]["event_id"]
+    stored = await env.storage.get_event(renamed)
+    assert stored is not None
+    before = await c.ok(
+        alice, "GET", f"{room}/members", params={"at": f"t{stored.stream_ordering - 1}"}
+    )
+    contents = {event["state_key"]: event["content"] for event in before["chunk"]}
+    assert contents[bob.user_id] == {"membership": "join"}
+    assert set(contents) == {alice.user_id, bob.user_id, carol.user_id}
+    assert await c.ok(alice, "GET", f"{room}/members", params={"at": "t0"}) == {"chunk": []}
+    await c.refused(
+        alice,
+        "GET",
+        f"{room}/members",
+        params={"at": "later"},
+        status=400,
+        errcode="M_INVALID_PARAM",
+    )
     assert await c.ok(alice, "GET", f"{room}/joined_members") == {
         "joined": {alice.user_id: {}, bob.user_id: {"display_name": "Bob"}}
     }

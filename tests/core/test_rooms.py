@@ -260,3 +260,29 @@ async def test_member_reads_of_a_partial_state_room_wait_for_its_full_state(
     assert set(CROWD) <= set(joined)
     assert {("m.room.member", user) for user in CROWD} <= set(_by_key(state))
     assert crowd_member["content"]["membership"] == "join"
+
+
+async def test_members_at_a_stream_position(
+    creator: EventCreator, reader: RoomReader, storage: Storage
+) -> None:
+    room_id = await _public_room(creator)  # Alice creates it, Bob joins
+
+    async def position(event_id: str) -> int:
+        return (await storage.get_events([event_id]))[event_id].stream_ordering
+
+    carol = await position(await creator.join(CAROL, room_id))
+    left = await position(await creator.leave(BOB, room_id))
+    await creator.join(DAN, room_id)
+
+    async def users(user: str, at: int) -> dict[str, str]:
+        members = await reader.members(user, room_id, at=at)
+        return {event["state_key"]: event["content"]["membership"] for event in members}
+
+    assert await users(ALICE, carol - 1) == {ALICE: "join", BOB: "join"}
+    assert await users(ALICE, carol) == {ALICE: "join", BOB: "join", CAROL: "join"}
+    assert await users(ALICE, 0) == {}
+    # Bob, who left, sees no further than his leave, however late he asks.
+    at_leave = {ALICE: "join", BOB: "leave", CAROL: "join"}
+    assert await users(BOB, left + 100) == at_leave
+    assert await users(BOB, carol) == {ALICE: "join", BOB: "join", CAROL: "join"}
+    assert set(await users(ALICE, left + 100)) == {ALICE, BOB, CAROL, DAN}

@@ -27,6 +27,7 @@ from ranvier.core.accounts import Requester
 from ranvier.core.client_txns import ClientTransactions
 from ranvier.core.creation import EventCreator, Preset
 from ranvier.core.directory import RoomDirectory
+from ranvier.core.pagination import parse_pagination_token
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.room_leaves import RoomLeaves
 from ranvier.core.rooms import RoomReader
@@ -352,11 +353,13 @@ class _Rooms:
 
     async def get_members(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)
+        at = request.query_value("at")
         chunk = await self._reader.members(
             requester.user_id,
             _room_id(request),
             membership=request.query_value("membership"),
             not_membership=request.query_value("not_membership"),
+            at=None if at is None else parse_pagination_token(at),
         )
         return {"chunk": chunk}
 

@@ -67,6 +67,10 @@ class MembershipIndex(Protocol):
         """Per room whose current state has a membership of ``user_id``, that event's ID."""
         ...
 
+    async def get_room_event_id_at(self, room_id: str, stream_ordering: int) -> str | None:
+        """The room's last accepted event at or before ``stream_ordering``."""
+        ...
+
 
 class FullStateWaiter(Protocol):
     """Waits for a room joined with partial state to have its full state
@@ -94,6 +98,8 @@ class _View:
     state_group: int | None
     #: Whether the user is joined now.
     joined: bool
+    #: Where the membership that ended was written (with ``state_group``).
+    ended_at: int | None = None
 
 
 class RoomReader:
@@ -261,12 +267,14 @@ class RoomReader:
         *,
         membership: str | None = None,
         not_membership: str | None = None,
+        at: int | None = None,
     ) -> list[dict[str, Any]]:
         """The member events of the state the user sees: ``GET /members``.
 
         With ``membership``, members with that membership; with
         ``not_membership``, those without that one; with both, either (the
-        spec's "or").
+        spec's "or"). With ``at`` (a stream position), the members as the
+        room stood then, or, for a user who has left since, when they left.
         """
         for name, value in (("membership", membership), ("not_membership", not_membership)):
             if value is not None and value not in MEMBERSHIPS:
@@ -278,7 +286,10 @@ class RoomReader:
         view = await self._view(user_id, room_id)
         if view.state_group is None:
             await self._wait_for_members(room_id)
-        members = await self._member_events(room_id, view)
+        seen: _View | None = view
+        if at is not None and (view.ended_at is None or at < view.ended_at):
+            seen = await self._view_at(room_id, view, at)
+        members = [] if seen is None else await self._member_events(room_id, seen)
         now = self._clock()
         chosen = []
         for event in members:
@@ -329,10 +340,20 @@ class RoomReader:
         if departed and current is not None and membership in ("leave", "ban"):
             groups = await self._store.get_event_state_groups(current.event_id)
             if groups is not None:
-                return _View(membership, groups.after, joined=False)
+                return _View(
+                    membership, groups.after, joined=False, ended_at=current.stream_ordering
+                )
         if await self._world_readable(room_id, None):
             return _View(membership, None, joined=False)
         raise _forbidden(f"{user_id} may not read room {room_id}: not a member of it")
+
+    async def _view_at(self, room_id: str, view: _View, position: int) -> _View | None:
+        """The state after the room's last event by ``position``; None before the room."""
+        event_id = await self._memberships.get_room_event_id_at(room_id, position)
+        groups = None if event_id is None else await self._store.get_event_state_groups(event_id)
+        if groups is None:
+            return None
+        return _View(view.membership, groups.after, joined=view.joined)
 
     async def _world_readable(self, room_id: str, state_group: int | None) -> bool:
         if state_group is None:

@@ -5,6 +5,10 @@ The current state's member rows are indexed by state key (schema 7's
 membership this server holds only as an outlier (an invite from another
 server to a room not joined here) is not in any current state, so it is
 found among the room's own member events instead.
+
+``GET /members?at=`` reads the state of a room as of a stream position: the
+state after the room's last accepted event at or before it, found through
+the events' ``(room_id, stream_ordering)`` index.
 """
 
 from __future__ import annotations
@@ -49,6 +53,22 @@ class RoomMemberStorage:
                 "SELECT event_id FROM events WHERE room_id = ? AND type = 'm.room.member'"
                 " AND state_key = ? ORDER BY stream_ordering DESC LIMIT 1",
                 (room_id, user_id),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._readers.read(select)
+
+    async def get_room_event_id_at(self, room_id: str, stream_ordering: int) -> str | None:
+        """The room's last accepted event in its DAG at or before
+        ``stream_ordering``; None when it had none by then.
+        """
+
+        def select(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT event_id FROM events WHERE room_id = ? AND stream_ordering <= ?"
+                " AND outlier = 0 AND soft_failed = 0 AND rejected_reason IS NULL"
+                " ORDER BY stream_ordering DESC LIMIT 1",
+                (room_id, stream_ordering),
             ).fetchone()
             return None if row is None else str(row[0])
 
