@@ -88,3 +88,31 @@ async def test_a_retry_after_a_restart_is_recognised(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
     assert answers == ["$event1", "$event1"]
     assert sender.sent == 1
+
+
+async def test_transactions_are_forgotten_after_a_day(storage: Storage) -> None:
+    now = [0]
+    minute = 60 * 1000
+    hour = 60 * minute
+    txns = ClientTransactions(storage.client_transactions, clock=lambda: now[0])
+    stored = storage.client_transactions
+    sender = Sender()
+
+    async def send(scope: str, at: int) -> str:
+        now[0] = at
+        return await txns.run(ALICE, "DEV", scope, ROOM, sender.send)
+
+    assert await send("/send/old", 0) == "$event1"
+    assert await send("/send/early", hour + 15 * minute) == "$event2"
+    assert await send("/send/new", 23 * hour) == "$event3"
+    # A day after the first: its retry is still recognised until the next prune.
+    assert await send("/send/old", 25 * hour) == "$event1"
+    assert await send("/send/third", 25 * hour) == "$event4"
+    assert await stored.get_client_transaction(ALICE, "DEV", "/send/old") is None
+    assert await stored.get_client_transaction(ALICE, "DEV", "/send/early") == "$event2"
+    # Within the hour no prune runs again, though "early" is a day old now.
+    await send("/send/fourth", 25 * hour + 30 * minute)
+    assert await stored.get_client_transaction(ALICE, "DEV", "/send/early") == "$event2"
+    await send("/send/fifth", 26 * hour + 30 * minute)
+    assert await stored.get_client_transaction(ALICE, "DEV", "/send/early") is None
+    assert await stored.get_client_transaction(ALICE, "DEV", "/send/new") == "$event3"

@@ -17,18 +17,27 @@ Invariants
   sees an ID of; this cannot happen in a single process).
 * **Nothing recorded for a failed send.** A send that raises records
   nothing, so the retry tries again.
+* **Kept a day.** Clients retry within minutes; a transaction is forgotten
+  ``keep_ms`` (a day) after it was recorded, by a prune that a recording
+  runs at most once every ``prune_every_ms`` (an hour), so the table
+  stays the size of a day's sends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 import trio
 
 from .builder import Clock, wall_clock_ms
 
-__all__ = ["ClientTransactionStore", "ClientTransactions"]
+__all__ = [
+    "DEFAULT_KEEP_MS",
+    "DEFAULT_PRUNE_EVERY_MS",
+    "ClientTransactionStore",
+    "ClientTransactions",
+]
 
 
 class ClientTransactionStore(Protocol):
@@ -50,6 +59,13 @@ class ClientTransactionStore(Protocol):
         event_id: str,
         created_ts: int,
     ) -> str: ...
+
+    async def delete_client_transactions_before(self, created_ts: int) -> int: ...
+
+
+#: How long a transaction is remembered, and how often the old are dropped.
+DEFAULT_KEEP_MS: Final = 24 * 60 * 60 * 1000
+DEFAULT_PRUNE_EVERY_MS: Final = 60 * 60 * 1000
 
 
 class _KeyedLocks:
@@ -75,9 +91,19 @@ class _KeyedLocks:
 class ClientTransactions:
     """Runs each client transaction once and remembers its event."""
 
-    def __init__(self, store: ClientTransactionStore, *, clock: Clock = wall_clock_ms) -> None:
+    def __init__(
+        self,
+        store: ClientTransactionStore,
+        *,
+        clock: Clock = wall_clock_ms,
+        keep_ms: int = DEFAULT_KEEP_MS,
+        prune_every_ms: int = DEFAULT_PRUNE_EVERY_MS,
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._keep_ms = keep_ms
+        self._prune_every_ms = prune_every_ms
+        self._pruned_at: int | None = None
         self._locks = _KeyedLocks()
 
     async def run(
@@ -107,6 +133,14 @@ class ClientTransactions:
                         created_ts=self._clock(),
                     )
                 assert recorded is not None  # a shielded scope is never cancelled
+                await self._prune()
             return recorded
 
         return await self._locks.run((user_id, device_id, scope), once)
+
+    async def _prune(self) -> None:
+        now = self._clock()
+        if self._pruned_at is not None and now - self._pruned_at < self._prune_every_ms:
+            return
+        self._pruned_at = now
+        await self._store.delete_client_transactions_before(now - self._keep_ms)
