@@ -435,3 +435,28 @@ async def test_lazy_loading_sends_the_senders_and_the_users_own_membership(env: 
         filter=json.dumps({"room": {"state": {"lazy_load_members": "true"}}}),
     )
     assert (refused.status_code, refused.json()["errcode"]) == (400, "M_BAD_JSON")
+
+
+async def test_history_visibility_hides_what_came_before_a_join(env: _Env) -> None:
+    guarded = await env.hs.create_room(ALICE, preset="public_chat")
+    await env.hs.send_event(
+        ALICE,
+        guarded,
+        "m.room.history_visibility",
+        {"history_visibility": "joined"},
+        state_key="",
+    )
+    shared = await env.hs.create_room(ALICE, preset="public_chat")
+    for room_id in (guarded, shared):
+        await _say(env.hs, ALICE, room_id, "before bob")
+        await env.hs.join_room(BOB, room_id)
+        await _say(env.hs, ALICE, room_id, "after bob")
+    body = await env.sync(BOB)
+    assert _bodies(body["rooms"]["join"][guarded]) == ["after bob"]
+    assert _bodies(body["rooms"]["join"][shared]) == ["before bob", "after bob"]
+    for room_id, expected in ((guarded, ["after bob"]), (shared, ["after bob", "before bob"])):
+        page = (await env.get(BOB, f"/_matrix/client/v3/rooms/{room_id}/messages", limit=50)).json()
+        bodies = [event["content"]["body"] for event in page["chunk"] if "body" in event["content"]]
+        assert bodies == expected
+    # Alice, there all along, sees everything.
+    assert _bodies((await env.sync(ALICE))["rooms"]["join"][guarded]) == ["before bob", "after bob"]

@@ -107,6 +107,14 @@ class MessagesStore(Protocol):
 
     async def get_events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]: ...
 
+    async def visibility_at(
+        self, user_id: str, event_ids: Collection[str]
+    ) -> dict[str, tuple[str | None, str | None]]:
+        """Per event, the history visibility and the user's membership in
+        the state before it.
+        """
+        ...
+
     async def transaction_ids(
         self, user_id: str, device_id: str, event_ids: Collection[str]
     ) -> dict[str, str]:
@@ -130,6 +138,45 @@ def _transaction_id(scope: str, event: StoredEvent) -> str | None:
         _, slash, txn_id = scope[len(redact) :].partition("/")
         return txn_id if slash else None
     return None
+
+
+async def visible_to(
+    store: MessagesStore,
+    user_id: str,
+    events: Sequence[StoredEvent],
+    *,
+    joined_now: bool,
+    checked_before: int,
+) -> list[StoredEvent]:
+    """``events`` without those the room's history visibility hides from
+    ``user_id``, by the spec's rules at each event: ``world_readable`` to
+    anyone, ``shared`` to users joined now or at the event, ``invited`` to
+    those invited or joined at it, ``joined`` to those joined at it; a
+    user's own membership events are theirs to see. Events from
+    ``checked_before`` on come after the user's current join and are
+    visible without a look.
+    """
+    check = [
+        event
+        for event in events
+        if event.stream_ordering < checked_before
+        and not (event.type == "m.room.member" and event.state_key == user_id)
+    ]
+    if not check:
+        return list(events)
+    verdicts = await store.visibility_at(user_id, [event.event_id for event in check])
+    hidden = set()
+    for event in check:
+        visibility, then = verdicts.get(event.event_id, (None, None))
+        visibility = visibility or "shared"
+        if visibility == "world_readable" or then == "join":
+            continue
+        if (visibility == "shared" and joined_now) or (
+            visibility == "invited" and then == "invite"
+        ):
+            continue
+        hidden.add(event.event_id)
+    return [event for event in events if event.event_id not in hidden]
 
 
 async def transaction_ids(
@@ -188,15 +235,18 @@ class RoomMessages:
     def __init__(self, store: MessagesStore) -> None:
         self._store = store
 
-    async def _visible_upto(self, requester: Requester, room_id: str) -> int:
+    async def _visible_upto(self, requester: Requester, room_id: str) -> tuple[int, int, bool]:
+        """How far the user may page (now, or their leave), from where on
+        events need no visibility check, and whether they are joined now.
+        """
         membership = await self._store.current_membership(room_id, requester.user_id)
         if membership is not None:
             kind, position = membership
             if kind == "join":
                 events, _ = await self._store.positions()
-                return events
+                return events, position, True
             if kind in ("leave", "ban"):
-                return position
+                return position, position + 1, False
         raise MatrixError(
             f"{requester.user_id} is not in {room_id}", errcode="M_FORBIDDEN", http_status=403
         )
@@ -219,7 +269,7 @@ class RoomMessages:
         if limit < 0:
             raise MatrixError(f"limit must not be negative, not {limit}", errcode="M_INVALID_PARAM")
         limit = min(limit, MAX_LIMIT)
-        visible = await self._visible_upto(requester, room_id)
+        visible, checked_before, joined_now = await self._visible_upto(requester, room_id)
         accept = None if event_filter is None else event_filter.predicate()
         if direction == "b":
             start = visible if from_position is None else min(from_position, visible)
@@ -235,6 +285,13 @@ class RoomMessages:
                 room_id, after=start, upto=ceiling, limit=limit, backwards=False, accept=accept
             )
             end = events[-1].stream_ordering if events and more else None
+        events = await visible_to(
+            self._store,
+            requester.user_id,
+            events,
+            joined_now=joined_now,
+            checked_before=checked_before,
+        )
         transactions = await transaction_ids(self._store, requester, events)
         answer: dict[str, Any] = {
             "start": from_token if from_token is not None else format_pagination_token(start),

@@ -67,6 +67,7 @@ from ranvier.core.pagination import (
     parse_sync_token,
     senders_memberships,
     transaction_ids,
+    visible_to,
 )
 from ranvier.storage.records import StateKey, StoredEvent
 
@@ -276,7 +277,14 @@ class SyncHandler:
             or (joined_at > since.events and not await self._was_joined(request, room_id))
             or (room_id in request.un_partialled and not request.filter.lazy_load_members)
         )
-        room = await self._room(request, room_id, upto=request.now.events, newly=newly)
+        room = await self._room(
+            request,
+            room_id,
+            upto=request.now.events,
+            newly=newly,
+            joined_now=True,
+            checked_before=joined_at,
+        )
         if room is None:
             return None
         room["ephemeral"] = {"events": []}
@@ -288,7 +296,14 @@ class SyncHandler:
     async def _left_room(
         self, request: _Request, room_id: str, left_at: int, leave_id: str
     ) -> dict[str, Any]:
-        room = await self._room(request, room_id, upto=left_at, newly=request.since is None)
+        room = await self._room(
+            request,
+            room_id,
+            upto=left_at,
+            newly=request.since is None,
+            joined_now=False,
+            checked_before=left_at + 1,
+        )
         if room is None:
             # The leave is outside the room's timeline here (an invite from
             # another server declined) or filtered out of it: the client
@@ -332,7 +347,14 @@ class SyncHandler:
         return event is not None and event_content(event).get("membership") == "join"
 
     async def _room(
-        self, request: _Request, room_id: str, *, upto: int, newly: bool
+        self,
+        request: _Request,
+        room_id: str,
+        *,
+        upto: int,
+        newly: bool,
+        joined_now: bool,
+        checked_before: int,
     ) -> dict[str, Any] | None:
         """A room's timeline and state up to ``upto``: in full for a room
         new to the client, otherwise what is new since the request's
@@ -354,7 +376,13 @@ class SyncHandler:
             )
         else:
             newest_first, limited = [], False
-        timeline = newest_first[::-1]
+        timeline = await visible_to(
+            self._store,
+            request.user_id,
+            newest_first[::-1],
+            joined_now=joined_now,
+            checked_before=checked_before,
+        )
         if after == 0 and timeline and not limited:
             # The room's history here may start later than the room (joined
             # through another server, which holds what came before): only

@@ -64,6 +64,8 @@ _MOST_CHANGED_EVENTS = 100_000
 
 
 class _Membership(msgspec.Struct):
+    """The content of an event, whatever else it holds."""
+
     content: dict[str, Any] = {}
 
 
@@ -328,6 +330,37 @@ def current_state_for_keys(
     return [events[event_id] for event_id in ids if event_id in events]
 
 
+def visibility_at(
+    conn: sqlite3.Connection, user_id: str, event_ids: Collection[str]
+) -> dict[str, tuple[str | None, str | None]]:
+    """For each event with state here, the room's history visibility and the
+    user's membership in the state before it (None where absent).
+    """
+    keys = (("m.room.history_visibility", ""), ("m.room.member", user_id))
+    contents: dict[str, dict[str, Any]] = {}
+    found: dict[str, tuple[str | None, str | None]] = {}
+    for event_id in event_ids:
+        group = _group_before(conn, event_id)
+        if group is None:
+            continue
+        state = read_state_for_keys(conn, group, keys)
+        values: list[str | None] = []
+        for key, field in zip(keys, ("history_visibility", "membership"), strict=True):
+            holder = state.get(key)
+            if holder is None:
+                values.append(None)
+                continue
+            if holder not in contents:
+                row = conn.execute(
+                    "SELECT json FROM events WHERE event_id = ?", (holder,)
+                ).fetchone()
+                contents[holder] = {} if row is None else _decode_membership(row[0]).content
+            value = contents[holder].get(field)
+            values.append(value if isinstance(value, str) else None)
+        found[event_id] = (values[0], values[1])
+    return found
+
+
 def transaction_ids(
     conn: sqlite3.Connection, user_id: str, device_id: str, event_ids: Collection[str]
 ) -> dict[str, str]:
@@ -454,6 +487,14 @@ class SyncReads:
     async def get_events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
         ids = frozenset(event_ids)
         return await self._readers.read(functools.partial(get_events, event_ids=ids))
+
+    async def visibility_at(
+        self, user_id: str, event_ids: Collection[str]
+    ) -> dict[str, tuple[str | None, str | None]]:
+        ids = tuple(event_ids)
+        return await self._readers.read(
+            functools.partial(visibility_at, user_id=user_id, event_ids=ids)
+        )
 
     async def transaction_ids(
         self, user_id: str, device_id: str, event_ids: Collection[str]
