@@ -130,6 +130,21 @@ async def test_create_room_with_everything(env: Env) -> None:
     assert await c.ok(env.alice, "GET", "/joined_rooms") == {"joined_rooms": [room_id]}
 
 
+async def test_a_direct_chats_invites_say_so(env: Env) -> None:
+    c = env.client
+    room_id = await c.create_room(
+        env.alice, preset="trusted_private_chat", invite=[env.bob.user_id], is_direct=True
+    )
+    invite = (await c.state(env.alice, room_id))[("m.room.member", env.bob.user_id)]
+    assert invite["content"] == {"membership": "invite", "is_direct": True}
+    other = await c.create_room(env.alice, invite=[env.bob.user_id])
+    invite = (await c.state(env.alice, other))[("m.room.member", env.bob.user_id)]
+    assert invite["content"] == {"membership": "invite"}
+    await c.refused(
+        env.alice, "POST", "/createRoom", {"is_direct": "yes"}, status=400, errcode="M_BAD_JSON"
+    )
+
+
 async def test_create_room_defaults(env: Env) -> None:
     room_id = await env.client.create_room(env.alice)
     state = await env.client.state(env.alice, room_id)

@@ -155,7 +155,7 @@ class _Rooms:
         override = _optional(body, "power_level_content_override", dict)
         creation_content = _optional(body, "creation_content", dict)
         room_version = _optional(body, "room_version", str) or DEFAULT_ROOM_VERSION
-        _optional(body, "is_direct", bool)
+        is_direct = bool(_optional(body, "is_direct", bool))
         alias_name = _optional(body, "room_alias_name", str)
         alias = None
         if alias_name is not None:
@@ -180,6 +180,7 @@ class _Rooms:
             power_level_content_override=override,
             creation_content=creation_content,
             room_version=room_version,
+            is_direct=is_direct,
         )
         if alias is not None:
             try:

@@ -194,13 +194,15 @@ class EventCreator:
         power_level_content_override: Mapping[str, Any] | None = None,
         creation_content: Mapping[str, Any] | None = None,
         room_version: RoomVersionLike = DEFAULT_ROOM_VERSION,
+        is_direct: bool = False,
     ) -> str:
         """Create a room as ``/createRoom`` does; return its ID.
 
         The events follow the spec's order: the create event, the creator's
         join, power levels, the preset's join rules, history visibility and
         guest access, ``initial_state``, name, topic, then an invite for
-        each of ``invite``. Aliases are not handled here.
+        each of ``invite`` (marked ``is_direct`` when ``is_direct``, for a
+        direct chat). Aliases are not handled here.
 
         Where the spec leaves a choice: an ``initial_state`` event takes the
         place of the preset's event for its key, and an
@@ -237,6 +239,7 @@ class EventCreator:
             initial_state=initial_state,
             power_level_content_override=power_level_content_override,
             creation_content=creation_content,
+            is_direct=is_direct,
         )
         _rehearse(rv, room_id, templates)
 
@@ -570,6 +573,7 @@ def _room_templates(
     initial_state: Iterable[Mapping[str, Any]],
     power_level_content_override: Mapping[str, Any] | None,
     creation_content: Mapping[str, Any] | None,
+    is_direct: bool = False,
 ) -> list[dict[str, Any]]:
     """The events of a new room in the spec's order, without room IDs."""
     trusted = preset == "trusted_private_chat"
@@ -617,7 +621,10 @@ def _room_templates(
         if type(topic) is not str:
             raise _invalid_param("a room topic must be a string")
         templates.append(_state(_TOPIC, creator, _topic_content(topic)))
-    templates.extend(_state(_MEMBER, creator, {"membership": "invite"}, user) for user in invitees)
+    invite: dict[str, Any] = {"membership": "invite"}
+    if is_direct:
+        invite["is_direct"] = True
+    templates.extend(_state(_MEMBER, creator, invite, user) for user in invitees)
     return templates
 
 
