@@ -460,3 +460,17 @@ async def test_history_visibility_hides_what_came_before_a_join(env: _Env) -> No
         assert bodies == expected
     # Alice, there all along, sees everything.
     assert _bodies((await env.sync(ALICE))["rooms"]["join"][guarded]) == ["before bob", "after bob"]
+
+
+async def test_a_token_ahead_of_the_server_is_never_answered_with_an_older_one(
+    env: _Env,
+) -> None:
+    await env.hs.create_room(ALICE)
+    now = (await env.sync(ALICE))["next_batch"]
+    events = int(now[1:].partition("_")[0])
+    ahead = f"s{events + 1000}_7"
+    body = await env.sync(ALICE, since=ahead, timeout=0)
+    assert body["next_batch"] == ahead
+    # One stream ahead, the other behind: each keeps the larger.
+    mixed = await env.sync(ALICE, since="s0_7", timeout=0)
+    assert mixed["next_batch"] == f"s{events}_7"

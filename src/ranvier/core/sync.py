@@ -222,9 +222,10 @@ class SyncHandler:
         )
         events, un_partial, memberships, partial, un_partialled, changed = snapshot
         now = StreamPosition(events, un_partial)
-        if since is not None and not now.is_beyond(since):
-            # A token from before a restore, or made up: never answer with a
-            # next_batch behind the one given, or the client would go back.
+        if since is not None:
+            # Never answer with a next_batch behind the token given in either
+            # stream (a token from before a restore, or made up), or the
+            # client would go back.
             now = StreamPosition(
                 max(now.events, since.events), max(now.un_partial, since.un_partial)
             )
