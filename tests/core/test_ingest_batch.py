@@ -24,6 +24,7 @@ from ranvier.errors import MatrixError, PartialStateConflictError
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.signing import generate_signing_key
 from ranvier.storage import EventToPersist, ReaderPool, ReadOperation, Storage
+from ranvier.storage.run_reads import RunReads
 from ranvier.testing import KnownKeys, RemoteRooms, RoomBuilder, ingest_all
 
 OURS = "ours.test"
@@ -69,12 +70,15 @@ class Room:
         self.builder.public_room(BOB, CAROL)
         self.initial = list(self.builder.order)
 
-    def ingester(self, storage: Storage, persister: Any = None) -> FederationIngester:
+    def ingester(
+        self, storage: Storage, persister: Any = None, run_reader: RunReads | None = None
+    ) -> FederationIngester:
         return FederationIngester(
             store=storage,
             persister=storage if persister is None else persister,
             client=RemoteRooms(self.builder),
             verifier=EventVerifier(KnownKeys(self.keys)),
+            run_reader=run_reader,
         )
 
 
@@ -139,6 +143,26 @@ async def test_fifty_events_in_a_line_are_written_with_one_persist(
     assert _fine(outcomes)
     assert counting.persists[1:] == [[event.event_id for event in more]]
     assert counting.counting.count <= 8
+
+
+async def test_a_run_reads_what_it_starts_from_in_one_read(
+    counting: CountingStorage, room: Room
+) -> None:
+    reads_per_transaction = []
+    for run_reader in (None, RunReads(counting.counting)):
+        ingester = room.ingester(counting, run_reader=run_reader)
+        events = [room.builder.message(BOB, f"message {n}") for n in range(50)]
+        counting.counting.count = 0
+        outcomes = await ingester.receive_pdus(REMOTE, [event.raw for event in events])
+        assert _fine(outcomes)
+        assert counting.persists[-1] == [event.event_id for event in events]
+        reads_per_transaction.append(counting.counting.count)
+    separate, together = reads_per_transaction
+    # The start's five reads (in a room without partial state; four of them
+    # side by side) become one.
+    assert together == separate - 4
+    extremities = await counting.get_forward_extremities(room.builder.room_id)
+    assert extremities == {room.builder.last}
 
 
 async def test_state_events_in_a_run_give_the_events_after_them_their_state(
@@ -398,8 +422,9 @@ async def test_a_run_conflicting_twice_is_taken_one_event_at_a_time(
 # --- The run as storage will be -------------------------------------------------------
 
 
+@pytest.mark.parametrize("one_read", [False, True])
 async def test_a_run_answers_as_storage_does_once_it_is_written(
-    counting: CountingStorage, room: Room
+    counting: CountingStorage, room: Room, one_read: bool
 ) -> None:
     builder = room.builder
     room_id = builder.room_id
@@ -411,7 +436,8 @@ async def test_a_run_answers_as_storage_does_once_it_is_written(
         builder.topic(ALICE, "two", prev=[start]),
     ]
     events.append(builder.message(BOB, "merge", prev=[events[1].event_id, events[3].event_id]))
-    run = RoomRun(counting, counting, room_id, builder.room_version)
+    run_reader = RunReads(counting.counting) if one_read else None
+    run = RoomRun(counting, counting, room_id, builder.room_version, run_reader=run_reader)
     await run.load(events)
     for event in events:
         context = await compute_event_context(event, run, run)

@@ -115,7 +115,7 @@ from .event_signatures import (
     run_signature_checks,
 )
 from .failures import sole_failure
-from .ingest_batch import NotInMemoryError, RoomRun
+from .ingest_batch import NotInMemoryError, RoomRun, RoomRunReader
 from .interfaces import (
     BatchStateReader,
     EventPersister,
@@ -330,7 +330,8 @@ class FederationIngester:
     event creation. ``missing_events_limit`` is how many events one
     ``get_missing_events`` asks for; ``max_fetched_events`` bounds the events
     fetched to fill one gap; ``fetch_concurrency`` how many are fetched at
-    once.
+    once. ``run_reader``, when given, reads what a run of pushed events
+    starts from in one read.
     """
 
     def __init__(
@@ -344,8 +345,10 @@ class FederationIngester:
         missing_events_limit: int = 10,
         max_fetched_events: int = 50_000,
         fetch_concurrency: int = 10,
+        run_reader: RoomRunReader | None = None,
     ) -> None:
         self._store = store
+        self._run_reader = run_reader
         self._persister = persister
         self._client = client
         self._verifier = verifier
@@ -502,7 +505,13 @@ class FederationIngester:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._verifier.verify_each, events, verdicts)
-                    first = RoomRun(self._store, self._persister, room_id, room_version)
+                    first = RoomRun(
+                        self._store,
+                        self._persister,
+                        room_id,
+                        room_version,
+                        run_reader=self._run_reader,
+                    )
                     await first.load(events)
                     run: RoomRun | None = first
                     rest = list(zip(events, verdicts, strict=True))
@@ -531,7 +540,13 @@ class FederationIngester:
         room_id, room_version = items[0][0].room_id, items[0][0].room_version
         for attempt in (1, 2):
             if run is None:
-                run = RoomRun(self._store, self._persister, room_id, room_version)
+                run = RoomRun(
+                    self._store,
+                    self._persister,
+                    room_id,
+                    room_version,
+                    run_reader=self._run_reader,
+                )
                 await run.load([event for event, _ in items])
             verdicts: list[IngestResult | MatrixError] = []
             for _, pending in items:

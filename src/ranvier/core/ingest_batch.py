@@ -24,7 +24,8 @@ Invariants
   accepted event).
 * **What storage already holds is read once per run.** The run's events,
   the events they cite and those events' state groups are read together
-  when the run starts; entries of state groups (which never change) and
+  when the run starts, in one read when the store offers it
+  (:class:`RoomRunReader`); entries of state groups (which never change) and
   of the current state are kept once read. The room's lock, held for the
   whole run, keeps every other writer of the room's DAG out; a change the
   un-partial-state task makes meanwhile is seen by the next run, as a lone
@@ -47,7 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 import msgspec
 import trio
@@ -61,12 +62,13 @@ from ranvier.storage.records import (
     StateDelta,
     StoredEvent,
 )
+from ranvier.storage.run_reads import RoomRunRows
 
 from .failures import sole_failure
 from .interfaces import BatchStateReader, EventPersister
 from .loading import EventLoader
 
-__all__ = ["NotInMemoryError", "RoomRun"]
+__all__ = ["NotInMemoryError", "RoomRun", "RoomRunReader"]
 
 #: The stream ordering the run gives events it holds: they have none until written.
 _UNWRITTEN: Final = 0
@@ -77,6 +79,26 @@ _WHOLE_STATES_KEPT: Final = 4
 
 class NotInMemoryError(Exception):
     """An event the run cannot hold: it must be taken alone, against storage."""
+
+
+class RoomRunReader(Protocol):
+    """Everything a run reads when it starts, in one read
+    (:class:`ranvier.storage.run_reads.RunReads` is one).
+    """
+
+    async def read_room_run(
+        self,
+        room_id: str,
+        *,
+        event_ids: Collection[str],
+        wanted: Collection[str],
+        prev_ids: Collection[str],
+    ) -> RoomRunRows:
+        """The rows of ``wanted``, the room's partial state and that of
+        ``prev_ids``, their state groups, the room's forward extremities,
+        and which of ``event_ids`` an accepted event cites.
+        """
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +115,8 @@ class RoomRun:
     ``store`` and ``persister`` are the real ones; reads of other rooms go
     straight to ``store``. ``loader`` is shared by the run's auth checks,
     so that an event cited by many is parsed once; each event, once held,
-    is handed to it as parsed (:meth:`add_to_loader`).
+    is handed to it as parsed (:meth:`add_to_loader`). With ``run_reader``
+    the run reads what it starts from in one read instead of several.
     """
 
     def __init__(
@@ -102,8 +125,11 @@ class RoomRun:
         persister: EventPersister,
         room_id: str,
         room_version: RoomVersion,
+        *,
+        run_reader: RoomRunReader | None = None,
     ) -> None:
         self._store = store
+        self._run_reader = run_reader
         self._persister = persister
         self.room_id = room_id
         self.room_version = room_version
@@ -149,6 +175,22 @@ class RoomRun:
             wanted.update(event.auth_event_ids)
             if event.room_version.room_id_from_create_event and event.type != CREATE_KEY[0]:
                 wanted.add(create_event_id_for_room(event.room_id))
+        if self._run_reader is not None:
+            rows = await self._run_reader.read_room_run(
+                self.room_id, event_ids=ids, wanted=wanted, prev_ids=prevs
+            )
+            self._rows.update(rows.events)
+            self._absent.update(wanted.difference(rows.events))
+            self._partial_room = rows.partial_state_room
+            self._partial.update(rows.partial_state_events)
+            self._partial_known.update(prevs)
+            self._groups.update(rows.state_groups)
+            self._no_groups.update(prevs.difference(rows.state_groups))
+            self._extremities = set(rows.forward_extremities)
+            self._cited = rows.cited
+            self._cited_known.update(ids)
+            self._loaded = True
+            return
         store = self._store
 
         async def read_rows() -> None:

@@ -35,6 +35,7 @@ from .records import (
     StoredEvent,
 )
 from .room_members import RoomMemberStorage
+from .run_reads import RunReads
 from .sync_reads import SyncReads
 
 __all__ = ["Storage"]
@@ -81,6 +82,7 @@ class Storage:
         self.client_transactions = ClientTransactionStorage(self.actor, self.readers)
         self.room_members = RoomMemberStorage(self.actor, self.readers)
         self.accounts = AccountStorage(self.actor, self.readers)
+        self.run_reads = RunReads(self.readers)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:

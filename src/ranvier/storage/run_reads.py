@@ -1,0 +1,92 @@
+"""What ingestion reads once for a run of one room's events, in one read.
+
+Before it judges anything, a run (:class:`ranvier.core.ingest_batch.RoomRun`)
+needs the rows of its events and of the events they cite, whether the room
+has partial state and which of the prev events do, the state groups around
+the prev events, the room's forward extremities, and which of its own
+events an accepted event already cites. Asked one by one, each is a trip to
+a worker thread, and the trips of one transaction wait on each other and
+on the signature checks running beside them; asked here, they are one
+trip, and one read transaction makes them one snapshot of the database.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from . import reads
+from .readers import ReaderPool
+from .records import EventStateGroups, StoredEvent
+
+__all__ = ["RoomRunRows", "RunReads", "read_room_run"]
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRunRows:
+    """What storage holds of a run of one room's events, read at one time."""
+
+    #: The stored events among those asked for, by ID.
+    events: dict[str, StoredEvent]
+    partial_state_room: bool
+    #: The prev events asked for that have partial state (none unless the room has).
+    partial_state_events: frozenset[str]
+    #: The groups around each prev event that has them (not outliers).
+    state_groups: dict[str, EventStateGroups]
+    forward_extremities: frozenset[str]
+    #: The run's events that an accepted event of the DAG cites as a prev event.
+    cited: frozenset[str]
+
+
+def read_room_run(
+    conn: sqlite3.Connection,
+    *,
+    room_id: str,
+    event_ids: Collection[str],
+    wanted: Collection[str],
+    prev_ids: Collection[str],
+) -> RoomRunRows:
+    """The run's reads: ``event_ids`` are its events, ``wanted`` every event
+    whose row it needs, ``prev_ids`` the prev events it cites.
+    """
+    partial_room = reads.is_partial_state_room(conn, room_id)
+    partial_events = (
+        reads.get_partial_state_event_ids(conn, prev_ids)
+        if partial_room and prev_ids
+        else frozenset()
+    )
+    return RoomRunRows(
+        events=reads.get_events(conn, wanted),
+        partial_state_room=partial_room,
+        partial_state_events=partial_events,
+        state_groups=reads.get_events_state_groups(conn, prev_ids),
+        forward_extremities=reads.get_forward_extremities(conn, room_id),
+        cited=reads.get_events_with_accepted_children(conn, event_ids),
+    )
+
+
+class RunReads:
+    """:func:`read_room_run` through the reader pool."""
+
+    def __init__(self, readers: ReaderPool) -> None:
+        self._readers = readers
+
+    async def read_room_run(
+        self,
+        room_id: str,
+        *,
+        event_ids: Collection[str],
+        wanted: Collection[str],
+        prev_ids: Collection[str],
+    ) -> RoomRunRows:
+        return await self._readers.read(
+            functools.partial(
+                read_room_run,
+                room_id=room_id,
+                event_ids=frozenset(event_ids),
+                wanted=frozenset(wanted),
+                prev_ids=frozenset(prev_ids),
+            )
+        )
