@@ -337,6 +337,19 @@ async def test_messages_are_for_members_only(env: _Env) -> None:
     path = f"/_matrix/client/v3/rooms/{room_id}/messages"
     stranger = await env.get(CAROL, path)
     assert (stranger.status_code, stranger.json()["errcode"]) == (403, "M_FORBIDDEN")
+    # A world-readable room is anyone's to read, from when it became so.
+    readable = await env.hs.create_room(ALICE, preset="public_chat")
+    await _say(env.hs, ALICE, readable, "hidden")
+    await env.hs.send_event(
+        ALICE,
+        readable,
+        "m.room.history_visibility",
+        {"history_visibility": "world_readable"},
+        state_key="",
+    )
+    await _say(env.hs, ALICE, readable, "for all")
+    page = (await env.get(CAROL, f"/_matrix/client/v3/rooms/{readable}/messages")).json()
+    assert [e["content"]["body"] for e in page["chunk"] if "body" in e["content"]] == ["for all"]
     await env.hs.join_room(BOB, room_id)
     await _say(env.hs, ALICE, room_id, "before")
     await env.hs.leave_room(BOB, room_id)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, Final, Literal, Protocol
 
 from ranvier.core.accounts import Requester
-from ranvier.core.client_events import client_event
+from ranvier.core.client_events import client_event, event_content
 from ranvier.core.filters import RoomEventFilter
 from ranvier.core.notifier import StreamPosition
 from ranvier.errors import MatrixError
@@ -106,6 +106,10 @@ class MessagesStore(Protocol):
     ) -> dict[str, str]: ...
 
     async def get_events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]: ...
+
+    async def current_state_for_keys(
+        self, room_id: str, keys: Collection[StateKey]
+    ) -> list[StoredEvent]: ...
 
     async def visibility_at(
         self, user_id: str, event_ids: Collection[str]
@@ -227,9 +231,10 @@ async def senders_memberships(
 class RoomMessages:
     """``GET /rooms/{roomId}/messages``.
 
-    Only a member may page a room's history: a user joined sees it up to
-    now, a user who left or was banned up to that event. Anyone else gets
-    ``M_FORBIDDEN``.
+    Only a member may page a room's history, or anyone a room whose history
+    is ``world_readable`` now: a user joined sees it up to now, a user who
+    left or was banned up to that event, each event as the history
+    visibility at it allows. Anyone else gets ``M_FORBIDDEN``.
     """
 
     def __init__(self, store: MessagesStore) -> None:
@@ -247,6 +252,13 @@ class RoomMessages:
                 return events, position, True
             if kind in ("leave", "ban"):
                 return position, position + 1, False
+        current = await self._store.current_state_for_keys(
+            room_id, [("m.room.history_visibility", "")]
+        )
+        if current and event_content(current[0]).get("history_visibility") == "world_readable":
+            # Anyone may read it; each event still as its visibility then says.
+            events, _ = await self._store.positions()
+            return events, events + 1, False
         raise MatrixError(
             f"{requester.user_id} is not in {room_id}", errcode="M_FORBIDDEN", http_status=403
         )

@@ -108,10 +108,6 @@ class SyncStore(MessagesStore, Protocol):
         self, room_id: str, since: int, event_id: str
     ) -> dict[StateKey, str]: ...
 
-    async def current_state_for_keys(
-        self, room_id: str, keys: Collection[StateKey]
-    ) -> list[StoredEvent]: ...
-
 
 @dataclass(frozen=True, slots=True)
 class _Request:
