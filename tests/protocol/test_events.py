@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from ranvier.errors import BadJsonError, EventTooLargeError, UnsupportedRoomVersionError
 from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.events import MAX_EVENT_BYTES, MAX_ID_BYTES, Pdu
-from ranvier.protocol.hashing import compute_event_id, compute_room_id
+from ranvier.protocol.hashing import (
+    compute_content_hash,
+    compute_event_id,
+    compute_room_id,
+    content_hash_matches,
+    encode_signed_form,
+)
 from ranvier.protocol.room_versions import KNOWN_ROOM_VERSIONS
 
 DATA = Path(__file__).parent.parent / "data"
@@ -224,6 +230,26 @@ def test_unknown_fields_survive_byte_for_byte(
     assert pdu.event_id == compute_event_id(event, room_version)
     # Unknown top-level fields are not kept by redaction, so they do not change the ID.
     assert pdu.event_id == compute_event_id(base, room_version)
+    # The parse encodes what it vetted without the checks, to the same bytes.
+    assert pdu.signed_form == encode_signed_form(event, room_version)
+    assert pdu.content_hash_matches() == content_hash_matches(event)
+    hashed = event | {"hashes": {"sha256": compute_content_hash(event)}}
+    assert Pdu.from_json(encode_canonical_json(hashed), room_version).content_hash_matches()
+
+
+@pytest.mark.parametrize("room_version", ["6", "10", "11", "12"])
+def test_the_content_hash_is_checked_over_the_whole_event(room_version: str) -> None:
+    base = _message() if room_version != "12" else dict(REFERENCE_CASES[-1]["signed_event"])
+    event = base | {"content": base["content"] | {"body": "héllo 👋", "n": [1, {"x": None}]}}
+    event["hashes"] = {"sha256": compute_content_hash(event)}
+    whole = Pdu.from_json(encode_canonical_json(event), room_version)
+    assert whole.content_hash_matches()
+    assert Pdu.from_json(event, room_version).content_hash_matches()
+    altered = event | {"content": event["content"] | {"body": "hello"}}
+    assert not Pdu.from_json(encode_canonical_json(altered), room_version).content_hash_matches()
+    # Fields outside the content count too; unsigned and signatures do not.
+    assert not Pdu.from_json(event | {"depth": 6}, room_version).content_hash_matches()
+    assert Pdu.from_json(event | {"unsigned": {"age": 1}}, room_version).content_hash_matches()
 
 
 # --- validation: shapes ---

@@ -43,7 +43,6 @@ import trio
 
 from ranvier.errors import BadJsonError, InvalidSignatureError, MatrixError
 from ranvier.protocol.events import Pdu
-from ranvier.protocol.hashing import content_hash_matches
 from ranvier.protocol.redaction import redact
 from ranvier.protocol.signing import ED25519, VerifyKeyLike
 from ranvier.protocol.unpadded_base64 import decode_unpadded_base64
@@ -235,7 +234,7 @@ def redacted_if_hash_mismatch(event: Pdu) -> Pdu:
     for the event everywhere; only the content the hash did not vouch for
     is gone.
     """
-    if content_hash_matches(event.json):
+    if event.content_hash_matches():
         return event
     return Pdu.from_json(
         redact(event.json, event.room_version), event.room_version, check_limits=False

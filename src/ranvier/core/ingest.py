@@ -455,13 +455,16 @@ class FederationIngester:
         older one).
         """
         try:
-            obj = msgspec.json.decode(raw)
-        except msgspec.DecodeError as exc:
-            return None, BadJsonError(f"a PDU is not valid JSON: {exc}")
-        if type(obj) is not dict:
-            return None, BadJsonError("a PDU is not a JSON object")
-        room_id = obj.get("room_id")
-        if type(room_id) is not str:
+            room_id: str | None = _decode_room_id(raw).room_id
+        except msgspec.DecodeError:  # invalid JSON, or no string room_id
+            room_id = None
+        if room_id is None:
+            try:
+                obj = msgspec.json.decode(raw)
+            except msgspec.DecodeError as exc:
+                return None, BadJsonError(f"a PDU is not valid JSON: {exc}")
+            if type(obj) is not dict:
+                return None, BadJsonError("a PDU is not a JSON object")
             return None, BadJsonError("a PDU has no room_id")
         if room_id not in versions:
             versions[room_id] = await self._room_version(room_id)
@@ -479,7 +482,7 @@ class FederationIngester:
             except MatrixError as exc:
                 error = exc
         try:
-            event_id: str | None = compute_event_id(obj, rv)
+            event_id: str | None = compute_event_id(msgspec.json.decode(raw), rv)
         except MatrixError:
             event_id = None
         return event_id, error
@@ -1033,6 +1036,15 @@ def _is_join(row: StoredEvent) -> bool:
         return False
     content = _membership_only(row.json)
     return content is not None and content.get("membership") == "join"
+
+
+class _RoomIdOnly(msgspec.Struct):
+    """A PDU read for its room ID alone: the rest is parsed but not built."""
+
+    room_id: str
+
+
+_decode_room_id = msgspec.json.Decoder(_RoomIdOnly).decode
 
 
 class _ContentOnly(msgspec.Struct):
