@@ -1,7 +1,7 @@
 import trio
 import trio.testing
 
-from ranvier.core.notifier import StreamNotifier, StreamPosition
+from ranvier.core.notifier import LOG_SIZE, StreamNotifier, StreamPosition
 
 
 def test_positions_only_grow() -> None:
@@ -74,3 +74,49 @@ async def test_every_waiter_wakes() -> None:
         assert notifier.waiting == 5
         notifier.advance(events=1)
     assert sorted(done) == [0, 1, 2, 3, 4]
+
+
+async def test_a_waiter_naming_its_rooms_sleeps_through_other_rooms() -> None:
+    notifier = StreamNotifier()
+    notifier.advance(events=10, rooms={"!a:x"})
+    start = notifier.position
+    woken: list[StreamPosition] = []
+
+    async def wait() -> None:
+        await notifier.wait_beyond(start, rooms={"!mine:x"}, user_id="@me:x")
+        woken.append(notifier.position)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        notifier.advance(events=11, rooms={"!other:x"}, users={"@you:x"})
+        await trio.testing.wait_all_tasks_blocked()
+        assert (woken, notifier.waiting) == ([], 1)
+        # Two advances before the waiter runs: the log has both.
+        notifier.advance(events=12, rooms={"!mine:x"})
+        notifier.advance(events=13, rooms={"!other:x"})
+    assert woken == [StreamPosition(13, 0)]
+
+
+def test_what_concerns_a_waiter() -> None:
+    notifier = StreamNotifier()
+    start = StreamPosition(5, 0)
+    mine = {"!mine:x"}
+    notifier.advance(events=6, rooms={"!other:x"})
+    assert not notifier.concerns(start, mine, "@me:x")
+    assert notifier.concerns(start, None, None)
+    # An invite to a room the waiter is not in names the user.
+    notifier.advance(events=7, rooms={"!new:x"}, users={"@me:x"})
+    assert notifier.concerns(start, mine, "@me:x")
+    assert not notifier.concerns(StreamPosition(7, 0), mine, "@me:x")
+    # A cleared partial state concerns everyone.
+    notifier.advance(un_partial=1, rooms={"!other:x"})
+    assert notifier.concerns(StreamPosition(7, 0), mine, "@me:x")
+
+
+def test_a_position_the_log_no_longer_reaches_concerns_the_waiter() -> None:
+    notifier = StreamNotifier()
+    for position in range(1, LOG_SIZE + 3):
+        notifier.advance(events=position, rooms={"!other:x"})
+    assert notifier.concerns(StreamPosition(1, 0), {"!mine:x"}, "@me:x")
+    assert not notifier.concerns(StreamPosition(LOG_SIZE, 0), {"!mine:x"}, "@me:x")

@@ -1,5 +1,5 @@
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import msgspec
 
@@ -134,16 +134,29 @@ def test_clearing_partial_state_moves_the_un_partial_stream(
 async def test_storage_tells_its_listener_after_each_commit(
     storage: Storage, make_event: EventFactory
 ) -> None:
-    told: list[tuple[int | None, int | None]] = []
-    storage.on_stream_advance = lambda events, rooms: told.append((events, rooms))
+    told: list[tuple[int | None, int | None, set[str], set[str]]] = []
+
+    def listen(
+        events: int | None,
+        un_partial: int | None,
+        *,
+        rooms: Collection[str],
+        users: Collection[str],
+    ) -> None:
+        told.append((events, un_partial, set(rooms), set(users)))
+
+    storage.on_stream_advance = listen
     base = await storage.store_state_group(ROOM, None, {("m.room.create", ""): "$create"})
     orderings = await storage.persist_events(
-        [make_event("$a", before=base), make_event("$b", before=base, prev=("$a",))]
+        [
+            make_event("$a", before=base),
+            make_event("$b", before=base, prev=("$a",), type="m.room.member", state_key="@u:x"),
+        ]
     )
-    assert told == [(orderings["$b"], None)]
+    assert told == [(orderings["$b"], None, {ROOM}, {"@u:x"})]
     await storage.store_partial_join(ROOM, "10", "$a", "hs.example", [])
     assert await storage.clear_partial_state(ROOM)
-    assert told[-1] == (None, 1)
+    assert told[-1] == (None, 1, {ROOM}, set())
     assert not await storage.clear_partial_state(ROOM)
     assert len(told) == 2
     assert await storage.sync.positions() == (orderings["$b"], 1)

@@ -21,15 +21,32 @@ Invariants
   writes, so it may lag what storage holds until the first write after a
   start; a waiter compares against positions read from storage, which are
   never beyond what storage holds, and so is woken by that first write.
+* **Only what concerns a waiter wakes it for good.** Each advance notes the
+  rooms it touched and the users whose membership it changed, in a log of
+  the last :data:`LOG_SIZE` advances. A waiter that names its rooms and
+  user goes back to sleep after an advance that touched none of them; one
+  whose position the log no longer reaches returns, to look for itself.
+  A cleared partial state concerns everyone. So a server of many idle
+  long-polls answers a message with a look by its room's members only.
+
+A write whose caller is cancelled after handing it to storage still
+commits, but nobody reports it: it is seen by the next sync, and a
+long-poll that only it concerns waits until its timeout.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import deque
+from collections.abc import Collection, Set
+from dataclasses import dataclass
+from typing import Final, NamedTuple
 
 import trio
 
-__all__ = ["StreamNotifier", "StreamPosition"]
+__all__ = ["LOG_SIZE", "StreamNotifier", "StreamPosition"]
+
+#: How many advances the notifier remembers the rooms and users of.
+LOG_SIZE: Final = 1024
 
 
 class StreamPosition(NamedTuple):
@@ -45,21 +62,40 @@ class StreamPosition(NamedTuple):
         return self.events > other.events or self.un_partial > other.un_partial
 
 
+@dataclass(frozen=True, slots=True)
+class _Advance:
+    events: int
+    rooms: frozenset[str]
+    users: frozenset[str]
+
+
 class StreamNotifier:
     """The newest positions storage has reported, and a way to wait for more."""
 
     def __init__(self) -> None:
         self._position = StreamPosition(0, 0)
         self._advanced = trio.Event()
+        self._log: deque[_Advance] = deque()
+        # The events position the log reaches back to: advances after it
+        # are all in the log.
+        self._log_floor = 0
 
     @property
     def position(self) -> StreamPosition:
         return self._position
 
-    def advance(self, events: int | None = None, un_partial: int | None = None) -> None:
-        """Note positions a commit reached (None: that stream did not move);
-        wake every waiter if either grew. Synchronous, so storage may call it
-        from anywhere on the Trio thread.
+    def advance(
+        self,
+        events: int | None = None,
+        un_partial: int | None = None,
+        *,
+        rooms: Collection[str] = (),
+        users: Collection[str] = (),
+    ) -> None:
+        """Note positions a commit reached (None: that stream did not move),
+        the rooms it touched and the users whose membership it changed; wake
+        every waiter if either position grew. Synchronous, so storage may
+        call it from anywhere on the Trio thread.
         """
         current = self._position
         moved = StreamPosition(
@@ -68,14 +104,45 @@ class StreamNotifier:
         if moved == current:
             return
         self._position = moved
+        if moved.events > current.events:
+            self._log.append(_Advance(moved.events, frozenset(rooms), frozenset(users)))
+            if len(self._log) > LOG_SIZE:
+                self._log_floor = self._log.popleft().events
         woken, self._advanced = self._advanced, trio.Event()
         woken.set()
 
-    async def wait_beyond(self, position: StreamPosition) -> None:
-        """Return once the position is beyond ``position`` in either stream;
+    def concerns(
+        self, position: StreamPosition, rooms: Set[str] | None, user_id: str | None
+    ) -> bool:
+        """Whether what came after ``position`` may matter to a waiter in
+        ``rooms`` (None: any room) for ``user_id``.
+        """
+        current = self._position
+        if not current.is_beyond(position):
+            return False
+        if rooms is None or current.un_partial > position.un_partial:
+            return True
+        if position.events < self._log_floor:
+            return True
+        for advance in reversed(self._log):
+            if advance.events <= position.events:
+                break
+            if user_id in advance.users or not advance.rooms.isdisjoint(rooms):
+                return True
+        return False
+
+    async def wait_beyond(
+        self,
+        position: StreamPosition,
+        *,
+        rooms: Set[str] | None = None,
+        user_id: str | None = None,
+    ) -> None:
+        """Return once the position is beyond ``position`` in either stream,
+        by an advance that may concern ``rooms`` and ``user_id`` when given;
         bound the wait with a cancel scope.
         """
-        while not self._position.is_beyond(position):
+        while not self.concerns(position, rooms, user_id):
             await self._advanced.wait()
 
     @property

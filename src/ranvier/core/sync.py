@@ -40,9 +40,10 @@ Long-polling
 
 With ``since`` and a timeout, a sync with nothing to report waits on the
 :class:`~ranvier.core.notifier.StreamNotifier` until something is committed
-past its snapshot, then looks again, until the timeout ends on Trio's
-clock; then it answers, empty, with a ``next_batch`` no older than
-``since``.
+past its snapshot in one of the user's rooms, or about the user's
+membership anywhere (an invite), or a room's partial state is cleared,
+then looks again, until the timeout ends on Trio's clock; then it answers,
+empty, with a ``next_batch`` no older than ``since``.
 """
 
 from __future__ import annotations
@@ -200,17 +201,20 @@ class SyncHandler:
         chosen = filter if filter is not None else Filter()
         deadline = trio.current_time() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
         while True:
-            response, now = await self._sync_once(requester, position, chosen, full_state)
+            response, now, rooms = await self._sync_once(requester, position, chosen, full_state)
             if position is None or full_state or not _is_empty(response):
                 return response
             with trio.move_on_at(deadline) as waited:
-                await self._notifier.wait_beyond(now)
+                await self._notifier.wait_beyond(now, rooms=rooms, user_id=requester.user_id)
             if waited.cancelled_caught:
                 return response
 
     async def _sync_once(
         self, requester: Requester, since: StreamPosition | None, filter: Filter, full_state: bool
-    ) -> tuple[dict[str, Any], StreamPosition]:
+    ) -> tuple[dict[str, Any], StreamPosition, frozenset[str]]:
+        """One look at storage: the response, the position it covers and
+        the rooms the user has a membership in.
+        """
         snapshot = await self._store.sync_snapshot(
             requester.user_id,
             0 if since is None else since.un_partial,
@@ -263,7 +267,7 @@ class SyncHandler:
             "account_data": {"events": []},
             "to_device": {"events": []},
         }
-        return response, now
+        return response, now, frozenset(room_id for room_id, *_ in memberships)
 
     async def _joined_room(
         self, request: _Request, room_id: str, joined_at: int

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import Protocol
 
 import trio
 
@@ -39,6 +40,23 @@ from .run_reads import RunReads
 from .sync_reads import SyncReads
 
 __all__ = ["Storage"]
+
+
+class StreamListener(Protocol):
+    """What storage tells after a commit a ``/sync`` may report, whichever
+    path wrote: the events position reached (None if no event was added),
+    the un-partial-state position reached (None if no room was cleared),
+    the rooms touched and the users whose membership events were written.
+    """
+
+    def __call__(
+        self,
+        events: int | None,
+        un_partial: int | None,
+        *,
+        rooms: Collection[str],
+        users: Collection[str],
+    ) -> None: ...
 
 
 def _version_id(room_version: RoomVersionLike) -> str:
@@ -74,10 +92,9 @@ class Storage:
         )
         self.readers = ReaderPool(path, size=readers)
         self.sync = SyncReads(self.actor, self.readers)
-        #: Told ``(events position, un-partial-state position)`` after a
-        #: commit that moves either (None for the one it leaves), so that a
-        #: waiting ``/sync`` wakes whichever path wrote.
-        self.on_stream_advance: Callable[[int | None, int | None], None] | None = None
+        #: Told after a commit that moves either stream a sync follows; see
+        #: :class:`StreamListener`.
+        self.on_stream_advance: StreamListener | None = None
         self.aliases = AliasStorage(self.actor, self.readers)
         self.client_transactions = ClientTransactionStorage(self.actor, self.readers)
         self.room_members = RoomMemberStorage(self.actor, self.readers)
@@ -110,7 +127,16 @@ class Storage:
             writes.PersistEvents(tuple(events), dict(current_state_groups or {}))
         )
         if orderings and self.on_stream_advance is not None:
-            self.on_stream_advance(max(orderings.values()), None)
+            self.on_stream_advance(
+                max(orderings.values()),
+                None,
+                rooms={event.room_id for event in events},
+                users={
+                    event.state_key
+                    for event in events
+                    if event.type == "m.room.member" and event.state_key is not None
+                },
+            )
         return orderings
 
     async def store_room(self, room_id: str, room_version: RoomVersionLike) -> None:
@@ -179,7 +205,9 @@ class Storage:
             functools.partial(writes.clear_partial_state, room_id=room_id)
         )
         if cleared and self.on_stream_advance is not None:
-            self.on_stream_advance(None, (await self.sync.positions())[1])
+            self.on_stream_advance(
+                None, (await self.sync.positions())[1], rooms={room_id}, users=()
+            )
         return cleared
 
     async def set_current_state(self, room_id: str, state_group: int) -> None:
