@@ -70,6 +70,7 @@ of being told that events it must resend were handled.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
@@ -154,16 +155,18 @@ class EventVerifier:
     event needs, checked over its redacted form with keys valid at its
     ``origin_server_ts``; then its content hash.
 
-    :meth:`verify_each` checks a batch ``chunk_size`` events at a time in
-    worker threads, at most ``threads`` at once across every batch, and
-    gives each event's verdict as soon as its chunk is checked, so that the
-    caller can go on with the first events while later ones are checked.
+    :meth:`verify_each` checks a batch ``chunk_size`` events at a time on
+    up to ``threads`` worker threads (at most that many at once across every
+    batch), and gives each event's verdict as soon as its chunk is checked,
+    so that the caller can go on with the first events while later ones are
+    checked.
     """
 
     def __init__(self, keys: VerifyKeySource, *, threads: int = 2, chunk_size: int = 8) -> None:
         if threads < 1 or chunk_size < 1:
             raise ValueError("an event verifier needs at least one thread and one event a chunk")
         self._keys = keys
+        self._threads = threads
         self._limiter = trio.CapacityLimiter(threads)
         self._chunk_size = chunk_size
 
@@ -177,21 +180,45 @@ class EventVerifier:
     async def verify_each(self, events: Sequence[Pdu], verdicts: Sequence[Verdict]) -> None:
         """Give each event's verdict (as :meth:`verify` has it) to the
         :class:`Verdict` in the same place, chunk by chunk in event order.
+
+        Each worker thread takes every ``threads``-th chunk and hands each
+        chunk's verdicts back as soon as it is checked, with
+        ``TrioToken.run_sync_soon``, which does not wait for the event loop:
+        a thread goes on to its next chunk even while the loop is busy
+        judging the events already checked.
         """
         checks = await find_signature_checks(events, self._keys)
+        starts = range(0, len(checks), self._chunk_size)
+        token = trio.lowlevel.current_trio_token()
 
-        async def check_chunk(start: int) -> None:
-            chunk = checks[start : start + self._chunk_size]
-            failures = await trio.to_thread.run_sync(
-                run_signature_checks, chunk, limiter=self._limiter
-            )
-            for offset, check in enumerate(chunk):
-                failure = failures.get(check.event.event_id)
-                verdicts[start + offset].give(_after_signatures(check.event, failure))
+        def give(given: list[tuple[int, Pdu | MatrixError]]) -> None:
+            for index, verdict in given:
+                verdicts[index].give(verdict)
+
+        def check_chunks(lane_starts: Sequence[int]) -> None:
+            for start in lane_starts:
+                chunk = checks[start : start + self._chunk_size]
+                failures = run_signature_checks(chunk)
+                given = [
+                    (
+                        start + offset,
+                        _after_signatures(check.event, failures.get(check.event.event_id)),
+                    )
+                    for offset, check in enumerate(chunk)
+                ]
+                token.run_sync_soon(give, given)
 
         async with trio.open_nursery() as nursery:
-            for start in range(0, len(checks), self._chunk_size):
-                nursery.start_soon(check_chunk, start)
+            for lane in range(self._threads):
+                if starts[lane :: self._threads]:
+                    nursery.start_soon(
+                        functools.partial(
+                            trio.to_thread.run_sync,
+                            check_chunks,
+                            starts[lane :: self._threads],
+                            limiter=self._limiter,
+                        )
+                    )
 
 
 def _after_signatures(event: Pdu, failure: MatrixError | None) -> Pdu | MatrixError:
