@@ -249,6 +249,15 @@ async def test_bad_tokens_are_refused(env: _Env) -> None:
     assert (response.status_code, response.json()["errcode"]) == (400, "M_INVALID_PARAM")
     response = await env.get(ALICE, f"/_matrix/client/v3/rooms/{room_id}/messages", dir="x")
     assert (response.status_code, response.json()["errcode"]) == (400, "M_INVALID_PARAM")
+    for name, value in (("limit", "-1"), ("limit", "ten")):
+        response = await env.get(
+            ALICE, f"/_matrix/client/v3/rooms/{room_id}/messages", **{name: value}
+        )
+        assert (response.status_code, response.json()["errcode"]) == (400, "M_INVALID_PARAM")
+    response = await env.get(ALICE, "/_matrix/client/v3/sync", timeout="soon")
+    assert (response.status_code, response.json()["errcode"]) == (400, "M_INVALID_PARAM")
+    response = await env.get(ALICE, "/_matrix/client/v3/sync", set_presence="busy")
+    assert (response.status_code, response.json()["errcode"]) == (400, "M_INVALID_PARAM")
     missing = await env.http.get("/_matrix/client/v3/sync")
     assert (missing.status_code, missing.json()["errcode"]) == (401, "M_MISSING_TOKEN")
 

@@ -279,7 +279,11 @@ class RoomMessages:
         if limit is None:
             limit = event_filter.limit if event_filter and event_filter.limit else DEFAULT_LIMIT
         if limit < 0:
-            raise MatrixError(f"limit must not be negative, not {limit}", errcode="M_INVALID_PARAM")
+            raise MatrixError(
+                f"limit must not be negative, not {limit}",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
         limit = min(limit, MAX_LIMIT)
         visible, checked_before, joined_now = await self._visible_upto(requester, room_id)
         accept = None if event_filter is None else event_filter.predicate()
