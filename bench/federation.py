@@ -5,16 +5,20 @@ do not start whole: a key route over HTTPS and a client signing as them)
 join a room on it through make_join and send_join, then push signed
 transactions of 50 messages each with ``PUT /send``, each sending its next
 transaction as soon as the previous one is answered, as the spec has a
-sender do. The events are signed before the clock starts: signing is the
-remote's cost, not ours.
+sender do. The events, and the requests carrying them (the transaction
+bodies and their X-Matrix signatures), are made before the clock starts,
+and each remote sends its requests as prepared bytes over one kept-alive
+TLS connection, reading just the status and body of each answer: signing
+and a full HTTP client are the remote's cost, not ours.
 
 Every PDU costs the receiver at least one ed25519 verification (the
 origin's signature), so the reference is the rate at which PyNaCl verifies
 signatures of event-sized messages on this machine, in the same run:
 ``fraction_of_limit`` says how much of that ceiling ingestion reaches with
 everything else it does (TLS, X-Matrix, parsing, auth checks, state,
-SQLite). The remotes run in the server's process and event loop, so their
-work (encoding and signing each request) counts against the server too.
+SQLite). The remotes run in the server's process and event loop, so what
+work they still do while the clock runs (their side of TLS) counts
+against the server too.
 
 Then four remotes burst into the room at once, each on its own chain of
 events, so the room forks four ways; ``burst_lost_pdus`` counts PDUs
@@ -35,6 +39,7 @@ commit would wait on the disk for.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import socket
 import ssl
@@ -52,16 +57,17 @@ import trustme
 
 from bench import ops_per_second
 from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
-from ranvier.federation.transport.client import FederationError, FederationHttpClient
+from ranvier.federation.transport.client import FederationHttpClient
 from ranvier.federation.transport.listener import HttpListener
 from ranvier.federation.transport.routes import add_key_server_route, wall_clock_ms
 from ranvier.federation.transport.server import FederationApp
 from ranvier.federation.transport.tls import client_ssl_context
-from ranvier.protocol.canonical import encode_canonical_json
+from ranvier.protocol.canonical import decode_canonical_json, encode_canonical_json
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import hash_and_sign_event
 from ranvier.protocol.redaction import redact
 from ranvier.protocol.signing import SigningKey, VerifyKeyLike, generate_signing_key
+from ranvier.protocol.x_matrix import format_authorization, sign_request
 from ranvier.server import HomeServer, open_homeserver
 
 VERSION = "10"
@@ -165,27 +171,109 @@ class _Remote:
             prev = [event.event_id]
         return events
 
-    async def push(self, hs: HomeServer, events: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
-        """Send ``events`` in transactions, each once the last is answered;
-        a transaction that fails is sent again under its ID. Returns the
-        PDUs answered with an error.
-        """
-        errors = 0
+    def prepare(
+        self, hs: HomeServer, events: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[bytes]:
+        """``events`` in transactions, each a whole signed ``PUT /send`` request."""
+        requests = []
         for start in range(0, len(events), PDUS_PER_TRANSACTION):
             batch = [pdu for _, pdu in events[start : start + PDUS_PER_TRANSACTION]]
             path = f"{SEND}b{next(_txn_ids)}"
-            body = {"origin": self.server_name, "origin_server_ts": wall_clock_ms(), "pdus": batch}
+            body = encode_canonical_json(
+                {"origin": self.server_name, "origin_server_ts": wall_clock_ms(), "pdus": batch}
+            )
+            authorization = sign_request(
+                method="PUT",
+                uri=path,
+                origin=self.server_name,
+                destination=hs.server_name,
+                signing_key=self.key,
+                content=decode_canonical_json(body),
+            )
+            head = (
+                f"PUT {path} HTTP/1.1\r\nhost: {hs.server_name}\r\n"
+                "content-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n"
+                f"authorization: {format_authorization(authorization)}\r\n\r\n"
+            )
+            requests.append(head.encode("ascii") + body)
+        return requests
+
+    async def push(self, connection: _Connection, requests: Sequence[bytes]) -> int:
+        """Send ``requests`` in turn, each once the last is answered; a
+        request that fails is sent again (under its transaction's ID).
+        Returns the PDUs answered with an error.
+        """
+        errors = 0
+        for request in requests:
             for _ in range(20):
                 try:
-                    answer = await self.client.put_json(hs.server_name, path, body)
-                except FederationError:
+                    status, body = await connection.exchange(request)
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+                    await connection.reconnect()
+                    continue
+                if status != 200:
                     await trio.sleep(0.2)
                     continue
+                answer = json.loads(body)
                 errors += sum(1 for result in answer["pdus"].values() if result.get("error"))
                 break
             else:
-                errors += len(batch)
+                errors += PDUS_PER_TRANSACTION
         return errors
+
+
+class _Connection:
+    """One kept-alive HTTPS connection to the server that sends prepared
+    requests and reads each answer's status and body (the server always
+    sends a content-length).
+    """
+
+    def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext) -> None:
+        self._address = (host, port)
+        self._ssl_context = ssl_context
+        self._stream: trio.SSLStream[trio.SocketStream] | None = None
+        self._buffer = b""
+
+    async def reconnect(self) -> None:
+        if self._stream is not None:
+            await trio.aclose_forcefully(self._stream)
+        host, port = self._address
+        tcp = await trio.open_tcp_stream(host, port)
+        self._stream = trio.SSLStream(tcp, self._ssl_context, server_hostname=host)
+        await self._stream.do_handshake()
+        self._buffer = b""
+
+    async def aclose(self) -> None:
+        if self._stream is not None:
+            await trio.aclose_forcefully(self._stream)
+
+    async def exchange(self, request: bytes) -> tuple[int, bytes]:
+        if self._stream is None:
+            await self.reconnect()
+        stream = self._stream
+        assert stream is not None
+        await stream.send_all(request)
+        while b"\r\n\r\n" not in self._buffer:
+            await self._receive(stream)
+        head, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(self._buffer) < length:
+            await self._receive(stream)
+        body, self._buffer = self._buffer[:length], self._buffer[length:]
+        return status, body
+
+    async def _receive(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+        data = await stream.receive_some(65536)
+        if not data:
+            raise ValueError("the server closed the connection")
+        self._buffer += data
 
 
 async def _accepted(hs: HomeServer, event_ids: Sequence[str]) -> int:
@@ -247,9 +335,16 @@ async def _main(directory: Path) -> dict[str, Any]:
         events = steady.chain(
             room_id, auth, prev, depth, STEADY_TRANSACTIONS * PDUS_PER_TRANSACTION
         )
+        requests = steady.prepare(hs, events)
+        host, port_text = hs.server_name.rsplit(":", 1)
+        connections = [
+            _Connection(host, int(port_text), client_ssl_context(ca_file=ca_file)) for _ in remotes
+        ]
+        for connection in connections:
+            await connection.reconnect()
         requests_before = hs.storage.actor.stats.requests
         started = time.perf_counter()
-        errors = await steady.push(hs, events)
+        errors = await steady.push(connections[0], requests)
         elapsed = time.perf_counter() - started
         write_requests = hs.storage.actor.stats.requests - requests_before
         accepted = await _accepted(hs, [event_id for event_id, _ in events])
@@ -285,16 +380,23 @@ async def _main(directory: Path) -> dict[str, Any]:
                 remote.chain(room_id, auth, prev, depth, BURST_TRANSACTIONS * PDUS_PER_TRANSACTION)
             )
         burst_errors = 0
+        prepared = [
+            remote.prepare(hs, chain) for remote, chain in zip(remotes[1:], chains, strict=True)
+        ]
 
-        async def burst(remote: _Remote, chain: list[tuple[str, dict[str, Any]]]) -> None:
+        async def burst(remote: _Remote, connection: _Connection, sends: list[bytes]) -> None:
             nonlocal burst_errors
-            burst_errors += await remote.push(hs, chain)
+            burst_errors += await remote.push(connection, sends)
 
         started = time.perf_counter()
         async with trio.open_nursery() as bursting:
-            for remote, chain in zip(remotes[1:], chains, strict=True):
-                bursting.start_soon(burst, remote, chain)
+            for remote, connection, sends in zip(
+                remotes[1:], connections[1:], prepared, strict=True
+            ):
+                bursting.start_soon(burst, remote, connection, sends)
         elapsed = time.perf_counter() - started
+        for connection in connections:
+            await connection.aclose()
         sent = [event_id for chain in chains for event_id, _ in chain]
         reached = await _accepted(hs, sent)
         figures["burst_remotes"] = BURST_REMOTES
