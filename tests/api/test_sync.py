@@ -209,6 +209,10 @@ async def test_filters_are_stored_read_back_and_applied(env: _Env) -> None:
     # Not a room the filter lets through.
     body = await env.sync(ALICE, filter=json.dumps({"room": {"not_rooms": [room_id]}}))
     assert room_id not in body["rooms"]["join"]
+    # Only the fields asked for.
+    body = await env.sync(ALICE, filter=json.dumps({"event_fields": ["type", "content.body"]}))
+    last = body["rooms"]["join"][room_id]["timeline"]["events"][-1]
+    assert last == {"type": "m.room.message", "content": {"body": "from bob"}}
 
 
 async def test_bad_filters_and_someone_elses(env: _Env) -> None:

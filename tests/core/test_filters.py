@@ -129,3 +129,17 @@ async def test_user_filters_store_resolve_and_refuse() -> None:
     with pytest.raises(MatrixError) as raised:
         await filters.create("@a:x", {"room": {"timeline": {"limit": 0}}})
     assert raised.value.errcode == "M_BAD_JSON"
+
+
+def test_event_fields_cut_events_down() -> None:
+    event = {
+        "type": "m.room.message",
+        "sender": "@a:x",
+        "content": {"body": "hi", "msgtype": "m.text", "a.b": 1},
+        "unsigned": {"age": 5},
+    }
+    assert Filter().project(event) == event
+    cut = parse_filter({"event_fields": ["type", "content.body", "content.a\\.b", "nope.x"]})
+    assert cut.project(event) == {"type": "m.room.message", "content": {"body": "hi", "a.b": 1}}
+    assert parse_filter({"event_fields": []}).project(event) == {}
+    assert parse_filter({"event_fields": ["sender.x"]}).project(event) == {}

@@ -124,12 +124,58 @@ class Filter(msgspec.Struct, frozen=True, kw_only=True):
     account_data: EventFilter = EventFilter()
     room: RoomFilter = RoomFilter()
 
+    def project(self, event: dict[str, Any]) -> dict[str, Any]:
+        """A client event cut down to ``event_fields``; the whole event when
+        the filter names none.
+        """
+        if self.event_fields is None:
+            return event
+        projected: dict[str, Any] = {}
+        for path in self.event_fields:
+            _copy_path(event, projected, _split_field(path))
+        return projected
+
     @property
     def lazy_load_members(self) -> bool:
         """Whether a sync with this filter lazy-loads room members (MSC3902
         lets such a sync see rooms whose state is still partial).
         """
         return self.room.state.lazy_load_members
+
+
+def _split_field(path: str) -> list[str]:
+    """A dot-separated field path, where ``\\.`` is a literal dot and
+    ``\\\\`` a literal backslash.
+    """
+    parts, current, escaped = [], [], False
+    for char in path:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ".":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _copy_path(source: dict[str, Any], target: dict[str, Any], path: list[str]) -> None:
+    head, rest = path[0], path[1:]
+    if head not in source:
+        return
+    if not rest:
+        target[head] = source[head]
+        return
+    inner = source[head]
+    if not isinstance(inner, dict):
+        return
+    nested = target.setdefault(head, {})
+    if isinstance(nested, dict):
+        _copy_path(inner, nested, rest)
 
 
 def _bad_filter(exc: msgspec.ValidationError | ValueError) -> MatrixError:

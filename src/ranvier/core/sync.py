@@ -310,7 +310,11 @@ class SyncHandler:
             # another server declined) or filtered out of it: the client
             # still needs it to drop the room.
             events = await self._store.get_events([leave_id])
-            timeline = [_sync_event(events[leave_id])] if leave_id in events else []
+            timeline = (
+                [request.filter.project(_sync_event(events[leave_id]))]
+                if leave_id in events
+                else []
+            )
             room = {
                 "timeline": {
                     "events": timeline,
@@ -408,15 +412,17 @@ class SyncHandler:
         )
         transactions = await transaction_ids(self._store, request.requester, timeline)
         prev = timeline[0].stream_ordering - 1 if timeline else upto
+        project = request.filter.project
         return {
             "timeline": {
                 "events": [
-                    _sync_event(event, transactions.get(event.event_id)) for event in timeline
+                    project(_sync_event(event, transactions.get(event.event_id)))
+                    for event in timeline
                 ],
                 "limited": limited,
                 "prev_batch": format_pagination_token(prev),
             },
-            "state": {"events": state_events},
+            "state": {"events": [project(event) for event in state_events]},
         }
 
     async def _state_events(
