@@ -204,6 +204,17 @@ async def test_an_invite_from_another_server_and_the_join_after_it(tmp_path: Pat
             assert room_id in (await sync())["rooms"]["invite"]
             assert (await sync(since=invited["next_batch"]))["rooms"]["invite"] == {}
 
+            # Another invite, declined: the room moves to leave, with the leave.
+            declined = await a.create_room(alice, name="Declined")
+            await a.invite(alice, declined, bob)
+            before_decline = (await sync())["next_batch"]
+            await b.leave_room(bob, declined)
+            after = await sync(since=before_decline)
+            assert declined not in after["rooms"]["invite"]
+            (leave,) = after["rooms"]["leave"][declined]["timeline"]["events"]
+            assert (leave["state_key"], leave["content"]["membership"]) == (bob, "leave")
+            assert declined not in (await sync())["rooms"]["invite"]
+
             await b.join_room(bob, room_id, [a.server_name])
             # Joined with partial state: eager syncs wait for the resync.
             with trio.fail_after(30):
