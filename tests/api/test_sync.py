@@ -451,6 +451,20 @@ async def test_lazy_loading_sends_the_senders_and_the_users_own_membership(env: 
     assert {event["sender"] for event in room["timeline"]["events"]} == {CAROL}
     members = {e["state_key"] for e in room["state"]["events"] if e["type"] == "m.room.member"}
     assert members == {ALICE, CAROL}
+    # The client cannot count or name the members itself: the summary does.
+    assert room["summary"] == {
+        "m.joined_member_count": 3,
+        "m.invited_member_count": 0,
+        "m.heroes": [BOB, CAROL],
+    }
+    await env.hs.invite(ALICE, room_id, f"@dave:{SERVER}")
+    await env.hs.send_event(ALICE, room_id, "m.room.name", {"name": "Named"}, state_key="")
+    room = (await env.sync(ALICE, filter=lazy))["rooms"]["join"][room_id]
+    assert room["summary"] == {
+        "m.joined_member_count": 3,
+        "m.invited_member_count": 1,
+        "m.heroes": [],
+    }
     # Without lazy-loading, every member.
     room = (await env.sync(ALICE))["rooms"]["join"][room_id]
     members = {e["state_key"] for e in room["state"]["events"] if e["type"] == "m.room.member"}

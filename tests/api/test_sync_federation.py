@@ -121,6 +121,8 @@ async def test_eager_syncs_wait_for_the_resync_and_lazy_ones_do_not(tmp_path: Pa
             # Lazy: there at once.
             lazy = await sync(filter=_LAZY)
             assert ("m.room.member", bob) in _kinds(lazy["rooms"]["join"][room_id])
+            # Its members are not known here yet: no summary to count them by.
+            assert lazy["rooms"]["join"][room_id]["summary"] == {}
 
             # A message from A reaches B on partial state; a lazy long-poll
             # is woken by its arrival over federation.

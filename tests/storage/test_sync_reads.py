@@ -6,7 +6,13 @@ import msgspec
 from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.storage import EventToPersist, Storage
 from ranvier.storage.state_groups import store_state_group
-from ranvier.storage.sync_reads import positions, room_events, state_changes, sync_snapshot
+from ranvier.storage.sync_reads import (
+    positions,
+    room_events,
+    room_summary,
+    state_changes,
+    sync_snapshot,
+)
 from ranvier.storage.writes import (
     clear_partial_state,
     persist_events,
@@ -215,3 +221,31 @@ def test_the_rooms_with_events_since_a_position(
     persist_events(conn, [make_event("$b", room_id=other, before=other_base)])
     assert sync_snapshot(conn, "@u:x", 0, since)[5] == frozenset({other})
     assert sync_snapshot(conn, "@u:x", 0, 0)[5] == frozenset({ROOM, other})
+
+
+def test_room_summary_counts_members_and_names_heroes(
+    conn: sqlite3.Connection, make_event: EventFactory
+) -> None:
+    group = _base(conn)
+    previous = "$create"
+
+    def member(event_id: str, user: str, membership: str) -> None:
+        nonlocal group, previous
+        event = make_event(
+            event_id, before=group, type="m.room.member", state_key=user, prev=(previous,)
+        )
+        pdu = {"content": {"membership": membership}, "x": event_id}
+        persist_events(conn, [msgspec.structs.replace(event, json=encode_canonical_json(pdu))])
+        group = store_state_group(conn, ROOM, group, {("m.room.member", user): event_id})
+        previous = event_id
+
+    member("$u", "@u:x", "join")
+    member("$v", "@v:x", "join")
+    member("$w", "@w:x", "invite")
+    member("$v2", "@v:x", "leave")
+    assert room_summary(conn, ROOM, "@u:x", 5) == (1, 1, ["@w:x"])
+    assert room_summary(conn, ROOM, "@w:x", 5) == (1, 1, ["@u:x"])
+    assert room_summary(conn, ROOM, "@u:x", 0) == (1, 1, [])
+    # With nobody else joined or invited, those who left name the room.
+    member("$w2", "@w:x", "leave")
+    assert room_summary(conn, ROOM, "@u:x", 5) == (1, 0, ["@v:x", "@w:x"])

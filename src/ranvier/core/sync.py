@@ -109,6 +109,10 @@ class SyncStore(MessagesStore, Protocol):
         self, room_id: str, since: int, event_id: str
     ) -> dict[StateKey, str]: ...
 
+    async def room_summary(self, room_id: str, user_id: str) -> tuple[int, int, list[str]]:
+        """Joined and invited member counts, and the heroes of an unnamed room."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class _Request:
@@ -119,6 +123,7 @@ class _Request:
     filter: Filter
     full_state: bool
     un_partialled: frozenset[str]
+    partial: frozenset[str]
 
 
 def _sync_event(event: StoredEvent, transaction_id: str | None = None) -> dict[str, Any]:
@@ -230,7 +235,7 @@ class SyncHandler:
                 max(now.events, since.events), max(now.un_partial, since.un_partial)
             )
         request = _Request(
-            requester, requester.user_id, since, now, filter, full_state, un_partialled
+            requester, requester.user_id, since, now, filter, full_state, un_partialled, partial
         )
         lazy = filter.lazy_load_members
         join: dict[str, Any] = {}
@@ -292,6 +297,15 @@ class SyncHandler:
         room["account_data"] = {"events": []}
         room["unread_notifications"] = {}
         room["summary"] = {}
+        if request.filter.lazy_load_members and room_id not in request.partial:
+            # A client that lazy-loads members cannot count or name them
+            # itself. A partial-state room's members are not known yet.
+            joined, invited, heroes = await self._store.room_summary(room_id, request.user_id)
+            room["summary"] = {
+                "m.joined_member_count": joined,
+                "m.invited_member_count": invited,
+                "m.heroes": heroes,
+            }
         return room
 
     async def _left_room(

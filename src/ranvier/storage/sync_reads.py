@@ -361,6 +361,45 @@ def visibility_at(
     return found
 
 
+def room_summary(
+    conn: sqlite3.Connection, room_id: str, user_id: str, heroes: int
+) -> tuple[int, int, list[str]]:
+    """The room's joined and invited member counts in its current state, and
+    up to ``heroes`` other members to name it by when it has neither name
+    nor canonical alias (joined and invited first, in the order they came,
+    then those who left), read in one statement over its member rows.
+    """
+    named = conn.execute(
+        "SELECT 1 FROM current_state WHERE room_id = ? AND state_key = ''"
+        " AND type IN ('m.room.name', 'm.room.canonical_alias')",
+        (room_id,),
+    ).fetchone()
+    joined = invited = 0
+    present: list[str] = []
+    gone: list[str] = []
+    for member, membership in conn.execute(
+        """
+        SELECT cs.state_key, json_extract(CAST(e.json AS TEXT), '$.content.membership')
+        FROM current_state AS cs JOIN events AS e ON e.event_id = cs.event_id
+        WHERE cs.room_id = ? AND cs.type = 'm.room.member'
+        ORDER BY e.stream_ordering
+        """,
+        (room_id,),
+    ):
+        if membership == "join":
+            joined += 1
+        elif membership == "invite":
+            invited += 1
+        if named or member == user_id:
+            continue
+        if membership in ("join", "invite"):
+            if len(present) < heroes:
+                present.append(member)
+        elif len(gone) < heroes:
+            gone.append(member)
+    return joined, invited, present or gone
+
+
 def transaction_ids(
     conn: sqlite3.Connection, user_id: str, device_id: str, event_ids: Collection[str]
 ) -> dict[str, str]:
@@ -494,6 +533,13 @@ class SyncReads:
         ids = tuple(event_ids)
         return await self._readers.read(
             functools.partial(visibility_at, user_id=user_id, event_ids=ids)
+        )
+
+    async def room_summary(
+        self, room_id: str, user_id: str, heroes: int = 5
+    ) -> tuple[int, int, list[str]]:
+        return await self._readers.read(
+            functools.partial(room_summary, room_id=room_id, user_id=user_id, heroes=heroes)
         )
 
     async def transaction_ids(
