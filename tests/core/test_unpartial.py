@@ -66,7 +66,8 @@ class StandIn:
     ``down`` makes every request fail; ``garbage`` makes it serve events
     with broken signatures (``"signatures"``) or withhold the members it
     lists in ``/state_ids`` (``"missing"``); ``gate``, when set, holds every
-    ``/state_ids`` until it is set. ``newest_first`` serves ``/state`` as
+    ``/state_ids`` until it is set, and ``state_gate`` every ``/state``.
+    ``newest_first`` serves ``/state`` as
     one list, the newest events first, so that events come before their
     auth events.
     """
@@ -79,6 +80,7 @@ class StandIn:
         self.garbage: str | None = None
         self.gate: trio.Event | None = None
         self.newest_first = False
+        self.state_gate: trio.Event | None = None
         #: Requests answered.
         self.calls: list[tuple[str, str]] = []
         #: Requests made, answered or not, with the (mock) time of each.
@@ -126,6 +128,8 @@ class StandIn:
         return StateIdsAtEvent(pdu_ids=tuple(state), auth_chain_ids=tuple(chain))
 
     async def get_state(self, destination: str, room_id: str, event_id: str) -> RoomStateAtEvent:
+        if self.state_gate is not None:
+            await self.state_gate.wait()
         self._note("state", event_id)
         state, chain = await self._state_before(event_id)
         events = self.room.events
@@ -518,6 +522,26 @@ async def test_a_state_answer_is_written_a_chunk_at_a_time_each_event_after_its_
     for event_id in written:
         assert set(world.room.events[event_id].auth_event_ids) <= seen, event_id
         seen.add(event_id)
+
+
+async def test_the_event_at_a_gap_is_fetched_while_the_state_before_it_comes(
+    world: World, autojump_clock: MockClock
+) -> None:
+    await world.join_partially()
+    remote = world.servers[REMOTE]
+    remote.calls.clear()
+    remote.state_gate = trio.Event()
+    (prev_id,) = world.join.prev_event_ids
+    assert not await world.ours.have_seen_events([prev_id])
+    stater = world.stater()
+    async with running(stater):
+        await until(lambda: remote.called("event") == [prev_id], "the event at the gap")
+        assert remote.called("state") == []
+        remote.state_gate.set()
+        await stater.wait_for_full_state(world.room_id)
+    await world.assert_full_state()
+    assert remote.called("state") == [prev_id]
+    assert remote.called("event") == [prev_id]
 
 
 @pytest.mark.parametrize("garbage", ["signatures", "missing"])

@@ -259,7 +259,7 @@ class RemoteStateFetcher:
             got: set[str] = set()
             if bulk:
                 bulk = False
-                got = await self._fetch_state(
+                got = await self._fetch_state_and_event(
                     server, room_id, room_version, at_event, level, writer
                 )
             rest = sorted(level - got)
@@ -286,6 +286,43 @@ class RemoteStateFetcher:
             # hashes over auth_events rules out, could leave some waiting.
             await writer.add((), force=True)
         return writer.kinds
+
+    async def _fetch_state_and_event(
+        self,
+        server: str,
+        room_id: str,
+        room_version: RoomVersion,
+        at_event: str,
+        wanted: Collection[str],
+        writer: _OutlierWriter,
+    ) -> set[str]:
+        """:meth:`_fetch_state`, with ``at_event`` itself fetched alongside
+        when it is wanted: ``/state`` gives the state before it, never the
+        event, and asking for it only after would add a round trip.
+        """
+        if at_event not in wanted:
+            return await self._fetch_state(server, room_id, room_version, at_event, wanted, writer)
+        got: set[str] = set()
+        alongside: dict[str, Pdu] = {}
+
+        async def fetch_state() -> None:
+            got.update(
+                await self._fetch_state(server, room_id, room_version, at_event, wanted, writer)
+            )
+
+        async def fetch_event() -> None:
+            alongside.update(await self._fetch_each(server, room_id, room_version, [at_event]))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fetch_state)
+                nursery.start_soon(fetch_event)
+        except BaseExceptionGroup as group:
+            raise sole_failure(group) from None
+        # Handed over once the answer is in: the event cites events of it.
+        got.update(alongside)
+        await writer.add(alongside.values())
+        return got
 
     async def _fetch_state(
         self,
