@@ -53,6 +53,21 @@ async def test_one_read_answers_as_the_reads_one_by_one(
     assert rows.forward_extremities == {"$b"}
     assert rows.cited == set()
     assert not rows.partial_state_room
+    # The state after the prev events and the current state, for given keys.
+    topic = ("m.room.topic", "")
+    keyed = await reader.read_room_run(
+        ROOM,
+        event_ids=event_ids,
+        wanted=wanted,
+        prev_ids=prev_ids,
+        state_keys={("m.room.create", ""), topic},
+    )
+    assert keyed.state_keys == {("m.room.create", ""), topic}
+    assert keyed.state_after_prevs == {g0: {("m.room.create", ""): "$create"}}
+    assert keyed.current_state == dict(
+        await storage.get_current_state_ids_for_keys(ROOM, [("m.room.create", ""), topic])
+    )
+    assert rows.state_after_prevs is None
     # $a is cited by $b, an accepted event.
     cited = await reader.read_room_run(ROOM, event_ids={"$a"}, wanted={"$a"}, prev_ids=set())
     assert cited.cited == {"$a"}

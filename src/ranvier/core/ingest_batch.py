@@ -53,7 +53,12 @@ from typing import Final, Protocol
 import msgspec
 import trio
 
-from ranvier.protocol.auth import CREATE_KEY, StateKey, create_event_id_for_room
+from ranvier.protocol.auth import (
+    CREATE_KEY,
+    StateKey,
+    auth_state_keys,
+    create_event_id_for_room,
+)
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.room_versions import RoomVersion
 from ranvier.storage.records import (
@@ -93,10 +98,12 @@ class RoomRunReader(Protocol):
         event_ids: Collection[str],
         wanted: Collection[str],
         prev_ids: Collection[str],
+        state_keys: Collection[StateKey] = (),
     ) -> RoomRunRows:
         """The rows of ``wanted``, the room's partial state and that of
         ``prev_ids``, their state groups, the room's forward extremities,
-        and which of ``event_ids`` an accepted event cites.
+        which of ``event_ids`` an accepted event cites, and the entries for
+        ``state_keys`` after each of ``prev_ids`` and in the current state.
         """
         ...
 
@@ -176,9 +183,17 @@ class RoomRun:
             if event.room_version.room_id_from_create_event and event.type != CREATE_KEY[0]:
                 wanted.add(create_event_id_for_room(event.room_id))
         if self._run_reader is not None:
+            keys = {key for event in events for key in auth_state_keys(event)}
             rows = await self._run_reader.read_room_run(
-                self.room_id, event_ids=ids, wanted=wanted, prev_ids=prevs
+                self.room_id, event_ids=ids, wanted=wanted, prev_ids=prevs, state_keys=keys
             )
+            for group, entries in (rows.state_after_prevs or {}).items():
+                known = self._group_keys.setdefault(group, {})
+                for key in rows.state_keys:
+                    known[key] = entries.get(key)
+            if rows.current_state is not None:
+                for key in rows.state_keys:
+                    self._current_keys[key] = rows.current_state.get(key)
             self._rows.update(rows.events)
             self._absent.update(wanted.difference(rows.events))
             self._partial_room = rows.partial_state_room

@@ -4,7 +4,9 @@ Before it judges anything, a run (:class:`ranvier.core.ingest_batch.RoomRun`)
 needs the rows of its events and of the events they cite, whether the room
 has partial state and which of the prev events do, the state groups around
 the prev events, the room's forward extremities, and which of its own
-events an accepted event already cites. Asked one by one, each is a trip to
+events an accepted event already cites; its first auth checks then need
+the entries for its events' auth keys in the state after the prev events
+and in the current state. Asked one by one, each is a trip to
 a worker thread, and the trips of one transaction wait on each other and
 on the signature checks running beside them; asked here, they are one
 trip, and one read transaction makes them one snapshot of the database.
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 from . import reads
 from .readers import ReaderPool
-from .records import EventStateGroups, StoredEvent
+from .records import EventStateGroups, StateKey, StoredEvent
 
 __all__ = ["RoomRunRows", "RunReads", "read_room_run"]
 
@@ -38,6 +40,12 @@ class RoomRunRows:
     forward_extremities: frozenset[str]
     #: The run's events that an accepted event of the DAG cites as a prev event.
     cited: frozenset[str]
+    #: The state keys asked for (the entries below hold those present).
+    state_keys: frozenset[StateKey] = frozenset()
+    #: The entries for ``state_keys`` of the group after each prev event.
+    state_after_prevs: dict[int, dict[StateKey, str]] | None = None
+    #: The entries for ``state_keys`` of the room's current state.
+    current_state: dict[StateKey, str] | None = None
 
 
 def read_room_run(
@@ -47,9 +55,12 @@ def read_room_run(
     event_ids: Collection[str],
     wanted: Collection[str],
     prev_ids: Collection[str],
+    state_keys: Collection[StateKey] = (),
 ) -> RoomRunRows:
     """The run's reads: ``event_ids`` are its events, ``wanted`` every event
-    whose row it needs, ``prev_ids`` the prev events it cites.
+    whose row it needs, ``prev_ids`` the prev events it cites, and
+    ``state_keys`` the keys to read of the state after each prev event and
+    of the current state.
     """
     partial_room = reads.is_partial_state_room(conn, room_id)
     partial_events = (
@@ -57,13 +68,26 @@ def read_room_run(
         if partial_room and prev_ids
         else frozenset()
     )
+    groups = reads.get_events_state_groups(conn, prev_ids)
+    keys = frozenset(state_keys)
+    after_prevs = None
+    current = None
+    if keys:
+        after_prevs = {
+            group: reads.get_state_ids_for_keys(conn, group, keys)
+            for group in {groups_of.after for groups_of in groups.values()}
+        }
+        current = reads.get_current_state_ids_for_keys(conn, room_id, keys)
     return RoomRunRows(
         events=reads.get_events(conn, wanted),
         partial_state_room=partial_room,
         partial_state_events=partial_events,
-        state_groups=reads.get_events_state_groups(conn, prev_ids),
+        state_groups=groups,
         forward_extremities=reads.get_forward_extremities(conn, room_id),
         cited=reads.get_events_with_accepted_children(conn, event_ids),
+        state_keys=keys,
+        state_after_prevs=after_prevs,
+        current_state=current,
     )
 
 
@@ -80,6 +104,7 @@ class RunReads:
         event_ids: Collection[str],
         wanted: Collection[str],
         prev_ids: Collection[str],
+        state_keys: Collection[StateKey] = (),
     ) -> RoomRunRows:
         return await self._readers.read(
             functools.partial(
@@ -88,5 +113,6 @@ class RunReads:
                 event_ids=frozenset(event_ids),
                 wanted=frozenset(wanted),
                 prev_ids=frozenset(prev_ids),
+                state_keys=frozenset(state_keys),
             )
         )
