@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from ranvier.errors import MatrixError
 
-from .actor import StorageActor
 from .readers import ReaderPool
+from .write_backend import WriteBackend, registered_write
 
 __all__ = [
     "AccountStorage",
@@ -97,7 +98,7 @@ class AccountStorage:
     and the reader pool (reads).
     """
 
-    def __init__(self, actor: StorageActor, readers: ReaderPool) -> None:
+    def __init__(self, actor: WriteBackend, readers: ReaderPool) -> None:
         self._actor = actor
         self._readers = readers
 
@@ -130,6 +131,14 @@ class AccountStorage:
         """Log out every device of ``user_id``; return how many tokens went."""
         return await self._actor.submit(functools.partial(_delete_devices, user_id=user_id))
 
+    async def delete_user_devices(self, user_id: str, device_ids: Collection[str]) -> int:
+        """Log out the named devices of ``user_id`` (each with its tokens);
+        return how many devices there were to delete.
+        """
+        return await self._actor.submit(
+            functools.partial(_delete_user_devices, user_id=user_id, device_ids=tuple(device_ids))
+        )
+
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         await self._actor.submit(
             functools.partial(_set_password_hash, user_id=user_id, password_hash=password_hash)
@@ -149,6 +158,7 @@ class AccountStorage:
         return await self._readers.read(functools.partial(_get_token_owner, token_hash=token_hash))
 
 
+@registered_write
 def _create_account(
     conn: sqlite3.Connection, *, account: NewAccount, device: NewDevice | None
 ) -> None:
@@ -165,6 +175,7 @@ def _create_account(
         _add_device(conn, device=device)
 
 
+@registered_write
 def _add_device(conn: sqlite3.Connection, *, device: NewDevice) -> None:
     try:
         conn.execute(
@@ -195,6 +206,7 @@ def _add_device(conn: sqlite3.Connection, *, device: NewDevice) -> None:
     )
 
 
+@registered_write
 def _delete_device_of_token(conn: sqlite3.Connection, *, token_hash: bytes) -> TokenOwner | None:
     row = conn.execute(
         "SELECT t.user_id, t.device_id, u.admin FROM access_tokens AS t"
@@ -211,9 +223,25 @@ def _delete_device_of_token(conn: sqlite3.Connection, *, token_hash: bytes) -> T
     return TokenOwner(user_id, device_id, bool(admin))
 
 
+@registered_write
 def _delete_devices(conn: sqlite3.Connection, *, user_id: str) -> int:
     deleted = conn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,)).rowcount
     conn.execute("DELETE FROM devices WHERE user_id = ?", (user_id,))
+    return deleted
+
+
+@registered_write
+def _delete_user_devices(
+    conn: sqlite3.Connection, *, user_id: str, device_ids: tuple[str, ...]
+) -> int:
+    deleted = 0
+    for device_id in device_ids:
+        conn.execute(
+            "DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?", (user_id, device_id)
+        )
+        deleted += conn.execute(
+            "DELETE FROM devices WHERE user_id = ? AND device_id = ?", (user_id, device_id)
+        ).rowcount
     return deleted
 
 

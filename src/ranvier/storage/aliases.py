@@ -8,10 +8,11 @@ second insert finds the row and reports it taken.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 
-from .actor import StorageActor
 from .readers import ReaderPool
+from .write_backend import WriteBackend, registered_write
 
 __all__ = ["AliasStorage"]
 
@@ -19,22 +20,17 @@ __all__ = ["AliasStorage"]
 class AliasStorage:
     """The ``room_aliases`` table: alias, room, who made it and when."""
 
-    def __init__(self, actor: StorageActor, readers: ReaderPool) -> None:
+    def __init__(self, actor: WriteBackend, readers: ReaderPool) -> None:
         self._actor = actor
         self._readers = readers
 
     async def create_alias(self, alias: str, room_id: str, creator: str, created_ts: int) -> bool:
         """Point ``alias`` at ``room_id``; False, changing nothing, if it is taken."""
-
-        def insert(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO room_aliases (alias, room_id, creator, created_ts)"
-                " VALUES (?, ?, ?, ?)",
-                (alias, room_id, creator, created_ts),
+        return await self._actor.submit(
+            functools.partial(
+                _insert_alias, alias=alias, room_id=room_id, creator=creator, created_ts=created_ts
             )
-            return cursor.rowcount == 1
-
-        return await self._actor.submit(insert)
+        )
 
     async def get_alias(self, alias: str) -> tuple[str, str] | None:
         """``(room_id, creator)`` of ``alias``; None when it is not known."""
@@ -49,11 +45,7 @@ class AliasStorage:
 
     async def delete_alias(self, alias: str) -> bool:
         """Forget ``alias``; False if it was not known."""
-
-        def delete(conn: sqlite3.Connection) -> bool:
-            return conn.execute("DELETE FROM room_aliases WHERE alias = ?", (alias,)).rowcount == 1
-
-        return await self._actor.submit(delete)
+        return await self._actor.submit(functools.partial(_delete_alias, alias=alias))
 
     async def get_room_aliases(self, room_id: str) -> list[str]:
         """The aliases pointing at ``room_id``, oldest first."""
@@ -66,3 +58,20 @@ class AliasStorage:
             return [str(row[0]) for row in rows]
 
         return await self._readers.read(select)
+
+
+@registered_write
+def _insert_alias(
+    conn: sqlite3.Connection, *, alias: str, room_id: str, creator: str, created_ts: int
+) -> bool:
+    cursor = conn.execute(
+        "INSERT OR IGNORE INTO room_aliases (alias, room_id, creator, created_ts)"
+        " VALUES (?, ?, ?, ?)",
+        (alias, room_id, creator, created_ts),
+    )
+    return cursor.rowcount == 1
+
+
+@registered_write
+def _delete_alias(conn: sqlite3.Connection, *, alias: str) -> bool:
+    return conn.execute("DELETE FROM room_aliases WHERE alias = ?", (alias,)).rowcount == 1

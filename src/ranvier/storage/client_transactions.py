@@ -9,10 +9,11 @@ retry across a restart of the server is recognised too.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 
-from .actor import StorageActor
 from .readers import ReaderPool
+from .write_backend import WriteBackend, registered_write
 
 __all__ = ["ClientTransactionStorage"]
 
@@ -20,7 +21,7 @@ __all__ = ["ClientTransactionStorage"]
 class ClientTransactionStorage:
     """The ``client_transactions`` table."""
 
-    def __init__(self, actor: StorageActor, readers: ReaderPool) -> None:
+    def __init__(self, actor: WriteBackend, readers: ReaderPool) -> None:
         self._actor = actor
         self._readers = readers
 
@@ -50,29 +51,52 @@ class ClientTransactionStorage:
         """Record the transaction's event; return the event recorded for it,
         which is an earlier one if the transaction already had one.
         """
-
-        def insert(conn: sqlite3.Connection) -> str:
-            conn.execute(
-                "INSERT OR IGNORE INTO client_transactions"
-                " (user_id, device_id, txn_id, room_id, event_id, created_ts)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (user_id, device_id, txn_id, room_id, event_id, created_ts),
+        return await self._actor.submit(
+            functools.partial(
+                _insert_client_transaction,
+                user_id=user_id,
+                device_id=device_id,
+                txn_id=txn_id,
+                room_id=room_id,
+                event_id=event_id,
+                created_ts=created_ts,
             )
-            (recorded,) = conn.execute(
-                "SELECT event_id FROM client_transactions"
-                " WHERE user_id = ? AND device_id = ? AND txn_id = ?",
-                (user_id, device_id, txn_id),
-            ).fetchone()
-            return str(recorded)
-
-        return await self._actor.submit(insert)
+        )
 
     async def delete_client_transactions_before(self, created_ts: int) -> int:
         """Forget transactions recorded before ``created_ts``; return how many."""
+        return await self._actor.submit(
+            functools.partial(_delete_client_transactions_before, created_ts=created_ts)
+        )
 
-        def delete(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "DELETE FROM client_transactions WHERE created_ts < ?", (created_ts,)
-            ).rowcount
 
-        return await self._actor.submit(delete)
+@registered_write
+def _insert_client_transaction(
+    conn: sqlite3.Connection,
+    *,
+    user_id: str,
+    device_id: str,
+    txn_id: str,
+    room_id: str,
+    event_id: str,
+    created_ts: int,
+) -> str:
+    conn.execute(
+        "INSERT OR IGNORE INTO client_transactions"
+        " (user_id, device_id, txn_id, room_id, event_id, created_ts)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (user_id, device_id, txn_id, room_id, event_id, created_ts),
+    )
+    (recorded,) = conn.execute(
+        "SELECT event_id FROM client_transactions"
+        " WHERE user_id = ? AND device_id = ? AND txn_id = ?",
+        (user_id, device_id, txn_id),
+    ).fetchone()
+    return str(recorded)
+
+
+@registered_write
+def _delete_client_transactions_before(conn: sqlite3.Connection, *, created_ts: int) -> int:
+    return conn.execute(
+        "DELETE FROM client_transactions WHERE created_ts < ?", (created_ts,)
+    ).rowcount

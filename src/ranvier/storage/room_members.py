@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from .actor import StorageActor
 from .readers import ReaderPool
+from .write_backend import WriteBackend
 
 __all__ = ["RoomMemberStorage"]
 
@@ -24,7 +24,7 @@ __all__ = ["RoomMemberStorage"]
 class RoomMemberStorage:
     """Reads of users' memberships across rooms."""
 
-    def __init__(self, actor: StorageActor, readers: ReaderPool) -> None:
+    def __init__(self, actor: WriteBackend, readers: ReaderPool) -> None:
         self._actor = actor
         self._readers = readers
 

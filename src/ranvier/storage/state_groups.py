@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from ranvier.errors import MatrixError
 
 from .records import StateDelta, StateKey, StateMap
+from .write_backend import registered_write
 
 __all__ = [
     "MAX_CHAIN_LENGTH",
@@ -115,6 +116,7 @@ def _insert_group(
     return group
 
 
+@registered_write
 def store_state_group(
     conn: sqlite3.Connection,
     room_id: str,

@@ -38,6 +38,7 @@ from .records import (
 from .room_members import RoomMemberStorage
 from .run_reads import RunReads
 from .sync_reads import SyncReads
+from .write_backend import WriteBackend
 
 __all__ = ["Storage"]
 
@@ -69,7 +70,9 @@ class Storage:
     ``synchronous`` is SQLite's durability setting (``FULL``: a commit
     survives power loss); ``batch_cap`` bounds how many requests share one
     transaction; ``queue_size`` how many may wait before writers are made to
-    wait; ``readers`` how many reads run at once.
+    wait; ``readers`` how many reads run at once. ``writer`` replaces the
+    storage actor as where writes go (the actor's settings then do not
+    apply); reads stay on this process's reader pool over the same file.
     """
 
     def __init__(
@@ -81,9 +84,12 @@ class Storage:
         queue_size: int = 1024,
         readers: int = 4,
         max_page_count: int | None = None,
+        writer: WriteBackend | None = None,
     ) -> None:
         self.path = path
-        self.actor = StorageActor(
+        #: Where writes go: this process's storage actor unless another
+        #: backend is given (a worker's client of the main process's actor).
+        self.writer: WriteBackend = writer or StorageActor(
             path,
             synchronous=synchronous,
             batch_cap=batch_cap,
@@ -91,19 +97,26 @@ class Storage:
             max_page_count=max_page_count,
         )
         self.readers = ReaderPool(path, size=readers)
-        self.sync = SyncReads(self.actor, self.readers)
+        self.sync = SyncReads(self.writer, self.readers)
         #: Told after a commit that moves either stream a sync follows; see
         #: :class:`StreamListener`.
         self.on_stream_advance: StreamListener | None = None
-        self.aliases = AliasStorage(self.actor, self.readers)
-        self.client_transactions = ClientTransactionStorage(self.actor, self.readers)
-        self.room_members = RoomMemberStorage(self.actor, self.readers)
-        self.accounts = AccountStorage(self.actor, self.readers)
+        self.aliases = AliasStorage(self.writer, self.readers)
+        self.client_transactions = ClientTransactionStorage(self.writer, self.readers)
+        self.room_members = RoomMemberStorage(self.writer, self.readers)
+        self.accounts = AccountStorage(self.writer, self.readers)
         self.run_reads = RunReads(self.readers)
+
+    @property
+    def actor(self) -> StorageActor:
+        """This process's storage actor, when it is the one writing."""
+        if not isinstance(self.writer, StorageActor):
+            raise RuntimeError("this storage writes through another process's storage actor")
+        return self.writer
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await self.actor.run(task_status=task_status)
+            await self.writer.run(task_status=task_status)
         finally:
             self.readers.close()
 
@@ -123,7 +136,7 @@ class Storage:
         :class:`~ranvier.errors.PartialStateConflictError`, writing none of
         them, if one has partial state and its room no longer does.
         """
-        orderings = await self.actor.submit(
+        orderings = await self.writer.submit(
             writes.PersistEvents(tuple(events), dict(current_state_groups or {}))
         )
         if orderings and self.on_stream_advance is not None:
@@ -141,7 +154,7 @@ class Storage:
 
     async def store_room(self, room_id: str, room_version: RoomVersionLike) -> None:
         """Make a room known before any of its events or state is stored."""
-        await self.actor.submit(
+        await self.writer.submit(
             functools.partial(
                 writes.store_room, room_id=room_id, room_version=_version_id(room_version)
             )
@@ -155,7 +168,7 @@ class Storage:
         None. The room must be known (:meth:`store_room`).
         """
         delta = dict(delta)
-        return await self.actor.submit(
+        return await self.writer.submit(
             functools.partial(
                 writes.store_state_group, room_id=room_id, prev_group=prev_group, delta=delta
             )
@@ -169,7 +182,7 @@ class Storage:
         joined_via: str,
         servers_in_room: Collection[str],
     ) -> None:
-        await self.actor.submit(
+        await self.writer.submit(
             functools.partial(
                 writes.store_partial_join,
                 room_id=room_id,
@@ -187,7 +200,7 @@ class Storage:
         state_group_after: int | None,
         rejected_reason: str | None = None,
     ) -> None:
-        await self.actor.submit(
+        await self.writer.submit(
             functools.partial(
                 writes.update_state_for_partial_event,
                 event_id=event_id,
@@ -201,7 +214,7 @@ class Storage:
         """Raises :class:`~ranvier.errors.PartialStateEventsRemainError` while
         any of the room's events has partial state.
         """
-        cleared = await self.actor.submit(
+        cleared = await self.writer.submit(
             functools.partial(writes.clear_partial_state, room_id=room_id)
         )
         if cleared and self.on_stream_advance is not None:
@@ -211,23 +224,23 @@ class Storage:
         return cleared
 
     async def set_current_state(self, room_id: str, state_group: int) -> None:
-        await self.actor.submit(
+        await self.writer.submit(
             functools.partial(writes.set_current_state, room_id=room_id, state_group=state_group)
         )
 
     async def record_transaction(self, transaction: ReceivedTransaction) -> None:
-        await self.actor.submit(
+        await self.writer.submit(
             functools.partial(writes.record_transaction, transaction=transaction)
         )
 
     async def store_server_keys(self, keys: Sequence[ServerKey]) -> None:
         keys = tuple(keys)
-        await self.actor.submit(functools.partial(writes.store_server_keys, keys=keys))
+        await self.writer.submit(functools.partial(writes.store_server_keys, keys=keys))
 
     async def store_destination_retry(
         self, destination: str, retry: DestinationRetry | None
     ) -> None:
-        await self.actor.submit(
+        await self.writer.submit(
             functools.partial(writes.store_destination_retry, destination=destination, retry=retry)
         )
 
@@ -362,7 +375,7 @@ class Storage:
     async def store_destination_rooms(self, destination: str, positions: Mapping[str, int]) -> None:
         """See :func:`ranvier.storage.writes.store_destination_rooms`."""
         positions = dict(positions)
-        await self.actor.submit(
+        await self.writer.submit(
             functools.partial(
                 writes.store_destination_rooms, destination=destination, positions=positions
             )
@@ -373,7 +386,7 @@ class Storage:
     ) -> None:
         """See :func:`ranvier.storage.writes.mark_destination_rooms_sent`."""
         positions = dict(positions)
-        await self.actor.submit(
+        await self.writer.submit(
             functools.partial(
                 writes.mark_destination_rooms_sent, destination=destination, positions=positions
             )
@@ -416,7 +429,7 @@ class Storage:
         updated_ts: int,
     ) -> bool:
         """See :func:`ranvier.storage.writes.store_resync_progress`."""
-        return await self.actor.submit(
+        return await self.writer.submit(
             functools.partial(
                 writes.store_resync_progress,
                 room_id=room_id,

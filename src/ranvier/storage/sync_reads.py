@@ -27,11 +27,11 @@ from typing import Any
 
 import msgspec
 
-from .actor import StorageActor
 from .readers import ReaderPool
 from .reads import get_events
 from .records import StateKey, StateMap, StoredEvent
 from .state_groups import keys_changed_between, read_state, read_state_for_keys
+from .write_backend import WriteBackend, registered_write
 
 __all__ = [
     "Membership",
@@ -418,6 +418,7 @@ def transaction_ids(
     }
 
 
+@registered_write
 def store_filter(conn: sqlite3.Connection, user_id: str, filter_json: bytes) -> int:
     (filter_id,) = conn.execute(
         "SELECT COALESCE(MAX(filter_id), -1) + 1 FROM user_filters WHERE user_id = ?", (user_id,)
@@ -440,7 +441,7 @@ def get_filter(conn: sqlite3.Connection, user_id: str, filter_id: int) -> bytes 
 class SyncReads:
     """The reads of ``/sync`` and ``/messages``, and the filters users store."""
 
-    def __init__(self, actor: StorageActor, readers: ReaderPool) -> None:
+    def __init__(self, actor: WriteBackend, readers: ReaderPool) -> None:
         self._actor = actor
         self._readers = readers
 

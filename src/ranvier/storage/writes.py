@@ -53,6 +53,7 @@ from .state_groups import (
     read_state_for_keys,
     store_state_group,
 )
+from .write_backend import registered_write
 
 __all__ = [
     "PersistEvents",
@@ -168,6 +169,7 @@ def _ensure_room(conn: sqlite3.Connection, room_id: str, room_version: str) -> N
         )
 
 
+@registered_write
 def store_room(conn: sqlite3.Connection, room_id: str, room_version: str) -> None:
     """Make a room known, so that state groups can be stored for it before
     any of its events. Storing it again with the same version does nothing.
@@ -528,6 +530,7 @@ def persist_events(
     return orderings
 
 
+@registered_write
 @dataclass(frozen=True, slots=True)
 class PersistEvents:
     """One request to persist events, as the actor runs it.
@@ -559,12 +562,14 @@ class PersistEvents:
         ]
 
 
+@registered_write
 def set_current_state(conn: sqlite3.Connection, room_id: str, state_group: int) -> None:
     """Make a room's current state a group's state (rule 1 on its own)."""
     check_group_in_room(conn, state_group, room_id)
     _move_current_state(conn, room_id, state_group)
 
 
+@registered_write
 def store_partial_join(
     conn: sqlite3.Connection,
     room_id: str,
@@ -607,6 +612,7 @@ def _rejudge_extremities(conn: sqlite3.Connection, room_id: str, event_id: str) 
     conn.execute(_RESTORE_JUDGED_EXTREMITIES_SQL, (room_id, event_id))
 
 
+@registered_write
 def update_state_for_partial_event(
     conn: sqlite3.Connection,
     event_id: str,
@@ -668,6 +674,7 @@ def update_state_for_partial_event(
         _move_current_state(conn, room_id, sole)
 
 
+@registered_write
 def clear_partial_state(conn: sqlite3.Connection, room_id: str) -> bool:
     """Forget that a room has partial state, and the progress recorded of
     its resync; False if it had none.
@@ -703,6 +710,7 @@ def clear_partial_state(conn: sqlite3.Connection, room_id: str) -> bool:
     return True
 
 
+@registered_write
 def store_resync_progress(
     conn: sqlite3.Connection,
     room_id: str,
@@ -736,6 +744,7 @@ def store_resync_progress(
     return cursor.rowcount > 0
 
 
+@registered_write
 def record_transaction(conn: sqlite3.Connection, transaction: ReceivedTransaction) -> None:
     """Remember how a received transaction was answered."""
     conn.execute(
@@ -754,6 +763,7 @@ def record_transaction(conn: sqlite3.Connection, transaction: ReceivedTransactio
     )
 
 
+@registered_write
 def store_server_keys(conn: sqlite3.Connection, keys: Sequence[ServerKey]) -> None:
     """Store remote keys; for a key already known, the answer valid longest wins."""
     conn.executemany(
@@ -787,6 +797,7 @@ def store_server_keys(conn: sqlite3.Connection, keys: Sequence[ServerKey]) -> No
     )
 
 
+@registered_write
 def store_destination_retry(
     conn: sqlite3.Connection, destination: str, retry: DestinationRetry | None
 ) -> None:
@@ -840,6 +851,7 @@ def _upsert_destination_rooms(
         raise
 
 
+@registered_write
 def store_destination_rooms(
     conn: sqlite3.Connection, destination: str, positions: Mapping[str, int]
 ) -> None:
@@ -862,6 +874,7 @@ def store_destination_rooms(
     )
 
 
+@registered_write
 def mark_destination_rooms_sent(
     conn: sqlite3.Connection, destination: str, positions: Mapping[str, int]
 ) -> None:
