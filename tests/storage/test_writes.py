@@ -174,6 +174,34 @@ def test_forward_extremities_follow_forks_and_merges(
     assert reads.get_forward_extremities(conn, ROOM) == {"$d"}
 
 
+def test_one_write_of_forks_and_lines_leaves_their_tips(
+    conn: sqlite3.Connection, make_event: EventFactory
+) -> None:
+    base = _base(conn)
+    persist_events(conn, [make_event("$root", before=base)])
+    # In one write: a line of three after $root, a fork off its middle, an
+    # event cited only by a rejected one, and one whose only child is soft failed.
+    persist_events(
+        conn,
+        [
+            make_event("$l1", before=base, prev=("$root",)),
+            make_event("$l2", before=base, prev=("$l1",)),
+            make_event("$l3", before=base, prev=("$l2",)),
+            make_event("$fork", before=base, prev=("$l1",)),
+            make_event("$tip", before=base, prev=("$root",)),
+            make_event("$rejected", before=base, prev=("$tip",), rejected="auth"),
+            make_event("$soft", before=base, prev=("$fork",), soft_failed=True),
+        ],
+    )
+    assert reads.get_forward_extremities(conn, ROOM) == {"$l3", "$fork", "$tip"}
+    # The same events written one at a time leave the same tips.
+    conn.execute("DELETE FROM forward_extremities")
+    conn.execute("INSERT INTO forward_extremities (room_id, event_id) VALUES (?, '$root')", (ROOM,))
+    for name, prev in (("$m1", "$root"), ("$m2", "$m1"), ("$m3", "$m1")):
+        persist_events(conn, [make_event(name, before=base, prev=(prev,))])
+    assert reads.get_forward_extremities(conn, ROOM) == {"$m2", "$m3"}
+
+
 def test_an_event_with_children_already_is_not_an_extremity(
     conn: sqlite3.Connection, make_event: EventFactory
 ) -> None:

@@ -441,11 +441,26 @@ def _write_new_events(
                 raise _partial_state_conflict(conn, partial) from None
             raise
     accepted = [event for event in in_dag if event.accepted]
+    # An event written here is no extremity yet, and one an accepted event
+    # written here cites never becomes one: for a run of events in a line,
+    # only the first one's prev events are looked up and the last one added.
+    written = {event.event_id for event in new}
+    cited = {prev for event in accepted for prev in event.prev_event_ids}
     conn.executemany(
         "DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ?",
-        [(e.room_id, prev) for e in accepted for prev in e.prev_event_ids],
+        sorted(
+            {
+                (e.room_id, prev)
+                for e in accepted
+                for prev in e.prev_event_ids
+                if prev not in written
+            }
+        ),
     )
-    conn.executemany(_ADD_EXTREMITY_SQL, [(e.room_id, e.event_id) for e in accepted])
+    conn.executemany(
+        _ADD_EXTREMITY_SQL,
+        [(e.room_id, e.event_id) for e in accepted if e.event_id not in cited],
+    )
     last_state = {
         event.room_id: after
         for event, (_, _, after) in zip(in_dag, group_rows, strict=True)
