@@ -88,30 +88,41 @@ import msgspec
 import trio
 
 from ranvier.api.account import add_account_routes
+from ranvier.api.account_data import add_account_data_routes
 from ranvier.api.admin import add_admin_routes
 from ranvier.api.app import ClientApp
 from ranvier.api.auth import Auth
+from ranvier.api.capabilities import add_capability_routes
+from ranvier.api.devices import add_device_routes
 from ranvier.api.directory import add_directory_routes
+from ranvier.api.profile import add_profile_routes
 from ranvier.api.ratelimit import RateLimiter, RouteLimits
+from ranvier.api.room_list import add_room_list_routes
 from ranvier.api.rooms import add_room_routes
 from ranvier.api.sync import add_sync_routes
+from ranvier.api.user_directory import add_user_directory_routes
 from ranvier.api.versions import add_versions_route
 from ranvier.config import Config, ListenerConfig
+from ranvier.core.account_data import AccountData
 from ranvier.core.accounts import Accounts
 from ranvier.core.client_txns import ClientTransactions
 from ranvier.core.creation import EventCreator, Preset
+from ranvier.core.devices import Devices
 from ranvier.core.directory import RoomDirectory
 from ranvier.core.filters import UserFilters
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
 from ranvier.core.joins import RemoteJoiner
 from ranvier.core.notifier import StreamNotifier
 from ranvier.core.pagination import RoomMessages
+from ranvier.core.profiles import Profiles
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.room_leaves import RoomLeaves
+from ranvier.core.room_list import RoomList
 from ranvier.core.room_servers import RoomEventSender, RoomServers
 from ranvier.core.rooms import RoomReader
 from ranvier.core.sync import SyncHandler
 from ranvier.core.unpartial import ResyncStatus, UnpartialStater
+from ranvier.core.user_directory import UserDirectory
 from ranvier.errors import MatrixError
 from ranvier.federation.client import FederationEventFetcher
 from ranvier.federation.directory import FederationDirectoryClient, add_directory_route
@@ -123,6 +134,7 @@ from ranvier.federation.membership import (
     add_membership_routes,
 )
 from ranvier.federation.persistence import ReceivedTransactions
+from ranvier.federation.profiles import FederationProfileClient, LocalProfileSource
 from ranvier.federation.queries import add_query_routes
 from ranvier.federation.sender import FederationSender
 from ranvier.federation.server import TransactionHandler, add_transaction_routes
@@ -223,6 +235,8 @@ class HomeServer:
         self._client_app: ClientApp | None = None
         self._accounts: Accounts | None = None
         self._auth: Auth | None = None
+        self._profiles: Profiles | None = None
+        self._room_list: RoomList | None = None
         self._listeners: list[tuple[ListenerConfig, HttpListener]] = []
         self._bound: tuple[BoundListener, ...] | None = None
         self._notifier: RoomEventSender | None = None
@@ -328,6 +342,16 @@ class HomeServer:
     def auth(self) -> Auth:
         """Turns a client request's access token into its requester."""
         return _built(self._auth, "auth")
+
+    @property
+    def profiles(self) -> Profiles:
+        """Users' display names and avatars, here and on other servers."""
+        return _built(self._profiles, "profiles")
+
+    @property
+    def room_list(self) -> RoomList:
+        """The public room list: which rooms are published, and pages of them."""
+        return _built(self._room_list, "room_list")
 
     @property
     def client_app(self) -> ClientApp:
@@ -698,6 +722,15 @@ class HomeServer:
         storage.on_stream_advance = self.stream_notifier.advance
         self._accounts = Accounts(server_name=server_name, store=storage.accounts)
         self._auth = Auth(self._accounts)
+        self._profiles = Profiles(
+            server_name=server_name,
+            store=storage.client_data,
+            rooms=self._room_reader,
+            events=self._event_creator,
+            remote=FederationProfileClient(client),
+        )
+        self._event_creator.member_profiles = self._profiles
+        self._room_list = RoomList(store=storage.client_data, memberships=self._room_reader)
 
     def _federation_router(self, signing_key: SigningKey) -> Router:
         """Every federation and key route this server answers, registered here."""
@@ -711,7 +744,12 @@ class HomeServer:
             validity_ms=config.federation.key_validity_seconds * 1000,
         )
         add_transaction_routes(router, self.transaction_handler)
-        add_query_routes(router, server_name=config.server_name, store=self.storage)
+        add_query_routes(
+            router,
+            server_name=config.server_name,
+            store=self.storage,
+            profiles=LocalProfileSource(self.profiles),
+        )
         add_membership_routes(
             router,
             server_name=config.server_name,
@@ -729,10 +767,11 @@ class HomeServer:
         """Every client-server API route this server answers, registered here."""
         router = Router()
         add_versions_route(router)
+        account_data = AccountData(self.storage.client_data, self.stream_notifier)
         add_sync_routes(
             router,
             auth=self.auth,
-            sync=SyncHandler(self.storage.sync, self.stream_notifier),
+            sync=SyncHandler(self.storage.sync, self.stream_notifier, account_data),
             filters=UserFilters(self.storage.sync),
             messages=RoomMessages(self.storage.sync),
         )
@@ -757,6 +796,17 @@ class HomeServer:
             directory=directory,
         )
         add_directory_routes(router, auth=self.auth, directory=directory, reader=reader)
+        auth, client_data = self.auth, self.storage.client_data
+        add_capability_routes(router, auth=auth)
+        add_profile_routes(router, auth=auth, profiles=self.profiles)
+        add_account_data_routes(router, auth=auth, account_data=account_data)
+        add_device_routes(
+            router, auth=auth, devices=Devices(store=client_data, accounts=self.accounts)
+        )
+        add_room_list_routes(
+            router, server_name=self.config.server_name, auth=auth, room_list=self.room_list
+        )
+        add_user_directory_routes(router, auth=auth, directory=UserDirectory(client_data))
         return router
 
     def _components(self) -> list[_Component]:

@@ -11,8 +11,10 @@ from ranvier.errors import MatrixError
 
 
 def test_tokens_round_trip() -> None:
-    position = StreamPosition(123, 4)
+    position = StreamPosition(123, 4, 9)
     assert parse_sync_token(format_sync_token(position)) == position
+    # A token from before the account data stream starts that stream at 0.
+    assert parse_sync_token("s123_4") == StreamPosition(123, 4, 0)
     assert parse_pagination_token(format_pagination_token(77)) == 77
     # A sync token is a pagination token too: its events position.
     assert parse_pagination_token(format_sync_token(position)) == 123
@@ -21,7 +23,7 @@ def test_tokens_round_trip() -> None:
 
 @pytest.mark.parametrize(
     "token",
-    ["", "s", "s1", "s1_", "s_1", "s-1_0", "s1_2_3", "t1", "x1_2", "s1_2 ", "s" + "9" * 19 + "_0"],
+    ["", "s", "s1", "s1_", "s_1", "s-1_0", "s1_2_3_4", "s1_2_", "t1", "x1_2", "s1_2 ", "s" + "9" * 19 + "_0"],
 )
 def test_malformed_sync_tokens_are_refused(token: str) -> None:
     with pytest.raises(MatrixError) as raised:

@@ -30,7 +30,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -118,6 +118,8 @@ class AccountStore(Protocol):
     async def delete_device_of_token(self, token_hash: bytes) -> TokenOwner | None: ...
 
     async def delete_devices(self, user_id: str) -> int: ...
+
+    async def delete_user_devices(self, user_id: str, device_ids: Collection[str]) -> int: ...
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None: ...
 
@@ -343,6 +345,28 @@ class Accounts:
         """Log out every device of ``user_id``."""
         with self._invalidating(lambda cached: cached.user_id == user_id):
             await self._store.delete_devices(user_id)
+
+    async def logout_devices(self, user_id: str, device_ids: Collection[str]) -> int:
+        """Log out (delete) the named devices of ``user_id``; their tokens
+        stop working at once. Returns how many of them existed.
+        """
+        wanted = frozenset(device_ids)
+        with self._invalidating(
+            lambda cached: cached.user_id == user_id and cached.device_id in wanted
+        ):
+            return await self._store.delete_user_devices(user_id, wanted)
+
+    async def check_password(self, user_id: str, password: str) -> bool:
+        """Whether ``password`` is the password of the local ``user_id``
+        (for re-authenticating a sensitive request). An account without a
+        password, or a deactivated one, has no right password.
+        """
+        _check_password_length(password)
+        record = await self._store.get_password_login(user_id)
+        if record is None or record.password_hash is None or record.deactivated:
+            await self._verify(await self._decoy(), password)
+            return False
+        return await self._verify(record.password_hash, password)
 
     # Passwords.
 

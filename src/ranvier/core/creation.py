@@ -39,7 +39,7 @@ import secrets
 import string
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, Protocol, get_args
 
 import trio
 
@@ -77,6 +77,14 @@ __all__ = ["EventCreator", "NotInRoomError", "Preset"]
 Preset = Literal["private_chat", "public_chat", "trusted_private_chat"]
 
 _MEMBER: Final = "m.room.member"
+
+
+class MemberProfiles(Protocol):
+    """The profile fields (``displayname``, ``avatar_url``) a local user's
+    join carries (:class:`ranvier.core.profiles.Profiles`).
+    """
+
+    async def member_content(self, user_id: str) -> dict[str, str]: ...
 _JOIN_RULES: Final = "m.room.join_rules"
 _HISTORY_VISIBILITY: Final = "m.room.history_visibility"
 _GUEST_ACCESS: Final = "m.room.guest_access"
@@ -168,8 +176,12 @@ class EventCreator:
         clock: Clock = wall_clock_ms,
         conflict_retry_after_ms: int = 500,
         remembered_transactions: int = 10_000,
+        member_profiles: MemberProfiles | None = None,
     ) -> None:
         self.server_name = server_name
+        #: Where a join's display name and avatar come from; settable, as
+        #: the profiles send their changes through this creator.
+        self.member_profiles = member_profiles
         self._signing_key = signing_key
         self._store = store
         self._persister = persister
@@ -241,6 +253,11 @@ class EventCreator:
             creation_content=creation_content,
             is_direct=is_direct,
         )
+        if self.member_profiles is not None:
+            profile = await self.member_profiles.member_content(creator)
+            for template in templates:
+                if template["type"] == _MEMBER and template.get("state_key") == creator:
+                    template["content"] = {**profile, **template["content"]}
         _rehearse(rv, room_id, templates)
 
         create_template = templates[0] if room_id is None else templates[0] | {"room_id": room_id}
@@ -375,6 +392,8 @@ class EventCreator:
             if type(reason) is not str:
                 raise _invalid_param("a reason must be a string")
             content["reason"] = reason
+        if membership == "join" and self.member_profiles is not None:
+            content = {**await self.member_profiles.member_content(target), **content}
         rv = await self._room_version(room_id)
         template = {
             "type": _MEMBER,

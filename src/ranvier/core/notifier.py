@@ -14,6 +14,9 @@ Invariants
   of what it holds and what it is told, per stream, so writes reported out
   of order, or a report lost with a cancelled writer, never move it back;
   the next report covers the lost one.
+* **Account data is a stream of its own.** A change to a user's account
+  data moves the third position (:meth:`StreamNotifier.advance_account_data`),
+  logged with the user whose data it is, and concerns that user only.
 * **No polling.** Waiters sleep on one :class:`trio.Event`, replaced each
   time the position moves: every waiter wakes, checks its own condition,
   and sleeps again on the new event if it is not met.
@@ -56,10 +59,16 @@ class StreamPosition(NamedTuple):
     events: int
     #: The newest position of the stream of rooms whose state became complete.
     un_partial: int
+    #: The newest position of the stream of account data changes.
+    account_data: int = 0
 
     def is_beyond(self, other: StreamPosition) -> bool:
-        """Whether either stream is further on than in ``other``."""
-        return self.events > other.events or self.un_partial > other.un_partial
+        """Whether any stream is further on than in ``other``."""
+        return (
+            self.events > other.events
+            or self.un_partial > other.un_partial
+            or self.account_data > other.account_data
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +88,9 @@ class StreamNotifier:
         # The events position the log reaches back to: advances after it
         # are all in the log.
         self._log_floor = 0
+        # The same for account data: (position, whose data changed).
+        self._account_data_log: deque[tuple[int, str]] = deque()
+        self._account_data_floor = 0
 
     @property
     def position(self) -> StreamPosition:
@@ -98,8 +110,9 @@ class StreamNotifier:
         call it from anywhere on the Trio thread.
         """
         current = self._position
-        moved = StreamPosition(
-            max(current.events, events or 0), max(current.un_partial, un_partial or 0)
+        moved = current._replace(
+            events=max(current.events, events or 0),
+            un_partial=max(current.un_partial, un_partial or 0),
         )
         if moved == current:
             return
@@ -108,6 +121,22 @@ class StreamNotifier:
             self._log.append(_Advance(moved.events, frozenset(rooms), frozenset(users)))
             if len(self._log) > LOG_SIZE:
                 self._log_floor = self._log.popleft().events
+        self._wake()
+
+    def advance_account_data(self, position: int, user_id: str) -> None:
+        """Note that ``user_id``'s account data changed at ``position`` of
+        the account data stream; wake every waiter if the position grew.
+        """
+        current = self._position
+        if position <= current.account_data:
+            return
+        self._position = current._replace(account_data=position)
+        self._account_data_log.append((position, user_id))
+        if len(self._account_data_log) > LOG_SIZE:
+            self._account_data_floor = self._account_data_log.popleft()[0]
+        self._wake()
+
+    def _wake(self) -> None:
         woken, self._advanced = self._advanced, trio.Event()
         woken.set()
 
@@ -122,6 +151,14 @@ class StreamNotifier:
             return False
         if rooms is None or current.un_partial > position.un_partial:
             return True
+        if current.account_data > position.account_data:
+            if position.account_data < self._account_data_floor:
+                return True
+            for changed_at, user in reversed(self._account_data_log):
+                if changed_at <= position.account_data:
+                    break
+                if user == user_id:
+                    return True
         if position.events < self._log_floor:
             return True
         for advance in reversed(self._log):

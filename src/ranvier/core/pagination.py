@@ -43,7 +43,9 @@ DEFAULT_LIMIT: Final = 10
 #: The most events one page holds, whatever the client asks.
 MAX_LIMIT: Final = 1000
 
-_SYNC_TOKEN: Final = re.compile(r"s([0-9]{1,18})_([0-9]{1,18})")
+# Events, un-partial-state and account data positions; tokens from before
+# the account data stream have two parts.
+_SYNC_TOKEN: Final = re.compile(r"s([0-9]{1,18})_([0-9]{1,18})(?:_([0-9]{1,18}))?")
 _PAGINATION_TOKEN: Final = re.compile(r"t([0-9]{1,18})")
 
 
@@ -56,7 +58,7 @@ def _invalid_token(token: str) -> MatrixError:
 
 
 def format_sync_token(position: StreamPosition) -> str:
-    return f"s{position.events}_{position.un_partial}"
+    return f"s{position.events}_{position.un_partial}_{position.account_data}"
 
 
 def parse_sync_token(token: str) -> StreamPosition:
@@ -64,7 +66,7 @@ def parse_sync_token(token: str) -> StreamPosition:
     match = _SYNC_TOKEN.fullmatch(token)
     if match is None:
         raise _invalid_token(token)
-    return StreamPosition(int(match[1]), int(match[2]))
+    return StreamPosition(int(match[1]), int(match[2]), int(match[3] or 0))
 
 
 def format_pagination_token(position: int) -> str:

@@ -18,6 +18,10 @@ Rooms
 * **invite**: invites after ``since``, with the stripped state the spec
   asks for (create, join rules, name, avatar, canonical alias, encryption)
   and the invite itself.
+* **account_data**: the user's account data changed after ``since`` (all of
+  it on an initial sync), global at the top level and per joined room in
+  the room's entry; a room with nothing else new comes with an empty
+  timeline for it. Account data is the sync token's third stream.
 * **leave**: rooms left (or banned from) after ``since``, with the timeline
   up to the leave; with ``include_leave`` an initial sync lists every room
   left.
@@ -55,6 +59,7 @@ from typing import Any, Final, Protocol
 import msgspec
 import trio
 
+from ranvier.core.account_data import AccountData, AccountDataUpdates
 from ranvier.core.accounts import Requester
 from ranvier.core.client_events import client_event, event_content
 from ranvier.core.filters import Filter, RoomEventFilter
@@ -175,17 +180,41 @@ def _invite_room_state(invite: StoredEvent) -> list[dict[str, Any]]:
     return stripped
 
 
+def _quiet_room(now: StreamPosition) -> dict[str, Any]:
+    """A joined room with nothing new but its account data."""
+    return {
+        "timeline": {
+            "events": [],
+            "limited": False,
+            "prev_batch": format_pagination_token(now.events),
+        },
+        "state": {"events": []},
+        "ephemeral": {"events": []},
+        "account_data": {"events": []},
+        "unread_notifications": {},
+        "summary": {},
+    }
+
+
 def _is_empty(response: dict[str, Any]) -> bool:
     rooms = response["rooms"]
-    return not (rooms["join"] or rooms["invite"] or rooms["leave"])
+    return not (
+        rooms["join"] or rooms["invite"] or rooms["leave"] or response["account_data"]["events"]
+    )
 
 
 class SyncHandler:
     """Answers ``/sync`` from storage, waiting on the notifier to long-poll."""
 
-    def __init__(self, store: SyncStore, notifier: StreamNotifier) -> None:
+    def __init__(
+        self,
+        store: SyncStore,
+        notifier: StreamNotifier,
+        account_data: AccountData | None = None,
+    ) -> None:
         self._store = store
         self._notifier = notifier
+        self._account_data = account_data
 
     async def sync(
         self,
@@ -220,20 +249,33 @@ class SyncHandler:
         """One look at storage: the response, the position it covers and
         the rooms the user has a membership in.
         """
+        # Read before the rest: a change after this is the next sync's.
+        account_data_at = 0 if self._account_data is None else await self._account_data.position()
         snapshot = await self._store.sync_snapshot(
             requester.user_id,
             0 if since is None else since.un_partial,
             None if since is None or full_state else since.events,
         )
         events, un_partial, memberships, partial, un_partialled, changed = snapshot
-        now = StreamPosition(events, un_partial)
+        now = StreamPosition(events, un_partial, account_data_at)
         if since is not None:
-            # Never answer with a next_batch behind the token given in either
+            # Never answer with a next_batch behind the token given in any
             # stream (a token from before a restore, or made up), or the
             # client would go back.
             now = StreamPosition(
-                max(now.events, since.events), max(now.un_partial, since.un_partial)
+                max(now.events, since.events),
+                max(now.un_partial, since.un_partial),
+                max(now.account_data, since.account_data),
             )
+        account_data = (
+            AccountDataUpdates()
+            if self._account_data is None
+            else await self._account_data.updates(
+                requester.user_id,
+                0 if since is None or full_state else since.account_data,
+                account_data_at,
+            )
+        )
         request = _Request(
             requester, requester.user_id, since, now, filter, full_state, un_partialled, partial
         )
@@ -253,11 +295,17 @@ class SyncHandler:
                     and room_id not in changed
                     and not is_new
                     and (lazy or room_id not in un_partialled)
+                    and room_id not in account_data.room_events
                 ):
                     # Nothing since the token, and nothing that brings it in whole.
                     continue
                 room = await self._joined_room(request, room_id, ordering)
+                room_data = account_data.room_events.get(room_id)
+                if room is None and room_data:
+                    room = _quiet_room(now)
                 if room is not None:
+                    if room_data:
+                        room["account_data"] = {"events": room_data}
                     join[room_id] = room
             elif membership == "invite" and is_new:
                 invite[room_id] = await self._invited_room(room_id, event_id)
@@ -269,7 +317,7 @@ class SyncHandler:
             "next_batch": format_sync_token(now),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
             "presence": {"events": []},
-            "account_data": {"events": []},
+            "account_data": {"events": account_data.global_events},
             "to_device": {"events": []},
         }
         return response, now, frozenset(room_id for room_id, *_ in memberships)

@@ -20,6 +20,7 @@ from . import reads, writes
 from .accounts import AccountStorage
 from .actor import StorageActor
 from .aliases import AliasStorage
+from .client_data import ClientDataStorage
 from .client_transactions import ClientTransactionStorage
 from .connections import SynchronousMode
 from .readers import ReaderPool
@@ -105,6 +106,7 @@ class Storage:
         self.client_transactions = ClientTransactionStorage(self.writer, self.readers)
         self.room_members = RoomMemberStorage(self.writer, self.readers)
         self.accounts = AccountStorage(self.writer, self.readers)
+        self.client_data = ClientDataStorage(self.writer, self.readers)
         self.run_reads = RunReads(self.readers)
 
     @property

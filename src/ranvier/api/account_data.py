@@ -1,0 +1,50 @@
+"""Account data: ``/user/{userId}/account_data/{type}`` and its per-room
+form ``/user/{userId}/rooms/{roomId}/account_data/{type}``; only a user's
+own. See :mod:`ranvier.core.account_data`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ranvier.api.account import json_object
+from ranvier.api.auth import Auth
+from ranvier.core.account_data import AccountData
+from ranvier.web import Request, Router
+
+__all__ = ["add_account_data_routes"]
+
+_PREFIXES: Final = ("/_matrix/client/v3", "/_matrix/client/r0")
+
+
+def add_account_data_routes(router: Router, *, auth: Auth, account_data: AccountData) -> None:
+    """Serve ``GET`` and ``PUT`` of global and per-room account data."""
+
+    async def get(request: Request) -> Mapping[str, Any]:
+        requester = await auth.get_user(request)
+        params = request.path_params
+        return await account_data.get(
+            requester.user_id, params["user_id"], params["type"], room_id=params.get("room_id")
+        )
+
+    async def put(request: Request) -> Mapping[str, Any]:
+        requester = await auth.get_user(request)
+        params = request.path_params
+        content = json_object(request)
+        await account_data.put(
+            requester.user_id,
+            params["user_id"],
+            params["type"],
+            content,
+            room_id=params.get("room_id"),
+        )
+        return {}
+
+    for prefix in _PREFIXES:
+        for path in (
+            f"{prefix}/user/{{user_id}}/account_data/{{type}}",
+            f"{prefix}/user/{{user_id}}/rooms/{{room_id}}/account_data/{{type}}",
+        ):
+            router.add("GET", path, get)
+            router.add("PUT", path, put)

@@ -1,0 +1,70 @@
+"""Devices: ``/devices``, ``/devices/{deviceId}`` and ``/delete_devices``.
+
+Deleting takes the user's password through user-interactive
+authentication (see :mod:`ranvier.core.devices`): the 401 answers carry the
+flows, and the session to send back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ranvier.api.account import json_object
+from ranvier.api.auth import Auth
+from ranvier.core.devices import AuthRequired, Devices
+from ranvier.errors import BadJsonError
+from ranvier.web import JsonResponse, Request, Router
+
+__all__ = ["add_device_routes"]
+
+_PREFIXES: Final = ("/_matrix/client/v3", "/_matrix/client/r0")
+
+
+def add_device_routes(router: Router, *, auth: Auth, devices: Devices) -> None:
+    """Serve listing, reading, renaming and deleting the requester's devices."""
+
+    async def list_devices(request: Request) -> Mapping[str, Any]:
+        requester = await auth.get_user(request)
+        return {"devices": await devices.list(requester.user_id)}
+
+    async def get_device(request: Request) -> Mapping[str, Any]:
+        requester = await auth.get_user(request)
+        return await devices.get(requester.user_id, request.path_params["device_id"])
+
+    async def rename_device(request: Request) -> Mapping[str, Any]:
+        requester = await auth.get_user(request)
+        body = json_object(request)
+        device_id = request.path_params["device_id"]
+        if "display_name" in body:
+            await devices.rename(requester.user_id, device_id, body["display_name"])
+        else:
+            await devices.get(requester.user_id, device_id)
+        return {}
+
+    async def delete(user_id: str, device_ids: list[str], auth_dict: object) -> JsonResponse:
+        try:
+            await devices.delete(user_id, device_ids, auth_dict)
+        except AuthRequired as required:
+            return JsonResponse(required.body, status=401)
+        return JsonResponse({})
+
+    async def delete_device(request: Request) -> JsonResponse:
+        requester = await auth.get_user(request)
+        body = json_object(request) if request.content is not None or request.body else {}
+        return await delete(requester.user_id, [request.path_params["device_id"]], body.get("auth"))
+
+    async def delete_devices(request: Request) -> JsonResponse:
+        requester = await auth.get_user(request)
+        body = json_object(request)
+        device_ids = body.get("devices")
+        if not isinstance(device_ids, list) or not all(isinstance(d, str) for d in device_ids):
+            raise BadJsonError("'devices' must be a list of device IDs")
+        return await delete(requester.user_id, device_ids, body.get("auth"))
+
+    for prefix in _PREFIXES:
+        router.add("GET", f"{prefix}/devices", list_devices)
+        router.add("GET", f"{prefix}/devices/{{device_id}}", get_device)
+        router.add("PUT", f"{prefix}/devices/{{device_id}}", rename_device)
+        router.add("DELETE", f"{prefix}/devices/{{device_id}}", delete_device)
+        router.add("POST", f"{prefix}/delete_devices", delete_devices)

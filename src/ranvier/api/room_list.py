@@ -1,0 +1,87 @@
+"""The public room list: ``/publicRooms`` and ``/directory/list/room/{roomId}``.
+
+Reading the list and a room's visibility needs no access token (the spec
+leaves both open); publishing needs a member of the room. Only this
+server's list is served: ``server`` naming another server is refused. See
+:mod:`ranvier.core.room_list`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ranvier.api.account import json_object
+from ranvier.api.auth import Auth
+from ranvier.core.room_list import RoomList
+from ranvier.errors import BadJsonError, MatrixError
+from ranvier.web import Request, Router
+
+__all__ = ["add_room_list_routes"]
+
+_PREFIXES: Final = ("/_matrix/client/v3", "/_matrix/client/r0")
+
+
+def add_room_list_routes(
+    router: Router, *, server_name: str, auth: Auth, room_list: RoomList
+) -> None:
+    """Serve the room list and the rooms' directory visibility."""
+
+    def check_server(server: object) -> None:
+        if server is not None and server != server_name:
+            raise MatrixError(
+                f"this server serves only its own room list, not {server!r}'s",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+
+    async def public_rooms(request: Request) -> Mapping[str, Any]:
+        check_server(request.query_value("server"))
+        raw_limit = request.query_value("limit")
+        limit = None
+        if raw_limit is not None:
+            if not raw_limit.isdigit():
+                raise MatrixError(
+                    f"limit must be a non-negative integer, not {raw_limit[:20]!r}",
+                    errcode="M_INVALID_PARAM",
+                    http_status=400,
+                )
+            limit = int(raw_limit)
+        return await room_list.public_rooms(limit=limit, since=request.query_value("since"))
+
+    async def search_public_rooms(request: Request) -> Mapping[str, Any]:
+        await auth.get_user(request)
+        check_server(request.query_value("server"))
+        body = json_object(request)
+        limit = body.get("limit")
+        since = body.get("since")
+        search_filter = body.get("filter")
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise BadJsonError("'limit' must be a non-negative integer")
+        if since is not None and not isinstance(since, str):
+            raise BadJsonError("'since' must be a string")
+        term = None
+        if search_filter is not None:
+            if not isinstance(search_filter, dict):
+                raise BadJsonError("'filter' must be an object")
+            term = search_filter.get("generic_search_term")
+            if term is not None and not isinstance(term, str):
+                raise BadJsonError("'generic_search_term' must be a string")
+        return await room_list.public_rooms(limit=limit, since=since, search=term)
+
+    async def get_visibility(request: Request) -> Mapping[str, Any]:
+        return {"visibility": await room_list.get_visibility(request.path_params["room_id"])}
+
+    async def set_visibility(request: Request) -> Mapping[str, Any]:
+        requester = await auth.get_user(request)
+        body = json_object(request)
+        await room_list.set_visibility(
+            requester.user_id, request.path_params["room_id"], body.get("visibility", "public")
+        )
+        return {}
+
+    for prefix in _PREFIXES:
+        router.add("GET", f"{prefix}/publicRooms", public_rooms)
+        router.add("POST", f"{prefix}/publicRooms", search_public_rooms)
+        router.add("GET", f"{prefix}/directory/list/room/{{room_id}}", get_visibility)
+        router.add("PUT", f"{prefix}/directory/list/room/{{room_id}}", set_visibility)

@@ -1,0 +1,148 @@
+"""A user's devices: listing, renaming and deleting them.
+
+Deleting a device logs it out (its access tokens stop working at once, see
+:meth:`ranvier.core.accounts.Accounts.logout_devices`), so it takes the
+user's password again, through user-interactive authentication with one
+flow of one stage, ``m.login.password``: a request without ``auth`` is
+answered 401 with the flows and a session, and the same request with the
+password deletes. The session only threads the exchange: the password is
+the proof, checked on the request that carries it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Collection, Mapping
+from typing import Any, Final, Protocol
+
+from ranvier.errors import MatrixError
+from ranvier.storage.client_data import DeviceRecord
+
+__all__ = ["PASSWORD_FLOWS", "AuthRequired", "DeviceStore", "Devices"]
+
+_PASSWORD: Final = "m.login.password"
+PASSWORD_FLOWS: Final = [{"stages": [_PASSWORD]}]
+_MAX_DISPLAY_NAME: Final = 256
+
+
+class DeviceStore(Protocol):
+    """Devices in storage (:class:`ranvier.storage.client_data.ClientDataStorage`)."""
+
+    async def get_devices(self, user_id: str) -> list[DeviceRecord]: ...
+
+    async def set_device_display_name(
+        self, user_id: str, device_id: str, display_name: str
+    ) -> bool: ...
+
+
+class DeviceAccounts(Protocol):
+    """Passwords and logouts (:class:`ranvier.core.accounts.Accounts`)."""
+
+    async def check_password(self, user_id: str, password: str) -> bool: ...
+
+    async def logout_devices(self, user_id: str, device_ids: Collection[str]) -> int: ...
+
+
+class AuthRequired(Exception):
+    """User-interactive authentication must be (re)done: ``body`` is the
+    401 answer's body.
+    """
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body.get("error", "authentication required"))
+        self.body = body
+
+
+def _device_json(device: DeviceRecord) -> dict[str, Any]:
+    entry: dict[str, Any] = {"device_id": device.device_id}
+    if device.display_name is not None:
+        entry["display_name"] = device.display_name
+    if device.last_seen_ts is not None:
+        entry["last_seen_ts"] = device.last_seen_ts
+    return entry
+
+
+class Devices:
+    """The device endpoints' work; see the module's doc."""
+
+    def __init__(self, *, store: DeviceStore, accounts: DeviceAccounts) -> None:
+        self._store = store
+        self._accounts = accounts
+
+    async def list(self, user_id: str) -> list[dict[str, Any]]:
+        return [_device_json(device) for device in await self._store.get_devices(user_id)]
+
+    async def get(self, user_id: str, device_id: str) -> dict[str, Any]:
+        for device in await self._store.get_devices(user_id):
+            if device.device_id == device_id:
+                return _device_json(device)
+        raise _no_device(device_id)
+
+    async def rename(self, user_id: str, device_id: str, display_name: object) -> None:
+        if not isinstance(display_name, str):
+            raise MatrixError(
+                "'display_name' must be a string", errcode="M_BAD_JSON", http_status=400
+            )
+        if len(display_name) > _MAX_DISPLAY_NAME:
+            raise MatrixError(
+                f"a device's display name may be at most {_MAX_DISPLAY_NAME} characters",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        if not await self._store.set_device_display_name(user_id, device_id, display_name):
+            raise _no_device(device_id)
+
+    async def delete(self, user_id: str, device_ids: Collection[str], auth: object) -> None:
+        """Delete devices of ``user_id`` once ``auth`` proves the password;
+        raises :class:`AuthRequired` until it does. Devices already gone are
+        no error.
+        """
+        await self._authenticate(user_id, auth)
+        await self._accounts.logout_devices(user_id, device_ids)
+
+    async def _authenticate(self, user_id: str, auth: object) -> None:
+        if auth is None:
+            raise AuthRequired(_flows(None))
+        if not isinstance(auth, Mapping):
+            raise MatrixError("'auth' must be an object", errcode="M_BAD_JSON", http_status=400)
+        session = auth.get("session")
+        session = session if isinstance(session, str) else None
+        stage = auth.get("type")
+        if stage != _PASSWORD:
+            raise MatrixError(
+                f"unknown authentication type {stage!r} (this server offers {_PASSWORD})",
+                errcode="M_UNRECOGNIZED",
+                http_status=400,
+            )
+        password = auth.get("password")
+        who = _identified_user(auth)
+        if not isinstance(password, str):
+            raise MatrixError("'password' must be a string", errcode="M_BAD_JSON", http_status=400)
+        localpart = user_id[1:].partition(":")[0]
+        same_user = who is None or who.lower() in (user_id.lower(), localpart.lower())
+        if not same_user or not await self._accounts.check_password(user_id, password):
+            body = _flows(session)
+            body["errcode"] = "M_FORBIDDEN"
+            body["error"] = "invalid password"
+            raise AuthRequired(body)
+
+
+def _identified_user(auth: Mapping[str, Any]) -> str | None:
+    identifier = auth.get("identifier")
+    if isinstance(identifier, Mapping) and isinstance(identifier.get("user"), str):
+        return str(identifier["user"])
+    user = auth.get("user")
+    return user if isinstance(user, str) else None
+
+
+def _flows(session: str | None) -> dict[str, Any]:
+    return {
+        "flows": PASSWORD_FLOWS,
+        "params": {},
+        "session": session or secrets.token_urlsafe(16),
+        "completed": [],
+    }
+
+
+def _no_device(device_id: str) -> MatrixError:
+    return MatrixError(f"no device {device_id!r}", errcode="M_NOT_FOUND", http_status=404)

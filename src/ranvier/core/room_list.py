@@ -1,0 +1,154 @@
+"""The public room list: rooms published in this server's directory.
+
+A room is listed when its directory visibility is ``public``: set by
+``PUT /directory/list/room/{roomId}`` (by a member of the room) or by
+``/createRoom`` with ``visibility: public`` (:meth:`RoomList.on_room_created`).
+``GET /publicRooms`` shows each listed room this server is in, largest
+first, with what the spec's ``PublishedRoomsChunk`` holds, read from its
+current state. Pages are cut by offset: ``next_batch`` and ``prev_batch``
+are positions in that order, as tokens of their own.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any, Final, Literal, Protocol
+
+from ranvier.errors import MatrixError
+from ranvier.storage.client_data import PublicRoomState
+
+__all__ = ["MAX_PAGE", "RoomList", "RoomListStore", "Visibility"]
+
+#: The most rooms one page holds, whatever the client asks.
+MAX_PAGE: Final = 500
+
+Visibility = Literal["public", "private"]
+_TOKEN: Final = re.compile(r"o([0-9]{1,9})")
+
+
+class RoomListStore(Protocol):
+    """The room list in storage (:class:`ranvier.storage.client_data.ClientDataStorage`)."""
+
+    async def set_room_listed(self, room_id: str, listed: bool, now_ms: int) -> None: ...
+
+    async def is_room_listed(self, room_id: str) -> bool: ...
+
+    async def room_exists(self, room_id: str) -> bool: ...
+
+    async def listed_rooms(self) -> list[PublicRoomState]: ...
+
+
+class Memberships(Protocol):
+    """A user's membership of a room (:class:`ranvier.core.rooms.RoomReader`)."""
+
+    async def membership(self, user_id: str, room_id: str) -> str | None: ...
+
+
+def _not_found(room_id: str) -> MatrixError:
+    return MatrixError(f"room {room_id} is not known here", errcode="M_NOT_FOUND", http_status=404)
+
+
+def _chunk_entry(room: PublicRoomState) -> dict[str, Any]:
+    state = room.state
+    entry: dict[str, Any] = {
+        "room_id": room.room_id,
+        "num_joined_members": room.joined_members,
+        "world_readable": state.get("m.room.history_visibility", {}).get("history_visibility")
+        == "world_readable",
+        "guest_can_join": state.get("m.room.guest_access", {}).get("guest_access") == "can_join",
+        "join_rule": state.get("m.room.join_rules", {}).get("join_rule", "invite"),
+    }
+    for event_type, key, name in (
+        ("m.room.name", "name", "name"),
+        ("m.room.topic", "topic", "topic"),
+        ("m.room.canonical_alias", "alias", "canonical_alias"),
+        ("m.room.avatar", "url", "avatar_url"),
+        ("m.room.create", "type", "room_type"),
+    ):
+        value = state.get(event_type, {}).get(key)
+        if isinstance(value, str) and value:
+            entry[name] = value
+    return entry
+
+
+def _matches(entry: dict[str, Any], term: str) -> bool:
+    folded = term.casefold()
+    return any(
+        folded in str(entry.get(field, "")).casefold()
+        for field in ("name", "topic", "canonical_alias", "room_id")
+    )
+
+
+class RoomList:
+    """Publishes rooms and pages through the published ones."""
+
+    def __init__(
+        self,
+        *,
+        store: RoomListStore,
+        memberships: Memberships,
+        wall_clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self._store = store
+        self._memberships = memberships
+        self._clock = wall_clock_ms or (lambda: time.time_ns() // 1_000_000)
+
+    async def get_visibility(self, room_id: str) -> Visibility:
+        """``public`` or ``private``; ``M_NOT_FOUND`` for an unknown room."""
+        if not await self._store.room_exists(room_id):
+            raise _not_found(room_id)
+        return "public" if await self._store.is_room_listed(room_id) else "private"
+
+    async def set_visibility(self, user_id: str, room_id: str, visibility: object) -> None:
+        """Publish or unpublish a room; only a member joined to it may."""
+        if visibility not in ("public", "private"):
+            raise MatrixError(
+                f"visibility must be public or private, not {visibility!r}",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        if not await self._store.room_exists(room_id):
+            raise _not_found(room_id)
+        if await self._memberships.membership(user_id, room_id) != "join":
+            raise MatrixError(
+                f"{user_id} is not in room {room_id}", errcode="M_FORBIDDEN", http_status=403
+            )
+        await self._store.set_room_listed(room_id, visibility == "public", self._clock())
+
+    async def on_room_created(self, room_id: str, visibility: Visibility) -> None:
+        """What ``/createRoom`` calls once the room exists: ``public`` lists it."""
+        if visibility == "public":
+            await self._store.set_room_listed(room_id, True, self._clock())
+
+    async def public_rooms(
+        self, *, limit: int | None = None, since: str | None = None, search: str | None = None
+    ) -> dict[str, Any]:
+        """A page of ``GET /publicRooms`` (or its ``POST`` with a filter)."""
+        if limit is not None and limit < 0:
+            raise MatrixError(
+                "limit may not be negative", errcode="M_INVALID_PARAM", http_status=400
+            )
+        start = 0
+        if since is not None:
+            match = _TOKEN.fullmatch(since)
+            if match is None:
+                raise MatrixError(
+                    f"{since[:40]!r} is not a room list token",
+                    errcode="M_INVALID_PARAM",
+                    http_status=400,
+                )
+            start = int(match[1])
+        entries = [_chunk_entry(room) for room in await self._store.listed_rooms()]
+        if search:
+            entries = [entry for entry in entries if _matches(entry, search)]
+        entries.sort(key=lambda entry: (-entry["num_joined_members"], entry["room_id"]))
+        size = MAX_PAGE if limit is None else min(limit, MAX_PAGE)
+        page = entries[start : start + size]
+        answer: dict[str, Any] = {"chunk": page, "total_room_count_estimate": len(entries)}
+        if start + size < len(entries):
+            answer["next_batch"] = f"o{start + size}"
+        if start > 0:
+            answer["prev_batch"] = f"o{max(start - size, 0)}"
+        return answer

@@ -1,0 +1,411 @@
+"""What the client API keeps of users beyond their accounts: profiles,
+account data, devices' names, and the rooms published in the room list.
+
+Tables (:func:`client_data_tables`)
+-----------------------------------
+
+* ``profiles(user_id pk -> users, displayname, avatar_url)``: a local
+  user's profile; no row is an empty profile.
+* ``account_data(stream_id pk autoincrement, user_id, room_id, type,
+  content)``, unique on ``(user_id, room_id, type)``: a user's account
+  data, global ones with ``room_id`` ``''``. ``stream_id`` is the account
+  data stream's position: a change deletes the old row and inserts a new
+  one, so the newest changes have the highest IDs, and AUTOINCREMENT never
+  hands out an ID twice, so a change is never filed behind a position a
+  sync already reported.
+* ``room_list(room_id pk -> rooms, added_ts)``: the rooms whose directory
+  visibility is ``public``.
+
+Invariants
+----------
+
+* **One write per change.** Each change is one request to the storage
+  actor; its new stream position is read back in the same transaction.
+* **The tables exist before any use.** Until :func:`client_data_tables` is
+  a numbered migration, the first use of :class:`ClientDataStorage` makes
+  them (once, through the actor) when the database lacks them.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+import sqlite_utils
+import trio
+
+from .readers import ReaderPool
+from .write_backend import WriteBackend, registered_write
+
+__all__ = [
+    "AccountDataChange",
+    "ClientDataStorage",
+    "DeviceRecord",
+    "PublicRoomState",
+    "client_data_tables",
+]
+
+
+def client_data_tables(db: sqlite_utils.Database) -> None:
+    """Profiles, account data and the published room list."""
+    db.execute(
+        "CREATE TABLE profiles ("
+        " user_id TEXT PRIMARY KEY NOT NULL REFERENCES users (user_id),"
+        " displayname TEXT, avatar_url TEXT) STRICT"
+    )
+    db.execute(
+        "CREATE TABLE account_data ("
+        " stream_id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " user_id TEXT NOT NULL, room_id TEXT NOT NULL, type TEXT NOT NULL,"
+        " content BLOB NOT NULL) STRICT"
+    )
+    db.execute("CREATE UNIQUE INDEX account_data_key ON account_data (user_id, room_id, type)")
+    db.execute("CREATE INDEX account_data_user_stream ON account_data (user_id, stream_id)")
+    db.execute(
+        "CREATE TABLE room_list ("
+        " room_id TEXT PRIMARY KEY NOT NULL REFERENCES rooms (room_id),"
+        " added_ts INTEGER NOT NULL) STRICT"
+    )
+
+
+@registered_write
+def _ensure_tables(conn: sqlite3.Connection) -> None:
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'account_data'"
+    ).fetchone()
+    if row is None:
+        client_data_tables(sqlite_utils.Database(conn))
+
+
+@dataclass(frozen=True, slots=True)
+class AccountDataChange:
+    """One entry of account data as it is now; ``room_id`` ``''`` is global."""
+
+    stream_id: int
+    room_id: str
+    type: str
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A device as ``GET /devices`` shows it."""
+
+    device_id: str
+    display_name: str | None
+    last_seen_ts: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PublicRoomState:
+    """What the room list shows of a published room: the contents of its
+    name, topic, canonical alias, avatar, join rules, history visibility,
+    guest access and create events (absent ones left out), and how many
+    members it has joined.
+    """
+
+    room_id: str
+    state: dict[str, dict[str, Any]]
+    joined_members: int
+
+
+_T = TypeVar("_T")
+
+_LISTED_STATE = (
+    "m.room.name",
+    "m.room.topic",
+    "m.room.canonical_alias",
+    "m.room.avatar",
+    "m.room.join_rules",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+    "m.room.create",
+)
+
+
+class _Event(msgspec.Struct):
+    content: dict[str, Any] = {}
+
+
+_decode_event = msgspec.json.Decoder(_Event).decode
+
+
+class ClientDataStorage:
+    """Profiles, account data, devices and the room list, over the write
+    backend (the storage actor) and the reader pool.
+    """
+
+    def __init__(self, writer: WriteBackend, readers: ReaderPool) -> None:
+        self._writer = writer
+        self._readers = readers
+        self._ready = False
+        self._lock = trio.Lock()
+
+    async def _read(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
+        await self._ensure()
+        return await self._readers.read(operation)
+
+    async def _write(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
+        await self._ensure()
+        return await self._writer.submit(operation)
+
+    async def _ensure(self) -> None:
+        if self._ready:
+            return
+        async with self._lock:
+            if not self._ready:
+                await self._writer.submit(_ensure_tables)
+                self._ready = True
+
+    # Profiles.
+
+    async def get_profile(self, user_id: str) -> tuple[str | None, str | None] | None:
+        """``(displayname, avatar_url)`` of a local user; None if there is
+        no such account.
+        """
+        return await self._read(functools.partial(_get_profile, user_id=user_id))
+
+    async def set_profile(
+        self, user_id: str, displayname: str | None, avatar_url: str | None
+    ) -> None:
+        """Replace a local user's profile."""
+        await self._write(
+            functools.partial(
+                _set_profile, user_id=user_id, displayname=displayname, avatar_url=avatar_url
+            )
+        )
+
+    async def user_directory(self, user_id: str) -> dict[str, str]:
+        """Every user who shares a joined room with ``user_id`` or is joined
+        to a published room, with the member event JSON of one such
+        membership (for the display name and avatar it carries).
+        """
+        return await self._read(functools.partial(_user_directory, user_id=user_id))
+
+    # Account data.
+
+    async def put_account_data(
+        self, user_id: str, room_id: str, data_type: str, content: bytes
+    ) -> int:
+        """Set one entry of account data; return its new stream position."""
+        return await self._write(
+            functools.partial(
+                _put_account_data,
+                user_id=user_id,
+                room_id=room_id,
+                data_type=data_type,
+                content=content,
+            )
+        )
+
+    async def get_account_data(self, user_id: str, room_id: str, data_type: str) -> bytes | None:
+        return await self._read(
+            functools.partial(
+                _get_account_data, user_id=user_id, room_id=room_id, data_type=data_type
+            )
+        )
+
+    async def account_data_position(self) -> int:
+        """The account data stream's newest position (0 when empty)."""
+        return await self._read(_account_data_position)
+
+    async def account_data_changes(
+        self, user_id: str, after: int, upto: int
+    ) -> list[AccountDataChange]:
+        """``user_id``'s entries whose last change is in ``(after, upto]``,
+        oldest first.
+        """
+        return await self._read(
+            functools.partial(_account_data_changes, user_id=user_id, after=after, upto=upto)
+        )
+
+    # Devices.
+
+    async def get_devices(self, user_id: str) -> list[DeviceRecord]:
+        return await self._readers.read(functools.partial(_get_devices, user_id=user_id))
+
+    async def set_device_display_name(
+        self, user_id: str, device_id: str, display_name: str
+    ) -> bool:
+        """Rename a device; False when the user has no such device."""
+        return await self._writer.submit(
+            functools.partial(
+                _set_device_display_name,
+                user_id=user_id,
+                device_id=device_id,
+                display_name=display_name,
+            )
+        )
+
+    # The room list.
+
+    async def set_room_listed(self, room_id: str, listed: bool, now_ms: int) -> None:
+        await self._write(
+            functools.partial(_set_room_listed, room_id=room_id, listed=listed, now_ms=now_ms)
+        )
+
+    async def is_room_listed(self, room_id: str) -> bool:
+        return await self._read(functools.partial(_is_room_listed, room_id=room_id))
+
+    async def room_exists(self, room_id: str) -> bool:
+        return await self._readers.read(functools.partial(_room_exists, room_id=room_id))
+
+    async def listed_rooms(self) -> list[PublicRoomState]:
+        """Every published room this server is in, with what the list shows."""
+        return await self._read(_listed_rooms)
+
+
+def _get_profile(conn: sqlite3.Connection, *, user_id: str) -> tuple[str | None, str | None] | None:
+    row = conn.execute(
+        "SELECT p.displayname, p.avatar_url FROM users AS u"
+        " LEFT JOIN profiles AS p ON p.user_id = u.user_id WHERE u.user_id = ?",
+        (user_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return row[0], row[1]
+
+
+@registered_write
+def _set_profile(
+    conn: sqlite3.Connection, *, user_id: str, displayname: str | None, avatar_url: str | None
+) -> None:
+    conn.execute(
+        "INSERT INTO profiles (user_id, displayname, avatar_url) VALUES (?, ?, ?)"
+        " ON CONFLICT (user_id) DO UPDATE SET displayname = excluded.displayname,"
+        " avatar_url = excluded.avatar_url",
+        (user_id, displayname, avatar_url),
+    )
+
+
+def _user_directory(conn: sqlite3.Connection, *, user_id: str) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT m.state_key, CAST(e.json AS TEXT) FROM current_state AS m"
+        " JOIN events AS e ON e.event_id = m.event_id"
+        " WHERE m.type = 'm.room.member'"
+        " AND json_extract(CAST(e.json AS TEXT), '$.content.membership') = 'join'"
+        " AND (m.room_id IN (SELECT room_id FROM room_list) OR m.room_id IN ("
+        "  SELECT s.room_id FROM current_state AS s JOIN events AS j ON j.event_id = s.event_id"
+        "  WHERE s.type = 'm.room.member' AND s.state_key = ?"
+        "  AND json_extract(CAST(j.json AS TEXT), '$.content.membership') = 'join'))",
+        (user_id,),
+    ).fetchall()
+    return {str(member): str(event_json) for member, event_json in rows}
+
+
+@registered_write
+def _put_account_data(
+    conn: sqlite3.Connection, *, user_id: str, room_id: str, data_type: str, content: bytes
+) -> int:
+    conn.execute(
+        "DELETE FROM account_data WHERE user_id = ? AND room_id = ? AND type = ?",
+        (user_id, room_id, data_type),
+    )
+    cursor = conn.execute(
+        "INSERT INTO account_data (user_id, room_id, type, content) VALUES (?, ?, ?, ?)",
+        (user_id, room_id, data_type, content),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def _get_account_data(
+    conn: sqlite3.Connection, *, user_id: str, room_id: str, data_type: str
+) -> bytes | None:
+    row = conn.execute(
+        "SELECT content FROM account_data WHERE user_id = ? AND room_id = ? AND type = ?",
+        (user_id, room_id, data_type),
+    ).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _account_data_position(conn: sqlite3.Connection) -> int:
+    # The sequence, not max(stream_id): the newest entry may have been
+    # replaced since, and positions must not go back.
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'account_data'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _account_data_changes(
+    conn: sqlite3.Connection, *, user_id: str, after: int, upto: int
+) -> list[AccountDataChange]:
+    rows = conn.execute(
+        "SELECT stream_id, room_id, type, content FROM account_data"
+        " WHERE user_id = ? AND stream_id > ? AND stream_id <= ? ORDER BY stream_id",
+        (user_id, after, upto),
+    ).fetchall()
+    return [AccountDataChange(int(a), str(b), str(c), bytes(d)) for a, b, c, d in rows]
+
+
+def _get_devices(conn: sqlite3.Connection, *, user_id: str) -> list[DeviceRecord]:
+    rows = conn.execute(
+        "SELECT device_id, display_name, last_seen_ts FROM devices WHERE user_id = ?"
+        " ORDER BY device_id",
+        (user_id,),
+    ).fetchall()
+    return [DeviceRecord(str(a), b, c) for a, b, c in rows]
+
+
+@registered_write
+def _set_device_display_name(
+    conn: sqlite3.Connection, *, user_id: str, device_id: str, display_name: str
+) -> bool:
+    cursor = conn.execute(
+        "UPDATE devices SET display_name = ? WHERE user_id = ? AND device_id = ?",
+        (display_name, user_id, device_id),
+    )
+    return cursor.rowcount > 0
+
+
+@registered_write
+def _set_room_listed(conn: sqlite3.Connection, *, room_id: str, listed: bool, now_ms: int) -> None:
+    if listed:
+        conn.execute(
+            "INSERT INTO room_list (room_id, added_ts) VALUES (?, ?)"
+            " ON CONFLICT (room_id) DO NOTHING",
+            (room_id, now_ms),
+        )
+    else:
+        conn.execute("DELETE FROM room_list WHERE room_id = ?", (room_id,))
+
+
+def _is_room_listed(conn: sqlite3.Connection, *, room_id: str) -> bool:
+    return (
+        conn.execute("SELECT 1 FROM room_list WHERE room_id = ?", (room_id,)).fetchone() is not None
+    )
+
+
+def _room_exists(conn: sqlite3.Connection, *, room_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)).fetchone() is not None
+
+
+def _listed_rooms(conn: sqlite3.Connection) -> list[PublicRoomState]:
+    listed: list[PublicRoomState] = []
+    room_ids = [str(row[0]) for row in conn.execute("SELECT room_id FROM room_list")]
+    marks = ", ".join("?" for _ in _LISTED_STATE)
+    for room_id in room_ids:
+        state: dict[str, dict[str, Any]] = {}
+        rows = conn.execute(
+            "SELECT s.type, e.json FROM current_state AS s"
+            " JOIN events AS e ON e.event_id = s.event_id"
+            f" WHERE s.room_id = ? AND s.state_key = '' AND s.type IN ({marks})",
+            (room_id, *_LISTED_STATE),
+        ).fetchall()
+        for event_type, event_json in rows:
+            try:
+                state[str(event_type)] = _decode_event(event_json).content
+            except msgspec.ValidationError:
+                continue
+        (joined,) = conn.execute(
+            "SELECT count(*) FROM current_state AS s JOIN events AS e ON e.event_id = s.event_id"
+            " WHERE s.room_id = ? AND s.type = 'm.room.member'"
+            " AND json_extract(CAST(e.json AS TEXT), '$.content.membership') = 'join'",
+            (room_id,),
+        ).fetchone()
+        if joined:
+            listed.append(PublicRoomState(room_id, state, int(joined)))
+    return listed
