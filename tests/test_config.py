@@ -163,10 +163,9 @@ _LISTENER = '[[listeners]]\ntype = "client"\nport = 8008\n'
             "listeners[1].port: expected int <= 65535",
         ),
         (
-            '[[listeners]]\ntype = "replication"\nport = 1',
+            '[[listeners]]\ntype = "gossip"\nport = 1',
             "listeners[0].type",
-            "listeners[0].type: invalid value 'replication', expected one of 'client',"
-            " 'federation'",
+            "listeners[0].type: invalid value 'gossip', expected one of 'client', 'federation'",
         ),
         ("[[listeners]]\nport = 1", "listeners[0].type", "listeners[0].type: required key"),
         (

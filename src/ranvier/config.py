@@ -43,6 +43,7 @@ __all__ = [
     "RateConfig",
     "RateLimitConfig",
     "RegistrationConfig",
+    "ReplicationConfig",
     "TlsConfig",
     "load_config",
 ]
@@ -75,8 +76,10 @@ class ListenerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     #: What is served: the federation API (with ``/_matrix/key``), the
     #: client-server API, or ``metrics``: ``GET /metrics`` for Prometheus
     #: (opt-in; it names the rooms being resynced, so keep it on loopback
-    #: or a private network).
-    type: Literal["federation", "client", "metrics"]
+    #: or a private network), or ``replication``: workers' writes to this
+    #: process's storage actor (keep it on loopback or a private network;
+    #: it needs ``[replication] shared_secret``).
+    type: Literal["federation", "client", "metrics", "replication"]
     #: An IP address: a host name could resolve to more than one, or change.
     host: str = "127.0.0.1"
     #: 0 asks the system for a free port; the listener reports the real one.
@@ -190,6 +193,21 @@ class RegistrationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
             raise ConfigError("shared_secret", "must not be empty (leave it out to turn it off)")
 
 
+class ReplicationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Workers and the main process: how workers' writes reach the storage actor."""
+
+    #: Sent by workers as ``Authorization: Bearer`` on every replication
+    #: request. Required when a ``replication`` listener is configured.
+    shared_secret: str | None = None
+    #: How long a worker keeps retrying a write the main process does not
+    #: answer (connection refused, 5xx) before the write fails.
+    retry_for_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+
+    def __post_init__(self) -> None:
+        if self.shared_secret is not None and not self.shared_secret:
+            raise ConfigError("shared_secret", "must not be empty")
+
+
 def _default_listeners() -> tuple[ListenerConfig, ...]:
     return (
         ListenerConfig(type="federation", host="127.0.0.1", port=8448),
@@ -224,6 +242,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     federation: FederationConfig = msgspec.field(default_factory=FederationConfig)
     ratelimit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
     registration: RegistrationConfig = msgspec.field(default_factory=RegistrationConfig)
+    replication: ReplicationConfig = msgspec.field(default_factory=ReplicationConfig)
 
     def __post_init__(self) -> None:
         try:
@@ -242,6 +261,12 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
                     f" listeners[{seen[address]}]",
                 )
             seen[address] = index
+        if self.replication.shared_secret is None and any(
+            listener.type == "replication" for listener in self.listeners
+        ):
+            raise ConfigError(
+                "replication.shared_secret", "required when a replication listener is configured"
+            )
 
     @classmethod
     def default(cls) -> Config:

@@ -115,6 +115,7 @@ from ranvier.core.joins import RemoteJoiner
 from ranvier.core.notifier import StreamNotifier
 from ranvier.core.pagination import RoomMessages
 from ranvier.core.profiles import Profiles
+from ranvier.core.redactions import ServedStateReader
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.room_leaves import RoomLeaves
 from ranvier.core.room_list import RoomList
@@ -147,6 +148,7 @@ from ranvier.keyfile import load_or_create_signing_key
 from ranvier.metrics import MetricsApp, sample_name
 from ranvier.protocol.room_versions import DEFAULT_ROOM_VERSION, RoomVersionLike
 from ranvier.protocol.signing import SigningKey
+from ranvier.replication.server import ReplicationApp
 from ranvier.storage import Storage
 
 __all__ = ["BoundListener", "HomeServer", "open_homeserver"]
@@ -624,7 +626,21 @@ class HomeServer:
             "client": self._client_app,
             "metrics": MetricsApp(self.metrics),
         }
+        if any(listener.type == "replication" for listener in config.listeners):
+            secret = config.replication.shared_secret
+            assert secret is not None  # the configuration requires it
+            apps["replication"] = ReplicationApp(self._storage, shared_secret=secret)
         for index, listener in enumerate(config.listeners):
+            if (
+                listener.type == "replication"
+                and not ipaddress.ip_address(listener.host).is_loopback
+            ):
+                _log.warning(
+                    "listeners[%d]: replication on %s takes writes from whoever reaches that"
+                    " address and knows the shared secret",
+                    index,
+                    listener.host,
+                )
             if listener.type == "metrics" and not ipaddress.ip_address(listener.host).is_loopback:
                 _log.warning(
                     "listeners[%d]: metrics on %s are open to whoever reaches that address,"
@@ -696,7 +712,7 @@ class HomeServer:
             client=FederationDirectoryClient(client),
         )
         self._room_reader = RoomReader(
-            storage,
+            ServedStateReader(storage, storage.redactions),
             storage.room_members,
             full_state=self._unpartial_stater,
             server_name=server_name,
@@ -749,6 +765,7 @@ class HomeServer:
             server_name=config.server_name,
             store=self.storage,
             profiles=LocalProfileSource(self.profiles),
+            served=self.storage.redactions,
         )
         add_membership_routes(
             router,

@@ -245,6 +245,7 @@ def _delete_user_devices(
     return deleted
 
 
+@registered_write
 def _set_password_hash(conn: sqlite3.Connection, *, user_id: str, password_hash: str) -> None:
     conn.execute("UPDATE users SET password_hash = ? WHERE user_id = ?", (password_hash, user_id))
 
