@@ -31,6 +31,7 @@ TABLES_ADDED = {
         "user_filters",
         "un_partial_stated_rooms",
     },
+    8: {"redactions"},
 }
 
 
@@ -85,6 +86,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO room_aliases VALUES ('#a:x', '!r:x', '@a:x', 5)")
         run("INSERT INTO user_filters VALUES ('@a:x', 0, x'7b7d')")
         run("INSERT INTO un_partial_stated_rooms VALUES ('!r:x', 1)")
+    elif version == 8:
+        run("INSERT INTO redactions VALUES ('$e', '$target', '!r:x', 0, 5)")
 
 
 def _row_counts(conn: sqlite3.Connection) -> dict[str, int]:

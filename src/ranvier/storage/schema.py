@@ -401,6 +401,35 @@ def _client_api(db: sqlite_utils.Database) -> None:
     )
 
 
+def _redactions(db: sqlite_utils.Database) -> None:
+    """Which event each stored redaction names, for serving events redacted
+    (:mod:`ranvier.storage.redactions`), filled from the events stored so far.
+
+    Not a foreign key on ``redacts``: a redaction may arrive before the
+    event it names, and applies once that event is stored.
+    """
+    _create(
+        db,
+        "redactions",
+        {
+            "event_id": str,
+            "redacts": str,
+            "room_id": str,
+            "sender_may_redact": int,
+            "received_ts": int,
+        },
+        pk="event_id",
+        not_null={"redacts", "room_id", "sender_may_redact", "received_ts"},
+        foreign_keys=[("event_id", "events", "event_id")],
+    )
+    db.table("redactions").create_index(["redacts"])
+    # Imported here: the redactions module reads through modules that need
+    # the storage actor, which imports this one.
+    from .redactions import fill_redactions
+
+    fill_redactions(db.conn)
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -410,6 +439,7 @@ MIGRATIONS: Sequence[Migration] = (
     _outgoing_federation,
     _resync_progress,
     _client_api,
+    _redactions,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

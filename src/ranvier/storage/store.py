@@ -36,6 +36,7 @@ from .records import (
     StateMap,
     StoredEvent,
 )
+from .redactions import RedactionStorage
 from .room_members import RoomMemberStorage
 from .run_reads import RunReads
 from .sync_reads import SyncReads
@@ -106,6 +107,7 @@ class Storage:
         self.client_transactions = ClientTransactionStorage(self.writer, self.readers)
         self.room_members = RoomMemberStorage(self.writer, self.readers)
         self.accounts = AccountStorage(self.writer, self.readers)
+        self.redactions = RedactionStorage(self.readers)
         self.client_data = ClientDataStorage(self.writer, self.readers)
         self.run_reads = RunReads(self.readers)
 

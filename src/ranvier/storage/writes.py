@@ -46,6 +46,7 @@ from .records import (
     ServerKey,
     StateKey,
 )
+from .redactions import record_redactions
 from .state_groups import (
     check_group_in_room,
     keys_changed_between,
@@ -512,7 +513,8 @@ def persist_events(
     current_state_groups: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Write events with their edges, state groups, partial-state rows,
-    extremities and current state; return each event's stream ordering.
+    extremities, current state and redaction rows; return each event's
+    stream ordering.
 
     Events get stream orderings in the order given. An event with partial
     state whose room no longer has partial state raises
@@ -542,6 +544,7 @@ def persist_events(
         if room_id not in named:
             sole = _sole_extremity_group(conn, room_id)
             _move_current_state(conn, room_id, last_group if sole is None else sole)
+    record_redactions(conn, events)
     return orderings
 
 
