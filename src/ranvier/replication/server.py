@@ -107,6 +107,10 @@ class ReplicationApp:
         self._remembered = remembered
         self._max_body_bytes = max_body_bytes
         self._answers: collections.OrderedDict[tuple[str, ...], _Answer] = collections.OrderedDict()
+        #: Writes handed to the actor so far by endpoint (``fed_send_events``,
+        #: ``send_event``, ``write``): not repeats answered from memory, nor
+        #: requests refused before running.
+        self.writes_run: collections.Counter[str] = collections.Counter()
         self._router = Router()
         for pattern in (wire.FED_SEND_EVENTS, wire.SEND_EVENT, wire.WRITE):
             self._router.add("POST", pattern, self._unused, authenticated=False)
@@ -209,6 +213,7 @@ class ReplicationApp:
                     http_status=400,
                 )
             operation = operations.decode_operation(name, body)
+            self.writes_run[write.kind] += 1
             result = await storage.actor.submit(operation)
             return operations.encode_result(name, result)
         persist = operations.decode_persist_events(body)
@@ -220,6 +225,7 @@ class ReplicationApp:
                     errcode="M_INVALID_PARAM",
                     http_status=400,
                 )
+        self.writes_run[write.kind] += 1
         orderings = await storage.persist_events(
             persist.events, current_state_groups=persist.current_state_groups or None
         )

@@ -1,0 +1,48 @@
+"""What the replication tests share: the main process's side and a worker's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ranvier.replication.client import ReplicationClient, ReplicationEventPersister
+from ranvier.replication.server import ReplicationApp
+from ranvier.storage import Storage
+
+SECRET = "correct horse battery staple"
+
+
+@dataclass
+class Main:
+    """The main process's side: its storage, and the replication app on a
+    real listener on loopback."""
+
+    storage: Storage
+    app: ReplicationApp
+    url: str
+
+
+@dataclass
+class Worker:
+    """A worker's side: storage reading the same file, writing through the
+    main process."""
+
+    client: ReplicationClient
+    storage: Storage
+
+    def persister(self, kind: str) -> ReplicationEventPersister:
+        assert kind in ("federation", "client")
+        return ReplicationEventPersister(
+            self.client,
+            self.storage,
+            kind="federation" if kind == "federation" else "client",
+        )
+
+
+def worker_client(url: str, *, retry_for_seconds: float = 10.0) -> ReplicationClient:
+    return ReplicationClient(
+        url,
+        shared_secret=SECRET,
+        retry_for_seconds=retry_for_seconds,
+        backoff_base_seconds=0.01,
+        backoff_cap_seconds=0.2,
+    )
