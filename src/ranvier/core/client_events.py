@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from ranvier.storage.records import StoredEvent
+from ranvier.storage.redactions import RedactedEvent
 
 __all__ = ["client_event", "event_content"]
 
@@ -46,7 +47,10 @@ def client_event(
     the sender's clock put it) when ``now_ms`` is given, and whatever the
     caller adds through ``unsigned`` (``prev_content``, ``transaction_id``
     for the sender's own device, ...). The PDU's own ``unsigned``, which
-    another server filled, is not passed on.
+    another server filled, is not passed on. A redacted event (storage
+    hands it back as a :class:`~ranvier.storage.redactions.RedactedEvent`)
+    carries the redaction that applied as ``redacted_because``, as the
+    spec asks, so that a client can tell it from an event sent empty.
     """
     fields = _decode_fields(event.json)
     formatted: dict[str, Any] = {
@@ -65,6 +69,8 @@ def client_event(
     extra: dict[str, Any] = {}
     if now_ms is not None:
         extra["age"] = max(0, now_ms - event.origin_server_ts)
+    if isinstance(event, RedactedEvent):
+        extra["redacted_because"] = client_event(event.redacted_because, now_ms=now_ms)
     if unsigned:
         extra.update(unsigned)
     if extra:

@@ -26,7 +26,10 @@ Who may see what is :mod:`ranvier.federation.room_access`'s business; every
 room endpoint here applies the room's server ACL first. Events are sent as
 stored, byte for byte: the stored JSON is embedded in the answer without
 being decoded (``msgspec.Raw``), which also keeps fields ranvier does not
-know. Events the asking server may not see go out redacted.
+know. Events the asking server may not see go out redacted, and so do
+events a redaction applies to, when the routes are given the events as
+served (``served``): the spec has a redacted event returned redacted to
+whoever asks, and its signatures still hold on the redacted form.
 
 Rejected events and outliers are left out of pulled history: they are not
 part of the room's graph as this server accepted it.
@@ -41,6 +44,7 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from ranvier.core.loading import EventLoader
+from ranvier.core.redactions import ServedEvents
 from ranvier.core.room_servers import RoomServersReader
 from ranvier.errors import MatrixError
 from ranvier.federation.transport.routes import wall_clock_ms
@@ -125,13 +129,21 @@ class _Queries:
         store: RoomServersReader,
         profiles: ProfileSource | None,
         clock: Callable[[], int],
+        served: ServedEvents | None = None,
     ) -> None:
         self._server_name = server_name
         self._store = store
+        self._served = served
         self._profiles = profiles
         self._clock = clock
 
     # Helpers.
+
+    async def _get_events(self, event_ids: Sequence[str]) -> Mapping[str, StoredEvent]:
+        """The stored events of ``event_ids`` as they are served."""
+        if self._served is None:
+            return await self._store.get_events(event_ids)
+        return await self._served.get_served_events(event_ids)
 
     def _access(self) -> RoomAccess:
         return RoomAccess(self._store, partial_rooms=self._store)
@@ -143,7 +155,7 @@ class _Queries:
         return version
 
     async def _event_in_room(self, room_id: str | None, event_id: str) -> StoredEvent:
-        event = (await self._store.get_events([event_id])).get(event_id)
+        event = (await self._get_events([event_id])).get(event_id)
         if event is None or (room_id is not None and event.room_id != room_id):
             where = f" in {room_id}" if room_id is not None else ""
             raise _not_found(f"event {event_id} is not known here{where}")
@@ -211,7 +223,7 @@ class _Queries:
         return sorted(chain)
 
     async def _stored_json(self, event_ids: Sequence[str]) -> list[Any]:
-        stored = await self._store.get_events(event_ids)
+        stored = await self._get_events(event_ids)
         return [msgspec.Raw(stored[event_id].json) for event_id in event_ids if event_id in stored]
 
     async def _check_may_pull(self, access: RoomAccess, room_id: str, origin: str) -> None:
@@ -357,7 +369,7 @@ class _Queries:
             seen.update(new)
             if not new:
                 return
-            stored = await self._store.get_events(new)
+            stored = await self._get_events(new)
             for event_id in new:
                 event = stored.get(event_id)
                 if (
@@ -373,7 +385,7 @@ class _Queries:
         if include_starts:
             await enqueue(starts)
         else:
-            stored = await self._store.get_events([s for s in starts if s not in skip])
+            stored = await self._get_events([s for s in starts if s not in skip])
             seen.update(starts)
             await enqueue(
                 [
@@ -408,15 +420,18 @@ def add_query_routes(
     store: RoomServersReader,
     profiles: ProfileSource | None = None,
     clock: Callable[[], int] = wall_clock_ms,
+    served: ServedEvents | None = None,
 ) -> None:
     """Serve the federation queries from ``store``.
 
     ``server_name`` is ours: it is the ``origin`` of the transactions
     answered and the only server whose users' profiles are served, from
     ``profiles`` (none without it). ``clock`` gives ``origin_server_ts``
-    in milliseconds since the epoch.
+    in milliseconds since the epoch. ``served`` reads events as they are
+    served, redacted where a redaction applies; without it they go out as
+    stored.
     """
-    queries = _Queries(server_name, store, profiles, clock)
+    queries = _Queries(server_name, store, profiles, clock, served)
     router.add("GET", f"{_PREFIX}/event/{{event_id}}", queries.get_event)
     router.add("GET", f"{_PREFIX}/state/{{room_id}}", queries.get_state)
     router.add("GET", f"{_PREFIX}/state_ids/{{room_id}}", queries.get_state_ids)

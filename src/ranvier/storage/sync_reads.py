@@ -28,8 +28,8 @@ from typing import Any
 import msgspec
 
 from .readers import ReaderPool
-from .reads import get_events
 from .records import StateKey, StateMap, StoredEvent
+from .redactions import served, served_events
 from .state_groups import keys_changed_between, read_state, read_state_for_keys
 from .write_backend import WriteBackend, registered_write
 
@@ -191,7 +191,8 @@ def room_events(
     """The room's timeline events with ``after < stream ordering <= upto``
     that ``accept(type, sender)`` lets through, at most ``limit`` of them
     taken from the newest end when ``backwards`` and the oldest otherwise,
-    in the order taken; and whether more such events are left.
+    in the order taken, redacted where a redaction applies; and whether
+    more such events are left.
     """
     order = "DESC" if backwards else "ASC"
     taken: list[StoredEvent] = []
@@ -207,10 +208,10 @@ def room_events(
             event = _stored(row)
             if accept is None or accept(event.type, event.sender):
                 if len(taken) == limit:
-                    return taken, True
+                    return served(conn, taken), True
                 taken.append(event)
         if len(rows) < _PAGE:
-            return taken, False
+            return served(conn, taken), False
         if backwards:
             high = rows[-1][0] - 1
         else:
@@ -326,7 +327,7 @@ def current_state_for_keys(
             (room_id, *key),
         )
     ]
-    events = get_events(conn, ids)
+    events = served_events(conn, ids)
     return [events[event_id] for event_id in ids if event_id in events]
 
 
@@ -525,8 +526,9 @@ class SyncReads:
         )
 
     async def get_events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
+        """The stored events of ``event_ids``, redacted where a redaction applies."""
         ids = frozenset(event_ids)
-        return await self._readers.read(functools.partial(get_events, event_ids=ids))
+        return await self._readers.read(functools.partial(served_events, event_ids=ids))
 
     async def visibility_at(
         self, user_id: str, event_ids: Collection[str]
