@@ -120,3 +120,23 @@ def test_a_position_the_log_no_longer_reaches_concerns_the_waiter() -> None:
         notifier.advance(events=position, rooms={"!other:x"})
     assert notifier.concerns(StreamPosition(1, 0), {"!mine:x"}, "@me:x")
     assert not notifier.concerns(StreamPosition(LOG_SIZE, 0), {"!mine:x"}, "@me:x")
+
+
+def test_account_data_concerns_only_its_user() -> None:
+    notifier = StreamNotifier()
+    notifier.advance(events=4)
+    start = StreamPosition(4, 0, 0)
+    notifier.advance_account_data(3, "@other:x")
+    assert notifier.position == StreamPosition(4, 0, 3)
+    assert not notifier.concerns(start, {"!mine:x"}, "@me:x")
+    assert notifier.concerns(start, {"!mine:x"}, "@other:x")
+    notifier.advance_account_data(5, "@me:x")
+    assert notifier.concerns(start, {"!mine:x"}, "@me:x")
+    assert not notifier.concerns(StreamPosition(4, 0, 5), {"!mine:x"}, "@me:x")
+    # Positions only grow; a late report changes nothing.
+    notifier.advance_account_data(2, "@me:x")
+    assert notifier.position.account_data == 5
+    # Beyond the log's reach, a waiter looks for itself.
+    for position in range(6, LOG_SIZE + 8):
+        notifier.advance_account_data(position, "@other:x")
+    assert notifier.concerns(StreamPosition(4, 0, 5), {"!mine:x"}, "@me:x")

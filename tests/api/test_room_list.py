@@ -1,0 +1,142 @@
+"""The public room list over real HTTP: publishing, what a listed room
+shows, paging, and refusals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from _client import Client, q
+
+from ranvier.testing.homeserver import TestHomeserver, TestUser, open_test_homeserver
+
+
+@dataclass
+class Env:
+    hs: TestHomeserver
+    client: Client
+    alice: TestUser
+    bob: TestUser
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client() as http:
+        yield Env(
+            hs, Client(hs, http), await hs.register_user("alice"), await hs.register_user("bob")
+        )
+
+
+def _visibility(room_id: str) -> str:
+    return f"/directory/list/room/{q(room_id)}"
+
+
+async def test_a_published_room_is_listed_with_its_state(env: Env) -> None:
+    c, alice, bob = env.client, env.alice, env.bob
+    room_id = await c.create_room(
+        alice, preset="public_chat", name="Lobby", topic="Say hi", room_alias_name="lobby"
+    )
+    await c.ok(
+        alice,
+        "PUT",
+        f"/rooms/{q(room_id)}/state/m.room.avatar/",
+        {"url": "mxc://localhost/lobby"},
+    )
+    await c.ok(
+        alice,
+        "PUT",
+        f"/rooms/{q(room_id)}/state/m.room.history_visibility/",
+        {"history_visibility": "world_readable"},
+    )
+    await c.ok(bob, "POST", f"/join/{q(room_id)}", {})
+    assert await c.ok(None, "GET", _visibility(room_id)) == {"visibility": "private"}
+    assert (await c.ok(None, "GET", "/publicRooms"))["chunk"] == []
+
+    assert await c.ok(alice, "PUT", _visibility(room_id), {"visibility": "public"}) == {}
+    assert await c.ok(None, "GET", _visibility(room_id)) == {"visibility": "public"}
+    listed = await c.ok(None, "GET", "/publicRooms")
+    assert listed["total_room_count_estimate"] == 1
+    assert listed["chunk"] == [
+        {
+            "room_id": room_id,
+            "name": "Lobby",
+            "topic": "Say hi",
+            "canonical_alias": "#lobby:localhost",
+            "avatar_url": "mxc://localhost/lobby",
+            "num_joined_members": 2,
+            "world_readable": True,
+            "guest_can_join": False,
+            "join_rule": "public",
+        }
+    ]
+    await c.ok(bob, "PUT", _visibility(room_id), {"visibility": "private"})
+    assert (await c.ok(None, "GET", "/publicRooms"))["chunk"] == []
+
+
+async def test_the_list_is_paged_largest_first_and_searched(env: Env) -> None:
+    c, alice, bob = env.client, env.alice, env.bob
+    rooms = [await c.create_room(alice, preset="public_chat", name=f"Room {n}") for n in range(3)]
+    for room_id in rooms:
+        await c.ok(alice, "PUT", _visibility(room_id), {"visibility": "public"})
+    await c.ok(bob, "POST", f"/join/{q(rooms[2])}", {})
+    first = await c.ok(None, "GET", "/publicRooms", params={"limit": 2})
+    assert next(room["room_id"] for room in first["chunk"]) == rooms[2]
+    assert len(first["chunk"]) == 2
+    assert "prev_batch" not in first
+    second = await c.ok(
+        None, "GET", "/publicRooms", params={"limit": 2, "since": first["next_batch"]}
+    )
+    assert len(second["chunk"]) == 1
+    assert "next_batch" not in second
+    assert isinstance(second["prev_batch"], str)
+    seen = {room["room_id"] for room in first["chunk"] + second["chunk"]}
+    assert seen == set(rooms)
+    found = await c.ok(alice, "POST", "/publicRooms", {"filter": {"generic_search_term": "room 1"}})
+    assert [room["room_id"] for room in found["chunk"]] == [rooms[1]]
+
+
+async def test_refusals_change_nothing(env: Env) -> None:
+    c, alice, bob = env.client, env.alice, env.bob
+    room_id = await c.create_room(alice, preset="public_chat")
+    body = {"visibility": "public"}
+    await c.refused(None, "PUT", _visibility(room_id), body, status=401, errcode="M_MISSING_TOKEN")
+    await c.refused(bob, "PUT", _visibility(room_id), body, status=403, errcode="M_FORBIDDEN")
+    await c.refused(
+        alice,
+        "PUT",
+        _visibility(room_id),
+        {"visibility": "open"},
+        status=400,
+        errcode="M_INVALID_PARAM",
+    )
+    await c.refused(alice, "PUT", _visibility(room_id), raw=b"{", status=400, errcode="M_NOT_JSON")
+    unknown = "!unknown:localhost"
+    await c.refused(alice, "PUT", _visibility(unknown), body, status=404, errcode="M_NOT_FOUND")
+    await c.refused(None, "GET", _visibility(unknown), status=404, errcode="M_NOT_FOUND")
+    for params in (
+        {"limit": "x"},
+        {"limit": "-1"},
+        {"since": "garbage"},
+        {"server": "other.example"},
+    ):
+        await c.refused(
+            None, "GET", "/publicRooms", params=params, status=400, errcode="M_INVALID_PARAM"
+        )
+    await c.refused(None, "POST", "/publicRooms", {}, status=401, errcode="M_MISSING_TOKEN")
+    await c.refused(alice, "POST", "/publicRooms", {"limit": "2"}, status=400, errcode="M_BAD_JSON")
+    assert await c.ok(None, "GET", _visibility(room_id)) == {"visibility": "private"}
+    assert (await c.ok(None, "GET", "/publicRooms"))["chunk"] == []
+
+
+async def test_on_room_created_publishes_a_public_room(env: Env) -> None:
+    c, alice = env.client, env.alice
+    room_list = env.hs.server.room_list
+    public = await c.create_room(alice, preset="public_chat")
+    private = await c.create_room(alice)
+    await room_list.on_room_created(public, "public")
+    await room_list.on_room_created(private, "private")
+    assert await c.ok(None, "GET", _visibility(public)) == {"visibility": "public"}
+    assert await c.ok(None, "GET", _visibility(private)) == {"visibility": "private"}
