@@ -746,6 +746,7 @@ class HomeServer:
             remote=FederationProfileClient(client),
         )
         self._event_creator.member_profiles = self._profiles
+        self._remote_joiner.member_profiles = self._profiles
         self._room_list = RoomList(store=storage.client_data, memberships=self._room_reader)
 
     def _federation_router(self, signing_key: SigningKey) -> Router:

@@ -147,6 +147,14 @@ async def test_a_profile_of_another_servers_user_is_asked_of_that_server(
         await cb.refused(bob, "GET", _field(alice, "avatar_url"), status=404, errcode="M_NOT_FOUND")
         nobody = f"@nobody:{a.server_name}"
         await cb.refused(bob, "GET", f"/profile/{q(nobody)}", status=404, errcode="M_NOT_FOUND")
+        # A join through another server carries the joiner's profile.
+        await cb.ok(bob, "PUT", _field(bob, "displayname"), {"displayname": "Bob of B"})
+        room_id = await ca.create_room(alice, preset="public_chat")
+        await cb.ok(bob, "POST", f"/join/{q(room_id)}", {}, params={"server_name": a.server_name})
+        assert await _member(ca, alice, room_id, bob) == {
+            "membership": "join",
+            "displayname": "Bob of B",
+        }
         # B may not change A's user's profile.
         await cb.refused(
             bob,

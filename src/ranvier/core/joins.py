@@ -117,6 +117,7 @@ from .context import (
     compute_event_context,
     event_to_persist,
 )
+from .creation import MemberProfiles
 from .event_auth import run_auth_checks
 from .event_signatures import check_event_signatures, redacted_if_hash_mismatch
 from .ingest import RoomLocks
@@ -338,6 +339,9 @@ class RemoteJoiner:
         self._clock = clock
         self._room_lock = room_lock if room_lock is not None else RoomLocks().hold
         self.partial_state = partial_state
+        #: Where a join's display name and avatar come from (the profiles),
+        #: set once they exist; None: joins carry none.
+        self.member_profiles: MemberProfiles | None = None
 
     async def join_remote_room(
         self, user_id: str, room_id: str, servers: Sequence[str]
@@ -407,7 +411,12 @@ class RemoteJoiner:
         self, server: str, user_id: str, room_id: str, omit_members: bool
     ) -> _CheckedAnswer:
         template = await self._client.make_join(server, room_id, user_id, self.room_versions)
-        join = self._join_event(template, user_id, room_id)
+        profile = (
+            {}
+            if self.member_profiles is None
+            else await self.member_profiles.member_content(user_id)
+        )
+        join = self._join_event(template, user_id, room_id, profile)
         return await self._send_join(server, join, omit_members)
 
     async def _send_join(self, server: str, join: Pdu, omit_members: bool) -> _CheckedAnswer:
@@ -416,8 +425,10 @@ class RemoteJoiner:
         )
         return await self._check_answer(body, join, server, asked_partial=omit_members)
 
-    def _join_event(self, answer: object, user_id: str, room_id: str) -> Pdu:
-        """Our join, made from a make_join answer."""
+    def _join_event(
+        self, answer: object, user_id: str, room_id: str, profile: Mapping[str, str]
+    ) -> Pdu:
+        """Our join, made from a make_join answer, with the user's ``profile``."""
         if not isinstance(answer, dict):
             raise _BadAnswer("the make_join answer is not a JSON object")
         version = answer.get("room_version")
@@ -433,6 +444,7 @@ class RemoteJoiner:
         except ValueError as exc:
             raise _BadAnswer(str(exc)) from None
         event = {key: value for key, value in template.items() if key not in _NOT_FROM_TEMPLATE}
+        event["content"] = {**template["content"], **profile}
         event["origin"] = self.server_name
         event["origin_server_ts"] = self._clock()
         try:
