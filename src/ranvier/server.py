@@ -747,7 +747,8 @@ class HomeServer:
         )
         self._event_creator.member_profiles = self._profiles
         self._remote_joiner.member_profiles = self._profiles
-        self._room_list = RoomList(store=storage.client_data, memberships=self._room_reader)
+        self._room_list = RoomList(store=storage.client_data, permissions=self._room_directory)
+        self._room_directory.room_list = self._room_list
 
     def _federation_router(self, signing_key: SigningKey) -> Router:
         """Every federation and key route this server answers, registered here."""

@@ -20,13 +20,18 @@ class Env:
     client: Client
     alice: TestUser
     bob: TestUser
+    admin: TestUser
 
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     async with open_test_homeserver(tmp_path / "hs") as hs, hs.client() as http:
         yield Env(
-            hs, Client(hs, http), await hs.register_user("alice"), await hs.register_user("bob")
+            hs,
+            Client(hs, http),
+            await hs.register_user("alice"),
+            await hs.register_user("bob"),
+            await hs.register_user("admin", admin=True),
         )
 
 
@@ -72,7 +77,17 @@ async def test_a_published_room_is_listed_with_its_state(env: Env) -> None:
             "join_rule": "public",
         }
     ]
-    await c.ok(bob, "PUT", _visibility(room_id), {"visibility": "private"})
+    # Bob is joined, but without the power to change the room's aliases.
+    await c.refused(
+        bob,
+        "PUT",
+        _visibility(room_id),
+        {"visibility": "private"},
+        status=403,
+        errcode="M_FORBIDDEN",
+    )
+    assert len((await c.ok(None, "GET", "/publicRooms"))["chunk"]) == 1
+    await c.ok(alice, "PUT", _visibility(room_id), {"visibility": "private"})
     assert (await c.ok(None, "GET", "/publicRooms"))["chunk"] == []
 
 
@@ -131,12 +146,19 @@ async def test_refusals_change_nothing(env: Env) -> None:
     assert (await c.ok(None, "GET", "/publicRooms"))["chunk"] == []
 
 
-async def test_on_room_created_publishes_a_public_room(env: Env) -> None:
+async def test_a_server_admin_may_publish_any_room(env: Env) -> None:
+    c, alice, admin = env.client, env.alice, env.admin
+    room_id = await c.create_room(alice)
+    await c.ok(admin, "PUT", _visibility(room_id), {"visibility": "public"})
+    assert await c.ok(None, "GET", _visibility(room_id)) == {"visibility": "public"}
+
+
+async def test_the_create_room_hook_publishes_a_public_room(env: Env) -> None:
     c, alice = env.client, env.alice
-    room_list = env.hs.server.room_list
+    directory = env.hs.server.room_directory
     public = await c.create_room(alice, preset="public_chat")
     private = await c.create_room(alice)
-    await room_list.on_room_created(public, "public")
-    await room_list.on_room_created(private, "private")
+    await directory.publish_created_room(public, "public")
+    await directory.publish_created_room(private, "private")
     assert await c.ok(None, "GET", _visibility(public)) == {"visibility": "public"}
     assert await c.ok(None, "GET", _visibility(private)) == {"visibility": "private"}

@@ -1,7 +1,8 @@
 """The public room list: ``/publicRooms`` and ``/directory/list/room/{roomId}``.
 
 Reading the list and a room's visibility needs no access token (the spec
-leaves both open); publishing needs a member of the room. Only this
+leaves both open); publishing needs a server admin or a member of the
+room with the power to change its aliases. Only this
 server's list is served: ``server`` naming another server is refused. See
 :mod:`ranvier.core.room_list`.
 """
@@ -76,7 +77,10 @@ def add_room_list_routes(
         requester = await auth.get_user(request)
         body = json_object(request)
         await room_list.set_visibility(
-            requester.user_id, request.path_params["room_id"], body.get("visibility", "public")
+            requester.user_id,
+            request.path_params["room_id"],
+            body.get("visibility", "public"),
+            is_admin=requester.is_admin,
         )
         return {}
 

@@ -36,6 +36,7 @@ from .interfaces import StateReader
 
 __all__ = [
     "AliasStore",
+    "CreatedRoomPublisher",
     "DirectoryQueryClient",
     "JoinedServers",
     "ResolvedAlias",
@@ -77,6 +78,14 @@ class DirectoryQueryClient(Protocol):
     """
 
     async def query_directory(self, server_name: str, alias: str) -> ResolvedAlias: ...
+
+
+class CreatedRoomPublisher(Protocol):
+    """Publishes a new room by its ``/createRoom`` visibility
+    (:class:`ranvier.core.room_list.RoomList`).
+    """
+
+    async def on_room_created(self, room_id: str, visibility: str) -> None: ...
 
 
 class JoinedServers(Protocol):
@@ -124,6 +133,23 @@ class RoomDirectory:
         self._servers = servers
         self._client = client
         self._clock = clock
+        #: The published room list, which ``/createRoom``'s ``visibility``
+        #: reaches through :meth:`publish_created_room`; set by the server.
+        self.room_list: CreatedRoomPublisher | None = None
+
+    async def may_change_directory(self, user_id: str, room_id: str) -> bool:
+        """Whether ``user_id`` is joined to the room with the power to send
+        ``m.room.canonical_alias``: what changing the room's aliases, or its
+        place in the published room list, takes.
+        """
+        return await self._may_edit_aliases(user_id, room_id)
+
+    async def publish_created_room(self, room_id: str, visibility: str) -> None:
+        """What ``/createRoom`` calls once the room exists: ``visibility``
+        ``public`` publishes it in the room list.
+        """
+        if self.room_list is not None:
+            await self.room_list.on_room_created(room_id, visibility)
 
     def check_local_alias(self, alias: str) -> None:
         """Raise 400 unless ``alias`` is an alias this server may create."""

@@ -1,7 +1,8 @@
 """The public room list: rooms published in this server's directory.
 
 A room is listed when its directory visibility is ``public``: set by
-``PUT /directory/list/room/{roomId}`` (by a member of the room) or by
+``PUT /directory/list/room/{roomId}`` (by a server admin, or a member of
+the room with the power to change its aliases) or by
 ``/createRoom`` with ``visibility: public`` (:meth:`RoomList.on_room_created`).
 ``GET /publicRooms`` shows each listed room this server is in, largest
 first, with what the spec's ``PublishedRoomsChunk`` holds, read from its
@@ -40,10 +41,12 @@ class RoomListStore(Protocol):
     async def listed_rooms(self) -> list[PublicRoomState]: ...
 
 
-class Memberships(Protocol):
-    """A user's membership of a room (:class:`ranvier.core.rooms.RoomReader`)."""
+class DirectoryPermissions(Protocol):
+    """Who may change a room's place in the directory
+    (:class:`ranvier.core.directory.RoomDirectory`).
+    """
 
-    async def membership(self, user_id: str, room_id: str) -> str | None: ...
+    async def may_change_directory(self, user_id: str, room_id: str) -> bool: ...
 
 
 def _not_found(room_id: str) -> MatrixError:
@@ -88,11 +91,11 @@ class RoomList:
         self,
         *,
         store: RoomListStore,
-        memberships: Memberships,
+        permissions: DirectoryPermissions,
         wall_clock_ms: Callable[[], int] | None = None,
     ) -> None:
         self._store = store
-        self._memberships = memberships
+        self._permissions = permissions
         self._clock = wall_clock_ms or (lambda: time.time_ns() // 1_000_000)
 
     async def get_visibility(self, room_id: str) -> Visibility:
@@ -101,8 +104,12 @@ class RoomList:
             raise _not_found(room_id)
         return "public" if await self._store.is_room_listed(room_id) else "private"
 
-    async def set_visibility(self, user_id: str, room_id: str, visibility: object) -> None:
-        """Publish or unpublish a room; only a member joined to it may."""
+    async def set_visibility(
+        self, user_id: str, room_id: str, visibility: object, *, is_admin: bool = False
+    ) -> None:
+        """Publish or unpublish a room: a server admin may, and a member
+        joined to it with the power to send ``m.room.canonical_alias``.
+        """
         if visibility not in ("public", "private"):
             raise MatrixError(
                 f"visibility must be public or private, not {visibility!r}",
@@ -111,13 +118,16 @@ class RoomList:
             )
         if not await self._store.room_exists(room_id):
             raise _not_found(room_id)
-        if await self._memberships.membership(user_id, room_id) != "join":
+        if not is_admin and not await self._permissions.may_change_directory(user_id, room_id):
             raise MatrixError(
-                f"{user_id} is not in room {room_id}", errcode="M_FORBIDDEN", http_status=403
+                f"{user_id} may not change whether room {room_id} is published: that takes"
+                " being joined with the power to send m.room.canonical_alias",
+                errcode="M_FORBIDDEN",
+                http_status=403,
             )
         await self._store.set_room_listed(room_id, visibility == "public", self._clock())
 
-    async def on_room_created(self, room_id: str, visibility: Visibility) -> None:
+    async def on_room_created(self, room_id: str, visibility: str) -> None:
         """What ``/createRoom`` calls once the room exists: ``public`` lists it."""
         if visibility == "public":
             await self._store.set_room_listed(room_id, True, self._clock())
