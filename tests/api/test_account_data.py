@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,3 +139,25 @@ async def test_a_long_poll_is_woken_by_an_account_data_change(env: Env) -> None:
     (answer,) = answers
     assert answer["account_data"]["events"] == [{"type": "x.wake", "content": {"n": 1}}]
     assert answer["next_batch"] != since
+
+
+async def test_a_filter_chooses_the_account_data_synced(env: Env) -> None:
+    c, alice = env.client, env.alice
+    room_id = await c.create_room(alice)
+    await c.ok(alice, "PUT", _global(alice, "x.keep"), {"n": 1})
+    await c.ok(alice, "PUT", _global(alice, "x.drop"), {"n": 2})
+    await c.ok(alice, "PUT", _in_room(alice, room_id, "m.tag"), {"tags": {}})
+    await c.ok(alice, "PUT", _in_room(alice, room_id, "x.other"), {})
+    sync_filter = {
+        "account_data": {"not_types": ["x.drop"]},
+        "room": {"account_data": {"types": ["m.*"]}},
+    }
+    body = await env.sync(alice, filter=json.dumps(sync_filter))
+    assert body["account_data"]["events"] == [{"type": "x.keep", "content": {"n": 1}}]
+    assert body["rooms"]["join"][room_id]["account_data"]["events"] == [
+        {"type": "m.tag", "content": {"tags": {}}}
+    ]
+    nothing = {"account_data": {"limit": 1, "types": []}, "room": {"account_data": {"types": []}}}
+    body = await env.sync(alice, filter=json.dumps(nothing))
+    assert body["account_data"]["events"] == []
+    assert body["rooms"]["join"][room_id]["account_data"]["events"] == []

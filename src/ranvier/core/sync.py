@@ -180,6 +180,24 @@ def _invite_room_state(invite: StoredEvent) -> list[dict[str, Any]]:
     return stripped
 
 
+def _filtered_account_data(
+    filter: Filter, user_id: str, updates: AccountDataUpdates
+) -> AccountDataUpdates:
+    """What the filter's ``account_data`` and ``room.account_data`` let through."""
+    wanted, in_rooms = filter.account_data, filter.room.account_data
+    global_events = [
+        event for event in updates.global_events if wanted.matches(event["type"], user_id)
+    ]
+    room_events = {}
+    for room_id, events in updates.room_events.items():
+        if not in_rooms.includes_room(room_id):
+            continue
+        kept = [event for event in events if in_rooms.matches(event["type"], user_id)]
+        if kept:
+            room_events[room_id] = kept[: in_rooms.limit]
+    return AccountDataUpdates(global_events[: wanted.limit], room_events)
+
+
 def _quiet_room(now: StreamPosition) -> dict[str, Any]:
     """A joined room with nothing new but its account data."""
     return {
@@ -270,10 +288,14 @@ class SyncHandler:
         account_data = (
             AccountDataUpdates()
             if self._account_data is None
-            else await self._account_data.updates(
+            else _filtered_account_data(
+                filter,
                 requester.user_id,
-                0 if since is None or full_state else since.account_data,
-                account_data_at,
+                await self._account_data.updates(
+                    requester.user_id,
+                    0 if since is None or full_state else since.account_data,
+                    account_data_at,
+                ),
             )
         )
         request = _Request(
