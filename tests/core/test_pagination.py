@@ -23,7 +23,20 @@ def test_tokens_round_trip() -> None:
 
 @pytest.mark.parametrize(
     "token",
-    ["", "s", "s1", "s1_", "s_1", "s-1_0", "s1_2_3_4", "s1_2_", "t1", "x1_2", "s1_2 ", "s" + "9" * 19 + "_0"],
+    [
+        "",
+        "s",
+        "s1",
+        "s1_",
+        "s_1",
+        "s-1_0",
+        "s1_2_3_4",
+        "s1_2_",
+        "t1",
+        "x1_2",
+        "s1_2 ",
+        "s" + "9" * 19 + "_0",
+    ],
 )
 def test_malformed_sync_tokens_are_refused(token: str) -> None:
     with pytest.raises(MatrixError) as raised:

@@ -85,6 +85,8 @@ class MemberProfiles(Protocol):
     """
 
     async def member_content(self, user_id: str) -> dict[str, str]: ...
+
+
 _JOIN_RULES: Final = "m.room.join_rules"
 _HISTORY_VISIBILITY: Final = "m.room.history_visibility"
 _GUEST_ACCESS: Final = "m.room.guest_access"
