@@ -11,7 +11,10 @@ Invariants
   half made.
 * **Taken is taken.** Whether a user ID is free is decided by the primary
   key of ``users`` inside the write, not by a read before it, so two
-  registrations of one name cannot both succeed.
+  registrations of one name cannot both succeed. The one write that made
+  an account, run again, finds its own row (by its salted password hash
+  or its token's hash) and succeeds again: that is a repeat, not a second
+  registration.
 * **A device has one token.** Logging a device in again replaces its tokens;
   logging out removes the device with its tokens.
 """
@@ -169,10 +172,38 @@ def _create_account(
             (account.user_id, account.password_hash, int(account.admin), account.created_ts),
         )
     except sqlite3.IntegrityError:
-        # The primary key: someone has the name, whenever they took it.
-        raise UserInUseError(account.user_id) from None
+        # The primary key: someone has the name, whenever they took it,
+        # unless it is this very write repeated.
+        if not _is_repeat(conn, account, device):
+            raise UserInUseError(account.user_id) from None
     if device is not None:
         _add_device(conn, device=device)
+
+
+def _is_repeat(conn: sqlite3.Connection, account: NewAccount, device: NewDevice | None) -> bool:
+    """Whether the account already there is this one, made by this same
+    write before (a worker's write repeated after the main process that ran
+    it restarted).
+
+    Only a random secret of the write tells that apart from another
+    registration of the name: the password hash (salted) or the new
+    device's token hash. Without either, the name counts as taken.
+    """
+    row = conn.execute(
+        "SELECT password_hash, admin, created_ts FROM users WHERE user_id = ?",
+        (account.user_id,),
+    ).fetchone()
+    if row is None or tuple(row) != (account.password_hash, int(account.admin), account.created_ts):
+        return False
+    if account.password_hash is not None:
+        return True
+    if device is None:
+        return False
+    token = conn.execute(
+        "SELECT 1 FROM access_tokens WHERE token_hash = ? AND user_id = ?",
+        (device.token_hash, account.user_id),
+    ).fetchone()
+    return token is not None
 
 
 @registered_write

@@ -69,7 +69,14 @@ def _insert_alias(
         " VALUES (?, ?, ?, ?)",
         (alias, room_id, creator, created_ts),
     )
-    return cursor.rowcount == 1
+    if cursor.rowcount == 1:
+        return True
+    # The very same row already there is this write repeated (after a
+    # restart of the process that ran it), not someone else's alias.
+    stored = conn.execute(
+        "SELECT room_id, creator, created_ts FROM room_aliases WHERE alias = ?", (alias,)
+    ).fetchone()
+    return stored is not None and tuple(stored) == (room_id, creator, created_ts)
 
 
 @registered_write

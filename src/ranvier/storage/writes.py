@@ -596,7 +596,12 @@ def store_partial_join(
     joined_via: str,
     servers_in_room: Collection[str],
 ) -> None:
-    """Mark a room as joined with partial state, before its join event is written."""
+    """Mark a room as joined with partial state, before its join event is written.
+
+    The same join stored again (a write repeated after a restart of the
+    process that ran it) changes nothing; another join of a room that
+    already has partial state is refused.
+    """
     _ensure_room(conn, room_id, room_version)
     try:
         conn.execute(
@@ -604,11 +609,14 @@ def store_partial_join(
             (room_id, join_event_id, joined_via),
         )
     except sqlite3.IntegrityError:
-        if conn.execute(
-            "SELECT 1 FROM partial_state_rooms WHERE room_id = ?", (room_id,)
-        ).fetchone():
+        stored = conn.execute(
+            "SELECT join_event_id, joined_via FROM partial_state_rooms WHERE room_id = ?",
+            (room_id,),
+        ).fetchone()
+        if stored is None:
+            raise
+        if tuple(stored) != (join_event_id, joined_via):
             raise MatrixError(f"{room_id} already has partial state") from None
-        raise
     conn.executemany(
         "INSERT OR IGNORE INTO partial_state_rooms_servers (room_id, server_name) VALUES (?, ?)",
         [(room_id, server) for server in sorted({joined_via, *servers_in_room})],

@@ -1,0 +1,399 @@
+"""Every write run twice: what a worker's write repeated after a restart of
+the main process does (the map of answered transactions is gone then).
+
+Each write is run once, the database read whole, run again, read again.
+Most leave the database exactly as the first run did and answer the same;
+some answer differently the second time though the database is the same (a
+delete finds nothing left to delete); two leave a row more that nothing
+refers to (a second state group of the same state, a second filter).
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from ranvier.core import compute_event_context, event_to_persist
+from ranvier.protocol.signing import generate_signing_key
+from ranvier.replication import operations
+from ranvier.storage import (
+    DestinationRetry,
+    ReceivedTransaction,
+    ServerKey,
+    Storage,
+    WriteOperation,
+    accounts,
+    aliases,
+    client_transactions,
+    state_groups,
+    sync_reads,
+    writes,
+)
+from ranvier.storage.accounts import NewAccount, NewDevice, UserInUseError
+from ranvier.testing import RoomBuilder, ingest_all
+
+ALICE = "@alice:ours.test"
+BOB = "@bob:remote.test"
+_TOKEN = b"\x07" * 32
+_ACCOUNT = NewAccount(user_id=ALICE, password_hash="$argon2id$salted", admin=False, created_ts=5)
+_DEVICE = NewDevice(
+    user_id=ALICE, device_id="D", display_name="phone", token_hash=_TOKEN, created_ts=5
+)
+_OTHER_DEVICE = NewDevice(
+    user_id=ALICE, device_id="E", display_name=None, token_hash=b"\x08" * 32, created_ts=6
+)
+
+Prepare = Callable[[Storage, RoomBuilder], Awaitable[WriteOperation[Any]]]
+
+#: How each write fares run twice: "same" (same database, same answer),
+#: "same database" (the answer differs), "extra row" (a row more that
+#: nothing refers to, in the tables named).
+OUTCOMES: dict[str, str] = {
+    "writes.PersistEvents": "same",
+    "writes.store_room": "same",
+    "writes.set_current_state": "same",
+    "writes.store_partial_join": "same",
+    "writes.update_state_for_partial_event": "same",
+    "writes.clear_partial_state": "same database",
+    "writes.store_resync_progress": "same",
+    "writes.record_transaction": "same",
+    "writes.store_server_keys": "same",
+    "writes.store_destination_retry": "same",
+    "writes.store_destination_rooms": "same",
+    "writes.mark_destination_rooms_sent": "same",
+    "state_groups.store_state_group": "extra row: state_groups state_group_rows",
+    "accounts.create_account": "same",
+    "accounts.add_device": "same",
+    "accounts.delete_device_of_token": "same database",
+    "accounts.delete_devices": "same database",
+    "accounts.delete_user_devices": "same database",
+    "accounts.set_password_hash": "same",
+    "aliases.insert_alias": "same",
+    "aliases.delete_alias": "same database",
+    "client_transactions.insert_client_transaction": "same",
+    "client_transactions.delete_client_transactions_before": "same database",
+    "sync_reads.store_filter": "extra row: user_filters",
+}
+
+
+async def _partial_join(storage: Storage, room: RoomBuilder) -> None:
+    await storage.store_partial_join(
+        room.room_id, room.version, room.last, joined_via="remote.test", servers_in_room=[]
+    )
+
+
+async def _with_account(storage: Storage) -> None:
+    await storage.accounts.create_account(_ACCOUNT, _DEVICE)
+
+
+def _call(function: Callable[..., Any], **arguments: Any) -> WriteOperation[Any]:
+    return functools.partial(function, **arguments)
+
+
+async def _persist(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    message = room.message(BOB, "twice")
+    context = await compute_event_context(message, storage, storage)
+    return writes.PersistEvents((event_to_persist(message, context),))
+
+
+async def _set_current_state(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    groups = await storage.get_event_state_groups(room.last)
+    assert groups is not None
+    return _call(writes.set_current_state, room_id=room.room_id, state_group=groups.before)
+
+
+async def _store_partial_join(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    return _call(
+        writes.store_partial_join,
+        room_id=room.room_id,
+        room_version=room.version,
+        join_event_id=room.last,
+        joined_via="remote.test",
+        servers_in_room=frozenset({"remote.test", "third.test"}),
+    )
+
+
+async def _update_partial_event(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    await _partial_join(storage, room)
+    message = room.message(BOB, "with partial state")
+    context = await compute_event_context(
+        message,
+        storage,
+        storage,
+        state_ids_before=room.state_before(message.event_id),
+        partial_state=True,
+    )
+    await storage.persist_events([event_to_persist(message, context)])
+    groups = await storage.get_event_state_groups(message.event_id)
+    assert groups is not None
+    return _call(
+        writes.update_state_for_partial_event,
+        event_id=message.event_id,
+        state_group_before=groups.before,
+        state_group_after=None,
+        rejected_reason=None,
+    )
+
+
+async def _clear_partial_state(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    await _partial_join(storage, room)
+    return _call(writes.clear_partial_state, room_id=room.room_id)
+
+
+async def _store_resync_progress(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    await _partial_join(storage, room)
+    return _call(
+        writes.store_resync_progress,
+        room_id=room.room_id,
+        phase="state",
+        server="remote.test",
+        events_resynced=1,
+        events_total=2,
+        attempts=1,
+        last_error=None,
+        updated_ts=7,
+    )
+
+
+async def _store_state_group(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    groups = await storage.get_event_state_groups(room.last)
+    assert groups is not None
+    return _call(
+        state_groups.store_state_group,
+        room_id=room.room_id,
+        prev_group=groups.after,
+        delta={("m.room.topic", ""): room.last},
+    )
+
+
+def _plain(operation: WriteOperation[Any]) -> Prepare:
+    async def prepare(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+        return operation
+
+    return prepare
+
+
+def _after_account(operation: WriteOperation[Any]) -> Prepare:
+    async def prepare(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+        await _with_account(storage)
+        return operation
+
+    return prepare
+
+
+async def _delete_alias(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    assert await storage.aliases.create_alias("#a:ours.test", room.room_id, ALICE, 5)
+    return _call(aliases._delete_alias, alias="#a:ours.test")
+
+
+async def _delete_transactions(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    await storage.client_transactions.add_client_transaction(
+        ALICE, "D", "t", room_id=room.room_id, event_id=room.last, created_ts=1
+    )
+    return _call(client_transactions._delete_client_transactions_before, created_ts=5)
+
+
+def _destination_rooms(function: Callable[..., Any]) -> Prepare:
+    async def prepare(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+        return _call(function, destination="remote.test", positions={room.room_id: 3})
+
+    return prepare
+
+
+PREPARE: dict[str, Prepare] = {
+    "writes.PersistEvents": _persist,
+    "writes.store_room": _plain(_call(writes.store_room, room_id="!new:x", room_version="10")),
+    "writes.set_current_state": _set_current_state,
+    "writes.store_partial_join": _store_partial_join,
+    "writes.update_state_for_partial_event": _update_partial_event,
+    "writes.clear_partial_state": _clear_partial_state,
+    "writes.store_resync_progress": _store_resync_progress,
+    "writes.record_transaction": _plain(
+        _call(
+            writes.record_transaction,
+            transaction=ReceivedTransaction(
+                origin="remote.test",
+                transaction_id="t1",
+                response_code=200,
+                response_json=b"{}",
+                received_ts=3,
+            ),
+        )
+    ),
+    "writes.store_server_keys": _plain(
+        _call(
+            writes.store_server_keys,
+            keys=(
+                ServerKey(
+                    server_name="remote.test",
+                    key_id="ed25519:k",
+                    verify_key=bytes(32),
+                    valid_until_ts=10,
+                    from_server="remote.test",
+                    fetched_ts=2,
+                    key_json=b"{}",
+                ),
+            ),
+        )
+    ),
+    "writes.store_destination_retry": _plain(
+        _call(
+            writes.store_destination_retry,
+            destination="remote.test",
+            retry=DestinationRetry(
+                destination="remote.test", failure_ts=1, retry_last_ts=2, retry_interval_ms=3
+            ),
+        )
+    ),
+    "writes.store_destination_rooms": _destination_rooms(writes.store_destination_rooms),
+    "writes.mark_destination_rooms_sent": _destination_rooms(writes.mark_destination_rooms_sent),
+    "state_groups.store_state_group": _store_state_group,
+    "accounts.create_account": _plain(
+        _call(accounts._create_account, account=_ACCOUNT, device=_DEVICE)
+    ),
+    "accounts.add_device": _after_account(_call(accounts._add_device, device=_OTHER_DEVICE)),
+    "accounts.delete_device_of_token": _after_account(
+        _call(accounts._delete_device_of_token, token_hash=_TOKEN)
+    ),
+    "accounts.delete_devices": _after_account(_call(accounts._delete_devices, user_id=ALICE)),
+    "accounts.delete_user_devices": _after_account(
+        _call(accounts._delete_user_devices, user_id=ALICE, device_ids=("D",))
+    ),
+    "accounts.set_password_hash": _after_account(
+        _call(accounts._set_password_hash, user_id=ALICE, password_hash="$argon2id$new")
+    ),
+    "aliases.insert_alias": _plain(
+        _call(aliases._insert_alias, alias="#a:x", room_id="!r:x", creator=ALICE, created_ts=5)
+    ),
+    "aliases.delete_alias": _delete_alias,
+    "client_transactions.insert_client_transaction": _plain(
+        _call(
+            client_transactions._insert_client_transaction,
+            user_id=ALICE,
+            device_id="D",
+            txn_id="t",
+            room_id="!r:x",
+            event_id="$e",
+            created_ts=5,
+        )
+    ),
+    "client_transactions.delete_client_transactions_before": _delete_transactions,
+    "sync_reads.store_filter": _plain(
+        _call(sync_reads.store_filter, user_id=ALICE, filter_json=b"{}")
+    ),
+}
+
+_KNOWN_MODULES = ("writes.", "state_groups.", "accounts.", "aliases.", "client_transactions.")
+
+
+def test_every_write_of_these_modules_is_run_twice_here() -> None:
+    names = {
+        name
+        for name in operations.operation_names()
+        if name.startswith((*_KNOWN_MODULES, "sync_reads."))
+    }
+    assert names == set(OUTCOMES) == set(PREPARE)
+
+
+def _dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    conn = sqlite3.connect(path)
+    try:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        return {
+            table: sorted(conn.execute(f'SELECT * FROM "{table}"').fetchall(), key=repr)
+            for table in tables
+        }
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+async def storage(tmp_path: Path, nursery: trio.Nursery) -> Storage:
+    store = Storage(tmp_path / "db.sqlite", synchronous="OFF")
+    await nursery.start(store.run)
+    return store
+
+
+@pytest.mark.parametrize("name", sorted(OUTCOMES))
+async def test_a_write_run_twice(name: str, storage: Storage) -> None:
+    keys = {server: generate_signing_key("k1") for server in ("ours.test", "remote.test")}
+    room = RoomBuilder(creator=ALICE, keys=keys)
+    room.public_room(BOB)
+    await ingest_all(storage, list(room.events.values()))
+    operation = await PREPARE[name](storage, room)
+    assert operations.operation_name(operation) == name
+    before = _dump(Path(storage.path))
+    first = await storage.actor.submit(operation)
+    once = _dump(Path(storage.path))
+    assert once != before  # the write wrote something
+    second = await storage.actor.submit(operation)
+    twice = _dump(Path(storage.path))
+    outcome = OUTCOMES[name]
+    if outcome == "same":
+        assert (twice, second) == (once, first)
+    elif outcome == "same database":
+        assert twice == once
+        assert second != first
+    else:
+        tables = outcome.removeprefix("extra row: ").split()
+        assert {key: rows for key, rows in twice.items() if key not in tables} == {
+            key: rows for key, rows in once.items() if key not in tables
+        }
+        for table in tables:
+            assert len(twice[table]) == len(once[table]) + 1
+            assert set(once[table]) <= set(twice[table])
+
+
+async def test_another_registration_of_a_name_is_still_refused(storage: Storage) -> None:
+    await storage.accounts.create_account(_ACCOUNT, _DEVICE)
+    other = NewAccount(user_id=ALICE, password_hash="$argon2id$other", admin=False, created_ts=5)
+    with pytest.raises(UserInUseError):
+        await storage.accounts.create_account(other)
+    # Without a password, the new device's token tells a repeat apart.
+    bare = NewAccount(user_id="@bare:x", password_hash=None, admin=False, created_ts=5)
+    device = NewDevice(
+        user_id="@bare:x", device_id="D", display_name=None, token_hash=b"\x09" * 32, created_ts=5
+    )
+    await storage.accounts.create_account(bare, device)
+    await storage.accounts.create_account(bare, device)  # the repeat
+    with pytest.raises(UserInUseError):
+        await storage.accounts.create_account(
+            bare, _fields_replaced(device, token_hash=b"\x0a" * 32)
+        )
+    # With neither, nothing tells: the name counts as taken.
+    with pytest.raises(UserInUseError):
+        await storage.accounts.create_account(bare)
+
+
+async def test_another_alias_or_partial_join_is_still_refused(storage: Storage) -> None:
+    assert await storage.aliases.create_alias("#a:x", "!r:x", ALICE, 5)
+    assert not await storage.aliases.create_alias("#a:x", "!r:x", ALICE, 6)
+    assert not await storage.aliases.create_alias("#a:x", "!other:x", ALICE, 5)
+    await storage.store_partial_join("!r:x", "10", "$join", "remote.test", [])
+    with pytest.raises(Exception, match="already has partial state"):
+        await storage.store_partial_join("!r:x", "10", "$another", "remote.test", [])
+
+
+def _fields_replaced(device: NewDevice, **changes: Any) -> NewDevice:
+    return NewDevice(**{**_fields(device), **changes})
+
+
+def _fields(device: NewDevice) -> dict[str, Any]:
+    return {
+        "user_id": device.user_id,
+        "device_id": device.device_id,
+        "display_name": device.display_name,
+        "token_hash": device.token_hash,
+        "created_ts": device.created_ts,
+    }
