@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -163,13 +164,21 @@ def _serve(args: argparse.Namespace) -> int:
     # the other commands do not need.
     from ranvier.server import open_homeserver
 
+    return _run_until_signalled(config, args.log_level, lambda: open_homeserver(config))
+
+
+def _run_until_signalled(
+    config: Config, log_level: str, open_server: Callable[[], AbstractAsyncContextManager[object]]
+) -> int:
+    """Run the server ``open_server`` opens until SIGINT or SIGTERM."""
+
     async def serve_until_signalled() -> None:
         # Signals are received as messages, not as KeyboardInterrupt, so
         # that a stop always goes through the orderly shutdown. The receiver
         # is open before the start, so a signal during the start is kept
         # and acted on as soon as the server runs.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with open_homeserver(config):
+            async with open_server():
                 async for number in signals:
                     _log.info("received %s, stopping", signal.Signals(number).name)
                     break
@@ -179,7 +188,7 @@ def _serve(args: argparse.Namespace) -> int:
     root = logging.getLogger()
     previous_level = root.level
     root.addHandler(handler)
-    root.setLevel(args.log_level)
+    root.setLevel(log_level)
     try:
         trio.run(serve_until_signalled)
     except KeyboardInterrupt:
@@ -233,6 +242,46 @@ def _describe_os_error(exc: OSError) -> str:
     if exc.filename is not None:
         return f"{exc.filename}: {exc.strerror}"
     return exc.strerror
+
+
+# --- worker -------------------------------------------------------------------------
+
+
+def _worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the worker's TOML configuration file; [worker] main_replication_url names the"
+        " main process's replication listener",
+    )
+    parser.add_argument(
+        "--role",
+        required=True,
+        choices=("federation_reader", "client_reader", "federation_sender"),
+        help="what the worker serves: the federation API, the client-server API, or"
+        " outgoing federation",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=_LOG_LEVELS,
+        default="INFO",
+        help="the least severe messages logged (default: INFO)",
+    )
+
+
+def _worker(args: argparse.Namespace) -> int:
+    config = _serve_config(args.config)
+    from ranvier.replication.worker import WorkerServer, open_worker
+
+    try:
+        # Checked before the start, so that a bad role or file is one line.
+        WorkerServer(config, args.role)
+    except (ConfigError, ValueError) as exc:
+        raise _CommandError(str(exc)) from None
+    return _run_until_signalled(config, args.log_level, lambda: open_worker(config, args.role))
 
 
 # --- status -------------------------------------------------------------------------
@@ -484,6 +533,13 @@ _COMMANDS: list[_Command] = [
         "run the homeserver until SIGINT or SIGTERM",
         _serve_arguments,
         _serve,
+    ),
+    _Command(
+        "worker",
+        "run a worker process (federation_reader, client_reader or federation_sender)"
+        " beside a main process, until SIGINT or SIGTERM",
+        _worker_arguments,
+        _worker,
     ),
     _Command(
         "status",

@@ -45,6 +45,7 @@ __all__ = [
     "RegistrationConfig",
     "ReplicationConfig",
     "TlsConfig",
+    "WorkerConfig",
     "load_config",
 ]
 
@@ -208,6 +209,29 @@ class ReplicationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
             raise ConfigError("shared_secret", "must not be empty")
 
 
+class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A worker process (``ranvier worker``): where its main process is.
+
+    A worker shares the main process's database and signing key (point
+    ``database.path`` and ``signing_key_path`` at them, or use the same
+    ``data_dir``) and sends every write to the main process's
+    ``replication`` listener with ``[replication] shared_secret``.
+    """
+
+    #: The main process's replication listener, such as
+    #: ``http://127.0.0.1:9093``. Required to run a worker.
+    main_replication_url: str | None = None
+    #: Trust these CA certificates (PEM) for a replication listener on TLS.
+    replication_ca_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        url = self.main_replication_url
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ConfigError(
+                "main_replication_url", f"expected an http:// or https:// URL, got {url!r}"
+            )
+
+
 def _default_listeners() -> tuple[ListenerConfig, ...]:
     return (
         ListenerConfig(type="federation", host="127.0.0.1", port=8448),
@@ -243,6 +267,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     ratelimit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
     registration: RegistrationConfig = msgspec.field(default_factory=RegistrationConfig)
     replication: ReplicationConfig = msgspec.field(default_factory=ReplicationConfig)
+    worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
 
     def __post_init__(self) -> None:
         try:

@@ -82,7 +82,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 import trio
@@ -111,6 +111,7 @@ from ranvier.core.devices import Devices
 from ranvier.core.directory import RoomDirectory
 from ranvier.core.filters import UserFilters
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
+from ranvier.core.interfaces import EventPersister
 from ranvier.core.joins import RemoteJoiner
 from ranvier.core.notifier import StreamNotifier
 from ranvier.core.pagination import RoomMessages
@@ -120,7 +121,7 @@ from ranvier.core.room_joins import RoomJoins
 from ranvier.core.room_leaves import RoomLeaves
 from ranvier.core.room_list import RoomList
 from ranvier.core.room_servers import RoomEventSender, RoomServers
-from ranvier.core.rooms import RoomReader
+from ranvier.core.rooms import FullStateWaiter, RoomReader
 from ranvier.core.sync import SyncHandler
 from ranvier.core.unpartial import ResyncStatus, UnpartialStater
 from ranvier.core.user_directory import UserDirectory
@@ -149,12 +150,14 @@ from ranvier.metrics import MetricsApp, sample_name
 from ranvier.protocol.room_versions import DEFAULT_ROOM_VERSION, RoomVersionLike
 from ranvier.protocol.signing import SigningKey
 from ranvier.replication.server import ReplicationApp
+from ranvier.replication.stream import MainControl, StreamSource
 from ranvier.storage import Storage
 
 __all__ = ["BoundListener", "HomeServer", "open_homeserver"]
 
 _log: Final = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_S = TypeVar("_S", bound="HomeServer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -597,7 +600,7 @@ class HomeServer:
         """Make the parts; nothing runs yet."""
         config = self.config
         self._signing_key = prepared.signing_key
-        self._storage = Storage(config.paths.database, synchronous=config.database.synchronous)
+        self._storage = self._make_storage()
         self._federation_client = FederationHttpClient.from_config(config, prepared.signing_key)
         self._key_ring = KeyRing(
             store=self._storage,
@@ -629,7 +632,14 @@ class HomeServer:
         if any(listener.type == "replication" for listener in config.listeners):
             secret = config.replication.shared_secret
             assert secret is not None  # the configuration requires it
-            apps["replication"] = ReplicationApp(self._storage, shared_secret=secret)
+            source = StreamSource(self._storage, self.stream_notifier)
+            self.accounts.on_tokens_invalidated = source.note_tokens_invalidated
+            apps["replication"] = ReplicationApp(
+                self._storage,
+                shared_secret=secret,
+                control=MainControl(self._storage, source, resync=self._resync),
+                on_write=source.note_write,
+            )
         for index, listener in enumerate(config.listeners):
             if (
                 listener.type == "replication"
@@ -656,6 +666,19 @@ class HomeServer:
             )
             self._listeners.append((listener, http))
 
+    def _make_storage(self) -> Storage:
+        """This process's storage; a worker's writes through the main process."""
+        config = self.config
+        return Storage(config.paths.database, synchronous=config.database.synchronous)
+
+    def _event_persister(self, kind: Literal["federation", "client"]) -> EventPersister:
+        """Where events from federation or from local clients are persisted."""
+        return self.storage
+
+    def _full_state_waiter(self) -> FullStateWaiter:
+        """What reads of a partial-state room wait on for its full state."""
+        return self.unpartial_stater
+
     def _build_handlers(self, signing_key: SigningKey) -> None:
         """The handlers of local and remote events, over storage, the client
         and the key ring (built before them).
@@ -669,7 +692,7 @@ class HomeServer:
         verifier = EventVerifier(keys)
         self._ingester = FederationIngester(
             store=storage,
-            persister=storage,
+            persister=self._event_persister("federation"),
             client=fetcher,
             verifier=verifier,
             room_locks=self._room_locks,
@@ -682,7 +705,7 @@ class HomeServer:
             server_name=server_name,
             signing_key=signing_key,
             store=storage,
-            persister=storage,
+            persister=self._event_persister("client"),
             notifier=notifier,
             remote_inviter=FederationInviter(client, store=storage, keys=keys),
             room_locks=self._room_locks,
@@ -714,7 +737,7 @@ class HomeServer:
         self._room_reader = RoomReader(
             ServedStateReader(storage, storage.redactions),
             storage.room_members,
-            full_state=self._unpartial_stater,
+            full_state=self._full_state_waiter(),
             server_name=server_name,
         )
         self._room_joins = RoomJoins(
@@ -857,7 +880,15 @@ async def open_homeserver(config: Config | None = None) -> AsyncIterator[HomeSer
     from the ``async with`` as itself; an exception raised in the block
     comes out as itself too, unless the server also failed.
     """
-    server = HomeServer(config)
+    async with open_server(HomeServer(config)) as server:
+        yield server
+
+
+@asynccontextmanager
+async def open_server(server: _S) -> AsyncIterator[_S]:
+    """Run ``server`` (a :class:`HomeServer` not yet started, or a worker)
+    for the duration of an ``async with`` block, as :func:`open_homeserver` does.
+    """
     failure: Exception | None = None
     raised: BaseException | None = None
     try:

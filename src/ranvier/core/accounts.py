@@ -174,6 +174,9 @@ class Accounts:
         self._logouts = 0
         self._hashing = trio.CapacityLimiter(hashing_threads)
         self._decoy_hash: str | None = None
+        #: Told after each write that invalidates tokens, so that other
+        #: processes caching tokens (workers) can hear of it.
+        self.on_tokens_invalidated: Callable[[], None] | None = None
 
     # User IDs.
 
@@ -404,6 +407,11 @@ class Accounts:
         except MatrixError:
             return None
 
+    def forget_cached_tokens(self) -> None:
+        """Drop every cached token: another process may have logged some out."""
+        self._logouts += 1
+        self._cache.clear()
+
     @contextlib.contextmanager
     def _invalidating(self, matches: Callable[[Requester], bool]) -> Iterator[None]:
         """Around a write that invalidates tokens: drop the cached tokens that
@@ -416,6 +424,8 @@ class Accounts:
             self._logouts += 1
             for token_hash in [key for key, value in self._cache.items() if matches(value)]:
                 del self._cache[token_hash]
+            if self.on_tokens_invalidated is not None:
+                self.on_tokens_invalidated()
 
 
 def _verify(hasher: argon2.PasswordHasher, password_hash: str, password: str) -> bool:

@@ -153,6 +153,22 @@ class ReplicationClient:
                 )
             await trio.sleep(wait)
 
+    async def get(
+        self, path: str, params: Mapping[str, str], *, timeout_seconds: float
+    ) -> httpx.Response:
+        """One GET of ``path`` with the secret, not retried (the caller
+        decides); raises httpx's errors as they come.
+        """
+        http = self._http
+        if http is None:
+            raise StorageUnavailableError("the replication client is not running")
+        return await http.get(
+            path,
+            params=params,
+            headers={"authorization": self._headers["authorization"]},
+            timeout=timeout_seconds,
+        )
+
     async def write(self, operation: WriteOperation[T]) -> T:
         """Run a registered write on the main process; see :class:`RemoteWriter`."""
         if isinstance(operation, PersistEvents):

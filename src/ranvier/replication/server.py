@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import hmac
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -40,6 +41,7 @@ import msgspec
 import trio
 
 from ranvier.errors import MatrixError
+from ranvier.federation.transport.listener import AsgiApp
 from ranvier.storage import Storage
 from ranvier.web import (
     Disconnected,
@@ -87,7 +89,10 @@ class ReplicationApp:
     (which must write through this process's own storage actor).
 
     ``remembered`` bounds how many answered transactions are kept to answer
-    a repeat; ``max_body_bytes`` how large a request may be.
+    a repeat; ``max_body_bytes`` how large a request may be. ``control``
+    serves the authenticated requests under :data:`~ranvier.replication.wire.CONTROL`
+    (the stream of positions, resync requests); ``on_write`` is told the
+    name of each generic write once it has run.
     """
 
     def __init__(
@@ -97,12 +102,16 @@ class ReplicationApp:
         shared_secret: str,
         remembered: int = 10_000,
         max_body_bytes: int = 64 * 1024 * 1024,
+        control: AsgiApp | None = None,
+        on_write: Callable[[str], None] | None = None,
     ) -> None:
         if not shared_secret:
             raise ValueError("the replication shared secret must not be empty")
         if remembered < 1:
             raise ValueError(f"remembered must be at least 1, not {remembered}")
         self._storage = storage
+        self._control = control
+        self._on_write = on_write
         self._expected = f"Bearer {shared_secret}".encode()
         self._remembered = remembered
         self._max_body_bytes = max_body_bytes
@@ -134,6 +143,9 @@ class ReplicationApp:
             return
         if not self._authorised(scope):
             await _send_error(send, 401, _UNAUTHORIZED)
+            return
+        if self._control is not None and scope["path"].startswith(wire.CONTROL):
+            await self._control(scope, receive, send)
             return
         try:
             write = self._match(scope)
@@ -215,6 +227,8 @@ class ReplicationApp:
             operation = operations.decode_operation(name, body)
             self.writes_run[write.kind] += 1
             result = await storage.actor.submit(operation)
+            if self._on_write is not None:
+                self._on_write(name)
             return operations.encode_result(name, result)
         persist = operations.decode_persist_events(body)
         if write.kind == "send_event":

@@ -1,0 +1,454 @@
+"""The replication stream: workers learn what the main process committed.
+
+A worker's ``/sync`` long-polls wait on its own
+:class:`~ranvier.core.notifier.StreamNotifier`, and its access-token cache
+must forget tokens logged out elsewhere. Neither hears of writes another
+process made, so the main process serves a long-poll on its replication
+listener, ``GET`` :data:`~ranvier.replication.wire.STREAM`: given the
+positions a worker knows, it answers as soon as the database is further on
+(or tokens were invalidated), or when the poll's timeout ends, with the
+positions it reads now.
+
+The answer carries positions only. The worker reads what lies between its
+positions and the new ones from the shared database (the rooms and member
+events of new events, the rooms whose partial state was cleared, whose
+account data changed) and advances its notifier with them, so its waiters
+wake exactly as the main process's do.
+
+Invariants
+----------
+
+* **Positions are durable, so nothing is missed.** Every position is read
+  from the shared database, never from memory: a worker that was cut off,
+  or a main process that restarted, changes nothing but latency; the next
+  answer covers everything since the worker's last one.
+* **Token invalidations are not durable, so a doubt clears the cache.**
+  The main process counts writes that invalidate tokens (logins replacing
+  a device's token, logouts, deleted devices) and sends the count with a
+  random ID of its own life: a worker that sees either change drops its
+  whole token cache, which a restart of the main process therefore does too.
+* **A worker asks for resyncs; the main process runs them.** The
+  un-partial-state task runs only on the main process. A worker whose join
+  left a room with partial state asks the main process to resync it
+  (``POST`` :data:`~ranvier.replication.wire.RESYNC`), once the join is
+  written; the main process checks the room is partial and starts its task.
+  A request lost with a main process that died is not needed: the task
+  resumes every partial room at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import sqlite3
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+import msgspec
+import trio
+
+from ranvier.core.notifier import StreamNotifier, StreamPosition
+from ranvier.errors import MatrixError, StorageUnavailableError
+from ranvier.storage import Storage
+from ranvier.web import Receive, Router, Scope, Send, read_body
+
+from . import wire
+from .client import ReplicationClient
+
+__all__ = [
+    "TOKEN_WRITES",
+    "MainControl",
+    "StreamFollower",
+    "StreamFullStateWaiter",
+    "StreamPositions",
+    "StreamSource",
+    "read_positions",
+]
+
+_log: Final = logging.getLogger(__name__)
+
+#: Registered writes after which a cached access token may be wrong.
+TOKEN_WRITES: Final = frozenset(
+    {
+        "accounts.add_device",
+        "accounts.delete_device_of_token",
+        "accounts.delete_devices",
+        "accounts.delete_user_devices",
+    }
+)
+
+
+class StreamPositions(msgspec.Struct, frozen=True):
+    """The positions of the streams a worker follows, as the database holds them."""
+
+    events: int = 0
+    un_partial: int = 0
+    account_data: int = 0
+
+    def is_beyond(self, other: StreamPositions) -> bool:
+        return (
+            self.events > other.events
+            or self.un_partial > other.un_partial
+            or self.account_data > other.account_data
+        )
+
+    def newest(self, other: StreamPositions) -> StreamPositions:
+        return StreamPositions(
+            max(self.events, other.events),
+            max(self.un_partial, other.un_partial),
+            max(self.account_data, other.account_data),
+        )
+
+
+class _Answer(msgspec.Struct, frozen=True):
+    positions: StreamPositions
+    #: ``<the main process's life>:<token invalidations in it>``.
+    tokens: str
+
+
+_answer_decoder: Final = msgspec.json.Decoder(_Answer)
+_json: Final = msgspec.json.Encoder()
+
+
+def read_positions(conn: sqlite3.Connection) -> StreamPositions:
+    """The newest position of each stream, in one snapshot."""
+    (events,) = conn.execute("SELECT COALESCE(MAX(stream_ordering), 0) FROM events").fetchone()
+    (un_partial,) = conn.execute(
+        "SELECT COALESCE(MAX(rowid), 0) FROM un_partial_stated_rooms"
+    ).fetchone()
+    try:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'account_data'").fetchone()
+    except sqlite3.OperationalError:
+        # No table with AUTOINCREMENT yet: no account data either.
+        row = None
+    return StreamPositions(int(events), int(un_partial), 0 if row is None else int(row[0]))
+
+
+@dataclass(frozen=True, slots=True)
+class _Changes:
+    """What lies between two positions, as a worker's notifier needs it."""
+
+    rooms: frozenset[str]
+    members: frozenset[str]
+    un_partial_rooms: frozenset[str]
+    #: ``(position, user)`` of each account data change, oldest first.
+    account_data: tuple[tuple[int, str], ...]
+
+
+def _read_changes(
+    conn: sqlite3.Connection, *, after: StreamPositions, upto: StreamPositions
+) -> _Changes:
+    rooms: set[str] = set()
+    members: set[str] = set()
+    if upto.events > after.events:
+        for room_id, event_type, state_key in conn.execute(
+            "SELECT room_id, type, state_key FROM events"
+            " WHERE stream_ordering > ? AND stream_ordering <= ?",
+            (after.events, upto.events),
+        ):
+            rooms.add(room_id)
+            if event_type == "m.room.member" and state_key is not None:
+                members.add(state_key)
+    cleared: set[str] = set()
+    if upto.un_partial > after.un_partial:
+        cleared = {
+            room_id
+            for (room_id,) in conn.execute(
+                "SELECT room_id FROM un_partial_stated_rooms WHERE rowid > ? AND rowid <= ?",
+                (after.un_partial, upto.un_partial),
+            )
+        }
+    account_data: list[tuple[int, str]] = []
+    if upto.account_data > after.account_data:
+        account_data = [
+            (int(position), user_id)
+            for position, user_id in conn.execute(
+                "SELECT stream_id, user_id FROM account_data"
+                " WHERE stream_id > ? AND stream_id <= ? ORDER BY stream_id",
+                (after.account_data, upto.account_data),
+            )
+        ]
+    return _Changes(frozenset(rooms), frozenset(members), frozenset(cleared), tuple(account_data))
+
+
+# --- The main process's side ---------------------------------------------------------
+
+
+class StreamSource:
+    """What the main process's stream answers from: the database's positions,
+    woken by its own notifier and by the writes workers send.
+    """
+
+    def __init__(self, storage: Storage, notifier: StreamNotifier) -> None:
+        self._storage = storage
+        self._notifier = notifier
+        self._life = secrets.token_hex(8)
+        self._invalidations = 0
+        self._changed = trio.Event()
+
+    @property
+    def tokens(self) -> str:
+        return f"{self._life}:{self._invalidations}"
+
+    def note_write(self, name: str) -> None:
+        """A worker's write ``name`` ran (the replication app's ``on_write``)."""
+        if name in TOKEN_WRITES:
+            self._invalidations += 1
+        self._wake()
+
+    def note_tokens_invalidated(self) -> None:
+        """This process's own accounts invalidated tokens."""
+        self._invalidations += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+
+    async def positions(self) -> StreamPositions:
+        return await self._storage.readers.read(read_positions)
+
+    async def wait(
+        self, known: StreamPositions, tokens: str, *, timeout_seconds: float
+    ) -> tuple[StreamPositions, str]:
+        """The positions and token count once either differs from what the
+        worker knows, or after ``timeout_seconds`` whatever they are.
+        """
+        with trio.move_on_after(timeout_seconds):
+            while True:
+                # Both taken before the read, so a change after it wakes us.
+                changed = self._changed
+                notified = self._notifier.position
+                current = await self.positions()
+                if current.is_beyond(known) or self.tokens != tokens:
+                    return current, self.tokens
+                await _either(self._notifier.wait_beyond(notified), changed.wait())
+        return await self.positions(), self.tokens
+
+
+async def _either(first: Awaitable[object], second: Awaitable[object]) -> None:
+    """Return once either awaitable is done; the other is cancelled."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait(awaitable: Awaitable[object]) -> None:
+            await awaitable
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(wait, first)
+        nursery.start_soon(wait, second)
+
+
+class MainControl:
+    """The replication listener's requests that are not writes (behind its
+    secret): the stream's long-poll and workers' resync requests.
+
+    ``resync`` starts a room's un-partial-state task (the server's own).
+    ``max_timeout_seconds`` bounds a long-poll.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        source: StreamSource,
+        *,
+        resync: Callable[[str], None],
+        max_timeout_seconds: float = 60.0,
+    ) -> None:
+        self._storage = storage
+        self.source = source
+        self._resync = resync
+        self._max_timeout = max_timeout_seconds
+        self._router = Router()
+        self._router.add("GET", wire.STREAM, self._unused, authenticated=False)
+        self._router.add("POST", wire.RESYNC, self._unused, authenticated=False)
+        #: Rooms workers asked to resync, for tests and metrics.
+        self.resyncs_requested = 0
+
+    @staticmethod
+    async def _unused(request: object) -> dict[str, Any]:
+        raise AssertionError("not called")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            raw_path = scope.get("raw_path")
+            path = raw_path.decode("latin-1").partition("?")[0] if raw_path else scope["path"]
+            match = self._router.match(scope["method"], path)
+            await read_body(receive, (), 64 * 1024)
+            if match.route.pattern == wire.STREAM:
+                body = await self._stream(scope)
+            else:
+                body = await self._resync_room(match.params["room_id"])
+            await _send_json(send, 200, body)
+        except MatrixError as exc:
+            await _send_json(send, exc.http_status, _json.encode(exc.to_json()))
+
+    async def _stream(self, scope: Scope) -> bytes:
+        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            known = StreamPositions(
+                int(query.get("events", ["0"])[0]),
+                int(query.get("un_partial", ["0"])[0]),
+                int(query.get("account_data", ["0"])[0]),
+            )
+            timeout = min(self._max_timeout, int(query.get("timeout_ms", ["0"])[0]) / 1000)
+        except ValueError:
+            raise MatrixError(
+                "stream positions and timeout_ms must be integers",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            ) from None
+        tokens = query.get("tokens", [""])[0]
+        positions, tokens = await self.source.wait(known, tokens, timeout_seconds=max(0, timeout))
+        return _json.encode(_Answer(positions, tokens))
+
+    async def _resync_room(self, room_id: str) -> bytes:
+        if await self._storage.is_partial_state_room(room_id):
+            self.resyncs_requested += 1
+            self._resync(room_id)
+            return b'{"resyncing":true}'
+        return b'{"resyncing":false}'
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode("ascii")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# --- A worker's side ----------------------------------------------------------------
+
+
+class StreamFollower:
+    """Follows the main process's stream for a worker: advances ``notifier``
+    with what the main process committed, and calls ``forget_tokens`` when
+    tokens may have been invalidated elsewhere.
+
+    Start it with ``await nursery.start(follower.run)``: ready once it has
+    read the database's positions. A failed poll is tried again after a
+    capped, jittered backoff, without end: a worker outlives its main
+    process's restarts.
+    """
+
+    def __init__(
+        self,
+        client: ReplicationClient,
+        storage: Storage,
+        notifier: StreamNotifier,
+        *,
+        forget_tokens: Callable[[], None] | None = None,
+        poll_seconds: float = 30.0,
+        backoff_base_seconds: float = 0.1,
+        backoff_cap_seconds: float = 5.0,
+    ) -> None:
+        self._client = client
+        self._storage = storage
+        self._notifier = notifier
+        self._forget_tokens = forget_tokens
+        self._poll = poll_seconds
+        self._backoff_base = backoff_base_seconds
+        self._backoff_cap = backoff_cap_seconds
+        self.known = StreamPositions()
+        self._tokens: str | None = None
+        #: Answers taken, and polls that failed; for tests and metrics.
+        self.answers = 0
+        self.failures = 0
+        self.connected = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.known = await self._storage.readers.read(read_positions)
+        self._advance(
+            _Changes(frozenset(), frozenset(), frozenset(), ()), StreamPositions(), self.known
+        )
+        task_status.started()
+        attempt = 0
+        while True:
+            try:
+                answer = await self._poll_once()
+            except (httpx.HTTPError, StorageUnavailableError, msgspec.DecodeError) as exc:
+                self.failures += 1
+                wait = min(self._backoff_cap, self._backoff_base * 2.0**attempt)
+                attempt += 1
+                _log.debug("the replication stream failed (%s); again in %.2fs", exc, wait)
+                await trio.sleep(wait * random.uniform(0.5, 1.0))
+                continue
+            attempt = 0
+            await self._take(answer)
+            self.connected.set()
+
+    async def _poll_once(self) -> _Answer:
+        known = self.known
+        response = await self._client.get(
+            wire.STREAM,
+            {
+                "events": str(known.events),
+                "un_partial": str(known.un_partial),
+                "account_data": str(known.account_data),
+                "tokens": self._tokens or "",
+                "timeout_ms": str(int(self._poll * 1000)),
+            },
+            timeout_seconds=self._poll + 10,
+        )
+        if response.status_code != 200:
+            raise StorageUnavailableError(
+                f"the replication stream answered {response.status_code}: {response.text[:200]}"
+            )
+        return _answer_decoder.decode(response.content)
+
+    async def _take(self, answer: _Answer) -> None:
+        self.answers += 1
+        forget = self._forget_tokens
+        if self._tokens is not None and answer.tokens != self._tokens and forget is not None:
+            forget()
+        self._tokens = answer.tokens
+        after, upto = self.known, answer.positions.newest(self.known)
+        if upto.is_beyond(after):
+            changes = await self._storage.readers.read(
+                lambda conn: _read_changes(conn, after=after, upto=upto)
+            )
+            self._advance(changes, after, upto)
+        self.known = upto
+
+    def _advance(self, changes: _Changes, after: StreamPositions, upto: StreamPositions) -> None:
+        notifier = self._notifier
+        for position, user_id in changes.account_data:
+            notifier.advance_account_data(position, user_id)
+        if upto.account_data > after.account_data:
+            notifier.advance_account_data(upto.account_data, "")
+        notifier.advance(
+            upto.events if upto.events > after.events else None,
+            upto.un_partial if upto.un_partial > after.un_partial else None,
+            rooms=changes.rooms | changes.un_partial_rooms,
+            users=changes.members,
+        )
+
+
+class StreamFullStateWaiter:
+    """What a worker's reads of a partial-state room wait on: the room's
+    partial state cleared by the main process, learnt through the stream.
+    """
+
+    def __init__(self, storage: Storage, notifier: StreamNotifier) -> None:
+        self._storage = storage
+        self._notifier = notifier
+
+    async def wait_for_full_state(self, room_id: str) -> None:
+        while True:
+            # Taken before the read, so that a clear after it still wakes us.
+            position: StreamPosition = self._notifier.position
+            if not await self._storage.is_partial_state_room(room_id):
+                return
+            # No rooms named: only a cleared partial state (or an account
+            # data change of nobody) wakes this waiter.
+            await self._notifier.wait_beyond(position, rooms=frozenset(), user_id=None)
