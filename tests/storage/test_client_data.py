@@ -10,7 +10,7 @@ import sqlite_utils
 
 from ranvier.storage import Storage
 from ranvier.storage.accounts import NewAccount
-from ranvier.storage.client_data import AccountDataChange, client_data_tables
+from ranvier.storage.client_data import AccountDataChange
 from ranvier.storage.schema import migrate
 
 ALICE = "@alice:example.org"
@@ -22,8 +22,6 @@ def test_the_migration_makes_its_tables_on_a_migrated_database(tmp_path: Path) -
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
         migrate(conn)
         db = sqlite_utils.Database(conn)
-        with db.atomic():
-            client_data_tables(db)
         tables = set(db.table_names())
         assert {"profiles", "account_data", "room_list"} <= tables
         conn.execute("PRAGMA foreign_keys = ON")

@@ -32,6 +32,7 @@ TABLES_ADDED = {
         "un_partial_stated_rooms",
     },
     8: {"redactions"},
+    9: {"profiles", "account_data", "room_list"},
 }
 
 
@@ -88,6 +89,13 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO un_partial_stated_rooms VALUES ('!r:x', 1)")
     elif version == 8:
         run("INSERT INTO redactions VALUES ('$e', '$target', '!r:x', 0, 5)")
+    elif version == 9:
+        run("INSERT INTO profiles VALUES ('@a:x', 'Alice', NULL)")
+        run(
+            "INSERT INTO account_data (user_id, room_id, type, content) VALUES"
+            " ('@a:x', '', 'm.direct', x'7b7d')"
+        )
+        run("INSERT INTO room_list VALUES ('!r:x', 5)")
 
 
 def _row_counts(conn: sqlite3.Connection) -> dict[str, int]:

@@ -1,8 +1,8 @@
 """What the client API keeps of users beyond their accounts: profiles,
 account data, devices' names, and the rooms published in the room list.
 
-Tables (:func:`client_data_tables`)
------------------------------------
+Tables (schema migration 9)
+---------------------------
 
 * ``profiles(user_id pk -> users, displayname, avatar_url)``: a local
   user's profile; no row is an empty profile.
@@ -21,9 +21,6 @@ Invariants
 
 * **One write per change.** Each change is one request to the storage
   actor; its new stream position is read back in the same transaction.
-* **The tables exist before any use.** Until :func:`client_data_tables` is
-  a numbered migration, the first use of :class:`ClientDataStorage` makes
-  them (once, through the actor) when the database lacks them.
 """
 
 from __future__ import annotations
@@ -35,8 +32,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
-import sqlite_utils
-import trio
 
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
@@ -46,39 +41,7 @@ __all__ = [
     "ClientDataStorage",
     "DeviceRecord",
     "PublicRoomState",
-    "client_data_tables",
 ]
-
-
-def client_data_tables(db: sqlite_utils.Database) -> None:
-    """Profiles, account data and the published room list."""
-    db.execute(
-        "CREATE TABLE profiles ("
-        " user_id TEXT PRIMARY KEY NOT NULL REFERENCES users (user_id),"
-        " displayname TEXT, avatar_url TEXT) STRICT"
-    )
-    db.execute(
-        "CREATE TABLE account_data ("
-        " stream_id INTEGER PRIMARY KEY AUTOINCREMENT,"
-        " user_id TEXT NOT NULL, room_id TEXT NOT NULL, type TEXT NOT NULL,"
-        " content BLOB NOT NULL) STRICT"
-    )
-    db.execute("CREATE UNIQUE INDEX account_data_key ON account_data (user_id, room_id, type)")
-    db.execute("CREATE INDEX account_data_user_stream ON account_data (user_id, stream_id)")
-    db.execute(
-        "CREATE TABLE room_list ("
-        " room_id TEXT PRIMARY KEY NOT NULL REFERENCES rooms (room_id),"
-        " added_ts INTEGER NOT NULL) STRICT"
-    )
-
-
-@registered_write
-def _ensure_tables(conn: sqlite3.Connection) -> None:
-    row = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'account_data'"
-    ).fetchone()
-    if row is None:
-        client_data_tables(sqlite_utils.Database(conn))
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,24 +105,12 @@ class ClientDataStorage:
     def __init__(self, writer: WriteBackend, readers: ReaderPool) -> None:
         self._writer = writer
         self._readers = readers
-        self._ready = False
-        self._lock = trio.Lock()
 
     async def _read(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
-        await self._ensure()
         return await self._readers.read(operation)
 
     async def _write(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
-        await self._ensure()
         return await self._writer.submit(operation)
-
-    async def _ensure(self) -> None:
-        if self._ready:
-            return
-        async with self._lock:
-            if not self._ready:
-                await self._writer.submit(_ensure_tables)
-                self._ready = True
 
     # Profiles.
 

@@ -430,6 +430,34 @@ def _redactions(db: sqlite_utils.Database) -> None:
     fill_redactions(db.conn)
 
 
+def _client_data(db: sqlite_utils.Database) -> None:
+    """Profiles, account data and the published room list
+    (:mod:`ranvier.storage.client_data`).
+
+    ``account_data.stream_id`` is the account data stream's position. A
+    change replaces the row, and AUTOINCREMENT never hands out an ID twice,
+    so a change is never filed behind a position a sync already reported.
+    """
+    db.execute(
+        "CREATE TABLE profiles ("
+        " user_id TEXT PRIMARY KEY NOT NULL REFERENCES users (user_id),"
+        " displayname TEXT, avatar_url TEXT) STRICT"
+    )
+    db.execute(
+        "CREATE TABLE account_data ("
+        " stream_id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,"
+        " user_id TEXT NOT NULL, room_id TEXT NOT NULL, type TEXT NOT NULL,"
+        " content BLOB NOT NULL) STRICT"
+    )
+    db.execute("CREATE UNIQUE INDEX account_data_key ON account_data (user_id, room_id, type)")
+    db.execute("CREATE INDEX account_data_user_stream ON account_data (user_id, stream_id)")
+    db.execute(
+        "CREATE TABLE room_list ("
+        " room_id TEXT PRIMARY KEY NOT NULL REFERENCES rooms (room_id),"
+        " added_ts INTEGER NOT NULL) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -440,6 +468,7 @@ MIGRATIONS: Sequence[Migration] = (
     _resync_progress,
     _client_api,
     _redactions,
+    _client_data,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
