@@ -126,3 +126,34 @@ async def test_a_redaction_of_an_event_of_another_room_does_not_apply(tmp_path: 
         event = await client.ok(alice, "GET", f"/rooms/{q(first)}/event/{q(sent['event_id'])}")
         assert event["content"] == {"body": "stays"}
         assert "redacted_because" not in event["unsigned"]
+
+
+async def test_a_member_without_power_may_redact_only_their_own_events(tmp_path: Path) -> None:
+    async with open_test_homeserver(tmp_path) as hs, hs.client() as http:
+        client = Client(hs, http)
+        alice, bob = await hs.register_user("alice"), await hs.register_user("bob")
+        room_id = await client.create_room(alice, preset="public_chat")
+        room = q(room_id)
+        await client.ok(bob, "POST", f"/rooms/{room}/join", {})
+        alices = await client.ok(
+            alice, "PUT", f"/rooms/{room}/send/m.room.message/1", {"body": "a"}
+        )
+        bobs = await client.ok(bob, "PUT", f"/rooms/{room}/send/m.room.message/1", {"body": "b"})
+        before = await client.ok(alice, "GET", f"/rooms/{room}/messages", params={"dir": "b"})
+
+        await client.refused(
+            bob,
+            "PUT",
+            f"/rooms/{room}/redact/{q(alices['event_id'])}/r1",
+            {},
+            status=403,
+            errcode="M_FORBIDDEN",
+        )
+        # Nothing was sent, and Alice's message is whole.
+        after = await client.ok(alice, "GET", f"/rooms/{room}/messages", params={"dir": "b"})
+        assert after["chunk"] == before["chunk"]
+        # Bob may redact his own message, and Alice, who has the power, his.
+        own = await client.ok(bob, "PUT", f"/rooms/{room}/redact/{q(bobs['event_id'])}/r2", {})
+        event = await client.ok(alice, "GET", f"/rooms/{room}/event/{q(bobs['event_id'])}")
+        assert event["unsigned"]["redacted_because"]["event_id"] == own["event_id"]
+        await client.ok(alice, "PUT", f"/rooms/{room}/redact/{q(alices['event_id'])}/r1", {})

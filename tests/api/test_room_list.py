@@ -153,12 +153,12 @@ async def test_a_server_admin_may_publish_any_room(env: Env) -> None:
     assert await c.ok(None, "GET", _visibility(room_id)) == {"visibility": "public"}
 
 
-async def test_the_create_room_hook_publishes_a_public_room(env: Env) -> None:
+async def test_create_room_with_public_visibility_lists_the_room(env: Env) -> None:
     c, alice = env.client, env.alice
-    directory = env.hs.server.room_directory
-    public = await c.create_room(alice, preset="public_chat")
-    private = await c.create_room(alice)
-    await directory.publish_created_room(public, "public")
-    await directory.publish_created_room(private, "private")
+    public = await c.create_room(alice, visibility="public", name="Lobby")
+    private = await c.create_room(alice, preset="public_chat")
     assert await c.ok(None, "GET", _visibility(public)) == {"visibility": "public"}
     assert await c.ok(None, "GET", _visibility(private)) == {"visibility": "private"}
+    listed = await c.ok(alice, "GET", "/publicRooms")
+    assert [room["room_id"] for room in listed["chunk"]] == [public]
+    assert listed["chunk"][0]["name"] == "Lobby"

@@ -182,6 +182,7 @@ class _Rooms:
             room_version=room_version,
             is_direct=is_direct,
         )
+        await self._directory.publish_created_room(room_id, visibility)
         if alias is not None:
             try:
                 await self._directory.create_alias(requester.user_id, alias, room_id)
@@ -309,7 +310,7 @@ class _Rooms:
         scope = f"/rooms/{room_id}/redact/{target}/{txn_id}"
 
         async def send() -> str:
-            await self._reader.check_joined(requester.user_id, room_id)
+            await self._reader.check_may_redact(requester.user_id, room_id, target)
             return await self._creator.send_event(
                 requester.user_id, room_id, "m.room.redaction", content
             )

@@ -36,6 +36,10 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from ranvier.errors import MatrixError
+from ranvier.protocol.auth import CREATE_KEY, POWER_LEVELS_KEY
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.power_levels import get_named_level, get_user_power_level
+from ranvier.protocol.room_versions import get_room_version
 from ranvier.storage.records import StateKey, StoredEvent
 
 from .builder import Clock, wall_clock_ms
@@ -152,6 +156,39 @@ class RoomReader:
     async def check_can_read(self, user_id: str, room_id: str) -> None:
         """Raise 403 unless ``user_id`` is joined or the room is world-readable."""
         await self._view(user_id, room_id, departed=False)
+
+    async def check_may_redact(self, user_id: str, room_id: str, event_id: str) -> None:
+        """Raise 403 unless ``user_id``, joined, may redact ``event_id``: an
+        event of its own, or any event with the room's ``redact`` power level.
+
+        The auth rules let any member send a redaction and leave it to the
+        servers to apply it only where it is allowed, but a redaction by a
+        user of the target's own server applies wherever it goes: refusing
+        it here is what stops a member without power from erasing others'
+        events.
+        """
+        await self.check_joined(user_id, room_id)
+        target = (await self._events([event_id])).get(event_id)
+        if target is not None and target.room_id == room_id and target.sender == user_id:
+            return
+        state = await self._store.get_current_state_ids_for_keys(
+            room_id, [CREATE_KEY, POWER_LEVELS_KEY]
+        )
+        rows = await self._events(state.values())
+        version = await self._store.get_room_version(room_id)
+        assert version is not None  # the user is joined, so the room is known
+        room_version = get_room_version(version)
+        parsed = {
+            key: Pdu.from_json(rows[event].json, room_version, check_limits=False)
+            for key, event in state.items()
+            if event in rows
+        }
+        power_levels = parsed.get(POWER_LEVELS_KEY)
+        level = get_user_power_level(
+            user_id, power_levels=power_levels, create=parsed.get(CREATE_KEY)
+        )
+        if level < get_named_level(power_levels, "redact"):
+            raise _forbidden(f"{user_id} may not redact other users' events in {room_id}")
 
     # --- State --------------------------------------------------------------------
 
