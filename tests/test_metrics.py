@@ -217,7 +217,7 @@ def test_a_metrics_listener_is_plain_http_on_loopback_by_default() -> None:
             '[[listeners]]\ntype = "metric"\nport = 9090',
             "listeners[0].type",
             "listeners[0].type: invalid value 'metric', expected one of 'client',"
-            " 'federation', 'metrics'",
+            " 'federation', 'metrics', 'replication'",
         ),
         (
             '[[listeners]]\ntype = "metrics"',
