@@ -367,6 +367,51 @@ class ClearsPartialStateFirst:
         return await self.storage.store_state_group(room_id, prev, delta)
 
 
+async def test_events_sharing_their_auth_inputs_get_the_verdicts_they_get_one_by_one(
+    tmp_path: Path, nursery: trio.Nursery, room: Room
+) -> None:
+    # Runs of messages from one sender citing the same auth events in the
+    # same state share their first two checks; whatever changes one of
+    # those (the state, the sender, the auth events cited) is checked anew.
+    one_by_one = await _open(tmp_path, nursery, room, "one-by-one")
+    batched = await _open(tmp_path, nursery, room, "batched")
+    builder = room.builder
+    pushed = [builder.message(BOB, f"before {n}") for n in range(3)]
+    pushed.append(
+        builder.power_levels(ALICE, content={"users": {ALICE: 100}, "events_default": 50})
+    )
+    # Bob may no longer send: each of these is rejected, and so is one that
+    # cites the auth events of his messages before, in the state after.
+    pushed += [builder.draft("m.room.message", BOB, {"body": f"muted {n}"}) for n in range(3)]
+    old_auth = list(pushed[0].auth_event_ids)
+    pushed.append(builder.draft("m.room.message", BOB, {"body": "stale"}, auth=old_auth))
+    pushed.append(builder.draft("m.room.message", CAROL, {"body": "carol is muted too"}))
+    pushed.append(builder.power_levels(ALICE, {ALICE: 100, BOB: 50}))
+    pushed += [builder.message(BOB, f"after {n}") for n in range(3)]
+
+    batched_outcomes = await room.ingester(batched).receive_pdus(
+        REMOTE, [event.raw for event in pushed]
+    )
+    single = room.ingester(one_by_one)
+    single_outcomes = []
+    for event in pushed:
+        try:
+            result = await single.on_receive_pdu(REMOTE, event)
+        except MatrixError as exc:
+            single_outcomes.append(PduOutcome(event.event_id, error=exc))
+        else:
+            single_outcomes.append(PduOutcome(event.event_id, result=result, error=result.error))
+    verdicts = [_verdict(o) for o in batched_outcomes]
+    assert verdicts == [_verdict(o) for o in single_outcomes]
+    rejected = [o.event_id for o in batched_outcomes if o.result and o.result.rejected_reason]
+    assert rejected == [event.event_id for event in pushed[4:9]]
+    assert all(batched_outcomes[n].error is None for n in (0, 1, 2, 10, 11, 12))
+    every_id = [event.event_id for event in pushed]
+    assert await _snapshot(batched, builder.room_id, every_id) == await _snapshot(
+        one_by_one, builder.room_id, every_id
+    )
+
+
 async def test_a_run_conflicting_with_partial_state_is_judged_again_once(
     counting: CountingStorage, room: Room
 ) -> None:

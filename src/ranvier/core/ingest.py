@@ -116,7 +116,7 @@ from .event_signatures import (
     run_signature_checks,
 )
 from .failures import sole_failure
-from .ingest_batch import NotInMemoryError, RoomRun, RoomRunReader
+from .ingest_batch import AuthInputs, NotInMemoryError, RoomRun, RoomRunReader
 from .interfaces import (
     BatchStateReader,
     EventPersister,
@@ -741,7 +741,9 @@ class FederationIngester:
         for attempt in (1, 2):
             context = await self._context(origin, event, pushed=pushed and attempt == 1, run=run)
             loader = EventLoader(store, event.room_version) if run is None else run.loader
-            outcome = await _run_auth_checks(event, context, store, loader)
+            outcome = await _run_auth_checks(
+                event, context, store, loader, None if run is None else run.auth_verdicts
+            )
             if pushed:
                 await self._check_origin_in_room(
                     origin, event, outcome.context, outcome.failure, store
@@ -1001,24 +1003,58 @@ class FederationIngester:
 
 
 async def _run_auth_checks(
-    event: Pdu, context: EventContext, store: StateReader, loader: EventLoader
+    event: Pdu,
+    context: EventContext,
+    store: StateReader,
+    loader: EventLoader,
+    verdicts: dict[AuthInputs, AuthFailure | None] | None = None,
 ) -> AuthOutcome:
     """:func:`~ranvier.core.event_auth.run_auth_checks`, with events loaded
     through ``loader``: a run shares one, so that the events its events
-    cite are read and parsed once.
+    cite are read and parsed once. With ``verdicts``, the first two checks
+    of an event that shares their inputs with one checked before
+    (:func:`_auth_inputs`) take that event's verdict.
     """
-    failure = await check_against_auth_events(event, store, loader=loader)
+    inputs = None if verdicts is None else _auth_inputs(event, context)
+    if verdicts is not None and inputs is not None and inputs in verdicts:
+        failure = verdicts[inputs]
+    else:
+        failure = await check_against_auth_events(event, store, loader=loader)
+        if failure is None and not context.is_outlier:
+            failure = await check_against_state_before(event, context, store, loader=loader)
+        if verdicts is not None and inputs is not None:
+            verdicts[inputs] = failure
     if failure is not None:
         return AuthOutcome(context.as_rejected(failure.rule), failure)
     if context.is_outlier:
         return AuthOutcome(context)
-    failure = await check_against_state_before(event, context, store, loader=loader)
-    if failure is not None:
-        return AuthOutcome(context.as_rejected(failure.rule), failure)
     failure = await check_against_current_state(event, context, store, loader=loader)
     if failure is not None:
         return AuthOutcome(context.as_soft_failed(), failure)
     return AuthOutcome(context)
+
+
+def _auth_inputs(event: Pdu, context: EventContext) -> AuthInputs | None:
+    """What alone decides the first two auth checks of ``event``, when that
+    is its type, sender, cited auth events and state group before; None
+    otherwise.
+
+    The rules for an event that is not a state event read of it only its
+    type, sender and room (the run's), and which state keys its auth events
+    may have follows from those too; the rest is read from its auth events,
+    whether they were rejected (which never changes once they are judged),
+    and the state before it, which a group fixes. Redactions are left out,
+    and so are events with partial state, whose second check also weighs
+    what their auth events claim.
+    """
+    if (
+        event.state_key is not None
+        or event.type == "m.room.redaction"
+        or context.partial_state
+        or context.state_group_before is None
+    ):
+        return None
+    return (event.type, event.sender, event.auth_event_ids, context.state_group_before)
 
 
 def _check_extends_room(event: Pdu) -> None:

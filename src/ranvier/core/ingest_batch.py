@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeAlias
 
 import msgspec
 import trio
@@ -69,11 +69,17 @@ from ranvier.storage.records import (
 )
 from ranvier.storage.run_reads import RoomRunRows
 
+from .event_auth import AuthFailure
 from .failures import sole_failure
 from .interfaces import BatchStateReader, EventPersister
 from .loading import EventLoader
 
-__all__ = ["NotInMemoryError", "RoomRun", "RoomRunReader"]
+__all__ = ["AuthInputs", "NotInMemoryError", "RoomRun", "RoomRunReader"]
+
+#: What decides the first two auth checks of an event whose rules read
+#: nothing of its own but its type and sender: those, the auth events it
+#: cites, and the state group before it.
+AuthInputs: TypeAlias = tuple[str, str, tuple[str, ...], int]
 
 #: The stream ordering the run gives events it holds: they have none until written.
 _UNWRITTEN: Final = 0
@@ -141,6 +147,10 @@ class RoomRun:
         self.room_id = room_id
         self.room_version = room_version
         self.loader = EventLoader(self, room_version)
+        #: The verdicts of the first two auth checks by their inputs, for the
+        #: run's events that share them (see :data:`AuthInputs`): what was
+        #: read for them does not change while the run lasts.
+        self.auth_verdicts: dict[AuthInputs, AuthFailure | None] = {}
         # Events: stored rows read, IDs found not stored, and the events held.
         self._rows: dict[str, StoredEvent] = {}
         self._absent: set[str] = set()
