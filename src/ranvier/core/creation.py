@@ -67,6 +67,7 @@ from .context import (
     compute_event_context,
     event_to_persist,
 )
+from .creation_reads import CreationReads
 from .event_auth import run_auth_checks
 from .ingest import RoomLocks
 from .interfaces import EventNotifier, EventPersister, RemoteInviter, StateReader
@@ -186,6 +187,9 @@ class EventCreator:
         self.member_profiles = member_profiles
         self._signing_key = signing_key
         self._store = store
+        # Building, checking and writing read through this, which keeps
+        # what cannot change (see ranvier.core.creation_reads).
+        self._reads = CreationReads(store)
         self._persister = persister
         self._notifier = notifier
         self._remote_inviter = remote_inviter
@@ -412,10 +416,13 @@ class EventCreator:
     # --- The path of every event ----------------------------------------------------
 
     async def _build(self, rv: RoomVersion, template: Mapping[str, Any]) -> Pdu:
+        room_id = template.get("room_id")
+        if type(room_id) is str:
+            self._reads.begin(room_id)
         return await build_event(
             template,
             room_version=rv,
-            store=self._store,
+            store=self._reads,
             server_name=self.server_name,
             signing_key=self._signing_key,
             clock=self._clock,
@@ -445,6 +452,7 @@ class EventCreator:
             except PartialStateConflictError:
                 # The room's partial state was cleared under us: the state
                 # before the event is now known in full, and may differ.
+                self._reads.begin(event.room_id)
                 context = await self._authorise(event)
                 try:
                     ordering = await self._persist(event, context)
@@ -459,19 +467,21 @@ class EventCreator:
         return event
 
     async def _authorise(self, event: Pdu) -> EventContext:
-        context = await compute_event_context(event, self._store, self._persister)
-        outcome = await run_auth_checks(event, context, self._store)
+        context = await compute_event_context(event, self._reads, self._persister)
+        outcome = await run_auth_checks(event, context, self._reads)
         if outcome.failure is not None:
             raise outcome.failure.error
         return outcome.context
 
     async def _persist(self, event: Pdu, context: EventContext) -> int:
-        current = await compute_current_state_after(event, context, self._store, self._persister)
+        current = await compute_current_state_after(event, context, self._reads, self._persister)
         orderings = await self._persister.persist_events(
             [event_to_persist(event, context)],
             current_state_groups=None if current is None else {event.room_id: current},
         )
-        return orderings[event.event_id]
+        ordering = orderings[event.event_id]
+        self._reads.written(event, context, ordering)
+        return ordering
 
     def _countersigner(self, event: Pdu) -> Callable[[Pdu], Awaitable[Pdu]] | None:
         """How an invite of a user of another server gets that server's signature."""
@@ -522,7 +532,7 @@ class EventCreator:
     async def _room_version(
         self, room_id: str, *, not_known: MatrixError | None = None
     ) -> RoomVersion:
-        identifier = await self._store.get_room_version(room_id)
+        identifier = await self._reads.get_room_version(room_id)
         if identifier is None:
             raise not_known or MatrixError(
                 f"room {room_id} is not known here", errcode="M_NOT_FOUND", http_status=404
