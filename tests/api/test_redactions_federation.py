@@ -89,8 +89,21 @@ async def test_whose_redactions_apply_on_both_servers(tmp_path: Path) -> None:
 
         by_alice = await _send(ca, alice, room_id, "from alice", "1")
         await _arrival(cb, bob, room_id, by_alice)
-        # Bob, with no power and of another server: sent, but applies nowhere.
-        powerless = await _redact(cb, bob, room_id, by_alice, "r1")
+        # Bob, with no power and of another server: B's client API refuses
+        # to send it ...
+        await cb.refused(
+            bob,
+            "PUT",
+            f"/rooms/{q(room_id)}/redact/{q(by_alice)}/r1",
+            {"reason": "no"},
+            status=403,
+            errcode="M_FORBIDDEN",
+        )
+        # ... and one sent anyway, as the auth rules allow (B's core here,
+        # a careless server elsewhere), applies nowhere.
+        powerless = await b.server.send_event(
+            bob.user_id, room_id, "m.room.redaction", {"redacts": by_alice, "reason": "no"}
+        )
         by_bob = await _send(cb, bob, room_id, "from bob", "2")
         own = await _redact(cb, bob, room_id, by_bob, "r2")
         to_moderate = await _send(cb, bob, room_id, "spam", "3")
