@@ -9,7 +9,11 @@ sender do. The events, and the requests carrying them (the transaction
 bodies and their X-Matrix signatures), are made before the clock starts,
 and each remote sends its requests as prepared bytes over one kept-alive
 TLS connection, reading just the status and body of each answer: signing
-and a full HTTP client are the remote's cost, not ours.
+and a full HTTP client are the remote's cost, not ours. The sender pushes
+three rounds of 40 transactions, each round a chain of its own after the
+last; ``pdus_per_s`` is the best round (all are in ``pdus_per_s_rounds``),
+as the reference below is the best of its repeats: slower rounds measure
+what else the machine was doing.
 
 Every PDU costs the receiver at least one ed25519 verification (the
 origin's signature), so the reference is the rate at which PyNaCl verifies
@@ -26,8 +30,9 @@ answered with an error or not found accepted in the room afterwards.
 
 ``ingester_only_pdus_per_s`` hands the same kind of PDUs to the ingester
 directly, without HTTP, TLS and request signatures, to tell their cost
-from ingestion's own. ``write_requests_per_transaction`` counts the
-requests the storage actor took per transaction in the back-to-back run
+from ingestion's own (the best of as many rounds).
+``write_requests_per_transaction`` counts the requests the storage actor
+took per transaction in the back-to-back run
 (events, state groups, the transaction record): what batching a
 transaction's events saves shows there.
 
@@ -72,8 +77,9 @@ from ranvier.server import HomeServer, open_homeserver
 
 VERSION = "10"
 PDUS_PER_TRANSACTION = 50
-#: Transactions the single sender pushes back to back.
+#: Transactions the single sender pushes back to back, in each of its rounds.
 STEADY_TRANSACTIONS = 40
+STEADY_ROUNDS = 3
 #: Remotes bursting at once, and transactions each.
 BURST_REMOTES = 4
 BURST_TRANSACTIONS = 10
@@ -328,48 +334,61 @@ async def _main(directory: Path) -> dict[str, Any]:
         for remote in remotes:
             await remote.join(hs, room_id)
 
-        # One sender, back to back.
+        # One sender, back to back, in rounds of its own chain each; the
+        # best round counts, as the best repeat does for the reference.
         steady = remotes[0]
-        prev, depth = await _start_of_chain(hs, room_id)
         auth = await _auth_for(hs, room_id, steady.user)
-        events = steady.chain(
-            room_id, auth, prev, depth, STEADY_TRANSACTIONS * PDUS_PER_TRANSACTION
-        )
-        requests = steady.prepare(hs, events)
         host, port_text = hs.server_name.rsplit(":", 1)
         connections = [
             _Connection(host, int(port_text), client_ssl_context(ca_file=ca_file)) for _ in remotes
         ]
         for connection in connections:
             await connection.reconnect()
-        requests_before = hs.storage.actor.stats.requests
-        started = time.perf_counter()
-        errors = await steady.push(connections[0], requests)
-        elapsed = time.perf_counter() - started
-        write_requests = hs.storage.actor.stats.requests - requests_before
-        accepted = await _accepted(hs, [event_id for event_id, _ in events])
-        figures["pdus_sent"] = len(events)
+        rounds: list[float] = []
+        pdus_sent = accepted = errors = write_requests = 0
+        for _ in range(STEADY_ROUNDS):
+            prev, depth = await _start_of_chain(hs, room_id)
+            events = steady.chain(
+                room_id, auth, prev, depth, STEADY_TRANSACTIONS * PDUS_PER_TRANSACTION
+            )
+            requests = steady.prepare(hs, events)
+            requests_before = hs.storage.actor.stats.requests
+            started = time.perf_counter()
+            errors += await steady.push(connections[0], requests)
+            elapsed = time.perf_counter() - started
+            write_requests += hs.storage.actor.stats.requests - requests_before
+            reached = await _accepted(hs, [event_id for event_id, _ in events])
+            pdus_sent += len(events)
+            accepted += reached
+            rounds.append(reached / elapsed)
+        figures["pdus_sent"] = pdus_sent
         figures["pdus_accepted"] = accepted
         figures["pdu_errors"] = errors
-        figures["pdus_per_s"] = accepted / elapsed
-        figures["transactions_per_s"] = STEADY_TRANSACTIONS / elapsed
-        figures["write_requests_per_transaction"] = write_requests / STEADY_TRANSACTIONS
+        figures["pdus_per_s"] = max(rounds)
+        figures["pdus_per_s_rounds"] = rounds
+        figures["transactions_per_s"] = max(rounds) / PDUS_PER_TRANSACTION
+        figures["write_requests_per_transaction"] = write_requests / (
+            STEADY_ROUNDS * STEADY_TRANSACTIONS
+        )
 
         # The same work handed to the ingester directly, without HTTP, TLS,
         # X-Matrix or the transaction record: what ingestion itself costs.
-        prev, depth = await _start_of_chain(hs, room_id)
-        direct = steady.chain(
-            room_id, auth, prev, depth, STEADY_TRANSACTIONS * PDUS_PER_TRANSACTION
-        )
-        raws = [encode_canonical_json(pdu) for _, pdu in direct]
-        started = time.perf_counter()
-        for start in range(0, len(raws), PDUS_PER_TRANSACTION):
-            await hs.ingester.receive_pdus(
-                steady.server_name, raws[start : start + PDUS_PER_TRANSACTION]
+        direct_rounds: list[float] = []
+        for _ in range(STEADY_ROUNDS):
+            prev, depth = await _start_of_chain(hs, room_id)
+            direct = steady.chain(
+                room_id, auth, prev, depth, STEADY_TRANSACTIONS * PDUS_PER_TRANSACTION
             )
-        elapsed = time.perf_counter() - started
-        reached = await _accepted(hs, [event_id for event_id, _ in direct])
-        figures["ingester_only_pdus_per_s"] = reached / elapsed
+            raws = [encode_canonical_json(pdu) for _, pdu in direct]
+            started = time.perf_counter()
+            for start in range(0, len(raws), PDUS_PER_TRANSACTION):
+                await hs.ingester.receive_pdus(
+                    steady.server_name, raws[start : start + PDUS_PER_TRANSACTION]
+                )
+            elapsed = time.perf_counter() - started
+            reached = await _accepted(hs, [event_id for event_id, _ in direct])
+            direct_rounds.append(reached / elapsed)
+        figures["ingester_only_pdus_per_s"] = max(direct_rounds)
 
         # Four remotes at once, each on its own chain from the same point.
         prev, depth = await _start_of_chain(hs, room_id)
