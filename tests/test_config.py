@@ -76,6 +76,10 @@ def test_defaults_are_safe() -> None:
     assert config.federation.request_timeout_seconds > 0
     assert config.federation.max_request_body_bytes >= 50 * 65536
     assert config.registration == RegistrationConfig(enabled=False, shared_secret=None)
+    # argon2-cffi's own defaults (RFC 9106's low-memory choice).
+    assert config.registration.password_hash_time_cost == 3
+    assert config.registration.password_hash_memory_kib == 64 * 1024
+    assert config.registration.password_hash_parallelism == 4
     data = Path("ranvier-data")
     assert config.paths == DataPaths(
         signing_key=data / "signing.key",
@@ -249,6 +253,16 @@ _LISTENER = '[[listeners]]\ntype = "client"\nport = 8008\n'
             "[registration]\nshared_secret = ''",
             "registration.shared_secret",
             "registration.shared_secret: must not be empty",
+        ),
+        (
+            "[registration]\npassword_hash_time_cost = 0",
+            "registration.password_hash_time_cost",
+            "registration.password_hash_time_cost: expected int >= 1",
+        ),
+        (
+            "[registration]\npassword_hash_memory_kib = 16\npassword_hash_parallelism = 4",
+            "registration.password_hash_memory_kib",
+            "registration.password_hash_memory_kib: must be at least 8 KiB a lane (32",
         ),
     ],
 )

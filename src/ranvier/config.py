@@ -188,10 +188,26 @@ class RegistrationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     #: with this secret. Whoever knows it can make admin accounts. None (the
     #: default) leaves the endpoint out.
     shared_secret: str | None = None
+    #: argon2id's passes over memory for each new password hash. The
+    #: defaults (argon2-cffi's, RFC 9106's low-memory choice) cost about
+    #: 0.1-0.2 s of CPU a hash, which is the point: a stolen database is
+    #: slow to guess from. Lower them only where that does not matter (tests).
+    password_hash_time_cost: Annotated[int, msgspec.Meta(ge=1)] = 3
+    #: argon2id's memory for each new password hash, in KiB.
+    password_hash_memory_kib: Annotated[int, msgspec.Meta(ge=8)] = 65536
+    #: argon2id's lanes for each new password hash; the memory must be at
+    #: least 8 KiB a lane.
+    password_hash_parallelism: Annotated[int, msgspec.Meta(ge=1)] = 4
 
     def __post_init__(self) -> None:
         if self.shared_secret is not None and not self.shared_secret:
             raise ConfigError("shared_secret", "must not be empty (leave it out to turn it off)")
+        if self.password_hash_memory_kib < 8 * self.password_hash_parallelism:
+            raise ConfigError(
+                "password_hash_memory_kib",
+                f"must be at least 8 KiB a lane ({8 * self.password_hash_parallelism}"
+                f" for password_hash_parallelism = {self.password_hash_parallelism})",
+            )
 
 
 class ReplicationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -84,6 +84,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
+import argon2
 import msgspec
 import trio
 
@@ -759,7 +760,16 @@ class HomeServer:
         )
         self._notifier = notifier
         storage.on_stream_advance = self.stream_notifier.advance
-        self._accounts = Accounts(server_name=server_name, store=storage.accounts)
+        hashing = self.config.registration
+        self._accounts = Accounts(
+            server_name=server_name,
+            store=storage.accounts,
+            password_hasher=argon2.PasswordHasher(
+                time_cost=hashing.password_hash_time_cost,
+                memory_cost=hashing.password_hash_memory_kib,
+                parallelism=hashing.password_hash_parallelism,
+            ),
+        )
         self._auth = Auth(self._accounts)
         self._profiles = Profiles(
             server_name=server_name,

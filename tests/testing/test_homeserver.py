@@ -86,6 +86,21 @@ async def test_a_password_lets_the_user_log_in(tmp_path: Path) -> None:
     assert login.json()["user_id"] == "@bob:localhost"
 
 
+async def test_passwords_are_hashed_at_the_lowest_cost(tmp_path: Path) -> None:
+    async with open_test_homeserver(tmp_path / "hs") as hs:
+        started = time.perf_counter()
+        for number in range(5):
+            await hs.register_user(f"user{number}", "s3cret-enough")
+        elapsed = time.perf_counter() - started
+    conn = sqlite3.connect(tmp_path / "hs" / "homeserver.db")
+    with contextlib.closing(conn):
+        hashes = [row[0] for row in conn.execute("SELECT password_hash FROM users")]
+    assert len(hashes) == 5
+    assert all(h.startswith("$argon2id$v=19$m=8,t=1,p=1$") for h in hashes), hashes
+    # At argon2-cffi's defaults five hashes take most of a second.
+    assert elapsed < 0.5
+
+
 async def test_rate_limits_are_off_unless_asked_for(tmp_path: Path) -> None:
     login = {"type": "m.login.password", "user": "nobody", "password": "x"}
     async with open_test_homeserver(tmp_path / "off") as hs, hs.client() as client:

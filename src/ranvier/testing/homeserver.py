@@ -12,8 +12,10 @@ against a real one in their own test process, on a temporary directory::
 that ``ranvier serve`` runs, with settings for tests: the client API on
 plain HTTP on 127.0.0.1 and a port the system picks, SQLite with
 ``synchronous = OFF`` (a test's database need not survive a power cut),
-open registration (so a client under test can ``/register``), no rate
-limits, and no federation listener unless the test asks for one by
+open registration (so a client under test can ``/register``), password
+hashes at argon2id's lowest cost (microseconds, not a fifth of a second,
+for each registration and login with a password), no rate limits, and no
+federation listener unless the test asks for one by
 passing a :class:`~ranvier.testing.network.Pki`, whose CA signs the
 listener's certificate and is the only CA the server trusts, so that two
 test homeservers federate with each other over TLS on loopback.
@@ -166,7 +168,12 @@ def config_for_tests(
         database=DatabaseConfig(synchronous="OFF"),
         federation=federation_config,
         ratelimit=RateLimitConfig(enabled=rate_limits),
-        registration=RegistrationConfig(enabled=True),
+        registration=RegistrationConfig(
+            enabled=True,
+            password_hash_time_cost=1,
+            password_hash_memory_kib=8,
+            password_hash_parallelism=1,
+        ),
     )
 
 
