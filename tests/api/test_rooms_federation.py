@@ -140,3 +140,37 @@ async def test_an_invite_from_another_server_is_declined_through_it(tmp_path: Pa
         assert await ca.ok(alice, "GET", f"/rooms/{q(room_id)}/joined_members") == {
             "joined": {alice.user_id: {}}
         }
+
+
+async def test_a_join_carries_its_reason_here_and_through_another_server(tmp_path: Path) -> None:
+    pki = Pki.create(tmp_path)
+    async with (
+        open_test_homeserver(tmp_path / "a", federation=pki) as a,
+        open_test_homeserver(tmp_path / "b", federation=pki) as b,
+        a.client() as http_a,
+        b.client() as http_b,
+    ):
+        ca, cb = Client(a, http_a), Client(b, http_b)
+        alice, carol = await a.register_user("alice"), await a.register_user("carol")
+        bob = await b.register_user("bob")
+        room_id = await ca.create_room(alice, preset="public_chat")
+
+        # Carol joins a room of her own server.
+        path = f"/rooms/{q(room_id)}/join"
+        assert await ca.ok(carol, "POST", path, {"reason": "said hello"}) == {"room_id": room_id}
+        # Bob joins through make_join and send_join.
+        joined = await cb.ok(
+            bob, "POST", f"/join/{q(room_id)}?via={q(a.server_name)}", {"reason": "asked to"}
+        )
+        assert joined == {"room_id": room_id}
+        with trio.fail_after(20):
+            await b.server.wait_for_full_state(room_id)
+
+        for server, reader in ((a, alice), (b, bob)):
+            state = await Client(server, http_a if server is a else http_b).state(reader, room_id)
+            carol_join = state[("m.room.member", carol.user_id)]["content"]
+            bob_join = state[("m.room.member", bob.user_id)]["content"]
+            assert (carol_join["membership"], carol_join["reason"]) == ("join", "said hello")
+            assert (bob_join["membership"], bob_join["reason"]) == ("join", "asked to")
+        # A reason that is not a string is refused before anything is sent.
+        await ca.refused(alice, "POST", path, {"reason": 5}, status=400, errcode="M_BAD_JSON")

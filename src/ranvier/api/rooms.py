@@ -196,18 +196,18 @@ class _Rooms:
 
     async def join(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)
-        _reason(_body(request))
+        reason = _reason(_body(request))
         servers = [*request.query.get("via", ()), *request.query.get("server_name", ())]
         joined = await self._joins.join(
-            requester.user_id, request.path_params["room_id_or_alias"], servers
+            requester.user_id, request.path_params["room_id_or_alias"], servers, reason=reason
         )
         return {"room_id": joined.room_id}
 
     async def join_by_id(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)
         room_id = _room_id(request)
-        _reason(_body(request))
-        joined = await self._joins.join(requester.user_id, room_id)
+        reason = _reason(_body(request))
+        joined = await self._joins.join(requester.user_id, room_id, reason=reason)
         return {"room_id": joined.room_id}
 
     async def leave(self, request: Request) -> Mapping[str, Any]:

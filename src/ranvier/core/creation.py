@@ -353,7 +353,7 @@ class EventCreator:
             raise _no_remote_invites(target)
         return await self._membership(sender, room_id, target, "invite", reason)
 
-    async def join(self, user: str, room_id: str) -> str:
+    async def join(self, user: str, room_id: str, *, reason: str | None = None) -> str:
         """Join a room this server is in; return the join's event ID.
 
         Raises :class:`NotInRoomError` for a room this server is not in
@@ -364,7 +364,7 @@ class EventCreator:
         rv = await self._room_version(room_id, not_known=NotInRoomError(room_id))
         if not await self._server_in_room(room_id, rv):
             raise NotInRoomError(room_id)
-        return await self._membership(user, room_id, user, "join", None)
+        return await self._membership(user, room_id, user, "join", reason)
 
     async def leave(self, user: str, room_id: str, *, reason: str | None = None) -> str:
         """Leave a room, or decline an invite; return the leave's event ID."""

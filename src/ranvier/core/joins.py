@@ -344,10 +344,11 @@ class RemoteJoiner:
         self.member_profiles: MemberProfiles | None = None
 
     async def join_remote_room(
-        self, user_id: str, room_id: str, servers: Sequence[str]
+        self, user_id: str, room_id: str, servers: Sequence[str], *, reason: str | None = None
     ) -> RemoteJoin:
         """Join ``user_id`` (one of our users) to ``room_id`` through the first
         of ``servers`` that can take the join; return the join as written.
+        A ``reason`` goes into the join's content.
 
         Raises the refusal of a server that speaks for the room (M_FORBIDDEN
         for a user who may not join, M_INCOMPATIBLE_ROOM_VERSION for a room
@@ -367,7 +368,9 @@ class RemoteJoiner:
                 continue
             tried.add(server)
             omit_members = self.partial_state and not await self._joined_with_full_state(room_id)
-            answer = await self._checked(self._handshake(server, user_id, room_id, omit_members))
+            answer = await self._checked(
+                self._handshake(server, user_id, room_id, omit_members, reason)
+            )
             if isinstance(answer, _CheckedAnswer):
                 joined = await self._write_locked(room_id, answer)
                 if joined is not None:
@@ -408,7 +411,7 @@ class RemoteJoiner:
             return f"{exc.errcode}: {exc.message}"
 
     async def _handshake(
-        self, server: str, user_id: str, room_id: str, omit_members: bool
+        self, server: str, user_id: str, room_id: str, omit_members: bool, reason: str | None
     ) -> _CheckedAnswer:
         template = await self._client.make_join(server, room_id, user_id, self.room_versions)
         profile = (
@@ -416,7 +419,8 @@ class RemoteJoiner:
             if self.member_profiles is None
             else await self.member_profiles.member_content(user_id)
         )
-        join = self._join_event(template, user_id, room_id, profile)
+        added = dict(profile) if reason is None else {**profile, "reason": reason}
+        join = self._join_event(template, user_id, room_id, added)
         return await self._send_join(server, join, omit_members)
 
     async def _send_join(self, server: str, join: Pdu, omit_members: bool) -> _CheckedAnswer:
@@ -428,7 +432,9 @@ class RemoteJoiner:
     def _join_event(
         self, answer: object, user_id: str, room_id: str, profile: Mapping[str, str]
     ) -> Pdu:
-        """Our join, made from a make_join answer, with the user's ``profile``."""
+        """Our join, made from a make_join answer, with ``profile`` (the
+        user's profile, and a reason if given) added to its content.
+        """
         if not isinstance(answer, dict):
             raise _BadAnswer("the make_join answer is not a JSON object")
         version = answer.get("room_version")

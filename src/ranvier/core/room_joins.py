@@ -64,9 +64,16 @@ class RoomJoins:
         self._on_partial_state = on_partial_state
 
     async def join(
-        self, user_id: str, room_id_or_alias: str, servers: Sequence[str] = ()
+        self,
+        user_id: str,
+        room_id_or_alias: str,
+        servers: Sequence[str] = (),
+        *,
+        reason: str | None = None,
     ) -> JoinedRoom:
-        """Join ``user_id`` to a room named by ID or alias (resolved first)."""
+        """Join ``user_id`` to a room named by ID or alias (resolved first);
+        a ``reason`` goes into the join's content, here or through another server.
+        """
         candidates = list(servers)
         if type(room_id_or_alias) is str and room_id_or_alias.startswith("#"):
             if self._directory is None:
@@ -85,7 +92,7 @@ class RoomJoins:
                 http_status=400,
             )
         try:
-            return JoinedRoom(room_id, await self._creator.join(user_id, room_id))
+            return JoinedRoom(room_id, await self._creator.join(user_id, room_id, reason=reason))
         except NotInRoomError:
             pass
         named = room_id.partition(":")[2]
@@ -95,7 +102,7 @@ class RoomJoins:
         if inviter is not None:
             candidates.append(inviter)
         joined = await self._remote.join_remote_room(
-            user_id, room_id, list(dict.fromkeys(candidates))
+            user_id, room_id, list(dict.fromkeys(candidates)), reason=reason
         )
         if joined.partial_state:
             self._on_partial_state(room_id)
