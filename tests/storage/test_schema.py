@@ -33,6 +33,7 @@ TABLES_ADDED = {
     },
     8: {"redactions"},
     9: {"profiles", "account_data", "room_list"},
+    10: {"receipts"},
 }
 
 
@@ -96,6 +97,11 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
             " ('@a:x', '', 'm.direct', x'7b7d')"
         )
         run("INSERT INTO room_list VALUES ('!r:x', 5)")
+    elif version == 10:
+        run(
+            "INSERT INTO receipts (room_id, receipt_type, user_id, thread_id, event_id, ts)"
+            " VALUES ('!r:x', 'm.read', '@a:x', '', '$e', 5)"
+        )
 
 
 def _row_counts(conn: sqlite3.Connection) -> dict[str, int]:

@@ -458,6 +458,27 @@ def _client_data(db: sqlite_utils.Database) -> None:
     )
 
 
+def _receipts(db: sqlite_utils.Database) -> None:
+    """Users' receipts per room (:mod:`ranvier.storage.receipts`).
+
+    ``stream_id`` is the receipts stream's position, kept as account data
+    keeps its own: a newer receipt replaces the row with a new ID.
+    ``thread_id`` is ``''`` for an unthreaded receipt, so that the unique
+    key holds for those too (NULLs never collide in a unique index).
+    """
+    db.execute(
+        "CREATE TABLE receipts ("
+        " stream_id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,"
+        " room_id TEXT NOT NULL REFERENCES rooms (room_id),"
+        " receipt_type TEXT NOT NULL, user_id TEXT NOT NULL, thread_id TEXT NOT NULL,"
+        " event_id TEXT NOT NULL, ts INTEGER NOT NULL) STRICT"
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX receipts_key ON receipts (room_id, receipt_type, user_id, thread_id)"
+    )
+    db.execute("CREATE INDEX receipts_room_stream ON receipts (room_id, stream_id)")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -469,6 +490,7 @@ MIGRATIONS: Sequence[Migration] = (
     _client_api,
     _redactions,
     _client_data,
+    _receipts,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

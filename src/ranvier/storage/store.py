@@ -24,6 +24,7 @@ from .client_data import ClientDataStorage
 from .client_transactions import ClientTransactionStorage
 from .connections import SynchronousMode
 from .readers import ReaderPool
+from .receipts import ReceiptStorage
 from .records import (
     DestinationRetry,
     EventStateGroups,
@@ -109,6 +110,7 @@ class Storage:
         self.accounts = AccountStorage(self.writer, self.readers)
         self.redactions = RedactionStorage(self.readers)
         self.client_data = ClientDataStorage(self.writer, self.readers)
+        self.receipts = ReceiptStorage(self.writer, self.readers)
         self.run_reads = RunReads(self.readers)
 
     @property
