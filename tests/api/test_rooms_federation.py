@@ -174,3 +174,51 @@ async def test_a_join_carries_its_reason_here_and_through_another_server(tmp_pat
             assert (bob_join["membership"], bob_join["reason"]) == ("join", "asked to")
         # A reason that is not a string is refused before anything is sent.
         await ca.refused(alice, "POST", path, {"reason": 5}, status=400, errcode="M_BAD_JSON")
+
+
+async def test_an_invite_from_another_server_syncs_with_the_rooms_state(tmp_path: Path) -> None:
+    pki = Pki.create(tmp_path)
+    async with (
+        open_test_homeserver(tmp_path / "a", federation=pki) as a,
+        open_test_homeserver(tmp_path / "b", federation=pki) as b,
+        a.client() as http_a,
+        b.client() as http_b,
+    ):
+        ca, cb = Client(a, http_a), Client(b, http_b)
+        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+        room_id = await ca.create_room(
+            alice,
+            name="Garden",
+            topic="plants",
+            initial_state=[
+                {"type": "m.room.encryption", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+            ],
+        )
+        await ca.ok(alice, "PUT", f"/rooms/{q(room_id)}/state/m.room.avatar", {"url": "mxc://a/b"})
+        await ca.ok(alice, "POST", f"/rooms/{q(room_id)}/invite", {"user_id": bob.user_id})
+
+        # B is in no part of the room: everything but the invite came with it.
+        synced = await cb.ok(bob, "GET", "/sync")
+        events = synced["rooms"]["invite"][room_id]["invite_state"]["events"]
+        by_key = {(event["type"], event["state_key"]): event for event in events}
+        assert set(by_key) == {
+            ("m.room.create", ""),
+            ("m.room.join_rules", ""),
+            ("m.room.name", ""),
+            ("m.room.avatar", ""),
+            ("m.room.topic", ""),
+            ("m.room.encryption", ""),
+            ("m.room.member", alice.user_id),
+            ("m.room.member", bob.user_id),
+        }
+        assert all(set(event) == {"type", "state_key", "content", "sender"} for event in events)
+        assert by_key[("m.room.name", "")]["content"] == {"name": "Garden"}
+        assert by_key[("m.room.create", "")]["sender"] == alice.user_id
+        assert by_key[("m.room.join_rules", "")]["content"] == {"join_rule": "invite"}
+        assert by_key[("m.room.avatar", "")]["content"] == {"url": "mxc://a/b"}
+        assert events[-1] == {
+            "type": "m.room.member",
+            "state_key": bob.user_id,
+            "content": {"membership": "invite"},
+            "sender": alice.user_id,
+        }

@@ -606,6 +606,15 @@ async def test_invite_of_a_local_user_is_countersigned_and_kept(world: World) ->
     row = await world.storage.get_event(invite.event_id)
     assert row is not None
     assert row.outlier
+    # The room state sent with it is kept stripped beside the event, in its
+    # unsigned, which the answer leaves out.
+    create = room.create.json
+    kept = msgspec.json.decode(row.json)
+    assert kept["unsigned"]["invite_room_state"] == [
+        {key: create[key] for key in ("type", "state_key", "content", "sender")}
+    ]
+    assert "invite_room_state" not in answer["event"].get("unsigned", {})
+    assert Pdu.from_json(row.json, "12").event_id == invite.event_id
 
 
 async def test_invite_refusals(world: World) -> None:

@@ -21,7 +21,15 @@ leave, knock or are invited:
   in rooms of versions that have it; the answer to ``send_knock`` is the
   room's state that identifies it (``knock_room_state``, whole events).
 * ``PUT /v2/invite/{roomId}/{eventId}``: an invite of one of our users,
-  checked, signed and kept as an outlier until the user joins.
+  checked, signed and kept as an outlier until the user joins. The
+  ``invite_room_state`` sent with it is kept, stripped (type, state key,
+  content, sender), in the stored event's ``unsigned`` as
+  ``invite_room_state``, where ``/sync`` finds it for ``invite_state``:
+  ``unsigned`` is covered by neither hashes nor signatures, so the event
+  stays the one its servers signed, and the stripped state lives and goes
+  with the invite it describes (no table of its own to keep in step, and
+  where older servers put it themselves). The answer is the signed event
+  without it.
 
 Every room endpoint applies the room's server ACL first
 (:mod:`ranvier.federation.room_access`). This server answers make_join,
@@ -605,8 +613,9 @@ class _Membership:
         await self._check_invite_room_state(rv, room_id, body.invite_room_state)
         signed = self._countersigned(event)
         if not await self._store.get_events([signed.event_id]):
+            kept = _with_invite_room_state(signed, body.invite_room_state)
             await self._persister.persist_events(
-                [event_to_persist(signed, EventContext.for_outlier())]
+                [event_to_persist(kept, EventContext.for_outlier())]
             )
         return {"event": msgspec.Raw(signed.raw)}
 
@@ -632,6 +641,32 @@ class _Membership:
         if failures:
             first = failures[min(failures)]
             raise _invalid(f"invite_room_state holds an event not validly signed: {first.message}")
+
+
+class _StrippedStateEvent(msgspec.Struct):
+    type: str
+    state_key: str
+    content: dict[str, Any]
+    sender: str
+
+
+def _with_invite_room_state(invite: Pdu, entries: Sequence[msgspec.Raw]) -> Pdu:
+    """``invite`` with the stripped form of ``entries`` in its ``unsigned``
+    as ``invite_room_state``; entries that are not state events are left out.
+    """
+    stripped = []
+    for raw in entries:
+        try:
+            entry = msgspec.json.decode(raw, type=_StrippedStateEvent)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        stripped.append(msgspec.structs.asdict(entry))
+    if not stripped:
+        return invite
+    unsigned = invite.json.get("unsigned")
+    kept = dict(unsigned) if isinstance(unsigned, dict) else {}
+    kept["invite_room_state"] = stripped
+    return Pdu.from_json({**invite.json, "unsigned": kept}, invite.room_version)
 
 
 def _check_membership_event(
