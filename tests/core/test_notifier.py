@@ -140,3 +140,38 @@ def test_account_data_concerns_only_its_user() -> None:
     for position in range(6, LOG_SIZE + 8):
         notifier.advance_account_data(position, "@other:x")
     assert notifier.concerns(StreamPosition(4, 0, 5), {"!mine:x"}, "@me:x")
+
+
+async def test_receipts_and_typing_wake_the_members_of_their_room_only() -> None:
+    notifier = StreamNotifier()
+    since = StreamPosition(0, 0, 0, 0, 0)
+    woken: list[str] = []
+
+    async def wait(name: str, rooms: set[str], user: str) -> None:
+        await notifier.wait_beyond(since, rooms=frozenset(rooms), user_id=user)
+        woken.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait, "in room", {"!a"}, "@a:x")
+        nursery.start_soon(wait, "elsewhere", {"!b"}, "@b:x")
+        nursery.start_soon(wait, "owner", {"!c"}, "@c:x")
+        nursery.start_soon(wait, "not owner", {"!c"}, "@d:x")
+        await trio.testing.wait_all_tasks_blocked()
+        notifier.advance_receipts(1, "!a")
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == ["in room"]
+        # A private receipt concerns its owner alone.
+        notifier.advance_receipts(2, "!c", only_user="@c:x")
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == ["in room", "owner"]
+        assert notifier.position.receipts == 2
+        notifier.advance_typing(7, "!b")
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == ["in room", "owner", "elsewhere"]
+        # Positions only grow.
+        notifier.advance_typing(3, "!c")
+        await trio.testing.wait_all_tasks_blocked()
+        assert notifier.position.typing == 7
+        assert notifier.waiting == 1
+        notifier.advance_typing(8, "!c")
+    assert woken == ["in room", "owner", "elsewhere", "not owner"]

@@ -15,6 +15,11 @@ def test_tokens_round_trip() -> None:
     assert parse_sync_token(format_sync_token(position)) == position
     # A token from before the account data stream starts that stream at 0.
     assert parse_sync_token("s123_4") == StreamPosition(123, 4, 0)
+    # From before receipts and typing: those start at 0.
+    assert parse_sync_token("s123_4_9") == StreamPosition(123, 4, 9, 0, 0)
+    every = StreamPosition(1, 2, 3, 4, 5)
+    assert format_sync_token(every) == "s1_2_3_4_5"
+    assert parse_sync_token("s1_2_3_4_5") == every
     assert parse_pagination_token(format_pagination_token(77)) == 77
     # A sync token is a pagination token too: its events position.
     assert parse_pagination_token(format_sync_token(position)) == 123

@@ -17,6 +17,11 @@ Invariants
 * **Account data is a stream of its own.** A change to a user's account
   data moves the third position (:meth:`StreamNotifier.advance_account_data`),
   logged with the user whose data it is, and concerns that user only.
+* **So are receipts and typing.** A receipt moves the fourth position
+  (:meth:`StreamNotifier.advance_receipts`), a change of who is typing the
+  fifth (:meth:`StreamNotifier.advance_typing`); each is logged with its
+  room, and concerns the waiters in that room (a private receipt only its
+  owner).
 * **No polling.** Waiters sleep on one :class:`trio.Event`, replaced each
   time the position moves: every waiter wakes, checks its own condition,
   and sleeps again on the new event if it is not met.
@@ -61,6 +66,10 @@ class StreamPosition(NamedTuple):
     un_partial: int
     #: The newest position of the stream of account data changes.
     account_data: int = 0
+    #: The newest position of the receipts stream.
+    receipts: int = 0
+    #: The newest position of the typing stream (held in memory).
+    typing: int = 0
 
     def is_beyond(self, other: StreamPosition) -> bool:
         """Whether any stream is further on than in ``other``."""
@@ -68,6 +77,8 @@ class StreamPosition(NamedTuple):
             self.events > other.events
             or self.un_partial > other.un_partial
             or self.account_data > other.account_data
+            or self.receipts > other.receipts
+            or self.typing > other.typing
         )
 
 
@@ -91,6 +102,13 @@ class StreamNotifier:
         # The same for account data: (position, whose data changed).
         self._account_data_log: deque[tuple[int, str]] = deque()
         self._account_data_floor = 0
+        # Receipts and typing: (position, room, the one user it concerns or
+        # None for the room's members).
+        self._room_logs: dict[str, deque[tuple[int, str, str | None]]] = {
+            "receipts": deque(),
+            "typing": deque(),
+        }
+        self._room_floors = {"receipts": 0, "typing": 0}
 
     @property
     def position(self) -> StreamPosition:
@@ -136,6 +154,44 @@ class StreamNotifier:
             self._account_data_floor = self._account_data_log.popleft()[0]
         self._wake()
 
+    def advance_receipts(self, position: int, room_id: str, only_user: str | None = None) -> None:
+        """Note a receipt in ``room_id`` at ``position`` of the receipts
+        stream, of concern to the room's members (to ``only_user`` alone for
+        a private receipt); wake every waiter if the position grew.
+        """
+        self._advance_room_stream("receipts", position, room_id, only_user)
+
+    def advance_typing(self, position: int, room_id: str) -> None:
+        """Note that who is typing in ``room_id`` changed at ``position`` of
+        the typing stream; wake every waiter if the position grew.
+        """
+        self._advance_room_stream("typing", position, room_id, None)
+
+    def _advance_room_stream(
+        self, stream: str, position: int, room_id: str, only_user: str | None
+    ) -> None:
+        current = self._position
+        if position <= getattr(current, stream):
+            return
+        self._position = current._replace(**{stream: position})
+        log = self._room_logs[stream]
+        log.append((position, room_id, only_user))
+        if len(log) > LOG_SIZE:
+            self._room_floors[stream] = log.popleft()[0]
+        self._wake()
+
+    def _room_stream_concerns(
+        self, stream: str, since: int, rooms: Set[str], user_id: str | None
+    ) -> bool:
+        if since < self._room_floors[stream]:
+            return True
+        for changed_at, room_id, only_user in reversed(self._room_logs[stream]):
+            if changed_at <= since:
+                break
+            if room_id in rooms and (only_user is None or only_user == user_id):
+                return True
+        return False
+
     def _wake(self) -> None:
         woken, self._advanced = self._advanced, trio.Event()
         woken.set()
@@ -159,6 +215,12 @@ class StreamNotifier:
                     break
                 if user == user_id:
                     return True
+        for stream in ("receipts", "typing"):
+            since = getattr(position, stream)
+            if getattr(current, stream) > since and self._room_stream_concerns(
+                stream, since, rooms, user_id
+            ):
+                return True
         if position.events < self._log_floor:
             return True
         for advance in reversed(self._log):

@@ -4,8 +4,9 @@ Tokens
 ------
 
 Clients treat tokens as opaque strings; here they are positions in the
-events stream. A sync token (``next_batch``) is ``s<events>_<un-partial>``,
-both streams a sync follows (see :mod:`ranvier.core.notifier`). A
+events stream. A sync token (``next_batch``) is
+``s<events>_<un-partial>_<account data>_<receipts>_<typing>``, every
+stream a sync follows (see :mod:`ranvier.core.notifier`). A
 pagination token (``prev_batch``, ``start``, ``end``) is ``t<position>``
 and stands between events: everything at or below the position is before
 it, everything above after it. ``/messages`` takes either kind as ``from``
@@ -43,9 +44,12 @@ DEFAULT_LIMIT: Final = 10
 #: The most events one page holds, whatever the client asks.
 MAX_LIMIT: Final = 1000
 
-# Events, un-partial-state and account data positions; tokens from before
-# the account data stream have two parts.
-_SYNC_TOKEN: Final = re.compile(r"s([0-9]{1,18})_([0-9]{1,18})(?:_([0-9]{1,18}))?")
+# Events, un-partial-state, account data, receipts and typing positions;
+# tokens from before the account data stream have two parts, from before
+# receipts and typing three.
+_SYNC_TOKEN: Final = re.compile(
+    r"s([0-9]{1,18})_([0-9]{1,18})(?:_([0-9]{1,18})(?:_([0-9]{1,18})_([0-9]{1,18}))?)?"
+)
 _PAGINATION_TOKEN: Final = re.compile(r"t([0-9]{1,18})")
 
 
@@ -58,7 +62,10 @@ def _invalid_token(token: str) -> MatrixError:
 
 
 def format_sync_token(position: StreamPosition) -> str:
-    return f"s{position.events}_{position.un_partial}_{position.account_data}"
+    return (
+        f"s{position.events}_{position.un_partial}_{position.account_data}"
+        f"_{position.receipts}_{position.typing}"
+    )
 
 
 def parse_sync_token(token: str) -> StreamPosition:
@@ -66,7 +73,13 @@ def parse_sync_token(token: str) -> StreamPosition:
     match = _SYNC_TOKEN.fullmatch(token)
     if match is None:
         raise _invalid_token(token)
-    return StreamPosition(int(match[1]), int(match[2]), int(match[3] or 0))
+    return StreamPosition(
+        int(match[1]),
+        int(match[2]),
+        int(match[3] or 0),
+        int(match[4] or 0),
+        int(match[5] or 0),
+    )
 
 
 def format_pagination_token(position: int) -> str:
