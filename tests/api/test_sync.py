@@ -514,3 +514,66 @@ async def test_a_token_ahead_of_the_server_is_never_answered_with_an_older_one(
     # One stream ahead, the other behind: each keeps the larger.
     mixed = await env.sync(ALICE, since="s0_7", timeout=0)
     assert mixed["next_batch"] == f"s{events}_7_0"
+
+
+def _member_keys(room: dict[str, Any]) -> set[str]:
+    return {e["state_key"] for e in room["state"]["events"] if e["type"] == "m.room.member"}
+
+
+async def test_lazy_loading_leaves_out_memberships_the_device_was_sent(env: _Env) -> None:
+    room_id = await env.hs.create_room(ALICE, preset="public_chat")
+    await env.hs.join_room(BOB, room_id)
+    await _say(env.hs, BOB, room_id, "b0", "b1")
+    lazy = {"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 10}}}
+    redundant = {"room": {"state": {"lazy_load_members": True, "include_redundant_members": True}}}
+    first = await env.sync(ALICE, filter=json.dumps(lazy))
+    room = first["rooms"]["join"][room_id]
+    timeline_members = {
+        e["state_key"] for e in room["timeline"]["events"] if e["type"] == "m.room.member"
+    }
+    assert BOB in _member_keys(room) | timeline_members
+
+    await _say(env.hs, BOB, room_id, "b2")
+    second = await env.sync(ALICE, filter=json.dumps(lazy), since=first["next_batch"])
+    room = second["rooms"]["join"][room_id]
+    assert _bodies(room) == ["b2"]
+    # Bob's join came in the first answer's timeline: the device holds it.
+    assert _member_keys(room) == set()
+    # Asked for again, it comes again.
+    again = await env.sync(ALICE, filter=json.dumps(redundant), since=first["next_batch"])
+    assert _member_keys(again["rooms"]["join"][room_id]) == {BOB}
+
+    # Carol's join and her first words arrive in one limited answer whose
+    # timeline starts after her join: her membership comes in the state, once.
+    await env.hs.join_room(CAROL, room_id)
+    await _say(env.hs, CAROL, room_id, *(f"c{i}" for i in range(3)))
+    short = {"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 2}}}
+    third = await env.sync(ALICE, filter=json.dumps(short), since=second["next_batch"])
+    room = third["rooms"]["join"][room_id]
+    assert room["timeline"]["limited"]
+    assert _member_keys(room) == {CAROL}
+    await _say(env.hs, CAROL, room_id, "c3")
+    await _say(env.hs, BOB, room_id, "b3")
+    fourth = await env.sync(ALICE, filter=json.dumps(lazy), since=third["next_batch"])
+    room = fourth["rooms"]["join"][room_id]
+    assert _bodies(room) == ["c3", "b3"]
+    assert _member_keys(room) == set()
+
+    # Another device of Alice's was sent nothing: it gets both.
+    login = await env.hs.accounts.login_with_password("alice", "a long enough password")
+    other = await env.http.get(
+        "/_matrix/client/v3/sync",
+        params={"filter": json.dumps(lazy), "since": third["next_batch"]},
+        headers={"Authorization": f"Bearer {login.access_token}"},
+    )
+    assert _member_keys(other.json()["rooms"]["join"][room_id]) == {BOB, CAROL}
+    # Bob's new display name is a new membership event, which is sent.
+    await env.hs.send_event(
+        BOB, room_id, "m.room.member", {"membership": "join", "displayname": "B"}, state_key=BOB
+    )
+    await _say(env.hs, BOB, room_id, *(f"d{i}" for i in range(3)))
+    fifth = await env.sync(ALICE, filter=json.dumps(short), since=fourth["next_batch"])
+    room = fifth["rooms"]["join"][room_id]
+    assert room["timeline"]["limited"]
+    (bob,) = [e for e in room["state"]["events"] if e["type"] == "m.room.member"]
+    assert (bob["state_key"], bob["content"]["displayname"]) == (BOB, "B")

@@ -53,7 +53,7 @@ empty, with a ``next_batch`` no older than ``since``.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -62,7 +62,8 @@ import trio
 from ranvier.core.account_data import AccountData, AccountDataUpdates
 from ranvier.core.accounts import Requester
 from ranvier.core.client_events import client_event, event_content
-from ranvier.core.filters import Filter, RoomEventFilter
+from ranvier.core.filters import Filter
+from ranvier.core.lazy_members import SentMembers
 from ranvier.core.notifier import StreamNotifier, StreamPosition
 from ranvier.core.pagination import (
     DEFAULT_LIMIT,
@@ -129,6 +130,11 @@ class _Request:
     full_state: bool
     un_partialled: frozenset[str]
     partial: frozenset[str]
+    #: Membership events the client holds already, not to be sent again
+    #: (empty unless lazy-loading without redundant members).
+    held_members: frozenset[str] = frozenset()
+    #: Membership events this response sends, filled in as rooms are made.
+    sent_members: set[str] = field(default_factory=set)
 
 
 def _sync_event(event: StoredEvent, transaction_id: str | None = None) -> dict[str, Any]:
@@ -233,6 +239,7 @@ class SyncHandler:
         self._store = store
         self._notifier = notifier
         self._account_data = account_data
+        self._sent_members = SentMembers()
 
     async def sync(
         self,
@@ -253,19 +260,27 @@ class SyncHandler:
         chosen = filter if filter is not None else Filter()
         deadline = trio.current_time() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
         while True:
-            response, now, rooms = await self._sync_once(requester, position, chosen, full_state)
+            response, now, rooms, held = await self._sync_once(
+                requester, position, chosen, full_state
+            )
             if position is None or full_state or not _is_empty(response):
-                return response
+                break
             with trio.move_on_at(deadline) as waited:
                 await self._notifier.wait_beyond(now, rooms=rooms, user_id=requester.user_id)
             if waited.cancelled_caught:
-                return response
+                break
+        if held is not None:
+            self._sent_members.record(
+                requester.user_id, requester.device_id, response["next_batch"], held
+            )
+        return response
 
     async def _sync_once(
         self, requester: Requester, since: StreamPosition | None, filter: Filter, full_state: bool
-    ) -> tuple[dict[str, Any], StreamPosition, frozenset[str]]:
-        """One look at storage: the response, the position it covers and
-        the rooms the user has a membership in.
+    ) -> tuple[dict[str, Any], StreamPosition, frozenset[str], frozenset[str] | None]:
+        """One look at storage: the response, the position it covers, the
+        rooms the user has a membership in, and, when redundant members are
+        left out, the membership events the client holds after it.
         """
         # Read before the rest: a change after this is the next sync's.
         account_data_at = 0 if self._account_data is None else await self._account_data.position()
@@ -298,8 +313,26 @@ class SyncHandler:
                 ),
             )
         )
+        skip_redundant = (
+            filter.lazy_load_members and not filter.room.state.include_redundant_members
+        )
+        held = (
+            self._sent_members.held(
+                requester.user_id, requester.device_id, format_sync_token(since)
+            )
+            if skip_redundant and since is not None and not full_state
+            else frozenset()
+        )
         request = _Request(
-            requester, requester.user_id, since, now, filter, full_state, un_partialled, partial
+            requester,
+            requester.user_id,
+            since,
+            now,
+            filter,
+            full_state,
+            un_partialled,
+            partial,
+            held_members=held,
         )
         lazy = filter.lazy_load_members
         join: dict[str, Any] = {}
@@ -342,7 +375,8 @@ class SyncHandler:
             "account_data": {"events": account_data.global_events},
             "to_device": {"events": []},
         }
-        return response, now, frozenset(room_id for room_id, *_ in memberships)
+        rooms = frozenset(room_id for room_id, *_ in memberships)
+        return response, now, rooms, (held | request.sent_members if skip_redundant else None)
 
     async def _joined_room(
         self, request: _Request, room_id: str, joined_at: int
@@ -491,9 +525,7 @@ class SyncHandler:
             )
         else:
             state = {}
-        state_events = await self._state_events(
-            request.filter.room.state, state, timeline, request.user_id
-        )
+        state_events = await self._state_events(request, state, timeline, skip_held=not in_full)
         transactions = await transaction_ids(self._store, request.requester, timeline)
         prev = timeline[0].stream_ordering - 1 if timeline else upto
         project = request.filter.project
@@ -511,17 +543,22 @@ class SyncHandler:
 
     async def _state_events(
         self,
-        state_filter: RoomEventFilter,
+        request: _Request,
         state: dict[StateKey, str],
         timeline: Sequence[StoredEvent],
-        user_id: str,
+        *,
+        skip_held: bool,
     ) -> list[dict[str, Any]]:
         """The state entries to send: the filter's, and with lazy-loading
-        only the memberships of the timeline's senders and the user's own.
+        only the memberships of the timeline's senders and the user's own,
+        less, with ``skip_held``, those the client holds already unless it
+        asks for them again. A room sent in full (new to the client, or
+        full_state) sends them all: the client starts the room afresh.
         """
+        state_filter = request.filter.room.state
         wanted = dict(state)
         if state_filter.lazy_load_members:
-            own = (_MEMBER, user_id)
+            own = (_MEMBER, request.user_id)
             wanted = {
                 key: value for key, value in wanted.items() if key[0] != _MEMBER or key == own
             }
@@ -529,6 +566,9 @@ class SyncHandler:
             wanted.update(((_MEMBER, sender), event_id) for sender, event_id in members.items())
         in_timeline = {event.event_id for event in timeline}
         ids = [event_id for event_id in wanted.values() if event_id not in in_timeline]
+        if skip_held and state_filter.lazy_load_members:
+            held = request.held_members
+            ids = [event_id for event_id in ids if event_id not in held]
         stored = await self._store.get_events(ids)
         keep: Callable[[str, str], bool] = state_filter.matches
         events = sorted(
@@ -537,4 +577,7 @@ class SyncHandler:
         )
         if state_filter.limit is not None:
             events = events[: state_filter.limit]
+        request.sent_members.update(
+            event.event_id for event in (*events, *timeline) if event.type == _MEMBER
+        )
         return [_sync_event(event) for event in events]
