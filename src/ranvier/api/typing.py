@@ -1,0 +1,42 @@
+"""``PUT /rooms/{roomId}/typing/{userId}``. See :mod:`ranvier.core.typing`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ranvier.api.account import json_object
+from ranvier.api.auth import Auth
+from ranvier.core.typing import TypingNotices
+from ranvier.errors import BadJsonError
+from ranvier.web import Request, Router
+
+__all__ = ["add_typing_routes"]
+
+_PREFIXES: Final = ("/_matrix/client/v3", "/_matrix/client/r0")
+
+
+def add_typing_routes(router: Router, *, auth: Auth, typing: TypingNotices) -> None:
+    """Serve ``PUT /rooms/{roomId}/typing/{userId}``."""
+
+    async def put_typing(request: Request) -> Mapping[str, Any]:
+        requester = await auth.get_user(request)
+        body = json_object(request)
+        is_typing = body.get("typing")
+        if not isinstance(is_typing, bool):
+            raise BadJsonError("'typing' is required, and must be true or false")
+        timeout = body.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)):
+            raise BadJsonError("'timeout' must be an integer number of milliseconds")
+        params = request.path_params
+        await typing.set_typing(
+            requester.user_id,
+            params["user_id"],
+            params["room_id"],
+            typing=is_typing,
+            timeout_ms=timeout,
+        )
+        return {}
+
+    for prefix in _PREFIXES:
+        router.add("PUT", f"{prefix}/rooms/{{room_id}}/typing/{{user_id}}", put_typing)
