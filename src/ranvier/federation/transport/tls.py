@@ -21,15 +21,13 @@ import datetime
 import ipaddress
 import ssl
 from pathlib import Path
-from typing import Final
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING, Final
 
 from ranvier.federation._files import create_new_file
 from ranvier.protocol.x_matrix import split_server_name
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = [
     "CertificateFileError",
@@ -64,6 +62,13 @@ def generate_self_signed_certificate(server_name: str) -> tuple[bytes, bytes]:
     ECDSA key, quick to generate and accepted by every TLS stack in use.
     Raises ValueError for a server name that breaks the grammar.
     """
+    # Imported here: only a server without a certificate needs it, and it
+    # costs every other server some 8 MiB of memory.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     host, _ = split_server_name(server_name)
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = []
@@ -117,6 +122,8 @@ def generate_self_signed_certificate(server_name: str) -> tuple[bytes, bytes]:
 
 
 def _general_name(name: str) -> x509.GeneralName:
+    from cryptography import x509
+
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
