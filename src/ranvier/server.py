@@ -96,11 +96,14 @@ from ranvier.api.auth import Auth
 from ranvier.api.capabilities import add_capability_routes
 from ranvier.api.devices import add_device_routes
 from ranvier.api.directory import add_directory_routes
+from ranvier.api.presence import add_presence_routes
 from ranvier.api.profile import add_profile_routes
 from ranvier.api.ratelimit import RateLimiter, RouteLimits
+from ranvier.api.receipts import add_receipt_routes
 from ranvier.api.room_list import add_room_list_routes
 from ranvier.api.rooms import add_room_routes
 from ranvier.api.sync import add_sync_routes
+from ranvier.api.typing import add_typing_routes
 from ranvier.api.user_directory import add_user_directory_routes
 from ranvier.api.versions import add_versions_route
 from ranvier.config import Config, ListenerConfig
@@ -116,7 +119,9 @@ from ranvier.core.interfaces import EventPersister
 from ranvier.core.joins import RemoteJoiner
 from ranvier.core.notifier import StreamNotifier
 from ranvier.core.pagination import RoomMessages
+from ranvier.core.presence import Presence
 from ranvier.core.profiles import Profiles
+from ranvier.core.receipts import Receipts
 from ranvier.core.redactions import ServedStateReader
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.room_leaves import RoomLeaves
@@ -124,11 +129,13 @@ from ranvier.core.room_list import RoomList
 from ranvier.core.room_servers import RoomEventSender, RoomServers
 from ranvier.core.rooms import FullStateWaiter, RoomReader
 from ranvier.core.sync import SyncHandler
+from ranvier.core.typing import TypingNotices
 from ranvier.core.unpartial import ResyncStatus, UnpartialStater
 from ranvier.core.user_directory import UserDirectory
 from ranvier.errors import MatrixError
 from ranvier.federation.client import FederationEventFetcher
 from ranvier.federation.directory import FederationDirectoryClient, add_directory_route
+from ranvier.federation.edus import EduDispatcher
 from ranvier.federation.keys import KeyRing
 from ranvier.federation.leaves import FederationLeaveClient
 from ranvier.federation.membership import (
@@ -246,6 +253,7 @@ class HomeServer:
         self._listeners: list[tuple[ListenerConfig, HttpListener]] = []
         self._bound: tuple[BoundListener, ...] | None = None
         self._notifier: RoomEventSender | None = None
+        self._edus = EduDispatcher()
         #: Woken by storage after each commit that a ``/sync`` may report.
         self.stream_notifier = StreamNotifier()
 
@@ -358,6 +366,21 @@ class HomeServer:
     def room_list(self) -> RoomList:
         """The public room list: which rooms are published, and pages of them."""
         return _built(self._room_list, "room_list")
+
+    @property
+    def receipts(self) -> Receipts:
+        """Users' receipts and read markers: set, stored, sent and synced."""
+        return _built(self._edus.receipts, "receipts")
+
+    @property
+    def typing_notices(self) -> TypingNotices:
+        """Who is typing in each room, in memory."""
+        return _built(self._edus.typing, "typing notices")
+
+    @property
+    def presence(self) -> Presence:
+        """Users' presence, in memory."""
+        return _built(self._edus.presence, "presence")
 
     @property
     def client_app(self) -> ClientApp:
@@ -700,7 +723,7 @@ class HomeServer:
             run_reader=storage.run_reads,
         )
         self._transaction_handler = TransactionHandler(
-            pdus=self._ingester, transactions=ReceivedTransactions(storage)
+            pdus=self._ingester, transactions=ReceivedTransactions(storage), edus=self._edus
         )
         self._event_creator = EventCreator(
             server_name=server_name,
@@ -782,6 +805,24 @@ class HomeServer:
         self._remote_joiner.member_profiles = self._profiles
         self._room_list = RoomList(store=storage.client_data, permissions=self._room_directory)
         self._room_directory.room_list = self._room_list
+        self._edus.receipts = Receipts(
+            server_name=server_name,
+            store=storage.receipts,
+            account_data=storage.client_data,
+            rooms=self._room_reader,
+            events=storage,
+            servers=self._room_servers,
+            edus=self._federation_sender,
+            notifier=self.stream_notifier,
+        )
+        self._edus.typing = TypingNotices(
+            server_name=server_name,
+            rooms=self._room_reader,
+            servers=self._room_servers,
+            edus=self._federation_sender,
+            notifier=self.stream_notifier,
+        )
+        self._edus.presence = Presence(rooms=self._room_reader)
 
     def _federation_router(self, signing_key: SigningKey) -> Router:
         """Every federation and key route this server answers, registered here."""
@@ -823,7 +864,13 @@ class HomeServer:
         add_sync_routes(
             router,
             auth=self.auth,
-            sync=SyncHandler(self.storage.sync, self.stream_notifier, account_data),
+            sync=SyncHandler(
+                self.storage.sync,
+                self.stream_notifier,
+                account_data,
+                receipts=self._edus.receipts,
+                typing=self._edus.typing,
+            ),
             filters=UserFilters(self.storage.sync),
             messages=RoomMessages(self.storage.sync),
         )
@@ -859,6 +906,9 @@ class HomeServer:
             router, server_name=self.config.server_name, auth=auth, room_list=self.room_list
         )
         add_user_directory_routes(router, auth=auth, directory=UserDirectory(client_data))
+        add_receipt_routes(router, auth=auth, receipts=self.receipts)
+        add_typing_routes(router, auth=auth, typing=self.typing_notices)
+        add_presence_routes(router, auth=auth, presence=self.presence)
         return router
 
     def _components(self) -> list[_Component]:
@@ -867,6 +917,7 @@ class HomeServer:
             _Component("storage", self.storage.run),
             _Component("federation client", self.federation_client.run),
             _Component("federation sender", self.federation_sender.run),
+            _Component("typing expiry", self.typing_notices.run),
             # After what it reads and writes through, before the listeners:
             # the rooms left partial are resumed before anything new arrives.
             _Component("un-partial-state task", self.unpartial_stater.run),

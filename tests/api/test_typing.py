@@ -1,0 +1,121 @@
+"""Typing over real HTTP: set, refused, in /sync, waking long-polls."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from _client import Client, q
+
+from ranvier.testing.homeserver import TestHomeserver, TestUser, open_test_homeserver
+
+
+@dataclass
+class Env:
+    hs: TestHomeserver
+    client: Client
+    alice: TestUser
+    bob: TestUser
+    carol: TestUser
+    room_id: str
+
+    async def sync(self, user: TestUser, **params: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = await self.client.ok(user, "GET", "/sync", params=params)
+        return answer
+
+    def typing(self, user: TestUser, room_id: str | None = None) -> str:
+        return f"/rooms/{q(room_id or self.room_id)}/typing/{q(user.user_id)}"
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client(timeout=30) as http:
+        client = Client(hs, http)
+        alice = await hs.register_user("alice")
+        bob = await hs.register_user("bob")
+        carol = await hs.register_user("carol")
+        room_id = await client.create_room(alice, preset="public_chat")
+        await client.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
+        yield Env(hs, client, alice, bob, carol, room_id)
+
+
+def _typing(body: dict[str, Any], room_id: str) -> list[str] | None:
+    room = body["rooms"]["join"].get(room_id)
+    if room is None:
+        return None
+    for event in room["ephemeral"]["events"]:
+        if event["type"] == "m.typing":
+            users: list[str] = event["content"]["user_ids"]
+            return users
+    return None
+
+
+async def test_typing_starts_and_stops_in_sync(env: Env) -> None:
+    c, alice, bob = env.client, env.alice, env.bob
+    assert _typing(await env.sync(alice), env.room_id) is None
+    since = (await env.sync(alice))["next_batch"]
+    assert await c.ok(bob, "PUT", env.typing(bob), {"typing": True, "timeout": 30_000}) == {}
+    started = await env.sync(alice, since=since)
+    assert _typing(started, env.room_id) == [bob.user_id]
+    # An initial sync lists who is typing now.
+    assert _typing(await env.sync(alice), env.room_id) == [bob.user_id]
+    await c.ok(alice, "PUT", env.typing(alice), {"typing": True})
+    both = await env.sync(alice, since=started["next_batch"])
+    assert _typing(both, env.room_id) == sorted([alice.user_id, bob.user_id])
+    # Nothing changed since: nothing for the room.
+    assert _typing(await env.sync(alice, since=both["next_batch"]), env.room_id) is None
+    await c.ok(bob, "PUT", env.typing(bob), {"typing": False})
+    stopped = await env.sync(alice, since=both["next_batch"])
+    assert _typing(stopped, env.room_id) == [alice.user_id]
+    # Stopping when not typing changes nothing.
+    await c.ok(bob, "PUT", env.typing(bob), {"typing": False})
+    assert _typing(await env.sync(alice, since=stopped["next_batch"]), env.room_id) is None
+
+
+async def test_bad_typing_requests_are_refused(env: Env) -> None:
+    c, alice, bob, carol = env.client, env.alice, env.bob, env.carol
+    refusals: list[tuple[TestUser, str, Any, int, str]] = [
+        (alice, env.typing(bob), {"typing": True}, 403, "M_FORBIDDEN"),
+        (carol, env.typing(carol), {"typing": True}, 403, "M_FORBIDDEN"),
+        (alice, env.typing(alice), {}, 400, "M_BAD_JSON"),
+        (alice, env.typing(alice), {"typing": "yes"}, 400, "M_BAD_JSON"),
+        (alice, env.typing(alice), {"typing": True, "timeout": "soon"}, 400, "M_BAD_JSON"),
+        (alice, env.typing(alice), {"typing": True, "timeout": -1}, 400, "M_INVALID_PARAM"),
+    ]
+    for user, path, body, status, errcode in refusals:
+        await c.refused(user, "PUT", path, body, status=status, errcode=errcode)
+    await c.refused(alice, "PUT", env.typing(alice), raw=b"[]", status=400, errcode="M_NOT_JSON")
+    assert env.hs.server.typing_notices.typing_in(env.room_id) == []
+
+
+async def test_a_long_poll_is_woken_by_typing_and_by_its_end(env: Env) -> None:
+    c, alice, bob, carol = env.client, env.alice, env.bob, env.carol
+    elsewhere = await c.create_room(carol)
+    since = (await env.sync(alice))["next_batch"]
+    answers: list[dict[str, Any]] = []
+
+    async def poll(since: str) -> None:
+        answers.append(await env.sync(alice, since=since, timeout=60_000))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll, since)
+            while env.hs.server.stream_notifier.waiting == 0:
+                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            # Typing in a room Alice is not in leaves her poll asleep.
+            await c.ok(carol, "PUT", env.typing(carol, elsewhere), {"typing": True})
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            assert answers == []
+            await c.ok(bob, "PUT", env.typing(bob), {"typing": True, "timeout": 500})
+        (started,) = answers
+        assert _typing(started, env.room_id) == [bob.user_id]
+        # The timeout ends Bob's typing by itself, and that wakes a poll too.
+        answers.clear()
+        await poll(started["next_batch"])
+        (ended,) = answers
+        assert _typing(ended, env.room_id) == []
