@@ -22,6 +22,12 @@ Rooms
   it on an initial sync), global at the top level and per joined room in
   the room's entry; a room with nothing else new comes with an empty
   timeline for it. Account data is the sync token's third stream.
+* **ephemeral**: a joined room's receipts changed after ``since`` (all of
+  them on an initial sync) as one ``m.receipt`` event, and its typing
+  users when they changed as ``m.typing`` (:mod:`ranvier.core.receipts`,
+  :mod:`ranvier.core.typing`); the token's fourth and fifth streams. A room
+  with nothing else new comes with an empty timeline for them.
+* **presence** stays empty (:mod:`ranvier.core.presence`).
 * **leave**: rooms left (or banned from) after ``since``, with the timeline
   up to the leave; with ``include_leave`` an initial sync lists every room
   left.
@@ -117,6 +123,23 @@ class SyncStore(MessagesStore, Protocol):
 
     async def room_summary(self, room_id: str, user_id: str) -> tuple[int, int, list[str]]:
         """Joined and invited member counts, and the heroes of an unnamed room."""
+        ...
+
+
+class EphemeralSource(Protocol):
+    """A stream of ephemeral room events for ``/sync``: receipts
+    (:class:`ranvier.core.receipts.Receipts`) or typing
+    (:class:`ranvier.core.typing.TypingNotices`).
+    """
+
+    async def position(self) -> int: ...
+
+    async def for_sync(
+        self, user_id: str, room_ids: Collection[str], after: int | None, upto: int
+    ) -> dict[str, dict[str, Any]]:
+        """Per room of ``room_ids`` with something after ``after`` (None: an
+        initial sync), its event.
+        """
         ...
 
 
@@ -235,10 +258,15 @@ class SyncHandler:
         store: SyncStore,
         notifier: StreamNotifier,
         account_data: AccountData | None = None,
+        *,
+        receipts: EphemeralSource | None = None,
+        typing: EphemeralSource | None = None,
     ) -> None:
         self._store = store
         self._notifier = notifier
         self._account_data = account_data
+        self._receipts = receipts
+        self._typing = typing
         self._sent_members = SentMembers()
 
     async def sync(
@@ -284,13 +312,15 @@ class SyncHandler:
         """
         # Read before the rest: a change after this is the next sync's.
         account_data_at = 0 if self._account_data is None else await self._account_data.position()
+        receipts_at = 0 if self._receipts is None else await self._receipts.position()
+        typing_at = 0 if self._typing is None else await self._typing.position()
         snapshot = await self._store.sync_snapshot(
             requester.user_id,
             0 if since is None else since.un_partial,
             None if since is None or full_state else since.events,
         )
         events, un_partial, memberships, partial, un_partialled, changed = snapshot
-        now = StreamPosition(events, un_partial, account_data_at)
+        now = StreamPosition(events, un_partial, account_data_at, receipts_at, typing_at)
         if since is not None:
             # Never answer with a next_batch behind the token given in any
             # stream (a token from before a restore, or made up), or the
@@ -299,6 +329,8 @@ class SyncHandler:
                 max(now.events, since.events),
                 max(now.un_partial, since.un_partial),
                 max(now.account_data, since.account_data),
+                max(now.receipts, since.receipts),
+                max(now.typing, since.typing),
             )
         account_data = (
             AccountDataUpdates()
@@ -335,6 +367,16 @@ class SyncHandler:
             held_members=held,
         )
         lazy = filter.lazy_load_members
+        ephemeral = await self._ephemeral(
+            request,
+            [
+                room_id
+                for room_id, membership, _, _ in memberships
+                if membership == "join"
+                and (lazy or room_id not in partial)
+                and filter.room.includes_room(room_id)
+            ],
+        )
         join: dict[str, Any] = {}
         invite: dict[str, Any] = {}
         leave: dict[str, Any] = {}
@@ -351,16 +393,20 @@ class SyncHandler:
                     and not is_new
                     and (lazy or room_id not in un_partialled)
                     and room_id not in account_data.room_events
+                    and room_id not in ephemeral
                 ):
                     # Nothing since the token, and nothing that brings it in whole.
                     continue
                 room = await self._joined_room(request, room_id, ordering)
                 room_data = account_data.room_events.get(room_id)
-                if room is None and room_data:
+                room_ephemeral = ephemeral.get(room_id)
+                if room is None and (room_data or room_ephemeral):
                     room = _quiet_room(now)
                 if room is not None:
                     if room_data:
                         room["account_data"] = {"events": room_data}
+                    if room_ephemeral:
+                        room["ephemeral"] = {"events": room_ephemeral}
                     join[room_id] = room
             elif membership == "invite" and is_new:
                 invite[room_id] = await self._invited_room(room_id, event_id)
@@ -377,6 +423,25 @@ class SyncHandler:
         }
         rooms = frozenset(room_id for room_id, *_ in memberships)
         return response, now, rooms, (held | request.sent_members if skip_redundant else None)
+
+    async def _ephemeral(
+        self, request: _Request, room_ids: Collection[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The receipts and typing events of ``room_ids`` to send, per room."""
+        since, now = request.since, request.now
+        found: dict[str, list[dict[str, Any]]] = {}
+        for source, after, upto in (
+            (self._receipts, None if since is None else since.receipts, now.receipts),
+            (self._typing, None if since is None else since.typing, now.typing),
+        ):
+            if source is None:
+                continue
+            if request.full_state:
+                after = None
+            events = await source.for_sync(request.user_id, room_ids, after, upto)
+            for room_id, event in events.items():
+                found.setdefault(room_id, []).append(event)
+        return found
 
     async def _joined_room(
         self, request: _Request, room_id: str, joined_at: int
