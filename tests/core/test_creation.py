@@ -778,6 +778,188 @@ async def test_a_send_cancelled_before_writing_leaves_no_trace(
     await _check_written(storage, heard.in_room(room_id))
 
 
+# --- Messages written together ------------------------------------------------------
+
+
+async def _waiting_sends(
+    creator: EventCreator,
+    locks: RoomLocks,
+    room_id: str,
+    sends: Sequence[tuple[str, str, str | None]],
+) -> dict[str, str | BaseException]:
+    """Send ``(sender, body, txn_id)`` messages while the room's lock is held
+    elsewhere, so that they all wait for it; return each body's event ID or error.
+    """
+    outcomes: dict[str, str | BaseException] = {}
+
+    async def send(sender: str, body: str, txn_id: str | None) -> None:
+        try:
+            outcomes[body] = await creator.send_event(
+                sender, room_id, "m.room.message", {"body": body}, txn_id=txn_id
+            )
+        except MatrixError as error:
+            outcomes[body] = error
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery, locks.hold(room_id):
+            for sender, body, txn_id in sends:
+                nursery.start_soon(send, sender, body, txn_id)
+            # Until every message waits in the room's queue, not in a read.
+            while len(creator._queued.get(room_id, ())) < len(sends):
+                await trio.testing.wait_all_tasks_blocked()
+                await trio.sleep(0.001)
+            assert outcomes == {}
+    return outcomes
+
+
+async def test_messages_waiting_for_the_lock_are_written_together(
+    storage: Storage, heard: Heard
+) -> None:
+    locks = RoomLocks()
+    gate = GatedPersister(storage)
+    creator = _creator(storage, heard, persister=gate, room_locks=locks)
+    room_id = await creator.create_room(ALICE, preset="public_chat")
+    await creator.join(BOB, room_id)
+    gate.calls.clear()
+    outcomes = await _waiting_sends(
+        creator, locks, room_id, [(ALICE if n % 2 else BOB, str(n), None) for n in range(8)]
+    )
+    # One write for all eight, each built on the one before.
+    assert gate.calls == [room_id]
+    told = heard.in_room(room_id)
+    assert sorted(e.event_id for e in told[-8:]) == sorted(str(o) for o in outcomes.values())
+    await _check_written(storage, told)
+    assert await storage.get_forward_extremities(room_id) == {told[-1].event_id}
+    orderings = [ordering for event, ordering in heard.events if event.room_id == room_id]
+    assert orderings == sorted(orderings)
+
+
+async def test_a_refused_message_fails_alone(storage: Storage, heard: Heard) -> None:
+    locks = RoomLocks()
+    creator = _creator(storage, heard, room_locks=locks)
+    room_id = await creator.create_room(ALICE, preset="public_chat")
+    outcomes = await _waiting_sends(
+        creator, locks, room_id, [(ALICE, "a", None), (CAROL, "c", None), (ALICE, "b", None)]
+    )
+    refused = outcomes["c"]
+    assert isinstance(refused, AuthError)
+    assert refused.http_status == 403
+    bodies = [str(e.content.get("body")) for e in heard.in_room(room_id)]
+    assert sorted(bodies[-2:]) == ["a", "b"]
+    assert "c" not in bodies
+    await _check_written(storage, heard.in_room(room_id))
+
+
+async def test_one_transaction_sent_twice_together_is_one_event(
+    storage: Storage, heard: Heard, db_path: Path
+) -> None:
+    locks = RoomLocks()
+    creator = _creator(storage, heard, room_locks=locks)
+    room_id = await creator.create_room(ALICE)
+    count = _event_count(db_path)
+    outcomes = await _waiting_sends(
+        creator, locks, room_id, [(ALICE, "once", "t1"), (ALICE, "twice", "t1")]
+    )
+    assert outcomes["once"] == outcomes["twice"]
+    assert _event_count(db_path) == count + 1
+
+
+async def test_a_queued_message_given_up_is_not_sent(
+    storage: Storage, heard: Heard, db_path: Path
+) -> None:
+    locks = RoomLocks()
+    creator = _creator(storage, heard, room_locks=locks)
+    room_id = await creator.create_room(ALICE)
+    count = _event_count(db_path)
+    scope = trio.CancelScope()
+    sent: list[str] = []
+
+    async def send(body: str, cancel: trio.CancelScope | None) -> None:
+        with cancel or trio.CancelScope():
+            sent.append(await creator.send_event(ALICE, room_id, "m.room.message", {"body": body}))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery, locks.hold(room_id):
+            nursery.start_soon(send, "given up", scope)
+            nursery.start_soon(send, "kept", None)
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+    assert len(sent) == 1
+    assert [e.content.get("body") for e in heard.in_room(room_id)][-1] == "kept"
+    assert _event_count(db_path) == count + 1
+    assert len(locks) == 0
+
+
+class FailingWrites(GatedPersister):
+    """Storage whose writes of events fail while ``failing`` is set."""
+
+    failing = False
+
+    async def persist_events(
+        self,
+        events: Sequence[EventToPersist],
+        *,
+        current_state_groups: Mapping[str, int] | None = None,
+    ) -> Mapping[str, int]:
+        self.calls.append(events[0].room_id)
+        print("PERSIST", [e.type for e in events], self.failing)
+        if self.failing:
+            raise MatrixError("the disk is full", errcode="M_UNKNOWN", http_status=500)
+        return await self.storage.persist_events(events, current_state_groups=current_state_groups)
+
+
+async def test_messages_whose_write_failed_are_not_followed(storage: Storage, heard: Heard) -> None:
+    locks = RoomLocks()
+    failing = FailingWrites(storage)
+    creator = _creator(storage, heard, persister=failing, room_locks=locks)
+    room_id = await creator.create_room(ALICE)
+    failing.failing = True
+    failing.calls.clear()
+    sends = [(ALICE, "a", None), (ALICE, "b", None)]
+    outcomes = await _waiting_sends(creator, locks, room_id, sends)
+    assert all(isinstance(outcome, MatrixError) for outcome in outcomes.values()), outcomes
+    assert failing.calls == [room_id]
+    failing.failing = False
+    # The next message follows what was written, not the messages that were not.
+    await creator.send_event(ALICE, room_id, "m.room.message", {"body": "c"})
+    await _check_written(storage, heard.in_room(room_id))
+    assert [e.content.get("body") for e in heard.in_room(room_id)][-1] == "c"
+
+
+class ConflictingOnce(GatedPersister):
+    """Storage whose first write of events meets the partial-state conflict."""
+
+    async def persist_events(
+        self,
+        events: Sequence[EventToPersist],
+        *,
+        current_state_groups: Mapping[str, int] | None = None,
+    ) -> Mapping[str, int]:
+        self.calls.append(events[0].room_id)
+        if len(self.calls) == 1:
+            raise PartialStateConflictError()
+        return await self.storage.persist_events(events, current_state_groups=current_state_groups)
+
+
+async def test_messages_written_together_that_conflict_are_checked_again_one_by_one(
+    storage: Storage, heard: Heard
+) -> None:
+    locks = RoomLocks()
+    creator = _creator(storage, heard, room_locks=locks)
+    room_id = await creator.create_room(ALICE)
+    conflicting = ConflictingOnce(storage)
+    creator = _creator(storage, heard, persister=conflicting, room_locks=locks)
+    outcomes = await _waiting_sends(
+        creator, locks, room_id, [(ALICE, "a", None), (ALICE, "b", None), (ALICE, "c", None)]
+    )
+    # One write of the three, then one write each.
+    assert conflicting.calls == [room_id] * 4
+    told = heard.in_room(room_id)
+    assert {str(e.content.get("body")): e.event_id for e in told[-3:]} == outcomes
+    await _check_written(storage, told)
+
+
 # --- Conflicts with the un-partial-state task ----------------------------------------
 
 

@@ -177,3 +177,39 @@ async def test_a_membership_made_through_us_does_not_go_back_to_its_server(
     join = room.member(erin, "join")
     await _send_after_write(storage, sender, join)
     assert queued.calls == [(join.event_id, 7, [THIRD], join.raw)]
+
+
+async def test_messages_written_together_ask_for_the_room_s_servers_once(
+    storage: Storage, room: RoomBuilder
+) -> None:
+    queued = Queued()
+    reader = RecordingReader(storage)
+    sender = RoomEventSender(OURS, RoomServers(reader), queued)
+    messages = [room.message(ALICE, f"m{n}") for n in range(3)]
+    await ingest_all(storage, messages)
+    reader.clear()
+    await sender.on_new_events([(message, 10 + n) for n, message in enumerate(messages)])
+    assert queued.calls == [
+        (message.event_id, 10 + n, [REMOTE, THIRD], message.raw)
+        for n, message in enumerate(messages)
+    ]
+    assert len(reader.calls({"get_current_state_ids"})) == 1
+
+
+async def test_a_state_event_written_with_messages_is_sent_after_its_own_state(
+    storage: Storage, room: RoomBuilder
+) -> None:
+    queued = Queued()
+    sender = RoomEventSender(OURS, RoomServers(storage), queued)
+    before = room.message(ALICE, "before")
+    kick = room.member(ALICE, "leave", BOB)
+    after = room.message(ALICE, "after")
+    await ingest_all(storage, [before, kick, after])
+    await sender.on_new_events([(before, 1), (kick, 2), (after, 3)])
+    # Each is sent as if alone, after the whole write: the kicked user's
+    # server hears of the kick, and of nothing else written with it.
+    assert [(event_id, destinations) for event_id, _, destinations, _ in queued.calls] == [
+        (before.event_id, [THIRD]),
+        (kick.event_id, [REMOTE, THIRD]),
+        (after.event_id, [THIRD]),
+    ]

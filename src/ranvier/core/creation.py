@@ -13,6 +13,14 @@ Invariants
   under that room's lock, so each event's prev events are the room's
   forward extremities at the moment it is written: a room's local events
   form a chain, never a fork. Different rooms do not wait for each other.
+* **Messages waiting together are written together.** Messages that queue
+  for a room's lock while it is held are taken, when it is free, by the
+  first of them, which builds and checks them in order, each on the one
+  before (not yet written), and writes them in one request: one commit
+  for all. Each is answered only once it is written; one refused fails
+  alone; if the write fails, none of them is written and the next event
+  follows what was. Messages with partial state, and state events, go one
+  at a time.
 * **Refused means not written.** An event that fails the auth rules at any
   point (soft failure included) raises :class:`~ranvier.errors.AuthError`
   (403 M_FORBIDDEN) and is not persisted. A state group computed for it may
@@ -38,8 +46,8 @@ from __future__ import annotations
 import secrets
 import string
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from typing import Any, Final, Literal, Protocol, get_args
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, Final, Literal, Protocol, get_args, runtime_checkable
 
 import trio
 
@@ -149,6 +157,38 @@ class _SentTransactions:
             self._sent.popitem(last=False)
 
 
+@runtime_checkable
+class BatchEventNotifier(EventNotifier, Protocol):
+    """An :class:`~ranvier.core.interfaces.EventNotifier` that can be told
+    of several events written together at once
+    (:class:`ranvier.core.room_servers.RoomEventSender`).
+    """
+
+    async def on_new_events(self, events: Sequence[tuple[Pdu, int]]) -> None:
+        """``events`` were written, in this order, with these stream orderings."""
+        ...
+
+
+class _QueuedMessage:
+    """A message waiting to be sent, and what became of it."""
+
+    __slots__ = ("error", "event_id", "taken", "template", "txn_id")
+
+    def __init__(self, template: dict[str, Any], txn_id: str | None) -> None:
+        self.template = template
+        self.txn_id = txn_id
+        #: Taken by a sender of the room's queue: it is sent whatever happens.
+        self.taken = False
+        self.event_id: str | None = None
+        self.error: Exception | None = None
+
+    def result(self) -> str:
+        if self.error is not None:
+            raise self.error
+        assert self.event_id is not None  # a taken message ends with one or the other
+        return self.event_id
+
+
 class EventCreator:
     """Creates the events of this server's users and writes them.
 
@@ -197,6 +237,8 @@ class EventCreator:
         self._retry_after_ms = conflict_retry_after_ms
         self._locks = room_locks if room_locks is not None else RoomLocks()
         self._transactions = _SentTransactions(remembered_transactions)
+        # Per room, the messages waiting for its lock (see _send_message).
+        self._queued: dict[str, list[_QueuedMessage]] = {}
 
     # --- Rooms ----------------------------------------------------------------------
 
@@ -271,6 +313,7 @@ class EventCreator:
         room_id = create.room_id
         async with self._locks.hold(room_id):
             await self._write(create)
+            self._reads.room_created(room_id, rv.identifier)
             for template in templates[1:]:
                 event = await self._build(rv, template | {"room_id": room_id})
                 await self._write(event, countersign=self._countersigner(event))
@@ -328,6 +371,8 @@ class EventCreator:
         if event_type == "m.room.redaction" and "redacts" in content and not rv.redacts_in_content:
             # Before v11 the redacted event is named at the top level.
             template["redacts"] = content["redacts"]
+        if state_key is None:
+            return await self._send_message(template, rv, txn_id)
         async with self._locks.hold(room_id):
             if txn_id is not None and (sent := self._transactions.get(sender, txn_id)):
                 return sent  # a concurrent send of the same transaction won the lock
@@ -337,6 +382,159 @@ class EventCreator:
             if txn_id is not None:
                 self._transactions.add(sender, txn_id, event.event_id)
         return event.event_id
+
+    async def _send_message(
+        self, template: dict[str, Any], rv: RoomVersion, txn_id: str | None
+    ) -> str:
+        """Send a message, written together with the room's other messages
+        waiting for its lock.
+
+        The message joins the room's queue and waits for the lock. Whoever
+        gets the lock first with its message still queued takes the whole
+        queue and sends it (:meth:`_send_messages`); the others find theirs
+        sent when the lock reaches them. A message given up before it is
+        taken leaves the queue; once taken it is sent regardless.
+        """
+        room_id: str = template["room_id"]
+        queued = _QueuedMessage(template, txn_id)
+        self._queued.setdefault(room_id, []).append(queued)
+        try:
+            async with self._locks.hold(room_id):
+                if not queued.taken:
+                    batch = self._queued.pop(room_id)
+                    for message in batch:
+                        message.taken = True
+                    with trio.CancelScope(shield=True):
+                        await self._send_messages(room_id, rv, batch)
+        except BaseException:
+            if not queued.taken:
+                waiting = self._queued.get(room_id, [])
+                waiting.remove(queued)
+                if not waiting:
+                    self._queued.pop(room_id, None)
+            raise
+        return queued.result()
+
+    async def _send_messages(
+        self, room_id: str, rv: RoomVersion, batch: Sequence[_QueuedMessage]
+    ) -> None:
+        """Build, check and write ``batch`` in order (the room's lock held).
+
+        Each message is built on the one before, which is staged, not yet
+        written (see :class:`~ranvier.core.creation_reads.CreationReads`);
+        the staged ones are written in one request, and so share a commit.
+        A message that is refused fails alone. One that cannot be staged
+        (with partial state, or leaving other extremities) is written on
+        its own once those before it are, as :meth:`_write` would.
+        """
+        staged: list[tuple[_QueuedMessage, Pdu, EventContext]] = []
+        self._reads.begin(room_id)
+        try:
+            for message in batch:
+                sender: str = message.template["sender"]
+                txn_id = message.txn_id
+                if txn_id is not None and any(
+                    other.txn_id == txn_id and event.sender == sender for other, event, _ in staged
+                ):
+                    await self._write_staged(room_id, staged)
+                if txn_id is not None and (sent := self._transactions.get(sender, txn_id)):
+                    message.event_id = sent
+                    continue
+                try:
+                    event = await self._build(rv, message.template, begin=False)
+                    context = await self._authorise(event)
+                except Exception as error:
+                    message.error = error
+                    continue
+                if not context.partial_state and self._reads.follows_every_extremity(event):
+                    self._reads.stage(event, context)
+                    staged.append((message, event, context))
+                    continue
+                await self._write_staged(room_id, staged)
+                try:
+                    await self._persist_announced(event, context)
+                except Exception as error:
+                    message.error = error
+                    continue
+                message.event_id = event.event_id
+                if txn_id is not None:
+                    self._transactions.add(sender, txn_id, event.event_id)
+            await self._write_staged(room_id, staged)
+        finally:
+            for message in batch:
+                if message.event_id is None and message.error is None:
+                    message.error = MatrixError(
+                        f"sending to {room_id} failed", errcode="M_UNKNOWN", http_status=500
+                    )
+
+    async def _write_staged(
+        self, room_id: str, staged: list[tuple[_QueuedMessage, Pdu, EventContext]]
+    ) -> None:
+        """Write the staged messages in one request and announce them; empty ``staged``."""
+        if not staged:
+            return
+        written = list(staged)
+        staged.clear()
+        try:
+            orderings = await self._persister.persist_events(
+                [event_to_persist(event, context) for _, event, context in written]
+            )
+        except PartialStateConflictError:
+            # The room's partial state was cleared under the write; each
+            # message is checked again and written on its own, as _write does.
+            self._reads.unstage(room_id, [event.event_id for _, event, _ in written])
+            await self._rewrite_one_by_one(room_id, [(m, e) for m, e, _ in written])
+            return
+        except Exception as error:
+            self._reads.unstage(room_id, [event.event_id for _, event, _ in written])
+            for message, _, _ in written:
+                message.error = error
+            return
+        for message, event, context in written:
+            self._reads.written(event, context, orderings[event.event_id])
+            message.event_id = event.event_id
+            if message.txn_id is not None:
+                self._transactions.add(event.sender, message.txn_id, event.event_id)
+        await self._announce([(event, orderings[event.event_id]) for _, event, _ in written])
+
+    async def _rewrite_one_by_one(
+        self, room_id: str, messages: Sequence[tuple[_QueuedMessage, Pdu]]
+    ) -> None:
+        """Check and write messages once more, one at a time, after a conflict.
+
+        A second conflict is handed back as a 429 to that message's client
+        and, as each message follows the one before, to the clients of the
+        messages after it.
+        """
+        for index, (message, event) in enumerate(messages):
+            self._reads.begin(room_id)
+            try:
+                context = await self._authorise(event)
+                ordering = await self._persist(event, context)
+            except Exception as error:
+                if isinstance(error, PartialStateConflictError):
+                    error = LimitExceededError(
+                        f"the state of room {room_id} changed twice while"
+                        f" {event.event_id} was being written; try again",
+                        retry_after_ms=self._retry_after_ms,
+                    )
+                for unsent, _ in messages[index:]:
+                    unsent.error = error
+                return
+            message.event_id = event.event_id
+            if message.txn_id is not None:
+                self._transactions.add(event.sender, message.txn_id, event.event_id)
+            await self._announce([(event, ordering)])
+
+    async def _announce(self, events: Sequence[tuple[Pdu, int]]) -> None:
+        """Tell the notifier of written events, in the order they were written."""
+        if self._notifier is None:
+            return
+        if isinstance(self._notifier, BatchEventNotifier):
+            await self._notifier.on_new_events(events)
+            return
+        for event, ordering in events:
+            await self._notifier.on_new_event(event, ordering)
 
     # --- Memberships ----------------------------------------------------------------
 
@@ -415,9 +613,11 @@ class EventCreator:
 
     # --- The path of every event ----------------------------------------------------
 
-    async def _build(self, rv: RoomVersion, template: Mapping[str, Any]) -> Pdu:
+    async def _build(
+        self, rv: RoomVersion, template: Mapping[str, Any], *, begin: bool = True
+    ) -> Pdu:
         room_id = template.get("room_id")
-        if type(room_id) is str:
+        if begin and type(room_id) is str:
             self._reads.begin(room_id)
         return await build_event(
             template,
@@ -443,6 +643,11 @@ class EventCreator:
         context = await self._authorise(event)
         if countersign is not None:
             event = await countersign(event)
+        await self._persist_announced(event, context)
+        return event
+
+    async def _persist_announced(self, event: Pdu, context: EventContext) -> None:
+        """Write a checked event and announce it; see :meth:`_write`."""
         # From here the event is written and announced even if the caller
         # gives up: an event written but never sent to the room's other
         # servers would leave them without it until something else pulls it.
@@ -462,9 +667,7 @@ class EventCreator:
                         f" {event.event_id} was being written; try again",
                         retry_after_ms=self._retry_after_ms,
                     ) from None
-            if self._notifier is not None:
-                await self._notifier.on_new_event(event, ordering)
-        return event
+            await self._announce([(event, ordering)])
 
     async def _authorise(self, event: Pdu) -> EventContext:
         context = await compute_event_context(event, self._reads, self._persister)

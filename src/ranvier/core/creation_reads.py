@@ -24,6 +24,12 @@ Invariants
   again before a conflict's second attempt. While they are one event
   written here with full state, the room's current state is the state
   after it, and is answered from that state group.
+* **Staged events are the next events' head.** A message checked under
+  the room's lock and waiting to be written with others
+  (:meth:`CreationReads.stage`) is read as if written: as the room's
+  extremity, with its row and state groups, until it is written or the
+  attempt is given up (:meth:`CreationReads.unstage`). Only messages with
+  full state are staged, so the state stays what it was.
 * **Bounded.** Each kind of fact is kept for at most ``capacity`` keys;
   the least recently used go first.
 """
@@ -81,7 +87,9 @@ class CreationReads:
         # Per state group: each key looked up, to its event ID or _ABSENT.
         self._group_keys: _Lru[int, dict[StateKey, str]] = _Lru(capacity)
         # Per room, between begin() and the event's write.
-        self._extremities: dict[str, Set[str]] = {}
+        self._extremities: dict[str, frozenset[str]] = {}
+        # Events checked and not yet written, with their state groups.
+        self._staged: dict[str, tuple[StoredEvent, EventStateGroups]] = {}
 
     # --- The life of one event ------------------------------------------------------
 
@@ -89,34 +97,69 @@ class CreationReads:
         """Forget what was read of the room for the event before (the room's lock held)."""
         self._extremities.pop(room_id, None)
 
+    def room_created(self, room_id: str, room_version: str) -> None:
+        """Note the version of a room created here."""
+        self._versions.put(room_id, room_version)
+
+    def stage(self, event: Pdu, context: EventContext) -> None:
+        """Note an accepted message with full state, checked and to be written
+        with others (the room's lock held): the events built after it follow
+        it, and read it, its state groups and the extremities it leaves from
+        here until :meth:`written` or :meth:`begin`.
+        """
+        before = context.state_group_before
+        if (
+            event.state_key is not None
+            or context.partial_state
+            or not context.accepted
+            or before is None
+        ):
+            raise ValueError(f"{event.event_id} is not an accepted message with full state")
+        room_id = event.room_id
+        extremities = self._extremities.get(room_id)
+        if extremities is None:
+            raise ValueError(f"the forward extremities of {room_id} were not read for this event")
+        self._extremities[room_id] = frozenset(extremities.difference(event.prev_event_ids)) | {
+            event.event_id
+        }
+        # The stream ordering is not known before the write; only the order
+        # of extremities of equal depth reads it, and this is the only one
+        # of its depth.
+        self._staged[event.event_id] = (
+            _row(event, stream_ordering=0),
+            EventStateGroups(before, before),
+        )
+
     def written(self, event: Pdu, context: EventContext, stream_ordering: int) -> None:
         """Note an event this server wrote, with the context it was written with."""
         self._extremities.pop(event.room_id, None)
+        self._staged.pop(event.event_id, None)
         before = context.state_group_before
         if context.partial_state or not context.accepted or before is None:
             return
-        self._events.put(
-            event.event_id,
-            StoredEvent(
-                stream_ordering=stream_ordering,
-                event_id=event.event_id,
-                room_id=event.room_id,
-                type=event.type,
-                state_key=event.state_key,
-                sender=event.sender,
-                depth=event.depth,
-                origin_server_ts=event.origin_server_ts,
-                json=event.raw,
-                outlier=False,
-                soft_failed=False,
-                rejected_reason=None,
-            ),
-        )
+        self._events.put(event.event_id, _row(event, stream_ordering=stream_ordering))
         after = context.state_group_after
         if after is None and event.state_key is None:
             after = before  # a message leaves the state as it was
         if after is not None:
             self._groups.put(event.event_id, EventStateGroups(before, after))
+
+    def follows_every_extremity(self, event: Pdu) -> bool:
+        """Whether ``event`` names every forward extremity of its room as a
+        prev event, as read for it: written, it is the room's only one.
+        """
+        extremities = self._extremities.get(event.room_id)
+        return extremities is not None and extremities.issubset(event.prev_event_ids)
+
+    def unstage(self, room_id: str, event_ids: Collection[str]) -> None:
+        """Forget staged events that were not written, and the room's extremities."""
+        for event_id in event_ids:
+            self._staged.pop(event_id, None)
+        self._extremities.pop(room_id, None)
+
+    def _known_groups(self, event_id: str) -> EventStateGroups | None:
+        staged = self._staged.get(event_id)
+        return staged[1] if staged is not None else self._groups.get(event_id)
 
     # --- StateReader ----------------------------------------------------------------
 
@@ -124,7 +167,8 @@ class CreationReads:
         found: dict[str, StoredEvent] = {}
         unknown: list[str] = []
         for event_id in event_ids:
-            row = self._events.get(event_id)
+            staged = self._staged.get(event_id)
+            row = staged[0] if staged is not None else self._events.get(event_id)
             if row is None:
                 unknown.append(event_id)
             else:
@@ -134,7 +178,7 @@ class CreationReads:
         return found
 
     async def get_event_state_groups(self, event_id: str) -> EventStateGroups | None:
-        groups = self._groups.get(event_id)
+        groups = self._known_groups(event_id)
         if groups is not None:
             return groups
         return await self._store.get_event_state_groups(event_id)
@@ -167,7 +211,7 @@ class CreationReads:
         # state after that one, whose entries may be kept already.
         extremities = self._extremities.get(room_id)
         if extremities is not None and len(extremities) == 1:
-            groups = self._groups.get(next(iter(extremities)))
+            groups = self._known_groups(next(iter(extremities)))
             if groups is not None:
                 return await self.get_state_ids_for_keys(groups.after, keys)
         return await self._store.get_current_state_ids_for_keys(room_id, keys)
@@ -192,7 +236,7 @@ class CreationReads:
 
     async def get_partial_state_event_ids(self, event_ids: Collection[str]) -> Set[str]:
         # An event written here with full state never becomes partial.
-        unknown = [event_id for event_id in event_ids if self._groups.get(event_id) is None]
+        unknown = [event_id for event_id in event_ids if self._known_groups(event_id) is None]
         if not unknown:
             return frozenset()
         return await self._store.get_partial_state_event_ids(unknown)
@@ -204,3 +248,21 @@ class CreationReads:
             if version is not None:
                 self._versions.put(room_id, version)
         return version
+
+
+def _row(event: Pdu, *, stream_ordering: int) -> StoredEvent:
+    """The row storage holds for an accepted event written here."""
+    return StoredEvent(
+        stream_ordering=stream_ordering,
+        event_id=event.event_id,
+        room_id=event.room_id,
+        type=event.type,
+        state_key=event.state_key,
+        sender=event.sender,
+        depth=event.depth,
+        origin_server_ts=event.origin_server_ts,
+        json=event.raw,
+        outlier=False,
+        soft_failed=False,
+        rejected_reason=None,
+    )

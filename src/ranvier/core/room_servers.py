@@ -23,7 +23,7 @@ current state's IDs and only the member events that are new since.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -163,7 +163,26 @@ class RoomEventSender:
         self._sink = sink
 
     async def on_new_event(self, event: Pdu, stream_ordering: int) -> None:
-        destinations = set(await self._rooms.joined_servers(event.room_id))
+        joined = await self._rooms.joined_servers(event.room_id)
+        self._send(event, stream_ordering, joined)
+
+    async def on_new_events(self, events: Sequence[tuple[Pdu, int]]) -> None:
+        """Hand on events written together, in order.
+
+        Messages of one room written together leave its state as it was, so
+        its servers are looked up once for all of them.
+        """
+        rooms = {event.room_id for event, _ in events}
+        if len(rooms) != 1 or any(event.state_key is not None for event, _ in events):
+            for event, stream_ordering in events:
+                await self.on_new_event(event, stream_ordering)
+            return
+        joined = await self._rooms.joined_servers(rooms.pop())
+        for event, stream_ordering in events:
+            self._send(event, stream_ordering, joined)
+
+    def _send(self, event: Pdu, stream_ordering: int, joined: Iterable[str]) -> None:
+        destinations = set(joined)
         leaving = event.type == _MEMBER and event.membership in ("leave", "ban")
         if leaving and event.state_key is not None:
             destinations.add(_server_of(event.state_key))
