@@ -1,0 +1,180 @@
+"""A worker (replication.worker.WorkerServer) beside a main homeserver, both
+in the test's process: what a worker does differently from the main
+process, and the replication stream that keeps it up to date.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+
+from ranvier.config import Config, ConfigError, ListenerConfig, ReplicationConfig, WorkerConfig
+from ranvier.replication.worker import WorkerServer, open_worker
+from ranvier.testing import Pki, free_port
+from ranvier.testing.homeserver import TestHomeserver, config_for_tests, open_test_homeserver
+
+SECRET = "a worker's secret"
+
+
+def _main_config(directory: Path, *, replication_port: int, pki: Pki | None = None) -> Config:
+    config = config_for_tests(directory, federation=pki)
+    return msgspec.structs.replace(
+        config,
+        listeners=(
+            *config.listeners,
+            ListenerConfig(type="replication", port=replication_port),
+        ),
+        replication=ReplicationConfig(shared_secret=SECRET, retry_for_seconds=30),
+    )
+
+
+def _worker_config(main: Config, directory: Path, *, replication_port: int) -> Config:
+    return msgspec.structs.replace(
+        main,
+        data_dir=directory,
+        signing_key_path=main.paths.signing_key,
+        database=msgspec.structs.replace(main.database, path=main.paths.database),
+        listeners=(ListenerConfig(type="client", port=0),),
+        worker=WorkerConfig(main_replication_url=f"http://127.0.0.1:{replication_port}"),
+    )
+
+
+def test_a_worker_needs_its_main_process_and_serves_its_roles_listeners_only(
+    tmp_path: Path,
+) -> None:
+    main = _main_config(tmp_path / "main", replication_port=9093)
+    with pytest.raises(ConfigError) as caught:
+        WorkerServer(main, "client_reader")
+    assert caught.value.key == "worker.main_replication_url"
+    worker = _worker_config(main, tmp_path / "worker", replication_port=9093)
+    with pytest.raises(ConfigError) as caught:
+        WorkerServer(worker, "federation_reader")
+    assert caught.value.key == "listeners[0].type"
+    assert "federation_reader" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        WorkerServer(
+            msgspec.structs.replace(worker, replication=ReplicationConfig()), "client_reader"
+        )
+    assert caught.value.key == "replication.shared_secret"
+    with pytest.raises(ValueError, match="unknown worker role"):
+        WorkerServer(worker, "event_persister")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as caught:
+        Config.from_mapping({"worker": {"main_replication_url": "127.0.0.1:1"}})
+    assert caught.value.key == "worker.main_replication_url"
+
+
+async def test_a_worker_started_before_its_main_process_names_the_missing_file(
+    tmp_path: Path,
+) -> None:
+    main = _main_config(tmp_path / "main", replication_port=free_port())
+    worker = _worker_config(main, tmp_path / "worker", replication_port=free_port())
+    with pytest.raises(ConfigError) as caught:
+        async with open_worker(worker, "client_reader"):
+            pass
+    assert caught.value.key == "signing_key_path"
+    assert not main.paths.database.exists()
+
+
+async def test_a_logout_on_the_main_process_reaches_the_workers_token_cache(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    main_config = _main_config(tmp_path / "main", replication_port=port)
+    async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
+        worker_config = _worker_config(main_config, tmp_path / "worker", replication_port=port)
+        async with open_worker(worker_config, "client_reader") as worker:
+            alice = await main.register_user("alice")
+            worker_hs = TestHomeserver(worker)
+            async with worker_hs.client(alice) as on_worker, main.client(alice) as on_main:
+                whoami = "/_matrix/client/v3/account/whoami"
+                # Answered from the worker's cache from now on.
+                assert (await on_worker.get(whoami)).status_code == 200
+                assert (await on_worker.get(whoami)).status_code == 200
+                assert (await on_main.post("/_matrix/client/v3/logout")).status_code == 200
+                # The stream tells the worker soon after: a few polls at most.
+                for _ in range(500):
+                    if (await on_worker.get(whoami)).status_code == 401:
+                        break
+                    await trio.sleep(0.01)
+                assert (await on_worker.get(whoami)).status_code == 401
+
+
+async def test_a_worker_follows_the_stream_across_a_restart_of_the_main_process(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    main_config = _main_config(tmp_path / "main", replication_port=port)
+    worker_config = _worker_config(main_config, tmp_path / "worker", replication_port=port)
+    async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
+        alice = await main.register_user("alice")
+        room_id = await main.server.create_room(alice.user_id, preset="public_chat")
+    async with open_worker(worker_config, "client_reader") as worker:
+        follower = worker.stream_follower
+        worker_hs = TestHomeserver(worker)
+        async with worker_hs.client(alice, timeout=30) as on_worker:
+            first = (await on_worker.get("/_matrix/client/v3/sync")).json()
+            woken: list[dict[str, object]] = []
+            answered = trio.Event()
+
+            async def long_poll() -> None:
+                answer = await on_worker.get(
+                    "/_matrix/client/v3/sync",
+                    params={"since": first["next_batch"], "timeout": "20000"},
+                )
+                woken.append(answer.json())
+                answered.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(long_poll)
+                # The main process is down: the follower fails, and tries again.
+                for _ in range(1000):
+                    if follower.failures >= 2:
+                        break
+                    await trio.sleep(0.01)
+                assert follower.failures >= 2
+                assert woken == []
+                async with open_test_homeserver(tmp_path / "main", config=main_config) as again:
+                    event_id = await again.server.send_event(
+                        alice.user_id, room_id, "m.room.message", {"body": "back", "msgtype": "m"}
+                    )
+                    with trio.fail_after(15):
+                        await answered.wait()
+    timeline = woken[0]["rooms"]["join"][room_id]["timeline"]["events"]  # type: ignore[index]
+    assert [event["event_id"] for event in timeline] == [event_id]
+
+
+async def test_a_join_on_a_worker_left_partial_is_resynced_by_the_main_process(
+    tmp_path: Path,
+) -> None:
+    pki = Pki.create(tmp_path)
+    port = free_port()
+    main_config = _main_config(tmp_path / "main", replication_port=port, pki=pki)
+    async with (
+        open_test_homeserver(tmp_path / "remote", federation=pki) as remote,
+        open_test_homeserver(tmp_path / "main", config=main_config) as main,
+    ):
+        bob = await remote.register_user("bob")
+        room_id = await remote.server.create_room(bob.user_id, preset="public_chat")
+        for index in range(5):
+            await remote.server.send_event(
+                bob.user_id, room_id, "m.room.message", {"body": f"{index}", "msgtype": "m"}
+            )
+        worker_config = _worker_config(main_config, tmp_path / "worker", replication_port=port)
+        async with open_worker(worker_config, "client_reader") as worker:
+            alice = await TestHomeserver(worker).register_user("alice")
+            await worker.join_room(alice.user_id, room_id, [remote.server_name])
+            # Joined with partial state, written through the main process...
+            assert await main.server.storage.is_partial_state_room(room_id) or (
+                main.server.unpartial_stater.completed_resyncs == 1
+            )
+            # ... which the worker asked to resync the room (the main process
+            # resumes partial rooms only when it starts), and did.
+            with trio.fail_after(30):
+                await worker.wait_for_full_state(room_id)
+            assert not await main.server.storage.is_partial_state_room(room_id)
+            assert main.server.unpartial_stater.completed_resyncs == 1
+            assert worker.unpartial_stater.completed_resyncs == 0
+            assert worker.stream_follower.known.un_partial >= 1
