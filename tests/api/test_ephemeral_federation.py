@@ -1,0 +1,133 @@
+"""Receipts and typing across two homeservers over loopback TLS: what a user
+of A does reaches B's /sync as m.receipt and m.typing EDUs, and back; EDUs
+from a server about users it does not own, or rooms it is not in, are
+dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+from _client import Client, q
+
+from ranvier.core.receipts import RemoteReceipt
+from ranvier.testing.homeserver import TestUser, open_test_homeserver
+from ranvier.testing.network import Pki
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait until ``check`` holds, looking every 20 ms for at most 20 s."""
+    for _ in range(1000):
+        if await check():
+            return
+        await trio.sleep(0.02)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def _ephemeral(body: dict[str, Any], room_id: str, event_type: str) -> dict[str, Any] | None:
+    room = body["rooms"]["join"].get(room_id)
+    for event in [] if room is None else room["ephemeral"]["events"]:
+        if event["type"] == event_type:
+            content: dict[str, Any] = event["content"]
+            return content
+    return None
+
+
+async def test_receipts_and_typing_travel_both_ways(tmp_path: Path) -> None:
+    pki = Pki.create(tmp_path)
+    async with (
+        open_test_homeserver(tmp_path / "a", federation=pki) as a,
+        open_test_homeserver(tmp_path / "b", federation=pki) as b,
+        a.client() as http_a,
+        b.client() as http_b,
+    ):
+        ca, cb = Client(a, http_a), Client(b, http_b)
+        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+        room_id = await ca.create_room(alice, preset="public_chat", room_alias_name="lobby")
+        await cb.ok(bob, "POST", f"/join/{q(f'#lobby:{a.server_name}')}", {})
+        with trio.fail_after(20):
+            await b.server.wait_for_full_state(room_id)
+
+        async def joined_at_a() -> bool:
+            members = await ca.ok(alice, "GET", f"/rooms/{q(room_id)}/joined_members")
+            return bob.user_id in members["joined"]
+
+        await _eventually(joined_at_a, "Bob's join at A")
+        sent = await ca.ok(
+            alice, "PUT", f"/rooms/{q(room_id)}/send/m.room.message/1", {"body": "hi"}
+        )
+        event_id = sent["event_id"]
+
+        async def at_b() -> bool:
+            status, _ = await cb.call(bob, "GET", f"/rooms/{q(room_id)}/event/{q(event_id)}")
+            return bool(status == 200)
+
+        await _eventually(at_b, "Alice's message at B")
+        since_b = (await cb.ok(bob, "GET", "/sync"))["next_batch"]
+        since_a = (await ca.ok(alice, "GET", "/sync"))["next_batch"]
+
+        receipt = f"/rooms/{q(room_id)}/receipt/m.read/{q(event_id)}"
+        await ca.ok(alice, "POST", receipt, {"thread_id": "main"})
+        await ca.ok(
+            alice, "PUT", f"/rooms/{q(room_id)}/typing/{q(alice.user_id)}", {"typing": True}
+        )
+
+        async def seen_on(
+            client: Client, user: TestUser, since: str, event_type: str, want: Any
+        ) -> None:
+            async def check() -> bool:
+                body = await client.ok(user, "GET", "/sync", params={"since": since})
+                return bool(_ephemeral(body, room_id, event_type) == want)
+
+            await _eventually(check, f"{event_type} for {user.user_id}")
+
+        alice_read = await ca.ok(alice, "GET", "/sync")
+        own = _ephemeral(alice_read, room_id, "m.receipt")
+        assert own is not None
+        ts = own[event_id]["m.read"][alice.user_id]["ts"]
+        await seen_on(
+            cb,
+            bob,
+            since_b,
+            "m.receipt",
+            {event_id: {"m.read": {alice.user_id: {"ts": ts, "thread_id": "main"}}}},
+        )
+        await seen_on(cb, bob, since_b, "m.typing", {"user_ids": [alice.user_id]})
+
+        # And back: Bob's receipt and typing reach A; his private receipt,
+        # sent before, stays home.
+        await cb.ok(bob, "POST", f"/rooms/{q(room_id)}/receipt/m.read.private/{q(event_id)}", {})
+        await cb.ok(bob, "POST", receipt, {})
+        await cb.ok(bob, "PUT", f"/rooms/{q(room_id)}/typing/{q(bob.user_id)}", {"typing": True})
+
+        async def bobs_receipt_at_a() -> bool:
+            body = await ca.ok(alice, "GET", "/sync", params={"since": since_a})
+            receipts = _ephemeral(body, room_id, "m.receipt") or {}
+            return bob.user_id in receipts.get(event_id, {}).get("m.read", {})
+
+        await _eventually(bobs_receipt_at_a, "Bob's receipt at A")
+        body = await ca.ok(alice, "GET", "/sync", params={"since": since_a})
+        at_a = _ephemeral(body, room_id, "m.receipt")
+        assert at_a is not None
+        assert set(at_a[event_id]) == {"m.read"}
+        await seen_on(
+            ca, alice, since_a, "m.typing", {"user_ids": sorted([alice.user_id, bob.user_id])}
+        )
+        await cb.ok(bob, "PUT", f"/rooms/{q(room_id)}/typing/{q(bob.user_id)}", {"typing": False})
+        await seen_on(ca, alice, since_a, "m.typing", {"user_ids": [alice.user_id]})
+
+        # B cannot speak for A's users, nor for rooms it is not in.
+        elsewhere = await ca.create_room(alice)
+        forged = [
+            RemoteReceipt(room_id, alice.user_id, "$forged", 1),
+            RemoteReceipt(elsewhere, bob.user_id, "$forged", 1),
+        ]
+        assert await a.server.receipts.on_remote_receipts(b.server_name, forged) == 0
+        typing = a.server.typing_notices
+        assert not await typing.on_remote_typing(b.server_name, room_id, alice.user_id, False)
+        assert not await typing.on_remote_typing(b.server_name, elsewhere, bob.user_id, True)
+        assert typing.typing_in(room_id) == [alice.user_id]
+        assert typing.typing_in(elsewhere) == []
