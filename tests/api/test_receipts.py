@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,3 +212,25 @@ async def test_a_long_poll_is_woken_by_a_receipt_of_its_room(env: Env) -> None:
     (answer,) = answers
     assert set(_receipts(answer, env.room_id)[event_id]) == {"m.read"}
     assert answer["next_batch"] != since
+
+
+async def test_the_filter_chooses_the_ephemeral_events(env: Env) -> None:
+    c, alice, bob = env.client, env.alice, env.bob
+    event_id = await env.send(alice, "hi", "1")
+    await c.ok(bob, "POST", env.receipt("m.read", event_id), {})
+    await c.ok(bob, "PUT", f"/rooms/{q(env.room_id)}/typing/{q(bob.user_id)}", {"typing": True})
+
+    async def types(sync_filter: dict[str, Any]) -> list[str]:
+        body = await env.sync(alice, filter=json.dumps(sync_filter))
+        return [event["type"] for event in _ephemeral(body, env.room_id)]
+
+    assert await types({}) == ["m.receipt", "m.typing"]
+    assert await types({"room": {"ephemeral": {"types": ["m.typing"]}}}) == ["m.typing"]
+    assert await types({"room": {"ephemeral": {"not_types": ["m.typ*"]}}}) == ["m.receipt"]
+    assert await types({"room": {"ephemeral": {"limit": 1}}}) == ["m.receipt"]
+    assert await types({"room": {"ephemeral": {"not_rooms": [env.room_id]}}}) == []
+    # A senders list does not hide events that have no sender.
+    assert await types({"room": {"ephemeral": {"senders": [bob.user_id]}}}) == [
+        "m.receipt",
+        "m.typing",
+    ]

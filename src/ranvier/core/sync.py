@@ -427,8 +427,16 @@ class SyncHandler:
     async def _ephemeral(
         self, request: _Request, room_ids: Collection[str]
     ) -> dict[str, list[dict[str, Any]]]:
-        """The receipts and typing events of ``room_ids`` to send, per room."""
+        """The receipts and typing events of ``room_ids`` to send, per room,
+        as the filter's ``room.ephemeral`` chooses them (types and rooms:
+        these events have no sender).
+        """
         since, now = request.since, request.now
+        # Ephemeral events have no sender: only their types are filtered.
+        chosen = msgspec.structs.replace(
+            request.filter.room.ephemeral, senders=None, not_senders=()
+        )
+        room_ids = [room_id for room_id in room_ids if chosen.includes_room(room_id)]
         found: dict[str, list[dict[str, Any]]] = {}
         for source, after, upto in (
             (self._receipts, None if since is None else since.receipts, now.receipts),
@@ -440,7 +448,10 @@ class SyncHandler:
                 after = None
             events = await source.for_sync(request.user_id, room_ids, after, upto)
             for room_id, event in events.items():
-                found.setdefault(room_id, []).append(event)
+                if chosen.matches(event["type"], ""):
+                    found.setdefault(room_id, []).append(event)
+        if chosen.limit is not None:
+            found = {room_id: kept[: chosen.limit] for room_id, kept in found.items()}
         return found
 
     async def _joined_room(
