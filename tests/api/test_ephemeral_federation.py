@@ -14,6 +14,7 @@ import trio
 from _client import Client, q
 
 from ranvier.core.receipts import RemoteReceipt
+from ranvier.core.typing import REMOTE_TIMEOUT_MS
 from ranvier.testing.homeserver import TestUser, open_test_homeserver
 from ranvier.testing.network import Pki
 
@@ -131,3 +132,16 @@ async def test_receipts_and_typing_travel_both_ways(tmp_path: Path) -> None:
         assert not await typing.on_remote_typing(b.server_name, elsewhere, bob.user_id, True)
         assert typing.typing_in(room_id) == [alice.user_id]
         assert typing.typing_in(elsewhere) == []
+
+        # Alice's typing ending by its timeout on A is told to B, well
+        # before B's own timeout for other servers' typing would end it.
+        path = f"/rooms/{q(room_id)}/typing/{q(alice.user_id)}"
+        await ca.ok(alice, "PUT", path, {"typing": True, "timeout": 200})
+
+        async def stopped_at_b() -> bool:
+            await trio.lowlevel.checkpoint()
+            return b.server.typing_notices.typing_in(room_id) == []
+
+        with trio.fail_after(REMOTE_TIMEOUT_MS / 1000 / 2):
+            await _eventually(stopped_at_b, "the end of Alice's typing at B")
+        assert typing.typing_in(room_id) == []

@@ -119,3 +119,21 @@ async def test_a_long_poll_is_woken_by_typing_and_by_its_end(env: Env) -> None:
         await poll(started["next_batch"])
         (ended,) = answers
         assert _typing(ended, env.room_id) == []
+
+
+async def test_a_token_from_before_a_restart_gets_each_rooms_typing_once(tmp_path: Path) -> None:
+    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client(timeout=30) as http:
+        c = Client(hs, http)
+        alice = await hs.register_user("alice")
+        room_id = await c.create_room(alice)
+        path = f"/rooms/{q(room_id)}/typing/{q(alice.user_id)}"
+        await c.ok(alice, "PUT", path, {"typing": True})
+        before = await c.ok(alice, "GET", "/sync")
+        assert _typing(before, room_id) == [alice.user_id]
+    # Nobody is typing after the restart; the client must hear so.
+    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client(timeout=30) as http:
+        c = Client(hs, http)
+        after = await c.ok(alice, "GET", "/sync", params={"since": before["next_batch"]})
+        assert _typing(after, room_id) == []
+        again = await c.ok(alice, "GET", "/sync", params={"since": after["next_batch"]})
+        assert _typing(again, room_id) is None
