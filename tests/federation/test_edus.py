@@ -1,0 +1,80 @@
+"""EDUs read and handed on by EduDispatcher, over a real test homeserver.
+
+The EDUs claim to come from the server itself, which is in its own rooms,
+so that the checks of the users' server and of the room pass and what is
+tested is how each EDU's content is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ranvier.errors import BadJsonError
+from ranvier.federation.edus import EduDispatcher
+from ranvier.testing.homeserver import open_test_homeserver
+
+
+async def test_edus_are_read_and_broken_entries_dropped_alone(tmp_path: Path) -> None:
+    async with open_test_homeserver(tmp_path / "hs") as hs:
+        server = hs.server
+        alice = await hs.register_user("alice")
+        bob = await hs.register_user("bob")
+        room_id = await server.create_room(alice.user_id)
+        event_id = await server.send_event(alice.user_id, room_id, "m.room.message", {"body": "x"})
+        edus = EduDispatcher(
+            receipts=server.receipts, typing=server.typing_notices, presence=server.presence
+        )
+        origin = server.server_name
+
+        receipt = {"event_ids": [event_id], "data": {"ts": 5, "thread_id": "main"}}
+        await edus.on_edu(
+            origin,
+            "m.receipt",
+            {
+                room_id: {
+                    "m.read": {
+                        alice.user_id: receipt,
+                        bob.user_id: {"event_ids": "not a list", "data": {"ts": 1}},
+                        "@carol:elsewhere.example": receipt,
+                    },
+                    "m.read.private": {bob.user_id: receipt},
+                },
+                "not a room": {"m.read": {alice.user_id: receipt}},
+            },
+        )
+        upto = await server.storage.receipts.receipts_position()
+        stored = await server.storage.receipts.receipt_changes([room_id], 0, upto)
+        assert [(r.user_id, r.receipt_type, r.event_id, r.ts, r.thread_id) for r in stored] == [
+            (alice.user_id, "m.read", event_id, 5, "main")
+        ]
+
+        await edus.on_edu(
+            origin, "m.typing", {"room_id": room_id, "user_id": alice.user_id, "typing": True}
+        )
+        assert server.typing_notices.typing_in(room_id) == [alice.user_id]
+        with pytest.raises(BadJsonError, match="m.typing"):
+            await edus.on_edu(origin, "m.typing", {"room_id": room_id, "typing": "yes"})
+
+        await edus.on_edu(
+            origin,
+            "m.presence",
+            {
+                "push": [
+                    {"user_id": bob.user_id, "presence": "unavailable", "last_active_ago": 10},
+                    {"user_id": "@carol:elsewhere.example", "presence": "online"},
+                    {"user_id": alice.user_id, "presence": "asleep"},
+                ]
+            },
+        )
+        seen = await server.presence.get_presence(bob.user_id, bob.user_id)
+        assert seen["presence"] == "unavailable"
+        assert seen["last_active_ago"] >= 10
+        assert await server.presence.get_presence(alice.user_id, alice.user_id) == {
+            "presence": "offline"
+        }
+        with pytest.raises(BadJsonError, match="m.presence"):
+            await edus.on_edu(origin, "m.presence", {"push": "nobody"})
+        # Types without a handler are let go.
+        await EduDispatcher().on_edu(origin, "m.receipt", {room_id: {}})
