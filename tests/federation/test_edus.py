@@ -54,7 +54,7 @@ async def test_edus_are_read_and_broken_entries_dropped_alone(tmp_path: Path) ->
             origin, "m.typing", {"room_id": room_id, "user_id": alice.user_id, "typing": True}
         )
         assert server.typing_notices.typing_in(room_id) == [alice.user_id]
-        with pytest.raises(BadJsonError, match="m.typing"):
+        with pytest.raises(BadJsonError, match=r"m\.typing"):
             await edus.on_edu(origin, "m.typing", {"room_id": room_id, "typing": "yes"})
 
         await edus.on_edu(
@@ -74,7 +74,7 @@ async def test_edus_are_read_and_broken_entries_dropped_alone(tmp_path: Path) ->
         assert await server.presence.get_presence(alice.user_id, alice.user_id) == {
             "presence": "offline"
         }
-        with pytest.raises(BadJsonError, match="m.presence"):
+        with pytest.raises(BadJsonError, match=r"m\.presence"):
             await edus.on_edu(origin, "m.presence", {"push": "nobody"})
         # Types without a handler are let go.
         await EduDispatcher().on_edu(origin, "m.receipt", {room_id: {}})
