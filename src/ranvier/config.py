@@ -239,6 +239,10 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     main_replication_url: str | None = None
     #: Trust these CA certificates (PEM) for a replication listener on TLS.
     replication_ca_file: Path | None = None
+    #: A federation_sender worker delivers events to other servers: every
+    #: other process only notes them in the database for it. Set it in the
+    #: main process's and every worker's configuration alike.
+    federation_sender: bool = False
 
     def __post_init__(self) -> None:
         url = self.main_replication_url

@@ -126,7 +126,7 @@ from ranvier.core.redactions import ServedStateReader
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.room_leaves import RoomLeaves
 from ranvier.core.room_list import RoomList
-from ranvier.core.room_servers import RoomEventSender, RoomServers
+from ranvier.core.room_servers import PduSink, RoomEventSender, RoomServers
 from ranvier.core.rooms import FullStateWaiter, RoomReader
 from ranvier.core.sync import SyncHandler
 from ranvier.core.typing import TypingNotices
@@ -157,6 +157,7 @@ from ranvier.keyfile import load_or_create_signing_key
 from ranvier.metrics import MetricsApp, sample_name
 from ranvier.protocol.room_versions import DEFAULT_ROOM_VERSION, RoomVersionLike
 from ranvier.protocol.signing import SigningKey
+from ranvier.replication.federation_sending import QueueingPduSink
 from ranvier.replication.server import ReplicationApp
 from ranvier.replication.stream import MainControl, StreamSource
 from ranvier.storage import Storage
@@ -253,6 +254,7 @@ class HomeServer:
         self._listeners: list[tuple[ListenerConfig, HttpListener]] = []
         self._bound: tuple[BoundListener, ...] | None = None
         self._notifier: RoomEventSender | None = None
+        self._pdu_queue: QueueingPduSink | None = None
         self._edus = EduDispatcher()
         #: Woken by storage after each commit that a ``/sync`` may report.
         self.stream_notifier = StreamNotifier()
@@ -658,6 +660,8 @@ class HomeServer:
             assert secret is not None  # the configuration requires it
             source = StreamSource(self._storage, self.stream_notifier)
             self.accounts.on_tokens_invalidated = source.note_tokens_invalidated
+            if self._pdu_queue is not None:
+                self._pdu_queue.on_noted = source.note_queued
             apps["replication"] = ReplicationApp(
                 self._storage,
                 shared_secret=secret,
@@ -699,6 +703,15 @@ class HomeServer:
         """Where events from federation or from local clients are persisted."""
         return self.storage
 
+    def _pdu_sink(self) -> PduSink:
+        """Where events for other servers go: the federation sender, or only
+        ``destination_rooms`` when a federation_sender worker delivers them.
+        """
+        if self.config.worker.federation_sender:
+            self._pdu_queue = QueueingPduSink(self.storage, server_name=self.server_name)
+            return self._pdu_queue
+        return self.federation_sender
+
     def _full_state_waiter(self) -> FullStateWaiter:
         """What reads of a partial-state room wait on for its full state."""
         return self.unpartial_stater
@@ -711,7 +724,7 @@ class HomeServer:
         storage, client, keys = self.storage, self.federation_client, self.key_ring
         self._room_servers = RoomServers(storage)
         self._federation_sender = FederationSender(server_name, client, storage)
-        notifier = RoomEventSender(server_name, self._room_servers, self._federation_sender)
+        notifier = RoomEventSender(server_name, self._room_servers, self._pdu_sink())
         fetcher = FederationEventFetcher(client)
         verifier = EventVerifier(keys)
         self._ingester = FederationIngester(
@@ -917,6 +930,11 @@ class HomeServer:
             _Component("storage", self.storage.run),
             _Component("federation client", self.federation_client.run),
             _Component("federation sender", self.federation_sender.run),
+            *(
+                [_Component("federation queue", self._pdu_queue.run)]
+                if self._pdu_queue is not None
+                else []
+            ),
             _Component("typing expiry", self.typing_notices.run),
             # After what it reads and writes through, before the listeners:
             # the rooms left partial are resumed before anything new arrives.

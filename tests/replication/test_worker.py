@@ -178,3 +178,38 @@ async def test_a_join_on_a_worker_left_partial_is_resynced_by_the_main_process(
             assert main.server.unpartial_stater.completed_resyncs == 1
             assert worker.unpartial_stater.completed_resyncs == 0
             assert worker.stream_follower.known.un_partial >= 1
+
+
+async def test_with_a_federation_sender_worker_the_main_process_only_queues(
+    tmp_path: Path,
+) -> None:
+    pki = Pki.create(tmp_path)
+    port = free_port()
+    main_config = _main_config(tmp_path / "main", replication_port=port, pki=pki)
+    main_config = msgspec.structs.replace(main_config, worker=WorkerConfig(federation_sender=True))
+    async with (
+        open_test_homeserver(tmp_path / "remote", federation=pki) as remote,
+        open_test_homeserver(tmp_path / "main", config=main_config) as main,
+    ):
+        alice = await main.register_user("alice")
+        bob = await remote.register_user("bob")
+        room_id = await main.server.create_room(alice.user_id, preset="public_chat")
+        await remote.server.join_room(bob.user_id, room_id, [main.server_name])
+        worker_config = msgspec.structs.replace(
+            _worker_config(main_config, tmp_path / "worker", replication_port=port),
+            listeners=(),
+        )
+        async with open_worker(worker_config, "federation_sender") as worker:
+            event_id = await main.server.send_event(
+                alice.user_id, room_id, "m.room.message", {"body": "via the worker", "msgtype": "m"}
+            )
+            for _ in range(1000):
+                if await remote.server.storage.get_event(event_id) is not None:
+                    break
+                await trio.sleep(0.01)
+            assert await remote.server.storage.get_event(event_id) is not None
+            # Delivered by the worker; the main process only noted it.
+            assert main.server.federation_sender.status(remote.server_name) is None
+            assert worker.federation_sender.status(remote.server_name) is not None
+            assert worker.destination_waker is not None
+            assert worker.destination_waker.woken >= 1

@@ -67,9 +67,11 @@ __all__ = [
     "StreamPositions",
     "StreamSource",
     "read_positions",
+    "wait_either",
 ]
 
 _log: Final = logging.getLogger(__name__)
+_QUEUE_WRITE: Final = "writes.store_destination_rooms"
 
 #: Registered writes after which a cached access token may be wrong.
 TOKEN_WRITES: Final = frozenset(
@@ -108,6 +110,8 @@ class _Answer(msgspec.Struct, frozen=True):
     positions: StreamPositions
     #: ``<the main process's life>:<token invalidations in it>``.
     tokens: str
+    #: ``<the main process's life>:<writes to destination_rooms in it>``.
+    queued: str = ""
 
 
 _answer_decoder: Final = msgspec.json.Decoder(_Answer)
@@ -188,16 +192,28 @@ class StreamSource:
         self._notifier = notifier
         self._life = secrets.token_hex(8)
         self._invalidations = 0
+        self._queued = 0
         self._changed = trio.Event()
 
     @property
     def tokens(self) -> str:
         return f"{self._life}:{self._invalidations}"
 
+    @property
+    def queued(self) -> str:
+        return f"{self._life}:{self._queued}"
+
     def note_write(self, name: str) -> None:
         """A worker's write ``name`` ran (the replication app's ``on_write``)."""
         if name in TOKEN_WRITES:
             self._invalidations += 1
+        if name == _QUEUE_WRITE:
+            self._queued += 1
+        self._wake()
+
+    def note_queued(self) -> None:
+        """This process noted events for other servers in ``destination_rooms``."""
+        self._queued += 1
         self._wake()
 
     def note_tokens_invalidated(self) -> None:
@@ -213,10 +229,10 @@ class StreamSource:
         return await self._storage.readers.read(read_positions)
 
     async def wait(
-        self, known: StreamPositions, tokens: str, *, timeout_seconds: float
-    ) -> tuple[StreamPositions, str]:
-        """The positions and token count once either differs from what the
-        worker knows, or after ``timeout_seconds`` whatever they are.
+        self, known: StreamPositions, tokens: str, queued: str, *, timeout_seconds: float
+    ) -> _Answer:
+        """The positions and counts once any differs from what the worker
+        knows, or after ``timeout_seconds`` whatever they are.
         """
         with trio.move_on_after(timeout_seconds):
             while True:
@@ -224,13 +240,13 @@ class StreamSource:
                 changed = self._changed
                 notified = self._notifier.position
                 current = await self.positions()
-                if current.is_beyond(known) or self.tokens != tokens:
-                    return current, self.tokens
-                await _either(self._notifier.wait_beyond(notified), changed.wait())
-        return await self.positions(), self.tokens
+                if current.is_beyond(known) or self.tokens != tokens or self.queued != queued:
+                    return _Answer(current, self.tokens, self.queued)
+                await wait_either(self._notifier.wait_beyond(notified), changed.wait())
+        return _Answer(await self.positions(), self.tokens, self.queued)
 
 
-async def _either(first: Awaitable[object], second: Awaitable[object]) -> None:
+async def wait_either(first: Awaitable[object], second: Awaitable[object]) -> None:
     """Return once either awaitable is done; the other is cancelled."""
     async with trio.open_nursery() as nursery:
 
@@ -302,8 +318,9 @@ class MainControl:
                 http_status=400,
             ) from None
         tokens = query.get("tokens", [""])[0]
-        positions, tokens = await self.source.wait(known, tokens, timeout_seconds=max(0, timeout))
-        return _json.encode(_Answer(positions, tokens))
+        queued = query.get("queued", [""])[0]
+        answer = await self.source.wait(known, tokens, queued, timeout_seconds=max(0, timeout))
+        return _json.encode(answer)
 
     async def _resync_room(self, room_id: str) -> bytes:
         if await self._storage.is_partial_state_room(room_id):
@@ -361,6 +378,10 @@ class StreamFollower:
         self._backoff_cap = backoff_cap_seconds
         self.known = StreamPositions()
         self._tokens: str | None = None
+        self._queued = ""
+        #: Called when events may have been noted for other servers (the
+        #: federation_sender's waker).
+        self.on_queued: Callable[[], None] | None = None
         #: Answers taken, and polls that failed; for tests and metrics.
         self.answers = 0
         self.failures = 0
@@ -396,6 +417,7 @@ class StreamFollower:
                 "un_partial": str(known.un_partial),
                 "account_data": str(known.account_data),
                 "tokens": self._tokens or "",
+                "queued": self._queued,
                 "timeout_ms": str(int(self._poll * 1000)),
             },
             timeout_seconds=self._poll + 10,
@@ -412,6 +434,10 @@ class StreamFollower:
         if self._tokens is not None and answer.tokens != self._tokens and forget is not None:
             forget()
         self._tokens = answer.tokens
+        if answer.queued != self._queued:
+            self._queued = answer.queued
+            if self.on_queued is not None:
+                self.on_queued()
         after, upto = self.known, answer.positions.newest(self.known)
         if upto.is_beyond(after):
             changes = await self._storage.readers.read(

@@ -36,6 +36,7 @@ import trio
 
 from ranvier.config import Config, ConfigError
 from ranvier.core.interfaces import EventPersister
+from ranvier.core.room_servers import PduSink
 from ranvier.core.rooms import FullStateWaiter
 from ranvier.errors import MatrixError
 from ranvier.federation.transport.tls import client_ssl_context
@@ -45,6 +46,7 @@ from ranvier.storage import Storage
 
 from . import wire
 from .client import RemoteWriter, ReplicationClient, ReplicationEventPersister
+from .federation_sending import DestinationWaker
 from .stream import StreamFollower, StreamFullStateWaiter
 
 __all__ = ["ROLES", "Role", "WorkerServer", "open_worker"]
@@ -89,6 +91,8 @@ class WorkerServer(HomeServer):
         self.role: Role = role
         self._replication: ReplicationClient | None = None
         self._follower: StreamFollower | None = None
+        #: On a federation_sender: wakes the destinations the database shows behind.
+        self.destination_waker: DestinationWaker | None = None
         self._resyncs_send, self._resyncs_receive = trio.open_memory_channel[str](_RESYNC_BACKLOG)
 
     @property
@@ -142,6 +146,11 @@ class WorkerServer(HomeServer):
     def _event_persister(self, kind: Literal["federation", "client"]) -> EventPersister:
         return ReplicationEventPersister(self.replication_client, self.storage, kind=kind)
 
+    def _pdu_sink(self) -> PduSink:
+        if self.role == "federation_sender":
+            return self.federation_sender
+        return super()._pdu_sink()
+
     def _full_state_waiter(self) -> FullStateWaiter:
         return StreamFullStateWaiter(self.storage, self.stream_notifier)
 
@@ -188,6 +197,11 @@ class WorkerServer(HomeServer):
                 # the resync requests go through it.
                 components.append(_Component("replication stream", self.stream_follower.run))
                 components.append(_Component("resync requests", self._ask_for_resyncs))
+            if component.name == "federation sender" and self.role == "federation_sender":
+                waker = DestinationWaker(self.federation_sender, self.storage, self.stream_notifier)
+                self.destination_waker = waker
+                self.stream_follower.on_queued = waker.poke
+                components.append(_Component("destination waker", waker.run))
         return components
 
 
