@@ -200,7 +200,16 @@ async def _measure(directory: Path, pki: _Pki, *, workers: bool) -> dict[str, An
             )
             processes.append(
                 _spawn(
-                    [SCRIPT, "worker", "--config", str(directory / "worker.toml"), "--role", "federation_reader", "--log-level", "WARNING"],
+                    [
+                        SCRIPT,
+                        "worker",
+                        "--config",
+                        str(directory / "worker.toml"),
+                        "--role",
+                        "federation_reader",
+                        "--log-level",
+                        "WARNING",
+                    ],
                     directory / "worker.log",
                 )
             )
