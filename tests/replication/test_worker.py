@@ -213,3 +213,42 @@ async def test_with_a_federation_sender_worker_the_main_process_only_queues(
             assert worker.federation_sender.status(remote.server_name) is not None
             assert worker.destination_waker is not None
             assert worker.destination_waker.woken >= 1
+
+
+async def test_a_long_poll_on_a_worker_wakes_for_account_data_set_on_the_main_process(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    main_config = _main_config(tmp_path / "main", replication_port=port)
+    async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
+        worker_config = _worker_config(main_config, tmp_path / "worker", replication_port=port)
+        async with open_worker(worker_config, "client_reader") as worker:
+            alice = await main.register_user("alice")
+            async with (
+                TestHomeserver(worker).client(alice, timeout=30) as on_worker,
+                main.client(alice) as on_main,
+            ):
+                first = (await on_worker.get("/_matrix/client/v3/sync")).json()
+                woken: list[dict[str, object]] = []
+                answered = trio.Event()
+
+                async def long_poll() -> None:
+                    answer = await on_worker.get(
+                        "/_matrix/client/v3/sync",
+                        params={"since": first["next_batch"], "timeout": "20000"},
+                    )
+                    woken.append(answer.json())
+                    answered.set()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(long_poll)
+                    await trio.sleep(0.2)
+                    assert woken == []
+                    started = trio.current_time()
+                    path = f"/_matrix/client/v3/user/{alice.user_id}/account_data/org.example.x"
+                    assert (await on_main.put(path, json={"set": "there"})).status_code == 200
+                    with trio.fail_after(15):
+                        await answered.wait()
+                assert trio.current_time() - started < 5
+    events = woken[0]["account_data"]["events"]  # type: ignore[index]
+    assert {"type": "org.example.x", "content": {"set": "there"}} in events
