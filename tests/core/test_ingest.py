@@ -139,6 +139,46 @@ async def test_verdicts_come_a_chunk_at_a_time_as_verify_has_them(
     ]
 
 
+@pytest.mark.parametrize(("chunk_size", "threads"), [(1, 2), (3, 2), (3, 1), (50, 2)])
+async def test_a_feed_gives_each_event_its_verdict_as_verify_has_it(
+    world: World, chunk_size: int, threads: int
+) -> None:
+    verifier = EventVerifier(KnownKeys(world.keys), threads=threads, chunk_size=chunk_size)
+    events = [world.room.message(BOB, f"words {n}") for n in range(7)]
+    events[2] = world.room.message(BOB, key=generate_signing_key("k1"))
+    events[5] = Pdu.from_json(
+        events[5].json | {"content": {"body": "other words"}}, world.room.version
+    )
+    async with verifier.feed() as feed:
+        verdicts = [await feed.add(event) for event in events]
+        await feed.finish()
+        given = [await verdict.get() for verdict in verdicts]
+    expected = await verifier.verify(events)
+    assert [type(v) for v in given] == [type(v) for v in expected]
+    assert isinstance(given[2], InvalidSignatureError)
+    assert isinstance(given[5], Pdu)
+    assert given[5].content == {}  # kept redacted
+    assert [v for n, v in enumerate(given) if n not in (2, 5)] == [
+        e for n, e in enumerate(events) if n not in (2, 5)
+    ]
+
+
+async def test_a_feed_left_without_events_or_unfinished_ends(world: World) -> None:
+    verifier = EventVerifier(KnownKeys(world.keys), threads=2, chunk_size=2)
+    with trio.fail_after(5):
+        async with verifier.feed() as feed:
+            await feed.finish()
+        # Left without finish(), with a chunk queued: its threads still end.
+        async with verifier.feed() as feed:
+            verdicts = [await feed.add(world.room.message(BOB, f"w {n}")) for n in range(2)]
+        assert all(isinstance(v, Pdu) for v in [await verdict.get() for verdict in verdicts])
+    async with verifier.feed() as feed:
+        await feed.finish()
+        await feed.add(world.room.message(BOB))
+        with pytest.raises(RuntimeError, match="finished"):
+            await feed.add(world.room.message(BOB))
+
+
 async def test_a_verdict_waits_until_given(world: World) -> None:
     verdict = Verdict()
     message = world.room.message(BOB)

@@ -73,7 +73,8 @@ from __future__ import annotations
 import functools
 import heapq
 import logging
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+import queue
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
@@ -92,7 +93,7 @@ from ranvier.protocol.auth import CREATE_KEY, StateKey, create_event_id_for_room
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import compute_event_id
 from ranvier.protocol.room_versions import RoomVersion, get_room_version
-from ranvier.storage.records import StoredEvent
+from ranvier.storage.records import EventToPersist, StoredEvent
 
 from .context import (
     EventContext,
@@ -110,6 +111,7 @@ from .event_auth import (
     check_against_state_before,
 )
 from .event_signatures import (
+    SignatureCheck,
     check_event_signatures,
     find_signature_checks,
     redacted_if_hash_mismatch,
@@ -134,10 +136,15 @@ __all__ = [
     "PduOutcome",
     "RoomLocks",
     "Verdict",
+    "VerificationFeed",
     "sole_failure",
 ]
 
 _log: Final = logging.getLogger(__name__)
+
+#: Writes backfilled events: before the room's history here, moving neither
+#: its forward extremities nor its current state.
+BackfillWrite: TypeAlias = Callable[[Sequence[EventToPersist]], Awaitable[Mapping[str, int]]]
 
 _MEMBER: Final = "m.room.member"
 #: Members of one server looked at per read when checking it is in a room.
@@ -219,6 +226,92 @@ class EventVerifier:
                             limiter=self._limiter,
                         )
                     )
+
+    @asynccontextmanager
+    async def feed(self) -> AsyncIterator[VerificationFeed]:
+        """A :class:`VerificationFeed` whose worker threads run in this
+        block; :meth:`~VerificationFeed.finish` lets them end once they
+        have checked every event added.
+        """
+        async with trio.open_nursery() as nursery:
+            feed = VerificationFeed(self, nursery)
+            try:
+                yield feed
+            finally:
+                feed.close()
+
+
+class VerificationFeed:
+    """Events handed in one by one as they are parsed, their signatures
+    checked a chunk at a time on worker threads while later ones are still
+    being parsed; each event's verdict is given as soon as its chunk is checked.
+
+    Get one from :meth:`EventVerifier.feed`. A thread is started for each
+    of the first chunks, up to the verifier's ``threads``; they take chunks
+    from a queue in turn and give the verdicts back with
+    ``TrioToken.run_sync_soon``, which does not wait for the event loop.
+    """
+
+    def __init__(self, verifier: EventVerifier, nursery: trio.Nursery) -> None:
+        self._verifier = verifier
+        self._nursery = nursery
+        self._token = trio.lowlevel.current_trio_token()
+        self._queue: queue.SimpleQueue[tuple[list[SignatureCheck], list[Verdict]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._pending: list[tuple[Pdu, Verdict]] = []
+        self._lanes = 0
+        self._closed = False
+
+    async def add(self, event: Pdu) -> Verdict:
+        """Queue ``event``'s checks; its verdict comes in what this returns."""
+        verdict = Verdict()
+        self._pending.append((event, verdict))
+        if len(self._pending) >= self._verifier._chunk_size:
+            await self._send()
+        return verdict
+
+    async def finish(self) -> None:
+        """Queue the last events and let the threads end after them."""
+        if self._pending:
+            await self._send()
+        self.close()
+
+    async def _send(self) -> None:
+        if self._closed:
+            raise RuntimeError("events added to a finished verification feed")
+        items, self._pending = self._pending, []
+        checks = await find_signature_checks([event for event, _ in items], self._verifier._keys)
+        self._queue.put((checks, [verdict for _, verdict in items]))
+        if self._lanes < self._verifier._threads:
+            self._lanes += 1
+            self._nursery.start_soon(
+                functools.partial(
+                    trio.to_thread.run_sync, self._lane, limiter=self._verifier._limiter
+                )
+            )
+
+    def close(self) -> None:
+        """Let the threads end once the queue is empty."""
+        if not self._closed:
+            self._closed = True
+            for _ in range(self._lanes):
+                self._queue.put(None)
+
+    def _lane(self) -> None:
+        while (job := self._queue.get()) is not None:
+            checks, verdicts = job
+            failures = run_signature_checks(checks)
+            given = [
+                (verdict, _after_signatures(check.event, failures.get(check.event.event_id)))
+                for check, verdict in zip(checks, verdicts, strict=True)
+            ]
+            self._token.run_sync_soon(_give_all, given)
+
+
+def _give_all(given: Sequence[tuple[Verdict, Pdu | MatrixError]]) -> None:
+    for verdict, value in given:
+        verdict.give(value)
 
 
 def _after_signatures(event: Pdu, failure: MatrixError | None) -> Pdu | MatrixError:
@@ -392,24 +485,28 @@ class FederationIngester:
         room and rooms concurrently; one outcome per PDU, in their order.
         """
         outcomes: list[PduOutcome | None] = [None] * len(pdus)
-        by_room: dict[str, list[tuple[int, Pdu]]] = {}
+        by_room: dict[str, list[tuple[int, _Checked]]] = {}
         versions: dict[str, str | None] = {}
-        for index, raw in enumerate(pdus):
-            event_id, event = await self._parse(raw, versions)
-            if isinstance(event, MatrixError):
-                outcomes[index] = PduOutcome(event_id, error=event)
-            else:
-                by_room.setdefault(event.room_id, []).append((index, event))
 
-        async def handle_room(events: list[tuple[int, Pdu]]) -> None:
-            room_outcomes = await self._handle_room(origin, [event for _, event in events])
-            for (index, _), outcome in zip(events, room_outcomes, strict=True):
+        async def handle_room(items: list[tuple[int, _Checked]]) -> None:
+            room_outcomes = await self._handle_room(origin, [item for _, item in items])
+            for (index, _), outcome in zip(items, room_outcomes, strict=True):
                 outcomes[index] = outcome
 
         try:
-            async with trio.open_nursery() as nursery:
-                for events in by_room.values():
-                    nursery.start_soon(handle_room, events)
+            # Signatures are checked on worker threads while later PDUs are parsed.
+            async with self._verifier.feed() as feed:
+                for index, raw in enumerate(pdus):
+                    event_id, event = await self._parse(raw, versions)
+                    if isinstance(event, MatrixError):
+                        outcomes[index] = PduOutcome(event_id, error=event)
+                    else:
+                        verdict = await feed.add(event)
+                        by_room.setdefault(event.room_id, []).append((index, (event, verdict)))
+                await feed.finish()
+                async with trio.open_nursery() as nursery:
+                    for items in by_room.values():
+                        nursery.start_soon(handle_room, items)
         except BaseExceptionGroup as group:
             raise sole_failure(group) from None
         return [outcome for outcome in outcomes if outcome is not None]
@@ -444,6 +541,33 @@ class FederationIngester:
         for room_id, room_events in by_room.items():
             async with self.room_locks.hold(room_id):
                 outcomes.extend(await self._handle_pulled(origin, room_events))
+        return outcomes
+
+    async def on_backfilled_events(
+        self, origin: str, events: Sequence[Pdu], write: BackfillWrite
+    ) -> list[PduOutcome]:
+        """Handle events ``origin`` gave from before the room's history here
+        (``/backfill``), oldest first, each written with ``write``, which
+        places it before everything held and moves neither the forward
+        extremities nor current state (see :mod:`ranvier.storage.backfill`).
+
+        They are checked as pulled events are, gaps filled from ``origin``,
+        except against the current state: an old event is judged where it
+        stands in the DAG, and today's state would soft fail much of any
+        room's history. The room's own ``m.room.create`` event, held as an
+        outlier since the join, takes its place in the DAG too.
+        """
+        checked = await self._verifier.verify(events)
+        outcomes: list[PduOutcome] = []
+        by_room: dict[str, list[Pdu]] = {}
+        for event, verdict in zip(events, checked, strict=True):
+            if isinstance(verdict, MatrixError):
+                outcomes.append(PduOutcome(event.event_id, error=verdict))
+            else:
+                by_room.setdefault(verdict.room_id, []).append(verdict)
+        for room_id, room_events in by_room.items():
+            async with self.room_locks.hold(room_id):
+                outcomes.extend(await self._handle_pulled(origin, room_events, backfill=write))
         return outcomes
 
     # The steps
@@ -514,46 +638,40 @@ class FederationIngester:
             event_id = None
         return event_id, error
 
-    async def _handle_room(self, origin: str, events: Sequence[Pdu]) -> list[PduOutcome]:
+    async def _handle_room(self, origin: str, items: Sequence[_Checked]) -> list[PduOutcome]:
         """One room's pushed events, in order, under the room's lock.
 
-        Their signatures are checked a chunk at a time in worker threads
-        while the first run reads what storage holds of them and the first
-        events are judged: each event waits only for its own chunk. They
-        are taken in runs
+        Their signatures are being checked a chunk at a time in worker
+        threads while the first run reads what storage holds of them and
+        the first events are judged: each event waits only for its own
+        chunk's verdict. They are taken in runs
         (:class:`~ranvier.core.ingest_batch.RoomRun`), each judged in memory
         and written at once; an event that needs something fetched first
         (a gap before it, auth events we lack) ends the run and is taken
         alone, and the next run starts after it.
         """
         outcomes: list[PduOutcome] = []
-        if not events:
+        if not items:
             return outcomes
-        room_id, room_version = events[0].room_id, events[0].room_version
+        room_id, room_version = items[0][0].room_id, items[0][0].room_version
         async with self.room_locks.hold(room_id):
-            verdicts = [Verdict() for _ in events]
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._verifier.verify_each, events, verdicts)
-                    first = RoomRun(
-                        self._store,
-                        self._persister,
-                        room_id,
-                        room_version,
-                        run_reader=self._run_reader,
-                    )
-                    await first.load(events)
-                    run: RoomRun | None = first
-                    rest = list(zip(events, verdicts, strict=True))
-                    while rest:
-                        taken, rest = await self._take_run(origin, rest, run)
-                        run = None
-                        outcomes.extend(taken)
-                        if rest:
-                            outcomes.append(await self._alone(origin, rest[0]))
-                            rest = rest[1:]
-            except BaseExceptionGroup as group:
-                raise sole_failure(group) from None
+            first = RoomRun(
+                self._store,
+                self._persister,
+                room_id,
+                room_version,
+                run_reader=self._run_reader,
+            )
+            await first.load([event for event, _ in items])
+            run: RoomRun | None = first
+            rest = list(items)
+            while rest:
+                taken, rest = await self._take_run(origin, rest, run)
+                run = None
+                outcomes.extend(taken)
+                if rest:
+                    outcomes.append(await self._alone(origin, rest[0]))
+                    rest = rest[1:]
         return outcomes
 
     async def _take_run(
@@ -660,18 +778,21 @@ class FederationIngester:
             await self._fetch_outliers(origin, event.room_id, event.room_version, missing_auth)
         return await self._process(origin, event, pushed=True)
 
-    async def _handle_pulled(self, origin: str, events: Sequence[Pdu]) -> list[PduOutcome]:
+    async def _handle_pulled(
+        self, origin: str, events: Sequence[Pdu], *, backfill: BackfillWrite | None = None
+    ) -> list[PduOutcome]:
         outcomes = []
         for event in sorted(events, key=lambda pulled: pulled.depth):
             try:
                 result, missing_auth = await self._first_look(event, self._store)
                 if result is None:
-                    _check_extends_room(event)
+                    if backfill is None or not await self._is_stored_create(event):
+                        _check_extends_room(event)
                     if missing_auth:
                         await self._fetch_outliers(
                             origin, event.room_id, event.room_version, missing_auth
                         )
-                    result = await self._process(origin, event, pushed=False)
+                    result = await self._process(origin, event, pushed=False, backfill=backfill)
             except StorageUnavailableError:
                 raise
             except MatrixError as exc:
@@ -680,6 +801,14 @@ class FederationIngester:
                 continue
             outcomes.append(PduOutcome(event.event_id, result=result, error=result.error))
         return outcomes
+
+    async def _is_stored_create(self, event: Pdu) -> bool:
+        """Whether ``event`` is the room's create event as held here (an
+        outlier from the join, for a room joined over federation).
+        """
+        if event.type != CREATE_KEY[0] or event.state_key != CREATE_KEY[1]:
+            return False
+        return event.event_id in await self._store.get_events([event.event_id])
 
     async def _first_look(
         self, event: Pdu, store: StateReader
@@ -731,10 +860,17 @@ class FederationIngester:
                 state_before = await self._state_at_gap(origin, event, missing)
 
     async def _process(
-        self, origin: str, event: Pdu, *, pushed: bool, run: RoomRun | None = None
+        self,
+        origin: str,
+        event: Pdu,
+        *,
+        pushed: bool,
+        run: RoomRun | None = None,
+        backfill: BackfillWrite | None = None,
     ) -> IngestResult:
         """Context, auth checks, write: the part every event in the DAG goes
-        through; in a run, against the run and held by it.
+        through; in a run, against the run and held by it; backfilled, not
+        checked against the current state and written with ``backfill``.
         """
         store: StateReader = self._store if run is None else run
         persister: EventPersister = self._persister if run is None else run
@@ -742,18 +878,28 @@ class FederationIngester:
             context = await self._context(origin, event, pushed=pushed and attempt == 1, run=run)
             loader = EventLoader(store, event.room_version) if run is None else run.loader
             outcome = await _run_auth_checks(
-                event, context, store, loader, None if run is None else run.auth_verdicts
+                event,
+                context,
+                store,
+                loader,
+                None if run is None else run.auth_verdicts,
+                current_state=backfill is None,
             )
             if pushed:
                 await self._check_origin_in_room(
                     origin, event, outcome.context, outcome.failure, store
                 )
-            current = await compute_current_state_after(event, outcome.context, store, persister)
             try:
-                await persister.persist_events(
-                    [event_to_persist(event, outcome.context)],
-                    current_state_groups=None if current is None else {event.room_id: current},
-                )
+                if backfill is not None:
+                    await backfill([event_to_persist(event, outcome.context)])
+                else:
+                    current = await compute_current_state_after(
+                        event, outcome.context, store, persister
+                    )
+                    await persister.persist_events(
+                        [event_to_persist(event, outcome.context)],
+                        current_state_groups=None if current is None else {event.room_id: current},
+                    )
             except PartialStateConflictError as exc:
                 if attempt == 2:
                     _log.warning("%s conflicted with partial state twice: %s", event.event_id, exc)
@@ -1008,12 +1154,15 @@ async def _run_auth_checks(
     store: StateReader,
     loader: EventLoader,
     verdicts: dict[AuthInputs, AuthFailure | None] | None = None,
+    *,
+    current_state: bool = True,
 ) -> AuthOutcome:
     """:func:`~ranvier.core.event_auth.run_auth_checks`, with events loaded
     through ``loader``: a run shares one, so that the events its events
     cite are read and parsed once. With ``verdicts``, the first two checks
     of an event that shares their inputs with one checked before
-    (:func:`_auth_inputs`) take that event's verdict.
+    (:func:`_auth_inputs`) take that event's verdict. Without
+    ``current_state`` the third check (soft failing) is left out.
     """
     inputs = None if verdicts is None else _auth_inputs(event, context)
     if verdicts is not None and inputs is not None and inputs in verdicts:
@@ -1026,7 +1175,7 @@ async def _run_auth_checks(
             verdicts[inputs] = failure
     if failure is not None:
         return AuthOutcome(context.as_rejected(failure.rule), failure)
-    if context.is_outlier:
+    if context.is_outlier or not current_state:
         return AuthOutcome(context)
     failure = await check_against_current_state(event, context, store, loader=loader)
     if failure is not None:
