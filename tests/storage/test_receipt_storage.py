@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from conftest import ROOM, EventFactory
+from collections.abc import Callable
 
-from ranvier.storage import Storage
+from ranvier.storage import EventToPersist, Storage
+
+# The room the storage fixture makes.
+ROOM = "!room:example.org"
+EventFactory = Callable[..., EventToPersist]
 
 ALICE = "@alice:example.org"
 BOB = "@bob:remote.example"
