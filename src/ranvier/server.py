@@ -738,14 +738,18 @@ class HomeServer:
         self._transaction_handler = TransactionHandler(
             pdus=self._ingester, transactions=ReceivedTransactions(storage), edus=self._edus
         )
+        client_persister = self._event_persister("client")
         self._event_creator = EventCreator(
             server_name=server_name,
             signing_key=signing_key,
             store=storage,
-            persister=self._event_persister("client"),
+            persister=client_persister,
             notifier=notifier,
             remote_inviter=FederationInviter(client, store=storage, keys=keys),
             room_locks=self._room_locks,
+            # Messages and their client transactions in one commit, where
+            # this process writes its own events.
+            transaction_recorder=storage if client_persister is storage else None,
         )
         self._remote_joiner = RemoteJoiner(
             server_name=server_name,

@@ -9,7 +9,14 @@ import pytest
 import trio
 import trio.testing
 
-from ranvier.core.client_txns import ClientTransactions
+from ranvier.core.client_txns import (
+    ClientTransactions,
+    PendingTransaction,
+    claim_client_transaction,
+)
+from ranvier.core.creation import EventCreator
+from ranvier.errors import AuthError
+from ranvier.protocol.signing import generate_signing_key
 from ranvier.storage import Storage
 
 ALICE = "@alice:example.org"
@@ -116,3 +123,77 @@ async def test_transactions_are_forgotten_after_a_day(storage: Storage) -> None:
     await send("/send/fifth", 26 * hour + 30 * minute)
     assert await stored.get_client_transaction(ALICE, "DEV", "/send/early") is None
     assert await stored.get_client_transaction(ALICE, "DEV", "/send/new") == "$event3"
+
+
+def _creator(storage: Storage, *, recording: bool) -> EventCreator:
+    clock = itertools.count(1_700_000_000_000)
+    return EventCreator(
+        server_name="example.org",
+        signing_key=generate_signing_key("1"),
+        store=storage,
+        persister=storage,
+        clock=lambda: next(clock),
+        transaction_recorder=storage if recording else None,
+    )
+
+
+@pytest.mark.parametrize("recording", [True, False])
+async def test_a_message_and_its_transaction_share_a_commit_when_they_can(
+    storage: Storage, txns: ClientTransactions, recording: bool
+) -> None:
+    creator = _creator(storage, recording=recording)
+    room_id = await creator.create_room(ALICE)
+
+    async def send() -> str:
+        return await creator.send_event(ALICE, room_id, "m.room.message", {"body": "hi"})
+
+    # The first recording also drops old transactions, in a write of its own.
+    await txns.run(ALICE, "DEV", "/send/t0", room_id, send)
+    requests = storage.actor.stats.requests
+    event_id = await txns.run(ALICE, "DEV", "/send/t1", room_id, send)
+    assert storage.actor.stats.requests == requests + (1 if recording else 2)
+    assert await storage.client_transactions.get_client_transaction(ALICE, "DEV", "/send/t1") == (
+        event_id
+    )
+    assert await txns.run(ALICE, "DEV", "/send/t1", room_id, send) == event_id
+    assert await storage.get_forward_extremities(room_id) == {event_id}
+
+
+async def test_a_refused_message_records_nothing(
+    storage: Storage, txns: ClientTransactions
+) -> None:
+    creator = _creator(storage, recording=True)
+    room_id = await creator.create_room(ALICE)
+
+    async def send() -> str:
+        return await creator.send_event(
+            "@mallory:example.org", room_id, "m.room.message", {"body": "let me in"}
+        )
+
+    with pytest.raises(AuthError):
+        await txns.run(ALICE, "DEV", "/send/t1", room_id, send)
+    assert (
+        await storage.client_transactions.get_client_transaction(ALICE, "DEV", "/send/t1") is None
+    )
+
+
+async def test_a_transaction_is_claimed_once_and_only_for_its_room(
+    storage: Storage, txns: ClientTransactions
+) -> None:
+    claims: list[PendingTransaction | None] = []
+
+    async def send() -> str:
+        claims.append(claim_client_transaction("!elsewhere:example.org"))
+        claims.append(claim_client_transaction(ROOM))
+        claims.append(claim_client_transaction(ROOM))
+        return "$sent"
+
+    assert await txns.run(ALICE, "DEV", "t", ROOM, send) == "$sent"
+    first = claims[1]
+    assert claims[0] is None
+    assert claims[2] is None
+    assert first is not None
+    assert (first.user_id, first.txn_id, first.room_id) == (ALICE, "t", ROOM)
+    # Claimed and never marked recorded: recorded after the send as before.
+    assert await storage.client_transactions.get_client_transaction(ALICE, "DEV", "t") == "$sent"
+    assert claim_client_transaction(ROOM) is None

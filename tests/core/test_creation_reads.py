@@ -58,6 +58,10 @@ class CountingStorage(Storage):
         self.reads["get_partial_state_event_ids"] += 1
         return await super().get_partial_state_event_ids(event_ids)
 
+    async def is_partial_state_room(self, room_id: str) -> bool:
+        self.reads["is_partial_state_room"] += 1
+        return await super().is_partial_state_room(room_id)
+
     async def get_room_version(self, room_id: str) -> str | None:
         self.reads["get_room_version"] += 1
         return await super().get_room_version(room_id)
@@ -219,3 +223,25 @@ async def test_current_state_after_a_sole_extremity_written_here(
     # Answered from the state group after the room's one extremity, whose
     # entries for these keys were kept from the message's checks.
     assert storage.reads["get_current_state_ids_for_keys"] == 0
+
+
+async def test_a_room_read_to_have_full_state_is_not_asked_again_until_begin(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    storage = await _storage(tmp_path, nursery)
+    room_id = await _creator(storage, Heard()).create_room(ALICE)
+    other = "!partial:example.org"
+    await storage.store_room(other, "10")
+    await storage.store_partial_join(other, "10", "$join", "example.org", {"example.org"})
+    reads = CreationReads(storage)
+    reads.begin(room_id)
+    storage.reads.clear()
+    assert not await reads.is_partial_state_room(room_id)
+    assert not await reads.is_partial_state_room(room_id)
+    # A room with partial state is asked each time: it may be cleared.
+    assert await reads.is_partial_state_room(other)
+    assert await reads.is_partial_state_room(other)
+    assert storage.reads["is_partial_state_room"] == 3
+    reads.begin(room_id)
+    assert not await reads.is_partial_state_room(room_id)
+    assert storage.reads["is_partial_state_room"] == 4

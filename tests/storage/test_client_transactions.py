@@ -2,9 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
-from ranvier.storage import Storage
+from ranvier.errors import MatrixError
+from ranvier.storage import EventToPersist, Storage
+from ranvier.storage.records import EventStateContext
 
 ALICE = "@alice:example.org"
 
@@ -49,3 +52,57 @@ async def test_transactions_outlive_a_restart(tmp_path: Path) -> None:
                 found = await storage.client_transactions.get_client_transaction(ALICE, "DEV", "t")
                 assert found == "$e"
             nursery.cancel_scope.cancel()
+
+
+def _message(event_id: str, room_id: str, *, state_group: int) -> EventToPersist:
+    return EventToPersist(
+        event_id=event_id,
+        room_id=room_id,
+        room_version="10",
+        type="m.room.message",
+        state_key=None,
+        sender=ALICE,
+        depth=1,
+        origin_server_ts=1,
+        json=b"{}",
+        prev_event_ids=(),
+        auth_event_ids=(),
+        outlier=False,
+        rejected_reason=None,
+        soft_failed=False,
+        context=EventStateContext(
+            state_group_before=state_group, state_group_after=state_group, partial_state=False
+        ),
+    )
+
+
+async def test_events_and_their_transactions_are_one_request(storage: Storage) -> None:
+    room_id = "!r:example.org"
+    await storage.store_room(room_id, "10")
+    group = await storage.store_state_group(room_id, None, {})
+    requests = storage.actor.stats.requests
+    orderings, recorded = await storage.persist_events_recording_transactions(
+        [_message("$a", room_id, state_group=group), _message("$b", room_id, state_group=group)],
+        [(ALICE, "DEV", "ta", room_id, "$a", 5), (ALICE, "DEV", "tb", room_id, "$b", 5)],
+    )
+    assert storage.actor.stats.requests == requests + 1
+    assert set(orderings) == {"$a", "$b"}
+    assert recorded == ["$a", "$b"]
+    txns = storage.client_transactions
+    assert await txns.get_client_transaction(ALICE, "DEV", "ta") == "$a"
+    # A transaction recorded already keeps its event.
+    _, again = await storage.persist_events_recording_transactions(
+        [_message("$c", room_id, state_group=group)], [(ALICE, "DEV", "ta", room_id, "$c", 6)]
+    )
+    assert again == ["$a"]
+
+
+async def test_a_refused_write_records_no_transaction(storage: Storage) -> None:
+    room_id = "!r:example.org"
+    await storage.store_room(room_id, "10")
+    with pytest.raises(MatrixError, match="state group 404 does not exist"):
+        await storage.persist_events_recording_transactions(
+            [_message("$a", room_id, state_group=404)], [(ALICE, "DEV", "t", room_id, "$a", 5)]
+        )
+    assert await storage.client_transactions.get_client_transaction(ALICE, "DEV", "t") is None
+    assert await storage.get_event("$a") is None

@@ -17,6 +17,12 @@ Invariants
   sees an ID of; this cannot happen in a single process).
 * **Nothing recorded for a failed send.** A send that raises records
   nothing, so the retry tries again.
+* **Recorded with the event where it can be.** While a transaction's
+  request runs, the event creator may take it
+  (:func:`claim_client_transaction`) and record it in the same commit as
+  the event it sends; otherwise it is recorded in a write of its own once
+  the send returns. Either way the send is answered only once the record
+  is on disk.
 * **Kept a day.** Clients retry within minutes; a transaction is forgotten
   ``keep_ms`` (a day) after it was recorded, by a prune that a recording
   runs at most once every ``prune_every_ms`` (an hour), so the table
@@ -26,6 +32,8 @@ Invariants
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 import trio
@@ -37,6 +45,8 @@ __all__ = [
     "DEFAULT_PRUNE_EVERY_MS",
     "ClientTransactionStore",
     "ClientTransactions",
+    "PendingTransaction",
+    "claim_client_transaction",
 ]
 
 
@@ -66,6 +76,53 @@ class ClientTransactionStore(Protocol):
 #: How long a transaction is remembered, and how often the old are dropped.
 DEFAULT_KEEP_MS: Final = 24 * 60 * 60 * 1000
 DEFAULT_PRUNE_EVERY_MS: Final = 60 * 60 * 1000
+
+
+@dataclass(slots=True)
+class PendingTransaction:
+    """A client transaction whose event is being sent: what the event's
+    writer records with the event, and what it recorded.
+    """
+
+    user_id: str
+    device_id: str
+    txn_id: str
+    room_id: str
+    created_ts: int
+    claimed: bool = False
+    #: The event recorded for the transaction by the event's writer (an
+    #: earlier one if the transaction had one); None until then.
+    recorded: str | None = None
+
+    def row(self, event_id: str) -> tuple[str, str, str, str, str, int]:
+        """The transaction's row in storage, for ``event_id``."""
+        return (
+            self.user_id,
+            self.device_id,
+            self.txn_id,
+            self.room_id,
+            event_id,
+            self.created_ts,
+        )
+
+
+_pending: ContextVar[PendingTransaction | None] = ContextVar(
+    "ranvier_client_transaction", default=None
+)
+
+
+def claim_client_transaction(room_id: str) -> PendingTransaction | None:
+    """The transaction of the request running in this task, for the one
+    event it sends into ``room_id``; None if there is none, or it was
+    claimed already. Whoever claims it must set ``recorded`` once the
+    event and the record are written, or leave it None to have it
+    recorded after the send.
+    """
+    pending = _pending.get()
+    if pending is None or pending.claimed or pending.room_id != room_id:
+        return None
+    pending.claimed = True
+    return pending
 
 
 class _KeyedLocks:
@@ -121,7 +178,15 @@ class ClientTransactions:
         async def once() -> str:
             recorded = await self._store.get_client_transaction(user_id, device_id, scope)
             if recorded is None:
-                event_id = await send()
+                pending = PendingTransaction(user_id, device_id, scope, room_id, self._clock())
+                token = _pending.set(pending)
+                try:
+                    event_id = await send()
+                finally:
+                    _pending.reset(token)
+                if pending.recorded is not None:
+                    await self._prune()
+                    return pending.recorded
                 # Sent is sent: the record must follow even if the client gave up.
                 with trio.CancelScope(shield=True):
                     recorded = await self._store.add_client_transaction(

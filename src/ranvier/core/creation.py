@@ -67,8 +67,10 @@ from ranvier.protocol.room_versions import (
     get_room_version,
 )
 from ranvier.protocol.signing import SigningKeyLike
+from ranvier.storage.records import EventToPersist
 
 from .builder import Clock, build_event, wall_clock_ms
+from .client_txns import PendingTransaction, claim_client_transaction
 from .context import (
     EventContext,
     compute_current_state_after,
@@ -169,14 +171,39 @@ class BatchEventNotifier(EventNotifier, Protocol):
         ...
 
 
+class TransactionRecordingPersister(Protocol):
+    """An :class:`~ranvier.core.interfaces.EventPersister` that can record
+    the client transactions that sent events in the same commit as the
+    events (:class:`ranvier.storage.Storage`).
+    """
+
+    async def persist_events_recording_transactions(
+        self,
+        events: Sequence[EventToPersist],
+        transactions: Sequence[tuple[str, str, str, str, str, int]],
+    ) -> tuple[Mapping[str, int], Sequence[str]]:
+        """Write ``events``, naming no current state, and record
+        ``transactions`` (rows as :meth:`PendingTransaction.row` makes
+        them); return the orderings and the event recorded per transaction.
+        """
+        ...
+
+
 class _QueuedMessage:
     """A message waiting to be sent, and what became of it."""
 
-    __slots__ = ("error", "event_id", "taken", "template", "txn_id")
+    __slots__ = ("error", "event_id", "taken", "template", "transaction", "txn_id")
 
-    def __init__(self, template: dict[str, Any], txn_id: str | None) -> None:
+    def __init__(
+        self,
+        template: dict[str, Any],
+        txn_id: str | None,
+        transaction: PendingTransaction | None,
+    ) -> None:
         self.template = template
         self.txn_id = txn_id
+        #: The client transaction to record in the message's commit.
+        self.transaction = transaction
         #: Taken by a sender of the room's queue: it is sent whatever happens.
         self.taken = False
         self.event_id: str | None = None
@@ -204,6 +231,10 @@ class EventCreator:
     ``conflict_retry_after_ms`` is what a client is told to wait after a
     second partial-state conflict; ``remembered_transactions`` bounds the
     memory of transaction IDs (see :meth:`send_event`).
+    ``transaction_recorder``, which must write where ``persister`` does,
+    writes messages with the client transactions that sent them
+    (:mod:`ranvier.core.client_txns`) in one commit; without it they are
+    recorded in a commit of their own.
     """
 
     def __init__(
@@ -220,6 +251,7 @@ class EventCreator:
         conflict_retry_after_ms: int = 500,
         remembered_transactions: int = 10_000,
         member_profiles: MemberProfiles | None = None,
+        transaction_recorder: TransactionRecordingPersister | None = None,
     ) -> None:
         self.server_name = server_name
         #: Where a join's display name and avatar come from; settable, as
@@ -231,6 +263,7 @@ class EventCreator:
         # what cannot change (see ranvier.core.creation_reads).
         self._reads = CreationReads(store)
         self._persister = persister
+        self._transaction_recorder = transaction_recorder
         self._notifier = notifier
         self._remote_inviter = remote_inviter
         self._clock = clock
@@ -396,7 +429,7 @@ class EventCreator:
         taken leaves the queue; once taken it is sent regardless.
         """
         room_id: str = template["room_id"]
-        queued = _QueuedMessage(template, txn_id)
+        queued = _QueuedMessage(template, txn_id, claim_client_transaction(room_id))
         self._queued.setdefault(room_id, []).append(queued)
         try:
             async with self._locks.hold(room_id):
@@ -475,10 +508,22 @@ class EventCreator:
             return
         written = list(staged)
         staged.clear()
+        events = [event_to_persist(event, context) for _, event, context in written]
+        recording = [
+            (message.transaction, event.event_id)
+            for message, event, _ in written
+            if message.transaction is not None
+        ]
         try:
-            orderings = await self._persister.persist_events(
-                [event_to_persist(event, context) for _, event, context in written]
-            )
+            if recording and self._transaction_recorder is not None:
+                recorder = self._transaction_recorder
+                orderings, recorded = await recorder.persist_events_recording_transactions(
+                    events, [transaction.row(event_id) for transaction, event_id in recording]
+                )
+                for (transaction, _), event_id in zip(recording, recorded, strict=True):
+                    transaction.recorded = event_id
+            else:
+                orderings = await self._persister.persist_events(events)
         except PartialStateConflictError:
             # The room's partial state was cleared under the write; each
             # message is checked again and written on its own, as _write does.

@@ -17,7 +17,9 @@ Invariants
   and its state groups (only an event with partial state has its state,
   and so its rejection, worked out again). Everything else is asked of
   storage each time, so writes by anyone else are seen as before.
-* **The forward extremities are read once per event.** They are kept from
+* **The forward extremities are read once per event**, and so is a "no"
+  to whether the room's state is partial (only a join, which takes the
+  room's lock, makes it partial). They are kept from
   :meth:`CreationReads.begin` to the event's write; the room's lock, held
   throughout, keeps every other writer of the room out meanwhile.
   :meth:`CreationReads.begin` is called before each event is built and
@@ -88,6 +90,8 @@ class CreationReads:
         self._group_keys: _Lru[int, dict[StateKey, str]] = _Lru(capacity)
         # Per room, between begin() and the event's write.
         self._extremities: dict[str, frozenset[str]] = {}
+        # Rooms read to have full state since begin().
+        self._full_rooms: set[str] = set()
         # Events checked and not yet written, with their state groups.
         self._staged: dict[str, tuple[StoredEvent, EventStateGroups]] = {}
 
@@ -96,6 +100,7 @@ class CreationReads:
     def begin(self, room_id: str) -> None:
         """Forget what was read of the room for the event before (the room's lock held)."""
         self._extremities.pop(room_id, None)
+        self._full_rooms.discard(room_id)
 
     def room_created(self, room_id: str, room_version: str) -> None:
         """Note the version of a room created here."""
@@ -229,7 +234,14 @@ class CreationReads:
         return extremities
 
     async def is_partial_state_room(self, room_id: str) -> bool:
-        return await self._store.is_partial_state_room(room_id)
+        # Only a join, under the room's lock, makes a room's state partial:
+        # an answer of no holds until begin().
+        if room_id in self._full_rooms:
+            return False
+        partial = await self._store.is_partial_state_room(room_id)
+        if not partial:
+            self._full_rooms.add(room_id)
+        return partial
 
     async def get_partial_state_events(self, room_id: str) -> Sequence[str]:
         return await self._store.get_partial_state_events(room_id)

@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+from .actor import StorageActor
 from .readers import ReaderPool
+from .records import EventToPersist
 from .write_backend import WriteBackend, registered_write
+from .writes import PersistEvents
 
-__all__ = ["ClientTransactionStorage"]
+__all__ = ["ClientTransactionStorage", "TransactionRow"]
+
+#: ``(user_id, device_id, txn_id, room_id, event_id, created_ts)``
+TransactionRow = tuple[str, str, str, str, str, int]
 
 
 class ClientTransactionStorage:
@@ -63,6 +71,36 @@ class ClientTransactionStorage:
             )
         )
 
+    async def persist_events_recording(
+        self, events: Sequence[EventToPersist], transactions: Sequence[TransactionRow]
+    ) -> tuple[dict[str, int], list[str]]:
+        """Write events (naming no current state) and record the client
+        transactions that sent them in the same commit; return the events'
+        stream orderings and, per transaction, the event recorded for it
+        (an earlier one if it had one).
+
+        Through another process's actor, which runs only registered writes,
+        the transactions are recorded in a write of their own after the
+        events.
+        """
+        persist = PersistEvents(tuple(events))
+        if isinstance(self._actor, StorageActor):
+            return await self._actor.submit(_PersistRecording(persist, tuple(transactions)))
+        orderings = await self._actor.submit(persist)
+        recorded = []
+        for user_id, device_id, txn_id, room_id, event_id, created_ts in transactions:
+            recorded.append(
+                await self.add_client_transaction(
+                    user_id,
+                    device_id,
+                    txn_id,
+                    room_id=room_id,
+                    event_id=event_id,
+                    created_ts=created_ts,
+                )
+            )
+        return orderings, recorded
+
     async def delete_client_transactions_before(self, created_ts: int) -> int:
         """Forget transactions recorded before ``created_ts``; return how many."""
         return await self._actor.submit(
@@ -100,3 +138,29 @@ def _delete_client_transactions_before(conn: sqlite3.Connection, *, created_ts: 
     return conn.execute(
         "DELETE FROM client_transactions WHERE created_ts < ?", (created_ts,)
     ).rowcount
+
+
+@dataclass(frozen=True, slots=True)
+class _PersistRecording:
+    """Events and the transactions that sent them, as one request: if the
+    events are refused, nothing of the transactions is recorded either.
+    """
+
+    persist: PersistEvents
+    transactions: tuple[TransactionRow, ...]
+
+    def __call__(self, conn: sqlite3.Connection) -> tuple[dict[str, int], list[str]]:
+        orderings = self.persist(conn)
+        recorded = [
+            _insert_client_transaction(
+                conn,
+                user_id=user_id,
+                device_id=device_id,
+                txn_id=txn_id,
+                room_id=room_id,
+                event_id=event_id,
+                created_ts=created_ts,
+            )
+            for user_id, device_id, txn_id, room_id, event_id, created_ts in self.transactions
+        ]
+        return orderings, recorded

@@ -21,7 +21,7 @@ from .accounts import AccountStorage
 from .actor import StorageActor
 from .aliases import AliasStorage
 from .client_data import ClientDataStorage
-from .client_transactions import ClientTransactionStorage
+from .client_transactions import ClientTransactionStorage, TransactionRow
 from .connections import SynchronousMode
 from .readers import ReaderPool
 from .receipts import ReceiptStorage
@@ -157,6 +157,29 @@ class Storage:
                 },
             )
         return orderings
+
+    async def persist_events_recording_transactions(
+        self, events: Sequence[EventToPersist], transactions: Sequence[TransactionRow]
+    ) -> tuple[dict[str, int], list[str]]:
+        """:meth:`persist_events` naming no current state, with the client
+        transactions that sent the events recorded in the same commit; see
+        :meth:`ClientTransactionStorage.persist_events_recording`.
+        """
+        orderings, recorded = await self.client_transactions.persist_events_recording(
+            events, transactions
+        )
+        if orderings and self.on_stream_advance is not None:
+            self.on_stream_advance(
+                max(orderings.values()),
+                None,
+                rooms={event.room_id for event in events},
+                users={
+                    event.state_key
+                    for event in events
+                    if event.type == "m.room.member" and event.state_key is not None
+                },
+            )
+        return orderings, recorded
 
     async def store_room(self, room_id: str, room_version: RoomVersionLike) -> None:
         """Make a room known before any of its events or state is stored."""
