@@ -252,3 +252,47 @@ async def test_a_long_poll_on_a_worker_wakes_for_account_data_set_on_the_main_pr
                 assert trio.current_time() - started < 5
     events = woken[0]["account_data"]["events"]  # type: ignore[index]
     assert {"type": "org.example.x", "content": {"set": "there"}} in events
+
+
+async def test_a_long_poll_on_a_worker_wakes_for_a_receipt_sent_to_the_main_process(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    main_config = _main_config(tmp_path / "main", replication_port=port)
+    async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
+        alice = await main.register_user("alice")
+        bob = await main.register_user("bob")
+        room_id = await main.server.create_room(alice.user_id, preset="public_chat")
+        await main.server.join_room(bob.user_id, room_id)
+        event_id = await main.server.send_event(
+            alice.user_id, room_id, "m.room.message", {"body": "read me", "msgtype": "m"}
+        )
+        worker_config = _worker_config(main_config, tmp_path / "worker", replication_port=port)
+        async with (
+            open_worker(worker_config, "client_reader") as worker,
+            TestHomeserver(worker).client(bob, timeout=30) as on_worker,
+            main.client(alice) as on_main,
+        ):
+            first = (await on_worker.get("/_matrix/client/v3/sync")).json()
+            woken: list[dict[str, object]] = []
+            answered = trio.Event()
+
+            async def long_poll() -> None:
+                answer = await on_worker.get(
+                    "/_matrix/client/v3/sync",
+                    params={"since": first["next_batch"], "timeout": "20000"},
+                )
+                woken.append(answer.json())
+                answered.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(long_poll)
+                await trio.sleep(0.2)
+                assert woken == []
+                path = f"/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{event_id}"
+                assert (await on_main.post(path, json={})).status_code == 200
+                with trio.fail_after(15):
+                    await answered.wait()
+    room = woken[0]["rooms"]["join"][room_id]  # type: ignore[index]
+    (receipt,) = [e for e in room["ephemeral"]["events"] if e["type"] == "m.receipt"]
+    assert alice.user_id in receipt["content"][event_id]["m.read"]

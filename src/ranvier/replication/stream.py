@@ -38,6 +38,7 @@ Invariants
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import secrets
@@ -72,6 +73,7 @@ __all__ = [
 
 _log: Final = logging.getLogger(__name__)
 _QUEUE_WRITE: Final = "writes.store_destination_rooms"
+_PRIVATE_RECEIPT: Final = "m.read.private"
 
 #: Registered writes after which a cached access token may be wrong.
 TOKEN_WRITES: Final = frozenset(
@@ -90,12 +92,14 @@ class StreamPositions(msgspec.Struct, frozen=True):
     events: int = 0
     un_partial: int = 0
     account_data: int = 0
+    receipts: int = 0
 
     def is_beyond(self, other: StreamPositions) -> bool:
         return (
             self.events > other.events
             or self.un_partial > other.un_partial
             or self.account_data > other.account_data
+            or self.receipts > other.receipts
         )
 
     def newest(self, other: StreamPositions) -> StreamPositions:
@@ -103,6 +107,7 @@ class StreamPositions(msgspec.Struct, frozen=True):
             max(self.events, other.events),
             max(self.un_partial, other.un_partial),
             max(self.account_data, other.account_data),
+            max(self.receipts, other.receipts),
         )
 
 
@@ -124,12 +129,22 @@ def read_positions(conn: sqlite3.Connection) -> StreamPositions:
     (un_partial,) = conn.execute(
         "SELECT COALESCE(MAX(rowid), 0) FROM un_partial_stated_rooms"
     ).fetchone()
-    try:
-        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'account_data'").fetchone()
-    except sqlite3.OperationalError:
-        # No table with AUTOINCREMENT yet: no account data either.
-        row = None
-    return StreamPositions(int(events), int(un_partial), 0 if row is None else int(row[0]))
+    sequences: dict[str, int] = {}
+    # No sqlite_sequence (no table with AUTOINCREMENT yet): no account data
+    # or receipts either.
+    with contextlib.suppress(sqlite3.OperationalError):
+        sequences = {
+            name: int(seq)
+            for name, seq in conn.execute(
+                "SELECT name, seq FROM sqlite_sequence WHERE name IN ('account_data', 'receipts')"
+            )
+        }
+    return StreamPositions(
+        int(events),
+        int(un_partial),
+        sequences.get("account_data", 0),
+        sequences.get("receipts", 0),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +156,8 @@ class _Changes:
     un_partial_rooms: frozenset[str]
     #: ``(position, user)`` of each account data change, oldest first.
     account_data: tuple[tuple[int, str], ...]
+    #: ``(position, room, the user of a private receipt)``, oldest first.
+    receipts: tuple[tuple[int, str, str | None], ...] = ()
 
 
 def _read_changes(
@@ -176,7 +193,23 @@ def _read_changes(
                 (after.account_data, upto.account_data),
             )
         ]
-    return _Changes(frozenset(rooms), frozenset(members), frozenset(cleared), tuple(account_data))
+    receipts: list[tuple[int, str, str | None]] = []
+    if upto.receipts > after.receipts:
+        receipts = [
+            (int(position), room_id, user_id if receipt_type == _PRIVATE_RECEIPT else None)
+            for position, room_id, receipt_type, user_id in conn.execute(
+                "SELECT stream_id, room_id, receipt_type, user_id FROM receipts"
+                " WHERE stream_id > ? AND stream_id <= ? ORDER BY stream_id",
+                (after.receipts, upto.receipts),
+            )
+        ]
+    return _Changes(
+        frozenset(rooms),
+        frozenset(members),
+        frozenset(cleared),
+        tuple(account_data),
+        tuple(receipts),
+    )
 
 
 # --- The main process's side ---------------------------------------------------------
@@ -309,6 +342,7 @@ class MainControl:
                 int(query.get("events", ["0"])[0]),
                 int(query.get("un_partial", ["0"])[0]),
                 int(query.get("account_data", ["0"])[0]),
+                int(query.get("receipts", ["0"])[0]),
             )
             timeout = min(self._max_timeout, int(query.get("timeout_ms", ["0"])[0]) / 1000)
         except ValueError:
@@ -416,6 +450,7 @@ class StreamFollower:
                 "events": str(known.events),
                 "un_partial": str(known.un_partial),
                 "account_data": str(known.account_data),
+                "receipts": str(known.receipts),
                 "tokens": self._tokens or "",
                 "queued": self._queued,
                 "timeout_ms": str(int(self._poll * 1000)),
@@ -452,6 +487,11 @@ class StreamFollower:
             notifier.advance_account_data(position, user_id)
         if upto.account_data > after.account_data:
             notifier.advance_account_data(upto.account_data, "")
+        for position, room_id, only_user in changes.receipts:
+            notifier.advance_receipts(position, room_id, only_user)
+        if upto.receipts > after.receipts:
+            # Receipts replaced since leave gaps; the position still moves.
+            notifier.advance_receipts(upto.receipts, "", None)
         notifier.advance(
             upto.events if upto.events > after.events else None,
             upto.un_partial if upto.un_partial > after.un_partial else None,
