@@ -33,16 +33,22 @@ SECRET = "workers' shared secret"
 class Deployment:
     directory: Path
     pki: Pki
+    #: Whether a federation_sender worker delivers events to other servers.
+    federation_sender: bool = False
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # Four different ports: one freed port may be handed out again.
+        # Different ports: one freed port may be handed out again.
         ports: set[int] = set()
-        while len(ports) < 4:
+        while len(ports) < 5:
             ports.add(free_port())
-        self.federation_port, self.main_client_port, self.replication_port, self.client_port = (
-            sorted(ports)
-        )
+        (
+            self.federation_port,
+            self.main_client_port,
+            self.replication_port,
+            self.client_port,
+            self.sender_metrics_port,
+        ) = sorted(ports)
 
     @property
     def server_name(self) -> str:
@@ -93,13 +99,17 @@ shared_secret = "{SECRET}"
 """
         (self.directory / "main.toml").write_text(
             f'data_dir = "{main}"\n{common}'
-            f'[[listeners]]\ntype = "client"\nport = {self.main_client_port}\n'
+            + ("[worker]\nfederation_sender = true\n" if self.federation_sender else "")
+            + f'[[listeners]]\ntype = "client"\nport = {self.main_client_port}\n'
             f'[[listeners]]\ntype = "replication"\nport = {self.replication_port}\n'
         )
         worker = f'[worker]\nmain_replication_url = "{self.replication_url}"\n'
+        if self.federation_sender:
+            worker += "federation_sender = true\n"
         for role, listener, port in (
             ("federation_reader", "federation", self.federation_port),
             ("client_reader", "client", self.client_port),
+            ("federation_sender", "metrics", self.sender_metrics_port),
         ):
             data_dir = self.directory / role
             data_dir.mkdir(exist_ok=True)
@@ -117,11 +127,11 @@ shared_secret = "{SECRET}"
         else:
             argv = [SCRIPT, "worker", "--config", str(self.directory / f"{name}.toml")]
             argv += ["--role", name]
-            url = (
-                f"https://{self.server_name}/_matrix/federation/v1/version"
-                if name == "federation_reader"
-                else f"{self.client_url}/_matrix/client/versions"
-            )
+            url = {
+                "federation_reader": f"https://{self.server_name}/_matrix/federation/v1/version",
+                "client_reader": f"{self.client_url}/_matrix/client/versions",
+                "federation_sender": f"http://127.0.0.1:{self.sender_metrics_port}/metrics",
+            }[name]
         self.processes[name] = self._spawn(name, argv)
         async with httpx.AsyncClient(verify=self.pki.client_context()) as http:
             with trio.fail_after(30):

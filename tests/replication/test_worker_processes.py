@@ -203,3 +203,45 @@ async def _run(deployment: Deployment, remote: TestHomeserver, http: httpx.Async
     synced = await _sync(http, alice, woken[0]["next_batch"])
     seen = _timeline_bodies(synced, room_id)
     assert Counter(seen) == Counter([*alice_bodies, *bob_bodies])
+
+
+async def test_a_federation_sender_worker_delivers_what_the_others_write(tmp_path: Path) -> None:
+    pki = Pki.create(tmp_path)
+    deployment = Deployment(tmp_path / "deployment", pki, federation_sender=True)
+    deployment.write_configs()
+    names = ("main", "federation_reader", "client_reader", "federation_sender")
+    try:
+        for name in names:
+            await deployment.start(name)
+        async with (
+            open_test_homeserver(tmp_path / "remote", federation=pki) as remote,
+            httpx.AsyncClient(base_url=deployment.client_url, timeout=60) as http,
+        ):
+            alice = await _register(http, "alice")
+            created = await http.post(
+                "/_matrix/client/v3/createRoom", json={"preset": "public_chat"}, headers=alice
+            )
+            room_id: str = created.json()["room_id"]
+            bob = await remote.register_user("bob")
+            await remote.server.join_room(bob.user_id, room_id, [deployment.server_name])
+            sent = [
+                await _send(http, alice, room_id, f"to bob {index}", f"s{index}")
+                for index in range(5)
+            ]
+            for _ in range(600):
+                found = await remote.server.storage.get_events(sent)
+                if len(found) == len(sent):
+                    break
+                await trio.sleep(0.05)
+            assert len(await remote.server.storage.get_events(sent)) == len(sent)
+        # Delivered by the federation_sender alone: the others only noted them.
+        remote_send = f"{remote.server_name}/_matrix/federation/v1/send/"
+        assert remote_send in deployment.log("federation_sender")
+        for name in ("main", "client_reader", "federation_reader"):
+            assert remote_send not in deployment.log(name), name
+    except BaseException:
+        for name in names:
+            print(f"--- {name}\n{deployment.log(name)[-6000:]}")
+        raise
+    finally:
+        deployment.stop_all()
