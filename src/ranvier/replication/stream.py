@@ -6,14 +6,15 @@ must forget tokens logged out elsewhere. Neither hears of writes another
 process made, so the main process serves a long-poll on its replication
 listener, ``GET`` :data:`~ranvier.replication.wire.STREAM`: given the
 positions a worker knows, it answers as soon as the database is further on
-(or tokens were invalidated), or when the poll's timeout ends, with the
-positions it reads now.
+(or tokens were invalidated, or events noted for other servers), or when
+the poll's timeout ends, with the positions it reads now.
 
 The answer carries positions only. The worker reads what lies between its
 positions and the new ones from the shared database (the rooms and member
 events of new events, the rooms whose partial state was cleared, whose
-account data changed) and advances its notifier with them, so its waiters
-wake exactly as the main process's do.
+account data changed, the rooms of new receipts) and advances its notifier
+with them, so its waiters wake exactly as the main process's do. Typing
+and presence live in each process's memory and do not cross.
 
 Invariants
 ----------
@@ -27,6 +28,8 @@ Invariants
   a device's token, logouts, deleted devices) and sends the count with a
   random ID of its own life: a worker that sees either change drops its
   whole token cache, which a restart of the main process therefore does too.
+  Writes to ``destination_rooms`` are counted the same way, for the
+  federation_sender worker (:mod:`ranvier.replication.federation_sending`).
 * **A worker asks for resyncs; the main process runs them.** The
   un-partial-state task runs only on the main process. A worker whose join
   left a room with partial state asks the main process to resync it
