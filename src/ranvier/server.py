@@ -109,6 +109,7 @@ from ranvier.api.versions import add_versions_route
 from ranvier.config import Config, ListenerConfig
 from ranvier.core.account_data import AccountData
 from ranvier.core.accounts import Accounts
+from ranvier.core.backfill import Backfiller
 from ranvier.core.client_txns import ClientTransactions
 from ranvier.core.creation import EventCreator, Preset
 from ranvier.core.devices import Devices
@@ -133,6 +134,7 @@ from ranvier.core.typing import TypingNotices
 from ranvier.core.unpartial import ResyncStatus, UnpartialStater
 from ranvier.core.user_directory import UserDirectory
 from ranvier.errors import MatrixError
+from ranvier.federation.backfill import FederationBackfillClient
 from ranvier.federation.client import FederationEventFetcher
 from ranvier.federation.directory import FederationDirectoryClient, add_directory_route
 from ranvier.federation.edus import EduDispatcher
@@ -735,6 +737,14 @@ class HomeServer:
             room_locks=self._room_locks,
             run_reader=storage.run_reads,
         )
+        self._backfiller = Backfiller(
+            server_name=server_name,
+            store=storage.backfill,
+            versions=storage,
+            client=FederationBackfillClient(client),
+            servers=self._room_servers,
+            ingester=self._ingester,
+        )
         self._transaction_handler = TransactionHandler(
             pdus=self._ingester, transactions=ReceivedTransactions(storage), edus=self._edus
         )
@@ -889,7 +899,7 @@ class HomeServer:
                 typing=self._edus.typing,
             ),
             filters=UserFilters(self.storage.sync),
-            messages=RoomMessages(self.storage.sync),
+            messages=RoomMessages(self.storage.sync, backfill=self._backfiller),
         )
         registration = self.config.registration
         add_account_routes(

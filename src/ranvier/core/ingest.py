@@ -790,7 +790,7 @@ class FederationIngester:
                         _check_extends_room(event)
                     if missing_auth:
                         await self._fetch_outliers(
-                            origin, event.room_id, event.room_version, missing_auth
+                            origin, event.room_id, event.room_version, missing_auth, write=backfill
                         )
                     result = await self._process(origin, event, pushed=False, backfill=backfill)
             except StorageUnavailableError:
@@ -833,7 +833,13 @@ class FederationIngester:
         return None, auth_ids.difference(stored)
 
     async def _context(
-        self, origin: str, event: Pdu, *, pushed: bool, run: RoomRun | None = None
+        self,
+        origin: str,
+        event: Pdu,
+        *,
+        pushed: bool,
+        run: RoomRun | None = None,
+        backfill: BackfillWrite | None = None,
     ) -> EventContext:
         """The event's context, its gaps filled first: for a pushed event,
         the missing events are asked of the origin; if prev events are still
@@ -857,7 +863,7 @@ class FederationIngester:
                     await self._fetch_missing_events(origin, event)
                     continue
                 missing = sorted(gap.prev_event_ids)
-                state_before = await self._state_at_gap(origin, event, missing)
+                state_before = await self._state_at_gap(origin, event, missing, write=backfill)
 
     async def _process(
         self,
@@ -875,7 +881,9 @@ class FederationIngester:
         store: StateReader = self._store if run is None else run
         persister: EventPersister = self._persister if run is None else run
         for attempt in (1, 2):
-            context = await self._context(origin, event, pushed=pushed and attempt == 1, run=run)
+            context = await self._context(
+                origin, event, pushed=pushed and attempt == 1, run=run, backfill=backfill
+            )
             loader = EventLoader(store, event.room_version) if run is None else run.loader
             outcome = await _run_auth_checks(
                 event,
@@ -1030,7 +1038,12 @@ class FederationIngester:
         await self._handle_pulled(origin, verified)
 
     async def _state_at_gap(
-        self, origin: str, event: Pdu, missing: Sequence[str]
+        self,
+        origin: str,
+        event: Pdu,
+        missing: Sequence[str],
+        *,
+        write: BackfillWrite | None = None,
     ) -> dict[StateKey, str]:
         """The state before ``event`` when the state after some of its prev
         events is not known here: the state after each of those from
@@ -1044,13 +1057,13 @@ class FederationIngester:
             if groups is not None:
                 states.append(await self._store.get_state_ids(groups.after))
         for prev_id in missing:
-            states.append(await self._remote_state_after(origin, event, prev_id))
+            states.append(await self._remote_state_after(origin, event, prev_id, write=write))
         if len(states) == 1:
             return dict(states[0])
         return await resolve_state_maps(self._store, event.room_id, event.room_version, states)
 
     async def _remote_state_after(
-        self, origin: str, event: Pdu, prev_id: str
+        self, origin: str, event: Pdu, prev_id: str, *, write: BackfillWrite | None = None
     ) -> dict[StateKey, str]:
         try:
             answer = await self._client.get_state_ids(origin, event.room_id, prev_id)
@@ -1060,7 +1073,7 @@ class FederationIngester:
                 f" fetched from {origin}: {exc.message}"
             ) from exc
         wanted = {prev_id, *answer.pdu_ids, *answer.auth_chain_ids}
-        await self._fetch_outliers(origin, event.room_id, event.room_version, wanted)
+        await self._fetch_outliers(origin, event.room_id, event.room_version, wanted, write=write)
         stored = await self._store.get_events(wanted)
         prev = stored.get(prev_id)
         if prev is None:
@@ -1079,11 +1092,19 @@ class FederationIngester:
         return state
 
     async def _fetch_outliers(
-        self, origin: str, room_id: str, room_version: RoomVersion, wanted: Collection[str]
+        self,
+        origin: str,
+        room_id: str,
+        room_version: RoomVersion,
+        wanted: Collection[str],
+        *,
+        write: BackfillWrite | None = None,
     ) -> None:
         """Fetch the events of ``wanted`` not stored here, and the events
         their auth chains need; check them against their auth events and
-        store them as outliers, auth events first.
+        store them as outliers, auth events first: with ``write`` when they
+        are fetched for backfilled events, which keeps them with those,
+        before everything the room holds.
         """
         fetched: dict[str, Pdu] = {}
         level = set(wanted)
@@ -1118,7 +1139,10 @@ class FederationIngester:
                 loader.rejected.add(outlier.event_id)
                 context = context.as_rejected(failure.rule)
             to_persist.append(event_to_persist(outlier, context))
-        await self._persister.persist_events(to_persist)
+        if write is not None:
+            await write(to_persist)
+        else:
+            await self._persister.persist_events(to_persist)
 
     async def _fetch_events(
         self, origin: str, room_id: str, room_version: RoomVersion, event_ids: Sequence[str]

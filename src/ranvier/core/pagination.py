@@ -13,7 +13,12 @@ it, everything above after it. ``/messages`` takes either kind as ``from``
 and ``to``. Anything else is refused with ``M_INVALID_PARAM``.
 
 History is paged in stream order, the order events were written here,
-which for a room's live events is the order they happened.
+which for a room's live events is the order they happened. Events
+backfilled from another server (:mod:`ranvier.core.backfill`) have
+positions below every other (negative ones, ``t-<position>``), so they
+come after the events held before them when paging back. Paging back that
+reaches the start of what is held, without the room's create event,
+backfills and goes on.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from ranvier.storage.records import StateKey, StoredEvent
 __all__ = [
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
+    "HistoryFiller",
     "MessagesStore",
     "RoomMessages",
     "format_pagination_token",
@@ -50,7 +56,11 @@ MAX_LIMIT: Final = 1000
 _SYNC_TOKEN: Final = re.compile(
     r"s([0-9]{1,18})_([0-9]{1,18})(?:_([0-9]{1,18})(?:_([0-9]{1,18})_([0-9]{1,18}))?)?"
 )
-_PAGINATION_TOKEN: Final = re.compile(r"t([0-9]{1,18})")
+_PAGINATION_TOKEN: Final = re.compile(r"t(-?[0-9]{1,18})")
+#: Below every position, backfilled events' included.
+_BOTTOM: Final = -(2**62)
+#: Backfill requests one page may make before answering with what it has.
+_BACKFILL_ROUNDS: Final = 3
 
 
 def _invalid_token(token: str) -> MatrixError:
@@ -83,7 +93,7 @@ def parse_sync_token(token: str) -> StreamPosition:
 
 
 def format_pagination_token(position: int) -> str:
-    return f"t{max(position, 0)}"
+    return f"t{position}"
 
 
 def parse_pagination_token(token: str) -> int:
@@ -92,6 +102,16 @@ def parse_pagination_token(token: str) -> int:
     if match is not None:
         return int(match[1])
     return parse_sync_token(token).events
+
+
+class HistoryFiller(Protocol):
+    """Fetches a room's history from before what is held
+    (:class:`ranvier.core.backfill.Backfiller`).
+    """
+
+    async def backfill(self, room_id: str, limit: int) -> bool:
+        """Fetch about ``limit`` older events; whether any were added."""
+        ...
 
 
 class MessagesStore(Protocol):
@@ -252,8 +272,9 @@ class RoomMessages:
     visibility at it allows. Anyone else gets ``M_FORBIDDEN``.
     """
 
-    def __init__(self, store: MessagesStore) -> None:
+    def __init__(self, store: MessagesStore, backfill: HistoryFiller | None = None) -> None:
         self._store = store
+        self._backfill = backfill
 
     async def _visible_upto(self, requester: Requester, room_id: str) -> tuple[int, int, bool]:
         """How far the user may page (now, or their leave), from where on
@@ -304,13 +325,20 @@ class RoomMessages:
         accept = None if event_filter is None else event_filter.predicate()
         if direction == "b":
             start = visible if from_position is None else min(from_position, visible)
-            floor = 0 if to_position is None else to_position
+            floor = _BOTTOM if to_position is None else to_position
             events, more = await self._store.room_events(
                 room_id, after=floor, upto=start, limit=limit, backwards=True, accept=accept
             )
+            rounds = 0 if self._backfill is None or to_position is not None else _BACKFILL_ROUNDS
+            for _ in range(rounds):
+                if more or not await self._backfill_room(room_id, limit):
+                    break
+                events, more = await self._store.room_events(
+                    room_id, after=floor, upto=start, limit=limit, backwards=True, accept=accept
+                )
             end = events[-1].stream_ordering - 1 if events and more else None
         else:
-            start = 0 if from_position is None else from_position
+            start = _BOTTOM if from_position is None else from_position
             ceiling = visible if to_position is None else min(to_position, visible)
             events, more = await self._store.room_events(
                 room_id, after=start, upto=ceiling, limit=limit, backwards=False, accept=accept
@@ -350,3 +378,7 @@ class RoomMessages:
                 if event_id in stored
             ]
         return answer
+
+    async def _backfill_room(self, room_id: str, limit: int) -> bool:
+        assert self._backfill is not None
+        return await self._backfill.backfill(room_id, min(max(2 * limit, 50), 100))

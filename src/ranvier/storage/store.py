@@ -20,6 +20,7 @@ from . import reads, writes
 from .accounts import AccountStorage
 from .actor import StorageActor
 from .aliases import AliasStorage
+from .backfill import BackfillStorage
 from .client_data import ClientDataStorage
 from .client_transactions import ClientTransactionStorage, TransactionRow
 from .connections import SynchronousMode
@@ -111,6 +112,7 @@ class Storage:
         self.redactions = RedactionStorage(self.readers)
         self.client_data = ClientDataStorage(self.writer, self.readers)
         self.receipts = ReceiptStorage(self.writer, self.readers)
+        self.backfill = BackfillStorage(self.writer, self.readers)
         self.run_reads = RunReads(self.readers)
 
     @property

@@ -1,0 +1,171 @@
+"""History from before this server's copy of a room began: events fetched
+with ``/backfill`` and the reads that say where to fetch from.
+
+Backfilled events are written as every event in the room's DAG is (state
+groups, edges, redaction rows, see :func:`ranvier.storage.writes.persist_events`)
+with two differences, both in the same transaction:
+
+* **They are placed before everything the room has.** Their stream
+  orderings are negative, below every event written otherwise, so no
+  stream a sync or a sender follows ever sees them as new (those look
+  above a position), and ordered among themselves by depth. Outliers
+  written with them (fetched to fill a gap before them) are placed there
+  too: an outlier written at the top of the stream and later given its
+  place in the DAG here would leave the top, and the next event written
+  would take an ordering a sync may have handed out already. Ingestion
+  writes them one at a time, oldest first, each batch older than the one
+  before, so the order they arrive in is not the room's. Depth is: an
+  event's depth is above its prev events'. Each depth has a window of
+  :data:`_DEPTH_SLOTS` orderings, shared by all rooms, filled in the order
+  events arrive; depths past :data:`_DEPTHS` share the last window.
+* **They change neither the forward extremities nor current state.** They
+  lie behind the events held already, which stay the room's tips and
+  decide its state; whatever the ordinary rules moved is put back.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Mapping, Sequence
+
+from ranvier.errors import MatrixError
+
+from . import writes
+from .readers import ReaderPool
+from .records import EventToPersist
+from .write_backend import WriteBackend, registered_write
+
+__all__ = ["BackfillStorage"]
+
+#: The oldest events of a room whose prev events are looked at for a gap.
+_OLDEST_LOOKED_AT = 200
+#: Backfilled events' stream orderings: ``_BASE + depth * _DEPTH_SLOTS``
+#: onwards, below zero for every depth under ``_DEPTHS``.
+_DEPTH_SLOTS = 1 << 20
+_DEPTHS = 1 << 33
+_BASE = -_DEPTHS * _DEPTH_SLOTS
+
+
+class BackfillStorage:
+    """Writes of backfilled events, and where a room's history here stops."""
+
+    def __init__(self, actor: WriteBackend, readers: ReaderPool) -> None:
+        self._actor = actor
+        self._readers = readers
+
+    async def persist_backfilled_events(
+        self, events: Sequence[EventToPersist]
+    ) -> Mapping[str, int]:
+        """Write events fetched from before the room's history here, oldest
+        first; return their stream orderings (negative for those placed now).
+        """
+        return await self._actor.submit(
+            functools.partial(_persist_backfilled_events, events=tuple(events))
+        )
+
+    async def has_room_start(self, room_id: str) -> bool:
+        """Whether the room's ``m.room.create`` event is in its DAG here: its
+        history here then goes back to the start.
+        """
+
+        def select(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM events WHERE room_id = ? AND type = 'm.room.create'"
+                " AND state_key = '' AND outlier = 0 LIMIT 1",
+                (room_id,),
+            ).fetchone()
+            return row is not None
+
+        return await self._readers.read(select)
+
+    async def backward_extremities(self, room_id: str, limit: int) -> list[str]:
+        """Events the room's oldest events here cite as prev events but this
+        server does not hold in the DAG, those cited by the shallowest
+        events first: where ``/backfill`` picks up.
+        """
+
+        def select(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                """
+                WITH oldest AS (
+                    SELECT event_id, depth FROM events
+                    WHERE room_id = ?1 AND outlier = 0
+                    ORDER BY stream_ordering LIMIT ?2
+                )
+                SELECT edge.prev_event_id FROM oldest
+                JOIN event_edges AS edge ON edge.event_id = oldest.event_id
+                LEFT JOIN events AS prev ON prev.event_id = edge.prev_event_id
+                WHERE prev.event_id IS NULL OR prev.outlier = 1
+                GROUP BY edge.prev_event_id
+                ORDER BY MIN(oldest.depth), edge.prev_event_id
+                LIMIT ?3
+                """,
+                (room_id, _OLDEST_LOOKED_AT, limit),
+            ).fetchall()
+            return [str(row[0]) for row in rows]
+
+        return await self._readers.read(select)
+
+
+@registered_write
+def _persist_backfilled_events(
+    conn: sqlite3.Connection, events: Sequence[EventToPersist]
+) -> dict[str, int]:
+    rooms = sorted({event.room_id for event in events})
+    extremities = {room_id: _extremities(conn, room_id) for room_id in rooms}
+    current = {room_id: _current_group(conn, room_id) for room_id in rooms}
+    (top,) = conn.execute("SELECT COALESCE(MAX(stream_ordering), 0) FROM events").fetchone()
+    orderings = writes.persist_events(conn, events)
+    # Placed now: written for the first time (outliers too: those fetched to
+    # fill a gap before backfilled events), or an outlier given its place in
+    # the DAG; all were handed orderings above the old top, which nobody
+    # has seen. Orderings at or below it may have been handed out already
+    # (in a sync token), so none of those is freed at the top.
+    placed = [(event.event_id, event.depth) for event in events if orderings[event.event_id] > top]
+    for event_id, depth in placed:
+        orderings[event_id] = _place(conn, event_id, depth)
+    for room_id in rooms:
+        after = _extremities(conn, room_id)
+        conn.executemany(
+            "DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ?",
+            [(room_id, event_id) for event_id in sorted(after - extremities[room_id])],
+        )
+        conn.executemany(
+            "INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)",
+            [(room_id, event_id) for event_id in sorted(extremities[room_id] - after)],
+        )
+        group = current[room_id]
+        if group is not None and _current_group(conn, room_id) != group:
+            writes.set_current_state(conn, room_id, group)
+    return orderings
+
+
+def _place(conn: sqlite3.Connection, event_id: str, depth: int) -> int:
+    """Give ``event_id`` the next free ordering of its depth's window."""
+    low = _BASE + min(max(depth, 0), _DEPTHS - 1) * _DEPTH_SLOTS
+    (taken,) = conn.execute(
+        "SELECT MAX(stream_ordering) FROM events WHERE stream_ordering BETWEEN ? AND ?",
+        (low, low + _DEPTH_SLOTS - 1),
+    ).fetchone()
+    ordering = low if taken is None else int(taken) + 1
+    if ordering >= low + _DEPTH_SLOTS:
+        raise MatrixError(
+            f"no stream ordering is left for {event_id} at depth {depth}",
+            errcode="M_UNKNOWN",
+            http_status=500,
+        )
+    conn.execute("UPDATE events SET stream_ordering = ? WHERE event_id = ?", (ordering, event_id))
+    return ordering
+
+
+def _extremities(conn: sqlite3.Connection, room_id: str) -> set[str]:
+    rows = conn.execute("SELECT event_id FROM forward_extremities WHERE room_id = ?", (room_id,))
+    return {str(row[0]) for row in rows}
+
+
+def _current_group(conn: sqlite3.Connection, room_id: str) -> int | None:
+    row = conn.execute(
+        "SELECT state_group FROM current_state_groups WHERE room_id = ?", (room_id,)
+    ).fetchone()
+    return None if row is None else int(row[0])
