@@ -116,6 +116,7 @@ def _persist_backfilled_events(
     extremities = {room_id: _extremities(conn, room_id) for room_id in rooms}
     current = {room_id: _current_group(conn, room_id) for room_id in rooms}
     (top,) = conn.execute("SELECT COALESCE(MAX(stream_ordering), 0) FROM events").fetchone()
+    before = _orderings(conn, [event.event_id for event in events])
     orderings = writes.persist_events(conn, events)
     # Placed now: written for the first time (outliers too: those fetched to
     # fill a gap before backfilled events), or an outlier given its place in
@@ -125,6 +126,15 @@ def _persist_backfilled_events(
     placed = [(event.event_id, event.depth) for event in events if orderings[event.event_id] > top]
     for event_id, depth in placed:
         orderings[event_id] = _place(conn, event_id, depth)
+    (new_top,) = conn.execute("SELECT COALESCE(MAX(stream_ordering), 0) FROM events").fetchone()
+    if new_top < top:
+        # An outlier at the very top of the stream took its place in the DAG
+        # (one fetched last, by a resync say): it keeps the top, out of
+        # depth order, rather than let the next event reuse an ordering a
+        # sync token may hold.
+        (event_id,) = [e.event_id for e in events if before.get(e.event_id) == top]
+        conn.execute("UPDATE events SET stream_ordering = ? WHERE event_id = ?", (top, event_id))
+        orderings[event_id] = top
     for room_id in rooms:
         after = _extremities(conn, room_id)
         conn.executemany(
@@ -157,6 +167,17 @@ def _place(conn: sqlite3.Connection, event_id: str, depth: int) -> int:
         )
     conn.execute("UPDATE events SET stream_ordering = ? WHERE event_id = ?", (ordering, event_id))
     return ordering
+
+
+def _orderings(conn: sqlite3.Connection, event_ids: Sequence[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for event_id in dict.fromkeys(event_ids):
+        row = conn.execute(
+            "SELECT stream_ordering FROM events WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        if row is not None:
+            found[event_id] = int(row[0])
+    return found
 
 
 def _extremities(conn: sqlite3.Connection, room_id: str) -> set[str]:
