@@ -296,3 +296,29 @@ async def test_a_long_poll_on_a_worker_wakes_for_a_receipt_sent_to_the_main_proc
     room = woken[0]["rooms"]["join"][room_id]  # type: ignore[index]
     (receipt,) = [e for e in room["ephemeral"]["events"] if e["type"] == "m.receipt"]
     assert alice.user_id in receipt["content"][event_id]["m.read"]
+
+
+async def test_a_worker_reaches_a_replication_listener_on_tls(tmp_path: Path) -> None:
+    pki = Pki.create(tmp_path)
+    port = free_port()
+    main_config = _main_config(tmp_path / "main", replication_port=port, pki=pki)
+    main_config = msgspec.structs.replace(
+        main_config,
+        listeners=(
+            *main_config.listeners[:-1],
+            ListenerConfig(type="replication", port=port, tls=True),
+        ),
+    )
+    worker_config = msgspec.structs.replace(
+        _worker_config(main_config, tmp_path / "worker", replication_port=port),
+        worker=WorkerConfig(
+            main_replication_url=f"https://127.0.0.1:{port}", replication_ca_file=pki.ca_file
+        ),
+    )
+    async with (
+        open_test_homeserver(tmp_path / "main", config=main_config) as main,
+        open_worker(worker_config, "client_reader") as worker,
+    ):
+        assert worker.replication_client.base_url.startswith("https://")
+        alice = await TestHomeserver(worker).register_user("alice")
+        assert await main.server.accounts.get_requester(alice.access_token) is not None
