@@ -149,6 +149,7 @@ from ranvier.federation.persistence import ReceivedTransactions
 from ranvier.federation.profiles import FederationProfileClient, LocalProfileSource
 from ranvier.federation.queries import add_query_routes
 from ranvier.federation.sender import FederationSender
+from ranvier.federation.sender.interfaces import SenderStore
 from ranvier.federation.server import TransactionHandler, add_transaction_routes
 from ranvier.federation.transport.client import FederationHttpClient
 from ranvier.federation.transport.listener import AsgiApp, HttpListener
@@ -159,7 +160,7 @@ from ranvier.keyfile import load_or_create_signing_key
 from ranvier.metrics import MetricsApp, sample_name
 from ranvier.protocol.room_versions import DEFAULT_ROOM_VERSION, RoomVersionLike
 from ranvier.protocol.signing import SigningKey
-from ranvier.replication.federation_sending import QueueingPduSink
+from ranvier.replication.federation_sending import EduOnlySenderStore, QueueingPduSink
 from ranvier.replication.server import ReplicationApp
 from ranvier.replication.stream import MainControl, StreamSource
 from ranvier.storage import Storage
@@ -705,6 +706,14 @@ class HomeServer:
         """Where events from federation or from local clients are persisted."""
         return self.storage
 
+    def _sender_store(self) -> SenderStore:
+        """What the federation sender keeps its queues in; with a
+        federation_sender worker, one that leaves PDUs to the worker.
+        """
+        if self.config.worker.federation_sender:
+            return EduOnlySenderStore(self.storage)
+        return self.storage
+
     def _pdu_sink(self) -> PduSink:
         """Where events for other servers go: the federation sender, or only
         ``destination_rooms`` when a federation_sender worker delivers them.
@@ -725,7 +734,7 @@ class HomeServer:
         server_name = self.config.server_name
         storage, client, keys = self.storage, self.federation_client, self.key_ring
         self._room_servers = RoomServers(storage)
-        self._federation_sender = FederationSender(server_name, client, storage)
+        self._federation_sender = FederationSender(server_name, client, self._sender_store())
         notifier = RoomEventSender(server_name, self._room_servers, self._pdu_sink())
         fetcher = FederationEventFetcher(client)
         verifier = EventVerifier(keys)

@@ -322,3 +322,43 @@ async def test_a_worker_reaches_a_replication_listener_on_tls(tmp_path: Path) ->
         assert worker.replication_client.base_url.startswith("https://")
         alice = await TestHomeserver(worker).register_user("alice")
         assert await main.server.accounts.get_requester(alice.access_token) is not None
+
+
+async def test_with_a_federation_sender_worker_the_main_process_catches_no_one_up(
+    tmp_path: Path,
+) -> None:
+    pki = Pki.create(tmp_path)
+    port = free_port()
+    main_config = _main_config(tmp_path / "main", replication_port=port, pki=pki)
+    main_config = msgspec.structs.replace(main_config, worker=WorkerConfig(federation_sender=True))
+    worker_config = msgspec.structs.replace(
+        _worker_config(main_config, tmp_path / "worker", replication_port=port), listeners=()
+    )
+    async with open_test_homeserver(tmp_path / "remote", federation=pki) as remote:
+        bob = await remote.register_user("bob")
+        async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
+            alice = await main.register_user("alice")
+            room_id = await main.server.create_room(alice.user_id, preset="public_chat")
+            await remote.server.join_room(bob.user_id, room_id, [main.server_name])
+            # No federation_sender runs: the message is only noted.
+            event_id = await main.server.send_event(
+                alice.user_id, room_id, "m.room.message", {"body": "later", "msgtype": "m"}
+            )
+            for _ in range(100):
+                if await main.server.storage.get_destinations_with_unsent_rooms():
+                    break
+                await trio.sleep(0.01)
+            assert await main.server.storage.get_destinations_with_unsent_rooms() == [
+                remote.server_name
+            ]
+        # A main process starting again leaves the destination behind to the worker.
+        async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
+            await trio.sleep(1)
+            assert await remote.server.storage.get_event(event_id) is None
+            assert main.server.federation_sender.status(remote.server_name) is None
+            async with open_worker(worker_config, "federation_sender"):
+                for _ in range(1000):
+                    if await remote.server.storage.get_event(event_id) is not None:
+                        break
+                    await trio.sleep(0.01)
+                assert await remote.server.storage.get_event(event_id) is not None

@@ -19,6 +19,10 @@ Invariants
   writes every position it was handed, and the next write carries what
   arrived meanwhile. An event is delivered when its row is seen, whichever
   process wrote it.
+* **PDUs leave from one process.** The other processes still run a
+  federation sender for EDUs, over an :class:`EduOnlySenderStore` that
+  shows no destination behind, so neither at start-up nor after a backoff
+  does it catch a destination up with PDUs.
 * **Woken by the stream, found in the database.** The waker reads the
   destinations behind after each advance it sees, so a stream answer it
   missed (a restart of the main process or of the worker) is made up by the
@@ -28,7 +32,7 @@ Invariants
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence, Set
 from typing import Any, Final
 
 import trio
@@ -36,10 +40,12 @@ import trio
 from ranvier.core.notifier import StreamNotifier
 from ranvier.federation.sender import FederationSender
 from ranvier.storage import Storage
+from ranvier.storage.reads import UnsentDestinationRoom
+from ranvier.storage.records import DestinationRetry, StoredEvent
 
 from .stream import wait_either
 
-__all__ = ["DestinationWaker", "QueueingPduSink"]
+__all__ = ["DestinationWaker", "EduOnlySenderStore", "QueueingPduSink"]
 
 _log: Final = logging.getLogger(__name__)
 _PAGE: Final = 100
@@ -140,3 +146,50 @@ class DestinationWaker:
                 self._sender.wake_destination(destination)
                 self.woken += 1
             after = page[-1]
+
+
+class EduOnlySenderStore:
+    """The store of a federation sender that sends EDUs only: ``storage``,
+    except that it shows no destination behind, so the sender never catches
+    one up with PDUs (the federation_sender worker does that).
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    async def get_destination_retry(self, destination: str) -> DestinationRetry | None:
+        return await self._storage.get_destination_retry(destination)
+
+    async def store_destination_retry(
+        self, destination: str, retry: DestinationRetry | None
+    ) -> None:
+        await self._storage.store_destination_retry(destination, retry)
+
+    async def store_destination_rooms(self, destination: str, positions: Mapping[str, int]) -> None:
+        await self._storage.store_destination_rooms(destination, positions)
+
+    async def mark_destination_rooms_sent(
+        self, destination: str, positions: Mapping[str, int]
+    ) -> None:
+        await self._storage.mark_destination_rooms_sent(destination, positions)
+
+    async def get_unsent_destination_rooms(
+        self, destination: str, limit: int = 100
+    ) -> Sequence[UnsentDestinationRoom]:
+        await trio.lowlevel.checkpoint()
+        return []
+
+    async def get_destinations_with_unsent_rooms(
+        self, after: str | None = None, limit: int = 100
+    ) -> Sequence[str]:
+        await trio.lowlevel.checkpoint()
+        return []
+
+    async def get_forward_extremities(self, room_id: str) -> Set[str]:
+        return await self._storage.get_forward_extremities(room_id)
+
+    async def get_events(self, event_ids: Collection[str]) -> Mapping[str, StoredEvent]:
+        return await self._storage.get_events(event_ids)
+
+    async def is_partial_state_room(self, room_id: str) -> bool:
+        return await self._storage.is_partial_state_room(room_id)

@@ -39,6 +39,7 @@ from ranvier.core.interfaces import EventPersister
 from ranvier.core.room_servers import PduSink
 from ranvier.core.rooms import FullStateWaiter
 from ranvier.errors import MatrixError
+from ranvier.federation.sender.interfaces import SenderStore
 from ranvier.federation.transport.tls import client_ssl_context
 from ranvier.protocol.signing import SigningKey
 from ranvier.server import HomeServer, _Component, _Prepared, open_server
@@ -145,6 +146,11 @@ class WorkerServer(HomeServer):
 
     def _event_persister(self, kind: Literal["federation", "client"]) -> EventPersister:
         return ReplicationEventPersister(self.replication_client, self.storage, kind=kind)
+
+    def _sender_store(self) -> SenderStore:
+        if self.role == "federation_sender":
+            return self.storage
+        return super()._sender_store()
 
     def _pdu_sink(self) -> PduSink:
         if self.role == "federation_sender":
