@@ -7,7 +7,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -31,10 +30,8 @@ _FILES = dict(re.findall(r"```(?:python|ini)\n# ([\w.]+)\n(.*?)```", _DOC, flags
 _FIRST_EXAMPLE = _DOC.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-async def test_it_starts_quickly_and_serves_the_client_api(tmp_path: Path) -> None:
-    started = time.perf_counter()
+async def test_it_starts_and_serves_the_client_api(tmp_path: Path) -> None:
     async with open_test_homeserver(tmp_path / "hs") as hs:
-        start_seconds = time.perf_counter() - started
         async with hs.client() as client:
             versions = await client.get("/_matrix/client/versions")
         assert versions.status_code == 200
@@ -45,8 +42,6 @@ async def test_it_starts_quickly_and_serves_the_client_api(tmp_path: Path) -> No
         with pytest.raises(RuntimeError, match="no federation listener"):
             _ = hs.federation_url
         url = hs.client_url
-    # Typically 15-30 ms here; the bound leaves room for a loaded machine.
-    assert start_seconds < 2, start_seconds
     # Gone once the block is left.
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient() as client:
@@ -88,17 +83,13 @@ async def test_a_password_lets_the_user_log_in(tmp_path: Path) -> None:
 
 async def test_passwords_are_hashed_at_the_lowest_cost(tmp_path: Path) -> None:
     async with open_test_homeserver(tmp_path / "hs") as hs:
-        started = time.perf_counter()
         for number in range(5):
             await hs.register_user(f"user{number}", "s3cret-enough")
-        elapsed = time.perf_counter() - started
     conn = sqlite3.connect(tmp_path / "hs" / "homeserver.db")
     with contextlib.closing(conn):
         hashes = [row[0] for row in conn.execute("SELECT password_hash FROM users")]
     assert len(hashes) == 5
     assert all(h.startswith("$argon2id$v=19$m=8,t=1,p=1$") for h in hashes), hashes
-    # At argon2-cffi's defaults five hashes take most of a second.
-    assert elapsed < 0.5
 
 
 async def test_rate_limits_are_off_unless_asked_for(tmp_path: Path) -> None:
