@@ -163,6 +163,22 @@ async def test_a_feed_gives_each_event_its_verdict_as_verify_has_it(
     ]
 
 
+async def test_a_task_waiting_for_a_verdict_checks_queued_chunks_itself(world: World) -> None:
+    verifier = EventVerifier(KnownKeys(world.keys), threads=1, chunk_size=2)
+    events = [world.room.message(BOB, f"words {n}") for n in range(5)]
+    events[3] = world.room.message(BOB, key=generate_signing_key("k1"))
+    with trio.fail_after(5):
+        # Every thread the verifier may use is taken: only the waiting task
+        # itself can check the chunks.
+        async with verifier.feed() as feed, verifier._limiter:
+            verdicts = [await feed.add(event) for event in events]
+            await feed.finish()
+            given = [await verdict.get() for verdict in verdicts]
+    assert given[:3] == events[:3]
+    assert given[4] == events[4]
+    assert isinstance(given[3], InvalidSignatureError)
+
+
 async def test_a_feed_left_without_events_or_unfinished_ends(world: World) -> None:
     verifier = EventVerifier(KnownKeys(world.keys), threads=2, chunk_size=2)
     with trio.fail_after(5):

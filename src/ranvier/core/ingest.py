@@ -250,6 +250,12 @@ class VerificationFeed:
     of the first chunks, up to the verifier's ``threads``; they take chunks
     from a queue in turn and give the verdicts back with
     ``TrioToken.run_sync_soon``, which does not wait for the event loop.
+
+    A task waiting for a verdict not yet given checks the chunks still
+    queued itself, one at a time with a checkpoint after each, rather than
+    wait: a thread needs the GIL back after each signature, which a busy
+    event loop gives up only every switch interval, so on a loaded machine
+    the threads can fall far behind the loop that waits for them.
     """
 
     def __init__(self, verifier: EventVerifier, nursery: trio.Nursery) -> None:
@@ -265,7 +271,7 @@ class VerificationFeed:
 
     async def add(self, event: Pdu) -> Verdict:
         """Queue ``event``'s checks; its verdict comes in what this returns."""
-        verdict = Verdict()
+        verdict = Verdict(helper=self)
         self._pending.append((event, verdict))
         if len(self._pending) >= self._verifier._chunk_size:
             await self._send()
@@ -298,15 +304,34 @@ class VerificationFeed:
             for _ in range(self._lanes):
                 self._queue.put(None)
 
+    def check_queued_chunk(self) -> bool:
+        """Check the next chunk still queued here, on this thread, and give
+        its verdicts; False when none is left.
+        """
+        try:
+            job = self._queue.get_nowait()
+        except queue.Empty:
+            return False
+        if job is None:
+            # Every chunk is taken: the threads' stop signal goes back.
+            self._queue.put(None)
+            return False
+        _give_all(_check_chunk(*job))
+        return True
+
     def _lane(self) -> None:
         while (job := self._queue.get()) is not None:
-            checks, verdicts = job
-            failures = run_signature_checks(checks)
-            given = [
-                (verdict, _after_signatures(check.event, failures.get(check.event.event_id)))
-                for check, verdict in zip(checks, verdicts, strict=True)
-            ]
-            self._token.run_sync_soon(_give_all, given)
+            self._token.run_sync_soon(_give_all, _check_chunk(*job))
+
+
+def _check_chunk(
+    checks: Sequence[SignatureCheck], verdicts: Sequence[Verdict]
+) -> list[tuple[Verdict, Pdu | MatrixError]]:
+    failures = run_signature_checks(checks)
+    return [
+        (verdict, _after_signatures(check.event, failures.get(check.event.event_id)))
+        for check, verdict in zip(checks, verdicts, strict=True)
+    ]
 
 
 def _give_all(given: Sequence[tuple[Verdict, Pdu | MatrixError]]) -> None:
@@ -329,18 +354,26 @@ def _after_signatures(event: Pdu, failure: MatrixError | None) -> Pdu | MatrixEr
 class Verdict:
     """What the signature and hash checks made of one event, once they are done."""
 
-    __slots__ = ("_done", "_value")
+    __slots__ = ("_done", "_helper", "_value")
 
-    def __init__(self) -> None:
+    def __init__(self, *, helper: VerificationFeed | None = None) -> None:
         self._value: Pdu | MatrixError | None = None
         self._done = trio.Event()
+        #: Where queued checks can be taken from while waiting.
+        self._helper = helper
 
     def give(self, value: Pdu | MatrixError) -> None:
         self._value = value
         self._done.set()
 
     async def get(self) -> Pdu | MatrixError:
-        """The event to go on with, or why it is dropped; waits until known."""
+        """The event to go on with, or why it is dropped; waits until known,
+        checking queued chunks of its feed meanwhile.
+        """
+        while self._value is None and self._helper is not None:
+            if not self._helper.check_queued_chunk():
+                break
+            await trio.lowlevel.checkpoint()
         if self._value is None:
             await self._done.wait()
         assert self._value is not None
