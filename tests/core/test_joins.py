@@ -373,11 +373,8 @@ async def test_many_state_events_are_checked_in_one_go(world: World) -> None:
         await world.creator.send_event(
             world.alice, world.room_id, "m.room.custom", {"n": index}, state_key=str(index)
         )
-    start = trio.current_time()
     joined = await world.join()
-    elapsed = trio.current_time() - start
     assert len(joined.state_ids) > 150
-    assert elapsed < 10
 
 
 async def test_the_join_is_written_under_the_rooms_lock(world: World) -> None:

@@ -10,7 +10,6 @@ state is the resolution of the states after its ``prev_events``, and its
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -963,15 +962,12 @@ def test_a_large_room_with_a_small_conflict_costs_little(version: str) -> None:
     room.events[ban.event_id] = ban
     sets = [big | {TOPIC: a.event_id}, big | {TOPIC: b.event_id, member(CAROL): ban.event_id}]
     lookup = _RecordingEvents(room.events)
-    started = time.perf_counter()
     resolved = resolve_state(version, sets, lookup, auth_chain_difference=set())
-    elapsed = time.perf_counter() - started
     assert resolved[TOPIC] == a.event_id  # Bob may not set the topic
     assert resolved[member(CAROL)] == ban.event_id
     assert len(resolved) == len(big) + 1
     assert not any(event_id.startswith("$member") for event_id in lookup.asked)
     assert len(lookup.asked) < 20
-    assert elapsed < 1.0, f"{elapsed:.3f}s"
 
 
 def test_create_event_counts_once_in_v12_lookups() -> None:
