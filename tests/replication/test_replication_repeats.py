@@ -78,6 +78,7 @@ OUTCOMES: dict[str, str] = {
     "aliases.delete_alias": "same database",
     "client_transactions.insert_client_transaction": "same",
     "client_transactions.delete_client_transactions_before": "same database",
+    "client_transactions.persist_events_recording": "same",
     "sync_reads.store_filter": "extra row: user_filters",
 }
 
@@ -100,6 +101,16 @@ async def _persist(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
     message = room.message(BOB, "twice")
     context = await compute_event_context(message, storage, storage)
     return writes.PersistEvents((event_to_persist(message, context),))
+
+
+async def _persist_recording(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    message = room.message(BOB, "twice, with the transaction that sent it")
+    context = await compute_event_context(message, storage, storage)
+    return _call(
+        client_transactions._persist_events_recording,
+        events=(event_to_persist(message, context),),
+        transactions=((BOB, "D", "t", room.room_id, message.event_id, 5),),
+    )
 
 
 async def _set_current_state(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
@@ -284,6 +295,7 @@ PREPARE: dict[str, Prepare] = {
         )
     ),
     "client_transactions.delete_client_transactions_before": _delete_transactions,
+    "client_transactions.persist_events_recording": _persist_recording,
     "sync_reads.store_filter": _plain(
         _call(sync_reads.store_filter, user_id=ALICE, filter_json=b"{}")
     ),

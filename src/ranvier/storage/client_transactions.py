@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from .actor import StorageActor
 from .readers import ReaderPool
@@ -79,14 +78,19 @@ class ClientTransactionStorage:
         stream orderings and, per transaction, the event recorded for it
         (an earlier one if it had one).
 
-        Through another process's actor, which runs only registered writes,
-        the transactions are recorded in a write of their own after the
-        events.
+        Through another process's actor, events go by the request for
+        events of their own, and the transactions are recorded in a write
+        of their own after them.
         """
-        persist = PersistEvents(tuple(events))
         if isinstance(self._actor, StorageActor):
-            return await self._actor.submit(_PersistRecording(persist, tuple(transactions)))
-        orderings = await self._actor.submit(persist)
+            return await self._actor.submit(
+                functools.partial(
+                    _persist_events_recording,
+                    events=tuple(events),
+                    transactions=tuple(transactions),
+                )
+            )
+        orderings = await self._actor.submit(PersistEvents(tuple(events)))
         recorded = []
         for user_id, device_id, txn_id, room_id, event_id, created_ts in transactions:
             recorded.append(
@@ -140,27 +144,27 @@ def _delete_client_transactions_before(conn: sqlite3.Connection, *, created_ts: 
     ).rowcount
 
 
-@dataclass(frozen=True, slots=True)
-class _PersistRecording:
+@registered_write
+def _persist_events_recording(
+    conn: sqlite3.Connection,
+    *,
+    events: tuple[EventToPersist, ...],
+    transactions: tuple[TransactionRow, ...],
+) -> tuple[dict[str, int], list[str]]:
     """Events and the transactions that sent them, as one request: if the
     events are refused, nothing of the transactions is recorded either.
     """
-
-    persist: PersistEvents
-    transactions: tuple[TransactionRow, ...]
-
-    def __call__(self, conn: sqlite3.Connection) -> tuple[dict[str, int], list[str]]:
-        orderings = self.persist(conn)
-        recorded = [
-            _insert_client_transaction(
-                conn,
-                user_id=user_id,
-                device_id=device_id,
-                txn_id=txn_id,
-                room_id=room_id,
-                event_id=event_id,
-                created_ts=created_ts,
-            )
-            for user_id, device_id, txn_id, room_id, event_id, created_ts in self.transactions
-        ]
-        return orderings, recorded
+    orderings = PersistEvents(events)(conn)
+    recorded = [
+        _insert_client_transaction(
+            conn,
+            user_id=user_id,
+            device_id=device_id,
+            txn_id=txn_id,
+            room_id=room_id,
+            event_id=event_id,
+            created_ts=created_ts,
+        )
+        for user_id, device_id, txn_id, room_id, event_id, created_ts in transactions
+    ]
+    return orderings, recorded
