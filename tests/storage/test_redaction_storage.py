@@ -22,6 +22,7 @@ from ranvier.protocol.events import Pdu
 from ranvier.protocol.redaction import redact
 from ranvier.storage import Storage, StoredEvent
 from ranvier.storage.connections import open_writer
+from ranvier.storage.reads import get_event
 from ranvier.storage.redactions import RedactedEvent, fill_redactions, served
 from ranvier.storage.schema import MIGRATIONS, migrate
 from ranvier.testing import RoomBuilder, ingest, ingest_all
@@ -283,26 +284,9 @@ def _insert(conn: sqlite3.Connection, room: RoomBuilder, events: list[Pdu]) -> N
 
 
 def _stored_row(conn: sqlite3.Connection, event_id: str) -> StoredEvent:
-    row = conn.execute(
-        "SELECT stream_ordering, event_id, room_id, type, state_key, sender, depth,"
-        " origin_server_ts, json, outlier, soft_failed, rejected_reason FROM events"
-        " WHERE event_id = ?",
-        (event_id,),
-    ).fetchone()
-    return StoredEvent(
-        stream_ordering=row[0],
-        event_id=row[1],
-        room_id=row[2],
-        type=row[3],
-        state_key=row[4],
-        sender=row[5],
-        depth=row[6],
-        origin_server_ts=row[7],
-        json=row[8],
-        outlier=bool(row[9]),
-        soft_failed=bool(row[10]),
-        rejected_reason=row[11],
-    )
+    event = get_event(conn, event_id)
+    assert event is not None, event_id
+    return event
 
 
 # The version that adds the redactions table; later ones may follow it.

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from typing import Any
 
 import msgspec
 
 from ranvier.errors import MatrixError
 
 from .records import (
+    STORED_EVENT_COLUMNS,
     DestinationRetry,
     EventStateGroups,
     PartialStateRoom,
@@ -24,6 +24,7 @@ from .records import (
     StateKey,
     StateMap,
     StoredEvent,
+    stored_event_from_row,
 )
 from .state_groups import keys_changed_between, read_state, read_state_for_keys
 
@@ -56,10 +57,7 @@ __all__ = [
     "is_partial_state_room",
 ]
 
-_EVENT_COLUMNS = (
-    "stream_ordering, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
-    " json, outlier, soft_failed, rejected_reason"
-)
+_EVENT_COLUMNS = ", ".join(STORED_EVENT_COLUMNS)
 # Stays well under SQLite's limit on bound parameters.
 _CHUNK = 500
 
@@ -75,28 +73,11 @@ def _chunks(items: Iterable[str]) -> Iterator[list[str]]:
         yield chunk
 
 
-def _stored_event(row: Any) -> StoredEvent:
-    return StoredEvent(
-        stream_ordering=row[0],
-        event_id=row[1],
-        room_id=row[2],
-        type=row[3],
-        state_key=row[4],
-        sender=row[5],
-        depth=row[6],
-        origin_server_ts=row[7],
-        json=row[8],
-        outlier=bool(row[9]),
-        soft_failed=bool(row[10]),
-        rejected_reason=row[11],
-    )
-
-
 def get_event(conn: sqlite3.Connection, event_id: str) -> StoredEvent | None:
     row = conn.execute(
         f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
     ).fetchone()
-    return None if row is None else _stored_event(row)
+    return None if row is None else stored_event_from_row(row)
 
 
 def get_events(conn: sqlite3.Connection, event_ids: Collection[str]) -> dict[str, StoredEvent]:
@@ -107,7 +88,7 @@ def get_events(conn: sqlite3.Connection, event_ids: Collection[str]) -> dict[str
         for row in conn.execute(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id IN ({marks})", chunk
         ):
-            event = _stored_event(row)
+            event = stored_event_from_row(row)
             found[event.event_id] = event
     return found
 

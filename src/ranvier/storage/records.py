@@ -7,14 +7,15 @@ send the same records to the event persister over HTTP unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TypeAlias
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeAlias
 
 import msgspec
 
 from ranvier.errors import BadJsonError
 
 __all__ = [
+    "STORED_EVENT_COLUMNS",
     "DestinationRetry",
     "EventStateContext",
     "EventStateGroups",
@@ -26,6 +27,7 @@ __all__ = [
     "StateKey",
     "StateMap",
     "StoredEvent",
+    "stored_event_from_row",
 ]
 
 #: ``(event type, state key)``.
@@ -112,6 +114,46 @@ class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
     outlier: bool
     soft_failed: bool
     rejected_reason: str | None
+
+
+#: The ``events`` columns a :class:`StoredEvent` is read from, in the order
+#: :func:`stored_event_from_row` takes them.
+STORED_EVENT_COLUMNS: tuple[str, ...] = (
+    "stream_ordering",
+    "event_id",
+    "room_id",
+    "type",
+    "state_key",
+    "sender",
+    "depth",
+    "origin_server_ts",
+    "json",
+    "outlier",
+    "soft_failed",
+    "rejected_reason",
+)
+
+
+def stored_event_from_row(row: Sequence[Any]) -> StoredEvent:
+    """The event a row of :data:`STORED_EVENT_COLUMNS` holds.
+
+    SQLite keeps the flags as integers; every read that hands events out
+    decodes them here so they all agree on what a row means.
+    """
+    return StoredEvent(
+        stream_ordering=row[0],
+        event_id=row[1],
+        room_id=row[2],
+        type=row[3],
+        state_key=row[4],
+        sender=row[5],
+        depth=row[6],
+        origin_server_ts=row[7],
+        json=bytes(row[8]),
+        outlier=bool(row[9]),
+        soft_failed=bool(row[10]),
+        rejected_reason=row[11],
+    )
 
 
 class EventStateGroups(msgspec.Struct, frozen=True):

@@ -48,7 +48,7 @@ from ranvier.protocol.room_versions import get_room_version
 
 from .readers import ReaderPool
 from .reads import get_events
-from .records import EventToPersist, StoredEvent
+from .records import STORED_EVENT_COLUMNS, EventToPersist, StoredEvent, stored_event_from_row
 
 __all__ = [
     "RedactedEvent",
@@ -60,10 +60,7 @@ __all__ = [
 ]
 
 _REDACTION: Final = "m.room.redaction"
-_EVENT_COLUMNS: Final = (
-    "e.stream_ordering, e.event_id, e.room_id, e.type, e.state_key, e.sender, e.depth,"
-    " e.origin_server_ts, e.json, e.outlier, e.soft_failed, e.rejected_reason"
-)
+_EVENT_COLUMNS: Final = ", ".join(f"e.{column}" for column in STORED_EVENT_COLUMNS)
 _INSERT_SQL: Final = (
     "INSERT INTO redactions (event_id, redacts, room_id, sender_may_redact, received_ts)"
     " VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
@@ -221,23 +218,6 @@ def _server_of(user_id: str) -> str:
     return user_id.partition(":")[2]
 
 
-def _stored(row: Sequence[Any]) -> StoredEvent:
-    return StoredEvent(
-        stream_ordering=row[0],
-        event_id=row[1],
-        room_id=row[2],
-        type=row[3],
-        state_key=row[4],
-        sender=row[5],
-        depth=row[6],
-        origin_server_ts=row[7],
-        json=bytes(row[8]),
-        outlier=bool(row[9]),
-        soft_failed=bool(row[10]),
-        rejected_reason=row[11],
-    )
-
-
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
@@ -292,7 +272,7 @@ def served(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> list[Stor
             if target_id in applied:
                 continue
             target = by_id[target_id]
-            redaction = _stored(row[3:])
+            redaction = stored_event_from_row(row[3:])
             if redaction.room_id != target.room_id:
                 continue
             if may_redact or _server_of(redaction.sender) == _server_of(target.sender):

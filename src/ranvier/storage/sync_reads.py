@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from .readers import ReaderPool
-from .records import StateKey, StateMap, StoredEvent
+from .records import STORED_EVENT_COLUMNS, StateKey, StateMap, StoredEvent, stored_event_from_row
 from .redactions import served, served_events
 from .state_groups import keys_changed_between, read_state, read_state_for_keys
 from .write_backend import WriteBackend, registered_write
@@ -52,10 +52,7 @@ SyncSnapshot = tuple[
 ]
 
 _TIMELINE = "outlier = 0 AND soft_failed = 0 AND rejected_reason IS NULL"
-_EVENT_COLUMNS = (
-    "stream_ordering, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
-    " json, outlier, soft_failed, rejected_reason"
-)
+_EVENT_COLUMNS = ", ".join(STORED_EVENT_COLUMNS)
 # Rows read per statement while a Python filter picks events.
 _PAGE = 200
 # Beyond this many events since a sync's token, listing the rooms they are
@@ -75,23 +72,6 @@ _decode_membership = msgspec.json.Decoder(_Membership).decode
 def _membership_of(json: bytes) -> str:
     membership = _decode_membership(json).content.get("membership")
     return membership if isinstance(membership, str) else ""
-
-
-def _stored(row: Any) -> StoredEvent:
-    return StoredEvent(
-        stream_ordering=row[0],
-        event_id=row[1],
-        room_id=row[2],
-        type=row[3],
-        state_key=row[4],
-        sender=row[5],
-        depth=row[6],
-        origin_server_ts=row[7],
-        json=row[8],
-        outlier=bool(row[9]),
-        soft_failed=bool(row[10]),
-        rejected_reason=row[11],
-    )
 
 
 def positions(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -205,7 +185,7 @@ def room_events(
             (room_id, low, high, _PAGE),
         ).fetchall()
         for row in rows:
-            event = _stored(row)
+            event = stored_event_from_row(row)
             if accept is None or accept(event.type, event.sender):
                 if len(taken) == limit:
                     return served(conn, taken), True
