@@ -27,6 +27,7 @@ __all__ = [
     "Receive",
     "Rendered",
     "Request",
+    "RequestHead",
     "Route",
     "RouteMatch",
     "Router",
@@ -74,6 +75,61 @@ class Request:
         """The first value of query parameter ``name``, or None."""
         values = self.query.get(name)
         return values[0] if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """What an ASGI ``http`` scope says of a request before its body is read.
+
+    Both APIs route on the head, and may refuse a request, before they read
+    the body; :meth:`request` then makes the :class:`Request` a handler sees,
+    so both read the path, target and headers alike.
+    """
+
+    method: str
+    #: The path as sent, still percent-encoded: what the router matches.
+    path: str
+    #: The request target exactly as sent (see :attr:`Request.uri`).
+    uri: str
+    #: The query string as sent, without the ``?``.
+    query_string: str
+    #: Header names lower-cased, decoded as Latin-1 (HTTP's own encoding).
+    headers: list[tuple[str, str]]
+
+    @classmethod
+    def from_scope(cls, scope: Scope) -> RequestHead:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        query: bytes = scope.get("query_string", b"")
+        path = raw_path.decode("latin-1")
+        query_string = query.decode("latin-1")
+        return cls(
+            method=scope["method"],
+            path=path,
+            uri=path + ("?" + query_string if query_string else ""),
+            query_string=query_string,
+            headers=[
+                (name.decode("latin-1").lower(), value.decode("latin-1"))
+                for name, value in scope["headers"]
+            ],
+        )
+
+    def request(
+        self, *, path_params: Mapping[str, str], body: bytes, content: Any, origin: str | None
+    ) -> Request:
+        """The request with the body read, its route's parameters and the
+        server that signed it, if any."""
+        return Request(
+            method=self.method,
+            uri=self.uri,
+            path_params=path_params,
+            query=urllib.parse.parse_qs(
+                self.query_string, keep_blank_values=True, errors="replace"
+            ),
+            headers=self.headers,
+            body=body,
+            content=content,
+            origin=origin,
+        )
 
 
 @dataclass(frozen=True, slots=True)

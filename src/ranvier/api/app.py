@@ -24,7 +24,6 @@ M_LIMIT_EXCEEDED``, whether from a limit or raised by a handler, carries a
 from __future__ import annotations
 
 import logging
-import urllib.parse
 from typing import Final
 
 from ranvier.api.ratelimit import RouteLimits, retry_after_header
@@ -34,7 +33,7 @@ from ranvier.web import (
     JsonResponse,
     Receive,
     Rendered,
-    Request,
+    RequestHead,
     Router,
     Scope,
     Send,
@@ -101,34 +100,18 @@ class ClientApp:
             await send({"type": "http.response.body", "body": body})
 
     async def _respond(self, scope: Scope, receive: Receive) -> Rendered | None:
-        method: str = scope["method"]
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        query: bytes = scope.get("query_string", b"")
-        path = raw_path.decode("latin-1")
-        uri = path + ("?" + query.decode("latin-1") if query else "")
-        headers = [
-            (name.decode("latin-1").lower(), value.decode("latin-1"))
-            for name, value in scope["headers"]
-        ]
+        head = RequestHead.from_scope(scope)
+        method, path = head.method, head.path
         if method == "OPTIONS":
             # A CORS preflight: the headers added to every response are the
             # whole answer.
             return render(JsonResponse({}))
         try:
             match = self.router.match(method, path)
-            body = await read_body(receive, headers, self.max_body_bytes)
+            body = await read_body(receive, head.headers, self.max_body_bytes)
             content = parse_json(body) if body else None
-            request = Request(
-                method=method,
-                uri=uri,
-                path_params=match.params,
-                query=urllib.parse.parse_qs(
-                    query.decode("latin-1"), keep_blank_values=True, errors="replace"
-                ),
-                headers=headers,
-                body=body,
-                content=content,
-                origin=None,
+            request = head.request(
+                path_params=match.params, body=body, content=content, origin=None
             )
             if self.rate_limits is not None:
                 await self.rate_limits.apply(match.route, request, scope.get("client"))

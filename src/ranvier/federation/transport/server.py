@@ -34,7 +34,6 @@ over; batches of event signatures are another matter.
 from __future__ import annotations
 
 import logging
-import urllib.parse
 from collections.abc import Iterable
 from typing import Any, Final, Protocol
 
@@ -49,6 +48,7 @@ from ranvier.web import (
     Receive,
     Rendered,
     Request,
+    RequestHead,
     Route,
     RouteMatch,
     Router,
@@ -131,34 +131,18 @@ class FederationApp:
             await send({"type": "http.response.body", "body": body})
 
     async def _respond(self, scope: Scope, receive: Receive) -> Rendered | None:
-        method: str = scope["method"]
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        query: bytes = scope.get("query_string", b"")
-        path = raw_path.decode("latin-1")
-        uri = path + ("?" + query.decode("latin-1") if query else "")
-        headers = [
-            (name.decode("latin-1").lower(), value.decode("latin-1"))
-            for name, value in scope["headers"]
-        ]
+        head = RequestHead.from_scope(scope)
+        method, path, uri = head.method, head.path, head.uri
         try:
             match = self.router.match(method, path)
-            authorizations = _authorizations(headers) if match.route.authenticated else None
-            body = await read_body(receive, headers, self.max_body_bytes)
+            authorizations = _authorizations(head.headers) if match.route.authenticated else None
+            body = await read_body(receive, head.headers, self.max_body_bytes)
             content = parse_json(body) if body else None
             origin = None
             if authorizations is not None:
                 origin = await self._authenticate(authorizations, method, uri, content)
-            request = Request(
-                method=method,
-                uri=uri,
-                path_params=match.params,
-                query=urllib.parse.parse_qs(
-                    query.decode("latin-1"), keep_blank_values=True, errors="replace"
-                ),
-                headers=headers,
-                body=body,
-                content=content,
-                origin=origin,
+            request = head.request(
+                path_params=match.params, body=body, content=content, origin=origin
             )
             result = await match.route.handler(request)
             return render(result if isinstance(result, JsonResponse) else JsonResponse(result))
