@@ -15,16 +15,15 @@ import msgspec
 
 from ranvier.core.directory import ResolvedAlias, RoomDirectory
 from ranvier.errors import MatrixError
-from ranvier.federation.transport.client import (
-    FederationError,
-    FederationHttpClient,
-    FederationRequestError,
-)
+from ranvier.federation.transport.client import FederationHttpClient
 from ranvier.web import Request, Router
+
+from .query_client import query_server, unusable_answer
 
 __all__ = ["DIRECTORY_PATH", "FederationDirectoryClient", "add_directory_route"]
 
 DIRECTORY_PATH: Final = "/_matrix/federation/v1/query/directory"
+_WHAT: Final = "answer about an alias"
 
 
 class _Answer(msgspec.Struct):
@@ -56,34 +55,20 @@ class FederationDirectoryClient:
         self._client = client
 
     async def query_directory(self, server_name: str, alias: str) -> ResolvedAlias:
+        body = await query_server(
+            self._client,
+            server_name,
+            DIRECTORY_PATH,
+            {"room_alias": alias},
+            what=_WHAT,
+            not_found=f"room alias {alias} is not known to {server_name}",
+        )
         try:
-            response = await self._client.request(
-                "GET", server_name, DIRECTORY_PATH, query={"room_alias": alias}
-            )
-        except FederationRequestError as exc:
-            if exc.status == 404:
-                raise MatrixError(
-                    f"room alias {alias} is not known to {server_name}",
-                    errcode="M_NOT_FOUND",
-                    http_status=404,
-                ) from None
-            raise _unusable(server_name, str(exc)) from None
-        except FederationError as exc:
-            raise _unusable(server_name, str(exc)) from None
-        try:
-            answer = msgspec.json.decode(response.body, type=_Answer)
+            answer = msgspec.json.decode(body, type=_Answer)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise _unusable(server_name, f"unusable directory answer: {exc}") from None
+            raise unusable_answer(server_name, _WHAT, f"unusable directory answer: {exc}") from None
         if not answer.room_id.startswith("!"):
-            raise _unusable(server_name, f"{answer.room_id!r} is not a room ID")
+            raise unusable_answer(server_name, _WHAT, f"{answer.room_id!r} is not a room ID")
         # The alias's server is in the room, or knows who is.
         servers = tuple(dict.fromkeys([*answer.servers, server_name]))
         return ResolvedAlias(answer.room_id, servers)
-
-
-def _unusable(server_name: str, message: str) -> MatrixError:
-    return MatrixError(
-        f"{server_name} gave no usable answer about an alias: {message}",
-        errcode="M_UNKNOWN",
-        http_status=502,
-    )
