@@ -6,26 +6,16 @@ dropped.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 from _client import Client, q
+from _federation import eventually, two_servers
 
 from ranvier.core.receipts import RemoteReceipt
 from ranvier.core.typing import REMOTE_TIMEOUT_MS
-from ranvier.testing.homeserver import TestUser, open_test_homeserver
-from ranvier.testing.network import Pki
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``check`` holds, looking every 20 ms for at most 20 s."""
-    for _ in range(1000):
-        if await check():
-            return
-        await trio.sleep(0.02)
-    raise AssertionError(f"gave up waiting for {what}")
+from ranvier.testing.homeserver import TestUser
 
 
 def _ephemeral(body: dict[str, Any], room_id: str, event_type: str) -> dict[str, Any] | None:
@@ -38,15 +28,7 @@ def _ephemeral(body: dict[str, Any], room_id: str, event_type: str) -> dict[str,
 
 
 async def test_receipts_and_typing_travel_both_ways(tmp_path: Path) -> None:
-    pki = Pki.create(tmp_path)
-    async with (
-        open_test_homeserver(tmp_path / "a", federation=pki) as a,
-        open_test_homeserver(tmp_path / "b", federation=pki) as b,
-        a.client() as http_a,
-        b.client() as http_b,
-    ):
-        ca, cb = Client(a, http_a), Client(b, http_b)
-        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+    async with two_servers(tmp_path) as (a, b, ca, cb, alice, bob):
         room_id = await ca.create_room(alice, preset="public_chat", room_alias_name="lobby")
         await cb.ok(bob, "POST", f"/join/{q(f'#lobby:{a.server_name}')}", {})
         with trio.fail_after(20):
@@ -56,7 +38,7 @@ async def test_receipts_and_typing_travel_both_ways(tmp_path: Path) -> None:
             members = await ca.ok(alice, "GET", f"/rooms/{q(room_id)}/joined_members")
             return bob.user_id in members["joined"]
 
-        await _eventually(joined_at_a, "Bob's join at A")
+        await eventually(joined_at_a, "Bob's join at A")
         sent = await ca.ok(
             alice, "PUT", f"/rooms/{q(room_id)}/send/m.room.message/1", {"body": "hi"}
         )
@@ -66,7 +48,7 @@ async def test_receipts_and_typing_travel_both_ways(tmp_path: Path) -> None:
             status, _ = await cb.call(bob, "GET", f"/rooms/{q(room_id)}/event/{q(event_id)}")
             return bool(status == 200)
 
-        await _eventually(at_b, "Alice's message at B")
+        await eventually(at_b, "Alice's message at B")
         since_b = (await cb.ok(bob, "GET", "/sync"))["next_batch"]
         since_a = (await ca.ok(alice, "GET", "/sync"))["next_batch"]
 
@@ -83,7 +65,7 @@ async def test_receipts_and_typing_travel_both_ways(tmp_path: Path) -> None:
                 body = await client.ok(user, "GET", "/sync", params={"since": since})
                 return bool(_ephemeral(body, room_id, event_type) == want)
 
-            await _eventually(check, f"{event_type} for {user.user_id}")
+            await eventually(check, f"{event_type} for {user.user_id}")
 
         alice_read = await ca.ok(alice, "GET", "/sync")
         own = _ephemeral(alice_read, room_id, "m.receipt")
@@ -109,7 +91,7 @@ async def test_receipts_and_typing_travel_both_ways(tmp_path: Path) -> None:
             receipts = _ephemeral(body, room_id, "m.receipt") or {}
             return bob.user_id in receipts.get(event_id, {}).get("m.read", {})
 
-        await _eventually(bobs_receipt_at_a, "Bob's receipt at A")
+        await eventually(bobs_receipt_at_a, "Bob's receipt at A")
         body = await ca.ok(alice, "GET", "/sync", params={"since": since_a})
         at_a = _ephemeral(body, room_id, "m.receipt")
         assert at_a is not None
@@ -143,5 +125,5 @@ async def test_receipts_and_typing_travel_both_ways(tmp_path: Path) -> None:
             return b.server.typing_notices.typing_in(room_id) == []
 
         with trio.fail_after(REMOTE_TIMEOUT_MS / 1000 / 2):
-            await _eventually(stopped_at_b, "the end of Alice's typing at B")
+            await eventually(stopped_at_b, "the end of Alice's typing at B")
         assert typing.typing_in(room_id) == []

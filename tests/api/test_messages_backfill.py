@@ -14,23 +14,13 @@ from typing import Any
 
 import trio
 from _client import Client, q
-
-from ranvier.testing.homeserver import open_test_homeserver
-from ranvier.testing.network import Pki
+from _federation import two_servers
 
 
 async def test_paging_back_through_the_joining_server_reaches_the_create_event(
     tmp_path: Path,
 ) -> None:
-    pki = Pki.create(tmp_path)
-    async with (
-        open_test_homeserver(tmp_path / "a", federation=pki) as a,
-        open_test_homeserver(tmp_path / "b", federation=pki) as b,
-        a.client() as http_a,
-        b.client() as http_b,
-    ):
-        ca, cb = Client(a, http_a), Client(b, http_b)
-        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+    async with two_servers(tmp_path) as (a, b, ca, cb, alice, bob):
         room_id = await ca.create_room(alice, preset="public_chat", name="Old news")
         for number in range(60):
             path = f"/rooms/{q(room_id)}/send/m.room.message/{number}"

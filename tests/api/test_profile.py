@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from _client import Client, q
+from _federation import two_servers
 
 from ranvier.testing.homeserver import TestUser, open_test_homeserver
-from ranvier.testing.network import Pki
 
 
 @dataclass
@@ -128,15 +128,7 @@ async def test_a_change_rewrites_the_member_event_of_every_joined_room(env: Env)
 async def test_a_profile_of_another_servers_user_is_asked_of_that_server(
     tmp_path: Path,
 ) -> None:
-    pki = Pki.create(tmp_path)
-    async with (
-        open_test_homeserver(tmp_path / "a", federation=pki) as a,
-        open_test_homeserver(tmp_path / "b", federation=pki) as b,
-        a.client() as http_a,
-        b.client() as http_b,
-    ):
-        ca, cb = Client(a, http_a), Client(b, http_b)
-        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+    async with two_servers(tmp_path) as (a, _b, ca, cb, alice, bob):
         await ca.ok(alice, "PUT", _field(alice, "displayname"), {"displayname": "Alice of A"})
         assert await cb.ok(bob, "GET", f"/profile/{q(alice.user_id)}") == {
             "displayname": "Alice of A"

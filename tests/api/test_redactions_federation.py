@@ -13,12 +13,12 @@ concurrent sends arrive): the redaction applies once its target arrives.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 from _client import Client, q
+from _federation import eventually, two_servers
 
 from ranvier.protocol.auth import auth_types_for_event
 from ranvier.protocol.events import Pdu
@@ -32,21 +32,12 @@ from ranvier.testing.network import Pki
 _V1 = "/_matrix/federation/v1"
 
 
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``check`` holds, looking every 20 ms for at most 20 s."""
-    for _ in range(1000):
-        if await check():
-            return
-        await trio.sleep(0.02)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
 async def _arrival(client: Client, user: TestUser, room_id: str, event_id: str) -> None:
     async def there() -> bool:
         status, _ = await client.call(user, "GET", f"/rooms/{q(room_id)}/event/{q(event_id)}")
         return bool(status == 200)
 
-    await _eventually(there, f"{event_id} at {client.hs.server_name}")
+    await eventually(there, f"{event_id} at {client.hs.server_name}")
 
 
 async def _event(client: Client, user: TestUser, room_id: str, event_id: str) -> dict[str, Any]:
@@ -73,15 +64,7 @@ async def _redact(client: Client, user: TestUser, room_id: str, event_id: str, t
 
 
 async def test_whose_redactions_apply_on_both_servers(tmp_path: Path) -> None:
-    pki = Pki.create(tmp_path)
-    async with (
-        open_test_homeserver(tmp_path / "a", federation=pki) as a,
-        open_test_homeserver(tmp_path / "b", federation=pki) as b,
-        a.client() as http_a,
-        b.client() as http_b,
-    ):
-        ca, cb = Client(a, http_a), Client(b, http_b)
-        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+    async with two_servers(tmp_path) as (a, b, ca, cb, alice, bob):
         room_id = await ca.create_room(alice, preset="public_chat")
         await b.server.join_room(bob.user_id, room_id, [a.server_name])
         with trio.fail_after(20):

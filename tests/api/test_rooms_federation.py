@@ -6,35 +6,18 @@ from B.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
 from _client import Client, q
+from _federation import eventually, two_servers
 
 from ranvier.testing.homeserver import open_test_homeserver
 from ranvier.testing.network import Pki
 
 
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``check`` holds, looking every 20 ms for at most 20 s."""
-    for _ in range(1000):
-        if await check():
-            return
-        await trio.sleep(0.02)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
 async def test_an_alias_of_another_server_is_resolved_and_joined(tmp_path: Path) -> None:
-    pki = Pki.create(tmp_path)
-    async with (
-        open_test_homeserver(tmp_path / "a", federation=pki) as a,
-        open_test_homeserver(tmp_path / "b", federation=pki) as b,
-        a.client() as http_a,
-        b.client() as http_b,
-    ):
-        ca, cb = Client(a, http_a), Client(b, http_b)
-        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+    async with two_servers(tmp_path) as (a, b, ca, cb, alice, bob):
         room_id = await ca.create_room(alice, preset="public_chat", room_alias_name="lobby")
         alias = f"#lobby:{a.server_name}"
         await ca.ok(alice, "PUT", f"/rooms/{q(room_id)}/send/m.room.message/1", {"body": "hi"})
@@ -60,22 +43,14 @@ async def test_an_alias_of_another_server_is_resolved_and_joined(tmp_path: Path)
             )
             return bool(status == 200)
 
-        await _eventually(arrived, "Bob's message at A")
+        await eventually(arrived, "Bob's message at A")
         # Now B is in the room, A names it too.
         resolved = await ca.ok(None, "GET", f"/directory/room/{q(alias)}")
         assert resolved == {"room_id": room_id, "servers": [a.server_name, b.server_name]}
 
 
 async def test_an_invite_to_another_servers_user_is_accepted_from_there(tmp_path: Path) -> None:
-    pki = Pki.create(tmp_path)
-    async with (
-        open_test_homeserver(tmp_path / "a", federation=pki) as a,
-        open_test_homeserver(tmp_path / "b", federation=pki) as b,
-        a.client() as http_a,
-        b.client() as http_b,
-    ):
-        ca, cb = Client(a, http_a), Client(b, http_b)
-        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+    async with two_servers(tmp_path) as (_a, b, ca, cb, alice, bob):
         # A private room of version 12: its ID names no server, so B finds
         # A through the invite.
         room_id = await ca.create_room(alice, name="Private")
@@ -99,7 +74,7 @@ async def test_an_invite_to_another_servers_user_is_accepted_from_there(tmp_path
             members = await ca.ok(alice, "GET", f"/rooms/{q(room_id)}/joined_members")
             return bob.user_id in set(members["joined"])
 
-        await _eventually(joined_at_a, "Bob's join at A")
+        await eventually(joined_at_a, "Bob's join at A")
         with trio.fail_after(20):
             await b.server.wait_for_full_state(room_id)
         assert (await cb.ok(bob, "GET", f"/rooms/{q(room_id)}/state/m.room.name")) == {
@@ -108,15 +83,7 @@ async def test_an_invite_to_another_servers_user_is_accepted_from_there(tmp_path
 
 
 async def test_an_invite_from_another_server_is_declined_through_it(tmp_path: Path) -> None:
-    pki = Pki.create(tmp_path)
-    async with (
-        open_test_homeserver(tmp_path / "a", federation=pki) as a,
-        open_test_homeserver(tmp_path / "b", federation=pki) as b,
-        a.client() as http_a,
-        b.client() as http_b,
-    ):
-        ca, cb = Client(a, http_a), Client(b, http_b)
-        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+    async with two_servers(tmp_path) as (_a, b, ca, cb, alice, bob):
         room_id = await ca.create_room(alice, name="Not for Bob")
         await ca.ok(alice, "POST", f"/rooms/{q(room_id)}/invite", {"user_id": bob.user_id})
         # B is not in the room: its reads refuse Bob, who is only invited.
@@ -177,15 +144,7 @@ async def test_a_join_carries_its_reason_here_and_through_another_server(tmp_pat
 
 
 async def test_an_invite_from_another_server_syncs_with_the_rooms_state(tmp_path: Path) -> None:
-    pki = Pki.create(tmp_path)
-    async with (
-        open_test_homeserver(tmp_path / "a", federation=pki) as a,
-        open_test_homeserver(tmp_path / "b", federation=pki) as b,
-        a.client() as http_a,
-        b.client() as http_b,
-    ):
-        ca, cb = Client(a, http_a), Client(b, http_b)
-        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+    async with two_servers(tmp_path) as (_a, _b, ca, cb, alice, bob):
         room_id = await ca.create_room(
             alice,
             name="Garden",
