@@ -1,14 +1,18 @@
-"""A client of a test homeserver's client API, for the rooms and directory tests."""
+"""A client of a test homeserver's client API, and the one-server set-ups
+several API tests share."""
 
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
-from ranvier.testing.homeserver import TestHomeserver, TestUser
+from ranvier.testing.homeserver import TestHomeserver, TestUser, open_test_homeserver
 
 V3 = "/_matrix/client/v3"
 
@@ -81,3 +85,42 @@ class Client:
     async def state(self, user: TestUser, room_id: str) -> dict[tuple[str, str], Any]:
         events = await self.ok(user, "GET", f"/rooms/{q(room_id)}/state")
         return {(event["type"], event["state_key"]): event for event in events}
+
+
+@dataclass
+class OneServer:
+    """A server, its client and two of its users."""
+
+    hs: TestHomeserver
+    client: Client
+    alice: TestUser
+    bob: TestUser
+
+    async def sync(self, user: TestUser, **params: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = await self.client.ok(user, "GET", "/sync", params=params)
+        return answer
+
+
+@dataclass
+class SharedRoom(OneServer):
+    """Alice's public room that Bob has joined, and Carol, who has not."""
+
+    carol: TestUser
+    room_id: str
+
+
+_Room = TypeVar("_Room", bound=SharedRoom)
+
+
+@asynccontextmanager
+async def open_shared_room(tmp_path: Path, env_type: type[_Room]) -> AsyncIterator[_Room]:
+    """A :class:`SharedRoom` (of ``env_type``, which may add helpers) on a
+    server under ``tmp_path``, its client allowing long-polls of up to 30 s."""
+    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client(timeout=30) as http:
+        client = Client(hs, http)
+        alice = await hs.register_user("alice")
+        bob = await hs.register_user("bob")
+        carol = await hs.register_user("carol")
+        room_id = await client.create_room(alice, preset="public_chat")
+        await client.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
+        yield env_type(hs, client, alice, bob, carol, room_id)

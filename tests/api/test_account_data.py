@@ -4,28 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from _client import Client, q
+from _client import Client, OneServer, q
 
-from ranvier.testing.homeserver import TestHomeserver, TestUser, open_test_homeserver
+from ranvier.testing.homeserver import TestUser, open_test_homeserver
 
-
-@dataclass
-class Env:
-    hs: TestHomeserver
-    client: Client
-    alice: TestUser
-    bob: TestUser
-
-    async def sync(self, user: TestUser, **params: Any) -> dict[str, Any]:
-        answer: dict[str, Any] = await self.client.ok(user, "GET", "/sync", params=params)
-        return answer
+Env = OneServer
 
 
 @pytest.fixture

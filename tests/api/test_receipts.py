@@ -11,24 +11,13 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from _client import Client, q
+from _client import SharedRoom, open_shared_room, q
 
-from ranvier.testing.homeserver import TestHomeserver, TestUser, open_test_homeserver
+from ranvier.testing.homeserver import TestUser
 
 
 @dataclass
-class Env:
-    hs: TestHomeserver
-    client: Client
-    alice: TestUser
-    bob: TestUser
-    carol: TestUser
-    room_id: str
-
-    async def sync(self, user: TestUser, **params: Any) -> dict[str, Any]:
-        answer: dict[str, Any] = await self.client.ok(user, "GET", "/sync", params=params)
-        return answer
-
+class Env(SharedRoom):
     async def send(self, user: TestUser, body: str, txn: str) -> str:
         path = f"/rooms/{q(self.room_id)}/send/m.room.message/{txn}"
         answer = await self.client.ok(user, "PUT", path, {"msgtype": "m.text", "body": body})
@@ -41,14 +30,8 @@ class Env:
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client(timeout=30) as http:
-        client = Client(hs, http)
-        alice = await hs.register_user("alice")
-        bob = await hs.register_user("bob")
-        carol = await hs.register_user("carol")
-        room_id = await client.create_room(alice, preset="public_chat")
-        await client.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
-        yield Env(hs, client, alice, bob, carol, room_id)
+    async with open_shared_room(tmp_path, Env) as env:
+        yield env
 
 
 def _ephemeral(body: dict[str, Any], room_id: str) -> list[dict[str, Any]]:

@@ -10,38 +10,21 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from _client import Client, q
+from _client import Client, SharedRoom, open_shared_room, q
 
-from ranvier.testing.homeserver import TestHomeserver, TestUser, open_test_homeserver
+from ranvier.testing.homeserver import TestUser, open_test_homeserver
 
 
 @dataclass
-class Env:
-    hs: TestHomeserver
-    client: Client
-    alice: TestUser
-    bob: TestUser
-    carol: TestUser
-    room_id: str
-
-    async def sync(self, user: TestUser, **params: Any) -> dict[str, Any]:
-        answer: dict[str, Any] = await self.client.ok(user, "GET", "/sync", params=params)
-        return answer
-
+class Env(SharedRoom):
     def typing(self, user: TestUser, room_id: str | None = None) -> str:
         return f"/rooms/{q(room_id or self.room_id)}/typing/{q(user.user_id)}"
 
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client(timeout=30) as http:
-        client = Client(hs, http)
-        alice = await hs.register_user("alice")
-        bob = await hs.register_user("bob")
-        carol = await hs.register_user("carol")
-        room_id = await client.create_room(alice, preset="public_chat")
-        await client.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
-        yield Env(hs, client, alice, bob, carol, room_id)
+    async with open_shared_room(tmp_path, Env) as env:
+        yield env
 
 
 def _typing(body: dict[str, Any], room_id: str) -> list[str] | None:
