@@ -12,23 +12,14 @@ import argon2
 import httpx
 import pytest
 import trio
+from _accounts import app_client, client_only_config, start_accounts
 
 from ranvier.api.account import add_account_routes
-from ranvier.api.app import ClientApp
 from ranvier.api.auth import Auth
-from ranvier.config import (
-    Config,
-    DatabaseConfig,
-    ListenerConfig,
-    RateLimitConfig,
-    RegistrationConfig,
-)
 from ranvier.core.accounts import Accounts
 from ranvier.server import open_homeserver
-from ranvier.storage import Storage
 from ranvier.web import Router
 
-CHEAP = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 SERVER = "example.org"
 V3 = "/_matrix/client/v3"
 ALICE = "@alice:example.org"
@@ -41,9 +32,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def accounts(db_path: Path, nursery: trio.Nursery) -> Accounts:
-    storage = Storage(db_path, synchronous="OFF")
-    await nursery.start(storage.run)
-    return Accounts(server_name=SERVER, store=storage.accounts, password_hasher=CHEAP)
+    return await start_accounts(db_path, nursery)
 
 
 def _client(accounts: Accounts, *, registration_enabled: bool = True) -> httpx.AsyncClient:
@@ -54,8 +43,7 @@ def _client(accounts: Accounts, *, registration_enabled: bool = True) -> httpx.A
         auth=Auth(accounts),
         registration_enabled=registration_enabled,
     )
-    app = ClientApp(router=router)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hs")
+    return app_client(router)
 
 
 def _tables(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
@@ -437,19 +425,8 @@ async def test_whoami_needs_a_valid_token(accounts: Accounts) -> None:
 # Through a started homeserver.
 
 
-def _server_config(data_dir: Path, **registration: Any) -> Config:
-    return Config(
-        server_name="hs.test",
-        data_dir=data_dir,
-        listeners=(ListenerConfig(type="client", host="127.0.0.1", port=0),),
-        database=DatabaseConfig(synchronous="OFF"),
-        ratelimit=RateLimitConfig(enabled=False),
-        registration=RegistrationConfig(**registration),
-    )
-
-
 async def test_register_login_whoami_logout_over_http(tmp_path: Path) -> None:
-    config = _server_config(tmp_path / "data", enabled=True)
+    config = client_only_config(tmp_path / "data", enabled=True)
     async with open_homeserver(config) as server:
         (listener,) = server.listeners
         async with httpx.AsyncClient(base_url=listener.url, timeout=30) as client:
@@ -497,7 +474,7 @@ async def test_register_login_whoami_logout_over_http(tmp_path: Path) -> None:
 
 
 async def test_a_started_server_keeps_registration_closed_by_default(tmp_path: Path) -> None:
-    async with open_homeserver(_server_config(tmp_path / "data")) as server:
+    async with open_homeserver(client_only_config(tmp_path / "data")) as server:
         (listener,) = server.listeners
         async with httpx.AsyncClient(base_url=listener.url, timeout=30) as client:
             response = await client.post(f"{V3}/register", json={"username": "carol"})

@@ -11,27 +11,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import argon2
 import httpx
 import pytest
 import trio
 import trio.testing
+from _accounts import app_client, client_only_config, start_accounts
 
 from ranvier.api.admin import NONCE_LIFETIME_SECONDS, REGISTER_PATH, add_admin_routes
-from ranvier.api.app import ClientApp
-from ranvier.config import (
-    Config,
-    DatabaseConfig,
-    ListenerConfig,
-    RateLimitConfig,
-    RegistrationConfig,
-)
 from ranvier.core.accounts import Accounts
 from ranvier.server import open_homeserver
-from ranvier.storage import Storage
 from ranvier.web import Router
 
-CHEAP = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 SECRET = "a shared secret"
 
 
@@ -42,16 +32,13 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def accounts(db_path: Path, nursery: trio.Nursery) -> Accounts:
-    storage = Storage(db_path, synchronous="OFF")
-    await nursery.start(storage.run)
-    return Accounts(server_name="example.org", store=storage.accounts, password_hasher=CHEAP)
+    return await start_accounts(db_path, nursery)
 
 
 def _client(accounts: Accounts, secret: str | None = SECRET) -> httpx.AsyncClient:
     router = Router()
     add_admin_routes(router, accounts=accounts, shared_secret=secret)
-    app = ClientApp(router=router)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hs")
+    return app_client(router)
 
 
 def _mac(nonce: str, user: str, password: str, admin: bool, secret: str = SECRET) -> str:
@@ -193,14 +180,7 @@ async def test_without_a_secret_the_endpoint_does_not_exist(accounts: Accounts) 
 
 
 async def test_synapses_register_new_matrix_user_works_against_us(tmp_path: Path) -> None:
-    config = Config(
-        server_name="hs.test",
-        data_dir=tmp_path / "data",
-        listeners=(ListenerConfig(type="client", host="127.0.0.1", port=0),),
-        database=DatabaseConfig(synchronous="OFF"),
-        ratelimit=RateLimitConfig(enabled=False),
-        registration=RegistrationConfig(shared_secret=SECRET),
-    )
+    config = client_only_config(tmp_path / "data", shared_secret=SECRET)
     script = Path(sys.executable).parent / "register_new_matrix_user"
     async with open_homeserver(config) as server:
         (listener,) = server.listeners

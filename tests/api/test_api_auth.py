@@ -6,26 +6,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import argon2
 import httpx
 import pytest
 import trio
+from _accounts import app_client, start_accounts
 
-from ranvier.api.app import ClientApp
 from ranvier.api.auth import Auth
 from ranvier.core.accounts import Accounts
-from ranvier.storage import Storage
 from ranvier.web import Request, Router
 
-CHEAP = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 PATH = "/_matrix/client/v3/me"
 
 
 @pytest.fixture
 async def accounts(tmp_path: Path, nursery: trio.Nursery) -> Accounts:
-    storage = Storage(tmp_path / "ranvier.db", synchronous="OFF")
-    await nursery.start(storage.run)
-    return Accounts(server_name="example.org", store=storage.accounts, password_hasher=CHEAP)
+    return await start_accounts(tmp_path / "ranvier.db", nursery)
 
 
 def _client(accounts: Accounts) -> httpx.AsyncClient:
@@ -41,8 +36,7 @@ def _client(accounts: Accounts) -> httpx.AsyncClient:
         }
 
     router.add("GET", PATH, me)
-    app = ClientApp(router=router)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hs")
+    return app_client(router)
 
 
 async def _token(accounts: Accounts, *, admin: bool = False) -> str:
