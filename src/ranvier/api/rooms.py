@@ -218,40 +218,36 @@ class _Rooms:
         return {}
 
     async def invite(self, request: Request) -> Mapping[str, Any]:
-        requester = await self._auth.get_user(request)
-        room_id = _room_id(request)
-        body = _body(request, required=True)
-        target, reason = _target(body), _reason(body)
-        await self._creator.invite(requester.user_id, room_id, target, reason=reason)
+        sender, room_id, target, reason = await self._targeted(request)
+        await self._creator.invite(sender, room_id, target, reason=reason)
         return {}
 
     async def kick(self, request: Request) -> Mapping[str, Any]:
-        requester = await self._auth.get_user(request)
-        room_id = _room_id(request)
-        body = _body(request, required=True)
-        target, reason = _target(body), _reason(body)
-        await self._creator.kick(requester.user_id, room_id, target, reason=reason)
+        sender, room_id, target, reason = await self._targeted(request)
+        await self._creator.kick(sender, room_id, target, reason=reason)
         return {}
 
     async def ban(self, request: Request) -> Mapping[str, Any]:
-        requester = await self._auth.get_user(request)
-        room_id = _room_id(request)
-        body = _body(request, required=True)
-        target, reason = _target(body), _reason(body)
-        await self._creator.ban(requester.user_id, room_id, target, reason=reason)
+        sender, room_id, target, reason = await self._targeted(request)
+        await self._creator.ban(sender, room_id, target, reason=reason)
         return {}
 
     async def unban(self, request: Request) -> Mapping[str, Any]:
-        requester = await self._auth.get_user(request)
-        room_id = _room_id(request)
-        body = _body(request, required=True)
-        target, reason = _target(body), _reason(body)
+        sender, room_id, target, reason = await self._targeted(request)
         if await self._reader.membership(target, room_id) != "ban":
             raise MatrixError(
                 f"{target} is not banned from {room_id}", errcode="M_FORBIDDEN", http_status=403
             )
-        await self._creator.unban(requester.user_id, room_id, target, reason=reason)
+        await self._creator.unban(sender, room_id, target, reason=reason)
         return {}
+
+    async def _targeted(self, request: Request) -> tuple[str, str, str, str | None]:
+        """``(sender, room ID, target user, reason)`` of a request that
+        changes another user's membership: invite, kick, ban and unban."""
+        requester = await self._auth.get_user(request)
+        room_id = _room_id(request)
+        body = _body(request, required=True)
+        return requester.user_id, room_id, _target(body), _reason(body)
 
     async def forget(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)
