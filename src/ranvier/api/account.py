@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any, Final
 
+from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.core.accounts import Accounts
 from ranvier.errors import BadJsonError, MatrixError
@@ -25,7 +26,6 @@ from ranvier.web import JsonResponse, Request, Router
 
 __all__ = ["add_account_routes", "json_object", "optional_bool", "optional_str"]
 
-_PREFIXES: Final = ("/_matrix/client/v3", "/_matrix/client/r0")
 _DUMMY: Final = "m.login.dummy"
 _PASSWORD: Final = "m.login.password"
 _FLOWS: Final = [{"stages": [_DUMMY]}]
@@ -196,7 +196,7 @@ def add_account_routes(
         requester = await auth.get_user(request)
         return {"user_id": requester.user_id, "device_id": requester.device_id, "is_guest": False}
 
-    for prefix in _PREFIXES:
+    for prefix in CLIENT_VERSION_PREFIXES:
         router.add("POST", f"{prefix}/register", register)
         router.add("GET", f"{prefix}/register/available", register_available)
         router.add("GET", f"{prefix}/login", login_flows)

@@ -6,16 +6,15 @@ own. See :mod:`ranvier.core.account_data`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 from ranvier.api.account import json_object
+from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.core.account_data import AccountData
 from ranvier.web import Request, Router
 
 __all__ = ["add_account_data_routes"]
-
-_PREFIXES: Final = ("/_matrix/client/v3", "/_matrix/client/r0")
 
 
 def add_account_data_routes(router: Router, *, auth: Auth, account_data: AccountData) -> None:
@@ -41,7 +40,7 @@ def add_account_data_routes(router: Router, *, auth: Auth, account_data: Account
         )
         return {}
 
-    for prefix in _PREFIXES:
+    for prefix in CLIENT_VERSION_PREFIXES:
         for path in (
             f"{prefix}/user/{{user_id}}/account_data/{{type}}",
             f"{prefix}/user/{{user_id}}/rooms/{{room_id}}/account_data/{{type}}",

@@ -43,11 +43,19 @@ from ranvier.web import (
     run_lifespan,
 )
 
-__all__ = ["CLIENT_PREFIX", "DEFAULT_MAX_CLIENT_BODY_BYTES", "ClientApp"]
+__all__ = [
+    "CLIENT_PREFIX",
+    "CLIENT_VERSION_PREFIXES",
+    "DEFAULT_MAX_CLIENT_BODY_BYTES",
+    "ClientApp",
+]
 
 _logger: Final = logging.getLogger(__name__)
 
 CLIENT_PREFIX: Final = "/_matrix/client"
+#: The prefixes of the endpoints whose shape did not change from ``r0`` to
+#: ``v3``, served under both so that older clients keep working.
+CLIENT_VERSION_PREFIXES: Final = (f"{CLIENT_PREFIX}/v3", f"{CLIENT_PREFIX}/r0")
 
 #: Requests are JSON of events and their content (at most 64 KiB each) and
 #: small parameter objects; media are not served here.

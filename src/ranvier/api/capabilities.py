@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.core.push_rules import default_push_rules
 from ranvier.errors import MatrixError
@@ -21,7 +22,6 @@ from ranvier.web import Request, Router
 
 __all__ = ["add_capability_routes"]
 
-_PREFIXES: Final = ("/_matrix/client/v3", "/_matrix/client/r0")
 _KINDS: Final = ("override", "content", "room", "sender", "underride")
 
 
@@ -97,7 +97,7 @@ def add_capability_routes(router: Router, *, auth: Auth) -> None:
         await auth.get_user(request)
         return {}
 
-    for prefix in _PREFIXES:
+    for prefix in CLIENT_VERSION_PREFIXES:
         router.add("GET", f"{prefix}/capabilities", capabilities)
         router.add("GET", f"{prefix}/pushrules", push_rules)
         router.add("GET", f"{prefix}/pushrules/{{scope}}", push_rules_scope)

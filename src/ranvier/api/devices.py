@@ -8,17 +8,16 @@ flows, and the session to send back.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 from ranvier.api.account import json_object
+from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.core.devices import AuthRequired, Devices
 from ranvier.errors import BadJsonError
 from ranvier.web import JsonResponse, Request, Router
 
 __all__ = ["add_device_routes"]
-
-_PREFIXES: Final = ("/_matrix/client/v3", "/_matrix/client/r0")
 
 
 def add_device_routes(router: Router, *, auth: Auth, devices: Devices) -> None:
@@ -62,7 +61,7 @@ def add_device_routes(router: Router, *, auth: Auth, devices: Devices) -> None:
             raise BadJsonError("'devices' must be a list of device IDs")
         return await delete(requester.user_id, device_ids, body.get("auth"))
 
-    for prefix in _PREFIXES:
+    for prefix in CLIENT_VERSION_PREFIXES:
         router.add("GET", f"{prefix}/devices", list_devices)
         router.add("GET", f"{prefix}/devices/{{device_id}}", get_device)
         router.add("PUT", f"{prefix}/devices/{{device_id}}", rename_device)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 from ranvier.api.account import json_object
+from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.core.presence import Presence
 from ranvier.web import Request, Router
 
 __all__ = ["add_presence_routes"]
-
-_PREFIXES: Final = ("/_matrix/client/v3", "/_matrix/client/r0")
 
 
 def add_presence_routes(router: Router, *, auth: Auth, presence: Presence) -> None:
@@ -29,7 +28,7 @@ def add_presence_routes(router: Router, *, auth: Auth, presence: Presence) -> No
         )
         return {}
 
-    for prefix in _PREFIXES:
+    for prefix in CLIENT_VERSION_PREFIXES:
         path = f"{prefix}/presence/{{user_id}}/status"
         router.add("GET", path, get_status)
         router.add("PUT", path, put_status)

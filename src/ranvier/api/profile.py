@@ -7,17 +7,16 @@ one needs the owner's. See :mod:`ranvier.core.profiles`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 from ranvier.api.account import json_object
+from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.core.profiles import ProfileField, Profiles
 from ranvier.errors import MatrixError
 from ranvier.web import Request, Router
 
 __all__ = ["add_profile_routes"]
-
-_PREFIXES: Final = ("/_matrix/client/v3", "/_matrix/client/r0")
 
 
 def add_profile_routes(router: Router, *, auth: Auth, profiles: Profiles) -> None:
@@ -48,11 +47,11 @@ def add_profile_routes(router: Router, *, auth: Auth, profiles: Profiles) -> Non
             )
             return {}
 
-        for prefix in _PREFIXES:
+        for prefix in CLIENT_VERSION_PREFIXES:
             router.add("GET", f"{prefix}/profile/{{user_id}}/{field}", get_field)
             router.add("PUT", f"{prefix}/profile/{{user_id}}/{field}", set_field)
 
-    for prefix in _PREFIXES:
+    for prefix in CLIENT_VERSION_PREFIXES:
         router.add("GET", f"{prefix}/profile/{{user_id}}", get_profile)
     field_routes("displayname")
     field_routes("avatar_url")

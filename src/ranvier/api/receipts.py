@@ -5,16 +5,15 @@ and ``POST /rooms/{roomId}/read_markers``. See :mod:`ranvier.core.receipts`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 from ranvier.api.account import json_object
+from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.core.receipts import Receipts
 from ranvier.web import Request, Router
 
 __all__ = ["add_receipt_routes"]
-
-_PREFIXES: Final = ("/_matrix/client/v3", "/_matrix/client/r0")
 
 
 def add_receipt_routes(router: Router, *, auth: Auth, receipts: Receipts) -> None:
@@ -37,7 +36,7 @@ def add_receipt_routes(router: Router, *, auth: Auth, receipts: Receipts) -> Non
         )
         return {}
 
-    for prefix in _PREFIXES:
+    for prefix in CLIENT_VERSION_PREFIXES:
         router.add(
             "POST",
             f"{prefix}/rooms/{{room_id}}/receipt/{{receipt_type}}/{{event_id}}",

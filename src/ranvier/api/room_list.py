@@ -10,17 +10,16 @@ server's list is served: ``server`` naming another server is refused. See
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 from ranvier.api.account import json_object
+from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.core.room_list import RoomList
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.web import Request, Router
 
 __all__ = ["add_room_list_routes"]
-
-_PREFIXES: Final = ("/_matrix/client/v3", "/_matrix/client/r0")
 
 
 def add_room_list_routes(
@@ -84,7 +83,7 @@ def add_room_list_routes(
         )
         return {}
 
-    for prefix in _PREFIXES:
+    for prefix in CLIENT_VERSION_PREFIXES:
         router.add("GET", f"{prefix}/publicRooms", public_rooms)
         router.add("POST", f"{prefix}/publicRooms", search_public_rooms)
         router.add("GET", f"{prefix}/directory/list/room/{{room_id}}", get_visibility)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 from ranvier.api.account import json_object
+from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.core.typing import TypingNotices
 from ranvier.errors import BadJsonError
 from ranvier.web import Request, Router
 
 __all__ = ["add_typing_routes"]
-
-_PREFIXES: Final = ("/_matrix/client/v3", "/_matrix/client/r0")
 
 
 def add_typing_routes(router: Router, *, auth: Auth, typing: TypingNotices) -> None:
@@ -38,5 +37,5 @@ def add_typing_routes(router: Router, *, auth: Auth, typing: TypingNotices) -> N
         )
         return {}
 
-    for prefix in _PREFIXES:
+    for prefix in CLIENT_VERSION_PREFIXES:
         router.add("PUT", f"{prefix}/rooms/{{room_id}}/typing/{{user_id}}", put_typing)

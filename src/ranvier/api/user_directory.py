@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 from ranvier.api.account import json_object
+from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.core.user_directory import DEFAULT_RESULTS, UserDirectory
 from ranvier.errors import BadJsonError
 from ranvier.web import Request, Router
 
 __all__ = ["add_user_directory_routes"]
-
-_PREFIXES: Final = ("/_matrix/client/v3", "/_matrix/client/r0")
 
 
 def add_user_directory_routes(router: Router, *, auth: Auth, directory: UserDirectory) -> None:
@@ -28,5 +27,5 @@ def add_user_directory_routes(router: Router, *, auth: Auth, directory: UserDire
             raise BadJsonError("'limit' must be a non-negative integer")
         return await directory.search(requester.user_id, term, limit)
 
-    for prefix in _PREFIXES:
+    for prefix in CLIENT_VERSION_PREFIXES:
         router.add("POST", f"{prefix}/user_directory/search", search)
