@@ -5,8 +5,11 @@ process, and the replication stream that keeps it up to date.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import msgspec
 import pytest
 import trio
@@ -17,6 +20,7 @@ from ranvier.testing import Pki, free_port
 from ranvier.testing.homeserver import TestHomeserver, config_for_tests, open_test_homeserver
 
 SECRET = "a worker's secret"
+_SYNC = "/_matrix/client/v3/sync"
 
 
 def _main_config(directory: Path, *, replication_port: int, pki: Pki | None = None) -> Config:
@@ -40,6 +44,40 @@ def _worker_config(main: Config, directory: Path, *, replication_port: int) -> C
         listeners=(ListenerConfig(type="client", port=0),),
         worker=WorkerConfig(main_replication_url=f"http://127.0.0.1:{replication_port}"),
     )
+
+
+async def _sync_woken(
+    on_worker: httpx.AsyncClient, wake: Callable[[trio.Event], Awaitable[None]]
+) -> dict[str, Any]:
+    """What a ``/sync`` long-poll on a worker, from where an initial sync
+    left off, answers once ``wake`` has made something happen; ``wake`` is
+    given the event set when the long-poll answers."""
+    first = (await on_worker.get(_SYNC)).json()
+    woken: list[dict[str, Any]] = []
+    answered = trio.Event()
+
+    async def long_poll() -> None:
+        answer = await on_worker.get(
+            _SYNC, params={"since": first["next_batch"], "timeout": "20000"}
+        )
+        woken.append(answer.json())
+        answered.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(long_poll)
+        await wake(answered)
+        with trio.fail_after(15):
+            await answered.wait()
+    return woken[0]
+
+
+async def _arrives(remote: TestHomeserver, event_id: str) -> None:
+    """Wait, up to some 10 s, for ``event_id`` to be stored at ``remote``."""
+    for _ in range(1000):
+        if await remote.server.storage.get_event(event_id) is not None:
+            break
+        await trio.sleep(0.01)
+    assert await remote.server.storage.get_event(event_id) is not None
 
 
 def test_a_worker_needs_its_main_process_and_serves_its_roles_listeners_only(
@@ -115,34 +153,26 @@ async def test_a_worker_follows_the_stream_across_a_restart_of_the_main_process(
         follower = worker.stream_follower
         worker_hs = TestHomeserver(worker)
         async with worker_hs.client(alice, timeout=30) as on_worker:
-            first = (await on_worker.get("/_matrix/client/v3/sync")).json()
-            woken: list[dict[str, object]] = []
-            answered = trio.Event()
+            event_id = ""
 
-            async def long_poll() -> None:
-                answer = await on_worker.get(
-                    "/_matrix/client/v3/sync",
-                    params={"since": first["next_batch"], "timeout": "20000"},
-                )
-                woken.append(answer.json())
-                answered.set()
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(long_poll)
+            async def restart_and_send(answered: trio.Event) -> None:
+                nonlocal event_id
                 # The main process is down: the follower fails, and tries again.
                 for _ in range(1000):
                     if follower.failures >= 2:
                         break
                     await trio.sleep(0.01)
                 assert follower.failures >= 2
-                assert woken == []
+                assert not answered.is_set()
                 async with open_test_homeserver(tmp_path / "main", config=main_config) as again:
                     event_id = await again.server.send_event(
                         alice.user_id, room_id, "m.room.message", {"body": "back", "msgtype": "m"}
                     )
                     with trio.fail_after(15):
                         await answered.wait()
-    timeline = woken[0]["rooms"]["join"][room_id]["timeline"]["events"]  # type: ignore[index]
+
+            woken = await _sync_woken(on_worker, restart_and_send)
+    timeline = woken["rooms"]["join"][room_id]["timeline"]["events"]
     assert [event["event_id"] for event in timeline] == [event_id]
 
 
@@ -203,11 +233,7 @@ async def test_with_a_federation_sender_worker_the_main_process_only_queues(
             event_id = await main.server.send_event(
                 alice.user_id, room_id, "m.room.message", {"body": "via the worker", "msgtype": "m"}
             )
-            for _ in range(1000):
-                if await remote.server.storage.get_event(event_id) is not None:
-                    break
-                await trio.sleep(0.01)
-            assert await remote.server.storage.get_event(event_id) is not None
+            await _arrives(remote, event_id)
             # Delivered by the worker; the main process only noted it.
             assert main.server.federation_sender.status(remote.server_name) is None
             assert worker.federation_sender.status(remote.server_name) is not None
@@ -228,29 +254,19 @@ async def test_a_long_poll_on_a_worker_wakes_for_account_data_set_on_the_main_pr
                 TestHomeserver(worker).client(alice, timeout=30) as on_worker,
                 main.client(alice) as on_main,
             ):
-                first = (await on_worker.get("/_matrix/client/v3/sync")).json()
-                woken: list[dict[str, object]] = []
-                answered = trio.Event()
 
-                async def long_poll() -> None:
-                    answer = await on_worker.get(
-                        "/_matrix/client/v3/sync",
-                        params={"since": first["next_batch"], "timeout": "20000"},
-                    )
-                    woken.append(answer.json())
-                    answered.set()
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(long_poll)
+                async def set_account_data(answered: trio.Event) -> None:
                     await trio.sleep(0.2)
-                    assert woken == []
+                    assert not answered.is_set()
                     started = trio.current_time()
                     path = f"/_matrix/client/v3/user/{alice.user_id}/account_data/org.example.x"
                     assert (await on_main.put(path, json={"set": "there"})).status_code == 200
                     with trio.fail_after(15):
                         await answered.wait()
-                assert trio.current_time() - started < 5
-    events = woken[0]["account_data"]["events"]  # type: ignore[index]
+                    assert trio.current_time() - started < 5
+
+                woken = await _sync_woken(on_worker, set_account_data)
+    events = woken["account_data"]["events"]
     assert {"type": "org.example.x", "content": {"set": "there"}} in events
 
 
@@ -273,27 +289,15 @@ async def test_a_long_poll_on_a_worker_wakes_for_a_receipt_sent_to_the_main_proc
             TestHomeserver(worker).client(bob, timeout=30) as on_worker,
             main.client(alice) as on_main,
         ):
-            first = (await on_worker.get("/_matrix/client/v3/sync")).json()
-            woken: list[dict[str, object]] = []
-            answered = trio.Event()
 
-            async def long_poll() -> None:
-                answer = await on_worker.get(
-                    "/_matrix/client/v3/sync",
-                    params={"since": first["next_batch"], "timeout": "20000"},
-                )
-                woken.append(answer.json())
-                answered.set()
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(long_poll)
+            async def send_receipt(answered: trio.Event) -> None:
                 await trio.sleep(0.2)
-                assert woken == []
+                assert not answered.is_set()
                 path = f"/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{event_id}"
                 assert (await on_main.post(path, json={})).status_code == 200
-                with trio.fail_after(15):
-                    await answered.wait()
-    room = woken[0]["rooms"]["join"][room_id]  # type: ignore[index]
+
+            woken = await _sync_woken(on_worker, send_receipt)
+    room = woken["rooms"]["join"][room_id]
     (receipt,) = [e for e in room["ephemeral"]["events"] if e["type"] == "m.receipt"]
     assert alice.user_id in receipt["content"][event_id]["m.read"]
 
@@ -357,8 +361,4 @@ async def test_with_a_federation_sender_worker_the_main_process_catches_no_one_u
             assert await remote.server.storage.get_event(event_id) is None
             assert main.server.federation_sender.status(remote.server_name) is None
             async with open_worker(worker_config, "federation_sender"):
-                for _ in range(1000):
-                    if await remote.server.storage.get_event(event_id) is not None:
-                        break
-                    await trio.sleep(0.01)
-                assert await remote.server.storage.get_event(event_id) is not None
+                await _arrives(remote, event_id)
