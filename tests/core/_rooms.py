@@ -1,4 +1,5 @@
-"""Users of the core tests, and storage that counts what core reads.
+"""Users of the core tests, the event creator most of them use, and storage
+that counts what core reads.
 
 Rooms come from :class:`ranvier.testing.RoomBuilder`, without keys: real
 event IDs, placeholder hashes and signatures, which nothing in core
@@ -9,17 +10,33 @@ real storage.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sqlite3
 from collections.abc import Collection
 from pathlib import Path
 
+from ranvier.core.creation import EventCreator
+from ranvier.protocol.signing import SigningKey
 from ranvier.storage import StateMap, Storage, StoredEvent
 
 ALICE = "@alice:example.org"
 BOB = "@bob:example.org"
 CAROL = "@carol:example.org"
 DAVE = "@dave:other.example"
+
+
+def local_creator(storage: Storage, server_name: str, signing_key: SigningKey) -> EventCreator:
+    """Events of ``server_name``'s users, written to ``storage``, stamped by a
+    clock that moves a millisecond a reading so that no two events tie."""
+    clock = itertools.count(1_700_000_000_000)
+    return EventCreator(
+        server_name=server_name,
+        signing_key=signing_key,
+        store=storage,
+        persister=storage,
+        clock=lambda: next(clock),
+    )
 
 
 def count_rows(db_path: str | os.PathLike[str]) -> tuple[int, int]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pytest
+from _rooms import local_creator
 
 from ranvier.core.creation import EventCreator
 from ranvier.core.directory import ResolvedAlias, RoomDirectory, parse_room_alias
@@ -36,14 +36,7 @@ class Remote:
 
 @pytest.fixture
 def creator(storage: Storage) -> EventCreator:
-    clock = itertools.count(1_700_000_000_000)
-    return EventCreator(
-        server_name=SERVER,
-        signing_key=KEY,
-        store=storage,
-        persister=storage,
-        clock=lambda: next(clock),
-    )
+    return local_creator(storage, SERVER, KEY)
 
 
 @pytest.fixture

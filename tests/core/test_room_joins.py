@@ -4,11 +4,11 @@ that may know them, in order.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
+from _rooms import local_creator
 
 from ranvier.core import EventContext, event_to_persist
 from ranvier.core.creation import EventCreator
@@ -59,14 +59,7 @@ def network() -> Unreachable:
 
 @pytest.fixture
 def joins(storage: Storage, network: Unreachable) -> RoomJoins:
-    clock = itertools.count(1_700_000_000_000)
-    creator = EventCreator(
-        server_name=SERVER,
-        signing_key=KEY,
-        store=storage,
-        persister=storage,
-        clock=lambda: next(clock),
-    )
+    creator = local_creator(storage, SERVER, KEY)
     remote = RemoteJoiner(
         server_name=SERVER,
         signing_key=KEY,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from _rooms import local_creator
 
 from ranvier.core import EventContext, event_to_persist
 from ranvier.core.creation import EventCreator
@@ -50,14 +50,7 @@ class Resident:
 
 @pytest.fixture
 def creator(storage: Storage) -> EventCreator:
-    clock = itertools.count(1_700_000_000_000)
-    return EventCreator(
-        server_name=SERVER,
-        signing_key=KEY,
-        store=storage,
-        persister=storage,
-        clock=lambda: next(clock),
-    )
+    return local_creator(storage, SERVER, KEY)
 
 
 async def _invited(storage: Storage) -> RoomBuilder:

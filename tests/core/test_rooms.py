@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pytest
@@ -10,6 +9,7 @@ import trio
 import trio.testing
 from _races import ALICE as RACE_ALICE
 from _races import CROWD, OURS, RaceRoom, running_stater
+from _rooms import local_creator
 
 from ranvier.core.creation import EventCreator
 from ranvier.core.ingest import RoomLocks
@@ -29,14 +29,7 @@ NOW = 1_800_000_000_000
 
 @pytest.fixture
 def creator(storage: Storage) -> EventCreator:
-    clock = itertools.count(1_700_000_000_000)
-    return EventCreator(
-        server_name=SERVER,
-        signing_key=KEY,
-        store=storage,
-        persister=storage,
-        clock=lambda: next(clock),
-    )
+    return local_creator(storage, SERVER, KEY)
 
 
 @pytest.fixture
