@@ -4,13 +4,15 @@ several API tests share."""
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import trio
+import trio.testing
 
 from ranvier.testing.homeserver import TestHomeserver, TestUser, open_test_homeserver
 
@@ -98,6 +100,33 @@ class OneServer:
 
     async def sync(self, user: TestUser, **params: Any) -> dict[str, Any]:
         answer: dict[str, Any] = await self.client.ok(user, "GET", "/sync", params=params)
+        return answer
+
+    async def woken_sync(
+        self,
+        user: TestUser,
+        since: str,
+        *,
+        quiet: Callable[[], Awaitable[object]],
+        wake: Callable[[], Awaitable[object]],
+    ) -> dict[str, Any]:
+        """The answer to ``user``'s long-poll from ``since``, checked to sleep
+        on through what ``quiet`` does and answered once ``wake`` has acted."""
+        answers: list[dict[str, Any]] = []
+
+        async def poll() -> None:
+            answers.append(await self.sync(user, since=since, timeout=60_000))
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(poll)
+                while self.hs.server.stream_notifier.waiting == 0:
+                    await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+                await quiet()
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+                assert answers == []
+                await wake()
+        (answer,) = answers
         return answer
 
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import trio
-import trio.testing
 from _client import Client, OneServer, q
 
 from ranvier.testing.homeserver import TestUser, open_test_homeserver
@@ -110,22 +107,13 @@ async def test_sync_delivers_account_data_at_first_and_then_only_changes(env: En
 async def test_a_long_poll_is_woken_by_an_account_data_change(env: Env) -> None:
     c, alice, bob = env.client, env.alice, env.bob
     since = (await env.sync(alice))["next_batch"]
-    answers: list[dict[str, Any]] = []
-
-    async def poll() -> None:
-        answers.append(await env.sync(alice, since=since, timeout=60_000))
-
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(poll)
-            while env.hs.server.stream_notifier.waiting == 0:
-                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-            # Bob's change concerns Bob only: Alice's poll sleeps on.
-            await c.ok(bob, "PUT", _global(bob, "x.bob"), {"n": 1})
-            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
-            assert answers == []
-            await c.ok(alice, "PUT", _global(alice, "x.wake"), {"n": 1})
-    (answer,) = answers
+    answer = await env.woken_sync(
+        alice,
+        since,
+        # Bob's change concerns Bob only: Alice's poll sleeps on.
+        quiet=lambda: c.ok(bob, "PUT", _global(bob, "x.bob"), {"n": 1}),
+        wake=lambda: c.ok(alice, "PUT", _global(alice, "x.wake"), {"n": 1}),
+    )
     assert answer["account_data"]["events"] == [{"type": "x.wake", "content": {"n": 1}}]
     assert answer["next_batch"] != since
 

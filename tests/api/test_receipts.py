@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
-import trio.testing
 from _client import SharedRoom, open_shared_room, q
 
 from ranvier.testing.homeserver import TestUser
@@ -173,26 +171,21 @@ async def test_a_long_poll_is_woken_by_a_receipt_of_its_room(env: Env) -> None:
     elsewhere = await c.create_room(carol)
     carols = await c.ok(carol, "PUT", f"/rooms/{q(elsewhere)}/send/m.room.message/1", {"body": "x"})
     since = (await env.sync(alice))["next_batch"]
-    answers: list[dict[str, Any]] = []
 
-    async def poll() -> None:
-        answers.append(await env.sync(alice, since=since, timeout=60_000))
+    async def elsewhere_or_private() -> None:
+        # A receipt in a room Alice is not in, and Bob's private one,
+        # leave her poll asleep.
+        await c.ok(
+            carol, "POST", f"/rooms/{q(elsewhere)}/receipt/m.read/{q(carols['event_id'])}", {}
+        )
+        await c.ok(bob, "POST", env.receipt("m.read.private", event_id), {})
 
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(poll)
-            while env.hs.server.stream_notifier.waiting == 0:
-                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-            # A receipt in a room Alice is not in, and Bob's private one,
-            # leave her poll asleep.
-            await c.ok(
-                carol, "POST", f"/rooms/{q(elsewhere)}/receipt/m.read/{q(carols['event_id'])}", {}
-            )
-            await c.ok(bob, "POST", env.receipt("m.read.private", event_id), {})
-            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
-            assert answers == []
-            await c.ok(bob, "POST", env.receipt("m.read", event_id), {})
-    (answer,) = answers
+    answer = await env.woken_sync(
+        alice,
+        since,
+        quiet=elsewhere_or_private,
+        wake=lambda: c.ok(bob, "POST", env.receipt("m.read", event_id), {}),
+    )
     assert set(_receipts(answer, env.room_id)[event_id]) == {"m.read"}
     assert answer["next_batch"] != since
 

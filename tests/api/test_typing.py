@@ -80,28 +80,18 @@ async def test_a_long_poll_is_woken_by_typing_and_by_its_end(env: Env) -> None:
     c, alice, bob, carol = env.client, env.alice, env.bob, env.carol
     elsewhere = await c.create_room(carol)
     since = (await env.sync(alice))["next_batch"]
-    answers: list[dict[str, Any]] = []
-
-    async def poll(since: str) -> None:
-        answers.append(await env.sync(alice, since=since, timeout=60_000))
-
+    started = await env.woken_sync(
+        alice,
+        since,
+        # Typing in a room Alice is not in leaves her poll asleep.
+        quiet=lambda: c.ok(carol, "PUT", env.typing(carol, elsewhere), {"typing": True}),
+        wake=lambda: c.ok(bob, "PUT", env.typing(bob), {"typing": True, "timeout": 500}),
+    )
+    assert _typing(started, env.room_id) == [bob.user_id]
+    # The timeout ends Bob's typing by itself, and that wakes a poll too.
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(poll, since)
-            while env.hs.server.stream_notifier.waiting == 0:
-                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-            # Typing in a room Alice is not in leaves her poll asleep.
-            await c.ok(carol, "PUT", env.typing(carol, elsewhere), {"typing": True})
-            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
-            assert answers == []
-            await c.ok(bob, "PUT", env.typing(bob), {"typing": True, "timeout": 500})
-        (started,) = answers
-        assert _typing(started, env.room_id) == [bob.user_id]
-        # The timeout ends Bob's typing by itself, and that wakes a poll too.
-        answers.clear()
-        await poll(started["next_batch"])
-        (ended,) = answers
-        assert _typing(ended, env.room_id) == []
+        ended = await env.sync(alice, since=started["next_batch"], timeout=60_000)
+    assert _typing(ended, env.room_id) == []
 
 
 async def test_a_token_from_before_a_restart_gets_each_rooms_typing_once(tmp_path: Path) -> None:
