@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,26 @@ def _client_url(hs: HomeServer) -> str:
     return client.url
 
 
+_Sync = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@asynccontextmanager
+async def _syncing_user(hs: HomeServer, name: str) -> AsyncIterator[tuple[str, _Sync]]:
+    """A new user of ``hs``, and their ``/sync`` over HTTP (its query
+    parameters as keywords, its answer checked to be 200)."""
+    registration = await hs.accounts.register(name, "a long enough password")
+    headers = {"Authorization": f"Bearer {registration.access_token}"}
+    async with httpx.AsyncClient(base_url=_client_url(hs), headers=headers, timeout=60) as http:
+
+        async def sync(**params: Any) -> dict[str, Any]:
+            response = await http.get("/_matrix/client/v3/sync", params=params)
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            return body
+
+        yield registration.user_id, sync
+
+
 def _kinds(room: dict[str, Any]) -> set[tuple[str, str]]:
     events = room["state"]["events"] + room["timeline"]["events"]
     return {(event["type"], event["state_key"]) for event in events if "state_key" in event}
@@ -101,17 +123,7 @@ async def test_eager_syncs_wait_for_the_resync_and_lazy_ones_do_not(tmp_path: Pa
         held = _HeldReads(a.federation_app.router)
         a.federation_app.router = held
 
-        registration = await b.accounts.register("bob", "a long enough password")
-        bob, token = registration.user_id, registration.access_token
-        headers = {"Authorization": f"Bearer {token}"}
-        async with httpx.AsyncClient(base_url=_client_url(b), headers=headers, timeout=60) as http:
-
-            async def sync(**params: Any) -> dict[str, Any]:
-                response = await http.get("/_matrix/client/v3/sync", params=params)
-                assert response.status_code == 200, response.text
-                body: dict[str, Any] = response.json()
-                return body
-
+        async with _syncing_user(b, "bob") as (bob, sync):
             await b.join_room(bob, room_id, [a.server_name])
             assert await b.storage.is_partial_state_room(room_id)
 
@@ -180,17 +192,7 @@ async def test_an_invite_from_another_server_and_the_join_after_it(tmp_path: Pat
     ):
         alice = f"@alice:{a.server_name}"
         room_id = await a.create_room(alice, name="Invited")
-        registration = await b.accounts.register("bob", "a long enough password")
-        bob = registration.user_id
-        headers = {"Authorization": f"Bearer {registration.access_token}"}
-        async with httpx.AsyncClient(base_url=_client_url(b), headers=headers, timeout=60) as http:
-
-            async def sync(**params: Any) -> dict[str, Any]:
-                response = await http.get("/_matrix/client/v3/sync", params=params)
-                assert response.status_code == 200, response.text
-                body: dict[str, Any] = response.json()
-                return body
-
+        async with _syncing_user(b, "bob") as (bob, sync):
             before = await sync()
             assert before["rooms"]["invite"] == {}
             await a.invite(alice, room_id, bob)
