@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ranvier.core import compute_event_context, event_to_persist
+from ranvier.protocol.events import Pdu
 from ranvier.replication.client import ReplicationClient, ReplicationEventPersister
 from ranvier.replication.server import ReplicationApp
-from ranvier.storage import Storage
+from ranvier.storage import EventToPersist, Storage
+from ranvier.testing import RoomBuilder
 
 SECRET = "correct horse battery staple"
 
@@ -36,6 +39,19 @@ class Worker:
             self.storage,
             kind="federation" if kind == "federation" else "client",
         )
+
+    async def with_partial_state(self, room: RoomBuilder, event: Pdu) -> EventToPersist:
+        """``event`` ready to write, its context computed with partial state
+        from the state before it that ``room`` knows, its state groups
+        written through the main process."""
+        context = await compute_event_context(
+            event,
+            self.storage,
+            self.persister("federation"),
+            state_ids_before=room.state_before(event.event_id),
+            partial_state=True,
+        )
+        return event_to_persist(event, context)
 
 
 def worker_client(url: str, *, retry_for_seconds: float = 10.0) -> ReplicationClient:

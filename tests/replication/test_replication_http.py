@@ -238,14 +238,7 @@ async def _partial_room(worker: Worker) -> tuple[RoomBuilder, str]:
     )
     message = room.message(BOB, "with partial state")
     persister = worker.persister("federation")
-    context = await compute_event_context(
-        message,
-        worker.storage,
-        persister,
-        state_ids_before=room.state_before(message.event_id),
-        partial_state=True,
-    )
-    await persister.persist_events([event_to_persist(message, context)])
+    await persister.persist_events([await worker.with_partial_state(room, message)])
     return room, message.event_id
 
 
@@ -260,16 +253,10 @@ async def test_a_partial_state_conflict_crosses_the_boundary_as_itself(
     assert await main.storage.clear_partial_state(room.room_id)
     late = room.message(BOB, "computed while the room was partial")
     persister = worker.persister("federation")
-    context = await compute_event_context(
-        late,
-        worker.storage,
-        persister,
-        state_ids_before=room.state_before(late.event_id),
-        partial_state=True,
-    )
+    to_persist = await worker.with_partial_state(room, late)
     attempts = worker.client.attempts
     with pytest.raises(PartialStateConflictError, match=room.room_id):
-        await persister.persist_events([event_to_persist(late, context)])
+        await persister.persist_events([to_persist])
     assert worker.client.attempts == attempts + 1  # a 409 is not retried
     assert await worker.storage.get_event(late.event_id) is None
 

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 
 from _replication import Main, Worker
 
-from ranvier.core import compute_event_context, event_to_persist
 from ranvier.core.ingest import EventVerifier, FederationIngester
 from ranvier.errors import PartialStateConflictError
 from ranvier.protocol.signing import generate_signing_key
@@ -89,14 +88,7 @@ async def test_a_conflict_on_the_main_process_is_recomputed_and_lands_with_full_
     )
     persister = worker.persister("federation")
     partial = room.message(BOB, "written with partial state")
-    context = await compute_event_context(
-        partial,
-        worker.storage,
-        persister,
-        state_ids_before=room.state_before(partial.event_id),
-        partial_state=True,
-    )
-    await persister.persist_events([event_to_persist(partial, context)])
+    await persister.persist_events([await worker.with_partial_state(room, partial)])
     assert await main.storage.get_partial_state_events(room.room_id) == [partial.event_id]
 
     event = room.message(BOB, "after the partial one")
