@@ -46,6 +46,14 @@ def _worker_config(main: Config, directory: Path, *, replication_port: int) -> C
     )
 
 
+def _configs(tmp_path: Path, pki: Pki | None = None) -> tuple[Config, Config]:
+    """A main process's config and a client_reader worker's beside it, the
+    worker reaching the main process's replication listener on a free port."""
+    port = free_port()
+    main = _main_config(tmp_path / "main", replication_port=port, pki=pki)
+    return main, _worker_config(main, tmp_path / "worker", replication_port=port)
+
+
 async def _sync_woken(
     on_worker: httpx.AsyncClient, wake: Callable[[trio.Event], Awaitable[None]]
 ) -> dict[str, Any]:
@@ -119,33 +127,31 @@ async def test_a_worker_started_before_its_main_process_names_the_missing_file(
 async def test_a_logout_on_the_main_process_reaches_the_workers_token_cache(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    main_config = _main_config(tmp_path / "main", replication_port=port)
-    async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
-        worker_config = _worker_config(main_config, tmp_path / "worker", replication_port=port)
-        async with open_worker(worker_config, "client_reader") as worker:
-            alice = await main.register_user("alice")
-            worker_hs = TestHomeserver(worker)
-            async with worker_hs.client(alice) as on_worker, main.client(alice) as on_main:
-                whoami = "/_matrix/client/v3/account/whoami"
-                # Answered from the worker's cache from now on.
-                assert (await on_worker.get(whoami)).status_code == 200
-                assert (await on_worker.get(whoami)).status_code == 200
-                assert (await on_main.post("/_matrix/client/v3/logout")).status_code == 200
-                # The stream tells the worker soon after: a few polls at most.
-                for _ in range(500):
-                    if (await on_worker.get(whoami)).status_code == 401:
-                        break
-                    await trio.sleep(0.01)
-                assert (await on_worker.get(whoami)).status_code == 401
+    main_config, worker_config = _configs(tmp_path)
+    async with (
+        open_test_homeserver(tmp_path / "main", config=main_config) as main,
+        open_worker(worker_config, "client_reader") as worker,
+    ):
+        alice = await main.register_user("alice")
+        worker_hs = TestHomeserver(worker)
+        async with worker_hs.client(alice) as on_worker, main.client(alice) as on_main:
+            whoami = "/_matrix/client/v3/account/whoami"
+            # Answered from the worker's cache from now on.
+            assert (await on_worker.get(whoami)).status_code == 200
+            assert (await on_worker.get(whoami)).status_code == 200
+            assert (await on_main.post("/_matrix/client/v3/logout")).status_code == 200
+            # The stream tells the worker soon after: a few polls at most.
+            for _ in range(500):
+                if (await on_worker.get(whoami)).status_code == 401:
+                    break
+                await trio.sleep(0.01)
+            assert (await on_worker.get(whoami)).status_code == 401
 
 
 async def test_a_worker_follows_the_stream_across_a_restart_of_the_main_process(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    main_config = _main_config(tmp_path / "main", replication_port=port)
-    worker_config = _worker_config(main_config, tmp_path / "worker", replication_port=port)
+    main_config, worker_config = _configs(tmp_path)
     async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
         alice = await main.register_user("alice")
         room_id = await main.server.create_room(alice.user_id, preset="public_chat")
@@ -180,8 +186,7 @@ async def test_a_join_on_a_worker_left_partial_is_resynced_by_the_main_process(
     tmp_path: Path,
 ) -> None:
     pki = Pki.create(tmp_path)
-    port = free_port()
-    main_config = _main_config(tmp_path / "main", replication_port=port, pki=pki)
+    main_config, worker_config = _configs(tmp_path, pki=pki)
     async with (
         open_test_homeserver(tmp_path / "remote", federation=pki) as remote,
         open_test_homeserver(tmp_path / "main", config=main_config) as main,
@@ -192,7 +197,6 @@ async def test_a_join_on_a_worker_left_partial_is_resynced_by_the_main_process(
             await remote.server.send_event(
                 bob.user_id, room_id, "m.room.message", {"body": f"{index}", "msgtype": "m"}
             )
-        worker_config = _worker_config(main_config, tmp_path / "worker", replication_port=port)
         async with open_worker(worker_config, "client_reader") as worker:
             alice = await TestHomeserver(worker).register_user("alice")
             await worker.join_room(alice.user_id, room_id, [remote.server_name])
@@ -214,8 +218,7 @@ async def test_with_a_federation_sender_worker_the_main_process_only_queues(
     tmp_path: Path,
 ) -> None:
     pki = Pki.create(tmp_path)
-    port = free_port()
-    main_config = _main_config(tmp_path / "main", replication_port=port, pki=pki)
+    main_config, worker_config = _configs(tmp_path, pki=pki)
     main_config = msgspec.structs.replace(main_config, worker=WorkerConfig(federation_sender=True))
     async with (
         open_test_homeserver(tmp_path / "remote", federation=pki) as remote,
@@ -226,7 +229,7 @@ async def test_with_a_federation_sender_worker_the_main_process_only_queues(
         room_id = await main.server.create_room(alice.user_id, preset="public_chat")
         await remote.server.join_room(bob.user_id, room_id, [main.server_name])
         worker_config = msgspec.structs.replace(
-            _worker_config(main_config, tmp_path / "worker", replication_port=port),
+            worker_config,
             listeners=(),
         )
         async with open_worker(worker_config, "federation_sender") as worker:
@@ -244,28 +247,28 @@ async def test_with_a_federation_sender_worker_the_main_process_only_queues(
 async def test_a_long_poll_on_a_worker_wakes_for_account_data_set_on_the_main_process(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    main_config = _main_config(tmp_path / "main", replication_port=port)
-    async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
-        worker_config = _worker_config(main_config, tmp_path / "worker", replication_port=port)
-        async with open_worker(worker_config, "client_reader") as worker:
-            alice = await main.register_user("alice")
-            async with (
-                TestHomeserver(worker).client(alice, timeout=30) as on_worker,
-                main.client(alice) as on_main,
-            ):
+    main_config, worker_config = _configs(tmp_path)
+    async with (
+        open_test_homeserver(tmp_path / "main", config=main_config) as main,
+        open_worker(worker_config, "client_reader") as worker,
+    ):
+        alice = await main.register_user("alice")
+        async with (
+            TestHomeserver(worker).client(alice, timeout=30) as on_worker,
+            main.client(alice) as on_main,
+        ):
 
-                async def set_account_data(answered: trio.Event) -> None:
-                    await trio.sleep(0.2)
-                    assert not answered.is_set()
-                    started = trio.current_time()
-                    path = f"/_matrix/client/v3/user/{alice.user_id}/account_data/org.example.x"
-                    assert (await on_main.put(path, json={"set": "there"})).status_code == 200
-                    with trio.fail_after(15):
-                        await answered.wait()
-                    assert trio.current_time() - started < 5
+            async def set_account_data(answered: trio.Event) -> None:
+                await trio.sleep(0.2)
+                assert not answered.is_set()
+                started = trio.current_time()
+                path = f"/_matrix/client/v3/user/{alice.user_id}/account_data/org.example.x"
+                assert (await on_main.put(path, json={"set": "there"})).status_code == 200
+                with trio.fail_after(15):
+                    await answered.wait()
+                assert trio.current_time() - started < 5
 
-                woken = await _sync_woken(on_worker, set_account_data)
+            woken = await _sync_woken(on_worker, set_account_data)
     events = woken["account_data"]["events"]
     assert {"type": "org.example.x", "content": {"set": "there"}} in events
 
@@ -273,8 +276,7 @@ async def test_a_long_poll_on_a_worker_wakes_for_account_data_set_on_the_main_pr
 async def test_a_long_poll_on_a_worker_wakes_for_a_receipt_sent_to_the_main_process(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    main_config = _main_config(tmp_path / "main", replication_port=port)
+    main_config, worker_config = _configs(tmp_path)
     async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
         alice = await main.register_user("alice")
         bob = await main.register_user("bob")
@@ -283,7 +285,6 @@ async def test_a_long_poll_on_a_worker_wakes_for_a_receipt_sent_to_the_main_proc
         event_id = await main.server.send_event(
             alice.user_id, room_id, "m.room.message", {"body": "read me", "msgtype": "m"}
         )
-        worker_config = _worker_config(main_config, tmp_path / "worker", replication_port=port)
         async with (
             open_worker(worker_config, "client_reader") as worker,
             TestHomeserver(worker).client(bob, timeout=30) as on_worker,
@@ -332,12 +333,9 @@ async def test_with_a_federation_sender_worker_the_main_process_catches_no_one_u
     tmp_path: Path,
 ) -> None:
     pki = Pki.create(tmp_path)
-    port = free_port()
-    main_config = _main_config(tmp_path / "main", replication_port=port, pki=pki)
+    main_config, worker_config = _configs(tmp_path, pki=pki)
     main_config = msgspec.structs.replace(main_config, worker=WorkerConfig(federation_sender=True))
-    worker_config = msgspec.structs.replace(
-        _worker_config(main_config, tmp_path / "worker", replication_port=port), listeners=()
-    )
+    worker_config = msgspec.structs.replace(worker_config, listeners=())
     async with open_test_homeserver(tmp_path / "remote", federation=pki) as remote:
         bob = await remote.register_user("bob")
         async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
