@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,81 @@ async def test_a_transaction_is_claimed_once_and_only_for_its_room(
     # Claimed and never marked recorded: recorded after the send as before.
     assert await storage.client_transactions.get_client_transaction(ALICE, "DEV", "t") == "$sent"
     assert claim_client_transaction(ROOM) is None
+
+
+class CountingLookups:
+    """The storage of transactions, counting its lookups; the first may fail."""
+
+    def __init__(self, storage: Storage, *, fail_first: bool = False) -> None:
+        self.storage = storage.client_transactions
+        self.lookups: list[int] = []
+        self.fail_first = fail_first
+
+    async def get_client_transaction(self, user_id: str, device_id: str, txn_id: str) -> str | None:
+        raise AssertionError("transactions are looked up together")
+
+    async def get_client_transactions(
+        self, keys: Collection[tuple[str, str, str]]
+    ) -> Mapping[tuple[str, str, str], str]:
+        self.lookups.append(len(keys))
+        if self.fail_first and len(self.lookups) == 1:
+            raise RuntimeError("the database is busy")
+        return await self.storage.get_client_transactions(keys)
+
+    async def add_client_transaction(
+        self,
+        user_id: str,
+        device_id: str,
+        txn_id: str,
+        *,
+        room_id: str,
+        event_id: str,
+        created_ts: int,
+    ) -> str:
+        return await self.storage.add_client_transaction(
+            user_id, device_id, txn_id, room_id=room_id, event_id=event_id, created_ts=created_ts
+        )
+
+    async def delete_client_transactions_before(self, created_ts: int) -> int:
+        return await self.storage.delete_client_transactions_before(created_ts)
+
+
+async def _run_at_once(txns: ClientTransactions, count: int) -> dict[str, str | Exception]:
+    answers: dict[str, str | Exception] = {}
+
+    async def run(n: int) -> None:
+        async def send() -> str:
+            return f"$sent{n}"
+
+        try:
+            answers[f"t{n}"] = await txns.run(ALICE, "DEV", f"t{n}", ROOM, send)
+        except RuntimeError as error:
+            answers[f"t{n}"] = error
+
+    async with trio.open_nursery() as nursery:
+        for n in range(count):
+            nursery.start_soon(run, n)
+    return answers
+
+
+async def test_transactions_asked_at_once_are_looked_up_together(storage: Storage) -> None:
+    store = CountingLookups(storage)
+    txns = ClientTransactions(store)
+    answers = await _run_at_once(txns, 10)
+    assert answers == {f"t{n}": f"$sent{n}" for n in range(10)}
+    assert store.lookups == [10]
+    # Asked again, each finds its event, again in one read.
+    assert await _run_at_once(txns, 10) == answers
+    assert store.lookups == [10, 10]
+
+
+async def test_lookups_that_joined_a_failed_read_ask_again(storage: Storage) -> None:
+    store = CountingLookups(storage, fail_first=True)
+    answers = await _run_at_once(ClientTransactions(store), 5)
+    failed = [key for key, answer in answers.items() if isinstance(answer, Exception)]
+    # The lookup that read failed; the others asked again, together.
+    assert len(failed) == 1
+    assert store.lookups == [5, 4]
+    assert {key: answer for key, answer in answers.items() if key not in failed} == {
+        f"t{n}": f"$sent{n}" for n in range(5) if f"t{n}" not in failed
+    }

@@ -106,3 +106,16 @@ async def test_a_refused_write_records_no_transaction(storage: Storage) -> None:
         )
     assert await storage.client_transactions.get_client_transaction(ALICE, "DEV", "t") is None
     assert await storage.get_event("$a") is None
+
+
+async def test_many_transactions_are_looked_up_in_one_read(storage: Storage) -> None:
+    txns = storage.client_transactions
+    for n in range(0, 700, 2):
+        await txns.add_client_transaction(
+            ALICE, "DEV", f"t{n}", room_id="!r:example.org", event_id=f"${n}", created_ts=1
+        )
+    keys = [(ALICE, "DEV", f"t{n}") for n in range(700)]
+    found = await txns.get_client_transactions([*keys, keys[0]])
+    assert found == {(ALICE, "DEV", f"t{n}"): f"${n}" for n in range(0, 700, 2)}
+    assert await txns.get_client_transactions([]) == {}
+    assert await txns.get_client_transactions([(ALICE, "OTHER", "t0")]) == {}

@@ -31,7 +31,7 @@ Invariants
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -58,6 +58,10 @@ class ClientTransactionStore(Protocol):
     async def get_client_transaction(
         self, user_id: str, device_id: str, txn_id: str
     ) -> str | None: ...
+
+    async def get_client_transactions(
+        self, keys: Collection[tuple[str, str, str]]
+    ) -> Mapping[tuple[str, str, str], str]: ...
 
     async def add_client_transaction(
         self,
@@ -145,6 +149,57 @@ class _KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
+class _Read:
+    """One read of transactions: the keys it looks up, and its answer."""
+
+    __slots__ = ("done", "failed", "found", "keys")
+
+    def __init__(self, key: tuple[str, str, str]) -> None:
+        self.keys: dict[tuple[str, str, str], None] = {key: None}
+        self.done = trio.Event()
+        self.found: Mapping[tuple[str, str, str], str] = {}
+        self.failed = False
+
+
+class _Lookups:
+    """Looks up the transactions asked for at about the same time in one read.
+
+    A lookup joins the read that is gathering keys, or else starts one and
+    lets the lookups of the moment join it before it reads. A read that
+    has begun takes no more keys, so a lookup sees whatever was recorded
+    before it was asked. If a read fails, those that joined it ask again.
+    """
+
+    def __init__(self, store: ClientTransactionStore) -> None:
+        self._store = store
+        self._gathering: _Read | None = None
+
+    async def get(self, key: tuple[str, str, str]) -> str | None:
+        while True:
+            read = self._gathering
+            if read is None:
+                return await self._lead(key)
+            read.keys[key] = None
+            await read.done.wait()
+            if not read.failed:
+                return read.found.get(key)
+
+    async def _lead(self, key: tuple[str, str, str]) -> str | None:
+        read = self._gathering = _Read(key)
+        try:
+            await trio.lowlevel.checkpoint()
+            self._gathering = None
+            read.found = await self._store.get_client_transactions(list(read.keys))
+        except BaseException:
+            read.failed = True
+            raise
+        finally:
+            if self._gathering is read:
+                self._gathering = None
+            read.done.set()
+        return read.found.get(key)
+
+
 class ClientTransactions:
     """Runs each client transaction once and remembers its event."""
 
@@ -162,6 +217,7 @@ class ClientTransactions:
         self._prune_every_ms = prune_every_ms
         self._pruned_at: int | None = None
         self._locks = _KeyedLocks()
+        self._lookups = _Lookups(store)
 
     async def run(
         self,
@@ -176,7 +232,7 @@ class ClientTransactions:
         """
 
         async def once() -> str:
-            recorded = await self._store.get_client_transaction(user_id, device_id, scope)
+            recorded = await self._lookups.get((user_id, device_id, scope))
             if recorded is None:
                 pending = PendingTransaction(user_id, device_id, scope, room_id, self._clock())
                 token = _pending.set(pending)

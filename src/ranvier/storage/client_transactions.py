@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from typing import Final
 
 from .actor import StorageActor
 from .readers import ReaderPool
@@ -20,6 +21,9 @@ from .write_backend import WriteBackend, registered_write
 from .writes import PersistEvents
 
 __all__ = ["ClientTransactionStorage", "TransactionRow"]
+
+#: Keys looked up per query: three parameters each, well under SQLite's limit.
+_KEYS_PER_QUERY: Final = 300
 
 #: ``(user_id, device_id, txn_id, room_id, event_id, created_ts)``
 TransactionRow = tuple[str, str, str, str, str, int]
@@ -43,6 +47,34 @@ class ClientTransactionStorage:
             ).fetchone()
             return None if row is None else str(row[0])
 
+        return await self._readers.read(select)
+
+    async def get_client_transactions(
+        self, keys: Collection[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], str]:
+        """The event IDs recorded for those of ``keys`` (``(user_id,
+        device_id, txn_id)``) that have one, in one read.
+        """
+        wanted = list(dict.fromkeys(keys))
+
+        def select(conn: sqlite3.Connection) -> dict[tuple[str, str, str], str]:
+            found: dict[tuple[str, str, str], str] = {}
+            for start in range(0, len(wanted), _KEYS_PER_QUERY):
+                chunk = wanted[start : start + _KEYS_PER_QUERY]
+                rows = conn.execute(
+                    "WITH wanted(user_id, device_id, txn_id) AS (VALUES "
+                    + ", ".join(["(?, ?, ?)"] * len(chunk))
+                    + ") SELECT t.user_id, t.device_id, t.txn_id, t.event_id"
+                    " FROM wanted JOIN client_transactions AS t"
+                    " USING (user_id, device_id, txn_id)",
+                    [part for key in chunk for part in key],
+                )
+                for user_id, device_id, txn_id, event_id in rows:
+                    found[(user_id, device_id, txn_id)] = event_id
+            return found
+
+        if not wanted:
+            return {}
         return await self._readers.read(select)
 
     async def add_client_transaction(
