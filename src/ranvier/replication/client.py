@@ -32,7 +32,7 @@ import random
 import secrets
 import ssl
 import urllib.parse
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar
 
 import httpx
@@ -251,18 +251,7 @@ class ReplicationEventPersister:
         orderings = await self._client.persist_events(
             PersistEvents(events, dict(current_state_groups or {})), kind=self.kind
         )
-        listener = self._storage.on_stream_advance
-        if orderings and listener is not None:
-            listener(
-                max(orderings.values()),
-                None,
-                rooms=_rooms(events),
-                users={
-                    event.state_key
-                    for event in events
-                    if event.type == "m.room.member" and event.state_key is not None
-                },
-            )
+        self._storage.events_written(orderings, events)
         return orderings
 
     async def store_room(self, room_id: str, room_version: str) -> None:
@@ -272,7 +261,3 @@ class ReplicationEventPersister:
         self, room_id: str, prev_group: int | None, delta: StateDelta
     ) -> int:
         return await self._storage.store_state_group(room_id, prev_group, delta)
-
-
-def _rooms(events: Collection[EventToPersist]) -> set[str]:
-    return {event.room_id for event in events}

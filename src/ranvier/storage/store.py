@@ -147,17 +147,7 @@ class Storage:
         orderings = await self.writer.submit(
             writes.PersistEvents(tuple(events), dict(current_state_groups or {}))
         )
-        if orderings and self.on_stream_advance is not None:
-            self.on_stream_advance(
-                max(orderings.values()),
-                None,
-                rooms={event.room_id for event in events},
-                users={
-                    event.state_key
-                    for event in events
-                    if event.type == "m.room.member" and event.state_key is not None
-                },
-            )
+        self.events_written(orderings, events)
         return orderings
 
     async def persist_events_recording_transactions(
@@ -170,6 +160,15 @@ class Storage:
         orderings, recorded = await self.client_transactions.persist_events_recording(
             events, transactions
         )
+        self.events_written(orderings, events)
+        return orderings, recorded
+
+    def events_written(
+        self, orderings: Mapping[str, int], events: Sequence[EventToPersist]
+    ) -> None:
+        """Tell the stream listener of events just written (here, or through
+        the main process by a worker's persister): the rooms they are in, and
+        the users whose membership they change."""
         if orderings and self.on_stream_advance is not None:
             self.on_stream_advance(
                 max(orderings.values()),
@@ -181,7 +180,6 @@ class Storage:
                     if event.type == "m.room.member" and event.state_key is not None
                 },
             )
-        return orderings, recorded
 
     async def store_room(self, room_id: str, room_version: RoomVersionLike) -> None:
         """Make a room known before any of its events or state is stored."""
