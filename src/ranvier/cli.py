@@ -141,6 +141,17 @@ def _replace_private_file(path: Path, text: str) -> None:
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+def _log_level_argument(parser: argparse.ArgumentParser) -> None:
+    """``--log-level``, alike for the main process and its workers."""
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=_LOG_LEVELS,
+        default="INFO",
+        help="the least severe messages logged (default: INFO)",
+    )
+
+
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -149,13 +160,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="the TOML configuration file (default: the built-in defaults: server name"
         " localhost:8448, data in ./ranvier-data, federation on 127.0.0.1:8448)",
     )
-    parser.add_argument(
-        "--log-level",
-        type=str.upper,
-        choices=_LOG_LEVELS,
-        default="INFO",
-        help="the least severe messages logged (default: INFO)",
-    )
+    _log_level_argument(parser)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -263,13 +268,7 @@ def _worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="what the worker serves: the federation API, the client-server API, or"
         " outgoing federation",
     )
-    parser.add_argument(
-        "--log-level",
-        type=str.upper,
-        choices=_LOG_LEVELS,
-        default="INFO",
-        help="the least severe messages logged (default: INFO)",
-    )
+    _log_level_argument(parser)
 
 
 def _worker(args: argparse.Namespace) -> int:
