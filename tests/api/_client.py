@@ -138,6 +138,26 @@ class SharedRoom(OneServer):
     room_id: str
 
 
+@dataclass
+class WithAdmin(OneServer):
+    """Alice and Bob, and an admin of the server."""
+
+    admin: TestUser
+
+
+@asynccontextmanager
+async def open_with_admin(tmp_path: Path) -> AsyncIterator[WithAdmin]:
+    """A :class:`WithAdmin` on a server under ``tmp_path``."""
+    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client() as http:
+        yield WithAdmin(
+            hs,
+            Client(hs, http),
+            await hs.register_user("alice"),
+            await hs.register_user("bob"),
+            await hs.register_user("admin", admin=True),
+        )
+
+
 _Room = TypeVar("_Room", bound=SharedRoom)
 
 

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _client import Client, q
+from _client import WithAdmin, open_with_admin, q
 
-from ranvier.testing.homeserver import TestUser, open_test_homeserver
-
-
-@dataclass
-class Env:
-    client: Client
-    alice: TestUser
-    bob: TestUser
-    admin: TestUser
+Env = WithAdmin
 
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client() as http:
-        alice = await hs.register_user("alice")
-        bob = await hs.register_user("bob")
-        admin = await hs.register_user("admin", admin=True)
-        yield Env(Client(hs, http), alice, bob, admin)
+    async with open_with_admin(tmp_path) as env:
+        yield env
 
 
 def _alias(name: str) -> str:

@@ -5,34 +5,18 @@ shows, paging, and refusals.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _client import Client, q
+from _client import WithAdmin, open_with_admin, q
 
-from ranvier.testing.homeserver import TestHomeserver, TestUser, open_test_homeserver
-
-
-@dataclass
-class Env:
-    hs: TestHomeserver
-    client: Client
-    alice: TestUser
-    bob: TestUser
-    admin: TestUser
+Env = WithAdmin
 
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client() as http:
-        yield Env(
-            hs,
-            Client(hs, http),
-            await hs.register_user("alice"),
-            await hs.register_user("bob"),
-            await hs.register_user("admin", admin=True),
-        )
+    async with open_with_admin(tmp_path) as env:
+        yield env
 
 
 def _visibility(room_id: str) -> str:
