@@ -9,11 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from _client import Client, q
+from _client import q
 from _federation import eventually, two_servers
-
-from ranvier.testing.homeserver import open_test_homeserver
-from ranvier.testing.network import Pki
 
 
 async def test_an_alias_of_another_server_is_resolved_and_joined(tmp_path: Path) -> None:
@@ -110,16 +107,8 @@ async def test_an_invite_from_another_server_is_declined_through_it(tmp_path: Pa
 
 
 async def test_a_join_carries_its_reason_here_and_through_another_server(tmp_path: Path) -> None:
-    pki = Pki.create(tmp_path)
-    async with (
-        open_test_homeserver(tmp_path / "a", federation=pki) as a,
-        open_test_homeserver(tmp_path / "b", federation=pki) as b,
-        a.client() as http_a,
-        b.client() as http_b,
-    ):
-        ca, cb = Client(a, http_a), Client(b, http_b)
-        alice, carol = await a.register_user("alice"), await a.register_user("carol")
-        bob = await b.register_user("bob")
+    async with two_servers(tmp_path) as (a, b, ca, cb, alice, bob):
+        carol = await a.register_user("carol")
         room_id = await ca.create_room(alice, preset="public_chat")
 
         # Carol joins a room of her own server.
@@ -133,8 +122,8 @@ async def test_a_join_carries_its_reason_here_and_through_another_server(tmp_pat
         with trio.fail_after(20):
             await b.server.wait_for_full_state(room_id)
 
-        for server, reader in ((a, alice), (b, bob)):
-            state = await Client(server, http_a if server is a else http_b).state(reader, room_id)
+        for client, reader in ((ca, alice), (cb, bob)):
+            state = await client.state(reader, room_id)
             carol_join = state[("m.room.member", carol.user_id)]["content"]
             bob_join = state[("m.room.member", bob.user_id)]["content"]
             assert (carol_join["membership"], carol_join["reason"]) == ("join", "said hello")
