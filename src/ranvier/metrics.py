@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from ranvier.web import Receive, Scope, Send, run_lifespan
+from ranvier.web import Receive, Scope, Send, only_http
 
 __all__ = [
     "CONTENT_TYPE",
@@ -194,10 +194,7 @@ class MetricsApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point."""
-        if scope["type"] == "lifespan":
-            await run_lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if not await only_http(scope, receive, send):
             return
         status, headers, body = self._respond(scope["method"], scope["path"])
         head = scope["method"] == "HEAD"

@@ -33,10 +33,12 @@ __all__ = [
     "Router",
     "Scope",
     "Send",
+    "only_http",
     "parse_json",
     "read_body",
     "render",
     "run_lifespan",
+    "send_rendered",
 ]
 
 #: Routes under this prefix are authenticated unless registered otherwise.
@@ -364,3 +366,24 @@ async def run_lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+async def only_http(scope: Scope, receive: Receive, send: Send) -> bool:
+    """Whether ``scope`` is an HTTP request for the application to answer.
+
+    Every application here runs the lifespan protocol alike
+    (:func:`run_lifespan`) and serves nothing but HTTP: websockets and any
+    future scope types are refused by the server when the application
+    returns.
+    """
+    if scope["type"] == "lifespan":
+        await run_lifespan(receive, send)
+        return False
+    return bool(scope["type"] == "http")
+
+
+async def send_rendered(send: Send, response: Rendered) -> None:
+    """Send a whole response made by :func:`render`."""
+    status, headers, body = response
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -37,10 +37,11 @@ from ranvier.web import (
     Router,
     Scope,
     Send,
+    only_http,
     parse_json,
     read_body,
     render,
-    run_lifespan,
+    send_rendered,
 )
 
 __all__ = [
@@ -95,17 +96,12 @@ class ClientApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point."""
-        if scope["type"] == "lifespan":
-            await run_lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if not await only_http(scope, receive, send):
             return
         response = await self._respond(scope, receive)
         if response is not None:
             status, headers, body = response
-            headers.extend(_CORS_HEADERS)
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await send_rendered(send, (status, [*headers, *_CORS_HEADERS], body))
 
     async def _respond(self, scope: Scope, receive: Receive) -> Rendered | None:
         head = RequestHead.from_scope(scope)

@@ -49,8 +49,8 @@ from ranvier.web import (
     Router,
     Scope,
     Send,
+    only_http,
     read_body,
-    run_lifespan,
 )
 
 from . import operations, wire
@@ -136,10 +136,7 @@ class ReplicationApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point."""
-        if scope["type"] == "lifespan":
-            await run_lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if not await only_http(scope, receive, send):
             return
         if not self._authorised(scope):
             await _send_error(send, 401, _UNAUTHORIZED)

@@ -54,10 +54,11 @@ from ranvier.web import (
     Router,
     Scope,
     Send,
+    only_http,
     parse_json,
     read_body,
     render,
-    run_lifespan,
+    send_rendered,
 )
 
 __all__ = [
@@ -117,18 +118,11 @@ class FederationApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point."""
-        if scope["type"] == "lifespan":
-            await run_lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            # Websockets and any future scope types are not served here;
-            # the server refuses them when the application returns.
+        if not await only_http(scope, receive, send):
             return
         response = await self._respond(scope, receive)
         if response is not None:
-            status, headers, body = response
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await send_rendered(send, response)
 
     async def _respond(self, scope: Scope, receive: Receive) -> Rendered | None:
         head = RequestHead.from_scope(scope)
