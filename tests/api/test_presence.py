@@ -5,21 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from _client import Client, q
-
-from ranvier.testing.homeserver import open_test_homeserver
+from _client import SharedRoom, open_shared_room, q
 
 
 async def test_presence_is_set_by_its_user_and_seen_by_those_sharing_a_room(
     tmp_path: Path,
 ) -> None:
-    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client(timeout=30) as http:
-        c = Client(hs, http)
-        alice = await hs.register_user("alice")
-        bob = await hs.register_user("bob")
-        carol = await hs.register_user("carol")
-        room_id = await c.create_room(alice, preset="public_chat")
-        await c.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
+    async with open_shared_room(tmp_path, SharedRoom) as env:
+        c, alice, bob, carol = env.client, env.alice, env.bob, env.carol
         status = f"/presence/{q(alice.user_id)}/status"
 
         # Never set: offline.
