@@ -93,9 +93,15 @@ class RoomEventFilter(EventFilter, frozen=True, kw_only=True):
     include_redundant_members: bool = False
 
     def includes_room(self, room_id: str) -> bool:
-        if room_id in self.not_rooms:
-            return False
-        return self.rooms is None or room_id in self.rooms
+        return _includes(self.rooms, self.not_rooms, room_id)
+
+
+def _includes(rooms: tuple[str, ...] | None, not_rooms: tuple[str, ...], room_id: str) -> bool:
+    """The spec's rule for ``rooms`` and ``not_rooms``, alike at both levels of
+    a filter: ``not_rooms`` wins, and no ``rooms`` list means every room."""
+    if room_id in not_rooms:
+        return False
+    return rooms is None or room_id in rooms
 
 
 class RoomFilter(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,9 +116,7 @@ class RoomFilter(msgspec.Struct, frozen=True, kw_only=True):
     account_data: RoomEventFilter = RoomEventFilter()
 
     def includes_room(self, room_id: str) -> bool:
-        if room_id in self.not_rooms:
-            return False
-        return self.rooms is None or room_id in self.rooms
+        return _includes(self.rooms, self.not_rooms, room_id)
 
 
 class Filter(msgspec.Struct, frozen=True, kw_only=True):
