@@ -261,12 +261,12 @@ async def test_a_long_poll_on_a_worker_wakes_for_account_data_set_on_the_main_pr
             async def set_account_data(answered: trio.Event) -> None:
                 await trio.sleep(0.2)
                 assert not answered.is_set()
-                started = trio.current_time()
                 path = f"/_matrix/client/v3/user/{alice.user_id}/account_data/org.example.x"
                 assert (await on_main.put(path, json={"set": "there"})).status_code == 200
+                # The long-poll's own timeout (20 s) is past this bound: only
+                # the change can answer it in time.
                 with trio.fail_after(15):
                     await answered.wait()
-                assert trio.current_time() - started < 5
 
             woken = await _sync_woken(on_worker, set_account_data)
     events = woken["account_data"]["events"]
