@@ -52,3 +52,43 @@ async def test_a_rooms_last_event_by_a_position(storage: Storage) -> None:
     assert await members.get_room_event_id_at(room_id, 10**9) == message
     assert await members.get_room_event_id_at(room_id, 0) is None
     assert await members.get_room_event_id_at(other, at_join) is None
+
+
+async def test_whether_a_server_has_a_joined_member(storage: Storage) -> None:
+    creator = _creator(storage)
+    room_id = await creator.create_room(ALICE, preset="public_chat")
+    members = storage.room_members
+    assert await members.server_has_joined_member(room_id, "example.org")
+    # The server is the whole part after the user ID's first colon.
+    for other in ("example", "org", "other.org", "example.org:8448", ""):
+        assert not await members.server_has_joined_member(room_id, other)
+    assert not await members.server_has_joined_member("!unknown:example.org", "example.org")
+    await creator.join(BOB, room_id)
+    await creator.leave(ALICE, room_id)
+    assert await members.server_has_joined_member(room_id, "example.org")
+    await creator.leave(BOB, room_id)
+    assert not await members.server_has_joined_member(room_id, "example.org")
+    # Storage answers as its sub-reader does.
+    assert not await storage.server_has_joined_member(room_id, "example.org")
+
+
+async def test_member_events_memberships_and_orderings(storage: Storage) -> None:
+    creator = _creator(storage)
+    room_id = await creator.create_room(ALICE, preset="public_chat")
+    join = await creator.join(BOB, room_id)
+    leave = await creator.leave(BOB, room_id)
+    invite = await creator.invite(ALICE, room_id, BOB)
+    message = await creator.send_event(ALICE, room_id, "m.room.message", {"body": "x"})
+    rows = await storage.get_events([join, leave, invite, message])
+    wanted = [join, leave, invite, message, "$unknown", join]
+    found = await storage.get_memberships(wanted)
+    assert found == {
+        join: (rows[join].stream_ordering, "join"),
+        leave: (rows[leave].stream_ordering, "leave"),
+        invite: (rows[invite].stream_ordering, "invite"),
+        message: (rows[message].stream_ordering, None),
+    }
+    assert await storage.room_members.get_memberships([]) == {}
+    # More IDs than one statement binds.
+    many = [*(f"$unknown{n}" for n in range(1_200)), invite]
+    assert await storage.get_memberships(many) == {invite: found[invite]}

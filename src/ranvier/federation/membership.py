@@ -64,9 +64,9 @@ sends our users' invites to the invitees' servers.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -111,6 +111,7 @@ __all__ = [
     "INVITE_ROOM_STATE_KEYS",
     "FederationInviter",
     "FederationJoinClient",
+    "ResidentStateReader",
     "RoomLock",
     "add_membership_routes",
     "room_heroes",
@@ -151,23 +152,22 @@ def _origin(request: Request) -> str:
     return request.origin
 
 
-class _MembershipContent(msgspec.Struct):
-    membership: Any = None
+class ResidentStateReader(StateReader, Protocol):
+    """The reads of a resident server, with two that a big room's join needs
+    answered without reading its whole state or every member event.
+    """
 
+    async def server_has_joined_member(self, room_id: str, server_name: str) -> bool:
+        """Whether a user of ``server_name`` is joined in the room's current state."""
+        ...
 
-class _MembershipOnly(msgspec.Struct):
-    content: _MembershipContent = msgspec.field(default_factory=_MembershipContent)
-
-
-_decode_membership = msgspec.json.Decoder(_MembershipOnly).decode
-
-
-def _membership_of(event_json: bytes) -> str | None:
-    try:
-        membership = _decode_membership(event_json).content.membership
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-    return membership if isinstance(membership, str) else None
+    async def get_memberships(
+        self, event_ids: Collection[str]
+    ) -> Mapping[str, tuple[int, str | None]]:
+        """Each stored event's stream ordering and ``content.membership``
+        (None unless a string).
+        """
+        ...
 
 
 def room_heroes(
@@ -227,7 +227,7 @@ class _Membership:
         *,
         server_name: str,
         signing_key: SigningKeyLike,
-        store: StateReader,
+        store: ResidentStateReader,
         persister: EventPersister,
         keys: VerifyKeySource,
         notifier: EventNotifier | None,
@@ -248,10 +248,15 @@ class _Membership:
     async def _resident_room(self, access: RoomAccess, room_id: str, origin: str) -> RoomVersion:
         """The room's version, once the origin passes its ACL and this server
         is found to be in the room with full state.
+
+        Whether we are in the room is asked of storage, which finds one of
+        our joined users without reading a big room's whole state.
         """
         await access.check_server_acl(room_id, origin)
         version = await self._store.get_room_version(room_id)
-        if version is None or not await access.server_in_room(room_id, self._server_name):
+        if version is None or not await self._store.server_has_joined_member(
+            room_id, self._server_name
+        ):
             raise _not_found(f"{self._server_name} is not in {room_id}")
         if await self._store.is_partial_state_room(room_id):
             raise _not_found(
@@ -339,8 +344,8 @@ class _Membership:
         join through the room's ``allow`` conditions; None where the join
         rules need no one to vouch.
         """
-        state = await access.current_state(room_id)
-        rules_id = state.get(JOIN_RULES_KEY)
+        keyed = await access.current_state_for_keys(room_id, (JOIN_RULES_KEY, (_MEMBER, user_id)))
+        rules_id = keyed.get(JOIN_RULES_KEY)
         rules = {} if rules_id is None else (await access.contents([rules_id]))[rules_id]
         rule = rules.get("join_rule")
         restricted = (rv.restricted_join_rule and rule == "restricted") or (
@@ -348,12 +353,13 @@ class _Membership:
         )
         if not restricted:
             return None
-        member_id = state.get((_MEMBER, user_id))
+        member_id = keyed.get((_MEMBER, user_id))
         if member_id is not None:
             membership = (await access.contents([member_id]))[member_id].get("membership")
             if membership in ("join", "invite"):
                 return None
         await self._check_allow_conditions(access, room_id, rules.get("allow"), user_id)
+        state = await access.current_state(room_id)
         authoriser = await self._local_inviter(access, room_id, rv, state)
         if authoriser is None:
             raise MatrixError(
@@ -561,12 +567,12 @@ class _Membership:
             for (event_type, state_key), event_id in state_ids.items()
             if event_type == _MEMBER
         }
-        stored = await self._store.get_events(members.values())
-        memberships: dict[str, tuple[int, str | None]] = {}
-        for user_id, event_id in members.items():
-            row = stored.get(event_id)
-            if row is not None:
-                memberships[user_id] = (row.stream_ordering, _membership_of(row.json))
+        # Orderings and memberships alone: whole rows of every member event
+        # would cost a big room's join most of its answer's time.
+        stored = await self._store.get_memberships(members.values())
+        memberships = {
+            user_id: stored[event_id] for user_id, event_id in members.items() if event_id in stored
+        }
         servers = {
             _server_of(user_id)
             for user_id, (_, membership) in memberships.items()
@@ -696,7 +702,7 @@ def add_membership_routes(
     *,
     server_name: str,
     signing_key: SigningKeyLike,
-    store: StateReader,
+    store: ResidentStateReader,
     persister: EventPersister,
     keys: VerifyKeySource,
     notifier: EventNotifier | None = None,

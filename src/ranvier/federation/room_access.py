@@ -196,14 +196,20 @@ class RoomAccess:
             state = self._current[room_id] = await self._store.get_current_state_ids(room_id)
         return state
 
-    async def _current_at(self, room_id: str, key: StateKey) -> Mapping[StateKey, str]:
-        """The room's current state at ``key``: from the whole state if it was
-        read already, else read at that key alone.
+    async def current_state_for_keys(
+        self, room_id: str, keys: Collection[StateKey]
+    ) -> Mapping[StateKey, str]:
+        """The room's current state at ``keys``: from the whole state if it
+        was read already, else read at those keys alone (a big room's whole
+        state is many times the few keys a question needs).
         """
         state = self._current.get(room_id)
         if state is None:
-            state = await self._store.get_current_state_ids_for_keys(room_id, [key])
+            state = await self._store.get_current_state_ids_for_keys(room_id, keys)
         return state
+
+    async def _current_at(self, room_id: str, key: StateKey) -> Mapping[StateKey, str]:
+        return await self.current_state_for_keys(room_id, [key])
 
     async def state_group(self, group: int) -> Mapping[StateKey, str]:
         state = self._groups.get(group)

@@ -9,16 +9,33 @@ found among the room's own member events instead.
 ``GET /members?at=`` reads the state of a room as of a stream position: the
 state after the room's last accepted event at or before it, found through
 the events' ``(room_id, stream_ordering)`` index.
+
+A resident server answering a join asks two things of a big room's members
+that need neither the whole current state nor whole events: whether any
+user of a server is joined, and each member event's membership and stream
+ordering. Both are read in SQLite, the membership with ``json_extract``
+(a non-string membership reads as None, as a decoder wanting a string
+would give).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Collection
 
 from .readers import ReaderPool
 from .write_backend import WriteBackend
 
 __all__ = ["RoomMemberStorage"]
+
+#: Event IDs bound per statement when reading memberships by event ID.
+_BATCH = 500
+
+#: An event's ``content.membership`` when it is a string, else NULL.
+_MEMBERSHIP = (
+    "CASE WHEN json_type(CAST(e.json AS TEXT), '$.content.membership') = 'text'"
+    " THEN json_extract(CAST(e.json AS TEXT), '$.content.membership') END"
+)
 
 
 class RoomMemberStorage:
@@ -71,5 +88,51 @@ class RoomMemberStorage:
                 (room_id, stream_ordering),
             ).fetchone()
             return None if row is None else str(row[0])
+
+        return await self._readers.read(select)
+
+    async def server_has_joined_member(self, room_id: str, server_name: str) -> bool:
+        """Whether the room's current state has a user of ``server_name``
+        (the part of the user ID after its first colon) with membership
+        ``join``.
+        """
+
+        def select(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM current_state AS cs JOIN events AS e ON e.event_id = cs.event_id"
+                " WHERE cs.room_id = ? AND cs.type = 'm.room.member'"
+                " AND instr(cs.state_key, ':') > 0"
+                " AND substr(cs.state_key, instr(cs.state_key, ':') + 1) = ?"
+                f" AND {_MEMBERSHIP} = 'join' LIMIT 1",
+                (room_id, server_name),
+            ).fetchone()
+            return row is not None
+
+        return await self._readers.read(select)
+
+    async def get_memberships(
+        self, event_ids: Collection[str]
+    ) -> dict[str, tuple[int, str | None]]:
+        """For each stored event of ``event_ids``, its stream ordering and its
+        ``content.membership`` (None unless a string).
+        """
+        wanted = list(dict.fromkeys(event_ids))
+
+        def select(conn: sqlite3.Connection) -> dict[str, tuple[int, str | None]]:
+            found: dict[str, tuple[int, str | None]] = {}
+            for start in range(0, len(wanted), _BATCH):
+                batch = wanted[start : start + _BATCH]
+                marks = ", ".join("?" * len(batch))
+                rows = conn.execute(
+                    f"SELECT e.event_id, e.stream_ordering, {_MEMBERSHIP} FROM events AS e"
+                    f" WHERE e.event_id IN ({marks})",
+                    batch,
+                )
+                for event_id, ordering, membership in rows:
+                    found[str(event_id)] = (
+                        int(ordering),
+                        membership if isinstance(membership, str) else None,
+                    )
+            return found
 
         return await self._readers.read(select)

@@ -370,6 +370,16 @@ class Storage:
             functools.partial(reads.get_current_state_ids_for_keys, room_id=room_id, keys=wanted)
         )
 
+    async def server_has_joined_member(self, room_id: str, server_name: str) -> bool:
+        """Whether a user of ``server_name`` is joined in the room's current state."""
+        return await self.room_members.server_has_joined_member(room_id, server_name)
+
+    async def get_memberships(
+        self, event_ids: Collection[str]
+    ) -> dict[str, tuple[int, str | None]]:
+        """Each stored event's stream ordering and string ``content.membership``."""
+        return await self.room_members.get_memberships(event_ids)
+
     async def get_partial_state_event_ids(self, event_ids: Collection[str]) -> frozenset[str]:
         """Which of ``event_ids`` still have partial state."""
         ids = frozenset(event_ids)
