@@ -416,11 +416,12 @@ async def test_enough_changes_start_a_checkpoint_beside_the_writer(
         assert _rows_in_file_alone(db_path, tmp_path / "copy.db") == 0
         await actor.submit(_fill(60))
         assert actor.stats.checkpoints == 1
-        # The checkpoint runs on its own: the file alone comes to hold every row.
-        for _ in range(1_000):
-            if _rows_in_file_alone(db_path, tmp_path / "copy.db") == 110:
-                break
-            await trio.sleep(0.01)
+        # The checkpoint runs on its own; once it is done (and not before:
+        # a copy taken while it writes would be torn), the file alone holds
+        # every row.
+        with trio.fail_after(10):
+            while actor.stats.checkpoints_finished < 1:
+                await trio.sleep(0.01)
         assert _rows_in_file_alone(db_path, tmp_path / "copy.db") == 110
         # The count starts again from zero.
         await actor.submit(_fill(50))

@@ -40,8 +40,7 @@ Invariants
   both) is work no commit needs to wait for. Once batches have changed
   ``checkpoint_after_changes`` rows since the last checkpoint began (a
   stand-in for pages written, which the actor cannot count), the actor
-  starts one in a Trio worker thread (``trio.lowlevel.start_thread_soon``,
-  what ``trio.to_thread`` runs on), on a connection of its own
+  has a task of its own run one in ``trio.to_thread``, on a connection of its own
   that syncs as the writer does, so ``synchronous`` means what it meant.
   It is PASSIVE: the writer, which appends to the WAL, and readers go on
   beside it, and frames a reader still needs stay in the WAL. At most one
@@ -77,7 +76,6 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, NoReturn, Protocol, TypeAlias, TypeVar, cast
 
-import outcome
 import trio
 
 from ranvier.errors import StorageUnavailableError
@@ -206,6 +204,8 @@ class WriteStats:
     largest_batch: int = 0
     #: WAL checkpoints the actor started beside the writer.
     checkpoints: int = 0
+    #: Of those, the ones that have finished (whether or not they succeeded).
+    checkpoints_finished: int = 0
 
 
 def _unavailable(reason: BaseException | None) -> StorageUnavailableError:
@@ -306,6 +306,18 @@ def _run_batch_counting_changes(
     before = conn.total_changes
     answers = _run_batch(conn, operations)
     return answers, conn.total_changes - before
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception a group holds, however deeply nested, or the group.
+
+    The actor's nursery wraps what stops it; callers expect the fatal
+    database error itself, as before the checkpoint task existed.
+    """
+    if len(group.exceptions) != 1:
+        return group
+    (only,) = group.exceptions
+    return _sole(only) if isinstance(only, BaseExceptionGroup) else only
 
 
 def _checkpoint(open_connection: Callable[[], sqlite3.Connection]) -> tuple[int, int, int]:
@@ -426,8 +438,9 @@ class StorageActor:
         )
         self._checkpoint_after = checkpoint_after_changes
         self._changes = 0
-        #: Set when the last checkpoint started has finished; None before the first.
-        self._checkpoint_done: trio.Event | None = None
+        #: Set to ask the checkpoint task for a checkpoint; replaced when it starts one.
+        self._checkpoint_wanted = trio.Event()
+        self._checkpointing = False
         self._batch_cap = batch_cap
         self._send, self._receive = trio.open_memory_channel[_Request](queue_size)
         self._ran = False
@@ -449,16 +462,22 @@ class StorageActor:
         reason: BaseException | None = None
         try:
             await writer.call(migrate)
-            task_status.started()
-            await self._serve(writer)
+            try:
+                # The checkpoint task is cancelled with the writes, and a
+                # checkpoint under way is waited for: its thread is not
+                # abandoned.
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._run_checkpoints)
+                    task_status.started()
+                    await self._serve(writer)
+            except BaseExceptionGroup as group:
+                raise _sole(group) from None
         except BaseException as exc:
             reason = exc
             raise
         finally:
             self._refuse_waiting(reason)
             with trio.CancelScope(shield=True):
-                if self._checkpoint_done is not None:
-                    await self._checkpoint_done.wait()
                 await writer.stop()
 
     async def _serve(self, writer: _WriterThread) -> NoReturn:
@@ -491,33 +510,31 @@ class StorageActor:
                 request.reply(answer)
 
     def _start_checkpoint(self) -> None:
-        """Start a checkpoint beside the writer, unless one is under way."""
-        if self._checkpoint_done is not None and not self._checkpoint_done.is_set():
+        """Ask for a checkpoint beside the writer, unless one is under way."""
+        if self._checkpointing:
             return
+        self._checkpointing = True
         self._changes = 0
-        done = self._checkpoint_done = trio.Event()
         self._stats = dataclasses.replace(self._stats, checkpoints=self._stats.checkpoints + 1)
-        token = trio.lowlevel.current_trio_token()
+        self._checkpoint_wanted.set()
 
-        def deliver(result: outcome.Outcome[tuple[int, int, int]]) -> None:
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(self._checkpoint_finished, result, done)
-
-        trio.lowlevel.start_thread_soon(
-            functools.partial(_checkpoint, self._open_checkpointer), deliver
-        )
-
-    def _checkpoint_finished(
-        self, result: outcome.Outcome[tuple[int, int, int]], done: trio.Event
-    ) -> None:
-        try:
-            busy, frames, moved = result.unwrap()
-        except sqlite3.Error as exc:
-            _log.warning("a WAL checkpoint of %s failed: %s", self.path, exc)
-        else:
-            _log.debug("checkpointed %d of %d WAL frames (busy: %d)", moved, frames, busy)
-        finally:
-            done.set()
+    async def _run_checkpoints(self) -> NoReturn:
+        while True:
+            await self._checkpoint_wanted.wait()
+            self._checkpoint_wanted = trio.Event()
+            try:
+                busy, frames, moved = await trio.to_thread.run_sync(
+                    _checkpoint, self._open_checkpointer
+                )
+            except sqlite3.Error as exc:
+                _log.warning("a WAL checkpoint of %s failed: %s", self.path, exc)
+            else:
+                _log.debug("checkpointed %d of %d WAL frames (busy: %d)", moved, frames, busy)
+            finally:
+                self._checkpointing = False
+                self._stats = dataclasses.replace(
+                    self._stats, checkpoints_finished=self._stats.checkpoints_finished + 1
+                )
 
     def _refuse_waiting(self, reason: BaseException | None) -> None:
         """Answer every request still in the channel, and close it so that
