@@ -408,6 +408,27 @@ async def test_send_join_omitting_members_of_a_named_room(world: World) -> None:
     assert full_join.event_id != join.event_id
 
 
+async def test_send_join_omitting_members_names_each_server_with_a_joined_member(
+    world: World,
+) -> None:
+    # c.test keeps one joined member among several who left; b.test has
+    # none left joined before carol's join; whichever member of a server is
+    # looked at first.
+    room = world.new_room()
+    room.public_room()
+    room.state_event(world.alice, "m.room.name", {"name": "Comings and goings"})
+    d_users = [f"@d{index}:c.test" for index in range(4)]
+    e_users = [f"@e{index}:b.test" for index in range(3)]
+    for user in (*d_users, *e_users):
+        room.member(user, "join")
+    for user in (*d_users[:2], *d_users[3:], *e_users):
+        room.member(user, "leave")
+    await ingest_all(world.storage, room.order)
+    _, answer = await world.join(room, CAROL, query={"omit_members": "true"})
+    assert answer["servers_in_room"] == sorted(["c.test", world.name])
+    assert member_keys(room, event_ids(answer["state"])) == set()
+
+
 async def test_send_join_with_an_omit_members_that_is_not_a_boolean(world: World) -> None:
     answer = await world.make("join", world.room.room_id, BOB, ver=["12"])
     event = world.sign(answer["event"])

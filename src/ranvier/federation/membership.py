@@ -567,23 +567,57 @@ class _Membership:
             for (event_type, state_key), event_id in state_ids.items()
             if event_type == _MEMBER
         }
-        # Orderings and memberships alone: whole rows of every member event
-        # would cost a big room's join most of its answer's time.
-        stored = await self._store.get_memberships(members.values())
-        memberships = {
-            user_id: stored[event_id] for user_id, event_id in members.items() if event_id in stored
-        }
-        servers = {
-            _server_of(user_id)
-            for user_id, (_, membership) in memberships.items()
-            if membership == "join"
-        }
         assert join.state_key is not None  # a membership event
         wanted = [join.state_key]
-        if _NAME_KEY not in state_ids and _CANONICAL_ALIAS_KEY not in state_ids:
+        if _NAME_KEY in state_ids or _CANONICAL_ALIAS_KEY in state_ids:
+            servers = await self._joined_servers(members)
+        else:
+            # Heroes are chosen among every member, so every membership is read.
+            stored = await self._store.get_memberships(members.values())
+            memberships = {
+                user_id: stored[event_id]
+                for user_id, event_id in members.items()
+                if event_id in stored
+            }
+            servers = {
+                _server_of(user_id)
+                for user_id, (_, membership) in memberships.items()
+                if membership == "join"
+            }
             wanted.extend(room_heroes(memberships, join.state_key))
         kept.update(members[user_id] for user_id in wanted if user_id in members)
         return kept, servers
+
+    async def _joined_servers(self, members: Mapping[str, str]) -> set[str]:
+        """The servers with a joined member among ``members`` (user ID to
+        member event ID).
+
+        Most of a room's members are joined, so one member of each server is
+        read first; only the servers that one does not settle have the rest
+        of their members read. A room of many members and few servers costs
+        a read per server, not per member.
+        """
+        by_server: dict[str, list[str]] = {}
+        for user_id, event_id in members.items():
+            by_server.setdefault(_server_of(user_id), []).append(event_id)
+        firsts = await self._store.get_memberships([ids[0] for ids in by_server.values()])
+        servers: set[str] = set()
+        rest: list[str] = []
+        for server, ids in by_server.items():
+            found = firsts.get(ids[0])
+            if found is not None and found[1] == "join":
+                servers.add(server)
+            else:
+                rest.extend(ids[1:])
+        if rest:
+            stored = await self._store.get_memberships(rest)
+            for server, ids in by_server.items():
+                if server not in servers and any(
+                    (found := stored.get(event_id)) is not None and found[1] == "join"
+                    for event_id in ids[1:]
+                ):
+                    servers.add(server)
+        return servers
 
     async def _raw_events(self, event_ids: Sequence[str]) -> list[msgspec.Raw]:
         stored = await self._store.get_events(event_ids)
