@@ -274,8 +274,17 @@ class _Rooms:
         scope = f"/rooms/{room_id}/send/{event_type}/{txn_id}"
 
         async def send() -> str:
-            await self._reader.check_joined(requester.user_id, room_id)
-            return await self._creator.send_event(requester.user_id, room_id, event_type, content)
+            # The auth rules refuse a message from a non-member under the
+            # room's lock, so membership is read only to say why a send
+            # failed: a non-member hears that it is not in the room, as
+            # before anything else, and a member hears the failure itself.
+            try:
+                return await self._creator.send_event(
+                    requester.user_id, room_id, event_type, content
+                )
+            except MatrixError:
+                await self._reader.check_joined(requester.user_id, room_id)
+                raise
 
         event_id = await self._transactions.run(
             requester.user_id, requester.device_id, scope, room_id, send
