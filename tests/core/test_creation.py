@@ -834,6 +834,42 @@ async def test_messages_waiting_for_the_lock_are_written_together(
     assert orderings == sorted(orderings)
 
 
+class HeardTogether(Heard):
+    """A batch notifier that also keeps what it is told of the room's state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.told: list[tuple[int, int | None, bool]] = []
+
+    async def on_new_events(
+        self,
+        events: Sequence[tuple[Pdu, int]],
+        *,
+        state_group: int | None = None,
+        full_state: bool = False,
+    ) -> None:
+        self.events.extend(events)
+        self.told.append((len(events), state_group, full_state))
+
+
+async def test_messages_written_together_name_the_room_s_current_state(
+    storage: Storage,
+) -> None:
+    locks = RoomLocks()
+    heard = HeardTogether()
+    creator = _creator(storage, heard, room_locks=locks)
+    room_id = await creator.create_room(ALICE, preset="public_chat")
+    await creator.join(BOB, room_id)
+    heard.told.clear()
+    await _waiting_sends(creator, locks, room_id, [(ALICE, "a", None), (BOB, "b", None)])
+    # Messages leave the state as it was: the current state is the group
+    # of the join before them, which the room servers may key on.
+    join = heard.in_room(room_id)[-3]
+    groups = await storage.get_event_state_groups(join.event_id)
+    assert groups is not None
+    assert heard.told == [(2, groups.after, True)]
+
+
 async def test_a_refused_message_fails_alone(storage: Storage, heard: Heard) -> None:
     locks = RoomLocks()
     creator = _creator(storage, heard, room_locks=locks)

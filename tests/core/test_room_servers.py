@@ -196,6 +196,50 @@ async def test_messages_written_together_ask_for_the_room_s_servers_once(
     assert len(reader.calls({"get_current_state_ids"})) == 1
 
 
+async def test_servers_named_by_state_group_are_read_once_per_group(
+    storage: Storage, room: RoomBuilder
+) -> None:
+    # The room's current state group, as its last writer knows it: the
+    # servers of a group already looked at are not read again.
+    last = list(room.events)[-1]
+    groups = await storage.get_event_state_groups(last)
+    assert groups is not None
+    group = groups.after
+    queued = Queued()
+    reader = RecordingReader(storage)
+    servers = RoomServers(reader)
+    sender = RoomEventSender(OURS, servers, queued)
+    first, second = room.message(ALICE, "m0"), room.message(ALICE, "m1")
+    await ingest_all(storage, [first, second])
+    reader.clear()
+    await sender.on_new_events([(first, 10)], state_group=group)
+    await sender.on_new_events([(second, 11)], state_group=group)
+    assert [call[2] for call in queued.calls] == [[REMOTE, THIRD], [REMOTE, THIRD]]
+    assert len(reader.calls({"get_current_state_ids"})) == 1
+    assert len(reader.calls({"is_partial_state_room"})) == 2
+    # A writer that read the room to have full state says so: nothing is read.
+    reader.clear()
+    await sender.on_new_events([(second, 11)], state_group=group, full_state=True)
+    assert queued.calls[-1][2] == [REMOTE, THIRD]
+    assert reader.calls({"get_current_state_ids", "is_partial_state_room"}) == []
+    reader.clear()
+    # A partial-state join's servers are still asked for each time.
+    await storage.store_partial_join(room.room_id, room.version, "$join", REMOTE, ["fourth.test"])
+    assert await servers.joined_servers(room.room_id, state_group=group) == {
+        OURS,
+        REMOTE,
+        THIRD,
+        "fourth.test",
+    }
+    assert len(reader.calls({"get_current_state_ids"})) == 0
+    # Another group is read; a room forgotten is read again.
+    await servers.joined_servers(room.room_id, state_group=group + 1)
+    assert len(reader.calls({"get_current_state_ids"})) == 1
+    servers.forget(room.room_id)
+    await servers.joined_servers(room.room_id, state_group=group)
+    assert len(reader.calls({"get_current_state_ids"})) == 2
+
+
 async def test_a_state_event_written_with_messages_is_sent_after_its_own_state(
     storage: Storage, room: RoomBuilder
 ) -> None:

@@ -166,8 +166,18 @@ class BatchEventNotifier(EventNotifier, Protocol):
     (:class:`ranvier.core.room_servers.RoomEventSender`).
     """
 
-    async def on_new_events(self, events: Sequence[tuple[Pdu, int]]) -> None:
-        """``events`` were written, in this order, with these stream orderings."""
+    async def on_new_events(
+        self,
+        events: Sequence[tuple[Pdu, int]],
+        *,
+        state_group: int | None = None,
+        full_state: bool = False,
+    ) -> None:
+        """``events`` were written, in this order, with these stream orderings;
+        ``state_group``, if given, is the group of their room's current state
+        after them, and ``full_state`` true if that state is known not to be
+        partial (messages written under the room's lock, which is still held).
+        """
         ...
 
 
@@ -540,7 +550,14 @@ class EventCreator:
             message.event_id = event.event_id
             if message.txn_id is not None:
                 self._transactions.add(event.sender, message.txn_id, event.event_id)
-        await self._announce([(event, orderings[event.event_id]) for _, event, _ in written])
+        # Staged messages followed every extremity and left the state as it
+        # was: the room's current state is the group they were built on, and
+        # partial only if the room was read to be so under this hold of its lock.
+        await self._announce(
+            [(event, orderings[event.event_id]) for _, event, _ in written],
+            state_group=written[-1][2].state_group_before,
+            full_state=self._reads.known_full(room_id),
+        )
 
     async def _rewrite_one_by_one(
         self, room_id: str, messages: Sequence[tuple[_QueuedMessage, Pdu]]
@@ -571,12 +588,23 @@ class EventCreator:
                 self._transactions.add(event.sender, message.txn_id, event.event_id)
             await self._announce([(event, ordering)])
 
-    async def _announce(self, events: Sequence[tuple[Pdu, int]]) -> None:
-        """Tell the notifier of written events, in the order they were written."""
+    async def _announce(
+        self,
+        events: Sequence[tuple[Pdu, int]],
+        *,
+        state_group: int | None = None,
+        full_state: bool = False,
+    ) -> None:
+        """Tell the notifier of written events, in the order they were written;
+        ``state_group`` and ``full_state`` as
+        :meth:`BatchEventNotifier.on_new_events` takes them.
+        """
         if self._notifier is None:
             return
         if isinstance(self._notifier, BatchEventNotifier):
-            await self._notifier.on_new_events(events)
+            await self._notifier.on_new_events(
+                events, state_group=state_group, full_state=full_state
+            )
             return
         for event, ordering in events:
             await self._notifier.on_new_event(event, ordering)

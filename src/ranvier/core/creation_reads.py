@@ -162,6 +162,10 @@ class CreationReads:
             self._staged.pop(event_id, None)
         self._extremities.pop(room_id, None)
 
+    def known_full(self, room_id: str) -> bool:
+        """Whether the room was read not to have partial state since :meth:`begin`."""
+        return room_id in self._full_rooms
+
     def _known_groups(self, event_id: str) -> EventStateGroups | None:
         staged = self._staged.get(event_id)
         return staged[1] if staged is not None else self._groups.get(event_id)

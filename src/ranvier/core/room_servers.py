@@ -17,7 +17,13 @@ reach none of the servers already there.
 Storage has no index of a room's members by server, so the answer is read
 from the room's whole current state. Member events rarely change, so their
 memberships are remembered by event ID: a room's second look reads the
-current state's IDs and only the member events that are new since.
+current state's IDs and only the member events that are new since. A caller
+that knows the state group of the room's current state (the event creator,
+after writing messages under the room's lock) names it, and the servers of
+a group already looked at are not read again: a state group never changes,
+so the answer keyed on it holds for as long as it is remembered (a merge of
+branches can change who is joined without a member event of its own, so
+nothing less than the whole group is a safe key).
 """
 
 from __future__ import annotations
@@ -76,11 +82,37 @@ class RoomServers:
         self._capacity = rooms_remembered
         # Per room: each member's state key to (its event ID, whether joined).
         self._rooms: OrderedDict[str, dict[str, tuple[str, bool]]] = OrderedDict()
+        # Per (room, state group): the servers joined in that group.
+        self._groups: OrderedDict[tuple[str, int], frozenset[str]] = OrderedDict()
 
-    async def joined_servers(self, room_id: str) -> frozenset[str]:
+    async def joined_servers(
+        self, room_id: str, *, state_group: int | None = None, full_state: bool = False
+    ) -> frozenset[str]:
         """Every server with a user whose membership in the current state is
         ``join``; for a room with partial state, with the servers its join named.
+
+        ``state_group``, when given, must be the state group of the room's
+        current state as it is now, and ``full_state`` true only if the room's
+        state is known not to be partial now (the caller holds the room's
+        lock since writing and reading them).
         """
+        key = None if state_group is None else (room_id, state_group)
+        servers = None if key is None else self._groups.get(key)
+        if servers is None:
+            servers = await self._servers_in_current_state(room_id)
+            if key is not None:
+                self._groups[key] = servers
+        if key is not None:
+            self._groups.move_to_end(key)
+            while len(self._groups) > self._capacity:
+                self._groups.popitem(last=False)
+        if not full_state and await self._store.is_partial_state_room(room_id):
+            partial = (await self._store.get_partial_state_rooms()).get(room_id)
+            if partial is not None:
+                servers |= partial.servers
+        return servers
+
+    async def _servers_in_current_state(self, room_id: str) -> frozenset[str]:
         state = await self._store.get_current_state_ids(room_id)
         known = self._rooms.get(room_id, {})
         members: dict[str, tuple[str, bool]] = {}
@@ -107,16 +139,13 @@ class RoomServers:
         self._rooms.move_to_end(room_id)
         while len(self._rooms) > self._capacity:
             self._rooms.popitem(last=False)
-        servers = {_server_of(user) for user, (_, joined) in members.items() if joined}
-        if await self._store.is_partial_state_room(room_id):
-            partial = (await self._store.get_partial_state_rooms()).get(room_id)
-            if partial is not None:
-                servers |= partial.servers
-        return frozenset(servers)
+        return frozenset(_server_of(user) for user, (_, joined) in members.items() if joined)
 
     def forget(self, room_id: str) -> None:
         """Drop what is remembered of a room's members."""
         self._rooms.pop(room_id, None)
+        for key in [key for key in self._groups if key[0] == room_id]:
+            del self._groups[key]
 
 
 def _is_join(raw: bytes) -> bool:
@@ -166,18 +195,28 @@ class RoomEventSender:
         joined = await self._rooms.joined_servers(event.room_id)
         self._send(event, stream_ordering, joined)
 
-    async def on_new_events(self, events: Sequence[tuple[Pdu, int]]) -> None:
+    async def on_new_events(
+        self,
+        events: Sequence[tuple[Pdu, int]],
+        *,
+        state_group: int | None = None,
+        full_state: bool = False,
+    ) -> None:
         """Hand on events written together, in order.
 
         Messages of one room written together leave its state as it was, so
-        its servers are looked up once for all of them.
+        its servers are looked up once for all of them. ``state_group`` and
+        ``full_state`` say what the writer knows of the room's state after
+        them (see :meth:`RoomServers.joined_servers`).
         """
         rooms = {event.room_id for event, _ in events}
         if len(rooms) != 1 or any(event.state_key is not None for event, _ in events):
             for event, stream_ordering in events:
                 await self.on_new_event(event, stream_ordering)
             return
-        joined = await self._rooms.joined_servers(rooms.pop())
+        joined = await self._rooms.joined_servers(
+            rooms.pop(), state_group=state_group, full_state=full_state
+        )
         for event, stream_ordering in events:
             self._send(event, stream_ordering, joined)
 
