@@ -62,6 +62,10 @@ class CountingStorage(Storage):
         self.reads["is_partial_state_room"] += 1
         return await super().is_partial_state_room(room_id)
 
+    async def get_room_head(self, room_id: str) -> tuple[frozenset[str], bool]:
+        self.reads["get_room_head"] += 1
+        return await super().get_room_head(room_id)
+
     async def get_room_version(self, room_id: str) -> str | None:
         self.reads["get_room_version"] += 1
         return await super().get_room_version(room_id)
@@ -103,8 +107,11 @@ async def test_a_message_after_a_message_reads_only_what_can_change(
     await creator.send_event(ALICE, room_id, "m.room.message", {"body": "one"})
     storage.reads.clear()
     await creator.send_event(ALICE, room_id, "m.room.message", {"body": "two"})
-    # Once, though the builder, the checks and the write each ask for them.
-    assert storage.reads["get_forward_extremities"] == 1
+    # Once, though the builder, the checks and the write each ask for them;
+    # with the "no" to partial state that the checks ask for, in one read.
+    assert storage.reads["get_room_head"] == 1
+    assert storage.reads["get_forward_extremities"] == 0
+    assert storage.reads["is_partial_state_room"] == 0
     # The prev event, its groups, its state and the auth events were all
     # written here with full state, and the room's version never changes.
     for name in (
@@ -184,6 +191,9 @@ class _Extremities:
 
     async def get_forward_extremities(self, room_id: str) -> Set[str]:
         return self.extremities
+
+    async def get_room_head(self, room_id: str) -> tuple[frozenset[str], bool]:
+        return frozenset(self.extremities), await self.storage.is_partial_state_room(room_id)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.storage, name)

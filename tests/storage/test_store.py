@@ -64,6 +64,15 @@ async def test_partial_join_through_the_facade(storage: Storage, make_event: Eve
     assert rooms["!big:example.org"].servers == {"a.example", "hs.example"}
     assert await storage.is_partial_state_room("!big:example.org")
     assert not await storage.is_partial_state_room(ROOM)
+    # The extremities and the partial-state flag read together agree with each.
+    assert await storage.get_room_head("!big:example.org") == (
+        await storage.get_forward_extremities("!big:example.org"),
+        True,
+    )
+    assert await storage.get_room_head(ROOM) == (
+        await storage.get_forward_extremities(ROOM),
+        False,
+    )
     assert await storage.get_room_version("!big:example.org") == "10"
     assert await storage.clear_partial_state("!big:example.org") is True
     assert await storage.get_partial_state_rooms() == {}

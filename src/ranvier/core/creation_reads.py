@@ -19,7 +19,8 @@ Invariants
   storage each time, so writes by anyone else are seen as before.
 * **The forward extremities are read once per event**, and so is a "no"
   to whether the room's state is partial (only a join, which takes the
-  room's lock, makes it partial). They are kept from
+  room's lock, makes it partial), both in one read when the store can
+  (:class:`RoomHeadReader`). They are kept from
   :meth:`CreationReads.begin` to the event's write; the room's lock, held
   throughout, keeps every other writer of the room out meanwhile.
   :meth:`CreationReads.begin` is called before each event is built and
@@ -40,7 +41,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence, Set
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, Protocol, TypeVar, runtime_checkable
 
 from ranvier.protocol.auth import StateKey
 from ranvier.protocol.events import Pdu
@@ -76,13 +77,28 @@ class _Lru(Generic[K, V]):
             self._items.popitem(last=False)
 
 
+@runtime_checkable
+class RoomHeadReader(Protocol):
+    """A store that reads a room's forward extremities and whether its state
+    is partial in one trip (:class:`ranvier.storage.Storage`): the two
+    questions each group of events asks first.
+    """
+
+    async def get_room_head(self, room_id: str) -> tuple[frozenset[str], bool]:
+        """The room's forward extremities, and whether its state is partial."""
+        ...
+
+
 class CreationReads:
     """A :class:`~ranvier.core.interfaces.StateReader` over ``store`` that
     keeps the answers that cannot change; see the module's invariants.
+    A ``store`` that is a :class:`RoomHeadReader` answers the forward
+    extremities and a "no" to partial state together.
     """
 
     def __init__(self, store: StateReader, *, capacity: int = 10_000) -> None:
         self._store = store
+        self._head = store if isinstance(store, RoomHeadReader) else None
         self._versions: _Lru[str, str] = _Lru(capacity)
         self._events: _Lru[str, StoredEvent] = _Lru(capacity)
         self._groups: _Lru[str, EventStateGroups] = _Lru(capacity)
@@ -233,7 +249,13 @@ class CreationReads:
     async def get_forward_extremities(self, room_id: str) -> Set[str]:
         extremities = self._extremities.get(room_id)
         if extremities is None:
-            extremities = frozenset(await self._store.get_forward_extremities(room_id))
+            if self._head is None:
+                extremities = frozenset(await self._store.get_forward_extremities(room_id))
+            else:
+                extremities, partial = await self._head.get_room_head(room_id)
+                if not partial:
+                    # Kept as is_partial_state_room() keeps its own "no".
+                    self._full_rooms.add(room_id)
             self._extremities[room_id] = extremities
         return extremities
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
@@ -329,6 +330,19 @@ class Storage:
         return await self.readers.read(
             functools.partial(reads.is_partial_state_room, room_id=room_id)
         )
+
+    async def get_room_head(self, room_id: str) -> tuple[frozenset[str], bool]:
+        """The room's forward extremities and whether its state is partial,
+        in one read: the event creator asks both first for each group of events.
+        """
+
+        def read(conn: sqlite3.Connection) -> tuple[frozenset[str], bool]:
+            return (
+                reads.get_forward_extremities(conn, room_id=room_id),
+                reads.is_partial_state_room(conn, room_id=room_id),
+            )
+
+        return await self.readers.read(read)
 
     async def get_partial_state_events(self, room_id: str) -> list[str]:
         return await self.readers.read(
