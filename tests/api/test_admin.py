@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +14,10 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from _accounts import app_client, client_only_config, start_accounts
+from _accounts import app_client, start_accounts
 
 from ranvier.api.admin import NONCE_LIFETIME_SECONDS, REGISTER_PATH, add_admin_routes
 from ranvier.core.accounts import Accounts
-from ranvier.server import open_homeserver
 from ranvier.web import Router
 
 SECRET = "a shared secret"
@@ -177,25 +175,3 @@ async def test_without_a_secret_the_endpoint_does_not_exist(accounts: Accounts) 
         post = await client.post(REGISTER_PATH, json={})
     for response in (get, post):
         assert (response.status_code, response.json()["errcode"]) == (404, "M_UNRECOGNIZED")
-
-
-async def test_synapses_register_new_matrix_user_works_against_us(tmp_path: Path) -> None:
-    config = client_only_config(tmp_path / "data", shared_secret=SECRET)
-    script = Path(sys.executable).parent / "register_new_matrix_user"
-    async with open_homeserver(config) as server:
-        (listener,) = server.listeners
-        command = [str(script), "-k", SECRET, "-u", "dave", "-p", "pw-of-dave", listener.url]
-        made = await trio.run_process([*command, "--admin"], capture_stdout=True)
-        again = await trio.run_process([*command, "--no-admin"], capture_stdout=True, check=False)
-        exists_ok = await trio.run_process(
-            [*command, "--no-admin", "--exists-ok"], capture_stdout=True
-        )
-        login = await server.accounts.login_with_password("dave", "pw-of-dave")
-        requester = await server.accounts.get_requester(login.access_token)
-    assert b"Success!" in made.stdout
-    assert again.returncode == 1
-    assert b"already taken" in again.stdout
-    assert b"User already exists" in exists_ok.stdout
-    assert requester is not None
-    assert requester.user_id == "@dave:hs.test"
-    assert requester.is_admin
