@@ -420,8 +420,8 @@ async def test_enough_changes_start_a_checkpoint_beside_the_writer(
         # a copy taken while it writes would be torn), the file alone holds
         # every row.
         with trio.fail_after(10):
-            while actor.stats.checkpoints_finished < 1:
-                await trio.sleep(0.01)
+            await actor.wait_for_checkpoint()
+        assert actor.stats.checkpoints_finished == 1
         assert _rows_in_file_alone(db_path, tmp_path / "copy.db") == 110
         # The count starts again from zero.
         await actor.submit(_fill(50))

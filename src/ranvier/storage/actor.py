@@ -441,6 +441,9 @@ class StorageActor:
         #: Set to ask the checkpoint task for a checkpoint; replaced when it starts one.
         self._checkpoint_wanted = trio.Event()
         self._checkpointing = False
+        #: Set whenever no checkpoint is asked for or under way.
+        self._checkpoint_idle = trio.Event()
+        self._checkpoint_idle.set()
         self._batch_cap = batch_cap
         self._send, self._receive = trio.open_memory_channel[_Request](queue_size)
         self._ran = False
@@ -449,6 +452,13 @@ class StorageActor:
     @property
     def stats(self) -> WriteStats:
         return self._stats
+
+    async def wait_for_checkpoint(self) -> None:
+        """Return once no WAL checkpoint is asked for or under way (at once
+        if none is): after it, the database file alone holds every write
+        the last checkpoint could move.
+        """
+        await self._checkpoint_idle.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open and migrate the database, then write until cancelled or a
@@ -514,6 +524,7 @@ class StorageActor:
         if self._checkpointing:
             return
         self._checkpointing = True
+        self._checkpoint_idle = trio.Event()
         self._changes = 0
         self._stats = dataclasses.replace(self._stats, checkpoints=self._stats.checkpoints + 1)
         self._checkpoint_wanted.set()
@@ -532,6 +543,7 @@ class StorageActor:
                 _log.debug("checkpointed %d of %d WAL frames (busy: %d)", moved, frames, busy)
             finally:
                 self._checkpointing = False
+                self._checkpoint_idle.set()
                 self._stats = dataclasses.replace(
                     self._stats, checkpoints_finished=self._stats.checkpoints_finished + 1
                 )
