@@ -137,6 +137,7 @@ __all__ = [
     "RoomLocks",
     "Verdict",
     "VerificationFeed",
+    "auth_order",
     "sole_failure",
 ]
 
@@ -1165,7 +1166,7 @@ class FederationIngester:
         for outlier in fetched.values():
             loader.add(outlier)
         to_persist = []
-        for outlier in _auth_order(fetched):
+        for outlier in auth_order(fetched):
             context = EventContext.for_outlier()
             failure = await check_against_auth_events(outlier, self._store, loader=loader)
             if failure is not None:
@@ -1330,9 +1331,11 @@ def _membership_only(raw: bytes) -> dict[str, Any] | None:
         return None
 
 
-def _auth_order(events: Mapping[str, Pdu]) -> list[Pdu]:
+def auth_order(events: Mapping[str, Pdu]) -> list[Pdu]:
     """``events`` with every event after those of them it cites in
-    ``auth_events``; ties broken by depth, then ID.
+    ``auth_events``; ties broken by depth, then ID. Events pulled in bulk
+    (gap fillers here, a resync's ``/state``) are stored in this order, so
+    that each is judged once its auth events are in.
     """
     pending = {
         event_id: {auth_id for auth_id in event.auth_event_ids if auth_id in events}

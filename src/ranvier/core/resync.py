@@ -40,7 +40,6 @@ Invariants
 
 from __future__ import annotations
 
-import heapq
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Final, NamedTuple
@@ -61,7 +60,7 @@ from ranvier.protocol.room_versions import RoomVersion
 from .context import EventContext, event_to_persist
 from .event_auth import check_against_auth_events
 from .failures import sole_failure
-from .ingest import EventVerifier
+from .ingest import EventVerifier, auth_order
 from .interfaces import PartialStateStore, ResyncClient
 from .loading import EventLoader
 
@@ -445,35 +444,6 @@ class RemoteStateFetcher:
         return good
 
 
-def _auth_order(events: Mapping[str, Pdu]) -> list[Pdu]:
-    """``events`` ordered so that each comes after those of them it cites in
-    ``auth_events``; among events ready together, the shallower first.
-    """
-    waiting_on = {
-        event_id: {auth_id for auth_id in event.auth_event_ids if auth_id in events}
-        for event_id, event in events.items()
-    }
-    dependants: dict[str, list[str]] = {}
-    for event_id, needs in waiting_on.items():
-        for auth_id in needs:
-            dependants.setdefault(auth_id, []).append(event_id)
-    ready = [(events[e].depth, e) for e, needs in waiting_on.items() if not needs]
-    heapq.heapify(ready)
-    ordered: list[Pdu] = []
-    while ready:
-        _, event_id = heapq.heappop(ready)
-        ordered.append(events[event_id])
-        for dependant in dependants.get(event_id, ()):
-            waiting_on[dependant].discard(event_id)
-            if not waiting_on[dependant]:
-                heapq.heappush(ready, (events[dependant].depth, dependant))
-    # Event IDs are hashes over auth_events, so a cycle cannot be built;
-    # should one appear anyway, its events still get written, last.
-    placed = {event.event_id for event in ordered}
-    ordered.extend(events[e] for e in sorted(events) if e not in placed)
-    return ordered
-
-
 class _Kind(NamedTuple):
     """What the state map needs of an event written here."""
 
@@ -526,7 +496,7 @@ class _OutlierWriter:
         for event in events:
             if event.event_id not in self._stored:
                 self.waiting[event.event_id] = event
-        ready = _auth_order(self.waiting if force else self._ready())
+        ready = auth_order(self.waiting if force else self._ready())
         if not ready:
             return
         for event in ready:
