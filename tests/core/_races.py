@@ -68,6 +68,33 @@ class Parked:
     go: trio.Event
 
 
+async def store_partial_join(
+    ours: Storage, room: RoomBuilder, join: Pdu, full_state: Mapping[tuple[str, str], str]
+) -> None:
+    """Store ``room`` as a partial join through ``join`` leaves it here: the
+    non-member part of ``full_state`` (the state before the join) and its
+    auth chain as outliers, the room partial (joined through REMOTE, with
+    THIRD and us in it), and the join with partial state.
+    """
+    partial = {key: event_id for key, event_id in full_state.items() if key[0] != "m.room.member"}
+    wanted = set(partial.values()) | set(join.auth_event_ids)
+    chain: set[str] = set()
+    level = set(wanted)
+    while level:
+        level = {a for e in level for a in room.events[e].auth_event_ids} - chain
+        chain |= level
+    outliers = sorted((room.events[e] for e in wanted | chain), key=lambda e: (e.depth, e.event_id))
+    await ours.persist_events(
+        [event_to_persist(event, EventContext.for_outlier()) for event in outliers]
+    )
+    await ours.store_partial_join(
+        room.room_id, room.version, join.event_id, REMOTE, {REMOTE, THIRD, OURS}
+    )
+    outcome = await ingest(ours, join, state_ids_before=partial, partial_state=True)
+    assert outcome.failure is None
+    assert outcome.context.partial_state
+
+
 class Turnstile:
     """Hook points where tasks park until the test lets them on.
 
@@ -317,25 +344,7 @@ class RaceRoom:
         partial state), then take in :attr:`after_join` by federation.
         """
         full = self.room.state_before(self.join.event_id)
-        partial = {key: event_id for key, event_id in full.items() if key[0] != "m.room.member"}
-        wanted = set(partial.values()) | set(self.join.auth_event_ids)
-        chain: set[str] = set()
-        level = set(wanted)
-        while level:
-            level = {a for e in level for a in self.room.events[e].auth_event_ids} - chain
-            chain |= level
-        outliers = sorted(
-            (self.room.events[e] for e in wanted | chain), key=lambda e: (e.depth, e.event_id)
-        )
-        await ours.persist_events(
-            [event_to_persist(event, EventContext.for_outlier()) for event in outliers]
-        )
-        await ours.store_partial_join(
-            self.room_id, self.version, self.join.event_id, REMOTE, {REMOTE, THIRD, OURS}
-        )
-        outcome = await ingest(ours, self.join, state_ids_before=partial, partial_state=True)
-        assert outcome.failure is None
-        assert outcome.context.partial_state
+        await store_partial_join(ours, self.room, self.join, full)
         outcomes = await self.ingester(ours).receive_pdus(
             REMOTE, [event.raw for event in self.after_join]
         )

@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from _races import store_partial_join
 from trio.testing import MockClock
 
-from ranvier.core import EventContext, compute_event_context, event_to_persist, run_auth_checks
+from ranvier.core import compute_event_context, event_to_persist, run_auth_checks
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
 from ranvier.core.interfaces import (
     PartialStateStore,
@@ -283,25 +284,7 @@ class World:
         groups = await self.resident.get_event_state_groups(self.join.event_id)
         assert groups is not None
         full = await self.resident.get_state_ids(groups.before)
-        partial = {key: event_id for key, event_id in full.items() if key[0] != "m.room.member"}
-        wanted = set(partial.values()) | set(self.join.auth_event_ids)
-        chain: set[str] = set()
-        level = set(wanted)
-        while level:
-            level = {a for e in level for a in self.room.events[e].auth_event_ids} - chain
-            chain |= level
-        outliers = sorted(
-            (self.room.events[e] for e in wanted | chain), key=lambda e: (e.depth, e.event_id)
-        )
-        await ours.persist_events(
-            [event_to_persist(event, EventContext.for_outlier()) for event in outliers]
-        )
-        await ours.store_partial_join(
-            self.room_id, self.version, self.join.event_id, REMOTE, {REMOTE, THIRD, OURS}
-        )
-        outcome = await ingest(ours, self.join, state_ids_before=partial, partial_state=True)
-        assert outcome.failure is None
-        assert outcome.context.partial_state
+        await store_partial_join(ours, self.room, self.join, full)
         ingester = FederationIngester(
             store=ours,
             persister=ours,
