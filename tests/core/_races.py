@@ -68,6 +68,18 @@ class Parked:
     go: trio.Event
 
 
+async def finish_partial_state(storage: Storage, room_id: str) -> None:
+    """Give every partial-state event of the room the state it already has
+    and clear the room's partial state, as a resync that found nothing
+    missing would: the race's other side, without fetching anything.
+    """
+    for event_id in await storage.get_partial_state_events(room_id):
+        groups = await storage.get_event_state_groups(event_id)
+        assert groups is not None
+        await storage.update_state_for_partial_event(event_id, groups.before, None)
+    assert await storage.clear_partial_state(room_id)
+
+
 async def store_partial_join(
     ours: Storage, room: RoomBuilder, join: Pdu, full_state: Mapping[tuple[str, str], str]
 ) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from _races import finish_partial_state
 
 from ranvier.core import compute_event_context
 from ranvier.core.context import event_to_persist
@@ -741,15 +742,8 @@ class ClearsPartialStateFirst:
             assert mine[0].context is not None
             self.writes.append(mine[0].context.partial_state)
             if len(self.writes) == 1:
-                await self._finish_partial_state()
+                await finish_partial_state(self.storage, self.room_id)
         return await self.storage.persist_events(events, **kw)
-
-    async def _finish_partial_state(self) -> None:
-        for event_id in await self.storage.get_partial_state_events(self.room_id):
-            groups = await self.storage.get_event_state_groups(event_id)
-            assert groups is not None
-            await self.storage.update_state_for_partial_event(event_id, groups.before, None)
-        assert await self.storage.clear_partial_state(self.room_id)
 
     async def store_room(self, room_id: str, room_version: str) -> None:
         await self.storage.store_room(room_id, room_version)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
+from _races import finish_partial_state
 
 from ranvier.core import compute_event_context
 from ranvier.core.context import compute_current_state_after, event_to_persist
@@ -350,15 +351,8 @@ class ClearsPartialStateFirst:
                 [(e.event_id, e.context is not None and e.context.partial_state) for e in events]
             )
             if len(self.writes) == 1:
-                await self._finish_partial_state()
+                await finish_partial_state(self.storage, self.room_id)
         return await self.storage.persist_events(events, **kw)
-
-    async def _finish_partial_state(self) -> None:
-        for event_id in await self.storage.get_partial_state_events(self.room_id):
-            groups = await self.storage.get_event_state_groups(event_id)
-            assert groups is not None
-            await self.storage.update_state_for_partial_event(event_id, groups.before, None)
-        assert await self.storage.clear_partial_state(self.room_id)
 
     async def store_room(self, room_id: str, room_version: str) -> None:
         await self.storage.store_room(room_id, room_version)
