@@ -858,7 +858,14 @@ class HomeServer:
             edus=self._federation_sender,
             notifier=self.stream_notifier,
         )
-        self._edus.presence = Presence(rooms=self._room_reader)
+        self._edus.presence = Presence(
+            rooms=self._room_reader,
+            shared=storage.room_members,
+            server_name=server_name,
+            servers=self._room_servers,
+            edus=self._federation_sender,
+            notifier=self.stream_notifier,
+        )
 
     def _federation_router(self, signing_key: SigningKey) -> Router:
         """Every federation and key route this server answers, registered here."""
@@ -906,6 +913,7 @@ class HomeServer:
                 account_data,
                 receipts=self._edus.receipts,
                 typing=self._edus.typing,
+                presence=self._edus.presence,
             ),
             filters=UserFilters(self.storage.sync),
             messages=RoomMessages(self.storage.sync, backfill=self._backfiller),
@@ -959,6 +967,7 @@ class HomeServer:
                 else []
             ),
             _Component("typing expiry", self.typing_notices.run),
+            _Component("presence lapses", self.presence.run),
             # After what it reads and writes through, before the listeners:
             # the rooms left partial are resumed before anything new arrives.
             _Component("un-partial-state task", self.unpartial_stater.run),

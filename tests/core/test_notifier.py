@@ -142,6 +142,26 @@ def test_account_data_concerns_only_its_user() -> None:
     assert notifier.concerns(StreamPosition(4, 0, 5), {"!mine:x"}, "@me:x")
 
 
+def test_presence_concerns_its_user_and_those_in_their_rooms() -> None:
+    notifier = StreamNotifier()
+    start = StreamPosition(0, 0)
+    notifier.advance_presence(10, "@them:x", {"!theirs:x"})
+    assert notifier.position.presence == 10
+    assert not notifier.concerns(start, {"!mine:x"}, "@me:x")
+    assert notifier.concerns(start, {"!mine:x", "!theirs:x"}, "@me:x")
+    assert notifier.concerns(start, set(), "@them:x")
+    notifier.advance_presence(11, "@me:x", ())
+    assert notifier.concerns(start._replace(presence=10), set(), "@me:x")
+    assert not notifier.concerns(start._replace(presence=11), set(), "@me:x")
+    # Positions only grow; a late report changes nothing.
+    notifier.advance_presence(4, "@me:x", ())
+    assert notifier.position.presence == 11
+    # Beyond the log's reach, a waiter looks for itself.
+    for position in range(12, LOG_SIZE + 14):
+        notifier.advance_presence(position, "@them:x", {"!theirs:x"})
+    assert notifier.concerns(start._replace(presence=11), {"!mine:x"}, "@me:x")
+
+
 async def test_receipts_and_typing_wake_the_members_of_their_room_only() -> None:
     notifier = StreamNotifier()
     since = StreamPosition(0, 0, 0, 0, 0)

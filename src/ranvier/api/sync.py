@@ -82,6 +82,7 @@ def add_sync_routes(
             timeout_ms=_integer(request, "timeout") or 0,
             filter=event_filter,
             full_state=_boolean(request, "full_state"),
+            set_presence=presence or "online",
         )
 
     async def post_filter(request: Request) -> Mapping[str, Any]:

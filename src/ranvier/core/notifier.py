@@ -22,6 +22,10 @@ Invariants
   fifth (:meth:`StreamNotifier.advance_typing`); each is logged with its
   room, and concerns the waiters in that room (a private receipt only its
   owner).
+* **And presence.** A change of a user's presence moves the sixth position
+  (:meth:`StreamNotifier.advance_presence`); it is logged with the user and
+  the rooms they are joined to, and concerns the user and the waiters in
+  those rooms.
 * **No polling.** Waiters sleep on one :class:`trio.Event`, replaced each
   time the position moves: every waiter wakes, checks its own condition,
   and sleeps again on the new event if it is not met.
@@ -70,6 +74,8 @@ class StreamPosition(NamedTuple):
     receipts: int = 0
     #: The newest position of the typing stream (held in memory).
     typing: int = 0
+    #: The newest position of the presence stream (held in memory).
+    presence: int = 0
 
     def is_beyond(self, other: StreamPosition) -> bool:
         """Whether any stream is further on than in ``other``."""
@@ -79,6 +85,7 @@ class StreamPosition(NamedTuple):
             or self.account_data > other.account_data
             or self.receipts > other.receipts
             or self.typing > other.typing
+            or self.presence > other.presence
         )
 
 
@@ -109,6 +116,9 @@ class StreamNotifier:
             "typing": deque(),
         }
         self._room_floors = {"receipts": 0, "typing": 0}
+        # Presence: (position, whose presence, the rooms they are joined to).
+        self._presence_log: deque[tuple[int, str, frozenset[str]]] = deque()
+        self._presence_floor = 0
 
     @property
     def position(self) -> StreamPosition:
@@ -167,6 +177,30 @@ class StreamNotifier:
         """
         self._advance_room_stream("typing", position, room_id, None)
 
+    def advance_presence(self, position: int, user_id: str, rooms: Collection[str]) -> None:
+        """Note that ``user_id``'s presence changed at ``position`` of the
+        presence stream, of concern to the user and to the members of
+        ``rooms``; wake every waiter if the position grew.
+        """
+        current = self._position
+        if position <= current.presence:
+            return
+        self._position = current._replace(presence=position)
+        self._presence_log.append((position, user_id, frozenset(rooms)))
+        if len(self._presence_log) > LOG_SIZE:
+            self._presence_floor = self._presence_log.popleft()[0]
+        self._wake()
+
+    def _presence_concerns(self, since: int, rooms: Set[str], user_id: str | None) -> bool:
+        if since < self._presence_floor:
+            return True
+        for changed_at, whose, their_rooms in reversed(self._presence_log):
+            if changed_at <= since:
+                break
+            if whose == user_id or not their_rooms.isdisjoint(rooms):
+                return True
+        return False
+
     def _advance_room_stream(
         self, stream: str, position: int, room_id: str, only_user: str | None
     ) -> None:
@@ -221,6 +255,10 @@ class StreamNotifier:
                 stream, since, rooms, user_id
             ):
                 return True
+        if current.presence > position.presence and self._presence_concerns(
+            position.presence, rooms, user_id
+        ):
+            return True
         if position.events < self._log_floor:
             return True
         for advance in reversed(self._log):

@@ -54,7 +54,8 @@ MAX_LIMIT: Final = 1000
 # tokens from before the account data stream have two parts, from before
 # receipts and typing three.
 _SYNC_TOKEN: Final = re.compile(
-    r"s([0-9]{1,18})_([0-9]{1,18})(?:_([0-9]{1,18})(?:_([0-9]{1,18})_([0-9]{1,18}))?)?"
+    r"s([0-9]{1,18})_([0-9]{1,18})"
+    r"(?:_([0-9]{1,18})(?:_([0-9]{1,18})_([0-9]{1,18})(?:_([0-9]{1,18}))?)?)?"
 )
 _PAGINATION_TOKEN: Final = re.compile(r"t(-?[0-9]{1,18})")
 #: Below every position, backfilled events' included.
@@ -74,7 +75,7 @@ def _invalid_token(token: str) -> MatrixError:
 def format_sync_token(position: StreamPosition) -> str:
     return (
         f"s{position.events}_{position.un_partial}_{position.account_data}"
-        f"_{position.receipts}_{position.typing}"
+        f"_{position.receipts}_{position.typing}_{position.presence}"
     )
 
 
@@ -89,6 +90,7 @@ def parse_sync_token(token: str) -> StreamPosition:
         int(match[3] or 0),
         int(match[4] or 0),
         int(match[5] or 0),
+        int(match[6] or 0),
     )
 
 

@@ -2,21 +2,43 @@
 
 ``PUT /presence/{userId}/status`` sets a local user's own presence and
 status message and counts as activity; ``GET`` answers it with how long
-ago the user was last active. Another server's users' presence comes in
-``m.presence`` EDUs (:meth:`Presence.on_remote_presence`), taken only for
-that server's own users.
+ago the user was last active. A ``/sync`` marks its user ``online`` unless
+its ``set_presence`` says otherwise (:meth:`Presence.on_sync`). Another
+server's users' presence comes in ``m.presence`` EDUs
+(:meth:`Presence.on_remote_presence`), taken only for that server's own
+users.
 
-Presence is held in memory: after a restart every user is ``offline``
-until they set it again, which is what a client shows of a user it has
-not heard from. ``/sync``'s ``presence`` section stays empty, and no
-``m.presence`` EDUs are sent, for now.
+Each change of a user's presence (a new state or status message, not a
+mere sign of activity) is a position of the presence stream, the sixth
+stream of a sync token. ``/sync`` gives the ``m.presence`` events of the
+users who changed since the token and share a joined room with the syncing
+user (and the user's own), and a change wakes the long-polls of those who
+share a room with the user. A local user's change is sent to the servers
+of the rooms they are in.
 
-Who may see a user's presence: the user, and anyone sharing a joined room
-with them (403 otherwise), as the spec's security considerations have it.
+Invariants
+----------
+
+* **Held in memory.** After a restart every user is ``offline`` until they
+  sync or set it again, which is what a client shows of a user it has not
+  heard from. The stream starts at the wall-clock time in milliseconds,
+  past any position handed out before (as the typing stream does), so a
+  token from before the restart never hides a change after it.
+* **Online lapses.** A local user is online while they keep syncing: each
+  sync or ``PUT`` of ``online`` or ``unavailable`` keeps them so until
+  :data:`SYNC_ONLINE_TIMEOUT_MS` after the sync's long-poll could end, and
+  then :meth:`Presence.run` marks them offline (and tells the other
+  servers). Another server's user lapses to offline when their server has
+  said nothing of them for :data:`REMOTE_TIMEOUT_MS`.
+* **Who may see.** A user's presence is for the user and for anyone
+  sharing a joined room with them: ``GET`` answers others 403, and a sync
+  leaves them out, as the spec's security considerations have it.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -27,20 +49,45 @@ from ranvier.errors import MatrixError
 from ranvier.protocol.auth import is_valid_user_id
 
 from .builder import Clock, wall_clock_ms
-from .receipts import server_of
+from .notifier import StreamNotifier
+from .receipts import EduSink, ServersInRoom, server_of
 
-__all__ = ["PRESENCE_STATES", "JoinedRooms", "Presence", "PresenceState"]
+__all__ = [
+    "PRESENCE_STATES",
+    "REMOTE_TIMEOUT_MS",
+    "SYNC_ONLINE_TIMEOUT_MS",
+    "JoinedRooms",
+    "Presence",
+    "PresenceState",
+    "SharedRooms",
+]
+
+_log: Final = logging.getLogger(__name__)
 
 PRESENCE_STATES: Final = frozenset({"online", "offline", "unavailable"})
 _MAX_STATUS_LENGTH: Final = 4096
 #: A user last active this recently, and online, is ``currently_active``.
 _CURRENTLY_ACTIVE_MS: Final = 60_000
+#: How long after a sync could have ended its user stays online.
+SYNC_ONLINE_TIMEOUT_MS: Final = 30_000
+#: How long another server's user stays as their server last said.
+REMOTE_TIMEOUT_MS: Final = 30 * 60_000
 
 
 class JoinedRooms(Protocol):
     """The rooms a user is joined to (:class:`ranvier.core.rooms.RoomReader`)."""
 
     async def joined_rooms(self, user_id: str) -> Collection[str]: ...
+
+
+class SharedRooms(Protocol):
+    """Who shares a joined room with whom
+    (:class:`ranvier.storage.room_members.RoomMemberStorage`).
+    """
+
+    async def users_sharing_a_room(self, user_id: str, candidates: Collection[str]) -> set[str]:
+        """Those of ``candidates`` joined to a room ``user_id`` is joined to."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +105,40 @@ def _bad(message: str, errcode: str = "M_INVALID_PARAM") -> MatrixError:
 
 
 class Presence:
-    """Users' presence, in memory. ``rooms`` decides who may see whose."""
+    """Users' presence, in memory. ``rooms`` decides who may see whose.
 
-    def __init__(self, *, rooms: JoinedRooms, clock: Clock = wall_clock_ms) -> None:
+    Without ``shared`` a sync carries no presence; without ``edus`` (and
+    ``servers``) nothing is sent to other servers. Start :meth:`run` in a
+    nursery so that presence lapses.
+    """
+
+    def __init__(
+        self,
+        *,
+        rooms: JoinedRooms,
+        shared: SharedRooms | None = None,
+        server_name: str | None = None,
+        servers: ServersInRoom | None = None,
+        edus: EduSink | None = None,
+        notifier: StreamNotifier | None = None,
+        clock: Clock = wall_clock_ms,
+    ) -> None:
         self._rooms = rooms
+        self._shared = shared
+        self._server_name = server_name
+        self._servers = servers
+        self._edus = edus
+        self._notifier = notifier
         self._clock = clock
         self._states: dict[str, PresenceState] = {}
+        # User ID -> the stream position of their last change, oldest first.
+        self._changed: dict[str, int] = {}
+        self._serial = clock()
+        # User ID -> the Trio-clock time their presence lapses to offline.
+        self._lapses: dict[str, float] = {}
+        self._lapses_moved = trio.Event()
+
+    # --- Local users ----------------------------------------------------------------
 
     async def set_presence(self, requester: str, user_id: str, body: Mapping[str, Any]) -> None:
         """``PUT /presence/{userId}/status``: only a user's own."""
@@ -83,34 +158,35 @@ class Presence:
             raise _bad("status_msg must be a string", "M_BAD_JSON")
         if status is not None and len(status) > _MAX_STATUS_LENGTH:
             raise _bad(f"status_msg is longer than {_MAX_STATUS_LENGTH} characters")
-        await trio.lowlevel.checkpoint()
-        self._states[user_id] = PresenceState(presence, status, self._clock())
+        await self._change(user_id, PresenceState(presence, status, self._clock()))
+        self._lapse_after(user_id, 0, presence)
 
-    async def get_presence(self, requester: str, user_id: str) -> dict[str, Any]:
-        """``GET /presence/{userId}/status``."""
-        if not is_valid_user_id(user_id):
-            raise _bad(f"{user_id[:60]!r} is not a user ID")
-        if requester != user_id:
-            mine = set(await self._rooms.joined_rooms(requester))
-            if mine.isdisjoint(await self._rooms.joined_rooms(user_id)):
-                raise MatrixError(
-                    f"{requester} shares no room with {user_id}, and may not see their presence",
-                    errcode="M_FORBIDDEN",
-                    http_status=403,
-                )
-        state = self._states.get(user_id)
-        if state is None:
-            return {"presence": "offline"}
-        answer: dict[str, Any] = {"presence": state.presence}
-        if state.status_msg is not None:
-            answer["status_msg"] = state.status_msg
-        if state.last_active_ts is not None:
-            ago = max(0, self._clock() - state.last_active_ts)
-            answer["last_active_ago"] = ago
-            answer["currently_active"] = state.presence == "online" and ago < _CURRENTLY_ACTIVE_MS
-        return answer
+    async def on_sync(self, user_id: str, set_presence: str, timeout_ms: int) -> None:
+        """A sync by ``user_id`` with ``set_presence`` (``offline``: leave the
+        presence alone); it keeps the user so until its long-poll of
+        ``timeout_ms`` could end, and a while after.
+        """
+        if set_presence == "offline":
+            await trio.lowlevel.checkpoint()
+            return
+        current = self._states.get(user_id)
+        status = None if current is None else current.status_msg
+        await self._change(user_id, PresenceState(set_presence, status, self._clock()))
+        self._lapse_after(user_id, timeout_ms, set_presence)
 
-    def on_remote_presence(self, origin: str, pushed: Collection[Mapping[str, Any]]) -> int:
+    def _lapse_after(self, user_id: str, timeout_ms: int, presence: str) -> None:
+        # Set after the change it follows has been told: a lapse never
+        # overtakes the change.
+        if presence == "offline":
+            self._lapses.pop(user_id, None)
+            return
+        wait_ms = max(0, timeout_ms) + SYNC_ONLINE_TIMEOUT_MS
+        self._lapses[user_id] = trio.current_time() + wait_ms / 1000
+        self._lapses_moved.set()
+
+    # --- Other servers' users ---------------------------------------------------------
+
+    async def on_remote_presence(self, origin: str, pushed: Collection[Mapping[str, Any]]) -> int:
         """The ``push`` list of an ``m.presence`` EDU from ``origin``; return
         how many entries were taken (those of ``origin``'s own users).
         """
@@ -130,8 +206,136 @@ class Presence:
                 if isinstance(ago, int) and not isinstance(ago, bool) and ago >= 0
                 else None
             )
-            self._states[user_id] = PresenceState(
-                str(presence), status if isinstance(status, str) else None, last_active
+            await self._change(
+                user_id,
+                PresenceState(
+                    str(presence), status if isinstance(status, str) else None, last_active
+                ),
+                federate=False,
             )
+            if presence == "offline":
+                self._lapses.pop(user_id, None)
+            else:
+                self._lapses[user_id] = trio.current_time() + REMOTE_TIMEOUT_MS / 1000
+                self._lapses_moved.set()
             taken += 1
         return taken
+
+    # --- Changes ----------------------------------------------------------------------
+
+    async def _change(self, user_id: str, state: PresenceState, *, federate: bool = True) -> None:
+        """Hold ``state`` as ``user_id``'s; a new presence or status message
+        is a position of the stream, told to those it concerns.
+        """
+        before = self._states.get(user_id)
+        self._states[user_id] = state
+        if before is not None and (before.presence, before.status_msg) == (
+            state.presence,
+            state.status_msg,
+        ):
+            await trio.lowlevel.checkpoint()
+            return
+        self._serial += 1
+        self._changed.pop(user_id, None)
+        self._changed[user_id] = self._serial
+        rooms = await self._rooms.joined_rooms(user_id)
+        if self._notifier is not None:
+            self._notifier.advance_presence(self._serial, user_id, rooms)
+        if federate:
+            await self._federate(user_id, state, rooms)
+
+    async def _federate(self, user_id: str, state: PresenceState, rooms: Collection[str]) -> None:
+        if self._edus is None or self._servers is None:
+            return
+        servers: set[str] = set()
+        for room_id in rooms:
+            servers |= await self._servers.joined_servers(room_id)
+        servers.discard(self._server_name or server_of(user_id))
+        if not servers:
+            return
+        entry = {"user_id": user_id, **self._content(state)}
+        for server in sorted(servers):
+            self._edus.send_edu(server, "m.presence", {"push": [entry]})
+
+    # --- Lapsing ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Mark each user offline when their presence lapses, until cancelled."""
+        task_status.started()
+        while True:
+            self._lapses_moved = trio.Event()
+            now = trio.current_time()
+            lapsed = [user_id for user_id, at in self._lapses.items() if at <= now]
+            for user_id in lapsed:
+                del self._lapses[user_id]
+                current = self._states.get(user_id)
+                if current is None or current.presence == "offline":
+                    continue
+                local = server_of(user_id) == self._server_name
+                try:
+                    await self._change(
+                        user_id,
+                        PresenceState("offline", current.status_msg, current.last_active_ts),
+                        federate=local,
+                    )
+                except Exception:
+                    _log.exception("marking %s offline failed", user_id)
+            with trio.move_on_at(min(self._lapses.values(), default=math.inf)):
+                await self._lapses_moved.wait()
+
+    # --- Reads --------------------------------------------------------------------------
+
+    async def get_presence(self, requester: str, user_id: str) -> dict[str, Any]:
+        """``GET /presence/{userId}/status``."""
+        if not is_valid_user_id(user_id):
+            raise _bad(f"{user_id[:60]!r} is not a user ID")
+        if requester != user_id:
+            mine = set(await self._rooms.joined_rooms(requester))
+            if mine.isdisjoint(await self._rooms.joined_rooms(user_id)):
+                raise MatrixError(
+                    f"{requester} shares no room with {user_id}, and may not see their presence",
+                    errcode="M_FORBIDDEN",
+                    http_status=403,
+                )
+        state = self._states.get(user_id)
+        if state is None:
+            return {"presence": "offline"}
+        return self._content(state)
+
+    def _content(self, state: PresenceState) -> dict[str, Any]:
+        answer: dict[str, Any] = {"presence": state.presence}
+        if state.status_msg is not None:
+            answer["status_msg"] = state.status_msg
+        if state.last_active_ts is not None:
+            ago = max(0, self._clock() - state.last_active_ts)
+            answer["last_active_ago"] = ago
+            answer["currently_active"] = state.presence == "online" and ago < _CURRENTLY_ACTIVE_MS
+        return answer
+
+    async def position(self) -> int:
+        """The presence stream's newest position."""
+        await trio.lowlevel.checkpoint()
+        return self._serial
+
+    async def for_sync(self, user_id: str, after: int | None, upto: int) -> list[dict[str, Any]]:
+        """The ``m.presence`` events ``user_id``'s sync carries: of the users
+        whose presence changed after ``after`` (every user known, on an
+        initial sync) up to ``upto``, those the user may see, oldest change
+        first.
+        """
+        changed = [
+            other
+            for other, at in self._changed.items()
+            if at <= upto and (after is None or at > after)
+        ]
+        if self._shared is None or not changed:
+            await trio.lowlevel.checkpoint()
+            return []
+        others = [other for other in changed if other != user_id]
+        visible = await self._shared.users_sharing_a_room(user_id, others) if others else set()
+        visible.add(user_id)
+        return [
+            {"type": "m.presence", "sender": other, "content": self._content(self._states[other])}
+            for other in changed
+            if other in visible
+        ]

@@ -27,7 +27,10 @@ Rooms
   users when they changed as ``m.typing`` (:mod:`ranvier.core.receipts`,
   :mod:`ranvier.core.typing`); the token's fourth and fifth streams. A room
   with nothing else new comes with an empty timeline for them.
-* **presence** stays empty (:mod:`ranvier.core.presence`).
+* **presence**: the presence of the users who share a joined room with
+  the user (and the user's own) changed after ``since``, all known on an
+  initial sync (:mod:`ranvier.core.presence`); the token's sixth stream.
+  A sync marks its user online unless its ``set_presence`` says otherwise.
 * **leave**: rooms left (or banned from) after ``since``, with the timeline
   up to the leave; with ``include_leave`` an initial sync lists every room
   left.
@@ -123,6 +126,20 @@ class SyncStore(MessagesStore, Protocol):
 
     async def room_summary(self, room_id: str, user_id: str) -> tuple[int, int, list[str]]:
         """Joined and invited member counts, and the heroes of an unnamed room."""
+        ...
+
+
+class PresenceSource(Protocol):
+    """Users' presence (:class:`ranvier.core.presence.Presence`)."""
+
+    async def position(self) -> int: ...
+
+    async def on_sync(self, user_id: str, set_presence: str, timeout_ms: int) -> None: ...
+
+    async def for_sync(self, user_id: str, after: int | None, upto: int) -> list[dict[str, Any]]:
+        """The ``m.presence`` events of the users the user may see whose
+        presence changed after ``after`` (None: an initial sync).
+        """
         ...
 
 
@@ -246,7 +263,11 @@ def _quiet_room(now: StreamPosition) -> dict[str, Any]:
 def _is_empty(response: dict[str, Any]) -> bool:
     rooms = response["rooms"]
     return not (
-        rooms["join"] or rooms["invite"] or rooms["leave"] or response["account_data"]["events"]
+        rooms["join"]
+        or rooms["invite"]
+        or rooms["leave"]
+        or response["account_data"]["events"]
+        or response["presence"]["events"]
     )
 
 
@@ -261,12 +282,14 @@ class SyncHandler:
         *,
         receipts: EphemeralSource | None = None,
         typing: EphemeralSource | None = None,
+        presence: PresenceSource | None = None,
     ) -> None:
         self._store = store
         self._notifier = notifier
         self._account_data = account_data
         self._receipts = receipts
         self._typing = typing
+        self._presence = presence
         self._sent_members = SentMembers()
 
     async def sync(
@@ -277,16 +300,22 @@ class SyncHandler:
         timeout_ms: int = 0,
         filter: Filter | None = None,
         full_state: bool = False,
+        set_presence: str = "online",
     ) -> dict[str, Any]:
         """The spec's ``/sync`` response for ``requester``.
 
         ``since`` is a ``next_batch`` of an earlier sync (``M_INVALID_PARAM``
         if it is not one); ``timeout_ms`` how long to wait for something to
-        report when there is nothing (capped at :data:`MAX_TIMEOUT_MS`).
+        report when there is nothing (capped at :data:`MAX_TIMEOUT_MS`);
+        ``set_presence`` the presence the sync gives its user (``offline``:
+        none).
         """
         position = None if since is None else parse_sync_token(since)
         chosen = filter if filter is not None else Filter()
-        deadline = trio.current_time() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
+        waited_ms = min(max(timeout_ms, 0), MAX_TIMEOUT_MS)
+        if self._presence is not None:
+            await self._presence.on_sync(requester.user_id, set_presence, waited_ms)
+        deadline = trio.current_time() + waited_ms / 1000
         while True:
             response, now, rooms, held = await self._sync_once(
                 requester, position, chosen, full_state
@@ -314,13 +343,16 @@ class SyncHandler:
         account_data_at = 0 if self._account_data is None else await self._account_data.position()
         receipts_at = 0 if self._receipts is None else await self._receipts.position()
         typing_at = 0 if self._typing is None else await self._typing.position()
+        presence_at = 0 if self._presence is None else await self._presence.position()
         snapshot = await self._store.sync_snapshot(
             requester.user_id,
             0 if since is None else since.un_partial,
             None if since is None or full_state else since.events,
         )
         events, un_partial, memberships, partial, un_partialled, changed = snapshot
-        now = StreamPosition(events, un_partial, account_data_at, receipts_at, typing_at)
+        now = StreamPosition(
+            events, un_partial, account_data_at, receipts_at, typing_at, presence_at
+        )
         if since is not None:
             # Never answer with a next_batch behind the token given in any
             # stream (a token from before a restore, or made up), or the
@@ -331,6 +363,7 @@ class SyncHandler:
                 max(now.account_data, since.account_data),
                 max(now.receipts, since.receipts),
                 max(now.typing, since.typing),
+                max(now.presence, since.presence),
             )
         account_data = (
             AccountDataUpdates()
@@ -417,12 +450,28 @@ class SyncHandler:
         response = {
             "next_batch": format_sync_token(now),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
-            "presence": {"events": []},
+            "presence": {"events": await self._presence_events(request)},
             "account_data": {"events": account_data.global_events},
             "to_device": {"events": []},
         }
         rooms = frozenset(room_id for room_id, *_ in memberships)
         return response, now, rooms, (held | request.sent_members if skip_redundant else None)
+
+    async def _presence_events(self, request: _Request) -> list[dict[str, Any]]:
+        """The ``m.presence`` events to send, as the filter's ``presence``
+        chooses them.
+        """
+        if self._presence is None:
+            return []
+        since = request.since
+        after = None if since is None or request.full_state else since.presence
+        chosen = request.filter.presence
+        events = [
+            event
+            for event in await self._presence.for_sync(request.user_id, after, request.now.presence)
+            if chosen.matches(event["type"], event["sender"])
+        ]
+        return events if chosen.limit is None else events[-chosen.limit :]
 
     async def _ephemeral(
         self, request: _Request, room_ids: Collection[str]

@@ -112,7 +112,6 @@ class EduDispatcher:
             )
         elif edu_type == "m.presence" and self.presence is not None:
             presence = _convert(content, _Presence, "m.presence EDU")
-            self.presence.on_remote_presence(origin, presence.push)
-            await trio.lowlevel.checkpoint()
+            await self.presence.on_remote_presence(origin, presence.push)
         else:
             await trio.lowlevel.checkpoint()

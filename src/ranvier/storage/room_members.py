@@ -110,6 +110,43 @@ class RoomMemberStorage:
 
         return await self._readers.read(select)
 
+    async def users_sharing_a_room(self, user_id: str, candidates: Collection[str]) -> set[str]:
+        """Those of ``candidates`` joined to a room ``user_id`` is joined to:
+        who may see ``user_id``'s presence, and whose ``user_id`` may see.
+        """
+        wanted = list(dict.fromkeys(candidates))
+        mine = _MEMBERSHIP
+        theirs = _MEMBERSHIP.replace("e.json", "o.json")
+
+        def select(conn: sqlite3.Connection) -> set[str]:
+            rooms = [
+                str(room_id)
+                for (room_id,) in conn.execute(
+                    "SELECT cs.room_id FROM current_state AS cs"
+                    " JOIN events AS e ON e.event_id = cs.event_id"
+                    f" WHERE cs.type = 'm.room.member' AND cs.state_key = ? AND {mine} = 'join'",
+                    (user_id,),
+                )
+            ]
+            found: set[str] = set()
+            if not rooms:
+                return found
+            room_marks = ", ".join("?" * len(rooms))
+            for start in range(0, len(wanted), _BATCH):
+                batch = wanted[start : start + _BATCH]
+                marks = ", ".join("?" * len(batch))
+                rows = conn.execute(
+                    "SELECT DISTINCT cs.state_key FROM current_state AS cs"
+                    " JOIN events AS o ON o.event_id = cs.event_id"
+                    f" WHERE cs.type = 'm.room.member' AND cs.state_key IN ({marks})"
+                    f" AND cs.room_id IN ({room_marks}) AND {theirs} = 'join'",
+                    [*batch, *rooms],
+                )
+                found.update(str(state_key) for (state_key,) in rows)
+            return found
+
+        return await self._readers.read(select)
+
     async def get_memberships(
         self, event_ids: Collection[str]
     ) -> dict[str, tuple[int, str | None]]:
