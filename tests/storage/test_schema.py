@@ -34,7 +34,17 @@ TABLES_ADDED = {
     8: {"redactions"},
     9: {"profiles", "account_data", "room_list"},
     10: {"receipts"},
+    11: {"event_prev_edges", "event_auth_edges", "event_state"},
 }
+# Tables a version turns into views of the same name and columns.
+TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
+
+
+def _tables_at(version: int) -> set[str]:
+    tables: set[str] = set()
+    for v in range(1, version + 1):
+        tables = (tables | TABLES_ADDED[v]) - TABLES_MADE_VIEWS.get(v, set())
+    return tables
 
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
@@ -102,12 +112,26 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
             "INSERT INTO receipts (room_id, receipt_type, user_id, thread_id, event_id, ts)"
             " VALUES ('!r:x', 'm.read', '@a:x', '', '$e', 5)"
         )
+    elif version == 11:
+        run(
+            "INSERT INTO events (event_id, room_id, type, sender, depth,"
+            " origin_server_ts, json, outlier, soft_failed)"
+            " VALUES ('$f', '!r:x', 'm.room.message', '@a:x', 2, 6, x'7b7d', 0, 0)"
+        )
+        ordering = run("SELECT stream_ordering FROM events WHERE event_id = '$f'").fetchone()[0]
+        run("INSERT INTO event_prev_edges VALUES (?, '$e', '!r:x')", (ordering,))
+        run("INSERT INTO event_auth_edges VALUES (?, '$e', '!r:x')", (ordering,))
+        run("INSERT INTO event_state VALUES (?, 1, 1)", (ordering,))
+
+
+def _views(conn: sqlite3.Connection) -> set[str]:
+    return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'view'")}
 
 
 def _row_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return {
         table: conn.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0]
-        for table in _tables(conn)
+        for table in _tables(conn) | _views(conn)
     }
 
 
@@ -127,8 +151,7 @@ def test_each_version_from_an_empty_database(raw: sqlite3.Connection, version: i
     assert schema_version(raw) == 0
     assert migrate(raw, target=version) == version
     assert schema_version(raw) == version
-    expected = set().union(*(TABLES_ADDED[v] for v in range(1, version + 1)))
-    assert _tables(raw) == expected
+    assert _tables(raw) == _tables_at(version)
     assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
@@ -146,8 +169,40 @@ def test_each_version_from_the_one_before_keeps_the_data(
     after = _row_counts(raw)
     assert {table: after[table] for table in before} == before
     assert set(after) - set(before) == TABLES_ADDED[version]
+    assert _views(raw) >= TABLES_MADE_VIEWS.get(version, set())
+    assert _tables(raw) == _tables_at(version)
     # The new tables accept rows that reference the old ones.
     _fill(raw, version)
+    assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def test_version_11_keeps_edges_and_groups_under_the_old_names(
+    raw: sqlite3.Connection,
+) -> None:
+    migrate(raw, target=10)
+    for version in range(1, 11):
+        _fill(raw, version)
+    migrate(raw)
+    # The rows written before, read through the views as before.
+    assert raw.execute("SELECT * FROM event_edges").fetchall() == [("$e", "$p", "!r:x")]
+    assert raw.execute("SELECT * FROM event_auth").fetchall() == [("$e", "$a", "!r:x")]
+    assert raw.execute("SELECT * FROM event_to_state_groups").fetchall() == [("$e", 1, 1)]
+    # Inserts through the views land keyed by the event's ordering ...
+    raw.execute("INSERT INTO event_auth VALUES ('$e', '$b', '!r:x')")
+    (ordering,) = raw.execute("SELECT stream_ordering FROM events WHERE event_id = '$e'").fetchone()
+    assert raw.execute(
+        "SELECT auth_event_id FROM event_auth_edges WHERE event_ordering = ? ORDER BY 1",
+        (ordering,),
+    ).fetchall() == [("$a",), ("$b",)]
+    # ... and one for an event not stored is refused.
+    with pytest.raises(sqlite3.IntegrityError):
+        raw.execute("INSERT INTO event_edges VALUES ('$nowhere', '$p', '!r:x')")
+    # An event given another ordering takes its rows along.
+    raw.execute("UPDATE events SET stream_ordering = -5 WHERE event_id = '$e'")
+    assert raw.execute("SELECT * FROM event_edges").fetchall() == [("$e", "$p", "!r:x")]
+    assert raw.execute("SELECT COUNT(*) FROM event_auth WHERE event_id = '$e'").fetchone() == (2,)
+    assert raw.execute("SELECT * FROM event_to_state_groups").fetchall() == [("$e", 1, 1)]
+    assert raw.execute("SELECT DISTINCT event_ordering FROM event_state").fetchall() == [(-5,)]
     assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
 
 

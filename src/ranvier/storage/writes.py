@@ -84,8 +84,18 @@ _INSERT_EVENT_IF_NEW_SQL = (
     f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * 11)})"
     " ON CONFLICT (event_id) DO NOTHING"
 )
+# An event's edges and state groups are keyed by its stream ordering, so that
+# a batch's rows append to the end of their tables (see schema migration 11).
 _INSERT_STATE_GROUPS_SQL = (
-    "INSERT INTO event_to_state_groups (event_id, state_group_before, state_group_after)"
+    "INSERT INTO event_state (event_ordering, state_group_before, state_group_after)"
+    " VALUES (?, ?, ?)"
+)
+_INSERT_EDGE_SQL = (
+    "INSERT OR IGNORE INTO event_prev_edges (event_ordering, prev_event_id, room_id)"
+    " VALUES (?, ?, ?)"
+)
+_INSERT_AUTH_EDGE_SQL = (
+    "INSERT OR IGNORE INTO event_auth_edges (event_ordering, auth_event_id, room_id)"
     " VALUES (?, ?, ?)"
 )
 # An event that already has accepted children (it arrived late, say by
@@ -93,7 +103,8 @@ _INSERT_STATE_GROUPS_SQL = (
 _ADD_EXTREMITY_SQL = """
 INSERT OR IGNORE INTO forward_extremities (room_id, event_id)
 SELECT ?1, ?2 WHERE NOT EXISTS (
-    SELECT 1 FROM event_edges AS edge JOIN events AS child ON child.event_id = edge.event_id
+    SELECT 1 FROM event_prev_edges AS edge
+    JOIN events AS child ON child.stream_ordering = edge.event_ordering
     WHERE edge.prev_event_id = ?2
       AND child.outlier = 0 AND child.soft_failed = 0 AND child.rejected_reason IS NULL
 )
@@ -103,11 +114,13 @@ _CHUNK = 500
 # When an event's verdict changes, only its own extremity status and that
 # of its prev events can change: whether an event is an extremity depends on
 # its own verdict and on which accepted events cite it. Both statements
-# reach those few events through event_edges' keys, never by scanning the
+# reach those few events through the edges' keys, never by scanning the
 # room (the CROSS JOIN keeps SQLite from starting at the room's events).
 _JUDGED_EVENTS_CTE = """
 WITH judged (event_id) AS (
-    SELECT ?2 UNION SELECT prev_event_id FROM event_edges WHERE event_id = ?2
+    SELECT ?2 UNION SELECT edge.prev_event_id FROM events AS event
+    JOIN event_prev_edges AS edge ON edge.event_ordering = event.stream_ordering
+    WHERE event.event_id = ?2
 )
 """
 _FORGET_JUDGED_EXTREMITIES_SQL = f"""{_JUDGED_EVENTS_CTE}
@@ -121,7 +134,8 @@ WHERE candidate.room_id = ?1
   AND candidate.outlier = 0 AND candidate.soft_failed = 0
   AND candidate.rejected_reason IS NULL
   AND NOT EXISTS (
-    SELECT 1 FROM event_edges AS edge JOIN events AS child ON child.event_id = edge.event_id
+    SELECT 1 FROM event_prev_edges AS edge
+    JOIN events AS child ON child.stream_ordering = edge.event_ordering
     WHERE edge.prev_event_id = candidate.event_id
       AND child.outlier = 0 AND child.soft_failed = 0 AND child.rejected_reason IS NULL
   )
@@ -205,12 +219,11 @@ def _write_event_row(conn: sqlite3.Connection, event: EventToPersist) -> tuple[i
         ordering = cursor.lastrowid
         assert ordering is not None
         conn.executemany(
-            "INSERT OR IGNORE INTO event_edges (event_id, prev_event_id, room_id) VALUES (?, ?, ?)",
-            [(event.event_id, prev, event.room_id) for prev in event.prev_event_ids],
+            _INSERT_EDGE_SQL, [(ordering, prev, event.room_id) for prev in event.prev_event_ids]
         )
         conn.executemany(
-            "INSERT OR IGNORE INTO event_auth (event_id, auth_event_id, room_id) VALUES (?, ?, ?)",
-            [(event.event_id, auth, event.room_id) for auth in event.auth_event_ids],
+            _INSERT_AUTH_EDGE_SQL,
+            [(ordering, auth, event.room_id) for auth in event.auth_event_ids],
         )
         return ordering, True
     stored_ordering, stored_outlier = conn.execute(
@@ -271,7 +284,9 @@ def _sole_extremity_group(conn: sqlite3.Connection, room_id: str) -> int | None:
     if len(extremities) != 1:
         return None
     row = conn.execute(
-        "SELECT state_group_after FROM event_to_state_groups WHERE event_id = ?", extremities[0]
+        "SELECT g.state_group_after FROM events AS e"
+        " JOIN event_state AS g ON g.event_ordering = e.stream_ordering WHERE e.event_id = ?",
+        extremities[0],
     ).fetchone()
     return None if row is None else int(row[0])
 
@@ -409,12 +424,12 @@ def _write_new_events(
         rows.append((ordering, *_event_row(event)))
     conn.executemany(_INSERT_EVENT_SQL, rows)
     conn.executemany(
-        "INSERT OR IGNORE INTO event_edges (event_id, prev_event_id, room_id) VALUES (?, ?, ?)",
-        [(e.event_id, prev, e.room_id) for e in new for prev in e.prev_event_ids],
+        _INSERT_EDGE_SQL,
+        [(orderings[e.event_id], prev, e.room_id) for e in new for prev in e.prev_event_ids],
     )
     conn.executemany(
-        "INSERT OR IGNORE INTO event_auth (event_id, auth_event_id, room_id) VALUES (?, ?, ?)",
-        [(e.event_id, auth, e.room_id) for e in new for auth in e.auth_event_ids],
+        _INSERT_AUTH_EDGE_SQL,
+        [(orderings[e.event_id], auth, e.room_id) for e in new for auth in e.auth_event_ids],
     )
     in_dag = [event for event in new if event.context is not None]
     if not in_dag:
@@ -426,7 +441,7 @@ def _write_new_events(
         context = event.context
         assert context is not None
         after = _group_after(conn, event, context.state_group_before, context.state_group_after)
-        group_rows.append((event.event_id, context.state_group_before, after))
+        group_rows.append((orderings[event.event_id], context.state_group_before, after))
         if context.partial_state:
             partial.append((event.event_id, event.room_id))
     conn.executemany(_INSERT_STATE_GROUPS_SQL, group_rows)
@@ -486,7 +501,7 @@ def _write_events_one_by_one(
         _check_groups(conn, [event])
         context = event.context
         after = _group_after(conn, event, context.state_group_before, context.state_group_after)
-        conn.execute(_INSERT_STATE_GROUPS_SQL, (event.event_id, context.state_group_before, after))
+        conn.execute(_INSERT_STATE_GROUPS_SQL, (ordering, context.state_group_before, after))
         if context.partial_state:
             partial = [(event.event_id, event.room_id)]
             try:
@@ -684,8 +699,8 @@ def update_state_for_partial_event(
             before=state_group_before,
         )
     conn.execute(
-        "UPDATE event_to_state_groups SET state_group_before = ?, state_group_after = ?"
-        " WHERE event_id = ?",
+        "UPDATE event_state SET state_group_before = ?, state_group_after = ?"
+        " WHERE event_ordering = (SELECT stream_ordering FROM events WHERE event_id = ?)",
         (state_group_before, after, event_id),
     )
     conn.execute(
