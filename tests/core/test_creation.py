@@ -996,6 +996,147 @@ async def test_messages_written_together_that_conflict_are_checked_again_one_by_
     await _check_written(storage, told)
 
 
+# --- Messages built while the ones before are written ------------------------------
+
+
+class HeldWrites(GatedPersister):
+    """Storage whose first write of the room's events waits for ``opened``,
+    then fails if ``failing``; the events of every write are kept.
+    """
+
+    failing = False
+
+    def __init__(self, storage: Storage) -> None:
+        super().__init__(storage)
+        self.written: list[list[EventToPersist]] = []
+
+    async def persist_events(
+        self,
+        events: Sequence[EventToPersist],
+        *,
+        current_state_groups: Mapping[str, int] | None = None,
+    ) -> Mapping[str, int]:
+        self.written.append(list(events))
+        if len(self.written) == 1:
+            self.reached.set()
+            await self.opened.wait()
+            if self.failing:
+                raise MatrixError("the disk is full", errcode="M_UNKNOWN", http_status=500)
+        return await self.storage.persist_events(events, current_state_groups=current_state_groups)
+
+
+async def _sends_during_a_held_write(
+    creator: EventCreator, held: HeldWrites, room_id: str
+) -> dict[str, str | BaseException]:
+    """Send "a", and "b" and "c" while a's write is held; once b and c
+    have been taken off the queue, let the write go on. Return each body's
+    event ID or error.
+    """
+    outcomes: dict[str, str | BaseException] = {}
+
+    async def send(body: str) -> None:
+        try:
+            outcomes[body] = await creator.send_event(
+                ALICE, room_id, "m.room.message", {"body": body}
+            )
+        except MatrixError as error:
+            outcomes[body] = error
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send, "a")
+            await held.reached.wait()
+            nursery.start_soon(send, "b")
+            nursery.start_soon(send, "c")
+            await trio.testing.wait_all_tasks_blocked()
+            # Taken and built on "a" while its write is still on its way.
+            assert room_id not in creator._queued
+            assert len(held.written) == 1
+            held.opened.set()
+    return outcomes
+
+
+async def test_messages_that_come_during_a_write_are_built_on_it(
+    storage: Storage, heard: Heard
+) -> None:
+    held = HeldWrites(storage)
+    creator = _creator(storage, heard, persister=held)
+    room_id = await _creator(storage, heard).create_room(ALICE)
+    outcomes = await _sends_during_a_held_write(creator, held, room_id)
+    # Two writes: "a", then "b" and "c" together, a chain.
+    assert [sorted(e.event_id for e in write) for write in held.written] == [
+        [outcomes["a"]],
+        sorted([str(outcomes["b"]), str(outcomes["c"])]),
+    ]
+    told = heard.in_room(room_id)
+    assert [e.content.get("body") for e in told[-3:]] in (["a", "b", "c"], ["a", "c", "b"])
+    await _check_written(storage, told)
+    assert await storage.get_forward_extremities(room_id) == {told[-1].event_id}
+
+
+async def test_messages_built_on_a_write_that_failed_are_built_again(
+    storage: Storage, heard: Heard, db_path: Path
+) -> None:
+    held = HeldWrites(storage)
+    held.failing = True
+    creator = _creator(storage, heard, persister=held)
+    room_id = await _creator(storage, heard).create_room(ALICE)
+    before = await storage.get_forward_extremities(room_id)
+    count = _event_count(db_path)
+    outcomes = await _sends_during_a_held_write(creator, held, room_id)
+    refused = outcomes["a"]
+    assert isinstance(refused, MatrixError)
+    assert refused.http_status == 500
+    [failed] = held.written[0]
+    # "b" was first built on "a"; it is written built again on what the
+    # room held, never on the event that was not written.
+    assert held.written[1][0].prev_event_ids != (failed.event_id,)
+    written = held.written[-1]
+    assert sorted(e.event_id for e in written) == sorted([str(outcomes["b"]), str(outcomes["c"])])
+    assert written[0].prev_event_ids == tuple(before)
+    assert _event_count(db_path) == count + 2
+    assert not await storage.get_events([failed.event_id])
+    told = heard.in_room(room_id)
+    assert sorted(str(e.content.get("body")) for e in told[-2:]) == ["b", "c"]
+    await _check_written(storage, told[-2:])
+    assert await storage.get_forward_extremities(room_id) == {told[-1].event_id}
+
+
+async def test_messages_built_on_a_write_that_conflicted_are_built_again(
+    storage: Storage, heard: Heard
+) -> None:
+    class ConflictingLate(HeldWrites):
+        async def persist_events(
+            self,
+            events: Sequence[EventToPersist],
+            *,
+            current_state_groups: Mapping[str, int] | None = None,
+        ) -> Mapping[str, int]:
+            if not self.written:
+                self.written.append(list(events))
+                self.reached.set()
+                await self.opened.wait()
+                raise PartialStateConflictError()
+            self.written.append(list(events))
+            return await self.storage.persist_events(
+                events, current_state_groups=current_state_groups
+            )
+
+    held = ConflictingLate(storage)
+    creator = _creator(storage, heard, persister=held)
+    room_id = await _creator(storage, heard).create_room(ALICE)
+    outcomes = await _sends_during_a_held_write(creator, held, room_id)
+    # "a" is checked again and written alone; "b" and "c" built again after it.
+    assert [sorted(e.event_id for e in write) for write in held.written] == [
+        [outcomes["a"]],
+        [outcomes["a"]],
+        sorted([str(outcomes["b"]), str(outcomes["c"])]),
+    ]
+    told = heard.in_room(room_id)
+    assert [e.content.get("body") for e in told[-3:]] in (["a", "b", "c"], ["a", "c", "b"])
+    await _check_written(storage, told)
+
+
 # --- Conflicts with the un-partial-state task ----------------------------------------
 
 

@@ -13,14 +13,21 @@ Invariants
   under that room's lock, so each event's prev events are the room's
   forward extremities at the moment it is written: a room's local events
   form a chain, never a fork. Different rooms do not wait for each other.
-* **Messages waiting together are written together.** Messages that queue
-  for a room's lock while it is held are taken, when it is free, by the
-  first of them, which builds and checks them in order, each on the one
-  before (not yet written), and writes them in one request: one commit
-  for all. Each is answered only once it is written; one refused fails
-  alone; if the write fails, none of them is written and the next event
-  follows what was. Messages with partial state, and state events, go one
-  at a time.
+* **Messages waiting together are written together.** Messages queue per
+  room; the first of them takes the room's lock, and with it the queue,
+  builds and checks the messages in order, each on the one before (not
+  yet written), and writes them in one request: one commit for all. Each
+  is answered only once it is written; one refused fails alone; if the
+  write fails, none of them is written and the next event follows what
+  was. Messages with partial state, and state events, go one at a time.
+* **The next group is built while one is written, never written on a
+  failed one.** While a group's commit is on disk, the lock still held,
+  the messages that come meanwhile are built on it; they are written once
+  it has landed. If it failed (or met the partial-state conflict, which
+  is then handled as below), they are built again on what the room holds.
+  One hold of the lock takes new messages for a bounded number of writes,
+  so other writers of the room, and the sender's own client, do not wait
+  long.
 * **Refused means not written.** An event that fails the auth rules at any
   point (soft failure included) raises :class:`~ranvier.errors.AuthError`
   (403 M_FORBIDDEN) and is not persisted. A state group computed for it may
@@ -45,7 +52,7 @@ from __future__ import annotations
 
 import secrets
 import string
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol, get_args, runtime_checkable
 
@@ -202,7 +209,7 @@ class TransactionRecordingPersister(Protocol):
 class _QueuedMessage:
     """A message waiting to be sent, and what became of it."""
 
-    __slots__ = ("error", "event_id", "taken", "template", "transaction", "txn_id")
+    __slots__ = ("error", "event_id", "taken", "template", "transaction", "txn_id", "wake")
 
     def __init__(
         self,
@@ -218,12 +225,44 @@ class _QueuedMessage:
         self.taken = False
         self.event_id: str | None = None
         self.error: Exception | None = None
+        #: Set to rouse the message's task: the message is done, or the
+        #: room's sender left and the message may send the queue itself.
+        self.wake = trio.Event()
+
+    @property
+    def done(self) -> bool:
+        return self.event_id is not None or self.error is not None
+
+    def succeed(self, event_id: str) -> None:
+        self.event_id = event_id
+        self.wake.set()
+
+    def fail(self, error: Exception) -> None:
+        self.error = error
+        self.wake.set()
 
     def result(self) -> str:
         if self.error is not None:
             raise self.error
         assert self.event_id is not None  # a taken message ends with one or the other
         return self.event_id
+
+
+class _Flight:
+    """Staged messages being written while the next ones are built."""
+
+    __slots__ = ("failure", "landed", "written")
+
+    def __init__(self, written: list[tuple[_QueuedMessage, Pdu, EventContext]]) -> None:
+        self.written = written
+        self.landed = trio.Event()
+        #: Why the write failed; None once it succeeded (or while under way).
+        self.failure: Exception | None = None
+
+
+#: The most groups of messages one hold of a room's lock sends. The sender's
+#: own client waits for all of them, and so does any other writer of the room.
+_MOST_GROUPS_PER_HOLD: Final = 8
 
 
 class EventCreator:
@@ -280,8 +319,13 @@ class EventCreator:
         self._retry_after_ms = conflict_retry_after_ms
         self._locks = room_locks if room_locks is not None else RoomLocks()
         self._transactions = _SentTransactions(remembered_transactions)
-        # Per room, the messages waiting for its lock (see _send_message).
+        # Per room, the messages waiting to be taken (see _send_message),
+        # and the rooms whose queue a task is sending or about to.
         self._queued: dict[str, list[_QueuedMessage]] = {}
+        self._senders: set[str] = set()
+        # Per room whose sender waits for a write: set when the write lands
+        # or a message joins the queue, whichever comes first.
+        self._stirred: dict[str, trio.Event] = {}
 
     # --- Rooms ----------------------------------------------------------------------
 
@@ -430,85 +474,218 @@ class EventCreator:
         self, template: dict[str, Any], rv: RoomVersion, txn_id: str | None
     ) -> str:
         """Send a message, written together with the room's other messages
-        waiting for its lock.
+        waiting to be sent.
 
-        The message joins the room's queue and waits for the lock. Whoever
-        gets the lock first with its message still queued takes the whole
-        queue and sends it (:meth:`_send_messages`); the others find theirs
-        sent when the lock reaches them. A message given up before it is
-        taken leaves the queue; once taken it is sent regardless.
+        The message joins the room's queue. If no task is sending the
+        room's queue, this one does (:meth:`_send_queue`), taking the room's
+        lock; otherwise it waits to be told that its message was sent, or
+        that the sender left it untaken, when it sends the queue itself. A
+        message given up before it is taken leaves the queue; once taken it
+        is sent regardless.
         """
         room_id: str = template["room_id"]
         queued = _QueuedMessage(template, txn_id, claim_client_transaction(room_id))
         self._queued.setdefault(room_id, []).append(queued)
+        self._stir(room_id)
         try:
-            async with self._locks.hold(room_id):
-                if not queued.taken:
-                    batch = self._queued.pop(room_id)
-                    for message in batch:
-                        message.taken = True
-                    with trio.CancelScope(shield=True):
-                        await self._send_messages(room_id, rv, batch)
+            while not queued.done:
+                if queued.taken or room_id in self._senders:
+                    await queued.wake.wait()
+                    queued.wake = trio.Event()
+                    continue
+                self._senders.add(room_id)
+                try:
+                    async with self._locks.hold(room_id):
+                        with trio.CancelScope(shield=True):
+                            await self._send_queue(room_id, rv)
+                finally:
+                    self._senders.discard(room_id)
+                    self._rouse(room_id)
         except BaseException:
             if not queued.taken:
                 waiting = self._queued.get(room_id, [])
                 waiting.remove(queued)
                 if not waiting:
                     self._queued.pop(room_id, None)
+                self._rouse(room_id)
             raise
         return queued.result()
 
-    async def _send_messages(
-        self, room_id: str, rv: RoomVersion, batch: Sequence[_QueuedMessage]
-    ) -> None:
-        """Build, check and write ``batch`` in order (the room's lock held).
+    def _stir(self, room_id: str) -> None:
+        """Wake a room's sender waiting for a write to land (see :meth:`_send_queue`)."""
+        stirred = self._stirred.pop(room_id, None)
+        if stirred is not None:
+            stirred.set()
 
-        Each message is built on the one before, which is staged, not yet
-        written (see :class:`~ranvier.core.creation_reads.CreationReads`);
-        the staged ones are written in one request, and so share a commit.
-        A message that is refused fails alone. One that cannot be staged
-        (with partial state, or leaving other extremities) is written on
-        its own once those before it are, as :meth:`_write` would.
+    def _rouse(self, room_id: str) -> None:
+        """Wake the first message waiting in a room's queue that no task sends."""
+        waiting = self._queued.get(room_id)
+        if waiting and room_id not in self._senders:
+            waiting[0].wake.set()
+
+    def _take_queue(self, room_id: str) -> list[_QueuedMessage]:
+        batch = self._queued.pop(room_id, [])
+        for message in batch:
+            message.taken = True
+        return batch
+
+    async def _send_queue(self, room_id: str, rv: RoomVersion) -> None:
+        """Send the room's queue (the room's lock held).
+
+        Messages are built and checked in order, each on the one before,
+        which is staged, not yet written (see
+        :class:`~ranvier.core.creation_reads.CreationReads`). The staged
+        ones are written in one request, and so share a commit, as a
+        :class:`_Flight`: while it is on disk, the messages that come are
+        built on it, and written together once it has landed. If a write
+        fails, the messages built since followed events that are not there,
+        and are built again (:meth:`_settle`). A message that is refused
+        fails alone. One that cannot be staged (with partial state, or
+        leaving other extremities) is written on its own once those before
+        it are, as :meth:`_write` would. The lock is held until every write
+        is done, and new messages are taken for at most
+        ``_MOST_GROUPS_PER_HOLD`` writes; those left then are sent by the
+        next of them to take the lock.
         """
-        staged: list[tuple[_QueuedMessage, Pdu, EventContext]] = []
         self._reads.begin(room_id)
+        taken: list[_QueuedMessage] = []
+        flights: list[_Flight] = []
+        todo: deque[_QueuedMessage] = deque()
+        staged: list[tuple[_QueuedMessage, Pdu, EventContext]] = []
+        groups = 0
         try:
-            for message in batch:
-                sender: str = message.template["sender"]
-                txn_id = message.txn_id
-                if txn_id is not None and any(
-                    other.txn_id == txn_id and event.sender == sender for other, event, _ in staged
-                ):
-                    await self._write_staged(room_id, staged)
-                if txn_id is not None and (sent := self._transactions.get(sender, txn_id)):
-                    message.event_id = sent
-                    continue
-                try:
-                    event = await self._build(rv, message.template, begin=False)
-                    context = await self._authorise(event)
-                except Exception as error:
-                    message.error = error
-                    continue
-                if not context.partial_state and self._reads.follows_every_extremity(event):
-                    self._reads.stage(event, context)
-                    staged.append((message, event, context))
-                    continue
-                await self._write_staged(room_id, staged)
-                try:
-                    await self._persist_announced(event, context)
-                except Exception as error:
-                    message.error = error
-                    continue
-                message.event_id = event.event_id
-                if txn_id is not None:
-                    self._transactions.add(sender, txn_id, event.event_id)
-            await self._write_staged(room_id, staged)
+            async with trio.open_nursery() as nursery:
+                while True:
+                    if not todo and groups < _MOST_GROUPS_PER_HOLD:
+                        batch = self._take_queue(room_id)
+                        taken.extend(batch)
+                        todo.extend(batch)
+                    if todo:
+                        await self._send_one(room_id, rv, todo, staged, flights)
+                        continue
+                    if (
+                        flights
+                        and not flights[-1].landed.is_set()
+                        and groups < _MOST_GROUPS_PER_HOLD
+                    ):
+                        # Until the write lands or a message comes to build.
+                        stirred = self._stirred[room_id] = trio.Event()
+                        await stirred.wait()
+                        continue
+                    if staged:
+                        if await self._settle(room_id, flights, staged, todo):
+                            flight = _Flight(list(staged))
+                            staged.clear()
+                            flights.append(flight)
+                            groups += 1
+                            nursery.start_soon(self._fly, room_id, flight)
+                    elif flights:
+                        await self._settle(room_id, flights, staged, todo)
+                    else:
+                        return
         finally:
-            for message in batch:
-                if message.event_id is None and message.error is None:
-                    message.error = MatrixError(
-                        f"sending to {room_id} failed", errcode="M_UNKNOWN", http_status=500
+            self._stirred.pop(room_id, None)
+            for message in taken:
+                if not message.done:
+                    message.fail(
+                        MatrixError(
+                            f"sending to {room_id} failed", errcode="M_UNKNOWN", http_status=500
+                        )
                     )
+
+    async def _send_one(
+        self,
+        room_id: str,
+        rv: RoomVersion,
+        todo: deque[_QueuedMessage],
+        staged: list[tuple[_QueuedMessage, Pdu, EventContext]],
+        flights: list[_Flight],
+    ) -> None:
+        """Build and check the first message of ``todo``: stage it, or write
+        it on its own after those staged (see :meth:`_send_queue`).
+        """
+        message = todo.popleft()
+        sender: str = message.template["sender"]
+        txn_id = message.txn_id
+        if txn_id is not None and any(
+            other.txn_id == txn_id and event.sender == sender for other, event, _ in staged
+        ):
+            if not await self._settle(room_id, flights, staged, todo, message):
+                return
+            await self._write_staged(room_id, staged)
+        if txn_id is not None and (sent := self._transactions.get(sender, txn_id)):
+            message.succeed(sent)
+            return
+        try:
+            event = await self._build(rv, message.template, begin=False)
+            context = await self._authorise(event)
+        except Exception as error:
+            message.fail(error)
+            return
+        if not context.partial_state and self._reads.follows_every_extremity(event):
+            self._reads.stage(event, context)
+            staged.append((message, event, context))
+            return
+        if not await self._settle(room_id, flights, staged, todo, message):
+            return
+        await self._write_staged(room_id, staged)
+        try:
+            await self._persist_announced(event, context)
+        except Exception as error:
+            message.fail(error)
+            return
+        message.succeed(event.event_id)
+        if txn_id is not None:
+            self._transactions.add(sender, txn_id, event.event_id)
+
+    async def _settle(
+        self,
+        room_id: str,
+        flights: list[_Flight],
+        staged: list[tuple[_QueuedMessage, Pdu, EventContext]],
+        todo: deque[_QueuedMessage],
+        *built: _QueuedMessage,
+    ) -> bool:
+        """Wait for the write in flight, if any; whether it was written.
+
+        If it was not, the messages built since (``staged``, then
+        ``built``) followed events that are not there: they are put back at
+        the head of ``todo`` to be built again on what the room holds. The
+        written messages' failure is theirs, as :meth:`_write_staged` has it.
+        """
+        if not flights:
+            return True
+        flight = flights.pop()
+        await flight.landed.wait()
+        failure = flight.failure
+        if failure is None:
+            return True
+        self._reads.unstage(room_id, [event.event_id for _, event, _ in staged])
+        self._reads.unstage(room_id, [event.event_id for _, event, _ in flight.written])
+        if isinstance(failure, PartialStateConflictError):
+            await self._rewrite_one_by_one(room_id, [(m, e) for m, e, _ in flight.written])
+        else:
+            for message, _, _ in flight.written:
+                message.fail(failure)
+        todo.extendleft(reversed([*(message for message, _, _ in staged), *built]))
+        staged.clear()
+        self._reads.begin(room_id)
+        return False
+
+    async def _fly(self, room_id: str, flight: _Flight) -> None:
+        """Write a flight's messages and announce them; a failed write is
+        kept for :meth:`_settle`, which handles it under the room's lock.
+        """
+        try:
+            try:
+                orderings = await self._persist_staged(flight.written)
+            except Exception as error:
+                flight.failure = error
+                return
+            await self._staged_written(room_id, flight.written, orderings, keep_head=True)
+        finally:
+            flight.landed.set()
+            self._stir(room_id)
 
     async def _write_staged(
         self, room_id: str, staged: list[tuple[_QueuedMessage, Pdu, EventContext]]
@@ -518,22 +695,8 @@ class EventCreator:
             return
         written = list(staged)
         staged.clear()
-        events = [event_to_persist(event, context) for _, event, context in written]
-        recording = [
-            (message.transaction, event.event_id)
-            for message, event, _ in written
-            if message.transaction is not None
-        ]
         try:
-            if recording and self._transaction_recorder is not None:
-                recorder = self._transaction_recorder
-                orderings, recorded = await recorder.persist_events_recording_transactions(
-                    events, [transaction.row(event_id) for transaction, event_id in recording]
-                )
-                for (transaction, _), event_id in zip(recording, recorded, strict=True):
-                    transaction.recorded = event_id
-            else:
-                orderings = await self._persister.persist_events(events)
+            orderings = await self._persist_staged(written)
         except PartialStateConflictError:
             # The room's partial state was cleared under the write; each
             # message is checked again and written on its own, as _write does.
@@ -543,11 +706,45 @@ class EventCreator:
         except Exception as error:
             self._reads.unstage(room_id, [event.event_id for _, event, _ in written])
             for message, _, _ in written:
-                message.error = error
+                message.fail(error)
             return
+        await self._staged_written(room_id, written, orderings, keep_head=False)
+
+    async def _persist_staged(
+        self, written: Sequence[tuple[_QueuedMessage, Pdu, EventContext]]
+    ) -> Mapping[str, int]:
+        """Write staged messages, with their client transactions, in one request."""
+        events = [event_to_persist(event, context) for _, event, context in written]
+        recording = [
+            (message.transaction, event.event_id)
+            for message, event, _ in written
+            if message.transaction is not None
+        ]
+        if not recording or self._transaction_recorder is None:
+            return await self._persister.persist_events(events)
+        recorder = self._transaction_recorder
+        orderings, recorded = await recorder.persist_events_recording_transactions(
+            events, [transaction.row(event_id) for transaction, event_id in recording]
+        )
+        for (transaction, _), event_id in zip(recording, recorded, strict=True):
+            transaction.recorded = event_id
+        return orderings
+
+    async def _staged_written(
+        self,
+        room_id: str,
+        written: Sequence[tuple[_QueuedMessage, Pdu, EventContext]],
+        orderings: Mapping[str, int],
+        *,
+        keep_head: bool,
+    ) -> None:
+        """Note written staged messages, answer them and announce them;
+        ``keep_head`` keeps the room's extremities, which messages staged
+        since lead (see :meth:`CreationReads.written`).
+        """
         for message, event, context in written:
-            self._reads.written(event, context, orderings[event.event_id])
-            message.event_id = event.event_id
+            self._reads.written(event, context, orderings[event.event_id], keep_head=keep_head)
+            message.succeed(event.event_id)
             if message.txn_id is not None:
                 self._transactions.add(event.sender, message.txn_id, event.event_id)
         # Staged messages followed every extremity and left the state as it
@@ -581,9 +778,9 @@ class EventCreator:
                         retry_after_ms=self._retry_after_ms,
                     )
                 for unsent, _ in messages[index:]:
-                    unsent.error = error
+                    unsent.fail(error)
                 return
-            message.event_id = event.event_id
+            message.succeed(event.event_id)
             if message.txn_id is not None:
                 self._transactions.add(event.sender, message.txn_id, event.event_id)
             await self._announce([(event, ordering)])

@@ -32,7 +32,10 @@ Invariants
   (:meth:`CreationReads.stage`) is read as if written: as the room's
   extremity, with its row and state groups, until it is written or the
   attempt is given up (:meth:`CreationReads.unstage`). Only messages with
-  full state are staged, so the state stays what it was.
+  full state are staged, so the state stays what it was. Messages staged
+  while those before them are being written keep the extremities they
+  leave when those are written (``written(keep_head=True)``): the lock is
+  still held, so nobody else moved them.
 * **Bounded.** Each kind of fact is kept for at most ``capacity`` keys;
   the least recently used go first.
 """
@@ -151,9 +154,23 @@ class CreationReads:
             EventStateGroups(before, before),
         )
 
-    def written(self, event: Pdu, context: EventContext, stream_ordering: int) -> None:
-        """Note an event this server wrote, with the context it was written with."""
-        self._extremities.pop(event.room_id, None)
+    def written(
+        self,
+        event: Pdu,
+        context: EventContext,
+        stream_ordering: int,
+        *,
+        keep_head: bool = False,
+    ) -> None:
+        """Note an event this server wrote, with the context it was written with.
+
+        The room's extremities are read again for the next event, unless
+        ``keep_head``: a staged message written while the room's lock is
+        still held, with the messages staged since leading the room, whose
+        extremities are then still the ones staged.
+        """
+        if not keep_head:
+            self._extremities.pop(event.room_id, None)
         self._staged.pop(event.event_id, None)
         before = context.state_group_before
         if context.partial_state or not context.accepted or before is None:
