@@ -1,3 +1,4 @@
+import gc
 import os
 import re
 import socket
@@ -361,6 +362,15 @@ async def test_run_in_a_nursery_reports_ready(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
     with pytest.raises(RuntimeError, match="runs once"):
         await server.run()
+
+
+async def test_start_up_objects_are_frozen_out_of_the_collector_once(tmp_path: Path) -> None:
+    async with open_homeserver(_config(tmp_path / "first")):
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+    # Objects made since (the second server's own) are left to the collector.
+    async with open_homeserver(_config(tmp_path / "second")):
+        assert gc.get_freeze_count() == frozen
 
 
 async def test_a_homeserver_without_federation_listeners(tmp_path: Path) -> None:

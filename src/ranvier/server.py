@@ -75,6 +75,7 @@ later one, as is the database.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import ssl
@@ -572,6 +573,7 @@ class HomeServer:
                 )
                 for bound in self._bound:
                     _log.info("listening on %s (%s)", bound.url, bound.config.type)
+                _freeze_start_up_objects()
                 task_status.started()
                 await trio.sleep_forever()
             except Exception as exc:
@@ -1055,6 +1057,25 @@ def _built(part: _T | None, name: str) -> _T:
     if part is None:
         raise RuntimeError(f"the homeserver has not started: it has no {name} yet")
     return part
+
+
+def _freeze_start_up_objects() -> None:
+    """Leave what exists once a server has started out of the cyclic
+    collector's full passes, once per process (:func:`gc.freeze`).
+
+    Modules, classes and functions loaded by then live as long as the
+    process, yet each full collection walked all of them again: some
+    70,000 objects, about 40 ms a pass on a two-core machine, one pass
+    every 40 transactions of 50 PDUs or so while ingesting, the loop
+    stalled throughout. Frozen objects are still freed when nothing refers
+    to them; only cycles among them are never collected, so garbage is
+    collected first. A process that froze its objects already is left as
+    it is.
+    """
+    if gc.get_freeze_count():
+        return
+    gc.collect()
+    gc.freeze()
 
 
 def _bound_port(listener: HttpListener) -> int:
