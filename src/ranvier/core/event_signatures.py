@@ -34,7 +34,7 @@ threads itself (:func:`run_signature_checks`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -127,18 +127,32 @@ async def find_signature_checks(
     keys for them looked up (once per server and key ID where one key
     serves every event that cites it).
     """
-    found = await _find_keys(events, keys)
+    # Who must sign each event, and with which keys, is worked out once and
+    # serves both the key lookups and the checks.
+    needed = [_needed_signatures(event) for event in events]
+    found = await _find_keys(events, needed, keys)
     checks: list[SignatureCheck] = []
-    for event in events:
-        by_server: dict[str, dict[str, VerifyKeyLike]] = {}
-        for server in required_signers(event):
-            by_server[server] = {
-                key_id: key
-                for key_id in _ed25519_key_ids(event, server)
-                if (key := found.get((server, key_id, event.origin_server_ts))) is not None
-            }
-        checks.append(SignatureCheck(event, by_server))
+    for event, signatures in zip(events, needed, strict=True):
+        ts = event.origin_server_ts
+        checks.append(
+            SignatureCheck(
+                event,
+                {
+                    server: {
+                        key_id: key
+                        for key_id in key_ids
+                        if (key := found.get((server, key_id, ts))) is not None
+                    }
+                    for server, key_ids in signatures
+                },
+            )
+        )
     return checks
+
+
+def _needed_signatures(event: Pdu) -> list[tuple[str, list[str]]]:
+    """Each server that must sign ``event``, with the ed25519 keys it signed with."""
+    return [(server, _ed25519_key_ids(event, server)) for server in required_signers(event)]
 
 
 def _ed25519_key_ids(event: Pdu, server: str) -> list[str]:
@@ -149,7 +163,9 @@ def _ed25519_key_ids(event: Pdu, server: str) -> list[str]:
 
 
 async def _find_keys(
-    events: Iterable[Pdu], keys: VerifyKeySource
+    events: Sequence[Pdu],
+    needed: Sequence[Sequence[tuple[str, Sequence[str]]]],
+    keys: VerifyKeySource,
 ) -> dict[tuple[str, str, int], VerifyKeyLike]:
     """The keys the events' required signatures were made with, by (server,
     key ID, time of the event): those that can be trusted at that time.
@@ -159,9 +175,9 @@ async def _find_keys(
     runs up to a time). Only if not is it asked for event by event.
     """
     wanted: dict[tuple[str, str], set[int]] = {}
-    for event in events:
-        for server in required_signers(event):
-            for key_id in _ed25519_key_ids(event, server):
+    for event, signatures in zip(events, needed, strict=True):
+        for server, key_ids in signatures:
+            for key_id in key_ids:
                 wanted.setdefault((server, key_id), set()).add(event.origin_server_ts)
     found: dict[tuple[str, str, int], VerifyKeyLike] = {}
     for (server, key_id), times in wanted.items():
