@@ -182,6 +182,8 @@ class Router:
     """
 
     _routes: dict[tuple[str | None, ...], dict[str, Route]] = field(default_factory=dict)
+    # The routes as a tree of segments (see _candidates), made on first use.
+    _tree: _Node | None = None
 
     def add(
         self,
@@ -214,6 +216,7 @@ class Router:
                 segments.append(part)
         method = method.upper()
         by_method = self._routes.setdefault(tuple(segments), {})
+        self._tree = None
         if method in by_method:
             raise ValueError(
                 f"{method} {pattern} is already routed (as {by_method[method].pattern})"
@@ -257,7 +260,7 @@ class Router:
         for parts in candidates:
             matching = [
                 (segments, by_method)
-                for segments, by_method in self._routes.items()
+                for segments, by_method in self._candidates(parts)
                 if _segments_match(segments, parts)
             ]
             if not matching:
@@ -280,6 +283,39 @@ class Router:
             return RouteMatch(route, dict(zip(route.names, values, strict=True)))
         raise MatrixError("unrecognized request", errcode="M_UNRECOGNIZED", http_status=404)
 
+    def _candidates(
+        self, parts: list[str]
+    ) -> list[tuple[tuple[str | None, ...], dict[str, Route]]]:
+        """The routes whose segments match ``parts``, found by walking a tree
+        of segments: a request looks at the few routes that share its path
+        segment by segment, not at each of the client API's hundred-odd.
+        """
+        tree = self._tree
+        if tree is None:
+            tree = self._tree = _Node()
+            for segments, by_method in self._routes.items():
+                node = tree
+                for want in segments:
+                    if want is None:
+                        node.param = node.param or _Node()
+                        node = node.param
+                    else:
+                        node = node.literals.setdefault(want, _Node())
+                node.route = (segments, by_method)
+        found: list[tuple[tuple[str | None, ...], dict[str, Route]]] = []
+        level = [tree]
+        for part in parts:
+            level = [
+                child
+                for node in level
+                for child in (node.literals.get(part), node.param if part else None)
+                if child is not None
+            ]
+            if not level:
+                return found
+        found.extend(node.route for node in level if node.route is not None)
+        return found
+
     def routes(self) -> list[tuple[str, str, bool]]:
         """Every (method, pattern, authenticated) registered, for listings and tests."""
         return sorted(
@@ -287,6 +323,18 @@ class Router:
             for by_method in self._routes.values()
             for route in by_method.values()
         )
+
+
+@dataclass(slots=True)
+class _Node:
+    """A segment of the routes' tree: what may follow it, and the route
+    whose last segment it is, if any."""
+
+    literals: dict[str, _Node] = field(default_factory=dict)
+    #: The segment where a route has a parameter (which matches any
+    #: non-empty segment).
+    param: _Node | None = None
+    route: tuple[tuple[str | None, ...], dict[str, Route]] | None = None
 
 
 def _segments_match(segments: tuple[str | None, ...], parts: list[str]) -> bool:
