@@ -282,6 +282,40 @@ async def test_a_handlers_limit_exceeded_gets_retry_after_too(mock_clock: MockCl
     assert response.headers["retry-after"] == "2"
 
 
+async def test_a_category_without_a_rate_does_not_look_up_the_requester() -> None:
+    identified: list[str] = []
+
+    async def identify(request: Request) -> Requester:
+        identified.append(request.uri)
+        return await _identify(request)
+
+    router = Router()
+
+    async def nothing(request: Request) -> Mapping[str, Any]:
+        return {}
+
+    router.add("PUT", "/_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txn}", nothing)
+    path = "/_matrix/client/v3/rooms/!r:hs/send/m.room.message/t1"
+    route = router.match("PUT", path).route
+    request = Request(
+        method="PUT",
+        uri=path,
+        path_params={},
+        query={},
+        headers=[("authorization", "Bearer alice-token")],
+        body=b"{}",
+        content={},
+        origin=None,
+    )
+    unlimited = RouteLimits(RateLimiter({"login": Rate(per_second=1, burst=1)}), identify=identify)
+    for _ in range(5):
+        await unlimited.apply(route, request, ("10.0.0.1", 1))
+    assert identified == []
+    limited = RouteLimits(RateLimiter({"message": Rate(per_second=1, burst=5)}), identify=identify)
+    await limited.apply(route, request, ("10.0.0.1", 1))
+    assert identified == [path]
+
+
 def test_the_table_covers_the_routes_it_means() -> None:
     limits = RouteLimits(RateLimiter({}), identify=_identify)
     router = Router()

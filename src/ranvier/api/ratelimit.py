@@ -193,6 +193,10 @@ class RateLimiter:
         }
         return cls(rates, clock=clock)
 
+    def limits(self, category: Category) -> bool:
+        """Whether ``category`` has a rate."""
+        return category in self._buckets
+
     def check(self, category: Category, key: str) -> None:
         """Count one action of ``category`` for ``key``, or raise
         :class:`~ranvier.errors.LimitExceededError` saying when to retry.
@@ -255,7 +259,8 @@ class RouteLimits:
         scope's ``client``.
         """
         category = self.category_of(route)
-        if category is None:
+        if category is None or not self.limiter.limits(category):
+            # Nothing to count: the requester is not looked up either.
             return
         if category in IP_CATEGORIES:
             key = client_address(request, peer, trust_x_forwarded_for=self.trust_x_forwarded_for)
