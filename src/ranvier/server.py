@@ -99,6 +99,7 @@ from ranvier.api.devices import add_device_routes
 from ranvier.api.directory import add_directory_routes
 from ranvier.api.presence import add_presence_routes
 from ranvier.api.profile import add_profile_routes
+from ranvier.api.push_rules import add_push_rule_routes
 from ranvier.api.ratelimit import RateLimiter, RouteLimits
 from ranvier.api.receipts import add_receipt_routes
 from ranvier.api.room_list import add_room_list_routes
@@ -108,7 +109,6 @@ from ranvier.api.typing import add_typing_routes
 from ranvier.api.user_directory import add_user_directory_routes
 from ranvier.api.versions import add_versions_route
 from ranvier.config import Config, ListenerConfig
-from ranvier.core.account_data import AccountData
 from ranvier.core.accounts import Accounts
 from ranvier.core.backfill import Backfiller
 from ranvier.core.client_txns import ClientTransactions
@@ -123,6 +123,7 @@ from ranvier.core.notifier import StreamNotifier
 from ranvier.core.pagination import RoomMessages
 from ranvier.core.presence import Presence
 from ranvier.core.profiles import Profiles
+from ranvier.core.push_rules import PushRules, PushRulesAccountData
 from ranvier.core.receipts import Receipts
 from ranvier.core.redactions import ServedStateReader
 from ranvier.core.room_joins import RoomJoins
@@ -905,7 +906,7 @@ class HomeServer:
         """Every client-server API route this server answers, registered here."""
         router = Router()
         add_versions_route(router)
-        account_data = AccountData(self.storage.client_data, self.stream_notifier)
+        account_data = PushRulesAccountData(self.storage.client_data, self.stream_notifier)
         add_sync_routes(
             router,
             auth=self.auth,
@@ -943,6 +944,9 @@ class HomeServer:
         add_directory_routes(router, auth=self.auth, directory=directory, reader=reader)
         auth, client_data = self.auth, self.storage.client_data
         add_capability_routes(router, auth=auth)
+        add_push_rule_routes(
+            router, auth=auth, push_rules=PushRules(client_data, self.stream_notifier)
+        )
         add_profile_routes(router, auth=auth, profiles=self.profiles)
         add_account_data_routes(router, auth=auth, account_data=account_data)
         add_device_routes(

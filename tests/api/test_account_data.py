@@ -83,7 +83,12 @@ async def test_sync_delivers_account_data_at_first_and_then_only_changes(env: En
     await c.ok(alice, "PUT", _in_room(alice, room_id, "m.tag"), {"tags": {}})
     await c.ok(bob, "PUT", _global(bob, "x.bob"), {"n": 0})
     first = await env.sync(alice)
-    assert sorted(e["type"] for e in first["account_data"]["events"]) == ["x.one", "x.two"]
+    # The push rules come in every initial sync (ranvier.core.push_rules).
+    assert sorted(e["type"] for e in first["account_data"]["events"]) == [
+        "m.push_rules",
+        "x.one",
+        "x.two",
+    ]
     room = first["rooms"]["join"][room_id]
     assert room["account_data"]["events"] == [{"type": "m.tag", "content": {"tags": {}}}]
 
@@ -130,7 +135,9 @@ async def test_a_filter_chooses_the_account_data_synced(env: Env) -> None:
         "room": {"account_data": {"types": ["m.*"]}},
     }
     body = await env.sync(alice, filter=json.dumps(sync_filter))
-    assert body["account_data"]["events"] == [{"type": "x.keep", "content": {"n": 1}}]
+    events = body["account_data"]["events"]
+    assert [e["type"] for e in events] == ["x.keep", "m.push_rules"]
+    assert events[0] == {"type": "x.keep", "content": {"n": 1}}
     assert body["rooms"]["join"][room_id]["account_data"]["events"] == [
         {"type": "m.tag", "content": {"tags": {}}}
     ]

@@ -122,10 +122,16 @@ class AccountData:
         """The account data stream's newest position."""
         return await self._store.account_data_position()
 
-    async def updates(self, user_id: str, after: int, upto: int) -> AccountDataUpdates:
-        """``user_id``'s entries whose newest change is in ``(after, upto]``."""
+    async def updates(self, user_id: str, after: int | None, upto: int) -> AccountDataUpdates:
+        """``user_id``'s entries whose newest change is in ``(after, upto]``.
+
+        ``after`` None asks for every entry, as an initial sync does. It is
+        not the same as 0 (a token from before the stream's first change)
+        for a subclass that shows a type whether or not anything is stored
+        (:class:`~ranvier.core.push_rules.PushRulesAccountData`).
+        """
         updates = AccountDataUpdates()
-        for change in await self._store.account_data_changes(user_id, after, upto):
+        for change in await self._store.account_data_changes(user_id, after or 0, upto):
             event = {"type": change.type, "content": msgspec.json.decode(change.content)}
             if change.room_id:
                 updates.room_events.setdefault(change.room_id, []).append(event)

@@ -373,7 +373,7 @@ class SyncHandler:
                 requester.user_id,
                 await self._account_data.updates(
                     requester.user_id,
-                    0 if since is None or full_state else since.account_data,
+                    None if since is None or full_state else since.account_data,
                     account_data_at,
                 ),
             )
