@@ -246,7 +246,9 @@ class Router:
         """
         raw = path[1:].split("/") if path.startswith("/") else [path]
         try:
-            decoded = [urllib.parse.unquote(part, errors="strict") for part in raw]
+            decoded = [
+                urllib.parse.unquote(part, errors="strict") if "%" in part else part for part in raw
+            ]
         except UnicodeDecodeError:
             raise MatrixError(
                 "the request path does not percent-decode to UTF-8",
