@@ -507,6 +507,37 @@ async def test_a_state_answer_is_written_a_chunk_at_a_time_each_event_after_its_
         seen.add(event_id)
 
 
+async def test_the_next_events_are_checked_while_the_last_are_written(
+    world: World, autojump_clock: MockClock
+) -> None:
+    await world.join_partially()
+    remote = world.servers[REMOTE]
+    remote.newest_first = True
+    held = HeldFirstWrite(world.ours)
+    stored_before = set(await world.ours.have_seen_events(list(world.room.events)))
+    stater = world.stater(held, state_chunk=2)
+    async with running(stater):
+        await held.reached.wait()
+        # The first write is held: the next chunks are checked meanwhile,
+        # and wait for it rather than being written beside it.
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(held.calls) == 1
+        held.gate.set()
+        await stater.wait_for_full_state(world.room_id)
+    await world.assert_full_state()
+    outliers = [[event_id for event_id, outlier in call if outlier] for call in held.calls]
+    outliers = [call for call in outliers if call]
+    # What was checked while the first write was held went in one write.
+    assert len(outliers[0]) <= 2
+    assert len(outliers[1]) > 2
+    written = [event_id for call in outliers for event_id in call]
+    assert len(written) == len(set(written))
+    seen = set(stored_before)
+    for event_id in written:
+        assert set(world.room.events[event_id].auth_event_ids) <= seen, event_id
+        seen.add(event_id)
+
+
 async def test_the_event_at_a_gap_is_fetched_while_the_state_before_it_comes(
     world: World, autojump_clock: MockClock
 ) -> None:
@@ -841,6 +872,23 @@ class PersistLog(Storage):
     async def persist_events(self, events: Sequence[EventToPersist], **kw: Any) -> dict[str, int]:
         self.calls.append([(event.event_id, event.outlier) for event in events])
         return dict(await super().persist_events(events, **kw))
+
+
+class HeldFirstWrite(PersistLog):
+    """:class:`PersistLog`, holding the first write of outliers until ``gate`` is set."""
+
+    def __init__(self, storage: Storage) -> None:
+        super().__init__(storage)
+        self.gate = trio.Event()
+        self.reached = trio.Event()
+
+    async def persist_events(self, events: Sequence[EventToPersist], **kw: Any) -> dict[str, int]:
+        if any(event.outlier for event in events) and not self.reached.is_set():
+            self.calls.append([(event.event_id, event.outlier) for event in events])
+            self.reached.set()
+            await self.gate.wait()
+            return dict(await Storage.persist_events(self, events, **kw))
+        return await super().persist_events(events, **kw)
 
 
 class BrokenRecords:

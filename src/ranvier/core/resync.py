@@ -41,7 +41,9 @@ Invariants
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import sys
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Final, NamedTuple
 
 import trio
@@ -56,6 +58,7 @@ from ranvier.protocol.auth import (
 )
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.room_versions import RoomVersion
+from ranvier.storage.records import EventToPersist
 
 from .context import EventContext, event_to_persist
 from .event_auth import check_against_auth_events
@@ -68,8 +71,12 @@ __all__ = ["STATE_CHUNK", "RemoteStateError", "RemoteStateFetcher"]
 
 _log: Final = logging.getLogger(__name__)
 
-#: Outliers written per storage request, so other writers get a turn.
+#: Outliers written per storage request (a batch more at most, when batches
+#: waited), so other writers get a turn.
 _WRITE_BATCH: Final = 500
+#: Batches of checked events waiting while the one before is written; those
+#: waiting are written together, in the order they were checked.
+_BATCHES_QUEUED: Final = 3
 #: Events checked against their auth events between two checkpoints.
 _CHECKS_PER_STEP: Final = 200
 #: Event IDs named in a message before the rest are counted.
@@ -254,6 +261,23 @@ class RemoteStateFetcher:
         writer = _OutlierWriter(self._store, room_version, known)
         if not level:
             return writer.kinds
+        async with writer.running():
+            await self._fetch_levels(server, room_id, room_version, at_event, wanted, level, writer)
+        return writer.kinds
+
+    async def _fetch_levels(
+        self,
+        server: str,
+        room_id: str,
+        room_version: RoomVersion,
+        at_event: str,
+        wanted: Collection[str],
+        level: set[str],
+        writer: _OutlierWriter,
+    ) -> None:
+        """Fetch ``level``, then the auth events they cite that are not
+        here, level by level, and hand each to ``writer``.
+        """
         bulk = len(level) > self._bulk_min_missing and (
             len(level) > self._bulk_missing_share * len(wanted)
         )
@@ -287,7 +311,6 @@ class RemoteStateFetcher:
             # Every event cited was had: only a cycle, which event IDs being
             # hashes over auth_events rules out, could leave some waiting.
             await writer.add((), force=True)
-        return writer.kinds
 
     async def _fetch_state_and_event(
         self,
@@ -463,6 +486,14 @@ class _OutlierWriter:
     chains behind. ``stored`` is the IDs known to be stored here; it grows
     as events are written, and only what the state map needs of them is
     kept (:attr:`kinds`), not the events.
+
+    Writes go on in a task of their own (use it in :meth:`running`), so
+    that the next events are checked while the last ones are written; the
+    batches checked meanwhile wait, a few at most, and go in one write. A
+    batch is written only once the one before it is stored, so the rule
+    above holds even when a write fails (what waits is then dropped). The
+    events handed over are kept (:attr:`_writing`) until they are stored:
+    the next events' checks may cite them before storage has them.
     """
 
     def __init__(
@@ -473,6 +504,46 @@ class _OutlierWriter:
         self._stored = stored
         self.waiting: dict[str, Pdu] = {}
         self.kinds: dict[str, _Kind] = {}
+        #: Events handed to the write task and not stored yet, and whether
+        #: each was rejected.
+        self._writing: dict[str, tuple[Pdu, bool]] = {}
+        self._batches: trio.MemorySendChannel[list[EventToPersist]] | None = None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Write in a task beside the block; every event handed over is
+        stored by the time the block ends.
+        """
+        send, receive = trio.open_memory_channel[list[EventToPersist]](_BATCHES_QUEUED)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write, receive)
+                async with send:
+                    self._batches = send
+                    try:
+                        yield
+                    finally:
+                        self._batches = None
+        except BaseExceptionGroup as group:
+            raise sole_failure(group) from None
+
+    async def _write(self, batches: trio.MemoryReceiveChannel[list[EventToPersist]]) -> None:
+        async with batches:
+            async for first in batches:
+                # What queued up meanwhile goes in the same write, in order.
+                rows = list(first)
+                while len(rows) < _WRITE_BATCH:
+                    try:
+                        rows.extend(batches.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self._store.persist_events(rows)
+                for row in rows:
+                    self._stored.add(row.event_id)
+                    self._writing.pop(row.event_id, None)
+
+    def _settled(self, event_id: str) -> bool:
+        return event_id in self._stored or event_id in self._writing
 
     def unmet(self) -> set[str]:
         """The auth events that waiting events cite and nobody has handed over."""
@@ -480,7 +551,7 @@ class _OutlierWriter:
             auth_id
             for event in self.waiting.values()
             for auth_id in event.auth_event_ids
-            if auth_id not in self._stored and auth_id not in self.waiting
+            if not self._settled(auth_id) and auth_id not in self.waiting
         }
 
     async def stored_already(self, event_ids: Collection[str]) -> None:
@@ -490,11 +561,14 @@ class _OutlierWriter:
             await self.add(())
 
     async def add(self, events: Iterable[Pdu], *, force: bool = False) -> None:
-        """Write ``events`` and those waiting, each whose auth events are
-        stored or written with it; with ``force``, write every one waiting.
+        """Check ``events`` and those waiting, each whose auth events are
+        stored or handed over with it, and hand them to the write task;
+        with ``force``, every one waiting.
         """
+        if self._batches is None:
+            raise RuntimeError("an outlier writer writes only while running")
         for event in events:
-            if event.event_id not in self._stored:
+            if not self._settled(event.event_id):
                 self.waiting[event.event_id] = event
         ready = auth_order(self.waiting if force else self._ready())
         if not ready:
@@ -502,11 +576,17 @@ class _OutlierWriter:
         for event in ready:
             del self.waiting[event.event_id]
         # A loader for this batch alone: the events written before it are
-        # read back if cited, rather than all kept parsed.
+        # read back if cited, rather than all kept parsed; those still being
+        # written are not readable yet, so they are handed to it.
         loader = EventLoader(self._store, self._room_version)
+        for writing, rejected in self._writing.values():
+            loader.add(writing)
+            if rejected:
+                loader.rejected.add(writing.event_id)
         for event in ready:
             loader.add(event)
         rows = []
+        checked: dict[str, tuple[Pdu, bool]] = {}
         for count, event in enumerate(ready, start=1):
             context = EventContext.for_outlier()
             failure = await check_against_auth_events(event, self._store, loader=loader)
@@ -517,14 +597,20 @@ class _OutlierWriter:
                 loader.rejected.add(event.event_id)
                 context = context.as_rejected(failure.rule)
             rows.append(event_to_persist(event, context))
-            self.kinds[event.event_id] = _Kind(event.room_id, event.type, event.state_key)
+            checked[event.event_id] = (event, failure is not None)
+            # One string for a room ID or type that every event repeats: a
+            # big room's state keeps tens of thousands of these.
+            self.kinds[event.event_id] = _Kind(
+                sys.intern(event.room_id), sys.intern(event.type), event.state_key
+            )
             if count % _CHECKS_PER_STEP == 0:
                 await trio.lowlevel.checkpoint()
         del ready, loader
         for start in range(0, len(rows), _WRITE_BATCH):
             batch = rows[start : start + _WRITE_BATCH]
-            await self._store.persist_events(batch)
-            self._stored.update(row.event_id for row in batch)
+            self._writing.update((row.event_id, checked[row.event_id]) for row in batch)
+            # Taken by the write task only once the batch before is stored.
+            await self._batches.send(batch)
 
     def _ready(self) -> dict[str, Pdu]:
         """The waiting events whose auth events are stored or ready too."""
@@ -533,7 +619,7 @@ class _OutlierWriter:
         blocked: list[str] = []
         for event_id, event in waiting.items():
             for auth_id in event.auth_event_ids:
-                if auth_id in self._stored:
+                if self._settled(auth_id):
                     continue
                 if auth_id in waiting:
                     dependants.setdefault(auth_id, []).append(event_id)
