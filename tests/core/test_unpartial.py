@@ -507,6 +507,61 @@ async def test_a_state_answer_is_written_a_chunk_at_a_time_each_event_after_its_
         seen.add(event_id)
 
 
+async def test_most_expected_missing_at_the_join_asks_for_state_alongside_state_ids(
+    world: World, autojump_clock: MockClock
+) -> None:
+    await world.join_partially()
+    remote = world.servers[REMOTE]
+    remote.calls.clear()
+    remote.gate = trio.Event()
+    (prev_id,) = world.join.prev_event_ids
+    stater = world.stater(state_ahead_min=world.join.depth)
+    async with running(stater):
+        # /state is asked for while the answer to /state_ids is held.
+        await until(lambda: remote.called("state") == [prev_id], "/state alongside /state_ids")
+        remote.gate.set()
+        await stater.wait_for_full_state(world.room_id)
+    await world.assert_full_state()
+    assert remote.called("state_ids") == [prev_id]
+    assert remote.called("state") == [prev_id]
+    assert remote.called("event") == [prev_id]
+
+
+async def test_fewer_expected_missing_at_the_join_asks_for_state_after_state_ids(
+    world: World, autojump_clock: MockClock
+) -> None:
+    await world.join_partially()
+    remote = world.servers[REMOTE]
+    remote.calls.clear()
+    remote.gate = trio.Event()
+    stater = world.stater(state_ahead_min=world.join.depth + 1)
+    async with running(stater):
+        await until(lambda: bool(remote.called("state_ids")), "/state_ids")
+        await trio.testing.wait_all_tasks_blocked()
+        assert remote.called("state") == []
+        remote.gate.set()
+        await stater.wait_for_full_state(world.room_id)
+    await world.assert_full_state()
+    assert remote.called("state") == list(world.join.prev_event_ids)
+
+
+async def test_a_state_asked_for_ahead_and_not_needed_is_dropped(
+    world: World, autojump_clock: MockClock
+) -> None:
+    await world.join_partially()
+    remote = world.servers[REMOTE]
+    remote.calls.clear()
+    stater = world.stater(state_ahead_min=1, bulk_min_missing=100)
+    async with running(stater):
+        await stater.wait_for_full_state(world.room_id)
+    await world.assert_full_state()
+    (prev_id,) = world.join.prev_event_ids
+    crowd = {world.room.state_after[prev_id][("m.room.member", user)] for user in CROWD}
+    # Few were missing: the events came one by one, not from the /state asked ahead.
+    assert crowd <= set(remote.called("event"))
+    assert remote.called("state") in ([], [prev_id])
+
+
 async def test_the_next_events_are_checked_while_the_last_are_written(
     world: World, autojump_clock: MockClock
 ) -> None:
@@ -798,6 +853,7 @@ async def test_status_is_a_struct_per_room(world: World, autojump_clock: MockClo
         ({"backoff_initial": 5.0, "backoff_max": 1.0}, "must be at least backoff_initial"),
         ({"bulk_missing_share": 1.5}, "bulk_missing_share"),
         ({"fetch_concurrency": 0}, "fetch_concurrency"),
+        ({"state_ahead_min": 0}, "state_ahead_min"),
     ],
 )
 async def test_settings_that_make_no_sense_are_refused(

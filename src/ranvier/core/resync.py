@@ -36,6 +36,8 @@ Invariants
   that answer leaves out, one ``/event`` request each, a few at a time. A
   room joined with partial state lacks all of its members, so the first
   fetch after a join is a ``/state``; later gaps are usually a few events.
+  When the caller expects most to be missing, ``/state`` is asked for
+  alongside ``/state_ids``, not after it, and dropped if not needed.
 """
 
 from __future__ import annotations
@@ -64,10 +66,10 @@ from .context import EventContext, event_to_persist
 from .event_auth import check_against_auth_events
 from .failures import sole_failure
 from .ingest import EventVerifier, auth_order
-from .interfaces import PartialStateStore, ResyncClient
+from .interfaces import PartialStateStore, ResyncClient, RoomStateAtEvent
 from .loading import EventLoader
 
-__all__ = ["STATE_CHUNK", "RemoteStateError", "RemoteStateFetcher"]
+__all__ = ["STATE_AHEAD_MIN", "STATE_CHUNK", "RemoteStateError", "RemoteStateFetcher"]
 
 _log: Final = logging.getLogger(__name__)
 
@@ -86,6 +88,10 @@ _NAMED: Final = 3
 #: verified, queued, being written); at 512 that was ~3,000 events and 8 MiB
 #: more peak memory than at 128, for no measurable speed.
 STATE_CHUNK: Final = 128
+#: Events expected missing from which ``/state`` is asked for alongside
+#: ``/state_ids``. Below it both answers are small and quick, so the round
+#: trip saved is short, and a ``/state`` not needed after all costs as much.
+STATE_AHEAD_MIN: Final = 1_000
 #: Chunks whose signatures are checked at once, each in a worker thread.
 _VERIFYING_CHUNKS: Final = 2
 #: Chunks parsed or verified ahead of the next stage: what bounds memory.
@@ -109,8 +115,9 @@ class RemoteStateFetcher:
     ``store`` is storage; ``client`` reaches the servers; ``verifier`` is
     the one federation ingestion uses. See the module's invariants for
     ``bulk_min_missing`` and ``bulk_missing_share``; ``fetch_concurrency``
-    bounds the ``/event`` requests in flight, and ``state_chunk`` is how
-    many events of a ``/state`` answer are taken at a time.
+    bounds the ``/event`` requests in flight, ``state_chunk`` is how
+    many events of a ``/state`` answer are taken at a time, and
+    ``state_ahead_min`` is explained in :meth:`state_after`.
     """
 
     def __init__(
@@ -123,6 +130,7 @@ class RemoteStateFetcher:
         bulk_missing_share: float = 0.1,
         fetch_concurrency: int = 10,
         state_chunk: int = STATE_CHUNK,
+        state_ahead_min: int = STATE_AHEAD_MIN,
     ) -> None:
         if bulk_min_missing < 0:
             raise ValueError(f"bulk_min_missing must not be negative, not {bulk_min_missing}")
@@ -132,6 +140,9 @@ class RemoteStateFetcher:
             raise ValueError(f"fetch_concurrency must be at least 1, not {fetch_concurrency}")
         if state_chunk < 1:
             raise ValueError(f"state_chunk must be at least 1, not {state_chunk}")
+        if state_ahead_min < 1:
+            raise ValueError(f"state_ahead_min must be at least 1, not {state_ahead_min}")
+        self._state_ahead_min = state_ahead_min
         self._state_chunk = state_chunk
         self._store = store
         self._client = client
@@ -148,19 +159,60 @@ class RemoteStateFetcher:
         event_id: str,
         *,
         create_event_id: str | None = None,
+        expect_missing: int = 0,
     ) -> dict[StateKey, str]:
         """The state of ``room_id`` after ``event_id``, as ``server`` has it.
 
         ``create_event_id`` is the room's create event as known here; a
-        state naming another is refused. Raises :class:`RemoteStateError`
-        when the server gives no usable answer.
+        state naming another is refused. ``expect_missing`` is the caller's
+        guess at how many events of that state are missing here: from
+        ``state_ahead_min`` on, ``/state`` is asked for alongside
+        ``/state_ids`` rather than after it, and dropped if the answer to
+        ``/state_ids`` shows that few are missing after all. Raises
+        :class:`RemoteStateError` when the server gives no usable answer.
         """
+        if expect_missing < self._state_ahead_min:
+            return await self._state_after(
+                server, room_id, room_version, event_id, create_event_id, None
+            )
+        ahead = _StateAhead()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._get_state_ahead, server, room_id, event_id, ahead)
+                try:
+                    return await self._state_after(
+                        server, room_id, room_version, event_id, create_event_id, ahead
+                    )
+                finally:
+                    # Taken or not needed: a /state still coming is not waited for.
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise sole_failure(group) from None
+
+    async def _get_state_ahead(
+        self, server: str, room_id: str, event_id: str, ahead: _StateAhead
+    ) -> None:
+        try:
+            ahead.answer = await self._client.get_state(server, room_id, event_id)
+        except MatrixError as exc:
+            ahead.answer = exc
+        ahead.done.set()
+
+    async def _state_after(
+        self,
+        server: str,
+        room_id: str,
+        room_version: RoomVersion,
+        event_id: str,
+        create_event_id: str | None,
+        ahead: _StateAhead | None,
+    ) -> dict[StateKey, str]:
         try:
             answer = await self._client.get_state_ids(server, room_id, event_id)
         except MatrixError as exc:
             raise RemoteStateError(server, f"/state_ids at {event_id}: {exc.message}") from exc
         wanted = {event_id, *answer.pdu_ids, *answer.auth_chain_ids}
-        kinds = await self._fetch_missing(server, room_id, room_version, event_id, wanted)
+        kinds = await self._fetch_missing(server, room_id, room_version, event_id, wanted, ahead)
         state = await self._state_map(server, room_id, event_id, answer.pdu_ids, kinds)
         expected = create_event_id
         if room_version.room_id_from_create_event:
@@ -251,6 +303,7 @@ class RemoteStateFetcher:
         room_version: RoomVersion,
         at_event: str,
         wanted: Collection[str],
+        ahead: _StateAhead | None = None,
     ) -> dict[str, _Kind]:
         """Fetch from ``server`` the events of ``wanted`` not stored here, and
         those of their auth chains, check them and write them as outliers;
@@ -262,7 +315,9 @@ class RemoteStateFetcher:
         if not level:
             return writer.kinds
         async with writer.running():
-            await self._fetch_levels(server, room_id, room_version, at_event, wanted, level, writer)
+            await self._fetch_levels(
+                server, room_id, room_version, at_event, wanted, level, writer, ahead
+            )
         return writer.kinds
 
     async def _fetch_levels(
@@ -274,6 +329,7 @@ class RemoteStateFetcher:
         wanted: Collection[str],
         level: set[str],
         writer: _OutlierWriter,
+        ahead: _StateAhead | None,
     ) -> None:
         """Fetch ``level``, then the auth events they cite that are not
         here, level by level, and hand each to ``writer``.
@@ -286,7 +342,7 @@ class RemoteStateFetcher:
             if bulk:
                 bulk = False
                 got = await self._fetch_state_and_event(
-                    server, room_id, room_version, at_event, level, writer
+                    server, room_id, room_version, at_event, level, writer, ahead
                 )
             rest = sorted(level - got)
             if rest:
@@ -320,19 +376,24 @@ class RemoteStateFetcher:
         at_event: str,
         wanted: Collection[str],
         writer: _OutlierWriter,
+        ahead: _StateAhead | None,
     ) -> set[str]:
         """:meth:`_fetch_state`, with ``at_event`` itself fetched alongside
         when it is wanted: ``/state`` gives the state before it, never the
         event, and asking for it only after would add a round trip.
         """
         if at_event not in wanted:
-            return await self._fetch_state(server, room_id, room_version, at_event, wanted, writer)
+            return await self._fetch_state(
+                server, room_id, room_version, at_event, wanted, writer, ahead
+            )
         got: set[str] = set()
         alongside: dict[str, Pdu] = {}
 
         async def fetch_state() -> None:
             got.update(
-                await self._fetch_state(server, room_id, room_version, at_event, wanted, writer)
+                await self._fetch_state(
+                    server, room_id, room_version, at_event, wanted, writer, ahead
+                )
             )
 
         async def fetch_event() -> None:
@@ -357,6 +418,7 @@ class RemoteStateFetcher:
         at_event: str,
         wanted: Collection[str],
         writer: _OutlierWriter,
+        ahead: _StateAhead | None,
     ) -> set[str]:
         """The events of ``wanted`` that a ``/state`` answer holds, verified
         and handed to ``writer``; their IDs.
@@ -366,10 +428,14 @@ class RemoteStateFetcher:
         cores share the work), and checked and written as the next chunks
         are parsed. Only a few chunks are held at once, and the auth chain
         goes first, so most events find their auth events written already.
-        A failed request leaves every event to ``/event``.
+        A failed request leaves every event to ``/event``. ``ahead`` is
+        the request when it was made before.
         """
         try:
-            answer = await self._client.get_state(server, room_id, at_event)
+            if ahead is None:
+                answer = await self._client.get_state(server, room_id, at_event)
+            else:
+                answer = await ahead.take()
         except MatrixError as exc:
             _log.info("/state at %s from %s failed: %s", at_event, server, exc.message)
             return set()
@@ -465,6 +531,26 @@ class RemoteStateFetcher:
             else:
                 good[verdict.event_id] = verdict
         return good
+
+
+class _StateAhead:
+    """A ``/state`` answer asked for before it is known to be needed."""
+
+    def __init__(self) -> None:
+        self.answer: RoomStateAtEvent | MatrixError | None = None
+        self.done = trio.Event()
+
+    async def take(self) -> RoomStateAtEvent:
+        """The answer, once in, let go of here so that it is freed as it is
+        used; raises the request's :class:`~ranvier.errors.MatrixError`.
+        """
+        await self.done.wait()
+        answer, self.answer = self.answer, None
+        if isinstance(answer, MatrixError):
+            raise answer
+        if answer is None:
+            raise RuntimeError("a /state answer asked for ahead was taken twice")
+        return answer
 
 
 class _Kind(NamedTuple):

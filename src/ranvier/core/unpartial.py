@@ -78,7 +78,7 @@ from .context import compute_event_context
 from .event_auth import run_auth_checks
 from .ingest import EventVerifier, RoomLocks
 from .interfaces import PartialStateStore, ResyncClient
-from .resync import STATE_CHUNK, RemoteStateError, RemoteStateFetcher
+from .resync import STATE_AHEAD_MIN, STATE_CHUNK, RemoteStateError, RemoteStateFetcher
 from .state import changes_between, resolve_state_maps
 
 __all__ = ["ResyncPhase", "ResyncProgressStore", "ResyncStatus", "UnpartialStater"]
@@ -210,8 +210,9 @@ class UnpartialStater:
     reaches the other servers; ``verifier`` is federation ingestion's and
     ``room_locks`` the one lock table every writer of room events shares.
     ``backoff_initial`` and ``backoff_max`` (seconds) bound the waits after
-    every server failed; the ``bulk_*``, ``fetch_concurrency`` and
-    ``state_chunk`` settings are :class:`~ranvier.core.resync.RemoteStateFetcher`'s.
+    every server failed; the ``bulk_*``, ``fetch_concurrency``, ``state_chunk``
+    and ``state_ahead_min`` settings are
+    :class:`~ranvier.core.resync.RemoteStateFetcher`'s.
     ``progress_store``, when given, records each room's progress (see the
     module's invariants for how often: ``progress_interval`` seconds and
     ``progress_every`` events).
@@ -231,6 +232,7 @@ class UnpartialStater:
         bulk_missing_share: float = 0.1,
         fetch_concurrency: int = 10,
         state_chunk: int = STATE_CHUNK,
+        state_ahead_min: int = STATE_AHEAD_MIN,
         progress_store: ResyncProgressStore | None = None,
         progress_interval: float = 1.0,
         progress_every: int = 100,
@@ -258,6 +260,7 @@ class UnpartialStater:
             bulk_missing_share=bulk_missing_share,
             fetch_concurrency=fetch_concurrency,
             state_chunk=state_chunk,
+            state_ahead_min=state_ahead_min,
         )
         self._progress_store = progress_store
         self._progress_interval = progress_interval
@@ -591,10 +594,19 @@ class UnpartialStater:
         states: list[Mapping[StateKey, str]] = [
             await self._store.get_state_ids(group) for group in dict.fromkeys(known.values())
         ]
+        # Before the join the partial state left out the room's members: most
+        # of the state there is missing here, about as many events as came
+        # before the join, which its depth gauges. After a later gap, little is.
+        expect_missing = event.depth if event.event_id == room.join_event_id else 0
         for prev_id in missing:
             states.append(
                 await self._fetcher.state_after(
-                    server, room.room_id, room_version, prev_id, create_event_id=create_id
+                    server,
+                    room.room_id,
+                    room_version,
+                    prev_id,
+                    create_event_id=create_id,
+                    expect_missing=expect_missing,
                 )
             )
         if len(states) == 1:
