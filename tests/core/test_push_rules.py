@@ -36,14 +36,29 @@ class _SlowStore:
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str, str], tuple[int, bytes]] = {}
         self.writes = 0
+        self.attempts = 0
+
+    async def replace_account_data(
+        self, user_id: str, room_id: str, data_type: str, content: bytes, expected: bytes | None
+    ) -> int | None:
+        await trio.lowlevel.checkpoint()
+        self.attempts += 1
+        row = self.rows.get((user_id, room_id, data_type))
+        if (None if row is None else row[1]) != expected:
+            return None
+        self.writes += 1
+        self.rows[user_id, room_id, data_type] = (self.writes, content)
+        return self.writes
 
     async def put_account_data(
         self, user_id: str, room_id: str, data_type: str, content: bytes
     ) -> int:
-        await trio.lowlevel.checkpoint()
-        self.writes += 1
-        self.rows[user_id, room_id, data_type] = (self.writes, content)
-        return self.writes
+        row = self.rows.get((user_id, room_id, data_type))
+        position = await self.replace_account_data(
+            user_id, room_id, data_type, content, None if row is None else row[1]
+        )
+        assert position is not None
+        return position
 
     async def get_account_data(self, user_id: str, room_id: str, data_type: str) -> bytes | None:
         await trio.lowlevel.checkpoint()
@@ -164,7 +179,44 @@ async def test_concurrent_changes_of_one_user_all_land() -> None:
         f"c{n}" for n in range(5)
     ]
     assert rule_set["override"][0]["enabled"] is True
-    assert notifier.position.account_data == store.writes == 6
+    # They took turns: none had to be tried again.
+    assert notifier.position.account_data == store.writes == store.attempts == 6
+
+
+class _AnotherProcessWritesBetween:
+    """Storage where another process changes the user's rules right after
+    the first read, before the write that follows it.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self._inner = storage.client_data
+        self._other = PushRules(storage.client_data)
+        self.interfered = False
+
+    async def get_account_data(self, user_id: str, room_id: str, data_type: str) -> bytes | None:
+        stored = await self._inner.get_account_data(user_id, room_id, data_type)
+        if not self.interfered:
+            self.interfered = True
+            await self._other.put_rule(user_id, "override", "theirs", {"actions": []})
+        return stored
+
+    async def replace_account_data(
+        self, user_id: str, room_id: str, data_type: str, content: bytes, expected: bytes | None
+    ) -> int | None:
+        return await self._inner.replace_account_data(
+            user_id, room_id, data_type, content, expected
+        )
+
+
+async def test_a_change_written_by_another_process_in_between_is_kept(storage: Storage) -> None:
+    store = _AnotherProcessWritesBetween(storage)
+    notifier = StreamNotifier()
+    rules = PushRules(store, notifier)
+    await rules.put_rule(ALICE, "override", "mine", {"actions": []}, after="")
+    assert store.interfered
+    override = (await rules.rule_set(ALICE))["override"]
+    assert _ids(override)[:3] == [".m.rule.master", "mine", "theirs"]
+    assert notifier.position.account_data == await storage.client_data.account_data_position()
 
 
 async def test_the_initial_sync_carries_the_rule_set_and_a_token_at_zero_does_not() -> None:

@@ -35,10 +35,11 @@ Invariants
 ----------
 
 * **No lost update.** A change reads the stored form, applies itself and
-  writes it back while holding the user's lock, so two changes of one user
-  in this process both land. The lock is per process: on a deployment with
-  ``client_reader`` workers, two changes of one user sent to two processes
-  at the same instant may still race.
+  writes it back only if the stored form is still what it read (one
+  storage write checks and replaces); if another process (a
+  ``client_reader`` worker, or the main process) wrote in between, the
+  change is applied again to what that wrote. Within a process, a user's
+  changes take turns under the user's lock, so they never need to.
 * **A refused change writes nothing.** Every check runs on the read form
   before the write is submitted.
 * **The stored form never reaches a client.** Every read of
@@ -53,19 +54,20 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 import trio
 
 from ranvier.errors import BadJsonError, MatrixError
 
-from .account_data import AccountData, AccountDataStore, AccountDataUpdates
+from .account_data import AccountData, AccountDataUpdates
 from .notifier import StreamNotifier
 
 __all__ = [
     "KINDS",
     "PUSH_RULES_TYPE",
+    "PushRuleStore",
     "PushRules",
     "PushRulesAccountData",
     "default_push_rules",
@@ -497,24 +499,41 @@ class _UserLocks:
                 self._locks[user_id] = (lock, users - 1)
 
 
+class PushRuleStore(Protocol):
+    """Account data in storage, with the write that changes an entry only
+    if it still holds what was read
+    (:class:`ranvier.storage.client_data.ClientDataStorage`).
+    """
+
+    async def get_account_data(
+        self, user_id: str, room_id: str, data_type: str
+    ) -> bytes | None: ...
+
+    async def replace_account_data(
+        self, user_id: str, room_id: str, data_type: str, content: bytes, expected: bytes | None
+    ) -> int | None: ...
+
+
 class PushRules:
     """A user's push rules: read, and changed one request at a time per
     user; every change moves the account data stream and wakes the user's
     long-polls.
     """
 
-    def __init__(self, store: AccountDataStore, notifier: StreamNotifier | None = None) -> None:
+    def __init__(self, store: PushRuleStore, notifier: StreamNotifier | None = None) -> None:
         self._store = store
         self._notifier = notifier
         self._locks = _UserLocks()
 
-    async def _changes(self, user_id: str) -> _Changes:
+    async def _stored(self, user_id: str) -> tuple[bytes | None, _Changes]:
         stored = await self._store.get_account_data(user_id, "", PUSH_RULES_TYPE)
-        return _Changes() if stored is None else msgspec.json.decode(stored, type=_Changes)
+        changes = _Changes() if stored is None else msgspec.json.decode(stored, type=_Changes)
+        return stored, changes
 
     async def rule_set(self, user_id: str) -> dict[str, list[dict[str, Any]]]:
         """The ``global`` rule set of ``user_id``."""
-        return _rule_set(user_id, await self._changes(user_id))
+        _, changes = await self._stored(user_id)
+        return _rule_set(user_id, changes)
 
     async def rule(self, user_id: str, kind: str, rule_id: str) -> dict[str, Any]:
         """One rule of ``user_id``'s set; ``M_NOT_FOUND`` if there is none."""
@@ -566,12 +585,18 @@ class PushRules:
         )
 
     async def _change(self, user_id: str, apply: Callable[[_Changes], None]) -> None:
+        """Apply a change to what is stored and write it back, unless another
+        process wrote in between: then read again and apply it to that.
+        """
         async with self._locks.hold(user_id):
-            changes = await self._changes(user_id)
-            apply(changes)
-            position = await self._store.put_account_data(
-                user_id, "", PUSH_RULES_TYPE, msgspec.json.encode(changes)
-            )
+            while True:
+                stored, changes = await self._stored(user_id)
+                apply(changes)
+                position = await self._store.replace_account_data(
+                    user_id, "", PUSH_RULES_TYPE, msgspec.json.encode(changes), stored
+                )
+                if position is not None:
+                    break
         if self._notifier is not None:
             self._notifier.advance_account_data(position, user_id)
 

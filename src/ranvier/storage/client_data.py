@@ -153,6 +153,24 @@ class ClientDataStorage:
             )
         )
 
+    async def replace_account_data(
+        self, user_id: str, room_id: str, data_type: str, content: bytes, expected: bytes | None
+    ) -> int | None:
+        """Set one entry of account data if it still holds ``expected``
+        (None: no entry), in one write: its new stream position, or None
+        when it holds something else (changed since the caller read it).
+        """
+        return await self._write(
+            functools.partial(
+                _replace_account_data,
+                user_id=user_id,
+                room_id=room_id,
+                data_type=data_type,
+                content=content,
+                expected=expected,
+            )
+        )
+
     async def get_account_data(self, user_id: str, room_id: str, data_type: str) -> bytes | None:
         return await self._read(
             functools.partial(
@@ -262,6 +280,24 @@ def _put_account_data(
     )
     assert cursor.lastrowid is not None
     return cursor.lastrowid
+
+
+@registered_write
+def _replace_account_data(
+    conn: sqlite3.Connection,
+    *,
+    user_id: str,
+    room_id: str,
+    data_type: str,
+    content: bytes,
+    expected: bytes | None,
+) -> int | None:
+    held = _get_account_data(conn, user_id=user_id, room_id=room_id, data_type=data_type)
+    if held != expected:
+        return None
+    return _put_account_data(
+        conn, user_id=user_id, room_id=room_id, data_type=data_type, content=content
+    )
 
 
 def _get_account_data(
