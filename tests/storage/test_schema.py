@@ -35,6 +35,15 @@ TABLES_ADDED = {
     9: {"profiles", "account_data", "room_list"},
     10: {"receipts"},
     11: {"event_prev_edges", "event_auth_edges", "event_state"},
+    12: {
+        "e2e_device_keys",
+        "e2e_one_time_keys",
+        "e2e_fallback_keys",
+        "e2e_cross_signing_keys",
+        "to_device_inbox",
+        "to_device_transactions",
+        "device_list_changes",
+    },
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -122,6 +131,17 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO event_prev_edges VALUES (?, '$e', '!r:x')", (ordering,))
         run("INSERT INTO event_auth_edges VALUES (?, '$e', '!r:x')", (ordering,))
         run("INSERT INTO event_state VALUES (?, 1, 1)", (ordering,))
+    elif version == 12:
+        run("INSERT INTO e2e_device_keys VALUES ('@a:x', 'DEV', x'7b7d')")
+        run("INSERT INTO e2e_one_time_keys VALUES ('@a:x', 'DEV', 'alg', 'k1', x'7b7d')")
+        run("INSERT INTO e2e_fallback_keys VALUES ('@a:x', 'DEV', 'alg', 'k2', x'7b7d', 0)")
+        run("INSERT INTO e2e_cross_signing_keys VALUES ('@a:x', 'master', x'7b7d')")
+        run(
+            "INSERT INTO to_device_inbox (user_id, device_id, message)"
+            " VALUES ('@a:x', 'DEV', x'7b7d')"
+        )
+        run("INSERT INTO to_device_transactions VALUES ('@a:x', 'DEV', 't1', 5)")
+        run("INSERT INTO device_list_changes (user_id) VALUES ('@a:x')")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -561,6 +561,56 @@ def _rows_keyed_by_ordering(db: sqlite_utils.Database) -> None:
     )
 
 
+def _end_to_end(db: sqlite_utils.Database) -> None:
+    """Devices' encryption keys, to-device messages and the device-list
+    stream (:mod:`ranvier.storage.e2e_keys`).
+
+    Keys are stored as the JSON the client signed, so they are served byte
+    for byte as uploaded, signatures intact. A one-time key is claimed by
+    deleting its row; a fallback key stays until replaced, marked used once
+    claimed. ``to_device_inbox.stream_id`` and ``device_list_changes.stream_id``
+    are stream positions: AUTOINCREMENT never hands one out twice, so a
+    sync's token never points below a row it has not seen. Rows are not
+    tied to ``devices`` by a foreign key: a device's deletion must not fail
+    over a message waiting for it, and reads join on ``devices`` instead.
+    """
+    run = db.conn.execute
+    run(
+        "CREATE TABLE e2e_device_keys (user_id TEXT NOT NULL, device_id TEXT NOT NULL,"
+        " key_json BLOB NOT NULL, PRIMARY KEY (user_id, device_id)) STRICT"
+    )
+    run(
+        "CREATE TABLE e2e_one_time_keys (user_id TEXT NOT NULL, device_id TEXT NOT NULL,"
+        " algorithm TEXT NOT NULL, key_id TEXT NOT NULL, key_json BLOB NOT NULL,"
+        " PRIMARY KEY (user_id, device_id, algorithm, key_id)) STRICT"
+    )
+    run(
+        "CREATE TABLE e2e_fallback_keys (user_id TEXT NOT NULL, device_id TEXT NOT NULL,"
+        " algorithm TEXT NOT NULL, key_id TEXT NOT NULL, key_json BLOB NOT NULL,"
+        " used INTEGER NOT NULL, PRIMARY KEY (user_id, device_id, algorithm)) STRICT"
+    )
+    run(
+        "CREATE TABLE e2e_cross_signing_keys (user_id TEXT NOT NULL, key_type TEXT NOT NULL,"
+        " key_json BLOB NOT NULL, PRIMARY KEY (user_id, key_type)) STRICT"
+    )
+    run(
+        "CREATE TABLE to_device_inbox ("
+        " stream_id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,"
+        " user_id TEXT NOT NULL, device_id TEXT NOT NULL, message BLOB NOT NULL) STRICT"
+    )
+    run("CREATE INDEX to_device_inbox_device ON to_device_inbox (user_id, device_id, stream_id)")
+    run(
+        "CREATE TABLE to_device_transactions (user_id TEXT NOT NULL, device_id TEXT NOT NULL,"
+        " txn_id TEXT NOT NULL, created_ts INTEGER NOT NULL,"
+        " PRIMARY KEY (user_id, device_id, txn_id)) STRICT"
+    )
+    run(
+        "CREATE TABLE device_list_changes ("
+        " stream_id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, user_id TEXT NOT NULL) STRICT"
+    )
+    run("CREATE INDEX device_list_changes_user ON device_list_changes (user_id, stream_id)")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -574,6 +624,7 @@ MIGRATIONS: Sequence[Migration] = (
     _client_data,
     _receipts,
     _rows_keyed_by_ordering,
+    _end_to_end,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

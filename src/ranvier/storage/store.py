@@ -25,6 +25,7 @@ from .backfill import BackfillStorage
 from .client_data import ClientDataStorage
 from .client_transactions import ClientTransactionStorage, TransactionRow
 from .connections import SynchronousMode
+from .e2e_keys import E2eKeyStorage
 from .readers import ReaderPool
 from .receipts import ReceiptStorage
 from .records import (
@@ -114,6 +115,7 @@ class Storage:
         self.client_data = ClientDataStorage(self.writer, self.readers)
         self.receipts = ReceiptStorage(self.writer, self.readers)
         self.backfill = BackfillStorage(self.writer, self.readers)
+        self.e2e_keys = E2eKeyStorage(self.writer, self.readers)
         self.run_reads = RunReads(self.readers)
 
     @property
