@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.signing import generate_signing_key
 from ranvier.storage import EventToPersist, Storage
-from ranvier.storage.records import PartialStateRoom
+from ranvier.storage.records import PartialStateRoom, StoredEvent
 from ranvier.testing import KnownKeys, RoomBuilder, ingest
 
 OURS = "ours.test"
@@ -593,6 +593,21 @@ async def test_the_next_events_are_checked_while_the_last_are_written(
         seen.add(event_id)
 
 
+async def test_the_events_that_every_chunk_cites_are_read_once(
+    world: World, autojump_clock: MockClock
+) -> None:
+    await world.join_partially()
+    reads = ReadLog(world.ours)
+    stater = world.stater(reads, state_chunk=2)
+    async with running(stater):
+        await stater.wait_for_full_state(world.room_id)
+    await world.assert_full_state()
+    # Every member's join cites the create event: the chunks' checks read it
+    # once between them, not once each.
+    assert len([what for what, _ in reads.log if what == "outliers"]) >= 4
+    assert reads.reads_while_writing_outliers(world.room.create.event_id) <= 1
+
+
 async def test_the_event_at_a_gap_is_fetched_while_the_state_before_it_comes(
     world: World, autojump_clock: MockClock
 ) -> None:
@@ -928,6 +943,31 @@ class PersistLog(Storage):
     async def persist_events(self, events: Sequence[EventToPersist], **kw: Any) -> dict[str, int]:
         self.calls.append([(event.event_id, event.outlier) for event in events])
         return dict(await super().persist_events(events, **kw))
+
+
+class ReadLog(Storage):
+    """The running storage itself, logging in order the events each
+    get_events call asks for and each write of outliers.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self.__dict__.update(vars(storage))
+        self.log: list[tuple[str, list[str]]] = []
+
+    async def get_events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
+        self.log.append(("read", list(event_ids)))
+        return await super().get_events(event_ids)
+
+    async def persist_events(self, events: Sequence[EventToPersist], **kw: Any) -> dict[str, int]:
+        if any(event.outlier for event in events):
+            self.log.append(("outliers", [event.event_id for event in events]))
+        return dict(await super().persist_events(events, **kw))
+
+    def reads_while_writing_outliers(self, event_id: str) -> int:
+        """Reads of ``event_id`` from the first write of outliers to the last."""
+        writes = [n for n, (what, _) in enumerate(self.log) if what == "outliers"]
+        window = self.log[writes[0] : writes[-1]]
+        return sum(what == "read" and event_id in ids for what, ids in window)
 
 
 class HeldFirstWrite(PersistLog):

@@ -79,6 +79,8 @@ _WRITE_BATCH: Final = 500
 #: Batches of checked events waiting while the one before is written; those
 #: waiting are written together, in the order they were checked.
 _BATCHES_QUEUED: Final = 3
+#: Stored events cited by checks kept for the next batches of checks.
+_CITED_KEPT: Final = 256
 #: Events checked against their auth events between two checkpoints.
 _CHECKS_PER_STEP: Final = 200
 #: Event IDs named in a message before the rest are counted.
@@ -593,6 +595,10 @@ class _OutlierWriter:
         #: Events handed to the write task and not stored yet, and whether
         #: each was rejected.
         self._writing: dict[str, tuple[Pdu, bool]] = {}
+        #: Stored events that checks cited, and whether each is rejected,
+        #: kept for the next batches (a few hundred at most): most events of
+        #: a room cite the same few.
+        self._cited: dict[str, tuple[Pdu, bool]] = {}
         self._batches: trio.MemorySendChannel[list[EventToPersist]] | None = None
 
     @asynccontextmanager
@@ -663,12 +669,15 @@ class _OutlierWriter:
             del self.waiting[event.event_id]
         # A loader for this batch alone: the events written before it are
         # read back if cited, rather than all kept parsed; those still being
-        # written are not readable yet, so they are handed to it.
+        # written are not readable yet, so they are handed to it, and so are
+        # those cited before. A stored event's verdict does not change while
+        # a state is fetched (only the redo after it changes any).
         loader = EventLoader(self._store, self._room_version)
-        for writing, rejected in self._writing.values():
-            loader.add(writing)
-            if rejected:
-                loader.rejected.add(writing.event_id)
+        for known in (self._cited, self._writing):
+            for handed, rejected in known.values():
+                loader.add(handed)
+                if rejected:
+                    loader.rejected.add(handed.event_id)
         for event in ready:
             loader.add(event)
         rows = []
@@ -691,6 +700,11 @@ class _OutlierWriter:
             )
             if count % _CHECKS_PER_STEP == 0:
                 await trio.lowlevel.checkpoint()
+        for event_id, read in loader.events.items():
+            if len(self._cited) >= _CITED_KEPT:
+                break
+            if event_id not in checked and event_id not in self._writing:
+                self._cited.setdefault(event_id, (read, event_id in loader.rejected))
         del ready, loader
         for start in range(0, len(rows), _WRITE_BATCH):
             batch = rows[start : start + _WRITE_BATCH]
