@@ -97,6 +97,7 @@ from ranvier.api.auth import Auth
 from ranvier.api.capabilities import add_capability_routes
 from ranvier.api.devices import add_device_routes
 from ranvier.api.directory import add_directory_routes
+from ranvier.api.keys import add_key_routes
 from ranvier.api.presence import add_presence_routes
 from ranvier.api.profile import add_profile_routes
 from ranvier.api.push_rules import add_push_rule_routes
@@ -105,6 +106,7 @@ from ranvier.api.receipts import add_receipt_routes
 from ranvier.api.room_list import add_room_list_routes
 from ranvier.api.rooms import add_room_routes
 from ranvier.api.sync import add_sync_routes
+from ranvier.api.to_device import add_to_device_routes
 from ranvier.api.typing import add_typing_routes
 from ranvier.api.user_directory import add_user_directory_routes
 from ranvier.api.versions import add_versions_route
@@ -115,6 +117,7 @@ from ranvier.core.client_txns import ClientTransactions
 from ranvier.core.creation import EventCreator, Preset
 from ranvier.core.devices import Devices
 from ranvier.core.directory import RoomDirectory
+from ranvier.core.e2e_keys import E2eKeys
 from ranvier.core.filters import UserFilters
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
 from ranvier.core.interfaces import EventPersister
@@ -132,6 +135,7 @@ from ranvier.core.room_list import RoomList
 from ranvier.core.room_servers import PduSink, RoomEventSender, RoomServers
 from ranvier.core.rooms import FullStateWaiter, RoomReader
 from ranvier.core.sync import SyncHandler
+from ranvier.core.to_device import ToDevice
 from ranvier.core.typing import TypingNotices
 from ranvier.core.unpartial import ResyncStatus, UnpartialStater
 from ranvier.core.user_directory import UserDirectory
@@ -248,6 +252,7 @@ class HomeServer:
         self._unpartial_stater: UnpartialStater | None = None
         self._room_directory: RoomDirectory | None = None
         self._room_reader: RoomReader | None = None
+        self._e2e_keys: E2eKeys | None = None
         self._room_joins: RoomJoins | None = None
         self._room_leaves: RoomLeaves | None = None
         self._federation_app: FederationApp | None = None
@@ -869,6 +874,25 @@ class HomeServer:
             edus=self._federation_sender,
             notifier=self.stream_notifier,
         )
+        self._edus.to_device = ToDevice(
+            server_name=server_name,
+            store=storage.e2e_keys,
+            notifier=self.stream_notifier,
+            edus=self._federation_sender,
+        )
+        uia = Devices(store=storage.client_data, accounts=self._accounts)
+        self._e2e_keys = E2eKeys(
+            server_name=server_name,
+            store=storage.e2e_keys,
+            notifier=self.stream_notifier,
+            rooms=self._room_reader,
+            shared=storage.room_members,
+            memberships=storage.room_members,
+            # Deleting no device is the password check alone.
+            reauthenticate=lambda user_id, auth: uia.delete(user_id, (), auth),
+            servers=self._room_servers,
+            edus=self._federation_sender,
+        )
 
     def _federation_router(self, signing_key: SigningKey) -> Router:
         """Every federation and key route this server answers, registered here."""
@@ -917,6 +941,8 @@ class HomeServer:
                 receipts=self._edus.receipts,
                 typing=self._edus.typing,
                 presence=self._edus.presence,
+                to_device=self._edus.to_device,
+                device_lists=_built(self._e2e_keys, "keys"),
             ),
             filters=UserFilters(self.storage.sync),
             messages=RoomMessages(self.storage.sync, backfill=self._backfiller),
@@ -959,6 +985,10 @@ class HomeServer:
         add_receipt_routes(router, auth=auth, receipts=self.receipts)
         add_typing_routes(router, auth=auth, typing=self.typing_notices)
         add_presence_routes(router, auth=auth, presence=self.presence)
+        add_key_routes(router, auth=auth, keys=_built(self._e2e_keys, "keys"))
+        add_to_device_routes(
+            router, auth=auth, to_device=_built(self._edus.to_device, "to-device messages")
+        )
         return router
 
     def _components(self) -> list[_Component]:

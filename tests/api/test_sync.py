@@ -507,13 +507,17 @@ async def test_a_token_ahead_of_the_server_is_never_answered_with_an_older_one(
 ) -> None:
     await env.hs.create_room(ALICE)
     now = (await env.sync(ALICE))["next_batch"]
-    events, _, _, receipts, typing, presence = (int(part) for part in now[1:].split("_"))
-    ahead = f"s{events + 1000}_7_0_{receipts}_{typing}_{presence + 5}"
+    events, _, _, receipts, typing, presence, to_device, devices = (
+        int(part) for part in now[1:].split("_")
+    )
+    ahead = f"s{events + 1000}_7_0_{receipts}_{typing}_{presence + 5}_{to_device + 3}_{devices + 2}"
     body = await env.sync(ALICE, since=ahead, timeout=0)
     assert body["next_batch"] == ahead
     # One stream ahead, the other behind: each keeps the larger.
     mixed = await env.sync(ALICE, since="s0_7", timeout=0)
-    assert mixed["next_batch"] == f"s{events}_7_0_{receipts}_{typing}_{presence}"
+    assert mixed["next_batch"] == (
+        f"s{events}_7_0_{receipts}_{typing}_{presence}_{to_device}_{devices}"
+    )
 
 
 def _member_keys(room: dict[str, Any]) -> set[str]:

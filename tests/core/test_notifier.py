@@ -162,6 +162,36 @@ def test_presence_concerns_its_user_and_those_in_their_rooms() -> None:
     assert notifier.concerns(start._replace(presence=11), {"!mine:x"}, "@me:x")
 
 
+def test_to_device_concerns_only_its_recipient() -> None:
+    notifier = StreamNotifier()
+    start = StreamPosition(0, 0)
+    notifier.advance_to_device(3, ["@them:x", "@other:x"])
+    assert notifier.position.to_device == 3
+    assert not notifier.concerns(start, {"!shared:x"}, "@me:x")
+    assert notifier.concerns(start, set(), "@them:x")
+    assert notifier.concerns(start, set(), "@other:x")
+    assert not notifier.concerns(start._replace(to_device=3), set(), "@them:x")
+    notifier.advance_to_device(2, ["@me:x"])
+    assert notifier.position.to_device == 3
+    for position in range(4, LOG_SIZE + 6):
+        notifier.advance_to_device(position, ["@them:x"])
+    assert notifier.concerns(start._replace(to_device=3), set(), "@me:x")
+
+
+def test_device_lists_concern_their_user_and_those_in_their_rooms() -> None:
+    notifier = StreamNotifier()
+    start = StreamPosition(0, 0)
+    notifier.advance_device_lists(5, "@them:x", {"!theirs:x"})
+    assert notifier.position.device_lists == 5
+    assert not notifier.concerns(start, {"!mine:x"}, "@me:x")
+    assert notifier.concerns(start, {"!mine:x", "!theirs:x"}, "@me:x")
+    assert notifier.concerns(start, set(), "@them:x")
+    assert not notifier.concerns(start._replace(device_lists=5), {"!theirs:x"}, "@me:x")
+    for position in range(6, LOG_SIZE + 8):
+        notifier.advance_device_lists(position, "@them:x", {"!theirs:x"})
+    assert notifier.concerns(start._replace(device_lists=5), {"!mine:x"}, "@me:x")
+
+
 async def test_receipts_and_typing_wake_the_members_of_their_room_only() -> None:
     notifier = StreamNotifier()
     since = StreamPosition(0, 0, 0, 0, 0)

@@ -19,9 +19,11 @@ def test_tokens_round_trip() -> None:
     assert parse_sync_token("s123_4_9") == StreamPosition(123, 4, 9, 0, 0)
     # From before presence: it starts at 0.
     assert parse_sync_token("s1_2_3_4_5") == StreamPosition(1, 2, 3, 4, 5, 0)
-    every = StreamPosition(1, 2, 3, 4, 5, 6)
-    assert format_sync_token(every) == "s1_2_3_4_5_6"
-    assert parse_sync_token("s1_2_3_4_5_6") == every
+    # From before to-device messages and device lists: those start at 0.
+    assert parse_sync_token("s1_2_3_4_5_6") == StreamPosition(1, 2, 3, 4, 5, 6, 0, 0)
+    every = StreamPosition(1, 2, 3, 4, 5, 6, 7, 8)
+    assert format_sync_token(every) == "s1_2_3_4_5_6_7_8"
+    assert parse_sync_token("s1_2_3_4_5_6_7_8") == every
     assert parse_pagination_token(format_pagination_token(77)) == 77
     # A sync token is a pagination token too: its events position.
     assert parse_pagination_token(format_sync_token(position)) == 123
@@ -43,6 +45,8 @@ def test_tokens_round_trip() -> None:
         "s1_2_",
         "s1_2_3_4_5_",
         "s1_2_3_4_5_6_7",
+        "s1_2_3_4_5_6_7_",
+        "s1_2_3_4_5_6_7_8_9",
         "t1",
         "x1_2",
         "s1_2 ",

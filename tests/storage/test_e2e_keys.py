@@ -114,7 +114,7 @@ async def test_to_device_messages_once_per_transaction_until_acknowledged(
     await _accounts(storage)
     keys = storage.e2e_keys
 
-    async def send(txn: str) -> tuple[int | None, list[tuple[str, str]]]:
+    async def send(txn: str) -> tuple[bool, int | None, list[tuple[str, str]]]:
         return await keys.send_to_device(
             sender=ALICE,
             sender_device="A1",
@@ -123,11 +123,12 @@ async def test_to_device_messages_once_per_transaction_until_acknowledged(
             now_ms=5,
         )
 
-    position, reached = await send("t1")
+    fresh, position, reached = await send("t1")
+    assert fresh
     assert reached == [(BOB, "B1"), (BOB, "B2")]
     assert position is not None
     assert await keys.to_device_position() == position
-    assert await send("t1") == (None, [])
+    assert await send("t1") == (False, None, [])
     assert await keys.to_device_position() == position
     got = await keys.to_device_messages(BOB, "B1", 0, position, 100)
     assert [message for _, message in got] == [b'{"m":1}']

@@ -26,6 +26,12 @@ Invariants
   (:meth:`StreamNotifier.advance_presence`); it is logged with the user and
   the rooms they are joined to, and concerns the user and the waiters in
   those rooms.
+* **To-device messages and device lists too.** A message queued for a
+  user's device moves the seventh position
+  (:meth:`StreamNotifier.advance_to_device`) and concerns that user only; a
+  change of a user's devices or keys the eighth
+  (:meth:`StreamNotifier.advance_device_lists`), which concerns the user and
+  the waiters in the rooms they are joined to, as presence does.
 * **No polling.** Waiters sleep on one :class:`trio.Event`, replaced each
   time the position moves: every waiter wakes, checks its own condition,
   and sleeps again on the new event if it is not met.
@@ -76,6 +82,10 @@ class StreamPosition(NamedTuple):
     typing: int = 0
     #: The newest position of the presence stream (held in memory).
     presence: int = 0
+    #: The newest position of the to-device message stream.
+    to_device: int = 0
+    #: The newest position of the device-list change stream.
+    device_lists: int = 0
 
     def is_beyond(self, other: StreamPosition) -> bool:
         """Whether any stream is further on than in ``other``."""
@@ -86,6 +96,8 @@ class StreamPosition(NamedTuple):
             or self.receipts > other.receipts
             or self.typing > other.typing
             or self.presence > other.presence
+            or self.to_device > other.to_device
+            or self.device_lists > other.device_lists
         )
 
 
@@ -119,6 +131,12 @@ class StreamNotifier:
         # Presence: (position, whose presence, the rooms they are joined to).
         self._presence_log: deque[tuple[int, str, frozenset[str]]] = deque()
         self._presence_floor = 0
+        # To-device messages: (position, whose device).
+        self._to_device_log: deque[tuple[int, str]] = deque()
+        self._to_device_floor = 0
+        # Device lists: (position, whose devices, the rooms they are joined to).
+        self._device_lists_log: deque[tuple[int, str, frozenset[str]]] = deque()
+        self._device_lists_floor = 0
 
     @property
     def position(self) -> StreamPosition:
@@ -191,13 +209,62 @@ class StreamNotifier:
             self._presence_floor = self._presence_log.popleft()[0]
         self._wake()
 
-    def _presence_concerns(self, since: int, rooms: Set[str], user_id: str | None) -> bool:
-        if since < self._presence_floor:
+    def advance_to_device(self, position: int, user_ids: Collection[str]) -> None:
+        """Note to-device messages for devices of ``user_ids``, written in
+        one go that reached ``position`` of the to-device stream; wake every
+        waiter if the position grew.
+        """
+        current = self._position
+        if position <= current.to_device:
+            return
+        self._position = current._replace(to_device=position)
+        for user_id in user_ids:
+            self._to_device_log.append((position, user_id))
+        while len(self._to_device_log) > LOG_SIZE:
+            self._to_device_floor = self._to_device_log.popleft()[0]
+        self._wake()
+
+    def advance_device_lists(self, position: int, user_id: str, rooms: Collection[str]) -> None:
+        """Note that ``user_id``'s devices or keys changed at ``position`` of
+        the device-list stream, of concern to the user and to the members of
+        ``rooms``; wake every waiter if the position grew.
+        """
+        current = self._position
+        if position <= current.device_lists:
+            return
+        self._position = current._replace(device_lists=position)
+        self._device_lists_log.append((position, user_id, frozenset(rooms)))
+        if len(self._device_lists_log) > LOG_SIZE:
+            self._device_lists_floor = self._device_lists_log.popleft()[0]
+        self._wake()
+
+    @staticmethod
+    def _user_rooms_concerns(
+        log: deque[tuple[int, str, frozenset[str]]],
+        floor: int,
+        since: int,
+        rooms: Set[str],
+        user_id: str | None,
+    ) -> bool:
+        if since < floor:
             return True
-        for changed_at, whose, their_rooms in reversed(self._presence_log):
+        for changed_at, whose, their_rooms in reversed(log):
             if changed_at <= since:
                 break
             if whose == user_id or not their_rooms.isdisjoint(rooms):
+                return True
+        return False
+
+    @staticmethod
+    def _user_concerns(
+        log: deque[tuple[int, str]], floor: int, since: int, user_id: str | None
+    ) -> bool:
+        if since < floor:
+            return True
+        for changed_at, whose in reversed(log):
+            if changed_at <= since:
+                break
+            if whose == user_id:
                 return True
         return False
 
@@ -241,22 +308,30 @@ class StreamNotifier:
             return False
         if rooms is None or current.un_partial > position.un_partial:
             return True
-        if current.account_data > position.account_data:
-            if position.account_data < self._account_data_floor:
-                return True
-            for changed_at, user in reversed(self._account_data_log):
-                if changed_at <= position.account_data:
-                    break
-                if user == user_id:
-                    return True
+        if current.account_data > position.account_data and self._user_concerns(
+            self._account_data_log, self._account_data_floor, position.account_data, user_id
+        ):
+            return True
+        if current.to_device > position.to_device and self._user_concerns(
+            self._to_device_log, self._to_device_floor, position.to_device, user_id
+        ):
+            return True
         for stream in ("receipts", "typing"):
             since = getattr(position, stream)
             if getattr(current, stream) > since and self._room_stream_concerns(
                 stream, since, rooms, user_id
             ):
                 return True
-        if current.presence > position.presence and self._presence_concerns(
-            position.presence, rooms, user_id
+        if current.presence > position.presence and self._user_rooms_concerns(
+            self._presence_log, self._presence_floor, position.presence, rooms, user_id
+        ):
+            return True
+        if current.device_lists > position.device_lists and self._user_rooms_concerns(
+            self._device_lists_log,
+            self._device_lists_floor,
+            position.device_lists,
+            rooms,
+            user_id,
         ):
             return True
         if position.events < self._log_floor:

@@ -50,12 +50,14 @@ DEFAULT_LIMIT: Final = 10
 #: The most events one page holds, whatever the client asks.
 MAX_LIMIT: Final = 1000
 
-# Events, un-partial-state, account data, receipts and typing positions;
-# tokens from before the account data stream have two parts, from before
-# receipts and typing three.
+# Events, un-partial-state, account data, receipts, typing, presence,
+# to-device and device-list positions; tokens from before the account data
+# stream have two parts, from before receipts and typing three, from before
+# presence five, from before to-device and device lists six.
 _SYNC_TOKEN: Final = re.compile(
     r"s([0-9]{1,18})_([0-9]{1,18})"
-    r"(?:_([0-9]{1,18})(?:_([0-9]{1,18})_([0-9]{1,18})(?:_([0-9]{1,18}))?)?)?"
+    r"(?:_([0-9]{1,18})(?:_([0-9]{1,18})_([0-9]{1,18})"
+    r"(?:_([0-9]{1,18})(?:_([0-9]{1,18})_([0-9]{1,18}))?)?)?)?"
 )
 _PAGINATION_TOKEN: Final = re.compile(r"t(-?[0-9]{1,18})")
 #: Below every position, backfilled events' included.
@@ -76,6 +78,7 @@ def format_sync_token(position: StreamPosition) -> str:
     return (
         f"s{position.events}_{position.un_partial}_{position.account_data}"
         f"_{position.receipts}_{position.typing}_{position.presence}"
+        f"_{position.to_device}_{position.device_lists}"
     )
 
 
@@ -91,6 +94,8 @@ def parse_sync_token(token: str) -> StreamPosition:
         int(match[4] or 0),
         int(match[5] or 0),
         int(match[6] or 0),
+        int(match[7] or 0),
+        int(match[8] or 0),
     )
 
 

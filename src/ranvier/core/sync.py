@@ -31,6 +31,15 @@ Rooms
   the user (and the user's own) changed after ``since``, all known on an
   initial sync (:mod:`ranvier.core.presence`); the token's sixth stream.
   A sync marks its user online unless its ``set_presence`` says otherwise.
+* **to_device**: the messages waiting for the requester's device after
+  ``since``, oldest first, a page at a time; a sync with ``since``
+  acknowledges (deletes) those up to it (:mod:`ranvier.core.to_device`).
+  The token's seventh stream.
+* **device_lists**, **device_one_time_keys_count**,
+  **device_unused_fallback_key_types**: users sharing a room with the user
+  whose devices or keys changed after ``since``, or who joined or left a
+  shared room; the device's key counts (:mod:`ranvier.core.e2e_keys`). The
+  token's eighth stream.
 * **leave**: rooms left (or banned from) after ``since``, with the timeline
   up to the leave; with ``include_leave`` an initial sync lists every room
   left.
@@ -140,6 +149,42 @@ class PresenceSource(Protocol):
         """The ``m.presence`` events of the users the user may see whose
         presence changed after ``after`` (None: an initial sync).
         """
+        ...
+
+
+class ToDeviceSource(Protocol):
+    """To-device messages (:class:`ranvier.core.to_device.ToDevice`)."""
+
+    async def position(self) -> int: ...
+
+    async def acknowledge(self, user_id: str, device_id: str, upto: int) -> None: ...
+
+    async def for_sync(
+        self, user_id: str, device_id: str, after: int, upto: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The device's messages in ``(after, upto]`` as a page, and the
+        position the page reaches.
+        """
+        ...
+
+
+class DeviceListSource(Protocol):
+    """Devices' keys and their changes (:class:`ranvier.core.e2e_keys.E2eKeys`)."""
+
+    async def position(self) -> int: ...
+
+    async def device_lists(
+        self,
+        user_id: str,
+        room_ids: Collection[str],
+        since: StreamPosition,
+        now: StreamPosition,
+    ) -> tuple[list[str], list[str]]:
+        """The users of ``device_lists.changed`` and ``left`` between two positions."""
+        ...
+
+    async def key_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
+        """The device's one-time key counts and its unused fallback key types."""
         ...
 
 
@@ -268,6 +313,9 @@ def _is_empty(response: dict[str, Any]) -> bool:
         or rooms["leave"]
         or response["account_data"]["events"]
         or response["presence"]["events"]
+        or response["to_device"]["events"]
+        or response["device_lists"]["changed"]
+        or response["device_lists"]["left"]
     )
 
 
@@ -283,6 +331,8 @@ class SyncHandler:
         receipts: EphemeralSource | None = None,
         typing: EphemeralSource | None = None,
         presence: PresenceSource | None = None,
+        to_device: ToDeviceSource | None = None,
+        device_lists: DeviceListSource | None = None,
     ) -> None:
         self._store = store
         self._notifier = notifier
@@ -290,6 +340,8 @@ class SyncHandler:
         self._receipts = receipts
         self._typing = typing
         self._presence = presence
+        self._to_device = to_device
+        self._device_lists = device_lists
         self._sent_members = SentMembers()
 
     async def sync(
@@ -315,6 +367,11 @@ class SyncHandler:
         waited_ms = min(max(timeout_ms, 0), MAX_TIMEOUT_MS)
         if self._presence is not None:
             await self._presence.on_sync(requester.user_id, set_presence, waited_ms)
+        if self._to_device is not None and position is not None and position.to_device:
+            # The token says the client holds every message up to it.
+            await self._to_device.acknowledge(
+                requester.user_id, requester.device_id, position.to_device
+            )
         deadline = trio.current_time() + waited_ms / 1000
         while True:
             response, now, rooms, held = await self._sync_once(
@@ -344,6 +401,8 @@ class SyncHandler:
         receipts_at = 0 if self._receipts is None else await self._receipts.position()
         typing_at = 0 if self._typing is None else await self._typing.position()
         presence_at = 0 if self._presence is None else await self._presence.position()
+        to_device_at = 0 if self._to_device is None else await self._to_device.position()
+        device_lists_at = 0 if self._device_lists is None else await self._device_lists.position()
         snapshot = await self._store.sync_snapshot(
             requester.user_id,
             0 if since is None else since.un_partial,
@@ -351,7 +410,14 @@ class SyncHandler:
         )
         events, un_partial, memberships, partial, un_partialled, changed = snapshot
         now = StreamPosition(
-            events, un_partial, account_data_at, receipts_at, typing_at, presence_at
+            events,
+            un_partial,
+            account_data_at,
+            receipts_at,
+            typing_at,
+            presence_at,
+            to_device_at,
+            device_lists_at,
         )
         if since is not None:
             # Never answer with a next_batch behind the token given in any
@@ -364,6 +430,8 @@ class SyncHandler:
                 max(now.receipts, since.receipts),
                 max(now.typing, since.typing),
                 max(now.presence, since.presence),
+                max(now.to_device, since.to_device),
+                max(now.device_lists, since.device_lists),
             )
         account_data = (
             AccountDataUpdates()
@@ -447,14 +515,39 @@ class SyncHandler:
                 (since is not None and is_new) or (since is None and filter.room.include_leave)
             ):
                 leave[room_id] = await self._left_room(request, room_id, ordering, event_id)
+        to_device: list[dict[str, Any]] = []
+        if self._to_device is not None:
+            to_device, reached = await self._to_device.for_sync(
+                requester.user_id,
+                requester.device_id,
+                0 if since is None else since.to_device,
+                now.to_device,
+            )
+            # A page short of the stream's end: the next sync goes on from it.
+            now = now._replace(to_device=reached)
+        rooms = frozenset(room_id for room_id, *_ in memberships)
+        changed_devices: list[str] = []
+        left_devices: list[str] = []
+        key_counts: dict[str, int] = {}
+        unused_fallbacks: list[str] = []
+        if self._device_lists is not None:
+            if since is not None:
+                changed_devices, left_devices = await self._device_lists.device_lists(
+                    requester.user_id, rooms, since, now
+                )
+            key_counts, unused_fallbacks = await self._device_lists.key_counts(
+                requester.user_id, requester.device_id
+            )
         response = {
             "next_batch": format_sync_token(now),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
             "presence": {"events": await self._presence_events(request)},
             "account_data": {"events": account_data.global_events},
-            "to_device": {"events": []},
+            "to_device": {"events": to_device},
+            "device_lists": {"changed": changed_devices, "left": left_devices},
+            "device_one_time_keys_count": key_counts,
+            "device_unused_fallback_key_types": unused_fallbacks,
         }
-        rooms = frozenset(room_id for room_id, *_ in memberships)
         return response, now, rooms, (held | request.sent_members if skip_redundant else None)
 
     async def _presence_events(self, request: _Request) -> list[dict[str, Any]]:

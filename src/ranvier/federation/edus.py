@@ -1,4 +1,5 @@
-"""EDUs from other servers: receipts, typing and presence, read and handed on.
+"""EDUs from other servers: receipts, typing, presence and to-device
+messages, read and handed on.
 
 :class:`EduDispatcher` is the :class:`~ranvier.federation.server.EduHandler`
 of incoming transactions. It reads each EDU's content into the shape the
@@ -21,6 +22,7 @@ import trio
 
 from ranvier.core.presence import Presence
 from ranvier.core.receipts import Receipts, RemoteReceipt
+from ranvier.core.to_device import ToDevice
 from ranvier.core.typing import TypingNotices
 from ranvier.errors import BadJsonError
 
@@ -85,7 +87,8 @@ def _receipts(content: Mapping[str, Any]) -> list[RemoteReceipt]:
 
 
 class EduDispatcher:
-    """Hands ``m.receipt``, ``m.typing`` and ``m.presence`` EDUs to their
+    """Hands ``m.receipt``, ``m.typing``, ``m.presence`` and
+    ``m.direct_to_device`` EDUs to their
     handlers; any of them may be left out, and its EDUs are ignored. The
     handlers may be set after construction: the server builds the
     transaction handler before what these need.
@@ -97,10 +100,12 @@ class EduDispatcher:
         receipts: Receipts | None = None,
         typing: TypingNotices | None = None,
         presence: Presence | None = None,
+        to_device: ToDevice | None = None,
     ) -> None:
         self.receipts = receipts
         self.typing = typing
         self.presence = presence
+        self.to_device = to_device
 
     async def on_edu(self, origin: str, edu_type: str, content: Mapping[str, Any]) -> None:
         if edu_type == "m.receipt" and self.receipts is not None:
@@ -113,5 +118,7 @@ class EduDispatcher:
         elif edu_type == "m.presence" and self.presence is not None:
             presence = _convert(content, _Presence, "m.presence EDU")
             await self.presence.on_remote_presence(origin, presence.push)
+        elif edu_type == "m.direct_to_device" and self.to_device is not None:
+            await self.to_device.on_remote(origin, content)
         else:
             await trio.lowlevel.checkpoint()

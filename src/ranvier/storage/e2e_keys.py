@@ -168,10 +168,11 @@ class E2eKeyStorage:
         txn_id: str | None,
         messages: Sequence[tuple[str, str, bytes]],
         now_ms: int,
-    ) -> tuple[int | None, list[tuple[str, str]]]:
+    ) -> tuple[bool, int | None, list[tuple[str, str]]]:
         """Queue messages ``(user, device or '*', JSON)`` for local devices,
-        once per ``(sender, sender_device, txn_id)``; the new position (None
-        when nothing was queued) and the ``(user, device)`` pairs reached.
+        once per ``(sender, sender_device, txn_id)``: whether this is the
+        first time, the new position (None when nothing was queued) and the
+        ``(user, device)`` pairs reached.
         """
         return await self._writer.submit(
             functools.partial(
@@ -478,7 +479,7 @@ def _send_to_device(
     txn_id: str | None,
     messages: list[tuple[str, str, bytes]],
     now_ms: int,
-) -> tuple[int | None, list[tuple[str, str]]]:
+) -> tuple[bool, int | None, list[tuple[str, str]]]:
     if txn_id is not None:
         seen = conn.execute(
             "INSERT OR IGNORE INTO to_device_transactions (user_id, device_id, txn_id, created_ts)"
@@ -486,7 +487,7 @@ def _send_to_device(
             (sender, sender_device or "", txn_id, now_ms),
         )
         if seen.rowcount == 0:
-            return None, []
+            return False, None, []
     position = None
     reached: list[tuple[str, str]] = []
     for user_id, device_id, message in messages:
@@ -511,7 +512,7 @@ def _send_to_device(
             )
             position = cursor.lastrowid
             reached.append((user_id, target))
-    return position, reached
+    return True, position, reached
 
 
 def _to_device_messages(

@@ -1,0 +1,651 @@
+"""End-to-end encryption keys: ``/keys/upload``, ``/keys/query``,
+``/keys/claim``, ``/keys/changes``, cross-signing and signature uploads,
+and the device-list parts of ``/sync``.
+
+The server never reads an encrypted message; it keeps devices' public keys
+and hands them to other devices, which decide whom to trust by the
+signatures the keys carry. So what it checks is what a client cannot: that
+a device's keys are uploaded by that device, signed with the device's own
+ed25519 key, and that signatures are added only by their signer.
+
+Invariants
+----------
+
+* **A device uploads its own keys.** ``device_keys`` must name the
+  requester and its device, and carry a valid signature of the device's
+  own ``ed25519:<device_id>`` key; otherwise nothing of the upload is
+  stored.
+* **Cross-signing keys belong to their user**: each names the user and
+  its usage, and the self-signing and user-signing keys are signed by the
+  master key. Replacing keys takes the user's password (user-interactive
+  authentication, as deleting a device does); the first upload, or one
+  that repeats the keys held, does not.
+* **A signature upload adds only verified signatures of the uploader**, on
+  an object that is exactly the key stored, signatures aside.
+* **A user's private cross-signing key is theirs alone**: ``/keys/query``
+  shows ``user_signing_keys`` only to the user themself.
+* **Every change of a device's or user's keys moves the device-list
+  stream** and wakes the long-polls of the user and of those sharing a
+  room with them; other servers sharing a room hear of it by an
+  ``m.device_list_update`` EDU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from typing import Any, Final, Protocol
+
+import msgspec
+import trio
+
+from ranvier.core.notifier import StreamNotifier, StreamPosition
+from ranvier.core.presence import JoinedRooms, SharedRooms
+from ranvier.core.receipts import EduSink
+from ranvier.errors import BadJsonError, InvalidSignatureError, MatrixError
+from ranvier.protocol.canonical import encode_canonical_json
+from ranvier.protocol.signing import decode_verify_key_base64, verify_signed_json
+
+__all__ = ["E2eKeyStore", "E2eKeys", "RemoteKeys"]
+
+_log: Final = logging.getLogger(__name__)
+
+_ED25519: Final = "ed25519"
+_CROSS_SIGNING: Final = {
+    "master_key": "master",
+    "self_signing_key": "self_signing",
+    "user_signing_key": "user_signing",
+}
+#: How long a question to another server about its users' keys may take.
+REMOTE_TIMEOUT_S: Final = 10.0
+
+
+class E2eKeyStore(Protocol):
+    """Key storage (:class:`ranvier.storage.e2e_keys.E2eKeyStorage`)."""
+
+    async def upload_keys(
+        self,
+        *,
+        user_id: str,
+        device_id: str,
+        device_keys: bytes | None,
+        one_time_keys: Sequence[tuple[str, str, bytes]],
+        fallback_keys: Sequence[tuple[str, str, bytes]],
+    ) -> tuple[dict[str, int], int | None]: ...
+
+    async def key_counts(
+        self, user_id: str, device_id: str
+    ) -> tuple[dict[str, int], list[str]]: ...
+
+    async def device_keys(
+        self, wanted: Mapping[str, Collection[str]]
+    ) -> dict[str, dict[str, tuple[bytes, str | None]]]: ...
+
+    async def claim_keys(
+        self, wanted: Sequence[tuple[str, str, str]]
+    ) -> list[tuple[str, str, str, str, bytes]]: ...
+
+    async def set_cross_signing_keys(self, user_id: str, keys: Mapping[str, bytes]) -> int: ...
+
+    async def cross_signing_keys(
+        self, user_ids: Collection[str]
+    ) -> dict[str, dict[str, bytes]]: ...
+
+    async def add_signatures(
+        self, signatures: Sequence[tuple[str, str, bytes]]
+    ) -> tuple[list[tuple[str, str]], int | None]: ...
+
+    async def device_lists_position(self) -> int: ...
+
+    async def device_list_changes(self, after: int, upto: int) -> set[str]: ...
+
+    async def membership_changes(
+        self, room_ids: Collection[str], after: int, upto: int
+    ) -> list[tuple[str, str, str | None]]: ...
+
+    async def joined_members(self, room_ids: Collection[str]) -> set[str]: ...
+
+
+class RemoteKeys(Protocol):
+    """Other servers' answers about their users' keys
+    (:class:`ranvier.federation.e2e_keys.FederationKeyClient`).
+    """
+
+    async def query_keys(
+        self, server: str, device_keys: Mapping[str, list[str]]
+    ) -> dict[str, Any]: ...
+
+    async def claim_keys(
+        self, server: str, one_time_keys: Mapping[str, Mapping[str, str]]
+    ) -> dict[str, Any]: ...
+
+
+class Memberships(Protocol):
+    """The rooms a user has a membership in
+    (:class:`ranvier.storage.room_members.RoomMemberStorage`).
+    """
+
+    async def get_current_membership_event_ids(self, user_id: str) -> dict[str, str]: ...
+
+
+class RoomServers(Protocol):
+    """The servers joined to a room (:class:`ranvier.core.room_servers.RoomServers`)."""
+
+    async def joined_servers(self, room_id: str) -> Collection[str]: ...
+
+
+#: Re-authenticates a user for a sensitive request (user-interactive
+#: authentication), raising :class:`ranvier.core.devices.AuthRequired`.
+Reauthenticate = Callable[[str, object], Awaitable[None]]
+
+
+def _invalid(message: str) -> MatrixError:
+    return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
+
+
+def _server_of(user_id: str) -> str:
+    return user_id.partition(":")[2]
+
+
+def _object(body: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = body.get(name, {})
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadJsonError(f"'{name}' must be an object")
+    return value
+
+
+def _keys_by_id(keys: Mapping[str, Any], what: str) -> list[tuple[str, str, bytes]]:
+    """``(algorithm, key ID, canonical JSON)`` of ``{"<algorithm>:<key ID>": key}``."""
+    found = []
+    for name, key in keys.items():
+        algorithm, sep, key_id = name.partition(":")
+        if not sep or not algorithm or not key_id:
+            raise _invalid(f"{what} {name[:80]!r} is not named <algorithm>:<key ID>")
+        if not isinstance(key, str | dict):
+            raise BadJsonError(f"{what} {name[:80]!r} must be a string or an object")
+        found.append((algorithm, key_id, encode_canonical_json(key)))
+    return found
+
+
+def _verify(signed: Mapping[str, Any], user_id: str, key_id: str, key_base64: object) -> None:
+    """Check ``user_id``'s signature with the ed25519 key ``key_id``
+    (``ed25519:<version>``) whose public part is ``key_base64``.
+    """
+    algorithm, _, version = key_id.partition(":")
+    if algorithm != _ED25519 or not isinstance(key_base64, str):
+        raise _invalid(f"{key_id[:80]!r} is not an ed25519 key")
+    try:
+        verify_key = decode_verify_key_base64(algorithm, version, key_base64)
+        verify_signed_json(signed, user_id, verify_key)
+    except (BadJsonError, InvalidSignatureError) as exc:
+        raise MatrixError(
+            f"signature of {user_id} with {key_id[:80]}: {exc}",
+            errcode="M_INVALID_SIGNATURE",
+            http_status=400,
+        ) from None
+
+
+def _only_key(key: Mapping[str, Any]) -> tuple[str, str]:
+    """The one ``(key ID, public key)`` of a cross-signing key."""
+    keys = key.get("keys")
+    if not isinstance(keys, dict) or len(keys) != 1:
+        raise _invalid("a cross-signing key must hold exactly one key")
+    ((key_id, public),) = keys.items()
+    if not isinstance(public, str) or key_id != f"{_ED25519}:{public}":
+        raise _invalid("a cross-signing key must be named ed25519:<its public key>")
+    return key_id, public
+
+
+def _unsigned_form(key: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in key.items() if name not in ("signatures", "unsigned")}
+
+
+class E2eKeys:
+    """The keys endpoints' work and the device lists of ``/sync``."""
+
+    def __init__(
+        self,
+        *,
+        server_name: str,
+        store: E2eKeyStore,
+        notifier: StreamNotifier,
+        rooms: JoinedRooms,
+        shared: SharedRooms,
+        memberships: Memberships,
+        reauthenticate: Reauthenticate,
+        remote: RemoteKeys | None = None,
+        servers: RoomServers | None = None,
+        edus: EduSink | None = None,
+    ) -> None:
+        self._server_name = server_name
+        self._store = store
+        self._notifier = notifier
+        self._rooms = rooms
+        self._shared = shared
+        self._memberships = memberships
+        self._reauthenticate = reauthenticate
+        self.remote = remote
+        self._servers = servers
+        self._edus = edus
+        self._edu_stream = 0
+
+    # Uploads.
+
+    async def upload(self, user_id: str, device_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /keys/upload``."""
+        device_keys = body.get("device_keys")
+        encoded = None
+        if device_keys is not None:
+            if not isinstance(device_keys, dict):
+                raise BadJsonError("'device_keys' must be an object")
+            self._check_device_keys(user_id, device_id, device_keys)
+            encoded = encode_canonical_json(device_keys)
+        one_time = _keys_by_id(_object(body, "one_time_keys"), "one-time key")
+        fallback = _keys_by_id(_object(body, "fallback_keys"), "fallback key")
+        counts, position = await self._store.upload_keys(
+            user_id=user_id,
+            device_id=device_id,
+            device_keys=encoded,
+            one_time_keys=one_time,
+            fallback_keys=fallback,
+        )
+        if position is not None:
+            await self._changed(user_id, position, device_id=device_id, keys=device_keys)
+        return {"one_time_key_counts": counts}
+
+    def _check_device_keys(self, user_id: str, device_id: str, keys: Mapping[str, Any]) -> None:
+        if keys.get("user_id") != user_id or keys.get("device_id") != device_id:
+            raise _invalid(
+                f"device_keys must be those of {user_id}'s device {device_id}, the requester"
+            )
+        algorithms = keys.get("algorithms")
+        if not isinstance(algorithms, list) or not all(isinstance(a, str) for a in algorithms):
+            raise BadJsonError("'device_keys.algorithms' must be a list of strings")
+        published = keys.get("keys")
+        if not isinstance(published, dict) or not all(
+            isinstance(value, str) for value in published.values()
+        ):
+            raise BadJsonError("'device_keys.keys' must be an object of key IDs to keys")
+        own = f"{_ED25519}:{device_id}"
+        if own not in published:
+            raise _invalid(f"device_keys must hold the device's own {own} key")
+        _verify(keys, user_id, own, published[own])
+
+    async def upload_cross_signing(self, user_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /keys/device_signing/upload``; raises
+        :class:`~ranvier.core.devices.AuthRequired` while the password is
+        needed and not given.
+        """
+        given: dict[str, dict[str, Any]] = {}
+        for field, key_type in _CROSS_SIGNING.items():
+            key = body.get(field)
+            if key is None:
+                continue
+            if not isinstance(key, dict):
+                raise BadJsonError(f"'{field}' must be an object")
+            if key.get("user_id") != user_id:
+                raise _invalid(f"{field} must be a key of {user_id}, the requester")
+            usage = key.get("usage")
+            if not isinstance(usage, list) or key_type not in usage:
+                raise _invalid(f"{field}'s usage must include {key_type!r}")
+            _only_key(key)
+            given[key_type] = key
+        if not given:
+            raise _invalid("no cross-signing key given")
+        held = {
+            key_type: msgspec.json.decode(key)
+            for key_type, key in (await self._store.cross_signing_keys([user_id]))
+            .get(user_id, {})
+            .items()
+        }
+        master = given.get("master", held.get("master"))
+        if master is None:
+            raise _invalid("a master key must be uploaded before the keys it signs")
+        master_id, master_public = _only_key(master)
+        for key_type in ("self_signing", "user_signing"):
+            if key_type in given:
+                _verify(given[key_type], user_id, master_id, master_public)
+        # The first keys, or the very keys held, need no password: a client
+        # setting up cross-signing, or retrying, has nothing to replace.
+        replaces = "master" in held and any(
+            held.get(key_type) != key for key_type, key in given.items()
+        )
+        if replaces:
+            await self._reauthenticate(user_id, body.get("auth"))
+        if all(held.get(key_type) == key for key_type, key in given.items()):
+            return {}
+        position = await self._store.set_cross_signing_keys(
+            user_id, {key_type: encode_canonical_json(key) for key_type, key in given.items()}
+        )
+        await self._changed(user_id, position)
+        return {}
+
+    async def upload_signatures(self, user_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /keys/signatures/upload``: signatures of ``user_id`` on keys
+        of theirs and of other local users; ``failures`` per key refused.
+        """
+        signing_keys = await self._signing_keys(user_id)
+        failures: dict[str, dict[str, Any]] = {}
+        accepted: list[tuple[str, str, bytes]] = []
+        targets = [target for target in body if isinstance(body[target], dict)]
+        stored_devices = await self._store.device_keys(
+            {
+                target: list(body[target])
+                for target in targets
+                if _server_of(target) == self._server_name
+            }
+        )
+        stored_cross = await self._store.cross_signing_keys(targets)
+        for target in targets:
+            for name, signed in body[target].items():
+                try:
+                    accepted.append(
+                        self._checked_signature(
+                            user_id,
+                            target,
+                            name,
+                            signed,
+                            signing_keys,
+                            stored_devices.get(target, {}),
+                            stored_cross.get(target, {}),
+                        )
+                    )
+                except MatrixError as refused:
+                    failures.setdefault(target, {})[name] = {
+                        "errcode": refused.errcode,
+                        "error": str(refused),
+                    }
+        if accepted:
+            missing, position = await self._store.add_signatures(accepted)
+            for target, name in missing:
+                failures.setdefault(target, {})[name] = {
+                    "errcode": "M_NOT_FOUND",
+                    "error": "no such key",
+                }
+            if position is not None:
+                for target in sorted({target for target, _, _ in accepted}):
+                    await self._changed(target, position)
+        return {"failures": failures}
+
+    async def _signing_keys(self, user_id: str) -> dict[str, str]:
+        """The ed25519 keys ``user_id`` may sign with, by key ID: their
+        devices' and their cross-signing keys.
+        """
+        found: dict[str, str] = {}
+        for key_json, _ in (await self._store.device_keys({user_id: ()}))[user_id].values():
+            for key_id, public in msgspec.json.decode(key_json).get("keys", {}).items():
+                if key_id.startswith(f"{_ED25519}:") and isinstance(public, str):
+                    found[key_id] = public
+        for key_json in (await self._store.cross_signing_keys([user_id])).get(user_id, {}).values():
+            key_id, public = _only_key(msgspec.json.decode(key_json))
+            found[key_id] = public
+        return found
+
+    def _checked_signature(
+        self,
+        signer: str,
+        target: str,
+        name: str,
+        signed: object,
+        signing_keys: Mapping[str, str],
+        devices: Mapping[str, tuple[bytes, str | None]],
+        cross: Mapping[str, bytes],
+    ) -> tuple[str, str, bytes]:
+        if not isinstance(signed, dict):
+            raise BadJsonError("a signed key must be an object")
+        if _server_of(target) != self._server_name:
+            raise MatrixError(
+                "signatures of other servers' users' keys are not accepted here",
+                errcode="M_UNRECOGNIZED",
+                http_status=400,
+            )
+        if name in devices:
+            stored = msgspec.json.decode(devices[name][0])
+        else:
+            stored = None
+            for key_json in cross.values():
+                key = msgspec.json.decode(key_json)
+                if f"{_ED25519}:{name}" in key.get("keys", {}):
+                    stored = key
+            if stored is None:
+                raise MatrixError("no such key", errcode="M_NOT_FOUND", http_status=404)
+        if _unsigned_form(stored) != _unsigned_form(signed):
+            raise _invalid("the signed object is not the key stored")
+        by_signer = signed.get("signatures", {}).get(signer)
+        if not isinstance(by_signer, dict) or not by_signer:
+            raise _invalid(f"no signature of {signer}")
+        for key_id in by_signer:
+            if key_id not in signing_keys:
+                raise _invalid(f"{key_id[:80]!r} is not a key of {signer}")
+            _verify(
+                {**signed, "signatures": {signer: {key_id: by_signer[key_id]}}},
+                signer,
+                key_id,
+                signing_keys[key_id],
+            )
+        return target, name, msgspec.json.encode({signer: by_signer})
+
+    async def _changed(
+        self,
+        user_id: str,
+        position: int,
+        *,
+        device_id: str | None = None,
+        keys: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Tell long-polls, and the servers sharing a room, that the user's
+        keys changed.
+        """
+        rooms = await self._rooms.joined_rooms(user_id)
+        self._notifier.advance_device_lists(position, user_id, rooms)
+        if self._edus is None or self._servers is None or device_id is None:
+            return
+        destinations: set[str] = set()
+        for room_id in rooms:
+            destinations.update(await self._servers.joined_servers(room_id))
+        destinations.discard(self._server_name)
+        if not destinations:
+            return
+        self._edu_stream += 1
+        content: dict[str, Any] = {
+            "user_id": user_id,
+            "device_id": device_id,
+            "stream_id": position,
+            "prev_id": [],
+            "deleted": False,
+        }
+        if keys is not None:
+            content["keys"] = dict(keys)
+        for server in sorted(destinations):
+            self._edus.send_edu(server, "m.device_list_update", content)
+
+    # Queries.
+
+    async def query(self, requester: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /keys/query``: local users' keys from storage, other
+        servers' asked of them (``failures`` for those that did not answer).
+        """
+        wanted = _object(body, "device_keys")
+        local: dict[str, list[str]] = {}
+        remote: dict[str, dict[str, list[str]]] = {}
+        for user_id, devices in wanted.items():
+            if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+                raise BadJsonError(f"the devices of {user_id[:80]} must be a list of device IDs")
+            if _server_of(user_id) == self._server_name:
+                local[user_id] = devices
+            else:
+                remote.setdefault(_server_of(user_id), {})[user_id] = devices
+        answer = await self.local_query(local, requester=requester)
+        answer["failures"] = {}
+        for server, users in sorted(remote.items()):
+            found = await self._ask(server, users)
+            if found is None:
+                answer["failures"][server] = {"status": 503, "message": "not reachable"}
+                continue
+            for field in ("device_keys", "master_keys", "self_signing_keys"):
+                part = found.get(field)
+                if not isinstance(part, dict):
+                    continue
+                for user_id, keys in part.items():
+                    if user_id in users:
+                        answer[field][user_id] = keys
+        return answer
+
+    async def _ask(self, server: str, users: Mapping[str, list[str]]) -> dict[str, Any] | None:
+        if self.remote is None:
+            return None
+        try:
+            with trio.fail_after(REMOTE_TIMEOUT_S):
+                return await self.remote.query_keys(server, users)
+        except (MatrixError, OSError, trio.TooSlowError, ValueError) as exc:
+            _log.info("keys of %s's users not fetched: %s", server, exc)
+            return None
+
+    async def local_query(
+        self, wanted: Mapping[str, Sequence[str]], *, requester: str | None = None
+    ) -> dict[str, Any]:
+        """Local users' device and cross-signing keys; ``user_signing_keys``
+        only of ``requester`` themself (never for another server).
+        """
+        stored = await self._store.device_keys(wanted)
+        device_keys: dict[str, Any] = {}
+        for user_id, devices in stored.items():
+            shown = device_keys.setdefault(user_id, {})
+            for device_id, (key_json, display_name) in devices.items():
+                key = msgspec.json.decode(key_json)
+                if display_name is not None:
+                    key.setdefault("unsigned", {})["device_display_name"] = display_name
+                shown[device_id] = key
+        answer: dict[str, Any] = {
+            "device_keys": device_keys,
+            "master_keys": {},
+            "self_signing_keys": {},
+        }
+        if requester is not None:
+            answer["user_signing_keys"] = {}
+        cross = await self._store.cross_signing_keys(list(wanted))
+        for user_id, keys in cross.items():
+            for key_type, key_json in keys.items():
+                field = f"{key_type}_keys"
+                if key_type == "user_signing" and user_id != requester:
+                    continue
+                answer[field][user_id] = msgspec.json.decode(key_json)
+        return answer
+
+    async def claim(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /keys/claim``."""
+        wanted = _object(body, "one_time_keys")
+        local: list[tuple[str, str, str]] = []
+        remote: dict[str, dict[str, dict[str, str]]] = {}
+        for user_id, devices in wanted.items():
+            if not isinstance(devices, dict) or not all(
+                isinstance(algorithm, str) for algorithm in devices.values()
+            ):
+                raise BadJsonError(
+                    f"the devices of {user_id[:80]} must be an object of device IDs to algorithms"
+                )
+            for device_id, algorithm in devices.items():
+                if _server_of(user_id) == self._server_name:
+                    local.append((user_id, device_id, algorithm))
+                else:
+                    remote.setdefault(_server_of(user_id), {}).setdefault(user_id, {})[
+                        device_id
+                    ] = algorithm
+        one_time_keys = await self.local_claim(local)
+        failures: dict[str, Any] = {}
+        for server, users in sorted(remote.items()):
+            found = await self._claim_remote(server, users)
+            if found is None:
+                failures[server] = {"status": 503, "message": "not reachable"}
+                continue
+            for user_id, devices in found.items():
+                if user_id in users and isinstance(devices, dict):
+                    one_time_keys[user_id] = devices
+        return {"one_time_keys": one_time_keys, "failures": failures}
+
+    async def _claim_remote(
+        self, server: str, users: Mapping[str, Mapping[str, str]]
+    ) -> dict[str, Any] | None:
+        if self.remote is None:
+            return None
+        try:
+            with trio.fail_after(REMOTE_TIMEOUT_S):
+                answer = await self.remote.claim_keys(server, users)
+        except (MatrixError, OSError, trio.TooSlowError, ValueError) as exc:
+            _log.info("keys of %s's users not claimed: %s", server, exc)
+            return None
+        found = answer.get("one_time_keys")
+        return found if isinstance(found, dict) else None
+
+    async def local_claim(self, wanted: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+        """One key for each local ``(user, device, algorithm)``, as
+        ``{user: {device: {"<algorithm>:<key ID>": key}}}``.
+        """
+        found: dict[str, Any] = {}
+        for user_id, device_id, algorithm, key_id, key_json in await self._store.claim_keys(wanted):
+            found.setdefault(user_id, {}).setdefault(device_id, {})[f"{algorithm}:{key_id}"] = (
+                msgspec.json.decode(key_json)
+            )
+        return found
+
+    # Device lists.
+
+    async def position(self) -> int:
+        return await self._store.device_lists_position()
+
+    async def key_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
+        return await self._store.key_counts(user_id, device_id)
+
+    async def changes(
+        self, user_id: str, since: StreamPosition, upto: StreamPosition
+    ) -> dict[str, list[str]]:
+        """``GET /keys/changes`` between two sync tokens' positions."""
+        rooms = await self._memberships.get_current_membership_event_ids(user_id)
+        changed, left = await self.device_lists(user_id, rooms, since, upto)
+        return {"changed": changed, "left": left}
+
+    async def device_lists(
+        self,
+        user_id: str,
+        room_ids: Collection[str],
+        since: StreamPosition,
+        now: StreamPosition,
+    ) -> tuple[list[str], list[str]]:
+        """Who to list in ``device_lists.changed`` and ``left`` between two
+        positions: users sharing a room with ``user_id`` whose keys changed
+        or who came to share one, and users who no longer share any.
+        """
+        candidates: set[str] = set()
+        if now.device_lists > since.device_lists:
+            candidates |= await self._store.device_list_changes(
+                since.device_lists, now.device_lists
+            )
+        gone: set[str] = set()
+        if now.events > since.events and room_ids:
+            joined_rooms: set[str] = set()
+            left_rooms: set[str] = set()
+            for room_id, member, membership in await self._store.membership_changes(
+                room_ids, since.events, now.events
+            ):
+                if membership == "join":
+                    candidates.add(member)
+                    if member == user_id:
+                        joined_rooms.add(room_id)
+                        left_rooms.discard(room_id)
+                elif membership in ("leave", "ban"):
+                    gone.add(member)
+                    if member == user_id:
+                        left_rooms.add(room_id)
+                        joined_rooms.discard(room_id)
+            if joined_rooms:
+                candidates |= await self._store.joined_members(joined_rooms)
+            if left_rooms:
+                gone |= await self._store.joined_members(left_rooms)
+        if not candidates and not gone:
+            return [], []
+        sharing = await self._shared.users_sharing_a_room(user_id, candidates | gone)
+        changed = {user for user in candidates if user in sharing or user == user_id}
+        left = {user for user in gone if user not in sharing and user != user_id}
+        return sorted(changed), sorted(left - changed)

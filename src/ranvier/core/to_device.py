@@ -1,0 +1,208 @@
+"""Send-to-device messaging: ``PUT /sendToDevice/{eventType}/{txnId}``, the
+``m.direct_to_device`` EDU, and the messages a sync hands a device.
+
+Invariants
+----------
+
+* **Once per transaction ID.** A client's retry of a send (same device,
+  same transaction ID) queues nothing and sends no EDU again: the
+  transaction is recorded in the same write as the messages.
+* **Only for devices that exist.** A message for a local device that does
+  not exist is dropped; ``*`` reaches every device the user has when it
+  is sent.
+* **A server speaks for its own users.** An ``m.direct_to_device`` EDU
+  whose sender is not of the sending server is dropped whole, and one may
+  only reach users of this server.
+* **Delivered until acknowledged.** A sync hands out the messages after
+  its token's seventh part, up to :data:`PAGE` at a time; the next sync's
+  token acknowledges them, and only then are they deleted. A queued
+  message wakes its recipient's long-polls.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Protocol
+
+import msgspec
+
+from ranvier.core.builder import Clock, wall_clock_ms
+from ranvier.core.notifier import StreamNotifier
+from ranvier.core.receipts import EduSink
+from ranvier.errors import MatrixError
+
+__all__ = ["PAGE", "ToDevice", "ToDeviceStore"]
+
+_log: Final = logging.getLogger(__name__)
+
+#: The most messages one sync hands a device.
+PAGE: Final = 100
+_EDU: Final = "m.direct_to_device"
+
+
+class ToDeviceStore(Protocol):
+    """To-device storage (:class:`ranvier.storage.e2e_keys.E2eKeyStorage`)."""
+
+    async def send_to_device(
+        self,
+        *,
+        sender: str,
+        sender_device: str | None,
+        txn_id: str | None,
+        messages: Sequence[tuple[str, str, bytes]],
+        now_ms: int,
+    ) -> tuple[bool, int | None, list[tuple[str, str]]]: ...
+
+    async def to_device_messages(
+        self, user_id: str, device_id: str, after: int, upto: int, limit: int
+    ) -> list[tuple[int, bytes]]: ...
+
+    async def acknowledge_to_device(self, user_id: str, device_id: str, upto: int) -> int: ...
+
+    async def to_device_position(self) -> int: ...
+
+
+def _server_of(user_id: str) -> str:
+    return user_id.partition(":")[2]
+
+
+def _bad(message: str, errcode: str = "M_BAD_JSON") -> MatrixError:
+    return MatrixError(message, errcode=errcode, http_status=400)
+
+
+def _messages(body: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The body's ``messages``, checked to be shaped as the spec says."""
+    messages = body.get("messages")
+    if not isinstance(messages, dict):
+        raise _bad("'messages' must be an object of users to devices to contents")
+    for user_id, by_device in messages.items():
+        if not user_id.startswith("@") or ":" not in user_id:
+            raise _bad(f"{user_id[:80]!r} is not a user ID", "M_INVALID_PARAM")
+        if not isinstance(by_device, dict):
+            raise _bad(f"the messages for {user_id} must be an object of devices")
+        for device_id, content in by_device.items():
+            if not isinstance(content, dict):
+                raise _bad(
+                    f"the message for {user_id}'s device {device_id[:80]!r} must be an object"
+                )
+    return messages
+
+
+class ToDevice:
+    """Sends, receives and hands out to-device messages; see the module's doc."""
+
+    def __init__(
+        self,
+        *,
+        server_name: str,
+        store: ToDeviceStore,
+        notifier: StreamNotifier,
+        edus: EduSink | None = None,
+        clock: Clock = wall_clock_ms,
+    ) -> None:
+        self._server_name = server_name
+        self._store = store
+        self._notifier = notifier
+        self._edus = edus
+        self._clock = clock
+
+    async def send(
+        self, user_id: str, device_id: str, event_type: str, txn_id: str, body: Mapping[str, Any]
+    ) -> None:
+        """A client's send: local devices' inboxes, and one EDU per other
+        server with its users' messages.
+        """
+        messages = _messages(body)
+        local: list[tuple[str, str, bytes]] = []
+        remote: dict[str, dict[str, dict[str, Any]]] = {}
+        for target, by_device in messages.items():
+            server = _server_of(target)
+            if server != self._server_name:
+                remote.setdefault(server, {})[target] = by_device
+                continue
+            for target_device, content in by_device.items():
+                message = {"type": event_type, "sender": user_id, "content": content}
+                local.append((target, target_device, msgspec.json.encode(message)))
+        fresh, position, reached = await self._store.send_to_device(
+            sender=user_id,
+            sender_device=device_id,
+            txn_id=txn_id,
+            messages=local,
+            now_ms=self._clock(),
+        )
+        if position is not None:
+            self._notifier.advance_to_device(position, {user for user, _ in reached})
+        if not fresh or self._edus is None:
+            return
+        for server, by_user in sorted(remote.items()):
+            self._edus.send_edu(
+                server,
+                _EDU,
+                {
+                    "sender": user_id,
+                    "type": event_type,
+                    "message_id": secrets.token_urlsafe(16),
+                    "messages": by_user,
+                },
+            )
+
+    async def on_remote(self, origin: str, content: Mapping[str, Any]) -> int:
+        """An ``m.direct_to_device`` EDU from ``origin``; how many devices' inboxes
+        it reached.
+        """
+        sender = content.get("sender")
+        event_type = content.get("type")
+        message_id = content.get("message_id")
+        messages = content.get("messages")
+        if (
+            not isinstance(sender, str)
+            or not isinstance(event_type, str)
+            or not isinstance(message_id, str)
+            or not isinstance(messages, dict)
+        ):
+            _log.info("dropping a to-device EDU from %s: not shaped as the spec says", origin)
+            return 0
+        if _server_of(sender) != origin:
+            _log.info("dropping a to-device EDU from %s for %s, not its user", origin, sender)
+            return 0
+        local: list[tuple[str, str, bytes]] = []
+        for target, by_device in messages.items():
+            if _server_of(target) != self._server_name or not isinstance(by_device, dict):
+                continue
+            for target_device, message_content in by_device.items():
+                if not isinstance(message_content, dict):
+                    continue
+                message = {"type": event_type, "sender": sender, "content": message_content}
+                local.append((target, target_device, msgspec.json.encode(message)))
+        if not local:
+            return 0
+        # The message ID makes a resent EDU (a retried transaction) a no-op.
+        _, position, reached = await self._store.send_to_device(
+            sender=sender,
+            sender_device=None,
+            txn_id=f"{origin}/{message_id}",
+            messages=local,
+            now_ms=self._clock(),
+        )
+        if position is not None:
+            self._notifier.advance_to_device(position, {user for user, _ in reached})
+        return len(reached)
+
+    async def position(self) -> int:
+        return await self._store.to_device_position()
+
+    async def acknowledge(self, user_id: str, device_id: str, upto: int) -> None:
+        await self._store.acknowledge_to_device(user_id, device_id, upto)
+
+    async def for_sync(
+        self, user_id: str, device_id: str, after: int, upto: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The device's messages in ``(after, upto]``, a page at most, and the
+        position the page reaches (``upto`` unless more are waiting).
+        """
+        found = await self._store.to_device_messages(user_id, device_id, after, upto, PAGE)
+        events = [msgspec.json.decode(message) for _, message in found]
+        reached = found[-1][0] if len(found) == PAGE else upto
+        return events, max(reached, after)

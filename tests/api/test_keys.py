@@ -1,0 +1,342 @@
+"""End-to-end encryption keys over real HTTP: uploads, queries, claims,
+cross-signing, signatures and the device lists of ``/sync``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from _client import Client, SharedRoom, open_shared_room, q
+from _e2e import OTK, cross_signing, device_keys, one_time_keys, sign_as
+
+from ranvier.protocol.signing import sign_json
+from ranvier.testing.homeserver import TestUser
+
+
+@dataclass
+class Env(SharedRoom):
+    async def upload(self, user: TestUser, body: dict[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = await self.client.ok(user, "POST", "/keys/upload", body)
+        return answer
+
+    async def query(self, user: TestUser, *users: TestUser) -> dict[str, Any]:
+        body: dict[str, Any] = {"device_keys": {other.user_id: [] for other in users}}
+        answer: dict[str, Any] = await self.client.ok(user, "POST", "/keys/query", body)
+        return answer
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async with open_shared_room(tmp_path, Env) as shared:
+        yield shared
+
+
+async def test_keys_uploaded_by_bob_are_found_by_alice(env: Env) -> None:
+    keys = device_keys(env.bob)
+    answer = await env.upload(
+        env.bob,
+        {
+            "device_keys": keys.body,
+            "one_time_keys": one_time_keys(keys, env.bob, "a", "b"),
+            "fallback_keys": one_time_keys(keys, env.bob, "f"),
+        },
+    )
+    assert answer == {"one_time_key_counts": {OTK: 2}}
+    found = await env.query(env.alice, env.bob, env.carol)
+    assert found["device_keys"][env.bob.user_id] == {env.bob.device_id: keys.body}
+    # A named device's name comes along, outside what the device signed.
+    await env.client.ok(env.bob, "PUT", f"/devices/{env.bob.device_id}", {"display_name": "tab"})
+    found = await env.query(env.alice, env.bob, env.carol)
+    shown = found["device_keys"][env.bob.user_id][env.bob.device_id]
+    assert shown.pop("unsigned") == {"device_display_name": "tab"}
+    assert shown == keys.body
+    assert found["device_keys"][env.carol.user_id] == {}
+    assert found["failures"] == {}
+    # Only the requester's own device's counts, in /sync too.
+    body = await env.sync(env.bob)
+    assert body["device_one_time_keys_count"] == {OTK: 2}
+    assert body["device_unused_fallback_key_types"] == [OTK]
+    assert (await env.sync(env.alice))["device_one_time_keys_count"] == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "errcode"),
+    [
+        ("other user", 400, "M_INVALID_PARAM"),
+        ("other device", 400, "M_INVALID_PARAM"),
+        ("forged", 400, "M_INVALID_SIGNATURE"),
+        ("unsigned", 400, "M_INVALID_SIGNATURE"),
+        ("no own key", 400, "M_INVALID_PARAM"),
+        ("not an object", 400, "M_BAD_JSON"),
+        ("bad key name", 400, "M_INVALID_PARAM"),
+    ],
+)
+async def test_refused_uploads_write_nothing(
+    env: Env, change: str, status: int, errcode: str
+) -> None:
+    keys = device_keys(env.bob)
+    body: dict[str, Any] = {
+        "device_keys": keys.body,
+        "one_time_keys": one_time_keys(keys, env.bob, "a"),
+    }
+    device = body["device_keys"]
+    if change == "other user":
+        body["device_keys"] = sign_json(
+            {**_unsigned(device), "user_id": env.alice.user_id}, env.alice.user_id, keys.signing_key
+        )
+    elif change == "other device":
+        body["device_keys"] = sign_json(
+            {**_unsigned(device), "device_id": "ELSEWHERE"}, env.bob.user_id, keys.signing_key
+        )
+    elif change == "forged":
+        body["device_keys"] = {**device, "algorithms": ["m.other"]}
+    elif change == "unsigned":
+        body["device_keys"] = _unsigned(device)
+    elif change == "no own key":
+        stripped = _unsigned(device)
+        stripped["keys"] = {f"curve25519:{env.bob.device_id}": "x"}
+        body["device_keys"] = sign_json(stripped, env.bob.user_id, keys.signing_key)
+    elif change == "not an object":
+        body["device_keys"] = ["keys"]
+    elif change == "bad key name":
+        body["one_time_keys"] = {"no-colon": {"key": "x"}}
+    await env.client.refused(env.bob, "POST", "/keys/upload", body, status=status, errcode=errcode)
+    assert (await env.query(env.alice, env.bob))["device_keys"][env.bob.user_id] == {}
+    assert (await env.sync(env.bob))["device_one_time_keys_count"] == {}
+
+
+def _unsigned(obj: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in obj.items() if key != "signatures"}
+
+
+async def test_one_time_keys_are_claimed_exactly_once_under_concurrency(env: Env) -> None:
+    keys = device_keys(env.bob)
+    names = [f"k{n}" for n in range(5)]
+    await env.upload(
+        env.bob,
+        {
+            "device_keys": keys.body,
+            "one_time_keys": one_time_keys(keys, env.bob, *names),
+            "fallback_keys": one_time_keys(keys, env.bob, "fallback"),
+        },
+    )
+    claimed: list[str] = []
+
+    async def claim(user: TestUser) -> None:
+        answer = await env.client.ok(
+            user,
+            "POST",
+            "/keys/claim",
+            {"one_time_keys": {env.bob.user_id: {env.bob.device_id: OTK}}},
+        )
+        assert answer["failures"] == {}
+        (name,) = answer["one_time_keys"][env.bob.user_id][env.bob.device_id]
+        claimed.append(name.partition(":")[2])
+
+    async with trio.open_nursery() as nursery:
+        for n in range(8):
+            nursery.start_soon(claim, env.alice if n % 2 else env.carol)
+    assert sorted(claimed) == [*["fallback"] * 3, *names]
+    counts = await env.upload(env.bob, {})
+    assert counts == {"one_time_key_counts": {}}
+    assert (await env.sync(env.bob))["device_unused_fallback_key_types"] == []
+    # A device with none: nothing for it, and no failure.
+    answer = await env.client.ok(
+        env.alice,
+        "POST",
+        "/keys/claim",
+        {"one_time_keys": {env.carol.user_id: {env.carol.device_id: OTK}}},
+    )
+    assert answer == {"one_time_keys": {}, "failures": {}}
+
+
+async def test_another_servers_users_are_failures_when_it_cannot_be_reached(env: Env) -> None:
+    answer = await env.client.ok(
+        env.alice,
+        "POST",
+        "/keys/query",
+        {"device_keys": {"@someone:unreachable.invalid": []}},
+    )
+    assert set(answer["failures"]) == {"unreachable.invalid"}
+    assert "@someone:unreachable.invalid" not in answer["device_keys"]
+    claimed = await env.client.ok(
+        env.alice,
+        "POST",
+        "/keys/claim",
+        {"one_time_keys": {"@someone:unreachable.invalid": {"DEV": OTK}}},
+    )
+    assert claimed["one_time_keys"] == {}
+    assert set(claimed["failures"]) == {"unreachable.invalid"}
+
+
+async def test_a_key_change_wakes_and_is_listed_for_those_sharing_a_room(env: Env) -> None:
+    since = (await env.sync(env.alice))["next_batch"]
+    carol_since = (await env.sync(env.carol))["next_batch"]
+    keys = device_keys(env.bob)
+
+    async def carol_uploads() -> None:
+        await env.upload(env.carol, {"device_keys": device_keys(env.carol).body})
+
+    answer = await env.woken_sync(
+        env.alice,
+        since,
+        quiet=carol_uploads,
+        wake=lambda: env.upload(env.bob, {"device_keys": keys.body}),
+    )
+    assert answer["device_lists"] == {"changed": [env.bob.user_id], "left": []}
+    # Carol shares no room with Bob: her sync lists only herself.
+    carol = await env.sync(env.carol, since=carol_since)
+    assert carol["device_lists"]["changed"] == [env.carol.user_id]
+    # The same through /keys/changes.
+    changes = await env.client.ok(
+        env.alice,
+        "GET",
+        "/keys/changes",
+        params={"from": since, "to": answer["next_batch"]},
+    )
+    assert changes == {"changed": [env.bob.user_id], "left": []}
+    await env.client.refused(
+        env.alice,
+        "GET",
+        "/keys/changes",
+        params={"from": since},
+        status=400,
+        errcode="M_MISSING_PARAM",
+    )
+    await env.client.refused(
+        env.alice,
+        "GET",
+        "/keys/changes",
+        params={"from": "nonsense", "to": since},
+        status=400,
+        errcode="M_INVALID_PARAM",
+    )
+
+
+async def test_joining_and_leaving_a_shared_room_are_listed(env: Env) -> None:
+    since = (await env.sync(env.alice))["next_batch"]
+    await env.client.ok(env.carol, "POST", f"/rooms/{q(env.room_id)}/join", {})
+    joined = await env.sync(env.alice, since=since)
+    assert env.carol.user_id in joined["device_lists"]["changed"]
+    await env.client.ok(env.bob, "POST", f"/rooms/{q(env.room_id)}/leave", {})
+    left = await env.sync(env.alice, since=joined["next_batch"])
+    assert left["device_lists"] == {"changed": [], "left": [env.bob.user_id]}
+    # Bob, having left, no longer shares a room with Alice or Carol.
+    bob_since = (await env.sync(env.bob))["next_batch"]
+    await env.upload(env.alice, {"device_keys": device_keys(env.alice).body})
+    assert (await env.sync(env.bob, since=bob_since))["device_lists"]["changed"] == []
+
+
+async def _upload_cross_signing(
+    client: Client, user: TestUser, body: dict[str, Any], *, status: int = 200
+) -> dict[str, Any]:
+    got, answer = await client.call(user, "POST", "/keys/device_signing/upload", body)
+    assert got == status, answer
+    result: dict[str, Any] = answer
+    return result
+
+
+async def test_cross_signing_keys_are_stored_and_shown_to_the_right_users(
+    tmp_path: Path,
+) -> None:
+    async with open_shared_room(tmp_path, Env) as env:
+        # The first keys need no password.
+        mine = cross_signing(env.bob)
+        await _upload_cross_signing(env.client, env.bob, mine.body)
+        to_alice = await env.query(env.alice, env.bob)
+        assert to_alice["master_keys"] == {env.bob.user_id: mine.body["master_key"]}
+        assert to_alice["self_signing_keys"] == {env.bob.user_id: mine.body["self_signing_key"]}
+        assert to_alice["user_signing_keys"] == {}
+        to_bob = await env.query(env.bob, env.bob)
+        assert to_bob["user_signing_keys"] == {env.bob.user_id: mine.body["user_signing_key"]}
+        # The same keys again: no password either, nothing changes.
+        await _upload_cross_signing(env.client, env.bob, mine.body)
+        # New keys replace the old ones only with the password, which Bob
+        # (registered without one) cannot give: refused, nothing written.
+        other = cross_signing(env.bob)
+        answer = await _upload_cross_signing(env.client, env.bob, other.body, status=401)
+        assert answer["flows"] == [{"stages": ["m.login.password"]}]
+        assert (await env.query(env.alice, env.bob))["master_keys"] == to_alice["master_keys"]
+
+
+async def test_replacing_cross_signing_keys_takes_the_password(tmp_path: Path) -> None:
+    async with open_shared_room(tmp_path, Env) as env:
+        dave = await env.hs.register_user("dave", "daves password")
+        await _upload_cross_signing(env.client, dave, cross_signing(dave).body)
+        other = cross_signing(dave)
+        session = (await _upload_cross_signing(env.client, dave, other.body, status=401))["session"]
+        wrong = {"type": "m.login.password", "password": "nope", "session": session}
+        refused = await _upload_cross_signing(
+            env.client, dave, {**other.body, "auth": wrong}, status=401
+        )
+        assert refused["errcode"] == "M_FORBIDDEN"
+        right = {**wrong, "password": "daves password"}
+        await _upload_cross_signing(env.client, dave, {**other.body, "auth": right})
+        shown = await env.query(env.alice, dave)
+        assert shown["master_keys"] == {dave.user_id: other.body["master_key"]}
+
+
+@pytest.mark.parametrize("change", ["unsigned self-signing", "other user", "no master", "usage"])
+async def test_refused_cross_signing_uploads_write_nothing(env: Env, change: str) -> None:
+    keys = cross_signing(env.bob)
+    body = dict(keys.body)
+    errcode = "M_INVALID_PARAM"
+    if change == "unsigned self-signing":
+        body["self_signing_key"] = _unsigned(body["self_signing_key"])
+        errcode = "M_INVALID_SIGNATURE"
+    elif change == "other user":
+        body["master_key"] = {**body["master_key"], "user_id": env.alice.user_id}
+    elif change == "no master":
+        del body["master_key"]
+    elif change == "usage":
+        body["master_key"] = {**body["master_key"], "usage": ["self_signing"]}
+    await env.client.refused(
+        env.bob, "POST", "/keys/device_signing/upload", body, status=400, errcode=errcode
+    )
+    shown = await env.query(env.bob, env.bob)
+    assert (shown["master_keys"], shown["self_signing_keys"]) == ({}, {})
+
+
+async def test_signatures_are_verified_then_added_to_the_keys(env: Env) -> None:
+    device = device_keys(env.bob)
+    await env.upload(env.bob, {"device_keys": device.body})
+    cross = cross_signing(env.bob)
+    await _upload_cross_signing(env.client, env.bob, cross.body)
+    since = (await env.sync(env.alice))["next_batch"]
+    # Bob's self-signing key signs his device; his device signs his master key.
+    signed_device = sign_as(device.body, env.bob, cross.self_signing, named=True)
+    signed_master = sign_as(cross.body["master_key"], env.bob, device.signing_key, named=False)
+    forged = sign_as(device.body, env.bob, cross_signing(env.bob).self_signing, named=True)
+    master_id = next(iter(cross.body["master_key"]["keys"])).partition(":")[2]
+    answer = await env.client.ok(
+        env.bob,
+        "POST",
+        "/keys/signatures/upload",
+        {env.bob.user_id: {env.bob.device_id: signed_device, master_id: signed_master}},
+    )
+    assert answer == {"failures": {}}
+    shown = await env.query(env.alice, env.bob)
+    device_signatures = shown["device_keys"][env.bob.user_id][env.bob.device_id]["signatures"]
+    assert device_signatures == signed_device["signatures"]
+    assert shown["master_keys"][env.bob.user_id]["signatures"] == signed_master["signatures"]
+    assert env.bob.user_id in (await env.sync(env.alice, since=since))["device_lists"]["changed"]
+    # A signature by a key that is not Bob's, on a key not stored, or by
+    # someone else on Bob's device: failures, and nothing added.
+    answer = await env.client.ok(
+        env.bob,
+        "POST",
+        "/keys/signatures/upload",
+        {
+            env.bob.user_id: {
+                env.bob.device_id: forged,
+                "NOSUCHDEVICE": {**device.body, "device_id": "NOSUCHDEVICE"},
+            }
+        },
+    )
+    assert set(answer["failures"][env.bob.user_id]) == {env.bob.device_id, "NOSUCHDEVICE"}
+    again = await env.query(env.alice, env.bob)
+    assert again["device_keys"] == shown["device_keys"]
