@@ -1074,6 +1074,35 @@ async def test_messages_that_come_during_a_write_are_built_on_it(
     assert await storage.get_forward_extremities(room_id) == {told[-1].event_id}
 
 
+async def test_messages_sent_together_parse_the_room_s_auth_events_once(
+    storage: Storage, heard: Heard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    locks = RoomLocks()
+    creator = _creator(storage, heard, room_locks=locks)
+    room_id = await creator.create_room(ALICE, preset="public_chat")
+    await creator.join(BOB, room_id)
+    parsed: list[str] = []
+    original = Pdu.from_json
+
+    def counting(data: Any, room_version: Any, *, check_limits: bool = True) -> Pdu:
+        event = original(data, room_version, check_limits=check_limits)
+        parsed.append(event.event_id)
+        return event
+
+    monkeypatch.setattr(Pdu, "from_json", counting)
+    outcomes = await _waiting_sends(
+        creator, locks, room_id, [(ALICE if n % 2 else BOB, str(n), None) for n in range(6)]
+    )
+    assert all(isinstance(outcome, str) for outcome in outcomes.values())
+    told = heard.in_room(room_id)
+    cited = {auth_id for event in told[-6:] for auth_id in event.auth_event_ids}
+    # The power levels and two joins (and the create event before v12):
+    # each parsed once, not once per message that cites it.
+    assert len(cited) >= 3
+    assert {event_id: parsed.count(event_id) for event_id in cited} == dict.fromkeys(cited, 1)
+    await _check_written(storage, told)
+
+
 async def test_messages_built_on_a_write_that_failed_are_built_again(
     storage: Storage, heard: Heard, db_path: Path
 ) -> None:

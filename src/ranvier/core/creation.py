@@ -85,9 +85,15 @@ from .context import (
     event_to_persist,
 )
 from .creation_reads import CreationReads
-from .event_auth import run_auth_checks
+from .event_auth import (
+    check_against_auth_events,
+    check_against_current_state,
+    check_against_state_before,
+    run_auth_checks,
+)
 from .ingest import RoomLocks
 from .interfaces import EventNotifier, EventPersister, RemoteInviter, StateReader
+from .loading import EventLoader
 
 __all__ = ["EventCreator", "NotInRoomError", "Preset"]
 
@@ -548,6 +554,11 @@ class EventCreator:
         next of them to take the lock.
         """
         self._reads.begin(room_id)
+        # The auth events of a room's messages are mostly the same few; they
+        # are parsed once per hold. The lock keeps every other writer out,
+        # and messages, all that is written meanwhile, are no one's auth
+        # events, so what the loader holds stays true until the lock goes.
+        loader = EventLoader(self._reads, rv)
         taken: list[_QueuedMessage] = []
         flights: list[_Flight] = []
         todo: deque[_QueuedMessage] = deque()
@@ -561,7 +572,7 @@ class EventCreator:
                         taken.extend(batch)
                         todo.extend(batch)
                     if todo:
-                        await self._send_one(room_id, rv, todo, staged, flights)
+                        await self._send_one(room_id, rv, todo, staged, flights, loader)
                         continue
                     if (
                         flights
@@ -600,9 +611,13 @@ class EventCreator:
         todo: deque[_QueuedMessage],
         staged: list[tuple[_QueuedMessage, Pdu, EventContext]],
         flights: list[_Flight],
+        loader: EventLoader,
     ) -> None:
         """Build and check the first message of ``todo``: stage it, or write
         it on its own after those staged (see :meth:`_send_queue`).
+        ``loader`` is the hold's, used while the room is known to have full
+        state (partial state may be cleared, and events' rejections worked
+        out again, under the lock).
         """
         message = todo.popleft()
         sender: str = message.template["sender"]
@@ -618,7 +633,8 @@ class EventCreator:
             return
         try:
             event = await self._build(rv, message.template, begin=False)
-            context = await self._authorise(event)
+            full = self._reads.known_full(room_id)
+            context = await self._authorise(event, loader=loader if full else None)
         except Exception as error:
             message.fail(error)
             return
@@ -939,12 +955,30 @@ class EventCreator:
                     ) from None
             await self._announce([(event, ordering)])
 
-    async def _authorise(self, event: Pdu) -> EventContext:
+    async def _authorise(self, event: Pdu, *, loader: EventLoader | None = None) -> EventContext:
+        """The event's context, once the auth rules accept it at all three points.
+
+        ``loader`` carries the events parsed for the messages before it in
+        the same hold of the room's lock (see :meth:`_send_queue`); the
+        checks are :func:`~ranvier.core.event_auth.run_auth_checks`', run
+        one by one to hand it over.
+        """
         context = await compute_event_context(event, self._reads, self._persister)
-        outcome = await run_auth_checks(event, context, self._reads)
-        if outcome.failure is not None:
-            raise outcome.failure.error
-        return outcome.context
+        if loader is None:
+            outcome = await run_auth_checks(event, context, self._reads)
+            if outcome.failure is not None:
+                raise outcome.failure.error
+            return outcome.context
+        failure = await check_against_auth_events(event, self._reads, loader=loader)
+        if failure is None and not context.is_outlier:
+            failure = await check_against_state_before(event, context, self._reads, loader=loader)
+            if failure is None:
+                failure = await check_against_current_state(
+                    event, context, self._reads, loader=loader
+                )
+        if failure is not None:
+            raise failure.error
+        return context
 
     async def _persist(self, event: Pdu, context: EventContext) -> int:
         current = await compute_current_state_after(event, context, self._reads, self._persister)
