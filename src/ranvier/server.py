@@ -143,6 +143,7 @@ from ranvier.errors import MatrixError
 from ranvier.federation.backfill import FederationBackfillClient
 from ranvier.federation.client import FederationEventFetcher
 from ranvier.federation.directory import FederationDirectoryClient, add_directory_route
+from ranvier.federation.e2e_keys import FederationKeyClient, add_e2e_key_routes
 from ranvier.federation.edus import EduDispatcher
 from ranvier.federation.keys import KeyRing
 from ranvier.federation.leaves import FederationLeaveClient
@@ -393,6 +394,16 @@ class HomeServer:
     def presence(self) -> Presence:
         """Users' presence, in memory."""
         return _built(self._edus.presence, "presence")
+
+    @property
+    def to_device(self) -> ToDevice:
+        """To-device messages: sent, received over federation, handed to syncs."""
+        return _built(self._edus.to_device, "to-device messages")
+
+    @property
+    def e2e_keys(self) -> E2eKeys:
+        """Devices' and users' end-to-end encryption keys."""
+        return _built(self._e2e_keys, "keys")
 
     @property
     def client_app(self) -> ClientApp:
@@ -890,9 +901,11 @@ class HomeServer:
             memberships=storage.room_members,
             # Deleting no device is the password check alone.
             reauthenticate=lambda user_id, auth: uia.delete(user_id, (), auth),
+            remote=FederationKeyClient(client),
             servers=self._room_servers,
             edus=self._federation_sender,
         )
+        self._edus.e2e_keys = self._e2e_keys
 
     def _federation_router(self, signing_key: SigningKey) -> Router:
         """Every federation and key route this server answers, registered here."""
@@ -924,6 +937,7 @@ class HomeServer:
             room_lock=self._room_locks.hold,
         )
         add_directory_route(router, self.room_directory)
+        add_e2e_key_routes(router, server_name=config.server_name, keys=self.e2e_keys)
         return router
 
     def _client_router(self) -> Router:
@@ -942,7 +956,7 @@ class HomeServer:
                 typing=self._edus.typing,
                 presence=self._edus.presence,
                 to_device=self._edus.to_device,
-                device_lists=_built(self._e2e_keys, "keys"),
+                device_lists=self.e2e_keys,
             ),
             filters=UserFilters(self.storage.sync),
             messages=RoomMessages(self.storage.sync, backfill=self._backfiller),
@@ -985,10 +999,8 @@ class HomeServer:
         add_receipt_routes(router, auth=auth, receipts=self.receipts)
         add_typing_routes(router, auth=auth, typing=self.typing_notices)
         add_presence_routes(router, auth=auth, presence=self.presence)
-        add_key_routes(router, auth=auth, keys=_built(self._e2e_keys, "keys"))
-        add_to_device_routes(
-            router, auth=auth, to_device=_built(self._edus.to_device, "to-device messages")
-        )
+        add_key_routes(router, auth=auth, keys=self.e2e_keys)
+        add_to_device_routes(router, auth=auth, to_device=self.to_device)
         return router
 
     def _components(self) -> list[_Component]:

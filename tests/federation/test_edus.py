@@ -78,3 +78,45 @@ async def test_edus_are_read_and_broken_entries_dropped_alone(tmp_path: Path) ->
             await edus.on_edu(origin, "m.presence", {"push": "nobody"})
         # Types without a handler are let go.
         await EduDispatcher().on_edu(origin, "m.receipt", {room_id: {}})
+
+
+async def test_to_device_and_device_list_edus_only_from_their_users_server(
+    tmp_path: Path,
+) -> None:
+    async with open_test_homeserver(tmp_path / "hs") as hs:
+        server = hs.server
+        alice = await hs.register_user("alice")
+        bob = await hs.register_user("bob")
+        await server.create_room(alice.user_id)
+        edus = EduDispatcher(to_device=server.to_device, e2e_keys=server.e2e_keys)
+        origin = server.server_name
+        message = {
+            "sender": alice.user_id,
+            "type": "m.test",
+            "message_id": "m1",
+            "messages": {
+                bob.user_id: {bob.device_id: {"n": 1}},
+                "@carol:elsewhere.example": {"DEV": {"n": 2}},
+            },
+        }
+        # Another server cannot send as Alice; nothing reaches Bob.
+        await edus.on_edu("elsewhere.example", "m.direct_to_device", message)
+        keys = server.storage.e2e_keys
+        assert await keys.to_device_position() == 0
+        await edus.on_edu(origin, "m.direct_to_device", message)
+        # The same message again (a retried transaction) is queued once.
+        await edus.on_edu(origin, "m.direct_to_device", message)
+        upto = await keys.to_device_position()
+        stored = await keys.to_device_messages(bob.user_id, bob.device_id, 0, upto, 10)
+        assert [body for _, body in stored] == [
+            b'{"type":"m.test","sender":"' + alice.user_id.encode() + b'","content":{"n":1}}'
+        ]
+        # A device list update is taken for the origin's own users who share
+        # a room here, and nobody else.
+        update = {"user_id": alice.user_id, "device_id": "D", "stream_id": 1, "prev_id": []}
+        await edus.on_edu("elsewhere.example", "m.device_list_update", update)
+        await edus.on_edu(origin, "m.device_list_update", {**update, "user_id": bob.user_id})
+        assert await keys.device_lists_position() == 0
+        await edus.on_edu(origin, "m.signing_key_update", {"user_id": alice.user_id})
+        position = await keys.device_lists_position()
+        assert await keys.device_list_changes(0, position) == {alice.user_id}

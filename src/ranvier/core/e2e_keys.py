@@ -97,6 +97,8 @@ class E2eKeyStore(Protocol):
 
     async def device_lists_position(self) -> int: ...
 
+    async def mark_device_list_changed(self, user_id: str) -> int: ...
+
     async def device_list_changes(self, after: int, upto: int) -> set[str]: ...
 
     async def membership_changes(
@@ -229,7 +231,8 @@ class E2eKeys:
         self.remote = remote
         self._servers = servers
         self._edus = edus
-        self._edu_stream = 0
+        # The device-list position of the last update sent per user.
+        self._last_update: dict[str, int] = {}
 
     # Uploads.
 
@@ -252,7 +255,7 @@ class E2eKeys:
             fallback_keys=fallback,
         )
         if position is not None:
-            await self._changed(user_id, position, device_id=device_id, keys=device_keys)
+            await self._changed(user_id, position, devices=[device_id])
         return {"one_time_key_counts": counts}
 
     def _check_device_keys(self, user_id: str, device_id: str, keys: Mapping[str, Any]) -> None:
@@ -319,7 +322,7 @@ class E2eKeys:
         position = await self._store.set_cross_signing_keys(
             user_id, {key_type: encode_canonical_json(key) for key_type, key in given.items()}
         )
-        await self._changed(user_id, position)
+        await self._changed(user_id, position, cross_signing=True)
         return {}
 
     async def upload_signatures(self, user_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -365,8 +368,20 @@ class E2eKeys:
                     "error": "no such key",
                 }
             if position is not None:
+                gone = set(missing)
                 for target in sorted({target for target, _, _ in accepted}):
-                    await self._changed(target, position)
+                    names = {name for who, name, _ in accepted if who == target}
+                    device_names = {
+                        name
+                        for name in names
+                        if name in stored_devices.get(target, {}) and (target, name) not in gone
+                    }
+                    await self._changed(
+                        target,
+                        position,
+                        devices=device_names,
+                        cross_signing=bool(names - device_names),
+                    )
         return {"failures": failures}
 
     async def _signing_keys(self, user_id: str) -> dict[str, str]:
@@ -432,15 +447,16 @@ class E2eKeys:
         user_id: str,
         position: int,
         *,
-        device_id: str | None = None,
-        keys: Mapping[str, Any] | None = None,
+        devices: Collection[str] = (),
+        cross_signing: bool = False,
     ) -> None:
-        """Tell long-polls, and the servers sharing a room, that the user's
-        keys changed.
+        """Tell long-polls, and the servers sharing a room with the user,
+        that the user's keys changed: ``devices``' keys, or their
+        cross-signing keys.
         """
         rooms = await self._rooms.joined_rooms(user_id)
         self._notifier.advance_device_lists(position, user_id, rooms)
-        if self._edus is None or self._servers is None or device_id is None:
+        if self._edus is None or self._servers is None:
             return
         destinations: set[str] = set()
         for room_id in rooms:
@@ -448,18 +464,58 @@ class E2eKeys:
         destinations.discard(self._server_name)
         if not destinations:
             return
-        self._edu_stream += 1
-        content: dict[str, Any] = {
-            "user_id": user_id,
-            "device_id": device_id,
-            "stream_id": position,
-            "prev_id": [],
-            "deleted": False,
-        }
-        if keys is not None:
-            content["keys"] = dict(keys)
+        edus: list[tuple[str, dict[str, Any]]] = []
+        shown = await self.local_query({user_id: sorted(devices)})
+        for device_id in sorted(devices):
+            # Each update names the one before, so a server that missed one
+            # knows to ask for the whole list (GET /user/devices).
+            previous = self._last_update.get(user_id)
+            self._last_update[user_id] = position
+            update: dict[str, Any] = {
+                "user_id": user_id,
+                "device_id": device_id,
+                "stream_id": position,
+                "prev_id": [] if previous is None else [previous],
+                "deleted": False,
+            }
+            keys = shown["device_keys"].get(user_id, {}).get(device_id)
+            if keys is not None:
+                name = keys.pop("unsigned", {}).get("device_display_name")
+                update["keys"] = keys
+                if name is not None:
+                    update["device_display_name"] = name
+            edus.append(("m.device_list_update", update))
+        if cross_signing:
+            update = {"user_id": user_id}
+            for field, key_field in (
+                ("master_keys", "master_key"),
+                ("self_signing_keys", "self_signing_key"),
+            ):
+                if user_id in shown[field]:
+                    update[key_field] = shown[field][user_id]
+            edus.append(("m.signing_key_update", update))
         for server in sorted(destinations):
-            self._edus.send_edu(server, "m.device_list_update", content)
+            for edu_type, content in edus:
+                self._edus.send_edu(server, edu_type, content)
+
+    async def on_remote_update(self, origin: str, content: Mapping[str, Any]) -> bool:
+        """An ``m.device_list_update`` or ``m.signing_key_update`` EDU from
+        ``origin``: its user's devices changed, so the local users sharing a
+        room with them hear of it in ``device_lists.changed`` and ask again.
+        Dropped (False) unless the user is ``origin``'s own and shares a
+        room with someone here.
+        """
+        user_id = content.get("user_id")
+        if not isinstance(user_id, str) or _server_of(user_id) != origin:
+            _log.info("dropping a device list update from %s about %r", origin, user_id)
+            return False
+        rooms = await self._rooms.joined_rooms(user_id)
+        if not rooms:
+            # Nobody here shares a room with them: nobody to tell.
+            return False
+        position = await self._store.mark_device_list_changed(user_id)
+        self._notifier.advance_device_lists(position, user_id, rooms)
+        return True
 
     # Queries.
 

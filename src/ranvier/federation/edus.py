@@ -1,5 +1,5 @@
-"""EDUs from other servers: receipts, typing, presence and to-device
-messages, read and handed on.
+"""EDUs from other servers: receipts, typing, presence, to-device messages
+and device list updates, read and handed on.
 
 :class:`EduDispatcher` is the :class:`~ranvier.federation.server.EduHandler`
 of incoming transactions. It reads each EDU's content into the shape the
@@ -20,6 +20,7 @@ from typing import Any, Final
 import msgspec
 import trio
 
+from ranvier.core.e2e_keys import E2eKeys
 from ranvier.core.presence import Presence
 from ranvier.core.receipts import Receipts, RemoteReceipt
 from ranvier.core.to_device import ToDevice
@@ -88,7 +89,8 @@ def _receipts(content: Mapping[str, Any]) -> list[RemoteReceipt]:
 
 class EduDispatcher:
     """Hands ``m.receipt``, ``m.typing``, ``m.presence`` and
-    ``m.direct_to_device`` EDUs to their
+    ``m.direct_to_device`` EDUs, and ``m.device_list_update`` and
+    ``m.signing_key_update``, to their
     handlers; any of them may be left out, and its EDUs are ignored. The
     handlers may be set after construction: the server builds the
     transaction handler before what these need.
@@ -101,11 +103,13 @@ class EduDispatcher:
         typing: TypingNotices | None = None,
         presence: Presence | None = None,
         to_device: ToDevice | None = None,
+        e2e_keys: E2eKeys | None = None,
     ) -> None:
         self.receipts = receipts
         self.typing = typing
         self.presence = presence
         self.to_device = to_device
+        self.e2e_keys = e2e_keys
 
     async def on_edu(self, origin: str, edu_type: str, content: Mapping[str, Any]) -> None:
         if edu_type == "m.receipt" and self.receipts is not None:
@@ -120,5 +124,10 @@ class EduDispatcher:
             await self.presence.on_remote_presence(origin, presence.push)
         elif edu_type == "m.direct_to_device" and self.to_device is not None:
             await self.to_device.on_remote(origin, content)
+        elif (
+            edu_type in ("m.device_list_update", "m.signing_key_update")
+            and self.e2e_keys is not None
+        ):
+            await self.e2e_keys.on_remote_update(origin, content)
         else:
             await trio.lowlevel.checkpoint()

@@ -1,0 +1,136 @@
+"""End-to-end encryption across two homeservers over loopback TLS: keys
+queried and claimed from the user's server, to-device messages as
+``m.direct_to_device`` EDUs, and key changes as ``m.device_list_update``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+from _client import Client, q
+from _e2e import OTK, cross_signing, device_keys, one_time_keys
+from _federation import TwoServers, eventually, two_servers
+
+from ranvier.testing.homeserver import TestUser
+
+
+async def _share_a_room(servers: TwoServers) -> str:
+    a, b, ca, cb, alice, bob = servers
+    room_id = await ca.create_room(alice, preset="public_chat", room_alias_name="lobby")
+    await cb.ok(bob, "POST", f"/join/{q(f'#lobby:{a.server_name}')}", {})
+    with trio.fail_after(20):
+        await b.server.wait_for_full_state(room_id)
+
+    async def joined_at_a() -> bool:
+        members = await ca.ok(alice, "GET", f"/rooms/{q(room_id)}/joined_members")
+        return bob.user_id in members["joined"]
+
+    await eventually(joined_at_a, "Bob's join at A")
+    return room_id
+
+
+async def _sync(client: Client, user: TestUser, **params: Any) -> dict[str, Any]:
+    answer: dict[str, Any] = await client.ok(user, "GET", "/sync", params=params)
+    return answer
+
+
+async def test_keys_are_queried_and_claimed_from_the_users_server(tmp_path: Path) -> None:
+    async with two_servers(tmp_path) as servers:
+        a, b, ca, cb, alice, bob = servers
+        keys = device_keys(bob)
+        cross = cross_signing(bob)
+        await cb.ok(
+            bob,
+            "POST",
+            "/keys/upload",
+            {"device_keys": keys.body, "one_time_keys": one_time_keys(keys, bob, "k1", "k2")},
+        )
+        await cb.ok(bob, "POST", "/keys/device_signing/upload", cross.body)
+        found = await ca.ok(
+            alice, "POST", "/keys/query", {"device_keys": {bob.user_id: [], alice.user_id: []}}
+        )
+        assert found["failures"] == {}
+        assert found["device_keys"][bob.user_id] == {bob.device_id: keys.body}
+        assert found["device_keys"][alice.user_id] == {}
+        assert found["master_keys"] == {bob.user_id: cross.body["master_key"]}
+        assert found["self_signing_keys"] == {bob.user_id: cross.body["self_signing_key"]}
+        # Bob's user-signing key is his alone, on his server too.
+        assert found["user_signing_keys"] == {}
+        claimed: list[str] = []
+        for _ in range(3):
+            answer = await ca.ok(
+                alice,
+                "POST",
+                "/keys/claim",
+                {"one_time_keys": {bob.user_id: {bob.device_id: OTK}}},
+            )
+            assert answer["failures"] == {}
+            claimed.extend(answer["one_time_keys"].get(bob.user_id, {}).get(bob.device_id, {}))
+        assert sorted(claimed) == [f"{OTK}:k1", f"{OTK}:k2"]
+        assert (await _sync(cb, bob))["device_one_time_keys_count"] == {}
+        # GET /user/devices lists Bob's device with its keys.
+        response = await a.server.federation_client.request(
+            "GET", b.server_name, f"/_matrix/federation/v1/user/devices/{q(bob.user_id)}"
+        )
+        listed = msgspec.json.decode(response.body)
+        assert listed["user_id"] == bob.user_id
+        assert [device["device_id"] for device in listed["devices"]] == [bob.device_id]
+        assert listed["devices"][0]["keys"] == keys.body
+        assert listed["master_key"] == cross.body["master_key"]
+        assert "user_signing_key" not in listed
+
+
+async def test_a_to_device_message_crosses_to_the_other_server_once(tmp_path: Path) -> None:
+    async with two_servers(tmp_path) as servers:
+        _, _, ca, cb, alice, bob = servers
+        since = (await _sync(cb, bob))["next_batch"]
+        content = {"algorithm": "m.olm.v1.curve25519-aes-sha2", "ciphertext": {}}
+        body = {"messages": {bob.user_id: {bob.device_id: content}}}
+        await ca.ok(alice, "PUT", "/sendToDevice/m.room.encrypted/t1", body)
+        # A retry of the same transaction sends nothing again.
+        await ca.ok(alice, "PUT", "/sendToDevice/m.room.encrypted/t1", body)
+        await ca.ok(
+            alice,
+            "PUT",
+            "/sendToDevice/m.test/t2",
+            {"messages": {bob.user_id: {bob.device_id: {"last": True}}}},
+        )
+        received: list[dict[str, Any]] = []
+        token = since
+
+        async def both_arrived() -> bool:
+            nonlocal token
+            answer = await _sync(cb, bob, since=token, timeout=1000)
+            received.extend(answer["to_device"]["events"])
+            token = answer["next_batch"]
+            return any(event["type"] == "m.test" for event in received)
+
+        await eventually(both_arrived, "the to-device messages at B")
+        assert received == [
+            {"type": "m.room.encrypted", "sender": alice.user_id, "content": content},
+            {"type": "m.test", "sender": alice.user_id, "content": {"last": True}},
+        ]
+        assert (await _sync(cb, bob, since=token))["to_device"]["events"] == []
+
+
+async def test_a_key_change_reaches_the_device_lists_of_the_other_servers_users(
+    tmp_path: Path,
+) -> None:
+    async with two_servers(tmp_path) as servers:
+        _, _, ca, cb, alice, bob = servers
+        await _share_a_room(servers)
+        since = (await _sync(ca, alice))["next_batch"]
+        await cb.ok(bob, "POST", "/keys/upload", {"device_keys": device_keys(bob).body})
+        changed: list[str] = []
+        token = since
+
+        async def listed() -> bool:
+            nonlocal token
+            answer = await _sync(ca, alice, since=token, timeout=1000)
+            changed.extend(answer["device_lists"]["changed"])
+            token = answer["next_batch"]
+            return bob.user_id in changed
+
+        await eventually(listed, "Bob's key change in Alice's device lists")
