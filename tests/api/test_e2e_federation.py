@@ -69,7 +69,7 @@ async def test_keys_are_queried_and_claimed_from_the_users_server(tmp_path: Path
             assert answer["failures"] == {}
             claimed.extend(answer["one_time_keys"].get(bob.user_id, {}).get(bob.device_id, {}))
         assert sorted(claimed) == [f"{OTK}:k1", f"{OTK}:k2"]
-        assert (await _sync(cb, bob))["device_one_time_keys_count"] == {}
+        assert (await _sync(cb, bob))["device_one_time_keys_count"] == {OTK: 0}
         # GET /user/devices lists Bob's device with its keys.
         response = await a.server.federation_client.request(
             "GET", b.server_name, f"/_matrix/federation/v1/user/devices/{q(bob.user_id)}"

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import msgspec
 import trio
@@ -51,6 +51,7 @@ __all__ = ["E2eKeyStore", "E2eKeys", "RemoteKeys"]
 _log: Final = logging.getLogger(__name__)
 
 _ED25519: Final = "ed25519"
+_SIGNED_CURVE25519: Final = "signed_curve25519"
 _CROSS_SIGNING: Final = {
     "master_key": "master",
     "self_signing_key": "self_signing",
@@ -204,6 +205,44 @@ def _unsigned_form(key: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in key.items() if name not in ("signatures", "unsigned")}
 
 
+_T = TypeVar("_T")
+
+
+def _with_signed_curve25519(counts: dict[str, int]) -> dict[str, int]:
+    """The counts, with ``signed_curve25519`` at 0 when there are none of
+    them: some clients take a count left out as unchanged, and so would
+    never upload more once the last was claimed.
+    """
+    return {_SIGNED_CURVE25519: 0, **counts}
+
+
+def _timeout(body: Mapping[str, Any]) -> float:
+    """The seconds other servers are given: the request's ``timeout`` (in
+    milliseconds), at most :data:`REMOTE_TIMEOUT_S`.
+    """
+    timeout_ms = body.get("timeout")
+    if isinstance(timeout_ms, int) and not isinstance(timeout_ms, bool) and timeout_ms >= 0:
+        return min(timeout_ms / 1000, REMOTE_TIMEOUT_S)
+    return REMOTE_TIMEOUT_S
+
+
+async def _ask_each(
+    servers: Mapping[str, _T],
+    ask: Callable[[str, _T, float], Awaitable[dict[str, Any] | None]],
+    timeout_s: float,
+) -> dict[str, dict[str, Any] | None]:
+    """Every server's answer (None: none in time), asked all at once."""
+    answers: dict[str, dict[str, Any] | None] = {}
+
+    async def one(server: str, question: _T) -> None:
+        answers[server] = await ask(server, question, timeout_s)
+
+    async with trio.open_nursery() as nursery:
+        for server, question in servers.items():
+            nursery.start_soon(one, server, question)
+    return answers
+
+
 class E2eKeys:
     """The keys endpoints' work and the device lists of ``/sync``."""
 
@@ -256,7 +295,7 @@ class E2eKeys:
         )
         if position is not None:
             await self._changed(user_id, position, devices=[device_id])
-        return {"one_time_key_counts": counts}
+        return {"one_time_key_counts": _with_signed_curve25519(counts)}
 
     def _check_device_keys(self, user_id: str, device_id: str, keys: Mapping[str, Any]) -> None:
         if keys.get("user_id") != user_id or keys.get("device_id") != device_id:
@@ -535,8 +574,9 @@ class E2eKeys:
                 remote.setdefault(_server_of(user_id), {})[user_id] = devices
         answer = await self.local_query(local, requester=requester)
         answer["failures"] = {}
+        asked = await _ask_each(remote, self._ask, _timeout(body))
         for server, users in sorted(remote.items()):
-            found = await self._ask(server, users)
+            found = asked[server]
             if found is None:
                 answer["failures"][server] = {"status": 503, "message": "not reachable"}
                 continue
@@ -549,11 +589,13 @@ class E2eKeys:
                         answer[field][user_id] = keys
         return answer
 
-    async def _ask(self, server: str, users: Mapping[str, list[str]]) -> dict[str, Any] | None:
+    async def _ask(
+        self, server: str, users: Mapping[str, list[str]], timeout_s: float
+    ) -> dict[str, Any] | None:
         if self.remote is None:
             return None
         try:
-            with trio.fail_after(REMOTE_TIMEOUT_S):
+            with trio.fail_after(timeout_s):
                 return await self.remote.query_keys(server, users)
         except (MatrixError, OSError, trio.TooSlowError, ValueError) as exc:
             _log.info("keys of %s's users not fetched: %s", server, exc)
@@ -611,8 +653,9 @@ class E2eKeys:
                     ] = algorithm
         one_time_keys = await self.local_claim(local)
         failures: dict[str, Any] = {}
+        asked = await _ask_each(remote, self._claim_remote, _timeout(body))
         for server, users in sorted(remote.items()):
-            found = await self._claim_remote(server, users)
+            found = asked[server]
             if found is None:
                 failures[server] = {"status": 503, "message": "not reachable"}
                 continue
@@ -622,12 +665,12 @@ class E2eKeys:
         return {"one_time_keys": one_time_keys, "failures": failures}
 
     async def _claim_remote(
-        self, server: str, users: Mapping[str, Mapping[str, str]]
+        self, server: str, users: Mapping[str, Mapping[str, str]], timeout_s: float
     ) -> dict[str, Any] | None:
         if self.remote is None:
             return None
         try:
-            with trio.fail_after(REMOTE_TIMEOUT_S):
+            with trio.fail_after(timeout_s):
                 answer = await self.remote.claim_keys(server, users)
         except (MatrixError, OSError, trio.TooSlowError, ValueError) as exc:
             _log.info("keys of %s's users not claimed: %s", server, exc)
@@ -652,7 +695,8 @@ class E2eKeys:
         return await self._store.device_lists_position()
 
     async def key_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
-        return await self._store.key_counts(user_id, device_id)
+        counts, unused = await self._store.key_counts(user_id, device_id)
+        return _with_signed_curve25519(counts), unused
 
     async def changes(
         self, user_id: str, since: StreamPosition, upto: StreamPosition
