@@ -42,6 +42,7 @@ import msgspec
 import trio
 
 from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
+from ranvier.malloc import limit_malloc_arenas
 from ranvier.protocol.auth import StateKey
 from ranvier.server import open_homeserver
 
@@ -143,6 +144,8 @@ def main(argv: list[str]) -> int:
         print("usage: python -m bench._ranvier_joiner '<settings as JSON>'", file=sys.stderr)
         return 2
     settings = msgspec.json.decode(argv[0], type=JoinerSettings)
+    # As `ranvier serve` runs.
+    limit_malloc_arenas()
     if settings.profile is None:
         trio.run(_join, settings)
         return 0

@@ -25,6 +25,7 @@ __version__ = "0.1.0.dev0"
 
 if TYPE_CHECKING:
     from ranvier.config import Config, ConfigError, load_config
+    from ranvier.malloc import limit_malloc_arenas
     from ranvier.server import HomeServer, open_homeserver
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "PartialStateConflictError",
     "UnsupportedRoomVersionError",
     "__version__",
+    "limit_malloc_arenas",
     "load_config",
     "open_homeserver",
 ]
@@ -47,6 +49,7 @@ _LAZY = {
     "Config": "ranvier.config",
     "ConfigError": "ranvier.config",
     "load_config": "ranvier.config",
+    "limit_malloc_arenas": "ranvier.malloc",
     "HomeServer": "ranvier.server",
     "open_homeserver": "ranvier.server",
 }

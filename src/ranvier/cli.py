@@ -30,6 +30,7 @@ import trio
 import ranvier
 from ranvier.config import Config, ConfigError, load_config
 from ranvier.keyfile import KeyFileError
+from ranvier.malloc import limit_malloc_arenas
 from ranvier.protocol.signing import (
     generate_key_version,
     generate_signing_key,
@@ -194,6 +195,8 @@ def _run_until_signalled(
     previous_level = root.level
     root.addHandler(handler)
     root.setLevel(log_level)
+    # Before the server's threads start, or each makes an arena of its own.
+    limit_malloc_arenas()
     try:
         trio.run(serve_until_signalled)
     except KeyboardInterrupt:
