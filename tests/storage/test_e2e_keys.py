@@ -133,6 +133,18 @@ async def test_to_device_messages_once_per_transaction_until_acknowledged(
     got = await keys.to_device_messages(BOB, "B1", 0, position, 100)
     assert [message for _, message in got] == [b'{"m":1}']
     (stream_id, _) = got[0]
+    # A sync's one read: the messages, and whether any it acknowledges remain.
+    read = await keys.sync_read(
+        user_id=BOB,
+        device_id="B1",
+        to_device=(stream_id, position),
+        limit=100,
+        device_lists=None,
+        room_ids=(),
+        events=None,
+    )
+    assert (read.messages, read.acknowledged_left) == ([], True)
+    assert await keys.sync_positions() == (position, 0)
     assert await keys.acknowledge_to_device(BOB, "B1", stream_id) == 1
     assert await keys.to_device_messages(BOB, "B1", 0, position, 100) == []
     assert await keys.acknowledge_to_device(BOB, "B1", stream_id) == 0

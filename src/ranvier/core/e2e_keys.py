@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
 import msgspec
@@ -45,8 +46,9 @@ from ranvier.core.receipts import EduSink
 from ranvier.errors import BadJsonError, InvalidSignatureError, MatrixError
 from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.signing import decode_verify_key_base64, verify_signed_json
+from ranvier.storage.e2e_keys import E2eSyncRead
 
-__all__ = ["E2eKeyStore", "E2eKeys", "RemoteKeys"]
+__all__ = ["TO_DEVICE_PAGE", "E2eKeyStore", "E2eKeys", "E2eSync", "RemoteKeys"]
 
 _log: Final = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ _CROSS_SIGNING: Final = {
     "self_signing_key": "self_signing",
     "user_signing_key": "user_signing",
 }
+#: The most to-device messages one sync hands a device.
+TO_DEVICE_PAGE: Final = 100
 #: How long a question to another server about its users' keys may take.
 REMOTE_TIMEOUT_S: Final = 10.0
 
@@ -96,7 +100,21 @@ class E2eKeyStore(Protocol):
         self, signatures: Sequence[tuple[str, str, bytes]]
     ) -> tuple[list[tuple[str, str]], int | None]: ...
 
-    async def device_lists_position(self) -> int: ...
+    async def sync_positions(self) -> tuple[int, int]: ...
+
+    async def sync_read(
+        self,
+        *,
+        user_id: str,
+        device_id: str,
+        to_device: tuple[int, int],
+        limit: int,
+        device_lists: tuple[int, int] | None,
+        room_ids: Collection[str],
+        events: tuple[int, int] | None,
+    ) -> E2eSyncRead: ...
+
+    async def acknowledge_to_device(self, user_id: str, device_id: str, upto: int) -> int: ...
 
     async def mark_device_list_changed(self, user_id: str) -> int: ...
 
@@ -107,6 +125,19 @@ class E2eKeyStore(Protocol):
     ) -> list[tuple[str, str, str | None]]: ...
 
     async def joined_members(self, room_ids: Collection[str]) -> set[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class E2eSync:
+    """The end-to-end encryption parts of one ``/sync`` answer."""
+
+    to_device: list[dict[str, Any]]
+    #: The to-device position the messages reach: the next sync's start.
+    to_device_reached: int
+    changed: list[str]
+    left: list[str]
+    key_counts: dict[str, int]
+    unused_fallbacks: list[str]
 
 
 class RemoteKeys(Protocol):
@@ -691,58 +722,102 @@ class E2eKeys:
 
     # Device lists.
 
-    async def position(self) -> int:
-        return await self._store.device_lists_position()
+    async def sync_positions(self) -> tuple[int, int]:
+        """The to-device and device-list positions a sync starts from."""
+        return await self._store.sync_positions()
 
-    async def key_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
-        counts, unused = await self._store.key_counts(user_id, device_id)
-        return _with_signed_curve25519(counts), unused
+    async def device_lists_position(self) -> int:
+        return (await self._store.sync_positions())[1]
+
+    async def for_sync(
+        self,
+        user_id: str,
+        device_id: str,
+        room_ids: Collection[str],
+        since: StreamPosition | None,
+        now: StreamPosition,
+    ) -> E2eSync:
+        """What ``/sync`` says of the device's end-to-end encryption between
+        ``since`` (None: an initial sync) and ``now``, read in one go; the
+        messages ``since`` acknowledges are deleted on the way.
+        """
+        after = 0 if since is None else since.to_device
+        read = await self._store.sync_read(
+            user_id=user_id,
+            device_id=device_id,
+            to_device=(after, now.to_device),
+            limit=TO_DEVICE_PAGE,
+            device_lists=None if since is None else (since.device_lists, now.device_lists),
+            room_ids=room_ids,
+            events=None if since is None else (since.events, now.events),
+        )
+        if read.acknowledged_left:
+            await self._store.acknowledge_to_device(user_id, device_id, after)
+        messages = read.messages
+        reached = messages[-1][0] if len(messages) == TO_DEVICE_PAGE else now.to_device
+        changed: list[str] = []
+        left: list[str] = []
+        if since is not None:
+            changed, left = await self._device_lists_of(
+                user_id, read.changed_users, read.memberships
+            )
+        return E2eSync(
+            to_device=[msgspec.json.decode(message) for _, message in messages],
+            to_device_reached=max(reached, after),
+            changed=changed,
+            left=left,
+            key_counts=_with_signed_curve25519(read.key_counts),
+            unused_fallbacks=read.unused_fallbacks,
+        )
 
     async def changes(
         self, user_id: str, since: StreamPosition, upto: StreamPosition
     ) -> dict[str, list[str]]:
         """``GET /keys/changes`` between two sync tokens' positions."""
         rooms = await self._memberships.get_current_membership_event_ids(user_id)
-        changed, left = await self.device_lists(user_id, rooms, since, upto)
+        keys_changed = (
+            await self._store.device_list_changes(since.device_lists, upto.device_lists)
+            if upto.device_lists > since.device_lists
+            else set()
+        )
+        memberships = (
+            await self._store.membership_changes(rooms, since.events, upto.events)
+            if upto.events > since.events and rooms
+            else []
+        )
+        changed, left = await self._device_lists_of(user_id, keys_changed, memberships)
         return {"changed": changed, "left": left}
 
-    async def device_lists(
+    async def _device_lists_of(
         self,
         user_id: str,
-        room_ids: Collection[str],
-        since: StreamPosition,
-        now: StreamPosition,
+        keys_changed: Collection[str],
+        memberships: Sequence[tuple[str, str, str | None]],
     ) -> tuple[list[str], list[str]]:
-        """Who to list in ``device_lists.changed`` and ``left`` between two
-        positions: users sharing a room with ``user_id`` whose keys changed
-        or who came to share one, and users who no longer share any.
+        """Who to list in ``device_lists.changed`` and ``left``, given the
+        users whose keys changed and the member events of ``user_id``'s rooms
+        in the same range: users sharing a room with ``user_id`` whose keys
+        changed or who came to share one, and users who no longer share any.
         """
-        candidates: set[str] = set()
-        if now.device_lists > since.device_lists:
-            candidates |= await self._store.device_list_changes(
-                since.device_lists, now.device_lists
-            )
+        candidates = set(keys_changed)
         gone: set[str] = set()
-        if now.events > since.events and room_ids:
-            joined_rooms: set[str] = set()
-            left_rooms: set[str] = set()
-            for room_id, member, membership in await self._store.membership_changes(
-                room_ids, since.events, now.events
-            ):
-                if membership == "join":
-                    candidates.add(member)
-                    if member == user_id:
-                        joined_rooms.add(room_id)
-                        left_rooms.discard(room_id)
-                elif membership in ("leave", "ban"):
-                    gone.add(member)
-                    if member == user_id:
-                        left_rooms.add(room_id)
-                        joined_rooms.discard(room_id)
-            if joined_rooms:
-                candidates |= await self._store.joined_members(joined_rooms)
-            if left_rooms:
-                gone |= await self._store.joined_members(left_rooms)
+        joined_rooms: set[str] = set()
+        left_rooms: set[str] = set()
+        for room_id, member, membership in memberships:
+            if membership == "join":
+                candidates.add(member)
+                if member == user_id:
+                    joined_rooms.add(room_id)
+                    left_rooms.discard(room_id)
+            elif membership in ("leave", "ban"):
+                gone.add(member)
+                if member == user_id:
+                    left_rooms.add(room_id)
+                    joined_rooms.discard(room_id)
+        if joined_rooms:
+            candidates |= await self._store.joined_members(joined_rooms)
+        if left_rooms:
+            gone |= await self._store.joined_members(left_rooms)
         if not candidates and not gone:
             return [], []
         sharing = await self._shared.users_sharing_a_room(user_id, candidates | gone)

@@ -33,7 +33,7 @@ Rooms
   A sync marks its user online unless its ``set_presence`` says otherwise.
 * **to_device**: the messages waiting for the requester's device after
   ``since``, oldest first, a page at a time; a sync with ``since``
-  acknowledges (deletes) those up to it (:mod:`ranvier.core.to_device`).
+  acknowledges (deletes) those up to it (:mod:`ranvier.core.e2e_keys`).
   The token's seventh stream.
 * **device_lists**, **device_one_time_keys_count**,
   **device_unused_fallback_key_types**: users sharing a room with the user
@@ -80,6 +80,7 @@ import trio
 from ranvier.core.account_data import AccountData, AccountDataUpdates
 from ranvier.core.accounts import Requester
 from ranvier.core.client_events import client_event, event_content
+from ranvier.core.e2e_keys import E2eSync
 from ranvier.core.filters import Filter
 from ranvier.core.lazy_members import SentMembers
 from ranvier.core.notifier import StreamNotifier, StreamPosition
@@ -152,39 +153,24 @@ class PresenceSource(Protocol):
         ...
 
 
-class ToDeviceSource(Protocol):
-    """To-device messages (:class:`ranvier.core.to_device.ToDevice`)."""
+class EndToEndSource(Protocol):
+    """Devices' messages and keys (:class:`ranvier.core.e2e_keys.E2eKeys`)."""
 
-    async def position(self) -> int: ...
-
-    async def acknowledge(self, user_id: str, device_id: str, upto: int) -> None: ...
+    async def sync_positions(self) -> tuple[int, int]:
+        """The to-device and device-list positions."""
+        ...
 
     async def for_sync(
-        self, user_id: str, device_id: str, after: int, upto: int
-    ) -> tuple[list[dict[str, Any]], int]:
-        """The device's messages in ``(after, upto]`` as a page, and the
-        position the page reaches.
-        """
-        ...
-
-
-class DeviceListSource(Protocol):
-    """Devices' keys and their changes (:class:`ranvier.core.e2e_keys.E2eKeys`)."""
-
-    async def position(self) -> int: ...
-
-    async def device_lists(
         self,
         user_id: str,
+        device_id: str,
         room_ids: Collection[str],
-        since: StreamPosition,
+        since: StreamPosition | None,
         now: StreamPosition,
-    ) -> tuple[list[str], list[str]]:
-        """The users of ``device_lists.changed`` and ``left`` between two positions."""
-        ...
-
-    async def key_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
-        """The device's one-time key counts and its unused fallback key types."""
+    ) -> E2eSync:
+        """The device's messages, device lists and key counts between two
+        positions; the messages ``since`` acknowledges are deleted.
+        """
         ...
 
 
@@ -331,8 +317,7 @@ class SyncHandler:
         receipts: EphemeralSource | None = None,
         typing: EphemeralSource | None = None,
         presence: PresenceSource | None = None,
-        to_device: ToDeviceSource | None = None,
-        device_lists: DeviceListSource | None = None,
+        end_to_end: EndToEndSource | None = None,
     ) -> None:
         self._store = store
         self._notifier = notifier
@@ -340,8 +325,7 @@ class SyncHandler:
         self._receipts = receipts
         self._typing = typing
         self._presence = presence
-        self._to_device = to_device
-        self._device_lists = device_lists
+        self._end_to_end = end_to_end
         self._sent_members = SentMembers()
 
     async def sync(
@@ -367,11 +351,6 @@ class SyncHandler:
         waited_ms = min(max(timeout_ms, 0), MAX_TIMEOUT_MS)
         if self._presence is not None:
             await self._presence.on_sync(requester.user_id, set_presence, waited_ms)
-        if self._to_device is not None and position is not None and position.to_device:
-            # The token says the client holds every message up to it.
-            await self._to_device.acknowledge(
-                requester.user_id, requester.device_id, position.to_device
-            )
         deadline = trio.current_time() + waited_ms / 1000
         while True:
             response, now, rooms, held = await self._sync_once(
@@ -401,8 +380,9 @@ class SyncHandler:
         receipts_at = 0 if self._receipts is None else await self._receipts.position()
         typing_at = 0 if self._typing is None else await self._typing.position()
         presence_at = 0 if self._presence is None else await self._presence.position()
-        to_device_at = 0 if self._to_device is None else await self._to_device.position()
-        device_lists_at = 0 if self._device_lists is None else await self._device_lists.position()
+        to_device_at, device_lists_at = (
+            (0, 0) if self._end_to_end is None else await self._end_to_end.sync_positions()
+        )
         snapshot = await self._store.sync_snapshot(
             requester.user_id,
             0 if since is None else since.un_partial,
@@ -515,38 +495,23 @@ class SyncHandler:
                 (since is not None and is_new) or (since is None and filter.room.include_leave)
             ):
                 leave[room_id] = await self._left_room(request, room_id, ordering, event_id)
-        to_device: list[dict[str, Any]] = []
-        if self._to_device is not None:
-            to_device, reached = await self._to_device.for_sync(
-                requester.user_id,
-                requester.device_id,
-                0 if since is None else since.to_device,
-                now.to_device,
+        rooms = frozenset(room_id for room_id, *_ in memberships)
+        end_to_end = E2eSync([], now.to_device, [], [], {}, [])
+        if self._end_to_end is not None:
+            end_to_end = await self._end_to_end.for_sync(
+                requester.user_id, requester.device_id, rooms, since, now
             )
             # A page short of the stream's end: the next sync goes on from it.
-            now = now._replace(to_device=reached)
-        rooms = frozenset(room_id for room_id, *_ in memberships)
-        changed_devices: list[str] = []
-        left_devices: list[str] = []
-        key_counts: dict[str, int] = {}
-        unused_fallbacks: list[str] = []
-        if self._device_lists is not None:
-            if since is not None:
-                changed_devices, left_devices = await self._device_lists.device_lists(
-                    requester.user_id, rooms, since, now
-                )
-            key_counts, unused_fallbacks = await self._device_lists.key_counts(
-                requester.user_id, requester.device_id
-            )
+            now = now._replace(to_device=end_to_end.to_device_reached)
         response = {
             "next_batch": format_sync_token(now),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
             "presence": {"events": await self._presence_events(request)},
             "account_data": {"events": account_data.global_events},
-            "to_device": {"events": to_device},
-            "device_lists": {"changed": changed_devices, "left": left_devices},
-            "device_one_time_keys_count": key_counts,
-            "device_unused_fallback_key_types": unused_fallbacks,
+            "to_device": {"events": end_to_end.to_device},
+            "device_lists": {"changed": end_to_end.changed, "left": end_to_end.left},
+            "device_one_time_keys_count": end_to_end.key_counts,
+            "device_unused_fallback_key_types": end_to_end.unused_fallbacks,
         }
         return response, now, rooms, (held | request.sent_members if skip_redundant else None)
 

@@ -14,9 +14,10 @@ Invariants
   whose sender is not of the sending server is dropped whole, and one may
   only reach users of this server.
 * **Delivered until acknowledged.** A sync hands out the messages after
-  its token's seventh part, up to :data:`PAGE` at a time; the next sync's
-  token acknowledges them, and only then are they deleted. A queued
-  message wakes its recipient's long-polls.
+  its token's seventh part, a page at a time; the next sync's token
+  acknowledges them, and only then are they deleted
+  (:meth:`ranvier.core.e2e_keys.E2eKeys.for_sync`). A queued message wakes
+  its recipient's long-polls.
 """
 
 from __future__ import annotations
@@ -33,12 +34,10 @@ from ranvier.core.notifier import StreamNotifier
 from ranvier.core.receipts import EduSink
 from ranvier.errors import MatrixError
 
-__all__ = ["PAGE", "ToDevice", "ToDeviceStore"]
+__all__ = ["ToDevice", "ToDeviceStore"]
 
 _log: Final = logging.getLogger(__name__)
 
-#: The most messages one sync hands a device.
-PAGE: Final = 100
 _EDU: Final = "m.direct_to_device"
 
 
@@ -54,14 +53,6 @@ class ToDeviceStore(Protocol):
         messages: Sequence[tuple[str, str, bytes]],
         now_ms: int,
     ) -> tuple[bool, int | None, list[tuple[str, str]]]: ...
-
-    async def to_device_messages(
-        self, user_id: str, device_id: str, after: int, upto: int, limit: int
-    ) -> list[tuple[int, bytes]]: ...
-
-    async def acknowledge_to_device(self, user_id: str, device_id: str, upto: int) -> int: ...
-
-    async def to_device_position(self) -> int: ...
 
 
 def _server_of(user_id: str) -> str:
@@ -189,20 +180,3 @@ class ToDevice:
         if position is not None:
             self._notifier.advance_to_device(position, {user for user, _ in reached})
         return len(reached)
-
-    async def position(self) -> int:
-        return await self._store.to_device_position()
-
-    async def acknowledge(self, user_id: str, device_id: str, upto: int) -> None:
-        await self._store.acknowledge_to_device(user_id, device_id, upto)
-
-    async def for_sync(
-        self, user_id: str, device_id: str, after: int, upto: int
-    ) -> tuple[list[dict[str, Any]], int]:
-        """The device's messages in ``(after, upto]``, a page at most, and the
-        position the page reaches (``upto`` unless more are waiting).
-        """
-        found = await self._store.to_device_messages(user_id, device_id, after, upto, PAGE)
-        events = [msgspec.json.decode(message) for _, message in found]
-        reached = found[-1][0] if len(found) == PAGE else upto
-        return events, max(reached, after)

@@ -113,7 +113,7 @@ def add_e2e_key_routes(router: Router, *, server_name: str, keys: E2eKeys) -> No
                 errcode="M_INVALID_PARAM",
                 http_status=400,
             )
-        position = await keys.position()
+        position = await keys.device_lists_position()
         found = await keys.local_query({user_id: []})
         listed = []
         for device_id, device_keys in sorted(found["device_keys"].get(user_id, {}).items()):

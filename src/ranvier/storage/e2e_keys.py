@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
@@ -47,7 +48,7 @@ from ranvier.errors import MatrixError
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
 
-__all__ = ["E2eKeyStorage"]
+__all__ = ["E2eKeyStorage", "E2eSyncRead"]
 
 #: Users or rooms bound per statement.
 _BATCH: Final = 500
@@ -68,6 +69,24 @@ def _sequence(conn: sqlite3.Connection, table: str) -> int:
 
 def _chunks(values: Sequence[str]) -> list[Sequence[str]]:
     return [values[start : start + _BATCH] for start in range(0, len(values), _BATCH)]
+
+
+@dataclass(frozen=True, slots=True)
+class E2eSyncRead:
+    """What one ``/sync`` reads of a device's end-to-end encryption."""
+
+    #: ``(position, JSON)`` of the device's messages in the range asked.
+    messages: list[tuple[int, bytes]]
+    #: Whether messages the sync's token acknowledges are still stored.
+    acknowledged_left: bool
+    #: The users whose keys changed in the range asked.
+    changed_users: set[str]
+    #: ``(room, user, membership)`` of the rooms' member events in range.
+    memberships: list[tuple[str, str, str | None]]
+    #: The device's one-time key count per algorithm.
+    key_counts: dict[str, int]
+    #: The algorithms of its unused fallback keys.
+    unused_fallbacks: list[str]
 
 
 class E2eKeyStorage:
@@ -202,13 +221,9 @@ class E2eKeyStorage:
 
     async def acknowledge_to_device(self, user_id: str, device_id: str, upto: int) -> int:
         """Delete the device's messages up to ``upto``, which a sync's token
-        says its client holds; how many went. Costs a write only when there
-        is something to delete.
+        says its client holds; how many went. A sync asks only when
+        :meth:`sync_read` found some, so that a sync costs no write.
         """
-        if not await self._readers.read(
-            functools.partial(_has_messages, user_id=user_id, device_id=device_id, upto=upto)
-        ):
-            return 0
         return await self._writer.submit(
             functools.partial(
                 _acknowledge_to_device, user_id=user_id, device_id=device_id, upto=upto
@@ -217,6 +232,41 @@ class E2eKeyStorage:
 
     async def to_device_position(self) -> int:
         return await self._readers.read(functools.partial(_sequence, table="to_device_inbox"))
+
+    async def sync_positions(self) -> tuple[int, int]:
+        """The to-device and device-list streams' positions, in one read."""
+        return await self._readers.read(_sync_positions)
+
+    async def sync_read(
+        self,
+        *,
+        user_id: str,
+        device_id: str,
+        to_device: tuple[int, int],
+        limit: int,
+        device_lists: tuple[int, int] | None,
+        room_ids: Collection[str],
+        events: tuple[int, int] | None,
+    ) -> E2eSyncRead:
+        """Everything a sync reads of ``device_id``'s end-to-end
+        encryption, in one read: its messages in ``to_device`` (``(after,
+        upto]``, at most ``limit``), the device-list changes in
+        ``device_lists`` and the member events of ``room_ids`` in
+        ``events`` (None: an initial sync, which reads neither), and its
+        key counts.
+        """
+        return await self._readers.read(
+            functools.partial(
+                _sync_read,
+                user_id=user_id,
+                device_id=device_id,
+                to_device=to_device,
+                limit=limit,
+                device_lists=device_lists,
+                room_ids=sorted(set(room_ids)),
+                events=events,
+            )
+        )
 
     # Device lists.
 
@@ -546,6 +596,47 @@ def _acknowledge_to_device(
         "DELETE FROM to_device_inbox WHERE user_id = ? AND device_id = ? AND stream_id <= ?",
         (user_id, device_id, upto),
     ).rowcount
+
+
+def _sync_positions(conn: sqlite3.Connection) -> tuple[int, int]:
+    return _sequence(conn, "to_device_inbox"), _sequence(conn, "device_list_changes")
+
+
+def _sync_read(
+    conn: sqlite3.Connection,
+    *,
+    user_id: str,
+    device_id: str,
+    to_device: tuple[int, int],
+    limit: int,
+    device_lists: tuple[int, int] | None,
+    room_ids: list[str],
+    events: tuple[int, int] | None,
+) -> E2eSyncRead:
+    after, upto = to_device
+    messages = (
+        _to_device_messages(
+            conn, user_id=user_id, device_id=device_id, after=after, upto=upto, limit=limit
+        )
+        if upto > after
+        else []
+    )
+    changed: set[str] = set()
+    if device_lists is not None and device_lists[1] > device_lists[0]:
+        changed = _device_list_changes(conn, after=device_lists[0], upto=device_lists[1])
+    memberships: list[tuple[str, str, str | None]] = []
+    if events is not None and events[1] > events[0] and room_ids:
+        memberships = _membership_changes(conn, room_ids=room_ids, after=events[0], upto=events[1])
+    counts, unused = _key_counts(conn, user_id=user_id, device_id=device_id)
+    return E2eSyncRead(
+        messages=messages,
+        acknowledged_left=after > 0
+        and _has_messages(conn, user_id=user_id, device_id=device_id, upto=after),
+        changed_users=changed,
+        memberships=memberships,
+        key_counts=counts,
+        unused_fallbacks=unused,
+    )
 
 
 def _device_list_changes(conn: sqlite3.Connection, *, after: int, upto: int) -> set[str]:
