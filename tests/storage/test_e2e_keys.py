@@ -75,6 +75,16 @@ async def test_a_one_time_key_is_claimed_once_then_the_fallback_key(storage: Sto
     # The fallback key stays, used.
     assert [c[3] for c in await keys.claim_keys([(BOB, "B1", ALG)])] == ["f1"]
     assert await keys.claim_keys([(BOB, "B2", ALG)]) == []
+    # A device that is gone hands out nothing, though its keys were stored.
+    await keys.upload_keys(
+        user_id=BOB,
+        device_id="B2",
+        device_keys=None,
+        one_time_keys=[(ALG, "k9", b'{"key":"9"}')],
+        fallback_keys=[(ALG, "f9", b'{"key":"f9"}')],
+    )
+    await storage.accounts.delete_user_devices(BOB, ["B2"])
+    assert await keys.claim_keys([(BOB, "B2", ALG)]) == []
 
 
 async def test_a_one_time_key_id_keeps_its_key(storage: Storage) -> None:

@@ -426,6 +426,13 @@ def _claim_keys(
 ) -> list[tuple[str, str, str, str, bytes]]:
     claimed: list[tuple[str, str, str, str, bytes]] = []
     for user_id, device_id, algorithm in wanted:
+        exists = conn.execute(
+            "SELECT 1 FROM devices WHERE user_id = ? AND device_id = ?", (user_id, device_id)
+        ).fetchone()
+        if exists is None:
+            # A deleted device's keys are not handed out: nobody could
+            # read what was encrypted for it.
+            continue
         row = conn.execute(
             "DELETE FROM e2e_one_time_keys WHERE rowid = (SELECT rowid FROM e2e_one_time_keys"
             " WHERE user_id = ? AND device_id = ? AND algorithm = ? ORDER BY key_id LIMIT 1)"
