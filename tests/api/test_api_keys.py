@@ -341,3 +341,52 @@ async def test_signatures_are_verified_then_added_to_the_keys(env: Env) -> None:
     assert set(answer["failures"][env.bob.user_id]) == {env.bob.device_id, "NOSUCHDEVICE"}
     again = await env.query(env.alice, env.bob)
     assert again["device_keys"] == shown["device_keys"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "errcode"),
+    [
+        ("/keys/query", {"device_keys": ["@bob:localhost"]}, "M_BAD_JSON"),
+        ("/keys/query", {"device_keys": {"@bob:localhost": "DEV"}}, "M_BAD_JSON"),
+        ("/keys/claim", {"one_time_keys": []}, "M_BAD_JSON"),
+        ("/keys/claim", {"one_time_keys": {"@bob:localhost": {"DEV": 1}}}, "M_BAD_JSON"),
+        ("/keys/upload", {"fallback_keys": {f"{OTK}:f": 5}}, "M_BAD_JSON"),
+        ("/keys/signatures/upload", [], "M_NOT_JSON"),
+    ],
+)
+async def test_malformed_key_requests_are_refused(
+    env: Env, path: str, body: Any, errcode: str
+) -> None:
+    keys = device_keys(env.bob)
+    await env.upload(
+        env.bob, {"device_keys": keys.body, "one_time_keys": one_time_keys(keys, env.bob, "a")}
+    )
+    await env.client.refused(env.bob, "POST", path, body, status=400, errcode=errcode)
+    # The key is still there to claim, and nothing else was stored.
+    claimed = await env.client.ok(
+        env.alice,
+        "POST",
+        "/keys/claim",
+        {"one_time_keys": {env.bob.user_id: {env.bob.device_id: OTK}}},
+    )
+    assert list(claimed["one_time_keys"][env.bob.user_id][env.bob.device_id]) == [f"{OTK}:a"]
+    assert (await env.sync(env.bob))["device_unused_fallback_key_types"] == []
+
+
+async def test_key_endpoints_need_an_access_token(env: Env) -> None:
+    for method, path in (
+        ("POST", "/keys/upload"),
+        ("POST", "/keys/query"),
+        ("POST", "/keys/claim"),
+        ("GET", "/keys/changes"),
+        ("POST", "/keys/device_signing/upload"),
+        ("POST", "/keys/signatures/upload"),
+    ):
+        await env.client.refused(
+            None,
+            method,
+            path,
+            {} if method == "POST" else None,
+            status=401,
+            errcode="M_MISSING_TOKEN",
+        )
