@@ -118,13 +118,21 @@ async def _actor_level(path: Path, callers: int) -> tuple[float, list[float], fl
     return written / elapsed, latencies, (after.requests - before.requests) / batches
 
 
-def _raw_rows(events: Sequence[EventToPersist]) -> dict[str, list[tuple[Any, ...]]]:
+def _raw_rows(
+    events: Sequence[EventToPersist], first_ordering: int
+) -> dict[str, list[tuple[Any, ...]]]:
+    """The rows of ``events``, the first given stream ordering ``first_ordering``:
+    edges, auth edges and state groups are keyed by an event's ordering, as
+    the actor writes them.
+    """
     assert all(event.context is not None for event in events)
+    orderings = range(first_ordering, first_ordering + len(events))
     return {
-        "INSERT INTO events (event_id, room_id, type, state_key, sender, depth,"
-        " origin_server_ts, json, outlier, soft_failed, rejected_reason)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, NULL)": [
+        "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender,"
+        " depth, origin_server_ts, json, outlier, soft_failed, rejected_reason)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, NULL)": [
             (
+                ordering,
                 e.event_id,
                 e.room_id,
                 e.type,
@@ -134,17 +142,21 @@ def _raw_rows(events: Sequence[EventToPersist]) -> dict[str, list[tuple[Any, ...
                 e.origin_server_ts,
                 e.json,
             )
-            for e in events
+            for ordering, e in zip(orderings, events, strict=True)
         ],
-        "INSERT INTO event_edges VALUES (?, ?, ?)": [
-            (e.event_id, prev, e.room_id) for e in events for prev in e.prev_event_ids
+        "INSERT INTO event_prev_edges VALUES (?, ?, ?)": [
+            (ordering, prev, e.room_id)
+            for ordering, e in zip(orderings, events, strict=True)
+            for prev in e.prev_event_ids
         ],
-        "INSERT INTO event_auth VALUES (?, ?, ?)": [
-            (e.event_id, auth, e.room_id) for e in events for auth in e.auth_event_ids
+        "INSERT INTO event_auth_edges VALUES (?, ?, ?)": [
+            (ordering, auth, e.room_id)
+            for ordering, e in zip(orderings, events, strict=True)
+            for auth in e.auth_event_ids
         ],
-        "INSERT INTO event_to_state_groups VALUES (?, ?, ?)": [
-            (e.event_id, e.context.state_group_before, e.context.state_group_before)  # type: ignore[union-attr]
-            for e in events
+        "INSERT INTO event_state VALUES (?, ?, ?)": [
+            (ordering, e.context.state_group_before, e.context.state_group_before)  # type: ignore[union-attr]
+            for ordering, e in zip(orderings, events, strict=True)
         ],
         "DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ?": [
             (e.room_id, prev) for e in events for prev in e.prev_event_ids
@@ -168,7 +180,7 @@ def _raw(path: Path, *, batch: int | None) -> float:
         chains = _chains(100, EVENTS[100], 1)
         events = [event for round_ in zip(*chains, strict=True) for event in round_]
         size = batch or len(events)
-        chunks = [_raw_rows(events[i : i + size]) for i in range(0, len(events), size)]
+        chunks = [_raw_rows(events[i : i + size], i + 1) for i in range(0, len(events), size)]
         started = time.perf_counter()
         for rows in chunks:
             conn.execute("BEGIN IMMEDIATE")
