@@ -117,7 +117,7 @@ from ranvier.core.client_txns import ClientTransactions
 from ranvier.core.creation import EventCreator, Preset
 from ranvier.core.devices import Devices
 from ranvier.core.directory import RoomDirectory
-from ranvier.core.e2e_keys import E2eKeys
+from ranvier.core.e2e_keys import E2eKeys, ForgettingDeletedDevices
 from ranvier.core.filters import UserFilters
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
 from ranvier.core.interfaces import EventPersister
@@ -988,8 +988,9 @@ class HomeServer:
         )
         add_profile_routes(router, auth=auth, profiles=self.profiles)
         add_account_data_routes(router, auth=auth, account_data=account_data)
+        forgetting = ForgettingDeletedDevices(self.accounts, self.e2e_keys)
         add_device_routes(
-            router, auth=auth, devices=Devices(store=client_data, accounts=self.accounts)
+            router, auth=auth, devices=Devices(store=client_data, accounts=forgetting)
         )
         add_room_list_routes(
             router, server_name=self.config.server_name, auth=auth, room_list=self.room_list

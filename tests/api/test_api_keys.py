@@ -390,3 +390,33 @@ async def test_key_endpoints_need_an_access_token(env: Env) -> None:
             status=401,
             errcode="M_MISSING_TOKEN",
         )
+
+
+async def test_a_deleted_devices_keys_and_messages_are_forgotten(tmp_path: Path) -> None:
+    async with open_shared_room(tmp_path, Env) as env:
+        dave = await env.hs.register_user("dave", "daves password")
+        await env.client.ok(dave, "POST", f"/rooms/{q(env.room_id)}/join", {})
+        keys = device_keys(dave)
+        await env.upload(
+            dave, {"device_keys": keys.body, "one_time_keys": one_time_keys(keys, dave, "a")}
+        )
+        message = {"messages": {dave.user_id: {dave.device_id: {"n": 1}}}}
+        await env.client.ok(env.alice, "PUT", "/sendToDevice/m.test/t1", message)
+        since = (await env.sync(env.alice))["next_batch"]
+        path = f"/devices/{dave.device_id}"
+        status, challenge = await env.client.call(dave, "DELETE", path, {})
+        assert status == 401
+        password = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "dave"},
+            "password": "daves password",
+            "session": challenge["session"],
+        }
+        await env.client.ok(dave, "DELETE", path, {"auth": password})
+        # Those sharing a room with Dave hear his device list changed.
+        assert dave.user_id in (await env.sync(env.alice, since=since))["device_lists"]["changed"]
+        assert (await env.query(env.alice, dave))["device_keys"][dave.user_id] == {}
+        stored = env.hs.server.storage.e2e_keys
+        assert await stored.key_counts(dave.user_id, dave.device_id) == ({}, [])
+        upto = await stored.to_device_position()
+        assert await stored.to_device_messages(dave.user_id, dave.device_id, 0, upto, 10) == []

@@ -48,7 +48,14 @@ from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.signing import decode_verify_key_base64, verify_signed_json
 from ranvier.storage.e2e_keys import E2eSyncRead
 
-__all__ = ["TO_DEVICE_PAGE", "E2eKeyStore", "E2eKeys", "E2eSync", "RemoteKeys"]
+__all__ = [
+    "TO_DEVICE_PAGE",
+    "E2eKeyStore",
+    "E2eKeys",
+    "E2eSync",
+    "ForgettingDeletedDevices",
+    "RemoteKeys",
+]
 
 _log: Final = logging.getLogger(__name__)
 
@@ -117,6 +124,8 @@ class E2eKeyStore(Protocol):
     async def acknowledge_to_device(self, user_id: str, device_id: str, upto: int) -> int: ...
 
     async def mark_device_list_changed(self, user_id: str) -> int: ...
+
+    async def forget_devices(self, user_id: str, device_ids: Collection[str]) -> int: ...
 
     async def device_list_changes(self, after: int, upto: int) -> set[str]: ...
 
@@ -272,6 +281,33 @@ async def _ask_each(
         for server, question in servers.items():
             nursery.start_soon(one, server, question)
     return answers
+
+
+class DeviceAccounts(Protocol):
+    """Passwords and logouts (:class:`ranvier.core.accounts.Accounts`)."""
+
+    async def check_password(self, user_id: str, password: str) -> bool: ...
+
+    async def logout_devices(self, user_id: str, device_ids: Collection[str]) -> int: ...
+
+
+class ForgettingDeletedDevices:
+    """The accounts as :class:`ranvier.core.devices.Devices` uses them, with
+    a deleted device's keys and messages forgotten and its user's device
+    list moved, so that other devices stop encrypting for it.
+    """
+
+    def __init__(self, accounts: DeviceAccounts, keys: E2eKeys) -> None:
+        self._accounts = accounts
+        self._keys = keys
+
+    async def check_password(self, user_id: str, password: str) -> bool:
+        return await self._accounts.check_password(user_id, password)
+
+    async def logout_devices(self, user_id: str, device_ids: Collection[str]) -> int:
+        deleted = await self._accounts.logout_devices(user_id, device_ids)
+        await self._keys.devices_deleted(user_id, device_ids)
+        return deleted
 
 
 class E2eKeys:
@@ -518,11 +554,12 @@ class E2eKeys:
         position: int,
         *,
         devices: Collection[str] = (),
+        deleted: bool = False,
         cross_signing: bool = False,
     ) -> None:
         """Tell long-polls, and the servers sharing a room with the user,
-        that the user's keys changed: ``devices``' keys, or their
-        cross-signing keys.
+        that the user's keys changed: ``devices``' keys (the devices
+        themselves when ``deleted``), or their cross-signing keys.
         """
         rooms = await self._rooms.joined_rooms(user_id)
         self._notifier.advance_device_lists(position, user_id, rooms)
@@ -546,7 +583,7 @@ class E2eKeys:
                 "device_id": device_id,
                 "stream_id": position,
                 "prev_id": [] if previous is None else [previous],
-                "deleted": False,
+                "deleted": deleted,
             }
             keys = shown["device_keys"].get(user_id, {}).get(device_id)
             if keys is not None:
@@ -567,6 +604,15 @@ class E2eKeys:
         for server in sorted(destinations):
             for edu_type, content in edus:
                 self._edus.send_edu(server, edu_type, content)
+
+    async def devices_deleted(self, user_id: str, device_ids: Collection[str]) -> None:
+        """Forget deleted devices' keys and waiting messages, and tell those
+        sharing a room with the user, here and on other servers.
+        """
+        if not device_ids:
+            return
+        position = await self._store.forget_devices(user_id, device_ids)
+        await self._changed(user_id, position, devices=device_ids, deleted=True)
 
     async def on_remote_update(self, origin: str, content: Mapping[str, Any]) -> bool:
         """An ``m.device_list_update`` or ``m.signing_key_update`` EDU from

@@ -273,6 +273,14 @@ class E2eKeyStorage:
     async def device_lists_position(self) -> int:
         return await self._readers.read(functools.partial(_sequence, table="device_list_changes"))
 
+    async def forget_devices(self, user_id: str, device_ids: Collection[str]) -> int:
+        """Delete deleted devices' keys and waiting messages, and move the
+        device-list stream for their user; the new position.
+        """
+        return await self._writer.submit(
+            functools.partial(_forget_devices, user_id=user_id, device_ids=sorted(device_ids))
+        )
+
     async def mark_device_list_changed(self, user_id: str) -> int:
         """Move the device-list stream for ``user_id`` (a device gone, a new
         one); the new position.
@@ -308,6 +316,21 @@ def _changed(conn: sqlite3.Connection, user_id: str) -> int:
     cursor = conn.execute("INSERT INTO device_list_changes (user_id) VALUES (?)", (user_id,))
     assert cursor.lastrowid is not None
     return cursor.lastrowid
+
+
+@registered_write
+def _forget_devices(conn: sqlite3.Connection, *, user_id: str, device_ids: list[str]) -> int:
+    for device_id in device_ids:
+        for table in (
+            "e2e_device_keys",
+            "e2e_one_time_keys",
+            "e2e_fallback_keys",
+            "to_device_inbox",
+        ):
+            conn.execute(
+                f"DELETE FROM {table} WHERE user_id = ? AND device_id = ?", (user_id, device_id)
+            )
+    return _changed(conn, user_id)
 
 
 @registered_write
