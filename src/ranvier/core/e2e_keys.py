@@ -40,6 +40,7 @@ from typing import Any, Final, Protocol, TypeVar
 import msgspec
 import trio
 
+from ranvier.core.devices import DeviceAccounts
 from ranvier.core.notifier import StreamNotifier, StreamPosition
 from ranvier.core.presence import JoinedRooms, SharedRooms
 from ranvier.core.receipts import EduSink
@@ -281,14 +282,6 @@ async def _ask_each(
         for server, question in servers.items():
             nursery.start_soon(one, server, question)
     return answers
-
-
-class DeviceAccounts(Protocol):
-    """Passwords and logouts (:class:`ranvier.core.accounts.Accounts`)."""
-
-    async def check_password(self, user_id: str, password: str) -> bool: ...
-
-    async def logout_devices(self, user_id: str, device_ids: Collection[str]) -> int: ...
 
 
 class ForgettingDeletedDevices:
