@@ -173,6 +173,9 @@ def _serve(args: argparse.Namespace) -> int:
     return _run_until_signalled(config, args.log_level, lambda: open_homeserver(config))
 
 
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
 def _run_until_signalled(
     config: Config, log_level: str, open_server: Callable[[], AbstractAsyncContextManager[object]]
 ) -> int:
@@ -188,6 +191,10 @@ def _run_until_signalled(
                 async for number in signals:
                     _log.info("received %s, stopping", signal.Signals(number).name)
                     break
+        # Stopped: a stop signal from now on has nothing left to stop, and
+        # would only end the process with a traceback on its way out.
+        for number in _STOP_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
         _log.info("stopped")
 
     handler = _log_handler()
@@ -197,6 +204,7 @@ def _run_until_signalled(
     root.setLevel(log_level)
     # Before the server's threads start, or each makes an arena of its own.
     limit_malloc_arenas()
+    handlers = {number: signal.getsignal(number) for number in _STOP_SIGNALS}
     try:
         trio.run(serve_until_signalled)
     except KeyboardInterrupt:
@@ -215,6 +223,9 @@ def _run_until_signalled(
     finally:
         root.removeHandler(handler)
         root.setLevel(previous_level)
+        for number, previous in handlers.items():
+            if previous is not None:
+                signal.signal(number, previous)
     return 0
 
 
