@@ -1,0 +1,142 @@
+"""End-to-end encryption's server side between ranvier and a real Synapse:
+each server's users' keys queried and claimed through the other, and
+to-device messages each way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import trio
+
+from ranvier.protocol.signing import SigningKey, encode_verify_key_base64, sign_json
+from ranvier.server import HomeServer
+
+from ._synapse import SynapseProcess
+
+_WAIT_SECONDS = 20.0
+_OTK = "signed_curve25519"
+_users = itertools.count(1)
+
+
+def _localpart(name: str) -> str:
+    # One Synapse serves every test of the run: its users must differ.
+    return f"{name}{os.getpid()}e{next(_users)}"
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait until ``check`` holds, looking every 50 ms for at most 20 s."""
+    with trio.move_on_after(_WAIT_SECONDS):
+        while True:
+            if await check():
+                return
+            await trio.sleep(0.05)
+    raise AssertionError(f"gave up after {_WAIT_SECONDS:.0f} s waiting for {what}")
+
+
+def _keys(user_id: str, device_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Signed device keys and two signed one-time keys of a device."""
+    key = SigningKey(os.urandom(32), device_id)
+    device = {
+        "user_id": user_id,
+        "device_id": device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            f"curve25519:{device_id}": "Y3VydmU" + device_id,
+            f"ed25519:{device_id}": encode_verify_key_base64(key.verify_key),
+        },
+    }
+    one_time = {
+        f"{_OTK}:{name}": sign_json({"key": f"b3Rr{name}"}, user_id, key) for name in ("a", "b")
+    }
+    return sign_json(device, user_id, key), one_time
+
+
+async def test_keys_and_to_device_messages_between_ranvier_and_synapse(
+    synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer
+) -> None:
+    zed = await synapse.register(synapse_http, _localpart("zed"))
+    zed_device = (await zed.request("GET", "/_matrix/client/v3/account/whoami"))["device_id"]
+    zed_keys, zed_one_time = _keys(zed.user_id, zed_device)
+    await zed.request(
+        "POST",
+        "/_matrix/client/v3/keys/upload",
+        body={"device_keys": zed_keys, "one_time_keys": zed_one_time},
+    )
+    bob = await ranvier.accounts.register(_localpart("bob"), None)
+    assert bob.device_id is not None
+    bob_device: str = bob.device_id
+    bob_keys, bob_one_time = _keys(bob.user_id, bob_device)
+    keys = ranvier.e2e_keys
+    await keys.upload(
+        bob.user_id, bob.device_id, {"device_keys": bob_keys, "one_time_keys": bob_one_time}
+    )
+
+    # ranvier asks Synapse for Zed's keys, and claims one of his one-time keys.
+    found = await keys.query(bob.user_id, {"device_keys": {zed.user_id: []}})
+    assert found["failures"] == {}
+    assert found["device_keys"][zed.user_id][zed_device]["keys"] == zed_keys["keys"]
+    claimed = await keys.claim({"one_time_keys": {zed.user_id: {zed_device: _OTK}}})
+    assert claimed["failures"] == {}
+    (name,) = claimed["one_time_keys"][zed.user_id][zed_device]
+    assert name in zed_one_time
+
+    # Synapse asks ranvier for Bob's, and claims one of his.
+    asked = await zed.request(
+        "POST", "/_matrix/client/v3/keys/query", body={"device_keys": {bob.user_id: []}}
+    )
+    assert asked["failures"] == {}
+    shown = asked["device_keys"][bob.user_id][bob.device_id]
+    assert {key: shown[key] for key in bob_keys} == bob_keys
+    taken = await zed.request(
+        "POST",
+        "/_matrix/client/v3/keys/claim",
+        body={"one_time_keys": {bob.user_id: {bob.device_id: _OTK}}},
+    )
+    assert list(taken["one_time_keys"][bob.user_id][bob.device_id]) in (
+        [[name] for name in bob_one_time]
+    )
+    counts, _ = await ranvier.storage.e2e_keys.key_counts(bob.user_id, bob.device_id)
+    assert counts == {_OTK: 1}
+
+    # A to-device message each way.
+    await ranvier.to_device.send(
+        bob.user_id,
+        bob.device_id,
+        "m.test",
+        "t1",
+        {"messages": {zed.user_id: {zed_device: {"from": "ranvier"}}}},
+    )
+    received: list[dict[str, Any]] = []
+    since: list[str] = []
+
+    async def at_synapse() -> bool:
+        params = {"timeout": "0", **({"since": since[-1]} if since else {})}
+        synced = await zed.request("GET", "/_matrix/client/v3/sync", params=params)
+        since.append(synced["next_batch"])
+        received.extend(synced.get("to_device", {}).get("events", []))
+        return bool(received)
+
+    await _eventually(at_synapse, "ranvier's to-device message at Synapse")
+    assert received == [{"type": "m.test", "sender": bob.user_id, "content": {"from": "ranvier"}}]
+    await zed.request(
+        "PUT",
+        "/_matrix/client/v3/sendToDevice/m.test/t2",
+        body={"messages": {bob.user_id: {bob.device_id: {"from": "synapse"}}}},
+    )
+    store = ranvier.storage.e2e_keys
+
+    async def at_ranvier() -> bool:
+        upto = await store.to_device_position()
+        return bool(await store.to_device_messages(bob.user_id, bob_device, 0, upto, 10))
+
+    await _eventually(at_ranvier, "Synapse's to-device message at ranvier")
+    upto = await store.to_device_position()
+    (stored,) = await store.to_device_messages(bob.user_id, bob.device_id, 0, upto, 10)
+    assert stored[1] == (
+        b'{"type":"m.test","sender":"' + zed.user_id.encode() + b'","content":{"from":"synapse"}}'
+    )
