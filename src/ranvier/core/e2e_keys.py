@@ -86,10 +86,6 @@ class E2eKeyStore(Protocol):
         fallback_keys: Sequence[tuple[str, str, bytes]],
     ) -> tuple[dict[str, int], int | None]: ...
 
-    async def key_counts(
-        self, user_id: str, device_id: str
-    ) -> tuple[dict[str, int], list[str]]: ...
-
     async def device_keys(
         self, wanted: Mapping[str, Collection[str]]
     ) -> dict[str, dict[str, tuple[bytes, str | None]]]: ...
