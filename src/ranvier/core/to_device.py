@@ -6,7 +6,9 @@ Invariants
 
 * **Once per transaction ID.** A client's retry of a send (same device,
   same transaction ID) queues nothing and sends no EDU again: the
-  transaction is recorded in the same write as the messages.
+  transaction is recorded in the same write as the messages. As for room
+  sends (:mod:`ranvier.core.client_txns`), a transaction is forgotten a
+  day after, by a prune a send runs at most once an hour.
 * **Only for devices that exist.** A message for a local device that does
   not exist is dropped; ``*`` reaches every device the user has when it
   is sent.
@@ -30,6 +32,7 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from ranvier.core.builder import Clock, wall_clock_ms
+from ranvier.core.client_txns import DEFAULT_KEEP_MS, DEFAULT_PRUNE_EVERY_MS
 from ranvier.core.notifier import StreamNotifier
 from ranvier.core.receipts import EduSink
 from ranvier.errors import MatrixError
@@ -53,6 +56,8 @@ class ToDeviceStore(Protocol):
         messages: Sequence[tuple[str, str, bytes]],
         now_ms: int,
     ) -> tuple[bool, int | None, list[tuple[str, str]]]: ...
+
+    async def forget_to_device_transactions(self, before_ms: int) -> int: ...
 
 
 def _server_of(user_id: str) -> str:
@@ -92,12 +97,17 @@ class ToDevice:
         notifier: StreamNotifier,
         edus: EduSink | None = None,
         clock: Clock = wall_clock_ms,
+        keep_ms: int = DEFAULT_KEEP_MS,
+        prune_every_ms: int = DEFAULT_PRUNE_EVERY_MS,
     ) -> None:
         self._server_name = server_name
         self._store = store
         self._notifier = notifier
         self._edus = edus
         self._clock = clock
+        self._keep_ms = keep_ms
+        self._prune_every_ms = prune_every_ms
+        self._pruned_at: int | None = None
 
     async def send(
         self, user_id: str, device_id: str, event_type: str, txn_id: str, body: Mapping[str, Any]
@@ -125,6 +135,7 @@ class ToDevice:
         )
         if position is not None:
             self._notifier.advance_to_device(position, {user for user, _ in reached})
+        await self._prune()
         if not fresh or self._edus is None:
             return
         for server, by_user in sorted(remote.items()):
@@ -138,6 +149,13 @@ class ToDevice:
                     "messages": by_user,
                 },
             )
+
+    async def _prune(self) -> None:
+        now = self._clock()
+        if self._pruned_at is not None and now - self._pruned_at < self._prune_every_ms:
+            return
+        self._pruned_at = now
+        await self._store.forget_to_device_transactions(now - self._keep_ms)
 
     async def on_remote(self, origin: str, content: Mapping[str, Any]) -> int:
         """An ``m.direct_to_device`` EDU from ``origin``; how many devices' inboxes
@@ -179,4 +197,5 @@ class ToDevice:
         )
         if position is not None:
             self._notifier.advance_to_device(position, {user for user, _ in reached})
+        await self._prune()
         return len(reached)

@@ -204,6 +204,14 @@ class E2eKeyStorage:
             )
         )
 
+    async def forget_to_device_transactions(self, before_ms: int) -> int:
+        """Forget the to-device transactions recorded before ``before_ms``;
+        how many went.
+        """
+        return await self._writer.submit(
+            functools.partial(_forget_to_device_transactions, before_ms=before_ms)
+        )
+
     async def to_device_messages(
         self, user_id: str, device_id: str, after: int, upto: int, limit: int
     ) -> list[tuple[int, bytes]]:
@@ -593,6 +601,13 @@ def _send_to_device(
             position = cursor.lastrowid
             reached.append((user_id, target))
     return True, position, reached
+
+
+@registered_write
+def _forget_to_device_transactions(conn: sqlite3.Connection, *, before_ms: int) -> int:
+    return conn.execute(
+        "DELETE FROM to_device_transactions WHERE created_ts < ?", (before_ms,)
+    ).rowcount
 
 
 def _to_device_messages(
