@@ -41,6 +41,8 @@ async def test_keys_are_queried_and_claimed_from_the_users_server(tmp_path: Path
         a, b, ca, cb, alice, bob = servers
         keys = device_keys(bob)
         cross = cross_signing(bob)
+        # A device name stays on its server.
+        await cb.ok(bob, "PUT", f"/devices/{bob.device_id}", {"display_name": "Bob's phone"})
         await cb.ok(
             bob,
             "POST",
@@ -77,7 +79,7 @@ async def test_keys_are_queried_and_claimed_from_the_users_server(tmp_path: Path
         listed = msgspec.json.decode(response.body)
         assert listed["user_id"] == bob.user_id
         assert [device["device_id"] for device in listed["devices"]] == [bob.device_id]
-        assert listed["devices"][0]["keys"] == keys.body
+        assert listed["devices"][0] == {"device_id": bob.device_id, "keys": keys.body}
         assert listed["master_key"] == cross.body["master_key"]
         assert "user_signing_key" not in listed
 

@@ -576,10 +576,7 @@ class E2eKeys:
             }
             keys = shown["device_keys"].get(user_id, {}).get(device_id)
             if keys is not None:
-                name = keys.pop("unsigned", {}).get("device_display_name")
                 update["keys"] = keys
-                if name is not None:
-                    update["device_display_name"] = name
             edus.append(("m.device_list_update", update))
         if cross_signing:
             update = {"user_id": user_id}
@@ -670,8 +667,11 @@ class E2eKeys:
     async def local_query(
         self, wanted: Mapping[str, Sequence[str]], *, requester: str | None = None
     ) -> dict[str, Any]:
-        """Local users' device and cross-signing keys; ``user_signing_keys``
-        only of ``requester`` themself (never for another server).
+        """Local users' device and cross-signing keys, as a local
+        ``requester`` sees them, or another server when None:
+        ``user_signing_keys`` only of the requester themself, and devices'
+        display names only to local users, as Synapse keeps them by default
+        (a name such as "Alice's phone" says more than a key needs to).
         """
         stored = await self._store.device_keys(wanted)
         device_keys: dict[str, Any] = {}
@@ -679,7 +679,7 @@ class E2eKeys:
             shown = device_keys.setdefault(user_id, {})
             for device_id, (key_json, display_name) in devices.items():
                 key = msgspec.json.decode(key_json)
-                if display_name is not None:
+                if display_name is not None and requester is not None:
                     key.setdefault("unsigned", {})["device_display_name"] = display_name
                 shown[device_id] = key
         answer: dict[str, Any] = {

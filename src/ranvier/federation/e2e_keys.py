@@ -3,7 +3,8 @@
 Served to other servers, for this server's users only:
 
 * ``POST /v1/user/keys/query``: device keys and the master and
-  self-signing keys (never a user-signing key: that is its user's alone);
+  self-signing keys (never a user-signing key: that is its user's alone,
+  nor devices' display names);
 * ``POST /v1/user/keys/claim``: one-time keys, each handed out once;
 * ``GET /v1/user/devices/{userId}``: a user's devices with their keys, and
   the device-list stream position they are as of.
@@ -117,12 +118,7 @@ def add_e2e_key_routes(router: Router, *, server_name: str, keys: E2eKeys) -> No
         found = await keys.local_query({user_id: []})
         listed = []
         for device_id, device_keys in sorted(found["device_keys"].get(user_id, {}).items()):
-            entry: dict[str, Any] = {"device_id": device_id}
-            name = device_keys.pop("unsigned", {}).get("device_display_name")
-            if name is not None:
-                entry["device_display_name"] = name
-            entry["keys"] = device_keys
-            listed.append(entry)
+            listed.append({"device_id": device_id, "keys": device_keys})
         answer: dict[str, Any] = {"user_id": user_id, "stream_id": position, "devices": listed}
         for field, key_field in (
             ("master_keys", "master_key"),
