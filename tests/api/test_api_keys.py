@@ -223,9 +223,13 @@ async def test_joining_and_leaving_a_shared_room_are_listed(env: Env) -> None:
     await env.client.ok(env.carol, "POST", f"/rooms/{q(env.room_id)}/join", {})
     joined = await env.sync(env.alice, since=since)
     assert env.carol.user_id in joined["device_lists"]["changed"]
+    before_leaving = (await env.sync(env.bob))["next_batch"]
     await env.client.ok(env.bob, "POST", f"/rooms/{q(env.room_id)}/leave", {})
     left = await env.sync(env.alice, since=joined["next_batch"])
     assert left["device_lists"] == {"changed": [], "left": [env.bob.user_id]}
+    # Bob's own sync lists those he no longer shares a room with.
+    bob_left = await env.sync(env.bob, since=before_leaving)
+    assert bob_left["device_lists"]["left"] == sorted([env.alice.user_id, env.carol.user_id])
     # Bob, having left, no longer shares a room with Alice or Carol.
     bob_since = (await env.sync(env.bob))["next_batch"]
     await env.upload(env.alice, {"device_keys": device_keys(env.alice).body})
