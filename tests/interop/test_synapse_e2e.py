@@ -140,3 +140,48 @@ async def test_keys_and_to_device_messages_between_ranvier_and_synapse(
     assert stored[1] == (
         b'{"type":"m.test","sender":"' + zed.user_id.encode() + b'","content":{"from":"synapse"}}'
     )
+
+
+async def test_a_key_change_reaches_synapse_users_sharing_a_room(
+    synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer
+) -> None:
+    zed = await synapse.register(synapse_http, _localpart("zed"))
+    room_id = await zed.create_room(preset="public_chat", name="Keys, on Synapse")
+    bob = await ranvier.accounts.register(_localpart("bob"), None)
+    assert bob.device_id is not None
+    keys = ranvier.e2e_keys
+    first, _ = _keys(bob.user_id, bob.device_id)
+    await keys.upload(bob.user_id, bob.device_id, {"device_keys": first})
+    join_id = await ranvier.join_room(bob.user_id, room_id, [synapse.server_name])
+
+    async def joined() -> bool:
+        return bob.user_id in await zed.joined_members(room_id)
+
+    await _eventually(joined, f"ranvier's join {join_id} on Synapse")
+
+    async def zed_sees(wanted: dict[str, Any]) -> bool:
+        asked = await zed.request(
+            "POST", "/_matrix/client/v3/keys/query", body={"device_keys": {bob.user_id: []}}
+        )
+        shown = asked["device_keys"].get(bob.user_id, {}).get(bob.device_id, {})
+        return bool(shown.get("keys") == wanted["keys"])
+
+    # Synapse now follows Bob's device list: it has his first keys...
+    await _eventually(lambda: zed_sees(first), "Bob's first keys at Synapse")
+    since = (await zed.request("GET", "/_matrix/client/v3/sync", params={"timeout": "0"}))[
+        "next_batch"
+    ]
+    # ...and an update to them reaches Zed's sync and his next query.
+    second, _ = _keys(bob.user_id, bob.device_id)
+    await keys.upload(bob.user_id, bob.device_id, {"device_keys": second})
+    changed: list[str] = []
+
+    async def listed() -> bool:
+        synced = await zed.request(
+            "GET", "/_matrix/client/v3/sync", params={"timeout": "0", "since": since}
+        )
+        changed.extend(synced.get("device_lists", {}).get("changed", []))
+        return bob.user_id in changed
+
+    await _eventually(listed, "Bob in Zed's device_lists.changed")
+    await _eventually(lambda: zed_sees(second), "Bob's new keys at Synapse")
