@@ -25,7 +25,18 @@ class _Servers:
             self.slow_asked.set()
             await trio.sleep_forever()
         await self.slow_asked.wait()
-        return {"device_keys": {user: {"DEV": {"from": server}} for user in device_keys}}
+        return {
+            "device_keys": {
+                user: {
+                    "DEV": {"user_id": user, "device_id": "DEV", "from": server},
+                    # Named for another device, or another user: left out.
+                    "OTHER": {"user_id": user, "device_id": "DEV"},
+                    "THIRD": {"user_id": "@someone:else.example", "device_id": "THIRD"},
+                }
+                for user in device_keys
+            },
+            "master_keys": {user: {"user_id": "@someone:else.example"} for user in device_keys},
+        }
 
     async def claim_keys(
         self, server: str, one_time_keys: Mapping[str, Mapping[str, str]]
@@ -34,7 +45,11 @@ class _Servers:
             self.slow_asked.set()
             await trio.sleep_forever()
         await self.slow_asked.wait()
-        return {"one_time_keys": {user: {"DEV": {"k:1": "key"}} for user in one_time_keys}}
+        return {
+            "one_time_keys": {
+                user: {"DEV": {"k:1": "key"}, "UNASKED": {"k:2": "key"}} for user in one_time_keys
+            }
+        }
 
 
 class _Nobody:
@@ -71,7 +86,12 @@ async def test_other_servers_are_asked_at_once_each_within_the_timeout(storage: 
             "@me:here.example",
             {"device_keys": {"@a:fast.example": [], "@b:slow.example": []}, "timeout": 200},
         )
-    assert found["device_keys"] == {"@a:fast.example": {"DEV": {"from": "fast.example"}}}
+    assert found["device_keys"] == {
+        "@a:fast.example": {
+            "DEV": {"user_id": "@a:fast.example", "device_id": "DEV", "from": "fast.example"}
+        }
+    }
+    assert found["master_keys"] == {}
     assert set(found["failures"]) == {"slow.example"}
     keys.remote = _Servers()
     with trio.fail_after(5):

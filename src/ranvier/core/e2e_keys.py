@@ -245,6 +245,23 @@ def _unsigned_form(key: Mapping[str, Any]) -> dict[str, Any]:
 _T = TypeVar("_T")
 
 
+def _own_devices(user_id: str, devices: object) -> dict[str, Any]:
+    """Of another server's answer for ``user_id``, the device keys that say
+    they are that user's and that device's: a server answers for its own
+    users only, and a client is not to be handed another's keys under a
+    device's name.
+    """
+    if not isinstance(devices, dict):
+        return {}
+    return {
+        device_id: keys
+        for device_id, keys in devices.items()
+        if isinstance(keys, dict)
+        and keys.get("user_id") == user_id
+        and keys.get("device_id") == device_id
+    }
+
+
 def _with_signed_curve25519(counts: dict[str, int]) -> dict[str, int]:
     """The counts, with ``signed_curve25519`` at 0 when there are none of
     them: some clients take a count left out as unchanged, and so would
@@ -648,8 +665,13 @@ class E2eKeys:
                 if not isinstance(part, dict):
                     continue
                 for user_id, keys in part.items():
-                    if user_id in users:
-                        answer[field][user_id] = keys
+                    if user_id not in users:
+                        continue
+                    if field == "device_keys":
+                        keys = _own_devices(user_id, keys)
+                    elif not isinstance(keys, dict) or keys.get("user_id") != user_id:
+                        continue
+                    answer[field][user_id] = keys
         return answer
 
     async def _ask(
@@ -727,7 +749,12 @@ class E2eKeys:
                 continue
             for user_id, devices in found.items():
                 if user_id in users and isinstance(devices, dict):
-                    one_time_keys[user_id] = devices
+                    # Only the devices asked about, one key each.
+                    one_time_keys[user_id] = {
+                        device_id: keys
+                        for device_id, keys in devices.items()
+                        if device_id in users[user_id] and isinstance(keys, dict) and len(keys) == 1
+                    }
         return {"one_time_keys": one_time_keys, "failures": failures}
 
     async def _claim_remote(
