@@ -8,6 +8,7 @@ from ranvier.errors import MatrixError
 from ranvier.storage.records import StateKey
 from ranvier.storage.schema import migrate
 from ranvier.storage.state_groups import (
+    GROUP_STATE_SQL,
     MAX_CHAIN_LENGTH,
     keys_changed_between,
     read_state,
@@ -130,6 +131,9 @@ def test_keys_changed_between_related_and_unrelated_groups(conn: sqlite3.Connect
     assert keys_changed_between(conn, left, left) == set()
     unrelated = store_state_group(conn, ROOM, None, {_member(1): "$x"})
     assert keys_changed_between(conn, left, unrelated) is None
+    # More rows between than asked for: the caller compares whole states.
+    assert keys_changed_between(conn, left2, right, most=3) == {_member(1), _member(2), _member(3)}
+    assert keys_changed_between(conn, left2, right, most=2) is None
 
 
 def test_a_big_room_grows_by_deltas(conn: sqlite3.Connection) -> None:
@@ -189,6 +193,9 @@ def test_stored_groups_match_a_model(steps: list[tuple[int, dict[StateKey, str |
         groups.append(group)
     for group, state in model.items():
         assert read_state(conn, group) == state
+        in_sql = conn.execute(GROUP_STATE_SQL, (group,)).fetchall()
+        assert {(typ, state_key): event_id for typ, state_key, event_id in in_sql} == state
+        assert len(in_sql) == len(state)
         assert read_state_for_keys(conn, group, list(state)[:2]) == {
             k: state[k] for k in list(state)[:2]
         }

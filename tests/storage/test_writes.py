@@ -278,6 +278,39 @@ def test_current_state_moves_between_unrelated_groups(conn: sqlite3.Connection) 
     assert reads.get_current_state_ids(conn, ROOM) == {CREATE: "$c"}
 
 
+def test_current_state_moves_across_thousands_of_keys(conn: sqlite3.Connection) -> None:
+    """A move across more changed keys than are compared one by one (the
+    first after a big room's resync) compares the whole states in SQL: keys
+    added, changed, removed along a chain of deltas, and kept, all come out
+    as the group has them.
+    """
+    members = {("m.room.member", f"@u{n}:x"): f"$join{n}" for n in range(3_000)}
+    root = store_state_group(conn, ROOM, None, {CREATE: "$c", ("m.room.topic", ""): "$t"})
+    set_current_state(conn, ROOM, root)
+    grown = store_state_group(conn, ROOM, root, members)
+    changed = store_state_group(
+        conn,
+        ROOM,
+        grown,
+        {
+            ("m.room.member", "@u1:x"): "$leave1",
+            ("m.room.member", "@u2:x"): None,
+            ("m.room.topic", ""): None,
+        },
+    )
+    again = store_state_group(conn, ROOM, changed, {("m.room.member", "@u1:x"): "$rejoin1"})
+    set_current_state(conn, ROOM, again)
+    expected = read_state(conn, again)
+    assert expected[("m.room.member", "@u1:x")] == "$rejoin1"
+    assert ("m.room.member", "@u2:x") not in expected
+    assert ("m.room.topic", "") not in expected
+    assert reads.get_current_state_ids(conn, ROOM) == expected
+    # And back again, which removes thousands of keys.
+    set_current_state(conn, ROOM, root)
+    assert reads.get_current_state_ids(conn, ROOM) == {CREATE: "$c", ("m.room.topic", ""): "$t"}
+    assert conn.execute("SELECT COUNT(*) FROM temp.moving_state").fetchone() == (0,)
+
+
 def test_soft_failed_events_keep_their_state_but_not_the_room(
     conn: sqlite3.Connection, make_event: EventFactory
 ) -> None:

@@ -48,9 +48,9 @@ from .records import (
 )
 from .redactions import record_redactions
 from .state_groups import (
+    GROUP_STATE_SQL,
     check_group_in_room,
     keys_changed_between,
-    read_state,
     read_state_for_keys,
     store_state_group,
 )
@@ -111,6 +111,17 @@ SELECT ?1, ?2 WHERE NOT EXISTS (
 """
 # Stays well under SQLite's limit on bound parameters.
 _CHUNK = 500
+#: Keys changed between two states from which current state is moved by
+#: comparing the whole states in SQL rather than key by key.
+_KEYS_COMPARED_ONE_BY_ONE = 1_000
+_CREATE_MOVING_STATE_SQL = """
+CREATE TEMP TABLE IF NOT EXISTS moving_state (
+    type TEXT NOT NULL,
+    state_key TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (type, state_key)
+) WITHOUT ROWID
+"""
 # When an event's verdict changes, only its own extremity status and that
 # of its prev events can change: whether an event is an extremity depends on
 # its own verdict and on which accepted events cite it. Both statements
@@ -301,29 +312,37 @@ def _move_current_state(conn: sqlite3.Connection, room_id: str, to_group: int) -
     from_group = None if row is None else row[0]
     if from_group == to_group:
         return
-    keys = None if from_group is None else keys_changed_between(conn, from_group, to_group)
-    changes: dict[StateKey, str | None] = {}
+    keys = (
+        None
+        if from_group is None
+        else keys_changed_between(conn, from_group, to_group, most=_KEYS_COMPARED_ONE_BY_ONE)
+    )
     if keys is None:
-        new = read_state(conn, to_group)
-        old = {
-            (typ, state_key): event_id
-            for typ, state_key, event_id in conn.execute(
-                "SELECT type, state_key, event_id FROM current_state WHERE room_id = ?", (room_id,)
-            )
-        }
-        for key in old.keys() | new.keys():
-            if old.get(key) != new.get(key):
-                changes[key] = new.get(key)
+        _replace_current_state(conn, room_id, to_group)
     else:
-        new = read_state_for_keys(conn, to_group, keys)
-        for key in keys:
-            old_row = conn.execute(
-                "SELECT event_id FROM current_state"
-                " WHERE room_id = ? AND type = ? AND state_key = ?",
-                (room_id, *key),
-            ).fetchone()
-            if (None if old_row is None else old_row[0]) != new.get(key):
-                changes[key] = new.get(key)
+        _move_current_state_keys(conn, room_id, to_group, keys)
+    conn.execute(
+        """
+        INSERT INTO current_state_groups (room_id, state_group) VALUES (?, ?)
+        ON CONFLICT (room_id) DO UPDATE SET state_group = excluded.state_group
+        """,
+        (room_id, to_group),
+    )
+
+
+def _move_current_state_keys(
+    conn: sqlite3.Connection, room_id: str, to_group: int, keys: set[StateKey]
+) -> None:
+    """Bring the entries of ``keys`` in current state to those of ``to_group``."""
+    new = read_state_for_keys(conn, to_group, keys)
+    changes: dict[StateKey, str | None] = {}
+    for key in keys:
+        old_row = conn.execute(
+            "SELECT event_id FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
+            (room_id, *key),
+        ).fetchone()
+        if (None if old_row is None else old_row[0]) != new.get(key):
+            changes[key] = new.get(key)
     conn.executemany(
         """
         INSERT INTO current_state (room_id, type, state_key, event_id) VALUES (?, ?, ?, ?)
@@ -339,13 +358,39 @@ def _move_current_state(conn: sqlite3.Connection, room_id: str, to_group: int) -
         "DELETE FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
         [(room_id, typ, sk) for (typ, sk), event_id in changes.items() if event_id is None],
     )
-    conn.execute(
-        """
-        INSERT INTO current_state_groups (room_id, state_group) VALUES (?, ?)
-        ON CONFLICT (room_id) DO UPDATE SET state_group = excluded.state_group
-        """,
-        (room_id, to_group),
-    )
+
+
+def _replace_current_state(conn: sqlite3.Connection, room_id: str, to_group: int) -> None:
+    """Make current state the whole state of ``to_group``, compared row by
+    row in SQL: the first move after a big room's resync compares some
+    50,000 keys, which as Python maps cost tens of MiB and one query each.
+    Rows that already match are left alone.
+    """
+    conn.execute(_CREATE_MOVING_STATE_SQL)
+    try:
+        conn.execute(f"INSERT INTO temp.moving_state {GROUP_STATE_SQL}", (to_group,))
+        conn.execute(
+            """
+            DELETE FROM current_state
+            WHERE room_id = ? AND NOT EXISTS (
+                SELECT 1 FROM temp.moving_state AS m
+                WHERE m.type = current_state.type AND m.state_key = current_state.state_key
+            )
+            """,
+            (room_id,),
+        )
+        # WHERE true: SQLite would read ON CONFLICT after a bare FROM as a join's.
+        conn.execute(
+            """
+            INSERT INTO current_state (room_id, type, state_key, event_id)
+            SELECT ?, type, state_key, event_id FROM temp.moving_state WHERE true
+            ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id
+            WHERE current_state.event_id IS NOT excluded.event_id
+            """,
+            (room_id,),
+        )
+    finally:
+        conn.execute("DELETE FROM temp.moving_state")
 
 
 def _stored_events(
