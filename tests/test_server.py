@@ -214,7 +214,8 @@ async def test_no_thread_outlives_the_server(tmp_path: Path) -> None:
     # moment to see that.
     for thread in started:
         await trio.to_thread.run_sync(thread.join, 5)
-    assert _our_threads() == before
+    # Threads of earlier tests may have ended meanwhile; none is new.
+    assert _our_threads() <= before
 
 
 async def test_a_port_in_use_fails_the_start_plainly(tmp_path: Path) -> None:
