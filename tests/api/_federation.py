@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import trio
-from _client import Client
+from _client import Client, q
 
 from ranvier.testing.homeserver import TestHomeserver, TestUser, open_test_homeserver
 from ranvier.testing.network import Pki
@@ -48,3 +48,21 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
             return
         await trio.sleep(0.02)
     raise AssertionError(f"gave up waiting for {what}")
+
+
+async def share_a_room(servers: TwoServers) -> str:
+    """A public room of Alice's on A (alias ``#lobby``) that Bob of B has
+    joined through its alias, with its state complete on B and his join
+    seen on A; its ID."""
+    a, b, ca, cb, alice, bob = servers
+    room_id = await ca.create_room(alice, preset="public_chat", room_alias_name="lobby")
+    await cb.ok(bob, "POST", f"/join/{q(f'#lobby:{a.server_name}')}", {})
+    with trio.fail_after(20):
+        await b.server.wait_for_full_state(room_id)
+
+    async def joined_at_a() -> bool:
+        members = await ca.ok(alice, "GET", f"/rooms/{q(room_id)}/joined_members")
+        return bob.user_id in members["joined"]
+
+    await eventually(joined_at_a, "Bob's join at A")
+    return room_id

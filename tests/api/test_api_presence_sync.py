@@ -9,9 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import trio
 from _client import SharedRoom, open_shared_room, q
-from _federation import eventually, two_servers
+from _federation import eventually, share_a_room, two_servers
 
 
 def _presence(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -75,17 +74,9 @@ async def test_a_sync_shows_the_presence_of_those_sharing_a_room(tmp_path: Path)
 
 
 async def test_presence_travels_to_the_servers_of_the_users_rooms(tmp_path: Path) -> None:
-    async with two_servers(tmp_path) as (a, b, ca, cb, alice, bob):
-        room_id = await ca.create_room(alice, preset="public_chat", room_alias_name="lobby")
-        await cb.ok(bob, "POST", f"/join/{q(f'#lobby:{a.server_name}')}", {})
-        with trio.fail_after(20):
-            await b.server.wait_for_full_state(room_id)
-
-        async def joined_at_a() -> bool:
-            members = await ca.ok(alice, "GET", f"/rooms/{q(room_id)}/joined_members")
-            return bob.user_id in members["joined"]
-
-        await eventually(joined_at_a, "Bob's join at A")
+    async with two_servers(tmp_path) as servers:
+        _, _, ca, cb, alice, bob = servers
+        await share_a_room(servers)
         status = {"presence": "unavailable", "status_msg": "away"}
         await ca.ok(alice, "PUT", f"/presence/{q(alice.user_id)}/status", status)
 

@@ -8,27 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import trio
 from _client import Client, q
 from _e2e import OTK, cross_signing, device_keys, one_time_keys
-from _federation import TwoServers, eventually, two_servers
+from _federation import eventually, share_a_room, two_servers
 
 from ranvier.testing.homeserver import TestUser
-
-
-async def _share_a_room(servers: TwoServers) -> str:
-    a, b, ca, cb, alice, bob = servers
-    room_id = await ca.create_room(alice, preset="public_chat", room_alias_name="lobby")
-    await cb.ok(bob, "POST", f"/join/{q(f'#lobby:{a.server_name}')}", {})
-    with trio.fail_after(20):
-        await b.server.wait_for_full_state(room_id)
-
-    async def joined_at_a() -> bool:
-        members = await ca.ok(alice, "GET", f"/rooms/{q(room_id)}/joined_members")
-        return bob.user_id in members["joined"]
-
-    await eventually(joined_at_a, "Bob's join at A")
-    return room_id
 
 
 async def _sync(client: Client, user: TestUser, **params: Any) -> dict[str, Any]:
@@ -122,7 +106,7 @@ async def test_a_key_change_reaches_the_device_lists_of_the_other_servers_users(
 ) -> None:
     async with two_servers(tmp_path) as servers:
         _, _, ca, cb, alice, bob = servers
-        await _share_a_room(servers)
+        await share_a_room(servers)
         since = (await _sync(ca, alice))["next_batch"]
         await cb.ok(bob, "POST", "/keys/upload", {"device_keys": device_keys(bob).body})
         changed: list[str] = []

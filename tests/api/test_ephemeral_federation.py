@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 from _client import Client, q
-from _federation import eventually, two_servers
+from _federation import eventually, share_a_room, two_servers
 
 from ranvier.core.receipts import RemoteReceipt
 from ranvier.core.typing import REMOTE_TIMEOUT_MS
@@ -28,17 +28,9 @@ def _ephemeral(body: dict[str, Any], room_id: str, event_type: str) -> dict[str,
 
 
 async def test_receipts_and_typing_travel_both_ways(tmp_path: Path) -> None:
-    async with two_servers(tmp_path) as (a, b, ca, cb, alice, bob):
-        room_id = await ca.create_room(alice, preset="public_chat", room_alias_name="lobby")
-        await cb.ok(bob, "POST", f"/join/{q(f'#lobby:{a.server_name}')}", {})
-        with trio.fail_after(20):
-            await b.server.wait_for_full_state(room_id)
-
-        async def joined_at_a() -> bool:
-            members = await ca.ok(alice, "GET", f"/rooms/{q(room_id)}/joined_members")
-            return bob.user_id in members["joined"]
-
-        await eventually(joined_at_a, "Bob's join at A")
+    async with two_servers(tmp_path) as servers:
+        a, b, ca, cb, alice, bob = servers
+        room_id = await share_a_room(servers)
         sent = await ca.ok(
             alice, "PUT", f"/rooms/{q(room_id)}/send/m.room.message/1", {"body": "hi"}
         )
