@@ -753,7 +753,9 @@ class HomeServer:
         server_name = self.config.server_name
         storage, client, keys = self.storage, self.federation_client, self.key_ring
         self._room_servers = RoomServers(storage)
-        self._federation_sender = FederationSender(server_name, client, self._sender_store())
+        self._federation_sender = FederationSender(
+            server_name, client, self._sender_store(), outbox=storage.e2e_keys
+        )
         notifier = RoomEventSender(server_name, self._room_servers, self._pdu_sink())
         fetcher = FederationEventFetcher(client)
         verifier = EventVerifier(keys)

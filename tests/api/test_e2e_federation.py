@@ -70,7 +70,7 @@ async def test_keys_are_queried_and_claimed_from_the_users_server(tmp_path: Path
 
 async def test_a_to_device_message_crosses_to_the_other_server_once(tmp_path: Path) -> None:
     async with two_servers(tmp_path) as servers:
-        _, _, ca, cb, alice, bob = servers
+        a, b, ca, cb, alice, bob = servers
         since = (await _sync(cb, bob))["next_batch"]
         content = {"algorithm": "m.olm.v1.curve25519-aes-sha2", "ciphertext": {}}
         body = {"messages": {bob.user_id: {bob.device_id: content}}}
@@ -99,6 +99,13 @@ async def test_a_to_device_message_crosses_to_the_other_server_once(tmp_path: Pa
             {"type": "m.test", "sender": alice.user_id, "content": {"last": True}},
         ]
         assert (await _sync(cb, bob, since=token))["to_device"]["events"] == []
+        # Taken by B, the EDUs are gone from A's outbox.
+        outbox = a.server.storage.e2e_keys
+
+        async def outbox_empty() -> bool:
+            return not await outbox.outbox_edus(b.server_name, 0, 10)
+
+        await eventually(outbox_empty, "A's outbox to empty")
 
 
 async def test_a_key_change_reaches_the_device_lists_of_the_other_servers_users(

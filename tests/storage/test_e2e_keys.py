@@ -192,3 +192,36 @@ async def test_signatures_merge_into_device_and_cross_signing_keys(storage: Stor
     assert b'"ed25519:SSK":"x"' in device
     stored = (await keys.cross_signing_keys([BOB]))[BOB]["master"]
     assert b'"ed25519:USK":"y"' in stored
+
+
+async def test_outbox_edus_are_written_once_per_transaction_and_forgotten_upto(
+    storage: Storage,
+) -> None:
+    keys = storage.e2e_keys
+
+    async def send(txn: str, *destinations: str) -> bool:
+        fresh, _, _ = await keys.send_to_device(
+            sender=ALICE,
+            sender_device="A1",
+            txn_id=txn,
+            messages=[],
+            now_ms=5,
+            remote=[(destination, txn.encode()) for destination in destinations],
+        )
+        return fresh
+
+    assert await send("t1", "b.example", "c.example")
+    # A retried transaction writes no second EDU.
+    assert not await send("t1", "b.example", "c.example")
+    assert await send("t2", "b.example")
+    assert await keys.outbox_destinations(None, 10) == ["b.example", "c.example"]
+    assert await keys.outbox_destinations("b.example", 10) == ["c.example"]
+    assert await keys.outbox_destinations(None, 1) == ["b.example"]
+    waiting = await keys.outbox_edus("b.example", 0, 10)
+    assert [edu for _, edu in waiting] == [b"t1", b"t2"]
+    first = waiting[0][0]
+    assert await keys.outbox_edus("b.example", first, 10) == waiting[1:]
+    assert await keys.outbox_edus("b.example", 0, 1) == waiting[:1]
+    assert await keys.delete_outbox_edus("b.example", first) == 1
+    assert await keys.outbox_edus("b.example", 0, 10) == waiting[1:]
+    assert [edu for _, edu in await keys.outbox_edus("c.example", 0, 10)] == [b"t1"]

@@ -44,6 +44,7 @@ TABLES_ADDED = {
         "to_device_transactions",
         "device_list_changes",
     },
+    13: {"to_device_outbox"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -142,6 +143,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         )
         run("INSERT INTO to_device_transactions VALUES ('@a:x', 'DEV', 't1', 5)")
         run("INSERT INTO device_list_changes (user_id) VALUES ('@a:x')")
+    elif version == 13:
+        run("INSERT INTO to_device_outbox (destination, edu) VALUES ('hs.example', x'7b7d')")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

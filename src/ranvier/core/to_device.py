@@ -12,6 +12,12 @@ Invariants
 * **Only for devices that exist.** A message for a local device that does
   not exist is dropped; ``*`` reaches every device the user has when it
   is sent.
+* **Delivered to other servers, however long it takes.** The
+  ``m.direct_to_device`` EDU for each other server is written to the
+  outbox in the same write as the transaction and the local messages, and
+  the federation sender keeps it there until that server takes it
+  (through a backoff, and after a restart). Its ``message_id`` lets the
+  receiver take it once, however often it is sent.
 * **A server speaks for its own users.** An ``m.direct_to_device`` EDU
   whose sender is not of the sending server is dropped whole, and one may
   only reach users of this server.
@@ -34,10 +40,9 @@ import msgspec
 from ranvier.core.builder import Clock, wall_clock_ms
 from ranvier.core.client_txns import DEFAULT_KEEP_MS, DEFAULT_PRUNE_EVERY_MS
 from ranvier.core.notifier import StreamNotifier
-from ranvier.core.receipts import EduSink
 from ranvier.errors import MatrixError
 
-__all__ = ["ToDevice", "ToDeviceStore"]
+__all__ = ["OutboxSender", "ToDevice", "ToDeviceStore"]
 
 _log: Final = logging.getLogger(__name__)
 
@@ -55,9 +60,18 @@ class ToDeviceStore(Protocol):
         txn_id: str | None,
         messages: Sequence[tuple[str, str, bytes]],
         now_ms: int,
+        remote: Sequence[tuple[str, bytes]] = ...,
     ) -> tuple[bool, int | None, list[tuple[str, str]]]: ...
 
     async def forget_to_device_transactions(self, before_ms: int) -> int: ...
+
+
+class OutboxSender(Protocol):
+    """Sends the EDUs written to the outbox for a destination, without
+    waiting (:class:`ranvier.federation.sender.FederationSender`).
+    """
+
+    def outbox_filled(self, destination: str) -> None: ...
 
 
 def _server_of(user_id: str) -> str:
@@ -95,7 +109,7 @@ class ToDevice:
         server_name: str,
         store: ToDeviceStore,
         notifier: StreamNotifier,
-        edus: EduSink | None = None,
+        edus: OutboxSender | None = None,
         clock: Clock = wall_clock_ms,
         keep_ms: int = DEFAULT_KEEP_MS,
         prune_every_ms: int = DEFAULT_PRUNE_EVERY_MS,
@@ -126,29 +140,31 @@ class ToDevice:
             for target_device, content in by_device.items():
                 message = {"type": event_type, "sender": user_id, "content": content}
                 local.append((target, target_device, msgspec.json.encode(message)))
+        outbox: list[tuple[str, bytes]] = []
+        if self._edus is not None:
+            for server, by_user in sorted(remote.items()):
+                content = {
+                    "sender": user_id,
+                    "type": event_type,
+                    "message_id": secrets.token_urlsafe(16),
+                    "messages": by_user,
+                }
+                edu = {"edu_type": _EDU, "content": content}
+                outbox.append((server, msgspec.json.encode(edu)))
         fresh, position, reached = await self._store.send_to_device(
             sender=user_id,
             sender_device=device_id,
             txn_id=txn_id,
             messages=local,
             now_ms=self._clock(),
+            remote=outbox,
         )
         if position is not None:
             self._notifier.advance_to_device(position, {user for user, _ in reached})
+        if fresh and self._edus is not None:
+            for server, _ in outbox:
+                self._edus.outbox_filled(server)
         await self._prune()
-        if not fresh or self._edus is None:
-            return
-        for server, by_user in sorted(remote.items()):
-            self._edus.send_edu(
-                server,
-                _EDU,
-                {
-                    "sender": user_id,
-                    "type": event_type,
-                    "message_id": secrets.token_urlsafe(16),
-                    "messages": by_user,
-                },
-            )
 
     async def _prune(self) -> None:
         now = self._clock()

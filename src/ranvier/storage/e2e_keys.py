@@ -187,11 +187,13 @@ class E2eKeyStorage:
         txn_id: str | None,
         messages: Sequence[tuple[str, str, bytes]],
         now_ms: int,
+        remote: Sequence[tuple[str, bytes]] = (),
     ) -> tuple[bool, int | None, list[tuple[str, str]]]:
         """Queue messages ``(user, device or '*', JSON)`` for local devices,
-        once per ``(sender, sender_device, txn_id)``: whether this is the
-        first time, the new position (None when nothing was queued) and the
-        ``(user, device)`` pairs reached.
+        and ``m.direct_to_device`` EDUs ``(destination, JSON)`` in the
+        outbox, once per ``(sender, sender_device, txn_id)``: whether this is
+        the first time, the new position (None when nothing was queued) and
+        the ``(user, device)`` pairs reached.
         """
         return await self._writer.submit(
             functools.partial(
@@ -201,7 +203,34 @@ class E2eKeyStorage:
                 txn_id=txn_id,
                 messages=list(messages),
                 now_ms=now_ms,
+                remote=list(remote),
             )
+        )
+
+    # The outbox of m.direct_to_device EDUs.
+
+    async def outbox_destinations(self, after: str | None, limit: int) -> list[str]:
+        """Destinations with EDUs waiting in the outbox, in name order,
+        after ``after``, at most ``limit``.
+        """
+        return await self._readers.read(
+            functools.partial(_outbox_destinations, after=after or "", limit=limit)
+        )
+
+    async def outbox_edus(
+        self, destination: str, after: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """``(position, JSON)`` of ``destination``'s waiting EDUs after
+        ``after``, oldest first, at most ``limit``.
+        """
+        return await self._readers.read(
+            functools.partial(_outbox_edus, destination=destination, after=after, limit=limit)
+        )
+
+    async def delete_outbox_edus(self, destination: str, upto: int) -> int:
+        """Forget ``destination``'s EDUs up to ``upto``, which it took; how many went."""
+        return await self._writer.submit(
+            functools.partial(_delete_outbox_edus, destination=destination, upto=upto)
         )
 
     async def forget_to_device_transactions(self, before_ms: int) -> int:
@@ -567,6 +596,7 @@ def _send_to_device(
     txn_id: str | None,
     messages: list[tuple[str, str, bytes]],
     now_ms: int,
+    remote: list[tuple[str, bytes]] | None = None,
 ) -> tuple[bool, int | None, list[tuple[str, str]]]:
     if txn_id is not None:
         seen = conn.execute(
@@ -576,6 +606,7 @@ def _send_to_device(
         )
         if seen.rowcount == 0:
             return False, None, []
+    conn.executemany("INSERT INTO to_device_outbox (destination, edu) VALUES (?, ?)", remote or ())
     position = None
     reached: list[tuple[str, str]] = []
     for user_id, device_id, message in messages:
@@ -601,6 +632,38 @@ def _send_to_device(
             position = cursor.lastrowid
             reached.append((user_id, target))
     return True, position, reached
+
+
+def _outbox_destinations(conn: sqlite3.Connection, *, after: str, limit: int) -> list[str]:
+    return [
+        str(destination)
+        for (destination,) in conn.execute(
+            "SELECT DISTINCT destination FROM to_device_outbox WHERE destination > ?"
+            " ORDER BY destination LIMIT ?",
+            (after, limit),
+        )
+    ]
+
+
+def _outbox_edus(
+    conn: sqlite3.Connection, *, destination: str, after: int, limit: int
+) -> list[tuple[int, bytes]]:
+    return [
+        (int(stream_id), bytes(edu))
+        for stream_id, edu in conn.execute(
+            "SELECT stream_id, edu FROM to_device_outbox WHERE destination = ? AND stream_id > ?"
+            " ORDER BY stream_id LIMIT ?",
+            (destination, after, limit),
+        )
+    ]
+
+
+@registered_write
+def _delete_outbox_edus(conn: sqlite3.Connection, *, destination: str, upto: int) -> int:
+    return conn.execute(
+        "DELETE FROM to_device_outbox WHERE destination = ? AND stream_id <= ?",
+        (destination, upto),
+    ).rowcount
 
 
 @registered_write

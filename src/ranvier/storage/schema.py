@@ -611,6 +611,21 @@ def _end_to_end(db: sqlite_utils.Database) -> None:
     run("CREATE INDEX device_list_changes_user ON device_list_changes (user_id, stream_id)")
 
 
+def _to_device_outbox(db: sqlite_utils.Database) -> None:
+    """``m.direct_to_device`` EDUs waiting for their destination
+    (:mod:`ranvier.federation.sender.queue`): unlike other EDUs they must
+    reach it, through a backoff and a restart, so they are written with the
+    send that makes them and deleted once the destination took them.
+    """
+    run = db.conn.execute
+    run(
+        "CREATE TABLE to_device_outbox ("
+        " stream_id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,"
+        " destination TEXT NOT NULL, edu BLOB NOT NULL) STRICT"
+    )
+    run("CREATE INDEX to_device_outbox_destination ON to_device_outbox (destination, stream_id)")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -625,6 +640,7 @@ MIGRATIONS: Sequence[Migration] = (
     _receipts,
     _rows_keyed_by_ordering,
     _end_to_end,
+    _to_device_outbox,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -3,13 +3,14 @@ PDUs and 100 EDUs, backoff kept in the database, and catching a destination
 up on what it missed."""
 
 from .backoff import BackoffPolicy, is_destination_failure
-from .interfaces import SenderStore, TransactionClient
+from .interfaces import EduOutbox, SenderStore, TransactionClient
 from .queue import DestinationStatus
 from .sender import FederationSender
 
 __all__ = [
     "BackoffPolicy",
     "DestinationStatus",
+    "EduOutbox",
     "FederationSender",
     "SenderStore",
     "TransactionClient",

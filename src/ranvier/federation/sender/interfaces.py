@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from ranvier.storage.reads import UnsentDestinationRoom
 from ranvier.storage.records import DestinationRetry, StoredEvent
 
-__all__ = ["SenderStore", "TransactionClient"]
+__all__ = ["EduOutbox", "SenderStore", "TransactionClient"]
 
 
 class TransactionClient(Protocol):
@@ -64,3 +64,19 @@ class SenderStore(Protocol):
     async def get_events(self, event_ids: Collection[str]) -> Mapping[str, StoredEvent]: ...
 
     async def is_partial_state_room(self, room_id: str) -> bool: ...
+
+
+class EduOutbox(Protocol):
+    """EDUs that must reach their destination, kept in the database until
+    it takes them (:class:`ranvier.storage.e2e_keys.E2eKeyStorage` keeps
+    ``m.direct_to_device`` ones). Each is a JSON ``{"edu_type", "content"}``
+    under a position that only grows.
+    """
+
+    async def outbox_destinations(self, after: str | None, limit: int) -> Sequence[str]: ...
+
+    async def outbox_edus(
+        self, destination: str, after: int, limit: int
+    ) -> Sequence[tuple[int, bytes]]: ...
+
+    async def delete_outbox_edus(self, destination: str, upto: int) -> int: ...

@@ -14,6 +14,14 @@ Invariants
   what the destination missed. EDUs are ephemeral: past the bound the
   oldest go, and none are kept for a destination that is backing off.
   What else is kept grows with the rooms shared, not with the events sent.
+* **EDUs that must arrive wait in the database.** ``m.direct_to_device``
+  EDUs are written to the outbox (:class:`.interfaces.EduOutbox`) with the
+  send that makes them, and the queue reads them from there, oldest first
+  and ahead of ephemeral EDUs; they are deleted only once the destination
+  took (or refused) the transaction carrying them, so a backoff or a
+  restart delays them and loses none. One that was delivered just before
+  a crash and not yet deleted is sent again: the receiver takes each
+  message ID once.
 * **Nothing handed over is forgotten.** Every PDU's room and stream
   ordering is written to ``destination_rooms`` as soon as it is handed
   over, whatever becomes of the PDU itself, by a task of the queue's own
@@ -62,7 +70,7 @@ from ranvier.storage.reads import UnsentDestinationRoom
 from ranvier.storage.records import DestinationRetry, StoredEvent
 
 from .backoff import BackoffPolicy, is_destination_failure
-from .interfaces import SenderStore, TransactionClient
+from .interfaces import EduOutbox, SenderStore, TransactionClient
 
 __all__ = ["DestinationQueue", "DestinationStatus", "QueueSettings", "QueuedPdu"]
 
@@ -100,6 +108,8 @@ class QueueSettings:
     max_edus: int
     #: Seconds a queue with nothing to do waits before its task ends.
     idle_timeout: float
+    #: Where EDUs that must arrive wait; None when there are none.
+    outbox: EduOutbox | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +142,8 @@ class _Pending:
     event_ids: tuple[str, ...]
     #: The sent position each room reaches once the destination has it.
     positions: dict[str, int]
+    #: The outbox position up to which its EDUs came from; None for none.
+    outbox_upto: int | None = None
 
 
 class DestinationQueue:
@@ -158,6 +170,10 @@ class DestinationQueue:
         self._noted = 0
         self._noted_more = trio.Event()
         self._catching_up = False
+        # The outbox may hold EDUs after _outbox_after, the last position
+        # taken into a transaction.
+        self._outbox_waiting = False
+        self._outbox_after = 0
         self._pending: _Pending | None = None
         self._retry: DestinationRetry | None = None
         self._retry_at: float | None = None
@@ -206,6 +222,11 @@ class DestinationQueue:
             self._edus.popleft()
             self._dropped_edus += 1
         self._edus.append(edu)
+        self._wake.set()
+
+    def outbox_filled(self) -> None:
+        """EDUs for the destination were written to the outbox: send them."""
+        self._outbox_waiting = True
         self._wake.set()
 
     def start_catching_up(self) -> None:
@@ -266,7 +287,7 @@ class DestinationQueue:
                 if self._catching_up:
                     self._pending = await self._catch_up_transaction()
                 else:
-                    self._pending = self._queued_transaction()
+                    self._pending = await self._queued_transaction()
             if self._pending is not None:
                 await self._send(self._pending)
                 continue
@@ -281,7 +302,13 @@ class DestinationQueue:
                 return
 
     def _has_work(self) -> bool:
-        return bool(self._pending is not None or self._catching_up or self._pdus or self._edus)
+        return bool(
+            self._pending is not None
+            or self._catching_up
+            or self._pdus
+            or self._edus
+            or self._outbox_waiting
+        )
 
     async def _load_retry(self) -> None:
         retry = await self._settings.store.get_destination_retry(self.destination)
@@ -337,13 +364,43 @@ class DestinationQueue:
 
     # Building transactions.
 
-    def _take_edus(self) -> list[Edu]:
-        count = min(len(self._edus), MAX_EDUS_PER_TRANSACTION)
-        return [self._edus.popleft() for _ in range(count)]
+    async def _take_edus(self) -> tuple[list[Edu], int | None]:
+        """The EDUs of the next transaction: the outbox's first, and the
+        outbox position they reach (None if none came from it).
+        """
+        edus: list[Edu] = []
+        upto: int | None = None
+        outbox = self._settings.outbox
+        if self._outbox_waiting and outbox is not None:
+            # Cleared before the read: an EDU written meanwhile sets it again.
+            self._outbox_waiting = False
+            stored = await outbox.outbox_edus(
+                self.destination, self._outbox_after, MAX_EDUS_PER_TRANSACTION
+            )
+            if len(stored) == MAX_EDUS_PER_TRANSACTION:
+                self._outbox_waiting = True
+            for position, data in stored:
+                upto = position
+                try:
+                    edus.append(msgspec.json.decode(data, type=Edu))
+                except msgspec.DecodeError as exc:
+                    _log.error(
+                        "%s: outbox EDU %d is unreadable: %s", self.destination, position, exc
+                    )
+            if upto is not None:
+                self._outbox_after = upto
+        count = min(len(self._edus), MAX_EDUS_PER_TRANSACTION - len(edus))
+        edus.extend(self._edus.popleft() for _ in range(count))
+        return edus, upto
 
-    def _new_pending(
-        self, pdus: Sequence[tuple[str, bytes]], edus: Sequence[Edu], positions: dict[str, int]
-    ) -> _Pending:
+    async def _new_pending(
+        self, pdus: Sequence[tuple[str, bytes]], positions: dict[str, int]
+    ) -> _Pending | None:
+        edus, outbox_upto = await self._take_edus()
+        if not pdus and not edus:
+            if outbox_upto is not None:
+                await self._forget_outbox_upto(outbox_upto)
+            return None
         transaction = Transaction(
             origin=self._settings.origin,
             origin_server_ts=self._settings.clock_ms(),
@@ -355,10 +412,11 @@ class DestinationQueue:
             transaction=transaction,
             event_ids=tuple(event_id for event_id, _ in pdus),
             positions=positions,
+            outbox_upto=outbox_upto,
         )
 
-    def _queued_transaction(self) -> _Pending | None:
-        if not self._pdus and not self._edus:
+    async def _queued_transaction(self) -> _Pending | None:
+        if not self._pdus and not self._edus and not self._outbox_waiting:
             return None
         count = min(len(self._pdus), MAX_PDUS_PER_TRANSACTION)
         pdus = [self._pdus.popleft() for _ in range(count)]
@@ -366,9 +424,7 @@ class DestinationQueue:
         for pdu in pdus:
             if pdu.stream_ordering > positions.get(pdu.room_id, 0):
                 positions[pdu.room_id] = pdu.stream_ordering
-        return self._new_pending(
-            [(pdu.event_id, pdu.json) for pdu in pdus], self._take_edus(), positions
-        )
+        return await self._new_pending([(pdu.event_id, pdu.json) for pdu in pdus], positions)
 
     async def _catch_up_transaction(self) -> _Pending | None:
         """The next catch-up transaction, or None once nothing is behind."""
@@ -395,8 +451,8 @@ class DestinationQueue:
                     room.room_id,
                     len(events),
                 )
-                return self._new_pending(
-                    [(event.event_id, event.json) for event in events], self._take_edus(), position
+                return await self._new_pending(
+                    [(event.event_id, event.json) for event in events], position
                 )
             _log.warning(
                 "%s: nothing of %s to catch up with is stored any more",
@@ -488,6 +544,7 @@ class DestinationQueue:
             self._retry_at = None
             await self._settings.store.store_destination_retry(self.destination, None)
         await self._mark_sent(pending.positions)
+        await self._forget_outbox(pending)
 
     async def _back_off(self, pending: _Pending, exc: FederationError) -> None:
         settings = self._settings
@@ -523,6 +580,21 @@ class DestinationQueue:
             reason,
         )
         await self._mark_sent(pending.positions)
+        await self._forget_outbox(pending)
+
+    async def _forget_outbox(self, pending: _Pending) -> None:
+        if pending.outbox_upto is not None:
+            await self._forget_outbox_upto(pending.outbox_upto)
+
+    async def _forget_outbox_upto(self, upto: int) -> None:
+        outbox = self._settings.outbox
+        if outbox is None:
+            return
+        try:
+            await outbox.delete_outbox_edus(self.destination, upto)
+        except MatrixError as exc:
+            # Sent again after a restart; the destination takes each once.
+            _log.error("%s: cannot forget the outbox EDUs sent: %s", self.destination, exc)
 
     async def _mark_sent(self, positions: dict[str, int]) -> None:
         if not positions:

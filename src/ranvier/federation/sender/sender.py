@@ -13,7 +13,8 @@ destinations that missed events (the process stopped before they were
 sent, or while the destination was down) and catches each of them up,
 respecting any backoff in force. Looked for any later, it would also find
 the rooms this run has just noted for destinations it is sending to, and
-turn their queues to catching up for nothing.
+turn their queues to catching up for nothing. It also finds the
+destinations with EDUs waiting in the outbox, and sends them those.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ranvier.protocol.canonical import decode_canonical_json, encode_canonical_j
 from ranvier.protocol.x_matrix import split_server_name
 
 from .backoff import BackoffPolicy
-from .interfaces import SenderStore, TransactionClient
+from .interfaces import EduOutbox, SenderStore, TransactionClient
 from .queue import DestinationQueue, DestinationStatus, QueuedPdu, QueueSettings
 
 __all__ = ["FederationSender"]
@@ -58,8 +59,10 @@ class FederationSender:
     ``max_queued_pdus`` and ``max_queued_edus`` bound each destination's
     queue in memory; ``backoff`` sets how retry intervals grow;
     ``idle_timeout`` is how long a destination's task waits for more work
-    before it ends. ``clock_ms`` (wall-clock milliseconds) and ``rng`` are
-    there for tests.
+    before it ends. ``outbox`` holds the EDUs that must reach their
+    destination (``m.direct_to_device``), written by whoever made them and
+    announced with :meth:`outbox_filled`. ``clock_ms`` (wall-clock
+    milliseconds) and ``rng`` are there for tests.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class FederationSender:
         max_queued_edus: int = 1000,
         backoff: BackoffPolicy | None = None,
         idle_timeout: float = 60.0,
+        outbox: EduOutbox | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
         rng: random.Random | None = None,
     ) -> None:
@@ -98,6 +102,7 @@ class FederationSender:
             max_pdus=max_queued_pdus,
             max_edus=max_queued_edus,
             idle_timeout=idle_timeout,
+            outbox=outbox,
         )
         self._queues: dict[str, DestinationQueue] = {}
         self._run_entered = False
@@ -178,6 +183,14 @@ class FederationSender:
         for target in self._destinations([destination]):
             self._queue(nursery, target).add_edu(Edu(edu_type=edu_type, content=copied))
 
+    def outbox_filled(self, destination: str) -> None:
+        """EDUs for ``destination`` were written to the outbox: send them, as
+        soon as it is not backing off, and keep them until it takes them.
+        """
+        nursery = self._running()
+        for target in self._destinations([destination]):
+            self._queue(nursery, target).outbox_filled()
+
     def wake_destination(self, destination: str) -> None:
         """Catch ``destination`` up now, whether or not anything new is queued
         for it (it is known to be back, say), unless it is backing off.
@@ -252,3 +265,16 @@ class FederationSender:
             after = page[-1]
         if resumed:
             _log.info("catching up %d destinations that missed events", resumed)
+        outbox = self._settings.outbox
+        if outbox is None:
+            return
+        after = None
+        waiting = 0
+        while page := await outbox.outbox_destinations(after, _RESUME_PAGE):
+            for destination in page:
+                if destination != self.server_name:
+                    self._queue(nursery, destination).outbox_filled()
+                    waiting += 1
+            after = page[-1]
+        if waiting:
+            _log.info("%d destinations have EDUs waiting in the outbox", waiting)
