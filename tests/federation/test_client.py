@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 
@@ -82,7 +83,9 @@ async def test_state_gives_the_events_as_the_resident_stores_them(world: World) 
     before = world.room.state_before(at.event_id)
     # Each event byte for byte as stored, which is as it was signed.
     stored = await world.resident.storage.get_events(before.values())
-    assert sorted(answer.pdus) == sorted(row.json for row in stored.values())
+    assert sorted(bytes(raw) for raw in answer.pdus) == sorted(row.json for row in stored.values())
+    # Views into the one body read, not copies of each event.
+    assert all(type(raw) is msgspec.Raw for raw in (*answer.pdus, *answer.auth_chain))
     chain = [Pdu.from_json(raw, "12") for raw in answer.auth_chain]
     assert {event.event_id for event in chain} <= {event.event_id for event in world.room.order}
     assert world.room.create.event_id in {event.event_id for event in chain}

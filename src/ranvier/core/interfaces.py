@@ -301,10 +301,14 @@ class FederationEventClient(Protocol):
 class RoomStateAtEvent(msgspec.Struct, frozen=True, kw_only=True):
     """A remote server's answer to ``/state``: the events of the state before
     an event and of that state's auth chain, each as the bytes received.
+
+    An event may be a :class:`msgspec.Raw` view into the answer's body rather
+    than bytes of its own: a copy of each would hold a big room's state twice
+    (some 33 MB more at 50,000 members) until the last event is parsed.
     """
 
-    pdus: tuple[bytes, ...]
-    auth_chain: tuple[bytes, ...]
+    pdus: tuple[bytes | msgspec.Raw, ...]
+    auth_chain: tuple[bytes | msgspec.Raw, ...]
 
 
 @runtime_checkable

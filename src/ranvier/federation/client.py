@@ -84,14 +84,19 @@ class FederationEventFetcher:
     async def get_state(self, destination: str, room_id: str, event_id: str) -> RoomStateAtEvent:
         path = f"/_matrix/federation/v1/state/{_quote(room_id)}"
         answer = await self._request(
-            destination, "GET", path, _StateBody, content=None, query={"event_id": event_id}
+            destination,
+            "GET",
+            path,
+            _StateBody,
+            content=None,
+            query={"event_id": event_id},
+            into_buffer=True,
         )
-        # Each event is handed on as the bytes received, whatever its shape:
-        # checking it is the reader's part, as for every other read here.
-        return RoomStateAtEvent(
-            pdus=tuple(bytes(event) for event in answer.pdus),
-            auth_chain=tuple(bytes(event) for event in answer.auth_chain),
-        )
+        # Each event is handed on as received, whatever its shape: checking
+        # it is the reader's part, as for every other read here. Views into
+        # the body, not copies: the reader copies an event as it parses it,
+        # so the body and a copy of every event are never held together.
+        return RoomStateAtEvent(pdus=tuple(answer.pdus), auth_chain=tuple(answer.auth_chain))
 
     async def get_event(self, destination: str, event_id: str) -> bytes:
         path = f"/_matrix/federation/v1/event/{_quote(event_id)}"
@@ -111,15 +116,27 @@ class FederationEventFetcher:
         *,
         content: Any,
         query: Mapping[str, str] | None,
+        into_buffer: bool = False,
     ) -> _T:
+        """``into_buffer`` for an answer that may be tens of MB: read into one
+        buffer, which what is decoded may keep views into.
+        """
+        body: bytes | bytearray
         try:
-            response = await self._client.request(
-                method, destination, path, content=content, query=query
-            )
+            if into_buffer:
+                body = await self._client.request_into_buffer(
+                    method, destination, path, content=content, query=query
+                )
+            else:
+                body = (
+                    await self._client.request(
+                        method, destination, path, content=content, query=query
+                    )
+                ).body
         except FederationError as exc:
             raise _remote_error(destination, str(exc)) from exc
         try:
-            return msgspec.json.decode(response.body, type=shape)
+            return msgspec.json.decode(body, type=shape)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise _remote_error(destination, f"{method} {path}: unusable answer: {exc}") from None
 

@@ -102,12 +102,14 @@ def _check_id_bytes(value: str, field: str) -> None:
         raise EventTooLargeError(f"{field} is longer than {MAX_ID_BYTES} bytes")
 
 
-def _vetted(data: bytes | str | Mapping[str, Any], rv: RoomVersion) -> bool:
+def _vetted(data: bytes | msgspec.Raw | str | Mapping[str, Any], rv: RoomVersion) -> bool:
     """Whether :func:`_decode` vets every value of the tree it returns."""
     return rv.strict_canonical_json or isinstance(data, Mapping)
 
 
-def _decode(data: bytes | str | Mapping[str, Any], rv: RoomVersion) -> tuple[bytes, Any]:
+def _decode(
+    data: bytes | msgspec.Raw | str | Mapping[str, Any], rv: RoomVersion
+) -> tuple[bytes, Any]:
     if isinstance(data, Mapping):
         raw = encode_canonical_json(dict(data))
         # Decoding our own encoding gives a tree the caller cannot change under us.
@@ -194,7 +196,7 @@ class Pdu(msgspec.Struct, frozen=True, eq=False):
     @classmethod
     def from_json(
         cls,
-        data: bytes | str | Mapping[str, Any],
+        data: bytes | msgspec.Raw | str | Mapping[str, Any],
         room_version: RoomVersionLike,
         *,
         check_limits: bool = True,

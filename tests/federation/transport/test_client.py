@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 
@@ -256,6 +257,26 @@ async def test_answers_over_the_limit(setup: Setup) -> None:
         )
         assert answer["content"] == big
         assert (await client.get_json(remote.server_name, ECHO))["origin"] == ORIGIN
+
+
+async def test_a_big_answer_read_into_one_buffer(setup: Setup) -> None:
+    """request_into_buffer gives the body request gives, in a buffer of its
+    own (many chunks of it), under the same limits.
+    """
+    remote = await setup.remote()
+    big = {"x": "y" * 300_000}
+    async with setup.client(max_response_bytes=400_000) as client:
+        whole = await client.request("PUT", remote.server_name, ECHO + "/1", content=big)
+        buffered = await client.request_into_buffer(
+            "PUT", remote.server_name, ECHO + "/2", content=big
+        )
+        assert type(buffered) is bytearray
+        assert msgspec.json.decode(buffered)["content"] == big
+        assert len(buffered) == len(whole.body)
+        with pytest.raises(FederationResponseError, match="over 2000 bytes"):
+            await client.request_into_buffer(
+                "PUT", remote.server_name, ECHO + "/3", content=big, max_response_bytes=2000
+            )
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,7 @@ from .resolve import (
     SystemDnsResolver,
     parse_server_name,
     read_body,
+    read_body_into_buffer,
 )
 from .tls import client_ssl_context
 
@@ -76,6 +77,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_Body = TypeVar("_Body", bytes, bytearray)
 
 #: The default cap on a response body. Large rooms' ``send_join`` and
 #: ``state`` answers run to tens of megabytes; callers expecting more pass
@@ -368,6 +370,43 @@ class FederationHttpClient:
         :class:`~ranvier.errors.BadJsonError` before sending anything if
         ``content`` is not canonical JSON.
         """
+        status, headers, answer = await self._request(
+            method, destination, path, query, content, max_response_bytes, read_body
+        )
+        return FederationResponse(
+            destination=destination, status=status, headers=headers, body=answer
+        )
+
+    async def request_into_buffer(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        content: Any = None,
+        max_response_bytes: int | None = None,
+    ) -> bytearray:
+        """:meth:`request`, for a big answer: only its body, read into one
+        buffer of the length its Content-Length gives, so that it is never
+        held twice (:func:`~.resolve.read_body_into_buffer`). What is
+        decoded from it may keep views into it rather than copies.
+        """
+        _, _, answer = await self._request(
+            method, destination, path, query, content, max_response_bytes, read_body_into_buffer
+        )
+        return answer
+
+    async def _request(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        query: Mapping[str, Any] | None,
+        content: Any,
+        max_response_bytes: int | None,
+        read: Callable[[httpx.Response, int], Awaitable[_Body]],
+    ) -> tuple[int, httpx.Headers, _Body]:
         if self._closed:
             raise RuntimeError("the federation client is closed")
         method = method.upper()
@@ -380,7 +419,7 @@ class FederationHttpClient:
         limit = self.max_response_bytes if max_response_bytes is None else max_response_bytes
         try:
             with trio.fail_after(self.request_timeout):
-                return await self._send(method, destination, target, body, limit)
+                return await self._send(method, destination, target, body, limit, read)
         except trio.TooSlowError:
             raise FederationTimeoutError(
                 destination,
@@ -388,8 +427,14 @@ class FederationHttpClient:
             ) from None
 
     async def _send(
-        self, method: str, destination: str, target: str, body: bytes | None, limit: int
-    ) -> FederationResponse:
+        self,
+        method: str,
+        destination: str,
+        target: str,
+        body: bytes | None,
+        limit: int,
+        read: Callable[[httpx.Response, int], Awaitable[_Body]],
+    ) -> tuple[int, httpx.Headers, _Body]:
         path = target.partition("?")[0]
         try:
             route = await self.resolver.route(destination)
@@ -432,7 +477,7 @@ class FederationHttpClient:
             if not 200 <= response.status_code < 300:
                 raise await self._request_error(response, destination, method, path)
             try:
-                content = await read_body(response, limit)
+                content = await read(response, limit)
             except ResponseTooLargeError:
                 raise FederationResponseError(
                     destination, f"{method} {path}: the answer is over {limit} bytes"
@@ -441,12 +486,7 @@ class FederationHttpClient:
             raise FederationConnectionError(destination, f"{method} {path}: {exc}") from None
         finally:
             await response.aclose()
-        return FederationResponse(
-            destination=destination,
-            status=response.status_code,
-            headers=response.headers,
-            body=content,
-        )
+        return response.status_code, response.headers, content
 
     async def _request_error(
         self, response: httpx.Response, destination: str, method: str, path: str

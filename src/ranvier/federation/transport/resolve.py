@@ -64,6 +64,7 @@ __all__ = [
     "SystemDnsResolver",
     "parse_server_name",
     "read_body",
+    "read_body_into_buffer",
 ]
 
 _log = logging.getLogger(__name__)
@@ -666,6 +667,41 @@ async def read_body(response: httpx.Response, limit: int) -> bytes:
         raise ResponseTooLargeError(limit)
     response.request.extensions[MAX_BODY_EXTENSION] = limit
     return await response.aread()
+
+
+async def read_body_into_buffer(response: httpx.Response, limit: int) -> bytearray:
+    """:func:`read_body`, into one buffer as long as the Content-Length says.
+
+    httpx reads a body as a list of chunks and joins them, so that a big
+    body is held twice for a moment (and the chunks' memory, freed, stays
+    with the process): some 66 MB at the top of a 33 MB answer. Here each
+    chunk is copied into its place and dropped. A body without a length, or
+    with a Content-Encoding, is read as :func:`read_body` reads it.
+    """
+    length = response.headers.get("content-length")
+    if (
+        length is None
+        or not length.isdigit()
+        or response.headers.get("content-encoding", "identity") != "identity"
+    ):
+        return bytearray(await read_body(response, limit))
+    size = int(length)
+    if size > limit:
+        raise ResponseTooLargeError(limit)
+    response.request.extensions[MAX_BODY_EXTENSION] = limit
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    filled = 0
+    async for chunk in response.aiter_raw():
+        end = filled + len(chunk)
+        if end > size:
+            raise httpx.RemoteProtocolError("the body is longer than its Content-Length")
+        view[filled:end] = chunk
+        filled = end
+    view.release()
+    if filled != size:
+        raise httpx.RemoteProtocolError("the body is shorter than its Content-Length")
+    return buffer
 
 
 class RoutedTransport(httpx.AsyncBaseTransport):
