@@ -46,7 +46,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Final, NamedTuple
+from typing import Final
 
 import trio
 
@@ -60,7 +60,7 @@ from ranvier.protocol.auth import (
 )
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.room_versions import RoomVersion
-from ranvier.storage.records import EventToPersist
+from ranvier.storage.records import EventToPersist, StoredEvent
 
 from .context import EventContext, event_to_persist
 from .event_auth import check_against_auth_events
@@ -240,24 +240,26 @@ class RemoteStateFetcher:
         room_id: str,
         event_id: str,
         pdu_ids: Sequence[str],
-        written: Mapping[str, _Kind],
+        written: Mapping[str, StateKey | None],
     ) -> dict[StateKey, str]:
         # Only events stored before are read: those just written are known.
-        rows: dict[str, _Kind] = {}
+        rows: dict[str, StateKey | None] = {}
         found = await self._store.get_events([e for e in pdu_ids if e not in written])
-        rows.update((e, _Kind(row.room_id, row.type, row.state_key)) for e, row in found.items())
+        rows.update((e, _state_key_of(room_id, row)) for e, row in found.items())
         del found
         state: dict[StateKey, str] = {}
         for state_id in dict.fromkeys(pdu_ids):
-            row = written.get(state_id) or rows.get(state_id)
-            if row is None:  # written just before; only a purge could remove it
+            if state_id in written:
+                key = written[state_id]
+            elif state_id in rows:
+                key = rows[state_id]
+            else:  # written just before; only a purge could remove it
                 raise RemoteStateError(server, f"{state_id} of the state at {event_id} is gone")
-            if row.room_id != room_id or row.state_key is None:
+            if key is None:
                 raise RemoteStateError(
                     server,
                     f"{state_id}, in the state at {event_id}, is not a state event of {room_id}",
                 )
-            key = (row.type, row.state_key)
             if key in state:
                 raise RemoteStateError(
                     server, f"the state at {event_id} holds two events for {key}"
@@ -306,14 +308,15 @@ class RemoteStateFetcher:
         at_event: str,
         wanted: Collection[str],
         ahead: _StateAhead | None = None,
-    ) -> dict[str, _Kind]:
+    ) -> dict[str, StateKey | None]:
         """Fetch from ``server`` the events of ``wanted`` not stored here, and
         those of their auth chains, check them and write them as outliers;
-        return what each event written is (the state map needs no more).
+        return the state key of each event written (None for one that is
+        not a state event of the room): the state map needs no more.
         """
         known = set(await self._store.have_seen_events(wanted))
         level = set(wanted) - known
-        writer = _OutlierWriter(self._store, room_version, known)
+        writer = _OutlierWriter(self._store, room_id, room_version, known)
         if not level:
             return writer.kinds
         async with writer.running():
@@ -340,18 +343,16 @@ class RemoteStateFetcher:
             len(level) > self._bulk_missing_share * len(wanted)
         )
         while level:
-            got: set[str] = set()
             if bulk:
                 bulk = False
-                got = await self._fetch_state_and_event(
+                await self._fetch_state_and_event(
                     server, room_id, room_version, at_event, level, writer, ahead
                 )
-            rest = sorted(level - got)
+            rest = sorted(e for e in level if not writer.handed(e))
             if rest:
                 each = await self._fetch_each(server, room_id, room_version, rest)
-                got.update(each)
                 await writer.add(each.values())
-            lost = sorted(level - got)
+            lost = sorted(e for e in level if not writer.handed(e))
             if lost:
                 named = ", ".join(lost[:_NAMED])
                 raise RemoteStateError(
@@ -379,24 +380,18 @@ class RemoteStateFetcher:
         wanted: Collection[str],
         writer: _OutlierWriter,
         ahead: _StateAhead | None,
-    ) -> set[str]:
+    ) -> None:
         """:meth:`_fetch_state`, with ``at_event`` itself fetched alongside
         when it is wanted: ``/state`` gives the state before it, never the
         event, and asking for it only after would add a round trip.
         """
         if at_event not in wanted:
-            return await self._fetch_state(
-                server, room_id, room_version, at_event, wanted, writer, ahead
-            )
-        got: set[str] = set()
+            await self._fetch_state(server, room_id, room_version, at_event, wanted, writer, ahead)
+            return
         alongside: dict[str, Pdu] = {}
 
         async def fetch_state() -> None:
-            got.update(
-                await self._fetch_state(
-                    server, room_id, room_version, at_event, wanted, writer, ahead
-                )
-            )
+            await self._fetch_state(server, room_id, room_version, at_event, wanted, writer, ahead)
 
         async def fetch_event() -> None:
             alongside.update(await self._fetch_each(server, room_id, room_version, [at_event]))
@@ -408,9 +403,7 @@ class RemoteStateFetcher:
         except BaseExceptionGroup as group:
             raise sole_failure(group) from None
         # Handed over once the answer is in: the event cites events of it.
-        got.update(alongside)
         await writer.add(alongside.values())
-        return got
 
     async def _fetch_state(
         self,
@@ -421,9 +414,9 @@ class RemoteStateFetcher:
         wanted: Collection[str],
         writer: _OutlierWriter,
         ahead: _StateAhead | None,
-    ) -> set[str]:
-        """The events of ``wanted`` that a ``/state`` answer holds, verified
-        and handed to ``writer``; their IDs.
+    ) -> None:
+        """Hand ``writer`` the events of ``wanted`` that a ``/state`` answer
+        holds, verified.
 
         The answer is taken a chunk at a time: parsed here, its signatures
         checked in worker threads (libsodium lets go of the GIL, so two
@@ -440,15 +433,16 @@ class RemoteStateFetcher:
                 answer = await ahead.take()
         except MatrixError as exc:
             _log.info("/state at %s from %s failed: %s", at_event, server, exc.message)
-            return set()
+            return
         raws = [*answer.auth_chain, *answer.pdus]
         del answer
-        got: set[str] = set()
+        # Events parsed and not yet handed to the writer, which knows the rest:
+        # a few chunks' worth, not a set of every event of a big state.
+        taken: set[str] = set()
         parsed_in, parsed_out = trio.open_memory_channel[list[Pdu]](_CHUNKS_QUEUED)
         checked_in, checked_out = trio.open_memory_channel[dict[str, Pdu]](_CHUNKS_QUEUED)
 
         async def parse() -> None:
-            taken: set[str] = set()
             async with parsed_in:
                 while raws:
                     chunk = raws[: self._state_chunk]
@@ -467,6 +461,7 @@ class RemoteStateFetcher:
                             event_id in wanted
                             and event.room_id == room_id
                             and event_id not in taken
+                            and not writer.handed(event_id)
                         ):
                             taken.add(event_id)
                             events.append(event)
@@ -484,8 +479,8 @@ class RemoteStateFetcher:
         async def write() -> None:
             async with checked_out:
                 async for good in checked_out:
-                    got.update(good)
                     await writer.add(good.values())
+                    taken.difference_update(good)
 
         try:
             async with trio.open_nursery() as nursery:
@@ -496,7 +491,6 @@ class RemoteStateFetcher:
                 nursery.start_soon(write)
         except BaseExceptionGroup as group:
             raise sole_failure(group) from None
-        return got
 
     async def _fetch_each(
         self, server: str, room_id: str, room_version: RoomVersion, event_ids: Sequence[str]
@@ -555,12 +549,14 @@ class _StateAhead:
         return answer
 
 
-class _Kind(NamedTuple):
-    """What the state map needs of an event written here."""
-
-    room_id: str
-    type: str
-    state_key: str | None
+def _state_key_of(room_id: str, event: Pdu | StoredEvent) -> StateKey | None:
+    """The key an event takes in a state of ``room_id``; None for one that
+    cannot be in it. The room's one string for a type that every event
+    repeats: a big room's state keeps tens of thousands of these.
+    """
+    if event.room_id != room_id or event.state_key is None:
+        return None
+    return (sys.intern(event.type), event.state_key)
 
 
 class _OutlierWriter:
@@ -571,9 +567,11 @@ class _OutlierWriter:
     handed over wait, in :attr:`waiting`; :meth:`unmet` names what they
     wait for, to be fetched. So an event is never written without its
     auth events, and a server that withholds some leaves only whole auth
-    chains behind. ``stored`` is the IDs known to be stored here; it grows
-    as events are written, and only what the state map needs of them is
-    kept (:attr:`kinds`), not the events.
+    chains behind. ``stored`` is the IDs found stored here before; of the
+    events checked here only what the state map needs is kept
+    (:attr:`kinds`), not the events, and that tells which were checked: a
+    big room's state is tens of thousands of events, and each set of their
+    IDs some MiB.
 
     Writes go on in a task of their own (use it in :meth:`running`), so
     that the next events are checked while the last ones are written; the
@@ -585,13 +583,16 @@ class _OutlierWriter:
     """
 
     def __init__(
-        self, store: PartialStateStore, room_version: RoomVersion, stored: set[str]
+        self, store: PartialStateStore, room_id: str, room_version: RoomVersion, stored: set[str]
     ) -> None:
         self._store = store
+        self._room_id = room_id
         self._room_version = room_version
         self._stored = stored
         self.waiting: dict[str, Pdu] = {}
-        self.kinds: dict[str, _Kind] = {}
+        #: Each event checked here (written, or being written), and the key
+        #: it takes in a state of the room.
+        self.kinds: dict[str, StateKey | None] = {}
         #: Events handed to the write task and not stored yet, and whether
         #: each was rejected.
         self._writing: dict[str, tuple[Pdu, bool]] = {}
@@ -631,11 +632,17 @@ class _OutlierWriter:
                         break
                 await self._store.persist_events(rows)
                 for row in rows:
-                    self._stored.add(row.event_id)
                     self._writing.pop(row.event_id, None)
 
     def _settled(self, event_id: str) -> bool:
-        return event_id in self._stored or event_id in self._writing
+        """Whether an event is stored here or checked and being written."""
+        return event_id in self.kinds or event_id in self._stored
+
+    def handed(self, event_id: str) -> bool:
+        """Whether an event was handed over, or needs not be: stored, being
+        written, or waiting for its auth events.
+        """
+        return event_id in self.waiting or self._settled(event_id)
 
     def unmet(self) -> set[str]:
         """The auth events that waiting events cite and nobody has handed over."""
@@ -693,11 +700,7 @@ class _OutlierWriter:
                 context = context.as_rejected(failure.rule)
             rows.append(event_to_persist(event, context))
             checked[event.event_id] = (event, failure is not None)
-            # One string for a room ID or type that every event repeats: a
-            # big room's state keeps tens of thousands of these.
-            self.kinds[event.event_id] = _Kind(
-                sys.intern(event.room_id), sys.intern(event.type), event.state_key
-            )
+            self.kinds[event.event_id] = _state_key_of(self._room_id, event)
             if count % _CHECKS_PER_STEP == 0:
                 await trio.lowlevel.checkpoint()
         for event_id, read in loader.events.items():
