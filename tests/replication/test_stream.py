@@ -58,6 +58,8 @@ async def test_the_stream_answers_at_once_when_the_worker_is_behind_and_waits_ot
             "un_partial": 0,
             "account_data": 0,
             "receipts": 0,
+            "to_device": 0,
+            "device_lists": 0,
         }
         known = {key: str(value) for key, value in first["positions"].items()}
         params = {**known, "tokens": first["tokens"], "queued": first["queued"]}

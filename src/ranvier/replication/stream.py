@@ -12,8 +12,10 @@ the poll's timeout ends, with the positions it reads now.
 The answer carries positions only. The worker reads what lies between its
 positions and the new ones from the shared database (the rooms and member
 events of new events, the rooms whose partial state was cleared, whose
-account data changed, the rooms of new receipts) and advances its notifier
-with them, so its waiters wake exactly as the main process's do. Typing
+account data changed, the rooms of new receipts, the users of new
+to-device messages, the users whose devices or keys changed and the rooms
+they are in) and advances its notifier with them, so its waiters wake
+exactly as the main process's do. Typing
 and presence live in each process's memory and do not cross.
 
 Invariants
@@ -96,6 +98,8 @@ class StreamPositions(msgspec.Struct, frozen=True):
     un_partial: int = 0
     account_data: int = 0
     receipts: int = 0
+    to_device: int = 0
+    device_lists: int = 0
 
     def is_beyond(self, other: StreamPositions) -> bool:
         return (
@@ -103,6 +107,8 @@ class StreamPositions(msgspec.Struct, frozen=True):
             or self.un_partial > other.un_partial
             or self.account_data > other.account_data
             or self.receipts > other.receipts
+            or self.to_device > other.to_device
+            or self.device_lists > other.device_lists
         )
 
     def newest(self, other: StreamPositions) -> StreamPositions:
@@ -111,6 +117,8 @@ class StreamPositions(msgspec.Struct, frozen=True):
             max(self.un_partial, other.un_partial),
             max(self.account_data, other.account_data),
             max(self.receipts, other.receipts),
+            max(self.to_device, other.to_device),
+            max(self.device_lists, other.device_lists),
         )
 
 
@@ -133,13 +141,14 @@ def read_positions(conn: sqlite3.Connection) -> StreamPositions:
         "SELECT COALESCE(MAX(rowid), 0) FROM un_partial_stated_rooms"
     ).fetchone()
     sequences: dict[str, int] = {}
-    # No sqlite_sequence (no table with AUTOINCREMENT yet): no account data
-    # or receipts either.
+    # No sqlite_sequence (no table with AUTOINCREMENT yet): no account data,
+    # receipts, to-device messages or device-list changes either.
     with contextlib.suppress(sqlite3.OperationalError):
         sequences = {
             name: int(seq)
             for name, seq in conn.execute(
-                "SELECT name, seq FROM sqlite_sequence WHERE name IN ('account_data', 'receipts')"
+                "SELECT name, seq FROM sqlite_sequence WHERE name IN"
+                " ('account_data', 'receipts', 'to_device_inbox', 'device_list_changes')"
             )
         }
     return StreamPositions(
@@ -147,6 +156,8 @@ def read_positions(conn: sqlite3.Connection) -> StreamPositions:
         int(un_partial),
         sequences.get("account_data", 0),
         sequences.get("receipts", 0),
+        sequences.get("to_device_inbox", 0),
+        sequences.get("device_list_changes", 0),
     )
 
 
@@ -161,6 +172,10 @@ class _Changes:
     account_data: tuple[tuple[int, str], ...]
     #: ``(position, room, the user of a private receipt)``, oldest first.
     receipts: tuple[tuple[int, str, str | None], ...] = ()
+    #: ``(position, users)`` of the to-device messages still stored, oldest first.
+    to_device: tuple[tuple[int, frozenset[str]], ...] = ()
+    #: ``(position, user, the user's rooms)`` of device-list changes, oldest first.
+    device_lists: tuple[tuple[int, str, frozenset[str]], ...] = ()
 
 
 def _read_changes(
@@ -206,12 +221,52 @@ def _read_changes(
                 (after.receipts, upto.receipts),
             )
         ]
+    to_device: dict[int, set[str]] = {}
+    if upto.to_device > after.to_device:
+        # Messages a sync acknowledged meanwhile are gone: delivered, so
+        # nobody waits for them.
+        for position, user_id in conn.execute(
+            "SELECT stream_id, user_id FROM to_device_inbox"
+            " WHERE stream_id > ? AND stream_id <= ? ORDER BY stream_id",
+            (after.to_device, upto.to_device),
+        ):
+            to_device.setdefault(int(position), set()).add(str(user_id))
+    device_lists: list[tuple[int, str, frozenset[str]]] = []
+    if upto.device_lists > after.device_lists:
+        changed = conn.execute(
+            "SELECT stream_id, user_id FROM device_list_changes"
+            " WHERE stream_id > ? AND stream_id <= ? ORDER BY stream_id",
+            (after.device_lists, upto.device_lists),
+        ).fetchall()
+        rooms_of: dict[str, frozenset[str]] = {}
+        for position, user_id in changed:
+            if user_id not in rooms_of:
+                rooms_of[user_id] = _joined_rooms(conn, user_id)
+            device_lists.append((int(position), str(user_id), rooms_of[user_id]))
     return _Changes(
         frozenset(rooms),
         frozenset(members),
         frozenset(cleared),
         tuple(account_data),
         tuple(receipts),
+        tuple((position, frozenset(users)) for position, users in to_device.items()),
+        tuple(device_lists),
+    )
+
+
+def _joined_rooms(conn: sqlite3.Connection, user_id: str) -> frozenset[str]:
+    """The rooms ``user_id`` is joined to now: those whose members a change
+    of the user's devices concerns.
+    """
+    return frozenset(
+        str(room_id)
+        for (room_id,) in conn.execute(
+            "SELECT cs.room_id FROM current_state AS cs"
+            " JOIN events AS e ON e.event_id = cs.event_id"
+            " WHERE cs.state_key = ? AND cs.type = 'm.room.member'"
+            " AND json_extract(CAST(e.json AS TEXT), '$.content.membership') = 'join'",
+            (user_id,),
+        )
     )
 
 
@@ -346,6 +401,8 @@ class MainControl:
                 int(query.get("un_partial", ["0"])[0]),
                 int(query.get("account_data", ["0"])[0]),
                 int(query.get("receipts", ["0"])[0]),
+                int(query.get("to_device", ["0"])[0]),
+                int(query.get("device_lists", ["0"])[0]),
             )
             timeout = min(self._max_timeout, int(query.get("timeout_ms", ["0"])[0]) / 1000)
         except ValueError:
@@ -454,6 +511,8 @@ class StreamFollower:
                 "un_partial": str(known.un_partial),
                 "account_data": str(known.account_data),
                 "receipts": str(known.receipts),
+                "to_device": str(known.to_device),
+                "device_lists": str(known.device_lists),
                 "tokens": self._tokens or "",
                 "queued": self._queued,
                 "timeout_ms": str(int(self._poll * 1000)),
@@ -495,6 +554,14 @@ class StreamFollower:
         if upto.receipts > after.receipts:
             # Receipts replaced since leave gaps; the position still moves.
             notifier.advance_receipts(upto.receipts, "", None)
+        for position, user_ids in changes.to_device:
+            notifier.advance_to_device(position, user_ids)
+        if upto.to_device > after.to_device:
+            notifier.advance_to_device(upto.to_device, ())
+        for position, user_id, rooms in changes.device_lists:
+            notifier.advance_device_lists(position, user_id, rooms)
+        if upto.device_lists > after.device_lists:
+            notifier.advance_device_lists(upto.device_lists, "", ())
         notifier.advance(
             upto.events if upto.events > after.events else None,
             upto.un_partial if upto.un_partial > after.un_partial else None,
