@@ -908,6 +908,7 @@ class HomeServer:
             edus=self._federation_sender,
         )
         self._edus.e2e_keys = self._e2e_keys
+        self._accounts.on_devices_logged_out = self._e2e_keys.devices_logged_out
 
     def _federation_router(self, signing_key: SigningKey) -> Router:
         """Every federation and key route this server answers, registered here."""

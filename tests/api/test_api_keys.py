@@ -3,6 +3,7 @@ cross-signing, signatures and the device lists of ``/sync``."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -424,3 +425,64 @@ async def test_a_deleted_devices_keys_and_messages_are_forgotten(tmp_path: Path)
         assert await stored.key_counts(dave.user_id, dave.device_id) == ({}, [])
         upto = await stored.to_device_position()
         assert await stored.to_device_messages(dave.user_id, dave.device_id, 0, upto, 10) == []
+
+
+async def _keys_and_a_message(env: Env, user: TestUser) -> None:
+    """``user``'s device with keys, and a message waiting for it from Alice."""
+    keys = device_keys(user)
+    await env.upload(
+        user, {"device_keys": keys.body, "one_time_keys": one_time_keys(keys, user, "a")}
+    )
+    message = {"messages": {user.user_id: {user.device_id: {"for": user.device_id}}}}
+    await env.client.ok(env.alice, "PUT", f"/sendToDevice/m.test/{user.device_id}", message)
+
+
+async def _forgotten(env: Env, user: TestUser) -> bool:
+    """Whether nothing of ``user``'s device is stored: reads of keys join on
+    devices, so this looks at the tables themselves."""
+
+    def rows(conn: sqlite3.Connection) -> int:
+        return sum(
+            conn.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE user_id = ? AND device_id = ?",
+                (user.user_id, user.device_id),
+            ).fetchone()[0]
+            for table in ("e2e_device_keys", "e2e_one_time_keys", "to_device_inbox")
+        )
+
+    return await env.hs.server.storage.readers.read(rows) == 0
+
+
+async def test_a_logged_out_devices_keys_and_messages_are_forgotten(tmp_path: Path) -> None:
+    async with open_shared_room(tmp_path, Env) as env:
+        dave = await env.hs.register_user("dave", "daves password")
+        await env.client.ok(dave, "POST", f"/rooms/{q(env.room_id)}/join", {})
+        login = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "dave"},
+            "password": "daves password",
+        }
+        devices: list[TestUser] = [dave]
+        for _ in range(2):
+            logged_in = await env.client.ok(None, "POST", "/login", login)
+            devices.append(
+                TestUser(dave.user_id, logged_in["access_token"], logged_in["device_id"])
+            )
+        for device in devices:
+            await _keys_and_a_message(env, device)
+        since = (await env.sync(env.alice))["next_batch"]
+        # One device logs out: it alone is forgotten, and Alice hears of it.
+        await env.client.ok(devices[0], "POST", "/logout", {})
+        assert await _forgotten(env, devices[0])
+        assert not await _forgotten(env, devices[1])
+        synced = await env.sync(env.alice, since=since)
+        assert dave.user_id in synced["device_lists"]["changed"]
+        found = (await env.query(env.alice, dave))["device_keys"][dave.user_id]
+        assert sorted(found) == sorted(device.device_id for device in devices[1:])
+        # Every other device logs out at once: all forgotten.
+        await env.client.ok(devices[1], "POST", "/logout/all", {})
+        assert await _forgotten(env, devices[1])
+        assert await _forgotten(env, devices[2])
+        synced = await env.sync(env.alice, since=synced["next_batch"])
+        assert dave.user_id in synced["device_lists"]["changed"]
+        assert (await env.query(env.alice, dave))["device_keys"][dave.user_id] == {}

@@ -16,6 +16,10 @@ Invariants
   the same error after the same work (an unknown user's attempt is checked
   against a hash of a random password), so a login cannot tell which names
   exist.
+* **A logged-out device is gone.** Logging out deletes the device with its
+  tokens; :attr:`Accounts.on_devices_logged_out` then forgets what else
+  was kept for it (its encryption keys, its waiting to-device messages),
+  as deleting the device through ``/devices`` does.
 * **A token that was logged out is refused at once.** Token lookups are
   served from an in-process cache; logging out drops the entries it
   invalidates, and a lookup that was reading storage while a logout ran does
@@ -30,7 +34,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -177,6 +181,10 @@ class Accounts:
         #: Told after each write that invalidates tokens, so that other
         #: processes caching tokens (workers) can hear of it.
         self.on_tokens_invalidated: Callable[[], None] | None = None
+        #: Told the user after ``logout`` and ``logout_all``, to forget
+        #: what else was kept for the devices gone
+        #: (:meth:`ranvier.core.e2e_keys.E2eKeys.devices_logged_out`).
+        self.on_devices_logged_out: Callable[[str], Awaitable[None]] | None = None
 
     # User IDs.
 
@@ -343,11 +351,17 @@ class Accounts:
             )
         ):
             await self._store.delete_device_of_token(requester.token_hash)
+        await self._devices_logged_out(requester.user_id)
 
     async def logout_all(self, user_id: str) -> None:
         """Log out every device of ``user_id``."""
         with self._invalidating(lambda cached: cached.user_id == user_id):
             await self._store.delete_devices(user_id)
+        await self._devices_logged_out(user_id)
+
+    async def _devices_logged_out(self, user_id: str) -> None:
+        if self.on_devices_logged_out is not None:
+            await self.on_devices_logged_out(user_id)
 
     async def logout_devices(self, user_id: str, device_ids: Collection[str]) -> int:
         """Log out (delete) the named devices of ``user_id``; their tokens

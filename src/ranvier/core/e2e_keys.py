@@ -124,6 +124,8 @@ class E2eKeyStore(Protocol):
 
     async def forget_devices(self, user_id: str, device_ids: Collection[str]) -> int: ...
 
+    async def forget_gone_devices(self, user_id: str) -> tuple[int | None, list[str]]: ...
+
     async def device_list_changes(self, after: int, upto: int) -> set[str]: ...
 
     async def membership_changes(
@@ -616,6 +618,15 @@ class E2eKeys:
             return
         position = await self._store.forget_devices(user_id, device_ids)
         await self._changed(user_id, position, devices=device_ids, deleted=True)
+
+    async def devices_logged_out(self, user_id: str) -> None:
+        """After a logout: forget the keys and waiting messages of
+        ``user_id``'s devices that are gone, and tell those sharing a room
+        with the user, as :meth:`devices_deleted` does.
+        """
+        position, devices = await self._store.forget_gone_devices(user_id)
+        if position is not None:
+            await self._changed(user_id, position, devices=devices, deleted=True)
 
     async def on_remote_update(self, origin: str, content: Mapping[str, Any]) -> bool:
         """An ``m.device_list_update`` or ``m.signing_key_update`` EDU from

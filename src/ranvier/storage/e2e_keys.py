@@ -318,6 +318,14 @@ class E2eKeyStorage:
             functools.partial(_forget_devices, user_id=user_id, device_ids=sorted(device_ids))
         )
 
+    async def forget_gone_devices(self, user_id: str) -> tuple[int | None, list[str]]:
+        """Delete the keys and waiting messages of ``user_id``'s devices
+        that no longer exist (logged out), and move the device-list stream
+        for the user if there were any: the new position (None if none) and
+        those devices.
+        """
+        return await self._writer.submit(functools.partial(_forget_gone_devices, user_id=user_id))
+
     async def mark_device_list_changed(self, user_id: str) -> int:
         """Move the device-list stream for ``user_id`` (a device gone, a new
         one); the new position.
@@ -358,16 +366,38 @@ def _changed(conn: sqlite3.Connection, user_id: str) -> int:
 @registered_write
 def _forget_devices(conn: sqlite3.Connection, *, user_id: str, device_ids: list[str]) -> int:
     for device_id in device_ids:
-        for table in (
-            "e2e_device_keys",
-            "e2e_one_time_keys",
-            "e2e_fallback_keys",
-            "to_device_inbox",
-        ):
+        for table in _DEVICE_TABLES:
             conn.execute(
                 f"DELETE FROM {table} WHERE user_id = ? AND device_id = ?", (user_id, device_id)
             )
     return _changed(conn, user_id)
+
+
+#: The tables holding something of a device, each with user_id and device_id.
+_DEVICE_TABLES: Final = (
+    "e2e_device_keys",
+    "e2e_one_time_keys",
+    "e2e_fallback_keys",
+    "to_device_inbox",
+)
+
+
+@registered_write
+def _forget_gone_devices(conn: sqlite3.Connection, *, user_id: str) -> tuple[int | None, list[str]]:
+    gone: set[str] = set()
+    for table in _DEVICE_TABLES:
+        gone.update(
+            str(device_id)
+            for (device_id,) in conn.execute(
+                f"SELECT DISTINCT device_id FROM {table} WHERE user_id = ? AND device_id NOT IN"
+                " (SELECT device_id FROM devices WHERE user_id = ?)",
+                (user_id, user_id),
+            )
+        )
+    if not gone:
+        return None, []
+    devices = sorted(gone)
+    return _forget_devices(conn, user_id=user_id, device_ids=devices), devices
 
 
 @registered_write
