@@ -586,7 +586,7 @@ class UnpartialStater:
         event: Pdu,
         known: Mapping[str, int],
         missing: list[str],
-    ) -> dict[StateKey, str]:
+    ) -> Mapping[StateKey, str]:
         """The full state before ``event``: the states after its prev events,
         fetched from ``server`` for those without state here, resolved.
         """
@@ -610,7 +610,9 @@ class UnpartialStater:
                 )
             )
         if len(states) == 1:
-            return dict(states[0])
+            # Not copied: compute_event_context copies what it keeps, and a
+            # big room's state is tens of thousands of entries.
+            return states[0]
         return await resolve_state_maps(self._store, room.room_id, room_version, states)
 
     async def _create_event_id(self, event_id: str) -> str | None:

@@ -131,9 +131,11 @@ def _insert_group(
     )
     group = cursor.lastrowid
     assert group is not None
+    # A generator, not a list: a big room's first full state is tens of
+    # thousands of rows, each a tuple of four.
     conn.executemany(
         "INSERT INTO state_group_rows (state_group, type, state_key, event_id) VALUES (?, ?, ?, ?)",
-        [(group, typ, state_key, event_id) for (typ, state_key), event_id in rows.items()],
+        ((group, typ, state_key, event_id) for (typ, state_key), event_id in rows.items()),
     )
     return group
 
