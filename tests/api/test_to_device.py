@@ -104,6 +104,7 @@ async def test_messages_come_a_page_at_a_time(env: Env) -> None:
         (None, "M_BAD_JSON"),
         ("text", "M_BAD_JSON"),
         ({"not-a-user": {"DEV": {}}}, "M_INVALID_PARAM"),
+        ({"@carol:not a server": {"DEV": {}}}, "M_INVALID_PARAM"),
         ({"@bob:x": ["DEV"]}, "M_BAD_JSON"),
         ({"@bob:x": {"DEV": "content"}}, "M_BAD_JSON"),
     ],

@@ -41,6 +41,7 @@ from ranvier.core.builder import Clock, wall_clock_ms
 from ranvier.core.client_txns import DEFAULT_KEEP_MS, DEFAULT_PRUNE_EVERY_MS
 from ranvier.core.notifier import StreamNotifier
 from ranvier.errors import MatrixError
+from ranvier.protocol.x_matrix import split_server_name
 
 __all__ = ["OutboxSender", "ToDevice", "ToDeviceStore"]
 
@@ -90,6 +91,14 @@ def _messages(body: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     for user_id, by_device in messages.items():
         if not user_id.startswith("@") or ":" not in user_id:
             raise _bad(f"{user_id[:80]!r} is not a user ID", "M_INVALID_PARAM")
+        try:
+            # Checked here: an EDU kept for a server that cannot exist
+            # would be tried again for ever.
+            split_server_name(_server_of(user_id))
+        except ValueError:
+            raise _bad(
+                f"{user_id[:80]!r} does not name a valid server", "M_INVALID_PARAM"
+            ) from None
         if not isinstance(by_device, dict):
             raise _bad(f"the messages for {user_id} must be an object of devices")
         for device_id, content in by_device.items():
