@@ -82,9 +82,18 @@ async def test_keys_and_messages_through_a_worker(tmp_path: Path) -> None:
             assert list(claimed["one_time_keys"][bob.user_id][bob.device_id]) == [f"{OTK}:k1"]
             again = (await alice_on_worker.post(f"{_V3}/keys/claim", json=claim)).json()
             assert again["one_time_keys"] == {}
-            message = {"messages": {bob.user_id: {bob.device_id: {"n": 1}}}}
+            carol = "@carol:elsewhere.invalid"
+            message = {
+                "messages": {bob.user_id: {bob.device_id: {"n": 1}}, carol: {"DEV": {"n": 2}}}
+            }
             sent = await alice_on_worker.put(f"{_V3}/sendToDevice/m.test/t1", json=message)
             assert sent.status_code == 200
+            # Carol's EDU waits in the outbox, written through the main process.
+            waiting = await main.server.storage.e2e_keys.outbox_edus("elsewhere.invalid", 0, 10)
+            assert len(waiting) == 1
+            edu = msgspec.json.decode(waiting[0][1])
+            assert edu["edu_type"] == "m.direct_to_device"
+            assert edu["content"]["messages"] == {carol: {"DEV": {"n": 2}}}
             synced = (await bob_on_worker.get(f"{_V3}/sync")).json()
             assert synced["to_device"]["events"] == [
                 {"type": "m.test", "sender": alice.user_id, "content": {"n": 1}}
