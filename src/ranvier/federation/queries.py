@@ -38,12 +38,11 @@ part of the room's graph as this server accepted it.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 import msgspec
 
-from ranvier.core.loading import EventLoader
 from ranvier.core.redactions import ServedEvents
 from ranvier.core.room_servers import RoomServersReader
 from ranvier.errors import MatrixError
@@ -60,7 +59,9 @@ __all__ = [
     "DEFAULT_MISSING_EVENTS_LIMIT",
     "MAX_BACKFILL_LIMIT",
     "MAX_MISSING_EVENTS_LIMIT",
+    "AuthChainReader",
     "ProfileSource",
+    "QueryStore",
     "add_query_routes",
 ]
 
@@ -81,6 +82,36 @@ class ProfileSource(Protocol):
     """
 
     async def get_profile(self, user_id: str) -> Mapping[str, Any] | None: ...
+
+
+class AuthChainReader(Protocol):
+    """The reads behind the state answers, which cover every member of a
+    room: auth chains followed in storage and events' JSON alone.
+    """
+
+    async def get_auth_chain_ids(self, event_ids: Collection[str]) -> frozenset[str]:
+        """The union of the events' auth chains: what following
+        ``auth_events`` reaches, rejected events and outliers followed, events
+        not stored included but not followed.
+        """
+        ...
+
+    async def get_event_jsons(
+        self, event_ids: Collection[str], *, as_served: bool
+    ) -> Mapping[str, bytes]:
+        """The stored JSON of the stored events of ``event_ids``, by ID; with
+        ``as_served``, redacted where a redaction applies.
+        """
+        ...
+
+
+class QueryStore(RoomServersReader, Protocol):
+    """What the queries read: the room's state and events, and
+    :class:`AuthChainReader`'s reads.
+    """
+
+    @property
+    def auth_chains(self) -> AuthChainReader: ...
 
 
 class _Links(msgspec.Struct):
@@ -126,7 +157,7 @@ class _Queries:
     def __init__(
         self,
         server_name: str,
-        store: RoomServersReader,
+        store: QueryStore,
         profiles: ProfileSource | None,
         clock: Callable[[], int],
         served: ServedEvents | None = None,
@@ -216,15 +247,23 @@ class _Queries:
         authorisation rests on it, so it is part of every chain here.
         """
         rv = get_room_version(room_version)
-        chain = await EventLoader(self._store, rv).auth_chain(event_ids)
+        chain = set(await self._store.auth_chains.get_auth_chain_ids(event_ids))
         create_id = create_event_id_for_room(room_id)
         if rv.room_id_from_create_event and any(e != create_id for e in event_ids):
             chain.add(create_id)
         return sorted(chain)
 
     async def _stored_json(self, event_ids: Sequence[str]) -> list[Any]:
-        stored = await self._get_events(event_ids)
-        return [msgspec.Raw(stored[event_id].json) for event_id in event_ids if event_id in stored]
+        """The events of ``event_ids`` that are stored, in that order, as they
+        are served (or as stored, without ``served``).
+
+        Only their JSON is read: a state answer embeds every member's event
+        and needs nothing else of them.
+        """
+        stored = await self._store.auth_chains.get_event_jsons(
+            event_ids, as_served=self._served is not None
+        )
+        return [msgspec.Raw(stored[event_id]) for event_id in event_ids if event_id in stored]
 
     async def _check_may_pull(self, access: RoomAccess, room_id: str, origin: str) -> None:
         await access.check_server_acl(room_id, origin)
@@ -417,7 +456,7 @@ def add_query_routes(
     router: Router,
     *,
     server_name: str,
-    store: RoomServersReader,
+    store: QueryStore,
     profiles: ProfileSource | None = None,
     clock: Callable[[], int] = wall_clock_ms,
     served: ServedEvents | None = None,
@@ -429,7 +468,9 @@ def add_query_routes(
     ``profiles`` (none without it). ``clock`` gives ``origin_server_ts``
     in milliseconds since the epoch. ``served`` reads events as they are
     served, redacted where a redaction applies; without it they go out as
-    stored.
+    stored. The state answers read only the JSON of the events they embed,
+    through ``store.auth_chains``, redacted there the same way when
+    ``served`` is given: ``served`` is to read the same storage as ``store``.
     """
     queries = _Queries(server_name, store, profiles, clock, served)
     router.add("GET", f"{_PREFIX}/event/{{event_id}}", queries.get_event)

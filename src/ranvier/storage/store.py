@@ -21,6 +21,7 @@ from . import reads, writes
 from .accounts import AccountStorage
 from .actor import StorageActor
 from .aliases import AliasStorage
+from .auth_chains import AuthChainStorage
 from .backfill import BackfillStorage
 from .client_data import ClientDataStorage
 from .client_transactions import ClientTransactionStorage, TransactionRow
@@ -112,6 +113,7 @@ class Storage:
         self.room_members = RoomMemberStorage(self.writer, self.readers)
         self.accounts = AccountStorage(self.writer, self.readers)
         self.redactions = RedactionStorage(self.readers)
+        self.auth_chains = AuthChainStorage(self.readers)
         self.client_data = ClientDataStorage(self.writer, self.readers)
         self.receipts = ReceiptStorage(self.writer, self.readers)
         self.backfill = BackfillStorage(self.writer, self.readers)
