@@ -14,27 +14,19 @@ from the other with partial state.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import nio  # type: ignore[import-untyped]
 import pytest
 import trio
 import trio_asyncio  # type: ignore[import-untyped]
+from _nio import aio, invalid_responses, sync
 
 from ranvier.testing import Pki, TestHomeserver, open_test_homeserver
 from ranvier.web import Request, RouteMatch, Router
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
-
-async def _aio(call: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """Await an asyncio coroutine function from Trio."""
-    result: _T = await trio_asyncio.aio_as_trio(call)(*args, **kwargs)
-    return result
 
 
 @asynccontextmanager
@@ -50,19 +42,13 @@ async def _client(
     """A nio client of a new account on ``hs``, registered through ``/register``."""
     client = nio.AsyncClient(hs.client_url, store_path="", config=config)
     try:
-        registered = await _aio(client.register, localpart, f"password of {localpart}")
+        registered = await aio(client.register, localpart, f"password of {localpart}")
         assert isinstance(registered, nio.RegisterResponse), registered
         assert client.access_token
         assert client.user_id == f"@{localpart}:{hs.server_name}"
         yield client
     finally:
-        await _aio(client.close)
-
-
-async def _sync(client: nio.AsyncClient, *, timeout_ms: int = 0) -> nio.SyncResponse:
-    response = await _aio(client.sync, timeout=timeout_ms)
-    assert isinstance(response, nio.SyncResponse), response
-    return response
+        await aio(client.close)
 
 
 def _bodies(response: nio.SyncResponse, room_id: str) -> list[tuple[str, str]]:
@@ -77,19 +63,8 @@ def _bodies(response: nio.SyncResponse, room_id: str) -> list[tuple[str, str]]:
     ]
 
 
-def _invalid_responses(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """What nio logged of responses that broke the spec's schemas (it then
-    hands back an error response, or drops the part it could not read).
-    """
-    return [
-        record.getMessage()
-        for record in caplog.records
-        if record.name.startswith("nio") and "validating" in record.getMessage()
-    ]
-
-
 async def _send(client: nio.AsyncClient, room_id: str, body: str) -> str:
-    sent = await _aio(
+    sent = await aio(
         client.room_send, room_id, "m.room.message", {"msgtype": "m.text", "body": body}
     )
     assert isinstance(sent, nio.RoomSendResponse), sent
@@ -104,7 +79,7 @@ async def _sync_until(
     """
     with trio.fail_after(seconds):
         while True:
-            response = await _sync(client, timeout_ms=1000)
+            response = await sync(client, timeout_ms=1000)
             if check(response):
                 return response
 
@@ -120,29 +95,29 @@ async def test_register_log_in_create_send_and_sync(
         # The same account logs in again from a second device.
         second = nio.AsyncClient(hs.client_url, "alice", store_path="")
         try:
-            login = await _aio(second.login, "password of alice", device_name="phone")
+            login = await aio(second.login, "password of alice", device_name="phone")
             assert isinstance(login, nio.LoginResponse), login
             assert login.user_id == alice.user_id
             assert login.device_id != alice.device_id
-            wrong = await _aio(second.login, "not the password")
+            wrong = await aio(second.login, "not the password")
             assert isinstance(wrong, nio.LoginError)
             assert wrong.status_code == "M_FORBIDDEN"
         finally:
-            await _aio(second.close)
+            await aio(second.close)
 
-        created = await _aio(alice.room_create, name="Lobby", preset=nio.RoomPreset.public_chat)
+        created = await aio(alice.room_create, name="Lobby", preset=nio.RoomPreset.public_chat)
         assert isinstance(created, nio.RoomCreateResponse), created
         room_id = created.room_id
         event_id = await _send(alice, room_id, "hello")
 
-        synced = await _sync(alice)
+        synced = await sync(alice)
         assert ("@alice:localhost", "hello") in _bodies(synced, room_id)
         assert any(e.event_id == event_id for e in synced.rooms.join[room_id].timeline.events)
         # nio keeps the room's state from the sync.
         assert alice.rooms[room_id].name == "Lobby"
         assert set(alice.rooms[room_id].users) == {alice.user_id}
     # nio reads the refused login's body as a login first: the one complaint.
-    assert _invalid_responses(caplog) == [
+    assert invalid_responses(caplog) == [
         "Error validating response: 'user_id' is a required property"
     ]
 
@@ -156,20 +131,20 @@ async def test_two_users_see_each_others_messages(
         _client(hs, "alice") as alice,
         _client(hs, "bob") as bob,
     ):
-        created = await _aio(alice.room_create, name="Lobby", preset=nio.RoomPreset.public_chat)
+        created = await aio(alice.room_create, name="Lobby", preset=nio.RoomPreset.public_chat)
         assert isinstance(created, nio.RoomCreateResponse), created
         room_id = created.room_id
         await _send(alice, room_id, "hello from alice")
-        await _sync(alice)
+        await sync(alice)
 
         # Bob has synced before he joins, so the room comes to him in an
         # incremental sync, as a room newly joined: with its recent history.
-        before = await _sync(bob)
+        before = await sync(bob)
         assert room_id not in before.rooms.join
-        joined = await _aio(bob.join, room_id)
+        joined = await aio(bob.join, room_id)
         assert isinstance(joined, nio.JoinResponse), joined
         assert joined.room_id == room_id
-        first = await _sync(bob)
+        first = await sync(bob)
         assert ("@alice:localhost", "hello from alice") in _bodies(first, room_id)
 
         # Alice waits in a long poll; Bob's message wakes it.
@@ -194,10 +169,10 @@ async def test_two_users_see_each_others_messages(
         )
         assert set(alice.rooms[room_id].users) == {alice.user_id, bob.user_id}
         assert set(bob.rooms[room_id].users) == {alice.user_id, bob.user_id}
-        members = await _aio(bob.joined_members, room_id)
+        members = await aio(bob.joined_members, room_id)
         assert isinstance(members, nio.JoinedMembersResponse), members
         assert {m.user_id for m in members.members} == {alice.user_id, bob.user_id}
-    assert not _invalid_responses(caplog)
+    assert not invalid_responses(caplog)
 
 
 async def test_rate_limits_reach_the_client(tmp_path: Path) -> None:
@@ -212,7 +187,7 @@ async def test_rate_limits_reach_the_client(tmp_path: Path) -> None:
         _client(hs, "alice") as alice,
         _client(hs, "bob", nio.AsyncClientConfig(max_limit_exceeded=0)) as bob,
     ):
-        created = await _aio(alice.room_create, name="Flood", preset=nio.RoomPreset.public_chat)
+        created = await aio(alice.room_create, name="Flood", preset=nio.RoomPreset.public_chat)
         assert isinstance(created, nio.RoomCreateResponse), created
         room_id = created.room_id
 
@@ -222,11 +197,11 @@ async def test_rate_limits_reach_the_client(tmp_path: Path) -> None:
             await _send(alice, room_id, f"patient {n}")
         assert trio.current_time() - started >= patient_sends - 20 - 1
 
-        joined = await _aio(bob.join, room_id)
+        joined = await aio(bob.join, room_id)
         assert isinstance(joined, nio.JoinResponse), joined
         refused = None
         for n in range(100):
-            result = await _aio(
+            result = await aio(
                 bob.room_send, room_id, "m.room.message", {"msgtype": "m.text", "body": f"{n}"}
             )
             if isinstance(result, nio.RoomSendError):
@@ -293,7 +268,7 @@ async def test_joining_a_room_of_another_server_with_partial_state(
     ):
         resync = _HeldResync(a.server.federation_app.router)
         a.server.federation_app.router = resync
-        created = await _aio(
+        created = await aio(
             alice.room_create,
             name="Lobby on A",
             alias="lobby",
@@ -310,7 +285,7 @@ async def test_joining_a_room_of_another_server_with_partial_state(
         await _send(alice, room_id, "before bob came")
         everyone = {alice.user_id, bob.user_id, *(member.user_id for member in others)}
 
-        joined = await _aio(bob.join, f"#lobby:{a.server_name}")
+        joined = await aio(bob.join, f"#lobby:{a.server_name}")
         assert isinstance(joined, nio.JoinResponse), joined
         assert joined.room_id == room_id
         assert await b.server.storage.is_partial_state_room(room_id)
@@ -327,7 +302,7 @@ async def test_joining_a_room_of_another_server_with_partial_state(
         listed: list[nio.JoinedMembersResponse | nio.JoinedMembersError] = []
 
         async def list_members() -> None:
-            listed.append(await _aio(bob.joined_members, room_id))
+            listed.append(await aio(bob.joined_members, room_id))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(list_members)
@@ -357,12 +332,12 @@ async def test_joining_a_room_of_another_server_with_partial_state(
         # A fresh client of Bob's (an initial sync) shows the room, whole.
         fresh = nio.AsyncClient(b.client_url, "bob", store_path="")
         try:
-            login = await _aio(fresh.login, "password of bob")
+            login = await aio(fresh.login, "password of bob")
             assert isinstance(login, nio.LoginResponse), login
-            synced = await _sync(fresh)
+            synced = await sync(fresh)
             assert room_id in synced.rooms.join
             assert fresh.rooms[room_id].name == "Lobby on A"
             assert set(fresh.rooms[room_id].users) == everyone
         finally:
-            await _aio(fresh.close)
-    assert not _invalid_responses(caplog)
+            await aio(fresh.close)
+    assert not invalid_responses(caplog)

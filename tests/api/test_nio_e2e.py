@@ -10,28 +10,19 @@ the encrypted message, which his client then decrypted.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 import nio  # type: ignore[import-untyped]
 import pytest
 import trio
 import trio_asyncio  # type: ignore[import-untyped]
+from _nio import aio, invalid_responses, sync
 
 from ranvier.testing import TestHomeserver, open_test_homeserver
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
 _MEGOLM = "m.megolm.v1.aes-sha2"
-
-
-async def _aio(call: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """Await an asyncio coroutine function from Trio."""
-    result: _T = await trio_asyncio.aio_as_trio(call)(*args, **kwargs)
-    return result
 
 
 @asynccontextmanager
@@ -43,30 +34,16 @@ async def _encrypting_client(
     config = nio.AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False)
     client = nio.AsyncClient(hs.client_url, store_path=str(store), config=config)
     try:
-        registered = await _aio(client.register, localpart, f"password of {localpart}")
+        registered = await aio(client.register, localpart, f"password of {localpart}")
         assert isinstance(registered, nio.RegisterResponse), registered
         # Registering logged the device in and made its keys.
         assert client.should_upload_keys
-        uploaded = await _aio(client.keys_upload)
+        uploaded = await aio(client.keys_upload)
         assert isinstance(uploaded, nio.KeysUploadResponse), uploaded
         assert uploaded.signed_curve25519_count > 0
         yield client
     finally:
-        await _aio(client.close)
-
-
-async def _sync(client: nio.AsyncClient, *, timeout_ms: int = 0) -> nio.SyncResponse:
-    response = await _aio(client.sync, timeout=timeout_ms)
-    assert isinstance(response, nio.SyncResponse), response
-    return response
-
-
-def _invalid_responses(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [
-        record.getMessage()
-        for record in caplog.records
-        if record.name.startswith("nio") and "validating" in record.getMessage()
-    ]
+        await aio(client.close)
 
 
 async def test_an_encrypted_message_is_read_by_the_other_device(
@@ -78,7 +55,7 @@ async def test_an_encrypted_message_is_read_by_the_other_device(
         _encrypting_client(hs, "alice", tmp_path / "alice") as alice,
         _encrypting_client(hs, "bob", tmp_path / "bob") as bob,
     ):
-        created = await _aio(
+        created = await aio(
             alice.room_create,
             preset=nio.RoomPreset.private_chat,
             invite=[bob.user_id],
@@ -88,20 +65,20 @@ async def test_an_encrypted_message_is_read_by_the_other_device(
         )
         assert isinstance(created, nio.RoomCreateResponse), created
         room_id = created.room_id
-        await _sync(bob)
-        joined = await _aio(bob.join, room_id)
+        await sync(bob)
+        joined = await aio(bob.join, room_id)
         assert isinstance(joined, nio.JoinResponse), joined
-        await _sync(bob)
-        await _sync(alice)
+        await sync(bob)
+        await sync(alice)
         assert alice.rooms[room_id].encrypted
 
         # Alice's client learns Bob's device from the server, then sends.
         assert alice.should_query_keys
-        queried = await _aio(alice.keys_query)
+        queried = await aio(alice.keys_query)
         assert isinstance(queried, nio.KeysQueryResponse), queried
         assert bob.device_id in alice.device_store[bob.user_id]
         before, _ = await hs.server.storage.e2e_keys.key_counts(bob.user_id, bob.device_id)
-        sent = await _aio(
+        sent = await aio(
             alice.room_send,
             room_id,
             "m.room.message",
@@ -119,7 +96,7 @@ async def test_an_encrypted_message_is_read_by_the_other_device(
         read: list[str] = []
         with trio.fail_after(20):
             while not read:
-                response = await _sync(bob, timeout_ms=1000)
+                response = await sync(bob, timeout_ms=1000)
                 room = response.rooms.join.get(room_id)
                 for event in [] if room is None else room.timeline.events:
                     assert not isinstance(event, nio.MegolmEvent), "not decrypted"
@@ -129,4 +106,4 @@ async def test_an_encrypted_message_is_read_by_the_other_device(
         # One of Bob's one-time keys went to Alice's device, and only one.
         after, _ = await hs.server.storage.e2e_keys.key_counts(bob.user_id, bob.device_id)
         assert after == {"signed_curve25519": before["signed_curve25519"] - 1}
-    assert not _invalid_responses(caplog)
+    assert not invalid_responses(caplog)
