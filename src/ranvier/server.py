@@ -266,6 +266,8 @@ class HomeServer:
         self._bound: tuple[BoundListener, ...] | None = None
         self._notifier: RoomEventSender | None = None
         self._pdu_queue: QueueingPduSink | None = None
+        #: With a replication listener: what workers' stream answers from.
+        self._stream_source: StreamSource | None = None
         self._edus = EduDispatcher()
         #: Woken by storage after each commit that a ``/sync`` may report.
         self.stream_notifier = StreamNotifier()
@@ -680,7 +682,7 @@ class HomeServer:
         if any(listener.type == "replication" for listener in config.listeners):
             secret = config.replication.shared_secret
             assert secret is not None  # the configuration requires it
-            source = StreamSource(self._storage, self.stream_notifier)
+            source = self._stream_source = StreamSource(self._storage, self.stream_notifier)
             self.accounts.on_tokens_invalidated = source.note_tokens_invalidated
             if self._pdu_queue is not None:
                 self._pdu_queue.on_noted = source.note_queued
@@ -1023,6 +1025,11 @@ class HomeServer:
             # the rooms left partial are resumed before anything new arrives.
             _Component("un-partial-state task", self.unpartial_stater.run),
         ]
+        if self._stream_source is not None:
+            # Before the listeners: no worker's write goes untold.
+            components.append(
+                _Component("replicated writes' wake-ups", self._stream_source.follow_writes)
+            )
         components.extend(
             _Component(
                 f"{config.type} listener on {listener.host} port {config.port}", listener.run

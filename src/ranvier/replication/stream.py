@@ -18,6 +18,12 @@ they are in) and advances its notifier with them, so its waiters wake
 exactly as the main process's do. Typing
 and presence live in each process's memory and do not cross.
 
+The main process does the same for itself with the same code
+(:class:`PositionFollower`): a worker's account data, receipt, to-device
+message or key change is committed by the main process's actor, but only
+the worker's handlers know whom it concerns, so after each replicated write
+the main process reads its positions back and advances its own notifier.
+
 Invariants
 ----------
 
@@ -68,6 +74,7 @@ from .client import ReplicationClient
 __all__ = [
     "TOKEN_WRITES",
     "MainControl",
+    "PositionFollower",
     "StreamFollower",
     "StreamFullStateWaiter",
     "StreamPositions",
@@ -178,6 +185,9 @@ class _Changes:
     device_lists: tuple[tuple[int, str, frozenset[str]], ...] = ()
 
 
+_NO_CHANGES: Final = _Changes(frozenset(), frozenset(), frozenset(), ())
+
+
 def _read_changes(
     conn: sqlite3.Connection, *, after: StreamPositions, upto: StreamPositions
 ) -> _Changes:
@@ -270,6 +280,74 @@ def _joined_rooms(conn: sqlite3.Connection, user_id: str) -> frozenset[str]:
     )
 
 
+class PositionFollower:
+    """Turns the database's stream positions into advances of ``notifier``:
+    what lies between the positions it last took and newer ones is read from
+    the database and told to the notifier as the writer's own process tells
+    it. A worker follows every stream with it; the main process the streams
+    workers write through generic writes (``events=False``), since events
+    and cleared partial states reach its notifier from its own storage.
+
+    Not safe to run twice at once: one task takes positions at a time.
+    """
+
+    def __init__(self, storage: Storage, notifier: StreamNotifier, *, events: bool = True) -> None:
+        self._storage = storage
+        self._notifier = notifier
+        self._events = events
+        self.known = StreamPositions()
+
+    async def start(self) -> StreamPositions:
+        """Take the database's positions as known (nothing before them is told)."""
+        self.known = StreamPositions()
+        positions = self._followed(await self._storage.readers.read(read_positions))
+        self._advance(_NO_CHANGES, self.known, positions)
+        self.known = positions
+        return positions
+
+    async def take(self, positions: StreamPositions) -> None:
+        """Tell the notifier what lies between the known positions and ``positions``."""
+        after = self.known
+        upto = self._followed(positions).newest(after)
+        if upto.is_beyond(after):
+            changes = await self._storage.readers.read(
+                lambda conn: _read_changes(conn, after=after, upto=upto)
+            )
+            self._advance(changes, after, upto)
+        self.known = upto
+
+    def _followed(self, positions: StreamPositions) -> StreamPositions:
+        if self._events:
+            return positions
+        return msgspec.structs.replace(positions, events=0, un_partial=0)
+
+    def _advance(self, changes: _Changes, after: StreamPositions, upto: StreamPositions) -> None:
+        notifier = self._notifier
+        for position, user_id in changes.account_data:
+            notifier.advance_account_data(position, user_id)
+        if upto.account_data > after.account_data:
+            notifier.advance_account_data(upto.account_data, "")
+        for position, room_id, only_user in changes.receipts:
+            notifier.advance_receipts(position, room_id, only_user)
+        if upto.receipts > after.receipts:
+            # Receipts replaced since leave gaps; the position still moves.
+            notifier.advance_receipts(upto.receipts, "", None)
+        for position, user_ids in changes.to_device:
+            notifier.advance_to_device(position, user_ids)
+        if upto.to_device > after.to_device:
+            notifier.advance_to_device(upto.to_device, ())
+        for position, user_id, rooms in changes.device_lists:
+            notifier.advance_device_lists(position, user_id, rooms)
+        if upto.device_lists > after.device_lists:
+            notifier.advance_device_lists(upto.device_lists, "", ())
+        notifier.advance(
+            upto.events if upto.events > after.events else None,
+            upto.un_partial if upto.un_partial > after.un_partial else None,
+            rooms=changes.rooms | changes.un_partial_rooms,
+            users=changes.members,
+        )
+
+
 # --- The main process's side ---------------------------------------------------------
 
 
@@ -285,6 +363,10 @@ class StreamSource:
         self._invalidations = 0
         self._queued = 0
         self._changed = trio.Event()
+        self._own = PositionFollower(storage, notifier, events=False)
+        self._written = trio.Event()
+        #: Catch-ups of this process's notifier after workers' writes; for tests.
+        self.caught_up = 0
 
     @property
     def tokens(self) -> str:
@@ -300,7 +382,36 @@ class StreamSource:
             self._invalidations += 1
         if name == _QUEUE_WRITE:
             self._queued += 1
+        self._written.set()
         self._wake()
+
+    async def follow_writes(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Advance this process's notifier past what workers' writes committed.
+
+        The account data, receipts, to-device messages and device-list
+        changes a worker writes are committed by this process's actor, but
+        only the worker's handlers know what they concern: the positions are
+        read back after each write, the same way a worker follows the stream,
+        so this process's ``/sync`` long-polls wake for them too. Events and
+        cleared partial states need none of this: they are persisted through
+        this process's :class:`~ranvier.storage.Storage`, which tells its
+        notifier itself. Writes that land together are taken in one read.
+        """
+        await self._own.start()
+        task_status.started()
+        while True:
+            await self._written.wait()
+            # Replaced before the read, so a write after it is read again.
+            self._written = trio.Event()
+            try:
+                await self._own.take(await self.positions())
+            except StorageUnavailableError as exc:
+                # The next write reads from the same known positions again.
+                _log.warning("the positions after a worker's write were not read: %s", exc)
+                continue
+            self.caught_up += 1
 
     def note_queued(self) -> None:
         """This process noted events for other servers in ``destination_rooms``."""
@@ -464,13 +575,11 @@ class StreamFollower:
         backoff_cap_seconds: float = 5.0,
     ) -> None:
         self._client = client
-        self._storage = storage
-        self._notifier = notifier
+        self._positions = PositionFollower(storage, notifier)
         self._forget_tokens = forget_tokens
         self._poll = poll_seconds
         self._backoff_base = backoff_base_seconds
         self._backoff_cap = backoff_cap_seconds
-        self.known = StreamPositions()
         self._tokens: str | None = None
         self._queued = ""
         #: Called when events may have been noted for other servers (the
@@ -481,11 +590,13 @@ class StreamFollower:
         self.failures = 0
         self.connected = trio.Event()
 
+    @property
+    def known(self) -> StreamPositions:
+        """The positions told to the notifier so far."""
+        return self._positions.known
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.known = await self._storage.readers.read(read_positions)
-        self._advance(
-            _Changes(frozenset(), frozenset(), frozenset(), ()), StreamPositions(), self.known
-        )
+        await self._positions.start()
         task_status.started()
         attempt = 0
         while True:
@@ -535,39 +646,7 @@ class StreamFollower:
             self._queued = answer.queued
             if self.on_queued is not None:
                 self.on_queued()
-        after, upto = self.known, answer.positions.newest(self.known)
-        if upto.is_beyond(after):
-            changes = await self._storage.readers.read(
-                lambda conn: _read_changes(conn, after=after, upto=upto)
-            )
-            self._advance(changes, after, upto)
-        self.known = upto
-
-    def _advance(self, changes: _Changes, after: StreamPositions, upto: StreamPositions) -> None:
-        notifier = self._notifier
-        for position, user_id in changes.account_data:
-            notifier.advance_account_data(position, user_id)
-        if upto.account_data > after.account_data:
-            notifier.advance_account_data(upto.account_data, "")
-        for position, room_id, only_user in changes.receipts:
-            notifier.advance_receipts(position, room_id, only_user)
-        if upto.receipts > after.receipts:
-            # Receipts replaced since leave gaps; the position still moves.
-            notifier.advance_receipts(upto.receipts, "", None)
-        for position, user_ids in changes.to_device:
-            notifier.advance_to_device(position, user_ids)
-        if upto.to_device > after.to_device:
-            notifier.advance_to_device(upto.to_device, ())
-        for position, user_id, rooms in changes.device_lists:
-            notifier.advance_device_lists(position, user_id, rooms)
-        if upto.device_lists > after.device_lists:
-            notifier.advance_device_lists(upto.device_lists, "", ())
-        notifier.advance(
-            upto.events if upto.events > after.events else None,
-            upto.un_partial if upto.un_partial > after.un_partial else None,
-            rooms=changes.rooms | changes.un_partial_rooms,
-            users=changes.members,
-        )
+        await self._positions.take(answer.positions)
 
 
 class StreamFullStateWaiter:

@@ -1,0 +1,52 @@
+"""The client-server requests the end-to-end wake-up tests make of the
+processes of a :class:`~_deployment.Deployment`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+
+from ranvier.protocol.signing import SigningKey, encode_verify_key_base64, sign_json
+
+PASSWORD = "a password long enough"
+V3 = "/_matrix/client/v3"
+
+
+async def register(http: httpx.AsyncClient, name: str) -> dict[str, str]:
+    answer = await http.post(
+        f"{V3}/register",
+        json={"username": name, "password": PASSWORD, "auth": {"type": "m.login.dummy"}},
+    )
+    assert answer.status_code == 200, answer.text
+    registered: dict[str, str] = answer.json()
+    return registered
+
+
+def auth(user: dict[str, str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {user['access_token']}"}
+
+
+async def sync(
+    http: httpx.AsyncClient, user: dict[str, str], since: str | None, timeout_ms: int = 0
+) -> dict[str, Any]:
+    params = {"timeout": str(timeout_ms)}
+    if since is not None:
+        params["since"] = since
+    answer = await http.get(f"{V3}/sync", params=params, headers=auth(user))
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def device_keys(user: dict[str, str]) -> dict[str, Any]:
+    """Signed keys of ``user``'s device, for ``/keys/upload``."""
+    key = SigningKey(os.urandom(32), user["device_id"])
+    unsigned = {
+        "user_id": user["user_id"],
+        "device_id": user["device_id"],
+        "algorithms": ["m.megolm.v1.aes-sha2"],
+        "keys": {f"ed25519:{user['device_id']}": encode_verify_key_base64(key.verify_key)},
+    }
+    return sign_json(unsigned, user["user_id"], key)
