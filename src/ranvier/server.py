@@ -682,7 +682,11 @@ class HomeServer:
         if any(listener.type == "replication" for listener in config.listeners):
             secret = config.replication.shared_secret
             assert secret is not None  # the configuration requires it
-            source = self._stream_source = StreamSource(self._storage, self.stream_notifier)
+            source = self._stream_source = StreamSource(
+                self._storage,
+                self.stream_notifier,
+                forget_tokens=self.accounts.forget_cached_tokens,
+            )
             self.accounts.on_tokens_invalidated = source.note_tokens_invalidated
             if self._pdu_queue is not None:
                 self._pdu_queue.on_noted = source.note_queued

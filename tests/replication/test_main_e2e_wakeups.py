@@ -1,6 +1,7 @@
 """A main process and a client_reader as real processes: a /sync long-poll
 on the main process wakes for a to-device message, account data, a receipt
-and a key change written through the worker.
+and a key change written through the worker, and stops taking a token
+logged out through it.
 
 The worker's writes run on the main process's storage actor, but only the
 worker's handlers know whom they concern; the main process learns it by
@@ -146,3 +147,11 @@ async def _run(worker: httpx.AsyncClient, main: httpx.AsyncClient) -> None:
         lambda: worker.post(f"{V3}/keys/upload", json=upload, headers=auth(alice)),
     )
     assert woken["device_lists"]["changed"] == [alice["user_id"]]
+
+    # Bob logs out through the worker: the main process, which has his
+    # token cached from the polls above, no longer takes it.
+    logged_out = await worker.post(f"{V3}/logout", json={}, headers=auth(bob))
+    assert logged_out.status_code == 200, logged_out.text
+    refused = await main.get(f"{V3}/account/whoami", headers=auth(bob))
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["errcode"] == "M_UNKNOWN_TOKEN"

@@ -36,6 +36,7 @@ Invariants
   a device's token, logouts, deleted devices) and sends the count with a
   random ID of its own life: a worker that sees either change drops its
   whole token cache, which a restart of the main process therefore does too.
+  The main process drops its own after each such write a worker sends.
   Writes to ``destination_rooms`` are counted the same way, for the
   federation_sender worker (:mod:`ranvier.replication.federation_sending`).
 * **A worker asks for resyncs; the main process runs them.** The
@@ -354,11 +355,22 @@ class PositionFollower:
 class StreamSource:
     """What the main process's stream answers from: the database's positions,
     woken by its own notifier and by the writes workers send.
+
+    ``forget_tokens`` drops this process's own cached access tokens after a
+    worker's write that may have invalidated some (a logout through a
+    worker), as a worker's follower drops its own.
     """
 
-    def __init__(self, storage: Storage, notifier: StreamNotifier) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        notifier: StreamNotifier,
+        *,
+        forget_tokens: Callable[[], None] | None = None,
+    ) -> None:
         self._storage = storage
         self._notifier = notifier
+        self._forget_tokens = forget_tokens
         self._life = secrets.token_hex(8)
         self._invalidations = 0
         self._queued = 0
@@ -380,6 +392,8 @@ class StreamSource:
         """A worker's write ``name`` ran (the replication app's ``on_write``)."""
         if name in TOKEN_WRITES:
             self._invalidations += 1
+            if self._forget_tokens is not None:
+                self._forget_tokens()
         if name == _QUEUE_WRITE:
             self._queued += 1
         self._written.set()
