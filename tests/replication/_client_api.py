@@ -4,11 +4,16 @@ processes of a :class:`~_deployment.Deployment`."""
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
+from _deployment import Deployment
 
 from ranvier.protocol.signing import SigningKey, encode_verify_key_base64, sign_json
+from ranvier.testing import Pki
 
 PASSWORD = "a password long enough"
 V3 = "/_matrix/client/v3"
@@ -50,3 +55,29 @@ def device_keys(user: dict[str, str]) -> dict[str, Any]:
         "keys": {f"ed25519:{user['device_id']}": encode_verify_key_base64(key.verify_key)},
     }
     return sign_json(unsigned, user["user_id"], key)
+
+
+@asynccontextmanager
+async def main_and_client_reader(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """``ranvier serve`` and a client_reader worker as processes of their
+    own, and a client of each one's client API: (worker, main). Their logs
+    are printed when the body fails.
+    """
+    deployment = Deployment(tmp_path / "deployment", Pki.create(tmp_path))
+    deployment.write_configs()
+    try:
+        await deployment.start("main")
+        await deployment.start("client_reader")
+        async with (
+            httpx.AsyncClient(base_url=deployment.client_url, timeout=300) as worker,
+            httpx.AsyncClient(base_url=deployment.main_client_url, timeout=300) as main,
+        ):
+            yield worker, main
+    except BaseException:
+        for name in ("main", "client_reader"):
+            print(f"--- {name}\n{deployment.log(name)[-6000:]}")
+        raise
+    finally:
+        deployment.stop_all()

@@ -16,10 +16,7 @@ from typing import Any
 
 import httpx
 import trio
-from _client_api import V3, auth, device_keys, register, sync
-from _deployment import Deployment
-
-from ranvier.testing import Pki
+from _client_api import V3, auth, device_keys, main_and_client_reader, register, sync
 
 # Far beyond what the test waits for a wake-up: a poll that only ended at
 # its timeout fails the test.
@@ -30,23 +27,8 @@ _WAIT_SECONDS = 60
 async def test_a_long_poll_on_the_main_process_wakes_for_writes_made_through_a_worker(
     tmp_path: Path,
 ) -> None:
-    pki = Pki.create(tmp_path)
-    deployment = Deployment(tmp_path / "deployment", pki)
-    deployment.write_configs()
-    try:
-        await deployment.start("main")
-        await deployment.start("client_reader")
-        async with (
-            httpx.AsyncClient(base_url=deployment.client_url, timeout=300) as worker,
-            httpx.AsyncClient(base_url=deployment.main_client_url, timeout=300) as main,
-        ):
-            await _run(worker, main)
-    except BaseException:
-        for name in ("main", "client_reader"):
-            print(f"--- {name}\n{deployment.log(name)[-6000:]}")
-        raise
-    finally:
-        deployment.stop_all()
+    async with main_and_client_reader(tmp_path) as (worker, main):
+        await _run(worker, main)
 
 
 async def _woken_by(

@@ -9,10 +9,7 @@ from typing import Any
 
 import httpx
 import trio
-from _client_api import V3, auth, device_keys, register, sync
-from _deployment import Deployment
-
-from ranvier.testing import Pki
+from _client_api import V3, auth, device_keys, main_and_client_reader, register, sync
 
 # Far beyond what the test waits for a wake-up: a poll that only ended at
 # its timeout fails the test.
@@ -23,23 +20,8 @@ _WAIT_SECONDS = 60
 async def test_a_long_poll_on_a_worker_wakes_for_messages_and_keys_the_main_process_took(
     tmp_path: Path,
 ) -> None:
-    pki = Pki.create(tmp_path)
-    deployment = Deployment(tmp_path / "deployment", pki)
-    deployment.write_configs()
-    try:
-        await deployment.start("main")
-        await deployment.start("client_reader")
-        async with (
-            httpx.AsyncClient(base_url=deployment.client_url, timeout=300) as worker,
-            httpx.AsyncClient(base_url=deployment.main_client_url, timeout=300) as main,
-        ):
-            await _run(worker, main)
-    except BaseException:
-        for name in ("main", "client_reader"):
-            print(f"--- {name}\n{deployment.log(name)[-6000:]}")
-        raise
-    finally:
-        deployment.stop_all()
+    async with main_and_client_reader(tmp_path) as (worker, main):
+        await _run(worker, main)
 
 
 async def _run(worker: httpx.AsyncClient, main: httpx.AsyncClient) -> None:
