@@ -81,3 +81,23 @@ async def main_and_client_reader(
         raise
     finally:
         deployment.stop_all()
+
+
+async def share_a_room(
+    worker: httpx.AsyncClient, main: httpx.AsyncClient
+) -> tuple[dict[str, str], dict[str, str], str]:
+    """Alice registered through the worker and Bob through the main
+    process, both joined to a room of Alice's: (alice, bob, room ID).
+    """
+    alice = await register(worker, "alice")
+    bob = await register(main, "bob")
+    created = await worker.post(f"{V3}/createRoom", json={}, headers=auth(alice))
+    assert created.status_code == 200, created.text
+    room_id = created.json()["room_id"]
+    invited = await worker.post(
+        f"{V3}/rooms/{room_id}/invite", json={"user_id": bob["user_id"]}, headers=auth(alice)
+    )
+    assert invited.status_code == 200, invited.text
+    joined = await main.post(f"{V3}/join/{room_id}", json={}, headers=auth(bob))
+    assert joined.status_code == 200, joined.text
+    return alice, bob, room_id

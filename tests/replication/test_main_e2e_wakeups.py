@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import trio
-from _client_api import V3, auth, device_keys, main_and_client_reader, register, sync
+from _client_api import V3, auth, device_keys, main_and_client_reader, share_a_room, sync
 
 # Far beyond what the test waits for a wake-up: a poll that only ended at
 # its timeout fails the test.
@@ -56,17 +56,7 @@ async def _woken_by(
 
 
 async def _run(worker: httpx.AsyncClient, main: httpx.AsyncClient) -> None:
-    alice = await register(worker, "alice")
-    bob = await register(main, "bob")
-    created = await worker.post(f"{V3}/createRoom", json={}, headers=auth(alice))
-    assert created.status_code == 200, created.text
-    room_id = created.json()["room_id"]
-    invited = await worker.post(
-        f"{V3}/rooms/{room_id}/invite", json={"user_id": bob["user_id"]}, headers=auth(alice)
-    )
-    assert invited.status_code == 200, invited.text
-    joined = await main.post(f"{V3}/join/{room_id}", json={}, headers=auth(bob))
-    assert joined.status_code == 200, joined.text
+    alice, bob, room_id = await share_a_room(worker, main)
     sent = await worker.put(
         f"{V3}/rooms/{room_id}/send/m.room.message/m1",
         json={"msgtype": "m.text", "body": "hello"},

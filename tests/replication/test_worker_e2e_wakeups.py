@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import trio
-from _client_api import V3, auth, device_keys, main_and_client_reader, register, sync
+from _client_api import V3, auth, device_keys, main_and_client_reader, share_a_room, sync
 
 # Far beyond what the test waits for a wake-up: a poll that only ended at
 # its timeout fails the test.
@@ -25,17 +25,7 @@ async def test_a_long_poll_on_a_worker_wakes_for_messages_and_keys_the_main_proc
 
 
 async def _run(worker: httpx.AsyncClient, main: httpx.AsyncClient) -> None:
-    alice = await register(worker, "alice")
-    bob = await register(main, "bob")
-    created = await worker.post(f"{V3}/createRoom", json={}, headers=auth(alice))
-    assert created.status_code == 200, created.text
-    room_id = created.json()["room_id"]
-    invited = await worker.post(
-        f"{V3}/rooms/{room_id}/invite", json={"user_id": bob["user_id"]}, headers=auth(alice)
-    )
-    assert invited.status_code == 200, invited.text
-    joined = await main.post(f"{V3}/join/{room_id}", json={}, headers=auth(bob))
-    assert joined.status_code == 200, joined.text
+    alice, bob, _ = await share_a_room(worker, main)
     since = (await sync(worker, alice, None))["next_batch"]
     # Settle past Bob's join, which the worker may hear of a little later.
     since = (await sync(worker, alice, since))["next_batch"]
