@@ -1,3 +1,6 @@
+from collections.abc import Callable
+
+import pytest
 import trio
 import trio.testing
 
@@ -192,6 +195,56 @@ def test_device_lists_concern_their_user_and_those_in_their_rooms() -> None:
     assert notifier.concerns(start._replace(device_lists=5), {"!mine:x"}, "@me:x")
 
 
+_LATE_REPORTS: dict[str, Callable[[StreamNotifier, int], None]] = {
+    "to-device": lambda n, at: n.advance_to_device(at, ["@me:x"]),
+    "account data": lambda n, at: n.advance_account_data(at, "@me:x"),
+    "device lists": lambda n, at: n.advance_device_lists(at, "@them:x", {"!mine:x"}),
+    "receipts": lambda n, at: n.advance_receipts(at, "!mine:x"),
+}
+_OTHERS_REPORTS: dict[str, Callable[[StreamNotifier, int], None]] = {
+    "to-device": lambda n, at: n.advance_to_device(at, ["@other:x"]),
+    "account data": lambda n, at: n.advance_account_data(at, "@other:x"),
+    "device lists": lambda n, at: n.advance_device_lists(at, "@other:x", {"!theirs:x"}),
+    "receipts": lambda n, at: n.advance_receipts(at, "!theirs:x"),
+}
+
+
+@pytest.mark.parametrize("stream", sorted(_LATE_REPORTS))
+async def test_a_write_reported_after_a_later_one_still_wakes_its_waiter(stream: str) -> None:
+    """Another process's write is caught up with after this process has
+    reported a later position of the same stream: it is still told."""
+    notifier = StreamNotifier()
+    _OTHERS_REPORTS[stream](notifier, 10)
+    since = notifier.position
+    mine = {"!mine:x"}
+    # This process's own write, for someone else, at a later position.
+    _OTHERS_REPORTS[stream](notifier, 12)
+    after_own = notifier.position
+    assert not notifier.concerns(since, mine, "@me:x")
+    woken: list[str] = []
+    async with trio.open_nursery() as nursery:
+
+        async def wait() -> None:
+            await notifier.wait_beyond(since, rooms=mine, user_id="@me:x")
+            woken.append("me")
+
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == []
+        _LATE_REPORTS[stream](notifier, 11)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert woken == ["me"]
+    # The position did not move back, and a waiter past it is not concerned.
+    assert notifier.position == after_own
+    assert not notifier.concerns(after_own, mine, "@me:x")
+    # A report below what the log reaches is left to waiters looking for
+    # themselves, and wakes no one.
+    for at in range(13, 13 + LOG_SIZE + 1):
+        _OTHERS_REPORTS[stream](notifier, at)
+    assert notifier.concerns(since, mine, "@me:x")
+
+
 async def test_receipts_and_typing_wake_the_members_of_their_room_only() -> None:
     notifier = StreamNotifier()
     since = StreamPosition(0, 0, 0, 0, 0)
@@ -218,10 +271,10 @@ async def test_receipts_and_typing_wake_the_members_of_their_room_only() -> None
         notifier.advance_typing(7, "!b")
         await trio.testing.wait_all_tasks_blocked()
         assert woken == ["in room", "owner", "elsewhere"]
-        # Positions only grow.
+        # A report below the position held does not move it back, and
+        # still concerns the room's waiters, who had not seen it.
         notifier.advance_typing(3, "!c")
         await trio.testing.wait_all_tasks_blocked()
         assert notifier.position.typing == 7
-        assert notifier.waiting == 1
-        notifier.advance_typing(8, "!c")
+        nursery.cancel_scope.cancel()
     assert woken == ["in room", "owner", "elsewhere", "not owner"]

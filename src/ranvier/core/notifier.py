@@ -13,7 +13,10 @@ Invariants
 * **Positions only grow.** :meth:`StreamNotifier.advance` keeps the larger
   of what it holds and what it is told, per stream, so writes reported out
   of order, or a report lost with a cancelled writer, never move it back;
-  the next report covers the lost one.
+  the next report covers the lost one. A report below the position held
+  (another process's write, caught up with after a later one of this
+  process) is still logged in its place and wakes the waiters, so the one
+  it concerns does not sleep on until its timeout.
 * **Account data is a stream of its own.** A change to a user's account
   data moves the third position (:meth:`StreamNotifier.advance_account_data`),
   logged with the user whose data it is, and concerns that user only.
@@ -57,11 +60,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Collection, Set
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeVar
 
 import trio
 
 __all__ = ["LOG_SIZE", "StreamNotifier", "StreamPosition"]
+
+#: An entry of a stream's log: its position first.
+_Entry = TypeVar("_Entry", bound=tuple[Any, ...])
 
 #: How many advances the notifier remembers the rooms and users of.
 LOG_SIZE: Final = 1024
@@ -175,6 +181,9 @@ class StreamNotifier:
         """
         current = self._position
         if position <= current.account_data:
+            self._account_data_floor = self._late(
+                self._account_data_log, (position, user_id), self._account_data_floor
+            )
             return
         self._position = current._replace(account_data=position)
         self._account_data_log.append((position, user_id))
@@ -216,6 +225,10 @@ class StreamNotifier:
         """
         current = self._position
         if position <= current.to_device:
+            for user_id in user_ids:
+                self._to_device_floor = self._late(
+                    self._to_device_log, (position, user_id), self._to_device_floor
+                )
             return
         self._position = current._replace(to_device=position)
         for user_id in user_ids:
@@ -231,12 +244,37 @@ class StreamNotifier:
         """
         current = self._position
         if position <= current.device_lists:
+            self._device_lists_floor = self._late(
+                self._device_lists_log,
+                (position, user_id, frozenset(rooms)),
+                self._device_lists_floor,
+            )
             return
         self._position = current._replace(device_lists=position)
         self._device_lists_log.append((position, user_id, frozenset(rooms)))
         if len(self._device_lists_log) > LOG_SIZE:
             self._device_lists_floor = self._device_lists_log.popleft()[0]
         self._wake()
+
+    def _late(self, log: deque[_Entry], entry: _Entry, floor: int) -> int:
+        """Log ``entry``, reported after a later position of its stream (a
+        write another process made, caught up with late), in its place, and
+        wake every waiter: one it concerns would otherwise sleep on, as the
+        position did not grow. Return the log's floor, raised if it grew
+        too long.
+        """
+        position = entry[0]
+        if position <= floor:
+            # Below the log's reach: a waiter from before it looks anyway.
+            return floor
+        index = len(log)
+        while index > 0 and log[index - 1][0] > position:
+            index -= 1
+        log.insert(index, entry)
+        while len(log) > LOG_SIZE:
+            floor = log.popleft()[0]
+        self._wake()
+        return floor
 
     @staticmethod
     def _user_rooms_concerns(
@@ -272,10 +310,13 @@ class StreamNotifier:
         self, stream: str, position: int, room_id: str, only_user: str | None
     ) -> None:
         current = self._position
+        log = self._room_logs[stream]
         if position <= getattr(current, stream):
+            self._room_floors[stream] = self._late(
+                log, (position, room_id, only_user), self._room_floors[stream]
+            )
             return
         self._position = current._replace(**{stream: position})
-        log = self._room_logs[stream]
         log.append((position, room_id, only_user))
         if len(log) > LOG_SIZE:
             self._room_floors[stream] = log.popleft()[0]
