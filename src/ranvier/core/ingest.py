@@ -564,18 +564,7 @@ class FederationIngester:
         """Handle events we asked ``origin`` for (backfill, missing events),
         oldest first; one outcome per event, in depth order.
         """
-        checked = await self._verifier.verify(events)
-        outcomes: list[PduOutcome] = []
-        by_room: dict[str, list[Pdu]] = {}
-        for event, verdict in zip(events, checked, strict=True):
-            if isinstance(verdict, MatrixError):
-                outcomes.append(PduOutcome(event.event_id, error=verdict))
-            else:
-                by_room.setdefault(verdict.room_id, []).append(verdict)
-        for room_id, room_events in by_room.items():
-            async with self.room_locks.hold(room_id):
-                outcomes.extend(await self._handle_pulled(origin, room_events))
-        return outcomes
+        return await self._verify_and_handle_pulled(origin, events, None)
 
     async def on_backfilled_events(
         self, origin: str, events: Sequence[Pdu], write: BackfillWrite
@@ -591,6 +580,14 @@ class FederationIngester:
         room's history. The room's own ``m.room.create`` event, held as an
         outlier since the join, takes its place in the DAG too.
         """
+        return await self._verify_and_handle_pulled(origin, events, write)
+
+    async def _verify_and_handle_pulled(
+        self, origin: str, events: Sequence[Pdu], backfill: BackfillWrite | None
+    ) -> list[PduOutcome]:
+        """Pulled events' signatures and hashes checked together, then each
+        room's handled under its lock; refused events' outcomes first.
+        """
         checked = await self._verifier.verify(events)
         outcomes: list[PduOutcome] = []
         by_room: dict[str, list[Pdu]] = {}
@@ -601,7 +598,7 @@ class FederationIngester:
                 by_room.setdefault(verdict.room_id, []).append(verdict)
         for room_id, room_events in by_room.items():
             async with self.room_locks.hold(room_id):
-                outcomes.extend(await self._handle_pulled(origin, room_events, backfill=write))
+                outcomes.extend(await self._handle_pulled(origin, room_events, backfill=backfill))
         return outcomes
 
     # The steps
