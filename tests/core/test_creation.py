@@ -963,8 +963,14 @@ async def test_messages_whose_write_failed_are_not_followed(storage: Storage, he
     assert [e.content.get("body") for e in heard.in_room(room_id)][-1] == "c"
 
 
-class ConflictingOnce(GatedPersister):
-    """Storage whose first write of events meets the partial-state conflict."""
+class Conflicting(GatedPersister):
+    """Storage whose first ``times`` writes of events meet the
+    partial-state conflict (every write, with ``times`` None).
+    """
+
+    def __init__(self, storage: Storage, times: int | None = None) -> None:
+        super().__init__(storage)
+        self.times = times
 
     async def persist_events(
         self,
@@ -973,7 +979,7 @@ class ConflictingOnce(GatedPersister):
         current_state_groups: Mapping[str, int] | None = None,
     ) -> Mapping[str, int]:
         self.calls.append(events[0].room_id)
-        if len(self.calls) == 1:
+        if self.times is None or len(self.calls) <= self.times:
             raise PartialStateConflictError()
         return await self.storage.persist_events(events, current_state_groups=current_state_groups)
 
@@ -984,7 +990,7 @@ async def test_messages_written_together_that_conflict_are_checked_again_one_by_
     locks = RoomLocks()
     creator = _creator(storage, heard, room_locks=locks)
     room_id = await creator.create_room(ALICE)
-    conflicting = ConflictingOnce(storage)
+    conflicting = Conflicting(storage, times=1)
     creator = _creator(storage, heard, persister=conflicting, room_locks=locks)
     outcomes = await _waiting_sends(
         creator, locks, room_id, [(ALICE, "a", None), (ALICE, "b", None), (ALICE, "c", None)]
@@ -1231,22 +1237,11 @@ async def test_a_conflict_is_retried_with_a_new_context(storage: Storage, heard:
     assert row.rejected_reason is None
 
 
-class AlwaysConflicting(GatedPersister):
-    async def persist_events(
-        self,
-        events: Sequence[EventToPersist],
-        *,
-        current_state_groups: Mapping[str, int] | None = None,
-    ) -> Mapping[str, int]:
-        self.calls.append(events[0].room_id)
-        raise PartialStateConflictError()
-
-
 async def test_a_second_conflict_asks_the_client_to_retry(
     storage: Storage, heard: Heard, db_path: Path
 ) -> None:
     room, _ = await _partial_join(storage)
-    persister = AlwaysConflicting(storage)
+    persister = Conflicting(storage)
     creator = _creator(
         storage,
         heard,
