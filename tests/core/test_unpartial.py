@@ -310,6 +310,14 @@ class World:
         rows = await (storage or self.ours).get_events([e.event_id for e in self.after_join])
         return {event_id: row.rejected_reason is None for event_id, row in rows.items()}
 
+    async def resync_fully(self, stater: UnpartialStater) -> None:
+        """Run ``stater`` until the room's state is complete, and check that
+        it is the resident's.
+        """
+        async with running(stater):
+            await stater.wait_for_full_state(self.room_id)
+        await self.assert_full_state()
+
     async def assert_full_state(self, storage: Storage | None = None) -> None:
         """Our copy of the room is the resident's: every event's state and
         verdict, and current state; nothing partial is left.
@@ -466,9 +474,7 @@ async def test_few_missing_events_are_fetched_one_by_one(
     remote = world.servers[REMOTE]
     remote.calls.clear()
     stater = world.stater(bulk_min_missing=100)
-    async with running(stater):
-        await stater.wait_for_full_state(world.room_id)
-    await world.assert_full_state()
+    await world.resync_fully(stater)
     assert remote.called("state") == []
     fetched = remote.called("event")
     (prev_id,) = world.join.prev_event_ids
@@ -487,9 +493,7 @@ async def test_a_state_answer_is_written_a_chunk_at_a_time_each_event_after_its_
     logged = PersistLog(world.ours)
     stored_before = set(await world.ours.have_seen_events(list(world.room.events)))
     stater = world.stater(logged, state_chunk=4)
-    async with running(stater):
-        await stater.wait_for_full_state(world.room_id)
-    await world.assert_full_state()
+    await world.resync_fully(stater)
     (prev_id,) = world.join.prev_event_ids
     assert remote.called("state") == [prev_id]
     outliers = [[event_id for event_id, outlier in call if outlier] for call in logged.calls]
@@ -552,9 +556,7 @@ async def test_a_state_asked_for_ahead_and_not_needed_is_dropped(
     remote = world.servers[REMOTE]
     remote.calls.clear()
     stater = world.stater(state_ahead_min=1, bulk_min_missing=100)
-    async with running(stater):
-        await stater.wait_for_full_state(world.room_id)
-    await world.assert_full_state()
+    await world.resync_fully(stater)
     (prev_id,) = world.join.prev_event_ids
     crowd = {world.room.state_after[prev_id][("m.room.member", user)] for user in CROWD}
     # Few were missing: the events came one by one, not from the /state asked ahead.
@@ -599,9 +601,7 @@ async def test_the_events_that_every_chunk_cites_are_read_once(
     await world.join_partially()
     reads = ReadLog(world.ours)
     stater = world.stater(reads, state_chunk=2)
-    async with running(stater):
-        await stater.wait_for_full_state(world.room_id)
-    await world.assert_full_state()
+    await world.resync_fully(stater)
     # Every member's join cites the create event: the chunks' checks read it
     # once between them, not once each.
     assert len([what for what, _ in reads.log if what == "outliers"]) >= 4
