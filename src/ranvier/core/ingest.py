@@ -684,17 +684,8 @@ class FederationIngester:
         outcomes: list[PduOutcome] = []
         if not items:
             return outcomes
-        room_id, room_version = items[0][0].room_id, items[0][0].room_version
-        async with self.room_locks.hold(room_id):
-            first = RoomRun(
-                self._store,
-                self._persister,
-                room_id,
-                room_version,
-                run_reader=self._run_reader,
-            )
-            await first.load([event for event, _ in items])
-            run: RoomRun | None = first
+        async with self.room_locks.hold(items[0][0].room_id):
+            run: RoomRun | None = await self._loaded_run(items)
             rest = list(items)
             while rest:
                 taken, rest = await self._take_run(origin, rest, run)
@@ -704,6 +695,19 @@ class FederationIngester:
                     outcomes.append(await self._alone(origin, rest[0]))
                     rest = rest[1:]
         return outcomes
+
+    async def _loaded_run(self, items: Sequence[_Checked]) -> RoomRun:
+        """A run over the room of ``items``, having read what they need."""
+        first = items[0][0]
+        run = RoomRun(
+            self._store,
+            self._persister,
+            first.room_id,
+            first.room_version,
+            run_reader=self._run_reader,
+        )
+        await run.load([event for event, _ in items])
+        return run
 
     async def _take_run(
         self, origin: str, items: Sequence[_Checked], run: RoomRun | None
@@ -716,17 +720,10 @@ class FederationIngester:
         is judged again with the state as it now is and written again,
         once; after a second conflict its events are taken one at a time.
         """
-        room_id, room_version = items[0][0].room_id, items[0][0].room_version
+        room_id = items[0][0].room_id
         for attempt in (1, 2):
             if run is None:
-                run = RoomRun(
-                    self._store,
-                    self._persister,
-                    room_id,
-                    room_version,
-                    run_reader=self._run_reader,
-                )
-                await run.load([event for event, _ in items])
+                run = await self._loaded_run(items)
             verdicts: list[IngestResult | MatrixError] = []
             for _, pending in items:
                 checked = await pending.get()
