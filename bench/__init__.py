@@ -13,10 +13,32 @@ absolute rates do not.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["ops_per_second"]
+import trio
+
+__all__ = ["JsonLines", "ops_per_second"]
+
+
+class JsonLines:
+    """Lines of a child process's standard output, one JSON object each."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+
+    async def next(self) -> dict[str, Any]:
+        while b"\n" not in self._buffer:
+            data = await self._stream.receive_some()
+            if not data:
+                raise AssertionError("the child process exited before reporting")
+            self._buffer += data
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
 
 
 def ops_per_second(

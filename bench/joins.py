@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import subprocess
 import sys
@@ -61,6 +60,7 @@ import httpx
 import msgspec
 import trio
 
+from bench import JsonLines
 from bench._ranvier_joiner import JoinerSettings, peak_rss_mb, state_digest
 from bench._synapse_server import start_synapse, synapse_python
 from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
@@ -228,24 +228,6 @@ async def _left(hs: HomeServer, room_id: str, user: str) -> None:
 # --- The ranvier joiner ---------------------------------------------------------------
 
 
-class _Lines:
-    """Lines of a child's stdout, one JSON object each."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._buffer = b""
-
-    async def next(self) -> dict[str, Any]:
-        while b"\n" not in self._buffer:
-            data = await self._stream.receive_some()
-            if not data:
-                raise AssertionError("the ranvier joiner exited before reporting")
-            self._buffer += data
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-
 @contextlib.asynccontextmanager
 async def _ranvier_joined(
     hs: HomeServer, directory: Path, pki: Pki, room_id: str, label: str
@@ -283,7 +265,7 @@ async def _ranvier_joined(
     assert process.stdin is not None
     assert process.stdout is not None
     try:
-        lines = _Lines(process.stdout)
+        lines = JsonLines(process.stdout)
         with trio.fail_after(JOINER_SECONDS):
             joined = await lines.next()
             if not joined["partial"]:
