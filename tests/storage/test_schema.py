@@ -45,6 +45,7 @@ TABLES_ADDED = {
         "device_list_changes",
     },
     13: {"to_device_outbox"},
+    14: {"room_key_backup_versions", "room_key_backup_keys"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -145,6 +146,9 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO device_list_changes (user_id) VALUES ('@a:x')")
     elif version == 13:
         run("INSERT INTO to_device_outbox (destination, edu) VALUES ('hs.example', x'7b7d')")
+    elif version == 14:
+        run("INSERT INTO room_key_backup_versions VALUES ('@a:x', 1, 'alg', x'7b7d', 0, 0, 5)")
+        run("INSERT INTO room_key_backup_keys VALUES ('@a:x', 1, '!r:x', 'sess', 0, 0, 1, x'7b7d')")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -626,6 +626,32 @@ def _to_device_outbox(db: sqlite_utils.Database) -> None:
     run("CREATE INDEX to_device_outbox_destination ON to_device_outbox (destination, stream_id)")
 
 
+def _room_key_backups(db: sqlite_utils.Database) -> None:
+    """Server-side key backups (:mod:`ranvier.storage.room_keys`).
+
+    A backup version is never deleted, only marked so: its number is never
+    handed out again, and a client still holding it is told it is gone
+    rather than finding someone else's backup under it. Its keys are deleted
+    with the mark. ``etag`` counts the changes of the version's keys.
+    """
+    run = db.conn.execute
+    run(
+        "CREATE TABLE room_key_backup_versions (user_id TEXT NOT NULL,"
+        " version INTEGER NOT NULL, algorithm TEXT NOT NULL, auth_data BLOB NOT NULL,"
+        " etag INTEGER NOT NULL, deleted INTEGER NOT NULL, created_ts INTEGER NOT NULL,"
+        " PRIMARY KEY (user_id, version)) STRICT"
+    )
+    run(
+        "CREATE TABLE room_key_backup_keys (user_id TEXT NOT NULL, version INTEGER NOT NULL,"
+        " room_id TEXT NOT NULL, session_id TEXT NOT NULL,"
+        " first_message_index INTEGER NOT NULL, forwarded_count INTEGER NOT NULL,"
+        " is_verified INTEGER NOT NULL, session_data BLOB NOT NULL,"
+        " PRIMARY KEY (user_id, version, room_id, session_id),"
+        " FOREIGN KEY (user_id, version)"
+        " REFERENCES room_key_backup_versions (user_id, version)) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -641,6 +667,7 @@ MIGRATIONS: Sequence[Migration] = (
     _rows_keyed_by_ordering,
     _end_to_end,
     _to_device_outbox,
+    _room_key_backups,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
