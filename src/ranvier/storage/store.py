@@ -42,6 +42,7 @@ from .records import (
     StoredEvent,
 )
 from .redactions import RedactionStorage
+from .room_keys import RoomKeyStorage
 from .room_members import RoomMemberStorage
 from .run_reads import RunReads
 from .sync_reads import SyncReads
@@ -118,6 +119,7 @@ class Storage:
         self.receipts = ReceiptStorage(self.writer, self.readers)
         self.backfill = BackfillStorage(self.writer, self.readers)
         self.e2e_keys = E2eKeyStorage(self.writer, self.readers)
+        self.room_keys = RoomKeyStorage(self.writer, self.readers)
         self.run_reads = RunReads(self.readers)
 
     @property
