@@ -122,6 +122,7 @@ from ranvier.core.filters import UserFilters
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
 from ranvier.core.interfaces import EventPersister
 from ranvier.core.joins import RemoteJoiner
+from ranvier.core.notification_counts import NotificationCounts
 from ranvier.core.notifier import StreamNotifier
 from ranvier.core.pagination import RoomMessages
 from ranvier.core.presence import Presence
@@ -965,6 +966,9 @@ class HomeServer:
                 typing=self._edus.typing,
                 presence=self._edus.presence,
                 end_to_end=self.e2e_keys,
+                notifications=NotificationCounts(
+                    self.storage.notifications, PushRules(self.storage.client_data)
+                ),
             ),
             filters=UserFilters(self.storage.sync),
             messages=RoomMessages(self.storage.sync, backfill=self._backfiller),

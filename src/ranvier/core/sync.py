@@ -40,6 +40,10 @@ Rooms
   whose devices or keys changed after ``since``, or who joined or left a
   shared room; the device's key counts (:mod:`ranvier.core.e2e_keys`). The
   token's eighth stream.
+* **unread_notifications**: for each joined room in the response, the
+  events since the user's read receipt that their push rules say notify
+  them, and how many of those highlight
+  (:mod:`ranvier.core.notification_counts`).
 * **leave**: rooms left (or banned from) after ``since``, with the timeline
   up to the leave; with ``include_leave`` an initial sync lists every room
   left.
@@ -83,6 +87,7 @@ from ranvier.core.client_events import client_event, event_content
 from ranvier.core.e2e_keys import E2eSync
 from ranvier.core.filters import Filter
 from ranvier.core.lazy_members import SentMembers
+from ranvier.core.notification_counts import NotificationCounts
 from ranvier.core.notifier import StreamNotifier, StreamPosition
 from ranvier.core.pagination import (
     DEFAULT_LIMIT,
@@ -318,8 +323,10 @@ class SyncHandler:
         typing: EphemeralSource | None = None,
         presence: PresenceSource | None = None,
         end_to_end: EndToEndSource | None = None,
+        notifications: NotificationCounts | None = None,
     ) -> None:
         self._store = store
+        self._notifications = notifications
         self._notifier = notifier
         self._account_data = account_data
         self._receipts = receipts
@@ -495,6 +502,10 @@ class SyncHandler:
                 (since is not None and is_new) or (since is None and filter.room.include_leave)
             ):
                 leave[room_id] = await self._left_room(request, room_id, ordering, event_id)
+        if self._notifications is not None and join:
+            counts = await self._notifications.for_rooms(requester.user_id, list(join), now.events)
+            for room_id, room in join.items():
+                room["unread_notifications"] = counts.get(room_id, {})
         rooms = frozenset(room_id for room_id, *_ in memberships)
         end_to_end = E2eSync([], now.to_device, [], [], {}, [])
         if self._end_to_end is not None:

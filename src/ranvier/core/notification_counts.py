@@ -1,0 +1,208 @@
+"""Unread notification counts for ``/sync``: per joined room, how many
+events since the user last read it notify them, and how many highlight.
+
+The spec's "Receiving notifications": the server counts the events after
+the user's read receipt (the later of ``m.read`` and ``m.read.private``)
+whose push rules say ``notify``, and those whose ``highlight`` tweak is
+set. An event the user sent marks everything before it read, as a receipt
+there would.
+
+Counts are worked out when a sync asks for them, not when events are
+written: ingestion stays as fast for rooms whose members never look, and a
+change of push rules applies from the next sync. What was counted is kept
+per user and room (a bounded cache, per process): while the user's
+receipt stays where it was and the rules are the same, a sync evaluates
+only the events since the last one. The room state the rules read (the
+user's display name, the member count, the power levels) is the current
+state when an event is evaluated, which for events counted as they come is
+the state they came in.
+
+At most :data:`SCAN_LIMIT` events after the receipt are evaluated at once:
+in a room read long ago the counts cover its newest events only.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import msgspec
+
+from ranvier.errors import MatrixError
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.power_levels import get_notification_level, get_user_power_level
+from ranvier.protocol.push_evaluation import PushContext, evaluate_push_rules
+from ranvier.storage.notification_reads import UnreadEvents
+
+__all__ = ["SCAN_LIMIT", "NotificationCounts", "PushRuleSource", "UnreadEventReader"]
+
+#: Events evaluated per room and sync at most.
+SCAN_LIMIT: Final = 1_000
+#: Joined members are counted up to this many more than any rule asks about.
+_COUNT_MARGIN: Final = 2
+_DEFAULT_CACHE: Final = 20_000
+
+
+class UnreadEventReader(Protocol):
+    """Storage's side: :class:`ranvier.storage.notification_reads.NotificationReads`."""
+
+    async def unread_events(
+        self,
+        user_id: str,
+        rooms: Mapping[str, tuple[int, int] | None],
+        *,
+        upto: int,
+        limit: int,
+        count_cap: int,
+    ) -> dict[str, UnreadEvents]: ...
+
+
+class PushRuleSource(Protocol):
+    """A user's rule set as ``GET /pushrules/`` shows it under ``global``."""
+
+    async def rule_set(self, user_id: str) -> dict[str, list[dict[str, Any]]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    rules: bytes
+    read_upto: int
+    counted_upto: int
+    notifications: int
+    highlights: int
+
+
+class NotificationCounts:
+    """Counts for ``/sync``'s ``unread_notifications``."""
+
+    def __init__(
+        self,
+        store: UnreadEventReader,
+        rules: PushRuleSource,
+        *,
+        cache_size: int = _DEFAULT_CACHE,
+    ) -> None:
+        self._store = store
+        self._rules = rules
+        self._cache_size = cache_size
+        self._counted: OrderedDict[tuple[str, str], _Counted] = OrderedDict()
+
+    async def for_rooms(
+        self, user_id: str, room_ids: Collection[str], upto: int
+    ) -> dict[str, dict[str, int]]:
+        """Each room's ``{"notification_count", "highlight_count"}`` as of
+        stream ordering ``upto``.
+        """
+        if not room_ids:
+            return {}
+        rule_set = await self._rules.rule_set(user_id)
+        fingerprint = msgspec.json.encode(rule_set)
+        known: dict[str, tuple[int, int] | None] = {}
+        for room_id in room_ids:
+            counted = self._counted.get((user_id, room_id))
+            known[room_id] = (
+                None
+                if counted is None or counted.rules != fingerprint
+                else (counted.read_upto, counted.counted_upto)
+            )
+        unread = await self._store.unread_events(
+            user_id, known, upto=upto, limit=SCAN_LIMIT, count_cap=_count_cap(rule_set)
+        )
+        answer: dict[str, dict[str, int]] = {}
+        for room_id, found in unread.items():
+            notifications = highlights = 0
+            before = self._counted.get((user_id, room_id))
+            if before is not None and known[room_id] == (found.read_upto, found.after):
+                # Storage went on from where the last count stopped.
+                notifications, highlights = before.notifications, before.highlights
+            if found.events:
+                notifications, highlights = _count(
+                    user_id, rule_set, found, notifications, highlights
+                )
+            self._remember(
+                (user_id, room_id),
+                _Counted(
+                    fingerprint, found.read_upto, max(found.after, upto), notifications, highlights
+                ),
+            )
+            answer[room_id] = {
+                "notification_count": notifications,
+                "highlight_count": highlights,
+            }
+        return answer
+
+    def _remember(self, key: tuple[str, str], counted: _Counted) -> None:
+        self._counted[key] = counted
+        self._counted.move_to_end(key)
+        while len(self._counted) > self._cache_size:
+            self._counted.popitem(last=False)
+
+
+def _count(
+    user_id: str,
+    rule_set: Mapping[str, Sequence[Mapping[str, Any]]],
+    found: UnreadEvents,
+    notifications: int,
+    highlights: int,
+) -> tuple[int, int]:
+    """The counts after ``found.events``, starting from those given."""
+    context = _context(user_id, found)
+    for _, sender, raw in found.events:
+        if sender == user_id:
+            # Sending an event marks the room read up to it.
+            notifications = highlights = 0
+            continue
+        event = msgspec.json.decode(raw)
+        if not isinstance(event, dict):
+            continue
+        outcome = evaluate_push_rules(rule_set, event, context)
+        if outcome is not None and outcome.notify:
+            notifications += 1
+            highlights += outcome.highlight
+    return notifications, highlights
+
+
+def _context(user_id: str, found: UnreadEvents) -> PushContext:
+    version = found.room_version
+    power_levels = _parsed(found.power_levels_json, version)
+    create = _parsed(found.create_json, version)
+    member = _parsed(found.member_json, version)
+    name = None if member is None else member.content.get("displayname")
+
+    def may_notify(sender: str, key: str) -> bool:
+        level = get_user_power_level(sender, power_levels=power_levels, create=create)
+        return level >= get_notification_level(power_levels, key)
+
+    return PushContext(
+        user_id=user_id,
+        display_name=name if isinstance(name, str) else None,
+        member_count=found.joined,
+        may_notify=may_notify,
+    )
+
+
+def _parsed(raw: bytes | None, version: str | None) -> Pdu | None:
+    if raw is None or version is None:
+        return None
+    try:
+        return Pdu.from_json(raw, version, check_limits=False)
+    except MatrixError:
+        return None
+
+
+def _count_cap(rule_set: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
+    """How far the joined members must be counted for every
+    ``room_member_count`` condition of ``rule_set`` to be decided.
+    """
+    most = 0
+    for rules in rule_set.values():
+        for rule in rules:
+            for condition in rule.get("conditions", ()) or ():
+                if isinstance(condition, Mapping) and condition.get("kind") == "room_member_count":
+                    bound = condition.get("is")
+                    digits = bound.lstrip("<>=") if isinstance(bound, str) else ""
+                    if digits.isdigit():
+                        most = max(most, int(digits))
+    return most + _COUNT_MARGIN

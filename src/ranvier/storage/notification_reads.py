@@ -1,0 +1,168 @@
+"""What a user's unread notification counts are computed from, per room.
+
+A user has read a room up to the later of their ``m.read`` and
+``m.read.private`` receipts, unthreaded or on the main timeline (the
+spec's "Marking notifications as read"). The events after that point are
+the candidates; :mod:`ranvier.core.notification_counts` runs the user's
+push rules over them. Besides the events, the rules read a little of the
+room's current state: the user's member event (their display name), the
+power levels and create events (who may notify ``@room``), and how many
+members have joined.
+
+All rooms of one ``/sync`` are read in one read transaction, so the counts
+of one response come from one snapshot of the database.
+
+Only accepted events of the DAG count: outliers, rejected and soft-failed
+events are not in the room's timeline.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from .readers import ReaderPool
+
+__all__ = ["NotificationReads", "UnreadEvents", "read_unread_events"]
+
+_READ_RECEIPTS: Final = ("m.read", "m.read.private")
+#: The threads whose receipts mark the room's timeline read: unthreaded
+#: receipts and those on the main timeline.
+_TIMELINE_THREADS: Final = ("", "main")
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadEvents:
+    """One room's candidates for the user's notification counts."""
+
+    #: The stream ordering the user's receipts have read up to (0: none).
+    read_upto: int
+    #: The ordering the events start after: ``read_upto``, or a later
+    #: position when the caller had counted up to it under the same receipt.
+    after: int
+    #: ``(stream ordering, sender, event JSON)`` after ``after``, oldest first.
+    events: list[tuple[int, str, bytes]]
+    #: False when more events followed ``after`` than were asked for: only
+    #: the newest are here.
+    complete: bool
+    room_version: str | None
+    member_json: bytes | None
+    power_levels_json: bytes | None
+    create_json: bytes | None
+    #: Joined members, counted up to the cap asked for.
+    joined: int
+
+
+def read_unread_events(
+    conn: sqlite3.Connection,
+    *,
+    user_id: str,
+    rooms: Mapping[str, tuple[int, int] | None],
+    upto: int,
+    limit: int,
+    count_cap: int,
+) -> dict[str, UnreadEvents]:
+    """Each room's :class:`UnreadEvents` up to stream ordering ``upto``.
+
+    ``rooms`` maps a room to what the caller counted before, if anything:
+    ``(read_upto, counted_upto)``. When the user's receipts still read up
+    to the same point, the events start after ``counted_upto``; otherwise
+    after the receipt. At most ``limit`` events (the newest) are read per
+    room, and the joined members are counted up to ``count_cap``.
+    """
+    found: dict[str, UnreadEvents] = {}
+    for room_id, counted in rooms.items():
+        read_upto = _read_upto(conn, room_id, user_id)
+        after = read_upto
+        if counted is not None and counted[0] == read_upto and read_upto <= counted[1] <= upto:
+            after = counted[1]
+        rows = conn.execute(
+            "SELECT stream_ordering, sender, json FROM events"
+            " WHERE room_id = ? AND stream_ordering > ? AND stream_ordering <= ?"
+            " AND outlier = 0 AND soft_failed = 0 AND rejected_reason IS NULL"
+            " ORDER BY stream_ordering DESC LIMIT ?",
+            (room_id, after, upto, limit + 1),
+        ).fetchall()
+        complete = len(rows) <= limit
+        events = [(ordering, sender, bytes(json)) for ordering, sender, json in rows[:limit]]
+        events.reverse()
+        version = conn.execute(
+            "SELECT room_version FROM rooms WHERE room_id = ?", (room_id,)
+        ).fetchone()
+        found[room_id] = UnreadEvents(
+            read_upto=read_upto,
+            after=after,
+            events=events,
+            complete=complete,
+            room_version=None if version is None else version[0],
+            member_json=_current(conn, room_id, "m.room.member", user_id) if events else None,
+            power_levels_json=_current(conn, room_id, "m.room.power_levels", "")
+            if events
+            else None,
+            create_json=_current(conn, room_id, "m.room.create", "") if events else None,
+            joined=_joined(conn, room_id, count_cap) if events else 0,
+        )
+    return found
+
+
+def _read_upto(conn: sqlite3.Connection, room_id: str, user_id: str) -> int:
+    row = conn.execute(
+        "SELECT MAX(e.stream_ordering) FROM receipts AS r"
+        " JOIN events AS e ON e.event_id = r.event_id"
+        " WHERE r.room_id = ? AND r.user_id = ? AND r.receipt_type IN (?, ?)"
+        " AND r.thread_id IN (?, ?)",
+        (room_id, user_id, *_READ_RECEIPTS, *_TIMELINE_THREADS),
+    ).fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
+def _current(conn: sqlite3.Connection, room_id: str, type_: str, state_key: str) -> bytes | None:
+    row = conn.execute(
+        "SELECT e.json FROM current_state AS cs JOIN events AS e ON e.event_id = cs.event_id"
+        " WHERE cs.room_id = ? AND cs.type = ? AND cs.state_key = ?",
+        (room_id, type_, state_key),
+    ).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _joined(conn: sqlite3.Connection, room_id: str, cap: int) -> int:
+    # Stops at the cap: a big room's members are not all read to learn
+    # that it has more than the rules ask about.
+    row = conn.execute(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM current_state AS cs"
+        " JOIN events AS e ON e.event_id = cs.event_id"
+        " WHERE cs.room_id = ? AND cs.type = 'm.room.member'"
+        " AND json_extract(CAST(e.json AS TEXT), '$.content.membership') = 'join' LIMIT ?)",
+        (room_id, cap),
+    ).fetchone()
+    return int(row[0])
+
+
+class NotificationReads:
+    """:func:`read_unread_events` through the reader pool."""
+
+    def __init__(self, readers: ReaderPool) -> None:
+        self._readers = readers
+
+    async def unread_events(
+        self,
+        user_id: str,
+        rooms: Mapping[str, tuple[int, int] | None],
+        *,
+        upto: int,
+        limit: int,
+        count_cap: int,
+    ) -> dict[str, UnreadEvents]:
+        return await self._readers.read(
+            functools.partial(
+                read_unread_events,
+                user_id=user_id,
+                rooms=dict(rooms),
+                upto=upto,
+                limit=limit,
+                count_cap=count_cap,
+            )
+        )
