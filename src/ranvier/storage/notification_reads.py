@@ -2,7 +2,10 @@
 
 A user has read a room up to the later of their ``m.read`` and
 ``m.read.private`` receipts, unthreaded or on the main timeline (the
-spec's "Marking notifications as read"). The events after that point are
+spec's "Marking notifications as read"), and at least up to their own
+membership event in its current state: what came before they joined
+never notified them, and an event they sent marks the room read as a
+receipt there would. The events after that point are
 the candidates; :mod:`ranvier.core.notification_counts` runs the user's
 push rules over them. Besides the events, the rules read a little of the
 room's current state: the user's member event (their display name), the
@@ -38,7 +41,8 @@ _TIMELINE_THREADS: Final = ("", "main")
 class UnreadEvents:
     """One room's candidates for the user's notification counts."""
 
-    #: The stream ordering the user's receipts have read up to (0: none).
+    #: The stream ordering the user has read up to: their receipts, or
+    #: their current membership event if later (0: neither).
     read_upto: int
     #: The ordering the events start after: ``read_upto``, or a later
     #: position when the caller had counted up to it under the same receipt.
@@ -75,7 +79,8 @@ def read_unread_events(
     """
     found: dict[str, UnreadEvents] = {}
     for room_id, counted in rooms.items():
-        read_upto = _read_upto(conn, room_id, user_id)
+        member = _member(conn, room_id, user_id)
+        read_upto = max(_read_upto(conn, room_id, user_id), 0 if member is None else member[0])
         after = read_upto
         if counted is not None and counted[0] == read_upto and read_upto <= counted[1] <= upto:
             after = counted[1]
@@ -98,7 +103,7 @@ def read_unread_events(
             events=events,
             complete=complete,
             room_version=None if version is None else version[0],
-            member_json=_current(conn, room_id, "m.room.member", user_id) if events else None,
+            member_json=None if member is None else member[1],
             power_levels_json=_current(conn, room_id, "m.room.power_levels", "")
             if events
             else None,
@@ -117,6 +122,16 @@ def _read_upto(conn: sqlite3.Connection, room_id: str, user_id: str) -> int:
         (room_id, user_id, *_READ_RECEIPTS, *_TIMELINE_THREADS),
     ).fetchone()
     return 0 if row is None or row[0] is None else int(row[0])
+
+
+def _member(conn: sqlite3.Connection, room_id: str, user_id: str) -> tuple[int, bytes] | None:
+    row = conn.execute(
+        "SELECT e.stream_ordering, e.json FROM current_state AS cs"
+        " JOIN events AS e ON e.event_id = cs.event_id"
+        " WHERE cs.room_id = ? AND cs.type = 'm.room.member' AND cs.state_key = ?",
+        (room_id, user_id),
+    ).fetchone()
+    return None if row is None else (int(row[0]), bytes(row[1]))
 
 
 def _current(conn: sqlite3.Connection, room_id: str, type_: str, state_key: str) -> bytes | None:
