@@ -103,6 +103,7 @@ from ranvier.api.profile import add_profile_routes
 from ranvier.api.push_rules import add_push_rule_routes
 from ranvier.api.ratelimit import RateLimiter, RouteLimits
 from ranvier.api.receipts import add_receipt_routes
+from ranvier.api.room_keys import add_room_key_routes
 from ranvier.api.room_list import add_room_list_routes
 from ranvier.api.rooms import add_room_routes
 from ranvier.api.sync import add_sync_routes
@@ -131,6 +132,7 @@ from ranvier.core.push_rules import PushRules, PushRulesAccountData
 from ranvier.core.receipts import Receipts
 from ranvier.core.redactions import ServedStateReader
 from ranvier.core.room_joins import RoomJoins
+from ranvier.core.room_keys import RoomKeyBackups
 from ranvier.core.room_leaves import RoomLeaves
 from ranvier.core.room_list import RoomList
 from ranvier.core.room_servers import PduSink, RoomEventSender, RoomServers
@@ -1013,6 +1015,7 @@ class HomeServer:
         add_typing_routes(router, auth=auth, typing=self.typing_notices)
         add_presence_routes(router, auth=auth, presence=self.presence)
         add_key_routes(router, auth=auth, keys=self.e2e_keys)
+        add_room_key_routes(router, auth=auth, backups=RoomKeyBackups(self.storage.room_keys))
         add_to_device_routes(router, auth=auth, to_device=self.to_device)
         return router
 
