@@ -1,0 +1,88 @@
+"""Key backups through a client_reader worker: versions and keys are
+written by the main process's storage actor, and its refusals (an older
+version, with the current one named) reach the client as they are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from ranvier.config import Config, ListenerConfig, ReplicationConfig, WorkerConfig
+from ranvier.replication.worker import open_worker
+from ranvier.testing import free_port
+from ranvier.testing.homeserver import TestHomeserver, config_for_tests, open_test_homeserver
+
+SECRET = "a worker's secret"
+_V3 = "/_matrix/client/v3"
+ALG = "m.megolm_backup.v1.curve25519-aes-sha2"
+ROOM = "!room:example.org"
+
+
+def _configs(tmp_path: Path) -> tuple[Config, Config]:
+    port = free_port()
+    main = config_for_tests(tmp_path / "main")
+    main = msgspec.structs.replace(
+        main,
+        listeners=(*main.listeners, ListenerConfig(type="replication", port=port)),
+        replication=ReplicationConfig(shared_secret=SECRET, retry_for_seconds=30),
+    )
+    worker = msgspec.structs.replace(
+        main,
+        data_dir=tmp_path / "worker",
+        signing_key_path=main.paths.signing_key,
+        database=msgspec.structs.replace(main.database, path=main.paths.database),
+        listeners=(ListenerConfig(type="client", port=0),),
+        worker=WorkerConfig(main_replication_url=f"http://127.0.0.1:{port}"),
+    )
+    return main, worker
+
+
+def _key(first: int) -> dict[str, object]:
+    return {
+        "first_message_index": first,
+        "forwarded_count": 0,
+        "is_verified": False,
+        "session_data": {"ciphertext": f"from {first}"},
+    }
+
+
+async def test_a_backup_kept_through_a_worker(tmp_path: Path) -> None:
+    main_config, worker_config = _configs(tmp_path)
+    async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
+        alice = await main.register_user("alice")
+        async with (
+            open_worker(worker_config, "client_reader") as worker,
+            TestHomeserver(worker).client(alice) as on_worker,
+            main.client(alice) as on_main,
+        ):
+            body = {"algorithm": ALG, "auth_data": {"public_key": "p"}}
+            first = (await on_worker.post(f"{_V3}/room_keys/version", json=body)).json()
+            second = (await on_worker.post(f"{_V3}/room_keys/version", json=body)).json()
+            assert (first, second) == ({"version": "1"}, {"version": "2"})
+            path = f"{_V3}/room_keys/keys/{ROOM}/s1"
+            stored = await on_worker.put(path, params={"version": "2"}, json=_key(5))
+            assert stored.status_code == 200
+            assert stored.json()["count"] == 1
+            # The main process's write refuses the older version.
+            late = await on_worker.put(path, params={"version": "1"}, json=_key(0))
+            assert late.status_code == 403
+            assert late.json()["errcode"] == "M_WRONG_ROOM_KEYS_VERSION"
+            assert late.json()["current_version"] == "2"
+            # A better key replaces the stored one; the main process serves it.
+            better = await on_worker.put(path, params={"version": "2"}, json=_key(1))
+            assert better.json()["etag"] != stored.json()["etag"]
+            served = await on_main.get(path, params={"version": "2"})
+            assert served.json() == _key(1)
+            info = (await on_worker.get(f"{_V3}/room_keys/version")).json()
+            assert (info["version"], info["count"], info["etag"]) == (
+                "2",
+                1,
+                better.json()["etag"],
+            )
+            deleted = await on_worker.delete(f"{_V3}/room_keys/version/2")
+            assert deleted.status_code == 200
+            current = (await on_main.get(f"{_V3}/room_keys/version")).json()
+            assert current["version"] == "1"
+        gone = await main.server.storage.room_keys.keys(alice.user_id, 2)
+        assert gone is None
