@@ -34,16 +34,16 @@ def _key(
     return RoomKey(room, session, first, forwarded, verified, data)
 
 
-async def _version(storage: Storage, user: str = ALICE, ts: int = 1) -> int:
+async def _version(storage: Storage, user: str = ALICE, n: int = 1) -> int:
     return await storage.room_keys.create_version(
-        user, algorithm=ALG, auth_data=b'{"public_key":"p"}', created_ts=ts
+        user, algorithm=ALG, auth_data=b'{"public_key":"p"}', creation_id=f"{user} {n}"
     )
 
 
 async def test_versions_are_numbered_per_user_and_never_twice(storage: Storage) -> None:
     backups = storage.room_keys
     assert await backups.version(ALICE) is None
-    assert [await _version(storage, ts=ts) for ts in (1, 2)] == [1, 2]
+    assert [await _version(storage, n=n) for n in (1, 2)] == [1, 2]
     assert await _version(storage, BOB) == 1
     current = await backups.version(ALICE)
     assert current is not None
@@ -60,11 +60,11 @@ async def test_versions_are_numbered_per_user_and_never_twice(storage: Storage) 
     after_delete = await backups.version(ALICE)
     assert after_delete is not None
     assert after_delete.version == 1
-    assert await _version(storage, ts=3) == 3
+    assert await _version(storage, n=3) == 3
     assert await backups.delete_version(ALICE, 1)
     assert await backups.delete_version(ALICE, 3)
     assert await backups.version(ALICE) is None
-    assert await _version(storage, ts=4) == 4
+    assert await _version(storage, n=4) == 4
     # Bob's numbering is his own.
     bobs = await backups.version(BOB)
     assert bobs is not None
@@ -113,9 +113,9 @@ async def test_a_key_is_replaced_only_by_a_better_one(
 async def test_keys_go_to_the_current_version_alone(storage: Storage) -> None:
     backups = storage.room_keys
     assert await backups.upload_keys(ALICE, 1, [_key()]) == BackupKeysWrite("unknown")
-    old = await _version(storage, ts=1)
+    old = await _version(storage, n=1)
     await backups.upload_keys(ALICE, old, [_key("kept")])
-    current = await _version(storage, ts=2)
+    current = await _version(storage, n=2)
     refused = await backups.upload_keys(ALICE, old, [_key("late")])
     assert refused == BackupKeysWrite("not current", current_version=current)
     assert await backups.upload_keys(ALICE, 99, [_key()]) == BackupKeysWrite("unknown")
@@ -183,9 +183,9 @@ async def test_an_older_version_keeps_its_keys_for_reading_and_deleting(
     storage: Storage,
 ) -> None:
     backups = storage.room_keys
-    old = await _version(storage, ts=1)
+    old = await _version(storage, n=1)
     await backups.upload_keys(ALICE, old, [_key("a"), _key("b")])
-    await _version(storage, ts=2)
+    await _version(storage, n=2)
     assert len(await backups.keys(ALICE, old) or []) == 2
     assert await backups.delete_keys(ALICE, old, room_id=ROOM, session_id="a") == (
         BackupKeysWrite("written", etag=2, count=1)
@@ -246,7 +246,7 @@ def _call(function: Any, **arguments: Any) -> WriteOperation[Any]:
 
 _TWICE: dict[str, WriteOperation[Any]] = {
     "room_keys.create_version": _call(
-        module._create_version, user_id=ALICE, algorithm=ALG, auth_data=b"{}", created_ts=9
+        module._create_version, user_id=ALICE, algorithm=ALG, auth_data=b"{}", creation_id="c9"
     ),
     "room_keys.update_version": _call(
         module._update_version, user_id=ALICE, version=1, algorithm=ALG, auth_data=b'{"n":2}'

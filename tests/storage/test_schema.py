@@ -147,7 +147,7 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
     elif version == 13:
         run("INSERT INTO to_device_outbox (destination, edu) VALUES ('hs.example', x'7b7d')")
     elif version == 14:
-        run("INSERT INTO room_key_backup_versions VALUES ('@a:x', 1, 'alg', x'7b7d', 0, 0, 5)")
+        run("INSERT INTO room_key_backup_versions VALUES ('@a:x', 1, 'alg', x'7b7d', 0, 0, 'c')")
         run("INSERT INTO room_key_backup_keys VALUES ('@a:x', 1, '!r:x', 'sess', 0, 0, 1, x'7b7d')")
 
 

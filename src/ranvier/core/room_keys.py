@@ -22,12 +22,12 @@ Invariants
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 import msgspec
 
-from ranvier.core.builder import Clock, wall_clock_ms
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.storage.room_keys import BackupKeysWrite, BackupVersion, RoomKey
 
@@ -46,7 +46,7 @@ class RoomKeyStore(Protocol):
     """Backup storage (:class:`ranvier.storage.room_keys.RoomKeyStorage`)."""
 
     async def create_version(
-        self, user_id: str, *, algorithm: str, auth_data: bytes, created_ts: int
+        self, user_id: str, *, algorithm: str, auth_data: bytes, creation_id: str
     ) -> int: ...
 
     async def version(self, user_id: str, version: int | None = None) -> BackupVersion | None: ...
@@ -182,13 +182,10 @@ def _keys_written(written: BackupKeysWrite) -> dict[str, Any]:
 
 
 class RoomKeyBackups:
-    """The key backup endpoints, over backup storage; ``clock`` stamps
-    versions as they are created.
-    """
+    """The key backup endpoints, over backup storage."""
 
-    def __init__(self, store: RoomKeyStore, *, clock: Clock = wall_clock_ms) -> None:
+    def __init__(self, store: RoomKeyStore) -> None:
         self._store = store
-        self._clock = clock
 
     # Versions.
 
@@ -197,7 +194,11 @@ class RoomKeyBackups:
         algorithm = _required_str(body, "algorithm")
         auth_data = _encoder.encode(_required_object(body, "auth_data"))
         version = await self._store.create_version(
-            user_id, algorithm=algorithm, auth_data=auth_data, created_ts=self._clock()
+            user_id,
+            algorithm=algorithm,
+            auth_data=auth_data,
+            # Tells this creation from any other, should its write run twice.
+            creation_id=secrets.token_urlsafe(16),
         )
         return {"version": str(version)}
 

@@ -96,10 +96,11 @@ class RoomKeyStorage:
         self._readers = readers
 
     async def create_version(
-        self, user_id: str, *, algorithm: str, auth_data: bytes, created_ts: int
+        self, user_id: str, *, algorithm: str, auth_data: bytes, creation_id: str
     ) -> int:
         """A new version of ``user_id``'s backup, which becomes the current
-        one; its number.
+        one; its number. ``creation_id`` is a random string drawn for this
+        creation: the write run again with it answers the version it made.
         """
         return await self._writer.submit(
             functools.partial(
@@ -107,7 +108,7 @@ class RoomKeyStorage:
                 user_id=user_id,
                 algorithm=algorithm,
                 auth_data=auth_data,
-                created_ts=created_ts,
+                creation_id=creation_id,
             )
         )
 
@@ -242,28 +243,24 @@ def _replaces(key: RoomKey, held: tuple[int, int, int]) -> bool:
 
 @registered_write
 def _create_version(
-    conn: sqlite3.Connection, *, user_id: str, algorithm: str, auth_data: bytes, created_ts: int
+    conn: sqlite3.Connection, *, user_id: str, algorithm: str, auth_data: bytes, creation_id: str
 ) -> int:
-    newest = conn.execute(
-        "SELECT version, algorithm, auth_data, created_ts, deleted"
-        " FROM room_key_backup_versions WHERE user_id = ? ORDER BY version DESC LIMIT 1",
-        (user_id,),
+    made = conn.execute(
+        "SELECT version FROM room_key_backup_versions WHERE user_id = ? AND creation_id = ?",
+        (user_id, creation_id),
     ).fetchone()
-    if newest is not None:
-        number, held_algorithm, held_auth_data, held_ts, deleted = newest
-        if not deleted and (held_algorithm, bytes(held_auth_data), held_ts) == (
-            algorithm,
-            auth_data,
-            created_ts,
-        ):
-            # This very creation, run again.
-            return int(number)
-    version = 1 if newest is None else int(newest[0]) + 1
+    if made is not None:
+        # This very creation, run again.
+        return int(made[0])
+    (newest,) = conn.execute(
+        "SELECT MAX(version) FROM room_key_backup_versions WHERE user_id = ?", (user_id,)
+    ).fetchone()
+    version = 1 if newest is None else int(newest) + 1
     conn.execute(
         "INSERT INTO room_key_backup_versions"
-        " (user_id, version, algorithm, auth_data, etag, deleted, created_ts)"
+        " (user_id, version, algorithm, auth_data, etag, deleted, creation_id)"
         " VALUES (?, ?, ?, ?, 0, 0, ?)",
-        (user_id, version, algorithm, auth_data, created_ts),
+        (user_id, version, algorithm, auth_data, creation_id),
     )
     return version
 

@@ -632,13 +632,15 @@ def _room_key_backups(db: sqlite_utils.Database) -> None:
     A backup version is never deleted, only marked so: its number is never
     handed out again, and a client still holding it is told it is gone
     rather than finding someone else's backup under it. Its keys are deleted
-    with the mark. ``etag`` counts the changes of the version's keys.
+    with the mark. ``etag`` counts the changes of the version's keys;
+    ``creation_id`` is drawn at random by the request that created the
+    version, so that the creation run again finds its own row.
     """
     run = db.conn.execute
     run(
         "CREATE TABLE room_key_backup_versions (user_id TEXT NOT NULL,"
         " version INTEGER NOT NULL, algorithm TEXT NOT NULL, auth_data BLOB NOT NULL,"
-        " etag INTEGER NOT NULL, deleted INTEGER NOT NULL, created_ts INTEGER NOT NULL,"
+        " etag INTEGER NOT NULL, deleted INTEGER NOT NULL, creation_id TEXT NOT NULL,"
         " PRIMARY KEY (user_id, version)) STRICT"
     )
     run(
