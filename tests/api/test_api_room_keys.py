@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from _client import Client, q
 
 from ranvier.testing.homeserver import TestUser, open_test_homeserver
@@ -174,6 +175,28 @@ async def test_a_stored_key_is_replaced_by_the_specs_rule(
         assert stored == {**held, "session_data": {"held": True}}
         assert after == before
     assert after["count"] == 1
+
+
+async def test_racing_uploads_of_one_session_leave_the_best_key(env: Env) -> None:
+    version = await env.create()
+    candidates = [
+        key_data(first=first, forwarded=forwarded, verified=verified, tag=f"{first}{forwarded}")
+        for first in (0, 4)
+        for forwarded in (0, 2)
+        for verified in (False, True)
+    ]
+    etags: list[str] = []
+
+    async def upload(data: dict[str, Any]) -> None:
+        etags.append((await env.put(session_path(), data, version))["etag"])
+
+    async with trio.open_nursery() as nursery:
+        for data in reversed(candidates):
+            nursery.start_soon(upload, data)
+    assert len(etags) == len(candidates)
+    best = key_data(first=0, forwarded=0, verified=True, tag="00")
+    assert await env.get(session_path(), version) == best
+    assert (await env.info())["count"] == 1
 
 
 async def test_keys_are_stored_in_the_current_version_only(env: Env) -> None:
