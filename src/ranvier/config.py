@@ -40,6 +40,7 @@ __all__ = [
     "DatabaseConfig",
     "FederationConfig",
     "ListenerConfig",
+    "MediaConfig",
     "RateConfig",
     "RateLimitConfig",
     "RegistrationConfig",
@@ -252,6 +253,24 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             )
 
 
+class MediaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The content repository: files users upload, and other servers' media
+    fetched for them.
+
+    Files live under ``store_path``, their descriptions in the database.
+    """
+
+    #: The largest upload accepted (413 ``M_TOO_LARGE`` above it), and the
+    #: largest piece of media fetched from another server (502 above it).
+    #: Clients learn it from ``/media/config``.
+    max_upload_bytes: Annotated[int, msgspec.Meta(gt=0)] = 50 * _MIB
+    #: Where media files are kept; None means ``<data_dir>/media``.
+    store_path: Path | None = None
+    #: Images with more pixels than this are not thumbnailed (413
+    #: ``M_TOO_LARGE``): decoding one takes memory in proportion.
+    max_thumbnail_source_pixels: Annotated[int, msgspec.Meta(gt=0)] = 32_000_000
+
+
 def _default_listeners() -> tuple[ListenerConfig, ...]:
     return (
         ListenerConfig(type="federation", host="127.0.0.1", port=8448),
@@ -288,6 +307,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     registration: RegistrationConfig = msgspec.field(default_factory=RegistrationConfig)
     replication: ReplicationConfig = msgspec.field(default_factory=ReplicationConfig)
     worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
+    media: MediaConfig = msgspec.field(default_factory=MediaConfig)
 
     def __post_init__(self) -> None:
         try:
@@ -347,6 +367,12 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
             tls_private_key=self.tls.private_key_path or self.data_dir / "tls.key",
             database=self.database.path or self.data_dir / "homeserver.db",
         )
+
+
+    @property
+    def media_store(self) -> Path:
+        """Where media files are kept: as configured, or in the data directory."""
+        return self.media.store_path or self.data_dir / "media"
 
 
 def load_config(path: str | Path) -> Config:

@@ -98,6 +98,7 @@ from ranvier.api.capabilities import add_capability_routes
 from ranvier.api.devices import add_device_routes
 from ranvier.api.directory import add_directory_routes
 from ranvier.api.keys import add_key_routes
+from ranvier.api.media import MediaApp
 from ranvier.api.presence import add_presence_routes
 from ranvier.api.profile import add_profile_routes
 from ranvier.api.push_rules import add_push_rule_routes
@@ -123,6 +124,7 @@ from ranvier.core.filters import UserFilters
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
 from ranvier.core.interfaces import EventPersister
 from ranvier.core.joins import RemoteJoiner
+from ranvier.core.media import MediaRepository
 from ranvier.core.notification_counts import NotificationCounts
 from ranvier.core.notifier import StreamNotifier
 from ranvier.core.pagination import RoomMessages
@@ -150,6 +152,7 @@ from ranvier.federation.e2e_keys import FederationKeyClient, add_e2e_key_routes
 from ranvier.federation.edus import EduDispatcher
 from ranvier.federation.keys import KeyRing
 from ranvier.federation.leaves import FederationLeaveClient
+from ranvier.federation.media import FederationMediaClient, add_media_routes
 from ranvier.federation.membership import (
     FederationInviter,
     FederationJoinClient,
@@ -174,6 +177,7 @@ from ranvier.replication.federation_sending import EduOnlySenderStore, QueueingP
 from ranvier.replication.server import ReplicationApp
 from ranvier.replication.stream import MainControl, StreamSource
 from ranvier.storage import Storage
+from ranvier.storage.media_files import MediaFiles
 
 __all__ = ["BoundListener", "HomeServer", "open_homeserver"]
 
@@ -261,6 +265,7 @@ class HomeServer:
         self._room_leaves: RoomLeaves | None = None
         self._federation_app: FederationApp | None = None
         self._client_app: ClientApp | None = None
+        self._media: MediaRepository | None = None
         self._accounts: Accounts | None = None
         self._auth: Auth | None = None
         self._profiles: Profiles | None = None
@@ -414,6 +419,11 @@ class HomeServer:
     def client_app(self) -> ClientApp:
         """The client-server API's ASGI application, for embedding it elsewhere."""
         return _built(self._client_app, "client_app")
+
+    @property
+    def media(self) -> MediaRepository:
+        """The content repository: uploads, downloads and thumbnails."""
+        return _built(self._media, "media")
 
     @property
     def listeners(self) -> tuple[BoundListener, ...]:
@@ -662,6 +672,14 @@ class HomeServer:
             local_keys=[prepared.signing_key.verify_key],
         )
         self._build_handlers(prepared.signing_key)
+        self._media = MediaRepository(
+            server_name=config.server_name,
+            rows=self._storage.media,
+            files=MediaFiles(config.media_store),
+            remote=FederationMediaClient(self._federation_client),
+            max_upload_bytes=config.media.max_upload_bytes,
+            max_thumbnail_pixels=config.media.max_thumbnail_source_pixels,
+        )
         self._federation_app = FederationApp(
             server_name=config.server_name,
             key_lookup=self._key_ring,
@@ -679,7 +697,8 @@ class HomeServer:
         self._listeners = []
         apps: dict[str, AsgiApp] = {
             "federation": self._federation_app,
-            "client": self._client_app,
+            # Media paths first: their bodies are streamed and not JSON.
+            "client": MediaApp(media=self._media, auth=self.auth, fallback=self._client_app),
             "metrics": MetricsApp(self.metrics),
         }
         if any(listener.type == "replication" for listener in config.listeners):
@@ -950,6 +969,7 @@ class HomeServer:
         )
         add_directory_route(router, self.room_directory)
         add_e2e_key_routes(router, server_name=config.server_name, keys=self.e2e_keys)
+        add_media_routes(router, media=self.media)
         return router
 
     def _client_router(self) -> Router:

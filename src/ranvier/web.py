@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -33,12 +42,14 @@ __all__ = [
     "Router",
     "Scope",
     "Send",
+    "StreamResponse",
     "only_http",
     "parse_json",
     "read_body",
     "render",
     "run_lifespan",
     "send_rendered",
+    "send_stream",
 ]
 
 #: Routes under this prefix are authenticated unless registered otherwise.
@@ -143,9 +154,24 @@ class JsonResponse:
     headers: Sequence[tuple[str, str]] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class StreamResponse:
+    """A handler's answer that is not JSON (media): its bytes, made by
+    ``body()`` a piece at a time as they are sent, so that a large file is
+    never held whole. ``headers`` should give the Content-Type and, when
+    known, the Content-Length."""
+
+    status: int
+    headers: Sequence[tuple[str, str]]
+    body: Callable[[], AsyncGenerator[bytes, None]] = field(repr=False)
+
+
 #: A route's handler: gets the request, returns a JSON body (sent with 200)
-#: or a :class:`JsonResponse`, or raises a MatrixError.
-Handler = Callable[[Request], Awaitable[JsonResponse | Mapping[str, Any] | list[Any]]]
+#: or a :class:`JsonResponse` or :class:`StreamResponse`, or raises a
+#: MatrixError.
+Handler = Callable[
+    [Request], Awaitable[JsonResponse | StreamResponse | Mapping[str, Any] | list[Any]]
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,6 +456,33 @@ async def only_http(scope: Scope, receive: Receive, send: Send) -> bool:
         await run_lifespan(receive, send)
         return False
     return bool(scope["type"] == "http")
+
+
+async def send_stream(
+    send: Send, response: StreamResponse, extra_headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Send a :class:`StreamResponse`, its body a piece at a time.
+
+    Once the head is sent a failure can no longer be answered: it is
+    raised, and the server drops the connection, so the client sees a
+    response cut short rather than a whole one that is wrong.
+    """
+    headers = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in response.headers
+    ]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": [*headers, *extra_headers],
+        }
+    )
+    async with aclosing(response.body()) as chunks:
+        async for chunk in chunks:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def send_rendered(send: Send, response: Rendered) -> None:

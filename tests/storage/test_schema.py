@@ -46,6 +46,7 @@ TABLES_ADDED = {
     },
     13: {"to_device_outbox"},
     14: {"room_key_backup_versions", "room_key_backup_keys"},
+    15: {"media", "media_thumbnails"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -149,6 +150,9 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
     elif version == 14:
         run("INSERT INTO room_key_backup_versions VALUES ('@a:x', 1, 'alg', x'7b7d', 0, 0, 'c')")
         run("INSERT INTO room_key_backup_keys VALUES ('@a:x', 1, '!r:x', 'sess', 0, 0, 1, x'7b7d')")
+    elif version == 15:
+        run("INSERT INTO media VALUES ('x', 'm1', '@a:x', 'image/png', 'a.png', 3, 5, 6)")
+        run("INSERT INTO media_thumbnails VALUES ('x', 'm1', 32, 32, 'crop', 'image/png', 2)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -47,6 +47,7 @@ from ranvier.web import (
 __all__ = [
     "CLIENT_PREFIX",
     "CLIENT_VERSION_PREFIXES",
+    "CORS_HEADERS",
     "DEFAULT_MAX_CLIENT_BODY_BYTES",
     "ClientApp",
 ]
@@ -62,8 +63,8 @@ CLIENT_VERSION_PREFIXES: Final = (f"{CLIENT_PREFIX}/v3", f"{CLIENT_PREFIX}/r0")
 #: small parameter objects; media are not served here.
 DEFAULT_MAX_CLIENT_BODY_BYTES: Final = 1024 * 1024
 
-# What the spec's "Web Browser Clients" section asks every response to carry.
-_CORS_HEADERS: Final = (
+#: What the spec's "Web Browser Clients" section asks every response to carry.
+CORS_HEADERS: Final = (
     (b"access-control-allow-origin", b"*"),
     (b"access-control-allow-methods", b"GET, POST, PUT, DELETE, OPTIONS"),
     (
@@ -101,7 +102,7 @@ class ClientApp:
         response = await self._respond(scope, receive)
         if response is not None:
             status, headers, body = response
-            await send_rendered(send, (status, [*headers, *_CORS_HEADERS], body))
+            await send_rendered(send, (status, [*headers, *CORS_HEADERS], body))
 
     async def _respond(self, scope: Scope, receive: Receive) -> Rendered | None:
         head = RequestHead.from_scope(scope)

@@ -654,6 +654,30 @@ def _room_key_backups(db: sqlite_utils.Database) -> None:
     )
 
 
+def _media(db: sqlite_utils.Database) -> None:
+    """The content repository (:mod:`ranvier.storage.media`): a row per
+    piece of media, ours or fetched from its origin, and one per thumbnail
+    made of it. The bytes are files (:mod:`ranvier.storage.media_files`).
+
+    ``uploaded_ts`` is NULL for a media ID created ahead of its upload;
+    ``user_id`` is the local uploader, NULL for another server's media.
+    """
+    run = db.conn.execute
+    run(
+        "CREATE TABLE media (origin TEXT NOT NULL, media_id TEXT NOT NULL, user_id TEXT,"
+        " content_type TEXT, upload_name TEXT, size INTEGER, created_ts INTEGER NOT NULL,"
+        " uploaded_ts INTEGER, PRIMARY KEY (origin, media_id)) STRICT"
+    )
+    run(
+        "CREATE TABLE media_thumbnails (origin TEXT NOT NULL, media_id TEXT NOT NULL,"
+        " width INTEGER NOT NULL, height INTEGER NOT NULL, method TEXT NOT NULL,"
+        " content_type TEXT NOT NULL, size INTEGER NOT NULL,"
+        " PRIMARY KEY (origin, media_id, width, height, method),"
+        " FOREIGN KEY (origin, media_id) REFERENCES media (origin, media_id)) STRICT"
+    )
+
+
+#: Migration n (1-based) brings a database from version n - 1 to n.
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -670,6 +694,7 @@ MIGRATIONS: Sequence[Migration] = (
     _end_to_end,
     _to_device_outbox,
     _room_key_backups,
+    _media,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -27,6 +27,7 @@ from .client_data import ClientDataStorage
 from .client_transactions import ClientTransactionStorage, TransactionRow
 from .connections import SynchronousMode
 from .e2e_keys import E2eKeyStorage
+from .media import MediaStorage
 from .notification_reads import NotificationReads
 from .readers import ReaderPool
 from .receipts import ReceiptStorage
@@ -121,6 +122,7 @@ class Storage:
         self.backfill = BackfillStorage(self.writer, self.readers)
         self.e2e_keys = E2eKeyStorage(self.writer, self.readers)
         self.room_keys = RoomKeyStorage(self.writer, self.readers)
+        self.media = MediaStorage(self.writer, self.readers)
         self.run_reads = RunReads(self.readers)
         self.notifications = NotificationReads(self.readers)
 

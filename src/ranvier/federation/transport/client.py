@@ -397,6 +397,53 @@ class FederationHttpClient:
         )
         return answer
 
+    async def fetch_url(
+        self, url: str, *, max_response_bytes: int | None = None
+    ) -> FederationResponse:
+        """GET ``url``, an ``https://`` address another server gave (the
+        ``Location`` of a media answer), and return its 2xx answer.
+
+        Unlike :meth:`request` it is not signed and not routed by server
+        name: it is a plain HTTPS request, with the certificate checks
+        and time limit federation requests have, following redirects.
+        Raises the same errors as :meth:`request`, naming the URL's host.
+        """
+        if self._closed:
+            raise RuntimeError("the federation client is closed")
+        parsed = httpx.URL(url)
+        host = parsed.host or url
+        if parsed.scheme != "https":
+            raise FederationResponseError(host, f"{url!r} is not an https:// URL")
+        limit = self.max_response_bytes if max_response_bytes is None else max_response_bytes
+        try:
+            with trio.fail_after(self.request_timeout):
+                async with (
+                    httpx.AsyncClient(
+                        verify=self._ssl_context,
+                        follow_redirects=True,
+                        max_redirects=5,
+                        trust_env=False,
+                        timeout=self.request_timeout,
+                    ) as http,
+                    http.stream("GET", parsed, headers={"User-Agent": _USER_AGENT}) as response,
+                ):
+                    if not 200 <= response.status_code < 300:
+                        raise await self._request_error(response, host, "GET", parsed.path)
+                    body = await read_body(response, limit)
+        except trio.TooSlowError:
+            raise FederationTimeoutError(
+                host, f"GET {url} got no complete answer within {self.request_timeout:g}s"
+            ) from None
+        except ResponseTooLargeError:
+            raise FederationResponseError(
+                host, f"GET {url}: the answer is over {limit} bytes"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise FederationConnectionError(host, f"GET {url}: {exc}") from None
+        return FederationResponse(
+            destination=host, status=response.status_code, headers=response.headers, body=body
+        )
+
     async def _request(
         self,
         method: str,

@@ -54,11 +54,13 @@ from ranvier.web import (
     Router,
     Scope,
     Send,
+    StreamResponse,
     only_http,
     parse_json,
     read_body,
     render,
     send_rendered,
+    send_stream,
 )
 
 __all__ = [
@@ -121,10 +123,12 @@ class FederationApp:
         if not await only_http(scope, receive, send):
             return
         response = await self._respond(scope, receive)
-        if response is not None:
+        if isinstance(response, StreamResponse):
+            await send_stream(send, response)
+        elif response is not None:
             await send_rendered(send, response)
 
-    async def _respond(self, scope: Scope, receive: Receive) -> Rendered | None:
+    async def _respond(self, scope: Scope, receive: Receive) -> Rendered | StreamResponse | None:
         head = RequestHead.from_scope(scope)
         method, path, uri = head.method, head.path, head.uri
         try:
@@ -139,6 +143,8 @@ class FederationApp:
                 path_params=match.params, body=body, content=content, origin=origin
             )
             result = await match.route.handler(request)
+            if isinstance(result, StreamResponse):
+                return result
             return render(result if isinstance(result, JsonResponse) else JsonResponse(result))
         except Disconnected:
             return None

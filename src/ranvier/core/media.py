@@ -1,0 +1,509 @@
+"""The content repository: uploads, downloads and thumbnails, of our media
+and of other servers' media fetched for local users.
+
+Invariants
+----------
+
+* **Bytes before rows.** A file is complete and synced under its name
+  before the row describing it is written (see
+  :mod:`ranvier.storage.media_files`), so media that a row calls uploaded
+  can always be served whole.
+* **Bounded memory.** Uploads are written to disk as they arrive and
+  downloads read from disk a piece at a time; an upload is refused at its
+  ``Content-Length`` when it declares too much, and cut off at the limit
+  when it does not. Only another server's answer (at most the same limit)
+  and thumbnails are held whole.
+* **Media IDs and server names are checked before they name a file**: a
+  media ID of the spec's characters only (no ``/`` or ``.``), a server
+  name of the spec's grammar. Anything else is a media that does not exist.
+* **One fetch per remote media at a time**: requests for media being
+  fetched wait for that fetch and then read what it stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Protocol
+
+import trio
+
+from ranvier.errors import MatrixError
+from ranvier.protocol.media import (
+    ThumbnailMethod,
+    is_media_id,
+    is_server_name,
+    thumbnail_size,
+)
+from ranvier.storage.media import MediaRecord, ThumbnailRecord, UploadOutcome
+
+from .thumbnails import THUMBNAILABLE_TYPES, make_thumbnail
+
+__all__ = [
+    "FetchedMedia",
+    "MediaContent",
+    "MediaFileStore",
+    "MediaRepository",
+    "MediaRows",
+    "RemoteMediaSource",
+]
+
+#: A type for media uploaded without one, as the spec says.
+DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
+#: How long a download may wait for media created but not yet uploaded.
+MAX_WAIT_MS: Final = 60_000
+#: Created media IDs unused this long may be refused (told to clients as
+#: ``unused_expires_at``; the spec recommends a day).
+UNUSED_EXPIRY_MS: Final = 24 * 60 * 60 * 1000
+# How often a waiting download looks again for an upload another process
+# may have written, which this process's wake-up does not cover.
+_RECHECK_SECONDS: Final = 1.0
+
+
+class MediaRows(Protocol):
+    """Where media is described (:class:`ranvier.storage.media.MediaStorage`)."""
+
+    async def create(
+        self, origin: str, media_id: str, *, user_id: str, created_ts: int
+    ) -> None: ...
+
+    async def add_upload(
+        self,
+        origin: str,
+        media_id: str,
+        *,
+        user_id: str,
+        content_type: str | None,
+        upload_name: str | None,
+        size: int,
+        ts: int,
+    ) -> None: ...
+
+    async def complete_upload(
+        self,
+        origin: str,
+        media_id: str,
+        *,
+        user_id: str,
+        content_type: str | None,
+        upload_name: str | None,
+        size: int,
+        ts: int,
+    ) -> UploadOutcome: ...
+
+    async def add_remote(
+        self,
+        origin: str,
+        media_id: str,
+        *,
+        content_type: str | None,
+        upload_name: str | None,
+        size: int,
+        ts: int,
+    ) -> None: ...
+
+    async def add_thumbnail(
+        self,
+        origin: str,
+        media_id: str,
+        *,
+        width: int,
+        height: int,
+        method: str,
+        content_type: str,
+        size: int,
+    ) -> None: ...
+
+    async def media(self, origin: str, media_id: str) -> MediaRecord | None: ...
+
+    async def thumbnail(
+        self, origin: str, media_id: str, *, width: int, height: int, method: str
+    ) -> ThumbnailRecord | None: ...
+
+
+class MediaFileStore(Protocol):
+    """Where media bytes live (:class:`ranvier.storage.media_files.MediaFiles`).
+
+    ``write`` without ``replace`` raises FileExistsError for a name taken.
+    """
+
+    def local(self, media_id: str) -> Path: ...
+
+    def remote(self, origin: str, media_id: str) -> Path: ...
+
+    def thumbnail(
+        self, origin: str, media_id: str, width: int, height: int, method: str
+    ) -> Path: ...
+
+    async def write(
+        self, path: Path, chunks: AsyncIterable[bytes], *, replace: bool = False
+    ) -> int: ...
+
+    async def write_bytes(self, path: Path, data: bytes, *, replace: bool = False) -> int: ...
+
+    def chunks(self, path: Path) -> AsyncGenerator[bytes, None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedMedia:
+    """Another server's media, as it answered."""
+
+    content_type: str | None
+    filename: str | None
+    data: bytes
+
+
+class RemoteMediaSource(Protocol):
+    """Fetches media from the server that holds it
+    (:class:`ranvier.federation.media.FederationMediaClient`).
+
+    Raises MatrixError as a client should see it: 404 ``M_NOT_FOUND``
+    when the origin does not have it, 502 when it cannot be had (502
+    ``M_TOO_LARGE`` over ``max_bytes``).
+    """
+
+    async def fetch(
+        self, origin: str, media_id: str, *, max_bytes: int, timeout_ms: int
+    ) -> FetchedMedia: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MediaContent:
+    """Media to serve: its headers' values and its bytes, read on demand."""
+
+    content_type: str
+    #: The name it was uploaded with, if any.
+    filename: str | None
+    size: int
+    chunks: Callable[[], AsyncGenerator[bytes, None]] = field(repr=False)
+
+
+class MediaRepository:
+    """Uploads, downloads and thumbnails for ``server_name``.
+
+    ``remote`` fetches other servers' media; without it only ours is
+    served. ``max_upload_bytes`` bounds uploads and media fetched;
+    ``max_thumbnail_pixels`` the images thumbnailed.
+    """
+
+    def __init__(
+        self,
+        *,
+        server_name: str,
+        rows: MediaRows,
+        files: MediaFileStore,
+        remote: RemoteMediaSource | None = None,
+        max_upload_bytes: int,
+        max_thumbnail_pixels: int = 32_000_000,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.server_name = server_name
+        self.max_upload_bytes = max_upload_bytes
+        self._rows = rows
+        self._files = files
+        self._remote = remote
+        self._max_thumbnail_pixels = max_thumbnail_pixels
+        self._clock_ms = clock_ms
+        # Downloads waiting for an upload, woken when it is stored here.
+        self._uploaded: dict[str, trio.Event] = {}
+        # Remote fetches in progress, by (origin, media ID).
+        self._fetching: dict[tuple[str, str], trio.Lock] = {}
+
+    # Uploads.
+
+    async def upload(
+        self,
+        user_id: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str | None,
+        filename: str | None,
+        declared_length: int | None,
+    ) -> str:
+        """Store a new upload; return its ``mxc://`` URI."""
+        self._check_declared(declared_length)
+        media_id = secrets.token_urlsafe(18)
+        size = await self._write_upload(self._files.local(media_id), chunks)
+        await self._rows.add_upload(
+            self.server_name,
+            media_id,
+            user_id=user_id,
+            content_type=content_type,
+            upload_name=filename or None,
+            size=size,
+            ts=self._clock_ms(),
+        )
+        return f"mxc://{self.server_name}/{media_id}"
+
+    async def create(self, user_id: str) -> tuple[str, int]:
+        """A media ID for an upload to come: its ``mxc://`` URI and when it
+        stops being usable (ms since the epoch)."""
+        media_id = secrets.token_urlsafe(18)
+        now = self._clock_ms()
+        await self._rows.create(self.server_name, media_id, user_id=user_id, created_ts=now)
+        return f"mxc://{self.server_name}/{media_id}", now + UNUSED_EXPIRY_MS
+
+    async def upload_to(
+        self,
+        user_id: str,
+        server_name: str,
+        media_id: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str | None,
+        filename: str | None,
+        declared_length: int | None,
+    ) -> None:
+        """Upload the content of a media ID created with :meth:`create`.
+
+        Raises 404 ``M_NOT_FOUND`` for an ID not created here, 403
+        ``M_FORBIDDEN`` for another user's, 409 ``M_CANNOT_OVERWRITE_MEDIA``
+        for one uploaded already, all before the body is read.
+        """
+        if server_name != self.server_name or not is_media_id(media_id):
+            raise _not_found()
+        record = await self._rows.media(server_name, media_id)
+        self._check_uploadable(record, user_id, media_id)
+        self._check_declared(declared_length)
+        path = self._files.local(media_id)
+        try:
+            size = await self._write_upload(path, chunks)
+        except FileExistsError:
+            raise _cannot_overwrite() from None
+        outcome = await self._rows.complete_upload(
+            server_name,
+            media_id,
+            user_id=user_id,
+            content_type=content_type,
+            upload_name=filename or None,
+            size=size,
+            ts=self._clock_ms(),
+        )
+        if outcome != "stored":
+            # Refused at the write though it passed the check above: the
+            # file was written by this request, and nothing names it.
+            raise _cannot_overwrite()
+        event = self._uploaded.pop(media_id, None)
+        if event is not None:
+            event.set()
+
+    def _check_uploadable(self, record: MediaRecord | None, user_id: str, media_id: str) -> None:
+        if record is None:
+            raise _not_found()
+        if record.user_id != user_id:
+            raise MatrixError(
+                "only the user who created this media ID may upload to it",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+        if record.uploaded:
+            raise _cannot_overwrite()
+
+    def _check_declared(self, declared_length: int | None) -> None:
+        if declared_length is not None and declared_length > self.max_upload_bytes:
+            raise _upload_too_large(self.max_upload_bytes)
+
+    async def _write_upload(self, path: Path, chunks: AsyncIterable[bytes]) -> int:
+        async with contextlib.aclosing(_limited(chunks, self.max_upload_bytes)) as limited:
+            return await self._files.write(path, limited)
+
+    # Downloads.
+
+    async def download(
+        self,
+        server_name: str,
+        media_id: str,
+        *,
+        timeout_ms: int = 20_000,
+        allow_remote: bool = True,
+    ) -> MediaContent:
+        """The media ``mxc://server_name/media_id``: ours, or another
+        server's (fetched once and kept, unless ``allow_remote`` is False).
+
+        Media created but not yet uploaded is waited for up to
+        ``timeout_ms`` (at most :data:`MAX_WAIT_MS`), then 504
+        ``M_NOT_YET_UPLOADED``. Unknown media is 404 ``M_NOT_FOUND``.
+        """
+        record, path = await self._source(server_name, media_id, timeout_ms, allow_remote)
+        return self._content(record, path)
+
+    async def thumbnail(
+        self,
+        server_name: str,
+        media_id: str,
+        *,
+        width: int,
+        height: int,
+        method: ThumbnailMethod,
+        timeout_ms: int = 20_000,
+        allow_remote: bool = True,
+    ) -> MediaContent:
+        """A thumbnail at least ``width`` x ``height`` (unless the image is
+        smaller: then the image itself), made once per standard size
+        (:func:`ranvier.protocol.media.thumbnail_size`) and kept.
+
+        Raises 400 ``M_UNKNOWN`` for media that is not an image this server
+        reads, 413 ``M_TOO_LARGE`` for an image too large to decode, and
+        what :meth:`download` raises.
+        """
+        record, path = await self._source(server_name, media_id, timeout_ms, allow_remote)
+        if _essence(record.content_type) not in THUMBNAILABLE_TYPES:
+            raise MatrixError(
+                f"cannot generate thumbnails of {record.content_type or 'untyped'} media",
+                errcode="M_UNKNOWN",
+                http_status=400,
+            )
+        size = thumbnail_size(width, height, method)
+        origin = record.origin
+        thumbnail_path = self._files.thumbnail(
+            origin, record.media_id, size.width, size.height, size.method
+        )
+        cached = await self._rows.thumbnail(
+            origin, record.media_id, width=size.width, height=size.height, method=size.method
+        )
+        if cached is not None:
+            return MediaContent(
+                content_type=cached.content_type,
+                filename=None,
+                size=cached.size,
+                chunks=lambda: self._files.chunks(thumbnail_path),
+            )
+        made = await trio.to_thread.run_sync(
+            lambda: make_thumbnail(path, size, max_pixels=self._max_thumbnail_pixels)
+        )
+        if made is None:
+            return self._content(record, path)
+        written = await self._files.write_bytes(thumbnail_path, made.data, replace=True)
+        await self._rows.add_thumbnail(
+            origin,
+            record.media_id,
+            width=size.width,
+            height=size.height,
+            method=size.method,
+            content_type=made.content_type,
+            size=written,
+        )
+        return MediaContent(
+            content_type=made.content_type,
+            filename=None,
+            size=written,
+            chunks=lambda: self._files.chunks(thumbnail_path),
+        )
+
+    def _content(self, record: MediaRecord, path: Path) -> MediaContent:
+        assert record.size is not None  # uploaded
+        return MediaContent(
+            content_type=record.content_type or DEFAULT_CONTENT_TYPE,
+            filename=record.upload_name,
+            size=record.size,
+            chunks=lambda: self._files.chunks(path),
+        )
+
+    async def _source(
+        self, server_name: str, media_id: str, timeout_ms: int, allow_remote: bool
+    ) -> tuple[MediaRecord, Path]:
+        if not is_media_id(media_id) or not is_server_name(server_name):
+            raise _not_found()
+        if server_name == self.server_name:
+            return await self._local(media_id, timeout_ms), self._files.local(media_id)
+        if not allow_remote:
+            raise _not_found()
+        record = await self._remote_record(server_name, media_id, timeout_ms)
+        return record, self._files.remote(server_name, media_id)
+
+    async def _local(self, media_id: str, timeout_ms: int) -> MediaRecord:
+        wait = min(max(timeout_ms, 0), MAX_WAIT_MS) / 1000
+        with trio.move_on_after(wait):
+            while True:
+                record = await self._rows.media(self.server_name, media_id)
+                if record is None:
+                    raise _not_found()
+                if record.uploaded:
+                    return record
+                event = self._uploaded.setdefault(media_id, trio.Event())
+                with trio.move_on_after(_RECHECK_SECONDS):
+                    await event.wait()
+        record = await self._rows.media(self.server_name, media_id)
+        if record is not None and record.uploaded:
+            return record
+        raise MatrixError(
+            "the content has not been uploaded yet",
+            errcode="M_NOT_YET_UPLOADED",
+            http_status=504,
+        )
+
+    async def _remote_record(self, origin: str, media_id: str, timeout_ms: int) -> MediaRecord:
+        record = await self._rows.media(origin, media_id)
+        if record is not None and record.uploaded:
+            return record
+        if self._remote is None:
+            raise _not_found()
+        key = (origin, media_id)
+        lock = self._fetching.setdefault(key, trio.Lock())
+        try:
+            async with lock:
+                record = await self._rows.media(origin, media_id)
+                if record is None or not record.uploaded:
+                    record = await self._fetch(origin, media_id, timeout_ms)
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._fetching.pop(key, None)
+        return record
+
+    async def _fetch(self, origin: str, media_id: str, timeout_ms: int) -> MediaRecord:
+        assert self._remote is not None
+        fetched = await self._remote.fetch(
+            origin,
+            media_id,
+            max_bytes=self.max_upload_bytes,
+            timeout_ms=min(max(timeout_ms, 0), MAX_WAIT_MS),
+        )
+        size = await self._files.write_bytes(
+            self._files.remote(origin, media_id), fetched.data, replace=True
+        )
+        await self._rows.add_remote(
+            origin,
+            media_id,
+            content_type=fetched.content_type,
+            upload_name=fetched.filename,
+            size=size,
+            ts=self._clock_ms(),
+        )
+        record = await self._rows.media(origin, media_id)
+        assert record is not None
+        return record
+
+
+async def _limited(chunks: AsyncIterable[bytes], limit: int) -> AsyncGenerator[bytes, None]:
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise _upload_too_large(limit)
+        yield chunk
+
+
+def _essence(content_type: str | None) -> str:
+    return (content_type or "").partition(";")[0].strip().lower()
+
+
+def _not_found() -> MatrixError:
+    return MatrixError("no such media", errcode="M_NOT_FOUND", http_status=404)
+
+
+def _cannot_overwrite() -> MatrixError:
+    return MatrixError(
+        "this media has been uploaded already",
+        errcode="M_CANNOT_OVERWRITE_MEDIA",
+        http_status=409,
+    )
+
+
+def _upload_too_large(limit: int) -> MatrixError:
+    return MatrixError(
+        f"uploads are limited to {limit} bytes", errcode="M_TOO_LARGE", http_status=413
+    )

@@ -1,0 +1,226 @@
+"""Media over federation: serving ours to other servers, and fetching
+theirs for our users.
+
+Both sides speak the server-server spec's media endpoints
+(``/_matrix/federation/v1/media/download/{mediaId}`` and
+``.../thumbnail/{mediaId}``): a signed GET answered with
+``multipart/mixed``, a JSON part (``{}``) then the media, or a
+``Location`` to fetch the media from. A server without these endpoints
+(answering 404 or 405 ``M_UNRECOGNIZED``) is asked the deprecated
+``/_matrix/media/v3/download`` instead, which answers the bytes alone.
+"""
+
+from __future__ import annotations
+
+import secrets
+import urllib.parse
+from collections.abc import AsyncGenerator
+from typing import Final
+
+from ranvier.core.media import FetchedMedia, MediaContent, MediaRepository
+from ranvier.errors import MatrixError
+from ranvier.protocol.media import (
+    ThumbnailMethod,
+    content_disposition,
+    disposition_filename,
+    multipart_head,
+    multipart_tail,
+    parse_multipart,
+)
+from ranvier.web import Request, StreamResponse
+
+from .transport.client import (
+    FederationError,
+    FederationHttpClient,
+    FederationRequestError,
+    FederationResponseError,
+)
+from .transport.server import Router
+
+__all__ = ["FederationMediaClient", "add_media_routes"]
+
+_PREFIX: Final = "/_matrix/federation/v1/media"
+#: Room for the multipart framing around the media in an answer's limit.
+_FRAMING_BYTES: Final = 64 * 1024
+
+
+def add_media_routes(router: Router, *, media: MediaRepository) -> None:
+    """Serve our media (never other servers', which they hold themselves)."""
+
+    async def download(request: Request) -> StreamResponse:
+        content = await media.download(
+            media.server_name,
+            request.path_params["mediaId"],
+            timeout_ms=_integer(request, "timeout_ms", 20_000),
+            allow_remote=False,
+        )
+        return _multipart(content, content_disposition(content.content_type, content.filename))
+
+    async def thumbnail(request: Request) -> StreamResponse:
+        method = request.query_value("method") or "scale"
+        if method not in ("scale", "crop"):
+            raise _bad_param(f"method must be 'scale' or 'crop', not {method!r}")
+        thumbnail_method: ThumbnailMethod = "crop" if method == "crop" else "scale"
+        content = await media.thumbnail(
+            media.server_name,
+            request.path_params["mediaId"],
+            width=_dimension(request, "width"),
+            height=_dimension(request, "height"),
+            method=thumbnail_method,
+            timeout_ms=_integer(request, "timeout_ms", 20_000),
+            allow_remote=False,
+        )
+        extension = content.content_type.rpartition("/")[2] or "bin"
+        return _multipart(content, f'inline; filename="thumbnail.{extension}"')
+
+    router.add("GET", f"{_PREFIX}/download/{{mediaId}}", download)
+    router.add("GET", f"{_PREFIX}/thumbnail/{{mediaId}}", thumbnail)
+
+
+def _multipart(content: MediaContent, disposition: str) -> StreamResponse:
+    boundary = secrets.token_hex(16)
+    head = multipart_head(boundary, content.content_type, disposition)
+    tail = multipart_tail(boundary)
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        yield head
+        chunks = content.chunks()
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()
+        yield tail
+
+    return StreamResponse(
+        status=200,
+        headers=(
+            ("content-type", f"multipart/mixed; boundary={boundary}"),
+            ("content-length", str(len(head) + content.size + len(tail))),
+        ),
+        body=body,
+    )
+
+
+class FederationMediaClient:
+    """Fetches other servers' media for :class:`~ranvier.core.media.MediaRepository`."""
+
+    def __init__(self, client: FederationHttpClient) -> None:
+        self._client = client
+
+    async def fetch(
+        self, origin: str, media_id: str, *, max_bytes: int, timeout_ms: int
+    ) -> FetchedMedia:
+        """The media ``mxc://origin/media_id`` as ``origin`` serves it.
+
+        Raises MatrixError: 404 ``M_NOT_FOUND`` when ``origin`` says it has
+        no such media, 504 ``M_NOT_YET_UPLOADED`` when it is still to be
+        uploaded there, 502 ``M_TOO_LARGE`` for media over ``max_bytes``,
+        and 502 ``M_UNKNOWN`` when no usable answer came.
+        """
+        quoted = urllib.parse.quote(media_id, safe="")
+        try:
+            try:
+                response = await self._client.request(
+                    "GET",
+                    origin,
+                    f"{_PREFIX}/download/{quoted}",
+                    query={"timeout_ms": timeout_ms},
+                    max_response_bytes=max_bytes + _FRAMING_BYTES,
+                )
+            except FederationRequestError as exc:
+                if exc.status not in (404, 405) or exc.errcode not in (None, "M_UNRECOGNIZED"):
+                    raise
+                return await self._fetch_legacy(origin, media_id, max_bytes, timeout_ms)
+            try:
+                answer = parse_multipart(response.headers.get("content-type"), response.body)
+            except ValueError as exc:
+                raise _bad_gateway(f"{origin} answered media that cannot be read: {exc}") from None
+            if answer.location is not None:
+                located = await self._client.fetch_url(
+                    answer.location, max_response_bytes=max_bytes
+                )
+                fetched = FetchedMedia(
+                    content_type=located.headers.get("content-type") or answer.content_type,
+                    filename=disposition_filename(located.headers.get("content-disposition"))
+                    or answer.filename,
+                    data=located.body,
+                )
+            else:
+                fetched = FetchedMedia(
+                    content_type=answer.content_type, filename=answer.filename, data=answer.body
+                )
+        except FederationRequestError as exc:
+            raise _refused(origin, exc) from None
+        except FederationResponseError as exc:
+            raise MatrixError(
+                f"the media is too large, or the answer unusable: {exc}",
+                errcode="M_TOO_LARGE",
+                http_status=502,
+            ) from None
+        except FederationError as exc:
+            raise _bad_gateway(f"cannot fetch the media from {origin}: {exc}") from None
+        if len(fetched.data) > max_bytes:
+            raise MatrixError(
+                f"the media is over {max_bytes} bytes", errcode="M_TOO_LARGE", http_status=502
+            )
+        return fetched
+
+    async def _fetch_legacy(
+        self, origin: str, media_id: str, max_bytes: int, timeout_ms: int
+    ) -> FetchedMedia:
+        server, quoted = (urllib.parse.quote(part, safe="") for part in (origin, media_id))
+        response = await self._client.request(
+            "GET",
+            origin,
+            f"/_matrix/media/v3/download/{server}/{quoted}",
+            query={"allow_remote": "false", "timeout_ms": timeout_ms},
+            max_response_bytes=max_bytes,
+        )
+        return FetchedMedia(
+            content_type=response.headers.get("content-type"),
+            filename=disposition_filename(response.headers.get("content-disposition")),
+            data=response.body,
+        )
+
+
+def _refused(origin: str, exc: FederationRequestError) -> MatrixError:
+    if exc.status == 404:
+        return MatrixError(f"{origin} has no such media", errcode="M_NOT_FOUND", http_status=404)
+    if exc.errcode == "M_NOT_YET_UPLOADED":
+        return MatrixError(
+            f"the content has not been uploaded to {origin} yet",
+            errcode="M_NOT_YET_UPLOADED",
+            http_status=504,
+        )
+    if exc.errcode == "M_TOO_LARGE":
+        return MatrixError(
+            f"{origin} says the media is too large", errcode="M_TOO_LARGE", http_status=502
+        )
+    return _bad_gateway(f"cannot fetch the media from {origin}: {exc}")
+
+
+def _bad_gateway(message: str) -> MatrixError:
+    return MatrixError(message, errcode="M_UNKNOWN", http_status=502)
+
+
+def _integer(request: Request, name: str, default: int) -> int:
+    value = request.query_value(name)
+    if value is None:
+        return default
+    if not value.isdigit():
+        raise _bad_param(f"{name} must be a non-negative integer, not {value!r}")
+    return int(value)
+
+
+def _dimension(request: Request, name: str) -> int:
+    value = request.query_value(name)
+    if value is None:
+        raise MatrixError(f"{name} is required", errcode="M_MISSING_PARAM", http_status=400)
+    if not value.isdigit() or not 0 < int(value) <= 10_000:
+        raise _bad_param(f"{name} must be an integer from 1 to 10000, not {value!r}")
+    return int(value)
+
+
+def _bad_param(message: str) -> MatrixError:
+    return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)

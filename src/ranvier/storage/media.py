@@ -1,0 +1,334 @@
+"""What the content repository knows of each piece of media: who uploaded
+it, its type, file name and size, and which thumbnails were made of it.
+
+Tables (the schema's ``_media`` migration)
+------------------------------------------
+
+``media`` holds a row per piece of media keyed by ``(origin, media_id)``:
+ours (``origin`` is this server, ``user_id`` the uploader) and other
+servers' media fetched for local users. ``media_thumbnails`` a row per
+thumbnail made, keyed by its box and method.
+
+Invariants
+----------
+
+* **A row describes a file already written.** The bytes are written, synced
+  and renamed into place first (:mod:`ranvier.storage.media_files`); only
+  then is the row written that says they are there. A crash in between
+  leaves a file nobody names, never a row naming a missing or half file.
+* **An upload fills a created media ID once.** Only the user who created
+  it may, and a second upload is refused; the same upload run twice (a
+  worker's write repeated) finds its own values and answers as the first.
+* **Every write survives being run twice.**
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from dataclasses import dataclass
+from typing import Literal
+
+from .readers import ReaderPool
+from .write_backend import WriteBackend, registered_write
+
+__all__ = ["MediaRecord", "MediaStorage", "ThumbnailRecord", "UploadOutcome"]
+
+#: What filling a created media ID did: ``stored``, or why nothing was
+#: written (no such ID, another user's, already uploaded).
+UploadOutcome = Literal["stored", "unknown", "forbidden", "already uploaded"]
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRecord:
+    """One piece of media as the database describes it."""
+
+    origin: str
+    media_id: str
+    #: The local uploader; None for another server's media.
+    user_id: str | None
+    content_type: str | None
+    upload_name: str | None
+    #: None until the bytes are uploaded.
+    size: int | None
+    created_ts: int
+    uploaded_ts: int | None
+
+    @property
+    def uploaded(self) -> bool:
+        return self.uploaded_ts is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ThumbnailRecord:
+    """A thumbnail made of a piece of media."""
+
+    width: int
+    height: int
+    method: str
+    content_type: str
+    size: int
+
+
+class MediaStorage:
+    """Media rows over the write backend and the reader pool."""
+
+    def __init__(self, writer: WriteBackend, readers: ReaderPool) -> None:
+        self._writer = writer
+        self._readers = readers
+
+    async def create(self, origin: str, media_id: str, *, user_id: str, created_ts: int) -> None:
+        """Note a media ID created ahead of its upload (``/media/v1/create``)."""
+        await self._writer.submit(
+            functools.partial(
+                _create_media,
+                origin=origin,
+                media_id=media_id,
+                user_id=user_id,
+                created_ts=created_ts,
+            )
+        )
+
+    async def add_upload(
+        self,
+        origin: str,
+        media_id: str,
+        *,
+        user_id: str,
+        content_type: str | None,
+        upload_name: str | None,
+        size: int,
+        ts: int,
+    ) -> None:
+        """Note a new media ID and its uploaded file at once (``/upload``)."""
+        await self._writer.submit(
+            functools.partial(
+                _add_upload,
+                origin=origin,
+                media_id=media_id,
+                user_id=user_id,
+                content_type=content_type,
+                upload_name=upload_name,
+                size=size,
+                ts=ts,
+            )
+        )
+
+    async def complete_upload(
+        self,
+        origin: str,
+        media_id: str,
+        *,
+        user_id: str,
+        content_type: str | None,
+        upload_name: str | None,
+        size: int,
+        ts: int,
+    ) -> UploadOutcome:
+        """Fill a media ID created earlier with its uploaded file; see
+        :data:`UploadOutcome`."""
+        return await self._writer.submit(
+            functools.partial(
+                _complete_upload,
+                origin=origin,
+                media_id=media_id,
+                user_id=user_id,
+                content_type=content_type,
+                upload_name=upload_name,
+                size=size,
+                ts=ts,
+            )
+        )
+
+    async def add_remote(
+        self,
+        origin: str,
+        media_id: str,
+        *,
+        content_type: str | None,
+        upload_name: str | None,
+        size: int,
+        ts: int,
+    ) -> None:
+        """Note another server's media, fetched and stored here. A row
+        already there (fetched by a request alongside) is kept."""
+        await self._writer.submit(
+            functools.partial(
+                _add_remote,
+                origin=origin,
+                media_id=media_id,
+                content_type=content_type,
+                upload_name=upload_name,
+                size=size,
+                ts=ts,
+            )
+        )
+
+    async def add_thumbnail(
+        self,
+        origin: str,
+        media_id: str,
+        *,
+        width: int,
+        height: int,
+        method: str,
+        content_type: str,
+        size: int,
+    ) -> None:
+        """Note a thumbnail made and stored; one made again replaces it."""
+        await self._writer.submit(
+            functools.partial(
+                _add_thumbnail,
+                origin=origin,
+                media_id=media_id,
+                width=width,
+                height=height,
+                method=method,
+                content_type=content_type,
+                size=size,
+            )
+        )
+
+    async def media(self, origin: str, media_id: str) -> MediaRecord | None:
+        """The media ``(origin, media_id)``, or None if it is not known here."""
+        return await self._readers.read(
+            functools.partial(_read_media, origin=origin, media_id=media_id)
+        )
+
+    async def thumbnail(
+        self, origin: str, media_id: str, *, width: int, height: int, method: str
+    ) -> ThumbnailRecord | None:
+        """The thumbnail of that box and method, if one was made."""
+        return await self._readers.read(
+            functools.partial(
+                _read_thumbnail,
+                origin=origin,
+                media_id=media_id,
+                width=width,
+                height=height,
+                method=method,
+            )
+        )
+
+
+_MEDIA_COLUMNS = (
+    "origin, media_id, user_id, content_type, upload_name, size, created_ts, uploaded_ts"
+)
+
+
+@registered_write
+def _create_media(
+    conn: sqlite3.Connection, *, origin: str, media_id: str, user_id: str, created_ts: int
+) -> None:
+    conn.execute(
+        f"INSERT OR IGNORE INTO media ({_MEDIA_COLUMNS})"
+        " VALUES (?, ?, ?, NULL, NULL, NULL, ?, NULL)",
+        (origin, media_id, user_id, created_ts),
+    )
+
+
+@registered_write
+def _add_upload(
+    conn: sqlite3.Connection,
+    *,
+    origin: str,
+    media_id: str,
+    user_id: str,
+    content_type: str | None,
+    upload_name: str | None,
+    size: int,
+    ts: int,
+) -> None:
+    conn.execute(
+        f"INSERT OR IGNORE INTO media ({_MEDIA_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (origin, media_id, user_id, content_type, upload_name, size, ts, ts),
+    )
+
+
+@registered_write
+def _complete_upload(
+    conn: sqlite3.Connection,
+    *,
+    origin: str,
+    media_id: str,
+    user_id: str,
+    content_type: str | None,
+    upload_name: str | None,
+    size: int,
+    ts: int,
+) -> UploadOutcome:
+    row = conn.execute(
+        "SELECT user_id, content_type, upload_name, size, uploaded_ts FROM media"
+        " WHERE origin = ? AND media_id = ?",
+        (origin, media_id),
+    ).fetchone()
+    if row is None:
+        return "unknown"
+    if row[0] != user_id:
+        return "forbidden"
+    if row[4] is not None:
+        # The same write run a second time finds exactly what it wrote.
+        same = tuple(row) == (user_id, content_type, upload_name, size, ts)
+        return "stored" if same else "already uploaded"
+    conn.execute(
+        "UPDATE media SET content_type = ?, upload_name = ?, size = ?, uploaded_ts = ?"
+        " WHERE origin = ? AND media_id = ?",
+        (content_type, upload_name, size, ts, origin, media_id),
+    )
+    return "stored"
+
+
+@registered_write
+def _add_remote(
+    conn: sqlite3.Connection,
+    *,
+    origin: str,
+    media_id: str,
+    content_type: str | None,
+    upload_name: str | None,
+    size: int,
+    ts: int,
+) -> None:
+    conn.execute(
+        f"INSERT OR IGNORE INTO media ({_MEDIA_COLUMNS}) VALUES (?, ?, NULL, ?, ?, ?, ?, ?)",
+        (origin, media_id, content_type, upload_name, size, ts, ts),
+    )
+
+
+@registered_write
+def _add_thumbnail(
+    conn: sqlite3.Connection,
+    *,
+    origin: str,
+    media_id: str,
+    width: int,
+    height: int,
+    method: str,
+    content_type: str,
+    size: int,
+) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO media_thumbnails"
+        " (origin, media_id, width, height, method, content_type, size)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (origin, media_id, width, height, method, content_type, size),
+    )
+
+
+def _read_media(conn: sqlite3.Connection, *, origin: str, media_id: str) -> MediaRecord | None:
+    row = conn.execute(
+        f"SELECT {_MEDIA_COLUMNS} FROM media WHERE origin = ? AND media_id = ?",
+        (origin, media_id),
+    ).fetchone()
+    return None if row is None else MediaRecord(*row)
+
+
+def _read_thumbnail(
+    conn: sqlite3.Connection, *, origin: str, media_id: str, width: int, height: int, method: str
+) -> ThumbnailRecord | None:
+    row = conn.execute(
+        "SELECT width, height, method, content_type, size FROM media_thumbnails"
+        " WHERE origin = ? AND media_id = ? AND width = ? AND height = ? AND method = ?",
+        (origin, media_id, width, height, method),
+    ).fetchone()
+    return None if row is None else ThumbnailRecord(*row)

@@ -1,0 +1,193 @@
+"""Media rows in a real SQLite file, media files in a real directory, and
+every media write run twice."""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ranvier.replication import operations
+from ranvier.storage import Storage, WriteOperation
+from ranvier.storage import media as module
+from ranvier.storage.media import MediaRecord, ThumbnailRecord
+from ranvier.storage.media_files import MediaFileExistsError, MediaFiles
+
+US = "example.org"
+ALICE = "@alice:example.org"
+BOB = "@bob:example.org"
+
+
+async def test_an_upload_is_described_whole(storage: Storage) -> None:
+    media = storage.media
+    assert await media.media(US, "m1") is None
+    await media.add_upload(
+        US, "m1", user_id=ALICE, content_type="image/png", upload_name="a.png", size=3, ts=7
+    )
+    assert await media.media(US, "m1") == MediaRecord(
+        US, "m1", ALICE, "image/png", "a.png", 3, 7, 7
+    )
+    # Another origin's media of the same ID is another piece of media.
+    assert await media.media("other.org", "m1") is None
+
+
+async def test_created_media_is_filled_once_by_its_creator(storage: Storage) -> None:
+    media = storage.media
+    await media.create(US, "m2", user_id=ALICE, created_ts=5)
+    pending = await media.media(US, "m2")
+    assert pending is not None
+    assert (pending.uploaded, pending.size, pending.user_id) == (False, None, ALICE)
+
+    def fill(user: str, size: int, ts: int) -> Any:
+        return media.complete_upload(
+            US, "m2", user_id=user, content_type="text/plain", upload_name=None, size=size, ts=ts
+        )
+
+    assert await fill(BOB, 1, 6) == "forbidden"
+    assert await fill(ALICE, 2, 6) == "stored"
+    assert await fill(ALICE, 3, 8) == "already uploaded"
+    assert (
+        await media.complete_upload(
+            US, "never", user_id=ALICE, content_type=None, upload_name=None, size=1, ts=1
+        )
+        == "unknown"
+    )
+    assert await media.media(US, "m2") == MediaRecord(US, "m2", ALICE, "text/plain", None, 2, 5, 6)
+
+
+async def test_remote_media_and_thumbnails(storage: Storage) -> None:
+    media = storage.media
+    await media.add_remote(
+        "other.org", "r1", content_type="image/jpeg", upload_name=None, size=10, ts=3
+    )
+    # Fetched again alongside: the first row stays.
+    await media.add_remote(
+        "other.org", "r1", content_type="image/png", upload_name="x", size=11, ts=4
+    )
+    assert await media.media("other.org", "r1") == MediaRecord(
+        "other.org", "r1", None, "image/jpeg", None, 10, 3, 3
+    )
+    box: dict[str, Any] = {"width": 32, "height": 32, "method": "crop"}
+    assert await media.thumbnail("other.org", "r1", **box) is None
+    await media.add_thumbnail("other.org", "r1", **box, content_type="image/jpeg", size=5)
+    await media.add_thumbnail("other.org", "r1", **box, content_type="image/jpeg", size=6)
+    assert await media.thumbnail("other.org", "r1", **box) == ThumbnailRecord(
+        32, 32, "crop", "image/jpeg", 6
+    )
+    assert await media.thumbnail("other.org", "r1", width=32, height=32, method="scale") is None
+
+
+async def test_a_thumbnail_needs_its_media(storage: Storage) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        await storage.media.add_thumbnail(
+            US, "none", width=1, height=1, method="crop", content_type="image/png", size=1
+        )
+
+
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def test_a_file_is_written_whole_and_never_over_another(tmp_path: Path) -> None:
+    files = MediaFiles(tmp_path / "store")
+    path = files.local("abc")
+    assert path == tmp_path / "store" / "local" / "abc"
+    assert await files.write(path, _chunks(b"one ", b"two")) == 7
+    with pytest.raises(MediaFileExistsError):
+        await files.write(path, _chunks(b"other"))
+    assert path.read_bytes() == b"one two"
+    assert await files.write_bytes(path, b"replaced", replace=True) == 8
+    assert [chunk async for chunk in files.chunks(path)] == [b"replaced"]
+    assert await files.size(path) == 8
+    assert await files.size(files.local("missing")) is None
+    assert sorted(p.name for p in path.parent.iterdir()) == ["abc"]
+
+
+async def test_a_failed_write_leaves_no_file(tmp_path: Path) -> None:
+    files = MediaFiles(tmp_path)
+
+    async def failing() -> AsyncIterator[bytes]:
+        yield b"half"
+        raise RuntimeError("the client went away")
+
+    path = files.remote("other.org:8448", "xyz")
+    with pytest.raises(RuntimeError):
+        await files.write(path, failing())
+    assert list(path.parent.iterdir()) == []
+
+
+def test_names_that_would_leave_the_store_are_refused(tmp_path: Path) -> None:
+    files = MediaFiles(tmp_path)
+    for bad in ("..", ".", "a/b", ""):
+        with pytest.raises(ValueError, match="cannot name a file"):
+            files.local(bad)
+        with pytest.raises(ValueError, match="cannot name a file"):
+            files.remote(bad, "x")
+    assert files.thumbnail("o", "m", 32, 24, "crop") == tmp_path / "thumbnails" / "o" / "m" / (
+        "32x24-crop"
+    )
+
+
+def _dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    conn = sqlite3.connect(path)
+    try:
+        return {
+            table: sorted(conn.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+            for table in ("media", "media_thumbnails")
+        }
+    finally:
+        conn.close()
+
+
+def _call(function: Any, **arguments: Any) -> WriteOperation[Any]:
+    return functools.partial(function, **arguments)
+
+
+_FILL = {"content_type": "text/plain", "upload_name": "n", "size": 4, "ts": 9}
+_TWICE: dict[str, WriteOperation[Any]] = {
+    "media.create_media": _call(
+        module._create_media, origin=US, media_id="new", user_id=ALICE, created_ts=1
+    ),
+    "media.add_upload": _call(module._add_upload, origin=US, media_id="up", user_id=ALICE, **_FILL),
+    "media.complete_upload": _call(
+        module._complete_upload, origin=US, media_id="pending", user_id=ALICE, **_FILL
+    ),
+    "media.add_remote": _call(module._add_remote, origin="o.org", media_id="r", **_FILL),
+    "media.add_thumbnail": _call(
+        module._add_thumbnail,
+        origin=US,
+        media_id="pending",
+        width=32,
+        height=32,
+        method="crop",
+        content_type="image/png",
+        size=3,
+    ),
+}
+
+
+def test_every_write_of_the_module_is_run_twice_here() -> None:
+    names = {name for name in operations.operation_names() if name.startswith("media.")}
+    assert names == set(_TWICE)
+
+
+@pytest.mark.parametrize("name", sorted(_TWICE))
+async def test_a_write_run_twice_leaves_what_the_first_run_left(
+    storage: Storage, db_path: Path, name: str
+) -> None:
+    """A worker's write repeated after the main process restarted."""
+    await storage.media.create(US, "pending", user_id=ALICE, created_ts=1)
+    operation = _TWICE[name]
+    sent_name, body = operations.encode_operation(operation)
+    received = operations.decode_operation(sent_name, body)
+    before = _dump(db_path)
+    first = await storage.actor.submit(received)
+    once = _dump(db_path)
+    assert once != before
+    second = await storage.actor.submit(received)
+    assert (_dump(db_path), second) == (once, first)
