@@ -147,6 +147,8 @@ class MediaFileStore(Protocol):
 
     def chunks(self, path: Path) -> AsyncGenerator[bytes, None]: ...
 
+    async def size(self, path: Path) -> int | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class FetchedMedia:
@@ -329,7 +331,7 @@ class MediaRepository:
         ``M_NOT_YET_UPLOADED``. Unknown media is 404 ``M_NOT_FOUND``.
         """
         record, path = await self._source(server_name, media_id, timeout_ms, allow_remote)
-        return self._content(record, path)
+        return await self._content(record, path)
 
     async def thumbnail(
         self,
@@ -366,17 +368,12 @@ class MediaRepository:
             origin, record.media_id, width=size.width, height=size.height, method=size.method
         )
         if cached is not None:
-            return MediaContent(
-                content_type=cached.content_type,
-                filename=None,
-                size=cached.size,
-                chunks=lambda: self._files.chunks(thumbnail_path),
-            )
+            return await self._file_content(thumbnail_path, cached.content_type, None)
         made = await trio.to_thread.run_sync(
             lambda: make_thumbnail(path, size, max_pixels=self._max_thumbnail_pixels)
         )
         if made is None:
-            return self._content(record, path)
+            return await self._content(record, path)
         written = await self._files.write_bytes(thumbnail_path, made.data, replace=True)
         await self._rows.add_thumbnail(
             origin,
@@ -394,12 +391,22 @@ class MediaRepository:
             chunks=lambda: self._files.chunks(thumbnail_path),
         )
 
-    def _content(self, record: MediaRecord, path: Path) -> MediaContent:
-        assert record.size is not None  # uploaded
+    async def _content(self, record: MediaRecord, path: Path) -> MediaContent:
+        content_type = record.content_type or DEFAULT_CONTENT_TYPE
+        return await self._file_content(path, content_type, record.upload_name)
+
+    async def _file_content(
+        self, path: Path, content_type: str, filename: str | None
+    ) -> MediaContent:
+        # The size is the file's own, so that the Content-Length sent is
+        # the length of what is sent, whatever happened to the file.
+        size = await self._files.size(path)
+        if size is None:
+            raise _not_found()
         return MediaContent(
-            content_type=record.content_type or DEFAULT_CONTENT_TYPE,
-            filename=record.upload_name,
-            size=record.size,
+            content_type=content_type,
+            filename=filename,
+            size=size,
             chunks=lambda: self._files.chunks(path),
         )
 
