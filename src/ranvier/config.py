@@ -41,6 +41,7 @@ __all__ = [
     "FederationConfig",
     "ListenerConfig",
     "MediaConfig",
+    "PushConfig",
     "RateConfig",
     "RateLimitConfig",
     "RegistrationConfig",
@@ -271,6 +272,18 @@ class MediaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     max_thumbnail_source_pixels: Annotated[int, msgspec.Meta(gt=0)] = 32_000_000
 
 
+class PushConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Push notifications, sent to the push gateways users' pushers name."""
+
+    #: Trust these CA certificates (PEM) for gateways instead of the system's.
+    ca_file: Path | None = None
+    #: Let pushers name plain-HTTP gateways (one on a private network); the
+    #: spec asks for HTTPS.
+    allow_http: bool = False
+    #: How long a request to a gateway may take.
+    request_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+
+
 def _default_listeners() -> tuple[ListenerConfig, ...]:
     return (
         ListenerConfig(type="federation", host="127.0.0.1", port=8448),
@@ -308,6 +321,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     replication: ReplicationConfig = msgspec.field(default_factory=ReplicationConfig)
     worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
     media: MediaConfig = msgspec.field(default_factory=MediaConfig)
+    push: PushConfig = msgspec.field(default_factory=PushConfig)
 
     def __post_init__(self) -> None:
         try:
@@ -367,7 +381,6 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
             tls_private_key=self.tls.private_key_path or self.data_dir / "tls.key",
             database=self.database.path or self.data_dir / "homeserver.db",
         )
-
 
     @property
     def media_store(self) -> Path:

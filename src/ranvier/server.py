@@ -102,6 +102,7 @@ from ranvier.api.media import MediaApp
 from ranvier.api.presence import add_presence_routes
 from ranvier.api.profile import add_profile_routes
 from ranvier.api.push_rules import add_push_rule_routes
+from ranvier.api.pushers import add_pusher_routes
 from ranvier.api.ratelimit import RateLimiter, RouteLimits
 from ranvier.api.receipts import add_receipt_routes
 from ranvier.api.room_keys import add_room_key_routes
@@ -131,6 +132,8 @@ from ranvier.core.pagination import RoomMessages
 from ranvier.core.presence import Presence
 from ranvier.core.profiles import Profiles
 from ranvier.core.push_rules import PushRules, PushRulesAccountData
+from ranvier.core.push_sender import PushSender
+from ranvier.core.pushers import Pushers
 from ranvier.core.receipts import Receipts
 from ranvier.core.redactions import ServedStateReader
 from ranvier.core.room_joins import RoomJoins
@@ -173,6 +176,7 @@ from ranvier.keyfile import load_or_create_signing_key
 from ranvier.metrics import MetricsApp, sample_name
 from ranvier.protocol.room_versions import DEFAULT_ROOM_VERSION, RoomVersionLike
 from ranvier.protocol.signing import SigningKey
+from ranvier.push_gateway import HttpPushGateway
 from ranvier.replication.federation_sending import EduOnlySenderStore, QueueingPduSink
 from ranvier.replication.server import ReplicationApp
 from ranvier.replication.stream import MainControl, StreamSource
@@ -836,6 +840,17 @@ class HomeServer:
             room_locks=self._room_locks,
             progress_store=storage,
         )
+        self._push_gateway = HttpPushGateway(
+            ca_file=self.config.push.ca_file, timeout=self.config.push.request_timeout_seconds
+        )
+        self.push_sender = PushSender(
+            storage.pushers,
+            self.stream_notifier,
+            self._push_gateway,
+            PushRules(storage.client_data),
+            # Its own counts: their cache follows the push stream, not syncs.
+            NotificationCounts(storage.notifications, PushRules(storage.client_data)),
+        )
         self._room_directory = RoomDirectory(
             server_name=server_name,
             aliases=storage.aliases,
@@ -1021,6 +1036,11 @@ class HomeServer:
         add_push_rule_routes(
             router, auth=auth, push_rules=PushRules(client_data, self.stream_notifier)
         )
+        add_pusher_routes(
+            router,
+            auth=auth,
+            pushers=Pushers(self.storage.pushers, allow_http=self.config.push.allow_http),
+        )
         add_profile_routes(router, auth=auth, profiles=self.profiles)
         add_account_data_routes(router, auth=auth, account_data=account_data)
         forgetting = ForgettingDeletedDevices(self.accounts, self.e2e_keys)
@@ -1039,6 +1059,15 @@ class HomeServer:
         add_to_device_routes(router, auth=auth, to_device=self.to_device)
         return router
 
+    async def _run_push_sender(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            await self.push_sender.run(task_status=task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._push_gateway.aclose()
+
     def _components(self) -> list[_Component]:
         """The long-lived parts in the order they start; they stop in reverse."""
         components = [
@@ -1052,6 +1081,7 @@ class HomeServer:
             ),
             _Component("typing expiry", self.typing_notices.run),
             _Component("presence lapses", self.presence.run),
+            _Component("push sender", self._run_push_sender),
             # After what it reads and writes through, before the listeners:
             # the rooms left partial are resumed before anything new arrives.
             _Component("un-partial-state task", self.unpartial_stater.run),

@@ -47,6 +47,7 @@ TABLES_ADDED = {
     13: {"to_device_outbox"},
     14: {"room_key_backup_versions", "room_key_backup_keys"},
     15: {"media", "media_thumbnails"},
+    16: {"pushers", "push_position"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -153,6 +154,12 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
     elif version == 15:
         run("INSERT INTO media VALUES ('x', 'm1', '@a:x', 'image/png', 'a.png', 3, 5, 6)")
         run("INSERT INTO media_thumbnails VALUES ('x', 'm1', 32, 32, 'crop', 'image/png', 2)")
+    elif version == 16:
+        run(
+            "INSERT INTO pushers VALUES"
+            " ('@a:x', 'app', 'key', 'http', 'A', 'D', NULL, 'en', x'7b7d', 5)"
+        )
+        run("INSERT INTO push_position VALUES (1, 7)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

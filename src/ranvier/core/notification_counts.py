@@ -36,7 +36,14 @@ from ranvier.protocol.power_levels import get_notification_level, get_user_power
 from ranvier.protocol.push_evaluation import PushContext, evaluate_push_rules
 from ranvier.storage.notification_reads import UnreadEvents
 
-__all__ = ["SCAN_LIMIT", "NotificationCounts", "PushRuleSource", "UnreadEventReader"]
+__all__ = [
+    "SCAN_LIMIT",
+    "NotificationCounts",
+    "PushRuleSource",
+    "UnreadEventReader",
+    "count_cap",
+    "push_context",
+]
 
 #: Events evaluated per room and sync at most.
 SCAN_LIMIT: Final = 1_000
@@ -108,7 +115,7 @@ class NotificationCounts:
                 else (counted.read_upto, counted.counted_upto)
             )
         unread = await self._store.unread_events(
-            user_id, known, upto=upto, limit=SCAN_LIMIT, count_cap=_count_cap(rule_set)
+            user_id, known, upto=upto, limit=SCAN_LIMIT, count_cap=count_cap(rule_set)
         )
         answer: dict[str, dict[str, int]] = {}
         for room_id, found in unread.items():
@@ -165,10 +172,31 @@ def _count(
 
 
 def _context(user_id: str, found: UnreadEvents) -> PushContext:
-    version = found.room_version
-    power_levels = _parsed(found.power_levels_json, version)
-    create = _parsed(found.create_json, version)
-    member = _parsed(found.member_json, version)
+    return push_context(
+        user_id,
+        room_version=found.room_version,
+        member_json=found.member_json,
+        power_levels_json=found.power_levels_json,
+        create_json=found.create_json,
+        joined=found.joined,
+    )
+
+
+def push_context(
+    user_id: str,
+    *,
+    room_version: str | None,
+    member_json: bytes | None,
+    power_levels_json: bytes | None,
+    create_json: bytes | None,
+    joined: int,
+) -> PushContext:
+    """What the push rules of ``user_id`` read of a room, from its stored
+    member, power levels and create events.
+    """
+    power_levels = _parsed(power_levels_json, room_version)
+    create = _parsed(create_json, room_version)
+    member = _parsed(member_json, room_version)
     name = None if member is None else member.content.get("displayname")
 
     def may_notify(sender: str, key: str) -> bool:
@@ -178,7 +206,7 @@ def _context(user_id: str, found: UnreadEvents) -> PushContext:
     return PushContext(
         user_id=user_id,
         display_name=name if isinstance(name, str) else None,
-        member_count=found.joined,
+        member_count=joined,
         may_notify=may_notify,
     )
 
@@ -192,7 +220,7 @@ def _parsed(raw: bytes | None, version: str | None) -> Pdu | None:
         return None
 
 
-def _count_cap(rule_set: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
+def count_cap(rule_set: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
     """How far the joined members must be counted for every
     ``room_member_count`` condition of ``rule_set`` to be decided.
     """

@@ -194,7 +194,7 @@ class WorkerServer(HomeServer):
     def _components(self) -> list[_Component]:
         components = []
         for component in super()._components():
-            if component.name == "un-partial-state task":
+            if component.name in ("un-partial-state task", "push sender"):
                 # The main process's alone.
                 continue
             components.append(component)

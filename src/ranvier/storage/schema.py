@@ -677,7 +677,29 @@ def _media(db: sqlite_utils.Database) -> None:
     )
 
 
-#: Migration n (1-based) brings a database from version n - 1 to n.
+def _pushers(db: sqlite_utils.Database) -> None:
+    """Pushers and how far the push sender has read the event stream
+    (:mod:`ranvier.storage.pushers`).
+
+    A pusher is keyed as the spec keys it, by app ID, pushkey and user;
+    ``push_position`` has one row, made when the sender first runs.
+    """
+    db.execute(
+        "CREATE TABLE pushers ("
+        " user_id TEXT NOT NULL, app_id TEXT NOT NULL, pushkey TEXT NOT NULL,"
+        " kind TEXT NOT NULL, app_display_name TEXT NOT NULL,"
+        " device_display_name TEXT NOT NULL, profile_tag TEXT, lang TEXT NOT NULL,"
+        " data_json BLOB NOT NULL, pushkey_ts INTEGER NOT NULL,"
+        " PRIMARY KEY (app_id, pushkey, user_id)) STRICT"
+    )
+    db.execute("CREATE INDEX pushers_user ON pushers (user_id)")
+    db.execute(
+        "CREATE TABLE push_position ("
+        " id INTEGER PRIMARY KEY NOT NULL CHECK (id = 1), stream_ordering INTEGER NOT NULL)"
+        " STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -695,6 +717,7 @@ MIGRATIONS: Sequence[Migration] = (
     _to_device_outbox,
     _room_key_backups,
     _media,
+    _pushers,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -29,6 +29,7 @@ from .connections import SynchronousMode
 from .e2e_keys import E2eKeyStorage
 from .media import MediaStorage
 from .notification_reads import NotificationReads
+from .pushers import PusherStorage
 from .readers import ReaderPool
 from .receipts import ReceiptStorage
 from .records import (
@@ -125,6 +126,7 @@ class Storage:
         self.media = MediaStorage(self.writer, self.readers)
         self.run_reads = RunReads(self.readers)
         self.notifications = NotificationReads(self.readers)
+        self.pushers = PusherStorage(self.writer, self.readers)
 
     @property
     def actor(self) -> StorageActor:

@@ -1,0 +1,95 @@
+"""Pushers through a client_reader worker: set there, written by the main
+process, and served by the main process's push sender alone, so each
+notification reaches the gateway once whichever process took the event."""
+
+from __future__ import annotations
+
+import urllib.parse
+from pathlib import Path
+
+import msgspec
+import trio
+
+from ranvier.config import Config, ListenerConfig, PushConfig, ReplicationConfig, WorkerConfig
+from ranvier.replication.worker import open_worker
+from ranvier.testing import free_port
+from ranvier.testing.homeserver import TestHomeserver, config_for_tests, open_test_homeserver
+from ranvier.testing.network import Pki
+from ranvier.testing.push_gateway import FakePushGateway
+
+SECRET = "a worker's secret"
+_V3 = "/_matrix/client/v3"
+
+
+def _configs(tmp_path: Path, pki: Pki) -> tuple[Config, Config]:
+    port = free_port()
+    main = config_for_tests(tmp_path / "main")
+    main = msgspec.structs.replace(
+        main,
+        listeners=(*main.listeners, ListenerConfig(type="replication", port=port)),
+        replication=ReplicationConfig(shared_secret=SECRET, retry_for_seconds=30),
+        push=PushConfig(ca_file=pki.ca_file),
+    )
+    worker = msgspec.structs.replace(
+        main,
+        data_dir=tmp_path / "worker",
+        signing_key_path=main.paths.signing_key,
+        database=msgspec.structs.replace(main.database, path=main.paths.database),
+        listeners=(ListenerConfig(type="client", port=0),),
+        worker=WorkerConfig(main_replication_url=f"http://127.0.0.1:{port}"),
+    )
+    return main, worker
+
+
+async def test_an_event_sent_through_a_worker_is_pushed_once_by_the_main_process(
+    tmp_path: Path,
+) -> None:
+    pki = Pki.create(tmp_path)
+    gateway = FakePushGateway()
+    main_config, worker_config = _configs(tmp_path, pki)
+    async with trio.open_nursery() as nursery:
+        await gateway.start(nursery, pki)
+        async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
+            alice = await main.register_user("alice")
+            bob = await main.register_user("bob")
+            async with (
+                open_worker(worker_config, "client_reader") as worker,
+                TestHomeserver(worker).client(alice) as alice_http,
+                TestHomeserver(worker).client(bob) as bob_http,
+            ):
+                created = await alice_http.post(f"{_V3}/createRoom", json={"preset": "public_chat"})
+                room = urllib.parse.quote(created.json()["room_id"], safe="")
+                assert (await bob_http.post(f"{_V3}/rooms/{room}/join", json={})).status_code == 200
+                pusher = {
+                    "kind": "http",
+                    "app_id": "org.example.app",
+                    "pushkey": "alice-phone",
+                    "app_display_name": "Example",
+                    "device_display_name": "Phone",
+                    "lang": "en",
+                    "data": {"url": gateway.url},
+                }
+                set_answer = await alice_http.post(f"{_V3}/pushers/set", json=pusher)
+                assert set_answer.status_code == 200
+                listed = (await alice_http.get(f"{_V3}/pushers")).json()["pushers"]
+                assert [p["pushkey"] for p in listed] == ["alice-phone"]
+                sent = await bob_http.put(
+                    f"{_V3}/rooms/{room}/send/m.room.message/1",
+                    json={"msgtype": "m.text", "body": "through the worker"},
+                )
+                with trio.fail_after(10):
+                    notification = await gateway.next()
+                assert notification["event_id"] == sent.json()["event_id"]
+                # Every event the main process has is judged and sent: nothing
+                # more comes, and the worker never ran a sender of its own.
+                judged, notifier = main.server.push_sender, main.server.stream_notifier
+
+                def behind() -> bool:
+                    return judged.position < notifier.position.events or judged.waiting() > 0
+
+                with trio.fail_after(10):
+                    while behind():  # noqa: ASYNC110
+                        await trio.sleep(0.01)
+                assert gateway.received == []
+                assert worker.push_sender.position == 0
+        nursery.cancel_scope.cancel()
