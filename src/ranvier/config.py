@@ -259,6 +259,8 @@ class MediaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     fetched for them.
 
     Files live under ``store_path``, their descriptions in the database.
+    Workers that serve the client API write and read the same files: give
+    every process the same ``store_path``, as they share the database.
     """
 
     #: The largest upload accepted (413 ``M_TOO_LARGE`` above it), and the
