@@ -108,6 +108,12 @@ def test_a_location_part_and_quoted_boundaries() -> None:
     assert answer.body == b""
 
 
+def test_a_media_part_without_headers() -> None:
+    body = b"--x\r\nContent-Type: application/json\r\n\r\n{}\r\n--x\r\n\r\nraw\r\n--x--\r\n"
+    answer = parse_multipart("multipart/mixed; boundary=x", body)
+    assert (answer.headers, answer.body, answer.content_type) == ({}, b"raw", None)
+
+
 @pytest.mark.parametrize(
     ("content_type", "body"),
     [

@@ -195,38 +195,44 @@ def parse_multipart(content_type: str | None, body: bytes) -> MultipartAnswer:
     boundary = next((value for name, value in _parameters(content_type) if name == "boundary"), "")
     if not boundary or len(boundary) > 70:
         raise ValueError("the multipart answer names no usable boundary")
-    # Every delimiter follows a line break, the first one included once
-    # the body is given one in front.
-    data = b"\r\n" + body
+    # Every delimiter follows a line break, except one that opens the body:
+    # that one is found as if the break were there, two bytes before it,
+    # rather than by copying a body that may be tens of megabytes.
     marker = b"\r\n--" + boundary.encode("latin-1")
-    parts: list[bytes] = []
-    position = data.find(marker)
-    if position < 0:
+    # Where each part starts and ends: the media is sliced out once.
+    parts: list[tuple[int, int]] = []
+    position = -2 if body.startswith(marker[2:]) else body.find(marker)
+    if position == -1:
         raise ValueError("the multipart answer has no delimiter")
     while True:
         after = position + len(marker)
-        if data[after : after + 2] == b"--":
+        if body[after : after + 2] == b"--":
             break
-        line_end = data.find(b"\r\n", after)
-        following = data.find(marker, line_end) if line_end >= 0 else -1
+        line_end = body.find(b"\r\n", after)
+        following = body.find(marker, line_end) if line_end >= 0 else -1
         if following < 0:
             raise ValueError("the multipart answer has no closing delimiter")
-        parts.append(data[line_end + 2 : following])
+        parts.append((line_end + 2, following))
         position = following
     if len(parts) != 2:
         raise ValueError(f"the multipart answer has {len(parts)} parts, not 2")
-    media = parts[1]
-    if media.startswith(b"\r\n"):
-        header_block, content = b"", media[2:]
+    start, end = parts[1]
+    if body.startswith(b"\r\n", start):
+        # No headers: the part's body follows the delimiter line's break.
+        header_block, content_start = b"", start + 2
     else:
-        split = media.find(b"\r\n\r\n")
-        header_block, content = (media, b"") if split < 0 else (media[:split], media[split + 4 :])
+        split = body.find(b"\r\n\r\n", start, end)
+        if split < 0:
+            header_block, content_start = body[start:end], end
+        else:
+            header_block, content_start = body[start:split], split + 4
     headers: dict[str, str] = {}
-    for line in header_block.decode("latin-1").split("\r\n"):
+    for line in header_block.decode("latin-1").split("\r\n") if header_block else ():
         name, colon, value = line.partition(":")
         if not colon:
             raise ValueError(f"the media part has a malformed header line {line!r}")
         headers[name.strip().lower()] = value.strip()
+    content = body[content_start:end]
     return MultipartAnswer(headers=headers, body=content, location=headers.get("location"))
 
 
