@@ -432,8 +432,14 @@ class MediaRepository:
                 if record.uploaded:
                     return record
                 event = self._uploaded.setdefault(media_id, trio.Event())
-                with trio.move_on_after(_RECHECK_SECONDS):
-                    await event.wait()
+                try:
+                    with trio.move_on_after(_RECHECK_SECONDS):
+                        await event.wait()
+                finally:
+                    # The last download to stop waiting for media that never
+                    # came takes its wake-up away with it.
+                    if event.statistics().tasks_waiting == 0:
+                        self._uploaded.pop(media_id, None)
         record = await self._rows.media(self.server_name, media_id)
         if record is not None and record.uploaded:
             return record
