@@ -9,6 +9,7 @@ from email.parser import BytesParser
 import pytest
 
 from ranvier.protocol.media import (
+    MultipartReader,
     ThumbnailSize,
     content_disposition,
     disposition_filename,
@@ -108,6 +109,35 @@ def test_a_location_part_and_quoted_boundaries() -> None:
     assert answer.body == b""
 
 
+@pytest.mark.parametrize("piece", [1, 2, 7, 64, 1000])
+def test_an_answer_read_in_pieces_gives_the_same_media(piece: int) -> None:
+    media = b"\r\n--b0und4r" + bytes(range(256)) * 3 + b"\r\n--b0und4"
+    body = _answer("b0und4ry", media) + b"epilogue"
+    reader = MultipartReader("multipart/mixed; boundary=b0und4ry")
+    given = [reader.feed(body[i : i + piece]) for i in range(0, len(body), piece)]
+    reader.finish()
+    assert b"".join(given) == media
+    assert reader.headers == {
+        "content-type": "image/png",
+        "content-disposition": 'inline; filename="a.png"',
+    }
+    # Nothing is held back longer than a delimiter's length.
+    assert max(len(part) for part in given) <= max(piece, len(b"\r\n--b0und4ry"))
+
+
+def test_headers_with_the_delimiter_right_after() -> None:
+    body = b"--x\r\n\r\n{}\r\n--x\r\nLocation: https://a.example/m\r\n\r\n--x--"
+    answer = parse_multipart("multipart/mixed; boundary=x", body)
+    assert (answer.location, answer.body) == ("https://a.example/m", b"")
+
+
+def test_a_head_too_long_is_refused() -> None:
+    reader = MultipartReader("multipart/mixed; boundary=x")
+    reader.feed(b"--x\r\n\r\n" + b"{" * 60_000)
+    with pytest.raises(ValueError, match="over 64 KiB"):
+        reader.feed(b" " * 10_000)
+
+
 def test_a_media_part_without_headers() -> None:
     body = b"--x\r\nContent-Type: application/json\r\n\r\n{}\r\n--x\r\n\r\nraw\r\n--x--\r\n"
     answer = parse_multipart("multipart/mixed; boundary=x", body)
@@ -122,6 +152,7 @@ def test_a_media_part_without_headers() -> None:
         ("multipart/mixed; boundary=x", b"no delimiter at all"),
         ("multipart/mixed; boundary=x", b"--x\r\n\r\n{}\r\n--x\r\n\r\nunfinished"),
         ("multipart/mixed; boundary=x", b"--x\r\n\r\n{}\r\n--x--\r\n"),
+        ("multipart/mixed; boundary=x", b"--x\r\n\r\n{}\r\n--x\r\n\r\na\r\n--x\r\n\r\nb\r\n--x--"),
         ("multipart/mixed; boundary=x", b"--x\r\n\r\n{}\r\n--x\r\nno colon\r\n\r\nb\r\n--x--"),
     ],
 )

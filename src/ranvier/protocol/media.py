@@ -19,6 +19,7 @@ __all__ = [
     "INLINE_CONTENT_TYPES",
     "SECURITY_HEADERS",
     "MultipartAnswer",
+    "MultipartReader",
     "ThumbnailMethod",
     "ThumbnailSize",
     "content_disposition",
@@ -183,57 +184,134 @@ class MultipartAnswer:
         return disposition_filename(self.headers.get("content-disposition"))
 
 
+#: How much of an answer may come before the media's bytes: the JSON part
+#: and the headers of both parts.
+_MAX_HEAD_BYTES: Final = 64 * 1024
+
+
+class MultipartReader:
+    """Reads a ``multipart/mixed`` federation media answer (RFC 2046) as it
+    arrives: a first part (the JSON metadata, which is not kept), then the
+    media part, whose headers are :attr:`headers` once read and whose bytes
+    :meth:`feed` and :meth:`finish` hand back as they come, without ever
+    holding the whole body.
+
+    Raises ValueError, from any method, saying what is wrong: an answer
+    that is not ``multipart/mixed`` with a boundary, a head over 64 KiB,
+    other than two parts, a missing closing delimiter.
+    """
+
+    def __init__(self, content_type: str | None) -> None:
+        essence = (content_type or "").partition(";")[0].strip().lower()
+        if essence != "multipart/mixed":
+            raise ValueError(f"the answer is {content_type!r}, not multipart/mixed")
+        boundary = next(
+            (value for name, value in _parameters(content_type or "") if name == "boundary"), ""
+        )
+        if not boundary or len(boundary) > 70:
+            raise ValueError("the multipart answer names no usable boundary")
+        # Every delimiter follows a line break, except one that opens the
+        # answer: that one is found as if the break were there.
+        self._marker = b"\r\n--" + boundary.encode("latin-1")
+        self._buffer = b""
+        #: The media part's headers, names lower-cased; None until read.
+        self.headers: dict[str, str] | None = None
+        # Where the media ends in the buffer, once its delimiter was seen.
+        self._ended = False
+
+    @property
+    def location(self) -> str | None:
+        """The media part's ``Location``, if it points elsewhere."""
+        return None if self.headers is None else self.headers.get("location")
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take the next piece of the answer; return the media bytes it
+        completes (often all of it, less a few bytes held back in case a
+        delimiter starts there)."""
+        if self._ended:
+            self._buffer = (self._buffer + chunk)[: len(self._marker) + 2]
+            return b""
+        self._buffer += chunk
+        if self.headers is None and not self._read_head():
+            if len(self._buffer) > _MAX_HEAD_BYTES:
+                raise ValueError("the multipart answer's head is over 64 KiB")
+            return b""
+        end = self._buffer.find(self._marker)
+        if end >= 0:
+            media, self._buffer = self._buffer[:end], self._buffer[end:]
+            self._ended = True
+            return media
+        keep = len(self._marker) - 1
+        if len(self._buffer) <= keep:
+            return b""
+        media, self._buffer = self._buffer[:-keep], self._buffer[-keep:]
+        return media
+
+    def finish(self) -> bytes:
+        """The answer has ended: check that it ended as it should; return
+        nothing, as every media byte was given by :meth:`feed`."""
+        if self.headers is None:
+            raise ValueError("the multipart answer ends before its media part")
+        if not self._ended:
+            raise ValueError("the multipart answer has no closing delimiter")
+        after = self._buffer[len(self._marker) : len(self._marker) + 2]
+        if after != b"--":
+            raise ValueError("the multipart answer has more than 2 parts")
+        return b""
+
+    def _read_head(self) -> bool:
+        """Find the media part's headers in the buffer; keep only what
+        follows them. False when more of the answer is needed."""
+        buffer, marker = self._buffer, self._marker
+        first = -2 if buffer.startswith(marker[2:]) else buffer.find(marker)
+        if first == -1:
+            return False
+        second = buffer.find(marker, first + len(marker))
+        if second < 0:
+            return False
+        closing = buffer[first + len(marker) : first + len(marker) + 2]
+        if closing == b"--" or buffer[second + len(marker) : second + len(marker) + 2] == b"--":
+            raise ValueError("the multipart answer has 1 part, not 2")
+        line_end = buffer.find(b"\r\n", second + len(marker))
+        if line_end < 0 or len(buffer) < line_end + 4:
+            return False
+        start = line_end + 2
+        if buffer.startswith(b"\r\n", start):
+            # No headers: the part's body follows the delimiter line's break.
+            header_block, content_start = b"", start + 2
+        else:
+            split = buffer.find(b"\r\n\r\n", start)
+            delimiter = buffer.find(marker, start)
+            if 0 <= delimiter <= split + 2 or (split < 0 and delimiter >= 0):
+                # Headers and no body, the delimiter right after them.
+                header_block, content_start = buffer[start:delimiter], delimiter
+            elif split < 0:
+                return False
+            else:
+                header_block, content_start = buffer[start:split], split + 4
+        headers: dict[str, str] = {}
+        for line in header_block.decode("latin-1").split("\r\n") if header_block else ():
+            if not line:
+                continue
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise ValueError(f"the media part has a malformed header line {line!r}")
+            headers[name.strip().lower()] = value.strip()
+        self.headers = headers
+        self._buffer = buffer[content_start:]
+        return True
+
+
 def parse_multipart(content_type: str | None, body: bytes) -> MultipartAnswer:
-    """The media part of a ``multipart/mixed`` answer (RFC 2046) whose first
-    part is the JSON metadata and whose second is the media or a
-    ``Location`` header, as the server-server spec defines it.
+    """A whole federation media answer, read by :class:`MultipartReader`.
 
     Raises ValueError saying what is wrong.
     """
-    if not content_type or content_type.partition(";")[0].strip().lower() != "multipart/mixed":
-        raise ValueError(f"the answer is {content_type!r}, not multipart/mixed")
-    boundary = next((value for name, value in _parameters(content_type) if name == "boundary"), "")
-    if not boundary or len(boundary) > 70:
-        raise ValueError("the multipart answer names no usable boundary")
-    # Every delimiter follows a line break, except one that opens the body:
-    # that one is found as if the break were there, two bytes before it,
-    # rather than by copying a body that may be tens of megabytes.
-    marker = b"\r\n--" + boundary.encode("latin-1")
-    # Where each part starts and ends: the media is sliced out once.
-    parts: list[tuple[int, int]] = []
-    position = -2 if body.startswith(marker[2:]) else body.find(marker)
-    if position == -1:
-        raise ValueError("the multipart answer has no delimiter")
-    while True:
-        after = position + len(marker)
-        if body[after : after + 2] == b"--":
-            break
-        line_end = body.find(b"\r\n", after)
-        following = body.find(marker, line_end) if line_end >= 0 else -1
-        if following < 0:
-            raise ValueError("the multipart answer has no closing delimiter")
-        parts.append((line_end + 2, following))
-        position = following
-    if len(parts) != 2:
-        raise ValueError(f"the multipart answer has {len(parts)} parts, not 2")
-    start, end = parts[1]
-    if body.startswith(b"\r\n", start):
-        # No headers: the part's body follows the delimiter line's break.
-        header_block, content_start = b"", start + 2
-    else:
-        split = body.find(b"\r\n\r\n", start, end)
-        if split < 0:
-            header_block, content_start = body[start:end], end
-        else:
-            header_block, content_start = body[start:split], split + 4
-    headers: dict[str, str] = {}
-    for line in header_block.decode("latin-1").split("\r\n") if header_block else ():
-        name, colon, value = line.partition(":")
-        if not colon:
-            raise ValueError(f"the media part has a malformed header line {line!r}")
-        headers[name.strip().lower()] = value.strip()
-    content = body[content_start:end]
-    return MultipartAnswer(headers=headers, body=content, location=headers.get("location"))
+    reader = MultipartReader(content_type)
+    media = reader.feed(body)
+    reader.finish()
+    assert reader.headers is not None  # finish checks it
+    return MultipartAnswer(headers=reader.headers, body=media, location=reader.location)
 
 
 # Thumbnails.
