@@ -126,3 +126,38 @@ async def test_an_at_room_highlights_from_the_room_creator_only(env: Env) -> Non
     assert (await env.counts(bob))[0] == _counts(1, 1)
     await env.send(bob, "@room listen")
     assert (await env.counts(alice))[0] == _counts(1, 0)
+
+
+async def test_counts_split_by_thread_when_the_filter_asks(env: Env) -> None:
+    alice, bob = env.alice, env.bob
+    root = await env.send(bob, "root")
+    in_thread = {"m.relates_to": {"rel_type": "m.thread", "event_id": root}}
+    first_reply = await env.send(bob, "reply one", **in_thread)
+    await env.send(bob, "reply two alice", **in_thread)
+    last_main = await env.send(bob, "back in the room")
+    threaded = '{"room": {"timeline": {"unread_thread_notifications": true}}}'
+
+    body = await env.sync(alice, filter=threaded)
+    room = body["rooms"]["join"][env.room_id]
+    assert room["unread_notifications"] == _counts(2, 0)
+    assert room["unread_thread_notifications"] == {root: _counts(2, 1)}
+    # Without the filter's ask, one count for the whole room.
+    unsplit, _ = await env.counts(alice)
+    assert unsplit == _counts(4, 1)
+
+    path = f"/rooms/{q(env.room_id)}/receipt/m.read/{q(first_reply)}"
+    await env.client.ok(alice, "POST", path, {"thread_id": root})
+    room = (await env.sync(alice, filter=threaded))["rooms"]["join"][env.room_id]
+    assert room["unread_notifications"] == _counts(2, 0)
+    assert room["unread_thread_notifications"] == {root: _counts(1, 1)}
+
+    path = f"/rooms/{q(env.room_id)}/receipt/m.read/{q(last_main)}"
+    await env.client.ok(alice, "POST", path, {"thread_id": "main"})
+    room = (await env.sync(alice, filter=threaded))["rooms"]["join"][env.room_id]
+    assert room["unread_notifications"] == _counts(0, 0)
+    assert room["unread_thread_notifications"] == {root: _counts(1, 1)}
+
+    # Alice's own reply marks the thread read; an unthreaded receipt reads all.
+    await env.send(alice, "my reply", **in_thread)
+    room = (await env.sync(alice, filter=threaded))["rooms"]["join"][env.room_id]
+    assert "unread_thread_notifications" not in room

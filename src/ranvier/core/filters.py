@@ -91,6 +91,8 @@ class RoomEventFilter(EventFilter, frozen=True, kw_only=True):
     contains_url: bool | None = None
     lazy_load_members: bool = False
     include_redundant_members: bool = False
+    #: ``/sync`` splits a room's notification counts by thread.
+    unread_thread_notifications: bool = False
 
     def includes_room(self, room_id: str) -> bool:
         return _includes(self.rooms, self.not_rooms, room_id)

@@ -43,7 +43,9 @@ Rooms
 * **unread_notifications**: for each joined room in the response, the
   events since the user's read receipt that their push rules say notify
   them, and how many of those highlight
-  (:mod:`ranvier.core.notification_counts`).
+  (:mod:`ranvier.core.notification_counts`); split into the main
+  timeline's and ``unread_thread_notifications`` when the filter's
+  timeline asks for ``unread_thread_notifications``.
 * **leave**: rooms left (or banned from) after ``since``, with the timeline
   up to the leave; with ``include_leave`` an initial sync lists every room
   left.
@@ -503,9 +505,7 @@ class SyncHandler:
             ):
                 leave[room_id] = await self._left_room(request, room_id, ordering, event_id)
         if self._notifications is not None and join:
-            counts = await self._notifications.for_rooms(requester.user_id, list(join), now.events)
-            for room_id, room in join.items():
-                room["unread_notifications"] = counts.get(room_id, {})
+            await self._add_notification_counts(requester.user_id, join, now.events, filter)
         rooms = frozenset(room_id for room_id, *_ in memberships)
         end_to_end = E2eSync([], now.to_device, [], [], {}, [])
         if self._end_to_end is not None:
@@ -525,6 +525,25 @@ class SyncHandler:
             "device_unused_fallback_key_types": end_to_end.unused_fallbacks,
         }
         return response, now, rooms, (held | request.sent_members if skip_redundant else None)
+
+    async def _add_notification_counts(
+        self, user_id: str, join: dict[str, Any], upto: int, filter: Filter
+    ) -> None:
+        """Each joined room's ``unread_notifications``, and its
+        ``unread_thread_notifications`` when the filter asks for them.
+        """
+        assert self._notifications is not None
+        if filter.room.timeline.unread_thread_notifications:
+            split = await self._notifications.for_rooms_by_thread(user_id, list(join), upto)
+            for room_id, room in join.items():
+                main, threads = split.get(room_id, ({}, {}))
+                room["unread_notifications"] = main
+                if threads:
+                    room["unread_thread_notifications"] = threads
+            return
+        counts = await self._notifications.for_rooms(user_id, list(join), upto)
+        for room_id, room in join.items():
+            room["unread_notifications"] = counts.get(room_id, {})
 
     async def _presence_events(self, request: _Request) -> list[dict[str, Any]]:
         """The ``m.presence`` events to send, as the filter's ``presence``

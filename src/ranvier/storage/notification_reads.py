@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from .readers import ReaderPool
@@ -58,6 +58,10 @@ class UnreadEvents:
     create_json: bytes | None
     #: Joined members, counted up to the cap asked for.
     joined: int
+    #: Read per thread, when asked for: each threaded receipt's stream
+    #: ordering by thread (``main`` for the main timeline's), at least
+    #: ``read_upto``, which is then the unthreaded receipts' alone.
+    thread_reads: dict[str, int] = field(default_factory=dict)
 
 
 def read_unread_events(
@@ -68,6 +72,7 @@ def read_unread_events(
     upto: int,
     limit: int,
     count_cap: int,
+    by_thread: bool = False,
 ) -> dict[str, UnreadEvents]:
     """Each room's :class:`UnreadEvents` up to stream ordering ``upto``.
 
@@ -76,11 +81,25 @@ def read_unread_events(
     to the same point, the events start after ``counted_upto``; otherwise
     after the receipt. At most ``limit`` events (the newest) are read per
     room, and the joined members are counted up to ``count_cap``.
+
+    ``by_thread`` reads the receipts of each thread apart: ``read_upto``
+    is then the unthreaded receipts' (and the membership's) alone, the
+    events start after it, and ``thread_reads`` holds the rest.
     """
     found: dict[str, UnreadEvents] = {}
     for room_id, counted in rooms.items():
         member = _member(conn, room_id, user_id)
-        read_upto = max(_read_upto(conn, room_id, user_id), 0 if member is None else member[0])
+        joined_at = 0 if member is None else member[0]
+        threads = ("",) if by_thread else _TIMELINE_THREADS
+        read_upto = max(_read_upto(conn, room_id, user_id, threads), joined_at)
+        thread_reads = (
+            {
+                thread: max(ordering, read_upto)
+                for thread, ordering in _thread_reads(conn, room_id, user_id).items()
+            }
+            if by_thread
+            else {}
+        )
         after = read_upto
         if counted is not None and counted[0] == read_upto and read_upto <= counted[1] <= upto:
             after = counted[1]
@@ -109,19 +128,35 @@ def read_unread_events(
             else None,
             create_json=_current(conn, room_id, "m.room.create", "") if events else None,
             joined=_joined(conn, room_id, count_cap) if events else 0,
+            thread_reads=thread_reads,
         )
     return found
 
 
-def _read_upto(conn: sqlite3.Connection, room_id: str, user_id: str) -> int:
+def _read_upto(
+    conn: sqlite3.Connection, room_id: str, user_id: str, threads: tuple[str, ...]
+) -> int:
+    marks = ", ".join("?" for _ in threads)
     row = conn.execute(
         "SELECT MAX(e.stream_ordering) FROM receipts AS r"
         " JOIN events AS e ON e.event_id = r.event_id"
         " WHERE r.room_id = ? AND r.user_id = ? AND r.receipt_type IN (?, ?)"
-        " AND r.thread_id IN (?, ?)",
-        (room_id, user_id, *_READ_RECEIPTS, *_TIMELINE_THREADS),
+        f" AND r.thread_id IN ({marks})",
+        (room_id, user_id, *_READ_RECEIPTS, *threads),
     ).fetchone()
     return 0 if row is None or row[0] is None else int(row[0])
+
+
+def _thread_reads(conn: sqlite3.Connection, room_id: str, user_id: str) -> dict[str, int]:
+    """The later of each thread's read receipts, by thread (``main`` included)."""
+    rows = conn.execute(
+        "SELECT r.thread_id, MAX(e.stream_ordering) FROM receipts AS r"
+        " JOIN events AS e ON e.event_id = r.event_id"
+        " WHERE r.room_id = ? AND r.user_id = ? AND r.receipt_type IN (?, ?)"
+        " AND r.thread_id != '' GROUP BY r.thread_id",
+        (room_id, user_id, *_READ_RECEIPTS),
+    ).fetchall()
+    return {str(thread): int(ordering) for thread, ordering in rows}
 
 
 def _member(conn: sqlite3.Connection, room_id: str, user_id: str) -> tuple[int, bytes] | None:
@@ -170,6 +205,7 @@ class NotificationReads:
         upto: int,
         limit: int,
         count_cap: int,
+        by_thread: bool = False,
     ) -> dict[str, UnreadEvents]:
         return await self._readers.read(
             functools.partial(
@@ -179,5 +215,6 @@ class NotificationReads:
                 upto=upto,
                 limit=limit,
                 count_cap=count_cap,
+                by_thread=by_thread,
             )
         )
