@@ -48,6 +48,7 @@ TABLES_ADDED = {
     14: {"room_key_backup_versions", "room_key_backup_keys"},
     15: {"media", "media_thumbnails"},
     16: {"pushers", "push_position"},
+    17: {"event_reports", "openid_tokens"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -160,6 +161,10 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
             " ('@a:x', 'app', 'key', 'http', 'A', 'D', NULL, 'en', x'7b7d', 5)"
         )
         run("INSERT INTO push_position VALUES (1, 7)")
+    elif version == 17:
+        run("INSERT INTO event_reports VALUES (1, 'r1', '!r:x', '$e', '@a:x', 'spam', -100, 5)")
+        run("INSERT INTO event_reports VALUES (2, 'r2', '!r:x', NULL, '@a:x', NULL, NULL, 6)")
+        run("INSERT INTO openid_tokens VALUES (x'00', '@a:x', 3600005)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -700,6 +700,29 @@ def _pushers(db: sqlite_utils.Database) -> None:
     )
 
 
+def _reports_and_openid(db: sqlite_utils.Database) -> None:
+    """Reports of rooms and events for the server's admins
+    (:mod:`ranvier.storage.reports`), and OpenID tokens
+    (:mod:`ranvier.storage.accounts`).
+
+    A report's ``event_id`` is NULL when the room itself is reported;
+    ``request_id`` is drawn by the request that made it, so that the write
+    run again finds its own row. OpenID tokens are kept as their SHA-256.
+    """
+    db.execute(
+        "CREATE TABLE event_reports ("
+        " report_id INTEGER PRIMARY KEY NOT NULL, request_id TEXT NOT NULL UNIQUE,"
+        " room_id TEXT NOT NULL, event_id TEXT, user_id TEXT NOT NULL, reason TEXT,"
+        " score INTEGER, received_ts INTEGER NOT NULL) STRICT"
+    )
+    db.execute(
+        "CREATE TABLE openid_tokens ("
+        " token_hash BLOB PRIMARY KEY NOT NULL, user_id TEXT NOT NULL,"
+        " expires_ts INTEGER NOT NULL) STRICT"
+    )
+    db.execute("CREATE INDEX openid_tokens_user ON openid_tokens (user_id)")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -718,6 +741,7 @@ MIGRATIONS: Sequence[Migration] = (
     _room_key_backups,
     _media,
     _pushers,
+    _reports_and_openid,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
