@@ -4,13 +4,14 @@ federation media endpoints, and answers that cannot be used."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import trio
 
+from ranvier.core.media import FetchedMedia
 from ranvier.errors import MatrixError
 from ranvier.federation.media import FederationMediaClient
 from ranvier.federation.transport.client import FederationHttpClient, FederationResponseError
@@ -29,14 +30,36 @@ def _bytes(data: bytes, *headers: tuple[str, str]) -> StreamResponse:
     return StreamResponse(200, (*headers, ("content-length", str(len(data)))), body)
 
 
+def _flood(head: bytes, *headers: tuple[str, str]) -> StreamResponse:
+    """An answer without a length that goes on and on (a megabyte)."""
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        yield head
+        for _ in range(1000):
+            yield b"x" * 1000
+
+    return StreamResponse(200, headers, body)
+
+
 @dataclass
 class Setup:
     remote: RemoteHomeserver
     client: FederationHttpClient
+    #: What each fetch wrote, piece by piece.
+    written: list[list[bytes]] = field(default_factory=list)
 
-    @property
-    def media(self) -> FederationMediaClient:
-        return FederationMediaClient(self.client)
+    async def fetch(self, media_id: str, max_bytes: int = 10_000) -> FetchedMedia:
+        pieces: list[bytes] = []
+        self.written.append(pieces)
+
+        async def write(chunks: AsyncIterable[bytes]) -> int:
+            async for chunk in chunks:
+                pieces.append(chunk)
+            return sum(len(piece) for piece in pieces)
+
+        return await FederationMediaClient(self.client).fetch(
+            self.remote.server_name, media_id, max_bytes=max_bytes, timeout_ms=1000, write=write
+        )
 
 
 @pytest.fixture
@@ -49,6 +72,16 @@ async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
         media_id = request.path_params["mediaId"]
         if media_id == "olderServer":
             raise MatrixError("unrecognized request", errcode="M_UNRECOGNIZED", http_status=404)
+        if media_id in ("flood", "floodElsewhere"):
+            return _flood(
+                b"--zz\r\n\r\n{}\r\n--zz\r\n"
+                + (
+                    f"Location: https://{remote.server_name}/cdn/flood\r\n\r\n\r\n--zz--".encode()
+                    if media_id == "floodElsewhere"
+                    else b"Content-Type: text/plain\r\n\r\n"
+                ),
+                ("content-type", "multipart/mixed; boundary=zz"),
+            )
         if media_id == "garbled":
             return _bytes(b"not multipart", ("content-type", "multipart/mixed; boundary=zz"))
         location = f"https://{remote.server_name}/cdn/picture"
@@ -61,6 +94,8 @@ async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
         )
 
     async def cdn(request: Request) -> StreamResponse:
+        if request.path_params["name"] == "flood":
+            return _flood(b"", ("content-type", "text/plain"))
         return _bytes(
             PICTURE,
             ("content-type", "image/png"),
@@ -85,40 +120,47 @@ async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
 
 
 async def test_a_location_is_followed(setup: Setup) -> None:
-    fetched = await setup.media.fetch(
-        setup.remote.server_name, "elsewhere", max_bytes=10_000, timeout_ms=1000
+    fetched = await setup.fetch("elsewhere")
+    assert b"".join(setup.written[0]) == PICTURE
+    assert (fetched.content_type, fetched.filename, fetched.size) == (
+        "image/png",
+        "from-cdn.png",
+        len(PICTURE),
     )
-    assert fetched.data == PICTURE
-    assert (fetched.content_type, fetched.filename) == ("image/png", "from-cdn.png")
 
 
 async def test_what_a_location_holds_is_held_to_the_limit(setup: Setup) -> None:
     with pytest.raises(MatrixError) as refused:
-        await setup.media.fetch(
-            setup.remote.server_name, "elsewhere", max_bytes=100, timeout_ms=1000
-        )
+        await setup.fetch("elsewhere", max_bytes=100)
     assert (refused.value.http_status, refused.value.errcode) == (502, "M_TOO_LARGE")
 
 
+@pytest.mark.parametrize("media_id", ["flood", "floodElsewhere"])
+async def test_an_answer_without_a_length_is_cut_off_at_the_limit(
+    setup: Setup, media_id: str
+) -> None:
+    with pytest.raises(MatrixError) as refused:
+        await setup.fetch(media_id, max_bytes=10_000)
+    assert (refused.value.http_status, refused.value.errcode) == (502, "M_TOO_LARGE")
+    # What was handed on before the cut stays within the limit and framing.
+    assert sum(len(piece) for piece in setup.written[0]) <= 10_000 + 64 * 1024
+
+
 async def test_a_server_without_the_endpoints_is_asked_the_old_way(setup: Setup) -> None:
-    fetched = await setup.media.fetch(
-        setup.remote.server_name, "olderServer", max_bytes=10_000, timeout_ms=1000
-    )
-    assert (fetched.data, fetched.content_type, fetched.filename) == (
-        b"old style",
-        "text/plain",
-        "old.txt",
-    )
+    fetched = await setup.fetch("olderServer")
+    assert b"".join(setup.written[0]) == b"old style"
+    assert (fetched.content_type, fetched.filename, fetched.size) == ("text/plain", "old.txt", 9)
 
 
 async def test_an_unreadable_answer_is_a_bad_gateway(setup: Setup) -> None:
     with pytest.raises(MatrixError) as refused:
-        await setup.media.fetch(
-            setup.remote.server_name, "garbled", max_bytes=10_000, timeout_ms=1000
-        )
+        await setup.fetch("garbled")
     assert (refused.value.http_status, refused.value.errcode) == (502, "M_UNKNOWN")
 
 
 async def test_only_https_addresses_are_fetched(setup: Setup) -> None:
+    async def never(headers: object, chunks: object) -> None:
+        raise AssertionError("nothing is fetched")
+
     with pytest.raises(FederationResponseError, match="not an https"):
-        await setup.client.fetch_url(f"http://{setup.remote.server_name}/cdn/picture")
+        await setup.client.fetch_url(f"http://{setup.remote.server_name}/cdn/picture", never)

@@ -8,11 +8,11 @@ Invariants
   before the row describing it is written (see
   :mod:`ranvier.storage.media_files`), so media that a row calls uploaded
   can always be served whole.
-* **Bounded memory.** Uploads are written to disk as they arrive and
-  downloads read from disk a piece at a time; an upload is refused at its
-  ``Content-Length`` when it declares too much, and cut off at the limit
-  when it does not. Only another server's answer (at most the same limit)
-  and thumbnails are held whole.
+* **Bounded memory.** Uploads and other servers' answers are written to
+  disk as they arrive, and downloads read from disk, a piece at a time;
+  an upload is refused at its ``Content-Length`` when it declares too
+  much, and either is cut off at the limit when it does not. Only
+  thumbnails are held whole.
 * **Media IDs and server names are checked before they name a file**: a
   media ID of the spec's characters only (no ``/`` or ``.``), a server
   name of the spec's grammar. Anything else is a media that does not exist.
@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
@@ -49,6 +49,7 @@ __all__ = [
     "MediaFileStore",
     "MediaRepository",
     "MediaRows",
+    "MediaWriter",
     "RemoteMediaSource",
 ]
 
@@ -152,24 +153,30 @@ class MediaFileStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class FetchedMedia:
-    """Another server's media, as it answered."""
+    """Another server's media, as it answered, once its bytes are written."""
 
     content_type: str | None
     filename: str | None
-    data: bytes
+    size: int
+
+
+#: Writes media bytes as they come; returns how many there were.
+MediaWriter = Callable[[AsyncIterable[bytes]], Awaitable[int]]
 
 
 class RemoteMediaSource(Protocol):
     """Fetches media from the server that holds it
-    (:class:`ranvier.federation.media.FederationMediaClient`).
+    (:class:`ranvier.federation.media.FederationMediaClient`), handing its
+    bytes to ``write`` as they arrive.
 
     Raises MatrixError as a client should see it: 404 ``M_NOT_FOUND``
     when the origin does not have it, 502 when it cannot be had (502
-    ``M_TOO_LARGE`` over ``max_bytes``).
+    ``M_TOO_LARGE`` for an answer far over ``max_bytes``), and whatever
+    ``write`` raises.
     """
 
     async def fetch(
-        self, origin: str, media_id: str, *, max_bytes: int, timeout_ms: int
+        self, origin: str, media_id: str, *, max_bytes: int, timeout_ms: int, write: MediaWriter
     ) -> FetchedMedia: ...
 
 
@@ -310,7 +317,8 @@ class MediaRepository:
             raise _upload_too_large(self.max_upload_bytes)
 
     async def _write_upload(self, path: Path, chunks: AsyncIterable[bytes]) -> int:
-        async with contextlib.aclosing(_limited(chunks, self.max_upload_bytes)) as limited:
+        capped = _limited(chunks, self.max_upload_bytes, _upload_too_large)
+        async with contextlib.aclosing(capped) as limited:
             return await self._files.write(path, limited)
 
     # Downloads.
@@ -469,21 +477,27 @@ class MediaRepository:
 
     async def _fetch(self, origin: str, media_id: str, timeout_ms: int) -> MediaRecord:
         assert self._remote is not None
+        path = self._files.remote(origin, media_id)
+        limit = self.max_upload_bytes
+
+        async def write(chunks: AsyncIterable[bytes]) -> int:
+            capped = _limited(chunks, limit, _remote_too_large)
+            async with contextlib.aclosing(capped) as limited:
+                return await self._files.write(path, limited, replace=True)
+
         fetched = await self._remote.fetch(
             origin,
             media_id,
-            max_bytes=self.max_upload_bytes,
+            max_bytes=limit,
             timeout_ms=min(max(timeout_ms, 0), MAX_WAIT_MS),
-        )
-        size = await self._files.write_bytes(
-            self._files.remote(origin, media_id), fetched.data, replace=True
+            write=write,
         )
         await self._rows.add_remote(
             origin,
             media_id,
             content_type=fetched.content_type,
             upload_name=fetched.filename,
-            size=size,
+            size=fetched.size,
             ts=self._clock_ms(),
         )
         record = await self._rows.media(origin, media_id)
@@ -491,12 +505,14 @@ class MediaRepository:
         return record
 
 
-async def _limited(chunks: AsyncIterable[bytes], limit: int) -> AsyncGenerator[bytes, None]:
+async def _limited(
+    chunks: AsyncIterable[bytes], limit: int, too_large: Callable[[int], MatrixError]
+) -> AsyncGenerator[bytes, None]:
     size = 0
     async for chunk in chunks:
         size += len(chunk)
         if size > limit:
-            raise _upload_too_large(limit)
+            raise too_large(limit)
         yield chunk
 
 
@@ -513,6 +529,14 @@ def _cannot_overwrite() -> MatrixError:
         "this media has been uploaded already",
         errcode="M_CANNOT_OVERWRITE_MEDIA",
         http_status=409,
+    )
+
+
+def _remote_too_large(limit: int) -> MatrixError:
+    return MatrixError(
+        f"the media is over {limit} bytes, more than this server fetches",
+        errcode="M_TOO_LARGE",
+        http_status=502,
     )
 
 

@@ -12,20 +12,24 @@ Both sides speak the server-server spec's media endpoints
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import secrets
 import urllib.parse
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Final
 
-from ranvier.core.media import FetchedMedia, MediaContent, MediaRepository
+import httpx
+
+from ranvier.core.media import FetchedMedia, MediaContent, MediaRepository, MediaWriter
 from ranvier.errors import MatrixError
 from ranvier.protocol.media import (
+    MultipartReader,
     ThumbnailMethod,
     content_disposition,
     disposition_filename,
     multipart_head,
     multipart_tail,
-    parse_multipart,
 )
 from ranvier.web import Request, StreamResponse
 
@@ -103,52 +107,46 @@ def _multipart(content: MediaContent, disposition: str) -> StreamResponse:
 
 
 class FederationMediaClient:
-    """Fetches other servers' media for :class:`~ranvier.core.media.MediaRepository`."""
+    """Fetches other servers' media for :class:`~ranvier.core.media.MediaRepository`,
+    handing the bytes on as they arrive."""
 
     def __init__(self, client: FederationHttpClient) -> None:
         self._client = client
 
     async def fetch(
-        self, origin: str, media_id: str, *, max_bytes: int, timeout_ms: int
+        self, origin: str, media_id: str, *, max_bytes: int, timeout_ms: int, write: MediaWriter
     ) -> FetchedMedia:
-        """The media ``mxc://origin/media_id`` as ``origin`` serves it.
+        """The media ``mxc://origin/media_id`` as ``origin`` serves it,
+        its bytes given to ``write``.
 
         Raises MatrixError: 404 ``M_NOT_FOUND`` when ``origin`` says it has
         no such media, 504 ``M_NOT_YET_UPLOADED`` when it is still to be
-        uploaded there, 502 ``M_TOO_LARGE`` for media over ``max_bytes``,
-        and 502 ``M_UNKNOWN`` when no usable answer came.
+        uploaded there, 502 ``M_TOO_LARGE`` for an answer over
+        ``max_bytes`` and its framing, and 502 ``M_UNKNOWN`` when no usable
+        answer came; and what ``write`` raises.
         """
         quoted = urllib.parse.quote(media_id, safe="")
         try:
             try:
-                response = await self._client.request(
+                return await self._client.request_streamed(
                     "GET",
                     origin,
                     f"{_PREFIX}/download/{quoted}",
+                    functools.partial(self._read_answer, write=write, max_bytes=max_bytes),
                     query={"timeout_ms": timeout_ms},
                     max_response_bytes=max_bytes + _FRAMING_BYTES,
                 )
             except FederationRequestError as exc:
                 if exc.status not in (404, 405) or exc.errcode not in (None, "M_UNRECOGNIZED"):
                     raise
-                return await self._fetch_legacy(origin, media_id, max_bytes, timeout_ms)
-            try:
-                answer = parse_multipart(response.headers.get("content-type"), response.body)
-            except ValueError as exc:
-                raise _bad_gateway(f"{origin} answered media that cannot be read: {exc}") from None
-            if answer.location is not None:
-                located = await self._client.fetch_url(
-                    answer.location, max_response_bytes=max_bytes
-                )
-                fetched = FetchedMedia(
-                    content_type=located.headers.get("content-type") or answer.content_type,
-                    filename=disposition_filename(located.headers.get("content-disposition"))
-                    or answer.filename,
-                    data=located.body,
-                )
-            else:
-                fetched = FetchedMedia(
-                    content_type=answer.content_type, filename=answer.filename, data=answer.body
+                server = urllib.parse.quote(origin, safe="")
+                return await self._client.request_streamed(
+                    "GET",
+                    origin,
+                    f"/_matrix/media/v3/download/{server}/{quoted}",
+                    functools.partial(_read_plain, write=write, part=None),
+                    query={"allow_remote": "false", "timeout_ms": timeout_ms},
+                    max_response_bytes=max_bytes,
                 )
         except FederationRequestError as exc:
             raise _refused(origin, exc) from None
@@ -160,28 +158,78 @@ class FederationMediaClient:
             ) from None
         except FederationError as exc:
             raise _bad_gateway(f"cannot fetch the media from {origin}: {exc}") from None
-        if len(fetched.data) > max_bytes:
-            raise MatrixError(
-                f"the media is over {max_bytes} bytes", errcode="M_TOO_LARGE", http_status=502
-            )
-        return fetched
+        except ValueError as exc:
+            raise _bad_gateway(f"{origin} answered media that cannot be read: {exc}") from None
 
-    async def _fetch_legacy(
-        self, origin: str, media_id: str, max_bytes: int, timeout_ms: int
+    async def _read_answer(
+        self,
+        headers: httpx.Headers,
+        chunks: AsyncIterator[bytes],
+        *,
+        write: MediaWriter,
+        max_bytes: int,
     ) -> FetchedMedia:
-        server, quoted = (urllib.parse.quote(part, safe="") for part in (origin, media_id))
-        response = await self._client.request(
-            "GET",
-            origin,
-            f"/_matrix/media/v3/download/{server}/{quoted}",
-            query={"allow_remote": "false", "timeout_ms": timeout_ms},
-            max_response_bytes=max_bytes,
-        )
+        """Read a multipart answer as it arrives: the media part's headers,
+        then its bytes straight to ``write``, or the answer its
+        ``Location`` gives."""
+        reader = MultipartReader(headers.get("content-type"))
+        head: list[bytes] = []
+        async for chunk in chunks:
+            head.append(reader.feed(chunk))
+            if reader.headers is not None:
+                break
+        else:
+            reader.finish()
+        part = reader.headers
+        assert part is not None  # or finish raised
+        if reader.location is not None:
+            # The rest is the closing delimiter: read to the end, so that
+            # the answer is checked whole and its stream finished.
+            async for chunk in chunks:
+                reader.feed(chunk)
+            reader.finish()
+            return await self._client.fetch_url(
+                reader.location,
+                functools.partial(_read_plain, write=write, part=part),
+                max_response_bytes=max_bytes,
+            )
+
+        async def media() -> AsyncGenerator[bytes, None]:
+            for piece in head:
+                if piece:
+                    yield piece
+            async for chunk in chunks:
+                piece = reader.feed(chunk)
+                if piece:
+                    yield piece
+            reader.finish()
+
+        async with contextlib.aclosing(media()) as pieces:
+            size = await write(pieces)
         return FetchedMedia(
-            content_type=response.headers.get("content-type"),
-            filename=disposition_filename(response.headers.get("content-disposition")),
-            data=response.body,
+            content_type=part.get("content-type"),
+            filename=disposition_filename(part.get("content-disposition")),
+            size=size,
         )
+
+
+async def _read_plain(
+    headers: httpx.Headers,
+    chunks: AsyncIterator[bytes],
+    *,
+    write: MediaWriter,
+    part: Mapping[str, str] | None,
+) -> FetchedMedia:
+    """An answer that is the media itself; its headers say what it is,
+    or else those of the part that pointed to it."""
+    size = await write(chunks)
+    fallback = part or {}
+    return FetchedMedia(
+        content_type=headers.get("content-type") or fallback.get("content-type"),
+        filename=disposition_filename(headers.get("content-disposition"))
+        or disposition_filename(fallback.get("content-disposition")),
+        size=size,
+    )
 
 
 def _refused(origin: str, exc: FederationRequestError) -> MatrixError:

@@ -34,7 +34,15 @@ import ipaddress
 import logging
 import ssl
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -77,7 +85,9 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-_Body = TypeVar("_Body", bytes, bytearray)
+# What a request's answer is read into: its body, or whatever a streamed
+# answer's reader makes of it.
+_Body = TypeVar("_Body")
 
 #: The default cap on a response body. Large rooms' ``send_join`` and
 #: ``state`` answers run to tens of megabytes; callers expecting more pass
@@ -397,11 +407,42 @@ class FederationHttpClient:
         )
         return answer
 
+    async def request_streamed(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        consume: Callable[[httpx.Headers, AsyncIterator[bytes]], Awaitable[_T]],
+        *,
+        query: Mapping[str, Any] | None = None,
+        max_response_bytes: int | None = None,
+    ) -> _T:
+        """:meth:`request`, for an answer too big to hold: ``consume`` gets
+        its headers and its body a piece at a time as it arrives, and what
+        it returns is returned. Past ``max_response_bytes`` the pieces stop
+        with :class:`FederationResponseError`; whatever else ``consume``
+        raises comes out as it is.
+        """
+
+        async def read(response: httpx.Response, limit: int) -> _T:
+            async with contextlib.aclosing(_body_chunks(response, limit)) as chunks:
+                return await consume(response.headers, chunks)
+
+        _, _, result = await self._request(
+            method, destination, path, query, None, max_response_bytes, read
+        )
+        return result
+
     async def fetch_url(
-        self, url: str, *, max_response_bytes: int | None = None
-    ) -> FederationResponse:
+        self,
+        url: str,
+        consume: Callable[[httpx.Headers, AsyncIterator[bytes]], Awaitable[_T]],
+        *,
+        max_response_bytes: int | None = None,
+    ) -> _T:
         """GET ``url``, an ``https://`` address another server gave (the
-        ``Location`` of a media answer), and return its 2xx answer.
+        ``Location`` of a media answer), and hand its 2xx answer to
+        ``consume`` as :meth:`request_streamed` does.
 
         Unlike :meth:`request` it is not signed and not routed by server
         name: it is a plain HTTPS request, with the certificate checks
@@ -429,7 +470,8 @@ class FederationHttpClient:
                 ):
                     if not 200 <= response.status_code < 300:
                         raise await self._request_error(response, host, "GET", parsed.path)
-                    body = await read_body(response, limit)
+                    async with contextlib.aclosing(_body_chunks(response, limit)) as chunks:
+                        return await consume(response.headers, chunks)
         except trio.TooSlowError:
             raise FederationTimeoutError(
                 host, f"GET {url} got no complete answer within {self.request_timeout:g}s"
@@ -440,9 +482,6 @@ class FederationHttpClient:
             ) from None
         except httpx.HTTPError as exc:
             raise FederationConnectionError(host, f"GET {url}: {exc}") from None
-        return FederationResponse(
-            destination=host, status=response.status_code, headers=response.headers, body=body
-        )
 
     async def _request(
         self,
@@ -660,3 +699,33 @@ def _query_string(query: Mapping[str, Any] | None) -> str:
                 )
             pairs.append((name, str(item)))
     return "?" + urllib.parse.urlencode(pairs, quote_via=urllib.parse.quote)
+
+
+async def _body_chunks(response: httpx.Response, limit: int) -> AsyncGenerator[bytes, None]:
+    """A streamed response's body as it arrives, stopped with
+    :class:`~.resolve.ResponseTooLargeError` once it passes ``limit``
+    bytes (at once, if its Content-Length says it will). The count is kept
+    here, so it holds for any transport.
+    """
+    length = response.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ResponseTooLargeError(limit)
+    size = 0
+    pieces = response.aiter_bytes()
+    finished = False
+    try:
+        async for chunk in pieces:
+            size += len(chunk)
+            if size > limit:
+                raise ResponseTooLargeError(limit)
+            yield chunk
+        finished = True
+    finally:
+        if not finished:
+            # httpx's generators under this one end only when their stream
+            # does: close it, then let them run into that end, rather than
+            # leave them suspended for the garbage collector.
+            await response.aclose()
+            with contextlib.suppress(httpx.HTTPError, RuntimeError):
+                async for _ in pieces:
+                    pass
