@@ -4,6 +4,7 @@ has them, and notifications reaching a real HTTPS push gateway on loopback."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import trio
 from _client import Client, q
 
-from ranvier.config import PushConfig
+from ranvier.config import Config, PushConfig
 from ranvier.testing.homeserver import (
     TestHomeserver,
     TestUser,
@@ -79,22 +80,42 @@ class Env:
                 await trio.sleep(0.01)
 
 
+@asynccontextmanager
+async def _running(
+    tmp_path: Path, gateway: FakePushGateway, config: Config, *, again: Env | None = None
+) -> AsyncIterator[Env]:
+    """A server with Alice's room that Bob joined; ``again`` runs the
+    server of an earlier :class:`Env` once more, on the same data.
+    """
+    async with open_test_homeserver(tmp_path / "hs", config=config) as hs, hs.client() as http:
+        client = Client(hs, http)
+        if again is not None:
+            yield Env(hs, client, gateway, again.alice, again.bob, again.room_id, again._txn)
+            return
+        alice = await hs.register_user("alice")
+        bob = await hs.register_user("bob")
+        room_id = await client.create_room(alice, preset="public_chat", name="Lunch")
+        await client.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
+        yield Env(hs, client, gateway, alice, bob, room_id)
+
+
 @pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
+async def gateway_and_config(
+    tmp_path: Path, nursery: trio.Nursery
+) -> tuple[FakePushGateway, Config]:
     pki = Pki.create(tmp_path)
     gateway = FakePushGateway()
+    await gateway.start(nursery, pki)
     config = config_for_tests(tmp_path / "hs")
-    config = msgspec.structs.replace(config, push=PushConfig(ca_file=pki.ca_file))
-    async with trio.open_nursery() as nursery:
-        await gateway.start(nursery, pki)
-        async with open_test_homeserver(tmp_path / "hs", config=config) as hs, hs.client() as http:
-            client = Client(hs, http)
-            alice = await hs.register_user("alice")
-            bob = await hs.register_user("bob")
-            room_id = await client.create_room(alice, preset="public_chat", name="Lunch")
-            await client.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
-            yield Env(hs, client, gateway, alice, bob, room_id)
-        nursery.cancel_scope.cancel()
+    return gateway, msgspec.structs.replace(config, push=PushConfig(ca_file=pki.ca_file))
+
+
+@pytest.fixture
+async def env(
+    tmp_path: Path, gateway_and_config: tuple[FakePushGateway, Config]
+) -> AsyncIterator[Env]:
+    async with _running(tmp_path, *gateway_and_config) as env:
+        yield env
 
 
 # The API
@@ -247,30 +268,19 @@ async def test_a_failing_gateway_gets_the_notification_again(env: Env) -> None:
     assert notification["event_id"] == event_id
 
 
-async def test_after_a_restart_nothing_is_pushed_twice_or_skipped(tmp_path: Path) -> None:
-    pki = Pki.create(tmp_path)
-    gateway = FakePushGateway()
-    config = config_for_tests(tmp_path / "hs")
-    config = msgspec.structs.replace(config, push=PushConfig(ca_file=pki.ca_file))
-    async with trio.open_nursery() as nursery:
-        await gateway.start(nursery, pki)
-        async with open_test_homeserver(tmp_path / "hs", config=config) as hs, hs.client() as http:
-            client = Client(hs, http)
-            alice = await hs.register_user("alice")
-            bob = await hs.register_user("bob")
-            room_id = await client.create_room(alice, preset="public_chat")
-            await client.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
-            env = Env(hs, client, gateway, alice, bob, room_id)
-            await env.set_pusher(alice)
-            first = await env.send(bob, "before the restart")
-            assert (await _next(gateway))["event_id"] == first
-        async with open_test_homeserver(tmp_path / "hs", config=config) as hs, hs.client() as http:
-            env = Env(hs, Client(hs, http), gateway, alice, bob, room_id, _txn=100)
-            second = await env.send(bob, "after the restart")
-            assert (await _next(gateway))["event_id"] == second
-            await env.settled()
-            assert gateway.received == []
-        nursery.cancel_scope.cancel()
+async def test_after_a_restart_nothing_is_pushed_twice_or_skipped(
+    tmp_path: Path, gateway_and_config: tuple[FakePushGateway, Config]
+) -> None:
+    gateway = gateway_and_config[0]
+    async with _running(tmp_path, *gateway_and_config) as env:
+        await env.set_pusher(env.alice)
+        first = await env.send(env.bob, "before the restart")
+        assert (await _next(gateway))["event_id"] == first
+    async with _running(tmp_path, *gateway_and_config, again=env) as env:
+        second = await env.send(env.bob, "after the restart")
+        assert (await _next(gateway))["event_id"] == second
+        await env.settled()
+        assert gateway.received == []
 
 
 async def test_an_invite_is_pushed_to_the_invitee_before_they_join(env: Env) -> None:

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from ranvier.core.push_rules import default_push_rules
+from ranvier.protocol.property_paths import property_path
 from ranvier.protocol.push_evaluation import (
     PushContext,
     PushOutcome,
     evaluate_push_rules,
-    property_path,
 )
 
 ALICE = "@alice:example.org"

@@ -13,45 +13,14 @@ import httpx
 import msgspec
 import pytest
 import trio
+from _worker_configs import main_and_worker_configs, main_process_config, worker_process_config
 
 from ranvier.config import Config, ConfigError, ListenerConfig, ReplicationConfig, WorkerConfig
 from ranvier.replication.worker import WorkerServer, open_worker
 from ranvier.testing import Pki, free_port
-from ranvier.testing.homeserver import TestHomeserver, config_for_tests, open_test_homeserver
+from ranvier.testing.homeserver import TestHomeserver, open_test_homeserver
 
-SECRET = "a worker's secret"
 _SYNC = "/_matrix/client/v3/sync"
-
-
-def _main_config(directory: Path, *, replication_port: int, pki: Pki | None = None) -> Config:
-    config = config_for_tests(directory, federation=pki)
-    return msgspec.structs.replace(
-        config,
-        listeners=(
-            *config.listeners,
-            ListenerConfig(type="replication", port=replication_port),
-        ),
-        replication=ReplicationConfig(shared_secret=SECRET, retry_for_seconds=30),
-    )
-
-
-def _worker_config(main: Config, directory: Path, *, replication_port: int) -> Config:
-    return msgspec.structs.replace(
-        main,
-        data_dir=directory,
-        signing_key_path=main.paths.signing_key,
-        database=msgspec.structs.replace(main.database, path=main.paths.database),
-        listeners=(ListenerConfig(type="client", port=0),),
-        worker=WorkerConfig(main_replication_url=f"http://127.0.0.1:{replication_port}"),
-    )
-
-
-def _configs(tmp_path: Path, pki: Pki | None = None) -> tuple[Config, Config]:
-    """A main process's config and a client_reader worker's beside it, the
-    worker reaching the main process's replication listener on a free port."""
-    port = free_port()
-    main = _main_config(tmp_path / "main", replication_port=port, pki=pki)
-    return main, _worker_config(main, tmp_path / "worker", replication_port=port)
 
 
 async def _sync_woken(
@@ -91,11 +60,11 @@ async def _arrives(remote: TestHomeserver, event_id: str) -> None:
 def test_a_worker_needs_its_main_process_and_serves_its_roles_listeners_only(
     tmp_path: Path,
 ) -> None:
-    main = _main_config(tmp_path / "main", replication_port=9093)
+    main = main_process_config(tmp_path / "main", replication_port=9093)
     with pytest.raises(ConfigError) as caught:
         WorkerServer(main, "client_reader")
     assert caught.value.key == "worker.main_replication_url"
-    worker = _worker_config(main, tmp_path / "worker", replication_port=9093)
+    worker = worker_process_config(main, tmp_path / "worker", replication_port=9093)
     with pytest.raises(ConfigError) as caught:
         WorkerServer(worker, "federation_reader")
     assert caught.value.key == "listeners[0].type"
@@ -115,8 +84,8 @@ def test_a_worker_needs_its_main_process_and_serves_its_roles_listeners_only(
 async def test_a_worker_started_before_its_main_process_names_the_missing_file(
     tmp_path: Path,
 ) -> None:
-    main = _main_config(tmp_path / "main", replication_port=free_port())
-    worker = _worker_config(main, tmp_path / "worker", replication_port=free_port())
+    main = main_process_config(tmp_path / "main", replication_port=free_port())
+    worker = worker_process_config(main, tmp_path / "worker", replication_port=free_port())
     with pytest.raises(ConfigError) as caught:
         async with open_worker(worker, "client_reader"):
             pass
@@ -127,7 +96,7 @@ async def test_a_worker_started_before_its_main_process_names_the_missing_file(
 async def test_a_logout_on_the_main_process_reaches_the_workers_token_cache(
     tmp_path: Path,
 ) -> None:
-    main_config, worker_config = _configs(tmp_path)
+    main_config, worker_config = main_and_worker_configs(tmp_path)
     async with (
         open_test_homeserver(tmp_path / "main", config=main_config) as main,
         open_worker(worker_config, "client_reader") as worker,
@@ -151,7 +120,7 @@ async def test_a_logout_on_the_main_process_reaches_the_workers_token_cache(
 async def test_a_worker_follows_the_stream_across_a_restart_of_the_main_process(
     tmp_path: Path,
 ) -> None:
-    main_config, worker_config = _configs(tmp_path)
+    main_config, worker_config = main_and_worker_configs(tmp_path)
     async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
         alice = await main.register_user("alice")
         room_id = await main.server.create_room(alice.user_id, preset="public_chat")
@@ -186,7 +155,7 @@ async def test_a_join_on_a_worker_left_partial_is_resynced_by_the_main_process(
     tmp_path: Path,
 ) -> None:
     pki = Pki.create(tmp_path)
-    main_config, worker_config = _configs(tmp_path, pki=pki)
+    main_config, worker_config = main_and_worker_configs(tmp_path, pki=pki)
     async with (
         open_test_homeserver(tmp_path / "remote", federation=pki) as remote,
         open_test_homeserver(tmp_path / "main", config=main_config) as main,
@@ -218,7 +187,7 @@ async def test_with_a_federation_sender_worker_the_main_process_only_queues(
     tmp_path: Path,
 ) -> None:
     pki = Pki.create(tmp_path)
-    main_config, worker_config = _configs(tmp_path, pki=pki)
+    main_config, worker_config = main_and_worker_configs(tmp_path, pki=pki)
     main_config = msgspec.structs.replace(main_config, worker=WorkerConfig(federation_sender=True))
     async with (
         open_test_homeserver(tmp_path / "remote", federation=pki) as remote,
@@ -247,7 +216,7 @@ async def test_with_a_federation_sender_worker_the_main_process_only_queues(
 async def test_a_long_poll_on_a_worker_wakes_for_account_data_set_on_the_main_process(
     tmp_path: Path,
 ) -> None:
-    main_config, worker_config = _configs(tmp_path)
+    main_config, worker_config = main_and_worker_configs(tmp_path)
     async with (
         open_test_homeserver(tmp_path / "main", config=main_config) as main,
         open_worker(worker_config, "client_reader") as worker,
@@ -276,7 +245,7 @@ async def test_a_long_poll_on_a_worker_wakes_for_account_data_set_on_the_main_pr
 async def test_a_long_poll_on_a_worker_wakes_for_a_receipt_sent_to_the_main_process(
     tmp_path: Path,
 ) -> None:
-    main_config, worker_config = _configs(tmp_path)
+    main_config, worker_config = main_and_worker_configs(tmp_path)
     async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
         alice = await main.register_user("alice")
         bob = await main.register_user("bob")
@@ -306,7 +275,7 @@ async def test_a_long_poll_on_a_worker_wakes_for_a_receipt_sent_to_the_main_proc
 async def test_a_worker_reaches_a_replication_listener_on_tls(tmp_path: Path) -> None:
     pki = Pki.create(tmp_path)
     port = free_port()
-    main_config = _main_config(tmp_path / "main", replication_port=port, pki=pki)
+    main_config = main_process_config(tmp_path / "main", replication_port=port, pki=pki)
     main_config = msgspec.structs.replace(
         main_config,
         listeners=(
@@ -315,7 +284,7 @@ async def test_a_worker_reaches_a_replication_listener_on_tls(tmp_path: Path) ->
         ),
     )
     worker_config = msgspec.structs.replace(
-        _worker_config(main_config, tmp_path / "worker", replication_port=port),
+        worker_process_config(main_config, tmp_path / "worker", replication_port=port),
         worker=WorkerConfig(
             main_replication_url=f"https://127.0.0.1:{port}", replication_ca_file=pki.ca_file
         ),
@@ -333,7 +302,7 @@ async def test_with_a_federation_sender_worker_the_main_process_catches_no_one_u
     tmp_path: Path,
 ) -> None:
     pki = Pki.create(tmp_path)
-    main_config, worker_config = _configs(tmp_path, pki=pki)
+    main_config, worker_config = main_and_worker_configs(tmp_path, pki=pki)
     main_config = msgspec.structs.replace(main_config, worker=WorkerConfig(federation_sender=True))
     worker_config = msgspec.structs.replace(worker_config, listeners=())
     async with open_test_homeserver(tmp_path / "remote", federation=pki) as remote:

@@ -7,38 +7,16 @@ from __future__ import annotations
 import urllib.parse
 from pathlib import Path
 
-import msgspec
 import trio
+from _worker_configs import main_and_worker_configs
 
-from ranvier.config import Config, ListenerConfig, PushConfig, ReplicationConfig, WorkerConfig
+from ranvier.config import PushConfig
 from ranvier.replication.worker import open_worker
-from ranvier.testing import free_port
-from ranvier.testing.homeserver import TestHomeserver, config_for_tests, open_test_homeserver
+from ranvier.testing.homeserver import TestHomeserver, open_test_homeserver
 from ranvier.testing.network import Pki
 from ranvier.testing.push_gateway import FakePushGateway
 
-SECRET = "a worker's secret"
 _V3 = "/_matrix/client/v3"
-
-
-def _configs(tmp_path: Path, pki: Pki) -> tuple[Config, Config]:
-    port = free_port()
-    main = config_for_tests(tmp_path / "main")
-    main = msgspec.structs.replace(
-        main,
-        listeners=(*main.listeners, ListenerConfig(type="replication", port=port)),
-        replication=ReplicationConfig(shared_secret=SECRET, retry_for_seconds=30),
-        push=PushConfig(ca_file=pki.ca_file),
-    )
-    worker = msgspec.structs.replace(
-        main,
-        data_dir=tmp_path / "worker",
-        signing_key_path=main.paths.signing_key,
-        database=msgspec.structs.replace(main.database, path=main.paths.database),
-        listeners=(ListenerConfig(type="client", port=0),),
-        worker=WorkerConfig(main_replication_url=f"http://127.0.0.1:{port}"),
-    )
-    return main, worker
 
 
 async def test_an_event_sent_through_a_worker_is_pushed_once_by_the_main_process(
@@ -46,7 +24,9 @@ async def test_an_event_sent_through_a_worker_is_pushed_once_by_the_main_process
 ) -> None:
     pki = Pki.create(tmp_path)
     gateway = FakePushGateway()
-    main_config, worker_config = _configs(tmp_path, pki)
+    main_config, worker_config = main_and_worker_configs(
+        tmp_path, push=PushConfig(ca_file=pki.ca_file)
+    )
     async with trio.open_nursery() as nursery:
         await gateway.start(nursery, pki)
         async with open_test_homeserver(tmp_path / "main", config=main_config) as main:

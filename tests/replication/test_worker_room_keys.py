@@ -6,36 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import msgspec
+from _worker_configs import main_and_worker_configs
 
-from ranvier.config import Config, ListenerConfig, ReplicationConfig, WorkerConfig
 from ranvier.replication.worker import open_worker
-from ranvier.testing import free_port
-from ranvier.testing.homeserver import TestHomeserver, config_for_tests, open_test_homeserver
+from ranvier.testing.homeserver import TestHomeserver, open_test_homeserver
 
-SECRET = "a worker's secret"
 _V3 = "/_matrix/client/v3"
 ALG = "m.megolm_backup.v1.curve25519-aes-sha2"
 ROOM = "!room:example.org"
-
-
-def _configs(tmp_path: Path) -> tuple[Config, Config]:
-    port = free_port()
-    main = config_for_tests(tmp_path / "main")
-    main = msgspec.structs.replace(
-        main,
-        listeners=(*main.listeners, ListenerConfig(type="replication", port=port)),
-        replication=ReplicationConfig(shared_secret=SECRET, retry_for_seconds=30),
-    )
-    worker = msgspec.structs.replace(
-        main,
-        data_dir=tmp_path / "worker",
-        signing_key_path=main.paths.signing_key,
-        database=msgspec.structs.replace(main.database, path=main.paths.database),
-        listeners=(ListenerConfig(type="client", port=0),),
-        worker=WorkerConfig(main_replication_url=f"http://127.0.0.1:{port}"),
-    )
-    return main, worker
 
 
 def _key(first: int) -> dict[str, object]:
@@ -48,7 +26,7 @@ def _key(first: int) -> dict[str, object]:
 
 
 async def test_a_backup_kept_through_a_worker(tmp_path: Path) -> None:
-    main_config, worker_config = _configs(tmp_path)
+    main_config, worker_config = main_and_worker_configs(tmp_path)
     async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
         alice = await main.register_user("alice")
         async with (

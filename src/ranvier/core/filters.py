@@ -11,7 +11,7 @@ ID or the filter inline.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, Final, Literal, Protocol
 
@@ -19,6 +19,7 @@ import msgspec
 
 from ranvier.errors import MatrixError
 from ranvier.protocol.canonical import encode_canonical_json
+from ranvier.protocol.property_paths import property_path
 
 __all__ = [
     "EventFilter",
@@ -138,7 +139,7 @@ class Filter(msgspec.Struct, frozen=True, kw_only=True):
             return event
         projected: dict[str, Any] = {}
         for path in self.event_fields:
-            _copy_path(event, projected, _split_field(path))
+            _copy_path(event, projected, property_path(path))
         return projected
 
     @property
@@ -149,27 +150,7 @@ class Filter(msgspec.Struct, frozen=True, kw_only=True):
         return self.room.state.lazy_load_members
 
 
-def _split_field(path: str) -> list[str]:
-    """A dot-separated field path, where ``\\.`` is a literal dot and
-    ``\\\\`` a literal backslash.
-    """
-    parts, current, escaped = [], [], False
-    for char in path:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ".":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
-
-
-def _copy_path(source: dict[str, Any], target: dict[str, Any], path: list[str]) -> None:
+def _copy_path(source: dict[str, Any], target: dict[str, Any], path: Sequence[str]) -> None:
     head, rest = path[0], path[1:]
     if head not in source:
         return

@@ -31,11 +31,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .property_paths import property_path
+
 __all__ = [
     "PushContext",
     "PushOutcome",
     "evaluate_push_rules",
-    "property_path",
 ]
 
 #: The rule kinds, most important first.
@@ -177,34 +178,6 @@ def _outcome(rule_id: str, actions: object) -> PushOutcome:
             # A highlight tweak without a value means true.
             highlight = action.get("value", True) is True
     return PushOutcome(rule_id, notify="notify" in kept, highlight=highlight, actions=kept)
-
-
-@functools.lru_cache(maxsize=1024)
-def property_path(key: str) -> tuple[str, ...]:
-    """``key`` split at its unescaped dots: ``content.m\\.mentions.room``
-    is ``("content", "m.mentions", "room")``; ``\\\\`` is one backslash,
-    and any other backslash stands for itself.
-    """
-    parts: list[str] = []
-    current: list[str] = []
-    escaped = False
-    for char in key:
-        if escaped:
-            if char not in ".\\":
-                current.append("\\")
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ".":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    if escaped:
-        current.append("\\")
-    parts.append("".join(current))
-    return tuple(parts)
 
 
 #: A property that is not there, as distinct from one whose value is null.

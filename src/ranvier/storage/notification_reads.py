@@ -29,7 +29,13 @@ from typing import Final
 
 from .readers import ReaderPool
 
-__all__ = ["NotificationReads", "UnreadEvents", "read_unread_events"]
+__all__ = [
+    "NotificationReads",
+    "UnreadEvents",
+    "count_joined",
+    "current_state_json",
+    "read_unread_events",
+]
 
 _READ_RECEIPTS: Final = ("m.read", "m.read.private")
 #: The threads whose receipts mark the room's timeline read: unthreaded
@@ -123,11 +129,11 @@ def read_unread_events(
             complete=complete,
             room_version=None if version is None else version[0],
             member_json=None if member is None else member[1],
-            power_levels_json=_current(conn, room_id, "m.room.power_levels", "")
+            power_levels_json=current_state_json(conn, room_id, "m.room.power_levels", "")
             if events
             else None,
-            create_json=_current(conn, room_id, "m.room.create", "") if events else None,
-            joined=_joined(conn, room_id, count_cap) if events else 0,
+            create_json=current_state_json(conn, room_id, "m.room.create", "") if events else None,
+            joined=count_joined(conn, room_id, count_cap) if events else 0,
             thread_reads=thread_reads,
         )
     return found
@@ -169,7 +175,10 @@ def _member(conn: sqlite3.Connection, room_id: str, user_id: str) -> tuple[int, 
     return None if row is None else (int(row[0]), bytes(row[1]))
 
 
-def _current(conn: sqlite3.Connection, room_id: str, type_: str, state_key: str) -> bytes | None:
+def current_state_json(
+    conn: sqlite3.Connection, room_id: str, type_: str, state_key: str
+) -> bytes | None:
+    """The JSON of the room's current state event at ``(type_, state_key)``."""
     row = conn.execute(
         "SELECT e.json FROM current_state AS cs JOIN events AS e ON e.event_id = cs.event_id"
         " WHERE cs.room_id = ? AND cs.type = ? AND cs.state_key = ?",
@@ -178,9 +187,11 @@ def _current(conn: sqlite3.Connection, room_id: str, type_: str, state_key: str)
     return None if row is None else bytes(row[0])
 
 
-def _joined(conn: sqlite3.Connection, room_id: str, cap: int) -> int:
-    # Stops at the cap: a big room's members are not all read to learn
-    # that it has more than the rules ask about.
+def count_joined(conn: sqlite3.Connection, room_id: str, cap: int) -> int:
+    """The room's joined members, counted up to ``cap``: a big room's
+    members are not all read to learn that it has more than the push rules
+    ask about.
+    """
     row = conn.execute(
         "SELECT COUNT(*) FROM (SELECT 1 FROM current_state AS cs"
         " JOIN events AS e ON e.event_id = cs.event_id"

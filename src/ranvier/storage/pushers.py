@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import msgspec
 
+from .notification_reads import count_joined, current_state_json
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
 
@@ -293,40 +294,25 @@ class RoomPushState:
 def _room_push_state(
     conn: sqlite3.Connection, *, room_id: str, user_ids: list[str], count_cap: int
 ) -> RoomPushState:
-    def current(type_: str, state_key: str) -> bytes | None:
-        row = conn.execute(
-            "SELECT e.json FROM current_state AS cs JOIN events AS e ON e.event_id = cs.event_id"
-            " WHERE cs.room_id = ? AND cs.type = ? AND cs.state_key = ?",
-            (room_id, type_, state_key),
-        ).fetchone()
-        return None if row is None else bytes(row[0])
-
     version = conn.execute(
         "SELECT room_version FROM rooms WHERE room_id = ?", (room_id,)
     ).fetchone()
-    name_json = current("m.room.name", "")
+    name_json = current_state_json(conn, room_id, "m.room.name", "")
     name = None
     if name_json is not None:
         value = msgspec.json.decode(name_json).get("content", {}).get("name")
         name = value if isinstance(value, str) and value else None
-    joined = conn.execute(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM current_state AS cs"
-        " JOIN events AS e ON e.event_id = cs.event_id"
-        " WHERE cs.room_id = ? AND cs.type = 'm.room.member'"
-        " AND json_extract(CAST(e.json AS TEXT), '$.content.membership') = 'join' LIMIT ?)",
-        (room_id, count_cap),
-    ).fetchone()[0]
     members = {}
     for user_id in user_ids:
-        member = current("m.room.member", user_id)
+        member = current_state_json(conn, room_id, "m.room.member", user_id)
         if member is not None:
             members[user_id] = member
     return RoomPushState(
         room_version=None if version is None else str(version[0]),
-        power_levels_json=current("m.room.power_levels", ""),
-        create_json=current("m.room.create", ""),
+        power_levels_json=current_state_json(conn, room_id, "m.room.power_levels", ""),
+        create_json=current_state_json(conn, room_id, "m.room.create", ""),
         name=name,
-        joined=int(joined),
+        joined=count_joined(conn, room_id, count_cap),
         members=members,
     )
 
