@@ -91,12 +91,14 @@ import trio
 
 from ranvier.api.account import add_account_routes
 from ranvier.api.account_data import add_account_data_routes
+from ranvier.api.account_management import add_account_management_routes
 from ranvier.api.admin import add_admin_routes
 from ranvier.api.app import ClientApp
 from ranvier.api.auth import Auth
 from ranvier.api.capabilities import add_capability_routes
 from ranvier.api.devices import add_device_routes
 from ranvier.api.directory import add_directory_routes
+from ranvier.api.event_context import add_event_context_route
 from ranvier.api.keys import add_key_routes
 from ranvier.api.media import MediaApp
 from ranvier.api.presence import add_presence_routes
@@ -105,6 +107,7 @@ from ranvier.api.push_rules import add_push_rule_routes
 from ranvier.api.pushers import add_pusher_routes
 from ranvier.api.ratelimit import RateLimiter, RouteLimits
 from ranvier.api.receipts import add_receipt_routes
+from ranvier.api.relations import add_relation_routes
 from ranvier.api.room_keys import add_room_key_routes
 from ranvier.api.room_list import add_room_list_routes
 from ranvier.api.rooms import add_room_routes
@@ -118,9 +121,11 @@ from ranvier.core.accounts import Accounts
 from ranvier.core.backfill import Backfiller
 from ranvier.core.client_txns import ClientTransactions
 from ranvier.core.creation import EventCreator, Preset
+from ranvier.core.deactivation import Deactivation
 from ranvier.core.devices import Devices
 from ranvier.core.directory import RoomDirectory
 from ranvier.core.e2e_keys import E2eKeys, ForgettingDeletedDevices
+from ranvier.core.event_context import EventContexts
 from ranvier.core.filters import UserFilters
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
 from ranvier.core.interfaces import EventPersister
@@ -136,6 +141,7 @@ from ranvier.core.push_sender import PushSender
 from ranvier.core.pushers import Pushers
 from ranvier.core.receipts import Receipts
 from ranvier.core.redactions import ServedStateReader
+from ranvier.core.relations import Relations
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.room_keys import RoomKeyBackups
 from ranvier.core.room_leaves import RoomLeaves
@@ -1031,6 +1037,10 @@ class HomeServer:
             directory=directory,
         )
         add_directory_routes(router, auth=self.auth, directory=directory, reader=reader)
+        add_event_context_route(router, auth=self.auth, contexts=EventContexts(self.storage.sync))
+        add_relation_routes(
+            router, auth=self.auth, relations=Relations(self.storage.sync, self.storage.relations)
+        )
         auth, client_data = self.auth, self.storage.client_data
         add_capability_routes(router, auth=auth)
         add_push_rule_routes(
@@ -1046,6 +1056,19 @@ class HomeServer:
         forgetting = ForgettingDeletedDevices(self.accounts, self.e2e_keys)
         add_device_routes(
             router, auth=auth, devices=Devices(store=client_data, accounts=forgetting)
+        )
+        add_account_management_routes(
+            router,
+            auth=auth,
+            uia=Devices(store=client_data, accounts=self.accounts),
+            accounts=self.accounts,
+            deactivation=Deactivation(
+                accounts=self.accounts,
+                rooms=self.storage.accounts,
+                leaves=self.room_leaves,
+                profiles=client_data,
+                pushers=self.storage.pushers,
+            ),
         )
         add_room_list_routes(
             router, server_name=self.config.server_name, auth=auth, room_list=self.room_list

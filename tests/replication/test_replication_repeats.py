@@ -74,6 +74,9 @@ OUTCOMES: dict[str, str] = {
     "accounts.delete_devices": "same database",
     "accounts.delete_user_devices": "same database",
     "accounts.set_password_hash": "same",
+    "accounts.change_password": "same database",
+    "accounts.deactivate_account": "same",
+    "accounts.add_openid_token": "same",
     "aliases.insert_alias": "same",
     "aliases.delete_alias": "same database",
     "client_transactions.insert_client_transaction": "same",
@@ -278,6 +281,20 @@ PREPARE: dict[str, Prepare] = {
     ),
     "accounts.set_password_hash": _after_account(
         _call(accounts._set_password_hash, user_id=ALICE, password_hash="$argon2id$new")
+    ),
+    "accounts.change_password": _after_account(
+        _call(
+            accounts._change_password,
+            user_id=ALICE,
+            password_hash="$argon2id$new",
+            keep_only_device="E",
+        )
+    ),
+    "accounts.deactivate_account": _after_account(
+        _call(accounts._deactivate_account, user_id=ALICE)
+    ),
+    "accounts.add_openid_token": _after_account(
+        _call(accounts._add_openid_token, token_hash=_TOKEN, user_id=ALICE, expires_ts=5)
     ),
     "aliases.insert_alias": _plain(
         _call(aliases._insert_alias, alias="#a:x", room_id="!r:x", creator=ALICE, created_ts=5)

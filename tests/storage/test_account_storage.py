@@ -171,3 +171,53 @@ async def test_a_password_hash_is_replaced(storage: Storage) -> None:
     assert login is not None
     assert login.password_hash == "new"
     assert await accounts.get_password_login("@bob:example.org") is None
+
+
+async def test_a_password_change_keeps_one_device_or_all(storage: Storage, db_path: Path) -> None:
+    accounts = storage.accounts
+    await accounts.create_account(
+        NewAccount(ALICE, "old", admin=False, created_ts=1), _device("A", "t1")
+    )
+    for device_id, token in (("B", "t2"), ("C", "t3")):
+        await accounts.add_device(_device(device_id, token))
+    assert await accounts.change_password(ALICE, "mid", keep_only_device=None) == 0
+    assert len(_rows(db_path, "devices")) == 3
+    assert await accounts.change_password(ALICE, "new", keep_only_device="B") == 2
+    assert [row[1] for row in _rows(db_path, "devices")] == ["B"]
+    assert await accounts.get_token_owner(_hash("t1")) is None
+    assert await accounts.get_token_owner(_hash("t2")) == TokenOwner(ALICE, "B", admin=False)
+    login = await accounts.get_password_login(ALICE)
+    assert login is not None
+    assert login.password_hash == "new"
+
+
+async def test_deactivation_logs_out_everything_and_keeps_the_name(
+    storage: Storage, db_path: Path
+) -> None:
+    accounts = storage.accounts
+    await accounts.create_account(
+        NewAccount(ALICE, "h", admin=False, created_ts=1), _device("A", "t1")
+    )
+    await accounts.add_openid_token(_hash("o1"), ALICE, 10_000)
+    assert await accounts.get_openid_token_owner(_hash("o1"), 5) == ALICE
+    assert await accounts.deactivate_account(ALICE)
+    assert not await accounts.deactivate_account("@nobody:example.org")
+    assert _rows(db_path, "devices") == []
+    assert _rows(db_path, "access_tokens") == []
+    assert await accounts.get_openid_token_owner(_hash("o1"), 5) is None
+    assert await accounts.user_exists(ALICE)
+    with pytest.raises(UserInUseError):
+        await accounts.create_account(NewAccount(ALICE, "h2", admin=False, created_ts=2))
+
+
+async def test_openid_tokens_expire_and_are_kept_hashed(storage: Storage, db_path: Path) -> None:
+    accounts = storage.accounts
+    await accounts.create_account(NewAccount(ALICE, "h", admin=False, created_ts=1))
+    await accounts.add_openid_token(_hash("o1"), ALICE, 3_600_000)
+    assert await accounts.get_openid_token_owner(_hash("o1"), 3_599_999) == ALICE
+    assert await accounts.get_openid_token_owner(_hash("o1"), 3_600_000) is None
+    assert await accounts.get_openid_token_owner(_hash("o2"), 0) is None
+    assert _rows(db_path, "openid_tokens") == [(_hash("o1"), ALICE, 3_600_000)]
+    # A token made once the first has expired takes its place.
+    await accounts.add_openid_token(_hash("o2"), ALICE, 7_200_000)
+    assert _rows(db_path, "openid_tokens") == [(_hash("o2"), ALICE, 7_200_000)]

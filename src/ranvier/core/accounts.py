@@ -43,6 +43,7 @@ import trio
 
 from ranvier.errors import MatrixError
 from ranvier.storage.accounts import (
+    OPENID_TOKEN_LIFETIME_MS,
     NewAccount,
     NewDevice,
     PasswordLogin,
@@ -126,6 +127,16 @@ class AccountStore(Protocol):
     async def delete_user_devices(self, user_id: str, device_ids: Collection[str]) -> int: ...
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None: ...
+
+    async def change_password(
+        self, user_id: str, password_hash: str, *, keep_only_device: str | None
+    ) -> int: ...
+
+    async def deactivate_account(self, user_id: str) -> bool: ...
+
+    async def add_openid_token(self, token_hash: bytes, user_id: str, expires_ts: int) -> None: ...
+
+    async def get_openid_token_owner(self, token_hash: bytes, now_ts: int) -> str | None: ...
 
     async def user_exists(self, user_id: str) -> bool: ...
 
@@ -384,6 +395,55 @@ class Accounts:
             await self._verify(await self._decoy(), password)
             return False
         return await self._verify(record.password_hash, password)
+
+    # Changing the password, deactivating.
+
+    async def change_password(
+        self, requester: Requester, new_password: str, *, logout_devices: bool
+    ) -> None:
+        """Give the requester a new password (hashed as registration hashes
+        it). With ``logout_devices`` every other device of theirs is logged
+        out in the same write, as ``logout`` would; the requesting device
+        stays. Raises ``M_WEAK_PASSWORD`` / ``M_INVALID_PARAM`` as
+        :meth:`hash_password` does.
+        """
+        password_hash = await self.hash_password(new_password)
+        user_id, kept = requester.user_id, requester.device_id
+        keep_only = kept if logout_devices else None
+        with self._invalidating(
+            lambda cached: logout_devices and cached.user_id == user_id and cached.device_id != kept
+        ):
+            gone = await self._store.change_password(
+                user_id, password_hash, keep_only_device=keep_only
+            )
+        if gone:
+            await self._devices_logged_out(user_id)
+
+    async def deactivate(self, user_id: str) -> None:
+        """Mark ``user_id`` deactivated: every device logged out, no login
+        or token of theirs accepted again, the user ID never handed out
+        again (the account's row stays). What else deactivation undoes
+        (rooms, profile, pushers) is :class:`ranvier.core.deactivation.Deactivation`'s.
+        """
+        with self._invalidating(lambda cached: cached.user_id == user_id):
+            await self._store.deactivate_account(user_id)
+        await self._devices_logged_out(user_id)
+
+    # OpenID.
+
+    async def issue_openid_token(self, user_id: str) -> tuple[str, int]:
+        """A new OpenID token for ``user_id`` and how many seconds it lasts:
+        other servers (a widget's) exchange it for the user ID through
+        :meth:`openid_user`, and for nothing else.
+        """
+        token = secrets.token_urlsafe(32)
+        expires_ts = self._clock() + OPENID_TOKEN_LIFETIME_MS
+        await self._store.add_openid_token(hash_access_token(token), user_id, expires_ts)
+        return token, OPENID_TOKEN_LIFETIME_MS // 1000
+
+    async def openid_user(self, token: str) -> str | None:
+        """Whose unexpired OpenID token ``token`` is, or None."""
+        return await self._store.get_openid_token_owner(hash_access_token(token), self._clock())
 
     # Passwords.
 

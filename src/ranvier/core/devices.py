@@ -97,10 +97,14 @@ class Devices:
         raises :class:`AuthRequired` until it does. Devices already gone are
         no error.
         """
-        await self._authenticate(user_id, auth)
+        await self.authenticate(user_id, auth)
         await self._accounts.logout_devices(user_id, device_ids)
 
-    async def _authenticate(self, user_id: str, auth: object) -> None:
+    async def authenticate(self, user_id: str, auth: object) -> None:
+        """Return once ``auth`` proves ``user_id``'s password; raise
+        :class:`AuthRequired` until it does. Every request that asks for the
+        password again (changing it, deactivating) goes through here.
+        """
         if auth is None:
             raise AuthRequired(_flows(None))
         if not isinstance(auth, Mapping):

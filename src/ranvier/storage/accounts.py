@@ -25,6 +25,9 @@ import functools
 import sqlite3
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Final
+
+import msgspec
 
 from ranvier.errors import MatrixError
 
@@ -32,6 +35,7 @@ from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
 
 __all__ = [
+    "OPENID_TOKEN_LIFETIME_MS",
     "AccountStorage",
     "NewAccount",
     "NewDevice",
@@ -39,6 +43,10 @@ __all__ = [
     "TokenOwner",
     "UserInUseError",
 ]
+
+
+#: How long an OpenID token lasts: the hour the spec's example gives.
+OPENID_TOKEN_LIFETIME_MS: Final = 3_600_000
 
 
 class UserInUseError(MatrixError):
@@ -147,6 +155,38 @@ class AccountStorage:
             functools.partial(_set_password_hash, user_id=user_id, password_hash=password_hash)
         )
 
+    async def change_password(
+        self, user_id: str, password_hash: str, *, keep_only_device: str | None
+    ) -> int:
+        """Give ``user_id`` a new password hash and, unless
+        ``keep_only_device`` is None, log out every other device of theirs in
+        the same write. Returns how many devices were logged out.
+        """
+        return await self._actor.submit(
+            functools.partial(
+                _change_password,
+                user_id=user_id,
+                password_hash=password_hash,
+                keep_only_device=keep_only_device,
+            )
+        )
+
+    async def deactivate_account(self, user_id: str) -> bool:
+        """Mark ``user_id`` deactivated and log out all their devices, in one
+        write; False if there is no such account.
+        """
+        return await self._actor.submit(functools.partial(_deactivate_account, user_id=user_id))
+
+    async def add_openid_token(self, token_hash: bytes, user_id: str, expires_ts: int) -> None:
+        """Keep an OpenID token (its hash) of ``user_id`` until ``expires_ts``;
+        expired ones go in the same write.
+        """
+        await self._actor.submit(
+            functools.partial(
+                _add_openid_token, token_hash=token_hash, user_id=user_id, expires_ts=expires_ts
+            )
+        )
+
     # Reads.
 
     async def user_exists(self, user_id: str) -> bool:
@@ -159,6 +199,21 @@ class AccountStorage:
     async def get_token_owner(self, token_hash: bytes) -> TokenOwner | None:
         """The owner of an access token, or None if no active account has it."""
         return await self._readers.read(functools.partial(_get_token_owner, token_hash=token_hash))
+
+    async def get_openid_token_owner(self, token_hash: bytes, now_ts: int) -> str | None:
+        """The user an OpenID token was issued to, None if unknown, expired
+        at ``now_ts`` or its account deactivated.
+        """
+        return await self._readers.read(
+            functools.partial(_get_openid_token_owner, token_hash=token_hash, now_ts=now_ts)
+        )
+
+    async def rooms_to_leave(self, user_id: str) -> list[str]:
+        """The rooms ``user_id`` is joined to, invited to or knocking on:
+        by current state, or, for rooms known here only through outliers (an
+        invite from another server), by the latest member event about them.
+        """
+        return await self._readers.read(functools.partial(_rooms_to_leave, user_id=user_id))
 
 
 @registered_write
@@ -307,3 +362,87 @@ def _get_token_owner(conn: sqlite3.Connection, *, token_hash: bytes) -> TokenOwn
         return None
     user_id, device_id, admin = row
     return TokenOwner(user_id, device_id, bool(admin))
+
+
+@registered_write
+def _change_password(
+    conn: sqlite3.Connection, *, user_id: str, password_hash: str, keep_only_device: str | None
+) -> int:
+    conn.execute("UPDATE users SET password_hash = ? WHERE user_id = ?", (password_hash, user_id))
+    if keep_only_device is None:
+        return 0
+    conn.execute(
+        "DELETE FROM access_tokens WHERE user_id = ? AND device_id != ?",
+        (user_id, keep_only_device),
+    )
+    return conn.execute(
+        "DELETE FROM devices WHERE user_id = ? AND device_id != ?", (user_id, keep_only_device)
+    ).rowcount
+
+
+@registered_write
+def _deactivate_account(conn: sqlite3.Connection, *, user_id: str) -> bool:
+    found = conn.execute("UPDATE users SET deactivated = 1 WHERE user_id = ?", (user_id,)).rowcount
+    conn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM devices WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM openid_tokens WHERE user_id = ?", (user_id,))
+    return found > 0
+
+
+@registered_write
+def _add_openid_token(
+    conn: sqlite3.Connection, *, token_hash: bytes, user_id: str, expires_ts: int
+) -> None:
+    # Tokens are made in order of time: one expired by this one's making is
+    # of no more use to anyone.
+    conn.execute(
+        "DELETE FROM openid_tokens WHERE expires_ts <= ? - ?",
+        (expires_ts, OPENID_TOKEN_LIFETIME_MS),
+    )
+    conn.execute(
+        "INSERT INTO openid_tokens (token_hash, user_id, expires_ts) VALUES (?, ?, ?)"
+        " ON CONFLICT (token_hash) DO NOTHING",
+        (token_hash, user_id, expires_ts),
+    )
+
+
+def _get_openid_token_owner(
+    conn: sqlite3.Connection, *, token_hash: bytes, now_ts: int
+) -> str | None:
+    row = conn.execute(
+        "SELECT o.user_id FROM openid_tokens AS o JOIN users AS u ON u.user_id = o.user_id"
+        " WHERE o.token_hash = ? AND o.expires_ts > ? AND u.deactivated = 0",
+        (token_hash, now_ts),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+_LEAVABLE = ("join", "invite", "knock")
+
+
+def _membership_of(json: bytes | str) -> object:
+    content = msgspec.json.decode(json).get("content")
+    return content.get("membership") if isinstance(content, dict) else None
+
+
+def _rooms_to_leave(conn: sqlite3.Connection, *, user_id: str) -> list[str]:
+    rooms: list[str] = []
+    for room_id, json in conn.execute(
+        "SELECT cs.room_id, e.json FROM current_state AS cs"
+        " JOIN events AS e ON e.event_id = cs.event_id"
+        " WHERE cs.type = 'm.room.member' AND cs.state_key = ?",
+        (user_id,),
+    ):
+        if _membership_of(json) in _LEAVABLE:
+            rooms.append(str(room_id))
+    latest: dict[str, object] = {}
+    for room_id, json in conn.execute(
+        "SELECT e.room_id, e.json FROM rooms AS r JOIN events AS e ON e.room_id = r.room_id"
+        " WHERE NOT EXISTS"
+        " (SELECT 1 FROM current_state_groups AS c WHERE c.room_id = r.room_id)"
+        " AND e.type = 'm.room.member' AND e.state_key = ? ORDER BY e.stream_ordering",
+        (user_id,),
+    ):
+        latest[str(room_id)] = _membership_of(json)
+    rooms.extend(room_id for room_id, membership in latest.items() if membership in _LEAVABLE)
+    return rooms

@@ -1,0 +1,101 @@
+"""Deactivating an account: what ``/account/deactivate`` undoes.
+
+The account is marked first, with every device logged out in the same
+write (:meth:`ranvier.core.accounts.Accounts.deactivate`): from then on no
+token or login of the user's works, whatever happens to the rest. Then the
+user leaves every room they are joined to, invited to or knocking on,
+through the ordinary leave (so the rooms' other servers hear of it, and an
+invite from another server is declined there); then their profile is
+cleared, once no room is left to carry the change; then their pushers are
+deleted.
+
+A room that cannot be left now (its servers unreachable) does not stop the
+rest: it is logged, and the others are still left.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from ranvier.errors import MatrixError
+
+__all__ = ["Deactivation"]
+
+_log = logging.getLogger(__name__)
+
+
+class AccountDeactivator(Protocol):
+    """Marks the account (:class:`ranvier.core.accounts.Accounts`)."""
+
+    async def deactivate(self, user_id: str) -> None: ...
+
+
+class LeavableRooms(Protocol):
+    """The rooms a user is in (:class:`ranvier.storage.accounts.AccountStorage`)."""
+
+    async def rooms_to_leave(self, user_id: str) -> list[str]: ...
+
+
+class RoomLeaver(Protocol):
+    """The leave of ``/rooms/{roomId}/leave`` (:class:`ranvier.core.room_leaves.RoomLeaves`)."""
+
+    async def leave(self, user_id: str, room_id: str, *, reason: str | None = None) -> str: ...
+
+
+class ProfileWriter(Protocol):
+    """Local profiles (:class:`ranvier.storage.client_data.ClientDataStorage`)."""
+
+    async def set_profile(
+        self, user_id: str, displayname: str | None, avatar_url: str | None
+    ) -> None: ...
+
+
+class PusherRecordLike(Protocol):
+    """What deleting a pusher needs of it."""
+
+    @property
+    def app_id(self) -> str: ...
+
+    @property
+    def pushkey(self) -> str: ...
+
+
+class PusherDeleter(Protocol):
+    """Pushers (:class:`ranvier.storage.pushers.PusherStorage`)."""
+
+    async def pushers_of(self, user_id: str) -> Sequence[PusherRecordLike]: ...
+
+    async def delete_pusher(self, user_id: str, app_id: str, pushkey: str) -> None: ...
+
+
+class Deactivation:
+    """Deactivates local accounts; see the module's doc."""
+
+    def __init__(
+        self,
+        *,
+        accounts: AccountDeactivator,
+        rooms: LeavableRooms,
+        leaves: RoomLeaver,
+        profiles: ProfileWriter,
+        pushers: PusherDeleter,
+    ) -> None:
+        self._accounts = accounts
+        self._rooms = rooms
+        self._leaves = leaves
+        self._profiles = profiles
+        self._pushers = pushers
+
+    async def deactivate(self, user_id: str) -> None:
+        """Deactivate ``user_id``, whose password the caller has checked."""
+        await self._accounts.deactivate(user_id)
+        for room_id in await self._rooms.rooms_to_leave(user_id):
+            try:
+                await self._leaves.leave(user_id, room_id)
+            except MatrixError as exc:
+                _log.warning("deactivated %s could not leave %s: %s", user_id, room_id, exc)
+        await self._profiles.set_profile(user_id, None, None)
+        for pusher in await self._pushers.pushers_of(user_id):
+            await self._pushers.delete_pusher(user_id, pusher.app_id, pusher.pushkey)
