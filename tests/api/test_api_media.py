@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from ranvier.config import MediaConfig
+from ranvier.core.media import MAX_PENDING_UPLOADS
 from ranvier.testing.homeserver import (
     TestHomeserver,
     TestUser,
@@ -174,8 +175,10 @@ async def test_unknown_media_is_not_found(tmp_path: Path) -> None:
             await env.download("mxc://localhost/bad.id"),
             await env.download("mxc://not a server/abc"),
             await env.http.get(f"{MEDIA}/download/localhost/NoSuchMediaHere123456789"),
+            # Not waited for, whatever the timeout.
+            await env.download("mxc://localhost/NoSuchMediaHere123456789", timeout_ms=0),
         ]
-    assert [_error(answer) for answer in answers] == [(404, "M_NOT_FOUND")] * 4
+    assert [_error(answer) for answer in answers] == [(404, "M_NOT_FOUND")] * 5
 
 
 async def test_config_gives_the_upload_limit(tmp_path: Path) -> None:
@@ -294,3 +297,17 @@ async def test_other_client_paths_still_reach_the_client_api(tmp_path: Path) -> 
     assert preflight.headers["access-control-allow-origin"] == "*"
     assert _error(unknown) == (404, "M_UNRECOGNIZED")
     assert _error(wrong_method) == (405, "M_UNRECOGNIZED")
+
+
+async def test_created_ids_waiting_for_their_upload_are_limited(tmp_path: Path) -> None:
+    async with open_env(tmp_path) as env:
+        answers = [
+            await env.http.post("/_matrix/media/v1/create", headers=env.auth(env.alice))
+            for _ in range(MAX_PENDING_UPLOADS + 1)
+        ]
+        for_bob = await env.http.post("/_matrix/media/v1/create", headers=env.auth(env.bob))
+    assert [answer.status_code for answer in answers] == [200] * MAX_PENDING_UPLOADS + [429]
+    assert _error(answers[-1]) == (429, "M_LIMIT_EXCEEDED")
+    assert answers[-1].json()["retry_after_ms"] > 0
+    assert int(answers[-1].headers["retry-after"]) > 0
+    assert for_bob.status_code == 200

@@ -59,6 +59,20 @@ async def test_created_media_is_filled_once_by_its_creator(storage: Storage) -> 
     assert await media.media(US, "m2") == MediaRecord(US, "m2", ALICE, "text/plain", None, 2, 5, 6)
 
 
+async def test_pending_uploads_are_the_users_own_unfilled_recent_ids(storage: Storage) -> None:
+    media = storage.media
+    for media_id, user, ts in (("p3", ALICE, 30), ("p1", ALICE, 10), ("p2", ALICE, 20)):
+        await media.create(US, media_id, user_id=user, created_ts=ts)
+    await media.create(US, "bobs", user_id=BOB, created_ts=15)
+    await media.create("other.org", "elsewhere", user_id=ALICE, created_ts=15)
+    await media.complete_upload(
+        US, "p2", user_id=ALICE, content_type=None, upload_name=None, size=1, ts=25
+    )
+    assert await media.pending_uploads(US, ALICE, created_since=0) == [10, 30]
+    assert await media.pending_uploads(US, ALICE, created_since=11) == [30]
+    assert await media.pending_uploads(US, BOB, created_since=0) == [15]
+
+
 async def test_remote_media_and_thumbnails(storage: Storage) -> None:
     media = storage.media
     await media.add_remote(

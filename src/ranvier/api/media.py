@@ -25,6 +25,7 @@ from typing import Final
 
 from ranvier.api.app import CORS_HEADERS
 from ranvier.api.auth import Auth
+from ranvier.api.ratelimit import retry_after_header
 from ranvier.core.media import MediaContent, MediaRepository
 from ranvier.errors import MatrixError
 from ranvier.protocol.media import SECURITY_HEADERS, ThumbnailMethod, content_disposition
@@ -108,7 +109,12 @@ class MediaApp:
         except Disconnected:
             return
         except MatrixError as exc:
-            response = JsonResponse(exc.to_json(), status=exc.http_status)
+            retry_after = retry_after_header(exc)
+            response = JsonResponse(
+                exc.to_json(),
+                status=exc.http_status,
+                headers=() if retry_after is None else (retry_after,),
+            )
         except Exception:
             _logger.exception("%s %s failed", head.method, head.path)
             response = JsonResponse(

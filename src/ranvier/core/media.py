@@ -32,7 +32,7 @@ from typing import Final, Protocol
 
 import trio
 
-from ranvier.errors import MatrixError
+from ranvier.errors import LimitExceededError, MatrixError
 from ranvier.protocol.media import (
     ThumbnailMethod,
     is_media_id,
@@ -57,9 +57,12 @@ __all__ = [
 DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
 #: How long a download may wait for media created but not yet uploaded.
 MAX_WAIT_MS: Final = 60_000
-#: Created media IDs unused this long may be refused (told to clients as
+#: Created media IDs unused this long are refused (told to clients as
 #: ``unused_expires_at``; the spec recommends a day).
 UNUSED_EXPIRY_MS: Final = 24 * 60 * 60 * 1000
+#: How many created media IDs, not yet uploaded nor expired, a user may
+#: hold: more is 429 ``M_LIMIT_EXCEEDED``, as the spec asks.
+MAX_PENDING_UPLOADS: Final = 10
 # How often a waiting download looks again for an upload another process
 # may have written, which this process's wake-up does not cover.
 _RECHECK_SECONDS: Final = 1.0
@@ -120,6 +123,10 @@ class MediaRows(Protocol):
     ) -> None: ...
 
     async def media(self, origin: str, media_id: str) -> MediaRecord | None: ...
+
+    async def pending_uploads(
+        self, origin: str, user_id: str, *, created_since: int
+    ) -> list[int]: ...
 
     async def thumbnail(
         self, origin: str, media_id: str, *, width: int, height: int, method: str
@@ -251,8 +258,18 @@ class MediaRepository:
     async def create(self, user_id: str) -> tuple[str, int]:
         """A media ID for an upload to come: its ``mxc://`` URI and when it
         stops being usable (ms since the epoch)."""
-        media_id = secrets.token_urlsafe(18)
         now = self._clock_ms()
+        pending = await self._rows.pending_uploads(
+            self.server_name, user_id, created_since=now - UNUSED_EXPIRY_MS
+        )
+        if len(pending) >= MAX_PENDING_UPLOADS:
+            # One is freed when the oldest expires, if none is uploaded first.
+            freed = pending[len(pending) - MAX_PENDING_UPLOADS] + UNUSED_EXPIRY_MS
+            raise LimitExceededError(
+                f"at most {MAX_PENDING_UPLOADS} created media IDs may wait for their upload",
+                retry_after_ms=max(freed - now, 0),
+            )
+        media_id = secrets.token_urlsafe(18)
         await self._rows.create(self.server_name, media_id, user_id=user_id, created_ts=now)
         return f"mxc://{self.server_name}/{media_id}", now + UNUSED_EXPIRY_MS
 
@@ -301,7 +318,7 @@ class MediaRepository:
             event.set()
 
     def _check_uploadable(self, record: MediaRecord | None, user_id: str, media_id: str) -> None:
-        if record is None:
+        if record is None or self._expired(record):
             raise _not_found()
         if record.user_id != user_id:
             raise MatrixError(
@@ -311,6 +328,10 @@ class MediaRepository:
             )
         if record.uploaded:
             raise _cannot_overwrite()
+
+    def _expired(self, record: MediaRecord) -> bool:
+        """Whether ``record`` is a created media ID left unused too long."""
+        return not record.uploaded and record.created_ts + UNUSED_EXPIRY_MS < self._clock_ms()
 
     def _check_declared(self, declared_length: int | None) -> None:
         if declared_length is not None and declared_length > self.max_upload_bytes:
@@ -435,7 +456,7 @@ class MediaRepository:
         with trio.move_on_after(wait):
             while True:
                 record = await self._rows.media(self.server_name, media_id)
-                if record is None:
+                if record is None or self._expired(record):
                     raise _not_found()
                 if record.uploaded:
                     return record
@@ -449,7 +470,9 @@ class MediaRepository:
                     if event.statistics().tasks_waiting == 0:
                         self._uploaded.pop(media_id, None)
         record = await self._rows.media(self.server_name, media_id)
-        if record is not None and record.uploaded:
+        if record is None or self._expired(record):
+            raise _not_found()
+        if record.uploaded:
             return record
         raise MatrixError(
             "the content has not been uploaded yet",

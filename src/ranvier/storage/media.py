@@ -195,6 +195,15 @@ class MediaStorage:
             functools.partial(_read_media, origin=origin, media_id=media_id)
         )
 
+    async def pending_uploads(self, origin: str, user_id: str, *, created_since: int) -> list[int]:
+        """When each of ``user_id``'s media IDs created at or after
+        ``created_since`` and not uploaded yet was created, oldest first."""
+        return await self._readers.read(
+            functools.partial(
+                _read_pending, origin=origin, user_id=user_id, created_since=created_since
+            )
+        )
+
     async def thumbnail(
         self, origin: str, media_id: str, *, width: int, height: int, method: str
     ) -> ThumbnailRecord | None:
@@ -332,3 +341,16 @@ def _read_thumbnail(
         (origin, media_id, width, height, method),
     ).fetchone()
     return None if row is None else ThumbnailRecord(*row)
+
+
+def _read_pending(
+    conn: sqlite3.Connection, *, origin: str, user_id: str, created_since: int
+) -> list[int]:
+    return [
+        created_ts
+        for (created_ts,) in conn.execute(
+            "SELECT created_ts FROM media WHERE origin = ? AND user_id = ?"
+            " AND uploaded_ts IS NULL AND created_ts >= ? ORDER BY created_ts",
+            (origin, user_id, created_since),
+        )
+    ]
