@@ -44,6 +44,10 @@ __all__ = [
     "format_sync_token",
     "parse_pagination_token",
     "parse_sync_token",
+    "readable_upto",
+    "senders_memberships",
+    "transaction_ids",
+    "visible_to",
 ]
 
 DEFAULT_LIMIT: Final = 10
@@ -270,6 +274,28 @@ async def senders_memberships(
     return found
 
 
+async def readable_upto(store: MessagesStore, user_id: str, room_id: str) -> tuple[int, int, bool]:
+    """How far ``user_id`` may read the room's history (now, or their leave
+    or ban), from where on events need no visibility check, and whether
+    they are joined now; ``M_FORBIDDEN`` for a user who may not read it at
+    all (the rule :class:`RoomMessages` states).
+    """
+    membership = await store.current_membership(room_id, user_id)
+    if membership is not None:
+        kind, position = membership
+        if kind == "join":
+            events, _ = await store.positions()
+            return events, position, True
+        if kind in ("leave", "ban"):
+            return position, position + 1, False
+    current = await store.current_state_for_keys(room_id, [("m.room.history_visibility", "")])
+    if current and event_content(current[0]).get("history_visibility") == "world_readable":
+        # Anyone may read it; each event still as its visibility then says.
+        events, _ = await store.positions()
+        return events, events + 1, False
+    raise MatrixError(f"{user_id} is not in {room_id}", errcode="M_FORBIDDEN", http_status=403)
+
+
 class RoomMessages:
     """``GET /rooms/{roomId}/messages``.
 
@@ -282,29 +308,6 @@ class RoomMessages:
     def __init__(self, store: MessagesStore, backfill: HistoryFiller | None = None) -> None:
         self._store = store
         self._backfill = backfill
-
-    async def _visible_upto(self, requester: Requester, room_id: str) -> tuple[int, int, bool]:
-        """How far the user may page (now, or their leave), from where on
-        events need no visibility check, and whether they are joined now.
-        """
-        membership = await self._store.current_membership(room_id, requester.user_id)
-        if membership is not None:
-            kind, position = membership
-            if kind == "join":
-                events, _ = await self._store.positions()
-                return events, position, True
-            if kind in ("leave", "ban"):
-                return position, position + 1, False
-        current = await self._store.current_state_for_keys(
-            room_id, [("m.room.history_visibility", "")]
-        )
-        if current and event_content(current[0]).get("history_visibility") == "world_readable":
-            # Anyone may read it; each event still as its visibility then says.
-            events, _ = await self._store.positions()
-            return events, events + 1, False
-        raise MatrixError(
-            f"{requester.user_id} is not in {room_id}", errcode="M_FORBIDDEN", http_status=403
-        )
 
     async def get_messages(
         self,
@@ -328,7 +331,9 @@ class RoomMessages:
                 http_status=400,
             )
         limit = min(limit, MAX_LIMIT)
-        visible, checked_before, joined_now = await self._visible_upto(requester, room_id)
+        visible, checked_before, joined_now = await readable_upto(
+            self._store, requester.user_id, room_id
+        )
         accept = None if event_filter is None else event_filter.predicate()
         if direction == "b":
             start = visible if from_position is None else min(from_position, visible)

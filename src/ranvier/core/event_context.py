@@ -1,0 +1,194 @@
+"""``GET /rooms/{roomId}/context/{eventId}``: an event with the events
+around it and the room's state, for a client jumping to an event (a
+search result, a reply's original, a permalink).
+
+Who may see what is :class:`~ranvier.core.pagination.RoomMessages`'s rule:
+a user who may not read the room at all gets 403 ``M_FORBIDDEN``; an event
+the user may not see (not in the room, after their leave, or hidden by the
+history visibility at it) is answered as unknown, 404 ``M_NOT_FOUND``, as
+the spec asks. The events around it are those ``/messages`` would show.
+
+``limit`` counts the events before and after together: half of it (rounded
+down) before, the rest after. ``start`` and ``end`` are ``/messages``
+tokens, to page back from the first event returned and forward from the
+last. ``state`` is the room's state at the last event returned; with
+``lazy_load_members`` it names no members but the senders of the events
+returned. The filter applies to the events around the event and to the
+state, never to the event itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from ranvier.errors import MatrixError
+from ranvier.storage.records import StateKey, StateMap, StoredEvent
+
+from .accounts import Requester
+from .client_events import client_event
+from .filters import RoomEventFilter
+from .pagination import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MessagesStore,
+    format_pagination_token,
+    readable_upto,
+    transaction_ids,
+    visible_to,
+)
+
+__all__ = ["ContextStore", "EventContexts", "ReadableEvent", "readable_event"]
+
+_MEMBER: Final = "m.room.member"
+#: Below every position, backfilled events' included.
+_BOTTOM: Final = -(2**62)
+
+
+class ContextStore(MessagesStore, Protocol):
+    """The reads of ``/context``: those of ``/messages`` and the state at a position."""
+
+    async def state_at(
+        self, room_id: str, position: int, keys: Collection[StateKey] | None = None
+    ) -> StateMap: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReadableEvent:
+    """An event a user may see, and how far they may read its room."""
+
+    event: StoredEvent
+    #: The last position the user may read.
+    visible: int
+    #: From here on events need no visibility check.
+    checked_before: int
+    joined_now: bool
+
+
+async def readable_event(
+    store: MessagesStore, user_id: str, room_id: str, event_id: str
+) -> ReadableEvent:
+    """``event_id`` if ``user_id`` may see it in the room, by ``/messages``'s
+    rules: 403 ``M_FORBIDDEN`` if they may not read the room at all, 404
+    ``M_NOT_FOUND`` if the event is not a timeline event of the room they
+    may see.
+    """
+    visible, checked_before, joined_now = await readable_upto(store, user_id, room_id)
+    event = (await store.get_events([event_id])).get(event_id)
+    if (
+        event is None
+        or event.room_id != room_id
+        or event.outlier
+        or event.rejected_reason is not None
+        or event.soft_failed
+        or event.stream_ordering > visible
+        or not await visible_to(
+            store, user_id, [event], joined_now=joined_now, checked_before=checked_before
+        )
+    ):
+        raise MatrixError(
+            f"event {event_id} is not known in {room_id}, or not visible",
+            errcode="M_NOT_FOUND",
+            http_status=404,
+        )
+    return ReadableEvent(event, visible, checked_before, joined_now)
+
+
+class EventContexts:
+    """Answers ``/context`` from ``store``."""
+
+    def __init__(self, store: ContextStore) -> None:
+        self._store = store
+
+    async def get_context(
+        self,
+        requester: Requester,
+        room_id: str,
+        event_id: str,
+        *,
+        limit: int | None = None,
+        event_filter: RoomEventFilter | None = None,
+    ) -> dict[str, Any]:
+        if limit is None:
+            limit = DEFAULT_LIMIT
+        limit = min(limit, MAX_LIMIT)
+        user_id = requester.user_id
+        found = await readable_event(self._store, user_id, room_id, event_id)
+        event = found.event
+        accept = None if event_filter is None else event_filter.predicate()
+        before_limit = limit // 2
+        before, _ = await self._store.room_events(
+            room_id,
+            after=_BOTTOM,
+            upto=event.stream_ordering - 1,
+            limit=before_limit,
+            backwards=True,
+            accept=accept,
+        )
+        after, _ = await self._store.room_events(
+            room_id,
+            after=event.stream_ordering,
+            upto=found.visible,
+            limit=limit - before_limit,
+            backwards=False,
+            accept=accept,
+        )
+        # The tokens stand where the pages read stopped, whatever the
+        # history visibility then hides of them.
+        start = (before[-1].stream_ordering if before else event.stream_ordering) - 1
+        end = after[-1].stream_ordering if after else event.stream_ordering
+        before = await self._visible(user_id, before, found)
+        after = await self._visible(user_id, after, found)
+        returned = [*reversed(before), event, *after]
+        transactions = await transaction_ids(self._store, requester, returned)
+
+        def formatted(stored: StoredEvent) -> dict[str, Any]:
+            txn_id = transactions.get(stored.event_id)
+            return client_event(
+                stored, unsigned=None if txn_id is None else {"transaction_id": txn_id}
+            )
+
+        return {
+            "start": format_pagination_token(start),
+            "end": format_pagination_token(end),
+            "events_before": [formatted(stored) for stored in before],
+            "event": formatted(event),
+            "events_after": [formatted(stored) for stored in after],
+            "state": await self._state(room_id, returned, end, event_filter),
+        }
+
+    async def _visible(
+        self, user_id: str, events: Sequence[StoredEvent], found: ReadableEvent
+    ) -> list[StoredEvent]:
+        return await visible_to(
+            self._store,
+            user_id,
+            events,
+            joined_now=found.joined_now,
+            checked_before=found.checked_before,
+        )
+
+    async def _state(
+        self,
+        room_id: str,
+        returned: Sequence[StoredEvent],
+        position: int,
+        event_filter: RoomEventFilter | None,
+    ) -> list[dict[str, Any]]:
+        state = await self._store.state_at(room_id, position)
+        if event_filter is not None and event_filter.lazy_load_members:
+            senders = {stored.sender for stored in returned}
+            state = {
+                key: state_id
+                for key, state_id in state.items()
+                if key[0] != _MEMBER or key[1] in senders
+            }
+        stored = await self._store.get_events(state.values())
+        accept = None if event_filter is None else event_filter.predicate()
+        return [
+            client_event(stored[state_id])
+            for _, state_id in sorted(state.items())
+            if state_id in stored
+            and (accept is None or accept(stored[state_id].type, stored[state_id].sender))
+        ]
