@@ -108,6 +108,7 @@ from ranvier.api.pushers import add_pusher_routes
 from ranvier.api.ratelimit import RateLimiter, RouteLimits
 from ranvier.api.receipts import add_receipt_routes
 from ranvier.api.relations import add_relation_routes
+from ranvier.api.reports import add_report_routes
 from ranvier.api.room_keys import add_room_key_routes
 from ranvier.api.room_list import add_room_list_routes
 from ranvier.api.rooms import add_room_routes
@@ -142,6 +143,7 @@ from ranvier.core.pushers import Pushers
 from ranvier.core.receipts import Receipts
 from ranvier.core.redactions import ServedStateReader
 from ranvier.core.relations import Relations
+from ranvier.core.reports import Reports
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.room_keys import RoomKeyBackups
 from ranvier.core.room_leaves import RoomLeaves
@@ -1075,6 +1077,11 @@ class HomeServer:
         )
         add_user_directory_routes(router, auth=auth, directory=UserDirectory(client_data))
         add_receipt_routes(router, auth=auth, receipts=self.receipts)
+        add_report_routes(
+            router,
+            auth=auth,
+            reports=Reports(store=self.storage.reports, events=reader, rooms=self.storage),
+        )
         add_typing_routes(router, auth=auth, typing=self.typing_notices)
         add_presence_routes(router, auth=auth, presence=self.presence)
         add_key_routes(router, auth=auth, keys=self.e2e_keys)

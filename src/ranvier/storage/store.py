@@ -45,6 +45,7 @@ from .records import (
     StoredEvent,
 )
 from .redactions import RedactionStorage
+from .reports import ReportStorage
 from .room_keys import RoomKeyStorage
 from .room_members import RoomMemberStorage
 from .run_reads import RunReads
@@ -127,6 +128,7 @@ class Storage:
         self.run_reads = RunReads(self.readers)
         self.notifications = NotificationReads(self.readers)
         self.pushers = PusherStorage(self.writer, self.readers)
+        self.reports = ReportStorage(self.writer, self.readers)
 
     @property
     def actor(self) -> StorageActor:

@@ -1,0 +1,163 @@
+"""Reporting rooms and events to the server's admins.
+
+An event may be reported by a member joined to its room who can see it;
+to anyone else, joined or not, an event they cannot see is answered as an
+event that does not exist (404 ``M_NOT_FOUND``), so a report cannot probe
+a room's history. A room may be reported by anyone, as long as this server
+knows it. Reports are kept for the admins, who read them through the admin
+API; nobody is told of them otherwise.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+from ranvier.errors import MatrixError
+from ranvier.storage.reports import NewReport, ReportRecord
+
+__all__ = ["MAX_REASON_LENGTH", "Reports"]
+
+#: Longer reasons are refused rather than kept: nobody reads further.
+MAX_REASON_LENGTH: Final = 4096
+
+
+class ReportStore(Protocol):
+    """:class:`ranvier.storage.reports.ReportStorage`."""
+
+    async def add_report(self, report: NewReport) -> int: ...
+
+    async def list_reports(self, *, after: int, limit: int) -> tuple[list[ReportRecord], int]: ...
+
+
+class VisibleEvents(Protocol):
+    """:class:`ranvier.core.rooms.RoomReader`."""
+
+    async def membership(self, user_id: str, room_id: str) -> str | None: ...
+
+    async def event(self, user_id: str, room_id: str, event_id: str) -> dict[str, Any]: ...
+
+
+class KnownRooms(Protocol):
+    """The rooms this server has (:class:`ranvier.storage.Storage`)."""
+
+    async def get_room_version(self, room_id: str) -> str | None: ...
+
+
+def _not_found(message: str) -> MatrixError:
+    return MatrixError(message, errcode="M_NOT_FOUND", http_status=404)
+
+
+def _check_reason(reason: object) -> str | None:
+    if reason is None:
+        return None
+    if not isinstance(reason, str):
+        raise MatrixError("'reason' must be a string", errcode="M_BAD_JSON", http_status=400)
+    if len(reason) > MAX_REASON_LENGTH:
+        raise MatrixError(
+            f"'reason' may be at most {MAX_REASON_LENGTH} characters",
+            errcode="M_INVALID_PARAM",
+            http_status=400,
+        )
+    return reason
+
+
+def _check_score(score: object) -> int | None:
+    if score is None:
+        return None
+    if isinstance(score, bool) or not isinstance(score, int):
+        raise MatrixError("'score' must be an integer", errcode="M_BAD_JSON", http_status=400)
+    if not -100 <= score <= 0:
+        raise MatrixError(
+            "'score' must be between -100 (most offensive) and 0",
+            errcode="M_INVALID_PARAM",
+            http_status=400,
+        )
+    return score
+
+
+class Reports:
+    """Takes reports and lists them for admins; see the module's doc."""
+
+    def __init__(
+        self,
+        *,
+        store: ReportStore,
+        events: VisibleEvents,
+        rooms: KnownRooms,
+        wall_clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self._store = store
+        self._events = events
+        self._rooms = rooms
+        self._clock = wall_clock_ms if wall_clock_ms is not None else _wall_clock_ms
+
+    async def report_event(
+        self, user_id: str, room_id: str, event_id: str, *, reason: object, score: object
+    ) -> None:
+        """Keep a report of ``event_id``; 404 unless ``user_id`` is joined to
+        the room and can see the event.
+        """
+        checked_reason, checked_score = _check_reason(reason), _check_score(score)
+        not_found = _not_found(f"event {event_id} is not known in {room_id}, or not visible")
+        if await self._events.membership(user_id, room_id) != "join":
+            raise not_found
+        try:
+            await self._events.event(user_id, room_id, event_id)
+        except MatrixError as exc:
+            raise not_found from exc
+        await self._add(user_id, room_id, event_id, checked_reason, checked_score)
+
+    async def report_room(self, user_id: str, room_id: str, *, reason: object) -> None:
+        """Keep a report of ``room_id``; 404 if this server does not know it."""
+        checked_reason = _check_reason(reason)
+        if await self._rooms.get_room_version(room_id) is None:
+            raise _not_found(f"room {room_id} is not known here")
+        await self._add(user_id, room_id, None, checked_reason, None)
+
+    async def list(self, *, after: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """Reports numbered above ``after``, at most ``limit``, as the admin
+        API shows them, and how many there are in all.
+        """
+        records, total = await self._store.list_reports(after=after, limit=limit)
+        return [_report_json(record) for record in records], total
+
+    async def _add(
+        self,
+        user_id: str,
+        room_id: str,
+        event_id: str | None,
+        reason: str | None,
+        score: int | None,
+    ) -> None:
+        await self._store.add_report(
+            NewReport(
+                request_id=secrets.token_urlsafe(16),
+                room_id=room_id,
+                event_id=event_id,
+                user_id=user_id,
+                reason=reason,
+                score=score,
+                received_ts=self._clock(),
+            )
+        )
+
+
+def _report_json(record: ReportRecord) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "id": record.report_id,
+        "room_id": record.room_id,
+        "user_id": record.user_id,
+        "received_ts": record.received_ts,
+        "reason": record.reason,
+    }
+    if record.event_id is not None:
+        entry["event_id"] = record.event_id
+        entry["score"] = record.score
+    return entry
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
