@@ -49,6 +49,7 @@ TABLES_ADDED = {
     15: {"media", "media_thumbnails"},
     16: {"pushers", "push_position"},
     17: {"event_reports", "openid_tokens"},
+    18: {"event_relations"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -165,6 +166,11 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO event_reports VALUES (1, 'r1', '!r:x', '$e', '@a:x', 'spam', -100, 5)")
         run("INSERT INTO event_reports VALUES (2, 'r2', '!r:x', NULL, '@a:x', NULL, NULL, 6)")
         run("INSERT INTO openid_tokens VALUES (x'00', '@a:x', 3600005)")
+    elif version == 18:
+        run(
+            "INSERT INTO event_relations SELECT stream_ordering, event_id, '$e', 'm.thread',"
+            " room_id FROM events WHERE event_id = '$f'"
+        )
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:
@@ -305,3 +311,35 @@ def test_partial_state_foreign_key_fails_both_ways(raw: sqlite3.Connection) -> N
     with pytest.raises(sqlite3.IntegrityError) as inserting:
         raw.execute("INSERT INTO partial_state_events VALUES ('$e', '!r:x')")
     assert inserting.value.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY
+
+
+def test_version_18_fills_relations_from_the_events_stored(raw: sqlite3.Connection) -> None:
+    migrate(raw, target=17)
+    raw.execute("INSERT INTO rooms VALUES ('!r:x', '10')")
+
+    def event(event_id: str, content: str) -> None:
+        raw.execute(
+            "INSERT INTO events (event_id, room_id, type, sender, depth,"
+            " origin_server_ts, json, outlier, soft_failed)"
+            " VALUES (?, '!r:x', 'm.room.message', '@a:x', 1, 5, ?, 0, 0)",
+            (event_id, f'{{"content": {content}}}'.encode()),
+        )
+
+    event("$root", '{"body": "root"}')
+    event("$reply", '{"m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}}')
+    event("$like", '{"m.relates_to": {"rel_type": "m.annotation", "event_id": "$root"}}')
+    event("$quote", '{"m.relates_to": {"m.in_reply_to": {"event_id": "$root"}}}')
+    event("$odd", '{"m.relates_to": {"rel_type": 5, "event_id": "$root"}}')
+    event("$text", '{"body": "\\"m.relates_to\\" is only words"}')
+
+    migrate(raw, target=18)
+
+    rows = raw.execute(
+        "SELECT e.event_id, r.event_id, r.relates_to_id, r.rel_type, r.room_id"
+        " FROM event_relations AS r JOIN events AS e ON e.stream_ordering = r.stream_ordering"
+        " ORDER BY r.stream_ordering"
+    ).fetchall()
+    assert rows == [
+        ("$reply", "$reply", "$root", "m.thread", "!r:x"),
+        ("$like", "$like", "$root", "m.annotation", "!r:x"),
+    ]

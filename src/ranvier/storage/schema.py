@@ -723,6 +723,35 @@ def _reports_and_openid(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX openid_tokens_user ON openid_tokens (user_id)")
 
 
+def _event_relations(db: sqlite_utils.Database) -> None:
+    """Which event relates to which, and how (:mod:`ranvier.storage.relations`),
+    filled from the events stored so far.
+
+    Keyed by the relating event's stream ordering, which the row follows
+    when it moves, as migration 11's tables do. Not a foreign key on
+    ``relates_to_id``: an event may arrive before the one it relates to.
+    """
+    db.execute(
+        "CREATE TABLE event_relations ("
+        " stream_ordering INTEGER PRIMARY KEY NOT NULL"
+        " REFERENCES events (stream_ordering) ON UPDATE CASCADE,"
+        " event_id TEXT NOT NULL UNIQUE, relates_to_id TEXT NOT NULL,"
+        " rel_type TEXT NOT NULL, room_id TEXT NOT NULL) STRICT"
+    )
+    db.execute(
+        "CREATE INDEX event_relations_target"
+        " ON event_relations (relates_to_id, rel_type, stream_ordering)"
+    )
+    db.execute(
+        "CREATE INDEX event_relations_room_type"
+        " ON event_relations (room_id, rel_type, relates_to_id)"
+    )
+    # Imported here, as for migration 8.
+    from .relations import fill_relations
+
+    fill_relations(db.conn)
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -742,6 +771,7 @@ MIGRATIONS: Sequence[Migration] = (
     _media,
     _pushers,
     _reports_and_openid,
+    _event_relations,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -45,6 +45,7 @@ from .records import (
     StoredEvent,
 )
 from .redactions import RedactionStorage
+from .relations import RelationStorage
 from .reports import ReportStorage
 from .room_keys import RoomKeyStorage
 from .room_members import RoomMemberStorage
@@ -118,6 +119,7 @@ class Storage:
         self.room_members = RoomMemberStorage(self.writer, self.readers)
         self.accounts = AccountStorage(self.writer, self.readers)
         self.redactions = RedactionStorage(self.readers)
+        self.relations = RelationStorage(self.readers)
         self.auth_chains = AuthChainStorage(self.readers)
         self.client_data = ClientDataStorage(self.writer, self.readers)
         self.receipts = ReceiptStorage(self.writer, self.readers)

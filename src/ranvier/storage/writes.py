@@ -47,6 +47,7 @@ from .records import (
     StateKey,
 )
 from .redactions import record_redactions
+from .relations import record_relations
 from .state_groups import (
     GROUP_STATE_SQL,
     check_group_in_room,
@@ -573,7 +574,7 @@ def persist_events(
     current_state_groups: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Write events with their edges, state groups, partial-state rows,
-    extremities, current state and redaction rows; return each event's
+    extremities, current state, redaction and relation rows; return each event's
     stream ordering.
 
     Events get stream orderings in the order given. An event with partial
@@ -605,6 +606,7 @@ def persist_events(
             sole = _sole_extremity_group(conn, room_id)
             _move_current_state(conn, room_id, last_group if sole is None else sole)
     record_redactions(conn, events)
+    record_relations(conn, events, orderings)
     return orderings
 
 

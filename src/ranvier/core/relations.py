@@ -1,0 +1,273 @@
+"""Relations and threads for clients: ``GET /rooms/{roomId}/relations/{eventId}``
+(with ``/{relType}`` and ``/{relType}/{eventType}``) and
+``GET /rooms/{roomId}/threads``.
+
+An event relates to another through the ``m.relates_to`` of its content
+(:mod:`ranvier.storage.relations` keeps them). Both endpoints see a room as
+``/messages`` does (:mod:`ranvier.core.pagination`): a user reads it up to
+now when joined, up to their leave or ban after, each event as the history
+visibility at it allows.
+
+``/relations`` answers 404 ``M_NOT_FOUND`` when the parent event is not one
+the user may see (or the room not one they may read), as its spec asks. It
+pages the related events by stream position, newest first unless
+``dir=f``; its tokens are ``/messages`` tokens, so a ``/messages`` or
+``/sync`` token works as ``from`` or ``to``. With ``recurse`` it follows
+relations of related events down to :data:`RECURSION_DEPTH` relations from
+the parent and says so in ``recursion_depth``.
+
+``/threads`` lists the roots of the room's threads (events with
+``m.thread`` replies), the one with the newest reply first; with
+``include=participated`` only threads the user started or replied in. Each
+root carries its ``m.thread`` aggregation.
+
+Every event served here, and by ``/messages``-like reads that ask, carries
+the bundled aggregations of the spec's "Server-side aggregation of events"
+(:meth:`Relations.bundle`): ``m.thread`` (the newest reply, how many, and
+whether the user took part) and ``m.replace`` (the newest edit by the
+original sender, whole).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Final, Literal, Protocol
+
+from ranvier.errors import MatrixError
+from ranvier.storage.records import StoredEvent
+
+from .accounts import Requester
+from .client_events import client_event
+from .event_context import readable_event
+from .pagination import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MessagesStore,
+    format_pagination_token,
+    parse_pagination_token,
+    readable_upto,
+    transaction_ids,
+    visible_to,
+)
+
+__all__ = ["RECURSION_DEPTH", "RelationStore", "Relations", "ThreadSummaryLike"]
+
+#: How many relations away from the parent ``recurse`` goes (the spec
+#: recommends at least 3).
+RECURSION_DEPTH: Final = 3
+_THREAD: Final = "m.thread"
+_TOP: Final = 2**62
+
+
+class ThreadSummaryLike(Protocol):
+    """A thread's aggregation (:class:`ranvier.storage.relations.ThreadSummary`)."""
+
+    @property
+    def count(self) -> int: ...
+    @property
+    def latest(self) -> StoredEvent: ...
+    @property
+    def replied(self) -> bool: ...
+
+
+class RelationStore(Protocol):
+    """The reads of relations (:class:`ranvier.storage.relations.RelationStorage`)."""
+
+    async def related_events(
+        self,
+        room_id: str,
+        event_id: str,
+        *,
+        rel_type: str | None,
+        event_type: str | None,
+        after: int,
+        upto: int,
+        limit: int,
+        backwards: bool,
+        depth: int,
+    ) -> tuple[list[StoredEvent], bool]: ...
+
+    async def thread_roots(
+        self,
+        room_id: str,
+        *,
+        user_id: str,
+        participated: bool,
+        before: int,
+        upto: int,
+        limit: int,
+    ) -> tuple[list[tuple[StoredEvent, int]], bool]: ...
+
+    async def thread_summaries(
+        self, room_id: str, root_ids: Collection[str], *, user_id: str, upto: int
+    ) -> Mapping[str, ThreadSummaryLike]: ...
+
+    async def latest_edits(
+        self, room_id: str, originals: Mapping[str, str], *, upto: int
+    ) -> dict[str, StoredEvent]: ...
+
+
+def _limit(limit: int | None) -> int:
+    return DEFAULT_LIMIT if limit is None else min(limit, MAX_LIMIT)
+
+
+class Relations:
+    """Serves relations and threads from ``store`` (the reads of ``/messages``)
+    and ``relations``.
+    """
+
+    def __init__(self, store: MessagesStore, relations: RelationStore) -> None:
+        self._store = store
+        self._relations = relations
+
+    async def get_relations(
+        self,
+        requester: Requester,
+        room_id: str,
+        event_id: str,
+        *,
+        rel_type: str | None = None,
+        event_type: str | None = None,
+        direction: Literal["b", "f"] = "b",
+        from_token: str | None = None,
+        to_token: str | None = None,
+        limit: int | None = None,
+        recurse: bool | None = None,
+    ) -> dict[str, Any]:
+        from_position = None if from_token is None else parse_pagination_token(from_token)
+        to_position = None if to_token is None else parse_pagination_token(to_token)
+        count = _limit(limit)
+        try:
+            found = await readable_event(self._store, requester.user_id, room_id, event_id)
+        except MatrixError as exc:
+            if exc.errcode != "M_FORBIDDEN":
+                raise
+            raise MatrixError(
+                f"event {event_id} is not known in {room_id}, or not visible",
+                errcode="M_NOT_FOUND",
+                http_status=404,
+            ) from None
+        if direction == "b":
+            upto = found.visible if from_position is None else min(from_position, found.visible)
+            after = -_TOP if to_position is None else to_position
+        else:
+            after = -_TOP if from_position is None else from_position
+            upto = found.visible if to_position is None else min(to_position, found.visible)
+        events, more = await self._relations.related_events(
+            room_id,
+            event_id,
+            rel_type=rel_type,
+            event_type=event_type,
+            after=after,
+            upto=upto,
+            limit=count,
+            backwards=direction == "b",
+            depth=RECURSION_DEPTH if recurse else 1,
+        )
+        next_position = None
+        if events and more:
+            last = events[-1].stream_ordering
+            next_position = last - 1 if direction == "b" else last
+        events = await visible_to(
+            self._store,
+            requester.user_id,
+            events,
+            joined_now=found.joined_now,
+            checked_before=found.checked_before,
+        )
+        answer: dict[str, Any] = {
+            "chunk": await self.formatted(requester, room_id, events, upto=found.visible)
+        }
+        if next_position is not None:
+            answer["next_batch"] = format_pagination_token(next_position)
+        if from_token is not None:
+            answer["prev_batch"] = from_token
+        if recurse is not None:
+            answer["recursion_depth"] = RECURSION_DEPTH if recurse else 1
+        return answer
+
+    async def get_threads(
+        self,
+        requester: Requester,
+        room_id: str,
+        *,
+        include: Literal["all", "participated"] = "all",
+        from_token: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        before = _TOP if from_token is None else parse_pagination_token(from_token)
+        count = _limit(limit)
+        user_id = requester.user_id
+        visible, checked_before, joined_now = await readable_upto(self._store, user_id, room_id)
+        roots, more = await self._relations.thread_roots(
+            room_id,
+            user_id=user_id,
+            participated=include == "participated",
+            before=before,
+            upto=visible,
+            limit=count,
+        )
+        shown = await visible_to(
+            self._store,
+            user_id,
+            [root for root, _ in roots],
+            joined_now=joined_now,
+            checked_before=checked_before,
+        )
+        answer: dict[str, Any] = {
+            "chunk": await self.formatted(requester, room_id, shown, upto=visible)
+        }
+        if roots and more:
+            answer["next_batch"] = format_pagination_token(roots[-1][1])
+        return answer
+
+    async def formatted(
+        self,
+        requester: Requester,
+        room_id: str,
+        events: Sequence[StoredEvent],
+        *,
+        upto: int,
+    ) -> list[dict[str, Any]]:
+        """``events`` in the client format, each with the transaction ID the
+        requester's device sent it under and its bundled aggregations as
+        ``requester`` may see them (up to ``upto``).
+        """
+        transactions = await transaction_ids(self._store, requester, events)
+        bundles = await self.bundle(requester.user_id, room_id, events, upto=upto)
+        formatted = []
+        for event in events:
+            unsigned: dict[str, Any] = {}
+            if event.event_id in transactions:
+                unsigned["transaction_id"] = transactions[event.event_id]
+            if event.event_id in bundles:
+                unsigned["m.relations"] = bundles[event.event_id]
+            formatted.append(client_event(event, unsigned=unsigned))
+        return formatted
+
+    async def bundle(
+        self, user_id: str, room_id: str, events: Sequence[StoredEvent], *, upto: int
+    ) -> dict[str, dict[str, Any]]:
+        """The ``unsigned.m.relations`` of each of ``events`` that has any:
+        ``m.thread`` for a thread root, ``m.replace`` for an edited event.
+        """
+        if not events:
+            return {}
+        ids = [event.event_id for event in events]
+        summaries = await self._relations.thread_summaries(room_id, ids, user_id=user_id, upto=upto)
+        edits = await self._relations.latest_edits(
+            room_id,
+            {event.event_id: event.sender for event in events if event.state_key is None},
+            upto=upto,
+        )
+        bundles: dict[str, dict[str, Any]] = {}
+        senders = {event.event_id: event.sender for event in events}
+        for event_id, summary in summaries.items():
+            bundles.setdefault(event_id, {})[_THREAD] = {
+                "latest_event": client_event(summary.latest),
+                "count": summary.count,
+                "current_user_participated": summary.replied or senders[event_id] == user_id,
+            }
+        for event_id, edit in edits.items():
+            bundles.setdefault(event_id, {})["m.replace"] = client_event(edit)
+        return bundles
