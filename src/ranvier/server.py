@@ -101,6 +101,7 @@ from ranvier.api.directory import add_directory_routes
 from ranvier.api.event_context import add_event_context_route
 from ranvier.api.keys import add_key_routes
 from ranvier.api.media import MediaApp
+from ranvier.api.openid import add_openid_routes
 from ranvier.api.presence import add_presence_routes
 from ranvier.api.profile import add_profile_routes
 from ranvier.api.push_rules import add_push_rule_routes
@@ -169,6 +170,7 @@ from ranvier.federation.membership import (
     FederationJoinClient,
     add_membership_routes,
 )
+from ranvier.federation.openid import add_openid_route
 from ranvier.federation.persistence import ReceivedTransactions
 from ranvier.federation.profiles import FederationProfileClient, LocalProfileSource
 from ranvier.federation.queries import add_query_routes
@@ -993,6 +995,7 @@ class HomeServer:
         add_directory_route(router, self.room_directory)
         add_e2e_key_routes(router, server_name=config.server_name, keys=self.e2e_keys)
         add_media_routes(router, media=self.media)
+        add_openid_route(router, self.accounts)
         return router
 
     def _client_router(self) -> Router:
@@ -1082,6 +1085,7 @@ class HomeServer:
             auth=auth,
             reports=Reports(store=self.storage.reports, events=reader, rooms=self.storage),
         )
+        add_openid_routes(router, auth=auth, issuer=self.accounts)
         add_typing_routes(router, auth=auth, typing=self.typing_notices)
         add_presence_routes(router, auth=auth, presence=self.presence)
         add_key_routes(router, auth=auth, keys=self.e2e_keys)

@@ -342,3 +342,22 @@ async def test_hashing_leaves_the_event_loop_free(storage: Storage) -> None:
     # held the loop, it would have ticked once.
     assert elapsed > 0.02
     assert ticks >= max(5, elapsed * 1000 / 10)
+
+
+async def test_an_openid_token_lasts_an_hour(storage: Storage) -> None:
+    now = [1_000_000]
+    accounts = Accounts(
+        server_name=SERVER,
+        store=storage.accounts,
+        password_hasher=CHEAP,
+        wall_clock_ms=lambda: now[0],
+    )
+    await accounts.register("alice", "pw", login=False)
+    token, expires_in = await accounts.issue_openid_token(ALICE)
+    assert expires_in == 3600
+    assert await accounts.openid_user(token) == ALICE
+    now[0] += 3_599_999
+    assert await accounts.openid_user(token) == ALICE
+    now[0] += 1
+    assert await accounts.openid_user(token) is None
+    assert await accounts.openid_user("another") is None
