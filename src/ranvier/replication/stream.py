@@ -95,6 +95,8 @@ TOKEN_WRITES: Final = frozenset(
         "accounts.delete_device_of_token",
         "accounts.delete_devices",
         "accounts.delete_user_devices",
+        "accounts.change_password",
+        "accounts.deactivate_account",
     }
 )
 
