@@ -172,6 +172,12 @@ def test_encode_does_not_change_its_input() -> None:
         (b'{"a":1e5}', r"number 1e5 at byte 5 has a fraction or exponent"),
         (b'{"a":1E+5}', r"number 1E\+5 at byte 5 has a fraction or exponent"),
         (b'{"a":-0.0}', r"number -0\.0 at byte 5 has a fraction or exponent"),
+        # Whitespace may come between a number and what it follows.
+        (b"[ \n -0 ]", r"^-0 at byte 4 is not allowed"),
+        (b'{"a" :\t-0}', r"^-0 at byte 7 is not allowed"),
+        (b" -0", r"^-0 at byte 1 is not allowed"),
+        (b'{"a":[1,\r\n9007199254740992]}', r"integer 9007199254740992 at byte 10 is outside"),
+        (b'{"a":"$x-0y","b":[-0]}', r"^-0 at byte 18 is not allowed"),
         (b'{"x":"ok","y":"\xc3"}', r"invalid UTF-8 at byte 15"),
         (b'{"x":"\xff"}', r"invalid UTF-8 at byte 6"),
         (b'["\\ud800"]', r"string at \$\[0\] holds a lone surrogate U\+D800"),
@@ -203,6 +209,8 @@ def test_decode_refuses_str_with_lone_surrogate() -> None:
         b'{"a":"\\\\","b":12}',
         b'{"ts":1721563200123,"big":9007199254740991,"neg":-9007199254740991}',
         b'{"k":"' + b"x" * 100_000 + b' -0"}',
+        # URL-safe base64 event IDs hold "-0" and digit runs.
+        b'{"auth_events":["$Ab-0cd","$1234567890123456789"],"depth":7}',
     ],
 )
 def test_decode_accepts_lookalikes(data: bytes) -> None:
