@@ -135,7 +135,6 @@ from ranvier.core.joins import RemoteJoiner
 from ranvier.core.media import MediaRepository
 from ranvier.core.notification_counts import NotificationCounts
 from ranvier.core.notifier import StreamNotifier
-from ranvier.core.pagination import RoomMessages
 from ranvier.core.presence import Presence
 from ranvier.core.profiles import Profiles
 from ranvier.core.push_rules import PushRules, PushRulesAccountData
@@ -143,7 +142,7 @@ from ranvier.core.push_sender import PushSender
 from ranvier.core.pushers import Pushers
 from ranvier.core.receipts import Receipts
 from ranvier.core.redactions import ServedStateReader
-from ranvier.core.relations import Relations
+from ranvier.core.relations import BundlingRoomMessages, Relations
 from ranvier.core.reports import Reports
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.room_keys import RoomKeyBackups
@@ -1003,6 +1002,7 @@ class HomeServer:
         router = Router()
         add_versions_route(router)
         account_data = PushRulesAccountData(self.storage.client_data, self.stream_notifier)
+        relations = Relations(self.storage.sync, self.storage.relations)
         add_sync_routes(
             router,
             auth=self.auth,
@@ -1019,7 +1019,7 @@ class HomeServer:
                 ),
             ),
             filters=UserFilters(self.storage.sync),
-            messages=RoomMessages(self.storage.sync, backfill=self._backfiller),
+            messages=BundlingRoomMessages(self.storage.sync, relations, backfill=self._backfiller),
         )
         registration = self.config.registration
         add_account_routes(
@@ -1042,10 +1042,10 @@ class HomeServer:
             directory=directory,
         )
         add_directory_routes(router, auth=self.auth, directory=directory, reader=reader)
-        add_event_context_route(router, auth=self.auth, contexts=EventContexts(self.storage.sync))
-        add_relation_routes(
-            router, auth=self.auth, relations=Relations(self.storage.sync, self.storage.relations)
+        add_event_context_route(
+            router, auth=self.auth, contexts=EventContexts(self.storage.sync, relations)
         )
+        add_relation_routes(router, auth=self.auth, relations=relations)
         auth, client_data = self.auth, self.storage.client_data
         add_capability_routes(router, auth=auth)
         add_push_rule_routes(

@@ -352,3 +352,60 @@ async def test_relations_of_events_received_over_federation(tmp_path: Path) -> N
     assert thread["event_id"] == root
     assert thread["unsigned"]["m.relations"]["m.thread"]["latest_event"]["sender"] == (bob.user_id)
     assert a.server_name not in bob.user_id
+
+
+# --- Bundled aggregations --------------------------------------------------------------
+
+
+def _by_id(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {event["event_id"]: event for event in events}
+
+
+async def _edit(env: SharedRoom, user: TestUser, original: str, body: str) -> str:
+    return await _send(
+        env,
+        user,
+        _text(f"* {body}", {"rel_type": "m.replace", "event_id": original})
+        | {"m.new_content": {"msgtype": "m.text", "body": body}},
+    )
+
+
+async def test_messages_and_context_bundle_threads_and_edits(env: SharedRoom) -> None:
+    root = await _send(env, env.alice, _text("root"))
+    reply = await _send(env, env.bob, _text("reply", _thread(root)))
+    edited = await _send(env, env.bob, _text("typo"))
+    await _edit(env, env.bob, edited, "fixed")
+    newest_edit = await _edit(env, env.bob, edited, "fixed again")
+    await _edit(env, env.alice, edited, "not hers to edit")
+    plain = await _send(env, env.bob, _text("plain"))
+
+    messages = await env.client.ok(
+        env.bob, "GET", f"/rooms/{q(env.room_id)}/messages", params={"limit": 20}
+    )
+    context = await env.client.ok(
+        env.bob, "GET", f"/rooms/{q(env.room_id)}/context/{q(edited)}", params={"limit": 20}
+    )
+
+    for events in (
+        _by_id(messages["chunk"]),
+        _by_id([*context["events_before"], context["event"], *context["events_after"]]),
+    ):
+        thread = events[root]["unsigned"]["m.relations"]["m.thread"]
+        assert thread["count"] == 1
+        assert thread["latest_event"]["event_id"] == reply
+        assert thread["current_user_participated"] is True
+        replaced = events[edited]["unsigned"]["m.relations"]["m.replace"]
+        assert replaced["event_id"] == newest_edit
+        assert replaced["content"]["m.new_content"]["body"] == "fixed again"
+        assert "m.relations" not in events[plain].get("unsigned", {})
+        assert "m.relations" not in events[reply].get("unsigned", {})
+
+
+async def test_a_thread_someone_else_runs_is_not_participated(env: SharedRoom) -> None:
+    root = await _send(env, env.bob, _text("root"))
+    await _send(env, env.bob, _text("reply", _thread(root)))
+
+    messages = await env.client.ok(env.alice, "GET", f"/rooms/{q(env.room_id)}/messages")
+
+    thread = _by_id(messages["chunk"])[root]["unsigned"]["m.relations"]["m.thread"]
+    assert thread["current_user_participated"] is False

@@ -14,7 +14,8 @@ tokens, to page back from the first event returned and forward from the
 last. ``state`` is the room's state at the last event returned; with
 ``lazy_load_members`` it names no members but the senders of the events
 returned. The filter applies to the events around the event and to the
-state, never to the event itself.
+state, never to the event itself. The events carry their bundled
+aggregations when a :class:`Bundler` is given.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .pagination import (
     visible_to,
 )
 
-__all__ = ["ContextStore", "EventContexts", "ReadableEvent", "readable_event"]
+__all__ = ["Bundler", "ContextStore", "EventContexts", "ReadableEvent", "readable_event"]
 
 _MEMBER: Final = "m.room.member"
 #: Below every position, backfilled events' included.
@@ -52,6 +53,16 @@ class ContextStore(MessagesStore, Protocol):
     async def state_at(
         self, room_id: str, position: int, keys: Collection[StateKey] | None = None
     ) -> StateMap: ...
+
+
+class Bundler(Protocol):
+    """Adds bundled aggregations to events
+    (:meth:`ranvier.core.relations.Relations.add_bundles`).
+    """
+
+    async def add_bundles(
+        self, user_id: str, room_id: str, events: Sequence[dict[str, Any]], *, upto: int
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +107,13 @@ async def readable_event(
 
 
 class EventContexts:
-    """Answers ``/context`` from ``store``."""
+    """Answers ``/context`` from ``store``; ``bundler``, when given, adds
+    the events' bundled aggregations.
+    """
 
-    def __init__(self, store: ContextStore) -> None:
+    def __init__(self, store: ContextStore, bundler: Bundler | None = None) -> None:
         self._store = store
+        self._bundler = bundler
 
     async def get_context(
         self,
@@ -149,12 +163,19 @@ class EventContexts:
                 stored, unsigned=None if txn_id is None else {"transaction_id": txn_id}
             )
 
+        events_before = [formatted(stored) for stored in before]
+        shown = formatted(event)
+        events_after = [formatted(stored) for stored in after]
+        if self._bundler is not None:
+            await self._bundler.add_bundles(
+                user_id, room_id, [*events_before, shown, *events_after], upto=found.visible
+            )
         return {
             "start": format_pagination_token(start),
             "end": format_pagination_token(end),
-            "events_before": [formatted(stored) for stored in before],
-            "event": formatted(event),
-            "events_after": [formatted(stored) for stored in after],
+            "events_before": events_before,
+            "event": shown,
+            "events_after": events_after,
             "state": await self._state(room_id, returned, end, event_filter),
         }
 

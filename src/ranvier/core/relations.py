@@ -21,11 +21,11 @@ the parent and says so in ``recursion_depth``.
 ``include=participated`` only threads the user started or replied in. Each
 root carries its ``m.thread`` aggregation.
 
-Every event served here, and by ``/messages``-like reads that ask, carries
-the bundled aggregations of the spec's "Server-side aggregation of events"
-(:meth:`Relations.bundle`): ``m.thread`` (the newest reply, how many, and
-whether the user took part) and ``m.replace`` (the newest edit by the
-original sender, whole).
+Every event served here, by ``/messages`` (:class:`BundlingRoomMessages`)
+and by ``/context`` carries the bundled aggregations of the spec's
+"Server-side aggregation of events" (:meth:`Relations.add_bundles`):
+``m.thread`` (the newest reply, how many, and whether the user took part)
+and ``m.replace`` (the newest edit by the original sender, whole).
 """
 
 from __future__ import annotations
@@ -39,10 +39,13 @@ from ranvier.storage.records import StoredEvent
 from .accounts import Requester
 from .client_events import client_event
 from .event_context import readable_event
+from .filters import RoomEventFilter
 from .pagination import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
+    HistoryFiller,
     MessagesStore,
+    RoomMessages,
     format_pagination_token,
     parse_pagination_token,
     readable_upto,
@@ -50,12 +53,19 @@ from .pagination import (
     visible_to,
 )
 
-__all__ = ["RECURSION_DEPTH", "RelationStore", "Relations", "ThreadSummaryLike"]
+__all__ = [
+    "RECURSION_DEPTH",
+    "BundlingRoomMessages",
+    "RelationStore",
+    "Relations",
+    "ThreadSummaryLike",
+]
 
 #: How many relations away from the parent ``recurse`` goes (the spec
 #: recommends at least 3).
 RECURSION_DEPTH: Final = 3
 _THREAD: Final = "m.thread"
+_REPLACE: Final = "m.replace"
 _TOP: Final = 2**62
 
 
@@ -234,40 +244,96 @@ class Relations:
         ``requester`` may see them (up to ``upto``).
         """
         transactions = await transaction_ids(self._store, requester, events)
-        bundles = await self.bundle(requester.user_id, room_id, events, upto=upto)
-        formatted = []
-        for event in events:
-            unsigned: dict[str, Any] = {}
-            if event.event_id in transactions:
-                unsigned["transaction_id"] = transactions[event.event_id]
-            if event.event_id in bundles:
-                unsigned["m.relations"] = bundles[event.event_id]
-            formatted.append(client_event(event, unsigned=unsigned))
+        formatted = [
+            client_event(
+                event,
+                unsigned=(
+                    {"transaction_id": transactions[event.event_id]}
+                    if event.event_id in transactions
+                    else None
+                ),
+            )
+            for event in events
+        ]
+        await self.add_bundles(requester.user_id, room_id, formatted, upto=upto)
         return formatted
 
-    async def bundle(
-        self, user_id: str, room_id: str, events: Sequence[StoredEvent], *, upto: int
-    ) -> dict[str, dict[str, Any]]:
-        """The ``unsigned.m.relations`` of each of ``events`` that has any:
-        ``m.thread`` for a thread root, ``m.replace`` for an edited event.
+    async def add_bundles(
+        self, user_id: str, room_id: str, events: Sequence[dict[str, Any]], *, upto: int
+    ) -> None:
+        """Give each of ``events`` (client-format events of the room) that
+        has any its bundled aggregations in ``unsigned.m.relations``, as
+        ``user_id`` may see them (relations up to ``upto``): ``m.thread``
+        for a thread root, ``m.replace`` (the newest edit, whole) for an
+        edited event. A state event or a redacted one is not edited, as
+        the spec has it.
         """
         if not events:
-            return {}
-        ids = [event.event_id for event in events]
+            return
+        ids = [event["event_id"] for event in events]
         summaries = await self._relations.thread_summaries(room_id, ids, user_id=user_id, upto=upto)
-        edits = await self._relations.latest_edits(
+        editable = {
+            event["event_id"]: event["sender"]
+            for event in events
+            if "state_key" not in event and "redacted_because" not in event.get("unsigned", {})
+        }
+        edits = await self._relations.latest_edits(room_id, editable, upto=upto)
+        if not summaries and not edits:
+            return
+        for event in events:
+            event_id = event["event_id"]
+            bundle: dict[str, Any] = {}
+            summary = summaries.get(event_id)
+            if summary is not None:
+                bundle[_THREAD] = {
+                    "latest_event": client_event(summary.latest),
+                    "count": summary.count,
+                    "current_user_participated": summary.replied or event["sender"] == user_id,
+                }
+            if event_id in edits:
+                bundle[_REPLACE] = client_event(edits[event_id])
+            if bundle:
+                event.setdefault("unsigned", {})["m.relations"] = bundle
+
+
+class BundlingRoomMessages(RoomMessages):
+    """``/messages`` whose events carry their bundled aggregations
+    (:meth:`Relations.add_bundles`).
+    """
+
+    def __init__(
+        self,
+        store: MessagesStore,
+        relations: Relations,
+        backfill: HistoryFiller | None = None,
+    ) -> None:
+        super().__init__(store, backfill)
+        self._messages_store = store
+        self._relations = relations
+
+    async def get_messages(
+        self,
+        requester: Requester,
+        room_id: str,
+        *,
+        direction: Literal["b", "f"],
+        from_token: str | None = None,
+        to_token: str | None = None,
+        limit: int | None = None,
+        event_filter: RoomEventFilter | None = None,
+    ) -> dict[str, Any]:
+        answer = await super().get_messages(
+            requester,
             room_id,
-            {event.event_id: event.sender for event in events if event.state_key is None},
-            upto=upto,
+            direction=direction,
+            from_token=from_token,
+            to_token=to_token,
+            limit=limit,
+            event_filter=event_filter,
         )
-        bundles: dict[str, dict[str, Any]] = {}
-        senders = {event.event_id: event.sender for event in events}
-        for event_id, summary in summaries.items():
-            bundles.setdefault(event_id, {})[_THREAD] = {
-                "latest_event": client_event(summary.latest),
-                "count": summary.count,
-                "current_user_participated": summary.replied or senders[event_id] == user_id,
-            }
-        for event_id, edit in edits.items():
-            bundles.setdefault(event_id, {})["m.replace"] = client_event(edit)
-        return bundles
+        if answer["chunk"]:
+            upto, _, _ = await readable_upto(self._messages_store, requester.user_id, room_id)
+            await self._relations.add_bundles(
+                requester.user_id, room_id, answer["chunk"], upto=upto
+            )
+        return answer
