@@ -17,7 +17,7 @@ async def test_capabilities_and_the_stubs(tmp_path: Path) -> None:
         c = Client(hs, http)
         alice = await hs.register_user("alice")
         capabilities = (await c.ok(alice, "GET", "/capabilities"))["capabilities"]
-        assert capabilities["m.change_password"] == {"enabled": False}
+        assert capabilities["m.change_password"] == {"enabled": True}
         assert capabilities["m.set_displayname"] == {"enabled": True}
         assert capabilities["m.set_avatar_url"] == {"enabled": True}
         assert capabilities["m.3pid_changes"] == {"enabled": False}

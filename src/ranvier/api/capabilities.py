@@ -22,7 +22,7 @@ __all__ = ["add_capability_routes"]
 
 def _capabilities() -> dict[str, Any]:
     return {
-        "m.change_password": {"enabled": False},
+        "m.change_password": {"enabled": True},
         "m.room_versions": {
             "default": DEFAULT_ROOM_VERSION.identifier,
             "available": dict.fromkeys(SUPPORTED_ROOM_VERSIONS, "stable"),
