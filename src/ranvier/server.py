@@ -120,6 +120,12 @@ from ranvier.api.user_directory import add_user_directory_routes
 from ranvier.api.versions import add_versions_route
 from ranvier.config import Config, ListenerConfig
 from ranvier.core.accounts import Accounts
+from ranvier.core.aggregations import (
+    Aggregations,
+    BundlingRoomMessages,
+    BundlingRoomReader,
+    BundlingSyncHandler,
+)
 from ranvier.core.backfill import Backfiller
 from ranvier.core.client_txns import ClientTransactions
 from ranvier.core.creation import EventCreator, Preset
@@ -142,7 +148,7 @@ from ranvier.core.push_sender import PushSender
 from ranvier.core.pushers import Pushers
 from ranvier.core.receipts import Receipts
 from ranvier.core.redactions import ServedStateReader
-from ranvier.core.relations import BundlingRoomMessages, Relations
+from ranvier.core.relations import Relations
 from ranvier.core.reports import Reports
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.room_keys import RoomKeyBackups
@@ -150,7 +156,6 @@ from ranvier.core.room_leaves import RoomLeaves
 from ranvier.core.room_list import RoomList
 from ranvier.core.room_servers import PduSink, RoomEventSender, RoomServers
 from ranvier.core.rooms import FullStateWaiter, RoomReader
-from ranvier.core.sync import SyncHandler
 from ranvier.core.to_device import ToDevice
 from ranvier.core.typing import TypingNotices
 from ranvier.core.unpartial import ResyncStatus, UnpartialStater
@@ -867,7 +872,9 @@ class HomeServer:
             servers=self._room_servers,
             client=FederationDirectoryClient(client),
         )
-        self._room_reader = RoomReader(
+        self._aggregations = Aggregations(storage.sync, storage.relations)
+        self._room_reader = BundlingRoomReader(
+            self._aggregations,
             ServedStateReader(storage, storage.redactions),
             storage.room_members,
             full_state=self._full_state_waiter(),
@@ -1002,11 +1009,13 @@ class HomeServer:
         router = Router()
         add_versions_route(router)
         account_data = PushRulesAccountData(self.storage.client_data, self.stream_notifier)
-        relations = Relations(self.storage.sync, self.storage.relations)
+        aggregations = self._aggregations
+        relations = Relations(self.storage.sync, self.storage.relations, aggregations)
         add_sync_routes(
             router,
             auth=self.auth,
-            sync=SyncHandler(
+            sync=BundlingSyncHandler(
+                aggregations,
                 self.storage.sync,
                 self.stream_notifier,
                 account_data,
@@ -1019,7 +1028,9 @@ class HomeServer:
                 ),
             ),
             filters=UserFilters(self.storage.sync),
-            messages=BundlingRoomMessages(self.storage.sync, relations, backfill=self._backfiller),
+            messages=BundlingRoomMessages(
+                self.storage.sync, aggregations, backfill=self._backfiller
+            ),
         )
         registration = self.config.registration
         add_account_routes(
@@ -1043,7 +1054,7 @@ class HomeServer:
         )
         add_directory_routes(router, auth=self.auth, directory=directory, reader=reader)
         add_event_context_route(
-            router, auth=self.auth, contexts=EventContexts(self.storage.sync, relations)
+            router, auth=self.auth, contexts=EventContexts(self.storage.sync, aggregations)
         )
         add_relation_routes(router, auth=self.auth, relations=relations)
         auth, client_data = self.auth, self.storage.client_data

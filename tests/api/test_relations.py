@@ -409,3 +409,33 @@ async def test_a_thread_someone_else_runs_is_not_participated(env: SharedRoom) -
 
     thread = _by_id(messages["chunk"])[root]["unsigned"]["m.relations"]["m.thread"]
     assert thread["current_user_participated"] is False
+
+
+async def test_event_and_sync_bundle_threads_and_edits(env: SharedRoom) -> None:
+    root = await _send(env, env.alice, _text("root"))
+    reply = await _send(env, env.bob, _text("reply", _thread(root)))
+    edit = await _edit(env, env.alice, root, "root, edited")
+
+    single = await env.client.ok(env.bob, "GET", f"/rooms/{q(env.room_id)}/event/{q(root)}")
+    synced = await env.sync(env.bob)
+
+    timeline = synced["rooms"]["join"][env.room_id]["timeline"]["events"]
+    for event in (single, _by_id(timeline)[root]):
+        bundle = event["unsigned"]["m.relations"]
+        assert bundle["m.thread"]["latest_event"]["event_id"] == reply
+        assert bundle["m.thread"]["current_user_participated"] is True
+        assert bundle["m.replace"]["event_id"] == edit
+
+
+async def test_a_left_rooms_sync_bundles_up_to_the_leave(env: SharedRoom) -> None:
+    since = (await env.sync(env.bob))["next_batch"]
+    root = await _send(env, env.alice, _text("root"))
+    seen = await _send(env, env.alice, _text("seen", _thread(root)))
+    await env.client.ok(env.bob, "POST", f"/rooms/{q(env.room_id)}/leave", {})
+    await _send(env, env.alice, _text("after the leave", _thread(root)))
+
+    synced = await env.sync(env.bob, since=since)
+
+    timeline = synced["rooms"]["leave"][env.room_id]["timeline"]["events"]
+    thread = _by_id(timeline)[root]["unsigned"]["m.relations"]["m.thread"]
+    assert (thread["count"], thread["latest_event"]["event_id"]) == (1, seen)

@@ -21,31 +21,26 @@ the parent and says so in ``recursion_depth``.
 ``include=participated`` only threads the user started or replied in. Each
 root carries its ``m.thread`` aggregation.
 
-Every event served here, by ``/messages`` (:class:`BundlingRoomMessages`)
-and by ``/context`` carries the bundled aggregations of the spec's
-"Server-side aggregation of events" (:meth:`Relations.add_bundles`):
-``m.thread`` (the newest reply, how many, and whether the user took part)
-and ``m.replace`` (the newest edit by the original sender, whole).
+Every event served here carries its bundled aggregations
+(:mod:`ranvier.core.aggregations`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Final, Literal, Protocol
 
 from ranvier.errors import MatrixError
 from ranvier.storage.records import StoredEvent
 
 from .accounts import Requester
+from .aggregations import Aggregations
 from .client_events import client_event
 from .event_context import readable_event
-from .filters import RoomEventFilter
 from .pagination import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
-    HistoryFiller,
     MessagesStore,
-    RoomMessages,
     format_pagination_token,
     parse_pagination_token,
     readable_upto,
@@ -53,31 +48,12 @@ from .pagination import (
     visible_to,
 )
 
-__all__ = [
-    "RECURSION_DEPTH",
-    "BundlingRoomMessages",
-    "RelationStore",
-    "Relations",
-    "ThreadSummaryLike",
-]
+__all__ = ["RECURSION_DEPTH", "RelationStore", "Relations"]
 
 #: How many relations away from the parent ``recurse`` goes (the spec
 #: recommends at least 3).
 RECURSION_DEPTH: Final = 3
-_THREAD: Final = "m.thread"
-_REPLACE: Final = "m.replace"
 _TOP: Final = 2**62
-
-
-class ThreadSummaryLike(Protocol):
-    """A thread's aggregation (:class:`ranvier.storage.relations.ThreadSummary`)."""
-
-    @property
-    def count(self) -> int: ...
-    @property
-    def latest(self) -> StoredEvent: ...
-    @property
-    def replied(self) -> bool: ...
 
 
 class RelationStore(Protocol):
@@ -108,14 +84,6 @@ class RelationStore(Protocol):
         limit: int,
     ) -> tuple[list[tuple[StoredEvent, int]], bool]: ...
 
-    async def thread_summaries(
-        self, room_id: str, root_ids: Collection[str], *, user_id: str, upto: int
-    ) -> Mapping[str, ThreadSummaryLike]: ...
-
-    async def latest_edits(
-        self, room_id: str, originals: Mapping[str, str], *, upto: int
-    ) -> dict[str, StoredEvent]: ...
-
 
 def _limit(limit: int | None) -> int:
     return DEFAULT_LIMIT if limit is None else min(limit, MAX_LIMIT)
@@ -123,12 +91,15 @@ def _limit(limit: int | None) -> int:
 
 class Relations:
     """Serves relations and threads from ``store`` (the reads of ``/messages``)
-    and ``relations``.
+    and ``relations``, the events with ``aggregations``' bundles.
     """
 
-    def __init__(self, store: MessagesStore, relations: RelationStore) -> None:
+    def __init__(
+        self, store: MessagesStore, relations: RelationStore, aggregations: Aggregations
+    ) -> None:
         self._store = store
         self._relations = relations
+        self._aggregations = aggregations
 
     async def get_relations(
         self,
@@ -255,85 +226,5 @@ class Relations:
             )
             for event in events
         ]
-        await self.add_bundles(requester.user_id, room_id, formatted, upto=upto)
+        await self._aggregations.add_bundles(requester.user_id, room_id, formatted, upto=upto)
         return formatted
-
-    async def add_bundles(
-        self, user_id: str, room_id: str, events: Sequence[dict[str, Any]], *, upto: int
-    ) -> None:
-        """Give each of ``events`` (client-format events of the room) that
-        has any its bundled aggregations in ``unsigned.m.relations``, as
-        ``user_id`` may see them (relations up to ``upto``): ``m.thread``
-        for a thread root, ``m.replace`` (the newest edit, whole) for an
-        edited event. A state event or a redacted one is not edited, as
-        the spec has it.
-        """
-        if not events:
-            return
-        ids = [event["event_id"] for event in events]
-        summaries = await self._relations.thread_summaries(room_id, ids, user_id=user_id, upto=upto)
-        editable = {
-            event["event_id"]: event["sender"]
-            for event in events
-            if "state_key" not in event and "redacted_because" not in event.get("unsigned", {})
-        }
-        edits = await self._relations.latest_edits(room_id, editable, upto=upto)
-        if not summaries and not edits:
-            return
-        for event in events:
-            event_id = event["event_id"]
-            bundle: dict[str, Any] = {}
-            summary = summaries.get(event_id)
-            if summary is not None:
-                bundle[_THREAD] = {
-                    "latest_event": client_event(summary.latest),
-                    "count": summary.count,
-                    "current_user_participated": summary.replied or event["sender"] == user_id,
-                }
-            if event_id in edits:
-                bundle[_REPLACE] = client_event(edits[event_id])
-            if bundle:
-                event.setdefault("unsigned", {})["m.relations"] = bundle
-
-
-class BundlingRoomMessages(RoomMessages):
-    """``/messages`` whose events carry their bundled aggregations
-    (:meth:`Relations.add_bundles`).
-    """
-
-    def __init__(
-        self,
-        store: MessagesStore,
-        relations: Relations,
-        backfill: HistoryFiller | None = None,
-    ) -> None:
-        super().__init__(store, backfill)
-        self._messages_store = store
-        self._relations = relations
-
-    async def get_messages(
-        self,
-        requester: Requester,
-        room_id: str,
-        *,
-        direction: Literal["b", "f"],
-        from_token: str | None = None,
-        to_token: str | None = None,
-        limit: int | None = None,
-        event_filter: RoomEventFilter | None = None,
-    ) -> dict[str, Any]:
-        answer = await super().get_messages(
-            requester,
-            room_id,
-            direction=direction,
-            from_token=from_token,
-            to_token=to_token,
-            limit=limit,
-            event_filter=event_filter,
-        )
-        if answer["chunk"]:
-            upto, _, _ = await readable_upto(self._messages_store, requester.user_id, room_id)
-            await self._relations.add_bundles(
-                requester.user_id, room_id, answer["chunk"], upto=upto
-            )
-        return answer

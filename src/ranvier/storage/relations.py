@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -40,6 +40,7 @@ from .redactions import served
 
 __all__ = [
     "RelationStorage",
+    "RoomAggregationQuery",
     "ThreadSummary",
     "fill_relations",
     "record_relations",
@@ -313,6 +314,28 @@ def latest_edits(
     return found
 
 
+#: ``(room ID, event IDs, the senders of those that may be edited by event
+#: ID, the last position the user may read)``.
+RoomAggregationQuery = tuple[str, Sequence[str], Mapping[str, str], int]
+
+
+def aggregations(
+    conn: sqlite3.Connection, user_id: str, rooms: Sequence[RoomAggregationQuery]
+) -> tuple[dict[str, ThreadSummary], dict[str, StoredEvent]]:
+    """The thread summaries (:func:`thread_summaries`) and latest edits
+    (:func:`latest_edits`) of the events of several rooms, in one read.
+    """
+    summaries: dict[str, ThreadSummary] = {}
+    edits: dict[str, StoredEvent] = {}
+    for room_id, event_ids, editable, upto in rooms:
+        summaries.update(
+            thread_summaries(conn, room_id, sorted(set(event_ids)), user_id=user_id, upto=upto)
+        )
+        if editable:
+            edits.update(latest_edits(conn, room_id, editable, upto=upto))
+    return summaries, edits
+
+
 class RelationStorage:
     """Reads of relations for the client-server API (:mod:`ranvier.core.relations`)."""
 
@@ -371,22 +394,14 @@ class RelationStorage:
             )
         )
 
-    async def thread_summaries(
-        self, room_id: str, root_ids: Collection[str], *, user_id: str, upto: int
-    ) -> dict[str, ThreadSummary]:
-        """See :func:`thread_summaries`."""
-        ids = sorted(set(root_ids))
+    async def aggregations(
+        self, user_id: str, rooms: Sequence[RoomAggregationQuery]
+    ) -> tuple[dict[str, ThreadSummary], dict[str, StoredEvent]]:
+        """See :func:`aggregations`."""
+        wanted = [
+            (room_id, tuple(event_ids), dict(editable), upto)
+            for room_id, event_ids, editable, upto in rooms
+        ]
         return await self._readers.read(
-            functools.partial(
-                thread_summaries, room_id=room_id, root_ids=ids, user_id=user_id, upto=upto
-            )
-        )
-
-    async def latest_edits(
-        self, room_id: str, originals: Mapping[str, str], *, upto: int
-    ) -> dict[str, StoredEvent]:
-        """See :func:`latest_edits`."""
-        wanted = dict(originals)
-        return await self._readers.read(
-            functools.partial(latest_edits, room_id=room_id, originals=wanted, upto=upto)
+            functools.partial(aggregations, user_id=user_id, rooms=wanted)
         )

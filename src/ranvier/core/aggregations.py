@@ -1,0 +1,237 @@
+"""Bundled aggregations: what the spec's "Server-side aggregation of events"
+asks servers to add to an event's ``unsigned.m.relations`` wherever they
+serve it to a client.
+
+* ``m.thread`` on a thread root: the newest reply, how many replies there
+  are, and whether the user asking started the thread or replied in it.
+* ``m.replace`` on an edited event: its newest edit by the original
+  sender, whole (an edit by anyone else is no edit). A state event or a
+  redacted one is never edited.
+
+Reactions (``m.annotation``) and references are not bundled; clients page
+them with ``/relations``. Relations count as the user may see the room: up
+to now for a member, up to their leave or ban after it.
+
+:class:`Aggregations` bundles events already in the client format, one read
+for any number of rooms. The classes below it are the endpoints that serve
+events with their bundles: ``/messages``, ``/rooms/{roomId}/event`` and the
+timelines of ``/sync`` (``/context``, ``/relations`` and ``/threads`` call
+:class:`Aggregations` themselves).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Literal, Protocol
+
+from ranvier.errors import MatrixError
+from ranvier.storage.records import StoredEvent
+
+from .accounts import Requester
+from .client_events import client_event
+from .filters import RoomEventFilter
+from .pagination import (
+    HistoryFiller,
+    MessagesStore,
+    RoomMessages,
+    parse_sync_token,
+    readable_upto,
+)
+from .rooms import RoomReader
+from .sync import SyncHandler
+
+__all__ = [
+    "AggregationStore",
+    "Aggregations",
+    "BundlingRoomMessages",
+    "BundlingRoomReader",
+    "BundlingSyncHandler",
+]
+
+_THREAD: Final = "m.thread"
+_REPLACE: Final = "m.replace"
+
+
+class ThreadSummaryLike(Protocol):
+    """A thread's aggregation (:class:`ranvier.storage.relations.ThreadSummary`)."""
+
+    @property
+    def count(self) -> int: ...
+    @property
+    def latest(self) -> StoredEvent: ...
+    @property
+    def replied(self) -> bool: ...
+
+
+class AggregationStore(Protocol):
+    """The read of aggregations (:meth:`ranvier.storage.relations.RelationStorage.aggregations`)."""
+
+    async def aggregations(
+        self, user_id: str, rooms: Sequence[tuple[str, Sequence[str], Mapping[str, str], int]]
+    ) -> tuple[Mapping[str, ThreadSummaryLike], Mapping[str, StoredEvent]]:
+        """Per room ``(room ID, event IDs, the senders of those that may be
+        edited by event ID, the last position the user may read)``: the
+        thread summaries of the thread roots among the events, and the
+        newest edit of each edited one, by event ID.
+        """
+        ...
+
+
+#: ``(room ID, its client-format events, the last position the user may read)``.
+RoomEvents = tuple[str, Sequence[dict[str, Any]], int]
+
+
+class Aggregations:
+    """Adds bundled aggregations to client-format events, from ``relations``;
+    ``store`` tells how far a user may read a room.
+    """
+
+    def __init__(self, store: MessagesStore, relations: AggregationStore) -> None:
+        self._store = store
+        self._relations = relations
+
+    async def add_bundles(
+        self, user_id: str, room_id: str, events: Sequence[dict[str, Any]], *, upto: int
+    ) -> None:
+        """Give each of ``events`` (client-format events of the room) that
+        has any its bundled aggregations in ``unsigned.m.relations``, as
+        ``user_id`` may see them (relations up to ``upto``).
+        """
+        await self.add_bundles_in_rooms(user_id, [(room_id, events, upto)])
+
+    async def add_bundles_as_read(
+        self, user_id: str, room_id: str, events: Sequence[dict[str, Any]]
+    ) -> None:
+        """:meth:`add_bundles` up to where ``user_id`` may read the room."""
+        if events:
+            upto = await self.readable_upto(user_id, room_id)
+            if upto is not None:
+                await self.add_bundles(user_id, room_id, events, upto=upto)
+
+    async def readable_upto(self, user_id: str, room_id: str) -> int | None:
+        """The last position ``user_id`` may read in the room; None if none."""
+        try:
+            upto, _, _ = await readable_upto(self._store, user_id, room_id)
+        except MatrixError:
+            return None
+        return upto
+
+    async def add_bundles_in_rooms(self, user_id: str, rooms: Sequence[RoomEvents]) -> None:
+        """:meth:`add_bundles` for the events of several rooms, in one read.
+
+        Events cut down by a filter's ``event_fields`` to lack their ID or
+        sender are left as they are.
+        """
+        queries = []
+        shown: list[dict[str, Any]] = []
+        for room_id, events, upto in rooms:
+            whole = [event for event in events if "event_id" in event and "sender" in event]
+            if not whole:
+                continue
+            shown.extend(whole)
+            editable = {
+                event["event_id"]: event["sender"]
+                for event in whole
+                if "state_key" not in event and "redacted_because" not in event.get("unsigned", {})
+            }
+            queries.append((room_id, [event["event_id"] for event in whole], editable, upto))
+        if not queries:
+            return
+        summaries, edits = await self._relations.aggregations(user_id, queries)
+        if not summaries and not edits:
+            return
+        for event in shown:
+            event_id = event["event_id"]
+            bundle: dict[str, Any] = {}
+            summary = summaries.get(event_id)
+            if summary is not None:
+                bundle[_THREAD] = {
+                    "latest_event": client_event(summary.latest),
+                    "count": summary.count,
+                    "current_user_participated": summary.replied or event["sender"] == user_id,
+                }
+            edit = edits.get(event_id)
+            if edit is not None:
+                bundle[_REPLACE] = client_event(edit)
+            if bundle:
+                event.setdefault("unsigned", {})["m.relations"] = bundle
+
+
+class BundlingRoomMessages(RoomMessages):
+    """``/messages`` whose events carry their bundled aggregations."""
+
+    def __init__(
+        self,
+        store: MessagesStore,
+        aggregations: Aggregations,
+        backfill: HistoryFiller | None = None,
+    ) -> None:
+        super().__init__(store, backfill)
+        self._aggregations = aggregations
+
+    async def get_messages(
+        self,
+        requester: Requester,
+        room_id: str,
+        *,
+        direction: Literal["b", "f"],
+        from_token: str | None = None,
+        to_token: str | None = None,
+        limit: int | None = None,
+        event_filter: RoomEventFilter | None = None,
+    ) -> dict[str, Any]:
+        answer = await super().get_messages(
+            requester,
+            room_id,
+            direction=direction,
+            from_token=from_token,
+            to_token=to_token,
+            limit=limit,
+            event_filter=event_filter,
+        )
+        await self._aggregations.add_bundles_as_read(requester.user_id, room_id, answer["chunk"])
+        return answer
+
+
+class BundlingRoomReader(RoomReader):
+    """A :class:`RoomReader` whose ``/event`` answers carry their bundled
+    aggregations; the rest of its arguments are :class:`RoomReader`'s.
+    """
+
+    def __init__(self, aggregations: Aggregations, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._bundler = aggregations
+
+    async def event(self, user_id: str, room_id: str, event_id: str) -> dict[str, Any]:
+        answer = await super().event(user_id, room_id, event_id)
+        await self._bundler.add_bundles_as_read(user_id, room_id, [answer])
+        return answer
+
+
+class BundlingSyncHandler(SyncHandler):
+    """``/sync`` whose timelines' events carry their bundled aggregations:
+    those of joined rooms up to the sync's position, those of rooms left up
+    to the user's leave. The rest of its arguments are :class:`SyncHandler`'s.
+    """
+
+    def __init__(self, aggregations: Aggregations, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._bundler = aggregations
+
+    async def sync(self, requester: Requester, **options: Any) -> dict[str, Any]:
+        response = await super().sync(requester, **options)
+        rooms = response.get("rooms", {})
+        position = parse_sync_token(response["next_batch"]).events
+        wanted: list[RoomEvents] = []
+        for section in ("join", "leave"):
+            for room_id, room in rooms.get(section, {}).items():
+                events = room.get("timeline", {}).get("events")
+                if not events:
+                    continue
+                upto: int | None = position
+                if section == "leave":
+                    upto = await self._bundler.readable_upto(requester.user_id, room_id)
+                if upto is not None:
+                    wanted.append((room_id, events, upto))
+        await self._bundler.add_bundles_in_rooms(requester.user_id, wanted)
+        return response
