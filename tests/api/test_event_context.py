@@ -56,6 +56,15 @@ async def test_events_before_and_after_split_the_limit(env: SharedRoom) -> None:
     assert isinstance(answer["end"], str)
 
 
+async def test_the_filters_limit_stands_in_for_a_missing_limit(env: SharedRoom) -> None:
+    ids = [await _say(env, env.alice, f"m{i}") for i in range(6)]
+
+    answer = await _context(env, env.bob, ids[3], filter=json.dumps({"limit": 2}))
+
+    assert _bodies(answer["events_before"]) == ["m2"]
+    assert _bodies(answer["events_after"]) == ["m4"]
+
+
 async def test_limit_zero_returns_the_event_alone(env: SharedRoom) -> None:
     ids = [await _say(env, env.alice, f"m{i}") for i in range(3)]
 

@@ -255,8 +255,9 @@ async def test_bad_parameters_are_refused(env: SharedRoom) -> None:
     for params in ({"dir": "x"}, {"recurse": "yes"}, {"limit": "-2"}, {"from": "nope"}):
         status, answer = await _get(env, env.bob, _relations_path(env, root), **params)
         assert (status, answer["errcode"]) == (400, "M_INVALID_PARAM"), params
-    status, answer = await _get(env, env.bob, f"/rooms/{q(env.room_id)}/threads", include="mine")
-    assert (status, answer["errcode"]) == (400, "M_INVALID_PARAM")
+    for params in ({"include": "mine"}, {"limit": "0"}, {"from": "?"}):
+        status, answer = await _get(env, env.bob, f"/rooms/{q(env.room_id)}/threads", **params)
+        assert (status, answer["errcode"]) == (400, "M_INVALID_PARAM"), params
 
 
 async def test_a_token_is_required(env: SharedRoom) -> None:

@@ -69,12 +69,15 @@ def add_relation_routes(router: Router, *, auth: _Auth, relations: Relations) ->
         if include not in ("all", "participated"):
             raise _invalid(f"include must be all or participated, not {include[:40]!r}")
         which: Literal["all", "participated"] = "all" if include == "all" else "participated"
+        limit = query_limit(request)
+        if limit == 0:
+            raise _invalid("limit must be greater than zero")
         return await relations.get_threads(
             requester,
             request.path_params["room_id"],
             include=which,
             from_token=request.query_value("from"),
-            limit=query_limit(request),
+            limit=limit,
         )
 
     related = f"{_V1}/rooms/{{room_id}}/relations/{{event_id}}"

@@ -125,7 +125,7 @@ class EventContexts:
         event_filter: RoomEventFilter | None = None,
     ) -> dict[str, Any]:
         if limit is None:
-            limit = DEFAULT_LIMIT
+            limit = event_filter.limit if event_filter and event_filter.limit else DEFAULT_LIMIT
         limit = min(limit, MAX_LIMIT)
         user_id = requester.user_id
         found = await readable_event(self._store, user_id, room_id, event_id)
