@@ -440,3 +440,40 @@ async def test_a_left_rooms_sync_bundles_up_to_the_leave(env: SharedRoom) -> Non
     timeline = synced["rooms"]["leave"][env.room_id]["timeline"]["events"]
     thread = _by_id(timeline)[root]["unsigned"]["m.relations"]["m.thread"]
     assert (thread["count"], thread["latest_event"]["event_id"]) == (1, seen)
+
+
+async def test_relations_of_backfilled_history(tmp_path: Path) -> None:
+    async with two_servers(tmp_path) as (a, b, ca, cb, alice, bob):
+        room_id = await ca.create_room(alice, preset="public_chat")
+
+        async def send_at_a(txn: str, content: dict[str, Any]) -> str:
+            path = f"/rooms/{q(room_id)}/send/m.room.message/{txn}"
+            event_id: str = (await ca.ok(alice, "PUT", path, content))["event_id"]
+            return event_id
+
+        root = await send_at_a("root", _text("root"))
+        replies = [await send_at_a(f"r{i}", _text(f"r{i}", _thread(root))) for i in range(3)]
+        for i in range(30):
+            await send_at_a(f"filler{i}", _text(f"filler {i}"))
+        await cb.ok(bob, "POST", f"/join/{q(room_id)}?via={q(a.server_name)}", {})
+        have_root = await b.server.storage.have_seen_events([root])
+        # Paging back through B fetches the history B lacks from A.
+        token = None
+        while True:
+            params: dict[str, Any] = {"dir": "b", "limit": 50}
+            if token is not None:
+                params["from"] = token
+            page = await cb.ok(bob, "GET", f"/rooms/{q(room_id)}/messages", params=params)
+            token = page.get("end")
+            if token is None:
+                break
+        headers = {"Authorization": f"Bearer {bob.access_token}"}
+        relations = await cb.http.get(
+            f"{V1}/rooms/{q(room_id)}/relations/{q(root)}", headers=headers
+        )
+        threads = await cb.http.get(f"{V1}/rooms/{q(room_id)}/threads", headers=headers)
+
+    assert root not in have_root
+    assert [event["event_id"] for event in relations.json()["chunk"]] == replies[::-1]
+    (thread,) = threads.json()["chunk"]
+    assert thread["unsigned"]["m.relations"]["m.thread"]["count"] == 3
