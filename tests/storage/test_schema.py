@@ -343,3 +343,25 @@ def test_version_18_fills_relations_from_the_events_stored(raw: sqlite3.Connecti
         ("$reply", "$reply", "$root", "m.thread", "!r:x"),
         ("$like", "$like", "$root", "m.annotation", "!r:x"),
     ]
+
+
+def test_tables_and_indexes_keep_the_statements_of_their_first_release(
+    raw: sqlite3.Connection,
+) -> None:
+    # The first migrations were written with a library that made these
+    # statements; databases made since must hold the same schema text.
+    migrate(raw)
+    sql = dict(raw.execute("SELECT name, sql FROM sqlite_master"))
+    assert sql["rooms"] == (
+        'CREATE TABLE "rooms" (\n   "room_id" TEXT PRIMARY KEY NOT NULL,\n'
+        '   "room_version" TEXT NOT NULL\n) STRICT'
+    )
+    assert sql["partial_state_events"] == (
+        'CREATE TABLE "partial_state_events" (\n'
+        '   "event_id" TEXT PRIMARY KEY NOT NULL REFERENCES "events"("event_id"),\n'
+        '   "room_id" TEXT NOT NULL REFERENCES "partial_state_rooms"("room_id")\n) STRICT'
+    )
+    assert sql["idx_access_tokens_user_id_device_id"] == (
+        'CREATE INDEX "idx_access_tokens_user_id_device_id"\n'
+        '    ON "access_tokens" ("user_id", "device_id")'
+    )

@@ -16,17 +16,20 @@ ordering moves; nothing is deleted that way.)
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
-
-import sqlite_utils
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Final
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "schema_version"]
 
-Migration = Callable[[sqlite_utils.Database], None]
+Migration = Callable[[sqlite3.Connection], None]
+
+
+_SQL_TYPES: Final = {str: "TEXT", int: "INTEGER", bytes: "BLOB", float: "REAL"}
 
 
 def _create(
-    db: sqlite_utils.Database,
+    conn: sqlite3.Connection,
     name: str,
     columns: dict[str, type],
     *,
@@ -38,26 +41,53 @@ def _create(
 
     SQLite lets a composite primary key hold NULLs unless told otherwise, and
     without STRICT it stores a string in an INTEGER column without a word.
+    The statement is written as the first migrations' library wrote it, so
+    a database made now holds the same schema text as one made then.
     """
-    keys = {pk} if isinstance(pk, str) else set(pk)
-    db.table(name).create(
-        columns,
-        pk=pk,
-        not_null=(not_null or set()) | keys,
-        foreign_keys=foreign_keys,
-        strict=True,
-    )
+    keys = (pk,) if isinstance(pk, str) else pk
+    required = (not_null or set()) | set(keys)
+    references = {column: (table, other) for column, table, other in foreign_keys or ()}
+    lines = []
+    for column, kind in columns.items():
+        line = f'"{column}" {_SQL_TYPES[kind]}'
+        if keys == (column,):
+            line += " PRIMARY KEY"
+        if column in required:
+            line += " NOT NULL"
+        if column in references:
+            table, other = references[column]
+            line += f' REFERENCES "{table}"("{other}")'
+        lines.append(line)
+    if len(keys) > 1:
+        lines.append("PRIMARY KEY (" + ", ".join(f'"{key}"' for key in keys) + ")")
+    conn.execute(f'CREATE TABLE "{name}" (\n   ' + ",\n   ".join(lines) + "\n) STRICT")
 
 
-def _rooms_and_events(db: sqlite_utils.Database) -> None:
+def _index(
+    conn: sqlite3.Connection, table: str, columns: list[str], *, unique: bool = False
+) -> None:
+    """An index named as the first migrations' library named them
+    (``idx_<table>_<columns>``), which later migrations may refer to.
+    """
+    name = "_".join(["idx", table, *columns])
+    quoted = ", ".join(f'"{column}"' for column in columns)
+    kind = "UNIQUE INDEX" if unique else "INDEX"
+    conn.execute(f'CREATE {kind} "{name}"\n    ON "{table}" ({quoted})')
+
+
+def _rooms_and_events(conn: sqlite3.Connection) -> None:
     """Rooms, events exactly as received, and the two kinds of event edges."""
     _create(
-        db, "rooms", {"room_id": str, "room_version": str}, pk="room_id", not_null={"room_version"}
+        conn,
+        "rooms",
+        {"room_id": str, "room_version": str},
+        pk="room_id",
+        not_null={"room_version"},
     )
     # stream_ordering is the rowid: SQLite hands out max + 1, which is the
     # order the actor commits events in.
     _create(
-        db,
+        conn,
         "events",
         {
             "stream_ordering": int,
@@ -87,23 +117,23 @@ def _rooms_and_events(db: sqlite_utils.Database) -> None:
         },
         foreign_keys=[("room_id", "rooms", "room_id")],
     )
-    db.table("events").create_index(["event_id"], unique=True)
-    db.table("events").create_index(["room_id", "stream_ordering"])
+    _index(conn, "events", ["event_id"], unique=True)
+    _index(conn, "events", ["room_id", "stream_ordering"])
     # prev_event_id and auth_event_id are not foreign keys: an event may
     # point at events this server has never seen.
     for table, column in (("event_edges", "prev_event_id"), ("event_auth", "auth_event_id")):
         _create(
-            db,
+            conn,
             table,
             {"event_id": str, column: str, "room_id": str},
             pk=("event_id", column),
             not_null={"room_id"},
             foreign_keys=[("event_id", "events", "event_id")],
         )
-    db.table("event_edges").create_index(["prev_event_id"])
+    _index(conn, "event_edges", ["prev_event_id"])
 
 
-def _state(db: sqlite_utils.Database) -> None:
+def _state(conn: sqlite3.Connection) -> None:
     """State groups stored as deltas, the state at each event, current state
     and forward extremities.
     """
@@ -111,7 +141,7 @@ def _state(db: sqlite_utils.Database) -> None:
     # Otherwise its rows are the changes from prev_group, a NULL event_id
     # meaning the key is gone. chain_length counts hops to the snapshot.
     _create(
-        db,
+        conn,
         "state_groups",
         {
             "id": int,
@@ -125,14 +155,14 @@ def _state(db: sqlite_utils.Database) -> None:
         foreign_keys=[("room_id", "rooms", "room_id"), ("prev_group", "state_groups", "id")],
     )
     _create(
-        db,
+        conn,
         "state_group_rows",
         {"state_group": int, "type": str, "state_key": str, "event_id": str},
         pk=("state_group", "type", "state_key"),
         foreign_keys=[("state_group", "state_groups", "id")],
     )
     _create(
-        db,
+        conn,
         "event_to_state_groups",
         {"event_id": str, "state_group_before": int, "state_group_after": int},
         pk="event_id",
@@ -144,7 +174,7 @@ def _state(db: sqlite_utils.Database) -> None:
         ],
     )
     _create(
-        db,
+        conn,
         "current_state",
         {"room_id": str, "type": str, "state_key": str, "event_id": str},
         pk=("room_id", "type", "state_key"),
@@ -154,7 +184,7 @@ def _state(db: sqlite_utils.Database) -> None:
     # Which state group current_state is a copy of, so that moving current
     # state writes only the keys that differ.
     _create(
-        db,
+        conn,
         "current_state_groups",
         {"room_id": str, "state_group": int},
         pk="room_id",
@@ -162,7 +192,7 @@ def _state(db: sqlite_utils.Database) -> None:
         foreign_keys=[("room_id", "rooms", "room_id"), ("state_group", "state_groups", "id")],
     )
     _create(
-        db,
+        conn,
         "forward_extremities",
         {"room_id": str, "event_id": str},
         pk=("room_id", "event_id"),
@@ -170,13 +200,13 @@ def _state(db: sqlite_utils.Database) -> None:
     )
 
 
-def _partial_state(db: sqlite_utils.Database) -> None:
+def _partial_state(conn: sqlite3.Connection) -> None:
     """Rooms joined with partial state, the servers in them, and the events
     whose state is still partial.
     """
     # The join event is written after this row, so it is not a foreign key.
     _create(
-        db,
+        conn,
         "partial_state_rooms",
         {"room_id": str, "join_event_id": str, "joined_via": str},
         pk="room_id",
@@ -184,7 +214,7 @@ def _partial_state(db: sqlite_utils.Database) -> None:
         foreign_keys=[("room_id", "rooms", "room_id")],
     )
     _create(
-        db,
+        conn,
         "partial_state_rooms_servers",
         {"room_id": str, "server_name": str},
         pk=("room_id", "server_name"),
@@ -192,7 +222,7 @@ def _partial_state(db: sqlite_utils.Database) -> None:
     )
     # The key the race turns on: room_id references partial_state_rooms.
     _create(
-        db,
+        conn,
         "partial_state_events",
         {"event_id": str, "room_id": str},
         pk="event_id",
@@ -202,15 +232,15 @@ def _partial_state(db: sqlite_utils.Database) -> None:
             ("room_id", "partial_state_rooms", "room_id"),
         ],
     )
-    db.table("partial_state_events").create_index(["room_id"])
+    _index(conn, "partial_state_events", ["room_id"])
 
 
-def _federation(db: sqlite_utils.Database) -> None:
+def _federation(conn: sqlite3.Connection) -> None:
     """Received transactions, remote servers' keys and per-destination retry
     state.
     """
     _create(
-        db,
+        conn,
         "received_transactions",
         {
             "origin": str,
@@ -222,9 +252,9 @@ def _federation(db: sqlite_utils.Database) -> None:
         pk=("origin", "transaction_id"),
         not_null={"response_code", "response_json", "received_ts"},
     )
-    db.table("received_transactions").create_index(["received_ts"])
+    _index(conn, "received_transactions", ["received_ts"])
     _create(
-        db,
+        conn,
         "server_keys",
         {
             "server_name": str,
@@ -240,7 +270,7 @@ def _federation(db: sqlite_utils.Database) -> None:
         not_null={"verify_key", "valid_until_ts", "from_server", "fetched_ts", "key_json"},
     )
     _create(
-        db,
+        conn,
         "destinations",
         {
             "destination": str,
@@ -253,7 +283,7 @@ def _federation(db: sqlite_utils.Database) -> None:
     )
 
 
-def _outgoing_federation(db: sqlite_utils.Database) -> None:
+def _outgoing_federation(conn: sqlite3.Connection) -> None:
     """Which rooms each destination has been sent events of, and how far.
 
     ``stream_ordering`` is the newest event of the room meant for the
@@ -263,7 +293,7 @@ def _outgoing_federation(db: sqlite_utils.Database) -> None:
     it the room's latest events and the destination fetches the gap itself.
     """
     _create(
-        db,
+        conn,
         "destination_rooms",
         {
             "destination": str,
@@ -278,13 +308,13 @@ def _outgoing_federation(db: sqlite_utils.Database) -> None:
     # Only the rows still to catch up on are indexed: a server that is up
     # has none, so finding the destinations behind is cheap however many
     # rooms are shared.
-    db.execute(
+    conn.execute(
         "CREATE INDEX destination_rooms_unsent ON destination_rooms (destination, stream_ordering)"
         " WHERE sent_stream_ordering IS NULL OR stream_ordering > sent_stream_ordering"
     )
 
 
-def _resync_progress(db: sqlite_utils.Database) -> None:
+def _resync_progress(conn: sqlite3.Connection) -> None:
     """How far the resync of each partial-state room had come when it was
     last recorded, so that another process (``ranvier status``) can show it.
 
@@ -293,7 +323,7 @@ def _resync_progress(db: sqlite_utils.Database) -> None:
     partial state, so it never outlives it.
     """
     _create(
-        db,
+        conn,
         "resync_progress",
         {
             "room_id": str,
@@ -311,7 +341,7 @@ def _resync_progress(db: sqlite_utils.Database) -> None:
     )
 
 
-def _client_api(db: sqlite_utils.Database) -> None:
+def _client_api(conn: sqlite3.Connection) -> None:
     """Local accounts and what the client-server API keeps for them.
 
     Passwords and access tokens are stored only as hashes: a copy of the
@@ -322,7 +352,7 @@ def _client_api(db: sqlite_utils.Database) -> None:
     room out while it was partial knows to bring it in.
     """
     _create(
-        db,
+        conn,
         "users",
         {
             "user_id": str,
@@ -335,7 +365,7 @@ def _client_api(db: sqlite_utils.Database) -> None:
         not_null={"admin", "created_ts", "deactivated"},
     )
     _create(
-        db,
+        conn,
         "devices",
         {
             "user_id": str,
@@ -349,16 +379,16 @@ def _client_api(db: sqlite_utils.Database) -> None:
         foreign_keys=[("user_id", "users", "user_id")],
     )
     _create(
-        db,
+        conn,
         "access_tokens",
         {"token_hash": bytes, "user_id": str, "device_id": str, "created_ts": int},
         pk="token_hash",
         not_null={"user_id", "device_id", "created_ts"},
         foreign_keys=[("user_id", "users", "user_id")],
     )
-    db.table("access_tokens").create_index(["user_id", "device_id"])
+    _index(conn, "access_tokens", ["user_id", "device_id"])
     _create(
-        db,
+        conn,
         "client_transactions",
         {
             "user_id": str,
@@ -371,24 +401,24 @@ def _client_api(db: sqlite_utils.Database) -> None:
         pk=("user_id", "device_id", "txn_id"),
         not_null={"room_id", "event_id", "created_ts"},
     )
-    db.table("client_transactions").create_index(["created_ts"])
+    _index(conn, "client_transactions", ["created_ts"])
     _create(
-        db,
+        conn,
         "room_aliases",
         {"alias": str, "room_id": str, "creator": str, "created_ts": int},
         pk="alias",
         not_null={"room_id", "creator", "created_ts"},
     )
-    db.table("room_aliases").create_index(["room_id"])
+    _index(conn, "room_aliases", ["room_id"])
     _create(
-        db,
+        conn,
         "user_filters",
         {"user_id": str, "filter_id": int, "filter_json": bytes},
         pk=("user_id", "filter_id"),
         not_null={"filter_json"},
     )
     _create(
-        db,
+        conn,
         "un_partial_stated_rooms",
         {"room_id": str, "stream_ordering": int},
         pk="room_id",
@@ -397,13 +427,13 @@ def _client_api(db: sqlite_utils.Database) -> None:
     )
     # A user's rooms, for /sync and membership checks, without a scan of
     # every room's current state.
-    db.execute(
+    conn.execute(
         "CREATE INDEX current_state_members ON current_state (state_key, room_id)"
         " WHERE type = 'm.room.member'"
     )
 
 
-def _redactions(db: sqlite_utils.Database) -> None:
+def _redactions(conn: sqlite3.Connection) -> None:
     """Which event each stored redaction names, for serving events redacted
     (:mod:`ranvier.storage.redactions`), filled from the events stored so far.
 
@@ -411,7 +441,7 @@ def _redactions(db: sqlite_utils.Database) -> None:
     event it names, and applies once that event is stored.
     """
     _create(
-        db,
+        conn,
         "redactions",
         {
             "event_id": str,
@@ -424,15 +454,15 @@ def _redactions(db: sqlite_utils.Database) -> None:
         not_null={"redacts", "room_id", "sender_may_redact", "received_ts"},
         foreign_keys=[("event_id", "events", "event_id")],
     )
-    db.table("redactions").create_index(["redacts"])
+    _index(conn, "redactions", ["redacts"])
     # Imported here: the redactions module reads through modules that need
     # the storage actor, which imports this one.
     from .redactions import fill_redactions
 
-    fill_redactions(db.conn)
+    fill_redactions(conn)
 
 
-def _client_data(db: sqlite_utils.Database) -> None:
+def _client_data(conn: sqlite3.Connection) -> None:
     """Profiles, account data and the published room list
     (:mod:`ranvier.storage.client_data`).
 
@@ -440,27 +470,27 @@ def _client_data(db: sqlite_utils.Database) -> None:
     change replaces the row, and AUTOINCREMENT never hands out an ID twice,
     so a change is never filed behind a position a sync already reported.
     """
-    db.execute(
+    conn.execute(
         "CREATE TABLE profiles ("
         " user_id TEXT PRIMARY KEY NOT NULL REFERENCES users (user_id),"
         " displayname TEXT, avatar_url TEXT) STRICT"
     )
-    db.execute(
+    conn.execute(
         "CREATE TABLE account_data ("
         " stream_id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,"
         " user_id TEXT NOT NULL, room_id TEXT NOT NULL, type TEXT NOT NULL,"
         " content BLOB NOT NULL) STRICT"
     )
-    db.execute("CREATE UNIQUE INDEX account_data_key ON account_data (user_id, room_id, type)")
-    db.execute("CREATE INDEX account_data_user_stream ON account_data (user_id, stream_id)")
-    db.execute(
+    conn.execute("CREATE UNIQUE INDEX account_data_key ON account_data (user_id, room_id, type)")
+    conn.execute("CREATE INDEX account_data_user_stream ON account_data (user_id, stream_id)")
+    conn.execute(
         "CREATE TABLE room_list ("
         " room_id TEXT PRIMARY KEY NOT NULL REFERENCES rooms (room_id),"
         " added_ts INTEGER NOT NULL) STRICT"
     )
 
 
-def _receipts(db: sqlite_utils.Database) -> None:
+def _receipts(conn: sqlite3.Connection) -> None:
     """Users' receipts per room (:mod:`ranvier.storage.receipts`).
 
     ``stream_id`` is the receipts stream's position, kept as account data
@@ -468,17 +498,17 @@ def _receipts(db: sqlite_utils.Database) -> None:
     ``thread_id`` is ``''`` for an unthreaded receipt, so that the unique
     key holds for those too (NULLs never collide in a unique index).
     """
-    db.execute(
+    conn.execute(
         "CREATE TABLE receipts ("
         " stream_id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,"
         " room_id TEXT NOT NULL REFERENCES rooms (room_id),"
         " receipt_type TEXT NOT NULL, user_id TEXT NOT NULL, thread_id TEXT NOT NULL,"
         " event_id TEXT NOT NULL, ts INTEGER NOT NULL) STRICT"
     )
-    db.execute(
+    conn.execute(
         "CREATE UNIQUE INDEX receipts_key ON receipts (room_id, receipt_type, user_id, thread_id)"
     )
-    db.execute("CREATE INDEX receipts_room_stream ON receipts (room_id, stream_id)")
+    conn.execute("CREATE INDEX receipts_room_stream ON receipts (room_id, stream_id)")
 
 
 #: The tables migration 11 re-keys, with the column naming the other end of
@@ -489,7 +519,7 @@ _EDGE_TABLES = (
 )
 
 
-def _rows_keyed_by_ordering(db: sqlite_utils.Database) -> None:
+def _rows_keyed_by_ordering(conn: sqlite3.Connection) -> None:
     """An event's edges and state groups keyed by its stream ordering, not
     by its ID.
 
@@ -508,7 +538,7 @@ def _rows_keyed_by_ordering(db: sqlite_utils.Database) -> None:
     unknown event then has none and is refused, as the foreign key refused
     it before).
     """
-    run = db.conn.execute
+    run = conn.execute
     for old, new, other in _EDGE_TABLES:
         run(
             f"CREATE TABLE {new} ("
@@ -561,7 +591,7 @@ def _rows_keyed_by_ordering(db: sqlite_utils.Database) -> None:
     )
 
 
-def _end_to_end(db: sqlite_utils.Database) -> None:
+def _end_to_end(conn: sqlite3.Connection) -> None:
     """Devices' encryption keys, to-device messages and the device-list
     stream (:mod:`ranvier.storage.e2e_keys`).
 
@@ -574,7 +604,7 @@ def _end_to_end(db: sqlite_utils.Database) -> None:
     tied to ``devices`` by a foreign key: a device's deletion must not fail
     over a message waiting for it, and reads join on ``devices`` instead.
     """
-    run = db.conn.execute
+    run = conn.execute
     run(
         "CREATE TABLE e2e_device_keys (user_id TEXT NOT NULL, device_id TEXT NOT NULL,"
         " key_json BLOB NOT NULL, PRIMARY KEY (user_id, device_id)) STRICT"
@@ -611,13 +641,13 @@ def _end_to_end(db: sqlite_utils.Database) -> None:
     run("CREATE INDEX device_list_changes_user ON device_list_changes (user_id, stream_id)")
 
 
-def _to_device_outbox(db: sqlite_utils.Database) -> None:
+def _to_device_outbox(conn: sqlite3.Connection) -> None:
     """``m.direct_to_device`` EDUs waiting for their destination
     (:mod:`ranvier.federation.sender.queue`): unlike other EDUs they must
     reach it, through a backoff and a restart, so they are written with the
     send that makes them and deleted once the destination took them.
     """
-    run = db.conn.execute
+    run = conn.execute
     run(
         "CREATE TABLE to_device_outbox ("
         " stream_id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,"
@@ -626,7 +656,7 @@ def _to_device_outbox(db: sqlite_utils.Database) -> None:
     run("CREATE INDEX to_device_outbox_destination ON to_device_outbox (destination, stream_id)")
 
 
-def _room_key_backups(db: sqlite_utils.Database) -> None:
+def _room_key_backups(conn: sqlite3.Connection) -> None:
     """Server-side key backups (:mod:`ranvier.storage.room_keys`).
 
     A backup version is never deleted, only marked so: its number is never
@@ -636,7 +666,7 @@ def _room_key_backups(db: sqlite_utils.Database) -> None:
     ``creation_id`` is drawn at random by the request that created the
     version, so that the creation run again finds its own row.
     """
-    run = db.conn.execute
+    run = conn.execute
     run(
         "CREATE TABLE room_key_backup_versions (user_id TEXT NOT NULL,"
         " version INTEGER NOT NULL, algorithm TEXT NOT NULL, auth_data BLOB NOT NULL,"
@@ -654,7 +684,7 @@ def _room_key_backups(db: sqlite_utils.Database) -> None:
     )
 
 
-def _media(db: sqlite_utils.Database) -> None:
+def _media(conn: sqlite3.Connection) -> None:
     """The content repository (:mod:`ranvier.storage.media`): a row per
     piece of media, ours or fetched from its origin, and one per thumbnail
     made of it. The bytes are files (:mod:`ranvier.storage.media_files`).
@@ -662,7 +692,7 @@ def _media(db: sqlite_utils.Database) -> None:
     ``uploaded_ts`` is NULL for a media ID created ahead of its upload;
     ``user_id`` is the local uploader, NULL for another server's media.
     """
-    run = db.conn.execute
+    run = conn.execute
     run(
         "CREATE TABLE media (origin TEXT NOT NULL, media_id TEXT NOT NULL, user_id TEXT,"
         " content_type TEXT, upload_name TEXT, size INTEGER, created_ts INTEGER NOT NULL,"
@@ -677,14 +707,14 @@ def _media(db: sqlite_utils.Database) -> None:
     )
 
 
-def _pushers(db: sqlite_utils.Database) -> None:
+def _pushers(conn: sqlite3.Connection) -> None:
     """Pushers and how far the push sender has read the event stream
     (:mod:`ranvier.storage.pushers`).
 
     A pusher is keyed as the spec keys it, by app ID, pushkey and user;
     ``push_position`` has one row, made when the sender first runs.
     """
-    db.execute(
+    conn.execute(
         "CREATE TABLE pushers ("
         " user_id TEXT NOT NULL, app_id TEXT NOT NULL, pushkey TEXT NOT NULL,"
         " kind TEXT NOT NULL, app_display_name TEXT NOT NULL,"
@@ -692,15 +722,15 @@ def _pushers(db: sqlite_utils.Database) -> None:
         " data_json BLOB NOT NULL, pushkey_ts INTEGER NOT NULL,"
         " PRIMARY KEY (app_id, pushkey, user_id)) STRICT"
     )
-    db.execute("CREATE INDEX pushers_user ON pushers (user_id)")
-    db.execute(
+    conn.execute("CREATE INDEX pushers_user ON pushers (user_id)")
+    conn.execute(
         "CREATE TABLE push_position ("
         " id INTEGER PRIMARY KEY NOT NULL CHECK (id = 1), stream_ordering INTEGER NOT NULL)"
         " STRICT"
     )
 
 
-def _reports_and_openid(db: sqlite_utils.Database) -> None:
+def _reports_and_openid(conn: sqlite3.Connection) -> None:
     """Reports of rooms and events for the server's admins
     (:mod:`ranvier.storage.reports`), and OpenID tokens
     (:mod:`ranvier.storage.accounts`).
@@ -709,21 +739,21 @@ def _reports_and_openid(db: sqlite_utils.Database) -> None:
     ``request_id`` is drawn by the request that made it, so that the write
     run again finds its own row. OpenID tokens are kept as their SHA-256.
     """
-    db.execute(
+    conn.execute(
         "CREATE TABLE event_reports ("
         " report_id INTEGER PRIMARY KEY NOT NULL, request_id TEXT NOT NULL UNIQUE,"
         " room_id TEXT NOT NULL, event_id TEXT, user_id TEXT NOT NULL, reason TEXT,"
         " score INTEGER, received_ts INTEGER NOT NULL) STRICT"
     )
-    db.execute(
+    conn.execute(
         "CREATE TABLE openid_tokens ("
         " token_hash BLOB PRIMARY KEY NOT NULL, user_id TEXT NOT NULL,"
         " expires_ts INTEGER NOT NULL) STRICT"
     )
-    db.execute("CREATE INDEX openid_tokens_user ON openid_tokens (user_id)")
+    conn.execute("CREATE INDEX openid_tokens_user ON openid_tokens (user_id)")
 
 
-def _event_relations(db: sqlite_utils.Database) -> None:
+def _event_relations(conn: sqlite3.Connection) -> None:
     """Which event relates to which, and how (:mod:`ranvier.storage.relations`),
     filled from the events stored so far.
 
@@ -731,25 +761,25 @@ def _event_relations(db: sqlite_utils.Database) -> None:
     when it moves, as migration 11's tables do. Not a foreign key on
     ``relates_to_id``: an event may arrive before the one it relates to.
     """
-    db.execute(
+    conn.execute(
         "CREATE TABLE event_relations ("
         " stream_ordering INTEGER PRIMARY KEY NOT NULL"
         " REFERENCES events (stream_ordering) ON UPDATE CASCADE,"
         " event_id TEXT NOT NULL UNIQUE, relates_to_id TEXT NOT NULL,"
         " rel_type TEXT NOT NULL, room_id TEXT NOT NULL) STRICT"
     )
-    db.execute(
+    conn.execute(
         "CREATE INDEX event_relations_target"
         " ON event_relations (relates_to_id, rel_type, stream_ordering)"
     )
-    db.execute(
+    conn.execute(
         "CREATE INDEX event_relations_room_type"
         " ON event_relations (room_id, rel_type, relates_to_id)"
     )
     # Imported here, as for migration 8.
     from .relations import fill_relations
 
-    fill_relations(db.conn)
+    fill_relations(conn)
 
 
 #: Migration n (1-based) brings a database from version n - 1 to n.
@@ -782,6 +812,29 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return int(version)
 
 
+@contextmanager
+def _atomic(conn: sqlite3.Connection) -> Iterator[None]:
+    """One transaction, or a savepoint inside the caller's if one is open."""
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT migration")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK TO SAVEPOINT migration")
+            conn.execute("RELEASE SAVEPOINT migration")
+            raise
+        conn.execute("RELEASE SAVEPOINT migration")
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> int:
     """Bring the database to ``target``, one transaction per migration.
 
@@ -796,9 +849,8 @@ def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> int:
             f"the database is at schema version {current}, newer than this code's "
             f"{SCHEMA_VERSION}: refusing to write to it"
         )
-    db = sqlite_utils.Database(conn)
     for version in range(current + 1, target + 1):
-        with db.atomic():
-            MIGRATIONS[version - 1](db)
+        with _atomic(conn):
+            MIGRATIONS[version - 1](conn)
             conn.execute(f"PRAGMA user_version = {version:d}")
     return max(current, target)
