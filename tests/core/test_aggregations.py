@@ -46,10 +46,11 @@ def _bundle(event: dict[str, Any]) -> dict[str, Any] | None:
 async def test_edits_count_from_the_original_sender_of_a_message(storage: Storage) -> None:
     room = _room()
     message = room.message(BOB, "typo")
-    first = _relating(room, BOB, message.event_id, "m.replace")
-    _relating(room, ALICE, message.event_id, "m.replace")
+    new_content = {"m.new_content": {"body": "fixed"}}
+    first = _relating(room, BOB, message.event_id, "m.replace", **new_content)
+    _relating(room, ALICE, message.event_id, "m.replace", **new_content)
     topic = room.topic(ALICE, "t")
-    _relating(room, ALICE, topic.event_id, "m.replace")
+    _relating(room, ALICE, topic.event_id, "m.replace", **new_content)
     await ingest_all(storage, room.order)
     events = await _formatted(storage, message, topic)
 
@@ -126,7 +127,7 @@ async def test_a_redacted_event_keeps_its_thread_but_not_its_edit(storage: Stora
     room = _room()
     root = room.message(BOB, "root")
     _relating(room, BOB, root.event_id, "m.thread")
-    _relating(room, BOB, root.event_id, "m.replace")
+    _relating(room, BOB, root.event_id, "m.replace", **{"m.new_content": {"body": "x"}})
     room.send_fields(
         {"type": "m.room.redaction", "sender": BOB, "content": {}, "redacts": root.event_id}
     )
@@ -141,3 +142,89 @@ async def test_a_redacted_event_keeps_its_thread_but_not_its_edit(storage: Stora
     bundle = _bundle(events[0])
     assert bundle is not None
     assert set(bundle) == {"m.thread"}
+
+
+async def test_only_valid_replacements_count(storage: Storage) -> None:
+    room = _room()
+    message = room.message(ALICE, "typo")
+    new_content = {"m.new_content": {"body": "fixed"}}
+    valid = _relating(room, ALICE, message.event_id, "m.replace", **new_content)
+    # Each of these breaks one rule of the spec's, and comes later.
+    _relating(room, ALICE, message.event_id, "m.replace")  # no m.new_content
+    room.send(
+        "m.sticker",
+        ALICE,
+        {"m.relates_to": {"rel_type": "m.replace", "event_id": message.event_id}, **new_content},
+    )
+    room.send(
+        "m.room.message",
+        ALICE,
+        {"m.relates_to": {"rel_type": "m.replace", "event_id": message.event_id}, **new_content},
+        state_key="",
+    )
+    # An edit of an edit edits nothing.
+    _relating(room, ALICE, valid.event_id, "m.replace", **new_content)
+    await ingest_all(storage, room.order)
+    events = await _formatted(storage, message, valid)
+
+    await Aggregations(storage.sync, storage.relations).add_bundles(
+        BOB, room.room_id, events, upto=_TOP
+    )
+
+    bundle = _bundle(events[0])
+    assert bundle is not None
+    assert bundle["m.replace"]["event_id"] == valid.event_id
+    assert _bundle(events[1]) is None
+
+
+async def test_the_most_recent_edit_is_by_timestamp_then_event_id(storage: Storage) -> None:
+    room = _room()
+    message = room.message(BOB, "typo")
+
+    def edit(ts: int) -> Pdu:
+        return room.send_fields(
+            {
+                "type": "m.room.message",
+                "sender": BOB,
+                "origin_server_ts": ts,
+                "content": {
+                    "body": "* x",
+                    "m.new_content": {"body": "x"},
+                    "m.relates_to": {"rel_type": "m.replace", "event_id": message.event_id},
+                },
+            }
+        )
+
+    later = [edit(message.origin_server_ts + 10) for _ in range(2)]
+    edit(message.origin_server_ts + 5)  # written last, sent earlier
+    await ingest_all(storage, room.order)
+    events = await _formatted(storage, message)
+
+    await Aggregations(storage.sync, storage.relations).add_bundles(
+        ALICE, room.room_id, events, upto=_TOP
+    )
+
+    bundle = _bundle(events[0])
+    assert bundle is not None
+    assert bundle["m.replace"]["event_id"] == max(event.event_id for event in later)
+
+
+async def test_references_and_the_latest_replys_own_bundle(storage: Storage) -> None:
+    room = _room()
+    root = room.message(ALICE, "root")
+    references = [_relating(room, BOB, root.event_id, "m.reference") for _ in range(2)]
+    reply = _relating(room, BOB, root.event_id, "m.thread")
+    edit = _relating(room, BOB, reply.event_id, "m.replace", **{"m.new_content": {"body": "y"}})
+    await ingest_all(storage, room.order)
+    events = await _formatted(storage, root)
+
+    await Aggregations(storage.sync, storage.relations).add_bundles(
+        ALICE, room.room_id, events, upto=_TOP
+    )
+
+    bundle = _bundle(events[0])
+    assert bundle is not None
+    assert bundle["m.reference"] == {"chunk": [{"event_id": ref.event_id} for ref in references]}
+    latest = bundle["m.thread"]["latest_event"]
+    assert latest["event_id"] == reply.event_id
+    assert latest["unsigned"]["m.relations"]["m.replace"]["event_id"] == edit.event_id

@@ -4,12 +4,17 @@ serve it to a client.
 
 * ``m.thread`` on a thread root: the newest reply, how many replies there
   are, and whether the user asking started the thread or replied in it.
-* ``m.replace`` on an edited event: its newest edit by the original
-  sender, whole (an edit by anyone else is no edit). A state event or a
-  redacted one is never edited.
+* ``m.replace`` on an edited event: its most recent valid edit, whole.
+  Valid as the spec's "Validity of replacement events" says: of the
+  original's sender and type, with ``m.new_content``, neither event a
+  state event, the original no edit itself; most recent by
+  ``origin_server_ts``, then event ID. A redacted event has none.
+* ``m.reference`` on a referenced event: the IDs of the events
+  referencing it.
 
-Reactions (``m.annotation``) and references are not bundled; clients page
-them with ``/relations``. Relations count as the user may see the room: up
+The latest event of a thread carries its own bundles (one level down).
+Reactions (``m.annotation``) are not bundled; clients page them with
+``/relations``. Relations count as the user may see the room: up
 to now for a member, up to their leave or ban after it.
 
 :class:`Aggregations` bundles events already in the client format, one read
@@ -50,6 +55,7 @@ __all__ = [
 
 _THREAD: Final = "m.thread"
 _REPLACE: Final = "m.replace"
+_REFERENCE: Final = "m.reference"
 
 
 class ThreadSummaryLike(Protocol):
@@ -63,16 +69,31 @@ class ThreadSummaryLike(Protocol):
     def replied(self) -> bool: ...
 
 
+class AggregatedLike(Protocol):
+    """What the read found (:class:`ranvier.storage.relations.Aggregated`),
+    by the ID of the event aggregated.
+    """
+
+    @property
+    def threads(self) -> Mapping[str, ThreadSummaryLike]: ...
+    @property
+    def edits(self) -> Mapping[str, StoredEvent]: ...
+    @property
+    def references(self) -> Mapping[str, Sequence[str]]: ...
+
+
 class AggregationStore(Protocol):
     """The read of aggregations (:meth:`ranvier.storage.relations.RelationStorage.aggregations`)."""
 
     async def aggregations(
-        self, user_id: str, rooms: Sequence[tuple[str, Sequence[str], Mapping[str, str], int]]
-    ) -> tuple[Mapping[str, ThreadSummaryLike], Mapping[str, StoredEvent]]:
-        """Per room ``(room ID, event IDs, the senders of those that may be
-        edited by event ID, the last position the user may read)``: the
-        thread summaries of the thread roots among the events, and the
-        newest edit of each edited one, by event ID.
+        self,
+        user_id: str,
+        rooms: Sequence[tuple[str, Sequence[str], Mapping[str, tuple[str, str]], int]],
+    ) -> AggregatedLike:
+        """Per room ``(room ID, event IDs, the sender and type of those
+        that may be edited by event ID, the last position the user may
+        read)``: the thread summaries, newest valid edits and references
+        of those events.
         """
         ...
 
@@ -116,45 +137,71 @@ class Aggregations:
             return None
         return upto
 
-    async def add_bundles_in_rooms(self, user_id: str, rooms: Sequence[RoomEvents]) -> None:
-        """:meth:`add_bundles` for the events of several rooms, in one read.
+    async def add_bundles_in_rooms(
+        self, user_id: str, rooms: Sequence[RoomEvents], *, nested: bool = True
+    ) -> None:
+        """:meth:`add_bundles` for the events of several rooms, in one read
+        (and one more for the latest events of threads, which carry their
+        own bundles unless ``nested`` is false).
 
         Events cut down by a filter's ``event_fields`` to lack their ID or
         sender are left as they are.
         """
         queries = []
-        shown: list[dict[str, Any]] = []
+        shown: list[tuple[str, dict[str, Any]]] = []
         for room_id, events, upto in rooms:
             whole = [event for event in events if "event_id" in event and "sender" in event]
             if not whole:
                 continue
-            shown.extend(whole)
+            shown.extend((room_id, event) for event in whole)
             editable = {
-                event["event_id"]: event["sender"]
+                event["event_id"]: (event["sender"], event.get("type", ""))
                 for event in whole
-                if "state_key" not in event and "redacted_because" not in event.get("unsigned", {})
+                if _may_be_edited(event)
             }
             queries.append((room_id, [event["event_id"] for event in whole], editable, upto))
         if not queries:
             return
-        summaries, edits = await self._relations.aggregations(user_id, queries)
-        if not summaries and not edits:
-            return
-        for event in shown:
+        found = await self._relations.aggregations(user_id, queries)
+        latest: dict[str, list[dict[str, Any]]] = {}
+        for room_id, event in shown:
             event_id = event["event_id"]
             bundle: dict[str, Any] = {}
-            summary = summaries.get(event_id)
+            summary = found.threads.get(event_id)
             if summary is not None:
+                latest_event = client_event(summary.latest)
+                latest.setdefault(room_id, []).append(latest_event)
                 bundle[_THREAD] = {
-                    "latest_event": client_event(summary.latest),
+                    "latest_event": latest_event,
                     "count": summary.count,
                     "current_user_participated": summary.replied or event["sender"] == user_id,
                 }
-            edit = edits.get(event_id)
+            edit = found.edits.get(event_id)
             if edit is not None:
                 bundle[_REPLACE] = client_event(edit)
+            referencing = found.references.get(event_id)
+            if referencing:
+                bundle[_REFERENCE] = {"chunk": [{"event_id": ref} for ref in referencing]}
             if bundle:
                 event.setdefault("unsigned", {})["m.relations"] = bundle
+        if latest and nested:
+            uptos = {room_id: upto for room_id, _, upto in rooms}
+            await self.add_bundles_in_rooms(
+                user_id,
+                [(room_id, events, uptos[room_id]) for room_id, events in latest.items()],
+                nested=False,
+            )
+
+
+def _may_be_edited(event: Mapping[str, Any]) -> bool:
+    """Whether the spec lets ``event`` (client format) be replaced: not a
+    state event, not redacted, not itself a replacement.
+    """
+    if "state_key" in event or "redacted_because" in event.get("unsigned", {}):
+        return False
+    content = event.get("content")
+    relates_to = content.get("m.relates_to") if isinstance(content, dict) else None
+    return not (isinstance(relates_to, dict) and relates_to.get("rel_type") == _REPLACE)
 
 
 class BundlingRoomMessages(RoomMessages):

@@ -39,6 +39,7 @@ from .records import STORED_EVENT_COLUMNS, EventToPersist, StoredEvent, stored_e
 from .redactions import served
 
 __all__ = [
+    "Aggregated",
     "RelationStorage",
     "RoomAggregationQuery",
     "ThreadSummary",
@@ -285,12 +286,34 @@ def thread_summaries(
     }
 
 
+def _is_replacement(edit: StoredEvent) -> bool:
+    """Whether ``edit`` has what a replacement needs of itself: no state
+    key, and ``m.new_content`` (inside the ciphertext of an encrypted one,
+    where it cannot be looked for).
+    """
+    if edit.state_key is not None:
+        return False
+    if edit.type == "m.room.encrypted":
+        return True
+    try:
+        content = _decode_event(edit.json).content
+    except msgspec.DecodeError:
+        return False
+    return type(content) is dict and type(content.get("m.new_content")) is dict
+
+
 def latest_edits(
-    conn: sqlite3.Connection, room_id: str, originals: Mapping[str, str], *, upto: int
+    conn: sqlite3.Connection,
+    room_id: str,
+    originals: Mapping[str, tuple[str, str]],
+    *,
+    upto: int,
 ) -> dict[str, StoredEvent]:
-    """The newest ``m.replace`` of each event of ``originals`` (event ID to
-    its sender) at or below ``upto`` sent by that sender, as the spec
-    counts edits: another user's edit is no edit.
+    """The most recent valid ``m.replace`` of each event of ``originals``
+    (event ID to its sender and type) at or below ``upto``, by the spec's
+    "Validity of replacement events": of the same sender and type, not a
+    state event, with ``m.new_content``. The most recent is the one with
+    the latest ``origin_server_ts``, then the largest event ID.
     """
     found: dict[str, StoredEvent] = {}
     ids = sorted(originals)
@@ -303,37 +326,71 @@ def latest_edits(
             JOIN events AS e ON e.stream_ordering = r.stream_ordering
             WHERE r.relates_to_id IN ({marks}) AND r.room_id = ? AND r.rel_type = 'm.replace'
               AND r.stream_ordering <= ? AND {_TIMELINE} AND {_NOT_REDACTED}
-            ORDER BY r.stream_ordering
+            ORDER BY e.origin_server_ts, e.event_id
             """,
             (*chunk, room_id, upto),
         ).fetchall()
         for row in rows:
             edit = stored_event_from_row(row[1:])
-            if edit.sender == originals[row[0]]:
+            if (edit.sender, edit.type) == originals[row[0]] and _is_replacement(edit):
                 found[row[0]] = edit
     return found
 
 
-#: ``(room ID, event IDs, the senders of those that may be edited by event
-#: ID, the last position the user may read)``.
-RoomAggregationQuery = tuple[str, Sequence[str], Mapping[str, str], int]
+def references(
+    conn: sqlite3.Connection, room_id: str, event_ids: Sequence[str], *, upto: int
+) -> dict[str, list[str]]:
+    """The IDs of the events at or below ``upto`` that ``m.reference`` each
+    of ``event_ids`` that has any, oldest first.
+    """
+    found: dict[str, list[str]] = {}
+    for start in range(0, len(event_ids), _CHUNK):
+        chunk = event_ids[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for parent, child in conn.execute(
+            f"""
+            SELECT r.relates_to_id, r.event_id FROM event_relations AS r
+            JOIN events AS e ON e.stream_ordering = r.stream_ordering
+            WHERE r.relates_to_id IN ({marks}) AND r.room_id = ?
+              AND r.rel_type = 'm.reference'
+              AND r.stream_ordering <= ? AND {_TIMELINE} AND {_NOT_REDACTED}
+            ORDER BY r.stream_ordering
+            """,
+            (*chunk, room_id, upto),
+        ):
+            found.setdefault(parent, []).append(child)
+    return found
+
+
+#: ``(room ID, event IDs, the sender and type of those that may be edited
+#: by event ID, the last position the user may read)``.
+RoomAggregationQuery = tuple[str, Sequence[str], Mapping[str, tuple[str, str]], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregated:
+    """What :func:`aggregations` found, by the ID of the event aggregated."""
+
+    threads: dict[str, ThreadSummary]
+    edits: dict[str, StoredEvent]
+    references: dict[str, list[str]]
 
 
 def aggregations(
     conn: sqlite3.Connection, user_id: str, rooms: Sequence[RoomAggregationQuery]
-) -> tuple[dict[str, ThreadSummary], dict[str, StoredEvent]]:
-    """The thread summaries (:func:`thread_summaries`) and latest edits
-    (:func:`latest_edits`) of the events of several rooms, in one read.
+) -> Aggregated:
+    """The thread summaries (:func:`thread_summaries`), latest edits
+    (:func:`latest_edits`) and references (:func:`references`) of the
+    events of several rooms, in one read.
     """
-    summaries: dict[str, ThreadSummary] = {}
-    edits: dict[str, StoredEvent] = {}
+    found = Aggregated({}, {}, {})
     for room_id, event_ids, editable, upto in rooms:
-        summaries.update(
-            thread_summaries(conn, room_id, sorted(set(event_ids)), user_id=user_id, upto=upto)
-        )
+        ids = sorted(set(event_ids))
+        found.threads.update(thread_summaries(conn, room_id, ids, user_id=user_id, upto=upto))
+        found.references.update(references(conn, room_id, ids, upto=upto))
         if editable:
-            edits.update(latest_edits(conn, room_id, editable, upto=upto))
-    return summaries, edits
+            found.edits.update(latest_edits(conn, room_id, editable, upto=upto))
+    return found
 
 
 class RelationStorage:
@@ -394,9 +451,7 @@ class RelationStorage:
             )
         )
 
-    async def aggregations(
-        self, user_id: str, rooms: Sequence[RoomAggregationQuery]
-    ) -> tuple[dict[str, ThreadSummary], dict[str, StoredEvent]]:
+    async def aggregations(self, user_id: str, rooms: Sequence[RoomAggregationQuery]) -> Aggregated:
         """See :func:`aggregations`."""
         wanted = [
             (room_id, tuple(event_ids), dict(editable), upto)
