@@ -1065,7 +1065,11 @@ class HomeServer:
         add_pusher_routes(
             router,
             auth=auth,
-            pushers=Pushers(self.storage.pushers, allow_http=self.config.push.allow_http),
+            pushers=Pushers(
+                self.storage.pushers,
+                allow_http=self.config.push.allow_http,
+                on_change=self.push_sender.pushers_changed,
+            ),
         )
         add_profile_routes(router, auth=auth, profiles=self.profiles)
         add_account_data_routes(router, auth=auth, account_data=account_data)

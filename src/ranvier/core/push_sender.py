@@ -62,6 +62,8 @@ _log: Final = logging.getLogger(__name__)
 _BATCH: Final = 200
 #: Seconds between writes of a position passed without pushing anything.
 _RECORD_EVERY: Final = 5.0
+#: Seconds between looks for pushers while there are none.
+_LOOK_FOR_PUSHERS_EVERY: Final = 1.0
 
 
 class PushGatewayError(Exception):
@@ -156,6 +158,7 @@ class PushSender:
         self.position = 0
         self._recorded = 0
         self._recorded_at = -math.inf
+        self._pushers_changed = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         position = await self._store.push_position()
@@ -169,8 +172,15 @@ class PushSender:
             while True:
                 if not await self._store.any_pushers():
                     # Nothing to judge for: the stream is passed over
-                    # without reading its events.
+                    # without reading its events, and pushers are looked
+                    # for again once a second at most, not at every write,
+                    # or at once when this process sets one. Events written
+                    # meanwhile stay after the position, so a pusher set
+                    # meanwhile (by a worker) is not short of them.
                     await self._record(max(self.position, self._notifier.position.events))
+                    with trio.move_on_after(_LOOK_FOR_PUSHERS_EVERY):
+                        await self._pushers_changed.wait()
+                    self._pushers_changed = trio.Event()
                     await self._wait_for_events()
                     continue
                 events = await self._store.events_after(self.position, limit=_BATCH)
@@ -316,6 +326,10 @@ class PushSender:
                 delivery.queue.clear()
         # Synchronous from the check above to here: nothing is queued in between.
         del self._deliveries[key]
+
+    def pushers_changed(self) -> None:
+        """Tell the sender that a pusher was set or deleted here."""
+        self._pushers_changed.set()
 
     def waiting(self) -> int:
         """Notifications queued for delivery; for tests and metrics."""

@@ -80,7 +80,8 @@ class Pushers:
     """Setting, deleting and listing a user's pushers.
 
     ``allow_http`` lets a gateway URL be plain HTTP (a gateway on the same
-    host, tests); the spec asks for HTTPS.
+    host, tests); the spec asks for HTTPS. ``on_change`` is called after
+    each change (the push sender's :meth:`~ranvier.core.push_sender.PushSender.pushers_changed`).
     """
 
     def __init__(
@@ -89,10 +90,12 @@ class Pushers:
         *,
         allow_http: bool = False,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._allow_http = allow_http
         self._clock_ms = clock_ms
+        self._on_change = on_change
 
     async def list(self, user_id: str) -> list[dict[str, Any]]:
         return [shown_pusher(pusher) for pusher in await self._store.pushers_of(user_id)]
@@ -112,6 +115,7 @@ class Pushers:
         kind = body["kind"]
         if kind is None:
             await self._store.delete_pusher(user_id, app_id, pushkey)
+            self._on_change()
             return
         if not isinstance(kind, str):
             raise _invalid("'kind' must be a string or null")
@@ -154,6 +158,7 @@ class Pushers:
             ),
             append=append,
         )
+        self._on_change()
 
     def _check_url(self, url: object) -> None:
         if url is None:
