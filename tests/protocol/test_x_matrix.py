@@ -384,3 +384,79 @@ def test_split_server_name_parts() -> None:
 def test_split_server_name_refuses(name: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         split_server_name(name)
+
+
+# --- the body as received, tried before its canonical form -----------------------------
+
+
+def _signed_for(content: Any, *, destination: str = "dest.example", uri: str = "/x") -> Any:
+    key = generate_signing_key("k1")
+    authorization = sign_request(
+        method="PUT",
+        uri=uri,
+        origin="origin.example",
+        destination=destination,
+        signing_key=key,
+        content=content,
+    )
+    return key.verify_key, authorization
+
+
+def test_a_canonical_body_as_received_verifies_alone() -> None:
+    content = {"b": [1, 2], "a": "x"}
+    verify_key, authorization = _signed_for(content)
+    # The canonical bytes alone are enough: no parsed content is given.
+    verify_request(
+        authorization,
+        method="PUT",
+        uri="/x",
+        our_server_name="dest.example",
+        verify_key=verify_key,
+        raw_content=encode_canonical_json(content),
+    )
+
+
+def test_a_body_in_another_form_falls_back_to_its_canonical_form() -> None:
+    content = {"b": [1, 2], "a": "x"}
+    verify_key, authorization = _signed_for(content)
+    verify_request(
+        authorization,
+        method="PUT",
+        uri="/x",
+        our_server_name="dest.example",
+        verify_key=verify_key,
+        content=content,
+        raw_content=b'{ "b": [1, 2],\n  "a": "x" }',
+    )
+
+
+@pytest.mark.parametrize(("destination", "uri"), [("other.example", "/x"), ("dest.example", "/y")])
+def test_the_body_as_received_proves_nothing_about_another_request(
+    destination: str, uri: str
+) -> None:
+    content = {"a": "x"}
+    verify_key, authorization = _signed_for(content, destination=destination, uri=uri)
+    body = encode_canonical_json(content)
+    # The bytes another request was signed over, as body: no splice of them
+    # makes the signed text of a request to us at /x.
+    signed_elsewhere = encode_canonical_json(
+        request_signing_json(
+            method="PUT", uri=uri, origin="origin.example", destination=destination, content=content
+        )
+    )
+    for raw in (body, signed_elsewhere, signed_elsewhere[len(b'{"content":') :]):
+        with pytest.raises(InvalidSignatureError, match="does not match this request"):
+            verify_request(
+                XMatrixAuthorization(
+                    origin=authorization.origin,
+                    destination=None,
+                    key=authorization.key,
+                    sig=authorization.sig,
+                ),
+                method="PUT",
+                uri="/x",
+                our_server_name="dest.example",
+                verify_key=verify_key,
+                content=content,
+                raw_content=raw,
+            )

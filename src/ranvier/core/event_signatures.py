@@ -156,10 +156,15 @@ def _needed_signatures(event: Pdu) -> list[tuple[str, list[str]]]:
 
 
 def _ed25519_key_ids(event: Pdu, server: str) -> list[str]:
-    # The typed view has checked the shape of ``signatures`` already.
-    return sorted(
-        name for name in event.signatures.get(server, ()) if name.startswith(_ED25519_KEY_ID)
-    )
+    # The typed view has checked the shape of ``signatures`` already. A
+    # server signs with one key nearly always: that case is not sorted.
+    names = event.signatures.get(server)
+    if not names:
+        return []
+    if len(names) == 1:
+        (name,) = names
+        return [name] if name.startswith(_ED25519_KEY_ID) else []
+    return sorted(name for name in names if name.startswith(_ED25519_KEY_ID))
 
 
 async def _find_keys(

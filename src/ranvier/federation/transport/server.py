@@ -138,7 +138,7 @@ class FederationApp:
             content = parse_json(body) if body else None
             origin = None
             if authorizations is not None:
-                origin = await self._authenticate(authorizations, method, uri, content)
+                origin = await self._authenticate(authorizations, method, uri, content, body)
             request = head.request(
                 path_params=match.params, body=body, content=content, origin=origin
             )
@@ -164,6 +164,7 @@ class FederationApp:
         method: str,
         uri: str,
         content: Any,
+        body: bytes,
     ) -> str:
         # Every header must hold a valid signature by the same origin: a
         # server may sign with several keys, and each must stand.
@@ -203,6 +204,7 @@ class FederationApp:
                 our_server_name=self.server_name,
                 verify_key=verify_key,
                 content=content,
+                raw_content=body or None,
             )
         return origin
 
