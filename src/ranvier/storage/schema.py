@@ -782,6 +782,25 @@ def _event_relations(conn: sqlite3.Connection) -> None:
     fill_relations(conn)
 
 
+def _event_search(conn: sqlite3.Connection) -> None:
+    """The full-text index of searchable event keys
+    (:mod:`ranvier.storage.search`), filled from the events stored so far.
+
+    An FTS5 table: the text indexed, the event's ID, room and key not.
+    The unicode61 tokenizer folds case and diacritics, so a search for
+    "cafe" finds "Café".
+    """
+    conn.execute(
+        "CREATE VIRTUAL TABLE event_search USING fts5("
+        "value, event_id UNINDEXED, room_id UNINDEXED, key UNINDEXED,"
+        " tokenize = 'unicode61 remove_diacritics 2')"
+    )
+    # Imported here, as for migration 8.
+    from .search import fill_search
+
+    fill_search(conn)
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -802,6 +821,7 @@ MIGRATIONS: Sequence[Migration] = (
     _pushers,
     _reports_and_openid,
     _event_relations,
+    _event_search,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

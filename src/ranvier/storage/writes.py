@@ -48,6 +48,7 @@ from .records import (
 )
 from .redactions import record_redactions
 from .relations import record_relations
+from .search import record_search
 from .state_groups import (
     GROUP_STATE_SQL,
     check_group_in_room,
@@ -574,8 +575,8 @@ def persist_events(
     current_state_groups: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Write events with their edges, state groups, partial-state rows,
-    extremities, current state, redaction and relation rows; return each event's
-    stream ordering.
+    extremities, current state, redaction, relation and search index rows;
+    return each event's stream ordering.
 
     Events get stream orderings in the order given. An event with partial
     state whose room no longer has partial state raises
@@ -607,6 +608,7 @@ def persist_events(
             _move_current_state(conn, room_id, last_group if sole is None else sole)
     record_redactions(conn, events)
     record_relations(conn, events, orderings)
+    record_search(conn, events, stored)
     return orderings
 
 
