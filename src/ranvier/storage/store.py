@@ -27,6 +27,7 @@ from .client_data import ClientDataStorage
 from .client_transactions import ClientTransactionStorage, TransactionRow
 from .connections import SynchronousMode
 from .e2e_keys import E2eKeyStorage
+from .hierarchy_reads import HierarchyReads
 from .media import MediaStorage
 from .notification_reads import NotificationReads
 from .pushers import PusherStorage
@@ -46,9 +47,11 @@ from .records import (
 )
 from .redactions import RedactionStorage
 from .relations import RelationStorage
+from .search import SearchStorage
 from .reports import ReportStorage
 from .room_keys import RoomKeyStorage
 from .room_members import RoomMemberStorage
+from .room_upgrades import RoomUpgradeStorage
 from .run_reads import RunReads
 from .sync_reads import SyncReads
 from .write_backend import WriteBackend
@@ -120,6 +123,8 @@ class Storage:
         self.accounts = AccountStorage(self.writer, self.readers)
         self.redactions = RedactionStorage(self.readers)
         self.relations = RelationStorage(self.readers)
+        self.search = SearchStorage(self.readers)
+        self.hierarchy = HierarchyReads(self.readers)
         self.auth_chains = AuthChainStorage(self.readers)
         self.client_data = ClientDataStorage(self.writer, self.readers)
         self.receipts = ReceiptStorage(self.writer, self.readers)
@@ -131,6 +136,7 @@ class Storage:
         self.notifications = NotificationReads(self.readers)
         self.pushers = PusherStorage(self.writer, self.readers)
         self.reports = ReportStorage(self.writer, self.readers)
+        self.room_upgrades = RoomUpgradeStorage(self.writer)
 
     @property
     def actor(self) -> StorageActor:
