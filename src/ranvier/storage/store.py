@@ -27,7 +27,6 @@ from .client_data import ClientDataStorage
 from .client_transactions import ClientTransactionStorage, TransactionRow
 from .connections import SynchronousMode
 from .e2e_keys import E2eKeyStorage
-from .hierarchy_reads import HierarchyReads
 from .media import MediaStorage
 from .notification_reads import NotificationReads
 from .pushers import PusherStorage
@@ -47,7 +46,6 @@ from .records import (
 )
 from .redactions import RedactionStorage
 from .relations import RelationStorage
-from .search import SearchStorage
 from .reports import ReportStorage
 from .room_keys import RoomKeyStorage
 from .room_members import RoomMemberStorage
@@ -123,8 +121,6 @@ class Storage:
         self.accounts = AccountStorage(self.writer, self.readers)
         self.redactions = RedactionStorage(self.readers)
         self.relations = RelationStorage(self.readers)
-        self.search = SearchStorage(self.readers)
-        self.hierarchy = HierarchyReads(self.readers)
         self.auth_chains = AuthChainStorage(self.readers)
         self.client_data = ClientDataStorage(self.writer, self.readers)
         self.receipts = ReceiptStorage(self.writer, self.readers)
