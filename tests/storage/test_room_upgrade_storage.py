@@ -1,0 +1,48 @@
+"""Moving an upgraded room's directory entries: aliases and the room list
+entry pass to the replacement together, and nothing else moves."""
+
+from __future__ import annotations
+
+from ranvier.storage import Storage
+
+OLD = "!old:example.org"
+NEW = "!new:example.org"
+ELSEWHERE = "!elsewhere:example.org"
+
+
+async def _rooms(storage: Storage) -> None:
+    for room_id in (OLD, NEW, ELSEWHERE):
+        await storage.store_room(room_id, "10")
+
+
+async def test_aliases_and_the_listing_move_to_the_new_room(storage: Storage) -> None:
+    await _rooms(storage)
+    aliases = storage.aliases
+    assert await aliases.create_alias("#b:example.org", OLD, "@bob:example.org", 2)
+    assert await aliases.create_alias("#a:example.org", OLD, "@alice:example.org", 1)
+    assert await aliases.create_alias("#c:example.org", ELSEWHERE, "@bob:example.org", 3)
+    await storage.client_data.set_room_listed(OLD, True, 10)
+    await storage.client_data.set_room_listed(ELSEWHERE, True, 11)
+
+    moved = await storage.room_upgrades.move_directory_entries(OLD, NEW)
+
+    assert moved == ["#a:example.org", "#b:example.org"]
+    assert await aliases.get_room_aliases(NEW) == ["#a:example.org", "#b:example.org"]
+    assert await aliases.get_room_aliases(OLD) == []
+    # Who made an alias stays as it was.
+    assert await aliases.get_alias("#b:example.org") == (NEW, "@bob:example.org")
+    assert await aliases.get_room_aliases(ELSEWHERE) == ["#c:example.org"]
+    assert not await storage.client_data.is_room_listed(OLD)
+    assert await storage.client_data.is_room_listed(NEW)
+    assert await storage.client_data.is_room_listed(ELSEWHERE)
+
+
+async def test_an_unlisted_room_without_aliases_moves_nothing(storage: Storage) -> None:
+    await _rooms(storage)
+    await storage.client_data.set_room_listed(ELSEWHERE, True, 11)
+
+    assert await storage.room_upgrades.move_directory_entries(OLD, NEW) == []
+
+    assert not await storage.client_data.is_room_listed(NEW)
+    assert await storage.client_data.is_room_listed(ELSEWHERE)
+    assert await storage.aliases.get_room_aliases(NEW) == []
