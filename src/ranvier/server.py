@@ -99,6 +99,7 @@ from ranvier.api.capabilities import add_capability_routes
 from ranvier.api.devices import add_device_routes
 from ranvier.api.directory import add_directory_routes
 from ranvier.api.event_context import add_event_context_route
+from ranvier.api.hierarchy import add_hierarchy_route
 from ranvier.api.keys import add_key_routes
 from ranvier.api.media import MediaApp
 from ranvier.api.openid import add_openid_routes
@@ -136,6 +137,7 @@ from ranvier.core.directory import RoomDirectory
 from ranvier.core.e2e_keys import E2eKeys, ForgettingDeletedDevices
 from ranvier.core.event_context import EventContexts
 from ranvier.core.filters import UserFilters
+from ranvier.core.hierarchy import RoomHierarchy
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
 from ranvier.core.interfaces import EventPersister
 from ranvier.core.joins import RemoteJoiner
@@ -168,6 +170,8 @@ from ranvier.federation.client import FederationEventFetcher
 from ranvier.federation.directory import FederationDirectoryClient, add_directory_route
 from ranvier.federation.e2e_keys import FederationKeyClient, add_e2e_key_routes
 from ranvier.federation.edus import EduDispatcher
+from ranvier.federation.hierarchy import FederationHierarchyClient
+from ranvier.federation.hierarchy import add_hierarchy_route as add_federation_hierarchy_route
 from ranvier.federation.keys import KeyRing
 from ranvier.federation.leaves import FederationLeaveClient
 from ranvier.federation.media import FederationMediaClient, add_media_routes
@@ -290,6 +294,7 @@ class HomeServer:
         self._auth: Auth | None = None
         self._profiles: Profiles | None = None
         self._room_list: RoomList | None = None
+        self._room_hierarchy: RoomHierarchy | None = None
         self._listeners: list[tuple[ListenerConfig, HttpListener]] = []
         self._bound: tuple[BoundListener, ...] | None = None
         self._notifier: RoomEventSender | None = None
@@ -404,6 +409,11 @@ class HomeServer:
     def profiles(self) -> Profiles:
         """Users' display names and avatars, here and on other servers."""
         return _built(self._profiles, "profiles")
+
+    @property
+    def room_hierarchy(self) -> RoomHierarchy:
+        """Space hierarchies, for clients and other servers."""
+        return _built(self._room_hierarchy, "room_hierarchy")
 
     @property
     def room_list(self) -> RoomList:
@@ -923,6 +933,11 @@ class HomeServer:
         self._remote_joiner.member_profiles = self._profiles
         self._room_list = RoomList(store=storage.client_data, permissions=self._room_directory)
         self._room_directory.room_list = self._room_list
+        self._room_hierarchy = RoomHierarchy(
+            server_name=server_name,
+            store=storage.hierarchy,
+            remote=FederationHierarchyClient(client, server_name=server_name),
+        )
         self._edus.receipts = Receipts(
             server_name=server_name,
             store=storage.receipts,
@@ -1004,6 +1019,7 @@ class HomeServer:
         add_e2e_key_routes(router, server_name=config.server_name, keys=self.e2e_keys)
         add_media_routes(router, media=self.media)
         add_openid_route(router, self.accounts)
+        add_federation_hierarchy_route(router, self.room_hierarchy)
         return router
 
     def _client_router(self) -> Router:
@@ -1059,6 +1075,7 @@ class HomeServer:
             router, auth=self.auth, contexts=EventContexts(self.storage.sync, aggregations)
         )
         add_relation_routes(router, auth=self.auth, relations=relations)
+        add_hierarchy_route(router, auth=self.auth, hierarchy=self.room_hierarchy)
         auth, client_data = self.auth, self.storage.client_data
         add_capability_routes(router, auth=auth)
         add_push_rule_routes(

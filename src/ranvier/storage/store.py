@@ -27,6 +27,7 @@ from .client_data import ClientDataStorage
 from .client_transactions import ClientTransactionStorage, TransactionRow
 from .connections import SynchronousMode
 from .e2e_keys import E2eKeyStorage
+from .hierarchy_reads import HierarchyReads
 from .media import MediaStorage
 from .notification_reads import NotificationReads
 from .pushers import PusherStorage
@@ -121,6 +122,7 @@ class Storage:
         self.accounts = AccountStorage(self.writer, self.readers)
         self.redactions = RedactionStorage(self.readers)
         self.relations = RelationStorage(self.readers)
+        self.hierarchy = HierarchyReads(self.readers)
         self.auth_chains = AuthChainStorage(self.readers)
         self.client_data = ClientDataStorage(self.writer, self.readers)
         self.receipts = ReceiptStorage(self.writer, self.readers)
