@@ -114,6 +114,7 @@ from ranvier.api.reports import add_report_routes
 from ranvier.api.room_keys import add_room_key_routes
 from ranvier.api.room_list import add_room_list_routes
 from ranvier.api.rooms import add_room_routes
+from ranvier.api.search import add_search_route
 from ranvier.api.sync import add_sync_routes
 from ranvier.api.to_device import add_to_device_routes
 from ranvier.api.typing import add_typing_routes
@@ -159,6 +160,7 @@ from ranvier.core.room_leaves import RoomLeaves
 from ranvier.core.room_list import RoomList
 from ranvier.core.room_servers import PduSink, RoomEventSender, RoomServers
 from ranvier.core.rooms import FullStateWaiter, RoomReader
+from ranvier.core.search import Search
 from ranvier.core.to_device import ToDevice
 from ranvier.core.typing import TypingNotices
 from ranvier.core.unpartial import ResyncStatus, UnpartialStater
@@ -1075,6 +1077,11 @@ class HomeServer:
             router, auth=self.auth, contexts=EventContexts(self.storage.sync, aggregations)
         )
         add_relation_routes(router, auth=self.auth, relations=relations)
+        add_search_route(
+            router,
+            auth=self.auth,
+            search=Search(self.storage.sync, self.storage.search, aggregations),
+        )
         add_hierarchy_route(router, auth=self.auth, hierarchy=self.room_hierarchy)
         auth, client_data = self.auth, self.storage.client_data
         add_capability_routes(router, auth=auth)

@@ -52,6 +52,7 @@ from .room_keys import RoomKeyStorage
 from .room_members import RoomMemberStorage
 from .room_upgrades import RoomUpgradeStorage
 from .run_reads import RunReads
+from .search import SearchStorage
 from .sync_reads import SyncReads
 from .write_backend import WriteBackend
 
@@ -122,6 +123,7 @@ class Storage:
         self.accounts = AccountStorage(self.writer, self.readers)
         self.redactions = RedactionStorage(self.readers)
         self.relations = RelationStorage(self.readers)
+        self.search = SearchStorage(self.readers)
         self.hierarchy = HierarchyReads(self.readers)
         self.auth_chains = AuthChainStorage(self.readers)
         self.client_data = ClientDataStorage(self.writer, self.readers)
