@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from _client import WithAdmin, open_with_admin, q
 
 Env = WithAdmin
@@ -295,3 +296,50 @@ async def test_a_room_with_partial_state_is_not_upgraded(env: Env) -> None:
         errcode="M_BAD_STATE",
     )
     assert (await c.ok(alice, "GET", "/joined_rooms"))["joined_rooms"] == [room_id]
+
+
+async def test_string_levels_of_a_v6_room_become_integers(env: Env) -> None:
+    c, alice, bob = env.client, env.alice, env.bob
+    old = await c.create_room(alice, preset="public_chat", room_version="6")
+    await c.ok(bob, "POST", f"/join/{q(old)}", {})
+    levels = (await c.state(alice, old))[("m.room.power_levels", "")]["content"]
+    levels["users"][bob.user_id] = "50"
+    levels["kick"] = " 60 "
+    await _put_state(env, old, "m.room.power_levels", levels)
+
+    new = await _upgrade(env, alice, old, {"new_version": "11"})
+
+    copied = (await c.state(alice, new))[("m.room.power_levels", "")]["content"]
+    assert copied["users"] == {alice.user_id: 100, bob.user_id: 50}
+    assert copied["kick"] == 60
+
+
+async def test_a_v12_creator_upgrading_to_11_gets_the_highest_level(env: Env) -> None:
+    c, alice = env.client, env.alice
+    old = await c.create_room(alice, preset="private_chat", room_version="12")
+
+    new = await _upgrade(env, alice, old, {"new_version": "11"})
+
+    state = await c.state(alice, new)
+    assert state[("m.room.create", "")]["content"]["predecessor"]["room_id"] == old
+    # v12 rooms ask 150 for a tombstone; the creator keeps the power to upgrade.
+    assert state[("m.room.power_levels", "")]["content"]["users"] == {alice.user_id: 150}
+    assert await _upgrade(env, alice, new, {"new_version": "12"}) != new
+
+
+async def test_the_same_upgrade_asked_twice_at_once_makes_one_room(env: Env) -> None:
+    c, alice = env.client, env.alice
+    old = await c.create_room(alice, preset="public_chat", room_version="10")
+    answers: list[str] = []
+
+    async def upgrade() -> None:
+        answers.append(await _upgrade(env, alice, old, {"new_version": "11"}))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(upgrade)
+        nursery.start_soon(upgrade)
+
+    assert len(answers) == 2
+    assert answers[0] == answers[1]
+    joined = await c.ok(alice, "GET", "/joined_rooms")
+    assert sorted(joined["joined_rooms"]) == sorted([old, answers[0]])
