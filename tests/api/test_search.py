@@ -396,3 +396,41 @@ async def test_an_event_received_over_federation_is_found(tmp_path: Path) -> Non
             return [result["result"]["event_id"] for result in results] == [sent]
 
         await eventually(found_at_a, "the message from B found at A")
+
+
+async def test_backfilled_history_is_found(tmp_path: Path) -> None:
+    async with two_servers(tmp_path) as (a, b, ca, cb, alice, bob):
+        room_id = await ca.create_room(alice, preset="public_chat")
+
+        async def send_at_a(txn: str, body: str) -> str:
+            path = f"/rooms/{q(room_id)}/send/m.room.message/{txn}"
+            content = {"msgtype": "m.text", "body": body}
+            event_id: str = (await ca.ok(alice, "PUT", path, content))["event_id"]
+            return event_id
+
+        early = await send_at_a("early", "martians in the early days")
+        for i in range(30):
+            await send_at_a(f"filler{i}", f"filler {i}")
+        await cb.ok(bob, "POST", f"/join/{q(room_id)}?via={q(a.server_name)}", {})
+        had_early = await b.server.storage.have_seen_events([early])
+
+        def search_body() -> dict[str, Any]:
+            return {"search_categories": {"room_events": {"search_term": "martians"}}}
+
+        before_paging = await cb.ok(bob, "POST", "/search", search_body())
+        # Paging back through B fetches the history B lacks from A.
+        token = None
+        while True:
+            params: dict[str, Any] = {"dir": "b", "limit": 50}
+            if token is not None:
+                params["from"] = token
+            page = await cb.ok(bob, "GET", f"/rooms/{q(room_id)}/messages", params=params)
+            token = page.get("end")
+            if token is None:
+                break
+        after_paging = await cb.ok(bob, "POST", "/search", search_body())
+
+    assert early not in had_early
+    assert before_paging["search_categories"]["room_events"]["results"] == []
+    (result,) = after_paging["search_categories"]["room_events"]["results"]
+    assert result["result"]["event_id"] == early
