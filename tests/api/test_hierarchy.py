@@ -285,3 +285,24 @@ async def test_a_root_the_user_may_not_see_is_forbidden(tmp_path: Path) -> None:
         # Without an access token: 401.
         response = await s.client.http.get(f"{V1}/rooms/{q(s.space)}/hierarchy")
         assert response.status_code == 401
+
+
+async def test_a_loop_is_walked_once_and_knockable_rooms_are_shown(tmp_path: Path) -> None:
+    async with open_space(tmp_path) as s:
+        knock = await s.client.create_room(
+            s.alice,
+            name="Knock",
+            preset="private_chat",
+            room_version="10",
+            initial_state=[
+                {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}
+            ],
+        )
+        await link(s.client, s.alice, s.sub, knock, order="0")
+        # The subspace links back to the space: a loop.
+        await link(s.client, s.alice, s.sub, s.space, order="1")
+        rooms = await s.rooms(s.bob)
+        assert rooms[:4] == [s.space, s.sub, knock, s.inner]
+        assert len(rooms) == len(set(rooms)) == 7
+        _, answer = await s.hierarchy(s.bob)
+        assert _by_id(answer)[knock]["join_rule"] == "knock"
