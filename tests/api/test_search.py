@@ -295,6 +295,34 @@ async def test_history_from_before_a_join_is_hidden_under_joined_visibility(
     assert len(_ids(for_alice)) == 2
 
 
+async def test_hidden_matches_beyond_a_batch_are_looked_past(env: SharedRoom) -> None:
+    room_id = await env.client.create_room(
+        env.alice,
+        preset="public_chat",
+        initial_state=[
+            {
+                "type": "m.room.history_visibility",
+                "state_key": "",
+                "content": {"history_visibility": "joined"},
+            }
+        ],
+    )
+    # More hidden matches than the index is read for at a time.
+    for n in range(55):
+        await _say(env, env.alice, f"martians hidden {n}", room_id=room_id)
+    await env.client.ok(env.carol, "POST", f"/rooms/{q(room_id)}/join", {})
+    shown = [await _say(env, env.alice, f"martians shown {n}", room_id=room_id) for n in range(2)]
+
+    recent = await _search(env, env.carol, "martians", order_by="recent")
+    ranked = await _search(env, env.carol, "martians", filter={"limit": 1})
+    rest = await _search(env, env.carol, "martians", ranked["next_batch"], filter={"limit": 1})
+
+    assert _ids(recent) == shown[::-1]
+    assert recent["count"] == 57
+    assert "next_batch" not in recent
+    assert sorted(_ids(ranked) + _ids(rest)) == sorted(shown)
+
+
 async def test_redacted_messages_are_not_found(env: SharedRoom) -> None:
     kept = await _say(env, env.bob, "martians stay")
     gone = await _say(env, env.bob, "martians go")

@@ -23,6 +23,8 @@ and the number of matches looked at for ``rank``. ``count`` is the number of
 matching events in those rooms before the events' own visibility and the
 filter's types and senders are applied: the spec asks for an approximate
 count. ``highlights`` are the words of the results that matched a term.
+``event_context`` gives at most :data:`MAX_CONTEXT` events on either side
+of a result, as ``/context`` finds them (the search's filter applied).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from .pagination import (
 
 __all__ = [
     "ALL_KEYS",
+    "MAX_CONTEXT",
     "ContextRequest",
     "RoomEventsSearch",
     "Search",
@@ -65,6 +68,8 @@ __all__ = [
 ALL_KEYS: Final = tuple(SEARCHABLE_KEYS.values())
 #: Matches read from the index at a time, before visibility and filters.
 _BATCH: Final = 50
+#: The most events of context on either side of a result, whatever asked.
+MAX_CONTEXT: Final = 100
 #: Below every position, backfilled events' included.
 _BOTTOM: Final = -(2**62)
 # Letters and digits: what the index's unicode61 tokenizer keeps as words.
@@ -131,6 +136,7 @@ class SearchStore(Protocol):
         below: int | None,
         offset: int,
         limit: int,
+        count: bool = True,
     ) -> SearchPage: ...
 
 
@@ -205,6 +211,7 @@ class Search:
                 below=below,
                 offset=offset,
                 limit=_BATCH,
+                count=count is None,
             )
             if count is None:
                 count = page.count
@@ -363,7 +370,7 @@ class Search:
             event.room_id,
             after=_BOTTOM,
             upto=event.stream_ordering - 1,
-            limit=min(wanted.before_limit, MAX_LIMIT),
+            limit=min(wanted.before_limit, MAX_CONTEXT),
             backwards=True,
             accept=accept,
         )
@@ -371,7 +378,7 @@ class Search:
             event.room_id,
             after=event.stream_ordering,
             upto=room.visible,
-            limit=min(wanted.after_limit, MAX_LIMIT),
+            limit=min(wanted.after_limit, MAX_CONTEXT),
             backwards=False,
             accept=accept,
         )

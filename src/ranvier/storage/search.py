@@ -163,12 +163,13 @@ def search_events(
     below: int | None,
     offset: int,
     limit: int,
+    count: bool = True,
 ) -> SearchPage:
     """The timeline events of ``room_ids`` whose ``keys`` match the FTS5
     ``query``, none a redaction applies to: by rank (best first, from
     ``offset``), or by recency (newest first, below stream ordering
     ``below`` when given); at most ``limit``; with the count of all the
-    matching events.
+    matching events when ``count`` (else 0).
     """
     if not room_ids or not keys:
         return SearchPage([], 0)
@@ -178,11 +179,13 @@ def search_events(
         AND event_search.key IN ({key_marks}) AND e.room_id = event_search.room_id
         AND {_TIMELINE} AND {_NOT_REDACTED}"""
     params: list[object] = [query, *room_ids, *sorted(keys)]
-    (count,) = conn.execute(
-        f"SELECT COUNT(*) FROM event_search JOIN events AS e ON e.event_id = event_search.event_id"
-        f" WHERE {where}",
-        params,
-    ).fetchone()
+    total = 0
+    if count:
+        (total,) = conn.execute(
+            "SELECT COUNT(*) FROM event_search"
+            f" JOIN events AS e ON e.event_id = event_search.event_id WHERE {where}",
+            params,
+        ).fetchone()
     if order_by == "recent":
         page_where = where if below is None else f"{where} AND e.stream_ordering < ?"
         page_params = params if below is None else [*params, below]
@@ -203,7 +206,7 @@ def search_events(
         SearchHit(stored_event_from_row(row[:-2]), -float(row[-2]), str(row[-1]))
         for row in rows
     ]
-    return SearchPage(hits, int(count))
+    return SearchPage(hits, int(total))
 
 
 def _joined_rooms(conn: sqlite3.Connection, user_id: str) -> list[str]:
@@ -236,6 +239,7 @@ class SearchStorage:
         below: int | None,
         offset: int,
         limit: int,
+        count: bool = True,
     ) -> SearchPage:
         """See :func:`search_events`."""
         return await self._readers.read(
@@ -248,5 +252,6 @@ class SearchStorage:
                 below=below,
                 offset=offset,
                 limit=limit,
+                count=count,
             )
         )
