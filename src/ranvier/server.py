@@ -1133,7 +1133,6 @@ class HomeServer:
         add_room_key_routes(router, auth=auth, backups=RoomKeyBackups(self.storage.room_keys))
         add_to_device_routes(router, auth=auth, to_device=self.to_device)
         upgrades = RoomUpgrader(
-            server_name=self.config.server_name,
             events=self.event_creator,
             store=self.storage,
             directory=self.storage.room_upgrades,

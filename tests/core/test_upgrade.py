@@ -68,7 +68,6 @@ async def test_a_failed_directory_move_sends_no_tombstone(tmp_path: Path) -> Non
         before = await _state_ids(hs, room_id)
         mover = _FailingMover()
         upgrader = RoomUpgrader(
-            server_name=hs.server.server_name,
             events=hs.server.event_creator,
             store=hs.server.storage,
             directory=mover,
@@ -91,7 +90,6 @@ async def test_a_room_that_cannot_be_made_leaves_the_old_one_alone(tmp_path: Pat
         alice, room_id = await _old_room(hs)
         before = await _state_ids(hs, room_id)
         upgrader = RoomUpgrader(
-            server_name=hs.server.server_name,
             events=_FailingCreation(hs),
             store=hs.server.storage,
             directory=hs.server.storage.room_upgrades,
@@ -104,7 +102,6 @@ async def test_a_room_that_cannot_be_made_leaves_the_old_one_alone(tmp_path: Pat
         assert await hs.server.storage.aliases.get_room_aliases(room_id) == ["#old:localhost"]
         # Nothing stands in the way of trying again.
         working = RoomUpgrader(
-            server_name=hs.server.server_name,
             events=hs.server.event_creator,
             store=hs.server.storage,
             directory=hs.server.storage.room_upgrades,

@@ -158,12 +158,10 @@ class RoomUpgrader:
     def __init__(
         self,
         *,
-        server_name: str,
         events: UpgradeEventSender,
         store: StateReader,
         directory: DirectoryMover,
     ) -> None:
-        self.server_name = server_name
         self._events = events
         self._store = store
         self._directory = directory
@@ -224,8 +222,8 @@ class RoomUpgrader:
         extremities = await self._store.get_forward_extremities(room_id)
         ends = await self._store.get_events(list(extremities))
         latest = [Pdu.from_json(row.json, rv, check_limits=False) for row in ends.values()]
-        last_event_id = max(latest, key=lambda event: (event.depth, event.event_id)).event_id
-        return _OldRoom(room_id, rv, state, last_event_id)
+        last = max(latest, key=lambda event: (event.depth, event.event_id), default=None)
+        return _OldRoom(room_id, state, None if last is None else last.event_id)
 
     async def _already_upgraded(self, user_id: str, old: _OldRoom, target: RoomVersion) -> str:
         """What a request to upgrade a tombstoned room gets; see the module's docstring."""
@@ -303,10 +301,12 @@ class _OldRoom:
     """The room being upgraded, as read under the upgrade lock."""
 
     def __init__(
-        self, room_id: str, rv: RoomVersion, state: Mapping[StateKey, Pdu], last_event_id: str
+        self,
+        room_id: str,
+        state: Mapping[StateKey, Pdu],
+        last_event_id: str | None,
     ) -> None:
         self.room_id = room_id
-        self.rv = rv
         self.state = state
         self.last_event_id = last_event_id
 
@@ -377,7 +377,7 @@ def _create_content(old: _OldRoom, target: RoomVersion, others: list[str]) -> di
             if field in old.create.content
         )
     predecessor = {"room_id": old.room_id}
-    if not target.room_id_from_create_event:
+    if not target.room_id_from_create_event and old.last_event_id is not None:
         # From v12 the new room's ID is the create event's hash, so it cannot
         # wait for the old room's tombstone; the spec lets it name no event.
         predecessor["event_id"] = old.last_event_id
