@@ -99,7 +99,12 @@ async def open_space(tmp_path: Path) -> AsyncIterator[Space]:
                     "type": "m.room.history_visibility",
                     "state_key": "",
                     "content": {"history_visibility": "world_readable"},
-                }
+                },
+                {
+                    "type": "m.room.encryption",
+                    "state_key": "",
+                    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+                },
             ],
         )
         restricted = await client.create_room(
@@ -197,6 +202,9 @@ async def test_the_walk_is_depth_first_in_the_spec_order_and_shows_what_bob_may_
         assert rooms[s.restricted]["allowed_room_ids"] == [s.space]
         assert rooms[s.restricted]["room_version"] == "10"
         assert rooms[s.open]["children_state"] == []
+        assert rooms[s.readable]["encryption"] == "m.megolm.v1.aes-sha2"
+        assert "encryption" not in rooms[s.open]
+        assert "allowed_room_ids" not in rooms[s.open]
         assert "room_type" not in rooms[s.open]
         # Alice is in every room, so she sees them all.
         everything = await s.rooms(s.alice)
