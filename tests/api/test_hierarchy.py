@@ -314,3 +314,17 @@ async def test_a_loop_is_walked_once_and_knockable_rooms_are_shown(tmp_path: Pat
         assert len(rooms) == len(set(rooms)) == 7
         _, answer = await s.hierarchy(s.bob)
         assert _by_id(answer)[knock]["join_rule"] == "knock"
+
+
+async def test_a_room_everyone_here_left_is_shown_from_its_last_state(tmp_path: Path) -> None:
+    async with open_space(tmp_path) as s:
+        await s.client.ok(s.alice, "POST", f"/rooms/{q(s.open)}/leave", {})
+        # No other server to ask: the room as this server last knew it.
+        _, answer = await s.hierarchy(s.bob, max_depth=1)
+        left = _by_id(answer)[s.open]
+        assert left["name"] == "Open"
+        assert left["num_joined_members"] == 0
+        await s.client.ok(s.alice, "POST", f"/rooms/{q(s.private)}/leave", {})
+        _, answer = await s.hierarchy(s.alice, max_depth=1)
+        # Alice left the private room: she no longer sees it.
+        assert s.private not in _by_id(answer)
