@@ -101,6 +101,7 @@ from ranvier.api.directory import add_directory_routes
 from ranvier.api.event_context import add_event_context_route
 from ranvier.api.hierarchy import add_hierarchy_route
 from ranvier.api.keys import add_key_routes
+from ranvier.api.knock import add_knock_route
 from ranvier.api.media import MediaApp
 from ranvier.api.openid import add_openid_routes
 from ranvier.api.presence import add_presence_routes
@@ -142,6 +143,7 @@ from ranvier.core.hierarchy import RoomHierarchy
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
 from ranvier.core.interfaces import EventPersister
 from ranvier.core.joins import RemoteJoiner
+from ranvier.core.knocks import RoomKnocks
 from ranvier.core.media import MediaRepository
 from ranvier.core.notification_counts import NotificationCounts
 from ranvier.core.notifier import StreamNotifier
@@ -175,6 +177,7 @@ from ranvier.federation.edus import EduDispatcher
 from ranvier.federation.hierarchy import FederationHierarchyClient
 from ranvier.federation.hierarchy import add_hierarchy_route as add_federation_hierarchy_route
 from ranvier.federation.keys import KeyRing
+from ranvier.federation.knocks import FederationKnockClient
 from ranvier.federation.leaves import FederationLeaveClient
 from ranvier.federation.media import FederationMediaClient, add_media_routes
 from ranvier.federation.membership import (
@@ -289,6 +292,7 @@ class HomeServer:
         self._e2e_keys: E2eKeys | None = None
         self._room_joins: RoomJoins | None = None
         self._room_leaves: RoomLeaves | None = None
+        self._room_knocks: RoomKnocks | None = None
         self._federation_app: FederationApp | None = None
         self._client_app: ClientApp | None = None
         self._media: MediaRepository | None = None
@@ -911,6 +915,15 @@ class HomeServer:
             persister=storage,
             client=FederationLeaveClient(client),
         )
+        self._room_knocks = RoomKnocks(
+            server_name=server_name,
+            signing_key=signing_key,
+            creator=self._event_creator,
+            memberships=storage.room_members,
+            persister=storage,
+            directory=self._room_directory,
+            client=FederationKnockClient(client),
+        )
         self._notifier = notifier
         storage.on_stream_advance = self.stream_notifier.advance
         hashing = self.config.registration
@@ -940,6 +953,16 @@ class HomeServer:
             store=storage.hierarchy,
             remote=FederationHierarchyClient(client, server_name=server_name),
         )
+        self._edus.presence = Presence(
+            rooms=self._room_reader,
+            shared=storage.room_members,
+            server_name=server_name,
+            servers=self._room_servers,
+            edus=self._federation_sender,
+            notifier=self.stream_notifier,
+        )
+        # Events, receipts and typing are the activity presence follows.
+        self._event_creator.activity = self._edus.presence
         self._edus.receipts = Receipts(
             server_name=server_name,
             store=storage.receipts,
@@ -949,6 +972,7 @@ class HomeServer:
             servers=self._room_servers,
             edus=self._federation_sender,
             notifier=self.stream_notifier,
+            activity=self._edus.presence,
         )
         self._edus.typing = TypingNotices(
             server_name=server_name,
@@ -956,14 +980,7 @@ class HomeServer:
             servers=self._room_servers,
             edus=self._federation_sender,
             notifier=self.stream_notifier,
-        )
-        self._edus.presence = Presence(
-            rooms=self._room_reader,
-            shared=storage.room_members,
-            server_name=server_name,
-            servers=self._room_servers,
-            edus=self._federation_sender,
-            notifier=self.stream_notifier,
+            activity=self._edus.presence,
         )
         self._edus.to_device = ToDevice(
             server_name=server_name,
@@ -1138,6 +1155,7 @@ class HomeServer:
             directory=self.storage.room_upgrades,
         )
         add_upgrade_routes(router, auth=auth, upgrades=upgrades)
+        add_knock_route(router, auth=auth, knocks=_built(self._room_knocks, "room_knocks"))
         return router
 
     async def _run_push_sender(

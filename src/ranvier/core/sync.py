@@ -18,6 +18,11 @@ Rooms
 * **invite**: invites after ``since``, with the stripped state the spec
   asks for (create, join rules, name, avatar, canonical alias, encryption)
   and the invite itself.
+* **knock**: knocks after ``since`` (every current one on an initial
+  sync), with the same stripped state, or for a room not joined here what
+  its server answered to the knock (:mod:`ranvier.core.knocks`), and the
+  knock itself. A knock let in (an invite) or turned away (a leave) moves
+  the room to ``invite`` or ``leave``.
 * **account_data**: the user's account data changed after ``since`` (all of
   it on an initial sync), global at the top level and per joined room in
   the room's entry; a room with nothing else new comes with an empty
@@ -237,6 +242,7 @@ class _StrippedEvent(msgspec.Struct):
 
 class _Unsigned(msgspec.Struct, frozen=True):
     invite_room_state: tuple[msgspec.Raw, ...] = ()
+    knock_room_state: tuple[msgspec.Raw, ...] = ()
 
 
 class _WithUnsigned(msgspec.Struct):
@@ -247,13 +253,16 @@ _decode_unsigned = msgspec.json.Decoder(_WithUnsigned).decode
 
 
 def _invite_room_state(invite: StoredEvent) -> list[dict[str, Any]]:
-    """The stripped state another server put in its invite's ``unsigned``;
-    entries that are not stripped state events are left out.
+    """The stripped state another server put in its invite's ``unsigned``
+    (or, for a knock, that its answer to the knock carried); entries that
+    are not stripped state events are left out.
     """
     try:
-        entries = _decode_unsigned(invite.json).unsigned.invite_room_state
+        unsigned = _decode_unsigned(invite.json).unsigned
     except msgspec.ValidationError:
         return []
+    is_knock = event_content(invite).get("membership") == "knock"
+    entries = unsigned.knock_room_state if is_knock else unsigned.invite_room_state
     stripped = []
     for entry in entries:
         try:
@@ -304,6 +313,7 @@ def _is_empty(response: dict[str, Any]) -> bool:
         rooms["join"]
         or rooms["invite"]
         or rooms["leave"]
+        or rooms["knock"]
         or response["account_data"]["events"]
         or response["presence"]["events"]
         or response["to_device"]["events"]
@@ -470,6 +480,7 @@ class SyncHandler:
         join: dict[str, Any] = {}
         invite: dict[str, Any] = {}
         leave: dict[str, Any] = {}
+        knock: dict[str, Any] = {}
         for room_id, membership, ordering, event_id in sorted(memberships):
             if not filter.room.includes_room(room_id):
                 continue
@@ -500,6 +511,9 @@ class SyncHandler:
                     join[room_id] = room
             elif membership == "invite" and is_new:
                 invite[room_id] = await self._invited_room(room_id, event_id)
+            elif membership == "knock" and is_new:
+                stripped = await self._invited_room(room_id, event_id)
+                knock[room_id] = {"knock_state": stripped["invite_state"]}
             elif membership in ("leave", "ban") and (
                 (since is not None and is_new) or (since is None and filter.room.include_leave)
             ):
@@ -516,7 +530,7 @@ class SyncHandler:
             now = now._replace(to_device=end_to_end.to_device_reached)
         response = {
             "next_batch": format_sync_token(now),
-            "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
+            "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
             "presence": {"events": await self._presence_events(request)},
             "account_data": {"events": account_data.global_events},
             "to_device": {"events": end_to_end.to_device},
@@ -658,6 +672,7 @@ class SyncHandler:
         return room
 
     async def _invited_room(self, room_id: str, invite_id: str) -> dict[str, Any]:
+        """The room's stripped state and the invite (or knock) itself."""
         state = await self._store.current_state_for_keys(room_id, _STRIPPED_STATE_KEYS)
         invite = await self._store.get_events([invite_id])
         stripped = [_stripped(event) for event in state]
