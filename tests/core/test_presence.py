@@ -38,19 +38,22 @@ async def test_syncing_keeps_a_user_online_and_stopping_lets_it_lapse(
         assert (await presence.get_presence(alice, alice))["presence"] == "online"
         assert await presence.position() == start + 1
         # Syncing on, in the same state, moves nothing but keeps it.
-        await trio.sleep(20)
+        await trio.sleep(30)
         await presence.on_sync(alice, "online", long_poll_ms)
         synced = trio.current_time()
         assert await presence.position() == start + 1
         lapse_s = (long_poll_ms + SYNC_ONLINE_TIMEOUT_MS) / 1000
         await trio.sleep(lapse_s - 1)
-        assert (await presence.get_presence(alice, alice))["presence"] == "online"
+        # Meanwhile, a minute after coming, no longer currently active.
+        said = await presence.get_presence(alice, alice)
+        assert (said["presence"], said["currently_active"]) == ("online", False)
+        assert await presence.position() == start + 2
         await _lapse(hs.server.stream_notifier)
         assert trio.current_time() >= synced + lapse_s
         assert (await presence.get_presence(alice, alice))["presence"] == "offline"
-        assert await presence.position() == start + 2
-        assert hs.server.stream_notifier.position.presence == start + 2
-        lapsed = await presence.for_sync(alice, start + 1, start + 2)
+        assert await presence.position() == start + 3
+        assert hs.server.stream_notifier.position.presence == start + 3
+        lapsed = await presence.for_sync(alice, start + 2, start + 3)
         assert [(e["sender"], e["content"]["presence"]) for e in lapsed] == [(alice, "offline")]
 
 

@@ -76,6 +76,7 @@ from ranvier.protocol.room_versions import (
 from ranvier.protocol.signing import SigningKeyLike
 from ranvier.storage.records import EventToPersist
 
+from .activity import ActivityListener
 from .builder import Clock, build_event, wall_clock_ms
 from .client_txns import PendingTransaction, claim_client_transaction
 from .context import (
@@ -312,6 +313,9 @@ class EventCreator:
         #: Where a join's display name and avatar come from; settable, as
         #: the profiles send their changes through this creator.
         self.member_profiles = member_profiles
+        #: Hears that a user sent an event; settable, as presence, which
+        #: listens, is made after this creator.
+        self.activity: ActivityListener | None = None
         self._signing_key = signing_key
         self._store = store
         # Building, checking and writing read through this, which keeps
@@ -451,6 +455,8 @@ class EventCreator:
             )
         if txn_id is not None and (sent := self._transactions.get(sender, txn_id)) is not None:
             return sent
+        if self.activity is not None:
+            await self.activity.user_active(sender)
 
         rv = await self._room_version(room_id)
         template: dict[str, Any] = {

@@ -1,20 +1,22 @@
 """Presence: whether a user is online, and the status message they set.
 
 ``PUT /presence/{userId}/status`` sets a local user's own presence and
-status message and counts as activity; ``GET`` answers it with how long
-ago the user was last active. A ``/sync`` marks its user ``online`` unless
-its ``set_presence`` says otherwise (:meth:`Presence.on_sync`). Another
-server's users' presence comes in ``m.presence`` EDUs
-(:meth:`Presence.on_remote_presence`), taken only for that server's own
-users.
+status message; ``GET`` answers it with how long ago the user was last
+active. A ``/sync`` marks its user ``online`` unless its ``set_presence``
+says otherwise (:meth:`Presence.on_sync`). Sending an event, a receipt, a
+read marker or a typing notice, and setting ``online``, is activity
+(:meth:`Presence.user_active`). Another server's users' presence comes in
+``m.presence`` EDUs (:meth:`Presence.on_remote_presence`), taken only for
+that server's own users.
 
-Each change of a user's presence (a new state or status message, not a
-mere sign of activity) is a position of the presence stream, the sixth
-stream of a sync token. ``/sync`` gives the ``m.presence`` events of the
-users who changed since the token and share a joined room with the syncing
-user (and the user's own), and a change wakes the long-polls of those who
-share a room with the user. A local user's change is sent to the servers
-of the rooms they are in.
+Each change of what others see of a user's presence (their state, status
+message or ``currently_active``; not a mere sign of activity) is a
+position of the presence stream, the sixth stream of a sync token.
+``/sync`` gives the ``m.presence`` events of the users who changed since
+the token and share a joined room with the syncing user (and the user's
+own), and a change wakes the long-polls of those who share a room with the
+user. A local user's change is sent to the servers of the rooms they are
+in.
 
 Invariants
 ----------
@@ -30,6 +32,20 @@ Invariants
   then :meth:`Presence.run` marks them offline (and tells the other
   servers). Another server's user lapses to offline when their server has
   said nothing of them for :data:`REMOTE_TIMEOUT_MS`.
+* **Idle users are unavailable.** A local user online with no activity
+  for ``idle_after`` (:data:`IDLE_AFTER_S` unless told) becomes
+  ``unavailable``; their next activity makes them ``online`` at once. A
+  sync asking for ``online`` does not: syncing is what an untouched client
+  does. ``unavailable`` that the user chose (by ``PUT`` or a sync's
+  ``set_presence``) is theirs: activity leaves it alone.
+* **currently_active keeps its promise.** A local user online and active
+  within :data:`CURRENTLY_ACTIVE_S` is ``currently_active``, which tells
+  clients to count them as active until told otherwise; so the end of it
+  is a change of its own, made by :meth:`Presence.run` when the time is up,
+  and so is its start on activity. ``last_active_ago`` is worked out when
+  an answer, a sync or an EDU is made, so it is right at that moment.
+* **Trio's clock.** Activity, idleness and lapses are
+  :func:`trio.current_time` values, so tests can move time.
 * **Who may see.** A user's presence is for the user and for anyone
   sharing a joined room with them: ``GET`` answers others 403, and a sync
   leaves them out, as the spec's security considerations have it.
@@ -40,7 +56,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
 import trio
@@ -53,6 +69,8 @@ from .notifier import StreamNotifier
 from .receipts import EduSink, ServersInRoom, server_of
 
 __all__ = [
+    "CURRENTLY_ACTIVE_S",
+    "IDLE_AFTER_S",
     "PRESENCE_STATES",
     "REMOTE_TIMEOUT_MS",
     "SYNC_ONLINE_TIMEOUT_MS",
@@ -66,8 +84,10 @@ _log: Final = logging.getLogger(__name__)
 
 PRESENCE_STATES: Final = frozenset({"online", "offline", "unavailable"})
 _MAX_STATUS_LENGTH: Final = 4096
-#: A user last active this recently, and online, is ``currently_active``.
-_CURRENTLY_ACTIVE_MS: Final = 60_000
+#: A user online and active this recently (seconds) is ``currently_active``.
+CURRENTLY_ACTIVE_S: Final = 60.0
+#: How long (seconds) an online user may do nothing before they are unavailable.
+IDLE_AFTER_S: Final = 300.0
 #: How long after a sync could have ended its user stays online.
 SYNC_ONLINE_TIMEOUT_MS: Final = 30_000
 #: How long another server's user stays as their server last said.
@@ -96,8 +116,9 @@ class PresenceState:
 
     presence: str
     status_msg: str | None
-    #: Wall-clock milliseconds of the user's last activity; None if unknown.
-    last_active_ts: int | None
+    #: Trio-clock time of the user's last activity; None if unknown.
+    last_active: float | None
+    currently_active: bool = False
 
 
 def _bad(message: str, errcode: str = "M_INVALID_PARAM") -> MatrixError:
@@ -108,8 +129,10 @@ class Presence:
     """Users' presence, in memory. ``rooms`` decides who may see whose.
 
     Without ``shared`` a sync carries no presence; without ``edus`` (and
-    ``servers``) nothing is sent to other servers. Start :meth:`run` in a
-    nursery so that presence lapses.
+    ``servers``) nothing is sent to other servers. ``idle_after`` is how
+    many seconds an online local user may do nothing before they become
+    unavailable. Start :meth:`run` in a nursery so that presence lapses and
+    idles.
     """
 
     def __init__(
@@ -122,21 +145,29 @@ class Presence:
         edus: EduSink | None = None,
         notifier: StreamNotifier | None = None,
         clock: Clock = wall_clock_ms,
+        idle_after: float = IDLE_AFTER_S,
     ) -> None:
+        if idle_after <= 0:
+            raise ValueError("idle_after must be positive")
         self._rooms = rooms
         self._shared = shared
         self._server_name = server_name
         self._servers = servers
         self._edus = edus
         self._notifier = notifier
-        self._clock = clock
+        self._idle_after = idle_after
         self._states: dict[str, PresenceState] = {}
         # User ID -> the stream position of their last change, oldest first.
         self._changed: dict[str, int] = {}
         self._serial = clock()
         # User ID -> the Trio-clock time their presence lapses to offline.
         self._lapses: dict[str, float] = {}
-        self._lapses_moved = trio.Event()
+        # Local user ID -> the Trio-clock time their currently_active ends
+        # or they become idle, whichever is next.
+        self._activity_due: dict[str, float] = {}
+        # Local users made unavailable by idleness, not by their own choice.
+        self._idle: set[str] = set()
+        self._deadlines_moved = trio.Event()
 
     # --- Local users ----------------------------------------------------------------
 
@@ -158,21 +189,84 @@ class Presence:
             raise _bad("status_msg must be a string", "M_BAD_JSON")
         if status is not None and len(status) > _MAX_STATUS_LENGTH:
             raise _bad(f"status_msg is longer than {_MAX_STATUS_LENGTH} characters")
-        await self._change(user_id, PresenceState(presence, status, self._clock()))
+        current = self._states.get(user_id)
+        # Setting online is activity; choosing to be away or hidden is not.
+        last_active = (
+            trio.current_time()
+            if presence == "online"
+            else (None if current is None else current.last_active)
+        )
+        self._idle.discard(user_id)
+        await self._change_local(user_id, presence, status, last_active)
         self._lapse_after(user_id, 0, presence)
 
     async def on_sync(self, user_id: str, set_presence: str, timeout_ms: int) -> None:
         """A sync by ``user_id`` with ``set_presence`` (``offline``: leave the
         presence alone); it keeps the user so until its long-poll of
         ``timeout_ms`` could end, and a while after.
+
+        A sync is no activity: a client left open syncs all day. Coming
+        online is, though, so that a user idles from the moment they came.
         """
         if set_presence == "offline":
             await trio.lowlevel.checkpoint()
             return
         current = self._states.get(user_id)
         status = None if current is None else current.status_msg
-        await self._change(user_id, PresenceState(set_presence, status, self._clock()))
+        last_active = None if current is None else current.last_active
+        if set_presence == "online" and user_id in self._idle:
+            # Idle until they do something.
+            await trio.lowlevel.checkpoint()
+        else:
+            if set_presence == "online" and (current is None or current.presence != "online"):
+                last_active = trio.current_time()
+            self._idle.discard(user_id)
+            await self._change_local(user_id, set_presence, status, last_active)
         self._lapse_after(user_id, timeout_ms, set_presence)
+
+    async def user_active(self, user_id: str) -> None:
+        """``user_id``, a local user, did something just now: they are active,
+        and online again if only idleness had made them unavailable.
+        """
+        now = trio.current_time()
+        current = self._states.get(user_id)
+        if current is None:
+            # Never seen syncing: offline, but known to be active.
+            self._states[user_id] = PresenceState("offline", None, now)
+            await trio.lowlevel.checkpoint()
+            return
+        presence = current.presence
+        if user_id in self._idle:
+            self._idle.discard(user_id)
+            presence = "online"
+        await self._change_local(user_id, presence, current.status_msg, now)
+
+    async def _change_local(
+        self, user_id: str, presence: str, status: str | None, last_active: float | None
+    ) -> None:
+        """Make a local user's presence ``presence``, with ``currently_active``
+        as their last activity says, and look again when that runs out.
+        """
+        now = trio.current_time()
+        active = (
+            presence == "online"
+            and last_active is not None
+            and now - last_active < CURRENTLY_ACTIVE_S
+        )
+        await self._change(user_id, PresenceState(presence, status, last_active, active))
+        self._schedule_activity(user_id)
+
+    def _schedule_activity(self, user_id: str) -> None:
+        # Set after the change it follows has been told, as lapses are.
+        state = self._states.get(user_id)
+        if state is None or state.presence != "online" or state.last_active is None:
+            self._activity_due.pop(user_id, None)
+            return
+        due = state.last_active + self._idle_after
+        if state.currently_active:
+            due = min(due, state.last_active + CURRENTLY_ACTIVE_S)
+        self._activity_due[user_id] = due
+        self._deadlines_moved.set()
 
     def _lapse_after(self, user_id: str, timeout_ms: int, presence: str) -> None:
         # Set after the change it follows has been told: a lapse never
@@ -182,7 +276,7 @@ class Presence:
             return
         wait_ms = max(0, timeout_ms) + SYNC_ONLINE_TIMEOUT_MS
         self._lapses[user_id] = trio.current_time() + wait_ms / 1000
-        self._lapses_moved.set()
+        self._deadlines_moved.set()
 
     # --- Other servers' users ---------------------------------------------------------
 
@@ -191,7 +285,6 @@ class Presence:
         how many entries were taken (those of ``origin``'s own users).
         """
         taken = 0
-        now = self._clock()
         for entry in pushed:
             user_id = entry.get("user_id")
             presence = entry.get("presence")
@@ -202,14 +295,17 @@ class Presence:
             status = entry.get("status_msg")
             ago = entry.get("last_active_ago")
             last_active = (
-                now - ago
+                trio.current_time() - ago / 1000
                 if isinstance(ago, int) and not isinstance(ago, bool) and ago >= 0
                 else None
             )
             await self._change(
                 user_id,
                 PresenceState(
-                    str(presence), status if isinstance(status, str) else None, last_active
+                    str(presence),
+                    status if isinstance(status, str) else None,
+                    last_active,
+                    presence == "online" and entry.get("currently_active") is True,
                 ),
                 federate=False,
             )
@@ -217,21 +313,23 @@ class Presence:
                 self._lapses.pop(user_id, None)
             else:
                 self._lapses[user_id] = trio.current_time() + REMOTE_TIMEOUT_MS / 1000
-                self._lapses_moved.set()
+                self._deadlines_moved.set()
             taken += 1
         return taken
 
     # --- Changes ----------------------------------------------------------------------
 
     async def _change(self, user_id: str, state: PresenceState, *, federate: bool = True) -> None:
-        """Hold ``state`` as ``user_id``'s; a new presence or status message
-        is a position of the stream, told to those it concerns.
+        """Hold ``state`` as ``user_id``'s; a new presence, status message or
+        ``currently_active`` is a position of the stream, told to those it
+        concerns.
         """
         before = self._states.get(user_id)
         self._states[user_id] = state
-        if before is not None and (before.presence, before.status_msg) == (
+        if before is not None and (before.presence, before.status_msg, before.currently_active) == (
             state.presence,
             state.status_msg,
+            state.currently_active,
         ):
             await trio.lowlevel.checkpoint()
             return
@@ -257,31 +355,60 @@ class Presence:
         for server in sorted(servers):
             self._edus.send_edu(server, "m.presence", {"push": [entry]})
 
-    # --- Lapsing ------------------------------------------------------------------------
+    # --- Lapsing and idling -------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Mark each user offline when their presence lapses, until cancelled."""
+        """Mark each user offline when their presence lapses, unavailable when
+        they idle, and no longer currently active when that runs out, until
+        cancelled.
+        """
         task_status.started()
         while True:
-            self._lapses_moved = trio.Event()
+            self._deadlines_moved = trio.Event()
             now = trio.current_time()
-            lapsed = [user_id for user_id, at in self._lapses.items() if at <= now]
-            for user_id in lapsed:
+            for user_id in [u for u, at in self._lapses.items() if at <= now]:
                 del self._lapses[user_id]
-                current = self._states.get(user_id)
-                if current is None or current.presence == "offline":
-                    continue
-                local = server_of(user_id) == self._server_name
                 try:
-                    await self._change(
-                        user_id,
-                        PresenceState("offline", current.status_msg, current.last_active_ts),
-                        federate=local,
-                    )
+                    await self._lapse(user_id)
                 except Exception:
                     _log.exception("marking %s offline failed", user_id)
-            with trio.move_on_at(min(self._lapses.values(), default=math.inf)):
-                await self._lapses_moved.wait()
+            for user_id in [u for u, at in self._activity_due.items() if at <= now]:
+                del self._activity_due[user_id]
+                try:
+                    await self._look_at_activity(user_id)
+                except Exception:
+                    _log.exception("marking %s idle or inactive failed", user_id)
+            next_at = min(
+                min(self._lapses.values(), default=math.inf),
+                min(self._activity_due.values(), default=math.inf),
+            )
+            with trio.move_on_at(next_at):
+                await self._deadlines_moved.wait()
+
+    async def _lapse(self, user_id: str) -> None:
+        current = self._states.get(user_id)
+        if current is None or current.presence == "offline":
+            return
+        self._idle.discard(user_id)
+        self._activity_due.pop(user_id, None)
+        local = server_of(user_id) == self._server_name
+        await self._change(
+            user_id,
+            replace(current, presence="offline", currently_active=False),
+            federate=local,
+        )
+
+    async def _look_at_activity(self, user_id: str) -> None:
+        current = self._states.get(user_id)
+        if current is None or current.presence != "online" or current.last_active is None:
+            return
+        if trio.current_time() - current.last_active >= self._idle_after:
+            self._idle.add(user_id)
+            await self._change_local(
+                user_id, "unavailable", current.status_msg, current.last_active
+            )
+        else:
+            await self._change_local(user_id, "online", current.status_msg, current.last_active)
 
     # --- Reads --------------------------------------------------------------------------
 
@@ -306,10 +433,11 @@ class Presence:
         answer: dict[str, Any] = {"presence": state.presence}
         if state.status_msg is not None:
             answer["status_msg"] = state.status_msg
-        if state.last_active_ts is not None:
-            ago = max(0, self._clock() - state.last_active_ts)
-            answer["last_active_ago"] = ago
-            answer["currently_active"] = state.presence == "online" and ago < _CURRENTLY_ACTIVE_MS
+        if state.last_active is not None:
+            answer["last_active_ago"] = max(
+                0, round((trio.current_time() - state.last_active) * 1000)
+            )
+        answer["currently_active"] = state.currently_active
         return answer
 
     async def position(self) -> int:

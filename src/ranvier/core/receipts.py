@@ -42,6 +42,7 @@ from ranvier.errors import MatrixError
 from ranvier.storage.receipts import ReceiptRecord
 from ranvier.storage.records import StoredEvent
 
+from .activity import ActivityListener
 from .builder import Clock, wall_clock_ms
 from .client_events import event_content
 from .notifier import StreamNotifier
@@ -170,6 +171,7 @@ class Receipts:
     ``rooms`` tells memberships, ``events`` finds the events receipts name;
     ``servers`` and ``edus`` reach the other servers in a room; the
     ``notifier`` wakes long-polls. ``clock`` stamps receipts (milliseconds).
+    ``activity`` hears of each receipt and marker a member sets.
     """
 
     def __init__(
@@ -184,9 +186,11 @@ class Receipts:
         edus: EduSink,
         notifier: StreamNotifier | None = None,
         clock: Clock = wall_clock_ms,
+        activity: ActivityListener | None = None,
     ) -> None:
         self.server_name = server_name
         self._store = store
+        self._activity = activity
         self._account_data = account_data
         self._rooms = rooms
         self._events = events
@@ -259,6 +263,9 @@ class Receipts:
             raise MatrixError(
                 f"{user_id} is not in room {room_id}", errcode="M_FORBIDDEN", http_status=403
             )
+        # Every receipt and marker of a local user passes here: they read.
+        if self._activity is not None:
+            await self._activity.user_active(user_id)
 
     async def _room_event(self, room_id: str, event_id: str) -> StoredEvent:
         event = (await self._events.get_events([event_id])).get(event_id)

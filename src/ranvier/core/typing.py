@@ -40,6 +40,7 @@ import trio
 
 from ranvier.errors import MatrixError
 
+from .activity import ActivityListener
 from .builder import Clock, wall_clock_ms
 from .notifier import StreamNotifier
 from .receipts import EduSink, Membership, ServersInRoom, server_of
@@ -71,8 +72,10 @@ class TypingNotices:
         edus: EduSink,
         notifier: StreamNotifier | None = None,
         clock: Clock = wall_clock_ms,
+        activity: ActivityListener | None = None,
     ) -> None:
         self.server_name = server_name
+        self._activity = activity
         self._rooms = rooms
         self._servers = servers
         self._edus = edus
@@ -109,6 +112,8 @@ class TypingNotices:
             raise MatrixError(
                 f"{user_id} is not in room {room_id}", errcode="M_FORBIDDEN", http_status=403
             )
+        if self._activity is not None:
+            await self._activity.user_active(user_id)
         if typing:
             chosen = DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms
             self._start_typing(room_id, user_id, min(chosen, MAX_TIMEOUT_MS))
