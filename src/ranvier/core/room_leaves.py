@@ -6,7 +6,9 @@ invite (an outlier); declining it goes through a server in the room, as
 the spec's ``make_leave`` and ``send_leave`` handshake: that server makes
 a leave template, we sign it, and it takes the leave into the room. The
 leave is then kept here as an outlier beside the invite, so that this
-server, too, knows the user is no longer invited.
+server, too, knows the user is no longer invited. A knock on a room no
+user of ours is in (:mod:`ranvier.core.knocks`) is withdrawn the same way,
+through the servers its room's server named in its answer to the knock.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .client_events import event_content
 from .context import EventContext, event_to_persist
 from .creation import EventCreator
 from .interfaces import EventPersister, StateReader
+from .knocks import knock_servers
 from .room_joins import MembershipLookup
 
 __all__ = ["LeaveClient", "RoomLeaves"]
@@ -81,20 +84,25 @@ class RoomLeaves:
         """Leave ``room_id`` or decline an invite to it; return the leave's event ID."""
         key = (_MEMBER, user_id)
         if not await self._store.get_current_state_ids_for_keys(room_id, [key]):
-            invite = await self._remote_invite(user_id, room_id)
+            invite = await self._remote_membership(user_id, room_id)
             if invite is not None:
                 return await self._leave_remotely(user_id, invite, reason)
         return await self._creator.leave(user_id, room_id, reason=reason)
 
-    async def _remote_invite(self, user_id: str, room_id: str) -> Pdu | None:
-        """The invite of another server that is all this server has of the room."""
+    async def _remote_membership(self, user_id: str, room_id: str) -> Pdu | None:
+        """The invite of another server, or the user's knock made through
+        one, that is all this server has of the room."""
         event_id = await self._memberships.get_latest_membership_event_id(user_id, room_id)
         if event_id is None:
             return None
         row = (await self._store.get_events([event_id])).get(event_id)
-        if row is None or event_content(row).get("membership") != "invite":
+        if row is None:
             return None
-        if row.sender.partition(":")[2] == self.server_name:
+        membership = event_content(row).get("membership")
+        if membership == "knock":
+            if row.sender != user_id:
+                return None
+        elif membership != "invite" or row.sender.partition(":")[2] == self.server_name:
             return None
         version = await self._store.get_room_version(room_id)
         rv = SUPPORTED_ROOM_VERSIONS.get(version or "")
@@ -108,10 +116,13 @@ class RoomLeaves:
                 http_status=501,
             )
         room_id = invite.room_id
-        servers = [invite.sender.partition(":")[2]]
-        named = room_id.partition(":")[2]
-        if named and named not in servers:
-            servers.append(named)
+        if invite.membership == "knock":
+            servers = [s for s in knock_servers(invite) if s != self.server_name]
+        else:
+            servers = [invite.sender.partition(":")[2]]
+            named = room_id.partition(":")[2]
+            if named and named not in servers:
+                servers.append(named)
         failures: list[str] = []
         for server in servers:
             try:
@@ -128,7 +139,7 @@ class RoomLeaves:
             )
             return event.event_id
         raise MatrixError(
-            f"could not decline the invite to {room_id}: {'; '.join(failures)}",
+            f"could not leave {room_id} through another server: {'; '.join(failures)}",
             errcode="M_UNKNOWN",
             http_status=502,
         )
