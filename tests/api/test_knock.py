@@ -184,3 +184,29 @@ async def test_a_knock_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
         )
         state = await env.client.state(env.alice, room_id)
         assert ("m.room.member", bob.user_id) not in state
+
+
+async def test_a_knock_wakes_a_long_poll_and_knock_restricted_allows_it(tmp_path: Path) -> None:
+    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client(timeout=30) as http:
+        client = Client(hs, http)
+        alice, bob = await hs.register_user("alice"), await hs.register_user("bob")
+        space = await client.create_room(alice, preset="private_chat")
+        allow = [{"type": "m.room_membership", "room_id": space}]
+        rule = {"join_rule": "knock_restricted", "allow": allow}
+        room_id = await client.create_room(
+            alice, initial_state=[{"type": "m.room.join_rules", "content": rule}]
+        )
+        env = KnockRoom(hs, client, alice, bob, room_id)
+        since = (await env.sync(bob))["next_batch"]
+
+        async def quiet() -> None:
+            await client.ok(alice, "PUT", f"/rooms/{q(space)}/send/m.room.message/1", {"body": "x"})
+
+        async def wake() -> None:
+            await client.ok(bob, "POST", f"/knock/{q(room_id)}", {})
+
+        woken = await env.woken_sync(bob, since, quiet=quiet, wake=wake)
+        assert list(woken["rooms"]["knock"]) == [room_id]
+        events = woken["rooms"]["knock"][room_id]["knock_state"]["events"]
+        assert events[-1]["content"] == {"membership": "knock"}
+        assert (await _membership(env, bob))["content"] == {"membership": "knock"}
