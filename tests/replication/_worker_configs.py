@@ -1,16 +1,26 @@
-"""A main process's config and an in-process worker's beside it, shared
-by the tests that run both in the test's own process."""
+"""A main process's config and an in-process worker's beside it, and both
+running, shared by the tests that run both in the test's own process."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 
 from ranvier.config import Config, ListenerConfig, ReplicationConfig, WorkerConfig
+from ranvier.replication.worker import WorkerServer, open_worker
 from ranvier.testing import Pki, free_port
-from ranvier.testing.homeserver import config_for_tests
+from ranvier.testing.homeserver import (
+    TestHomeserver,
+    TestUser,
+    config_for_tests,
+    open_test_homeserver,
+)
 
 SECRET = "a worker's secret"
 
@@ -50,3 +60,29 @@ def main_and_worker_configs(
     port = free_port()
     main = main_process_config(tmp_path / "main", replication_port=port, pki=pki, **main_changes)
     return main, worker_process_config(main, tmp_path / "worker", replication_port=port)
+
+
+@dataclass
+class BothProcesses:
+    """A main process and a client_reader worker beside it, with Alice, a
+    user of the main process, and her client of each."""
+
+    main: TestHomeserver
+    worker: WorkerServer
+    alice: TestUser
+    on_worker: httpx.AsyncClient
+    on_main: httpx.AsyncClient
+
+
+@asynccontextmanager
+async def alice_on_both(tmp_path: Path, **main_changes: Any) -> AsyncIterator[BothProcesses]:
+    """Both processes of :func:`main_and_worker_configs` running, and Alice's clients."""
+    main_config, worker_config = main_and_worker_configs(tmp_path, **main_changes)
+    async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
+        alice = await main.register_user("alice")
+        async with (
+            open_worker(worker_config, "client_reader") as worker,
+            TestHomeserver(worker).client(alice) as on_worker,
+            main.client(alice) as on_main,
+        ):
+            yield BothProcesses(main, worker, alice, on_worker, on_main)

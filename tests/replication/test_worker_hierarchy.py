@@ -6,51 +6,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _worker_configs import main_and_worker_configs
-
-from ranvier.replication.worker import open_worker
-from ranvier.testing.homeserver import TestHomeserver, open_test_homeserver
+from _worker_configs import alice_on_both
 
 _V1 = "/_matrix/client/v1"
 _V3 = "/_matrix/client/v3"
 
 
 async def test_a_hierarchy_paged_across_the_worker_and_the_main_process(tmp_path: Path) -> None:
-    main_config, worker_config = main_and_worker_configs(tmp_path)
-    async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
-        alice = await main.register_user("alice")
-        async with (
-            open_worker(worker_config, "client_reader") as worker,
-            TestHomeserver(worker).client(alice) as on_worker,
-            main.client(alice) as on_main,
-        ):
+    async with alice_on_both(tmp_path) as both:
+        main, on_worker, on_main = both.main, both.on_worker, both.on_main
 
-            async def create(body: dict[str, object]) -> str:
-                created = await on_worker.post(f"{_V3}/createRoom", json=body)
-                assert created.status_code == 200, created.text
-                room_id: str = created.json()["room_id"]
-                return room_id
+        async def create(body: dict[str, object]) -> str:
+            created = await on_worker.post(f"{_V3}/createRoom", json=body)
+            assert created.status_code == 200, created.text
+            room_id: str = created.json()["room_id"]
+            return room_id
 
-            space = await create({"creation_content": {"type": "m.space"}, "name": "Space"})
-            children = [await create({"name": f"Room {n}"}) for n in range(3)]
-            for order, child in zip("abc", children, strict=True):
-                linked = await on_worker.put(
-                    f"{_V3}/rooms/{space}/state/m.space.child/{child}",
-                    json={"via": [main.server_name], "order": order},
-                )
-                assert linked.status_code == 200, linked.text
-            walked: dict[str, list[str]] = {}
-            for first, then in (("worker", "main"), ("main", "worker")):
-                clients = {"worker": on_worker, "main": on_main}
-                found: list[str] = []
-                token = None
-                for turn in range(4):
-                    http = clients[first if turn % 2 == 0 else then]
-                    params = {"limit": "1", **({"from": token} if token else {})}
-                    page = await http.get(f"{_V1}/rooms/{space}/hierarchy", params=params)
-                    assert page.status_code == 200, page.text
-                    found += [room["room_id"] for room in page.json()["rooms"]]
-                    token = page.json().get("next_batch")
-                assert token is None
-                walked[first] = found
+        space = await create({"creation_content": {"type": "m.space"}, "name": "Space"})
+        children = [await create({"name": f"Room {n}"}) for n in range(3)]
+        for order, child in zip("abc", children, strict=True):
+            linked = await on_worker.put(
+                f"{_V3}/rooms/{space}/state/m.space.child/{child}",
+                json={"via": [main.server_name], "order": order},
+            )
+            assert linked.status_code == 200, linked.text
+        walked: dict[str, list[str]] = {}
+        for first, then in (("worker", "main"), ("main", "worker")):
+            clients = {"worker": on_worker, "main": on_main}
+            found: list[str] = []
+            token = None
+            for turn in range(4):
+                http = clients[first if turn % 2 == 0 else then]
+                params = {"limit": "1", **({"from": token} if token else {})}
+                page = await http.get(f"{_V1}/rooms/{space}/hierarchy", params=params)
+                assert page.status_code == 200, page.text
+                found += [room["room_id"] for room in page.json()["rooms"]]
+                token = page.json().get("next_batch")
+            assert token is None
+            walked[first] = found
     assert walked["worker"] == walked["main"] == [space, *children]

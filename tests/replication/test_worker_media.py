@@ -7,37 +7,15 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import msgspec
+from _worker_configs import main_and_worker_configs
 from PIL import Image
 
-from ranvier.config import Config, ListenerConfig, MediaConfig, ReplicationConfig, WorkerConfig
+from ranvier.config import MediaConfig
 from ranvier.replication.worker import open_worker
-from ranvier.testing import free_port
-from ranvier.testing.homeserver import TestHomeserver, config_for_tests, open_test_homeserver
+from ranvier.testing.homeserver import TestHomeserver, open_test_homeserver
 
-SECRET = "a worker's secret"
 MEDIA = "/_matrix/media/v3"
 AUTHED = "/_matrix/client/v1/media"
-
-
-def _configs(tmp_path: Path) -> tuple[Config, Config]:
-    port = free_port()
-    main = config_for_tests(tmp_path / "main")
-    main = msgspec.structs.replace(
-        main,
-        listeners=(*main.listeners, ListenerConfig(type="replication", port=port)),
-        replication=ReplicationConfig(shared_secret=SECRET, retry_for_seconds=30),
-        media=MediaConfig(store_path=tmp_path / "media"),
-    )
-    worker = msgspec.structs.replace(
-        main,
-        data_dir=tmp_path / "worker",
-        signing_key_path=main.paths.signing_key,
-        database=msgspec.structs.replace(main.database, path=main.paths.database),
-        listeners=(ListenerConfig(type="client", port=0),),
-        worker=WorkerConfig(main_replication_url=f"http://127.0.0.1:{port}"),
-    )
-    return main, worker
 
 
 def _png() -> bytes:
@@ -47,7 +25,9 @@ def _png() -> bytes:
 
 
 async def test_media_uploaded_through_a_worker_is_served_by_both(tmp_path: Path) -> None:
-    main_config, worker_config = _configs(tmp_path)
+    main_config, worker_config = main_and_worker_configs(
+        tmp_path, media=MediaConfig(store_path=tmp_path / "media")
+    )
     async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
         alice = await main.register_user("alice")
         async with (

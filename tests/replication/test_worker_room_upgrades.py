@@ -7,10 +7,7 @@ from __future__ import annotations
 import urllib.parse
 from pathlib import Path
 
-from _worker_configs import main_and_worker_configs
-
-from ranvier.replication.worker import open_worker
-from ranvier.testing.homeserver import TestHomeserver, open_test_homeserver
+from _worker_configs import alice_on_both
 
 _V3 = "/_matrix/client/v3"
 
@@ -20,35 +17,29 @@ def _q(segment: str) -> str:
 
 
 async def test_a_room_upgraded_through_a_worker(tmp_path: Path) -> None:
-    main_config, worker_config = main_and_worker_configs(tmp_path)
-    async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
-        alice = await main.register_user("alice")
-        async with (
-            open_worker(worker_config, "client_reader") as worker,
-            TestHomeserver(worker).client(alice) as on_worker,
-            main.client(alice) as on_main,
-        ):
-            created = await on_main.post(
-                f"{_V3}/createRoom",
-                json={
-                    "room_version": "10",
-                    "visibility": "public",
-                    "room_alias_name": "hall",
-                    "name": "Hall",
-                },
-            )
-            old = created.json()["room_id"]
-            upgraded = await on_worker.post(
-                f"{_V3}/rooms/{_q(old)}/upgrade", json={"new_version": "12"}
-            )
-            assert upgraded.status_code == 200, upgraded.text
-            new = upgraded.json()["replacement_room"]
+    async with alice_on_both(tmp_path) as both:
+        main, on_worker, on_main = both.main, both.on_worker, both.on_main
+        created = await on_main.post(
+            f"{_V3}/createRoom",
+            json={
+                "room_version": "10",
+                "visibility": "public",
+                "room_alias_name": "hall",
+                "name": "Hall",
+            },
+        )
+        old = created.json()["room_id"]
+        upgraded = await on_worker.post(
+            f"{_V3}/rooms/{_q(old)}/upgrade", json={"new_version": "12"}
+        )
+        assert upgraded.status_code == 200, upgraded.text
+        new = upgraded.json()["replacement_room"]
 
-            alias = await on_main.get(f"{_V3}/directory/room/{_q('#hall:' + main.server_name)}")
-            listed = await on_main.get(f"{_V3}/publicRooms")
-            tombstone = await on_main.get(f"{_V3}/rooms/{_q(old)}/state/m.room.tombstone")
-            create = await on_main.get(f"{_V3}/rooms/{_q(new)}/state/m.room.create")
-            name = await on_worker.get(f"{_V3}/rooms/{_q(new)}/state/m.room.name")
+        alias = await on_main.get(f"{_V3}/directory/room/{_q('#hall:' + main.server_name)}")
+        listed = await on_main.get(f"{_V3}/publicRooms")
+        tombstone = await on_main.get(f"{_V3}/rooms/{_q(old)}/state/m.room.tombstone")
+        create = await on_main.get(f"{_V3}/rooms/{_q(new)}/state/m.room.create")
+        name = await on_worker.get(f"{_V3}/rooms/{_q(new)}/state/m.room.name")
 
     assert alias.json()["room_id"] == new
     assert [room["room_id"] for room in listed.json()["chunk"]] == [new]
