@@ -5,33 +5,13 @@ room no user of ours is in.
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ranvier.errors import MatrixError
-from ranvier.federation.transport.client import (
-    FederationError,
-    FederationHttpClient,
-    FederationRequestError,
-)
+from ranvier.federation.refusals import refusal_error, segment
+from ranvier.federation.transport.client import FederationError, FederationHttpClient
 
 __all__ = ["FederationKnockClient"]
-
-
-def _segment(value: str) -> str:
-    return urllib.parse.quote(value, safe="")
-
-
-def _as_matrix_error(exc: FederationError) -> MatrixError:
-    """A refusal with the server's errcode and status; no answer as 502."""
-    if isinstance(exc, FederationRequestError):
-        return MatrixError(
-            f"{exc.destination} refused: {exc.error or exc}",
-            errcode=exc.errcode or "M_UNKNOWN",
-            http_status=exc.status,
-        )
-    return MatrixError(str(exc), errcode="M_UNKNOWN", http_status=502)
 
 
 class FederationKnockClient:
@@ -43,17 +23,17 @@ class FederationKnockClient:
     async def make_knock(
         self, destination: str, room_id: str, user_id: str, room_versions: Sequence[str]
     ) -> Any:
-        path = f"/_matrix/federation/v1/make_knock/{_segment(room_id)}/{_segment(user_id)}"
+        path = f"/_matrix/federation/v1/make_knock/{segment(room_id)}/{segment(user_id)}"
         try:
             return await self._http.get_json(destination, path, query={"ver": list(room_versions)})
         except FederationError as exc:
-            raise _as_matrix_error(exc) from None
+            raise refusal_error(exc) from None
 
     async def send_knock(
         self, destination: str, room_id: str, event_id: str, event: Mapping[str, Any]
     ) -> Any:
-        path = f"/_matrix/federation/v1/send_knock/{_segment(room_id)}/{_segment(event_id)}"
+        path = f"/_matrix/federation/v1/send_knock/{segment(room_id)}/{segment(event_id)}"
         try:
             return await self._http.put_json(destination, path, dict(event))
         except FederationError as exc:
-            raise _as_matrix_error(exc) from None
+            raise refusal_error(exc) from None

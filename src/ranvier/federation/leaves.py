@@ -5,32 +5,13 @@ an invite to a room no user of ours is in.
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from ranvier.errors import MatrixError
-from ranvier.federation.transport.client import (
-    FederationError,
-    FederationHttpClient,
-    FederationRequestError,
-)
+from ranvier.federation.refusals import refusal_error, segment
+from ranvier.federation.transport.client import FederationError, FederationHttpClient
 
 __all__ = ["FederationLeaveClient"]
-
-
-def _segment(value: str) -> str:
-    return urllib.parse.quote(value, safe="")
-
-
-def _as_matrix_error(exc: FederationError) -> MatrixError:
-    if isinstance(exc, FederationRequestError):
-        return MatrixError(
-            f"{exc.destination} refused: {exc.error or exc}",
-            errcode=exc.errcode or "M_UNKNOWN",
-            http_status=exc.status,
-        )
-    return MatrixError(str(exc), errcode="M_UNKNOWN", http_status=502)
 
 
 class FederationLeaveClient:
@@ -40,17 +21,17 @@ class FederationLeaveClient:
         self._http = http
 
     async def make_leave(self, destination: str, room_id: str, user_id: str) -> Any:
-        path = f"/_matrix/federation/v1/make_leave/{_segment(room_id)}/{_segment(user_id)}"
+        path = f"/_matrix/federation/v1/make_leave/{segment(room_id)}/{segment(user_id)}"
         try:
             return await self._http.get_json(destination, path)
         except FederationError as exc:
-            raise _as_matrix_error(exc) from None
+            raise refusal_error(exc) from None
 
     async def send_leave(
         self, destination: str, room_id: str, event_id: str, event: Mapping[str, Any]
     ) -> None:
-        path = f"/_matrix/federation/v2/send_leave/{_segment(room_id)}/{_segment(event_id)}"
+        path = f"/_matrix/federation/v2/send_leave/{segment(room_id)}/{segment(event_id)}"
         try:
             await self._http.request("PUT", destination, path, content=dict(event))
         except FederationError as exc:
-            raise _as_matrix_error(exc) from None
+            raise refusal_error(exc) from None

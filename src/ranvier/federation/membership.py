@@ -63,7 +63,6 @@ sends our users' invites to the invitees' servers.
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Protocol
@@ -84,11 +83,8 @@ from ranvier.core.ingest import RoomLocks
 from ranvier.core.interfaces import EventNotifier, EventPersister, StateReader, VerifyKeySource
 from ranvier.core.loading import EventLoader
 from ranvier.errors import MatrixError, PartialStateConflictError
-from ranvier.federation.transport.client import (
-    FederationError,
-    FederationHttpClient,
-    FederationRequestError,
-)
+from ranvier.federation.refusals import refusal_error, segment
+from ranvier.federation.transport.client import FederationError, FederationHttpClient
 from ranvier.federation.transport.routes import wall_clock_ms
 from ranvier.federation.transport.server import Request, Router
 from ranvier.protocol.auth import CREATE_KEY, JOIN_RULES_KEY, POWER_LEVELS_KEY, is_valid_user_id
@@ -789,11 +785,11 @@ class FederationJoinClient:
     async def make_join(
         self, destination: str, room_id: str, user_id: str, room_versions: Sequence[str]
     ) -> Any:
-        path = f"/_matrix/federation/v1/make_join/{_segment(room_id)}/{_segment(user_id)}"
+        path = f"/_matrix/federation/v1/make_join/{segment(room_id)}/{segment(user_id)}"
         try:
             return await self._http.get_json(destination, path, query={"ver": list(room_versions)})
         except FederationError as exc:
-            raise _as_matrix_error(exc) from None
+            raise refusal_error(exc, with_room_version=True) from None
 
     async def send_join(
         self,
@@ -804,14 +800,14 @@ class FederationJoinClient:
         *,
         omit_members: bool = False,
     ) -> bytes:
-        path = f"/_matrix/federation/v2/send_join/{_segment(room_id)}/{_segment(event_id)}"
+        path = f"/_matrix/federation/v2/send_join/{segment(room_id)}/{segment(event_id)}"
         query = {"omit_members": "true"} if omit_members else None
         try:
             response = await self._http.request(
                 "PUT", destination, path, query=query, content=dict(event)
             )
         except FederationError as exc:
-            raise _as_matrix_error(exc) from None
+            raise refusal_error(exc, with_room_version=True) from None
         return response.body
 
 
@@ -865,11 +861,11 @@ class FederationInviter:
                 if event_id in stored
             ],
         }
-        path = f"/_matrix/federation/v2/invite/{_segment(event.room_id)}/{_segment(event.event_id)}"
+        path = f"/_matrix/federation/v2/invite/{segment(event.room_id)}/{segment(event.event_id)}"
         try:
             response = await self._http.request("PUT", destination, path, content=body)
         except FederationError as exc:
-            raise _as_matrix_error(exc) from None
+            raise refusal_error(exc, with_room_version=True) from None
         return await self._countersigned(response.body, event, destination)
 
     async def _countersigned(self, body: bytes, event: Pdu, destination: str) -> Pdu:
@@ -904,21 +900,3 @@ class FederationInviter:
 
 class _InviteAnswer(msgspec.Struct):
     event: msgspec.Raw
-
-
-def _segment(value: str) -> str:
-    return urllib.parse.quote(value, safe="")
-
-
-def _as_matrix_error(exc: FederationError) -> MatrixError:
-    if isinstance(exc, FederationRequestError):
-        extra: dict[str, Any] = {}
-        if isinstance(exc.body, dict) and isinstance(exc.body.get("room_version"), str):
-            extra["room_version"] = exc.body["room_version"]
-        return MatrixError(
-            f"{exc.destination} refused: {exc.error or exc}",
-            errcode=exc.errcode or "M_UNKNOWN",
-            http_status=exc.status,
-            **extra,
-        )
-    return MatrixError(str(exc), errcode="M_UNKNOWN", http_status=502)
