@@ -28,7 +28,14 @@ from ranvier.api.auth import Auth
 from ranvier.api.ratelimit import retry_after_header
 from ranvier.core.media import MediaContent, MediaRepository
 from ranvier.errors import MatrixError
-from ranvier.protocol.media import SECURITY_HEADERS, ThumbnailMethod, content_disposition
+from ranvier.protocol.media import (
+    SECURITY_HEADERS,
+    content_disposition,
+    invalid_param,
+    thumbnail_dimension_param,
+    thumbnail_method_param,
+    timeout_ms_param,
+)
 from ranvier.web import (
     Disconnected,
     JsonResponse,
@@ -173,7 +180,7 @@ class MediaApp:
         content = await self._media.download(
             request.path_params["serverName"],
             request.path_params["mediaId"],
-            timeout_ms=_integer(request, "timeout_ms", default=20_000),
+            timeout_ms=timeout_ms_param(request.query_value("timeout_ms")),
             allow_remote=allow_remote,
         )
         filename = request.path_params.get("fileName") or content.filename
@@ -188,18 +195,15 @@ class MediaApp:
         return await self._serve_thumbnail(request, allow_remote=allow_remote)
 
     async def _serve_thumbnail(self, request: Request, *, allow_remote: bool) -> StreamResponse:
-        method = request.query_value("method") or "scale"
-        if method not in ("scale", "crop"):
-            raise _bad_param(f"method must be 'scale' or 'crop', not {method!r}")
-        thumbnail_method: ThumbnailMethod = "crop" if method == "crop" else "scale"
+        thumbnail_method = thumbnail_method_param(request.query_value("method"))
         _boolean(request, "animated", default=False)
         content = await self._media.thumbnail(
             request.path_params["serverName"],
             request.path_params["mediaId"],
-            width=_dimension(request, "width"),
-            height=_dimension(request, "height"),
+            width=thumbnail_dimension_param("width", request.query_value("width")),
+            height=thumbnail_dimension_param("height", request.query_value("height")),
             method=thumbnail_method,
-            timeout_ms=_integer(request, "timeout_ms", default=20_000),
+            timeout_ms=timeout_ms_param(request.query_value("timeout_ms")),
             allow_remote=allow_remote,
         )
         extension = content.content_type.rpartition("/")[2] or "bin"
@@ -245,35 +249,13 @@ def _content_length(request: Request) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _integer(request: Request, name: str, *, default: int) -> int:
-    value = request.query_value(name)
-    if value is None:
-        return default
-    if not value.isdigit():
-        raise _bad_param(f"{name} must be a non-negative integer, not {value!r}")
-    return int(value)
-
-
-def _dimension(request: Request, name: str) -> int:
-    value = request.query_value(name)
-    if value is None:
-        raise MatrixError(f"{name} is required", errcode="M_MISSING_PARAM", http_status=400)
-    if not value.isdigit() or not 0 < int(value) <= 10_000:
-        raise _bad_param(f"{name} must be an integer from 1 to 10000, not {value!r}")
-    return int(value)
-
-
 def _boolean(request: Request, name: str, *, default: bool) -> bool:
     value = request.query_value(name)
     if value is None:
         return default
     if value not in ("true", "false"):
-        raise _bad_param(f"{name} must be true or false, not {value!r}")
+        raise invalid_param(f"{name} must be true or false, not {value!r}")
     return value == "true"
-
-
-def _bad_param(message: str) -> MatrixError:
-    return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
 
 
 async def _never_called(request: Request) -> JsonResponse:

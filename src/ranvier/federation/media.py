@@ -25,11 +25,13 @@ from ranvier.core.media import FetchedMedia, MediaContent, MediaRepository, Medi
 from ranvier.errors import MatrixError
 from ranvier.protocol.media import (
     MultipartReader,
-    ThumbnailMethod,
     content_disposition,
     disposition_filename,
     multipart_head,
     multipart_tail,
+    thumbnail_dimension_param,
+    thumbnail_method_param,
+    timeout_ms_param,
 )
 from ranvier.web import Request, StreamResponse
 
@@ -55,23 +57,20 @@ def add_media_routes(router: Router, *, media: MediaRepository) -> None:
         content = await media.download(
             media.server_name,
             request.path_params["mediaId"],
-            timeout_ms=_integer(request, "timeout_ms", 20_000),
+            timeout_ms=timeout_ms_param(request.query_value("timeout_ms")),
             allow_remote=False,
         )
         return _multipart(content, content_disposition(content.content_type, content.filename))
 
     async def thumbnail(request: Request) -> StreamResponse:
-        method = request.query_value("method") or "scale"
-        if method not in ("scale", "crop"):
-            raise _bad_param(f"method must be 'scale' or 'crop', not {method!r}")
-        thumbnail_method: ThumbnailMethod = "crop" if method == "crop" else "scale"
+        thumbnail_method = thumbnail_method_param(request.query_value("method"))
         content = await media.thumbnail(
             media.server_name,
             request.path_params["mediaId"],
-            width=_dimension(request, "width"),
-            height=_dimension(request, "height"),
+            width=thumbnail_dimension_param("width", request.query_value("width")),
+            height=thumbnail_dimension_param("height", request.query_value("height")),
             method=thumbnail_method,
-            timeout_ms=_integer(request, "timeout_ms", 20_000),
+            timeout_ms=timeout_ms_param(request.query_value("timeout_ms")),
             allow_remote=False,
         )
         extension = content.content_type.rpartition("/")[2] or "bin"
@@ -250,25 +249,3 @@ def _refused(origin: str, exc: FederationRequestError) -> MatrixError:
 
 def _bad_gateway(message: str) -> MatrixError:
     return MatrixError(message, errcode="M_UNKNOWN", http_status=502)
-
-
-def _integer(request: Request, name: str, default: int) -> int:
-    value = request.query_value(name)
-    if value is None:
-        return default
-    if not value.isdigit():
-        raise _bad_param(f"{name} must be a non-negative integer, not {value!r}")
-    return int(value)
-
-
-def _dimension(request: Request, name: str) -> int:
-    value = request.query_value(name)
-    if value is None:
-        raise MatrixError(f"{name} is required", errcode="M_MISSING_PARAM", http_status=400)
-    if not value.isdigit() or not 0 < int(value) <= 10_000:
-        raise _bad_param(f"{name} must be an integer from 1 to 10000, not {value!r}")
-    return int(value)
-
-
-def _bad_param(message: str) -> MatrixError:
-    return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)

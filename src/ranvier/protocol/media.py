@@ -13,9 +13,11 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from ranvier.errors import MatrixError
 from ranvier.protocol.x_matrix import split_server_name
 
 __all__ = [
+    "DEFAULT_TIMEOUT_MS",
     "INLINE_CONTENT_TYPES",
     "SECURITY_HEADERS",
     "MultipartAnswer",
@@ -24,12 +26,16 @@ __all__ = [
     "ThumbnailSize",
     "content_disposition",
     "disposition_filename",
+    "invalid_param",
     "is_media_id",
     "is_server_name",
     "multipart_head",
     "multipart_tail",
     "parse_multipart",
+    "thumbnail_dimension_param",
+    "thumbnail_method_param",
     "thumbnail_size",
+    "timeout_ms_param",
 ]
 
 ThumbnailMethod = Literal["crop", "scale"]
@@ -346,3 +352,43 @@ def thumbnail_size(width: int, height: int, method: ThumbnailMethod) -> Thumbnai
         if size.method == method and size.width >= width and size.height >= height:
             return size
     return ThumbnailSize(width, height, method)
+
+
+# Query parameters, read alike by the client-server and federation routes.
+
+
+#: How long a download waits for media created but not uploaded yet when
+#: the request does not say (ms), as the spec's default.
+DEFAULT_TIMEOUT_MS: Final = 20_000
+
+
+def timeout_ms_param(value: str | None) -> int:
+    """A download's ``timeout_ms``: how long it may wait for an upload."""
+    if value is None:
+        return DEFAULT_TIMEOUT_MS
+    if not value.isdigit():
+        raise invalid_param(f"timeout_ms must be a non-negative integer, not {value!r}")
+    return int(value)
+
+
+def thumbnail_dimension_param(name: str, value: str | None) -> int:
+    """A thumbnail's ``width`` or ``height``: required, and bounded so that
+    no request asks for a huge image to be made."""
+    if value is None:
+        raise MatrixError(f"{name} is required", errcode="M_MISSING_PARAM", http_status=400)
+    if not value.isdigit() or not 0 < int(value) <= 10_000:
+        raise invalid_param(f"{name} must be an integer from 1 to 10000, not {value!r}")
+    return int(value)
+
+
+def thumbnail_method_param(value: str | None) -> ThumbnailMethod:
+    """A thumbnail's ``method``; ``scale`` when absent, as the spec says."""
+    method = value or "scale"
+    if method not in ("scale", "crop"):
+        raise invalid_param(f"method must be 'scale' or 'crop', not {method!r}")
+    return "crop" if method == "crop" else "scale"
+
+
+def invalid_param(message: str) -> MatrixError:
+    """400 ``M_INVALID_PARAM``, the answer to a query parameter out of its range."""
+    return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
