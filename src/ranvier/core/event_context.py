@@ -36,7 +36,7 @@ from .pagination import (
     MessagesStore,
     format_pagination_token,
     readable_upto,
-    transaction_ids,
+    sent_client_events,
     visible_to,
 )
 
@@ -155,17 +155,10 @@ class EventContexts:
         before = await self._visible(user_id, before, found)
         after = await self._visible(user_id, after, found)
         returned = [*reversed(before), event, *after]
-        transactions = await transaction_ids(self._store, requester, returned)
-
-        def formatted(stored: StoredEvent) -> dict[str, Any]:
-            txn_id = transactions.get(stored.event_id)
-            return client_event(
-                stored, unsigned=None if txn_id is None else {"transaction_id": txn_id}
-            )
-
-        events_before = [formatted(stored) for stored in before]
-        shown = formatted(event)
-        events_after = [formatted(stored) for stored in after]
+        formatted = await sent_client_events(self._store, requester, [*before, event, *after])
+        events_before = formatted[: len(before)]
+        shown = formatted[len(before)]
+        events_after = formatted[len(before) + 1 :]
         if self._bundler is not None:
             await self._bundler.add_bundles(
                 user_id, room_id, [*events_before, shown, *events_after], upto=found.visible

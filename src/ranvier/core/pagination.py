@@ -46,6 +46,7 @@ __all__ = [
     "parse_sync_token",
     "readable_upto",
     "senders_memberships",
+    "sent_client_events",
     "transaction_ids",
     "visible_to",
 ]
@@ -247,6 +248,26 @@ async def transaction_ids(
     return found
 
 
+async def sent_client_events(
+    store: MessagesStore, requester: Requester, events: Sequence[StoredEvent]
+) -> list[dict[str, Any]]:
+    """``events`` in the client format, those ``requester``'s device sent
+    with the transaction ID it sent them under (see :func:`transaction_ids`).
+    """
+    transactions = await transaction_ids(store, requester, events)
+    return [
+        client_event(
+            event,
+            unsigned=(
+                {"transaction_id": transactions[event.event_id]}
+                if event.event_id in transactions
+                else None
+            ),
+        )
+        for event in events
+    ]
+
+
 async def senders_memberships(
     store: MessagesStore, timeline: Sequence[StoredEvent], *, state_event_id: str | None = None
 ) -> dict[str, str]:
@@ -363,20 +384,9 @@ class RoomMessages:
             joined_now=joined_now,
             checked_before=checked_before,
         )
-        transactions = await transaction_ids(self._store, requester, events)
         answer: dict[str, Any] = {
             "start": from_token if from_token is not None else format_pagination_token(start),
-            "chunk": [
-                client_event(
-                    event,
-                    unsigned=(
-                        {"transaction_id": transactions[event.event_id]}
-                        if event.event_id in transactions
-                        else None
-                    ),
-                )
-                for event in events
-            ],
+            "chunk": await sent_client_events(self._store, requester, events),
         }
         if end is not None:
             answer["end"] = format_pagination_token(end)

@@ -35,7 +35,6 @@ from ranvier.storage.records import StoredEvent
 
 from .accounts import Requester
 from .aggregations import Aggregations
-from .client_events import client_event
 from .event_context import readable_event
 from .pagination import (
     DEFAULT_LIMIT,
@@ -44,7 +43,7 @@ from .pagination import (
     format_pagination_token,
     parse_pagination_token,
     readable_upto,
-    transaction_ids,
+    sent_client_events,
     visible_to,
 )
 
@@ -214,17 +213,6 @@ class Relations:
         requester's device sent it under and its bundled aggregations as
         ``requester`` may see them (up to ``upto``).
         """
-        transactions = await transaction_ids(self._store, requester, events)
-        formatted = [
-            client_event(
-                event,
-                unsigned=(
-                    {"transaction_id": transactions[event.event_id]}
-                    if event.event_id in transactions
-                    else None
-                ),
-            )
-            for event in events
-        ]
+        formatted = await sent_client_events(self._store, requester, events)
         await self._aggregations.add_bundles(requester.user_id, room_id, formatted, upto=upto)
         return formatted

@@ -49,7 +49,7 @@ from .pagination import (
     format_pagination_token,
     readable_upto,
     senders_memberships,
-    transaction_ids,
+    sent_client_events,
     visible_to,
 )
 
@@ -340,18 +340,7 @@ class Search:
         self, requester: Requester, events: Sequence[StoredEvent]
     ) -> list[dict[str, Any]]:
         """``events`` as ``/messages`` serves them."""
-        transactions = await transaction_ids(self._store, requester, events)
-        return [
-            client_event(
-                event,
-                unsigned=(
-                    {"transaction_id": transactions[event.event_id]}
-                    if event.event_id in transactions
-                    else None
-                ),
-            )
-            for event in events
-        ]
+        return await sent_client_events(self._store, requester, events)
 
     async def _context(
         self,
