@@ -168,6 +168,9 @@ class Presence:
         # Local users made unavailable by idleness, not by their own choice.
         self._idle: set[str] = set()
         self._deadlines_moved = trio.Event()
+        # The deadline run() sleeps until: only an earlier one need wake it,
+        # so the activity of every message does not make it scan every user.
+        self._next_wake = -math.inf
 
     # --- Local users ----------------------------------------------------------------
 
@@ -231,8 +234,8 @@ class Presence:
         now = trio.current_time()
         current = self._states.get(user_id)
         if current is None:
-            # Never seen syncing: offline, but known to be active.
-            self._states[user_id] = PresenceState("offline", None, now)
+            # Never online since this process started: offline, as every
+            # user is until they sync or set it, and with nothing to show.
             await trio.lowlevel.checkpoint()
             return
         presence = current.presence
@@ -251,7 +254,7 @@ class Presence:
         active = (
             presence == "online"
             and last_active is not None
-            and now - last_active < CURRENTLY_ACTIVE_S
+            and now < last_active + CURRENTLY_ACTIVE_S
         )
         await self._change(user_id, PresenceState(presence, status, last_active, active))
         self._schedule_activity(user_id)
@@ -266,7 +269,11 @@ class Presence:
         if state.currently_active:
             due = min(due, state.last_active + CURRENTLY_ACTIVE_S)
         self._activity_due[user_id] = due
-        self._deadlines_moved.set()
+        self._deadline_at(due)
+
+    def _deadline_at(self, at: float) -> None:
+        if at < self._next_wake:
+            self._deadlines_moved.set()
 
     def _lapse_after(self, user_id: str, timeout_ms: int, presence: str) -> None:
         # Set after the change it follows has been told: a lapse never
@@ -275,8 +282,8 @@ class Presence:
             self._lapses.pop(user_id, None)
             return
         wait_ms = max(0, timeout_ms) + SYNC_ONLINE_TIMEOUT_MS
-        self._lapses[user_id] = trio.current_time() + wait_ms / 1000
-        self._deadlines_moved.set()
+        self._lapses[user_id] = at = trio.current_time() + wait_ms / 1000
+        self._deadline_at(at)
 
     # --- Other servers' users ---------------------------------------------------------
 
@@ -312,8 +319,8 @@ class Presence:
             if presence == "offline":
                 self._lapses.pop(user_id, None)
             else:
-                self._lapses[user_id] = trio.current_time() + REMOTE_TIMEOUT_MS / 1000
-                self._deadlines_moved.set()
+                self._lapses[user_id] = at = trio.current_time() + REMOTE_TIMEOUT_MS / 1000
+                self._deadline_at(at)
             taken += 1
         return taken
 
@@ -382,8 +389,10 @@ class Presence:
                 min(self._lapses.values(), default=math.inf),
                 min(self._activity_due.values(), default=math.inf),
             )
+            self._next_wake = next_at
             with trio.move_on_at(next_at):
                 await self._deadlines_moved.wait()
+            self._next_wake = -math.inf
 
     async def _lapse(self, user_id: str) -> None:
         current = self._states.get(user_id)
@@ -402,7 +411,9 @@ class Presence:
         current = self._states.get(user_id)
         if current is None or current.presence != "online" or current.last_active is None:
             return
-        if trio.current_time() - current.last_active >= self._idle_after:
+        # Compared as the deadline was reckoned, so that a deadline met is
+        # never missed by a rounding.
+        if trio.current_time() >= current.last_active + self._idle_after:
             self._idle.add(user_id)
             await self._change_local(
                 user_id, "unavailable", current.status_msg, current.last_active
