@@ -12,8 +12,9 @@ from typing import Any, Final, Protocol
 
 from ranvier.core.accounts import Requester
 from ranvier.core.hierarchy import RoomHierarchy
-from ranvier.errors import MatrixError
 from ranvier.web import Request, Router
+
+from .query_params import flag_param, integer_param
 
 __all__ = ["add_hierarchy_route"]
 
@@ -22,28 +23,6 @@ _V1: Final = "/_matrix/client/v1"
 
 class _Auth(Protocol):
     async def get_user(self, request: Request) -> Requester: ...
-
-
-def _invalid(message: str) -> MatrixError:
-    return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
-
-
-def _integer(request: Request, name: str) -> int | None:
-    value = request.query_value(name)
-    if value is None:
-        return None
-    if not value.isdigit() or len(value) > 15:
-        raise _invalid(f"{name} must be a non-negative integer, not {value[:40]!r}")
-    return int(value)
-
-
-def _flag(request: Request, name: str) -> bool:
-    value = request.query_value(name)
-    if value is None:
-        return False
-    if value not in ("true", "false"):
-        raise _invalid(f"{name} must be true or false, not {value[:40]!r}")
-    return value == "true"
 
 
 def add_hierarchy_route(router: Router, *, auth: _Auth, hierarchy: RoomHierarchy) -> None:
@@ -55,9 +34,9 @@ def add_hierarchy_route(router: Router, *, auth: _Auth, hierarchy: RoomHierarchy
             requester.user_id,
             request.path_params["room_id"],
             from_token=request.query_value("from"),
-            limit=_integer(request, "limit"),
-            max_depth=_integer(request, "max_depth"),
-            suggested_only=_flag(request, "suggested_only"),
+            limit=integer_param(request, "limit"),
+            max_depth=integer_param(request, "max_depth"),
+            suggested_only=flag_param(request, "suggested_only") or False,
         )
 
     router.add("GET", f"{_V1}/rooms/{{room_id}}/hierarchy", get_hierarchy)

@@ -8,16 +8,22 @@ hand over to :mod:`ranvier.core.sync`, :mod:`ranvier.core.filters` and
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, Literal, Protocol
-
-import msgspec
+from typing import Any, Final, Protocol
 
 from ranvier.core.accounts import Requester
-from ranvier.core.filters import UserFilters, parse_room_event_filter
+from ranvier.core.filters import UserFilters
 from ranvier.core.pagination import RoomMessages
 from ranvier.core.sync import SyncHandler
 from ranvier.errors import MatrixError
 from ranvier.web import Request, Router
+
+from .query_params import (
+    direction_param,
+    flag_param,
+    integer_param,
+    invalid_param,
+    room_event_filter_param,
+)
 
 __all__ = ["add_sync_routes"]
 
@@ -27,28 +33,6 @@ _PRESENCE_STATES: Final = frozenset({"online", "offline", "unavailable"})
 
 class _Auth(Protocol):
     async def get_user(self, request: Request) -> Requester: ...
-
-
-def _invalid(message: str) -> MatrixError:
-    return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
-
-
-def _integer(request: Request, name: str) -> int | None:
-    value = request.query_value(name)
-    if value is None:
-        return None
-    if not value.isdigit() or len(value) > 15:
-        raise _invalid(f"{name} must be a non-negative integer, not {value[:40]!r}")
-    return int(value)
-
-
-def _boolean(request: Request, name: str) -> bool:
-    value = request.query_value(name)
-    if value is None or value == "false":
-        return False
-    if value == "true":
-        return True
-    raise _invalid(f"{name} must be true or false, not {value[:40]!r}")
 
 
 def _own(requester: Requester, user_id: str) -> None:
@@ -74,14 +58,16 @@ def add_sync_routes(
         requester = await auth.get_user(request)
         presence = request.query_value("set_presence")
         if presence is not None and presence not in _PRESENCE_STATES:
-            raise _invalid(f"set_presence must be online, offline or unavailable, not {presence!r}")
+            raise invalid_param(
+                f"set_presence must be online, offline or unavailable, not {presence!r}"
+            )
         event_filter = await filters.resolve(requester.user_id, request.query_value("filter"))
         return await sync.sync(
             requester,
             since=request.query_value("since"),
-            timeout_ms=_integer(request, "timeout") or 0,
+            timeout_ms=integer_param(request, "timeout") or 0,
             filter=event_filter,
-            full_state=_boolean(request, "full_state"),
+            full_state=flag_param(request, "full_state") or False,
             set_presence=presence or "online",
         )
 
@@ -97,25 +83,15 @@ def add_sync_routes(
 
     async def get_messages(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)
-        direction = request.query_value("dir") or "b"
-        if direction not in ("b", "f"):
-            raise _invalid(f"dir must be b or f, not {direction[:40]!r}")
-        raw_filter = request.query_value("filter")
-        event_filter = None
-        if raw_filter is not None:
-            try:
-                content = msgspec.json.decode(raw_filter)
-            except msgspec.DecodeError as exc:
-                raise _invalid(f"the filter parameter is not valid JSON: {exc}") from None
-            event_filter = parse_room_event_filter(content)
-        way: Literal["b", "f"] = "b" if direction == "b" else "f"
+        way = direction_param(request)
+        event_filter = room_event_filter_param(request)
         return await messages.get_messages(
             requester,
             request.path_params["room_id"],
             direction=way,
             from_token=request.query_value("from"),
             to_token=request.query_value("to"),
-            limit=_integer(request, "limit"),
+            limit=integer_param(request, "limit"),
             event_filter=event_filter,
         )
 

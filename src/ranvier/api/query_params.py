@@ -1,0 +1,68 @@
+"""The query parameters that several client-server routes read alike
+(``limit``, ``dir``, ``filter``, true-or-false flags): one reading, so that
+each route refuses the same bad value with the same 400 ``M_INVALID_PARAM``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from ranvier.core.filters import RoomEventFilter, parse_room_event_filter
+from ranvier.errors import MatrixError
+from ranvier.web import Request
+
+__all__ = [
+    "direction_param",
+    "flag_param",
+    "integer_param",
+    "invalid_param",
+    "room_event_filter_param",
+]
+
+
+def invalid_param(message: str) -> MatrixError:
+    """400 ``M_INVALID_PARAM``."""
+    return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
+
+
+def integer_param(request: Request, name: str) -> int | None:
+    """A non-negative integer, or None when absent; more than 15 digits is
+    refused rather than handed on as a number nothing could mean."""
+    value = request.query_value(name)
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 15:
+        raise invalid_param(f"{name} must be a non-negative integer, not {value[:40]!r}")
+    return int(value)
+
+
+def flag_param(request: Request, name: str) -> bool | None:
+    """``true`` or ``false``, or None when absent."""
+    value = request.query_value(name)
+    if value is None:
+        return None
+    if value not in ("true", "false"):
+        raise invalid_param(f"{name} must be true or false, not {value[:40]!r}")
+    return value == "true"
+
+
+def direction_param(request: Request) -> Literal["b", "f"]:
+    """``dir``: ``b`` (the default) or ``f``."""
+    direction = request.query_value("dir") or "b"
+    if direction not in ("b", "f"):
+        raise invalid_param(f"dir must be b or f, not {direction[:40]!r}")
+    return "b" if direction == "b" else "f"
+
+
+def room_event_filter_param(request: Request) -> RoomEventFilter | None:
+    """``filter``, a JSON ``RoomEventFilter``, or None when absent."""
+    raw = request.query_value("filter")
+    if raw is None:
+        return None
+    try:
+        content = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise invalid_param(f"the filter parameter is not valid JSON: {exc}") from None
+    return parse_room_event_filter(content)
