@@ -43,6 +43,8 @@ from ranvier.errors import MatrixError
 from ranvier.protocol.room_versions import KNOWN_ROOM_VERSIONS
 from ranvier.storage.hierarchy_reads import HierarchyRoomState, SpaceChildEvent
 
+from .room_list import CHUNK_STRINGS, chunk_flags, chunk_strings
+
 __all__ = [
     "DEFAULT_LIMIT",
     "MAX_DEPTH",
@@ -184,6 +186,10 @@ def _allowed_room_ids(join_rules: Mapping[str, Any]) -> list[str]:
     ]
 
 
+#: A summary's string fields: a published room's, and its encryption.
+_SUMMARY_STRINGS: Final = (*CHUNK_STRINGS, ("m.room.encryption", "algorithm", "encryption"))
+
+
 def _local_summary(room: HierarchyRoomState) -> dict[str, Any]:
     state = room.state
     join_rules = state.get("m.room.join_rules", {})
@@ -191,23 +197,11 @@ def _local_summary(room: HierarchyRoomState) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "room_id": room.room_id,
         "num_joined_members": room.joined_members,
-        "world_readable": state.get("m.room.history_visibility", {}).get("history_visibility")
-        == "world_readable",
-        "guest_can_join": state.get("m.room.guest_access", {}).get("guest_access") == "can_join",
+        **chunk_flags(state),
         "join_rule": join_rule if isinstance(join_rule, str) else "invite",
         "room_version": room.room_version,
+        **chunk_strings(state, _SUMMARY_STRINGS),
     }
-    for event_type, key, name in (
-        ("m.room.name", "name", "name"),
-        ("m.room.topic", "topic", "topic"),
-        ("m.room.canonical_alias", "alias", "canonical_alias"),
-        ("m.room.avatar", "url", "avatar_url"),
-        ("m.room.create", "type", "room_type"),
-        ("m.room.encryption", "algorithm", "encryption"),
-    ):
-        value = state.get(event_type, {}).get(key)
-        if isinstance(value, str) and value:
-            summary[name] = value
     if summary["join_rule"] in ("restricted", "knock_restricted"):
         summary["allowed_room_ids"] = _allowed_room_ids(join_rules)
     return summary

@@ -14,13 +14,21 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Literal, Protocol
 
 from ranvier.errors import MatrixError
 from ranvier.storage.client_data import PublicRoomState
 
-__all__ = ["MAX_PAGE", "RoomList", "RoomListStore", "Visibility"]
+__all__ = [
+    "CHUNK_STRINGS",
+    "MAX_PAGE",
+    "RoomList",
+    "RoomListStore",
+    "Visibility",
+    "chunk_flags",
+    "chunk_strings",
+]
 
 #: The most rooms one page holds, whatever the client asks.
 MAX_PAGE: Final = 500
@@ -53,27 +61,51 @@ def _not_found(room_id: str) -> MatrixError:
     return MatrixError(f"room {room_id} is not known here", errcode="M_NOT_FOUND", http_status=404)
 
 
-def _chunk_entry(room: PublicRoomState) -> dict[str, Any]:
-    state = room.state
-    entry: dict[str, Any] = {
-        "room_id": room.room_id,
-        "num_joined_members": room.joined_members,
+#: The string fields of a ``PublishedRoomsChunk`` that come from current
+#: state: ``(event type, content key, field)``; the space hierarchy's
+#: summaries are the same chunk with more.
+CHUNK_STRINGS: Final = (
+    ("m.room.name", "name", "name"),
+    ("m.room.topic", "topic", "topic"),
+    ("m.room.canonical_alias", "alias", "canonical_alias"),
+    ("m.room.avatar", "url", "avatar_url"),
+    ("m.room.create", "type", "room_type"),
+)
+
+
+def chunk_flags(state: Mapping[str, Mapping[str, Any]]) -> dict[str, bool]:
+    """A chunk's ``world_readable`` and ``guest_can_join``, from the state
+    contents by type."""
+    return {
         "world_readable": state.get("m.room.history_visibility", {}).get("history_visibility")
         == "world_readable",
         "guest_can_join": state.get("m.room.guest_access", {}).get("guest_access") == "can_join",
-        "join_rule": state.get("m.room.join_rules", {}).get("join_rule", "invite"),
     }
-    for event_type, key, name in (
-        ("m.room.name", "name", "name"),
-        ("m.room.topic", "topic", "topic"),
-        ("m.room.canonical_alias", "alias", "canonical_alias"),
-        ("m.room.avatar", "url", "avatar_url"),
-        ("m.room.create", "type", "room_type"),
-    ):
+
+
+def chunk_strings(
+    state: Mapping[str, Mapping[str, Any]],
+    fields: Iterable[tuple[str, str, str]] = CHUNK_STRINGS,
+) -> dict[str, str]:
+    """The ``fields`` whose state gives a non-empty string (the others are
+    left out, as the spec's optional fields are)."""
+    found: dict[str, str] = {}
+    for event_type, key, name in fields:
         value = state.get(event_type, {}).get(key)
         if isinstance(value, str) and value:
-            entry[name] = value
-    return entry
+            found[name] = value
+    return found
+
+
+def _chunk_entry(room: PublicRoomState) -> dict[str, Any]:
+    state = room.state
+    return {
+        "room_id": room.room_id,
+        "num_joined_members": room.joined_members,
+        **chunk_flags(state),
+        "join_rule": state.get("m.room.join_rules", {}).get("join_rule", "invite"),
+        **chunk_strings(state),
+    }
 
 
 def _matches(entry: dict[str, Any], term: str) -> bool:
