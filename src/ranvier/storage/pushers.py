@@ -34,6 +34,7 @@ import msgspec
 
 from .notification_reads import count_joined, current_state_json
 from .readers import ReaderPool
+from .sync_reads import joined_rooms
 from .write_backend import WriteBackend, registered_write
 
 __all__ = ["PushableEvent", "PusherRecord", "PusherStorage", "RoomPushState"]
@@ -165,7 +166,7 @@ class PusherStorage:
         )
 
     async def joined_rooms(self, user_id: str) -> list[str]:
-        return await self._readers.read(functools.partial(_joined_rooms, user_id=user_id))
+        return await self._readers.read(functools.partial(joined_rooms, user_id=user_id))
 
 
 @registered_write
@@ -315,13 +316,3 @@ def _room_push_state(
         joined=count_joined(conn, room_id, count_cap),
         members=members,
     )
-
-
-def _joined_rooms(conn: sqlite3.Connection, *, user_id: str) -> list[str]:
-    rows = conn.execute(
-        "SELECT cs.room_id FROM current_state AS cs JOIN events AS e ON e.event_id = cs.event_id"
-        " WHERE cs.type = 'm.room.member' AND cs.state_key = ?"
-        " AND json_extract(CAST(e.json AS TEXT), '$.content.membership') = 'join'",
-        (user_id,),
-    ).fetchall()
-    return sorted(str(row[0]) for row in rows)

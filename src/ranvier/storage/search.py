@@ -37,6 +37,7 @@ import msgspec
 from .readers import ReaderPool
 from .records import STORED_EVENT_COLUMNS, EventToPersist, StoredEvent, stored_event_from_row
 from .relations import _NOT_REDACTED, _TIMELINE
+from .sync_reads import joined_rooms
 
 __all__ = [
     "SEARCHABLE_KEYS",
@@ -209,16 +210,6 @@ def search_events(
     return SearchPage(hits, int(total))
 
 
-def _joined_rooms(conn: sqlite3.Connection, user_id: str) -> list[str]:
-    rows = conn.execute(
-        "SELECT cs.room_id FROM current_state AS cs JOIN events AS e ON e.event_id = cs.event_id"
-        " WHERE cs.type = 'm.room.member' AND cs.state_key = ?"
-        " AND json_extract(CAST(e.json AS TEXT), '$.content.membership') = 'join'",
-        (user_id,),
-    ).fetchall()
-    return sorted(str(row[0]) for row in rows)
-
-
 class SearchStorage:
     """Reads of the full-text index for :mod:`ranvier.core.search`."""
 
@@ -227,7 +218,7 @@ class SearchStorage:
 
     async def joined_rooms(self, user_id: str) -> list[str]:
         """The rooms ``user_id`` is joined to now."""
-        return await self._readers.read(functools.partial(_joined_rooms, user_id=user_id))
+        return await self._readers.read(functools.partial(joined_rooms, user_id=user_id))
 
     async def search_events(
         self,

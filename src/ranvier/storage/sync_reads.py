@@ -37,6 +37,7 @@ __all__ = [
     "Membership",
     "SyncReads",
     "SyncSnapshot",
+    "joined_rooms",
     "positions",
     "sync_snapshot",
 ]
@@ -294,6 +295,17 @@ def current_membership(
         (room_id, user_id),
     ).fetchone()
     return None if row is None else (_membership_of(row[0]), int(row[1]))
+
+
+def joined_rooms(conn: sqlite3.Connection, *, user_id: str) -> list[str]:
+    """The rooms ``user_id`` is joined to now, sorted."""
+    rows = conn.execute(
+        "SELECT cs.room_id FROM current_state AS cs JOIN events AS e ON e.event_id = cs.event_id"
+        " WHERE cs.type = 'm.room.member' AND cs.state_key = ?"
+        " AND json_extract(CAST(e.json AS TEXT), '$.content.membership') = 'join'",
+        (user_id,),
+    ).fetchall()
+    return sorted(str(row[0]) for row in rows)
 
 
 def current_state_for_keys(
