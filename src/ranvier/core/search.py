@@ -295,13 +295,7 @@ class Search:
             if room is None:
                 continue
             candidates = [event for event in events if event.stream_ordering <= room.visible]
-            visible = await visible_to(
-                self._store,
-                user_id,
-                candidates,
-                joined_now=room.joined_now,
-                checked_before=room.checked_before,
-            )
+            visible = await self._visible(user_id, candidates, room)
             shown.update(event.event_id for event in visible)
         return shown
 
@@ -335,6 +329,18 @@ class Search:
                 )
             results.append(result)
         return results
+
+    async def _visible(
+        self, user_id: str, events: Sequence[StoredEvent], room: _Readable
+    ) -> list[StoredEvent]:
+        """Those of ``events`` the history visibility lets ``user_id`` see."""
+        return await visible_to(
+            self._store,
+            user_id,
+            events,
+            joined_now=room.joined_now,
+            checked_before=room.checked_before,
+        )
 
     async def _formatted(
         self, requester: Requester, events: Sequence[StoredEvent]
@@ -374,20 +380,8 @@ class Search:
         start = (before[-1].stream_ordering if before else event.stream_ordering) - 1
         end = after[-1].stream_ordering if after else event.stream_ordering
         user_id = requester.user_id
-        before = await visible_to(
-            self._store,
-            user_id,
-            before,
-            joined_now=room.joined_now,
-            checked_before=room.checked_before,
-        )
-        after = await visible_to(
-            self._store,
-            user_id,
-            after,
-            joined_now=room.joined_now,
-            checked_before=room.checked_before,
-        )
+        before = await self._visible(user_id, before, room)
+        after = await self._visible(user_id, after, room)
         context: dict[str, Any] = {
             "start": format_pagination_token(start),
             "end": format_pagination_token(end),
