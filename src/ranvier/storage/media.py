@@ -248,10 +248,7 @@ def _add_upload(
     size: int,
     ts: int,
 ) -> None:
-    conn.execute(
-        f"INSERT OR IGNORE INTO media ({_MEDIA_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (origin, media_id, user_id, content_type, upload_name, size, ts, ts),
-    )
+    _insert_file(conn, origin, media_id, user_id, content_type, upload_name, size, ts)
 
 
 @registered_write
@@ -298,9 +295,24 @@ def _add_remote(
     size: int,
     ts: int,
 ) -> None:
+    _insert_file(conn, origin, media_id, None, content_type, upload_name, size, ts)
+
+
+def _insert_file(
+    conn: sqlite3.Connection,
+    origin: str,
+    media_id: str,
+    user_id: str | None,
+    content_type: str | None,
+    upload_name: str | None,
+    size: int,
+    ts: int,
+) -> None:
+    """A row for media whose file is written, created and uploaded at ``ts``;
+    a row already there is kept (the write run twice, or a fetch alongside)."""
     conn.execute(
-        f"INSERT OR IGNORE INTO media ({_MEDIA_COLUMNS}) VALUES (?, ?, NULL, ?, ?, ?, ?, ?)",
-        (origin, media_id, content_type, upload_name, size, ts, ts),
+        f"INSERT OR IGNORE INTO media ({_MEDIA_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (origin, media_id, user_id, content_type, upload_name, size, ts, ts),
     )
 
 
