@@ -20,7 +20,7 @@ aggregations when a :class:`Bundler` is given.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -40,7 +40,17 @@ from .pagination import (
     visible_to,
 )
 
-__all__ = ["Bundler", "ContextStore", "EventContexts", "ReadableEvent", "readable_event"]
+__all__ = [
+    "Bundler",
+    "ContextStore",
+    "EventContexts",
+    "ReadableEvent",
+    "ReadingLimits",
+    "Surroundings",
+    "readable_event",
+    "surrounding_events",
+    "visible_within",
+]
 
 _MEMBER: Final = "m.room.member"
 #: Below every position, backfilled events' included.
@@ -106,6 +116,82 @@ async def readable_event(
     return ReadableEvent(event, visible, checked_before, joined_now)
 
 
+class ReadingLimits(Protocol):
+    """How far a user may read a room (see :func:`readable_upto`)."""
+
+    @property
+    def visible(self) -> int: ...
+
+    @property
+    def checked_before(self) -> int: ...
+
+    @property
+    def joined_now(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Surroundings:
+    """The events either side of an event that a user may see."""
+
+    #: Nearest first.
+    before: list[StoredEvent]
+    after: list[StoredEvent]
+    #: The tokens' positions: where the reads stopped, whatever the history
+    #: visibility then hid of what they read.
+    start: int
+    end: int
+
+
+async def surrounding_events(
+    store: MessagesStore,
+    user_id: str,
+    event: StoredEvent,
+    limits: ReadingLimits,
+    *,
+    before_limit: int,
+    after_limit: int,
+    accept: Callable[[str, str], bool] | None,
+) -> Surroundings:
+    """Up to ``before_limit`` events before ``event`` and ``after_limit``
+    after it (those ``accept`` takes, when given), as ``/context`` reads
+    them for ``user_id``.
+    """
+    before, _ = await store.room_events(
+        event.room_id,
+        after=_BOTTOM,
+        upto=event.stream_ordering - 1,
+        limit=before_limit,
+        backwards=True,
+        accept=accept,
+    )
+    after, _ = await store.room_events(
+        event.room_id,
+        after=event.stream_ordering,
+        upto=limits.visible,
+        limit=after_limit,
+        backwards=False,
+        accept=accept,
+    )
+    start = (before[-1].stream_ordering if before else event.stream_ordering) - 1
+    end = after[-1].stream_ordering if after else event.stream_ordering
+    before = await visible_within(store, user_id, before, limits)
+    after = await visible_within(store, user_id, after, limits)
+    return Surroundings(before, after, start, end)
+
+
+async def visible_within(
+    store: MessagesStore, user_id: str, events: Sequence[StoredEvent], limits: ReadingLimits
+) -> list[StoredEvent]:
+    """Those of ``events`` the history visibility lets ``user_id`` see."""
+    return await visible_to(
+        store,
+        user_id,
+        events,
+        joined_now=limits.joined_now,
+        checked_before=limits.checked_before,
+    )
+
+
 class EventContexts:
     """Answers ``/context`` from ``store``; ``bundler``, when given, adds
     the events' bundled aggregations.
@@ -132,28 +218,16 @@ class EventContexts:
         event = found.event
         accept = None if event_filter is None else event_filter.predicate()
         before_limit = limit // 2
-        before, _ = await self._store.room_events(
-            room_id,
-            after=_BOTTOM,
-            upto=event.stream_ordering - 1,
-            limit=before_limit,
-            backwards=True,
+        around = await surrounding_events(
+            self._store,
+            user_id,
+            event,
+            found,
+            before_limit=before_limit,
+            after_limit=limit - before_limit,
             accept=accept,
         )
-        after, _ = await self._store.room_events(
-            room_id,
-            after=event.stream_ordering,
-            upto=found.visible,
-            limit=limit - before_limit,
-            backwards=False,
-            accept=accept,
-        )
-        # The tokens stand where the pages read stopped, whatever the
-        # history visibility then hides of them.
-        start = (before[-1].stream_ordering if before else event.stream_ordering) - 1
-        end = after[-1].stream_ordering if after else event.stream_ordering
-        before = await self._visible(user_id, before, found)
-        after = await self._visible(user_id, after, found)
+        before, after, start, end = around.before, around.after, around.start, around.end
         returned = [*reversed(before), event, *after]
         formatted = await sent_client_events(self._store, requester, [*before, event, *after])
         events_before = formatted[: len(before)]
@@ -171,17 +245,6 @@ class EventContexts:
             "events_after": events_after,
             "state": await self._state(room_id, returned, end, event_filter),
         }
-
-    async def _visible(
-        self, user_id: str, events: Sequence[StoredEvent], found: ReadableEvent
-    ) -> list[StoredEvent]:
-        return await visible_to(
-            self._store,
-            user_id,
-            events,
-            joined_now=found.joined_now,
-            checked_before=found.checked_before,
-        )
 
     async def _state(
         self,

@@ -41,7 +41,7 @@ from ranvier.storage.search import SEARCHABLE_KEYS, SearchHit, SearchPage
 
 from .accounts import Requester
 from .client_events import client_event, event_content
-from .event_context import Bundler, ContextStore
+from .event_context import Bundler, ContextStore, surrounding_events, visible_within
 from .filters import RoomEventFilter
 from .pagination import (
     DEFAULT_LIMIT,
@@ -50,7 +50,6 @@ from .pagination import (
     readable_upto,
     senders_memberships,
     sent_client_events,
-    visible_to,
 )
 
 __all__ = [
@@ -70,8 +69,6 @@ ALL_KEYS: Final = tuple(SEARCHABLE_KEYS.values())
 _BATCH: Final = 50
 #: The most events of context on either side of a result, whatever asked.
 MAX_CONTEXT: Final = 100
-#: Below every position, backfilled events' included.
-_BOTTOM: Final = -(2**62)
 # Letters and digits: what the index's unicode61 tokenizer keeps as words.
 _WORD: Final = re.compile(r"[^\W_]+")
 _TOKEN: Final = re.compile(r"([or])(-?[0-9]{1,18})")
@@ -295,7 +292,7 @@ class Search:
             if room is None:
                 continue
             candidates = [event for event in events if event.stream_ordering <= room.visible]
-            visible = await self._visible(user_id, candidates, room)
+            visible = await visible_within(self._store, user_id, candidates, room)
             shown.update(event.event_id for event in visible)
         return shown
 
@@ -330,18 +327,6 @@ class Search:
             results.append(result)
         return results
 
-    async def _visible(
-        self, user_id: str, events: Sequence[StoredEvent], room: _Readable
-    ) -> list[StoredEvent]:
-        """Those of ``events`` the history visibility lets ``user_id`` see."""
-        return await visible_to(
-            self._store,
-            user_id,
-            events,
-            joined_now=room.joined_now,
-            checked_before=room.checked_before,
-        )
-
     async def _formatted(
         self, requester: Requester, events: Sequence[StoredEvent]
     ) -> list[dict[str, Any]]:
@@ -360,36 +345,25 @@ class Search:
         profiles of their senders as the room's state before the result had
         them.
         """
-        accept = None if event_filter is None else event_filter.predicate()
-        before, _ = await self._store.room_events(
-            event.room_id,
-            after=_BOTTOM,
-            upto=event.stream_ordering - 1,
-            limit=min(wanted.before_limit, MAX_CONTEXT),
-            backwards=True,
-            accept=accept,
+        around = await surrounding_events(
+            self._store,
+            requester.user_id,
+            event,
+            room,
+            before_limit=min(wanted.before_limit, MAX_CONTEXT),
+            after_limit=min(wanted.after_limit, MAX_CONTEXT),
+            accept=None if event_filter is None else event_filter.predicate(),
         )
-        after, _ = await self._store.room_events(
-            event.room_id,
-            after=event.stream_ordering,
-            upto=room.visible,
-            limit=min(wanted.after_limit, MAX_CONTEXT),
-            backwards=False,
-            accept=accept,
-        )
-        start = (before[-1].stream_ordering if before else event.stream_ordering) - 1
-        end = after[-1].stream_ordering if after else event.stream_ordering
-        user_id = requester.user_id
-        before = await self._visible(user_id, before, room)
-        after = await self._visible(user_id, after, room)
         context: dict[str, Any] = {
-            "start": format_pagination_token(start),
-            "end": format_pagination_token(end),
-            "events_before": await self._formatted(requester, before),
-            "events_after": await self._formatted(requester, after),
+            "start": format_pagination_token(around.start),
+            "end": format_pagination_token(around.end),
+            "events_before": await self._formatted(requester, around.before),
+            "events_after": await self._formatted(requester, around.after),
         }
         if wanted.include_profile:
-            context["profile_info"] = await self._profiles(event, [*reversed(before), *after])
+            context["profile_info"] = await self._profiles(
+                event, [*reversed(around.before), *around.after]
+            )
         return context
 
     async def _profiles(
