@@ -138,21 +138,16 @@ def _holds(condition: Mapping[str, Any], event: Mapping[str, Any], context: Push
         if path == ("content", "body"):
             return _in_words(pattern, value)
         return _glob(pattern).fullmatch(value) is not None
-    if kind == "event_property_is":
+    if kind in ("event_property_is", "event_property_contains"):
         key = condition.get("key")
         expected = condition.get("value")
         if not isinstance(key, str) or not _is_scalar(expected):
             return False
-        value = _value_at(event, property_path(key))
-        return _is_scalar(value) and _same(value, expected)
-    if kind == "event_property_contains":
-        key = condition.get("key")
-        expected = condition.get("value")
-        if not isinstance(key, str) or not _is_scalar(expected):
-            return False
-        values = _value_at(event, property_path(key))
-        return isinstance(values, list) and any(
-            _is_scalar(value) and _same(value, expected) for value in values
+        found = _value_at(event, property_path(key))
+        if kind == "event_property_is":
+            return _is_scalar(found) and _same(found, expected)
+        return isinstance(found, list) and any(
+            _is_scalar(value) and _same(value, expected) for value in found
         )
     if kind == "contains_display_name":
         name = context.display_name
