@@ -67,6 +67,7 @@ import trio
 from ranvier.core.notifier import StreamNotifier, StreamPosition
 from ranvier.errors import MatrixError, StorageUnavailableError
 from ranvier.storage import Storage
+from ranvier.storage.sync_reads import joined_rooms
 from ranvier.web import Receive, Router, Scope, Send, read_body
 
 from . import wire
@@ -271,16 +272,7 @@ def _joined_rooms(conn: sqlite3.Connection, user_id: str) -> frozenset[str]:
     """The rooms ``user_id`` is joined to now: those whose members a change
     of the user's devices concerns.
     """
-    return frozenset(
-        str(room_id)
-        for (room_id,) in conn.execute(
-            "SELECT cs.room_id FROM current_state AS cs"
-            " JOIN events AS e ON e.event_id = cs.event_id"
-            " WHERE cs.state_key = ? AND cs.type = 'm.room.member'"
-            " AND json_extract(CAST(e.json AS TEXT), '$.content.membership') = 'join'",
-            (user_id,),
-        )
-    )
+    return frozenset(joined_rooms(conn, user_id=user_id))
 
 
 class PositionFollower:
