@@ -35,13 +35,27 @@ class HttpPushGateway:
     """Sends notifications over HTTPS with one pooled client; close it with :meth:`aclose`."""
 
     def __init__(self, *, ca_file: Path | None = None, timeout: float = 10.0) -> None:
-        context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
-        self._http = httpx.AsyncClient(
-            verify=context, timeout=timeout, follow_redirects=False, trust_env=False
-        )
+        self._ca_file = ca_file
+        self._timeout = timeout
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        # Made on first use: a TLS context with the system's CAs costs most
+        # of a megabyte, which a server without pushers need not pay.
+        if self._client is None:
+            cafile = None if self._ca_file is None else str(self._ca_file)
+            self._client = httpx.AsyncClient(
+                verify=ssl.create_default_context(cafile=cafile),
+                timeout=self._timeout,
+                follow_redirects=False,
+                trust_env=False,
+            )
+        return self._client
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
     async def notify(self, url: str, notification: Mapping[str, Any]) -> list[str]:
         body = msgspec.json.encode({"notification": notification})
