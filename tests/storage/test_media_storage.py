@@ -3,13 +3,13 @@ every media write run twice."""
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _twice import run_twice, write_call
 
 from ranvier.replication import operations
 from ranvier.storage import Storage, WriteOperation
@@ -147,32 +147,19 @@ def test_names_that_would_leave_the_store_are_refused(tmp_path: Path) -> None:
     )
 
 
-def _dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    conn = sqlite3.connect(path)
-    try:
-        return {
-            table: sorted(conn.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
-            for table in ("media", "media_thumbnails")
-        }
-    finally:
-        conn.close()
-
-
-def _call(function: Any, **arguments: Any) -> WriteOperation[Any]:
-    return functools.partial(function, **arguments)
-
-
 _FILL = {"content_type": "text/plain", "upload_name": "n", "size": 4, "ts": 9}
 _TWICE: dict[str, WriteOperation[Any]] = {
-    "media.create_media": _call(
+    "media.create_media": write_call(
         module._create_media, origin=US, media_id="new", user_id=ALICE, created_ts=1
     ),
-    "media.add_upload": _call(module._add_upload, origin=US, media_id="up", user_id=ALICE, **_FILL),
-    "media.complete_upload": _call(
+    "media.add_upload": write_call(
+        module._add_upload, origin=US, media_id="up", user_id=ALICE, **_FILL
+    ),
+    "media.complete_upload": write_call(
         module._complete_upload, origin=US, media_id="pending", user_id=ALICE, **_FILL
     ),
-    "media.add_remote": _call(module._add_remote, origin="o.org", media_id="r", **_FILL),
-    "media.add_thumbnail": _call(
+    "media.add_remote": write_call(module._add_remote, origin="o.org", media_id="r", **_FILL),
+    "media.add_thumbnail": write_call(
         module._add_thumbnail,
         origin=US,
         media_id="pending",
@@ -197,11 +184,4 @@ async def test_a_write_run_twice_leaves_what_the_first_run_left(
     """A worker's write repeated after the main process restarted."""
     await storage.media.create(US, "pending", user_id=ALICE, created_ts=1)
     operation = _TWICE[name]
-    sent_name, body = operations.encode_operation(operation)
-    received = operations.decode_operation(sent_name, body)
-    before = _dump(db_path)
-    first = await storage.actor.submit(received)
-    once = _dump(db_path)
-    assert once != before
-    second = await storage.actor.submit(received)
-    assert (_dump(db_path), second) == (once, first)
+    await run_twice(storage, db_path, operation, ("media", "media_thumbnails"))

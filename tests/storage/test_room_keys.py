@@ -3,12 +3,12 @@ rule, the etag, and every write run twice."""
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _twice import run_twice, write_call
 
 from ranvier.replication import operations
 from ranvier.storage import Storage, WriteOperation
@@ -229,33 +229,18 @@ async def test_deleting_a_version_deletes_its_keys(storage: Storage, db_path: Pa
     assert await backups.delete_version(ALICE, version)
 
 
-def _dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    conn = sqlite3.connect(path)
-    try:
-        return {
-            table: sorted(conn.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
-            for table in ("room_key_backup_versions", "room_key_backup_keys")
-        }
-    finally:
-        conn.close()
-
-
-def _call(function: Any, **arguments: Any) -> WriteOperation[Any]:
-    return functools.partial(function, **arguments)
-
-
 _TWICE: dict[str, WriteOperation[Any]] = {
-    "room_keys.create_version": _call(
+    "room_keys.create_version": write_call(
         module._create_version, user_id=ALICE, algorithm=ALG, auth_data=b"{}", creation_id="c9"
     ),
-    "room_keys.update_version": _call(
+    "room_keys.update_version": write_call(
         module._update_version, user_id=ALICE, version=1, algorithm=ALG, auth_data=b'{"n":2}'
     ),
-    "room_keys.delete_version": _call(module._delete_version, user_id=ALICE, version=1),
-    "room_keys.upload_keys": _call(
+    "room_keys.delete_version": write_call(module._delete_version, user_id=ALICE, version=1),
+    "room_keys.upload_keys": write_call(
         module._upload_keys, user_id=ALICE, version=1, keys=[_key("new"), _key("s1", first=0)]
     ),
-    "room_keys.delete_keys": _call(
+    "room_keys.delete_keys": write_call(
         module._delete_keys, user_id=ALICE, version=1, room_id=ROOM, session_id=None
     ),
 }
@@ -276,13 +261,8 @@ async def test_a_write_run_twice_leaves_what_the_first_run_left(
     operation = _TWICE[name]
     assert operations.operation_name(operation) == name
     # The arguments travel to the main process and back intact.
-    sent_name, body = operations.encode_operation(operation)
-    received = operations.decode_operation(sent_name, body)
-    before = _dump(db_path)
-    first = await storage.actor.submit(received)
-    once = _dump(db_path)
-    assert once != before
-    second = await storage.actor.submit(received)
-    assert (_dump(db_path), second) == (once, first)
+    first = await run_twice(
+        storage, db_path, operation, ("room_key_backup_versions", "room_key_backup_keys")
+    )
     decoded = operations.decode_result(name, operations.encode_result(name, first))
     assert decoded == first
