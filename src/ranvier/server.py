@@ -549,6 +549,22 @@ class HomeServer:
         joined = await self.room_joins.join(user, room_id, servers)
         return joined.event_id
 
+    async def knock_room(
+        self,
+        user: str,
+        room_id_or_alias: str,
+        servers: Sequence[str] = (),
+        *,
+        reason: str | None = None,
+    ) -> str:
+        """Knock on a room for ``user``, as ``POST /knock`` does: here if the
+        room is ours, else through the first of ``servers`` (then the
+        alias's or room ID's server) that takes it; return the room ID.
+        """
+        return await _built(self._room_knocks, "room_knocks").knock(
+            user, room_id_or_alias, servers, reason=reason
+        )
+
     async def leave_room(self, user: str, room_id: str, *, reason: str | None = None) -> str:
         """Make ``user`` leave a room, or decline an invite to it (through the
         inviting server when no user of ours is in the room); return the
