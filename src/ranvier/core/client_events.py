@@ -35,6 +35,17 @@ def event_content(event: StoredEvent) -> dict[str, Any]:
     return _decode_fields(event.json).content
 
 
+def thread_root(content: object) -> str | None:
+    """The thread root an event's ``content`` names with an ``m.thread``
+    relation, or None for an event of the main timeline.
+    """
+    relation = content.get("m.relates_to") if isinstance(content, Mapping) else None
+    if not isinstance(relation, Mapping) or relation.get("rel_type") != "m.thread":
+        return None
+    root = relation.get("event_id")
+    return root if isinstance(root, str) else None
+
+
 def client_event(
     event: StoredEvent,
     *,

@@ -42,6 +42,8 @@ from ranvier.protocol.power_levels import get_notification_level, get_user_power
 from ranvier.protocol.push_evaluation import PushContext, evaluate_push_rules
 from ranvier.storage.notification_reads import UnreadEvents
 
+from .client_events import thread_root
+
 __all__ = [
     "SCAN_LIMIT",
     "NotificationCounts",
@@ -199,7 +201,7 @@ def _count(
         event = msgspec.json.decode(raw)
         if not isinstance(event, dict):
             continue
-        thread = _thread_of(event) if by_thread else None
+        thread = thread_root(event.get("content")) if by_thread else None
         if by_thread and ordering <= found.thread_reads.get(thread or "main", found.read_upto):
             continue
         if sender == user_id:
@@ -211,17 +213,6 @@ def _count(
             notifications, highlights = counts.get(thread, (0, 0))
             counts[thread] = (notifications + 1, highlights + outcome.highlight)
     return counts
-
-
-def _thread_of(event: Mapping[str, Any]) -> str | None:
-    """The root of the thread ``event`` is in, or None for the main timeline."""
-    content = event.get("content")
-    relation = content.get("m.relates_to") if isinstance(content, Mapping) else None
-    if isinstance(relation, Mapping) and relation.get("rel_type") == "m.thread":
-        root = relation.get("event_id")
-        if isinstance(root, str):
-            return root
-    return None
 
 
 def _shown(counts: tuple[int, int]) -> dict[str, int]:

@@ -44,7 +44,7 @@ from ranvier.storage.records import StoredEvent
 
 from .activity import ActivityListener
 from .builder import Clock, wall_clock_ms
-from .client_events import event_content
+from .client_events import event_content, thread_root
 from .notifier import StreamNotifier
 
 __all__ = [
@@ -153,15 +153,6 @@ def _invalid(message: str) -> MatrixError:
 
 def _bad_json(message: str) -> MatrixError:
     return MatrixError(message, errcode="M_BAD_JSON", http_status=400)
-
-
-def _thread_of(event: StoredEvent) -> str | None:
-    """The thread root an event names with an ``m.thread`` relation, if any."""
-    relation = event_content(event).get("m.relates_to")
-    if not isinstance(relation, dict) or relation.get("rel_type") != "m.thread":
-        return None
-    root = relation.get("event_id")
-    return root if isinstance(root, str) else None
 
 
 class Receipts:
@@ -399,7 +390,7 @@ def _check_thread(event: StoredEvent, thread_id: str) -> None:
     event in a thread read as the main timeline's, or as another thread's.
     Events related to a thread only through another event are not followed.
     """
-    root = _thread_of(event)
+    root = thread_root(event_content(event))
     if root is None:
         return
     if thread_id == MAIN_THREAD or thread_id != root:
