@@ -94,7 +94,7 @@ def read_unread_events(
     """
     found: dict[str, UnreadEvents] = {}
     for room_id, counted in rooms.items():
-        member = _member(conn, room_id, user_id)
+        member = _current_state_row(conn, room_id, "m.room.member", user_id)
         joined_at = 0 if member is None else member[0]
         threads = ("",) if by_thread else _TIMELINE_THREADS
         read_upto = max(_read_upto(conn, room_id, user_id, threads), joined_at)
@@ -165,12 +165,17 @@ def _thread_reads(conn: sqlite3.Connection, room_id: str, user_id: str) -> dict[
     return {str(thread): int(ordering) for thread, ordering in rows}
 
 
-def _member(conn: sqlite3.Connection, room_id: str, user_id: str) -> tuple[int, bytes] | None:
+def _current_state_row(
+    conn: sqlite3.Connection, room_id: str, type_: str, state_key: str
+) -> tuple[int, bytes] | None:
+    """The stream ordering and JSON of the room's current state event at
+    ``(type_, state_key)``.
+    """
     row = conn.execute(
         "SELECT e.stream_ordering, e.json FROM current_state AS cs"
         " JOIN events AS e ON e.event_id = cs.event_id"
-        " WHERE cs.room_id = ? AND cs.type = 'm.room.member' AND cs.state_key = ?",
-        (room_id, user_id),
+        " WHERE cs.room_id = ? AND cs.type = ? AND cs.state_key = ?",
+        (room_id, type_, state_key),
     ).fetchone()
     return None if row is None else (int(row[0]), bytes(row[1]))
 
@@ -179,12 +184,8 @@ def current_state_json(
     conn: sqlite3.Connection, room_id: str, type_: str, state_key: str
 ) -> bytes | None:
     """The JSON of the room's current state event at ``(type_, state_key)``."""
-    row = conn.execute(
-        "SELECT e.json FROM current_state AS cs JOIN events AS e ON e.event_id = cs.event_id"
-        " WHERE cs.room_id = ? AND cs.type = ? AND cs.state_key = ?",
-        (room_id, type_, state_key),
-    ).fetchone()
-    return None if row is None else bytes(row[0])
+    row = _current_state_row(conn, room_id, type_, state_key)
+    return None if row is None else row[1]
 
 
 def count_joined(conn: sqlite3.Connection, room_id: str, cap: int) -> int:
