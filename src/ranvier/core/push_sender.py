@@ -43,7 +43,7 @@ from typing import Any, Final, Protocol
 import msgspec
 import trio
 
-from ranvier.protocol.push_evaluation import PushOutcome, evaluate_push_rules
+from ranvier.protocol.push_evaluation import PushContext, PushOutcome, evaluate_push_rules
 from ranvier.storage.pushers import PushableEvent, PusherRecord, RoomPushState
 
 from .notification_counts import NotificationCounts, PushRuleSource, count_cap, push_context
@@ -217,6 +217,9 @@ class PushSender:
         queued = False
         rule_sets: dict[str, dict[str, list[dict[str, Any]]]] = {}
         states: dict[str, RoomPushState] = {}
+        # A room's state is read once per batch, so each member's view of
+        # it (three events parsed) is made once per batch too.
+        contexts: dict[tuple[str, str, bytes | None], PushContext] = {}
         for event in events:
             by_user: dict[str, list[PusherRecord]] = {}
             for pusher in (*pushers.get(event.room_id, ()), *invited.get(event.event_id, ())):
@@ -242,14 +245,17 @@ class PushSender:
             if not isinstance(body, dict):
                 continue
             for user_id, user_pushers in by_user.items():
-                context = push_context(
-                    user_id,
-                    room_version=state.room_version,
-                    member_json=state.members.get(user_id),
-                    power_levels_json=state.power_levels_json,
-                    create_json=state.create_json,
-                    joined=state.joined,
-                )
+                member = state.members.get(user_id)
+                context = contexts.get((event.room_id, user_id, member))
+                if context is None:
+                    context = contexts[event.room_id, user_id, member] = push_context(
+                        user_id,
+                        room_version=state.room_version,
+                        member_json=member,
+                        power_levels_json=state.power_levels_json,
+                        create_json=state.create_json,
+                        joined=state.joined,
+                    )
                 outcome = evaluate_push_rules(rule_sets[user_id], body, context)
                 if outcome is None or not outcome.notify:
                     continue
