@@ -324,6 +324,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
     media: MediaConfig = msgspec.field(default_factory=MediaConfig)
     push: PushConfig = msgspec.field(default_factory=PushConfig)
+    #: Registration files (YAML) of application services: bridges and bots
+    #: that own namespaces of users and aliases (:mod:`ranvier.core.appservices`).
+    #: Read at start; a bad file stops it.
+    app_service_config_files: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         try:

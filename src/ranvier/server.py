@@ -130,6 +130,7 @@ from ranvier.core.aggregations import (
     BundlingRoomReader,
     BundlingSyncHandler,
 )
+from ranvier.core.appservices import AppServices, load_app_services
 from ranvier.core.backfill import Backfiller
 from ranvier.core.client_txns import ClientTransactions
 from ranvier.core.creation import EventCreator, Preset
@@ -259,6 +260,8 @@ class _Prepared:
     signing_key: SigningKey
     #: The TLS listeners' context; None when no listener uses TLS.
     server_ssl_context: ssl.SSLContext | None
+    #: The application services the registration files name.
+    app_services: AppServices
 
 
 class HomeServer:
@@ -709,7 +712,8 @@ class HomeServer:
                     certificate,
                 )
             context = server_ssl_context(certificate, private_key)
-        return _Prepared(signing_key, context)
+        app_services = load_app_services(config.app_service_config_files, config.server_name)
+        return _Prepared(signing_key, context, app_services)
 
     def _build(self, prepared: _Prepared) -> None:
         """Make the parts; nothing runs yet."""
