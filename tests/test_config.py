@@ -305,3 +305,15 @@ def test_load_config_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the file: No such file") as missing:
         load_config(tmp_path / "absent.toml")
     assert str(missing.value).startswith(str(tmp_path / "absent.toml"))
+
+
+def test_url_preview_address_lists_are_checked_when_loaded() -> None:
+    config = Config.from_toml(
+        '[media]\nurl_preview_ip_range_allowlist = ["127.0.0.1", "fd00::/8"]\n'
+    )
+    assert config.media.url_preview_ip_range_allowlist == ("127.0.0.1", "fd00::/8")
+    assert "127.0.0.0/8" in Config.default().media.url_preview_ip_range_denylist
+    with pytest.raises(ConfigError) as info:
+        Config.from_toml('[media]\nurl_preview_ip_range_denylist = ["10.0.0.0/8", "intranet"]\n')
+    assert info.value.key == "media.url_preview_ip_range_denylist[1]"
+    assert "'intranet'" in info.value.problem

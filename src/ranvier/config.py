@@ -31,6 +31,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 import msgspec.inspect
 
+from ranvier.protocol.ip_ranges import DEFAULT_URL_PREVIEW_DENYLIST, parse_network
 from ranvier.protocol.x_matrix import split_server_name
 
 __all__ = [
@@ -272,6 +273,28 @@ class MediaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     #: Images with more pixels than this are not thumbnailed (413
     #: ``M_TOO_LARGE``): decoding one takes memory in proportion.
     max_thumbnail_source_pixels: Annotated[int, msgspec.Meta(gt=0)] = 32_000_000
+    #: Serve URL previews (``/media/preview_url``): the server then fetches
+    #: the pages users' messages link to, within the limits below.
+    url_preview_enabled: bool = True
+    #: Addresses (CIDR) previews never connect to; every address a host
+    #: resolves to is checked, and redirects alike. The default denies
+    #: loopback, private, link-local, CGNAT, multicast and the other special
+    #: ranges, so that previews are no way into this server's network.
+    url_preview_ip_range_denylist: tuple[str, ...] = DEFAULT_URL_PREVIEW_DENYLIST
+    #: Exceptions to the denylist (CIDR), such as one host on a private network.
+    url_preview_ip_range_allowlist: tuple[str, ...] = ()
+    #: The most a preview reads of a page or an image (502 ``M_TOO_LARGE``).
+    url_preview_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 10 * _MIB
+    #: How long fetching one page or image for a preview may take.
+    url_preview_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+
+    def __post_init__(self) -> None:
+        for key in ("url_preview_ip_range_denylist", "url_preview_ip_range_allowlist"):
+            for index, entry in enumerate(getattr(self, key)):
+                try:
+                    parse_network(entry)
+                except ValueError as exc:
+                    raise ConfigError(f"{key}[{index}]", str(exc)) from None
 
 
 class PushConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
