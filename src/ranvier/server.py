@@ -311,6 +311,7 @@ class HomeServer:
         #: With a replication listener: what workers' stream answers from.
         self._stream_source: StreamSource | None = None
         self._edus = EduDispatcher()
+        self._app_services = AppServices()
         #: Woken by storage after each commit that a ``/sync`` may report.
         self.stream_notifier = StreamNotifier()
 
@@ -727,6 +728,7 @@ class HomeServer:
             local_server_name=config.server_name,
             local_keys=[prepared.signing_key.verify_key],
         )
+        self._app_services = prepared.app_services
         self._build_handlers(prepared.signing_key)
         self._media = MediaRepository(
             server_name=config.server_name,
@@ -956,7 +958,8 @@ class HomeServer:
                 parallelism=hashing.password_hash_parallelism,
             ),
         )
-        self._auth = Auth(self._accounts)
+        self._auth = Auth(self._accounts, self._app_services)
+        self._room_directory.app_services = self._app_services
         self._profiles = Profiles(
             server_name=server_name,
             store=storage.client_data,
@@ -1095,6 +1098,7 @@ class HomeServer:
             accounts=self.accounts,
             auth=self.auth,
             registration_enabled=registration.enabled,
+            app_services=self._app_services,
         )
         add_admin_routes(router, accounts=self.accounts, shared_secret=registration.shared_secret)
         directory, reader = self.room_directory, self.room_reader

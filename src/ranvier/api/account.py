@@ -8,6 +8,12 @@ registers. Registration is closed unless the operator opened it; accounts
 can always be made with ``ranvier register-user`` or the shared-secret
 endpoint (:mod:`ranvier.api.admin`).
 
+An application service registers users of its namespace with its
+``as_token`` and ``type: m.login.application_service`` (no password, no
+authentication stages, whether or not registration is open), and logs them
+in the same way; nobody else may register a name in a service's exclusive
+namespace (400 ``M_EXCLUSIVE``).
+
 Each route is served under ``/_matrix/client/v3`` and, for older clients,
 under ``/_matrix/client/r0``, where these endpoints had the same shape.
 """
@@ -19,8 +25,9 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
-from ranvier.api.auth import Auth
-from ranvier.core.accounts import Accounts
+from ranvier.api.auth import Auth, access_token_of
+from ranvier.core.accounts import Accounts, Registration
+from ranvier.core.appservices import AppService, AppServices, exclusive_error
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.web import JsonResponse, Request, Router
 
@@ -28,6 +35,7 @@ __all__ = ["add_account_routes", "json_object", "optional_bool", "optional_str"]
 
 _DUMMY: Final = "m.login.dummy"
 _PASSWORD: Final = "m.login.password"
+_APP_SERVICE: Final = "m.login.application_service"
 _FLOWS: Final = [{"stages": [_DUMMY]}]
 
 
@@ -66,7 +74,12 @@ def _required_str(body: Mapping[str, Any], key: str) -> str:
 
 
 def add_account_routes(
-    router: Router, *, accounts: Accounts, auth: Auth, registration_enabled: bool
+    router: Router,
+    *,
+    accounts: Accounts,
+    auth: Auth,
+    registration_enabled: bool,
+    app_services: AppServices | None = None,
 ) -> None:
     """Serve registration, login, logout and ``whoami``.
 
@@ -74,6 +87,25 @@ def add_account_routes(
     answers 403 and ``/register/available`` too.
     """
     server_name = accounts.server_name
+    services = app_services if app_services is not None else AppServices()
+
+    def calling_service(request: Request) -> AppService:
+        """The service whose ``as_token`` the request carries; 401 otherwise."""
+        token = access_token_of(request)
+        if token is None:
+            raise MatrixError(
+                f"{_APP_SERVICE} needs the application service's as_token",
+                errcode="M_MISSING_TOKEN",
+                http_status=401,
+            )
+        service = services.by_as_token(token)
+        if service is None:
+            raise MatrixError(
+                "the access token is not an application service's as_token",
+                errcode="M_UNKNOWN_TOKEN",
+                http_status=401,
+            )
+        return service
 
     def check_open() -> None:
         if not registration_enabled:
@@ -95,8 +127,10 @@ def add_account_routes(
                 errcode="M_INVALID_PARAM",
                 http_status=400,
             )
-        check_open()
         body = json_object(request)
+        if body.get("type") == _APP_SERVICE:
+            return await register_for_service(calling_service(request), body)
+        check_open()
         username = optional_str(body, "username")
         password = optional_str(body, "password")
         device_id = optional_str(body, "device_id")
@@ -108,7 +142,8 @@ def add_account_routes(
         localpart = None if username is None else username.lower()
         if localpart is not None:
             # Before authentication, so that a taken name is known at once.
-            await accounts.check_username_available(localpart)
+            user_id = await accounts.check_username_available(localpart)
+            services.check_user_registration(user_id, None)
         auth_dict = body.get("auth")
         if auth_dict is not None and not isinstance(auth_dict, dict):
             raise BadJsonError("'auth' must be an object")
@@ -137,11 +172,27 @@ def add_account_routes(
             device_id=device_id,
             device_display_name=display_name,
         )
-        answer: dict[str, Any] = {"user_id": registration.user_id, "home_server": server_name}
-        if registration.access_token is not None:
-            answer["access_token"] = registration.access_token
-            answer["device_id"] = registration.device_id
-        return answer
+        return _registered(registration, server_name)
+
+    async def register_for_service(service: AppService, body: Mapping[str, Any]) -> dict[str, Any]:
+        username = optional_str(body, "username")
+        if username is None:
+            raise MatrixError(
+                "'username' is required to register a user of an application service",
+                errcode="M_MISSING_PARAM",
+                http_status=400,
+            )
+        localpart = username.lower()
+        services.check_user_registration(accounts.user_id_for(localpart), service)
+        optional_bool(body, "refresh_token")
+        registration = await accounts.register(
+            localpart,
+            None,
+            login=not optional_bool(body, "inhibit_login"),
+            device_id=optional_str(body, "device_id"),
+            device_display_name=optional_str(body, "initial_device_display_name"),
+        )
+        return _registered(registration, server_name)
 
     async def register_available(request: Request) -> Mapping[str, Any]:
         check_open()
@@ -152,15 +203,21 @@ def add_account_routes(
                 errcode="M_MISSING_PARAM",
                 http_status=400,
             )
-        await accounts.check_username_available(username.lower())
+        user_id = await accounts.check_username_available(username.lower())
+        services.check_user_registration(user_id, None)
         return {"available": True}
 
     async def login_flows(request: Request) -> Mapping[str, Any]:
-        return {"flows": [{"type": _PASSWORD}]}
+        flows = [{"type": _PASSWORD}]
+        if services:
+            flows.append({"type": _APP_SERVICE})
+        return {"flows": flows}
 
     async def login(request: Request) -> Mapping[str, Any]:
         body = json_object(request)
         login_type = _required_str(body, "type")
+        if login_type == _APP_SERVICE and services:
+            return await login_for_service(calling_service(request), body)
         if login_type != _PASSWORD:
             raise MatrixError(
                 f"unknown login type {login_type!r} (this server offers {_PASSWORD})",
@@ -172,6 +229,25 @@ def add_account_routes(
         result = await accounts.login_with_password(
             user,
             password,
+            device_id=optional_str(body, "device_id"),
+            device_display_name=optional_str(body, "initial_device_display_name"),
+        )
+        return {
+            "user_id": result.user_id,
+            "access_token": result.access_token,
+            "device_id": result.device_id,
+            "home_server": server_name,
+        }
+
+    async def login_for_service(service: AppService, body: Mapping[str, Any]) -> dict[str, Any]:
+        user = _login_user(body)
+        user_id = accounts.local_user_id(user)
+        if user_id is None or not service.owns_user(user_id):
+            raise exclusive_error(
+                f"{user} is outside the users namespace of application service {service.id}"
+            )
+        result = await accounts.login_as(
+            user_id,
             device_id=optional_str(body, "device_id"),
             device_display_name=optional_str(body, "initial_device_display_name"),
         )
@@ -194,6 +270,9 @@ def add_account_routes(
 
     async def whoami(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)
+        if requester.app_service is not None:
+            # A service acts without a device: the spec leaves device_id out.
+            return {"user_id": requester.user_id, "is_guest": False}
         return {"user_id": requester.user_id, "device_id": requester.device_id, "is_guest": False}
 
     for prefix in CLIENT_VERSION_PREFIXES:
@@ -204,6 +283,14 @@ def add_account_routes(
         router.add("POST", f"{prefix}/logout", logout)
         router.add("POST", f"{prefix}/logout/all", logout_all)
         router.add("GET", f"{prefix}/account/whoami", whoami)
+
+
+def _registered(registration: Registration, server_name: str) -> dict[str, Any]:
+    answer: dict[str, Any] = {"user_id": registration.user_id, "home_server": server_name}
+    if registration.access_token is not None:
+        answer["access_token"] = registration.access_token
+        answer["device_id"] = registration.device_id
+    return answer
 
 
 def _login_user(body: Mapping[str, Any]) -> str:

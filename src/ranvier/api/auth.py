@@ -5,13 +5,19 @@ auth.get_user(request)``; a request without a valid token never gets past
 that line. The token comes from ``Authorization: Bearer <token>``, or from
 the ``access_token`` query parameter, which the spec deprecates but still
 allows.
+
+An application service's ``as_token`` acts as the service's sender, or as
+the user its ``user_id`` query parameter names: one of the service's
+namespace that is registered here (403 ``M_FORBIDDEN`` otherwise, as the
+spec's identity assertion has it).
 """
 
 from __future__ import annotations
 
 from typing import Final, Protocol
 
-from ranvier.core.accounts import Requester
+from ranvier.core.accounts import Requester, hash_access_token
+from ranvier.core.appservices import AppService, AppServices
 from ranvier.errors import MatrixError
 from ranvier.web import Request
 
@@ -24,6 +30,8 @@ class RequesterSource(Protocol):
     """Whose an access token is (:class:`ranvier.core.accounts.Accounts`)."""
 
     async def get_requester(self, access_token: str) -> Requester | None: ...
+
+    async def user_exists(self, user_id: str) -> bool: ...
 
 
 def access_token_of(request: Request) -> str | None:
@@ -43,8 +51,9 @@ def access_token_of(request: Request) -> str | None:
 class Auth:
     """Turns the access token of a client request into a :class:`Requester`."""
 
-    def __init__(self, accounts: RequesterSource) -> None:
+    def __init__(self, accounts: RequesterSource, app_services: AppServices | None = None) -> None:
         self._accounts = accounts
+        self._app_services = app_services if app_services is not None else AppServices()
 
     async def get_user(self, request: Request) -> Requester:
         """The user and device the request's access token belongs to.
@@ -58,6 +67,9 @@ class Auth:
             raise MatrixError(
                 "the request has no access token", errcode="M_MISSING_TOKEN", http_status=401
             )
+        service = self._app_services.by_as_token(token)
+        if service is not None:
+            return await self._app_service_requester(service, token, request)
         requester = await self._accounts.get_requester(token)
         if requester is None:
             raise MatrixError(
@@ -67,3 +79,35 @@ class Auth:
                 soft_logout=False,
             )
         return requester
+
+    def app_service_of(self, request: Request) -> AppService | None:
+        """The application service whose ``as_token`` ``request`` carries, if any."""
+        token = access_token_of(request)
+        return None if token is None else self._app_services.by_as_token(token)
+
+    async def _app_service_requester(
+        self, service: AppService, token: str, request: Request
+    ) -> Requester:
+        user_id = request.query_value("user_id") or service.sender
+        if user_id != service.sender:
+            if not service.owns_user(user_id):
+                raise MatrixError(
+                    f"application service {service.id} cannot act as {user_id}:"
+                    " it is outside the service's users namespace",
+                    errcode="M_FORBIDDEN",
+                    http_status=403,
+                )
+            if not await self._accounts.user_exists(user_id):
+                raise MatrixError(
+                    f"application service {service.id} has not registered {user_id}",
+                    errcode="M_FORBIDDEN",
+                    http_status=403,
+                )
+        return Requester(
+            user_id,
+            "",
+            False,
+            hash_access_token(token),
+            app_service=service.id,
+            rate_limited=service.registration.rate_limited and user_id != service.sender,
+        )

@@ -29,7 +29,9 @@ Invariants
 * **A refusal costs nothing.** A refused action does not move the bucket,
   so a client that retries early does not push its own wait further out.
 * **Admins are exempt** from the per-user categories. Login and
-  registration come before there is a user to ask about.
+  registration come before there is a user to ask about. Application
+  services registered with ``rate_limited: false`` are exempt from all,
+  and a service's own sender always is.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 import trio
 
+from ranvier.api.auth import access_token_of
 from ranvier.core.accounts import Requester
 from ranvier.errors import LimitExceededError, MatrixError
 from ranvier.web import Request, Route
@@ -263,6 +266,9 @@ class RouteLimits:
             # Nothing to count: the requester is not looked up either.
             return
         if category in IP_CATEGORIES:
+            if access_token_of(request) is not None and not await self._limited(request):
+                # An application service registering or logging in its users.
+                return
             key = client_address(request, peer, trust_x_forwarded_for=self.trust_x_forwarded_for)
             self.limiter.check(category, key)
             return
@@ -270,9 +276,15 @@ class RouteLimits:
             requester = await self._identify(request)
         except MatrixError:
             return
-        if requester.is_admin:
+        if requester.is_admin or not requester.rate_limited:
             return
         self.limiter.check(category, requester.user_id)
+
+    async def _limited(self, request: Request) -> bool:
+        try:
+            return (await self._identify(request)).rate_limited
+        except MatrixError:
+            return True
 
 
 def client_address(

@@ -91,6 +91,12 @@ class Requester:
     device_id: str
     is_admin: bool
     token_hash: bytes
+    #: The application service whose ``as_token`` the request carried, if
+    #: one's; ``device_id`` is then empty, a service having no device.
+    app_service: str | None = None
+    #: Whether the rate limits apply (not to a service that asked to be
+    #: left unlimited, nor ever to a service's own sender).
+    rate_limited: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +337,47 @@ class Accounts:
         ):
             await self._store.add_device(device)
         return Login(record.user_id, device.device_id, token)
+
+    async def login_as(
+        self,
+        user_id: str,
+        *,
+        device_id: str | None = None,
+        device_display_name: str | None = None,
+    ) -> Login:
+        """Log a device of ``user_id`` in without a password: for an
+        application service logging in one of its users, which the caller
+        has checked. Raises ``M_FORBIDDEN`` for an unknown user and
+        ``M_USER_DEACTIVATED`` for a deactivated one.
+        """
+        if device_id is not None:
+            _check_device_id(device_id)
+        record = await self._store.get_password_login(user_id)
+        if record is None:
+            raise MatrixError(f"{user_id} has no account", errcode="M_FORBIDDEN", http_status=403)
+        if record.deactivated:
+            raise MatrixError(
+                f"{user_id} has been deactivated", errcode="M_USER_DEACTIVATED", http_status=403
+            )
+        token = _generate_access_token()
+        device = NewDevice(
+            record.user_id,
+            device_id if device_id is not None else _generate_device_id(),
+            device_display_name,
+            hash_access_token(token),
+            self._clock(),
+        )
+        with self._invalidating(
+            lambda cached: (cached.user_id, cached.device_id) == (device.user_id, device.device_id)
+        ):
+            await self._store.add_device(device)
+        return Login(record.user_id, device.device_id, token)
+
+    def local_user_id(self, user: str) -> str | None:
+        """The local user ID a login names (a user ID or a localpart, in any
+        case), or None if it cannot be one of ours.
+        """
+        return self._local_user_id(user)
 
     # Tokens.
 

@@ -17,6 +17,10 @@ The rules applied here:
   (which is what pointing the room's own aliases elsewhere needs).
 * Resolving one of our aliases names this server and the other servers
   joined to the room, which a joining server may ask in turn.
+* An alias in an application service's exclusive namespace is created and
+  deleted by that service's users alone (400 ``M_EXCLUSIVE``); one of ours
+  that is not known is asked of the services interested in it, which may
+  make it then, before it is looked up again.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ranvier.protocol.events import Pdu
 from ranvier.protocol.power_levels import get_send_level, get_user_power_level
 from ranvier.protocol.room_versions import get_room_version
 
+from .appservices import AppServiceQueries, AppServices
 from .builder import Clock, wall_clock_ms
 from .interfaces import StateReader
 
@@ -136,6 +141,10 @@ class RoomDirectory:
         #: The published room list, which ``/createRoom``'s ``visibility``
         #: reaches through :meth:`publish_created_room`; set by the server.
         self.room_list: CreatedRoomPublisher | None = None
+        #: Application services, whose exclusive aliases are theirs alone.
+        self.app_services = AppServices()
+        #: Asks services about unknown aliases of theirs; set by the server.
+        self.app_service_queries: AppServiceQueries | None = None
 
     async def may_change_directory(self, user_id: str, room_id: str) -> bool:
         """Whether ``user_id`` is joined to the room with the power to send
@@ -164,6 +173,7 @@ class RoomDirectory:
     async def create_alias(self, user_id: str, alias: str, room_id: str) -> None:
         """Point ``alias`` at ``room_id`` for ``user_id``, who must be joined to it."""
         self.check_local_alias(alias)
+        self.app_services.check_alias_change(user_id, alias)
         if type(room_id) is not str or not room_id.startswith("!"):
             raise _invalid(f"{room_id!r} is not a room ID")
         if await self._store.get_room_version(room_id) is None:
@@ -194,6 +204,13 @@ class RoomDirectory:
         """Where one of our aliases points, with the servers joined to the room."""
         _, server_name = parse_room_alias(alias)
         found = None if server_name != self.server_name else await self._aliases.get_alias(alias)
+        if (
+            found is None
+            and server_name == self.server_name
+            and self.app_service_queries is not None
+            and await self.app_service_queries.query_alias(alias)
+        ):
+            found = await self._aliases.get_alias(alias)
         if found is None:
             raise _unknown_alias(alias)
         room_id = found[0]
@@ -203,6 +220,7 @@ class RoomDirectory:
     async def delete_alias(self, user_id: str, alias: str, *, is_admin: bool = False) -> None:
         """Remove one of our aliases, if ``user_id`` may (see the module's rules)."""
         self.check_local_alias(alias)
+        self.app_services.check_alias_change(user_id, alias)
         found = await self._aliases.get_alias(alias)
         if found is None:
             raise _unknown_alias(alias)

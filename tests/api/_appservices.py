@@ -1,0 +1,111 @@
+"""A server with an application service registered, for the API tests of
+application services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from _client import Client
+
+from ranvier.testing.homeserver import (
+    TestHomeserver,
+    TestUser,
+    config_for_tests,
+    open_test_homeserver,
+)
+
+AS_TOKEN = "as-token-bridge"
+HS_TOKEN = "hs-token-bridge"
+
+
+def registration_yaml(
+    url: str | None, *, rate_limited: bool = True, service_id: str = "bridge"
+) -> str:
+    """A bridge owning ``@_br_*`` and ``#_br_*`` exclusively, and rooms ``!bridged*``."""
+    return f"""\
+id: {service_id}
+url: {"null" if url is None else f'"{url}"'}
+as_token: {AS_TOKEN}
+hs_token: {HS_TOKEN}
+sender_localpart: _br_bot
+rate_limited: {"true" if rate_limited else "false"}
+namespaces:
+  users:
+    - exclusive: true
+      regex: "@_br_.*"
+  aliases:
+    - exclusive: true
+      regex: "#_br_.*"
+  rooms:
+    - exclusive: false
+      regex: "!bridged.*"
+"""
+
+
+@dataclass
+class WithService:
+    hs: TestHomeserver
+    client: Client
+    alice: TestUser
+
+    @property
+    def sender(self) -> str:
+        return f"@_br_bot:{self.hs.server_name}"
+
+    def user(self, localpart: str) -> str:
+        return f"@{localpart}:{self.hs.server_name}"
+
+    async def as_call(
+        self, method: str, path: str, body: Any = None, *, user_id: str | None = None
+    ) -> tuple[int, Any]:
+        """A request with the service's token, as ``user_id`` if given."""
+        params = None if user_id is None else {"user_id": user_id}
+        return await self.client.call(None, method, path, body, token=AS_TOKEN, params=params)
+
+    async def as_ok(
+        self, method: str, path: str, body: Any = None, *, user_id: str | None = None
+    ) -> Any:
+        status, answer = await self.as_call(method, path, body, user_id=user_id)
+        assert status == 200, (method, path, status, answer)
+        return answer
+
+    async def register(self, localpart: str) -> str:
+        answer = await self.as_ok(
+            "POST",
+            "/register",
+            {"type": "m.login.application_service", "username": localpart, "inhibit_login": True},
+        )
+        user_id: str = answer["user_id"]
+        return user_id
+
+
+@asynccontextmanager
+async def open_with_service(
+    tmp_path: Path,
+    *,
+    url: str | None = None,
+    rate_limited: bool = True,
+    rate_limits: bool = False,
+    registration_open: bool = True,
+    **replace: Any,
+) -> AsyncIterator[WithService]:
+    """A server under ``tmp_path`` with the bridge registered (calling ``url``)."""
+    registration = tmp_path / "bridge.yaml"
+    registration.write_text(registration_yaml(url, rate_limited=rate_limited), encoding="utf-8")
+    config = config_for_tests(tmp_path / "hs", rate_limits=rate_limits)
+    config = msgspec.structs.replace(
+        config,
+        app_service_config_files=(registration,),
+        registration=msgspec.structs.replace(config.registration, enabled=registration_open),
+        **replace,
+    )
+    async with (
+        open_test_homeserver(tmp_path / "hs", config=config) as hs,
+        hs.client(timeout=30) as http,
+    ):
+        yield WithService(hs, Client(hs, http), await hs.register_user("alice"))
