@@ -117,6 +117,7 @@ from ranvier.api.room_list import add_room_list_routes
 from ranvier.api.rooms import add_room_routes
 from ranvier.api.search import add_search_route
 from ranvier.api.sync import add_sync_routes
+from ranvier.api.timestamps import add_timestamp_route
 from ranvier.api.to_device import add_to_device_routes
 from ranvier.api.typing import add_typing_routes
 from ranvier.api.upgrade import add_upgrade_routes
@@ -164,6 +165,7 @@ from ranvier.core.room_list import RoomList
 from ranvier.core.room_servers import PduSink, RoomEventSender, RoomServers
 from ranvier.core.rooms import FullStateWaiter, RoomReader
 from ranvier.core.search import Search
+from ranvier.core.timestamps import EventsByTimestamp
 from ranvier.core.to_device import ToDevice
 from ranvier.core.typing import TypingNotices
 from ranvier.core.unpartial import ResyncStatus, UnpartialStater
@@ -193,6 +195,7 @@ from ranvier.federation.queries import add_query_routes
 from ranvier.federation.sender import FederationSender
 from ranvier.federation.sender.interfaces import SenderStore
 from ranvier.federation.server import TransactionHandler, add_transaction_routes
+from ranvier.federation.timestamps import add_timestamp_route as add_federation_timestamp_route
 from ranvier.federation.transport.client import FederationHttpClient
 from ranvier.federation.transport.listener import AsgiApp, HttpListener
 from ranvier.federation.transport.routes import add_key_server_route, add_version_route
@@ -1062,6 +1065,7 @@ class HomeServer:
         add_media_routes(router, media=self.media)
         add_openid_route(router, self.accounts)
         add_federation_hierarchy_route(router, self.room_hierarchy)
+        add_federation_timestamp_route(router, store=self.storage)
         return router
 
     def _client_router(self) -> Router:
@@ -1118,6 +1122,20 @@ class HomeServer:
             router, auth=self.auth, contexts=EventContexts(self.storage.sync, aggregations)
         )
         add_relation_routes(router, auth=self.auth, relations=relations)
+        add_timestamp_route(
+            router,
+            auth=self.auth,
+            lookup=EventsByTimestamp(
+                server_name=self.config.server_name,
+                store=self.storage.sync,
+                timestamps=self.storage.timestamps,
+                remote=FederationEventFetcher(self.federation_client),
+                servers=self.room_servers,
+                versions=self.storage,
+                ingester=self.ingester,
+                backfill=self.storage.backfill,
+            ),
+        )
         add_search_route(
             router,
             auth=self.auth,

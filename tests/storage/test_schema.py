@@ -59,6 +59,8 @@ TABLES_ADDED = {
         "event_search_docsize",
         "event_search_idx",
     },
+    # An index of the events by timestamp, no table.
+    20: set(),
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}

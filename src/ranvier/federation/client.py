@@ -3,7 +3,8 @@
 :class:`FederationEventFetcher` makes the reads ingestion needs to fill a
 gap in our copy (the events missing before a PDU, the state at a gap, one
 event), and the whole state at an event that the un-partial-state task
-asks for, over the homeserver's one
+asks for, and another server's nearest event to a time
+(``/timestamp_to_event``), over the homeserver's one
 :class:`~ranvier.federation.transport.client.FederationHttpClient`. It sits
 beside the transport client rather than with the ``/send`` handler, which
 only receives: core is handed it as its
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -34,6 +35,11 @@ class _EventsBody(msgspec.Struct):
 
 class _PdusBody(msgspec.Struct):
     pdus: list[msgspec.Raw]
+
+
+class _EventAtTimestamp(msgspec.Struct):
+    event_id: str
+    origin_server_ts: int
 
 
 class _StateBody(msgspec.Struct):
@@ -106,6 +112,23 @@ class FederationEventFetcher:
                 destination, f"GET {path} answered with {len(answer.pdus)} events, not one"
             )
         return bytes(answer.pdus[0])
+
+    async def timestamp_to_event(
+        self, destination: str, room_id: str, ts: int, direction: Literal["b", "f"]
+    ) -> tuple[str, int]:
+        """The event ``destination`` holds nearest to ``ts`` in ``direction``,
+        and its timestamp; a 404 from it raises as any failure does.
+        """
+        path = f"/_matrix/federation/v1/timestamp_to_event/{_quote(room_id)}"
+        answer = await self._request(
+            destination,
+            "GET",
+            path,
+            _EventAtTimestamp,
+            content=None,
+            query={"ts": str(ts), "dir": direction},
+        )
+        return answer.event_id, answer.origin_server_ts
 
     async def _request(
         self,

@@ -801,6 +801,18 @@ def _event_search(conn: sqlite3.Connection) -> None:
     fill_search(conn)
 
 
+def _events_by_timestamp(conn: sqlite3.Connection) -> None:
+    """The room's timeline events by ``origin_server_ts``, for
+    ``/timestamp_to_event`` (:mod:`ranvier.storage.timestamps`): a partial
+    index of the events that are neither outliers, rejected nor soft
+    failed, so the nearest such event to a time is one seek.
+    """
+    conn.execute(
+        "CREATE INDEX events_room_timestamp ON events (room_id, origin_server_ts)"
+        " WHERE outlier = 0 AND soft_failed = 0 AND rejected_reason IS NULL"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -822,6 +834,7 @@ MIGRATIONS: Sequence[Migration] = (
     _reports_and_openid,
     _event_relations,
     _event_search,
+    _events_by_timestamp,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

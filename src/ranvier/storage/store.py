@@ -54,6 +54,7 @@ from .room_upgrades import RoomUpgradeStorage
 from .run_reads import RunReads
 from .search import SearchStorage
 from .sync_reads import SyncReads
+from .timestamps import TimestampReads
 from .write_backend import WriteBackend
 
 __all__ = ["Storage"]
@@ -137,6 +138,7 @@ class Storage:
         self.pushers = PusherStorage(self.writer, self.readers)
         self.reports = ReportStorage(self.writer, self.readers)
         self.room_upgrades = RoomUpgradeStorage(self.writer)
+        self.timestamps = TimestampReads(self.readers)
 
     @property
     def actor(self) -> StorageActor:
