@@ -123,6 +123,7 @@ from ranvier.api.typing import add_typing_routes
 from ranvier.api.upgrade import add_upgrade_routes
 from ranvier.api.user_directory import add_user_directory_routes
 from ranvier.api.versions import add_versions_route
+from ranvier.appservice_client import HttpAppServiceClient
 from ranvier.config import Config, ListenerConfig
 from ranvier.core.accounts import Accounts
 from ranvier.core.aggregations import (
@@ -131,7 +132,8 @@ from ranvier.core.aggregations import (
     BundlingRoomReader,
     BundlingSyncHandler,
 )
-from ranvier.core.appservices import AppServices, load_app_services
+from ranvier.core.appservice_sender import AppServiceSender
+from ranvier.core.appservices import AppServiceQueries, AppServices, load_app_services
 from ranvier.core.backfill import Backfiller
 from ranvier.core.client_txns import ClientTransactions
 from ranvier.core.creation import EventCreator, Preset
@@ -963,6 +965,18 @@ class HomeServer:
         )
         self._auth = Auth(self._accounts, self._app_services)
         self._room_directory.app_services = self._app_services
+        self._appservice_client = HttpAppServiceClient()
+        if self._app_services:
+            self._room_directory.app_service_queries = AppServiceQueries(
+                self._app_services, self._appservice_client
+            )
+        self.appservice_sender = AppServiceSender(
+            storage.appservices,
+            self.stream_notifier,
+            self._app_services,
+            self._appservice_client,
+            self._accounts,
+        )
         self._profiles = Profiles(
             server_name=server_name,
             store=storage.client_data,
@@ -1209,6 +1223,15 @@ class HomeServer:
             with trio.CancelScope(shield=True):
                 await self._push_gateway.aclose()
 
+    async def _run_appservice_sender(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            await self.appservice_sender.run(task_status=task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._appservice_client.aclose()
+
     def _components(self) -> list[_Component]:
         """The long-lived parts in the order they start; they stop in reverse."""
         components = [
@@ -1223,6 +1246,7 @@ class HomeServer:
             _Component("typing expiry", self.typing_notices.run),
             _Component("presence lapses", self.presence.run),
             _Component("push sender", self._run_push_sender),
+            _Component("application service sender", self._run_appservice_sender),
             # After what it reads and writes through, before the listeners:
             # the rooms left partial are resumed before anything new arrives.
             _Component("un-partial-state task", self.unpartial_stater.run),

@@ -266,8 +266,10 @@ class AppServiceClient(Protocol):
         """``GET /_matrix/app/v1/rooms/{alias}``: whether the service says it exists now."""
         ...
 
-    async def ping(self, service: AppService, transaction_id: str | None) -> None:
-        """``POST /_matrix/app/v1/ping``; raises the spec's errors as MatrixError."""
+    async def ping(self, service: AppService, transaction_id: str | None) -> int:
+        """``POST /_matrix/app/v1/ping``; the milliseconds it took. Raises
+        the spec's errors as MatrixError.
+        """
         ...
 
 

@@ -194,7 +194,11 @@ class WorkerServer(HomeServer):
     def _components(self) -> list[_Component]:
         components = []
         for component in super()._components():
-            if component.name in ("un-partial-state task", "push sender"):
+            if component.name in (
+                "un-partial-state task",
+                "push sender",
+                "application service sender",
+            ):
                 # The main process's alone.
                 continue
             components.append(component)

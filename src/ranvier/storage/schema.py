@@ -813,6 +813,22 @@ def _events_by_timestamp(conn: sqlite3.Connection) -> None:
     )
 
 
+def _application_services(conn: sqlite3.Connection) -> None:
+    """Application services' positions in the event stream and their
+    unanswered transactions (:mod:`ranvier.storage.appservices`).
+    """
+    conn.execute(
+        "CREATE TABLE appservice_positions ("
+        " service_id TEXT PRIMARY KEY NOT NULL, stream_ordering INTEGER NOT NULL,"
+        " next_txn_id INTEGER NOT NULL) STRICT"
+    )
+    conn.execute(
+        "CREATE TABLE appservice_transactions ("
+        " service_id TEXT NOT NULL, txn_id INTEGER NOT NULL, body BLOB NOT NULL,"
+        " PRIMARY KEY (service_id, txn_id)) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -835,6 +851,7 @@ MIGRATIONS: Sequence[Migration] = (
     _event_relations,
     _event_search,
     _events_by_timestamp,
+    _application_services,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -21,6 +21,7 @@ from . import reads, writes
 from .accounts import AccountStorage
 from .actor import StorageActor
 from .aliases import AliasStorage
+from .appservices import AppServiceStorage
 from .auth_chains import AuthChainStorage
 from .backfill import BackfillStorage
 from .client_data import ClientDataStorage
@@ -136,6 +137,7 @@ class Storage:
         self.run_reads = RunReads(self.readers)
         self.notifications = NotificationReads(self.readers)
         self.pushers = PusherStorage(self.writer, self.readers)
+        self.appservices = AppServiceStorage(self.writer, self.readers)
         self.reports = ReportStorage(self.writer, self.readers)
         self.room_upgrades = RoomUpgradeStorage(self.writer)
         self.timestamps = TimestampReads(self.readers)

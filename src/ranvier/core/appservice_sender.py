@@ -1,0 +1,237 @@
+"""Pushing events to application services: the Application Service API's
+``PUT /_matrix/app/v1/transactions/{txnId}``.
+
+The sender follows the event stream, as the push sender does: it reads the
+accepted events written after each service's position, in order, whoever
+wrote them (local clients, federation, workers), and sends each service
+the events that concern it, in transactions of at most
+:data:`MAX_EVENTS` events in the client format.
+
+An event concerns a service when its sender, or the member an
+``m.room.member`` event is about, is one of the service's users (its
+sender or a local user of its users namespace), or when its room does:
+the room's ID is in the rooms namespace, one of its local aliases in the
+aliases namespace, or one of the service's users is joined or invited.
+
+Invariants
+----------
+
+* **One service never holds back another.** Each service has a task of
+  its own that reads the stream at its own pace; what it has in hand is
+  at most one transaction. A service that is down falls behind alone.
+* **A transaction is sent until it is answered, unchanged.** It is stored
+  with its ID and body before the first attempt, in the same write that
+  moves the service's position past its events
+  (:mod:`ranvier.storage.appservices`), and sent again, the same bytes
+  under the same ID, after a backoff that doubles up to ``max_backoff``
+  seconds, until the service answers 2xx; only then is it forgotten and
+  the next one made. After a restart the stored transaction is sent first,
+  and the stream resumes after its events: nothing answered is sent again,
+  nothing is skipped.
+* **A service first seen starts from the newest event**; a service without
+  a URL is sent nothing.
+* **Every service's sender exists.** Its account is made at start if
+  missing, before the tasks run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Collection, Sequence
+from typing import Final, Protocol
+
+import msgspec
+import trio
+
+from ranvier.storage.appservices import AppServicePosition, PendingTransaction, RoomInterest
+from ranvier.storage.records import StoredEvent
+
+from .appservices import AppService, AppServiceClient, AppServices, AppServiceUnavailableError
+from .client_events import client_event
+from .notifier import StreamNotifier
+
+__all__ = ["MAX_EVENTS", "AppServiceSender", "AppServiceSenderStore", "SenderAccounts"]
+
+_log: Final = logging.getLogger(__name__)
+
+#: Events in one transaction at most.
+MAX_EVENTS: Final = 100
+#: Events read from the stream at a time.
+_BATCH: Final = 200
+#: Seconds between writes of a position passed without sending anything.
+_RECORD_EVERY: Final = 5.0
+
+
+class AppServiceSenderStore(Protocol):
+    """Storage's side: :class:`ranvier.storage.appservices.AppServiceStorage`."""
+
+    async def start_position(self, service_id: str, stream_ordering: int) -> None: ...
+
+    async def set_position(self, service_id: str, stream_ordering: int) -> None: ...
+
+    async def add_transaction(
+        self, service_id: str, txn_id: int, *, through: int, body: bytes
+    ) -> None: ...
+
+    async def complete_transaction(self, service_id: str, txn_id: int) -> None: ...
+
+    async def position(self, service_id: str) -> AppServicePosition | None: ...
+
+    async def pending_transaction(self, service_id: str) -> PendingTransaction | None: ...
+
+    async def events_after(self, after: int, *, limit: int) -> list[StoredEvent]: ...
+
+    async def newest_stream_ordering(self) -> int: ...
+
+    async def room_interest(
+        self, room_ids: Collection[str], server_name: str
+    ) -> dict[str, RoomInterest]: ...
+
+
+class SenderAccounts(Protocol):
+    """Makes services' senders (:class:`ranvier.core.accounts.Accounts`)."""
+
+    async def user_exists(self, user_id: str) -> bool: ...
+
+    async def register(
+        self, localpart: str | None, password: str | None, *, login: bool = True
+    ) -> object: ...
+
+
+class AppServiceSender:
+    """Follows the event stream for every service with a URL; run it with
+    ``await nursery.start(sender.run)``.
+    """
+
+    def __init__(
+        self,
+        store: AppServiceSenderStore,
+        notifier: StreamNotifier,
+        services: AppServices,
+        client: AppServiceClient,
+        accounts: SenderAccounts,
+        *,
+        first_backoff: float = 1.0,
+        max_backoff: float = 300.0,
+    ) -> None:
+        self._store = store
+        self._notifier = notifier
+        self._services = services
+        self._client = client
+        self._accounts = accounts
+        self._first_backoff = first_backoff
+        self._max_backoff = max_backoff
+        #: Each service's position in the stream; for tests and status.
+        self.positions: dict[str, int] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        for service in self._services:
+            await self._ensure_sender(service)
+        following = [service for service in self._services if service.url is not None]
+        if following:
+            newest = await self._store.newest_stream_ordering()
+            for service in following:
+                await self._store.start_position(service.id, newest)
+        async with trio.open_nursery() as nursery:
+            for service in following:
+                position = await self._store.position(service.id)
+                assert position is not None  # started above
+                nursery.start_soon(self._follow, service, position, name=f"appservice {service.id}")
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _ensure_sender(self, service: AppService) -> None:
+        if await self._accounts.user_exists(service.sender):
+            return
+        localpart = service.sender[1:].partition(":")[0]
+        try:
+            await self._accounts.register(localpart, None, login=False)
+        except Exception as exc:
+            # Made meanwhile by another process: what was wanted.
+            if not await self._accounts.user_exists(service.sender):
+                raise RuntimeError(
+                    f"cannot make {service.sender}, application service {service.id}'s sender"
+                ) from exc
+        _log.info("made %s, the sender of application service %s", service.sender, service.id)
+
+    async def _follow(self, service: AppService, start: AppServicePosition) -> None:
+        position, next_id = start.stream_ordering, start.next_txn_id
+        self.positions[service.id] = position
+        recorded, recorded_at = position, -math.inf
+        while True:
+            pending = await self._store.pending_transaction(service.id)
+            if pending is not None:
+                await self._deliver(service, pending)
+                await self._store.complete_transaction(service.id, pending.txn_id)
+                next_id = max(next_id, pending.txn_id + 1)
+                continue
+            # Every event up to ``seen`` was committed before this read.
+            seen = self._notifier.position.events
+            events = await self._store.events_after(position, limit=_BATCH)
+            if not events:
+                position = max(position, seen)
+                self.positions[service.id] = position
+                while self._notifier.position.events <= position:
+                    await self._notifier.wait_beyond(self._notifier.position)
+                continue
+            chosen, through = await self._choose(service, events)
+            if chosen:
+                body = msgspec.json.encode({"events": [client_event(e) for e in chosen]})
+                await self._store.add_transaction(service.id, next_id, through=through, body=body)
+                next_id += 1
+                recorded, recorded_at = through, trio.current_time()
+            elif trio.current_time() >= recorded_at + _RECORD_EVERY and through > recorded:
+                # Events with nothing for the service cost nothing to judge
+                # again after a restart: their positions need not each be a write.
+                await self._store.set_position(service.id, through)
+                recorded, recorded_at = through, trio.current_time()
+            position = through
+            self.positions[service.id] = position
+
+    async def _choose(
+        self, service: AppService, events: Sequence[StoredEvent]
+    ) -> tuple[list[StoredEvent], int]:
+        """The events of ``events`` for ``service`` (at most :data:`MAX_EVENTS`),
+        and the stream position they were chosen through.
+        """
+        rooms = {
+            event.room_id for event in events if not service.is_interested_in_room_id(event.room_id)
+        }
+        interest = await self._store.room_interest(rooms, service.server_name) if rooms else {}
+        concerned: dict[str, bool] = {}
+        chosen: list[StoredEvent] = []
+        for event in events:
+            room_concerns = concerned.get(event.room_id)
+            if room_concerns is None:
+                found = interest.get(event.room_id, RoomInterest((), ()))
+                room_concerns = concerned[event.room_id] = service.is_interested_in_room(
+                    event.room_id, members=found.members, aliases=found.aliases
+                )
+            if room_concerns or service.is_interested_in_event(
+                {"type": event.type, "sender": event.sender, "state_key": event.state_key}
+            ):
+                chosen.append(event)
+                if len(chosen) == MAX_EVENTS:
+                    return chosen, event.stream_ordering
+        return chosen, events[-1].stream_ordering
+
+    async def _deliver(self, service: AppService, transaction: PendingTransaction) -> None:
+        backoff = self._first_backoff
+        while True:
+            try:
+                await self._client.send_transaction(
+                    service, str(transaction.txn_id), transaction.body
+                )
+            except AppServiceUnavailableError as exc:
+                _log.info(
+                    "transaction %d to application service %s failed (%s); again in %.0f s",
+                    transaction.txn_id,
+                    service.id,
+                    exc,
+                    backoff,
+                )
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+                continue
+            return
