@@ -172,6 +172,7 @@ from ranvier.core.to_device import ToDevice
 from ranvier.core.typing import TypingNotices
 from ranvier.core.unpartial import ResyncStatus, UnpartialStater
 from ranvier.core.upgrade import RoomUpgrader
+from ranvier.core.url_previews import UrlPreviewer
 from ranvier.core.user_directory import UserDirectory
 from ranvier.errors import MatrixError
 from ranvier.federation.backfill import FederationBackfillClient
@@ -205,6 +206,7 @@ from ranvier.federation.transport.server import FederationApp, Router
 from ranvier.federation.transport.tls import ensure_certificate, server_ssl_context
 from ranvier.keyfile import load_or_create_signing_key
 from ranvier.metrics import MetricsApp, sample_name
+from ranvier.protocol.ip_ranges import AddressPolicy
 from ranvier.protocol.room_versions import DEFAULT_ROOM_VERSION, RoomVersionLike
 from ranvier.protocol.signing import SigningKey
 from ranvier.push_gateway import HttpPushGateway
@@ -213,6 +215,7 @@ from ranvier.replication.server import ReplicationApp
 from ranvier.replication.stream import MainControl, StreamSource
 from ranvier.storage import Storage
 from ranvier.storage.media_files import MediaFiles
+from ranvier.url_fetcher import UrlFetcher
 
 __all__ = ["BoundListener", "HomeServer", "open_homeserver"]
 
@@ -761,7 +764,12 @@ class HomeServer:
         apps: dict[str, AsgiApp] = {
             "federation": self._federation_app,
             # Media paths first: their bodies are streamed and not JSON.
-            "client": MediaApp(media=self._media, auth=self.auth, fallback=self._client_app),
+            "client": MediaApp(
+                media=self._media,
+                auth=self.auth,
+                fallback=self._client_app,
+                previews=self._url_previewer(self._media),
+            ),
             "metrics": MetricsApp(self.metrics),
         }
         if any(listener.type == "replication" for listener in config.listeners):
@@ -806,6 +814,20 @@ class HomeServer:
                 ssl_context=prepared.server_ssl_context if listener.uses_tls else None,
             )
             self._listeners.append((listener, http))
+
+    def _url_previewer(self, media: MediaRepository) -> UrlPreviewer | None:
+        """URL previews as configured: None when they are turned off."""
+        settings = self.config.media
+        if not settings.url_preview_enabled:
+            return None
+        fetcher = UrlFetcher(
+            policy=AddressPolicy.from_strings(
+                settings.url_preview_ip_range_denylist, settings.url_preview_ip_range_allowlist
+            ),
+            max_bytes=settings.url_preview_max_bytes,
+            timeout_seconds=settings.url_preview_timeout_seconds,
+        )
+        return UrlPreviewer(source=fetcher, rows=self.storage.url_previews, images=media)
 
     def _make_storage(self) -> Storage:
         """This process's storage; a worker's writes through the main process."""

@@ -62,6 +62,7 @@ TABLES_ADDED = {
     # An index of the events by timestamp, no table.
     20: set(),
     21: {"appservice_positions", "appservice_transactions"},
+    22: {"url_previews"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}

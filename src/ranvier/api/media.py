@@ -13,7 +13,9 @@ with ``PUT /_matrix/media/v3/upload/{serverName}/{mediaId}``, download,
 thumbnail and config under ``/_matrix/client/v1/media`` (access token
 required) and under the deprecated ``/_matrix/media/v3`` (download and
 thumbnail without a token, as older clients expect). ``r0`` paths are the
-``v3`` ones. URL previews are not served.
+``v3`` ones. URL previews (``preview_url``) are served under both, with a
+token, when the server has a previewer; without one they are 404
+``M_UNRECOGNIZED``, as an unknown endpoint is.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ranvier.api.app import CORS_HEADERS
 from ranvier.api.auth import Auth
 from ranvier.api.ratelimit import retry_after_header
 from ranvier.core.media import MediaContent, MediaRepository
+from ranvier.core.url_previews import UrlPreviewer
 from ranvier.errors import MatrixError
 from ranvier.protocol.media import (
     SECURITY_HEADERS,
@@ -70,8 +73,16 @@ class MediaApp:
     """The ASGI application for media paths, handing any other request
     (and CORS preflights, and the lifespan protocol) to ``fallback``."""
 
-    def __init__(self, *, media: MediaRepository, auth: Auth, fallback: AsgiApp) -> None:
+    def __init__(
+        self,
+        *,
+        media: MediaRepository,
+        auth: Auth,
+        fallback: AsgiApp,
+        previews: UrlPreviewer | None = None,
+    ) -> None:
         self._media = media
+        self._previews = previews
         self._auth = auth
         self._fallback = fallback
         # The router matches paths (404 and 405 as the client API answers
@@ -93,6 +104,7 @@ class MediaApp:
         self._add("GET", f"{prefix}/download/{{serverName}}/{{mediaId}}/{{fileName}}", download)
         self._add("GET", f"{prefix}/thumbnail/{{serverName}}/{{mediaId}}", thumbnail)
         self._add("GET", f"{prefix}/config", self._config)
+        self._add("GET", f"{prefix}/preview_url", self._preview_url)
 
     def _add(self, method: str, pattern: str, handler: _MediaHandler) -> None:
         self._router.add(method, pattern, _never_called)
@@ -212,6 +224,28 @@ class MediaApp:
     async def _config(self, request: Request, receive: Receive) -> JsonResponse:
         await self._auth.get_user(request)
         return JsonResponse({"m.upload.size": self._media.max_upload_bytes})
+
+    # URL previews.
+
+    async def _preview_url(self, request: Request, receive: Receive) -> JsonResponse:
+        requester = await self._auth.get_user(request)
+        if self._previews is None:
+            raise MatrixError(
+                "URL previews are turned off on this server",
+                errcode="M_UNRECOGNIZED",
+                http_status=404,
+            )
+        url = request.query_value("url")
+        if not url:
+            raise MatrixError(
+                "the url parameter is required", errcode="M_MISSING_PARAM", http_status=400
+            )
+        # ``ts`` asks for the preview as of a time; the newest kept is
+        # answered, which the spec allows.
+        ts = request.query_value("ts")
+        if ts is not None and not ts.lstrip("-").isdigit():
+            raise invalid_param(f"ts must be an integer, not {ts!r}")
+        return JsonResponse(await self._previews.preview(requester.user_id, url))
 
 
 def _served(content: MediaContent, disposition: str) -> StreamResponse:

@@ -829,6 +829,16 @@ def _application_services(conn: sqlite3.Connection) -> None:
     )
 
 
+def _url_previews(conn: sqlite3.Connection) -> None:
+    """URL previews kept for a while (:mod:`ranvier.storage.url_previews`):
+    a row per URL, found by URL, and expired rows found by their expiry."""
+    conn.execute(
+        "CREATE TABLE url_previews (url TEXT NOT NULL PRIMARY KEY, preview_json BLOB NOT NULL,"
+        " made_ts INTEGER NOT NULL, expires_ts INTEGER NOT NULL) STRICT"
+    )
+    conn.execute("CREATE INDEX url_previews_expiry ON url_previews (expires_ts)")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -852,6 +862,7 @@ MIGRATIONS: Sequence[Migration] = (
     _event_search,
     _events_by_timestamp,
     _application_services,
+    _url_previews,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -56,6 +56,7 @@ from .run_reads import RunReads
 from .search import SearchStorage
 from .sync_reads import SyncReads
 from .timestamps import TimestampReads
+from .url_previews import UrlPreviewStorage
 from .write_backend import WriteBackend
 
 __all__ = ["Storage"]
@@ -140,6 +141,7 @@ class Storage:
         self.appservices = AppServiceStorage(self.writer, self.readers)
         self.reports = ReportStorage(self.writer, self.readers)
         self.room_upgrades = RoomUpgradeStorage(self.writer)
+        self.url_previews = UrlPreviewStorage(self.writer, self.readers)
         self.timestamps = TimestampReads(self.readers)
 
     @property

@@ -48,6 +48,7 @@ class WebPages:
     #: The ``Host`` and ``User-Agent`` headers of each request, in order.
     requests: list[tuple[str, str]] = field(default_factory=list)
     base_url: str = ""
+    _arrived: trio.Event = field(default_factory=trio.Event)
 
     async def start(
         self, nursery: trio.Nursery, *, ssl_context: ssl.SSLContext | None = None
@@ -58,6 +59,13 @@ class WebPages:
         port: int = await nursery.start(listener.run)
         self.base_url = f"{listener.scheme}://127.0.0.1:{port}"
         return self.base_url
+
+    async def wait_for_hits(self, path: str, count: int = 1) -> None:
+        """Until ``path`` has been asked for ``count`` times (bound the wait
+        with a cancel scope)."""
+        while self.hits[path] < count:
+            self._arrived = trio.Event()
+            await self._arrived.wait()
 
     def url(self, path: str) -> str:
         """The URL of ``path`` on this site."""
@@ -73,6 +81,7 @@ class WebPages:
             for key, value in scope["headers"]
         }
         self.requests.append((headers.get("host", ""), headers.get("user-agent", "")))
+        self._arrived.set()
         page = self.pages.get(path)
         if page is None:
             page = Page(body=b"not here", content_type="text/plain", status=404)
