@@ -107,6 +107,7 @@ from ranvier.api.openid import add_openid_routes
 from ranvier.api.presence import add_presence_routes
 from ranvier.api.profile import add_profile_routes
 from ranvier.api.push_rules import add_push_rule_routes
+from ranvier.api.notifications import add_notification_routes
 from ranvier.api.pushers import add_pusher_routes
 from ranvier.api.ratelimit import RateLimiter, RouteLimits
 from ranvier.api.receipts import add_receipt_routes
@@ -150,6 +151,7 @@ from ranvier.core.joins import RemoteJoiner
 from ranvier.core.knocks import RoomKnocks
 from ranvier.core.media import MediaRepository
 from ranvier.core.notification_counts import NotificationCounts
+from ranvier.core.notification_list import NotificationList
 from ranvier.core.notifier import StreamNotifier
 from ranvier.core.presence import Presence
 from ranvier.core.profiles import Profiles
@@ -1182,6 +1184,13 @@ class HomeServer:
         add_capability_routes(router, auth=auth)
         add_push_rule_routes(
             router, auth=auth, push_rules=PushRules(client_data, self.stream_notifier)
+        )
+        add_notification_routes(
+            router,
+            auth=auth,
+            notifications=NotificationList(
+                self.storage.notifications, self.storage.redactions, PushRules(client_data)
+            ),
         )
         add_pusher_routes(
             router,
