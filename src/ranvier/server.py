@@ -153,6 +153,7 @@ from ranvier.core.media import MediaRepository
 from ranvier.core.notification_counts import NotificationCounts
 from ranvier.core.notification_list import NotificationList
 from ranvier.core.notifier import StreamNotifier
+from ranvier.core.out_of_band import OutOfBandMemberships
 from ranvier.core.presence import Presence
 from ranvier.core.profiles import Profiles
 from ranvier.core.push_rules import PushRules, PushRulesAccountData
@@ -881,6 +882,12 @@ class HomeServer:
             verifier=verifier,
             room_locks=self._room_locks,
             run_reader=storage.run_reads,
+            out_of_band=OutOfBandMemberships(
+                server_name=server_name,
+                store=storage,
+                memberships=storage.room_members,
+                persister=self._event_persister("federation"),
+            ),
         )
         self._backfiller = Backfiller(
             server_name=server_name,

@@ -127,6 +127,7 @@ from .interfaces import (
     VerifyKeySource,
 )
 from .loading import EventLoader
+from .out_of_band import OutOfBandMemberships
 from .state import resolve_state_maps
 
 __all__ = [
@@ -485,7 +486,8 @@ class FederationIngester:
     ``get_missing_events`` asks for; ``max_fetched_events`` bounds the events
     fetched to fill one gap; ``fetch_concurrency`` how many are fetched at
     once. ``run_reader``, when given, reads what a run of pushed events
-    starts from in one read.
+    starts from in one read. ``out_of_band`` takes the leaves and bans
+    answering our users' invites and knocks in rooms we are not in.
     """
 
     def __init__(
@@ -500,8 +502,12 @@ class FederationIngester:
         max_fetched_events: int = 50_000,
         fetch_concurrency: int = 10,
         run_reader: RoomRunReader | None = None,
+        out_of_band: OutOfBandMemberships | None = None,
     ) -> None:
         self._store = store
+        #: Takes the answers to our users' invites and knocks in rooms we
+        #: are not in (:mod:`ranvier.core.out_of_band`); None takes none.
+        self.out_of_band = out_of_band
         self._run_reader = run_reader
         self._persister = persister
         self._client = client
@@ -556,6 +562,8 @@ class FederationIngester:
         if isinstance(verdict, MatrixError):
             raise verdict
         async with self.room_locks.hold(verdict.room_id):
+            if self.out_of_band is not None and await self.out_of_band.take(origin, verdict):
+                return IngestResult(verdict.event_id)
             return await self._handle_pushed(origin, verdict)
 
     # Pulled events
@@ -685,6 +693,8 @@ class FederationIngester:
         if not items:
             return outcomes
         async with self.room_locks.hold(items[0][0].room_id):
+            if await self._out_of_band_room(items):
+                return [await self._out_of_band_outcome(origin, item) for item in items]
             run: RoomRun | None = await self._loaded_run(items)
             rest = list(items)
             while rest:
@@ -695,6 +705,30 @@ class FederationIngester:
                     outcomes.append(await self._alone(origin, rest[0]))
                     rest = rest[1:]
         return outcomes
+
+    async def _out_of_band_room(self, items: Sequence[_Checked]) -> bool:
+        """Whether ``items`` hold an answer to an invite or a knock of ours
+        and are of a room not joined here (read only when they do).
+        """
+        oob = self.out_of_band
+        return (
+            oob is not None
+            and any(oob.may_answer(event) for event, _ in items)
+            and await oob.room_not_here(items[0][0].room_id)
+        )
+
+    async def _out_of_band_outcome(self, origin: str, item: _Checked) -> PduOutcome:
+        """A pushed event of a room we are not in: kept if it answers an
+        invite or a knock of ours, else taken (and refused) as ever.
+        """
+        event, pending = item
+        checked = await pending.get()
+        if isinstance(checked, MatrixError):
+            return PduOutcome(event.event_id, error=checked)
+        assert self.out_of_band is not None
+        if await self.out_of_band.take(origin, checked):
+            return PduOutcome(checked.event_id, result=IngestResult(checked.event_id))
+        return await self._pushed_outcome(origin, checked)
 
     async def _loaded_run(self, items: Sequence[_Checked]) -> RoomRun:
         """A run over the room of ``items``, having read what they need."""

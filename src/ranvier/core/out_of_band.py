@@ -1,0 +1,134 @@
+"""Memberships of our users in rooms this server is not in.
+
+A user of ours invited to another server's room, or knocking on one, is
+not in it: this server holds that one membership event, an outlier ("out
+of band"), and nothing of the room's DAG. When the room's side answers
+with a leave (an invite withdrawn by the inviter, a knock refused by a
+kick) or a ban, the resident sends that event here (the target's server
+is told of a membership taking its user out of the room, see
+:class:`~ranvier.core.room_servers.RoomEventSender`). Ingestion cannot take
+it as a room event: it would need the state before it, which a server
+outside the room may not have. So it is kept as an outlier beside the
+invite or knock, and ``/sync``, which reads a room known only through
+outliers by its latest membership event, moves the room to ``leave``.
+
+:class:`OutOfBandMemberships` takes such an event, once its signatures
+and content hash are checked (as for any PDU), when all of these hold:
+
+* it is an ``m.room.member`` event about a user of this server, with
+  membership ``leave`` or ``ban``;
+* the room has no DAG here (no forward extremities): we are not in it;
+* the user's latest membership here is an outlier ``invite`` or
+  ``knock``, and the event cites that membership in its ``auth_events``,
+  as the auth rules make every membership change cite the target's
+  current membership. So it answers that very invite or knock: an old
+  leave replayed, or one from a branch of the room that never saw the
+  invite, is not taken.
+
+Nothing else of a room we are not in is accepted: any other event goes
+the ordinary way, which refuses it (its gap cannot be filled from outside
+the room).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping, Set
+from typing import Final, Protocol
+
+from ranvier.protocol.events import Pdu
+from ranvier.storage.records import StoredEvent
+
+from .context import EventContext, event_to_persist
+from .interfaces import EventPersister
+
+__all__ = ["MembershipReader", "OutOfBandMemberships", "OutOfBandStore"]
+
+_log: Final = logging.getLogger(__name__)
+
+_MEMBER: Final = "m.room.member"
+#: The memberships a room's side answers an invite or a knock with.
+_ANSWERS: Final = frozenset({"leave", "ban"})
+#: The out-of-band memberships an answer may follow.
+_PENDING: Final = frozenset({"invite", "knock"})
+
+
+class OutOfBandStore(Protocol):
+    """The reads of the room's DAG and events (storage)."""
+
+    async def get_forward_extremities(self, room_id: str) -> Set[str]: ...
+
+    async def get_events(self, event_ids: Collection[str]) -> Mapping[str, StoredEvent]: ...
+
+
+class MembershipReader(Protocol):
+    """:class:`ranvier.storage.room_members.RoomMemberStorage`'s read."""
+
+    async def get_latest_membership_event_id(self, user_id: str, room_id: str) -> str | None: ...
+
+
+class OutOfBandMemberships:
+    """Takes the answers to our users' invites and knocks in rooms we are
+    not in, as the module says.
+    """
+
+    def __init__(
+        self,
+        *,
+        server_name: str,
+        store: OutOfBandStore,
+        memberships: MembershipReader,
+        persister: EventPersister,
+    ) -> None:
+        self._server_name = server_name
+        self._store = store
+        self._memberships = memberships
+        self._persister = persister
+
+    def may_answer(self, event: Pdu) -> bool:
+        """Whether ``event`` has the shape of an answer (read from it alone:
+        a membership of leave or ban about one of our users), the cheap
+        look taken before anything is read.
+        """
+        return (
+            event.type == _MEMBER
+            and event.state_key is not None
+            and event.state_key.partition(":")[2] == self._server_name
+            and event.membership in _ANSWERS
+        )
+
+    async def room_not_here(self, room_id: str) -> bool:
+        """Whether this server holds none of the room's DAG."""
+        return not await self._store.get_forward_extremities(room_id)
+
+    async def take(self, origin: str, event: Pdu) -> bool:
+        """Keep ``event``, whose signatures and hash were checked, as an
+        outlier if it answers the user's pending invite or knock; whether
+        it was kept (or was already).
+        """
+        if not self.may_answer(event) or not await self.room_not_here(event.room_id):
+            return False
+        assert event.state_key is not None
+        latest_id = await self._memberships.get_latest_membership_event_id(
+            event.state_key, event.room_id
+        )
+        if latest_id == event.event_id:
+            return True
+        if latest_id is None or latest_id not in event.auth_event_ids:
+            return False
+        latest = (await self._store.get_events([latest_id])).get(latest_id)
+        if latest is None or not latest.outlier:
+            return False
+        pending = Pdu.from_json(latest.json, event.room_version, check_limits=False)
+        if pending.membership not in _PENDING:
+            return False
+        await self._persister.persist_events([event_to_persist(event, EventContext.for_outlier())])
+        _log.info(
+            "%s from %s answers the %s of %s in %s, a room not joined here",
+            event.event_id,
+            origin,
+            pending.membership,
+            event.state_key,
+            event.room_id,
+        )
+        return True
