@@ -1,0 +1,113 @@
+"""core.out_of_band on real storage: a leave or ban of a local user that
+answers their out-of-band invite or knock is kept as an outlier; nothing
+else is, nor anything of a room whose DAG is held here."""
+
+from __future__ import annotations
+
+from ranvier.core import event_to_persist
+from ranvier.core.context import EventContext
+from ranvier.core.out_of_band import OutOfBandMemberships
+from ranvier.protocol.events import Pdu
+from ranvier.storage import Storage
+from ranvier.testing import RoomBuilder, ingest_all
+
+HERE = "here.test"
+ALICE = "@alice:there.test"
+BOB = f"@bob:{HERE}"
+
+
+async def _held_alone(storage: Storage, *events: Pdu) -> None:
+    """Store the room and ``events`` as outliers, as an invite or a knock is."""
+    await storage.store_room(events[0].room_id, events[0].room_version.identifier)
+    await storage.persist_events(
+        [event_to_persist(event, EventContext.for_outlier()) for event in events]
+    )
+
+
+def _oob(storage: Storage) -> OutOfBandMemberships:
+    return OutOfBandMemberships(
+        server_name=HERE, store=storage, memberships=storage.room_members, persister=storage
+    )
+
+
+async def _latest(storage: Storage, room_id: str) -> str | None:
+    return await storage.room_members.get_latest_membership_event_id(BOB, room_id)
+
+
+async def test_a_withdrawn_invite_is_kept_as_an_outlier(storage: Storage) -> None:
+    room = RoomBuilder("12", ALICE)
+    room.public_room()
+    invite = room.member(ALICE, "invite", BOB)
+    withdrawn = room.member(ALICE, "leave", BOB)
+    assert invite.event_id in withdrawn.auth_event_ids
+    await _held_alone(storage, invite)
+    oob = _oob(storage)
+
+    assert oob.may_answer(withdrawn)
+    assert await oob.take("there.test", withdrawn)
+    held = (await storage.get_events([withdrawn.event_id]))[withdrawn.event_id]
+    assert held.outlier
+    assert await _latest(storage, room.room_id) == withdrawn.event_id
+    assert await storage.get_forward_extremities(room.room_id) == set()
+    # Taken again, it is there already.
+    assert await oob.take("there.test", withdrawn)
+
+
+async def test_a_refused_knock_and_a_ban_are_answers(storage: Storage) -> None:
+    room = RoomBuilder("12", ALICE)
+    room.public_room()
+    room.state_event(ALICE, "m.room.join_rules", {"join_rule": "knock"})
+    knock = room.member(BOB, "knock")
+    banned = room.member(ALICE, "ban", BOB)
+    await _held_alone(storage, knock)
+    assert await _oob(storage).take("there.test", banned)
+    assert await _latest(storage, room.room_id) == banned.event_id
+
+
+async def test_only_the_answer_to_the_pending_membership_is_taken(storage: Storage) -> None:
+    room = RoomBuilder("12", ALICE)
+    room.public_room()
+    first = room.member(ALICE, "invite", BOB)
+    old_leave = room.member(ALICE, "leave", BOB)
+    second = room.member(ALICE, "invite", BOB)
+    await _held_alone(storage, first, old_leave, second)
+    oob = _oob(storage)
+    # The old leave answers the first invite, not the pending one.
+    assert not await oob.take("there.test", old_leave)
+    assert await _latest(storage, room.room_id) == second.event_id
+    withdrawn = room.member(ALICE, "leave", BOB)
+    assert await oob.take("there.test", withdrawn)
+    # Nothing is pending now: a ban after the leave is not an answer.
+    ban = room.member(ALICE, "ban", BOB)
+    assert not await oob.take("there.test", ban)
+    assert await _latest(storage, room.room_id) == withdrawn.event_id
+
+
+async def test_nothing_but_a_leave_or_ban_of_a_local_user(storage: Storage) -> None:
+    room = RoomBuilder("12", ALICE)
+    room.public_room()
+    invite = room.member(ALICE, "invite", BOB)
+    await _held_alone(storage, invite)
+    oob = _oob(storage)
+    others = [
+        room.message(ALICE, "hello"),
+        room.member(ALICE, "invite", "@carol:elsewhere.test"),
+        room.member(ALICE, "leave", "@carol:elsewhere.test"),
+        room.state_event(ALICE, "m.room.topic", {"topic": "t"}),
+    ]
+    for event in others:
+        assert not oob.may_answer(event), event.type
+        assert not await oob.take("there.test", event)
+    assert await _latest(storage, room.room_id) == invite.event_id
+
+
+async def test_a_room_whose_dag_is_held_is_no_business_of_it(storage: Storage) -> None:
+    room = RoomBuilder("12", ALICE)
+    room.public_room()
+    room.member(ALICE, "invite", BOB)
+    await ingest_all(storage, room.order)
+    leave = room.member(ALICE, "leave", BOB)
+    oob = _oob(storage)
+    assert not await oob.room_not_here(room.room_id)
+    assert not await oob.take("there.test", leave)
+    assert leave.event_id not in await storage.get_events([leave.event_id])
