@@ -4,7 +4,9 @@ to), the redirect, size and time limits, and the errors clients see."""
 
 from __future__ import annotations
 
+import gzip
 import ssl
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -89,6 +91,19 @@ async def test_the_default_denylist_refuses_loopback_before_any_request(site: We
     await refused(fetcher(DEFAULT), f"http://localhost:{port}/page", 403, "M_FORBIDDEN")
     await refused(fetcher(DEFAULT), f"http://[::ffff:127.0.0.1]:{port}/page", 403, "M_FORBIDDEN")
     assert site.hits["/page"] == 0
+
+
+@pytest.mark.parametrize("host", ["2130706433", "0x7f000001", "127.1"])
+async def test_loopback_spelt_otherwise_is_judged_by_the_address_it_reaches(
+    site: WebPages, host: str
+) -> None:
+    site.pages["/page"] = Page(body=HTML)
+    port = site.base_url.rpartition(":")[2]
+    url = f"http://{host}:{port}/page"
+    await refused(fetcher(DEFAULT), url, 403, "M_FORBIDDEN")
+    assert site.hits["/page"] == 0
+    # Allowed, the same spelling reaches the site on 127.0.0.1.
+    assert (await fetcher().fetch(url, wanted=anything)).body == HTML
 
 
 @pytest.mark.parametrize("address", ["10.0.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1"])
@@ -178,6 +193,26 @@ async def test_a_body_at_the_limit_is_read_whole(site: WebPages) -> None:
     site.pages["/exact"] = Page(body=b"y" * 1024, repeat=4, declare_length=False)
     fetched = await fetcher(max_bytes=4096).fetch(site.url("/exact"), wanted=anything)
     assert fetched.body == b"y" * 4096
+
+
+async def test_a_compressed_body_is_unpacked_within_the_limit(site: WebPages) -> None:
+    site.pages["/gzip"] = Page(body=gzip.compress(HTML), headers=(("content-encoding", "gzip"),))
+    site.pages["/deflate"] = Page(
+        body=zlib.compress(HTML), headers=(("content-encoding", "deflate"),)
+    )
+    for path in ("/gzip", "/deflate"):
+        assert (await fetcher().fetch(site.url(path), wanted=anything)).body == HTML
+    # 64 MiB of zeros sent as some 64 KiB.
+    bomb = gzip.compress(bytes(64 * 1024 * 1024))
+    assert len(bomb) < 1024 * 1024
+    site.pages["/bomb"] = Page(body=bomb, headers=(("content-encoding", "gzip"),))
+    await refused(fetcher(), site.url("/bomb"), 502, "M_TOO_LARGE")
+    site.pages["/cut"] = Page(body=bomb[:1000], headers=(("content-encoding", "gzip"),))
+    assert "cut short" in await refused(fetcher(), site.url("/cut"), 502, "M_UNKNOWN")
+    site.pages["/junk"] = Page(body=b"not gzip", headers=(("content-encoding", "gzip"),))
+    assert "unpack" in await refused(fetcher(), site.url("/junk"), 502, "M_UNKNOWN")
+    site.pages["/br"] = Page(body=b"\x0b", headers=(("content-encoding", "br"),))
+    assert "'br'" in await refused(fetcher(), site.url("/br"), 502, "M_UNKNOWN")
 
 
 async def test_a_page_too_slow_times_out(site: WebPages) -> None:

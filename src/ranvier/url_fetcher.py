@@ -15,7 +15,8 @@ Invariants
   :data:`MAX_REDIRECTS`), each checked as the first was: http or https only,
   its addresses judged when its connection is made.
 * **Bounded**: a body is cut off at ``max_bytes`` while it streams (refused
-  at once when its ``Content-Length`` says it will pass it), and the whole
+  at once when its ``Content-Length`` says it will pass it; a gzip or
+  deflate body also when it unpacks past it), and the whole
   fetch, redirects included, at ``timeout_seconds``. No proxy is taken
   from the environment, and no connection is kept alive after its answer.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
@@ -49,6 +51,9 @@ MAX_REDIRECTS: Final = 5
 #: to anyone else.
 USER_AGENT: Final = "ranvier (Matrix homeserver; URL preview bot)"
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+_ENCODINGS: Final = frozenset({"identity", "gzip", "x-gzip", "deflate"})
+# zlib's window bits for a body in either the gzip or the zlib format.
+_GZIP_OR_ZLIB: Final = zlib.MAX_WBITS | 32
 
 #: The addresses a host name resolves to for a port, in the order to try.
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
@@ -139,13 +144,65 @@ class UrlFetcher:
         declared = (_header(response.headers, b"content-length") or "").strip()
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise _too_large(url, self.max_bytes)
+        encoding = (_header(response.headers, b"content-encoding") or "identity").strip().lower()
+        if encoding not in _ENCODINGS:
+            raise _bad_gateway(f"{url.host} answered in the {encoding!r} encoding, not read here")
+        # Identity is asked for; a server that compresses anyway is read,
+        # the limit applying to what it sent and to what that unpacks to.
+        inflater = None if encoding == "identity" else zlib.decompressobj(wbits=_GZIP_OR_ZLIB)
         body = bytearray()
-        stream = response.aiter_stream()
-        async for chunk in stream:
-            body += chunk
+        received = 0
+        chunks = aiter(response.aiter_stream())
+        failure: MatrixError | None = None
+        while True:
+            # Past a failure the body is not just left: the next read is
+            # cancelled, so that the cancellation, raised at the socket,
+            # closes every generator httpcore stacks above it on its way
+            # up. One merely left suspended is a warning when collected.
+            with trio.CancelScope() as scope:
+                if failure is not None:
+                    scope.cancel()
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+            if scope.cancelled_caught:
+                break
+            if failure is not None:
+                continue
+            received += len(chunk)
+            try:
+                if received > self.max_bytes:
+                    raise _too_large(url, self.max_bytes)
+                if inflater is None:
+                    body += chunk
+                else:
+                    self._inflate(inflater, chunk, body, url)
+            except MatrixError as exc:
+                failure = exc
+        if failure is not None:
+            raise failure
+        if inflater is not None:
+            self._inflate(inflater, b"", body, url)
+            if not inflater.eof:
+                raise _bad_gateway(f"{url.host} answered with a compressed body cut short")
+        return bytes(body)
+
+    def _inflate(self, inflater: Any, data: bytes, body: bytearray, url: httpx.URL) -> None:
+        """Unpack ``data`` onto ``body``, never more than one byte past the
+        limit at a time: a small bomb must not unpack whole."""
+        while True:
+            try:
+                body += inflater.decompress(data, self.max_bytes + 1 - len(body))
+            except zlib.error:
+                raise _bad_gateway(
+                    f"{url.host} answered with a body that does not unpack"
+                ) from None
             if len(body) > self.max_bytes:
                 raise _too_large(url, self.max_bytes)
-        return bytes(body)
+            data = inflater.unconsumed_tail
+            if not data:
+                return
 
     def _connections(self) -> httpcore.AsyncConnectionPool:
         if self._pool is None:
