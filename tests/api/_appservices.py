@@ -95,6 +95,7 @@ async def open_with_service(
     **replace: Any,
 ) -> AsyncIterator[WithService]:
     """A server under ``tmp_path`` with the bridge registered (calling ``url``)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     registration = tmp_path / "bridge.yaml"
     registration.write_text(registration_yaml(url, rate_limited=rate_limited), encoding="utf-8")
     config = config_for_tests(tmp_path / "hs", rate_limits=rate_limits)

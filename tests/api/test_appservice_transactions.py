@@ -1,6 +1,7 @@
-"""Events pushed to an application service over real HTTP: what concerns it
-reaches it in transactions, retried unchanged while it is down, neither
-repeated nor skipped across a restart; events from another server too."""
+"""The server calling an application service over real HTTP: events that
+concern it in transactions, retried unchanged while it is down, neither
+repeated nor skipped across a restart, events from another server too;
+the ping; queries about unknown aliases and users of its namespaces."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from typing import Any
 
 import msgspec
 import trio
-from _appservices import HS_TOKEN, WithService, open_with_service, registration_yaml
+from _appservices import AS_TOKEN, HS_TOKEN, WithService, open_with_service, registration_yaml
 from _client import Client, q
 from _federation import eventually
 
 from ranvier.testing.appservice import FakeAppService, Transaction
 from ranvier.testing.homeserver import config_for_tests, open_test_homeserver
-from ranvier.testing.network import Pki
+from ranvier.testing.network import Pki, free_port
 
 
 @asynccontextmanager
@@ -229,3 +230,111 @@ async def test_a_service_without_url_is_sent_nothing(tmp_path: Path) -> None:
         await _send(env, room_id, "nobody listens", "n1")
         assert await env.hs.server.storage.appservices.position("bridge") is None
         assert env.hs.server.appservice_sender.positions == {}
+
+
+async def test_the_ping(tmp_path: Path) -> None:
+    async with _with_fake(tmp_path) as (env, service):
+        path = "/_matrix/client/v1/appservice/bridge/ping"
+        response = await env.client.http.post(
+            path, json={"transaction_id": "meow"}, headers={"Authorization": f"Bearer {AS_TOKEN}"}
+        )
+        assert response.status_code == 200, response.text
+        assert isinstance(response.json()["duration_ms"], int)
+        assert service.queries == [("ping", "meow")]
+
+        service.ping_status = 403
+        response = await env.client.http.post(
+            path, json={}, headers={"Authorization": f"Bearer {AS_TOKEN}"}
+        )
+        assert response.status_code == 502
+        answer = response.json()
+        assert (answer["errcode"], answer["status"]) == ("M_BAD_STATUS", 403)
+        assert answer["body"] == "{}"
+
+        # Only the service's own as_token may ping it.
+        for token, status in ((env.alice.access_token, 403), ("nobody's", 401)):
+            response = await env.client.http.post(
+                path, json={}, headers={"Authorization": f"Bearer {token}"}
+            )
+            assert response.status_code == status
+        response = await env.client.http.post(
+            "/_matrix/client/v1/appservice/other/ping",
+            json={},
+            headers={"Authorization": f"Bearer {AS_TOKEN}"},
+        )
+        assert (response.status_code, response.json()["errcode"]) == (403, "M_FORBIDDEN")
+        assert len(service.queries) == 2
+
+
+async def test_a_ping_that_cannot_be_made(tmp_path: Path) -> None:
+    headers = {"Authorization": f"Bearer {AS_TOKEN}"}
+    path = "/_matrix/client/v1/appservice/bridge/ping"
+    async with open_with_service(tmp_path / "down", url=f"http://127.0.0.1:{free_port()}") as env:
+        response = await env.client.http.post(path, json={}, headers=headers)
+        assert (response.status_code, response.json()["errcode"]) == (502, "M_CONNECTION_FAILED")
+    async with open_with_service(tmp_path / "none", url=None) as env:
+        response = await env.client.http.post(path, json={}, headers=headers)
+        assert (response.status_code, response.json()["errcode"]) == (400, "M_URL_NOT_SET")
+
+
+async def test_an_unknown_alias_is_asked_of_the_service(tmp_path: Path) -> None:
+    async with _with_fake(tmp_path) as (env, service):
+        alias = f"#_br_made:{env.hs.server_name}"
+        made: list[str] = []
+
+        async def make_alias(queried: str) -> bool:
+            # What a bridge does: make the room and point the alias at it.
+            answer = await env.as_ok("POST", "/createRoom", {"preset": "public_chat"})
+            await env.as_ok("PUT", f"/directory/room/{q(queried)}", {"room_id": answer["room_id"]})
+            made.append(answer["room_id"])
+            return True
+
+        service.on_alias = make_alias
+        resolved = await env.client.ok(env.alice, "GET", f"/directory/room/{q(alias)}")
+        assert resolved["room_id"] == made[0]
+        assert service.queries == [("rooms", alias)]
+        # Known now: not asked again.
+        await env.client.ok(env.alice, "GET", f"/directory/room/{q(alias)}")
+        assert service.queries == [("rooms", alias)]
+        # Outside the namespace nobody is asked; the service may also say no.
+        await env.client.refused(
+            env.alice,
+            "GET",
+            f"/directory/room/{q('#plain:' + env.hs.server_name)}",
+            status=404,
+            errcode="M_NOT_FOUND",
+        )
+        service.on_alias = None
+        missing = f"#_br_missing:{env.hs.server_name}"
+        await env.client.refused(
+            env.alice, "GET", f"/directory/room/{q(missing)}", status=404, errcode="M_NOT_FOUND"
+        )
+        assert service.queries == [("rooms", alias), ("rooms", missing)]
+
+
+async def test_an_unknown_user_is_asked_of_the_service(tmp_path: Path) -> None:
+    async with _with_fake(tmp_path) as (env, service):
+        ghost = env.user("_br_on_demand")
+
+        async def make_user(queried: str) -> bool:
+            await env.register(queried[1:].partition(":")[0])
+            await env.as_ok(
+                "PUT",
+                f"/profile/{q(queried)}/displayname",
+                {"displayname": "Made"},
+                user_id=queried,
+            )
+            return True
+
+        service.on_user = make_user
+        profile = await env.client.ok(env.alice, "GET", f"/profile/{q(ghost)}")
+        assert profile == {"displayname": "Made"}
+        assert service.queries == [("users", ghost)]
+        await env.client.refused(
+            env.alice,
+            "GET",
+            f"/profile/{q(env.user('nobody'))}",
+            status=404,
+            errcode="M_NOT_FOUND",
+        )
+        assert service.queries == [("users", ghost)]

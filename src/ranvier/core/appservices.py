@@ -293,6 +293,18 @@ class AppServiceQueries:
                 return True
         return False
 
+    async def ping(self, service_id: str, transaction_id: str | None) -> int:
+        """Have the server call the service's ``/ping``; the milliseconds it
+        took. Raises the spec's errors (``M_URL_NOT_SET``,
+        ``M_CONNECTION_TIMEOUT``, ``M_CONNECTION_FAILED``, ``M_BAD_STATUS``).
+        """
+        service = self._services.by_id(service_id)
+        if service is None:
+            raise MatrixError(
+                f"no application service {service_id}", errcode="M_FORBIDDEN", http_status=403
+            )
+        return await self._client.ping(service, transaction_id)
+
     async def query_user(self, user_id: str) -> bool:
         """Whether a service whose namespace covers ``user_id`` says it made it."""
         for service in self._services:

@@ -61,6 +61,14 @@ class RemoteProfiles(Protocol):
     async def query_profile(self, server_name: str, user_id: str) -> Mapping[str, Any]: ...
 
 
+class UserQueries(Protocol):
+    """Asks application services about users
+    (:class:`ranvier.core.appservices.AppServiceQueries`).
+    """
+
+    async def query_user(self, user_id: str) -> bool: ...
+
+
 class JoinedRooms(Protocol):
     """The rooms a user is joined to (:class:`ranvier.core.rooms.RoomReader`)."""
 
@@ -133,6 +141,9 @@ class Profiles:
         self._rooms = rooms
         self._events = events
         self._remote = remote
+        #: Asks application services about unknown users of their
+        #: namespaces, which they may make then; set by the server.
+        self.app_service_queries: UserQueries | None = None
 
     async def get_profile(self, user_id: str) -> dict[str, str]:
         """The profile of ``user_id``, here or on their server; ``M_NOT_FOUND``
@@ -146,6 +157,12 @@ class Profiles:
             answer = await self._remote.query_profile(server, user_id)
             return {field: answer[field] for field in _FIELDS if isinstance(answer.get(field), str)}
         profile = await self.local_profile(user_id)
+        if (
+            profile is None
+            and self.app_service_queries is not None
+            and await self.app_service_queries.query_user(user_id)
+        ):
+            profile = await self.local_profile(user_id)
         if profile is None:
             raise _not_found(user_id)
         return profile
