@@ -75,7 +75,8 @@ class UrlFetcher:
     (see the module's invariants).
 
     ``ssl_context`` verifies https servers; None means the system's CAs,
-    loaded on the first https fetch. ``resolve`` replaces the system's
+    loaded on the first fetch (not at start: a server that previews nothing
+    need not hold them). ``resolve`` replaces the system's
     resolver (tests name hosts that only they know).
     """
 
@@ -232,7 +233,7 @@ class _Body:
                 return
 
 
-class AddressDeniedError(Exception):
+class _AddressDeniedError(Exception):
     """A host that resolves to an address the policy denies."""
 
 
@@ -259,7 +260,7 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
         if not addresses:
             raise httpcore.ConnectError(f"{host} has no address")
         if not all(self._policy.allows(address) for address in addresses):
-            raise AddressDeniedError(host)
+            raise _AddressDeniedError(host)
         failures: list[str] = []
         for address in addresses:
             try:
@@ -292,7 +293,7 @@ def _mapped_errors(url: httpx.URL) -> Iterator[None]:
     host = url.host
     try:
         yield
-    except AddressDeniedError:
+    except _AddressDeniedError:
         raise MatrixError(
             f"{host} resolves to an address that URL previews may not fetch from",
             errcode="M_FORBIDDEN",

@@ -27,7 +27,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["DEFAULT_URL_PREVIEW_DENYLIST", "AddressPolicy", "IpAddress", "IpNetwork"]
+__all__ = [
+    "DEFAULT_URL_PREVIEW_DENYLIST",
+    "AddressPolicy",
+    "IpAddress",
+    "IpNetwork",
+    "effective_address",
+    "parse_network",
+]
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
