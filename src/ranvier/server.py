@@ -94,6 +94,7 @@ from ranvier.api.account_data import add_account_data_routes
 from ranvier.api.account_management import add_account_management_routes
 from ranvier.api.admin import add_admin_routes
 from ranvier.api.app import ClientApp
+from ranvier.api.appservices import add_appservice_routes
 from ranvier.api.auth import Auth
 from ranvier.api.capabilities import add_capability_routes
 from ranvier.api.devices import add_device_routes
@@ -997,10 +998,9 @@ class HomeServer:
         self._auth = Auth(self._accounts, self._app_services)
         self._room_directory.app_services = self._app_services
         self._appservice_client = HttpAppServiceClient()
+        self._appservice_queries = AppServiceQueries(self._app_services, self._appservice_client)
         if self._app_services:
-            self._room_directory.app_service_queries = AppServiceQueries(
-                self._app_services, self._appservice_client
-            )
+            self._room_directory.app_service_queries = self._appservice_queries
         self.appservice_sender = AppServiceSender(
             storage.appservices,
             self.stream_notifier,
@@ -1016,6 +1016,8 @@ class HomeServer:
             remote=FederationProfileClient(client),
         )
         self._event_creator.member_profiles = self._profiles
+        if self._app_services:
+            self._profiles.app_service_queries = self._appservice_queries
         self._remote_joiner.member_profiles = self._profiles
         self._room_list = RoomList(store=storage.client_data, permissions=self._room_directory)
         self._room_directory.room_list = self._room_list
@@ -1250,6 +1252,7 @@ class HomeServer:
         )
         add_upgrade_routes(router, auth=auth, upgrades=upgrades)
         add_knock_route(router, auth=auth, knocks=_built(self._room_knocks, "room_knocks"))
+        add_appservice_routes(router, auth=auth, pinger=self._appservice_queries)
         return router
 
     async def _run_push_sender(
