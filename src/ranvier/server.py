@@ -93,6 +93,10 @@ from ranvier.api.account import add_account_routes
 from ranvier.api.account_data import add_account_data_routes
 from ranvier.api.account_management import add_account_management_routes
 from ranvier.api.admin import add_admin_routes
+from ranvier.api.admin_common import add_server_version_route
+from ranvier.api.admin_reports import add_admin_report_routes
+from ranvier.api.admin_rooms import add_admin_room_routes
+from ranvier.api.admin_users import add_admin_user_routes
 from ranvier.api.app import ClientApp
 from ranvier.api.appservices import add_appservice_routes
 from ranvier.api.auth import Auth
@@ -128,6 +132,9 @@ from ranvier.api.versions import add_versions_route
 from ranvier.appservice_client import HttpAppServiceClient
 from ranvier.config import Config, ListenerConfig
 from ranvier.core.accounts import Accounts
+from ranvier.core.admin_reports import AdminReports
+from ranvier.core.admin_rooms import AdminRooms
+from ranvier.core.admin_users import AdminUsers
 from ranvier.core.aggregations import (
     Aggregations,
     BundlingRoomMessages,
@@ -964,6 +971,7 @@ class HomeServer:
             memberships=storage.room_members,
             directory=self._room_directory,
             on_partial_state=self._resync,
+            blocked=storage.admin,
         )
         self._room_leaves = RoomLeaves(
             server_name=server_name,
@@ -1216,19 +1224,21 @@ class HomeServer:
         add_device_routes(
             router, auth=auth, devices=Devices(store=client_data, accounts=forgetting)
         )
+        deactivation = Deactivation(
+            accounts=self.accounts,
+            rooms=self.storage.accounts,
+            leaves=self.room_leaves,
+            profiles=client_data,
+            pushers=self.storage.pushers,
+        )
         add_account_management_routes(
             router,
             auth=auth,
             uia=Devices(store=client_data, accounts=self.accounts),
             accounts=self.accounts,
-            deactivation=Deactivation(
-                accounts=self.accounts,
-                rooms=self.storage.accounts,
-                leaves=self.room_leaves,
-                profiles=client_data,
-                pushers=self.storage.pushers,
-            ),
+            deactivation=deactivation,
         )
+        self._add_admin_api_routes(router, deactivation)
         add_room_list_routes(
             router, server_name=self.config.server_name, auth=auth, room_list=self.room_list
         )
@@ -1254,6 +1264,31 @@ class HomeServer:
         add_knock_route(router, auth=auth, knocks=_built(self._room_knocks, "room_knocks"))
         add_appservice_routes(router, auth=auth, pinger=self._appservice_queries)
         return router
+
+    def _add_admin_api_routes(self, router: Router, deactivation: Deactivation) -> None:
+        """The admin API's users, rooms and reports (shared-secret
+        registration is wired with the account routes)."""
+        server_name, store = self.config.server_name, self.storage.admin
+        add_server_version_route(router)
+        users = AdminUsers(
+            server_name=server_name,
+            store=store,
+            accounts=self.accounts,
+            profiles=self.profiles,
+            deactivation=deactivation,
+        )
+        add_admin_user_routes(router, auth=self.auth, users=users)
+        rooms = AdminRooms(
+            server_name=server_name,
+            store=store,
+            state=self.storage,
+            leaves=self.room_leaves,
+            aliases=self.room_directory,
+            room_list=self.room_list,
+        )
+        add_admin_room_routes(router, auth=self.auth, rooms=rooms)
+        reports = AdminReports(server_name=server_name, store=store)
+        add_admin_report_routes(router, auth=self.auth, reports=reports)
 
     async def _run_push_sender(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

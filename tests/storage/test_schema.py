@@ -63,6 +63,7 @@ TABLES_ADDED = {
     20: set(),
     21: {"appservice_positions", "appservice_transactions"},
     22: {"url_previews"},
+    23: {"blocked_rooms"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -186,6 +187,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         )
     elif version == 19:
         run("INSERT INTO event_search VALUES ('hello', '$f', '!r:x', 'content.body')")
+    elif version == 23:
+        run("INSERT INTO blocked_rooms VALUES ('!r:x', '@a:x', 7)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

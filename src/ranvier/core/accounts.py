@@ -528,6 +528,13 @@ class Accounts:
         except MatrixError:
             return None
 
+    def forget_tokens_of(self, user_id: str) -> None:
+        """Drop the cached tokens of ``user_id`` after a write that changed
+        what a lookup answers for them (the admin flag), here and, through
+        :attr:`on_tokens_invalidated`, in the processes told."""
+        with self._invalidating(lambda cached: cached.user_id == user_id):
+            pass
+
     def forget_cached_tokens(self) -> None:
         """Drop every cached token: another process may have logged some out."""
         self._logouts += 1

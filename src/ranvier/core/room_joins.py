@@ -8,7 +8,7 @@ servers, a client's ``via``), then the server a room ID names (room
 versions before 12 have one), then the server of whoever invited the user,
 which is often the only one known for a room of version 12. A room joined
 with partial state is handed to ``on_partial_state`` (the un-partial-state
-task) before the join returns.
+task) before the join returns. A room an admin blocked is not joined (403).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .directory import RoomDirectory
 from .interfaces import StateReader
 from .joins import RemoteJoiner
 
-__all__ = ["JoinedRoom", "MembershipLookup", "RoomJoins"]
+__all__ = ["BlockedRooms", "JoinedRoom", "MembershipLookup", "RoomJoins"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,12 @@ class MembershipLookup(Protocol):
     async def get_latest_membership_event_id(self, user_id: str, room_id: str) -> str | None: ...
 
 
+class BlockedRooms(Protocol):
+    """Rooms an admin blocked (:class:`ranvier.storage.admin.AdminStorage`)."""
+
+    async def is_room_blocked(self, room_id: str) -> bool: ...
+
+
 class RoomJoins:
     """Joins local users to rooms, here or through another server."""
 
@@ -55,6 +61,7 @@ class RoomJoins:
         memberships: MembershipLookup,
         directory: RoomDirectory | None = None,
         on_partial_state: Callable[[str], None] = lambda room_id: None,
+        blocked: BlockedRooms | None = None,
     ) -> None:
         self._creator = creator
         self._remote = remote
@@ -62,6 +69,7 @@ class RoomJoins:
         self._memberships = memberships
         self._directory = directory
         self._on_partial_state = on_partial_state
+        self._blocked = blocked
 
     async def join(
         self,
@@ -90,6 +98,12 @@ class RoomJoins:
                 f"{room_id_or_alias!r} is neither a room ID nor a room alias",
                 errcode="M_INVALID_PARAM",
                 http_status=400,
+            )
+        if self._blocked is not None and await self._blocked.is_room_blocked(room_id):
+            raise MatrixError(
+                f"room {room_id} is blocked on this server: its users may not join it",
+                errcode="M_FORBIDDEN",
+                http_status=403,
             )
         try:
             return JoinedRoom(room_id, await self._creator.join(user_id, room_id, reason=reason))

@@ -839,6 +839,16 @@ def _url_previews(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX url_previews_expiry ON url_previews (expires_ts)")
 
 
+def _blocked_rooms(conn: sqlite3.Connection) -> None:
+    """Rooms an admin blocked (:mod:`ranvier.storage.admin_writes`): no
+    local user may join them. Not a foreign key to ``rooms``: a room may be
+    blocked before this server knows it."""
+    conn.execute(
+        "CREATE TABLE blocked_rooms (room_id TEXT PRIMARY KEY NOT NULL,"
+        " user_id TEXT NOT NULL, blocked_ts INTEGER NOT NULL) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -863,6 +873,7 @@ MIGRATIONS: Sequence[Migration] = (
     _events_by_timestamp,
     _application_services,
     _url_previews,
+    _blocked_rooms,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -20,6 +20,7 @@ from ranvier.protocol.room_versions import RoomVersion, RoomVersionLike
 from . import reads, writes
 from .accounts import AccountStorage
 from .actor import StorageActor
+from .admin import AdminStorage
 from .aliases import AliasStorage
 from .appservices import AppServiceStorage
 from .auth_chains import AuthChainStorage
@@ -124,6 +125,7 @@ class Storage:
         self.client_transactions = ClientTransactionStorage(self.writer, self.readers)
         self.room_members = RoomMemberStorage(self.writer, self.readers)
         self.accounts = AccountStorage(self.writer, self.readers)
+        self.admin = AdminStorage(self.writer, self.readers)
         self.redactions = RedactionStorage(self.readers)
         self.relations = RelationStorage(self.readers)
         self.search = SearchStorage(self.readers)

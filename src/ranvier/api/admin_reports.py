@@ -1,0 +1,35 @@
+"""``GET /_synapse/admin/v1/event_reports/{reportId}``: one kept report in
+detail (:class:`ranvier.core.admin_reports.AdminReports`). The list of
+reports is served beside the endpoints that take them
+(:mod:`ranvier.api.reports`). Admins only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ranvier.api.admin_common import ADMIN_V1, require_admin
+from ranvier.api.auth import Auth
+from ranvier.core.admin_reports import AdminReports
+from ranvier.errors import MatrixError
+from ranvier.web import Request, Router
+
+__all__ = ["add_admin_report_routes"]
+
+
+def add_admin_report_routes(router: Router, *, auth: Auth, reports: AdminReports) -> None:
+    """Serve a report's details."""
+
+    async def get_report(request: Request) -> Mapping[str, Any]:
+        await require_admin(auth, request)
+        raw = request.path_params["report_id"]
+        if not raw.isdigit() or len(raw) > 15:
+            raise MatrixError(
+                "the report ID must be a positive integer",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        return await reports.report(int(raw))
+
+    router.add("GET", f"{ADMIN_V1}/event_reports/{{report_id}}", get_report)

@@ -1,0 +1,52 @@
+"""The writes only the admin API makes: an account's admin flag, an
+account brought back from deactivation, and rooms blocked or unblocked.
+
+Each is one registered write, so a worker's admin request is written by
+the main process as it would be here, and each is the same when run again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from .write_backend import registered_write
+
+__all__ = ["block_room", "reactivate_account", "set_admin", "unblock_room"]
+
+
+@registered_write
+def set_admin(conn: sqlite3.Connection, *, user_id: str, admin: bool) -> bool:
+    """Set the admin flag of ``user_id``; False if there is no such account."""
+    changed = conn.execute(
+        "UPDATE users SET admin = ? WHERE user_id = ?", (int(admin), user_id)
+    ).rowcount
+    return changed > 0
+
+
+@registered_write
+def reactivate_account(conn: sqlite3.Connection, *, user_id: str, password_hash: str) -> bool:
+    """Make a deactivated ``user_id`` active again with a new password:
+    the old one must not come back with the account. False if there is no
+    such account.
+    """
+    changed = conn.execute(
+        "UPDATE users SET deactivated = 0, password_hash = ? WHERE user_id = ?",
+        (password_hash, user_id),
+    ).rowcount
+    return changed > 0
+
+
+@registered_write
+def block_room(conn: sqlite3.Connection, *, room_id: str, user_id: str, blocked_ts: int) -> None:
+    """Block ``room_id`` (whether this server knows it or not); a room
+    already blocked keeps who blocked it first."""
+    conn.execute(
+        "INSERT INTO blocked_rooms (room_id, user_id, blocked_ts) VALUES (?, ?, ?)"
+        " ON CONFLICT (room_id) DO NOTHING",
+        (room_id, user_id, blocked_ts),
+    )
+
+
+@registered_write
+def unblock_room(conn: sqlite3.Connection, *, room_id: str) -> None:
+    conn.execute("DELETE FROM blocked_rooms WHERE room_id = ?", (room_id,))
