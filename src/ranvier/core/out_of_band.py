@@ -25,9 +25,9 @@ and content hash are checked (as for any PDU), when all of these hold:
   leave replayed, or one from a branch of the room that never saw the
   invite, is not taken.
 
-Nothing else of a room we are not in is accepted: any other event goes
-the ordinary way, which refuses it (its gap cannot be filled from outside
-the room).
+Nothing else of a room we are not in is taken here: any other event goes
+the ordinary way, which needs the state before it from the server that
+sent it, and a server answers that only to a server in the room.
 """
 
 from __future__ import annotations
