@@ -59,6 +59,7 @@ async def test_only_admins_are_answered(env: WithAdmin) -> None:
         ("GET", f"/v1/users/{bob_id}/joined_rooms", None),
         ("GET", "/v1/rooms", None),
         ("GET", "/v1/event_reports/1", None),
+        ("GET", "/v1/event_reports", None),
     ]
     for method, path, body in calls:
         message = await admin_refused(

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 from ranvier.api.account import json_object
+from ranvier.api.admin_common import require_admin
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.errors import MatrixError
@@ -75,11 +76,7 @@ def add_report_routes(router: Router, *, auth: Auth, reports: ReportTaker) -> No
         return {}
 
     async def list_reports(request: Request) -> Mapping[str, Any]:
-        requester = await auth.get_user(request)
-        if not requester.is_admin:
-            raise MatrixError(
-                "only the server's admins may read reports", errcode="M_FORBIDDEN", http_status=403
-            )
+        await require_admin(auth, request)
         after = _query_int(request, "from", 0, low=0, high=2**63 - 1)
         limit = _query_int(request, "limit", _DEFAULT_LIMIT, low=1, high=_MAX_LIMIT)
         entries, total = await reports.list(after=after, limit=limit)
