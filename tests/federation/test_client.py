@@ -20,6 +20,7 @@ from ranvier.core.interfaces import ResyncClient
 from ranvier.errors import MatrixError
 from ranvier.federation.client import FederationEventFetcher
 from ranvier.federation.queries import add_query_routes
+from ranvier.federation.timestamps import add_timestamp_route
 from ranvier.federation.transport.server import FederationApp, Request
 from ranvier.protocol.events import Pdu
 from ranvier.testing import NOW_MS, KnownKeys, Pki, RoomBuilder, ZoneDns, ingest_all, serve
@@ -55,9 +56,13 @@ async def world(tmp_path: Path, nursery: trio.Nursery) -> World:
         store=resident.storage,
         clock=lambda: NOW_MS,
     )
+    add_timestamp_route(resident.app.router, store=resident.storage)
     broken_app = FederationApp(server_name="broken.test", key_lookup=keys)
     for kind in ("state", "state_ids"):
         broken_app.router.add("GET", f"/_matrix/federation/v1/{kind}/{{room_id}}", _broken_answer)
+    broken_app.router.add(
+        "GET", "/_matrix/federation/v1/timestamp_to_event/{room_id}", _broken_answer
+    )
     broken = f"broken.test:{await serve(nursery, broken_app, pki.server_context('broken.test'))}"
     broken_app.server_name = broken
     peer = await open_peer(nursery, pki, zone, keys, "b.test")
@@ -110,3 +115,19 @@ async def test_an_answer_of_the_wrong_shape_is_the_remotes_fault(world: World) -
             await read(world.broken, world.room.room_id, world.messages[0].event_id)
         assert caught.value.http_status == 502
         assert "unusable answer" in caught.value.message
+
+
+async def test_timestamp_to_event_names_the_residents_nearest_event(world: World) -> None:
+    resident, room_id = world.resident.server_name, world.room.room_id
+    first = world.messages[0]
+    found = await world.fetcher.timestamp_to_event(resident, room_id, first.origin_server_ts, "b")
+    assert found == (first.event_id, first.origin_server_ts)
+    # Nothing after the last message: the resident's 404 is a failure too.
+    with pytest.raises(MatrixError) as caught:
+        await world.fetcher.timestamp_to_event(
+            resident, room_id, world.messages[-1].origin_server_ts + 1, "f"
+        )
+    assert caught.value.http_status == 502
+    with pytest.raises(MatrixError) as caught:
+        await world.fetcher.timestamp_to_event(world.broken, room_id, 0, "f")
+    assert "unusable answer" in caught.value.message
