@@ -61,7 +61,7 @@ class HttpAppServiceClient:
         url = _url(service, f"/transactions/{urllib.parse.quote(txn_id, safe='')}")
         try:
             response = await self._http.put(url, content=body, headers=_headers(service))
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise AppServiceUnavailableError(f"{service.id}: {exc!r}") from exc
         if not response.is_success:
             raise AppServiceUnavailableError(
@@ -77,7 +77,7 @@ class HttpAppServiceClient:
     async def _query(self, service: AppService, path: str) -> bool:
         try:
             response = await self._http.get(_url(service, path), headers=_headers(service))
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             _log.info("query %s of application service %s failed: %r", path, service.id, exc)
             return False
         return response.status_code == 200
@@ -105,7 +105,7 @@ class HttpAppServiceClient:
                 errcode="M_CONNECTION_TIMEOUT",
                 http_status=504,
             ) from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise MatrixError(
                 f"application service {service.id} could not be reached: {exc}",
                 errcode="M_CONNECTION_FAILED",

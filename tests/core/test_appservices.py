@@ -170,6 +170,8 @@ def test_exclusive_namespaces(tmp_path: Path) -> None:
         ),
         (IRC.replace('"_irc_bot"', '"Not Valid"'), "sender_localpart", "not a user ID"),
         (IRC.replace('"http://127.0.0.1:1234"', '"ftp://x"'), "url", "http"),
+        (IRC.replace('"http://127.0.0.1:1234"', '"http:///path"'), "url", "with a host"),
+        (IRC.replace('"http://127.0.0.1:1234"', '"http://[::1"'), "url", "with a host"),
         (IRC.replace('id: "IRC Bridge"', 'id: ""'), "id", "must not be empty"),
     ],
 )
