@@ -98,6 +98,8 @@ TOKEN_WRITES: Final = frozenset(
         "accounts.delete_user_devices",
         "accounts.change_password",
         "accounts.deactivate_account",
+        # The admin flag rides on cached tokens.
+        "admin_writes.set_admin",
     }
 )
 
