@@ -32,6 +32,7 @@ Invariants
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -368,8 +369,10 @@ def _service(data: dict[str, Any], server_name: str, source: str) -> AppService:
         if not getattr(registration, key):
             raise ConfigError(key, "must not be empty", source=source)
     url = registration.url
-    if url is not None and not url.startswith(("http://", "https://")):
-        raise ConfigError("url", f"expected an http:// or https:// URL, got {url!r}", source=source)
+    if url is not None and (not url.startswith(("http://", "https://")) or not _host_of(url)):
+        raise ConfigError(
+            "url", f"expected an http:// or https:// URL with a host, got {url!r}", source=source
+        )
     if not _LOCALPART.fullmatch(registration.sender_localpart):
         raise ConfigError(
             "sender_localpart",
@@ -399,6 +402,13 @@ def _service(data: dict[str, Any], server_name: str, source: str) -> AppService:
         aliases=compiled["aliases"],
         rooms=compiled["rooms"],
     )
+
+
+def _host_of(url: str) -> str | None:
+    try:
+        return urllib.parse.urlsplit(url).hostname
+    except ValueError:
+        return None
 
 
 _MSGSPEC_ERROR: Final = re.compile(r"(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?", re.DOTALL)
