@@ -221,6 +221,7 @@ from ranvier.protocol.ip_ranges import AddressPolicy
 from ranvier.protocol.room_versions import DEFAULT_ROOM_VERSION, RoomVersionLike
 from ranvier.protocol.signing import SigningKey
 from ranvier.push_gateway import HttpPushGateway
+from ranvier.replication.ephemeral import EphemeralOrigin
 from ranvier.replication.federation_sending import EduOnlySenderStore, QueueingPduSink
 from ranvier.replication.server import ReplicationApp
 from ranvier.replication.stream import MainControl, StreamSource
@@ -786,10 +787,13 @@ class HomeServer:
         if any(listener.type == "replication" for listener in config.listeners):
             secret = config.replication.shared_secret
             assert secret is not None  # the configuration requires it
+            # Typing and presence are held here, for workers too.
+            ephemeral = EphemeralOrigin(self.typing_notices, self.presence)
             source = self._stream_source = StreamSource(
                 self._storage,
                 self.stream_notifier,
                 forget_tokens=self.accounts.forget_cached_tokens,
+                ephemeral=ephemeral,
             )
             self.accounts.on_tokens_invalidated = source.note_tokens_invalidated
             if self._pdu_queue is not None:
@@ -797,7 +801,9 @@ class HomeServer:
             apps["replication"] = ReplicationApp(
                 self._storage,
                 shared_secret=secret,
-                control=MainControl(self._storage, source, resync=self._resync),
+                control=MainControl(
+                    self._storage, source, resync=self._resync, ephemeral=ephemeral
+                ),
                 on_write=source.note_write,
             )
         for index, listener in enumerate(config.listeners):
@@ -865,6 +871,14 @@ class HomeServer:
             self._pdu_queue = QueueingPduSink(self.storage, server_name=self.server_name)
             return self._pdu_queue
         return self.federation_sender
+
+    def _make_presence(self, **parts: Any) -> Presence:
+        """Users' presence, held here; a worker holds the main process's."""
+        return Presence(**parts)
+
+    def _make_typing(self, **parts: Any) -> TypingNotices:
+        """Who is typing, held here; a worker holds the main process's."""
+        return TypingNotices(**parts)
 
     def _full_state_waiter(self) -> FullStateWaiter:
         """What reads of a partial-state room wait on for its full state."""
@@ -1034,7 +1048,7 @@ class HomeServer:
             store=storage.hierarchy,
             remote=FederationHierarchyClient(client, server_name=server_name),
         )
-        self._edus.presence = Presence(
+        self._edus.presence = self._make_presence(
             rooms=self._room_reader,
             shared=storage.room_members,
             server_name=server_name,
@@ -1055,7 +1069,7 @@ class HomeServer:
             notifier=self.stream_notifier,
             activity=self._edus.presence,
         )
-        self._edus.typing = TypingNotices(
+        self._edus.typing = self._make_typing(
             server_name=server_name,
             rooms=self._room_reader,
             servers=self._room_servers,

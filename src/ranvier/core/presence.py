@@ -49,6 +49,13 @@ Invariants
 * **Who may see.** A user's presence is for the user and for anyone
   sharing a joined room with them: ``GET`` answers others 403, and a sync
   leaves them out, as the spec's security considerations have it.
+* **One holder across processes.** With workers, the main process holds
+  presence and runs its timers; a worker holds a copy
+  (:class:`ranvier.core.ephemeral_replica.PresenceReplica`) made from
+  :meth:`Presence.changes_after` and taken with
+  :meth:`Presence.take_changes`, with the main process's positions.
+  ``last_active`` travels as milliseconds ago, since each process's Trio
+  clock has its own origin.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
+import msgspec
 import trio
 
 from ranvier.errors import MatrixError
@@ -76,6 +84,8 @@ __all__ = [
     "SYNC_ONLINE_TIMEOUT_MS",
     "JoinedRooms",
     "Presence",
+    "PresenceChange",
+    "PresenceChanges",
     "PresenceState",
     "SharedRooms",
 ]
@@ -119,6 +129,27 @@ class PresenceState:
     #: Trio-clock time of the user's last activity; None if unknown.
     last_active: float | None
     currently_active: bool = False
+
+
+class PresenceChange(msgspec.Struct, frozen=True):
+    """A user's presence as a copy in another process takes it."""
+
+    user_id: str
+    position: int
+    presence: str
+    status_msg: str | None
+    #: Milliseconds since the user's last activity when this was made.
+    last_active_ago: int | None
+    currently_active: bool
+
+
+class PresenceChanges(msgspec.Struct, frozen=True):
+    """The users whose presence changed after a copy's position, oldest
+    change first, and the stream's newest position.
+    """
+
+    position: int
+    users: tuple[PresenceChange, ...] = ()
 
 
 def _bad(message: str, errcode: str = "M_INVALID_PARAM") -> MatrixError:
@@ -420,6 +451,66 @@ class Presence:
             )
         else:
             await self._change_local(user_id, "online", current.status_msg, current.last_active)
+
+    # --- Copies in other processes -----------------------------------------------------
+
+    def changes_after(self, after: int | None) -> PresenceChanges:
+        """The users whose presence changed after ``after`` (every user
+        known, for a copy starting afresh: None), as they are now.
+        """
+        now = trio.current_time()
+        changed: list[PresenceChange] = []
+        # Oldest change first, so the newest are at the end.
+        for user_id, position in reversed(self._changed.items()):
+            if after is not None and position <= after:
+                break
+            state = self._states[user_id]
+            ago = (
+                None
+                if state.last_active is None
+                else max(0, round((now - state.last_active) * 1000))
+            )
+            changed.append(
+                PresenceChange(
+                    user_id,
+                    position,
+                    state.presence,
+                    state.status_msg,
+                    ago,
+                    state.currently_active,
+                )
+            )
+        changed.reverse()
+        return PresenceChanges(self._serial, tuple(changed))
+
+    async def take_changes(self, changes: PresenceChanges, *, full: bool) -> None:
+        """Make this copy hold what ``changes`` says (all of it if ``full``:
+        what was held before is dropped), and wake the long-polls of those
+        sharing a room with each user.
+
+        Everything is taken before the first read of a user's rooms, so a
+        sync never sees the new position without the changes under it.
+        """
+        now = trio.current_time()
+        if full:
+            self._states.clear()
+            self._changed.clear()
+        for change in changes.users:
+            self._states[change.user_id] = PresenceState(
+                change.presence,
+                change.status_msg,
+                None if change.last_active_ago is None else now - change.last_active_ago / 1000,
+                change.currently_active,
+            )
+            self._changed.pop(change.user_id, None)
+            self._changed[change.user_id] = change.position
+        self._serial = changes.position if full else max(self._serial, changes.position)
+        if self._notifier is None:
+            await trio.lowlevel.checkpoint()
+            return
+        for change in changes.users:
+            rooms = await self._rooms.joined_rooms(change.user_id)
+            self._notifier.advance_presence(change.position, change.user_id, rooms)
 
     # --- Reads --------------------------------------------------------------------------
 

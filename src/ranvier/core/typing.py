@@ -27,6 +27,12 @@ Invariants
 * **Only those in the room.** A local user must be joined to type in a
   room; another server's typing is taken only for its own users, in rooms
   it is joined to as this server sees them.
+* **One holder across processes.** With workers, the main process holds
+  who is typing and runs the deadlines; a worker holds a copy
+  (:class:`ranvier.core.ephemeral_replica.TypingReplica`) made from
+  :meth:`TypingNotices.changes_after` and taken with
+  :meth:`TypingNotices.take_changes`, with the main process's positions,
+  so a sync token means the same in every process.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import math
 from collections.abc import Collection
 from typing import Any, Final
 
+import msgspec
 import trio
 
 from ranvier.errors import MatrixError
@@ -45,7 +52,14 @@ from .builder import Clock, wall_clock_ms
 from .notifier import StreamNotifier
 from .receipts import EduSink, Membership, ServersInRoom, server_of
 
-__all__ = ["DEFAULT_TIMEOUT_MS", "MAX_TIMEOUT_MS", "REMOTE_TIMEOUT_MS", "TypingNotices"]
+__all__ = [
+    "DEFAULT_TIMEOUT_MS",
+    "MAX_TIMEOUT_MS",
+    "REMOTE_TIMEOUT_MS",
+    "TypingChanges",
+    "TypingNotices",
+    "TypingRoom",
+]
 
 _log: Final = logging.getLogger(__name__)
 
@@ -56,6 +70,24 @@ MAX_TIMEOUT_MS: Final = 120_000
 #: How long another server's user counts as typing after its EDU; that
 #: server says when they stop, and renews the EDU while they go on.
 REMOTE_TIMEOUT_MS: Final = 60_000
+
+
+class TypingRoom(msgspec.Struct, frozen=True):
+    """Who is typing in a room now, and the position of its last change."""
+
+    room_id: str
+    position: int
+    user_ids: tuple[str, ...]
+
+
+class TypingChanges(msgspec.Struct, frozen=True):
+    """What a copy needs to catch up: the rooms changed after its position,
+    oldest change first, and the stream's start and newest position.
+    """
+
+    start: int
+    position: int
+    rooms: tuple[TypingRoom, ...] = ()
 
 
 class TypingNotices:
@@ -196,6 +228,54 @@ class TypingNotices:
             (deadline for users in self._typing.values() for deadline in users.values()),
             default=math.inf,
         )
+
+    # --- Copies in other processes ---------------------------------------------------
+
+    def changes_after(self, after: int | None) -> TypingChanges:
+        """The rooms whose typing changed after ``after`` (every room ever
+        changed, for a copy starting afresh: None), with who types there now.
+        """
+        changed = sorted(
+            (position, room_id)
+            for room_id, position in self._changed.items()
+            if after is None or position > after
+        )
+        return TypingChanges(
+            self._start,
+            self._serial,
+            tuple(
+                TypingRoom(room_id, position, tuple(self.typing_in(room_id)))
+                for position, room_id in changed
+            ),
+        )
+
+    def take_changes(self, changes: TypingChanges, *, full: bool) -> None:
+        """Make this copy hold what ``changes`` says (all of it if ``full``:
+        what was held before is dropped), and wake the rooms' long-polls.
+
+        No deadlines here: the holder ends each typing and says so.
+        """
+        touched: set[str] = set()
+        if full:
+            touched.update(self._typing)
+            self._typing.clear()
+            self._changed.clear()
+            self._start = changes.start
+        for room in changes.rooms:
+            if room.user_ids:
+                self._typing[room.room_id] = dict.fromkeys(room.user_ids, math.inf)
+            else:
+                self._typing.pop(room.room_id, None)
+            self._changed[room.room_id] = room.position
+        self._serial = changes.position if full else max(self._serial, changes.position)
+        if self._notifier is None:
+            return
+        for room in changes.rooms:
+            touched.discard(room.room_id)
+            self._notifier.advance_typing(room.position, room.room_id)
+        for room_id in sorted(touched):
+            # Nobody types there any more; nor is a change of it on record.
+            self._notifier.advance_typing(changes.position, room_id)
 
     # --- Reads --------------------------------------------------------------------
 

@@ -15,8 +15,20 @@ events of new events, the rooms whose partial state was cleared, whose
 account data changed, the rooms of new receipts, the users of new
 to-device messages, the users whose devices or keys changed and the rooms
 they are in) and advances its notifier with them, so its waiters wake
-exactly as the main process's do. Typing
-and presence live in each process's memory and do not cross.
+exactly as the main process's do.
+
+Typing and presence have no place in the database: the main process holds
+them in memory (:mod:`ranvier.core.ephemeral_replica`). A worker sends its
+known typing and presence positions and the ID of the main process's life
+it copied them from; the main process answers once either moved (or the
+life is not its own), and the answer carries the changes themselves
+(:class:`~ranvier.core.ephemeral_replica.EphemeralChanges`): who types in
+each room changed since the worker's position, the presence of each user
+changed since, or all of it for a worker with another life's copy. Each
+room or user appears once however often it changed, so an answer is at
+most the size of what the main process holds, and usually one room or
+user; there is nothing to read back, since nothing is written. The worker
+applies them to its copies, which advance its notifier.
 
 The main process does the same for itself with the same code
 (:class:`PositionFollower`): a worker's account data, receipt, to-device
@@ -64,6 +76,7 @@ import httpx
 import msgspec
 import trio
 
+from ranvier.core.ephemeral_replica import EphemeralChanges, EphemeralReplica
 from ranvier.core.notifier import StreamNotifier, StreamPosition
 from ranvier.errors import MatrixError, StorageUnavailableError
 from ranvier.storage import Storage
@@ -72,6 +85,7 @@ from ranvier.web import Receive, Router, Scope, Send, read_body
 
 from . import wire
 from .client import ReplicationClient
+from .ephemeral import MAX_BODY_BYTES, EphemeralOrigin
 
 __all__ = [
     "TOKEN_WRITES",
@@ -141,6 +155,16 @@ class _Answer(msgspec.Struct, frozen=True):
     tokens: str
     #: ``<the main process's life>:<writes to destination_rooms in it>``.
     queued: str = ""
+    #: Typing and presence changes, for a worker that asked for them.
+    ephemeral: EphemeralChanges | None = None
+
+
+class _EphemeralKnown(msgspec.Struct, frozen=True):
+    """The typing and presence positions a worker holds, of the life ``life``."""
+
+    life: str
+    typing: int
+    presence: int
 
 
 _answer_decoder: Final = msgspec.json.Decoder(_Answer)
@@ -363,10 +387,12 @@ class StreamSource:
         notifier: StreamNotifier,
         *,
         forget_tokens: Callable[[], None] | None = None,
+        ephemeral: EphemeralOrigin | None = None,
     ) -> None:
         self._storage = storage
         self._notifier = notifier
         self._forget_tokens = forget_tokens
+        self._ephemeral = ephemeral
         self._life = secrets.token_hex(8)
         self._invalidations = 0
         self._queued = 0
@@ -441,10 +467,18 @@ class StreamSource:
         return await self._storage.readers.read(read_positions)
 
     async def wait(
-        self, known: StreamPositions, tokens: str, queued: str, *, timeout_seconds: float
+        self,
+        known: StreamPositions,
+        tokens: str,
+        queued: str,
+        *,
+        timeout_seconds: float,
+        ephemeral: _EphemeralKnown | None = None,
     ) -> _Answer:
         """The positions and counts once any differs from what the worker
-        knows, or after ``timeout_seconds`` whatever they are.
+        knows, or after ``timeout_seconds`` whatever they are; with
+        ``ephemeral``, the typing and presence changes since the worker's
+        positions too.
         """
         with trio.move_on_after(timeout_seconds):
             while True:
@@ -452,10 +486,39 @@ class StreamSource:
                 changed = self._changed
                 notified = self._notifier.position
                 current = await self.positions()
-                if current.is_beyond(known) or self.tokens != tokens or self.queued != queued:
-                    return _Answer(current, self.tokens, self.queued)
+                moved = await self._ephemeral_moved(ephemeral)
+                if (
+                    moved
+                    or current.is_beyond(known)
+                    or self.tokens != tokens
+                    or self.queued != queued
+                ):
+                    return self._answer(current, ephemeral)
                 await wait_either(self._notifier.wait_beyond(notified), changed.wait())
-        return _Answer(await self.positions(), self.tokens, self.queued)
+        return self._answer(await self.positions(), ephemeral)
+
+    async def _ephemeral_moved(self, known: _EphemeralKnown | None) -> bool:
+        if known is None or self._ephemeral is None:
+            await trio.lowlevel.checkpoint()
+            return False
+        if known.life != self._life:
+            await trio.lowlevel.checkpoint()
+            return True
+        typing, presence = await self._ephemeral.positions()
+        return typing > known.typing or presence > known.presence
+
+    def _answer(self, current: StreamPositions, known: _EphemeralKnown | None) -> _Answer:
+        changes = None
+        if known is not None and self._ephemeral is not None:
+            same = known.life == self._life
+            changes = self._ephemeral.changes(
+                self._life,
+                typing_after=known.typing if same else None,
+                presence_after=known.presence if same else None,
+            )
+            if same and not changes.typing.rooms and not changes.presence.users:
+                changes = None
+        return _Answer(current, self.tokens, self.queued, changes)
 
 
 async def wait_either(first: Awaitable[object], second: Awaitable[object]) -> None:
@@ -485,14 +548,17 @@ class MainControl:
         *,
         resync: Callable[[str], None],
         max_timeout_seconds: float = 60.0,
+        ephemeral: EphemeralOrigin | None = None,
     ) -> None:
         self._storage = storage
         self.source = source
         self._resync = resync
         self._max_timeout = max_timeout_seconds
+        self._ephemeral = ephemeral
         self._router = Router()
         self._router.add("GET", wire.STREAM, self._unused, authenticated=False)
         self._router.add("POST", wire.RESYNC, self._unused, authenticated=False)
+        self._router.add("POST", wire.EPHEMERAL, self._unused, authenticated=False)
         #: Rooms workers asked to resync, for tests and metrics.
         self.resyncs_requested = 0
 
@@ -505,9 +571,13 @@ class MainControl:
             raw_path = scope.get("raw_path")
             path = raw_path.decode("latin-1").partition("?")[0] if raw_path else scope["path"]
             match = self._router.match(scope["method"], path)
-            await read_body(receive, (), 64 * 1024)
-            if match.route.pattern == wire.STREAM:
+            pattern = match.route.pattern
+            limit = MAX_BODY_BYTES if pattern == wire.EPHEMERAL else 64 * 1024
+            request = await read_body(receive, (), limit)
+            if pattern == wire.STREAM:
                 body = await self._stream(scope)
+            elif pattern == wire.EPHEMERAL:
+                body = await self._ephemeral_request(match.params["kind"], request)
             else:
                 body = await self._resync_room(match.params["room_id"])
             await _send_json(send, 200, body)
@@ -526,6 +596,15 @@ class MainControl:
                 int(query.get("device_lists", ["0"])[0]),
             )
             timeout = min(self._max_timeout, int(query.get("timeout_ms", ["0"])[0]) / 1000)
+            ephemeral = (
+                _EphemeralKnown(
+                    query.get("ephemeral_life", [""])[0],
+                    int(query["typing"][0]),
+                    int(query.get("presence", ["0"])[0]),
+                )
+                if "typing" in query
+                else None
+            )
         except ValueError:
             raise MatrixError(
                 "stream positions and timeout_ms must be integers",
@@ -534,8 +613,19 @@ class MainControl:
             ) from None
         tokens = query.get("tokens", [""])[0]
         queued = query.get("queued", [""])[0]
-        answer = await self.source.wait(known, tokens, queued, timeout_seconds=max(0, timeout))
+        answer = await self.source.wait(
+            known, tokens, queued, timeout_seconds=max(0, timeout), ephemeral=ephemeral
+        )
         return _json.encode(answer)
+
+    async def _ephemeral_request(self, kind: str, body: bytes) -> bytes:
+        if self._ephemeral is None:
+            raise MatrixError(
+                "this process holds no typing or presence",
+                errcode="M_UNRECOGNIZED",
+                http_status=404,
+            )
+        return await self._ephemeral.handle(kind, body)
 
     async def _resync_room(self, room_id: str) -> bytes:
         if await self._storage.is_partial_state_room(room_id):
@@ -564,8 +654,9 @@ async def _send_json(send: Send, status: int, body: bytes) -> None:
 
 class StreamFollower:
     """Follows the main process's stream for a worker: advances ``notifier``
-    with what the main process committed, and calls ``forget_tokens`` when
-    tokens may have been invalidated elsewhere.
+    with what the main process committed, calls ``forget_tokens`` when
+    tokens may have been invalidated elsewhere, and keeps ``ephemeral``, the
+    worker's copies of typing and presence, as the main process's.
 
     Start it with ``await nursery.start(follower.run)``: ready once it has
     read the database's positions. A failed poll is tried again after a
@@ -580,6 +671,7 @@ class StreamFollower:
         notifier: StreamNotifier,
         *,
         forget_tokens: Callable[[], None] | None = None,
+        ephemeral: EphemeralReplica | None = None,
         poll_seconds: float = 30.0,
         backoff_base_seconds: float = 0.1,
         backoff_cap_seconds: float = 5.0,
@@ -587,6 +679,7 @@ class StreamFollower:
         self._client = client
         self._positions = PositionFollower(storage, notifier)
         self._forget_tokens = forget_tokens
+        self._ephemeral = ephemeral
         self._poll = poll_seconds
         self._backoff_base = backoff_base_seconds
         self._backoff_cap = backoff_cap_seconds
@@ -625,21 +718,23 @@ class StreamFollower:
 
     async def _poll_once(self) -> _Answer:
         known = self.known
-        response = await self._client.get(
-            wire.STREAM,
-            {
-                "events": str(known.events),
-                "un_partial": str(known.un_partial),
-                "account_data": str(known.account_data),
-                "receipts": str(known.receipts),
-                "to_device": str(known.to_device),
-                "device_lists": str(known.device_lists),
-                "tokens": self._tokens or "",
-                "queued": self._queued,
-                "timeout_ms": str(int(self._poll * 1000)),
-            },
-            timeout_seconds=self._poll + 10,
-        )
+        params = {
+            "events": str(known.events),
+            "un_partial": str(known.un_partial),
+            "account_data": str(known.account_data),
+            "receipts": str(known.receipts),
+            "to_device": str(known.to_device),
+            "device_lists": str(known.device_lists),
+            "tokens": self._tokens or "",
+            "queued": self._queued,
+            "timeout_ms": str(int(self._poll * 1000)),
+        }
+        copies = self._ephemeral
+        if copies is not None:
+            params["ephemeral_life"] = copies.life
+            params["typing"] = str(copies.typing_position)
+            params["presence"] = str(copies.presence_position)
+        response = await self._client.get(wire.STREAM, params, timeout_seconds=self._poll + 10)
         if response.status_code != 200:
             raise StorageUnavailableError(
                 f"the replication stream answered {response.status_code}: {response.text[:200]}"
@@ -656,6 +751,12 @@ class StreamFollower:
             self._queued = answer.queued
             if self.on_queued is not None:
                 self.on_queued()
+        if answer.ephemeral is not None and self._ephemeral is not None:
+            try:
+                await self._ephemeral.take(answer.ephemeral)
+            except StorageUnavailableError as exc:
+                # Taken already; only some long-polls wake late.
+                _log.warning("the rooms of users whose presence changed were not read: %s", exc)
         await self._positions.take(answer.positions)
 
 

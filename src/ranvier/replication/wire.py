@@ -32,6 +32,7 @@ from ranvier.storage.accounts import UserInUseError
 __all__ = [
     "BODY_TYPE",
     "CONTROL",
+    "EPHEMERAL",
     "FED_SEND_EVENTS",
     "PARTIAL_STATE_CONFLICT",
     "PARTIAL_STATE_EVENTS_REMAIN",
@@ -48,10 +49,12 @@ PREFIX: Final = "/_ranvier/replication/"
 FED_SEND_EVENTS: Final = PREFIX + "fed_send_events/{txn_id}"
 SEND_EVENT: Final = PREFIX + "send_event/{event_id}/{txn_id}"
 WRITE: Final = PREFIX + "write/{operation}/{txn_id}"
-#: Requests that are not writes: the stream of positions, resync requests.
+#: Requests that are not writes: the stream of positions, resync requests,
+#: typing and presence changes.
 CONTROL: Final = PREFIX + "control/"
 STREAM: Final = CONTROL + "stream"
 RESYNC: Final = CONTROL + "resync/{room_id}"
+EPHEMERAL: Final = CONTROL + "ephemeral/{kind}"
 
 #: Request and success bodies: msgspec's MessagePack, which carries bytes
 #: (an event's JSON) as they are. Error bodies are Matrix's JSON.

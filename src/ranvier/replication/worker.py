@@ -16,6 +16,9 @@
   worker's stream notifier from the main process's stream, waking ``/sync``
   long-polls, and drops the token cache when tokens were invalidated
   elsewhere.
+* Typing and presence are the main process's: the worker holds copies
+  that the stream keeps (:mod:`ranvier.core.ephemeral_replica`), sends
+  their changes to the main process, and times nothing.
 * Only the listeners of its role run: ``federation_reader`` serves the
   federation API, ``client_reader`` the client-server API (both may add a
   ``metrics`` listener); no worker serves ``replication``.
@@ -30,11 +33,12 @@ import logging
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 import trio
 
 from ranvier.config import Config, ConfigError
+from ranvier.core.ephemeral_replica import EphemeralReplica, PresenceReplica, TypingReplica
 from ranvier.core.interfaces import EventPersister
 from ranvier.core.room_servers import PduSink
 from ranvier.core.rooms import FullStateWaiter
@@ -47,6 +51,7 @@ from ranvier.storage import Storage
 
 from . import wire
 from .client import RemoteWriter, ReplicationClient, ReplicationEventPersister
+from .ephemeral import EphemeralForwarder
 from .federation_sending import DestinationWaker
 from .stream import StreamFollower, StreamFullStateWaiter
 
@@ -92,6 +97,9 @@ class WorkerServer(HomeServer):
         self.role: Role = role
         self._replication: ReplicationClient | None = None
         self._follower: StreamFollower | None = None
+        self._ephemeral_relay: EphemeralForwarder | None = None
+        self._typing_copy: TypingReplica | None = None
+        self._presence_copy: PresenceReplica | None = None
         #: On a federation_sender: wakes the destinations the database shows behind.
         self.destination_waker: DestinationWaker | None = None
         self._resyncs_send, self._resyncs_receive = trio.open_memory_channel[str](_RESYNC_BACKLOG)
@@ -160,13 +168,31 @@ class WorkerServer(HomeServer):
     def _full_state_waiter(self) -> FullStateWaiter:
         return StreamFullStateWaiter(self.storage, self.stream_notifier)
 
+    @property
+    def ephemeral_relay(self) -> EphemeralForwarder:
+        """Sends typing and presence changes to the main process."""
+        if self._ephemeral_relay is None:
+            self._ephemeral_relay = EphemeralForwarder(self.replication_client)
+        return self._ephemeral_relay
+
+    def _make_presence(self, **parts: Any) -> PresenceReplica:
+        self._presence_copy = PresenceReplica(self.ephemeral_relay, **parts)
+        return self._presence_copy
+
+    def _make_typing(self, **parts: Any) -> TypingReplica:
+        self._typing_copy = TypingReplica(self.ephemeral_relay, **parts)
+        return self._typing_copy
+
     def _build_handlers(self, signing_key: SigningKey) -> None:
         super()._build_handlers(signing_key)
+        assert self._typing_copy is not None
+        assert self._presence_copy is not None
         self._follower = StreamFollower(
             self.replication_client,
             self.storage,
             self.stream_notifier,
             forget_tokens=self.accounts.forget_cached_tokens,
+            ephemeral=EphemeralReplica(self._typing_copy, self._presence_copy),
         )
 
     def _resync(self, room_id: str) -> None:
@@ -198,6 +224,8 @@ class WorkerServer(HomeServer):
                 "un-partial-state task",
                 "push sender",
                 "application service sender",
+                "typing expiry",
+                "presence lapses",
             ):
                 # The main process's alone.
                 continue
@@ -207,6 +235,7 @@ class WorkerServer(HomeServer):
                 # the resync requests go through it.
                 components.append(_Component("replication stream", self.stream_follower.run))
                 components.append(_Component("resync requests", self._ask_for_resyncs))
+                components.append(_Component("typing and presence relay", self.ephemeral_relay.run))
             if component.name == "federation sender" and self.role == "federation_sender":
                 waker = DestinationWaker(self.federation_sender, self.storage, self.stream_notifier)
                 self.destination_waker = waker
