@@ -108,11 +108,11 @@ from ranvier.api.hierarchy import add_hierarchy_route
 from ranvier.api.keys import add_key_routes
 from ranvier.api.knock import add_knock_route
 from ranvier.api.media import MediaApp
+from ranvier.api.notifications import add_notification_routes
 from ranvier.api.openid import add_openid_routes
 from ranvier.api.presence import add_presence_routes
 from ranvier.api.profile import add_profile_routes
 from ranvier.api.push_rules import add_push_rule_routes
-from ranvier.api.notifications import add_notification_routes
 from ranvier.api.pushers import add_pusher_routes
 from ranvier.api.ratelimit import RateLimiter, RouteLimits
 from ranvier.api.receipts import add_receipt_routes

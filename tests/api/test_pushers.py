@@ -235,6 +235,21 @@ async def test_own_events_and_silenced_rooms_are_not_pushed(env: Env) -> None:
     assert env.gateway.received == []
 
 
+async def test_an_ignored_users_messages_are_not_pushed(env: Env) -> None:
+    await env.set_pusher(env.alice)
+    ignore = {"ignored_users": {env.bob.user_id: {}}}
+    path = f"/user/{q(env.alice.user_id)}/account_data/m.ignored_user_list"
+    await env.client.ok(env.alice, "PUT", path, ignore)
+    await env.send(env.bob, "alice, are you there?")
+    await env.settled()
+    assert env.gateway.received == []
+    # Ignored no more: pushed again.
+    await env.client.ok(env.alice, "PUT", path, {"ignored_users": {}})
+    event_id = await env.send(env.bob, "hello again")
+    notification = await _next(env.gateway)
+    assert notification["event_id"] == event_id
+
+
 async def test_event_id_only_pushers_get_no_content(env: Env) -> None:
     await env.set_pusher(env.alice, data={"url": env.gateway.url, "format": "event_id_only"})
     event_id = await env.send(env.bob, "secret")

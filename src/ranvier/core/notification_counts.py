@@ -74,6 +74,8 @@ class UnreadEventReader(Protocol):
         by_thread: bool = False,
     ) -> dict[str, UnreadEvents]: ...
 
+    async def ignored_users(self, user_id: str) -> frozenset[str]: ...
+
 
 class PushRuleSource(Protocol):
     """A user's rule set as ``GET /pushrules/`` shows it under ``global``."""
@@ -114,7 +116,10 @@ class NotificationCounts:
         if not room_ids:
             return {}
         rule_set = await self._rules.rule_set(user_id)
-        fingerprint = msgspec.json.encode(rule_set)
+        ignored = await self._store.ignored_users(user_id)
+        # What was counted under other rules, or another ignore list, is
+        # counted again.
+        fingerprint = msgspec.json.encode([rule_set, sorted(ignored)])
         known: dict[str, tuple[int, int] | None] = {}
         for room_id in room_ids:
             counted = self._counted.get((user_id, room_id))
@@ -134,7 +139,7 @@ class NotificationCounts:
                 # Storage went on from where the last count stopped.
                 counts = (before.notifications, before.highlights)
             if found.events:
-                counts = _count(user_id, rule_set, found, counts)[None]
+                counts = _count(user_id, rule_set, found, counts, ignored=ignored)[None]
             self._remember(
                 (user_id, room_id),
                 _Counted(fingerprint, found.read_upto, max(found.after, upto), *counts),
@@ -154,6 +159,7 @@ class NotificationCounts:
         if not room_ids:
             return {}
         rule_set = await self._rules.rule_set(user_id)
+        ignored = await self._store.ignored_users(user_id)
         unread = await self._store.unread_events(
             user_id,
             dict.fromkeys(room_ids),
@@ -164,7 +170,7 @@ class NotificationCounts:
         )
         answer: dict[str, tuple[dict[str, int], dict[str, dict[str, int]]]] = {}
         for room_id, found in unread.items():
-            counts = _count(user_id, rule_set, found, (0, 0), by_thread=True)
+            counts = _count(user_id, rule_set, found, (0, 0), by_thread=True, ignored=ignored)
             threads = {
                 root: _shown(thread)
                 for root, thread in counts.items()
@@ -187,16 +193,20 @@ def _count(
     start: tuple[int, int],
     *,
     by_thread: bool = False,
+    ignored: frozenset[str] = frozenset(),
 ) -> dict[str | None, tuple[int, int]]:
     """The counts after ``found.events``, the room's (None) starting from
     ``start``; ``by_thread``, the main timeline's (None) and each thread's
-    apart, each from its own receipt.
+    apart, each from its own receipt. The events of ``ignored`` users
+    never count, as they are never served.
     """
     counts: dict[str | None, tuple[int, int]] = {None: start}
     context = _context(user_id, found)
     for ordering, sender, raw in found.events:
         if sender == user_id and not by_thread:
             counts[None] = (0, 0)
+            continue
+        if sender in ignored:
             continue
         event = msgspec.json.decode(raw)
         if not isinstance(event, dict):

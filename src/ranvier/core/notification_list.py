@@ -5,8 +5,9 @@ Like the counts of :mod:`ranvier.core.notification_counts`, the list is
 worked out when asked for, from the user's push rules as they are now, not
 kept as events are written: ingestion pays nothing for it, and most users
 never open the list. So it answers "would have been notified": an event
-whose rule was since muted drops out of it. The room state the rules read
-is the room's current state, as for the counts.
+whose rule was since muted, or whose sender the user now ignores, drops
+out of it. The room state the rules read is the room's current state, as
+for the counts.
 
 A page evaluates at most :data:`SCAN_LIMIT` events. When that many held
 fewer notifications than asked for, the page is short and its
@@ -57,6 +58,8 @@ class NotificationCandidateReader(Protocol):
         self, user_id: str, *, before: int | None, limit: int, count_cap: int
     ) -> NotificationCandidates: ...
 
+    async def ignored_users(self, user_id: str) -> frozenset[str]: ...
+
 
 class ServedEventSource(Protocol):
     """Events as clients are served them, redactions applied."""
@@ -98,6 +101,7 @@ class NotificationList:
         before = _parse_token(from_token)
         wanted = _limit(limit)
         rule_set = await self._rules.rule_set(user_id)
+        ignored = await self._store.ignored_users(user_id)
         cap = count_cap(rule_set)
         found: list[_Found] = []
         scanned = 0
@@ -115,7 +119,7 @@ class NotificationList:
                 scanned += 1
                 before = ordering
                 event = msgspec.json.decode(raw)
-                if not isinstance(event, dict):
+                if not isinstance(event, dict) or event.get("sender") in ignored:
                     continue
                 outcome = evaluate_push_rules(rule_set, event, contexts[room_id])
                 if outcome is None or not outcome.notify:

@@ -158,6 +158,8 @@ class MessagesStore(Protocol):
         self, room_id: str, keys: Collection[StateKey]
     ) -> list[StoredEvent]: ...
 
+    async def ignored_users(self, user_id: str) -> frozenset[str]: ...
+
     async def visibility_at(
         self, user_id: str, event_ids: Collection[str]
     ) -> dict[str, tuple[str | None, str | None]]:
@@ -198,6 +200,7 @@ async def visible_to(
     *,
     joined_now: bool,
     checked_before: int,
+    ignored: Collection[str] | None = None,
 ) -> list[StoredEvent]:
     """``events`` without those the room's history visibility hides from
     ``user_id``, by the spec's rules at each event: ``world_readable`` to
@@ -206,7 +209,17 @@ async def visible_to(
     user's own membership events are theirs to see. Events from
     ``checked_before`` on come after the user's current join and are
     visible without a look.
+
+    Nor are the events of users ``user_id`` ignores served, state events
+    apart (the spec's "Ignoring Users": the room must not look different
+    for it). ``ignored`` is that list when the caller read it already, for
+    many rooms at once; otherwise it is read here.
     """
+    if events:
+        if ignored is None:
+            ignored = await store.ignored_users(user_id)
+        if ignored:
+            events = [e for e in events if e.state_key is not None or e.sender not in ignored]
     check = [
         event
         for event in events

@@ -111,6 +111,8 @@ class PushSenderStore(Protocol):
 
     async def any_pushers(self) -> bool: ...
 
+    async def ignoring(self, sender: str, user_ids: Collection[str]) -> frozenset[str]: ...
+
 
 _PusherKey = tuple[str, str, str]
 
@@ -220,11 +222,16 @@ class PushSender:
         # A room's state is read once per batch, so each member's view of
         # it (three events parsed) is made once per batch too.
         contexts: dict[tuple[str, str, bytes | None], PushContext] = {}
+        ignoring: dict[tuple[str, str], bool] = {}
         for event in events:
             by_user: dict[str, list[PusherRecord]] = {}
             for pusher in (*pushers.get(event.room_id, ()), *invited.get(event.event_id, ())):
                 if pusher.user_id != event.sender:
                     by_user.setdefault(pusher.user_id, []).append(pusher)
+            if by_user:
+                # Nothing of an ignored user reaches the user, pushes included.
+                for user_id in await self._ignoring(ignoring, event.sender, list(by_user)):
+                    del by_user[user_id]
             if not by_user:
                 continue
             for user_id in by_user:
@@ -265,6 +272,19 @@ class PushSender:
                     self._enqueue(pusher, notification)
                     queued = True
         return queued
+
+    async def _ignoring(
+        self, known: dict[tuple[str, str], bool], sender: str, user_ids: Collection[str]
+    ) -> list[str]:
+        """Those of ``user_ids`` who ignore ``sender``; ``known`` keeps what
+        was read for the batch, which is mostly a few senders' messages to
+        the same members.
+        """
+        unknown = [user_id for user_id in user_ids if (sender, user_id) not in known]
+        if unknown:
+            ignoring = await self._store.ignoring(sender, unknown)
+            known.update(((sender, user_id), user_id in ignoring) for user_id in unknown)
+        return [user_id for user_id in user_ids if known[sender, user_id]]
 
     async def _invitees_pushers(
         self, events: Sequence[PushableEvent]

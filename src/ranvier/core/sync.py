@@ -218,6 +218,8 @@ class _Request:
     held_members: frozenset[str] = frozenset()
     #: Membership events this response sends, filled in as rooms are made.
     sent_members: set[str] = field(default_factory=set)
+    #: The users the requester ignores, read once for every room.
+    ignored: frozenset[str] = frozenset()
 
 
 def _sync_event(event: StoredEvent, transaction_id: str | None = None) -> dict[str, Any]:
@@ -465,6 +467,7 @@ class SyncHandler:
             un_partialled,
             partial,
             held_members=held,
+            ignored=await self._store.ignored_users(requester.user_id),
         )
         lazy = filter.lazy_load_members
         ephemeral = await self._ephemeral(
@@ -510,10 +513,13 @@ class SyncHandler:
                         room["ephemeral"] = {"events": room_ephemeral}
                     join[room_id] = room
             elif membership == "invite" and is_new:
-                invite[room_id] = await self._invited_room(room_id, event_id)
+                invited = await self._invited_room(room_id, event_id, request.ignored)
+                if invited is not None:
+                    invite[room_id] = invited
             elif membership == "knock" and is_new:
                 stripped = await self._invited_room(room_id, event_id)
-                knock[room_id] = {"knock_state": stripped["invite_state"]}
+                if stripped is not None:
+                    knock[room_id] = {"knock_state": stripped["invite_state"]}
             elif membership in ("leave", "ban") and (
                 (since is not None and is_new) or (since is None and filter.room.include_leave)
             ):
@@ -671,13 +677,20 @@ class SyncHandler:
         room["account_data"] = {"events": []}
         return room
 
-    async def _invited_room(self, room_id: str, invite_id: str) -> dict[str, Any]:
-        """The room's stripped state and the invite (or knock) itself."""
+    async def _invited_room(
+        self, room_id: str, invite_id: str, ignored: frozenset[str] = frozenset()
+    ) -> dict[str, Any] | None:
+        """The room's stripped state and the invite (or knock) itself; None
+        for an invite from a user the invitee ignores, which the spec has
+        the server keep from them.
+        """
         state = await self._store.current_state_for_keys(room_id, _STRIPPED_STATE_KEYS)
         invite = await self._store.get_events([invite_id])
         stripped = [_stripped(event) for event in state]
         if invite_id in invite:
             event = invite[invite_id]
+            if event.sender in ignored:
+                return None
             if not stripped:
                 # A room not joined here: what the inviting server sent of it.
                 stripped = _invite_room_state(event)
@@ -733,6 +746,7 @@ class SyncHandler:
             newest_first[::-1],
             joined_now=joined_now,
             checked_before=checked_before,
+            ignored=request.ignored,
         )
         if after == 0 and timeline and not limited:
             # The room's history here may start later than the room (joined

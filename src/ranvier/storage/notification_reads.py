@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from .ignored_users import read_ignored_users
 from .readers import ReaderPool
 
 __all__ = [
@@ -309,6 +310,9 @@ class NotificationReads:
 
     def __init__(self, readers: ReaderPool) -> None:
         self._readers = readers
+
+    async def ignored_users(self, user_id: str) -> frozenset[str]:
+        return await self._readers.read(functools.partial(read_ignored_users, user_id=user_id))
 
     async def notification_candidates(
         self, user_id: str, *, before: int | None, limit: int, count_cap: int

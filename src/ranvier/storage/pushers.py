@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import msgspec
 
+from .ignored_users import read_ignoring
 from .notification_reads import count_joined, current_state_json
 from .readers import ReaderPool
 from .sync_reads import joined_rooms
@@ -167,6 +168,13 @@ class PusherStorage:
 
     async def joined_rooms(self, user_id: str) -> list[str]:
         return await self._readers.read(functools.partial(joined_rooms, user_id=user_id))
+
+    async def ignoring(self, sender: str, user_ids: Collection[str]) -> frozenset[str]:
+        """Those of ``user_ids`` who ignore ``sender``."""
+        users = frozenset(user_ids)
+        return await self._readers.read(
+            functools.partial(read_ignoring, sender=sender, user_ids=users)
+        )
 
 
 @registered_write

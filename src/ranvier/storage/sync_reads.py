@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from .ignored_users import read_ignored_users
 from .readers import ReaderPool
 from .records import STORED_EVENT_COLUMNS, StateKey, StateMap, StoredEvent, stored_event_from_row
 from .redactions import served, served_events
@@ -521,6 +522,9 @@ class SyncReads:
         """The stored events of ``event_ids``, redacted where a redaction applies."""
         ids = frozenset(event_ids)
         return await self._readers.read(functools.partial(served_events, event_ids=ids))
+
+    async def ignored_users(self, user_id: str) -> frozenset[str]:
+        return await self._readers.read(functools.partial(read_ignored_users, user_id=user_id))
 
     async def visibility_at(
         self, user_id: str, event_ids: Collection[str]
