@@ -15,11 +15,11 @@ import pytest
 import trio
 from _worker_configs import alice_on_both, main_and_worker_configs
 
-from ranvier.config import Config
+from ranvier.config import Config, WorkerConfig
 from ranvier.core.ephemeral_replica import PresenceReplica
 from ranvier.replication.worker import open_worker
 from ranvier.testing import Pki
-from ranvier.testing.homeserver import open_test_homeserver
+from ranvier.testing.homeserver import TestHomeserver, open_test_homeserver
 
 _SYNC = "/_matrix/client/v3/sync"
 # Far beyond what the tests wait for a wake-up: a long-poll that only ended
@@ -308,3 +308,52 @@ async def test_a_typing_edu_taken_by_a_federation_reader_is_seen_by_the_main_pro
         # held by the main process, copied back to the worker.
         assert main.server.typing_notices.typing_in(room_id) == [carol.user_id]
         assert worker.typing_notices.typing_in(room_id) == [carol.user_id]
+
+
+async def test_with_a_federation_sender_worker_typing_leaves_once_from_the_main_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pki = Pki.create(tmp_path)
+    main_config, reader_config = main_and_worker_configs(tmp_path, pki=pki)
+    main_config = msgspec.structs.replace(main_config, worker=WorkerConfig(federation_sender=True))
+    reader_config = msgspec.structs.replace(
+        reader_config,
+        worker=msgspec.structs.replace(reader_config.worker, federation_sender=True),
+    )
+    sender_config = msgspec.structs.replace(
+        reader_config, data_dir=tmp_path / "sender", listeners=()
+    )
+    async with (
+        open_test_homeserver(tmp_path / "remote", federation=pki) as remote,
+        open_test_homeserver(tmp_path / "main", config=main_config) as main,
+        open_worker(reader_config, "client_reader") as reader,
+        open_worker(sender_config, "federation_sender") as sender,
+    ):
+        alice = await main.register_user("alice")
+        carol = await remote.register_user("carol")
+        room_id = await main.server.create_room(alice.user_id, preset="public_chat")
+        await remote.server.join_room(carol.user_id, room_id, [main.server_name])
+        heard: list[bool] = []
+        stopped = trio.Event()
+        taken = remote.server.typing_notices.on_remote_typing
+
+        async def recording(origin: str, room: str, user_id: str, typing: bool) -> bool:
+            if user_id == alice.user_id:
+                heard.append(typing)
+                if not typing:
+                    stopped.set()
+            return await taken(origin, room, user_id, typing)
+
+        monkeypatch.setattr(remote.server.typing_notices, "on_remote_typing", recording)
+        async with TestHomeserver(reader).client(alice) as on_reader:
+            await _put_typing(on_reader, alice.user_id, room_id, typing=True)
+            await _put_typing(on_reader, alice.user_id, room_id, typing=False)
+        with trio.fail_after(_WAIT_SECONDS):
+            await stopped.wait()
+        # Each said once, in order: by the main process, which holds typing;
+        # the workers' senders never had it.
+        assert heard == [True, False]
+        assert reader.typing_notices.typing_in(room_id) == []
+        assert main.server.federation_sender.status(remote.server_name) is not None
+        assert reader.federation_sender.status(remote.server_name) is None
+        assert sender.federation_sender.status(remote.server_name) is None
