@@ -39,7 +39,6 @@ from typing import Any, Final, Protocol
 import trio
 
 from ranvier.errors import MatrixError
-from ranvier.protocol.html_preview import html_preview
 
 __all__ = [
     "MAX_CONCURRENT_PREVIEWS",
@@ -179,6 +178,11 @@ class UrlPreviewer:
         if _essence(page.content_type).startswith("image/"):
             return await self._store_image(user_id, page)
         body, content_type, page_url = page.body, page.content_type, page.url
+        # Imported on first use: the stdlib HTML parser and its entity
+        # tables are close to 1 MiB that a server never previewing a link
+        # need not hold.
+        from ranvier.protocol.html_preview import html_preview
+
         found: dict[str, Any] = dict(
             await trio.to_thread.run_sync(
                 lambda: html_preview(body, content_type=content_type, page_url=page_url)
