@@ -184,6 +184,28 @@ async def test_exclusive_aliases_are_the_services(tmp_path: Path) -> None:
         )
 
 
+async def test_a_room_is_not_made_for_an_alias_the_service_owns(tmp_path: Path) -> None:
+    async with open_with_service(tmp_path) as env:
+        before = await env.client.ok(env.alice, "GET", "/joined_rooms")
+        await env.client.refused(
+            env.alice,
+            "POST",
+            "/createRoom",
+            {"room_alias_name": "_br_mine", "preset": "public_chat"},
+            status=400,
+            errcode="M_EXCLUSIVE",
+        )
+        # Refused before anything was made: no room, no alias.
+        assert await env.client.ok(env.alice, "GET", "/joined_rooms") == before
+        await env.client.refused(
+            env.alice,
+            "GET",
+            f"/directory/room/{q('#_br_mine:' + env.hs.server_name)}",
+            status=404,
+            errcode="M_NOT_FOUND",
+        )
+
+
 async def _burst(call: Callable[[int], Awaitable[tuple[int, object]]], count: int) -> list[int]:
     statuses = []
     for index in range(count):

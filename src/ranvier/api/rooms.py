@@ -160,7 +160,7 @@ class _Rooms:
         alias = None
         if alias_name is not None:
             alias = f"#{alias_name}:{self._server_name}"
-            self._directory.check_local_alias(alias)
+            self._directory.check_may_create(requester.user_id, alias)
             if await self._directory.is_taken(alias):
                 raise _alias_in_use(alias)
             if not any(

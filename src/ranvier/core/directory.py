@@ -166,14 +166,21 @@ class RoomDirectory:
         if server_name != self.server_name:
             raise _invalid(f"{alias} belongs to {server_name}; this server is {self.server_name}")
 
+    def check_may_create(self, user_id: str, alias: str) -> None:
+        """Raise unless ``user_id`` may create ``alias`` on this server, as
+        :meth:`create_alias` would: checked before a room is made for an
+        alias, so that a refusal leaves no room behind.
+        """
+        self.check_local_alias(alias)
+        self.app_services.check_alias_change(user_id, alias)
+
     async def is_taken(self, alias: str) -> bool:
         """Whether one of our aliases already points somewhere."""
         return await self._aliases.get_alias(alias) is not None
 
     async def create_alias(self, user_id: str, alias: str, room_id: str) -> None:
         """Point ``alias`` at ``room_id`` for ``user_id``, who must be joined to it."""
-        self.check_local_alias(alias)
-        self.app_services.check_alias_change(user_id, alias)
+        self.check_may_create(user_id, alias)
         if type(room_id) is not str or not room_id.startswith("!"):
             raise _invalid(f"{room_id!r} is not a room ID")
         if await self._store.get_room_version(room_id) is None:
