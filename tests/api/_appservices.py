@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import trio
 from _client import Client
 
 from ranvier.testing.homeserver import (
@@ -95,9 +96,11 @@ async def open_with_service(
     **replace: Any,
 ) -> AsyncIterator[WithService]:
     """A server under ``tmp_path`` with the bridge registered (calling ``url``)."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
     registration = tmp_path / "bridge.yaml"
-    registration.write_text(registration_yaml(url, rate_limited=rate_limited), encoding="utf-8")
+    await trio.Path(tmp_path).mkdir(parents=True, exist_ok=True)
+    await trio.Path(registration).write_text(
+        registration_yaml(url, rate_limited=rate_limited), encoding="utf-8"
+    )
     config = config_for_tests(tmp_path / "hs", rate_limits=rate_limits)
     config = msgspec.structs.replace(
         config,
