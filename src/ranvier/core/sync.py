@@ -109,7 +109,7 @@ from ranvier.core.pagination import (
 )
 from ranvier.storage.records import StateKey, StoredEvent
 
-__all__ = ["MAX_TIMEOUT_MS", "SyncHandler", "SyncStore"]
+__all__ = ["MAX_TIMEOUT_MS", "SyncHandler", "SyncStore", "stripped_room_state"]
 
 #: The longest a long-poll is held, whatever the client asks.
 MAX_TIMEOUT_MS: Final = 10 * 60 * 1000
@@ -272,6 +272,28 @@ def _invite_room_state(invite: StoredEvent) -> list[dict[str, Any]]:
         except msgspec.ValidationError:
             continue
         stripped.append(msgspec.structs.asdict(event))
+    return stripped
+
+
+async def stripped_room_state(
+    store: SyncStore, room_id: str, invite_id: str, ignored: Collection[str] = ()
+) -> list[dict[str, Any]] | None:
+    """The stripped state an invited (or knocking) user sees of the room,
+    ending with the invite (or knock) itself; None for an invite from a
+    user the invitee ignores, which the spec has the server keep from them.
+    Shared by ``/sync`` and sliding sync.
+    """
+    state = await store.current_state_for_keys(room_id, _STRIPPED_STATE_KEYS)
+    invite = await store.get_events([invite_id])
+    stripped = [_stripped(event) for event in state]
+    if invite_id in invite:
+        event = invite[invite_id]
+        if event.sender in ignored:
+            return None
+        if not stripped:
+            # A room not joined here: what the inviting server sent of it.
+            stripped = _invite_room_state(event)
+        stripped.append(_stripped(event))
     return stripped
 
 
@@ -684,18 +706,8 @@ class SyncHandler:
         for an invite from a user the invitee ignores, which the spec has
         the server keep from them.
         """
-        state = await self._store.current_state_for_keys(room_id, _STRIPPED_STATE_KEYS)
-        invite = await self._store.get_events([invite_id])
-        stripped = [_stripped(event) for event in state]
-        if invite_id in invite:
-            event = invite[invite_id]
-            if event.sender in ignored:
-                return None
-            if not stripped:
-                # A room not joined here: what the inviting server sent of it.
-                stripped = _invite_room_state(event)
-            stripped.append(_stripped(event))
-        return {"invite_state": {"events": stripped}}
+        stripped = await stripped_room_state(self._store, room_id, invite_id, ignored)
+        return None if stripped is None else {"invite_state": {"events": stripped}}
 
     async def _was_joined(self, request: _Request, room_id: str) -> bool:
         """Whether the user was joined at ``since`` already: a membership
