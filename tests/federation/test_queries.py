@@ -463,3 +463,42 @@ async def test_servers_named_by_a_partial_join_may_pull_its_history(world: World
     assert await storage.clear_partial_state(room.room_id)
     error = await world.refused(world.peer, "POST", path, content=ask)
     assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
+
+
+async def test_state_and_state_ids_asked_at_once_are_worked_out_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chains = world.resident.storage.auth_chains
+    original = chains.get_auth_chain_ids
+    calls = 0
+
+    async def counted(event_ids: Any) -> frozenset[str]:
+        nonlocal calls
+        calls += 1
+        # Long enough for the other request to arrive while this one works.
+        await trio.sleep(0.2)
+        return await original(event_ids)
+
+    monkeypatch.setattr(chains, "get_auth_chain_ids", counted)
+    event = world.messages[-1]
+    room_id = seg(world.room.room_id)
+    answers: dict[str, Any] = {}
+
+    async def ask(kind: str) -> None:
+        answers[kind] = await world.get(
+            world.peer, f"{V1}/{kind}/{room_id}", event_id=event.event_id
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask, "state_ids")
+        nursery.start_soon(ask, "state")
+    assert calls == 1
+    before = world.room.state_after[event.prev_event_ids[0]]
+    assert sorted(answers["state_ids"]["pdu_ids"]) == sorted(before.values())
+    assert sorted(ids_of(answers["state"]["pdus"])) == sorted(before.values())
+    expected_chain = auth_chain(world.room, list(before.values()))
+    assert set(answers["state_ids"]["auth_chain_ids"]) == expected_chain
+    assert set(ids_of(answers["state"]["auth_chain"])) == expected_chain
+    # Nothing is kept once answered: a later ask works it out again.
+    await ask("state_ids")
+    assert calls == 2

@@ -38,10 +38,11 @@ part of the room's graph as this server accepted it.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, Final, Protocol
+from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping, Sequence
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import msgspec
+import trio
 
 from ranvier.core.redactions import ServedEvents
 from ranvier.core.room_servers import RoomServersReader
@@ -51,7 +52,7 @@ from ranvier.federation.transport.server import Request, Router
 from ranvier.protocol.auth import create_event_id_for_room, is_valid_user_id
 from ranvier.protocol.redaction import redact
 from ranvier.protocol.room_versions import get_room_version
-from ranvier.storage.records import StateKey, StoredEvent
+from ranvier.storage.records import StoredEvent
 
 from .room_access import RoomAccess
 
@@ -153,6 +154,47 @@ def _origin(request: Request) -> str:
     return request.origin
 
 
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+class _InFlight(Generic[_K, _V]):
+    """Calls for one key that overlap in time run once, and share the answer.
+
+    Nothing is kept once no call waits: an answer worked out later may
+    differ, and a big one should not outlive its requests. A call whose
+    shared work failed, or was cancelled with the request that started it,
+    does the work itself.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[_K, _Flight[_V]] = {}
+
+    async def run(self, key: _K, work: Callable[[], Awaitable[_V]]) -> _V:
+        flight = self._running.get(key)
+        if flight is not None:
+            await flight.done.wait()
+            if flight.answer is not None:
+                return flight.answer[0]
+            return await work()
+        flight = self._running[key] = _Flight()
+        try:
+            answer = await work()
+            flight.answer = (answer,)
+            return answer
+        finally:
+            del self._running[key]
+            flight.done.set()
+
+
+class _Flight(Generic[_V]):
+    __slots__ = ("answer", "done")
+
+    def __init__(self) -> None:
+        self.answer: tuple[_V] | None = None
+        self.done = trio.Event()
+
+
 class _Queries:
     def __init__(
         self,
@@ -167,6 +209,9 @@ class _Queries:
         self._served = served
         self._profiles = profiles
         self._clock = clock
+        self._states_in_flight: _InFlight[tuple[str, int], tuple[list[str], list[str]]] = (
+            _InFlight()
+        )
 
     # Helpers.
 
@@ -207,9 +252,15 @@ class _Queries:
                 pdus.append(redact(msgspec.json.decode(event.json), room_version))
         return pdus
 
-    async def _state_before(self, request: Request) -> tuple[str, Mapping[StateKey, str]]:
-        """The room's version and the state before the event that /state and
-        /state_ids ask for, once the origin is found allowed to have them.
+    async def _state_before(self, request: Request) -> tuple[list[str], list[str]]:
+        """The state before the event that /state and /state_ids ask for (its
+        event IDs) and that state's auth chain, once the origin is found
+        allowed to have them.
+
+        A joining server asks for both at once: the state and its auth chain
+        are worked out once for the requests in flight at the same state
+        group, which a big room's state makes worth it. Only the checks of
+        who asks are made per request.
         """
         room_id = request.path_params["room_id"]
         event_id = _required_query(request, "event_id")
@@ -225,7 +276,13 @@ class _Queries:
             raise _not_found(f"the state at {event_id} is not known here")
         if await self._store.get_partial_state_event_ids([event_id]):
             raise _not_found(f"the state at {event_id} is not yet fully known here")
-        return version, await access.state_group(groups.before)
+
+        async def work() -> tuple[list[str], list[str]]:
+            state = await access.state_group(groups.before)
+            state_ids = sorted(state.values())
+            return state_ids, await self._auth_chain(room_id, version, state_ids)
+
+        return await self._states_in_flight.run((room_id, groups.before), work)
 
     async def _check_may_see_state(
         self, access: RoomAccess, event: StoredEvent, origin: str
@@ -286,23 +343,14 @@ class _Queries:
         raise _forbidden(f"{origin} may not see {event.event_id}")
 
     async def get_state_ids(self, request: Request) -> Mapping[str, Any]:
-        room_id = request.path_params["room_id"]
-        version, state = await self._state_before(request)
-        state_ids = sorted(state.values())
-        return {
-            "pdu_ids": state_ids,
-            "auth_chain_ids": await self._auth_chain(room_id, version, state_ids),
-        }
+        state_ids, chain = await self._state_before(request)
+        return {"pdu_ids": state_ids, "auth_chain_ids": chain}
 
     async def get_state(self, request: Request) -> Mapping[str, Any]:
-        room_id = request.path_params["room_id"]
-        version, state = await self._state_before(request)
-        state_ids = sorted(state.values())
+        state_ids, chain = await self._state_before(request)
         return {
             "pdus": await self._stored_json(state_ids),
-            "auth_chain": await self._stored_json(
-                await self._auth_chain(room_id, version, state_ids)
-            ),
+            "auth_chain": await self._stored_json(chain),
         }
 
     async def get_event_auth(self, request: Request) -> Mapping[str, Any]:
