@@ -316,6 +316,7 @@ class HomeServer:
         self._room_joins: RoomJoins | None = None
         self._room_leaves: RoomLeaves | None = None
         self._room_knocks: RoomKnocks | None = None
+        self._events_by_timestamp: EventsByTimestamp | None = None
         self._federation_app: FederationApp | None = None
         self._client_app: ClientApp | None = None
         self._media: MediaRepository | None = None
@@ -588,6 +589,20 @@ class HomeServer:
         return await _built(self._room_knocks, "room_knocks").knock(
             user, room_id_or_alias, servers, reason=reason
         )
+
+    async def find_event_at(
+        self, user: str, room_id: str, ts: int, direction: Literal["b", "f"] = "f"
+    ) -> tuple[str, int]:
+        """The event of ``room_id`` nearest to ``ts`` (milliseconds since the
+        epoch) that ``user`` may see, after it (``"f"``) or before it
+        (``"b"``), as ``/timestamp_to_event`` finds it, asking the room's
+        other servers for history not held here: ``(event ID,
+        origin_server_ts)``.
+        """
+        found = await _built(self._events_by_timestamp, "events_by_timestamp").find(
+            user, room_id, ts, direction
+        )
+        return found["event_id"], found["origin_server_ts"]
 
     async def leave_room(self, user: str, room_id: str, *, reason: str | None = None) -> str:
         """Make ``user`` leave a room, or decline an invite to it (through the
@@ -996,6 +1011,16 @@ class HomeServer:
             persister=storage,
             client=FederationLeaveClient(client),
         )
+        self._events_by_timestamp = EventsByTimestamp(
+            server_name=server_name,
+            store=storage.sync,
+            timestamps=storage.timestamps,
+            remote=FederationEventFetcher(client),
+            servers=self._room_servers,
+            versions=storage,
+            ingester=self._ingester,
+            backfill=storage.backfill,
+        )
         self._room_knocks = RoomKnocks(
             server_name=server_name,
             signing_key=signing_key,
@@ -1194,16 +1219,7 @@ class HomeServer:
         add_timestamp_route(
             router,
             auth=self.auth,
-            lookup=EventsByTimestamp(
-                server_name=self.config.server_name,
-                store=self.storage.sync,
-                timestamps=self.storage.timestamps,
-                remote=FederationEventFetcher(self.federation_client),
-                servers=self.room_servers,
-                versions=self.storage,
-                ingester=self.ingester,
-                backfill=self.storage.backfill,
-            ),
+            lookup=_built(self._events_by_timestamp, "events_by_timestamp"),
         )
         add_search_route(
             router,

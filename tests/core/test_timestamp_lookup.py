@@ -16,7 +16,6 @@ from typing import Literal
 import pytest
 import trio
 
-from ranvier.core.accounts import Requester
 from ranvier.core.ingest import EventVerifier, FederationIngester
 from ranvier.core.timestamps import EventsByTimestamp
 from ranvier.errors import MatrixError
@@ -98,7 +97,6 @@ class World:
             ingester=ingester,
             backfill=storage.backfill,
         )
-        self.alice = Requester(ALICE, "DEVICE", False, b"")
 
     async def write_ours(self) -> None:
         state = self.room.state_before(self.join.event_id)
@@ -108,7 +106,7 @@ class World:
         await ingest(self.storage, self.join, state_ids_before=state)
 
     async def find(self, ts: int, direction: Literal["b", "f"]) -> str:
-        answer = await self.lookup.find(self.alice, self.room.room_id, ts, direction)
+        answer = await self.lookup.find(ALICE, self.room.room_id, ts, direction)
         found = answer["origin_server_ts"]
         assert found <= ts if direction == "b" else found >= ts
         event_id: str = answer["event_id"]
@@ -169,6 +167,6 @@ async def test_a_farther_event_is_not_fetched_and_an_unknown_one_is_not_taken(
     # an event it cannot give: 404 stays 404.
     world.remote.canned = ("$nothing:remote.test", ts)
     with pytest.raises(MatrixError) as caught:
-        await world.lookup.find(world.alice, world.room.room_id, ts, "b")
+        await world.lookup.find(ALICE, world.room.room_id, ts, "b")
     assert (caught.value.http_status, caught.value.errcode) == (404, "M_NOT_FOUND")
     assert world.rooms.called("event") == ["$nothing:remote.test"]

@@ -46,6 +46,6 @@ def add_timestamp_route(router: Router, *, auth: _Auth, lookup: EventsByTimestam
         if direction not in ("b", "f"):
             raise invalid_param(f"dir must be b or f, not {direction[:40]!r}")
         room_id = request.path_params["room_id"]
-        return await lookup.find(requester, room_id, ts, "b" if direction == "b" else "f")
+        return await lookup.find(requester.user_id, room_id, ts, "b" if direction == "b" else "f")
 
     router.add("GET", f"{_V1}/rooms/{{room_id}}/timestamp_to_event", timestamp_to_event)

@@ -43,7 +43,6 @@ from ranvier.protocol.events import Pdu
 from ranvier.protocol.room_versions import get_room_version
 from ranvier.storage.records import EventToPersist, StoredEvent
 
-from .accounts import Requester
 from .ingest import FederationIngester
 from .pagination import MessagesStore, readable_upto, visible_to
 
@@ -150,12 +149,11 @@ class EventsByTimestamp:
         self._backfill = backfill
 
     async def find(
-        self, requester: Requester, room_id: str, ts: int, direction: Direction
+        self, user_id: str, room_id: str, ts: int, direction: Direction
     ) -> dict[str, Any]:
         """``{"event_id", "origin_server_ts"}`` of the nearest event
-        ``requester`` may see; 403 or 404 as the module says.
+        ``user_id`` may see; 403 or 404 as the module says.
         """
-        user_id = requester.user_id
         visible, checked_before, joined_now = await readable_upto(self._store, user_id, room_id)
         candidates = await self._timestamps.nearest_events(
             room_id, ts, backwards=direction == "b", upto=visible, limit=_CANDIDATES
