@@ -322,21 +322,7 @@ class Accounts:
             )
         if self._hasher.check_needs_rehash(stored_hash):
             await self._store.set_password_hash(record.user_id, await self.hash_password(password))
-        token = _generate_access_token()
-        device = NewDevice(
-            record.user_id,
-            device_id if device_id is not None else _generate_device_id(),
-            device_display_name,
-            hash_access_token(token),
-            self._clock(),
-        )
-        # Logging a device in again replaces its token: the old one goes
-        # from the cache as from storage.
-        with self._invalidating(
-            lambda cached: (cached.user_id, cached.device_id) == (device.user_id, device.device_id)
-        ):
-            await self._store.add_device(device)
-        return Login(record.user_id, device.device_id, token)
+        return await self._new_login(record.user_id, device_id, device_display_name)
 
     async def login_as(
         self,
@@ -359,19 +345,27 @@ class Accounts:
             raise MatrixError(
                 f"{user_id} has been deactivated", errcode="M_USER_DEACTIVATED", http_status=403
             )
+        return await self._new_login(record.user_id, device_id, device_display_name)
+
+    async def _new_login(
+        self, user_id: str, device_id: str | None, device_display_name: str | None
+    ) -> Login:
+        """A new access token for the device (a new device when none is named)."""
         token = _generate_access_token()
         device = NewDevice(
-            record.user_id,
+            user_id,
             device_id if device_id is not None else _generate_device_id(),
             device_display_name,
             hash_access_token(token),
             self._clock(),
         )
+        # Logging a device in again replaces its token: the old one goes
+        # from the cache as from storage.
         with self._invalidating(
             lambda cached: (cached.user_id, cached.device_id) == (device.user_id, device.device_id)
         ):
             await self._store.add_device(device)
-        return Login(record.user_id, device.device_id, token)
+        return Login(user_id, device.device_id, token)
 
     def local_user_id(self, user: str) -> str | None:
         """The local user ID a login names (a user ID or a localpart, in any
