@@ -32,12 +32,13 @@ import contextlib
 import ssl
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Any, Final
+from typing import Final
 
 import httpcore
 import httpx
 import trio
 
+from ranvier.address_backend import AddressBackend
 from ranvier.core.url_previews import FetchedUrl
 from ranvier.errors import MatrixError
 from ranvier.protocol.ip_ranges import AddressPolicy
@@ -237,22 +238,17 @@ class _AddressDeniedError(Exception):
     """A host that resolves to an address the policy denies."""
 
 
-class _CheckedBackend(httpcore.AsyncNetworkBackend):
+class _CheckedBackend(AddressBackend):
     """Connects to the addresses it checked, never to a name."""
 
+    purpose = "URL previews"
+
     def __init__(self, policy: AddressPolicy, resolve: Resolver) -> None:
+        super().__init__()
         self._policy = policy
         self._resolve = resolve
-        self._backend = httpcore.TrioBackend()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+    async def endpoints(self, host: str, port: int) -> Sequence[tuple[str, int]]:
         try:
             addresses = await self._resolve(host, port)
         except OSError as exc:
@@ -261,30 +257,7 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectError(f"{host} has no address")
         if not all(self._policy.allows(address) for address in addresses):
             raise _AddressDeniedError(host)
-        failures: list[str] = []
-        for address in addresses:
-            try:
-                return await self._backend.connect_tcp(
-                    address,
-                    port,
-                    timeout=timeout,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failures.append(_said(exc))
-        raise httpcore.ConnectError(f"cannot connect to {host}: " + "; ".join(failures))
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.UnsupportedProtocol("URL previews do not use Unix sockets")
-
-    async def sleep(self, seconds: float) -> None:
-        await trio.sleep(seconds)
+        return [(address, port) for address in addresses]
 
 
 @contextlib.contextmanager

@@ -47,6 +47,7 @@ import httpx
 import msgspec
 import trio
 
+from ranvier.address_backend import AddressBackend, root_cause
 from ranvier.protocol.x_matrix import split_server_name
 
 __all__ = [
@@ -836,69 +837,18 @@ def _httpx_errors(request: httpx.Request) -> Any:
     except Exception as exc:
         for core_type, httpx_type in _ERROR_MAP:
             if isinstance(exc, core_type):
-                raise httpx_type(_root_cause(exc), request=request) from exc
+                raise httpx_type(root_cause(exc), request=request) from exc
         raise
 
 
-def _root_cause(exc: BaseException) -> str:
-    """The message of the deepest exception behind ``exc`` that has one:
-    httpcore's errors are often empty and wrap the one that says what
-    happened (a certificate that does not match, a refused connection).
-    """
-    message = str(exc) or type(exc).__name__
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if str(current):
-            message = str(current)
-        current = current.__cause__ or current.__context__
-    return message
+class _RoutingBackend(AddressBackend):
+    """Connects where server-name resolution routes a host."""
 
+    purpose = "federation"
 
-class _RoutingBackend(httpcore.AsyncNetworkBackend):
     def __init__(self, router: Router) -> None:
+        super().__init__()
         self._router = router
-        self._backend = httpcore.TrioBackend()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        endpoints = await self._router(host, port)
-        failures: list[str] = []
-        for endpoint in endpoints:
-            try:
-                return await self._backend.connect_tcp(
-                    endpoint.address,
-                    endpoint.port,
-                    timeout=timeout,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failures.append(f"{_format_endpoint(endpoint)}: {_root_cause(exc)}")
-        if not failures:
-            raise httpcore.ConnectError(f"no endpoint to connect to for {host}")
-        raise httpcore.ConnectError(f"could not connect to {host}: " + "; ".join(failures))
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.UnsupportedProtocol("federation does not use Unix sockets")
-
-    async def sleep(self, seconds: float) -> None:
-        await trio.sleep(seconds)
-
-
-def _format_endpoint(endpoint: Endpoint) -> str:
-    if ":" in endpoint.address:
-        return f"[{endpoint.address}]:{endpoint.port}"
-    return f"{endpoint.address}:{endpoint.port}"
+    async def endpoints(self, host: str, port: int) -> Sequence[tuple[str, int]]:
+        return [(endpoint.address, endpoint.port) for endpoint in await self._router(host, port)]
