@@ -51,6 +51,7 @@ __all__ = [
     "UnreadEventReader",
     "count_cap",
     "push_context",
+    "room_push_context",
 ]
 
 #: Events evaluated per room and sync at most.
@@ -201,7 +202,7 @@ def _count(
     never count, as they are never served.
     """
     counts: dict[str | None, tuple[int, int]] = {None: start}
-    context = _context(user_id, found)
+    context = room_push_context(user_id, found)
     for ordering, sender, raw in found.events:
         if sender == user_id and not by_thread:
             counts[None] = (0, 0)
@@ -229,14 +230,30 @@ def _shown(counts: tuple[int, int]) -> dict[str, int]:
     return {"notification_count": counts[0], "highlight_count": counts[1]}
 
 
-def _context(user_id: str, found: UnreadEvents) -> PushContext:
+class RoomPushFields(Protocol):
+    """What a read of a room holds for the push rules of one of its members."""
+
+    @property
+    def room_version(self) -> str | None: ...
+    @property
+    def member_json(self) -> bytes | None: ...
+    @property
+    def power_levels_json(self) -> bytes | None: ...
+    @property
+    def create_json(self) -> bytes | None: ...
+    @property
+    def joined(self) -> int: ...
+
+
+def room_push_context(user_id: str, room: RoomPushFields) -> PushContext:
+    """:func:`push_context` from a read of the room."""
     return push_context(
         user_id,
-        room_version=found.room_version,
-        member_json=found.member_json,
-        power_levels_json=found.power_levels_json,
-        create_json=found.create_json,
-        joined=found.joined,
+        room_version=room.room_version,
+        member_json=room.member_json,
+        power_levels_json=room.power_levels_json,
+        create_json=room.create_json,
+        joined=room.joined,
     )
 
 

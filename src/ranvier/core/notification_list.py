@@ -25,12 +25,12 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from ranvier.errors import MatrixError
-from ranvier.protocol.push_evaluation import PushContext, PushOutcome, evaluate_push_rules
+from ranvier.protocol.push_evaluation import PushOutcome, evaluate_push_rules
 from ranvier.storage.notification_reads import NotificationCandidates, NotificationRoom
 from ranvier.storage.records import StoredEvent
 
 from .client_events import client_event, thread_root
-from .notification_counts import PushRuleSource, count_cap, push_context
+from .notification_counts import PushRuleSource, count_cap, room_push_context
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -114,7 +114,9 @@ class NotificationList:
                 count_cap=cap,
             )
             more = batch.more
-            contexts = {room_id: _context(user_id, room) for room_id, room in batch.rooms.items()}
+            contexts = {
+                room_id: room_push_context(user_id, room) for room_id, room in batch.rooms.items()
+            }
             for ordering, room_id, event_id, raw in batch.events:
                 scanned += 1
                 before = ordering
@@ -162,17 +164,6 @@ class NotificationList:
         if next_from is not None:
             answer["next_token"] = str(next_from)
         return answer
-
-
-def _context(user_id: str, room: NotificationRoom) -> PushContext:
-    return push_context(
-        user_id,
-        room_version=room.room_version,
-        member_json=room.member_json,
-        power_levels_json=room.power_levels_json,
-        create_json=room.create_json,
-        joined=room.joined,
-    )
 
 
 def _read(ordering: int, event: Mapping[str, Any], room: NotificationRoom) -> bool:
