@@ -13,7 +13,6 @@ queried thing made or not, and the ping's errors as the spec names them.
 from __future__ import annotations
 
 import logging
-import ssl
 import time
 import urllib.parse
 from typing import Final
@@ -23,6 +22,7 @@ import msgspec
 
 from ranvier.core.appservices import AppService, AppServiceUnavailableError
 from ranvier.errors import MatrixError
+from ranvier.outbound_http import LazyHttpClient
 
 __all__ = ["HttpAppServiceClient"]
 
@@ -37,25 +37,14 @@ class HttpAppServiceClient:
     """One pooled HTTP client for every service; close it with :meth:`aclose`."""
 
     def __init__(self, *, timeout: float = 30.0) -> None:
-        self._timeout = timeout
-        self._client: httpx.AsyncClient | None = None
+        self._lazy = LazyHttpClient(timeout=timeout)
 
     @property
     def _http(self) -> httpx.AsyncClient:
-        # Made on first use, as the push gateway's: a server whose services
-        # have no URL pays nothing for a TLS context.
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                verify=ssl.create_default_context(),
-                timeout=self._timeout,
-                follow_redirects=False,
-                trust_env=False,
-            )
-        return self._client
+        return self._lazy.client
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        await self._lazy.aclose()
 
     async def send_transaction(self, service: AppService, txn_id: str, body: bytes) -> None:
         url = _url(service, f"/transactions/{urllib.parse.quote(txn_id, safe='')}")

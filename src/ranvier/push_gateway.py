@@ -11,7 +11,6 @@ tried again).
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -20,6 +19,7 @@ import httpx
 import msgspec
 
 from ranvier.core.push_sender import PushGatewayError, PushRefusedError
+from ranvier.outbound_http import LazyHttpClient
 
 __all__ = ["HttpPushGateway"]
 
@@ -35,27 +35,14 @@ class HttpPushGateway:
     """Sends notifications over HTTPS with one pooled client; close it with :meth:`aclose`."""
 
     def __init__(self, *, ca_file: Path | None = None, timeout: float = 10.0) -> None:
-        self._ca_file = ca_file
-        self._timeout = timeout
-        self._client: httpx.AsyncClient | None = None
+        self._lazy = LazyHttpClient(timeout=timeout, ca_file=ca_file)
 
     @property
     def _http(self) -> httpx.AsyncClient:
-        # Made on first use: a TLS context with the system's CAs costs most
-        # of a megabyte, which a server without pushers need not pay.
-        if self._client is None:
-            cafile = None if self._ca_file is None else str(self._ca_file)
-            self._client = httpx.AsyncClient(
-                verify=ssl.create_default_context(cafile=cafile),
-                timeout=self._timeout,
-                follow_redirects=False,
-                trust_env=False,
-            )
-        return self._client
+        return self._lazy.client
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        await self._lazy.aclose()
 
     async def notify(self, url: str, notification: Mapping[str, Any]) -> list[str]:
         body = msgspec.json.encode({"notification": notification})
