@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth, access_token_of
-from ranvier.core.accounts import Accounts, Registration
+from ranvier.core.accounts import Accounts, Login, Registration
 from ranvier.core.appservices import AppService, AppServices, exclusive_error
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.web import JsonResponse, Request, Router
@@ -232,12 +232,7 @@ def add_account_routes(
             device_id=optional_str(body, "device_id"),
             device_display_name=optional_str(body, "initial_device_display_name"),
         )
-        return {
-            "user_id": result.user_id,
-            "access_token": result.access_token,
-            "device_id": result.device_id,
-            "home_server": server_name,
-        }
+        return _logged_in(result, server_name)
 
     async def login_for_service(service: AppService, body: Mapping[str, Any]) -> dict[str, Any]:
         user = _login_user(body)
@@ -251,12 +246,7 @@ def add_account_routes(
             device_id=optional_str(body, "device_id"),
             device_display_name=optional_str(body, "initial_device_display_name"),
         )
-        return {
-            "user_id": result.user_id,
-            "access_token": result.access_token,
-            "device_id": result.device_id,
-            "home_server": server_name,
-        }
+        return _logged_in(result, server_name)
 
     async def logout(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)
@@ -313,3 +303,13 @@ def _login_user(body: Mapping[str, Any]) -> str:
             http_status=400,
         )
     return _required_str(identifier, "user")
+
+
+def _logged_in(login: Login, server_name: str) -> dict[str, Any]:
+    """The answer to a successful ``/login``."""
+    return {
+        "user_id": login.user_id,
+        "access_token": login.access_token,
+        "device_id": login.device_id,
+        "home_server": server_name,
+    }
