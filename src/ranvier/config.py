@@ -287,6 +287,13 @@ class MediaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     url_preview_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 10 * _MIB
     #: How long fetching one page or image for a preview may take.
     url_preview_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    #: Delete media uploaded here that nobody has downloaded (or had a
+    #: thumbnail of) for this many days: its file, thumbnails and rows.
+    #: None keeps it forever. Quarantined and protected media is kept.
+    local_media_lifetime_days: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    #: The same for other servers' media kept here; it is fetched again
+    #: when asked for after.
+    remote_media_lifetime_days: Annotated[int, msgspec.Meta(gt=0)] | None = None
 
     def __post_init__(self) -> None:
         for key in ("url_preview_ip_range_denylist", "url_preview_ip_range_allowlist"):

@@ -158,6 +158,8 @@ from ranvier.core.interfaces import EventPersister
 from ranvier.core.joins import RemoteJoiner
 from ranvier.core.knocks import RoomKnocks
 from ranvier.core.media import MediaRepository
+from ranvier.core.media_deletion import MediaDeleter
+from ranvier.core.media_retention import DAY_MS, MediaRetention
 from ranvier.core.notification_counts import NotificationCounts
 from ranvier.core.notification_list import NotificationList
 from ranvier.core.notifier import StreamNotifier
@@ -320,6 +322,8 @@ class HomeServer:
         self._federation_app: FederationApp | None = None
         self._client_app: ClientApp | None = None
         self._media: MediaRepository | None = None
+        self._media_deleter: MediaDeleter | None = None
+        self._media_retention: MediaRetention | None = None
         self._accounts: Accounts | None = None
         self._auth: Auth | None = None
         self._profiles: Profiles | None = None
@@ -485,6 +489,11 @@ class HomeServer:
     def media(self) -> MediaRepository:
         """The content repository: uploads, downloads and thumbnails."""
         return _built(self._media, "media")
+
+    @property
+    def media_retention(self) -> MediaRetention:
+        """Deletes media unused for its configured lifetime (main process)."""
+        return _built(self._media_retention, "media_retention")
 
     @property
     def listeners(self) -> tuple[BoundListener, ...]:
@@ -765,13 +774,26 @@ class HomeServer:
         )
         self._app_services = prepared.app_services
         self._build_handlers(prepared.signing_key)
+        media_files = MediaFiles(config.media_store)
         self._media = MediaRepository(
             server_name=config.server_name,
             rows=self._storage.media,
-            files=MediaFiles(config.media_store),
+            files=media_files,
             remote=FederationMediaClient(self._federation_client),
             max_upload_bytes=config.media.max_upload_bytes,
             max_thumbnail_pixels=config.media.max_thumbnail_source_pixels,
+        )
+        self._media_deleter = MediaDeleter(
+            server_name=config.server_name, store=self._storage.media_admin, files=media_files
+        )
+        local_days, remote_days = (
+            config.media.local_media_lifetime_days,
+            config.media.remote_media_lifetime_days,
+        )
+        self._media_retention = MediaRetention(
+            deleter=self._media_deleter,
+            local_lifetime_ms=None if local_days is None else local_days * DAY_MS,
+            remote_lifetime_ms=None if remote_days is None else remote_days * DAY_MS,
         )
         self._federation_app = FederationApp(
             server_name=config.server_name,
@@ -1352,6 +1374,7 @@ class HomeServer:
             _Component("typing expiry", self.typing_notices.run),
             _Component("presence lapses", self.presence.run),
             _Component("push sender", self._run_push_sender),
+            _Component("media retention", self.media_retention.run),
             _Component("application service sender", self._run_appservice_sender),
             # After what it reads and writes through, before the listeners:
             # the rooms left partial are resumed before anything new arrives.

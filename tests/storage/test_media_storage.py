@@ -159,6 +159,7 @@ _TWICE: dict[str, WriteOperation[Any]] = {
         module._complete_upload, origin=US, media_id="pending", user_id=ALICE, **_FILL
     ),
     "media.add_remote": write_call(module._add_remote, origin="o.org", media_id="r", **_FILL),
+    "media.record_access": write_call(module._record_access, origin=US, media_id="pending", ts=5),
     "media.add_thumbnail": write_call(
         module._add_thumbnail,
         origin=US,

@@ -64,6 +64,7 @@ TABLES_ADDED = {
     21: {"appservice_positions", "appservice_transactions"},
     22: {"url_previews"},
     23: {"blocked_rooms"},
+    24: {"media_quarantine"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -168,7 +169,10 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO room_key_backup_versions VALUES ('@a:x', 1, 'alg', x'7b7d', 0, 0, 'c')")
         run("INSERT INTO room_key_backup_keys VALUES ('@a:x', 1, '!r:x', 'sess', 0, 0, 1, x'7b7d')")
     elif version == 15:
-        run("INSERT INTO media VALUES ('x', 'm1', '@a:x', 'image/png', 'a.png', 3, 5, 6)")
+        run(
+            "INSERT INTO media (origin, media_id, user_id, content_type, upload_name, size,"
+            " created_ts, uploaded_ts) VALUES ('x', 'm1', '@a:x', 'image/png', 'a.png', 3, 5, 6)"
+        )
         run("INSERT INTO media_thumbnails VALUES ('x', 'm1', 32, 32, 'crop', 'image/png', 2)")
     elif version == 16:
         run(
@@ -189,6 +193,9 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO event_search VALUES ('hello', '$f', '!r:x', 'content.body')")
     elif version == 23:
         run("INSERT INTO blocked_rooms VALUES ('!r:x', '@a:x', 7)")
+    elif version == 24:
+        run("UPDATE media SET last_access_ts = 9, safe_from_quarantine = 1")
+        run("INSERT INTO media_quarantine VALUES ('x', 'm2', '@a:x', 8)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -18,11 +18,18 @@ Invariants
   name of the spec's grammar. Anything else is a media that does not exist.
 * **One fetch per remote media at a time**: requests for media being
   fetched wait for that fetch and then read what it stored.
+* **Quarantined media is not there**: neither served (404, to clients and
+  to other servers alike, thumbnails included) nor fetched again from its
+  origin. Neither is media being deleted.
+* **Access is noted sparingly**: serving media writes its last access
+  only when the one stored is older than :data:`ACCESS_NOTE_INTERVAL_MS`
+  (and once at a time per process), not once per request.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
@@ -53,6 +60,8 @@ __all__ = [
     "RemoteMediaSource",
 ]
 
+_logger: Final = logging.getLogger(__name__)
+
 #: A type for media uploaded without one, as the spec says.
 DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
 #: How long a download may wait for media created but not yet uploaded.
@@ -63,6 +72,9 @@ UNUSED_EXPIRY_MS: Final = 24 * 60 * 60 * 1000
 #: How many created media IDs, not yet uploaded nor expired, a user may
 #: hold: more is 429 ``M_LIMIT_EXCEEDED``, as the spec asks.
 MAX_PENDING_UPLOADS: Final = 10
+#: How stale a piece of media's stored last access may grow before serving
+#: it writes a new one; retention counts in days.
+ACCESS_NOTE_INTERVAL_MS: Final = 60 * 60 * 1000
 # How often a waiting download looks again for an upload another process
 # may have written, which this process's wake-up does not cover.
 _RECHECK_SECONDS: Final = 1.0
@@ -123,6 +135,10 @@ class MediaRows(Protocol):
     ) -> None: ...
 
     async def media(self, origin: str, media_id: str) -> MediaRecord | None: ...
+
+    async def quarantined_by(self, origin: str, media_id: str) -> str | None: ...
+
+    async def record_access(self, origin: str, media_id: str, *, ts: int) -> None: ...
 
     async def pending_uploads(
         self, origin: str, user_id: str, *, created_since: int
@@ -228,6 +244,8 @@ class MediaRepository:
         self._uploaded: dict[str, trio.Event] = {}
         # Remote fetches in progress, by (origin, media ID).
         self._fetching: dict[tuple[str, str], trio.Lock] = {}
+        # Last accesses being written, by (origin, media ID).
+        self._noting: set[tuple[str, str]] = set()
 
     # Uploads.
 
@@ -360,7 +378,9 @@ class MediaRepository:
         ``M_NOT_YET_UPLOADED``. Unknown media is 404 ``M_NOT_FOUND``.
         """
         record, path = await self._source(server_name, media_id, timeout_ms, allow_remote)
-        return await self._content(record, path)
+        content = await self._content(record, path)
+        await self._note_access(record)
+        return content
 
     async def thumbnail(
         self,
@@ -396,6 +416,7 @@ class MediaRepository:
         cached = await self._rows.thumbnail(
             origin, record.media_id, width=size.width, height=size.height, method=size.method
         )
+        await self._note_access(record)
         if cached is not None:
             return await self._file_content(thumbnail_path, cached.content_type, None)
         made = await trio.to_thread.run_sync(
@@ -419,6 +440,22 @@ class MediaRepository:
             size=written,
             chunks=lambda: self._files.chunks(thumbnail_path),
         )
+
+    async def _note_access(self, record: MediaRecord) -> None:
+        """Write the media's last access, unless the stored one is recent."""
+        now = self._clock_ms()
+        last = record.last_access_ts
+        key = (record.origin, record.media_id)
+        if (last is not None and now - last < ACCESS_NOTE_INTERVAL_MS) or key in self._noting:
+            return
+        self._noting.add(key)
+        try:
+            await self._rows.record_access(record.origin, record.media_id, ts=now)
+        except Exception:
+            # A hint for retention: serving goes on without it.
+            _logger.warning("could not note the access of mxc://%s/%s", *key, exc_info=True)
+        finally:
+            self._noting.discard(key)
 
     async def _content(self, record: MediaRecord, path: Path) -> MediaContent:
         content_type = record.content_type or DEFAULT_CONTENT_TYPE
@@ -456,7 +493,7 @@ class MediaRepository:
         with trio.move_on_after(wait):
             while True:
                 record = await self._rows.media(self.server_name, media_id)
-                if record is None or self._expired(record):
+                if record is None or self._expired(record) or _withheld(record):
                     raise _not_found()
                 if record.uploaded:
                     return record
@@ -470,7 +507,7 @@ class MediaRepository:
                     if event.statistics().tasks_waiting == 0:
                         self._uploaded.pop(media_id, None)
         record = await self._rows.media(self.server_name, media_id)
-        if record is None or self._expired(record):
+        if record is None or self._expired(record) or _withheld(record):
             raise _not_found()
         if record.uploaded:
             return record
@@ -482,6 +519,8 @@ class MediaRepository:
 
     async def _remote_record(self, origin: str, media_id: str, timeout_ms: int) -> MediaRecord:
         record = await self._rows.media(origin, media_id)
+        if record is not None and _withheld(record):
+            raise _not_found()
         if record is not None and record.uploaded:
             return record
         if self._remote is None:
@@ -492,10 +531,15 @@ class MediaRepository:
             async with lock:
                 record = await self._rows.media(origin, media_id)
                 if record is None or not record.uploaded:
+                    # Quarantined before it was ever fetched: never fetched.
+                    if await self._rows.quarantined_by(origin, media_id) is not None:
+                        raise _not_found()
                     record = await self._fetch(origin, media_id, timeout_ms)
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._fetching.pop(key, None)
+        if _withheld(record):
+            raise _not_found()
         return record
 
     async def _fetch(self, origin: str, media_id: str, timeout_ms: int) -> MediaRecord:
@@ -537,6 +581,12 @@ async def _limited(
         if size > limit:
             raise too_large(limit)
         yield chunk
+
+
+def _withheld(record: MediaRecord) -> bool:
+    """Whether media known here is not to be served: quarantined, or being
+    deleted (and then not to be fetched again until it is gone)."""
+    return record.quarantined_by is not None or record.deleting
 
 
 def _essence(content_type: str | None) -> str:

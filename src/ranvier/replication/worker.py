@@ -223,6 +223,7 @@ class WorkerServer(HomeServer):
             if component.name in (
                 "un-partial-state task",
                 "push sender",
+                "media retention",
                 "application service sender",
                 "typing expiry",
                 "presence lapses",

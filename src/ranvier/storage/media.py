@@ -7,7 +7,10 @@ Tables (the schema's ``_media`` migration)
 ``media`` holds a row per piece of media keyed by ``(origin, media_id)``:
 ours (``origin`` is this server, ``user_id`` the uploader) and other
 servers' media fetched for local users. ``media_thumbnails`` a row per
-thumbnail made, keyed by its box and method.
+thumbnail made, keyed by its box and method. A record carries what the
+``_media_upkeep`` migration added (last access, quarantine, protection,
+deletion under way: :mod:`ranvier.storage.media_admin`), which serving
+needs to know.
 
 Invariants
 ----------
@@ -16,6 +19,8 @@ Invariants
   and renamed into place first (:mod:`ranvier.storage.media_files`); only
   then is the row written that says they are there. A crash in between
   leaves a file nobody names, never a row naming a missing or half file.
+  Deletion runs the other way round: the row is marked ``deleting``
+  before the files go and removed after, and a marked row is never served.
 * **An upload fills a created media ID once.** Only the user who created
   it may, and a second upload is refused; the same upload run twice (a
   worker's write repeated) finds its own values and answers as the first.
@@ -27,12 +32,20 @@ from __future__ import annotations
 import functools
 import sqlite3
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
 
-__all__ = ["MediaRecord", "MediaStorage", "ThumbnailRecord", "UploadOutcome"]
+__all__ = [
+    "RECORD_COLUMNS",
+    "RECORD_TABLES",
+    "MediaRecord",
+    "MediaStorage",
+    "ThumbnailRecord",
+    "UploadOutcome",
+    "record_of",
+]
 
 #: What filling a created media ID did: ``stored``, or why nothing was
 #: written (no such ID, another user's, already uploaded).
@@ -53,6 +66,14 @@ class MediaRecord:
     size: int | None
     created_ts: int
     uploaded_ts: int | None
+    #: When it was last served; None until it is.
+    last_access_ts: int | None = None
+    #: The admin who quarantined it, if anyone did: it is then not served.
+    quarantined_by: str | None = None
+    #: Protected by an admin from being quarantined.
+    safe_from_quarantine: bool = False
+    #: Its files are being removed, and then its row: it is gone already.
+    deleting: bool = False
 
     @property
     def uploaded(self) -> bool:
@@ -193,6 +214,18 @@ class MediaStorage:
         """The media ``(origin, media_id)``, or None if it is not known here."""
         return await self._readers.read(
             functools.partial(_read_media, origin=origin, media_id=media_id)
+        )
+
+    async def quarantined_by(self, origin: str, media_id: str) -> str | None:
+        """Who quarantined ``(origin, media_id)``, known here or not yet."""
+        return await self._readers.read(
+            functools.partial(_read_quarantined_by, origin=origin, media_id=media_id)
+        )
+
+    async def record_access(self, origin: str, media_id: str, *, ts: int) -> None:
+        """Note the media served at ``ts`` (for retention)."""
+        await self._writer.submit(
+            functools.partial(_record_access, origin=origin, media_id=media_id, ts=ts)
         )
 
     async def pending_uploads(self, origin: str, user_id: str, *, created_since: int) -> list[int]:
@@ -336,12 +369,50 @@ def _add_thumbnail(
     )
 
 
+@registered_write
+def _record_access(conn: sqlite3.Connection, *, origin: str, media_id: str, ts: int) -> None:
+    # Never moved back: a late write of an earlier access changes nothing.
+    conn.execute(
+        "UPDATE media SET last_access_ts = ? WHERE origin = ? AND media_id = ?"
+        " AND (last_access_ts IS NULL OR last_access_ts < ?)",
+        (ts, origin, media_id, ts),
+    )
+
+
+#: The columns of a :class:`MediaRecord`, of ``media AS m`` left-joined
+#: with ``media_quarantine AS q``.
+RECORD_COLUMNS = (
+    "m.origin, m.media_id, m.user_id, m.content_type, m.upload_name, m.size, m.created_ts,"
+    " m.uploaded_ts, m.last_access_ts, q.quarantined_by, m.safe_from_quarantine, m.deleting"
+)
+#: What :data:`RECORD_COLUMNS` are read from.
+RECORD_TABLES = (
+    "media AS m LEFT JOIN media_quarantine AS q ON q.origin = m.origin AND q.media_id = m.media_id"
+)
+
+
+def record_of(row: tuple[Any, ...]) -> MediaRecord:
+    """A :class:`MediaRecord` of a row of :data:`RECORD_COLUMNS`."""
+    fields = list(row)
+    # SQLite's integers for the two flags.
+    fields[10:12] = [bool(fields[10]), bool(fields[11])]
+    return MediaRecord(*fields)
+
+
 def _read_media(conn: sqlite3.Connection, *, origin: str, media_id: str) -> MediaRecord | None:
     row = conn.execute(
-        f"SELECT {_MEDIA_COLUMNS} FROM media WHERE origin = ? AND media_id = ?",
+        f"SELECT {RECORD_COLUMNS} FROM {RECORD_TABLES} WHERE m.origin = ? AND m.media_id = ?",
         (origin, media_id),
     ).fetchone()
-    return None if row is None else MediaRecord(*row)
+    return None if row is None else record_of(row)
+
+
+def _read_quarantined_by(conn: sqlite3.Connection, *, origin: str, media_id: str) -> str | None:
+    row = conn.execute(
+        "SELECT quarantined_by FROM media_quarantine WHERE origin = ? AND media_id = ?",
+        (origin, media_id),
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _read_thumbnail(

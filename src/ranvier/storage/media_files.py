@@ -17,6 +17,7 @@ worker thread, off the event loop.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
@@ -97,6 +98,15 @@ class MediaFiles:
             return None
         return stat.st_size
 
+    async def remove(self, path: Path) -> None:
+        """Remove the file at ``path``; one already gone is no error."""
+        await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+
+    async def remove_thumbnails(self, origin: str, media_id: str) -> None:
+        """Remove every thumbnail of the media, and their directory."""
+        directory = self._inside("thumbnails", origin, media_id)
+        await trio.to_thread.run_sync(_remove_tree, directory)
+
     async def read_bytes(self, path: Path) -> bytes:
         return await trio.Path(path).read_bytes()
 
@@ -105,6 +115,22 @@ class MediaFiles:
         async with await trio.open_file(path, "rb") as file:
             while chunk := await file.read(_READ_CHUNK):
                 yield chunk
+
+
+def _remove_tree(directory: Path) -> None:
+    # Thumbnails are files in one directory: no deeper tree to walk.
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        entry.unlink(missing_ok=True)
+    try:
+        directory.rmdir()
+    except OSError as exc:
+        # A thumbnail made meanwhile stays, a file nobody names.
+        if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+            raise
 
 
 def _publish(temporary: Path, path: Path, replace: bool) -> None:

@@ -849,6 +849,32 @@ def _blocked_rooms(conn: sqlite3.Connection) -> None:
     )
 
 
+def _media_upkeep(conn: sqlite3.Connection) -> None:
+    """Media retention, quarantine and deletion (:mod:`ranvier.storage.media_admin`).
+
+    ``last_access_ts`` is when the media was last served (NULL until it
+    is; its creation counts until then), found through an index on that
+    rule. ``safe_from_quarantine`` is an admin's protection. ``deleting``
+    marks rows whose files are being removed: set before the files go,
+    the rows removed after, so a crash between leaves rows that say so
+    rather than rows naming missing files. Quarantine is a table of its
+    own, not a column: other servers' media may be quarantined before it
+    is fetched, and stays quarantined when its cached copy is purged.
+    """
+    run = conn.execute
+    run("ALTER TABLE media ADD COLUMN last_access_ts INTEGER")
+    run("ALTER TABLE media ADD COLUMN safe_from_quarantine INTEGER NOT NULL DEFAULT 0")
+    run("ALTER TABLE media ADD COLUMN deleting INTEGER NOT NULL DEFAULT 0")
+    run("CREATE INDEX media_last_used ON media (COALESCE(last_access_ts, created_ts))")
+    run("CREATE INDEX media_uploader ON media (user_id, created_ts)")
+    run("CREATE INDEX media_deleting ON media (origin, media_id) WHERE deleting = 1")
+    run(
+        "CREATE TABLE media_quarantine (origin TEXT NOT NULL, media_id TEXT NOT NULL,"
+        " quarantined_by TEXT NOT NULL, quarantined_ts INTEGER NOT NULL,"
+        " PRIMARY KEY (origin, media_id)) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -874,6 +900,7 @@ MIGRATIONS: Sequence[Migration] = (
     _application_services,
     _url_previews,
     _blocked_rooms,
+    _media_upkeep,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -31,6 +31,7 @@ from .connections import SynchronousMode
 from .e2e_keys import E2eKeyStorage
 from .hierarchy_reads import HierarchyReads
 from .media import MediaStorage
+from .media_admin import MediaAdminStorage
 from .notification_reads import NotificationReads
 from .pushers import PusherStorage
 from .readers import ReaderPool
@@ -137,6 +138,7 @@ class Storage:
         self.e2e_keys = E2eKeyStorage(self.writer, self.readers)
         self.room_keys = RoomKeyStorage(self.writer, self.readers)
         self.media = MediaStorage(self.writer, self.readers)
+        self.media_admin = MediaAdminStorage(self.writer, self.readers)
         self.run_reads = RunReads(self.readers)
         self.notifications = NotificationReads(self.readers)
         self.pushers = PusherStorage(self.writer, self.readers)
