@@ -65,6 +65,7 @@ TABLES_ADDED = {
     22: {"url_previews"},
     23: {"blocked_rooms"},
     24: {"media_quarantine"},
+    25: {"sliding_sync_connections", "sliding_sync_positions", "sliding_sync_rooms"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -196,6 +197,10 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
     elif version == 24:
         run("UPDATE media SET last_access_ts = 9, safe_from_quarantine = 1")
         run("INSERT INTO media_quarantine VALUES ('x', 'm2', '@a:x', 8)")
+    elif version == 25:
+        run("INSERT INTO sliding_sync_connections VALUES (1, '@a:x', 'DEV', '')")
+        run("INSERT INTO sliding_sync_positions VALUES (3, 1, 'n', 's1_0', 5)")
+        run("INSERT INTO sliding_sync_rooms VALUES (1, '!r:x', 3, 9, '[1,[],[]]')")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

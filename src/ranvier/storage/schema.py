@@ -875,6 +875,31 @@ def _media_upkeep(conn: sqlite3.Connection) -> None:
     )
 
 
+def _sliding_sync(conn: sqlite3.Connection) -> None:
+    """Sliding sync connections, their positions and what each sent of each
+    room (:mod:`ranvier.storage.sliding_sync`): a connection found by its
+    user, device and ``conn_id``, a position by its nonce when a write is
+    repeated, a room's rows by connection, room and position.
+    """
+    conn.execute(
+        "CREATE TABLE sliding_sync_connections (conn_key INTEGER NOT NULL PRIMARY KEY,"
+        " user_id TEXT NOT NULL, device_id TEXT NOT NULL, conn_id TEXT NOT NULL,"
+        " UNIQUE (user_id, device_id, conn_id)) STRICT"
+    )
+    conn.execute(
+        "CREATE TABLE sliding_sync_positions (pos INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,"
+        " conn_key INTEGER NOT NULL REFERENCES sliding_sync_connections (conn_key),"
+        " nonce TEXT NOT NULL UNIQUE, token TEXT NOT NULL, made_ms INTEGER NOT NULL) STRICT"
+    )
+    conn.execute("CREATE INDEX sliding_sync_positions_conn ON sliding_sync_positions (conn_key)")
+    conn.execute(
+        "CREATE TABLE sliding_sync_rooms ("
+        " conn_key INTEGER NOT NULL REFERENCES sliding_sync_connections (conn_key),"
+        " room_id TEXT NOT NULL, pos INTEGER NOT NULL, sent_upto INTEGER NOT NULL,"
+        " config TEXT NOT NULL, PRIMARY KEY (conn_key, room_id, pos)) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -901,6 +926,7 @@ MIGRATIONS: Sequence[Migration] = (
     _url_previews,
     _blocked_rooms,
     _media_upkeep,
+    _sliding_sync,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

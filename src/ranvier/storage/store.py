@@ -56,6 +56,7 @@ from .room_members import RoomMemberStorage
 from .room_upgrades import RoomUpgradeStorage
 from .run_reads import RunReads
 from .search import SearchStorage
+from .sliding_sync import SlidingSyncStorage
 from .sync_reads import SyncReads
 from .timestamps import TimestampReads
 from .url_previews import UrlPreviewStorage
@@ -147,6 +148,7 @@ class Storage:
         self.room_upgrades = RoomUpgradeStorage(self.writer)
         self.url_previews = UrlPreviewStorage(self.writer, self.readers)
         self.timestamps = TimestampReads(self.readers)
+        self.sliding_sync = SlidingSyncStorage(self.writer, self.readers)
 
     @property
     def actor(self) -> StorageActor:
