@@ -122,6 +122,7 @@ from ranvier.api.room_keys import add_room_key_routes
 from ranvier.api.room_list import add_room_list_routes
 from ranvier.api.rooms import add_room_routes
 from ranvier.api.search import add_search_route
+from ranvier.api.sliding_sync import add_sliding_sync_route
 from ranvier.api.sync import add_sync_routes
 from ranvier.api.timestamps import add_timestamp_route
 from ranvier.api.to_device import add_to_device_routes
@@ -183,6 +184,7 @@ from ranvier.core.search import Search
 from ranvier.core.timestamps import EventsByTimestamp
 from ranvier.core.to_device import ToDevice
 from ranvier.core.typing import TypingNotices
+from ranvier.core.sliding_sync import SlidingSyncHandler
 from ranvier.core.unpartial import ResyncStatus, UnpartialStater
 from ranvier.core.upgrade import RoomUpgrader
 from ranvier.core.url_previews import UrlPreviewer
@@ -1210,6 +1212,23 @@ class HomeServer:
             filters=UserFilters(self.storage.sync),
             messages=BundlingRoomMessages(
                 self.storage.sync, aggregations, backfill=self._backfiller
+            ),
+        )
+        add_sliding_sync_route(
+            router,
+            auth=self.auth,
+            sliding_sync=SlidingSyncHandler(
+                self.storage.sliding_sync,
+                self.storage.sync,
+                self.stream_notifier,
+                account_data=account_data,
+                receipts=self._edus.receipts,
+                typing=self._edus.typing,
+                presence=self._edus.presence,
+                end_to_end=self.e2e_keys,
+                notifications=NotificationCounts(
+                    self.storage.notifications, PushRules(self.storage.client_data)
+                ),
             ),
         )
         registration = self.config.registration

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 from ranvier.web import Request, Router
 
-__all__ = ["SPEC_VERSIONS", "add_versions_route"]
+__all__ = ["SPEC_VERSIONS", "UNSTABLE_FEATURES", "add_versions_route"]
 
 #: The spec versions whose client-server API this server implements; the
 #: endpoints are those of ``/_matrix/client/v3``.
@@ -27,11 +27,14 @@ SPEC_VERSIONS: Final = (
     "v1.11",
 )
 
+#: The unstable features served: simplified sliding sync (MSC4186).
+UNSTABLE_FEATURES: Final = {"org.matrix.simplified_msc3575": True}
+
 
 def add_versions_route(router: Router) -> None:
     """Serve ``GET /_matrix/client/versions``, which needs no access token."""
 
     async def get_versions(request: Request) -> Mapping[str, Any]:
-        return {"versions": list(SPEC_VERSIONS), "unstable_features": {}}
+        return {"versions": list(SPEC_VERSIONS), "unstable_features": UNSTABLE_FEATURES}
 
     router.add("GET", "/_matrix/client/versions", get_versions)

@@ -1,0 +1,260 @@
+"""One room of a sliding sync response, in full or what changed.
+
+A room new to the connection (or sent before under another config, or
+whose user's membership changed since) comes ``initial``: its last
+``timeline_limit`` events, the ``required_state`` of its current state,
+its name, avatar, heroes and counts. A room sent before comes with the
+events after the position it was sent up to and the state entries that
+changed since (a ``{type, state_key}`` stub for an entry gone), its name
+or avatar only when they changed.
+
+A room the user has left comes up to the leave; an invited or knocking
+user gets the stripped state ``/sync`` sends
+(:func:`ranvier.core.sync.stripped_room_state`). Events pass the one
+visibility filter (:func:`ranvier.core.pagination.visible_to`), which also
+keeps ignored users' events out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from ranvier.core.accounts import Requester
+from ranvier.core.client_events import client_event, event_content
+from ranvier.core.pagination import (
+    format_pagination_token,
+    senders_memberships,
+    transaction_ids,
+    visible_to,
+)
+from ranvier.core.sliding_sync_config import RoomConfig
+from ranvier.core.sync import SyncStore, stripped_room_state
+from ranvier.storage.records import StateKey, StoredEvent
+
+__all__ = ["RoomStateDeltas", "RoomToSend", "build_room"]
+
+_MEMBER: Final = "m.room.member"
+_NAME: Final = ("m.room.name", "")
+_AVATAR: Final = ("m.room.avatar", "")
+
+
+class RoomStateDeltas(Protocol):
+    """:func:`ranvier.storage.sliding_sync_reads.state_delta`."""
+
+    async def state_delta(
+        self, room_id: str, since: int, upto: int
+    ) -> dict[tuple[str, str], str | None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RoomToSend:
+    """A room chosen for the response and how it is to be sent."""
+
+    room_id: str
+    membership: str
+    membership_at: int
+    membership_event_id: str
+    config: RoomConfig
+    bump_stamp: int
+    #: None for a room sent in full, else the events position it was sent up to.
+    sent_upto: int | None
+    partial: bool
+    is_dm: bool
+    lists: tuple[str, ...]
+
+
+async def build_room(
+    store: SyncStore,
+    deltas: RoomStateDeltas,
+    requester: Requester,
+    room: RoomToSend,
+    *,
+    now: int,
+    since: int | None,
+    ignored: frozenset[str],
+) -> dict[str, Any] | None:
+    """The room's entry; None when it has nothing to send."""
+    user_id = requester.user_id
+    answer: dict[str, Any] = {"membership": room.membership, "bump_stamp": room.bump_stamp}
+    if room.lists:
+        answer["lists"] = list(room.lists)
+    if room.sent_upto is None:
+        answer["initial"] = True
+        if room.is_dm:
+            answer["is_dm"] = True
+    if room.membership in ("invite", "knock"):
+        stripped = await stripped_room_state(store, room.room_id, room.membership_event_id, ignored)
+        if stripped is None:
+            return None
+        answer["invite_state" if room.membership == "invite" else "knock_state"] = stripped
+        return answer
+    joined = room.membership == "join"
+    upto = now if joined else room.membership_at
+    after = 0 if room.sent_upto is None else room.sent_upto
+    timeline, limited = await _timeline(store, user_id, room, after, upto, ignored)
+    state, gone, changed = await _required_state(
+        store, deltas, user_id, room, after, upto, timeline
+    )
+    renamed = bool(changed & {_NAME, _AVATAR})
+    if room.sent_upto is not None and not (timeline or state or gone or renamed):
+        return None
+    transactions = await transaction_ids(store, requester, timeline)
+    answer["timeline"] = [
+        client_event(
+            event,
+            unsigned=(
+                None
+                if event.event_id not in transactions
+                else {"transaction_id": transactions[event.event_id]}
+            ),
+        )
+        for event in timeline
+    ]
+    answer["limited"] = limited
+    answer["prev_batch"] = format_pagination_token(
+        timeline[0].stream_ordering - 1 if timeline else upto
+    )
+    answer["num_live"] = (
+        0 if since is None else sum(1 for event in timeline if event.stream_ordering > since)
+    )
+    answer["required_state"] = [
+        *(client_event(event) for event in state),
+        *({"type": kind, "state_key": key} for kind, key in gone),
+    ]
+    if room.sent_upto is None or renamed:
+        await _add_name_and_avatar(store, room.room_id, answer, initial=room.sent_upto is None)
+    if not room.partial:
+        joined_count, invited_count, heroes = await store.room_summary(room.room_id, user_id)
+        answer["joined_count"] = joined_count
+        answer["invited_count"] = invited_count
+        if heroes and room.sent_upto is None:
+            answer["heroes"] = await _heroes(store, room.room_id, heroes)
+    return answer
+
+
+async def _timeline(
+    store: SyncStore,
+    user_id: str,
+    room: RoomToSend,
+    after: int,
+    upto: int,
+    ignored: frozenset[str],
+) -> tuple[list[StoredEvent], bool]:
+    limit = room.config.timeline_limit
+    if limit == 0 or upto <= after:
+        return [], False
+    newest_first, limited = await store.room_events(
+        room.room_id, after=after, upto=upto, limit=limit, backwards=True
+    )
+    joined = room.membership == "join"
+    timeline = await visible_to(
+        store,
+        user_id,
+        newest_first[::-1],
+        joined_now=joined,
+        checked_before=room.membership_at if joined else room.membership_at + 1,
+        ignored=ignored,
+    )
+    if after == 0 and timeline and not limited:
+        # History here may start after the room did (joined through
+        # another server): only a timeline reaching the create event is all.
+        limited = timeline[0].type != "m.room.create"
+    return timeline, limited
+
+
+async def _required_state(
+    store: SyncStore,
+    deltas: RoomStateDeltas,
+    user_id: str,
+    room: RoomToSend,
+    after: int,
+    upto: int,
+    timeline: Sequence[StoredEvent],
+) -> tuple[list[StoredEvent], list[StateKey], set[StateKey]]:
+    """The state entries to send, those gone, and every key that changed
+    (the last two for a room sent before)."""
+    config = room.config
+    gone: list[StateKey] = []
+    changed: set[StateKey] = set()
+    if room.sent_upto is None:
+        keys = config.exact_keys(user_id)
+        state = await store.state_at(room.room_id, upto, keys)
+        wanted = {
+            key: event_id
+            for key, event_id in state.items()
+            if config.matches(key[0], key[1], user_id)
+        }
+    else:
+        delta = await deltas.state_delta(room.room_id, room.sent_upto, upto)
+        changed.update(delta)
+        wanted = {}
+        for key, event_id in delta.items():
+            if not config.matches(key[0], key[1], user_id):
+                continue
+            if event_id is None:
+                gone.append(key)
+            else:
+                wanted[key] = event_id
+    if config.lazy_members and timeline:
+        wanted.update(await _senders(store, room, upto, timeline))
+    # Entries whose events are in the timeline too are sent all the same:
+    # required_state is the room's state, whole, by itself.
+    stored = await store.get_events(list(wanted.values()))
+    events = sorted(stored.values(), key=lambda event: event.stream_ordering)
+    return events, gone, changed
+
+
+async def _senders(
+    store: SyncStore, room: RoomToSend, upto: int, timeline: Sequence[StoredEvent]
+) -> dict[StateKey, str]:
+    """The timeline senders' memberships: as the room's state holds them,
+    or, in a room whose state is partial here, as the events cite them."""
+    senders = {event.sender for event in timeline}
+    keys = [(_MEMBER, sender) for sender in senders]
+    found = dict(await store.state_at(room.room_id, upto, keys))
+    if room.partial and len(found) < len(senders):
+        cited = await senders_memberships(store, timeline)
+        for sender, event_id in cited.items():
+            found.setdefault((_MEMBER, sender), event_id)
+    return found
+
+
+async def _add_name_and_avatar(
+    store: SyncStore, room_id: str, answer: dict[str, Any], *, initial: bool
+) -> None:
+    current = {
+        (event.type, event.state_key): event
+        for event in await store.current_state_for_keys(room_id, [_NAME, _AVATAR])
+    }
+    for key, field, attribute in ((_NAME, "name", "name"), (_AVATAR, "avatar", "url")):
+        event = current.get(key)
+        value = None if event is None else event_content(event).get(attribute)
+        if isinstance(value, str) and value:
+            answer[field] = value
+        elif not initial:
+            answer[field] = None
+
+
+async def _heroes(
+    store: SyncStore, room_id: str, user_ids: Collection[str]
+) -> list[dict[str, Any]]:
+    members = {
+        event.state_key: event
+        for event in await store.current_state_for_keys(
+            room_id, [(_MEMBER, user_id) for user_id in user_ids]
+        )
+    }
+    heroes = []
+    for user_id in user_ids:
+        hero: dict[str, Any] = {"user_id": user_id}
+        event = members.get(user_id)
+        if event is not None:
+            content = event_content(event)
+            for field in ("displayname", "avatar_url"):
+                value = content.get(field)
+                if isinstance(value, str):
+                    hero[field] = value
+        heroes.append(hero)
+    return heroes

@@ -1,0 +1,452 @@
+"""Simplified sliding sync (MSC4186) over real HTTP against a started
+homeserver: lists, ranges, required_state, incremental responses,
+subscriptions, filters, invites, unknown positions and long-polls."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from _client import Client, SharedRoom, q
+from _sliding_sync import all_rooms, bodies, slide, slide_call
+
+from ranvier.testing.homeserver import TestUser, open_test_homeserver
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[SharedRoom]:
+    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client(timeout=30) as http:
+        client = Client(hs, http)
+        alice = await hs.register_user("alice")
+        bob = await hs.register_user("bob")
+        carol = await hs.register_user("carol")
+        room_id = await client.create_room(alice, preset="public_chat", name="Shared")
+        await client.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
+        yield SharedRoom(hs, client, alice, bob, carol, room_id)
+
+
+async def _say(env: SharedRoom, user: TestUser, room_id: str, *texts: str) -> None:
+    for text in texts:
+        await env.hs.server.send_event(
+            user.user_id, room_id, "m.room.message", {"msgtype": "m.text", "body": text}
+        )
+
+
+def _state(room: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(event["type"], event["state_key"]) for event in room["required_state"]}
+
+
+async def test_versions_advertise_simplified_sliding_sync(env: SharedRoom) -> None:
+    response = await env.client.http.get("/_matrix/client/versions")
+    assert response.json()["unstable_features"]["org.matrix.simplified_msc3575"] is True
+
+
+async def test_a_list_is_ordered_by_recency_cut_by_ranges_and_counted(env: SharedRoom) -> None:
+    http = env.client.http
+    second = await env.client.create_room(env.alice, name="Second")
+    third = await env.client.create_room(env.alice, name="Third")
+    await _say(env, env.alice, env.room_id, "newest of all")
+    body = {"lists": {"all": all_rooms(ranges=[[0, 1]], required_state=[["m.room.name", ""]])}}
+    answer = await slide(http, env.alice, body)
+    assert answer["lists"]["all"]["count"] == 3
+    assert set(answer["rooms"]) == {env.room_id, third}
+    room = answer["rooms"][env.room_id]
+    assert room["initial"] is True
+    assert room["membership"] == "join"
+    assert room["lists"] == ["all"]
+    assert room["name"] == "Shared"
+    assert _state(room) == {("m.room.name", "")}
+    assert bodies(room) == ["newest of all"]
+    assert room["limited"] is True
+    assert room["prev_batch"].startswith("t")
+    assert (room["joined_count"], room["invited_count"]) == (2, 0)
+    assert (room["notification_count"], room["highlight_count"]) == (0, 0)
+    assert room["bump_stamp"] > answer["rooms"][third]["bump_stamp"]
+    # The second range takes the oldest room; a range past the end is cut.
+    body = {"lists": {"all": all_rooms(ranges=[[2, 10]])}}
+    later = await slide(http, env.alice, body)
+    assert set(later["rooms"]) == {second}
+    assert later["lists"]["all"]["count"] == 3
+
+
+async def test_required_state_wildcards_me_and_lazy_members(env: SharedRoom) -> None:
+    http, room_id = env.client.http, env.room_id
+    await env.client.ok(env.carol, "POST", f"/rooms/{q(room_id)}/join", {})
+    await _say(env, env.bob, room_id, "from bob")
+
+    async def state_for(required: list[list[str]], limit: int = 1) -> set[tuple[str, str]]:
+        answer = await slide(
+            http,
+            env.alice,
+            {"lists": {"l": all_rooms(timeline_limit=limit, required_state=required)}},
+        )
+        return _state(answer["rooms"][room_id])
+
+    everything = await state_for([["*", "*"]])
+    assert {
+        ("m.room.create", ""),
+        ("m.room.name", ""),
+        ("m.room.power_levels", ""),
+        ("m.room.member", env.alice.user_id),
+        ("m.room.member", env.bob.user_id),
+        ("m.room.member", env.carol.user_id),
+    } <= everything
+    members = {("m.room.member", user.user_id) for user in (env.alice, env.bob, env.carol)}
+    assert await state_for([["m.room.member", "*"]]) == members
+    assert await state_for([["*", env.carol.user_id]]) == {("m.room.member", env.carol.user_id)}
+    assert await state_for([["m.room.member", "$ME"]]) == {("m.room.member", env.alice.user_id)}
+    # $LAZY: the members who sent the timeline's events, and no one else.
+    lazy = await state_for([["m.room.create", ""], ["m.room.member", "$LAZY"]])
+    assert lazy == {("m.room.create", ""), ("m.room.member", env.bob.user_id)}
+    lazy = await state_for([["m.room.member", "$LAZY"]], limit=0)
+    assert lazy == set()
+
+
+async def test_a_new_message_comes_alone_and_a_room_entering_the_range_comes_whole(
+    env: SharedRoom,
+) -> None:
+    http = env.client.http
+    oldest = await env.client.create_room(env.alice, name="Oldest")
+    await _say(env, env.alice, oldest, "old news")
+    middle = await env.client.create_room(env.alice, name="Middle")
+    await _say(env, env.alice, env.room_id, "top")
+    body = {"lists": {"all": all_rooms(ranges=[[0, 1]], timeline_limit=3)}}
+    first = await slide(http, env.alice, body)
+    assert set(first["rooms"]) == {env.room_id, middle}
+    quiet = await slide(http, env.alice, body, pos=first["pos"])
+    assert quiet["rooms"] == {}
+    assert quiet["pos"] == first["pos"]
+    # A message in the second room: it comes, with that message alone.
+    await _say(env, env.bob, env.room_id, "hello again")
+    await _say(env, env.alice, middle, "middle moves up")
+    moved = await slide(http, env.alice, body, pos=first["pos"])
+    assert set(moved["rooms"]) == {middle, env.room_id}
+    room = moved["rooms"][middle]
+    assert "initial" not in room
+    assert bodies(room) == ["middle moves up"]
+    assert room["num_live"] == 1
+    assert room["limited"] is False
+    assert room["bump_stamp"] > moved["rooms"][env.room_id]["bump_stamp"]
+    assert "name" not in room
+    # A message in the oldest room brings it into the range, whole.
+    await _say(env, env.alice, oldest, "oldest is back")
+    entering = await slide(http, env.alice, body, pos=moved["pos"])
+    assert set(entering["rooms"]) == {oldest}
+    room = entering["rooms"][oldest]
+    assert room["initial"] is True
+    assert room["name"] == "Oldest"
+    assert bodies(room) == ["old news", "oldest is back"]
+    assert room["num_live"] == 1
+    after = await slide(http, env.alice, body, pos=entering["pos"])
+    assert after["rooms"] == {}
+
+
+async def test_a_retried_position_answers_again(env: SharedRoom) -> None:
+    http = env.client.http
+    body = {"lists": {"all": all_rooms()}}
+    first = await slide(http, env.alice, body)
+    await _say(env, env.bob, env.room_id, "one")
+    lost = await slide(http, env.alice, body, pos=first["pos"])
+    assert bodies(lost["rooms"][env.room_id]) == ["one"]
+    # The client never got that answer and asks again from first.
+    again = await slide(http, env.alice, body, pos=first["pos"])
+    assert bodies(again["rooms"][env.room_id]) == ["one"]
+    await _say(env, env.bob, env.room_id, "two")
+    later = await slide(http, env.alice, body, pos=again["pos"])
+    assert bodies(later["rooms"][env.room_id]) == ["two"]
+    # The unreceived answer's position is gone.
+    await _refused_pos(http, env.alice, body, lost["pos"])
+
+
+async def _refused_pos(http: Any, user: TestUser, body: dict[str, Any], pos: str) -> None:
+    status, answer = await slide_call(http, user, body, pos=pos)
+    assert (status, answer["errcode"]) == (400, "M_UNKNOWN_POS"), answer
+    assert answer["error"]
+
+
+async def test_unknown_positions_are_refused(env: SharedRoom) -> None:
+    http = env.client.http
+    body = {"lists": {"all": all_rooms()}, "conn_id": "main"}
+    first = await slide(http, env.alice, body)
+    await _refused_pos(http, env.alice, body, "not a position")
+    await _refused_pos(http, env.alice, body, "999999")
+    # Another connection's, or another user's, position is not this one's.
+    await _refused_pos(http, env.alice, {**body, "conn_id": "other"}, first["pos"])
+    await _refused_pos(http, env.bob, body, first["pos"])
+    # Starting the connection again drops its old positions.
+    await slide(http, env.alice, body)
+    await _refused_pos(http, env.alice, body, first["pos"])
+
+
+async def test_bad_requests_are_refused(env: SharedRoom) -> None:
+    http = env.client.http
+    bad: dict[str, Any]
+    for bad in (
+        {"lists": {"l": {"timeline_limit": "ten", "required_state": []}}},
+        {"lists": {"l": {"timeline_limit": 1, "required_state": [], "ranges": [[5, 2]]}}},
+        {"lists": {"l": {"timeline_limit": -1, "required_state": []}}},
+        {"room_subscriptions": []},
+    ):
+        status, answer = await slide_call(http, env.alice, bad)
+        assert (status, answer["errcode"]) == (400, "M_BAD_JSON"), bad
+    status, answer = await slide_call(http, env.alice, {}, timeout_ms=-1)
+    assert status == 400
+
+
+async def test_room_subscriptions(env: SharedRoom) -> None:
+    http = env.client.http
+    quiet = await env.client.create_room(env.alice, name="Quiet")
+    await _say(env, env.alice, env.room_id, "louder")
+    private = await env.client.create_room(env.carol, name="Carol's")
+    body = {
+        "lists": {"top": all_rooms(ranges=[[0, 0]], timeline_limit=1)},
+        "room_subscriptions": {
+            quiet: {"timeline_limit": 10, "required_state": [["m.room.name", ""]]},
+            private: {"timeline_limit": 10, "required_state": [["*", "*"]]},
+            "!nowhere:localhost": {"timeline_limit": 1, "required_state": []},
+        },
+    }
+    answer = await slide(http, env.alice, body)
+    assert set(answer["rooms"]) == {env.room_id, quiet}
+    room = answer["rooms"][quiet]
+    assert "lists" not in room
+    assert room["name"] == "Quiet"
+    assert _state(room) == {("m.room.name", "")}
+    assert room["timeline"][0]["type"] == "m.room.create"
+    assert room["limited"] is False
+
+
+async def test_filters(env: SharedRoom) -> None:
+    http, client, alice, bob = env.client.http, env.client, env.alice, env.bob
+    direct = await client.create_room(alice, invite=[bob.user_id], is_direct=True)
+    await client.ok(bob, "POST", f"/rooms/{q(direct)}/join", {})
+    await client.ok(
+        alice,
+        "PUT",
+        f"/user/{q(alice.user_id)}/account_data/m.direct",
+        {bob.user_id: [direct]},
+    )
+    encrypted = await client.create_room(
+        alice,
+        initial_state=[
+            {
+                "type": "m.room.encryption",
+                "state_key": "",
+                "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+            }
+        ],
+    )
+    space = await client.create_room(alice, creation_content={"type": "m.space"})
+    await client.ok(
+        alice,
+        "PUT",
+        f"/rooms/{q(space)}/state/m.space.child/{q(env.room_id)}",
+        {"via": ["localhost"]},
+    )
+    invited = await client.create_room(bob)
+    await client.ok(bob, "POST", f"/rooms/{q(invited)}/invite", {"user_id": alice.user_id})
+    lists = {
+        "dm": all_rooms(filters={"is_dm": True}),
+        "not_dm": all_rooms(filters={"is_dm": False}),
+        "encrypted": all_rooms(filters={"is_encrypted": True}),
+        "invites": all_rooms(filters={"is_invite": True}),
+        "joined": all_rooms(filters={"is_invite": False}),
+        "spaces": all_rooms(filters={"room_types": ["m.space"]}),
+        "no_spaces": all_rooms(filters={"not_room_types": ["m.space"]}),
+        "untyped": all_rooms(filters={"room_types": [None]}),
+        "in_space": all_rooms(filters={"spaces": [space]}),
+    }
+    answer = await slide(http, alice, {"lists": lists})
+    counts = {name: found["count"] for name, found in answer["lists"].items()}
+    assert counts == {
+        "dm": 1,
+        "not_dm": 4,
+        "encrypted": 1,
+        "invites": 1,
+        "joined": 4,
+        "spaces": 1,
+        "no_spaces": 4,
+        "untyped": 4,
+        "in_space": 1,
+    }
+    assert answer["rooms"][direct]["lists"] == ["dm", "joined", "no_spaces", "untyped"]
+    assert answer["rooms"][direct]["is_dm"] is True
+    assert answer["rooms"][env.room_id]["lists"] == [
+        "in_space",
+        "joined",
+        "no_spaces",
+        "not_dm",
+        "untyped",
+    ]
+    assert answer["rooms"][encrypted]["lists"][0] == "encrypted"
+    assert answer["rooms"][space]["lists"] == ["joined", "not_dm", "spaces"]
+    assert answer["rooms"][invited]["lists"][0] == "invites"
+
+
+async def test_invites_come_with_their_stripped_state(env: SharedRoom) -> None:
+    http, client, alice, bob, carol = env.client.http, env.client, env.alice, env.bob, env.carol
+    room_id = await client.create_room(alice, name="Come in")
+    body = {"lists": {"all": all_rooms(required_state=[["*", "*"]])}}
+    first = await slide(http, bob, body)
+    assert room_id not in first["rooms"]
+    await client.ok(alice, "POST", f"/rooms/{q(room_id)}/invite", {"user_id": bob.user_id})
+    answer = await slide(http, bob, body, pos=first["pos"])
+    room = answer["rooms"][room_id]
+    assert room["membership"] == "invite"
+    assert room["initial"] is True
+    assert "timeline" not in room
+    stripped = {(event["type"], event["state_key"]) for event in room["invite_state"]}
+    assert {("m.room.name", ""), ("m.room.create", ""), ("m.room.member", bob.user_id)} <= (
+        stripped
+    )
+    assert "content" in room["invite_state"][0]
+    # Joining sends the room whole.
+    await client.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
+    joined = await slide(http, bob, body, pos=answer["pos"])
+    room = joined["rooms"][room_id]
+    assert (room["membership"], room["initial"]) == ("join", True)
+    assert ("m.room.power_levels", "") in _state(room)
+    # An invite from someone Carol ignores is never listed.
+    await client.ok(
+        carol,
+        "PUT",
+        f"/user/{q(carol.user_id)}/account_data/m.ignored_user_list",
+        {"ignored_users": {alice.user_id: {}}},
+    )
+    await client.ok(alice, "POST", f"/rooms/{q(room_id)}/invite", {"user_id": carol.user_id})
+    ignoring = await slide(http, carol, body)
+    assert room_id not in ignoring["rooms"]
+    assert ignoring["lists"]["all"]["count"] == 0
+
+
+async def test_a_left_room_comes_to_the_leave_then_no_more(env: SharedRoom) -> None:
+    http, client = env.client.http, env.client
+    body = {"lists": {"all": all_rooms()}}
+    first = await slide(http, env.bob, body)
+    assert env.room_id in first["rooms"]
+    await _say(env, env.alice, env.room_id, "before the leave")
+    await client.ok(env.bob, "POST", f"/rooms/{q(env.room_id)}/leave", {})
+    await _say(env, env.alice, env.room_id, "after the leave")
+    answer = await slide(http, env.bob, body, pos=first["pos"])
+    room = answer["rooms"][env.room_id]
+    assert room["membership"] == "leave"
+    assert bodies(room) == ["before the leave"]
+    assert room["timeline"][-1]["type"] == "m.room.member"
+    # A fresh connection does not list a room left of the user's own will.
+    fresh = await slide(http, env.bob, {**body, "conn_id": "fresh"})
+    assert fresh["rooms"] == {}
+    assert fresh["lists"]["all"]["count"] == 0
+
+
+async def test_a_kick_is_listed(env: SharedRoom) -> None:
+    http, client = env.client.http, env.client
+    await client.ok(
+        env.alice, "POST", f"/rooms/{q(env.room_id)}/kick", {"user_id": env.bob.user_id}
+    )
+    answer = await slide(http, env.bob, {"lists": {"all": all_rooms()}})
+    assert answer["rooms"][env.room_id]["membership"] == "leave"
+
+
+async def test_ignored_users_events_are_kept_out(env: SharedRoom) -> None:
+    http, client = env.client.http, env.client
+    await client.ok(
+        env.alice,
+        "PUT",
+        f"/user/{q(env.alice.user_id)}/account_data/m.ignored_user_list",
+        {"ignored_users": {env.bob.user_id: {}}},
+    )
+    await _say(env, env.bob, env.room_id, "unheard")
+    await _say(env, env.alice, env.room_id, "heard")
+    answer = await slide(http, env.alice, {"lists": {"all": all_rooms(timeline_limit=2)}})
+    assert bodies(answer["rooms"][env.room_id]) == ["heard"]
+
+
+async def test_a_long_poll_is_woken_by_a_message(env: SharedRoom) -> None:
+    http = env.client.http
+    body = {"lists": {"all": all_rooms()}}
+    first = await slide(http, env.alice, body)
+    answers: list[dict[str, Any]] = []
+
+    async def poll() -> None:
+        answers.append(await slide(http, env.alice, body, pos=first["pos"], timeout_ms=60_000))
+
+    notifier = env.hs.server.stream_notifier
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            while notifier.waiting == 0:
+                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            # A room Alice is not in does not wake her.
+            elsewhere = await env.client.create_room(env.carol)
+            await _say(env, env.carol, elsewhere, "not for alice")
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            assert answers == []
+            await _say(env, env.bob, env.room_id, "wake up")
+    (answer,) = answers
+    assert bodies(answer["rooms"][env.room_id]) == ["wake up"]
+    assert answer["pos"] != first["pos"]
+
+
+async def test_a_long_poll_times_out_empty(env: SharedRoom) -> None:
+    http = env.client.http
+    body = {"lists": {"all": all_rooms()}}
+    first = await slide(http, env.alice, body)
+    answers: list[dict[str, Any]] = []
+
+    async def poll() -> None:
+        answers.append(await slide(http, env.alice, body, pos=first["pos"], timeout_ms=300))
+
+    notifier = env.hs.server.stream_notifier
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            # It waits on the notifier, then gives up at its timeout.
+            while notifier.waiting == 0:
+                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+    (answer,) = answers
+    assert answer["rooms"] == {}
+    assert answer["pos"] == first["pos"]
+    assert answer["lists"]["all"]["count"] == 1
+
+
+async def test_a_connection_goes_on_after_a_restart(tmp_path: Path) -> None:
+    body = {"lists": {"all": all_rooms()}, "conn_id": "main"}
+    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client(timeout=30) as http:
+        alice = await hs.register_user("alice")
+        room_id = await Client(hs, http).create_room(alice, name="Kept")
+        first = await slide(http, alice, body)
+        assert first["rooms"][room_id]["initial"] is True
+    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client(timeout=30) as http:
+        quiet = await slide(http, alice, body, pos=first["pos"])
+        assert quiet["rooms"] == {}
+        await hs.server.send_event(
+            alice.user_id, room_id, "m.room.message", {"msgtype": "m.text", "body": "back"}
+        )
+        later = await slide(http, alice, body, pos=first["pos"])
+        room = later["rooms"][room_id]
+        assert "initial" not in room
+        assert bodies(room) == ["back"]
+
+
+async def test_heroes_of_an_unnamed_room_and_a_new_name(env: SharedRoom) -> None:
+    http, client, alice, bob = env.client.http, env.client, env.alice, env.bob
+    await client.ok(bob, "PUT", f"/profile/{q(bob.user_id)}/displayname", {"displayname": "Bob"})
+    unnamed = await client.create_room(alice, invite=[bob.user_id], is_direct=True)
+    await client.ok(bob, "POST", f"/rooms/{q(unnamed)}/join", {})
+    body = {"lists": {"all": all_rooms(required_state=[["m.room.name", ""]])}}
+    first = await slide(http, alice, body)
+    room = first["rooms"][unnamed]
+    assert "name" not in room
+    assert room["heroes"] == [{"user_id": bob.user_id, "displayname": "Bob"}]
+    assert "heroes" not in first["rooms"][env.room_id]
+    await client.ok(alice, "PUT", f"/rooms/{q(unnamed)}/state/m.room.name/", {"name": "Named"})
+    renamed = await slide(http, alice, body, pos=first["pos"])
+    room = renamed["rooms"][unnamed]
+    assert "initial" not in room
+    assert room["name"] == "Named"
+    assert _state(room) == {("m.room.name", "")}
+    assert room["timeline"][-1]["type"] == "m.room.name"

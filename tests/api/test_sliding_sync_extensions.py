@@ -1,0 +1,148 @@
+"""Sliding sync's extensions over real HTTP: to_device, e2ee, account_data,
+receipts and typing, each answered from /sync's own streams."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _client import Client, SharedRoom, q
+from _e2e import OTK, device_keys, one_time_keys
+from _sliding_sync import all_rooms, slide
+
+from ranvier.testing.homeserver import open_test_homeserver
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[SharedRoom]:
+    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client(timeout=30) as http:
+        client = Client(hs, http)
+        alice = await hs.register_user("alice")
+        bob = await hs.register_user("bob")
+        carol = await hs.register_user("carol")
+        room_id = await client.create_room(alice, preset="public_chat", name="Shared")
+        await client.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
+        yield SharedRoom(hs, client, alice, bob, carol, room_id)
+
+
+def _body(**extensions: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "lists": {"all": all_rooms(timeline_limit=1)},
+        "extensions": {name: {"enabled": True, **config} for name, config in extensions.items()},
+    }
+
+
+async def test_to_device_messages_come_and_are_acknowledged(env: SharedRoom) -> None:
+    http, client, alice, bob = env.client.http, env.client, env.alice, env.bob
+    message = {"messages": {bob.user_id: {bob.device_id: {"n": 1}}}}
+    await client.ok(alice, "PUT", "/sendToDevice/m.test/t1", message)
+    first = await slide(http, bob, _body(to_device={}))
+    found = first["extensions"]["to_device"]
+    assert [event["content"] for event in found["events"]] == [{"n": 1}]
+    assert found["events"][0]["sender"] == alice.user_id
+    since = found["next_batch"]
+    # Not acknowledged yet: asked from the start again, it is still there.
+    again = await slide(http, bob, _body(to_device={}), pos=first["pos"])
+    assert len(again["extensions"]["to_device"]["events"]) == 1
+    await client.ok(
+        alice, "PUT", "/sendToDevice/m.test/t2", {"messages": {bob.user_id: {"*": {"n": 2}}}}
+    )
+    later = await slide(http, bob, _body(to_device={"since": since}), pos=first["pos"])
+    found = later["extensions"]["to_device"]
+    assert [event["content"] for event in found["events"]] == [{"n": 2}]
+    # Naming a since acknowledged the first: nothing is left before it.
+    stored = env.hs.server.storage.e2e_keys
+    upto = await stored.to_device_position()
+    waiting = await stored.to_device_messages(bob.user_id, bob.device_id, 0, upto, 10)
+    assert len(waiting) == 1
+    # A new connection goes on from the since it names.
+    fresh = await slide(
+        http, bob, {**_body(to_device={"since": found["next_batch"]}), "conn_id": "new"}
+    )
+    assert fresh["extensions"]["to_device"]["events"] == []
+
+
+async def test_e2ee_device_lists_and_key_counts(env: SharedRoom) -> None:
+    http, client, alice, bob = env.client.http, env.client, env.alice, env.bob
+    keys = device_keys(alice)
+    await client.ok(
+        alice,
+        "POST",
+        "/keys/upload",
+        {"device_keys": keys.body, "one_time_keys": one_time_keys(keys, alice, "a", "b")},
+    )
+    first = await slide(http, alice, _body(e2ee={}))
+    e2ee = first["extensions"]["e2ee"]
+    assert e2ee["device_one_time_keys_count"][OTK] == 2
+    assert e2ee["device_unused_fallback_key_types"] == []
+    assert e2ee["device_lists"] == {"changed": [], "left": []}
+    # Bob's new keys: Alice, who shares a room with him, hears of it.
+    bob_keys = device_keys(bob)
+    await client.ok(bob, "POST", "/keys/upload", {"device_keys": bob_keys.body})
+    changed = await slide(http, alice, _body(e2ee={}), pos=first["pos"])
+    assert changed["extensions"]["e2ee"]["device_lists"]["changed"] == [bob.user_id]
+    # Bob leaves: he is in no room with Alice any more.
+    await client.ok(bob, "POST", f"/rooms/{q(env.room_id)}/leave", {})
+    left = await slide(http, alice, _body(e2ee={}), pos=changed["pos"])
+    assert left["extensions"]["e2ee"]["device_lists"]["left"] == [bob.user_id]
+
+
+async def test_account_data_global_and_per_room(env: SharedRoom) -> None:
+    http, client, alice = env.client.http, env.client, env.alice
+    user = q(alice.user_id)
+    await client.ok(alice, "PUT", f"/user/{user}/account_data/m.test", {"one": 1})
+    await client.ok(
+        alice,
+        "PUT",
+        f"/user/{user}/rooms/{q(env.room_id)}/account_data/m.tag",
+        {"tags": {"u.work": {}}},
+    )
+    first = await slide(http, alice, _body(account_data={}))
+    found = first["extensions"]["account_data"]
+    assert {"type": "m.test", "content": {"one": 1}} in found["global"]
+    assert found["rooms"][env.room_id] == [{"type": "m.tag", "content": {"tags": {"u.work": {}}}}]
+    quiet = await slide(http, alice, _body(account_data={}), pos=first["pos"])
+    assert quiet["pos"] == first["pos"]
+    assert quiet["extensions"]["account_data"] == {"global": [], "rooms": {}}
+    await client.ok(alice, "PUT", f"/user/{user}/account_data/m.test", {"one": 2})
+    later = await slide(http, alice, _body(account_data={}), pos=first["pos"])
+    assert later["extensions"]["account_data"]["global"] == [
+        {"type": "m.test", "content": {"one": 2}}
+    ]
+    # Only the rooms of the lists it names.
+    other = await slide(
+        http, alice, {**_body(account_data={"lists": ["none"]}), "conn_id": "other"}
+    )
+    assert other["extensions"]["account_data"]["rooms"] == {}
+
+
+async def test_receipts_and_typing(env: SharedRoom) -> None:
+    http, client, alice, bob = env.client.http, env.client, env.alice, env.bob
+    sent = await client.ok(
+        bob,
+        "PUT",
+        f"/rooms/{q(env.room_id)}/send/m.room.message/t1",
+        {"msgtype": "m.text", "body": "read me"},
+    )
+    event_id = sent["event_id"]
+    first = await slide(http, alice, _body(receipts={}, typing={}))
+    assert first["extensions"]["receipts"]["rooms"] == {}
+    assert first["extensions"]["typing"]["rooms"] == {}
+    await client.ok(alice, "POST", f"/rooms/{q(env.room_id)}/receipt/m.read/{q(event_id)}", {})
+    await client.ok(
+        bob,
+        "PUT",
+        f"/rooms/{q(env.room_id)}/typing/{q(bob.user_id)}",
+        {"typing": True, "timeout": 30_000},
+    )
+    later = await slide(http, alice, _body(receipts={}, typing={}), pos=first["pos"])
+    receipt = later["extensions"]["receipts"]["rooms"][env.room_id]
+    assert receipt["type"] == "m.receipt"
+    assert alice.user_id in receipt["content"][event_id]["m.read"]
+    typing = later["extensions"]["typing"]["rooms"][env.room_id]
+    assert typing == {"type": "m.typing", "content": {"user_ids": [bob.user_id]}}
+    # Extensions not asked for are not answered.
+    plain = await slide(http, alice, {"lists": {"all": all_rooms()}, "conn_id": "plain"})
+    assert plain["extensions"] == {}

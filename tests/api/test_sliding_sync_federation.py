@@ -1,0 +1,127 @@
+"""Sliding sync with a room joined from another server with partial state
+(MSC3706, MSC3902): a config that asks for every membership waits for the
+resync, as an eager /sync does, and one that lazy-loads members has the
+room at once, without member counts it cannot know yet.
+
+A holds the room; B's user joins it through A, and A's router holds the
+reads of B's resync until the test lets them go. Both run whole over TLS
+on loopback; B also serves the client API, which the test calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+import trio.testing
+from _sliding_sync import all_rooms, slide
+
+from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
+from ranvier.federation.transport.server import Request, RouteMatch, Router
+from ranvier.server import open_homeserver
+from ranvier.testing import Pki, free_port
+from ranvier.testing.homeserver import TestUser
+
+_HELD = frozenset(
+    ("GET", f"/_matrix/federation/v1/{pattern}")
+    for pattern in ("state_ids/{room_id}", "state/{room_id}", "event/{event_id}")
+)
+
+
+class _Held(Router):
+    """Answers a resync's reads only once released."""
+
+    def __init__(self, inner: Router) -> None:
+        super().__init__()
+        self._inner = inner
+        self.released = trio.Event()
+
+    def match(self, method: str, path: str) -> RouteMatch:
+        found = self._inner.match(method, path)
+        if (found.route.method, found.route.pattern) not in _HELD:
+            return found
+        handler = found.route.handler
+
+        async def held(request: Request) -> Any:
+            await self.released.wait()
+            return await handler(request)
+
+        return RouteMatch(dataclasses.replace(found.route, handler=held), found.params)
+
+
+def _server(tmp_path: Path, pki: Pki, label: str) -> Config:
+    port = free_port()
+    issued = pki.ca.issue_cert("127.0.0.1")
+    certificate, key = tmp_path / f"{label}.crt", tmp_path / f"{label}.key"
+    certificate.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    return Config(
+        server_name=f"127.0.0.1:{port}",
+        data_dir=tmp_path / label,
+        listeners=(
+            ListenerConfig(type="federation", host="127.0.0.1", port=port),
+            ListenerConfig(type="client", host="127.0.0.1", port=0),
+        ),
+        tls=TlsConfig(certificate_path=certificate, private_key_path=key),
+        database=DatabaseConfig(synchronous="OFF"),
+        federation=FederationConfig(ca_file=pki.ca_file, request_timeout_seconds=10),
+    )
+
+
+async def test_a_partial_state_room_waits_for_every_member_but_not_for_lazy_ones(
+    tmp_path: Path,
+) -> None:
+    pki = Pki.create(tmp_path)
+    async with (
+        open_homeserver(_server(tmp_path, pki, "a")) as a,
+        open_homeserver(_server(tmp_path, pki, "b")) as b,
+    ):
+        alice = f"@alice:{a.server_name}"
+        room_id = await a.create_room(alice, preset="public_chat", name="partial")
+        await a.join_room(f"@member:{a.server_name}", room_id)
+        held = _Held(a.federation_app.router)
+        a.federation_app.router = held
+        registration = await b.accounts.register("bob", "a long enough password")
+        assert registration.access_token is not None
+        assert registration.device_id is not None
+        bob = TestUser(registration.user_id, registration.access_token, registration.device_id)
+        (client,) = [bound for bound in b.listeners if bound.config.type == "client"]
+        async with httpx.AsyncClient(base_url=client.url, timeout=60) as http:
+            await b.join_room(bob.user_id, room_id, [a.server_name])
+            assert await b.storage.is_partial_state_room(room_id)
+            members = {"lists": {"all": all_rooms(required_state=[["m.room.member", "*"]])}}
+            lazy = {
+                "lists": {"all": all_rooms(required_state=[["m.room.member", "$LAZY"]])},
+                "conn_id": "lazy",
+            }
+            eager = await slide(http, bob, members)
+            assert room_id not in eager["rooms"]
+            at_once = await slide(http, bob, lazy)
+            room = at_once["rooms"][room_id]
+            assert room["initial"] is True
+            assert "joined_count" not in room
+            senders = {event["sender"] for event in room["timeline"]}
+            assert {e["state_key"] for e in room["required_state"]} == senders
+
+            answers: list[dict[str, Any]] = []
+
+            async def poll() -> None:
+                answers.append(await slide(http, bob, members, pos=eager["pos"], timeout_ms=60_000))
+
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(poll)
+                    while b.stream_notifier.waiting == 0:
+                        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+                    assert not answers
+                    held.released.set()
+            assert not await b.storage.is_partial_state_room(room_id)
+            (full,) = answers
+            room = full["rooms"][room_id]
+            assert room["initial"] is True
+            assert room["joined_count"] == 3
+            every = {event["state_key"] for event in room["required_state"]}
+            assert every == {alice, bob.user_id, f"@member:{a.server_name}"}

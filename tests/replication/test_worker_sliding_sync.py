@@ -1,0 +1,78 @@
+"""Sliding sync through a client_reader worker: a connection's positions
+live in the shared database, so a connection started on one process goes
+on from the other (its writes made by the main process's storage actor),
+and a long-poll on the worker wakes for a message the main process took."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+import trio.testing
+from _worker_configs import alice_on_both
+
+from ranvier.api.sliding_sync import SLIDING_SYNC_PATH
+
+_V3 = "/_matrix/client/v3"
+_BODY = {"lists": {"all": {"timeline_limit": 5, "required_state": [["m.room.name", ""]]}}}
+
+
+async def _slide(
+    http: httpx.AsyncClient, pos: str | None = None, timeout_ms: int | None = None
+) -> dict[str, Any]:
+    params = {} if pos is None else {"pos": pos}
+    if timeout_ms is not None:
+        params["timeout"] = str(timeout_ms)
+    response = await http.post(SLIDING_SYNC_PATH, json=_BODY, params=params)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def _bodies(answer: dict[str, Any], room_id: str) -> list[str]:
+    return [
+        event["content"]["body"]
+        for event in answer["rooms"][room_id]["timeline"]
+        if event["type"] == "m.room.message"
+    ]
+
+
+async def test_a_connection_goes_on_across_the_processes(tmp_path: Path) -> None:
+    async with alice_on_both(tmp_path) as both:
+        server, alice = both.main.server, both.alice
+        made = await both.on_main.post(f"{_V3}/createRoom", json={"name": "Both"})
+        room_id = made.json()["room_id"]
+
+        async def say(text: str) -> None:
+            await server.send_event(
+                alice.user_id, room_id, "m.room.message", {"msgtype": "m.text", "body": text}
+            )
+
+        first = await _slide(both.on_main)
+        assert first["rooms"][room_id]["name"] == "Both"
+        await say("to the worker")
+        on_worker = await _slide(both.on_worker, first["pos"])
+        assert "initial" not in on_worker["rooms"][room_id]
+        assert _bodies(on_worker, room_id) == ["to the worker"]
+        await say("back to the main process")
+        on_main = await _slide(both.on_main, on_worker["pos"])
+        assert _bodies(on_main, room_id) == ["back to the main process"]
+
+        # A long-poll on the worker, woken by a message the main process took.
+        answers: list[dict[str, Any]] = []
+
+        async def poll() -> None:
+            answers.append(await _slide(both.on_worker, on_main["pos"], timeout_ms=60_000))
+
+        notifier = both.worker.stream_notifier
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(poll)
+                while notifier.waiting == 0:
+                    await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+                assert answers == []
+                await say("wake the worker")
+        (answer,) = answers
+        assert _bodies(answer, room_id) == ["wake the worker"]
