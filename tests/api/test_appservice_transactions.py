@@ -312,6 +312,32 @@ async def test_an_unknown_alias_is_asked_of_the_service(tmp_path: Path) -> None:
         assert service.queries == [("rooms", alias), ("rooms", missing)]
 
 
+async def test_an_invite_of_an_unknown_user_asks_the_service_first(tmp_path: Path) -> None:
+    async with _with_fake(tmp_path) as (env, service):
+        ghost = env.user("_br_invited")
+        made: list[str] = []
+
+        async def make_user(queried: str) -> bool:
+            await env.register(queried[1:].partition(":")[0])
+            made.append(queried)
+            return True
+
+        service.on_user = make_user
+        room_id = await env.client.create_room(env.alice, preset="private_chat")
+        await env.client.ok(env.alice, "POST", f"/rooms/{q(room_id)}/invite", {"user_id": ghost})
+        assert service.queries == [("users", ghost)]
+        assert made == [ghost]
+        # The user the service made takes the invite.
+        await env.as_ok("POST", f"/rooms/{q(room_id)}/join", {}, user_id=ghost)
+        # A user who exists, or one outside every namespace, is not asked about.
+        other = await env.client.create_room(env.alice, preset="private_chat")
+        await env.client.ok(env.alice, "POST", f"/rooms/{q(other)}/invite", {"user_id": ghost})
+        await env.client.ok(
+            env.alice, "POST", f"/rooms/{q(other)}/invite", {"user_id": env.user("plain")}
+        )
+        assert service.queries == [("users", ghost)]
+
+
 async def test_an_unknown_user_is_asked_of_the_service(tmp_path: Path) -> None:
     async with _with_fake(tmp_path) as (env, service):
         ghost = env.user("_br_on_demand")

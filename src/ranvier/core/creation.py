@@ -111,6 +111,12 @@ class MemberProfiles(Protocol):
 
     async def member_content(self, user_id: str) -> dict[str, str]: ...
 
+    async def ask_services_about(self, user_id: str) -> None:
+        """Give the application service whose namespace holds ``user_id``,
+        a local user without an account, the chance to make it.
+        """
+        ...
+
 
 _JOIN_RULES: Final = "m.room.join_rules"
 _HISTORY_VISIBILITY: Final = "m.room.history_visibility"
@@ -841,6 +847,10 @@ class EventCreator:
         """
         if not self._is_local(target) and self._remote_inviter is None:
             raise _no_remote_invites(target)
+        if self._is_local(target) and self.member_profiles is not None:
+            # A bridge makes its users when they are first needed, as the
+            # Application Service API's user query has it: an invite is one.
+            await self.member_profiles.ask_services_about(target)
         return await self._membership(sender, room_id, target, "invite", reason)
 
     async def join(self, user: str, room_id: str, *, reason: str | None = None) -> str:

@@ -157,15 +157,23 @@ class Profiles:
             answer = await self._remote.query_profile(server, user_id)
             return {field: answer[field] for field in _FIELDS if isinstance(answer.get(field), str)}
         profile = await self.local_profile(user_id)
-        if (
-            profile is None
-            and self.app_service_queries is not None
-            and await self.app_service_queries.query_user(user_id)
-        ):
+        if profile is None and await self._asked_services_about(user_id):
             profile = await self.local_profile(user_id)
         if profile is None:
             raise _not_found(user_id)
         return profile
+
+    async def ask_services_about(self, user_id: str) -> None:
+        """Ask the application service whose namespace holds ``user_id`` about
+        it when the user has no account here, so that it may make it.
+        """
+        if await self.local_profile(user_id) is None:
+            await self._asked_services_about(user_id)
+
+    async def _asked_services_about(self, user_id: str) -> bool:
+        """Whether a service was asked about ``user_id`` and says it made it."""
+        queries = self.app_service_queries
+        return queries is not None and await queries.query_user(user_id)
 
     async def local_profile(self, user_id: str) -> dict[str, str] | None:
         """The profile of a local user, None when there is no such account:
