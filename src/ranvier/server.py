@@ -94,6 +94,7 @@ from ranvier.api.account_data import add_account_data_routes
 from ranvier.api.account_management import add_account_management_routes
 from ranvier.api.admin import add_admin_routes
 from ranvier.api.admin_common import add_server_version_route
+from ranvier.api.admin_media import add_admin_media_routes
 from ranvier.api.admin_reports import add_admin_report_routes
 from ranvier.api.admin_rooms import add_admin_room_routes
 from ranvier.api.admin_users import add_admin_user_routes
@@ -133,6 +134,7 @@ from ranvier.api.versions import add_versions_route
 from ranvier.appservice_client import HttpAppServiceClient
 from ranvier.config import Config, ListenerConfig
 from ranvier.core.accounts import Accounts
+from ranvier.core.admin_media import AdminMedia
 from ranvier.core.admin_reports import AdminReports
 from ranvier.core.admin_rooms import AdminRooms
 from ranvier.core.admin_users import AdminUsers
@@ -181,10 +183,10 @@ from ranvier.core.room_list import RoomList
 from ranvier.core.room_servers import PduSink, RoomEventSender, RoomServers
 from ranvier.core.rooms import FullStateWaiter, RoomReader
 from ranvier.core.search import Search
+from ranvier.core.sliding_sync import SlidingSyncHandler
 from ranvier.core.timestamps import EventsByTimestamp
 from ranvier.core.to_device import ToDevice
 from ranvier.core.typing import TypingNotices
-from ranvier.core.sliding_sync import SlidingSyncHandler
 from ranvier.core.unpartial import ResyncStatus, UnpartialStater
 from ranvier.core.upgrade import RoomUpgrader
 from ranvier.core.url_previews import UrlPreviewer
@@ -1360,6 +1362,13 @@ class HomeServer:
         add_admin_room_routes(router, auth=self.auth, rooms=rooms)
         reports = AdminReports(server_name=server_name, store=store)
         add_admin_report_routes(router, auth=self.auth, reports=reports)
+        media = AdminMedia(
+            server_name=server_name,
+            store=self.storage.media_admin,
+            media=self.storage.media,
+            deleter=_built(self._media_deleter, "media_deleter"),
+        )
+        add_admin_media_routes(router, auth=self.auth, media=media)
 
     async def _run_push_sender(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
