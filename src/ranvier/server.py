@@ -1231,6 +1231,7 @@ class HomeServer:
                 notifications=NotificationCounts(
                     self.storage.notifications, PushRules(self.storage.client_data)
                 ),
+                aggregations=aggregations,
             ),
         )
         registration = self.config.registration

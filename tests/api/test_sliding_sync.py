@@ -450,3 +450,25 @@ async def test_heroes_of_an_unnamed_room_and_a_new_name(env: SharedRoom) -> None
     assert room["name"] == "Named"
     assert _state(room) == {("m.room.name", "")}
     assert room["timeline"][-1]["type"] == "m.room.name"
+
+
+async def test_timeline_events_carry_their_bundled_aggregations(env: SharedRoom) -> None:
+    server, alice = env.hs.server, env.alice
+    original = await server.send_event(
+        alice.user_id, env.room_id, "m.room.message", {"msgtype": "m.text", "body": "tpyo"}
+    )
+    await server.send_event(
+        alice.user_id,
+        env.room_id,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "* typo",
+            "m.new_content": {"msgtype": "m.text", "body": "typo"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": original},
+        },
+    )
+    answer = await slide(env.client.http, alice, {"lists": {"all": all_rooms(timeline_limit=2)}})
+    first, edit = answer["rooms"][env.room_id]["timeline"]
+    assert first["event_id"] == original
+    assert first["unsigned"]["m.relations"]["m.replace"]["event_id"] == edit["event_id"]

@@ -71,6 +71,7 @@ import trio
 
 from ranvier.core.account_data import AccountData
 from ranvier.core.accounts import Requester
+from ranvier.core.aggregations import Aggregations, RoomEvents
 from ranvier.core.notification_counts import NotificationCounts
 from ranvier.core.notifier import StreamNotifier, StreamPosition
 from ranvier.core.pagination import format_sync_token, parse_sync_token
@@ -190,6 +191,7 @@ class SlidingSyncHandler:
         presence: PresenceSource | None = None,
         end_to_end: EndToEndSource | None = None,
         notifications: NotificationCounts | None = None,
+        aggregations: Aggregations | None = None,
         wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self._store = store
@@ -198,6 +200,7 @@ class SlidingSyncHandler:
         self._sources = ExtensionSources(account_data, receipts, typing, end_to_end)
         self._presence = presence
         self._notifications = notifications
+        self._aggregations = aggregations
         self._wall_clock_ms = wall_clock_ms
 
     async def sync(
@@ -375,6 +378,7 @@ class SlidingSyncHandler:
             if sent_upto is None:
                 initial.append(room_id)
         await self._add_counts(user_id, rooms_answer, by_id, now.events)
+        await self._add_bundles(user_id, rooms_answer, by_id, now.events)
         joined = [facts.room_id for facts in listed.rooms if facts.membership == "join"]
         extensions, extension_news = await extensions_response(
             self._sources,
@@ -445,6 +449,23 @@ class SlidingSyncHandler:
             found = counts.get(room_id, {})
             rooms[room_id]["notification_count"] = found.get("notification_count", 0)
             rooms[room_id]["highlight_count"] = found.get("highlight_count", 0)
+
+    async def _add_bundles(
+        self, user_id: str, rooms: dict[str, Any], by_id: dict[str, RoomFacts], upto: int
+    ) -> None:
+        """The bundled aggregations of the timelines' events, as /sync adds
+        them: up to now in a joined room, up to the leave in one left."""
+        if self._aggregations is None:
+            return
+        wanted: list[RoomEvents] = []
+        for room_id, room in rooms.items():
+            events = room.get("timeline")
+            if not events:
+                continue
+            facts = by_id[room_id]
+            joined = facts.membership == "join"
+            wanted.append((room_id, events, upto if joined else facts.membership_at))
+        await self._aggregations.add_bundles_in_rooms(user_id, wanted)
 
 
 def _combined(held: RoomConfig | None, more: RoomConfig) -> RoomConfig:
