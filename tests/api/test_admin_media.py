@@ -74,6 +74,8 @@ async def test_everything_is_refused_to_non_admins(env: WithAdmin) -> None:
         ("POST", "/v1/purge_media_cache?before_ts=99999999999999"),
         ("GET", f"/v1/room/{q(room_id)}/media"),
         ("POST", f"/v1/room/{q(room_id)}/media/quarantine"),
+        ("POST", f"/v1/quarantine_media/{q(room_id)}"),
+        ("POST", f"/v1/media/{name}/delete?before_ts=99999999999999"),
         ("POST", f"/v1/user/{q(env.alice.user_id)}/media/quarantine"),
         ("GET", f"/v1/users/{q(env.alice.user_id)}/media"),
         ("DELETE", f"/v1/users/{q(env.alice.user_id)}/media"),
@@ -221,6 +223,8 @@ async def test_a_rooms_media_is_listed_and_quarantined_protected_media_apart(
 
     listed = await _admin(env, "GET", f"/v1/room/{q(room_id)}/media")
     quarantined = await _admin(env, "POST", f"/v1/room/{q(room_id)}/media/quarantine")
+    # The older path does the same; what is quarantined already counts.
+    again = await _admin(env, "POST", f"/v1/quarantine_media/{q(room_id)}")
     statuses = {m: (await _download(env, m)).status_code for m in (image, thumb, sticker)}
     untouched = await _download(env, elsewhere)
     remote = await env.hs.server.storage.media.quarantined_by("remote.example", "RemoteMedia1")
@@ -232,7 +236,7 @@ async def test_a_rooms_media_is_listed_and_quarantined_protected_media_apart(
         "local": [f"mxc://{name}/{image}", f"mxc://{name}/{thumb}", f"mxc://{name}/{sticker}"],
         "remote": ["mxc://remote.example/RemoteMedia1"],
     }
-    assert quarantined == {"num_quarantined": 3}
+    assert quarantined == again == {"num_quarantined": 3}
     assert statuses == {image: 404, thumb: 404, sticker: 200}
     assert untouched.content == b"elsewhere"
     assert remote == env.admin.user_id
@@ -329,11 +333,20 @@ async def test_local_media_deleted_by_date_and_size_profiles_kept_unless_asked(
         env, "POST", "/v1/media/delete", params={"before_ts": now + 60_000, "size_gt": 10}
     )
     small_kept = await _download(env, small)
+    # At the older path, which names the server.
     with_profiles = await _admin(
         env,
         "POST",
-        "/v1/media/delete",
+        f"/v1/media/{name}/delete",
         params={"before_ts": now + 60_000, "keep_profiles": "false"},
+    )
+    elsewhere_status, elsewhere = await admin_call(
+        env.client.http,
+        env.admin,
+        "POST",
+        "/v1/media/elsewhere.example/delete",
+        {},
+        params={"before_ts": now},
     )
     missing_status, missing = await admin_call(
         env.client.http, env.admin, "POST", "/v1/media/delete", {}
@@ -353,4 +366,5 @@ async def test_local_media_deleted_by_date_and_size_profiles_kept_unless_asked(
     assert sorted(with_profiles["deleted_media"]) == sorted([small, avatar])
     assert (_store(env) / "local" / quarantined).is_file()
     assert (missing_status, missing["errcode"]) == (400, "M_MISSING_PARAM")
+    assert (elsewhere_status, elsewhere["errcode"]) == (400, "M_INVALID_PARAM")
     assert (seconds_status, seconds["errcode"]) == (400, "M_INVALID_PARAM")

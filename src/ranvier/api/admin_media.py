@@ -82,6 +82,9 @@ def add_admin_media_routes(router: Router, *, auth: Auth, media: AdminMedia) -> 
 
     async def delete_local(request: Request) -> Mapping[str, Any]:
         await require_admin(auth, request)
+        server_name = request.path_params.get("server_name")
+        if server_name is not None:
+            media.check_local_server(server_name)
         keep_profiles = flag_param(request, "keep_profiles")
         return await media.delete_local(
             before_ts=integer_param(request, "before_ts"),
@@ -104,6 +107,9 @@ def add_admin_media_routes(router: Router, *, auth: Auth, media: AdminMedia) -> 
     router.add("POST", f"{ADMIN_V1}/purge_media_cache", purge_remote)
     router.add("GET", f"{ADMIN_V1}/room/{{room_id}}/media", room_media)
     router.add("POST", f"{ADMIN_V1}/room/{{room_id}}/media/quarantine", quarantine_room)
+    # The older paths of the same calls, which Synapse still answers.
+    router.add("POST", f"{ADMIN_V1}/quarantine_media/{{room_id}}", quarantine_room)
+    router.add("POST", f"{ADMIN_V1}/media/{{server_name}}/delete", delete_local)
     router.add("POST", f"{ADMIN_V1}/user/{{user_id}}/media/quarantine", quarantine_user)
     router.add("GET", f"{ADMIN_V1}/users/{{user_id}}/media", user_media)
     router.add("DELETE", f"{ADMIN_V1}/users/{{user_id}}/media", delete_user_media)

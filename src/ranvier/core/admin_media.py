@@ -140,6 +140,11 @@ class AdminMedia:
             raise _invalid(f"{media_id[:255]!r} is not a media ID")
         return server_name, media_id
 
+    def check_local_server(self, server_name: str) -> None:
+        """400 ``M_INVALID_PARAM`` unless ``server_name`` is this server's."""
+        if server_name != self._server_name:
+            raise _invalid("only this server's media can be deleted")
+
     def _checked_local_user(self, user_id: str) -> None:
         if not is_valid_user_id(user_id):
             raise _invalid(f"{user_id[:255]!r} is not a user ID")
@@ -276,8 +281,7 @@ class AdminMedia:
     async def delete_one(self, server_name: str, media_id: str) -> dict[str, Any]:
         """Delete one piece of our media, quarantined or protected or not."""
         key = self._checked_key(server_name, media_id)
-        if server_name != self._server_name:
-            raise _invalid("only this server's media can be deleted")
+        self.check_local_server(server_name)
         deleted = await self._deleter.delete([key])
         if not deleted:
             raise _not_found(f"no media mxc://{server_name}/{media_id} here")
