@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 from _client import Client, SharedRoom, q
 from _e2e import OTK, device_keys, one_time_keys
 from _sliding_sync import all_rooms, slide
@@ -146,3 +148,46 @@ async def test_receipts_and_typing(env: SharedRoom) -> None:
     # Extensions not asked for are not answered.
     plain = await slide(http, alice, {"lists": {"all": all_rooms()}, "conn_id": "plain"})
     assert plain["extensions"] == {}
+
+
+async def test_a_connection_of_extensions_alone_long_polls_for_messages(
+    env: SharedRoom,
+) -> None:
+    http, client, alice, bob = env.client.http, env.client, env.alice, env.bob
+
+    def body(since: str | None = None) -> dict[str, Any]:
+        to_device: dict[str, Any] = {"enabled": True}
+        if since is not None:
+            to_device["since"] = since
+        return {
+            "conn_id": "encryption",
+            "extensions": {"to_device": to_device, "e2ee": {"enabled": True}},
+        }
+
+    first = await slide(http, bob, body())
+    assert (first["lists"], first["rooms"]) == ({}, {})
+    polled = body(first["extensions"]["to_device"]["next_batch"])
+    answers: list[dict[str, Any]] = []
+
+    async def poll() -> None:
+        answers.append(await slide(http, bob, polled, pos=first["pos"], timeout_ms=60_000))
+
+    notifier = env.hs.server.stream_notifier
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            while notifier.waiting == 0:
+                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            # A message in a shared room is nothing to this connection.
+            await env.hs.server.send_event(
+                alice.user_id, env.room_id, "m.room.message", {"msgtype": "m.text", "body": "x"}
+            )
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            assert answers == []
+            message = {"messages": {bob.user_id: {bob.device_id: {"secret": 1}}}}
+            await client.ok(alice, "PUT", "/sendToDevice/m.room.encrypted/t9", message)
+    (answer,) = answers
+    assert [event["content"] for event in answer["extensions"]["to_device"]["events"]] == [
+        {"secret": 1}
+    ]
+    assert answer["rooms"] == {}

@@ -102,7 +102,9 @@ POS_LIFETIME_MS: Final = 7 * 24 * 60 * 60 * 1000
 class SlidingSyncStore(RoomStateDeltas, Protocol):
     """Connections and the room list; see :mod:`ranvier.storage.sliding_sync`."""
 
-    async def room_list(self, user_id: str, un_partial_after: int) -> RoomList: ...
+    async def room_list(
+        self, user_id: str, un_partial_after: int, *, detailed: bool = True
+    ) -> RoomList: ...
 
     async def space_children(self, space_ids: Collection[str]) -> frozenset[str]: ...
 
@@ -300,7 +302,12 @@ class SlidingSyncHandler:
     ) -> _Pass:
         user_id = requester.user_id
         streams = await self._positions()
-        listed = await self._store.room_list(user_id, 0 if since is None else since.un_partial)
+        listed = await self._store.room_list(
+            user_id,
+            0 if since is None else since.un_partial,
+            # Extensions alone need the rooms' IDs, not what lists sort by.
+            detailed=bool(request.lists or request.subscriptions),
+        )
         now = streams._replace(events=listed.events, un_partial=listed.un_partial)
         if since is not None:
             # Never behind the token given, in any stream.

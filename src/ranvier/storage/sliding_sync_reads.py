@@ -136,11 +136,23 @@ def _room_type(conn: sqlite3.Connection, room_id: str) -> tuple[str | None, bool
     return room_type, encrypted
 
 
-def room_list(conn: sqlite3.Connection, *, user_id: str, un_partial_after: int) -> RoomList:
-    """Every room ``user_id`` has a membership in, with its facts."""
+def room_list(
+    conn: sqlite3.Connection, *, user_id: str, un_partial_after: int, detailed: bool = True
+) -> RoomList:
+    """Every room ``user_id`` has a membership in, with its facts; without
+    ``detailed``, its membership alone (a connection with no lists or
+    subscriptions, which reads the rooms only for its extensions).
+    """
     events, un_partial, memberships, partial, _, _ = sync_snapshot(conn, user_id, un_partial_after)
     rooms: list[RoomFacts] = []
     for room_id, membership, ordering, event_id in memberships:
+        if not detailed:
+            rooms.append(
+                RoomFacts(
+                    room_id, membership, ordering, event_id, "", 0, 0, None, False, False, False
+                )
+            )
+            continue
         row = conn.execute(
             "SELECT sender, json FROM events WHERE event_id = ?", (event_id,)
         ).fetchone()
@@ -170,7 +182,7 @@ def room_list(conn: sqlite3.Connection, *, user_id: str, un_partial_after: int) 
         events,
         un_partial,
         rooms,
-        _direct_rooms(conn, user_id),
+        _direct_rooms(conn, user_id) if detailed else frozenset(),
         read_ignored_users(conn, user_id=user_id),
     )
 
@@ -237,9 +249,13 @@ class SlidingSyncReads:
     def __init__(self, readers: ReaderPool) -> None:
         self._readers = readers
 
-    async def room_list(self, user_id: str, un_partial_after: int) -> RoomList:
+    async def room_list(
+        self, user_id: str, un_partial_after: int, *, detailed: bool = True
+    ) -> RoomList:
         return await self._readers.read(
-            functools.partial(room_list, user_id=user_id, un_partial_after=un_partial_after)
+            functools.partial(
+                room_list, user_id=user_id, un_partial_after=un_partial_after, detailed=detailed
+            )
         )
 
     async def space_children(self, space_ids: Collection[str]) -> frozenset[str]:
