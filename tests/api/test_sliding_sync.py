@@ -472,3 +472,18 @@ async def test_timeline_events_carry_their_bundled_aggregations(env: SharedRoom)
     first, edit = answer["rooms"][env.room_id]["timeline"]
     assert first["event_id"] == original
     assert first["unsigned"]["m.relations"]["m.replace"]["event_id"] == edit["event_id"]
+
+
+async def test_a_new_display_name_is_no_new_room(env: SharedRoom) -> None:
+    http, client, alice = env.client.http, env.client, env.alice
+    body = {"lists": {"all": all_rooms(required_state=[["m.room.member", "$ME"]])}}
+    first = await slide(http, alice, body)
+    await client.ok(
+        alice, "PUT", f"/profile/{q(alice.user_id)}/displayname", {"displayname": "Alice"}
+    )
+    answer = await slide(http, alice, body, pos=first["pos"])
+    room = answer["rooms"][env.room_id]
+    assert "initial" not in room
+    (member,) = room["required_state"]
+    assert member["content"]["displayname"] == "Alice"
+    assert room["timeline"] == [member]

@@ -33,7 +33,7 @@ user has a membership in them. A room chosen several times gets the
 configs combined (:mod:`ranvier.core.sliding_sync_config`).
 
 A chosen room is sent ``initial`` when the connection never sent it,
-sent it under another config, or the user's membership changed since;
+sent it under another config, or the user's membership changed kind since;
 otherwise only when events arrived after the position it was sent up to
 (:mod:`ranvier.core.sliding_sync_rooms`). A room that leaves the ranges
 keeps its position, and coming back sends what it missed.
@@ -348,9 +348,11 @@ class SlidingSyncHandler:
             facts = by_id[room_id]
             if facts.partial and facts.membership == "join" and config.all_members:
                 continue
-            key = config.key()
+            # The membership is kept with the config: a room whose user's
+            # membership changed kind is sent whole (a profile change is not).
+            key = f"{facts.membership} {config.key()}"
             before = sent_before.get(room_id)
-            if before is not None and before[1] == key and facts.membership_at <= before[0]:
+            if before is not None and before[1] == key:
                 sent_upto: int | None = before[0]
                 newest = facts.latest if facts.membership == "join" else facts.membership_at
                 if newest <= before[0]:

@@ -1,7 +1,7 @@
 """One room of a sliding sync response, in full or what changed.
 
 A room new to the connection (or sent before under another config, or
-whose user's membership changed since) comes ``initial``: its last
+whose user's membership changed kind since) comes ``initial``: its last
 ``timeline_limit`` events, the ``required_state`` of its current state,
 its name, avatar, heroes and counts. A room sent before comes with the
 events after the position it was sent up to and the state entries that
