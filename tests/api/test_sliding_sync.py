@@ -14,6 +14,7 @@ import trio.testing
 from _client import Client, SharedRoom, q
 from _sliding_sync import all_rooms, bodies, slide, slide_call
 
+from ranvier.api.sliding_sync import SLIDING_SYNC_PATH
 from ranvier.testing.homeserver import TestUser, open_test_homeserver
 
 
@@ -190,11 +191,26 @@ async def test_bad_requests_are_refused(env: SharedRoom) -> None:
         {"lists": {"l": {"timeline_limit": 1, "required_state": [], "ranges": [[5, 2]]}}},
         {"lists": {"l": {"timeline_limit": -1, "required_state": []}}},
         {"room_subscriptions": []},
+        {"lists": {"l": {"timeline_limit": 1, "required_state": [["m.room.name"]]}}},
+        {"lists": {f"l{n}": all_rooms() for n in range(101)}},
+        {"conn_id": 7},
     ):
         status, answer = await slide_call(http, env.alice, bad)
         assert (status, answer["errcode"]) == (400, "M_BAD_JSON"), bad
     status, answer = await slide_call(http, env.alice, {}, timeout_ms=-1)
-    assert status == 400
+    assert (status, answer["errcode"]) == (400, "M_INVALID_PARAM")
+    since = {"extensions": {"to_device": {"enabled": True, "since": "yesterday"}}}
+    status, answer = await slide_call(http, env.alice, since)
+    assert (status, answer["errcode"]) == (400, "M_INVALID_PARAM")
+    response = await http.post(
+        SLIDING_SYNC_PATH,
+        json=["not", "an", "object"],
+        headers={"Authorization": f"Bearer {env.alice.access_token}"},
+    )
+    assert (response.status_code, response.json()["errcode"]) == (400, "M_NOT_JSON")
+    # Nothing was written: no connection was started by a refused request.
+    status, answer = await slide_call(http, env.alice, {}, pos="1")
+    assert (status, answer["errcode"]) == (400, "M_UNKNOWN_POS")
 
 
 async def test_room_subscriptions(env: SharedRoom) -> None:
