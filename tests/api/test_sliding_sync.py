@@ -503,3 +503,22 @@ async def test_a_new_display_name_is_no_new_room(env: SharedRoom) -> None:
     (member,) = room["required_state"]
     assert member["content"]["displayname"] == "Alice"
     assert room["timeline"] == [member]
+
+
+async def test_a_room_made_a_dm_says_so(env: SharedRoom) -> None:
+    http, client, alice, bob = env.client.http, env.client, env.alice, env.bob
+    body = {"lists": {"all": all_rooms()}}
+    first = await slide(http, alice, body)
+    assert "is_dm" not in first["rooms"][env.room_id]
+    direct = f"/user/{q(alice.user_id)}/account_data/m.direct"
+    await client.ok(alice, "PUT", direct, {bob.user_id: [env.room_id]})
+    made = await slide(http, alice, body, pos=first["pos"])
+    room = made["rooms"][env.room_id]
+    assert room["is_dm"] is True
+    assert "initial" not in room
+    assert "timeline" not in room
+    await client.ok(alice, "PUT", direct, {})
+    unmade = await slide(http, alice, body, pos=made["pos"])
+    assert unmade["rooms"][env.room_id]["is_dm"] is False
+    quiet = await slide(http, alice, body, pos=unmade["pos"])
+    assert quiet["rooms"] == {}

@@ -348,14 +348,19 @@ class SlidingSyncHandler:
             facts = by_id[room_id]
             if facts.partial and facts.membership == "join" and config.all_members:
                 continue
-            # The membership is kept with the config: a room whose user's
-            # membership changed kind is sent whole (a profile change is not).
-            key = f"{facts.membership} {config.key()}"
+            # The membership and DM flag are kept with the config: a room
+            # whose user's membership changed kind is sent whole (a profile
+            # change is not), one whose DM flag changed says so.
+            is_dm = room_id in listed.direct_rooms or facts.direct_invite
+            held = f"{facts.membership} {config.key()}"
+            key = f"{'dm' if is_dm else '-'} {held}"
             before = sent_before.get(room_id)
-            if before is not None and before[1] == key:
+            dm_changed = False
+            if before is not None and before[1].partition(" ")[2] == held:
                 sent_upto: int | None = before[0]
+                dm_changed = before[1] != key
                 newest = facts.latest if facts.membership == "join" else facts.membership_at
-                if newest <= before[0]:
+                if newest <= before[0] and not dm_changed:
                     continue
             else:
                 sent_upto = None
@@ -368,7 +373,8 @@ class SlidingSyncHandler:
                 bump_stamp=_bump_stamp(facts),
                 sent_upto=sent_upto,
                 partial=facts.partial,
-                is_dm=room_id in listed.direct_rooms or facts.direct_invite,
+                is_dm=is_dm,
+                dm_changed=dm_changed,
                 lists=tuple(room_lists.get(room_id, ())),
             )
             answer = await build_room(

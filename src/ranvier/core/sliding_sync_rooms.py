@@ -63,6 +63,8 @@ class RoomToSend:
     partial: bool
     is_dm: bool
     lists: tuple[str, ...]
+    #: Whether the DM flag changed since the room was sent.
+    dm_changed: bool = False
 
 
 async def build_room(
@@ -84,6 +86,8 @@ async def build_room(
         answer["initial"] = True
         if room.is_dm:
             answer["is_dm"] = True
+    elif room.dm_changed:
+        answer["is_dm"] = room.is_dm
     if room.membership in ("invite", "knock"):
         stripped = await stripped_room_state(store, room.room_id, room.membership_event_id, ignored)
         if stripped is None:
@@ -99,7 +103,7 @@ async def build_room(
     )
     renamed = bool(changed & {_NAME, _AVATAR})
     if room.sent_upto is not None and not (timeline or state or gone or renamed):
-        return None
+        return answer if room.dm_changed else None
     transactions = await transaction_ids(store, requester, timeline)
     answer["timeline"] = [
         client_event(
