@@ -522,3 +522,22 @@ async def test_a_room_made_a_dm_says_so(env: SharedRoom) -> None:
     assert unmade["rooms"][env.room_id]["is_dm"] is False
     quiet = await slide(http, alice, body, pos=unmade["pos"])
     assert quiet["rooms"] == {}
+
+
+async def test_a_declined_invite_shows_no_more_than_the_invite_did(env: SharedRoom) -> None:
+    http, client, alice, bob = env.client.http, env.client, env.alice, env.bob
+    secret = await client.create_room(alice, name="Not for Bob yet")
+    await _say(env, alice, secret, "private history")
+    await client.ok(alice, "POST", f"/rooms/{q(secret)}/invite", {"user_id": bob.user_id})
+    body = {"lists": {"all": all_rooms(required_state=[["*", "*"]])}}
+    first = await slide(http, bob, body)
+    assert first["rooms"][secret]["membership"] == "invite"
+    await client.ok(bob, "POST", f"/rooms/{q(secret)}/leave", {})
+    declined = await slide(http, bob, body, pos=first["pos"])
+    room = declined["rooms"][secret]
+    assert room["membership"] == "leave"
+    assert "timeline" not in room
+    assert "required_state" not in room
+    kinds = {(event["type"], event["state_key"]) for event in room["invite_state"]}
+    assert ("m.room.member", bob.user_id) in kinds
+    assert ("m.room.power_levels", "") not in kinds

@@ -10,7 +10,8 @@ or avatar only when they changed.
 
 A room the user has left comes up to the leave; an invited or knocking
 user gets the stripped state ``/sync`` sends
-(:func:`ranvier.core.sync.stripped_room_state`). Events pass the one
+(:func:`ranvier.core.sync.stripped_room_state`), and so does one who
+declined an invite or withdrew a knock, never having joined. Events pass the one
 visibility filter (:func:`ranvier.core.pagination.visible_to`), which also
 keeps ignored users' events out.
 """
@@ -94,6 +95,12 @@ async def build_room(
             return None
         answer["invite_state" if room.membership == "invite" else "knock_state"] = stripped
         return answer
+    if room.membership in ("leave", "ban") and not await _was_joined(store, user_id, room):
+        # An invite declined or a knock withdrawn (or refused): what the
+        # user saw of the room then is all they may see of it now.
+        stripped = await stripped_room_state(store, room.room_id, room.membership_event_id)
+        answer["invite_state"] = stripped or []
+        return answer
     joined = room.membership == "join"
     upto = now if joined else room.membership_at
     after = 0 if room.sent_upto is None else room.sent_upto
@@ -136,6 +143,17 @@ async def build_room(
         if heroes and room.sent_upto is None:
             answer["heroes"] = await _heroes(store, room.room_id, heroes)
     return answer
+
+
+async def _was_joined(store: SyncStore, user_id: str, room: RoomToSend) -> bool:
+    """Whether the user was joined just before leaving (or being banned)."""
+    key = (_MEMBER, user_id)
+    before = await store.state_before(room.membership_event_id, [key])
+    if key not in before:
+        return False
+    events = await store.get_events([before[key]])
+    event = events.get(before[key])
+    return event is not None and event_content(event).get("membership") == "join"
 
 
 async def _timeline(
