@@ -541,3 +541,16 @@ async def test_a_declined_invite_shows_no_more_than_the_invite_did(env: SharedRo
     kinds = {(event["type"], event["state_key"]) for event in room["invite_state"]}
     assert ("m.room.member", bob.user_id) in kinds
     assert ("m.room.power_levels", "") not in kinds
+
+
+async def test_a_ban_is_listed_only_for_a_room_joined(env: SharedRoom) -> None:
+    http, client, alice = env.client.http, env.client, env.alice
+    for user in (env.bob, env.carol):
+        await client.ok(alice, "POST", f"/rooms/{q(env.room_id)}/ban", {"user_id": user.user_id})
+    body = {"lists": {"all": all_rooms()}}
+    banned = await slide(http, env.bob, body)
+    assert banned["rooms"][env.room_id]["membership"] == "ban"
+    assert "timeline" in banned["rooms"][env.room_id]
+    never_joined = await slide(http, env.carol, body)
+    assert never_joined["lists"]["all"]["count"] == 0
+    assert never_joined["rooms"] == {}

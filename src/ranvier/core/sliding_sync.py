@@ -375,6 +375,7 @@ class SlidingSyncHandler:
                 partial=facts.partial,
                 is_dm=is_dm,
                 dm_changed=dm_changed,
+                joined_before=facts.joined_before,
                 lists=tuple(room_lists.get(room_id, ())),
             )
             answer = await build_room(
@@ -425,6 +426,9 @@ class SlidingSyncHandler:
         """Whether the room may be listed (or, ``subscribed``, sent by ID)."""
         if facts.membership == "invite":
             return facts.membership_sender not in ignored
+        if facts.membership == "ban" and not facts.joined_before:
+            # Banned without having joined: nothing the client needs to hear.
+            return False
         if facts.membership == "leave" and facts.membership_sender == user_id:
             # Left of the user's own will: the client knows, unless it holds
             # the room from this connection and must hear of the leave.

@@ -66,6 +66,8 @@ class RoomToSend:
     lists: tuple[str, ...]
     #: Whether the DM flag changed since the room was sent.
     dm_changed: bool = False
+    #: For a room left or banned from: whether the user had joined it.
+    joined_before: bool = True
 
 
 async def build_room(
@@ -95,7 +97,7 @@ async def build_room(
             return None
         answer["invite_state" if room.membership == "invite" else "knock_state"] = stripped
         return answer
-    if room.membership in ("leave", "ban") and not await _was_joined(store, user_id, room):
+    if room.membership in ("leave", "ban") and not room.joined_before:
         # An invite declined or a knock withdrawn (or refused): what the
         # user saw of the room then is all they may see of it now.
         stripped = await stripped_room_state(store, room.room_id, room.membership_event_id)
@@ -143,17 +145,6 @@ async def build_room(
         if heroes and room.sent_upto is None:
             answer["heroes"] = await _heroes(store, room.room_id, heroes)
     return answer
-
-
-async def _was_joined(store: SyncStore, user_id: str, room: RoomToSend) -> bool:
-    """Whether the user was joined just before leaving (or being banned)."""
-    key = (_MEMBER, user_id)
-    before = await store.state_before(room.membership_event_id, [key])
-    if key not in before:
-        return False
-    events = await store.get_events([before[key]])
-    event = events.get(before[key])
-    return event is not None and event_content(event).get("membership") == "join"
 
 
 async def _timeline(

@@ -24,7 +24,7 @@ from .ignored_users import read_ignored_users
 from .readers import ReaderPool
 from .records import StateMap
 from .state_groups import keys_changed_between, read_state, read_state_for_keys
-from .sync_reads import sync_snapshot
+from .sync_reads import state_before, sync_snapshot
 
 __all__ = ["BUMP_TYPES", "RoomFacts", "RoomList", "SlidingSyncReads"]
 
@@ -63,6 +63,8 @@ class RoomFacts:
     #: Whether the invite says it is a direct chat (``is_direct``).
     direct_invite: bool
     partial: bool
+    #: For a room left or banned from: whether the user was joined just before.
+    joined_before: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,16 @@ def _room_type(conn: sqlite3.Connection, room_id: str) -> tuple[str | None, bool
     return room_type, encrypted
 
 
+def _joined_before(conn: sqlite3.Connection, user_id: str, event_id: str) -> bool:
+    """Whether the user's membership in the state before ``event_id`` is join."""
+    before = state_before(conn, event_id, [("m.room.member", user_id)])
+    held = before.get(("m.room.member", user_id))
+    if held is None:
+        return False
+    row = conn.execute("SELECT json FROM events WHERE event_id = ?", (held,)).fetchone()
+    return row is not None and _decode_content(row[0]).content.get("membership") == "join"
+
+
 def room_list(
     conn: sqlite3.Connection, *, user_id: str, un_partial_after: int, detailed: bool = True
 ) -> RoomList:
@@ -163,6 +175,7 @@ def room_list(
             and _decode_content(row[1]).content.get("is_direct") is True
         )
         room_type, encrypted = _room_type(conn, room_id)
+        joined_before = membership in ("leave", "ban") and _joined_before(conn, user_id, event_id)
         rooms.append(
             RoomFacts(
                 room_id=room_id,
@@ -176,6 +189,7 @@ def room_list(
                 encrypted=encrypted,
                 direct_invite=direct,
                 partial=room_id in partial,
+                joined_before=joined_before,
             )
         )
     return RoomList(
