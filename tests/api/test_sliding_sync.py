@@ -554,3 +554,28 @@ async def test_a_ban_is_listed_only_for_a_room_joined(env: SharedRoom) -> None:
     never_joined = await slide(http, env.carol, body)
     assert never_joined["lists"]["all"]["count"] == 0
     assert never_joined["rooms"] == {}
+
+
+async def test_a_larger_config_sends_a_room_again_and_a_smaller_one_does_not(
+    env: SharedRoom,
+) -> None:
+    http = env.client.http
+    await _say(env, env.alice, env.room_id, "one", "two", "three")
+    listed = {"lists": {"all": all_rooms(timeline_limit=1)}}
+    opened = {
+        **listed,
+        "room_subscriptions": {env.room_id: {"timeline_limit": 3, "required_state": []}},
+    }
+    first = await slide(http, env.alice, listed)
+    assert bodies(first["rooms"][env.room_id]) == ["three"]
+    larger = await slide(http, env.alice, opened, pos=first["pos"])
+    room = larger["rooms"][env.room_id]
+    assert room["initial"] is True
+    assert bodies(room) == ["one", "two", "three"]
+    smaller = await slide(http, env.alice, listed, pos=larger["pos"])
+    assert smaller["rooms"] == {}
+    await _say(env, env.bob, env.room_id, "four")
+    later = await slide(http, env.alice, listed, pos=larger["pos"])
+    room = later["rooms"][env.room_id]
+    assert "initial" not in room
+    assert bodies(room) == ["four"]

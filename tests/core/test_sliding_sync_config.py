@@ -114,3 +114,14 @@ def test_bad_bodies(body: object) -> None:
     with pytest.raises(MatrixError) as raised:
         parse_request(body)
     assert raised.value.http_status == 400
+
+
+def test_a_config_covers_smaller_ones_and_comes_back_from_its_key() -> None:
+    large = RoomConfig(20, frozenset({("m.room.name", ""), ("m.room.member", "$LAZY")}))
+    small = RoomConfig(1, frozenset({("m.room.name", "")}))
+    assert large.covers(small)
+    assert not small.covers(large)
+    assert not large.covers(RoomConfig(21, large.include))
+    assert not large.covers(RoomConfig(1, frozenset({("*", "*")})))
+    assert RoomConfig.from_key(large.key()) == large
+    assert RoomConfig.from_key("not a config") is None

@@ -33,9 +33,10 @@ user has a membership in them. A room chosen several times gets the
 configs combined (:mod:`ranvier.core.sliding_sync_config`).
 
 A chosen room is sent ``initial`` when the connection never sent it,
-sent it under another config, or the user's membership changed kind since;
-otherwise only when events arrived after the position it was sent up to
-(:mod:`ranvier.core.sliding_sync_rooms`). A room that leaves the ranges
+sent it under a config that did not cover the one it is chosen with now
+(a smaller one needs nothing sent again), or the user's membership changed
+kind since; otherwise only when events arrived after the position it was
+sent up to (:mod:`ranvier.core.sliding_sync_rooms`). A room that leaves the ranges
 keeps its position, and coming back sends what it missed.
 
 Partial state (MSC3706, MSC3902): a room whose state is partial here is
@@ -348,17 +349,23 @@ class SlidingSyncHandler:
             facts = by_id[room_id]
             if facts.partial and facts.membership == "join" and config.all_members:
                 continue
-            # The membership and DM flag are kept with the config: a room
-            # whose user's membership changed kind is sent whole (a profile
-            # change is not), one whose DM flag changed says so.
+            # The DM flag and membership are kept with the config: a room
+            # whose user's membership changed kind, or whose config grew, is
+            # sent whole (a profile change or a smaller config is not); one
+            # whose DM flag changed says so.
             is_dm = room_id in listed.direct_rooms or facts.direct_invite
-            held = f"{facts.membership} {config.key()}"
-            key = f"{'dm' if is_dm else '-'} {held}"
+            key = f"{'dm' if is_dm else '-'} {facts.membership} {config.key()}"
             before = sent_before.get(room_id)
+            held = None if before is None else _held(before[1])
             dm_changed = False
-            if before is not None and before[1].partition(" ")[2] == held:
+            if (
+                before is not None
+                and held is not None
+                and held[1] == facts.membership
+                and held[2].covers(config)
+            ):
                 sent_upto: int | None = before[0]
-                dm_changed = before[1] != key
+                dm_changed = held[0] != is_dm
                 newest = facts.latest if facts.membership == "join" else facts.membership_at
                 if newest <= before[0] and not dm_changed:
                     continue
@@ -485,6 +492,13 @@ class SlidingSyncHandler:
             joined = facts.membership == "join"
             wanted.append((room_id, events, upto if joined else facts.membership_at))
         await self._aggregations.add_bundles_in_rooms(user_id, wanted)
+
+
+def _held(key: str) -> tuple[bool, str, RoomConfig] | None:
+    """The DM flag, membership and config a room was sent with."""
+    dm, membership, rest = [*key.split(" ", 2), "", ""][:3]
+    config = RoomConfig.from_key(rest)
+    return None if config is None else (dm == "dm", membership, config)
 
 
 def _combined(held: RoomConfig | None, more: RoomConfig) -> RoomConfig:

@@ -52,6 +52,9 @@ _MAX_RANGES: Final = 100
 _MAX_STATE_ENTRIES: Final = 1000
 
 
+_StoredConfig = tuple[int, list[tuple[str, str]], list[tuple[str, str]]]
+
+
 @dataclass(frozen=True, slots=True)
 class RoomConfig:
     """How much of a room to send: timeline events and state entries."""
@@ -109,6 +112,27 @@ class RoomConfig:
         return msgspec.json.encode(
             [self.timeline_limit, sorted(self.include), sorted(self.exclude)]
         ).decode()
+
+    @classmethod
+    def from_key(cls, key: str) -> RoomConfig | None:
+        """The config of a :meth:`key`; None for a text that is not one."""
+        try:
+            limit, include, exclude = msgspec.json.decode(key, type=_StoredConfig)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        return cls(limit, frozenset(include), frozenset(exclude))
+
+    def covers(self, other: RoomConfig) -> bool:
+        """Whether ``other`` asks for nothing this one did not: a room sent
+        under this config needs nothing sent again under ``other`` (the
+        MSC's "expansion" is the opposite). Wildcards are compared as
+        written, so a narrower pattern under a wildcard counts as new.
+        """
+        return (
+            other.timeline_limit <= self.timeline_limit
+            and other.include <= self.include
+            and self.exclude <= other.exclude
+        )
 
 
 @dataclass(frozen=True, slots=True)
