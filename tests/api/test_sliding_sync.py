@@ -265,6 +265,13 @@ async def test_filters(env: SharedRoom) -> None:
     )
     invited = await client.create_room(bob)
     await client.ok(bob, "POST", f"/rooms/{q(invited)}/invite", {"user_id": alice.user_id})
+    for room_id, tags in ((encrypted, {"m.favourite": {}}), (direct, {"u.work": {}})):
+        await client.ok(
+            alice,
+            "PUT",
+            f"/user/{q(alice.user_id)}/rooms/{q(room_id)}/account_data/m.tag",
+            {"tags": tags},
+        )
     lists = {
         "dm": all_rooms(filters={"is_dm": True}),
         "not_dm": all_rooms(filters={"is_dm": False}),
@@ -275,6 +282,8 @@ async def test_filters(env: SharedRoom) -> None:
         "no_spaces": all_rooms(filters={"not_room_types": ["m.space"]}),
         "untyped": all_rooms(filters={"room_types": [None]}),
         "in_space": all_rooms(filters={"spaces": [space]}),
+        "favourites": all_rooms(filters={"tags": ["m.favourite", "u.none"]}),
+        "not_work": all_rooms(filters={"not_tags": ["u.work"]}),
     }
     answer = await slide(http, alice, {"lists": lists})
     counts = {name: found["count"] for name, found in answer["lists"].items()}
@@ -288,18 +297,22 @@ async def test_filters(env: SharedRoom) -> None:
         "no_spaces": 4,
         "untyped": 4,
         "in_space": 1,
+        "favourites": 1,
+        "not_work": 4,
     }
     assert answer["rooms"][direct]["lists"] == ["dm", "joined", "no_spaces", "untyped"]
+    assert answer["rooms"][encrypted]["lists"][:2] == ["encrypted", "favourites"]
     assert answer["rooms"][direct]["is_dm"] is True
     assert answer["rooms"][env.room_id]["lists"] == [
         "in_space",
         "joined",
         "no_spaces",
         "not_dm",
+        "not_work",
         "untyped",
     ]
     assert answer["rooms"][encrypted]["lists"][0] == "encrypted"
-    assert answer["rooms"][space]["lists"] == ["joined", "not_dm", "spaces"]
+    assert answer["rooms"][space]["lists"] == ["joined", "not_dm", "not_work", "spaces"]
     assert answer["rooms"][invited]["lists"][0] == "invites"
 
 

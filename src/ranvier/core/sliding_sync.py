@@ -25,10 +25,10 @@ rooms; rooms the user was kicked or banned from; rooms they left
 themselves only when the connection sent them before (the client knows it
 left). Invites from ignored users are left out. Each list filters them
 (``is_dm`` by ``m.direct`` or the invite's ``is_direct``, ``is_invite``,
-``is_encrypted``, ``room_types``, ``not_room_types``, ``spaces``), sorts
-them by ``bump_stamp`` (the stream ordering of the newest event of a bump
-type, or of the membership for a room not joined; newest first), counts
-them, and takes its ``ranges``. Subscriptions add rooms by ID when the
+``is_encrypted``, ``room_types``, ``not_room_types``, ``spaces``, ``tags``,
+``not_tags``), sorts them by ``bump_stamp`` (the stream ordering of the
+newest event of a bump type, or of the membership for a room not joined;
+newest first), counts them, and takes its ``ranges``. Subscriptions add rooms by ID when the
 user has a membership in them. A room chosen several times gets the
 configs combined (:mod:`ranvier.core.sliding_sync_config`).
 
@@ -156,7 +156,13 @@ class _Pass:
     news: bool
 
 
-def _passes(filters: ListFilters, facts: RoomFacts, is_dm: bool, children: frozenset[str]) -> bool:
+def _passes(
+    filters: ListFilters,
+    facts: RoomFacts,
+    is_dm: bool,
+    children: frozenset[str],
+    tags: frozenset[str],
+) -> bool:
     if filters.is_dm is not None and filters.is_dm != is_dm:
         return False
     if filters.is_invite is not None and filters.is_invite != (facts.membership == "invite"):
@@ -166,6 +172,10 @@ def _passes(filters: ListFilters, facts: RoomFacts, is_dm: bool, children: froze
     if filters.room_types is not None and facts.room_type not in filters.room_types:
         return False
     if facts.room_type in filters.not_room_types:
+        return False
+    if tags & filters.not_tags:
+        return False
+    if filters.tags is not None and not tags & filters.tags:
         return False
     return filters.spaces is None or facts.room_id in children
 
@@ -460,6 +470,7 @@ class SlidingSyncHandler:
                 facts,
                 facts.room_id in listed.direct_rooms or facts.direct_invite,
                 children,
+                listed.tags.get(facts.room_id, frozenset()),
             )
         ]
 

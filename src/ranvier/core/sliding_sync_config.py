@@ -146,6 +146,9 @@ class ListFilters:
     #: Create event types to keep; None inside means rooms without a type.
     room_types: frozenset[str | None] | None = None
     not_room_types: frozenset[str | None] = frozenset()
+    #: Room tags (``m.tag``) of which a room needs one, and may have none.
+    tags: frozenset[str] | None = None
+    not_tags: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +203,8 @@ class _Filters(msgspec.Struct):
     is_invited: bool | None = None
     room_types: list[str | None] | None = None
     not_room_types: list[str | None] = []
+    tags: list[str] | None = None
+    not_tags: list[str] = []
 
 
 class _Subscription(msgspec.Struct):
@@ -276,6 +281,8 @@ def _filters(body: _Filters | None) -> ListFilters:
         is_invite=body.is_invite if body.is_invite is not None else body.is_invited,
         room_types=None if body.room_types is None else frozenset(body.room_types),
         not_room_types=frozenset(body.not_room_types),
+        tags=None if body.tags is None else frozenset(body.tags),
+        not_tags=frozenset(body.not_tags),
     )
 
 

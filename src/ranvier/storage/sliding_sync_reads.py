@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
@@ -78,6 +78,8 @@ class RoomList:
     #: The rooms the ``m.direct`` account data names.
     direct_rooms: frozenset[str]
     ignored: frozenset[str]
+    #: Each room's tags (its ``m.tag`` account data), where it has some.
+    tags: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 class _Content(msgspec.Struct):
@@ -85,6 +87,10 @@ class _Content(msgspec.Struct):
 
 
 _decode_content = msgspec.json.Decoder(_Content).decode
+
+
+class _Tags(msgspec.Struct):
+    tags: dict[str, Any] = {}
 
 
 def _direct_rooms(conn: sqlite3.Connection, user_id: str) -> frozenset[str]:
@@ -109,6 +115,23 @@ def _direct_rooms(conn: sqlite3.Connection, user_id: str) -> frozenset[str]:
         for room_id in rooms
         if isinstance(room_id, str)
     )
+
+
+def _tags(conn: sqlite3.Connection, user_id: str) -> dict[str, frozenset[str]]:
+    """The tags of each of the user's rooms with an ``m.tag``, in one read."""
+    found: dict[str, frozenset[str]] = {}
+    for room_id, content in conn.execute(
+        "SELECT room_id, content FROM account_data"
+        " WHERE user_id = ? AND type = 'm.tag' AND room_id != ''",
+        (user_id,),
+    ):
+        try:
+            tags = msgspec.json.decode(bytes(content), type=_Tags).tags
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if tags:
+            found[room_id] = frozenset(tags)
+    return found
 
 
 def _newest(conn: sqlite3.Connection, room_id: str, upto: int, *, bump: bool) -> int:
@@ -198,6 +221,7 @@ def room_list(
         rooms,
         _direct_rooms(conn, user_id) if detailed else frozenset(),
         read_ignored_users(conn, user_id=user_id),
+        _tags(conn, user_id) if detailed else {},
     )
 
 
