@@ -265,7 +265,11 @@ async def test_filters(env: SharedRoom) -> None:
     )
     invited = await client.create_room(bob)
     await client.ok(bob, "POST", f"/rooms/{q(invited)}/invite", {"user_id": alice.user_id})
-    for room_id, tags in ((encrypted, {"m.favourite": {}}), (direct, {"u.work": {}})):
+    tagged: list[tuple[str, dict[str, Any]]] = [
+        (encrypted, {"m.favourite": {}}),
+        (direct, {"u.work": {}}),
+    ]
+    for room_id, tags in tagged:
         await client.ok(
             alice,
             "PUT",
