@@ -237,7 +237,7 @@ async def test_own_events_and_silenced_rooms_are_not_pushed(env: Env) -> None:
 
 async def test_an_ignored_users_messages_are_not_pushed(env: Env) -> None:
     await env.set_pusher(env.alice)
-    ignore = {"ignored_users": {env.bob.user_id: {}}}
+    ignore: dict[str, Any] = {"ignored_users": {env.bob.user_id: {}}}
     path = f"/user/{q(env.alice.user_id)}/account_data/m.ignored_user_list"
     await env.client.ok(env.alice, "PUT", path, ignore)
     await env.send(env.bob, "alice, are you there?")
@@ -248,6 +248,29 @@ async def test_an_ignored_users_messages_are_not_pushed(env: Env) -> None:
     event_id = await env.send(env.bob, "hello again")
     notification = await _next(env.gateway)
     assert notification["event_id"] == event_id
+
+
+async def test_the_badge_follows_reads_and_messages_in_every_room(env: Env) -> None:
+    await env.set_pusher(env.alice)
+    first = await env.send(env.bob, "one")
+    assert (await _next(env.gateway))["counts"] == {"unread": 1}
+    other = await env.client.create_room(env.bob, preset="public_chat")
+    await env.client.ok(env.alice, "POST", f"/rooms/{q(other)}/join", {})
+
+    async def send_in_other(body: str) -> None:
+        env._txn += 1
+        path = f"/rooms/{q(other)}/send/m.room.message/o{env._txn}"
+        await env.client.ok(env.bob, "PUT", path, {"msgtype": "m.text", "body": body})
+
+    await send_in_other("two")
+    assert (await _next(env.gateway))["counts"] == {"unread": 2}
+    # Reading the first room, with nothing new in it, takes its message off
+    # the badge of the next push, from the other room.
+    await env.client.ok(env.alice, "POST", f"/rooms/{q(env.room_id)}/receipt/m.read/{q(first)}", {})
+    await send_in_other("three")
+    assert (await _next(env.gateway))["counts"] == {"unread": 2}
+    await env.send(env.bob, "four")
+    assert (await _next(env.gateway))["counts"] == {"unread": 3}
 
 
 async def test_event_id_only_pushers_get_no_content(env: Env) -> None:

@@ -98,6 +98,24 @@ def read_unread_events(
     """
     found: dict[str, UnreadEvents] = {}
     for room_id, counted in rooms.items():
+        if (
+            counted is not None
+            and not by_thread
+            and _unchanged(conn, room_id, user_id, counted, upto)
+        ):
+            read_upto, counted_upto = counted
+            found[room_id] = UnreadEvents(
+                read_upto=read_upto,
+                after=counted_upto,
+                events=[],
+                complete=True,
+                room_version=None,
+                member_json=None,
+                power_levels_json=None,
+                create_json=None,
+                joined=0,
+            )
+            continue
         member = _current_state_row(conn, room_id, "m.room.member", user_id)
         joined_at = 0 if member is None else member[0]
         threads = ("",) if by_thread else _TIMELINE_THREADS
@@ -239,6 +257,32 @@ def _notification_room(
         create_json=current_state_json(conn, room_id, "m.room.create", ""),
         joined=count_joined(conn, room_id, count_cap),
     )
+
+
+def _unchanged(
+    conn: sqlite3.Connection, room_id: str, user_id: str, counted: tuple[int, int], upto: int
+) -> bool:
+    """Whether a room's count up to ``counted`` (``(read_upto,
+    counted_upto)``) holds up to ``upto``: no accepted event since, and no
+    receipt past what was read then.
+
+    Receipts only move forward, so one at or before the old ``read_upto``
+    leaves it where it was; the membership that also bounds it is an event
+    of the room, which would show as new. Two index seeks, where counting
+    again reads the room's membership, receipts and state: a user in many
+    rooms, of which few changed, is counted at the cost of those few.
+    """
+    read_upto, counted_upto = counted
+    if not read_upto <= counted_upto <= upto:
+        return False
+    if _read_upto(conn, room_id, user_id, _TIMELINE_THREADS) > read_upto:
+        return False
+    newer = conn.execute(
+        "SELECT 1 FROM events WHERE room_id = ? AND stream_ordering > ? AND stream_ordering <= ?"
+        " AND outlier = 0 AND soft_failed = 0 AND rejected_reason IS NULL LIMIT 1",
+        (room_id, counted_upto, upto),
+    ).fetchone()
+    return newer is None
 
 
 def _read_upto(
