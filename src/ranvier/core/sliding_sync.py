@@ -58,13 +58,17 @@ Cost
 A request reads a handful of index lookups per room of the user (no
 event or state of rooms outside the ranges), then builds only the rooms
 in range with something to send; see docs/decisions.md for the figure.
+The facts of each user's last request are kept in memory (a bounded
+number of users), so the next request, or the next look of a long-poll,
+reads again only the rooms with events since.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -98,13 +102,21 @@ __all__ = ["POS_LIFETIME_MS", "SlidingSyncHandler", "SlidingSyncStore"]
 
 #: How long a ``pos`` stays good; a connection left longer starts again.
 POS_LIFETIME_MS: Final = 7 * 24 * 60 * 60 * 1000
+#: Users whose room facts are kept in memory between requests.
+_FACTS_KEPT: Final = 1024
 
 
 class SlidingSyncStore(RoomStateDeltas, Protocol):
     """Connections and the room list; see :mod:`ranvier.storage.sliding_sync`."""
 
     async def room_list(
-        self, user_id: str, un_partial_after: int, *, detailed: bool = True
+        self,
+        user_id: str,
+        un_partial_after: int,
+        *,
+        detailed: bool = True,
+        known: Mapping[str, RoomFacts] | None = None,
+        known_at: int = 0,
     ) -> RoomList: ...
 
     async def space_children(self, space_ids: Collection[str]) -> frozenset[str]: ...
@@ -215,6 +227,9 @@ class SlidingSyncHandler:
         self._notifications = notifications
         self._aggregations = aggregations
         self._wall_clock_ms = wall_clock_ms
+        # Per user, the room facts of their last request and the events
+        # position they were read at: the next reads only rooms that moved.
+        self._facts: OrderedDict[str, tuple[int, dict[str, RoomFacts]]] = OrderedDict()
 
     async def sync(
         self,
@@ -313,7 +328,7 @@ class SlidingSyncHandler:
     ) -> _Pass:
         user_id = requester.user_id
         streams = await self._positions()
-        listed = await self._store.room_list(
+        listed = await self._room_list(
             user_id,
             0 if since is None else since.un_partial,
             # Extensions alone need the rooms' IDs, not what lists sort by.
@@ -430,6 +445,23 @@ class SlidingSyncHandler:
             tuple(sent),
             bool(rooms_answer) or extension_news,
         )
+
+    async def _room_list(self, user_id: str, un_partial_after: int, *, detailed: bool) -> RoomList:
+        """The user's rooms, going on from the facts of their last request."""
+        if not detailed:
+            return await self._store.room_list(user_id, un_partial_after, detailed=False)
+        kept = self._facts.get(user_id)
+        listed = await self._store.room_list(
+            user_id,
+            un_partial_after,
+            known=None if kept is None else kept[1],
+            known_at=0 if kept is None else kept[0],
+        )
+        self._facts[user_id] = (listed.events, {facts.room_id: facts for facts in listed.rooms})
+        self._facts.move_to_end(user_id)
+        while len(self._facts) > _FACTS_KEPT:
+            self._facts.popitem(last=False)
+        return listed
 
     @staticmethod
     def _candidate(

@@ -7,14 +7,16 @@ A room costs a handful of index lookups here (its membership event's
 sender, its newest timeline event, its newest event of a bump type, its
 create event's type, whether it has an encryption event), whatever its
 size: the newest events are found walking ``events (room_id,
-stream_ordering)`` backwards from the snapshot's position.
+stream_ordering)`` backwards from the snapshot's position. Given the facts
+of an earlier read, only the rooms with events since it are read again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -172,13 +174,26 @@ def _joined_before(conn: sqlite3.Connection, user_id: str, event_id: str) -> boo
 
 
 def room_list(
-    conn: sqlite3.Connection, *, user_id: str, un_partial_after: int, detailed: bool = True
+    conn: sqlite3.Connection,
+    *,
+    user_id: str,
+    un_partial_after: int,
+    detailed: bool = True,
+    known: Mapping[str, RoomFacts] | None = None,
+    known_at: int = 0,
 ) -> RoomList:
     """Every room ``user_id`` has a membership in, with its facts; without
     ``detailed``, its membership alone (a connection with no lists or
     subscriptions, which reads the rooms only for its extensions).
+
+    ``known`` are facts read before at events position ``known_at``: a
+    room with no event since and the same membership event keeps them (its
+    partial state read again), so a request reads only the rooms that
+    moved.
     """
-    events, un_partial, memberships, partial, _, _ = sync_snapshot(conn, user_id, un_partial_after)
+    events, un_partial, memberships, partial, _, changed = sync_snapshot(
+        conn, user_id, un_partial_after, None if known is None else known_at
+    )
     rooms: list[RoomFacts] = []
     for room_id, membership, ordering, event_id in memberships:
         if not detailed:
@@ -187,6 +202,15 @@ def room_list(
                     room_id, membership, ordering, event_id, "", 0, 0, None, False, False, False
                 )
             )
+            continue
+        held = None if known is None or changed is None else known.get(room_id)
+        if (
+            held is not None
+            and changed is not None
+            and held.membership_event_id == event_id
+            and room_id not in changed
+        ):
+            rooms.append(dataclasses.replace(held, partial=room_id in partial))
             continue
         row = conn.execute(
             "SELECT sender, json FROM events WHERE event_id = ?", (event_id,)
@@ -288,11 +312,22 @@ class SlidingSyncReads:
         self._readers = readers
 
     async def room_list(
-        self, user_id: str, un_partial_after: int, *, detailed: bool = True
+        self,
+        user_id: str,
+        un_partial_after: int,
+        *,
+        detailed: bool = True,
+        known: Mapping[str, RoomFacts] | None = None,
+        known_at: int = 0,
     ) -> RoomList:
         return await self._readers.read(
             functools.partial(
-                room_list, user_id=user_id, un_partial_after=un_partial_after, detailed=detailed
+                room_list,
+                user_id=user_id,
+                un_partial_after=un_partial_after,
+                detailed=detailed,
+                known=known,
+                known_at=known_at,
             )
         )
 
