@@ -596,3 +596,27 @@ async def test_a_larger_config_sends_a_room_again_and_a_smaller_one_does_not(
     room = later["rooms"][env.room_id]
     assert "initial" not in room
     assert bodies(room) == ["four"]
+
+
+async def test_a_knock_comes_with_its_stripped_state(env: SharedRoom) -> None:
+    http, client, alice, carol = env.client.http, env.client, env.alice, env.carol
+    door = await client.create_room(
+        alice,
+        name="Door",
+        initial_state=[
+            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}
+        ],
+    )
+    await client.ok(carol, "POST", f"/knock/{q(door)}", {"reason": "let me in"})
+    answer = await slide(http, carol, {"lists": {"all": all_rooms(required_state=[["*", "*"]])}})
+    room = answer["rooms"][door]
+    assert room["membership"] == "knock"
+    assert "timeline" not in room
+    kinds = {(event["type"], event["state_key"]) for event in room["invite_state"]}
+    assert {("m.room.name", ""), ("m.room.join_rules", ""), ("m.room.member", carol.user_id)} <= (
+        kinds
+    )
+    # Events under a room do not repeat its ID.
+    joined = (await slide(http, alice, {"lists": {"all": all_rooms()}}))["rooms"][door]
+    assert joined["timeline"]
+    assert all("room_id" not in event for event in joined["timeline"])

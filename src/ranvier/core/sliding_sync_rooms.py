@@ -70,6 +70,13 @@ class RoomToSend:
     joined_before: bool = True
 
 
+def _room_event(event: StoredEvent, unsigned: dict[str, Any] | None = None) -> dict[str, Any]:
+    formatted = client_event(event, unsigned=unsigned)
+    # Events under a room's entry do not repeat its ID, as in /sync.
+    formatted.pop("room_id", None)
+    return formatted
+
+
 async def build_room(
     store: SyncStore,
     deltas: RoomStateDeltas,
@@ -95,7 +102,9 @@ async def build_room(
         stripped = await stripped_room_state(store, room.room_id, room.membership_event_id, ignored)
         if stripped is None:
             return None
-        answer["invite_state" if room.membership == "invite" else "knock_state"] = stripped
+        # Knocks too, as Synapse and clients have it (the MSC's later name
+        # for both is stripped_state).
+        answer["invite_state"] = stripped
         return answer
     if room.membership in ("leave", "ban") and not room.joined_before:
         # An invite declined or a knock withdrawn (or refused): what the
@@ -115,7 +124,7 @@ async def build_room(
         return answer if room.dm_changed else None
     transactions = await transaction_ids(store, requester, timeline)
     answer["timeline"] = [
-        client_event(
+        _room_event(
             event,
             unsigned=(
                 None
@@ -133,7 +142,7 @@ async def build_room(
         0 if since is None else sum(1 for event in timeline if event.stream_ordering > since)
     )
     answer["required_state"] = [
-        *(client_event(event) for event in state),
+        *(_room_event(event) for event in state),
         *({"type": kind, "state_key": key} for kind, key in gone),
     ]
     if room.sent_upto is None or renamed:
