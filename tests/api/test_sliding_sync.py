@@ -620,3 +620,14 @@ async def test_a_knock_comes_with_its_stripped_state(env: SharedRoom) -> None:
     joined = (await slide(http, alice, {"lists": {"all": all_rooms()}}))["rooms"][door]
     assert joined["timeline"]
     assert all("room_id" not in event for event in joined["timeline"])
+
+
+async def test_set_presence_from_the_query_or_the_body(env: SharedRoom) -> None:
+    http, client, alice = env.client.http, env.client, env.alice
+    status_path = f"/presence/{q(alice.user_id)}/status"
+    await slide(http, alice, {"set_presence": "unavailable"})
+    assert (await client.ok(alice, "GET", status_path))["presence"] == "unavailable"
+    await slide(http, alice, {"conn_id": "again"})
+    assert (await client.ok(alice, "GET", status_path))["presence"] == "online"
+    status, answer = await slide_call(http, alice, {"set_presence": "asleep"})
+    assert (status, answer["errcode"]) == (400, "M_INVALID_PARAM")

@@ -37,7 +37,7 @@ def add_sliding_sync_route(
     async def post_sync(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)
         body = parse_request({} if request.content is None else request.content)
-        presence = request.query_value("set_presence")
+        presence = request.query_value("set_presence") or body.set_presence
         if presence is not None and presence not in _PRESENCE_STATES:
             raise invalid_param(
                 f"set_presence must be online, offline or unavailable, not {presence[:40]!r}"

@@ -176,9 +176,10 @@ class SlidingSyncRequest:
     subscriptions: dict[str, RoomConfig] | None = None
     #: The extensions enabled, by name.
     extensions: dict[str, ExtensionConfig] | None = None
-    #: ``pos`` and ``timeout`` when the body carries them.
+    #: ``pos``, ``timeout`` and ``set_presence`` when the body carries them.
     pos: str | None = None
     timeout_ms: int | None = None
+    set_presence: str | None = None
 
 
 # The body as sent.
@@ -232,6 +233,7 @@ class _Body(msgspec.Struct):
     extensions: dict[str, _Extension] = {}
     pos: str | None = None
     timeout: int | None = None
+    set_presence: str | None = None
 
 
 _EXTENSIONS: Final = frozenset({"to_device", "e2ee", "account_data", "receipts", "typing"})
@@ -324,5 +326,5 @@ def parse_request(content: Any) -> SlidingSyncRequest:
     if body.timeout is not None and body.timeout < 0:
         raise _bad("timeout must not be negative")
     return SlidingSyncRequest(
-        body.conn_id, lists, subscriptions, extensions, body.pos, body.timeout
+        body.conn_id, lists, subscriptions, extensions, body.pos, body.timeout, body.set_presence
     )
