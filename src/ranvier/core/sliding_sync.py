@@ -102,8 +102,9 @@ __all__ = ["POS_LIFETIME_MS", "SlidingSyncHandler", "SlidingSyncStore"]
 
 #: How long a ``pos`` stays good; a connection left longer starts again.
 POS_LIFETIME_MS: Final = 7 * 24 * 60 * 60 * 1000
-#: Users whose room facts are kept in memory between requests.
-_FACTS_KEPT: Final = 1024
+#: Room facts kept in memory between requests, all users together (a few
+#: hundred bytes each); the users heard from longest ago give theirs up.
+_FACTS_KEPT: Final = 50_000
 
 
 class SlidingSyncStore(RoomStateDeltas, Protocol):
@@ -230,6 +231,7 @@ class SlidingSyncHandler:
         # Per user, the room facts of their last request and the events
         # position they were read at: the next reads only rooms that moved.
         self._facts: OrderedDict[str, tuple[int, dict[str, RoomFacts]]] = OrderedDict()
+        self._facts_held = 0
 
     async def sync(
         self,
@@ -457,10 +459,17 @@ class SlidingSyncHandler:
             known=None if kept is None else kept[1],
             known_at=0 if kept is None else kept[0],
         )
+        # Read again: another request of the user's may have replaced it
+        # while this one read.
+        replaced = self._facts.get(user_id)
+        if replaced is not None:
+            self._facts_held -= len(replaced[1])
         self._facts[user_id] = (listed.events, {facts.room_id: facts for facts in listed.rooms})
         self._facts.move_to_end(user_id)
-        while len(self._facts) > _FACTS_KEPT:
-            self._facts.popitem(last=False)
+        self._facts_held += len(listed.rooms)
+        while self._facts_held > _FACTS_KEPT and len(self._facts) > 1:
+            _, (_, dropped) = self._facts.popitem(last=False)
+            self._facts_held -= len(dropped)
         return listed
 
     @staticmethod
