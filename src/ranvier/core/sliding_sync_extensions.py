@@ -57,6 +57,9 @@ class RoomsChosen:
 
 
 def extension_rooms(config: ExtensionConfig, chosen: RoomsChosen) -> set[str]:
+    """The rooms an extension answers for: naming only lists leaves the
+    subscriptions out, and the other way round, so a client can keep an
+    extension to the rooms it shows."""
     lists, subscriptions = config.lists, config.rooms
     if lists is None and subscriptions is None:
         lists = subscriptions = frozenset({ANY})
