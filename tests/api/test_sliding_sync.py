@@ -631,3 +631,30 @@ async def test_set_presence_from_the_query_or_the_body(env: SharedRoom) -> None:
     assert (await client.ok(alice, "GET", status_path))["presence"] == "online"
     status, answer = await slide_call(http, alice, {"set_presence": "asleep"})
     assert (status, answer["errcode"]) == (400, "M_INVALID_PARAM")
+
+
+async def test_lazy_members_already_sent_are_not_sent_again(env: SharedRoom) -> None:
+    http, bob = env.client.http, env.bob
+    body = {
+        "lists": {"all": all_rooms(timeline_limit=2, required_state=[["m.room.member", "$LAZY"]])}
+    }
+    await _say(env, bob, env.room_id, "first")
+    first = await slide(http, env.alice, body)
+    assert _state(first["rooms"][env.room_id]) == {("m.room.member", bob.user_id)}
+    await _say(env, bob, env.room_id, "second")
+    second = await slide(http, env.alice, body, pos=first["pos"])
+    room = second["rooms"][env.room_id]
+    assert bodies(room) == ["second"]
+    assert room["required_state"] == []
+    # A retry from the first position: the first answer brought it already.
+    retried = await slide(http, env.alice, body, pos=first["pos"])
+    assert retried["rooms"][env.room_id]["required_state"] == []
+    # A gap: the client drops what it held, and is sent it again.
+    await _say(env, bob, env.room_id, "3", "4", "5")
+    gap = await slide(http, env.alice, body, pos=retried["pos"])
+    room = gap["rooms"][env.room_id]
+    assert room["limited"] is True
+    assert _state(room) == {("m.room.member", bob.user_id)}
+    # Another connection holds nothing.
+    other = await slide(http, env.alice, {**body, "conn_id": "other"})
+    assert _state(other["rooms"][env.room_id]) == {("m.room.member", bob.user_id)}

@@ -77,6 +77,7 @@ import trio
 from ranvier.core.account_data import AccountData
 from ranvier.core.accounts import Requester
 from ranvier.core.aggregations import Aggregations, RoomEvents
+from ranvier.core.lazy_members import SentMembers
 from ranvier.core.notification_counts import NotificationCounts
 from ranvier.core.notifier import StreamNotifier, StreamPosition
 from ranvier.core.pagination import format_sync_token, parse_sync_token
@@ -167,6 +168,8 @@ class _Pass:
     rooms: frozenset[str]
     sent: tuple[RoomSent, ...]
     news: bool
+    #: Per room, the membership events the client holds after this answer.
+    members: dict[str, frozenset[str]]
 
 
 def _passes(
@@ -232,6 +235,9 @@ class SlidingSyncHandler:
         # position they were read at: the next reads only rooms that moved.
         self._facts: OrderedDict[str, tuple[int, dict[str, RoomFacts]]] = OrderedDict()
         self._facts_held = 0
+        # What lazy loading sent, by connection and position (in memory: a
+        # position not known here sends the members again, never fewer).
+        self._lazy_sent = SentMembers()
 
     async def sync(
         self,
@@ -249,9 +255,10 @@ class SlidingSyncHandler:
         waited_ms = min(max(timeout_ms, 0), MAX_TIMEOUT_MS)
         if self._presence is not None:
             await self._presence.on_sync(requester.user_id, set_presence, waited_ms)
+        held = {} if state is None else self._members_held(requester, request, state.pos)
         deadline = trio.current_time() + waited_ms / 1000
         while True:
-            done = await self._once(requester, request, state, since)
+            done = await self._once(requester, request, state, since, held)
             if state is None or done.news:
                 break
             with trio.move_on_at(deadline) as waited:
@@ -264,8 +271,28 @@ class SlidingSyncHandler:
         if state is not None and not done.news:
             response["pos"] = str(state.pos)
             return response
-        response["pos"] = str(await self._remember(requester, request, state, done))
+        made = await self._remember(requester, request, state, done)
+        self._lazy_sent.record(
+            requester.user_id,
+            requester.device_id,
+            f"{made} {request.conn_id}",
+            (f"{room_id}\t{event_id}" for room_id, ids in done.members.items() for event_id in ids),
+        )
+        response["pos"] = str(made)
         return response
+
+    def _members_held(
+        self, requester: Requester, request: SlidingSyncRequest, pos: int
+    ) -> dict[str, frozenset[str]]:
+        """Per room, the membership events the client at ``pos`` holds."""
+        entries = self._lazy_sent.held(
+            requester.user_id, requester.device_id, f"{pos} {request.conn_id}"
+        )
+        by_room: dict[str, set[str]] = {}
+        for entry in entries:
+            room_id, _, event_id = entry.partition("\t")
+            by_room.setdefault(room_id, set()).add(event_id)
+        return {room_id: frozenset(ids) for room_id, ids in by_room.items()}
 
     async def _connection(
         self, requester: Requester, request: SlidingSyncRequest, pos: str
@@ -327,6 +354,7 @@ class SlidingSyncHandler:
         request: SlidingSyncRequest,
         state: ConnectionState | None,
         since: StreamPosition | None,
+        members_held: dict[str, frozenset[str]],
     ) -> _Pass:
         user_id = requester.user_id
         streams = await self._positions()
@@ -410,6 +438,7 @@ class SlidingSyncHandler:
                 is_dm=is_dm,
                 dm_changed=dm_changed,
                 joined_before=facts.joined_before,
+                held_members=members_held.get(room_id, frozenset()),
                 lists=tuple(room_lists.get(room_id, ())),
             )
             answer = await build_room(
@@ -446,6 +475,7 @@ class SlidingSyncHandler:
             frozenset(by_id),
             tuple(sent),
             bool(rooms_answer) or extension_news,
+            _members_after(members_held, rooms_answer),
         )
 
     async def _room_list(self, user_id: str, un_partial_after: int, *, detailed: bool) -> RoomList:
@@ -544,6 +574,26 @@ class SlidingSyncHandler:
             joined = facts.membership == "join"
             wanted.append((room_id, events, upto if joined else facts.membership_at))
         await self._aggregations.add_bundles_in_rooms(user_id, wanted)
+
+
+def _members_after(
+    held: dict[str, frozenset[str]], rooms: dict[str, Any]
+) -> dict[str, frozenset[str]]:
+    """The membership events the client holds once it has ``rooms``: a room
+    sent whole or with a gap (``limited``) holds what came with it, others
+    add it to what they held."""
+    after = dict(held)
+    for room_id, room in rooms.items():
+        sent = frozenset(
+            event["event_id"]
+            for event in (*room.get("required_state", ()), *room.get("timeline", ()))
+            if event.get("type") == "m.room.member" and "event_id" in event
+        )
+        if room.get("initial") or room.get("limited"):
+            after[room_id] = sent
+        else:
+            after[room_id] = held.get(room_id, frozenset()) | sent
+    return after
 
 
 def _held(key: str) -> tuple[bool, str, RoomConfig] | None:

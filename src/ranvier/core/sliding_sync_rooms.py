@@ -68,6 +68,9 @@ class RoomToSend:
     dm_changed: bool = False
     #: For a room left or banned from: whether the user had joined it.
     joined_before: bool = True
+    #: Membership events the client holds of the room from lazy loading on
+    #: this connection, not sent again unless the timeline has a gap.
+    held_members: frozenset[str] = frozenset()
 
 
 def _room_event(event: StoredEvent, unsigned: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -117,7 +120,7 @@ async def build_room(
     after = 0 if room.sent_upto is None else room.sent_upto
     timeline, limited = await _timeline(store, user_id, room, after, upto, ignored)
     state, gone, changed = await _required_state(
-        store, deltas, user_id, room, after, upto, timeline
+        store, deltas, user_id, room, after, upto, timeline, limited=limited
     )
     renamed = bool(changed & {_NAME, _AVATAR})
     if room.sent_upto is not None and not (timeline or state or gone or renamed):
@@ -194,6 +197,8 @@ async def _required_state(
     after: int,
     upto: int,
     timeline: Sequence[StoredEvent],
+    *,
+    limited: bool,
 ) -> tuple[list[StoredEvent], list[StateKey], set[StateKey]]:
     """The state entries to send, those gone, and every key that changed
     (the last two for a room sent before)."""
@@ -220,7 +225,11 @@ async def _required_state(
             else:
                 wanted[key] = event_id
     if config.lazy_members and timeline:
-        wanted.update(await _senders(store, room, upto, timeline))
+        # A client told of a gap (limited) drops the members it holds.
+        held = room.held_members if room.sent_upto is not None and not limited else frozenset()
+        for key, event_id in (await _senders(store, room, upto, timeline)).items():
+            if event_id not in held:
+                wanted.setdefault(key, event_id)
     # Entries whose events are in the timeline too are sent all the same:
     # required_state is the room's state, whole, by itself.
     stored = await store.get_events(list(wanted.values()))
