@@ -121,6 +121,7 @@ from ranvier.api.relations import add_relation_routes
 from ranvier.api.reports import add_report_routes
 from ranvier.api.room_keys import add_room_key_routes
 from ranvier.api.room_list import add_room_list_routes
+from ranvier.api.room_summary import add_room_summary_routes
 from ranvier.api.rooms import add_room_routes
 from ranvier.api.search import add_search_route
 from ranvier.api.sliding_sync import add_sliding_sync_route
@@ -181,6 +182,7 @@ from ranvier.core.room_keys import RoomKeyBackups
 from ranvier.core.room_leaves import RoomLeaves
 from ranvier.core.room_list import RoomList
 from ranvier.core.room_servers import PduSink, RoomEventSender, RoomServers
+from ranvier.core.room_summary import RoomSummaries
 from ranvier.core.rooms import FullStateWaiter, RoomReader
 from ranvier.core.search import Search
 from ranvier.core.sliding_sync import SlidingSyncHandler
@@ -333,6 +335,7 @@ class HomeServer:
         self._profiles: Profiles | None = None
         self._room_list: RoomList | None = None
         self._room_hierarchy: RoomHierarchy | None = None
+        self._room_summaries: RoomSummaries | None = None
         self._listeners: list[tuple[ListenerConfig, HttpListener]] = []
         self._bound: tuple[BoundListener, ...] | None = None
         self._notifier: RoomEventSender | None = None
@@ -1094,10 +1097,15 @@ class HomeServer:
         self._remote_joiner.member_profiles = self._profiles
         self._room_list = RoomList(store=storage.client_data, permissions=self._room_directory)
         self._room_directory.room_list = self._room_list
+        remote_spaces = FederationHierarchyClient(client, server_name=server_name)
         self._room_hierarchy = RoomHierarchy(
+            server_name=server_name, store=storage.hierarchy, remote=remote_spaces
+        )
+        self._room_summaries = RoomSummaries(
             server_name=server_name,
             store=storage.hierarchy,
-            remote=FederationHierarchyClient(client, server_name=server_name),
+            remote=remote_spaces,
+            aliases=self._room_directory,
         )
         self._edus.presence = self._make_presence(
             rooms=self._room_reader,
@@ -1271,6 +1279,9 @@ class HomeServer:
             search=Search(self.storage.sync, self.storage.search, aggregations),
         )
         add_hierarchy_route(router, auth=self.auth, hierarchy=self.room_hierarchy)
+        add_room_summary_routes(
+            router, auth=self.auth, summaries=_built(self._room_summaries, "room_summaries")
+        )
         auth, client_data = self.auth, self.storage.client_data
         add_capability_routes(router, auth=auth)
         add_push_rule_routes(

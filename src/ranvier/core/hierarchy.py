@@ -54,6 +54,9 @@ __all__ = [
     "RemoteHierarchies",
     "RemoteSpace",
     "RoomHierarchy",
+    "allow_list",
+    "local_summary",
+    "open_rule",
     "ordered_children",
 ]
 
@@ -190,7 +193,9 @@ def _allowed_room_ids(join_rules: Mapping[str, Any]) -> list[str]:
 _SUMMARY_STRINGS: Final = (*CHUNK_STRINGS, ("m.room.encryption", "algorithm", "encryption"))
 
 
-def _local_summary(room: HierarchyRoomState) -> dict[str, Any]:
+def local_summary(room: HierarchyRoomState) -> dict[str, Any]:
+    """A room's summary from its current state, as a space's child and a
+    room summary (:mod:`ranvier.core.room_summary`) both show it."""
     state = room.state
     join_rules = state.get("m.room.join_rules", {})
     join_rule = join_rules.get("join_rule")
@@ -207,7 +212,7 @@ def _local_summary(room: HierarchyRoomState) -> dict[str, Any]:
     return summary
 
 
-def _open_rule(summary: Mapping[str, Any], room_version: str | None) -> bool:
+def open_rule(summary: Mapping[str, Any], room_version: str | None) -> bool:
     """Whether anyone may see the room: world-readable, public or knockable
     (knocking where the room version has it; another server's answer is
     taken at its word when it names no version)."""
@@ -224,7 +229,7 @@ def _open_rule(summary: Mapping[str, Any], room_version: str | None) -> bool:
     return False
 
 
-def _allow_list(summary: Mapping[str, Any]) -> list[str]:
+def allow_list(summary: Mapping[str, Any]) -> list[str]:
     if summary.get("join_rule") not in ("restricted", "knock_restricted"):
         return []
     allowed = summary.get("allowed_room_ids")
@@ -285,16 +290,16 @@ class RoomHierarchy:
         if room is not None and room.membership in ("join", "invite"):
             return True
         version = room.room_version if room is not None else summary.get("room_version")
-        if _open_rule(summary, version if isinstance(version, str) else None):
+        if open_rule(summary, version if isinstance(version, str) else None):
             return True
-        allowed = _allow_list(summary)
+        allowed = allow_list(summary)
         return bool(allowed) and bool(await self._store.rooms_joined_by_user(user_id, allowed))
 
     async def _server_may_see(self, origin: str, room: HierarchyRoomState) -> bool:
-        summary = _local_summary(room)
-        if _open_rule(summary, room.room_version) or origin in room.joined_servers:
+        summary = local_summary(room)
+        if open_rule(summary, room.room_version) or origin in room.joined_servers:
             return True
-        allowed = _allow_list(summary)
+        allowed = allow_list(summary)
         return bool(allowed) and bool(await self._store.rooms_joined_by_server(origin, allowed))
 
     def _is_here(self, room: HierarchyRoomState | None) -> bool:
@@ -328,7 +333,7 @@ class RoomHierarchy:
                 raise _invalid("suggested_only and max_depth may not change between pages")
             position = token.position
         root = (await self._store.room_states([room_id], user_id=user_id)).get(room_id)
-        if root is None or not await self._user_may_see(user_id, _local_summary(root), root):
+        if root is None or not await self._user_may_see(user_id, local_summary(root), root):
             raise MatrixError(
                 f"{user_id} may not see room {room_id}", errcode="M_FORBIDDEN", http_status=403
             )
@@ -378,7 +383,7 @@ class RoomHierarchy:
 
     def _loaded_locally(self, room: HierarchyRoomState, suggested_only: bool) -> _Loaded:
         children = ordered_children(room.children, suggested_only=suggested_only)
-        summary = _local_summary(room)
+        summary = local_summary(room)
         summary["children_state"] = [_stripped(child) for child in children]
         return _Loaded(summary, children, {})
 
@@ -397,7 +402,7 @@ class RoomHierarchy:
         walk will go below it, so a space's children are needed."""
         local = (await self._store.room_states([room_id], user_id=user_id)).get(room_id)
         if local is not None and self._is_here(local):
-            if not await self._user_may_see(user_id, _local_summary(local), local):
+            if not await self._user_may_see(user_id, local_summary(local), local):
                 return None
             return self._loaded_locally(local, suggested_only)
         hints: dict[str, dict[str, Any]] = {}
@@ -407,7 +412,7 @@ class RoomHierarchy:
             remote = await self._remote.get_space(room_id, via, suggested_only=suggested_only)
             if remote is None:
                 if local is None or not await self._user_may_see(
-                    user_id, _local_summary(local), local
+                    user_id, local_summary(local), local
                 ):
                     return None
                 # Nobody answered: what this server last knew of it.
