@@ -186,6 +186,11 @@ class RegistrationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     #: Let anyone make an account through ``POST /_matrix/client/v3/register``.
     #: Off by default: an open server on the internet fills with spam accounts.
     enabled: bool = False
+    #: With ``enabled``, registering takes a registration token an admin
+    #: made (``/_synapse/admin/v1/registration_tokens``, ``ranvier
+    #: registration-token``): invite-only registration. Without ``enabled``
+    #: registration stays closed whatever tokens exist.
+    requires_token: bool = False
     #: Serve Synapse's shared-secret registration
     #: (``/_synapse/admin/v1/register``, used by ``register_new_matrix_user``)
     #: with this secret. Whoever knows it can make admin accounts. None (the

@@ -175,6 +175,7 @@ from ranvier.core.push_sender import PushSender
 from ranvier.core.pushers import Pushers
 from ranvier.core.receipts import Receipts
 from ranvier.core.redactions import ServedStateReader
+from ranvier.core.registration_tokens import RegistrationTokens
 from ranvier.core.relations import Relations
 from ranvier.core.reports import Reports
 from ranvier.core.room_joins import RoomJoins
@@ -331,6 +332,7 @@ class HomeServer:
         self._media_deleter: MediaDeleter | None = None
         self._media_retention: MediaRetention | None = None
         self._accounts: Accounts | None = None
+        self._registration_tokens: RegistrationTokens | None = None
         self._auth: Auth | None = None
         self._profiles: Profiles | None = None
         self._room_list: RoomList | None = None
@@ -441,6 +443,11 @@ class HomeServer:
     def accounts(self) -> Accounts:
         """Local accounts: registration, login, and whose an access token is."""
         return _built(self._accounts, "accounts")
+
+    @property
+    def registration_tokens(self) -> RegistrationTokens:
+        """Registration tokens: the token stage of registration, and the admin's tokens."""
+        return _built(self._registration_tokens, "registration_tokens")
 
     @property
     def auth(self) -> Auth:
@@ -1071,6 +1078,7 @@ class HomeServer:
                 parallelism=hashing.password_hash_parallelism,
             ),
         )
+        self._registration_tokens = RegistrationTokens(storage.registration_tokens)
         self._auth = Auth(self._accounts, self._app_services)
         self._room_directory.app_services = self._app_services
         self._appservice_client = HttpAppServiceClient()
@@ -1249,6 +1257,7 @@ class HomeServer:
             auth=self.auth,
             registration_enabled=registration.enabled,
             app_services=self._app_services,
+            registration_tokens=self.registration_tokens if registration.requires_token else None,
         )
         add_admin_routes(router, accounts=self.accounts, shared_secret=registration.shared_secret)
         directory, reader = self.room_directory, self.room_reader

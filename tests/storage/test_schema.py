@@ -66,6 +66,7 @@ TABLES_ADDED = {
     23: {"blocked_rooms"},
     24: {"media_quarantine"},
     25: {"sliding_sync_connections", "sliding_sync_positions", "sliding_sync_rooms"},
+    26: {"registration_tokens", "registration_token_sessions"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -201,6 +202,9 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO sliding_sync_connections VALUES (1, '@a:x', 'DEV', '')")
         run("INSERT INTO sliding_sync_positions VALUES (3, 1, 'n', 's1_0', 5)")
         run("INSERT INTO sliding_sync_rooms VALUES (1, '!r:x', 3, 9, '[1,[],[]]')")
+    elif version == 26:
+        run("INSERT INTO registration_tokens VALUES ('abc', 2, 1, NULL)")
+        run("INSERT INTO registration_token_sessions VALUES ('s', 'abc', 9, NULL)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -14,6 +14,12 @@ authentication stages, whether or not registration is open), and logs them
 in the same way; nobody else may register a name in a service's exclusive
 namespace (400 ``M_EXCLUSIVE``).
 
+With ``requires_token`` set as well, the flow is two stages,
+``m.login.registration_token`` then ``m.login.dummy``
+(:mod:`ranvier.core.registration_tokens`), and
+``GET /_matrix/client/v1/register/m.login.registration_token/validity``
+tells a client whether its token would do.
+
 Each route is served under ``/_matrix/client/v3`` and, for older clients,
 under ``/_matrix/client/r0``, where these endpoints had the same shape.
 """
@@ -28,6 +34,7 @@ from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth, access_token_of
 from ranvier.core.accounts import Accounts, Login, Registration
 from ranvier.core.appservices import AppService, AppServices, exclusive_error
+from ranvier.core.registration_tokens import REGISTRATION_TOKEN, RegistrationTokens
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.web import JsonResponse, Request, Router
 
@@ -37,6 +44,7 @@ _DUMMY: Final = "m.login.dummy"
 _PASSWORD: Final = "m.login.password"
 _APP_SERVICE: Final = "m.login.application_service"
 _FLOWS: Final = [{"stages": [_DUMMY]}]
+_TOKEN_VALIDITY: Final = f"/_matrix/client/v1/register/{REGISTRATION_TOKEN}/validity"
 
 
 def json_object(request: Request) -> dict[str, Any]:
@@ -80,12 +88,15 @@ def add_account_routes(
     auth: Auth,
     registration_enabled: bool,
     app_services: AppServices | None = None,
+    registration_tokens: RegistrationTokens | None = None,
 ) -> None:
     """Serve registration, login, logout and ``whoami``.
 
     ``registration_enabled`` opens ``/register`` to anyone; when False it
-    answers 403 and ``/register/available`` too.
+    answers 403 and ``/register/available`` too. ``registration_tokens``,
+    when given with it, makes registering take a token.
     """
+    tokens = registration_tokens if registration_enabled else None
     server_name = accounts.server_name
     services = app_services if app_services is not None else AppServices()
 
@@ -132,10 +143,10 @@ def add_account_routes(
             return await register_for_service(calling_service(request), body)
         check_open()
         username = optional_str(body, "username")
-        password = optional_str(body, "password")
-        device_id = optional_str(body, "device_id")
-        display_name = optional_str(body, "initial_device_display_name")
-        inhibit_login = optional_bool(body, "inhibit_login")
+        # Checked before authentication, used once it is done.
+        for key in ("password", "device_id", "initial_device_display_name"):
+            optional_str(body, key)
+        optional_bool(body, "inhibit_login")
         # Refresh tokens are optional for servers; access tokens here do not
         # expire, so none is issued.
         optional_bool(body, "refresh_token")
@@ -149,6 +160,8 @@ def add_account_routes(
             raise BadJsonError("'auth' must be an object")
         session = None if auth_dict is None else optional_str(auth_dict, "session")
         stage = None if auth_dict is None else optional_str(auth_dict, "type")
+        if tokens is not None:
+            return await register_with_token(body, auth_dict, session, stage, localpart)
         if stage is None:
             return JsonResponse(
                 {
@@ -165,14 +178,64 @@ def add_account_routes(
                 errcode="M_UNRECOGNIZED",
                 http_status=400,
             )
+        return await register_account(body, localpart)
+
+    async def register_with_token(
+        body: Mapping[str, Any],
+        auth_dict: Mapping[str, Any] | None,
+        session: str | None,
+        stage: str | None,
+        localpart: str | None,
+    ) -> JsonResponse | Mapping[str, Any]:
+        assert tokens is not None
+        if stage is None:
+            challenge = await tokens.challenge(session or secrets.token_urlsafe(16))
+            return JsonResponse(challenge, status=401)
+        if stage == REGISTRATION_TOKEN:
+            assert auth_dict is not None
+            return JsonResponse(await tokens.take_use(session, auth_dict), status=401)
+        if stage != _DUMMY:
+            raise MatrixError(
+                f"unknown authentication type {stage!r}"
+                f" (this server offers {REGISTRATION_TOKEN}, then {_DUMMY})",
+                errcode="M_UNRECOGNIZED",
+                http_status=400,
+            )
+        held = await tokens.check_use_held(session)
+        return await register_account(body, localpart, token_session=held)
+
+    async def register_account(
+        body: Mapping[str, Any], localpart: str | None, *, token_session: str | None = None
+    ) -> dict[str, Any]:
+        create = None
+        if token_session is not None:
+            assert tokens is not None
+            create = tokens.completing(token_session)
         registration = await accounts.register(
             localpart,
-            password,
-            login=not inhibit_login,
-            device_id=device_id,
-            device_display_name=display_name,
+            optional_str(body, "password"),
+            login=not optional_bool(body, "inhibit_login"),
+            device_id=optional_str(body, "device_id"),
+            device_display_name=optional_str(body, "initial_device_display_name"),
+            create=create,
         )
         return _registered(registration, server_name)
+
+    async def token_validity(request: Request) -> Mapping[str, Any]:
+        if tokens is None:
+            raise MatrixError(
+                "registration with a token is not enabled on this server",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+        token = request.query_value("token")
+        if token is None:
+            raise MatrixError(
+                "the 'token' query parameter is required",
+                errcode="M_MISSING_PARAM",
+                http_status=400,
+            )
+        return {"valid": await tokens.is_valid(token)}
 
     async def register_for_service(service: AppService, body: Mapping[str, Any]) -> dict[str, Any]:
         username = optional_str(body, "username")
@@ -273,6 +336,7 @@ def add_account_routes(
         router.add("POST", f"{prefix}/logout", logout)
         router.add("POST", f"{prefix}/logout/all", logout_all)
         router.add("GET", f"{prefix}/account/whoami", whoami)
+    router.add("GET", _TOKEN_VALIDITY, token_validity)
 
 
 def _registered(registration: Registration, server_name: str) -> dict[str, Any]:

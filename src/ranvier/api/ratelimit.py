@@ -92,6 +92,8 @@ DEFAULT_ROUTE_CATEGORIES: Final[Mapping[tuple[str, str], Category]] = {
     ("POST", f"{_CLIENT_V3}/join/{{room_id_or_alias}}"): "join",
     ("POST", f"{_CLIENT_V3}/login"): "login",
     ("POST", f"{_CLIENT_V3}/register"): "registration",
+    # Guessing tokens is guessing a way to register.
+    ("GET", "/_matrix/client/v1/register/m.login.registration_token/validity"): "registration",
 }
 
 # A sweep of full buckets runs at least this often (Trio-clock seconds) and

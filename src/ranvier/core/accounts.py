@@ -246,6 +246,7 @@ class Accounts:
         login: bool = True,
         device_id: str | None = None,
         device_display_name: str | None = None,
+        create: Callable[[NewAccount, NewDevice | None], Awaitable[None]] | None = None,
     ) -> Registration:
         """Create an account; log a device in too unless ``login`` is False.
 
@@ -253,7 +254,12 @@ class Accounts:
         account that cannot log in with a password. Raises
         ``M_INVALID_USERNAME``, ``M_USER_IN_USE``, or ``M_WEAK_PASSWORD`` /
         ``M_INVALID_PARAM`` for a password that is empty or too long.
+        ``create`` writes the account in place of the account store, when
+        something else must be written with it in one write (a registration
+        token's use completed:
+        :meth:`ranvier.core.registration_tokens.RegistrationTokens.completing`).
         """
+        write = create if create is not None else self._store.create_account
         if localpart is not None:
             self.user_id_for(localpart)
         if device_id is not None:
@@ -276,7 +282,7 @@ class Accounts:
                     now,
                 )
             try:
-                await self._store.create_account(account, device)
+                await write(account, device)
             except UserInUseError:
                 if localpart is not None:
                     raise

@@ -900,6 +900,29 @@ def _sliding_sync(conn: sqlite3.Connection) -> None:
     )
 
 
+def _registration_tokens(conn: sqlite3.Connection) -> None:
+    """Registration tokens and the sessions holding a use of one
+    (:mod:`ranvier.storage.registration_tokens`): sessions found by token,
+    to count a token's pending uses, and by expiry, to delete the expired.
+    """
+    conn.execute(
+        "CREATE TABLE registration_tokens (token TEXT PRIMARY KEY NOT NULL,"
+        " uses_allowed INTEGER, completed INTEGER NOT NULL, expiry_time INTEGER) STRICT"
+    )
+    conn.execute(
+        "CREATE TABLE registration_token_sessions (session_id TEXT PRIMARY KEY NOT NULL,"
+        " token TEXT NOT NULL REFERENCES registration_tokens (token),"
+        " expires_ts INTEGER NOT NULL, user_id TEXT) STRICT"
+    )
+    conn.execute(
+        "CREATE INDEX registration_token_sessions_token ON registration_token_sessions (token)"
+    )
+    conn.execute(
+        "CREATE INDEX registration_token_sessions_expiry"
+        " ON registration_token_sessions (expires_ts)"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -927,6 +950,7 @@ MIGRATIONS: Sequence[Migration] = (
     _blocked_rooms,
     _media_upkeep,
     _sliding_sync,
+    _registration_tokens,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

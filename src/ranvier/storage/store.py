@@ -49,6 +49,7 @@ from .records import (
     StoredEvent,
 )
 from .redactions import RedactionStorage
+from .registration_tokens import RegistrationTokenStorage
 from .relations import RelationStorage
 from .reports import ReportStorage
 from .room_keys import RoomKeyStorage
@@ -149,6 +150,7 @@ class Storage:
         self.url_previews = UrlPreviewStorage(self.writer, self.readers)
         self.timestamps = TimestampReads(self.readers)
         self.sliding_sync = SlidingSyncStorage(self.writer, self.readers)
+        self.registration_tokens = RegistrationTokenStorage(self.writer, self.readers)
 
     @property
     def actor(self) -> StorageActor:
