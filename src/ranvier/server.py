@@ -95,6 +95,7 @@ from ranvier.api.account_management import add_account_management_routes
 from ranvier.api.admin import add_admin_routes
 from ranvier.api.admin_common import add_server_version_route
 from ranvier.api.admin_media import add_admin_media_routes
+from ranvier.api.admin_registration_tokens import add_admin_registration_token_routes
 from ranvier.api.admin_reports import add_admin_report_routes
 from ranvier.api.admin_rooms import add_admin_room_routes
 from ranvier.api.admin_users import add_admin_user_routes
@@ -1390,6 +1391,7 @@ class HomeServer:
             deleter=_built(self._media_deleter, "media_deleter"),
         )
         add_admin_media_routes(router, auth=self.auth, media=media)
+        add_admin_registration_token_routes(router, auth=self.auth, tokens=self.registration_tokens)
 
     async def _run_push_sender(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
