@@ -534,6 +534,113 @@ def _create_account(config: Config, localpart: str, password: str, *, admin: boo
         raise _CommandError(_describe_os_error(exc)) from None
 
 
+# --- registration-token -------------------------------------------------------------
+
+
+def _registration_token_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the TOML configuration file whose database holds the tokens (default: the"
+        " built-in defaults: ./ranvier-data/homeserver.db)",
+    )
+    actions = parser.add_subparsers(title="actions", metavar="ACTION", dest="action")
+    actions.required = True
+    new = actions.add_parser("new", help="make a token and print it")
+    chosen = new.add_mutually_exclusive_group()
+    chosen.add_argument("--token", help="the token itself: 1 to 64 of A-Z a-z 0-9 . _ ~ -")
+    chosen.add_argument("--length", type=int, help="the length of a random token (default: 16)")
+    new.add_argument(
+        "--uses-allowed", type=int, metavar="N", help="registrations it allows (default: no limit)"
+    )
+    new.add_argument(
+        "--expiry-time",
+        type=int,
+        metavar="MS",
+        help="when it stops being valid, in milliseconds since the epoch (default: never)",
+    )
+    listing = actions.add_parser(
+        "list", help="print each token: uses allowed, pending, completed, expiry time"
+    )
+    validity = listing.add_mutually_exclusive_group()
+    validity.add_argument("--valid", action="store_true", help="only the tokens valid now")
+    validity.add_argument(
+        "--invalid", action="store_true", help="only the tokens expired or used up"
+    )
+    delete = actions.add_parser("delete", help="delete a token")
+    delete.add_argument("token", help="the token to delete")
+
+
+def _registration_token(args: argparse.Namespace) -> int:
+    config = _serve_config(args.config)
+    for line in _run_with_registration_tokens(config, args):
+        print(line)
+    return 0
+
+
+def _run_with_registration_tokens(config: Config, args: argparse.Namespace) -> list[str]:
+    """Do the action ``args`` names on the configured database's tokens,
+    through a storage actor of its own as ``register-user`` does; the lines
+    to print.
+    """
+    from ranvier.core.registration_tokens import RegistrationTokens
+    from ranvier.errors import MatrixError
+    from ranvier.storage import Storage
+
+    database = config.paths.database
+
+    async def act(tokens: RegistrationTokens) -> list[str]:
+        if args.action == "new":
+            record = await tokens.create(
+                args.token,
+                length=args.length,
+                uses_allowed=args.uses_allowed,
+                expiry_time=args.expiry_time,
+            )
+            return [record.token]
+        if args.action == "delete":
+            await tokens.delete(args.token)
+            return [f"deleted {args.token}"]
+        valid = True if args.valid else False if args.invalid else None
+        return [
+            f"{record.token}\tuses_allowed={_or_none(record.uses_allowed)}"
+            f"\tpending={record.pending}\tcompleted={record.completed}"
+            f"\texpiry_time={_or_none(record.expiry_time)}"
+            for record in await tokens.list(valid)
+        ]
+
+    async def run() -> list[str]:
+        storage = Storage(database, synchronous=config.database.synchronous)
+        failure: Exception | None = None
+        lines: list[str] = []
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(storage.run)
+                lines = await act(RegistrationTokens(storage.registration_tokens))
+            except Exception as exc:
+                failure = exc
+            finally:
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return lines
+
+    try:
+        database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return trio.run(run)
+    except MatrixError as exc:
+        raise _CommandError(exc.message) from None
+    except sqlite3.Error as exc:
+        raise _CommandError(f"cannot use the database {database}: {exc}") from None
+    except OSError as exc:
+        raise _CommandError(_describe_os_error(exc)) from None
+
+
+def _or_none(value: int | None) -> str:
+    return "none" if value is None else str(value)
+
+
 _COMMANDS: list[_Command] = [
     _Command(
         "keygen",
@@ -565,6 +672,13 @@ _COMMANDS: list[_Command] = [
         "make an account in the configured database, whether or not the server runs",
         _register_user_arguments,
         _register_user,
+    ),
+    _Command(
+        "registration-token",
+        "make, list or delete the tokens that registration asks for, whether or not the"
+        " server runs",
+        _registration_token_arguments,
+        _registration_token,
     ),
 ]
 
