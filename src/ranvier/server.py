@@ -103,6 +103,7 @@ from ranvier.api.app import ClientApp
 from ranvier.api.appservices import add_appservice_routes
 from ranvier.api.auth import Auth
 from ranvier.api.capabilities import add_capability_routes
+from ranvier.api.dehydrated_devices import add_dehydrated_device_routes
 from ranvier.api.devices import add_device_routes
 from ranvier.api.directory import add_directory_routes
 from ranvier.api.event_context import add_event_context_route
@@ -152,6 +153,7 @@ from ranvier.core.backfill import Backfiller
 from ranvier.core.client_txns import ClientTransactions
 from ranvier.core.creation import EventCreator, Preset
 from ranvier.core.deactivation import Deactivation
+from ranvier.core.dehydrated_devices import DehydratedDevices
 from ranvier.core.devices import Devices
 from ranvier.core.directory import RoomDirectory
 from ranvier.core.e2e_keys import E2eKeys, ForgettingDeletedDevices
@@ -1348,6 +1350,11 @@ class HomeServer:
         add_typing_routes(router, auth=auth, typing=self.typing_notices)
         add_presence_routes(router, auth=auth, presence=self.presence)
         add_key_routes(router, auth=auth, keys=self.e2e_keys)
+        add_dehydrated_device_routes(
+            router,
+            auth=auth,
+            dehydrated=DehydratedDevices(store=self.storage.dehydrated_devices, keys=self.e2e_keys),
+        )
         add_room_key_routes(router, auth=auth, backups=RoomKeyBackups(self.storage.room_keys))
         add_to_device_routes(router, auth=auth, to_device=self.to_device)
         upgrades = RoomUpgrader(

@@ -67,6 +67,7 @@ TABLES_ADDED = {
     24: {"media_quarantine"},
     25: {"sliding_sync_connections", "sliding_sync_positions", "sliding_sync_rooms"},
     26: {"registration_tokens", "registration_token_sessions"},
+    27: {"dehydrated_devices"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -205,6 +206,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
     elif version == 26:
         run("INSERT INTO registration_tokens VALUES ('abc', 2, 1, NULL)")
         run("INSERT INTO registration_token_sessions VALUES ('s', 'abc', 9, NULL)")
+    elif version == 27:
+        run("INSERT INTO dehydrated_devices VALUES ('@a:x', 'DEV', x'7b7d', 'u1', NULL, NULL, 4)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -27,8 +27,9 @@ SPEC_VERSIONS: Final = (
     "v1.11",
 )
 
-#: The unstable features served: simplified sliding sync (MSC4186).
-UNSTABLE_FEATURES: Final = {"org.matrix.simplified_msc3575": True}
+#: The unstable features served: simplified sliding sync (MSC4186) and
+#: dehydrated devices (MSC3814).
+UNSTABLE_FEATURES: Final = {"org.matrix.simplified_msc3575": True, "org.matrix.msc3814": True}
 
 
 def add_versions_route(router: Router) -> None:

@@ -51,6 +51,7 @@ from ranvier.storage.e2e_keys import E2eSyncRead
 
 __all__ = [
     "TO_DEVICE_PAGE",
+    "CheckedKeys",
     "E2eKeyStore",
     "E2eKeys",
     "E2eSync",
@@ -133,6 +134,17 @@ class E2eKeyStore(Protocol):
     ) -> list[tuple[str, str, str | None]]: ...
 
     async def joined_members(self, room_ids: Collection[str]) -> set[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedKeys:
+    """A device's keys from an upload body, checked, encoded as stored."""
+
+    #: The canonical JSON of ``device_keys``, None when not given.
+    device_keys: bytes | None
+    #: ``(algorithm, key ID, canonical JSON)`` of each key.
+    one_time_keys: list[tuple[str, str, bytes]]
+    fallback_keys: list[tuple[str, str, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +364,23 @@ class E2eKeys:
 
     async def upload(self, user_id: str, device_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /keys/upload``."""
+        checked = self.checked_keys(user_id, device_id, body)
+        counts, position = await self._store.upload_keys(
+            user_id=user_id,
+            device_id=device_id,
+            device_keys=checked.device_keys,
+            one_time_keys=checked.one_time_keys,
+            fallback_keys=checked.fallback_keys,
+        )
+        if position is not None:
+            await self._changed(user_id, position, devices=[device_id])
+        return {"one_time_key_counts": _with_signed_curve25519(counts)}
+
+    def checked_keys(self, user_id: str, device_id: str, body: Mapping[str, Any]) -> CheckedKeys:
+        """The keys of an upload body of ``user_id``'s ``device_id``, checked
+        as ``/keys/upload`` checks them and encoded as stored: a dehydrated
+        device's upload carries the same fields.
+        """
         device_keys = body.get("device_keys")
         encoded = None
         if device_keys is not None:
@@ -359,18 +388,21 @@ class E2eKeys:
                 raise BadJsonError("'device_keys' must be an object")
             self._check_device_keys(user_id, device_id, device_keys)
             encoded = encode_canonical_json(device_keys)
-        one_time = _keys_by_id(_object(body, "one_time_keys"), "one-time key")
-        fallback = _keys_by_id(_object(body, "fallback_keys"), "fallback key")
-        counts, position = await self._store.upload_keys(
-            user_id=user_id,
-            device_id=device_id,
-            device_keys=encoded,
-            one_time_keys=one_time,
-            fallback_keys=fallback,
+        return CheckedKeys(
+            encoded,
+            _keys_by_id(_object(body, "one_time_keys"), "one-time key"),
+            _keys_by_id(_object(body, "fallback_keys"), "fallback key"),
         )
-        if position is not None:
-            await self._changed(user_id, position, devices=[device_id])
-        return {"one_time_key_counts": _with_signed_curve25519(counts)}
+
+    async def devices_changed(
+        self, user_id: str, position: int, devices: Collection[str], *, deleted: bool = False
+    ) -> None:
+        """After a write of another module moved the device-list stream to
+        ``position`` for ``devices`` (created, their keys changed, or
+        ``deleted``): tell long-polls and the servers sharing a room, as an
+        upload here does.
+        """
+        await self._changed(user_id, position, devices=devices, deleted=deleted)
 
     def _check_device_keys(self, user_id: str, device_id: str, keys: Mapping[str, Any]) -> None:
         if keys.get("user_id") != user_id or keys.get("device_id") != device_id:

@@ -48,7 +48,7 @@ from ranvier.errors import MatrixError
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
 
-__all__ = ["E2eKeyStorage", "E2eSyncRead"]
+__all__ = ["E2eKeyStorage", "E2eSyncRead", "forget_device_keys", "store_device_keys"]
 
 #: Users or rooms bound per statement.
 _BATCH: Final = 500
@@ -380,6 +380,35 @@ _DEVICE_TABLES: Final = (
     "e2e_fallback_keys",
     "to_device_inbox",
 )
+
+
+def forget_device_keys(conn: sqlite3.Connection, *, user_id: str, device_ids: list[str]) -> int:
+    """Forget devices' keys and messages inside another module's write (one
+    that deletes devices itself); the device-list position.
+    """
+    return _forget_devices(conn, user_id=user_id, device_ids=device_ids)
+
+
+def store_device_keys(
+    conn: sqlite3.Connection,
+    *,
+    user_id: str,
+    device_id: str,
+    device_keys: bytes | None,
+    one_time_keys: list[tuple[str, str, bytes]],
+    fallback_keys: list[tuple[str, str, bytes]],
+) -> tuple[dict[str, int], int | None]:
+    """Store a device's keys inside another module's write, as
+    :meth:`E2eKeyStorage.upload_keys` does in its own.
+    """
+    return _upload_keys(
+        conn,
+        user_id=user_id,
+        device_id=device_id,
+        device_keys=device_keys,
+        one_time_keys=one_time_keys,
+        fallback_keys=fallback_keys,
+    )
 
 
 @registered_write

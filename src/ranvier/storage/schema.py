@@ -923,6 +923,20 @@ def _registration_tokens(conn: sqlite3.Connection) -> None:
     )
 
 
+def _dehydrated_devices(conn: sqlite3.Connection) -> None:
+    """Each user's dehydrated device (MSC3814,
+    :mod:`ranvier.storage.dehydrated_devices`): the device is a row of
+    ``devices`` without a token, its keys and messages those of any device;
+    this table marks it and keeps the client's ``device_data``, with the
+    upload that stored it and what that upload answered.
+    """
+    conn.execute(
+        "CREATE TABLE dehydrated_devices (user_id TEXT NOT NULL PRIMARY KEY,"
+        " device_id TEXT NOT NULL, device_data BLOB NOT NULL, upload_id TEXT NOT NULL,"
+        " replaced TEXT, replaced_position INTEGER, position INTEGER NOT NULL) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -951,6 +965,7 @@ MIGRATIONS: Sequence[Migration] = (
     _media_upkeep,
     _sliding_sync,
     _registration_tokens,
+    _dehydrated_devices,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -28,6 +28,7 @@ from .backfill import BackfillStorage
 from .client_data import ClientDataStorage
 from .client_transactions import ClientTransactionStorage, TransactionRow
 from .connections import SynchronousMode
+from .dehydrated_devices import DehydratedDeviceStorage
 from .e2e_keys import E2eKeyStorage
 from .hierarchy_reads import HierarchyReads
 from .media import MediaStorage
@@ -138,6 +139,7 @@ class Storage:
         self.receipts = ReceiptStorage(self.writer, self.readers)
         self.backfill = BackfillStorage(self.writer, self.readers)
         self.e2e_keys = E2eKeyStorage(self.writer, self.readers)
+        self.dehydrated_devices = DehydratedDeviceStorage(self.writer, self.readers)
         self.room_keys = RoomKeyStorage(self.writer, self.readers)
         self.media = MediaStorage(self.writer, self.readers)
         self.media_admin = MediaAdminStorage(self.writer, self.readers)
