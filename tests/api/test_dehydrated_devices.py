@@ -194,7 +194,13 @@ async def test_only_the_owner_reads_their_current_device(env: Env) -> None:
 
 
 @pytest.mark.parametrize(
-    ("token", "errcode"), [(7, "M_BAD_JSON"), ("x1", "M_INVALID_PARAM"), ("-1", "M_INVALID_PARAM")]
+    ("token", "errcode"),
+    [
+        (7, "M_BAD_JSON"),
+        ("x1", "M_INVALID_PARAM"),
+        ("-1", "M_INVALID_PARAM"),
+        ("9" * 19, "M_INVALID_PARAM"),
+    ],
 )
 async def test_a_next_batch_not_given_is_refused(env: Env, token: Any, errcode: str) -> None:
     await env.dehydrate(env.alice, "DEHYDRATED1")

@@ -127,7 +127,8 @@ def _after(body: Mapping[str, Any]) -> int:
         return 0
     if not isinstance(token, str):
         raise BadJsonError("'next_batch' must be a string")
-    if not token.isascii() or not token.isdigit() or len(token) > 19:
+    # At most 18 digits: a stream position fits SQLite's 64-bit integers.
+    if not token.isascii() or not token.isdigit() or len(token) > 18:
         raise MatrixError(
             f"{token[:80]!r} is not a next_batch this server gave",
             errcode="M_INVALID_PARAM",
