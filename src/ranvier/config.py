@@ -159,8 +159,8 @@ class RateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
 class RateLimitConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Rate limits on the client-server API (see :mod:`ranvier.api.ratelimit`).
 
-    Events (messages and state), room creation, invites and joins are
-    counted per user, admins exempt; logins and registrations per client
+    Events (messages and state), room creation, invites, joins and reports
+    are counted per user, admins exempt; logins and registrations per client
     address. docs/decisions.md says why the defaults are what they are.
     """
 
@@ -173,6 +173,7 @@ class RateLimitConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     room_creation: RateConfig = RateConfig(per_second=0.05, burst=10)
     invite: RateConfig = RateConfig(per_second=0.3, burst=10)
     join: RateConfig = RateConfig(per_second=0.1, burst=10)
+    report: RateConfig = RateConfig(per_second=0.1, burst=10)
     login: RateConfig = RateConfig(per_second=0.003, burst=5)
     registration: RateConfig = RateConfig(per_second=0.17, burst=3)
 

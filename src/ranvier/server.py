@@ -1344,7 +1344,13 @@ class HomeServer:
         add_report_routes(
             router,
             auth=auth,
-            reports=Reports(store=self.storage.reports, events=reader, rooms=self.storage),
+            reports=Reports(
+                store=self.storage.reports,
+                events=reader,
+                rooms=self.storage,
+                users=self.accounts,
+                server_name=self.config.server_name,
+            ),
         )
         add_openid_routes(router, auth=auth, issuer=self.accounts)
         add_typing_routes(router, auth=auth, typing=self.typing_notices)

@@ -65,12 +65,12 @@ __all__ = [
 ]
 
 #: What is limited. Sending events (messages and state alike), creating
-#: rooms, inviting and joining are counted per user; logging in and
-#: registering per client address.
-Category = Literal["message", "room_creation", "invite", "join", "login", "registration"]
+#: rooms, inviting, joining and reporting are counted per user; logging in
+#: and registering per client address.
+Category = Literal["message", "room_creation", "invite", "join", "report", "login", "registration"]
 
 USER_CATEGORIES: Final[frozenset[Category]] = frozenset(
-    ("message", "room_creation", "invite", "join")
+    ("message", "room_creation", "invite", "join", "report")
 )
 IP_CATEGORIES: Final[frozenset[Category]] = frozenset(("login", "registration"))
 
@@ -90,6 +90,9 @@ DEFAULT_ROUTE_CATEGORIES: Final[Mapping[tuple[str, str], Category]] = {
     ("POST", f"{_CLIENT_V3}/rooms/{{room_id}}/invite"): "invite",
     ("POST", f"{_CLIENT_V3}/rooms/{{room_id}}/join"): "join",
     ("POST", f"{_CLIENT_V3}/join/{{room_id_or_alias}}"): "join",
+    ("POST", f"{_CLIENT_V3}/rooms/{{room_id}}/report/{{event_id}}"): "report",
+    ("POST", f"{_CLIENT_V3}/rooms/{{room_id}}/report"): "report",
+    ("POST", f"{_CLIENT_V3}/users/{{user_id}}/report"): "report",
     ("POST", f"{_CLIENT_V3}/login"): "login",
     ("POST", f"{_CLIENT_V3}/register"): "registration",
     # Guessing tokens is guessing a way to register.
@@ -189,6 +192,7 @@ class RateLimiter:
             "room_creation": config.room_creation,
             "invite": config.invite,
             "join": config.join,
+            "report": config.report,
             "login": config.login,
             "registration": config.registration,
         }

@@ -1,4 +1,4 @@
-"""Reports of rooms and events, kept for the server's admins.
+"""Reports of rooms, events and users, kept for the server's admins.
 
 Invariants
 ----------
@@ -7,7 +7,8 @@ Invariants
   that made it, so the write run again (a worker's, repeated after the main
   process restarted) finds its own row instead of adding a second.
 * **Reports are numbered in the order they arrive**, so an admin pages
-  through them by number.
+  through them by number: reports of users apart from those of rooms and
+  events, in a table of their own.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
 
-__all__ = ["NewReport", "ReportRecord", "ReportStorage"]
+__all__ = ["NewReport", "NewUserReport", "ReportRecord", "ReportStorage", "UserReportRecord"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,28 @@ class ReportRecord:
     received_ts: int
 
 
+@dataclass(frozen=True, slots=True)
+class NewUserReport:
+    """A report of ``target_user_id`` by ``user_id`` to keep."""
+
+    request_id: str
+    target_user_id: str
+    user_id: str
+    reason: str | None
+    received_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserReportRecord:
+    """A kept report of a user and its number."""
+
+    report_id: int
+    target_user_id: str
+    user_id: str
+    reason: str | None
+    received_ts: int
+
+
 class ReportStorage:
     """Reports over the storage actor (writes) and the reader pool (reads)."""
 
@@ -64,6 +87,27 @@ class ReportStorage:
         and how many reports there are in all.
         """
         return await self._readers.read(functools.partial(_list_reports, after=after, limit=limit))
+
+    async def add_user_report(self, report: NewUserReport) -> int:
+        """Keep ``report``; return its number."""
+        return await self._actor.submit(functools.partial(_add_user_report, report=report))
+
+    async def list_user_reports(
+        self, *, after: int, limit: int, target_user_id: str | None = None
+    ) -> tuple[list[UserReportRecord], int]:
+        """Up to ``limit`` reports of users numbered above ``after``, oldest
+        first (only those of ``target_user_id`` if given), and how many such
+        reports there are in all.
+        """
+        return await self._readers.read(
+            functools.partial(
+                _list_user_reports, after=after, limit=limit, target_user_id=target_user_id
+            )
+        )
+
+    async def user_report(self, report_id: int) -> UserReportRecord | None:
+        """Report of a user ``report_id``, or None."""
+        return await self._readers.read(functools.partial(_user_report, report_id=report_id))
 
 
 @registered_write
@@ -98,3 +142,50 @@ def _list_reports(
     ).fetchall()
     (total,) = conn.execute("SELECT COUNT(*) FROM event_reports").fetchone()
     return [ReportRecord(*row) for row in rows], int(total)
+
+
+@registered_write
+def _add_user_report(conn: sqlite3.Connection, *, report: NewUserReport) -> int:
+    conn.execute(
+        "INSERT INTO user_reports (request_id, target_user_id, user_id, reason, received_ts)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+        (
+            report.request_id,
+            report.target_user_id,
+            report.user_id,
+            report.reason,
+            report.received_ts,
+        ),
+    )
+    (report_id,) = conn.execute(
+        "SELECT report_id FROM user_reports WHERE request_id = ?", (report.request_id,)
+    ).fetchone()
+    return int(report_id)
+
+
+_USER_REPORT_COLUMNS = "report_id, target_user_id, user_id, reason, received_ts"
+
+
+def _list_user_reports(
+    conn: sqlite3.Connection, *, after: int, limit: int, target_user_id: str | None
+) -> tuple[list[UserReportRecord], int]:
+    where = ""
+    arguments: tuple[str, ...] = ()
+    if target_user_id is not None:
+        where, arguments = " AND target_user_id = ?", (target_user_id,)
+    rows = conn.execute(
+        f"SELECT {_USER_REPORT_COLUMNS} FROM user_reports WHERE report_id > ?{where}"
+        " ORDER BY report_id LIMIT ?",
+        (after, *arguments, limit),
+    ).fetchall()
+    (total,) = conn.execute(
+        f"SELECT COUNT(*) FROM user_reports WHERE 1{where}", arguments
+    ).fetchone()
+    return [UserReportRecord(*row) for row in rows], int(total)
+
+
+def _user_report(conn: sqlite3.Connection, *, report_id: int) -> UserReportRecord | None:
+    row = conn.execute(
+        f"SELECT {_USER_REPORT_COLUMNS} FROM user_reports WHERE report_id = ?", (report_id,)
+    ).fetchone()
+    return None if row is None else UserReportRecord(*row)

@@ -937,6 +937,21 @@ def _dehydrated_devices(conn: sqlite3.Connection) -> None:
     )
 
 
+def _user_reports(conn: sqlite3.Connection) -> None:
+    """Reports of users for the server's admins (:mod:`ranvier.storage.reports`),
+    numbered apart from those of rooms and events, as the admin API lists
+    them apart; ``request_id`` as for those. Indexed by the reported user,
+    whose reports an admin reads together.
+    """
+    conn.execute(
+        "CREATE TABLE user_reports ("
+        " report_id INTEGER PRIMARY KEY NOT NULL, request_id TEXT NOT NULL UNIQUE,"
+        " target_user_id TEXT NOT NULL, user_id TEXT NOT NULL, reason TEXT,"
+        " received_ts INTEGER NOT NULL) STRICT"
+    )
+    conn.execute("CREATE INDEX user_reports_target ON user_reports (target_user_id)")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -966,6 +981,7 @@ MIGRATIONS: Sequence[Migration] = (
     _sliding_sync,
     _registration_tokens,
     _dehydrated_devices,
+    _user_reports,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
