@@ -51,6 +51,9 @@ SESSION_LIFETIME_MS: Final = 3_600_000
 _TOKEN_ALPHABET: Final = string.ascii_letters + string.digits + "._~-"
 _TOKEN_CHARACTERS: Final = frozenset(_TOKEN_ALPHABET)
 _DEFAULT_LENGTH: Final = 16
+# Random tokens drawn before giving up: only short lengths with most of
+# their tokens taken ever need more than one.
+_DRAWS: Final = 100
 
 
 class RegistrationTokenStore(Protocol):
@@ -258,13 +261,14 @@ class RegistrationTokens:
         size = _DEFAULT_LENGTH if length is None else length
         if not 0 < size <= MAX_TOKEN_LENGTH:
             raise _invalid_param(f"length must be from 1 to {MAX_TOKEN_LENGTH}")
-        while True:
+        for _ in range(_DRAWS):
             drawn = "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(size))
             if await self._store.create_token(
                 drawn, uses_allowed=uses_allowed, expiry_time=expiry_time
             ):
                 return await self.get(drawn)
             # Taken (likely only for short lengths): draw again.
+        raise _invalid_param(f"no free token of length {size} was found: ask for a longer one")
 
     async def update(
         self,
