@@ -226,6 +226,12 @@ async def test_the_unstable_paths_answer_the_same(tmp_path: Path) -> None:
             assert (status, answer["errcode"]) == (404, "M_NOT_FOUND")
 
 
+async def test_versions_names_the_unstable_feature(tmp_path: Path) -> None:
+    async with open_rooms(tmp_path) as rooms:
+        versions = await rooms.client.http.get("/_matrix/client/versions")
+        assert versions.json()["unstable_features"]["im.nheko.summary"] is True
+
+
 async def test_refusals(tmp_path: Path) -> None:
     async with open_rooms(tmp_path) as rooms:
         status, answer = await rooms.get(None, rooms.public, token="not-a-token")

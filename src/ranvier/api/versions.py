@@ -27,9 +27,14 @@ SPEC_VERSIONS: Final = (
     "v1.11",
 )
 
-#: The unstable features served: simplified sliding sync (MSC4186) and
-#: dehydrated devices (MSC3814).
-UNSTABLE_FEATURES: Final = {"org.matrix.simplified_msc3575": True, "org.matrix.msc3814": True}
+#: The unstable features served: simplified sliding sync (MSC4186),
+#: dehydrated devices (MSC3814) and room summaries (MSC3266, which clients
+#: look for here while the spec versions above stop before v1.15).
+UNSTABLE_FEATURES: Final = {
+    "org.matrix.simplified_msc3575": True,
+    "org.matrix.msc3814": True,
+    "im.nheko.summary": True,
+}
 
 
 def add_versions_route(router: Router) -> None:
