@@ -267,3 +267,22 @@ async def test_a_body_not_an_object_is_refused(env: Env) -> None:
 def test_every_bad_body_is_tried() -> None:
     user = TestUser("@a:x", "t", "D")
     assert len(_bad_bodies(user)) == 13
+
+
+async def test_a_dehydrated_device_deleted_as_a_device_is_gone(env: Env) -> None:
+    dave = await env.hs.register_user("dave", "daves password")
+    await env.dehydrate(dave, "DEHYDRATED1", "a")
+    auth = {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": dave.user_id},
+        "password": "daves password",
+    }
+    body = {"devices": ["DEHYDRATED1"], "auth": auth}
+    await env.client.ok(dave, "POST", "/delete_devices", body)
+    await refused(env.client, dave, "GET", status=404, errcode="M_NOT_FOUND")
+    await refused(env.client, dave, "DELETE", status=404, errcode="M_NOT_FOUND")
+    assert await env.query(env.bob, dave) == {}
+    # A new one may take its place, under the same ID too.
+    keys = await env.dehydrate(dave, "DEHYDRATED1", "b")
+    found = await env.query(env.bob, dave)
+    assert {k: v for k, v in found["DEHYDRATED1"].items() if k != "unsigned"} == keys.body
