@@ -69,6 +69,7 @@ TABLES_ADDED = {
     26: {"registration_tokens", "registration_token_sessions"},
     27: {"dehydrated_devices"},
     28: {"user_reports"},
+    29: {"server_notice_rooms"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -211,6 +212,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO dehydrated_devices VALUES ('@a:x', 'DEV', x'7b7d', 'u1', NULL, NULL, 4)")
     elif version == 28:
         run("INSERT INTO user_reports VALUES (1, 'r1', '@b:x', '@a:x', 'spam', 5)")
+    elif version == 29:
+        run("INSERT INTO server_notice_rooms VALUES ('@a:x', '!n:x', 6)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

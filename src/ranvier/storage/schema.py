@@ -952,6 +952,16 @@ def _user_reports(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX user_reports_target ON user_reports (target_user_id)")
 
 
+def _server_notice_rooms(conn: sqlite3.Connection) -> None:
+    """Each local user's server notices room (:mod:`ranvier.storage.server_notices`),
+    found by the user when a notice is sent or the user would decline it.
+    """
+    conn.execute(
+        "CREATE TABLE server_notice_rooms (user_id TEXT PRIMARY KEY NOT NULL,"
+        " room_id TEXT NOT NULL, created_ts INTEGER NOT NULL) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -982,6 +992,7 @@ MIGRATIONS: Sequence[Migration] = (
     _registration_tokens,
     _dehydrated_devices,
     _user_reports,
+    _server_notice_rooms,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

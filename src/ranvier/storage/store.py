@@ -58,6 +58,7 @@ from .room_members import RoomMemberStorage
 from .room_upgrades import RoomUpgradeStorage
 from .run_reads import RunReads
 from .search import SearchStorage
+from .server_notices import ServerNoticeStorage
 from .sliding_sync import SlidingSyncStorage
 from .sync_reads import SyncReads
 from .timestamps import TimestampReads
@@ -148,6 +149,7 @@ class Storage:
         self.pushers = PusherStorage(self.writer, self.readers)
         self.appservices = AppServiceStorage(self.writer, self.readers)
         self.reports = ReportStorage(self.writer, self.readers)
+        self.server_notices = ServerNoticeStorage(self.writer, self.readers)
         self.room_upgrades = RoomUpgradeStorage(self.writer)
         self.url_previews = UrlPreviewStorage(self.writer, self.readers)
         self.timestamps = TimestampReads(self.readers)
