@@ -25,6 +25,7 @@ __version__ = "0.1.0.dev0"
 
 if TYPE_CHECKING:
     from ranvier.config import Config, ConfigError, load_config
+    from ranvier.core.event_stream import StreamedEvent
     from ranvier.malloc import limit_malloc_arenas
     from ranvier.server import HomeServer, open_homeserver
 
@@ -38,6 +39,7 @@ __all__ = [
     "LimitExceededError",
     "MatrixError",
     "PartialStateConflictError",
+    "StreamedEvent",
     "UnsupportedRoomVersionError",
     "__version__",
     "limit_malloc_arenas",
@@ -52,6 +54,7 @@ _LAZY = {
     "limit_malloc_arenas": "ranvier.malloc",
     "HomeServer": "ranvier.server",
     "open_homeserver": "ranvier.server",
+    "StreamedEvent": "ranvier.core.event_stream",
 }
 
 

@@ -80,7 +80,7 @@ import ipaddress
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
@@ -158,6 +158,8 @@ from ranvier.core.devices import Devices
 from ranvier.core.directory import RoomDirectory
 from ranvier.core.e2e_keys import E2eKeys, ForgettingDeletedDevices
 from ranvier.core.event_context import EventContexts
+from ranvier.core.event_stream import DEFAULT_BUFFER as DEFAULT_EVENT_BUFFER
+from ranvier.core.event_stream import EventStream, StreamedEvent
 from ranvier.core.filters import UserFilters
 from ranvier.core.hierarchy import RoomHierarchy
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
@@ -629,6 +631,23 @@ class HomeServer:
             user, room_id, ts, direction
         )
         return found["event_id"], found["origin_server_ts"]
+
+    def event_stream(
+        self, *, since: int | None = None, buffer: int = DEFAULT_EVENT_BUFFER
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[StreamedEvent]]:
+        """The events added to rooms' timelines here from now on (or after
+        stream ordering ``since``), whoever wrote them, as a channel::
+
+            async with hs.event_stream() as events:
+                async for streamed in events:
+                    handle(streamed.event)
+
+        At most ``buffer`` events wait for the reader; the feeder reads on
+        when there is room, so a slow reader misses nothing.
+        """
+        return EventStream(self.storage.event_stream, self.stream_notifier).open(
+            since=since, buffer=buffer
+        )
 
     async def leave_room(self, user: str, room_id: str, *, reason: str | None = None) -> str:
         """Make ``user`` leave a room, or decline an invite to it (through the

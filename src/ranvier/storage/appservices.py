@@ -31,8 +31,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
 
+from .event_stream import newest_stream_ordering, timeline_events_after
 from .readers import ReaderPool
-from .records import STORED_EVENT_COLUMNS, StoredEvent, stored_event_from_row
+from .records import StoredEvent
 from .write_backend import WriteBackend, registered_write
 
 __all__ = ["AppServicePosition", "AppServiceStorage", "PendingTransaction", "RoomInterest"]
@@ -110,10 +111,12 @@ class AppServiceStorage:
 
     async def events_after(self, after: int, *, limit: int) -> list[StoredEvent]:
         """Accepted timeline events after ``after``, oldest first."""
-        return await self._readers.read(functools.partial(_events_after, after=after, limit=limit))
+        return await self._readers.read(
+            functools.partial(timeline_events_after, after=after, limit=limit)
+        )
 
     async def newest_stream_ordering(self) -> int:
-        return await self._readers.read(_newest_stream_ordering)
+        return await self._readers.read(newest_stream_ordering)
 
     async def room_interest(
         self, room_ids: Collection[str], server_name: str
@@ -181,21 +184,6 @@ def _pending(conn: sqlite3.Connection, *, service_id: str) -> PendingTransaction
         (service_id,),
     ).fetchone()
     return None if row is None else PendingTransaction(int(row[0]), bytes(row[1]))
-
-
-def _events_after(conn: sqlite3.Connection, *, after: int, limit: int) -> list[StoredEvent]:
-    columns = ", ".join(STORED_EVENT_COLUMNS)
-    rows = conn.execute(
-        f"SELECT {columns} FROM events WHERE stream_ordering > ? AND outlier = 0"
-        " AND soft_failed = 0 AND rejected_reason IS NULL ORDER BY stream_ordering LIMIT ?",
-        (after, limit),
-    ).fetchall()
-    return [stored_event_from_row(row) for row in rows]
-
-
-def _newest_stream_ordering(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT MAX(stream_ordering) FROM events").fetchone()
-    return 0 if row is None or row[0] is None else int(row[0])
 
 
 def _room_interest(

@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import msgspec
 
+from .event_stream import newest_stream_ordering
 from .ignored_users import read_ignoring
 from .notification_reads import count_joined, current_state_json
 from .readers import ReaderPool
@@ -149,7 +150,7 @@ class PusherStorage:
         return await self._readers.read(functools.partial(_events_after, after=after, limit=limit))
 
     async def newest_stream_ordering(self) -> int:
-        return await self._readers.read(_newest_stream_ordering)
+        return await self._readers.read(newest_stream_ordering)
 
     async def room_push_state(
         self, room_id: str, user_ids: Collection[str], *, count_cap: int
@@ -279,11 +280,6 @@ def _events_after(conn: sqlite3.Connection, *, after: int, limit: int) -> list[P
         (after, limit),
     ).fetchall()
     return [PushableEvent(int(a), str(b), str(c), str(d), bytes(e)) for a, b, c, d, e in rows]
-
-
-def _newest_stream_ordering(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT MAX(stream_ordering) FROM events").fetchone()
-    return 0 if row is None or row[0] is None else int(row[0])
 
 
 @dataclass(frozen=True, slots=True)

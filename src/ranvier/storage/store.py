@@ -30,6 +30,7 @@ from .client_transactions import ClientTransactionStorage, TransactionRow
 from .connections import SynchronousMode
 from .dehydrated_devices import DehydratedDeviceStorage
 from .e2e_keys import E2eKeyStorage
+from .event_stream import EventStreamReads
 from .hierarchy_reads import HierarchyReads
 from .media import MediaStorage
 from .media_admin import MediaAdminStorage
@@ -146,6 +147,7 @@ class Storage:
         self.media_admin = MediaAdminStorage(self.writer, self.readers)
         self.run_reads = RunReads(self.readers)
         self.notifications = NotificationReads(self.readers)
+        self.event_stream = EventStreamReads(self.readers)
         self.pushers = PusherStorage(self.writer, self.readers)
         self.appservices = AppServiceStorage(self.writer, self.readers)
         self.reports = ReportStorage(self.writer, self.readers)
