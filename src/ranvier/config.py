@@ -47,6 +47,7 @@ __all__ = [
     "RateLimitConfig",
     "RegistrationConfig",
     "ReplicationConfig",
+    "ServerNoticesConfig",
     "TlsConfig",
     "WorkerConfig",
     "load_config",
@@ -54,6 +55,7 @@ __all__ = [
 
 _MIB: Final = 1024 * 1024
 _DAY_SECONDS: Final = 24 * 60 * 60
+_LOCALPART: Final = re.compile(r"[a-z0-9._=/+-]+")
 
 
 class ConfigError(ValueError):
@@ -322,6 +324,32 @@ class PushConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     request_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
 
+class ServerNoticesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Server notices: messages from the server's operators to a user, sent
+    by a system user into a room of the user's own
+    (:mod:`ranvier.core.server_notices`)."""
+
+    #: The system user's localpart; None (the default) turns notices off.
+    #: The account is made at start, without a password, so nobody logs in
+    #: as it: choose a name no one has taken.
+    system_mxid_localpart: str | None = None
+    system_mxid_display_name: str | None = None
+    #: An ``mxc://`` URL.
+    system_mxid_avatar_url: str | None = None
+    #: The name each user's notices room is given.
+    room_name: str = "Server Notices"
+
+    def __post_init__(self) -> None:
+        localpart = self.system_mxid_localpart
+        if localpart is not None and not _LOCALPART.fullmatch(localpart):
+            raise ConfigError(
+                "system_mxid_localpart", "a localpart holds only a-z, 0-9 and . _ = - / +"
+            )
+        avatar = self.system_mxid_avatar_url
+        if avatar is not None and not avatar.startswith("mxc://"):
+            raise ConfigError("system_mxid_avatar_url", "expected an mxc:// URL")
+
+
 def _default_listeners() -> tuple[ListenerConfig, ...]:
     return (
         ListenerConfig(type="federation", host="127.0.0.1", port=8448),
@@ -360,6 +388,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
     media: MediaConfig = msgspec.field(default_factory=MediaConfig)
     push: PushConfig = msgspec.field(default_factory=PushConfig)
+    server_notices: ServerNoticesConfig = msgspec.field(default_factory=ServerNoticesConfig)
     #: Registration files (YAML) of application services: bridges and bots
     #: that own namespaces of users and aliases (:mod:`ranvier.core.appservices`).
     #: Read at start; a bad file stops it.

@@ -98,6 +98,7 @@ from ranvier.api.admin_media import add_admin_media_routes
 from ranvier.api.admin_registration_tokens import add_admin_registration_token_routes
 from ranvier.api.admin_reports import add_admin_report_routes
 from ranvier.api.admin_rooms import add_admin_room_routes
+from ranvier.api.admin_server_notices import add_admin_server_notice_routes
 from ranvier.api.admin_users import add_admin_user_routes
 from ranvier.api.app import ClientApp
 from ranvier.api.appservices import add_appservice_routes
@@ -191,6 +192,7 @@ from ranvier.core.room_servers import PduSink, RoomEventSender, RoomServers
 from ranvier.core.room_summary import RoomSummaries
 from ranvier.core.rooms import FullStateWaiter, RoomReader
 from ranvier.core.search import Search
+from ranvier.core.server_notices import NoticeGuardedLeaves, ServerNotices
 from ranvier.core.sliding_sync import SlidingSyncHandler
 from ranvier.core.timestamps import EventsByTimestamp
 from ranvier.core.to_device import ToDevice
@@ -343,6 +345,7 @@ class HomeServer:
         self._room_list: RoomList | None = None
         self._room_hierarchy: RoomHierarchy | None = None
         self._room_summaries: RoomSummaries | None = None
+        self._server_notices: ServerNotices | None = None
         self._listeners: list[tuple[ListenerConfig, HttpListener]] = []
         self._bound: tuple[BoundListener, ...] | None = None
         self._notifier: RoomEventSender | None = None
@@ -508,6 +511,11 @@ class HomeServer:
     def media(self) -> MediaRepository:
         """The content repository: uploads, downloads and thumbnails."""
         return _built(self._media, "media")
+
+    @property
+    def server_notices(self) -> ServerNotices | None:
+        """Notices to local users from the system user; None when they are off."""
+        return self._server_notices
 
     @property
     def media_retention(self) -> MediaRetention:
@@ -810,6 +818,7 @@ class HomeServer:
         )
         self._app_services = prepared.app_services
         self._build_handlers(prepared.signing_key)
+        self._server_notices = self._make_server_notices()
         media_files = MediaFiles(config.media_store)
         self._media = MediaRepository(
             server_name=config.server_name,
@@ -904,6 +913,26 @@ class HomeServer:
                 ssl_context=prepared.server_ssl_context if listener.uses_tls else None,
             )
             self._listeners.append((listener, http))
+
+    def _make_server_notices(self) -> ServerNotices | None:
+        """Server notices as configured: None when no system user is named."""
+        settings = self.config.server_notices
+        if settings.system_mxid_localpart is None:
+            return None
+        return ServerNotices(
+            server_name=self.server_name,
+            localpart=settings.system_mxid_localpart,
+            display_name=settings.system_mxid_display_name,
+            avatar_url=settings.system_mxid_avatar_url,
+            room_name=settings.room_name,
+            rooms=self.storage.server_notices,
+            tags=self.storage.client_data,
+            accounts=self.accounts,
+            profiles=self.profiles,
+            sender=self.event_creator,
+            memberships=self.room_reader,
+            notifier=self.stream_notifier,
+        )
 
     def _url_previewer(self, media: MediaRepository) -> UrlPreviewer | None:
         """URL previews as configured: None when they are turned off."""
@@ -1290,7 +1319,11 @@ class HomeServer:
             creator=self.event_creator,
             reader=reader,
             joins=self.room_joins,
-            leaves=self.room_leaves,
+            leaves=(
+                self.room_leaves
+                if self._server_notices is None
+                else NoticeGuardedLeaves(self.room_leaves, self._server_notices)
+            ),
             transactions=ClientTransactions(self.storage.client_transactions),
             directory=directory,
         )
@@ -1358,7 +1391,10 @@ class HomeServer:
         add_room_list_routes(
             router, server_name=self.config.server_name, auth=auth, room_list=self.room_list
         )
-        add_user_directory_routes(router, auth=auth, directory=UserDirectory(client_data))
+        hidden = () if self._server_notices is None else (self._server_notices.system_user_id,)
+        add_user_directory_routes(
+            router, auth=auth, directory=UserDirectory(client_data, hidden=hidden)
+        )
         add_receipt_routes(router, auth=auth, receipts=self.receipts)
         add_report_routes(
             router,
@@ -1424,6 +1460,12 @@ class HomeServer:
         )
         add_admin_media_routes(router, auth=self.auth, media=media)
         add_admin_registration_token_routes(router, auth=self.auth, tokens=self.registration_tokens)
+        add_admin_server_notice_routes(
+            router,
+            auth=self.auth,
+            notices=self._server_notices,
+            transactions=ClientTransactions(self.storage.client_transactions),
+        )
 
     async def _run_push_sender(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -1459,6 +1501,11 @@ class HomeServer:
             _Component("push sender", self._run_push_sender),
             _Component("media retention", self.media_retention.run),
             _Component("application service sender", self._run_appservice_sender),
+            *(
+                [_Component("server notices user", self._server_notices.run)]
+                if self._server_notices is not None
+                else []
+            ),
             # After what it reads and writes through, before the listeners:
             # the rooms left partial are resumed before anything new arrives.
             _Component("un-partial-state task", self.unpartial_stater.run),

@@ -29,13 +29,12 @@ from ranvier.core.creation import EventCreator, Preset
 from ranvier.core.directory import RoomDirectory
 from ranvier.core.pagination import parse_pagination_token
 from ranvier.core.room_joins import RoomJoins
-from ranvier.core.room_leaves import RoomLeaves
 from ranvier.core.rooms import RoomReader
 from ranvier.errors import MatrixError
 from ranvier.protocol.room_versions import DEFAULT_ROOM_VERSION
 from ranvier.web import Request, Router
 
-__all__ = ["CLIENT_V3", "RequestAuth", "add_room_routes"]
+__all__ = ["CLIENT_V3", "Leaves", "RequestAuth", "add_room_routes"]
 
 CLIENT_V3: Final = "/_matrix/client/v3"
 _CANONICAL_ALIAS: Final = "m.room.canonical_alias"
@@ -45,6 +44,13 @@ class RequestAuth(Protocol):
     """Who a request comes from (:class:`ranvier.api.auth.Auth`)."""
 
     async def get_user(self, request: Request) -> Requester: ...
+
+
+class Leaves(Protocol):
+    """Users' own leaves (:class:`ranvier.core.room_leaves.RoomLeaves`, or
+    :class:`ranvier.core.server_notices.NoticeGuardedLeaves` in front of it)."""
+
+    async def leave(self, user_id: str, room_id: str, *, reason: str | None = None) -> str: ...
 
 
 def _bad_json(message: str) -> MatrixError:
@@ -104,7 +110,7 @@ class _Rooms:
         creator: EventCreator,
         reader: RoomReader,
         joins: RoomJoins,
-        leaves: RoomLeaves,
+        leaves: Leaves,
         transactions: ClientTransactions,
         directory: RoomDirectory,
     ) -> None:
@@ -391,7 +397,7 @@ def add_room_routes(
     creator: EventCreator,
     reader: RoomReader,
     joins: RoomJoins,
-    leaves: RoomLeaves,
+    leaves: Leaves,
     transactions: ClientTransactions,
     directory: RoomDirectory,
 ) -> None:

@@ -8,6 +8,7 @@ exact matches first.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -40,13 +41,17 @@ _decode_member = msgspec.json.Decoder(_Member).decode
 class UserDirectory:
     """Searches the users a requester may find."""
 
-    def __init__(self, store: UserDirectoryStore) -> None:
+    def __init__(self, store: UserDirectoryStore, *, hidden: Collection[str] = ()) -> None:
         self._store = store
+        # Users nobody finds: the server notices user, in every notice room.
+        self._hidden = frozenset(hidden)
 
     async def search(self, user_id: str, term: str, limit: int = DEFAULT_RESULTS) -> dict[str, Any]:
         folded = term.casefold().strip()
         results: list[dict[str, Any]] = []
         for other, member_json in (await self._store.user_directory(user_id)).items():
+            if other in self._hidden:
+                continue
             try:
                 content = _decode_member(member_json).content
             except msgspec.ValidationError:
