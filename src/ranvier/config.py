@@ -209,6 +209,15 @@ class RegistrationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     #: argon2id's lanes for each new password hash; the memory must be at
     #: least 8 KiB a lane.
     password_hash_parallelism: Annotated[int, msgspec.Meta(ge=1)] = 4
+    #: How long an access token lasts when the client asked for a refresh
+    #: token with it (``refresh_token: true``); access tokens of clients that
+    #: did not never expire.
+    access_token_lifetime_ms: Annotated[int, msgspec.Meta(ge=1000)] = 300_000
+    #: Let users make single-use login tokens for another device
+    #: (``POST /_matrix/client/v1/login/get_token``, ``m.login.token``).
+    login_token_enabled: bool = False
+    #: How long a login token lasts.
+    login_token_lifetime_ms: Annotated[int, msgspec.Meta(ge=1000)] = 120_000
 
     def __post_init__(self) -> None:
         if self.shared_secret is not None and not self.shared_secret:

@@ -1128,6 +1128,8 @@ class HomeServer:
                 memory_cost=hashing.password_hash_memory_kib,
                 parallelism=hashing.password_hash_parallelism,
             ),
+            refresh_store=storage.refresh_tokens,
+            access_token_lifetime_ms=hashing.access_token_lifetime_ms,
         )
         self._registration_tokens = RegistrationTokens(storage.registration_tokens)
         self._auth = Auth(self._accounts, self._app_services)

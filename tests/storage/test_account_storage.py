@@ -57,7 +57,8 @@ async def test_an_account_is_created_with_its_first_device_and_token(
     assert await accounts.get_token_owner(_hash("t2")) is None
     assert _rows(db_path, "devices") == [(ALICE, "DEV", "phone", 1_000, 1_000)]
     # Only the hash is stored.
-    assert _rows(db_path, "access_tokens") == [(_hash("t1"), ALICE, "DEV", 1_000)]
+    # No expiry: the token was not issued with a refresh token.
+    assert _rows(db_path, "access_tokens") == [(_hash("t1"), ALICE, "DEV", 1_000, None)]
 
 
 async def test_a_taken_user_id_is_refused_and_nothing_of_the_second_attempt_stays(

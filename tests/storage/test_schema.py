@@ -70,6 +70,7 @@ TABLES_ADDED = {
     27: {"dehydrated_devices"},
     28: {"user_reports"},
     29: {"server_notice_rooms"},
+    30: {"refresh_tokens", "login_tokens"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -214,6 +215,10 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO user_reports VALUES (1, 'r1', '@b:x', '@a:x', 'spam', 5)")
     elif version == 29:
         run("INSERT INTO server_notice_rooms VALUES ('@a:x', '!n:x', 6)")
+    elif version == 30:
+        run("INSERT INTO access_tokens VALUES (x'01', '@a:x', 'DEV', 5, 9)")
+        run("INSERT INTO refresh_tokens VALUES (x'02', x'01', NULL)")
+        run("INSERT INTO login_tokens VALUES (x'03', '@a:x', 9)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -20,6 +20,10 @@ With ``requires_token`` set as well, the flow is two stages,
 ``GET /_matrix/client/v1/register/m.login.registration_token/validity``
 tells a client whether its token would do.
 
+A client that asks for a refresh token (``refresh_token: true``) gets one
+with an access token that expires, and exchanges it at ``/refresh``
+(:mod:`ranvier.core.refresh_tokens`).
+
 Each route is served under ``/_matrix/client/v3`` and, for older clients,
 under ``/_matrix/client/r0``, where these endpoints had the same shape.
 """
@@ -147,8 +151,6 @@ def add_account_routes(
         for key in ("password", "device_id", "initial_device_display_name"):
             optional_str(body, key)
         optional_bool(body, "inhibit_login")
-        # Refresh tokens are optional for servers; access tokens here do not
-        # expire, so none is issued.
         optional_bool(body, "refresh_token")
         localpart = None if username is None else username.lower()
         if localpart is not None:
@@ -218,6 +220,7 @@ def add_account_routes(
             device_id=optional_str(body, "device_id"),
             device_display_name=optional_str(body, "initial_device_display_name"),
             create=create,
+            refresh=optional_bool(body, "refresh_token"),
         )
         return _registered(registration, server_name)
 
@@ -247,13 +250,13 @@ def add_account_routes(
             )
         localpart = username.lower()
         services.check_user_registration(accounts.user_id_for(localpart), service)
-        optional_bool(body, "refresh_token")
         registration = await accounts.register(
             localpart,
             None,
             login=not optional_bool(body, "inhibit_login"),
             device_id=optional_str(body, "device_id"),
             device_display_name=optional_str(body, "initial_device_display_name"),
+            refresh=optional_bool(body, "refresh_token"),
         )
         return _registered(registration, server_name)
 
@@ -294,6 +297,7 @@ def add_account_routes(
             password,
             device_id=optional_str(body, "device_id"),
             device_display_name=optional_str(body, "initial_device_display_name"),
+            refresh=optional_bool(body, "refresh_token"),
         )
         return _logged_in(result, server_name)
 
@@ -308,8 +312,17 @@ def add_account_routes(
             user_id,
             device_id=optional_str(body, "device_id"),
             device_display_name=optional_str(body, "initial_device_display_name"),
+            refresh=optional_bool(body, "refresh_token"),
         )
         return _logged_in(result, server_name)
+
+    async def refresh(request: Request) -> Mapping[str, Any]:
+        refreshed = await accounts.refresh(_required_str(json_object(request), "refresh_token"))
+        return {
+            "access_token": refreshed.access_token,
+            "refresh_token": refreshed.refresh_token,
+            "expires_in_ms": refreshed.expires_in_ms,
+        }
 
     async def logout(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)
@@ -333,6 +346,7 @@ def add_account_routes(
         router.add("GET", f"{prefix}/register/available", register_available)
         router.add("GET", f"{prefix}/login", login_flows)
         router.add("POST", f"{prefix}/login", login)
+        router.add("POST", f"{prefix}/refresh", refresh)
         router.add("POST", f"{prefix}/logout", logout)
         router.add("POST", f"{prefix}/logout/all", logout_all)
         router.add("GET", f"{prefix}/account/whoami", whoami)
@@ -344,6 +358,9 @@ def _registered(registration: Registration, server_name: str) -> dict[str, Any]:
     if registration.access_token is not None:
         answer["access_token"] = registration.access_token
         answer["device_id"] = registration.device_id
+    if registration.refresh_token is not None:
+        answer["refresh_token"] = registration.refresh_token
+        answer["expires_in_ms"] = registration.expires_in_ms
     return answer
 
 
@@ -371,9 +388,13 @@ def _login_user(body: Mapping[str, Any]) -> str:
 
 def _logged_in(login: Login, server_name: str) -> dict[str, Any]:
     """The answer to a successful ``/login``."""
-    return {
+    answer: dict[str, Any] = {
         "user_id": login.user_id,
         "access_token": login.access_token,
         "device_id": login.device_id,
         "home_server": server_name,
     }
+    if login.refresh_token is not None:
+        answer["refresh_token"] = login.refresh_token
+        answer["expires_in_ms"] = login.expires_in_ms
+    return answer

@@ -41,6 +41,15 @@ from typing import Final, Protocol
 import argon2
 import trio
 
+from ranvier.core.refresh_tokens import (
+    DEFAULT_ACCESS_TOKEN_LIFETIME_MS,
+    Refreshed,
+    RefreshTokenStore,
+    TokenPair,
+    expired_token_error,
+    generate_refresh_token,
+    unknown_refresh_token_error,
+)
 from ranvier.errors import MatrixError
 from ranvier.storage.accounts import (
     OPENID_TOKEN_LIFETIME_MS,
@@ -106,6 +115,8 @@ class Registration:
     user_id: str
     device_id: str | None = None
     access_token: str | None = None
+    refresh_token: str | None = None
+    expires_in_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +126,9 @@ class Login:
     user_id: str
     device_id: str
     access_token: str
+    #: With a refresh token the access token expires in ``expires_in_ms``.
+    refresh_token: str | None = None
+    expires_in_ms: int | None = None
 
 
 class AccountStore(Protocol):
@@ -170,8 +184,11 @@ class Accounts:
 
     ``password_hasher`` defaults to argon2-cffi's recommended argon2id
     parameters (RFC 9106's low-memory choice); tests pass cheaper ones.
-    ``wall_clock_ms`` stamps creation times. At most ``token_cache_size``
-    tokens are remembered; the least recently used go first.
+    ``wall_clock_ms`` stamps creation times and tells when a token expires
+    (:attr:`clock_ms`, which tests may replace). At most ``token_cache_size``
+    tokens are remembered; the least recently used go first. Without
+    ``refresh_store`` no refresh token is issued, whoever asks: access
+    tokens then never expire.
     """
 
     def __init__(
@@ -183,12 +200,17 @@ class Accounts:
         wall_clock_ms: Callable[[], int] | None = None,
         token_cache_size: int = 10_000,
         hashing_threads: int = 2,
+        refresh_store: RefreshTokenStore | None = None,
+        access_token_lifetime_ms: int = DEFAULT_ACCESS_TOKEN_LIFETIME_MS,
     ) -> None:
         self.server_name = server_name
         self._store = store
         self._hasher = password_hasher if password_hasher is not None else argon2.PasswordHasher()
-        self._clock = wall_clock_ms if wall_clock_ms is not None else _wall_clock_ms
-        self._cache: OrderedDict[bytes, Requester] = OrderedDict()
+        self.clock_ms = wall_clock_ms if wall_clock_ms is not None else _wall_clock_ms
+        self._refresh_store = refresh_store
+        self._lifetime_ms = access_token_lifetime_ms
+        # Each cached token with when it expires (None: never).
+        self._cache: OrderedDict[bytes, tuple[Requester, int | None]] = OrderedDict()
         self._cache_size = token_cache_size
         # Bumped by every logout, so that a lookup that overlapped one does
         # not cache what it read before the logout committed.
@@ -247,6 +269,7 @@ class Accounts:
         device_id: str | None = None,
         device_display_name: str | None = None,
         create: Callable[[NewAccount, NewDevice | None], Awaitable[None]] | None = None,
+        refresh: bool = False,
     ) -> Registration:
         """Create an account; log a device in too unless ``login`` is False.
 
@@ -258,6 +281,7 @@ class Accounts:
         something else must be written with it in one write (a registration
         token's use completed:
         :meth:`ranvier.core.registration_tokens.RegistrationTokens.completing`).
+        ``refresh`` asks for a refresh token with the access token.
         """
         write = create if create is not None else self._store.create_account
         if localpart is not None:
@@ -269,17 +293,12 @@ class Accounts:
             user_id = self.user_id_for(
                 localpart if localpart is not None else _generate_localpart()
             )
-            now = self._clock()
+            now = self.clock_ms()
             account = NewAccount(user_id, password_hash, admin=admin, created_ts=now)
-            token = device = None
+            device = issued = None
             if login:
-                token = _generate_access_token()
-                device = NewDevice(
-                    user_id,
-                    device_id if device_id is not None else _generate_device_id(),
-                    device_display_name,
-                    hash_access_token(token),
-                    now,
+                device, issued = self._issue(
+                    user_id, device_id, device_display_name, refresh=refresh, now=now
                 )
             try:
                 await write(account, device)
@@ -287,9 +306,15 @@ class Accounts:
                 if localpart is not None:
                     raise
                 continue  # A generated name that was taken: draw again.
-            if device is None:
+            if issued is None:
                 return Registration(user_id)
-            return Registration(user_id, device.device_id, token)
+            return Registration(
+                user_id,
+                issued.device_id,
+                issued.access_token,
+                issued.refresh_token,
+                issued.expires_in_ms,
+            )
 
     async def login_with_password(
         self,
@@ -298,6 +323,7 @@ class Accounts:
         *,
         device_id: str | None = None,
         device_display_name: str | None = None,
+        refresh: bool = False,
     ) -> Login:
         """Log a device in with a password. ``user`` is a local user ID or
         its localpart, in any case.
@@ -328,7 +354,7 @@ class Accounts:
             )
         if self._hasher.check_needs_rehash(stored_hash):
             await self._store.set_password_hash(record.user_id, await self.hash_password(password))
-        return await self._new_login(record.user_id, device_id, device_display_name)
+        return await self._new_login(record.user_id, device_id, device_display_name, refresh)
 
     async def login_as(
         self,
@@ -336,6 +362,7 @@ class Accounts:
         *,
         device_id: str | None = None,
         device_display_name: str | None = None,
+        refresh: bool = False,
     ) -> Login:
         """Log a device of ``user_id`` in without a password: for an
         application service logging in one of its users, which the caller
@@ -351,27 +378,73 @@ class Accounts:
             raise MatrixError(
                 f"{user_id} has been deactivated", errcode="M_USER_DEACTIVATED", http_status=403
             )
-        return await self._new_login(record.user_id, device_id, device_display_name)
+        return await self._new_login(record.user_id, device_id, device_display_name, refresh)
+
+    async def login_by(
+        self,
+        user_id: str,
+        add: Callable[[NewDevice], Awaitable[None]],
+        *,
+        device_id: str | None = None,
+        device_display_name: str | None = None,
+        refresh: bool = False,
+    ) -> Login:
+        """Log a device of ``user_id`` in through ``add``, a write that adds
+        the device together with something else (a login token spent:
+        :class:`ranvier.core.login_tokens.LoginTokens`); the caller has
+        checked the user. ``add`` raises to refuse the login.
+        """
+        if device_id is not None:
+            _check_device_id(device_id)
+        return await self._new_login(user_id, device_id, device_display_name, refresh, add=add)
 
     async def _new_login(
-        self, user_id: str, device_id: str | None, device_display_name: str | None
+        self,
+        user_id: str,
+        device_id: str | None,
+        device_display_name: str | None,
+        refresh: bool,
+        *,
+        add: Callable[[NewDevice], Awaitable[None]] | None = None,
     ) -> Login:
         """A new access token for the device (a new device when none is named)."""
-        token = _generate_access_token()
-        device = NewDevice(
-            user_id,
-            device_id if device_id is not None else _generate_device_id(),
-            device_display_name,
-            hash_access_token(token),
-            self._clock(),
+        device, issued = self._issue(
+            user_id, device_id, device_display_name, refresh=refresh, now=self.clock_ms()
         )
         # Logging a device in again replaces its token: the old one goes
         # from the cache as from storage.
         with self._invalidating(
             lambda cached: (cached.user_id, cached.device_id) == (device.user_id, device.device_id)
         ):
-            await self._store.add_device(device)
-        return Login(user_id, device.device_id, token)
+            await (add if add is not None else self._store.add_device)(device)
+        return issued
+
+    def _issue(
+        self,
+        user_id: str,
+        device_id: str | None,
+        device_display_name: str | None,
+        *,
+        refresh: bool,
+        now: int,
+    ) -> tuple[NewDevice, Login]:
+        """A device to log in with a new access token (and a refresh token,
+        when asked and offered), and what the client is told of them."""
+        token = _generate_access_token()
+        refresh_token = expires_in_ms = None
+        if refresh and self._refresh_store is not None:
+            refresh_token = generate_refresh_token()
+            expires_in_ms = self._lifetime_ms
+        device = NewDevice(
+            user_id,
+            device_id if device_id is not None else _generate_device_id(),
+            device_display_name,
+            hash_access_token(token),
+            now,
+            None if expires_in_ms is None else now + expires_in_ms,
+            None if refresh_token is None else hash_access_token(refresh_token),
+        )
+        return device, Login(user_id, device.device_id, token, refresh_token, expires_in_ms)
 
     def local_user_id(self, user: str) -> str | None:
         """The local user ID a login names (a user ID or a localpart, in any
@@ -384,22 +457,77 @@ class Accounts:
     async def get_requester(self, access_token: str) -> Requester | None:
         """Who ``access_token`` belongs to, or None if nobody's (unknown,
         logged out, or the account deactivated).
+
+        Raises 401 ``M_UNKNOWN_TOKEN`` with ``soft_logout`` for an expired
+        token. The first use of a token that came from a refresh retires the
+        pair the refresh spent.
         """
         token_hash = hash_access_token(access_token)
         cached = self._cache.get(token_hash)
         if cached is not None:
             self._cache.move_to_end(token_hash)
-            return cached
+            requester, expires_ts = cached
+            self._check_unexpired(expires_ts)
+            return requester
         logouts = self._logouts
         owner = await self._store.get_token_owner(token_hash)
         if owner is None:
             return None
+        self._check_unexpired(owner.expires_ts)
         requester = Requester(owner.user_id, owner.device_id, owner.admin, token_hash)
+        if owner.replaces_older and self._refresh_store is not None:
+            store = self._refresh_store
+            with self._invalidating(
+                lambda cached: (
+                    (cached.user_id, cached.device_id) == (requester.user_id, requester.device_id)
+                    and cached.token_hash != token_hash
+                )
+            ):
+                await store.retire_older(token_hash)
+            # Not cached this time: the write counts as a logout.
+            return requester
         if logouts == self._logouts:
-            self._cache[token_hash] = requester
+            self._cache[token_hash] = (requester, owner.expires_ts)
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return requester
+
+    def _check_unexpired(self, expires_ts: int | None) -> None:
+        if expires_ts is not None and self.clock_ms() >= expires_ts:
+            raise expired_token_error()
+
+    async def refresh(self, refresh_token: str) -> Refreshed:
+        """Exchange ``refresh_token`` for a new access token and refresh token
+        of the same device. The older access token keeps working until the
+        new pair is used; raises 401 ``M_UNKNOWN_TOKEN`` for a refresh token
+        that is unknown, logged out, or retired by a newer pair's use.
+        """
+        if self._refresh_store is None:
+            raise unknown_refresh_token_error()
+        store = self._refresh_store
+        access_token = _generate_access_token()
+        new_refresh_token = generate_refresh_token()
+        now = self.clock_ms()
+        pair = TokenPair(
+            hash_access_token(access_token),
+            hash_access_token(new_refresh_token),
+            now,
+            now + self._lifetime_ms,
+        )
+        # The pair the spent token came from goes: its access token too.
+        owners: list[tuple[str, str]] = []
+        with self._invalidating(
+            lambda cached: (
+                (cached.user_id, cached.device_id) in owners
+                and cached.token_hash != pair.access_token_hash
+            )
+        ):
+            owner = await store.refresh(hash_access_token(refresh_token), pair)
+            if owner is not None:
+                owners.append((owner.user_id, owner.device_id))
+        if owner is None:
+            raise unknown_refresh_token_error()
+        return Refreshed(access_token, new_refresh_token, self._lifetime_ms)
 
     async def logout(self, requester: Requester) -> None:
         """Log out the device ``requester`` used: its tokens and the device go."""
@@ -484,13 +612,13 @@ class Accounts:
         :meth:`openid_user`, and for nothing else.
         """
         token = secrets.token_urlsafe(32)
-        expires_ts = self._clock() + OPENID_TOKEN_LIFETIME_MS
+        expires_ts = self.clock_ms() + OPENID_TOKEN_LIFETIME_MS
         await self._store.add_openid_token(hash_access_token(token), user_id, expires_ts)
         return token, OPENID_TOKEN_LIFETIME_MS // 1000
 
     async def openid_user(self, token: str) -> str | None:
         """Whose unexpired OpenID token ``token`` is, or None."""
-        return await self._store.get_openid_token_owner(hash_access_token(token), self._clock())
+        return await self._store.get_openid_token_owner(hash_access_token(token), self.clock_ms())
 
     # Passwords.
 
@@ -550,7 +678,7 @@ class Accounts:
             yield
         finally:
             self._logouts += 1
-            for token_hash in [key for key, value in self._cache.items() if matches(value)]:
+            for token_hash in [key for key, value in self._cache.items() if matches(value[0])]:
                 del self._cache[token_hash]
             if self.on_tokens_invalidated is not None:
                 self.on_tokens_invalidated()

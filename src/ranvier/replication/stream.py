@@ -112,6 +112,9 @@ TOKEN_WRITES: Final = frozenset(
         "accounts.delete_user_devices",
         "accounts.change_password",
         "accounts.deactivate_account",
+        "refresh_tokens.refresh",
+        "refresh_tokens.retire_older",
+        "login_tokens.log_in_with_token",
         # The admin flag rides on cached tokens.
         "admin_writes.set_admin",
     }

@@ -15,8 +15,10 @@ Invariants
   an account, run again, finds its own row (by its salted password hash
   or its token's hash) and succeeds again: that is a repeat, not a second
   registration.
-* **A device has one token.** Logging a device in again replaces its tokens;
-  logging out removes the device with its tokens.
+* **A device has one token**, two for a while after a refresh
+  (:mod:`ranvier.storage.refresh_tokens`). Logging a device in again
+  replaces its tokens; logging out removes the device with its tokens, and
+  the refresh tokens go with the access tokens they were issued with.
 """
 
 from __future__ import annotations
@@ -83,6 +85,10 @@ class NewDevice:
     display_name: str | None
     token_hash: bytes
     created_ts: int
+    #: When the access token stops working; None: never.
+    expires_ts: int | None = None
+    #: The hash of the refresh token issued with the access token, if one is.
+    refresh_token_hash: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +108,11 @@ class TokenOwner:
     user_id: str
     device_id: str
     admin: bool
+    #: When the token stops working; None: never.
+    expires_ts: int | None = None
+    #: Whether the token came from a refresh whose older pair is still kept,
+    #: to be retired now that the new one is used.
+    replaces_older: bool = False
 
 
 class AccountStorage:
@@ -286,10 +297,15 @@ def _add_device(conn: sqlite3.Connection, *, device: NewDevice) -> None:
         (device.user_id, device.device_id),
     )
     conn.execute(
-        "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts)"
-        " VALUES (?, ?, ?, ?)",
-        (device.token_hash, device.user_id, device.device_id, device.created_ts),
+        "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts, expires_ts)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (device.token_hash, device.user_id, device.device_id, device.created_ts, device.expires_ts),
     )
+    if device.refresh_token_hash is not None:
+        conn.execute(
+            "INSERT INTO refresh_tokens (token_hash, access_token_hash) VALUES (?, ?)",
+            (device.refresh_token_hash, device.token_hash),
+        )
 
 
 @registered_write
@@ -353,15 +369,17 @@ def _get_password_login(conn: sqlite3.Connection, *, user_id: str) -> PasswordLo
 
 def _get_token_owner(conn: sqlite3.Connection, *, token_hash: bytes) -> TokenOwner | None:
     row = conn.execute(
-        "SELECT t.user_id, t.device_id, u.admin FROM access_tokens AS t"
-        " JOIN users AS u ON u.user_id = t.user_id"
+        "SELECT t.user_id, t.device_id, u.admin, t.expires_ts,"
+        " EXISTS (SELECT 1 FROM refresh_tokens AS r WHERE r.access_token_hash = t.token_hash"
+        " AND r.previous_hash IS NOT NULL)"
+        " FROM access_tokens AS t JOIN users AS u ON u.user_id = t.user_id"
         " WHERE t.token_hash = ? AND u.deactivated = 0",
         (token_hash,),
     ).fetchone()
     if row is None:
         return None
-    user_id, device_id, admin = row
-    return TokenOwner(user_id, device_id, bool(admin))
+    user_id, device_id, admin, expires_ts, replaces_older = row
+    return TokenOwner(user_id, device_id, bool(admin), expires_ts, bool(replaces_older))
 
 
 @registered_write

@@ -962,6 +962,29 @@ def _server_notice_rooms(conn: sqlite3.Connection) -> None:
     )
 
 
+def _refresh_and_login_tokens(conn: sqlite3.Connection) -> None:
+    """Access tokens that expire, refresh tokens and login tokens
+    (:mod:`ranvier.storage.refresh_tokens`, :mod:`ranvier.storage.login_tokens`),
+    every token kept as its SHA-256.
+
+    A refresh token belongs to the access token issued with it and goes when
+    that does (a logout, a new login of the device); ``previous_hash`` is the
+    refresh token it was exchanged for, kept until the new pair is first used.
+    """
+    conn.execute("ALTER TABLE access_tokens ADD COLUMN expires_ts INTEGER")
+    conn.execute(
+        "CREATE TABLE refresh_tokens (token_hash BLOB PRIMARY KEY NOT NULL,"
+        " access_token_hash BLOB NOT NULL UNIQUE"
+        " REFERENCES access_tokens (token_hash) ON DELETE CASCADE,"
+        " previous_hash BLOB REFERENCES refresh_tokens (token_hash) ON DELETE SET NULL) STRICT"
+    )
+    conn.execute("CREATE INDEX refresh_tokens_previous ON refresh_tokens (previous_hash)")
+    conn.execute(
+        "CREATE TABLE login_tokens (token_hash BLOB PRIMARY KEY NOT NULL,"
+        " user_id TEXT NOT NULL, expires_ts INTEGER NOT NULL) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -993,6 +1016,7 @@ MIGRATIONS: Sequence[Migration] = (
     _dehydrated_devices,
     _user_reports,
     _server_notice_rooms,
+    _refresh_and_login_tokens,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -32,6 +32,7 @@ from .dehydrated_devices import DehydratedDeviceStorage
 from .e2e_keys import E2eKeyStorage
 from .event_stream import EventStreamReads
 from .hierarchy_reads import HierarchyReads
+from .login_tokens import LoginTokenStorage
 from .media import MediaStorage
 from .media_admin import MediaAdminStorage
 from .notification_reads import NotificationReads
@@ -51,6 +52,7 @@ from .records import (
     StoredEvent,
 )
 from .redactions import RedactionStorage
+from .refresh_tokens import RefreshTokenStorage
 from .registration_tokens import RegistrationTokenStorage
 from .relations import RelationStorage
 from .reports import ReportStorage
@@ -157,6 +159,8 @@ class Storage:
         self.timestamps = TimestampReads(self.readers)
         self.sliding_sync = SlidingSyncStorage(self.writer, self.readers)
         self.registration_tokens = RegistrationTokenStorage(self.writer, self.readers)
+        self.refresh_tokens = RefreshTokenStorage(self.writer, self.readers)
+        self.login_tokens = LoginTokenStorage(self.writer, self.readers)
 
     @property
     def actor(self) -> StorageActor:
