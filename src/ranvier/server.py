@@ -111,6 +111,7 @@ from ranvier.api.event_context import add_event_context_route
 from ranvier.api.hierarchy import add_hierarchy_route
 from ranvier.api.keys import add_key_routes
 from ranvier.api.knock import add_knock_route
+from ranvier.api.login_tokens import add_login_token_route
 from ranvier.api.media import MediaApp
 from ranvier.api.notifications import add_notification_routes
 from ranvier.api.openid import add_openid_routes
@@ -167,6 +168,7 @@ from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
 from ranvier.core.interfaces import EventPersister
 from ranvier.core.joins import RemoteJoiner
 from ranvier.core.knocks import RoomKnocks
+from ranvier.core.login_tokens import LoginTokens
 from ranvier.core.media import MediaRepository
 from ranvier.core.media_deletion import MediaDeleter
 from ranvier.core.media_retention import DAY_MS, MediaRetention
@@ -340,6 +342,7 @@ class HomeServer:
         self._media_retention: MediaRetention | None = None
         self._accounts: Accounts | None = None
         self._registration_tokens: RegistrationTokens | None = None
+        self._login_tokens: LoginTokens | None = None
         self._auth: Auth | None = None
         self._profiles: Profiles | None = None
         self._room_list: RoomList | None = None
@@ -456,6 +459,12 @@ class HomeServer:
     def registration_tokens(self) -> RegistrationTokens:
         """Registration tokens: the token stage of registration, and the admin's tokens."""
         return _built(self._registration_tokens, "registration_tokens")
+
+    @property
+    def login_tokens(self) -> LoginTokens | None:
+        """Login tokens (``m.login.token``); None unless
+        ``[registration] login_token_enabled``."""
+        return self._login_tokens
 
     @property
     def auth(self) -> Auth:
@@ -1132,6 +1141,12 @@ class HomeServer:
             access_token_lifetime_ms=hashing.access_token_lifetime_ms,
         )
         self._registration_tokens = RegistrationTokens(storage.registration_tokens)
+        if hashing.login_token_enabled:
+            self._login_tokens = LoginTokens(
+                storage.login_tokens,
+                self._accounts,
+                lifetime_ms=hashing.login_token_lifetime_ms,
+            )
         self._auth = Auth(self._accounts, self._app_services)
         self._room_directory.app_services = self._app_services
         self._appservice_client = HttpAppServiceClient()
@@ -1311,7 +1326,15 @@ class HomeServer:
             registration_enabled=registration.enabled,
             app_services=self._app_services,
             registration_tokens=self.registration_tokens if registration.requires_token else None,
+            login_tokens=self.login_tokens,
         )
+        if self.login_tokens is not None:
+            add_login_token_route(
+                router,
+                auth=self.auth,
+                uia=Devices(store=self.storage.client_data, accounts=self.accounts),
+                tokens=self.login_tokens,
+            )
         add_admin_routes(router, accounts=self.accounts, shared_secret=registration.shared_secret)
         directory, reader = self.room_directory, self.room_reader
         add_room_routes(
@@ -1349,7 +1372,7 @@ class HomeServer:
             router, auth=self.auth, summaries=_built(self._room_summaries, "room_summaries")
         )
         auth, client_data = self.auth, self.storage.client_data
-        add_capability_routes(router, auth=auth)
+        add_capability_routes(router, auth=auth, login_token_enabled=self.login_tokens is not None)
         add_push_rule_routes(
             router, auth=auth, push_rules=PushRules(client_data, self.stream_notifier)
         )

@@ -38,6 +38,7 @@ from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth, access_token_of
 from ranvier.core.accounts import Accounts, Login, Registration
 from ranvier.core.appservices import AppService, AppServices, exclusive_error
+from ranvier.core.login_tokens import LoginTokens
 from ranvier.core.registration_tokens import REGISTRATION_TOKEN, RegistrationTokens
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.web import JsonResponse, Request, Router
@@ -47,6 +48,7 @@ __all__ = ["add_account_routes", "json_object", "optional_bool", "optional_str"]
 _DUMMY: Final = "m.login.dummy"
 _PASSWORD: Final = "m.login.password"
 _APP_SERVICE: Final = "m.login.application_service"
+_TOKEN: Final = "m.login.token"
 _FLOWS: Final = [{"stages": [_DUMMY]}]
 _TOKEN_VALIDITY: Final = f"/_matrix/client/v1/register/{REGISTRATION_TOKEN}/validity"
 
@@ -93,12 +95,14 @@ def add_account_routes(
     registration_enabled: bool,
     app_services: AppServices | None = None,
     registration_tokens: RegistrationTokens | None = None,
+    login_tokens: LoginTokens | None = None,
 ) -> None:
     """Serve registration, login, logout and ``whoami``.
 
     ``registration_enabled`` opens ``/register`` to anyone; when False it
     answers 403 and ``/register/available`` too. ``registration_tokens``,
-    when given with it, makes registering take a token.
+    when given with it, makes registering take a token. ``login_tokens``
+    offers ``m.login.token`` logins (made at ``/login/get_token``).
     """
     tokens = registration_tokens if registration_enabled else None
     server_name = accounts.server_name
@@ -274,9 +278,11 @@ def add_account_routes(
         return {"available": True}
 
     async def login_flows(request: Request) -> Mapping[str, Any]:
-        flows = [{"type": _PASSWORD}]
+        flows: list[dict[str, Any]] = [{"type": _PASSWORD}]
         if services:
             flows.append({"type": _APP_SERVICE})
+        if login_tokens is not None:
+            flows.append({"type": _TOKEN, "get_login_token": True})
         return {"flows": flows}
 
     async def login(request: Request) -> Mapping[str, Any]:
@@ -284,6 +290,14 @@ def add_account_routes(
         login_type = _required_str(body, "type")
         if login_type == _APP_SERVICE and services:
             return await login_for_service(calling_service(request), body)
+        if login_type == _TOKEN and login_tokens is not None:
+            result = await login_tokens.log_in(
+                _required_str(body, "token"),
+                device_id=optional_str(body, "device_id"),
+                device_display_name=optional_str(body, "initial_device_display_name"),
+                refresh=optional_bool(body, "refresh_token"),
+            )
+            return _logged_in(result, server_name)
         if login_type != _PASSWORD:
             raise MatrixError(
                 f"unknown login type {login_type!r} (this server offers {_PASSWORD})",

@@ -20,7 +20,7 @@ from ranvier.web import Request, Router
 __all__ = ["add_capability_routes"]
 
 
-def _capabilities() -> dict[str, Any]:
+def _capabilities(*, login_token_enabled: bool) -> dict[str, Any]:
     return {
         "m.change_password": {"enabled": True},
         "m.room_versions": {
@@ -30,16 +30,20 @@ def _capabilities() -> dict[str, Any]:
         "m.set_displayname": {"enabled": True},
         "m.set_avatar_url": {"enabled": True},
         "m.3pid_changes": {"enabled": False},
-        "m.get_login_token": {"enabled": False},
+        "m.get_login_token": {"enabled": login_token_enabled},
     }
 
 
-def add_capability_routes(router: Router, *, auth: Auth) -> None:
-    """Serve ``/capabilities``, ``/voip/turnServer`` and ``/thirdparty/protocols``."""
+def add_capability_routes(router: Router, *, auth: Auth, login_token_enabled: bool = False) -> None:
+    """Serve ``/capabilities``, ``/voip/turnServer`` and ``/thirdparty/protocols``.
+
+    ``login_token_enabled``: whether users may make login tokens
+    (:mod:`ranvier.api.login_tokens`), which ``m.get_login_token`` reports.
+    """
 
     async def capabilities(request: Request) -> Mapping[str, Any]:
         await auth.get_user(request)
-        return {"capabilities": _capabilities()}
+        return {"capabilities": _capabilities(login_token_enabled=login_token_enabled)}
 
     async def turn_server(request: Request) -> Mapping[str, Any]:
         await auth.get_user(request)
