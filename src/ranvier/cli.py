@@ -641,6 +641,94 @@ def _or_none(value: int | None) -> str:
     return "none" if value is None else str(value)
 
 
+# --- server-notice ------------------------------------------------------------------
+
+#: Where ``server-notice`` finds an admin's access token: the environment
+#: keeps it out of the process list and the shell's history.
+_ADMIN_TOKEN_VARIABLE: Final = "RANVIER_ADMIN_TOKEN"
+
+
+def _server_notice_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "user", help="the local user to tell: a localpart (alice) or user ID (@alice:example.org)"
+    )
+    parser.add_argument("message", help="the notice's text")
+    parser.add_argument(
+        "--notice-type",
+        metavar="TYPE",
+        help="the notice's server_notice_type (m.server_notice.usage_limit_reached)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the TOML configuration file of the running server (default: the built-in defaults)",
+    )
+    parser.add_argument(
+        "--url",
+        metavar="URL",
+        help="the running server's client API (default: its first client listener)",
+    )
+
+
+def _server_notice(args: argparse.Namespace) -> int:
+    """Send the notice through the running server's admin API.
+
+    Not through the database, as ``register-user`` writes: a notice makes a
+    room and events, which only the running server may write (its room
+    locks, its event queues, the syncs it wakes). The server must be running
+    with ``[server_notices]`` set, and ``RANVIER_ADMIN_TOKEN`` must hold a
+    server admin's access token.
+    """
+    import httpx
+
+    from ranvier.core.server_notices import notice_content
+
+    config = _serve_config(args.config)
+    token = os.environ.get(_ADMIN_TOKEN_VARIABLE)
+    if not token:
+        raise _CommandError(f"set {_ADMIN_TOKEN_VARIABLE} to the access token of a server admin")
+    localpart = _localpart_of(args.user, config.server_name)
+    url = args.url if args.url is not None else _client_url(config)
+    body = {
+        "user_id": f"@{localpart}:{config.server_name}",
+        "content": notice_content(args.message, server_notice_type=args.notice_type),
+    }
+    try:
+        response = httpx.post(
+            f"{url.rstrip('/')}/_synapse/admin/v1/send_server_notice",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60.0,
+        )
+    except httpx.HTTPError as exc:
+        raise _CommandError(f"cannot reach the server at {url}: {exc}") from None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {}
+    if response.status_code != 200 or not isinstance(answer, dict):
+        error = answer.get("error") if isinstance(answer, dict) else None
+        raise _CommandError(
+            f"the server answered {response.status_code}: {error or response.text[:200]}"
+        )
+    print(answer.get("event_id"))
+    return 0
+
+
+def _client_url(config: Config) -> str:
+    """The base URL of the configured server's first client listener."""
+    for listener in config.listeners:
+        if listener.type != "client":
+            continue
+        if listener.port == 0:
+            break
+        host = f"[{listener.host}]" if ":" in listener.host else listener.host
+        scheme = "https" if listener.uses_tls else "http"
+        return f"{scheme}://{host}:{listener.port}"
+    raise _CommandError("the configuration names no client listener's port: give --url")
+
+
 _COMMANDS: list[_Command] = [
     _Command(
         "keygen",
@@ -679,6 +767,12 @@ _COMMANDS: list[_Command] = [
         " server runs",
         _registration_token_arguments,
         _registration_token,
+    ),
+    _Command(
+        "server-notice",
+        "send a server notice to a local user through the running server's admin API",
+        _server_notice_arguments,
+        _server_notice,
     ),
 ]
 
