@@ -60,7 +60,9 @@ class Auth:
 
         Raises 401 ``M_MISSING_TOKEN`` when there is no token and 401
         ``M_UNKNOWN_TOKEN`` (``soft_logout`` false: the client must log in
-        afresh) when it belongs to nobody.
+        afresh) when it belongs to nobody; an expired one is ``M_UNKNOWN_TOKEN``
+        with ``soft_logout`` true, raised by the accounts
+        (:mod:`ranvier.core.refresh_tokens`).
         """
         token = access_token_of(request)
         if token is None:

@@ -24,6 +24,9 @@ Invariants
   served from an in-process cache; logging out drops the entries it
   invalidates, and a lookup that was reading storage while a logout ran does
   not put its (now stale) answer in the cache.
+* **An expired token is refused even from the cache.** Each cached token
+  keeps its expiry, checked on every lookup; refresh tokens and expiry are
+  :mod:`ranvier.core.refresh_tokens`'s.
 """
 
 from __future__ import annotations
