@@ -278,3 +278,12 @@ async def test_the_system_user_exists_cannot_log_in_and_is_not_found(tmp_path: P
         assert found["results"] == []
         members = await client.ok(alice, "GET", f"/rooms/{q(room_id)}/joined_members")
         assert _SYSTEM in members["joined"]
+
+
+async def test_the_servers_own_leaves_are_not_refused(tmp_path: Path) -> None:
+    async with _with_notices(tmp_path) as env:
+        bob = env.bob
+        await _send(env, bob.user_id, "welcome")
+        room_id = await _invited_room(env, bob)
+        await admin_ok(env.client.http, env.admin, "POST", f"/v1/deactivate/{q(bob.user_id)}", {})
+        assert await env.hs.server.room_reader.membership(bob.user_id, room_id) == "leave"
