@@ -1464,6 +1464,9 @@ class HomeServer:
             accounts=self.accounts,
             profiles=self.profiles,
             deactivation=deactivation,
+            system_users=()
+            if self._server_notices is None
+            else (self._server_notices.system_user_id,),
         )
         add_admin_user_routes(router, auth=self.auth, users=users)
         rooms = AdminRooms(

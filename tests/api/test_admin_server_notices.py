@@ -287,3 +287,33 @@ async def test_the_servers_own_leaves_are_not_refused(tmp_path: Path) -> None:
         room_id = await _invited_room(env, bob)
         await admin_ok(env.client.http, env.admin, "POST", f"/v1/deactivate/{q(bob.user_id)}", {})
         assert await env.hs.server.room_reader.membership(bob.user_id, room_id) == "leave"
+
+
+async def test_the_notices_account_takes_no_password_and_stays_active(tmp_path: Path) -> None:
+    async with _with_notices(tmp_path) as env:
+        http, admin = env.client.http, env.admin
+        user_path = f"/v2/users/{q(_SYSTEM)}"
+        for method, path, body in [
+            ("PUT", user_path, {"password": "let me in"}),
+            ("PUT", user_path, {"deactivated": True}),
+            ("POST", f"/v1/reset_password/{q(_SYSTEM)}", {"new_password": "let me in"}),
+            ("POST", f"/v1/deactivate/{q(_SYSTEM)}", {}),
+        ]:
+            message = await admin_refused(
+                http, admin, method, path, body, status=400, errcode="M_INVALID_PARAM"
+            )
+            assert "notices" in message
+        # Its name and avatar may still be set, and notices still go out.
+        await admin_ok(http, admin, "PUT", user_path, {"displayname": "Operators"})
+        await _send(env, env.alice.user_id, "still here")
+        status, _ = await env.client.call(
+            None,
+            "POST",
+            "/login",
+            {
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": "notices"},
+                "password": "let me in",
+            },
+        )
+        assert status == 403

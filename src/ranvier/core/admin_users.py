@@ -15,7 +15,7 @@ A request is checked whole before anything is written: a bad field in a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, get_args
 
@@ -204,8 +204,13 @@ class AdminUsers:
         accounts: AccountKeeper,
         profiles: ProfileSetter,
         deactivation: Deactivator,
+        system_users: Collection[str] = (),
     ) -> None:
         self._server_name = server_name
+        #: Accounts the server acts as (the server notices user): never given
+        #: a password, which would let someone log in as the server, nor
+        #: deactivated from under the feature that needs them.
+        self._system_users = frozenset(system_users)
         self._store = store
         self._accounts = accounts
         self._profiles = profiles
@@ -218,6 +223,13 @@ class AdminUsers:
         if user_id.partition(":")[2] != self._server_name:
             raise _invalid(
                 f"{user_id} is not a user of this server: only local users are managed here"
+            )
+
+    def _check_not_system(self, user_id: str) -> None:
+        if user_id in self._system_users:
+            raise _invalid(
+                f"{user_id} is the account the server sends its notices as: it takes no"
+                " password and is not deactivated"
             )
 
     async def _existing(self, user_id: str) -> UserRow:
@@ -290,6 +302,8 @@ class AdminUsers:
 
     async def _modify(self, row: UserRow, change: _Change) -> None:
         user_id = row.user_id
+        if change.password is not None or change.deactivated:
+            self._check_not_system(user_id)
         reactivating = row.deactivated and change.deactivated is False
         if reactivating and change.password is None:
             raise MatrixError(
@@ -332,6 +346,7 @@ class AdminUsers:
                 "'new_password' is required", errcode="M_MISSING_PARAM", http_status=400
             )
         logout_devices = _optional(body, "logout_devices", bool, "true or false")
+        self._check_not_system(user_id)
         row = await self._existing(user_id)
         if row.deactivated:
             raise _invalid(f"{user_id} is deactivated: reactivate the account instead")
@@ -341,6 +356,7 @@ class AdminUsers:
         """``POST /_synapse/admin/v1/deactivate/{userId}``; ``erase`` is taken
         (deactivation here always clears the profile)."""
         _optional(body, "erase", bool, "true or false")
+        self._check_not_system(user_id)
         row = await self._existing(user_id)
         if not row.deactivated:
             await self._deactivation.deactivate(user_id)
