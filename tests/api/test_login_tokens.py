@@ -188,3 +188,21 @@ async def test_the_lifetime_is_configured(tmp_path: Path) -> None:
             headers=bearer,
         )
     assert made.json()["expires_in_ms"] == 30_000
+
+
+async def test_asking_for_tokens_is_limited_as_logging_in_is(tmp_path: Path) -> None:
+    config = msgspec.structs.replace(
+        config_for_tests(tmp_path, rate_limits=True),
+        registration=msgspec.structs.replace(
+            config_for_tests(tmp_path).registration, login_token_enabled=True
+        ),
+    )
+    async with open_test_homeserver(tmp_path, config=config) as hs, hs.client() as http:
+        alice = await hs.register_user("alice", PASSWORD)
+        env = Env(hs, http, alice, _Clock())
+        statuses = [(await env.get_token(None)).status_code for _ in range(10)]
+        # The login category's burst (5 by default), then 429.
+        assert statuses[:5] == [401] * 5
+        assert 429 in statuses
+        refused = await env.get_token(None)
+        assert refused.json()["errcode"] == "M_LIMIT_EXCEEDED"

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from trio.testing import MockClock
 
@@ -20,6 +21,7 @@ from ranvier.config import Config, ConfigError, RateLimitConfig
 from ranvier.core.accounts import Requester
 from ranvier.errors import LimitExceededError, MatrixError
 from ranvier.testing import open_test_homeserver
+from ranvier.testing.homeserver import config_for_tests
 from ranvier.web import Request, Router
 
 # --- The buckets ----------------------------------------------------------------------
@@ -355,9 +357,15 @@ def test_a_route_under_r0_is_limited_as_under_v3() -> None:
 
 async def test_every_limited_route_is_one_the_server_serves(tmp_path: Path) -> None:
     """The table names routes by pattern; a route renamed in its module
-    would silently lose its limit, so each entry must match a served route.
+    would silently lose its limit, so each entry must match a served route
+    (of a server with every optional route turned on).
     """
-    async with open_test_homeserver(tmp_path / "hs") as hs:
+    config = config_for_tests(tmp_path / "hs")
+    config = msgspec.structs.replace(
+        config,
+        registration=msgspec.structs.replace(config.registration, login_token_enabled=True),
+    )
+    async with open_test_homeserver(tmp_path / "hs", config=config) as hs:
         app = hs.server.client_app
         assert app.rate_limits is not None
         for (method, pattern), category in DEFAULT_ROUTE_CATEGORIES.items():

@@ -94,6 +94,8 @@ DEFAULT_ROUTE_CATEGORIES: Final[Mapping[tuple[str, str], Category]] = {
     ("POST", f"{_CLIENT_V3}/rooms/{{room_id}}/report"): "report",
     ("POST", f"{_CLIENT_V3}/users/{{user_id}}/report"): "report",
     ("POST", f"{_CLIENT_V3}/login"): "login",
+    # It takes the password, as a login does: guessing it here is as costly.
+    ("POST", "/_matrix/client/v1/login/get_token"): "login",
     ("POST", f"{_CLIENT_V3}/register"): "registration",
     # Guessing tokens is guessing a way to register.
     ("GET", "/_matrix/client/v1/register/m.login.registration_token/validity"): "registration",
