@@ -32,6 +32,7 @@ from .dehydrated_devices import DehydratedDeviceStorage
 from .e2e_keys import E2eKeyStorage
 from .event_stream import EventStreamReads
 from .hierarchy_reads import HierarchyReads
+from .housekeeping import HousekeepingStorage
 from .login_tokens import LoginTokenStorage
 from .media import MediaStorage
 from .media_admin import MediaAdminStorage
@@ -161,6 +162,7 @@ class Storage:
         self.registration_tokens = RegistrationTokenStorage(self.writer, self.readers)
         self.refresh_tokens = RefreshTokenStorage(self.writer, self.readers)
         self.login_tokens = LoginTokenStorage(self.writer, self.readers)
+        self.housekeeping = HousekeepingStorage(self.writer)
 
     @property
     def actor(self) -> StorageActor:

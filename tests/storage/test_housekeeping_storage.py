@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ranvier.storage import Storage
+from ranvier.storage.housekeeping import Prune
+
+ALICE = "@alice:example.org"
+#: Rows stamped OLD are before the cutoff of every test, NEW after it.
+OLD, CUTOFF, NEW = 100, 500, 1000
+
+
+def _seed(conn: sqlite3.Connection) -> None:
+    run = conn.execute
+    run("INSERT INTO users (user_id, admin, created_ts, deactivated) VALUES (?, 0, 0, 0)", (ALICE,))
+    run("INSERT INTO devices (user_id, device_id, created_ts) VALUES (?, 'LIVE', 0)", (ALICE,))
+    for txn, ts in (("old", OLD), ("new", NEW), ("edge", CUTOFF)):
+        run(
+            "INSERT INTO received_transactions VALUES ('remote.example', ?, 200, x'7b7d', ?)",
+            (txn, ts),
+        )
+    for device, txn, ts in (
+        ("LIVE", "old", OLD),
+        ("LIVE", "new", NEW),
+        ("GONE", "new", NEW),
+        ("", "old", OLD),
+        ("", "new", NEW),
+    ):
+        run(
+            "INSERT INTO client_transactions VALUES (?, ?, ?, '!r:example.org', ?, ?)",
+            (ALICE, device, txn, f"${device}{txn}", ts),
+        )
+        run("INSERT INTO to_device_transactions VALUES (?, ?, ?, ?)", (ALICE, device, txn, ts))
+    for device in ("LIVE", "GONE"):
+        run(
+            "INSERT INTO to_device_inbox (user_id, device_id, message) VALUES (?, ?, x'7b7d')",
+            (ALICE, device),
+        )
+    run("INSERT INTO registration_tokens VALUES ('tok', NULL, 0, NULL)")
+    for name, expires in (("expired", OLD), ("at", CUTOFF), ("valid", NEW)):
+        run("INSERT INTO url_previews VALUES (?, x'7b7d', 0, ?)", (name, expires))
+        run("INSERT INTO login_tokens VALUES (?, ?, ?)", (name.encode(), ALICE, expires))
+        run("INSERT INTO openid_tokens VALUES (?, ?, ?)", (name.encode(), ALICE, expires))
+        run("INSERT INTO registration_token_sessions VALUES (?, 'tok', ?, NULL)", (name, expires))
+    for key, device, made in (
+        (1, "LIVE", NEW),
+        (2, "LIVE", OLD),
+        (3, "GONE", NEW),
+        (4, "LIVE", None),
+    ):
+        run(
+            "INSERT INTO sliding_sync_connections VALUES (?, ?, ?, ?)",
+            (key, ALICE, device, f"c{key}"),
+        )
+        if made is not None:
+            run(
+                "INSERT INTO sliding_sync_positions (pos, conn_key, nonce, token, made_ms)"
+                " VALUES (?, ?, ?, 't', ?)",
+                (key, key, f"n{key}", made),
+            )
+            run(
+                "INSERT INTO sliding_sync_rooms VALUES (?, '!r:example.org', ?, 1, '{}')",
+                (key, key),
+            )
+
+
+@pytest.fixture
+async def seeded(storage: Storage) -> Storage:
+    await storage.actor.submit(_seed)
+    return storage
+
+
+def _rows(db_path: Path, sql: str) -> list[Any]:
+    conn = sqlite3.connect(db_path)
+    try:
+        return sorted(conn.execute(sql).fetchall())
+    finally:
+        conn.close()
+
+
+#: Per rule: what the rows left read as, and how many went.
+_EXPECTED: dict[Prune, tuple[str, list[Any], int]] = {
+    Prune.RECEIVED_TRANSACTIONS: (
+        "SELECT transaction_id FROM received_transactions",
+        [("edge",), ("new",)],
+        1,
+    ),
+    Prune.CLIENT_TRANSACTIONS: (
+        "SELECT device_id, txn_id FROM client_transactions",
+        [("", "new"), ("GONE", "new"), ("LIVE", "new")],
+        2,
+    ),
+    Prune.CLIENT_TRANSACTIONS_OF_GONE_DEVICES: (
+        "SELECT device_id, txn_id FROM client_transactions",
+        [("", "new"), ("", "old"), ("LIVE", "new"), ("LIVE", "old")],
+        1,
+    ),
+    Prune.TO_DEVICE_TRANSACTIONS: (
+        "SELECT device_id, txn_id FROM to_device_transactions",
+        [("", "new"), ("GONE", "new"), ("LIVE", "new")],
+        2,
+    ),
+    Prune.TO_DEVICE_TRANSACTIONS_OF_GONE_DEVICES: (
+        "SELECT device_id, txn_id FROM to_device_transactions",
+        [("", "new"), ("", "old"), ("LIVE", "new"), ("LIVE", "old")],
+        1,
+    ),
+    Prune.TO_DEVICE_INBOX_OF_GONE_DEVICES: (
+        "SELECT device_id FROM to_device_inbox",
+        [("LIVE",)],
+        1,
+    ),
+    Prune.URL_PREVIEWS: ("SELECT url FROM url_previews", [("valid",)], 2),
+    Prune.LOGIN_TOKENS: ("SELECT token_hash FROM login_tokens", [(b"valid",)], 2),
+    Prune.OPENID_TOKENS: ("SELECT token_hash FROM openid_tokens", [(b"valid",)], 2),
+    Prune.REGISTRATION_TOKEN_SESSIONS: (
+        "SELECT session_id FROM registration_token_sessions",
+        [("valid",)],
+        2,
+    ),
+    Prune.SLIDING_SYNC_CONNECTIONS: (
+        "SELECT c.conn_key, p.pos, r.pos FROM sliding_sync_connections AS c"
+        " LEFT JOIN sliding_sync_positions AS p USING (conn_key)"
+        " LEFT JOIN sliding_sync_rooms AS r USING (conn_key)",
+        [(1, 1, 1)],
+        3,
+    ),
+}
+
+
+@pytest.mark.parametrize("rule", list(Prune), ids=lambda rule: rule.value)
+async def test_a_rule_deletes_only_its_rows_and_is_done_the_second_time(
+    seeded: Storage, db_path: Path, rule: Prune
+) -> None:
+    sql, left, deleted = _EXPECTED[rule]
+    before = _rows(db_path, sql)
+    assert set(left) < set(before)
+    assert await seeded.housekeeping.prune(rule, cutoff_ms=CUTOFF, limit=1000) == deleted
+    assert _rows(db_path, sql) == left
+    assert await seeded.housekeeping.prune(rule, cutoff_ms=CUTOFF, limit=1000) == 0
+    assert _rows(db_path, sql) == left
+
+
+def test_every_rule_is_tested() -> None:
+    assert set(_EXPECTED) == set(Prune)
+
+
+async def test_a_write_deletes_at_most_its_limit(storage: Storage, db_path: Path) -> None:
+    def fill(conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            "INSERT INTO received_transactions VALUES ('remote.example', ?, 200, x'7b7d', ?)",
+            [(f"t{n}", OLD if n < 250 else NEW) for n in range(300)],
+        )
+
+    await storage.actor.submit(fill)
+    counts = [
+        await storage.housekeeping.prune(Prune.RECEIVED_TRANSACTIONS, cutoff_ms=CUTOFF, limit=100)
+        for _ in range(4)
+    ]
+    assert counts == [100, 100, 50, 0]
+    assert _rows(db_path, "SELECT COUNT(*) FROM received_transactions") == [(50,)]
+
+
+async def test_a_limit_below_one_is_refused(storage: Storage) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        await storage.housekeeping.prune(Prune.LOGIN_TOKENS, cutoff_ms=CUTOFF, limit=0)
