@@ -19,11 +19,11 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import trio
 
@@ -39,11 +39,13 @@ from ranvier.protocol.signing import (
 )
 
 if TYPE_CHECKING:
+    from ranvier.storage import Storage
     from ranvier.storage.reads import ResyncProgress
 
 __all__ = ["main"]
 
 _log: Final = logging.getLogger("ranvier.cli")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -490,42 +492,50 @@ def _localpart_of(user: str, server_name: str) -> str:
 
 
 def _create_account(config: Config, localpart: str, password: str, *, admin: bool) -> str:
-    """Make the account in the configured database and return its user ID.
-
-    It writes through a storage actor of its own, so a server running on
-    the same database meanwhile is no obstacle: SQLite in WAL mode lets the
-    two take turns, and the server sees the account at once.
-    """
+    """Make the account in the configured database and return its user ID."""
     # Imported here, as the server is for serve: keygen needs none of it.
     from ranvier.core.accounts import Accounts
+
+    async def register(storage: Storage) -> str:
+        accounts = Accounts(server_name=config.server_name, store=storage.accounts)
+        registration = await accounts.register(localpart, password, admin=admin, login=False)
+        return registration.user_id
+
+    return _with_storage(config, register)
+
+
+def _with_storage(config: Config, act: Callable[[Storage], Awaitable[_T]]) -> _T:
+    """Run ``act`` on the configured database, through a storage actor of its
+    own, and turn what can go wrong into a message.
+
+    A server running on the same database meanwhile is no obstacle: SQLite
+    in WAL mode lets the two take turns, and the server sees the writes at
+    once.
+    """
     from ranvier.errors import MatrixError
     from ranvier.storage import Storage
 
     database = config.paths.database
 
-    async def register() -> str:
+    async def run() -> _T:
         storage = Storage(database, synchronous=config.database.synchronous)
         failure: Exception | None = None
-        user_id = ""
+        done: list[_T] = []
         async with trio.open_nursery() as nursery:
             try:
                 await nursery.start(storage.run)
-                accounts = Accounts(server_name=config.server_name, store=storage.accounts)
-                registration = await accounts.register(
-                    localpart, password, admin=admin, login=False
-                )
-                user_id = registration.user_id
+                done.append(await act(storage))
             except Exception as exc:
                 failure = exc
             finally:
                 nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
-        return user_id
+        return done[0]
 
     try:
         database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return trio.run(register)
+        return trio.run(run)
     except MatrixError as exc:
         raise _CommandError(exc.message) from None
     except sqlite3.Error as exc:
@@ -585,12 +595,9 @@ def _run_with_registration_tokens(config: Config, args: argparse.Namespace) -> l
     to print.
     """
     from ranvier.core.registration_tokens import RegistrationTokens
-    from ranvier.errors import MatrixError
-    from ranvier.storage import Storage
 
-    database = config.paths.database
-
-    async def act(tokens: RegistrationTokens) -> list[str]:
+    async def act(storage: Storage) -> list[str]:
+        tokens = RegistrationTokens(storage.registration_tokens)
         if args.action == "new":
             record = await tokens.create(
                 args.token,
@@ -610,31 +617,7 @@ def _run_with_registration_tokens(config: Config, args: argparse.Namespace) -> l
             for record in await tokens.list(valid)
         ]
 
-    async def run() -> list[str]:
-        storage = Storage(database, synchronous=config.database.synchronous)
-        failure: Exception | None = None
-        lines: list[str] = []
-        async with trio.open_nursery() as nursery:
-            try:
-                await nursery.start(storage.run)
-                lines = await act(RegistrationTokens(storage.registration_tokens))
-            except Exception as exc:
-                failure = exc
-            finally:
-                nursery.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
-        return lines
-
-    try:
-        database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return trio.run(run)
-    except MatrixError as exc:
-        raise _CommandError(exc.message) from None
-    except sqlite3.Error as exc:
-        raise _CommandError(f"cannot use the database {database}: {exc}") from None
-    except OSError as exc:
-        raise _CommandError(_describe_os_error(exc)) from None
+    return _with_storage(config, act)
 
 
 def _or_none(value: int | None) -> str:
