@@ -1,0 +1,137 @@
+"""Housekeeping: rows that only serve for a while are deleted after it.
+
+Several tables gain a row per request: records that let a retried request
+be answered as the first was (federation transactions, client transaction
+IDs), tokens and sessions with an expiry, URL previews, sliding sync
+connections. Nothing needs them after their window, and without this task
+they would stay for ever. The main process runs :meth:`Housekeeping.run`,
+a pass now and one every ``interval_ms``; workers do not.
+
+A pass deletes each kind of row in writes of at most ``batch_rows`` rows
+(:class:`ranvier.storage.housekeeping.HousekeepingStorage`), each write a
+request of its own to the storage actor, so other writes go between them
+and none waits behind a long delete.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import trio
+
+from ranvier.storage.housekeeping import Prune
+
+from .builder import wall_clock_ms
+from .sliding_sync import POS_LIFETIME_MS
+
+__all__ = ["HOUR_MS", "Housekeeping", "HousekeepingAges", "PruneStore"]
+
+_log: Final = logging.getLogger(__name__)
+
+HOUR_MS: Final = 60 * 60 * 1000
+
+
+class PruneStore(Protocol):
+    """Where rows are deleted (:class:`ranvier.storage.housekeeping.HousekeepingStorage`)."""
+
+    async def prune(self, rule: Prune, *, cutoff_ms: int, limit: int) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HousekeepingAges:
+    """How long records are kept, in milliseconds."""
+
+    #: A federation transaction's record: a repeat within it is answered
+    #: from the record.
+    federation_transaction_ms: int = 24 * HOUR_MS
+    #: A client transaction ID (sends, redactions, to-device): a retry
+    #: within it is de-duplicated.
+    client_transaction_ms: int = 7 * 24 * HOUR_MS
+
+
+class Housekeeping:
+    """Deletes, pass after pass, the rows nobody can use any more."""
+
+    def __init__(
+        self,
+        store: PruneStore,
+        *,
+        ages: HousekeepingAges,
+        interval_ms: int = HOUR_MS,
+        batch_rows: int = 1000,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self._store = store
+        self._ages = ages
+        self._interval_ms = interval_ms
+        self._batch_rows = batch_rows
+        self._clock_ms = clock_ms
+        #: How many passes have ended, failed ones included.
+        self.passes = 0
+        self._pass_ended = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run a pass now and then one every ``interval_ms``."""
+        task_status.started()
+        while True:
+            try:
+                deleted = await self.run_pass()
+            except Exception:
+                # The next pass tries again; the server goes on serving.
+                _log.exception("a housekeeping pass failed")
+            else:
+                if any(deleted.values()):
+                    _log.info(
+                        "housekeeping deleted %s",
+                        ", ".join(f"{n} {rule.value}" for rule, n in deleted.items() if n),
+                    )
+            finally:
+                self.passes += 1
+                self._pass_ended.set()
+                self._pass_ended = trio.Event()
+            await trio.sleep(self._interval_ms / 1000)
+
+    async def wait_for_pass(self, passes: int) -> None:
+        """Return once ``passes`` passes of :meth:`run` have ended."""
+        while self.passes < passes:
+            await self._pass_ended.wait()
+
+    def cutoffs(self, now_ms: int) -> dict[Prune, int]:
+        """Per kind of row, what a pass at ``now_ms`` compares it with."""
+        federation = now_ms - self._ages.federation_transaction_ms
+        client = now_ms - self._ages.client_transaction_ms
+        return {
+            Prune.RECEIVED_TRANSACTIONS: federation,
+            Prune.CLIENT_TRANSACTIONS: client,
+            Prune.CLIENT_TRANSACTIONS_OF_GONE_DEVICES: now_ms,
+            Prune.TO_DEVICE_TRANSACTIONS: client,
+            Prune.TO_DEVICE_TRANSACTIONS_OF_GONE_DEVICES: now_ms,
+            Prune.TO_DEVICE_INBOX_OF_GONE_DEVICES: now_ms,
+            Prune.URL_PREVIEWS: now_ms,
+            Prune.LOGIN_TOKENS: now_ms,
+            Prune.OPENID_TOKENS: now_ms,
+            Prune.REGISTRATION_TOKEN_SESSIONS: now_ms,
+            # Every position older than this is refused as expired.
+            Prune.SLIDING_SYNC_CONNECTIONS: now_ms - POS_LIFETIME_MS,
+        }
+
+    async def run_pass(self, *, now_ms: int | None = None) -> dict[Prune, int]:
+        """One pass as of ``now_ms`` (the clock's time by default); how many
+        rows of each kind it deleted (sliding sync: connections).
+        """
+        now = self._clock_ms() if now_ms is None else now_ms
+        deleted: dict[Prune, int] = {}
+        for rule, cutoff in self.cutoffs(now).items():
+            total = 0
+            while True:
+                gone = await self._store.prune(rule, cutoff_ms=cutoff, limit=self._batch_rows)
+                total += gone
+                if gone == 0:
+                    break
+                # Let the rest of the server in between two writes.
+                await trio.lowlevel.checkpoint()
+            deleted[rule] = total
+        return deleted
