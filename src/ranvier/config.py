@@ -359,6 +359,23 @@ class ServerNoticesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
             raise ConfigError("system_mxid_avatar_url", "expected an mxc:// URL")
 
 
+class HousekeepingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Deleting records that have served their purpose
+    (:mod:`ranvier.core.housekeeping`), run by the main process."""
+
+    #: How often a pass runs (one runs at start too).
+    interval_seconds: Annotated[int, msgspec.Meta(ge=60)] = 3600
+    #: How long another server's transaction is remembered, so that it is
+    #: answered as before when sent again rather than handled twice.
+    federation_transaction_hours: Annotated[int, msgspec.Meta(ge=1)] = 24
+    #: How long a client's transaction ID (a send, a redaction, a to-device
+    #: message) is remembered, so that a retry after a restart or a lost
+    #: connection is not sent twice. Those of a deleted device go at once.
+    client_transaction_days: Annotated[int, msgspec.Meta(ge=1)] = 7
+    #: The most rows one write deletes, so the writer is never held long.
+    batch_rows: Annotated[int, msgspec.Meta(ge=100)] = 1000
+
+
 def _default_listeners() -> tuple[ListenerConfig, ...]:
     return (
         ListenerConfig(type="federation", host="127.0.0.1", port=8448),
@@ -398,6 +415,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     media: MediaConfig = msgspec.field(default_factory=MediaConfig)
     push: PushConfig = msgspec.field(default_factory=PushConfig)
     server_notices: ServerNoticesConfig = msgspec.field(default_factory=ServerNoticesConfig)
+    housekeeping: HousekeepingConfig = msgspec.field(default_factory=HousekeepingConfig)
     #: Registration files (YAML) of application services: bridges and bots
     #: that own namespaces of users and aliases (:mod:`ranvier.core.appservices`).
     #: Read at start; a bad file stops it.

@@ -164,6 +164,7 @@ from ranvier.core.event_stream import DEFAULT_BUFFER as DEFAULT_EVENT_BUFFER
 from ranvier.core.event_stream import EventStream, StreamedEvent
 from ranvier.core.filters import UserFilters
 from ranvier.core.hierarchy import RoomHierarchy
+from ranvier.core.housekeeping import HOUR_MS, Housekeeping, HousekeepingAges
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
 from ranvier.core.interfaces import EventPersister
 from ranvier.core.joins import RemoteJoiner
@@ -340,6 +341,7 @@ class HomeServer:
         self._media: MediaRepository | None = None
         self._media_deleter: MediaDeleter | None = None
         self._media_retention: MediaRetention | None = None
+        self._housekeeping: Housekeeping | None = None
         self._accounts: Accounts | None = None
         self._registration_tokens: RegistrationTokens | None = None
         self._login_tokens: LoginTokens | None = None
@@ -530,6 +532,11 @@ class HomeServer:
     def media_retention(self) -> MediaRetention:
         """Deletes media unused for its configured lifetime (main process)."""
         return _built(self._media_retention, "media_retention")
+
+    @property
+    def housekeeping(self) -> Housekeeping:
+        """Deletes records past their use (main process)."""
+        return _built(self._housekeeping, "housekeeping")
 
     @property
     def listeners(self) -> tuple[BoundListener, ...]:
@@ -848,6 +855,12 @@ class HomeServer:
             deleter=self._media_deleter,
             local_lifetime_ms=None if local_days is None else local_days * DAY_MS,
             remote_lifetime_ms=None if remote_days is None else remote_days * DAY_MS,
+        )
+        self._housekeeping = Housekeeping(
+            self._storage.housekeeping,
+            ages=_housekeeping_ages(config),
+            interval_ms=config.housekeeping.interval_seconds * 1000,
+            batch_rows=config.housekeeping.batch_rows,
         )
         self._federation_app = FederationApp(
             server_name=config.server_name,
@@ -1217,6 +1230,7 @@ class HomeServer:
             store=storage.e2e_keys,
             notifier=self.stream_notifier,
             edus=self._federation_sender,
+            keep_ms=_housekeeping_ages(self.config).client_transaction_ms,
         )
         uia = Devices(store=storage.client_data, accounts=self._accounts)
         self._e2e_keys = E2eKeys(
@@ -1349,7 +1363,10 @@ class HomeServer:
                 if self._server_notices is None
                 else NoticeGuardedLeaves(self.room_leaves, self._server_notices)
             ),
-            transactions=ClientTransactions(self.storage.client_transactions),
+            transactions=ClientTransactions(
+                self.storage.client_transactions,
+                keep_ms=_housekeeping_ages(self.config).client_transaction_ms,
+            ),
             directory=directory,
         )
         add_directory_routes(router, auth=self.auth, directory=directory, reader=reader)
@@ -1492,7 +1509,10 @@ class HomeServer:
             router,
             auth=self.auth,
             notices=self._server_notices,
-            transactions=ClientTransactions(self.storage.client_transactions),
+            transactions=ClientTransactions(
+                self.storage.client_transactions,
+                keep_ms=_housekeeping_ages(self.config).client_transaction_ms,
+            ),
         )
 
     async def _run_push_sender(
@@ -1528,6 +1548,7 @@ class HomeServer:
             _Component("presence lapses", self.presence.run),
             _Component("push sender", self._run_push_sender),
             _Component("media retention", self.media_retention.run),
+            _Component("housekeeping", self.housekeeping.run),
             _Component("application service sender", self._run_appservice_sender),
             *(
                 [_Component("server notices user", self._server_notices.run)]
@@ -1620,6 +1641,15 @@ def _make_private_directory(path: Path) -> None:
     # mkdir's mode is reduced by the umask; set it outright. An existing
     # directory keeps the mode its operator gave it.
     path.chmod(0o700)
+
+
+def _housekeeping_ages(config: Config) -> HousekeepingAges:
+    """How long records are kept, as configured."""
+    ages = config.housekeeping
+    return HousekeepingAges(
+        federation_transaction_ms=ages.federation_transaction_hours * HOUR_MS,
+        client_transaction_ms=ages.client_transaction_days * 24 * HOUR_MS,
+    )
 
 
 def _built(part: _T | None, name: str) -> _T:

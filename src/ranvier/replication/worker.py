@@ -224,6 +224,7 @@ class WorkerServer(HomeServer):
                 "un-partial-state task",
                 "push sender",
                 "media retention",
+                "housekeeping",
                 "application service sender",
                 "typing expiry",
                 "presence lapses",

@@ -1,0 +1,129 @@
+"""Housekeeping over real HTTP: a federation transaction sent again within
+its window is answered from the record and handled afresh after it; a
+client's transaction retried within a week is de-duplicated and not after;
+the records of a device that logged out go at the next pass.
+
+Each pass is run as of a time the test names, so days pass without
+waiting for them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import msgspec
+import trio
+from _client import Client, q
+
+from ranvier.core.housekeeping import HOUR_MS
+from ranvier.testing import RemoteHomeserver
+from ranvier.testing.homeserver import TestHomeserver, open_test_homeserver
+from ranvier.testing.network import Pki
+
+DAY_MS = 24 * HOUR_MS
+_MARKER = {"pdus": {"$marker": {"error": "answered from the record"}}}
+
+
+def _rows(hs: TestHomeserver, sql: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(hs.server.config.paths.database)
+    try:
+        return sorted(conn.execute(sql).fetchall())
+    finally:
+        conn.close()
+
+
+async def test_a_repeated_federation_transaction_is_answered_from_its_record_for_a_day(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    pki = Pki.create(tmp_path)
+    remote = RemoteHomeserver("127.0.0.1:{port}")
+    await remote.start(nursery, pki.server_context("127.0.0.1"))
+    await remote.open_client(nursery, pki.client_context())
+    async with open_test_homeserver(tmp_path / "a", federation=pki) as a:
+        storage = a.server.storage
+        first = await remote.send_transaction(a.server_name, [], txn_id="txn1")
+        record = await storage.get_received_transaction(remote.server_name, "txn1")
+        assert record is not None
+
+        # An answer that could only come from the record, to tell it apart
+        # from the transaction handled again.
+        def mark(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE received_transactions SET response_json = ? WHERE transaction_id = 'txn1'",
+                (msgspec.json.encode(_MARKER),),
+            )
+
+        await storage.actor.submit(mark)
+        housekeeping = a.server.housekeeping
+        within = await housekeeping.run_pass(now_ms=record.received_ts + DAY_MS)
+        repeated = await remote.send_transaction(a.server_name, [], txn_id="txn1")
+        after = await housekeeping.run_pass(now_ms=record.received_ts + DAY_MS + 1)
+        pruned = await storage.get_received_transaction(remote.server_name, "txn1")
+        handled_again = await remote.send_transaction(a.server_name, [], txn_id="txn1")
+
+    assert first == {"pdus": {}}
+    assert sum(within.values()) == 0
+    assert repeated == _MARKER
+    assert sum(after.values()) == 1
+    assert pruned is None
+    assert handled_again == {"pdus": {}}
+
+
+async def test_a_client_transaction_is_de_duplicated_for_a_week(tmp_path: Path) -> None:
+    async with open_test_homeserver(tmp_path) as hs, hs.client() as http:
+        client = Client(hs, http)
+        alice = await hs.register_user("alice")
+        room_id = await client.create_room(alice)
+        path = f"/rooms/{q(room_id)}/send/m.room.message/retried"
+
+        async def send() -> str:
+            answer = await client.ok(alice, "PUT", path, {"body": "once"})
+            return str(answer["event_id"])
+
+        first = await send()
+        ((created,),) = _rows(hs, "SELECT created_ts FROM client_transactions")
+        assert isinstance(created, int)
+        housekeeping = hs.server.housekeeping
+        await housekeeping.run_pass(now_ms=created + 7 * DAY_MS)
+        within_a_week = await send()
+        await housekeeping.run_pass(now_ms=created + 7 * DAY_MS + 1)
+        left = _rows(hs, "SELECT txn_id FROM client_transactions")
+        after_a_week = await send()
+
+    assert within_a_week == first
+    assert left == []
+    assert after_a_week != first
+
+
+async def test_the_records_of_a_device_that_logged_out_go_at_the_next_pass(
+    tmp_path: Path,
+) -> None:
+    async with open_test_homeserver(tmp_path) as hs, hs.client() as http:
+        client = Client(hs, http)
+        alice = await hs.register_user("alice")
+        bob = await hs.register_user("bob")
+        for user in (alice, bob):
+            room_id = await client.create_room(user)
+            await client.ok(
+                user, "PUT", f"/rooms/{q(room_id)}/send/m.room.message/m1", {"body": "hi"}
+            )
+            await client.ok(
+                user,
+                "PUT",
+                "/sendToDevice/m.test/d1",
+                {"messages": {alice.user_id: {alice.device_id: {"n": 1}}}},
+            )
+        sent_txns = "SELECT user_id FROM client_transactions WHERE txn_id LIKE '%m1'"
+        to_device_txns = "SELECT user_id FROM to_device_transactions"
+        before = (_rows(hs, sent_txns), _rows(hs, to_device_txns))
+        await client.ok(bob, "POST", "/logout", {})
+        deleted = await hs.server.housekeeping.run_pass()
+        after = (_rows(hs, sent_txns), _rows(hs, to_device_txns))
+        again = await hs.server.housekeeping.run_pass()
+
+    both = [(alice.user_id,), (bob.user_id,)]
+    assert before == (both, both)
+    assert after == ([(alice.user_id,)], [(alice.user_id,)])
+    assert sum(deleted.values()) == 2
+    assert sum(again.values()) == 0
