@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -7,7 +8,7 @@ from typing import Any
 import pytest
 
 from ranvier.storage import Storage
-from ranvier.storage.housekeeping import Prune
+from ranvier.storage.housekeeping import Prune, _delete, _find
 
 ALICE = "@alice:example.org"
 #: Rows stamped OLD are before the cutoff of every test, NEW after it.
@@ -168,3 +169,28 @@ async def test_a_write_deletes_at_most_its_limit(storage: Storage, db_path: Path
 async def test_a_limit_below_one_is_refused(storage: Storage) -> None:
     with pytest.raises(ValueError, match="limit"):
         await storage.housekeeping.prune(Prune.LOGIN_TOKENS, cutoff_ms=CUTOFF, limit=0)
+
+
+async def test_a_row_back_in_use_since_it_was_found_is_kept(seeded: Storage, db_path: Path) -> None:
+    (found,) = await seeded.readers.read(
+        functools.partial(
+            _find, rule=Prune.TO_DEVICE_INBOX_OF_GONE_DEVICES, cutoff_ms=CUTOFF, limit=10
+        )
+    )
+
+    def log_in_again(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO devices (user_id, device_id, created_ts) VALUES (?, 'GONE', 0)", (ALICE,)
+        )
+
+    await seeded.actor.submit(log_in_again)
+    deleted = await seeded.actor.submit(
+        functools.partial(
+            _delete,
+            rule=Prune.TO_DEVICE_INBOX_OF_GONE_DEVICES.value,
+            cutoff_ms=CUTOFF,
+            keys=[found],
+        )
+    )
+    assert deleted == 0
+    assert _rows(db_path, "SELECT device_id FROM to_device_inbox") == [("GONE",), ("LIVE",)]

@@ -5,7 +5,10 @@ a record older than the window it answers within, a token past its expiry,
 a row of a device that was deleted. :meth:`HousekeepingStorage.prune` runs
 one write that deletes at most ``limit`` such rows and says how many went,
 so that a caller deleting many rows holds the writer for one short write
-at a time and other writes go between.
+at a time and other writes go between. The rows are looked for first on a
+reader connection, which may scan a table (rows of deleted devices have no
+index to find them by); the write deletes those rows by rowid, each only if
+it still meets the rule, so the writer never scans.
 
 Invariants
 ----------
@@ -28,9 +31,11 @@ from __future__ import annotations
 
 import enum
 import functools
+import json
 import sqlite3
 from typing import Final
 
+from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
 
 __all__ = ["HousekeepingStorage", "Prune"]
@@ -94,6 +99,13 @@ _RULES: Final[dict[Prune, tuple[str, str]]] = {
     Prune.REGISTRATION_TOKEN_SESSIONS: ("registration_token_sessions", "t.expires_ts <= :cutoff"),
 }
 
+#: A sliding sync connection (aliased ``t``) none of whose positions is
+#: younger than ``:cutoff``, or of a device that no longer exists.
+_STALE_CONNECTION: Final = (
+    "(COALESCE((SELECT MAX(p.made_ms) FROM sliding_sync_positions AS p"
+    " WHERE p.conn_key = t.conn_key), 0) < :cutoff OR " + _GONE + ")"
+)
+
 #: A connection's rows are deleted with it: it counts as this many rows of
 #: the write's limit, so that a write stays short with rooms to delete.
 _ROWS_PER_CONNECTION: Final = 100
@@ -102,8 +114,9 @@ _ROWS_PER_CONNECTION: Final = 100
 class HousekeepingStorage:
     """Deletes rows no longer of use, a bounded write at a time."""
 
-    def __init__(self, actor: WriteBackend) -> None:
+    def __init__(self, actor: WriteBackend, readers: ReaderPool) -> None:
         self._actor = actor
+        self._readers = readers
 
     async def prune(self, rule: Prune, *, cutoff_ms: int, limit: int) -> int:
         """Delete at most ``limit`` rows of ``rule`` in one write; how many went
@@ -111,40 +124,54 @@ class HousekeepingStorage:
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
+        if rule is Prune.SLIDING_SYNC_CONNECTIONS:
+            limit = max(1, limit // _ROWS_PER_CONNECTION)
+        found = await self._readers.read(
+            functools.partial(_find, rule=rule, cutoff_ms=cutoff_ms, limit=limit)
+        )
+        if not found:
+            return 0
         return await self._actor.submit(
-            functools.partial(_prune, rule=rule.value, cutoff_ms=cutoff_ms, limit=limit)
+            functools.partial(_delete, rule=rule.value, cutoff_ms=cutoff_ms, keys=found)
         )
 
 
-@registered_write
-def _prune(conn: sqlite3.Connection, *, rule: str, cutoff_ms: int, limit: int) -> int:
-    which = Prune(rule)
-    if which is Prune.SLIDING_SYNC_CONNECTIONS:
-        return _prune_connections(conn, cutoff_ms, max(1, limit // _ROWS_PER_CONNECTION))
-    table, condition = _RULES[which]
-    # Selecting the rowids first keeps the delete to ``limit`` rows without
-    # SQLite's optional DELETE ... LIMIT.
-    return conn.execute(
-        f"DELETE FROM {table} WHERE rowid IN"
-        f" (SELECT t.rowid FROM {table} AS t WHERE {condition} LIMIT :limit)",
-        {"cutoff": cutoff_ms, "limit": limit},
-    ).rowcount
-
-
-def _prune_connections(conn: sqlite3.Connection, cutoff_ms: int, limit: int) -> int:
-    stale = [
-        int(conn_key)
-        for (conn_key,) in conn.execute(
-            f"""
-            SELECT t.conn_key FROM sliding_sync_connections AS t
-            WHERE COALESCE((SELECT MAX(p.made_ms) FROM sliding_sync_positions AS p
-                            WHERE p.conn_key = t.conn_key), 0) < :cutoff
-               OR {_GONE}
-            LIMIT :limit
-            """,
+def _find(conn: sqlite3.Connection, *, rule: Prune, cutoff_ms: int, limit: int) -> list[int]:
+    if rule is Prune.SLIDING_SYNC_CONNECTIONS:
+        table, key, condition = "sliding_sync_connections", "conn_key", _STALE_CONNECTION
+    else:
+        (table, condition), key = _RULES[rule], "rowid"
+    return [
+        int(found)
+        for (found,) in conn.execute(
+            f"SELECT t.{key} FROM {table} AS t WHERE {condition} LIMIT :limit",
             {"cutoff": cutoff_ms, "limit": limit},
         )
     ]
-    for table in ("sliding_sync_rooms", "sliding_sync_positions", "sliding_sync_connections"):
-        conn.executemany(f"DELETE FROM {table} WHERE conn_key = ?", [(key,) for key in stale])
-    return len(stale)
+
+
+@registered_write
+def _delete(conn: sqlite3.Connection, *, rule: str, cutoff_ms: int, keys: list[int]) -> int:
+    which = Prune(rule)
+    wanted = {"cutoff": cutoff_ms, "keys": json.dumps(keys)}
+    if which is Prune.SLIDING_SYNC_CONNECTIONS:
+        stale = [
+            int(conn_key)
+            for (conn_key,) in conn.execute(
+                "SELECT t.conn_key FROM sliding_sync_connections AS t"
+                " WHERE t.conn_key IN (SELECT value FROM json_each(:keys))"
+                f" AND {_STALE_CONNECTION}",
+                wanted,
+            )
+        ]
+        for table in ("sliding_sync_rooms", "sliding_sync_positions", "sliding_sync_connections"):
+            conn.executemany(f"DELETE FROM {table} WHERE conn_key = ?", [(key,) for key in stale])
+        return len(stale)
+    table, condition = _RULES[which]
+    # The rule is checked again: a row may have come back into use (its
+    # device logged in again) since it was found.
+    return conn.execute(
+        f"DELETE FROM {table} AS t"
+        f" WHERE t.rowid IN (SELECT value FROM json_each(:keys)) AND {condition}",
+        wanted,
+    ).rowcount
