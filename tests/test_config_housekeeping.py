@@ -10,13 +10,15 @@ from ranvier.config import Config, ConfigError
 
 def test_defaults_and_read_from_toml() -> None:
     default = Config.default().housekeeping
+    assert default.enabled
     assert (default.interval_seconds, default.batch_rows) == (3600, 1000)
     assert (default.federation_transaction_hours, default.client_transaction_days) == (24, 7)
     config = Config.from_toml(
         "[housekeeping]\ninterval_seconds = 600\nfederation_transaction_hours = 48\n"
-        "client_transaction_days = 30\nbatch_rows = 500\n"
+        "client_transaction_days = 30\nbatch_rows = 500\nenabled = false\n"
     )
     read = config.housekeeping
+    assert not read.enabled
     assert (read.interval_seconds, read.batch_rows) == (600, 500)
     assert (read.federation_transaction_hours, read.client_transaction_days) == (48, 30)
 

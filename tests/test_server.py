@@ -208,6 +208,9 @@ async def test_no_thread_outlives_the_server(tmp_path: Path) -> None:
     before = _our_threads()
     async with open_homeserver(_config(tmp_path)) as server:
         await server.storage.store_room("!room:hs.test", "10")
+        # The first housekeeping pass reads on Trio's threads, named for
+        # their job while it runs.
+        await server.housekeeping.wait_for_pass(1)
         started = _our_threads() - before
         assert {thread.name for thread in started} == {"ranvier-storage-writer"}
     # The writer thread is told to end as the actor stops; it may take a

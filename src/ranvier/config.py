@@ -363,6 +363,9 @@ class HousekeepingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     """Deleting records that have served their purpose
     (:mod:`ranvier.core.housekeeping`), run by the main process."""
 
+    #: Run the task. Off, nothing is pruned but what requests themselves
+    #: clear; test homeservers turn it off, as their clocks are the tests'.
+    enabled: bool = True
     #: How often a pass runs (one runs at start too).
     interval_seconds: Annotated[int, msgspec.Meta(ge=60)] = 3600
     #: How long another server's transaction is remembered, so that it is

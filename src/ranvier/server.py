@@ -1548,7 +1548,11 @@ class HomeServer:
             _Component("presence lapses", self.presence.run),
             _Component("push sender", self._run_push_sender),
             _Component("media retention", self.media_retention.run),
-            _Component("housekeeping", self.housekeeping.run),
+            *(
+                [_Component("housekeeping", self.housekeeping.run)]
+                if self.config.housekeeping.enabled
+                else []
+            ),
             _Component("application service sender", self._run_appservice_sender),
             *(
                 [_Component("server notices user", self._server_notices.run)]

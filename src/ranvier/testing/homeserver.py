@@ -14,7 +14,9 @@ plain HTTP on 127.0.0.1 and a port the system picks, SQLite with
 ``synchronous = OFF`` (a test's database need not survive a power cut),
 open registration (so a client under test can ``/register``), password
 hashes at argon2id's lowest cost (microseconds, not a fifth of a second,
-for each registration and login with a password), no rate limits, and no
+for each registration and login with a password), no rate limits, no
+housekeeping task (tests set the clocks of the parts whose rows it would
+prune; ``hs.server.housekeeping.run_pass`` runs a pass), and no
 federation listener unless the test asks for one by
 passing a :class:`~ranvier.testing.network.Pki`, whose CA signs the
 listener's certificate and is the only CA the server trusts, so that two
@@ -48,6 +50,7 @@ from ranvier.config import (
     Config,
     DatabaseConfig,
     FederationConfig,
+    HousekeepingConfig,
     ListenerConfig,
     RateLimitConfig,
     RegistrationConfig,
@@ -168,6 +171,7 @@ def config_for_tests(
         database=DatabaseConfig(synchronous="OFF"),
         federation=federation_config,
         ratelimit=RateLimitConfig(enabled=rate_limits),
+        housekeeping=HousekeepingConfig(enabled=False),
         registration=RegistrationConfig(
             enabled=True,
             password_hash_time_cost=1,
