@@ -15,7 +15,6 @@ and none waits behind a long delete.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -25,11 +24,10 @@ import trio
 from ranvier.storage.housekeeping import Prune
 
 from .builder import wall_clock_ms
+from .periodic import PeriodicPasses
 from .sliding_sync import POS_LIFETIME_MS
 
 __all__ = ["HOUR_MS", "Housekeeping", "HousekeepingAges", "PruneStore"]
-
-_log: Final = logging.getLogger(__name__)
 
 HOUR_MS: Final = 60 * 60 * 1000
 
@@ -52,8 +50,10 @@ class HousekeepingAges:
     client_transaction_ms: int = 7 * 24 * HOUR_MS
 
 
-class Housekeeping:
+class Housekeeping(PeriodicPasses[dict[Prune, int]]):
     """Deletes, pass after pass, the rows nobody can use any more."""
+
+    name = "housekeeping"
 
     def __init__(
         self,
@@ -64,40 +64,16 @@ class Housekeeping:
         batch_rows: int = 1000,
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
+        super().__init__(interval_seconds=interval_ms / 1000)
         self._store = store
         self._ages = ages
-        self._interval_ms = interval_ms
         self._batch_rows = batch_rows
         self._clock_ms = clock_ms
-        #: How many passes have ended, failed ones included.
-        self.passes = 0
-        self._pass_ended = trio.Event()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run a pass now and then one every ``interval_ms``."""
-        task_status.started()
-        while True:
-            try:
-                deleted = await self.run_pass()
-            except Exception:
-                # The next pass tries again; the server goes on serving.
-                _log.exception("a housekeeping pass failed")
-            else:
-                if any(deleted.values()):
-                    _log.info(
-                        "housekeeping deleted %s",
-                        ", ".join(f"{n} {rule.value}" for rule, n in deleted.items() if n),
-                    )
-            finally:
-                self.passes += 1
-                self._pass_ended.set()
-                self._pass_ended = trio.Event()
-            await trio.sleep(self._interval_ms / 1000)
-
-    async def wait_for_pass(self, passes: int) -> None:
-        """Return once ``passes`` passes of :meth:`run` have ended."""
-        while self.passes < passes:
-            await self._pass_ended.wait()
+    def describe(self, done: dict[Prune, int]) -> str | None:
+        if not any(done.values()):
+            return None
+        return "deleted " + ", ".join(f"{n} {rule.value}" for rule, n in done.items() if n)
 
     def cutoffs(self, now_ms: int) -> dict[Prune, int]:
         """Per kind of row, what a pass at ``now_ms`` compares it with."""

@@ -13,20 +13,16 @@ media of that kind is kept forever.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Final
 
-import trio
-
 from ranvier.storage.media_admin import DeletionRule
 
 from .media_deletion import MediaDeleter
+from .periodic import PeriodicPasses
 
 __all__ = ["DAY_MS", "PASS_INTERVAL_SECONDS", "MediaRetention"]
-
-_log: Final = logging.getLogger(__name__)
 
 #: How long the task waits between passes.
 PASS_INTERVAL_SECONDS: Final = 60 * 60.0
@@ -34,9 +30,11 @@ PASS_INTERVAL_SECONDS: Final = 60 * 60.0
 DAY_MS: Final = 24 * 60 * 60 * 1000
 
 
-class MediaRetention:
+class MediaRetention(PeriodicPasses[int]):
     """Deletes our media and other servers' media kept here when unused
     for their lifetimes (None: kept forever)."""
+
+    name = "media retention"
 
     def __init__(
         self,
@@ -46,36 +44,14 @@ class MediaRetention:
         remote_lifetime_ms: int | None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
+        super().__init__(interval_seconds=PASS_INTERVAL_SECONDS)
         self._deleter = deleter
         self._local_lifetime_ms = local_lifetime_ms
         self._remote_lifetime_ms = remote_lifetime_ms
         self._clock_ms = clock_ms
-        #: How many passes have ended, failed ones included.
-        self.passes = 0
-        self._pass_ended = trio.Event()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run a pass now and then one every :data:`PASS_INTERVAL_SECONDS`."""
-        task_status.started()
-        while True:
-            try:
-                deleted = await self.run_pass()
-            except Exception:
-                # The next pass tries again; the server goes on serving.
-                _log.exception("a media retention pass failed")
-            else:
-                if deleted:
-                    _log.info("media retention deleted %d pieces of media", deleted)
-            finally:
-                self.passes += 1
-                self._pass_ended.set()
-                self._pass_ended = trio.Event()
-            await trio.sleep(PASS_INTERVAL_SECONDS)
-
-    async def wait_for_pass(self, passes: int) -> None:
-        """Return once ``passes`` passes of :meth:`run` have ended."""
-        while self.passes < passes:
-            await self._pass_ended.wait()
+    def describe(self, done: int) -> str | None:
+        return f"deleted {done} pieces of media" if done else None
 
     async def run_pass(self, *, now_ms: int | None = None) -> int:
         """One pass as of ``now_ms`` (the clock's time by default); how many
