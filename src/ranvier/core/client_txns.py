@@ -23,10 +23,13 @@ Invariants
   the event it sends; otherwise it is recorded in a write of its own once
   the send returns. Either way the send is answered only once the record
   is on disk.
-* **Kept a day.** Clients retry within minutes; a transaction is forgotten
-  ``keep_ms`` (a day) after it was recorded, by a prune that a recording
-  runs at most once every ``prune_every_ms`` (an hour), so the table
-  stays the size of a day's sends.
+* **Kept for a while.** Clients retry within minutes, or after a restart
+  or a long network failure; a transaction is forgotten ``keep_ms`` after
+  it was recorded (a day by default here; the server passes
+  ``[housekeeping] client_transaction_days``, a week by default), by a
+  prune that a recording runs at most once every ``prune_every_ms`` (an
+  hour), and by the housekeeping task, so the table stays the size of that
+  window's sends.
 """
 
 from __future__ import annotations
