@@ -1,5 +1,5 @@
 """Sliding sync's extensions over real HTTP: to_device, e2ee, account_data,
-receipts and typing, each answered from /sync's own streams."""
+receipts, typing and presence, each answered from /sync's own streams."""
 
 from __future__ import annotations
 
@@ -191,3 +191,77 @@ async def test_a_connection_of_extensions_alone_long_polls_for_messages(
         {"secret": 1}
     ]
     assert answer["rooms"] == {}
+
+
+def _presence(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each sender's presence content in the presence extension; a sender
+    twice fails."""
+    events = answer["extensions"]["presence"]["events"]
+    assert all(event["type"] == "m.presence" for event in events)
+    found = {event["sender"]: event["content"] for event in events}
+    assert len(found) == len(events)
+    return found
+
+
+async def test_presence_of_those_sharing_a_room_and_a_long_poll_it_wakes(
+    env: SharedRoom,
+) -> None:
+    http, client, alice, bob, carol = (
+        env.client.http,
+        env.client,
+        env.alice,
+        env.bob,
+        env.carol,
+    )
+    status = "/presence/{}/status"
+    await client.ok(bob, "PUT", status.format(q(bob.user_id)), {"presence": "unavailable"})
+    await client.ok(carol, "PUT", status.format(q(carol.user_id)), {"presence": "online"})
+    first = await slide(http, alice, _body(presence={}))
+    seen = _presence(first)
+    # The request itself marked Alice online; Carol shares no room with her.
+    assert seen[alice.user_id]["presence"] == "online"
+    assert seen[bob.user_id]["presence"] == "unavailable"
+    assert carol.user_id not in seen
+    # Nothing changed since: nothing again, and the same pos.
+    quiet = await slide(http, alice, _body(presence={}), pos=first["pos"])
+    assert quiet["pos"] == first["pos"]
+    assert _presence(quiet) == {}
+    # Not asked for, not answered.
+    plain = await slide(http, alice, {**_body(), "conn_id": "plain"})
+    assert "presence" not in plain["extensions"]
+
+    answers: list[dict[str, Any]] = []
+
+    async def poll() -> None:
+        answers.append(
+            await slide(http, alice, _body(presence={}), pos=first["pos"], timeout_ms=60_000)
+        )
+
+    notifier = env.hs.server.stream_notifier
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            while notifier.waiting == 0:
+                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            # Carol shares no room with Alice: her change leaves the poll asleep.
+            await client.ok(
+                carol, "PUT", status.format(q(carol.user_id)), {"presence": "unavailable"}
+            )
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            assert answers == []
+            await client.ok(
+                bob,
+                "PUT",
+                status.format(q(bob.user_id)),
+                {"presence": "online", "status_msg": "lunch"},
+            )
+    (woken,) = answers
+    assert woken["pos"] != first["pos"]
+    bob_now = _presence(woken)
+    assert set(bob_now) == {bob.user_id}
+    assert bob_now[bob.user_id]["presence"] == "online"
+    assert bob_now[bob.user_id]["status_msg"] == "lunch"
+    assert woken["rooms"] == {}
+    # The next request goes on from there: nothing new.
+    after = await slide(http, alice, _body(presence={}), pos=woken["pos"])
+    assert _presence(after) == {}

@@ -226,7 +226,7 @@ class SlidingSyncHandler:
         self._store = store
         self._events = events
         self._notifier = notifier
-        self._sources = ExtensionSources(account_data, receipts, typing, end_to_end)
+        self._sources = ExtensionSources(account_data, receipts, typing, end_to_end, presence)
         self._presence = presence
         self._notifications = notifications
         self._aggregations = aggregations

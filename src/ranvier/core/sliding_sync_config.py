@@ -236,7 +236,9 @@ class _Body(msgspec.Struct):
     set_presence: str | None = None
 
 
-_EXTENSIONS: Final = frozenset({"to_device", "e2ee", "account_data", "receipts", "typing"})
+_EXTENSIONS: Final = frozenset(
+    {"to_device", "e2ee", "account_data", "receipts", "typing", "presence"}
+)
 
 
 def _bad(message: str) -> MatrixError:

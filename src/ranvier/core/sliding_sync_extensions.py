@@ -13,6 +13,10 @@
 * ``receipts`` (MSC3960) and ``typing`` (MSC3961): per room of the
   extension's rooms, the ``m.receipt`` and ``m.typing`` events changed
   since the connection's position; a room sent ``initial`` gets them whole.
+* ``presence`` (MSC3575's list): the ``m.presence`` events of the users
+  sharing a room with the user whose presence changed since the
+  connection's position (every one known on a new connection), as
+  ``/sync``'s presence section; it has no rooms of its own.
 
 An extension's rooms are those of the lists it names (``*``: all) and the
 subscriptions it names (``*``: all); naming neither means all of both.
@@ -28,7 +32,7 @@ from ranvier.core.account_data import AccountData
 from ranvier.core.e2e_keys import E2eSync
 from ranvier.core.notifier import StreamPosition
 from ranvier.core.sliding_sync_config import ANY, ExtensionConfig
-from ranvier.core.sync import EndToEndSource, EphemeralSource
+from ranvier.core.sync import EndToEndSource, EphemeralSource, PresenceSource
 from ranvier.errors import MatrixError
 
 __all__ = ["ExtensionSources", "RoomsChosen", "extension_rooms", "extensions_response"]
@@ -42,6 +46,7 @@ class ExtensionSources:
     receipts: EphemeralSource | None = None
     typing: EphemeralSource | None = None
     end_to_end: EndToEndSource | None = None
+    presence: PresenceSource | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +138,12 @@ async def extensions_response(
             found.update(await source.for_sync(user_id, fresh, None, upto))
         answer[name] = {"rooms": found}
         news = news or bool(found)
+    config = extensions.get("presence")
+    if config is not None and sources.presence is not None:
+        after = None if since is None else since.presence
+        events = await sources.presence.for_sync(user_id, after, now.presence)
+        answer["presence"] = {"events": events}
+        news = news or bool(events)
     to_device = extensions.get("to_device")
     e2ee = extensions.get("e2ee")
     if (to_device is not None or e2ee is not None) and sources.end_to_end is not None:
