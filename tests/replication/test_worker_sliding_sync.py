@@ -1,7 +1,8 @@
 """Sliding sync through a client_reader worker: a connection's positions
 live in the shared database, so a connection started on one process goes
 on from the other (its writes made by the main process's storage actor),
-and a long-poll on the worker wakes for a message the main process took."""
+a long-poll on the worker wakes for a message the main process took, and
+the presence extension follows the main process's presence."""
 
 from __future__ import annotations
 
@@ -76,3 +77,55 @@ async def test_a_connection_goes_on_across_the_processes(tmp_path: Path) -> None
                 await say("wake the worker")
         (answer,) = answers
         assert _bodies(answer, room_id) == ["wake the worker"]
+
+
+async def test_the_presence_extension_on_the_worker(tmp_path: Path) -> None:
+    async with alice_on_both(tmp_path) as both:
+        alice = both.alice
+        status = f"{_V3}/presence/{alice.user_id}/status"
+        # The worker's syncs leave presence alone: only the main process's
+        # changes below move it.
+        body = {"extensions": {"presence": {"enabled": True}}}
+        params = {"set_presence": "offline"}
+
+        async def slide(pos: str | None = None, timeout_ms: int = 0) -> dict[str, Any]:
+            query = {**params, "timeout": str(timeout_ms), **({} if pos is None else {"pos": pos})}
+            response = await both.on_worker.post(SLIDING_SYNC_PATH, json=body, params=query)
+            assert response.status_code == 200, response.text
+            answer: dict[str, Any] = response.json()
+            return answer
+
+        def statuses(answer: dict[str, Any]) -> list[str | None]:
+            return [
+                event["content"].get("status_msg")
+                for event in answer["extensions"]["presence"]["events"]
+                if event["sender"] == alice.user_id
+            ]
+
+        made = await both.on_main.put(status, json={"presence": "unavailable", "status_msg": "a"})
+        assert made.status_code == 200, made.text
+        with trio.fail_after(30):
+            # The worker's copy of presence follows the main process's.
+            first = await slide()
+            while statuses(first) != ["a"]:
+                await trio.sleep(0.05)
+                first = await slide()
+        answers: list[dict[str, Any]] = []
+
+        async def poll() -> None:
+            answers.append(await slide(first["pos"], timeout_ms=60_000))
+
+        notifier = both.worker.stream_notifier
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(poll)
+                while notifier.waiting == 0:
+                    await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+                assert answers == []
+                made = await both.on_main.put(
+                    status, json={"presence": "online", "status_msg": "b"}
+                )
+                assert made.status_code == 200, made.text
+        (answer,) = answers
+        assert statuses(answer) == ["b"]
+        assert answer["pos"] != first["pos"]
