@@ -581,13 +581,19 @@ async def test_a_larger_config_sends_a_room_again_and_a_smaller_one_does_not(
     listed = {"lists": {"all": all_rooms(timeline_limit=1)}}
     opened = {
         **listed,
-        "room_subscriptions": {env.room_id: {"timeline_limit": 3, "required_state": []}},
+        "room_subscriptions": {
+            env.room_id: {"timeline_limit": 3, "required_state": [["m.room.name", ""]]}
+        },
     }
     first = await slide(http, env.alice, listed)
     assert bodies(first["rooms"][env.room_id]) == ["three"]
     larger = await slide(http, env.alice, opened, pos=first["pos"])
     room = larger["rooms"][env.room_id]
+    # More required_state: the room comes whole again (a longer timeline
+    # alone expands it: test_sliding_sync_expanded.py).
     assert room["initial"] is True
+    assert "expanded_timeline" not in room
+    assert _state(room) == {("m.room.name", "")}
     assert bodies(room) == ["one", "two", "three"]
     smaller = await slide(http, env.alice, listed, pos=larger["pos"])
     assert smaller["rooms"] == {}

@@ -33,10 +33,14 @@ user has a membership in them. A room chosen several times gets the
 configs combined (:mod:`ranvier.core.sliding_sync_config`).
 
 A chosen room is sent ``initial`` when the connection never sent it,
-sent it under a config that did not cover the one it is chosen with now
-(a smaller one needs nothing sent again), or the user's membership changed
-kind since; otherwise only when events arrived after the position it was
-sent up to (:mod:`ranvier.core.sliding_sync_rooms`). A room that leaves the ranges
+sent it under a ``required_state`` that did not cover the one it is chosen
+with now (a smaller one needs nothing sent again), or the user's
+membership changed kind since. A room whose ``timeline_limit`` alone grew
+is sent at once with the longer timeline and ``expanded_timeline`` (the
+MSC's expansion), its state only what changed; the connection then holds
+the longer limit, and keeps it through a smaller one whose answers had no
+gap. Otherwise a room is sent only when events arrived after the position
+it was sent up to (:mod:`ranvier.core.sliding_sync_rooms`). A room that leaves the ranges
 keeps its position, and coming back sends what it missed.
 
 Partial state (MSC3706, MSC3902): a room whose state is partial here is
@@ -69,7 +73,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
 import trio
@@ -405,27 +409,24 @@ class SlidingSyncHandler:
             if facts.partial and facts.membership == "join" and config.all_members:
                 continue
             # The DM flag and membership are kept with the config: a room
-            # whose user's membership changed kind, or whose config grew, is
-            # sent whole (a profile change or a smaller config is not); one
-            # whose DM flag changed says so.
+            # whose user's membership changed kind, or whose required_state
+            # grew, is sent whole (a profile change or a smaller config is
+            # not); one whose timeline_limit alone grew is sent at once with
+            # the longer timeline (expanded); one whose DM flag changed says so.
             is_dm = room_id in listed.direct_rooms or facts.direct_invite
-            key = f"{'dm' if is_dm else '-'} {facts.membership} {config.key()}"
             before = sent_before.get(room_id)
             held = None if before is None else _held(before[1])
-            dm_changed = False
-            if (
-                before is not None
-                and held is not None
-                and held[1] == facts.membership
-                and held[2].covers(config)
-            ):
-                sent_upto: int | None = before[0]
-                dm_changed = held[0] != is_dm
-                newest = facts.latest if facts.membership == "join" else facts.membership_at
-                if newest <= before[0] and not dm_changed:
-                    continue
-            else:
-                sent_upto = None
+            dm_changed = expanded = False
+            sent_upto: int | None = None
+            if before is not None and held is not None and held[1] == facts.membership:
+                growth = _growth(held[2], config, _has_timeline(facts))
+                if growth != "state":
+                    sent_upto = before[0]
+                    dm_changed = held[0] != is_dm
+                    expanded = growth == "timeline"
+                    newest = facts.latest if facts.membership == "join" else facts.membership_at
+                    if newest <= before[0] and not (dm_changed or expanded):
+                        continue
             to_send = RoomToSend(
                 room_id=room_id,
                 membership=facts.membership,
@@ -440,6 +441,7 @@ class SlidingSyncHandler:
                 joined_before=facts.joined_before,
                 held_members=members_held.get(room_id, frozenset()),
                 lists=tuple(room_lists.get(room_id, ())),
+                expanded=expanded,
             )
             answer = await build_room(
                 self._events,
@@ -453,7 +455,10 @@ class SlidingSyncHandler:
             if answer is None:
                 continue
             rooms_answer[room_id] = answer
-            sent.append((room_id, now.events, key))
+            kept = _config_kept(held, config, answer, fresh=sent_upto is None or expanded)
+            sent.append(
+                (room_id, now.events, f"{'dm' if is_dm else '-'} {facts.membership} {kept}")
+            )
             if sent_upto is None:
                 initial.append(room_id)
         await self._add_counts(user_id, rooms_answer, by_id, now.events)
@@ -601,6 +606,43 @@ def _held(key: str) -> tuple[bool, str, RoomConfig] | None:
     dm, membership, rest = [*key.split(" ", 2), "", ""][:3]
     config = RoomConfig.from_key(rest)
     return None if config is None else (dm == "dm", membership, config)
+
+
+def _has_timeline(facts: RoomFacts) -> bool:
+    """Whether the room is sent with a timeline: joined, or left after
+    joining (an invite, a knock or a refusal has stripped state only)."""
+    return facts.membership == "join" or (
+        facts.membership in ("leave", "ban") and facts.joined_before
+    )
+
+
+def _growth(held: RoomConfig, wanted: RoomConfig, has_timeline: bool) -> str:
+    """How ``wanted`` asks for more than the room was sent with: ``state``
+    (required_state grew: the room comes whole), ``timeline`` (only the
+    timeline_limit grew: the longer timeline comes), or ``""`` (nothing)."""
+    if not held.covers(replace(wanted, timeline_limit=held.timeline_limit)):
+        return "state"
+    if has_timeline and wanted.timeline_limit > held.timeline_limit:
+        return "timeline"
+    return ""
+
+
+def _config_kept(
+    held: tuple[bool, str, RoomConfig] | None,
+    config: RoomConfig,
+    answer: Mapping[str, Any],
+    *,
+    fresh: bool,
+) -> str:
+    """The config key stored for a room just sent. A smaller timeline_limit
+    whose answer had no gap leaves the client the events of the larger one,
+    so the larger is kept: growing back to it sends nothing again. A gap
+    (or no timeline at all) keeps the smaller, and growing again sends the
+    timeline again."""
+    if fresh or held is None or not answer.get("timeline") or answer.get("limited"):
+        return config.key()
+    limit = max(config.timeline_limit, held[2].timeline_limit)
+    return replace(config, timeline_limit=limit).key()
 
 
 def _combined(held: RoomConfig | None, more: RoomConfig) -> RoomConfig:

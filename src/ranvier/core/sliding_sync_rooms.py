@@ -1,12 +1,17 @@
 """One room of a sliding sync response, in full or what changed.
 
-A room new to the connection (or sent before under another config, or
-whose user's membership changed kind since) comes ``initial``: its last
+A room new to the connection (or sent before under a smaller
+``required_state``, or whose user's membership changed kind since) comes ``initial``: its last
 ``timeline_limit`` events, the ``required_state`` of its current state,
 its name, avatar, heroes and counts. A room sent before comes with the
 events after the position it was sent up to and the state entries that
 changed since (a ``{type, state_key}`` stub for an entry gone), its name
 or avatar only when they changed.
+
+A room sent before whose ``timeline_limit`` grew (and nothing else of its
+config) comes at once with its latest ``timeline_limit`` events, older ones
+among them, and ``expanded_timeline``; its ``limited`` and ``prev_batch``
+are those of the longer timeline, its state only what changed since.
 
 A room the user has left comes up to the leave; an invited or knocking
 user gets the stripped state ``/sync`` sends
@@ -71,6 +76,9 @@ class RoomToSend:
     #: Membership events the client holds of the room from lazy loading on
     #: this connection, not sent again unless the timeline has a gap.
     held_members: frozenset[str] = frozenset()
+    #: Whether the timeline_limit grew since the room was sent: its latest
+    #: events come again, older ones with them, and only the state changed.
+    expanded: bool = False
 
 
 def _room_event(event: StoredEvent, unsigned: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -118,7 +126,9 @@ async def build_room(
     joined = room.membership == "join"
     upto = now if joined else room.membership_at
     after = 0 if room.sent_upto is None else room.sent_upto
-    timeline, limited = await _timeline(store, user_id, room, after, upto, ignored)
+    timeline, limited = await _timeline(
+        store, user_id, room, 0 if room.expanded else after, upto, ignored
+    )
     state, gone, changed = await _required_state(
         store, deltas, user_id, room, after, upto, timeline, limited=limited
     )
@@ -137,6 +147,12 @@ async def build_room(
         )
         for event in timeline
     ]
+    if room.sent_upto is not None and any(
+        event.stream_ordering <= room.sent_upto for event in timeline
+    ):
+        # Events the client may hold already, sent again for the longer
+        # timeline it now asks for: the MSC's flag says so.
+        answer["expanded_timeline"] = True
     answer["limited"] = limited
     answer["prev_batch"] = format_pagination_token(
         timeline[0].stream_ordering - 1 if timeline else upto
