@@ -1,8 +1,10 @@
 """Sliding sync through a client_reader worker: a connection's positions
 live in the shared database, so a connection started on one process goes
 on from the other (its writes made by the main process's storage actor),
-a long-poll on the worker wakes for a message the main process took, and
-the presence extension follows the main process's presence."""
+a long-poll on the worker wakes for a message the main process took, a
+longer timeline asked of the worker expands the room and the main process
+remembers it, and the presence extension follows the main process's
+presence."""
 
 from __future__ import annotations
 
@@ -129,3 +131,33 @@ async def test_the_presence_extension_on_the_worker(tmp_path: Path) -> None:
         (answer,) = answers
         assert statuses(answer) == ["b"]
         assert answer["pos"] != first["pos"]
+
+
+async def test_a_longer_timeline_on_the_worker_expands_the_room(tmp_path: Path) -> None:
+    async with alice_on_both(tmp_path) as both:
+        server, alice = both.main.server, both.alice
+        made = await both.on_main.post(f"{_V3}/createRoom", json={"name": "Both"})
+        room_id = made.json()["room_id"]
+        for text in ("one", "two", "three"):
+            await server.send_event(
+                alice.user_id, room_id, "m.room.message", {"msgtype": "m.text", "body": text}
+            )
+        state = [["m.room.name", ""]]
+        short = {"lists": {"all": {"timeline_limit": 1, "required_state": state}}}
+        longer = {
+            **short,
+            "room_subscriptions": {room_id: {"timeline_limit": 3, "required_state": state}},
+        }
+        first = await both.on_main.post(SLIDING_SYNC_PATH, json=short)
+        assert _bodies(first.json(), room_id) == ["three"]
+        pos = first.json()["pos"]
+        on_worker = await both.on_worker.post(SLIDING_SYNC_PATH, json=longer, params={"pos": pos})
+        room = on_worker.json()["rooms"][room_id]
+        assert "initial" not in room
+        assert room["expanded_timeline"] is True
+        assert _bodies(on_worker.json(), room_id) == ["one", "two", "three"]
+        assert room["required_state"] == []
+        # The main process reads the longer limit the worker's answer stored.
+        pos = on_worker.json()["pos"]
+        back = await both.on_main.post(SLIDING_SYNC_PATH, json=longer, params={"pos": pos})
+        assert back.json()["rooms"] == {}
