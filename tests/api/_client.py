@@ -162,14 +162,18 @@ _Room = TypeVar("_Room", bound=SharedRoom)
 
 
 @asynccontextmanager
-async def open_shared_room(tmp_path: Path, env_type: type[_Room]) -> AsyncIterator[_Room]:
-    """A :class:`SharedRoom` (of ``env_type``, which may add helpers) on a
-    server under ``tmp_path``, its client allowing long-polls of up to 30 s."""
+async def open_shared_room(
+    tmp_path: Path, env_type: type[_Room], *, name: str | None = None
+) -> AsyncIterator[_Room]:
+    """A :class:`SharedRoom` (of ``env_type``, which may add helpers; named
+    ``name`` when given) on a server under ``tmp_path``, its client allowing
+    long-polls of up to 30 s."""
     async with open_test_homeserver(tmp_path / "hs") as hs, hs.client(timeout=30) as http:
         client = Client(hs, http)
         alice = await hs.register_user("alice")
         bob = await hs.register_user("bob")
         carol = await hs.register_user("carol")
-        room_id = await client.create_room(alice, preset="public_chat")
+        named = {} if name is None else {"name": name}
+        room_id = await client.create_room(alice, preset="public_chat", **named)
         await client.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
         yield env_type(hs, client, alice, bob, carol, room_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from _client import SharedRoom
 
 from ranvier.api.sliding_sync import SLIDING_SYNC_PATH
 from ranvier.testing.homeserver import TestUser
@@ -76,3 +77,11 @@ def bodies(room: dict[str, Any]) -> list[str]:
         for event in room.get("timeline", [])
         if event["type"] == "m.room.message"
     ]
+
+
+async def say(env: SharedRoom, user: TestUser, room_id: str, *texts: str) -> None:
+    """``user`` sends each of ``texts`` to ``room_id``, in order."""
+    for text in texts:
+        await env.hs.server.send_event(
+            user.user_id, room_id, "m.room.message", {"msgtype": "m.text", "body": text}
+        )

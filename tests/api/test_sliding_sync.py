@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from _client import Client, SharedRoom, q
-from _sliding_sync import all_rooms, bodies, slide, slide_call
+from _client import Client, SharedRoom, open_shared_room, q
+from _sliding_sync import all_rooms, bodies, say, slide, slide_call
 
 from ranvier.api.sliding_sync import SLIDING_SYNC_PATH
 from ranvier.testing.homeserver import TestUser, open_test_homeserver
@@ -20,21 +20,8 @@ from ranvier.testing.homeserver import TestUser, open_test_homeserver
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[SharedRoom]:
-    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client(timeout=30) as http:
-        client = Client(hs, http)
-        alice = await hs.register_user("alice")
-        bob = await hs.register_user("bob")
-        carol = await hs.register_user("carol")
-        room_id = await client.create_room(alice, preset="public_chat", name="Shared")
-        await client.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
-        yield SharedRoom(hs, client, alice, bob, carol, room_id)
-
-
-async def _say(env: SharedRoom, user: TestUser, room_id: str, *texts: str) -> None:
-    for text in texts:
-        await env.hs.server.send_event(
-            user.user_id, room_id, "m.room.message", {"msgtype": "m.text", "body": text}
-        )
+    async with open_shared_room(tmp_path, SharedRoom, name="Shared") as env:
+        yield env
 
 
 def _state(room: dict[str, Any]) -> set[tuple[str, str]]:
@@ -50,7 +37,7 @@ async def test_a_list_is_ordered_by_recency_cut_by_ranges_and_counted(env: Share
     http = env.client.http
     second = await env.client.create_room(env.alice, name="Second")
     third = await env.client.create_room(env.alice, name="Third")
-    await _say(env, env.alice, env.room_id, "newest of all")
+    await say(env, env.alice, env.room_id, "newest of all")
     body = {"lists": {"all": all_rooms(ranges=[[0, 1]], required_state=[["m.room.name", ""]])}}
     answer = await slide(http, env.alice, body)
     assert answer["lists"]["all"]["count"] == 3
@@ -77,7 +64,7 @@ async def test_a_list_is_ordered_by_recency_cut_by_ranges_and_counted(env: Share
 async def test_required_state_wildcards_me_and_lazy_members(env: SharedRoom) -> None:
     http, room_id = env.client.http, env.room_id
     await env.client.ok(env.carol, "POST", f"/rooms/{q(room_id)}/join", {})
-    await _say(env, env.bob, room_id, "from bob")
+    await say(env, env.bob, room_id, "from bob")
 
     async def state_for(required: list[list[str]], limit: int = 1) -> set[tuple[str, str]]:
         answer = await slide(
@@ -112,9 +99,9 @@ async def test_a_new_message_comes_alone_and_a_room_entering_the_range_comes_who
 ) -> None:
     http = env.client.http
     oldest = await env.client.create_room(env.alice, name="Oldest")
-    await _say(env, env.alice, oldest, "old news")
+    await say(env, env.alice, oldest, "old news")
     middle = await env.client.create_room(env.alice, name="Middle")
-    await _say(env, env.alice, env.room_id, "top")
+    await say(env, env.alice, env.room_id, "top")
     body = {"lists": {"all": all_rooms(ranges=[[0, 1]], timeline_limit=3)}}
     first = await slide(http, env.alice, body)
     assert set(first["rooms"]) == {env.room_id, middle}
@@ -122,8 +109,8 @@ async def test_a_new_message_comes_alone_and_a_room_entering_the_range_comes_who
     assert quiet["rooms"] == {}
     assert quiet["pos"] == first["pos"]
     # A message in the second room: it comes, with that message alone.
-    await _say(env, env.bob, env.room_id, "hello again")
-    await _say(env, env.alice, middle, "middle moves up")
+    await say(env, env.bob, env.room_id, "hello again")
+    await say(env, env.alice, middle, "middle moves up")
     moved = await slide(http, env.alice, body, pos=first["pos"])
     assert set(moved["rooms"]) == {middle, env.room_id}
     room = moved["rooms"][middle]
@@ -134,7 +121,7 @@ async def test_a_new_message_comes_alone_and_a_room_entering_the_range_comes_who
     assert room["bump_stamp"] > moved["rooms"][env.room_id]["bump_stamp"]
     assert "name" not in room
     # A message in the oldest room brings it into the range, whole.
-    await _say(env, env.alice, oldest, "oldest is back")
+    await say(env, env.alice, oldest, "oldest is back")
     entering = await slide(http, env.alice, body, pos=moved["pos"])
     assert set(entering["rooms"]) == {oldest}
     room = entering["rooms"][oldest]
@@ -150,13 +137,13 @@ async def test_a_retried_position_answers_again(env: SharedRoom) -> None:
     http = env.client.http
     body = {"lists": {"all": all_rooms()}}
     first = await slide(http, env.alice, body)
-    await _say(env, env.bob, env.room_id, "one")
+    await say(env, env.bob, env.room_id, "one")
     lost = await slide(http, env.alice, body, pos=first["pos"])
     assert bodies(lost["rooms"][env.room_id]) == ["one"]
     # The client never got that answer and asks again from first.
     again = await slide(http, env.alice, body, pos=first["pos"])
     assert bodies(again["rooms"][env.room_id]) == ["one"]
-    await _say(env, env.bob, env.room_id, "two")
+    await say(env, env.bob, env.room_id, "two")
     later = await slide(http, env.alice, body, pos=again["pos"])
     assert bodies(later["rooms"][env.room_id]) == ["two"]
     # The unreceived answer's position is gone.
@@ -216,7 +203,7 @@ async def test_bad_requests_are_refused(env: SharedRoom) -> None:
 async def test_room_subscriptions(env: SharedRoom) -> None:
     http = env.client.http
     quiet = await env.client.create_room(env.alice, name="Quiet")
-    await _say(env, env.alice, env.room_id, "louder")
+    await say(env, env.alice, env.room_id, "louder")
     private = await env.client.create_room(env.carol, name="Carol's")
     body = {
         "lists": {"top": all_rooms(ranges=[[0, 0]], timeline_limit=1)},
@@ -361,9 +348,9 @@ async def test_a_left_room_comes_to_the_leave_then_no_more(env: SharedRoom) -> N
     body = {"lists": {"all": all_rooms()}}
     first = await slide(http, env.bob, body)
     assert env.room_id in first["rooms"]
-    await _say(env, env.alice, env.room_id, "before the leave")
+    await say(env, env.alice, env.room_id, "before the leave")
     await client.ok(env.bob, "POST", f"/rooms/{q(env.room_id)}/leave", {})
-    await _say(env, env.alice, env.room_id, "after the leave")
+    await say(env, env.alice, env.room_id, "after the leave")
     answer = await slide(http, env.bob, body, pos=first["pos"])
     room = answer["rooms"][env.room_id]
     assert room["membership"] == "leave"
@@ -392,8 +379,8 @@ async def test_ignored_users_events_are_kept_out(env: SharedRoom) -> None:
         f"/user/{q(env.alice.user_id)}/account_data/m.ignored_user_list",
         {"ignored_users": {env.bob.user_id: {}}},
     )
-    await _say(env, env.bob, env.room_id, "unheard")
-    await _say(env, env.alice, env.room_id, "heard")
+    await say(env, env.bob, env.room_id, "unheard")
+    await say(env, env.alice, env.room_id, "heard")
     answer = await slide(http, env.alice, {"lists": {"all": all_rooms(timeline_limit=2)}})
     assert bodies(answer["rooms"][env.room_id]) == ["heard"]
 
@@ -415,10 +402,10 @@ async def test_a_long_poll_is_woken_by_a_message(env: SharedRoom) -> None:
                 await trio.testing.wait_all_tasks_blocked(cushion=0.01)
             # A room Alice is not in does not wake her.
             elsewhere = await env.client.create_room(env.carol)
-            await _say(env, env.carol, elsewhere, "not for alice")
+            await say(env, env.carol, elsewhere, "not for alice")
             await trio.testing.wait_all_tasks_blocked(cushion=0.05)
             assert answers == []
-            await _say(env, env.bob, env.room_id, "wake up")
+            await say(env, env.bob, env.room_id, "wake up")
     (answer,) = answers
     assert bodies(answer["rooms"][env.room_id]) == ["wake up"]
     assert answer["pos"] != first["pos"]
@@ -544,7 +531,7 @@ async def test_a_room_made_a_dm_says_so(env: SharedRoom) -> None:
 async def test_a_declined_invite_shows_no_more_than_the_invite_did(env: SharedRoom) -> None:
     http, client, alice, bob = env.client.http, env.client, env.alice, env.bob
     secret = await client.create_room(alice, name="Not for Bob yet")
-    await _say(env, alice, secret, "private history")
+    await say(env, alice, secret, "private history")
     await client.ok(alice, "POST", f"/rooms/{q(secret)}/invite", {"user_id": bob.user_id})
     body = {"lists": {"all": all_rooms(required_state=[["*", "*"]])}}
     first = await slide(http, bob, body)
@@ -577,7 +564,7 @@ async def test_a_larger_config_sends_a_room_again_and_a_smaller_one_does_not(
     env: SharedRoom,
 ) -> None:
     http = env.client.http
-    await _say(env, env.alice, env.room_id, "one", "two", "three")
+    await say(env, env.alice, env.room_id, "one", "two", "three")
     listed = {"lists": {"all": all_rooms(timeline_limit=1)}}
     opened = {
         **listed,
@@ -597,7 +584,7 @@ async def test_a_larger_config_sends_a_room_again_and_a_smaller_one_does_not(
     assert bodies(room) == ["one", "two", "three"]
     smaller = await slide(http, env.alice, listed, pos=larger["pos"])
     assert smaller["rooms"] == {}
-    await _say(env, env.bob, env.room_id, "four")
+    await say(env, env.bob, env.room_id, "four")
     later = await slide(http, env.alice, listed, pos=larger["pos"])
     room = later["rooms"][env.room_id]
     assert "initial" not in room
@@ -644,10 +631,10 @@ async def test_lazy_members_already_sent_are_not_sent_again(env: SharedRoom) -> 
     body = {
         "lists": {"all": all_rooms(timeline_limit=2, required_state=[["m.room.member", "$LAZY"]])}
     }
-    await _say(env, bob, env.room_id, "first")
+    await say(env, bob, env.room_id, "first")
     first = await slide(http, env.alice, body)
     assert _state(first["rooms"][env.room_id]) == {("m.room.member", bob.user_id)}
-    await _say(env, bob, env.room_id, "second")
+    await say(env, bob, env.room_id, "second")
     second = await slide(http, env.alice, body, pos=first["pos"])
     room = second["rooms"][env.room_id]
     assert bodies(room) == ["second"]
@@ -656,7 +643,7 @@ async def test_lazy_members_already_sent_are_not_sent_again(env: SharedRoom) -> 
     retried = await slide(http, env.alice, body, pos=first["pos"])
     assert retried["rooms"][env.room_id]["required_state"] == []
     # A gap: the client drops what it held, and is sent it again.
-    await _say(env, bob, env.room_id, "3", "4", "5")
+    await say(env, bob, env.room_id, "3", "4", "5")
     gap = await slide(http, env.alice, body, pos=retried["pos"])
     room = gap["rooms"][env.room_id]
     assert room["limited"] is True

@@ -10,31 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _client import Client, SharedRoom, q
-from _sliding_sync import all_rooms, bodies, slide
+from _client import Client, SharedRoom, open_shared_room, q
+from _sliding_sync import all_rooms, bodies, say, slide
 
-from ranvier.testing.homeserver import TestUser, open_test_homeserver
+from ranvier.testing.homeserver import open_test_homeserver
 
 _STATE = [["m.room.name", ""], ["m.room.member", "$LAZY"]]
 
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[SharedRoom]:
-    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client(timeout=30) as http:
-        client = Client(hs, http)
-        alice = await hs.register_user("alice")
-        bob = await hs.register_user("bob")
-        carol = await hs.register_user("carol")
-        room_id = await client.create_room(alice, preset="public_chat", name="Shared")
-        await client.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
-        yield SharedRoom(hs, client, alice, bob, carol, room_id)
-
-
-async def _say(env: SharedRoom, user: TestUser, room_id: str, *texts: str) -> None:
-    for text in texts:
-        await env.hs.server.send_event(
-            user.user_id, room_id, "m.room.message", {"msgtype": "m.text", "body": text}
-        )
+    async with open_shared_room(tmp_path, SharedRoom, name="Shared") as env:
+        yield env
 
 
 def _state(room: dict[str, Any]) -> set[tuple[str, str]]:
@@ -60,9 +47,9 @@ async def test_a_longer_timeline_limit_expands_the_timeline(env: SharedRoom) -> 
         env.room_id,
     )
     other = await client.create_room(alice, name="Other")
-    await _say(env, alice, other, "elsewhere")
-    await _say(env, bob, room_id, "one")
-    await _say(env, alice, room_id, "two", "three", "four", "five")
+    await say(env, alice, other, "elsewhere")
+    await say(env, bob, room_id, "one")
+    await say(env, alice, room_id, "two", "three", "four", "five")
     listed = _bodies(1, {})
     opened = _bodies(1, {room_id: 4})
     first = await slide(http, alice, listed)
@@ -101,7 +88,7 @@ async def test_a_longer_timeline_limit_expands_the_timeline(env: SharedRoom) -> 
     again = await slide(http, alice, opened, pos=larger["pos"])
     assert again["rooms"] == {}
     assert again["pos"] == larger["pos"]
-    await _say(env, bob, room_id, "six")
+    await say(env, bob, room_id, "six")
     news = await slide(http, alice, opened, pos=larger["pos"])
     room = news["rooms"][room_id]
     assert bodies(room) == ["six"]
@@ -113,14 +100,14 @@ async def test_a_longer_timeline_limit_expands_the_timeline(env: SharedRoom) -> 
 
 async def test_a_smaller_limit_without_a_gap_keeps_the_longer_timeline(env: SharedRoom) -> None:
     http, alice, room_id = env.client.http, env.alice, env.room_id
-    await _say(env, alice, room_id, "one", "two", "three")
+    await say(env, alice, room_id, "one", "two", "three")
     listed = _bodies(1, {})
     opened = _bodies(1, {room_id: 3})
     first = await slide(http, alice, opened)
     assert bodies(first["rooms"][room_id]) == ["one", "two", "three"]
     # Closed: one event each time, with no gap, so the client still holds
     # the last three and opening again sends nothing.
-    await _say(env, alice, room_id, "four")
+    await say(env, alice, room_id, "four")
     closed = await slide(http, alice, listed, pos=first["pos"])
     assert bodies(closed["rooms"][room_id]) == ["four"]
     assert closed["rooms"][room_id]["limited"] is False
@@ -128,7 +115,7 @@ async def test_a_smaller_limit_without_a_gap_keeps_the_longer_timeline(env: Shar
     assert reopened["rooms"] == {}
     # Closed again, and two events with one sent: a gap. Opening again
     # sends the latest three, those before the gap among them.
-    await _say(env, alice, room_id, "five", "six")
+    await say(env, alice, room_id, "five", "six")
     gap = await slide(http, alice, listed, pos=reopened["pos"])
     assert bodies(gap["rooms"][room_id]) == ["six"]
     assert gap["rooms"][room_id]["limited"] is True
@@ -145,7 +132,7 @@ async def test_a_longer_limit_with_more_news_than_it_holds_is_not_expanded(
     http, alice, room_id = env.client.http, env.alice, env.room_id
     listed = _bodies(1, {})
     first = await slide(http, alice, listed)
-    await _say(env, alice, room_id, "one", "two", "three")
+    await say(env, alice, room_id, "one", "two", "three")
     # All two events of the longer timeline are new: nothing predates the
     # position the room was sent up to, so nothing is expanded.
     answer = await slide(http, alice, _bodies(1, {room_id: 2}), pos=first["pos"])

@@ -10,23 +10,15 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from _client import Client, SharedRoom, q
+from _client import SharedRoom, open_shared_room, q
 from _e2e import OTK, device_keys, one_time_keys
 from _sliding_sync import all_rooms, slide
-
-from ranvier.testing.homeserver import open_test_homeserver
 
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[SharedRoom]:
-    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client(timeout=30) as http:
-        client = Client(hs, http)
-        alice = await hs.register_user("alice")
-        bob = await hs.register_user("bob")
-        carol = await hs.register_user("carol")
-        room_id = await client.create_room(alice, preset="public_chat", name="Shared")
-        await client.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
-        yield SharedRoom(hs, client, alice, bob, carol, room_id)
+    async with open_shared_room(tmp_path, SharedRoom, name="Shared") as env:
+        yield env
 
 
 def _body(**extensions: dict[str, Any]) -> dict[str, Any]:
