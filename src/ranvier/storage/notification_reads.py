@@ -97,11 +97,13 @@ def read_unread_events(
     events start after it, and ``thread_reads`` holds the rest.
     """
     found: dict[str, UnreadEvents] = {}
+    threads = ("",) if by_thread else _TIMELINE_THREADS
     for room_id, counted in rooms.items():
+        receipt = _read_upto(conn, room_id, user_id, threads)
         if (
             counted is not None
             and not by_thread
-            and _unchanged(conn, room_id, user_id, counted, upto)
+            and _unchanged(conn, room_id, counted, upto, receipt)
         ):
             read_upto, counted_upto = counted
             found[room_id] = UnreadEvents(
@@ -118,8 +120,7 @@ def read_unread_events(
             continue
         member = _current_state_row(conn, room_id, "m.room.member", user_id)
         joined_at = 0 if member is None else member[0]
-        threads = ("",) if by_thread else _TIMELINE_THREADS
-        read_upto = max(_read_upto(conn, room_id, user_id, threads), joined_at)
+        read_upto = max(receipt, joined_at)
         thread_reads = (
             {
                 thread: max(ordering, read_upto)
@@ -260,11 +261,11 @@ def _notification_room(
 
 
 def _unchanged(
-    conn: sqlite3.Connection, room_id: str, user_id: str, counted: tuple[int, int], upto: int
+    conn: sqlite3.Connection, room_id: str, counted: tuple[int, int], upto: int, receipt: int
 ) -> bool:
     """Whether a room's count up to ``counted`` (``(read_upto,
-    counted_upto)``) holds up to ``upto``: no accepted event since, and no
-    receipt past what was read then.
+    counted_upto)``) holds up to ``upto``: no accepted event since, and the
+    user's ``receipt`` not past what was read then.
 
     Receipts only move forward, so one at or before the old ``read_upto``
     leaves it where it was; the membership that also bounds it is an event
@@ -273,9 +274,7 @@ def _unchanged(
     rooms, of which few changed, is counted at the cost of those few.
     """
     read_upto, counted_upto = counted
-    if not read_upto <= counted_upto <= upto:
-        return False
-    if _read_upto(conn, room_id, user_id, _TIMELINE_THREADS) > read_upto:
+    if not read_upto <= counted_upto <= upto or receipt > read_upto:
         return False
     newer = conn.execute(
         "SELECT 1 FROM events WHERE room_id = ? AND stream_ordering > ? AND stream_ordering <= ?"
