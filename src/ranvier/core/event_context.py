@@ -174,21 +174,30 @@ async def surrounding_events(
     )
     start = (before[-1].stream_ordering if before else event.stream_ordering) - 1
     end = after[-1].stream_ordering if after else event.stream_ordering
-    before = await visible_within(store, user_id, before, limits)
-    after = await visible_within(store, user_id, after, limits)
+    ignored = await store.ignored_users(user_id)
+    before = await visible_within(store, user_id, before, limits, ignored=ignored)
+    after = await visible_within(store, user_id, after, limits, ignored=ignored)
     return Surroundings(before, after, start, end)
 
 
 async def visible_within(
-    store: MessagesStore, user_id: str, events: Sequence[StoredEvent], limits: ReadingLimits
+    store: MessagesStore,
+    user_id: str,
+    events: Sequence[StoredEvent],
+    limits: ReadingLimits,
+    *,
+    ignored: Collection[str] | None = None,
 ) -> list[StoredEvent]:
-    """Those of ``events`` the history visibility lets ``user_id`` see."""
+    """Those of ``events`` the history visibility lets ``user_id`` see
+    (:func:`visible_to`, which ``ignored`` is handed to).
+    """
     return await visible_to(
         store,
         user_id,
         events,
         joined_now=limits.joined_now,
         checked_before=limits.checked_before,
+        ignored=ignored,
     )
 
 

@@ -287,12 +287,14 @@ class Search:
             if accept is None or accept(event.type, event.sender):
                 by_room.setdefault(event.room_id, []).append(event)
         shown: set[str] = set()
+        # Read once for the page, not once a room.
+        ignored = await self._store.ignored_users(user_id) if by_room else frozenset()
         for room_id, events in by_room.items():
             room = await self._readable(user_id, room_id, readable)
             if room is None:
                 continue
             candidates = [event for event in events if event.stream_ordering <= room.visible]
-            visible = await visible_within(self._store, user_id, candidates, room)
+            visible = await visible_within(self._store, user_id, candidates, room, ignored=ignored)
             shown.update(event.event_id for event in visible)
         return shown
 
