@@ -29,7 +29,7 @@ import functools
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -37,6 +37,7 @@ from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
 
 __all__ = [
+    "PUBLIC_ROOM_STATE",
     "AccountDataChange",
     "ClientDataStorage",
     "DeviceRecord",
@@ -78,7 +79,8 @@ class PublicRoomState:
 
 _T = TypeVar("_T")
 
-_LISTED_STATE = (
+#: The state events (state key "") a public room's entry is made from.
+PUBLIC_ROOM_STATE: Final = (
     "m.room.name",
     "m.room.topic",
     "m.room.canonical_alias",
@@ -373,14 +375,14 @@ def _room_exists(conn: sqlite3.Connection, *, room_id: str) -> bool:
 def _listed_rooms(conn: sqlite3.Connection) -> list[PublicRoomState]:
     listed: list[PublicRoomState] = []
     room_ids = [str(row[0]) for row in conn.execute("SELECT room_id FROM room_list")]
-    marks = ", ".join("?" for _ in _LISTED_STATE)
+    marks = ", ".join("?" for _ in PUBLIC_ROOM_STATE)
     for room_id in room_ids:
         state: dict[str, dict[str, Any]] = {}
         rows = conn.execute(
             "SELECT s.type, e.json FROM current_state AS s"
             " JOIN events AS e ON e.event_id = s.event_id"
             f" WHERE s.room_id = ? AND s.state_key = '' AND s.type IN ({marks})",
-            (room_id, *_LISTED_STATE),
+            (room_id, *PUBLIC_ROOM_STATE),
         ).fetchall()
         for event_type, event_json in rows:
             try:

@@ -18,22 +18,14 @@ from typing import Any, Final
 
 import msgspec
 
+from .client_data import PUBLIC_ROOM_STATE
 from .readers import ReaderPool
 
 __all__ = ["HierarchyReads", "HierarchyRoomState", "SpaceChildEvent"]
 
-#: The state events (state key "") a room's summary is made from.
-_SUMMARY_STATE: Final = (
-    "m.room.name",
-    "m.room.topic",
-    "m.room.canonical_alias",
-    "m.room.avatar",
-    "m.room.join_rules",
-    "m.room.history_visibility",
-    "m.room.guest_access",
-    "m.room.create",
-    "m.room.encryption",
-)
+#: The state events (state key "") a room's summary is made from: a
+#: public room's, and whether it is encrypted.
+_SUMMARY_STATE: Final = (*PUBLIC_ROOM_STATE, "m.room.encryption")
 
 #: Room IDs bound per statement.
 _BATCH: Final = 400
