@@ -8,10 +8,13 @@ ask it for; it sends transactions with the real federation client.
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import msgspec
@@ -19,6 +22,7 @@ import pytest
 import trio
 
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
+from ranvier.errors import MatrixError
 from ranvier.federation.client import FederationEventFetcher
 from ranvier.federation.keys import KeyRing
 from ranvier.federation.persistence import ReceivedTransactions
@@ -38,8 +42,9 @@ from ranvier.federation.transport.server import FederationApp
 from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.redaction import redact
-from ranvier.protocol.signing import SigningKey, generate_signing_key
-from ranvier.protocol.x_matrix import format_authorization, sign_request
+from ranvier.protocol.signing import SigningKey, generate_signing_key, key_id
+from ranvier.protocol.unpadded_base64 import encode_unpadded_base64
+from ranvier.protocol.x_matrix import XMatrixAuthorization, format_authorization, sign_request
 from ranvier.storage import Storage
 from ranvier.testing import (
     KnownKeys,
@@ -553,3 +558,176 @@ async def test_a_flood_is_slowed_down_and_nothing_is_lost(world: World) -> None:
     assert await world.storage.get_forward_extremities(world.room.room_id) == {
         messages[-1].event_id
     }
+
+
+# Hostile PDUs: whatever a remote puts in a transaction, it gets an answer,
+# and what it sent is either taken whole, kept as rejected, or not written.
+
+
+def _nested(depth: int) -> list[Any]:
+    nested: list[Any] = []
+    for _ in range(depth):
+        nested = [nested]
+    return nested
+
+
+_DEEP: Final = _nested(200)
+#: Values that are wrong in some field, or in every field.
+_ODD_VALUES: Final[tuple[Any, ...]] = (
+    None, True, 0, -1, 2**53, 2**53 + 1, -(2**63), 2**64, 1.5, float("nan"), "", "\ud800",
+    "x" * 70_000, [], {}, ["$nope"], ["nope"], {"a": {"b": {}}}, _DEEP,
+    ["$" + "a" * 43] * 30, "!room:" + "x" * 300,
+)  # fmt: skip
+_PDU_FIELDS: Final = (
+    "type", "room_id", "sender", "content", "prev_events", "auth_events", "depth",
+    "origin_server_ts", "state_key", "redacts", "unsigned", "hashes", "signatures",
+)  # fmt: skip
+_DELETED: Final = object()
+
+
+def _mutants(world: World, base: Pdu) -> list[bytes]:
+    """``base`` with each field deleted or set to each odd value, each
+    hashed and signed again where that can be done (so that it gets past
+    the signature check to what is further in), as raw JSON bytes.
+    """
+    mutants: list[bytes] = []
+    for field in _PDU_FIELDS:
+        for value in (_DELETED, *_ODD_VALUES):
+            fields = {
+                key: item for key, item in base.json.items() if key not in ("hashes", "signatures")
+            }
+            # A body of its own, so that no two mutants are the same event.
+            fields["content"] = {"msgtype": "m.text", "body": f"mutant {len(mutants)}"}
+            if value is _DELETED:
+                fields.pop(field, None)
+            else:
+                fields[field] = value
+            try:
+                pdu = world.room.signed(fields) if field not in ("hashes", "signatures") else None
+            except (MatrixError, ValueError, TypeError, KeyError):
+                pdu = None  # not signable as it is: sent with the base's hashes and signatures
+            if pdu is None:
+                pdu = fields | {
+                    key: base.json[key] for key in ("hashes", "signatures") if key != field
+                }
+                if field in ("hashes", "signatures") and value is not _DELETED:
+                    pdu[field] = value
+            mutants.append(json.dumps(pdu, allow_nan=True).encode())
+    # Objects the JSON parser must make up its mind about.
+    good = base.raw.decode()
+    mutants.append(('{"type":"m.room.power_levels",' + good[1:]).encode())
+    mutants.append((good[:-1] + ',"depth":1e400}').encode())
+    mutants.append(good.replace('"depth":', '"depth":0', 1).encode())
+    return mutants
+
+
+def _strict_json(raw: bytes) -> bool:
+    """Whether ``raw`` is JSON as RFC 8259 has it: no NaN or infinities, no
+    number too large for a double, no lone surrogates in strings.
+    """
+
+    def refuse(text: str) -> Any:
+        raise ValueError(text)
+
+    def finite(text: str) -> float:
+        number = float(text)
+        if math.isinf(number):
+            raise ValueError(text)
+        return number
+
+    try:
+        json.loads(raw, parse_constant=refuse, parse_float=finite)
+        raw.decode("utf-8", errors="strict")
+    except ValueError:
+        return False
+    return b"\\ud8" not in raw.lower() and b"\\udc" not in raw.lower()
+
+
+def _signed_raw_put(world: World, uri: str, body: bytes) -> dict[str, str]:
+    """Headers for PUT ``uri`` with ``body``, signed over the body as sent.
+
+    The signed object is built by hand, with the body's own bytes as its
+    content, so bodies that canonical JSON could not encode can be sent;
+    the server checks a body received in this form first.
+    """
+    remote = world.remote
+    rest = encode_canonical_json(
+        {"destination": world.ours, "method": "PUT", "origin": remote.server_name, "uri": uri}
+    )
+    signed = b'{"content":' + body + b"," + rest[1:]
+    signature = encode_unpadded_base64(remote.signing_key.sign(signed).signature)
+    authorization = format_authorization(
+        XMatrixAuthorization(
+            origin=remote.server_name,
+            destination=world.ours,
+            key=key_id(remote.signing_key),
+            sig=signature,
+        )
+    )
+    return {"content-type": "application/json", "authorization": authorization}
+
+
+async def test_hostile_pdus_get_answers_and_leave_the_room_whole(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    room = world.room
+    base = room.message(world.bob, "base")
+    assert await world.send([base]) == {base.event_id: {}}
+    mutants = _mutants(world, base)
+    # A body that is not JSON at all is refused whole (400 M_NOT_JSON), so
+    # the mutants that are not strict JSON each go in a transaction alone.
+    strict = [mutant for mutant in mutants if _strict_json(mutant)]
+    loose = [mutant for mutant in mutants if not _strict_json(mutant)]
+    assert loose
+    batches = [strict[i : i + MAX_PDUS_PER_TRANSACTION] for i in range(0, len(strict), 50)]
+    outcomes: list[tuple[str, Any]] = []
+    with caplog.at_level(logging.ERROR, logger="ranvier"):
+        for number, chunk in enumerate([*batches, *([mutant] for mutant in loose)]):
+            body = b'{"origin":"%s","origin_server_ts":%d,"pdus":[%s]}' % (
+                world.remote.server_name.encode(),
+                wall_clock_ms(),
+                b",".join(chunk),
+            )
+            uri = f"{SEND}hostile{number}"
+            answer = await world.http.put(
+                uri, content=body, headers=_signed_raw_put(world, uri, body)
+            )
+            if answer.status_code == 400 and chunk[0] in loose:
+                assert answer.json()["errcode"] == "M_NOT_JSON"
+                continue
+            assert answer.status_code == 200, answer.text
+            pdus = answer.json()["pdus"]
+            assert all(
+                outcome == {} or (set(outcome) == {"error"} and outcome["error"].startswith("M_"))
+                for outcome in pdus.values()
+            ), pdus
+            outcomes.extend(pdus.items())
+    # Nothing the server did went wrong on its side (a 500 would log).
+    assert [record.getMessage() for record in caplog.records] == []
+    # Some mutants are fine (an odd unsigned, a state key on a message), most
+    # are not; both kinds must have been there for this test to mean much.
+    accepted = {event_id for event_id, outcome in outcomes if outcome == {}}
+    # A mutant with only its signatures changed has the ID of an event that
+    # was taken (the ID covers the redacted event, without signatures):
+    # refusing that copy leaves the stored one as it was.
+    refused = {event_id for event_id, outcome in outcomes if outcome != {}} - accepted
+    refused.discard(base.event_id)
+    assert accepted
+    assert len(refused) > len(_PDU_FIELDS)
+    stored = await world.storage.get_events([*accepted, *refused])
+    for event_id in accepted:
+        kept = stored[event_id]
+        assert kept.rejected_reason is None
+        # What was taken parses again as an event of the room, under its ID.
+        assert Pdu.from_json(kept.json, room.version).event_id == event_id
+    for event_id in refused:
+        assert event_id not in stored or stored[event_id].rejected_reason is not None
+    current = await world.storage.get_current_state_ids(room.room_id)
+    assert not set(current.values()) & set(refused)
+    extremities = await world.storage.get_forward_extremities(room.room_id)
+    assert not extremities & set(refused)
+    # And the room goes on: a member's next message is taken.
+    after = room.message(
+        world.bob, "after", prev=sorted(extremities)[:20], state=room.state_after[base.event_id]
+    )
+    assert await world.send([after]) == {after.event_id: {}}

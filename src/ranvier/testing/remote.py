@@ -113,7 +113,8 @@ class RemoteRooms:
         min_depth: int = 0,
     ) -> list[bytes]:
         """The events before ``latest_events``, walking back breadth first
-        and stopping at ``earliest_events``, oldest first.
+        and stopping at ``earliest_events``, oldest first. Latest events
+        this copy of the room does not hold add nothing.
         """
         self.calls.append(("get_missing_events", destination))
         self.asked_for_missing.set()
@@ -121,7 +122,12 @@ class RemoteRooms:
             await self.hold_missing_events.wait()
         room = self.rooms[room_id]
         found: list[Pdu] = []
-        level = [prev for latest in latest_events for prev in room.events[latest].prev_event_ids]
+        level = [
+            prev
+            for latest in latest_events
+            if latest in room.events
+            for prev in room.events[latest].prev_event_ids
+        ]
         seen = set(earliest_events)
         while level and len(found) < limit:
             following: list[str] = []
