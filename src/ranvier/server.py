@@ -225,6 +225,7 @@ from ranvier.federation.openid import add_openid_route
 from ranvier.federation.persistence import ReceivedTransactions
 from ranvier.federation.profiles import FederationProfileClient, LocalProfileSource
 from ranvier.federation.queries import add_query_routes
+from ranvier.federation.room_list import FederationRoomListClient, add_public_rooms_routes
 from ranvier.federation.sender import FederationSender
 from ranvier.federation.sender.interfaces import SenderStore
 from ranvier.federation.server import TransactionHandler, add_transaction_routes
@@ -1184,7 +1185,12 @@ class HomeServer:
         if self._app_services:
             self._profiles.app_service_queries = self._appservice_queries
         self._remote_joiner.member_profiles = self._profiles
-        self._room_list = RoomList(store=storage.client_data, permissions=self._room_directory)
+        self._room_list = RoomList(
+            store=storage.client_data,
+            permissions=self._room_directory,
+            server_name=server_name,
+            remote=FederationRoomListClient(client),
+        )
         self._room_directory.room_list = self._room_list
         remote_spaces = FederationHierarchyClient(client, server_name=server_name)
         self._room_hierarchy = RoomHierarchy(
@@ -1283,6 +1289,7 @@ class HomeServer:
         add_media_routes(router, media=self.media)
         add_openid_route(router, self.accounts)
         add_federation_hierarchy_route(router, self.room_hierarchy)
+        add_public_rooms_routes(router, self.room_list)
         add_federation_timestamp_route(router, store=self.storage)
         return router
 
@@ -1430,9 +1437,7 @@ class HomeServer:
             deactivation=deactivation,
         )
         self._add_admin_api_routes(router, deactivation)
-        add_room_list_routes(
-            router, server_name=self.config.server_name, auth=auth, room_list=self.room_list
-        )
+        add_room_list_routes(router, auth=auth, room_list=self.room_list)
         hidden = () if self._server_notices is None else (self._server_notices.system_user_id,)
         add_user_directory_routes(
             router, auth=auth, directory=UserDirectory(client_data, hidden=hidden)

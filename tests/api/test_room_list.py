@@ -119,11 +119,20 @@ async def test_refusals_change_nothing(env: Env) -> None:
         {"limit": "x"},
         {"limit": "-1"},
         {"since": "garbage"},
-        {"server": "other.example"},
+        {"server": "not a server name"},
     ):
         await c.refused(
             None, "GET", "/publicRooms", params=params, status=400, errcode="M_INVALID_PARAM"
         )
+    # Another server's list is asked of it: one that cannot be reached is a 502.
+    await c.refused(
+        None,
+        "GET",
+        "/publicRooms",
+        params={"server": "other.example"},
+        status=502,
+        errcode="M_UNKNOWN",
+    )
     await c.refused(None, "POST", "/publicRooms", {}, status=401, errcode="M_MISSING_TOKEN")
     await c.refused(alice, "POST", "/publicRooms", {"limit": "2"}, status=400, errcode="M_BAD_JSON")
     assert await c.ok(None, "GET", _visibility(room_id)) == {"visibility": "private"}

@@ -174,6 +174,10 @@ def synapse_config(
         "bcrypt_rounds": 4,
         "trusted_key_servers": [],
         "suppress_key_server_warning": True,
+        # Rooms may be published in its room list (none may, by default),
+        # which is served to other servers (ranvier asks for it).
+        "room_list_publication_rules": [{"action": "allow"}],
+        "allow_public_rooms_over_federation": True,
         # Our servers present certificates from the test CA, which Synapse
         # does not know.
         "federation_verify_certificates": False,

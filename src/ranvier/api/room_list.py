@@ -2,8 +2,8 @@
 
 Reading the list and a room's visibility needs no access token (the spec
 leaves both open); publishing needs a server admin or a member of the
-room with the power to change its aliases. Only this
-server's list is served: ``server`` naming another server is refused. See
+room with the power to change its aliases. ``server`` naming another
+server asks that server for its list over federation. See
 :mod:`ranvier.core.room_list`.
 """
 
@@ -22,21 +22,10 @@ from ranvier.web import Request, Router
 __all__ = ["add_room_list_routes"]
 
 
-def add_room_list_routes(
-    router: Router, *, server_name: str, auth: Auth, room_list: RoomList
-) -> None:
+def add_room_list_routes(router: Router, *, auth: Auth, room_list: RoomList) -> None:
     """Serve the room list and the rooms' directory visibility."""
 
-    def check_server(server: object) -> None:
-        if server is not None and server != server_name:
-            raise MatrixError(
-                f"this server serves only its own room list, not {server!r}'s",
-                errcode="M_INVALID_PARAM",
-                http_status=400,
-            )
-
     async def public_rooms(request: Request) -> Mapping[str, Any]:
-        check_server(request.query_value("server"))
         raw_limit = request.query_value("limit")
         limit = None
         if raw_limit is not None:
@@ -47,11 +36,12 @@ def add_room_list_routes(
                     http_status=400,
                 )
             limit = int(raw_limit)
-        return await room_list.public_rooms(limit=limit, since=request.query_value("since"))
+        return await room_list.public_rooms(
+            limit=limit, since=request.query_value("since"), server=request.query_value("server")
+        )
 
     async def search_public_rooms(request: Request) -> Mapping[str, Any]:
         await auth.get_user(request)
-        check_server(request.query_value("server"))
         body = json_object(request)
         limit = body.get("limit")
         since = body.get("since")
@@ -67,7 +57,9 @@ def add_room_list_routes(
             term = search_filter.get("generic_search_term")
             if term is not None and not isinstance(term, str):
                 raise BadJsonError("'generic_search_term' must be a string")
-        return await room_list.public_rooms(limit=limit, since=since, search=term)
+        return await room_list.public_rooms(
+            limit=limit, since=since, search=term, server=request.query_value("server")
+        )
 
     async def get_visibility(request: Request) -> Mapping[str, Any]:
         return {"visibility": await room_list.get_visibility(request.path_params["room_id"])}

@@ -8,6 +8,10 @@ the room with the power to change its aliases) or by
 first, with what the spec's ``PublishedRoomsChunk`` holds, read from its
 current state. Pages are cut by offset: ``next_batch`` and ``prev_batch``
 are positions in that order, as tokens of their own.
+
+Another server's list is asked of that server (the client API's ``server``
+parameter, federation's ``/publicRooms``) through :class:`RemoteRoomLists`,
+and passed on as it answers, its paging tokens included.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Literal, Protocol
 
 from ranvier.errors import MatrixError
+from ranvier.protocol.x_matrix import split_server_name
 from ranvier.storage.client_data import PublicRoomState
 
 __all__ = [
     "CHUNK_STRINGS",
     "MAX_PAGE",
+    "RemoteRoomLists",
     "RoomList",
     "RoomListStore",
     "Visibility",
@@ -47,6 +53,17 @@ class RoomListStore(Protocol):
     async def room_exists(self, room_id: str) -> bool: ...
 
     async def listed_rooms(self) -> list[PublicRoomState]: ...
+
+
+class RemoteRoomLists(Protocol):
+    """Asks another server for a page of its public room list
+    (:class:`ranvier.federation.room_list.FederationRoomListClient`); a
+    server that gives no usable answer is a 502.
+    """
+
+    async def query_public_rooms(
+        self, server_name: str, *, limit: int | None, since: str | None, search: str | None
+    ) -> dict[str, Any]: ...
 
 
 class DirectoryPermissions(Protocol):
@@ -125,9 +142,13 @@ class RoomList:
         store: RoomListStore,
         permissions: DirectoryPermissions,
         wall_clock_ms: Callable[[], int] | None = None,
+        server_name: str | None = None,
+        remote: RemoteRoomLists | None = None,
     ) -> None:
         self._store = store
         self._permissions = permissions
+        self._server_name = server_name
+        self._remote = remote
         self._clock = wall_clock_ms or (lambda: time.time_ns() // 1_000_000)
 
     async def get_visibility(self, room_id: str) -> Visibility:
@@ -165,13 +186,22 @@ class RoomList:
             await self._store.set_room_listed(room_id, True, self._clock())
 
     async def public_rooms(
-        self, *, limit: int | None = None, since: str | None = None, search: str | None = None
+        self,
+        *,
+        limit: int | None = None,
+        since: str | None = None,
+        search: str | None = None,
+        server: str | None = None,
     ) -> dict[str, Any]:
-        """A page of ``GET /publicRooms`` (or its ``POST`` with a filter)."""
+        """A page of ``GET /publicRooms`` (or its ``POST`` with a filter),
+        of this server's list or of the list of the ``server`` named.
+        """
         if limit is not None and limit < 0:
             raise MatrixError(
                 "limit may not be negative", errcode="M_INVALID_PARAM", http_status=400
             )
+        if server is not None and server != self._server_name:
+            return await self._remote_page(server, limit=limit, since=since, search=search)
         start = 0
         if since is not None:
             match = _TOKEN.fullmatch(since)
@@ -194,3 +224,22 @@ class RoomList:
         if start > 0:
             answer["prev_batch"] = f"o{max(start - size, 0)}"
         return answer
+
+    async def _remote_page(
+        self, server: str, *, limit: int | None, since: str | None, search: str | None
+    ) -> dict[str, Any]:
+        try:
+            split_server_name(server)
+        except ValueError as exc:
+            raise MatrixError(
+                f"server is not a server name: {exc}", errcode="M_INVALID_PARAM", http_status=400
+            ) from None
+        if self._remote is None or self._server_name is None:
+            raise MatrixError(
+                f"this server serves only its own room list, not {server!r}'s",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        return await self._remote.query_public_rooms(
+            server, limit=limit, since=since, search=search
+        )
