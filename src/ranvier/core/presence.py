@@ -328,7 +328,7 @@ class Presence:
             presence = entry.get("presence")
             if not isinstance(user_id, str) or server_of(user_id) != origin:
                 continue
-            if presence not in PRESENCE_STATES:
+            if not isinstance(presence, str) or presence not in PRESENCE_STATES:
                 continue
             status = entry.get("status_msg")
             ago = entry.get("last_active_ago")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 import trio
@@ -26,6 +26,7 @@ from ranvier.core.receipts import Receipts, RemoteReceipt
 from ranvier.core.to_device import ToDevice
 from ranvier.core.typing import TypingNotices
 from ranvier.errors import BadJsonError
+from ranvier.protocol.canonical import CANONICAL_INT_MAX
 
 __all__ = ["EduDispatcher"]
 
@@ -33,7 +34,8 @@ _log: Final = logging.getLogger(__name__)
 
 
 class _ReceiptData(msgspec.Struct):
-    ts: int
+    # Within what canonical JSON and SQLite's integers hold.
+    ts: Annotated[int, msgspec.Meta(ge=0, le=CANONICAL_INT_MAX)]
     thread_id: str | None = None
 
 
