@@ -60,6 +60,7 @@ import msgspec
 import trio
 
 from ranvier.errors import BadJsonError, MatrixError
+from ranvier.protocol.push_evaluation import is_scalar_value
 
 from .account_data import AccountData, AccountDataUpdates
 from .notifier import StreamNotifier
@@ -81,7 +82,6 @@ KINDS: Final = ("override", "content", "room", "sender", "underride")
 _MASTER: Final = ".m.rule.master"
 _ACTIONS: Final = frozenset({"notify", "dont_notify", "coalesce"})
 _MEMBER_COUNT: Final = re.compile(r"(==|<|>|<=|>=)?[0-9]+")
-_MAX_SAFE_INTEGER: Final = 2**53 - 1
 
 _NOTIFY_SOUND: Final = ["notify", {"set_tweak": "sound", "value": "default"}]
 _NOTIFY_SOUND_HIGHLIGHT: Final = [*_NOTIFY_SOUND, {"set_tweak": "highlight"}]
@@ -340,12 +340,6 @@ def _string(condition: Mapping[str, Any], key: str) -> None:
         raise BadJsonError(f"a {condition['kind']} condition needs a '{key}' string")
 
 
-def _scalar(value: object) -> bool:
-    if value is None or isinstance(value, str | bool):
-        return True
-    return isinstance(value, int) and -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER
-
-
 def _conditions(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The conditions of an override or underride rule; none given is none
     at all (a rule that always matches). Kinds the spec does not define are
@@ -363,7 +357,7 @@ def _conditions(body: Mapping[str, Any]) -> list[dict[str, Any]]:
             _string(condition, "pattern")
         elif kind in ("event_property_is", "event_property_contains"):
             _string(condition, "key")
-            if "value" not in condition or not _scalar(condition["value"]):
+            if "value" not in condition or not is_scalar_value(condition["value"]):
                 raise BadJsonError(
                     f"a {kind} condition needs a 'value': a string, integer, boolean or null"
                 )

@@ -29,6 +29,7 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from ranvier.errors import BadJsonError, MatrixError
+from ranvier.protocol.canonical import CANONICAL_INT_MAX
 from ranvier.storage.room_keys import BackupKeysWrite, BackupVersion, RoomKey
 
 __all__ = ["RoomKeyBackups", "RoomKeyStore"]
@@ -36,8 +37,6 @@ __all__ = ["RoomKeyBackups", "RoomKeyStore"]
 #: The version numbers this server hands out, as clients see them; SQLite's
 #: integers hold any of them.
 _VERSION: Final = re.compile(r"[1-9][0-9]{0,17}")
-#: The largest integer JSON carries exactly.
-_MAX_INT: Final = 2**53 - 1
 
 _encoder: Final = msgspec.json.Encoder()
 
@@ -118,8 +117,8 @@ def _counter(data: Mapping[str, Any], name: str, where: str) -> int:
             f"'{name}' is required{where}", errcode="M_MISSING_PARAM", http_status=400
         )
     value = data[name]
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_INT:
-        raise BadJsonError(f"'{name}'{where} must be an integer from 0 to {_MAX_INT}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= CANONICAL_INT_MAX:
+        raise BadJsonError(f"'{name}'{where} must be an integer from 0 to {CANONICAL_INT_MAX}")
     return value
 
 

@@ -31,12 +31,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .canonical import CANONICAL_INT_MAX, CANONICAL_INT_MIN
 from .property_paths import property_path
 
 __all__ = [
     "PushContext",
     "PushOutcome",
     "evaluate_push_rules",
+    "is_scalar_value",
 ]
 
 #: The rule kinds, most important first.
@@ -47,7 +49,6 @@ _LEGACY_MENTION_RULES: Final = frozenset(
 )
 _MEMBER_COUNT: Final = re.compile(r"(==|<=|>=|<|>)?([0-9]+)")
 _WORD: Final = "A-Za-z0-9_"
-_MAX_SAFE_INTEGER: Final = 2**53 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,13 +142,13 @@ def _holds(condition: Mapping[str, Any], event: Mapping[str, Any], context: Push
     if kind in ("event_property_is", "event_property_contains"):
         key = condition.get("key")
         expected = condition.get("value")
-        if not isinstance(key, str) or not _is_scalar(expected):
+        if not isinstance(key, str) or not is_scalar_value(expected):
             return False
         found = _value_at(event, property_path(key))
         if kind == "event_property_is":
-            return _is_scalar(found) and _same(found, expected)
+            return is_scalar_value(found) and _same(found, expected)
         return isinstance(found, list) and any(
-            _is_scalar(value) and _same(value, expected) for value in found
+            is_scalar_value(value) and _same(value, expected) for value in found
         )
     if kind == "contains_display_name":
         name = context.display_name
@@ -188,10 +189,14 @@ def _value_at(event: Mapping[str, Any], path: Sequence[str]) -> object:
     return value
 
 
-def _is_scalar(value: object) -> bool:
+def is_scalar_value(value: object) -> bool:
+    """Whether ``value`` is what ``event_property_is`` and
+    ``event_property_contains`` compare: a string, a boolean, null, or an
+    integer that canonical JSON holds.
+    """
     if value is None or isinstance(value, (str, bool)):
         return True
-    return isinstance(value, int) and -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER
+    return isinstance(value, int) and CANONICAL_INT_MIN <= value <= CANONICAL_INT_MAX
 
 
 def _same(value: object, expected: object) -> bool:
