@@ -6,10 +6,14 @@ creator against ranvier's users.
 In each room, in turn: a member leaves and joins again; a moderator kicks
 them with a reason; bans them, so that joining again is refused with
 ``M_FORBIDDEN`` on their own server, and lifts the ban; messages are
-redacted by their sender and by a moderator of the other server; the
-creator's server raises ``events_default`` above the other server's user,
-whose next message is then refused; and members of both servers change
-their display names.
+redacted by their sender and by a moderator of the other server (room
+version 10 in ranvier's room, with ``redacts`` at the top level, and
+Synapse's default, 12, with it in the content); the creator's server puts
+the other server's user below ``events_default``, whose next message is
+then refused by their own server; and members of both servers change their
+display names. Last, each way round, a message sent while its server has
+not yet heard of the new power levels: the creator's server soft-fails it,
+keeping it out of the room's timeline.
 
 What ranvier has is read from its storage and through its handlers as a
 user sees it; what Synapse has, through its client API. Arrival on either
@@ -26,17 +30,20 @@ from typing import Any
 
 import httpx
 import msgspec
+import pytest
 import trio
 
 from ranvier.core.accounts import Requester
 from ranvier.core.pagination import RoomMessages
 from ranvier.errors import MatrixError
 from ranvier.server import HomeServer
+from ranvier.storage.records import StoredEvent
 
 from ._synapse import SynapseClientError, SynapseProcess, SynapseUser
 
 _WAIT_SECONDS = 20.0
 _MEMBER = "m.room.member"
+_SEND_PATH = "/_matrix/federation/v1/send/"
 _users = itertools.count(1)
 _txns = itertools.count(1)
 
@@ -207,23 +214,25 @@ def _assert_redacted(
     assert event["unsigned"]["redacted_because"]["event_id"] == redaction
 
 
-async def _queue_to(hs: HomeServer, destination: str) -> tuple[int, str | None, int]:
-    """What ranvier has queued for ``destination`` once nothing is in flight
-    to it: PDUs queued, transaction pending, transactions sent so far.
+def _queue_to(hs: HomeServer, destination: str) -> tuple[int, str | None, int] | None:
+    """ranvier's queue to ``destination``: PDUs queued, transaction pending,
+    transactions sent; None when it has none (nothing waiting for it).
     """
-    last: list[tuple[int, str | None, int]] = []
+    status = hs.federation_sender.status(destination)
+    if status is None:
+        return None
+    return status.queued_pdus, status.pending_transaction, status.transactions_sent
+
+
+async def _idle_queue_to(hs: HomeServer, destination: str) -> tuple[int, str | None, int] | None:
+    """ranvier's queue to ``destination`` once nothing is waiting in it."""
 
     async def idle() -> bool:
-        status = hs.federation_sender.status(destination)
-        last[:] = [
-            (0, None, 0)
-            if status is None
-            else (status.queued_pdus, status.pending_transaction, status.transactions_sent)
-        ]
-        return last[0][:2] == (0, None)
+        queue = _queue_to(hs, destination)
+        return queue is None or queue[:2] == (0, None)
 
     await _eventually(idle, f"ranvier's queue to {destination} to empty")
-    return last[0]
+    return _queue_to(hs, destination)
 
 
 async def test_moderation_in_a_room_hosted_by_ranvier(
@@ -274,11 +283,12 @@ async def test_moderation_in_a_room_hosted_by_ranvier(
     )
     # Synapse has no user in the room now: ranvier sends it nothing more.
     assert synapse.server_name not in await ranvier.room_servers.joined_servers(room_id)
-    before = await _queue_to(ranvier, synapse.server_name)
+    before = await _idle_queue_to(ranvier, synapse.server_name)
     await _say(ranvier, carol, room_id, "after the kick")
-    status = ranvier.federation_sender.status(synapse.server_name)
-    assert status is not None
-    assert (status.queued_pdus, status.pending_transaction, status.transactions_sent) == before
+    # Queued for Synapse, the message would be waiting, in flight or
+    # counted as delivered: the queue, if it is still there, is as it was.
+    after = _queue_to(ranvier, synapse.server_name)
+    assert after is None or after == before
 
     # 3. Carol bans Dave: Synapse refuses his join, with ranvier's
     # M_FORBIDDEN. Unbanned, he joins again.
@@ -368,7 +378,7 @@ async def test_moderation_in_a_room_hosted_by_ranvier(
     assert renamed["content"]["membership"] == "join"
     assert renamed["sender"] == dave.user_id
     since_raised = await _events_since(ranvier, room_id, raised)
-    assert [(e["type"], e["sender"]) for e in since_raised] == [(_MEMBER, dave.user_id)]
+    assert [(e.type, e.sender) for e in since_raised] == [(_MEMBER, dave.user_id)]
     assert raised in renamed["prev_events"]
 
     # And Carol's new name reaches Synapse.
@@ -572,11 +582,125 @@ async def _synapse_membership_is(
     return await _synapse_membership(user, room_id, member) == membership
 
 
-async def _events_since(hs: HomeServer, room_id: str, event_id: str) -> list[dict[str, Any]]:
-    """The room's events ranvier added to its timeline after ``event_id``, oldest first."""
+async def _events_since(hs: HomeServer, room_id: str, event_id: str) -> list[StoredEvent]:
+    """The events ranvier added to the room's timeline after ``event_id``, oldest first."""
     row = await hs.storage.get_event(event_id)
     assert row is not None
     events, _ = await hs.storage.sync.room_events(
         room_id, after=row.stream_ordering, upto=2**62, limit=100, backwards=False
     )
-    return [msgspec.json.decode(event.json) for event in events]
+    return events
+
+
+async def test_messages_sent_before_their_server_hears_of_new_power_levels_are_soft_failed(
+    synapse: SynapseProcess,
+    synapse_http: httpx.AsyncClient,
+    ranvier: HomeServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The other half of the power levels case, each way round: a message
+    its own server accepts because the new power levels have not reached it
+    yet. The creator's server takes it (its auth events allow it) but keeps
+    it out of the timeline (the room's current state does not): soft-failed.
+    """
+    registered = await ranvier.accounts.register(_localpart("carol"), None)
+    carol = registered.user_id
+    room_id = await ranvier.create_room(carol, preset="public_chat", room_version="10")
+    dave = await synapse.register(synapse_http, _localpart("dave"))
+    await dave.join(room_id, via=ranvier.server_name)
+    await _exchange(ranvier, carol, dave, room_id, "joined")
+
+    # ranvier's transactions to Synapse wait until released.
+    client = ranvier.federation_client
+    put_json = client.put_json
+    holding, release = trio.Event(), trio.Event()
+
+    async def held_put_json(destination: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        if destination == synapse.server_name and path.startswith(_SEND_PATH):
+            holding.set()
+            await release.wait()
+        return await put_json(destination, path, *args, **kwargs)
+
+    monkeypatch.setattr(client, "put_json", held_put_json)
+    levels = await ranvier.room_reader.state_event(carol, room_id, "m.room.power_levels", "")
+    content = {**levels["content"], "events_default": 50}
+    raised = await ranvier.send_event(carol, room_id, "m.room.power_levels", content, state_key="")
+    with trio.fail_after(_WAIT_SECONDS):
+        await holding.wait()
+
+    early = await dave.send_message(room_id, "before the news")
+
+    async def stored() -> bool:
+        return await ranvier.storage.get_event(early) is not None
+
+    await _eventually(stored, "the early message on ranvier")
+    row = await ranvier.storage.get_event(early)
+    assert row is not None
+    assert row.rejected_reason is None
+    assert row.soft_failed
+    assert not row.outlier
+
+    release.set()
+    await _eventually(lambda: _synapse_has(dave, room_id, raised), "the power levels on Synapse")
+    assert (await _synapse_refusal(dave.send_message(room_id, "after the news")))[:2] == (
+        403,
+        "M_FORBIDDEN",
+    )
+    await _synapse_rename(dave, "Dave Renamed")
+
+    async def renamed_on_ranvier() -> bool:
+        member = await _ranvier_member(ranvier, room_id, dave.user_id)
+        return member is not None and member["content"].get("displayname") == "Dave Renamed"
+
+    await _eventually(renamed_on_ranvier, "dave's new name on ranvier")
+    renamed = await _ranvier_member(ranvier, room_id, dave.user_id)
+    assert renamed is not None
+    assert early in renamed["prev_events"]
+    renamed_id = (await ranvier.storage.get_current_state_ids(room_id))[(_MEMBER, dave.user_id)]
+    since_raised = await _events_since(ranvier, room_id, raised)
+    assert [event.event_id for event in since_raised] == [renamed_id]
+    carols = await _ranvier_timeline(
+        ranvier, await _requester(ranvier, registered.access_token), room_id
+    )
+    assert early not in carols
+    assert raised in carols
+
+    # The other way round: Synapse's room, where Alice demotes Bob while
+    # ranvier takes in nothing from Synapse.
+    alice = await synapse.register(synapse_http, _localpart("alice"))
+    hosted = await alice.create_room(preset="public_chat")
+    bob = (await ranvier.accounts.register(_localpart("bob"), None)).user_id
+    await ranvier.join_room(bob, hosted, [synapse.server_name])
+    await _exchange(ranvier, bob, alice, hosted, "joined Synapse's room")
+    receive_pdus = ranvier.ingester.receive_pdus
+    intake_held, intake_released = trio.Event(), trio.Event()
+
+    async def held_receive_pdus(origin: str, pdus: Any) -> Any:
+        if origin == synapse.server_name:
+            intake_held.set()
+            await intake_released.wait()
+        return await receive_pdus(origin, pdus)
+
+    monkeypatch.setattr(ranvier.ingester, "receive_pdus", held_receive_pdus)
+    levels = await alice.state_event(hosted, "m.room.power_levels")
+    users = {**levels.get("users", {}), bob: -1}
+    demoted = await alice.send_state(hosted, "m.room.power_levels", {**levels, "users": users})
+    with trio.fail_after(_WAIT_SECONDS):
+        await intake_held.wait()
+    assert await ranvier.storage.get_event(demoted) is None
+
+    unaware = await _say(ranvier, bob, hosted, "before the news")
+    intake_released.set()
+    await _eventually(lambda: _ranvier_has(ranvier, demoted), "the demotion on ranvier")
+    refused = await _ranvier_refusal(_say(ranvier, bob, hosted, "after the news"))
+    assert refused[:2] == (403, "M_FORBIDDEN")
+    await ranvier.profiles.set_field(bob, bob, "displayname", "Bob Renamed")
+    bob_renamed = (await ranvier.storage.get_current_state_ids(hosted))[(_MEMBER, bob)]
+    renamed_pdu = await _ranvier_json(ranvier, bob_renamed)
+    assert renamed_pdu is not None
+    assert set(renamed_pdu["prev_events"]) == {unaware, demoted}
+    await _eventually(lambda: _synapse_has(alice, hosted, bob_renamed), "bob's new name on Synapse")
+    alices = [event["event_id"] for event in await alice.timeline(hosted)]
+    assert bob_renamed in alices
+    assert demoted in alices
+    assert unaware not in alices
