@@ -75,6 +75,7 @@ def test_defaults_are_safe() -> None:
     assert config.federation.key_validity_seconds == 24 * 60 * 60
     assert config.federation.request_timeout_seconds > 0
     assert config.federation.max_request_body_bytes >= 50 * 65536
+    assert config.federation.destination_retry_seconds == 5.0
     assert config.registration == RegistrationConfig(enabled=False, shared_secret=None)
     # argon2-cffi's own defaults (RFC 9106's low-memory choice).
     assert config.registration.password_hash_time_cost == 3
@@ -244,6 +245,16 @@ _LISTENER = '[[listeners]]\ntype = "client"\nport = 8008\n'
             "federation.max_request_body_bytes: expected int, got float",
         ),
         ("[federation]\nca_file = 1", "federation.ca_file", "federation.ca_file: expected a path"),
+        (
+            "[federation]\ndestination_retry_seconds = 0",
+            "federation.destination_retry_seconds",
+            "federation.destination_retry_seconds: expected float > 0.0",
+        ),
+        (
+            "[federation]\ndestination_retry_seconds = 86401",
+            "federation.destination_retry_seconds",
+            "federation.destination_retry_seconds: expected float <= 86400",
+        ),
         (
             "[registration]\nenabled = 'yes'",
             "registration.enabled",

@@ -149,6 +149,10 @@ class FederationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     #: The largest request body accepted. A transaction is at most 50 PDUs of
     #: 64 KiB and 100 EDUs, so this leaves room.
     max_request_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 16 * _MIB
+    #: How long to leave a server alone after it first fails to take a
+    #: transaction; each further failure in a row doubles the wait, up to a
+    #: day. A server that sends us a signed request is tried again at once.
+    destination_retry_seconds: Annotated[float, msgspec.Meta(gt=0, le=_DAY_SECONDS)] = 5.0
 
 
 class RateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

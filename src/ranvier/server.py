@@ -226,7 +226,7 @@ from ranvier.federation.persistence import ReceivedTransactions
 from ranvier.federation.profiles import FederationProfileClient, LocalProfileSource
 from ranvier.federation.queries import add_query_routes
 from ranvier.federation.room_list import FederationRoomListClient, add_public_rooms_routes
-from ranvier.federation.sender import FederationSender
+from ranvier.federation.sender import BackoffPolicy, FederationSender
 from ranvier.federation.sender.interfaces import SenderStore
 from ranvier.federation.server import TransactionHandler, add_transaction_routes
 from ranvier.federation.timestamps import add_timestamp_route as add_federation_timestamp_route
@@ -868,6 +868,7 @@ class HomeServer:
             key_lookup=self._key_ring,
             router=self._federation_router(prepared.signing_key),
             max_body_bytes=config.federation.max_request_body_bytes,
+            on_authenticated=self.federation_sender.heard_from,
         )
         self._client_app = ClientApp(
             router=self._client_router(),
@@ -1016,8 +1017,13 @@ class HomeServer:
         server_name = self.config.server_name
         storage, client, keys = self.storage, self.federation_client, self.key_ring
         self._room_servers = RoomServers(storage)
+        retry_ms = round(self.config.federation.destination_retry_seconds * 1000)
         self._federation_sender = FederationSender(
-            server_name, client, self._sender_store(), outbox=storage.e2e_keys
+            server_name,
+            client,
+            self._sender_store(),
+            outbox=storage.e2e_keys,
+            backoff=BackoffPolicy(initial_ms=retry_ms),
         )
         notifier = RoomEventSender(server_name, self._room_servers, self._pdu_sink())
         fetcher = FederationEventFetcher(client)

@@ -213,6 +213,8 @@ class SynapseProcess:
     #: The CA that issued Synapse's certificate (and ours).
     pki: Pki
     process: subprocess.Popen[bytes]
+    #: The environment it runs in, for starting it again; None for ours.
+    env: Mapping[str, str] | None = field(default=None, repr=False)
 
     def log_size(self) -> int:
         """Where the log ends now: a mark to show later lines from."""
@@ -265,6 +267,25 @@ class SynapseProcess:
             self.process.kill()
             self.process.wait()
 
+    def restart(self) -> None:
+        """Stop it if it runs, start it again on the same directory, ports and
+        keys, and wait until it is healthy (as :func:`start_synapse` does).
+        """
+        self.stop()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.process.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.directory,
+                env=None if self.env is None else dict(self.env),
+            )
+        try:
+            _wait_until_healthy(self)
+        except BaseException:
+            self.stop()
+            raise
+
     async def register(
         self, http: httpx.AsyncClient, localpart: str, *, plain: bool = False
     ) -> SynapseUser:
@@ -295,13 +316,20 @@ class SynapseProcess:
 
 
 def start_synapse(
-    python: Path, directory: Path, pki: Pki, *, cache_factor: float | None = None
+    python: Path,
+    directory: Path,
+    pki: Pki,
+    *,
+    cache_factor: float | None = None,
+    extra_config: Mapping[str, Any] | None = None,
 ) -> SynapseProcess:
     """Configure a Synapse with a fresh database in ``directory``, start it,
     and wait until it is healthy.
 
     ``cache_factor`` scales its caches (``SYNAPSE_CACHE_FACTOR``); ``None``
-    keeps their default sizes, as an operator would run it. Raise
+    keeps their default sizes, as an operator would run it.
+    ``extra_config`` holds top-level options that replace or add to those
+    of :func:`synapse_config`. Raise
     :class:`SynapseStartError` (with the log) if it is not healthy within a
     minute; the process is stopped then.
     """
@@ -318,6 +346,7 @@ def start_synapse(
         certificate=certificate,
         private_key=private_key,
     )
+    config.update(extra_config or {})
     config_path = directory / "homeserver.yaml"
     config_path.write_text(json.dumps(config, indent=2))
     log_path = directory / "synapse.log"
@@ -346,6 +375,7 @@ def start_synapse(
         shared_secret=config["registration_shared_secret"],
         pki=pki,
         process=process,
+        env=env,
     )
     try:
         _wait_until_healthy(synapse)

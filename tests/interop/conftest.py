@@ -73,14 +73,16 @@ async def synapse_http(synapse: SynapseProcess) -> AsyncIterator[httpx.AsyncClie
 
 
 @pytest.fixture
-async def ranvier(tmp_path: Path, interop_pki: Pki) -> AsyncIterator[HomeServer]:
-    """A running ranvier HomeServer named ``127.0.0.1:<port>``."""
+def ranvier_config(tmp_path: Path, interop_pki: Pki) -> Config:
+    """The configuration of a ranvier HomeServer named ``127.0.0.1:<port>``,
+    for a test that starts it (again) itself.
+    """
     port = free_port()
     issued = interop_pki.ca.issue_cert("127.0.0.1", "localhost")
     certificate, private_key = tmp_path / "ranvier.crt", tmp_path / "ranvier.key"
     certificate.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
     issued.private_key_pem.write_to_path(str(private_key))
-    config = Config(
+    return Config(
         server_name=f"127.0.0.1:{port}",
         data_dir=tmp_path / "ranvier",
         listeners=(ListenerConfig(type="federation", host="127.0.0.1", port=port),),
@@ -89,7 +91,12 @@ async def ranvier(tmp_path: Path, interop_pki: Pki) -> AsyncIterator[HomeServer]
         database=DatabaseConfig(synchronous="OFF"),
         federation=FederationConfig(ca_file=interop_pki.ca_file, request_timeout_seconds=20),
     )
-    async with open_homeserver(config) as hs:
+
+
+@pytest.fixture
+async def ranvier(ranvier_config: Config) -> AsyncIterator[HomeServer]:
+    """A running ranvier HomeServer named ``127.0.0.1:<port>``."""
+    async with open_homeserver(ranvier_config) as hs:
         yield hs
 
 

@@ -469,3 +469,38 @@ async def test_responses_are_json_with_length(served: Served) -> None:
     assert response.headers["content-type"] == "application/json"
     assert int(response.headers["content-length"]) == len(response.content)
     assert msgspec.json.decode(response.content) == response.json()
+
+
+async def test_on_authenticated_hears_each_signed_request_before_its_handler(
+    served: Served,
+) -> None:
+    heard: list[str] = []
+    served.app.on_authenticated = heard.append
+
+    async def refuse(request: Request) -> Mapping[str, Any]:
+        # Heard of already, though the handler refuses the request.
+        assert heard == [REMOTE]
+        raise MatrixError("not in that room", errcode="M_FORBIDDEN", http_status=403)
+
+    served.app.router.add("GET", "/_matrix/federation/v1/refused", refuse)
+    response = await served.client.get("/_matrix/federation/v1/refused", auth=_auth(served))
+    _assert_error(response, 403, "M_FORBIDDEN", "not in that room")
+    assert heard == [REMOTE]
+
+
+@pytest.mark.parametrize("failure", ["no header", "unknown key", "bad signature"])
+async def test_on_authenticated_hears_nothing_of_requests_that_fail_auth(
+    served: Served, failure: str
+) -> None:
+    _add_echo(served)
+    heard: list[str] = []
+    served.app.on_authenticated = heard.append
+    headers, _ = {name: (h, m) for name, h, m in _failures(served)}[failure]
+    response = await served.client.put(
+        "/_matrix/federation/v1/send/t1", json={"pdus": []}, headers=headers
+    )
+    assert response.status_code == 401
+    # Nor of requests that need no signature.
+    response = await served.client.get("/_matrix/federation/v1/version")
+    assert response.status_code == 200
+    assert heard == []

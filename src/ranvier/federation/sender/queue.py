@@ -42,6 +42,13 @@ Invariants
   its rooms count as sent, so no retry or catch-up offers it again.
 * **Backoff is kept in the database** (``destinations``), so a restart does
   not hammer a destination that was down, and waits run on Trio's clock.
+* **A destination heard from is retried early.** An authenticated request
+  from a destination that is backing off shows it is back (restarted,
+  reconnected): its backoff ends then rather than when the interval runs
+  out, though never sooner than ``_EARLY_RETRY_FLOOR`` seconds after the
+  attempt that failed, so a destination that reaches us while we cannot
+  reach it costs at most one attempt a second. The stored retry state is
+  left as it is: only a delivery clears it, and another failure grows it.
 """
 
 from __future__ import annotations
@@ -79,6 +86,8 @@ _log = logging.getLogger(__name__)
 _SEND_PATH: Final = "/_matrix/federation/v1/send/"
 # Answers to /send are small; anything large is not one.
 _MAX_ANSWER_BYTES: Final = 1024 * 1024
+# Seconds after a failed attempt before a destination heard from is tried again.
+_EARLY_RETRY_FLOOR: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +186,8 @@ class DestinationQueue:
         self._pending: _Pending | None = None
         self._retry: DestinationRetry | None = None
         self._retry_at: float | None = None
+        # Trio time of the last failed attempt, while backing off.
+        self._failed_at: float | None = None
         self._wake = trio.Event()
         self._wake_noter = trio.Event()
         self._closed = False
@@ -238,6 +249,21 @@ class DestinationQueue:
         self._pdus.clear()
         self._catching_up = True
         self._wake.set()
+
+    def heard_from(self) -> None:
+        """The destination made an authenticated request of ours: if it is
+        backing off, try it again now (or once the floor after its last
+        failure has passed) instead of at the end of the interval.
+        """
+        if not self.backing_off:
+            return
+        assert self._retry_at is not None
+        assert self._failed_at is not None
+        soonest = max(trio.current_time(), self._failed_at + _EARLY_RETRY_FLOOR)
+        if soonest < self._retry_at:
+            _log.info("%s was heard from; trying it again", self.destination)
+            self._retry_at = soonest
+            self._wake.set()
 
     def status(self) -> DestinationStatus:
         backing_off = self.backing_off
@@ -315,8 +341,10 @@ class DestinationQueue:
         if retry is None:
             return
         self._retry = retry
-        wait_ms = retry.retry_last_ts + retry.retry_interval_ms - self._settings.clock_ms()
+        now_ms = self._settings.clock_ms()
+        wait_ms = retry.retry_last_ts + retry.retry_interval_ms - now_ms
         self._retry_at = trio.current_time() + max(0, wait_ms) / 1000
+        self._failed_at = trio.current_time() - max(0, now_ms - retry.retry_last_ts) / 1000
 
     def _shed_for_backoff(self) -> None:
         if self._pdus:
@@ -542,6 +570,7 @@ class DestinationQueue:
             _log.info("%s is back", self.destination)
             self._retry = None
             self._retry_at = None
+            self._failed_at = None
             await self._settings.store.store_destination_retry(self.destination, None)
         await self._mark_sent(pending.positions)
         await self._forget_outbox(pending)
@@ -552,7 +581,8 @@ class DestinationQueue:
         self._retry = settings.backoff.after_failure(
             self.destination, self._retry, settings.clock_ms(), settings.rng
         )
-        self._retry_at = trio.current_time() + self._retry.retry_interval_ms / 1000
+        self._failed_at = trio.current_time()
+        self._retry_at = self._failed_at + self._retry.retry_interval_ms / 1000
         _log.info(
             "%s: transaction %s failed (%s); trying again in %.1f s",
             self.destination,

@@ -199,6 +199,16 @@ class FederationSender:
         for target in self._destinations([destination]):
             self._queue(nursery, target).start_catching_up()
 
+    def heard_from(self, destination: str) -> None:
+        """``destination`` made an authenticated request of ours, so it is
+        up: if its queue is backing off, try it again now rather than when
+        the backoff runs out. A destination with no queue has nothing
+        waiting for it.
+        """
+        queue = self._queues.get(destination)
+        if queue is not None and not queue.closed:
+            queue.heard_from()
+
     # Looking on.
 
     def status(self, destination: str) -> DestinationStatus | None:

@@ -16,7 +16,10 @@ Every request is checked in the same order, cheapest refusal first:
    JSON (400 ``M_NOT_JSON``);
 4. the X-Matrix signature is checked with the origin's key, which a
    :class:`KeyLookup` supplies (401 ``M_UNAUTHORIZED`` naming the problem);
-5. the handler runs with the authenticated origin in ``request.origin``.
+5. the handler runs with the authenticated origin in ``request.origin``,
+   after ``on_authenticated`` has heard of it: a server that signs a
+   request is up, which the federation sender wants to know of a server it
+   is backing off.
 
 Every ``/_matrix/federation/*`` route is authenticated unless it is
 registered with ``authenticated=False``, which only the few endpoints the
@@ -34,7 +37,7 @@ over; batches of event signatures are another matter.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
 from ranvier.errors import InvalidSignatureError, MatrixError
@@ -101,6 +104,8 @@ class FederationApp:
     Give it the server's name (what ``destination`` must be), a
     :class:`Router` with the routes to serve (``app.router`` stays open for
     more), and a :class:`KeyLookup` for other servers' keys.
+    ``on_authenticated`` is called with the origin of each request whose
+    signature holds, before its handler runs; it must not wait or raise.
     """
 
     def __init__(
@@ -110,6 +115,7 @@ class FederationApp:
         key_lookup: KeyLookup,
         router: Router | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        on_authenticated: Callable[[str], None] | None = None,
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, not {max_body_bytes}")
@@ -117,6 +123,7 @@ class FederationApp:
         self.router = router if router is not None else Router()
         self.max_body_bytes = max_body_bytes
         self._key_lookup = key_lookup
+        self.on_authenticated = on_authenticated
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point."""
@@ -139,6 +146,8 @@ class FederationApp:
             origin = None
             if authorizations is not None:
                 origin = await self._authenticate(authorizations, method, uri, content, body)
+                if self.on_authenticated is not None:
+                    self.on_authenticated(origin)
             request = head.request(
                 path_params=match.params, body=body, content=content, origin=origin
             )
