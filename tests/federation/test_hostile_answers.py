@@ -1,0 +1,381 @@
+"""Answers from a hostile or broken remote server never break ranvier.
+
+A homeserver (over its client API) asks a stand-in remote for a profile, an
+alias, users' keys and one-time keys, and the stand-in answers each time
+with something else: not JSON, an array, ``{}``, or the real answer with
+one of its fields (at any depth) removed or replaced by a value of another
+kind. The caller gets a 200 or a Matrix error, never a 500; nothing is
+logged at ERROR; and the same request answered well afterwards succeeds.
+The remote's signing key answer (asked while checking a request it signed)
+is broken the same way: the request is refused, never a 500.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import urllib.parse
+from collections.abc import AsyncGenerator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import trio
+
+from ranvier.federation.keys import KeyRing, KeyUnavailableError, TrustedKeyServer
+from ranvier.federation.transport.client import FederationHttpClient
+from ranvier.federation.transport.routes import server_keys_json, wall_clock_ms
+from ranvier.protocol.signing import SigningKey, generate_signing_key, sign_json
+from ranvier.storage import Storage
+from ranvier.testing import KnownKeys, Pki, RemoteHomeserver
+from ranvier.testing.homeserver import TestHomeserver, TestUser, open_test_homeserver
+from ranvier.web import Request, StreamResponse
+
+_V1 = "/_matrix/federation/v1"
+_NOT_JSON = b'{"not json'
+#: What each field is replaced by, besides being removed.
+ODD_VALUES: dict[str, Any] = {
+    "null": None,
+    "true": True,
+    "-1": -1,
+    "2**63": 2**63,
+    "1.5": 1.5,
+    "empty string": "",
+    "long string": "x" * 70000,
+    "empty list": [],
+    "empty object": {},
+}
+_REMOVED = object()
+
+
+def _paths(value: Any, depth: int) -> Iterator[tuple[Any, ...]]:
+    """Every place in ``value`` a field can be changed: object keys, and
+    the first item of lists, down to ``depth`` steps."""
+    if depth == 0:
+        return
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield (key,)
+            for rest in _paths(inner, depth - 1):
+                yield (key, *rest)
+    elif isinstance(value, list) and value:
+        for rest in _paths(value[0], depth - 1):
+            yield (0, *rest)
+
+
+def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    copy = msgspec.json.decode(msgspec.json.encode(value))
+    holder = copy
+    for step in path[:-1]:
+        holder = holder[step]
+    if new is _REMOVED:
+        del holder[path[-1]]
+    else:
+        holder[path[-1]] = new
+    return copy
+
+
+def mutations(good: Any, depth: int = 4) -> Iterator[tuple[str, bytes]]:
+    """``(name, body)`` of every hostile variant of the answer ``good``."""
+    yield "not JSON", _NOT_JSON
+    yield "an array", msgspec.json.encode([good])
+    yield "{}", b"{}"
+    for path in _paths(good, depth):
+        where = "/".join(str(step) for step in path)
+        yield f"{where} removed", msgspec.json.encode(_replaced(good, path, _REMOVED))
+        for name, new in ODD_VALUES.items():
+            yield f"{where} = {name}", msgspec.json.encode(_replaced(good, path, new))
+
+
+class Answers:
+    """The stand-in's answer to one route: the good one unless a body is set."""
+
+    def __init__(self, good: Any) -> None:
+        self.good = msgspec.json.encode(good)
+        self.body: bytes | None = None
+        self.asked = 0
+
+    async def handle(self, request: Request) -> StreamResponse:
+        self.asked += 1
+        body = self.body if self.body is not None else self.good
+
+        async def chunks() -> AsyncGenerator[bytes, None]:
+            yield body
+
+        return StreamResponse(
+            200,
+            [("content-type", "application/json"), ("content-length", str(len(body)))],
+            chunks,
+        )
+
+
+@dataclass
+class Asked:
+    """One request ranvier makes of the remote, as a client starts it."""
+
+    name: str
+    method: str
+    route: str
+    good: Callable[[str], Any]
+    call: Callable[[str], tuple[str, str, Any]]
+    #: Whether a good answer shows through: how to tell the request worked.
+    shows: Callable[[Any, str], bool]
+
+
+def _device(user_id: str) -> dict[str, Any]:
+    return {
+        "user_id": user_id,
+        "device_id": "DEV",
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {"curve25519:DEV": "c" * 43, "ed25519:DEV": "e" * 43},
+        "signatures": {user_id: {"ed25519:DEV": "s" * 86}},
+    }
+
+
+def _cross(user_id: str, usage: str) -> dict[str, Any]:
+    return {"user_id": user_id, "usage": [usage], "keys": {f"ed25519:{usage}": "m" * 43}}
+
+
+def _user(remote: str) -> str:
+    return f"@u:{remote}"
+
+
+ASKED = [
+    Asked(
+        "profile",
+        "GET",
+        "/query/profile",
+        lambda remote: {"displayname": "U", "avatar_url": f"mxc://{remote}/abc"},
+        lambda remote: ("GET", f"/_matrix/client/v3/profile/{_user(remote)}", None),
+        lambda answer, remote: answer.get("displayname") == "U",
+    ),
+    Asked(
+        "directory",
+        "GET",
+        "/query/directory",
+        lambda remote: {"room_id": f"!room:{remote}", "servers": [remote, "other.test"]},
+        lambda remote: (
+            "GET",
+            "/_matrix/client/v3/directory/room/" + urllib.parse.quote(f"#a:{remote}", safe=""),
+            None,
+        ),
+        lambda answer, remote: answer.get("room_id") == f"!room:{remote}",
+    ),
+    Asked(
+        "keys query",
+        "POST",
+        "/user/keys/query",
+        lambda remote: {
+            "device_keys": {_user(remote): {"DEV": _device(_user(remote))}},
+            "master_keys": {_user(remote): _cross(_user(remote), "master")},
+            "self_signing_keys": {_user(remote): _cross(_user(remote), "self_signing")},
+        },
+        lambda remote: (
+            "POST",
+            "/_matrix/client/v3/keys/query",
+            {"device_keys": {_user(remote): []}},
+        ),
+        lambda answer, remote: (
+            "DEV" in answer["device_keys"].get(_user(remote), {})
+            and _user(remote) in answer["master_keys"]
+        ),
+    ),
+    Asked(
+        "keys claim",
+        "POST",
+        "/user/keys/claim",
+        lambda remote: {
+            "one_time_keys": {
+                _user(remote): {
+                    "DEV": {
+                        "signed_curve25519:AAAA": {
+                            "key": "k" * 43,
+                            "signatures": {_user(remote): {"ed25519:DEV": "s" * 86}},
+                        }
+                    }
+                }
+            }
+        },
+        lambda remote: (
+            "POST",
+            "/_matrix/client/v3/keys/claim",
+            {"one_time_keys": {_user(remote): {"DEV": "signed_curve25519"}}},
+        ),
+        lambda answer, remote: "DEV" in answer["one_time_keys"].get(_user(remote), {}),
+    ),
+]
+
+
+@dataclass
+class Scene:
+    hs: TestHomeserver
+    http: httpx.AsyncClient
+    user: TestUser
+    remote: RemoteHomeserver
+    pki: Pki
+
+    async def ask(self, asked: Asked) -> tuple[int, Any]:
+        method, path, body = asked.call(self.remote.server_name)
+        response = await self.http.request(
+            method,
+            path,
+            json=body,
+            headers={"Authorization": f"Bearer {self.user.access_token}"},
+        )
+        return response.status_code, response.json()
+
+
+@pytest.fixture
+async def scene(tmp_path: Path, nursery: trio.Nursery) -> AsyncGenerator[Scene, None]:
+    pki = Pki.create(tmp_path)
+    keys = KnownKeys()
+    remote = RemoteHomeserver("127.0.0.1:{port}", key_lookup=keys)
+    await remote.start(nursery, pki.server_context("127.0.0.1"))
+    await remote.open_client(nursery, pki.client_context())
+    async with open_test_homeserver(tmp_path / "hs", federation=pki) as hs, hs.client() as http:
+        keys.add(hs.server_name, hs.server.signing_key)
+        user = await hs.register_user("alice")
+        yield Scene(hs, http, user, remote, pki)
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        f"{record.name}: {record.getMessage()[:300]}"
+        for record in caplog.records
+        if record.levelno >= logging.ERROR and record.name.startswith("ranvier")
+    ]
+
+
+@pytest.mark.parametrize("asked", ASKED, ids=lambda asked: asked.name)
+async def test_every_hostile_answer_gets_a_clear_outcome(
+    scene: Scene, asked: Asked, caplog: pytest.LogCaptureFixture
+) -> None:
+    remote = scene.remote.server_name
+    answers = Answers(asked.good(remote))
+    scene.remote.app.router.add(asked.method, _V1 + asked.route, answers.handle)
+    status, answer = await scene.ask(asked)
+    assert status == 200, answer
+    assert asked.shows(answer, remote), answer
+
+    broken: list[str] = []
+    tried = 0
+    for mutation, body in mutations(asked.good(remote)):
+        tried += 1
+        answers.body = body
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="ranvier"):
+            status, answer = await scene.ask(asked)
+        clear = status == 200 or (
+            400 <= status < 600
+            and status != 500
+            and isinstance(answer, dict)
+            and isinstance(answer.get("errcode"), str)
+        )
+        if not clear or _errors(caplog):
+            broken.append(
+                f"{asked.name}, {mutation}: {status} {str(answer)[:200]} {_errors(caplog)}"
+            )
+    assert tried >= 23
+    # Each was asked of the remote, not answered from a cache.
+    assert answers.asked == tried + 1
+    assert not broken, "\n".join(broken)
+
+    answers.body = None
+    status, answer = await scene.ask(asked)
+    assert status == 200, answer
+    assert asked.shows(answer, remote), answer
+
+
+def _resigned(body: bytes, sign: Callable[[Any], Any]) -> bytes:
+    """``body`` signed again by ``sign`` where it can be, so that more
+    than the signature check is reached; as it is where it cannot."""
+    try:
+        return msgspec.json.encode(sign(msgspec.json.decode(body)))
+    except Exception:  # what cannot be signed is sent as it is
+        return body
+
+
+def _sign(server: str, key: SigningKey, answer: Any) -> Any:
+    return sign_json(answer, server, key)
+
+
+def _notarised(notary: str, key: SigningKey, answer: Any) -> Any:
+    return {"server_keys": [sign_json(answer, notary, key)]}
+
+
+@pytest.mark.parametrize("via", ["origin", "notary"])
+async def test_a_hostile_key_answer_leaves_the_key_unknown(
+    scene: Scene,
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+    via: str,
+) -> None:
+    remote = scene.remote
+    notary = remote.server_name
+    storage = Storage(tmp_path / "keys.db", synchronous="NORMAL")
+    await nursery.start(storage.run)
+    http = FederationHttpClient(
+        "b.test", generate_signing_key("b"), ssl_context=scene.pki.client_context()
+    )
+    await nursery.start(http.run)
+    answers = Answers({})
+    if via == "notary":
+        remote.app.router.add(
+            "GET", "/_matrix/key/v2/query/{server}", answers.handle, authenticated=False
+        )
+    ring = KeyRing(
+        store=storage,
+        client=http,
+        trusted_key_servers=[TrustedKeyServer(notary)] if via == "notary" else [],
+        min_refetch_interval_ms=0,
+    )
+    broken: list[str] = []
+    asked = 0
+    for number, (mutation, _) in enumerate(
+        mutations(server_keys_json(notary, [remote.signing_key], wall_clock_ms()))
+    ):
+        # A new key each time, so that nothing kept from before answers.
+        key = generate_signing_key(f"k{number}")
+        # For the notary: a server that refuses connections, asked of it first.
+        server = "127.0.0.1:1" if via == "notary" else notary
+        good = server_keys_json(server, [key], wall_clock_ms() + 86_400_000)
+        # The same change to this key's answer (whose paths name its key).
+        _, body = next(itertools.islice(mutations(good), number, None))
+        body = _resigned(body, functools.partial(_sign, server, key))
+        if via == "notary":
+            body = _resigned(body, functools.partial(_notarised, notary, remote.signing_key))
+            answers.body = body
+        elif body == _NOT_JSON:
+            continue
+        else:
+            remote.key_response = msgspec.json.decode(body)
+        asked += 1
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="ranvier"):
+            try:
+                await ring.get_verify_key(server, f"ed25519:k{number}")
+            except KeyUnavailableError:
+                pass
+            except Exception as exc:  # any other is the failure looked for
+                broken.append(f"{via} key answer, {mutation}: {type(exc).__name__}: {exc}")
+        if _errors(caplog):
+            broken.append(f"{via} key answer, {mutation}: {_errors(caplog)}")
+    assert asked > 30
+    assert not broken, "\n".join(broken)
+
+    # Answered well, the key is known.
+    key = generate_signing_key("good")
+    server = "127.0.0.1:1" if via == "notary" else notary
+    good = server_keys_json(server, [key], wall_clock_ms() + 86_400_000)
+    if via == "notary":
+        answers.body = msgspec.json.encode(
+            {"server_keys": [sign_json(good, notary, remote.signing_key)]}
+        )
+    else:
+        remote.key_response = good
+    assert await ring.get_verify_key(server, "ed25519:good") is not None
