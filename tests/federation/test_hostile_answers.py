@@ -16,7 +16,7 @@ import functools
 import itertools
 import logging
 import urllib.parse
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,84 +33,9 @@ from ranvier.protocol.signing import SigningKey, generate_signing_key, sign_json
 from ranvier.storage import Storage
 from ranvier.testing import KnownKeys, Pki, RemoteHomeserver
 from ranvier.testing.homeserver import TestHomeserver, TestUser, open_test_homeserver
-from ranvier.web import Request, StreamResponse
+from ranvier.testing.hostile import NOT_JSON, CannedAnswer, variants
 
 _V1 = "/_matrix/federation/v1"
-_NOT_JSON = b'{"not json'
-#: What each field is replaced by, besides being removed.
-ODD_VALUES: dict[str, Any] = {
-    "null": None,
-    "true": True,
-    "-1": -1,
-    "2**63": 2**63,
-    "1.5": 1.5,
-    "empty string": "",
-    "long string": "x" * 70000,
-    "empty list": [],
-    "empty object": {},
-}
-_REMOVED = object()
-
-
-def _paths(value: Any, depth: int) -> Iterator[tuple[Any, ...]]:
-    """Every place in ``value`` a field can be changed: object keys, and
-    the first item of lists, down to ``depth`` steps."""
-    if depth == 0:
-        return
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            yield (key,)
-            for rest in _paths(inner, depth - 1):
-                yield (key, *rest)
-    elif isinstance(value, list) and value:
-        for rest in _paths(value[0], depth - 1):
-            yield (0, *rest)
-
-
-def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
-    copy = msgspec.json.decode(msgspec.json.encode(value))
-    holder = copy
-    for step in path[:-1]:
-        holder = holder[step]
-    if new is _REMOVED:
-        del holder[path[-1]]
-    else:
-        holder[path[-1]] = new
-    return copy
-
-
-def mutations(good: Any, depth: int = 4) -> Iterator[tuple[str, bytes]]:
-    """``(name, body)`` of every hostile variant of the answer ``good``."""
-    yield "not JSON", _NOT_JSON
-    yield "an array", msgspec.json.encode([good])
-    yield "{}", b"{}"
-    for path in _paths(good, depth):
-        where = "/".join(str(step) for step in path)
-        yield f"{where} removed", msgspec.json.encode(_replaced(good, path, _REMOVED))
-        for name, new in ODD_VALUES.items():
-            yield f"{where} = {name}", msgspec.json.encode(_replaced(good, path, new))
-
-
-class Answers:
-    """The stand-in's answer to one route: the good one unless a body is set."""
-
-    def __init__(self, good: Any) -> None:
-        self.good = msgspec.json.encode(good)
-        self.body: bytes | None = None
-        self.asked = 0
-
-    async def handle(self, request: Request) -> StreamResponse:
-        self.asked += 1
-        body = self.body if self.body is not None else self.good
-
-        async def chunks() -> AsyncGenerator[bytes, None]:
-            yield body
-
-        return StreamResponse(
-            200,
-            [("content-type", "application/json"), ("content-length", str(len(body)))],
-            chunks,
-        )
 
 
 @dataclass
@@ -255,7 +180,7 @@ async def test_every_hostile_answer_gets_a_clear_outcome(
     scene: Scene, asked: Asked, caplog: pytest.LogCaptureFixture
 ) -> None:
     remote = scene.remote.server_name
-    answers = Answers(asked.good(remote))
+    answers = CannedAnswer(asked.good(remote))
     scene.remote.app.router.add(asked.method, _V1 + asked.route, answers.handle)
     status, answer = await scene.ask(asked)
     assert status == 200, answer
@@ -263,9 +188,9 @@ async def test_every_hostile_answer_gets_a_clear_outcome(
 
     broken: list[str] = []
     tried = 0
-    for mutation, body in mutations(asked.good(remote)):
+    for mutation, make in variants(asked.good(remote)):
         tried += 1
-        answers.body = body
+        answers.body = make()
         caplog.clear()
         with caplog.at_level(logging.ERROR, logger="ranvier"):
             status, answer = await scene.ask(asked)
@@ -323,7 +248,7 @@ async def test_a_hostile_key_answer_leaves_the_key_unknown(
         "b.test", generate_signing_key("b"), ssl_context=scene.pki.client_context()
     )
     await nursery.start(http.run)
-    answers = Answers({})
+    answers = CannedAnswer({})
     if via == "notary":
         remote.app.router.add(
             "GET", "/_matrix/key/v2/query/{server}", answers.handle, authenticated=False
@@ -337,7 +262,7 @@ async def test_a_hostile_key_answer_leaves_the_key_unknown(
     broken: list[str] = []
     asked = 0
     for number, (mutation, _) in enumerate(
-        mutations(server_keys_json(notary, [remote.signing_key], wall_clock_ms()))
+        variants(server_keys_json(notary, [remote.signing_key], wall_clock_ms()))
     ):
         # A new key each time, so that nothing kept from before answers.
         key = generate_signing_key(f"k{number}")
@@ -345,12 +270,13 @@ async def test_a_hostile_key_answer_leaves_the_key_unknown(
         server = "127.0.0.1:1" if via == "notary" else notary
         good = server_keys_json(server, [key], wall_clock_ms() + 86_400_000)
         # The same change to this key's answer (whose paths name its key).
-        _, body = next(itertools.islice(mutations(good), number, None))
+        _, make = next(itertools.islice(variants(good), number, None))
+        body = make()
         body = _resigned(body, functools.partial(_sign, server, key))
         if via == "notary":
             body = _resigned(body, functools.partial(_notarised, notary, remote.signing_key))
             answers.body = body
-        elif body == _NOT_JSON:
+        elif body == NOT_JSON:
             continue
         else:
             remote.key_response = msgspec.json.decode(body)
