@@ -123,6 +123,9 @@ async def test_tokens_are_created_read_listed_updated_and_deleted(
         {"uses_allowed": "1"},
         {"expiry_time": START_MS - 1},
         {"expiry_time": "soon"},
+        # Past canonical JSON's integers: no SQLite integer holds them.
+        {"expiry_time": 2**63},
+        {"uses_allowed": 2**64},
     ],
 )
 async def test_bad_new_tokens_are_refused(env: tuple[WithAdmin, _Clock], body: Any) -> None:
@@ -147,7 +150,13 @@ async def test_bad_changes_and_duplicates_are_refused(env: tuple[WithAdmin, _Clo
         errcode="M_INVALID_PARAM",
     )
     assert message == "Token already exists: abc"
-    for body in ({"uses_allowed": -1}, {"uses_allowed": "2"}, {"expiry_time": START_MS - 1}):
+    for body in (
+        {"uses_allowed": -1},
+        {"uses_allowed": "2"},
+        {"uses_allowed": 2**63},
+        {"expiry_time": START_MS - 1},
+        {"expiry_time": 2**63},
+    ):
         await admin_refused(
             http, admin, "PUT", f"{TOKENS}/abc", body, status=400, errcode="M_INVALID_PARAM"
         )

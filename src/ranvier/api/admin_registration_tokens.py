@@ -19,6 +19,7 @@ from ranvier.api.admin_common import ADMIN_V1, body_object, require_admin
 from ranvier.api.auth import Auth
 from ranvier.api.query_params import flag_param, invalid_param
 from ranvier.core.registration_tokens import RegistrationTokens, token_json
+from ranvier.protocol.canonical import CANONICAL_INT_MAX, CANONICAL_INT_MIN
 from ranvier.web import Request, Router
 
 __all__ = ["add_admin_registration_token_routes"]
@@ -27,9 +28,15 @@ _TOKENS: Final = f"{ADMIN_V1}/registration_tokens"
 
 
 def _optional_int(body: Mapping[str, Any], key: str, what: str) -> int | None:
-    """``body[key]``: an integer (not a boolean) or null."""
+    """``body[key]``: an integer (not a boolean) or null.
+
+    Bounded by canonical JSON's integers: anything larger is no count or
+    timestamp, and SQLite cannot store it.
+    """
     value = body.get(key)
-    if value is not None and (type(value) is not int):
+    if value is not None and (
+        type(value) is not int or not CANONICAL_INT_MIN <= value <= CANONICAL_INT_MAX
+    ):
         raise invalid_param(f"{key} must be {what} or null")
     return value
 
