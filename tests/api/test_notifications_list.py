@@ -177,6 +177,15 @@ async def test_bad_parameters_are_refused(env: Env) -> None:
         status=400,
         errcode="M_INVALID_PARAM",
     )
+    # Digits enough for a token, but past any stream position SQLite holds.
+    await c.refused(
+        alice,
+        "GET",
+        "/notifications",
+        params={"from": str(2**63)},
+        status=400,
+        errcode="M_INVALID_PARAM",
+    )
     await c.refused(
         alice,
         "GET",

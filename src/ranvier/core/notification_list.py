@@ -25,6 +25,7 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from ranvier.errors import MatrixError
+from ranvier.protocol.canonical import CANONICAL_INT_MAX, CANONICAL_INT_MIN
 from ranvier.protocol.push_evaluation import PushOutcome, evaluate_push_rules
 from ranvier.storage.notification_reads import NotificationCandidates, NotificationRoom
 from ranvier.storage.records import StoredEvent
@@ -177,9 +178,15 @@ def _read(ordering: int, event: Mapping[str, Any], room: NotificationRoom) -> bo
 def _parse_token(token: str | None) -> int | None:
     if token is None:
         return None
-    if not token.lstrip("-").isdigit() or len(token) > 20:
+    # Tokens are stream positions, which SQLite holds in 64 bits; within
+    # canonical JSON's integers, so a larger number is no token of ours.
+    if (
+        not token.lstrip("-").isdigit()
+        or len(token) > 20
+        or not CANONICAL_INT_MIN <= int(token) <= CANONICAL_INT_MAX
+    ):
         raise MatrixError(
-            f"from is not a token this server gave: {token!r}",
+            f"from is not a token this server gave: {token[:40]!r}",
             errcode="M_INVALID_PARAM",
             http_status=400,
         )
