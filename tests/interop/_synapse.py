@@ -170,7 +170,7 @@ def synapse_config(
         "report_stats": False,
         "enable_metrics": False,
         "url_preview_enabled": False,
-        "presence": {"enabled": False},
+        "presence": {"enabled": True},
         "bcrypt_rounds": 4,
         "trusted_key_servers": [],
         "suppress_key_server_warning": True,
@@ -186,6 +186,7 @@ def synapse_config(
         **limits,
         "rc_login": {"address": _NO_LIMIT, "account": _NO_LIMIT, "failed_attempts": _NO_LIMIT},
         "rc_joins": {"local": _NO_LIMIT, "remote": _NO_LIMIT},
+        "rc_presence": {"per_user": _NO_LIMIT},
         "rc_invites": {"per_room": _NO_LIMIT, "per_user": _NO_LIMIT, "per_issuer": _NO_LIMIT},
         "rc_federation": {
             "window_size": 1000,
