@@ -33,7 +33,8 @@ from ranvier.protocol.signing import SigningKey, generate_signing_key, sign_json
 from ranvier.storage import Storage
 from ranvier.testing import KnownKeys, Pki, RemoteHomeserver
 from ranvier.testing.homeserver import TestHomeserver, TestUser, open_test_homeserver
-from ranvier.testing.hostile import NOT_JSON, CannedAnswer, variants
+from ranvier.testing.hostile import NOT_JSON, CannedAnswer, stream_body, variant, variants
+from ranvier.web import Request, StreamResponse
 
 _V1 = "/_matrix/federation/v1"
 
@@ -305,3 +306,109 @@ async def test_a_hostile_key_answer_leaves_the_key_unknown(
     else:
         remote.key_response = good
     assert await ring.get_verify_key(server, "ed25519:good") is not None
+
+
+class _KnockRoutes:
+    """A resident's make_knock and send_knock, answering for any room; the
+    answer of ``hostile`` is the variant ``name`` of its real one."""
+
+    def __init__(self, remote: RemoteHomeserver) -> None:
+        self.remote = remote
+        self.hostile: str | None = None
+        self.name: str | None = None
+        self.asked = 0
+
+    def good(self, route: str, room_id: str, user_id: str) -> dict[str, Any]:
+        if route == "make_knock":
+            server = self.remote.server_name
+            return {
+                "room_version": "10",
+                "event": {
+                    "type": "m.room.member",
+                    "room_id": room_id,
+                    "sender": user_id,
+                    "state_key": user_id,
+                    "content": {"membership": "knock"},
+                    "origin": server,
+                    "origin_server_ts": 1,
+                    "depth": 5,
+                    "prev_events": [f"$prev{'A' * 38}"],
+                    "auth_events": [f"$auth{'A' * 38}"],
+                },
+            }
+        stripped = {
+            "type": "m.room.name",
+            "state_key": "",
+            "sender": f"@a:{self.remote.server_name}",
+            "content": {"name": "The room"},
+        }
+        return {"knock_room_state": [stripped]}
+
+    def add(self) -> None:
+        router = self.remote.app.router
+        for route, method, pattern in (
+            ("make_knock", "GET", "/make_knock/{room_id}/{user_id}"),
+            ("send_knock", "PUT", "/send_knock/{room_id}/{event_id}"),
+        ):
+            router.add(method, _V1 + pattern, functools.partial(self._answer, route))
+
+    async def _answer(self, route: str, request: Request) -> StreamResponse:
+        self.asked += route == self.hostile
+        params = request.path_params
+        user_id = params.get("user_id") or request.content["sender"]
+        good = self.good(route, params["room_id"], user_id)
+        if route == self.hostile and self.name is not None:
+            return stream_body(variant(good, self.name))
+        return stream_body(msgspec.json.encode(good))
+
+
+@pytest.mark.parametrize("hostile", ["make_knock", "send_knock"])
+async def test_every_hostile_knock_answer_gets_a_clear_outcome(
+    scene: Scene, hostile: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    routes = _KnockRoutes(scene.remote)
+    routes.add()
+    remote = scene.remote.server_name
+    rooms = (f"!room{number}:{remote}" for number in itertools.count())
+
+    async def knock() -> tuple[int, Any]:
+        response = await scene.http.post(
+            "/_matrix/client/v3/knock/" + urllib.parse.quote(next(rooms), safe=""),
+            params={"via": remote},
+            json={},
+            headers={"Authorization": f"Bearer {scene.user.access_token}"},
+        )
+        return response.status_code, response.json()
+
+    status, answer = await knock()
+    assert status == 200, answer
+    routes.hostile = hostile
+    broken: list[str] = []
+    tried = 0
+    sample = routes.good(hostile, "!room:x", scene.user.user_id)
+    for name, _ in variants(sample):
+        tried += 1
+        routes.name = name
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="ranvier"):
+            status, answer = await knock()
+        clear = status == 200 or (
+            400 <= status < 600 and status != 500 and isinstance(answer.get("errcode"), str)
+        )
+        if not clear or _errors(caplog):
+            broken.append(f"{hostile}, {name}: {status} {str(answer)[:200]} {_errors(caplog)}")
+    assert routes.asked == tried
+    assert not broken, "\n".join(broken)
+
+    routes.name = None
+    status, answer = await knock()
+    assert status == 200, answer
+    # Sync shows every room knocked on, whatever state its server sent.
+    caplog.clear()
+    response = await scene.http.get(
+        "/_matrix/client/v3/sync",
+        headers={"Authorization": f"Bearer {scene.user.access_token}"},
+    )
+    assert response.status_code == 200, response.text[:500]
+    assert len(response.json()["rooms"]["knock"]) > 2
+    assert not _errors(caplog)
