@@ -230,6 +230,7 @@ from ranvier.federation.sender import BackoffPolicy, FederationSender
 from ranvier.federation.sender.interfaces import SenderStore
 from ranvier.federation.server import TransactionHandler, add_transaction_routes
 from ranvier.federation.timestamps import add_timestamp_route as add_federation_timestamp_route
+from ranvier.federation.transaction_acl import AclCheckedEdus, AclCheckedPdus
 from ranvier.federation.transport.client import FederationHttpClient
 from ranvier.federation.transport.listener import AsgiApp, HttpListener
 from ranvier.federation.transport.routes import add_key_server_route, add_version_route
@@ -1051,7 +1052,9 @@ class HomeServer:
             ingester=self._ingester,
         )
         self._transaction_handler = TransactionHandler(
-            pdus=self._ingester, transactions=ReceivedTransactions(storage), edus=self._edus
+            pdus=AclCheckedPdus(self._ingester, storage),
+            transactions=ReceivedTransactions(storage),
+            edus=AclCheckedEdus(self._edus, storage),
         )
         client_persister = self._event_persister("client")
         self._event_creator = EventCreator(

@@ -1,0 +1,150 @@
+"""Server ACLs applied to ``/send``, between real servers over loopback TLS.
+
+Server A (on 127.0.0.1) holds a room that server B (on 127.0.0.2, another
+loopback address, so that an ACL can tell the two apart) joined. Once the
+room's ACL denies B, what B's users send to it (messages, typing, receipts)
+is refused by A, while what they send to another room the two share is
+taken. B's queue towards A is sent in order, so once the second room's
+unit has arrived at A, the denied one was handled before it: nothing is
+awaited by sleeping.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from ranvier.config import ListenerConfig, TlsConfig
+from ranvier.testing.homeserver import (
+    TestHomeserver,
+    TestUser,
+    config_for_tests,
+    open_test_homeserver,
+)
+from ranvier.testing.network import Pki, free_port
+
+V3 = "/_matrix/client/v3"
+
+
+def q(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+def _config_at(data_dir: Path, pki: Pki, address: str) -> Any:
+    """A test server's configuration, with its federation listener (and
+    so its name) on ``address``."""
+    config = config_for_tests(data_dir, federation=pki)
+    port = free_port()
+    issued = pki.ca.issue_cert(address)
+    certificate, key = data_dir / "tls.crt", data_dir / "tls.key"
+    certificate.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    listeners = tuple(
+        ListenerConfig(type="federation", host=address, port=port)
+        if listener.type == "federation"
+        else listener
+        for listener in config.listeners
+    )
+    return msgspec.structs.replace(
+        config,
+        server_name=f"{address}:{port}",
+        listeners=listeners,
+        tls=TlsConfig(certificate_path=certificate, private_key_path=key),
+    )
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    for _ in range(1000):
+        if await check():
+            return
+        await trio.sleep(0.02)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+async def _ok(hs: TestHomeserver, user: TestUser, method: str, path: str, body: Any = None) -> Any:
+    async with hs.client(user) as client:
+        response = await client.request(method, V3 + path, json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def _public_room_joined_by(
+    a: TestHomeserver, alice: TestUser, b: TestHomeserver, bob: TestUser
+) -> str:
+    room_id: str = (await _ok(a, alice, "POST", "/createRoom", {"preset": "public_chat"}))[
+        "room_id"
+    ]
+    await _ok(b, bob, "POST", f"/join/{q(room_id)}?server_name={q(a.server_name)}", {})
+    with trio.fail_after(20):
+        await b.server.wait_for_full_state(room_id)
+
+    async def joined_at_a() -> bool:
+        members = await _ok(a, alice, "GET", f"/rooms/{q(room_id)}/joined_members")
+        return bob.user_id in members["joined"]
+
+    await _eventually(joined_at_a, "Bob's join at A")
+    return room_id
+
+
+async def test_a_server_the_acl_denies_is_not_heard_in_that_room(tmp_path: Path) -> None:
+    pki = Pki.create(tmp_path)
+    async with (
+        open_test_homeserver(tmp_path / "a", federation=pki) as a,
+        open_test_homeserver(
+            tmp_path / "b", config=_config_at(tmp_path / "b", pki, "127.0.0.2")
+        ) as b,
+    ):
+        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+        denied_room = await _public_room_joined_by(a, alice, b, bob)
+        open_room = await _public_room_joined_by(a, alice, b, bob)
+        acl = {"allow": ["*"], "deny": ["127.0.0.2"], "allow_ip_literals": True}
+        await _ok(a, alice, "PUT", f"/rooms/{q(denied_room)}/state/m.room.server_acl/", acl)
+        greeting = (
+            await _ok(
+                a, alice, "PUT", f"/rooms/{q(denied_room)}/send/m.room.message/1", {"body": "hi"}
+            )
+        )["event_id"]
+
+        async def acl_at_b() -> bool:
+            return await b.server.storage.get_event(greeting) is not None
+
+        await _eventually(acl_at_b, "the ACL and the message after it at B")
+
+        # B's user speaks in both rooms: the denied room first.
+        blocked = (
+            await _ok(
+                b, bob, "PUT", f"/rooms/{q(denied_room)}/send/m.room.message/1", {"body": "x"}
+            )
+        )["event_id"]
+        await _ok(
+            b, bob, "PUT", f"/rooms/{q(denied_room)}/typing/{q(bob.user_id)}", {"typing": True}
+        )
+        await _ok(b, bob, "POST", f"/rooms/{q(denied_room)}/receipt/m.read/{q(greeting)}", {})
+        sentinel = (
+            await _ok(b, bob, "PUT", f"/rooms/{q(open_room)}/send/m.room.message/1", {"body": "y"})
+        )["event_id"]
+        await _ok(b, bob, "PUT", f"/rooms/{q(open_room)}/typing/{q(bob.user_id)}", {"typing": True})
+
+        async def open_room_heard_at_a() -> bool:
+            await trio.lowlevel.checkpoint()
+            return await a.server.storage.get_event(
+                sentinel
+            ) is not None and a.server.typing_notices.typing_in(open_room) == [bob.user_id]
+
+        await _eventually(open_room_heard_at_a, "Bob's message and typing in the open room at A")
+
+        assert await a.server.storage.get_event(blocked) is None
+        assert a.server.typing_notices.typing_in(denied_room) == []
+        sync = await _ok(a, alice, "GET", "/sync")
+        joined = sync["rooms"]["join"][denied_room]
+        assert blocked not in [event["event_id"] for event in joined["timeline"]["events"]]
+        receipts = [e for e in joined["ephemeral"]["events"] if e["type"] == "m.receipt"]
+        assert all(bob.user_id not in str(receipt["content"]) for receipt in receipts)
+        # The ACL itself stands at A.
+        state = await _ok(a, alice, "GET", f"/rooms/{q(denied_room)}/state/m.room.server_acl/")
+        assert state == acl
