@@ -547,17 +547,28 @@ class Presence:
         await trio.lowlevel.checkpoint()
         return self._serial
 
-    async def for_sync(self, user_id: str, after: int | None, upto: int) -> list[dict[str, Any]]:
+    async def for_sync(
+        self, user_id: str, after: int | None, upto: int, met: Collection[str] = ()
+    ) -> list[dict[str, Any]]:
         """The ``m.presence`` events ``user_id``'s sync carries: of the users
         whose presence changed after ``after`` (every user known, on an
         initial sync) up to ``upto``, those the user may see, oldest change
-        first.
+        first; then the presence of the users in ``met``, who came to share a
+        room with the user since ``after``: what they set earlier is news to
+        the user.
         """
         changed = [
             other
             for other, at in self._changed.items()
             if at <= upto and (after is None or at > after)
         ]
+        if after is not None:
+            listed = set(changed)
+            changed.extend(
+                other
+                for other in sorted(set(met) - listed)
+                if other in self._states and self._changed.get(other, upto + 1) <= upto
+            )
         if self._shared is None or not changed:
             await trio.lowlevel.checkpoint()
             return []

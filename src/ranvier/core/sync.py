@@ -81,7 +81,7 @@ empty, with a ``next_batch`` no older than ``since``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -158,9 +158,12 @@ class PresenceSource(Protocol):
 
     async def on_sync(self, user_id: str, set_presence: str, timeout_ms: int) -> None: ...
 
-    async def for_sync(self, user_id: str, after: int | None, upto: int) -> list[dict[str, Any]]:
+    async def for_sync(
+        self, user_id: str, after: int | None, upto: int, met: Collection[str] = ()
+    ) -> list[dict[str, Any]]:
         """The ``m.presence`` events of the users the user may see whose
-        presence changed after ``after`` (None: an initial sync).
+        presence changed after ``after`` (None: an initial sync), and of the
+        users in ``met`` (newly sharing a room with the user) as they are.
         """
         ...
 
@@ -559,7 +562,7 @@ class SyncHandler:
         response = {
             "next_batch": format_sync_token(now),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
-            "presence": {"events": await self._presence_events(request)},
+            "presence": {"events": await self._presence_events(request, _joiners(join))},
             "account_data": {"events": account_data.global_events},
             "to_device": {"events": end_to_end.to_device},
             "device_lists": {"changed": end_to_end.changed, "left": end_to_end.left},
@@ -587,20 +590,19 @@ class SyncHandler:
         for room_id, room in join.items():
             room["unread_notifications"] = counts.get(room_id, {})
 
-    async def _presence_events(self, request: _Request) -> list[dict[str, Any]]:
+    async def _presence_events(
+        self, request: _Request, met: Collection[str] = ()
+    ) -> list[dict[str, Any]]:
         """The ``m.presence`` events to send, as the filter's ``presence``
-        chooses them.
+        chooses them; ``met`` are the users whose joins this sync carries.
         """
         if self._presence is None:
             return []
         since = request.since
         after = None if since is None or request.full_state else since.presence
         chosen = request.filter.presence
-        events = [
-            event
-            for event in await self._presence.for_sync(request.user_id, after, request.now.presence)
-            if chosen.matches(event["type"], event["sender"])
-        ]
+        found = await self._presence.for_sync(request.user_id, after, request.now.presence, met)
+        events = [event for event in found if chosen.matches(event["type"], event["sender"])]
         return events if chosen.limit is None else events[-chosen.limit :]
 
     async def _ephemeral(
@@ -835,3 +837,20 @@ class SyncHandler:
             event.event_id for event in (*events, *timeline) if event.type == _MEMBER
         )
         return [_sync_event(event) for event in events]
+
+
+def _joiners(join: Mapping[str, Any]) -> set[str]:
+    """The users whose joins the joined rooms of a sync answer carry, in
+    their state or timeline: the sync brings them into the user's view."""
+    found: set[str] = set()
+    for room in join.values():
+        for section in ("state", "timeline"):
+            for event in room.get(section, {}).get("events", ()):
+                if (
+                    event.get("type") == "m.room.member"
+                    and isinstance(event.get("content"), dict)
+                    and event["content"].get("membership") == "join"
+                    and isinstance(event.get("state_key"), str)
+                ):
+                    found.add(event["state_key"])
+    return found
