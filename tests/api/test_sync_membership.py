@@ -187,6 +187,18 @@ async def test_a_leaver_is_in_device_lists_left_with_lazy_loading(env: SharedRoo
         assert env.carol.user_id in left["device_lists"]["left"]
 
 
+async def test_summary_counts_invited_then_joined_members(env: SharedRoom) -> None:
+    room_id = await env.client.create_room(
+        env.alice, preset="public_chat", invite=[env.carol.user_id]
+    )
+    summary = (await env.sync(env.alice))["rooms"]["join"][room_id]["summary"]
+    assert (summary["m.joined_member_count"], summary["m.invited_member_count"]) == (1, 1)
+    await _join(env, env.carol, room_id)
+    for user in (env.alice, env.carol):
+        summary = (await env.sync(user))["rooms"]["join"][room_id]["summary"]
+        assert (summary["m.joined_member_count"], summary["m.invited_member_count"]) == (2, 0)
+
+
 async def test_a_left_room_is_in_the_leave_section_of_every_kind_of_sync(
     env: SharedRoom,
 ) -> None:

@@ -658,9 +658,10 @@ class SyncHandler:
         room["account_data"] = {"events": []}
         room["unread_notifications"] = {}
         room["summary"] = {}
-        if request.filter.lazy_load_members and room_id not in request.partial:
-            # A client that lazy-loads members cannot count or name them
-            # itself. A partial-state room's members are not known yet.
+        if room_id not in request.partial:
+            # The counts are required whenever they changed; a client that
+            # lazy-loads members cannot count or name them itself. A
+            # partial-state room's members are not known yet.
             joined, invited, heroes = await self._store.room_summary(room_id, request.user_id)
             room["summary"] = {
                 "m.joined_member_count": joined,
