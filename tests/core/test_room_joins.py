@@ -121,3 +121,20 @@ async def test_a_remote_room_is_tried_through_given_named_then_inviting_servers(
         await joins.join(BOB, room.room_id, ["first.example", "second.example", "first.example"])
     assert network.asked == ["first.example", "second.example", "named.example", "inviter.example"]
     assert [server for server, _ in caught.value.failures] == network.asked
+
+
+async def test_servers_that_cannot_exist_are_not_asked(
+    joins: RoomJoins, network: Unreachable
+) -> None:
+    named = ["exa mple", "x" * 300, "-1:99999", "good.example", "[::zz]", ""]
+    with pytest.raises(RemoteJoinError):
+        await joins.join(BOB, "!far:bad name", named)
+    assert network.asked == ["good.example"]
+
+
+async def test_a_remote_room_with_no_server_to_ask_is_not_found(joins: RoomJoins) -> None:
+    # A version 12 room ID names no server, and no server was given.
+    with pytest.raises(RemoteJoinError) as caught:
+        await joins.join(BOB, "!" + "a" * 43, ["not a server"])
+    assert (caught.value.errcode, caught.value.http_status) == ("M_NOT_FOUND", 404)
+    assert "no server to join through" in caught.value.message

@@ -20,7 +20,8 @@ from typing import Any, Final, Protocol
 
 from ranvier.errors import MatrixError
 from ranvier.protocol.auth import is_valid_user_id
-from ranvier.protocol.media import is_media_id, is_server_name
+from ranvier.protocol.media import is_media_id
+from ranvier.protocol.x_matrix import is_server_name
 from ranvier.storage.media import MediaRecord
 from ranvier.storage.media_admin import (
     USER_MEDIA_ORDERS,

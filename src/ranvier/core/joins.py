@@ -205,7 +205,9 @@ class PartialJoinPersister(EventPersister, Protocol):
 
 class RemoteJoinError(MatrixError):
     """No server could take the join: each refused in a way worth trying
-    another server for, or answered with something that did not check out.
+    another server for, or answered with something that did not check out
+    (502), or there was none to ask (404 ``M_NOT_FOUND``, as the room is
+    then unknown to the server).
 
     ``failures`` lists each server tried with what went wrong there.
     """
@@ -216,10 +218,13 @@ class RemoteJoinError(MatrixError):
     def __init__(self, room_id: str, failures: Sequence[tuple[str, str]]) -> None:
         if failures:
             detail = "; ".join(f"{server}: {reason}" for server, reason in failures)
-            message = f"could not join {room_id} through any server ({detail})"
+            super().__init__(f"could not join {room_id} through any server ({detail})")
         else:
-            message = f"could not join {room_id}: no server to join through"
-        super().__init__(message)
+            super().__init__(
+                f"could not join {room_id}: no server to join through",
+                errcode="M_NOT_FOUND",
+                http_status=404,
+            )
         self.room_id = room_id
         self.failures = list(failures)
 

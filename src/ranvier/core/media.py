@@ -40,12 +40,8 @@ from typing import Final, Protocol
 import trio
 
 from ranvier.errors import LimitExceededError, MatrixError
-from ranvier.protocol.media import (
-    ThumbnailMethod,
-    is_media_id,
-    is_server_name,
-    thumbnail_size,
-)
+from ranvier.protocol.media import ThumbnailMethod, is_media_id, thumbnail_size
+from ranvier.protocol.x_matrix import is_server_name
 from ranvier.storage.media import MediaRecord, ThumbnailRecord, UploadOutcome
 
 from .thumbnails import THUMBNAILABLE_TYPES, make_thumbnail

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ranvier.errors import MatrixError
+from ranvier.protocol.x_matrix import is_server_name
 
 from .creation import EventCreator, NotInRoomError
 from .directory import RoomDirectory
@@ -115,6 +116,10 @@ class RoomJoins:
         inviter = await self._inviter_server(user_id, room_id)
         if inviter is not None:
             candidates.append(inviter)
+        # A client may name servers that cannot exist (a typo, an injected
+        # value), and so may a room ID: asking them would only end in a 502
+        # after the resolver fails, so they are left out as if not named.
+        candidates = [server for server in candidates if is_server_name(server)]
         joined = await self._remote.join_remote_room(
             user_id, room_id, list(dict.fromkeys(candidates)), reason=reason
         )

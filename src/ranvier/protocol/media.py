@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from ranvier.errors import MatrixError
-from ranvier.protocol.x_matrix import split_server_name
 
 __all__ = [
     "DEFAULT_TIMEOUT_MS",
@@ -28,7 +27,6 @@ __all__ = [
     "disposition_filename",
     "invalid_param",
     "is_media_id",
-    "is_server_name",
     "multipart_head",
     "multipart_tail",
     "parse_multipart",
@@ -91,15 +89,6 @@ def is_media_id(value: str) -> bool:
     """Whether ``value`` is a media ID the spec allows: letters, digits,
     ``_`` and ``-`` only, so that it can never walk out of a directory."""
     return _MEDIA_ID.fullmatch(value) is not None
-
-
-def is_server_name(value: str) -> bool:
-    """Whether ``value`` is a valid server name (the appendices' grammar)."""
-    try:
-        split_server_name(value)
-    except ValueError:
-        return False
-    return True
 
 
 def content_disposition(content_type: str | None, filename: str | None) -> str:

@@ -52,6 +52,7 @@ __all__ = [
     "SCHEME",
     "XMatrixAuthorization",
     "format_authorization",
+    "is_server_name",
     "parse_authorization",
     "request_signing_json",
     "sign_request",
@@ -134,6 +135,15 @@ def split_server_name(name: str) -> tuple[str, int | None]:
         shown = ", ".join(repr(char) for char in sorted(bad))
         raise ValueError(f"server name {name!r} has characters not allowed in a host name: {shown}")
     return host, _parse_port(name, port) if sep else None
+
+
+def is_server_name(value: str) -> bool:
+    """Whether ``value`` is a valid server name (the appendices' grammar)."""
+    try:
+        split_server_name(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_port(name: str, port: str) -> int:
