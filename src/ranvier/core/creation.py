@@ -873,7 +873,16 @@ class EventCreator:
     async def kick(
         self, sender: str, room_id: str, target: str, *, reason: str | None = None
     ) -> str:
-        """Make ``target`` leave: a leave sent by someone else, which needs the kick level."""
+        """Make ``target`` leave: a leave sent by someone else, which needs the kick level.
+
+        The rules would let a leave be written for a user who already left
+        or never came; the API refuses that kick instead, as a no-op.
+        """
+        rv = await self._room_version(room_id)
+        if await self._current_membership(room_id, rv, target) not in ("join", "invite", "knock"):
+            raise MatrixError(
+                f"{target} is not in {room_id}", errcode="M_FORBIDDEN", http_status=403
+            )
         return await self._membership(sender, room_id, target, "leave", reason)
 
     async def ban(
@@ -1061,6 +1070,17 @@ class EventCreator:
                 f"room {room_id} is not known here", errcode="M_NOT_FOUND", http_status=404
             )
         return get_room_version(identifier)
+
+    async def _current_membership(self, room_id: str, rv: RoomVersion, user_id: str) -> str | None:
+        """``user_id``'s membership in the room's current state, if any."""
+        state = await self._store.get_current_state_ids(room_id)
+        event_id = state.get((_MEMBER, user_id))
+        if event_id is None:
+            return None
+        row = (await self._store.get_events([event_id])).get(event_id)
+        if row is None:
+            return None
+        return Pdu.from_json(row.json, rv, check_limits=False).membership
 
     async def _server_in_room(self, room_id: str, rv: RoomVersion) -> bool:
         """Whether some user of this server is joined to the room.
