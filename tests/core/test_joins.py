@@ -35,7 +35,7 @@ from ranvier.federation.room_access import PARTIAL_STATE_ERRCODE
 from ranvier.federation.transport.client import FederationHttpClient, FederationRequestError
 from ranvier.federation.transport.server import FederationApp
 from ranvier.protocol.events import Pdu
-from ranvier.protocol.hashing import hash_and_sign_event
+from ranvier.protocol.hashing import compute_event_id, hash_and_sign_event
 from ranvier.protocol.redaction import redact
 from ranvier.protocol.signing import SigningKey, generate_signing_key
 from ranvier.storage import Storage
@@ -310,6 +310,75 @@ async def test_an_answer_that_does_not_check_out_leaves_nothing(
     assert server == world.resident_name
     assert reason in message
     assert await world.nothing_written()
+
+
+def _no_signatures(event: dict[str, Any]) -> None:
+    event["signatures"] = {}
+
+
+def _bad_signatures(event: dict[str, Any]) -> None:
+    for by_key in event["signatures"].values():
+        for name in by_key:
+            by_key[name] = "A" * 86
+
+
+def _unknown_key(event: dict[str, Any]) -> None:
+    for server, by_key in event["signatures"].items():
+        event["signatures"][server] = {f"{name}x": value for name, value in by_key.items()}
+
+
+def _every_copy(answer: dict[str, Any], event_id: str, alter: Alter) -> None:
+    """``alter`` each copy of the event in the answer (state and auth chain)."""
+    copies = [
+        event
+        for event in [*answer["state"], *answer["auth_chain"]]
+        if compute_event_id(event, "12") == event_id
+    ]
+    assert copies
+    for event in copies:
+        alter(event)
+
+
+@pytest.mark.parametrize("unsign", [_no_signatures, _bad_signatures, _unknown_key])
+async def test_a_state_event_not_validly_signed_is_dropped_and_the_join_goes_on(
+    world: World, unsign: Alter
+) -> None:
+    """An event the join does not rest on, failing its signature checks, is
+    dropped as the spec says of any such event; the join still succeeds."""
+    name_id = await world.creator.send_event(
+        world.alice, world.room_id, "m.room.name", {"name": "unsigned"}, state_key=""
+    )
+
+    joined = await world.join(world.altered(lambda answer: _every_copy(answer, name_id, unsign)))
+
+    assert ("m.room.name", "") not in joined.state_ids
+    assert ("m.room.topic", "") in joined.state_ids
+    assert await world.joiner_storage.get_event(name_id) is None
+    assert await world.joiner_storage.get_event(joined.event.event_id) is not None
+
+
+async def test_an_event_citing_one_not_validly_signed_is_rejected_and_the_join_goes_on(
+    world: World,
+) -> None:
+    """Carol's leave cites her join, whose signature is broken: both go, and
+    the state the join is written with has no membership of hers."""
+    carol = f"@carol:{world.resident_name}"
+    carol_join = await world.creator.send_event(
+        carol, world.room_id, MEMBER, {"membership": "join"}, state_key=carol
+    )
+    carol_leave = await world.creator.send_event(
+        carol, world.room_id, MEMBER, {"membership": "leave"}, state_key=carol
+    )
+
+    joined = await world.join(
+        world.altered(lambda answer: _every_copy(answer, carol_join, _bad_signatures))
+    )
+
+    assert (MEMBER, carol) not in joined.state_ids
+    stored = await world.joiner_storage.get_events([carol_join, carol_leave])
+    assert stored == {}
+    state = await world.joiner_storage.get_current_state_ids(world.room_id)
+    assert state[(MEMBER, BOB)] == joined.event.event_id
 
 
 async def test_an_event_whose_content_was_altered_is_kept_redacted(world: World) -> None:

@@ -34,11 +34,14 @@ Invariants
 ----------
 
 * **Nothing is written until the answer checks out.** Every event of the
-  answer must be of the room and validly signed; the state must hold the
-  create event of the room's version and no key twice; every state and
-  auth chain event must be authorised by the events it cites, all of them
-  in the answer; the join must pass the auth rules against the state (as
-  above, when members are omitted); an ``event`` in the answer must be our
+  answer must be of the room; the state must hold the create event of the
+  room's version and no key twice. An event that is not validly signed is
+  dropped, and one not authorised by the events it cites (all in the
+  answer, none dropped) is rejected, as the spec says of any event
+  received: neither is written nor kept in the state. The join must pass
+  the auth rules against what is left (as above, when members are
+  omitted), so the answer fails only when the join rests on a dropped
+  event; an ``event`` in the answer must be our
   join (same event ID, content hash intact); and an answer that omits
   members must have been asked to and must list ``servers_in_room``. An
   answer failing any of these is the server's fault: the next server is
@@ -508,15 +511,25 @@ class RemoteJoiner:
             raise _BadAnswer(f"events of another room in the answer: {', '.join(strangers[:5])}")
 
         failures = await check_event_signatures([*events.values(), join], self._keys)
-        if failures:
-            shown = "; ".join(failures[event_id].message for event_id in sorted(failures)[:3])
-            raise _BadAnswer(f"{len(failures)} events are not validly signed ({shown})")
+        if join.event_id in failures:
+            raise _BadAnswer(f"our join is not validly signed: {failures[join.event_id].message}")
+        # The spec drops an event that fails its signature checks; the join
+        # fails only if it needed one (see _check_authorised).
+        dropped = {
+            event_id: f"{event_id} is not validly signed ({failure.message})"
+            for event_id, failure in failures.items()
+        }
         if redacted_if_hash_mismatch(join) is not join:
             raise _BadAnswer("the returned join's content does not match its content hash")
-        events = {event_id: redacted_if_hash_mismatch(e) for event_id, e in events.items()}
-
-        state_ids = _state_map([events[event.event_id] for event in state], rv)
-        await _check_authorised(events, join, state_ids, members_omitted=partial)
+        events = {
+            event_id: redacted_if_hash_mismatch(e)
+            for event_id, e in events.items()
+            if event_id not in dropped
+        }
+        events = await _authorised_only(events, dropped)
+        state_ids = _state_map([events.get(event.event_id, event) for event in state], rv)
+        state_ids = {key: event_id for key, event_id in state_ids.items() if event_id in events}
+        await _check_authorised(events, join, state_ids, members_omitted=partial, dropped=dropped)
         servers = _servers_in(state_ids, events).union(listed, [server])
         return _CheckedAnswer(
             event=join,
@@ -744,24 +757,56 @@ def _state_map(state: Sequence[Pdu], rv: RoomVersion) -> dict[StateKey, str]:
     return state_ids
 
 
+async def _authorised_only(events: Mapping[str, Pdu], dropped: dict[str, str]) -> dict[str, Pdu]:
+    """The events authorised by the events they cite, each cited event
+    judged first; the others, and every event citing one of them or one
+    already in ``dropped``, are rejected as the spec says, and added to
+    ``dropped`` with the reason. Cited events are followed, not depths,
+    which the sending server chose.
+    """
+    kept: dict[str, Pdu] = {}
+    checked = 0
+    # From v12 events find the create event by the room ID, not by citing it.
+    for start in sorted(events, key=lambda event_id: events[event_id].type != CREATE_KEY[0]):
+        stack: list[tuple[str, bool]] = [(start, False)]
+        while stack:
+            event_id, cited_done = stack.pop()
+            if event_id in kept or event_id in dropped:
+                continue
+            event = events[event_id]
+            if not cited_done:
+                stack.append((event_id, True))
+                stack.extend(
+                    (cited, False)
+                    for cited in event.auth_event_ids
+                    if cited in events and cited not in kept and cited not in dropped
+                )
+                continue
+            try:
+                authorize_event(event, kept)
+            except AuthError as exc:
+                dropped[event_id] = f"{event_id} is not authorised: {exc.message}"
+            else:
+                kept[event_id] = event
+            checked += 1
+            if checked % _AUTH_CHECKS_PER_STEP == 0:
+                await trio.lowlevel.checkpoint()
+    return kept
+
+
 async def _check_authorised(
     events: Mapping[str, Pdu],
     join: Pdu,
     state_ids: Mapping[StateKey, str],
     *,
     members_omitted: bool,
+    dropped: Mapping[str, str],
 ) -> None:
-    """Every event authorised by the events it cites, and the join by those
-    and by the state. With ``members_omitted``, a membership the state
-    lacks is taken from the join's own auth events.
+    """The join authorised by the events it cites and by the state, all of
+    them kept by :func:`_authorised_only`. With ``members_omitted``, a
+    membership the state lacks is taken from the join's own auth events.
     """
-    for count, event in enumerate(events.values(), start=1):
-        try:
-            authorize_event(event, events)
-        except AuthError as exc:
-            raise _BadAnswer(f"{event.event_id} is not authorised: {exc.message}") from None
-        if count % _AUTH_CHECKS_PER_STEP == 0:
-            await trio.lowlevel.checkpoint()
+    await trio.lowlevel.checkpoint()
     auth_state = {
         key: events[state_ids[key]]
         for key in (CREATE_KEY, *auth_state_keys(join))
@@ -776,7 +821,13 @@ async def _check_authorised(
         authorize_event(join, events)
         check_auth_rules(join, auth_state)
     except AuthError as exc:
-        raise _BadAnswer(f"our join is not authorised by the room's state: {exc.message}") from None
+        why = ""
+        if dropped:
+            shown = "; ".join(dropped[event_id] for event_id in sorted(dropped)[:3])
+            why = f" ({len(dropped)} events of the answer were dropped: {shown})"
+        raise _BadAnswer(
+            f"our join is not authorised by the room's state: {exc.message}{why}"
+        ) from None
 
 
 def _servers_in(state_ids: Mapping[StateKey, str], events: Mapping[str, Pdu]) -> set[str]:
