@@ -59,6 +59,7 @@ class EventFilter(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be a positive integer, not {self.limit}")
+        _check_ids("senders", (*(self.senders or ()), *self.not_senders), "@")
 
     def matches(self, event_type: str, sender: str) -> bool:
         """Whether an event of ``event_type`` from ``sender`` passes."""
@@ -95,8 +96,20 @@ class RoomEventFilter(EventFilter, frozen=True, kw_only=True):
     #: ``/sync`` splits a room's notification counts by thread.
     unread_thread_notifications: bool = False
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ids("rooms", (*(self.rooms or ()), *self.not_rooms), "!")
+
     def includes_room(self, room_id: str) -> bool:
         return _includes(self.rooms, self.not_rooms, room_id)
+
+
+def _check_ids(field: str, ids: tuple[str, ...], sigil: str) -> None:
+    """A filter naming rooms or users by something that is not their ID is
+    a client's mistake, better told than silently matching nothing."""
+    for identifier in ids:
+        if not identifier.startswith(sigil) or len(identifier) < 2:
+            raise ValueError(f"{field} holds {identifier!r}, which is not an ID starting {sigil!r}")
 
 
 def _includes(rooms: tuple[str, ...] | None, not_rooms: tuple[str, ...], room_id: str) -> bool:
@@ -117,6 +130,9 @@ class RoomFilter(msgspec.Struct, frozen=True, kw_only=True):
     state: RoomEventFilter = RoomEventFilter()
     ephemeral: RoomEventFilter = RoomEventFilter()
     account_data: RoomEventFilter = RoomEventFilter()
+
+    def __post_init__(self) -> None:
+        _check_ids("rooms", (*(self.rooms or ()), *self.not_rooms), "!")
 
     def includes_room(self, room_id: str) -> bool:
         return _includes(self.rooms, self.not_rooms, room_id)
