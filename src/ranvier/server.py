@@ -244,6 +244,7 @@ from ranvier.protocol.signing import SigningKey
 from ranvier.push_gateway import HttpPushGateway
 from ranvier.replication.ephemeral import EphemeralOrigin
 from ranvier.replication.federation_sending import EduOnlySenderStore, QueueingPduSink
+from ranvier.replication.heard_from import HeardFromRelay
 from ranvier.replication.server import ReplicationApp
 from ranvier.replication.stream import MainControl, StreamSource
 from ranvier.storage import Storage
@@ -359,6 +360,8 @@ class HomeServer:
         self._pdu_queue: QueueingPduSink | None = None
         #: With a replication listener: what workers' stream answers from.
         self._stream_source: StreamSource | None = None
+        #: Passes on servers heard from to the process that delivers PDUs.
+        self._heard_relay: HeardFromRelay | None = None
         self._edus = EduDispatcher()
         self._app_services = AppServices()
         #: Woken by storage after each commit that a ``/sync`` may report.
@@ -726,6 +729,29 @@ class HomeServer:
             samples[sample_name("ranvier_resync_attempts", **room)] = status.attempts
         return samples
 
+    def _heard_from(self, origin: str) -> None:
+        """``origin`` signed a request of ours: it is up, which the
+        federation sender here, and the one delivering PDUs if that is
+        another process's, want to know of a server they back off from.
+        """
+        self.federation_sender.heard_from(origin)
+        if self._heard_relay is not None:
+            self._heard_relay.heard_from(origin)
+
+    async def _tell_stream(self, destinations: Sequence[str]) -> None:
+        """Servers backing off that this process heard from, for the
+        federation_sender worker."""
+        await trio.lowlevel.checkpoint()
+        if self._stream_source is not None:
+            self._stream_source.note_heard_from(destinations)
+
+    def _heard_from_elsewhere(self, destinations: Sequence[str]) -> None:
+        """A worker heard from servers backing off (``MainControl``)."""
+        for destination in destinations:
+            self.federation_sender.heard_from(destination)
+        if self._pdu_queue is not None and self._stream_source is not None:
+            self._stream_source.note_heard_from(destinations)
+
     def _resync(self, room_id: str) -> None:
         try:
             self.unpartial_stater.start_resync(room_id)
@@ -869,7 +895,7 @@ class HomeServer:
             key_lookup=self._key_ring,
             router=self._federation_router(prepared.signing_key),
             max_body_bytes=config.federation.max_request_body_bytes,
-            on_authenticated=self.federation_sender.heard_from,
+            on_authenticated=self._heard_from,
         )
         self._client_app = ClientApp(
             router=self._client_router(),
@@ -905,11 +931,16 @@ class HomeServer:
             self.accounts.on_tokens_invalidated = source.note_tokens_invalidated
             if self._pdu_queue is not None:
                 self._pdu_queue.on_noted = source.note_queued
+                self._heard_relay = HeardFromRelay(self._storage, self._tell_stream)
             apps["replication"] = ReplicationApp(
                 self._storage,
                 shared_secret=secret,
                 control=MainControl(
-                    self._storage, source, resync=self._resync, ephemeral=ephemeral
+                    self._storage,
+                    source,
+                    resync=self._resync,
+                    ephemeral=ephemeral,
+                    heard_from=self._heard_from_elsewhere,
                 ),
                 on_write=source.note_write,
             )
@@ -1556,6 +1587,11 @@ class HomeServer:
             *(
                 [_Component("federation queue", self._pdu_queue.run)]
                 if self._pdu_queue is not None
+                else []
+            ),
+            *(
+                [_Component("servers heard from", self._heard_relay.run)]
+                if self._heard_relay is not None
                 else []
             ),
             _Component("typing expiry", self.typing_notices.run),

@@ -35,6 +35,11 @@ class Deployment:
     pki: Pki
     #: Whether a federation_sender worker delivers events to other servers.
     federation_sender: bool = False
+    #: Whether the main process serves the federation API itself (then the
+    #: federation_reader, whose port it takes, is not to be started).
+    main_federation: bool = False
+    #: ``federation.destination_retry_seconds`` of every process, if set.
+    retry_seconds: float | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -90,6 +95,7 @@ synchronous = "NORMAL"
 [federation]
 ca_file = "{self.pki.ca_file}"
 request_timeout_seconds = 10
+{"" if self.retry_seconds is None else f"destination_retry_seconds = {self.retry_seconds}"}
 [registration]
 enabled = true
 [ratelimit]
@@ -102,6 +108,11 @@ shared_secret = "{SECRET}"
             + ("[worker]\nfederation_sender = true\n" if self.federation_sender else "")
             + f'[[listeners]]\ntype = "client"\nport = {self.main_client_port}\n'
             f'[[listeners]]\ntype = "replication"\nport = {self.replication_port}\n'
+            + (
+                f'[[listeners]]\ntype = "federation"\nport = {self.federation_port}\n'
+                if self.main_federation
+                else ""
+            )
         )
         worker = f'[worker]\nmain_replication_url = "{self.replication_url}"\n'
         if self.federation_sender:

@@ -27,6 +27,14 @@ Invariants
   destinations behind after each advance it sees, so a stream answer it
   missed (a restart of the main process or of the worker) is made up by the
   next one, and by the sender's own catch-up at start.
+* **Heard from wherever it was heard.** A server backing off that signs a
+  request at the main process or at a federation_reader is passed on to
+  the main process and down its stream to this worker
+  (:mod:`ranvier.replication.heard_from`), and this worker's sender tries
+  it again as if it had authenticated the request itself. Only servers the
+  ``destinations`` table shows backing off are passed on, at most one round
+  a second per process, so a busy peer costs no stream traffic; a lost
+  message leaves the server to its normal backoff.
 """
 
 from __future__ import annotations

@@ -30,6 +30,14 @@ most the size of what the main process holds, and usually one room or
 user; there is nothing to read back, since nothing is written. The worker
 applies them to its copies, which advance its notifier.
 
+Servers heard from are not in the database either: a process that
+authenticated a request from a server the federation sender is backing off
+from tells the main process (:mod:`ranvier.replication.heard_from`), which
+keeps the most recent ones numbered in its life. A worker that asks for
+them (the federation_sender) sends the number it has seen, and the answer
+carries the servers heard from since, each once; a worker of another life
+gets none, since a missed one only means the normal backoff.
+
 The main process does the same for itself with the same code
 (:class:`PositionFollower`): a worker's account data, receipt, to-device
 message or key change is committed by the main process's actor, but only
@@ -62,13 +70,14 @@ Invariants
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import random
 import secrets
 import sqlite3
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -78,7 +87,7 @@ import trio
 
 from ranvier.core.ephemeral_replica import EphemeralChanges, EphemeralReplica
 from ranvier.core.notifier import StreamNotifier, StreamPosition
-from ranvier.errors import MatrixError, StorageUnavailableError
+from ranvier.errors import BadJsonError, MatrixError, StorageUnavailableError
 from ranvier.storage import Storage
 from ranvier.storage.sync_reads import joined_rooms
 from ranvier.web import Receive, Router, Scope, Send, read_body
@@ -88,6 +97,7 @@ from .client import ReplicationClient
 from .ephemeral import MAX_BODY_BYTES, EphemeralOrigin
 
 __all__ = [
+    "HEARD_NOTHING",
     "TOKEN_WRITES",
     "MainControl",
     "PositionFollower",
@@ -102,6 +112,10 @@ __all__ = [
 _log: Final = logging.getLogger(__name__)
 _QUEUE_WRITE: Final = "writes.store_destination_rooms"
 _PRIVATE_RECEIPT: Final = "m.read.private"
+#: Servers heard from kept for workers that poll late; older ones are lost.
+_HEARD_KEPT: Final = 1024
+#: What a worker that has seen no servers heard from yet says it knows.
+HEARD_NOTHING: Final = "-"
 
 #: Registered writes after which a cached access token may be wrong.
 TOKEN_WRITES: Final = frozenset(
@@ -160,6 +174,10 @@ class _Answer(msgspec.Struct, frozen=True):
     queued: str = ""
     #: Typing and presence changes, for a worker that asked for them.
     ephemeral: EphemeralChanges | None = None
+    #: ``<the main process's life>:<servers heard from in it>``.
+    heard: str = ""
+    #: Servers heard from since the count the worker sent, if it asked.
+    heard_from: tuple[str, ...] = ()
 
 
 class _EphemeralKnown(msgspec.Struct, frozen=True):
@@ -171,6 +189,7 @@ class _EphemeralKnown(msgspec.Struct, frozen=True):
 
 
 _answer_decoder: Final = msgspec.json.Decoder(_Answer)
+_heard_decoder: Final = msgspec.msgpack.Decoder(list[str])
 _json: Final = msgspec.json.Encoder()
 
 
@@ -399,6 +418,10 @@ class StreamSource:
         self._life = secrets.token_hex(8)
         self._invalidations = 0
         self._queued = 0
+        self._heard = 0
+        self._heard_recent: collections.deque[tuple[int, str]] = collections.deque(
+            maxlen=_HEARD_KEPT
+        )
         self._changed = trio.Event()
         self._own = PositionFollower(storage, notifier, events=False)
         self._written = trio.Event()
@@ -412,6 +435,26 @@ class StreamSource:
     @property
     def queued(self) -> str:
         return f"{self._life}:{self._queued}"
+
+    @property
+    def heard(self) -> str:
+        return f"{self._life}:{self._heard}"
+
+    def note_heard_from(self, destinations: Sequence[str]) -> None:
+        """Servers the federation sender is backing off from signed a
+        request of ours, here or at a worker."""
+        for destination in destinations:
+            self._heard += 1
+            self._heard_recent.append((self._heard, destination))
+        if destinations:
+            self._wake()
+
+    def _heard_after(self, known: str) -> tuple[str, ...]:
+        life, _, count = known.partition(":")
+        if life != self._life or not count.isdigit():
+            return ()
+        after = int(count)
+        return tuple(dict.fromkeys(name for seen, name in self._heard_recent if seen > after))
 
     def note_write(self, name: str) -> None:
         """A worker's write ``name`` ran (the replication app's ``on_write``)."""
@@ -477,11 +520,12 @@ class StreamSource:
         *,
         timeout_seconds: float,
         ephemeral: _EphemeralKnown | None = None,
+        heard: str | None = None,
     ) -> _Answer:
         """The positions and counts once any differs from what the worker
         knows, or after ``timeout_seconds`` whatever they are; with
         ``ephemeral``, the typing and presence changes since the worker's
-        positions too.
+        positions too; with ``heard``, the servers heard from since.
         """
         with trio.move_on_after(timeout_seconds):
             while True:
@@ -495,10 +539,11 @@ class StreamSource:
                     or current.is_beyond(known)
                     or self.tokens != tokens
                     or self.queued != queued
+                    or (heard is not None and self.heard != heard)
                 ):
-                    return self._answer(current, ephemeral)
+                    return self._answer(current, ephemeral, heard)
                 await wait_either(self._notifier.wait_beyond(notified), changed.wait())
-        return self._answer(await self.positions(), ephemeral)
+        return self._answer(await self.positions(), ephemeral, heard)
 
     async def _ephemeral_moved(self, known: _EphemeralKnown | None) -> bool:
         if known is None or self._ephemeral is None:
@@ -510,7 +555,9 @@ class StreamSource:
         typing, presence = await self._ephemeral.positions()
         return typing > known.typing or presence > known.presence
 
-    def _answer(self, current: StreamPositions, known: _EphemeralKnown | None) -> _Answer:
+    def _answer(
+        self, current: StreamPositions, known: _EphemeralKnown | None, heard: str | None
+    ) -> _Answer:
         changes = None
         if known is not None and self._ephemeral is not None:
             same = known.life == self._life
@@ -521,7 +568,8 @@ class StreamSource:
             )
             if same and not changes.typing.rooms and not changes.presence.users:
                 changes = None
-        return _Answer(current, self.tokens, self.queued, changes)
+        heard_from = self._heard_after(heard) if heard is not None else ()
+        return _Answer(current, self.tokens, self.queued, changes, self.heard, heard_from)
 
 
 async def wait_either(first: Awaitable[object], second: Awaitable[object]) -> None:
@@ -552,16 +600,19 @@ class MainControl:
         resync: Callable[[str], None],
         max_timeout_seconds: float = 60.0,
         ephemeral: EphemeralOrigin | None = None,
+        heard_from: Callable[[Sequence[str]], None] | None = None,
     ) -> None:
         self._storage = storage
         self.source = source
         self._resync = resync
+        self._heard_from = heard_from
         self._max_timeout = max_timeout_seconds
         self._ephemeral = ephemeral
         self._router = Router()
         self._router.add("GET", wire.STREAM, self._unused, authenticated=False)
         self._router.add("POST", wire.RESYNC, self._unused, authenticated=False)
         self._router.add("POST", wire.EPHEMERAL, self._unused, authenticated=False)
+        self._router.add("POST", wire.HEARD_FROM, self._unused, authenticated=False)
         #: Rooms workers asked to resync, for tests and metrics.
         self.resyncs_requested = 0
 
@@ -581,6 +632,8 @@ class MainControl:
                 body = await self._stream(scope)
             elif pattern == wire.EPHEMERAL:
                 body = await self._ephemeral_request(match.params["kind"], request)
+            elif pattern == wire.HEARD_FROM:
+                body = self._heard_from_request(request)
             else:
                 body = await self._resync_room(match.params["room_id"])
             await _send_json(send, 200, body)
@@ -616,8 +669,14 @@ class MainControl:
             ) from None
         tokens = query.get("tokens", [""])[0]
         queued = query.get("queued", [""])[0]
+        heard = query.get("heard", [None])[0]
         answer = await self.source.wait(
-            known, tokens, queued, timeout_seconds=max(0, timeout), ephemeral=ephemeral
+            known,
+            tokens,
+            queued,
+            timeout_seconds=max(0, timeout),
+            ephemeral=ephemeral,
+            heard=heard,
         )
         return _json.encode(answer)
 
@@ -629,6 +688,20 @@ class MainControl:
                 http_status=404,
             )
         return await self._ephemeral.handle(kind, body)
+
+    def _heard_from_request(self, body: bytes) -> bytes:
+        if self._heard_from is None:
+            raise MatrixError(
+                "this process passes on no servers heard from",
+                errcode="M_UNRECOGNIZED",
+                http_status=404,
+            )
+        try:
+            destinations = _heard_decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise BadJsonError(f"servers heard from must be a list of names: {exc}") from None
+        self._heard_from(destinations)
+        return b"{}"
 
     async def _resync_room(self, room_id: str) -> bytes:
         if await self._storage.is_partial_state_room(room_id):
@@ -691,6 +764,10 @@ class StreamFollower:
         #: Called when events may have been noted for other servers (the
         #: federation_sender's waker).
         self.on_queued: Callable[[], None] | None = None
+        #: Called with each server heard from elsewhere while backing off
+        #: (the federation_sender's sender); asked for only when set.
+        self.on_heard_from: Callable[[str], None] | None = None
+        self._heard = HEARD_NOTHING
         #: Answers taken, and polls that failed; for tests and metrics.
         self.answers = 0
         self.failures = 0
@@ -732,6 +809,8 @@ class StreamFollower:
             "queued": self._queued,
             "timeout_ms": str(int(self._poll * 1000)),
         }
+        if self.on_heard_from is not None:
+            params["heard"] = self._heard
         copies = self._ephemeral
         if copies is not None:
             params["ephemeral_life"] = copies.life
@@ -754,6 +833,12 @@ class StreamFollower:
             self._queued = answer.queued
             if self.on_queued is not None:
                 self.on_queued()
+        if answer.heard:
+            self._heard = answer.heard
+        heard_from = self.on_heard_from
+        if heard_from is not None:
+            for destination in answer.heard_from:
+                heard_from(destination)
         if answer.ephemeral is not None and self._ephemeral is not None:
             try:
                 await self._ephemeral.take(answer.ephemeral)

@@ -34,6 +34,7 @@ __all__ = [
     "CONTROL",
     "EPHEMERAL",
     "FED_SEND_EVENTS",
+    "HEARD_FROM",
     "PARTIAL_STATE_CONFLICT",
     "PARTIAL_STATE_EVENTS_REMAIN",
     "PREFIX",
@@ -50,11 +51,12 @@ FED_SEND_EVENTS: Final = PREFIX + "fed_send_events/{txn_id}"
 SEND_EVENT: Final = PREFIX + "send_event/{event_id}/{txn_id}"
 WRITE: Final = PREFIX + "write/{operation}/{txn_id}"
 #: Requests that are not writes: the stream of positions, resync requests,
-#: typing and presence changes.
+#: typing and presence changes, servers heard from.
 CONTROL: Final = PREFIX + "control/"
 STREAM: Final = CONTROL + "stream"
 RESYNC: Final = CONTROL + "resync/{room_id}"
 EPHEMERAL: Final = CONTROL + "ephemeral/{kind}"
+HEARD_FROM: Final = CONTROL + "heard_from"
 
 #: Request and success bodies: msgspec's MessagePack, which carries bytes
 #: (an event's JSON) as they are. Error bodies are Matrix's JSON.

@@ -19,6 +19,9 @@
 * Typing and presence are the main process's: the worker holds copies
   that the stream keeps (:mod:`ranvier.core.ephemeral_replica`), sends
   their changes to the main process, and times nothing.
+* A federation_reader passes on the servers it hears from that are
+  backing off to the main process (:mod:`ranvier.replication.heard_from`),
+  and a federation_sender hears of them from the stream.
 * Only the listeners of its role run: ``federation_reader`` serves the
   federation API, ``client_reader`` the client-server API (both may add a
   ``metrics`` listener); no worker serves ``replication``.
@@ -31,10 +34,11 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, Literal, get_args
 
+import msgspec
 import trio
 
 from ranvier.config import Config, ConfigError
@@ -53,6 +57,7 @@ from . import wire
 from .client import RemoteWriter, ReplicationClient, ReplicationEventPersister
 from .ephemeral import EphemeralForwarder
 from .federation_sending import DestinationWaker
+from .heard_from import HeardFromRelay
 from .stream import StreamFollower, StreamFullStateWaiter
 
 __all__ = ["ROLES", "Role", "WorkerServer", "open_worker"]
@@ -70,6 +75,7 @@ _LISTENERS: Final[dict[str, frozenset[str]]] = {
 # Resync requests waiting for the main process; a join is rare, and one
 # lost is resumed when the main process starts again.
 _RESYNC_BACKLOG: Final = 1024
+_heard_encoder: Final = msgspec.msgpack.Encoder()
 
 
 class WorkerServer(HomeServer):
@@ -194,6 +200,11 @@ class WorkerServer(HomeServer):
             forget_tokens=self.accounts.forget_cached_tokens,
             ephemeral=EphemeralReplica(self._typing_copy, self._presence_copy),
         )
+        if self.role == "federation_reader":
+            self._heard_relay = HeardFromRelay(self.storage, self._tell_main)
+
+    async def _tell_main(self, destinations: Sequence[str]) -> None:
+        await self.replication_client.post(wire.HEARD_FROM, _heard_encoder.encode(destinations))
 
     def _resync(self, room_id: str) -> None:
         try:
@@ -242,6 +253,7 @@ class WorkerServer(HomeServer):
                 waker = DestinationWaker(self.federation_sender, self.storage, self.stream_notifier)
                 self.destination_waker = waker
                 self.stream_follower.on_queued = waker.poke
+                self.stream_follower.on_heard_from = self.federation_sender.heard_from
                 components.append(_Component("destination waker", waker.run))
         return components
 
