@@ -262,6 +262,10 @@ async def test_ranvier_joins_a_busy_room_hosted_by_synapse(
         # Messages, members leaving and coming back, topics: before, during
         # and after ranvier's join and resync.
         for n in range(30):
+            # Only what is sent once the join has returned is sure to come
+            # after it: a send still under way may be placed before it, as
+            # history the joining server is not sent.
+            after = joined.is_set()
             member = members[n % len(members)]
             sent = [await member.send_message(room_id, f"busy {n}")]
             if n % 7 == 3:
@@ -269,7 +273,7 @@ async def test_ranvier_joins_a_busy_room_hosted_by_synapse(
                 await member.join(room_id, via=synapse.server_name)
             if n % 9 == 5:
                 sent.append(await alice.send_state(room_id, "m.room.topic", {"topic": f"{n}"}))
-            if joined.is_set():
+            if after:
                 after_join.extend(sent)
             await trio.sleep(0.01)
 
@@ -320,6 +324,7 @@ async def test_a_synapse_user_joins_a_busy_room_hosted_by_ranvier(
 
     async def ranvier_traffic() -> None:
         for n in range(30):
+            after = joined.is_set()  # as above
             member = members[n % len(members)]
             body = {"msgtype": "m.text", "body": f"busy {n}"}
             sent = [await ranvier.send_event(member, room_id, "m.room.message", body)]
@@ -331,7 +336,7 @@ async def test_a_synapse_user_joins_a_busy_room_hosted_by_ranvier(
                 sent.append(
                     await ranvier.send_event(carol, room_id, "m.room.topic", topic, state_key="")
                 )
-            if joined.is_set():
+            if after:
                 after_join.extend(sent)
             await trio.sleep(0.01)
 
