@@ -1,3 +1,4 @@
+import json
 from typing import Any
 
 import pytest
@@ -143,3 +144,28 @@ def test_event_fields_cut_events_down() -> None:
     assert cut.project(event) == {"type": "m.room.message", "content": {"body": "hi", "a.b": 1}}
     assert parse_filter({"event_fields": []}).project(event) == {}
     assert parse_filter({"event_fields": ["sender.x"]}).project(event) == {}
+
+
+async def test_a_filter_stored_with_foreign_ids_still_resolves_to_the_same_filter() -> None:
+    store = _Filters()
+    filters = UserFilters(store)
+    # Stored before such entries were refused: "general" never matched a room.
+    old = {
+        "room": {
+            "rooms": ["general", "!a:x"],
+            "not_rooms": ["nope"],
+            "timeline": {"senders": ["bob", 5, "@bob:x"], "not_senders": ["@"]},
+        }
+    }
+    filter_id = str(await store.store_filter("@a:x", json.dumps(old).encode()))
+    with pytest.raises(MatrixError):
+        await filters.create("@a:x", old)
+    resolved = await filters.resolve("@a:x", filter_id)
+    assert resolved.room.rooms == ("!a:x",)
+    assert resolved.room.not_rooms == ()
+    assert resolved.room.timeline.senders == ("@bob:x",)
+    assert resolved.room.timeline.not_senders == ()
+    assert resolved.room.includes_room("!a:x")
+    assert not resolved.room.includes_room("!b:x")
+    # What the user reads back is what they stored.
+    assert await filters.get("@a:x", filter_id) == old

@@ -260,4 +260,31 @@ class UserFilters:
             raise MatrixError(
                 f"{user_id} has no filter {param!r}", errcode="M_INVALID_PARAM", http_status=400
             )
-        return parse_filter(msgspec.json.decode(stored))
+        return parse_filter(_without_foreign_ids(msgspec.json.decode(stored)))
+
+
+#: The ID lists of a filter, at any level, and the sigil their IDs start with.
+_ID_LISTS: Final = {"rooms": "!", "not_rooms": "!", "senders": "@", "not_senders": "@"}
+
+
+def _without_foreign_ids(content: Any) -> Any:
+    """A stored filter without the entries of its room and user lists that
+    are not such IDs.
+
+    Filters stored before such entries were refused may hold them; as they
+    never matched a room or a user, leaving them out changes nothing the
+    filter lets through, where refusing the filter would break every sync
+    that names it.
+    """
+    if isinstance(content, dict):
+        return {
+            key: [
+                item
+                for item in value
+                if isinstance(item, str) and item.startswith(_ID_LISTS[key]) and len(item) > 1
+            ]
+            if key in _ID_LISTS and isinstance(value, list)
+            else _without_foreign_ids(value)
+            for key, value in content.items()
+        }
+    return content
