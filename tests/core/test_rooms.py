@@ -191,7 +191,7 @@ async def test_an_event_is_shown_as_history_visibility_allows(
         assert (await reader.event(DAN, room_id, after))["event_id"] == after
         assert (await reader.state(DAN, room_id)) == await reader.state(ALICE, room_id)
     else:
-        await _refused(reader.event(DAN, room_id, after), "M_FORBIDDEN", 403)
+        await _refused(reader.event(DAN, room_id, after), "M_NOT_FOUND", 404)
     await _refused(reader.event(CAROL, room_id, "$nothing"), "M_NOT_FOUND", 404)
 
 

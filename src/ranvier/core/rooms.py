@@ -237,7 +237,9 @@ class RoomReader:
         if membership not in ("join", "leave", "ban") and not await self._world_readable(
             room_id, None
         ):
-            raise _forbidden(f"{user_id} is not and was not in room {room_id}")
+            # The spec answers 404 for an event the user may not read, so a
+            # room the user was never in looks no different from a made-up ID.
+            raise _not_found(f"event {event_id} is not known in {room_id}, or not visible")
         event = (await self._events([event_id])).get(event_id)
         if (
             event is None
