@@ -552,9 +552,11 @@ def _claim_keys(
             # A deleted device's keys are not handed out: nobody could
             # read what was encrypted for it.
             continue
+        # The oldest key goes first (rowids grow with each insert): a client
+        # may have thrown away the private halves of keys left unclaimed long.
         row = conn.execute(
             "DELETE FROM e2e_one_time_keys WHERE rowid = (SELECT rowid FROM e2e_one_time_keys"
-            " WHERE user_id = ? AND device_id = ? AND algorithm = ? ORDER BY key_id LIMIT 1)"
+            " WHERE user_id = ? AND device_id = ? AND algorithm = ? ORDER BY rowid LIMIT 1)"
             " RETURNING key_id, key_json",
             (user_id, device_id, algorithm),
         ).fetchone()
