@@ -14,7 +14,6 @@ from ranvier.protocol.media import (
     content_disposition,
     disposition_filename,
     is_media_id,
-    is_server_name,
     multipart_head,
     multipart_tail,
     parse_multipart,
@@ -26,14 +25,6 @@ def test_media_ids_are_of_the_spec_characters_only() -> None:
     assert is_media_id("AQwafuaFswefuhsfAFAgsw_-09")
     for bad in ("", "a.b", "../etc", "a/b", "a%2Fb", "é", "a b"):
         assert not is_media_id(bad)
-
-
-def test_server_names() -> None:
-    assert is_server_name("example.org")
-    assert is_server_name("127.0.0.1:8448")
-    assert is_server_name("[::1]:8448")
-    for bad in ("", "exa mple.org", "a/b", "example.org:99999"):
-        assert not is_server_name(bad)
 
 
 def test_inline_only_for_safe_types() -> None:

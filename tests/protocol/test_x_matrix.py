@@ -18,6 +18,7 @@ from ranvier.protocol.signing import (
 from ranvier.protocol.x_matrix import (
     XMatrixAuthorization,
     format_authorization,
+    is_server_name,
     parse_authorization,
     request_signing_json,
     sign_request,
@@ -460,3 +461,11 @@ def test_the_body_as_received_proves_nothing_about_another_request(
                 content=content,
                 raw_content=raw,
             )
+
+
+def test_is_server_name_says_whether_a_name_follows_the_grammar() -> None:
+    assert is_server_name("example.org")
+    assert is_server_name("127.0.0.1:8448")
+    assert is_server_name("[::1]:8448")
+    for bad in ("", "exa mple.org", "a/b", "example.org:99999", "[::zz]"):
+        assert not is_server_name(bad)
