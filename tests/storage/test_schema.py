@@ -71,6 +71,7 @@ TABLES_ADDED = {
     28: {"user_reports"},
     29: {"server_notice_rooms"},
     30: {"refresh_tokens", "login_tokens"},
+    31: {"forgotten_rooms"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -129,7 +130,10 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
     elif version == 7:
         run("INSERT INTO users VALUES ('@a:x', 'hash', 0, 5, 0)")
         run("INSERT INTO devices VALUES ('@a:x', 'DEV', NULL, 5, NULL)")
-        run("INSERT INTO access_tokens VALUES (x'00', '@a:x', 'DEV', 5)")
+        run(
+            "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts)"
+            " VALUES (x'00', '@a:x', 'DEV', 5)"
+        )
         run("INSERT INTO client_transactions VALUES ('@a:x', 'DEV', 't1', '!r:x', '$e', 5)")
         run("INSERT INTO room_aliases VALUES ('#a:x', '!r:x', '@a:x', 5)")
         run("INSERT INTO user_filters VALUES ('@a:x', 0, x'7b7d')")
@@ -219,6 +223,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO access_tokens VALUES (x'01', '@a:x', 'DEV', 5, 9)")
         run("INSERT INTO refresh_tokens VALUES (x'02', x'01', NULL)")
         run("INSERT INTO login_tokens VALUES (x'03', '@a:x', 9)")
+    elif version == 31:
+        run("INSERT INTO forgotten_rooms VALUES ('@a:x', '!r:x')")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

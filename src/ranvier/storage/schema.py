@@ -985,6 +985,16 @@ def _refresh_and_login_tokens(conn: sqlite3.Connection) -> None:
     )
 
 
+def _forgotten_rooms(conn: sqlite3.Connection) -> None:
+    """Rooms users forgot (:mod:`ranvier.storage.forgotten_rooms`), read by
+    user and by user and room.
+    """
+    conn.execute(
+        "CREATE TABLE forgotten_rooms (user_id TEXT NOT NULL, room_id TEXT NOT NULL,"
+        " PRIMARY KEY (user_id, room_id)) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1017,6 +1027,7 @@ MIGRATIONS: Sequence[Migration] = (
     _user_reports,
     _server_notice_rooms,
     _refresh_and_login_tokens,
+    _forgotten_rooms,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

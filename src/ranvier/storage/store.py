@@ -31,6 +31,7 @@ from .connections import SynchronousMode
 from .dehydrated_devices import DehydratedDeviceStorage
 from .e2e_keys import E2eKeyStorage
 from .event_stream import EventStreamReads
+from .forgotten_rooms import ForgottenRoomStorage
 from .hierarchy_reads import HierarchyReads
 from .housekeeping import HousekeepingStorage
 from .login_tokens import LoginTokenStorage
@@ -163,6 +164,7 @@ class Storage:
         self.refresh_tokens = RefreshTokenStorage(self.writer, self.readers)
         self.login_tokens = LoginTokenStorage(self.writer, self.readers)
         self.housekeeping = HousekeepingStorage(self.writer, self.readers)
+        self.forgotten_rooms = ForgottenRoomStorage(self.writer, self.readers)
 
     @property
     def actor(self) -> StorageActor:

@@ -39,6 +39,7 @@ from ranvier.errors import (
     PartialStateEventsRemainError,
 )
 
+from .forgotten_rooms import clear_forgotten
 from .records import (
     DestinationRetry,
     EventToPersist,
@@ -575,8 +576,9 @@ def persist_events(
     current_state_groups: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Write events with their edges, state groups, partial-state rows,
-    extremities, current state, redaction, relation and search index rows;
-    return each event's stream ordering.
+    extremities, current state, redaction, relation and search index rows,
+    and clear the forgetting of rooms users are back in; return each
+    event's stream ordering.
 
     Events get stream orderings in the order given. An event with partial
     state whose room no longer has partial state raises
@@ -609,6 +611,7 @@ def persist_events(
     record_redactions(conn, events)
     record_relations(conn, events, orderings)
     record_search(conn, events, stored)
+    clear_forgotten(conn, events)
     return orderings
 
 
