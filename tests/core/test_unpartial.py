@@ -70,7 +70,8 @@ class StandIn:
     ``/state_ids`` until it is set, and ``state_gate`` every ``/state``.
     ``newest_first`` serves ``/state`` as
     one list, the newest events first, so that events come before their
-    auth events.
+    auth events. ``badly_signed`` names events served with broken
+    signatures, whatever ``garbage`` says.
     """
 
     def __init__(self, name: str, room: RoomBuilder, resident: Storage) -> None:
@@ -81,6 +82,7 @@ class StandIn:
         self.garbage: str | None = None
         self.gate: trio.Event | None = None
         self.newest_first = False
+        self.badly_signed: set[str] = set()
         self.state_gate: trio.Event | None = None
         #: Requests answered.
         self.calls: list[tuple[str, str]] = []
@@ -97,7 +99,7 @@ class StandIn:
         return [arg for call, arg in self.calls if call == name]
 
     def _served(self, event: Pdu) -> bytes:
-        if self.garbage == "signatures":
+        if self.garbage == "signatures" or event.event_id in self.badly_signed:
             broken = dict(event.json)
             broken["signatures"] = {
                 server: dict.fromkeys(by_key, "A" * 86)
@@ -650,6 +652,52 @@ async def test_a_server_answering_garbage_hands_over_to_the_next(
     assert {e: row.json for e, row in stored.items()} == {
         e: world.room.events[e].raw for e in crowd_ids
     }
+
+
+@pytest.mark.parametrize("bulk_min_missing", [0, 100])
+async def test_a_state_event_served_badly_signed_is_dropped_and_the_rest_completes_the_room(
+    world: World, bulk_min_missing: int, autojump_clock: MockClock
+) -> None:
+    await world.join_partially()
+    remote, third = world.servers[REMOTE], world.servers[THIRD]
+    (prev_id,) = world.join.prev_event_ids
+    before = world.room.state_after[prev_id]
+    # Badly signed in /state and in /event alike: the spec drops such an event.
+    # (Only members are missing here: the partial join had the rest.)
+    bad = {before[("m.room.member", CROWD[3])], before[("m.room.member", CROWD[7])]}
+    assert not await world.ours.have_seen_events(bad)
+    remote.badly_signed = bad
+    stater = world.stater(bulk_min_missing=bulk_min_missing)
+    async with running(stater):
+        await stater.wait_for_full_state(world.room_id)
+    # One server's answer sufficed: the bad events did not fail it.
+    assert remote.called("state_ids") == [prev_id]
+    assert third.calls == []
+    assert not await world.ours.is_partial_state_room(world.room_id)
+    assert not await world.ours.have_seen_events(bad)
+    groups = await world.ours.get_event_state_groups(world.join.event_id)
+    assert groups is not None
+    expected = {
+        key: event_id for key, event_id in before.items() if event_id not in remote.badly_signed
+    }
+    assert await world.ours.get_state_ids(groups.before) == expected
+    assert ("m.room.member", CROWD[2]) in expected
+    current = await world.ours.get_current_state_ids(world.room_id)
+    assert ("m.room.member", CROWD[3]) not in current
+    assert ("m.room.member", CROWD[7]) not in current
+    assert ("m.room.member", CROWD[-1]) in current
+
+
+async def test_the_event_at_the_gap_served_badly_signed_hands_over_to_the_next_server(
+    world: World, autojump_clock: MockClock
+) -> None:
+    await world.join_partially()
+    remote, third = world.servers[REMOTE], world.servers[THIRD]
+    (prev_id,) = world.join.prev_event_ids
+    remote.badly_signed = {prev_id}
+    await world.resync_fully(world.stater())
+    assert remote.called("state_ids") == [prev_id]
+    assert third.called("state_ids") == [prev_id]
 
 
 def failed_attempts(stater: UnpartialStater, room_id: str, count: int) -> Callable[[], bool]:

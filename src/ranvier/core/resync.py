@@ -13,12 +13,16 @@ that the state before it allows.
 Invariants
 ----------
 
-* **A server's answer is used whole or not at all.** Every event of the
+* **A bad event is dropped, a bad answer refused.** Every event of the
   state, the event itself, and every event in their auth chains must be
-  stored here or come from the server validly signed, and the state must
-  be a state of the room (state events only, one per key, the room's
-  create event); otherwise the answer is refused (:class:`RemoteStateError`)
-  and the caller asks another server.
+  stored here or be served by the server. One it serves that is not
+  validly signed, in ``/state`` and again in ``/event``, is dropped, as the
+  spec says of any event received so, and so is every event citing one
+  dropped: none is written, and those of the state are left out of it.
+  The answer is refused (:class:`RemoteStateError`), and the caller asks
+  another server, when the server does not serve an event at all, when
+  the event itself is dropped, or when the state is not a state of the
+  room (state events only, one per key, the room's create event).
 * **Written as it comes, never without its auth chain.** A big answer is
   checked and written a chunk at a time, so that it is never all held in
   memory. An event is written only once each event it cites in
@@ -215,8 +219,12 @@ class RemoteStateFetcher:
         except MatrixError as exc:
             raise RemoteStateError(server, f"/state_ids at {event_id}: {exc.message}") from exc
         wanted = {event_id, *answer.pdu_ids, *answer.auth_chain_ids}
-        kinds = await self._fetch_missing(server, room_id, room_version, event_id, wanted, ahead)
-        state = await self._state_map(server, room_id, event_id, answer.pdu_ids, kinds)
+        kinds, dropped = await self._fetch_missing(
+            server, room_id, room_version, event_id, wanted, ahead
+        )
+        if event_id in dropped:
+            raise RemoteStateError(server, f"{event_id} was not served validly signed")
+        state = await self._state_map(server, room_id, event_id, answer.pdu_ids, kinds, dropped)
         expected = create_event_id
         if room_version.room_id_from_create_event:
             expected = create_event_id_for_room(room_id)
@@ -242,14 +250,19 @@ class RemoteStateFetcher:
         event_id: str,
         pdu_ids: Sequence[str],
         written: Mapping[str, StateKey | None],
+        dropped: Collection[str],
     ) -> dict[StateKey, str]:
         # Only events stored before are read: those just written are known.
         rows: dict[str, StateKey | None] = {}
-        found = await self._store.get_events([e for e in pdu_ids if e not in written])
+        found = await self._store.get_events(
+            [e for e in pdu_ids if e not in written and e not in dropped]
+        )
         rows.update((e, _state_key_of(room_id, row)) for e, row in found.items())
         del found
         state: dict[StateKey, str] = {}
         for state_id in dict.fromkeys(pdu_ids):
+            if state_id in dropped:
+                continue
             if state_id in written:
                 key = written[state_id]
             elif state_id in rows:
@@ -309,22 +322,23 @@ class RemoteStateFetcher:
         at_event: str,
         wanted: Collection[str],
         ahead: _StateAhead | None = None,
-    ) -> dict[str, StateKey | None]:
+    ) -> tuple[dict[str, StateKey | None], set[str]]:
         """Fetch from ``server`` the events of ``wanted`` not stored here, and
         those of their auth chains, check them and write them as outliers;
         return the state key of each event written (None for one that is
-        not a state event of the room): the state map needs no more.
+        not a state event of the room), and the events dropped: the state
+        map needs no more.
         """
         known = set(await self._store.have_seen_events(wanted))
         level = set(wanted) - known
         writer = _OutlierWriter(self._store, room_id, room_version, known)
         if not level:
-            return writer.kinds
+            return writer.kinds, writer.dropped
         async with writer.running():
             await self._fetch_levels(
                 server, room_id, room_version, at_event, wanted, level, writer, ahead
             )
-        return writer.kinds
+        return writer.kinds, writer.dropped
 
     async def _fetch_levels(
         self,
@@ -351,15 +365,20 @@ class RemoteStateFetcher:
                 )
             rest = sorted(e for e in level if not writer.handed(e))
             if rest:
-                each = await self._fetch_each(server, room_id, room_version, rest)
+                each = await self._fetch_each(
+                    server, room_id, room_version, rest, writer.badly_signed
+                )
                 await writer.add(each.values())
             lost = sorted(e for e in level if not writer.handed(e))
+            # Served, though not validly signed: dropped, as on receipt.
+            await writer.drop(e for e in lost if e in writer.badly_signed)
+            lost = [e for e in lost if e not in writer.badly_signed]
             if lost:
                 named = ", ".join(lost[:_NAMED])
                 raise RemoteStateError(
                     server,
-                    f"{len(lost)} events needed for the state at {at_event} could not be had"
-                    f" validly signed ({named}{', …' if len(lost) > _NAMED else ''})",
+                    f"{len(lost)} events needed for the state at {at_event} were not served"
+                    f" ({named}{', …' if len(lost) > _NAMED else ''})",
                 )
             cited = writer.unmet()
             if cited:
@@ -395,7 +414,11 @@ class RemoteStateFetcher:
             await self._fetch_state(server, room_id, room_version, at_event, wanted, writer, ahead)
 
         async def fetch_event() -> None:
-            alongside.update(await self._fetch_each(server, room_id, room_version, [at_event]))
+            alongside.update(
+                await self._fetch_each(
+                    server, room_id, room_version, [at_event], writer.badly_signed
+                )
+            )
 
         try:
             async with trio.open_nursery() as nursery:
@@ -475,7 +498,7 @@ class RemoteStateFetcher:
         ) -> None:
             async with parsed, checked:
                 async for events in parsed:
-                    await checked.send(await self._verified(server, events))
+                    await checked.send(await self._verified(server, events, writer.badly_signed))
 
         async def write() -> None:
             async with checked_out:
@@ -494,9 +517,16 @@ class RemoteStateFetcher:
             raise sole_failure(group) from None
 
     async def _fetch_each(
-        self, server: str, room_id: str, room_version: RoomVersion, event_ids: Sequence[str]
+        self,
+        server: str,
+        room_id: str,
+        room_version: RoomVersion,
+        event_ids: Sequence[str],
+        badly_signed: set[str],
     ) -> dict[str, Pdu]:
-        """The events of ``event_ids`` that ``server`` gives one by one, verified."""
+        """The events of ``event_ids`` that ``server`` gives one by one,
+        verified; those failing verification are added to ``badly_signed``.
+        """
         found: dict[str, Pdu] = {}
         limiter = trio.CapacityLimiter(self._fetch_concurrency)
 
@@ -516,15 +546,18 @@ class RemoteStateFetcher:
         async with trio.open_nursery() as nursery:
             for event_id in event_ids:
                 nursery.start_soon(fetch, event_id)
-        return await self._verified(server, found.values())
+        return await self._verified(server, found.values(), badly_signed)
 
-    async def _verified(self, server: str, events: Iterable[Pdu]) -> dict[str, Pdu]:
+    async def _verified(
+        self, server: str, events: Iterable[Pdu], badly_signed: set[str]
+    ) -> dict[str, Pdu]:
         batch = list(events)
         verdicts = await self._verifier.verify(batch)
         good: dict[str, Pdu] = {}
         for event, verdict in zip(batch, verdicts, strict=True):
             if isinstance(verdict, MatrixError):
                 _log.info("dropping %s from %s: %s", event.event_id, server, verdict.message)
+                badly_signed.add(event.event_id)
             else:
                 good[verdict.event_id] = verdict
         return good
@@ -591,6 +624,11 @@ class _OutlierWriter:
         self._room_version = room_version
         self._stored = stored
         self.waiting: dict[str, Pdu] = {}
+        #: Events served not validly signed (until served so, they may be
+        #: served again validly signed).
+        self.badly_signed: set[str] = set()
+        #: Events dropped: those badly signed, and those citing a dropped one.
+        self.dropped: set[str] = set()
         #: Each event checked here (written, or being written), and the key
         #: it takes in a state of the room.
         self.kinds: dict[str, StateKey | None] = {}
@@ -641,9 +679,36 @@ class _OutlierWriter:
 
     def handed(self, event_id: str) -> bool:
         """Whether an event was handed over, or needs not be: stored, being
-        written, or waiting for its auth events.
+        written, waiting for its auth events, or dropped.
         """
-        return event_id in self.waiting or self._settled(event_id)
+        return event_id in self.waiting or event_id in self.dropped or self._settled(event_id)
+
+    async def drop(self, event_ids: Iterable[str]) -> None:
+        """Drop ``event_ids`` and the waiting events citing them, and write
+        what waited for nothing else.
+        """
+        dropped = set(event_ids) - self.dropped
+        if dropped:
+            _log.info("dropping %d events not validly signed: %s", len(dropped), sorted(dropped))
+            self.dropped.update(dropped)
+            await self.add(())
+
+    def _drop_citing_dropped(self) -> None:
+        """Drop the waiting events that cite a dropped event, directly or
+        through others waiting: they cannot be written with their auth events.
+        """
+        found = True
+        while found:
+            citing = [
+                event_id
+                for event_id, event in self.waiting.items()
+                if not self.dropped.isdisjoint(event.auth_event_ids)
+            ]
+            found = bool(citing)
+            for event_id in citing:
+                _log.info("dropping %s: it cites a dropped event", event_id)
+                del self.waiting[event_id]
+                self.dropped.add(event_id)
 
     def unmet(self) -> set[str]:
         """The auth events that waiting events cite and nobody has handed over."""
@@ -668,8 +733,10 @@ class _OutlierWriter:
         if self._batches is None:
             raise RuntimeError("an outlier writer writes only while running")
         for event in events:
-            if not self._settled(event.event_id):
+            if not self._settled(event.event_id) and event.event_id not in self.dropped:
                 self.waiting[event.event_id] = event
+        if self.dropped:
+            self._drop_citing_dropped()
         ready = auth_order(self.waiting if force else self._ready())
         if not ready:
             return
