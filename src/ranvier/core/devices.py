@@ -123,8 +123,15 @@ class Devices:
         if not isinstance(password, str):
             raise MatrixError("'password' must be a string", errcode="M_BAD_JSON", http_status=400)
         localpart = user_id[1:].partition(":")[0]
-        same_user = who is None or who.lower() in (user_id.lower(), localpart.lower())
-        if not same_user or not await self._accounts.check_password(user_id, password):
+        if who is not None and who.lower() not in (user_id.lower(), localpart.lower()):
+            # Another user's credentials can never authorise this request,
+            # however often they are retried: refused outright, not asked again.
+            raise MatrixError(
+                f"the authentication names {who}, not the requesting user {user_id}",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+        if not await self._accounts.check_password(user_id, password):
             body = _flows(session)
             body["errcode"] = "M_FORBIDDEN"
             body["error"] = "invalid password"
