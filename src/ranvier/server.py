@@ -187,6 +187,7 @@ from ranvier.core.redactions import ServedStateReader
 from ranvier.core.registration_tokens import RegistrationTokens
 from ranvier.core.relations import Relations
 from ranvier.core.reports import Reports
+from ranvier.core.room_forgetting import RoomForgetting
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.room_keys import RoomKeyBackups
 from ranvier.core.room_leaves import RoomLeaves
@@ -1142,6 +1143,8 @@ class HomeServer:
             storage.room_members,
             full_state=self._full_state_waiter(),
             server_name=server_name,
+            forgotten=storage.forgotten_rooms,
+            transactions=storage.sync,
         )
         self._room_joins = RoomJoins(
             creator=self._event_creator,
@@ -1415,6 +1418,7 @@ class HomeServer:
                 keep_ms=_housekeeping_ages(self.config).client_transaction_ms,
             ),
             directory=directory,
+            forgetting=RoomForgetting(self.storage.forgotten_rooms),
         )
         add_directory_routes(router, auth=self.auth, directory=directory, reader=reader)
         add_event_context_route(

@@ -20,6 +20,7 @@ from ranvier.api.app import ClientApp
 from ranvier.api.rooms import add_room_routes
 from ranvier.core.client_txns import ClientTransactions
 from ranvier.core.creation import EventCreator
+from ranvier.core.room_forgetting import RoomForgetting
 from ranvier.errors import PartialStateConflictError
 from ranvier.federation.transport.listener import HttpListener
 from ranvier.storage import EventToPersist, Storage
@@ -578,6 +579,7 @@ async def test_a_second_partial_state_conflict_is_answered_429(env: Env) -> None
         leaves=hs.room_leaves,
         transactions=ClientTransactions(hs.storage.client_transactions),
         directory=hs.room_directory,
+        forgetting=RoomForgetting(hs.storage.forgotten_rooms),
     )
     listener = HttpListener(ClientApp(router=router), host="127.0.0.1", port=0, ssl_context=None)
     before = await _room_events(hs.storage, room_id)

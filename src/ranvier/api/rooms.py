@@ -28,6 +28,7 @@ from ranvier.core.client_txns import ClientTransactions
 from ranvier.core.creation import EventCreator, Preset
 from ranvier.core.directory import RoomDirectory
 from ranvier.core.pagination import parse_pagination_token
+from ranvier.core.room_forgetting import RoomForgetting
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.rooms import RoomReader
 from ranvier.errors import MatrixError
@@ -113,7 +114,9 @@ class _Rooms:
         leaves: Leaves,
         transactions: ClientTransactions,
         directory: RoomDirectory,
+        forgetting: RoomForgetting,
     ) -> None:
+        self._forgetting = forgetting
         self._leaves = leaves
         self._server_name = server_name
         self._auth = auth
@@ -257,16 +260,7 @@ class _Rooms:
 
     async def forget(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)
-        room_id = _room_id(request)
-        membership = await self._reader.membership(requester.user_id, room_id)
-        if membership in ("join", "invite", "knock"):
-            raise MatrixError(
-                f"{requester.user_id} has not left {room_id} (membership {membership})",
-                errcode="M_UNKNOWN",
-                http_status=400,
-            )
-        # Nothing to drop: this server keeps no per-user view of old rooms
-        # beyond the room's own history.
+        await self._forgetting.forget(requester.user_id, _room_id(request))
         return {}
 
     # --- Sending --------------------------------------------------------------------
@@ -361,7 +355,10 @@ class _Rooms:
     async def get_event(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)
         return await self._reader.event(
-            requester.user_id, _room_id(request), request.path_params["event_id"]
+            requester.user_id,
+            _room_id(request),
+            request.path_params["event_id"],
+            device_id=requester.device_id,
         )
 
     async def get_members(self, request: Request) -> Mapping[str, Any]:
@@ -400,6 +397,7 @@ def add_room_routes(
     leaves: Leaves,
     transactions: ClientTransactions,
     directory: RoomDirectory,
+    forgetting: RoomForgetting,
 ) -> None:
     """Serve the rooms endpoints listed in the module's docstring."""
     rooms = _Rooms(
@@ -411,6 +409,7 @@ def add_room_routes(
         leaves=leaves,
         transactions=transactions,
         directory=directory,
+        forgetting=forgetting,
     )
     room = f"{CLIENT_V3}/rooms/{{room_id}}"
     router.add("POST", f"{CLIENT_V3}/createRoom", rooms.create_room)

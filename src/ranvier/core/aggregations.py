@@ -249,8 +249,10 @@ class BundlingRoomReader(RoomReader):
         super().__init__(*args, **kwargs)
         self._bundler = aggregations
 
-    async def event(self, user_id: str, room_id: str, event_id: str) -> dict[str, Any]:
-        answer = await super().event(user_id, room_id, event_id)
+    async def event(
+        self, user_id: str, room_id: str, event_id: str, *, device_id: str | None = None
+    ) -> dict[str, Any]:
+        answer = await super().event(user_id, room_id, event_id, device_id=device_id)
         await self._bundler.add_bundles_as_read(user_id, room_id, [answer])
         return answer
 

@@ -40,6 +40,8 @@ __all__ = [
     "HistoryFiller",
     "MessagesStore",
     "RoomMessages",
+    "TransactionScopes",
+    "device_transaction_ids",
     "format_pagination_token",
     "format_sync_token",
     "parse_pagination_token",
@@ -160,6 +162,10 @@ class MessagesStore(Protocol):
 
     async def ignored_users(self, user_id: str) -> frozenset[str]: ...
 
+    async def has_forgotten(self, user_id: str, room_id: str) -> bool:
+        """Whether the user forgot the room since last in it (``/forget``)."""
+        ...
+
     async def visibility_at(
         self, user_id: str, event_ids: Collection[str]
     ) -> dict[str, tuple[str | None, str | None]]:
@@ -243,16 +249,32 @@ async def visible_to(
     return [event for event in events if event.event_id not in hidden]
 
 
+class TransactionScopes(Protocol):
+    """The transaction scopes of devices' events (the part of
+    :class:`MessagesStore` a single event's read needs)."""
+
+    async def transaction_ids(
+        self, user_id: str, device_id: str, event_ids: Collection[str]
+    ) -> dict[str, str]: ...
+
+
 async def transaction_ids(
     store: MessagesStore, requester: Requester, events: Sequence[StoredEvent]
 ) -> dict[str, str]:
     """The transaction IDs of the events ``requester``'s device sent, by
     event ID: the spec hands them back to that device alone, in ``unsigned``.
     """
-    own = {event.event_id: event for event in events if event.sender == requester.user_id}
+    return await device_transaction_ids(store, requester.user_id, requester.device_id, events)
+
+
+async def device_transaction_ids(
+    store: TransactionScopes, user_id: str, device_id: str, events: Sequence[StoredEvent]
+) -> dict[str, str]:
+    """:func:`transaction_ids` of a device named by user and device ID."""
+    own = {event.event_id: event for event in events if event.sender == user_id}
     if not own:
         return {}
-    scopes = await store.transaction_ids(requester.user_id, requester.device_id, own)
+    scopes = await store.transaction_ids(user_id, device_id, own)
     found = {}
     for event_id, scope in scopes.items():
         txn_id = _transaction_id(scope, own[event_id])
@@ -312,7 +334,8 @@ async def readable_upto(store: MessagesStore, user_id: str, room_id: str) -> tup
     """How far ``user_id`` may read the room's history (now, or their leave
     or ban), from where on events need no visibility check, and whether
     they are joined now; ``M_FORBIDDEN`` for a user who may not read it at
-    all (the rule :class:`RoomMessages` states).
+    all (the rule :class:`RoomMessages` states). A user who left and forgot
+    the room reads it as one never in it.
     """
     membership = await store.current_membership(room_id, user_id)
     if membership is not None:
@@ -320,7 +343,7 @@ async def readable_upto(store: MessagesStore, user_id: str, room_id: str) -> tup
         if kind == "join":
             events, _ = await store.positions()
             return events, position, True
-        if kind in ("leave", "ban"):
+        if kind in ("leave", "ban") and not await store.has_forgotten(user_id, room_id):
             return position, position + 1, False
     current = await store.current_state_for_keys(room_id, [("m.room.history_visibility", "")])
     if current and event_content(current[0]).get("history_visibility") == "world_readable":
@@ -335,8 +358,9 @@ class RoomMessages:
 
     Only a member may page a room's history, or anyone a room whose history
     is ``world_readable`` now: a user joined sees it up to now, a user who
-    left or was banned up to that event, each event as the history
-    visibility at it allows. Anyone else gets ``M_FORBIDDEN``.
+    left or was banned up to that event (unless they forgot the room since),
+    each event as the history visibility at it allows. Anyone else gets
+    ``M_FORBIDDEN``.
     """
 
     def __init__(self, store: MessagesStore, backfill: HistoryFiller | None = None) -> None:

@@ -9,6 +9,8 @@ Who may read what (the client-server API's rules):
   the members in that state. Nothing later.
 * Anyone may read a room whose current ``m.room.history_visibility`` is
   ``world_readable``, as a joined user would.
+* A user who left and then forgot the room (``/forget``) reads it as one
+  never in it, until they are in it again.
 * Anyone else (invited, knocking, never a member, or asking about a room
   unknown here) gets 403 ``M_FORBIDDEN``; an unknown room and a room the
   user may not read look the same, so that a room's existence is not given
@@ -45,9 +47,11 @@ from ranvier.storage.records import StateKey, StoredEvent
 from .builder import Clock, wall_clock_ms
 from .client_events import client_event, event_content
 from .interfaces import StateReader
+from .pagination import TransactionScopes, device_transaction_ids
 
 __all__ = [
     "MEMBERSHIPS",
+    "ForgottenRooms",
     "FullStateWaiter",
     "MembershipIndex",
     "RoomReader",
@@ -74,6 +78,12 @@ class MembershipIndex(Protocol):
     async def get_room_event_id_at(self, room_id: str, stream_ordering: int) -> str | None:
         """The room's last accepted event at or before ``stream_ordering``."""
         ...
+
+
+class ForgottenRooms(Protocol):
+    """Rooms users forgot (:class:`ranvier.storage.forgotten_rooms.ForgottenRoomStorage`)."""
+
+    async def has_forgotten(self, user_id: str, room_id: str) -> bool: ...
 
 
 class FullStateWaiter(Protocol):
@@ -113,7 +123,10 @@ class RoomReader:
     ``full_state`` is what reads of members wait on while a room's state is
     partial; without one they answer from the partial state. Memberships of
     users of ``server_name`` (ours) are read without waiting. ``clock``
-    gives the ``age`` of events returned.
+    gives the ``age`` of events returned. ``forgotten`` says which rooms
+    users forgot: a user who left one and forgot it reads it as one never
+    in it. ``transactions`` gives ``/event`` the transaction ID of an event
+    the asking device sent.
     """
 
     def __init__(
@@ -124,7 +137,11 @@ class RoomReader:
         full_state: FullStateWaiter | None = None,
         server_name: str | None = None,
         clock: Clock = wall_clock_ms,
+        forgotten: ForgottenRooms | None = None,
+        transactions: TransactionScopes | None = None,
     ) -> None:
+        self._forgotten = forgotten
+        self._transactions = transactions
         self._server_name = server_name
         self._store = store
         self._memberships = memberships
@@ -230,10 +247,15 @@ class RoomReader:
 
     # --- Events -------------------------------------------------------------------
 
-    async def event(self, user_id: str, room_id: str, event_id: str) -> dict[str, Any]:
-        """``GET /rooms/{roomId}/event/{eventId}``."""
+    async def event(
+        self, user_id: str, room_id: str, event_id: str, *, device_id: str | None = None
+    ) -> dict[str, Any]:
+        """``GET /rooms/{roomId}/event/{eventId}``; an event ``device_id``
+        sent carries its transaction ID in ``unsigned``."""
         current = await self._current_member_event(user_id, room_id)
         membership = None if current is None else _membership_of(current)
+        if membership in ("leave", "ban") and await self._has_forgotten(user_id, room_id):
+            membership = None
         if membership not in ("join", "leave", "ban") and not await self._world_readable(
             room_id, None
         ):
@@ -249,7 +271,12 @@ class RoomReader:
             or not await self._can_see(user_id, event, joined_now=membership == "join")
         ):
             raise _not_found(f"event {event_id} is not known in {room_id}, or not visible")
-        return client_event(event, now_ms=self._clock(), unsigned=await self._replaced(event))
+        unsigned = await self._replaced(event)
+        if device_id is not None and self._transactions is not None:
+            found = await device_transaction_ids(self._transactions, user_id, device_id, [event])
+            if event_id in found:
+                unsigned["transaction_id"] = found[event_id]
+        return client_event(event, now_ms=self._clock(), unsigned=unsigned)
 
     async def _replaced(self, event: StoredEvent) -> dict[str, Any]:
         """``prev_content`` and ``replaces_state`` of a state event: the
@@ -376,7 +403,12 @@ class RoomReader:
         membership = None if current is None else _membership_of(current)
         if membership == "join":
             return _View(membership, None, joined=True)
-        if departed and current is not None and membership in ("leave", "ban"):
+        if (
+            departed
+            and current is not None
+            and membership in ("leave", "ban")
+            and not await self._has_forgotten(user_id, room_id)
+        ):
             groups = await self._store.get_event_state_groups(current.event_id)
             if groups is not None:
                 return _View(
@@ -385,6 +417,9 @@ class RoomReader:
         if await self._world_readable(room_id, None):
             return _View(membership, None, joined=False)
         raise _forbidden(f"{user_id} may not read room {room_id}: not a member of it")
+
+    async def _has_forgotten(self, user_id: str, room_id: str) -> bool:
+        return self._forgotten is not None and await self._forgotten.has_forgotten(user_id, room_id)
 
     async def _view_at(self, room_id: str, view: _View, position: int) -> _View | None:
         """The state after the room's last event by ``position``; None before the room."""

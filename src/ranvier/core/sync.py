@@ -53,7 +53,7 @@ Rooms
   timeline asks for ``unread_thread_notifications``.
 * **leave**: rooms left (or banned from) after ``since``, with the timeline
   up to the leave; with ``include_leave`` an initial sync lists every room
-  left.
+  left. A room the user forgot since (``/forget``) is not listed.
 
 Partial state (MSC3706, MSC3902)
 --------------------------------
@@ -148,6 +148,10 @@ class SyncStore(MessagesStore, Protocol):
 
     async def room_summary(self, room_id: str, user_id: str) -> tuple[int, int, list[str]]:
         """Joined and invited member counts, and the heroes of an unnamed room."""
+        ...
+
+    async def forgotten_rooms(self, user_id: str) -> frozenset[str]:
+        """The rooms the user forgot since last in them (``/forget``)."""
         ...
 
 
@@ -509,6 +513,7 @@ class SyncHandler:
         invite: dict[str, Any] = {}
         leave: dict[str, Any] = {}
         knock: dict[str, Any] = {}
+        forgotten: frozenset[str] | None = None
         for room_id, membership, ordering, event_id in sorted(memberships):
             if not filter.room.includes_room(room_id):
                 continue
@@ -548,7 +553,10 @@ class SyncHandler:
             elif membership in ("leave", "ban") and (
                 (since is not None and is_new) or (since is None and filter.room.include_leave)
             ):
-                leave[room_id] = await self._left_room(request, room_id, ordering, event_id)
+                if forgotten is None:
+                    forgotten = await self._store.forgotten_rooms(requester.user_id)
+                if room_id not in forgotten:
+                    leave[room_id] = await self._left_room(request, room_id, ordering, event_id)
         if self._notifications is not None and join:
             await self._add_notification_counts(requester.user_id, join, now.events, filter)
         rooms = frozenset(room_id for room_id, *_ in memberships)

@@ -71,7 +71,8 @@ class ForgottenRoomStorage:
 
     async def forget_room(self, user_id: str, room_id: str) -> None:
         """Mark the room forgotten by ``user_id``; 400 ``M_UNKNOWN`` while
-        they are joined to it, invited or knocking."""
+        they are joined to it, invited or knocking, and nothing kept for a
+        room they never had a membership in."""
         await self._actor.submit(functools.partial(_forget_room, user_id=user_id, room_id=room_id))
 
     async def has_forgotten(self, user_id: str, room_id: str) -> bool:
@@ -130,6 +131,10 @@ def _forget_room(conn: sqlite3.Connection, *, user_id: str, room_id: str) -> Non
             errcode="M_UNKNOWN",
             http_status=400,
         )
+    if membership is None:
+        # Never in the room: nothing to hide, and no row for anyone to fill
+        # the table with.
+        return
     conn.execute(
         "INSERT OR IGNORE INTO forgotten_rooms (user_id, room_id) VALUES (?, ?)",
         (user_id, room_id),

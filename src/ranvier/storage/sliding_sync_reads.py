@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import msgspec
 
+from .forgotten_rooms import forgotten_rooms
 from .ignored_users import read_ignored_users
 from .readers import ReaderPool
 from .records import StateMap
@@ -182,9 +183,10 @@ def room_list(
     known: Mapping[str, RoomFacts] | None = None,
     known_at: int = 0,
 ) -> RoomList:
-    """Every room ``user_id`` has a membership in, with its facts; without
-    ``detailed``, its membership alone (a connection with no lists or
-    subscriptions, which reads the rooms only for its extensions).
+    """Every room ``user_id`` has a membership in, with its facts, but those
+    left and forgotten (``/forget``); without ``detailed``, its membership
+    alone (a connection with no lists or subscriptions, which reads the
+    rooms only for its extensions).
 
     ``known`` are facts read before at events position ``known_at``: a
     room with no event since and the same membership event keeps them (its
@@ -195,7 +197,10 @@ def room_list(
         conn, user_id, un_partial_after, None if known is None else known_at
     )
     rooms: list[RoomFacts] = []
+    forgotten = forgotten_rooms(conn, user_id=user_id)
     for room_id, membership, ordering, event_id in memberships:
+        if membership in ("leave", "ban") and room_id in forgotten:
+            continue
         if not detailed:
             rooms.append(
                 RoomFacts(

@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from .forgotten_rooms import forgotten_rooms, is_forgotten
 from .ignored_users import read_ignored_users
 from .readers import ReaderPool
 from .records import STORED_EVENT_COLUMNS, StateKey, StateMap, StoredEvent, stored_event_from_row
@@ -525,6 +526,14 @@ class SyncReads:
 
     async def ignored_users(self, user_id: str) -> frozenset[str]:
         return await self._readers.read(functools.partial(read_ignored_users, user_id=user_id))
+
+    async def has_forgotten(self, user_id: str, room_id: str) -> bool:
+        return await self._readers.read(
+            functools.partial(is_forgotten, user_id=user_id, room_id=room_id)
+        )
+
+    async def forgotten_rooms(self, user_id: str) -> frozenset[str]:
+        return await self._readers.read(functools.partial(forgotten_rooms, user_id=user_id))
 
     async def visibility_at(
         self, user_id: str, event_ids: Collection[str]
