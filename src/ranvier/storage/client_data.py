@@ -265,7 +265,18 @@ def _user_directory(conn: sqlite3.Connection, *, user_id: str) -> dict[str, str]
         "  AND json_extract(CAST(j.json AS TEXT), '$.content.membership') = 'join'))",
         (user_id,),
     ).fetchall()
-    return {str(member): str(event_json) for member, event_json in rows}
+    found = {str(member): str(event_json) for member, event_json in rows}
+    # A user of this server is shown as their profile has them: a name or
+    # avatar set in one room alone stays in that room, whoever searches.
+    profiles = conn.execute(
+        "SELECT user_id, displayname, avatar_url FROM profiles"
+        " WHERE user_id IN (SELECT value FROM json_each(?))",
+        (msgspec.json.encode(list(found)).decode(),),
+    ).fetchall()
+    for member, displayname, avatar_url in profiles:
+        content = {"displayname": displayname, "avatar_url": avatar_url}
+        found[str(member)] = msgspec.json.encode({"content": content}).decode()
+    return found
 
 
 @registered_write
