@@ -2,8 +2,8 @@
 client API while its resync is held back.
 
 A holds a public room with a few members; Bob of B joins it through A, and
-A's router holds the reads of B's resync (``/state_ids``, ``/state``,
-``/event``) until the test lets them go, so the room stays partial on B for
+A's router holds the reads that start B's resync (``/state_ids``,
+``/state``) until the test lets them go, so the room stays partial on B for
 as long as a test needs. What B's users do in the meantime (send, change
 their display name, name the room with an alias, join, leave, join again)
 must not wait for the resync, and what A does to them (kick, ban) must
@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 from _client import q
+from _e2e import device_keys
 from _federation import TwoServers, eventually, two_servers
 
 from ranvier.federation.transport.server import Request, RouteMatch, Router
@@ -28,7 +29,7 @@ from ranvier.testing.homeserver import TestUser
 
 _RESYNC_READS = frozenset(
     ("GET", f"/_matrix/federation/v1/{pattern}")
-    for pattern in ("state_ids/{room_id}", "state/{room_id}", "event/{event_id}")
+    for pattern in ("state_ids/{room_id}", "state/{room_id}")
 )
 _MEMBERS = 3
 
@@ -61,6 +62,8 @@ class _Partial:
     servers: TwoServers
     room_id: str
     held: _HeldReads
+    #: A's users who joined before Bob: B's partial state does not hold them.
+    members: list[TestUser]
 
     async def membership_at_a(self, user: TestUser) -> dict[str, Any] | None:
         """``user``'s membership content in the room as A has it."""
@@ -95,13 +98,13 @@ async def _partially_joined(tmp_path: Path) -> AsyncIterator[_Partial]:
     async with two_servers(tmp_path) as servers:
         a, _b, ca, cb, alice, bob = servers
         room_id = await ca.create_room(alice, preset="public_chat", name="partial")
-        for n in range(_MEMBERS):
-            member = await a.register_user(f"member{n}")
+        members = [await a.register_user(f"member{n}") for n in range(_MEMBERS)]
+        for member in members:
             await ca.ok(member, "POST", f"/rooms/{q(room_id)}/join", {})
         held = _HeldReads(a.server.federation_app.router)
         a.server.federation_app.router = held
         await cb.ok(bob, "POST", f"/join/{q(room_id)}", {}, params={"server_name": a.server_name})
-        partial = _Partial(servers, room_id, held)
+        partial = _Partial(servers, room_id, held, members)
         assert await partial.still_partial()
         yield partial
         held.released.set()
@@ -228,3 +231,114 @@ async def test_a_remote_kick_and_ban_during_a_resync_reach_the_user(tmp_path: Pa
         )
         assert (status, answer["errcode"]) == (403, "M_FORBIDDEN"), answer
         assert await partial.still_partial()
+
+
+async def _lazy_sync_until(partial: _Partial, user: TestUser, found: Any, what: str) -> None:
+    """Long-poll lazy-loading syncs of ``user`` on B until ``found(answer)``."""
+    since: str | None = None
+    with trio.move_on_after(20):
+        while True:
+            params = {"filter": _LAZY, "timeout": "1000" if since else "0"}
+            if since is not None:
+                params["since"] = since
+            answer = await partial.servers.cb.ok(user, "GET", "/sync", params=params)
+            if found(answer):
+                return
+            since = answer["next_batch"]
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def _ephemeral(answer: dict[str, Any], room_id: str, kind: str) -> list[dict[str, Any]]:
+    room = answer["rooms"]["join"].get(room_id, {})
+    return [e for e in room.get("ephemeral", {}).get("events", []) if e["type"] == kind]
+
+
+async def test_typing_receipts_and_to_device_of_unseen_members_arrive_during_a_resync(
+    tmp_path: Path,
+) -> None:
+    async with _partially_joined(tmp_path) as partial:
+        _, _, ca, _, _, bob = partial.servers
+        room_id = partial.room_id
+        member = partial.members[0]
+        current = await partial.servers.b.server.storage.get_current_state_ids(room_id)
+        assert ("m.room.member", member.user_id) not in current
+        await ca.ok(
+            member,
+            "PUT",
+            f"/rooms/{q(room_id)}/typing/{q(member.user_id)}",
+            {"typing": True, "timeout": 30_000},
+        )
+        await _lazy_sync_until(
+            partial,
+            bob,
+            lambda answer: any(
+                member.user_id in e["content"]["user_ids"]
+                for e in _ephemeral(answer, room_id, "m.typing")
+            ),
+            "member0 typing on B",
+        )
+        sent = await ca.ok(
+            member,
+            "PUT",
+            f"/rooms/{q(room_id)}/send/m.room.message/r1",
+            {"msgtype": "m.text", "body": "read me"},
+        )
+        event_id = sent["event_id"]
+        await ca.ok(member, "POST", f"/rooms/{q(room_id)}/receipt/m.read/{q(event_id)}", {})
+        await _lazy_sync_until(
+            partial,
+            bob,
+            lambda answer: any(
+                member.user_id in e["content"].get(event_id, {}).get("m.read", {})
+                for e in _ephemeral(answer, room_id, "m.receipt")
+            ),
+            "member0's receipt on B",
+        )
+        await ca.ok(
+            member,
+            "PUT",
+            "/sendToDevice/m.test/d1",
+            {"messages": {bob.user_id: {"*": {"hello": "during the resync"}}}},
+        )
+        await _lazy_sync_until(
+            partial,
+            bob,
+            lambda answer: any(
+                e["sender"] == member.user_id and e["type"] == "m.test"
+                for e in answer.get("to_device", {}).get("events", [])
+            ),
+            "member0's to-device message on B",
+        )
+        assert await partial.still_partial()
+
+
+async def test_device_changes_of_members_unseen_during_a_resync_are_listed_after_it(
+    tmp_path: Path,
+) -> None:
+    async with _partially_joined(tmp_path) as partial:
+        _, b, ca, cb, _, bob = partial.servers
+        room_id = partial.room_id
+        first, second = partial.members[:2]
+        start = await cb.ok(bob, "GET", "/sync", params={"filter": _LAZY, "timeout": "0"})
+        keys = {"device_keys": device_keys(first).body}
+        await ca.ok(first, "POST", "/keys/upload", keys)
+        partial.held.released.set()
+        with trio.fail_after(20):
+            await b.server.wait_for_full_state(room_id)
+
+        async def changed_since(since: str, user: TestUser) -> str:
+            with trio.fail_after(20):
+                while True:
+                    params = {"since": since, "timeout": "1000", "filter": _LAZY}
+                    answer = await cb.ok(bob, "GET", "/sync", params=params)
+                    since = answer["next_batch"]
+                    if user.user_id in answer.get("device_lists", {}).get("changed", []):
+                        return since
+
+        # A change made while the room was partial is listed once it is not…
+        since = await changed_since(start["next_batch"], first)
+        # …and B follows the members it now knows of.
+        await ca.ok(second, "POST", "/keys/upload", {"device_keys": device_keys(second).body})
+        await changed_since(since, second)
+        found = await cb.ok(bob, "POST", "/keys/query", {"device_keys": {first.user_id: []}})
+        assert found["device_keys"][first.user_id] == {first.device_id: keys["device_keys"]}

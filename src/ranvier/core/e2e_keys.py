@@ -841,10 +841,16 @@ class E2eKeys:
         room_ids: Collection[str],
         since: StreamPosition | None,
         now: StreamPosition,
+        *,
+        newly_full: Collection[str] = (),
     ) -> E2eSync:
         """What ``/sync`` says of the device's end-to-end encryption between
         ``since`` (None: an initial sync) and ``now``, read in one go; the
         messages ``since`` acknowledges are deleted on the way.
+        ``newly_full`` is the user's joined rooms whose partial state was
+        cleared in that range: their members are listed as if the user had
+        just joined, for until then they were not known here, nor were
+        their key changes heard of.
         """
         after = 0 if since is None else since.to_device
         read = await self._store.sync_read(
@@ -864,7 +870,7 @@ class E2eKeys:
         left: list[str] = []
         if since is not None:
             changed, left = await self._device_lists_of(
-                user_id, read.changed_users, read.memberships
+                user_id, read.changed_users, read.memberships, newly_full
             )
         return E2eSync(
             to_device=[msgspec.json.decode(message) for _, message in messages],
@@ -898,15 +904,17 @@ class E2eKeys:
         user_id: str,
         keys_changed: Collection[str],
         memberships: Sequence[tuple[str, str, str | None]],
+        newly_full: Collection[str] = (),
     ) -> tuple[list[str], list[str]]:
         """Who to list in ``device_lists.changed`` and ``left``, given the
         users whose keys changed and the member events of ``user_id``'s rooms
         in the same range: users sharing a room with ``user_id`` whose keys
         changed or who came to share one, and users who no longer share any.
+        The members of ``newly_full`` rooms count as having come to share one.
         """
         candidates = set(keys_changed)
         gone: set[str] = set()
-        joined_rooms: set[str] = set()
+        joined_rooms: set[str] = set(newly_full)
         left_rooms: set[str] = set()
         for room_id, member, membership in memberships:
             if membership == "join":

@@ -186,9 +186,13 @@ class EndToEndSource(Protocol):
         room_ids: Collection[str],
         since: StreamPosition | None,
         now: StreamPosition,
+        *,
+        newly_full: Collection[str] = (),
     ) -> E2eSync:
         """The device's messages, device lists and key counts between two
         positions; the messages ``since`` acknowledges are deleted.
+        ``newly_full`` is the joined rooms whose partial state was cleared
+        between them.
         """
         ...
 
@@ -563,7 +567,14 @@ class SyncHandler:
         end_to_end = E2eSync([], now.to_device, [], [], {}, [])
         if self._end_to_end is not None:
             end_to_end = await self._end_to_end.for_sync(
-                requester.user_id, requester.device_id, rooms, since, now
+                requester.user_id,
+                requester.device_id,
+                rooms,
+                since,
+                now,
+                newly_full=un_partialled.intersection(
+                    room_id for room_id, membership, *_ in memberships if membership == "join"
+                ),
             )
             # A page short of the stream's end: the next sync goes on from it.
             now = now._replace(to_device=end_to_end.to_device_reached)
