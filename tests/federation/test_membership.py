@@ -472,6 +472,19 @@ async def test_leave_through_the_handshake(world: World) -> None:
     assert [e.event_id for e, _ in world.heard.events] == [join.event_id, leave.event_id]
 
 
+async def test_send_leave_takes_nothing_but_a_leave(world: World) -> None:
+    room = world.room
+    join, _ = await world.join(room)
+    answer = await world.make("leave", room.room_id, BOB)
+    for membership in ("join", "invite", "ban", "knock"):
+        other = world.sign(answer["event"] | {"content": {"membership": membership}})
+        error = await world.refused(world.send("leave", other))
+        assert (error.status, error.errcode) == (400, "M_INVALID_PARAM"), membership
+        assert not await stored(world.storage, other.event_id)
+    assert await membership_now(world.storage, room.room_id, BOB) == "join"
+    assert [e.event_id for e, _ in world.heard.events] == [join.event_id]
+
+
 async def test_make_leave_for_a_user_not_in_the_room_is_refused(world: World) -> None:
     error = await world.refused(world.make("leave", world.room.room_id, CAROL))
     assert (error.status, error.errcode) == (403, "M_FORBIDDEN")

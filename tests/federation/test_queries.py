@@ -372,6 +372,11 @@ async def test_profile_of_a_local_user(world: World) -> None:
     assert (remote.status, remote.errcode) == (400, "M_INVALID_PARAM")
     missing = await world.refused(world.peer, "GET", path)
     assert (missing.status, missing.errcode) == (400, "M_MISSING_PARAM")
+    # Not a user ID: a server name's port is digits.
+    for bad in ("@user1:localhost:http", f"@alice:{world.name}:http", "alice", "@:"):
+        error = await world.refused(world.peer, "GET", path, query={"user_id": bad})
+        assert error.status == 400, bad
+        assert error.errcode in ("M_INVALID_PARAM", "M_BAD_JSON"), bad
 
 
 async def test_a_room_with_partial_state_refuses_its_state_and_auth_chains(
