@@ -24,7 +24,13 @@ A sync whose filter asks for ``unread_thread_notifications`` gets the
 counts split as the spec's threaded notifications have them: the main
 timeline's, read up to its ``main`` receipt, and each thread's (events
 whose ``m.relates_to`` is an ``m.thread`` relation to its root), read up
-to its own receipt; an unthreaded receipt reads them all.
+to its own receipt; an unthreaded receipt reads them all. Once a user has
+a threaded receipt in a room, the room's count is the sum of those: a
+receipt in a thread reads that thread alone, and one on the main timeline
+leaves the threads unread, as the spec has it for a client that did not
+ask for the split. Such a room is counted afresh whenever an event or a
+receipt changed it, as each timeline may have moved apart; a room with
+unthreaded receipts alone is counted on from the last count.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from ranvier.errors import MatrixError
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.power_levels import get_notification_level, get_user_power_level
 from ranvier.protocol.push_evaluation import PushContext, evaluate_push_rules
-from ranvier.storage.notification_reads import UnreadEvents
+from ranvier.storage.notification_reads import Counted, UnreadEvents
 
 from .client_events import thread_root
 
@@ -67,7 +73,7 @@ class UnreadEventReader(Protocol):
     async def unread_events(
         self,
         user_id: str,
-        rooms: Mapping[str, tuple[int, int] | None],
+        rooms: Mapping[str, Counted | None],
         *,
         upto: int,
         limit: int,
@@ -89,6 +95,7 @@ class _Counted:
     rules: bytes
     read_upto: int
     counted_upto: int
+    receipts_seen: int
     notifications: int
     highlights: int
 
@@ -121,13 +128,13 @@ class NotificationCounts:
         # What was counted under other rules, or another ignore list, is
         # counted again.
         fingerprint = msgspec.json.encode([rule_set, sorted(ignored)])
-        known: dict[str, tuple[int, int] | None] = {}
+        known: dict[str, Counted | None] = {}
         for room_id in room_ids:
             counted = self._counted.get((user_id, room_id))
             known[room_id] = (
                 None
                 if counted is None or counted.rules != fingerprint
-                else (counted.read_upto, counted.counted_upto)
+                else (counted.read_upto, counted.counted_upto, counted.receipts_seen)
             )
         unread = await self._store.unread_events(
             user_id, known, upto=upto, limit=SCAN_LIMIT, count_cap=count_cap(rule_set)
@@ -136,14 +143,30 @@ class NotificationCounts:
         for room_id, found in unread.items():
             counts = (0, 0)
             before = self._counted.get((user_id, room_id))
-            if before is not None and known[room_id] == (found.read_upto, found.after):
-                # Storage went on from where the last count stopped.
+            was = known[room_id]
+            if before is not None and was is not None and was[:2] == (found.read_upto, found.after):
+                # Storage went on from where the last count stopped, or
+                # found nothing changed since.
                 counts = (before.notifications, before.highlights)
-            if found.events:
+            if found.thread_reads:
+                # Threaded receipts: storage read every timeline from the
+                # unthreaded receipt, each counted to its own.
+                split = _count(user_id, rule_set, found, (0, 0), by_thread=True, ignored=ignored)
+                counts = (
+                    sum(thread[0] for thread in split.values()),
+                    sum(thread[1] for thread in split.values()),
+                )
+            elif found.events:
                 counts = _count(user_id, rule_set, found, counts, ignored=ignored)[None]
             self._remember(
                 (user_id, room_id),
-                _Counted(fingerprint, found.read_upto, max(found.after, upto), *counts),
+                _Counted(
+                    fingerprint,
+                    found.read_upto,
+                    max(found.after, upto),
+                    found.receipts_seen,
+                    *counts,
+                ),
             )
             answer[room_id] = _shown(counts)
         return answer

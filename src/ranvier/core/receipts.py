@@ -374,7 +374,13 @@ class Receipts:
                 data["thread_id"] = record.thread_id
             event = events.setdefault(record.room_id, {"type": "m.receipt", "content": {}})
             by_type = event["content"].setdefault(record.event_id, {})
-            by_type.setdefault(record.receipt_type, {})[record.user_id] = data
+            by_user = by_type.setdefault(record.receipt_type, {})
+            shown = by_user.get(record.user_id)
+            if record.thread_id and shown is not None and "thread_id" not in shown:
+                # One user's receipts of one type on one event show as one:
+                # the spec has the unthreaded one win over a threaded one.
+                continue
+            by_user[record.user_id] = data
         return events
 
 

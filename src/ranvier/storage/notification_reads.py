@@ -1,12 +1,15 @@
 """What a user's unread notification counts are computed from, per room.
 
 A user has read a room up to the later of their ``m.read`` and
-``m.read.private`` receipts, unthreaded or on the main timeline (the
-spec's "Marking notifications as read"), and at least up to their own
-membership event in its current state: what came before they joined
-never notified them, and an event they sent marks the room read as a
-receipt there would. The events after that point are
-the candidates; :mod:`ranvier.core.notification_counts` runs the user's
+``m.read.private`` receipts (the spec's "Marking notifications as read"),
+and at least up to their own membership event in its current state: what
+came before they joined never notified them, and an event they sent marks
+the room read as a receipt there would. A threaded receipt (one on the
+main timeline, ``main``, or on a thread) reads only its own timeline:
+once the user has one in a room, each timeline of the room is read up to
+its own receipt or the unthreaded one, whichever is later, and the room's
+count is the sum of its timelines'. The events after that point are the
+candidates; :mod:`ranvier.core.notification_counts` runs the user's
 push rules over them. Besides the events, the rules read a little of the
 room's current state: the user's member event (their display name), the
 power levels and create events (who may notify ``@room``), and how many
@@ -31,6 +34,7 @@ from .ignored_users import read_ignored_users
 from .readers import ReaderPool
 
 __all__ = [
+    "Counted",
     "NotificationCandidates",
     "NotificationReads",
     "NotificationRoom",
@@ -42,9 +46,10 @@ __all__ = [
 ]
 
 _READ_RECEIPTS: Final = ("m.read", "m.read.private")
-#: The threads whose receipts mark the room's timeline read: unthreaded
-#: receipts and those on the main timeline.
-_TIMELINE_THREADS: Final = ("", "main")
+
+#: What a caller counted of a room before: ``(read_upto, counted_upto,
+#: receipts_seen)``, as :class:`UnreadEvents` had them.
+Counted = tuple[int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,17 +73,23 @@ class UnreadEvents:
     create_json: bytes | None
     #: Joined members, counted up to the cap asked for.
     joined: int
-    #: Read per thread, when asked for: each threaded receipt's stream
-    #: ordering by thread (``main`` for the main timeline's), at least
-    #: ``read_upto``, which is then the unthreaded receipts' alone.
+    #: Read per thread, when asked for or when the user has threaded
+    #: receipts in the room: each threaded receipt's stream ordering by
+    #: thread (``main`` for the main timeline's), at least ``read_upto``,
+    #: which is then the unthreaded receipts' alone. Empty when the user
+    #: has only unthreaded receipts: then ``read_upto`` reads every timeline.
     thread_reads: dict[str, int] = field(default_factory=dict)
+    #: The newest of the user's read receipts in the room as the receipts
+    #: stream numbers them (0: none), for :func:`read_unread_events` to
+    #: tell next time whether any receipt has moved since.
+    receipts_seen: int = 0
 
 
 def read_unread_events(
     conn: sqlite3.Connection,
     *,
     user_id: str,
-    rooms: Mapping[str, tuple[int, int] | None],
+    rooms: Mapping[str, Counted | None],
     upto: int,
     limit: int,
     count_cap: int,
@@ -87,25 +98,28 @@ def read_unread_events(
     """Each room's :class:`UnreadEvents` up to stream ordering ``upto``.
 
     ``rooms`` maps a room to what the caller counted before, if anything:
-    ``(read_upto, counted_upto)``. When the user's receipts still read up
-    to the same point, the events start after ``counted_upto``; otherwise
-    after the receipt. At most ``limit`` events (the newest) are read per
-    room, and the joined members are counted up to ``count_cap``.
+    ``(read_upto, counted_upto, receipts_seen)``. When nothing changed
+    since, no events are read. When the user's receipts are all unthreaded
+    and still read up to the same point, the events start after
+    ``counted_upto``; otherwise after the receipt. At most ``limit`` events
+    (the newest) are read per room, and the joined members are counted up
+    to ``count_cap``.
 
-    ``by_thread`` reads the receipts of each thread apart: ``read_upto``
-    is then the unthreaded receipts' (and the membership's) alone, the
-    events start after it, and ``thread_reads`` holds the rest.
+    ``by_thread``, or threaded receipts of the user in the room, read the
+    receipts of each thread apart: ``read_upto`` is then the unthreaded
+    receipts' (and the membership's) alone, the events start after it, and
+    ``thread_reads`` holds the rest.
     """
     found: dict[str, UnreadEvents] = {}
-    threads = ("",) if by_thread else _TIMELINE_THREADS
     for room_id, counted in rooms.items():
-        receipt = _read_upto(conn, room_id, user_id, threads)
+        receipts = _receipt_marks(conn, room_id, user_id)
+        receipt = receipts.reads.get("", 0)
         if (
             counted is not None
             and not by_thread
-            and _unchanged(conn, room_id, counted, upto, receipt)
+            and _unchanged(conn, room_id, counted, upto, receipts)
         ):
-            read_upto, counted_upto = counted
+            read_upto, counted_upto, _ = counted
             found[room_id] = UnreadEvents(
                 read_upto=read_upto,
                 after=counted_upto,
@@ -116,21 +130,26 @@ def read_unread_events(
                 power_levels_json=None,
                 create_json=None,
                 joined=0,
+                receipts_seen=receipts.newest,
             )
             continue
         member = _current_state_row(conn, room_id, "m.room.member", user_id)
         joined_at = 0 if member is None else member[0]
         read_upto = max(receipt, joined_at)
-        thread_reads = (
-            {
-                thread: max(ordering, read_upto)
-                for thread, ordering in _thread_reads(conn, room_id, user_id).items()
-            }
-            if by_thread
-            else {}
-        )
+        thread_reads = {
+            thread: max(ordering, read_upto)
+            for thread, ordering in receipts.reads.items()
+            if thread != ""
+        }
         after = read_upto
-        if counted is not None and counted[0] == read_upto and read_upto <= counted[1] <= upto:
+        if (
+            counted is not None
+            and not thread_reads
+            and counted[0] == read_upto
+            and read_upto <= counted[1] <= upto
+        ):
+            # Only unthreaded receipts, still where they were: one timeline,
+            # counted on from where the last count stopped.
             after = counted[1]
         rows = conn.execute(
             "SELECT stream_ordering, sender, json FROM events"
@@ -158,6 +177,7 @@ def read_unread_events(
             create_json=current_state_json(conn, room_id, "m.room.create", "") if events else None,
             joined=count_joined(conn, room_id, count_cap) if events else 0,
             thread_reads=thread_reads,
+            receipts_seen=receipts.newest,
         )
     return found
 
@@ -261,20 +281,26 @@ def _notification_room(
 
 
 def _unchanged(
-    conn: sqlite3.Connection, room_id: str, counted: tuple[int, int], upto: int, receipt: int
+    conn: sqlite3.Connection,
+    room_id: str,
+    counted: Counted,
+    upto: int,
+    receipts: _ReceiptMarks,
 ) -> bool:
     """Whether a room's count up to ``counted`` (``(read_upto,
-    counted_upto)``) holds up to ``upto``: no accepted event since, and the
-    user's ``receipt`` not past what was read then.
+    counted_upto, receipts_seen)``) holds up to ``upto``: no accepted event
+    since, and no receipt of the user's written since.
 
-    Receipts only move forward, so one at or before the old ``read_upto``
-    leaves it where it was; the membership that also bounds it is an event
-    of the room, which would show as new. Two index seeks, where counting
+    Every receipt written takes a new position in the receipts stream, so
+    an unchanged newest position means every receipt, threaded or not, is
+    where it was; the membership that also bounds what was read is an
+    event of the room, which would show as new, as would the event of a
+    receipt sent before the server had it. Two index seeks, where counting
     again reads the room's membership, receipts and state: a user in many
     rooms, of which few changed, is counted at the cost of those few.
     """
-    read_upto, counted_upto = counted
-    if not read_upto <= counted_upto <= upto or receipt > read_upto:
+    read_upto, counted_upto, receipts_seen = counted
+    if not read_upto <= counted_upto <= upto or receipts.newest != receipts_seen:
         return False
     newer = conn.execute(
         "SELECT 1 FROM events WHERE room_id = ? AND stream_ordering > ? AND stream_ordering <= ?"
@@ -282,6 +308,31 @@ def _unchanged(
         (room_id, counted_upto, upto),
     ).fetchone()
     return newer is None
+
+
+@dataclass(frozen=True, slots=True)
+class _ReceiptMarks:
+    """A user's read receipts in one room."""
+
+    #: The latest event read by thread (``''`` unthreaded, ``main`` for the
+    #: main timeline), as a stream ordering.
+    reads: dict[str, int]
+    #: The newest receipt's position in the receipts stream (0: none).
+    newest: int
+
+
+def _receipt_marks(conn: sqlite3.Connection, room_id: str, user_id: str) -> _ReceiptMarks:
+    rows = conn.execute(
+        "SELECT r.thread_id, MAX(e.stream_ordering), MAX(r.stream_id) FROM receipts AS r"
+        " LEFT JOIN events AS e ON e.event_id = r.event_id"
+        " WHERE r.room_id = ? AND r.user_id = ? AND r.receipt_type IN (?, ?)"
+        " GROUP BY r.thread_id",
+        (room_id, user_id, *_READ_RECEIPTS),
+    ).fetchall()
+    return _ReceiptMarks(
+        reads={str(thread): int(ordering) for thread, ordering, _ in rows if ordering is not None},
+        newest=max((int(stream) for _, _, stream in rows), default=0),
+    )
 
 
 def _read_upto(
@@ -373,7 +424,7 @@ class NotificationReads:
     async def unread_events(
         self,
         user_id: str,
-        rooms: Mapping[str, tuple[int, int] | None],
+        rooms: Mapping[str, Counted | None],
         *,
         upto: int,
         limit: int,
