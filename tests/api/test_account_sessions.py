@@ -291,6 +291,76 @@ async def test_a_new_password_replaces_the_old_and_ends_other_sessions(env: Env)
     assert await env.works(kept)
 
 
+# --- the pushers of a session --------------------------------------------------
+
+_PUSHER = {
+    "kind": "http",
+    "app_id": "org.example.app",
+    "app_display_name": "App",
+    "device_display_name": "Device",
+    "profile_tag": "tag",
+    "pushkey": "a_push_key",
+    "lang": "en",
+    "data": {"url": "https://push.example.org/_matrix/push/v1/notify"},
+}
+
+
+async def _pushers(env: Env) -> list[Any]:
+    answer = await env.client.ok(env.alice, "GET", "/pushers")
+    pushers: list[Any] = answer["pushers"]
+    return pushers
+
+
+async def _pushkeys(env: Env) -> list[str]:
+    return sorted(pusher["pushkey"] for pusher in await _pushers(env))
+
+
+async def _set_pusher(env: Env, user: TestUser, pushkey: str) -> None:
+    await env.client.ok(user, "POST", "/pushers/set", {**_PUSHER, "pushkey": pushkey})
+
+
+async def test_a_password_change_deletes_other_sessions_pushers_only(env: Env) -> None:
+    other = await env.session()
+    await env.client.ok(other, "POST", "/pushers/set", _PUSHER)
+    assert len(await _pushers(env)) == 1
+    await _change_password(env, _PASSWORD, "second")
+    assert await _pushers(env) == []
+    await env.client.ok(env.alice, "POST", "/pushers/set", _PUSHER)
+    await _change_password(env, "second", _PASSWORD)
+    assert [pusher["pushkey"] for pusher in await _pushers(env)] == ["a_push_key"]
+
+
+async def test_a_password_change_keeping_the_sessions_keeps_their_pushers(env: Env) -> None:
+    other = await env.session()
+    await _set_pusher(env, other, "other_key")
+    await _change_password(env, _PASSWORD, "second", logout_devices=False)
+    assert await _pushkeys(env) == ["other_key"]
+
+
+async def test_logging_out_deletes_that_sessions_pushers_and_logout_all_every_ones(
+    env: Env,
+) -> None:
+    one, two = await env.session(), await env.session()
+    for user, pushkey in ((one, "one_key"), (two, "two_key"), (env.alice, "alice_key")):
+        await _set_pusher(env, user, pushkey)
+    await env.client.ok(one, "POST", "/logout", {})
+    assert await _pushkeys(env) == ["alice_key", "two_key"]
+    await env.client.ok(two, "POST", "/logout/all", {})
+    assert await env.client.hs.server.storage.pushers.pushers_of(env.alice.user_id) == []
+
+
+async def test_deleting_devices_deletes_their_pushers(env: Env) -> None:
+    one, two, three = await env.session(), await env.session(), await env.session()
+    for user, pushkey in ((one, "one_key"), (two, "two_key"), (three, "three_key")):
+        await _set_pusher(env, user, pushkey)
+    await env.client.ok(env.alice, "DELETE", f"/devices/{one.device_id}", {"auth": env.auth()})
+    assert await _pushkeys(env) == ["three_key", "two_key"]
+    await env.client.ok(
+        env.alice, "POST", "/delete_devices", {"devices": [two.device_id], "auth": env.auth()}
+    )
+    assert await _pushkeys(env) == ["three_key"]
+
+
 # --- deactivation --------------------------------------------------------------
 
 

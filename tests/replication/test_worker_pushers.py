@@ -1,18 +1,22 @@
 """Pushers through a client_reader worker: set there, written by the main
 process, and served by the main process's push sender alone, so each
-notification reaches the gateway once whichever process took the event."""
+notification reaches the gateway once whichever process took the event;
+and deleted with the session that set them when it is logged out or ended
+by a password change through the worker."""
 
 from __future__ import annotations
 
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
+import httpx
 import trio
 from _worker_configs import main_and_worker_configs
 
 from ranvier.config import PushConfig
 from ranvier.replication.worker import open_worker
-from ranvier.testing.homeserver import TestHomeserver, open_test_homeserver
+from ranvier.testing.homeserver import TestHomeserver, TestUser, open_test_homeserver
 from ranvier.testing.network import Pki
 from ranvier.testing.push_gateway import FakePushGateway
 
@@ -73,3 +77,63 @@ async def test_an_event_sent_through_a_worker_is_pushed_once_by_the_main_process
                 assert gateway.received == []
                 assert worker.push_sender.position == 0
         nursery.cancel_scope.cancel()
+
+
+_PASSWORD = "alices password"
+
+
+async def _as(
+    http: httpx.AsyncClient, user: TestUser, method: str, path: str, body: dict[str, Any]
+) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {user.access_token}"}
+    return await http.request(method, f"{_V3}{path}", json=body, headers=headers)
+
+
+async def test_pushers_set_through_a_worker_end_with_their_sessions(tmp_path: Path) -> None:
+    main_config, worker_config = main_and_worker_configs(tmp_path)
+    async with open_test_homeserver(tmp_path / "main", config=main_config) as main:
+        alice = await main.register_user("alice", password=_PASSWORD)
+        async with (
+            open_worker(worker_config, "client_reader") as worker,
+            TestHomeserver(worker).client() as http,
+        ):
+            sessions = [alice]
+            for device_id in ("PHONE", "TABLET"):
+                login = {
+                    "type": "m.login.password",
+                    "identifier": {"type": "m.id.user", "user": "alice"},
+                    "password": _PASSWORD,
+                    "device_id": device_id,
+                }
+                answer = (await http.post(f"{_V3}/login", json=login)).json()
+                sessions.append(TestUser(alice.user_id, answer["access_token"], device_id))
+            for user in sessions:
+                pusher = {
+                    "kind": "http",
+                    "app_id": "org.example.app",
+                    "pushkey": user.device_id,
+                    "app_display_name": "Example",
+                    "device_display_name": user.device_id,
+                    "lang": "en",
+                    "data": {"url": "https://push.example.org/_matrix/push/v1/notify"},
+                }
+                assert (await _as(http, user, "POST", "/pushers/set", pusher)).status_code == 200
+
+            async def pushkeys() -> list[str]:
+                pushers = await main.server.storage.pushers.pushers_of(alice.user_id)
+                return sorted(pusher.pushkey for pusher in pushers)
+
+            assert (await _as(http, sessions[1], "POST", "/logout", {})).status_code == 200
+            assert await pushkeys() == sorted([alice.device_id, "TABLET"])
+
+            change: dict[str, Any] = {"new_password": "alices next password"}
+            asked = await _as(http, alice, "POST", "/account/password", change)
+            auth = {
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": "alice"},
+                "password": _PASSWORD,
+                "session": asked.json()["session"],
+            }
+            changed = await _as(http, alice, "POST", "/account/password", {**change, "auth": auth})
+            assert changed.status_code == 200, changed.text
+            assert await pushkeys() == [alice.device_id]

@@ -72,6 +72,8 @@ TABLES_ADDED = {
     29: {"server_notice_rooms"},
     30: {"refresh_tokens", "login_tokens"},
     31: {"forgotten_rooms"},
+    # A column of pushers, no table.
+    32: set(),
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -225,6 +227,12 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO login_tokens VALUES (x'03', '@a:x', 9)")
     elif version == 31:
         run("INSERT INTO forgotten_rooms VALUES ('@a:x', '!r:x')")
+    elif version == 32:
+        run("UPDATE pushers SET device_id = 'DEV'")
+        run(
+            "INSERT INTO pushers VALUES"
+            " ('@a:x', 'app', 'key2', 'http', 'A', 'D', NULL, 'en', x'7b7d', 5, 'DEV')"
+        )
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

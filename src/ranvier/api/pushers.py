@@ -23,7 +23,9 @@ def add_pusher_routes(router: Router, *, auth: Auth, pushers: Pushers) -> None:
 
     async def set_pusher(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)
-        await pushers.set(requester.user_id, json_object(request))
+        await pushers.set(
+            requester.user_id, json_object(request), device_id=requester.device_id or None
+        )
         return {}
 
     for prefix in CLIENT_VERSION_PREFIXES:

@@ -100,9 +100,13 @@ class Pushers:
     async def list(self, user_id: str) -> list[dict[str, Any]]:
         return [shown_pusher(pusher) for pusher in await self._store.pushers_of(user_id)]
 
-    async def set(self, user_id: str, body: Mapping[str, Any]) -> None:
+    async def set(
+        self, user_id: str, body: Mapping[str, Any], *, device_id: str | None = None
+    ) -> None:
         """Apply a ``POST /pushers/set`` body: set, replace or (``kind``
-        null) delete the user's pusher of ``app_id`` and ``pushkey``.
+        null) delete the user's pusher of ``app_id`` and ``pushkey``. The
+        pusher belongs to ``device_id``'s session, when the request came
+        from one: logging the device out deletes it.
         """
         pushkey = _string(body, "pushkey")
         if len(pushkey.encode("utf-8")) > _MAX_PUSHKEY_BYTES:
@@ -155,6 +159,7 @@ class Pushers:
                 lang=lang,
                 data_json=msgspec.json.encode(data),
                 pushkey_ts=self._clock_ms(),
+                device_id=device_id,
             ),
             append=append,
         )

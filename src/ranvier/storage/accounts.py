@@ -19,6 +19,8 @@ Invariants
   (:mod:`ranvier.storage.refresh_tokens`). Logging a device in again
   replaces its tokens; logging out removes the device with its tokens, and
   the refresh tokens go with the access tokens they were issued with.
+  The pushers the device set go in the same write
+  (:func:`ranvier.storage.pushers.delete_device_pushers`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import msgspec
 
 from ranvier.errors import MatrixError
 
+from .pushers import delete_device_pushers
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
 
@@ -322,6 +325,7 @@ def _delete_device_of_token(conn: sqlite3.Connection, *, token_hash: bytes) -> T
         "DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?", (user_id, device_id)
     )
     conn.execute("DELETE FROM devices WHERE user_id = ? AND device_id = ?", (user_id, device_id))
+    delete_device_pushers(conn, user_id=user_id, device_ids=(device_id,))
     return TokenOwner(user_id, device_id, bool(admin))
 
 
@@ -329,6 +333,7 @@ def _delete_device_of_token(conn: sqlite3.Connection, *, token_hash: bytes) -> T
 def _delete_devices(conn: sqlite3.Connection, *, user_id: str) -> int:
     deleted = conn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,)).rowcount
     conn.execute("DELETE FROM devices WHERE user_id = ?", (user_id,))
+    delete_device_pushers(conn, user_id=user_id)
     return deleted
 
 
@@ -344,6 +349,7 @@ def _delete_user_devices(
         deleted += conn.execute(
             "DELETE FROM devices WHERE user_id = ? AND device_id = ?", (user_id, device_id)
         ).rowcount
+    delete_device_pushers(conn, user_id=user_id, device_ids=device_ids)
     return deleted
 
 
@@ -393,6 +399,7 @@ def _change_password(
         "DELETE FROM access_tokens WHERE user_id = ? AND device_id != ?",
         (user_id, keep_only_device),
     )
+    delete_device_pushers(conn, user_id=user_id, keep_device=keep_only_device)
     return conn.execute(
         "DELETE FROM devices WHERE user_id = ? AND device_id != ?", (user_id, keep_only_device)
     ).rowcount

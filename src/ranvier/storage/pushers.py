@@ -4,8 +4,8 @@ Tables (the schema's ``_pushers`` migration)
 --------------------------------------------
 
 ``pushers(user_id, app_id, pushkey, kind, app_display_name,
-device_display_name, profile_tag, lang, data_json, pushkey_ts)``, keyed by
-``(app_id, pushkey, user_id)`` as the spec keys them, and
+device_display_name, profile_tag, lang, data_json, pushkey_ts, device_id)``,
+keyed by ``(app_id, pushkey, user_id)`` as the spec keys them, and
 ``push_position(id = 1, stream_ordering)``: how far the push sender has
 looked at the event stream, so that a restart neither pushes old events
 again nor skips new ones.
@@ -20,6 +20,13 @@ Invariants
 * **One app and pushkey, one user, unless appended.** Setting a pusher
   without ``append`` removes the pushers of other users with the same app
   ID and pushkey in the same write, as the spec asks.
+* **A pusher ends with the session that set it.** ``device_id`` is the
+  device whose access token set the pusher (NULL for one set before
+  devices were recorded, or by an application service). The writes that
+  delete devices (logging out, deleting devices, a password change that
+  ends the other sessions) delete those devices' pushers in the same
+  transaction, through :func:`delete_device_pushers`, so no notification
+  goes to a device its user has signed out of.
 """
 
 from __future__ import annotations
@@ -39,7 +46,13 @@ from .readers import ReaderPool
 from .sync_reads import joined_rooms
 from .write_backend import WriteBackend, registered_write
 
-__all__ = ["PushableEvent", "PusherRecord", "PusherStorage", "RoomPushState"]
+__all__ = [
+    "PushableEvent",
+    "PusherRecord",
+    "PusherStorage",
+    "RoomPushState",
+    "delete_device_pushers",
+]
 
 _ROOMS_PER_QUERY: Final = 500
 
@@ -58,6 +71,8 @@ class PusherRecord:
     lang: str
     data_json: bytes
     pushkey_ts: int
+    #: The device whose session set it, if known.
+    device_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +88,12 @@ class PushableEvent:
 
 _COLUMNS: Final = (
     "user_id, app_id, pushkey, kind, app_display_name, device_display_name,"
-    " profile_tag, lang, data_json, pushkey_ts"
+    " profile_tag, lang, data_json, pushkey_ts, device_id"
 )
 
 
 def _record(row: tuple[Any, ...]) -> PusherRecord:
-    user_id, app_id, pushkey, kind, app_name, device_name, tag, lang, data, ts = row
+    user_id, app_id, pushkey, kind, app_name, device_name, tag, lang, data, ts, device = row
     return PusherRecord(
         str(user_id),
         str(app_id),
@@ -90,6 +105,7 @@ def _record(row: tuple[Any, ...]) -> PusherRecord:
         str(lang),
         bytes(data),
         int(ts),
+        None if device is None else str(device),
     )
 
 
@@ -116,6 +132,7 @@ class PusherStorage:
                 lang=pusher.lang,
                 data_json=pusher.data_json,
                 pushkey_ts=pusher.pushkey_ts,
+                device_id=pusher.device_id,
                 append=append,
             )
         )
@@ -193,6 +210,7 @@ def _set_pusher(
     data_json: bytes,
     pushkey_ts: int,
     append: bool,
+    device_id: str | None = None,
 ) -> None:
     if not append:
         conn.execute(
@@ -200,7 +218,7 @@ def _set_pusher(
             (app_id, pushkey, user_id),
         )
     conn.execute(
-        f"INSERT OR REPLACE INTO pushers ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT OR REPLACE INTO pushers ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             user_id,
             app_id,
@@ -212,6 +230,7 @@ def _set_pusher(
             lang,
             data_json,
             pushkey_ts,
+            device_id,
         ),
     )
 
@@ -221,6 +240,30 @@ def _delete_pusher(conn: sqlite3.Connection, *, user_id: str, app_id: str, pushk
     conn.execute(
         "DELETE FROM pushers WHERE user_id = ? AND app_id = ? AND pushkey = ?",
         (user_id, app_id, pushkey),
+    )
+
+
+def delete_device_pushers(
+    conn: sqlite3.Connection,
+    *,
+    user_id: str,
+    device_ids: Collection[str] | None = None,
+    keep_device: str | None = None,
+) -> None:
+    """Delete the pushers that devices of ``user_id`` set: those of
+    ``device_ids``, or when None those of every device but ``keep_device``.
+    Part of the caller's write, which deletes the devices themselves.
+    """
+    if device_ids is None:
+        conn.execute(
+            "DELETE FROM pushers WHERE user_id = ? AND device_id IS NOT NULL"
+            " AND device_id IS NOT ?",
+            (user_id, keep_device),
+        )
+        return
+    conn.executemany(
+        "DELETE FROM pushers WHERE user_id = ? AND device_id = ?",
+        [(user_id, device_id) for device_id in device_ids],
     )
 
 

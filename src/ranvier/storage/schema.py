@@ -995,6 +995,14 @@ def _forgotten_rooms(conn: sqlite3.Connection) -> None:
     )
 
 
+def _pusher_devices(conn: sqlite3.Connection) -> None:
+    """The device whose session set each pusher
+    (:mod:`ranvier.storage.pushers`), so that the pusher ends with the
+    session. NULL for the pushers set before: their device is not known.
+    """
+    conn.execute("ALTER TABLE pushers ADD COLUMN device_id TEXT")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1028,6 +1036,7 @@ MIGRATIONS: Sequence[Migration] = (
     _server_notice_rooms,
     _refresh_and_login_tokens,
     _forgotten_rooms,
+    _pusher_devices,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
