@@ -196,11 +196,14 @@ async def test_shutdown_stops_listeners_before_storage(tmp_path: Path) -> None:
 
 def _our_threads() -> set[threading.Thread]:
     # Trio keeps idle worker threads for a while; they are its own, reused
-    # by the next call, not ours.
+    # by the next call, not ours. While one runs a job it is named
+    # "<function> from <task>", as trio.to_thread documents.
     return {
         thread
         for thread in threading.enumerate()
-        if not thread.name.startswith("Trio thread") and thread is not threading.main_thread()
+        if not thread.name.startswith("Trio thread")
+        and " from " not in thread.name
+        and thread is not threading.main_thread()
     }
 
 
