@@ -203,6 +203,7 @@ from ranvier.core.to_device import ToDevice
 from ranvier.core.typing import TypingNotices
 from ranvier.core.unpartial import ResyncStatus, UnpartialStater
 from ranvier.core.upgrade import RoomUpgrader
+from ranvier.core.upgrade_settings import UpgradedRoomSettings
 from ranvier.core.url_previews import UrlPreviewer
 from ranvier.core.user_directory import UserDirectory
 from ranvier.errors import MatrixError
@@ -1146,7 +1147,14 @@ class HomeServer:
             forgotten=storage.forgotten_rooms,
             transactions=storage.sync,
         )
+        self._upgraded_room_settings = UpgradedRoomSettings(
+            state=storage,
+            rules=PushRules(storage.client_data, self.stream_notifier),
+            tags=storage.client_data,
+            notifier=self.stream_notifier,
+        )
         self._room_joins = RoomJoins(
+            on_joined=self._upgraded_room_settings.joined,
             creator=self._event_creator,
             remote=self._remote_joiner,
             store=storage,
@@ -1513,6 +1521,7 @@ class HomeServer:
             events=self.event_creator,
             store=self.storage,
             directory=self.storage.room_upgrades,
+            settings=self._upgraded_room_settings,
         )
         add_upgrade_routes(router, auth=auth, upgrades=upgrades)
         add_knock_route(router, auth=auth, knocks=_built(self._room_knocks, "room_knocks"))

@@ -469,6 +469,23 @@ def _set(
         choice.actions = actions
 
 
+def _copy_room_rule(changes: _Changes, old_room_id: str, new_room_id: str) -> bool:
+    """Give the new room a copy of the user's ``room`` rule for the old one,
+    placed just after it, unless the new room has a rule already or the
+    old one has none. Whether a copy was made.
+    """
+    rules = changes.rules.get("room", [])
+    if any(rule.rule_id == new_room_id for rule in rules):
+        return False
+    at = next((i for i, rule in enumerate(rules) if rule.rule_id == old_room_id), None)
+    if at is None:
+        return False
+    old = rules[at]
+    copy = _Rule(new_room_id, list(old.actions), enabled=old.enabled)
+    changes.rules["room"] = [*rules[: at + 1], copy, *rules[at + 1 :]]
+    return True
+
+
 # --- The handler ---------------------------------------------------------------------
 
 
@@ -577,6 +594,23 @@ class PushRules:
         await self._change(
             user_id, lambda changes: _set(user_id, changes, kind, rule_id, actions=actions)
         )
+
+    async def copy_room_rule(self, user_id: str, old_room_id: str, new_room_id: str) -> bool:
+        """Copy the user's ``room`` rule for ``old_room_id`` to
+        ``new_room_id``, a room that replaced it, unless there is none or
+        the new room has one already. Whether a copy was made.
+        """
+        _, changes = await self._stored(user_id)
+        if not _copy_room_rule(changes, old_room_id, new_room_id):
+            return False
+        made = False
+
+        def copy(changes: _Changes) -> None:
+            nonlocal made
+            made = _copy_room_rule(changes, old_room_id, new_room_id)
+
+        await self._change(user_id, copy)
+        return made
 
     async def _change(self, user_id: str, apply: Callable[[_Changes], None]) -> None:
         """Apply a change to what is stored and write it back, unless another

@@ -9,11 +9,14 @@ versions before 12 have one), then the server of whoever invited the user,
 which is often the only one known for a room of version 12. A room joined
 with partial state is handed to ``on_partial_state`` (the un-partial-state
 task) before the join returns. A room an admin blocked is not joined (403).
+Each join made is then handed to ``on_joined`` (the carrying over of the
+user's settings of a room the joined one replaced,
+:mod:`ranvier.core.upgrade_settings`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,6 +66,7 @@ class RoomJoins:
         directory: RoomDirectory | None = None,
         on_partial_state: Callable[[str], None] = lambda room_id: None,
         blocked: BlockedRooms | None = None,
+        on_joined: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self._creator = creator
         self._remote = remote
@@ -71,6 +75,7 @@ class RoomJoins:
         self._directory = directory
         self._on_partial_state = on_partial_state
         self._blocked = blocked
+        self._on_joined = on_joined
 
     async def join(
         self,
@@ -83,6 +88,19 @@ class RoomJoins:
         """Join ``user_id`` to a room named by ID or alias (resolved first);
         a ``reason`` goes into the join's content, here or through another server.
         """
+        joined = await self._join(user_id, room_id_or_alias, servers, reason=reason)
+        if self._on_joined is not None:
+            await self._on_joined(user_id, joined.room_id)
+        return joined
+
+    async def _join(
+        self,
+        user_id: str,
+        room_id_or_alias: str,
+        servers: Sequence[str],
+        *,
+        reason: str | None,
+    ) -> JoinedRoom:
         candidates = list(servers)
         if type(room_id_or_alias) is str and room_id_or_alias.startswith("#"):
             if self._directory is None:

@@ -27,6 +27,10 @@ Invariants
   tombstoned by the same user to a room of the requested version answers
   that room: a request repeated while the first ran makes no second room.
   Any other upgrade of a tombstoned room is refused (400 ``M_BAD_STATE``).
+* **The requester's settings follow.** Once the new room is made, the
+  requester's push rule and tags of the old room are copied to it
+  (``settings``, :mod:`ranvier.core.upgrade_settings`), as they would be
+  for any other user joining it.
 * **After the tombstone, only what helps.** Taking the moved aliases out of
   the old room's ``m.room.canonical_alias`` and raising its power levels so
   that only moderators may talk or invite are done if the requester may;
@@ -55,7 +59,7 @@ from .creation import Preset
 from .ingest import RoomLocks
 from .interfaces import StateReader
 
-__all__ = ["DirectoryMover", "RoomUpgrader", "UpgradeEventSender"]
+__all__ = ["DirectoryMover", "RoomUpgrader", "SettingsCarrier", "UpgradeEventSender"]
 
 _MEMBER: Final = "m.room.member"
 _TOMBSTONE: Final = "m.room.tombstone"
@@ -132,6 +136,12 @@ class UpgradeEventSender(Protocol):
     ) -> str: ...
 
 
+class SettingsCarrier(Protocol):
+    """(:class:`ranvier.core.upgrade_settings.UpgradedRoomSettings`)"""
+
+    async def joined(self, user_id: str, room_id: str) -> None: ...
+
+
 class DirectoryMover(Protocol):
     """Moves aliases and the room list entry in one commit
     (:class:`ranvier.storage.room_upgrades.RoomUpgradeStorage`).
@@ -152,7 +162,8 @@ class RoomUpgrader:
     """Upgrades rooms by the rules in the module's docstring.
 
     ``events`` creates the new room and sends every event; ``store`` reads
-    the old room; ``directory`` moves its aliases and room list entry.
+    the old room; ``directory`` moves its aliases and room list entry;
+    ``settings`` carries the requester's settings of the old room over.
     """
 
     def __init__(
@@ -161,7 +172,9 @@ class RoomUpgrader:
         events: UpgradeEventSender,
         store: StateReader,
         directory: DirectoryMover,
+        settings: SettingsCarrier | None = None,
     ) -> None:
+        self._settings = settings
         self._events = events
         self._store = store
         self._directory = directory
@@ -189,6 +202,8 @@ class RoomUpgrader:
             if old.tombstone is not None:
                 return await self._already_upgraded(user_id, old, target)
             new_room_id = await self._create_replacement(user_id, old, target, others)
+            if self._settings is not None:
+                await self._settings.joined(user_id, new_room_id)
             moved = await self._directory.move_directory_entries(room_id, new_room_id)
             await self._events.send_event(
                 user_id,
