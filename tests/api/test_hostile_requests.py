@@ -240,6 +240,7 @@ def _path_values(pattern: str, ids: Ids) -> dict[str, str]:
         "delete_id": "delete",
         "appservice_id": "service",
         "txn_id": "txn",
+        "tag": "u.work",
     }
 
 

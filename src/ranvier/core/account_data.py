@@ -9,7 +9,7 @@ user's long-polls through the :class:`~ranvier.core.notifier.StreamNotifier`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -39,6 +39,10 @@ class AccountDataStore(Protocol):
     async def get_account_data(
         self, user_id: str, room_id: str, data_type: str
     ) -> bytes | None: ...
+
+    async def replace_account_data(
+        self, user_id: str, room_id: str, data_type: str, content: bytes, expected: bytes | None
+    ) -> int | None: ...
 
     async def account_data_position(self) -> int: ...
 
@@ -97,6 +101,35 @@ class AccountData:
             )
         encoded = msgspec.json.encode(content)
         position = await self._store.put_account_data(user_id, room_id or "", data_type, encoded)
+        if self._notifier is not None:
+            self._notifier.advance_account_data(position, user_id)
+
+    async def update(
+        self,
+        requester: str,
+        user_id: str,
+        data_type: str,
+        change: Callable[[dict[str, Any]], dict[str, Any]],
+        *,
+        room_id: str | None = None,
+    ) -> None:
+        """Set ``user_id``'s account data of ``data_type`` to ``change`` of
+        what it holds (``{}`` for nothing).
+
+        For entries that several requests edit a part of each (a room's
+        tags): the entry is replaced only if it still holds what ``change``
+        was given, else read and changed again, so that two processes'
+        changes at once both stand.
+        """
+        _check(requester, user_id, data_type, room_id)
+        while True:
+            stored = await self._store.get_account_data(user_id, room_id or "", data_type)
+            held: dict[str, Any] = {} if stored is None else msgspec.json.decode(stored)
+            position = await self._store.replace_account_data(
+                user_id, room_id or "", data_type, msgspec.json.encode(change(held)), stored
+            )
+            if position is not None:
+                break
         if self._notifier is not None:
             self._notifier.advance_account_data(position, user_id)
 
