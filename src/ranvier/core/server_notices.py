@@ -40,6 +40,7 @@ from ranvier.protocol.auth import is_valid_user_id
 
 from .builder import Clock, wall_clock_ms
 from .notifier import StreamNotifier
+from .room_tags import TAG_TYPE
 
 __all__ = [
     "SERVER_NOTICE_MSGTYPE",
@@ -264,7 +265,7 @@ class ServerNotices:
                 "notifications": {"room": _ONLY_THE_SYSTEM_USER},
             },
         )
-        position = await self._tags.put_account_data(user_id, room_id, "m.tag", _TAG_CONTENT)
+        position = await self._tags.put_account_data(user_id, room_id, TAG_TYPE, _TAG_CONTENT)
         if self._notifier is not None:
             self._notifier.advance_account_data(position, user_id)
         await self._rooms.set_server_notice_room(user_id, room_id, self._clock())

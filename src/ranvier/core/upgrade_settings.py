@@ -21,7 +21,7 @@ Invariants
 
 from __future__ import annotations
 
-from typing import Final, Protocol
+from typing import Protocol
 
 import msgspec
 
@@ -29,10 +29,9 @@ from ranvier.protocol.auth import CREATE_KEY
 
 from .interfaces import StateReader
 from .notifier import StreamNotifier
+from .room_tags import TAG_TYPE
 
 __all__ = ["RoomRuleCopier", "TagStore", "UpgradedRoomSettings"]
-
-_TAG: Final = "m.tag"
 
 
 class RoomRuleCopier(Protocol):
@@ -79,10 +78,10 @@ class UpgradedRoomSettings:
         if old_room_id is None or old_room_id == room_id:
             return
         await self._rules.copy_room_rule(user_id, old_room_id, room_id)
-        tags = await self._tags.get_account_data(user_id, old_room_id, _TAG)
+        tags = await self._tags.get_account_data(user_id, old_room_id, TAG_TYPE)
         if tags is None:
             return
-        position = await self._tags.replace_account_data(user_id, room_id, _TAG, tags, None)
+        position = await self._tags.replace_account_data(user_id, room_id, TAG_TYPE, tags, None)
         if position is not None and self._notifier is not None:
             self._notifier.advance_account_data(position, user_id)
 
