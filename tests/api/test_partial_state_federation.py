@@ -7,8 +7,11 @@ A's router holds the reads that start B's resync (``/state_ids``,
 as long as a test needs. What B's users do in the meantime (send, change
 their display name, name the room with an alias, join, leave, join again)
 must not wait for the resync, and what A does to them (kick, ban) must
-reach them. The cases are those a partial-state join (MSC3706, MSC3902)
-must get right.
+reach them. Events of A whose prev events B lacks must be fetched and
+shown without waiting for the resync, and what the resync brings (members
+in the room list and the user directory, memberships in a gappy sync)
+must show once it is done. The cases are those a partial-state join
+(MSC3706, MSC3902) must get right.
 """
 
 from __future__ import annotations
@@ -19,19 +22,33 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import trio
 from _client import q
 from _e2e import device_keys
 from _federation import TwoServers, eventually, two_servers
 
+from ranvier.core.context import EventContext, event_to_persist
+from ranvier.federation.transport.client import FederationRequestError
 from ranvier.federation.transport.server import Request, RouteMatch, Router
+from ranvier.protocol.auth import auth_state_keys
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.hashing import compute_event_id, hash_and_sign_event
 from ranvier.testing.homeserver import TestUser
 
 _RESYNC_READS = frozenset(
     ("GET", f"/_matrix/federation/v1/{pattern}")
     for pattern in ("state_ids/{room_id}", "state/{room_id}")
 )
+_MISSING_EVENTS = ("POST", "/_matrix/federation/v1/get_missing_events/{room_id}")
 _MEMBERS = 3
+
+
+def _decoded(event: Any) -> dict[str, Any]:
+    decoded: dict[str, Any] = (
+        msgspec.json.decode(event) if isinstance(event, msgspec.Raw) else event
+    )
+    return decoded
 
 
 class _HeldReads(Router):
@@ -42,14 +59,40 @@ class _HeldReads(Router):
         self._inner = inner
         self.released = trio.Event()
         self.asked = 0
+        #: Events whose state is answered at once: those at a gap, not the join.
+        self.answered_at_once: set[str] = set()
+        #: Events left out of the answers to ``/get_missing_events``, of a room of this version.
+        self.withheld: set[str] = set()
+        self.room_version = ""
+        self.left_out = 0
+        #: The paths of the reads answered at once.
+        self.answered_gaps: list[str] = []
 
     def match(self, method: str, path: str) -> RouteMatch:
         found = self._inner.match(method, path)
+        handler = found.route.handler
+        if (found.route.method, found.route.pattern) == _MISSING_EVENTS and self.withheld:
+
+            async def withholding(request: Request) -> Any:
+                answer = await handler(request)
+                assert isinstance(answer, dict)
+                events = [_decoded(event) for event in answer["events"]]
+                answer["events"] = [
+                    event
+                    for event in events
+                    if compute_event_id(event, self.room_version) not in self.withheld
+                ]
+                self.left_out += len(events) - len(answer["events"])
+                return answer
+
+            return RouteMatch(dataclasses.replace(found.route, handler=withholding), found.params)
         if (found.route.method, found.route.pattern) not in _RESYNC_READS:
             return found
-        handler = found.route.handler
 
         async def held(request: Request) -> Any:
+            if request.query_value("event_id") in self.answered_at_once:
+                self.answered_gaps.append(path)
+                return await handler(request)
             self.asked += 1
             await self.released.wait()
             return await handler(request)
@@ -342,3 +385,238 @@ async def test_device_changes_of_members_unseen_during_a_resync_are_listed_after
         await changed_since(since, second)
         found = await cb.ok(bob, "POST", "/keys/query", {"device_keys": {first.user_id: []}})
         assert found["device_keys"][first.user_id] == {first.device_id: keys["device_keys"]}
+
+
+async def _finish_resync(partial: _Partial) -> None:
+    partial.held.released.set()
+    with trio.fail_after(20):
+        await partial.servers.b.server.wait_for_full_state(partial.room_id)
+
+
+async def test_the_public_room_list_counts_the_members_the_resync_brings(tmp_path: Path) -> None:
+    async with _partially_joined(tmp_path) as partial:
+        _, b, _, cb, _, bob = partial.servers
+        room_id = partial.room_id
+        terry = await b.register_user("terry", admin=True)
+        await cb.ok(terry, "POST", f"/rooms/{q(room_id)}/join", {})
+        await cb.ok(terry, "PUT", f"/directory/list/room/{q(room_id)}", {"visibility": "public"})
+
+        async def joined_listed() -> int:
+            listed = await cb.ok(bob, "GET", "/publicRooms")
+            (entry,) = [room for room in listed["chunk"] if room["room_id"] == room_id]
+            count: int = entry["num_joined_members"]
+            return count
+
+        # Alice, her members, Bob and Terry are all in the room on A.
+        everyone = 3 + _MEMBERS
+        assert await joined_listed() < everyone
+        await _finish_resync(partial)
+
+        async def all_counted() -> bool:
+            return await joined_listed() == everyone
+
+        await eventually(all_counted, "every member counted in B's room list")
+
+
+async def test_the_user_directory_finds_the_members_the_resync_brings(tmp_path: Path) -> None:
+    async with _partially_joined(tmp_path) as partial:
+        _, _, _, cb, _, bob = partial.servers
+
+        async def found(term: str) -> list[str]:
+            answer = await cb.ok(bob, "POST", "/user_directory/search", {"search_term": term})
+            return [result["user_id"] for result in answer["results"]]
+
+        assert await found("bob") == [bob.user_id]
+        # Members B does not know of yet are not found…
+        assert await found("member") == []
+        await _finish_resync(partial)
+        wanted = sorted(member.user_id for member in partial.members)
+
+        async def members_found() -> bool:
+            return sorted(await found("member")) == wanted
+
+        # …and are once their memberships arrived.
+        await eventually(members_found, "A's members in B's user directory")
+
+
+async def test_a_gappy_sync_after_the_resync_has_the_senders_membership(tmp_path: Path) -> None:
+    async with _partially_joined(tmp_path) as partial:
+        _, _, ca, cb, _, bob = partial.servers
+        room_id = partial.room_id
+        member = partial.members[0]
+        before = await cb.ok(bob, "GET", "/sync", params={"filter": _LAZY, "timeout": "0"})
+        assert room_id in before["rooms"]["join"]
+        await _finish_resync(partial)
+        sent = [
+            await ca.ok(
+                member,
+                "PUT",
+                f"/rooms/{q(room_id)}/send/m.room.message/g{n}",
+                {"msgtype": "m.text", "body": f"message {n}"},
+            )
+            for n in range(2)
+        ]
+        last = sent[-1]["event_id"]
+
+        async def last_at_b() -> bool:
+            status, _ = await cb.call(bob, "GET", f"/rooms/{q(room_id)}/event/{q(last)}")
+            return status == 200
+
+        await eventually(last_at_b, "the last message at B")
+        gappy = '{"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 1}}}'
+        answer = await cb.ok(
+            bob,
+            "GET",
+            "/sync",
+            params={"since": before["next_batch"], "filter": gappy, "timeout": "0"},
+        )
+        room = answer["rooms"]["join"][room_id]
+        assert [event["event_id"] for event in room["timeline"]["events"]] == [last]
+        assert room["timeline"]["limited"] is True
+        state = {(event["type"], event["state_key"]) for event in room["state"]["events"]}
+        assert ("m.room.member", member.user_id) in state
+
+
+# --- Events whose prev events B lacks ----------------------------------------------
+#
+# A member of A "sends" messages that A writes to its own storage but never
+# sends on, so that B hears of an event only when the test sends it, signed
+# as A, and must fetch the events before it from A.
+
+
+async def _written_at_a(partial: _Partial, prev_events: list[str], body: str) -> dict[str, Any]:
+    """A message of member0 after ``prev_events``, signed and written by A alone."""
+    a = partial.servers.a
+    storage, room_id = a.server.storage, partial.room_id
+    version = await storage.get_room_version(room_id)
+    assert version is not None
+    sender = partial.members[0].user_id
+    prevs = [await storage.get_event(event_id) for event_id in prev_events]
+    groups = await storage.get_event_state_groups(prev_events[0])
+    assert groups is not None
+    fields: dict[str, Any] = {
+        "type": "m.room.message",
+        "sender": sender,
+        "room_id": room_id,
+        "content": {"msgtype": "m.text", "body": body},
+        "prev_events": prev_events,
+        "auth_events": [],
+        "depth": max(row.depth for row in prevs if row is not None) + 1,
+        "origin_server_ts": max(row.origin_server_ts for row in prevs if row is not None) + 1,
+    }
+    state = await storage.get_state_ids(groups.after)
+    draft = Pdu.from_json(
+        hash_and_sign_event(fields, version, a.server_name, a.server.signing_key), version
+    )
+    fields["auth_events"] = [state[key] for key in auth_state_keys(draft) if key in state]
+    signed = hash_and_sign_event(fields, version, a.server_name, a.server.signing_key)
+    event = Pdu.from_json(signed, version)
+    context = EventContext(state_group_before=groups.after, state_group_after=groups.after)
+    await storage.persist_events([event_to_persist(event, context)])
+    return {**signed, "event_id": event.event_id}
+
+
+async def _sent_as_a(partial: _Partial, event: dict[str, Any], txn_id: str) -> None:
+    a, b = partial.servers.a, partial.servers.b
+    pdu = {key: value for key, value in event.items() if key != "event_id"}
+    body = {"origin": a.server_name, "origin_server_ts": pdu["origin_server_ts"], "pdus": [pdu]}
+    answer = await a.server.federation_client.put_json(
+        b.server_name, f"/_matrix/federation/v1/send/{txn_id}", body
+    )
+    assert answer["pdus"] == {event["event_id"]: {}}, answer
+
+
+async def _bobs_join(partial: _Partial) -> str:
+    state = await partial.servers.a.server.storage.get_current_state_ids(partial.room_id)
+    return state[("m.room.member", partial.servers.bob.user_id)]
+
+
+async def _state_ids_status(partial: _Partial, event_id: str) -> int | None:
+    """The status of A's ``/state_ids`` at ``event_id`` asked of B; None if
+    B gave no answer within half a second.
+    """
+    a, b = partial.servers.a, partial.servers.b
+    path = f"/_matrix/federation/v1/state_ids/{q(partial.room_id)}"
+    with trio.move_on_after(0.5):
+        try:
+            await a.server.federation_client.get_json(
+                b.server_name, path, query={"event_id": event_id}
+            )
+        except FederationRequestError as exc:
+            return exc.status
+        return 200
+    return None
+
+
+async def _received_during_the_resync(partial: _Partial, *events: dict[str, Any]) -> None:
+    """Each of ``events`` reaches Bob's sync on B while the room is partial;
+    B will not give the state at the last to another server until the
+    resync is done, and then gives A's.
+    """
+    _, b, _, _, _, bob = partial.servers
+    room_id, last = partial.room_id, events[-1]["event_id"]
+    wanted = {event["event_id"] for event in events}
+    seen: set[str] = set()
+
+    def all_seen(answer: dict[str, Any]) -> bool:
+        room = answer["rooms"]["join"].get(room_id, {})
+        seen.update(event["event_id"] for event in room.get("timeline", {}).get("events", []))
+        return wanted <= seen
+
+    await _lazy_sync_until(partial, bob, all_seen, "the events in Bob's sync")
+    assert await partial.still_partial()
+    # Other servers are sent elsewhere (or kept waiting) while B lacks the state.
+    assert await _state_ids_status(partial, last) in {403, None}
+    await _finish_resync(partial)
+    a = partial.servers.a
+    answer = await a.server.federation_client.get_json(
+        b.server_name, f"/_matrix/federation/v1/state_ids/{q(room_id)}", query={"event_id": last}
+    )
+    at_a = await a.server.storage.get_current_state_ids(room_id)
+    assert sorted(answer["pdu_ids"]) == sorted(at_a.values())
+
+
+async def test_an_event_whose_parent_is_missing_is_received_during_a_resync(
+    tmp_path: Path,
+) -> None:
+    async with _partially_joined(tmp_path) as partial:
+        # … <- M (Bob's join) <- A <- B; B alone is sent.
+        joined = await _bobs_join(partial)
+        event_a = await _written_at_a(partial, [joined], "A")
+        event_b = await _written_at_a(partial, [event_a["event_id"]], "B")
+        await _sent_as_a(partial, event_b, "crafted-b")
+        await _received_during_the_resync(partial, event_a, event_b)
+
+
+async def test_an_event_with_one_of_two_parents_missing_is_received_during_a_resync(
+    tmp_path: Path,
+) -> None:
+    async with _partially_joined(tmp_path) as partial:
+        # … <- M <- A <- B, and B cites M too; B alone is sent.
+        joined = await _bobs_join(partial)
+        event_a = await _written_at_a(partial, [joined], "A")
+        event_b = await _written_at_a(partial, [event_a["event_id"], joined], "B")
+        await _sent_as_a(partial, event_b, "crafted-b")
+        await _received_during_the_resync(partial, event_a, event_b)
+
+
+async def test_an_event_whose_grandparent_is_missing_from_the_gap_is_received_during_a_resync(
+    tmp_path: Path,
+) -> None:
+    async with _partially_joined(tmp_path) as partial:
+        # … <- M <- A <- B <- C, and B cites M too; C alone is sent, and A
+        # asked for the events before C answers B alone: B fetches the
+        # state at A instead.
+        joined = await _bobs_join(partial)
+        event_a = await _written_at_a(partial, [joined], "A")
+        event_b = await _written_at_a(partial, [event_a["event_id"], joined], "B")
+        event_c = await _written_at_a(partial, [event_b["event_id"]], "C")
+        version = await partial.servers.a.server.storage.get_room_version(partial.room_id)
+        assert version is not None
+        partial.held.room_version = version
+        partial.held.withheld.add(event_a["event_id"])
+        partial.held.answered_at_once.add(event_a["event_id"])
+        await _sent_as_a(partial, event_c, "crafted-c")
+        await _received_during_the_resync(partial, event_b, event_c)
+        assert partial.held.left_out > 0
+        assert any("/state_ids/" in path for path in partial.held.answered_gaps)
