@@ -42,6 +42,7 @@ _RESYNC_READS = frozenset(
 )
 _MISSING_EVENTS = ("POST", "/_matrix/federation/v1/get_missing_events/{room_id}")
 _MEMBERS = 3
+_TEST_STATE = "org.example.test_state"
 
 
 def _decoded(event: Any) -> dict[str, Any]:
@@ -484,19 +485,28 @@ async def test_a_gappy_sync_after_the_resync_has_the_senders_membership(tmp_path
 # as A, and must fetch the events before it from A.
 
 
-async def _written_at_a(partial: _Partial, prev_events: list[str], body: str) -> dict[str, Any]:
-    """A message of member0 after ``prev_events``, signed and written by A alone."""
+async def _written_at_a(
+    partial: _Partial,
+    prev_events: list[str],
+    body: str,
+    *,
+    state_key: str | None = None,
+    sender: TestUser | None = None,
+) -> dict[str, Any]:
+    """A message of ``sender`` (member0 unless given) after ``prev_events``,
+    or a state event of a test type when ``state_key`` is given, signed and
+    written by A alone.
+    """
     a = partial.servers.a
     storage, room_id = a.server.storage, partial.room_id
     version = await storage.get_room_version(room_id)
     assert version is not None
-    sender = partial.members[0].user_id
     prevs = [await storage.get_event(event_id) for event_id in prev_events]
     groups = await storage.get_event_state_groups(prev_events[0])
     assert groups is not None
     fields: dict[str, Any] = {
         "type": "m.room.message",
-        "sender": sender,
+        "sender": (sender or partial.members[0]).user_id,
         "room_id": room_id,
         "content": {"msgtype": "m.text", "body": body},
         "prev_events": prev_events,
@@ -504,6 +514,8 @@ async def _written_at_a(partial: _Partial, prev_events: list[str], body: str) ->
         "depth": max(row.depth for row in prevs if row is not None) + 1,
         "origin_server_ts": max(row.origin_server_ts for row in prevs if row is not None) + 1,
     }
+    if state_key is not None:
+        fields.update(type=_TEST_STATE, state_key=state_key, content={"body": body})
     state = await storage.get_state_ids(groups.after)
     draft = Pdu.from_json(
         hash_and_sign_event(fields, version, a.server_name, a.server.signing_key), version
@@ -511,19 +523,24 @@ async def _written_at_a(partial: _Partial, prev_events: list[str], body: str) ->
     fields["auth_events"] = [state[key] for key in auth_state_keys(draft) if key in state]
     signed = hash_and_sign_event(fields, version, a.server_name, a.server.signing_key)
     event = Pdu.from_json(signed, version)
-    context = EventContext(state_group_before=groups.after, state_group_after=groups.after)
+    after = groups.after
+    if state_key is not None:
+        delta = {(_TEST_STATE, state_key): event.event_id}
+        after = await storage.store_state_group(room_id, groups.after, delta)
+    context = EventContext(state_group_before=groups.after, state_group_after=after)
     await storage.persist_events([event_to_persist(event, context)])
     return {**signed, "event_id": event.event_id}
 
 
-async def _sent_as_a(partial: _Partial, event: dict[str, Any], txn_id: str) -> None:
+async def _sent_as_a(partial: _Partial, events: list[dict[str, Any]], txn_id: str) -> None:
+    """``events`` sent to B in one transaction signed by A, each accepted."""
     a, b = partial.servers.a, partial.servers.b
-    pdu = {key: value for key, value in event.items() if key != "event_id"}
-    body = {"origin": a.server_name, "origin_server_ts": pdu["origin_server_ts"], "pdus": [pdu]}
+    pdus = [{key: value for key, value in event.items() if key != "event_id"} for event in events]
+    body = {"origin": a.server_name, "origin_server_ts": pdus[0]["origin_server_ts"], "pdus": pdus}
     answer = await a.server.federation_client.put_json(
         b.server_name, f"/_matrix/federation/v1/send/{txn_id}", body
     )
-    assert answer["pdus"] == {event["event_id"]: {}}, answer
+    assert answer["pdus"] == {event["event_id"]: {} for event in events}, answer
 
 
 async def _bobs_join(partial: _Partial) -> str:
@@ -584,7 +601,7 @@ async def test_an_event_whose_parent_is_missing_is_received_during_a_resync(
         joined = await _bobs_join(partial)
         event_a = await _written_at_a(partial, [joined], "A")
         event_b = await _written_at_a(partial, [event_a["event_id"]], "B")
-        await _sent_as_a(partial, event_b, "crafted-b")
+        await _sent_as_a(partial, [event_b], "crafted-b")
         await _received_during_the_resync(partial, event_a, event_b)
 
 
@@ -596,7 +613,7 @@ async def test_an_event_with_one_of_two_parents_missing_is_received_during_a_res
         joined = await _bobs_join(partial)
         event_a = await _written_at_a(partial, [joined], "A")
         event_b = await _written_at_a(partial, [event_a["event_id"], joined], "B")
-        await _sent_as_a(partial, event_b, "crafted-b")
+        await _sent_as_a(partial, [event_b], "crafted-b")
         await _received_during_the_resync(partial, event_a, event_b)
 
 
@@ -616,7 +633,58 @@ async def test_an_event_whose_grandparent_is_missing_from_the_gap_is_received_du
         partial.held.room_version = version
         partial.held.withheld.add(event_a["event_id"])
         partial.held.answered_at_once.add(event_a["event_id"])
-        await _sent_as_a(partial, event_c, "crafted-c")
+        await _sent_as_a(partial, [event_c], "crafted-c")
         await _received_during_the_resync(partial, event_b, event_c)
         assert partial.held.left_out > 0
         assert any("/state_ids/" in path for path in partial.held.answered_gaps)
+
+
+async def test_a_resync_completes_when_events_arrive_after_events_citing_them(
+    tmp_path: Path,
+) -> None:
+    async with _partially_joined(tmp_path) as partial:
+        alice = partial.servers.alice
+        # … <- M <- L <- S0 <- … <- S9 <- T1 <- T2, the S state events of
+        # Alice's. T2 is sent first; A asked for the events before it
+        # answers T1 alone, so B takes the state at S9 from A and holds the
+        # S events as outliers. Then L and the S events arrive as they are.
+        joined = await _bobs_join(partial)
+        late = await _written_at_a(partial, [joined], "late", sender=alice)
+        outliers = []
+        last = late["event_id"]
+        for n in range(10):
+            outlier = await _written_at_a(
+                partial, [last], f"outlier {n}", state_key=f"s{n}", sender=alice
+            )
+            outliers.append(outlier)
+            last = outlier["event_id"]
+        first = await _written_at_a(partial, [last], "timeline 1", sender=alice)
+        second = await _written_at_a(partial, [first["event_id"]], "timeline 2", sender=alice)
+        version = await partial.servers.a.server.storage.get_room_version(partial.room_id)
+        assert version is not None
+        partial.held.room_version = version
+        partial.held.withheld.update(event["event_id"] for event in [late, *outliers])
+        partial.held.answered_at_once.add(last)
+        await _sent_as_a(partial, [second], "timeline")
+        await _lazy_sync_until(
+            partial,
+            partial.servers.bob,
+            lambda answer: any(
+                event["event_id"] == second["event_id"]
+                for event in answer["rooms"]["join"]
+                .get(partial.room_id, {})
+                .get("timeline", {})
+                .get("events", [])
+            ),
+            "the second timeline event in Bob's sync",
+        )
+        await _sent_as_a(partial, [late], "late")
+        await _sent_as_a(partial, outliers, "outliers")
+        assert await partial.still_partial()
+        await _finish_resync(partial)
+        _, b, _, cb, _, bob = partial.servers
+        state = await cb.state(bob, partial.room_id)
+        assert {(_TEST_STATE, f"s{n}") for n in range(10)} <= set(state)
+        assert not await b.server.storage.get_partial_state_events(partial.room_id)
+        for event in [late, *outliers, first, second]:
+            await cb.ok(bob, "GET", f"/rooms/{q(partial.room_id)}/event/{q(event['event_id'])}")
