@@ -130,6 +130,7 @@ from ranvier.api.rooms import add_room_routes
 from ranvier.api.search import add_search_route
 from ranvier.api.sliding_sync import add_sliding_sync_route
 from ranvier.api.sync import add_sync_routes
+from ranvier.api.threepids import add_threepid_routes
 from ranvier.api.timestamps import add_timestamp_route
 from ranvier.api.to_device import add_to_device_routes
 from ranvier.api.typing import add_typing_routes
@@ -1449,6 +1450,7 @@ class HomeServer:
         )
         auth, client_data = self.auth, self.storage.client_data
         add_capability_routes(router, auth=auth, login_token_enabled=self.login_tokens is not None)
+        add_threepid_routes(router, auth=auth)
         add_push_rule_routes(
             router, auth=auth, push_rules=PushRules(client_data, self.stream_notifier)
         )

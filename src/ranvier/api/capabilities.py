@@ -1,10 +1,10 @@
 """What a client asks at start-up about the server: ``/capabilities``, TURN
 servers and third-party protocols (push rules: :mod:`ranvier.api.push_rules`).
 
-Each is answered for what this server does: no password change, no
-third-party identifiers, no TURN server, no bridges; profile changes are
-allowed, and the room versions are those it supports, with the default it
-creates rooms in.
+Each is answered for what this server does: password and profile
+changes, no third-party identifiers (:mod:`ranvier.api.threepids`), no
+TURN server, no bridges; and the room versions it supports, with the
+default it creates rooms in.
 """
 
 from __future__ import annotations
