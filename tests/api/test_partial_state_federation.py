@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 import trio
-from _client import q
+from _client import Client, q
 from _e2e import device_keys
 from _federation import TwoServers, eventually, two_servers
 
@@ -34,7 +34,8 @@ from ranvier.federation.transport.server import Request, RouteMatch, Router
 from ranvier.protocol.auth import auth_state_keys
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import compute_event_id, hash_and_sign_event
-from ranvier.testing.homeserver import TestUser
+from ranvier.testing.homeserver import TestUser, open_test_homeserver
+from ranvier.testing.network import Pki
 
 _RESYNC_READS = frozenset(
     ("GET", f"/_matrix/federation/v1/{pattern}")
@@ -688,3 +689,85 @@ async def test_a_resync_completes_when_events_arrive_after_events_citing_them(
         assert not await b.server.storage.get_partial_state_events(partial.room_id)
         for event in [late, *outliers, first, second]:
             await cb.ok(bob, "GET", f"/rooms/{q(partial.room_id)}/event/{q(event['event_id'])}")
+
+
+# --- Outgoing device list updates --------------------------------------------------
+
+
+async def _changed_for(client: Client, user: TestUser, since: str, wanted: str) -> str:
+    """Long-poll ``user``'s syncs from ``since`` until ``wanted`` is listed
+    in device_lists.changed; the token after it.
+    """
+    with trio.fail_after(20):
+        while True:
+            params = {"since": since, "timeout": "1000", "filter": _LAZY}
+            answer = await client.ok(user, "GET", "/sync", params=params)
+            since = answer["next_batch"]
+            if wanted in answer.get("device_lists", {}).get("changed", []):
+                return since
+
+
+async def test_key_changes_of_a_partial_joiner_reach_every_server_of_the_room(
+    tmp_path: Path,
+) -> None:
+    pki = Pki.create(tmp_path)
+    async with (
+        open_test_homeserver(tmp_path / "a", federation=pki) as a,
+        open_test_homeserver(tmp_path / "b", federation=pki) as b,
+        open_test_homeserver(tmp_path / "c", federation=pki) as c,
+        a.client() as http_a,
+        b.client() as http_b,
+        c.client() as http_c,
+    ):
+        ca, cb, cc = Client(a, http_a), Client(b, http_b), Client(c, http_c)
+        alice, carol = await a.register_user("alice"), await c.register_user("carol")
+        bob = await b.register_user("bob", password="bobs password")
+        room_id = await ca.create_room(alice, preset="public_chat", name="named")
+        # Carol of C is in the room before Bob of B joins it with partial state.
+        await cc.ok(carol, "POST", f"/join/{q(room_id)}", {}, params={"server_name": a.server_name})
+        with trio.fail_after(20):
+            await c.server.wait_for_full_state(room_id)
+        held = _HeldReads(a.server.federation_app.router)
+        a.server.federation_app.router = held
+        await cb.ok(bob, "POST", f"/join/{q(room_id)}", {}, params={"server_name": a.server_name})
+        assert await b.server.storage.is_partial_state_room(room_id)
+        known_to_b = await b.server.storage.get_current_state_ids(room_id)
+        assert ("m.room.member", carol.user_id) not in known_to_b
+        tokens = {}
+        for client, user in ((ca, alice), (cc, carol)):
+
+            async def bob_joined(client: Client = client, user: TestUser = user) -> bool:
+                members = await client.ok(user, "GET", f"/rooms/{q(room_id)}/joined_members")
+                return bob.user_id in members["joined"]
+
+            await eventually(bob_joined, f"Bob's join on {client.hs.server_name}")
+            first = await client.ok(user, "GET", "/sync", params={"filter": _LAZY, "timeout": "0"})
+            tokens[user.user_id] = first["next_batch"]
+        await cb.ok(bob, "POST", "/keys/upload", {"device_keys": device_keys(bob).body})
+        for client, user in ((ca, alice), (cc, carol)):
+            tokens[user.user_id] = await _changed_for(
+                client, user, tokens[user.user_id], bob.user_id
+            )
+        assert await b.server.storage.is_partial_state_room(room_id)
+        held.released.set()
+        with trio.fail_after(20):
+            await b.server.wait_for_full_state(room_id)
+        # A second device of Bob's after the resync is heard of too.
+        login = await cb.ok(
+            None,
+            "POST",
+            "/login",
+            {
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": "bob"},
+                "password": "bobs password",
+            },
+        )
+        second = dataclasses.replace(
+            bob, access_token=login["access_token"], device_id=login["device_id"]
+        )
+        await cb.ok(second, "POST", "/keys/upload", {"device_keys": device_keys(second).body})
+        for client, user in ((ca, alice), (cc, carol)):
+            await _changed_for(client, user, tokens[user.user_id], bob.user_id)
+        found = await cc.ok(carol, "POST", "/keys/query", {"device_keys": {bob.user_id: []}})
+        assert set(found["device_keys"][bob.user_id]) == {bob.device_id, second.device_id}
