@@ -7,7 +7,9 @@ redacted event, which is redacted and still carries valid signatures.
 
 Then a stand-in server whose user joins a room of ours and sends a
 redaction before the event it redacts (two events on one parent, as
-concurrent sends arrive): the redaction applies once its target arrives.
+concurrent sends arrive): the redaction applies once its target arrives;
+and a redaction of one of its events that we never received, which is
+still sent to it.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import trio
 from _client import Client, q
 from _federation import eventually, two_servers
 
+from ranvier.federation.transport.server import Request
 from ranvier.protocol.auth import auth_types_for_event
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import compute_event_id, content_hash_matches, hash_and_sign_event
 from ranvier.protocol.signing import get_verify_key, verify_signed_json
 from ranvier.server import HomeServer
-from ranvier.testing import RemoteHomeserver
+from ranvier.testing import KnownKeys, RemoteHomeserver
 from ranvier.testing.homeserver import TestUser, open_test_homeserver
 from ranvier.testing.network import Pki
 
@@ -226,3 +229,69 @@ async def test_a_redaction_arriving_before_its_target_applies_once_it_arrives(
         }
         assert timeline[message_id]["content"] == {}
         assert timeline[redaction_id]["content"] == {"redacts": message_id}
+
+
+async def test_a_redaction_of_an_event_never_received_is_sent_to_the_room(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    pki = Pki.create(tmp_path)
+    # The remote checks the signatures of A's requests with A's key, known once A runs.
+    keys = KnownKeys()
+    remote = RemoteHomeserver("127.0.0.1:{port}", key_lookup=keys)
+    received: list[dict[str, Any]] = []
+    arrived = trio.Event()
+
+    async def send(request: Request) -> Any:
+        received.extend(request.content.get("pdus", []))
+        arrived.set()
+        return {"pdus": {}}
+
+    remote.app.router.add("PUT", f"{_V1}/send/{{txn_id}}", send)
+    await remote.start(nursery, pki.server_context("127.0.0.1"))
+    await remote.open_client(nursery, pki.client_context())
+    async with open_test_homeserver(tmp_path / "a", federation=pki) as a, a.client() as http:
+        keys.add(a.server_name, a.server.signing_key)
+        client = Client(a, http)
+        alice = await a.register_user("alice")
+        version = "11"
+        room_id = await client.create_room(alice, preset="public_chat", room_version=version)
+        mallory = f"@mallory:{remote.server_name}"
+        quoted = "/".join(urllib.parse.quote(part, safe="") for part in (room_id, mallory))
+        template = await remote.client.get_json(
+            a.server_name, f"{_V1}/make_join/{quoted}", query={"ver": [version]}
+        )
+        join = Pdu.from_json(
+            hash_and_sign_event(
+                template["event"] | {"origin_server_ts": remote.clock()},
+                version,
+                remote.server_name,
+                remote.signing_key,
+            ),
+            version,
+        )
+        path = f"/_matrix/federation/v2/send_join/{urllib.parse.quote(room_id, safe='')}/"
+        await remote.client.put_json(
+            a.server_name, path + urllib.parse.quote(join.event_id, safe=""), join.json
+        )
+        # Mallory's message exists on the remote alone: A never hears of it.
+        message = await _signed_event(
+            a.server,
+            remote,
+            room_id,
+            {"type": "m.room.message", "sender": mallory, "content": {"body": "unseen"}},
+            [join.event_id],
+        )
+        message_id = compute_event_id(message, version)
+        redaction_id = await _redact(client, alice, room_id, message_id, "r-unseen")
+
+        def redaction_sent() -> bool:
+            return any(compute_event_id(pdu, version) == redaction_id for pdu in received)
+
+        with trio.fail_after(20):
+            while not redaction_sent():
+                await arrived.wait()
+                arrived = trio.Event()
+        (sent,) = [pdu for pdu in received if compute_event_id(pdu, version) == redaction_id]
+        assert sent["type"] == "m.room.redaction"
+        assert sent["content"]["redacts"] == message_id
+        assert sent["sender"] == alice.user_id
