@@ -282,6 +282,27 @@ async def test_a_gap_the_origin_cannot_fill_fails_that_pdu(world: World) -> None
     assert await world.stored(latest) == set()
 
 
+async def test_an_event_failed_for_its_gap_is_taken_when_sent_again_after_the_gap(
+    world: World,
+) -> None:
+    first = world.room.message(world.bob, "first")
+    second = world.room.message(world.bob, "second")
+    world.served.rooms.clear()  # the remote will not serve the first
+    results = await world.send([second])
+    assert "error" in results[second.event_id]
+    assert await world.stored(first, second) == set()
+    assert await world.send([first]) == {first.event_id: {}}
+    # Sent again, the second now has every prev event here: it is taken,
+    # as a new event after the first.
+    assert await world.send([second]) == {second.event_id: {}}
+    stored = await world.storage.get_events([first.event_id, second.event_id])
+    for event in stored.values():
+        assert not event.outlier
+        assert event.rejected_reason is None
+    assert stored[first.event_id].stream_ordering < stored[second.event_id].stream_ordering
+    assert await world.storage.get_forward_extremities(world.room.room_id) == {second.event_id}
+
+
 # Bad input: refused before anything is read
 
 
