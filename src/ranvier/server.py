@@ -344,6 +344,7 @@ class HomeServer:
         self._events_by_timestamp: EventsByTimestamp | None = None
         self._federation_app: FederationApp | None = None
         self._client_app: ClientApp | None = None
+        self._media_app: MediaApp | None = None
         self._media: MediaRepository | None = None
         self._media_deleter: MediaDeleter | None = None
         self._media_retention: MediaRetention | None = None
@@ -525,6 +526,11 @@ class HomeServer:
     def client_app(self) -> ClientApp:
         """The client-server API's ASGI application, for embedding it elsewhere."""
         return _built(self._client_app, "client_app")
+
+    @property
+    def media_app(self) -> MediaApp:
+        """The client listener's ASGI application: media paths, then the client API."""
+        return _built(self._media_app, "media_app")
 
     @property
     def media(self) -> MediaRepository:
@@ -909,15 +915,16 @@ class HomeServer:
             ),
         )
         self._listeners = []
+        # Media paths first: their bodies are streamed and not JSON.
+        self._media_app = MediaApp(
+            media=self._media,
+            auth=self.auth,
+            fallback=self._client_app,
+            previews=self._url_previewer(self._media),
+        )
         apps: dict[str, AsgiApp] = {
             "federation": self._federation_app,
-            # Media paths first: their bodies are streamed and not JSON.
-            "client": MediaApp(
-                media=self._media,
-                auth=self.auth,
-                fallback=self._client_app,
-                previews=self._url_previewer(self._media),
-            ),
+            "client": self._media_app,
             "metrics": MetricsApp(self.metrics),
         }
         if any(listener.type == "replication" for listener in config.listeners):

@@ -106,6 +106,11 @@ class MediaApp:
         self._add("GET", f"{prefix}/config", self._config)
         self._add("GET", f"{prefix}/preview_url", self._preview_url)
 
+    def routes(self) -> list[tuple[str, str, bool]]:
+        """Every (method, pattern, authenticated) this app answers, as
+        :meth:`ranvier.web.Router.routes` lists them."""
+        return self._router.routes()
+
     def _add(self, method: str, pattern: str, handler: _MediaHandler) -> None:
         self._router.add(method, pattern, _never_called)
         self._handlers[(method, pattern)] = handler
