@@ -74,14 +74,16 @@ BAD_BODIES: Final = (b"{not json", b"[1, 2, 3]", b"{}")
 
 
 def _routes() -> list[tuple[str, str]]:
-    """Every (method, pattern) of the client API a test server builds."""
+    """Every (method, pattern) of the client and media APIs a test server builds."""
 
     async def read() -> list[tuple[str, str]]:
         with tempfile.TemporaryDirectory() as directory:
             async with open_test_homeserver(Path(directory)) as hs:
-                return [
-                    (method, pattern) for method, pattern, _ in hs.server.client_app.router.routes()
+                routes = [
+                    *hs.server.client_app.router.routes(),
+                    *hs.server.media_app.routes(),
                 ]
+                return [(method, pattern) for method, pattern, _ in routes]
 
     return trio.run(read)
 
@@ -241,6 +243,9 @@ def _path_values(pattern: str, ids: Ids) -> dict[str, str]:
         "appservice_id": "service",
         "txn_id": "txn",
         "tag": "u.work",
+        "serverName": ids.alice.partition(":")[2],
+        "mediaId": "abcdefghij",
+        "fileName": "file.txt",
     }
 
 
