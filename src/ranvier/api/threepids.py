@@ -6,7 +6,11 @@ that a user owns an address nor reset a password through one, and
 ``GET /account/3pid`` lists no identifiers, and every ``requestToken``
 endpoint (registration, adding an identifier, password reset) is refused
 with the spec's 403 ``M_THREEPID_DENIED``, so a client can say why rather
-than meet an unknown endpoint.
+than meet an unknown endpoint. So are adding an identifier (no validation
+session can exist) and binding one at an identity server (the server talks
+to none). Deleting or unbinding one leaves the account as it is, without
+it, and answers ``no-support``: the spec's answer when the server cannot
+tell an identity server to forget it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ranvier.api.account import json_object, optional_str
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.errors import MatrixError
@@ -29,8 +34,27 @@ _REQUEST_TOKEN_PATHS = tuple(
 )
 
 
+_MEDIA = ("email", "msisdn")
+
+
+def _check_identifier(body: Mapping[str, Any]) -> None:
+    """A delete or unbind request's identifier: a known medium, an address."""
+    for key in ("medium", "address"):
+        if body.get(key) is None:
+            raise MatrixError(f"'{key}' is required", errcode="M_MISSING_PARAM", http_status=400)
+        optional_str(body, key)
+    if body["medium"] not in _MEDIA:
+        raise MatrixError(
+            f"'medium' must be one of {', '.join(_MEDIA)}",
+            errcode="M_INVALID_PARAM",
+            http_status=400,
+        )
+    optional_str(body, "id_server")
+
+
 def add_threepid_routes(router: Router, *, auth: Auth) -> None:
-    """Serve ``GET /account/3pid`` and refuse the ``requestToken`` endpoints."""
+    """Serve ``GET /account/3pid``, refuse the ``requestToken``, ``add`` and
+    ``bind`` endpoints, and answer ``delete`` and ``unbind``."""
 
     async def threepids(request: Request) -> Mapping[str, Any]:
         await auth.get_user(request)
@@ -43,7 +67,24 @@ def add_threepid_routes(router: Router, *, auth: Auth) -> None:
             http_status=403,
         )
 
+    async def refuse_identifier(request: Request) -> Mapping[str, Any]:
+        await auth.get_user(request)
+        raise MatrixError(
+            "this server keeps no e-mail addresses or phone numbers and uses no identity server",
+            errcode="M_THREEPID_DENIED",
+            http_status=403,
+        )
+
+    async def forget_identifier(request: Request) -> Mapping[str, Any]:
+        await auth.get_user(request)
+        _check_identifier(json_object(request))
+        return {"id_server_unbind_result": "no-support"}
+
     for prefix in CLIENT_VERSION_PREFIXES:
         router.add("GET", f"{prefix}/account/3pid", threepids)
+        router.add("POST", f"{prefix}/account/3pid/add", refuse_identifier)
+        router.add("POST", f"{prefix}/account/3pid/bind", refuse_identifier)
+        router.add("POST", f"{prefix}/account/3pid/delete", forget_identifier)
+        router.add("POST", f"{prefix}/account/3pid/unbind", forget_identifier)
         for path in _REQUEST_TOKEN_PATHS:
             router.add("POST", prefix + path, request_token)
