@@ -156,3 +156,31 @@ async def test_a_profile_of_another_servers_user_is_asked_of_that_server(
             status=403,
             errcode="M_FORBIDDEN",
         )
+
+
+async def test_deleting_a_field_clears_it_in_the_profile_and_member_events(env: Env) -> None:
+    c, alice, bob = env.client, env.alice, env.bob
+    await c.ok(alice, "PUT", _field(alice, "displayname"), {"displayname": "Alice"})
+    await c.ok(alice, "PUT", _field(alice, "avatar_url"), {"avatar_url": "mxc://localhost/abc"})
+    room_id = await c.create_room(alice)
+    for field in ("displayname", "avatar_url"):
+        await c.refused(None, "DELETE", _field(alice, field), status=401, errcode="M_MISSING_TOKEN")
+        await c.refused(bob, "DELETE", _field(alice, field), status=403, errcode="M_FORBIDDEN")
+    assert await c.ok(None, "GET", f"/profile/{q(alice.user_id)}") == {
+        "displayname": "Alice",
+        "avatar_url": "mxc://localhost/abc",
+    }
+    assert await c.ok(alice, "DELETE", _field(alice, "displayname")) == {}
+    await c.refused(None, "GET", _field(alice, "displayname"), status=404, errcode="M_NOT_FOUND")
+    assert await c.ok(None, "GET", f"/profile/{q(alice.user_id)}") == {
+        "avatar_url": "mxc://localhost/abc"
+    }
+    member = await _member(c, alice, room_id, alice)
+    assert "displayname" not in member
+    assert member["avatar_url"] == "mxc://localhost/abc"
+    await c.ok(alice, "DELETE", _field(alice, "avatar_url"))
+    assert await c.ok(None, "GET", f"/profile/{q(alice.user_id)}") == {}
+    assert await _member(c, alice, room_id, alice) == {"membership": "join"}
+    # Deleting a field already clear changes nothing.
+    assert await c.ok(alice, "DELETE", _field(alice, "avatar_url")) == {}
+    assert await c.ok(None, "GET", f"/profile/{q(alice.user_id)}") == {}

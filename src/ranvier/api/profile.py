@@ -1,7 +1,8 @@
 """Profiles: ``/profile/{userId}`` and its ``displayname`` and ``avatar_url``.
 
 Reading a profile needs no access token (the spec leaves it open); changing
-one needs the owner's. See :mod:`ranvier.core.profiles`.
+one needs the owner's. ``DELETE`` of a field clears it as ``PUT`` of null
+does. See :mod:`ranvier.core.profiles`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ __all__ = ["add_profile_routes"]
 
 
 def add_profile_routes(router: Router, *, auth: Auth, profiles: Profiles) -> None:
-    """Serve ``GET /profile/{userId}`` and ``GET``/``PUT`` of its two fields."""
+    """Serve ``GET /profile/{userId}`` and ``GET``/``PUT``/``DELETE`` of its two fields."""
 
     async def get_profile(request: Request) -> Mapping[str, Any]:
         return await profiles.get_profile(request.path_params["user_id"])
@@ -47,9 +48,15 @@ def add_profile_routes(router: Router, *, auth: Auth, profiles: Profiles) -> Non
             )
             return {}
 
+        async def delete_field(request: Request) -> Mapping[str, Any]:
+            requester = await auth.get_user(request)
+            await profiles.set_field(requester.user_id, request.path_params["user_id"], field, None)
+            return {}
+
         for prefix in CLIENT_VERSION_PREFIXES:
             router.add("GET", f"{prefix}/profile/{{user_id}}/{field}", get_field)
             router.add("PUT", f"{prefix}/profile/{{user_id}}/{field}", set_field)
+            router.add("DELETE", f"{prefix}/profile/{{user_id}}/{field}", delete_field)
 
     for prefix in CLIENT_VERSION_PREFIXES:
         router.add("GET", f"{prefix}/profile/{{user_id}}", get_profile)
