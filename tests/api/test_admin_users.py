@@ -326,3 +326,37 @@ async def test_whois_lists_the_devices_and_joined_rooms_the_rooms(env: WithAdmin
     await c.ok(alice, "POST", f"/rooms/{q(first)}/leave", {})
     rooms = await admin_ok(http, admin, "GET", f"/v1/users/{q(alice.user_id)}/joined_rooms")
     assert rooms == {"joined_rooms": [second], "total": 1}
+
+
+async def test_the_client_apis_whois_answers_admins_and_the_user_themselves(
+    env: WithAdmin,
+) -> None:
+    c, admin, alice, bob = env.client, env.admin, env.alice, env.bob
+    frank = await env.hs.register_user("frank", password="pw")
+    status, login = await _login(env, "frank", "pw")
+    assert status == 200
+    path = f"/admin/whois/{q(frank.user_id)}"
+    by_admin = await c.ok(admin, "GET", path)
+    assert by_admin["user_id"] == frank.user_id
+    assert set(by_admin["devices"]) == {frank.device_id, login["device_id"]}
+    for device in by_admin["devices"].values():
+        (session,) = device["sessions"]
+        (connection,) = session["connections"]
+        # Addresses and user agents are not recorded: left out, not null.
+        assert set(connection) == {"last_seen"}
+        assert isinstance(connection["last_seen"], int)
+    assert await c.ok(frank, "GET", path) == by_admin
+    own = await c.ok(alice, "GET", f"/admin/whois/{q(alice.user_id)}")
+    assert (own["user_id"], list(own["devices"])) == (alice.user_id, [alice.device_id])
+    await c.refused(alice, "GET", path, status=403, errcode="M_FORBIDDEN")
+    await c.refused(
+        bob, "GET", f"/admin/whois/{q(alice.user_id)}", status=403, errcode="M_FORBIDDEN"
+    )
+    await c.refused(None, "GET", path, status=401, errcode="M_MISSING_TOKEN")
+    await c.refused(
+        admin, "GET", f"/admin/whois/{q('@nobody:localhost')}", status=404, errcode="M_NOT_FOUND"
+    )
+    await c.refused(
+        admin, "GET", f"/admin/whois/{q('@x:elsewhere.example')}",
+        status=400, errcode="M_INVALID_PARAM",
+    )  # fmt: skip

@@ -1,7 +1,9 @@
 """The user admin API at Synapse's paths: accounts listed, shown, created
 or changed, deactivated, given a new password, made admins or not, and
 their devices and rooms (:class:`ranvier.core.admin_users.AdminUsers`).
-Admins only (:func:`ranvier.api.admin_common.require_admin`).
+Admins only (:func:`ranvier.api.admin_common.require_admin`), but for the
+client-server API's own ``/admin/whois/{userId}``, which a user may also ask
+about themselves (the spec leaves it to the server whom to answer).
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from ranvier.api.admin_common import ADMIN_V1, ADMIN_V2, body_object, page_params, require_admin
+from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.api.query_params import flag_param
 from ranvier.core.admin_users import AdminUsers, UserListRequest
-from ranvier.errors import BadJsonError
+from ranvier.errors import BadJsonError, MatrixError
 from ranvier.web import JsonResponse, Request, Router
 
 __all__ = ["add_admin_user_routes"]
@@ -86,6 +89,16 @@ def add_admin_user_routes(router: Router, *, auth: Auth, users: AdminUsers) -> N
         await require_admin(auth, request)
         return await users.joined_rooms(_user_id(request))
 
+    async def client_whois(request: Request) -> Mapping[str, Any]:
+        requester = await auth.get_user(request)
+        if not requester.is_admin and requester.user_id != request.path_params["user_id"]:
+            raise MatrixError(
+                "only server admins may look up another user",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+        return _without_unknowns(await users.whois(_user_id(request)))
+
     router.add("GET", f"{ADMIN_V2}/users", list_users)
     router.add("GET", f"{ADMIN_V2}/users/{{user_id}}", get_user)
     router.add("PUT", f"{ADMIN_V2}/users/{{user_id}}", put_user)
@@ -95,3 +108,27 @@ def add_admin_user_routes(router: Router, *, auth: Auth, users: AdminUsers) -> N
     router.add("PUT", f"{ADMIN_V1}/users/{{user_id}}/admin", put_admin)
     router.add("GET", f"{ADMIN_V1}/whois/{{user_id}}", whois)
     router.add("GET", f"{ADMIN_V1}/users/{{user_id}}/joined_rooms", joined_rooms)
+    for prefix in CLIENT_VERSION_PREFIXES:
+        router.add("GET", f"{prefix}/admin/whois/{{user_id}}", client_whois)
+
+
+def _without_unknowns(whois: Mapping[str, Any]) -> dict[str, Any]:
+    """``whois`` with the connections' unrecorded values left out: the
+    spec types them as strings and integers, never null."""
+    return {
+        "user_id": whois["user_id"],
+        "devices": {
+            device_id: {
+                "sessions": [
+                    {
+                        "connections": [
+                            {key: value for key, value in connection.items() if value is not None}
+                            for connection in session["connections"]
+                        ]
+                    }
+                    for session in device["sessions"]
+                ]
+            }
+            for device_id, device in whois["devices"].items()
+        },
+    }
