@@ -11,6 +11,8 @@ events and state, and reading state, events and members.
 * ``GET /rooms/{roomId}/state``, ``/state/{eventType}[/{stateKey}]``,
   ``/event/{eventId}``, ``/members``, ``/joined_members``, and
   ``GET /joined_rooms``
+* ``GET /v1/mutual_rooms``: the rooms both the requester and another user
+  are joined to, in one batch (so a ``from`` token is never valid)
 
 Every route needs an access token. Handlers check the request's shape
 (400 ``M_BAD_JSON`` for a body of the wrong shape, ``M_NOT_JSON`` for one
@@ -32,6 +34,7 @@ from ranvier.core.room_forgetting import RoomForgetting
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.rooms import RoomReader
 from ranvier.errors import MatrixError
+from ranvier.protocol.auth import is_valid_user_id
 from ranvier.protocol.room_versions import DEFAULT_ROOM_VERSION
 from ranvier.web import Request, Router
 
@@ -381,6 +384,34 @@ class _Rooms:
         requester = await self._auth.get_user(request)
         return {"joined_rooms": await self._reader.joined_rooms(requester.user_id)}
 
+    async def get_mutual_rooms(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        other = request.query_value("user_id")
+        if other is None:
+            raise MatrixError(
+                "the query parameter 'user_id' is required",
+                errcode="M_MISSING_PARAM",
+                http_status=400,
+            )
+        if not is_valid_user_id(other) or other == requester.user_id:
+            raise MatrixError(
+                f"{other!r} is not another user's ID",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        if request.query_value("from") is not None:
+            raise MatrixError(
+                "this server gives no 'from' tokens: its first answer holds every room",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        joined = [
+            room_id
+            for room_id in await self._reader.joined_rooms(requester.user_id)
+            if await self._reader.membership(other, room_id) == "join"
+        ]
+        return {"joined": joined, "count": len(joined)}
+
 
 def _alias_in_use(alias: str) -> MatrixError:
     return MatrixError(f"room alias {alias} is taken", errcode="M_ROOM_IN_USE", http_status=400)
@@ -415,6 +446,7 @@ def add_room_routes(
     router.add("POST", f"{CLIENT_V3}/createRoom", rooms.create_room)
     router.add("POST", f"{CLIENT_V3}/join/{{room_id_or_alias}}", rooms.join)
     router.add("GET", f"{CLIENT_V3}/joined_rooms", rooms.get_joined_rooms)
+    router.add("GET", "/_matrix/client/v1/mutual_rooms", rooms.get_mutual_rooms)
     router.add("POST", f"{room}/join", rooms.join_by_id)
     router.add("POST", f"{room}/leave", rooms.leave)
     router.add("POST", f"{room}/invite", rooms.invite)
