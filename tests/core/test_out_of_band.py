@@ -4,8 +4,7 @@ else is, nor anything of a room whose DAG is held here."""
 
 from __future__ import annotations
 
-from ranvier.core import event_to_persist
-from ranvier.core.context import EventContext
+from ranvier.core.context import out_of_band_to_persist
 from ranvier.core.out_of_band import OutOfBandMemberships
 from ranvier.protocol.events import Pdu
 from ranvier.storage import Storage
@@ -19,9 +18,7 @@ BOB = f"@bob:{HERE}"
 async def _held_alone(storage: Storage, *events: Pdu) -> None:
     """Store the room and ``events`` as outliers, as an invite or a knock is."""
     await storage.store_room(events[0].room_id, events[0].room_version.identifier)
-    await storage.persist_events(
-        [event_to_persist(event, EventContext.for_outlier()) for event in events]
-    )
+    await storage.persist_events([out_of_band_to_persist(event) for event in events])
 
 
 def _oob(storage: Storage) -> OutOfBandMemberships:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from _rooms import local_creator
 
-from ranvier.core import EventContext, event_to_persist
+from ranvier.core.context import out_of_band_to_persist
 from ranvier.core.creation import EventCreator
 from ranvier.core.directory import RoomDirectory
 from ranvier.core.joins import RemoteJoiner, RemoteJoinError
@@ -116,7 +116,7 @@ async def test_a_remote_room_is_tried_through_given_named_then_inviting_servers(
     )
     room.public_room()
     invite = room.member(ZED, "invite", BOB)
-    await storage.persist_events([event_to_persist(invite, EventContext.for_outlier())])
+    await storage.persist_events([out_of_band_to_persist(invite)])
     with pytest.raises(RemoteJoinError) as caught:
         await joins.join(BOB, room.room_id, ["first.example", "second.example", "first.example"])
     assert network.asked == ["first.example", "second.example", "named.example", "inviter.example"]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from _rooms import local_creator
 
-from ranvier.core import EventContext, event_to_persist
+from ranvier.core.context import out_of_band_to_persist
 from ranvier.core.creation import EventCreator
 from ranvier.core.room_leaves import RoomLeaves
 from ranvier.errors import MatrixError
@@ -59,7 +59,7 @@ async def _invited(storage: Storage) -> RoomBuilder:
     room = RoomBuilder("10", ZED, keys=keys)
     room.public_room()
     invite = room.member(ZED, "invite", BOB)
-    await storage.persist_events([event_to_persist(invite, EventContext.for_outlier())])
+    await storage.persist_events([out_of_band_to_persist(invite)])
     return room
 
 

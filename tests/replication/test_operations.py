@@ -59,13 +59,27 @@ _OUTLIER = EventToPersist(
     outlier=True,
     rejected_reason="auth",
 )
+#: An invite from another server to a room not joined here.
+_OUT_OF_BAND = EventToPersist(
+    event_id="$i",
+    room_id="!r:x",
+    room_version="10",
+    type="m.room.member",
+    state_key="@u:x",
+    sender="@v:y",
+    depth=5,
+    origin_server_ts=2,
+    json=b"{}",
+    outlier=True,
+    out_of_band=True,
+)
 _DEVICE = accounts.NewDevice(
     user_id="@u:x", device_id="D", display_name=None, token_hash=b"\x01" * 32, created_ts=5
 )
 
 #: Arguments of every registered write, as storage's callers give them.
 SAMPLES: dict[str, Any] = {
-    "writes.PersistEvents": writes.PersistEvents((_EVENT, _OUTLIER), {"!r:x": 7}),
+    "writes.PersistEvents": writes.PersistEvents((_EVENT, _OUTLIER, _OUT_OF_BAND), {"!r:x": 7}),
     "writes.store_room": {"room_id": "!r:x", "room_version": "10"},
     "writes.set_current_state": {"room_id": "!r:x", "state_group": 3},
     "writes.store_partial_join": {
@@ -277,6 +291,7 @@ def test_every_registered_write_round_trips(name: str) -> None:
     if name == "writes.PersistEvents":
         assert decoded.events == operation.events
         assert decoded.events[0].json == _EVENT.json
+        assert [event.out_of_band for event in decoded.events] == [False, False, True]
     if name == "accounts.create_account":
         assert decoded.keywords["account"] == operation.keywords["account"]
         assert decoded.keywords["device"] == _DEVICE

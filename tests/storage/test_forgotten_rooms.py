@@ -32,6 +32,7 @@ def _member(
     room_id: str = ROOM,
     before: int | None = None,
     outlier: bool = False,
+    out_of_band: bool = False,
     rejected: str | None = None,
     soft_failed: bool = False,
     depth: int = 2,
@@ -57,10 +58,13 @@ def _member(
         depth=depth,
         origin_server_ts=1_700_000_000_000 + depth,
         json=encode_canonical_json(pdu),
-        outlier=outlier,
+        outlier=outlier or out_of_band,
+        out_of_band=out_of_band,
         rejected_reason=rejected,
         soft_failed=soft_failed,
-        context=None if outlier else EventStateContext(state_group_before=before or 0),
+        context=None
+        if outlier or out_of_band
+        else EventStateContext(state_group_before=before or 0),
     )
 
 
@@ -131,9 +135,11 @@ def test_an_outlier_invite_to_a_room_not_joined_here_clears_it(
     conn: sqlite3.Connection,
 ) -> None:
     conn.execute("INSERT INTO rooms (room_id, room_version) VALUES (?, ?)", (OTHER_ROOM, VERSION))
-    persist_events(conn, [_member("$invite", "invite", room_id=OTHER_ROOM, outlier=True)])
+    persist_events(conn, [_member("$invite", "invite", room_id=OTHER_ROOM, out_of_band=True)])
     _refused(conn, OTHER_ROOM)
-    persist_events(conn, [_member("$reject", "leave", room_id=OTHER_ROOM, outlier=True, depth=3)])
+    persist_events(
+        conn, [_member("$reject", "leave", room_id=OTHER_ROOM, out_of_band=True, depth=3)]
+    )
     _forget_room(conn, user_id=BOB, room_id=OTHER_ROOM)
     # An outlier join is an auth event fetched on its own: no membership.
     persist_events(conn, [_member("$auth_join", "join", room_id=OTHER_ROOM, outlier=True, depth=4)])

@@ -74,6 +74,7 @@ TABLES_ADDED = {
     31: {"forgotten_rooms"},
     # A column of pushers, no table.
     32: set(),
+    33: {"out_of_band_memberships"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -188,8 +189,9 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO media_thumbnails VALUES ('x', 'm1', 32, 32, 'crop', 'image/png', 2)")
     elif version == 16:
         run(
-            "INSERT INTO pushers VALUES"
-            " ('@a:x', 'app', 'key', 'http', 'A', 'D', NULL, 'en', x'7b7d', 5)"
+            "INSERT INTO pushers (user_id, app_id, pushkey, kind, app_display_name,"
+            " device_display_name, profile_tag, lang, data_json, pushkey_ts)"
+            " VALUES ('@a:x', 'app', 'key', 'http', 'A', 'D', NULL, 'en', x'7b7d', 5)"
         )
         run("INSERT INTO push_position VALUES (1, 7)")
     elif version == 17:
@@ -233,6 +235,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
             "INSERT INTO pushers VALUES"
             " ('@a:x', 'app', 'key2', 'http', 'A', 'D', NULL, 'en', x'7b7d', 5, 'DEV')"
         )
+    elif version == 33:
+        run("INSERT INTO out_of_band_memberships VALUES ('$e', '!r:x', '@a:x')")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -187,7 +187,7 @@ def test_memberships_known_only_as_outliers(
             event_id, room_id=remote, outlier=True, type="m.room.member", state_key="@u:x"
         )
         pdu = {"content": {"membership": membership}, "room_id": remote, "x": event_id}
-        return msgspec.structs.replace(event, json=encode_canonical_json(pdu))
+        return msgspec.structs.replace(event, json=encode_canonical_json(pdu), out_of_band=True)
 
     # A room joined here is read from its current state, not its outliers.
     base = _base(conn)

@@ -35,6 +35,8 @@ import dataclasses
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
+import msgspec
+
 from ranvier.errors import MatrixError
 from ranvier.protocol.auth import StateKey
 from ranvier.protocol.events import Pdu
@@ -50,6 +52,7 @@ __all__ = [
     "compute_current_state_after",
     "compute_event_context",
     "event_to_persist",
+    "out_of_band_to_persist",
 ]
 
 
@@ -194,6 +197,16 @@ def event_to_persist(event: Pdu, context: EventContext) -> EventToPersist:
         rejected_reason=context.rejected_reason,
         soft_failed=context.soft_failed,
         context=context.to_storage(),
+    )
+
+
+def out_of_band_to_persist(event: Pdu) -> EventToPersist:
+    """A membership of one of our users in a room this server is not in,
+    as storage writes it: an outlier that is the user's newest membership
+    there, whatever the room's state here (from when we were in it) says.
+    """
+    return msgspec.structs.replace(
+        event_to_persist(event, EventContext.for_outlier()), out_of_band=True
     )
 
 

@@ -31,7 +31,7 @@ from ranvier.protocol.room_versions import SUPPORTED_ROOM_VERSIONS, RoomVersion
 from ranvier.protocol.signing import SigningKeyLike
 
 from .builder import Clock, wall_clock_ms
-from .context import EventContext, event_to_persist
+from .context import out_of_band_to_persist
 from .creation import EventCreator
 from .directory import RoomDirectory
 from .interfaces import EventPersister
@@ -221,9 +221,7 @@ class RoomKnocks:
             kept = Pdu.from_json(
                 event.json | {"unsigned": {KNOCK_ROOM_STATE: state}}, event.room_version
             )
-            await self._persister.persist_events(
-                [event_to_persist(kept, EventContext.for_outlier())]
-            )
+            await self._persister.persist_events([out_of_band_to_persist(kept)])
             return
         raise MatrixError(
             f"could not knock on {room_id}: {'; '.join(failures)}",

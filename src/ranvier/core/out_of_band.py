@@ -9,8 +9,8 @@ is told of a membership taking its user out of the room, see
 :class:`~ranvier.core.room_servers.RoomEventSender`). Ingestion cannot take
 it as a room event: it would need the state before it, which a server
 outside the room may not have. So it is kept as an outlier beside the
-invite or knock, and ``/sync``, which reads a room known only through
-outliers by its latest membership event, moves the room to ``leave``.
+invite or knock, and ``/sync``, which reads our users' newest membership
+(:mod:`ranvier.storage.local_memberships`), moves the room to ``leave``.
 
 :class:`OutOfBandMemberships` takes such an event, once its signatures
 and content hash are checked (as for any PDU), when all of these hold:
@@ -39,7 +39,7 @@ from typing import Final, Protocol
 from ranvier.protocol.events import Pdu
 from ranvier.storage.records import StoredEvent
 
-from .context import EventContext, event_to_persist
+from .context import out_of_band_to_persist
 from .interfaces import EventPersister
 
 __all__ = ["MembershipReader", "OutOfBandMemberships", "OutOfBandStore"]
@@ -122,7 +122,7 @@ class OutOfBandMemberships:
         pending = Pdu.from_json(latest.json, event.room_version, check_limits=False)
         if pending.membership not in _PENDING:
             return False
-        await self._persister.persist_events([event_to_persist(event, EventContext.for_outlier())])
+        await self._persister.persist_events([out_of_band_to_persist(event)])
         _log.info(
             "%s from %s answers the %s of %s in %s, a room not joined here",
             event.event_id,

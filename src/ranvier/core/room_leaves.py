@@ -2,7 +2,8 @@
 
 A room this server is in is left here (:meth:`EventCreator.leave`). A user
 invited from another server to a room no user of ours is in holds only the
-invite (an outlier); declining it goes through a server in the room, as
+invite (an outlier), newer than anything the room's state here says when
+this server was in the room before; declining it goes through a server in the room, as
 the spec's ``make_leave`` and ``send_leave`` handshake: that server makes
 a leave template, we sign it, and it takes the leave into the room. The
 leave is then kept here as an outlier beside the invite, so that this
@@ -24,7 +25,7 @@ from ranvier.protocol.signing import SigningKeyLike
 
 from .builder import Clock, wall_clock_ms
 from .client_events import event_content
-from .context import EventContext, event_to_persist
+from .context import out_of_band_to_persist
 from .creation import EventCreator
 from .interfaces import EventPersister, StateReader
 from .knocks import knock_servers
@@ -82,21 +83,22 @@ class RoomLeaves:
 
     async def leave(self, user_id: str, room_id: str, *, reason: str | None = None) -> str:
         """Leave ``room_id`` or decline an invite to it; return the leave's event ID."""
-        key = (_MEMBER, user_id)
-        if not await self._store.get_current_state_ids_for_keys(room_id, [key]):
-            invite = await self._remote_membership(user_id, room_id)
-            if invite is not None:
-                return await self._leave_remotely(user_id, invite, reason)
+        invite = await self._remote_membership(user_id, room_id)
+        if invite is not None:
+            return await self._leave_remotely(user_id, invite, reason)
         return await self._creator.leave(user_id, room_id, reason=reason)
 
     async def _remote_membership(self, user_id: str, room_id: str) -> Pdu | None:
         """The invite of another server, or the user's knock made through
-        one, that is all this server has of the room."""
+        one, when it is the user's newest membership and held from outside
+        the room's DAG: whatever the room's state here says (a room left
+        before), the room itself is only to be reached through its servers.
+        """
         event_id = await self._memberships.get_latest_membership_event_id(user_id, room_id)
         if event_id is None:
             return None
         row = (await self._store.get_events([event_id])).get(event_id)
-        if row is None:
+        if row is None or not row.outlier:
             return None
         membership = event_content(row).get("membership")
         if membership == "knock":
@@ -134,9 +136,7 @@ class RoomLeaves:
                     raise
                 failures.append(f"{server}: {exc.message}")
                 continue
-            await self._persister.persist_events(
-                [event_to_persist(event, EventContext.for_outlier())]
-            )
+            await self._persister.persist_events([out_of_band_to_persist(event)])
             return event.event_id
         raise MatrixError(
             f"could not leave {room_id} through another server: {'; '.join(failures)}",

@@ -79,6 +79,13 @@ class MembershipIndex(Protocol):
         """The room's last accepted event at or before ``stream_ordering``."""
         ...
 
+    async def get_latest_membership_event_id(self, user_id: str, room_id: str) -> str | None:
+        """The event of ``user_id``'s newest membership in the room: the
+        current state's, or one held from outside the room's DAG when newer
+        (:mod:`ranvier.storage.local_memberships`).
+        """
+        ...
+
 
 class ForgottenRooms(Protocol):
     """Rooms users forgot (:class:`ranvier.storage.forgotten_rooms.ForgottenRoomStorage`)."""
@@ -409,11 +416,12 @@ class RoomReader:
             and membership in ("leave", "ban")
             and not await self._has_forgotten(user_id, room_id)
         ):
-            groups = await self._store.get_event_state_groups(current.event_id)
-            if groups is not None:
-                return _View(
-                    membership, groups.after, joined=False, ended_at=current.stream_ordering
-                )
+            left = await self._departure_in_dag(user_id, room_id, current)
+            groups = (
+                None if left is None else await self._store.get_event_state_groups(left.event_id)
+            )
+            if left is not None and groups is not None:
+                return _View(membership, groups.after, joined=False, ended_at=left.stream_ordering)
         if await self._world_readable(room_id, None):
             return _View(membership, None, joined=False)
         raise _forbidden(f"{user_id} may not read room {room_id}: not a member of it")
@@ -448,12 +456,32 @@ class RoomReader:
         return await self._store.get_state_ids(view.state_group)
 
     async def _current_member_event(self, user_id: str, room_id: str) -> StoredEvent | None:
-        key = (_MEMBER, user_id)
-        found = await self._store.get_current_state_ids_for_keys(room_id, [key])
-        event_id = found.get(key)
+        """The event of the user's membership now: the one ``/sync`` shows,
+        which may be newer than the room's state here (an invite from
+        another server to a room this server left).
+        """
+        event_id = await self._memberships.get_latest_membership_event_id(user_id, room_id)
         if event_id is None:
             return None
         return (await self._events([event_id])).get(event_id)
+
+    async def _departure_in_dag(
+        self, user_id: str, room_id: str, current: StoredEvent
+    ) -> StoredEvent | None:
+        """Where the user's leave or ban ``current`` ends what they read of
+        the room: ``current`` itself, or, for one held from outside the
+        room's DAG (an invite declined after the room was left), the leave
+        or ban in the room's state here; None when there is none.
+        """
+        if not current.outlier:
+            return current
+        key = (_MEMBER, user_id)
+        found = await self._store.get_current_state_ids_for_keys(room_id, [key])
+        event_id = found.get(key)
+        event = None if event_id is None else (await self._events([event_id])).get(event_id)
+        if event is None or _membership_of(event) not in ("leave", "ban"):
+            return None
+        return event
 
     async def _events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
         wanted = list(dict.fromkeys(event_ids))

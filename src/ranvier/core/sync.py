@@ -294,16 +294,18 @@ async def stripped_room_state(
     user the invitee ignores, which the spec has the server keep from them.
     Shared by ``/sync`` and sliding sync.
     """
-    state = await store.current_state_for_keys(room_id, _STRIPPED_STATE_KEYS)
     invite = await store.get_events([invite_id])
-    stripped = [_stripped(event) for event in state]
-    if invite_id in invite:
-        event = invite[invite_id]
-        if event.sender in ignored:
-            return None
-        if not stripped:
-            # A room not joined here: what the inviting server sent of it.
-            stripped = _invite_room_state(event)
+    event = invite.get(invite_id)
+    if event is not None and event.sender in ignored:
+        return None
+    # An invite or knock held from outside the room's DAG (a room not
+    # joined here, or left long ago): what the room's server sent of the
+    # room now is newer than any state held here.
+    stripped = _invite_room_state(event) if event is not None and event.outlier else []
+    if not stripped:
+        state = await store.current_state_for_keys(room_id, _STRIPPED_STATE_KEYS)
+        stripped = [_stripped(entry) for entry in state]
+    if event is not None:
         stripped.append(_stripped(event))
     return stripped
 
@@ -700,16 +702,16 @@ class SyncHandler:
             joined_now=False,
             checked_before=left_at + 1,
         )
+        leave = (await self._store.get_events([leave_id])).get(leave_id)
+        if room is not None and leave is not None and leave.outlier:
+            # Held from outside the room's DAG (an invite to a room left
+            # before, declined or withdrawn): the timeline here ends before it.
+            room["timeline"]["events"].append(request.filter.project(_sync_event(leave)))
         if room is None:
             # The leave is outside the room's timeline here (an invite from
             # another server declined) or filtered out of it: the client
             # still needs it to drop the room.
-            events = await self._store.get_events([leave_id])
-            timeline = (
-                [request.filter.project(_sync_event(events[leave_id]))]
-                if leave_id in events
-                else []
-            )
+            timeline = [] if leave is None else [request.filter.project(_sync_event(leave))]
             room = {
                 "timeline": {
                     "events": timeline,

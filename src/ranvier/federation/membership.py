@@ -71,11 +71,11 @@ import msgspec
 
 from ranvier.core.builder import prepare_event
 from ranvier.core.context import (
-    EventContext,
     UnknownPrevStateError,
     compute_current_state_after,
     compute_event_context,
     event_to_persist,
+    out_of_band_to_persist,
 )
 from ranvier.core.event_auth import check_against_auth_events, run_auth_checks
 from ranvier.core.event_signatures import check_event_signatures, required_signers
@@ -650,9 +650,7 @@ class _Membership:
         signed = self._countersigned(event)
         if not await self._store.get_events([signed.event_id]):
             kept = _with_invite_room_state(signed, body.invite_room_state)
-            await self._persister.persist_events(
-                [event_to_persist(kept, EventContext.for_outlier())]
-            )
+            await self._persister.persist_events([out_of_band_to_persist(kept)])
         return {"event": msgspec.Raw(signed.raw)}
 
     async def _check_invite_room_state(

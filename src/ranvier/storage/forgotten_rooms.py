@@ -16,8 +16,10 @@ Invariants
   user that becomes their current membership deletes the row in the
   transaction that writes it (:func:`clear_forgotten`, from
   :func:`ranvier.storage.writes.persist_events`, whatever path the event
-  came by). For a room known here only through outliers (an invite from
-  another server), the outlier invite or knock is that membership. An old
+  came by). An out-of-band invite or knock (an outlier of a room this
+  server is not in, :mod:`ranvier.storage.local_memberships`) is that
+  membership, and so, in a room known here only through outliers, is any
+  outlier invite or knock. An old
   membership event backfilled into the timeline does not become current,
   so it clears nothing.
 * Reads still look at the membership: a row only matters while the user's
@@ -37,6 +39,7 @@ import msgspec
 
 from ranvier.errors import MatrixError
 
+from .local_memberships import newest_membership
 from .readers import ReaderPool
 from .records import EventToPersist
 from .write_backend import WriteBackend, registered_write
@@ -99,20 +102,9 @@ def forgotten_rooms(conn: sqlite3.Connection, *, user_id: str) -> frozenset[str]
 
 
 def _current_membership(conn: sqlite3.Connection, user_id: str, room_id: str) -> str | None:
-    """The user's membership in the room's current state or, for a room
-    known only through outliers, their latest membership event there."""
-    row = conn.execute(
-        "SELECT e.json FROM current_state AS cs JOIN events AS e ON e.event_id = cs.event_id"
-        " WHERE cs.room_id = ? AND cs.type = 'm.room.member' AND cs.state_key = ?",
-        (room_id, user_id),
-    ).fetchone()
-    if row is None and not _has_current_state(conn, room_id):
-        row = conn.execute(
-            "SELECT json FROM events WHERE room_id = ? AND type = 'm.room.member'"
-            " AND state_key = ? ORDER BY stream_ordering DESC LIMIT 1",
-            (room_id, user_id),
-        ).fetchone()
-    return None if row is None else _membership(bytes(row[0]))
+    """The user's newest membership in the room, as /sync shows it."""
+    found = newest_membership(conn, user_id, room_id)
+    return None if found is None else found[1]
 
 
 def _has_current_state(conn: sqlite3.Connection, room_id: str) -> bool:
@@ -163,8 +155,11 @@ def clear_forgotten(conn: sqlite3.Connection, events: Iterable[EventToPersist]) 
         if membership not in _BACK_IN:
             continue
         if event.outlier:
-            if membership == "join" or _has_current_state(conn, event.room_id):
-                # An outlier join is an auth event fetched on its own.
+            # An out-of-band invite or knock is the user's membership now;
+            # another outlier join is an auth event fetched on its own.
+            if not event.out_of_band and (
+                membership == "join" or _has_current_state(conn, event.room_id)
+            ):
                 continue
         elif (
             conn.execute(

@@ -80,6 +80,12 @@ class EventToPersist(msgspec.Struct, frozen=True, kw_only=True):
     soft_failed: bool = False
     #: None exactly for outliers.
     context: EventStateContext | None = None
+    #: An outlier membership of one of our users in a room this server is
+    #: not in (an invite from another server, a knock made through one, the
+    #: room's answer to either, a declined invite's leave): a membership of
+    #: the user's own, newer than what the room's state here says, unlike an
+    #: outlier fetched for the DAG (see :mod:`ranvier.storage.local_memberships`).
+    out_of_band: bool = False
 
     def __post_init__(self) -> None:
         if self.outlier and self.context is not None:
@@ -88,6 +94,8 @@ class EventToPersist(msgspec.Struct, frozen=True, kw_only=True):
             raise BadJsonError(f"{self.event_id}: an event in the room's DAG needs a state context")
         if not self.event_id or not self.room_id:
             raise BadJsonError("an event to persist needs an event ID and a room ID")
+        if self.out_of_band and not self.outlier:
+            raise BadJsonError(f"{self.event_id}: only an outlier is an out-of-band membership")
 
     @property
     def is_state(self) -> bool:

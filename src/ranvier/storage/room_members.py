@@ -4,7 +4,7 @@ The current state's member rows are indexed by state key (schema 7's
 ``current_state_members``), so a user's rooms are one index range. A
 membership this server holds only as an outlier (an invite from another
 server to a room not joined here) is not in any current state, so it is
-found among the room's own member events instead.
+found among the marked outliers (:mod:`ranvier.storage.local_memberships`).
 
 ``GET /members?at=`` reads the state of a room as of a stream position: the
 state after the room's last accepted event at or before it, found through
@@ -23,6 +23,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Collection
 
+from .local_memberships import newest_membership
 from .readers import ReaderPool
 from .write_backend import WriteBackend
 
@@ -61,17 +62,14 @@ class RoomMemberStorage:
         return await self._readers.read(select)
 
     async def get_latest_membership_event_id(self, user_id: str, room_id: str) -> str | None:
-        """The last member event about ``user_id`` stored for ``room_id``,
-        outliers included; None when there is none.
+        """The member event of ``user_id``'s newest membership in ``room_id``
+        (:mod:`ranvier.storage.local_memberships`), the one ``/sync`` shows;
+        None when there is none.
         """
 
         def select(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute(
-                "SELECT event_id FROM events WHERE room_id = ? AND type = 'm.room.member'"
-                " AND state_key = ? ORDER BY stream_ordering DESC LIMIT 1",
-                (room_id, user_id),
-            ).fetchone()
-            return None if row is None else str(row[0])
+            found = newest_membership(conn, user_id, room_id)
+            return None if found is None else found[3]
 
         return await self._readers.read(select)
 

@@ -1003,6 +1003,25 @@ def _pusher_devices(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE pushers ADD COLUMN device_id TEXT")
 
 
+def _out_of_band_memberships(conn: sqlite3.Connection) -> None:
+    """Outlier memberships of our users in rooms this server is not in
+    (:mod:`ranvier.storage.local_memberships`), read by user. Until now
+    such rooms were those with no current state, where every member event
+    is one: those are marked.
+    """
+    conn.execute(
+        "CREATE TABLE out_of_band_memberships (event_id TEXT PRIMARY KEY,"
+        " room_id TEXT NOT NULL, user_id TEXT NOT NULL) STRICT"
+    )
+    conn.execute("CREATE INDEX out_of_band_memberships_user ON out_of_band_memberships (user_id)")
+    conn.execute(
+        "INSERT INTO out_of_band_memberships (event_id, room_id, user_id)"
+        " SELECT e.event_id, e.room_id, e.state_key FROM events AS e"
+        " WHERE e.type = 'm.room.member' AND e.state_key IS NOT NULL AND e.outlier = 1"
+        " AND NOT EXISTS (SELECT 1 FROM current_state_groups AS c WHERE c.room_id = e.room_id)"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1037,6 +1056,7 @@ MIGRATIONS: Sequence[Migration] = (
     _refresh_and_login_tokens,
     _forgotten_rooms,
     _pusher_devices,
+    _out_of_band_memberships,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

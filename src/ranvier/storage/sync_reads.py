@@ -29,6 +29,7 @@ import msgspec
 
 from .forgotten_rooms import forgotten_rooms, is_forgotten
 from .ignored_users import read_ignored_users
+from .local_memberships import dag_membership, newest_membership, newest_memberships
 from .readers import ReaderPool
 from .records import STORED_EVENT_COLUMNS, StateKey, StateMap, StoredEvent, stored_event_from_row
 from .redactions import served, served_events
@@ -72,11 +73,6 @@ class _Membership(msgspec.Struct):
 _decode_membership = msgspec.json.Decoder(_Membership).decode
 
 
-def _membership_of(json: bytes) -> str:
-    membership = _decode_membership(json).content.get("membership")
-    return membership if isinstance(membership, str) else ""
-
-
 def positions(conn: sqlite3.Connection) -> tuple[int, int]:
     """The newest events position and un-partial-state position."""
     (events,) = conn.execute("SELECT COALESCE(MAX(stream_ordering), 0) FROM events").fetchone()
@@ -94,22 +90,12 @@ def sync_snapshot(
 ) -> SyncSnapshot:
     """Everything a sync starts from, read in one snapshot.
 
-    The memberships are those of the rooms' current state, and for rooms
-    known only through outliers (an invite from another server), the
-    latest such membership event.
+    The memberships are each room's newest for the user
+    (:mod:`ranvier.storage.local_memberships`): the current state's, or a
+    membership this server holds from outside the room's DAG when newer.
     """
     events_position, un_partial_position = positions(conn)
-    memberships: list[Membership] = []
-    for room_id, event_id, ordering, json in conn.execute(
-        """
-        SELECT cs.room_id, cs.event_id, e.stream_ordering, e.json
-        FROM current_state AS cs JOIN events AS e ON e.event_id = cs.event_id
-        WHERE cs.type = 'm.room.member' AND cs.state_key = ?
-        """,
-        (user_id,),
-    ):
-        memberships.append((room_id, _membership_of(json), ordering, event_id))
-    memberships.extend(_outlier_memberships(conn, user_id))
+    memberships: list[Membership] = newest_memberships(conn, user_id)
     rooms = [room_id for room_id, *_ in memberships]
     partial = frozenset(
         room_id
@@ -138,27 +124,6 @@ def sync_snapshot(
             )
         )
     return events_position, un_partial_position, memberships, partial, un_partialled, changed
-
-
-def _outlier_memberships(conn: sqlite3.Connection, user_id: str) -> list[Membership]:
-    """The user's latest membership in each room this server knows only
-    through outliers: an invite from another server to a room not joined
-    here, and what became of it. Such rooms have no current state, and few
-    events, so this reads no other room's events.
-    """
-    latest: dict[str, Membership] = {}
-    for room_id, event_id, ordering, json in conn.execute(
-        """
-        SELECT e.room_id, e.event_id, e.stream_ordering, e.json FROM rooms AS r
-        JOIN events AS e ON e.room_id = r.room_id
-        WHERE NOT EXISTS (SELECT 1 FROM current_state_groups AS c WHERE c.room_id = r.room_id)
-          AND e.type = 'm.room.member' AND e.state_key = ?
-        ORDER BY e.stream_ordering
-        """,
-        (user_id,),
-    ):
-        latest[room_id] = (room_id, _membership_of(json), ordering, event_id)
-    return list(latest.values())
 
 
 def room_events(
@@ -287,16 +252,20 @@ def auth_memberships(
 def current_membership(
     conn: sqlite3.Connection, room_id: str, user_id: str
 ) -> tuple[str, int] | None:
-    """The user's membership in the room and the position of its event."""
-    row = conn.execute(
-        """
-        SELECT e.json, e.stream_ordering FROM current_state AS cs
-        JOIN events AS e ON e.event_id = cs.event_id
-        WHERE cs.room_id = ? AND cs.type = 'm.room.member' AND cs.state_key = ?
-        """,
-        (room_id, user_id),
-    ).fetchone()
-    return None if row is None else (_membership_of(row[0]), int(row[1]))
+    """The user's newest membership in the room, as /sync reads it, and the
+    position of its event.
+    """
+    found = newest_membership(conn, user_id, room_id)
+    if found is None:
+        return None
+    membership, ordering = found[1], found[2]
+    if membership in ("leave", "ban"):
+        # Held from outside the DAG, the leave has no place in the room's
+        # history here: what the user saw ends at their membership there.
+        in_dag = dag_membership(conn, user_id, room_id)
+        if in_dag is not None and in_dag[3] != found[3]:
+            ordering = in_dag[2]
+    return membership, ordering
 
 
 def joined_rooms(conn: sqlite3.Connection, *, user_id: str) -> list[str]:

@@ -40,6 +40,7 @@ from ranvier.errors import (
 )
 
 from .forgotten_rooms import clear_forgotten
+from .local_memberships import record_out_of_band
 from .records import (
     DestinationRetry,
     EventToPersist,
@@ -611,6 +612,7 @@ def persist_events(
     record_redactions(conn, events)
     record_relations(conn, events, orderings)
     record_search(conn, events, stored)
+    record_out_of_band(conn, events)
     clear_forgotten(conn, events)
     return orderings
 
