@@ -224,6 +224,7 @@ from ranvier.federation.membership import (
     FederationJoinClient,
     add_membership_routes,
 )
+from ranvier.federation.notary import add_notary_routes
 from ranvier.federation.openid import add_openid_route
 from ranvier.federation.persistence import ReceivedTransactions
 from ranvier.federation.profiles import FederationProfileClient, LocalProfileSource
@@ -1324,6 +1325,14 @@ class HomeServer:
             server_name=config.server_name,
             signing_keys=[signing_key],
             validity_ms=config.federation.key_validity_seconds * 1000,
+        )
+        add_notary_routes(
+            router,
+            server_name=config.server_name,
+            signing_keys=[signing_key],
+            validity_ms=config.federation.key_validity_seconds * 1000,
+            store=self.storage,
+            origin=self.key_ring,
         )
         add_transaction_routes(router, self.transaction_handler)
         add_query_routes(

@@ -99,12 +99,6 @@ NOT_SERVED: Final[dict[tuple[str, str], str]] = {
     ("PUT", "/_matrix/federation/v1/invite/{roomId}/{eventId}"): (
         "v1 invites are for room versions 1 and 2, which this server does not support"
     ),
-    ("GET", "/_matrix/key/v2/query/{serverName}"): (
-        "not a notary: other servers' keys are kept as keys, not as their signed answers"
-    ),
-    ("POST", "/_matrix/key/v2/query"): (
-        "not a notary: other servers' keys are kept as keys, not as their signed answers"
-    ),
     ("POST", "/_matrix/policy/v1/sign"): "this server is not a policy server",
     ("PUT", "/_matrix/federation/v1/exchange_third_party_invite/{roomId}"): (
         "third-party invites: none are made here, so none are exchanged"

@@ -228,6 +228,18 @@ class KeyRing:
             reason += " (fetching: " + "; ".join(problems) + ")"
         raise KeyUnavailableError(server_name, key_id, reason)
 
+    async def refresh_from_origin(self, server_name: str) -> None:
+        """Fetch ``server_name``'s keys from the server itself and keep them
+        (for the notary endpoints, :mod:`ranvier.federation.notary`), unless
+        a fetch of them is running (then wait for it) or ended moments ago.
+        A failure is logged, not raised: the keys kept stay as they were.
+        """
+        if server_name == self._local_server_name:
+            return
+        problems = await self._fetch_shared(server_name, "", self._clock(), use_notaries=False)
+        if problems:
+            _log.info("keys of %s not refreshed: %s", server_name, "; ".join(problems))
+
     def _local_key(self, key_id: str) -> VerifyKey:
         key = self._local_keys.get(key_id)
         if key is None:
