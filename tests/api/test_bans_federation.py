@@ -116,6 +116,26 @@ async def test_an_invite_to_a_room_left_is_declined_through_its_server(tmp_path:
         )
 
 
+async def test_an_invite_to_a_room_left_withdrawn_reaches_sync(tmp_path: Path) -> None:
+    async with two_servers(tmp_path) as servers:
+        _, _, ca, cb, alice, bob = servers
+        room_id, _ = await _left_and_invited_again(servers)
+        after_invite = await _next_batch(cb, bob)
+        await ca.ok(alice, "POST", f"/rooms/{q(room_id)}/kick", {"user_id": bob.user_id})
+
+        async def withdrawn_on_b() -> bool:
+            return await _sections(cb, bob, room_id, since=after_invite) == {"leave"}
+
+        await eventually(withdrawn_on_b, "the withdrawn invite on B")
+        rooms = (await cb.ok(bob, "GET", "/sync", params={"since": after_invite}))["rooms"]
+        (kick,) = [
+            event
+            for event in rooms["leave"][room_id]["timeline"]["events"]
+            if event["type"] == "m.room.member"
+        ]
+        assert (kick["sender"], kick["content"]["membership"]) == (alice.user_id, "leave")
+
+
 async def test_sliding_sync_lists_an_invite_to_a_room_left(tmp_path: Path) -> None:
     async with two_servers(tmp_path) as servers:
         _, _, _, cb, _, bob = servers

@@ -13,6 +13,7 @@ from ranvier.testing import RoomBuilder, ingest_all
 HERE = "here.test"
 ALICE = "@alice:there.test"
 BOB = f"@bob:{HERE}"
+CAROL = f"@carol:{HERE}"
 
 
 async def _held_alone(storage: Storage, *events: Pdu) -> None:
@@ -98,9 +99,10 @@ async def test_nothing_but_a_leave_or_ban_of_a_local_user(storage: Storage) -> N
     assert await _latest(storage, room.room_id) == invite.event_id
 
 
-async def test_a_room_whose_dag_is_held_is_no_business_of_it(storage: Storage) -> None:
+async def test_a_room_joined_here_is_no_business_of_it(storage: Storage) -> None:
     room = RoomBuilder("12", ALICE)
     room.public_room()
+    room.member(CAROL, "join")
     room.member(ALICE, "invite", BOB)
     await ingest_all(storage, room.order)
     leave = room.member(ALICE, "leave", BOB)
@@ -108,3 +110,25 @@ async def test_a_room_whose_dag_is_held_is_no_business_of_it(storage: Storage) -
     assert not await oob.room_not_here(room.room_id)
     assert not await oob.take("there.test", leave)
     assert leave.event_id not in await storage.get_events([leave.event_id])
+
+
+async def test_a_room_left_here_takes_the_answer_to_a_new_invite(storage: Storage) -> None:
+    room = RoomBuilder("12", ALICE)
+    room.public_room()
+    room.member(BOB, "join")
+    room.member(BOB, "leave")
+    await ingest_all(storage, room.order)
+    oob = _oob(storage)
+    # The room's DAG is held, but no user of ours is in it any more.
+    assert await storage.get_forward_extremities(room.room_id)
+    assert await oob.room_not_here(room.room_id)
+    # Nothing pending: a leave of the room's own is no answer.
+    kick = room.member(ALICE, "leave", BOB)
+    assert not await oob.take("there.test", kick)
+    invite = room.member(ALICE, "invite", BOB)
+    await storage.persist_events([out_of_band_to_persist(invite)])
+    assert await _latest(storage, room.room_id) == invite.event_id
+    withdrawn = room.member(ALICE, "leave", BOB)
+    assert await oob.take("there.test", withdrawn)
+    assert await _latest(storage, room.room_id) == withdrawn.event_id
+    assert (await storage.get_events([withdrawn.event_id]))[withdrawn.event_id].outlier

@@ -17,7 +17,8 @@ and content hash are checked (as for any PDU), when all of these hold:
 
 * it is an ``m.room.member`` event about a user of this server, with
   membership ``leave`` or ``ban``;
-* the room has no DAG here (no forward extremities): we are not in it;
+* no user of ours is in the room: it has no DAG here (no forward
+  extremities), or what we hold of it stops where our last user left;
 * the user's latest membership here is an outlier ``invite`` or
   ``knock``, and the event cites that membership in its ``auth_events``,
   as the auth rules make every membership change cite the target's
@@ -62,9 +63,11 @@ class OutOfBandStore(Protocol):
 
 
 class MembershipReader(Protocol):
-    """:class:`ranvier.storage.room_members.RoomMemberStorage`'s read."""
+    """:class:`ranvier.storage.room_members.RoomMemberStorage`'s reads."""
 
     async def get_latest_membership_event_id(self, user_id: str, room_id: str) -> str | None: ...
+
+    async def server_has_joined_member(self, room_id: str, server_name: str) -> bool: ...
 
 
 class OutOfBandMemberships:
@@ -98,8 +101,13 @@ class OutOfBandMemberships:
         )
 
     async def room_not_here(self, room_id: str) -> bool:
-        """Whether this server holds none of the room's DAG."""
-        return not await self._store.get_forward_extremities(room_id)
+        """Whether no user of ours is in the room: none of its DAG is held
+        here, or none of our users is joined in what is (the room was left,
+        and the room's events no longer reach us).
+        """
+        if not await self._store.get_forward_extremities(room_id):
+            return True
+        return not await self._memberships.server_has_joined_member(room_id, self._server_name)
 
     async def take(self, origin: str, event: Pdu) -> bool:
         """Keep ``event``, whose signatures and hash were checked, as an
