@@ -246,6 +246,7 @@ def _path_values(pattern: str, ids: Ids) -> dict[str, str]:
         "serverName": ids.alice.partition(":")[2],
         "mediaId": "abcdefghij",
         "fileName": "file.txt",
+        "protocol": "irc",
     }
 
 

@@ -203,6 +203,7 @@ def _path_values(pattern: str, world: World) -> dict[str, str]:
         "user_id": world.bob if remote_user else world.alice,
         "mediaId": "abcdefghij",
         "txn_id": "txn",
+        "server_name": world.b.server_name,
     }
 
 
@@ -256,6 +257,7 @@ def _plausible_body(method: str, pattern: str, world: World) -> Any:
             "one_time_keys": {world.alice: {world.alice_device: "signed_curve25519"}}
         },
         "/v1/user/keys/query": {"device_keys": {world.alice: []}},
+        "/_matrix/key/v2/query": {"server_keys": {world.b.server_name: {}}},
         "/v1/publicRooms": {"limit": 10, "since": None, "filter": {"generic_search_term": "x"}},
         "/v2/send_join/{room_id}/{event_id}": member,
         "/v2/send_leave/{room_id}/{event_id}": {**member, "content": {"membership": "leave"}},
