@@ -27,6 +27,7 @@ from typing import Any, Final
 import msgspec
 
 from ranvier.errors import MatrixError
+from ranvier.protocol.untrusted_json import decode_untrusted_json
 
 __all__ = [
     "FEDERATION_PREFIX",
@@ -184,6 +185,9 @@ class Route:
     names: tuple[str, ...]
     handler: Handler
     authenticated: bool
+    #: The handler checks the nesting of each unit its body holds, so that
+    #: one unit nested too deeply fails alone (a ``/send`` transaction's PDUs).
+    units_checked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,12 +222,14 @@ class Router:
         handler: Handler,
         *,
         authenticated: bool | None = None,
+        units_checked: bool = False,
     ) -> None:
         """Register ``handler`` for ``method`` requests matching ``pattern``.
 
         ``authenticated`` defaults to True under ``/_matrix/federation/``
-        and False elsewhere. Raises ValueError for a malformed pattern or a
-        method and pattern already registered.
+        and False elsewhere. ``units_checked`` lifts the nesting limit on
+        the body as a whole (:attr:`Route.units_checked`). Raises ValueError
+        for a malformed pattern or a method and pattern already registered.
         """
         if not pattern.startswith("/"):
             raise ValueError(f"route pattern {pattern!r} must start with '/'")
@@ -250,7 +256,7 @@ class Router:
         if authenticated is None:
             authenticated = pattern.startswith(FEDERATION_PREFIX)
         by_method[method] = Route(
-            method, pattern, tuple(segments), tuple(names), handler, authenticated
+            method, pattern, tuple(segments), tuple(names), handler, authenticated, units_checked
         )
 
     def route(
@@ -403,9 +409,13 @@ def _too_large(limit: int) -> MatrixError:
     )
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes, *, check_nesting: bool = True) -> Any:
+    """A request body decoded; 400 ``M_NOT_JSON`` if it is not JSON, or is
+    nested too deeply to be handled (unless ``check_nesting`` is False, for
+    a route whose handler checks the units of its body itself).
+    """
     try:
-        return msgspec.json.decode(body)
+        return decode_untrusted_json(body, check_nesting=check_nesting)
     except msgspec.DecodeError as exc:
         raise MatrixError(
             f"the request body is not valid JSON: {exc}", errcode="M_NOT_JSON", http_status=400

@@ -44,6 +44,7 @@ from ranvier.protocol.events import Pdu
 from ranvier.protocol.redaction import redact
 from ranvier.protocol.signing import SigningKey, generate_signing_key, key_id
 from ranvier.protocol.unpadded_base64 import encode_unpadded_base64
+from ranvier.protocol.untrusted_json import MAX_JSON_NESTING
 from ranvier.protocol.x_matrix import XMatrixAuthorization, format_authorization, sign_request
 from ranvier.storage import Storage
 from ranvier.testing import (
@@ -752,3 +753,34 @@ async def test_hostile_pdus_get_answers_and_leave_the_room_whole(
         world.bob, "after", prev=sorted(extremities)[:20], state=room.state_after[base.event_id]
     )
     assert await world.send([after]) == {after.event_id: {}}
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_NESTING, 300, 900, 5_000])
+async def test_a_pdu_nested_too_deeply_fails_alone_or_the_body_is_not_json(
+    world: World, depth: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PDU nesting deeper than JSON from outside may is refused as bad
+    JSON and gets no event ID; the transaction's other PDUs are taken. A
+    body too deep for the decoder itself is not JSON at all.
+    """
+    good = world.room.message(world.bob, "good")
+    deep = world.room.message(world.bob, "deep").raw
+    deep = deep.replace(b'"content":{', b'"content":{"x":' + b"[" * depth + b"]" * depth + b",", 1)
+    body = b'{"origin":"%s","origin_server_ts":%d,"pdus":[%s,%s]}' % (
+        world.remote.server_name.encode(),
+        wall_clock_ms(),
+        deep,
+        good.raw,
+    )
+    uri = f"{SEND}deep{depth}"
+    with caplog.at_level(logging.ERROR, logger="ranvier"):
+        answer = await world.http.put(uri, content=body, headers=_signed_raw_put(world, uri, body))
+    assert [record.getMessage() for record in caplog.records] == []
+    if answer.status_code == 400:
+        assert depth >= 900
+        assert answer.json()["errcode"] == "M_NOT_JSON"
+        assert await world.stored(good) == set()
+        return
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["pdus"] == {good.event_id: {}}
+    assert await world.stored(good) == {good.event_id}

@@ -93,6 +93,7 @@ from ranvier.protocol.auth import CREATE_KEY, StateKey, create_event_id_for_room
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import compute_event_id
 from ranvier.protocol.room_versions import RoomVersion, get_room_version
+from ranvier.protocol.untrusted_json import decode_untrusted_json, untrusted_json_decoder
 from ranvier.storage.records import EventToPersist, StoredEvent
 
 from .context import (
@@ -650,7 +651,7 @@ class FederationIngester:
             room_id = None
         if room_id is None:
             try:
-                obj = msgspec.json.decode(raw)
+                obj = decode_untrusted_json(raw)
             except msgspec.DecodeError as exc:
                 return None, BadJsonError(f"a PDU is not valid JSON: {exc}")
             if type(obj) is not dict:
@@ -672,7 +673,11 @@ class FederationIngester:
             except MatrixError as exc:
                 error = exc
         try:
-            event_id: str | None = compute_event_id(msgspec.json.decode(raw), rv)
+            obj = decode_untrusted_json(raw)
+        except msgspec.DecodeError:
+            return None, error
+        try:
+            event_id: str | None = compute_event_id(obj, rv)
         except MatrixError:
             event_id = None
         return event_id, error
@@ -1342,7 +1347,8 @@ class _RoomIdOnly(msgspec.Struct):
     room_id: str
 
 
-_decode_room_id = msgspec.json.Decoder(_RoomIdOnly).decode
+# The PDU's nesting is checked when it is parsed as a PDU, after this.
+_decode_room_id = untrusted_json_decoder(_RoomIdOnly, check_nesting=False)
 
 
 class _ContentOnly(msgspec.Struct):

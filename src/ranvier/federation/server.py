@@ -40,6 +40,7 @@ from ranvier.core.ingest import PduOutcome, sole_failure
 from ranvier.errors import BadJsonError, LimitExceededError, MatrixError
 from ranvier.federation.persistence import ReceivedTransactions
 from ranvier.federation.transport.server import Request, Router
+from ranvier.protocol.untrusted_json import untrusted_json_decoder
 
 __all__ = [
     "KNOWN_EDU_TYPES",
@@ -107,8 +108,10 @@ class _Edu(msgspec.Struct):
     content: dict[str, Any]
 
 
-_decode_transaction = msgspec.json.Decoder(_IncomingTransaction).decode
-_decode_edu = msgspec.json.Decoder(_Edu).decode
+# The transaction's nesting is not limited as a whole: each PDU is checked
+# as it is parsed, and each EDU here, so that one fails alone.
+_decode_transaction = untrusted_json_decoder(_IncomingTransaction, check_nesting=False)
+_decode_edu = untrusted_json_decoder(_Edu)
 
 
 @dataclass(eq=False, slots=True)
@@ -255,4 +258,4 @@ def _describe(error: MatrixError) -> str:
 
 def add_transaction_routes(router: Router, handler: TransactionHandler) -> None:
     """Serve ``PUT /_matrix/federation/v1/send/{txnId}`` with ``handler``."""
-    router.add("PUT", SEND_PATH, handler.on_send)
+    router.add("PUT", SEND_PATH, handler.on_send, units_checked=True)

@@ -32,6 +32,7 @@ from ranvier.errors import MatrixError
 from ranvier.federation.room_access import RoomAccess
 from ranvier.federation.server import EduHandler, PduReceiver
 from ranvier.protocol.events import Pdu
+from ranvier.protocol.untrusted_json import untrusted_json_decoder
 
 __all__ = ["AclCheckedEdus", "AclCheckedPdus", "AclStore"]
 
@@ -46,7 +47,8 @@ class _RoomOnly(msgspec.Struct):
     room_id: str
 
 
-_decode_room_only = msgspec.json.Decoder(_RoomOnly).decode
+# The PDU's nesting is checked when it is parsed as a PDU, after this.
+_decode_room_only = untrusted_json_decoder(_RoomOnly, check_nesting=False)
 
 
 class _Denials:

@@ -304,6 +304,8 @@ def decode_canonical_json(data: bytes | str) -> Any:
         raise BadJsonError(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise _lone_surrogate_error(data) or BadJsonError(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise BadJsonError("invalid JSON: nested too deeply to decode") from None
     if _may_hold_refused_number(data):
         _check_number_literals(data)
     return obj

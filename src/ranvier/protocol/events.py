@@ -35,6 +35,11 @@ from ranvier.protocol.hashing import (
 from ranvier.protocol.redaction import redact
 from ranvier.protocol.room_versions import RoomVersion, RoomVersionLike, get_room_version
 from ranvier.protocol.unpadded_base64 import encode_unpadded_base64
+from ranvier.protocol.untrusted_json import (
+    DECODE_ERRORS,
+    JsonNestedTooDeeplyError,
+    check_json_nesting,
+)
 
 __all__ = [
     "MAX_AUTH_EVENTS",
@@ -112,6 +117,7 @@ def _decode(
 ) -> tuple[bytes, Any]:
     if isinstance(data, Mapping):
         raw = encode_canonical_json(dict(data))
+        _check_nesting(raw)
         # Decoding our own encoding gives a tree the caller cannot change under us.
         return raw, msgspec.json.decode(raw)
     if isinstance(data, str):
@@ -121,12 +127,23 @@ def _decode(
             raise BadJsonError(f"PDU is not valid Unicode: {exc.reason}") from None
     else:
         raw = bytes(data)
+    _check_nesting(raw)
     if rv.strict_canonical_json:
         return raw, decode_canonical_json(raw)
     try:
         return raw, msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise BadJsonError(f"invalid JSON: {exc}") from None
+
+
+def _check_nesting(raw: bytes) -> None:
+    # Whoever made the PDU, it is refused as invalid JSON when it nests
+    # deeper than JSON from outside may: every server then agrees on it,
+    # and nothing that walks it later can run out of stack.
+    try:
+        check_json_nesting(raw)
+    except JsonNestedTooDeeplyError as exc:
+        raise BadJsonError(f"invalid PDU: {exc}") from None
 
 
 class Pdu(msgspec.Struct, frozen=True, eq=False):

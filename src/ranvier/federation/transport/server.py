@@ -142,7 +142,8 @@ class FederationApp:
             match = self.router.match(method, path)
             authorizations = _authorizations(head.headers) if match.route.authenticated else None
             body = await read_body(receive, head.headers, self.max_body_bytes)
-            content = parse_json(body) if body else None
+            units_checked = match.route.units_checked
+            content = parse_json(body, check_nesting=not units_checked) if body else None
             origin = None
             if authorizations is not None:
                 origin = await self._authenticate(authorizations, method, uri, content, body)
