@@ -1490,7 +1490,11 @@ class HomeServer:
         add_account_data_routes(router, auth=auth, account_data=account_data)
         forgetting = ForgettingDeletedDevices(self.accounts, self.e2e_keys)
         add_device_routes(
-            router, auth=auth, devices=Devices(store=client_data, accounts=forgetting)
+            router,
+            auth=auth,
+            devices=Devices(
+                store=client_data, accounts=forgetting, on_renamed=self.e2e_keys.device_renamed
+            ),
         )
         deactivation = Deactivation(
             accounts=self.accounts,

@@ -127,3 +127,30 @@ async def test_a_key_change_reaches_the_device_lists_of_the_other_servers_users(
             return bob.user_id in changed
 
         await eventually(listed, "Bob's key change in Alice's device lists")
+
+
+async def test_a_device_renamed_is_a_device_list_change_for_the_other_servers_users(
+    tmp_path: Path,
+) -> None:
+    async with two_servers(tmp_path) as servers:
+        _, _, ca, cb, alice, bob = servers
+        await share_a_room(servers)
+        token = (await _sync(ca, alice))["next_batch"]
+        changed: list[str] = []
+
+        async def listed() -> bool:
+            nonlocal token
+            answer = await _sync(ca, alice, since=token, timeout=0)
+            changed.extend(answer["device_lists"]["changed"])
+            token = answer["next_batch"]
+            return bob.user_id in changed
+
+        await cb.ok(bob, "POST", "/keys/upload", {"device_keys": device_keys(bob).body})
+        await eventually(listed, "Bob's key upload in Alice's device lists")
+        changed.clear()
+        await cb.ok(bob, "PUT", f"/devices/{q(bob.device_id)}", {"display_name": "Bob's phone"})
+        await eventually(listed, "Bob's rename in Alice's device lists")
+        # The name itself stays on Bob's server.
+        answer = await ca.ok(alice, "POST", "/keys/query", {"device_keys": {bob.user_id: []}})
+        keys = answer["device_keys"][bob.user_id][bob.device_id]
+        assert "device_display_name" not in keys.get("unsigned", {})

@@ -12,7 +12,7 @@ the proof, checked on the request that carries it.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Final, Protocol
 
 from ranvier.errors import MatrixError
@@ -65,9 +65,18 @@ def _device_json(device: DeviceRecord) -> dict[str, Any]:
 class Devices:
     """The device endpoints' work; see the module's doc."""
 
-    def __init__(self, *, store: DeviceStore, accounts: DeviceAccounts) -> None:
+    def __init__(
+        self,
+        *,
+        store: DeviceStore,
+        accounts: DeviceAccounts,
+        on_renamed: Callable[[str, str], Awaitable[None]] | None = None,
+    ) -> None:
         self._store = store
         self._accounts = accounts
+        # Told (user, device) after a rename: the device list's readers
+        # (E2eKeys.device_renamed) show the name with the device's keys.
+        self._on_renamed = on_renamed
 
     async def list(self, user_id: str) -> list[dict[str, Any]]:
         return [_device_json(device) for device in await self._store.get_devices(user_id)]
@@ -91,6 +100,8 @@ class Devices:
             )
         if not await self._store.set_device_display_name(user_id, device_id, display_name):
             raise _no_device(device_id)
+        if self._on_renamed is not None:
+            await self._on_renamed(user_id, device_id)
 
     async def delete(self, user_id: str, device_ids: Collection[str], auth: object) -> None:
         """Delete devices of ``user_id`` once ``auth`` proves the password;

@@ -642,6 +642,16 @@ class E2eKeys:
             for edu_type, content in edus:
                 self._edus.send_edu(server, edu_type, content)
 
+    async def device_renamed(self, user_id: str, device_id: str) -> None:
+        """After a rename of ``user_id``'s device: the new name is part of
+        the device as this server's users see it (``unsigned.device_display_name``
+        of its keys), so those sharing a room hear of it as of a key change.
+        Other servers hear of a change too, as a peer's clients would
+        expect, though not the name itself, which stays on this server.
+        """
+        position = await self._store.mark_device_list_changed(user_id)
+        await self._changed(user_id, position, devices=[device_id])
+
     async def devices_deleted(self, user_id: str, device_ids: Collection[str]) -> None:
         """Forget deleted devices' keys and waiting messages, and tell those
         sharing a room with the user, here and on other servers.
