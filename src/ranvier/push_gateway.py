@@ -20,6 +20,7 @@ import msgspec
 
 from ranvier.core.push_sender import PushGatewayError, PushRefusedError
 from ranvier.outbound_http import LazyHttpClient
+from ranvier.protocol.untrusted_json import decode_untrusted_json
 
 __all__ = ["HttpPushGateway"]
 
@@ -65,7 +66,7 @@ class HttpPushGateway:
         if status != 200:
             raise PushGatewayError(f"{url} answered {status}")
         try:
-            return msgspec.json.decode(answer, type=_Answer).rejected
+            return decode_untrusted_json(answer, type=_Answer).rejected
         except (msgspec.DecodeError, msgspec.ValidationError):
             # Delivered; only the list of rejected keys is unreadable.
             return []

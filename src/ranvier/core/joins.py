@@ -111,6 +111,7 @@ from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import hash_and_sign_event
 from ranvier.protocol.room_versions import SUPPORTED_ROOM_VERSIONS, RoomVersion
 from ranvier.protocol.signing import SigningKeyLike
+from ranvier.protocol.untrusted_json import decode_untrusted_json
 from ranvier.storage.records import EventToPersist
 
 from .builder import wall_clock_ms
@@ -472,7 +473,8 @@ class RemoteJoiner:
     ) -> _CheckedAnswer:
         rv = join.room_version
         try:
-            answer = msgspec.json.decode(body, type=_SendJoinAnswer)
+            # Events stay msgspec.Raw, each checked as it is parsed.
+            answer = decode_untrusted_json(body, type=_SendJoinAnswer, check_nesting=False)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise _BadAnswer(
                 f"the send_join answer is not shaped as the spec says: {exc}"

@@ -11,6 +11,7 @@ import msgspec
 
 from ranvier.errors import MatrixError
 from ranvier.federation.transport.client import FederationError, FederationHttpClient
+from ranvier.protocol.untrusted_json import decode_untrusted_json
 
 __all__ = ["FederationBackfillClient"]
 
@@ -40,7 +41,8 @@ class FederationBackfillClient:
         except FederationError as exc:
             raise MatrixError(str(exc), errcode="M_UNKNOWN", http_status=502) from exc
         try:
-            answer = msgspec.json.decode(response.body, type=_Transaction)
+            # Events stay msgspec.Raw, each checked as it is parsed.
+            answer = decode_untrusted_json(response.body, type=_Transaction, check_nesting=False)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise MatrixError(
                 f"{destination} answered GET {path} with no usable transaction: {exc}",

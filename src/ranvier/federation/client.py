@@ -23,6 +23,7 @@ import msgspec
 from ranvier.core.interfaces import RoomStateAtEvent, StateIdsAtEvent
 from ranvier.errors import MatrixError
 from ranvier.federation.transport.client import FederationError, FederationHttpClient
+from ranvier.protocol.untrusted_json import decode_untrusted_json
 
 __all__ = ["FederationEventFetcher"]
 
@@ -159,7 +160,10 @@ class FederationEventFetcher:
         except FederationError as exc:
             raise _remote_error(destination, str(exc)) from exc
         try:
-            return msgspec.json.decode(body, type=shape)
+            # Every shape here holds events as msgspec.Raw, each checked as
+            # it is parsed, and nothing free-form: the answer as a whole
+            # need not be measured, only kept from overflowing the decoder.
+            return decode_untrusted_json(body, type=shape, check_nesting=False)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise _remote_error(destination, f"{method} {path}: unusable answer: {exc}") from None
 

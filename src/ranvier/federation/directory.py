@@ -16,6 +16,7 @@ import msgspec
 from ranvier.core.directory import ResolvedAlias, RoomDirectory
 from ranvier.errors import MatrixError
 from ranvier.federation.transport.client import FederationHttpClient
+from ranvier.protocol.untrusted_json import decode_untrusted_json
 from ranvier.web import Request, Router
 
 from .query_client import query_server, unusable_answer
@@ -64,7 +65,7 @@ class FederationDirectoryClient:
             not_found=f"room alias {alias} is not known to {server_name}",
         )
         try:
-            answer = msgspec.json.decode(body, type=_Answer)
+            answer = decode_untrusted_json(body, type=_Answer)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise unusable_answer(server_name, _WHAT, f"unusable directory answer: {exc}") from None
         if not answer.room_id.startswith("!"):

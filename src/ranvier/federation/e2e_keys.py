@@ -24,6 +24,7 @@ from ranvier.core.e2e_keys import E2eKeys
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.federation.transport.client import FederationError, FederationHttpClient
 from ranvier.federation.transport.server import Request, Router
+from ranvier.protocol.untrusted_json import decode_untrusted_json
 
 from .query_client import unusable_answer
 
@@ -57,7 +58,7 @@ class FederationKeyClient:
         except FederationError as exc:
             raise unusable_answer(server, what, str(exc)) from None
         try:
-            answer = msgspec.json.decode(response.body)
+            answer = decode_untrusted_json(response.body)
         except msgspec.DecodeError as exc:
             raise unusable_answer(server, what, f"not JSON: {exc}") from None
         if not isinstance(answer, dict):

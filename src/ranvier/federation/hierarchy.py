@@ -25,6 +25,7 @@ import trio
 from ranvier.core.hierarchy import RemoteSpace, RoomHierarchy
 from ranvier.errors import MatrixError
 from ranvier.federation.transport.client import FederationError, FederationHttpClient
+from ranvier.protocol.untrusted_json import decode_untrusted_json
 from ranvier.web import Request, Router
 
 __all__ = [
@@ -180,7 +181,7 @@ class FederationHierarchyClient:
                 response = await self._client.request(
                     "GET", server, path, query=query, max_response_bytes=_MAX_ANSWER_BYTES
                 )
-                space = _space(room_id, msgspec.json.decode(response.body))
+                space = _space(room_id, decode_untrusted_json(response.body))
             except (FederationError, msgspec.DecodeError):
                 continue
             if space is None:

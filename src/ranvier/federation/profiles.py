@@ -13,6 +13,7 @@ import msgspec
 
 from ranvier.core.profiles import Profiles
 from ranvier.federation.transport.client import FederationHttpClient
+from ranvier.protocol.untrusted_json import decode_untrusted_json
 
 from .query_client import query_server, unusable_answer
 
@@ -41,7 +42,7 @@ class FederationProfileClient:
             max_response_bytes=_MAX_ANSWER_BYTES,
         )
         try:
-            answer = msgspec.json.decode(body)
+            answer = decode_untrusted_json(body)
         except msgspec.DecodeError as exc:
             raise unusable_answer(server_name, _WHAT, f"not JSON: {exc}") from None
         if not isinstance(answer, dict):

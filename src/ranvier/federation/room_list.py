@@ -25,6 +25,7 @@ from ranvier.core.room_list import RoomList
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.federation.transport.client import FederationError, FederationHttpClient
 from ranvier.federation.transport.server import Request, Router
+from ranvier.protocol.untrusted_json import decode_untrusted_json
 
 from .query_client import unusable_answer
 
@@ -184,7 +185,7 @@ class FederationRoomListClient:
                     content=body,
                     max_response_bytes=_MAX_ANSWER_BYTES,
                 )
-            answer = msgspec.json.decode(response.body)
+            answer = decode_untrusted_json(response.body)
         except FederationError as exc:
             raise unusable_answer(server_name, _WHAT, str(exc)) from None
         except msgspec.DecodeError as exc:

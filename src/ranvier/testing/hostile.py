@@ -4,8 +4,10 @@ ranvier trusts no other server's answer, so a test of a request it makes
 has the other side answer with each of :func:`variants` of the real
 answer: not JSON, a JSON array, ``{}``, and the answer with one of its
 fields (at any depth, the first item of lists standing for all) removed or
-replaced by a value of another kind (:data:`ODD_VALUES`). Each variant is
-named, so that a failure names it; its body is made only when asked for,
+replaced by a value of another kind (:data:`ODD_VALUES`) or by arrays nested
+deeper than JSON from outside may nest (:data:`DEEP_NESTINGS`: as deep as a
+decoder can still read, and deeper); or the whole answer nested too deeply.
+Each variant is named, so that a failure names it; its body is made only when asked for,
 as some are large.
 """
 
@@ -19,7 +21,16 @@ import msgspec
 
 from ranvier.web import Request, StreamResponse
 
-__all__ = ["NOT_JSON", "ODD_VALUES", "CannedAnswer", "stream_body", "variant", "variants"]
+__all__ = [
+    "DEEP_NESTINGS",
+    "NOT_JSON",
+    "ODD_VALUES",
+    "CannedAnswer",
+    "deeply_nested",
+    "stream_body",
+    "variant",
+    "variants",
+]
 
 NOT_JSON: Final = b'{"not json'
 #: What each field is replaced by, besides being removed, by name.
@@ -34,7 +45,17 @@ ODD_VALUES: Final[dict[str, Any]] = {
     "empty list": [],
     "empty object": {},
 }
+#: How deep the nested arrays that replace each field go, by name.
+DEEP_NESTINGS: Final[dict[str, int]] = {"nested 900 deep": 900, "nested 5000 deep": 5000}
 _REMOVED: Final = object()
+# Stands for a deep value while the rest is encoded, which could not
+# encode the value itself.
+_DEEP_PLACEHOLDER: Final = "ranvier.testing.hostile: deep value"
+
+
+def deeply_nested(depth: int) -> bytes:
+    """Arrays nested ``depth`` deep, as JSON."""
+    return b"[" * depth + b"]" * depth
 
 
 def _paths(value: Any, depth: int) -> Iterator[tuple[Any, ...]]:
@@ -62,6 +83,11 @@ def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> bytes:
     return msgspec.json.encode(copy)
 
 
+def _nested_at(value: Any, path: tuple[Any, ...], depth: int) -> bytes:
+    body = _replaced(value, path, _DEEP_PLACEHOLDER)
+    return body.replace(msgspec.json.encode(_DEEP_PLACEHOLDER), deeply_nested(depth), 1)
+
+
 def _constant(body: bytes) -> Callable[[], bytes]:
     return lambda: body
 
@@ -72,11 +98,14 @@ def variants(good: Any, depth: int = 4) -> Iterator[tuple[str, Callable[[], byte
     yield "not JSON", _constant(NOT_JSON)
     yield "an array", lambda: msgspec.json.encode([good])
     yield "{}", _constant(b"{}")
+    yield "nested 5000 deep", _constant(deeply_nested(5000))
     for path in _paths(good, depth):
         where = "/".join(str(step) for step in path)
         yield f"{where} removed", functools.partial(_replaced, good, path, _REMOVED)
         for name, new in ODD_VALUES.items():
             yield f"{where} = {name}", functools.partial(_replaced, good, path, new)
+        for name, nesting in DEEP_NESTINGS.items():
+            yield f"{where} = {name}", functools.partial(_nested_at, good, path, nesting)
 
 
 def variant(good: Any, name: str) -> bytes:

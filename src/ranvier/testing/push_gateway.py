@@ -25,11 +25,13 @@ class FakePushGateway:
     """An ASGI push gateway; :meth:`start` serves it and gives its URL.
 
     ``status`` is the answer's HTTP status (a notification is recorded only
-    under 200), ``rejected`` the pushkeys the answer lists as rejected.
+    under 200), ``rejected`` the pushkeys the answer lists as rejected;
+    ``answer``, when set, is the answer's body as sent instead.
     """
 
     status: int = 200
     rejected: list[str] = field(default_factory=list)
+    answer: bytes | None = None
     #: Notifications received and not yet taken by :meth:`next`.
     received: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
@@ -63,7 +65,9 @@ class FakePushGateway:
         if status == 200 and scope["path"] == NOTIFY_PATH:
             self.received.append(msgspec.json.decode(body)["notification"])
             self._arrived.set()
-        answer = msgspec.json.encode({"rejected": self.rejected})
+        answer = self.answer
+        if answer is None:
+            answer = msgspec.json.encode({"rejected": self.rejected})
         await send(
             {
                 "type": "http.response.start",

@@ -27,7 +27,9 @@ from ranvier.federation.transport.client import (
 from ranvier.federation.transport.resolve import ServerNameResolver
 from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.signing import SigningKey, generate_signing_key
+from ranvier.protocol.untrusted_json import MAX_JSON_NESTING
 from ranvier.testing import Canned, KnownKeys, Pki, RemoteHomeserver, ZoneDns, free_port, serve
+from ranvier.testing.hostile import deeply_nested
 
 from .._servers import TEST_NAMES, WellKnownApp
 
@@ -243,6 +245,23 @@ async def test_answers_that_are_not_json(setup: Setup, client: FederationHttpCli
     with pytest.raises(FederationRequestError) as caught:
         await client.get_json(f"remote.test:{port}", ECHO)
     assert (caught.value.status, caught.value.errcode, caught.value.body) == (502, None, None)
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_NESTING + 1, 900, 5_000])
+async def test_answers_nested_too_deeply_are_not_json(
+    setup: Setup, client: FederationHttpClient, depth: int
+) -> None:
+    app = WellKnownApp()
+    port = await serve(setup.nursery, app, setup.pki.server_context())
+    deep = b'{"errcode": "M_FORBIDDEN", "error": "no", "x": ' + deeply_nested(depth) + b"}"
+    app.answers["remote.test"] = Canned(200, deep)
+    with pytest.raises(FederationResponseError, match="nested too deeply"):
+        await client.get_json(f"remote.test:{port}", ECHO)
+    # An error body nested too deeply is read as no Matrix error at all.
+    app.answers["remote.test"] = Canned(403, deep)
+    with pytest.raises(FederationRequestError) as caught:
+        await client.get_json(f"remote.test:{port}", ECHO)
+    assert (caught.value.status, caught.value.errcode, caught.value.body) == (403, None, None)
 
 
 async def test_answers_over_the_limit(setup: Setup) -> None:

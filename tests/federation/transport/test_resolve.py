@@ -22,6 +22,7 @@ from ranvier.federation.transport.resolve import (
     parse_server_name,
 )
 from ranvier.testing import Canned, Pki, ZoneDns, serve
+from ranvier.testing.hostile import deeply_nested
 
 from .._servers import TEST_NAMES, DnsResponder, WellKnownApp
 
@@ -269,6 +270,8 @@ async def test_without_well_known_srv_of_the_hostname(
         Canned.json({"m.server": "bad name!"}),
         Canned.json({"m.server": "delegated.test:0"}),
         Canned(200, b'{"m.server": "delegated.test", "padding": "' + b"x" * 60_000 + b'"}'),
+        Canned(200, b'{"m.server": "delegated.test", "x": ' + deeply_nested(900) + b"}"),
+        Canned(200, deeply_nested(5_000)),
     ],
     ids=[
         "500",
@@ -280,6 +283,8 @@ async def test_without_well_known_srv_of_the_hostname(
         "m.server-bad-name",
         "m.server-bad-port",
         "too-large",
+        "nested-900-deep",
+        "nested-5000-deep",
     ],
 )
 async def test_invalid_well_known_means_no_delegation(

@@ -54,6 +54,7 @@ from ranvier.config import Config
 from ranvier.errors import BadJsonError
 from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.signing import SigningKeyLike
+from ranvier.protocol.untrusted_json import decode_untrusted_json
 
 from .request_signing import XMatrixAuth
 from .resolve import (
@@ -188,7 +189,7 @@ class FederationResponse:
     def json(self) -> Any:
         """The body decoded; :class:`FederationResponseError` if it is not JSON."""
         try:
-            return msgspec.json.decode(self.body)
+            return decode_untrusted_json(self.body)
         except msgspec.DecodeError as exc:
             raise FederationResponseError(
                 self.destination, f"the answer is not valid JSON: {exc}"
@@ -579,7 +580,7 @@ class FederationHttpClient:
     ) -> FederationRequestError:
         errcode = error = decoded = None
         with contextlib.suppress(ResponseTooLargeError, msgspec.DecodeError):
-            decoded = msgspec.json.decode(await read_body(response, _MAX_ERROR_BODY_BYTES))
+            decoded = decode_untrusted_json(await read_body(response, _MAX_ERROR_BODY_BYTES))
         if isinstance(decoded, dict):
             if isinstance(decoded.get("errcode"), str):
                 errcode = decoded["errcode"]

@@ -48,6 +48,7 @@ import msgspec
 import trio
 
 from ranvier.address_backend import AddressBackend, root_cause
+from ranvier.protocol.untrusted_json import decode_untrusted_json
 from ranvier.protocol.x_matrix import split_server_name
 
 __all__ = [
@@ -464,7 +465,7 @@ class ServerNameResolver:
                 f"status {response.status_code}", unreachable=response.status_code >= 500
             )
         try:
-            document = msgspec.json.decode(body)
+            document = decode_untrusted_json(body)
         except msgspec.DecodeError:
             raise _WellKnownFailure("the body is not JSON", unreachable=False) from None
         if not isinstance(document, dict):
