@@ -49,6 +49,9 @@ Invariants
   attempt that failed, so a destination that reaches us while we cannot
   reach it costs at most one attempt a second. The stored retry state is
   left as it is: only a delivery clears it, and another failure grows it.
+  Heard from, the queue also looks at the stored state again: if an admin
+  cleared it (``reset_connection``), the backoff ends at once, floor or
+  not, and the next failure starts a new run.
 """
 
 from __future__ import annotations
@@ -188,6 +191,9 @@ class DestinationQueue:
         self._retry_at: float | None = None
         # Trio time of the last failed attempt, while backing off.
         self._failed_at: float | None = None
+        # Heard from while backing off: the stored retry state may have been
+        # cleared (an admin's reset), which ends the backoff at once.
+        self._recheck_retry = False
         self._wake = trio.Event()
         self._wake_noter = trio.Event()
         self._closed = False
@@ -259,6 +265,7 @@ class DestinationQueue:
             return
         assert self._retry_at is not None
         assert self._failed_at is not None
+        self._recheck_retry = True
         soonest = max(trio.current_time(), self._failed_at + _EARLY_RETRY_FLOOR)
         if soonest < self._retry_at:
             _log.info("%s was heard from; trying it again", self.destination)
@@ -308,6 +315,9 @@ class DestinationQueue:
                 assert self._retry_at is not None
                 with trio.move_on_at(self._retry_at):
                     await self._wake.wait()
+                if self._recheck_retry:
+                    self._recheck_retry = False
+                    await self._forget_cleared_retry()
                 continue
             if self._pending is None:
                 if self._catching_up:
@@ -345,6 +355,15 @@ class DestinationQueue:
         wait_ms = retry.retry_last_ts + retry.retry_interval_ms - now_ms
         self._retry_at = trio.current_time() + max(0, wait_ms) / 1000
         self._failed_at = trio.current_time() - max(0, now_ms - retry.retry_last_ts) / 1000
+
+    async def _forget_cleared_retry(self) -> None:
+        """End the backoff if its stored state is gone: only a delivery
+        here or an admin's reset deletes it, and either says to send now."""
+        if await self._settings.store.get_destination_retry(self.destination) is None:
+            _log.info("%s: its backoff was cleared; trying it again", self.destination)
+            self._retry = None
+            self._retry_at = None
+            self._failed_at = None
 
     def _shed_for_backoff(self) -> None:
         if self._pdus:
