@@ -67,3 +67,21 @@ async def test_deep_request_bodies_are_not_json(
             assert synced.status_code == 200
             timeline = synced.json()["rooms"]["join"][room_id]["timeline"]["events"]
             assert content in [event["content"] for event in timeline]
+
+
+async def test_filters_in_the_query_nested_too_deeply_are_invalid(tmp_path: Path) -> None:
+    async with open_test_homeserver(tmp_path) as hs:
+        alice = await hs.register_user("alice")
+        async with hs.client(alice) as client:
+            created = await client.post(f"{V3}/createRoom", json={})
+            room_id = created.json()["room_id"]
+            for depth in (MAX_JSON_NESTING + 1, 5_000):
+                deep = '{"types": ' + "[" * depth + "]" * depth + "}"
+                messages = await client.get(
+                    f"{V3}/rooms/{room_id}/messages", params={"dir": "b", "filter": deep}
+                )
+                synced = await client.get(f"{V3}/sync", params={"filter": deep})
+                for answer in (messages, synced):
+                    assert answer.status_code == 400, (depth, answer.text)
+                    assert answer.json()["errcode"] == "M_INVALID_PARAM"
+                    assert "nested too deeply" in answer.json()["error"]

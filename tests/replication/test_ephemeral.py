@@ -130,3 +130,27 @@ async def test_workers_requests_are_checked(tmp_path: Path) -> None:
         assert position == await main.server.presence.position()
         said = await main.server.presence.get_presence(alice.user_id, alice.user_id)
         assert said["presence"] == "online"
+
+
+async def test_a_workers_request_nested_too_deeply_is_bad_json(tmp_path: Path) -> None:
+    port = free_port()
+    config = main_process_config(tmp_path / "main", replication_port=port)
+    placeholder = "a deep value"
+    async with open_test_homeserver(tmp_path / "main", config=config) as main:
+        alice = await main.register_user("alice")
+        request = {"requester": alice.user_id, "user_id": alice.user_id, "body": placeholder}
+        encoded = msgspec.msgpack.encode(request)
+        # Arrays nested 5000 deep, which the decoder cannot read.
+        deep = encoded.replace(msgspec.msgpack.encode(placeholder), b"\x91" * 5_000 + b"\x90")
+        async with _client(port) as http:
+            answer = await http.post(EPHEMERAL + "set_presence", content=deep)
+            assert answer.status_code == 400
+            assert answer.json()["errcode"] == "M_BAD_JSON"
+            # The main process goes on serving the worker.
+            good = {**request, "body": {"presence": "online"}}
+            taken = await http.post(
+                EPHEMERAL + "set_presence", content=msgspec.msgpack.encode(good)
+            )
+            assert taken.status_code == 200
+        presence = await main.server.presence.get_presence(alice.user_id, alice.user_id)
+        assert presence["presence"] == "online"

@@ -11,6 +11,7 @@ import msgspec
 
 from ranvier.core.filters import RoomEventFilter, parse_room_event_filter
 from ranvier.errors import MatrixError
+from ranvier.protocol.untrusted_json import decode_untrusted_json
 from ranvier.web import Request
 
 __all__ = [
@@ -62,7 +63,7 @@ def room_event_filter_param(request: Request) -> RoomEventFilter | None:
     if raw is None:
         return None
     try:
-        content = msgspec.json.decode(raw)
+        content = decode_untrusted_json(raw)
     except msgspec.DecodeError as exc:
         raise invalid_param(f"the filter parameter is not valid JSON: {exc}") from None
     return parse_room_event_filter(content)

@@ -20,6 +20,7 @@ import msgspec
 from ranvier.errors import MatrixError
 from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.property_paths import property_path
+from ranvier.protocol.untrusted_json import decode_untrusted_json
 
 __all__ = [
     "EventFilter",
@@ -245,7 +246,7 @@ class UserFilters:
             return Filter()
         if param.lstrip().startswith("{"):
             try:
-                content = msgspec.json.decode(param)
+                content = decode_untrusted_json(param)
             except msgspec.DecodeError as exc:
                 raise MatrixError(
                     f"the filter parameter is not valid JSON: {exc}",

@@ -46,6 +46,7 @@ from ranvier.core.ephemeral_replica import EphemeralChanges
 from ranvier.core.presence import Presence
 from ranvier.core.typing import TypingNotices
 from ranvier.errors import BadJsonError, MatrixError, StorageUnavailableError
+from ranvier.protocol.untrusted_json import DECODE_ERRORS
 
 from . import wire
 from .client import ReplicationClient
@@ -156,7 +157,7 @@ class EphemeralOrigin:
             )
         try:
             request = decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (*DECODE_ERRORS, msgspec.ValidationError) as exc:
             raise BadJsonError(f"the {kind} request does not fit: {exc}") from None
         self.requests[kind] = self.requests.get(kind, 0) + 1
         # Changes a client waits on answer the position they reached, for

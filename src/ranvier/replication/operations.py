@@ -30,6 +30,7 @@ import msgspec
 # registered write is imported by ranvier.storage.
 import ranvier.storage  # noqa: F401
 from ranvier.errors import BadJsonError, MatrixError
+from ranvier.protocol.untrusted_json import DECODE_ERRORS
 from ranvier.storage.actor import WriteOperation
 from ranvier.storage.write_backend import registered_writes
 from ranvier.storage.writes import PersistEvents
@@ -223,7 +224,7 @@ def decode_operation(name: str, body: bytes) -> WriteOperation[Any]:
     spec = _spec_named(name)
     try:
         decoded = spec.decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (*DECODE_ERRORS, msgspec.ValidationError) as exc:
         raise BadJsonError(f"the arguments of {name} do not fit its parameters: {exc}") from None
     arguments = {
         field: value
