@@ -240,6 +240,7 @@ from ranvier.federation.transport.listener import AsgiApp, HttpListener
 from ranvier.federation.transport.routes import add_key_server_route, add_version_route
 from ranvier.federation.transport.server import FederationApp, Router
 from ranvier.federation.transport.tls import ensure_certificate, server_ssl_context
+from ranvier.http_metrics import HttpMetrics
 from ranvier.keyfile import load_or_create_signing_key
 from ranvier.metrics import MetricsApp, sample_name
 from ranvier.protocol.ip_ranges import AddressPolicy
@@ -251,6 +252,7 @@ from ranvier.replication.federation_sending import EduOnlySenderStore, QueueingP
 from ranvier.replication.heard_from import HeardFromRelay
 from ranvier.replication.server import ReplicationApp
 from ranvier.replication.stream import MainControl, StreamSource
+from ranvier.server_metrics import homeserver_metrics
 from ranvier.storage import Storage
 from ranvier.storage.media_files import MediaFiles
 from ranvier.url_fetcher import UrlFetcher
@@ -333,6 +335,7 @@ class HomeServer:
         self._federation_sender: FederationSender | None = None
         self._ingester: FederationIngester | None = None
         self._transaction_handler: TransactionHandler | None = None
+        self._sync_handler: BundlingSyncHandler | None = None
         self._event_creator: EventCreator | None = None
         self._remote_joiner: RemoteJoiner | None = None
         self._unpartial_stater: UnpartialStater | None = None
@@ -863,6 +866,7 @@ class HomeServer:
         config = self.config
         self._signing_key = prepared.signing_key
         self._storage = self._make_storage()
+        self._storage.server_name = config.server_name
         self._federation_client = FederationHttpClient.from_config(config, prepared.signing_key)
         self._key_ring = KeyRing(
             store=self._storage,
@@ -923,10 +927,12 @@ class HomeServer:
             fallback=self._client_app,
             previews=self._url_previewer(self._media),
         )
+        http_metrics = HttpMetrics()
+        registry = homeserver_metrics(self, http_metrics, lambda: self._sync_handler)
         apps: dict[str, AsgiApp] = {
             "federation": self._federation_app,
             "client": self._media_app,
-            "metrics": MetricsApp(self.metrics),
+            "metrics": MetricsApp(registry.collect, registry.families),
         }
         if any(listener.type == "replication" for listener in config.listeners):
             secret = config.replication.shared_secret
@@ -973,8 +979,9 @@ class HomeServer:
                     index,
                     listener.host,
                 )
+            app = apps[listener.type]
             http = HttpListener(
-                apps[listener.type],
+                app if listener.type == "metrics" else http_metrics.wrap(listener.type, app),
                 host=listener.host,
                 port=listener.port,
                 ssl_context=prepared.server_ssl_context if listener.uses_tls else None,
@@ -1368,22 +1375,23 @@ class HomeServer:
         account_data = PushRulesAccountData(self.storage.client_data, self.stream_notifier)
         aggregations = self._aggregations
         relations = Relations(self.storage.sync, self.storage.relations, aggregations)
+        sync = self._sync_handler = BundlingSyncHandler(
+            aggregations,
+            self.storage.sync,
+            self.stream_notifier,
+            account_data,
+            receipts=self._edus.receipts,
+            typing=self._edus.typing,
+            presence=self._edus.presence,
+            end_to_end=self.e2e_keys,
+            notifications=NotificationCounts(
+                self.storage.notifications, PushRules(self.storage.client_data)
+            ),
+        )
         add_sync_routes(
             router,
             auth=self.auth,
-            sync=BundlingSyncHandler(
-                aggregations,
-                self.storage.sync,
-                self.stream_notifier,
-                account_data,
-                receipts=self._edus.receipts,
-                typing=self._edus.typing,
-                presence=self._edus.presence,
-                end_to_end=self.e2e_keys,
-                notifications=NotificationCounts(
-                    self.storage.notifications, PushRules(self.storage.client_data)
-                ),
-            ),
+            sync=sync,
             filters=UserFilters(self.storage.sync),
             messages=BundlingRoomMessages(
                 self.storage.sync, aggregations, backfill=self._backfiller

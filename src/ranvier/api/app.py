@@ -28,6 +28,7 @@ from typing import Final
 
 from ranvier.api.ratelimit import RouteLimits, retry_after_header
 from ranvier.errors import MatrixError
+from ranvier.metrics import note_route
 from ranvier.web import (
     Disconnected,
     JsonResponse,
@@ -113,6 +114,7 @@ class ClientApp:
             return render(JsonResponse({}))
         try:
             match = self.router.match(method, path)
+            note_route(scope, match.route)
             body = await read_body(receive, head.headers, self.max_body_bytes)
             content = parse_json(body) if body else None
             request = head.request(

@@ -31,6 +31,7 @@ from ranvier.api.ratelimit import retry_after_header
 from ranvier.core.media import MediaContent, MediaRepository
 from ranvier.core.url_previews import UrlPreviewer
 from ranvier.errors import MatrixError
+from ranvier.metrics import note_route
 from ranvier.protocol.media import (
     SECURITY_HEADERS,
     content_disposition,
@@ -127,6 +128,7 @@ class MediaApp:
         head = RequestHead.from_scope(scope)
         try:
             match = self._router.match(head.method, head.path)
+            note_route(scope, match.route, api="media")
             request = head.request(path_params=match.params, body=b"", content=None, origin=None)
             handler = self._handlers[(match.route.method, match.route.pattern)]
             response = await handler(request, receive)

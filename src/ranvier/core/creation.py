@@ -333,6 +333,8 @@ class EventCreator:
         self._remote_inviter = remote_inviter
         self._clock = clock
         self._retry_after_ms = conflict_retry_after_ms
+        #: Events answered with 429 for a second partial-state conflict, for metrics.
+        self.conflicts_refused = 0
         self._locks = room_locks if room_locks is not None else RoomLocks()
         self._transactions = _SentTransactions(remembered_transactions)
         # Per room, the messages waiting to be taken (see _send_message),
@@ -800,6 +802,7 @@ class EventCreator:
                 ordering = await self._persist(event, context)
             except Exception as error:
                 if isinstance(error, PartialStateConflictError):
+                    self.conflicts_refused += 1
                     error = LimitExceededError(
                         f"the state of room {room_id} changed twice while"
                         f" {event.event_id} was being written; try again",
@@ -973,6 +976,7 @@ class EventCreator:
                 try:
                     ordering = await self._persist(event, context)
                 except PartialStateConflictError:
+                    self.conflicts_refused += 1
                     raise LimitExceededError(
                         f"the state of room {event.room_id} changed twice while"
                         f" {event.event_id} was being written; try again",

@@ -383,6 +383,8 @@ class SyncHandler:
         self._presence = presence
         self._end_to_end = end_to_end
         self._sent_members = SentMembers()
+        #: Requests waiting now for something new to answer with, for metrics.
+        self.long_polls = 0
 
     async def sync(
         self,
@@ -414,8 +416,12 @@ class SyncHandler:
             )
             if position is None or full_state or not _is_empty(response):
                 break
-            with trio.move_on_at(deadline) as waited:
-                await self._notifier.wait_beyond(now, rooms=rooms, user_id=requester.user_id)
+            self.long_polls += 1
+            try:
+                with trio.move_on_at(deadline) as waited:
+                    await self._notifier.wait_beyond(now, rooms=rooms, user_id=requester.user_id)
+            finally:
+                self.long_polls -= 1
             if waited.cancelled_caught:
                 break
         if held is not None:

@@ -46,6 +46,7 @@ __all__ = [
     "KNOWN_EDU_TYPES",
     "MAX_EDUS_PER_TRANSACTION",
     "MAX_PDUS_PER_TRANSACTION",
+    "PDU_OUTCOMES",
     "EduHandler",
     "IgnoreEdus",
     "PduReceiver",
@@ -71,6 +72,10 @@ KNOWN_EDU_TYPES: Final = frozenset(
 )
 
 SEND_PATH: Final = "/_matrix/federation/v1/send/{txn_id}"
+
+#: What became of a received PDU: stored and accepted, stored but rejected
+#: or soft-failed, held already, or dropped (bad signature, unreadable …).
+PDU_OUTCOMES: Final = ("accepted", "rejected", "soft_failed", "already_known", "dropped")
 
 
 class PduReceiver(Protocol):
@@ -149,6 +154,13 @@ class TransactionHandler:
         self._max_waiting = max_waiting_per_origin
         self._retry_after_ms = retry_after_ms
         self._origins: dict[str, _OriginQueue] = {}
+        #: Transactions handled (repeats answered from the record are not),
+        #: their PDUs by what became of them (see :data:`PDU_OUTCOMES`) and
+        #: their EDUs by type ("other" for types the spec does not define);
+        #: for metrics and tests.
+        self.transactions_handled = 0
+        self.pdu_outcomes = dict.fromkeys(PDU_OUTCOMES, 0)
+        self.edus_received = dict.fromkeys((*sorted(KNOWN_EDU_TYPES), "other"), 0)
 
     def queued(self, origin: str) -> int:
         """How many transactions of ``origin`` are being handled or waiting."""
@@ -209,8 +221,11 @@ class TransactionHandler:
                 nursery.start_soon(self._handle_edus, origin, transaction.edus)
         except BaseExceptionGroup as group:
             raise sole_failure(group) from None
+        self.transactions_handled += 1
+        counts = self.pdu_outcomes
         results: dict[str, dict[str, str]] = {}
         for outcome in outcomes:
+            counts[_outcome_name(outcome)] += 1
             if outcome.event_id is None:
                 continue
             results[outcome.event_id] = (
@@ -226,8 +241,10 @@ class TransactionHandler:
                 _log.info("ignoring EDU %d from %s: %s", index, origin, exc)
                 continue
             if edu.edu_type not in KNOWN_EDU_TYPES:
+                self.edus_received["other"] += 1
                 _log.debug("ignoring EDU of unknown type %r from %s", edu.edu_type, origin)
                 continue
+            self.edus_received[edu.edu_type] += 1
             try:
                 await self._edus.on_edu(origin, edu.edu_type, edu.content)
             except Exception:
@@ -250,6 +267,17 @@ def _read_transaction(body: bytes) -> _IncomingTransaction:
             f" this one {len(transaction.edus)}"
         )
     return transaction
+
+
+def _outcome_name(outcome: PduOutcome) -> str:
+    result = outcome.result
+    if result is None:
+        return "dropped"
+    if result.already_known:
+        return "already_known"
+    if result.rejected_reason is not None:
+        return "rejected"
+    return "soft_failed" if result.soft_failed else "accepted"
 
 
 def _describe(error: MatrixError) -> str:

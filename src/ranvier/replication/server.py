@@ -42,6 +42,7 @@ import trio
 
 from ranvier.errors import MatrixError
 from ranvier.federation.transport.listener import AsgiApp
+from ranvier.metrics import note_route
 from ranvier.storage import Storage
 from ranvier.web import (
     Disconnected,
@@ -167,6 +168,7 @@ class ReplicationApp:
         raw_path = scope.get("raw_path")
         path = raw_path.decode("latin-1").partition("?")[0] if raw_path else scope["path"]
         match = self._router.match(scope["method"], path)
+        note_route(scope, match.route)
         pattern = match.route.pattern
         params = match.params
         key: tuple[str, ...]

@@ -88,6 +88,7 @@ import trio
 from ranvier.core.ephemeral_replica import EphemeralChanges, EphemeralReplica
 from ranvier.core.notifier import StreamNotifier, StreamPosition
 from ranvier.errors import BadJsonError, MatrixError, StorageUnavailableError
+from ranvier.metrics import note_route
 from ranvier.storage import Storage
 from ranvier.storage.sync_reads import joined_rooms
 from ranvier.web import Receive, Router, Scope, Send, read_body
@@ -625,6 +626,7 @@ class MainControl:
             raw_path = scope.get("raw_path")
             path = raw_path.decode("latin-1").partition("?")[0] if raw_path else scope["path"]
             match = self._router.match(scope["method"], path)
+            note_route(scope, match.route)
             pattern = match.route.pattern
             limit = MAX_BODY_BYTES if pattern == wire.EPHEMERAL else 64 * 1024
             request = await read_body(receive, (), limit)

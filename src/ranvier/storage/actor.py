@@ -74,6 +74,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, NoReturn, Protocol, TypeAlias, TypeVar, cast
@@ -81,6 +82,7 @@ from typing import Any, Final, Generic, NoReturn, Protocol, TypeAlias, TypeVar, 
 import trio
 
 from ranvier.errors import StorageUnavailableError
+from ranvier.metrics import Histogram
 
 from .connections import SynchronousMode, open_checkpointer, open_writer
 from .schema import migrate
@@ -101,6 +103,10 @@ _log: Final = logging.getLogger(__name__)
 #: The writer's own automatic checkpoint, which only checkpoints falling far
 #: behind let the WAL reach: 10,000 pages are about 40 MB.
 _BACKSTOP_PAGES: Final = 10_000
+# Buckets of the batch metrics: requests per batch up to the default cap,
+# and seconds from a batch's start in the writer to its commit.
+_BATCH_SIZE_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_BATCH_SECONDS_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 #: A write: a function of the write connection, run on the writer thread
 #: inside the actor's transaction (and, when a batch is retried, inside a
@@ -450,6 +456,18 @@ class StorageActor:
         self._send, self._receive = trio.open_memory_channel[_Request](queue_size)
         self._ran = False
         self._stats = WriteStats()
+        #: For metrics: requests committed and requests that failed alone
+        #: (rolled back to their savepoint), requests per batch, and seconds
+        #: per batch in the writer thread, commit included.
+        self.writes_committed = 0
+        self.writes_failed = 0
+        self.batch_sizes = Histogram(_BATCH_SIZE_BUCKETS)
+        self.batch_seconds = Histogram(_BATCH_SECONDS_BUCKETS)
+
+    @property
+    def queue_depth(self) -> int:
+        """Write requests waiting for the writer now."""
+        return self._receive.statistics().current_buffer_used
 
     @property
     def stats(self) -> WriteStats:
@@ -501,6 +519,7 @@ class StorageActor:
                 except trio.WouldBlock:
                     break
             operations = [request.operation for request in batch]
+            started = time.perf_counter()
             try:
                 answers, changes = await writer.call(
                     functools.partial(_run_batch_counting_changes, operations=operations)
@@ -509,6 +528,8 @@ class StorageActor:
                 for request in batch:
                     request.reply(_Failed(_unavailable(exc)))
                 raise
+            self.batch_seconds.observe(time.perf_counter() - started)
+            self.batch_sizes.observe(len(batch))
             self._changes += changes
             if self._changes >= self._checkpoint_after:
                 self._start_checkpoint()
@@ -519,6 +540,10 @@ class StorageActor:
                 largest_batch=max(self._stats.largest_batch, len(batch)),
             )
             for request, answer in zip(batch, answers, strict=True):
+                if isinstance(answer, _Ok):
+                    self.writes_committed += 1
+                else:
+                    self.writes_failed += 1
                 request.reply(answer)
 
     def _start_checkpoint(self) -> None:

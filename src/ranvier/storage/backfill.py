@@ -53,6 +53,8 @@ class BackfillStorage:
     def __init__(self, actor: WriteBackend, readers: ReaderPool) -> None:
         self._actor = actor
         self._readers = readers
+        #: Events handed here to write, for metrics.
+        self.events_persisted = 0
 
     async def persist_backfilled_events(
         self, events: Sequence[EventToPersist]
@@ -60,9 +62,11 @@ class BackfillStorage:
         """Write events fetched from before the room's history here, oldest
         first; return their stream orderings (negative for those placed now).
         """
-        return await self._actor.submit(
+        orderings = await self._actor.submit(
             functools.partial(_persist_backfilled_events, events=tuple(events))
         )
+        self.events_persisted += len(events)
+        return orderings
 
     async def has_room_start(self, room_id: str) -> bool:
         """Whether the room's ``m.room.create`` event is in its DAG here: its

@@ -45,6 +45,8 @@ class ReaderPool:
         self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        #: Reads asked for since the pool opened, for metrics.
+        self.reads = 0
 
     async def read(self, operation: ReadOperation[T]) -> T:
         """Run ``operation`` on a reader connection in a worker thread.
@@ -54,6 +56,7 @@ class ReaderPool:
         """
         if self._closed:
             raise StorageUnavailableError("storage has stopped: the reader pool is closed")
+        self.reads += 1
         return await trio.to_thread.run_sync(self._read, operation, limiter=self.limiter)
 
     def _read(self, operation: ReadOperation[T]) -> T:

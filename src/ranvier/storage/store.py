@@ -15,6 +15,7 @@ from typing import Protocol
 
 import trio
 
+from ranvier.errors import PartialStateConflictError
 from ranvier.protocol.room_versions import RoomVersion, RoomVersionLike
 
 from . import reads, writes
@@ -131,6 +132,13 @@ class Storage:
         #: Told after a commit that moves either stream a sync follows; see
         #: :class:`StreamListener`.
         self.on_stream_advance: StreamListener | None = None
+        #: For metrics: the server whose users' events count as ``local`` in
+        #: ``events_persisted`` (the rest as ``federation``; backfilled
+        #: events are counted by :attr:`backfill`), and the writes of events
+        #: refused for a partial-state conflict, each retried by its caller.
+        self.server_name: str | None = None
+        self.events_persisted = {"local": 0, "federation": 0}
+        self.partial_state_conflicts = 0
         self.aliases = AliasStorage(self.writer, self.readers)
         self.client_transactions = ClientTransactionStorage(self.writer, self.readers)
         self.room_members = RoomMemberStorage(self.writer, self.readers)
@@ -195,9 +203,13 @@ class Storage:
         :class:`~ranvier.errors.PartialStateConflictError`, writing none of
         them, if one has partial state and its room no longer does.
         """
-        orderings = await self.writer.submit(
-            writes.PersistEvents(tuple(events), dict(current_state_groups or {}))
-        )
+        try:
+            orderings = await self.writer.submit(
+                writes.PersistEvents(tuple(events), dict(current_state_groups or {}))
+            )
+        except PartialStateConflictError:
+            self.partial_state_conflicts += 1
+            raise
         self.events_written(orderings, events)
         return orderings
 
@@ -208,9 +220,13 @@ class Storage:
         transactions that sent the events recorded in the same commit; see
         :meth:`ClientTransactionStorage.persist_events_recording`.
         """
-        orderings, recorded = await self.client_transactions.persist_events_recording(
-            events, transactions
-        )
+        try:
+            orderings, recorded = await self.client_transactions.persist_events_recording(
+                events, transactions
+            )
+        except PartialStateConflictError:
+            self.partial_state_conflicts += 1
+            raise
         self.events_written(orderings, events)
         return orderings, recorded
 
@@ -220,6 +236,11 @@ class Storage:
         """Tell the stream listener of events just written (here, or through
         the main process by a worker's persister): the rooms they are in, and
         the users whose membership they change."""
+        if self.server_name is not None:
+            ours = self.server_name
+            local = sum(event.sender.partition(":")[2] == ours for event in events)
+            self.events_persisted["local"] += local
+            self.events_persisted["federation"] += len(events) - local
         if orderings and self.on_stream_advance is not None:
             self.on_stream_advance(
                 max(orderings.values()),

@@ -61,7 +61,7 @@ import random
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import msgspec
@@ -82,7 +82,7 @@ from ranvier.storage.records import DestinationRetry, StoredEvent
 from .backoff import BackoffPolicy, is_destination_failure
 from .interfaces import EduOutbox, SenderStore, TransactionClient
 
-__all__ = ["DestinationQueue", "DestinationStatus", "QueueSettings", "QueuedPdu"]
+__all__ = ["DestinationQueue", "DestinationStatus", "QueueSettings", "QueuedPdu", "SenderTotals"]
 
 _log = logging.getLogger(__name__)
 
@@ -122,6 +122,24 @@ class QueueSettings:
     idle_timeout: float
     #: Where EDUs that must arrive wait; None when there are none.
     outbox: EduOutbox | None = None
+    #: What every queue has done, added up across queues come and gone.
+    totals: SenderTotals = field(default_factory=lambda: SenderTotals())
+
+
+@dataclass(slots=True)
+class SenderTotals:
+    """Counts of one sender's work since it started, for metrics: a queue
+    ends when idle and takes its own counts with it, these stay.
+    """
+
+    transactions_sent: int = 0
+    #: Attempts that failed and are tried again later (the destination backs off).
+    transactions_failed: int = 0
+    #: Transactions given up on: the destination would never take them.
+    transactions_dropped: int = 0
+    pdus_sent: int = 0
+    edus_sent: int = 0
+    catch_ups_started: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +271,8 @@ class DestinationQueue:
         if self._pdus:
             _log.info("%s: %d queued PDUs left to catching up", self.destination, len(self._pdus))
         self._pdus.clear()
+        if not self._catching_up:
+            self._settings.totals.catch_ups_started += 1
         self._catching_up = True
         self._wake.set()
 
@@ -571,6 +591,10 @@ class DestinationQueue:
     async def _delivered(self, pending: _Pending, answer: object) -> None:
         self._pending = None
         self._transactions_sent += 1
+        totals = self._settings.totals
+        totals.transactions_sent += 1
+        totals.pdus_sent += len(pending.transaction.pdus)
+        totals.edus_sent += len(pending.transaction.edus)
         if answer is not None:
             try:
                 errors = parse_transaction_response(answer).errors
@@ -597,6 +621,7 @@ class DestinationQueue:
     async def _back_off(self, pending: _Pending, exc: FederationError) -> None:
         settings = self._settings
         self._failed_attempts += 1
+        settings.totals.transactions_failed += 1
         self._retry = settings.backoff.after_failure(
             self.destination, self._retry, settings.clock_ms(), settings.rng
         )
@@ -620,6 +645,7 @@ class DestinationQueue:
         """
         self._pending = None
         self._dropped_transactions += 1
+        self._settings.totals.transactions_dropped += 1
         _log.warning(
             "%s: dropping transaction %s with %d PDUs (%s): %s",
             self.destination,

@@ -37,7 +37,7 @@ from ranvier.protocol.x_matrix import split_server_name
 
 from .backoff import BackoffPolicy
 from .interfaces import EduOutbox, SenderStore, TransactionClient
-from .queue import DestinationQueue, DestinationStatus, QueuedPdu, QueueSettings
+from .queue import DestinationQueue, DestinationStatus, QueuedPdu, QueueSettings, SenderTotals
 
 __all__ = ["FederationSender"]
 
@@ -220,6 +220,16 @@ class FederationSender:
     def active_destinations(self) -> frozenset[str]:
         """The destinations that have a queue task now."""
         return frozenset(self._queues)
+
+    @property
+    def totals(self) -> SenderTotals:
+        """What the sender's queues have done since it started."""
+        return self._settings.totals
+
+    @property
+    def destinations_backing_off(self) -> int:
+        """How many destinations with a queue now are backing off."""
+        return sum(queue.backing_off for queue in self._queues.values())
 
     # Internals.
 

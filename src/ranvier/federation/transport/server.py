@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
 from ranvier.errors import InvalidSignatureError, MatrixError
+from ranvier.metrics import note_route
 from ranvier.protocol.signing import ED25519, VerifyKeyLike
 from ranvier.protocol.x_matrix import XMatrixAuthorization, parse_authorization, verify_request
 from ranvier.web import (
@@ -140,6 +141,7 @@ class FederationApp:
         method, path, uri = head.method, head.path, head.uri
         try:
             match = self.router.match(method, path)
+            note_route(scope, match.route)
             authorizations = _authorizations(head.headers) if match.route.authenticated else None
             body = await read_body(receive, head.headers, self.max_body_bytes)
             units_checked = match.route.units_checked
