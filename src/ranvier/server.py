@@ -94,6 +94,7 @@ from ranvier.api.account_data import add_account_data_routes
 from ranvier.api.account_management import add_account_management_routes
 from ranvier.api.admin import add_admin_routes
 from ranvier.api.admin_common import add_server_version_route
+from ranvier.api.admin_federation import add_admin_federation_routes
 from ranvier.api.admin_media import add_admin_media_routes
 from ranvier.api.admin_registration_tokens import add_admin_registration_token_routes
 from ranvier.api.admin_reports import add_admin_report_routes
@@ -140,6 +141,7 @@ from ranvier.api.versions import add_versions_route
 from ranvier.appservice_client import HttpAppServiceClient
 from ranvier.config import Config, ListenerConfig
 from ranvier.core.accounts import Accounts
+from ranvier.core.admin_federation import AdminFederation
 from ranvier.core.admin_media import AdminMedia
 from ranvier.core.admin_reports import AdminReports
 from ranvier.core.admin_rooms import AdminRooms
@@ -764,6 +766,12 @@ class HomeServer:
             self.federation_sender.heard_from(destination)
         if self._pdu_queue is not None and self._stream_source is not None:
             self._stream_source.note_heard_from(destinations)
+
+    async def _wake_reset_destination(self, destination: str) -> None:
+        """An admin cleared ``destination``'s backoff: the sender delivering
+        to it hears of it as of a server heard from, and tries it now."""
+        await trio.lowlevel.checkpoint()
+        self._heard_from_elsewhere([destination])
 
     def _resync(self, room_id: str) -> None:
         try:
@@ -1585,6 +1593,10 @@ class HomeServer:
         add_admin_room_routes(router, auth=self.auth, rooms=rooms)
         reports = AdminReports(server_name=server_name, store=store)
         add_admin_report_routes(router, auth=self.auth, reports=reports)
+        federation = AdminFederation(
+            store=self.storage.federation_admin, wake=self._wake_reset_destination
+        )
+        add_admin_federation_routes(router, auth=self.auth, federation=federation)
         media = AdminMedia(
             server_name=server_name,
             store=self.storage.media_admin,

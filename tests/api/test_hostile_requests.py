@@ -247,6 +247,7 @@ def _path_values(pattern: str, ids: Ids) -> dict[str, str]:
         "mediaId": "abcdefghij",
         "fileName": "file.txt",
         "protocol": "irc",
+        "destination": "remote.example",
     }
 
 

@@ -206,6 +206,13 @@ class WorkerServer(HomeServer):
     async def _tell_main(self, destinations: Sequence[str]) -> None:
         await self.replication_client.post(wire.HEARD_FROM, _heard_encoder.encode(destinations))
 
+    async def _wake_reset_destination(self, destination: str) -> None:
+        # The main process passes it on to whichever process delivers.
+        try:
+            await self._tell_main([destination])
+        except MatrixError as exc:
+            _log.warning("%s: the reset backoff is left to run out: %s", destination, exc)
+
     def _resync(self, room_id: str) -> None:
         try:
             self._resyncs_send.send_nowait(room_id)

@@ -22,6 +22,7 @@ from . import reads, writes
 from .accounts import AccountStorage
 from .actor import StorageActor
 from .admin import AdminStorage
+from .admin_federation import FederationAdminStorage
 from .aliases import AliasStorage
 from .appservices import AppServiceStorage
 from .auth_chains import AuthChainStorage
@@ -144,6 +145,7 @@ class Storage:
         self.room_members = RoomMemberStorage(self.writer, self.readers)
         self.accounts = AccountStorage(self.writer, self.readers)
         self.admin = AdminStorage(self.writer, self.readers)
+        self.federation_admin = FederationAdminStorage(self.writer, self.readers)
         self.redactions = RedactionStorage(self.readers)
         self.relations = RelationStorage(self.readers)
         self.search = SearchStorage(self.readers)
