@@ -141,7 +141,10 @@ async def test_the_stream_carries_servers_heard_from_to_a_worker_that_asks(
             # A worker with another life's count gets none of them.
             nursery.start_soon(poll, "another life", {"heard": "another:0"}, 20_000)
     assert taken == [["c.test", "d.test", "c.test"]]
-    assert list(answers) == ["asks", "another life", "does not ask"]
+    # The two that were woken (in either order: one post wakes both) came
+    # back before the one that only its own timeout ended.
+    assert set(list(answers)[:2]) == {"asks", "another life"}
+    assert list(answers)[2] == "does not ask"
     assert answers["asks"]["heard_from"] == ["c.test", "d.test"]
     assert answers["asks"]["heard"] == source.heard != first["heard"]
     assert answers["another life"]["heard_from"] == []
