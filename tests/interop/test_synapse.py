@@ -17,9 +17,6 @@ either side is awaited by polling, within a bound.
 
 from __future__ import annotations
 
-import itertools
-import os
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -30,46 +27,11 @@ import trio
 from ranvier.server import HomeServer
 from ranvier.storage import Storage
 
+from ._checks import eventually, in_dag, localpart, on_synapse
 from ._synapse import SynapseProcess, SynapseUser
 
 _WAIT_SECONDS = 20.0
 _VERSIONS = pytest.mark.parametrize("version", ["10", "11", "12"])
-_users = itertools.count(1)
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``check`` holds, looking every 50 ms for at most 20 s."""
-    # Polling, not an event: what is awaited happens in another process.
-    with trio.move_on_after(_WAIT_SECONDS):
-        while True:
-            if await check():
-                return
-            await trio.sleep(0.05)
-    raise AssertionError(f"gave up after {_WAIT_SECONDS:.0f} s waiting for {what}")
-
-
-def _localpart(name: str) -> str:
-    # One Synapse serves every test of the run: its users must differ.
-    return f"{name}{os.getpid()}x{next(_users)}"
-
-
-async def _in_dag(storage: Storage, *event_ids: str) -> bool:
-    """Whether ranvier has every one of the events, accepted, in the room's DAG."""
-    rows = await storage.get_events(event_ids)
-    for event_id in event_ids:
-        row = rows.get(event_id)
-        if row is None or row.outlier:
-            return False
-        assert row.rejected_reason is None, (event_id, row.rejected_reason)
-        assert not row.soft_failed, event_id
-    return True
-
-
-async def _on_synapse(user: SynapseUser, room_id: str, *event_ids: str) -> bool:
-    for event_id in event_ids:
-        if await user.event(room_id, event_id) is None:
-            return False
-    return True
 
 
 async def _ranvier_event(storage: Storage, event_id: str) -> dict[str, Any]:
@@ -99,7 +61,7 @@ async def _same_state(hs: HomeServer, user: SynapseUser, room_id: str) -> None:
         return ours == theirs
 
     try:
-        await _eventually(agree, "the same current state on both servers")
+        await eventually(agree, "the same current state on both servers")
     except AssertionError:
         ours, theirs = last
         only_ours = {k: v for k, v in ours.items() if theirs.get(k) != v}
@@ -132,11 +94,11 @@ async def _talk(
         nursery.start_soon(synapse_side)
         nursery.start_soon(ranvier_side)
 
-    await _eventually(
-        lambda: _in_dag(hs.storage, *from_synapse), f"{label}: Synapse's messages on ranvier"
+    await eventually(
+        lambda: in_dag(hs.storage, *from_synapse), f"{label}: Synapse's messages on ranvier"
     )
-    await _eventually(
-        lambda: _on_synapse(synapse_user, room_id, *from_ranvier),
+    await eventually(
+        lambda: on_synapse(synapse_user, room_id, *from_ranvier),
         f"{label}: ranvier's messages on Synapse",
     )
     for n, event_id in enumerate(from_synapse):
@@ -154,8 +116,8 @@ async def _talk(
 async def test_ranvier_joins_a_room_hosted_by_synapse(
     synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer, version: str
 ) -> None:
-    alice = await synapse.register(synapse_http, _localpart("alice"))
-    carol = await synapse.register(synapse_http, _localpart("carol"))
+    alice = await synapse.register(synapse_http, localpart("alice"))
+    carol = await synapse.register(synapse_http, localpart("carol"))
     room_id = await alice.create_room(preset="public_chat", name="On Synapse", room_version=version)
     # A second member, whose membership a partial answer leaves out.
     await carol.join(room_id, via=synapse.server_name)
@@ -170,10 +132,10 @@ async def test_ranvier_joins_a_room_hosted_by_synapse(
     # the task's status here however fast the resync then goes.
     assert room_id in ranvier.resync_status(), "the join did not give partial state"
     storage = ranvier.storage
-    assert await _in_dag(storage, join_id)
+    assert await in_dag(storage, join_id)
     assert await storage.get_room_version(room_id) == version
     assert before in (await _ranvier_event(storage, join_id))["prev_events"]
-    await _eventually(lambda: _on_synapse(alice, room_id, join_id), "ranvier's join on Synapse")
+    await eventually(lambda: on_synapse(alice, room_id, join_id), "ranvier's join on Synapse")
     assert await alice.joined_members(room_id) == {alice.user_id, carol.user_id, bob}
 
     # Messages both ways while the state is (or may still be) partial.
@@ -185,12 +147,12 @@ async def test_ranvier_joins_a_room_hosted_by_synapse(
 
     await _talk(ranvier, bob, carol, room_id, "resynced")
     topic = await alice.send_state(room_id, "m.room.topic", {"topic": "set on Synapse"})
-    await _eventually(lambda: _in_dag(storage, topic), "the topic on ranvier")
+    await eventually(lambda: in_dag(storage, topic), "the topic on ranvier")
     await _same_state(ranvier, alice, room_id)
     assert (await storage.get_current_state_ids(room_id))[("m.room.topic", "")] == topic
 
     leave_id = await ranvier.leave_room(bob, room_id)
-    await _eventually(lambda: _on_synapse(alice, room_id, leave_id), "ranvier's leave on Synapse")
+    await eventually(lambda: on_synapse(alice, room_id, leave_id), "ranvier's leave on Synapse")
     assert await alice.joined_members(room_id) == {alice.user_id, carol.user_id}
 
 
@@ -206,7 +168,7 @@ async def test_a_synapse_user_joins_a_room_hosted_by_ranvier(
     # A second member, whose membership a partial answer leaves out.
     await ranvier.join_room(erin, room_id)
     before = await ranvier.send_event(carol, room_id, "m.room.message", {"body": "before"})
-    dave = await synapse.register(synapse_http, _localpart("dave"))
+    dave = await synapse.register(synapse_http, localpart("dave"))
     log_mark = synapse.log_size()
 
     assert await dave.join(room_id, via=ranvier.server_name) == room_id
@@ -227,19 +189,19 @@ async def test_a_synapse_user_joins_a_room_hosted_by_ranvier(
         return before in {event["event_id"] for event in await dave.timeline(room_id)}
 
     # The message before the join reaches Synapse when it pages back.
-    await _eventually(backfilled, "the message before the join, backfilled by Synapse")
+    await eventually(backfilled, "the message before the join, backfilled by Synapse")
 
     await _talk(ranvier, erin, dave, room_id, "resynced")
 
     topic = await ranvier.send_event(
         carol, room_id, "m.room.topic", {"topic": "set on ranvier"}, state_key=""
     )
-    await _eventually(lambda: _on_synapse(dave, room_id, topic), "the topic on Synapse")
+    await eventually(lambda: on_synapse(dave, room_id, topic), "the topic on Synapse")
     await _same_state(ranvier, dave, room_id)
     assert (await dave.state_ids(room_id))[("m.room.topic", "")] == topic
 
     await dave.leave(room_id)
-    await _eventually(
+    await eventually(
         lambda: _membership_is(ranvier.storage, room_id, dave.user_id, "leave"),
         "Synapse's leave on ranvier",
     )
@@ -248,9 +210,9 @@ async def test_a_synapse_user_joins_a_room_hosted_by_ranvier(
 async def test_ranvier_joins_a_busy_room_hosted_by_synapse(
     synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer
 ) -> None:
-    alice = await synapse.register(synapse_http, _localpart("alice"))
+    alice = await synapse.register(synapse_http, localpart("alice"))
     room_id = await alice.create_room(preset="public_chat", name="Busy on Synapse")
-    members = [await synapse.register(synapse_http, _localpart("member")) for _ in range(8)]
+    members = [await synapse.register(synapse_http, localpart("member")) for _ in range(8)]
     for member in members:
         await member.join(room_id, via=synapse.server_name)
     bob = f"@bob:{ranvier.server_name}"
@@ -292,18 +254,18 @@ async def test_ranvier_joins_a_busy_room_hosted_by_synapse(
 
     storage = ranvier.storage
     await _resynced(ranvier, room_id)
-    await _eventually(lambda: _in_dag(storage, *after_join), "Synapse's events on ranvier")
-    await _eventually(lambda: _on_synapse(alice, room_id, *ours), "ranvier's messages on Synapse")
+    await eventually(lambda: in_dag(storage, *after_join), "Synapse's events on ranvier")
+    await eventually(lambda: on_synapse(alice, room_id, *ours), "ranvier's messages on Synapse")
     await _same_state(ranvier, alice, room_id)
 
     # Given the power to, ranvier's user renames the room.
     levels = await alice.state_event(room_id, "m.room.power_levels")
     levels["users"][bob] = 100
     raised = await alice.send_state(room_id, "m.room.power_levels", levels)
-    await _eventually(lambda: _in_dag(storage, raised), "the power levels on ranvier")
+    await eventually(lambda: in_dag(storage, raised), "the power levels on ranvier")
     name = {"name": "renamed on ranvier"}
     renamed = await ranvier.send_event(bob, room_id, "m.room.name", name, state_key="")
-    await _eventually(lambda: _on_synapse(alice, room_id, renamed), "the new name on Synapse")
+    await eventually(lambda: on_synapse(alice, room_id, renamed), "the new name on Synapse")
     assert await alice.state_event(room_id, "m.room.name") == name
     await _same_state(ranvier, alice, room_id)
 
@@ -317,7 +279,7 @@ async def test_a_synapse_user_joins_a_busy_room_hosted_by_ranvier(
     members = [f"@member{n}:{ranvier.server_name}" for n in range(8)]
     for member in members:
         await ranvier.join_room(member, room_id)
-    dave = await synapse.register(synapse_http, _localpart("dave"))
+    dave = await synapse.register(synapse_http, localpart("dave"))
     joined = trio.Event()
     after_join: list[str] = []
     theirs: list[str] = []
@@ -356,18 +318,16 @@ async def test_a_synapse_user_joins_a_busy_room_hosted_by_ranvier(
         # Synapse takes in what arrived during its join only after the resync.
         return await dave.joined_members(room_id) == {carol, *members, dave.user_id}
 
-    await _eventually(everyone_joined, "every member joined, as Synapse sees it")
-    await _eventually(
-        lambda: _on_synapse(dave, room_id, *after_join), "ranvier's events on Synapse"
-    )
-    await _eventually(lambda: _in_dag(ranvier.storage, *theirs), "Synapse's messages on ranvier")
+    await eventually(everyone_joined, "every member joined, as Synapse sees it")
+    await eventually(lambda: on_synapse(dave, room_id, *after_join), "ranvier's events on Synapse")
+    await eventually(lambda: in_dag(ranvier.storage, *theirs), "Synapse's messages on ranvier")
     await _same_state(ranvier, dave, room_id)
 
     # A second Synapse user joins on Synapse, which is in the room now: the
     # join reaches ranvier as a PDU.
-    erin = await synapse.register(synapse_http, _localpart("erin"))
+    erin = await synapse.register(synapse_http, localpart("erin"))
     await erin.join(room_id, via=synapse.server_name)
-    await _eventually(
+    await eventually(
         lambda: _membership_is(ranvier.storage, room_id, erin.user_id, "join"),
         "a join made on Synapse, on ranvier",
     )
@@ -379,7 +339,7 @@ async def test_invites_each_way(
     synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer
 ) -> None:
     # Synapse's user invites ranvier's into an invite-only room.
-    alice = await synapse.register(synapse_http, _localpart("alice"))
+    alice = await synapse.register(synapse_http, localpart("alice"))
     room_id = await alice.create_room(preset="private_chat", name="Invite only, on Synapse")
     bob = f"@bob:{ranvier.server_name}"
     await alice.invite(room_id, bob)
@@ -388,14 +348,14 @@ async def test_invites_each_way(
     assert invite["content"]["membership"] == "invite"
     assert ranvier.server_name in invite["signatures"]
     join_id = await ranvier.join_room(bob, room_id, [synapse.server_name])
-    await _eventually(lambda: _on_synapse(alice, room_id, join_id), "ranvier's join on Synapse")
+    await eventually(lambda: on_synapse(alice, room_id, join_id), "ranvier's join on Synapse")
     await _resynced(ranvier, room_id)
 
     # ranvier's user invites another Synapse user, who joins.
-    zoe = await synapse.register(synapse_http, _localpart("zoe"))
+    zoe = await synapse.register(synapse_http, localpart("zoe"))
     await ranvier.invite(bob, room_id, zoe.user_id)
     await zoe.join(room_id, via=synapse.server_name)
-    await _eventually(
+    await eventually(
         lambda: _membership_is(ranvier.storage, room_id, zoe.user_id, "join"),
         "the invited Synapse user's join on ranvier",
     )

@@ -5,37 +5,18 @@ to-device messages each way.
 
 from __future__ import annotations
 
-import itertools
 import os
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-import trio
 
 from ranvier.protocol.signing import SigningKey, encode_verify_key_base64, sign_json
 from ranvier.server import HomeServer
 
+from ._checks import eventually, localpart
 from ._synapse import SynapseProcess
 
-_WAIT_SECONDS = 20.0
 _OTK = "signed_curve25519"
-_users = itertools.count(1)
-
-
-def _localpart(name: str) -> str:
-    # One Synapse serves every test of the run: its users must differ.
-    return f"{name}{os.getpid()}e{next(_users)}"
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``check`` holds, looking every 50 ms for at most 20 s."""
-    with trio.move_on_after(_WAIT_SECONDS):
-        while True:
-            if await check():
-                return
-            await trio.sleep(0.05)
-    raise AssertionError(f"gave up after {_WAIT_SECONDS:.0f} s waiting for {what}")
 
 
 def _keys(user_id: str, device_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -59,7 +40,7 @@ def _keys(user_id: str, device_id: str) -> tuple[dict[str, Any], dict[str, Any]]
 async def test_keys_and_to_device_messages_between_ranvier_and_synapse(
     synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer
 ) -> None:
-    zed = await synapse.register(synapse_http, _localpart("zed"))
+    zed = await synapse.register(synapse_http, localpart("zed"))
     zed_device = (await zed.request("GET", "/_matrix/client/v3/account/whoami"))["device_id"]
     zed_keys, zed_one_time = _keys(zed.user_id, zed_device)
     await zed.request(
@@ -67,7 +48,7 @@ async def test_keys_and_to_device_messages_between_ranvier_and_synapse(
         "/_matrix/client/v3/keys/upload",
         body={"device_keys": zed_keys, "one_time_keys": zed_one_time},
     )
-    bob = await ranvier.accounts.register(_localpart("bob"), None)
+    bob = await ranvier.accounts.register(localpart("bob"), None)
     assert bob.device_id is not None
     bob_device: str = bob.device_id
     bob_keys, bob_one_time = _keys(bob.user_id, bob_device)
@@ -121,7 +102,7 @@ async def test_keys_and_to_device_messages_between_ranvier_and_synapse(
         received.extend(synced.get("to_device", {}).get("events", []))
         return bool(received)
 
-    await _eventually(at_synapse, "ranvier's to-device message at Synapse")
+    await eventually(at_synapse, "ranvier's to-device message at Synapse")
     assert received == [{"type": "m.test", "sender": bob.user_id, "content": {"from": "ranvier"}}]
     await zed.request(
         "PUT",
@@ -134,7 +115,7 @@ async def test_keys_and_to_device_messages_between_ranvier_and_synapse(
         upto = await store.to_device_position()
         return bool(await store.to_device_messages(bob.user_id, bob_device, 0, upto, 10))
 
-    await _eventually(at_ranvier, "Synapse's to-device message at ranvier")
+    await eventually(at_ranvier, "Synapse's to-device message at ranvier")
     upto = await store.to_device_position()
     (stored,) = await store.to_device_messages(bob.user_id, bob.device_id, 0, upto, 10)
     assert stored[1] == (
@@ -145,9 +126,9 @@ async def test_keys_and_to_device_messages_between_ranvier_and_synapse(
 async def test_a_key_change_reaches_synapse_users_sharing_a_room(
     synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer
 ) -> None:
-    zed = await synapse.register(synapse_http, _localpart("zed"))
+    zed = await synapse.register(synapse_http, localpart("zed"))
     room_id = await zed.create_room(preset="public_chat", name="Keys, on Synapse")
-    bob = await ranvier.accounts.register(_localpart("bob"), None)
+    bob = await ranvier.accounts.register(localpart("bob"), None)
     assert bob.device_id is not None
     keys = ranvier.e2e_keys
     first, _ = _keys(bob.user_id, bob.device_id)
@@ -157,7 +138,7 @@ async def test_a_key_change_reaches_synapse_users_sharing_a_room(
     async def joined() -> bool:
         return bob.user_id in await zed.joined_members(room_id)
 
-    await _eventually(joined, f"ranvier's join {join_id} on Synapse")
+    await eventually(joined, f"ranvier's join {join_id} on Synapse")
 
     async def zed_sees(wanted: dict[str, Any]) -> bool:
         asked = await zed.request(
@@ -167,7 +148,7 @@ async def test_a_key_change_reaches_synapse_users_sharing_a_room(
         return bool(shown.get("keys") == wanted["keys"])
 
     # Synapse now follows Bob's device list: it has his first keys...
-    await _eventually(lambda: zed_sees(first), "Bob's first keys at Synapse")
+    await eventually(lambda: zed_sees(first), "Bob's first keys at Synapse")
     since = (await zed.request("GET", "/_matrix/client/v3/sync", params={"timeout": "0"}))[
         "next_batch"
     ]
@@ -183,5 +164,5 @@ async def test_a_key_change_reaches_synapse_users_sharing_a_room(
         changed.extend(synced.get("device_lists", {}).get("changed", []))
         return bob.user_id in changed
 
-    await _eventually(listed, "Bob in Zed's device_lists.changed")
-    await _eventually(lambda: zed_sees(second), "Bob's new keys at Synapse")
+    await eventually(listed, "Bob in Zed's device_lists.changed")
+    await eventually(lambda: zed_sees(second), "Bob's new keys at Synapse")

@@ -16,11 +16,8 @@ to the sender's clients, so arrival is awaited by polling, within a bound.
 
 from __future__ import annotations
 
-import itertools
-import os
 import sqlite3
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,27 +27,11 @@ import trio
 
 from ranvier.server import HomeServer
 
+from ._checks import eventually, localpart
 from ._synapse import SynapseProcess, SynapseUser
 
 _WAIT_SECONDS = 20.0
 _HOSTS = pytest.mark.parametrize("host", ["synapse", "ranvier"])
-_users = itertools.count(1)
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``check`` holds, looking every 50 ms for at most 20 s."""
-    # Polling, not an event: what is awaited happens in another process.
-    with trio.move_on_after(_WAIT_SECONDS):
-        while True:
-            if await check():
-                return
-            await trio.sleep(0.05)
-    raise AssertionError(f"gave up after {_WAIT_SECONDS:.0f} s waiting for {what}")
-
-
-def _localpart(name: str) -> str:
-    # One Synapse serves every test of the run: its users must differ.
-    return f"{name}{os.getpid()}h{next(_users)}"
 
 
 def _quote(part: str) -> str:
@@ -72,8 +53,8 @@ async def _shared_room(
     """A room created on ``host`` and joined from the other server, with
     the joiner's resync done, so that each server counts the other in it.
     """
-    zed = await synapse.register(http, _localpart("zed"))
-    bob = f"@{_localpart('bob')}:{hs.server_name}"
+    zed = await synapse.register(http, localpart("zed"))
+    bob = f"@{localpart('bob')}:{hs.server_name}"
     if host == "synapse":
         room_id = await zed.create_room(preset="public_chat", name="Ephemeral, on Synapse")
         await hs.join_room(bob, room_id, [synapse.server_name])
@@ -87,7 +68,7 @@ async def _shared_room(
         # /joined_members waits for Synapse's resync of a partial join.
         return await zed.joined_members(room_id) == {bob, zed.user_id}
 
-    await _eventually(both_joined, "both users joined, as Synapse sees the room")
+    await eventually(both_joined, "both users joined, as Synapse sees the room")
     return _Shared(room_id, bob, zed)
 
 
@@ -140,16 +121,16 @@ async def test_typing_starts_and_stops_each_way(
         return bool(lists) and (bob in lists[-1]) == typing_now
 
     await typing.set_typing(bob, bob, room_id, typing=True, timeout_ms=60_000)
-    await _eventually(lambda: zed_sees_bob(True), "Bob typing, in Zed's sync")
+    await eventually(lambda: zed_sees_bob(True), "Bob typing, in Zed's sync")
     assert lists[-1] == [bob]
     await typing.set_typing(bob, bob, room_id, typing=False)
-    await _eventually(lambda: zed_sees_bob(False), "Bob no longer typing, in Zed's sync")
+    await eventually(lambda: zed_sees_bob(False), "Bob no longer typing, in Zed's sync")
     assert lists[-1] == []
     # Typing that runs out is told as stopped (Synapse would wait a minute).
     # Three seconds: long enough for Zed's sync to see it start first.
     await typing.set_typing(bob, bob, room_id, typing=True, timeout_ms=3_000)
-    await _eventually(lambda: zed_sees_bob(True), "Bob typing again, in Zed's sync")
-    await _eventually(lambda: zed_sees_bob(False), "Bob's typing run out, in Zed's sync")
+    await eventually(lambda: zed_sees_bob(True), "Bob typing again, in Zed's sync")
+    await eventually(lambda: zed_sees_bob(False), "Bob's typing run out, in Zed's sync")
 
     # Zed types, then stops: Bob's sync has him, then an empty list.
     path = f"/_matrix/client/v3/rooms/{_quote(room_id)}/typing/{_quote(zed.user_id)}"
@@ -163,7 +144,7 @@ async def test_typing_starts_and_stops_each_way(
         return await bob_sync(since) == {"type": "m.typing", "content": {"user_ids": [zed.user_id]}}
 
     await zed.request("PUT", path, body={"typing": True, "timeout": 60_000})
-    await _eventually(bob_sees_zed, "Zed typing, in Bob's sync")
+    await eventually(bob_sees_zed, "Zed typing, in Bob's sync")
     assert typing.typing_in(room_id) == [zed.user_id]
     since = await typing.position()
 
@@ -171,14 +152,14 @@ async def test_typing_starts_and_stops_each_way(
         return await bob_sync(since) == {"type": "m.typing", "content": {"user_ids": []}}
 
     await zed.request("PUT", path, body={"typing": False})
-    await _eventually(bob_sees_nobody, "Zed no longer typing, in Bob's sync")
+    await eventually(bob_sees_nobody, "Zed no longer typing, in Bob's sync")
     assert typing.typing_in(room_id) == []
     # Synapse tells of Zed's typing running out as well.
     since = await typing.position()
     await zed.request("PUT", path, body={"typing": True, "timeout": 3_000})
-    await _eventually(bob_sees_zed, "Zed typing again, in Bob's sync")
+    await eventually(bob_sees_zed, "Zed typing again, in Bob's sync")
     since = await typing.position()
-    await _eventually(bob_sees_nobody, "Zed's typing run out, in Bob's sync")
+    await eventually(bob_sees_nobody, "Zed's typing run out, in Bob's sync")
 
 
 # --- Receipts ---------------------------------------------------------------------------
@@ -220,7 +201,7 @@ async def test_read_receipts_cross_each_way_and_private_ones_stay(
             return False
         return await _synapse_has(zed, room_id, second)
 
-    await _eventually(both_have_both, "both messages on both servers")
+    await eventually(both_have_both, "both messages on both servers")
     zed_sync = _SynapseSync(zed)
     await zed_sync.next()
 
@@ -239,7 +220,7 @@ async def test_read_receipts_cross_each_way_and_private_ones_stay(
     receipts = ranvier.receipts
     await receipts.post_receipt(bob, room_id, "m.read.private", first, {})
     await receipts.post_receipt(bob, room_id, "m.read", second, {})
-    await _eventually(zed_sees_bobs_receipt, "Bob's read receipt, in Zed's sync")
+    await eventually(zed_sees_bobs_receipt, "Bob's read receipt, in Zed's sync")
     assert {entry for entry in seen if entry[2] == bob} == {(second, "m.read", bob)}
     stored = await trio.to_thread.run_sync(_synapse_receipts, synapse, bob)
     assert stored == {("m.read", second)}
@@ -259,7 +240,7 @@ async def test_read_receipts_cross_each_way_and_private_ones_stay(
     async def bob_sees_zeds_receipt() -> bool:
         return zed.user_id in (await bob_sync()).get(second, {}).get("m.read", {})
 
-    await _eventually(bob_sees_zeds_receipt, "Zed's read receipt, in Bob's sync")
+    await eventually(bob_sees_zeds_receipt, "Zed's read receipt, in Bob's sync")
     content = await bob_sync()
     assert isinstance(content[second]["m.read"][zed.user_id]["ts"], int)
     # Bob's own private receipt is there for him alone; none of Zed's.
@@ -281,7 +262,7 @@ async def test_read_receipts_cross_each_way_and_private_ones_stay(
         "m.relates_to": {"rel_type": "m.thread", "event_id": first},
     }
     reply = await ranvier.send_event(bob, room_id, "m.room.message", reply_content)
-    await _eventually(
+    await eventually(
         lambda: _synapse_has(zed, room_id, reply), "Bob's reply in the thread, on Synapse"
     )
     await receipts.post_receipt(bob, room_id, "m.read", reply, {"thread_id": first})
@@ -292,7 +273,7 @@ async def test_read_receipts_cross_each_way_and_private_ones_stay(
             threads.update(event["content"].get(reply, {}).get("m.read", {}))
         return bob in threads
 
-    await _eventually(zed_sees_the_thread_read, "Bob's threaded receipt, in Zed's sync")
+    await eventually(zed_sees_the_thread_read, "Bob's threaded receipt, in Zed's sync")
     assert threads[bob]["thread_id"] == first
     await zed.request("POST", f"{base}/m.read/{_quote(reply)}", body={"thread_id": first})
 
@@ -305,7 +286,7 @@ async def test_read_receipts_cross_each_way_and_private_ones_stay(
             for record in records
         )
 
-    await _eventually(ranvier_has_the_thread_read, "Zed's threaded receipt, at ranvier")
+    await eventually(ranvier_has_the_thread_read, "Zed's threaded receipt, at ranvier")
     assert (await bob_sync())[reply]["m.read"][zed.user_id]["thread_id"] == first
 
 
@@ -336,11 +317,9 @@ async def test_presence_and_status_messages_cross_each_way(
 
     presence = ranvier.presence
     await presence.set_presence(bob, bob, {"presence": "online", "status_msg": "at the desk"})
-    await _eventually(lambda: zed_sees_bob("online", "at the desk"), "Bob online, at Synapse")
+    await eventually(lambda: zed_sees_bob("online", "at the desk"), "Bob online, at Synapse")
     await presence.set_presence(bob, bob, {"presence": "unavailable", "status_msg": "at lunch"})
-    await _eventually(
-        lambda: zed_sees_bob("unavailable", "at lunch"), "Bob unavailable, at Synapse"
-    )
+    await eventually(lambda: zed_sees_bob("unavailable", "at lunch"), "Bob unavailable, at Synapse")
     shown = await zed.request("GET", f"/_matrix/client/v3/presence/{_quote(bob)}/status")
     assert _shows(shown, "unavailable", "at lunch")
 
@@ -353,7 +332,7 @@ async def test_presence_and_status_messages_cross_each_way(
 
     path = f"/_matrix/client/v3/presence/{_quote(zed.user_id)}/status"
     await zed.request("PUT", path, body={"presence": "online", "status_msg": "on Synapse"})
-    await _eventually(lambda: bob_sees_zed("online", "on Synapse"), "Zed online, at ranvier")
+    await eventually(lambda: bob_sees_zed("online", "on Synapse"), "Zed online, at ranvier")
     await zed.request("PUT", path, body={"presence": "unavailable", "status_msg": "away"})
-    await _eventually(lambda: bob_sees_zed("unavailable", "away"), "Zed unavailable, at ranvier")
+    await eventually(lambda: bob_sees_zed("unavailable", "away"), "Zed unavailable, at ranvier")
     assert _shows(await presence.get_presence(bob, zed.user_id), "unavailable", "away")

@@ -6,26 +6,15 @@ ranvier."""
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
 
 import httpx
-import trio
 
 from ranvier.server import HomeServer
 
+from ._checks import eventually
 from ._synapse import SynapseProcess, SynapseUser
 
-_WAIT_SECONDS = 20.0
 _KNOCK_RULES = {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    with trio.move_on_after(_WAIT_SECONDS):
-        while True:
-            if await check():
-                return
-            await trio.sleep(0.05)
-    raise AssertionError(f"gave up after {_WAIT_SECONDS:.0f} s waiting for {what}")
 
 
 async def _membership_on_synapse(user: SynapseUser, room_id: str, member: str) -> str | None:
@@ -50,14 +39,14 @@ async def test_knocks_each_way_between_ranvier_and_synapse(
     async def knocking() -> bool:
         return await _membership_on_synapse(zed, room_id, bob) == "knock"
 
-    await _eventually(knocking, "bob's knock on Synapse")
+    await eventually(knocking, "bob's knock on Synapse")
     await zed.invite(room_id, bob)
     await ranvier.join_room(bob, room_id, [synapse.server_name])
 
     async def joined() -> bool:
         return await _membership_on_synapse(zed, room_id, bob) == "join"
 
-    await _eventually(joined, "bob's join on Synapse")
+    await eventually(joined, "bob's join on Synapse")
 
     # A Synapse user knocks on a room hosted by ranvier.
     alice = f"@alice:{ranvier.server_name}"

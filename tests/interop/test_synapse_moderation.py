@@ -23,9 +23,8 @@ side is awaited by polling, within a bound.
 from __future__ import annotations
 
 import itertools
-import os
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import httpx
@@ -39,29 +38,13 @@ from ranvier.errors import MatrixError
 from ranvier.server import HomeServer
 from ranvier.storage.records import StoredEvent
 
+from ._checks import eventually, localpart
 from ._synapse import SynapseClientError, SynapseProcess, SynapseUser
 
 _WAIT_SECONDS = 20.0
 _MEMBER = "m.room.member"
 _SEND_PATH = "/_matrix/federation/v1/send/"
-_users = itertools.count(1)
 _txns = itertools.count(1)
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``check`` holds, looking every 50 ms for at most 20 s."""
-    # Polling, not an event: what is awaited happens in another process.
-    with trio.move_on_after(_WAIT_SECONDS):
-        while True:
-            if await check():
-                return
-            await trio.sleep(0.05)
-    raise AssertionError(f"gave up after {_WAIT_SECONDS:.0f} s waiting for {what}")
-
-
-def _localpart(name: str) -> str:
-    # One Synapse serves every test of the run: its users must differ.
-    return f"{name}{os.getpid()}m{next(_users)}"
 
 
 def _q(part: str) -> str:
@@ -194,8 +177,8 @@ async def _exchange(
     """A message each way, each arriving on the other side."""
     from_synapse = await theirs.send_message(room_id, f"{label}: from Synapse")
     from_ranvier = await _say(hs, ours, room_id, f"{label}: from ranvier")
-    await _eventually(lambda: _ranvier_has(hs, from_synapse), f"{label}: Synapse's message")
-    await _eventually(
+    await eventually(lambda: _ranvier_has(hs, from_synapse), f"{label}: Synapse's message")
+    await eventually(
         lambda: _synapse_has(theirs, room_id, from_ranvier), f"{label}: ranvier's message"
     )
 
@@ -231,7 +214,7 @@ async def _idle_queue_to(hs: HomeServer, destination: str) -> tuple[int, str | N
         queue = _queue_to(hs, destination)
         return queue is None or queue[:2] == (0, None)
 
-    await _eventually(idle, f"ranvier's queue to {destination} to empty")
+    await eventually(idle, f"ranvier's queue to {destination} to empty")
     return _queue_to(hs, destination)
 
 
@@ -239,11 +222,11 @@ async def test_moderation_in_a_room_hosted_by_ranvier(
     synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer
 ) -> None:
     # Room version 10: redactions name their target at the top level.
-    carol = (await ranvier.accounts.register(_localpart("carol"), None)).user_id
+    carol = (await ranvier.accounts.register(localpart("carol"), None)).user_id
     room_id = await ranvier.create_room(
         carol, preset="public_chat", name="Moderated on ranvier", room_version="10"
     )
-    dave = await synapse.register(synapse_http, _localpart("dave"))
+    dave = await synapse.register(synapse_http, localpart("dave"))
     await dave.join(room_id, via=ranvier.server_name)
     assert await _ranvier_membership(ranvier, room_id, dave.user_id) == "join"
     await _exchange(ranvier, carol, dave, room_id, "joined")
@@ -251,7 +234,7 @@ async def test_moderation_in_a_room_hosted_by_ranvier(
     # 1. Dave leaves: both servers show it. He joins again (Synapse, out
     # of the room, joins through ranvier once more) and messages flow.
     await dave.leave(room_id)
-    await _eventually(
+    await eventually(
         lambda: _membership_is(ranvier, room_id, dave.user_id, "leave"), "dave's leave on ranvier"
     )
     assert await _synapse_membership(dave, room_id, dave.user_id) == "leave"
@@ -274,7 +257,7 @@ async def test_moderation_in_a_room_hosted_by_ranvier(
         event = await _synapse_member(dave, room_id, dave.user_id)
         return event is not None and event["event_id"] == kick
 
-    await _eventually(kick_on_synapse, "the kick on Synapse")
+    await eventually(kick_on_synapse, "the kick on Synapse")
     seen = await _synapse_member(dave, room_id, dave.user_id)
     assert seen is not None
     assert (seen["sender"], seen["content"]) == (
@@ -308,14 +291,14 @@ async def test_moderation_in_a_room_hosted_by_ranvier(
     # redacted; another of his, redacted by Carol, reaches Synapse so.
     oops = await dave.send_message(room_id, "oops")
     unredacted = await dave.send_message(room_id, "spam")
-    await _eventually(lambda: _ranvier_has(ranvier, oops, unredacted), "dave's messages")
+    await eventually(lambda: _ranvier_has(ranvier, oops, unredacted), "dave's messages")
     own = await _synapse_redact(dave, room_id, oops)
 
     async def redacted_on_ranvier() -> bool:
         served = await ranvier.room_reader.event(carol, room_id, oops)
         return "redacted_because" in served.get("unsigned", {})
 
-    await _eventually(redacted_on_ranvier, "dave's redaction on ranvier")
+    await eventually(redacted_on_ranvier, "dave's redaction on ranvier")
     redaction_pdu = await _ranvier_json(ranvier, own)
     assert redaction_pdu is not None
     assert redaction_pdu["redacts"] == oops
@@ -327,7 +310,7 @@ async def test_moderation_in_a_room_hosted_by_ranvier(
         event = await dave.event(room_id, unredacted)
         return event is not None and "redacted_because" in event.get("unsigned", {})
 
-    await _eventually(redacted_on_synapse, "carol's redaction on Synapse")
+    await eventually(redacted_on_synapse, "carol's redaction on Synapse")
     shown = await dave.event(room_id, unredacted)
     assert shown is not None
     _assert_redacted(shown, dave.user_id, by_carol)
@@ -346,7 +329,7 @@ async def test_moderation_in_a_room_hosted_by_ranvier(
         event = await dave.event(room_id, dave_join)
         return event is not None and "redacted_because" in event.get("unsigned", {})
 
-    await _eventually(member_redacted_on_synapse, "the redacted member event on Synapse")
+    await eventually(member_redacted_on_synapse, "the redacted member event on Synapse")
     shown = await dave.event(room_id, dave_join)
     assert shown is not None
     _assert_redacted(shown, dave.user_id, member_redaction, {"membership": "join"})
@@ -360,7 +343,7 @@ async def test_moderation_in_a_room_hosted_by_ranvier(
     async def raised_on_synapse() -> bool:
         return (await dave.state_ids(room_id)).get(("m.room.power_levels", "")) == raised
 
-    await _eventually(raised_on_synapse, "the power levels on Synapse")
+    await eventually(raised_on_synapse, "the power levels on Synapse")
     refused = await _synapse_refusal(dave.send_message(room_id, "not allowed"))
     assert refused[:2] == (403, "M_FORBIDDEN")
 
@@ -372,7 +355,7 @@ async def test_moderation_in_a_room_hosted_by_ranvier(
         member = await _ranvier_member(ranvier, room_id, dave.user_id)
         return member is not None and member["content"].get("displayname") == "Dave Renamed"
 
-    await _eventually(renamed_on_ranvier, "dave's new name on ranvier")
+    await eventually(renamed_on_ranvier, "dave's new name on ranvier")
     renamed = await _ranvier_member(ranvier, room_id, dave.user_id)
     assert renamed is not None
     assert renamed["content"]["membership"] == "join"
@@ -388,7 +371,7 @@ async def test_moderation_in_a_room_hosted_by_ranvier(
         member = await _synapse_member(dave, room_id, carol)
         return member is not None and member["content"].get("displayname") == "Carol Renamed"
 
-    await _eventually(carol_renamed_on_synapse, "carol's new name on Synapse")
+    await eventually(carol_renamed_on_synapse, "carol's new name on Synapse")
     carol_member = await _synapse_member(dave, room_id, carol)
     assert carol_member is not None
     assert (carol_member["sender"], carol_member["content"]["membership"]) == (carol, "join")
@@ -401,14 +384,14 @@ async def test_moderation_in_a_room_hosted_by_synapse(
 ) -> None:
     # Room version 12, Synapse's default: redactions name their target in
     # their content, and the creator's power comes from creating the room.
-    alice = await synapse.register(synapse_http, _localpart("alice"))
+    alice = await synapse.register(synapse_http, localpart("alice"))
     room_id = await alice.create_room(preset="public_chat", name="Moderated on Synapse")
-    registered = await ranvier.accounts.register(_localpart("bob"), None)
+    registered = await ranvier.accounts.register(localpart("bob"), None)
     bob = registered.user_id
     bob_requester = await _requester(ranvier, registered.access_token)
     await ranvier.profiles.set_field(bob, bob, "displayname", "Bob")
     first_join = await ranvier.join_room(bob, room_id, [synapse.server_name])
-    await _eventually(lambda: _synapse_has(alice, room_id, first_join), "bob's join on Synapse")
+    await eventually(lambda: _synapse_has(alice, room_id, first_join), "bob's join on Synapse")
     # The join made through Synapse's make_join carries Bob's profile.
     joined_as = await alice.event(room_id, first_join)
     assert joined_as is not None
@@ -418,14 +401,14 @@ async def test_moderation_in_a_room_hosted_by_synapse(
     # 1. Bob, ranvier's only user, leaves; he joins again (through Synapse
     # once more) and messages flow.
     left = await ranvier.leave_room(bob, room_id)
-    await _eventually(
+    await eventually(
         lambda: _synapse_membership_is(alice, room_id, bob, "leave"), "bob's leave on Synapse"
     )
     assert (await alice.state_ids(room_id))[(_MEMBER, bob)] == left
     assert await _ranvier_membership(ranvier, room_id, bob) == "leave"
     rejoin = await ranvier.join_room(bob, room_id, [synapse.server_name])
     assert await _ranvier_membership(ranvier, room_id, bob) == "join"
-    await _eventually(lambda: _synapse_has(alice, room_id, rejoin), "bob's new join on Synapse")
+    await eventually(lambda: _synapse_has(alice, room_id, rejoin), "bob's new join on Synapse")
     assert await _synapse_membership(alice, room_id, bob) == "join"
     await _exchange(ranvier, bob, alice, room_id, "rejoined")
 
@@ -433,7 +416,7 @@ async def test_moderation_in_a_room_hosted_by_synapse(
     # out of it, so that what Bob sees can be told from what ranvier has.
     erin = f"@erin:{ranvier.server_name}"
     await ranvier.join_room(erin, room_id, [synapse.server_name])
-    await _eventually(
+    await eventually(
         lambda: _synapse_membership_is(alice, room_id, erin, "join"), "erin's join on Synapse"
     )
 
@@ -441,7 +424,7 @@ async def test_moderation_in_a_room_hosted_by_synapse(
     # the reason and Alice as its sender; Bob sees no later message.
     await _synapse_moderate(alice, "kick", room_id, bob, "off topic")
     kick = (await alice.state_ids(room_id))[(_MEMBER, bob)]
-    await _eventually(lambda: _ranvier_has(ranvier, kick), "the kick on ranvier")
+    await eventually(lambda: _ranvier_has(ranvier, kick), "the kick on ranvier")
     kicked = await _ranvier_member(ranvier, room_id, bob)
     assert kicked is not None
     assert (await ranvier.storage.get_current_state_ids(room_id))[(_MEMBER, bob)] == kick
@@ -456,7 +439,7 @@ async def test_moderation_in_a_room_hosted_by_synapse(
         {"membership": "leave", "reason": "off topic"},
     )
     after_kick = await alice.send_message(room_id, "after the kick")
-    await _eventually(lambda: _ranvier_has(ranvier, after_kick), "a message after the kick")
+    await eventually(lambda: _ranvier_has(ranvier, after_kick), "a message after the kick")
     assert (await ranvier.room_reader.event(erin, room_id, after_kick))["event_id"] == after_kick
     not_found = await _ranvier_refusal(ranvier.room_reader.event(bob, room_id, after_kick))
     assert not_found[:2] == (404, "M_NOT_FOUND")
@@ -468,13 +451,13 @@ async def test_moderation_in_a_room_hosted_by_synapse(
     # the room, and passes on Synapse's refusal once she has left too.
     await _synapse_moderate(alice, "ban", room_id, bob, "still off topic")
     ban = (await alice.state_ids(room_id))[(_MEMBER, bob)]
-    await _eventually(lambda: _ranvier_has(ranvier, ban), "the ban on ranvier")
+    await eventually(lambda: _ranvier_has(ranvier, ban), "the ban on ranvier")
     assert await _ranvier_membership(ranvier, room_id, bob) == "ban"
     local = await _ranvier_refusal(ranvier.join_room(bob, room_id, [synapse.server_name]))
     assert local[:2] == (403, "M_FORBIDDEN")
     assert "banned" in local[2]
     erin_left = await ranvier.leave_room(erin, room_id)
-    await _eventually(lambda: _synapse_has(alice, room_id, erin_left), "erin's leave on Synapse")
+    await eventually(lambda: _synapse_has(alice, room_id, erin_left), "erin's leave on Synapse")
     remote = await _ranvier_refusal(ranvier.join_room(bob, room_id, [synapse.server_name]))
     assert remote[:2] == (403, "M_FORBIDDEN")
     assert "banned" in remote[2]
@@ -482,7 +465,7 @@ async def test_moderation_in_a_room_hosted_by_synapse(
     await _synapse_moderate(alice, "unban", room_id, bob)
     assert await _synapse_membership(alice, room_id, bob) == "leave"
     await ranvier.join_room(bob, room_id, [synapse.server_name])
-    await _eventually(
+    await eventually(
         lambda: _synapse_membership_is(alice, room_id, bob, "join"), "bob's join after the ban"
     )
     await _exchange(ranvier, bob, alice, room_id, "unbanned")
@@ -491,7 +474,7 @@ async def test_moderation_in_a_room_hosted_by_synapse(
     # redacted; another of his, redacted by Alice, reaches ranvier so.
     oops = await _say(ranvier, bob, room_id, "oops")
     unredacted = await _say(ranvier, bob, room_id, "spam")
-    await _eventually(lambda: _synapse_has(alice, room_id, oops, unredacted), "bob's messages")
+    await eventually(lambda: _synapse_has(alice, room_id, oops, unredacted), "bob's messages")
     own = await ranvier.send_event(bob, room_id, "m.room.redaction", {"redacts": oops})
     redaction_pdu = await _ranvier_json(ranvier, own)
     assert redaction_pdu is not None
@@ -501,7 +484,7 @@ async def test_moderation_in_a_room_hosted_by_synapse(
         event = await alice.event(room_id, oops)
         return event is not None and "redacted_because" in event.get("unsigned", {})
 
-    await _eventually(redacted_on_synapse, "bob's redaction on Synapse")
+    await eventually(redacted_on_synapse, "bob's redaction on Synapse")
     shown = await alice.event(room_id, oops)
     assert shown is not None
     _assert_redacted(shown, bob, own)
@@ -512,7 +495,7 @@ async def test_moderation_in_a_room_hosted_by_synapse(
         served = await ranvier.room_reader.event(bob, room_id, unredacted)
         return "redacted_because" in served.get("unsigned", {})
 
-    await _eventually(redacted_on_ranvier, "alice's redaction on ranvier")
+    await eventually(redacted_on_ranvier, "alice's redaction on ranvier")
     _assert_redacted(await ranvier.room_reader.event(bob, room_id, unredacted), bob, by_alice)
 
     # Alice redacts Bob's member event too: his display name goes, his
@@ -527,7 +510,7 @@ async def test_moderation_in_a_room_hosted_by_synapse(
         served = await ranvier.room_reader.event(bob, room_id, bob_join)
         return "redacted_because" in served.get("unsigned", {})
 
-    await _eventually(member_redacted_on_ranvier, "the redacted member event on ranvier")
+    await eventually(member_redacted_on_ranvier, "the redacted member event on ranvier")
     served = await ranvier.room_reader.event(bob, room_id, bob_join)
     _assert_redacted(served, bob, member_redaction, {"membership": "join"})
 
@@ -537,7 +520,7 @@ async def test_moderation_in_a_room_hosted_by_synapse(
     assert levels.get("events_default", 0) == 0
     users = {**levels.get("users", {}), bob: -1}
     raised = await alice.send_state(room_id, "m.room.power_levels", {**levels, "users": users})
-    await _eventually(lambda: _ranvier_has(ranvier, raised), "the power levels on ranvier")
+    await eventually(lambda: _ranvier_has(ranvier, raised), "the power levels on ranvier")
     refused = await _ranvier_refusal(_say(ranvier, bob, room_id, "not allowed"))
     assert refused[:2] == (403, "M_FORBIDDEN")
 
@@ -545,7 +528,7 @@ async def test_moderation_in_a_room_hosted_by_synapse(
     # Synapse, after the refused message would have had it come.
     await ranvier.profiles.set_field(bob, bob, "displayname", "Bob Renamed")
     renamed = (await ranvier.storage.get_current_state_ids(room_id))[(_MEMBER, bob)]
-    await _eventually(lambda: _synapse_has(alice, room_id, renamed), "bob's new name on Synapse")
+    await eventually(lambda: _synapse_has(alice, room_id, renamed), "bob's new name on Synapse")
     member = await _synapse_member(alice, room_id, bob)
     assert member is not None
     assert member["event_id"] == renamed
@@ -563,7 +546,7 @@ async def test_moderation_in_a_room_hosted_by_synapse(
         member = await _ranvier_member(ranvier, room_id, alice.user_id)
         return member is not None and member["content"].get("displayname") == "Alice Renamed"
 
-    await _eventually(alice_renamed_on_ranvier, "alice's new name on ranvier")
+    await eventually(alice_renamed_on_ranvier, "alice's new name on ranvier")
     alice_member = await _ranvier_member(ranvier, room_id, alice.user_id)
     assert alice_member is not None
     assert (alice_member["sender"], alice_member["content"]["membership"]) == (
@@ -603,10 +586,10 @@ async def test_messages_sent_before_their_server_hears_of_new_power_levels_are_s
     yet. The creator's server takes it (its auth events allow it) but keeps
     it out of the timeline (the room's current state does not): soft-failed.
     """
-    registered = await ranvier.accounts.register(_localpart("carol"), None)
+    registered = await ranvier.accounts.register(localpart("carol"), None)
     carol = registered.user_id
     room_id = await ranvier.create_room(carol, preset="public_chat", room_version="10")
-    dave = await synapse.register(synapse_http, _localpart("dave"))
+    dave = await synapse.register(synapse_http, localpart("dave"))
     await dave.join(room_id, via=ranvier.server_name)
     await _exchange(ranvier, carol, dave, room_id, "joined")
 
@@ -633,7 +616,7 @@ async def test_messages_sent_before_their_server_hears_of_new_power_levels_are_s
     async def stored() -> bool:
         return await ranvier.storage.get_event(early) is not None
 
-    await _eventually(stored, "the early message on ranvier")
+    await eventually(stored, "the early message on ranvier")
     row = await ranvier.storage.get_event(early)
     assert row is not None
     assert row.rejected_reason is None
@@ -641,7 +624,7 @@ async def test_messages_sent_before_their_server_hears_of_new_power_levels_are_s
     assert not row.outlier
 
     release.set()
-    await _eventually(lambda: _synapse_has(dave, room_id, raised), "the power levels on Synapse")
+    await eventually(lambda: _synapse_has(dave, room_id, raised), "the power levels on Synapse")
     assert (await _synapse_refusal(dave.send_message(room_id, "after the news")))[:2] == (
         403,
         "M_FORBIDDEN",
@@ -652,7 +635,7 @@ async def test_messages_sent_before_their_server_hears_of_new_power_levels_are_s
         member = await _ranvier_member(ranvier, room_id, dave.user_id)
         return member is not None and member["content"].get("displayname") == "Dave Renamed"
 
-    await _eventually(renamed_on_ranvier, "dave's new name on ranvier")
+    await eventually(renamed_on_ranvier, "dave's new name on ranvier")
     renamed = await _ranvier_member(ranvier, room_id, dave.user_id)
     assert renamed is not None
     assert early in renamed["prev_events"]
@@ -667,9 +650,9 @@ async def test_messages_sent_before_their_server_hears_of_new_power_levels_are_s
 
     # The other way round: Synapse's room, where Alice demotes Bob while
     # ranvier takes in nothing from Synapse.
-    alice = await synapse.register(synapse_http, _localpart("alice"))
+    alice = await synapse.register(synapse_http, localpart("alice"))
     hosted = await alice.create_room(preset="public_chat")
-    bob = (await ranvier.accounts.register(_localpart("bob"), None)).user_id
+    bob = (await ranvier.accounts.register(localpart("bob"), None)).user_id
     await ranvier.join_room(bob, hosted, [synapse.server_name])
     await _exchange(ranvier, bob, alice, hosted, "joined Synapse's room")
     receive_pdus = ranvier.ingester.receive_pdus
@@ -691,7 +674,7 @@ async def test_messages_sent_before_their_server_hears_of_new_power_levels_are_s
 
     unaware = await _say(ranvier, bob, hosted, "before the news")
     intake_released.set()
-    await _eventually(lambda: _ranvier_has(ranvier, demoted), "the demotion on ranvier")
+    await eventually(lambda: _ranvier_has(ranvier, demoted), "the demotion on ranvier")
     refused = await _ranvier_refusal(_say(ranvier, bob, hosted, "after the news"))
     assert refused[:2] == (403, "M_FORBIDDEN")
     await ranvier.profiles.set_field(bob, bob, "displayname", "Bob Renamed")
@@ -699,7 +682,7 @@ async def test_messages_sent_before_their_server_hears_of_new_power_levels_are_s
     renamed_pdu = await _ranvier_json(ranvier, bob_renamed)
     assert renamed_pdu is not None
     assert set(renamed_pdu["prev_events"]) == {unaware, demoted}
-    await _eventually(lambda: _synapse_has(alice, hosted, bob_renamed), "bob's new name on Synapse")
+    await eventually(lambda: _synapse_has(alice, hosted, bob_renamed), "bob's new name on Synapse")
     alices = [event["event_id"] for event in await alice.timeline(hosted)]
     assert bob_renamed in alices
     assert demoted in alices

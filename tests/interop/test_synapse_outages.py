@@ -17,9 +17,7 @@ Nothing may arrive twice: each timeline holds each event once.
 
 from __future__ import annotations
 
-import itertools
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,45 +31,10 @@ from ranvier.server import HomeServer, open_homeserver
 from ranvier.storage import Storage
 from ranvier.testing.network import Pki
 
-from ._synapse import SynapseProcess, SynapseUser, start_synapse, synapse_python
+from ._checks import eventually, in_dag, localpart, on_synapse
+from ._synapse import SynapseProcess, start_synapse, synapse_python
 
 _WAIT_SECONDS = 20.0
-_users = itertools.count(1)
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``check`` holds, looking every 50 ms for at most 20 s."""
-    # Polling, not an event: what is awaited happens in another process.
-    with trio.move_on_after(_WAIT_SECONDS):
-        while True:
-            if await check():
-                return
-            await trio.sleep(0.05)
-    raise AssertionError(f"gave up after {_WAIT_SECONDS:.0f} s waiting for {what}")
-
-
-def _localpart(name: str) -> str:
-    # One Synapse serves every test of the run: its users must differ.
-    return f"{name}{os.getpid()}x{next(_users)}"
-
-
-async def _in_dag(storage: Storage, *event_ids: str) -> bool:
-    """Whether ranvier has every one of the events, accepted, in the room's DAG."""
-    rows = await storage.get_events(event_ids)
-    for event_id in event_ids:
-        row = rows.get(event_id)
-        if row is None or row.outlier:
-            return False
-        assert row.rejected_reason is None, (event_id, row.rejected_reason)
-        assert not row.soft_failed, event_id
-    return True
-
-
-async def _on_synapse(user: SynapseUser, room_id: str, *event_ids: str) -> bool:
-    for event_id in event_ids:
-        if await user.event(room_id, event_id) is None:
-            return False
-    return True
 
 
 async def _ranvier_timeline(storage: Storage, room_id: str) -> list[dict[str, Any]]:
@@ -127,7 +90,7 @@ async def test_ranvier_catches_up_on_what_it_missed_while_down(
     own_synapse: SynapseProcess, own_synapse_http: httpx.AsyncClient, ranvier_config: Config
 ) -> None:
     synapse = own_synapse
-    alice = await synapse.register(own_synapse_http, _localpart("alice"))
+    alice = await synapse.register(own_synapse_http, localpart("alice"))
     room_id = await alice.create_room(preset="public_chat", name="Outage of ranvier")
     bob = f"@bob:{ranvier_config.server_name}"
     async with open_homeserver(ranvier_config) as hs:
@@ -136,7 +99,7 @@ async def test_ranvier_catches_up_on_what_it_missed_while_down(
             await hs.wait_for_full_state(room_id)
         assert not await hs.storage.is_partial_state_room(room_id)
         before = await alice.send_message(room_id, "before the outage")
-        await _eventually(lambda: _in_dag(hs.storage, before), "a message before the outage")
+        await eventually(lambda: in_dag(hs.storage, before), "a message before the outage")
 
     # ranvier is down. The first event Synapse cannot deliver makes it back
     # ranvier off; the rest wait for ranvier to be heard from again.
@@ -146,20 +109,20 @@ async def test_ranvier_catches_up_on_what_it_missed_while_down(
     async def synapse_gave_up() -> bool:
         return synapse.logged_since(log_mark, f"TX [{ranvier_config.server_name}] Failed to send")
 
-    await _eventually(synapse_gave_up, "Synapse failing to reach ranvier")
+    await eventually(synapse_gave_up, "Synapse failing to reach ranvier")
     missed += [await alice.send_message(room_id, f"down {n}") for n in range(1, 4)]
     topic = await alice.send_state(room_id, "m.room.topic", {"topic": "set while ranvier was down"})
     missed += [topic, await alice.send_message(room_id, "down 4")]
 
     async with open_homeserver(ranvier_config) as hs:
         storage = hs.storage
-        assert not await _in_dag(storage, missed[0])
+        assert not await in_dag(storage, missed[0])
         # Back: a message to Synapse is what tells it so.
         back = await hs.send_event(
             bob, room_id, "m.room.message", {"msgtype": "m.text", "body": "back"}
         )
-        await _eventually(lambda: _on_synapse(alice, room_id, back), "ranvier's message on Synapse")
-        await _eventually(lambda: _in_dag(storage, *missed), "what ranvier missed, on ranvier")
+        await eventually(lambda: on_synapse(alice, room_id, back), "ranvier's message on Synapse")
+        await eventually(lambda: in_dag(storage, *missed), "what ranvier missed, on ranvier")
 
         assert (await storage.get_current_state_ids(room_id))[("m.room.topic", "")] == topic
         timeline = await _ranvier_timeline(storage, room_id)
@@ -187,7 +150,7 @@ async def test_ranvier_delivers_what_it_queued_while_synapse_was_down(
 async def _outage_of_synapse(
     remote: SynapseProcess, http: httpx.AsyncClient, ranvier: HomeServer
 ) -> None:
-    dave = await remote.register(http, _localpart("dave"))
+    dave = await remote.register(http, localpart("dave"))
     carol = f"@carol:{ranvier.server_name}"
     room_id = await ranvier.create_room(carol, preset="public_chat", name="Outage of Synapse")
     await dave.join(room_id, via=ranvier.server_name)
@@ -202,19 +165,19 @@ async def _outage_of_synapse(
         status = sender.status(remote.server_name)
         return status is not None and status.retry_at is not None
 
-    await _eventually(backing_off, "ranvier backing off Synapse")
+    await eventually(backing_off, "ranvier backing off Synapse")
     status = sender.status(remote.server_name)
     assert status is not None
     assert status.retry_interval_ms is not None
     assert status.retry_interval_ms >= 480_000
     said += [await _say(ranvier, carol, room_id, f"down {n}") for n in range(1, 4)]
-    assert await _in_dag(ranvier.storage, *said)
+    assert await in_dag(ranvier.storage, *said)
 
     await trio.to_thread.run_sync(remote.restart)
     # Synapse's next event is a request ranvier hears it by.
     theirs = await dave.send_message(room_id, "back")
-    await _eventually(lambda: _in_dag(ranvier.storage, theirs), "Synapse's message on ranvier")
-    await _eventually(lambda: _on_synapse(dave, room_id, *said), "ranvier's messages on Synapse")
+    await eventually(lambda: in_dag(ranvier.storage, theirs), "Synapse's message on ranvier")
+    await eventually(lambda: on_synapse(dave, room_id, *said), "ranvier's messages on Synapse")
 
     _assert_in_order(list(reversed(await dave.timeline(room_id))), said, "Synapse's timeline")
     _assert_in_order(

@@ -14,11 +14,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import itertools
-import os
 import secrets
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -29,30 +26,12 @@ from ranvier.errors import MatrixError
 from ranvier.protocol.signing import key_id
 from ranvier.server import HomeServer
 
+from ._checks import eventually, localpart
 from ._synapse import SynapseClientError, SynapseProcess, SynapseUser
-
-_WAIT_SECONDS = 20.0
-_users = itertools.count(1)
-
-
-def _localpart(name: str) -> str:
-    # One Synapse serves every test of the run: its users must differ.
-    return f"{name}{os.getpid()}q{next(_users)}"
 
 
 def _quote(part: str) -> str:
     return urllib.parse.quote(part, safe="")
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``check`` holds, looking every 50 ms for at most 20 s."""
-    # Polling: what is awaited happens in another process.
-    with trio.move_on_after(_WAIT_SECONDS):
-        while True:
-            if await check():
-                return
-            await trio.sleep(0.05)
-    raise AssertionError(f"gave up after {_WAIT_SECONDS:.0f} s waiting for {what}")
 
 
 async def _refused(user: SynapseUser, method: str, path: str, **kwargs: Any) -> SynapseClientError:
@@ -70,7 +49,7 @@ async def test_aliases_resolve_and_join_each_way(
     synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer
 ) -> None:
     alice = f"@alice:{ranvier.server_name}"
-    zed = await synapse.register(synapse_http, _localpart("zed"))
+    zed = await synapse.register(synapse_http, localpart("zed"))
 
     # An alias of ranvier's: Synapse asks ranvier's /query/directory.
     ours = await ranvier.create_room(alice, preset="public_chat", name="Ours")
@@ -86,7 +65,7 @@ async def test_aliases_resolve_and_join_each_way(
         state = await ranvier.storage.get_current_state_ids(ours)
         return ("m.room.member", zed.user_id) in state
 
-    await _eventually(zed_joined, "Synapse's user joined on ranvier")
+    await eventually(zed_joined, "Synapse's user joined on ranvier")
     assert await zed.joined_members(ours) == {alice, zed.user_id}
 
     missing = f"#nothing:{ranvier.server_name}"
@@ -95,7 +74,7 @@ async def test_aliases_resolve_and_join_each_way(
 
     # An alias of Synapse's: ranvier asks Synapse's /query/directory.
     theirs = await zed.create_room(preset="public_chat", name="Theirs")
-    local = _localpart("hall")
+    local = localpart("hall")
     their_alias = f"#{local}:{synapse.server_name}"
     await zed.request(
         "PUT", f"/_matrix/client/v3/directory/room/{_quote(their_alias)}", body={"room_id": theirs}
@@ -123,7 +102,7 @@ async def test_profiles_are_read_each_way(
     bob = registered.user_id
     await ranvier.profiles.set_field(bob, bob, "displayname", "Bob of ranvier")
     await ranvier.profiles.set_field(bob, bob, "avatar_url", "mxc://ranvier.test/bob")
-    zed = await synapse.register(synapse_http, _localpart("zed"))
+    zed = await synapse.register(synapse_http, localpart("zed"))
 
     # Synapse asks ranvier's /query/profile.
     profile = await zed.request("GET", f"/_matrix/client/v3/profile/{_quote(bob)}")
@@ -150,7 +129,7 @@ async def test_profiles_are_read_each_way(
         "avatar_url": "mxc://synapse.test/zed",
     }
     with pytest.raises(MatrixError) as caught:
-        await ranvier.profiles.get_profile(f"@nobody{_localpart('x')}:{synapse.server_name}")
+        await ranvier.profiles.get_profile(f"@nobody{localpart('x')}:{synapse.server_name}")
     assert (caught.value.http_status, caught.value.errcode) == (404, "M_NOT_FOUND")
 
 
@@ -167,7 +146,7 @@ async def test_public_room_lists_are_read_each_way(
     await ranvier.send_event(alice, lobby, "m.room.topic", {"topic": "hello"}, state_key="")
     await ranvier.room_list.set_visibility(alice, lobby, "public")
     unlisted = await ranvier.create_room(alice, preset="public_chat", name="Ranvier back room")
-    zed = await synapse.register(synapse_http, _localpart("zed"))
+    zed = await synapse.register(synapse_http, localpart("zed"))
 
     # Synapse asks ranvier's /publicRooms: GET without a filter, POST with one.
     asked = {"server": ranvier.server_name}
@@ -199,7 +178,7 @@ async def test_public_room_lists_are_read_each_way(
     assert nothing["chunk"] == []
 
     # ranvier asks Synapse's: two rooms it published, paged one at a time.
-    marker = _localpart("hall")
+    marker = localpart("hall")
     halls = [
         await zed.create_room(visibility="public", preset="public_chat", name=f"{marker} {n}")
         for n in range(2)
@@ -212,7 +191,7 @@ async def test_public_room_lists_are_read_each_way(
         found = await ranvier.room_list.public_rooms(server=theirs, search=marker)
         return len(found["chunk"]) == len(halls)
 
-    await _eventually(both_listed, "Synapse's published rooms in its list")
+    await eventually(both_listed, "Synapse's published rooms in its list")
     whole = await ranvier.room_list.public_rooms(server=theirs)
     for room_id in halls:
         entry = await _listed(whole, room_id)
@@ -236,12 +215,12 @@ async def _register_admin(synapse: SynapseProcess, http: httpx.AsyncClient) -> S
     """A server admin of Synapse, through its shared-secret registration."""
     path = synapse.base_url + "/_synapse/admin/v1/register"
     nonce = (await http.get(path)).json()["nonce"]
-    localpart, password = _localpart("admin"), secrets.token_hex(8)
+    name, password = localpart("admin"), secrets.token_hex(8)
     mac = hmac.new(synapse.shared_secret.encode(), digestmod=hashlib.sha1)
-    mac.update(b"\x00".join([nonce.encode(), localpart.encode(), password.encode(), b"admin"]))
+    mac.update(b"\x00".join([nonce.encode(), name.encode(), password.encode(), b"admin"]))
     body = {
         "nonce": nonce,
-        "username": localpart,
+        "username": name,
         "password": password,
         "admin": True,
         "mac": mac.hexdigest(),
@@ -271,7 +250,7 @@ async def test_synapse_holds_ranvier_s_keys_and_no_failure(
             await admin.event(room_id, answer)
         ) is not None
 
-    await _eventually(exchanged, "messages both ways")
+    await eventually(exchanged, "messages both ways")
 
     # Synapse's notary answer for ranvier: the key ranvier signs with.
     keys = await synapse_http.get(

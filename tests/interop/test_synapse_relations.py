@@ -5,25 +5,13 @@ as relations here, as ranvier's own are."""
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
 
 import httpx
-import trio
 
 from ranvier.server import HomeServer
 
+from ._checks import eventually
 from ._synapse import SynapseProcess
-
-_WAIT_SECONDS = 20.0
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    with trio.move_on_after(_WAIT_SECONDS):
-        while True:
-            if await check():
-                return
-            await trio.sleep(0.05)
-    raise AssertionError(f"gave up after {_WAIT_SECONDS:.0f} s waiting for {what}")
 
 
 async def test_synapse_threads_edits_and_reactions_are_relations_here(
@@ -71,7 +59,7 @@ async def test_synapse_threads_edits_and_reactions_are_relations_here(
     async def arrived() -> bool:
         return len(await storage.get_events([reply, edit, reaction])) == 3
 
-    await _eventually(arrived, "Synapse's related events on ranvier")
+    await eventually(arrived, "Synapse's related events on ranvier")
     found: dict[str | None, list[str]] = {}
     for rel_type in ("m.thread", "m.replace", "m.annotation"):
         events, _ = await storage.relations.related_events(

@@ -1,0 +1,59 @@
+"""What the interop tests wait for and check, shared by every file.
+
+What a test waits for happens in another process (Synapse, or ranvier's
+federation with it), so it is polled with a deadline, not awaited as an
+event. One Synapse serves the whole run, so users' localparts come from
+one counter for every file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import trio
+
+from ranvier.storage import Storage
+
+from ._synapse import SynapseUser
+
+#: How long anything crossing between the servers may take.
+WAIT_SECONDS: Final = 20.0
+_users = itertools.count(1)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait until ``check`` holds, looking every 50 ms for at most 20 s."""
+    with trio.move_on_after(WAIT_SECONDS):
+        while True:
+            if await check():
+                return
+            await trio.sleep(0.05)
+    raise AssertionError(f"gave up after {WAIT_SECONDS:.0f} s waiting for {what}")
+
+
+def localpart(name: str) -> str:
+    """A localpart no other test of the run (in any file) has used."""
+    return f"{name}{os.getpid()}x{next(_users)}"
+
+
+async def in_dag(storage: Storage, *event_ids: str) -> bool:
+    """Whether ranvier has every one of the events, accepted, in the room's DAG."""
+    rows = await storage.get_events(event_ids)
+    for event_id in event_ids:
+        row = rows.get(event_id)
+        if row is None or row.outlier:
+            return False
+        assert row.rejected_reason is None, (event_id, row.rejected_reason)
+        assert not row.soft_failed, event_id
+    return True
+
+
+async def on_synapse(user: SynapseUser, room_id: str, *event_ids: str) -> bool:
+    """Whether Synapse shows ``user`` every one of the events."""
+    for event_id in event_ids:
+        if await user.event(room_id, event_id) is None:
+            return False
+    return True
