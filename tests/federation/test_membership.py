@@ -44,6 +44,8 @@ from ranvier.testing import (
     ZoneDns,
     ingest_all,
 )
+from ranvier.testing.hostile import deeply_nested, stream_body
+from ranvier.web import StreamResponse
 
 from ._resident import Resident, open_peer, start_resident
 
@@ -803,4 +805,36 @@ async def test_an_invite_answered_without_the_invitees_signature(
         await creator.invite(world.alice, room_id, target)
     assert caught.value.http_status == 502
     assert "no signature" in caught.value.message
+    assert await membership_now(a.storage, room_id, target) is None
+
+
+async def test_an_invite_answered_with_json_nested_too_deeply(
+    world: World, nursery: trio.Nursery
+) -> None:
+    a = world.resident
+    b = await start_resident(nursery, world.tmp_path, world.pki, world.keys, host="b.test")
+
+    async def deep(request: Request) -> StreamResponse:
+        return stream_body(b'{"event": ' + deeply_nested(5_000) + b"}")
+
+    b.app.router.add("PUT", f"{V2}/invite/{{room_id}}/{{event_id}}", deep)
+    world.zone.addresses["b.test"] = ["127.0.0.1"]
+    http = FederationHttpClient(
+        a.server_name, a.signing_key, ssl_context=world.pki.client_context(), dns=world.zone
+    )
+    await nursery.start(http.run)
+    creator = EventCreator(
+        server_name=a.server_name,
+        signing_key=a.signing_key,
+        store=a.storage,
+        persister=a.storage,
+        remote_inviter=FederationInviter(http, store=a.storage, keys=world.keys),
+    )
+    room_id = await creator.create_room(world.alice, preset="private_chat")
+    target = f"@erin:{b.server_name}"
+    with pytest.raises(MatrixError) as caught:
+        await creator.invite(world.alice, room_id, target)
+    # The remote's bad answer, as any other answer that is not the signed event.
+    assert caught.value.http_status == 502
+    assert "not the signed event" in caught.value.message
     assert await membership_now(a.storage, room_id, target) is None

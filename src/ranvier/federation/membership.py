@@ -98,6 +98,7 @@ from ranvier.protocol.room_versions import (
     get_room_version,
 )
 from ranvier.protocol.signing import SigningKeyLike, sign_json, verify_signed_json
+from ranvier.protocol.untrusted_json import DECODE_ERRORS, decode_untrusted_json
 from ranvier.storage.records import StateKey
 
 from .room_access import RoomAccess
@@ -875,9 +876,9 @@ class FederationInviter:
             )
 
         try:
-            answer = msgspec.json.decode(body, type=_InviteAnswer)
+            answer = decode_untrusted_json(body, type=_InviteAnswer)
             signed = Pdu.from_json(bytes(answer.event), event.room_version)
-        except (msgspec.DecodeError, msgspec.ValidationError, MatrixError):
+        except (*DECODE_ERRORS, msgspec.ValidationError, MatrixError):
             raise bad("something that is not the signed event") from None
         if signed.event_id != event.event_id:
             raise bad(f"another event, {signed.event_id}")
