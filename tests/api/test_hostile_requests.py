@@ -18,59 +18,41 @@ a room and the rest of its own, so what one route's requests change
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
-import json
-import logging
-import queue
 import tempfile
-import threading
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import httpx
 import pytest
 import trio
 
 from ranvier.testing.homeserver import TestHomeserver, open_test_homeserver
-from ranvier.web import Request, RequestHead
-
-T = TypeVar("T")
+from ranvier.testing.hostile_requests import (
+    Call,
+    ServedInThread,
+    encode,
+    fill,
+    hostile_calls,
+    logged_errors,
+    noting_requests,
+    path_names,
+    send_all,
+)
+from ranvier.web import RequestHead
 
 ADMIN_PREFIX: Final = "/_synapse/admin/"
 V3: Final = "/_matrix/client/v3"
 
-#: What each body key the handler reads is replaced by, one at a time.
-HOSTILE_VALUES: Final[tuple[Any, ...]] = (
-    None,
-    True,
-    -1,
-    2**63,
-    2**64,
-    1.5,
-    "",
-    "x" * 70_000,
-    [],
-    {},
-    [[[]]],
-)
-#: What each query parameter is set to, one at a time.
-HOSTILE_QUERY_VALUES: Final = ("-1", str(2**63), "99999999999999999999", "1e400", "abc", "")
 #: Query parameters the spec names on many GET routes: sent to every GET
 #: route besides those its probe saw it read, since some are read only
 #: once another is given.
 COMMON_QUERY: Final = ("limit", "from", "to", "dir", "since", "timeout", "filter", "server", "ts")
-#: What a request that had to ask another server gets when that server
-#: cannot be reached or answers nonsense: the homeserver's own deliberate
-#: answer, with an errcode, where a 500 is a request that reached code
-#: that never checked it. (A name is often a hostile request's remote:
-#: ``?server=abc`` names a server that does not exist, yet is a valid name.)
-GATEWAY_STATUSES: Final = frozenset({502, 504})
-#: Bodies that are not a JSON object.
-BAD_BODIES: Final = (b"{not json", b"[1, 2, 3]", b"{}")
 
 
 def _routes() -> list[tuple[str, str]]:
@@ -110,41 +92,28 @@ class Ids:
     since: str
 
 
+@contextlib.asynccontextmanager
+async def _serve(directory: Path) -> AsyncIterator[tuple[TestHomeserver, str]]:
+    async with open_test_homeserver(directory) as hs:
+        watcher = await hs.register_user("watcher")
+        yield hs, watcher.access_token
+
+
 class Served:
     """The module's server, running in a thread of its own until closed."""
 
     def __init__(self, directory: Path) -> None:
-        self._directory = directory
-        self._ready: queue.Queue[tuple[TestHomeserver, trio.lowlevel.TrioToken, str]] = (
-            queue.Queue()
-        )
-        self._thread = threading.Thread(target=trio.run, args=(self._serve,), daemon=True)
-        self._stop: trio.Event | None = None
-        self._thread.start()
-        self.hs, self._token, self.watcher_token = self._ready.get(timeout=60)
+        self._served = ServedInThread(functools.partial(_serve, directory), timeout=60)
+        self.hs, self.watcher_token = self._served.value
         self._users = itertools.count()
 
-    async def _serve(self) -> None:
-        self._stop = trio.Event()
-        async with open_test_homeserver(self._directory) as hs:
-            watcher = await hs.register_user("watcher")
-            self._ready.put((hs, trio.lowlevel.current_trio_token(), watcher.access_token))
-            await self._stop.wait()
-
     def close(self) -> None:
-        assert self._stop is not None
-        trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-        self._thread.join(timeout=60)
-
-    async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """``fn()`` run on the server's event loop, awaited from the test's."""
-        call = functools.partial(trio.from_thread.run, fn, trio_token=self._token)
-        return await trio.to_thread.run_sync(call)
+        self._served.close()
 
     async def ids(self) -> Ids:
         """A fresh set of objects for one route's requests."""
         n = next(self._users)
-        return await self.run(functools.partial(_make_ids, self.hs, n))
+        return await self._served.run(functools.partial(_make_ids, self.hs, n))
 
 
 async def _make_ids(hs: TestHomeserver, n: int) -> Ids:
@@ -212,9 +181,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 # --- What a route is sent ------------------------------------------------------------------
 
 
-_txn_ids = itertools.count()
-
-
 def _path_values(pattern: str, ids: Ids) -> dict[str, str]:
     """Real values for each path parameter a route names."""
     admin = pattern.startswith(ADMIN_PREFIX)
@@ -249,27 +215,6 @@ def _path_values(pattern: str, ids: Ids) -> dict[str, str]:
         "protocol": "irc",
         "destination": "remote.example",
     }
-
-
-def _odd_values(value: str) -> list[str]:
-    """Odd path segments in place of ``value``, already percent-encoded."""
-    sigils = "!@#$+"
-    wrong = (
-        (sigils[(sigils.index(value[0]) + 1) % len(sigils)] + value[1:])
-        if value[:1] in sigils
-        else "!" + value
-    )
-    return [
-        _quote(value + "x" * 5_000),
-        _quote(wrong),
-        _quote("\u2603\u00fc" + value),
-        "%00",
-        _quote(value) + "%00",
-    ]
-
-
-def _quote(segment: str) -> str:
-    return urllib.parse.quote(segment, safe="")
 
 
 def _plausible_body(method: str, pattern: str, ids: Ids) -> Any:
@@ -467,119 +412,6 @@ def _plausible_query(pattern: str, ids: Ids) -> dict[str, str]:
     return queries.get(pattern, {})
 
 
-@dataclass(frozen=True)
-class Call:
-    """One request: method, path (percent-encoded), query and body bytes."""
-
-    what: str
-    method: str
-    path: str
-    query: Mapping[str, str]
-    body: bytes | None
-
-
-def _encode(body: Any) -> bytes | None:
-    return None if body is None else json.dumps(body).encode()
-
-
-def _fill(pattern: str, values: Mapping[str, str], encoded: Mapping[str, str] = {}) -> str:
-    path = pattern
-    for name, value in values.items():
-        segment = encoded[name] if name in encoded else _quote(value)
-        if name == "txn_id" and name not in encoded:
-            segment = f"txn{next(_txn_ids)}"
-        path = path.replace("{" + name + "}", segment)
-    return path
-
-
-def _names(pattern: str) -> list[str]:
-    return [part[1:-1] for part in pattern.split("/") if part.startswith("{")]
-
-
-def _hostile_calls(
-    method: str, pattern: str, ids: Ids, body_keys: set[str], query_names: set[str]
-) -> Iterator[Call]:
-    values = {name: _path_values(pattern, ids)[name] for name in _names(pattern)}
-    plausible = _plausible_body(method, pattern, ids)
-    good_body = _encode(plausible)
-    if method != "GET":
-        for raw in BAD_BODIES:
-            yield Call(f"body {raw!r}", method, _fill(pattern, values), {}, raw)
-        base = plausible if isinstance(plausible, dict) else {}
-        for key in sorted(body_keys):
-            for value in HOSTILE_VALUES:
-                shown = (
-                    value if not isinstance(value, str) or len(value) < 10 else f"'x'*{len(value)}"
-                )
-                yield Call(
-                    f"body {key}={shown!r}",
-                    method,
-                    _fill(pattern, values),
-                    {},
-                    _encode({**base, key: value}),
-                )
-    for name in values:
-        for odd in _odd_values(values[name]):
-            yield Call(
-                f"path {name}={odd[:40]!r}",
-                method,
-                _fill(pattern, values, {name: odd}),
-                {},
-                good_body,
-            )
-    query = _plausible_query(pattern, ids)
-    for name in sorted(query_names | set(query)):
-        for value in HOSTILE_QUERY_VALUES:
-            yield Call(
-                f"query {name}={value!r}",
-                method,
-                _fill(pattern, values),
-                {**query, name: value},
-                good_body,
-            )
-
-
-# --- Learning what a handler reads ----------------------------------------------------------
-
-
-class _Noting(dict[str, Any]):
-    """A dict that notes each key looked up in it."""
-
-    def __init__(self, data: Mapping[str, Any], noted: set[str]) -> None:
-        super().__init__(data)
-        self.noted = noted
-
-    def __getitem__(self, key: str) -> Any:
-        self.noted.add(key)
-        return super().__getitem__(key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        self.noted.add(key)
-        return super().get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        if isinstance(key, str):
-            self.noted.add(key)
-        return super().__contains__(key)
-
-    def pop(self, key: str, *default: Any) -> Any:
-        self.noted.add(key)
-        return super().pop(key, *default)
-
-
-def _noting_request(body_keys: set[str], query_names: set[str]) -> Callable[..., Request]:
-    original = RequestHead.request
-
-    def request(self: RequestHead, **kw: Any) -> Request:
-        made = original(self, **kw)
-        content = made.content
-        if isinstance(content, dict):
-            content = _Noting(content, body_keys)
-        return replace(made, query=_Noting(made.query, query_names), content=content)
-
-    return request
-
-
 async def _probe(
     http: httpx.AsyncClient,
     monkeypatch: pytest.MonkeyPatch,
@@ -591,17 +423,17 @@ async def _probe(
     given a plausible body, and when given ``{}``."""
     body_keys: set[str] = set()
     query_names: set[str] = set()
-    values = {name: _path_values(pattern, ids)[name] for name in _names(pattern)}
+    values = _route_values(pattern, ids)
     plausible = _plausible_body(method, pattern, ids)
     bodies: list[Any] = [plausible, {} if method != "GET" else None]
     with monkeypatch.context() as patch:
-        patch.setattr(RequestHead, "request", _noting_request(body_keys, query_names))
+        patch.setattr(RequestHead, "request", noting_requests(body_keys, query_names))
         for body in bodies:
             await http.request(
                 method,
-                _fill(pattern, values),
+                fill(pattern, values),
                 params=_plausible_query(pattern, ids),
-                content=_encode(body),
+                content=encode(body),
             )
     if isinstance(plausible, dict):
         body_keys |= set(plausible)
@@ -609,6 +441,11 @@ async def _probe(
 
 
 # --- The test ---------------------------------------------------------------------------------
+
+
+def _route_values(pattern: str, ids: Ids) -> dict[str, str]:
+    every = _path_values(pattern, ids)
+    return {name: every[name] for name in path_names(pattern)}
 
 
 def _route_id(route: tuple[str, str]) -> str:
@@ -625,53 +462,31 @@ async def test_route_answers_hostile_requests_with_matrix_errors(
     method, pattern = route
     ids = await served.ids()
     headers = {"Authorization": f"Bearer {ids.alice_token}"}
-    failures: list[str] = []
     async with httpx.AsyncClient(
         base_url=served.hs.client_url, headers=headers, timeout=30
     ) as http:
         body_keys, query_names = await _probe(http, monkeypatch, method, pattern, ids)
         if method == "GET":
             query_names |= set(COMMON_QUERY)
-        for call in _hostile_calls(method, pattern, ids, body_keys, query_names):
-            try:
-                response = await http.request(
-                    call.method, call.path, params=call.query, content=call.body
-                )
-            except httpx.HTTPError as exc:
-                failures.append(f"{call.what}: no answer ({exc!r})")
-                continue
-            failure = _judge(response)
-            if failure is not None:
-                failures.append(f"{call.what}: {failure}")
+        calls = hostile_calls(
+            method,
+            pattern,
+            _route_values(pattern, ids),
+            _plausible_body(method, pattern, ids),
+            _plausible_query(pattern, ids),
+            body_keys,
+            query_names,
+            query_throughout=False,
+        )
+
+        async def send(call: Call) -> httpx.Response:
+            return await http.request(call.method, call.path, params=call.query, content=call.body)
+
+        failures = await send_all(calls, send, interactive_auth=True)
         whoami = await http.get(
             V3 + "/account/whoami", headers={"Authorization": f"Bearer {served.watcher_token}"}
         )
-    errors = [
-        f"{record.name}: {record.getMessage()}"
-        for record in caplog.records
-        if record.name.startswith("ranvier") and record.levelno >= logging.ERROR
-    ]
+    errors = logged_errors(caplog.records)
     assert failures == [], "\n".join(failures)
     assert errors == [], "\n".join(errors)
     assert whoami.status_code == 200
-
-
-def _judge(response: httpx.Response) -> str | None:
-    """What is wrong with an answer to a hostile request, if anything."""
-    if response.status_code >= 500 and response.status_code not in GATEWAY_STATUSES:
-        return f"{response.status_code} {response.text[:200]}"
-    if response.status_code < 400:
-        return None
-    try:
-        answer = response.json()
-    except ValueError:
-        return f"{response.status_code} without JSON: {response.text[:200]!r}"
-    if not isinstance(answer, dict):
-        return f"{response.status_code} without an object: {response.text[:200]}"
-    if response.status_code == 401 and "flows" in answer and "errcode" not in answer:
-        # User-interactive authentication's first answer: the flows to
-        # follow, which carries an errcode only once a stage has failed.
-        return None
-    if not isinstance(answer.get("errcode"), str):
-        return f"{response.status_code} without an errcode: {response.text[:200]}"
-    return None

@@ -17,20 +17,16 @@ test cannot share a server across tests otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import itertools
-import json
-import logging
-import queue
 import ssl
 import tempfile
-import threading
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import httpx
 import pytest
@@ -42,38 +38,27 @@ from ranvier.protocol.signing import SigningKey, key_id
 from ranvier.protocol.unpadded_base64 import encode_unpadded_base64
 from ranvier.protocol.x_matrix import XMatrixAuthorization, format_authorization
 from ranvier.testing.homeserver import TestHomeserver, open_test_homeserver
+from ranvier.testing.hostile_requests import (
+    Call,
+    ServedInThread,
+    encode,
+    fill,
+    hostile_calls,
+    logged_errors,
+    noting_requests,
+    path_names,
+    send_all,
+)
 from ranvier.testing.network import Pki
-from ranvier.web import Request, RequestHead
-
-T = TypeVar("T")
+from ranvier.web import RequestHead
 
 V3: Final = "/_matrix/client/v3"
 
-#: What each body key the handler reads is replaced by, one at a time.
-HOSTILE_VALUES: Final[tuple[Any, ...]] = (
-    None,
-    True,
-    -1,
-    2**63,
-    2**64,
-    1.5,
-    "",
-    "x" * 70_000,
-    [],
-    {},
-    [[[]]],
-)
-#: What each query parameter is set to, one at a time.
-HOSTILE_QUERY_VALUES: Final = ("-1", str(2**63), "99999999999999999999", "1e400", "abc", "")
 #: Query parameters the spec names on federation GET routes, sent to every
 #: GET route besides those its probe saw it read.
 COMMON_QUERY: Final = ("limit", "v", "event_id", "ts", "dir", "ver", "since", "server")
-#: What a request that had to ask another server gets when that server
-#: cannot be reached: the deliberate answer, with an errcode.
-GATEWAY_STATUSES: Final = frozenset({502, 504})
 #: The version of the rooms a test server creates, which joins must name.
 ROOM_VERSION: Final = DEFAULT_ROOM_VERSION.identifier
-BAD_BODIES: Final = (b"{not json", b"[1, 2, 3]", b"{}")
 
 
 def _routes() -> list[tuple[str, str, bool]]:
@@ -104,46 +89,26 @@ class World:
     event_id: str
 
 
+@contextlib.asynccontextmanager
+async def _serve(directory: Path, pki: Pki) -> AsyncIterator[World]:
+    async with (
+        open_test_homeserver(directory / "a", federation=pki) as a,
+        open_test_homeserver(directory / "b", federation=pki) as b,
+    ):
+        yield await _make_world(a, b)
+
+
 class Served:
     """Both servers, running in a thread of their own until closed."""
 
     def __init__(self, directory: Path) -> None:
-        self._pki = Pki.create(directory)
-        self.client_context: ssl.SSLContext = self._pki.client_context()
-        self._directory = directory
-        self._ready: queue.Queue[tuple[World, trio.lowlevel.TrioToken] | BaseException] = (
-            queue.Queue()
-        )
-        self._stop: trio.Event | None = None
-        self._thread = threading.Thread(target=trio.run, args=(self._serve,), daemon=True)
-        self._thread.start()
-        ready = self._ready.get(timeout=120)
-        if isinstance(ready, BaseException):
-            raise ready
-        self.world, self._token = ready
-
-    async def _serve(self) -> None:
-        self._stop = trio.Event()
-        try:
-            async with (
-                open_test_homeserver(self._directory / "a", federation=self._pki) as a,
-                open_test_homeserver(self._directory / "b", federation=self._pki) as b,
-            ):
-                world = await _make_world(a, b)
-                self._ready.put((world, trio.lowlevel.current_trio_token()))
-                await self._stop.wait()
-        except BaseException as exc:
-            self._ready.put(exc)
-            raise
+        pki = Pki.create(directory)
+        self.client_context: ssl.SSLContext = pki.client_context()
+        self._served = ServedInThread(functools.partial(_serve, directory, pki), timeout=120)
+        self.world = self._served.value
 
     def close(self) -> None:
-        assert self._stop is not None
-        trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-        self._thread.join(timeout=60)
-
-    async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
-        call = functools.partial(trio.from_thread.run, fn, trio_token=self._token)
-        return await trio.to_thread.run_sync(call)
+        self._served.close()
 
 
 async def _make_world(a: TestHomeserver, b: TestHomeserver) -> World:
@@ -191,8 +156,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 
 # --- What a route is sent ------------------------------------------------------------------
-
-_txn_ids = itertools.count()
 
 
 def _path_values(pattern: str, world: World) -> dict[str, str]:
@@ -276,97 +239,6 @@ def _plausible_body(method: str, pattern: str, world: World) -> Any:
     return bodies.get(tail, {})
 
 
-@dataclass(frozen=True)
-class Call:
-    what: str
-    method: str
-    path: str
-    query: Mapping[str, str]
-    body: bytes | None
-
-
-def _encode(body: Any) -> bytes | None:
-    return None if body is None else json.dumps(body).encode()
-
-
-def _quote(segment: str) -> str:
-    return urllib.parse.quote(segment, safe="")
-
-
-def _names(pattern: str) -> list[str]:
-    return [part[1:-1] for part in pattern.split("/") if part.startswith("{")]
-
-
-def _fill(pattern: str, values: Mapping[str, str], encoded: Mapping[str, str] = {}) -> str:
-    path = pattern
-    for name, value in values.items():
-        segment = encoded[name] if name in encoded else _quote(value)
-        if name == "txn_id" and name not in encoded:
-            segment = f"txn{next(_txn_ids)}"
-        path = path.replace("{" + name + "}", segment)
-    return path
-
-
-def _odd_values(value: str) -> list[str]:
-    sigils = "!@#$+"
-    first = value[:1]
-    wrong = (
-        sigils[(sigils.index(first) + 1) % len(sigils)] + value[1:]
-        if first in sigils
-        else "!" + value
-    )
-    return [
-        _quote(value + "x" * 5_000),
-        _quote(wrong),
-        _quote("\u2603\u00fc" + value),
-        "%00",
-        _quote(value) + "%00",
-    ]
-
-
-def _hostile_calls(
-    method: str, pattern: str, world: World, body_keys: set[str], query_names: set[str]
-) -> Iterator[Call]:
-    values = {name: _path_values(pattern, world)[name] for name in _names(pattern)}
-    plausible = _plausible_body(method, pattern, world)
-    good_body = _encode(plausible)
-    query = _plausible_query(pattern, world)
-    if method != "GET":
-        for raw in BAD_BODIES:
-            yield Call(f"body {raw!r}", method, _fill(pattern, values), query, raw)
-        base = plausible if isinstance(plausible, dict) else {}
-        for key in sorted(body_keys):
-            for value in HOSTILE_VALUES:
-                shown = (
-                    value if not isinstance(value, str) or len(value) < 10 else f"'x'*{len(value)}"
-                )
-                yield Call(
-                    f"body {key}={shown!r}",
-                    method,
-                    _fill(pattern, values),
-                    query,
-                    _encode({**base, key: value}),
-                )
-    for name in values:
-        for odd in _odd_values(values[name]):
-            yield Call(
-                f"path {name}={odd[:40]!r}",
-                method,
-                _fill(pattern, values, {name: odd}),
-                query,
-                good_body,
-            )
-    for name in sorted(query_names | set(query)):
-        for value in HOSTILE_QUERY_VALUES:
-            yield Call(
-                f"query {name}={value!r}",
-                method,
-                _fill(pattern, values),
-                {**query, name: value},
-                good_body,
-            )
-
-
 def _authorization(
     key: SigningKey, origin: str, destination: str, method: str, uri: str, body: bytes | None
 ) -> str:
@@ -398,44 +270,12 @@ async def _send(
     return await http.request(call.method, httpx.URL(uri), content=call.body, headers=headers)
 
 
-# --- Learning what a handler reads ----------------------------------------------------------
-
-
-class _Noting(dict[str, Any]):
-    """A dict that notes each key looked up in it."""
-
-    def __init__(self, data: Mapping[str, Any], noted: set[str]) -> None:
-        super().__init__(data)
-        self.noted = noted
-
-    def __getitem__(self, key: str) -> Any:
-        self.noted.add(key)
-        return super().__getitem__(key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        self.noted.add(key)
-        return super().get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        if isinstance(key, str):
-            self.noted.add(key)
-        return super().__contains__(key)
-
-
-def _noting_request(body_keys: set[str], query_names: set[str]) -> Callable[..., Request]:
-    original = RequestHead.request
-
-    def request(self: RequestHead, **kw: Any) -> Request:
-        made = original(self, **kw)
-        content = made.content
-        if isinstance(content, dict):
-            content = _Noting(content, body_keys)
-        return replace(made, query=_Noting(made.query, query_names), content=content)
-
-    return request
-
-
 # --- The test ---------------------------------------------------------------------------------
+
+
+def _route_values(pattern: str, world: World) -> dict[str, str]:
+    every = _path_values(pattern, world)
+    return {name: every[name] for name in path_names(pattern)}
 
 
 def _route_id(route: tuple[str, str, bool]) -> str:
@@ -451,60 +291,44 @@ async def test_route_answers_signed_hostile_requests_with_matrix_errors(
 ) -> None:
     method, pattern, authenticated = route
     world = served.world
-    failures: list[str] = []
     async with httpx.AsyncClient(
         base_url=world.a.federation_url, verify=served.client_context, timeout=30
     ) as http:
-        values = {name: _path_values(pattern, world)[name] for name in _names(pattern)}
+        values = _route_values(pattern, world)
         body_keys: set[str] = set()
         query_names: set[str] = set()
         plausible = _plausible_body(method, pattern, world)
         probes: list[Any] = [plausible, {} if method != "GET" else None]
         with monkeypatch.context() as patch:
-            patch.setattr(RequestHead, "request", _noting_request(body_keys, query_names))
+            patch.setattr(RequestHead, "request", noting_requests(body_keys, query_names))
             for body in probes:
                 probe = Call(
                     "probe",
                     method,
-                    _fill(pattern, values),
+                    fill(pattern, values),
                     _plausible_query(pattern, world),
-                    _encode(body),
+                    encode(body),
                 )
                 await _send(http, world, probe, signed=authenticated)
         if isinstance(plausible, dict):
             body_keys |= set(plausible)
         if method == "GET":
             query_names |= set(COMMON_QUERY)
-        for call in _hostile_calls(method, pattern, world, body_keys, query_names):
-            try:
-                response = await _send(http, world, call, signed=authenticated)
-            except httpx.HTTPError as exc:
-                failures.append(f"{call.what}: no answer ({exc!r})")
-                continue
-            failure = _judge(response)
-            if failure is not None:
-                failures.append(f"{call.what}: {failure}")
+        calls = hostile_calls(
+            method,
+            pattern,
+            values,
+            plausible,
+            _plausible_query(pattern, world),
+            body_keys,
+            query_names,
+            query_throughout=True,
+        )
+        failures = await send_all(
+            calls, functools.partial(_send, http, world, signed=authenticated)
+        )
         version = await http.get("/_matrix/federation/v1/version")
-    errors = [
-        f"{record.name}: {record.getMessage()}"
-        for record in caplog.records
-        if record.name.startswith("ranvier") and record.levelno >= logging.ERROR
-    ]
+    errors = logged_errors(caplog.records)
     assert failures == [], "\n".join(failures)
     assert errors == [], "\n".join(errors)
     assert version.status_code == 200
-
-
-def _judge(response: httpx.Response) -> str | None:
-    """What is wrong with an answer to a hostile request, if anything."""
-    if response.status_code >= 500 and response.status_code not in GATEWAY_STATUSES:
-        return f"{response.status_code} {response.text[:200]}"
-    if response.status_code < 400:
-        return None
-    try:
-        answer = response.json()
-    except ValueError:
-        return f"{response.status_code} without JSON: {response.text[:200]!r}"
-    if not isinstance(answer, dict) or not isinstance(answer.get("errcode"), str):
-        return f"{response.status_code} without an errcode: {response.text[:200]}"
-    return None
