@@ -14,7 +14,6 @@ has no route, so a route that disappears is noticed.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
@@ -23,6 +22,7 @@ import msgspec
 import pytest
 
 from ranvier.testing.homeserver import config_for_tests, open_test_homeserver
+from ranvier.testing.spec_endpoints import SpecListing
 
 #: The specification's client-server endpoints (method, path template).
 SPEC_ENDPOINTS: Final[tuple[tuple[str, str], ...]] = (
@@ -310,25 +310,7 @@ NOT_SERVED: Final[dict[tuple[str, str], str]] = {
     ("GET", "/.well-known/matrix/policy_server"): "this server is not a policy server",
 }
 
-_PARAM: Final = re.compile(r"\{[^}/]*\}")
-
-
-def _shape(method: str, path: str) -> tuple[str, str]:
-    """An endpoint with its path parameters' names dropped and no trailing
-    ``/`` (the router takes a request path with one more)."""
-    return method, _PARAM.sub("{}", path).rstrip("/")
-
-
-def _unrouted(
-    endpoints: Iterable[tuple[str, str]], routes: Iterable[tuple[str, str]]
-) -> list[tuple[str, str]]:
-    """The endpoints (and the routes of SERVED_FOR's) with no route."""
-    routed = {_shape(method, path) for method, path in routes}
-    missing = []
-    for method, path in endpoints:
-        served_as = SERVED_FOR.get((method, path), ((path,), ""))[0]
-        missing += [(method, p) for p in served_as if _shape(method, p) not in routed]
-    return missing
+LISTING: Final = SpecListing(SPEC_ENDPOINTS, NOT_SERVED, SERVED_FOR)
 
 
 def _served_routes(hs_routes: Iterable[tuple[str, str, bool]]) -> list[tuple[str, str]]:
@@ -350,37 +332,29 @@ async def routes(tmp_path: Path) -> list[tuple[str, str]]:
         )
 
 
-def test_the_list_has_each_endpoint_once() -> None:
-    assert len(set(SPEC_ENDPOINTS)) == len(SPEC_ENDPOINTS)
-    assert all(method in {"GET", "PUT", "POST", "DELETE"} for method, _ in SPEC_ENDPOINTS)
+def test_the_list_is_well_formed() -> None:
+    """Each endpoint once, and every exception names a real endpoint and
+    says why in one line."""
+    assert LISTING.faults() == []
 
 
 async def test_every_spec_endpoint_is_routed_unless_listed_not_served(
     routes: list[tuple[str, str]],
 ) -> None:
-    wanted = [endpoint for endpoint in SPEC_ENDPOINTS if endpoint not in NOT_SERVED]
-    assert _unrouted(wanted, routes) == []
+    assert LISTING.unrouted(LISTING.wanted(), routes) == []
 
 
-async def test_not_served_endpoints_are_the_specs_and_have_no_route(
-    routes: list[tuple[str, str]],
-) -> None:
-    """An endpoint built later must leave NOT_SERVED, and every entry
-    names a real endpoint and says why in one line."""
-    assert set(NOT_SERVED) <= set(SPEC_ENDPOINTS)
-    assert set(SERVED_FOR) <= set(SPEC_ENDPOINTS)
-    assert not set(NOT_SERVED) & set(SERVED_FOR)
-    assert sorted(_unrouted(NOT_SERVED, routes)) == sorted(NOT_SERVED)
-    assert all(reason and "\n" not in reason for reason in NOT_SERVED.values())
-    assert all(reason and "\n" not in reason for _, reason in SERVED_FOR.values())
+async def test_not_served_endpoints_have_no_route(routes: list[tuple[str, str]]) -> None:
+    """An endpoint built later must leave NOT_SERVED."""
+    assert sorted(LISTING.unrouted(NOT_SERVED, routes)) == sorted(NOT_SERVED)
 
 
 async def test_a_route_that_disappears_is_reported(routes: list[tuple[str, str]]) -> None:
     gone = ("GET", "/_matrix/client/v3/rooms/{room_id}/joined_members")
     assert gone in routes
     without = [route for route in routes if route != gone]
-    before = _unrouted(SPEC_ENDPOINTS, routes)
-    after = _unrouted(SPEC_ENDPOINTS, without)
+    before = LISTING.unrouted(SPEC_ENDPOINTS, routes)
+    after = LISTING.unrouted(SPEC_ENDPOINTS, without)
     assert sorted(after) == sorted(
         [*before, ("GET", "/_matrix/client/v3/rooms/{roomId}/joined_members")]
     )
