@@ -16,7 +16,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from contextlib import closing
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,6 +160,22 @@ shared_secret = "{SECRET}"
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         with (self.directory / f"{name}.log").open("ab") as log:
             return subprocess.Popen(argv, cwd=self.directory, stdout=log, stderr=log)
+
+    @asynccontextmanager
+    async def running(self, names: Iterable[str]) -> AsyncIterator[None]:
+        """The processes ``names``, started in order and stopped after the
+        body; their logs are printed when it fails."""
+        names = list(names)
+        try:
+            for name in names:
+                await self.start(name)
+            yield
+        except BaseException:
+            for name in names:
+                print(f"--- {name}\n{self.log(name)[-6000:]}")
+            raise
+        finally:
+            self.stop_all()
 
     def log(self, name: str) -> str:
         return (self.directory / f"{name}.log").read_text(errors="replace")

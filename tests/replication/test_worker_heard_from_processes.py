@@ -5,29 +5,22 @@ the server missed at once, not an hour later."""
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 import httpx
 import pytest
-import trio
+from _backoff import (
+    RETRY_SECONDS,
+    backed_off_ms,
+    retry_interval_ms,
+    room_with_remote_member,
+    wait_delivered,
+)
 from _client_api import auth, register
 from _deployment import Deployment
 
 from ranvier.testing import Pki
 from ranvier.testing.homeserver import config_for_tests, open_test_homeserver
-
-# An hour: a test that passes has not waited for it.
-RETRY_SECONDS = 3600
-
-
-def _retry_interval_ms(deployment: Deployment, destination: str) -> int | None:
-    with closing(sqlite3.connect(deployment.database)) as conn:
-        row = conn.execute(
-            "SELECT retry_interval_ms FROM destinations WHERE destination = ?", (destination,)
-        ).fetchone()
-    return None if row is None else int(row[0])
 
 
 async def _send(http: httpx.AsyncClient, user: dict[str, str], room_id: str, body: str) -> str:
@@ -60,50 +53,26 @@ async def test_a_destination_backing_off_that_signs_a_request_is_delivered_to_at
     # The same name, port, key and database each time the remote starts.
     remote_config = config_for_tests(tmp_path / "remote", federation=pki)
     destination = remote_config.server_name
-    try:
-        for name in names:
-            await deployment.start(name)
-        async with httpx.AsyncClient(base_url=deployment.client_url, timeout=60) as http:
-            alice = await register(http, "alice")
-            created = await http.post(
-                "/_matrix/client/v3/createRoom",
-                json={"preset": "public_chat"},
-                headers=auth(alice),
+    async with (
+        deployment.running(names),
+        httpx.AsyncClient(base_url=deployment.client_url, timeout=60) as http,
+    ):
+        alice = await register(http, "alice")
+        room_id, bob_id = await room_with_remote_member(
+            deployment, http, alice, tmp_path / "remote", remote_config, resynced=False
+        )
+
+        # The remote is down: the worker fails to deliver and backs off.
+        missed = await _send(http, alice, room_id, "while you were down")
+        assert await backed_off_ms(deployment, destination) >= RETRY_SECONDS * 1000 / 2
+
+        async with open_test_homeserver(tmp_path / "remote", config=remote_config) as remote:
+            assert await remote.server.storage.get_events([missed]) == {}
+            # Bob speaks: a transaction signed by the remote reaches us.
+            await remote.server.send_event(
+                bob_id, room_id, "m.room.message", {"msgtype": "m.text", "body": "back"}
             )
-            assert created.status_code == 200, created.text
-            room_id: str = created.json()["room_id"]
-            async with open_test_homeserver(tmp_path / "remote", config=remote_config) as remote:
-                bob = await remote.register_user("bob")
-                await remote.server.join_room(bob.user_id, room_id, [deployment.server_name])
-                bob_id = bob.user_id
-
-            # The remote is down: the worker fails to deliver and backs off.
-            missed = await _send(http, alice, room_id, "while you were down")
-            for _ in range(600):
-                if _retry_interval_ms(deployment, destination) is not None:
-                    break
-                await trio.sleep(0.05)
-            interval = _retry_interval_ms(deployment, destination)
-            assert interval is not None, "the worker never failed to deliver"
-            assert interval >= RETRY_SECONDS * 1000 / 2
-
-            async with open_test_homeserver(tmp_path / "remote", config=remote_config) as remote:
-                assert await remote.server.storage.get_events([missed]) == {}
-                # Bob speaks: a transaction signed by the remote reaches us.
-                await remote.server.send_event(
-                    bob_id, room_id, "m.room.message", {"msgtype": "m.text", "body": "back"}
-                )
-                for _ in range(600):
-                    if await remote.server.storage.get_events([missed]):
-                        break
-                    await trio.sleep(0.05)
-                assert list(await remote.server.storage.get_events([missed])) == [missed]
-            # Delivered: the stored backoff is gone.
-            assert _retry_interval_ms(deployment, destination) is None
+            await wait_delivered(remote, missed)
+        # Delivered: the stored backoff is gone.
+        assert retry_interval_ms(deployment, destination) is None
         assert f"{destination} was heard from" in deployment.log("federation_sender")
-    except BaseException:
-        for name in names:
-            print(f"--- {name}\n{deployment.log(name)[-6000:]}")
-        raise
-    finally:
-        deployment.stop_all()

@@ -11,24 +11,20 @@ from contextlib import closing
 from pathlib import Path
 
 import httpx
-import trio
+from _backoff import (
+    RETRY_SECONDS,
+    backed_off_ms,
+    retry_interval_ms,
+    room_with_remote_member,
+    wait_delivered,
+)
 from _client_api import PASSWORD, V3, auth, register
 from _deployment import Deployment
 
 from ranvier.testing import Pki
 from ranvier.testing.homeserver import config_for_tests, open_test_homeserver
 
-# An hour: a test that passes has not waited for it.
-RETRY_SECONDS = 3600
 DESTINATIONS = "/_synapse/admin/v1/federation/destinations"
-
-
-def _retry_interval_ms(deployment: Deployment, destination: str) -> int | None:
-    with closing(sqlite3.connect(deployment.database)) as conn:
-        row = conn.execute(
-            "SELECT retry_interval_ms FROM destinations WHERE destination = ?", (destination,)
-        ).fetchone()
-    return None if row is None else int(row[0])
 
 
 async def _admin(deployment: Deployment, http: httpx.AsyncClient) -> dict[str, str]:
@@ -63,56 +59,34 @@ async def test_a_reset_at_a_client_reader_wakes_the_federation_sender_worker(
     remote_config = config_for_tests(tmp_path / "remote", federation=pki)
     destination = remote_config.server_name
     path = f"{DESTINATIONS}/{urllib.parse.quote(destination, safe='')}"
-    try:
-        for name in names:
-            await deployment.start(name)
-        async with httpx.AsyncClient(base_url=deployment.client_url, timeout=60) as http:
-            alice = await register(http, "alice")
-            root = await _admin(deployment, http)
-            created = await http.post(
-                f"{V3}/createRoom", json={"preset": "public_chat"}, headers=auth(alice)
-            )
-            assert created.status_code == 200, created.text
-            room_id: str = created.json()["room_id"]
-            async with open_test_homeserver(tmp_path / "remote", config=remote_config) as remote:
-                bob = await remote.register_user("bob")
-                await remote.server.join_room(bob.user_id, room_id, [deployment.server_name])
-                # Resynced now, so that the remote asks nothing of us when it
-                # starts again: only the reset can wake the worker.
-                with trio.fail_after(30):
-                    await remote.server.wait_for_full_state(room_id)
+    async with (
+        deployment.running(names),
+        httpx.AsyncClient(base_url=deployment.client_url, timeout=60) as http,
+    ):
+        alice = await register(http, "alice")
+        root = await _admin(deployment, http)
+        # Resynced, so that the remote asks nothing of us when it starts
+        # again: only the reset can wake the worker.
+        room_id, _ = await room_with_remote_member(
+            deployment, http, alice, tmp_path / "remote", remote_config, resynced=True
+        )
 
-            # The remote is down: the worker fails to deliver and backs off.
-            answer = await http.put(
-                f"{V3}/rooms/{room_id}/send/m.room.message/missed",
-                json={"msgtype": "m.text", "body": "while you were down"},
-                headers=auth(alice),
-            )
-            assert answer.status_code == 200, answer.text
-            missed: str = answer.json()["event_id"]
-            for _ in range(600):
-                if _retry_interval_ms(deployment, destination) is not None:
-                    break
-                await trio.sleep(0.05)
-            interval = _retry_interval_ms(deployment, destination)
-            assert interval is not None, "the worker never failed to deliver"
-            shown = await http.get(path, headers=auth(root))
-            assert shown.status_code == 200, shown.text
-            assert shown.json()["retry_interval"] == interval >= RETRY_SECONDS * 1000 * 0.8
+        # The remote is down: the worker fails to deliver and backs off.
+        answer = await http.put(
+            f"{V3}/rooms/{room_id}/send/m.room.message/missed",
+            json={"msgtype": "m.text", "body": "while you were down"},
+            headers=auth(alice),
+        )
+        assert answer.status_code == 200, answer.text
+        missed: str = answer.json()["event_id"]
+        interval = await backed_off_ms(deployment, destination)
+        shown = await http.get(path, headers=auth(root))
+        assert shown.status_code == 200, shown.text
+        assert shown.json()["retry_interval"] == interval >= RETRY_SECONDS * 1000 * 0.8
 
-            async with open_test_homeserver(tmp_path / "remote", config=remote_config) as remote:
-                reset = await http.post(f"{path}/reset_connection", json={}, headers=auth(root))
-                assert (reset.status_code, reset.json()) == (200, {})
-                for _ in range(600):
-                    if await remote.server.storage.get_events([missed]):
-                        break
-                    await trio.sleep(0.05)
-                assert list(await remote.server.storage.get_events([missed])) == [missed]
-            assert _retry_interval_ms(deployment, destination) is None
+        async with open_test_homeserver(tmp_path / "remote", config=remote_config) as remote:
+            reset = await http.post(f"{path}/reset_connection", json={}, headers=auth(root))
+            assert (reset.status_code, reset.json()) == (200, {})
+            await wait_delivered(remote, missed)
+        assert retry_interval_ms(deployment, destination) is None
         assert f"{destination}: its backoff was cleared" in deployment.log("federation_sender")
-    except BaseException:
-        for name in names:
-            print(f"--- {name}\n{deployment.log(name)[-6000:]}")
-        raise
-    finally:
-        deployment.stop_all()
