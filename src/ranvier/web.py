@@ -44,6 +44,9 @@ __all__ = [
     "Scope",
     "Send",
     "StreamResponse",
+    "flag_param",
+    "integer_param",
+    "invalid_param",
     "only_http",
     "parse_json",
     "read_body",
@@ -89,6 +92,33 @@ class Request:
         """The first value of query parameter ``name``, or None."""
         values = self.query.get(name)
         return values[0] if values else None
+
+
+def invalid_param(message: str) -> MatrixError:
+    """400 ``M_INVALID_PARAM``."""
+    return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
+
+
+def integer_param(request: Request, name: str) -> int | None:
+    """A non-negative integer query parameter, or None when absent; more
+    than 15 digits is refused rather than handed on as a number nothing
+    could mean."""
+    value = request.query_value(name)
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 15:
+        raise invalid_param(f"{name} must be a non-negative integer, not {value[:40]!r}")
+    return int(value)
+
+
+def flag_param(request: Request, name: str) -> bool | None:
+    """A ``true`` or ``false`` query parameter, or None when absent."""
+    value = request.query_value(name)
+    if value is None:
+        return None
+    if value not in ("true", "false"):
+        raise invalid_param(f"{name} must be true or false, not {value[:40]!r}")
+    return value == "true"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,8 @@
 """The query parameters that several client-server routes read alike
 (``limit``, ``dir``, ``filter``, true-or-false flags): one reading, so that
 each route refuses the same bad value with the same 400 ``M_INVALID_PARAM``.
+Integers and flags are read as the federation API reads them, by
+:mod:`ranvier.web`; ``dir`` and ``filter`` are the client API's own.
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ from typing import Literal
 import msgspec
 
 from ranvier.core.filters import RoomEventFilter, parse_room_event_filter
-from ranvier.errors import MatrixError
 from ranvier.protocol.untrusted_json import decode_untrusted_json
-from ranvier.web import Request
+from ranvier.web import Request, flag_param, integer_param, invalid_param
 
 __all__ = [
     "direction_param",
@@ -21,32 +22,6 @@ __all__ = [
     "invalid_param",
     "room_event_filter_param",
 ]
-
-
-def invalid_param(message: str) -> MatrixError:
-    """400 ``M_INVALID_PARAM``."""
-    return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
-
-
-def integer_param(request: Request, name: str) -> int | None:
-    """A non-negative integer, or None when absent; more than 15 digits is
-    refused rather than handed on as a number nothing could mean."""
-    value = request.query_value(name)
-    if value is None:
-        return None
-    if not value.isdigit() or len(value) > 15:
-        raise invalid_param(f"{name} must be a non-negative integer, not {value[:40]!r}")
-    return int(value)
-
-
-def flag_param(request: Request, name: str) -> bool | None:
-    """``true`` or ``false``, or None when absent."""
-    value = request.query_value(name)
-    if value is None:
-        return None
-    if value not in ("true", "false"):
-        raise invalid_param(f"{name} must be true or false, not {value[:40]!r}")
-    return value == "true"
 
 
 def direction_param(request: Request) -> Literal["b", "f"]:

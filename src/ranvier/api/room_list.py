@@ -16,8 +16,8 @@ from ranvier.api.account import json_object
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.core.room_list import RoomList
-from ranvier.errors import BadJsonError, MatrixError
-from ranvier.web import Request, Router
+from ranvier.errors import BadJsonError
+from ranvier.web import Request, Router, integer_param
 
 __all__ = ["add_room_list_routes"]
 
@@ -26,18 +26,10 @@ def add_room_list_routes(router: Router, *, auth: Auth, room_list: RoomList) -> 
     """Serve the room list and the rooms' directory visibility."""
 
     async def public_rooms(request: Request) -> Mapping[str, Any]:
-        raw_limit = request.query_value("limit")
-        limit = None
-        if raw_limit is not None:
-            if not raw_limit.isdigit():
-                raise MatrixError(
-                    f"limit must be a non-negative integer, not {raw_limit[:20]!r}",
-                    errcode="M_INVALID_PARAM",
-                    http_status=400,
-                )
-            limit = int(raw_limit)
         return await room_list.public_rooms(
-            limit=limit, since=request.query_value("since"), server=request.query_value("server")
+            limit=integer_param(request, "limit"),
+            since=request.query_value("since"),
+            server=request.query_value("server"),
         )
 
     async def search_public_rooms(request: Request) -> Mapping[str, Any]:

@@ -23,10 +23,9 @@ import msgspec
 import trio
 
 from ranvier.core.hierarchy import RemoteSpace, RoomHierarchy
-from ranvier.errors import MatrixError
 from ranvier.federation.transport.client import FederationError, FederationHttpClient
 from ranvier.protocol.untrusted_json import decode_untrusted_json
-from ranvier.web import Request, Router
+from ranvier.web import Request, Router, flag_param
 
 __all__ = [
     "CACHE_ENTRIES",
@@ -57,19 +56,6 @@ _STRINGS: Final = (
 )
 
 
-def _suggested_only(request: Request) -> bool:
-    value = request.query_value("suggested_only")
-    if value is None:
-        return False
-    if value not in ("true", "false"):
-        raise MatrixError(
-            f"suggested_only must be true or false, not {value[:40]!r}",
-            errcode="M_INVALID_PARAM",
-            http_status=400,
-        )
-    return value == "true"
-
-
 def add_hierarchy_route(router: Router, hierarchy: RoomHierarchy) -> None:
     """Serve ``/hierarchy/{roomId}`` to signed requests."""
 
@@ -79,7 +65,7 @@ def add_hierarchy_route(router: Router, hierarchy: RoomHierarchy) -> None:
         return await hierarchy.federation_hierarchy(
             request.origin,
             request.path_params["room_id"],
-            suggested_only=_suggested_only(request),
+            suggested_only=bool(flag_param(request, "suggested_only")),
         )
 
     router.add("GET", HIERARCHY_PATH, get_hierarchy)

@@ -22,10 +22,11 @@ from typing import Any, Final
 import msgspec
 
 from ranvier.core.room_list import RoomList
-from ranvier.errors import BadJsonError, MatrixError
+from ranvier.errors import BadJsonError
 from ranvier.federation.transport.client import FederationError, FederationHttpClient
 from ranvier.federation.transport.server import Request, Router
 from ranvier.protocol.untrusted_json import decode_untrusted_json
+from ranvier.web import flag_param, integer_param
 
 from .query_client import unusable_answer
 
@@ -47,19 +48,6 @@ def _empty_page() -> dict[str, Any]:
     return {"chunk": [], "total_room_count_estimate": 0}
 
 
-def _query_flag(request: Request, name: str) -> bool:
-    value = request.query_value(name)
-    if value is None:
-        return False
-    if value not in ("true", "false"):
-        raise MatrixError(
-            f"{name} must be true or false, not {value[:40]!r}",
-            errcode="M_INVALID_PARAM",
-            http_status=400,
-        )
-    return value == "true"
-
-
 def _no_limit_at_zero(limit: int | None) -> int | None:
     return None if limit == 0 else limit
 
@@ -68,17 +56,8 @@ def add_public_rooms_routes(router: Router, room_list: RoomList) -> None:
     """Serve this server's published rooms to signed requests."""
 
     async def get_public_rooms(request: Request) -> Mapping[str, Any]:
-        raw_limit = request.query_value("limit")
-        limit = None
-        if raw_limit is not None:
-            if not raw_limit.isdigit():
-                raise MatrixError(
-                    f"limit must be a non-negative integer, not {raw_limit[:20]!r}",
-                    errcode="M_INVALID_PARAM",
-                    http_status=400,
-                )
-            limit = int(raw_limit)
-        everything = _query_flag(request, "include_all_networks")
+        limit = integer_param(request, "limit")
+        everything = bool(flag_param(request, "include_all_networks"))
         if _no_third_party_rooms(everything, request.query_value("third_party_instance_id")):
             return _empty_page()
         return await room_list.public_rooms(
