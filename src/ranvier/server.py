@@ -152,6 +152,7 @@ from ranvier.core.aggregations import (
     BundlingRoomReader,
     BundlingSyncHandler,
 )
+from ranvier.core.appservice_ephemeral import AppServiceEphemeral
 from ranvier.core.appservice_sender import AppServiceSender
 from ranvier.core.appservices import AppServiceQueries, AppServices, load_app_services
 from ranvier.core.backfill import Backfiller
@@ -1305,6 +1306,12 @@ class HomeServer:
             edus=self._federation_sender,
             notifier=self.stream_notifier,
             activity=self._edus.presence,
+        )
+        self.appservice_sender.ephemeral = AppServiceEphemeral(
+            store=storage.appservices,
+            typing=self._edus.typing,
+            presence=self._edus.presence,
+            rooms=self._room_reader,
         )
         self._edus.to_device = ToDevice(
             server_name=server_name,

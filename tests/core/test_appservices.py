@@ -77,6 +77,19 @@ def test_a_registration_file_is_read(tmp_path: Path) -> None:
     assert services.by_as_token("hs-irc") is None
 
 
+def test_ephemeral_events_are_asked_for_by_either_key(tmp_path: Path) -> None:
+    accepted = LOGGER.replace("id: logger", "id: a").replace("as-log", "as-a")
+    older = LOGGER.replace("id: logger", "id: b").replace("as-log", "as-b")
+    services = _load(
+        tmp_path,
+        IRC,
+        accepted.replace("hs-log", "hs-a") + "receive_ephemeral: true\n",
+        older.replace("hs-log", "hs-b") + "de.sorunome.msc2409.push_ephemeral: true\n",
+    )
+    asking = {service.id: service.receives_ephemeral for service in services}
+    assert asking == {"IRC Bridge": False, "a": True, "b": True}
+
+
 def test_no_files_no_services() -> None:
     services = load_app_services([], "example.org")
     assert not services

@@ -75,6 +75,8 @@ TABLES_ADDED = {
     # A column of pushers, no table.
     32: set(),
     33: {"out_of_band_memberships"},
+    # A column of appservice_positions, no table.
+    34: set(),
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -237,6 +239,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         )
     elif version == 33:
         run("INSERT INTO out_of_band_memberships VALUES ('$e', '!r:x', '@a:x')")
+    elif version == 34:
+        run("INSERT INTO appservice_positions VALUES ('bridge', 5, 2, 1)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -13,6 +13,12 @@ sender or a local user of its users namespace), or when its room does:
 the room's ID is in the rooms namespace, one of its local aliases in the
 aliases namespace, or one of the service's users is joined or invited.
 
+A service that asks for ephemeral events (``receive_ephemeral``) also gets,
+in each transaction's ``ephemeral`` list (and under the older
+``de.sorunome.msc2409.ephemeral`` key), the typing, receipts and presence
+that concern it (:mod:`ranvier.core.appservice_ephemeral`); a transaction
+may carry those alone. Its task then also wakes for those streams.
+
 Invariants
 ----------
 
@@ -27,7 +33,9 @@ Invariants
   seconds, until the service answers 2xx; only then is it forgotten and
   the next one made. After a restart the stored transaction is sent first,
   and the stream resumes after its events: nothing answered is sent again,
-  nothing is skipped.
+  nothing is skipped. The receipts position moves with the transaction
+  that carries them, so no receipt is lost either; typing and presence,
+  held in memory, start again from the newest after a restart.
 * **A service first seen starts from the newest event**; a service without
   a URL is sent nothing.
 * **Every service's sender exists.** Its account is made at start if
@@ -39,7 +47,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Collection, Sequence
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 import trio
@@ -47,9 +55,10 @@ import trio
 from ranvier.storage.appservices import AppServicePosition, PendingTransaction, RoomInterest
 from ranvier.storage.records import StoredEvent
 
+from .appservice_ephemeral import AppServiceEphemeral
 from .appservices import AppService, AppServiceClient, AppServices, AppServiceUnavailableError
 from .client_events import client_event
-from .notifier import StreamNotifier
+from .notifier import StreamNotifier, StreamPosition
 
 __all__ = ["MAX_EVENTS", "AppServiceSender", "AppServiceSenderStore", "SenderAccounts"]
 
@@ -61,17 +70,29 @@ MAX_EVENTS: Final = 100
 _BATCH: Final = 200
 #: Seconds between writes of a position passed without sending anything.
 _RECORD_EVERY: Final = 5.0
+#: Where services written before MSC2409 was accepted look for ephemeral events.
+_LEGACY_EPHEMERAL: Final = "de.sorunome.msc2409.ephemeral"
 
 
 class AppServiceSenderStore(Protocol):
     """Storage's side: :class:`ranvier.storage.appservices.AppServiceStorage`."""
 
-    async def start_position(self, service_id: str, stream_ordering: int) -> None: ...
+    async def start_position(
+        self, service_id: str, stream_ordering: int, *, receipts: int | None = None
+    ) -> None: ...
 
-    async def set_position(self, service_id: str, stream_ordering: int) -> None: ...
+    async def set_position(
+        self, service_id: str, stream_ordering: int, *, receipts: int | None = None
+    ) -> None: ...
 
     async def add_transaction(
-        self, service_id: str, txn_id: int, *, through: int, body: bytes
+        self,
+        service_id: str,
+        txn_id: int,
+        *,
+        through: int,
+        body: bytes,
+        receipts: int | None = None,
     ) -> None: ...
 
     async def complete_transaction(self, service_id: str, txn_id: int) -> None: ...
@@ -124,6 +145,9 @@ class AppServiceSender:
         self._max_backoff = max_backoff
         #: Each service's position in the stream; for tests and status.
         self.positions: dict[str, int] = {}
+        #: Typing, receipts and presence for the services that ask for
+        #: them; without it they are sent none.
+        self.ephemeral: AppServiceEphemeral | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         for service in self._services:
@@ -131,8 +155,11 @@ class AppServiceSender:
         following = [service for service in self._services if service.url is not None]
         if following:
             newest = await self._store.newest_stream_ordering()
+            receipts = None if self.ephemeral is None else await self.ephemeral.receipts_position()
             for service in following:
-                await self._store.start_position(service.id, newest)
+                await self._store.start_position(
+                    service.id, newest, receipts=receipts if service.receives_ephemeral else None
+                )
         async with trio.open_nursery() as nursery:
             for service in following:
                 position = await self._store.position(service.id)
@@ -159,6 +186,9 @@ class AppServiceSender:
         position, next_id = start.stream_ordering, start.next_txn_id
         self.positions[service.id] = position
         recorded, recorded_at = position, -math.inf
+        ephemeral = self.ephemeral if service.receives_ephemeral else None
+        since = None if ephemeral is None else await ephemeral.start(start.receipts)
+        receipts_recorded = None if since is None else since.receipts
         while True:
             pending = await self._store.pending_transaction(service.id)
             if pending is not None:
@@ -166,28 +196,67 @@ class AppServiceSender:
                 await self._store.complete_transaction(service.id, pending.txn_id)
                 next_id = max(next_id, pending.txn_id + 1)
                 continue
-            # Every event up to ``seen`` was committed before this read.
-            seen = self._notifier.position.events
+            # Everything up to ``seen`` was committed before these reads.
+            seen = self._notifier.position
             events = await self._store.events_after(position, limit=_BATCH)
-            if not events:
-                position = max(position, seen)
+            batch = None
+            if ephemeral is not None and since is not None:
+                batch = await ephemeral.collect(service, since)
+            if not events and (batch is None or not (batch.events or batch.more)):
+                position = max(position, seen.events)
                 self.positions[service.id] = position
-                while self._notifier.position.events <= position:
-                    await self._notifier.wait_beyond(self._notifier.position)
+                if batch is not None:
+                    since = batch.through
+                await self._wait_beyond(position, seen if batch is not None else None)
                 continue
-            chosen, through = await self._choose(service, events)
-            if chosen:
-                body = msgspec.json.encode({"events": [client_event(e) for e in chosen]})
-                await self._store.add_transaction(service.id, next_id, through=through, body=body)
+            chosen, through = await self._choose(service, events) if events else ([], position)
+            shown = [] if batch is None else batch.events
+            receipts = None if batch is None else batch.through.receipts
+            if chosen or shown:
+                body: dict[str, Any] = {"events": [client_event(e) for e in chosen]}
+                if shown:
+                    body["ephemeral"] = body[_LEGACY_EPHEMERAL] = shown
+                await self._store.add_transaction(
+                    service.id,
+                    next_id,
+                    through=through,
+                    body=msgspec.json.encode(body),
+                    receipts=receipts,
+                )
                 next_id += 1
                 recorded, recorded_at = through, trio.current_time()
-            elif trio.current_time() >= recorded_at + _RECORD_EVERY and through > recorded:
-                # Events with nothing for the service cost nothing to judge
-                # again after a restart: their positions need not each be a write.
-                await self._store.set_position(service.id, through)
+                receipts_recorded = receipts
+            elif trio.current_time() >= recorded_at + _RECORD_EVERY and (
+                through > recorded or receipts != receipts_recorded
+            ):
+                # Events and receipts with nothing for the service cost
+                # nothing to judge again after a restart: their positions
+                # need not each be a write.
+                await self._store.set_position(service.id, through, receipts=receipts)
                 recorded, recorded_at = through, trio.current_time()
+                receipts_recorded = receipts
+            if batch is not None:
+                since = batch.through
             position = through
             self.positions[service.id] = position
+
+    async def _wait_beyond(self, position: int, seen: StreamPosition | None) -> None:
+        """Wait for an event after ``position`` or, when ``seen`` is given,
+        for a receipt, typing or presence change after it.
+        """
+
+        def moved() -> bool:
+            now = self._notifier.position
+            if now.events > position:
+                return True
+            return seen is not None and (
+                now.receipts > seen.receipts
+                or now.typing > seen.typing
+                or now.presence > seen.presence
+            )
+
+        while not moved():
+            await self._notifier.wait_beyond(self._notifier.position)
 
     async def _choose(
         self, service: AppService, events: Sequence[StoredEvent]

@@ -90,7 +90,10 @@ class Registration(msgspec.Struct, frozen=True, kw_only=True):
     #: Whether masqueraded users are rate limited; the sender never is.
     rate_limited: bool = True
     protocols: list[str] = []
+    #: Whether transactions carry typing, receipts and presence (MSC2409).
     receive_ephemeral: bool = False
+    #: The same, as bridges written before MSC2409 was accepted say it.
+    push_ephemeral: bool = msgspec.field(default=False, name="de.sorunome.msc2409.push_ephemeral")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,13 @@ class AppService:
     @property
     def hs_token(self) -> str:
         return self.registration.hs_token
+
+    @property
+    def receives_ephemeral(self) -> bool:
+        """Whether the service asked for typing, receipts and presence, by
+        the accepted key or the older prefixed one.
+        """
+        return self.registration.receive_ephemeral or self.registration.push_ephemeral
 
     def is_local(self, user_id: str) -> bool:
         return user_id.partition(":")[2] == self.server_name

@@ -4,9 +4,13 @@ the event stream, and the transaction it has not yet answered.
 Tables (the schema's ``_application_services`` migration)
 -----------------------------------------------------------
 
-``appservice_positions(service_id, stream_ordering, next_txn_id)``: the
-stream position up to which the service's events are in a transaction
-(sent or waiting), and the ID its next transaction gets.
+``appservice_positions(service_id, stream_ordering, next_txn_id,
+receipts_position)``: the stream position up to which the service's
+events are in a transaction (sent or waiting), the ID its next
+transaction gets, and for a service that receives ephemeral events the
+receipts stream position up to which its receipts are (NULL for one that
+does not: turning them on later starts from the newest receipt, not from
+a backlog).
 ``appservice_transactions(service_id, txn_id, body)``: transactions made
 and not yet answered 2xx, their body exactly as first sent.
 
@@ -15,9 +19,9 @@ Invariants
 
 * **A transaction and the position past its events move together.**
   :meth:`AppServiceStorage.add_transaction` writes the transaction and
-  moves the position and the next ID in one write, so after a crash the
-  events are either in a waiting transaction or still after the position:
-  never both, never neither.
+  moves the positions (events and receipts) and the next ID in one write,
+  so after a crash the events and receipts are either in a waiting
+  transaction or still after the position: never both, never neither.
 * **Every write can run twice** (``registered_write``): adding a
   transaction that is there keeps the first, positions and IDs only move
   forward, completing a completed transaction deletes nothing.
@@ -33,6 +37,7 @@ from typing import Final
 
 from .event_stream import newest_stream_ordering, timeline_events_after
 from .readers import ReaderPool
+from .receipts import ReceiptRecord
 from .records import StoredEvent
 from .write_backend import WriteBackend, registered_write
 
@@ -45,6 +50,8 @@ _ROOMS_PER_QUERY: Final = 500
 class AppServicePosition:
     stream_ordering: int
     next_txn_id: int
+    #: The receipts stream position; None for a service not sent receipts.
+    receipts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,29 +77,58 @@ class AppServiceStorage:
         self._writer = writer
         self._readers = readers
 
-    async def start_position(self, service_id: str, stream_ordering: int) -> None:
+    async def start_position(
+        self, service_id: str, stream_ordering: int, *, receipts: int | None = None
+    ) -> None:
         """Give a service seen for the first time its position; one that
-        has a position keeps it.
+        has a position keeps it. ``receipts`` is the receipts position a
+        service that receives ephemeral events starts from if it has none;
+        None forgets the one it has.
         """
         await self._writer.submit(
             functools.partial(
-                _start_position, service_id=service_id, stream_ordering=stream_ordering
+                _start_position,
+                service_id=service_id,
+                stream_ordering=stream_ordering,
+                receipts=receipts,
             )
         )
 
-    async def set_position(self, service_id: str, stream_ordering: int) -> None:
-        """Move past events with nothing for the service (never backwards)."""
+    async def set_position(
+        self, service_id: str, stream_ordering: int, *, receipts: int | None = None
+    ) -> None:
+        """Move past events (and receipts) with nothing for the service
+        (never backwards).
+        """
         await self._writer.submit(
-            functools.partial(_set_position, service_id=service_id, stream_ordering=stream_ordering)
+            functools.partial(
+                _set_position,
+                service_id=service_id,
+                stream_ordering=stream_ordering,
+                receipts=receipts,
+            )
         )
 
     async def add_transaction(
-        self, service_id: str, txn_id: int, *, through: int, body: bytes
+        self,
+        service_id: str,
+        txn_id: int,
+        *,
+        through: int,
+        body: bytes,
+        receipts: int | None = None,
     ) -> None:
-        """Keep a transaction to send, of the events up to ``through``."""
+        """Keep a transaction to send, of the events up to ``through`` (and
+        the receipts up to ``receipts``).
+        """
         await self._writer.submit(
             functools.partial(
-                _add_transaction, service_id=service_id, txn_id=txn_id, through=through, body=body
+                _add_transaction,
+                service_id=service_id,
+                txn_id=txn_id,
+                through=through,
+                body=body,
+                receipts=receipts,
             )
         )
 
@@ -119,36 +155,83 @@ class AppServiceStorage:
         return await self._readers.read(newest_stream_ordering)
 
     async def room_interest(
-        self, room_ids: Collection[str], server_name: str
+        self, room_ids: Collection[str], server_name: str, *, joined_only: bool = False
     ) -> dict[str, RoomInterest]:
-        """Each room's local members (joined or invited) and local aliases."""
+        """Each room's local members (joined or invited; joined only if
+        ``joined_only``) and local aliases.
+        """
         rooms = sorted(set(room_ids))
+        memberships = ("join",) if joined_only else ("join", "invite")
         return await self._readers.read(
-            functools.partial(_room_interest, room_ids=rooms, server_name=server_name)
+            functools.partial(
+                _room_interest, room_ids=rooms, server_name=server_name, memberships=memberships
+            )
         )
+
+    async def receipts_after(self, after: int, *, limit: int) -> list[ReceiptRecord]:
+        """The receipts of every room stored after ``after`` in the receipts
+        stream, oldest first, at most ``limit``.
+        """
+        return await self._readers.read(
+            functools.partial(_receipts_after, after=after, limit=limit)
+        )
+
+    async def receipts_position(self) -> int:
+        """The receipts stream's newest position (0 when nothing was stored)."""
+        return await self._readers.read(_receipts_position)
 
 
 @registered_write
-def _start_position(conn: sqlite3.Connection, *, service_id: str, stream_ordering: int) -> None:
+def _start_position(
+    conn: sqlite3.Connection,
+    *,
+    service_id: str,
+    stream_ordering: int,
+    receipts: int | None = None,
+) -> None:
     conn.execute(
         "INSERT OR IGNORE INTO appservice_positions (service_id, stream_ordering, next_txn_id)"
         " VALUES (?, ?, 1)",
         (service_id, stream_ordering),
     )
+    if receipts is None:
+        conn.execute(
+            "UPDATE appservice_positions SET receipts_position = NULL WHERE service_id = ?",
+            (service_id,),
+        )
+    else:
+        conn.execute(
+            "UPDATE appservice_positions SET receipts_position = ?"
+            " WHERE service_id = ? AND receipts_position IS NULL",
+            (receipts, service_id),
+        )
 
 
 @registered_write
-def _set_position(conn: sqlite3.Connection, *, service_id: str, stream_ordering: int) -> None:
+def _set_position(
+    conn: sqlite3.Connection,
+    *,
+    service_id: str,
+    stream_ordering: int,
+    receipts: int | None = None,
+) -> None:
     conn.execute(
         "UPDATE appservice_positions SET stream_ordering = max(stream_ordering, ?)"
         " WHERE service_id = ?",
         (stream_ordering, service_id),
     )
+    _move_receipts(conn, service_id, receipts)
 
 
 @registered_write
 def _add_transaction(
-    conn: sqlite3.Connection, *, service_id: str, txn_id: int, through: int, body: bytes
+    conn: sqlite3.Connection,
+    *,
+    service_id: str,
+    txn_id: int,
+    through: int,
+    body: bytes,
+    receipts: int | None = None,
 ) -> None:
     conn.execute(
         "INSERT OR IGNORE INTO appservice_transactions (service_id, txn_id, body) VALUES (?, ?, ?)",
@@ -159,6 +242,16 @@ def _add_transaction(
         " next_txn_id = max(next_txn_id, ?) WHERE service_id = ?",
         (through, txn_id + 1, service_id),
     )
+    _move_receipts(conn, service_id, receipts)
+
+
+def _move_receipts(conn: sqlite3.Connection, service_id: str, receipts: int | None) -> None:
+    if receipts is not None:
+        conn.execute(
+            "UPDATE appservice_positions SET receipts_position = max(receipts_position, ?)"
+            " WHERE service_id = ? AND receipts_position IS NOT NULL",
+            (receipts, service_id),
+        )
 
 
 @registered_write
@@ -171,10 +264,13 @@ def _complete_transaction(conn: sqlite3.Connection, *, service_id: str, txn_id: 
 
 def _position(conn: sqlite3.Connection, *, service_id: str) -> AppServicePosition | None:
     row = conn.execute(
-        "SELECT stream_ordering, next_txn_id FROM appservice_positions WHERE service_id = ?",
+        "SELECT stream_ordering, next_txn_id, receipts_position FROM appservice_positions"
+        " WHERE service_id = ?",
         (service_id,),
     ).fetchone()
-    return None if row is None else AppServicePosition(int(row[0]), int(row[1]))
+    if row is None:
+        return None
+    return AppServicePosition(int(row[0]), int(row[1]), None if row[2] is None else int(row[2]))
 
 
 def _pending(conn: sqlite3.Connection, *, service_id: str) -> PendingTransaction | None:
@@ -187,7 +283,11 @@ def _pending(conn: sqlite3.Connection, *, service_id: str) -> PendingTransaction
 
 
 def _room_interest(
-    conn: sqlite3.Connection, *, room_ids: list[str], server_name: str
+    conn: sqlite3.Connection,
+    *,
+    room_ids: list[str],
+    server_name: str,
+    memberships: tuple[str, ...],
 ) -> dict[str, RoomInterest]:
     suffix = ":" + server_name
     members: dict[str, list[str]] = {room_id: [] for room_id in room_ids}
@@ -201,8 +301,8 @@ def _room_interest(
             f" WHERE cs.room_id IN ({marks}) AND cs.type = 'm.room.member'"
             " AND substr(cs.state_key, -?) = ?"
             " AND json_extract(CAST(e.json AS TEXT), '$.content.membership')"
-            " IN ('join', 'invite')",
-            (*chunk, len(suffix), suffix),
+            f" IN ({', '.join('?' for _ in memberships)})",
+            (*chunk, len(suffix), suffix, *memberships),
         ).fetchall()
         for room_id, user_id in rows:
             members[str(room_id)].append(str(user_id))
@@ -215,3 +315,22 @@ def _room_interest(
         room_id: RoomInterest(tuple(members[room_id]), tuple(aliases[room_id]))
         for room_id in room_ids
     }
+
+
+def _receipts_after(conn: sqlite3.Connection, *, after: int, limit: int) -> list[ReceiptRecord]:
+    rows = conn.execute(
+        "SELECT stream_id, room_id, receipt_type, user_id, thread_id, event_id, ts"
+        " FROM receipts WHERE stream_id > ? ORDER BY stream_id LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return [
+        ReceiptRecord(int(a), str(b), str(c), str(d), str(e), str(f), int(g))
+        for a, b, c, d, e, f, g in rows
+    ]
+
+
+def _receipts_position(conn: sqlite3.Connection) -> int:
+    # The sequence, as the receipts stream reckons it: the newest receipt
+    # may have been replaced since.
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'receipts'").fetchone()
+    return 0 if row is None else int(row[0])

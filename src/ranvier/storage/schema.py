@@ -1022,6 +1022,14 @@ def _out_of_band_memberships(conn: sqlite3.Connection) -> None:
     )
 
 
+def _appservice_receipts(conn: sqlite3.Connection) -> None:
+    """How far each application service that receives ephemeral events has
+    been sent the receipts stream (:mod:`ranvier.storage.appservices`),
+    kept so that a restart loses none; NULL for a service not sent them.
+    """
+    conn.execute("ALTER TABLE appservice_positions ADD COLUMN receipts_position INTEGER")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1057,6 +1065,7 @@ MIGRATIONS: Sequence[Migration] = (
     _forgotten_rooms,
     _pusher_devices,
     _out_of_band_memberships,
+    _appservice_receipts,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
