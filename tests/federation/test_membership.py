@@ -741,6 +741,24 @@ async def test_invite_then_join_between_two_servers(world: World, nursery: trio.
     assert await b.storage.get_current_state_ids(room_id) == full
 
 
+async def _inviting_creator(world: World, nursery: trio.Nursery) -> EventCreator:
+    """The resident's event creator, inviting other servers' users through
+    them over HTTPS, with b.test reachable."""
+    a = world.resident
+    world.zone.addresses["b.test"] = ["127.0.0.1"]
+    http = FederationHttpClient(
+        a.server_name, a.signing_key, ssl_context=world.pki.client_context(), dns=world.zone
+    )
+    await nursery.start(http.run)
+    return EventCreator(
+        server_name=a.server_name,
+        signing_key=a.signing_key,
+        store=a.storage,
+        persister=a.storage,
+        remote_inviter=FederationInviter(http, store=a.storage, keys=world.keys),
+    )
+
+
 async def test_an_invite_the_invitees_server_refuses(world: World, nursery: trio.Nursery) -> None:
     a = world.resident
     # b.test does not know a.test's key, so it refuses a.test's requests.
@@ -753,18 +771,7 @@ async def test_an_invite_the_invitees_server_refuses(world: World, nursery: trio
         persister=b.storage,
         keys=b.keys,
     )
-    world.zone.addresses["b.test"] = ["127.0.0.1"]
-    http = FederationHttpClient(
-        a.server_name, a.signing_key, ssl_context=world.pki.client_context(), dns=world.zone
-    )
-    await nursery.start(http.run)
-    creator = EventCreator(
-        server_name=a.server_name,
-        signing_key=a.signing_key,
-        store=a.storage,
-        persister=a.storage,
-        remote_inviter=FederationInviter(http, store=a.storage, keys=world.keys),
-    )
+    creator = await _inviting_creator(world, nursery)
     room_id = await creator.create_room(world.alice, preset="private_chat")
     refused, unreachable = f"@erin:{b.server_name}", "@erin:nowhere.test"
     with pytest.raises(MatrixError) as caught:
@@ -787,18 +794,7 @@ async def test_an_invite_answered_without_the_invitees_signature(
         return {"event": request.content["event"]}
 
     b.app.router.add("PUT", f"{V2}/invite/{{room_id}}/{{event_id}}", echo_unsigned)
-    world.zone.addresses["b.test"] = ["127.0.0.1"]
-    http = FederationHttpClient(
-        a.server_name, a.signing_key, ssl_context=world.pki.client_context(), dns=world.zone
-    )
-    await nursery.start(http.run)
-    creator = EventCreator(
-        server_name=a.server_name,
-        signing_key=a.signing_key,
-        store=a.storage,
-        persister=a.storage,
-        remote_inviter=FederationInviter(http, store=a.storage, keys=world.keys),
-    )
+    creator = await _inviting_creator(world, nursery)
     room_id = await creator.create_room(world.alice, preset="private_chat")
     target = f"@erin:{b.server_name}"
     with pytest.raises(MatrixError) as caught:
@@ -818,18 +814,7 @@ async def test_an_invite_answered_with_json_nested_too_deeply(
         return stream_body(b'{"event": ' + deeply_nested(5_000) + b"}")
 
     b.app.router.add("PUT", f"{V2}/invite/{{room_id}}/{{event_id}}", deep)
-    world.zone.addresses["b.test"] = ["127.0.0.1"]
-    http = FederationHttpClient(
-        a.server_name, a.signing_key, ssl_context=world.pki.client_context(), dns=world.zone
-    )
-    await nursery.start(http.run)
-    creator = EventCreator(
-        server_name=a.server_name,
-        signing_key=a.signing_key,
-        store=a.storage,
-        persister=a.storage,
-        remote_inviter=FederationInviter(http, store=a.storage, keys=world.keys),
-    )
+    creator = await _inviting_creator(world, nursery)
     room_id = await creator.create_room(world.alice, preset="private_chat")
     target = f"@erin:{b.server_name}"
     with pytest.raises(MatrixError) as caught:
