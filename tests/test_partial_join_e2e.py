@@ -32,7 +32,6 @@ with the full state.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import sqlite3
@@ -49,11 +48,11 @@ import trio
 
 from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
 from ranvier.core.ingest_batch import RoomRun
-from ranvier.federation.transport.server import JsonResponse, Request, RouteMatch, Router
 from ranvier.metrics import sample_name
 from ranvier.server import HomeServer, open_homeserver
 from ranvier.storage import Storage
 from ranvier.testing import Pki, RoomBuilder, free_port, ingest_all
+from ranvier.testing.held_routes import HeldRoutes
 
 MEMBERS = 2_000
 #: Messages each side sends while B's resumed resync runs.
@@ -120,47 +119,11 @@ class _Running:
             stopped.set()
 
 
-#: The routes B's un-partial-state task reads the room's state through.
-_RESYNC_READS: frozenset[tuple[str, str]] = frozenset(
-    ("GET", f"/_matrix/federation/v1/{pattern}")
-    for pattern in ("state_ids/{room_id}", "state/{room_id}", "event/{event_id}")
-)
-
-
-class _HeldReads(Router):
-    """A server's router that never answers the state reads a resync makes.
-
-    A request for one of :data:`_RESYNC_READS` notes its target in
-    :attr:`held` and then waits until the server stops; every other request
-    is answered at once. A peer resyncing from this server is thus stuck
-    fetching, for as long as the test likes, while the rest of federation
-    (joins, transactions) works.
-    """
-
-    def __init__(self, inner: Router) -> None:
-        super().__init__()
-        self._inner = inner
-        #: The request targets held so far, in order of arrival.
-        self.held: list[str] = []
-        self.first_held = trio.Event()
-
-    def match(self, method: str, path: str) -> RouteMatch:
-        found = self._inner.match(method, path)
-        if (found.route.method, found.route.pattern) not in _RESYNC_READS:
-            return found
-
-        async def hold(request: Request) -> JsonResponse:
-            self.held.append(request.uri)
-            self.first_held.set()
-            await trio.sleep_forever()
-
-        return RouteMatch(dataclasses.replace(found.route, handler=hold), found.params)
-
-
-def _hold_resync_reads(hs: HomeServer) -> _HeldReads:
-    """Put a :class:`_HeldReads` in front of ``hs``'s federation routes."""
+def _hold_resync_reads(hs: HomeServer) -> HeldRoutes:
+    """Put a :class:`HeldRoutes` in front of ``hs``'s federation routes,
+    never released: a peer resyncing from ``hs`` stays stuck fetching."""
     app = hs.federation_app
-    holding = _HeldReads(app.router)
+    holding = HeldRoutes(app.router)
     app.router = holding
     return holding
 

@@ -13,11 +13,9 @@ from the other with partial state.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import nio  # type: ignore[import-untyped]
 import pytest
@@ -26,7 +24,7 @@ import trio_asyncio  # type: ignore[import-untyped]
 from _nio import aio, invalid_responses, sync
 
 from ranvier.testing import Pki, TestHomeserver, open_test_homeserver
-from ranvier.web import Request, RouteMatch, Router
+from ranvier.testing.held_routes import HeldRoutes
 
 
 @asynccontextmanager
@@ -216,39 +214,6 @@ async def test_rate_limits_reach_the_client(tmp_path: Path) -> None:
         await _send(bob, room_id, "after waiting")
 
 
-#: The federation reads a resync makes of the resident server.
-_RESYNC_READS = frozenset(
-    f"/_matrix/federation/v1/{pattern}"
-    for pattern in ("state_ids/{room_id}", "state/{room_id}", "event/{event_id}")
-)
-
-
-class _HeldResync(Router):
-    """A resident server's routes, with the reads a joiner's resync makes
-    held until :attr:`release` is set: the joiner's room stays partial for
-    as long as the test needs, however fast the machine.
-    """
-
-    def __init__(self, inner: Router) -> None:
-        super().__init__()
-        self._inner = inner
-        self.release = trio.Event()
-        self.held = trio.Event()
-
-    def match(self, method: str, path: str) -> RouteMatch:
-        found = self._inner.match(method, path)
-        if found.route.pattern not in _RESYNC_READS:
-            return found
-        answer = found.route.handler
-
-        async def held(request: Request) -> Any:
-            self.held.set()
-            await self.release.wait()
-            return await answer(request)
-
-        return RouteMatch(dataclasses.replace(found.route, handler=held), found.params)
-
-
 async def test_joining_a_room_of_another_server_with_partial_state(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -266,7 +231,7 @@ async def test_joining_a_room_of_another_server_with_partial_state(
         _client(a, "alice") as alice,
         _client(b, "bob") as bob,
     ):
-        resync = _HeldResync(a.server.federation_app.router)
+        resync = HeldRoutes(a.server.federation_app.router)
         a.server.federation_app.router = resync
         created = await aio(
             alice.room_create,
@@ -290,7 +255,7 @@ async def test_joining_a_room_of_another_server_with_partial_state(
         assert joined.room_id == room_id
         assert await b.server.storage.is_partial_state_room(room_id)
         with trio.fail_after(10):
-            await resync.held.wait()
+            await resync.first_held.wait()
 
         # Talking works at once, though B's state of the room is partial.
         await _send(bob, room_id, "hello from B")
@@ -308,7 +273,7 @@ async def test_joining_a_room_of_another_server_with_partial_state(
             nursery.start_soon(list_members)
             await trio.sleep(0.5)
             assert not listed, "joined_members answered from partial state"
-            resync.release.set()
+            resync.released.set()
             with trio.fail_after(30):
                 await b.server.wait_for_full_state(room_id)
         assert not await b.server.storage.is_partial_state_room(room_id)

@@ -34,8 +34,10 @@ from ranvier.federation.transport.server import Request, RouteMatch, Router
 from ranvier.protocol.auth import auth_state_keys
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import compute_event_id, hash_and_sign_event
+from ranvier.testing.held_routes import HeldRoutes
 from ranvier.testing.homeserver import TestUser, open_test_homeserver
 from ranvier.testing.network import Pki
+from ranvier.web import Handler
 
 _RESYNC_READS = frozenset(
     ("GET", f"/_matrix/federation/v1/{pattern}")
@@ -53,13 +55,12 @@ def _decoded(event: Any) -> dict[str, Any]:
     return decoded
 
 
-class _HeldReads(Router):
-    """A router that answers the reads of a resync only once released."""
+class _HeldReads(HeldRoutes):
+    """A router that answers the reads of a resync only once released, but
+    for those at a gap, and may leave events out of ``/get_missing_events``."""
 
     def __init__(self, inner: Router) -> None:
-        super().__init__()
-        self._inner = inner
-        self.released = trio.Event()
+        super().__init__(inner, _RESYNC_READS)
         self.asked = 0
         #: Events whose state is answered at once: those at a gap, not the join.
         self.answered_at_once: set[str] = set()
@@ -71,7 +72,7 @@ class _HeldReads(Router):
         self.answered_gaps: list[str] = []
 
     def match(self, method: str, path: str) -> RouteMatch:
-        found = self._inner.match(method, path)
+        found = super().match(method, path)
         handler = found.route.handler
         if (found.route.method, found.route.pattern) == _MISSING_EVENTS and self.withheld:
 
@@ -88,18 +89,19 @@ class _HeldReads(Router):
                 return answer
 
             return RouteMatch(dataclasses.replace(found.route, handler=withholding), found.params)
-        if (found.route.method, found.route.pattern) not in _RESYNC_READS:
-            return found
+        return found
 
-        async def held(request: Request) -> Any:
+    def _holding(self, handler: Handler) -> Handler:
+        held = super()._holding(handler)
+
+        async def held_unless_at_a_gap(request: Request) -> Any:
             if request.query_value("event_id") in self.answered_at_once:
-                self.answered_gaps.append(path)
+                self.answered_gaps.append(request.uri)
                 return await handler(request)
             self.asked += 1
-            await self.released.wait()
-            return await handler(request)
+            return await held(request)
 
-        return RouteMatch(dataclasses.replace(found.route, handler=held), found.params)
+        return held_unless_at_a_gap
 
 
 @dataclasses.dataclass

@@ -10,7 +10,6 @@ on loopback; B also serves the client API, which the test calls.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,36 +19,10 @@ import trio.testing
 from _sliding_sync import all_rooms, slide
 
 from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
-from ranvier.federation.transport.server import Request, RouteMatch, Router
 from ranvier.server import open_homeserver
 from ranvier.testing import Pki, free_port
+from ranvier.testing.held_routes import HeldRoutes
 from ranvier.testing.homeserver import TestUser
-
-_HELD = frozenset(
-    ("GET", f"/_matrix/federation/v1/{pattern}")
-    for pattern in ("state_ids/{room_id}", "state/{room_id}", "event/{event_id}")
-)
-
-
-class _Held(Router):
-    """Answers a resync's reads only once released."""
-
-    def __init__(self, inner: Router) -> None:
-        super().__init__()
-        self._inner = inner
-        self.released = trio.Event()
-
-    def match(self, method: str, path: str) -> RouteMatch:
-        found = self._inner.match(method, path)
-        if (found.route.method, found.route.pattern) not in _HELD:
-            return found
-        handler = found.route.handler
-
-        async def held(request: Request) -> Any:
-            await self.released.wait()
-            return await handler(request)
-
-        return RouteMatch(dataclasses.replace(found.route, handler=held), found.params)
 
 
 def _server(tmp_path: Path, pki: Pki, label: str) -> Config:
@@ -82,7 +55,7 @@ async def test_a_partial_state_room_waits_for_every_member_but_not_for_lazy_ones
         alice = f"@alice:{a.server_name}"
         room_id = await a.create_room(alice, preset="public_chat", name="partial")
         await a.join_room(f"@member:{a.server_name}", room_id)
-        held = _Held(a.federation_app.router)
+        held = HeldRoutes(a.federation_app.router)
         a.federation_app.router = held
         registration = await b.accounts.register("bob", "a long enough password")
         assert registration.access_token is not None

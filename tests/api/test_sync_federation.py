@@ -16,7 +16,6 @@ CA); B also serves the client API on plain HTTP, which the test calls.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,36 +27,11 @@ import trio
 import trio.testing
 
 from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
-from ranvier.federation.transport.server import Request, RouteMatch, Router
 from ranvier.server import HomeServer, open_homeserver
 from ranvier.testing import Pki, free_port
+from ranvier.testing.held_routes import HeldRoutes
 
-_RESYNC_READS = frozenset(
-    ("GET", f"/_matrix/federation/v1/{pattern}")
-    for pattern in ("state_ids/{room_id}", "state/{room_id}", "event/{event_id}")
-)
 _LAZY = json.dumps({"room": {"state": {"lazy_load_members": True}}})
-
-
-class _HeldReads(Router):
-    """A router that answers the reads of a resync only once released."""
-
-    def __init__(self, inner: Router) -> None:
-        super().__init__()
-        self._inner = inner
-        self.released = trio.Event()
-
-    def match(self, method: str, path: str) -> RouteMatch:
-        found = self._inner.match(method, path)
-        if (found.route.method, found.route.pattern) not in _RESYNC_READS:
-            return found
-        handler = found.route.handler
-
-        async def held(request: Request) -> Any:
-            await self.released.wait()
-            return await handler(request)
-
-        return RouteMatch(dataclasses.replace(found.route, handler=held), found.params)
 
 
 def _config(tmp_path: Path, pki: Pki, label: str, *, client: bool) -> Config:
@@ -120,7 +94,7 @@ async def test_eager_syncs_wait_for_the_resync_and_lazy_ones_do_not(tmp_path: Pa
         room_id = await a.create_room(alice, preset="public_chat", name="partial")
         for member in members:
             await a.join_room(member, room_id)
-        held = _HeldReads(a.federation_app.router)
+        held = HeldRoutes(a.federation_app.router)
         a.federation_app.router = held
 
         async with _syncing_user(b, "bob") as (bob, sync):
