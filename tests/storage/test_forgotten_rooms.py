@@ -9,67 +9,15 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from _memberships import BOB, ROOM, VERSION, base_state, bob_member
 from _twice import run_twice, write_call
 
 from ranvier.errors import MatrixError
-from ranvier.protocol.canonical import encode_canonical_json
-from ranvier.storage import EventStateContext, EventToPersist, Storage
+from ranvier.storage import Storage
 from ranvier.storage.forgotten_rooms import _forget_room, forgotten_rooms, is_forgotten
-from ranvier.storage.state_groups import store_state_group
 from ranvier.storage.writes import persist_events
 
-#: The room the ``conn`` fixture stores, of its room version.
-ROOM = "!room:example.org"
-VERSION = "10"
-BOB = "@bob:example.org"
 OTHER_ROOM = "!other:example.org"
-
-
-def _member(
-    event_id: str,
-    membership: str,
-    *,
-    room_id: str = ROOM,
-    before: int | None = None,
-    outlier: bool = False,
-    out_of_band: bool = False,
-    rejected: str | None = None,
-    soft_failed: bool = False,
-    depth: int = 2,
-) -> EventToPersist:
-    pdu = {
-        "auth_events": [],
-        "content": {"membership": membership},
-        "depth": depth,
-        "origin_server_ts": 1_700_000_000_000 + depth,
-        "prev_events": [],
-        "room_id": room_id,
-        "sender": BOB,
-        "state_key": BOB,
-        "type": "m.room.member",
-    }
-    return EventToPersist(
-        event_id=event_id,
-        room_id=room_id,
-        room_version=VERSION,
-        type="m.room.member",
-        state_key=BOB,
-        sender=BOB,
-        depth=depth,
-        origin_server_ts=1_700_000_000_000 + depth,
-        json=encode_canonical_json(pdu),
-        outlier=outlier or out_of_band,
-        out_of_band=out_of_band,
-        rejected_reason=rejected,
-        soft_failed=soft_failed,
-        context=None
-        if outlier or out_of_band
-        else EventStateContext(state_group_before=before or 0),
-    )
-
-
-def _base(conn: sqlite3.Connection) -> int:
-    return store_state_group(conn, ROOM, None, {("m.room.create", ""): "$create"})
 
 
 def _refused(conn: sqlite3.Connection, room_id: str = ROOM) -> None:
@@ -80,13 +28,13 @@ def _refused(conn: sqlite3.Connection, room_id: str = ROOM) -> None:
 
 
 def test_a_room_is_forgotten_only_once_left(conn: sqlite3.Connection) -> None:
-    base = _base(conn)
+    base = base_state(conn)
     # Never in it: accepted, and nothing kept.
     _forget_room(conn, user_id=BOB, room_id=ROOM)
     assert forgotten_rooms(conn, user_id=BOB) == frozenset()
-    persist_events(conn, [_member("$join", "join", before=base)])
+    persist_events(conn, [bob_member("$join", "join", before=base)])
     _refused(conn)
-    persist_events(conn, [_member("$leave", "leave", before=base, depth=3)])
+    persist_events(conn, [bob_member("$leave", "leave", before=base, depth=3)])
     _forget_room(conn, user_id=BOB, room_id=ROOM)
     _forget_room(conn, user_id=BOB, room_id=ROOM)
     assert is_forgotten(conn, user_id=BOB, room_id=ROOM)
@@ -98,26 +46,26 @@ def test_a_room_is_forgotten_only_once_left(conn: sqlite3.Connection) -> None:
 def test_being_in_the_room_again_clears_the_forgetting(
     conn: sqlite3.Connection, membership: str
 ) -> None:
-    base = _base(conn)
-    persist_events(conn, [_member("$leave", "leave", before=base)])
+    base = base_state(conn)
+    persist_events(conn, [bob_member("$leave", "leave", before=base)])
     _forget_room(conn, user_id=BOB, room_id=ROOM)
     # Neither a rejected nor a soft-failed membership puts Bob back.
     persist_events(
         conn,
         [
-            _member("$rejected", membership, before=base, rejected="not allowed", depth=3),
-            _member("$soft", membership, before=base, soft_failed=True, depth=4),
+            bob_member("$rejected", membership, before=base, rejected="not allowed", depth=3),
+            bob_member("$soft", membership, before=base, soft_failed=True, depth=4),
         ],
     )
     assert is_forgotten(conn, user_id=BOB, room_id=ROOM)
-    persist_events(conn, [_member("$back", membership, before=base, depth=5)])
+    persist_events(conn, [bob_member("$back", membership, before=base, depth=5)])
     assert not is_forgotten(conn, user_id=BOB, room_id=ROOM)
     _refused(conn)
 
 
 def test_an_old_join_written_now_clears_nothing(conn: sqlite3.Connection) -> None:
-    base = _base(conn)
-    persist_events(conn, [_member("$leave", "leave", before=base, depth=5)])
+    base = base_state(conn)
+    persist_events(conn, [bob_member("$leave", "leave", before=base, depth=5)])
     (left,) = conn.execute(
         "SELECT state_group FROM current_state_groups WHERE room_id = ?", (ROOM,)
     ).fetchone()
@@ -125,7 +73,7 @@ def test_an_old_join_written_now_clears_nothing(conn: sqlite3.Connection) -> Non
     # A join from before the leave, backfilled: current state stays the leave's.
     persist_events(
         conn,
-        [_member("$old_join", "join", before=base, depth=1)],
+        [bob_member("$old_join", "join", before=base, depth=1)],
         current_state_groups={ROOM: left},
     )
     assert is_forgotten(conn, user_id=BOB, room_id=ROOM)
@@ -135,22 +83,22 @@ def test_an_outlier_invite_to_a_room_not_joined_here_clears_it(
     conn: sqlite3.Connection,
 ) -> None:
     conn.execute("INSERT INTO rooms (room_id, room_version) VALUES (?, ?)", (OTHER_ROOM, VERSION))
-    persist_events(conn, [_member("$invite", "invite", room_id=OTHER_ROOM, out_of_band=True)])
+    persist_events(conn, [bob_member("$invite", "invite", room_id=OTHER_ROOM, out_of_band=True)])
     _refused(conn, OTHER_ROOM)
     persist_events(
-        conn, [_member("$reject", "leave", room_id=OTHER_ROOM, out_of_band=True, depth=3)]
+        conn, [bob_member("$reject", "leave", room_id=OTHER_ROOM, out_of_band=True, depth=3)]
     )
     _forget_room(conn, user_id=BOB, room_id=OTHER_ROOM)
     # An outlier join is an auth event fetched on its own: no membership.
-    persist_events(conn, [_member("$auth_join", "join", room_id=OTHER_ROOM, outlier=True, depth=4)])
+    persist_events(conn, [bob_member("$auth_join", "join", room_id=OTHER_ROOM, depth=4)])
     assert is_forgotten(conn, user_id=BOB, room_id=OTHER_ROOM)
-    persist_events(conn, [_member("$again", "invite", room_id=OTHER_ROOM, outlier=True, depth=5)])
+    persist_events(conn, [bob_member("$again", "invite", room_id=OTHER_ROOM, depth=5)])
     assert not is_forgotten(conn, user_id=BOB, room_id=OTHER_ROOM)
 
 
 async def test_the_forget_run_twice_changes_nothing_more(storage: Storage, db_path: Path) -> None:
     def left(conn: sqlite3.Connection) -> None:
-        persist_events(conn, [_member("$leave", "leave", before=_base(conn))])
+        persist_events(conn, [bob_member("$leave", "leave", before=base_state(conn))])
 
     await storage.actor.submit(left)
     operation = write_call(_forget_room, user_id=BOB, room_id=ROOM)

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from _memberships import BOB, ROOM, base_state, bob_member
 
 from ranvier.errors import BadJsonError
-from ranvier.protocol.canonical import encode_canonical_json
-from ranvier.storage import EventStateContext, EventToPersist
 from ranvier.storage.connections import open_writer
 from ranvier.storage.forgotten_rooms import _forget_room, is_forgotten
 from ranvier.storage.local_memberships import (
@@ -22,52 +21,10 @@ from ranvier.storage.local_memberships import (
     newest_memberships,
 )
 from ranvier.storage.schema import migrate
-from ranvier.storage.state_groups import store_state_group
 from ranvier.storage.sync_reads import current_membership, sync_snapshot
 from ranvier.storage.writes import persist_events
 
-ROOM = "!room:example.org"
 AWAY = "!away:elsewhere.example"
-BOB = "@bob:example.org"
-
-
-def _member(
-    event_id: str,
-    membership: str,
-    *,
-    room_id: str = ROOM,
-    before: int | None = None,
-    out_of_band: bool = False,
-    depth: int = 2,
-) -> EventToPersist:
-    """Bob's membership: in the DAG after ``before``, or an outlier
-    (out-of-band when marked so) without it.
-    """
-    pdu = {
-        "auth_events": [],
-        "content": {"membership": membership},
-        "depth": depth,
-        "origin_server_ts": 1_700_000_000_000 + depth,
-        "prev_events": [],
-        "room_id": room_id,
-        "sender": BOB,
-        "state_key": BOB,
-        "type": "m.room.member",
-    }
-    return EventToPersist(
-        event_id=event_id,
-        room_id=room_id,
-        room_version="10",
-        type="m.room.member",
-        state_key=BOB,
-        sender=BOB,
-        depth=depth,
-        origin_server_ts=1_700_000_000_000 + depth,
-        json=encode_canonical_json(pdu),
-        outlier=before is None,
-        out_of_band=out_of_band,
-        context=None if before is None else EventStateContext(state_group_before=before),
-    )
 
 
 def _ordering(conn: sqlite3.Connection, event_id: str) -> int:
@@ -77,21 +34,17 @@ def _ordering(conn: sqlite3.Connection, event_id: str) -> int:
     return int(ordering)
 
 
-def _base(conn: sqlite3.Connection) -> int:
-    return store_state_group(conn, ROOM, None, {("m.room.create", ""): "$create"})
-
-
 def _newest(conn: sqlite3.Connection, room_id: str = ROOM) -> tuple[str, str] | None:
     found = newest_membership(conn, BOB, room_id)
     return None if found is None else (found[1], found[3])
 
 
 def test_an_invite_after_the_room_was_left_is_the_membership(conn: sqlite3.Connection) -> None:
-    base = _base(conn)
-    persist_events(conn, [_member("$join", "join", before=base)])
-    persist_events(conn, [_member("$leave", "leave", before=base, depth=3)])
+    base = base_state(conn)
+    persist_events(conn, [bob_member("$join", "join", before=base)])
+    persist_events(conn, [bob_member("$leave", "leave", before=base, depth=3)])
     assert _newest(conn) == ("leave", "$leave")
-    persist_events(conn, [_member("$invite", "invite", out_of_band=True, depth=4)])
+    persist_events(conn, [bob_member("$invite", "invite", out_of_band=True, depth=4)])
     assert _newest(conn) == ("invite", "$invite")
     # The room's state here is unchanged: the invite is not in it.
     dag = dag_membership(conn, BOB, ROOM)
@@ -103,7 +56,7 @@ def test_an_invite_after_the_room_was_left_is_the_membership(conn: sqlite3.Conne
     events_position = sync_snapshot(conn, BOB, 0)[0]
     assert sync_snapshot(conn, BOB, 0)[2] == [(ROOM, "invite", events_position, "$invite")]
     # A join in the DAG (through another server's send_join) is newer.
-    persist_events(conn, [_member("$back", "join", before=base, depth=5)])
+    persist_events(conn, [bob_member("$back", "join", before=base, depth=5)])
     assert _newest(conn) == ("join", "$back")
     assert sync_snapshot(conn, BOB, 0)[2] == [(ROOM, "join", _ordering(conn, "$back"), "$back")]
     assert newest_memberships(conn, "@carol:example.org") == []
@@ -112,10 +65,10 @@ def test_an_invite_after_the_room_was_left_is_the_membership(conn: sqlite3.Conne
 def test_a_declined_invite_is_the_membership_and_reads_end_at_the_dag_leave(
     conn: sqlite3.Connection,
 ) -> None:
-    base = _base(conn)
-    persist_events(conn, [_member("$leave", "leave", before=base)])
-    persist_events(conn, [_member("$invite", "invite", out_of_band=True, depth=3)])
-    persist_events(conn, [_member("$declined", "leave", out_of_band=True, depth=4)])
+    base = base_state(conn)
+    persist_events(conn, [bob_member("$leave", "leave", before=base)])
+    persist_events(conn, [bob_member("$invite", "invite", out_of_band=True, depth=3)])
+    persist_events(conn, [bob_member("$declined", "leave", out_of_band=True, depth=4)])
     assert _newest(conn) == ("leave", "$declined")
     # /messages reads the room up to the leave in its DAG, not the outlier.
     assert current_membership(conn, ROOM, BOB) == ("leave", _ordering(conn, "$leave"))
@@ -126,22 +79,23 @@ def test_a_declined_invite_is_the_membership_and_reads_end_at_the_dag_leave(
 
 
 def test_an_invite_while_left_clears_a_forgotten_room(conn: sqlite3.Connection) -> None:
-    base = _base(conn)
-    persist_events(conn, [_member("$leave", "leave", before=base)])
+    base = base_state(conn)
+    persist_events(conn, [bob_member("$leave", "leave", before=base)])
     _forget_room(conn, user_id=BOB, room_id=ROOM)
     assert is_forgotten(conn, user_id=BOB, room_id=ROOM)
-    persist_events(conn, [_member("$invite", "invite", out_of_band=True, depth=3)])
+    persist_events(conn, [bob_member("$invite", "invite", out_of_band=True, depth=3)])
     assert not is_forgotten(conn, user_id=BOB, room_id=ROOM)
     assert current_membership(conn, ROOM, BOB) == ("invite", _ordering(conn, "$invite"))
 
 
 def test_outliers_fetched_for_the_dag_never_count(conn: sqlite3.Connection) -> None:
-    base = _base(conn)
-    persist_events(conn, [_member("$join", "join", before=base, depth=5)])
+    base = base_state(conn)
+    persist_events(conn, [bob_member("$join", "join", before=base, depth=5)])
     # Bob's old leave and invite fetched as auth events after the join:
     # newer by stream ordering, older in the room, and not marked.
     persist_events(
-        conn, [_member("$old_leave", "leave", depth=3), _member("$old_invite", "invite", depth=4)]
+        conn,
+        [bob_member("$old_leave", "leave", depth=3), bob_member("$old_invite", "invite", depth=4)],
     )
     assert _ordering(conn, "$old_invite") > _ordering(conn, "$join")
     assert _newest(conn) == ("join", "$join")
@@ -149,32 +103,32 @@ def test_outliers_fetched_for_the_dag_never_count(conn: sqlite3.Connection) -> N
 
 
 def test_an_older_out_of_band_membership_loses_to_the_state(conn: sqlite3.Connection) -> None:
-    base = _base(conn)
-    persist_events(conn, [_member("$invite", "invite", out_of_band=True)])
+    base = base_state(conn)
+    persist_events(conn, [bob_member("$invite", "invite", out_of_band=True)])
     # The invite reaches the room's timeline later (another user of ours
     # is in the room), followed by Bob's join.
-    persist_events(conn, [_member("$invite", "invite", before=base)])
+    persist_events(conn, [bob_member("$invite", "invite", before=base)])
     assert _newest(conn) == ("invite", "$invite")
-    persist_events(conn, [_member("$join", "join", before=base, depth=3)])
+    persist_events(conn, [bob_member("$join", "join", before=base, depth=3)])
     assert _newest(conn) == ("join", "$join")
 
 
 def test_rooms_known_only_through_out_of_band_memberships(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO rooms (room_id, room_version) VALUES (?, '10')", (AWAY,))
     assert _newest(conn, AWAY) is None
-    persist_events(conn, [_member("$invite", "invite", room_id=AWAY, out_of_band=True)])
-    persist_events(conn, [_member("$knock", "knock", room_id=ROOM, out_of_band=True)])
+    persist_events(conn, [bob_member("$invite", "invite", room_id=AWAY, out_of_band=True)])
+    persist_events(conn, [bob_member("$knock", "knock", room_id=ROOM, out_of_band=True)])
     assert sorted(newest_memberships(conn, BOB)) == [
         (AWAY, "invite", _ordering(conn, "$invite"), "$invite"),
         (ROOM, "knock", _ordering(conn, "$knock"), "$knock"),
     ]
-    persist_events(conn, [_member("$withdrawn", "leave", room_id=AWAY, out_of_band=True)])
+    persist_events(conn, [bob_member("$withdrawn", "leave", room_id=AWAY, out_of_band=True)])
     assert _newest(conn, AWAY) == ("leave", "$withdrawn")
     assert dag_membership(conn, BOB, AWAY) is None
 
 
 def test_only_an_outlier_is_out_of_band() -> None:
-    event = _member("$e", "invite", before=1)
+    event = bob_member("$e", "invite", before=1)
     with pytest.raises(BadJsonError, match="only an outlier"):
         msgspec.structs.replace(event, out_of_band=True)
 
@@ -186,13 +140,13 @@ def test_the_migration_marks_the_outliers_of_rooms_not_joined(tmp_path: Path) ->
         for room_id in (ROOM, AWAY):
             raw.execute("INSERT INTO rooms (room_id, room_version) VALUES (?, '10')", (room_id,))
         raw.execute("BEGIN IMMEDIATE")
-        raw.execute("INSERT INTO current_state_groups VALUES (?, ?)", (ROOM, _base(raw)))
+        raw.execute("INSERT INTO current_state_groups VALUES (?, ?)", (ROOM, base_state(raw)))
         for event_id, room_id, membership in [
             ("$auth", ROOM, "invite"),
             ("$invite", AWAY, "invite"),
             ("$declined", AWAY, "leave"),
         ]:
-            event = _member(event_id, membership, room_id=room_id)
+            event = bob_member(event_id, membership, room_id=room_id)
             raw.execute(
                 "INSERT INTO events (event_id, room_id, type, state_key, sender, depth,"
                 " origin_server_ts, json, outlier, soft_failed, rejected_reason)"
