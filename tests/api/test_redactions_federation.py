@@ -66,6 +66,31 @@ async def _redact(client: Client, user: TestUser, room_id: str, event_id: str, t
     return redaction_id
 
 
+async def _join_through_handshake(
+    remote: RemoteHomeserver, server_name: str, room_id: str, user_id: str, version: str
+) -> Pdu:
+    """``user_id``, of ``remote``, joined to ``room_id`` on ``server_name``
+    through make_join and send_join; the join."""
+    quoted = "/".join(urllib.parse.quote(part, safe="") for part in (room_id, user_id))
+    template = await remote.client.get_json(
+        server_name, f"{_V1}/make_join/{quoted}", query={"ver": [version]}
+    )
+    join = Pdu.from_json(
+        hash_and_sign_event(
+            template["event"] | {"origin_server_ts": remote.clock()},
+            version,
+            remote.server_name,
+            remote.signing_key,
+        ),
+        version,
+    )
+    path = f"/_matrix/federation/v2/send_join/{urllib.parse.quote(room_id, safe='')}/"
+    await remote.client.put_json(
+        server_name, path + urllib.parse.quote(join.event_id, safe=""), join.json
+    )
+    return join
+
+
 async def test_whose_redactions_apply_on_both_servers(tmp_path: Path) -> None:
     async with two_servers(tmp_path) as (a, b, ca, cb, alice, bob):
         room_id = await ca.create_room(alice, preset="public_chat")
@@ -172,23 +197,7 @@ async def test_a_redaction_arriving_before_its_target_applies_once_it_arrives(
         since = (await client.ok(alice, "GET", "/sync"))["next_batch"]
 
         mallory = f"@mallory:{remote.server_name}"
-        quoted = "/".join(urllib.parse.quote(part, safe="") for part in (room_id, mallory))
-        template = await remote.client.get_json(
-            a.server_name, f"{_V1}/make_join/{quoted}", query={"ver": [version]}
-        )
-        join = Pdu.from_json(
-            hash_and_sign_event(
-                template["event"] | {"origin_server_ts": remote.clock()},
-                version,
-                remote.server_name,
-                remote.signing_key,
-            ),
-            version,
-        )
-        path = f"/_matrix/federation/v2/send_join/{urllib.parse.quote(room_id, safe='')}/"
-        await remote.client.put_json(
-            a.server_name, path + urllib.parse.quote(join.event_id, safe=""), join.json
-        )
+        join = await _join_through_handshake(remote, a.server_name, room_id, mallory, version)
 
         message = await _signed_event(
             a.server,
@@ -256,23 +265,7 @@ async def test_a_redaction_of_an_event_never_received_is_sent_to_the_room(
         version = "11"
         room_id = await client.create_room(alice, preset="public_chat", room_version=version)
         mallory = f"@mallory:{remote.server_name}"
-        quoted = "/".join(urllib.parse.quote(part, safe="") for part in (room_id, mallory))
-        template = await remote.client.get_json(
-            a.server_name, f"{_V1}/make_join/{quoted}", query={"ver": [version]}
-        )
-        join = Pdu.from_json(
-            hash_and_sign_event(
-                template["event"] | {"origin_server_ts": remote.clock()},
-                version,
-                remote.server_name,
-                remote.signing_key,
-            ),
-            version,
-        )
-        path = f"/_matrix/federation/v2/send_join/{urllib.parse.quote(room_id, safe='')}/"
-        await remote.client.put_json(
-            a.server_name, path + urllib.parse.quote(join.event_id, safe=""), join.json
-        )
+        join = await _join_through_handshake(remote, a.server_name, room_id, mallory, version)
         # Mallory's message exists on the remote alone: A never hears of it.
         message = await _signed_event(
             a.server,
