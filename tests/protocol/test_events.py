@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from ranvier.errors import BadJsonError, EventTooLargeError, UnsupportedRoomVersionError
 from ranvier.protocol.canonical import encode_canonical_json
-from ranvier.protocol.events import MAX_EVENT_BYTES, MAX_ID_BYTES, Pdu
+from ranvier.protocol.events import MAX_EVENT_BYTES, MAX_ID_BYTES, Pdu, pdu_room_id
 from ranvier.protocol.hashing import (
     compute_content_hash,
     compute_event_id,
@@ -532,3 +532,11 @@ def test_signatures_count_towards_the_size_limit() -> None:
     signatures = at_limit["signatures"] | {"x.org": {"ed25519:1": "S"}}
     with pytest.raises(EventTooLargeError):
         Pdu.from_json(at_limit | {"signatures": signatures}, "10")
+
+
+def test_the_room_of_a_pdu_is_read_without_building_it() -> None:
+    assert pdu_room_id(b'{"room_id": "!a:example.org", "depth": "not checked here"}') == (
+        "!a:example.org"
+    )
+    for raw in (b'{"room_id": 5}', b'{"type": "m.room.message"}', b"[1]", b"{not json"):
+        assert pdu_room_id(raw) is None

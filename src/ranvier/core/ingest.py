@@ -90,10 +90,10 @@ from ranvier.errors import (
     StorageUnavailableError,
 )
 from ranvier.protocol.auth import CREATE_KEY, StateKey, create_event_id_for_room
-from ranvier.protocol.events import Pdu
+from ranvier.protocol.events import Pdu, pdu_room_id
 from ranvier.protocol.hashing import compute_event_id
 from ranvier.protocol.room_versions import RoomVersion, get_room_version
-from ranvier.protocol.untrusted_json import decode_untrusted_json, untrusted_json_decoder
+from ranvier.protocol.untrusted_json import decode_untrusted_json
 from ranvier.storage.records import EventToPersist, StoredEvent
 
 from .context import (
@@ -645,10 +645,7 @@ class FederationIngester:
         version is guessed from the room ID's shape (a version 12 ID, or an
         older one).
         """
-        try:
-            room_id: str | None = _decode_room_id(raw).room_id
-        except msgspec.DecodeError:  # invalid JSON, or no string room_id
-            room_id = None
+        room_id = pdu_room_id(raw)
         if room_id is None:
             try:
                 obj = decode_untrusted_json(raw)
@@ -1339,16 +1336,6 @@ def _is_join(row: StoredEvent) -> bool:
         return False
     content = _membership_only(row.json)
     return content is not None and content.get("membership") == "join"
-
-
-class _RoomIdOnly(msgspec.Struct):
-    """A PDU read for its room ID alone: the rest is parsed but not built."""
-
-    room_id: str
-
-
-# The PDU's nesting is checked when it is parsed as a PDU, after this.
-_decode_room_id = untrusted_json_decoder(_RoomIdOnly, check_nesting=False)
 
 
 class _ContentOnly(msgspec.Struct):

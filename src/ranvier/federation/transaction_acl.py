@@ -31,7 +31,7 @@ from ranvier.core.interfaces import StateReader
 from ranvier.errors import MatrixError
 from ranvier.federation.room_access import RoomAccess
 from ranvier.federation.server import EduHandler, PduReceiver
-from ranvier.protocol.events import Pdu
+from ranvier.protocol.events import Pdu, pdu_room_id
 from ranvier.protocol.untrusted_json import untrusted_json_decoder
 
 __all__ = ["AclCheckedEdus", "AclCheckedPdus", "AclStore"]
@@ -97,9 +97,8 @@ class AclCheckedPdus:
         self, raw: bytes, denials: _Denials, versions: dict[str, str | None]
     ) -> PduOutcome | None:
         """The outcome of a PDU the ACL keeps out; None for one it lets by."""
-        try:
-            room_id = _decode_room_only(raw).room_id
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        room_id = pdu_room_id(raw)
+        if room_id is None:
             return None
         # The ACL first: a room not known here has none, and the room's
         # version is only needed to name a PDU the ACL keeps out.

@@ -39,6 +39,7 @@ from ranvier.protocol.untrusted_json import (
     DECODE_ERRORS,
     JsonNestedTooDeeplyError,
     check_json_nesting,
+    untrusted_json_decoder,
 )
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "MAX_ID_BYTES",
     "MAX_PREV_EVENTS",
     "Pdu",
+    "pdu_room_id",
 ]
 
 #: The largest PDU, as canonical JSON including signatures.
@@ -144,6 +146,26 @@ def _check_nesting(raw: bytes) -> None:
         check_json_nesting(raw)
     except JsonNestedTooDeeplyError as exc:
         raise BadJsonError(f"invalid PDU: {exc}") from None
+
+
+class _RoomIdOnly(msgspec.Struct):
+    """A PDU read for its room ID alone: the rest is parsed but not built."""
+
+    room_id: str
+
+
+# The PDU's nesting is checked when it is parsed as a PDU, after this.
+_decode_room_id = untrusted_json_decoder(_RoomIdOnly, check_nesting=False)
+
+
+def pdu_room_id(raw: bytes) -> str | None:
+    """The room a PDU as received names, read without building the event
+    (to find its room's version first); None when it is not JSON or names
+    no room as a string."""
+    try:
+        return _decode_room_id(raw).room_id
+    except msgspec.DecodeError:
+        return None
 
 
 class Pdu(msgspec.Struct, frozen=True, eq=False):
