@@ -25,6 +25,7 @@ strings with byte-level operations in C, never a Python loop per byte.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
 import re
@@ -145,10 +146,7 @@ def decode_untrusted_json(
     """
     if check_nesting:
         check_json_nesting(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data)
-    try:
-        return msgspec.json.decode(data, type=type)
-    except RecursionError:
-        raise JsonNestedTooDeeplyError("JSON nested too deeply to decode") from None
+    return _decoded(functools.partial(msgspec.json.decode, type=type), data)
 
 
 def untrusted_json_decoder(type: type[_T], *, check_nesting: bool = True) -> Callable[[_Bytes], _T]:
@@ -160,9 +158,15 @@ def untrusted_json_decoder(type: type[_T], *, check_nesting: bool = True) -> Cal
     def decode_checked(data: _Bytes) -> _T:
         if check_nesting:
             check_json_nesting(data)
-        try:
-            return decode(data)
-        except RecursionError:
-            raise JsonNestedTooDeeplyError("JSON nested too deeply to decode") from None
+        return _decoded(decode, data)
 
     return decode_checked
+
+
+def _decoded(decode: Callable[[Any], _T], data: Any) -> _T:
+    """``decode(data)``, the decoder's own recursion limit raising as
+    nesting too deep does."""
+    try:
+        return decode(data)
+    except RecursionError:
+        raise JsonNestedTooDeeplyError("JSON nested too deeply to decode") from None
