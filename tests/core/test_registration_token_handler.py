@@ -39,7 +39,7 @@ async def test_random_tokens_give_up_when_every_one_of_a_length_is_taken(
     tokens = RegistrationTokens(storage.registration_tokens, clock_ms=lambda: 0)
     for character in _ALPHABET[1:]:
         await tokens.create(character)
-    # One left: drawn again until found.
+    # One left: found however unlikely a random draw of it is.
     made = await tokens.create(None, length=1)
     assert made.token == _ALPHABET[0]
     with pytest.raises(MatrixError) as refused:

@@ -16,6 +16,7 @@ valid when the use was granted. Deleting the token ends its sessions.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import string
 import time
@@ -54,6 +55,9 @@ _DEFAULT_LENGTH: Final = 16
 # Random tokens drawn before giving up: only short lengths with most of
 # their tokens taken ever need more than one.
 _DRAWS: Final = 100
+# Lengths with this few tokens in all are drawn from those still free, so
+# a free one is found however many are taken (random draws could miss it).
+_ENUMERATED_UP_TO: Final = len(_TOKEN_ALPHABET) ** 2
 
 
 class RegistrationTokenStore(Protocol):
@@ -262,13 +266,27 @@ class RegistrationTokens:
         if not 0 < size <= MAX_TOKEN_LENGTH:
             raise _invalid_param(f"length must be from 1 to {MAX_TOKEN_LENGTH}")
         for _ in range(_DRAWS):
-            drawn = "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(size))
+            drawn: str
+            if len(_TOKEN_ALPHABET) ** size <= _ENUMERATED_UP_TO:
+                free = await self._free_tokens(size)
+                if not free:
+                    break
+                drawn = secrets.choice(free)
+            else:
+                drawn = "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(size))
             if await self._store.create_token(
                 drawn, uses_allowed=uses_allowed, expiry_time=expiry_time
             ):
                 return await self.get(drawn)
             # Taken (likely only for short lengths): draw again.
         raise _invalid_param(f"no free token of length {size} was found: ask for a longer one")
+
+    async def _free_tokens(self, size: int) -> tuple[str, ...]:
+        taken = {record.token for record in await self._store.list_tokens(self.clock_ms())}
+        every = (
+            "".join(characters) for characters in itertools.product(_TOKEN_ALPHABET, repeat=size)
+        )
+        return tuple(token for token in every if token not in taken)
 
     async def update(
         self,
