@@ -325,7 +325,9 @@ def _check(db: sqlite3.Connection, room: _Room) -> None:
 
 
 @settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(case=_rooms_and_flips())
 def test_extremities_keep_the_rule_through_any_verdict_changes(

@@ -561,7 +561,9 @@ def _observable(db: sqlite3.Connection) -> tuple[object, ...]:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(specs=_event_lists())
 def test_one_call_writes_what_one_call_per_event_writes(
