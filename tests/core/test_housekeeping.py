@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -12,6 +13,7 @@ from ranvier.storage import Storage
 from ranvier.storage.housekeeping import HousekeepingStorage, Prune
 
 ALICE = "@alice:example.org"
+BOB = "@bob:example.org"
 DAY_MS = 24 * HOUR_MS
 NOW = 1_800_000_000_000
 AGES = HousekeepingAges(federation_transaction_ms=DAY_MS, client_transaction_ms=7 * DAY_MS)
@@ -107,6 +109,9 @@ class _Counting:
             self.writes.append(gone)
         return gone
 
+    async def device_lists_position(self) -> int:
+        return await self._store.device_lists_position()
+
 
 async def test_many_rows_go_in_writes_of_at_most_a_batch(storage: Storage, db_path: Path) -> None:
     def seed(conn: sqlite3.Connection) -> None:
@@ -146,6 +151,9 @@ class _Failing:
     async def prune(self, rule: Prune, *, cutoff_ms: int, limit: int) -> int:
         raise RuntimeError("the disk is full")
 
+    async def device_lists_position(self) -> int:
+        return 0
+
 
 async def test_a_failed_pass_is_tried_again_at_the_next_interval(
     autojump_clock: trio.testing.MockClock,
@@ -156,3 +164,26 @@ async def test_a_failed_pass_is_tried_again_at_the_next_interval(
         await housekeeping.wait_for_pass(2)
         assert housekeeping.passes == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_device_list_changes_go_once_a_newer_one_is_older_than_the_last_pass(
+    storage: Storage, db_path: Path
+) -> None:
+    def change(user_id: str) -> Callable[[sqlite3.Connection], None]:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO device_list_changes (user_id) VALUES (?)", (user_id,))
+
+        return write
+
+    for user_id in (ALICE, BOB, ALICE):
+        await storage.actor.submit(change(user_id))
+    housekeeping = Housekeeping(storage.housekeeping, ages=AGES, clock_ms=lambda: NOW)
+    # The first pass has no earlier position to go by: all stay.
+    assert (await housekeeping.run_pass())[Prune.SUPERSEDED_DEVICE_LIST_CHANGES] == 0
+    await storage.actor.submit(change(BOB))
+    # Alice's 1 goes for her 3, at or below where the first pass began;
+    # Bob's 2 stays, his 4 having come after it.
+    assert (await housekeeping.run_pass())[Prune.SUPERSEDED_DEVICE_LIST_CHANGES] == 1
+    assert _ids(db_path, "device_list_changes", "stream_id") == ["2", "3", "4"]
+    assert (await housekeeping.run_pass())[Prune.SUPERSEDED_DEVICE_LIST_CHANGES] == 1
+    assert _ids(db_path, "device_list_changes", "stream_id") == ["3", "4"]

@@ -11,6 +11,8 @@ from ranvier.storage import Storage
 from ranvier.storage.housekeeping import Prune, _delete, _find
 
 ALICE = "@alice:example.org"
+BOB = "@bob:example.org"
+CAROL = "@carol:example.org"
 #: Rows stamped OLD are before the cutoff of every test, NEW after it.
 OLD, CUTOFF, NEW = 100, 500, 1000
 
@@ -47,6 +49,16 @@ def _seed(conn: sqlite3.Connection) -> None:
         run("INSERT INTO login_tokens VALUES (?, ?, ?)", (name.encode(), ALICE, expires))
         run("INSERT INTO openid_tokens VALUES (?, ?, ?)", (name.encode(), ALICE, expires))
         run("INSERT INTO registration_token_sessions VALUES (?, 'tok', ?, NULL)", (name, expires))
+    # Positions around CUTOFF, as a position of the device-list stream.
+    for position, user in (
+        (1, ALICE),
+        (2, BOB),
+        (3, ALICE),
+        (400, CAROL),
+        (600, CAROL),
+        (700, ALICE),
+    ):
+        run("INSERT INTO device_list_changes (stream_id, user_id) VALUES (?, ?)", (position, user))
     for key, device, made in (
         (1, "LIVE", NEW),
         (2, "LIVE", OLD),
@@ -129,6 +141,13 @@ _EXPECTED: dict[Prune, tuple[str, list[Any], int]] = {
         " LEFT JOIN sliding_sync_rooms AS r USING (conn_key)",
         [(1, 1, 1)],
         3,
+    ),
+    # Alice's 1 goes for her 3; her 3 stays, for her 700 is past the
+    # cutoff, and so does Carol's 400; each user's newest stays.
+    Prune.SUPERSEDED_DEVICE_LIST_CHANGES: (
+        "SELECT stream_id, user_id FROM device_list_changes",
+        [(2, BOB), (3, ALICE), (400, CAROL), (600, CAROL), (700, ALICE)],
+        1,
     ),
 }
 

@@ -3,14 +3,21 @@
 Several tables gain a row per request: records that let a retried request
 be answered as the first was (federation transactions, client transaction
 IDs), tokens and sessions with an expiry, URL previews, sliding sync
-connections. Nothing needs them after their window, and without this task
-they would stay for ever. The main process runs :meth:`Housekeeping.run`,
+connections, device-list changes. Nothing needs them after their window,
+and without this task they would stay for ever. The main process runs :meth:`Housekeeping.run`,
 a pass now and one every ``interval_ms``; workers do not.
 
 A pass deletes each kind of row in writes of at most ``batch_rows`` rows
 (:class:`ranvier.storage.housekeeping.HousekeepingStorage`), each write a
 request of its own to the storage actor, so other writes go between them
 and none waits behind a long delete.
+
+A user's device-list change goes once a newer change of the same user is
+at or below the device-list position read by the previous pass (none in
+the first pass after a start): a read from a token asks for the span up to
+a position it took when it began, and by then that position was past the
+previous pass's, so the newer change is in the span wherever the older one
+was and the answer is the same (``docs/decisions.md``).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ class PruneStore(Protocol):
     """Where rows are deleted (:class:`ranvier.storage.housekeeping.HousekeepingStorage`)."""
 
     async def prune(self, rule: Prune, *, cutoff_ms: int, limit: int) -> int: ...
+
+    async def device_lists_position(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,8 @@ class Housekeeping(PeriodicPasses[dict[Prune, int]]):
         self._ages = ages
         self._batch_rows = batch_rows
         self._clock_ms = clock_ms
+        #: The device-list position the previous pass began at (0: none yet).
+        self._device_lists_horizon = 0
 
     def describe(self, done: dict[Prune, int]) -> str | None:
         if not any(done.values()):
@@ -92,6 +103,8 @@ class Housekeeping(PeriodicPasses[dict[Prune, int]]):
             Prune.REGISTRATION_TOKEN_SESSIONS: now_ms,
             # Every position older than this is refused as expired.
             Prune.SLIDING_SYNC_CONNECTIONS: now_ms - POS_LIFETIME_MS,
+            # A position, not a time: see the module's doc.
+            Prune.SUPERSEDED_DEVICE_LIST_CHANGES: self._device_lists_horizon,
         }
 
     async def run_pass(self, *, now_ms: int | None = None) -> dict[Prune, int]:
@@ -99,6 +112,7 @@ class Housekeeping(PeriodicPasses[dict[Prune, int]]):
         rows of each kind it deleted (sliding sync: connections).
         """
         now = self._clock_ms() if now_ms is None else now_ms
+        device_lists = await self._store.device_lists_position()
         deleted: dict[Prune, int] = {}
         for rule, cutoff in self.cutoffs(now).items():
             total = 0
@@ -110,4 +124,5 @@ class Housekeeping(PeriodicPasses[dict[Prune, int]]):
                 # Let the rest of the server in between two writes.
                 await trio.lowlevel.checkpoint()
             deleted[rule] = total
+        self._device_lists_horizon = device_lists
         return deleted

@@ -2,7 +2,8 @@
 
 Each :class:`Prune` names one kind of row that no request needs any more:
 a record older than the window it answers within, a token past its expiry,
-a row of a device that was deleted. :meth:`HousekeepingStorage.prune` runs
+a row of a device that was deleted, a device-list change that a newer
+change of the same user stands for. :meth:`HousekeepingStorage.prune` runs
 one write that deletes at most ``limit`` such rows and says how many went,
 so that a caller deleting many rows holds the writer for one short write
 at a time and other writes go between. The rows are looked for first on a
@@ -68,6 +69,10 @@ class Prune(enum.Enum):
     #: ``cutoff_ms`` (so every position of theirs is refused), or whose
     #: device was deleted; with their positions and rooms.
     SLIDING_SYNC_CONNECTIONS = "sliding_sync_connections"
+    #: A user's device-list changes with a newer change of the same user at
+    #: or below ``cutoff_ms``, which for this rule is a position of the
+    #: device-list stream, not a time (see :data:`_SUPERSEDED_CHANGE`).
+    SUPERSEDED_DEVICE_LIST_CHANGES = "superseded_device_list_changes"
 
 
 #: A row (aliased ``t``) of a device that no longer exists.
@@ -76,6 +81,19 @@ _GONE: Final = (
     " WHERE d.user_id = t.user_id AND d.device_id = t.device_id)"
 )
 
+
+#: A device-list change (aliased ``t``) of a user who changed again later,
+#: at a position at or below ``:cutoff``. Every read of the table asks which
+#: users changed in a span ``(after, upto]`` (``/sync``, ``/keys/changes``,
+#: sliding sync's e2ee extension, replication's catch-up, which wakes the
+#: same users for either row): with ``upto`` at or past ``:cutoff``, a span
+#: holding this row holds the newer one too, so the answer keeps the user.
+#: A user's newest row is never deleted, so a token below it, however old,
+#: still finds the user.
+_SUPERSEDED_CHANGE: Final = (
+    "EXISTS (SELECT 1 FROM device_list_changes AS n WHERE n.user_id = t.user_id"
+    " AND n.stream_id > t.stream_id AND n.stream_id <= :cutoff)"
+)
 
 #: Per rule with a single table: the table and the condition on its rows
 #: (aliased ``t``), with ``:cutoff`` where the rule compares with it.
@@ -97,7 +115,9 @@ _RULES: Final[dict[Prune, tuple[str, str]]] = {
     Prune.LOGIN_TOKENS: ("login_tokens", "t.expires_ts <= :cutoff"),
     Prune.OPENID_TOKENS: ("openid_tokens", "t.expires_ts <= :cutoff"),
     Prune.REGISTRATION_TOKEN_SESSIONS: ("registration_token_sessions", "t.expires_ts <= :cutoff"),
+    Prune.SUPERSEDED_DEVICE_LIST_CHANGES: ("device_list_changes", _SUPERSEDED_CHANGE),
 }
+
 
 #: A sliding sync connection (aliased ``t``) none of whose positions is
 #: younger than ``:cutoff``, or of a device that no longer exists.
@@ -118,6 +138,11 @@ class HousekeepingStorage:
         self._actor = actor
         self._readers = readers
 
+    async def device_lists_position(self) -> int:
+        """The device-list stream's position now: what a later pass may
+        take as the position every reader has reached."""
+        return await self._readers.read(_device_lists_position)
+
     async def prune(self, rule: Prune, *, cutoff_ms: int, limit: int) -> int:
         """Delete at most ``limit`` rows of ``rule`` in one write; how many went
         (for sliding sync, connections, each with its positions and rooms).
@@ -134,6 +159,13 @@ class HousekeepingStorage:
         return await self._actor.submit(
             functools.partial(_delete, rule=rule.value, cutoff_ms=cutoff_ms, keys=found)
         )
+
+
+def _device_lists_position(conn: sqlite3.Connection) -> int:
+    (position,) = conn.execute(
+        "SELECT COALESCE(MAX(stream_id), 0) FROM device_list_changes"
+    ).fetchone()
+    return int(position)
 
 
 def _find(conn: sqlite3.Connection, *, rule: Prune, cutoff_ms: int, limit: int) -> list[int]:
