@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from ranvier.core import compute_event_context, event_to_persist
-from ranvier.federation.queries import MAX_BACKFILL_LIMIT, add_query_routes
+from ranvier.federation.queries import MAX_BACKFILL_LIMIT, _InFlight, add_query_routes
 from ranvier.federation.room_access import PARTIAL_STATE_ERRCODE
 from ranvier.federation.transport.client import FederationRequestError
 from ranvier.protocol.events import Pdu
@@ -476,14 +476,29 @@ async def test_state_and_state_ids_asked_at_once_are_worked_out_once(
     chains = world.resident.storage.auth_chains
     original = chains.get_auth_chain_ids
     calls = 0
+    # The first request's work is held until the second has come to share
+    # it, however long the second takes to arrive; a second that worked it
+    # out itself would count a second call.
+    arrived = 0
+    both_arrived = trio.Event()
+    original_run = _InFlight.run
+
+    async def arriving(self: _InFlight[Any, Any], key: Any, work: Any) -> Any:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 2:
+            both_arrived.set()
+        return await original_run(self, key, work)
 
     async def counted(event_ids: Any) -> frozenset[str]:
         nonlocal calls
         calls += 1
-        # Long enough for the other request to arrive while this one works.
-        await trio.sleep(0.2)
+        if calls == 1:
+            with trio.fail_after(30):
+                await both_arrived.wait()
         return await original(event_ids)
 
+    monkeypatch.setattr(_InFlight, "run", arriving)
     monkeypatch.setattr(chains, "get_auth_chain_ids", counted)
     event = world.messages[-1]
     room_id = seg(world.room.room_id)
