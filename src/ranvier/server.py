@@ -1082,6 +1082,7 @@ class HomeServer:
             client,
             self._sender_store(),
             outbox=storage.e2e_keys,
+            deliveries=storage.federation_admin,
             backoff=BackoffPolicy(initial_ms=retry_ms),
         )
         notifier = RoomEventSender(server_name, self._room_servers, self._pdu_sink())

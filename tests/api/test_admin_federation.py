@@ -10,6 +10,7 @@ destinations, bad paging, users who are not admins.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 import trio
 from _admin import admin_call, admin_ok, admin_refused
 from _client import WithAdmin, open_with_admin, q
-from _federation import eventually
+from _federation import eventually, two_servers
 
 from ranvier.storage.records import DestinationRetry
 from ranvier.testing import Pki
@@ -128,6 +129,8 @@ async def test_a_destination_backing_off_is_shown_and_reset_and_delivered_to_at_
                 shown["last_successful_stream_ordering"]
                 == (page["rooms"][0]["sent_stream_ordering"])
             )
+            # Coming back is noted at once, after the failure it ends.
+            assert shown["last_success_ts"] >= still["retry_last_ts"] > 0
             # Nothing is left to reset.
             await admin_refused(
                 http,
@@ -177,6 +180,7 @@ async def test_the_list_pages_sorts_and_filters(env: WithAdmin) -> None:
         "retry_interval": 5000,
         "failure_ts": 10,
         "last_successful_stream_ordering": None,
+        "last_success_ts": None,
     }
     by_interval = await admin_ok(
         http, admin, "GET", DESTINATIONS, params={"order_by": "retry_interval", "dir": "b"}
@@ -263,3 +267,74 @@ async def test_only_admins_may_look_or_reset(env: WithAdmin) -> None:
         await admin_refused(http, None, method, path, body, status=401, errcode="M_MISSING_TOKEN")
     # Bob's attempt changed nothing.
     assert await env.hs.server.storage.get_destination_retry("c.example") is not None
+
+
+async def test_destinations_sent_only_edus_are_listed_with_their_last_success(
+    env: WithAdmin,
+) -> None:
+    http, admin = env.client.http, env.admin
+    await _seed(env)
+    deliveries = env.hs.server.storage.federation_admin
+    await deliveries.note_delivery("d.example", 2000)
+    # An older time than the one noted (another process's) changes nothing.
+    await deliveries.note_delivery("d.example", 1000)
+    await deliveries.note_delivery("a.example", 500)
+
+    def waiting(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO to_device_outbox (destination, edu) VALUES ('e.example', x'7b7d')"
+        )
+
+    await env.hs.server.storage.actor.submit(waiting)
+    listed = await admin_ok(
+        http, admin, "GET", DESTINATIONS, params={"order_by": "last_success_ts", "dir": "b"}
+    )
+    shown = {row["destination"]: row for row in listed["destinations"]}
+    assert [row["destination"] for row in listed["destinations"]][:2] == [
+        "d.example",
+        "a.example",
+    ]
+    assert listed["total"] == 5
+    assert shown["d.example"] == {
+        "destination": "d.example",
+        "retry_last_ts": 0,
+        "retry_interval": 0,
+        "failure_ts": None,
+        "last_successful_stream_ordering": None,
+        "last_success_ts": 2000,
+    }
+    assert shown["a.example"]["last_success_ts"] == 500
+    assert shown["e.example"]["last_success_ts"] is None
+    assert await admin_ok(http, admin, "GET", f"{DESTINATIONS}/d.example") == shown["d.example"]
+    rooms = await admin_ok(http, admin, "GET", f"{DESTINATIONS}/e.example/rooms")
+    assert rooms == {"rooms": [], "total": 0}
+
+
+async def test_a_server_sent_only_a_to_device_message_is_listed_once_it_took_it(
+    tmp_path: Path,
+) -> None:
+    async with two_servers(tmp_path) as (a, b, ca, cb, alice, bob):
+        admin = await a.register_user("root", admin=True)
+        b_name = b.server_name
+        before = await admin_call(ca.http, admin, "GET", f"{DESTINATIONS}/{q(b_name)}")
+        assert before[0] == 404
+        # No room is shared: the message goes as an EDU alone.
+        message = {"messages": {bob.user_id: {bob.device_id: {"n": 1}}}}
+        await ca.ok(alice, "PUT", "/sendToDevice/m.test/t1", message)
+
+        async def arrived() -> bool:
+            synced = await cb.ok(bob, "GET", "/sync")
+            return bool(synced.get("to_device", {}).get("events"))
+
+        await eventually(arrived, "the message at B")
+
+        async def noted() -> bool:
+            status, shown = await admin_call(ca.http, admin, "GET", f"{DESTINATIONS}/{q(b_name)}")
+            return status == 200 and shown["last_success_ts"] is not None
+
+        await eventually(noted, "B's delivery noted at A")
+        shown = await admin_ok(ca.http, admin, "GET", f"{DESTINATIONS}/{q(b_name)}")
+        assert shown["last_successful_stream_ordering"] is None
+        assert (shown["retry_interval"], shown["failure_ts"]) == (0, None)
+        listed = await admin_ok(ca.http, admin, "GET", DESTINATIONS)
+        assert [row["destination"] for row in listed["destinations"]] == [b_name]

@@ -77,6 +77,7 @@ TABLES_ADDED = {
     33: {"out_of_band_memberships"},
     # A column of appservice_positions, no table.
     34: set(),
+    35: {"destination_deliveries"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -241,6 +242,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO out_of_band_memberships VALUES ('$e', '!r:x', '@a:x')")
     elif version == 34:
         run("INSERT INTO appservice_positions VALUES ('bridge', 5, 2, 1)")
+    elif version == 35:
+        run("INSERT INTO destination_deliveries VALUES ('hs.example', 5)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -73,6 +73,9 @@ def _destination_json(row: DestinationRow) -> dict[str, Any]:
         "retry_interval": row.retry_interval_ms,
         "failure_ts": row.failure_ts,
         "last_successful_stream_ordering": row.last_sent_stream_ordering,
+        # Not in Synapse's answer: when the destination last took a
+        # transaction (None: not since this was kept).
+        "last_success_ts": row.last_success_ts,
     }
 
 

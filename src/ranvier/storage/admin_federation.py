@@ -1,15 +1,21 @@
-"""What the federation admin API reads of outgoing federation, and its one
-write: a destination's backoff cleared.
+"""What the federation admin API reads of outgoing federation, and its
+writes: a destination's backoff cleared, and the time it last took a
+transaction.
 
 A destination is known here if it has retry state (``destinations``: it
-is failing) or rooms noted for it (``destination_rooms``: events were
-meant for it). The first table loses a destination's row when it takes a
-transaction again, so a destination that is well shows no retry state:
-``retry_last_ts`` and ``retry_interval`` 0, ``failure_ts`` None. No time of
-the last successful transaction is kept; the newest stream ordering a
-destination acknowledged, over its rooms, stands for the last PDU sent to
-it (transactions it refused outright count as acknowledged, see
-:mod:`ranvier.federation.sender.queue`).
+is failing), rooms noted for it (``destination_rooms``: events were meant
+for it), a delivery noted (``destination_deliveries``: it took a
+transaction, perhaps of EDUs alone) or EDUs waiting in the outbox
+(``to_device_outbox``). The first table loses a destination's row when it
+takes a transaction again, so a destination that is well shows no retry
+state: ``retry_last_ts`` and ``retry_interval`` 0, ``failure_ts`` None. The
+newest stream ordering a destination acknowledged, over its rooms, stands
+for the last PDU sent to it (transactions it refused outright count as
+acknowledged, see :mod:`ranvier.federation.sender.queue`).
+``last_success_ts`` is when it last took a transaction, noted by the
+sender at most once a minute per destination and at once on its coming
+back from a backoff (:mod:`ranvier.federation.sender.queue`); None if it
+has taken none since this was first kept.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ __all__ = [
     "destination",
     "destination_rooms",
     "list_destinations",
+    "note_delivery",
 ]
 
 #: The orders a destination list may be sorted in, by the column each reads.
@@ -41,6 +48,7 @@ DESTINATION_ORDERS: Final = {
     "retry_interval": "retry_interval",
     "failure_ts": "failure_ts",
     "last_successful_stream_ordering": "last_sent",
+    "last_success_ts": "last_success_ts",
 }
 
 # Every known destination with its retry state and the newest stream
@@ -49,14 +57,18 @@ _DESTINATIONS: Final = """
     WITH known (destination) AS (
         SELECT destination FROM destinations
         UNION SELECT destination FROM destination_rooms
+        UNION SELECT destination FROM destination_deliveries
+        UNION SELECT destination FROM to_device_outbox
     )
     SELECT known.destination,
            failing.failure_ts,
            COALESCE(failing.retry_last_ts, 0) AS retry_last_ts,
            COALESCE(failing.retry_interval_ms, 0) AS retry_interval,
            (SELECT MAX(sent_stream_ordering) FROM destination_rooms AS rooms
-            WHERE rooms.destination = known.destination) AS last_sent
+            WHERE rooms.destination = known.destination) AS last_sent,
+           delivered.last_success_ts
     FROM known LEFT JOIN destinations AS failing USING (destination)
+    LEFT JOIN destination_deliveries AS delivered USING (destination)
 """
 
 
@@ -69,6 +81,7 @@ class DestinationRow:
     retry_last_ts: int
     retry_interval_ms: int
     last_sent_stream_ordering: int | None
+    last_success_ts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +106,14 @@ class DestinationQuery:
     name_contains: str | None = None
 
 
-def _row(found: tuple[str, int | None, int, int, int | None]) -> DestinationRow:
+def _row(found: tuple[str, int | None, int, int, int | None, int | None]) -> DestinationRow:
     return DestinationRow(
         destination=found[0],
         failure_ts=found[1],
         retry_last_ts=found[2],
         retry_interval_ms=found[3],
         last_sent_stream_ordering=found[4],
+        last_success_ts=found[5],
     )
 
 
@@ -159,8 +173,20 @@ def clear_destination_backoff(conn: sqlite3.Connection, *, name: str) -> None:
     conn.execute("DELETE FROM destinations WHERE destination = ?", (name,))
 
 
+@registered_write
+def note_delivery(conn: sqlite3.Connection, *, name: str, ts_ms: int) -> None:
+    """``name`` took a transaction at ``ts_ms``; an older time than the one
+    noted changes nothing (two processes' clocks, a late write)."""
+    conn.execute(
+        "INSERT INTO destination_deliveries (destination, last_success_ts) VALUES (?, ?)"
+        " ON CONFLICT (destination) DO UPDATE SET last_success_ts ="
+        " MAX(last_success_ts, excluded.last_success_ts)",
+        (name, ts_ms),
+    )
+
+
 class FederationAdminStorage:
-    """The reads above on the reader pool, the write through the actor."""
+    """The reads above on the reader pool, the writes through the actor."""
 
     def __init__(self, writer: WriteBackend, readers: ReaderPool) -> None:
         self._writer = writer
@@ -183,3 +209,6 @@ class FederationAdminStorage:
 
     async def clear_destination_backoff(self, name: str) -> None:
         await self._writer.submit(functools.partial(clear_destination_backoff, name=name))
+
+    async def note_delivery(self, destination: str, ts_ms: int) -> None:
+        await self._writer.submit(functools.partial(note_delivery, name=destination, ts_ms=ts_ms))

@@ -1030,6 +1030,18 @@ def _appservice_receipts(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE appservice_positions ADD COLUMN receipts_position INTEGER")
 
 
+def _destination_deliveries(conn: sqlite3.Connection) -> None:
+    """When each destination last took a transaction of ours
+    (:mod:`ranvier.storage.admin_federation`), for the federation admin
+    API: ``destinations`` loses its row on a success, and a destination sent
+    only EDUs has no ``destination_rooms`` row either.
+    """
+    conn.execute(
+        "CREATE TABLE destination_deliveries (destination TEXT PRIMARY KEY NOT NULL,"
+        " last_success_ts INTEGER NOT NULL) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1066,6 +1078,7 @@ MIGRATIONS: Sequence[Migration] = (
     _pusher_devices,
     _out_of_band_memberships,
     _appservice_receipts,
+    _destination_deliveries,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from ranvier.storage.reads import UnsentDestinationRoom
 from ranvier.storage.records import DestinationRetry, StoredEvent
 
-__all__ = ["EduOutbox", "SenderStore", "TransactionClient"]
+__all__ = ["DeliveryLog", "EduOutbox", "SenderStore", "TransactionClient"]
 
 
 class TransactionClient(Protocol):
@@ -80,3 +80,11 @@ class EduOutbox(Protocol):
     ) -> Sequence[tuple[int, bytes]]: ...
 
     async def delete_outbox_edus(self, destination: str, upto: int) -> int: ...
+
+
+class DeliveryLog(Protocol):
+    """Where the time a destination last took a transaction is kept, for
+    operators (:class:`ranvier.storage.admin_federation.FederationAdminStorage`).
+    """
+
+    async def note_delivery(self, destination: str, ts_ms: int) -> None: ...

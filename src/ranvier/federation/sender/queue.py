@@ -80,7 +80,7 @@ from ranvier.storage.reads import UnsentDestinationRoom
 from ranvier.storage.records import DestinationRetry, StoredEvent
 
 from .backoff import BackoffPolicy, is_destination_failure
-from .interfaces import EduOutbox, SenderStore, TransactionClient
+from .interfaces import DeliveryLog, EduOutbox, SenderStore, TransactionClient
 
 __all__ = ["DestinationQueue", "DestinationStatus", "QueueSettings", "QueuedPdu", "SenderTotals"]
 
@@ -91,6 +91,11 @@ _SEND_PATH: Final = "/_matrix/federation/v1/send/"
 _MAX_ANSWER_BYTES: Final = 1024 * 1024
 # Seconds after a failed attempt before a destination heard from is tried again.
 _EARLY_RETRY_FLOOR: Final = 1.0
+
+#: A destination taking transactions all the time has the time of its last
+#: delivery written once per this many ms (an operator's figure, not worth a
+#: write per transaction); at once when it comes back from a backoff.
+_DELIVERY_NOTE_MS: Final = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +127,8 @@ class QueueSettings:
     idle_timeout: float
     #: Where EDUs that must arrive wait; None when there are none.
     outbox: EduOutbox | None = None
+    #: Where the time of a destination's last delivery is kept; None: nowhere.
+    deliveries: DeliveryLog | None = None
     #: What every queue has done, added up across queues come and gone.
     totals: SenderTotals = field(default_factory=lambda: SenderTotals())
 
@@ -219,6 +226,8 @@ class DestinationQueue:
         self._failed_attempts = 0
         self._dropped_transactions = 0
         self._dropped_edus = 0
+        # Wall-clock ms of the delivery last written to ``deliveries``.
+        self._delivery_noted_ms: int | None = None
 
     # Handing work over (synchronous).
 
@@ -609,14 +618,30 @@ class DestinationQueue:
                         pending.transaction_id,
                         error,
                     )
+        came_back = self._retry is not None
         if self._retry is not None:
             _log.info("%s is back", self.destination)
             self._retry = None
             self._retry_at = None
             self._failed_at = None
             await self._settings.store.store_destination_retry(self.destination, None)
+        await self._note_delivery(came_back=came_back)
         await self._mark_sent(pending.positions)
         await self._forget_outbox(pending)
+
+    async def _note_delivery(self, *, came_back: bool) -> None:
+        deliveries = self._settings.deliveries
+        if deliveries is None:
+            return
+        now = self._settings.clock_ms()
+        noted = self._delivery_noted_ms
+        if not came_back and noted is not None and 0 <= now - noted < _DELIVERY_NOTE_MS:
+            return
+        self._delivery_noted_ms = now
+        try:
+            await deliveries.note_delivery(self.destination, now)
+        except MatrixError as exc:
+            _log.error("%s: cannot note the delivery: %s", self.destination, exc)
 
     async def _back_off(self, pending: _Pending, exc: FederationError) -> None:
         settings = self._settings

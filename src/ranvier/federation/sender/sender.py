@@ -36,7 +36,7 @@ from ranvier.protocol.canonical import decode_canonical_json, encode_canonical_j
 from ranvier.protocol.x_matrix import split_server_name
 
 from .backoff import BackoffPolicy
-from .interfaces import EduOutbox, SenderStore, TransactionClient
+from .interfaces import DeliveryLog, EduOutbox, SenderStore, TransactionClient
 from .queue import DestinationQueue, DestinationStatus, QueuedPdu, QueueSettings, SenderTotals
 
 __all__ = ["FederationSender"]
@@ -61,7 +61,8 @@ class FederationSender:
     ``idle_timeout`` is how long a destination's task waits for more work
     before it ends. ``outbox`` holds the EDUs that must reach their
     destination (``m.direct_to_device``), written by whoever made them and
-    announced with :meth:`outbox_filled`. ``clock_ms`` (wall-clock
+    announced with :meth:`outbox_filled`. ``deliveries`` keeps when each
+    destination last took a transaction, for operators. ``clock_ms`` (wall-clock
     milliseconds) and ``rng`` are there for tests.
     """
 
@@ -76,6 +77,7 @@ class FederationSender:
         backoff: BackoffPolicy | None = None,
         idle_timeout: float = 60.0,
         outbox: EduOutbox | None = None,
+        deliveries: DeliveryLog | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
         rng: random.Random | None = None,
     ) -> None:
@@ -103,6 +105,7 @@ class FederationSender:
             max_edus=max_queued_edus,
             idle_timeout=idle_timeout,
             outbox=outbox,
+            deliveries=deliveries,
         )
         self._queues: dict[str, DestinationQueue] = {}
         self._run_entered = False
