@@ -6,6 +6,7 @@ the worker is woken."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -57,15 +58,30 @@ async def room_with_remote_member(
     return room_id, bob.user_id
 
 
-async def backed_off_ms(deployment: Deployment, destination: str) -> int:
-    """The backoff the worker stores once it fails to deliver to ``destination``."""
+async def _stored_backoff_once(
+    deployment: Deployment, destination: str, done: Callable[[int | None], bool]
+) -> int | None:
+    # The sender writes its backoff after the attempt that set or cleared
+    # it, so a test that saw the attempt's effect polls for the write.
     for _ in range(600):
-        if retry_interval_ms(deployment, destination) is not None:
+        interval = retry_interval_ms(deployment, destination)
+        if done(interval):
             break
         await trio.sleep(0.05)
-    interval = retry_interval_ms(deployment, destination)
+    return retry_interval_ms(deployment, destination)
+
+
+async def backed_off_ms(deployment: Deployment, destination: str) -> int:
+    """The backoff the worker stores once it fails to deliver to ``destination``."""
+    interval = await _stored_backoff_once(deployment, destination, lambda ms: ms is not None)
     assert interval is not None, "the worker never failed to deliver"
     return interval
+
+
+async def backoff_cleared(deployment: Deployment, destination: str) -> None:
+    """Until the stored backoff of ``destination`` is gone; fails if it stays."""
+    interval = await _stored_backoff_once(deployment, destination, lambda ms: ms is None)
+    assert interval is None, f"the backoff of {destination} is still stored ({interval} ms)"
 
 
 async def wait_delivered(remote: TestHomeserver, event_id: str) -> None:

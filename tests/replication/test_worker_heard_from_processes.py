@@ -12,7 +12,7 @@ import pytest
 from _backoff import (
     RETRY_SECONDS,
     backed_off_ms,
-    retry_interval_ms,
+    backoff_cleared,
     room_with_remote_member,
     wait_delivered,
 )
@@ -74,5 +74,5 @@ async def test_a_destination_backing_off_that_signs_a_request_is_delivered_to_at
             )
             await wait_delivered(remote, missed)
         # Delivered: the stored backoff is gone.
-        assert retry_interval_ms(deployment, destination) is None
+        await backoff_cleared(deployment, destination)
         assert f"{destination} was heard from" in deployment.log("federation_sender")
