@@ -20,6 +20,7 @@ import msgspec
 import pytest
 import trio
 
+from ranvier.api.sliding_sync import SLIDING_SYNC_PATH
 from ranvier.config import ListenerConfig
 from ranvier.metrics import CONTENT_TYPE, Histogram, MetricFamily, MetricsRegistry, render_metrics
 from ranvier.testing import Pki
@@ -296,3 +297,37 @@ async def test_a_registry_reads_every_collector_and_refuses_a_family_twice() -> 
     assert [f.name for f in registry.families] == ["x_total", "y"]
     with pytest.raises(ValueError, match="twice"):
         registry.add([family], dict)
+
+
+async def test_a_sliding_sync_request_waiting_is_counted_apart_from_sync(tmp_path: Path) -> None:
+    config = config_for_tests(tmp_path / "hs")
+    metrics = ListenerConfig(type="metrics", host="127.0.0.1", port=0)
+    config = msgspec.structs.replace(config, listeners=(*config.listeners, metrics))
+    async with open_test_homeserver(tmp_path / "hs", config=config) as hs:
+        alice = await hs.register_user("alice")
+        async with hs.client(alice, timeout=30) as as_alice:
+            room_id = (await _ok(as_alice, "POST", f"{V3}/createRoom", {}))["room_id"]
+            body = {"lists": {"all": {"ranges": [[0, 9]], "timeline_limit": 1}}}
+            first = await _ok(as_alice, "POST", SLIDING_SYNC_PATH, body)
+            async with trio.open_nursery() as nursery:
+                answered: list[Any] = []
+
+                async def long_poll() -> None:
+                    path = f"{SLIDING_SYNC_PATH}?pos={first['pos']}&timeout=20000"
+                    answered.append(await _ok(as_alice, "POST", path, body))
+
+                nursery.start_soon(long_poll)
+
+                async def waiting() -> bool:
+                    return (await _scrape(hs)).value("ranvier_sliding_sync_long_polls") == 1
+
+                await _until(waiting, "the sliding sync request to wait")
+                assert (await _scrape(hs)).value("ranvier_sync_long_polls") == 0
+                await _ok(
+                    as_alice,
+                    "PUT",
+                    f"{V3}/rooms/{_q(room_id)}/send/m.room.message/t1",
+                    {"msgtype": "m.text", "body": "news"},
+                )
+            assert answered[0]["rooms"][room_id]["timeline"][-1]["content"]["body"] == "news"
+            assert (await _scrape(hs)).value("ranvier_sliding_sync_long_polls") == 0

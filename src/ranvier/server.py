@@ -339,6 +339,7 @@ class HomeServer:
         self._ingester: FederationIngester | None = None
         self._transaction_handler: TransactionHandler | None = None
         self._sync_handler: BundlingSyncHandler | None = None
+        self._sliding_sync_handler: SlidingSyncHandler | None = None
         self._event_creator: EventCreator | None = None
         self._remote_joiner: RemoteJoiner | None = None
         self._unpartial_stater: UnpartialStater | None = None
@@ -937,7 +938,9 @@ class HomeServer:
             previews=self._url_previewer(self._media),
         )
         http_metrics = HttpMetrics()
-        registry = homeserver_metrics(self, http_metrics, lambda: self._sync_handler)
+        registry = homeserver_metrics(
+            self, http_metrics, lambda: self._sync_handler, lambda: self._sliding_sync_handler
+        )
         apps: dict[str, AsgiApp] = {
             "federation": self._federation_app,
             "client": self._media_app,
@@ -1413,24 +1416,21 @@ class HomeServer:
                 self.storage.sync, aggregations, backfill=self._backfiller
             ),
         )
-        add_sliding_sync_route(
-            router,
-            auth=self.auth,
-            sliding_sync=SlidingSyncHandler(
-                self.storage.sliding_sync,
-                self.storage.sync,
-                self.stream_notifier,
-                account_data=account_data,
-                receipts=self._edus.receipts,
-                typing=self._edus.typing,
-                presence=self._edus.presence,
-                end_to_end=self.e2e_keys,
-                notifications=NotificationCounts(
-                    self.storage.notifications, PushRules(self.storage.client_data)
-                ),
-                aggregations=aggregations,
+        sliding = self._sliding_sync_handler = SlidingSyncHandler(
+            self.storage.sliding_sync,
+            self.storage.sync,
+            self.stream_notifier,
+            account_data=account_data,
+            receipts=self._edus.receipts,
+            typing=self._edus.typing,
+            presence=self._edus.presence,
+            end_to_end=self.e2e_keys,
+            notifications=NotificationCounts(
+                self.storage.notifications, PushRules(self.storage.client_data)
             ),
+            aggregations=aggregations,
         )
+        add_sliding_sync_route(router, auth=self.auth, sliding_sync=sliding)
         registration = self.config.registration
         add_account_routes(
             router,

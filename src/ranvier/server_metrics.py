@@ -25,6 +25,7 @@ from ranvier.process_metrics import PROCESS_FAMILIES, process_samples
 from ranvier.storage.actor import StorageActor
 
 if TYPE_CHECKING:
+    from ranvier.core.sliding_sync import SlidingSyncHandler
     from ranvier.core.sync import SyncHandler
     from ranvier.server import HomeServer
 
@@ -144,6 +145,11 @@ CLIENT_FAMILIES: Final = (
         "Client /sync requests waiting now for something new.",
     ),
     MetricFamily(
+        "ranvier_sliding_sync_long_polls",
+        "gauge",
+        "Client sliding sync requests waiting now for something new.",
+    ),
+    MetricFamily(
         "ranvier_registered_users",
         "gauge",
         "Accounts on this server that are not deactivated.",
@@ -153,10 +159,14 @@ CLIENT_FAMILIES: Final = (
 
 
 def homeserver_metrics(
-    hs: HomeServer, http: HttpMetrics, sync: Callable[[], SyncHandler | None]
+    hs: HomeServer,
+    http: HttpMetrics,
+    sync: Callable[[], SyncHandler | None],
+    sliding_sync: Callable[[], SlidingSyncHandler | None] = lambda: None,
 ) -> MetricsRegistry:
     """The registry of ``hs``'s ``metrics`` listener; ``http`` counts its
-    other listeners' requests and ``sync`` gives its /sync handler.
+    other listeners' requests, ``sync`` and ``sliding_sync`` give its
+    handlers of the two (None before the client routes are made).
     """
     registry = MetricsRegistry()
     registry.add(PROCESS_FAMILIES, process_samples)
@@ -168,10 +178,11 @@ def homeserver_metrics(
     registry.add(EVENT_FAMILIES, lambda: _events(hs))
 
     async def clients() -> Samples:
-        handler = sync()
+        handler, sliding = sync(), sliding_sync()
         users, rooms = await hs.storage.readers.read(_count_users_and_rooms)
         return {
             "ranvier_sync_long_polls": 0 if handler is None else handler.long_polls,
+            "ranvier_sliding_sync_long_polls": 0 if sliding is None else sliding.long_polls,
             "ranvier_registered_users": users,
             "ranvier_rooms": rooms,
         }

@@ -242,6 +242,8 @@ class SlidingSyncHandler:
         # What lazy loading sent, by connection and position (in memory: a
         # position not known here sends the members again, never fewer).
         self._lazy_sent = SentMembers()
+        #: Requests waiting now for something new (a metric).
+        self.long_polls = 0
 
     async def sync(
         self,
@@ -265,10 +267,14 @@ class SlidingSyncHandler:
             done = await self._once(requester, request, state, since, held)
             if state is None or done.news:
                 break
-            with trio.move_on_at(deadline) as waited:
-                await self._notifier.wait_beyond(
-                    done.now, rooms=done.rooms, user_id=requester.user_id
-                )
+            self.long_polls += 1
+            try:
+                with trio.move_on_at(deadline) as waited:
+                    await self._notifier.wait_beyond(
+                        done.now, rooms=done.rooms, user_id=requester.user_id
+                    )
+            finally:
+                self.long_polls -= 1
             if waited.cancelled_caught:
                 break
         response = done.response
