@@ -19,13 +19,15 @@ from ranvier.storage import Storage
 
 from ._synapse import SynapseUser
 
-#: How long anything crossing between the servers may take.
-WAIT_SECONDS: Final = 20.0
+#: How long anything crossing between the servers may take: generous, as
+#: the limit is reached only by a failure, and two servers on a slow
+#: machine with two cores may take a while.
+WAIT_SECONDS: Final = 60.0
 _users = itertools.count(1)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``check`` holds, looking every 50 ms for at most 20 s."""
+    """Wait until ``check`` holds, looking every 50 ms for at most a minute."""
     with trio.move_on_after(WAIT_SECONDS):
         while True:
             if await check():

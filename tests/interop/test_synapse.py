@@ -30,7 +30,7 @@ from ranvier.storage import Storage
 from ._checks import eventually, in_dag, localpart, on_synapse
 from ._synapse import SynapseProcess, SynapseUser
 
-_WAIT_SECONDS = 20.0
+_WAIT_SECONDS = 60.0
 _VERSIONS = pytest.mark.parametrize("version", ["10", "11", "12"])
 
 

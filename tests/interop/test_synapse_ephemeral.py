@@ -30,7 +30,7 @@ from ranvier.server import HomeServer
 from ._checks import eventually, localpart
 from ._synapse import SynapseProcess, SynapseUser
 
-_WAIT_SECONDS = 20.0
+_WAIT_SECONDS = 60.0
 _HOSTS = pytest.mark.parametrize("host", ["synapse", "ranvier"])
 
 

@@ -41,7 +41,7 @@ from ranvier.storage.records import StoredEvent
 from ._checks import eventually, localpart
 from ._synapse import SynapseClientError, SynapseProcess, SynapseUser
 
-_WAIT_SECONDS = 20.0
+_WAIT_SECONDS = 60.0
 _MEMBER = "m.room.member"
 _SEND_PATH = "/_matrix/federation/v1/send/"
 _txns = itertools.count(1)

@@ -34,7 +34,7 @@ from ranvier.testing.network import Pki
 from ._checks import eventually, in_dag, localpart, on_synapse
 from ._synapse import SynapseProcess, start_synapse, synapse_python
 
-_WAIT_SECONDS = 20.0
+_WAIT_SECONDS = 60.0
 
 
 async def _ranvier_timeline(storage: Storage, room_id: str) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from ranvier.server import HomeServer
 
 from ._synapse import SynapseProcess
 
-_WAIT_SECONDS = 20.0
+_WAIT_SECONDS = 60.0
 
 
 async def test_space_hierarchies_cross_between_ranvier_and_synapse(
