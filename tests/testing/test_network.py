@@ -12,6 +12,7 @@ from ranvier.federation.transport.resolve import ServerNameResolutionError, SrvR
 from ranvier.federation.transport.routes import add_version_route
 from ranvier.federation.transport.server import FederationApp
 from ranvier.testing import KnownKeys, Pki, ZoneDns, free_port, serve
+from ranvier.testing.network import _ephemeral_ports
 
 VERSION = "/_matrix/federation/v1/version"
 
@@ -63,8 +64,13 @@ async def test_nothing_listens_on_a_free_port() -> None:
         await trio.open_tcp_stream("127.0.0.1", free_port())
 
 
-def test_free_ports_are_never_handed_out_twice() -> None:
+def test_free_ports_are_never_handed_out_twice_nor_given_by_the_system() -> None:
     # Drawn by the system alone, 3,000 ports out of its some 14,000 would
     # hold hundreds of repeats.
     ports = [free_port() for _ in range(3_000)]
     assert len(set(ports)) == len(ports)
+    # Below the ports the system gives servers on port 0 and outgoing
+    # connections (where there is room below them, as Linux's default has).
+    low, _ = _ephemeral_ports()
+    assert low > 20_000
+    assert max(ports) < low
