@@ -19,17 +19,11 @@ from ranvier.cli import _serve_config, main
 from ranvier.config import Config
 from ranvier.federation.transport.tls import client_ssl_context
 from ranvier.protocol.signing import key_id, read_signing_keys, verify_signed_json
+from ranvier.testing.network import free_port
 
 SCRIPT = shutil.which("ranvier", path=str(Path(sys.executable).parent))
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _write_config(directory: Path, port: int, extra: str = "") -> Path:
@@ -116,7 +110,7 @@ def _check_endpoints(data_dir: Path, port: int, server_name: str) -> None:
 
 def test_the_installed_script_serves_with_defaults_and_stops_on_sigint(tmp_path: Path) -> None:
     assert SCRIPT is not None, "the ranvier console script is not installed"
-    port = _free_port()
+    port = free_port()
     config = _write_config(tmp_path, port)
     with _serving([SCRIPT, "serve", "--config", str(config)], tmp_path) as server:
         server.wait_for_line(f"listening on https://127.0.0.1:{port} (federation)")
@@ -144,7 +138,7 @@ def test_a_second_signal_while_stopping_still_exits_0_without_a_traceback(
     """An operator who presses Ctrl-C twice (or a supervisor that signals the
     process group as well as the process) gets the same clean stop.
     """
-    port = _free_port()
+    port = free_port()
     config = _write_config(tmp_path, port)
     argv = [sys.executable, "-m", "ranvier.cli", "serve", "--config", str(config)]
     with _serving(argv, tmp_path) as server:
@@ -163,7 +157,7 @@ def test_a_second_signal_while_stopping_still_exits_0_without_a_traceback(
 
 
 def test_the_module_stops_on_sigterm_and_restarts_with_the_same_key(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = _write_config(tmp_path, port, extra='server_name = "serve.test"\ndata_dir = "state"\n')
     argv = [sys.executable, "-m", "ranvier.cli", "serve", "--config", str(config)]
     with _serving(argv, tmp_path) as first:
@@ -231,7 +225,7 @@ def test_a_malformed_key_file_exits_1_naming_file_and_line(
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "signing.key").write_text("\ned25519 a_1\n")
-    config = _write_config(tmp_path, _free_port(), extra=f'data_dir = "{data_dir}"\n')
+    config = _write_config(tmp_path, free_port(), extra=f'data_dir = "{data_dir}"\n')
     assert main(["serve", "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert f"ranvier serve: signing key file {data_dir / 'signing.key'}, line 2: expected 3" in err
@@ -243,7 +237,7 @@ def test_a_file_that_is_no_database_exits_1(
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "homeserver.db").write_bytes(b"this is not a database " * 1_000)
-    config = _write_config(tmp_path, _free_port(), extra=f'data_dir = "{data_dir}"\n')
+    config = _write_config(tmp_path, free_port(), extra=f'data_dir = "{data_dir}"\n')
     assert main(["serve", "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert f"ranvier serve: cannot use the database {data_dir / 'homeserver.db'}: " in err

@@ -19,7 +19,6 @@ core/test_ingest.py); here they are checked end to end, through the wiring.
 from __future__ import annotations
 
 import itertools
-import socket
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -50,6 +49,7 @@ from ranvier.protocol.signing import SigningKey, VerifyKeyLike, generate_signing
 from ranvier.protocol.x_matrix import format_authorization, sign_request
 from ranvier.server import HomeServer, open_homeserver
 from ranvier.storage import Storage
+from ranvier.testing.network import free_port
 
 SEND = "/_matrix/federation/v1/send/"
 _txn_ids = itertools.count(1)
@@ -81,15 +81,8 @@ class Pki:
         return chain, key
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def _config(tmp_path: Path, pki: Pki, label: str) -> Config:
-    port = _free_port()
+    port = free_port()
     certificate, key = pki.certificate(label)
     return Config(
         server_name=f"127.0.0.1:{port}",
@@ -283,7 +276,7 @@ class StandIn:
 
     @classmethod
     async def start(cls, nursery: trio.Nursery, pki: Pki, label: str) -> StandIn:
-        port = _free_port()
+        port = free_port()
         name = f"127.0.0.1:{port}"
         key = generate_signing_key("s1")
         app = FederationApp(server_name=name, key_lookup=_NoKeys())

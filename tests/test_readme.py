@@ -1,18 +1,13 @@
 """The README's examples run as they stand, so they cannot rot."""
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from ranvier.testing.network import free_port
+
 README = (Path(__file__).parents[1] / "README.md").read_text("utf-8")
 EXAMPLES = [block.split("```", 1)[0] for block in README.split("```python\n")[1:]]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_the_readme_has_both_examples():
@@ -23,7 +18,7 @@ def test_the_readme_has_both_examples():
 
 def test_embedding_a_homeserver(tmp_path):
     """Run as a program of its own (it calls trio.run), on a free port."""
-    port = _free_port()
+    port = free_port()
     code = EXAMPLES[0].replace("port = 8448\n", f"port = {port}\n")
     assert code != EXAMPLES[0]
     result = subprocess.run(

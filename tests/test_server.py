@@ -26,6 +26,7 @@ from ranvier.protocol.signing import (
     verify_signed_json,
 )
 from ranvier.server import HomeServer, open_homeserver
+from ranvier.testing.network import free_port
 
 SERVER_NAME = "hs.test:8448"
 VERSION_PATH = "/_matrix/federation/v1/version"
@@ -148,9 +149,7 @@ async def test_federation_requests_are_checked_with_the_key_ring(tmp_path: Path)
         assert forged.json()["errcode"] == "M_UNAUTHORIZED"
 
         # A remote whose keys cannot be fetched (nothing listens there).
-        with socket.socket() as closed:
-            closed.bind(("127.0.0.1", 0))
-            remote = f"127.0.0.1:{closed.getsockname()[1]}"
+        remote = f"127.0.0.1:{free_port()}"
         stranger = XMatrixAuth(
             origin=remote, destination=SERVER_NAME, signing_key=generate_signing_key("x")
         )
