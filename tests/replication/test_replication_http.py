@@ -295,7 +295,7 @@ async def test_a_write_waits_for_a_main_process_that_is_not_up_yet(
     assert not done.is_set()
     app = ReplicationApp(main_storage, shared_secret=SECRET)
     await nursery.start(HttpListener(app, host="127.0.0.1", port=port, ssl_context=None).run)
-    with trio.fail_after(5):
+    with trio.fail_after(30):
         await done.wait()
     assert await main_storage.get_room_version("!late:x") == "10"
     assert app.writes_run["write"] == 1
