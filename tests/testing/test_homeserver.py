@@ -65,6 +65,17 @@ async def test_a_registered_user_is_who_its_token_says(tmp_path: Path) -> None:
     assert requester.is_admin
 
 
+async def test_clients_wait_a_minute_for_an_answer_unless_told_otherwise(
+    tmp_path: Path,
+) -> None:
+    # httpx's own 5 s is short for a loaded machine.
+    async with open_test_homeserver(tmp_path / "hs") as hs:
+        async with hs.client() as patient:
+            assert patient.timeout == httpx.Timeout(60.0)
+        async with hs.client(timeout=2.5) as hasty:
+            assert hasty.timeout == httpx.Timeout(2.5)
+
+
 async def test_a_password_lets_the_user_log_in(tmp_path: Path) -> None:
     async with open_test_homeserver(tmp_path / "hs") as hs:
         await hs.register_user("bob", "s3cret-enough")

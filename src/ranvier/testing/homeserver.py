@@ -64,6 +64,9 @@ from .network import Pki, free_port
 
 __all__ = ["TestHomeserver", "TestUser", "config_for_tests", "open_test_homeserver"]
 
+#: How long a request of a test client may take before it times out.
+_CLIENT_TIMEOUT_SECONDS = 60.0
+
 
 @dataclass(frozen=True, slots=True)
 class TestUser:
@@ -125,8 +128,13 @@ class TestHomeserver:
         """An httpx client for the client API, sending ``user``'s token if given.
 
         Keyword arguments go to :class:`httpx.AsyncClient`. Use it as
-        ``async with``, which closes it.
+        ``async with``, which closes it. A request may take a minute before
+        it times out, where httpx's own default is 5 s: on a loaded test
+        machine, a request that does real work (a join over federation, a
+        password hash) may take longer than that without anything being
+        wrong.
         """
+        kwargs.setdefault("timeout", _CLIENT_TIMEOUT_SECONDS)
         headers = httpx.Headers(kwargs.pop("headers", None))
         if user is not None:
             headers["Authorization"] = f"Bearer {user.access_token}"
