@@ -61,8 +61,8 @@ async def two_servers(tmp_path: Path) -> AsyncIterator[Pair]:
     async with (
         open_test_homeserver(tmp_path / "a", federation=pki) as a,
         open_test_homeserver(tmp_path / "b", federation=pki) as b,
-        httpx.AsyncClient(base_url=a.client_url) as at_a,
-        httpx.AsyncClient(base_url=b.client_url) as at_b,
+        httpx.AsyncClient(base_url=a.client_url, timeout=60) as at_a,
+        httpx.AsyncClient(base_url=b.client_url, timeout=60) as at_b,
     ):
         yield Pair(
             a,

@@ -78,7 +78,7 @@ async def open_env(tmp_path: Path, *, max_upload_bytes: int | None = None) -> As
     async with open_test_homeserver(tmp_path, config=config) as hs:
         alice = await hs.register_user("alice")
         bob = await hs.register_user("bob")
-        async with httpx.AsyncClient(base_url=hs.client_url) as http:
+        async with httpx.AsyncClient(base_url=hs.client_url, timeout=60) as http:
             yield Env(hs, http, alice, bob)
 
 

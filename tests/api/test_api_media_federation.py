@@ -75,8 +75,8 @@ async def two_servers(tmp_path: Path, *, b_limit: int | None = None) -> AsyncIte
     async with (
         open_test_homeserver(tmp_path / "a", federation=pki) as a,
         open_test_homeserver(tmp_path / "b", config=b_config) as b,
-        httpx.AsyncClient(base_url=a.client_url) as http_a,
-        httpx.AsyncClient(base_url=b.client_url) as http_b,
+        httpx.AsyncClient(base_url=a.client_url, timeout=60) as http_a,
+        httpx.AsyncClient(base_url=b.client_url, timeout=60) as http_b,
     ):
         alice, bob = await a.register_user("alice"), await b.register_user("bob")
         yield Pair(a, b, http_a, http_b, alice, bob)

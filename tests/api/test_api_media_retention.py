@@ -104,7 +104,7 @@ async def open_env(
             now[0] = ms
 
         alice = await hs.register_user("alice")
-        async with httpx.AsyncClient(base_url=hs.client_url) as http:
+        async with httpx.AsyncClient(base_url=hs.client_url, timeout=60) as http:
             yield Env(hs, http, alice, set_clock)
 
 

@@ -62,7 +62,7 @@ async def open_env(tmp_path: Path, **media: Any) -> AsyncIterator[Env]:
         config = msgspec.structs.replace(config, media=MediaConfig(**media))
     async with open_server(tmp_path, config=config) as hs:
         alice = await hs.register_user("alice")
-        async with httpx.AsyncClient(base_url=hs.client_url) as http:
+        async with httpx.AsyncClient(base_url=hs.client_url, timeout=60) as http:
             yield Env(hs, http, alice)
 
 
