@@ -85,7 +85,9 @@ async def test_a_long_poll_is_woken_by_typing_and_by_its_end(env: Env) -> None:
         since,
         # Typing in a room Alice is not in leaves her poll asleep.
         quiet=lambda: c.ok(carol, "PUT", env.typing(carol, elsewhere), {"typing": True}),
-        wake=lambda: c.ok(bob, "PUT", env.typing(bob), {"typing": True, "timeout": 500}),
+        # Long enough to be seen typing in the answer however slow the
+        # machine, short enough for the test to wait for its end.
+        wake=lambda: c.ok(bob, "PUT", env.typing(bob), {"typing": True, "timeout": 2_000}),
     )
     assert _typing(started, env.room_id) == [bob.user_id]
     # The timeout ends Bob's typing by itself, and that wakes a poll too.

@@ -58,7 +58,7 @@ class Setup:
             return sum(len(piece) for piece in pieces)
 
         return await FederationMediaClient(self.client).fetch(
-            self.remote.server_name, media_id, max_bytes=max_bytes, timeout_ms=1000, write=write
+            self.remote.server_name, media_id, max_bytes=max_bytes, timeout_ms=30_000, write=write
         )
 
 
