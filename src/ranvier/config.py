@@ -153,6 +153,11 @@ class FederationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     #: transaction; each further failure in a row doubles the wait, up to a
     #: day. A server that sends us a signed request is tried again at once.
     destination_retry_seconds: Annotated[float, msgspec.Meta(gt=0, le=_DAY_SECONDS)] = 5.0
+    #: Check the signatures of big batches of events (a full transaction, a
+    #: room's state) in a small process of their own, started when first
+    #: needed, so they do not wait on the event loop for the GIL; off, they
+    #: are checked in threads (see :mod:`ranvier.signature_process`).
+    signature_process: bool = True
 
 
 class RateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

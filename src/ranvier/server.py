@@ -256,6 +256,7 @@ from ranvier.replication.heard_from import HeardFromRelay
 from ranvier.replication.server import ReplicationApp
 from ranvier.replication.stream import MainControl, StreamSource
 from ranvier.server_metrics import homeserver_metrics
+from ranvier.signature_process import SignatureProcess
 from ranvier.storage import Storage
 from ranvier.storage.media_files import MediaFiles
 from ranvier.url_fetcher import UrlFetcher
@@ -334,6 +335,11 @@ class HomeServer:
         self._federation_client: FederationHttpClient | None = None
         self._key_ring: KeyRing | None = None
         self._room_locks = RoomLocks()
+        #: Checks the signatures of big batches of events away from the
+        #: event loop's GIL; None when ``[federation] signature_process`` is off.
+        self.signature_process = (
+            SignatureProcess() if self.config.federation.signature_process else None
+        )
         self._room_servers: RoomServers | None = None
         self._federation_sender: FederationSender | None = None
         self._ingester: FederationIngester | None = None
@@ -1090,7 +1096,7 @@ class HomeServer:
         )
         notifier = RoomEventSender(server_name, self._room_servers, self._pdu_sink())
         fetcher = FederationEventFetcher(client)
-        verifier = EventVerifier(keys)
+        verifier = EventVerifier(keys, offload=self.signature_process)
         self._ingester = FederationIngester(
             store=storage,
             persister=self._event_persister("federation"),
@@ -1645,6 +1651,11 @@ class HomeServer:
         """The long-lived parts in the order they start; they stop in reverse."""
         components = [
             _Component("storage", self.storage.run),
+            *(
+                [_Component("signature process", self.signature_process.run)]
+                if self.signature_process is not None
+                else []
+            ),
             _Component("federation client", self.federation_client.run),
             _Component("federation sender", self.federation_sender.run),
             *(

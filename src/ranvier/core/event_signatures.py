@@ -25,18 +25,21 @@ Each signature is checked against :attr:`Pdu.signed_form
 computed from: they are the redacted event without signatures and
 ``unsigned``, which is what a signature signs, so the event is not redacted
 and encoded a second time. What is left is ed25519 itself, some 40 µs an
-event, so batches of more than a few events are checked in a worker thread,
-a chunk at a time; libsodium releases the GIL while it verifies. A caller
-that can go on with each event as soon as it is checked finds the keys once
-(:func:`find_signature_checks`) and runs the checks chunk by chunk in worker
-threads itself (:func:`run_signature_checks`).
+event, so batches of more than a few events are checked elsewhere, a chunk
+at a time: by a :class:`SignatureOffload` (a process of its own,
+:mod:`ranvier.signature_process`) when the server has one, else in worker
+threads, as libsodium releases the GIL while it verifies. A caller that can
+go on with each event as soon as it is checked finds the keys once
+(:func:`find_signature_checks`) and runs the checks chunk by chunk itself
+(:func:`run_signature_checks`, :func:`offload_signature_checks`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, field
+from typing import Final, Protocol
 
 import nacl.exceptions
 import trio
@@ -47,19 +50,29 @@ from ranvier.protocol.redaction import redact
 from ranvier.protocol.signing import ED25519, VerifyKeyLike
 from ranvier.protocol.unpadded_base64 import decode_unpadded_base64
 
+from .failures import sole_failure
 from .interfaces import VerifyKeySource
 
 __all__ = [
     "THREAD_THRESHOLD",
+    "OffloadUnavailable",
+    "OffloadedChecks",
+    "OffloadedSignatures",
     "SignatureCheck",
+    "SignatureOffload",
+    "SignedMessage",
     "check_event_signatures",
+    "checked_off_the_loop",
     "find_signature_checks",
+    "offload_signature_checks",
     "redacted_if_hash_mismatch",
     "required_signers",
     "run_signature_checks",
 ]
 
-#: Batches with more events than this are checked in a worker thread.
+_log: Final = logging.getLogger(__name__)
+
+#: Batches with more events than this are checked off the event loop.
 THREAD_THRESHOLD: Final = 16
 _CHUNK: Final = 256
 _AUTHORISER: Final = "join_authorised_via_users_server"
@@ -101,22 +114,114 @@ class SignatureCheck:
     keys: Mapping[str, Mapping[str, VerifyKeyLike]]
 
 
+#: A signature to check elsewhere: the signer's raw ed25519 public key, the
+#: signature and the signed bytes.
+SignedMessage = tuple[bytes, bytes, bytes]
+
+
+class OffloadUnavailable(Exception):
+    """A :class:`SignatureOffload` cannot answer now; nothing was checked."""
+
+
+class OffloadedSignatures(Protocol):
+    """Signatures handed to a :class:`SignatureOffload`, being checked."""
+
+    async def holds(self) -> list[bool]:
+        """Whether each signature holds, in order; raises
+        :class:`OffloadUnavailable` when it cannot tell."""
+        ...
+
+
+class SignatureOffload(Protocol):
+    """Checks signatures away from the event loop's GIL
+    (:class:`ranvier.signature_process.SignatureProcess`)."""
+
+    async def send(self, messages: Sequence[SignedMessage]) -> OffloadedSignatures:
+        """Hand ``messages`` over, returning once they are; raises
+        :class:`OffloadUnavailable` when they cannot be."""
+        ...
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What checking a batch takes once the shapes are checked: each
+    signature with its key, and for each, the event and where it is."""
+
+    failures: dict[str, InvalidSignatureError] = field(default_factory=dict)
+    signatures: list[tuple[VerifyKeyLike, bytes, Pdu, str]] = field(default_factory=list)
+
+    def failures_given(self, holds: Sequence[bool]) -> dict[str, InvalidSignatureError]:
+        failures = self.failures
+        for (_, _, event, where), held in zip(self.signatures, holds, strict=True):
+            if not held and event.event_id not in failures:
+                failures[event.event_id] = InvalidSignatureError(
+                    f"{where} does not match the event"
+                )
+        return failures
+
+
+def _plan(checks: Sequence[SignatureCheck]) -> _Plan:
+    plan = _Plan()
+    for check in checks:
+        event = check.event
+        try:
+            for server, by_key in check.keys.items():
+                if not by_key:
+                    signed_with = _ed25519_key_ids(event, server)
+                    raise InvalidSignatureError(
+                        f"{event.event_id} has no signature from {server}"
+                        if not signed_with
+                        else f"{event.event_id} is signed by {server} only with keys that"
+                        f" cannot be trusted at its origin_server_ts ({', '.join(signed_with)})"
+                    )
+                for name, key in by_key.items():
+                    where = f"{event.event_id}: the signature from {server} with key {name}"
+                    plan.signatures.append(
+                        (key, _signature(event, server, name, where), event, where)
+                    )
+        except InvalidSignatureError as exc:
+            plan.failures[event.event_id] = exc
+    return plan
+
+
+def _holds(key: VerifyKeyLike, signature: bytes, message: bytes) -> bool:
+    try:
+        key.verify(message, signature)
+    except nacl.exceptions.BadSignatureError:
+        return False
+    return True
+
+
 async def check_event_signatures(
-    events: Sequence[Pdu], keys: VerifyKeySource
+    events: Sequence[Pdu], keys: VerifyKeySource, *, offload: SignatureOffload | None = None
 ) -> dict[str, InvalidSignatureError]:
     """Check the signatures ``events`` need; return the failures by event ID.
 
     An empty answer means every event passed. Keys are looked up once per
     server and key ID where one key serves all the events that cite it.
+    Batches of more than :data:`THREAD_THRESHOLD` events are checked by
+    ``offload`` if given, else in worker threads, a chunk at a time.
     """
     failures: dict[str, InvalidSignatureError] = {}
     checks = await find_signature_checks(events, keys)
     if len(checks) <= THREAD_THRESHOLD:
         failures.update(run_signature_checks(checks))
         return failures
-    for start in range(0, len(checks), _CHUNK):
-        chunk = checks[start : start + _CHUNK]
-        failures.update(await trio.to_thread.run_sync(run_signature_checks, chunk))
+
+    async def check(chunk: Sequence[SignatureCheck]) -> None:
+        failures.update(await checked_off_the_loop(chunk, offload))
+
+    if offload is None:
+        for start in range(0, len(checks), _CHUNK):
+            await check(checks[start : start + _CHUNK])
+        return failures
+    # The process answers in turn: every chunk is handed over at once.
+    try:
+        async with trio.open_nursery() as nursery:
+            for start in range(0, len(checks), _CHUNK):
+                nursery.start_soon(check, checks[start : start + _CHUNK])
+    except BaseExceptionGroup as group:
+        raise sole_failure(group) from None
     return failures
 
 
@@ -211,29 +316,58 @@ def run_signature_checks(checks: Sequence[SignatureCheck]) -> dict[str, InvalidS
 
     Plain CPU work that touches nothing shared: it may run in a worker thread.
     """
-    failures: dict[str, InvalidSignatureError] = {}
-    for check in checks:
-        event = check.event
+    plan = _plan(checks)
+    return plan.failures_given(
+        [_holds(key, signature, event.signed_form) for key, signature, event, _ in plan.signatures]
+    )
+
+
+async def offload_signature_checks(
+    checks: Sequence[SignatureCheck], offload: SignatureOffload
+) -> OffloadedChecks:
+    """Hand ``checks`` to ``offload``; their failures come from the answer's
+    :meth:`~OffloadedChecks.failures`. Raises :class:`OffloadUnavailable`
+    as the offload does.
+    """
+    plan = _plan(checks)
+    sent = await offload.send(
+        [
+            (key.encode(), signature, event.signed_form)
+            for key, signature, event, _ in plan.signatures
+        ]
+    )
+    return OffloadedChecks(plan, sent)
+
+
+@dataclass(frozen=True, slots=True)
+class OffloadedChecks:
+    """Events' signature checks handed to a :class:`SignatureOffload`
+    (:func:`offload_signature_checks`)."""
+
+    _plan: _Plan
+    _sent: OffloadedSignatures
+
+    async def failures(self) -> dict[str, InvalidSignatureError]:
+        """As :func:`run_signature_checks` gives them, once the offload has
+        answered; raises :class:`OffloadUnavailable` if it cannot."""
+        return self._plan.failures_given(await self._sent.holds())
+
+
+async def checked_off_the_loop(
+    checks: Sequence[SignatureCheck], offload: SignatureOffload | None
+) -> dict[str, InvalidSignatureError]:
+    """The failures of ``checks``, checked by ``offload`` when there is one
+    and it can, else in a worker thread."""
+    if offload is not None:
         try:
-            for server, by_key in check.keys.items():
-                if not by_key:
-                    signed_with = _ed25519_key_ids(event, server)
-                    raise InvalidSignatureError(
-                        f"{event.event_id} has no signature from {server}"
-                        if not signed_with
-                        else f"{event.event_id} is signed by {server} only with keys that"
-                        f" cannot be trusted at its origin_server_ts ({', '.join(signed_with)})"
-                    )
-                for name, key in by_key.items():
-                    _check_signature(event, server, name, key)
-        except InvalidSignatureError as exc:
-            failures[event.event_id] = exc
-    return failures
+            return await (await offload_signature_checks(checks, offload)).failures()
+        except OffloadUnavailable as exc:
+            _log.debug("checking %d events' signatures in a thread: %s", len(checks), exc)
+    return await trio.to_thread.run_sync(run_signature_checks, checks)
 
 
-def _check_signature(event: Pdu, server: str, name: str, key: VerifyKeyLike) -> None:
-    """Check ``server``'s signature ``name`` on ``event``, made with ``key``."""
-    where = f"{event.event_id}: the signature from {server} with key {name}"
+def _signature(event: Pdu, server: str, name: str, where: str) -> bytes:
+    """``server``'s signature ``name`` on ``event``, if it has the shape of one."""
     try:
         signature = decode_unpadded_base64(event.signatures[server][name])
     except BadJsonError:
@@ -242,10 +376,7 @@ def _check_signature(event: Pdu, server: str, name: str, key: VerifyKeyLike) -> 
         raise InvalidSignatureError(
             f"{where} is {len(signature)} bytes, not the {_SIGNATURE_BYTES} of an ed25519 one"
         )
-    try:
-        key.verify(event.signed_form, signature)
-    except nacl.exceptions.BadSignatureError:
-        raise InvalidSignatureError(f"{where} does not match the event") from None
+    return signature
 
 
 def redacted_if_hash_mismatch(event: Pdu) -> Pdu:

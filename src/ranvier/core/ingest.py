@@ -112,9 +112,14 @@ from .event_auth import (
     check_against_state_before,
 )
 from .event_signatures import (
+    THREAD_THRESHOLD,
+    OffloadedChecks,
+    OffloadUnavailable,
     SignatureCheck,
+    SignatureOffload,
     check_event_signatures,
     find_signature_checks,
+    offload_signature_checks,
     redacted_if_hash_mismatch,
     run_signature_checks,
 )
@@ -169,13 +174,22 @@ class EventVerifier:
     up to ``threads`` worker threads (at most that many at once across every
     batch), and gives each event's verdict as soon as its chunk is checked,
     so that the caller can go on with the first events while later ones are
-    checked.
+    checked. With an ``offload`` (the server's signature process), big
+    batches are checked there instead, and threads serve when it cannot.
     """
 
-    def __init__(self, keys: VerifyKeySource, *, threads: int = 2, chunk_size: int = 8) -> None:
+    def __init__(
+        self,
+        keys: VerifyKeySource,
+        *,
+        threads: int = 2,
+        chunk_size: int = 8,
+        offload: SignatureOffload | None = None,
+    ) -> None:
         if threads < 1 or chunk_size < 1:
             raise ValueError("an event verifier needs at least one thread and one event a chunk")
         self._keys = keys
+        self._offload = offload
         self._threads = threads
         self._limiter = trio.CapacityLimiter(threads)
         self._chunk_size = chunk_size
@@ -184,7 +198,7 @@ class EventVerifier:
         """For each event: the event to go on with (its redacted copy when
         the content hash does not match), or why it is dropped.
         """
-        failures = await check_event_signatures(events, self._keys)
+        failures = await check_event_signatures(events, self._keys, offload=self._offload)
         return [_after_signatures(event, failures.get(event.event_id)) for event in events]
 
     async def verify_each(self, events: Sequence[Pdu], verdicts: Sequence[Verdict]) -> None:
@@ -231,13 +245,16 @@ class EventVerifier:
                     )
 
     @asynccontextmanager
-    async def feed(self) -> AsyncIterator[VerificationFeed]:
+    async def feed(self, expected: int = 0) -> AsyncIterator[VerificationFeed]:
         """A :class:`VerificationFeed` whose worker threads run in this
         block; :meth:`~VerificationFeed.finish` lets them end once they
-        have checked every event added.
+        have checked every event added. ``expected`` is how many events
+        will be added: more than :data:`THREAD_THRESHOLD` go to the
+        offload, if there is one.
         """
+        offload = self._offload if expected > THREAD_THRESHOLD else None
         async with trio.open_nursery() as nursery:
-            feed = VerificationFeed(self, nursery)
+            feed = VerificationFeed(self, nursery, offload=offload)
             try:
                 yield feed
             finally:
@@ -259,11 +276,21 @@ class VerificationFeed:
     wait: a thread needs the GIL back after each signature, which a busy
     event loop gives up only every switch interval, so on a loaded machine
     the threads can fall far behind the loop that waits for them.
+
+    With an ``offload``, each chunk is handed to it as soon as it is full,
+    by a task of its own, and no thread is started.
     """
 
-    def __init__(self, verifier: EventVerifier, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        verifier: EventVerifier,
+        nursery: trio.Nursery,
+        *,
+        offload: SignatureOffload | None = None,
+    ) -> None:
         self._verifier = verifier
         self._nursery = nursery
+        self._offload = offload
         self._token = trio.lowlevel.current_trio_token()
         self._queue: queue.SimpleQueue[tuple[list[SignatureCheck], list[Verdict]] | None] = (
             queue.SimpleQueue()
@@ -274,7 +301,7 @@ class VerificationFeed:
 
     async def add(self, event: Pdu) -> Verdict:
         """Queue ``event``'s checks; its verdict comes in what this returns."""
-        verdict = Verdict(helper=self)
+        verdict = Verdict(helper=None if self._offload is not None else self)
         self._pending.append((event, verdict))
         if len(self._pending) >= self._verifier._chunk_size:
             await self._send()
@@ -291,6 +318,15 @@ class VerificationFeed:
             raise RuntimeError("events added to a finished verification feed")
         items, self._pending = self._pending, []
         checks = await find_signature_checks([event for event, _ in items], self._verifier._keys)
+        if self._offload is not None:
+            # Handed over now, to be checked while later events are parsed.
+            try:
+                sent: OffloadedChecks | None = await offload_signature_checks(checks, self._offload)
+            except OffloadUnavailable as exc:
+                _log.debug("checking signatures in a thread: %s", exc)
+                sent = None
+            self._nursery.start_soon(self._give_offloaded, checks, [v for _, v in items], sent)
+            return
         self._queue.put((checks, [verdict for _, verdict in items]))
         if self._lanes < self._verifier._threads:
             self._lanes += 1
@@ -299,6 +335,21 @@ class VerificationFeed:
                     trio.to_thread.run_sync, self._lane, limiter=self._verifier._limiter
                 )
             )
+
+    @staticmethod
+    async def _give_offloaded(
+        checks: Sequence[SignatureCheck], verdicts: Sequence[Verdict], sent: OffloadedChecks | None
+    ) -> None:
+        failures = None
+        if sent is not None:
+            try:
+                failures = await sent.failures()
+            except OffloadUnavailable as exc:
+                _log.debug("checking signatures in a thread: %s", exc)
+        if failures is None:
+            failures = await trio.to_thread.run_sync(run_signature_checks, checks)
+        for check, verdict in zip(checks, verdicts, strict=True):
+            verdict.give(_after_signatures(check.event, failures.get(check.event.event_id)))
 
     def close(self) -> None:
         """Let the threads end once the queue is empty."""
@@ -536,7 +587,7 @@ class FederationIngester:
 
         try:
             # Signatures are checked on worker threads while later PDUs are parsed.
-            async with self._verifier.feed() as feed:
+            async with self._verifier.feed(len(pdus)) as feed:
                 for index, raw in enumerate(pdus):
                     event_id, event = await self._parse(raw, versions)
                     if isinstance(event, MatrixError):

@@ -1,0 +1,230 @@
+"""Checking batches of ed25519 signatures in a process of their own.
+
+libsodium releases the GIL while it checks a signature, so worker threads
+could check a batch on another core, in principle. In practice a thread
+needs the GIL back after every signature (some 40 µs), and while the event
+loop runs Python it gets it only when the loop blocks or after the switch
+interval (5 ms): measured under ``/send``, the threads checked a
+transaction's signatures one after another, late, and slowed the reads
+running beside them fourfold. A process has a GIL of its own: it checks
+while the loop parses, judges and writes, and the loop spends a pipe write
+and a read per chunk on it.
+
+:class:`SignatureProcess` is a homeserver component
+(``await nursery.start(process.run)``). The process is started at the
+first request, not before, so a server that never checks a batch (most
+test servers; a server in small rooms) never pays its few MiB. Requests
+are answered in the order they were written, each with one verdict per
+signature. If the process cannot be started, or dies, requests raise
+:class:`SignatureProcessUnavailable` and callers check their signatures in
+threads as before; the process is tried again after a pause. It ends with
+its component: its stdin is closed, and it is killed if it lingers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from ranvier.core.event_signatures import OffloadUnavailable, SignedMessage
+
+__all__ = ["SignatureProcess", "SignatureProcessUnavailable"]
+
+_log: Final = logging.getLogger(__name__)
+
+_LENGTH: Final = struct.Struct("!I")
+_KEY_BYTES: Final = 32
+_SIGNATURE_BYTES: Final = 64
+_PROGRAM: Final = Path(__file__).with_name("_signature_worker.py")
+
+
+class SignatureProcessUnavailable(OffloadUnavailable):
+    """The process is not running: check the signatures another way."""
+
+
+class _Request:
+    """A request written to the process, answered in turn."""
+
+    __slots__ = ("_answered", "count", "verdicts")
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._answered = trio.Event()
+        self.verdicts: list[bool] | None = None
+
+    def answer(self, verdicts: list[bool] | None) -> None:
+        self.verdicts = verdicts
+        self._answered.set()
+
+    async def holds(self) -> list[bool]:
+        """Whether each signature holds; raises
+        :class:`SignatureProcessUnavailable` if the process ended first."""
+        await self._answered.wait()
+        if self.verdicts is None:
+            raise SignatureProcessUnavailable("the signature process ended before answering")
+        return self.verdicts
+
+
+class SignatureProcess:
+    """Checks signatures in a child process, started when first asked.
+
+    ``retry_seconds`` is the pause after the process failed before it is
+    started again; meanwhile requests are refused at once.
+    ``max_in_flight`` bounds the requests written and not yet answered.
+    :meth:`send` and :meth:`verify` may only be called while :meth:`run` runs.
+    """
+
+    def __init__(self, *, retry_seconds: float = 30.0, max_in_flight: int = 16) -> None:
+        self._retry_seconds = retry_seconds
+        self._limiter = trio.CapacityLimiter(max_in_flight)
+        # Set by the first request of a generation of the process, and by
+        # run once that process is up (or could not be started).
+        self._wanted = trio.Event()
+        self._ready = trio.Event()
+        self._stdin: trio.abc.SendStream | None = None
+        self._waiting: deque[_Request] = deque()
+        self._send_lock = trio.Lock()
+        self._refused_until = -math.inf
+        #: The child's process ID while it runs (to read its memory, say).
+        self.pid: int | None = None
+        #: How many times the process was started.
+        self.starts = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the process at the first request and keep it serving until
+        cancelled, starting it again after a pause when it fails."""
+        task_status.started()
+        while True:
+            await self._wanted.wait()
+            try:
+                await self._serve()
+            finally:
+                self._stdin = None
+                self.pid = None
+                while self._waiting:
+                    self._answered(self._waiting.popleft(), None)
+                self._ready.set()
+                self._wanted, self._ready = trio.Event(), trio.Event()
+            self._refused_until = trio.current_time() + self._retry_seconds
+
+    async def send(self, messages: Sequence[SignedMessage]) -> _Request:
+        """Hand ``messages`` to the process; their verdicts come with
+        ``await request.holds()``.
+
+        Returns once they are written, so that the caller can go on while
+        they are checked. Raises :class:`SignatureProcessUnavailable` when
+        the process cannot take them.
+        """
+        frame = _frame(messages)
+        if trio.current_time() < self._refused_until:
+            raise SignatureProcessUnavailable("the signature process failed recently")
+        request = _Request(len(messages))
+        await self._limiter.acquire_on_behalf_of(request)
+        waiting = False
+        try:
+            self._wanted.set()
+            await self._ready.wait()
+            stdin = self._stdin
+            if stdin is None:
+                raise SignatureProcessUnavailable("the signature process is not running")
+            async with self._send_lock:
+                # Queued before it is written: the answer may be read as
+                # soon as the write lets other tasks run.
+                self._waiting.append(request)
+                waiting = True
+                # A frame cut short would garble every later one.
+                with trio.CancelScope(shield=True):
+                    try:
+                        await stdin.send_all(frame)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        # The process is gone: run answers every request
+                        # waiting, this one too, as unanswerable.
+                        raise SignatureProcessUnavailable(
+                            f"the signature process is gone: {exc}"
+                        ) from exc
+        except BaseException:
+            if not waiting:
+                self._limiter.release_on_behalf_of(request)
+            raise
+        return request
+
+    async def verify(self, messages: Sequence[SignedMessage]) -> list[bool]:
+        """Whether each signature holds, in order.
+
+        Raises :class:`SignatureProcessUnavailable` when the process cannot
+        answer; nothing is known then of any of ``messages``.
+        """
+        if not messages:
+            return []
+        request = await self.send(messages)
+        return await request.holds()
+
+    def _answered(self, request: _Request, verdicts: list[bool] | None) -> None:
+        self._limiter.release_on_behalf_of(request)
+        request.answer(verdicts)
+
+    async def _serve(self) -> None:
+        try:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-I", str(_PROGRAM)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+        except OSError as exc:
+            _log.warning("cannot start the signature process; checking in threads: %s", exc)
+            return
+        assert process.stdin is not None
+        assert process.stdout is not None
+        self.pid = process.pid
+        self.starts += 1
+        _log.info("signature process started (pid %d)", process.pid)
+        try:
+            self._stdin = process.stdin
+            self._ready.set()
+            await self._read_answers(process.stdout)
+            _log.warning(
+                "the signature process ended; checking in threads for %g s", self._retry_seconds
+            )
+        finally:
+            self._stdin = None
+            with trio.CancelScope(shield=True):
+                await process.stdin.aclose()
+                with trio.move_on_after(1):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+
+    async def _read_answers(self, stdout: trio.abc.ReceiveStream) -> None:
+        buffer = bytearray()
+        while chunk := await stdout.receive_some(65536):
+            buffer += chunk
+            while len(buffer) >= _LENGTH.size:
+                (count,) = _LENGTH.unpack_from(buffer)
+                if len(buffer) < _LENGTH.size + count:
+                    break
+                verdicts = [byte == 1 for byte in buffer[_LENGTH.size : _LENGTH.size + count]]
+                del buffer[: _LENGTH.size + count]
+                if not self._waiting or self._waiting[0].count != count:
+                    _log.error("the signature process answered out of turn; stopping it")
+                    return
+                self._answered(self._waiting.popleft(), verdicts)
+
+
+def _frame(messages: Sequence[SignedMessage]) -> bytes:
+    parts: list[bytes] = []
+    for key, signature, message in messages:
+        if len(key) != _KEY_BYTES or len(signature) != _SIGNATURE_BYTES:
+            raise ValueError("an ed25519 key is 32 bytes and a signature 64")
+        parts += (key, signature, _LENGTH.pack(len(message)), message)
+    body = b"".join(parts)
+    return _LENGTH.pack(len(body)) + body
