@@ -1,21 +1,27 @@
 """Whose signatures an event needs, and checking them with keys valid at
-the event's time, one event or a batch (checked in a worker thread)."""
+the event's time, one event or a batch (checked in a worker thread or by an offload)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import pytest
+import trio
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 
 from ranvier.core.event_signatures import (
     THREAD_THRESHOLD,
+    OffloadUnavailable,
+    SignedMessage,
     check_event_signatures,
     find_signature_checks,
     redacted_if_hash_mismatch,
     required_signers,
     run_signature_checks,
 )
+from ranvier.errors import InvalidSignatureError
 from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import hash_and_sign_event
@@ -223,6 +229,108 @@ async def test_checks_found_once_can_be_run_in_parts() -> None:
     failures = run_signature_checks(checks[2:])
     assert set(failures) == {forged.event_id}
     assert "does not match" in failures[forged.event_id].message
+
+
+# Checked by an offload.
+
+
+class _Answer:
+    def __init__(self, verdicts: list[bool] | None) -> None:
+        self._verdicts = verdicts
+
+    async def holds(self) -> list[bool]:
+        await trio.lowlevel.checkpoint()
+        if self._verdicts is None:
+            raise OffloadUnavailable("it ended before answering")
+        return self._verdicts
+
+
+class NaclOffload:
+    """Checks what it is sent with PyNaCl, as the signature process does;
+    or refuses, when sent or when asked for the answer."""
+
+    def __init__(self, *, refuse: Literal["send", "holds"] | None = None) -> None:
+        self._refuse = refuse
+        #: How many signatures each request held, in order.
+        self.sent: list[int] = []
+
+    async def send(self, messages: Sequence[SignedMessage]) -> _Answer:
+        await trio.lowlevel.checkpoint()
+        self.sent.append(len(messages))
+        if self._refuse == "send":
+            raise OffloadUnavailable("not running")
+        if self._refuse == "holds":
+            return _Answer(None)
+        return _Answer([_nacl_holds(*message) for message in messages])
+
+
+def _nacl_holds(key: bytes, signature: bytes, message: bytes) -> bool:
+    try:
+        VerifyKey(key).verify(message, signature)
+    except BadSignatureError:
+        return False
+    return True
+
+
+def _mixed_batch(count: int) -> tuple[list[Pdu], set[str]]:
+    """``count`` events, some of them failing for each reason there is,
+    and the IDs of those."""
+    events = [event(content={"body": str(i)}, ts=TS + i) for i in range(count)]
+    gone = generate_signing_key("gone")
+    broken = {
+        3: {"a.test": {"ed25519:a1": "A" * 86}},  # does not match
+        7: {"a.test": {"ed25519:a1": "not base64!"}},
+        11: {"a.test": {"ed25519:a1": "A" * 40}},  # too short
+        13: {},  # no signature
+    }
+    for index, signatures in broken.items():
+        events[index] = Pdu.from_json(events[index].json | {"signatures": signatures}, "10")
+    # Signed with a key nobody can get.
+    events[17] = event(content={"body": "17"}, ts=TS + 17, signers={"a.test": gone})
+    # The last of a big batch is in its last chunk.
+    events[-1] = Pdu.from_json(
+        events[-1].json | {"signatures": {"a.test": {"ed25519:a1": "B" * 86}}}, "10"
+    )
+    bad = {events[index].event_id for index in (*broken, 17, len(events) - 1)}
+    return events, bad
+
+
+def _messages(failures: Mapping[str, InvalidSignatureError]) -> dict[str, str]:
+    return {event_id: failure.message for event_id, failure in failures.items()}
+
+
+@pytest.mark.parametrize("count", [THREAD_THRESHOLD + 4, 600])
+async def test_an_offload_finds_what_threads_find(count: int) -> None:
+    events, bad = _mixed_batch(count)
+    in_threads = await check_event_signatures(events, KnownKeys(KEYS))
+    assert set(in_threads) == bad
+    offload = NaclOffload()
+    offloaded = await check_event_signatures(events, KnownKeys(KEYS), offload=offload)
+    assert _messages(offloaded) == _messages(in_threads)
+    # Every signature with its key went to the offload, a chunk at a time:
+    # all but those of the events failing on their shape or their keys.
+    assert sum(offload.sent) == count - 4
+    assert len(offload.sent) == -(-count // 256)
+
+
+async def test_a_small_batch_is_not_offloaded() -> None:
+    events, bad = _mixed_batch(THREAD_THRESHOLD + 4)
+    events = events[:THREAD_THRESHOLD]
+    offload = NaclOffload()
+    failures = await check_event_signatures(events, KnownKeys(KEYS), offload=offload)
+    assert set(failures) == bad & {e.event_id for e in events}
+    assert offload.sent == []
+
+
+@pytest.mark.parametrize("refuse", ["send", "holds"])
+async def test_threads_check_what_an_offload_cannot(refuse: Literal["send", "holds"]) -> None:
+    events, bad = _mixed_batch(600)
+    offload = NaclOffload(refuse=refuse)
+    failures = await check_event_signatures(events, KnownKeys(KEYS), offload=offload)
+    assert _messages(failures) == _messages(await check_event_signatures(events, KnownKeys(KEYS)))
+    assert set(failures) == bad
+    # It was asked for every chunk.
+    assert len(offload.sent) == 3
 
 
 # Content hashes.
