@@ -8,7 +8,7 @@ the parts of other servers a test cannot start; everything of ours is real.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import trio
@@ -17,7 +17,21 @@ from _races import finish_partial_state
 
 from ranvier.core import compute_event_context
 from ranvier.core.context import event_to_persist
-from ranvier.core.ingest import EventVerifier, FederationIngester, IngestResult, RoomLocks, Verdict
+from ranvier.core.event_signatures import (
+    THREAD_THRESHOLD,
+    OffloadedSignatures,
+    OffloadUnavailable,
+    SignatureOffload,
+    SignedMessage,
+)
+from ranvier.core.ingest import (
+    EventVerifier,
+    FederationIngester,
+    IngestResult,
+    PduOutcome,
+    RoomLocks,
+    Verdict,
+)
 from ranvier.errors import (
     InvalidSignatureError,
     MatrixError,
@@ -28,6 +42,7 @@ from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import hash_and_sign_event
 from ranvier.protocol.redaction import redact
 from ranvier.protocol.signing import generate_signing_key
+from ranvier.signature_process import SignatureProcess
 from ranvier.storage import EventToPersist, Storage
 from ranvier.testing import KnownKeys, RemoteRooms, RoomBuilder, ingest, ingest_all
 
@@ -579,6 +594,85 @@ async def test_receive_pdus_gives_one_outcome_per_pdu(world: World) -> None:
     assert all(outcome.error is not None for outcome in (outcomes[1], outcomes[4]))
     # In order within the room: the second never looked like a gap.
     assert world.remote.calls == []
+
+
+class _Unanswered:
+    async def holds(self) -> list[bool]:
+        await trio.lowlevel.checkpoint()
+        raise OffloadUnavailable("it ended before answering")
+
+
+class RefusingOffload:
+    """An offload that cannot check anything, refusing each request when
+    sent or when asked for its answer: threads must serve."""
+
+    def __init__(self, at: Literal["send", "holds"]) -> None:
+        self._at = at
+        self.asked = 0
+
+    async def send(self, messages: Sequence[SignedMessage]) -> OffloadedSignatures:
+        await trio.lowlevel.checkpoint()
+        self.asked += 1
+        if self._at == "send":
+            raise OffloadUnavailable("not running")
+        return _Unanswered()
+
+
+async def _big_transaction_with_a_forgery(
+    world: World, offload: SignatureOffload
+) -> tuple[list[Pdu], Pdu, list[PduOutcome]]:
+    """A transaction of more than THREAD_THRESHOLD PDUs, one of them forged
+    (and cited by no other), received through a verifier with ``offload``."""
+    events = [world.room.message(BOB, f"words {n}") for n in range(THREAD_THRESHOLD + 4)]
+    forged = world.room.message(
+        BOB, "forged", key=generate_signing_key("k1"), prev=[events[9].event_id], apply=False
+    )
+    pdus = [event.raw for event in events]
+    pdus.insert(10, forged.raw)
+    ingester = FederationIngester(
+        store=world.storage,
+        persister=world.storage,
+        client=world.remote,
+        verifier=EventVerifier(KnownKeys(world.keys), offload=offload),
+    )
+    outcomes = await ingester.receive_pdus(REMOTE, pdus)
+    return events, forged, outcomes
+
+
+def _only_the_forgery_fails(events: list[Pdu], forged: Pdu, outcomes: list[PduOutcome]) -> None:
+    assert [outcome.event_id for outcome in outcomes] == [
+        *(event.event_id for event in events[:10]),
+        forged.event_id,
+        *(event.event_id for event in events[10:]),
+    ]
+    failed = outcomes.pop(10)
+    assert isinstance(failed.error, InvalidSignatureError)
+    assert "does not match" in failed.error.message
+    assert [outcome.error for outcome in outcomes] == [None] * len(events)
+
+
+async def test_a_big_transaction_is_checked_by_the_signature_process(world: World) -> None:
+    process = SignatureProcess()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(process.run)
+            events, forged, outcomes = await _big_transaction_with_a_forgery(world, process)
+            nursery.cancel_scope.cancel()
+    _only_the_forgery_fails(events, forged, outcomes)
+    assert process.starts == 1
+    assert await world.stored(forged, *events) == {event.event_id for event in events}
+
+
+@pytest.mark.parametrize("at", ["send", "holds"])
+async def test_threads_check_a_big_transaction_the_offload_cannot(
+    world: World, at: Literal["send", "holds"]
+) -> None:
+    offload = RefusingOffload(at)
+    events, forged, outcomes = await _big_transaction_with_a_forgery(world, offload)
+    _only_the_forgery_fails(events, forged, outcomes)
+    # Each chunk was offered to it first.
+    assert offload.asked == 3
+    assert await world.stored(forged, *events) == {event.event_id for event in events}
 
 
 async def test_storage_being_down_fails_the_whole_transaction(world: World) -> None:
