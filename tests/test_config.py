@@ -14,6 +14,8 @@ from ranvier.config import (
     TlsConfig,
     load_config,
 )
+from ranvier.server import HomeServer
+from ranvier.signature_process import SignatureProcess
 
 IDENTIFIERS = json.loads(
     (Path(__file__).parent / "data" / "spec-vectors" / "identifiers-and-limits.json").read_text(
@@ -256,6 +258,11 @@ _LISTENER = '[[listeners]]\ntype = "client"\nport = 8008\n'
             "federation.destination_retry_seconds: expected float <= 86400",
         ),
         (
+            "[federation]\nsignature_process = 'no'",
+            "federation.signature_process",
+            "federation.signature_process: expected bool, got str",
+        ),
+        (
             "[registration]\nenabled = 'yes'",
             "registration.enabled",
             "registration.enabled: expected bool, got str",
@@ -282,6 +289,16 @@ def test_bad_key_is_named(text: str, key: str, message: str) -> None:
         Config.from_toml(text)
     assert info.value.key == key
     assert str(info.value).startswith(message)
+
+
+async def test_the_signature_process_is_on_unless_turned_off() -> None:
+    default = HomeServer(Config.from_toml(""))
+    assert isinstance(default.signature_process, SignatureProcess)
+    # Started at the first batch to check, not with the server.
+    assert default.signature_process.pid is None
+    off = Config.from_toml("[federation]\nsignature_process = false\n")
+    assert off.federation.signature_process is False
+    assert HomeServer(off).signature_process is None
 
 
 def test_text_that_is_not_toml() -> None:
