@@ -17,7 +17,9 @@ import trio
 from nacl.signing import SigningKey
 from trio.testing import MockClock
 
+from ranvier.config import Config, DatabaseConfig, ListenerConfig
 from ranvier.core.event_signatures import OffloadUnavailable, SignedMessage
+from ranvier.server import open_homeserver
 from ranvier.signature_process import SignatureProcess, SignatureProcessUnavailable
 
 #: Every wait of these tests ends well within this, or the test fails.
@@ -255,3 +257,23 @@ async def test_the_process_ends_with_its_component() -> None:
     assert process.pid is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def test_a_homeserver_runs_its_signature_process_as_a_component(tmp_path: Path) -> None:
+    config = Config(
+        server_name="hs.test",
+        data_dir=tmp_path,
+        listeners=(ListenerConfig(type="federation", host="127.0.0.1", port=0),),
+        database=DatabaseConfig(synchronous="OFF"),
+    )
+    with trio.fail_after(LIMIT):
+        async with open_homeserver(config) as server:
+            process = server.signature_process
+            assert process is not None
+            assert process.pid is None
+            # Were it not running, this would wait for ever.
+            assert await process.verify([_signed(_key(0), b"hello")]) == [True]
+            pid = process.pid
+            assert pid is not None
+            assert _alive(pid)
+    assert not _alive(pid)
