@@ -67,7 +67,7 @@ import nacl.signing
 import trio
 import trustme
 
-from bench import JsonLines, ops_per_second
+from bench import JsonLines, ops_per_second, signature_process_wanted
 from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
 from ranvier.federation.transport.client import FederationHttpClient
 from ranvier.federation.transport.listener import HttpListener
@@ -227,7 +227,7 @@ async def _accepted(hs: HomeServer, event_ids: Sequence[str]) -> int:
 
 
 async def _send_from_another_process(
-    hs: HomeServer, directory: Path, ca_file: Path, senders: Sequence[Sequence[bytes]]
+    server_name: str, directory: Path, ca_file: Path, senders: Sequence[Sequence[bytes]]
 ) -> tuple[int, float]:
     """Has a sender process push each list of ``senders`` over a connection
     of its own, all at once (see :mod:`bench._federation_sender`); returns
@@ -236,7 +236,7 @@ async def _send_from_another_process(
     """
     requests_file = directory / f"requests-{next(_txn_ids)}.pickle"
     requests_file.write_bytes(pickle.dumps([list(requests) for requests in senders]))
-    host, port = hs.server_name.rsplit(":", 1)
+    host, port = server_name.rsplit(":", 1)
     command = [
         sys.executable,
         "-m",
@@ -308,7 +308,7 @@ async def _main(directory: Path) -> dict[str, Any]:
         listeners=(ListenerConfig(type="federation", host="127.0.0.1", port=port),),
         tls=TlsConfig(certificate_path=certificate, private_key_path=key),
         database=DatabaseConfig(synchronous="NORMAL"),
-        federation=FederationConfig(ca_file=ca_file),
+        federation=FederationConfig(ca_file=ca_file, signature_process=signature_process_wanted()),
     )
     figures: dict[str, Any] = {}
     async with open_homeserver(config) as hs, trio.open_nursery() as nursery:
@@ -333,7 +333,9 @@ async def _main(directory: Path) -> dict[str, Any]:
             )
             requests = steady.prepare(hs, events)
             requests_before = hs.storage.actor.stats.requests
-            failed, started = await _send_from_another_process(hs, directory, ca_file, [requests])
+            failed, started = await _send_from_another_process(
+                hs.server_name, directory, ca_file, [requests]
+            )
             errors += failed
             await _settled(hs, [events[-1][0]])
             elapsed = time.perf_counter() - started
@@ -382,7 +384,9 @@ async def _main(directory: Path) -> dict[str, Any]:
         prepared = [
             remote.prepare(hs, chain) for remote, chain in zip(remotes[1:], chains, strict=True)
         ]
-        burst_errors, started = await _send_from_another_process(hs, directory, ca_file, prepared)
+        burst_errors, started = await _send_from_another_process(
+            hs.server_name, directory, ca_file, prepared
+        )
         await _settled(hs, [chain[-1][0] for chain in chains])
         elapsed = time.perf_counter() - started
         sent = [event_id for chain in chains for event_id, _ in chain]
@@ -392,6 +396,10 @@ async def _main(directory: Path) -> dict[str, Any]:
         figures["burst_pdu_errors"] = burst_errors
         figures["burst_lost_pdus"] = len(sent) - reached
         figures["burst_pdus_per_s"] = reached / elapsed
+        # How many times the server started its signature process: 0 means
+        # every batch was checked in threads (the process off, or failing).
+        process = hs.signature_process
+        figures["signature_process_starts"] = process.starts if process is not None else 0
         nursery.cancel_scope.cancel()
     return figures
 

@@ -39,7 +39,7 @@ import httpx
 import trio
 import trustme
 
-from bench.federation import PDUS_PER_TRANSACTION, _Connection, _Pki, _Remote
+from bench.federation import PDUS_PER_TRANSACTION, _Pki, _Remote, _send_from_another_process
 from ranvier.federation.transport.tls import client_ssl_context
 from ranvier.testing.network import free_port
 
@@ -264,9 +264,6 @@ class _Deployment:
         self.remote = await _Remote.start(nursery, self.pki, f"remote{self.federation_port}")
         await self.remote.join(self.target, self.room_id)  # type: ignore[arg-type]
         self.auth = _auth_for(self.target, self.room_id, self.remote.user)
-        host, port = self.server_name.rsplit(":", 1)
-        self.connection = _Connection(host, int(port), client_ssl_context(ca_file=self.pki.ca_file))
-        await self.connection.reconnect()
 
     async def round(self) -> None:
         """One round of transactions back to back, its events made first."""
@@ -276,9 +273,13 @@ class _Deployment:
             room_id, self.auth, prev, depth, STEADY_TRANSACTIONS * PDUS_PER_TRANSACTION
         )
         requests = self.remote.prepare(target, events)  # type: ignore[arg-type]
-        started = time.perf_counter()
-        self.errors += await self.remote.push(self.connection, requests)
+        # As in bench.federation: from a process of its own, each
+        # transaction sent once the previous one is answered.
+        errors, started = await _send_from_another_process(
+            self.server_name, self.directory, self.pki.ca_file, [requests]
+        )
         elapsed = time.perf_counter() - started
+        self.errors += errors
         reached = _accepted(target, [event_id for event_id, _ in events])
         self.sent += len(events)
         self.accepted += reached
@@ -311,8 +312,6 @@ async def _main(directory: Path) -> dict[str, Any]:
             for _ in range(STEADY_ROUNDS):
                 await single.round()
                 await reader.round()
-            for deployment in (single, reader):
-                await deployment.connection.aclose()
             nursery.cancel_scope.cancel()
     finally:
         _stop(single.processes)
