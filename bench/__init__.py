@@ -14,6 +14,7 @@ absolute rates do not.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,16 @@ class JsonLines:
         line, _, self._buffer = self._buffer.partition(b"\n")
         answer: dict[str, Any] = json.loads(line)
         return answer
+
+
+#: ``0`` runs the benchmarks' servers without a signature process (their
+#: signatures are then checked in threads), to compare the two.
+SIGNATURE_PROCESS_VARIABLE = "RANVIER_BENCH_SIGNATURE_PROCESS"
+
+
+def signature_process_wanted() -> bool:
+    """Whether the servers a benchmark starts get a signature process."""
+    return os.environ.get(SIGNATURE_PROCESS_VARIABLE, "1") != "0"
 
 
 def ops_per_second(

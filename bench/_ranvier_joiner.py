@@ -32,7 +32,6 @@ from __future__ import annotations
 import cProfile
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -42,6 +41,7 @@ from typing import Any
 import msgspec
 import trio
 
+from bench import signature_process_wanted
 from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
 from ranvier.malloc import limit_malloc_arenas
 from ranvier.protocol.auth import StateKey
@@ -50,8 +50,6 @@ from ranvier.server import open_homeserver
 __all__ = ["JoinerSettings", "peak_rss_mb", "state_digest"]
 
 _MEMBER = "m.room.member"
-#: ``0`` turns the joiner's signature process off, to compare.
-SIGNATURE_PROCESS_VARIABLE = "RANVIER_BENCH_SIGNATURE_PROCESS"
 
 
 class JoinerSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,7 +107,7 @@ def _config(settings: JoinerSettings) -> Config:
         federation=FederationConfig(
             ca_file=Path(settings.ca_file),
             request_timeout_seconds=600,
-            signature_process=os.environ.get(SIGNATURE_PROCESS_VARIABLE, "1") != "0",
+            signature_process=signature_process_wanted(),
         ),
     )
 
