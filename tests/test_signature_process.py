@@ -78,6 +78,7 @@ async def test_signatures_are_judged_in_order() -> None:
         # The same process answers the next request too.
         assert await process.verify(messages[:1]) == [True]
     assert process.starts == 1
+    assert (process.answered, process.checked) == (2, 6)
 
 
 async def test_nothing_to_check_starts_nothing() -> None:
@@ -228,6 +229,7 @@ async def test_a_program_that_exits_at_once_fails_requests_without_hanging(
         with pytest.raises(SignatureProcessUnavailable, match="failed recently"):
             await process.verify([message])
         assert process.starts == 1
+        assert (process.answered, process.checked) == (0, 0)
 
 
 async def test_a_process_that_cannot_be_started_fails_requests(

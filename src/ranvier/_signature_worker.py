@@ -2,7 +2,7 @@
 
 It is run by its file path, never imported as part of ranvier, so that the
 process loads nothing but libsodium as PyNaCl builds it (``nacl._sodium``,
-without PyNaCl's Python bindings): some 9 MiB in all, where the server
+without PyNaCl's Python bindings): some 12 MiB in all, where the server
 takes 50 before it does anything.
 
 It reads requests from stdin and answers each on stdout, in order:

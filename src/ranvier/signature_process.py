@@ -98,6 +98,9 @@ class SignatureProcess:
         self.pid: int | None = None
         #: How many times the process was started.
         self.starts = 0
+        #: Requests the process has answered, and signatures checked in them.
+        self.answered = 0
+        self.checked = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the process at the first request and keep it serving until
@@ -170,6 +173,9 @@ class SignatureProcess:
 
     def _answered(self, request: _Request, verdicts: list[bool] | None) -> None:
         self._limiter.release_on_behalf_of(request)
+        if verdicts is not None:
+            self.answered += 1
+            self.checked += len(verdicts)
         request.answer(verdicts)
 
     async def _serve(self) -> None:
