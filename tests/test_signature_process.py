@@ -279,3 +279,72 @@ async def test_a_homeserver_runs_its_signature_process_as_a_component(tmp_path: 
             assert pid is not None
             assert _alive(pid)
     assert not _alive(pid)
+
+
+async def test_an_idle_process_ends_and_the_next_request_starts_it_again(
+    mock_clock: MockClock,
+) -> None:
+    # Real time, with a jump over the idle period.
+    mock_clock.rate = 1
+    process = SignatureProcess(idle_seconds=60)
+    alice = _key(0)
+    async with _running(process, limit=math.inf):
+        with trio.fail_after(LIMIT):
+            assert await process.verify([_signed(alice, b"first")]) == [True]
+            first_pid = process.pid
+            assert first_pid is not None
+        mock_clock.jump(61)
+        with trio.fail_after(LIMIT):
+            await _until_gone(process, first_pid)
+            assert not _alive(first_pid)
+            # Ended for want of work, not failed: the next request is not
+            # refused, and starts it again.
+            verdicts = await process.verify([_signed(alice, b"again"), _forged(alice, b"no")])
+        assert verdicts == [True, False]
+        assert process.starts == 2
+        assert process.pid not in (None, first_pid)
+
+
+async def test_a_request_as_the_idle_process_ends_is_answered(mock_clock: MockClock) -> None:
+    mock_clock.rate = 1
+    process = SignatureProcess(idle_seconds=60)
+    alice = _key(0)
+    async with _running(process, limit=math.inf):
+        with trio.fail_after(LIMIT):
+            assert await process.verify([_signed(alice, b"first")]) == [True]
+        mock_clock.jump(61)
+        # Sent at once, while the component wakes to end the process: by the
+        # process it was written to, or by the next one.
+        with trio.fail_after(LIMIT):
+            assert await process.verify([_signed(alice, b"meanwhile")]) == [True]
+        assert process.starts in (1, 2)
+        assert process.answered == 2
+
+
+async def test_a_process_with_a_request_in_flight_is_not_idle(mock_clock: MockClock) -> None:
+    mock_clock.rate = 1
+    process = SignatureProcess(idle_seconds=60)
+    alice = _key(0)
+    async with _running(process, limit=math.inf):
+        with trio.fail_after(LIMIT):
+            assert await process.verify([_signed(alice, b"first")]) == [True]
+        pid = process.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with trio.fail_after(LIMIT):
+                request = await process.send([_signed(alice, b"held")])
+            mock_clock.jump(61)
+            # Time for the component to look, in real time.
+            await trio.sleep(0.2)
+            assert process.pid == pid
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        with trio.fail_after(LIMIT):
+            assert await request.holds() == [True]
+        # Still the same process, which goes on taking requests: the work it
+        # had kept it from counting as idle.
+        await trio.sleep(0.5)
+        assert process.pid == pid
+        assert _alive(pid)
+        assert process.starts == 1

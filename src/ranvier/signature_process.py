@@ -17,8 +17,10 @@ test servers; a server in small rooms) never pays its few MiB. Requests
 are answered in the order they were written, each with one verdict per
 signature. If the process cannot be started, or dies, requests raise
 :class:`SignatureProcessUnavailable` and callers check their signatures in
-threads as before; the process is tried again after a pause. It ends with
-its component: its stdin is closed, and it is killed if it lingers.
+threads as before; the process is tried again after a pause. It ends
+when it has had no work for a while (five minutes), so that a server that
+checks a big batch now and then does not keep it, and with its component:
+its stdin is closed, and it is killed if it lingers.
 """
 
 from __future__ import annotations
@@ -74,26 +76,49 @@ class _Request:
         return self.verdicts
 
 
+class _Generation:
+    """One run of the child process, from the request that wants it to its end."""
+
+    __slots__ = ("ended", "idle", "ready", "stdin", "wanted")
+
+    def __init__(self) -> None:
+        #: Set by the first request; run starts the process then.
+        self.wanted = trio.Event()
+        #: Set once the process is up, or could not be started.
+        self.ready = trio.Event()
+        #: Set once the process has ended and its requests are failed.
+        self.ended = trio.Event()
+        self.stdin: trio.abc.SendStream | None = None
+        #: The process is ending because it was idle, not because it failed.
+        self.idle = False
+
+
 class SignatureProcess:
     """Checks signatures in a child process, started when first asked.
 
     ``retry_seconds`` is the pause after the process failed before it is
-    started again; meanwhile requests are refused at once.
+    started again; meanwhile requests are refused at once. The process
+    ends after ``idle_seconds`` without a request, giving its memory back,
+    and the next request starts it again (in about 10 ms).
     ``max_in_flight`` bounds the requests written and not yet answered.
     :meth:`send` and :meth:`verify` may only be called while :meth:`run` runs.
     """
 
-    def __init__(self, *, retry_seconds: float = 30.0, max_in_flight: int = 16) -> None:
+    def __init__(
+        self,
+        *,
+        retry_seconds: float = 30.0,
+        idle_seconds: float = 300.0,
+        max_in_flight: int = 16,
+    ) -> None:
         self._retry_seconds = retry_seconds
+        self._idle_seconds = idle_seconds
         self._limiter = trio.CapacityLimiter(max_in_flight)
-        # Set by the first request of a generation of the process, and by
-        # run once that process is up (or could not be started).
-        self._wanted = trio.Event()
-        self._ready = trio.Event()
-        self._stdin: trio.abc.SendStream | None = None
+        self._generation = _Generation()
         self._waiting: deque[_Request] = deque()
         self._send_lock = trio.Lock()
         self._refused_until = -math.inf
+        self._last_sent = -math.inf
         #: The child's process ID while it runs (to read its memory, say).
         self.pid: int | None = None
         #: How many times the process was started.
@@ -104,20 +129,24 @@ class SignatureProcess:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the process at the first request and keep it serving until
-        cancelled, starting it again after a pause when it fails."""
+        cancelled: started again at the next request when it ended idle,
+        after a pause when it failed."""
         task_status.started()
         while True:
-            await self._wanted.wait()
+            generation = self._generation
+            await generation.wanted.wait()
             try:
-                await self._serve()
+                await self._serve(generation)
             finally:
-                self._stdin = None
+                generation.stdin = None
                 self.pid = None
                 while self._waiting:
                     self._answered(self._waiting.popleft(), None)
-                self._ready.set()
-                self._wanted, self._ready = trio.Event(), trio.Event()
-            self._refused_until = trio.current_time() + self._retry_seconds
+                self._generation = _Generation()
+                if not generation.idle:
+                    self._refused_until = trio.current_time() + self._retry_seconds
+                generation.ready.set()
+                generation.ended.set()
 
     async def send(self, messages: Sequence[SignedMessage]) -> _Request:
         """Hand ``messages`` to the process; their verdicts come with
@@ -128,32 +157,30 @@ class SignatureProcess:
         the process cannot take them.
         """
         frame = _frame(messages)
-        if trio.current_time() < self._refused_until:
-            raise SignatureProcessUnavailable("the signature process failed recently")
         request = _Request(len(messages))
         await self._limiter.acquire_on_behalf_of(request)
         waiting = False
         try:
-            self._wanted.set()
-            await self._ready.wait()
-            stdin = self._stdin
-            if stdin is None:
-                raise SignatureProcessUnavailable("the signature process is not running")
-            async with self._send_lock:
-                # Queued before it is written: the answer may be read as
-                # soon as the write lets other tasks run.
-                self._waiting.append(request)
-                waiting = True
-                # A frame cut short would garble every later one.
-                with trio.CancelScope(shield=True):
-                    try:
-                        await stdin.send_all(frame)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                        # The process is gone: run answers every request
-                        # waiting, this one too, as unanswerable.
-                        raise SignatureProcessUnavailable(
-                            f"the signature process is gone: {exc}"
-                        ) from exc
+            while True:
+                if trio.current_time() < self._refused_until:
+                    raise SignatureProcessUnavailable("the signature process failed recently")
+                generation = self._generation
+                generation.wanted.set()
+                await generation.ready.wait()
+                async with self._send_lock:
+                    stdin = generation.stdin
+                    if stdin is not None:
+                        # Queued before it is written: the answer may be read
+                        # as soon as the write lets other tasks run.
+                        self._waiting.append(request)
+                        waiting = True
+                        self._last_sent = trio.current_time()
+                        await _write(stdin, frame)
+                        break
+                if not generation.idle:
+                    raise SignatureProcessUnavailable("the signature process is not running")
+                # It is ending for want of work: the next one takes this.
+                await generation.ended.wait()
         except BaseException:
             if not waiting:
                 self._limiter.release_on_behalf_of(request)
@@ -178,7 +205,7 @@ class SignatureProcess:
             self.checked += len(verdicts)
         request.answer(verdicts)
 
-    async def _serve(self) -> None:
+    async def _serve(self, generation: _Generation) -> None:
         try:
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-I", str(_PROGRAM)],
@@ -190,18 +217,33 @@ class SignatureProcess:
             return
         assert process.stdin is not None
         assert process.stdout is not None
+        stdout = process.stdout
         self.pid = process.pid
         self.starts += 1
+        self._last_sent = trio.current_time()
         _log.info("signature process started (pid %d)", process.pid)
         try:
-            self._stdin = process.stdin
-            self._ready.set()
-            await self._read_answers(process.stdout)
-            _log.warning(
-                "the signature process ended; checking in threads for %g s", self._retry_seconds
-            )
+            generation.stdin = process.stdin
+            generation.ready.set()
+            async with trio.open_nursery() as nursery:
+
+                async def read() -> None:
+                    await self._read_answers(stdout)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(read)
+                await self._until_idle(generation)
+                # Its stdin closed, the child ends, and read sees it.
+                await process.stdin.aclose()
+            if generation.idle:
+                _log.info("signature process ended after %g s without work", self._idle_seconds)
+            else:
+                _log.warning(
+                    "the signature process ended; checking in threads for %g s",
+                    self._retry_seconds,
+                )
         finally:
-            self._stdin = None
+            generation.stdin = None
             with trio.CancelScope(shield=True):
                 await process.stdin.aclose()
                 with trio.move_on_after(1):
@@ -209,6 +251,22 @@ class SignatureProcess:
                 if process.returncode is None:
                     process.kill()
                     await process.wait()
+
+    async def _until_idle(self, generation: _Generation) -> None:
+        """Return once nothing was sent for ``idle_seconds`` and nothing is
+        waiting, with ``generation`` closed to new requests."""
+        while True:
+            deadline = self._last_sent + self._idle_seconds
+            if trio.current_time() < deadline:
+                await trio.sleep_until(deadline)
+                continue
+            async with self._send_lock:
+                if not self._waiting:
+                    generation.stdin = None
+                    generation.idle = True
+                    return
+            # Requests are still being answered: look again later.
+            await trio.sleep(self._idle_seconds)
 
     async def _read_answers(self, stdout: trio.abc.ReceiveStream) -> None:
         buffer = bytearray()
@@ -224,6 +282,17 @@ class SignatureProcess:
                     _log.error("the signature process answered out of turn; stopping it")
                     return
                 self._answered(self._waiting.popleft(), verdicts)
+
+
+async def _write(stdin: trio.abc.SendStream, frame: bytes) -> None:
+    # A frame cut short would garble every later one.
+    with trio.CancelScope(shield=True):
+        try:
+            await stdin.send_all(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # The process is gone: run answers every request waiting, the
+            # one just queued too, as unanswerable.
+            raise SignatureProcessUnavailable(f"the signature process is gone: {exc}") from exc
 
 
 def _frame(messages: Sequence[SignedMessage]) -> bytes:
