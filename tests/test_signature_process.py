@@ -55,6 +55,29 @@ async def _running(
             nursery.cancel_scope.cancel()
 
 
+@asynccontextmanager
+async def _answered_once(mock_clock: MockClock, process: SignatureProcess) -> AsyncIterator[int]:
+    """``process`` run in real time, which the test may jump ahead, once it
+    has answered a first request; gives the child's process ID.
+
+    Each wait after it needs a limit of its own: a jump would end a limit
+    around the whole block.
+    """
+    mock_clock.rate = 1
+    async with _running(process, limit=math.inf):
+        with trio.fail_after(LIMIT):
+            pid = await _first_answer(process)
+        yield pid
+
+
+async def _first_answer(process: SignatureProcess) -> int:
+    """Has ``process`` answer a first request; gives its child's process ID."""
+    assert await process.verify([_signed(_key(0), b"first")]) == [True]
+    pid = process.pid
+    assert pid is not None
+    return pid
+
+
 async def _until_gone(process: SignatureProcess, pid: int) -> None:
     """Wait until the component has seen its child ``pid`` end."""
     # The component has no signal for it: it is polled.
@@ -154,9 +177,7 @@ async def test_a_killed_process_fails_its_requests_and_is_refused_for_a_while() 
     process = SignatureProcess(retry_seconds=3600)
     message = _signed(_key(0), b"hello")
     async with _running(process):
-        assert await process.verify([message]) == [True]
-        pid = process.pid
-        assert pid is not None
+        pid = await _first_answer(process)
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(SignatureProcessUnavailable):
             await process.verify([message])
@@ -174,9 +195,7 @@ async def test_a_request_in_flight_when_the_process_dies_fails() -> None:
     process = SignatureProcess()
     message = _signed(_key(0), b"hello")
     async with _running(process):
-        assert await process.verify([message]) == [True]
-        pid = process.pid
-        assert pid is not None
+        pid = await _first_answer(process)
         # Stopped, the process can read nothing: the request written next
         # waits in the pipe, certainly unanswered when the process dies.
         os.kill(pid, signal.SIGSTOP)
@@ -189,16 +208,10 @@ async def test_a_request_in_flight_when_the_process_dies_fails() -> None:
 
 
 async def test_after_the_pause_the_process_starts_again(mock_clock: MockClock) -> None:
-    # Real time, with a jump over the pause.
-    mock_clock.rate = 1
     process = SignatureProcess(retry_seconds=600)
     alice = _key(0)
-    # Each part is limited on its own: the jump would end a limit around both.
-    async with _running(process, limit=math.inf):
+    async with _answered_once(mock_clock, process) as first_pid:
         with trio.fail_after(LIMIT):
-            assert await process.verify([_signed(alice, b"first")]) == [True]
-            first_pid = process.pid
-            assert first_pid is not None
             os.kill(first_pid, signal.SIGKILL)
             await _until_gone(process, first_pid)
             with pytest.raises(SignatureProcessUnavailable):
@@ -284,15 +297,9 @@ async def test_a_homeserver_runs_its_signature_process_as_a_component(tmp_path: 
 async def test_an_idle_process_ends_and_the_next_request_starts_it_again(
     mock_clock: MockClock,
 ) -> None:
-    # Real time, with a jump over the idle period.
-    mock_clock.rate = 1
     process = SignatureProcess(idle_seconds=60)
     alice = _key(0)
-    async with _running(process, limit=math.inf):
-        with trio.fail_after(LIMIT):
-            assert await process.verify([_signed(alice, b"first")]) == [True]
-            first_pid = process.pid
-            assert first_pid is not None
+    async with _answered_once(mock_clock, process) as first_pid:
         mock_clock.jump(61)
         with trio.fail_after(LIMIT):
             await _until_gone(process, first_pid)
@@ -306,12 +313,9 @@ async def test_an_idle_process_ends_and_the_next_request_starts_it_again(
 
 
 async def test_a_request_as_the_idle_process_ends_is_answered(mock_clock: MockClock) -> None:
-    mock_clock.rate = 1
     process = SignatureProcess(idle_seconds=60)
     alice = _key(0)
-    async with _running(process, limit=math.inf):
-        with trio.fail_after(LIMIT):
-            assert await process.verify([_signed(alice, b"first")]) == [True]
+    async with _answered_once(mock_clock, process):
         mock_clock.jump(61)
         # Sent at once, while the component wakes to end the process: by the
         # process it was written to, or by the next one.
@@ -322,14 +326,9 @@ async def test_a_request_as_the_idle_process_ends_is_answered(mock_clock: MockCl
 
 
 async def test_a_process_with_a_request_in_flight_is_not_idle(mock_clock: MockClock) -> None:
-    mock_clock.rate = 1
     process = SignatureProcess(idle_seconds=60)
     alice = _key(0)
-    async with _running(process, limit=math.inf):
-        with trio.fail_after(LIMIT):
-            assert await process.verify([_signed(alice, b"first")]) == [True]
-        pid = process.pid
-        assert pid is not None
+    async with _answered_once(mock_clock, process) as pid:
         os.kill(pid, signal.SIGSTOP)
         try:
             with trio.fail_after(LIMIT):
