@@ -34,6 +34,7 @@ __all__ = [
     "EVENT_FAMILIES",
     "FEDERATION_IN_FAMILIES",
     "FEDERATION_OUT_FAMILIES",
+    "SIGNATURE_FAMILIES",
     "STORAGE_FAMILIES",
     "homeserver_metrics",
 ]
@@ -138,6 +139,26 @@ EVENT_FAMILIES: Final = (
     ),
 )
 
+SIGNATURE_FAMILIES: Final = (
+    MetricFamily(
+        "ranvier_signature_process_up",
+        "gauge",
+        "1 while the process checking big batches of signatures runs (it starts at the"
+        " first batch and ends when idle), else 0.",
+    ),
+    MetricFamily(
+        "ranvier_signature_process_starts_total",
+        "counter",
+        "Times the signature process was started.",
+    ),
+    MetricFamily(
+        "ranvier_signature_process_signatures_checked_total",
+        "counter",
+        "Signatures the signature process checked; batches it could not take were"
+        " checked in threads instead.",
+    ),
+)
+
 CLIENT_FAMILIES: Final = (
     MetricFamily(
         "ranvier_sync_long_polls",
@@ -176,6 +197,7 @@ def homeserver_metrics(
     registry.add(FEDERATION_OUT_FAMILIES, lambda: _federation_out(hs))
     registry.add(STORAGE_FAMILIES, lambda: _storage(hs))
     registry.add(EVENT_FAMILIES, lambda: _events(hs))
+    registry.add(SIGNATURE_FAMILIES, lambda: _signature_process(hs))
 
     async def clients() -> Samples:
         handler, sliding = sync(), sliding_sync()
@@ -244,6 +266,17 @@ def _events(hs: HomeServer) -> Samples:
     samples["ranvier_partial_state_conflicts_total"] = storage.partial_state_conflicts
     samples["ranvier_partial_state_conflicts_refused_total"] = hs.event_creator.conflicts_refused
     return samples
+
+
+def _signature_process(hs: HomeServer) -> Samples:
+    process = hs.signature_process
+    return {
+        "ranvier_signature_process_up": int(process is not None and process.pid is not None),
+        "ranvier_signature_process_starts_total": 0 if process is None else process.starts,
+        "ranvier_signature_process_signatures_checked_total": (
+            0 if process is None else process.checked
+        ),
+    }
 
 
 def _count_users_and_rooms(conn: sqlite3.Connection) -> tuple[int, int]:
