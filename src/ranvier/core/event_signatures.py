@@ -31,7 +31,8 @@ at a time: by a :class:`SignatureOffload` (a process of its own,
 threads, as libsodium releases the GIL while it verifies. A caller that can
 go on with each event as soon as it is checked finds the keys once
 (:func:`find_signature_checks`) and runs the checks chunk by chunk itself
-(:func:`run_signature_checks`, :func:`offload_signature_checks`).
+(:func:`run_signature_checks`, or :func:`handed_over` and
+:func:`failures_once_checked`).
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ __all__ = [
     "SignatureOffload",
     "SignedMessage",
     "check_event_signatures",
-    "checked_off_the_loop",
+    "failures_once_checked",
     "find_signature_checks",
+    "handed_over",
     "offload_signature_checks",
     "redacted_if_hash_mismatch",
     "required_signers",
@@ -209,7 +211,7 @@ async def check_event_signatures(
         return failures
 
     async def check(chunk: Sequence[SignatureCheck]) -> None:
-        failures.update(await checked_off_the_loop(chunk, offload))
+        failures.update(await failures_once_checked(chunk, await handed_over(chunk, offload)))
 
     if offload is None:
         for start in range(0, len(checks), _CHUNK):
@@ -353,14 +355,29 @@ class OffloadedChecks:
         return self._plan.failures_given(await self._sent.holds())
 
 
-async def checked_off_the_loop(
+async def handed_over(
     checks: Sequence[SignatureCheck], offload: SignatureOffload | None
+) -> OffloadedChecks | None:
+    """``checks`` handed to ``offload`` (:func:`offload_signature_checks`);
+    None when there is no offload or it cannot take them, for
+    :func:`failures_once_checked` to check them in a thread instead."""
+    if offload is None:
+        return None
+    try:
+        return await offload_signature_checks(checks, offload)
+    except OffloadUnavailable as exc:
+        _log.debug("checking %d events' signatures in a thread: %s", len(checks), exc)
+        return None
+
+
+async def failures_once_checked(
+    checks: Sequence[SignatureCheck], sent: OffloadedChecks | None
 ) -> dict[str, InvalidSignatureError]:
-    """The failures of ``checks``, checked by ``offload`` when there is one
-    and it can, else in a worker thread."""
-    if offload is not None:
+    """The failures of ``checks``: the offload's answer when they were
+    handed over (``sent``) and it can answer, else checked in a worker thread."""
+    if sent is not None:
         try:
-            return await (await offload_signature_checks(checks, offload)).failures()
+            return await sent.failures()
         except OffloadUnavailable as exc:
             _log.debug("checking %d events' signatures in a thread: %s", len(checks), exc)
     return await trio.to_thread.run_sync(run_signature_checks, checks)

@@ -114,12 +114,12 @@ from .event_auth import (
 from .event_signatures import (
     THREAD_THRESHOLD,
     OffloadedChecks,
-    OffloadUnavailable,
     SignatureCheck,
     SignatureOffload,
     check_event_signatures,
+    failures_once_checked,
     find_signature_checks,
-    offload_signature_checks,
+    handed_over,
     redacted_if_hash_mismatch,
     run_signature_checks,
 )
@@ -320,11 +320,7 @@ class VerificationFeed:
         checks = await find_signature_checks([event for event, _ in items], self._verifier._keys)
         if self._offload is not None:
             # Handed over now, to be checked while later events are parsed.
-            try:
-                sent: OffloadedChecks | None = await offload_signature_checks(checks, self._offload)
-            except OffloadUnavailable as exc:
-                _log.debug("checking signatures in a thread: %s", exc)
-                sent = None
+            sent = await handed_over(checks, self._offload)
             self._nursery.start_soon(self._give_offloaded, checks, [v for _, v in items], sent)
             return
         self._queue.put((checks, [verdict for _, verdict in items]))
@@ -340,14 +336,7 @@ class VerificationFeed:
     async def _give_offloaded(
         checks: Sequence[SignatureCheck], verdicts: Sequence[Verdict], sent: OffloadedChecks | None
     ) -> None:
-        failures = None
-        if sent is not None:
-            try:
-                failures = await sent.failures()
-            except OffloadUnavailable as exc:
-                _log.debug("checking signatures in a thread: %s", exc)
-        if failures is None:
-            failures = await trio.to_thread.run_sync(run_signature_checks, checks)
+        failures = await failures_once_checked(checks, sent)
         for check, verdict in zip(checks, verdicts, strict=True):
             verdict.give(_after_signatures(check.event, failures.get(check.event.event_id)))
 
