@@ -36,6 +36,7 @@ import json
 import sqlite3
 from typing import Final
 
+from .e2e_keys import E2eKeyStorage
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
 
@@ -134,14 +135,15 @@ _ROWS_PER_CONNECTION: Final = 100
 class HousekeepingStorage:
     """Deletes rows no longer of use, a bounded write at a time."""
 
-    def __init__(self, actor: WriteBackend, readers: ReaderPool) -> None:
+    def __init__(self, actor: WriteBackend, readers: ReaderPool, e2e_keys: E2eKeyStorage) -> None:
         self._actor = actor
         self._readers = readers
+        self._e2e_keys = e2e_keys
 
     async def device_lists_position(self) -> int:
         """The device-list stream's position now: what a later pass may
         take as the position every reader has reached."""
-        return await self._readers.read(_device_lists_position)
+        return await self._e2e_keys.device_lists_position()
 
     async def prune(self, rule: Prune, *, cutoff_ms: int, limit: int) -> int:
         """Delete at most ``limit`` rows of ``rule`` in one write; how many went
@@ -159,13 +161,6 @@ class HousekeepingStorage:
         return await self._actor.submit(
             functools.partial(_delete, rule=rule.value, cutoff_ms=cutoff_ms, keys=found)
         )
-
-
-def _device_lists_position(conn: sqlite3.Connection) -> int:
-    (position,) = conn.execute(
-        "SELECT COALESCE(MAX(stream_id), 0) FROM device_list_changes"
-    ).fetchone()
-    return int(position)
 
 
 def _find(conn: sqlite3.Connection, *, rule: Prune, cutoff_ms: int, limit: int) -> list[int]:

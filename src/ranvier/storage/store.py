@@ -173,7 +173,7 @@ class Storage:
         self.registration_tokens = RegistrationTokenStorage(self.writer, self.readers)
         self.refresh_tokens = RefreshTokenStorage(self.writer, self.readers)
         self.login_tokens = LoginTokenStorage(self.writer, self.readers)
-        self.housekeeping = HousekeepingStorage(self.writer, self.readers)
+        self.housekeeping = HousekeepingStorage(self.writer, self.readers, self.e2e_keys)
         self.forgotten_rooms = ForgottenRoomStorage(self.writer, self.readers)
 
     @property
