@@ -138,7 +138,6 @@ class SignatureProcess:
             try:
                 await self._serve(generation)
             finally:
-                generation.stdin = None
                 self.pid = None
                 while self._waiting:
                     self._answered(self._waiting.popleft(), None)
