@@ -619,7 +619,7 @@ class DestinationQueue:
                         error,
                     )
         came_back = self._retry is not None
-        if self._retry is not None:
+        if came_back:
             _log.info("%s is back", self.destination)
             self._retry = None
             self._retry_at = None
