@@ -9,10 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 from _backoff import (
     RETRY_SECONDS,
     backed_off_ms,
     backoff_cleared,
+    retry_interval_ms,
     room_with_remote_member,
     wait_delivered,
 )
@@ -20,7 +22,29 @@ from _client_api import auth, register
 from _deployment import Deployment
 
 from ranvier.testing import Pki
-from ranvier.testing.homeserver import config_for_tests, open_test_homeserver
+from ranvier.testing.homeserver import TestHomeserver, config_for_tests, open_test_homeserver
+
+
+async def _signs_until_delivered(
+    remote: TestHomeserver, deployment: Deployment, destination: str, user_id: str
+) -> None:
+    """The remote signs a request of ours (a profile query) every second
+    and a half until the worker has delivered to it, at most 30 times.
+
+    Its first signed request may come while it is still starting: its
+    resync asks us for the room's state before its listener is up, and the
+    worker's retry then fails to connect. Each request after that is heard
+    from again, once the second after that failure has passed.
+    """
+    for _ in range(30):
+        if retry_interval_ms(deployment, destination) is None:
+            return
+        await remote.server.federation_client.get_json(
+            deployment.server_name,
+            "/_matrix/federation/v1/query/profile",
+            query={"user_id": user_id},
+        )
+        await trio.sleep(1.5)
 
 
 async def _send(http: httpx.AsyncClient, user: dict[str, str], room_id: str, body: str) -> str:
@@ -72,6 +96,7 @@ async def test_a_destination_backing_off_that_signs_a_request_is_delivered_to_at
             await remote.server.send_event(
                 bob_id, room_id, "m.room.message", {"msgtype": "m.text", "body": "back"}
             )
+            await _signs_until_delivered(remote, deployment, destination, alice["user_id"])
             await wait_delivered(remote, missed)
         # Delivered: the stored backoff is gone.
         await backoff_cleared(deployment, destination)
