@@ -241,6 +241,65 @@ async def test_two_servers_share_a_room_both_ways(tmp_path: Path, pki: Pki, vers
         assert await _in_dag(b.storage, rejoin_id)
 
 
+async def _listening(port: int) -> bool:
+    try:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+    except OSError:
+        return False
+    await stream.aclose()
+    return True
+
+
+async def test_a_restarted_server_sends_what_it_owes_only_once_it_listens(
+    tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server we send to tries at once what it holds for us; were we not
+    # listening yet, it would back off from us.
+    config_a, config_b = _config(tmp_path, pki, "a"), _config(tmp_path, pki, "b")
+    async with open_homeserver(config_a) as a:
+        alice = f"@alice:{a.server_name}"
+        async with open_homeserver(config_b) as b:
+            room_id = await a.create_room(alice, preset="public_chat")
+            await b.join_room(f"@bob:{b.server_name}", room_id, [a.server_name])
+        owed = await a.send_event(alice, room_id, "m.room.message", {"body": "while B is down"})
+
+        async def failed() -> bool:
+            status = a.federation_sender.status(config_b.server_name)
+            return status is not None and status.failed_attempts > 0
+
+        await _eventually(failed, "A to fail to reach B")
+    # Its backoff cleared, as an admin may: A tries B as soon as it can.
+    async with open_homeserver(config_a) as a:
+        await a.storage.federation_admin.clear_destination_backoff(config_b.server_name)
+
+    port_a = config_a.listeners[0].port
+    sent_while_deaf: list[str] = []
+    sent = 0
+    original = FederationHttpClient._send
+
+    async def watched(self: FederationHttpClient, method: str, destination: str, *args: Any) -> Any:
+        nonlocal sent
+        if self.server_name == config_a.server_name:
+            sent += 1
+            if not await _listening(port_a):
+                sent_while_deaf.append(f"{method} {destination}")
+        return await original(self, method, destination, *args)
+
+    monkeypatch.setattr(FederationHttpClient, "_send", watched)
+    # A listener slow to start: what A owes B is ready to go long before.
+    listen = HttpListener.run
+
+    async def slow_listen(self: HttpListener, **kwargs: Any) -> None:
+        await trio.sleep(0.5)
+        await listen(self, **kwargs)
+
+    monkeypatch.setattr(HttpListener, "run", slow_listen)
+    async with open_homeserver(config_b) as b, open_homeserver(config_a) as a:
+        await _eventually(lambda: _in_dag(b.storage, owed), "A's catch-up to reach B")
+    assert sent > 0
+    assert sent_while_deaf == []
+
+
 async def test_a_room_is_joined_through_the_server_its_id_names(tmp_path: Path, pki: Pki) -> None:
     async with _two_servers(tmp_path, pki) as (a, b):
         alice, bob = f"@alice:{a.server_name}", f"@bob:{b.server_name}"

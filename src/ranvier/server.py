@@ -52,6 +52,11 @@ Invariants
   :meth:`HomeServer.join_room` returns, and the task, started before the
   listeners, resumes every room still partial when the server starts; it
   stops before the federation sender and client it reads through.
+* **Listening before reaching out.** The federation sender and the
+  un-partial-state task send nothing, not even what was left from before
+  a restart, until every listener accepts connections. A server we send
+  to or ask for state tries at once what it holds for us; finding nobody
+  listening, it would back off and keep it waiting.
 * **Full mesh.** Each event written for a local user, and each join or
   leave another server makes through this one, is handed to the federation
   sender for every other server joined in the room once it is written;
@@ -374,6 +379,9 @@ class HomeServer:
         self._server_notices: ServerNotices | None = None
         self._listeners: list[tuple[ListenerConfig, HttpListener]] = []
         self._bound: tuple[BoundListener, ...] | None = None
+        #: Set once every listener accepts connections: the federation
+        #: sender and the un-partial-state task reach other servers only then.
+        self._serving = trio.Event()
         self._notifier: RoomEventSender | None = None
         self._pdu_queue: QueueingPduSink | None = None
         #: With a replication listener: what workers' stream answers from.
@@ -822,6 +830,7 @@ class HomeServer:
                 )
                 for bound in self._bound:
                     _log.info("listening on %s (%s)", bound.url, bound.config.type)
+                self._serving.set()
                 _freeze_start_up_objects()
                 task_status.started()
                 await trio.sleep_forever()
@@ -1093,6 +1102,7 @@ class HomeServer:
             outbox=storage.e2e_keys,
             deliveries=storage.federation_admin,
             backoff=BackoffPolicy(initial_ms=retry_ms),
+            serving=self._serving,
         )
         notifier = RoomEventSender(server_name, self._room_servers, self._pdu_sink())
         fetcher = FederationEventFetcher(client)
@@ -1148,6 +1158,7 @@ class HomeServer:
         )
         self._unpartial_stater = UnpartialStater(
             server_name=server_name,
+            serving=self._serving,
             store=storage,
             client=fetcher,
             verifier=verifier,

@@ -798,6 +798,31 @@ async def test_a_restarted_server_resumes_the_resync(
         await world.assert_full_state(reopened)
 
 
+async def test_a_resync_waits_until_the_server_is_serving(
+    world: World, autojump_clock: MockClock
+) -> None:
+    await world.join_partially()
+    asked_before = [list(server.calls) for server in world.servers.values()]
+    serving = trio.Event()
+    stater = world.stater(serving=serving)
+    async with running(stater):
+        stater.start_resync(world.room_id)
+        await until(lambda: tasks_named(f"resync {world.room_id}") == 1, "the room's task")
+        # Turns enough for a resync let go to ask its first server (reads
+        # go through threads, which Trio's clock does not wait for).
+        for _ in range(20):
+            await world.ours.is_partial_state_room(world.room_id)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.001)
+        assert [server.calls for server in world.servers.values()] == asked_before
+        assert set(stater.status()) == {world.room_id}
+        assert await world.ours.is_partial_state_room(world.room_id)
+
+        serving.set()
+
+        await stater.wait_for_full_state(world.room_id)
+    await world.assert_full_state()
+
+
 async def test_one_task_per_room_however_often_asked(
     world: World, autojump_clock: MockClock
 ) -> None:

@@ -216,6 +216,12 @@ class UnpartialStater:
     ``progress_store``, when given, records each room's progress (see the
     module's invariants for how often: ``progress_interval`` seconds and
     ``progress_every`` events).
+
+    ``serving``, when given, holds every resync back until it is set: the
+    server sets it once its listeners accept connections. A server asked
+    for state tries at once what it has for us, and one that finds nobody
+    listening backs off; resyncs resumed at start-up would otherwise ask
+    before we listen.
     """
 
     def __init__(
@@ -236,6 +242,7 @@ class UnpartialStater:
         progress_store: ResyncProgressStore | None = None,
         progress_interval: float = 1.0,
         progress_every: int = 100,
+        serving: trio.Event | None = None,
     ) -> None:
         if progress_interval <= 0:
             raise ValueError(f"progress_interval must be positive, not {progress_interval}")
@@ -265,6 +272,7 @@ class UnpartialStater:
         self._progress_store = progress_store
         self._progress_interval = progress_interval
         self._progress_every = progress_every
+        self._serving = serving
         self._nursery: trio.Nursery | None = None
         self._rooms: dict[str, _Progress] = {}
         self._full_state: dict[str, trio.Event] = {}
@@ -348,6 +356,8 @@ class UnpartialStater:
                     self._record, progress, name=f"resync progress {progress.room_id}"
                 )
             try:
+                if self._serving is not None:
+                    await self._serving.wait()
                 while True:
                     progress.again = False
                     await self._resync(progress)

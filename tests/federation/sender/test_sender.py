@@ -240,6 +240,37 @@ async def test_start_up_catches_up_only_what_was_left_behind_before_it(
     await caught_up(world, left_behind.server_name)
 
 
+async def test_nothing_is_sent_until_the_server_is_serving(
+    world: World, mock_clock: MockClock
+) -> None:
+    left_behind, fresh = await world.remote("a.test"), await world.remote("b.test")
+    (old,) = await world.events("!a:origin.test", 1)
+    await world.storage.store_destination_rooms(
+        left_behind.server_name, {old.room_id: old.stream_ordering}
+    )
+    serving = trio.Event()
+    running = await world.start_sender(serving=serving)
+    new = await world.events("!b:origin.test", 2)
+    send(running, new, fresh.server_name)
+    running.sender.heard_from(left_behind.server_name)
+    mock_clock.jump(3600)
+    await settle(world.storage)
+    assert (left_behind.received, fresh.received) == ([], [])
+    # Held, not lost: both are sent once the server serves.
+    status = running.sender.status(fresh.server_name)
+    assert status is not None
+    assert status.queued_pdus == 2
+
+    serving.set()
+
+    await until(lambda: len(left_behind.received) == 1, "the catch-up transaction")
+    await until(lambda: len(fresh.received) == 1, "the queued transaction")
+    assert left_behind.received[0].event_ids == [old.event_id]
+    assert fresh.received[0].event_ids == [p.event_id for p in new]
+    await caught_up(world, fresh.server_name)
+    await caught_up(world, left_behind.server_name)
+
+
 async def _has_unsent_rooms(world: World, destination: str, count: int) -> bool:
     return len(await world.storage.get_unsent_destination_rooms(destination)) == count
 

@@ -131,6 +131,10 @@ class QueueSettings:
     deliveries: DeliveryLog | None = None
     #: What every queue has done, added up across queues come and gone.
     totals: SenderTotals = field(default_factory=lambda: SenderTotals())
+    #: Set once this server answers requests; nothing is sent before it is
+    #: (see :class:`~ranvier.federation.sender.FederationSender`). None:
+    #: sent at once.
+    serving: trio.Event | None = None
 
 
 @dataclass(slots=True)
@@ -334,6 +338,8 @@ class DestinationQueue:
             self._closed = True
 
     async def _drain(self) -> None:
+        if self._settings.serving is not None:
+            await self._settings.serving.wait()
         await self._load_retry()
         while True:
             # A fresh event before every look at the state: whatever is

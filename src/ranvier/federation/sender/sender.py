@@ -64,6 +64,12 @@ class FederationSender:
     announced with :meth:`outbox_filled`. ``deliveries`` keeps when each
     destination last took a transaction, for operators. ``clock_ms`` (wall-clock
     milliseconds) and ``rng`` are there for tests.
+
+    ``serving``, when given, holds every sending back until it is set: the
+    server sets it once its listeners accept connections. A server that
+    hears from us tries at once what it has for us, and one that finds
+    nobody listening backs off, so sending at start-up, before we listen,
+    would leave what others have for us waiting out their backoff.
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class FederationSender:
         deliveries: DeliveryLog | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
         rng: random.Random | None = None,
+        serving: trio.Event | None = None,
     ) -> None:
         if max_queued_pdus < 1 or max_queued_edus < 1:
             raise ValueError("a destination queue must hold at least one PDU and one EDU")
@@ -106,6 +113,7 @@ class FederationSender:
             idle_timeout=idle_timeout,
             outbox=outbox,
             deliveries=deliveries,
+            serving=serving,
         )
         self._queues: dict[str, DestinationQueue] = {}
         self._run_entered = False
