@@ -78,6 +78,7 @@ TABLES_ADDED = {
     # A column of appservice_positions, no table.
     34: set(),
     35: {"destination_deliveries"},
+    36: {"id_floors"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -244,6 +245,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO appservice_positions VALUES ('bridge', 5, 2, 1)")
     elif version == 35:
         run("INSERT INTO destination_deliveries VALUES ('hs.example', 5)")
+    elif version == 36:
+        run("INSERT INTO id_floors VALUES ('events', 7)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -90,6 +90,7 @@ from ranvier.core.notifier import StreamNotifier, StreamPosition
 from ranvier.errors import BadJsonError, MatrixError, StorageUnavailableError
 from ranvier.metrics import note_route
 from ranvier.storage import Storage
+from ranvier.storage.id_floors import events_top, un_partial_top
 from ranvier.storage.sync_reads import joined_rooms
 from ranvier.web import Receive, Router, Scope, Send, read_body
 
@@ -196,10 +197,7 @@ _json: Final = msgspec.json.Encoder()
 
 def read_positions(conn: sqlite3.Connection) -> StreamPositions:
     """The newest position of each stream, in one snapshot."""
-    (events,) = conn.execute("SELECT COALESCE(MAX(stream_ordering), 0) FROM events").fetchone()
-    (un_partial,) = conn.execute(
-        "SELECT COALESCE(MAX(rowid), 0) FROM un_partial_stated_rooms"
-    ).fetchone()
+    events, un_partial = events_top(conn), un_partial_top(conn)
     sequences: dict[str, int] = {}
     # No sqlite_sequence (no table with AUTOINCREMENT yet): no account data,
     # receipts, to-device messages or device-list changes either.

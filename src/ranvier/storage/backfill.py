@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from ranvier.errors import MatrixError
 
 from . import writes
+from .id_floors import events_top
 from .readers import ReaderPool
 from .records import EventToPersist
 from .write_backend import WriteBackend, registered_write
@@ -119,7 +120,7 @@ def _persist_backfilled_events(
     rooms = sorted({event.room_id for event in events})
     extremities = {room_id: _extremities(conn, room_id) for room_id in rooms}
     current = {room_id: _current_group(conn, room_id) for room_id in rooms}
-    (top,) = conn.execute("SELECT COALESCE(MAX(stream_ordering), 0) FROM events").fetchone()
+    top = events_top(conn)
     before = _orderings(conn, [event.event_id for event in events])
     orderings = writes.persist_events(conn, events)
     # Placed now: written for the first time (outliers too: those fetched to
@@ -130,7 +131,7 @@ def _persist_backfilled_events(
     placed = [(event.event_id, event.depth) for event in events if orderings[event.event_id] > top]
     for event_id, depth in placed:
         orderings[event_id] = _place(conn, event_id, depth)
-    (new_top,) = conn.execute("SELECT COALESCE(MAX(stream_ordering), 0) FROM events").fetchone()
+    new_top = events_top(conn)
     if new_top < top:
         # An outlier at the very top of the stream took its place in the DAG
         # (one fetched last, by a resync say): it keeps the top, out of

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 
+from .id_floors import events_top
 from .readers import ReaderPool
 from .records import STORED_EVENT_COLUMNS, StoredEvent, stored_event_from_row
 from .redactions import served
@@ -39,8 +40,7 @@ def timeline_events_after(
 
 def newest_stream_ordering(conn: sqlite3.Connection) -> int:
     """The stream ordering of the newest event stored (0 for none)."""
-    row = conn.execute("SELECT MAX(stream_ordering) FROM events").fetchone()
-    return 0 if row is None or row[0] is None else int(row[0])
+    return events_top(conn)
 
 
 class EventStreamReads:

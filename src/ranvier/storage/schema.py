@@ -1042,6 +1042,18 @@ def _destination_deliveries(conn: sqlite3.Connection) -> None:
     )
 
 
+def _id_floors(conn: sqlite3.Connection) -> None:
+    """The top each counter that is its table's largest value plus one had
+    when a room's purge deleted rows (:mod:`ranvier.storage.id_floors`), so
+    that no stream ordering, state group ID or un-partial-state position is
+    handed out twice.
+    """
+    conn.execute(
+        "CREATE TABLE id_floors (counter TEXT PRIMARY KEY NOT NULL,"
+        " highest INTEGER NOT NULL) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1079,6 +1091,7 @@ MIGRATIONS: Sequence[Migration] = (
     _out_of_band_memberships,
     _appservice_receipts,
     _destination_deliveries,
+    _id_floors,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

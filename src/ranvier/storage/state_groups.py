@@ -24,6 +24,7 @@ from collections.abc import Iterable
 
 from ranvier.errors import MatrixError
 
+from .id_floors import state_groups_top
 from .records import StateDelta, StateKey, StateMap
 from .write_backend import registered_write
 
@@ -124,13 +125,12 @@ def _insert_group(
     chain_length: int,
     rows: StateDelta,
 ) -> int:
-    cursor = conn.execute(
-        "INSERT INTO state_groups (room_id, prev_group, chain_length, row_count)"
-        " VALUES (?, ?, ?, ?)",
-        (room_id, prev_group, chain_length, len(rows)),
+    group = state_groups_top(conn) + 1
+    conn.execute(
+        "INSERT INTO state_groups (id, room_id, prev_group, chain_length, row_count)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (group, room_id, prev_group, chain_length, len(rows)),
     )
-    group = cursor.lastrowid
-    assert group is not None
     # A generator, not a list: a big room's first full state is tens of
     # thousands of rows, each a tuple of four.
     conn.executemany(

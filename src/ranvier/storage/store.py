@@ -62,6 +62,7 @@ from .relations import RelationStorage
 from .reports import ReportStorage
 from .room_keys import RoomKeyStorage
 from .room_members import RoomMemberStorage
+from .room_purge import RoomPurgeStorage
 from .room_upgrades import RoomUpgradeStorage
 from .run_reads import RunReads
 from .search import SearchStorage
@@ -175,6 +176,7 @@ class Storage:
         self.login_tokens = LoginTokenStorage(self.writer, self.readers)
         self.housekeeping = HousekeepingStorage(self.writer, self.readers, self.e2e_keys)
         self.forgotten_rooms = ForgottenRoomStorage(self.writer, self.readers)
+        self.room_purge = RoomPurgeStorage(self.writer)
 
     @property
     def actor(self) -> StorageActor:

@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 
 from .forgotten_rooms import forgotten_rooms, is_forgotten
+from .id_floors import events_top, un_partial_top
 from .ignored_users import read_ignored_users
 from .local_memberships import dag_membership, newest_membership, newest_memberships
 from .readers import ReaderPool
@@ -75,11 +76,7 @@ _decode_membership = msgspec.json.Decoder(_Membership).decode
 
 def positions(conn: sqlite3.Connection) -> tuple[int, int]:
     """The newest events position and un-partial-state position."""
-    (events,) = conn.execute("SELECT COALESCE(MAX(stream_ordering), 0) FROM events").fetchone()
-    (rooms,) = conn.execute(
-        "SELECT COALESCE(MAX(rowid), 0) FROM un_partial_stated_rooms"
-    ).fetchone()
-    return int(events), int(rooms)
+    return events_top(conn), un_partial_top(conn)
 
 
 def sync_snapshot(

@@ -40,6 +40,7 @@ from ranvier.errors import (
 )
 
 from .forgotten_rooms import clear_forgotten
+from .id_floors import events_top, un_partial_top
 from .local_memberships import record_out_of_band
 from .records import (
     DestinationRetry,
@@ -249,12 +250,11 @@ def _write_event_row(conn: sqlite3.Connection, event: EventToPersist) -> tuple[i
     (ordering,) = conn.execute(
         """
         UPDATE events
-        SET stream_ordering = (SELECT MAX(stream_ordering) + 1 FROM events),
-            outlier = 0, soft_failed = ?, rejected_reason = ?
+        SET stream_ordering = ?, outlier = 0, soft_failed = ?, rejected_reason = ?
         WHERE event_id = ?
         RETURNING stream_ordering
         """,
-        (event.soft_failed, event.rejected_reason, event.event_id),
+        (events_top(conn) + 1, event.soft_failed, event.rejected_reason, event.event_id),
     ).fetchone()
     return ordering, True
 
@@ -466,7 +466,7 @@ def _write_new_events(
     new = [event for event in events if event.event_id not in stored]
     if not new:
         return orderings, {}
-    (top,) = conn.execute("SELECT COALESCE(MAX(stream_ordering), 0) FROM events").fetchone()
+    top = events_top(conn)
     rows = []
     for ordering, event in enumerate(new, start=top + 1):
         orderings[event.event_id] = ordering
@@ -793,14 +793,11 @@ def clear_partial_state(conn: sqlite3.Connection, room_id: str) -> bool:
         raise
     if cursor.rowcount == 0:
         return False
-    (next_position,) = conn.execute(
-        "SELECT COALESCE(MAX(rowid), 0) + 1 FROM un_partial_stated_rooms"
-    ).fetchone()
+    next_position = un_partial_top(conn) + 1
     conn.execute("DELETE FROM un_partial_stated_rooms WHERE room_id = ?", (room_id,))
     conn.execute(
-        "INSERT INTO un_partial_stated_rooms (rowid, room_id, stream_ordering)"
-        " SELECT ?, ?, COALESCE(MAX(stream_ordering), 0) FROM events",
-        (next_position, room_id),
+        "INSERT INTO un_partial_stated_rooms (rowid, room_id, stream_ordering) VALUES (?, ?, ?)",
+        (next_position, room_id, events_top(conn)),
     )
     return True
 
