@@ -1614,6 +1614,7 @@ class HomeServer:
             leaves=self.room_leaves,
             aliases=self.room_directory,
             room_list=self.room_list,
+            purger=self.storage.room_purge,
         )
         add_admin_room_routes(router, auth=self.auth, rooms=rooms)
         reports = AdminReports(server_name=server_name, store=store)

@@ -171,7 +171,9 @@ async def test_a_deleted_room_is_left_by_its_local_users_and_blocked(env: WithAd
     await c.ok(alice, "POST", f"/rooms/{q(room_id)}/invite", {"user_id": carol.user_id})
     since = (await c.ok(bob, "GET", "/sync"))["next_batch"]
 
-    answer = await admin_ok(http, admin, "DELETE", f"/v2/rooms/{q(room_id)}", {"block": True})
+    answer = await admin_ok(
+        http, admin, "DELETE", f"/v2/rooms/{q(room_id)}", {"block": True, "purge": False}
+    )
     delete_id = answer["delete_id"]
     status = await admin_ok(http, admin, "GET", f"/v2/rooms/delete_status/{q(delete_id)}")
     assert (status["status"], status["room_id"], status["delete_id"]) == (
@@ -207,10 +209,6 @@ async def test_a_delete_it_cannot_do_is_refused_and_changes_nothing(env: WithAdm
     c, http, admin, alice = env.client, env.client.http, env.admin, env.alice
     room_id = await c.create_room(alice, preset="public_chat")
     path = f"/v2/rooms/{q(room_id)}"
-    message = await admin_refused(
-        http, admin, "DELETE", path, {"purge": True}, status=400, errcode="M_INVALID_PARAM"
-    )
-    assert "purge" in message
     await admin_refused(
         http, admin, "DELETE", path, {"new_room_user_id": admin.user_id},
         status=400, errcode="M_INVALID_PARAM",

@@ -1,6 +1,8 @@
 """The room admin API at Synapse's paths: rooms listed and shown, their
-members and state, blocks, and rooms shut with their delete status
-(:class:`ranvier.core.admin_rooms.AdminRooms`). Admins only.
+members and state, blocks, and rooms shut and purged with their delete
+status (:class:`ranvier.core.admin_rooms.AdminRooms`); the first version
+of ``DELETE`` answers what the shut did, the second a deletion ID to
+read the status by. Admins only.
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ def add_admin_room_routes(router: Router, *, auth: Auth, rooms: AdminRooms) -> N
             admin.user_id, request.path_params["room_id"], body_object(request)
         )
 
+    async def delete_room_now(request: Request) -> Mapping[str, Any]:
+        admin = await require_admin(auth, request)
+        return await rooms.delete_now(
+            admin.user_id, request.path_params["room_id"], body_object(request)
+        )
+
     async def delete_status(request: Request) -> Mapping[str, Any]:
         await require_admin(auth, request)
         return rooms.delete_status(request.path_params["room_id"])
@@ -77,6 +85,7 @@ def add_admin_room_routes(router: Router, *, auth: Auth, rooms: AdminRooms) -> N
     router.add("GET", f"{ADMIN_V1}/rooms/{{room_id}}/state", state)
     router.add("GET", f"{ADMIN_V1}/rooms/{{room_id}}/block", get_block)
     router.add("PUT", f"{ADMIN_V1}/rooms/{{room_id}}/block", put_block)
+    router.add("DELETE", f"{ADMIN_V1}/rooms/{{room_id}}", delete_room_now)
     router.add("DELETE", f"{ADMIN_V2}/rooms/{{room_id}}", delete_room)
     router.add("GET", f"{ADMIN_V2}/rooms/{{room_id}}/delete_status", delete_status)
     router.add("GET", f"{ADMIN_V2}/rooms/delete_status/{{delete_id}}", delete_status_by_id)

@@ -1,13 +1,18 @@
-"""Rooms as the server's admins see and shut them (Synapse's room admin
-API, the subset this server has the data for).
+"""Rooms as the server's admins see, shut and purge them (Synapse's room
+admin API, the subset this server has the data for).
 
 Deleting a room here shuts it for this server's users: every local user
 joined to it, invited to it or knocking on it leaves through the ordinary
 leave (so the room's other servers hear of it), its local aliases are
 removed and it leaves the published room list. With ``block`` no local
-user may join it again. The room's stored events stay: ``purge`` is
-refused rather than pretended. The work is done before the ``DELETE`` is
-answered; what happened is kept (in memory, the most recent
+user may join it again. Then, unless ``purge`` is false (it is true by
+default, as Synapse has it), every stored row of the room is deleted in
+one write (:mod:`ranvier.storage.room_purge`): the server behaves as if it
+never had the room, but for the block, which stays. Media files stay too.
+A purge is refused, deleting nothing, while a local user is still in the
+room after the leaves (one failed), unless ``force_purge`` is given; the
+refusal is the deletion's ``error``. The work is done before the
+``DELETE`` is answered; what happened is kept (in memory, the most recent
 :data:`MAX_DELETIONS_KEPT`) for the delete status endpoints.
 """
 
@@ -76,6 +81,14 @@ class CurrentState(Protocol):
     async def get_current_state_ids(self, room_id: str) -> Mapping[StateKey, str]: ...
 
     async def get_events(self, event_ids: Collection[str]) -> Mapping[str, StoredEvent]: ...
+
+
+class RoomPurger(Protocol):
+    """:class:`ranvier.storage.room_purge.RoomPurgeStorage`."""
+
+    async def purge_room(
+        self, room_id: str, *, refuse_if_members_of: str | None = None
+    ) -> object | None: ...
 
 
 class RoomLeaver(Protocol):
@@ -213,6 +226,7 @@ class AdminRooms:
         leaves: RoomLeaver,
         aliases: AliasRemover,
         room_list: RoomUnlister,
+        purger: RoomPurger,
         clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self._server_name = server_name
@@ -221,6 +235,7 @@ class AdminRooms:
         self._leaves = leaves
         self._aliases = aliases
         self._room_list = room_list
+        self._purger = purger
         self._clock = clock
         self._deletions: OrderedDict[str, _Deletion] = OrderedDict()
 
@@ -299,25 +314,32 @@ class AdminRooms:
     # Deleting.
 
     async def delete(self, admin_id: str, room_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Shut ``room_id`` for this server's users; see the module's doc."""
+        """Shut ``room_id`` for this server's users, then purge it unless
+        told not to; see the module's doc."""
+        return {"delete_id": (await self._delete(admin_id, room_id, body)).delete_id}
+
+    async def delete_now(
+        self, admin_id: str, room_id: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """:meth:`delete`, answered as the first version of the endpoint
+        answers: what the shut did, or the error that stopped the purge."""
+        deletion = await self._delete(admin_id, room_id, body)
+        if deletion.status == "failed":
+            raise MatrixError(deletion.error or "the purge failed", http_status=400)
+        answer: dict[str, Any] = deletion.json()["shutdown_room"]
+        return answer
+
+    async def _delete(self, admin_id: str, room_id: str, body: Mapping[str, Any]) -> _Deletion:
         check_room_id(room_id)
         block = body.get("block", False)
-        purge = body.get("purge", False)
-        for key, value in (
-            ("block", block),
-            ("purge", purge),
-            ("force_purge", body.get("force_purge", False)),
-        ):
+        purge = body.get("purge", True)
+        force_purge = body.get("force_purge", False)
+        for key, value in (("block", block), ("purge", purge), ("force_purge", force_purge)):
             if not isinstance(value, bool):
                 raise BadJsonError(f"'{key}' must be true or false")
         for key in ("room_name", "message", "new_room_user_id"):
             if body.get(key) is not None and not isinstance(body.get(key), str):
                 raise BadJsonError(f"'{key}' must be a string")
-        if purge:
-            raise _invalid(
-                "purge is not supported: this server does not remove a room's stored"
-                " events; send purge: false to shut the room (its local users leave)"
-            )
         if body.get("new_room_user_id") is not None:
             raise _invalid("new_room_user_id is not supported: no replacement room is made")
         if await self._store.room(self._server_name, room_id) is None:
@@ -327,10 +349,23 @@ class AdminRooms:
         try:
             await self._shut(admin_id, deletion, block=block)
         except MatrixError as exc:
-            deletion.status, deletion.error = "failed", exc.args[0] if exc.args else str(exc)
+            deletion.status, deletion.error = "failed", exc.message
             raise
+        if purge:
+            deletion.status = "purging"
+            try:
+                await self._purger.purge_room(
+                    room_id, refuse_if_members_of=None if force_purge else self._server_name
+                )
+            except MatrixError as exc:
+                # The room is shut; the purge's refusal is the outcome to read.
+                deletion.status, deletion.error = "failed", exc.message
+                return deletion
+            except Exception:
+                deletion.status, deletion.error = "failed", "the purge failed: nothing was deleted"
+                raise
         deletion.status = "complete"
-        return {"delete_id": deletion.delete_id}
+        return deletion
 
     async def _shut(self, admin_id: str, deletion: _Deletion, *, block: bool) -> None:
         room_id = deletion.room_id
