@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from _admin import admin_ok, admin_refused
 from _client import WithAdmin, open_with_admin, q
+from _sliding_sync import all_rooms, slide
 
 from ranvier.testing.homeserver import TestUser
 
@@ -48,6 +49,9 @@ async def test_a_purged_room_is_gone_but_its_block(env: WithAdmin) -> None:
     await c.ok(bob, "PUT", f"/user/{q(bob.user_id)}/rooms/{q(room_id)}/tags/u.work", {})
     other = await c.create_room(alice, preset="public_chat")
     since = (await env.sync(bob))["next_batch"]
+    lists = {"lists": {"all": all_rooms(ranges=[[0, 9]])}}
+    slid = await slide(http, bob, lists)
+    assert room_id in slid["rooms"]
 
     answer = await admin_ok(http, admin, "DELETE", f"/v2/rooms/{q(room_id)}", {"block": True})
     status = await admin_ok(http, admin, "GET", f"/v2/rooms/delete_status/{answer['delete_id']}")
@@ -75,6 +79,9 @@ async def test_a_purged_room_is_gone_but_its_block(env: WithAdmin) -> None:
     initial = await env.sync(bob)
     for section in ("join", "invite", "knock", "leave"):
         assert room_id not in initial["rooms"].get(section, {})
+    # So does his sliding sync, from its position before the purge.
+    slid = await slide(http, bob, lists, pos=slid["pos"], timeout_ms=0)
+    assert (slid["rooms"], slid["lists"]["all"]["count"]) == ({}, 0)
     # And he carries on: a room of his own, its message in his next sync.
     mine = await c.create_room(bob)
     hello = await _send(env, bob, mine, "hello again", "t2")
