@@ -12,6 +12,7 @@ from ranvier.config import (
     ListenerConfig,
     RegistrationConfig,
     TlsConfig,
+    UploadLimit,
     load_config,
 )
 from ranvier.server import HomeServer
@@ -345,3 +346,47 @@ def test_url_preview_address_lists_are_checked_when_loaded() -> None:
         Config.from_toml('[media]\nurl_preview_ip_range_denylist = ["10.0.0.0/8", "intranet"]\n')
     assert info.value.key == "media.url_preview_ip_range_denylist[1]"
     assert "'intranet'" in info.value.problem
+
+
+def test_upload_limits_are_a_list_of_windows_and_none_by_default() -> None:
+    assert Config.default().media.upload_limits == ()
+    config = Config.from_toml(
+        "[media]\nupload_limits = [\n"
+        "  { period_seconds = 3600, max_bytes = 104857600 },\n"
+        "  { period_seconds = 86400, max_bytes = 524288000 },\n"
+        "]\n"
+    )
+    assert config.media.upload_limits == (
+        UploadLimit(period_seconds=3600, max_bytes=104_857_600),
+        UploadLimit(period_seconds=86_400, max_bytes=524_288_000),
+    )
+
+
+@pytest.mark.parametrize(
+    ("entries", "key", "problem"),
+    [
+        ("{ period_seconds = 3600, max_bytes = 0 }", "media.upload_limits[0].max_bytes", ">= 1"),
+        (
+            "{ period_seconds = 60, max_bytes = 1 }, { period_seconds = -5, max_bytes = 1 }",
+            "media.upload_limits[1].period_seconds",
+            ">= 1",
+        ),
+        (
+            "{ period_seconds = 60, max_bytes = 1, max_files = 3 }",
+            "media.upload_limits[0].max_files",
+            "unknown key",
+        ),
+        ("{ period_seconds = 60 }", "media.upload_limits[0].max_bytes", "missing"),
+        (
+            "{ period_seconds = '1h', max_bytes = 1 }",
+            "media.upload_limits[0].period_seconds",
+            "str",
+        ),
+    ],
+)
+def test_a_bad_upload_limit_is_refused_by_its_key(entries: str, key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_toml(f"[media]\nupload_limits = [{entries}]\n")
+    assert info.value.key == key
+    assert str(info.value).startswith(f"{key}: ")
+    assert problem in info.value.problem

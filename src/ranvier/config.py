@@ -49,6 +49,7 @@ __all__ = [
     "ReplicationConfig",
     "ServerNoticesConfig",
     "TlsConfig",
+    "UploadLimit",
     "WorkerConfig",
     "load_config",
 ]
@@ -281,6 +282,15 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             )
 
 
+class UploadLimit(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How much one local user may upload within a sliding window of time."""
+
+    #: The window's length, ending at each upload.
+    period_seconds: Annotated[int, msgspec.Meta(gt=0)]
+    #: The most that user's uploads within the window may add up to.
+    max_bytes: Annotated[int, msgspec.Meta(gt=0)]
+
+
 class MediaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The content repository: files users upload, and other servers' media
     fetched for them.
@@ -294,6 +304,12 @@ class MediaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     #: largest piece of media fetched from another server (502 above it).
     #: Clients learn it from ``/media/config``.
     max_upload_bytes: Annotated[int, msgspec.Meta(gt=0)] = 50 * _MIB
+    #: Caps on what one user uploads over time (``[{ period_seconds = 3600,
+    #: max_bytes = 104857600 }, ...]``), each held on its own: an upload
+    #: that would take a user past any is refused (403 ``M_FORBIDDEN``).
+    #: Other servers' media, thumbnails and URL preview images are never
+    #: refused by them. None by default.
+    upload_limits: tuple[UploadLimit, ...] = ()
     #: Where media files are kept; None means ``<data_dir>/media``.
     store_path: Path | None = None
     #: Images with more pixels than this are not thumbnailed (413

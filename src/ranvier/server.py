@@ -179,7 +179,7 @@ from ranvier.core.interfaces import EventPersister
 from ranvier.core.joins import RemoteJoiner
 from ranvier.core.knocks import RoomKnocks
 from ranvier.core.login_tokens import LoginTokens
-from ranvier.core.media import MediaRepository
+from ranvier.core.media import MediaRepository, UnlimitedUploads, UploadWindow
 from ranvier.core.media_deletion import MediaDeleter
 from ranvier.core.media_retention import DAY_MS, MediaRetention
 from ranvier.core.notification_counts import NotificationCounts
@@ -909,6 +909,10 @@ class HomeServer:
             files=media_files,
             remote=FederationMediaClient(self._federation_client),
             max_upload_bytes=config.media.max_upload_bytes,
+            upload_windows=tuple(
+                UploadWindow(limit.period_seconds * 1000, limit.max_bytes)
+                for limit in config.media.upload_limits
+            ),
             max_thumbnail_pixels=config.media.max_thumbnail_source_pixels,
         )
         self._media_deleter = MediaDeleter(
@@ -1047,7 +1051,9 @@ class HomeServer:
             max_bytes=settings.url_preview_max_bytes,
             timeout_seconds=settings.url_preview_timeout_seconds,
         )
-        return UrlPreviewer(source=fetcher, rows=self.storage.url_previews, images=media)
+        return UrlPreviewer(
+            source=fetcher, rows=self.storage.url_previews, images=UnlimitedUploads(media)
+        )
 
     def _make_storage(self) -> Storage:
         """This process's storage; a worker's writes through the main process."""

@@ -14,7 +14,7 @@ from _twice import run_twice, write_call
 from ranvier.replication import operations
 from ranvier.storage import Storage, WriteOperation
 from ranvier.storage import media as module
-from ranvier.storage.media import MediaRecord, ThumbnailRecord
+from ranvier.storage.media import MediaRecord, ThumbnailRecord, UploadQuota, UploadWindow
 from ranvier.storage.media_files import MediaFileExistsError, MediaFiles
 
 US = "example.org"
@@ -186,3 +186,115 @@ async def test_a_write_run_twice_leaves_what_the_first_run_left(
     await storage.media.create(US, "pending", user_id=ALICE, created_ts=1)
     operation = _TWICE[name]
     await run_twice(storage, db_path, operation, ("media", "media_thumbnails"))
+
+
+async def test_uploaded_bytes_are_summed_within_the_window(storage: Storage) -> None:
+    media = storage.media
+    for media_id, size, ts in (("old", 10, 1000), ("edge", 20, 5000), ("new", 40, 9000)):
+        await media.add_upload(
+            US, media_id, user_id=ALICE, content_type=None, upload_name=None, size=size, ts=ts
+        )
+    # Not Alice's uploads: Bob's, another server's, and an ID not yet filled.
+    await media.add_upload(
+        US, "bobs", user_id=BOB, content_type=None, upload_name=None, size=100, ts=9000
+    )
+    await media.add_remote(
+        "other.org", "far", content_type=None, upload_name=None, size=100, ts=9000
+    )
+    await media.create(US, "empty", user_id=ALICE, created_ts=9000)
+    # Created long before the window, uploaded within it.
+    await media.create(US, "ahead", user_id=ALICE, created_ts=100)
+    await media.complete_upload(
+        US, "ahead", user_id=ALICE, content_type=None, upload_name=None, size=8, ts=9600
+    )
+
+    async def used(period_ms: int, *, lead_ms: int = 10_000) -> int:
+        window = UploadWindow(period_ms=period_ms, max_bytes=1)
+        quota = UploadQuota(windows=(window,), created_lead_ms=lead_ms)
+        return await media.uploaded_bytes(US, ALICE, window=window, quota=quota, ts=10_000)
+
+    # The window (5000, 10000] leaves out the upload at its very start.
+    assert await used(5000) == 40 + 8
+    assert await used(5001) == 20 + 40 + 8
+    assert await used(20_000) == 10 + 20 + 40 + 8
+    assert await used(500) == 8
+    # Rows created more than the lead before the window are not read.
+    assert await used(5000, lead_ms=0) == 40
+
+
+async def test_an_upload_that_would_cross_a_window_is_refused_whole(storage: Storage) -> None:
+    media = storage.media
+    hour = UploadWindow(period_ms=1000, max_bytes=100)
+    day = UploadWindow(period_ms=10_000, max_bytes=150)
+    quota = UploadQuota(windows=(hour, day), created_lead_ms=0)
+
+    async def upload(media_id: str, size: int, ts: int, user: str = ALICE) -> Any:
+        return await media.add_upload(
+            US,
+            media_id,
+            user_id=user,
+            content_type=None,
+            upload_name=None,
+            size=size,
+            ts=ts,
+            quota=quota,
+        )
+
+    assert await upload("a", 60, 0) is None
+    assert await upload("b", 50, 500) == hour
+    assert await media.media(US, "b") is None
+    # Exactly the maximum is within it.
+    assert await upload("c", 40, 500) is None
+    assert await upload("d", 1, 900, user=BOB) is None
+    # The first hour's window has moved past "a"; the day's has not.
+    assert await upload("e", 60, 1200) == day
+    assert await media.media(US, "e") is None
+    assert await upload("f", 50, 1200) is None
+
+    # Filling a created ID is held to the windows too, and stays unfilled.
+    await media.create(US, "later", user_id=ALICE, created_ts=1300)
+
+    def fill(size: int, ts: int) -> Any:
+        return media.complete_upload(
+            US,
+            "later",
+            user_id=ALICE,
+            content_type=None,
+            upload_name=None,
+            size=size,
+            ts=ts,
+            quota=quota,
+        )
+
+    assert await fill(1, 1300) == day
+    pending = await media.media(US, "later")
+    assert pending is not None
+    assert not pending.uploaded
+    # Once every upload has left the day's window, it fits.
+    assert await fill(100, 11_200) == "stored"
+
+
+async def test_a_write_within_its_quota_run_twice_is_not_counted_against_itself(
+    storage: Storage, db_path: Path
+) -> None:
+    quota = UploadQuota(windows=(UploadWindow(period_ms=1000, max_bytes=4),), created_lead_ms=0)
+    await storage.media.create(US, "pending", user_id=ALICE, created_ts=1)
+    add = write_call(
+        module._add_upload, origin=US, media_id="up", user_id=ALICE, quota=quota, **_FILL
+    )
+    assert await run_twice(storage, db_path, add, ("media",)) is None
+    # Alice has her 4 bytes in this window: the created ID cannot be filled
+    # now, though the same fill run twice elsewhere answered as it should.
+    fill = write_call(
+        module._complete_upload, origin=US, media_id="pending", user_id=ALICE, quota=quota, **_FILL
+    )
+    assert await storage.actor.submit(fill) == UploadWindow(period_ms=1000, max_bytes=4)
+    later = write_call(
+        module._complete_upload,
+        origin=US,
+        media_id="pending",
+        user_id=ALICE,
+        quota=quota,
+        **{**_FILL, "ts": 2000},
+    )
+    assert await run_twice(storage, db_path, later, ("media",)) == "stored"

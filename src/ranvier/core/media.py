@@ -21,6 +21,17 @@ Invariants
 * **Quarantined media is not there**: neither served (404, to clients and
   to other servers alike, thumbnails included) nor fetched again from its
   origin. Neither is media being deleted.
+* **Upload quotas are decided by the writer.** With ``upload_windows``
+  set, each upload of a local user is held to every window: what the user
+  uploaded within it plus this upload must stay within its maximum. A
+  declared length is checked against what is stored before the body is
+  read, to spare the transfer; the decision is the storage write's, which
+  sums and stores at once (see :mod:`ranvier.storage.media`), so uploads
+  racing each other cannot both slip under. An upload refused there has
+  its file removed: nothing is kept. Application services' users are held
+  to them as anyone is. Other servers' media and thumbnails are not user
+  uploads and never counted; URL preview images are stored with
+  :meth:`MediaRepository.upload_unlimited`, never refused.
 * **Access is noted sparingly**: serving media writes its last access
   only when the one stored is older than :data:`ACCESS_NOTE_INTERVAL_MS`
   (and once at a time per process), not once per request.
@@ -42,7 +53,13 @@ import trio
 from ranvier.errors import LimitExceededError, MatrixError
 from ranvier.protocol.media import ThumbnailMethod, is_media_id, thumbnail_size
 from ranvier.protocol.x_matrix import is_server_name
-from ranvier.storage.media import MediaRecord, ThumbnailRecord, UploadOutcome
+from ranvier.storage.media import (
+    MediaRecord,
+    ThumbnailRecord,
+    UploadOutcome,
+    UploadQuota,
+    UploadWindow,
+)
 
 from .thumbnails import THUMBNAILABLE_TYPES, make_thumbnail
 
@@ -54,6 +71,8 @@ __all__ = [
     "MediaRows",
     "MediaWriter",
     "RemoteMediaSource",
+    "UnlimitedUploads",
+    "UploadWindow",
 ]
 
 _logger: Final = logging.getLogger(__name__)
@@ -93,7 +112,8 @@ class MediaRows(Protocol):
         upload_name: str | None,
         size: int,
         ts: int,
-    ) -> None: ...
+        quota: UploadQuota | None = None,
+    ) -> UploadWindow | None: ...
 
     async def complete_upload(
         self,
@@ -105,7 +125,12 @@ class MediaRows(Protocol):
         upload_name: str | None,
         size: int,
         ts: int,
-    ) -> UploadOutcome: ...
+        quota: UploadQuota | None = None,
+    ) -> UploadOutcome | UploadWindow: ...
+
+    async def uploaded_bytes(
+        self, origin: str, user_id: str, *, window: UploadWindow, quota: UploadQuota, ts: int
+    ) -> int: ...
 
     async def add_remote(
         self,
@@ -169,6 +194,8 @@ class MediaFileStore(Protocol):
 
     async def size(self, path: Path) -> int | None: ...
 
+    async def remove(self, path: Path) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class FetchedMedia:
@@ -215,6 +242,7 @@ class MediaRepository:
 
     ``remote`` fetches other servers' media; without it only ours is
     served. ``max_upload_bytes`` bounds uploads and media fetched;
+    ``upload_windows`` what one user uploads over time;
     ``max_thumbnail_pixels`` the images thumbnailed.
     """
 
@@ -226,6 +254,7 @@ class MediaRepository:
         files: MediaFileStore,
         remote: RemoteMediaSource | None = None,
         max_upload_bytes: int,
+        upload_windows: tuple[UploadWindow, ...] = (),
         max_thumbnail_pixels: int = 32_000_000,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
@@ -235,6 +264,14 @@ class MediaRepository:
         self._files = files
         self._remote = remote
         self._max_thumbnail_pixels = max_thumbnail_pixels
+        # A media ID may be filled until it expires, and the upload itself
+        # takes time: twice the expiry bounds how long before its upload a
+        # row can have been created.
+        self._quota = (
+            UploadQuota(windows=upload_windows, created_lead_ms=2 * UNUSED_EXPIRY_MS)
+            if upload_windows
+            else None
+        )
         self._clock_ms = clock_ms
         # Downloads waiting for an upload, woken when it is stored here.
         self._uploaded: dict[str, trio.Event] = {}
@@ -254,11 +291,57 @@ class MediaRepository:
         filename: str | None,
         declared_length: int | None,
     ) -> str:
-        """Store a new upload; return its ``mxc://`` URI."""
+        """Store a new upload; return its ``mxc://`` URI.
+
+        Raises 403 ``M_FORBIDDEN`` for an upload that would take the user
+        past one of the upload windows (see :func:`_over_quota`).
+        """
+        return await self._upload(
+            user_id,
+            chunks,
+            content_type=content_type,
+            filename=filename,
+            declared_length=declared_length,
+            quota=self._quota,
+        )
+
+    async def upload_unlimited(
+        self,
+        user_id: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str | None,
+        filename: str | None,
+        declared_length: int | None,
+    ) -> str:
+        """:meth:`upload` without the upload windows: for what the server
+        stores on a user's behalf (URL preview images), not the user's own."""
+        return await self._upload(
+            user_id,
+            chunks,
+            content_type=content_type,
+            filename=filename,
+            declared_length=declared_length,
+            quota=None,
+        )
+
+    async def _upload(
+        self,
+        user_id: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str | None,
+        filename: str | None,
+        declared_length: int | None,
+        quota: UploadQuota | None,
+    ) -> str:
         self._check_declared(declared_length)
+        if quota is not None:
+            await self._check_quota(user_id, quota, declared_length)
         media_id = secrets.token_urlsafe(18)
-        size = await self._write_upload(self._files.local(media_id), chunks)
-        await self._rows.add_upload(
+        path = self._files.local(media_id)
+        size = await self._write_upload(path, chunks)
+        crossed = await self._rows.add_upload(
             self.server_name,
             media_id,
             user_id=user_id,
@@ -266,8 +349,25 @@ class MediaRepository:
             upload_name=filename or None,
             size=size,
             ts=self._clock_ms(),
+            quota=quota,
         )
+        if crossed is not None:
+            await self._files.remove(path)
+            raise _over_quota(crossed)
         return f"mxc://{self.server_name}/{media_id}"
+
+    async def _check_quota(
+        self, user_id: str, quota: UploadQuota, declared_length: int | None
+    ) -> None:
+        """Refuse early an upload that cannot pass: the storage write
+        decides, but a refusal here spares reading the body."""
+        now = self._clock_ms()
+        for window in quota.windows:
+            used = await self._rows.uploaded_bytes(
+                self.server_name, user_id, window=window, quota=quota, ts=now
+            )
+            if used + (declared_length or 0) > window.max_bytes:
+                raise _over_quota(window)
 
     async def create(self, user_id: str) -> tuple[str, int]:
         """A media ID for an upload to come: its ``mxc://`` URI and when it
@@ -309,6 +409,8 @@ class MediaRepository:
         record = await self._rows.media(server_name, media_id)
         self._check_uploadable(record, user_id, media_id)
         self._check_declared(declared_length)
+        if self._quota is not None:
+            await self._check_quota(user_id, self._quota, declared_length)
         path = self._files.local(media_id)
         try:
             size = await self._write_upload(path, chunks)
@@ -322,7 +424,13 @@ class MediaRepository:
             upload_name=filename or None,
             size=size,
             ts=self._clock_ms(),
+            quota=self._quota,
         )
+        if isinstance(outcome, UploadWindow):
+            # The media ID stays created and empty: it may be filled once
+            # the user is back under the window, until it expires.
+            await self._files.remove(path)
+            raise _over_quota(outcome)
         if outcome != "stored":
             # Refused at the write though it passed the check above: the
             # file was written by this request, and nothing names it.
@@ -568,6 +676,32 @@ class MediaRepository:
         return record
 
 
+@dataclass(frozen=True, slots=True)
+class UnlimitedUploads:
+    """``media``'s uploads outside the upload windows, for storing what the
+    server fetched on a user's behalf (URL preview images: a user does not
+    choose their size, and one preview serves everyone who links the page)."""
+
+    media: MediaRepository
+
+    async def upload(
+        self,
+        user_id: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str | None,
+        filename: str | None,
+        declared_length: int | None,
+    ) -> str:
+        return await self.media.upload_unlimited(
+            user_id,
+            chunks,
+            content_type=content_type,
+            filename=filename,
+            declared_length=declared_length,
+        )
+
+
 async def _limited(
     chunks: AsyncIterable[bytes], limit: int, too_large: Callable[[int], MatrixError]
 ) -> AsyncGenerator[bytes, None]:
@@ -607,6 +741,34 @@ def _remote_too_large(limit: int) -> MatrixError:
         errcode="M_TOO_LARGE",
         http_status=502,
     )
+
+
+def _over_quota(window: UploadWindow) -> MatrixError:
+    """The refusal of an upload that would cross ``window``.
+
+    The spec's upload endpoints answer a user who "has reached a quota for
+    uploaded content" with 403 ``M_FORBIDDEN``, so that is the answer.
+    Synapse answers 400 ``M_RESOURCE_LIMIT_EXCEEDED``, which the spec keeps
+    for a limit of the homeserver as a whole (and then requires an
+    ``admin_contact``); 413 ``M_TOO_LARGE`` would tell the client this one
+    file is too large, when a smaller one may be refused alike and the same
+    one accepted later.
+    """
+    return MatrixError(
+        f"uploads are limited to {window.max_bytes} bytes per user in any"
+        f" {_duration(window.period_ms)}, and this upload would go over",
+        errcode="M_FORBIDDEN",
+        http_status=403,
+    )
+
+
+def _duration(ms: int) -> str:
+    units = ((86_400_000, "day"), (3_600_000, "hour"), (60_000, "minute"), (1000, "second"))
+    for unit_ms, unit in units:
+        if ms % unit_ms == 0:
+            count = ms // unit_ms
+            return unit if count == 1 else f"{count} {unit}s"
+    return f"{ms} ms"
 
 
 def _upload_too_large(limit: int) -> MatrixError:

@@ -24,6 +24,15 @@ Invariants
 * **An upload fills a created media ID once.** Only the user who created
   it may, and a second upload is refused; the same upload run twice (a
   worker's write repeated) finds its own values and answers as the first.
+* **Upload quotas hold under concurrency.** The bytes a user uploaded
+  within each window are summed in the same write that stores the upload
+  (:func:`_add_upload`, :func:`_complete_upload`), so the one writer
+  decides every upload against every upload stored before it: two uploads
+  that together cross a window cannot both pass, whichever process took
+  them. An upload is counted by when it was stored (``uploaded_ts``), and
+  looked for among the user's rows created at most
+  :attr:`UploadQuota.created_lead_ms` before the window, which the
+  ``media_uploader`` index finds without reading the rest.
 * **Every write survives being run twice.**
 """
 
@@ -44,12 +53,35 @@ __all__ = [
     "MediaStorage",
     "ThumbnailRecord",
     "UploadOutcome",
+    "UploadQuota",
+    "UploadWindow",
     "record_of",
 ]
 
 #: What filling a created media ID did: ``stored``, or why nothing was
 #: written (no such ID, another user's, already uploaded).
 UploadOutcome = Literal["stored", "unknown", "forbidden", "already uploaded"]
+
+
+@dataclass(frozen=True, slots=True)
+class UploadWindow:
+    """At most ``max_bytes`` uploaded by one user within any ``period_ms``."""
+
+    period_ms: int
+    max_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class UploadQuota:
+    """The windows an upload is held to.
+
+    ``created_lead_ms`` is the longest a media ID may be created ahead of
+    its upload: rows created longer than that before a window cannot have
+    been uploaded within it, so they are not read.
+    """
+
+    windows: tuple[UploadWindow, ...]
+    created_lead_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +152,14 @@ class MediaStorage:
         upload_name: str | None,
         size: int,
         ts: int,
-    ) -> None:
-        """Note a new media ID and its uploaded file at once (``/upload``)."""
-        await self._writer.submit(
+        quota: UploadQuota | None = None,
+    ) -> UploadWindow | None:
+        """Note a new media ID and its uploaded file at once (``/upload``).
+
+        Returns the window of ``quota`` the upload would cross, and then
+        writes nothing; None once it is stored.
+        """
+        return await self._writer.submit(
             functools.partial(
                 _add_upload,
                 origin=origin,
@@ -132,6 +169,7 @@ class MediaStorage:
                 upload_name=upload_name,
                 size=size,
                 ts=ts,
+                quota=quota,
             )
         )
 
@@ -145,9 +183,11 @@ class MediaStorage:
         upload_name: str | None,
         size: int,
         ts: int,
-    ) -> UploadOutcome:
+        quota: UploadQuota | None = None,
+    ) -> UploadOutcome | UploadWindow:
         """Fill a media ID created earlier with its uploaded file; see
-        :data:`UploadOutcome`."""
+        :data:`UploadOutcome`. A window of ``quota`` the upload would cross
+        is returned instead, and nothing written."""
         return await self._writer.submit(
             functools.partial(
                 _complete_upload,
@@ -158,6 +198,7 @@ class MediaStorage:
                 upload_name=upload_name,
                 size=size,
                 ts=ts,
+                quota=quota,
             )
         )
 
@@ -237,6 +278,22 @@ class MediaStorage:
             )
         )
 
+    async def uploaded_bytes(
+        self, origin: str, user_id: str, *, window: UploadWindow, quota: UploadQuota, ts: int
+    ) -> int:
+        """How many bytes ``user_id`` uploaded in ``window`` ending at ``ts``,
+        as the upload writes count them (for a check before a body is read)."""
+        return await self._readers.read(
+            functools.partial(
+                _read_uploaded_bytes,
+                origin=origin,
+                user_id=user_id,
+                window=window,
+                quota=quota,
+                ts=ts,
+            )
+        )
+
     async def thumbnail(
         self, origin: str, media_id: str, *, width: int, height: int, method: str
     ) -> ThumbnailRecord | None:
@@ -280,8 +337,19 @@ def _add_upload(
     upload_name: str | None,
     size: int,
     ts: int,
-) -> None:
+    quota: UploadQuota | None = None,
+) -> UploadWindow | None:
+    taken = conn.execute(
+        "SELECT 1 FROM media WHERE origin = ? AND media_id = ?", (origin, media_id)
+    ).fetchone()
+    if taken is None and quota is not None:
+        # Run a second time, the write finds its own row and is done: its
+        # bytes are not counted against itself.
+        crossed = _crossed_window(conn, origin, user_id, size, ts, quota)
+        if crossed is not None:
+            return crossed
     _insert_file(conn, origin, media_id, user_id, content_type, upload_name, size, ts)
+    return None
 
 
 @registered_write
@@ -295,7 +363,8 @@ def _complete_upload(
     upload_name: str | None,
     size: int,
     ts: int,
-) -> UploadOutcome:
+    quota: UploadQuota | None = None,
+) -> UploadOutcome | UploadWindow:
     row = conn.execute(
         "SELECT user_id, content_type, upload_name, size, uploaded_ts FROM media"
         " WHERE origin = ? AND media_id = ?",
@@ -309,12 +378,59 @@ def _complete_upload(
         # The same write run a second time finds exactly what it wrote.
         same = tuple(row) == (user_id, content_type, upload_name, size, ts)
         return "stored" if same else "already uploaded"
+    if quota is not None:
+        crossed = _crossed_window(conn, origin, user_id, size, ts, quota)
+        if crossed is not None:
+            return crossed
     conn.execute(
         "UPDATE media SET content_type = ?, upload_name = ?, size = ?, uploaded_ts = ?"
         " WHERE origin = ? AND media_id = ?",
         (content_type, upload_name, size, ts, origin, media_id),
     )
     return "stored"
+
+
+def _crossed_window(
+    conn: sqlite3.Connection, origin: str, user_id: str, size: int, ts: int, quota: UploadQuota
+) -> UploadWindow | None:
+    """The first window that ``size`` more bytes at ``ts`` would take past
+    its maximum, if any."""
+    for window in quota.windows:
+        used = _uploaded_bytes(conn, origin, user_id, window, quota, ts)
+        if used + size > window.max_bytes:
+            return window
+    return None
+
+
+def _uploaded_bytes(
+    conn: sqlite3.Connection,
+    origin: str,
+    user_id: str,
+    window: UploadWindow,
+    quota: UploadQuota,
+    ts: int,
+) -> int:
+    """What ``user_id`` uploaded after ``ts - window.period_ms``: the window
+    is open at its start, so an upload leaves it exactly one period on."""
+    since = ts - window.period_ms
+    (total,) = conn.execute(
+        "SELECT COALESCE(SUM(size), 0) FROM media WHERE user_id = ? AND created_ts > ?"
+        " AND origin = ? AND uploaded_ts > ?",
+        (user_id, since - quota.created_lead_ms, origin, since),
+    ).fetchone()
+    return int(total)
+
+
+def _read_uploaded_bytes(
+    conn: sqlite3.Connection,
+    *,
+    origin: str,
+    user_id: str,
+    window: UploadWindow,
+    quota: UploadQuota,
+    ts: int,
+) -> int:
+    return _uploaded_bytes(conn, origin, user_id, window, quota, ts)
 
 
 @registered_write
