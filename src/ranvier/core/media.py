@@ -31,7 +31,9 @@ Invariants
   its file removed: nothing is kept. Application services' users are held
   to them as anyone is. Other servers' media and thumbnails are not user
   uploads and never counted; URL preview images are stored with
-  :meth:`MediaRepository.upload_unlimited`, never refused.
+  :meth:`MediaRepository.upload_unlimited`, never refused (their rows name
+  the user who asked, as an upload's do, so their bytes are summed with
+  the user's own for later uploads: nothing in a row tells them apart).
 * **Access is noted sparingly**: serving media writes its last access
   only when the one stored is older than :data:`ACCESS_NOTE_INTERVAL_MS`
   (and once at a time per process), not once per request.
