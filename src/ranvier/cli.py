@@ -434,6 +434,51 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     return found is not None
 
 
+# --- backup -------------------------------------------------------------------------
+
+
+def _backup_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the TOML configuration file of the server to back up (default: the built-in"
+        " defaults: data in ./ranvier-data)",
+    )
+    parser.add_argument(
+        "destination",
+        type=Path,
+        metavar="DEST",
+        help="the directory the copies go to; it must not exist or be empty",
+    )
+
+
+def _backup(args: argparse.Namespace) -> int:
+    """Copy the database (consistently, beside a running server), the signing
+    key and the TLS files into DEST; media is left to rsync.
+    """
+    from ranvier.backup import BackupError, backup_data
+
+    config = _serve_config(args.config)
+    try:
+        report = backup_data(config, args.destination)
+    except BackupError as exc:
+        raise _CommandError(str(exc)) from None
+    database = report.database
+    print(
+        f"copied the database {database.source} to {database.copy}"
+        f" ({report.database_pages:,} pages, integrity ok)"
+    )
+    for copied in report.files:
+        print(f"copied {copied.source} to {copied.copy}")
+    media = report.media_store
+    print(
+        f"media files are not copied: copy the media store {media} after this, for example"
+        f" with rsync -a {media}/ {args.destination / 'media'}/"
+    )
+    return 0
+
+
 # --- register-user ------------------------------------------------------------------
 
 
@@ -737,6 +782,13 @@ _COMMANDS: list[_Command] = [
         "list the rooms joined with partial state whose full state is still to come",
         _status_arguments,
         _status,
+    ),
+    _Command(
+        "backup",
+        "copy the database, signing key and TLS files into a new directory, whether or not"
+        " the server runs",
+        _backup_arguments,
+        _backup,
     ),
     _Command(
         "register-user",
