@@ -307,8 +307,8 @@ class MediaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     #: Caps on what one user uploads over time (``[{ period_seconds = 3600,
     #: max_bytes = 104857600 }, ...]``), each held on its own: an upload
     #: that would take a user past any is refused (403 ``M_FORBIDDEN``).
-    #: Other servers' media, thumbnails and URL preview images are never
-    #: refused by them. None by default.
+    #: Other servers' media, thumbnails and URL preview images are neither
+    #: refused nor counted. None by default.
     upload_limits: tuple[UploadLimit, ...] = ()
     #: Where media files are kept; None means ``<data_dir>/media``.
     store_path: Path | None = None

@@ -243,6 +243,35 @@ async def test_preview_images_are_stored_past_the_windows(
     _refused(own)
 
 
+async def test_preview_images_do_not_count_against_their_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(buffer, format="PNG")
+    picture = buffer.getvalue()
+    async with trio.open_nursery() as nursery:
+        site = WebPages()
+        await site.start(nursery)
+        site.pages["/picture"] = Page(body=picture, content_type="image/png")
+        allow = {"url_preview_ip_range_allowlist": ("127.0.0.1",)}
+        async with open_env(tmp_path, monkeypatch, **allow) as env:
+            assert (await env.upload(b"a" * 60)).status_code == 200
+            preview = await env.http.get(
+                f"{AUTHED}/preview_url",
+                params={"url": site.url("/picture")},
+                headers=env.auth(env.alice),
+            )
+            # Exactly what the hour's window has left, were the picture not counted.
+            rest = await env.upload(b"b" * 40)
+            over = await env.upload(b"c")
+        nursery.cancel_scope.cancel()
+
+    assert preview.status_code == 200, preview.text
+    assert preview.json()["matrix:image:size"] == len(picture) > 0
+    assert rest.status_code == 200, rest.text
+    _refused(over)
+
+
 async def test_the_config_endpoint_still_tells_the_size_of_one_upload(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

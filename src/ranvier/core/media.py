@@ -31,9 +31,8 @@ Invariants
   its file removed: nothing is kept. Application services' users are held
   to them as anyone is. Other servers' media and thumbnails are not user
   uploads and never counted; URL preview images are stored with
-  :meth:`MediaRepository.upload_unlimited`, never refused (their rows name
-  the user who asked, as an upload's do, so their bytes are summed with
-  the user's own for later uploads: nothing in a row tells them apart).
+  :meth:`MediaRepository.upload_unlimited`, marked outside the quota:
+  never refused, and not summed with the user's own uploads.
 * **Access is noted sparingly**: serving media writes its last access
   only when the one stored is older than :data:`ACCESS_NOTE_INTERVAL_MS`
   (and once at a time per process), not once per request.
@@ -115,6 +114,7 @@ class MediaRows(Protocol):
         size: int,
         ts: int,
         quota: UploadQuota | None = None,
+        outside_quota: bool = False,
     ) -> UploadWindow | None: ...
 
     async def complete_upload(
@@ -304,7 +304,7 @@ class MediaRepository:
             content_type=content_type,
             filename=filename,
             declared_length=declared_length,
-            quota=self._quota,
+            outside_quota=False,
         )
 
     async def upload_unlimited(
@@ -316,15 +316,16 @@ class MediaRepository:
         filename: str | None,
         declared_length: int | None,
     ) -> str:
-        """:meth:`upload` without the upload windows: for what the server
-        stores on a user's behalf (URL preview images), not the user's own."""
+        """:meth:`upload` outside the upload windows: for what the server
+        stores on a user's behalf (URL preview images), not the user's own.
+        It is neither refused nor counted against the user."""
         return await self._upload(
             user_id,
             chunks,
             content_type=content_type,
             filename=filename,
             declared_length=declared_length,
-            quota=None,
+            outside_quota=True,
         )
 
     async def _upload(
@@ -335,9 +336,10 @@ class MediaRepository:
         content_type: str | None,
         filename: str | None,
         declared_length: int | None,
-        quota: UploadQuota | None,
+        outside_quota: bool,
     ) -> str:
         self._check_declared(declared_length)
+        quota = None if outside_quota else self._quota
         if quota is not None:
             await self._check_quota(user_id, quota, declared_length)
         media_id = secrets.token_urlsafe(18)
@@ -352,6 +354,7 @@ class MediaRepository:
             size=size,
             ts=self._clock_ms(),
             quota=quota,
+            outside_quota=outside_quota,
         )
         if crossed is not None:
             await self._files.remove(path)

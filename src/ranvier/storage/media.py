@@ -153,11 +153,13 @@ class MediaStorage:
         size: int,
         ts: int,
         quota: UploadQuota | None = None,
+        outside_quota: bool = False,
     ) -> UploadWindow | None:
         """Note a new media ID and its uploaded file at once (``/upload``).
 
         Returns the window of ``quota`` the upload would cross, and then
-        writes nothing; None once it is stored.
+        writes nothing; None once it is stored. ``outside_quota`` marks
+        media stored on the user's behalf, which no window counts.
         """
         return await self._writer.submit(
             functools.partial(
@@ -170,6 +172,7 @@ class MediaStorage:
                 size=size,
                 ts=ts,
                 quota=quota,
+                outside_quota=outside_quota,
             )
         )
 
@@ -338,6 +341,7 @@ def _add_upload(
     size: int,
     ts: int,
     quota: UploadQuota | None = None,
+    outside_quota: bool = False,
 ) -> UploadWindow | None:
     taken = conn.execute(
         "SELECT 1 FROM media WHERE origin = ? AND media_id = ?", (origin, media_id)
@@ -349,6 +353,11 @@ def _add_upload(
         if crossed is not None:
             return crossed
     _insert_file(conn, origin, media_id, user_id, content_type, upload_name, size, ts)
+    if outside_quota:
+        conn.execute(
+            "UPDATE media SET outside_quota = 1 WHERE origin = ? AND media_id = ?",
+            (origin, media_id),
+        )
     return None
 
 
@@ -415,7 +424,7 @@ def _uploaded_bytes(
     since = ts - window.period_ms
     (total,) = conn.execute(
         "SELECT COALESCE(SUM(size), 0) FROM media WHERE user_id = ? AND created_ts > ?"
-        " AND origin = ? AND uploaded_ts > ?",
+        " AND origin = ? AND uploaded_ts > ? AND outside_quota = 0",
         (user_id, since - quota.created_lead_ms, origin, since),
     ).fetchone()
     return int(total)

@@ -1054,6 +1054,14 @@ def _id_floors(conn: sqlite3.Connection) -> None:
     )
 
 
+def _media_outside_quota(conn: sqlite3.Connection) -> None:
+    """Which media the server stored on a user's behalf (URL preview
+    images), so that the upload windows count only what users upload.
+    Earlier rows count: none of them is recent enough to matter for long.
+    """
+    conn.execute("ALTER TABLE media ADD COLUMN outside_quota INTEGER NOT NULL DEFAULT 0")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1092,6 +1100,7 @@ MIGRATIONS: Sequence[Migration] = (
     _appservice_receipts,
     _destination_deliveries,
     _id_floors,
+    _media_outside_quota,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
