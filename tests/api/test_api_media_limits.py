@@ -216,58 +216,58 @@ async def test_two_racing_uploads_over_the_window_store_one(
     assert [size for _, size in rows] == [60]
 
 
-async def test_preview_images_are_stored_past_the_windows(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _picture() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (40, 30), (1, 2, 3)).save(buffer, format="PNG")
-    picture = buffer.getvalue()
+    return buffer.getvalue()
+
+
+@asynccontextmanager
+async def _with_picture_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Env, str]]:
+    """A server with the windows, and the URL of a page that is a picture."""
     async with trio.open_nursery() as nursery:
         site = WebPages()
         await site.start(nursery)
-        site.pages["/picture"] = Page(body=picture, content_type="image/png")
+        site.pages["/picture"] = Page(body=_picture(), content_type="image/png")
         allow = {"url_preview_ip_range_allowlist": ("127.0.0.1",)}
         async with open_env(tmp_path, monkeypatch, **allow) as env:
-            assert (await env.upload(b"a" * 100)).status_code == 200
-            preview = await env.http.get(
-                f"{AUTHED}/preview_url",
-                params={"url": site.url("/picture")},
-                headers=env.auth(env.alice),
-            )
-            own = await env.upload(b"b")
+            yield env, site.url("/picture")
         nursery.cancel_scope.cancel()
 
+
+async def _preview(env: Env, url: str) -> httpx.Response:
+    preview = await env.http.get(
+        f"{AUTHED}/preview_url", params={"url": url}, headers=env.auth(env.alice)
+    )
     assert preview.status_code == 200, preview.text
     assert preview.json()["og:image"].startswith("mxc://localhost/")
-    assert preview.json()["matrix:image:size"] == len(picture)
+    assert preview.json()["matrix:image:size"] == len(_picture())
+    return preview
+
+
+async def test_preview_images_are_stored_past_the_windows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _with_picture_page(tmp_path, monkeypatch) as (env, url):
+        assert (await env.upload(b"a" * 100)).status_code == 200
+        await _preview(env, url)
+        own = await env.upload(b"b")
+
     _refused(own)
 
 
 async def test_preview_images_do_not_count_against_their_user(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 30), (1, 2, 3)).save(buffer, format="PNG")
-    picture = buffer.getvalue()
-    async with trio.open_nursery() as nursery:
-        site = WebPages()
-        await site.start(nursery)
-        site.pages["/picture"] = Page(body=picture, content_type="image/png")
-        allow = {"url_preview_ip_range_allowlist": ("127.0.0.1",)}
-        async with open_env(tmp_path, monkeypatch, **allow) as env:
-            assert (await env.upload(b"a" * 60)).status_code == 200
-            preview = await env.http.get(
-                f"{AUTHED}/preview_url",
-                params={"url": site.url("/picture")},
-                headers=env.auth(env.alice),
-            )
-            # Exactly what the hour's window has left, were the picture not counted.
-            rest = await env.upload(b"b" * 40)
-            over = await env.upload(b"c")
-        nursery.cancel_scope.cancel()
+    async with _with_picture_page(tmp_path, monkeypatch) as (env, url):
+        assert (await env.upload(b"a" * 60)).status_code == 200
+        await _preview(env, url)
+        # Exactly what the hour's window has left, were the picture not counted.
+        rest = await env.upload(b"b" * 40)
+        over = await env.upload(b"c")
 
-    assert preview.status_code == 200, preview.text
-    assert preview.json()["matrix:image:size"] == len(picture) > 0
     assert rest.status_code == 200, rest.text
     _refused(over)
 

@@ -31,7 +31,7 @@ Invariants
   its file removed: nothing is kept. Application services' users are held
   to them as anyone is. Other servers' media and thumbnails are not user
   uploads and never counted; URL preview images are stored with
-  :meth:`MediaRepository.upload_unlimited`, marked outside the quota:
+  :class:`UnlimitedUploads`, marked outside the quota:
   never refused, and not summed with the user's own uploads.
 * **Access is noted sparingly**: serving media writes its last access
   only when the one stored is older than :data:`ACCESS_NOTE_INTERVAL_MS`
@@ -292,52 +292,16 @@ class MediaRepository:
         content_type: str | None,
         filename: str | None,
         declared_length: int | None,
+        outside_quota: bool = False,
     ) -> str:
         """Store a new upload; return its ``mxc://`` URI.
 
         Raises 403 ``M_FORBIDDEN`` for an upload that would take the user
         past one of the upload windows (see :func:`_over_quota`).
+        ``outside_quota`` is for what the server stores on a user's behalf
+        (URL preview images), not the user's own: it is neither refused
+        nor counted against them.
         """
-        return await self._upload(
-            user_id,
-            chunks,
-            content_type=content_type,
-            filename=filename,
-            declared_length=declared_length,
-            outside_quota=False,
-        )
-
-    async def upload_unlimited(
-        self,
-        user_id: str,
-        chunks: AsyncIterable[bytes],
-        *,
-        content_type: str | None,
-        filename: str | None,
-        declared_length: int | None,
-    ) -> str:
-        """:meth:`upload` outside the upload windows: for what the server
-        stores on a user's behalf (URL preview images), not the user's own.
-        It is neither refused nor counted against the user."""
-        return await self._upload(
-            user_id,
-            chunks,
-            content_type=content_type,
-            filename=filename,
-            declared_length=declared_length,
-            outside_quota=True,
-        )
-
-    async def _upload(
-        self,
-        user_id: str,
-        chunks: AsyncIterable[bytes],
-        *,
-        content_type: str | None,
-        filename: str | None,
-        declared_length: int | None,
-        outside_quota: bool,
-    ) -> str:
         self._check_declared(declared_length)
         quota = None if outside_quota else self._quota
         if quota is not None:
@@ -698,12 +662,13 @@ class UnlimitedUploads:
         filename: str | None,
         declared_length: int | None,
     ) -> str:
-        return await self.media.upload_unlimited(
+        return await self.media.upload(
             user_id,
             chunks,
             content_type=content_type,
             filename=filename,
             declared_length=declared_length,
+            outside_quota=True,
         )
 
 

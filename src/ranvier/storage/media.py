@@ -288,7 +288,7 @@ class MediaStorage:
         as the upload writes count them (for a check before a body is read)."""
         return await self._readers.read(
             functools.partial(
-                _read_uploaded_bytes,
+                _uploaded_bytes,
                 origin=origin,
                 user_id=user_id,
                 window=window,
@@ -405,7 +405,9 @@ def _crossed_window(
     """The first window that ``size`` more bytes at ``ts`` would take past
     its maximum, if any."""
     for window in quota.windows:
-        used = _uploaded_bytes(conn, origin, user_id, window, quota, ts)
+        used = _uploaded_bytes(
+            conn, origin=origin, user_id=user_id, window=window, quota=quota, ts=ts
+        )
         if used + size > window.max_bytes:
             return window
     return None
@@ -413,6 +415,7 @@ def _crossed_window(
 
 def _uploaded_bytes(
     conn: sqlite3.Connection,
+    *,
     origin: str,
     user_id: str,
     window: UploadWindow,
@@ -428,18 +431,6 @@ def _uploaded_bytes(
         (user_id, since - quota.created_lead_ms, origin, since),
     ).fetchone()
     return int(total)
-
-
-def _read_uploaded_bytes(
-    conn: sqlite3.Connection,
-    *,
-    origin: str,
-    user_id: str,
-    window: UploadWindow,
-    quota: UploadQuota,
-    ts: int,
-) -> int:
-    return _uploaded_bytes(conn, origin, user_id, window, quota, ts)
 
 
 @registered_write
