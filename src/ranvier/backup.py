@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Final
 
 from ranvier.config import Config
+from ranvier.os_errors import describe_os_error
 
 __all__ = ["BackupError", "BackupReport", "CopiedFile", "backup_data"]
 
@@ -117,7 +118,7 @@ def backup_data(
             with contextlib.suppress(OSError):
                 destination.rmdir()
         if isinstance(exc, OSError):
-            raise BackupError(_describe(exc)) from None
+            raise BackupError(describe_os_error(exc)) from None
         raise
     return BackupReport(
         database=CopiedFile(database, destination / database.name),
@@ -160,7 +161,7 @@ def _claim_destination(destination: Path) -> bool:
             with os.scandir(destination) as entries:
                 occupied = any(True for _ in entries)
         except OSError as exc:
-            raise BackupError(_describe(exc)) from None
+            raise BackupError(describe_os_error(exc)) from None
         if occupied:
             raise BackupError(
                 f"{destination} is not empty; a backup is never written over another:"
@@ -268,11 +269,3 @@ def _sync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _describe(exc: OSError) -> str:
-    if exc.strerror is None:
-        return str(exc)
-    if exc.filename is not None:
-        return f"{exc.filename}: {exc.strerror}"
-    return exc.strerror

@@ -31,6 +31,7 @@ import ranvier
 from ranvier.config import Config, ConfigError, load_config
 from ranvier.keyfile import KeyFileError
 from ranvier.malloc import limit_malloc_arenas
+from ranvier.os_errors import describe_os_error
 from ranvier.protocol.signing import (
     generate_key_version,
     generate_signing_key,
@@ -216,7 +217,7 @@ def _run_until_signalled(
     except (ConfigError, KeyFileError) as exc:
         raise _CommandError(str(exc)) from None
     except OSError as exc:
-        raise _CommandError(_describe_os_error(exc)) from None
+        raise _CommandError(describe_os_error(exc)) from None
     except sqlite3.Error as exc:
         raise _CommandError(f"cannot use the database {config.paths.database}: {exc}") from None
     except Exception:
@@ -252,17 +253,6 @@ def _not_hypercorn_banner(record: logging.LogRecord) -> bool:
     # hypercorn announces each socket ("Running on ... (CTRL + C to quit)");
     # the server's own "listening on" line says it, and names the API served.
     return not (record.name == "ranvier.http" and record.getMessage().startswith("Running on "))
-
-
-def _describe_os_error(exc: OSError) -> str:
-    # str() of an OSError starts with "[Errno N]", which tells an operator
-    # nothing; the listener's and the certificate loader's messages already
-    # name the address or file.
-    if exc.strerror is None:
-        return str(exc)
-    if exc.filename is not None:
-        return f"{exc.filename}: {exc.strerror}"
-    return exc.strerror
 
 
 # --- worker -------------------------------------------------------------------------
@@ -586,7 +576,7 @@ def _with_storage(config: Config, act: Callable[[Storage], Awaitable[_T]]) -> _T
     except sqlite3.Error as exc:
         raise _CommandError(f"cannot use the database {database}: {exc}") from None
     except OSError as exc:
-        raise _CommandError(_describe_os_error(exc)) from None
+        raise _CommandError(describe_os_error(exc)) from None
 
 
 # --- registration-token -------------------------------------------------------------
