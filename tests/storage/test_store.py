@@ -1,3 +1,5 @@
+import contextlib
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,3 +131,24 @@ async def test_reopening_keeps_everything(db_path: Path, make_event: EventFactor
             seen = await storage.have_seen_events(["$r0", "$r1"])
             nursery.cancel_scope.cancel()
     assert seen == {"$r0", "$r1"}
+
+
+async def test_a_stopped_store_leaves_everything_in_the_database_file(
+    db_path: Path, tmp_path: Path
+) -> None:
+    storage = Storage(db_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(storage.run)
+        await storage.store_room(ROOM, "11")
+        # A read leaves a reader connection open until the store stops.
+        assert await storage.get_room_version(ROOM) == "11"
+        nursery.cancel_scope.cancel()
+    assert _rooms_in_the_file_alone(db_path, tmp_path / "alone.db") == [("11",)]
+
+
+def _rooms_in_the_file_alone(db_path: Path, copy: Path) -> list[tuple[str]]:
+    """The rooms a copy of the database file has, made without its write-ahead log."""
+    copy.write_bytes(db_path.read_bytes())
+    with contextlib.closing(sqlite3.connect(copy)) as conn:
+        rows: list[tuple[str]] = conn.execute("SELECT room_version FROM rooms").fetchall()
+    return rows

@@ -367,7 +367,19 @@ class _WriterThread:
     def _close_connection(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            conn.close()
+            try:
+                # SQLite moves the log into the database file when its last
+                # connection closes, but a read-only one cannot, and the
+                # readers close after this: without this, what the log
+                # holds stays out of the file, which a copy of the file
+                # alone would lack. PASSIVE, so that no reader (in a worker,
+                # say) holds the stop up; a checkpoint that fails loses
+                # nothing.
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                _log.warning("the last checkpoint before closing failed: %s", exc)
+            finally:
+                conn.close()
 
     async def _run(self, function: Callable[[], T]) -> T:
         token = trio.lowlevel.current_trio_token()
