@@ -81,6 +81,8 @@ TABLES_ADDED = {
     36: {"id_floors"},
     # A column of media, no table.
     37: set(),
+    # A column of appservice_positions, no table.
+    38: set(),
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -251,6 +253,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO id_floors VALUES ('events', 7)")
     elif version == 37:
         run("UPDATE media SET outside_quota = 1")
+    elif version == 38:
+        run("UPDATE appservice_positions SET to_device_position = 3")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

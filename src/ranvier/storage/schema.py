@@ -1062,6 +1062,14 @@ def _media_outside_quota(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE media ADD COLUMN outside_quota INTEGER NOT NULL DEFAULT 0")
 
 
+def _appservice_to_device(conn: sqlite3.Connection) -> None:
+    """How far each application service that receives to-device messages
+    has been sent the to-device stream (:mod:`ranvier.storage.appservices`);
+    NULL for a service not sent them.
+    """
+    conn.execute("ALTER TABLE appservice_positions ADD COLUMN to_device_position INTEGER")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1101,6 +1109,7 @@ MIGRATIONS: Sequence[Migration] = (
     _destination_deliveries,
     _id_floors,
     _media_outside_quota,
+    _appservice_to_device,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
