@@ -159,6 +159,7 @@ from ranvier.core.aggregations import (
 )
 from ranvier.core.appservice_ephemeral import AppServiceEphemeral
 from ranvier.core.appservice_sender import AppServiceSender
+from ranvier.core.appservice_to_device import AppServiceToDevice
 from ranvier.core.appservices import AppServiceQueries, AppServices, load_app_services
 from ranvier.core.backfill import Backfiller
 from ranvier.core.client_txns import ClientTransactions
@@ -1339,6 +1340,9 @@ class HomeServer:
             typing=self._edus.typing,
             presence=self._edus.presence,
             rooms=self._room_reader,
+        )
+        self.appservice_sender.to_device = AppServiceToDevice(
+            store=storage.appservices, services=self._app_services
         )
         self._edus.to_device = ToDevice(
             server_name=server_name,

@@ -17,7 +17,11 @@ A service that asks for ephemeral events (``receive_ephemeral``) also gets,
 in each transaction's ``ephemeral`` list (and under the older
 ``de.sorunome.msc2409.ephemeral`` key), the typing, receipts and presence
 that concern it (:mod:`ranvier.core.appservice_ephemeral`); a transaction
-may carry those alone. Its task then also wakes for those streams.
+may carry those alone. Its task then also wakes for those streams. One
+that also does encryption (``org.matrix.msc3202``) gets the to-device
+messages of its users' devices in ``to_device``
+(:mod:`ranvier.core.appservice_to_device`), read and kept the way receipts
+are.
 
 Invariants
 ----------
@@ -33,8 +37,9 @@ Invariants
   seconds, until the service answers 2xx; only then is it forgotten and
   the next one made. After a restart the stored transaction is sent first,
   and the stream resumes after its events: nothing answered is sent again,
-  nothing is skipped. The receipts position moves with the transaction
-  that carries them, so no receipt is lost either; typing and presence,
+  nothing is skipped. The receipts and to-device positions move with the
+  transaction that carries them, so no receipt or to-device message is
+  lost or repeated either; typing and presence,
   held in memory, start again from the newest after a restart.
 * **A service first seen starts from the newest event**; a service without
   a URL is sent nothing.
@@ -56,6 +61,7 @@ from ranvier.storage.appservices import AppServicePosition, PendingTransaction, 
 from ranvier.storage.records import StoredEvent
 
 from .appservice_ephemeral import AppServiceEphemeral
+from .appservice_to_device import AppServiceToDevice
 from .appservices import AppService, AppServiceClient, AppServices, AppServiceUnavailableError
 from .client_events import client_event
 from .notifier import StreamNotifier, StreamPosition
@@ -72,17 +78,29 @@ _BATCH: Final = 200
 _RECORD_EVERY: Final = 5.0
 #: Where services written before MSC2409 was accepted look for ephemeral events.
 _LEGACY_EPHEMERAL: Final = "de.sorunome.msc2409.ephemeral"
+#: Where services read to-device messages before MSC4203 is accepted.
+_LEGACY_TO_DEVICE: Final = "de.sorunome.msc2409.to_device"
 
 
 class AppServiceSenderStore(Protocol):
     """Storage's side: :class:`ranvier.storage.appservices.AppServiceStorage`."""
 
     async def start_position(
-        self, service_id: str, stream_ordering: int, *, receipts: int | None = None
+        self,
+        service_id: str,
+        stream_ordering: int,
+        *,
+        receipts: int | None = None,
+        to_device: int | None = None,
     ) -> None: ...
 
     async def set_position(
-        self, service_id: str, stream_ordering: int, *, receipts: int | None = None
+        self,
+        service_id: str,
+        stream_ordering: int,
+        *,
+        receipts: int | None = None,
+        to_device: int | None = None,
     ) -> None: ...
 
     async def add_transaction(
@@ -93,6 +111,8 @@ class AppServiceSenderStore(Protocol):
         through: int,
         body: bytes,
         receipts: int | None = None,
+        to_device: int | None = None,
+        taken: Sequence[int] = (),
     ) -> None: ...
 
     async def complete_transaction(self, service_id: str, txn_id: int) -> None: ...
@@ -148,6 +168,9 @@ class AppServiceSender:
         #: Typing, receipts and presence for the services that ask for
         #: them; without it they are sent none.
         self.ephemeral: AppServiceEphemeral | None = None
+        #: To-device messages for the services that ask for them; without
+        #: it they are sent none.
+        self.to_device: AppServiceToDevice | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         for service in self._services:
@@ -156,9 +179,13 @@ class AppServiceSender:
         if following:
             newest = await self._store.newest_stream_ordering()
             receipts = None if self.ephemeral is None else await self.ephemeral.receipts_position()
+            to_device = None if self.to_device is None else await self.to_device.position()
             for service in following:
                 await self._store.start_position(
-                    service.id, newest, receipts=receipts if service.receives_ephemeral else None
+                    service.id,
+                    newest,
+                    receipts=receipts if service.receives_ephemeral else None,
+                    to_device=to_device if service.receives_to_device else None,
                 )
         async with trio.open_nursery() as nursery:
             for service in following:
@@ -189,6 +216,13 @@ class AppServiceSender:
         ephemeral = self.ephemeral if service.receives_ephemeral else None
         since = None if ephemeral is None else await ephemeral.start(start.receipts)
         receipts_recorded = None if since is None else since.receipts
+        to_device = self.to_device if service.receives_to_device else None
+        to_device_since = None
+        if to_device is not None:
+            to_device_since = (
+                await to_device.position() if start.to_device is None else start.to_device
+            )
+        to_device_recorded = to_device_since
         while True:
             pending = await self._store.pending_transaction(service.id)
             if pending is not None:
@@ -202,52 +236,84 @@ class AppServiceSender:
             batch = None
             if ephemeral is not None and since is not None:
                 batch = await ephemeral.collect(service, since)
-            if not events and (batch is None or not (batch.events or batch.more)):
+            messages = None
+            if to_device is not None and to_device_since is not None:
+                messages = await to_device.collect(service, to_device_since)
+            if (
+                not events
+                and (batch is None or not (batch.events or batch.more))
+                and (messages is None or not (messages.messages or messages.more))
+            ):
                 position = max(position, seen.events)
                 self.positions[service.id] = position
                 if batch is not None:
                     since = batch.through
-                await self._wait_beyond(position, seen if batch is not None else None)
+                if messages is not None:
+                    to_device_since = messages.through
+                await self._wait_beyond(
+                    position,
+                    seen if batch is not None else None,
+                    seen if messages is not None else None,
+                )
                 continue
             chosen, through = await self._choose(service, events) if events else ([], position)
             shown = [] if batch is None else batch.events
             receipts = None if batch is None else batch.through.receipts
-            if chosen or shown:
+            sent = [] if messages is None else messages.messages
+            to_device_at = None if messages is None else messages.through
+            if chosen or shown or sent:
                 body: dict[str, Any] = {"events": [client_event(e) for e in chosen]}
                 if shown:
                     body["ephemeral"] = body[_LEGACY_EPHEMERAL] = shown
+                if sent:
+                    body["to_device"] = body[_LEGACY_TO_DEVICE] = sent
                 await self._store.add_transaction(
                     service.id,
                     next_id,
                     through=through,
                     body=msgspec.json.encode(body),
                     receipts=receipts,
+                    to_device=to_device_at,
+                    taken=() if messages is None else messages.taken,
                 )
                 next_id += 1
                 recorded, recorded_at = through, trio.current_time()
                 receipts_recorded = receipts
+                to_device_recorded = to_device_at
             elif trio.current_time() >= recorded_at + _RECORD_EVERY and (
-                through > recorded or receipts != receipts_recorded
+                through > recorded
+                or receipts != receipts_recorded
+                or to_device_at != to_device_recorded
             ):
-                # Events and receipts with nothing for the service cost
-                # nothing to judge again after a restart: their positions
-                # need not each be a write.
-                await self._store.set_position(service.id, through, receipts=receipts)
+                # Events, receipts and to-device messages with nothing for
+                # the service cost nothing to judge again after a restart:
+                # their positions need not each be a write.
+                await self._store.set_position(
+                    service.id, through, receipts=receipts, to_device=to_device_at
+                )
                 recorded, recorded_at = through, trio.current_time()
                 receipts_recorded = receipts
+                to_device_recorded = to_device_at
             if batch is not None:
                 since = batch.through
+            if messages is not None:
+                to_device_since = messages.through
             position = through
             self.positions[service.id] = position
 
-    async def _wait_beyond(self, position: int, seen: StreamPosition | None) -> None:
+    async def _wait_beyond(
+        self, position: int, seen: StreamPosition | None, seen_to_device: StreamPosition | None
+    ) -> None:
         """Wait for an event after ``position`` or, when ``seen`` is given,
-        for a receipt, typing or presence change after it.
+        for a receipt, typing or presence change after it, or, when
+        ``seen_to_device`` is, for a to-device message after it.
         """
 
         def moved() -> bool:
             now = self._notifier.position
             if now.events > position:
+                return True
+            if seen_to_device is not None and now.to_device > seen_to_device.to_device:
                 return True
             return seen is not None and (
                 now.receipts > seen.receipts

@@ -94,6 +94,15 @@ class Registration(msgspec.Struct, frozen=True, kw_only=True):
     receive_ephemeral: bool = False
     #: The same, as bridges written before MSC2409 was accepted say it.
     push_ephemeral: bool = msgspec.field(default=False, name="de.sorunome.msc2409.push_ephemeral")
+    #: Whether the service does end-to-end encryption itself (MSC3202, the
+    #: encrypted application services that MSC4203 is part of). With
+    #: ``receive_ephemeral`` it is what has transactions carry the
+    #: to-device messages of the service's users (MSC4203). MSC4203 names
+    #: no switch of its own, and Synapse reads its to-device part from a
+    #: server-wide setting (``msc2409_to_device_messages_enabled``) beside
+    #: ``receive_ephemeral``; here the switch is per service, and this is
+    #: the key bridges that encrypt already write, for the same servers.
+    msc3202: bool = msgspec.field(default=False, name="org.matrix.msc3202")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +145,13 @@ class AppService:
         the accepted key or the older prefixed one.
         """
         return self.registration.receive_ephemeral or self.registration.push_ephemeral
+
+    @property
+    def receives_to_device(self) -> bool:
+        """Whether transactions carry the to-device messages of the
+        service's users: it asked for ephemeral events and does encryption.
+        """
+        return self.receives_ephemeral and self.registration.msc3202
 
     def is_local(self, user_id: str) -> bool:
         return user_id.partition(":")[2] == self.server_name

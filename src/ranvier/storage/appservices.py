@@ -5,12 +5,13 @@ Tables (the schema's ``_application_services`` migration)
 -----------------------------------------------------------
 
 ``appservice_positions(service_id, stream_ordering, next_txn_id,
-receipts_position)``: the stream position up to which the service's
-events are in a transaction (sent or waiting), the ID its next
-transaction gets, and for a service that receives ephemeral events the
-receipts stream position up to which its receipts are (NULL for one that
-does not: turning them on later starts from the newest receipt, not from
-a backlog).
+receipts_position, to_device_position)``: the stream position up to which
+the service's events are in a transaction (sent or waiting), the ID its
+next transaction gets, and for a service that receives ephemeral events
+the receipts stream position up to which its receipts are (NULL for one
+that does not: turning them on later starts from the newest receipt, not
+from a backlog); the same for the to-device stream and a service that
+receives to-device messages.
 ``appservice_transactions(service_id, txn_id, body)``: transactions made
 and not yet answered 2xx, their body exactly as first sent.
 
@@ -19,9 +20,12 @@ Invariants
 
 * **A transaction and the position past its events move together.**
   :meth:`AppServiceStorage.add_transaction` writes the transaction and
-  moves the positions (events and receipts) and the next ID in one write,
-  so after a crash the events and receipts are either in a waiting
-  transaction or still after the position: never both, never neither.
+  moves the positions (events, receipts, to-device) and the next ID in one
+  write, so after a crash the events, receipts and to-device messages are
+  either in a waiting transaction or still after the position: never both,
+  never neither. The inbox rows a transaction takes for good (messages of
+  a service's exclusive users, :mod:`ranvier.core.appservice_to_device`)
+  are deleted in that same write.
 * **Every write can run twice** (``registered_write``): adding a
   transaction that is there keeps the first, positions and IDs only move
   forward, completing a completed transaction deletes nothing.
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -41,7 +45,13 @@ from .receipts import ReceiptRecord
 from .records import StoredEvent
 from .write_backend import WriteBackend, registered_write
 
-__all__ = ["AppServicePosition", "AppServiceStorage", "PendingTransaction", "RoomInterest"]
+__all__ = [
+    "AppServicePosition",
+    "AppServiceStorage",
+    "InboxMessage",
+    "PendingTransaction",
+    "RoomInterest",
+]
 
 _ROOMS_PER_QUERY: Final = 500
 
@@ -52,6 +62,19 @@ class AppServicePosition:
     next_txn_id: int
     #: The receipts stream position; None for a service not sent receipts.
     receipts: int | None = None
+    #: The to-device stream position; None for a service not sent to-device messages.
+    to_device: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboxMessage:
+    """A to-device message waiting in a local device's inbox."""
+
+    stream_id: int
+    user_id: str
+    device_id: str
+    #: ``{"type", "sender", "content"}`` as JSON, as a sync hands it out.
+    message: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +101,18 @@ class AppServiceStorage:
         self._readers = readers
 
     async def start_position(
-        self, service_id: str, stream_ordering: int, *, receipts: int | None = None
+        self,
+        service_id: str,
+        stream_ordering: int,
+        *,
+        receipts: int | None = None,
+        to_device: int | None = None,
     ) -> None:
         """Give a service seen for the first time its position; one that
         has a position keeps it. ``receipts`` is the receipts position a
         service that receives ephemeral events starts from if it has none;
-        None forgets the one it has.
+        None forgets the one it has. ``to_device`` is the same for the
+        to-device stream.
         """
         await self._writer.submit(
             functools.partial(
@@ -91,14 +120,20 @@ class AppServiceStorage:
                 service_id=service_id,
                 stream_ordering=stream_ordering,
                 receipts=receipts,
+                to_device=to_device,
             )
         )
 
     async def set_position(
-        self, service_id: str, stream_ordering: int, *, receipts: int | None = None
+        self,
+        service_id: str,
+        stream_ordering: int,
+        *,
+        receipts: int | None = None,
+        to_device: int | None = None,
     ) -> None:
-        """Move past events (and receipts) with nothing for the service
-        (never backwards).
+        """Move past events (and receipts, to-device messages) with nothing
+        for the service (never backwards).
         """
         await self._writer.submit(
             functools.partial(
@@ -106,6 +141,7 @@ class AppServiceStorage:
                 service_id=service_id,
                 stream_ordering=stream_ordering,
                 receipts=receipts,
+                to_device=to_device,
             )
         )
 
@@ -117,9 +153,13 @@ class AppServiceStorage:
         through: int,
         body: bytes,
         receipts: int | None = None,
+        to_device: int | None = None,
+        taken: Sequence[int] = (),
     ) -> None:
         """Keep a transaction to send, of the events up to ``through`` (and
-        the receipts up to ``receipts``).
+        the receipts up to ``receipts``, the to-device messages up to
+        ``to_device``), and delete the inbox messages ``taken``, which
+        only the service was to have.
         """
         await self._writer.submit(
             functools.partial(
@@ -129,6 +169,8 @@ class AppServiceStorage:
                 through=through,
                 body=body,
                 receipts=receipts,
+                to_device=to_device,
+                taken=tuple(taken),
             )
         )
 
@@ -180,6 +222,19 @@ class AppServiceStorage:
         """The receipts stream's newest position (0 when nothing was stored)."""
         return await self._readers.read(_receipts_position)
 
+    async def to_device_after(self, after: int, *, limit: int) -> list[InboxMessage]:
+        """The local devices' to-device messages stored after ``after``,
+        oldest first, at most ``limit``: those still in an inbox (a device
+        that synced them has them, and they are gone).
+        """
+        return await self._readers.read(
+            functools.partial(_to_device_after, after=after, limit=limit)
+        )
+
+    async def to_device_position(self) -> int:
+        """The to-device stream's newest position (0 when nothing was stored)."""
+        return await self._readers.read(_to_device_position)
+
 
 @registered_write
 def _start_position(
@@ -188,23 +243,25 @@ def _start_position(
     service_id: str,
     stream_ordering: int,
     receipts: int | None = None,
+    to_device: int | None = None,
 ) -> None:
     conn.execute(
         "INSERT OR IGNORE INTO appservice_positions (service_id, stream_ordering, next_txn_id)"
         " VALUES (?, ?, 1)",
         (service_id, stream_ordering),
     )
-    if receipts is None:
-        conn.execute(
-            "UPDATE appservice_positions SET receipts_position = NULL WHERE service_id = ?",
-            (service_id,),
-        )
-    else:
-        conn.execute(
-            "UPDATE appservice_positions SET receipts_position = ?"
-            " WHERE service_id = ? AND receipts_position IS NULL",
-            (receipts, service_id),
-        )
+    for column, start in (("receipts_position", receipts), ("to_device_position", to_device)):
+        if start is None:
+            conn.execute(
+                f"UPDATE appservice_positions SET {column} = NULL WHERE service_id = ?",
+                (service_id,),
+            )
+        else:
+            conn.execute(
+                f"UPDATE appservice_positions SET {column} = ?"
+                f" WHERE service_id = ? AND {column} IS NULL",
+                (start, service_id),
+            )
 
 
 @registered_write
@@ -214,13 +271,15 @@ def _set_position(
     service_id: str,
     stream_ordering: int,
     receipts: int | None = None,
+    to_device: int | None = None,
 ) -> None:
     conn.execute(
         "UPDATE appservice_positions SET stream_ordering = max(stream_ordering, ?)"
         " WHERE service_id = ?",
         (stream_ordering, service_id),
     )
-    _move_receipts(conn, service_id, receipts)
+    _move(conn, service_id, "receipts_position", receipts)
+    _move(conn, service_id, "to_device_position", to_device)
 
 
 @registered_write
@@ -232,8 +291,10 @@ def _add_transaction(
     through: int,
     body: bytes,
     receipts: int | None = None,
+    to_device: int | None = None,
+    taken: tuple[int, ...] = (),
 ) -> None:
-    conn.execute(
+    added = conn.execute(
         "INSERT OR IGNORE INTO appservice_transactions (service_id, txn_id, body) VALUES (?, ?, ?)",
         (service_id, txn_id, body),
     )
@@ -242,15 +303,20 @@ def _add_transaction(
         " next_txn_id = max(next_txn_id, ?) WHERE service_id = ?",
         (through, txn_id + 1, service_id),
     )
-    _move_receipts(conn, service_id, receipts)
+    _move(conn, service_id, "receipts_position", receipts)
+    _move(conn, service_id, "to_device_position", to_device)
+    if added.rowcount:
+        conn.executemany(
+            "DELETE FROM to_device_inbox WHERE stream_id = ?", [(stream_id,) for stream_id in taken]
+        )
 
 
-def _move_receipts(conn: sqlite3.Connection, service_id: str, receipts: int | None) -> None:
-    if receipts is not None:
+def _move(conn: sqlite3.Connection, service_id: str, column: str, position: int | None) -> None:
+    if position is not None:
         conn.execute(
-            "UPDATE appservice_positions SET receipts_position = max(receipts_position, ?)"
-            " WHERE service_id = ? AND receipts_position IS NOT NULL",
-            (receipts, service_id),
+            f"UPDATE appservice_positions SET {column} = max({column}, ?)"
+            f" WHERE service_id = ? AND {column} IS NOT NULL",
+            (position, service_id),
         )
 
 
@@ -264,13 +330,18 @@ def _complete_transaction(conn: sqlite3.Connection, *, service_id: str, txn_id: 
 
 def _position(conn: sqlite3.Connection, *, service_id: str) -> AppServicePosition | None:
     row = conn.execute(
-        "SELECT stream_ordering, next_txn_id, receipts_position FROM appservice_positions"
-        " WHERE service_id = ?",
+        "SELECT stream_ordering, next_txn_id, receipts_position, to_device_position"
+        " FROM appservice_positions WHERE service_id = ?",
         (service_id,),
     ).fetchone()
     if row is None:
         return None
-    return AppServicePosition(int(row[0]), int(row[1]), None if row[2] is None else int(row[2]))
+    return AppServicePosition(
+        int(row[0]),
+        int(row[1]),
+        None if row[2] is None else int(row[2]),
+        None if row[3] is None else int(row[3]),
+    )
 
 
 def _pending(conn: sqlite3.Connection, *, service_id: str) -> PendingTransaction | None:
@@ -333,4 +404,20 @@ def _receipts_position(conn: sqlite3.Connection) -> int:
     # The sequence, as the receipts stream reckons it: the newest receipt
     # may have been replaced since.
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'receipts'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _to_device_after(conn: sqlite3.Connection, *, after: int, limit: int) -> list[InboxMessage]:
+    rows = conn.execute(
+        "SELECT stream_id, user_id, device_id, message FROM to_device_inbox"
+        " WHERE stream_id > ? ORDER BY stream_id LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return [InboxMessage(int(a), str(b), str(c), bytes(d)) for a, b, c, d in rows]
+
+
+def _to_device_position(conn: sqlite3.Connection) -> int:
+    # The sequence, as the sync reckons the stream: the newest message may
+    # have been acknowledged and deleted since.
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'to_device_inbox'").fetchone()
     return 0 if row is None else int(row[0])
