@@ -113,3 +113,24 @@ async def open_with_service(
         hs.client(timeout=30) as http,
     ):
         yield WithService(hs, Client(hs, http), await hs.register_user("alice"))
+
+
+def config_with_registration(tmp_path: Path, url: str, extra: str = "") -> Any:
+    """A test server's configuration with the bridge registered (calling
+    ``url``), ``extra`` added to its registration's YAML."""
+    registration = tmp_path / "bridge.yaml"
+    registration.write_text(registration_yaml(url) + extra, encoding="utf-8")
+    return msgspec.structs.replace(
+        config_for_tests(tmp_path / "hs"), app_service_config_files=(registration,)
+    )
+
+
+@asynccontextmanager
+async def serving(
+    tmp_path: Path, config: Any, alice: TestUser | None = None
+) -> AsyncIterator[WithService]:
+    """A server of ``config`` under ``tmp_path``; ``alice`` is registered
+    unless given (as she was before a restart)."""
+    async with open_test_homeserver(tmp_path / "hs", config=config) as hs, hs.client() as http:
+        user = alice if alice is not None else await hs.register_user("alice")
+        yield WithService(hs, Client(hs, http), user)

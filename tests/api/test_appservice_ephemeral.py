@@ -11,33 +11,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import trio
-from _appservices import HS_TOKEN, WithService, registration_yaml
-from _client import Client, q
+from _appservices import HS_TOKEN, WithService, config_with_registration, serving
+from _client import q
 
 from ranvier.testing.appservice import FakeAppService
-from ranvier.testing.homeserver import TestUser, config_for_tests, open_test_homeserver
 
 _LEGACY = "de.sorunome.msc2409.ephemeral"
 
 
 def _config(tmp_path: Path, url: str, flag: str | None) -> Any:
-    registration = tmp_path / "bridge.yaml"
-    extra = "" if flag is None else f"{flag}: true\n"
-    registration.write_text(registration_yaml(url) + extra, encoding="utf-8")
-    return msgspec.structs.replace(
-        config_for_tests(tmp_path / "hs"), app_service_config_files=(registration,)
-    )
-
-
-@asynccontextmanager
-async def _server(
-    tmp_path: Path, service: FakeAppService, config: Any, alice: TestUser | None = None
-) -> AsyncIterator[WithService]:
-    async with open_test_homeserver(tmp_path / "hs", config=config) as hs, hs.client() as http:
-        user = alice if alice is not None else await hs.register_user("alice")
-        yield WithService(hs, Client(hs, http), user)
+    return config_with_registration(tmp_path, url, "" if flag is None else f"{flag}: true\n")
 
 
 @asynccontextmanager
@@ -47,7 +31,7 @@ async def _with_service(
     service = FakeAppService(hs_token=HS_TOKEN)
     async with trio.open_nursery() as nursery:
         url = await service.start(nursery)
-        async with _server(tmp_path, service, _config(tmp_path, url, flag)) as env:
+        async with serving(tmp_path, _config(tmp_path, url, flag)) as env:
             yield env, service
         nursery.cancel_scope.cancel()
 
@@ -222,7 +206,7 @@ async def test_a_restart_loses_no_receipt(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         url = await service.start(nursery)
         config = _config(tmp_path, url, "receive_ephemeral")
-        async with _server(tmp_path, service, config) as env:
+        async with serving(tmp_path, config) as env:
             room_id, ghost = await _bridged_room(env)
             alice = env.alice
             with trio.fail_after(20):
@@ -240,7 +224,7 @@ async def test_a_restart_loses_no_receipt(tmp_path: Path) -> None:
         assert not any(_read_by(room_id, message, alice.user_id)(e) for e in _ephemeral(service))
         service.status = 200
 
-        async with _server(tmp_path, service, config, alice) as env:
+        async with serving(tmp_path, config, alice) as env:
             await _wait_for(service, _read_by(room_id, message, alice.user_id))
         nursery.cancel_scope.cancel()
 

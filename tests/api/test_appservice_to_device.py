@@ -12,36 +12,25 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 import trio
-from _appservices import AS_TOKEN, HS_TOKEN, WithService, registration_yaml
-from _client import Client, q
+from _appservices import (
+    AS_TOKEN,
+    HS_TOKEN,
+    WithService,
+    config_with_registration,
+    registration_yaml,
+    serving,
+)
+from _client import q
 
 from ranvier.config import ConfigError
 from ranvier.core.appservices import load_app_services
 from ranvier.testing.appservice import FakeAppService
-from ranvier.testing.homeserver import TestUser, config_for_tests, open_test_homeserver
+from ranvier.testing.homeserver import TestUser
 
 _LEGACY = "de.sorunome.msc2409.to_device"
 _OPT_IN = "receive_ephemeral: true\norg.matrix.msc3202: true\n"
-
-
-def _config(tmp_path: Path, url: str, extra: str) -> Any:
-    registration = tmp_path / "bridge.yaml"
-    registration.write_text(registration_yaml(url) + extra, encoding="utf-8")
-    return msgspec.structs.replace(
-        config_for_tests(tmp_path / "hs"), app_service_config_files=(registration,)
-    )
-
-
-@asynccontextmanager
-async def _server(
-    tmp_path: Path, config: Any, alice: TestUser | None = None
-) -> AsyncIterator[WithService]:
-    async with open_test_homeserver(tmp_path / "hs", config=config) as hs, hs.client() as http:
-        user = alice if alice is not None else await hs.register_user("alice")
-        yield WithService(hs, Client(hs, http), user)
 
 
 @asynccontextmanager
@@ -51,7 +40,7 @@ async def _with_service(
     service = FakeAppService(hs_token=HS_TOKEN)
     async with trio.open_nursery() as nursery:
         url = await service.start(nursery)
-        async with _server(tmp_path, _config(tmp_path, url, extra)) as env:
+        async with serving(tmp_path, config_with_registration(tmp_path, url, extra)) as env:
             yield env, service
         nursery.cancel_scope.cancel()
 
@@ -190,8 +179,8 @@ async def test_a_restart_loses_and_repeats_nothing(tmp_path: Path) -> None:
     service = FakeAppService(hs_token=HS_TOKEN)
     async with trio.open_nursery() as nursery:
         url = await service.start(nursery)
-        config = _config(tmp_path, url, _OPT_IN)
-        async with _server(tmp_path, config) as env:
+        config = config_with_registration(tmp_path, url, _OPT_IN)
+        async with serving(tmp_path, config) as env:
             ghost = await _ghost(env, "_br_ghost")
             alice = env.alice
             await _send(env, "t1", {ghost.user_id: {ghost.device_id: {"seq": 1}}})
@@ -207,7 +196,7 @@ async def test_a_restart_loses_and_repeats_nothing(tmp_path: Path) -> None:
         assert [m["content"]["seq"] for m in _to_device(service)] == [1]
         service.status = 200
 
-        async with _server(tmp_path, config, alice) as env:
+        async with serving(tmp_path, config, alice) as env:
             await _wait_for_seq(service, 3)
         nursery.cancel_scope.cancel()
 
