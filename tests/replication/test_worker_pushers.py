@@ -61,7 +61,7 @@ async def test_an_event_sent_through_a_worker_is_pushed_once_by_the_main_process
                     f"{_V3}/rooms/{room}/send/m.room.message/1",
                     json={"msgtype": "m.text", "body": "through the worker"},
                 )
-                with trio.fail_after(10):
+                with trio.fail_after(30):
                     notification = await gateway.next()
                 assert notification["event_id"] == sent.json()["event_id"]
                 # Every event the main process has is judged and sent: nothing
@@ -71,7 +71,7 @@ async def test_an_event_sent_through_a_worker_is_pushed_once_by_the_main_process
                 def behind() -> bool:
                     return judged.position < notifier.position.events or judged.waiting() > 0
 
-                with trio.fail_after(10):
+                with trio.fail_after(30):
                     while behind():  # noqa: ASYNC110
                         await trio.sleep(0.01)
                 assert gateway.received == []
