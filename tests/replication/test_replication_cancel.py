@@ -20,13 +20,16 @@ from ranvier.storage.write_backend import registered_write
 
 _STARTED = threading.Event()
 _GO_ON = threading.Event()
+# Real seconds any wait below may take: they cross a real socket and the
+# writer thread, so only a failure, never a loaded machine, reaches them.
+_LIMIT = 30
 
 
 @registered_write
 def _waits_to_be_let_on(conn: sqlite3.Connection, *, room_id: str) -> str:
     # Holds the writer thread until the test lets it on: a slow write.
     _STARTED.set()
-    assert _GO_ON.wait(10)
+    assert _GO_ON.wait(_LIMIT)
     conn.execute("INSERT INTO rooms (room_id, room_version) VALUES (?, '10')", (room_id,))
     return room_id
 
@@ -40,16 +43,16 @@ async def test_a_cancelled_worker_leaves_the_write_to_finish_and_be_remembered(
         functools.partial(_waits_to_be_let_on, room_id="!slow:x")
     )
     path = f"/_ranvier/replication/write/{name}/{new_txn_id()}"
-    with trio.move_on_after(10) as scope:
+    with trio.move_on_after(_LIMIT) as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(worker.client.post, path, body)
-            assert await trio.to_thread.run_sync(_STARTED.wait, 10)
+            assert await trio.to_thread.run_sync(_STARTED.wait, _LIMIT)
             # The worker gives up on the answer and hangs up.
             nursery.cancel_scope.cancel()
     assert not scope.cancelled_caught
     _GO_ON.set()
     # Its retry under the same transaction gets the first write's answer.
-    with trio.fail_after(10):
+    with trio.fail_after(_LIMIT):
         answer = await worker.client.post(path, body)
     assert operations.decode_result(name, answer) == "!slow:x"
     assert main.app.writes_run["write"] == 1
@@ -89,14 +92,14 @@ async def test_a_request_cancelled_in_the_app_still_finishes_its_write(main: Mai
         functools.partial(_waits_to_be_let_on, room_id="!cut:x")
     )
     path = f"/_ranvier/replication/write/{name}/{new_txn_id()}"
-    with trio.move_on_after(10) as scope:
+    with trio.move_on_after(_LIMIT) as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_call_app, main.app, path, body)
-            assert await trio.to_thread.run_sync(_STARTED.wait, 10)
+            assert await trio.to_thread.run_sync(_STARTED.wait, _LIMIT)
             nursery.cancel_scope.cancel()  # the server cancels the request
             _GO_ON.set()
     assert not scope.cancelled_caught
-    with trio.fail_after(10):
+    with trio.fail_after(_LIMIT):
         status, answer = await _call_app(main.app, path, body)
     assert status == 200
     assert operations.decode_result(name, answer) == "!cut:x"
