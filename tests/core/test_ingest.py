@@ -183,7 +183,7 @@ async def test_a_task_waiting_for_a_verdict_checks_queued_chunks_itself(world: W
     verifier = EventVerifier(KnownKeys(world.keys), threads=1, chunk_size=2)
     events = [world.room.message(BOB, f"words {n}") for n in range(5)]
     events[3] = world.room.message(BOB, key=generate_signing_key("k1"))
-    with trio.fail_after(5):
+    with trio.fail_after(30):
         # Every thread the verifier may use is taken: only the waiting task
         # itself can check the chunks.
         async with verifier.feed() as feed, verifier._limiter:
@@ -197,7 +197,7 @@ async def test_a_task_waiting_for_a_verdict_checks_queued_chunks_itself(world: W
 
 async def test_a_feed_left_without_events_or_unfinished_ends(world: World) -> None:
     verifier = EventVerifier(KnownKeys(world.keys), threads=2, chunk_size=2)
-    with trio.fail_after(5):
+    with trio.fail_after(30):
         async with verifier.feed() as feed:
             await feed.finish()
         # Left without finish(), with a chunk queued: its threads still end.
@@ -744,7 +744,7 @@ async def test_rooms_of_a_transaction_are_handled_concurrently(
     # written: handled one room after another, this would never finish.
     world.remote.hold_missing_events = fast_written
     ingester = world.make_ingester(Watching())
-    with trio.fail_after(10):
+    with trio.fail_after(30):
         outcomes = await ingester.receive_pdus(REMOTE, [slow.raw, fast.raw])
     assert [outcome.error for outcome in outcomes] == [None, None]
     assert len(ingester.room_locks) == 0
@@ -756,7 +756,7 @@ async def test_a_cancelled_ingestion_leaves_the_room_free_and_can_run_again(
     missed = world.room.message(BOB, "missed")
     latest = world.room.message(BOB, "latest")
     world.remote.hold_missing_events = trio.Event()  # never set: the remote hangs
-    with trio.move_on_after(5) as scope:
+    with trio.move_on_after(30) as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_receive, world, latest)
             await world.remote.asked_for_missing.wait()
