@@ -26,7 +26,7 @@ from ranvier.testing.push_gateway import FakePushGateway
 
 
 async def _next(gateway: FakePushGateway) -> dict[str, Any]:
-    with trio.fail_after(10):
+    with trio.fail_after(30):
         return await gateway.next()
 
 
@@ -74,7 +74,7 @@ class Env:
         def busy() -> bool:
             return sender.position < notifier.position.events or sender.waiting() > 0
 
-        with trio.fail_after(10):
+        with trio.fail_after(30):
             # The sender offers nothing to wait on for this: the test polls.
             while busy():  # noqa: ASYNC110
                 await trio.sleep(0.01)
@@ -298,7 +298,7 @@ async def test_a_failing_gateway_gets_the_notification_again(env: Env) -> None:
     await env.set_pusher(env.alice)
     env.gateway.status = 503
     event_id = await env.send(env.bob, "try again")
-    with trio.fail_after(10):
+    with trio.fail_after(30):
         while env.hs.server.push_sender.waiting() == 0:  # noqa: ASYNC110
             await trio.sleep(0.01)
     env.gateway.status = 200
