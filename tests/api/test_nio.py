@@ -254,7 +254,7 @@ async def test_joining_a_room_of_another_server_with_partial_state(
         assert isinstance(joined, nio.JoinResponse), joined
         assert joined.room_id == room_id
         assert await b.server.storage.is_partial_state_room(room_id)
-        with trio.fail_after(10):
+        with trio.fail_after(30):
             await resync.first_held.wait()
 
         # Talking works at once, though B's state of the room is partial.
