@@ -26,7 +26,7 @@ async def _message(hs: HomeServer, room_id: str, body: str, sender: str = ALICE)
 
 async def _take(events: trio.MemoryReceiveChannel[StreamedEvent], count: int) -> list[Any]:
     taken = []
-    with trio.fail_after(10):
+    with trio.fail_after(30):
         for _ in range(count):
             taken.append(await events.receive())
     return taken
