@@ -158,7 +158,9 @@ async def test_typing_ends_at_its_deadline_in_every_process(tmp_path: Path) -> N
         room_id = await both.main.server.create_room(both.alice.user_id)
         on_main = (await _sync(both.on_main))["next_batch"]
         on_worker = (await _sync(both.on_worker))["next_batch"]
-        await _put_typing(both.on_worker, both.alice.user_id, room_id, typing=True, lasting_ms=1000)
+        # Long enough for the sync below to see it first, however loaded the
+        # machine: the PUT crosses to the main process and back.
+        await _put_typing(both.on_worker, both.alice.user_id, room_id, typing=True, lasting_ms=3000)
         assert _typing(await _sync(both.on_worker, on_worker), room_id) == [both.alice.user_id]
         ended = {"main": trio.Event(), "worker": trio.Event()}
 
