@@ -1594,6 +1594,7 @@ class HomeServer:
             events=self.event_creator,
             store=self.storage,
             directory=self.storage.room_upgrades,
+            claims=self.storage.room_upgrades,
             settings=self._upgraded_room_settings,
         )
         add_upgrade_routes(router, auth=auth, upgrades=upgrades)

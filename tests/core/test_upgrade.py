@@ -71,6 +71,7 @@ async def test_a_failed_directory_move_sends_no_tombstone(tmp_path: Path) -> Non
             events=hs.server.event_creator,
             store=hs.server.storage,
             directory=mover,
+            claims=hs.server.storage.room_upgrades,
         )
 
         with pytest.raises(_Broken):
@@ -93,6 +94,7 @@ async def test_a_room_that_cannot_be_made_leaves_the_old_one_alone(tmp_path: Pat
             events=_FailingCreation(hs),
             store=hs.server.storage,
             directory=hs.server.storage.room_upgrades,
+            claims=hs.server.storage.room_upgrades,
         )
 
         with pytest.raises(_Broken):
@@ -105,6 +107,7 @@ async def test_a_room_that_cannot_be_made_leaves_the_old_one_alone(tmp_path: Pat
             events=hs.server.event_creator,
             store=hs.server.storage,
             directory=hs.server.storage.room_upgrades,
+            claims=hs.server.storage.room_upgrades,
         )
         new = await working.upgrade(alice, room_id, "12")
         assert await hs.server.storage.aliases.get_room_aliases(new) == ["#old:localhost"]

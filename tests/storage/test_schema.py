@@ -83,6 +83,7 @@ TABLES_ADDED = {
     37: set(),
     # A column of appservice_positions, no table.
     38: set(),
+    39: {"room_upgrade_claims"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -246,7 +247,11 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
     elif version == 33:
         run("INSERT INTO out_of_band_memberships VALUES ('$e', '!r:x', '@a:x')")
     elif version == 34:
-        run("INSERT INTO appservice_positions VALUES ('bridge', 5, 2, 1)")
+        run(
+            "INSERT INTO appservice_positions"
+            " (service_id, stream_ordering, next_txn_id, receipts_position)"
+            " VALUES ('bridge', 5, 2, 1)"
+        )
     elif version == 35:
         run("INSERT INTO destination_deliveries VALUES ('hs.example', 5)")
     elif version == 36:
@@ -255,6 +260,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("UPDATE media SET outside_quota = 1")
     elif version == 38:
         run("UPDATE appservice_positions SET to_device_position = 3")
+    elif version == 39:
+        run("INSERT INTO room_upgrade_claims VALUES ('!r:x', '@a:x', '11', 5)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

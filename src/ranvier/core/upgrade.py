@@ -27,6 +27,17 @@ Invariants
   tombstoned by the same user to a room of the requested version answers
   that room: a request repeated while the first ran makes no second room.
   Any other upgrade of a tombstoned room is refused (400 ``M_BAD_STATE``).
+* **One upgrade of a room at a time across processes.** A client_reader
+  worker serves upgrades too, and its lock is not the main process's: under
+  the lock, before the room is read, the upgrade takes a claim of the room
+  in the database (``claims``, through the writer, so a worker's goes over
+  replication). A claim held elsewhere is waited for, polled a few times a
+  second for at most ``claim_wait_s`` (then 400 ``M_BAD_STATE``: the room
+  is being upgraded); once released, the room is read as usual and the
+  tombstone found. The claim is released when the upgrade ends, however it
+  ends, even if cancelled. A claim older than ``claim_stale_after_ms`` is
+  taken over, since a process that died half-way never releases it; an
+  upgrade takes seconds, far less than that limit.
 * **The requester's settings follow.** Once the new room is made, the
   requester's push rule and tags of the old room are copied to it
   (``settings``, :mod:`ranvier.core.upgrade_settings`), as they would be
@@ -40,8 +51,10 @@ Invariants
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
+
+import trio
 
 from ranvier.errors import AuthError, MatrixError
 from ranvier.protocol.auth import CREATE_KEY, POWER_LEVELS_KEY, StateKey, is_valid_user_id
@@ -55,11 +68,26 @@ from ranvier.protocol.power_levels import (
 )
 from ranvier.protocol.room_versions import RoomVersion, get_room_version
 
+from .builder import wall_clock_ms
 from .creation import Preset
 from .ingest import RoomLocks
 from .interfaces import StateReader
 
-__all__ = ["DirectoryMover", "RoomUpgrader", "SettingsCarrier", "UpgradeEventSender"]
+__all__ = [
+    "CLAIM_STALE_AFTER_MS",
+    "CLAIM_WAIT_S",
+    "DirectoryMover",
+    "RoomUpgrader",
+    "SettingsCarrier",
+    "UpgradeClaims",
+    "UpgradeEventSender",
+]
+
+#: How old a claim may grow before another upgrade takes it over.
+CLAIM_STALE_AFTER_MS: Final = 5 * 60 * 1000
+#: How long an upgrade waits for another process's claim of its room.
+CLAIM_WAIT_S: Final = 60.0
+_CLAIM_POLL_S: Final = 0.25
 
 _MEMBER: Final = "m.room.member"
 _TOMBSTONE: Final = "m.room.tombstone"
@@ -150,6 +178,20 @@ class DirectoryMover(Protocol):
     async def move_directory_entries(self, old_room_id: str, new_room_id: str) -> list[str]: ...
 
 
+class UpgradeClaims(Protocol):
+    """The claims keeping a room's upgrades one at a time across processes
+    (:class:`ranvier.storage.room_upgrades.RoomUpgradeStorage`).
+    """
+
+    async def take_upgrade_claim(
+        self, room_id: str, user_id: str, new_version: str, *, now_ms: int, stale_before_ms: int
+    ) -> bool: ...
+
+    async def release_upgrade_claim(
+        self, room_id: str, user_id: str, new_version: str, *, claimed_ts: int
+    ) -> None: ...
+
+
 def _invalid(message: str) -> MatrixError:
     return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
 
@@ -163,7 +205,9 @@ class RoomUpgrader:
 
     ``events`` creates the new room and sends every event; ``store`` reads
     the old room; ``directory`` moves its aliases and room list entry;
-    ``settings`` carries the requester's settings of the old room over.
+    ``claims`` keeps other processes' upgrades of the room out, dated by
+    ``clock_ms``; ``settings`` carries the requester's settings of the old
+    room over.
     """
 
     def __init__(
@@ -172,12 +216,20 @@ class RoomUpgrader:
         events: UpgradeEventSender,
         store: StateReader,
         directory: DirectoryMover,
+        claims: UpgradeClaims,
         settings: SettingsCarrier | None = None,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        claim_stale_after_ms: int = CLAIM_STALE_AFTER_MS,
+        claim_wait_s: float = CLAIM_WAIT_S,
     ) -> None:
         self._settings = settings
         self._events = events
         self._store = store
         self._directory = directory
+        self._claims = claims
+        self._clock_ms = clock_ms
+        self._claim_stale_after_ms = claim_stale_after_ms
+        self._claim_wait_s = claim_wait_s
         self._locks = RoomLocks()
 
     async def upgrade(
@@ -197,22 +249,53 @@ class RoomUpgrader:
         target = get_room_version(new_version)
         others = _additional_creators(additional_creators, user_id, target)
         async with self._locks.hold(room_id):
-            old = await self._read_room(room_id)
-            old.check_may_upgrade(user_id)
-            if old.tombstone is not None:
-                return await self._already_upgraded(user_id, old, target)
-            new_room_id = await self._create_replacement(user_id, old, target, others)
-            if self._settings is not None:
-                await self._settings.joined(user_id, new_room_id)
-            moved = await self._directory.move_directory_entries(room_id, new_room_id)
-            await self._events.send_event(
-                user_id,
+            claimed_ts = await self._claim(user_id, room_id, target.identifier)
+            try:
+                return await self._upgrade_claimed(user_id, room_id, target, others)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._claims.release_upgrade_claim(
+                        room_id, user_id, target.identifier, claimed_ts=claimed_ts
+                    )
+
+    async def _claim(self, user_id: str, room_id: str, new_version: str) -> int:
+        """Take the room's claim, waiting for another process's; return when
+        it was taken, which names it for its release.
+        """
+        deadline = trio.current_time() + self._claim_wait_s
+        while True:
+            now = self._clock_ms()
+            if await self._claims.take_upgrade_claim(
                 room_id,
-                _TOMBSTONE,
-                {"body": _TOMBSTONE_BODY, "replacement_room": new_room_id},
-                state_key="",
-            )
-            await self._tidy_old_room(user_id, old, moved)
+                user_id,
+                new_version,
+                now_ms=now,
+                stale_before_ms=now - self._claim_stale_after_ms,
+            ):
+                return now
+            if trio.current_time() >= deadline:
+                raise _bad_state(f"room {room_id} is being upgraded; try again once that is done")
+            await trio.sleep(_CLAIM_POLL_S)
+
+    async def _upgrade_claimed(
+        self, user_id: str, room_id: str, target: RoomVersion, others: list[str]
+    ) -> str:
+        old = await self._read_room(room_id)
+        old.check_may_upgrade(user_id)
+        if old.tombstone is not None:
+            return await self._already_upgraded(user_id, old, target)
+        new_room_id = await self._create_replacement(user_id, old, target, others)
+        if self._settings is not None:
+            await self._settings.joined(user_id, new_room_id)
+        moved = await self._directory.move_directory_entries(room_id, new_room_id)
+        await self._events.send_event(
+            user_id,
+            room_id,
+            _TOMBSTONE,
+            {"body": _TOMBSTONE_BODY, "replacement_room": new_room_id},
+            state_key="",
+        )
+        await self._tidy_old_room(user_id, old, moved)
         return new_room_id
 
     async def _read_room(self, room_id: str) -> _OldRoom:

@@ -1,7 +1,13 @@
-"""What a room upgrade moves in this server's directory: the local aliases
-and the room's place in the published room list pass from the old room to
-its replacement in one commit, so an alias never points nowhere and the
-list never shows both rooms or neither.
+"""What a room upgrade keeps in the database.
+
+Its directory: the local aliases and the room's place in the published
+room list pass from the old room to its replacement in one commit, so an
+alias never points nowhere and the list never shows both rooms or neither.
+
+Its claim: the main process and its client_reader workers each serve
+upgrades, so "one upgrade of a room at a time" is a row in
+``room_upgrade_claims``, taken and released through the writer (from a
+worker, over replication) where every process sees it.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ __all__ = ["RoomUpgradeStorage"]
 
 
 class RoomUpgradeStorage:
-    """Moves directory entries from an upgraded room to its replacement."""
+    """Moves directory entries from an upgraded room to its replacement,
+    and holds the claims that keep a room's upgrades one at a time.
+    """
 
     def __init__(self, actor: WriteBackend) -> None:
         self._actor = actor
@@ -30,6 +38,73 @@ class RoomUpgradeStorage:
                 _move_directory_entries, old_room_id=old_room_id, new_room_id=new_room_id
             )
         )
+
+    async def take_upgrade_claim(
+        self, room_id: str, user_id: str, new_version: str, *, now_ms: int, stale_before_ms: int
+    ) -> bool:
+        """Claim the upgrade of ``room_id``; False if another claim holds it.
+
+        A claim made before ``stale_before_ms`` is taken over: its holder
+        is taken to have died half-way, and must not keep the room from
+        being upgraded for ever.
+        """
+        return await self._actor.submit(
+            functools.partial(
+                _take_upgrade_claim,
+                room_id=room_id,
+                user_id=user_id,
+                new_version=new_version,
+                now_ms=now_ms,
+                stale_before_ms=stale_before_ms,
+            )
+        )
+
+    async def release_upgrade_claim(
+        self, room_id: str, user_id: str, new_version: str, *, claimed_ts: int
+    ) -> None:
+        """Give up the claim taken at ``claimed_ts``; a claim that has since
+        been taken over by another upgrade is left to it.
+        """
+        await self._actor.submit(
+            functools.partial(
+                _release_upgrade_claim,
+                room_id=room_id,
+                user_id=user_id,
+                new_version=new_version,
+                claimed_ts=claimed_ts,
+            )
+        )
+
+
+@registered_write
+def _take_upgrade_claim(
+    conn: sqlite3.Connection,
+    *,
+    room_id: str,
+    user_id: str,
+    new_version: str,
+    now_ms: int,
+    stale_before_ms: int,
+) -> bool:
+    taken = conn.execute(
+        "INSERT INTO room_upgrade_claims (room_id, user_id, new_version, claimed_ts)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (room_id) DO UPDATE SET user_id = excluded.user_id,"
+        " new_version = excluded.new_version, claimed_ts = excluded.claimed_ts"
+        " WHERE room_upgrade_claims.claimed_ts < ?",
+        (room_id, user_id, new_version, now_ms, stale_before_ms),
+    )
+    return taken.rowcount == 1
+
+
+@registered_write
+def _release_upgrade_claim(
+    conn: sqlite3.Connection, *, room_id: str, user_id: str, new_version: str, claimed_ts: int
+) -> None:
+    conn.execute(
+        "DELETE FROM room_upgrade_claims"
+        " WHERE room_id = ? AND user_id = ? AND new_version = ? AND claimed_ts = ?",
+        (room_id, user_id, new_version, claimed_ts),
+    )
 
 
 @registered_write

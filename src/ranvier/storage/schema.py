@@ -1070,6 +1070,17 @@ def _appservice_to_device(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE appservice_positions ADD COLUMN to_device_position INTEGER")
 
 
+def _room_upgrade_claims(conn: sqlite3.Connection) -> None:
+    """Which room an upgrade is under way for, by whom and to which version
+    (:mod:`ranvier.storage.room_upgrades`): the main process and its workers
+    each serve upgrades, and the claim keeps them to one at a time per room.
+    """
+    conn.execute(
+        "CREATE TABLE room_upgrade_claims (room_id TEXT PRIMARY KEY NOT NULL,"
+        " user_id TEXT NOT NULL, new_version TEXT NOT NULL, claimed_ts INTEGER NOT NULL) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1110,6 +1121,7 @@ MIGRATIONS: Sequence[Migration] = (
     _id_floors,
     _media_outside_quota,
     _appservice_to_device,
+    _room_upgrade_claims,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
