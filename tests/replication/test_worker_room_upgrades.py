@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import urllib.parse
 from pathlib import Path
+
 import httpx
 import trio
 from _worker_configs import alice_on_both
