@@ -10,7 +10,8 @@ relations, search rows, receipts, room account data and tags, reports,
 key backups of the room's sessions, aliases, the published listing,
 forgotten-room marks, out-of-band memberships, client transactions that
 sent into it, sliding sync rows, what each destination was sent of it,
-the server notices room's record, and the room's version row.
+the server notices room's record, an upgrade's claim on it, and the
+room's version row.
 
 What stays: the block (``blocked_rooms``), so a blocked room stays
 blocked; media files and their rows (media are not tied to a room, and
@@ -71,6 +72,7 @@ _STATEMENTS: Final[tuple[tuple[str, str], ...]] = (
     ("sliding_sync_rooms", "room_id = :room"),
     ("room_key_backup_keys", "room_id = :room"),
     ("room_list", "room_id = :room"),
+    ("room_upgrade_claims", "room_id = :room"),
     ("destination_rooms", "room_id = :room"),
     ("un_partial_stated_rooms", "room_id = :room"),
     ("resync_progress", "room_id = :room"),
