@@ -156,12 +156,15 @@ def _log_level_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _config_argument(parser: argparse.ArgumentParser, help: str, *, required: bool = False) -> None:
+    """``--config FILE``, whose ``help`` says which file and what it is read for."""
+    parser.add_argument("--config", type=Path, metavar="FILE", required=required, help=help)
+
+
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="the TOML configuration file (default: the built-in defaults: server name"
+    _config_argument(
+        parser,
+        "the TOML configuration file (default: the built-in defaults: server name"
         " localhost:8448, data in ./ranvier-data, federation on 127.0.0.1:8448)",
     )
     _log_level_argument(parser)
@@ -259,13 +262,11 @@ def _not_hypercorn_banner(record: logging.LogRecord) -> bool:
 
 
 def _worker_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help="the worker's TOML configuration file; [worker] main_replication_url names the"
+    _config_argument(
+        parser,
+        "the worker's TOML configuration file; [worker] main_replication_url names the"
         " main process's replication listener",
+        required=True,
     )
     parser.add_argument(
         "--role",
@@ -293,11 +294,9 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _status_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="the TOML configuration file whose database is read (default: the built-in"
+    _config_argument(
+        parser,
+        "the TOML configuration file whose database is read (default: the built-in"
         " defaults: ./ranvier-data/homeserver.db)",
     )
 
@@ -428,11 +427,9 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 
 
 def _backup_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="the TOML configuration file of the server to back up (default: the built-in"
+    _config_argument(
+        parser,
+        "the TOML configuration file of the server to back up (default: the built-in"
         " defaults: data in ./ranvier-data)",
     )
     parser.add_argument(
@@ -487,11 +484,9 @@ def _register_user_arguments(parser: argparse.ArgumentParser) -> None:
         " of the shell's history and the process list",
     )
     parser.add_argument("--admin", action="store_true", help="make the user a server administrator")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="the TOML configuration file whose database gets the account (default: the"
+    _config_argument(
+        parser,
+        "the TOML configuration file whose database gets the account (default: the"
         " built-in defaults: ./ranvier-data/homeserver.db)",
     )
 
@@ -583,11 +578,9 @@ def _with_storage(config: Config, act: Callable[[Storage], Awaitable[_T]]) -> _T
 
 
 def _registration_token_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="the TOML configuration file whose database holds the tokens (default: the"
+    _config_argument(
+        parser,
+        "the TOML configuration file whose database holds the tokens (default: the"
         " built-in defaults: ./ranvier-data/homeserver.db)",
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION", dest="action")
@@ -676,11 +669,9 @@ def _server_notice_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TYPE",
         help="the notice's server_notice_type (m.server_notice.usage_limit_reached)",
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="the TOML configuration file of the running server (default: the built-in defaults)",
+    _config_argument(
+        parser,
+        "the TOML configuration file of the running server (default: the built-in defaults)",
     )
     parser.add_argument(
         "--url",
