@@ -138,7 +138,7 @@ async def test_a_claim_held_elsewhere_is_waited_for_then_refused(tmp_path: Path)
         claims = hs.server.storage.room_upgrades
         young = _NOW - CLAIM_STALE_AFTER_MS + 60_000
         assert await claims.take_upgrade_claim(
-            room_id, "@bob:localhost", "11", now_ms=young, stale_before_ms=0
+            room_id, "@bob:localhost", "11", claim_id="bob", now_ms=young, stale_before_ms=0
         )
         events = _RecordingCreator(hs)
         upgrader = _upgrader(hs, events, clock_ms=lambda: _NOW, claim_wait_s=0.5)
@@ -152,7 +152,7 @@ async def test_a_claim_held_elsewhere_is_waited_for_then_refused(tmp_path: Path)
         assert await _replacement(hs, room_id) is None
         # The other process's claim is still its own.
         assert not await claims.take_upgrade_claim(
-            room_id, "@carol:localhost", "11", now_ms=_NOW, stale_before_ms=young
+            room_id, "@carol:localhost", "11", claim_id="carol", now_ms=_NOW, stale_before_ms=young
         )
 
 
@@ -162,7 +162,7 @@ async def test_a_stale_claim_is_taken_over(tmp_path: Path) -> None:
         claims = hs.server.storage.room_upgrades
         stale = _NOW - CLAIM_STALE_AFTER_MS - 1
         assert await claims.take_upgrade_claim(
-            room_id, "@dead:localhost", "11", now_ms=stale, stale_before_ms=0
+            room_id, "@dead:localhost", "11", claim_id="dead", now_ms=stale, stale_before_ms=0
         )
         events = _RecordingCreator(hs)
         upgrader = _upgrader(hs, events, clock_ms=lambda: _NOW, claim_wait_s=0)
@@ -173,7 +173,7 @@ async def test_a_stale_claim_is_taken_over(tmp_path: Path) -> None:
         assert await _replacement(hs, room_id) == new_room
         # Released when done: a fresh claim is free to take.
         assert await claims.take_upgrade_claim(
-            room_id, "@carol:localhost", "11", now_ms=_NOW, stale_before_ms=0
+            room_id, "@carol:localhost", "11", claim_id="carol", now_ms=_NOW, stale_before_ms=0
         )
 
 
@@ -191,5 +191,5 @@ async def test_a_cancelled_upgrade_releases_its_claim(tmp_path: Path) -> None:
 
         assert events.made == []
         assert await hs.server.storage.room_upgrades.take_upgrade_claim(
-            room_id, "@carol:localhost", "11", now_ms=_NOW, stale_before_ms=0
+            room_id, "@carol:localhost", "11", claim_id="carol", now_ms=_NOW, stale_before_ms=0
         )

@@ -175,7 +175,7 @@ async def _room_rows(storage: Storage, room: RoomBuilder, number: int) -> None:
             (f"$invite{number}", room_id, user),
         )
         run("INSERT INTO server_notice_rooms VALUES (?, ?, 5)", (user, room_id))
-        run("INSERT INTO room_upgrade_claims VALUES (?, ?, '12', 5)", (room_id, BOB))
+        run("INSERT INTO room_upgrade_claims VALUES (?, 'c', ?, '12', 5)", (room_id, BOB))
         run(
             "INSERT INTO sliding_sync_connections (conn_key, user_id, device_id, conn_id)"
             " VALUES (?, ?, 'DEV', 'c')",

@@ -51,15 +51,41 @@ async def test_an_unlisted_room_without_aliases_moves_nothing(storage: Storage) 
 async def test_a_claim_is_held_until_released_or_stale(storage: Storage) -> None:
     claims = storage.room_upgrades
     alice, bob = "@alice:example.org", "@bob:example.org"
-    assert await claims.take_upgrade_claim(OLD, alice, "11", now_ms=1000, stale_before_ms=0)
-    assert not await claims.take_upgrade_claim(OLD, bob, "12", now_ms=2000, stale_before_ms=1000)
+    assert await claims.take_upgrade_claim(
+        OLD, alice, "11", claim_id="a1", now_ms=1000, stale_before_ms=0
+    )
+    assert not await claims.take_upgrade_claim(
+        OLD, bob, "12", claim_id="b1", now_ms=2000, stale_before_ms=1000
+    )
     # Another room's claim is its own.
-    assert await claims.take_upgrade_claim(ELSEWHERE, bob, "12", now_ms=2000, stale_before_ms=0)
+    assert await claims.take_upgrade_claim(
+        ELSEWHERE, bob, "12", claim_id="b2", now_ms=2000, stale_before_ms=0
+    )
 
     # Taken over once older than the limit; its old holder cannot release it.
-    assert await claims.take_upgrade_claim(OLD, bob, "12", now_ms=3000, stale_before_ms=1001)
-    await claims.release_upgrade_claim(OLD, alice, "11", claimed_ts=1000)
-    assert not await claims.take_upgrade_claim(OLD, alice, "11", now_ms=4000, stale_before_ms=0)
+    assert await claims.take_upgrade_claim(
+        OLD, bob, "12", claim_id="b3", now_ms=3000, stale_before_ms=1001
+    )
+    await claims.release_upgrade_claim(OLD, claim_id="a1")
+    assert not await claims.take_upgrade_claim(
+        OLD, alice, "11", claim_id="a2", now_ms=4000, stale_before_ms=0
+    )
 
-    await claims.release_upgrade_claim(OLD, bob, "12", claimed_ts=3000)
-    assert await claims.take_upgrade_claim(OLD, alice, "11", now_ms=5000, stale_before_ms=0)
+    await claims.release_upgrade_claim(OLD, claim_id="b3")
+    assert await claims.take_upgrade_claim(
+        OLD, alice, "11", claim_id="a3", now_ms=5000, stale_before_ms=0
+    )
+
+
+async def test_a_claim_taken_again_by_the_same_write_is_its_own(storage: Storage) -> None:
+    # Replication runs a write again when its answer was lost.
+    claims = storage.room_upgrades
+    alice = "@alice:example.org"
+    for _ in range(2):
+        assert await claims.take_upgrade_claim(
+            OLD, alice, "11", claim_id="a1", now_ms=1000, stale_before_ms=0
+        )
+    # Another upgrade by the same user, in the same millisecond, waits.
+    assert not await claims.take_upgrade_claim(
+        OLD, alice, "11", claim_id="a2", now_ms=1000, stale_before_ms=0
+    )

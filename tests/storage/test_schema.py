@@ -261,7 +261,7 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
     elif version == 38:
         run("UPDATE appservice_positions SET to_device_position = 3")
     elif version == 39:
-        run("INSERT INTO room_upgrade_claims VALUES ('!r:x', '@a:x', '11', 5)")
+        run("INSERT INTO room_upgrade_claims VALUES ('!r:x', 'c', '@a:x', '11', 5)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

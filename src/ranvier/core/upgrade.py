@@ -51,6 +51,7 @@ Invariants
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
@@ -184,12 +185,17 @@ class UpgradeClaims(Protocol):
     """
 
     async def take_upgrade_claim(
-        self, room_id: str, user_id: str, new_version: str, *, now_ms: int, stale_before_ms: int
+        self,
+        room_id: str,
+        user_id: str,
+        new_version: str,
+        *,
+        claim_id: str,
+        now_ms: int,
+        stale_before_ms: int,
     ) -> bool: ...
 
-    async def release_upgrade_claim(
-        self, room_id: str, user_id: str, new_version: str, *, claimed_ts: int
-    ) -> None: ...
+    async def release_upgrade_claim(self, room_id: str, *, claim_id: str) -> None: ...
 
 
 def _invalid(message: str) -> MatrixError:
@@ -249,19 +255,16 @@ class RoomUpgrader:
         target = get_room_version(new_version)
         others = _additional_creators(additional_creators, user_id, target)
         async with self._locks.hold(room_id):
-            claimed_ts = await self._claim(user_id, room_id, target.identifier)
+            claim_id = secrets.token_urlsafe(12)
+            await self._claim(user_id, room_id, target.identifier, claim_id)
             try:
                 return await self._upgrade_claimed(user_id, room_id, target, others)
             finally:
                 with trio.CancelScope(shield=True):
-                    await self._claims.release_upgrade_claim(
-                        room_id, user_id, target.identifier, claimed_ts=claimed_ts
-                    )
+                    await self._claims.release_upgrade_claim(room_id, claim_id=claim_id)
 
-    async def _claim(self, user_id: str, room_id: str, new_version: str) -> int:
-        """Take the room's claim, waiting for another process's; return when
-        it was taken, which names it for its release.
-        """
+    async def _claim(self, user_id: str, room_id: str, new_version: str, claim_id: str) -> None:
+        """Take the room's claim as ``claim_id``, waiting for another's."""
         deadline = trio.current_time() + self._claim_wait_s
         while True:
             now = self._clock_ms()
@@ -269,10 +272,11 @@ class RoomUpgrader:
                 room_id,
                 user_id,
                 new_version,
+                claim_id=claim_id,
                 now_ms=now,
                 stale_before_ms=now - self._claim_stale_after_ms,
             ):
-                return now
+                return
             if trio.current_time() >= deadline:
                 raise _bad_state(f"room {room_id} is being upgraded; try again once that is done")
             await trio.sleep(_CLAIM_POLL_S)

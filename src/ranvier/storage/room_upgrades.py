@@ -40,18 +40,28 @@ class RoomUpgradeStorage:
         )
 
     async def take_upgrade_claim(
-        self, room_id: str, user_id: str, new_version: str, *, now_ms: int, stale_before_ms: int
+        self,
+        room_id: str,
+        user_id: str,
+        new_version: str,
+        *,
+        claim_id: str,
+        now_ms: int,
+        stale_before_ms: int,
     ) -> bool:
-        """Claim the upgrade of ``room_id``; False if another claim holds it.
+        """Claim the upgrade of ``room_id`` as ``claim_id``; False if another
+        claim holds it.
 
         A claim made before ``stale_before_ms`` is taken over: its holder
         is taken to have died half-way, and must not keep the room from
-        being upgraded for ever.
+        being upgraded for ever. The claim ``claim_id`` holds already is
+        taken again (replication repeats a write whose answer was lost).
         """
         return await self._actor.submit(
             functools.partial(
                 _take_upgrade_claim,
                 room_id=room_id,
+                claim_id=claim_id,
                 user_id=user_id,
                 new_version=new_version,
                 now_ms=now_ms,
@@ -59,20 +69,12 @@ class RoomUpgradeStorage:
             )
         )
 
-    async def release_upgrade_claim(
-        self, room_id: str, user_id: str, new_version: str, *, claimed_ts: int
-    ) -> None:
-        """Give up the claim taken at ``claimed_ts``; a claim that has since
-        been taken over by another upgrade is left to it.
+    async def release_upgrade_claim(self, room_id: str, *, claim_id: str) -> None:
+        """Give up the claim ``claim_id``; a claim that has since been taken
+        over by another upgrade is left to it.
         """
         await self._actor.submit(
-            functools.partial(
-                _release_upgrade_claim,
-                room_id=room_id,
-                user_id=user_id,
-                new_version=new_version,
-                claimed_ts=claimed_ts,
-            )
+            functools.partial(_release_upgrade_claim, room_id=room_id, claim_id=claim_id)
         )
 
 
@@ -81,29 +83,28 @@ def _take_upgrade_claim(
     conn: sqlite3.Connection,
     *,
     room_id: str,
+    claim_id: str,
     user_id: str,
     new_version: str,
     now_ms: int,
     stale_before_ms: int,
 ) -> bool:
     taken = conn.execute(
-        "INSERT INTO room_upgrade_claims (room_id, user_id, new_version, claimed_ts)"
-        " VALUES (?, ?, ?, ?) ON CONFLICT (room_id) DO UPDATE SET user_id = excluded.user_id,"
+        "INSERT INTO room_upgrade_claims (room_id, claim_id, user_id, new_version, claimed_ts)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (room_id) DO UPDATE SET"
+        " claim_id = excluded.claim_id, user_id = excluded.user_id,"
         " new_version = excluded.new_version, claimed_ts = excluded.claimed_ts"
-        " WHERE room_upgrade_claims.claimed_ts < ?",
-        (room_id, user_id, new_version, now_ms, stale_before_ms),
+        " WHERE room_upgrade_claims.claimed_ts < ?"
+        " OR room_upgrade_claims.claim_id = excluded.claim_id",
+        (room_id, claim_id, user_id, new_version, now_ms, stale_before_ms),
     )
     return taken.rowcount == 1
 
 
 @registered_write
-def _release_upgrade_claim(
-    conn: sqlite3.Connection, *, room_id: str, user_id: str, new_version: str, claimed_ts: int
-) -> None:
+def _release_upgrade_claim(conn: sqlite3.Connection, *, room_id: str, claim_id: str) -> None:
     conn.execute(
-        "DELETE FROM room_upgrade_claims"
-        " WHERE room_id = ? AND user_id = ? AND new_version = ? AND claimed_ts = ?",
-        (room_id, user_id, new_version, claimed_ts),
+        "DELETE FROM room_upgrade_claims WHERE room_id = ? AND claim_id = ?", (room_id, claim_id)
     )
 
 

@@ -1074,10 +1074,12 @@ def _room_upgrade_claims(conn: sqlite3.Connection) -> None:
     """Which room an upgrade is under way for, by whom and to which version
     (:mod:`ranvier.storage.room_upgrades`): the main process and its workers
     each serve upgrades, and the claim keeps them to one at a time per room.
+    ``claim_id`` is the upgrade's own, drawn at random.
     """
     conn.execute(
         "CREATE TABLE room_upgrade_claims (room_id TEXT PRIMARY KEY NOT NULL,"
-        " user_id TEXT NOT NULL, new_version TEXT NOT NULL, claimed_ts INTEGER NOT NULL) STRICT"
+        " claim_id TEXT NOT NULL, user_id TEXT NOT NULL, new_version TEXT NOT NULL,"
+        " claimed_ts INTEGER NOT NULL) STRICT"
     )
 
 
