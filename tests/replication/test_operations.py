@@ -157,6 +157,7 @@ SAMPLES: dict[str, Any] = {
         "room_id": "!r:x",
         "creator": "@u:x",
         "created_ts": 5,
+        "write_id": "0123abcd",
     },
     "aliases.delete_alias": {"alias": "#a:x"},
     "client_transactions.insert_client_transaction": {

@@ -297,7 +297,14 @@ PREPARE: dict[str, Prepare] = {
         _call(accounts._add_openid_token, token_hash=_TOKEN, user_id=ALICE, expires_ts=5)
     ),
     "aliases.insert_alias": _plain(
-        _call(aliases._insert_alias, alias="#a:x", room_id="!r:x", creator=ALICE, created_ts=5)
+        _call(
+            aliases._insert_alias,
+            alias="#a:x",
+            room_id="!r:x",
+            creator=ALICE,
+            created_ts=5,
+            write_id="0123abcd",
+        )
     ),
     "aliases.delete_alias": _delete_alias,
     "client_transactions.insert_client_transaction": _plain(
@@ -407,6 +414,8 @@ async def test_another_registration_of_a_name_is_still_refused(storage: Storage)
 
 async def test_another_alias_or_partial_join_is_still_refused(storage: Storage) -> None:
     assert await storage.aliases.create_alias("#a:x", "!r:x", ALICE, 5)
+    # The same user, room and millisecond is still a second request.
+    assert not await storage.aliases.create_alias("#a:x", "!r:x", ALICE, 5)
     assert not await storage.aliases.create_alias("#a:x", "!r:x", ALICE, 6)
     assert not await storage.aliases.create_alias("#a:x", "!other:x", ALICE, 5)
     await storage.store_partial_join("!r:x", "10", "$join", "remote.test", [])

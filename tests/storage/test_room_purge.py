@@ -165,7 +165,7 @@ async def _room_rows(storage: Storage, room: RoomBuilder, number: int) -> None:
             (BOB, f"txn{number}", room_id, event_id),
         )
         run(
-            "INSERT INTO room_aliases VALUES (?, ?, ?, 5)",
+            "INSERT INTO room_aliases VALUES (?, ?, ?, 5, 'w')",
             (f"#r{number}:example.org", room_id, BOB),
         )
         run("INSERT INTO room_list VALUES (?, 5)", (room_id,))

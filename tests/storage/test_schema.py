@@ -84,6 +84,8 @@ TABLES_ADDED = {
     # A column of appservice_positions, no table.
     38: set(),
     39: {"room_upgrade_claims"},
+    # A column of room_aliases, no table.
+    40: set(),
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -262,6 +264,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("UPDATE appservice_positions SET to_device_position = 3")
     elif version == 39:
         run("INSERT INTO room_upgrade_claims VALUES ('!r:x', 'c', '@a:x', '11', 5)")
+    elif version == 40:
+        run("UPDATE room_aliases SET write_id = 'w'")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -4,11 +4,18 @@ Only local aliases live here (those whose server part is this server's
 name); other servers' aliases are asked of them each time. The alias is
 the primary key, so two requests for one alias cannot both win: the
 second insert finds the row and reports it taken.
+
+Each creation draws a ``write_id`` of its own and stores it with the row.
+Replication may run a worker's write twice (see docs/decisions.md); the
+repeat finds a row with its own ``write_id`` and succeeds again, while a
+second request for the alias, even the same user's for the same room in
+the same millisecond, draws another and is refused.
 """
 
 from __future__ import annotations
 
 import functools
+import secrets
 import sqlite3
 
 from .readers import ReaderPool
@@ -28,7 +35,12 @@ class AliasStorage:
         """Point ``alias`` at ``room_id``; False, changing nothing, if it is taken."""
         return await self._actor.submit(
             functools.partial(
-                _insert_alias, alias=alias, room_id=room_id, creator=creator, created_ts=created_ts
+                _insert_alias,
+                alias=alias,
+                room_id=room_id,
+                creator=creator,
+                created_ts=created_ts,
+                write_id=secrets.token_hex(8),
             )
         )
 
@@ -62,21 +74,25 @@ class AliasStorage:
 
 @registered_write
 def _insert_alias(
-    conn: sqlite3.Connection, *, alias: str, room_id: str, creator: str, created_ts: int
+    conn: sqlite3.Connection,
+    *,
+    alias: str,
+    room_id: str,
+    creator: str,
+    created_ts: int,
+    write_id: str,
 ) -> bool:
     cursor = conn.execute(
-        "INSERT OR IGNORE INTO room_aliases (alias, room_id, creator, created_ts)"
-        " VALUES (?, ?, ?, ?)",
-        (alias, room_id, creator, created_ts),
+        "INSERT OR IGNORE INTO room_aliases (alias, room_id, creator, created_ts, write_id)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (alias, room_id, creator, created_ts, write_id),
     )
     if cursor.rowcount == 1:
         return True
-    # The very same row already there is this write repeated (after a
-    # restart of the process that ran it), not someone else's alias.
-    stored = conn.execute(
-        "SELECT room_id, creator, created_ts FROM room_aliases WHERE alias = ?", (alias,)
-    ).fetchone()
-    return stored is not None and tuple(stored) == (room_id, creator, created_ts)
+    # A row with this write's own ID is this write repeated, not a second
+    # request for the alias.
+    stored = conn.execute("SELECT write_id FROM room_aliases WHERE alias = ?", (alias,)).fetchone()
+    return stored is not None and stored[0] == write_id
 
 
 @registered_write

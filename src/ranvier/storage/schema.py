@@ -1083,6 +1083,15 @@ def _room_upgrade_claims(conn: sqlite3.Connection) -> None:
     )
 
 
+def _alias_write_ids(conn: sqlite3.Connection) -> None:
+    """Each alias's ``write_id``, drawn at random by the write that made it
+    (:mod:`ranvier.storage.aliases`): that write, repeated by replication,
+    knows its own row by it, where the room, creator and millisecond could
+    be a second request's too. Earlier rows get ``''``, which no write draws.
+    """
+    conn.execute("ALTER TABLE room_aliases ADD COLUMN write_id TEXT NOT NULL DEFAULT ''")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1124,6 +1133,7 @@ MIGRATIONS: Sequence[Migration] = (
     _media_outside_quota,
     _appservice_to_device,
     _room_upgrade_claims,
+    _alias_write_ids,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
