@@ -48,8 +48,10 @@ __all__ = [
     "RegistrationConfig",
     "ReplicationConfig",
     "ServerNoticesConfig",
+    "SupportContact",
     "TlsConfig",
     "UploadLimit",
+    "WellKnownConfig",
     "WorkerConfig",
     "load_config",
 ]
@@ -384,6 +386,83 @@ class ServerNoticesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
             raise ConfigError("system_mxid_avatar_url", "expected an mxc:// URL")
 
 
+_NAMESPACED: Final = re.compile(r"[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+")
+
+
+def _check_http_url(key: str, value: str | None) -> None:
+    if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        raise ConfigError(key, f"expected an http:// or https:// URL, got {value!r}")
+
+
+class SupportContact(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One way to reach the server's administrators, as
+    ``/.well-known/matrix/support`` lists it."""
+
+    #: ``m.role.admin`` (anything), ``m.role.security`` (sensitive reports),
+    #: or a namespaced role of the operator's own.
+    role: str
+    matrix_id: str | None = None
+    email_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ("m.role.admin", "m.role.security") and not _NAMESPACED.fullmatch(
+            self.role
+        ):
+            raise ConfigError("role", "expected m.role.admin, m.role.security or a namespaced role")
+        if self.matrix_id is None and self.email_address is None:
+            raise ConfigError("matrix_id", "a contact needs a matrix_id or an email_address")
+        if self.matrix_id is not None and not re.fullmatch(r"@[^:\s]+:\S+", self.matrix_id):
+            raise ConfigError("matrix_id", f"{self.matrix_id!r} is not a user ID")
+        if self.email_address is not None and not re.fullmatch(
+            r"[^@\s]+@[^@\s]+", self.email_address
+        ):
+            raise ConfigError("email_address", f"{self.email_address!r} is not an email address")
+
+
+class WellKnownConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What the ``/.well-known/matrix/*`` files say, for a server that serves
+    them itself rather than from the web server of its domain.
+
+    Each file answers 404 while what it needs is unset, as the spec asks
+    of a domain with nothing to say: a wrong answer would send clients or
+    servers somewhere else, a missing one only to their defaults.
+    """
+
+    #: ``m.homeserver.base_url`` of ``/.well-known/matrix/client``: the URL
+    #: clients reach this server's client API at.
+    client_base_url: str | None = None
+    #: ``m.identity_server.base_url`` there, if the operator names one.
+    identity_server_base_url: str | None = None
+    #: More keys for the client file (``org.matrix.msc4143.rtc_foci``,
+    #: ``m.tile_server``): namespaced, and never the two above.
+    client_extra: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: ``m.server`` of ``/.well-known/matrix/server``: ``host[:port]`` where
+    #: other servers reach this one's federation API, when that is not the
+    #: server name's host on port 8448.
+    server: str | None = None
+    #: ``/.well-known/matrix/support``: a page for users, and contacts.
+    support_page: str | None = None
+    support_contacts: tuple[SupportContact, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_http_url("client_base_url", self.client_base_url)
+        _check_http_url("identity_server_base_url", self.identity_server_base_url)
+        _check_http_url("support_page", self.support_page)
+        for key in self.client_extra:
+            if key.startswith("m.") or not _NAMESPACED.fullmatch(key):
+                raise ConfigError(
+                    f"client_extra.{key}",
+                    "extra keys must be namespaced like org.example.name, and not m.*",
+                )
+        if self.client_extra and self.client_base_url is None:
+            raise ConfigError("client_extra", "needs client_base_url: the file must name it")
+        if self.server is not None:
+            try:
+                split_server_name(self.server)
+            except ValueError as exc:
+                raise ConfigError("server", str(exc)) from None
+
+
 class HousekeepingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Deleting records that have served their purpose
     (:mod:`ranvier.core.housekeeping`), run by the main process."""
@@ -444,6 +523,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     push: PushConfig = msgspec.field(default_factory=PushConfig)
     server_notices: ServerNoticesConfig = msgspec.field(default_factory=ServerNoticesConfig)
     housekeeping: HousekeepingConfig = msgspec.field(default_factory=HousekeepingConfig)
+    well_known: WellKnownConfig = msgspec.field(default_factory=WellKnownConfig)
     #: Registration files (YAML) of application services: bridges and bots
     #: that own namespaces of users and aliases (:mod:`ranvier.core.appservices`).
     #: Read at start; a bad file stops it.

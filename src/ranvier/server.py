@@ -143,6 +143,7 @@ from ranvier.api.typing import add_typing_routes
 from ranvier.api.upgrade import add_upgrade_routes
 from ranvier.api.user_directory import add_user_directory_routes
 from ranvier.api.versions import add_versions_route
+from ranvier.api.well_known import add_client_well_known_routes, add_server_well_known_route
 from ranvier.appservice_client import HttpAppServiceClient
 from ranvier.config import Config, ListenerConfig
 from ranvier.core.accounts import Accounts
@@ -1373,6 +1374,7 @@ class HomeServer:
         config = self.config
         router = Router()
         add_version_route(router)
+        add_server_well_known_route(router, config.well_known)
         add_key_server_route(
             router,
             server_name=config.server_name,
@@ -1418,6 +1420,8 @@ class HomeServer:
         """Every client-server API route this server answers, registered here."""
         router = Router()
         add_versions_route(router)
+        add_client_well_known_routes(router, self.config.well_known)
+        add_server_well_known_route(router, self.config.well_known)
         account_data = PushRulesAccountData(self.storage.client_data, self.stream_notifier)
         aggregations = self._aggregations
         relations = Relations(self.storage.sync, self.storage.relations, aggregations)
