@@ -14,6 +14,7 @@ from ranvier.api.account import json_object
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.core.profiles import ProfileField, Profiles
+from ranvier.core.suspension import refuse_if_suspended
 from ranvier.errors import MatrixError
 from ranvier.web import Request, Router
 
@@ -38,6 +39,7 @@ def add_profile_routes(router: Router, *, auth: Auth, profiles: Profiles) -> Non
 
         async def set_field(request: Request) -> Mapping[str, Any]:
             requester = await auth.get_user(request)
+            refuse_if_suspended(requester, "profile")
             body = json_object(request)
             if field not in body:
                 raise MatrixError(
@@ -50,6 +52,7 @@ def add_profile_routes(router: Router, *, auth: Auth, profiles: Profiles) -> Non
 
         async def delete_field(request: Request) -> Mapping[str, Any]:
             requester = await auth.get_user(request)
+            refuse_if_suspended(requester, "profile")
             await profiles.set_field(requester.user_id, request.path_params["user_id"], field, None)
             return {}
 

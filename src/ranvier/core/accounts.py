@@ -109,6 +109,12 @@ class Requester:
     #: Whether the rate limits apply (not to a service that asked to be
     #: left unlimited, nor ever to a service's own sender).
     rate_limited: bool = True
+    #: Whether an admin locked the account (refused but for logging out:
+    #: :class:`ranvier.api.auth.Auth`) or suspended it (some actions refused:
+    #: :mod:`ranvier.core.suspension`). Read with the token, so that no
+    #: request pays a read more for them.
+    locked: bool = False
+    suspended: bool = False
 
 
 @dataclass(frozen=True, slots=True)
