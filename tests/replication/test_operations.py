@@ -170,6 +170,14 @@ SAMPLES: dict[str, Any] = {
     },
     "client_transactions.delete_client_transactions_before": {"created_ts": 5},
     "sync_reads.store_filter": {"user_id": "@u:x", "filter_json": b'{"room": {}}'},
+    "profile_fields.set_profile_field": {
+        "user_id": "@u:x",
+        "key": "org.example.pets",
+        "value_json": '["cat", 2, null]',
+        "max_bytes": 65536,
+    },
+    "profile_fields.delete_profile_field": {"user_id": "@u:x", "key": "m.tz"},
+    "profile_fields.erase_profile": {"user_id": "@u:x"},
 }
 
 #: A result of each write's type, to check results round-trip too.
@@ -198,6 +206,7 @@ RESULTS: dict[str, Any] = {
     "client_transactions.insert_client_transaction": "$e",
     "client_transactions.delete_client_transactions_before": 3,
     "sync_reads.store_filter": 0,
+    "profile_fields.set_profile_field": False,
 }
 
 

@@ -31,6 +31,7 @@ from ranvier.storage import (
     accounts,
     aliases,
     client_transactions,
+    profile_fields,
     state_groups,
     sync_reads,
     writes,
@@ -83,6 +84,9 @@ OUTCOMES: dict[str, str] = {
     "client_transactions.delete_client_transactions_before": "same database",
     "client_transactions.persist_events_recording": "same",
     "sync_reads.store_filter": "extra row: user_filters",
+    "profile_fields.set_profile_field": "same",
+    "profile_fields.delete_profile_field": "same",
+    "profile_fields.erase_profile": "same",
 }
 
 
@@ -213,6 +217,20 @@ async def _delete_transactions(storage: Storage, room: RoomBuilder) -> WriteOper
     return _call(client_transactions._delete_client_transactions_before, created_ts=5)
 
 
+async def _with_profile(storage: Storage) -> None:
+    await _with_account(storage)
+    await storage.client_data.set_profile(ALICE, "Alice", None)
+    assert await storage.client_data.set_profile_field(ALICE, "m.tz", '"UTC"', max_bytes=1000)
+
+
+def _after_profile(operation: WriteOperation[Any]) -> Prepare:
+    async def prepare(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+        await _with_profile(storage)
+        return operation
+
+    return prepare
+
+
 def _destination_rooms(function: Callable[..., Any]) -> Prepare:
     async def prepare(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
         return _call(function, destination="remote.test", positions={room.room_id: 3})
@@ -323,9 +341,31 @@ PREPARE: dict[str, Prepare] = {
     "sync_reads.store_filter": _plain(
         _call(sync_reads.store_filter, user_id=ALICE, filter_json=b"{}")
     ),
+    "profile_fields.set_profile_field": _after_account(
+        _call(
+            profile_fields.set_profile_field,
+            user_id=ALICE,
+            key="org.example.job",
+            value_json='{"title": "smith"}',
+            max_bytes=1000,
+        )
+    ),
+    "profile_fields.delete_profile_field": _after_profile(
+        _call(profile_fields.delete_profile_field, user_id=ALICE, key="m.tz")
+    ),
+    "profile_fields.erase_profile": _after_profile(
+        _call(profile_fields.erase_profile, user_id=ALICE)
+    ),
 }
 
-_KNOWN_MODULES = ("writes.", "state_groups.", "accounts.", "aliases.", "client_transactions.")
+_KNOWN_MODULES = (
+    "writes.",
+    "state_groups.",
+    "accounts.",
+    "aliases.",
+    "client_transactions.",
+    "profile_fields.",
+)
 
 
 def test_every_write_of_these_modules_is_run_twice_here() -> None:

@@ -86,6 +86,7 @@ TABLES_ADDED = {
     39: {"room_upgrade_claims"},
     # A column of room_aliases, no table.
     40: set(),
+    41: {"profile_fields"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -149,7 +150,10 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
             " VALUES (x'00', '@a:x', 'DEV', 5)"
         )
         run("INSERT INTO client_transactions VALUES ('@a:x', 'DEV', 't1', '!r:x', '$e', 5)")
-        run("INSERT INTO room_aliases VALUES ('#a:x', '!r:x', '@a:x', 5)")
+        run(
+            "INSERT INTO room_aliases (alias, room_id, creator, created_ts)"
+            " VALUES ('#a:x', '!r:x', '@a:x', 5)"
+        )
         run("INSERT INTO user_filters VALUES ('@a:x', 0, x'7b7d')")
         run("INSERT INTO un_partial_stated_rooms VALUES ('!r:x', 1)")
     elif version == 8:
@@ -266,6 +270,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO room_upgrade_claims VALUES ('!r:x', 'c', '@a:x', '11', 5)")
     elif version == 40:
         run("UPDATE room_aliases SET write_id = 'w'")
+    elif version == 41:
+        run("INSERT INTO profile_fields VALUES ('@a:x', 'm.tz', '\"Europe/Paris\"')")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -5,7 +5,8 @@ Tables (schema migration 9)
 ---------------------------
 
 * ``profiles(user_id pk -> users, displayname, avatar_url)``: a local
-  user's profile; no row is an empty profile.
+  user's profile; no row is an empty profile. Its other fields are in
+  ``profile_fields`` (:mod:`ranvier.storage.profile_fields`).
 * ``account_data(stream_id pk autoincrement, user_id, room_id, type,
   content)``, unique on ``(user_id, room_id, type)``: a user's account
   data, global ones with ``room_id`` ``''``. ``stream_id`` is the account
@@ -33,6 +34,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
+from . import profile_fields
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
 
@@ -131,6 +133,38 @@ class ClientDataStorage:
                 _set_profile, user_id=user_id, displayname=displayname, avatar_url=avatar_url
             )
         )
+
+    async def profile_fields(self, user_id: str) -> dict[str, Any] | None:
+        """Every set field of a local user's profile, None if there is no
+        such account (:mod:`ranvier.storage.profile_fields`).
+        """
+        return await self._read(functools.partial(profile_fields.profile_fields, user_id=user_id))
+
+    async def set_profile_field(
+        self, user_id: str, key: str, value_json: str, *, max_bytes: int
+    ) -> bool:
+        """Set one field; False, writing nothing, when the profile would
+        reach ``max_bytes`` or there is no such account.
+        """
+        return await self._write(
+            functools.partial(
+                profile_fields.set_profile_field,
+                user_id=user_id,
+                key=key,
+                value_json=value_json,
+                max_bytes=max_bytes,
+            )
+        )
+
+    async def delete_profile_field(self, user_id: str, key: str) -> None:
+        """Remove one field of a profile, if set."""
+        await self._write(
+            functools.partial(profile_fields.delete_profile_field, user_id=user_id, key=key)
+        )
+
+    async def erase_profile(self, user_id: str) -> None:
+        """Remove every field of a profile."""
+        await self._write(functools.partial(profile_fields.erase_profile, user_id=user_id))
 
     async def user_directory(self, user_id: str) -> dict[str, str]:
         """Every user who shares a joined room with ``user_id`` or is joined

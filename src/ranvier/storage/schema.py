@@ -1092,6 +1092,17 @@ def _alias_write_ids(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE room_aliases ADD COLUMN write_id TEXT NOT NULL DEFAULT ''")
 
 
+def _profile_fields(conn: sqlite3.Connection) -> None:
+    """Profile fields beyond the display name and avatar, each a JSON value
+    (:mod:`ranvier.storage.profile_fields`).
+    """
+    conn.execute(
+        "CREATE TABLE profile_fields ("
+        " user_id TEXT NOT NULL REFERENCES users (user_id), key TEXT NOT NULL,"
+        " value TEXT NOT NULL, PRIMARY KEY (user_id, key)) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1134,6 +1145,7 @@ MIGRATIONS: Sequence[Migration] = (
     _appservice_to_device,
     _room_upgrade_claims,
     _alias_write_ids,
+    _profile_fields,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
