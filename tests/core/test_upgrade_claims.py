@@ -54,13 +54,8 @@ class _RecordingCreator:
 
 def _upgrader(hs: TestHomeserver, events: _RecordingCreator, **kwargs: Any) -> RoomUpgrader:
     storage = hs.server.storage
-    return RoomUpgrader(
-        events=events,
-        store=storage,
-        directory=storage.room_upgrades,
-        claims=storage.room_upgrades,
-        **kwargs,
-    )
+    kwargs.setdefault("claims", storage.room_upgrades)
+    return RoomUpgrader(events=events, store=storage, directory=storage.room_upgrades, **kwargs)
 
 
 async def _room(hs: TestHomeserver) -> tuple[str, str]:
@@ -193,3 +188,43 @@ async def test_a_cancelled_upgrade_releases_its_claim(tmp_path: Path) -> None:
         assert await hs.server.storage.room_upgrades.take_upgrade_claim(
             room_id, "@carol:localhost", "11", claim_id="carol", now_ms=_NOW, stale_before_ms=0
         )
+
+
+class _UnreleasableClaims:
+    """The room's claims as storage keeps them, but a release fails, as one
+    through a main process that is down would."""
+
+    def __init__(self, hs: TestHomeserver) -> None:
+        self._claims = hs.server.storage.room_upgrades
+
+    async def take_upgrade_claim(
+        self, room_id: str, user_id: str, new_version: str, **kw: Any
+    ) -> bool:
+        return await self._claims.take_upgrade_claim(room_id, user_id, new_version, **kw)
+
+    async def release_upgrade_claim(self, room_id: str, *, claim_id: str) -> None:
+        raise MatrixError("the main process is not answering", http_status=502)
+
+
+async def test_a_failed_release_does_not_hide_how_the_upgrade_ended(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_test_homeserver(tmp_path) as hs:
+        alice, room_id = await _room(hs)
+        events = _RecordingCreator(hs)
+        upgrader = _upgrader(hs, events, claims=_UnreleasableClaims(hs))
+
+        new_room = await upgrader.upgrade(alice, room_id, "11")
+
+        assert events.made == [new_room]
+        assert await _replacement(hs, room_id) == new_room
+        assert "could not release the upgrade claim" in caplog.text
+        # An upgrade refused once claimed is refused as such, not as the
+        # release's failure: Bob has no power in Alice's room.
+        other = await hs.server.create_room(alice, preset="public_chat", room_version="10")
+        bob = (await hs.register_user("bob")).user_id
+        await hs.server.join_room(bob, other)
+        with pytest.raises(MatrixError) as refused:
+            await upgrader.upgrade(bob, other, "11")
+        assert (refused.value.errcode, refused.value.http_status) == ("M_FORBIDDEN", 403)
+        assert events.made == [new_room]

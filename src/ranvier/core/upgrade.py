@@ -51,6 +51,7 @@ Invariants
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
@@ -89,6 +90,8 @@ CLAIM_STALE_AFTER_MS: Final = 5 * 60 * 1000
 #: How long an upgrade waits for another process's claim of its room.
 CLAIM_WAIT_S: Final = 60.0
 _CLAIM_POLL_S: Final = 0.25
+
+_log: Final = logging.getLogger(__name__)
 
 _MEMBER: Final = "m.room.member"
 _TOMBSTONE: Final = "m.room.tombstone"
@@ -261,7 +264,23 @@ class RoomUpgrader:
                 return await self._upgrade_claimed(user_id, room_id, target, others)
             finally:
                 with trio.CancelScope(shield=True):
-                    await self._claims.release_upgrade_claim(room_id, claim_id=claim_id)
+                    await self._release(room_id, claim_id)
+
+    async def _release(self, room_id: str, claim_id: str) -> None:
+        """Give up the room's claim. A release that fails is logged, not
+        raised: raised, it would hide how the upgrade itself ended (a new
+        room made, or the error that stopped it), and the claim lapses
+        anyway once stale.
+        """
+        try:
+            await self._claims.release_upgrade_claim(room_id, claim_id=claim_id)
+        except Exception:
+            _log.warning(
+                "could not release the upgrade claim on %s; it lapses after %d s",
+                room_id,
+                self._claim_stale_after_ms // 1000,
+                exc_info=True,
+            )
 
     async def _claim(self, user_id: str, room_id: str, new_version: str, claim_id: str) -> None:
         """Take the room's claim as ``claim_id``, waiting for another's."""
