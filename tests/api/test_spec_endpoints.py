@@ -282,10 +282,6 @@ _WELL_KNOWN = "served by the web server of the server name's domain, not by the 
 
 #: Endpoints of the specification with no route here, and why.
 NOT_SERVED: Final[dict[tuple[str, str], str]] = {
-    ("GET", "/_matrix/client/v1/admin/suspend/{userId}"): "accounts are never suspended here",
-    ("PUT", "/_matrix/client/v1/admin/suspend/{userId}"): "accounts are never suspended here",
-    ("GET", "/_matrix/client/v1/admin/lock/{userId}"): "accounts are never locked here",
-    ("PUT", "/_matrix/client/v1/admin/lock/{userId}"): "accounts are never locked here",
     ("POST", "/_matrix/client/v3/account/3pid"): (
         "deprecated by the spec for /account/3pid/add and /bind; no identifiers are kept"
     ),

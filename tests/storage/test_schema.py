@@ -87,6 +87,8 @@ TABLES_ADDED = {
     # A column of room_aliases, no table.
     40: set(),
     41: {"profile_fields"},
+    # Columns of users, no table.
+    42: set(),
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -272,6 +274,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("UPDATE room_aliases SET write_id = 'w'")
     elif version == 41:
         run("INSERT INTO profile_fields VALUES ('@a:x', 'm.tz', '\"Europe/Paris\"')")
+    elif version == 42:
+        run("UPDATE users SET locked = 1, suspended = 1")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -1,6 +1,7 @@
 """The user admin API at Synapse's paths: accounts listed, shown, created
 or changed, deactivated, given a new password, made admins or not, and
-their devices and rooms (:class:`ranvier.core.admin_users.AdminUsers`).
+their devices and rooms (:class:`ranvier.core.admin_users.AdminUsers`), and
+accounts locked and suspended (:mod:`ranvier.api.account_moderation`).
 Admins only (:func:`ranvier.api.admin_common.require_admin`), but for the
 client-server API's own ``/admin/whois/{userId}``, which a user may also ask
 about themselves (the spec leaves it to the server whom to answer).
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ranvier.api.account_moderation import add_account_moderation_routes
 from ranvier.api.admin_common import ADMIN_V1, ADMIN_V2, body_object, page_params, require_admin
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
@@ -40,6 +42,7 @@ def add_admin_user_routes(router: Router, *, auth: Auth, users: AdminUsers) -> N
                 deactivated=flag_param(request, "deactivated") is True,
                 guests=guests is not False,
                 admins=flag_param(request, "admins"),
+                locked=flag_param(request, "locked") is True,
             )
         )
 
@@ -110,6 +113,7 @@ def add_admin_user_routes(router: Router, *, auth: Auth, users: AdminUsers) -> N
     router.add("GET", f"{ADMIN_V1}/users/{{user_id}}/joined_rooms", joined_rooms)
     for prefix in CLIENT_VERSION_PREFIXES:
         router.add("GET", f"{prefix}/admin/whois/{{user_id}}", client_whois)
+    add_account_moderation_routes(router, auth=auth, users=users)
 
 
 def _without_unknowns(whois: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,13 +10,21 @@ An application service's ``as_token`` acts as the service's sender, or as
 the user its ``user_id`` query parameter names: one of the service's
 namespace that is registered here (403 ``M_FORBIDDEN`` otherwise, as the
 spec's identity assertion has it).
+
+A locked account (client-server API, "Account locking") is refused with 401
+``M_USER_LOCKED`` and ``soft_logout`` on every request but logging out,
+which asks :meth:`Auth.get_user` with ``allow_locked``. Its tokens stay:
+unlocking brings the same sessions back. The flag comes with the token's
+lookup, cached with it; an admin's lock or unlock drops the user's cached
+tokens in this process and, through replication, in the others
+(:meth:`ranvier.core.accounts.Accounts.forget_tokens_of`).
 """
 
 from __future__ import annotations
 
 from typing import Final, Protocol
 
-from ranvier.core.accounts import Requester, hash_access_token
+from ranvier.core.accounts import AccountFlags, Requester, hash_access_token, locked_error
 from ranvier.core.appservices import AppService, AppServices
 from ranvier.errors import MatrixError
 from ranvier.web import Request
@@ -31,7 +39,7 @@ class RequesterSource(Protocol):
 
     async def get_requester(self, access_token: str) -> Requester | None: ...
 
-    async def user_exists(self, user_id: str) -> bool: ...
+    async def account_flags(self, user_id: str) -> AccountFlags | None: ...
 
 
 def access_token_of(request: Request) -> str | None:
@@ -55,8 +63,11 @@ class Auth:
         self._accounts = accounts
         self._app_services = app_services if app_services is not None else AppServices()
 
-    async def get_user(self, request: Request) -> Requester:
+    async def get_user(self, request: Request, *, allow_locked: bool = False) -> Requester:
         """The user and device the request's access token belongs to.
+
+        Raises 401 ``M_USER_LOCKED`` for a locked account unless
+        ``allow_locked`` (logging out, which the spec leaves open to it).
 
         Raises 401 ``M_MISSING_TOKEN`` when there is no token and 401
         ``M_UNKNOWN_TOKEN`` (``soft_logout`` false: the client must log in
@@ -71,7 +82,14 @@ class Auth:
             )
         service = self._app_services.by_as_token(token)
         if service is not None:
-            return await self._app_service_requester(service, token, request)
+            requester = await self._app_service_requester(service, token, request)
+        else:
+            requester = await self._user_requester(token)
+        if requester.locked and not allow_locked:
+            raise locked_error()
+        return requester
+
+    async def _user_requester(self, token: str) -> Requester:
         requester = await self._accounts.get_requester(token)
         if requester is None:
             raise MatrixError(
@@ -90,7 +108,18 @@ class Auth:
     async def _app_service_requester(
         self, service: AppService, token: str, request: Request
     ) -> Requester:
+        """The user a service acts as, with that account's lock and suspension.
+
+        A lock or suspension is of the account, whoever holds its keys: the
+        spec refuses the account's use while locked, not one kind of token,
+        and a service acting as a suspended user would otherwise carry on
+        the very activity suspended. So a user of the service's namespace is
+        read afresh on each request (no cache to go stale). The service's
+        own sender is not: its standing is the registration the admin wrote,
+        and its requests are the service's whole traffic.
+        """
         user_id = request.query_value("user_id") or service.sender
+        flags = AccountFlags(locked=False, suspended=False)
         if user_id != service.sender:
             if not service.owns_user(user_id):
                 raise MatrixError(
@@ -99,12 +128,14 @@ class Auth:
                     errcode="M_FORBIDDEN",
                     http_status=403,
                 )
-            if not await self._accounts.user_exists(user_id):
+            found = await self._accounts.account_flags(user_id)
+            if found is None:
                 raise MatrixError(
                     f"application service {service.id} has not registered {user_id}",
                     errcode="M_FORBIDDEN",
                     http_status=403,
                 )
+            flags = found
         return Requester(
             user_id,
             "",
@@ -112,4 +143,6 @@ class Auth:
             hash_access_token(token),
             app_service=service.id,
             rate_limited=service.registration.rate_limited and user_id != service.sender,
+            locked=flags.locked,
+            suspended=flags.suspended,
         )

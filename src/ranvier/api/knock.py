@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ranvier.core.knocks import RoomKnocks
+from ranvier.core.suspension import refuse_if_suspended
 from ranvier.errors import MatrixError
 from ranvier.web import Request, Router
 
@@ -44,6 +45,7 @@ def add_knock_route(router: Router, *, auth: RequestAuth, knocks: RoomKnocks) ->
 
     async def knock(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)
+        refuse_if_suspended(requester, "knock")
         reason = _reason(request)
         servers = [*request.query.get("via", ()), *request.query.get("server_name", ())]
         room_id = await knocks.knock(

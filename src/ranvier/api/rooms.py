@@ -33,6 +33,12 @@ from ranvier.core.pagination import parse_pagination_token
 from ranvier.core.room_forgetting import RoomForgetting
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.rooms import RoomReader
+from ranvier.core.suspension import (
+    SuspendedAction,
+    refuse_if_suspended,
+    refuse_send_if_suspended,
+    suspended_error,
+)
 from ranvier.errors import MatrixError
 from ranvier.protocol.auth import is_valid_user_id
 from ranvier.protocol.room_versions import DEFAULT_ROOM_VERSION
@@ -133,6 +139,7 @@ class _Rooms:
 
     async def create_room(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)
+        refuse_if_suspended(requester, "create_room")
         body = _body(request)
         visibility = _optional(body, "visibility", str) or "private"
         if visibility not in ("public", "private"):
@@ -208,6 +215,7 @@ class _Rooms:
 
     async def join(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)
+        refuse_if_suspended(requester, "join")
         reason = _reason(_body(request))
         servers = [*request.query.get("via", ()), *request.query.get("server_name", ())]
         joined = await self._joins.join(
@@ -217,6 +225,7 @@ class _Rooms:
 
     async def join_by_id(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)
+        refuse_if_suspended(requester, "join")
         room_id = _room_id(request)
         reason = _reason(_body(request))
         joined = await self._joins.join(requester.user_id, room_id, reason=reason)
@@ -230,7 +239,7 @@ class _Rooms:
         return {}
 
     async def invite(self, request: Request) -> Mapping[str, Any]:
-        sender, room_id, target, reason = await self._targeted(request)
+        sender, room_id, target, reason = await self._targeted(request, refused="invite")
         await self._creator.invite(sender, room_id, target, reason=reason)
         return {}
 
@@ -253,10 +262,15 @@ class _Rooms:
         await self._creator.unban(sender, room_id, target, reason=reason)
         return {}
 
-    async def _targeted(self, request: Request) -> tuple[str, str, str, str | None]:
+    async def _targeted(
+        self, request: Request, *, refused: SuspendedAction | None = None
+    ) -> tuple[str, str, str, str | None]:
         """``(sender, room ID, target user, reason)`` of a request that
-        changes another user's membership: invite, kick, ban and unban."""
+        changes another user's membership: invite, kick, ban and unban;
+        ``refused`` to a suspended sender."""
         requester = await self._auth.get_user(request)
+        if refused is not None:
+            refuse_if_suspended(requester, refused)
         room_id = _room_id(request)
         body = _body(request, required=True)
         return requester.user_id, room_id, _target(body), _reason(body)
@@ -275,6 +289,12 @@ class _Rooms:
         txn_id = request.path_params["txn_id"]
         content = _body(request, required=True)
         scope = f"/rooms/{room_id}/send/{event_type}/{txn_id}"
+        if refuse_send_if_suspended(requester, event_type):
+            # A suspended account may take back its own events only.
+            redacts = content.get("redacts")
+            if not isinstance(redacts, str):
+                raise suspended_error("redact_others")
+            await self._reader.check_may_redact(requester.user_id, room_id, redacts, suspended=True)
 
         async def send() -> str:
             # The auth rules refuse a message from a non-member under the
@@ -300,6 +320,7 @@ class _Rooms:
         event_type = request.path_params["event_type"]
         state_key = request.path_params.get("state_key", "")
         content = _body(request, required=True)
+        refuse_if_suspended(requester, "state")
         await self._reader.check_joined(requester.user_id, room_id)
         event_id = await self._creator.send_event(
             requester.user_id, room_id, event_type, content, state_key=state_key
@@ -318,7 +339,9 @@ class _Rooms:
         scope = f"/rooms/{room_id}/redact/{target}/{txn_id}"
 
         async def send() -> str:
-            await self._reader.check_may_redact(requester.user_id, room_id, target)
+            await self._reader.check_may_redact(
+                requester.user_id, room_id, target, suspended=requester.suspended
+            )
             return await self._creator.send_event(
                 requester.user_id, room_id, "m.room.redaction", content
             )

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from ranvier.api.account import json_object
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
+from ranvier.core.suspension import refuse_if_suspended
 from ranvier.errors import MatrixError
 from ranvier.web import Request, Router
 
@@ -42,6 +43,7 @@ def add_upgrade_routes(router: Router, *, auth: Auth, upgrades: RoomUpgrades) ->
 
     async def upgrade(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)
+        refuse_if_suspended(requester, "create_room")
         body = json_object(request)
         new_version = body.get("new_version")
         if type(new_version) is not str:

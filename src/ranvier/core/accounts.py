@@ -56,6 +56,7 @@ from ranvier.core.refresh_tokens import (
 from ranvier.errors import MatrixError
 from ranvier.storage.accounts import (
     OPENID_TOKEN_LIFETIME_MS,
+    AccountFlags,
     NewAccount,
     NewDevice,
     PasswordLogin,
@@ -66,6 +67,7 @@ from ranvier.storage.accounts import (
 __all__ = [
     "ACCESS_TOKEN_PREFIX",
     "MAX_PASSWORD_LENGTH",
+    "AccountFlags",
     "AccountStore",
     "Accounts",
     "Login",
@@ -73,6 +75,7 @@ __all__ = [
     "Requester",
     "UserInUseError",
     "hash_access_token",
+    "locked_error",
 ]
 
 #: Every access token starts with this, so that a leaked one is recognisable
@@ -173,6 +176,8 @@ class AccountStore(Protocol):
 
     async def get_token_owner(self, token_hash: bytes) -> TokenOwner | None: ...
 
+    async def get_account_flags(self, user_id: str) -> AccountFlags | None: ...
+
 
 def hash_access_token(token: str) -> bytes:
     """The SHA-256 an access token is stored and looked up as.
@@ -266,6 +271,11 @@ class Accounts:
         """Whether ``user_id`` has an account here (deactivated ones too)."""
         return await self._store.user_exists(user_id)
 
+    async def account_flags(self, user_id: str) -> AccountFlags | None:
+        """Whether ``user_id`` is locked or suspended, read afresh (for an
+        application service acting as the user); None if there is no account."""
+        return await self._store.get_account_flags(user_id)
+
     # Registration and login.
 
     async def register(
@@ -339,8 +349,9 @@ class Accounts:
 
         A device ID already the user's gets a new token in place of its old
         one. Raises ``M_FORBIDDEN`` for an unknown user or a wrong password
-        alike, and ``M_USER_DEACTIVATED`` for a deactivated account's right
-        password.
+        alike, ``M_USER_DEACTIVATED`` for a deactivated account's right
+        password, and 401 ``M_USER_LOCKED`` for a locked one's: the spec has
+        a locked account obtain no new access token until it is unlocked.
         """
         if device_id is not None:
             _check_device_id(device_id)
@@ -361,6 +372,8 @@ class Accounts:
                 errcode="M_USER_DEACTIVATED",
                 http_status=403,
             )
+        # Only after the password: a guess must not learn of the lock.
+        _check_unlocked(record)
         if self._hasher.check_needs_rehash(stored_hash):
             await self._store.set_password_hash(record.user_id, await self.hash_password(password))
         return await self._new_login(record.user_id, device_id, device_display_name, refresh)
@@ -375,8 +388,9 @@ class Accounts:
     ) -> Login:
         """Log a device of ``user_id`` in without a password: for an
         application service logging in one of its users, which the caller
-        has checked. Raises ``M_FORBIDDEN`` for an unknown user and
-        ``M_USER_DEACTIVATED`` for a deactivated one.
+        has checked. Raises ``M_FORBIDDEN`` for an unknown user,
+        ``M_USER_DEACTIVATED`` for a deactivated one and ``M_USER_LOCKED``
+        for a locked one.
         """
         if device_id is not None:
             _check_device_id(device_id)
@@ -387,6 +401,7 @@ class Accounts:
             raise MatrixError(
                 f"{user_id} has been deactivated", errcode="M_USER_DEACTIVATED", http_status=403
             )
+        _check_unlocked(record)
         return await self._new_login(record.user_id, device_id, device_display_name, refresh)
 
     async def login_by(
@@ -483,7 +498,14 @@ class Accounts:
         if owner is None:
             return None
         self._check_unexpired(owner.expires_ts)
-        requester = Requester(owner.user_id, owner.device_id, owner.admin, token_hash)
+        requester = Requester(
+            owner.user_id,
+            owner.device_id,
+            owner.admin,
+            token_hash,
+            locked=owner.locked,
+            suspended=owner.suspended,
+        )
         if owner.replaces_older and self._refresh_store is not None:
             store = self._refresh_store
             with self._invalidating(
@@ -701,6 +723,22 @@ def _verify(hasher: argon2.PasswordHasher, password_hash: str, password: str) ->
     except argon2.exceptions.InvalidHashError:
         # A stored hash that is not argon2's: no password matches it.
         return False
+
+
+def locked_error() -> MatrixError:
+    """401 ``M_USER_LOCKED`` with ``soft_logout``: the client keeps its
+    session, which works again once the account is unlocked."""
+    return MatrixError(
+        "this account has been locked by the server's administrators",
+        errcode="M_USER_LOCKED",
+        http_status=401,
+        soft_logout=True,
+    )
+
+
+def _check_unlocked(record: PasswordLogin) -> None:
+    if record.locked:
+        raise locked_error()
 
 
 def _check_password_length(password: str) -> None:

@@ -6,8 +6,12 @@ accounts are made by :class:`~ranvier.core.accounts.Accounts`, passwords
 hashed and devices logged out there too, profiles changed through
 :class:`~ranvier.core.profiles.Profiles` (so rooms see the new member
 event), and deactivation is :class:`~ranvier.core.deactivation.Deactivation`.
-Only the admin flag and reactivation are written here, being changes no
-user can make to themselves.
+Only the admin flag, the lock, the suspension and reactivation are written
+here, being changes no user can make to themselves. A lock or suspension
+is carried with each access token's lookup (what a locked or suspended
+account may do is :class:`ranvier.api.auth.Auth`'s and
+:mod:`ranvier.core.suspension`'s), so changing one drops the user's cached
+tokens, as changing the admin flag does.
 
 A request is checked whole before anything is written: a bad field in a
 ``PUT`` leaves the account as it was, not half changed.
@@ -31,8 +35,8 @@ __all__ = ["AdminUsers", "UserListRequest"]
 _MAX_AVATAR_URL_LENGTH: Final = 1000
 USER_ORDERS: Final[frozenset[str]] = frozenset(get_args(UserOrder))
 # Orders Synapse offers by fields every account here has the same value
-# of (no guests, types, shadow bans or locks): they list by name.
-_CONSTANT_ORDERS: Final = frozenset({"is_guest", "user_type", "shadow_banned", "locked"})
+# of (no guests, types or shadow bans): they list by name.
+_CONSTANT_ORDERS: Final = frozenset({"is_guest", "user_type", "shadow_banned"})
 
 
 class AdminUserStore(Protocol):
@@ -49,6 +53,10 @@ class AdminUserStore(Protocol):
     async def set_admin(self, user_id: str, admin: bool) -> bool: ...
 
     async def reactivate_account(self, user_id: str, password_hash: str) -> bool: ...
+
+    async def set_locked(self, user_id: str, locked: bool) -> bool: ...
+
+    async def set_suspended(self, user_id: str, suspended: bool) -> bool: ...
 
 
 class AccountKeeper(Protocol):
@@ -99,10 +107,16 @@ class UserListRequest:
     deactivated: bool = False
     guests: bool = True
     admins: bool | None = None
+    #: Whether locked accounts are listed (Synapse leaves them out unless asked).
+    locked: bool = False
 
 
 def _invalid(message: str) -> MatrixError:
     return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
+
+
+def _forbidden(message: str) -> MatrixError:
+    return MatrixError(message, errcode="M_FORBIDDEN", http_status=403)
 
 
 def _not_found(user_id: str) -> MatrixError:
@@ -148,7 +162,7 @@ def _user_json(row: UserRow) -> dict[str, Any]:
         "avatar_url": row.avatar_url,
         "creation_ts": row.created_ts,
         "last_seen_ts": row.last_seen_ts,
-        "locked": False,
+        "locked": row.locked,
     }
 
 
@@ -162,6 +176,7 @@ class _Change:
     avatar_url: str | None
     admin: bool | None
     deactivated: bool | None
+    locked: bool | None
 
 
 def _checked_change(body: Mapping[str, Any]) -> _Change:
@@ -181,8 +196,7 @@ def _checked_change(body: Mapping[str, Any]) -> _Change:
             raise _invalid(f"'{key}' cannot be set: this server keeps none")
     if body.get("user_type") is not None:
         raise _invalid("'user_type' cannot be set: this server has no user types")
-    if _optional(body, "locked", bool, "true or false"):
-        raise _invalid("'locked' cannot be set: this server does not lock accounts")
+    locked = _optional(body, "locked", bool, "true or false")
     return _Change(
         password,
         True if logout_devices is None else logout_devices,
@@ -190,6 +204,7 @@ def _checked_change(body: Mapping[str, Any]) -> _Change:
         avatar_url,
         admin,
         deactivated,
+        locked,
     )
 
 
@@ -255,6 +270,7 @@ class AdminUsers:
             user_id=request.user_id,
             deactivated=request.deactivated,
             admins=request.admins,
+            locked=request.locked,
         )
         rows, total = await self._store.list_users(query)
         answer: dict[str, Any] = {"users": [_user_json(row) for row in rows], "total": total}
@@ -273,7 +289,7 @@ class AdminUsers:
             "consent_server_notice_sent": None,
             "consent_version": None,
             "consent_ts": None,
-            "suspended": False,
+            "suspended": row.suspended,
         }
 
     async def put_user(
@@ -284,6 +300,8 @@ class AdminUsers:
         change = _checked_change(body)
         if user_id == admin_id and change.admin is False:
             raise _invalid("an admin may not take away their own admin rights")
+        if user_id == admin_id and change.locked:
+            raise _invalid("an admin may not lock their own account")
         existing = await self._store.user(user_id)
         if existing is None:
             await self._create(user_id, change)
@@ -297,6 +315,8 @@ class AdminUsers:
             localpart, change.password, admin=bool(change.admin), login=False
         )
         await self._set_profile(user_id, None, None, change)
+        if change.locked:
+            await self._write_locked(user_id, True)
         if change.deactivated:
             await self._deactivation.deactivate(user_id)
 
@@ -320,6 +340,8 @@ class AdminUsers:
         await self._set_profile(user_id, row.displayname, row.avatar_url, change)
         if change.admin is not None and change.admin != row.admin:
             await self._write_admin(user_id, change.admin)
+        if change.locked is not None and change.locked != row.locked:
+            await self._write_locked(user_id, change.locked)
         if change.deactivated and not row.deactivated:
             await self._deactivation.deactivate(user_id)
 
@@ -376,6 +398,55 @@ class AdminUsers:
         # Tokens cached with the old flag go.
         await self._store.set_admin(user_id, admin)
         self._accounts.forget_tokens_of(user_id)
+
+    async def _write_locked(self, user_id: str, locked: bool) -> None:
+        await self._store.set_locked(user_id, locked)
+        self._accounts.forget_tokens_of(user_id)
+
+    async def _write_suspended(self, user_id: str, suspended: bool) -> None:
+        await self._store.set_suspended(user_id, suspended)
+        self._accounts.forget_tokens_of(user_id)
+
+    # Account moderation: the spec's /admin/lock and /admin/suspend, and
+    # Synapse's /suspend.
+
+    async def _moderated(self, admin_id: str, user_id: str) -> UserRow:
+        """The account an admin locks or suspends: a local, active one, not
+        the admin's own nor another admin's (403, as the spec has it)."""
+        row = await self._existing(user_id)
+        if row.deactivated:
+            raise _not_found(user_id)
+        if user_id == admin_id:
+            raise _forbidden("an admin may not lock or suspend their own account")
+        if row.admin:
+            raise _forbidden(f"{user_id} is an admin: take away their admin rights first")
+        return row
+
+    async def is_locked(self, user_id: str) -> bool:
+        """Whether ``user_id`` is locked; 404 for no account or a deactivated one."""
+        row = await self._existing(user_id)
+        if row.deactivated:
+            raise _not_found(user_id)
+        return row.locked
+
+    async def set_locked(self, admin_id: str, user_id: str, locked: bool) -> None:
+        """Lock or unlock ``user_id``, an account other than an admin's."""
+        row = await self._moderated(admin_id, user_id)
+        if row.locked != locked:
+            await self._write_locked(user_id, locked)
+
+    async def is_suspended(self, user_id: str) -> bool:
+        """Whether ``user_id`` is suspended; 404 for no account or a deactivated one."""
+        row = await self._existing(user_id)
+        if row.deactivated:
+            raise _not_found(user_id)
+        return row.suspended
+
+    async def set_suspended(self, admin_id: str, user_id: str, suspended: bool) -> None:
+        """Suspend ``user_id`` or lift the suspension, an account other than an admin's."""
+        row = await self._moderated(admin_id, user_id)
+        if row.suspended != suspended:
+            await self._write_suspended(user_id, suspended)
 
     async def whois(self, user_id: str) -> dict[str, Any]:
         """The user's devices and when each was last seen. Addresses and

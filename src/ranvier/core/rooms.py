@@ -48,6 +48,7 @@ from .builder import Clock, wall_clock_ms
 from .client_events import client_event, event_content
 from .interfaces import StateReader
 from .pagination import TransactionScopes, device_transaction_ids
+from .suspension import suspended_error
 
 __all__ = [
     "MEMBERSHIPS",
@@ -181,9 +182,12 @@ class RoomReader:
         """Raise 403 unless ``user_id`` is joined or the room is world-readable."""
         await self._view(user_id, room_id, departed=False)
 
-    async def check_may_redact(self, user_id: str, room_id: str, event_id: str) -> None:
+    async def check_may_redact(
+        self, user_id: str, room_id: str, event_id: str, *, suspended: bool = False
+    ) -> None:
         """Raise 403 unless ``user_id``, joined, may redact ``event_id``: an
-        event of its own, or any event with the room's ``redact`` power level.
+        event of its own, or any event with the room's ``redact`` power level
+        unless the account is ``suspended`` (:mod:`ranvier.core.suspension`).
 
         The auth rules let any member send a redaction and leave it to the
         servers to apply it only where it is allowed, but a redaction by a
@@ -195,6 +199,8 @@ class RoomReader:
         target = (await self._events([event_id])).get(event_id)
         if target is not None and target.room_id == room_id and target.sender == user_id:
             return
+        if suspended:
+            raise suspended_error("redact_others")
         state = await self._store.get_current_state_ids_for_keys(
             room_id, [CREATE_KEY, POWER_LEVELS_KEY]
         )

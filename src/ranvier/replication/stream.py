@@ -131,8 +131,10 @@ TOKEN_WRITES: Final = frozenset(
         "refresh_tokens.refresh",
         "refresh_tokens.retire_older",
         "login_tokens.log_in_with_token",
-        # The admin flag rides on cached tokens.
+        # The admin flag rides on cached tokens, as do a lock and a suspension.
         "admin_writes.set_admin",
+        "admin_writes.set_locked",
+        "admin_writes.set_suspended",
     }
 )
 

@@ -41,6 +41,7 @@ from .write_backend import WriteBackend, registered_write
 
 __all__ = [
     "OPENID_TOKEN_LIFETIME_MS",
+    "AccountFlags",
     "AccountStorage",
     "NewAccount",
     "NewDevice",
@@ -102,6 +103,16 @@ class PasswordLogin:
     password_hash: str | None
     admin: bool
     deactivated: bool
+    #: A locked account is given no new token until it is unlocked.
+    locked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AccountFlags:
+    """What admins set on an account that a request acting as it must heed."""
+
+    locked: bool
+    suspended: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +127,9 @@ class TokenOwner:
     #: Whether the token came from a refresh whose older pair is still kept,
     #: to be retired now that the new one is used.
     replaces_older: bool = False
+    #: Whether an admin locked or suspended the account.
+    locked: bool = False
+    suspended: bool = False
 
 
 class AccountStorage:
@@ -209,6 +223,11 @@ class AccountStorage:
 
     async def get_password_login(self, user_id: str) -> PasswordLogin | None:
         return await self._readers.read(functools.partial(_get_password_login, user_id=user_id))
+
+    async def get_account_flags(self, user_id: str) -> AccountFlags | None:
+        """Whether ``user_id`` is locked or suspended; None if there is no
+        such account."""
+        return await self._readers.read(functools.partial(_get_account_flags, user_id=user_id))
 
     async def get_token_owner(self, token_hash: bytes) -> TokenOwner | None:
         """The owner of an access token, or None if no active account has it."""
@@ -365,27 +384,43 @@ def _user_exists(conn: sqlite3.Connection, *, user_id: str) -> bool:
 
 def _get_password_login(conn: sqlite3.Connection, *, user_id: str) -> PasswordLogin | None:
     row = conn.execute(
-        "SELECT password_hash, admin, deactivated FROM users WHERE user_id = ?", (user_id,)
+        "SELECT password_hash, admin, deactivated, locked FROM users WHERE user_id = ?",
+        (user_id,),
     ).fetchone()
     if row is None:
         return None
-    password_hash, admin, deactivated = row
-    return PasswordLogin(user_id, password_hash, bool(admin), bool(deactivated))
+    password_hash, admin, deactivated, locked = row
+    return PasswordLogin(user_id, password_hash, bool(admin), bool(deactivated), bool(locked))
+
+
+def _get_account_flags(conn: sqlite3.Connection, *, user_id: str) -> AccountFlags | None:
+    row = conn.execute(
+        "SELECT locked, suspended FROM users WHERE user_id = ?", (user_id,)
+    ).fetchone()
+    return None if row is None else AccountFlags(bool(row[0]), bool(row[1]))
 
 
 def _get_token_owner(conn: sqlite3.Connection, *, token_hash: bytes) -> TokenOwner | None:
     row = conn.execute(
         "SELECT t.user_id, t.device_id, u.admin, t.expires_ts,"
         " EXISTS (SELECT 1 FROM refresh_tokens AS r WHERE r.access_token_hash = t.token_hash"
-        " AND r.previous_hash IS NOT NULL)"
+        " AND r.previous_hash IS NOT NULL), u.locked, u.suspended"
         " FROM access_tokens AS t JOIN users AS u ON u.user_id = t.user_id"
         " WHERE t.token_hash = ? AND u.deactivated = 0",
         (token_hash,),
     ).fetchone()
     if row is None:
         return None
-    user_id, device_id, admin, expires_ts, replaces_older = row
-    return TokenOwner(user_id, device_id, bool(admin), expires_ts, bool(replaces_older))
+    user_id, device_id, admin, expires_ts, replaces_older, locked, suspended = row
+    return TokenOwner(
+        user_id,
+        device_id,
+        bool(admin),
+        expires_ts,
+        bool(replaces_older),
+        locked=bool(locked),
+        suspended=bool(suspended),
+    )
 
 
 @registered_write

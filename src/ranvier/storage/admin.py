@@ -49,6 +49,16 @@ class AdminStorage:
             functools.partial(admin_writes.set_admin, user_id=user_id, admin=admin)
         )
 
+    async def set_locked(self, user_id: str, locked: bool) -> bool:
+        return await self._writer.submit(
+            functools.partial(admin_writes.set_locked, user_id=user_id, locked=locked)
+        )
+
+    async def set_suspended(self, user_id: str, suspended: bool) -> bool:
+        return await self._writer.submit(
+            functools.partial(admin_writes.set_suspended, user_id=user_id, suspended=suspended)
+        )
+
     async def reactivate_account(self, user_id: str, password_hash: str) -> bool:
         return await self._writer.submit(
             functools.partial(

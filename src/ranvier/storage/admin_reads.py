@@ -34,7 +34,14 @@ __all__ = [
 ]
 
 UserOrder = Literal[
-    "name", "creation_ts", "admin", "deactivated", "displayname", "avatar_url", "last_seen_ts"
+    "name",
+    "creation_ts",
+    "admin",
+    "deactivated",
+    "displayname",
+    "avatar_url",
+    "last_seen_ts",
+    "locked",
 ]
 
 
@@ -55,6 +62,8 @@ class UserQuery:
     user_id: str | None = None
     deactivated: bool = False
     admins: bool | None = None
+    #: Whether locked accounts are listed too.
+    locked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,8 @@ class UserRow:
     displayname: str | None
     avatar_url: str | None
     last_seen_ts: int | None
+    locked: bool = False
+    suspended: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +142,8 @@ _MEMBERSHIP: Final = (
 _USER_COLUMNS: Final = (
     "SELECT u.user_id, u.admin, u.deactivated, u.created_ts, p.displayname, p.avatar_url,"
     " (SELECT MAX(d.last_seen_ts) FROM devices AS d WHERE d.user_id = u.user_id)"
-    " AS last_seen_ts FROM users AS u LEFT JOIN profiles AS p ON p.user_id = u.user_id"
+    " AS last_seen_ts, u.locked, u.suspended"
+    " FROM users AS u LEFT JOIN profiles AS p ON p.user_id = u.user_id"
 )
 
 _USER_ORDER: Final[dict[str, str]] = {
@@ -142,11 +154,22 @@ _USER_ORDER: Final[dict[str, str]] = {
     "displayname": "p.displayname",
     "avatar_url": "p.avatar_url",
     "last_seen_ts": "last_seen_ts",
+    "locked": "u.locked",
 }
 
 
 def _user_row(row: Sequence[object]) -> UserRow:
-    user_id, admin, deactivated, created_ts, displayname, avatar_url, last_seen = row
+    (
+        user_id,
+        admin,
+        deactivated,
+        created_ts,
+        displayname,
+        avatar_url,
+        last_seen,
+        locked,
+        suspended,
+    ) = row
     return UserRow(
         str(user_id),
         bool(admin),
@@ -155,6 +178,8 @@ def _user_row(row: Sequence[object]) -> UserRow:
         displayname if isinstance(displayname, str) else None,
         avatar_url if isinstance(avatar_url, str) else None,
         last_seen if isinstance(last_seen, int) else None,
+        bool(locked),
+        bool(suspended),
     )
 
 
@@ -164,6 +189,8 @@ def list_users(conn: sqlite3.Connection, *, query: UserQuery) -> tuple[list[User
     params: list[object] = []
     if not query.deactivated:
         where.append("u.deactivated = 0")
+    if not query.locked:
+        where.append("u.locked = 0")
     if query.admins is not None:
         where.append("u.admin = ?")
         params.append(int(query.admins))

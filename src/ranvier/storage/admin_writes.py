@@ -1,5 +1,6 @@
-"""The writes only the admin API makes: an account's admin flag, an
-account brought back from deactivation, and rooms blocked or unblocked.
+"""The writes only the admin API makes: an account's admin flag, its lock
+and suspension, an account brought back from deactivation, and rooms
+blocked or unblocked.
 
 Each is one registered write, so a worker's admin request is written by
 the main process as it would be here, and each is the same when run again.
@@ -11,7 +12,14 @@ import sqlite3
 
 from .write_backend import registered_write
 
-__all__ = ["block_room", "reactivate_account", "set_admin", "unblock_room"]
+__all__ = [
+    "block_room",
+    "reactivate_account",
+    "set_admin",
+    "set_locked",
+    "set_suspended",
+    "unblock_room",
+]
 
 
 @registered_write
@@ -19,6 +27,24 @@ def set_admin(conn: sqlite3.Connection, *, user_id: str, admin: bool) -> bool:
     """Set the admin flag of ``user_id``; False if there is no such account."""
     changed = conn.execute(
         "UPDATE users SET admin = ? WHERE user_id = ?", (int(admin), user_id)
+    ).rowcount
+    return changed > 0
+
+
+@registered_write
+def set_locked(conn: sqlite3.Connection, *, user_id: str, locked: bool) -> bool:
+    """Lock or unlock ``user_id``; False if there is no such account."""
+    changed = conn.execute(
+        "UPDATE users SET locked = ? WHERE user_id = ?", (int(locked), user_id)
+    ).rowcount
+    return changed > 0
+
+
+@registered_write
+def set_suspended(conn: sqlite3.Connection, *, user_id: str, suspended: bool) -> bool:
+    """Suspend ``user_id`` or lift the suspension; False if there is no such account."""
+    changed = conn.execute(
+        "UPDATE users SET suspended = ? WHERE user_id = ?", (int(suspended), user_id)
     ).rowcount
     return changed > 0
 

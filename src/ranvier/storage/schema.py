@@ -1103,6 +1103,13 @@ def _profile_fields(conn: sqlite3.Connection) -> None:
     )
 
 
+def _account_moderation(conn: sqlite3.Connection) -> None:
+    """An account's lock and suspension (:mod:`ranvier.core.suspension`),
+    set by admins and read with every access token."""
+    conn.execute("ALTER TABLE users ADD COLUMN locked INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE users ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1146,6 +1153,7 @@ MIGRATIONS: Sequence[Migration] = (
     _room_upgrade_claims,
     _alias_write_ids,
     _profile_fields,
+    _account_moderation,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
