@@ -214,6 +214,7 @@ def _path_values(pattern: str, ids: Ids) -> dict[str, str]:
         "fileName": "file.txt",
         "protocol": "irc",
         "destination": "remote.example",
+        "key_name": "displayname",
     }
 
 
@@ -271,8 +272,7 @@ def _plausible_body(method: str, pattern: str, ids: Ids) -> Any:
         "/rooms/{room_id}/upgrade": {"new_version": "10"},
         "/user/{user_id}/filter": {"room": {"timeline": {"limit": 1}}, "event_fields": ["type"]},
         "/presence/{user_id}/status": {"presence": "online", "status_msg": "s"},
-        "/profile/{user_id}/displayname": {"displayname": "d"},
-        "/profile/{user_id}/avatar_url": {"avatar_url": "mxc://localhost/a"},
+        "/profile/{user_id}/{key_name}": {"displayname": "d"},
         "/devices/{device_id}": {"display_name": "d", "auth": auth},
         "/delete_devices": {"devices": [ids.alice_device], "auth": auth},
         "/keys/upload": {

@@ -263,18 +263,8 @@ SPEC_ENDPOINTS: Final[tuple[tuple[str, str], ...]] = (
 )
 
 #: Endpoints whose path parameter is served for some values only: the
-#: routes that serve them, and why the other values are not.
-_PROFILE_FIELDS: Final = (
-    (
-        "/_matrix/client/v3/profile/{userId}/displayname",
-        "/_matrix/client/v3/profile/{userId}/avatar_url",
-    ),
-    "custom profile fields are not kept: only the display name and avatar",
-)
-SERVED_FOR: Final[dict[tuple[str, str], tuple[tuple[str, ...], str]]] = {
-    (method, "/_matrix/client/v3/profile/{userId}/{keyName}"): _PROFILE_FIELDS
-    for method in ("GET", "PUT", "DELETE")
-}
+#: routes that serve them, and why the other values are not. None now.
+SERVED_FOR: Final[dict[tuple[str, str], tuple[tuple[str, ...], str]]] = {}
 
 _SSO = "SSO: no identity provider support"
 _OLD_SYNC = "deprecated by the spec for /sync; peeking into rooms not joined is not supported"
@@ -354,3 +344,4 @@ async def test_a_route_that_disappears_is_reported(routes: list[tuple[str, str]]
     assert sorted(after) == sorted(
         [*before, ("GET", "/_matrix/client/v3/rooms/{roomId}/joined_members")]
     )
+

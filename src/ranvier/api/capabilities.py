@@ -34,6 +34,8 @@ def _capabilities(*, login_token_enabled: bool) -> dict[str, Any]:
         "m.set_avatar_url": {"enabled": True},
         "m.3pid_changes": {"enabled": False},
         "m.get_login_token": {"enabled": login_token_enabled},
+        # Every field may be changed, displayname and avatar_url included.
+        "m.profile_fields": {"enabled": True},
     }
 
 

@@ -1,8 +1,10 @@
-"""Profiles: ``/profile/{userId}`` and its ``displayname`` and ``avatar_url``.
+"""Profiles: ``/profile/{userId}`` and each of its fields, ``/profile/{userId}/{keyName}``.
 
 Reading a profile needs no access token (the spec leaves it open); changing
-one needs the owner's. ``DELETE`` of a field clears it as ``PUT`` of null
-does. See :mod:`ranvier.core.profiles`.
+one needs the owner's, or an admin's. A ``PUT`` body holds the one field its
+path names and nothing else. ``DELETE`` removes a field; ``PUT`` of null
+keeps a custom field set to null, but clears a display name or avatar as it
+always has. See :mod:`ranvier.core.profiles`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 from ranvier.api.account import json_object
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
-from ranvier.core.profiles import ProfileField, Profiles
+from ranvier.core.profiles import Profiles
 from ranvier.core.suspension import refuse_if_suspended
 from ranvier.errors import MatrixError
 from ranvier.web import Request, Router
@@ -22,46 +24,51 @@ __all__ = ["add_profile_routes"]
 
 
 def add_profile_routes(router: Router, *, auth: Auth, profiles: Profiles) -> None:
-    """Serve ``GET /profile/{userId}`` and ``GET``/``PUT``/``DELETE`` of its two fields."""
+    """Serve ``GET /profile/{userId}`` and ``GET``/``PUT``/``DELETE`` of any field."""
 
     async def get_profile(request: Request) -> Mapping[str, Any]:
         return await profiles.get_profile(request.path_params["user_id"])
 
-    def field_routes(field: ProfileField) -> None:
-        async def get_field(request: Request) -> Mapping[str, Any]:
-            user_id = request.path_params["user_id"]
-            profile = await profiles.get_profile(user_id)
-            if field not in profile:
-                raise MatrixError(
-                    f"{user_id} has no {field}", errcode="M_NOT_FOUND", http_status=404
-                )
-            return {field: profile[field]}
+    async def get_field(request: Request) -> Mapping[str, Any]:
+        key = request.path_params["key_name"]
+        return {key: await profiles.get_field(request.path_params["user_id"], key)}
 
-        async def set_field(request: Request) -> Mapping[str, Any]:
-            requester = await auth.get_user(request)
-            refuse_if_suspended(requester, "profile")
-            body = json_object(request)
-            if field not in body:
-                raise MatrixError(
-                    f"'{field}' is required", errcode="M_MISSING_PARAM", http_status=400
-                )
-            await profiles.set_field(
-                requester.user_id, request.path_params["user_id"], field, body[field]
+    async def set_field(request: Request) -> Mapping[str, Any]:
+        requester = await auth.get_user(request)
+        refuse_if_suspended(requester, "profile")
+        key = request.path_params["key_name"]
+        body = json_object(request)
+        if key not in body:
+            raise MatrixError(f"'{key}' is required", errcode="M_MISSING_PARAM", http_status=400)
+        if len(body) > 1:
+            others = ", ".join(sorted(name for name in body if name != key))
+            raise MatrixError(
+                f"the body may hold '{key}' alone, not also {others}",
+                errcode="M_BAD_JSON",
+                http_status=400,
             )
-            return {}
+        await profiles.set_field(
+            requester.user_id,
+            request.path_params["user_id"],
+            key,
+            body[key],
+            is_admin=requester.is_admin,
+        )
+        return {}
 
-        async def delete_field(request: Request) -> Mapping[str, Any]:
-            requester = await auth.get_user(request)
-            refuse_if_suspended(requester, "profile")
-            await profiles.set_field(requester.user_id, request.path_params["user_id"], field, None)
-            return {}
-
-        for prefix in CLIENT_VERSION_PREFIXES:
-            router.add("GET", f"{prefix}/profile/{{user_id}}/{field}", get_field)
-            router.add("PUT", f"{prefix}/profile/{{user_id}}/{field}", set_field)
-            router.add("DELETE", f"{prefix}/profile/{{user_id}}/{field}", delete_field)
+    async def delete_field(request: Request) -> Mapping[str, Any]:
+        requester = await auth.get_user(request)
+        refuse_if_suspended(requester, "profile")
+        await profiles.delete_field(
+            requester.user_id,
+            request.path_params["user_id"],
+            request.path_params["key_name"],
+            is_admin=requester.is_admin,
+        )
+        return {}
 
     for prefix in CLIENT_VERSION_PREFIXES:
         router.add("GET", f"{prefix}/profile/{{user_id}}", get_profile)
-    field_routes("displayname")
-    field_routes("avatar_url")
+        router.add("GET", f"{prefix}/profile/{{user_id}}/{{key_name}}", get_field)
+        router.add("PUT", f"{prefix}/profile/{{user_id}}/{{key_name}}", set_field)
+        router.add("DELETE", f"{prefix}/profile/{{user_id}}/{{key_name}}", delete_field)

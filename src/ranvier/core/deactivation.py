@@ -5,9 +5,9 @@ write (:meth:`ranvier.core.accounts.Accounts.deactivate`): from then on no
 token or login of the user's works, whatever happens to the rest. Then the
 user leaves every room they are joined to, invited to or knocking on,
 through the ordinary leave (so the rooms' other servers hear of it, and an
-invite from another server is declined there); then their profile is
-cleared, once no room is left to carry the change; then their pushers are
-deleted.
+invite from another server is declined there); then every field of their
+profile is erased, once no room is left to carry the change; then their
+pushers are deleted.
 
 A room that cannot be left now (its servers unreachable) does not stop the
 rest: it is logged, and the others are still left.
@@ -47,9 +47,7 @@ class RoomLeaver(Protocol):
 class ProfileWriter(Protocol):
     """Local profiles (:class:`ranvier.storage.client_data.ClientDataStorage`)."""
 
-    async def set_profile(
-        self, user_id: str, displayname: str | None, avatar_url: str | None
-    ) -> None: ...
+    async def erase_profile(self, user_id: str) -> None: ...
 
 
 class PusherRecordLike(Protocol):
@@ -96,6 +94,6 @@ class Deactivation:
                 await self._leaves.leave(user_id, room_id)
             except MatrixError as exc:
                 _log.warning("deactivated %s could not leave %s: %s", user_id, room_id, exc)
-        await self._profiles.set_profile(user_id, None, None)
+        await self._profiles.erase_profile(user_id)
         for pusher in await self._pushers.pushers_of(user_id):
             await self._pushers.delete_pusher(user_id, pusher.app_id, pusher.pushkey)

@@ -1,8 +1,15 @@
-"""Users' profiles: display names and avatars.
+"""Users' profiles: display names, avatars, time zones and any other field.
 
 A local user's profile is kept in storage and shown to everyone (the
 client API's ``GET /profile`` and other servers' ``/query/profile``); a
-remote user's is asked of their server each time.
+remote user's is asked of their server each time, one field alone when
+one is wanted.
+
+A field's name is ``displayname``, ``avatar_url``, ``m.tz`` or a
+namespaced name (``org.example.job_title``) of at most 255 bytes; a custom
+field holds any JSON value, null included (kept, not taken as a delete),
+``m.tz`` a string. The whole profile, as JSON, stays under 64 KiB, which
+the storage write checks against the profile it changes.
 
 A room shows a member's name and avatar from their member event, not from
 the profile, so a change to the profile is written into the user's member
@@ -16,14 +23,19 @@ old name; the others still change. A join carries the profile too
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any, Final, Literal, Protocol
+
+import msgspec
 
 from ranvier.errors import MatrixError
 from ranvier.protocol.auth import is_valid_user_id
 
 __all__ = [
     "MAX_DISPLAYNAME_LENGTH",
+    "MAX_KEY_BYTES",
+    "MAX_PROFILE_BYTES",
     "JoinedRooms",
     "ProfileField",
     "ProfileStore",
@@ -39,8 +51,16 @@ MAX_DISPLAYNAME_LENGTH: Final = 256
 #: The longest avatar URL taken, in characters.
 MAX_AVATAR_URL_LENGTH: Final = 1000
 
+#: The longest field name taken, in bytes (the spec's limit).
+MAX_KEY_BYTES: Final = 255
+#: The size the whole profile, as JSON, must stay under (the spec's limit).
+MAX_PROFILE_BYTES: Final = 64 * 1024
+
+#: The fields a member event carries, and that change it.
 ProfileField = Literal["displayname", "avatar_url"]
 _FIELDS: Final[tuple[ProfileField, ...]] = ("displayname", "avatar_url")
+#: The spec's grammar of a field's name.
+_KEY_NAME: Final = re.compile(r"avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 
 
 class ProfileStore(Protocol):
@@ -48,17 +68,23 @@ class ProfileStore(Protocol):
 
     async def get_profile(self, user_id: str) -> tuple[str | None, str | None] | None: ...
 
-    async def set_profile(
-        self, user_id: str, displayname: str | None, avatar_url: str | None
-    ) -> None: ...
+    async def profile_fields(self, user_id: str) -> dict[str, Any] | None: ...
+
+    async def set_profile_field(
+        self, user_id: str, key: str, value_json: str, *, max_bytes: int
+    ) -> bool: ...
+
+    async def delete_profile_field(self, user_id: str, key: str) -> None: ...
 
 
 class RemoteProfiles(Protocol):
-    """Asks another server for one of its users' profile; raises
-    ``M_NOT_FOUND`` when that server knows no such user.
+    """Asks another server for one of its users' profile, or only ``field``
+    of it; raises ``M_NOT_FOUND`` when that server knows no such user.
     """
 
-    async def query_profile(self, server_name: str, user_id: str) -> Mapping[str, Any]: ...
+    async def query_profile(
+        self, server_name: str, user_id: str, field: str | None = None
+    ) -> Mapping[str, Any]: ...
 
 
 class UserQueries(Protocol):
@@ -92,6 +118,29 @@ class StateSender(Protocol):
 
 def _not_found(user_id: str) -> MatrixError:
     return MatrixError(f"{user_id} has no profile", errcode="M_NOT_FOUND", http_status=404)
+
+
+def check_key(key: str) -> None:
+    """Refuse a field name the spec does not allow: ``M_KEY_TOO_LARGE``
+    past 255 bytes, ``M_INVALID_PARAM`` outside the grammar.
+    """
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise MatrixError(
+            f"a profile field's name may be at most {MAX_KEY_BYTES} bytes",
+            errcode="M_KEY_TOO_LARGE",
+            http_status=400,
+        )
+    if _KEY_NAME.fullmatch(key) is None:
+        raise MatrixError(
+            f"{key!r} is not a profile field's name: displayname, avatar_url, m.tz"
+            " or a namespaced name such as org.example.field",
+            errcode="M_INVALID_PARAM",
+            http_status=400,
+        )
+
+
+def _field_not_found(user_id: str, key: str) -> MatrixError:
+    return MatrixError(f"{user_id} has no {key}", errcode="M_NOT_FOUND", http_status=404)
 
 
 def _check_value(field: ProfileField, value: object) -> str | None:
@@ -145,23 +194,46 @@ class Profiles:
         #: namespaces, which they may make then; set by the server.
         self.app_service_queries: UserQueries | None = None
 
-    async def get_profile(self, user_id: str) -> dict[str, str]:
-        """The profile of ``user_id``, here or on their server; ``M_NOT_FOUND``
-        when there is no such user.
+    async def get_profile(self, user_id: str) -> dict[str, Any]:
+        """Every field of ``user_id``'s profile, here or on their server;
+        ``M_NOT_FOUND`` when there is no such user.
         """
         _check_user_id(user_id)
         server = user_id.partition(":")[2]
         if server != self._server_name:
             if self._remote is None:
                 raise _not_found(user_id)
-            answer = await self._remote.query_profile(server, user_id)
-            return {field: answer[field] for field in _FIELDS if isinstance(answer.get(field), str)}
-        profile = await self.local_profile(user_id)
+            return _usable(await self._remote.query_profile(server, user_id))
+        profile = await self.local_fields(user_id)
         if profile is None and await self._asked_services_about(user_id):
-            profile = await self.local_profile(user_id)
+            profile = await self.local_fields(user_id)
         if profile is None:
             raise _not_found(user_id)
         return profile
+
+    async def get_field(self, user_id: str, key: str) -> Any:
+        """The value of ``key`` in ``user_id``'s profile, here or on their
+        server (asked for that field alone); ``M_NOT_FOUND`` when the user
+        or the field is not there.
+        """
+        _check_user_id(user_id)
+        check_key(key)
+        server = user_id.partition(":")[2]
+        if server != self._server_name:
+            if self._remote is None:
+                raise _not_found(user_id)
+            profile = _usable(await self._remote.query_profile(server, user_id, key))
+        else:
+            profile = await self.get_profile(user_id)
+        if key not in profile:
+            raise _field_not_found(user_id, key)
+        return profile[key]
+
+    async def local_fields(self, user_id: str) -> dict[str, Any] | None:
+        """Every field of a local user's profile, None when there is no such
+        account: what other servers' ``/query/profile`` is answered with.
+        """
+        return await self._store.profile_fields(user_id)
 
     async def ask_services_about(self, user_id: str) -> None:
         """Ask the application service whose namespace holds ``user_id`` about
@@ -176,8 +248,8 @@ class Profiles:
         return queries is not None and await queries.query_user(user_id)
 
     async def local_profile(self, user_id: str) -> dict[str, str] | None:
-        """The profile of a local user, None when there is no such account:
-        what other servers' ``/query/profile`` is answered with.
+        """The display name and avatar of a local user, None when there is
+        no such account: what a member event carries.
         """
         stored = await self._store.get_profile(user_id)
         if stored is None:
@@ -199,34 +271,79 @@ class Profiles:
         return await self.local_profile(user_id) or {}
 
     async def set_field(
-        self, requester: str, user_id: str, field: ProfileField, value: object
+        self, requester: str, user_id: str, field: str, value: object, *, is_admin: bool = False
     ) -> None:
-        """Set ``field`` of ``user_id``'s profile (only their own, and only
-        a local user's) and update their member event in every room they
-        are joined to. ``value`` None or empty clears the field.
+        """Set ``field`` of ``user_id``'s profile (their own, or any local
+        user's for an admin). A display name or avatar None or empty clears
+        it and is written into their member event in every room they are
+        joined to; another field changes no room.
         """
         _check_user_id(user_id)
-        if requester != user_id:
+        check_key(field)
+        self._check_may_change(requester, user_id, is_admin=is_admin)
+        if field in _FIELDS:
+            value = _check_value(field, value)
+        elif field == "m.tz" and not isinstance(value, str):
+            raise MatrixError(
+                "'m.tz' must be a string: a time zone's name",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        try:
+            value_json = msgspec.json.encode(value).decode()
+        except (TypeError, OverflowError) as exc:
+            raise MatrixError(
+                f"'{field}' cannot be kept: {exc}", errcode="M_BAD_JSON", http_status=400
+            ) from None
+        if await self._store.get_profile(user_id) is None:
+            raise _not_found(user_id)
+        if not await self._store.set_profile_field(
+            user_id, field, value_json, max_bytes=MAX_PROFILE_BYTES
+        ):
+            if await self._store.get_profile(user_id) is None:
+                raise _not_found(user_id)
+            raise MatrixError(
+                f"the profile would reach {MAX_PROFILE_BYTES} bytes",
+                errcode="M_PROFILE_TOO_LARGE",
+                http_status=400,
+            )
+        if field in _FIELDS:
+            await self._update_member_events(user_id)
+
+    async def delete_field(
+        self, requester: str, user_id: str, field: str, *, is_admin: bool = False
+    ) -> None:
+        """Remove ``field`` from ``user_id``'s profile (nothing when it is not
+        set); a display name or avatar removed changes their member events.
+        """
+        _check_user_id(user_id)
+        check_key(field)
+        self._check_may_change(requester, user_id, is_admin=is_admin)
+        if await self._store.get_profile(user_id) is None:
+            raise _not_found(user_id)
+        await self._store.delete_profile_field(user_id, field)
+        if field in _FIELDS:
+            await self._update_member_events(user_id)
+
+    def _check_may_change(self, requester: str, user_id: str, *, is_admin: bool) -> None:
+        if requester != user_id and not is_admin:
             raise MatrixError(
                 f"{requester} may not change the profile of {user_id}",
                 errcode="M_FORBIDDEN",
                 http_status=403,
             )
-        checked = _check_value(field, value)
-        stored = await self._store.get_profile(user_id)
-        if stored is None:
-            raise _not_found(user_id)
-        displayname, avatar_url = stored
-        if field == "displayname":
-            displayname = checked
-        else:
-            avatar_url = checked
-        await self._store.set_profile(user_id, displayname, avatar_url)
-        content: dict[str, Any] = {"membership": "join"}
-        if displayname is not None:
-            content["displayname"] = displayname
-        if avatar_url is not None:
-            content["avatar_url"] = avatar_url
+        if user_id.partition(":")[2] != self._server_name:
+            raise MatrixError(
+                f"{user_id} is not a user of {self._server_name}",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+
+    async def _update_member_events(self, user_id: str) -> None:
+        content: dict[str, Any] = {
+            "membership": "join",
+            **(await self.local_profile(user_id) or {}),
+        }
         for room_id in await self._rooms.joined_rooms(user_id):
             try:
                 await self._events.send_event(
@@ -235,6 +352,21 @@ class Profiles:
             except MatrixError as exc:
                 # The profile changed; this room keeps the old name.
                 _log.info("%s keeps %s's old profile: %s", room_id, user_id, exc)
+
+
+def _usable(answer: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of another server's answer that a profile may hold: a
+    name the grammar allows, a value not null (the spec's "not set"), and
+    a display name and avatar only as strings.
+    """
+    profile: dict[str, Any] = {}
+    for key, value in answer.items():
+        if value is None or len(key.encode()) > MAX_KEY_BYTES or _KEY_NAME.fullmatch(key) is None:
+            continue
+        if key in _FIELDS and not isinstance(value, str):
+            continue
+        profile[key] = value
+    return profile
 
 
 def _check_user_id(user_id: str) -> None:

@@ -20,23 +20,27 @@ from .query_client import query_server, unusable_answer
 __all__ = ["PROFILE_PATH", "FederationProfileClient", "LocalProfileSource"]
 
 PROFILE_PATH: Final = "/_matrix/federation/v1/query/profile"
-#: A profile is two short strings; anything much larger is not one.
-_MAX_ANSWER_BYTES: Final = 64 * 1024
+#: A profile stays under 64 KiB as compact JSON; twice that leaves room
+#: for another server's spacing, and anything larger is not a profile.
+_MAX_ANSWER_BYTES: Final = 128 * 1024
 _WHAT: Final = "profile"
 
 
 class FederationProfileClient:
-    """Asks a user's server for their profile."""
+    """Asks a user's server for their profile, or one field of it."""
 
     def __init__(self, client: FederationHttpClient) -> None:
         self._client = client
 
-    async def query_profile(self, server_name: str, user_id: str) -> Mapping[str, Any]:
+    async def query_profile(
+        self, server_name: str, user_id: str, field: str | None = None
+    ) -> Mapping[str, Any]:
+        query = {"user_id": user_id} if field is None else {"user_id": user_id, "field": field}
         body = await query_server(
             self._client,
             server_name,
             PROFILE_PATH,
-            {"user_id": user_id},
+            query,
             what=_WHAT,
             not_found=f"{server_name} knows no user {user_id}",
             max_response_bytes=_MAX_ANSWER_BYTES,
@@ -51,10 +55,12 @@ class FederationProfileClient:
 
 
 class LocalProfileSource:
-    """Our users' profiles as other servers' ``/query/profile`` sees them."""
+    """Our users' profiles as other servers' ``/query/profile`` sees them:
+    every field, as the client API shows them.
+    """
 
     def __init__(self, profiles: Profiles) -> None:
         self._profiles = profiles
 
     async def get_profile(self, user_id: str) -> Mapping[str, Any] | None:
-        return await self._profiles.local_profile(user_id)
+        return await self._profiles.local_fields(user_id)

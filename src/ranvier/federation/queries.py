@@ -12,7 +12,9 @@ Other servers call these to fill gaps in what they know of a room:
   before them, deepest first;
 * ``POST /v1/get_missing_events/{roomId}``: the events between what the
   caller has (``earliest_events``) and what it got (``latest_events``);
-* ``GET /v1/query/profile?user_id=&field=``: a local user's public profile.
+* ``GET /v1/query/profile?user_id=&field=``: a local user's public profile,
+  any field of it or all; a field the user has not set is left out of the
+  answer (the spec's choice between leaving it out and null).
 
 While the room's state here is partial, ``/state``, ``/state_ids`` and
 ``/event_auth`` are refused with 403 (see
