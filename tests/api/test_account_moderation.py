@@ -124,6 +124,37 @@ async def test_a_locked_account_gets_no_new_token(env: WithAdmin) -> None:
     assert answer["user_id"] == dave.user_id
 
 
+async def test_a_locked_account_cannot_refresh_and_keeps_its_session(env: WithAdmin) -> None:
+    gina = await env.hs.register_user("gina", "pw")
+    status, login = await env.client.call(
+        None,
+        "POST",
+        "/login",
+        {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "gina"},
+            "password": "pw",
+            "refresh_token": True,
+        },
+    )
+    assert status == 200, login
+    await _lock(env, gina, True)
+    status, answer = await env.client.call(
+        None, "POST", "/refresh", {"refresh_token": login["refresh_token"]}
+    )
+    assert (status, answer["errcode"], answer["soft_logout"]) == (401, "M_USER_LOCKED", True)
+    assert "access_token" not in answer
+    await _lock(env, gina, False)
+    # The session is as it was: its token works, and its refresh token too.
+    answer = await env.client.ok(None, "GET", "/account/whoami", token=login["access_token"])
+    assert answer["device_id"] == login["device_id"]
+    refreshed = await env.client.ok(
+        None, "POST", "/refresh", {"refresh_token": login["refresh_token"]}
+    )
+    answer = await env.client.ok(None, "GET", "/account/whoami", token=refreshed["access_token"])
+    assert answer["device_id"] == login["device_id"]
+
+
 async def test_lock_endpoints_are_for_admins_only(env: WithAdmin) -> None:
     bob_path = f"/lock/{q(env.bob.user_id)}"
     for user, status, errcode in [(env.alice, 403, "M_FORBIDDEN"), (None, 401, "M_MISSING_TOKEN")]:

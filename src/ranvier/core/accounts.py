@@ -531,7 +531,8 @@ class Accounts:
         """Exchange ``refresh_token`` for a new access token and refresh token
         of the same device. The older access token keeps working until the
         new pair is used; raises 401 ``M_UNKNOWN_TOKEN`` for a refresh token
-        that is unknown, logged out, or retired by a newer pair's use.
+        that is unknown, logged out, or retired by a newer pair's use, and
+        ``M_USER_LOCKED`` while the account is locked.
         """
         if self._refresh_store is None:
             raise unknown_refresh_token_error()
@@ -558,6 +559,12 @@ class Accounts:
                 owners.append((owner.user_id, owner.device_id))
         if owner is None:
             raise unknown_refresh_token_error()
+        # Refused after the exchange, which leaves the spent pair working
+        # and its unused successor to be replaced: the session survives the
+        # lock, and the client is handed no new token.
+        flags = await self._store.get_account_flags(owner.user_id)
+        if flags is not None and flags.locked:
+            raise locked_error()
         return Refreshed(access_token, new_refresh_token, self._lifetime_ms)
 
     async def logout(self, requester: Requester) -> None:
