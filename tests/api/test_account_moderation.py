@@ -404,3 +404,10 @@ async def test_suspension_endpoints(env: WithAdmin) -> None:
     user = await admin_ok(http, env.admin, "GET", f"/v2/users/{q(alice.user_id)}")
     assert user["suspended"] is False
     await env.client.ok(alice, "POST", "/createRoom", {})
+
+
+async def test_admins_are_told_they_may_lock_and_suspend(env: WithAdmin) -> None:
+    answer = await env.client.ok(env.admin, "GET", "/capabilities")
+    assert answer["capabilities"]["m.account_moderation"] == {"lock": True, "suspend": True}
+    answer = await env.client.ok(env.alice, "GET", "/capabilities")
+    assert "m.account_moderation" not in answer["capabilities"]

@@ -47,8 +47,12 @@ def add_capability_routes(router: Router, *, auth: Auth, login_token_enabled: bo
     """
 
     async def capabilities(request: Request) -> Mapping[str, Any]:
-        await auth.get_user(request)
-        return {"capabilities": _capabilities(login_token_enabled=login_token_enabled)}
+        requester = await auth.get_user(request)
+        answer = _capabilities(login_token_enabled=login_token_enabled)
+        if requester.is_admin:
+            # Left out for everyone else, as the spec asks when both are false.
+            answer["m.account_moderation"] = {"lock": True, "suspend": True}
+        return {"capabilities": answer}
 
     async def turn_server(request: Request) -> Mapping[str, Any]:
         await auth.get_user(request)
