@@ -133,6 +133,40 @@ async def test_profiles_are_read_each_way(
     assert (caught.value.http_status, caught.value.errcode) == (404, "M_NOT_FOUND")
 
 
+async def test_custom_profile_fields_are_read_each_way(
+    synapse: SynapseProcess, synapse_http: httpx.AsyncClient, ranvier: HomeServer
+) -> None:
+    job = "org.example.job_title"
+    registered = await ranvier.accounts.register("carol", None, login=False)
+    carol = registered.user_id
+    await ranvier.profiles.set_field(carol, carol, "m.tz", "Europe/Paris")
+    await ranvier.profiles.set_field(carol, carol, job, {"title": "Smith"})
+    zed = await synapse.register(synapse_http, localpart("zed"))
+
+    # Synapse asks ranvier's /query/profile for one field, and for all.
+    path = f"/_matrix/client/v3/profile/{_quote(carol)}"
+    assert await zed.request("GET", f"{path}/{job}") == {job: {"title": "Smith"}}
+    assert await zed.request("GET", f"{path}/m.tz") == {"m.tz": "Europe/Paris"}
+    profile = await zed.request("GET", path)
+    assert (profile["m.tz"], profile[job]) == ("Europe/Paris", {"title": "Smith"})
+    # A field not set is left out of ranvier's answer, as the spec allows;
+    # Synapse shows it to its client as null.
+    unset = await zed.request("GET", f"{path}/org.example.unset")
+    assert unset.get("org.example.unset") is None
+
+    # ranvier asks Synapse's.
+    own = f"/_matrix/client/v3/profile/{_quote(zed.user_id)}"
+    await zed.request("PUT", f"{own}/m.tz", body={"m.tz": "Asia/Tokyo"})
+    await zed.request("PUT", f"{own}/{job}", body={job: ["Cook", 2]})
+    assert await ranvier.profiles.get_field(zed.user_id, job) == ["Cook", 2]
+    assert await ranvier.profiles.get_field(zed.user_id, "m.tz") == "Asia/Tokyo"
+    whole = await ranvier.profiles.get_profile(zed.user_id)
+    assert (whole["m.tz"], whole[job]) == ("Asia/Tokyo", ["Cook", 2])
+    with pytest.raises(MatrixError) as caught:
+        await ranvier.profiles.get_field(zed.user_id, "org.example.unset")
+    assert (caught.value.http_status, caught.value.errcode) == (404, "M_NOT_FOUND")
+
+
 async def _listed(page: dict[str, Any], room_id: str) -> dict[str, Any] | None:
     await trio.lowlevel.checkpoint()
     return next((room for room in page["chunk"] if room["room_id"] == room_id), None)
