@@ -268,7 +268,6 @@ SERVED_FOR: Final[dict[tuple[str, str], tuple[tuple[str, ...], str]]] = {}
 
 _SSO = "SSO: no identity provider support"
 _OLD_SYNC = "deprecated by the spec for /sync; peeking into rooms not joined is not supported"
-_WELL_KNOWN = "served by the web server of the server name's domain, not by the homeserver"
 
 #: Endpoints of the specification with no route here, and why.
 NOT_SERVED: Final[dict[tuple[str, str], str]] = {
@@ -291,8 +290,6 @@ NOT_SERVED: Final[dict[tuple[str, str], str]] = {
     ),
     ("GET", "/_matrix/client/v3/login/sso/redirect"): _SSO,
     ("GET", "/_matrix/client/v3/login/sso/redirect/{idpId}"): _SSO,
-    ("GET", "/.well-known/matrix/client"): _WELL_KNOWN,
-    ("GET", "/.well-known/matrix/support"): _WELL_KNOWN,
     ("GET", "/.well-known/matrix/policy_server"): "this server is not a policy server",
 }
 
