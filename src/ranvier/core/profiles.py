@@ -12,9 +12,10 @@ field holds any JSON value, null included (kept, not taken as a delete),
 the storage write checks against the profile it changes.
 
 A room shows a member's name and avatar from their member event, not from
-the profile, so a change to the profile is written into the user's member
-event of every room they are joined to, as a new join event sent through
-:class:`~ranvier.core.creation.EventCreator` like any other state event.
+the profile, so a change to either is written into the user's member
+event of every room they are joined to (other fields change no room), as
+a new join event sent through :class:`~ranvier.core.creation.EventCreator`
+like any other state event.
 A room that refuses it (the user may not send state there, say) keeps the
 old name; the others still change. A join carries the profile too
 (:meth:`Profiles.member_content`).
