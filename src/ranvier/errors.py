@@ -22,6 +22,7 @@ __all__ = [
     "MatrixError",
     "PartialStateConflictError",
     "PartialStateEventsRemainError",
+    "RoomGoneError",
     "StorageUnavailableError",
     "UnsupportedRoomVersionError",
 ]
@@ -144,6 +145,24 @@ class PartialStateEventsRemainError(Exception):
 
     def __init__(self, room_id: str) -> None:
         super().__init__(f"{room_id} still has events with partial state")
+        self.room_id = room_id
+
+
+class RoomGoneError(MatrixError):
+    """A write of a room that is not stored here, by work that found it
+    stored when it began: the room was purged since.
+
+    Storage raises it inside the write's own transaction (nothing of it is
+    kept), so work in flight on a room during its purge cannot bring rows
+    of it back. Callers drop what they were doing; a client or a remote
+    server is answered 404.
+    """
+
+    errcode = "M_NOT_FOUND"
+    http_status = 404
+
+    def __init__(self, room_id: str) -> None:
+        super().__init__(f"{room_id} is not stored here (any more): it was purged")
         self.room_id = room_id
 
 

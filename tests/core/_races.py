@@ -96,6 +96,7 @@ async def store_partial_join(
         level = {a for e in level for a in room.events[e].auth_event_ids} - chain
         chain |= level
     outliers = sorted((room.events[e] for e in wanted | chain), key=lambda e: (e.depth, e.event_id))
+    await ours.store_room(room.room_id, room.version)
     await ours.persist_events(
         [event_to_persist(event, EventContext.for_outlier()) for event in outliers]
     )

@@ -218,6 +218,7 @@ async def compute_event_context(
     outlier: bool = False,
     state_ids_before: Mapping[StateKey, str] | None = None,
     partial_state: bool = False,
+    known_room: bool = False,
 ) -> EventContext:
     """Work out the state before ``event`` and store it as a group if it is new.
 
@@ -227,7 +228,10 @@ async def compute_event_context(
     missing here. ``partial_state`` says it came from a partial join
     response. Without it, every prev event must have its state here, or
     :class:`UnknownPrevStateError` is raised. Outliers get no state, take no
-    ``state_ids_before`` and are never partial.
+    ``state_ids_before`` and are never partial. ``known_room``: the room
+    is stored here already (ingestion, the un-partial-state task), so a
+    state stored whole does not make it known: one purged meanwhile stays
+    gone (:class:`~ranvier.errors.RoomGoneError`).
     """
     if outlier:
         if state_ids_before is not None or partial_state:
@@ -258,7 +262,7 @@ async def compute_event_context(
             first = next(iter(after_groups.values()))
             bases[first] = await store.get_state_ids(first)
         state = dict(state_ids_before)
-        group = await _store_state(persister, event, state, bases)
+        group = await _store_state(persister, event, state, bases, make_known=not known_room)
         return _context(group, partial, state)
 
     unknown = [prev_id for prev_id in prev_ids if prev_id not in after_groups]
@@ -266,7 +270,7 @@ async def compute_event_context(
         raise UnknownPrevStateError(event.event_id, unknown)
     if not prev_ids:
         # The create event: the room starts from no state at all.
-        group = await _store_state(persister, event, {}, {})
+        group = await _store_state(persister, event, {}, {}, make_known=not known_room)
         return _context(group, partial, {})
 
     distinct = list(dict.fromkeys(after_groups.values()))
@@ -311,14 +315,18 @@ async def _store_state(
     event: Pdu,
     state: Mapping[StateKey, str],
     bases: Mapping[int, Mapping[StateKey, str]],
+    *,
+    make_known: bool = True,
 ) -> int:
     """The group of ``state``, given whole, stored as changes against the
     closest of ``bases``.
 
-    With no base, the state is stored whole, in a room made known first.
+    With no base, the state is stored whole, in a room made known first
+    (unless told not to: it must be known already).
     """
     if not bases:
-        await persister.store_room(event.room_id, event.room_version.identifier)
+        if make_known:
+            await persister.store_room(event.room_id, event.room_version.identifier)
         return await persister.store_state_group(event.room_id, None, dict(state))
     deltas = {group: changes_between(base, state) for group, base in bases.items()}
     group = min(deltas, key=lambda candidate: len(deltas[candidate]))

@@ -87,6 +87,7 @@ from ranvier.errors import (
     BadJsonError,
     MatrixError,
     PartialStateConflictError,
+    RoomGoneError,
     StorageUnavailableError,
 )
 from ranvier.protocol.auth import CREATE_KEY, StateKey, create_event_id_for_room
@@ -663,6 +664,15 @@ class FederationIngester:
                 self._versions[room_id] = version
         return version
 
+    async def _check_still_stored(self, room_id: str) -> None:
+        """Before asking another server for more of a room: the room read
+        afresh, not from the versions remembered, so that a room purged
+        since is not fetched into (storage would refuse what came back).
+        """
+        if await self._store.get_room_version(room_id) is None:
+            self._versions.pop(room_id, None)
+            raise RoomGoneError(room_id)
+
     async def _check_room_known(self, event: Pdu) -> None:
         version = await self._room_version(event.room_id)
         if version is None:
@@ -818,6 +828,11 @@ class FederationIngester:
             held = run.held
             try:
                 await run.write()
+            except RoomGoneError as exc:
+                # Purged since it was read: nothing of the room is written.
+                self._versions.pop(room_id, None)
+                _log.info("dropped %d events of %s: %s", len(items), room_id, exc.message)
+                return [PduOutcome(event.event_id, error=exc) for event, _ in items], []
             except PartialStateConflictError as exc:
                 run = None
                 if attempt == 1:
@@ -869,6 +884,8 @@ class FederationIngester:
         except StorageUnavailableError:
             raise
         except MatrixError as exc:
+            if isinstance(exc, RoomGoneError):
+                self._versions.pop(exc.room_id, None)
             _log.info("dropped %s from %s: %s", event.event_id, origin, exc.message)
             return PduOutcome(event.event_id, error=exc)
         return PduOutcome(event.event_id, result=result, error=result.error)
@@ -954,10 +971,15 @@ class FederationIngester:
         ask_for_missing = pushed
         while True:
             try:
+                # Of a room known here: a purge meanwhile is not undone.
                 if run is not None:
-                    return await compute_event_context(event, run, run)
+                    return await compute_event_context(event, run, run, known_room=True)
                 return await compute_event_context(
-                    event, self._store, self._persister, state_ids_before=state_before
+                    event,
+                    self._store,
+                    self._persister,
+                    state_ids_before=state_before,
+                    known_room=True,
                 )
             except UnknownPrevStateError as gap:
                 if run is not None:
@@ -1153,6 +1175,7 @@ class FederationIngester:
         events is not known here: the state after each of those from
         ``origin``, resolved with the state after the others.
         """
+        await self._check_still_stored(event.room_id)
         states: list[Mapping[StateKey, str]] = []
         for prev_id in event.prev_event_ids:
             if prev_id in missing:
@@ -1210,6 +1233,7 @@ class FederationIngester:
         are fetched for backfilled events, which keeps them with those,
         before everything the room holds.
         """
+        await self._check_still_stored(room_id)
         fetched: dict[str, Pdu] = {}
         level = set(wanted)
         while level:

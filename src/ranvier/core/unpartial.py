@@ -45,6 +45,11 @@ Invariants
   again for as long as a user of this server is joined to the room; it
   stops when none is. Each step is logged and shown by
   :meth:`UnpartialStater.status`.
+* **A purged room's task ends.** Storage refuses to bring a purged room
+  back (:class:`~ranvier.errors.RoomGoneError`: the task's contexts are
+  of a room known here), and finds no partial state to clear; either way
+  the task ends at once, counted neither completed nor stopped, and
+  nothing of the room is left to resume.
 * **Progress is recorded, never waited for.** Given a
   :class:`ResyncProgressStore`, each room's progress is written there by a
   recorder task beside the room's task: at once when the phase, the server
@@ -68,7 +73,7 @@ from typing import Any, Final, Literal, Protocol
 import msgspec
 import trio
 
-from ranvier.errors import MatrixError, PartialStateEventsRemainError
+from ranvier.errors import MatrixError, PartialStateEventsRemainError, RoomGoneError
 from ranvier.protocol.auth import CREATE_KEY, StateKey
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.room_versions import RoomVersion, get_room_version
@@ -199,6 +204,13 @@ class _Progress:
 
 class _NoProgressError(Exception):
     """A walk found partial-state events but could redo none of them."""
+
+
+class _NotPartialError(Exception):
+    """The room's partial state is gone from under the task (at its clear,
+    or behind a storage error): the room was purged, since only the task
+    itself clears it.
+    """
 
 
 class UnpartialStater:
@@ -433,7 +445,15 @@ class UnpartialStater:
             progress.attempts += 1
             progress.note(urgent=True)
             before = progress.events_resynced
-            if await self._round(room, progress):
+            try:
+                done = await self._round(room, progress)
+            except (RoomGoneError, _NotPartialError):
+                # Storage refused to bring the room back, or found nothing
+                # to clear: a purge removed it, partial-state row and all.
+                _log.info("%s: the room was purged; its resync ends", room_id)
+                self._wake(room_id)
+                return
+            if done:
                 _log.info(
                     "%s: full state resynced from %s (%d events redone)",
                     room_id,
@@ -479,7 +499,12 @@ class UnpartialStater:
             except RemoteStateError as exc:
                 progress.last_error = str(exc)
                 _log.warning("%s: resync from %s failed: %s", room.room_id, server, exc)
+            except (RoomGoneError, _NotPartialError):
+                raise
             except (MatrixError, _NoProgressError) as exc:
+                if not await self._store.is_partial_state_room(room.room_id):
+                    # An event or a group it read is gone with the room.
+                    raise _NotPartialError(room.room_id) from exc
                 # Not the server's doing (storage, say): the next server
                 # would meet it too.
                 progress.last_error = str(exc)
@@ -565,10 +590,12 @@ class UnpartialStater:
         if missing:
             progress.enter("fetching")
             state = await self._state_at_gap(room, room_version, server, event, known, missing)
-            context = await compute_event_context(event, store, store, state_ids_before=state)
+            context = await compute_event_context(
+                event, store, store, state_ids_before=state, known_room=True
+            )
             progress.enter("walking")
         else:
-            context = await compute_event_context(event, store, store)
+            context = await compute_event_context(event, store, store, known_room=True)
         verdict = (await run_auth_checks(event, context, store)).context
         if verdict.state_group_before is None:
             raise RuntimeError(f"{event_id} came out of its context as an outlier")
@@ -644,10 +671,12 @@ class UnpartialStater:
                 return False
             await self._recompute_current_state(room)
             try:
-                await self._store.clear_partial_state(room.room_id)
+                cleared = await self._store.clear_partial_state(room.room_id)
             except PartialStateEventsRemainError:
                 _log.info("%s: events with partial state appeared; going round again", room.room_id)
                 return False
+        if not cleared:
+            raise _NotPartialError(room.room_id)
         return True
 
     async def _recompute_current_state(self, room: PartialStateRoom) -> None:

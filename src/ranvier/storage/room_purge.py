@@ -33,6 +33,15 @@ Invariants
 * **No counter goes back** (:mod:`ranvier.storage.id_floors`): the
   events stream, the state group IDs and the un-partial-state stream keep
   the top they had, though the rows holding it are gone.
+* **Gone for work in flight.** No tombstone is kept (a user of ours may
+  join the room again), but the room's ``rooms`` row is gone, and a write
+  of events or of a whole state for a room not stored raises
+  :class:`~ranvier.errors.RoomGoneError` in its own transaction unless
+  it is what makes a room known (a join's first state, an invite or a
+  knock of ours; see :func:`ranvier.storage.writes.persist_events`). So
+  work on the room in flight at the purge (the un-partial-state task, an
+  event being ingested, a client's send, a join) ends with that error and
+  brings no row back.
 * Deleted pages are overwritten (``PRAGMA secure_delete`` for the write),
   so the purged content does not linger in the database file's free pages.
 """

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from ranvier.errors import MatrixError
+from ranvier.errors import MatrixError, RoomGoneError
 
 from .id_floors import state_groups_top
 from .records import StateDelta, StateKey, StateMap
@@ -156,6 +156,10 @@ def store_state_group(
     groups are immutable, so equal states may share one.
     """
     if prev_group is None:
+        # The room is made known first (store_room); one purged since is not
+        # brought back by a state computed before.
+        if conn.execute("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)).fetchone() is None:
+            raise RoomGoneError(room_id)
         return _insert_group(
             conn,
             room_id,

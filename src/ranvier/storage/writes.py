@@ -37,6 +37,7 @@ from ranvier.errors import (
     MatrixError,
     PartialStateConflictError,
     PartialStateEventsRemainError,
+    RoomGoneError,
 )
 
 from .forgotten_rooms import clear_forgotten
@@ -182,16 +183,21 @@ def _not_found(what: str) -> MatrixError:
     return MatrixError(f"{what} is not stored here", errcode="M_NOT_FOUND", http_status=404)
 
 
-def _ensure_room(conn: sqlite3.Connection, room_id: str, room_version: str) -> None:
-    inserted = conn.execute(
-        "INSERT INTO rooms (room_id, room_version) VALUES (?, ?) ON CONFLICT DO NOTHING",
-        (room_id, room_version),
-    ).rowcount
-    if inserted:
+def _ensure_room(
+    conn: sqlite3.Connection, room_id: str, room_version: str, *, may_create: bool = True
+) -> None:
+    """Check the room is stored with ``room_version``; store it if it is
+    not and ``may_create``, else raise :class:`RoomGoneError`: the write
+    belongs to work begun while the room was stored, and it was purged."""
+    row = conn.execute("SELECT room_version FROM rooms WHERE room_id = ?", (room_id,)).fetchone()
+    if row is None:
+        if not may_create:
+            raise RoomGoneError(room_id)
+        conn.execute(
+            "INSERT INTO rooms (room_id, room_version) VALUES (?, ?)", (room_id, room_version)
+        )
         return
-    (stored,) = conn.execute(
-        "SELECT room_version FROM rooms WHERE room_id = ?", (room_id,)
-    ).fetchone()
+    (stored,) = row
     if stored != room_version:
         raise MatrixError(
             f"{room_id} is a room of version {stored}, not {room_version}",
@@ -585,10 +591,16 @@ def persist_events(
     state whose room no longer has partial state raises
     :class:`PartialStateConflictError`, and none of ``events`` is written.
     Events already stored are skipped, keeping their ordering, except an
-    outlier now given a place in the DAG.
+    outlier now given a place in the DAG. Events of a room not stored here
+    raise :class:`RoomGoneError` (the room was purged), but for an invite
+    or a knock of ours (``out_of_band``), which makes the room known.
     """
+    # A room becomes known here as its first state is stored (store_room,
+    # store_partial_join), or with an invite or a knock of ours; any other
+    # event of a room not stored is one of a purged room, and not kept.
+    starting = {event.room_id for event in events if event.out_of_band}
     for room_id, room_version in dict.fromkeys((e.room_id, e.room_version) for e in events):
-        _ensure_room(conn, room_id, room_version)
+        _ensure_room(conn, room_id, room_version, may_create=room_id in starting)
     ids = [event.event_id for event in events]
     stored = _stored_events(conn, ids)
     joins_dag = any(

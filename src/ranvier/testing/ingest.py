@@ -47,8 +47,12 @@ async def ingest(
     """Take ``event`` through core and write it, whatever the auth checks say.
 
     The options are those of :func:`ranvier.core.compute_event_context`.
-    The outcome tells whether it was accepted, rejected or soft-failed.
+    The outcome tells whether it was accepted, rejected or soft-failed. An
+    outlier makes its room known first, as a join's answer does: storage
+    keeps no event of a room it does not know.
     """
+    if outlier:
+        await store.store_room(event.room_id, event.room_version.identifier)
     context = await compute_event_context(
         event,
         store,
