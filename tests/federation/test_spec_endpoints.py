@@ -105,9 +105,6 @@ NOT_SERVED: Final[dict[tuple[str, str], str]] = {
     ("PUT", "/_matrix/federation/v1/3pid/onbind"): (
         "third-party invites: no identity server binds identifiers to invites here"
     ),
-    ("GET", "/.well-known/matrix/server"): (
-        "served by the web server of the server name's domain, not by the homeserver"
-    ),
 }
 
 LISTING: Final = SpecListing(SPEC_ENDPOINTS, NOT_SERVED, SERVED_FOR)
