@@ -4,8 +4,10 @@ same transaction ID on a retry, and transactions a destination refuses."""
 
 from __future__ import annotations
 
+import logging
 import random
 
+import pytest
 import trio
 from trio.testing import MockClock
 
@@ -320,3 +322,27 @@ async def test_edus_are_not_kept_for_a_destination_backing_off(
     await settle(world.storage)
     assert remote.received[1].edus == remote.received[0].edus
     assert len(remote.received) == 2
+
+
+async def test_a_room_purged_after_its_events_were_handed_over_is_passed_over_quietly(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ranvier.federation.sender.queue")
+    remote = await world.remote()
+    kept = await world.events("!kept:origin.test", 1)
+    purged = await world.events("!purged:origin.test", 1)
+    assert await world.storage.room_purge.purge_room("!purged:origin.test") is not None
+    running = await world.start_sender()
+    send(running, kept + purged, remote.server_name)
+    await until(lambda: len(remote.received) >= 1, "the transaction")
+    await caught_up(world, remote.server_name)
+    # The other room's position is noted; the purged room's refusal is
+    # expected, not an error for the operator.
+    sent, _ = await world.storage.federation_admin.destination_rooms(
+        remote.server_name, offset=0, limit=10, backwards=False
+    )
+    assert [row.room_id for row in sent] == ["!kept:origin.test"]
+    noted = [r for r in caplog.records if "cannot note !purged:origin.test" in r.getMessage()]
+    assert noted
+    assert {record.levelno for record in noted} == {logging.INFO}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -60,7 +60,7 @@ import logging
 import random
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Sequence, Set
+from collections.abc import Awaitable, Callable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -424,19 +424,32 @@ class DestinationQueue:
             self._wake.set()
 
     async def _write_positions(self, positions: dict[str, int]) -> None:
-        store = self._settings.store
+        await self._write_each_room(
+            self._settings.store.store_destination_rooms, positions, "for catching up"
+        )
+
+    async def _write_each_room(
+        self,
+        write: Callable[[str, dict[str, int]], Awaitable[None]],
+        positions: dict[str, int],
+        what: str,
+    ) -> None:
+        """Write ``positions`` in one go, or a room at a time when that
+        fails, so that a room storage does not know does not take the
+        others down with it. A room purged since its events were handed
+        over is expected, and has nothing left to send: it is logged as
+        information, any other failure as an error."""
         try:
-            await store.store_destination_rooms(self.destination, positions)
+            await write(self.destination, positions)
+            return
         except MatrixError:
-            # A room storage does not know cannot be caught up on; note the
-            # others one by one so that it does not take them down with it.
-            for room_id, position in positions.items():
-                try:
-                    await store.store_destination_rooms(self.destination, {room_id: position})
-                except MatrixError as exc:
-                    _log.error(
-                        "%s: cannot note %s for catching up: %s", self.destination, room_id, exc
-                    )
+            pass
+        for room_id, position in positions.items():
+            try:
+                await write(self.destination, {room_id: position})
+            except MatrixError as exc:
+                level = logging.INFO if exc.errcode == "M_NOT_FOUND" else logging.ERROR
+                _log.log(level, "%s: cannot note %s %s: %s", self.destination, room_id, what, exc)
 
     async def _all_noted(self) -> None:
         """Wait until what was handed over so far is in the database."""
@@ -705,7 +718,6 @@ class DestinationQueue:
     async def _mark_sent(self, positions: dict[str, int]) -> None:
         if not positions:
             return
-        try:
-            await self._settings.store.mark_destination_rooms_sent(self.destination, positions)
-        except MatrixError as exc:
-            _log.error("%s: cannot note rooms as sent: %s", self.destination, exc)
+        await self._write_each_room(
+            self._settings.store.mark_destination_rooms_sent, positions, "as sent"
+        )
