@@ -46,65 +46,30 @@ from ranvier.federation.transport.server import FederationApp
 from ranvier.protocol.signing import generate_signing_key
 from ranvier.storage import Storage
 from ranvier.testing import NOW_MS, KnownKeys, Pki, serve, ticking_clock
-
-#: Tables that keep a purged room's ID on purpose.
-_KEPT = frozenset({"blocked_rooms"})
+from ranvier.testing.room_rows import RoomRows, Row, read_tables, search_index_internals
 
 
 class _RoomRows:
-    """How the rows of a room are told apart in every table, read before
-    its purge: its ID and its events' IDs in any text or bytes, its events'
-    stream orderings and its state groups' IDs in the columns holding them.
+    """A room's rows in every table (:class:`RoomRows`), read from the
+    database file while the room is stored, and looked for again after.
     """
 
+    #: Tables that keep a purged room's ID on purpose.
+    KEPT = frozenset({"blocked_rooms"})
+
     def __init__(self, db_path: Path, room_id: str) -> None:
-        self.db_path = db_path
-        self.room_id = room_id
+        self._db_path = db_path
         with contextlib.closing(sqlite3.connect(db_path)) as conn:
-            events = conn.execute(
-                "SELECT event_id, stream_ordering FROM events WHERE room_id = ?", (room_id,)
-            ).fetchall()
-            groups = conn.execute("SELECT id FROM state_groups WHERE room_id = ?", (room_id,))
-            self.groups = {group for (group,) in groups}
-        self.event_ids = frozenset(event_id for event_id, _ in events)
-        self.orderings = {ordering for _, ordering in events}
+            self._rows = RoomRows(conn, room_id)
 
-    def left(self, *, also: Collection[str] = ()) -> dict[str, list[tuple[Any, ...]]]:
-        """Rows of the room in each table, but the ones kept on purpose;
-        ``also``: more event IDs of the room (written after the read)."""
-        needles = [self.room_id, *self.event_ids, *also]
-        found: dict[str, list[tuple[Any, ...]]] = {}
-        with contextlib.closing(sqlite3.connect(self.db_path)) as conn:
-            tables = [
-                name
-                for (name,) in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table'"
-                    " AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'event_search_%'"
-                )
-            ]
-            for table in tables:
-                if table in _KEPT:
-                    continue
-                rows = [
-                    row
-                    for row in conn.execute(f'SELECT * FROM "{table}"')
-                    if self._holds(table, row, needles)
-                ]
-                if rows:
-                    found[table] = rows
-        return found
-
-    def _holds(self, table: str, row: tuple[Any, ...], needles: list[str]) -> bool:
-        if table == "event_state" and row[0] in self.orderings:
-            return True
-        if table in ("state_group_rows", "state_groups") and row[0] in self.groups:
-            return True
-        for value in row:
-            if isinstance(value, str) and any(needle in value for needle in needles):
-                return True
-            if isinstance(value, bytes) and any(needle.encode() in value for needle in needles):
-                return True
-        return False
+    def left(self, *, also: Collection[str] = ()) -> dict[str, list[Row]]:
+        """The room's rows left but where kept on purpose (the full-text
+        index's own structures hold no rows); ``also``: more event IDs of
+        the room, written after the first read."""
+        with contextlib.closing(sqlite3.connect(self._db_path)) as conn:
+            tables = read_tables(conn)
+        skip = self.KEPT | search_index_internals(tables)
+        return self._rows.left(tables, skip=skip, also=also)
 
 
 class _GatedServer(StateServer):

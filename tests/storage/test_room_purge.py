@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -24,6 +23,7 @@ from ranvier.storage import Storage
 from ranvier.storage.connections import open_writer
 from ranvier.storage.room_purge import PURGED_TABLES
 from ranvier.testing import RoomBuilder, ingest, ingest_all
+from ranvier.testing.room_rows import RoomRows, Row, read_tables, search_index_internals
 
 ALICE = "@alice:example.org"
 BOB = "@bob:example.org"
@@ -34,66 +34,12 @@ KEPT: dict[str, str] = {
     "blocked_rooms": "a blocked room stays blocked",
 }
 
-Row = tuple[Any, ...]
-
 
 @pytest.fixture
 async def storage(tmp_path: Path, nursery: trio.Nursery) -> Storage:
     store = Storage(tmp_path / "purge.db", synchronous="OFF")
     await nursery.start(store.run)
     return store
-
-
-def _tables(conn: sqlite3.Connection) -> list[str]:
-    return [
-        name
-        for (name,) in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            " ORDER BY name"
-        )
-    ]
-
-
-def _rows(conn: sqlite3.Connection) -> dict[str, list[Row]]:
-    return {table: conn.execute(f'SELECT * FROM "{table}"').fetchall() for table in _tables(conn)}
-
-
-class _Room:
-    """How a room's rows are told apart: its ID and its events' IDs in any
-    text or bytes, its events' stream orderings and its state groups' IDs
-    in the integer columns that hold them (read from ``rows``)."""
-
-    def __init__(self, rows: dict[str, list[Row]], room_id: str, event_ids: list[str]) -> None:
-        self.needles = frozenset([room_id, *event_ids])
-        self.orderings = {row[0] for row in rows["events"] if row[2] == room_id}
-        self.groups = {row[0] for row in rows["state_groups"] if row[1] == room_id}
-
-    def holds(self, table: str, row: Row) -> bool:
-        if table == "event_state":
-            return row[0] in self.orderings
-        if table == "state_group_rows" and row[0] in self.groups:
-            return True
-        return _mentions(row, self.needles)
-
-
-def _fts_internals(rows: dict[str, list[Row]]) -> set[str]:
-    """The full-text index's structures, whose bytes move with any change;
-    its ``_content`` table, which holds the rows, is not one."""
-    return {
-        table
-        for table in rows
-        if table.startswith("event_search_") and not table.endswith("_content")
-    }
-
-
-def _mentions(row: Row, needles: frozenset[str]) -> bool:
-    """Whether a value of ``row`` holds one of ``needles``, as text or in bytes."""
-    for value in row:
-        if isinstance(value, str) and any(needle in value for needle in needles):
-            return True
-        if isinstance(value, bytes) and any(needle.encode() in value for needle in needles):
-            return True
-    return False
 
 
 async def _room(storage: Storage, *, number: int) -> tuple[RoomBuilder, list[Pdu]]:
@@ -219,7 +165,15 @@ async def _two_rooms(storage: Storage) -> tuple[RoomBuilder, list[Pdu], RoomBuil
 def _read(storage: Storage) -> dict[str, list[Row]]:
     conn = open_writer(storage.path)
     try:
-        return _rows(conn)
+        return read_tables(conn)
+    finally:
+        conn.close()
+
+
+def _rows_of(storage: Storage, room_id: str, events: list[Pdu]) -> RoomRows:
+    conn = open_writer(storage.path)
+    try:
+        return RoomRows(conn, room_id, [event.event_id for event in events])
     finally:
         conn.close()
 
@@ -227,8 +181,8 @@ def _read(storage: Storage) -> dict[str, list[Row]]:
 async def test_a_purge_leaves_no_row_of_the_room_and_every_other_row(storage: Storage) -> None:
     purged, purged_events, kept, kept_events = await _two_rooms(storage)
     before = _read(storage)
-    gone = _Room(before, purged.room_id, [event.event_id for event in purged_events])
-    stays = _Room(before, kept.room_id, [event.event_id for event in kept_events])
+    gone = _rows_of(storage, purged.room_id, purged_events)
+    stays = _rows_of(storage, kept.room_id, kept_events)
     # The fixture gives every table the purge deletes from rows of both
     # rooms, so each statement of the purge is exercised.
     for table in sorted(PURGED_TABLES):
@@ -250,7 +204,7 @@ async def test_a_purge_leaves_no_row_of_the_room_and_every_other_row(storage: St
     # moved because its keys changed, the counters' floors, and the
     # full-text index's own structures (its content is compared, and
     # searched below).
-    changed = {"room_key_backup_versions", "id_floors", *_fts_internals(after)}
+    changed = {"room_key_backup_versions", "id_floors", *search_index_internals(after)}
     for table in sorted(set(before) - changed):
         expected = [row for row in before[table] if not gone.holds(table, row)]
         if table == "blocked_rooms":
@@ -338,13 +292,13 @@ def test_every_table_with_a_room_or_event_column_is_purged_or_kept(tmp_path: Pat
 
         migrate(conn)
         unaccounted = []
-        for table in _tables(conn):
+        for table in read_tables(conn):
             columns = [row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')]
             about_rooms = [c for c in columns if "room" in c or "event" in c or c in {"redacts"}]
             if about_rooms and table not in PURGED_TABLES and table not in KEPT:
                 unaccounted.append((table, about_rooms))
         assert unaccounted == []
         assert not PURGED_TABLES & set(KEPT)
-        assert set(_tables(conn)) >= PURGED_TABLES
+        assert set(read_tables(conn)) >= PURGED_TABLES
     finally:
         conn.close()
