@@ -126,37 +126,6 @@ async def test_the_process_starts_at_the_first_request() -> None:
         assert process.starts == 1
 
 
-async def test_prepare_starts_the_process_before_any_request() -> None:
-    process = SignatureProcess()
-    async with _running(process):
-        process.prepare()
-        while process.pid is None:  # noqa: ASYNC110 - the component has no signal for it
-            await trio.sleep(0.01)
-        pid = process.pid
-        assert _alive(pid)
-        # Preparing again, or the first request, takes the same process.
-        process.prepare()
-        assert await process.verify([_signed(_key(0), b"hello")]) == [True]
-        assert (process.starts, process.pid) == (1, pid)
-
-
-async def test_prepare_does_nothing_while_requests_are_refused(mock_clock: MockClock) -> None:
-    process = SignatureProcess(retry_seconds=60)
-    async with _answered_once(mock_clock, process) as pid:
-        os.kill(pid, signal.SIGKILL)
-        with trio.fail_after(LIMIT):
-            await _until_gone(process, pid)
-        process.prepare()
-        await trio.sleep(0.1)
-        assert (process.starts, process.pid) == (1, None)
-        mock_clock.jump(61)
-        process.prepare()
-        with trio.fail_after(LIMIT):
-            while process.pid is None:  # noqa: ASYNC110
-                await trio.sleep(0.01)
-        assert process.starts == 2
-
-
 async def test_a_malformed_key_or_signature_is_refused_before_it_is_written() -> None:
     process = SignatureProcess()
     key, signature, message = _signed(_key(0), b"hello")

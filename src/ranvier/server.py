@@ -791,12 +791,6 @@ class HomeServer:
         await trio.lowlevel.checkpoint()
         self._heard_from_elsewhere([destination])
 
-    def _resync_coming(self) -> None:
-        # A partial join's resync checks the room's state in the signature
-        # process: started now, it is ready when the join is written.
-        if self.signature_process is not None:
-            self.signature_process.prepare()
-
     def _resync(self, room_id: str) -> None:
         try:
             self.unpartial_stater.start_resync(room_id)
@@ -1169,7 +1163,6 @@ class HomeServer:
             store=storage,
             persister=storage,
             room_lock=self._room_locks.hold,
-            resync_coming=self._resync_coming,
         )
         self._unpartial_stater = UnpartialStater(
             server_name=server_name,

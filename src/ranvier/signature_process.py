@@ -147,16 +147,6 @@ class SignatureProcess:
                 generation.ready.set()
                 generation.ended.set()
 
-    def prepare(self) -> None:
-        """Start the process now, if it is not running, for a batch known to
-        be coming: its start then overlaps what comes before the batch (a
-        partial join's handshake, before the resync), where the batch would
-        otherwise wait for it. Does nothing while requests are refused after
-        a failure. The idle timer counts from the start, as for a request.
-        """
-        if trio.current_time() >= self._refused_until:
-            self._generation.wanted.set()
-
     async def send(self, messages: Sequence[SignedMessage]) -> _Request:
         """Hand ``messages`` to the process; their verdicts come with
         ``await request.holds()``.

@@ -736,25 +736,6 @@ async def test_a_big_room_is_joined_with_partial_state(pair: Pair) -> None:
     assert len(full) > 50 * len(asked.body)
 
 
-async def test_a_join_asking_for_partial_state_says_a_resync_is_coming(pair: Pair) -> None:
-    room_id = await pair.creator.create_room(pair.alice, preset="public_chat", name="Room")
-    client = RecordingJoinClient(pair.joiner.http)
-    # What had been asked when the joiner said so: nothing yet, so that what
-    # the resync needs starts during the handshake.
-    told: list[int] = []
-    joiner = pair.remote_joiner(client, resync_coming=lambda: told.append(len(client.asked)))
-    joined = await joiner.join_remote_room(pair.local("bob"), room_id, [pair.resident.name])
-    assert joined.partial_state
-    assert told == [0]
-    # Never without partial state asked for.
-    full = pair.remote_joiner(
-        client, partial_state=False, resync_coming=lambda: told.append(len(client.asked))
-    )
-    other = await pair.creator.create_room(pair.alice, preset="public_chat", name="Other")
-    await full.join_remote_room(pair.local("carol"), other, [pair.resident.name])
-    assert told == [0]
-
-
 async def test_an_unnamed_room_is_joined_with_its_heroes(pair: Pair) -> None:
     room_id = await pair.creator.create_room(pair.alice, preset="public_chat")
     members = await pair.add_members(room_id, 8)

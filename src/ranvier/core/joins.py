@@ -318,9 +318,7 @@ class RemoteJoiner:
     :class:`~ranvier.core.ingest.RoomLocks` that event ingestion, local
     events and the un-partial-state task share (``room_locks.hold``);
     without it the joiner has locks of its own. ``partial_state`` False
-    never asks for partial state. ``resync_coming`` is called as a join
-    asks for partial state, so that what the resync after it needs can
-    start meanwhile (the signature process).
+    never asks for partial state.
     """
 
     def __init__(
@@ -336,7 +334,6 @@ class RemoteJoiner:
         clock: Callable[[], int] = wall_clock_ms,
         room_lock: Callable[[str], AbstractAsyncContextManager[None]] | None = None,
         partial_state: bool = True,
-        resync_coming: Callable[[], None] | None = None,
     ) -> None:
         unsupported = sorted(set(room_versions).difference(SUPPORTED_ROOM_VERSIONS))
         if unsupported:
@@ -351,7 +348,6 @@ class RemoteJoiner:
         self._clock = clock
         self._room_lock = room_lock if room_lock is not None else RoomLocks().hold
         self.partial_state = partial_state
-        self._resync_coming = resync_coming
         #: Where a join's display name and avatar come from (the profiles),
         #: set once they exist; None: joins carry none.
         self.member_profiles: MemberProfiles | None = None
@@ -381,8 +377,6 @@ class RemoteJoiner:
                 continue
             tried.add(server)
             omit_members = self.partial_state and not await self._joined_with_full_state(room_id)
-            if omit_members and self._resync_coming is not None:
-                self._resync_coming()
             answer = await self._checked(
                 self._handshake(server, user_id, room_id, omit_members, reason)
             )

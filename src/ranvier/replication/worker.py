@@ -213,10 +213,6 @@ class WorkerServer(HomeServer):
         except MatrixError as exc:
             _log.warning("%s: the reset backoff is left to run out: %s", destination, exc)
 
-    def _resync_coming(self) -> None:
-        # The main process resyncs rooms joined here, with its own process.
-        return
-
     def _resync(self, room_id: str) -> None:
         try:
             self._resyncs_send.send_nowait(room_id)
