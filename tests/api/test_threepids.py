@@ -33,7 +33,7 @@ async def test_a_user_has_no_third_party_identifiers(env: Env) -> None:
     "path",
     [
         f"/{base}/{medium}/requestToken"
-        for base in ("register", "account/3pid", "account/password")
+        for base in ("register", "account/password")
         for medium in ("email", "msisdn")
     ],
 )
@@ -42,6 +42,26 @@ async def test_no_validation_token_is_sent(env: Env, path: str) -> None:
     body = {"client_secret": "secret", "email": "alice@example.org", "send_attempt": 1}
     await c.refused(alice, "POST", path, body, status=403, errcode="M_THREEPID_DENIED")
     # Nothing was taken: the user still has no identifiers.
+    assert await c.ok(alice, "GET", "/account/3pid") == {"threepids": []}
+
+
+@pytest.mark.parametrize("medium", ["email", "msisdn"])
+async def test_no_token_to_add_an_identifier_the_medium_is_not_supported(
+    env: Env, medium: str
+) -> None:
+    """Spec v1.13 (MSC4178): a server that adds no identifiers of a medium
+    says so with 400 M_THREEPID_MEDIUM_NOT_SUPPORTED."""
+    c, alice = env.client, env.alice
+    body = {"client_secret": "secret", "send_attempt": 1}
+    body |= {"email": "alice@example.org"} if medium == "email" else {"phone_number": "555"}
+    await c.refused(
+        alice,
+        "POST",
+        f"/account/3pid/{medium}/requestToken",
+        body,
+        status=400,
+        errcode="M_THREEPID_MEDIUM_NOT_SUPPORTED",
+    )
     assert await c.ok(alice, "GET", "/account/3pid") == {"threepids": []}
 
 

@@ -4,9 +4,11 @@ The server sends no e-mail and no text messages, so it can neither check
 that a user owns an address nor reset a password through one, and
 ``/capabilities`` says ``m.3pid_changes`` is off. Clients still ask:
 ``GET /account/3pid`` lists no identifiers, and every ``requestToken``
-endpoint (registration, adding an identifier, password reset) is refused
-with the spec's 403 ``M_THREEPID_DENIED``, so a client can say why rather
-than meet an unknown endpoint. So are adding an identifier (no validation
+endpoint is refused, so a client can say why rather than meet an unknown
+endpoint: adding an identifier with 400 ``M_THREEPID_MEDIUM_NOT_SUPPORTED``
+(the code spec v1.13 gives a server that takes no addresses of the
+medium), registration and password reset with 403 ``M_THREEPID_DENIED``
+(the only refusal their definitions name). So are adding an identifier (no validation
 session can exist) and binding one at an identity server (the server talks
 to none). Deleting or unbinding one leaves the account as it is, without
 it, and answers ``no-support``: the spec's answer when the server cannot
@@ -16,22 +18,25 @@ tell an identity server to forget it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from ranvier.api.account import json_object, optional_str
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.errors import MatrixError
-from ranvier.web import Request, Router
+from ranvier.web import Handler, Request, Router
 
 __all__ = ["add_threepid_routes"]
 
-#: Where a client asks the server to send a validation token.
+#: Where a client asks the server to send a validation token, other than
+#: to add an identifier to its account.
 _REQUEST_TOKEN_PATHS = tuple(
     f"/{base}/{medium}/requestToken"
-    for base in ("register", "account/3pid", "account/password")
+    for base in ("register", "account/password")
     for medium in ("email", "msisdn")
 )
+#: The names the adding endpoints' refusals give each medium.
+_MEDIUM_NAMES: Final = {"email": "e-mail addresses", "msisdn": "phone numbers"}
 
 
 _MEDIA = ("email", "msisdn")
@@ -67,6 +72,16 @@ def add_threepid_routes(router: Router, *, auth: Auth) -> None:
             http_status=403,
         )
 
+    def refuse_medium(medium: str) -> Handler:
+        async def request_add_token(request: Request) -> Mapping[str, Any]:
+            raise MatrixError(
+                f"this server does not add {_MEDIUM_NAMES[medium]} to accounts",
+                errcode="M_THREEPID_MEDIUM_NOT_SUPPORTED",
+                http_status=400,
+            )
+
+        return request_add_token
+
     async def refuse_identifier(request: Request) -> Mapping[str, Any]:
         await auth.get_user(request)
         raise MatrixError(
@@ -88,3 +103,7 @@ def add_threepid_routes(router: Router, *, auth: Auth) -> None:
         router.add("POST", f"{prefix}/account/3pid/unbind", forget_identifier)
         for path in _REQUEST_TOKEN_PATHS:
             router.add("POST", prefix + path, request_token)
+        for medium in _MEDIA:
+            router.add(
+                "POST", f"{prefix}/account/3pid/{medium}/requestToken", refuse_medium(medium)
+            )
