@@ -43,6 +43,7 @@ class FederationProfileClient:
             query,
             what=_WHAT,
             not_found=f"{server_name} knows no user {user_id}",
+            forbidden=f"{server_name} does not disclose the profile of {user_id}",
             max_response_bytes=_MAX_ANSWER_BYTES,
         )
         try:

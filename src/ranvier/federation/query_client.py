@@ -4,8 +4,11 @@ endpoints, for the clients of :mod:`ranvier.federation.directory` and
 
 A query is about something of the asked server's own (an alias, a user), so
 its 404 means that thing does not exist there and is passed on as
-``M_NOT_FOUND``; any other failure, or an answer that cannot be used, is the
-other server's fault and becomes a 502.
+``M_NOT_FOUND``. A query whose endpoint lets the server decline to answer
+(``/query/profile`` since v1.12, MSC4170) passes its 403 on as
+``M_FORBIDDEN``: the other server chose not to say, which is no fault of
+its. Any other failure, or an answer that cannot be used, is the other
+server's fault and becomes a 502.
 """
 
 from __future__ import annotations
@@ -31,13 +34,15 @@ async def query_server(
     *,
     what: str,
     not_found: str,
+    forbidden: str | None = None,
     max_response_bytes: int | None = None,
 ) -> bytes:
     """The body of ``server_name``'s answer to ``GET path?query``.
 
     Raises ``M_NOT_FOUND`` (404) saying ``not_found`` when the server has no
-    such thing, and :func:`unusable_answer` about ``what`` when it fails
-    otherwise.
+    such thing, ``M_FORBIDDEN`` (403) saying ``forbidden`` when it declines
+    to answer and ``forbidden`` is given, and :func:`unusable_answer` about
+    ``what`` when it fails otherwise.
     """
     try:
         response = await client.request(
@@ -46,6 +51,8 @@ async def query_server(
     except FederationRequestError as exc:
         if exc.status == 404:
             raise MatrixError(not_found, errcode="M_NOT_FOUND", http_status=404) from None
+        if exc.status == 403 and forbidden is not None:
+            raise MatrixError(forbidden, errcode="M_FORBIDDEN", http_status=403) from None
         raise unusable_answer(server_name, what, str(exc)) from None
     except FederationError as exc:
         raise unusable_answer(server_name, what, str(exc)) from None
