@@ -69,6 +69,7 @@ def add_sync_routes(
             filter=event_filter,
             full_state=flag_param(request, "full_state") or False,
             set_presence=presence or "online",
+            use_state_after=flag_param(request, "use_state_after") or False,
         )
 
     async def post_filter(request: Request) -> Mapping[str, Any]:

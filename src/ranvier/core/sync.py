@@ -146,6 +146,10 @@ class SyncStore(MessagesStore, Protocol):
         self, room_id: str, since: int, event_id: str
     ) -> dict[StateKey, str]: ...
 
+    async def state_changes_upto(
+        self, room_id: str, since: int, upto: int
+    ) -> dict[StateKey, str]: ...
+
     async def room_summary(self, room_id: str, user_id: str) -> tuple[int, int, list[str]]:
         """Joined and invited member counts, and the heroes of an unnamed room."""
         ...
@@ -231,6 +235,9 @@ class _Request:
     sent_members: set[str] = field(default_factory=set)
     #: The users the requester ignores, read once for every room.
     ignored: frozenset[str] = frozenset()
+    #: Rooms carry the state at the end of their timeline, ``state_after``
+    #: (spec v1.16, MSC4222), instead of the state at its start.
+    use_state_after: bool = False
 
 
 def _sync_event(event: StoredEvent, transaction_id: str | None = None) -> dict[str, Any]:
@@ -395,6 +402,7 @@ class SyncHandler:
         filter: Filter | None = None,
         full_state: bool = False,
         set_presence: str = "online",
+        use_state_after: bool = False,
     ) -> dict[str, Any]:
         """The spec's ``/sync`` response for ``requester``.
 
@@ -402,7 +410,8 @@ class SyncHandler:
         if it is not one); ``timeout_ms`` how long to wait for something to
         report when there is nothing (capped at :data:`MAX_TIMEOUT_MS`);
         ``set_presence`` the presence the sync gives its user (``offline``:
-        none).
+        none); ``use_state_after`` asks for each room's ``state_after``
+        rather than its ``state``.
         """
         position = None if since is None else parse_sync_token(since)
         chosen = filter if filter is not None else Filter()
@@ -412,7 +421,7 @@ class SyncHandler:
         deadline = trio.current_time() + waited_ms / 1000
         while True:
             response, now, rooms, held = await self._sync_once(
-                requester, position, chosen, full_state
+                requester, position, chosen, full_state, use_state_after
             )
             if position is None or full_state or not _is_empty(response):
                 break
@@ -431,7 +440,12 @@ class SyncHandler:
         return response
 
     async def _sync_once(
-        self, requester: Requester, since: StreamPosition | None, filter: Filter, full_state: bool
+        self,
+        requester: Requester,
+        since: StreamPosition | None,
+        filter: Filter,
+        full_state: bool,
+        use_state_after: bool = False,
     ) -> tuple[dict[str, Any], StreamPosition, frozenset[str], frozenset[str] | None]:
         """One look at storage: the response, the position it covers, the
         rooms the user has a membership in, and, when redundant members are
@@ -509,6 +523,7 @@ class SyncHandler:
             partial,
             held_members=held,
             ignored=await self._store.ignored_users(requester.user_id),
+            use_state_after=use_state_after,
         )
         lazy = filter.lazy_load_members
         ephemeral = await self._ephemeral(
@@ -569,6 +584,9 @@ class SyncHandler:
                     forgotten = await self._store.forgotten_rooms(requester.user_id)
                 if room_id not in forgotten:
                     leave[room_id] = await self._left_room(request, room_id, ordering, event_id)
+        if use_state_after:
+            for room in (*join.values(), *leave.values()):
+                room["state_after"] = room.pop("state")
         if self._notifications is not None and join:
             await self._add_notification_counts(requester.user_id, join, now.events, filter)
         rooms = frozenset(room_id for room_id, *_ in memberships)
@@ -713,6 +731,8 @@ class SyncHandler:
             # Held from outside the room's DAG (an invite to a room left
             # before, declined or withdrawn): the timeline here ends before it.
             room["timeline"]["events"].append(request.filter.project(_sync_event(leave)))
+            if request.use_state_after:
+                room["state"]["events"].append(request.filter.project(_sync_event(leave)))
         if room is None:
             # The leave is outside the room's timeline here (an invite from
             # another server declined) or filtered out of it: the client
@@ -724,7 +744,7 @@ class SyncHandler:
                     "limited": False,
                     "prev_batch": format_pagination_token(left_at - 1),
                 },
-                "state": {"events": []},
+                "state": {"events": list(timeline) if request.use_state_after else []},
             }
         room["account_data"] = {"events": []}
         return room
@@ -797,7 +817,15 @@ class SyncHandler:
             limited = timeline[0].type != "m.room.create"
         if not in_full and not timeline:
             return None
-        if in_full:
+        if request.use_state_after:
+            # The state at the timeline's end, whose changes the timeline
+            # may hold too: the client takes its state from here alone.
+            if in_full:
+                state = await self._store.state_at(room_id, upto)
+            else:
+                assert request.since is not None
+                state = await self._store.state_changes_upto(room_id, request.since.events, upto)
+        elif in_full:
             if timeline:
                 state = await self._store.state_before(timeline[0].event_id)
             else:
@@ -809,7 +837,9 @@ class SyncHandler:
             )
         else:
             state = {}
-        state_events = await self._state_events(request, state, timeline, skip_held=not in_full)
+        state_events = await self._state_events(
+            request, room_id, upto, state, timeline, skip_held=not in_full
+        )
         transactions = await transaction_ids(self._store, request.requester, timeline)
         prev = timeline[0].stream_ordering - 1 if timeline else upto
         project = request.filter.project
@@ -828,6 +858,8 @@ class SyncHandler:
     async def _state_events(
         self,
         request: _Request,
+        room_id: str,
+        upto: int,
         state: dict[StateKey, str],
         timeline: Sequence[StoredEvent],
         *,
@@ -838,6 +870,9 @@ class SyncHandler:
         less, with ``skip_held``, those the client holds already unless it
         asks for them again. A room sent in full (new to the client, or
         full_state) sends them all: the client starts the room afresh.
+        ``state_after`` holds the senders' memberships at the timeline's end
+        (an older one would take the client's state back) and the state
+        events of the timeline too.
         """
         state_filter = request.filter.room.state
         wanted = dict(state)
@@ -846,9 +881,13 @@ class SyncHandler:
             wanted = {
                 key: value for key, value in wanted.items() if key[0] != _MEMBER or key == own
             }
-            members = await senders_memberships(self._store, timeline)
-            wanted.update(((_MEMBER, sender), event_id) for sender, event_id in members.items())
-        in_timeline = {event.event_id for event in timeline}
+            if request.use_state_after:
+                senders = {(_MEMBER, event.sender) for event in timeline}
+                wanted.update(await self._store.state_at(room_id, upto, senders))
+            else:
+                members = await senders_memberships(self._store, timeline)
+                wanted.update(((_MEMBER, sender), event_id) for sender, event_id in members.items())
+        in_timeline = set() if request.use_state_after else {event.event_id for event in timeline}
         ids = [event_id for event_id in wanted.values() if event_id not in in_timeline]
         if skip_held and state_filter.lazy_load_members:
             held = request.held_members
@@ -872,7 +911,7 @@ def _joiners(join: Mapping[str, Any]) -> set[str]:
     their state or timeline: the sync brings them into the user's view."""
     found: set[str] = set()
     for room in join.values():
-        for section in ("state", "timeline"):
+        for section in ("state", "state_after", "timeline"):
             for event in room.get(section, {}).get("events", ()):
                 if (
                     event.get("type") == "m.room.member"

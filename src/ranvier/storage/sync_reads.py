@@ -211,6 +211,20 @@ def state_changes(conn: sqlite3.Connection, room_id: str, since: int, event_id: 
     before = _group_before(conn, event_id)
     if before is None:
         return {}
+    return _changes_since(conn, room_id, since, before)
+
+
+def state_changes_upto(conn: sqlite3.Connection, room_id: str, since: int, upto: int) -> StateMap:
+    """The entries of the room's state at ``upto`` that differ from its
+    state at ``since``: a sync's ``state_after`` (``use_state_after``).
+    """
+    after = _state_group_at(conn, room_id, upto)
+    if after is None:
+        return {}
+    return _changes_since(conn, room_id, since, after)
+
+
+def _changes_since(conn: sqlite3.Connection, room_id: str, since: int, before: int) -> StateMap:
     old = _state_group_at(conn, room_id, since)
     if old is None:
         return read_state(conn, before)
@@ -462,6 +476,11 @@ class SyncReads:
     async def state_changes(self, room_id: str, since: int, event_id: str) -> StateMap:
         return await self._readers.read(
             functools.partial(state_changes, room_id=room_id, since=since, event_id=event_id)
+        )
+
+    async def state_changes_upto(self, room_id: str, since: int, upto: int) -> StateMap:
+        return await self._readers.read(
+            functools.partial(state_changes_upto, room_id=room_id, since=since, upto=upto)
         )
 
     async def auth_memberships(
