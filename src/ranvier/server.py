@@ -188,6 +188,7 @@ from ranvier.core.notification_counts import NotificationCounts
 from ranvier.core.notification_list import NotificationList
 from ranvier.core.notifier import StreamNotifier
 from ranvier.core.out_of_band import OutOfBandMemberships
+from ranvier.core.policy_servers import PolicyServers
 from ranvier.core.presence import Presence
 from ranvier.core.profiles import Profiles
 from ranvier.core.push_rules import PushRules, PushRulesAccountData
@@ -237,6 +238,7 @@ from ranvier.federation.membership import (
 from ranvier.federation.notary import add_notary_routes
 from ranvier.federation.openid import add_openid_route
 from ranvier.federation.persistence import ReceivedTransactions
+from ranvier.federation.policy_client import FederationPolicyClient
 from ranvier.federation.profiles import FederationProfileClient, LocalProfileSource
 from ranvier.federation.queries import add_query_routes
 from ranvier.federation.room_list import FederationRoomListClient, add_public_rooms_routes
@@ -1129,6 +1131,7 @@ class HomeServer:
                 persister=self._event_persister("federation"),
             ),
         )
+        self._ingester.policy_servers = PolicyServers(storage, FederationPolicyClient(client))
         self._backfiller = Backfiller(
             server_name=server_name,
             store=storage.backfill,

@@ -16,6 +16,7 @@ from ranvier.protocol.policy_servers import (
     has_policy_signature,
     needs_policy_signature,
     room_policy,
+    with_policy_signature,
 )
 from ranvier.protocol.room_versions import get_room_version
 from ranvier.protocol.signing import SigningKey
@@ -137,3 +138,20 @@ def test_the_policy_server_may_be_the_origin_itself() -> None:
     event = _signed(_message(), ("origin.test", _ORIGIN_KEY), ("origin.test", _POLICY_KEY))
     assert event.json["signatures"]["origin.test"].keys() == {"ed25519:1", POLICY_KEY_ID}
     assert has_policy_signature(event, _policy("origin.test"))
+
+
+def test_a_signature_given_later_is_added_beside_the_origins_own() -> None:
+    """Spec v1.19: a policy server sharing the origin's name answers with its
+    signature alone; the origin's must not be lost when it is added."""
+    event = _signed(_message(), ("origin.test", _ORIGIN_KEY))
+    answer = _signed(_message(), ("origin.test", _POLICY_KEY))
+    signature = answer.json["signatures"]["origin.test"][POLICY_KEY_ID]
+    policy = _policy("origin.test")
+    signed = with_policy_signature(event, policy, signature)
+    assert signed.json["signatures"]["origin.test"] == {
+        "ed25519:1": event.json["signatures"]["origin.test"]["ed25519:1"],
+        POLICY_KEY_ID: signature,
+    }
+    assert signed.event_id == event.event_id
+    assert has_policy_signature(signed, policy)
+    assert not has_policy_signature(event, policy)

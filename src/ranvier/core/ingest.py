@@ -135,6 +135,7 @@ from .interfaces import (
 )
 from .loading import EventLoader
 from .out_of_band import OutOfBandMemberships
+from .policy_servers import PolicyServers
 from .state import resolve_state_maps
 
 __all__ = [
@@ -559,6 +560,10 @@ class FederationIngester:
         self._max_fetched_events = max_fetched_events
         self._fetch_concurrency = fetch_concurrency
         self._versions: dict[str, str] = {}
+        #: The policy server checks (:mod:`ranvier.core.policy_servers`):
+        #: an event its room's policy server does not recommend is soft
+        #: failed. None checks nothing; set by the server.
+        self.policy_servers: PolicyServers | None = None
 
     # Pushed events
 
@@ -1006,6 +1011,8 @@ class FederationIngester:
         """
         store: StateReader = self._store if run is None else run
         persister: EventPersister = self._persister if run is None else run
+        recommended: Pdu | None = None
+        policy_checked = False
         for attempt in (1, 2):
             context = await self._context(
                 origin, event, pushed=pushed and attempt == 1, run=run, backfill=backfill
@@ -1023,6 +1030,21 @@ class FederationIngester:
                 await self._check_origin_in_room(
                     origin, event, outcome.context, outcome.failure, store
                 )
+            if backfill is None and outcome.context.accepted and self.policy_servers is not None:
+                # Step 7 of the checks on receipt (v1.18): after the auth
+                # rules, and only for an event they let into current state.
+                if not policy_checked:
+                    recommended = await self.policy_servers.recommended(event)
+                    policy_checked = True
+                if recommended is not None:
+                    event = recommended
+                else:
+                    _log.info(
+                        "%s from %s is not recommended by its room's policy server: soft failed",
+                        event.event_id,
+                        origin,
+                    )
+                    outcome = AuthOutcome(outcome.context.as_soft_failed(), outcome.failure)
             try:
                 if backfill is not None:
                     await backfill([event_to_persist(event, outcome.context)])

@@ -16,7 +16,10 @@ The state event that names the policy server is never sent to it for
 signing, so it needs no signature (:func:`needs_policy_signature`); every
 other event, state or not, does. An event without a valid signature still
 goes through the auth rules as usual; it is soft failed, which is the
-caller's business, not this module's.
+caller's business, not this module's. A signature the policy server gives
+on request is added to the event's own (:func:`with_policy_signature`),
+never in their place: the policy server may share the origin's name
+(spec v1.19), and the origin's signature must stay.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "has_policy_signature",
     "needs_policy_signature",
     "room_policy",
+    "with_policy_signature",
 ]
 
 POLICY_EVENT_TYPE: Final = "m.room.policy"
@@ -101,3 +105,16 @@ def has_policy_signature(event: Pdu, policy: RoomPolicy) -> bool:
     except (BadJsonError, nacl.exceptions.BadSignatureError, ValueError):
         return False
     return True
+
+
+def with_policy_signature(event: Pdu, policy: RoomPolicy, signature: str) -> Pdu:
+    """``event`` with ``signature`` added as ``policy``'s, every signature it
+    had kept (the one it may have had by the policy key is replaced)."""
+    signatures = event.json.get("signatures")
+    kept = dict(signatures) if isinstance(signatures, dict) else {}
+    by_server = kept.get(policy.via)
+    kept[policy.via] = {
+        **(by_server if isinstance(by_server, dict) else {}),
+        POLICY_KEY_ID: signature,
+    }
+    return Pdu.from_json({**event.json, "signatures": kept}, event.room_version)
