@@ -71,6 +71,7 @@ OUTCOMES: dict[str, str] = {
     "state_groups.store_state_group": "extra row: state_groups state_group_rows",
     "accounts.create_account": "same",
     "accounts.add_device": "same",
+    "accounts.create_device": "same database",
     "accounts.delete_device_of_token": "same database",
     "accounts.delete_devices": "same database",
     "accounts.delete_user_devices": "same database",
@@ -290,6 +291,15 @@ PREPARE: dict[str, Prepare] = {
         _call(accounts._create_account, account=_ACCOUNT, device=_DEVICE)
     ),
     "accounts.add_device": _after_account(_call(accounts._add_device, device=_OTHER_DEVICE)),
+    "accounts.create_device": _after_account(
+        _call(
+            accounts._create_device,
+            user_id=ALICE,
+            device_id="NEW",
+            display_name="New",
+            created_ts=1,
+        )
+    ),
     "accounts.delete_device_of_token": _after_account(
         _call(accounts._delete_device_of_token, token_hash=_TOKEN)
     ),

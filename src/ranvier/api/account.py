@@ -352,8 +352,8 @@ def add_account_routes(
 
     async def whoami(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)
-        if requester.app_service is not None:
-            # A service acts without a device: the spec leaves device_id out.
+        if not requester.device_id:
+            # A service acting with no device: the spec leaves device_id out.
             return {"user_id": requester.user_id, "is_guest": False}
         return {"user_id": requester.user_id, "device_id": requester.device_id, "is_guest": False}
 

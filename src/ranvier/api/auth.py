@@ -9,7 +9,9 @@ allows.
 An application service's ``as_token`` acts as the service's sender, or as
 the user its ``user_id`` query parameter names: one of the service's
 namespace that is registered here (403 ``M_FORBIDDEN`` otherwise, as the
-spec's identity assertion has it).
+spec's identity assertion has it), and with the device its ``device_id``
+query parameter names (spec v1.17): one of that user's, 400
+``M_UNKNOWN_DEVICE`` otherwise. Without it the service acts with no device.
 
 A locked account (client-server API, "Account locking") is refused with 401
 ``M_USER_LOCKED`` and ``soft_logout`` on every request but logging out,
@@ -40,6 +42,8 @@ class RequesterSource(Protocol):
     async def get_requester(self, access_token: str) -> Requester | None: ...
 
     async def account_flags(self, user_id: str) -> AccountFlags | None: ...
+
+    async def has_device(self, user_id: str, device_id: str) -> bool: ...
 
 
 def access_token_of(request: Request) -> str | None:
@@ -136,9 +140,16 @@ class Auth:
                     http_status=403,
                 )
             flags = found
+        device_id = request.query_value("device_id") or ""
+        if device_id and not await self._accounts.has_device(user_id, device_id):
+            raise MatrixError(
+                f"{user_id} has no device {device_id}",
+                errcode="M_UNKNOWN_DEVICE",
+                http_status=400,
+            )
         return Requester(
             user_id,
-            "",
+            device_id,
             False,
             hash_access_token(token),
             app_service=service.id,

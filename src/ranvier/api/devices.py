@@ -2,7 +2,8 @@
 
 Deleting takes the user's password through user-interactive
 authentication (see :mod:`ranvier.core.devices`): the 401 answers carry the
-flows, and the session to send back.
+flows, and the session to send back. An application service needs none,
+and creates a device by naming one its user does not have (201).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from ranvier.api.account import json_object
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
+from ranvier.core.accounts import Requester
 from ranvier.core.devices import AuthRequired, Devices
 from ranvier.errors import BadJsonError
 from ranvier.web import JsonResponse, Request, Router
@@ -31,19 +33,30 @@ def add_device_routes(router: Router, *, auth: Auth, devices: Devices) -> None:
         requester = await auth.get_user(request)
         return await devices.get(requester.user_id, request.path_params["device_id"])
 
-    async def rename_device(request: Request) -> Mapping[str, Any]:
+    async def rename_device(request: Request) -> JsonResponse:
         requester = await auth.get_user(request)
         body = json_object(request)
         device_id = request.path_params["device_id"]
+        if requester.app_service is not None and await devices.create(
+            requester.user_id, device_id, body.get("display_name")
+        ):
+            return JsonResponse({}, status=201)
         if "display_name" in body:
             await devices.rename(requester.user_id, device_id, body["display_name"])
         else:
             await devices.get(requester.user_id, device_id)
-        return {}
+        return JsonResponse({})
 
-    async def delete(user_id: str, device_ids: list[str], auth_dict: object) -> JsonResponse:
+    async def delete(
+        requester: Requester, device_ids: list[str], auth_dict: object
+    ) -> JsonResponse:
         try:
-            await devices.delete(user_id, device_ids, auth_dict)
+            await devices.delete(
+                requester.user_id,
+                device_ids,
+                auth_dict,
+                by_app_service=requester.app_service is not None,
+            )
         except AuthRequired as required:
             return JsonResponse(required.body, status=401)
         return JsonResponse({})
@@ -51,7 +64,7 @@ def add_device_routes(router: Router, *, auth: Auth, devices: Devices) -> None:
     async def delete_device(request: Request) -> JsonResponse:
         requester = await auth.get_user(request)
         body = json_object(request) if request.content is not None or request.body else {}
-        return await delete(requester.user_id, [request.path_params["device_id"]], body.get("auth"))
+        return await delete(requester, [request.path_params["device_id"]], body.get("auth"))
 
     async def delete_devices(request: Request) -> JsonResponse:
         requester = await auth.get_user(request)
@@ -59,7 +72,7 @@ def add_device_routes(router: Router, *, auth: Auth, devices: Devices) -> None:
         device_ids = body.get("devices")
         if not isinstance(device_ids, list) or not all(isinstance(d, str) for d in device_ids):
             raise BadJsonError("'devices' must be a list of device IDs")
-        return await delete(requester.user_id, device_ids, body.get("auth"))
+        return await delete(requester, device_ids, body.get("auth"))
 
     for prefix in CLIENT_VERSION_PREFIXES:
         router.add("GET", f"{prefix}/devices", list_devices)

@@ -152,6 +152,12 @@ class AccountStore(Protocol):
 
     async def add_device(self, device: NewDevice) -> None: ...
 
+    async def create_device(
+        self, user_id: str, device_id: str, display_name: str | None, created_ts: int
+    ) -> bool: ...
+
+    async def has_device(self, user_id: str, device_id: str) -> bool: ...
+
     async def delete_device_of_token(self, token_hash: bytes) -> TokenOwner | None: ...
 
     async def delete_devices(self, user_id: str) -> int: ...
@@ -275,6 +281,19 @@ class Accounts:
         """Whether ``user_id`` is locked or suspended, read afresh (for an
         application service acting as the user); None if there is no account."""
         return await self._store.get_account_flags(user_id)
+
+    async def has_device(self, user_id: str, device_id: str) -> bool:
+        """Whether ``user_id`` has the device ``device_id`` (one an application
+        service acts with: its ``device_id`` query parameter)."""
+        return await self._store.has_device(user_id, device_id)
+
+    async def create_device(self, user_id: str, device_id: str, display_name: str | None) -> bool:
+        """Create a device of ``user_id`` with no access token, for the
+        application service that manages the user's devices itself (spec
+        v1.17); False if the user has it already.
+        """
+        _check_device_id(device_id)
+        return await self._store.create_device(user_id, device_id, display_name, self.clock_ms())
 
     # Registration and login.
 

@@ -7,6 +7,11 @@ flow of one stage, ``m.login.password``: a request without ``auth`` is
 answered 401 with the flows and a session, and the same request with the
 password deletes. The session only threads the exchange: the password is
 the proof, checked on the request that carries it.
+
+An application service manages its users' devices without a password
+(spec v1.17, MSC4190): it creates one by naming it in ``PUT
+/devices/{deviceId}`` and deletes without user-interactive authentication,
+its ``as_token`` being the proof.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ class DeviceAccounts(Protocol):
     async def check_password(self, user_id: str, password: str) -> bool: ...
 
     async def logout_devices(self, user_id: str, device_ids: Collection[str]) -> int: ...
+
+    async def create_device(
+        self, user_id: str, device_id: str, display_name: str | None
+    ) -> bool: ...
 
 
 class AuthRequired(Exception):
@@ -87,28 +96,34 @@ class Devices:
                 return _device_json(device)
         raise _no_device(device_id)
 
+    async def create(self, user_id: str, device_id: str, display_name: object) -> bool:
+        """Create the device for an application service (named, if
+        ``display_name`` is not None); False, and nothing done, when the user
+        has it already."""
+        name = None if display_name is None else _checked_name(display_name)
+        return await self._accounts.create_device(user_id, device_id, name)
+
     async def rename(self, user_id: str, device_id: str, display_name: object) -> None:
-        if not isinstance(display_name, str):
-            raise MatrixError(
-                "'display_name' must be a string", errcode="M_BAD_JSON", http_status=400
-            )
-        if len(display_name) > _MAX_DISPLAY_NAME:
-            raise MatrixError(
-                f"a device's display name may be at most {_MAX_DISPLAY_NAME} characters",
-                errcode="M_INVALID_PARAM",
-                http_status=400,
-            )
-        if not await self._store.set_device_display_name(user_id, device_id, display_name):
+        name = _checked_name(display_name)
+        if not await self._store.set_device_display_name(user_id, device_id, name):
             raise _no_device(device_id)
         if self._on_renamed is not None:
             await self._on_renamed(user_id, device_id)
 
-    async def delete(self, user_id: str, device_ids: Collection[str], auth: object) -> None:
-        """Delete devices of ``user_id`` once ``auth`` proves the password;
-        raises :class:`AuthRequired` until it does. Devices already gone are
-        no error.
+    async def delete(
+        self,
+        user_id: str,
+        device_ids: Collection[str],
+        auth: object,
+        *,
+        by_app_service: bool = False,
+    ) -> None:
+        """Delete devices of ``user_id`` once ``auth`` proves the password
+        (at once for an application service); raises :class:`AuthRequired`
+        until it does. Devices already gone are no error.
         """
-        await self.authenticate(user_id, auth)
+        if not by_app_service:
+            await self.authenticate(user_id, auth)
         await self._accounts.logout_devices(user_id, device_ids)
 
     async def authenticate(self, user_id: str, auth: object) -> None:
@@ -147,6 +162,18 @@ class Devices:
             body["errcode"] = "M_FORBIDDEN"
             body["error"] = "invalid password"
             raise AuthRequired(body)
+
+
+def _checked_name(display_name: object) -> str:
+    if not isinstance(display_name, str):
+        raise MatrixError("'display_name' must be a string", errcode="M_BAD_JSON", http_status=400)
+    if len(display_name) > _MAX_DISPLAY_NAME:
+        raise MatrixError(
+            f"a device's display name may be at most {_MAX_DISPLAY_NAME} characters",
+            errcode="M_INVALID_PARAM",
+            http_status=400,
+        )
+    return display_name
 
 
 def _identified_user(auth: Mapping[str, Any]) -> str | None:

@@ -329,6 +329,10 @@ class ForgettingDeletedDevices:
         await self._keys.devices_deleted(user_id, device_ids)
         return deleted
 
+    async def create_device(self, user_id: str, device_id: str, display_name: str | None) -> bool:
+        # A new device has no keys yet: its uploading them moves the list.
+        return await self._accounts.create_device(user_id, device_id, display_name)
+
 
 class E2eKeys:
     """The keys endpoints' work and the device lists of ``/sync``."""

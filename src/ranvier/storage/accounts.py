@@ -158,6 +158,24 @@ class AccountStorage:
         """
         await self._actor.submit(functools.partial(_add_device, device=device))
 
+    async def create_device(
+        self, user_id: str, device_id: str, display_name: str | None, created_ts: int
+    ) -> bool:
+        """Create a device with no access token (an application service's,
+        spec v1.17); False when the user has it already, which is left as is.
+
+        Raises MatrixError ``M_FORBIDDEN`` if the user has no account.
+        """
+        return await self._actor.submit(
+            functools.partial(
+                _create_device,
+                user_id=user_id,
+                device_id=device_id,
+                display_name=display_name,
+                created_ts=created_ts,
+            )
+        )
+
     async def delete_device_of_token(self, token_hash: bytes) -> TokenOwner | None:
         """Log out the device ``token_hash`` belongs to: the device goes with
         every token it has. Returns whose it was, or None for an unknown token.
@@ -220,6 +238,12 @@ class AccountStorage:
     async def user_exists(self, user_id: str) -> bool:
         """Whether ``user_id`` has an account here, deactivated or not."""
         return await self._readers.read(functools.partial(_user_exists, user_id=user_id))
+
+    async def has_device(self, user_id: str, device_id: str) -> bool:
+        """Whether ``user_id`` has the device ``device_id``."""
+        return await self._readers.read(
+            functools.partial(_has_device, user_id=user_id, device_id=device_id)
+        )
 
     async def get_password_login(self, user_id: str) -> PasswordLogin | None:
         return await self._readers.read(functools.partial(_get_password_login, user_id=user_id))
@@ -331,6 +355,31 @@ def _add_device(conn: sqlite3.Connection, *, device: NewDevice) -> None:
 
 
 @registered_write
+def _create_device(
+    conn: sqlite3.Connection,
+    *,
+    user_id: str,
+    device_id: str,
+    display_name: str | None,
+    created_ts: int,
+) -> bool:
+    try:
+        return (
+            conn.execute(
+                "INSERT INTO devices (user_id, device_id, display_name, created_ts)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (user_id, device_id) DO NOTHING",
+                (user_id, device_id, display_name, created_ts),
+            ).rowcount
+            == 1
+        )
+    except sqlite3.IntegrityError:
+        # The foreign key to users.
+        raise MatrixError(
+            f"{user_id} has no account", errcode="M_FORBIDDEN", http_status=403
+        ) from None
+
+
+@registered_write
 def _delete_device_of_token(conn: sqlite3.Connection, *, token_hash: bytes) -> TokenOwner | None:
     row = conn.execute(
         "SELECT t.user_id, t.device_id, u.admin FROM access_tokens AS t"
@@ -379,6 +428,13 @@ def _set_password_hash(conn: sqlite3.Connection, *, user_id: str, password_hash:
 
 def _user_exists(conn: sqlite3.Connection, *, user_id: str) -> bool:
     row = conn.execute("SELECT 1 FROM users WHERE user_id = ?", (user_id,)).fetchone()
+    return row is not None
+
+
+def _has_device(conn: sqlite3.Connection, *, user_id: str, device_id: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM devices WHERE user_id = ? AND device_id = ?", (user_id, device_id)
+    ).fetchone()
     return row is not None
 
 
