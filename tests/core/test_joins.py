@@ -414,6 +414,25 @@ async def test_a_template_for_someone_else_is_not_signed(world: World) -> None:
     assert (MEMBER, BOB) not in state
 
 
+async def test_a_templates_origin_is_not_copied_into_the_join(world: World) -> None:
+    """Spec v1.12: PDUs have no ``origin``. A resident that still puts one
+    in its template (naming itself) does not get it into our join."""
+
+    class TemplateWithOrigin(FederationJoinClient):
+        async def make_join(
+            self, destination: str, room_id: str, user_id: str, room_versions: Sequence[str]
+        ) -> Any:
+            answer = await super().make_join(destination, room_id, user_id, room_versions)
+            answer["event"]["origin"] = destination
+            return answer
+
+    joined = await world.join(world.joiner(TemplateWithOrigin(world.http)))
+    assert "origin" not in joined.event.json
+    row = await world.resident_storage.get_event(joined.event.event_id)
+    assert row is not None
+    assert b'"origin"' not in row.json
+
+
 async def test_only_local_users_join(world: World) -> None:
     with pytest.raises(MatrixError) as caught:
         await world.joiner().join_remote_room(world.alice, world.room_id, [world.resident_name])

@@ -144,7 +144,9 @@ _TRY_ELSEWHERE: Final = frozenset(
     {"M_NOT_FOUND", "M_UNRECOGNIZED", "M_UNABLE_TO_AUTHORISE_JOIN", "M_UNABLE_TO_GRANT_JOIN"}
 )
 # Fields of a template that the joining server replaces or adds itself.
-_NOT_FROM_TEMPLATE: Final = frozenset({"event_id", "hashes", "signatures", "unsigned"})
+# ``origin`` left the PDU format (spec v1.12); a template that still has one
+# names the resident server, which our join does not come from.
+_NOT_FROM_TEMPLATE: Final = frozenset({"event_id", "hashes", "signatures", "unsigned", "origin"})
 # Events checked against the auth rules between two checkpoints.
 _AUTH_CHECKS_PER_STEP: Final = 200
 _MEMBER: Final = "m.room.member"
@@ -460,7 +462,6 @@ class RemoteJoiner:
             raise _BadAnswer(str(exc)) from None
         event = {key: value for key, value in template.items() if key not in _NOT_FROM_TEMPLATE}
         event["content"] = {**template["content"], **profile}
-        event["origin"] = self.server_name
         event["origin_server_ts"] = self._clock()
         try:
             signed = hash_and_sign_event(event, rv, self.server_name, self._signing_key)

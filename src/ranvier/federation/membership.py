@@ -319,7 +319,6 @@ class _Membership:
             "sender": user_id,
             "state_key": user_id,
             "content": content,
-            "origin": self._server_name,
         }
         event = await prepare_event(template, room_version=rv, store=self._store, clock=self._clock)
         # Checked as signed by us: a restricted join names our user, whose
@@ -534,7 +533,8 @@ class _Membership:
         the join; with ``omit_members``, the partial answer of MSC3706.
         """
         state_ids = await self._store.get_state_ids(state_group)
-        answer: dict[str, Any] = {"origin": self._server_name, "members_omitted": omit_members}
+        # No ``origin``: the spec's answer has none (v1.14), and no PDU has one (v1.12).
+        answer: dict[str, Any] = {"members_omitted": omit_members}
         if omit_members:
             kept, servers = await self._partial_state(event, state_ids)
             answer["servers_in_room"] = sorted(servers)
