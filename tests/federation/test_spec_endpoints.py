@@ -7,7 +7,8 @@ commit d0ba2aa of July 2026): the federation API, the key server's, the
 policy server's and ``/.well-known/matrix/server``, one entry per method
 and path, grouped by the file that defines it. The test walks the
 federation router of a running test server and fails when a listed
-endpoint has no route, so a route that disappears is noticed.
+endpoint has no route, so a route that disappears is noticed. Endpoints
+the specification removed (``REMOVED``) must have none.
 """
 
 from __future__ import annotations
@@ -107,6 +108,12 @@ NOT_SERVED: Final[dict[tuple[str, str], str]] = {
     ),
 }
 
+#: Endpoints the specification removed, and when: none may have a route.
+REMOVED: Final[dict[tuple[str, str], str]] = {
+    ("PUT", "/_matrix/federation/v1/send_join/{roomId}/{eventId}"): "v1.18, MSC4376",
+    ("PUT", "/_matrix/federation/v1/send_leave/{roomId}/{eventId}"): "v1.18, MSC4376",
+}
+
 LISTING: Final = SpecListing(SPEC_ENDPOINTS, NOT_SERVED, SERVED_FOR)
 
 
@@ -132,6 +139,13 @@ async def test_every_spec_endpoint_is_routed_unless_listed_not_served(
 async def test_not_served_endpoints_have_no_route(routes: list[tuple[str, str]]) -> None:
     """An endpoint built later must leave NOT_SERVED."""
     assert sorted(LISTING.unrouted(NOT_SERVED, routes)) == sorted(NOT_SERVED)
+
+
+async def test_removed_endpoints_have_no_route(routes: list[tuple[str, str]]) -> None:
+    """Their v2 successors serve the same purpose; a server still calling
+    the v1 ones gets the 404 of an unknown endpoint and retries with v2."""
+    assert not set(REMOVED) & set(SPEC_ENDPOINTS)
+    assert sorted(LISTING.unrouted(REMOVED, routes)) == sorted(REMOVED)
 
 
 async def test_a_route_that_disappears_is_reported(routes: list[tuple[str, str]]) -> None:
