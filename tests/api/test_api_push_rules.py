@@ -77,9 +77,11 @@ async def test_the_predefined_set(env: Env) -> None:
         ".m.rule.message",
         ".m.rule.encrypted",
     ]
-    (user_name,) = rules["content"]
-    assert (user_name["rule_id"], user_name["pattern"]) == (".m.rule.contains_user_name", "alice")
-    assert rules["room"] == rules["sender"] == []
+    # Spec v1.17 (MSC4210): no legacy mention rules, which looked for the
+    # user's name or "@room" in the body.
+    legacy = {".m.rule.contains_display_name", ".m.rule.roomnotif"}
+    assert not legacy & set(override)
+    assert rules["content"] == rules["room"] == rules["sender"] == []
     master = rules["override"][0]
     assert (master["enabled"], master["default"], master["actions"]) == (False, True, [])
     invite = next(r for r in rules["override"] if r["rule_id"] == ".m.rule.invite_for_me")
@@ -153,7 +155,7 @@ async def test_user_rules_go_where_they_are_put_and_before_the_defaults(env: Env
     assert (await _ids(env, alice, "underride"))[:3] == ["u1", "u2", ".m.rule.call"]
     await _put(env, alice, "content", "cake")
     content = (await _rules(env, alice))["content"]
-    assert [rule["rule_id"] for rule in content] == ["cake", ".m.rule.contains_user_name"]
+    assert [rule["rule_id"] for rule in content] == ["cake"]
     assert content[0] == {
         "rule_id": "cake",
         "default": False,
@@ -202,7 +204,7 @@ async def test_enabled_actions_and_deleting(env: Env) -> None:
     await c.refused(alice, "DELETE", tea, status=404, errcode="M_NOT_FOUND")
     # A server-default rule cannot be deleted, only disabled.
     await c.refused(alice, "DELETE", master, status=404, errcode="M_NOT_FOUND")
-    assert (await _ids(env, alice, "content")) == [".m.rule.contains_user_name"]
+    assert (await _ids(env, alice, "content")) == []
     assert await c.ok(alice, "GET", f"{master}/enabled") == {"enabled": True}
 
 

@@ -20,10 +20,13 @@ from ranvier.testing.homeserver import TestUser
 class Env(SharedRoom):
     _txn: int = 0
 
-    async def send(self, user: TestUser, body: str) -> str:
+    async def send(self, user: TestUser, body: str, *, mentions: TestUser | None = None) -> str:
         self._txn += 1
         path = f"/rooms/{q(self.room_id)}/send/m.room.message/i{self._txn}"
-        answer = await self.client.ok(user, "PUT", path, {"msgtype": "m.text", "body": body})
+        content: dict[str, Any] = {"msgtype": "m.text", "body": body}
+        if mentions is not None:
+            content["m.mentions"] = {"user_ids": [mentions.user_id]}
+        answer = await self.client.ok(user, "PUT", path, content)
         event_id: str = answer["event_id"]
         return event_id
 
@@ -108,8 +111,8 @@ async def test_notifications_leave_out_an_ignored_user(env: Env) -> None:
     alice, bob, carol, c = env.alice, env.bob, env.carol, env.client
     await c.ok(carol, "POST", f"/rooms/{q(env.room_id)}/join", {})
     await env.ignore(alice, bob)
-    await env.send(bob, "alice!")
-    await env.send(carol, "hello alice")
+    await env.send(bob, "alice!", mentions=alice)
+    await env.send(carol, "hello alice", mentions=alice)
     room = (await env.sync(alice))["rooms"]["join"][env.room_id]
     assert room["unread_notifications"] == {"notification_count": 1, "highlight_count": 1}
     listed = await c.ok(alice, "GET", "/notifications")

@@ -45,6 +45,10 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         yield env
 
 
+def _mention(user: TestUser) -> dict[str, Any]:
+    return {"m.mentions": {"user_ids": [user.user_id]}}
+
+
 def _counts(notifications: int, highlights: int) -> dict[str, int]:
     return {"notification_count": notifications, "highlight_count": highlights}
 
@@ -52,10 +56,12 @@ def _counts(notifications: int, highlights: int) -> dict[str, int]:
 async def test_messages_count_mentions_highlight_and_own_messages_do_not_count(env: Env) -> None:
     alice, bob = env.alice, env.bob
     await env.send(bob, "good morning")
-    await env.send(bob, "lunch, alice?")
-    await env.send(bob, "ping", **{"m.mentions": {"user_ids": [alice.user_id]}})
+    await env.send(bob, "lunch, alice?", **_mention(alice))
+    await env.send(bob, "ping", **_mention(alice))
+    # Her name in the body alone is no mention (spec v1.17, MSC4210).
+    await env.send(bob, "alice, hello")
     await env.send(bob, "a bot speaks", msgtype="m.notice")
-    assert (await env.counts(alice))[0] == _counts(3, 2)
+    assert (await env.counts(alice))[0] == _counts(4, 2)
     # Bob's own messages never count for him; Alice's room creation and
     # invites before his join are before his membership.
     assert (await env.counts(bob))[0] == _counts(0, 0)
@@ -64,7 +70,7 @@ async def test_messages_count_mentions_highlight_and_own_messages_do_not_count(e
 async def test_a_read_receipt_clears_what_it_covers(env: Env) -> None:
     alice, bob = env.alice, env.bob
     await env.send(bob, "one")
-    second = await env.send(bob, "two alice")
+    second = await env.send(bob, "two alice", **_mention(alice))
     await env.send(bob, "three")
     assert (await env.counts(alice))[0] == _counts(3, 1)
     await env.read(alice, second)
@@ -97,7 +103,7 @@ async def test_incremental_syncs_go_on_counting_and_a_receipt_brings_the_room_in
     counts, since = await env.counts(alice)
     assert counts == _counts(1, 0)
     await env.send(bob, "two")
-    last = await env.send(bob, "three alice")
+    last = await env.send(bob, "three alice", **_mention(alice))
     counts, since = await env.counts(alice, since=since)
     assert counts == _counts(3, 1)
     # Nothing new but Alice's receipt: the room comes back with its counts at zero.
@@ -122,9 +128,10 @@ async def test_a_room_rule_silencing_the_room_applies_to_the_next_count(env: Env
 
 async def test_an_at_room_highlights_from_the_room_creator_only(env: Env) -> None:
     alice, bob = env.alice, env.bob
-    await env.send(alice, "@room lunch")
+    room = {"m.mentions": {"room": True}}
+    await env.send(alice, "@room lunch", **room)
     assert (await env.counts(bob))[0] == _counts(1, 1)
-    await env.send(bob, "@room listen")
+    await env.send(bob, "@room listen", **room)
     assert (await env.counts(alice))[0] == _counts(1, 0)
 
 
@@ -133,7 +140,7 @@ async def test_counts_split_by_thread_when_the_filter_asks(env: Env) -> None:
     root = await env.send(bob, "root")
     in_thread = {"m.relates_to": {"rel_type": "m.thread", "event_id": root}}
     first_reply = await env.send(bob, "reply one", **in_thread)
-    await env.send(bob, "reply two alice", **in_thread)
+    await env.send(bob, "reply two alice", **in_thread, **_mention(alice))
     last_main = await env.send(bob, "back in the room")
     threaded = '{"room": {"timeline": {"unread_thread_notifications": true}}}'
 

@@ -75,11 +75,12 @@ async def test_others_messages_newest_first_with_their_actions(env: Env) -> None
 async def test_only_highlight_keeps_the_highlights(env: Env) -> None:
     alice, bob = env.alice, env.bob
     await env.send(bob, "hello")
-    await env.send(bob, "alice, look")  # her display name: a highlight
+    await env.send(bob, "alice, look", **{"m.mentions": {"user_ids": [alice.user_id]}})
+    await env.send(bob, "alice?")  # her name alone: no mention since spec v1.17
     await env.send(bob, "bye")
     assert await env.bodies(alice, only="highlight") == ["alice, look"]
     # The spec names one filter; anything else filters nothing.
-    assert await env.bodies(alice, only="something") == ["bye", "alice, look", "hello"]
+    assert await env.bodies(alice, only="something") == ["bye", "alice?", "alice, look", "hello"]
 
 
 async def test_pages_go_back_to_the_first_notification(env: Env) -> None:

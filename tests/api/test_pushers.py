@@ -216,7 +216,9 @@ async def test_a_message_reaches_the_gateway_with_counts_tweaks_and_names(env: E
     # Two members: the one-to-one rule, with its sound and no highlight.
     assert device["tweaks"] == {"sound": "default", "highlight": False}
 
-    mention = await env.send(env.bob, "alice, lunch?")
+    mention = await env.send(
+        env.bob, "alice, lunch?", **{"m.mentions": {"user_ids": [env.alice.user_id]}}
+    )
     notification = await _next(env.gateway)
     assert notification["event_id"] == mention
     assert notification["counts"] == {"unread": 2}

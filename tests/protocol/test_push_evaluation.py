@@ -265,12 +265,16 @@ def test_notices_edits_and_reactions_do_not_notify() -> None:
         assert not outcome.notify
 
 
-def test_mentions_by_name_user_id_and_localpart_highlight() -> None:
+def test_only_m_mentions_highlight_the_user() -> None:
     mentioned = _message("hi", **{"m.mentions": {"user_ids": [ALICE]}})
-    for event in (_message("hi Alice Liddell"), _message("hi alice"), mentioned):
+    outcome = _default(mentioned)
+    assert outcome is not None
+    assert (outcome.rule_id, outcome.highlight) == (".m.rule.is_user_mention", True)
+    # Spec v1.17 (MSC4210): the name or localpart in the body is no mention.
+    for event in (_message("hi Alice Liddell"), _message("hi alice")):
         outcome = _default(event)
         assert outcome is not None
-        assert outcome.highlight, event
+        assert (outcome.rule_id, outcome.highlight) == (".m.rule.message", False), event
 
 
 def test_an_event_with_m_mentions_is_not_matched_by_name_or_localpart() -> None:
@@ -282,16 +286,17 @@ def test_an_event_with_m_mentions_is_not_matched_by_name_or_localpart() -> None:
 
 def test_an_at_room_highlights_only_from_a_sender_allowed_to() -> None:
     allowed = frozenset({"@bob:example.org"})
-    outcome = _default(_message("@room lunch"), notifiers=allowed)
-    assert outcome is not None
-    assert outcome.highlight
-    outcome = _default(_message("@room lunch"))
-    assert outcome is not None
-    assert not outcome.highlight
     room_mention = _message("lunch", **{"m.mentions": {"room": True}})
     outcome = _default(room_mention, notifiers=allowed)
     assert outcome is not None
     assert (outcome.rule_id, outcome.highlight) == (".m.rule.is_room_mention", True)
+    outcome = _default(room_mention)
+    assert outcome is not None
+    assert not outcome.highlight
+    # Spec v1.17 (MSC4210): "@room" in the body is no room mention.
+    outcome = _default(_message("@room lunch"), notifiers=allowed)
+    assert outcome is not None
+    assert (outcome.rule_id, outcome.highlight) == (".m.rule.message", False)
 
 
 def test_an_invite_for_the_user_notifies_other_member_events_do_not() -> None:

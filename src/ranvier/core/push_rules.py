@@ -103,8 +103,13 @@ def _rule(rule_id: str, conditions: list[dict[str, Any]], actions: list[Any]) ->
 
 
 def default_push_rules(user_id: str) -> dict[str, Any]:
-    """The ``global`` rule set of ``GET /pushrules/`` for ``user_id``."""
-    localpart = user_id[1:].partition(":")[0]
+    """The ``global`` rule set of ``GET /pushrules/`` for ``user_id``.
+
+    The spec's set as of v1.17, which dropped the legacy mention rules
+    (``.m.rule.contains_display_name``, ``.m.rule.roomnotif`` and the
+    content rule ``.m.rule.contains_user_name``, MSC4210): mentions are
+    ``m.mentions``, no longer words in the body.
+    """
     master = _rule(".m.rule.master", [], [])
     master["enabled"] = False
     override = [
@@ -132,23 +137,10 @@ def default_push_rules(user_id: str) -> dict[str, Any]:
             _NOTIFY_SOUND_HIGHLIGHT,
         ),
         _rule(
-            ".m.rule.contains_display_name",
-            [{"kind": "contains_display_name"}],
-            _NOTIFY_SOUND_HIGHLIGHT,
-        ),
-        _rule(
             ".m.rule.is_room_mention",
             [
                 {"kind": "event_property_is", "key": "content.m\\.mentions.room", "value": True},
                 {"kind": "sender_notification_permission", "key": "room"},
-            ],
-            ["notify", {"set_tweak": "highlight"}],
-        ),
-        _rule(
-            ".m.rule.roomnotif",
-            [
-                {"kind": "sender_notification_permission", "key": "room"},
-                _match("content.body", "@room"),
             ],
             ["notify", {"set_tweak": "highlight"}],
         ),
@@ -175,9 +167,6 @@ def default_push_rules(user_id: str) -> dict[str, Any]:
             [],
         ),
     ]
-    contains_user_name = _rule(".m.rule.contains_user_name", [], _NOTIFY_SOUND_HIGHLIGHT)
-    del contains_user_name["conditions"]
-    contains_user_name["pattern"] = localpart
     one_to_one = {"kind": "room_member_count", "is": "2"}
     underride = [
         _rule(
@@ -212,7 +201,7 @@ def default_push_rules(user_id: str) -> dict[str, Any]:
     ]
     return {
         "override": override,
-        "content": [contains_user_name],
+        "content": [],
         "room": [],
         "sender": [],
         "underride": underride,
