@@ -286,7 +286,7 @@ NOT_SERVED: Final[dict[tuple[str, str], str]] = {
         "deprecated by the spec for /rooms/{roomId}/event/{eventId}"
     ),
     ("GET", "/_matrix/client/v3/rooms/{roomId}/initialSync"): (
-        "deprecated: /sync, /rooms/{roomId}/messages and /state answer it"
+        "peeking (its only use since v1.14 took its deprecation back) is not supported"
     ),
     ("GET", "/_matrix/client/v3/login/sso/redirect"): _SSO,
     ("GET", "/_matrix/client/v3/login/sso/redirect/{idpId}"): _SSO,
@@ -341,4 +341,3 @@ async def test_a_route_that_disappears_is_reported(routes: list[tuple[str, str]]
     assert sorted(after) == sorted(
         [*before, ("GET", "/_matrix/client/v3/rooms/{roomId}/joined_members")]
     )
-

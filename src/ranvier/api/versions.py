@@ -12,7 +12,9 @@ from ranvier.web import Request, Router
 __all__ = ["SPEC_VERSIONS", "UNSTABLE_FEATURES", "add_versions_route"]
 
 #: The spec versions whose client-server API this server implements; the
-#: endpoints are those of ``/_matrix/client/v3``.
+#: endpoints are those of ``/_matrix/client/v3``. Each one is a promise that
+#: all it requires of a server holds (docs/decisions.md, "Spec versions
+#: advertised"); v1.18 waits for invite blocking (MSC4380) and policy servers.
 SPEC_VERSIONS: Final = (
     "v1.1",
     "v1.2",
@@ -25,11 +27,18 @@ SPEC_VERSIONS: Final = (
     "v1.9",
     "v1.10",
     "v1.11",
+    "v1.12",
+    "v1.13",
+    "v1.14",
+    "v1.15",
+    "v1.16",
+    "v1.17",
 )
 
-#: The unstable features served: simplified sliding sync (MSC4186),
-#: dehydrated devices (MSC3814) and room summaries (MSC3266, which clients
-#: look for here while the spec versions above stop before v1.15).
+#: The unstable features served: simplified sliding sync (MSC4186) and
+#: dehydrated devices (MSC3814), in no spec version yet, and room summaries
+#: (MSC3266), stable since v1.15 but still looked for here by clients that
+#: predate it.
 UNSTABLE_FEATURES: Final = {
     "org.matrix.simplified_msc3575": True,
     "org.matrix.msc3814": True,
