@@ -178,6 +178,7 @@ from ranvier.core.hierarchy import RoomHierarchy
 from ranvier.core.housekeeping import HOUR_MS, Housekeeping, HousekeepingAges
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
 from ranvier.core.interfaces import EventPersister
+from ranvier.core.invite_permission import InvitePermission
 from ranvier.core.joins import RemoteJoiner
 from ranvier.core.knocks import RoomKnocks
 from ranvier.core.login_tokens import LoginTokens
@@ -1290,6 +1291,10 @@ class HomeServer:
             remote=FederationProfileClient(client),
         )
         self._event_creator.member_profiles = self._profiles
+        self._invite_permission = InvitePermission(
+            storage.client_data, is_local=lambda user_id: user_id.partition(":")[2] == server_name
+        )
+        self._event_creator.invite_permission = self._invite_permission
         if self._app_services:
             self._profiles.app_service_queries = self._appservice_queries
         self._remote_joiner.member_profiles = self._profiles
@@ -1440,6 +1445,7 @@ class HomeServer:
             notifications=NotificationCounts(
                 self.storage.notifications, PushRules(self.storage.client_data)
             ),
+            invite_permission=self._invite_permission,
         )
         add_sync_routes(
             router,
@@ -1463,6 +1469,7 @@ class HomeServer:
                 self.storage.notifications, PushRules(self.storage.client_data)
             ),
             aggregations=aggregations,
+            invite_permission=self._invite_permission,
         )
         add_sliding_sync_route(router, auth=self.auth, sliding_sync=sliding)
         registration = self.config.registration

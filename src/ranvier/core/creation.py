@@ -94,6 +94,7 @@ from .event_auth import (
 )
 from .ingest import RoomLocks
 from .interfaces import EventNotifier, EventPersister, RemoteInviter, StateReader
+from .invite_permission import InvitePermission
 from .loading import EventLoader
 
 __all__ = ["EventCreator", "NotInRoomError", "Preset"]
@@ -319,6 +320,9 @@ class EventCreator:
         #: Where a join's display name and avatar come from; settable, as
         #: the profiles send their changes through this creator.
         self.member_profiles = member_profiles
+        #: Refuses invites of users who block them (spec v1.18); settable,
+        #: as it reads account data, which is made after this creator.
+        self.invite_permission: InvitePermission | None = None
         #: Hears that a user sent an event; settable, as presence, which
         #: listens, is made after this creator.
         self.activity: ActivityListener | None = None
@@ -388,7 +392,7 @@ class EventCreator:
             raise _invalid_param(
                 f"unknown preset {preset!r}; presets are {', '.join(get_args(Preset))}"
             )
-        invitees = _invitees(invite, creator)
+        invitees = await self._invitable(_invitees(invite, creator))
         remote = [user for user in invitees if not self._is_local(user)]
         if remote and self._remote_inviter is None:
             raise _no_remote_invites(remote[0])
@@ -480,6 +484,8 @@ class EventCreator:
             template["redacts"] = content["redacts"]
         if state_key is None:
             return await self._send_message(template, rv, txn_id)
+        if event_type == _MEMBER and content.get("membership") == "invite":
+            await self._check_invite(state_key)
         async with self._locks.hold(room_id):
             if txn_id is not None and (sent := self._transactions.get(sender, txn_id)):
                 return sent  # a concurrent send of the same transaction won the lock
@@ -912,6 +918,8 @@ class EventCreator:
             content["reason"] = reason
         if membership == "join" and self.member_profiles is not None:
             content = {**await self.member_profiles.member_content(target), **content}
+        if membership == "invite":
+            await self._check_invite(target)
         rv = await self._room_version(room_id)
         template = {
             "type": _MEMBER,
@@ -924,6 +932,21 @@ class EventCreator:
             event = await self._build(rv, template)
             written = await self._write(event, countersign=self._countersigner(event))
         return written.event_id
+
+    async def _check_invite(self, invitee: str) -> None:
+        if self.invite_permission is not None:
+            await self.invite_permission.check_invite(invitee)
+
+    async def _invitable(self, invitees: list[str]) -> list[str]:
+        """``invitees`` without those who block invites: the spec has the
+        room made all the same, without their invites."""
+        if self.invite_permission is None:
+            return invitees
+        return [
+            user_id
+            for user_id in invitees
+            if not await self.invite_permission.refuses_invite(user_id)
+        ]
 
     # --- The path of every event ----------------------------------------------------
 

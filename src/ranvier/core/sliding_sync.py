@@ -81,6 +81,7 @@ import trio
 from ranvier.core.account_data import AccountData
 from ranvier.core.accounts import Requester
 from ranvier.core.aggregations import Aggregations, RoomEvents
+from ranvier.core.invite_permission import InvitePermission
 from ranvier.core.lazy_members import SentMembers
 from ranvier.core.notification_counts import NotificationCounts
 from ranvier.core.notifier import StreamNotifier, StreamPosition
@@ -226,8 +227,11 @@ class SlidingSyncHandler:
         notifications: NotificationCounts | None = None,
         aggregations: Aggregations | None = None,
         wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        invite_permission: InvitePermission | None = None,
     ) -> None:
         self._store = store
+        # Invites of a user who blocks them are not listed (spec v1.18).
+        self._invite_permission = invite_permission
         self._events = events
         self._notifier = notifier
         self._sources = ExtensionSources(account_data, receipts, typing, end_to_end, presence)
@@ -379,10 +383,13 @@ class SlidingSyncHandler:
             # Never behind the token given, in any stream.
             now = StreamPosition(*(max(a, b) for a, b in zip(now, since, strict=True)))
         sent_before = {} if state is None else state.rooms
+        blocked = self._invite_permission is not None and (
+            await self._invite_permission.blocks_invites(user_id)
+        )
         candidates = [
             facts
             for facts in listed.rooms
-            if self._candidate(facts, user_id, listed.ignored, sent_before)
+            if self._candidate(facts, user_id, listed.ignored, sent_before, blocked=blocked)
         ]
         by_id = {facts.room_id: facts for facts in listed.rooms}
         ordered = sorted(candidates, key=lambda facts: (-_bump_stamp(facts), facts.room_id))
@@ -402,7 +409,7 @@ class SlidingSyncHandler:
         for room_id, config in (request.subscriptions or {}).items():
             facts = by_id.get(room_id)
             if facts is None or not self._candidate(
-                facts, user_id, listed.ignored, sent_before, subscribed=True
+                facts, user_id, listed.ignored, sent_before, subscribed=True, blocked=blocked
             ):
                 continue
             subscribed.append(room_id)
@@ -521,10 +528,12 @@ class SlidingSyncHandler:
         sent_before: dict[str, tuple[int, str]],
         *,
         subscribed: bool = False,
+        blocked: bool = False,
     ) -> bool:
-        """Whether the room may be listed (or, ``subscribed``, sent by ID)."""
+        """Whether the room may be listed (or, ``subscribed``, sent by ID);
+        ``blocked``: the user blocks invites."""
         if facts.membership == "invite":
-            return facts.membership_sender not in ignored
+            return not blocked and facts.membership_sender not in ignored
         if facts.membership == "ban" and not facts.joined_before:
             # Banned without having joined: nothing the client needs to hear.
             return False

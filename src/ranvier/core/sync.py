@@ -93,6 +93,7 @@ from ranvier.core.accounts import Requester
 from ranvier.core.client_events import client_event, event_content
 from ranvier.core.e2e_keys import E2eSync
 from ranvier.core.filters import Filter
+from ranvier.core.invite_permission import InvitePermission
 from ranvier.core.lazy_members import SentMembers
 from ranvier.core.notification_counts import NotificationCounts
 from ranvier.core.notifier import StreamNotifier, StreamPosition
@@ -380,9 +381,12 @@ class SyncHandler:
         presence: PresenceSource | None = None,
         end_to_end: EndToEndSource | None = None,
         notifications: NotificationCounts | None = None,
+        invite_permission: InvitePermission | None = None,
     ) -> None:
         self._store = store
         self._notifications = notifications
+        # Invites of a user who blocks them are not shown (spec v1.18).
+        self._invite_permission = invite_permission
         self._notifier = notifier
         self._account_data = account_data
         self._receipts = receipts
@@ -541,6 +545,7 @@ class SyncHandler:
         leave: dict[str, Any] = {}
         knock: dict[str, Any] = {}
         forgotten: frozenset[str] | None = None
+        invites_blocked: bool | None = None
         for room_id, membership, ordering, event_id in sorted(memberships):
             if not filter.room.includes_room(room_id):
                 continue
@@ -570,6 +575,12 @@ class SyncHandler:
                         room["ephemeral"] = {"events": room_ephemeral}
                     join[room_id] = room
             elif membership == "invite" and is_new:
+                if invites_blocked is None:
+                    invites_blocked = self._invite_permission is not None and (
+                        await self._invite_permission.blocks_invites(requester.user_id)
+                    )
+                if invites_blocked:
+                    continue
                 invited = await self._invited_room(room_id, event_id, request.ignored)
                 if invited is not None:
                     invite[room_id] = invited
