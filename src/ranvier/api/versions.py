@@ -14,7 +14,8 @@ __all__ = ["SPEC_VERSIONS", "UNSTABLE_FEATURES", "add_versions_route"]
 #: The spec versions whose client-server API this server implements; the
 #: endpoints are those of ``/_matrix/client/v3``. Each one is a promise that
 #: all it requires of a server holds (docs/decisions.md, "Spec versions
-#: advertised"); v1.18 waits for invite blocking (MSC4380) and policy servers.
+#: advertised"); v1.18 waits for invite blocking on federation invites and
+#: for policy servers.
 SPEC_VERSIONS: Final = (
     "v1.1",
     "v1.2",
