@@ -1034,7 +1034,7 @@ class FederationIngester:
                 # Step 7 of the checks on receipt (v1.18): after the auth
                 # rules, and only for an event they let into current state.
                 if not policy_checked:
-                    recommended = await self.policy_servers.recommended(event)
+                    recommended = await self.policy_servers.recommended(event, store)
                     policy_checked = True
                 if recommended is not None:
                     event = recommended

@@ -73,6 +73,7 @@ from .event_auth import AuthFailure
 from .failures import sole_failure
 from .interfaces import BatchStateReader, EventPersister
 from .loading import EventLoader
+from .policy_servers import POLICY_KEY
 
 __all__ = ["AuthInputs", "NotInMemoryError", "RoomRun", "RoomRunReader"]
 
@@ -193,7 +194,8 @@ class RoomRun:
             if event.room_version.room_id_from_create_event and event.type != CREATE_KEY[0]:
                 wanted.add(create_event_id_for_room(event.room_id))
         if self._run_reader is not None:
-            keys = {key for event in events for key in auth_state_keys(event)}
+            # The policy server's key too: each event's check reads it.
+            keys = {POLICY_KEY, *(key for event in events for key in auth_state_keys(event))}
             rows = await self._run_reader.read_room_run(
                 self.room_id, event_ids=ids, wanted=wanted, prev_ids=prevs, state_keys=keys
             )

@@ -12,7 +12,9 @@ the auth rules are not affected, so it stays in the DAG.
 
 A policy server that refuses, fails or cannot be reached leaves the event
 unrecommended, as the spec has it. Rooms without a policy server, nearly
-all of them, cost one read of one current-state key per event.
+all of them, cost one current-state key per event, read where the caller
+reads current state: event ingestion reads it with the others a
+transaction's events need, in one read for them all.
 """
 
 from __future__ import annotations
@@ -35,20 +37,32 @@ from ranvier.protocol.policy_servers import (
 )
 from ranvier.storage.records import StateKey, StoredEvent
 
-__all__ = ["PolicyServerStore", "PolicyServers", "PolicySigner"]
+__all__ = [
+    "POLICY_KEY",
+    "CurrentStateKeys",
+    "PolicyServerStore",
+    "PolicyServers",
+    "PolicySigner",
+]
 
 _log = logging.getLogger(__name__)
 
-_POLICY_KEY: Final[StateKey] = (POLICY_EVENT_TYPE, POLICY_STATE_KEY)
+#: The key of a room's policy server in its state.
+POLICY_KEY: Final[StateKey] = (POLICY_EVENT_TYPE, POLICY_STATE_KEY)
 
 
-class PolicyServerStore(Protocol):
-    """The reads that say whether a room uses a policy server
-    (:class:`ranvier.storage.Storage`)."""
+class CurrentStateKeys(Protocol):
+    """Entries of a room's current state (:class:`ranvier.storage.Storage`,
+    or ingestion's run of a room, which holds them)."""
 
     async def get_current_state_ids_for_keys(
         self, room_id: str, keys: Collection[StateKey]
     ) -> Mapping[StateKey, str]: ...
+
+
+class PolicyServerStore(CurrentStateKeys, Protocol):
+    """The reads that say whether a room uses a policy server
+    (:class:`ranvier.storage.Storage`)."""
 
     async def get_events(self, event_ids: Collection[str]) -> Mapping[str, StoredEvent]: ...
 
@@ -79,10 +93,14 @@ class PolicyServers:
         self._store = store
         self._signer = signer
 
-    async def room_policy(self, room_id: str) -> RoomPolicy | None:
-        """The policy server ``room_id`` uses now, or None when it uses none."""
-        state = await self._store.get_current_state_ids_for_keys(room_id, (_POLICY_KEY,))
-        event_id = state.get(_POLICY_KEY)
+    async def room_policy(
+        self, room_id: str, current: CurrentStateKeys | None = None
+    ) -> RoomPolicy | None:
+        """The policy server ``room_id`` uses now, or None when it uses none;
+        its current state read from ``current`` when given."""
+        reader = self._store if current is None else current
+        state = await reader.get_current_state_ids_for_keys(room_id, (POLICY_KEY,))
+        event_id = state.get(POLICY_KEY)
         if event_id is None:
             return None
         stored = (await self._store.get_events((event_id,))).get(event_id)
@@ -96,14 +114,15 @@ class PolicyServers:
             return None
         return policy
 
-    async def recommended(self, event: Pdu) -> Pdu | None:
+    async def recommended(self, event: Pdu, current: CurrentStateKeys | None = None) -> Pdu | None:
         """``event`` as it is to be kept when its room's policy server
         recommends it (with the signature the policy server gave, if it was
-        asked), or None when it does not.
+        asked), or None when it does not. ``current``: where the room's
+        current state is read, if not from storage.
         """
         if not needs_policy_signature(event):
             return event
-        policy = await self.room_policy(event.room_id)
+        policy = await self.room_policy(event.room_id, current)
         if policy is None or has_policy_signature(event, policy):
             return event
         if self._signer is None:
