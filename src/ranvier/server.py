@@ -1414,6 +1414,7 @@ class HomeServer:
             keys=self.key_ring,
             notifier=self._notifier,
             room_lock=self._room_locks.hold,
+            invite_permission=self._invite_permission,
         )
         add_directory_route(router, self.room_directory)
         add_e2e_key_routes(router, server_name=config.server_name, keys=self.e2e_keys)

@@ -29,7 +29,9 @@ leave, knock or are invited:
   stays the one its servers signed, and the stripped state lives and goes
   with the invite it describes (no table of its own to keep in step, and
   where older servers put it themselves). The answer is the signed event
-  without it.
+  without it. An invitee who blocks invites (``m.invite_permission_config``,
+  spec v1.18) is refused with 403 ``M_INVITE_BLOCKED`` before anything is
+  signed or kept, as the client API refuses a local inviter.
 
 Every room endpoint applies the room's server ACL first
 (:mod:`ranvier.federation.room_access`). This server answers make_join,
@@ -108,6 +110,7 @@ __all__ = [
     "INVITE_ROOM_STATE_KEYS",
     "FederationInviter",
     "FederationJoinClient",
+    "InviteChecker",
     "ResidentStateReader",
     "RoomLock",
     "add_membership_routes",
@@ -147,6 +150,15 @@ def _origin(request: Request) -> str:
     # Every route here is authenticated, so the app has set the origin.
     assert request.origin is not None
     return request.origin
+
+
+class InviteChecker(Protocol):
+    """Refuses invites of users who block them
+    (:class:`ranvier.core.invite_permission.InvitePermission`)."""
+
+    async def check_invite(self, invitee: str) -> None:
+        """Raise 403 ``M_INVITE_BLOCKED`` when ``invitee`` blocks invites."""
+        ...
 
 
 class ResidentStateReader(StateReader, Protocol):
@@ -230,8 +242,10 @@ class _Membership:
         notifier: EventNotifier | None,
         room_lock: RoomLock,
         clock: Callable[[], int],
+        invite_permission: InviteChecker | None,
     ) -> None:
         self._server_name = server_name
+        self._invite_permission = invite_permission
         self._signing_key = signing_key
         self._store = store
         self._persister = persister
@@ -644,6 +658,8 @@ class _Membership:
         _check_membership_event(event, room_id, event_id, "invite", origin, sender_only=True)
         if event.state_key is None or _server_of(event.state_key) != self._server_name:
             raise _invalid(f"{event.state_key!r} is not a user of {self._server_name}")
+        if self._invite_permission is not None:
+            await self._invite_permission.check_invite(event.state_key)
         if not content_hash_matches(event.json):
             raise _invalid(f"{event_id} does not match its content hash")
         await self._check_signatures(event)
@@ -737,6 +753,7 @@ def add_membership_routes(
     notifier: EventNotifier | None = None,
     room_lock: RoomLock | None = None,
     clock: Callable[[], int] = wall_clock_ms,
+    invite_permission: InviteChecker | None = None,
 ) -> None:
     """Serve the membership handshakes as a resident server.
 
@@ -747,7 +764,8 @@ def add_membership_routes(
     lock: pass the :class:`~ranvier.core.ingest.RoomLocks` the rest of the
     server writes the room's events under (``room_locks.hold``); without
     it, the routes have locks of their own. ``clock`` gives
-    templates' ``origin_server_ts``.
+    templates' ``origin_server_ts``. ``invite_permission`` refuses invites
+    of our users who block them.
     """
     handler = _Membership(
         server_name=server_name,
@@ -758,6 +776,7 @@ def add_membership_routes(
         notifier=notifier,
         room_lock=room_lock if room_lock is not None else RoomLocks().hold,
         clock=clock,
+        invite_permission=invite_permission,
     )
     v1, v2 = "/_matrix/federation/v1", "/_matrix/federation/v2"
     router.add("GET", f"{v1}/make_join/{{room_id}}/{{user_id}}", handler.make_join)
