@@ -1159,6 +1159,7 @@ class HomeServer:
             # this process writes its own events.
             transaction_recorder=storage if client_persister is storage else None,
         )
+        self._event_creator.policy_servers = self._ingester.policy_servers
         self._remote_joiner = RemoteJoiner(
             server_name=server_name,
             signing_key=signing_key,

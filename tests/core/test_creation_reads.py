@@ -11,6 +11,7 @@ import trio
 from ranvier.core.creation import EventCreator
 from ranvier.core.creation_reads import CreationReads
 from ranvier.core.ingest import RoomLocks
+from ranvier.core.policy_servers import PolicyServers
 from ranvier.protocol.auth import StateKey
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.signing import generate_signing_key
@@ -255,3 +256,22 @@ async def test_a_room_read_to_have_full_state_is_not_asked_again_until_begin(
     reads.begin(room_id)
     assert not await reads.is_partial_state_room(room_id)
     assert storage.reads["is_partial_state_room"] == 4
+
+
+async def test_a_room_without_a_policy_server_costs_no_read_to_tell(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    storage = await _storage(tmp_path, nursery)
+    creator = _creator(storage, Heard())
+    creator.policy_servers = PolicyServers(storage)
+    room_id = await creator.create_room(ALICE, preset="public_chat")
+    await creator.send_event(ALICE, room_id, "m.room.topic", {"topic": "new"}, state_key="")
+    storage.reads.clear()
+    # The first event on a new state group: the group's entries the auth
+    # rules need are read once, and the policy server's entry with them.
+    await creator.send_event(ALICE, room_id, "m.room.message", {"body": "one"})
+    assert storage.reads["get_state_ids_for_keys"] == 1
+    await creator.send_event(ALICE, room_id, "m.room.message", {"body": "two"})
+    assert storage.reads["get_state_ids_for_keys"] == 1
+    for name in ("get_current_state_ids_for_keys", "get_events"):
+        assert storage.reads[name] == 0, name

@@ -96,6 +96,7 @@ from .ingest import RoomLocks
 from .interfaces import EventNotifier, EventPersister, RemoteInviter, StateReader
 from .invite_permission import InvitePermission
 from .loading import EventLoader
+from .policy_servers import POLICY_KEY, PolicyServers
 
 __all__ = ["EventCreator", "NotInRoomError", "Preset"]
 
@@ -326,6 +327,10 @@ class EventCreator:
         #: Hears that a user sent an event; settable, as presence, which
         #: listens, is made after this creator.
         self.activity: ActivityListener | None = None
+        #: Signs our events in rooms that use a policy server (spec v1.18);
+        #: settable, as it asks over federation, which is made after this
+        #: creator. Without it events are sent unsigned, as before v1.18.
+        self.policy_servers: PolicyServers | None = None
         self._signing_key = signing_key
         self._store = store
         # Building, checking and writing read through this, which keeps
@@ -655,6 +660,7 @@ class EventCreator:
             event = await self._build(rv, message.template, begin=False)
             full = self._reads.known_full(room_id)
             context = await self._authorise(event, loader=loader if full else None)
+            event = await self._policy_signed(event, context)
         except Exception as error:
             message.fail(error)
             return
@@ -978,6 +984,7 @@ class EventCreator:
         accept it, and is written as that server returned it.
         """
         context = await self._authorise(event)
+        event = await self._policy_signed(event, context)
         if countersign is not None:
             event = await countersign(event)
         await self._persist_announced(event, context)
@@ -1031,6 +1038,23 @@ class EventCreator:
         if failure is not None:
             raise failure.error
         return context
+
+    async def _policy_signed(self, event: Pdu, context: EventContext) -> Pdu:
+        """``event`` with its room's policy server's signature, when the room
+        uses one; raises the policy server's refusal, before anything is
+        written.
+
+        The ``m.room.policy`` entry is read from the state the event was
+        checked against, the room's current state for an event that follows
+        every extremity: its state group's entries were just read for the
+        auth rules, and :class:`~ranvier.core.creation_reads.CreationReads`
+        reads this key with them, so a room without a policy server costs no
+        read.
+        """
+        if self.policy_servers is None or context.is_outlier:
+            return event
+        state = await context.get_state_before_for_keys(self._reads, (POLICY_KEY,))
+        return await self.policy_servers.sign_ours(event, state.get(POLICY_KEY))
 
     async def _persist(self, event: Pdu, context: EventContext) -> int:
         current = await compute_current_state_after(event, context, self._reads, self._persister)

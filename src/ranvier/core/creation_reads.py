@@ -48,6 +48,7 @@ from typing import Final, Generic, Protocol, TypeVar, runtime_checkable
 
 from ranvier.protocol.auth import StateKey
 from ranvier.protocol.events import Pdu
+from ranvier.protocol.policy_servers import POLICY_EVENT_TYPE, POLICY_STATE_KEY
 from ranvier.storage.records import EventStateGroups, StateDelta, StoredEvent
 
 from .context import EventContext
@@ -60,6 +61,8 @@ V = TypeVar("V")
 
 #: Marks a key looked up in a state group and not found there.
 _ABSENT: Final = ""
+#: The entry naming a room's policy server.
+_POLICY_KEY: Final[StateKey] = (POLICY_EVENT_TYPE, POLICY_STATE_KEY)
 
 
 class _Lru(Generic[K, V]):
@@ -239,6 +242,10 @@ class CreationReads:
             known = {}
             self._group_keys.put(state_group, known)
         unread = [key for key in keys if key not in known]
+        if unread and _POLICY_KEY not in known:
+            # Every event created here asks for it after its auth keys
+            # (policy servers, spec v1.18): read with them, it costs no trip.
+            unread.append(_POLICY_KEY)
         if unread:
             read = await self._store.get_state_ids_for_keys(state_group, unread)
             for key in unread:

@@ -1,6 +1,6 @@
 """Whether a room's policy server recommends an event received over
-federation (spec v1.18, MSC4284; the rules are in
-:mod:`ranvier.protocol.policy_servers`).
+federation, and its signature on the events of our own users (spec v1.18,
+MSC4284; the rules are in :mod:`ranvier.protocol.policy_servers`).
 
 A room uses a policy server when its current state names one in a valid
 ``m.room.policy`` event and that server has a joined user in the room. In
@@ -15,6 +15,13 @@ unrecommended, as the spec has it. Rooms without a policy server, nearly
 all of them, cost one current-state key per event, read where the caller
 reads current state: event ingestion reads it with the others a
 transaction's events need, in one read for them all.
+
+Our users' events (:meth:`PolicyServers.sign_ours`) are signed by the
+policy server before they are written or sent, as every server in such a
+room must have them. The caller gives the ``m.room.policy`` event ID of the
+state the event was checked against, which it read with the auth checks'
+keys: a room without one costs nothing more. A refusal is raised with the
+policy server's own error, for the client; nothing of the event is kept.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Final, Protocol
 
 import msgspec
 
+from ranvier.errors import MatrixError
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.policy_servers import (
     POLICY_EVENT_TYPE,
@@ -78,6 +86,12 @@ class PolicySigner(Protocol):
         None when it refuses, fails or answers without one."""
         ...
 
+    async def request_signature(self, policy_server: str, event: Pdu) -> str:
+        """As :meth:`ask_to_sign`, but raising
+        :class:`~ranvier.errors.MatrixError` for a refusal (the policy
+        server's error as it gave it) or a failure."""
+        ...
+
 
 class _PolicyContent(msgspec.Struct):
     content: dict[str, object] = {}
@@ -100,7 +114,11 @@ class PolicyServers:
         its current state read from ``current`` when given."""
         reader = self._store if current is None else current
         state = await reader.get_current_state_ids_for_keys(room_id, (POLICY_KEY,))
-        event_id = state.get(POLICY_KEY)
+        return await self.policy_named_by(room_id, state.get(POLICY_KEY))
+
+    async def policy_named_by(self, room_id: str, event_id: str | None) -> RoomPolicy | None:
+        """The policy server the ``m.room.policy`` event ``event_id`` names,
+        if it is one the room uses (its server has a joined user now)."""
         if event_id is None:
             return None
         stored = (await self._store.get_events((event_id,))).get(event_id)
@@ -139,4 +157,37 @@ class PolicyServers:
                 event.room_id,
             )
             return None
+        return signed
+
+    async def sign_ours(self, event: Pdu, policy_event_id: str | None) -> Pdu:
+        """``event``, one of ours, with the signature of the policy server the
+        ``m.room.policy`` event ``policy_event_id`` names; ``event`` as it is
+        when that is none, or the event needs no signature.
+
+        Raises :class:`~ranvier.errors.MatrixError` when the policy server
+        refuses (its own error), fails, or gives a signature its key in the
+        room does not verify: the spec has the client's request refused and
+        the event sent nowhere.
+        """
+        if policy_event_id is None or not needs_policy_signature(event):
+            return event
+        policy = await self.policy_named_by(event.room_id, policy_event_id)
+        if policy is None:
+            return event
+        if self._signer is None:
+            raise MatrixError(
+                f"{event.room_id} uses the policy server {policy.via}, which this server"
+                " cannot ask",
+                errcode="M_UNKNOWN",
+                http_status=502,
+            )
+        signature = await self._signer.request_signature(policy.via, event)
+        signed = with_policy_signature(event, policy, signature)
+        if not has_policy_signature(signed, policy):
+            raise MatrixError(
+                f"the room's policy server {policy.via} gave a signature its key in"
+                f" {event.room_id} does not verify",
+                errcode="M_UNKNOWN",
+                http_status=502,
+            )
         return signed
