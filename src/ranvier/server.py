@@ -1249,6 +1249,7 @@ class HomeServer:
             persister=storage,
             directory=self._room_directory,
             client=FederationKnockClient(client),
+            keys=keys,
         )
         self._notifier = notifier
         storage.on_stream_advance = self.stream_notifier.advance

@@ -22,6 +22,7 @@ from ranvier.protocol.redaction import redact
 from ranvier.protocol.signing import generate_signing_key, get_verify_key, verify_signed_json
 from ranvier.storage import Storage
 from ranvier.testing import RoomBuilder
+from ranvier.testing.keys import KnownKeys
 
 SERVER = "example.org"
 KEY = generate_signing_key("1")
@@ -234,3 +235,46 @@ async def test_only_local_users_knock_and_some_server_is_needed(
         await knocks.knock(BOB, "!serverless", [SERVER])
     assert (caught.value.errcode, caught.value.http_status) == ("M_NOT_FOUND", 404)
     assert resident.asked == []
+
+
+async def test_knock_room_state_entries_not_validly_signed_are_dropped(
+    storage: Storage, creator: EventCreator
+) -> None:
+    resident_key = generate_signing_key("k")
+    room = RoomBuilder("12", ZED, keys={"resident.example": resident_key, SERVER: KEY})
+    room.public_room()
+    room.join_rules(ZED, "knock")
+    topic = room.topic(ZED, "the real topic")
+    other = RoomBuilder("12", ZED, keys={"resident.example": resident_key})
+    other.public_room()
+    forged_topic = dict(topic.json) | {"content": {"topic": "a forged topic"}}
+    unsigned_topic = dict(topic.json) | {"signatures": {}}
+    resident = Resident(room)
+    valid = [dict(event.json) for event in room.state_events().values()]
+    resident.state = [
+        *valid,
+        forged_topic,
+        unsigned_topic,
+        dict(other.create.json),  # another room's
+        {"type": "m.room.name", "state_key": "", "content": {"name": "x"}, "sender": ZED},
+    ]
+    knocks = RoomKnocks(
+        server_name=SERVER,
+        signing_key=KEY,
+        creator=creator,
+        memberships=storage.room_members,
+        persister=storage,
+        client=resident,
+        clock=lambda: NOW,
+        keys=KnownKeys({"resident.example": resident_key}),
+    )
+    await knocks.knock(BOB, room.room_id, ["resident.example"])
+    event_id = await storage.room_members.get_latest_membership_event_id(BOB, room.room_id)
+    assert event_id is not None
+    kept = msgspec.json.decode((await storage.get_events([event_id]))[event_id].json)
+    state = kept["unsigned"][KNOCK_ROOM_STATE]
+    stripped = [
+        {k: event[k] for k in ("type", "state_key", "content", "sender")} for event in valid
+    ]
+    assert state == stripped
+    assert {"topic": "the real topic"} in [event["content"] for event in state]

@@ -15,6 +15,14 @@ The knock is then kept here as an outlier, as a declined invite is
 ``unsigned.knock_room_state``: /sync shows it in ``rooms.knock``, and a
 leave withdrawing the knock finds the servers to send it through among the
 senders of that state.
+
+From room version 12 the spec has ``knock_room_state`` hold whole events of
+the room, and entries improperly signed or formatted removed before a
+client sees them (spec v1.16, MSC4311): each entry must be an event of the
+room's version, of this room, a state event, with the content its hash
+names and signed as the checks on receipt require; the others are dropped, the rest kept. Older
+versions' servers still send stripped events, which cannot be checked and
+are taken as they come, as invites' ``invite_room_state`` is.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import msgspec
 
 from ranvier.errors import MatrixError
 from ranvier.protocol.events import Pdu
-from ranvier.protocol.hashing import hash_and_sign_event
+from ranvier.protocol.hashing import content_hash_matches, hash_and_sign_event
 from ranvier.protocol.room_versions import SUPPORTED_ROOM_VERSIONS, RoomVersion
 from ranvier.protocol.signing import SigningKeyLike
 
@@ -34,7 +42,8 @@ from .builder import Clock, wall_clock_ms
 from .context import out_of_band_to_persist
 from .creation import EventCreator
 from .directory import RoomDirectory
-from .interfaces import EventPersister
+from .event_signatures import check_event_signatures
+from .interfaces import EventPersister, VerifyKeySource
 
 __all__ = ["KNOCK_ROOM_STATE", "KnockClient", "KnockMemberships", "RoomKnocks", "knock_servers"]
 
@@ -45,6 +54,8 @@ KNOCK_ROOM_STATE: Final = "knock_room_state"
 _KNOCK_VERSIONS: Final = tuple(
     identifier for identifier, rv in SUPPORTED_ROOM_VERSIONS.items() if rv.knock_join_rule
 )
+#: Room versions whose servers may send ``knock_room_state`` stripped, unchecked.
+_UNCHECKED_STATE_VERSIONS: Final = frozenset(str(number) for number in range(1, 12))
 
 
 class KnockClient(Protocol):
@@ -126,8 +137,12 @@ class RoomKnocks:
         directory: RoomDirectory | None = None,
         client: KnockClient | None = None,
         clock: Clock = wall_clock_ms,
+        keys: VerifyKeySource | None = None,
     ) -> None:
         self.server_name = server_name
+        # Checks the signatures of knock_room_state entries from v12; without
+        # it, those entries are all dropped, as none can be shown valid.
+        self._keys = keys
         self._signing_key = signing_key
         self._creator = creator
         self._memberships = memberships
@@ -215,7 +230,8 @@ class RoomKnocks:
                     raise
                 failures.append(f"{server}: {exc.message}")
                 continue
-            state = _stripped_state(sent.get(KNOCK_ROOM_STATE) if isinstance(sent, dict) else None)
+            entries = sent.get(KNOCK_ROOM_STATE) if isinstance(sent, dict) else None
+            state = _stripped_state(await self._valid_entries(event.room_version, room_id, entries))
             # Kept outside the signed part, as an invite keeps the state its
             # server sent: the event's ID and signatures do not cover it.
             kept = Pdu.from_json(
@@ -228,6 +244,48 @@ class RoomKnocks:
             errcode="M_UNKNOWN",
             http_status=502,
         )
+
+    async def _valid_entries(self, rv: RoomVersion, room_id: str, entries: Any) -> Any:
+        """``entries`` without those the spec has removed (see the module's
+        notes); as given for versions before 12."""
+        if rv.identifier in _UNCHECKED_STATE_VERSIONS or not isinstance(entries, list):
+            return entries
+        events: list[Pdu] = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            try:
+                event = Pdu.from_json(entry, rv, check_limits=False)
+            except MatrixError:
+                continue
+            # A content hash that does not match would have the event
+            # redacted on receipt: its content, all a client sees, is not
+            # the one signed.
+            if (
+                event.room_id == room_id
+                and event.state_key is not None
+                and content_hash_matches(event.json)
+            ):
+                events.append(event)
+        if self._keys is None:
+            return []
+        # Failures are told by event ID, which a forged copy of an event
+        # shares with it (its ID does not cover what redaction removes): each
+        # round checks one entry per ID.
+        valid: set[int] = set()
+        pending = events
+        while pending:
+            this_round: dict[str, Pdu] = {}
+            later: list[Pdu] = []
+            for event in pending:
+                if event.event_id in this_round:
+                    later.append(event)
+                else:
+                    this_round[event.event_id] = event
+            failures = await check_event_signatures(list(this_round.values()), self._keys)
+            valid.update(id(e) for e in this_round.values() if e.event_id not in failures)
+            pending = later
+        return [event.json for event in events if id(event) in valid]
 
     def _signed_knock(self, answer: Any, room_id: str, user_id: str, reason: str | None) -> Pdu:
         """Our knock from a ``make_knock`` template, checked to be one, signed."""
