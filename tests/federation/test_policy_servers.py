@@ -36,6 +36,7 @@ from ranvier.web import JsonResponse, Request
 from .test_transaction_acl import V3, _config_at, _eventually, _ok, _public_room_joined_by, q
 
 _POLICY_KEY = SigningKey(b"k" * 32, "policy_server")
+_OTHER_KEY = SigningKey(b"o" * 32, "policy_server")
 
 
 async def test_events_the_policy_server_refuses_are_soft_failed(tmp_path: Path) -> None:
@@ -143,7 +144,8 @@ async def test_our_events_are_signed_by_the_policy_server_before_they_are_sent(
                 return JsonResponse(
                     {"errcode": "M_FORBIDDEN", "error": "This looks like spam"}, status=400
                 )
-            signature = encode_unpadded_base64(_POLICY_KEY.sign(event.signed_form).signature)
+            key = _OTHER_KEY if what == "missigned" else _POLICY_KEY
+            signature = encode_unpadded_base64(key.sign(event.signed_form).signature)
             return JsonResponse({b.server_name: {POLICY_KEY_ID: signature}})
 
         b.server.federation_app.router.add(
@@ -209,6 +211,13 @@ async def test_our_events_are_signed_by_the_policy_server_before_they_are_sent(
                 f"{V3}/rooms/{q(room)}/state/m.room.topic/", json={"topic": "spam"}
             )
         assert response.status_code == 400, response.text
+        # A signature the room's policy key does not verify is no signature.
+        async with a.client(alice) as client:
+            response = await client.put(
+                f"{V3}/rooms/{q(room)}/send/m.room.message/m", json={"body": "missigned"}
+            )
+        assert response.status_code == 502, response.text
+        assert response.json()["errcode"] == "M_UNKNOWN"
         after = await at_b(await send("after"))
         assert _policy_signed_by(after, b.server_name)
         for hs, user in ((a, alice), (b, bob)):
@@ -216,5 +225,6 @@ async def test_our_events_are_signed_by_the_policy_server_before_they_are_sent(
             seen = [e["content"].get("body", e["content"].get("topic")) for e in messages["chunk"]]
             assert "after" in seen
             assert "spam" not in seen
+            assert "missigned" not in seen
             state = await _ok(hs, user, "GET", f"/rooms/{q(room)}/state/m.room.topic/")
             assert state == {"topic": "t"}
