@@ -1417,6 +1417,7 @@ class HomeServer:
             notifier=self._notifier,
             room_lock=self._room_locks.hold,
             invite_permission=self._invite_permission,
+            policy_servers=self.ingester.policy_servers,
         )
         add_directory_route(router, self.room_directory)
         add_e2e_key_routes(router, server_name=config.server_name, keys=self.e2e_keys)

@@ -823,3 +823,70 @@ async def test_an_invite_answered_with_json_nested_too_deeply(
     assert caught.value.http_status == 502
     assert "not the signed event" in caught.value.message
     assert await membership_now(a.storage, room_id, target) is None
+
+
+# A room with a policy server (spec v1.18): joins, leaves and knocks received
+# are checked with it, as any event received is.
+
+
+class Recommender:
+    """Stands for the room's policy server: recommends all but ``refused``,
+    adding a mark to what it recommends."""
+
+    def __init__(self) -> None:
+        self.refused: set[str] = set()
+        self.asked: list[str] = []
+
+    async def recommended(self, event: Pdu) -> Pdu | None:
+        await trio.lowlevel.checkpoint()
+        self.asked.append(event.sender)
+        if event.sender in self.refused:
+            return None
+        unsigned = {"recommended": True}
+        return Pdu.from_json(dict(event.json) | {"unsigned": unsigned}, event.room_version)
+
+
+async def test_a_join_the_policy_server_does_not_recommend_is_refused(
+    world: World, nursery: trio.Nursery
+) -> None:
+    d = await start_resident(nursery, world.tmp_path, world.pki, world.keys, host="d.test")
+    world.zone.addresses["d.test"] = ["127.0.0.1"]
+    recommender = Recommender()
+    add_membership_routes(
+        d.app.router,
+        server_name=d.server_name,
+        signing_key=d.signing_key,
+        store=d.storage,
+        persister=d.storage,
+        keys=world.keys,
+        policy_servers=recommender,
+        clock=lambda: NOW_MS,
+    )
+    dave = f"@dave:{d.server_name}"
+    keys = {d.server_name: d.signing_key, "b.test": world.peer.signing_key}
+    room = RoomBuilder("12", dave, keys=keys)
+    room.public_room(history_visibility="shared")
+    await ingest_all(d.storage, room.order)
+
+    async def join(user: str) -> tuple[Pdu, Any]:
+        path = f"{V1}/make_join/{seg(room.room_id)}/{seg(user)}"
+        answer = await world.peer.client.get_json(d.server_name, path, query={"ver": ["12"]})
+        event = world.sign(answer["event"])
+        path = f"{V2}/send_join/{seg(room.room_id)}/{seg(event.event_id)}"
+        return event, world.peer.client.put_json(d.server_name, path, event.json)
+
+    recommender.refused.add(BOB)
+    refused, call = await join(BOB)
+    error = await world.refused(call)
+    assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
+    assert not await stored(d.storage, refused.event_id)
+    assert await membership_now(d.storage, room.room_id, BOB) is None
+
+    carol = "@carol:b.test"
+    accepted, call = await join(carol)
+    await call
+    assert recommender.asked == [BOB, carol]
+    row = await d.storage.get_event(accepted.event_id)
+    assert row is not None
+    assert msgspec.json.decode(row.json)["unsigned"] == {"recommended": True}
+    assert await membership_now(d.storage, room.room_id, carol) == "join"

@@ -111,6 +111,7 @@ __all__ = [
     "FederationInviter",
     "FederationJoinClient",
     "InviteChecker",
+    "PolicyRecommender",
     "ResidentStateReader",
     "RoomLock",
     "add_membership_routes",
@@ -158,6 +159,16 @@ class InviteChecker(Protocol):
 
     async def check_invite(self, invitee: str) -> None:
         """Raise 403 ``M_INVITE_BLOCKED`` when ``invitee`` blocks invites."""
+        ...
+
+
+class PolicyRecommender(Protocol):
+    """Whether the room's policy server recommends an event received
+    (:class:`ranvier.core.policy_servers.PolicyServers`)."""
+
+    async def recommended(self, event: Pdu) -> Pdu | None:
+        """``event`` with the policy server's signature, or None when it is
+        not recommended."""
         ...
 
 
@@ -243,8 +254,10 @@ class _Membership:
         room_lock: RoomLock,
         clock: Callable[[], int],
         invite_permission: InviteChecker | None,
+        policy_servers: PolicyRecommender | None,
     ) -> None:
         self._server_name = server_name
+        self._policy_servers = policy_servers
         self._invite_permission = invite_permission
         self._signing_key = signing_key
         self._store = store
@@ -469,6 +482,14 @@ class _Membership:
         if sign:
             event = self._countersigned(event)
         await self._check_signatures(event)
+        if self._policy_servers is not None:
+            # Step 7 of the checks on receipt (v1.18). Soft failing a
+            # handshake's event would leave its server believing it in the
+            # room: it is refused instead, as the auth rules refuse one.
+            recommended = await self._policy_servers.recommended(event)
+            if recommended is None:
+                raise _forbidden(f"the room's policy server does not recommend {event_id}")
+            event = recommended
         async with self._room_lock(room_id):
             return await self._write(event)
 
@@ -754,6 +775,7 @@ def add_membership_routes(
     room_lock: RoomLock | None = None,
     clock: Callable[[], int] = wall_clock_ms,
     invite_permission: InviteChecker | None = None,
+    policy_servers: PolicyRecommender | None = None,
 ) -> None:
     """Serve the membership handshakes as a resident server.
 
@@ -765,7 +787,8 @@ def add_membership_routes(
     server writes the room's events under (``room_locks.hold``); without
     it, the routes have locks of their own. ``clock`` gives
     templates' ``origin_server_ts``. ``invite_permission`` refuses invites
-    of our users who block them.
+    of our users who block them; ``policy_servers`` checks joins, leaves
+    and knocks received with the room's policy server, if it has one.
     """
     handler = _Membership(
         server_name=server_name,
@@ -777,6 +800,7 @@ def add_membership_routes(
         room_lock=room_lock if room_lock is not None else RoomLocks().hold,
         clock=clock,
         invite_permission=invite_permission,
+        policy_servers=policy_servers,
     )
     v1, v2 = "/_matrix/federation/v1", "/_matrix/federation/v2"
     router.add("GET", f"{v1}/make_join/{{room_id}}/{{user_id}}", handler.make_join)
