@@ -14,8 +14,7 @@ __all__ = ["SPEC_VERSIONS", "UNSTABLE_FEATURES", "add_versions_route"]
 #: The spec versions whose client-server API this server implements; the
 #: endpoints are those of ``/_matrix/client/v3``. Each one is a promise that
 #: all it requires of a server holds (docs/decisions.md, "Spec versions
-#: advertised"); v1.18 waits for invite blocking on federation invites and
-#: for policy servers.
+#: advertised").
 SPEC_VERSIONS: Final = (
     "v1.1",
     "v1.2",
@@ -34,6 +33,8 @@ SPEC_VERSIONS: Final = (
     "v1.15",
     "v1.16",
     "v1.17",
+    "v1.18",
+    "v1.19",
 )
 
 #: The unstable features served: simplified sliding sync (MSC4186) and
