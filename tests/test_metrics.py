@@ -22,9 +22,7 @@ from ranvier.config import (
     Config,
     ConfigError,
     DatabaseConfig,
-    FederationConfig,
     ListenerConfig,
-    TlsConfig,
 )
 from ranvier.federation.transport.server import Request, RouteMatch, Router
 from ranvier.metrics import (
@@ -36,7 +34,8 @@ from ranvier.metrics import (
     sample_name,
 )
 from ranvier.server import HomeServer, open_homeserver
-from ranvier.testing import Pki, free_port
+from ranvier.testing import Pki
+from ranvier.testing.homeserver import federating_config
 
 # --- The text format, read independently ------------------------------------------------
 
@@ -283,22 +282,6 @@ class _HeldStateIds(Router):
         return RouteMatch(dataclasses.replace(found.route, handler=held), found.params)
 
 
-def _config(tmp_path: Path, pki: Pki, label: str, *extra: ListenerConfig) -> Config:
-    port = free_port()
-    issued = pki.ca.issue_cert("127.0.0.1")
-    certificate, key = tmp_path / f"{label}.crt", tmp_path / f"{label}.key"
-    certificate.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
-    issued.private_key_pem.write_to_path(str(key))
-    return Config(
-        server_name=f"127.0.0.1:{port}",
-        data_dir=tmp_path / label,
-        listeners=(ListenerConfig(type="federation", host="127.0.0.1", port=port), *extra),
-        tls=TlsConfig(certificate_path=certificate, private_key_path=key),
-        database=DatabaseConfig(synchronous="OFF"),
-        federation=FederationConfig(ca_file=pki.ca_file, request_timeout_seconds=10),
-    )
-
-
 def _metrics_url(hs: HomeServer, path: str = "/metrics") -> str:
     (bound,) = [bound for bound in hs.listeners if bound.config.type == "metrics"]
     assert bound.scheme == "http"
@@ -335,8 +318,8 @@ async def test_metrics_are_scraped_from_a_homeserver_while_a_room_resyncs(
     pki = Pki.create(tmp_path)
     metrics = ListenerConfig(type="metrics", host="127.0.0.1", port=0)
     async with (
-        open_homeserver(_config(tmp_path, pki, "a")) as a,
-        open_homeserver(_config(tmp_path, pki, "b", metrics)) as b,
+        open_homeserver(federating_config(tmp_path, pki, "a")) as a,
+        open_homeserver(federating_config(tmp_path, pki, "b", metrics)) as b,
         httpx.AsyncClient(timeout=10) as client,
     ):
         held = _HeldStateIds(a.federation_app.router)

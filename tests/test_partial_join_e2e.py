@@ -46,13 +46,14 @@ import msgspec
 import pytest
 import trio
 
-from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
+from ranvier.config import Config
 from ranvier.core.ingest_batch import RoomRun
 from ranvier.metrics import sample_name
-from ranvier.server import HomeServer, open_homeserver
+from ranvier.server import HomeServer
 from ranvier.storage import Storage
-from ranvier.testing import Pki, RoomBuilder, free_port, ingest_all
+from ranvier.testing import Pki, RoomBuilder, ingest_all
 from ranvier.testing.held_routes import HeldRoutes
+from ranvier.testing.homeserver import RestartableHomeserver, federating_config
 
 MEMBERS = 2_000
 #: Messages each side sends while B's resumed resync runs.
@@ -62,61 +63,6 @@ _JOINS_PER_WRITE = 50
 
 
 # --- Servers on loopback --------------------------------------------------------------
-
-
-def _config(tmp_path: Path, pki: Pki, label: str) -> Config:
-    """A server's configuration: a port of its own, kept across restarts,
-    and a certificate for 127.0.0.1 from the test CA.
-    """
-    port = free_port()
-    issued = pki.ca.issue_cert("127.0.0.1")
-    certificate, key = tmp_path / f"{label}.crt", tmp_path / f"{label}.key"
-    certificate.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
-    issued.private_key_pem.write_to_path(str(key))
-    return Config(
-        server_name=f"127.0.0.1:{port}",
-        data_dir=tmp_path / label,
-        listeners=(ListenerConfig(type="federation", host="127.0.0.1", port=port),),
-        tls=TlsConfig(certificate_path=certificate, private_key_path=key),
-        # Temporary files: durability is not what this test is about.
-        database=DatabaseConfig(synchronous="OFF"),
-        federation=FederationConfig(ca_file=pki.ca_file, request_timeout_seconds=10),
-    )
-
-
-class _Running:
-    """A homeserver that the test stops and starts again on the same data."""
-
-    def __init__(self, nursery: trio.Nursery, config: Config) -> None:
-        self._nursery = nursery
-        self.config = config
-        self._stop: trio.Event | None = None
-        self._stopped: trio.Event | None = None
-
-    async def start(self) -> HomeServer:
-        self._stop, self._stopped = trio.Event(), trio.Event()
-        started: HomeServer = await self._nursery.start(self._serve, self._stop, self._stopped)
-        return started
-
-    async def stop(self) -> None:
-        assert self._stop is not None
-        assert self._stopped is not None
-        self._stop.set()
-        await self._stopped.wait()
-
-    async def _serve(
-        self,
-        stop: trio.Event,
-        stopped: trio.Event,
-        *,
-        task_status: trio.TaskStatus[HomeServer] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        try:
-            async with open_homeserver(self.config) as hs:
-                task_status.started(hs)
-                await stop.wait()
-        finally:
-            stopped.set()
 
 
 def _hold_resync_reads(hs: HomeServer) -> HeldRoutes:
@@ -249,8 +195,8 @@ async def test_a_partial_join_is_quick_and_ends_with_the_residents_room(
 ) -> None:
     caplog.set_level(logging.INFO, logger="ranvier.core.unpartial")
     pki = Pki.create(tmp_path)
-    server_a = _Running(nursery, _config(tmp_path, pki, "a"))
-    server_b = _Running(nursery, _config(tmp_path, pki, "b"))
+    server_a = RestartableHomeserver(nursery, federating_config(tmp_path, pki, "a"))
+    server_b = RestartableHomeserver(nursery, federating_config(tmp_path, pki, "b"))
     a, b = await server_a.start(), await server_b.start()
     # A's first life answers none of B's resync reads; its second is a new server.
     held_on_a = _hold_resync_reads(a)

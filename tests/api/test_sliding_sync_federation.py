@@ -18,30 +18,13 @@ import trio
 import trio.testing
 from _sliding_sync import all_rooms, slide
 
-from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
+from ranvier.config import ListenerConfig
 from ranvier.server import open_homeserver
-from ranvier.testing import Pki, free_port
+from ranvier.testing import Pki
 from ranvier.testing.held_routes import HeldRoutes
-from ranvier.testing.homeserver import TestUser
+from ranvier.testing.homeserver import TestUser, federating_config
 
-
-def _server(tmp_path: Path, pki: Pki, label: str) -> Config:
-    port = free_port()
-    issued = pki.ca.issue_cert("127.0.0.1")
-    certificate, key = tmp_path / f"{label}.crt", tmp_path / f"{label}.key"
-    certificate.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
-    issued.private_key_pem.write_to_path(str(key))
-    return Config(
-        server_name=f"127.0.0.1:{port}",
-        data_dir=tmp_path / label,
-        listeners=(
-            ListenerConfig(type="federation", host="127.0.0.1", port=port),
-            ListenerConfig(type="client", host="127.0.0.1", port=0),
-        ),
-        tls=TlsConfig(certificate_path=certificate, private_key_path=key),
-        database=DatabaseConfig(synchronous="OFF"),
-        federation=FederationConfig(ca_file=pki.ca_file, request_timeout_seconds=10),
-    )
+_CLIENT = ListenerConfig(type="client", host="127.0.0.1", port=0)
 
 
 async def test_a_partial_state_room_waits_for_every_member_but_not_for_lazy_ones(
@@ -49,8 +32,8 @@ async def test_a_partial_state_room_waits_for_every_member_but_not_for_lazy_ones
 ) -> None:
     pki = Pki.create(tmp_path)
     async with (
-        open_homeserver(_server(tmp_path, pki, "a")) as a,
-        open_homeserver(_server(tmp_path, pki, "b")) as b,
+        open_homeserver(federating_config(tmp_path, pki, "a", _CLIENT)) as a,
+        open_homeserver(federating_config(tmp_path, pki, "b", _CLIENT)) as b,
     ):
         alice = f"@alice:{a.server_name}"
         room_id = await a.create_room(alice, preset="public_chat", name="partial")

@@ -26,31 +26,14 @@ import httpx
 import trio
 import trio.testing
 
-from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
+from ranvier.config import ListenerConfig
 from ranvier.server import HomeServer, open_homeserver
-from ranvier.testing import Pki, free_port
+from ranvier.testing import Pki
 from ranvier.testing.held_routes import HeldRoutes
+from ranvier.testing.homeserver import federating_config
 
+_CLIENT = ListenerConfig(type="client", host="127.0.0.1", port=0)
 _LAZY = json.dumps({"room": {"state": {"lazy_load_members": True}}})
-
-
-def _config(tmp_path: Path, pki: Pki, label: str, *, client: bool) -> Config:
-    port = free_port()
-    issued = pki.ca.issue_cert("127.0.0.1")
-    certificate, key = tmp_path / f"{label}.crt", tmp_path / f"{label}.key"
-    certificate.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
-    issued.private_key_pem.write_to_path(str(key))
-    listeners = [ListenerConfig(type="federation", host="127.0.0.1", port=port)]
-    if client:
-        listeners.append(ListenerConfig(type="client", host="127.0.0.1", port=0))
-    return Config(
-        server_name=f"127.0.0.1:{port}",
-        data_dir=tmp_path / label,
-        listeners=tuple(listeners),
-        tls=TlsConfig(certificate_path=certificate, private_key_path=key),
-        database=DatabaseConfig(synchronous="OFF"),
-        federation=FederationConfig(ca_file=pki.ca_file, request_timeout_seconds=10),
-    )
 
 
 def _client_url(hs: HomeServer) -> str:
@@ -86,8 +69,8 @@ def _kinds(room: dict[str, Any]) -> set[tuple[str, str]]:
 async def test_eager_syncs_wait_for_the_resync_and_lazy_ones_do_not(tmp_path: Path) -> None:
     pki = Pki.create(tmp_path)
     async with (
-        open_homeserver(_config(tmp_path, pki, "a", client=False)) as a,
-        open_homeserver(_config(tmp_path, pki, "b", client=True)) as b,
+        open_homeserver(federating_config(tmp_path, pki, "a")) as a,
+        open_homeserver(federating_config(tmp_path, pki, "b", _CLIENT)) as b,
     ):
         alice = f"@alice:{a.server_name}"
         members = [f"@member{n}:{a.server_name}" for n in range(3)]
@@ -161,8 +144,8 @@ async def test_eager_syncs_wait_for_the_resync_and_lazy_ones_do_not(tmp_path: Pa
 async def test_an_invite_from_another_server_and_the_join_after_it(tmp_path: Path) -> None:
     pki = Pki.create(tmp_path)
     async with (
-        open_homeserver(_config(tmp_path, pki, "a", client=False)) as a,
-        open_homeserver(_config(tmp_path, pki, "b", client=True)) as b,
+        open_homeserver(federating_config(tmp_path, pki, "a")) as a,
+        open_homeserver(federating_config(tmp_path, pki, "b", _CLIENT)) as b,
     ):
         alice = f"@alice:{a.server_name}"
         room_id = await a.create_room(alice, name="Invited")

@@ -22,57 +22,14 @@ from pathlib import Path
 
 import trio
 
-from ranvier.config import Config, DatabaseConfig, FederationConfig, ListenerConfig, TlsConfig
-from ranvier.server import HomeServer, open_homeserver
-from ranvier.testing import Pki, RoomBuilder, free_port, ingest_all
+from ranvier.config import Config
+from ranvier.server import HomeServer
+from ranvier.testing import Pki, RoomBuilder, ingest_all
 from ranvier.testing.held_routes import HeldRoutes
+from ranvier.testing.homeserver import RestartableHomeserver, federating_config
 
 #: Real seconds a wait may take; only a failure reaches it.
 _GIVE_UP_SECONDS = 30
-
-
-def _config(tmp_path: Path, pki: Pki, label: str) -> Config:
-    port = free_port()
-    issued = pki.ca.issue_cert("127.0.0.1")
-    certificate, key = tmp_path / f"{label}.crt", tmp_path / f"{label}.key"
-    certificate.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
-    issued.private_key_pem.write_to_path(str(key))
-    return Config(
-        server_name=f"127.0.0.1:{port}",
-        data_dir=tmp_path / label,
-        listeners=(ListenerConfig(type="federation", host="127.0.0.1", port=port),),
-        tls=TlsConfig(certificate_path=certificate, private_key_path=key),
-        database=DatabaseConfig(synchronous="OFF"),
-        federation=FederationConfig(ca_file=pki.ca_file, request_timeout_seconds=10),
-    )
-
-
-class _Running:
-    """A homeserver the test stops and starts again on the same data."""
-
-    def __init__(self, nursery: trio.Nursery, config: Config) -> None:
-        self._nursery = nursery
-        self.config = config
-        self._stop = trio.Event()
-        self._stopped = trio.Event()
-
-    async def start(self) -> HomeServer:
-        self._stop, self._stopped = trio.Event(), trio.Event()
-        started: HomeServer = await self._nursery.start(self._serve)
-        return started
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await self._stopped.wait()
-
-    async def _serve(self, *, task_status: trio.TaskStatus[HomeServer]) -> None:
-        stop, stopped = self._stop, self._stopped
-        try:
-            async with open_homeserver(self.config) as hs:
-                task_status.started(hs)
-                await stop.wait()
-        finally:
-            stopped.set()
 
 
 async def _eventually(check: Callable[[], Awaitable[bool] | bool], what: str) -> None:
@@ -136,8 +93,8 @@ async def test_a_room_purged_while_its_resync_fetches_stays_gone(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     pki = Pki.create(tmp_path)
-    server_a = _Running(nursery, _config(tmp_path, pki, "a"))
-    server_b = _Running(nursery, _config(tmp_path, pki, "b"))
+    server_a = RestartableHomeserver(nursery, federating_config(tmp_path, pki, "a"))
+    server_b = RestartableHomeserver(nursery, federating_config(tmp_path, pki, "b"))
     a, b = await server_a.start(), await server_b.start()
     held_on_a = HeldRoutes(a.federation_app.router)
     a.federation_app.router = held_on_a

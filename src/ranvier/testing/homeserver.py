@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import trio
 
 from ranvier.config import (
     Config,
@@ -62,7 +63,15 @@ from ranvier.storage.schema import migrate
 
 from .network import Pki, free_port
 
-__all__ = ["TestHomeserver", "TestUser", "config_for_tests", "open_test_homeserver"]
+__all__ = [
+    "RestartableHomeserver",
+    "TestHomeserver",
+    "TestUser",
+    "config_for_tests",
+    "federating_config",
+    "loopback_tls",
+    "open_test_homeserver",
+]
 
 #: How long a request of a test client may take before it times out.
 _CLIENT_TIMEOUT_SECONDS = 60.0
@@ -164,11 +173,7 @@ def config_for_tests(
     else:
         port = free_port()
         server_name = f"127.0.0.1:{port}"
-        issued = federation.ca.issue_cert("127.0.0.1")
-        certificate, key = data_dir / "tls.crt", data_dir / "tls.key"
-        certificate.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
-        issued.private_key_pem.write_to_path(str(key))
-        tls = TlsConfig(certificate_path=certificate, private_key_path=key)
+        tls = loopback_tls(federation, data_dir / "tls")
         federation_config = FederationConfig(ca_file=federation.ca_file, request_timeout_seconds=10)
         listeners.append(ListenerConfig(type="federation", host="127.0.0.1", port=port))
     return Config(
@@ -187,6 +192,67 @@ def config_for_tests(
             password_hash_parallelism=1,
         ),
     )
+
+
+def loopback_tls(pki: Pki, stem: Path) -> TlsConfig:
+    """A certificate for 127.0.0.1 from ``pki``'s CA, written to
+    ``stem.crt`` and ``stem.key``, as a server's TLS settings."""
+    issued = pki.ca.issue_cert("127.0.0.1")
+    certificate, key = stem.with_suffix(".crt"), stem.with_suffix(".key")
+    certificate.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    return TlsConfig(certificate_path=certificate, private_key_path=key)
+
+
+def federating_config(directory: Path, pki: Pki, label: str, *extra: ListenerConfig) -> Config:
+    """A whole server's settings for tests of servers federating over TLS on
+    loopback, kept across its restarts: named ``127.0.0.1:<port>`` after a
+    federation listener on a free port, with a certificate from ``pki``
+    and ``pki``'s CA the only one trusted, its data in ``directory/label``,
+    and ``extra`` listeners (a client listener, say). Nothing else is set
+    for tests: registration and rate limits are as by default."""
+    port = free_port()
+    return Config(
+        server_name=f"127.0.0.1:{port}",
+        data_dir=directory / label,
+        listeners=(ListenerConfig(type="federation", host="127.0.0.1", port=port), *extra),
+        tls=loopback_tls(pki, directory / label),
+        # A test's database need not survive a power cut.
+        database=DatabaseConfig(synchronous="OFF"),
+        federation=FederationConfig(ca_file=pki.ca_file, request_timeout_seconds=10),
+    )
+
+
+class RestartableHomeserver:
+    """A homeserver a test stops and starts again on the same data, in the
+    test's ``nursery``."""
+
+    def __init__(self, nursery: trio.Nursery, config: Config) -> None:
+        self._nursery = nursery
+        self.config = config
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+
+    async def start(self) -> HomeServer:
+        """Start it; the server once it serves."""
+        self._stop, self._stopped = trio.Event(), trio.Event()
+        started: HomeServer = await self._nursery.start(self._serve, self._stop, self._stopped)
+        return started
+
+    async def stop(self) -> None:
+        """Stop it, returning once it has stopped."""
+        self._stop.set()
+        await self._stopped.wait()
+
+    async def _serve(
+        self, stop: trio.Event, stopped: trio.Event, *, task_status: trio.TaskStatus[HomeServer]
+    ) -> None:
+        try:
+            async with open_homeserver(self.config) as hs:
+                task_status.started(hs)
+                await stop.wait()
+        finally:
+            stopped.set()
 
 
 _untrusted: bytes | None = None
