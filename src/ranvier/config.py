@@ -40,6 +40,7 @@ __all__ = [
     "DataPaths",
     "DatabaseConfig",
     "FederationConfig",
+    "FederationRateConfig",
     "ListenerConfig",
     "MediaConfig",
     "PushConfig",
@@ -170,6 +171,34 @@ class RateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     burst: Annotated[int, msgspec.Meta(ge=1)]
 
 
+class FederationRateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Limits on what one other server may ask of this one at a time, with
+    Synapse's ``rc_federation`` names and defaults (times in milliseconds;
+    see :mod:`ranvier.federation.transport.ratelimit`).
+    """
+
+    enabled: bool = True
+    #: How far back requests are counted.
+    window_size: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    #: Requests in the window beyond this many are each held ``sleep_delay``.
+    sleep_limit: Annotated[int, msgspec.Meta(ge=1)] = 10
+    sleep_delay: Annotated[int, msgspec.Meta(ge=0)] = 500
+    #: Requests held at once (delayed or waiting their turn) beyond this many
+    #: are refused with 429.
+    reject_limit: Annotated[int, msgspec.Meta(ge=1)] = 50
+    #: Requests of one server served at the same time.
+    concurrent: Annotated[int, msgspec.Meta(ge=1)] = 3
+    #: Servers never limited (another homeserver of the same operator).
+    exempt_origins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for index, origin in enumerate(self.exempt_origins):
+            try:
+                split_server_name(origin)
+            except ValueError as exc:
+                raise ConfigError(f"exempt_origins[{index}]", str(exc)) from None
+
+
 class RateLimitConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Rate limits on the client-server API (see :mod:`ranvier.api.ratelimit`).
 
@@ -190,6 +219,11 @@ class RateLimitConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     report: RateConfig = RateConfig(per_second=0.1, burst=10)
     login: RateConfig = RateConfig(per_second=0.003, burst=5)
     registration: RateConfig = RateConfig(per_second=0.17, burst=3)
+    #: Uploads and ``create`` per user (Synapse's ``rc_media_create``).
+    media_create: RateConfig = RateConfig(per_second=10.0, burst=50)
+    #: Requests from other servers, per server (off, like the rest, when
+    #: ``enabled`` is false).
+    federation: FederationRateConfig = FederationRateConfig()
 
 
 class RegistrationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
