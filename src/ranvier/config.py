@@ -534,6 +534,44 @@ class DataPaths:
     database: Path
 
 
+class OidcProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One OpenID Connect identity provider users log in through
+    (``m.login.sso``, :mod:`ranvier.core.sso`); ``[[oidc_providers]]``."""
+
+    #: The ``id`` clients see in ``identity_providers`` and put in
+    #: ``/login/sso/redirect/{idpId}``.
+    idp_id: str
+    #: The name clients show on the provider's button.
+    idp_name: str
+    #: The provider's issuer URL: its discovery document is
+    #: ``{issuer}/.well-known/openid-configuration``.
+    issuer: str
+    client_id: str
+    client_secret: str
+    #: How the client secret reaches the token endpoint.
+    client_auth_method: Literal["client_secret_basic", "client_secret_post"] = (
+        "client_secret_basic"
+    )
+    scopes: tuple[str, ...] = ("openid", "profile")
+    #: The ID token claim a new user's localpart is made from.
+    localpart_claim: str = "preferred_username"
+    #: Whether a login whose localpart names an account that exists (and
+    #: is not yet this subject's) logs in as that account; by default it is
+    #: refused, so that the provider cannot take over local accounts.
+    allow_existing_users: bool = False
+    #: CA certificates (PEM) the provider's certificate must chain to;
+    #: None means the system's.
+    ca_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9._~-]{1,255}", self.idp_id):
+            raise ConfigError("idp_id", "may hold only A-Z a-z 0-9 . _ ~ - (1 to 255)")
+        if not re.fullmatch(r"https://[^\s?#]+", self.issuer):
+            raise ConfigError("issuer", f"expected an https:// URL, got {self.issuer!r}")
+        if "openid" not in self.scopes:
+            raise ConfigError("scopes", "must include 'openid'")
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The homeserver's configuration. Build it with :meth:`default`,
     :meth:`from_toml` or :func:`load_config`, or directly with keywords."""
@@ -562,8 +600,19 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     #: that own namespaces of users and aliases (:mod:`ranvier.core.appservices`).
     #: Read at start; a bad file stops it.
     app_service_config_files: tuple[Path, ...] = ()
+    #: OpenID Connect identity providers for single sign-on; the callback
+    #: URL given to them is built on ``[well_known] client_base_url``.
+    oidc_providers: tuple[OidcProviderConfig, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.oidc_providers and self.well_known.client_base_url is None:
+            raise ConfigError(
+                "well_known.client_base_url",
+                "required with oidc_providers: the providers' callback URL is built on it",
+            )
+        idp_ids = [provider.idp_id for provider in self.oidc_providers]
+        if len(set(idp_ids)) != len(idp_ids):
+            raise ConfigError("oidc_providers", "two providers have the same idp_id")
         try:
             split_server_name(self.server_name)
         except ValueError as exc:

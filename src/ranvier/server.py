@@ -135,6 +135,7 @@ from ranvier.api.room_summary import add_room_summary_routes
 from ranvier.api.rooms import add_room_routes
 from ranvier.api.search import add_search_route
 from ranvier.api.sliding_sync import add_sliding_sync_route
+from ranvier.api.sso import add_sso_routes
 from ranvier.api.sync import add_sync_routes
 from ranvier.api.threepids import add_threepid_routes
 from ranvier.api.timestamps import add_timestamp_route
@@ -211,6 +212,7 @@ from ranvier.core.rooms import FullStateWaiter, RoomReader
 from ranvier.core.search import Search
 from ranvier.core.server_notices import NoticeGuardedLeaves, ServerNotices
 from ranvier.core.sliding_sync import SlidingSyncHandler
+from ranvier.core.sso import SsoProviders
 from ranvier.core.timestamps import EventsByTimestamp
 from ranvier.core.to_device import ToDevice
 from ranvier.core.typing import TypingNotices
@@ -376,6 +378,7 @@ class HomeServer:
         self._accounts: Accounts | None = None
         self._registration_tokens: RegistrationTokens | None = None
         self._login_tokens: LoginTokens | None = None
+        self._sso: SsoProviders | None = None
         self._auth: Auth | None = None
         self._profiles: Profiles | None = None
         self._room_list: RoomList | None = None
@@ -503,6 +506,12 @@ class HomeServer:
         """Login tokens (``m.login.token``); None unless
         ``[registration] login_token_enabled``."""
         return self._login_tokens
+
+    @property
+    def sso(self) -> SsoProviders | None:
+        """Single sign-on through OpenID Connect; None unless
+        ``oidc_providers`` are configured."""
+        return self._sso
 
     @property
     def auth(self) -> Auth:
@@ -1272,6 +1281,21 @@ class HomeServer:
                 self._accounts,
                 lifetime_ms=hashing.login_token_lifetime_ms,
             )
+        if self.config.oidc_providers:
+            base_url = self.config.well_known.client_base_url
+            assert base_url is not None  # the configuration checks it
+            self._sso = SsoProviders(
+                self.config.oidc_providers,
+                client_base_url=base_url,
+                accounts=self._accounts,
+                store=storage.sso,
+                login_tokens=self._login_tokens
+                or LoginTokens(
+                    storage.login_tokens,
+                    self._accounts,
+                    lifetime_ms=hashing.login_token_lifetime_ms,
+                ),
+            )
         self._auth = Auth(self._accounts, self._app_services)
         self._room_directory.app_services = self._app_services
         self._appservice_client = HttpAppServiceClient()
@@ -1484,8 +1508,12 @@ class HomeServer:
             registration_enabled=registration.enabled,
             app_services=self._app_services,
             registration_tokens=self.registration_tokens if registration.requires_token else None,
-            login_tokens=self.login_tokens,
+            login_tokens=self.login_tokens or _sso_login_tokens(self._sso),
+            get_login_token=self.login_tokens is not None,
+            identity_providers=self._sso.identity_providers if self._sso is not None else (),
         )
+        if self._sso is not None:
+            add_sso_routes(router, self._sso)
         if self.login_tokens is not None:
             add_login_token_route(
                 router,
@@ -1810,6 +1838,11 @@ def _make_private_directory(path: Path) -> None:
     # mkdir's mode is reduced by the umask; set it outright. An existing
     # directory keeps the mode its operator gave it.
     path.chmod(0o700)
+
+
+def _sso_login_tokens(sso: SsoProviders | None) -> LoginTokens | None:
+    """The login tokens single sign-on hands out, which ``/login`` takes."""
+    return None if sso is None else sso.login_tokens
 
 
 def _housekeeping_ages(config: Config) -> HousekeepingAges:

@@ -21,6 +21,7 @@ from typing import Final
 import msgspec
 import pytest
 
+from ranvier.config import OidcProviderConfig
 from ranvier.testing.homeserver import config_for_tests, open_test_homeserver
 from ranvier.testing.spec_endpoints import SpecListing
 
@@ -266,7 +267,6 @@ SPEC_ENDPOINTS: Final[tuple[tuple[str, str], ...]] = (
 #: routes that serve them, and why the other values are not. None now.
 SERVED_FOR: Final[dict[tuple[str, str], tuple[tuple[str, ...], str]]] = {}
 
-_SSO = "SSO: no identity provider support"
 _OLD_SYNC = "deprecated by the spec for /sync; peeking into rooms not joined is not supported"
 
 #: Endpoints of the specification with no route here, and why.
@@ -288,8 +288,6 @@ NOT_SERVED: Final[dict[tuple[str, str], str]] = {
     ("GET", "/_matrix/client/v3/rooms/{roomId}/initialSync"): (
         "peeking (its only use since v1.14 took its deprecation back) is not supported"
     ),
-    ("GET", "/_matrix/client/v3/login/sso/redirect"): _SSO,
-    ("GET", "/_matrix/client/v3/login/sso/redirect/{idpId}"): _SSO,
     ("GET", "/.well-known/matrix/policy_server"): "this server is not a policy server",
 }
 
@@ -302,12 +300,25 @@ def _served_routes(hs_routes: Iterable[tuple[str, str, bool]]) -> list[tuple[str
 
 @pytest.fixture
 async def routes(tmp_path: Path) -> list[tuple[str, str]]:
-    """The client listener's routes, with login tokens on (their route is
-    added only then)."""
+    """The client listener's routes, with login tokens and an identity
+    provider on (their routes are added only then; the provider is not
+    reached while nobody logs in)."""
     config = config_for_tests(tmp_path / "hs")
     config = msgspec.structs.replace(
         config,
         registration=msgspec.structs.replace(config.registration, login_token_enabled=True),
+        well_known=msgspec.structs.replace(
+            config.well_known, client_base_url="https://matrix.example"
+        ),
+        oidc_providers=(
+            OidcProviderConfig(
+                idp_id="idp",
+                idp_name="IdP",
+                issuer="https://idp.example",
+                client_id="ranvier",
+                client_secret="secret",
+            ),
+        ),
     )
     async with open_test_homeserver(tmp_path / "hs", config=config) as hs:
         return _served_routes(hs.server.client_app.router.routes()) + _served_routes(

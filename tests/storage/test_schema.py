@@ -89,6 +89,7 @@ TABLES_ADDED = {
     41: {"profile_fields"},
     # Columns of users, no table.
     42: set(),
+    43: {"sso_subjects"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -145,7 +146,10 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
     elif version == 6:
         run("INSERT INTO resync_progress VALUES ('!r:x', 'walking', NULL, 1, 2, 1, NULL, 5)")
     elif version == 7:
-        run("INSERT INTO users VALUES ('@a:x', 'hash', 0, 5, 0)")
+        run(
+            "INSERT INTO users (user_id, password_hash, admin, created_ts, deactivated)"
+            " VALUES ('@a:x', 'hash', 0, 5, 0)"
+        )
         run("INSERT INTO devices VALUES ('@a:x', 'DEV', NULL, 5, NULL)")
         run(
             "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts)"
@@ -276,6 +280,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO profile_fields VALUES ('@a:x', 'm.tz', '\"Europe/Paris\"')")
     elif version == 42:
         run("UPDATE users SET locked = 1, suspended = 1")
+    elif version == 43:
+        run("INSERT INTO sso_subjects VALUES ('idp', 'sub', '@a:x', 5)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

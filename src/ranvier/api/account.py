@@ -31,7 +31,7 @@ under ``/_matrix/client/r0``, where these endpoints had the same shape.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
@@ -49,6 +49,7 @@ _DUMMY: Final = "m.login.dummy"
 _PASSWORD: Final = "m.login.password"
 _APP_SERVICE: Final = "m.login.application_service"
 _TOKEN: Final = "m.login.token"
+_SSO: Final = "m.login.sso"
 _FLOWS: Final = [{"stages": [_DUMMY]}]
 _TOKEN_VALIDITY: Final = f"/_matrix/client/v1/register/{REGISTRATION_TOKEN}/validity"
 
@@ -96,13 +97,17 @@ def add_account_routes(
     app_services: AppServices | None = None,
     registration_tokens: RegistrationTokens | None = None,
     login_tokens: LoginTokens | None = None,
+    get_login_token: bool = True,
+    identity_providers: Sequence[Mapping[str, str]] = (),
 ) -> None:
     """Serve registration, login, logout and ``whoami``.
 
     ``registration_enabled`` opens ``/register`` to anyone; when False it
     answers 403 and ``/register/available`` too. ``registration_tokens``,
     when given with it, makes registering take a token. ``login_tokens``
-    offers ``m.login.token`` logins (made at ``/login/get_token``).
+    offers ``m.login.token`` logins, made at ``/login/get_token`` when
+    ``get_login_token``, and by single sign-on through ``identity_providers``
+    (``id`` and ``name`` each), which ``m.login.sso`` lists.
     """
     tokens = registration_tokens if registration_enabled else None
     server_name = accounts.server_name
@@ -282,7 +287,9 @@ def add_account_routes(
         if services:
             flows.append({"type": _APP_SERVICE})
         if login_tokens is not None:
-            flows.append({"type": _TOKEN, "get_login_token": True})
+            flows.append({"type": _TOKEN, "get_login_token": get_login_token})
+        if identity_providers:
+            flows.append({"type": _SSO, "identity_providers": list(identity_providers)})
         return {"flows": flows}
 
     async def login(request: Request) -> Mapping[str, Any]:

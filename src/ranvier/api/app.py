@@ -24,6 +24,7 @@ M_LIMIT_EXCEEDED``, whether from a limit or raised by a handler, carries a
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Final
 
 from ranvier.api.ratelimit import RouteLimits, retry_after_header
@@ -38,6 +39,7 @@ from ranvier.web import (
     Router,
     Scope,
     Send,
+    StreamResponse,
     only_http,
     parse_json,
     read_body,
@@ -123,6 +125,9 @@ class ClientApp:
             if self.rate_limits is not None:
                 await self.rate_limits.apply(match.route, request, scope.get("client"))
             result = await match.route.handler(request)
+            if isinstance(result, StreamResponse):
+                # A small page or a redirect (single sign-on), not media.
+                return await _gathered(result.status, result.headers, result.body)
             return render(result if isinstance(result, JsonResponse) else JsonResponse(result))
         except Disconnected:
             return None
@@ -140,3 +145,13 @@ class ClientApp:
             return render(
                 JsonResponse({"errcode": "M_UNKNOWN", "error": "internal server error"}, status=500)
             )
+
+
+async def _gathered(
+    status: int,
+    headers: Sequence[tuple[str, str]],
+    body: Callable[[], AsyncGenerator[bytes, None]],
+) -> Rendered:
+    chunks = [chunk async for chunk in body()]
+    encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    return status, encoded, b"".join(chunks)

@@ -1110,6 +1110,18 @@ def _account_moderation(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE users ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0")
 
 
+def _sso_subjects(conn: sqlite3.Connection) -> None:
+    """Which local user each identity provider's subject logs in as
+    (:mod:`ranvier.storage.sso`): the same subject is always the same user,
+    whatever its username claim says later.
+    """
+    conn.execute(
+        "CREATE TABLE sso_subjects (idp_id TEXT NOT NULL, subject TEXT NOT NULL,"
+        " user_id TEXT NOT NULL REFERENCES users (user_id), created_ts INTEGER NOT NULL,"
+        " PRIMARY KEY (idp_id, subject)) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1154,6 +1166,7 @@ MIGRATIONS: Sequence[Migration] = (
     _alias_write_ids,
     _profile_fields,
     _account_moderation,
+    _sso_subjects,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -68,6 +68,7 @@ from .run_reads import RunReads
 from .search import SearchStorage
 from .server_notices import ServerNoticeStorage
 from .sliding_sync import SlidingSyncStorage
+from .sso import SsoStorage
 from .sync_reads import SyncReads
 from .timestamps import TimestampReads
 from .url_previews import UrlPreviewStorage
@@ -174,6 +175,7 @@ class Storage:
         self.registration_tokens = RegistrationTokenStorage(self.writer, self.readers)
         self.refresh_tokens = RefreshTokenStorage(self.writer, self.readers)
         self.login_tokens = LoginTokenStorage(self.writer, self.readers)
+        self.sso = SsoStorage(self.writer, self.readers)
         self.housekeeping = HousekeepingStorage(self.writer, self.readers, self.e2e_keys)
         self.forgotten_rooms = ForgottenRoomStorage(self.writer, self.readers)
         self.room_purge = RoomPurgeStorage(self.writer)

@@ -1,0 +1,466 @@
+"""Single sign-on through OpenID Connect providers (``m.login.sso``).
+
+A client sends the browser to ``/login/sso/redirect[/{idpId}]``; we send
+it on to the provider's authorization endpoint (authorization code flow,
+PKCE S256, ``state`` and ``nonce``); the provider sends it back to our
+callback with a code; we exchange the code at the token endpoint, check
+the ID token, map its subject to a local user (creating it the first
+time) and hand the browser a login token for the client's ``redirectUrl``.
+
+Invariants
+----------
+
+* **Nothing is made before the ID token is checked.** Its signature
+  (against the provider's JWKS), ``iss``, ``aud``, ``exp`` and the
+  session's ``nonce`` are all checked first; a failure creates no user, no
+  mapping and no login token.
+* **A session is used once, before it expires.** The callback takes the
+  session named by ``state`` out of this process's memory; an unknown,
+  used or expired one is refused. Sessions live in the process that
+  served the redirect, so the callback must reach that process: behind
+  ``client_reader`` workers, both routes go to one process.
+* **A subject is one user, for good** (:mod:`ranvier.storage.sso`). A new
+  subject whose localpart is taken is refused unless the provider's
+  ``allow_existing_users`` links it to that account.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import ssl
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import httpx
+import jwt
+import trio
+
+from ranvier.config import OidcProviderConfig
+from ranvier.core.accounts import Accounts
+from ranvier.core.login_tokens import LoginTokens
+from ranvier.errors import MatrixError
+from ranvier.storage.accounts import NewAccount, NewDevice, UserInUseError
+
+__all__ = [
+    "CALLBACK_PATH",
+    "SESSION_LIFETIME_SECONDS",
+    "SsoError",
+    "SsoLogin",
+    "SsoMappingStore",
+    "SsoProviders",
+    "sanitise_localpart",
+]
+
+#: Where providers send the browser back; not a spec path, so outside ``/_matrix``.
+CALLBACK_PATH: Final = "/_ranvier/client/oidc/callback"
+
+#: How long a user has at the provider before the session is forgotten.
+SESSION_LIFETIME_SECONDS: Final = 600.0
+
+#: Sessions held at once; past this, new logins wait for old ones to expire.
+_MAX_SESSIONS: Final = 10_000
+
+_HTTP_TIMEOUT_SECONDS: Final = 10.0
+
+#: Asymmetric algorithms only: a symmetric one would let the client secret sign.
+_ID_TOKEN_ALGORITHMS: Final = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
+
+_LOCALPART_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-/+")
+
+
+class SsoError(Exception):
+    """A login that cannot go on: shown to the user as a page, with nothing made."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class SsoMappingStore(Protocol):
+    """:class:`ranvier.storage.sso.SsoStorage`."""
+
+    async def sso_user(self, idp_id: str, subject: str) -> str | None: ...
+
+    async def create_sso_account(self, account: NewAccount, idp_id: str, subject: str) -> str: ...
+
+    async def link_sso_user(self, idp_id: str, subject: str, user_id: str, now_ts: int) -> str: ...
+
+
+def sanitise_localpart(claim: str) -> str:
+    """A localpart from a username claim: lower-cased, and each character
+    outside the localpart grammar written ``=xx`` (its UTF-8 bytes in hex),
+    so that two different claims never give the same localpart."""
+    out: list[str] = []
+    for char in claim.lower():
+        if char in _LOCALPART_CHARS:
+            out.append(char)
+        else:
+            out.extend(f"={byte:02x}" for byte in char.encode("utf-8"))
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class SsoLogin:
+    """A finished login: who, and the client URL carrying the login token."""
+
+    user_id: str
+    client_url: str
+    #: The client's host, for the confirmation page.
+    client_host: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Session:
+    idp_id: str
+    nonce: str
+    code_verifier: str
+    redirect_url: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Discovery:
+    authorization_endpoint: str
+    token_endpoint: str
+    jwks_uri: str
+
+
+def check_client_redirect(redirect_url: str) -> str:
+    """The client's host, for an http(s) ``redirectUrl``; 400 ``M_INVALID_PARAM`` otherwise."""
+    parsed = urllib.parse.urlsplit(redirect_url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise MatrixError(
+            "redirectUrl must be an http:// or https:// URL with a host",
+            errcode="M_INVALID_PARAM",
+            http_status=400,
+        )
+    return parsed.hostname
+
+
+def _with_login_token(redirect_url: str, token: str) -> str:
+    parsed = urllib.parse.urlsplit(redirect_url)
+    query = urllib.parse.parse_qsl(parsed.query, keep_blank_values=True)
+    query = [(key, value) for key, value in query if key != "loginToken"]
+    query.append(("loginToken", token))
+    return urllib.parse.urlunsplit(parsed._replace(query=urllib.parse.urlencode(query)))
+
+
+class _Provider:
+    """One provider: its settings, its discovery document and keys, fetched on first use."""
+
+    def __init__(self, config: OidcProviderConfig) -> None:
+        self.config = config
+        self._discovery: _Discovery | None = None
+        self._jwks: jwt.PyJWKSet | None = None
+        self._ssl: ssl.SSLContext | None = None
+
+    def http(self) -> httpx.AsyncClient:
+        if self._ssl is None:
+            cafile = None if self.config.ca_file is None else str(self.config.ca_file)
+            self._ssl = ssl.create_default_context(cafile=cafile)
+        return httpx.AsyncClient(
+            verify=self._ssl,
+            timeout=_HTTP_TIMEOUT_SECONDS,
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    async def _get_json(self, client: httpx.AsyncClient, url: str, what: str) -> dict[str, Any]:
+        try:
+            response = await client.get(url, headers={"Accept": "application/json"})
+        except httpx.HTTPError as exc:
+            raise SsoError(
+                f"the identity provider's {what} could not be fetched: {exc}", status=502
+            ) from None
+        return _json_object(response, what)
+
+    async def discovery(self, client: httpx.AsyncClient) -> _Discovery:
+        if self._discovery is None:
+            url = self.config.issuer.rstrip("/") + "/.well-known/openid-configuration"
+            document = await self._get_json(client, url, "discovery document")
+            if document.get("issuer") != self.config.issuer:
+                raise SsoError(
+                    "the identity provider's discovery document names another issuer", status=502
+                )
+            endpoints = {}
+            for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+                value = document.get(key)
+                if not isinstance(value, str) or not value.startswith("https://"):
+                    raise SsoError(
+                        f"the identity provider's discovery document has no https {key}", status=502
+                    )
+                endpoints[key] = value
+            self._discovery = _Discovery(**endpoints)
+        return self._discovery
+
+    async def signing_key(self, client: httpx.AsyncClient, id_token: str) -> jwt.PyJWK:
+        """The JWKS key the token names, fetching the set again once for a
+        key not seen yet (the provider rotated its keys)."""
+        try:
+            kid = jwt.get_unverified_header(id_token).get("kid")
+        except jwt.PyJWTError as exc:
+            raise SsoError(f"the ID token is not a JWT: {exc}", status=502) from None
+        for fresh in (False, True):
+            if self._jwks is None or fresh:
+                discovery = await self.discovery(client)
+                document = await self._get_json(client, discovery.jwks_uri, "keys (JWKS)")
+                try:
+                    self._jwks = jwt.PyJWKSet.from_dict(document)
+                except jwt.PyJWTError as exc:
+                    raise SsoError(
+                        f"the identity provider's keys cannot be read: {exc}", status=502
+                    ) from None
+            keys = [key for key in self._jwks.keys if kid is None or key.key_id == kid]
+            if len(keys) == 1 or (kid is None and keys):
+                return keys[0]
+        raise SsoError(
+            "the ID token is signed with a key the identity provider does not publish", status=502
+        )
+
+
+def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
+    if response.status_code != 200:
+        raise SsoError(
+            f"the identity provider answered {response.status_code} for its {what}", status=502
+        )
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise SsoError(f"the identity provider's {what} is not a JSON object", status=502)
+    return body
+
+
+def _pkce_challenge(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+class SsoProviders:
+    """The configured providers, the sessions between redirect and
+    callback, and the mapping of subjects to users.
+
+    ``clock_ms`` (the wall clock, for account creation times) may be replaced by tests.
+    """
+
+    def __init__(
+        self,
+        providers: Sequence[OidcProviderConfig],
+        *,
+        client_base_url: str,
+        accounts: Accounts,
+        store: SsoMappingStore,
+        login_tokens: LoginTokens,
+    ) -> None:
+        self._providers = {config.idp_id: _Provider(config) for config in providers}
+        self._callback_url = client_base_url.rstrip("/") + CALLBACK_PATH
+        self._accounts = accounts
+        self._store = store
+        #: The tokens a finished login hands the client, which ``/login`` takes.
+        self.login_tokens = login_tokens
+        self._sessions: dict[str, _Session] = {}
+        #: How long a user has at the provider (tests shorten it).
+        self.session_lifetime_seconds = SESSION_LIFETIME_SECONDS
+        self.clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000
+
+    @property
+    def identity_providers(self) -> list[dict[str, str]]:
+        """``identity_providers`` of the ``m.login.sso`` flow."""
+        return [
+            {"id": provider.config.idp_id, "name": provider.config.idp_name}
+            for provider in self._providers.values()
+        ]
+
+    @property
+    def callback_url(self) -> str:
+        return self._callback_url
+
+    def _provider(self, idp_id: str | None) -> _Provider:
+        if idp_id is None:
+            if len(self._providers) != 1:
+                raise MatrixError(
+                    "this server has several identity providers: name one in the path",
+                    errcode="M_NOT_FOUND",
+                    http_status=404,
+                )
+            return next(iter(self._providers.values()))
+        provider = self._providers.get(idp_id)
+        if provider is None:
+            raise MatrixError(
+                f"no identity provider {idp_id!r} here", errcode="M_NOT_FOUND", http_status=404
+            )
+        return provider
+
+    def _sweep(self, now: float) -> None:
+        for state in [
+            state for state, session in self._sessions.items() if session.expires_at <= now
+        ]:
+            del self._sessions[state]
+
+    async def start(self, idp_id: str | None, redirect_url: str) -> str:
+        """Open a session and answer the provider's authorization URL to
+        send the browser to. Raises MatrixError for a bad ``redirectUrl``,
+        an unknown provider, or a provider that cannot be reached."""
+        check_client_redirect(redirect_url)
+        provider = self._provider(idp_id)
+        try:
+            async with provider.http() as client:
+                discovery = await provider.discovery(client)
+        except SsoError as exc:
+            raise MatrixError(exc.message, errcode="M_UNKNOWN", http_status=502) from None
+        now = trio.current_time()
+        self._sweep(now)
+        if len(self._sessions) >= _MAX_SESSIONS:
+            raise MatrixError(
+                "too many logins under way; try again in a few minutes",
+                errcode="M_LIMIT_EXCEEDED",
+                http_status=429,
+            )
+        state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        verifier = secrets.token_urlsafe(48)
+        expires_at = now + self.session_lifetime_seconds
+        self._sessions[state] = _Session(
+            provider.config.idp_id, nonce, verifier, redirect_url, expires_at
+        )
+        query = urllib.parse.urlencode(
+            {
+                "response_type": "code",
+                "client_id": provider.config.client_id,
+                "redirect_uri": self._callback_url,
+                "scope": " ".join(provider.config.scopes),
+                "state": state,
+                "nonce": nonce,
+                "code_challenge": _pkce_challenge(verifier),
+                "code_challenge_method": "S256",
+            }
+        )
+        separator = "&" if "?" in discovery.authorization_endpoint else "?"
+        return discovery.authorization_endpoint + separator + query
+
+    async def finish(self, params: Mapping[str, str]) -> SsoLogin:
+        """Handle the provider's callback: check everything, then map the
+        subject and issue a login token. Raises :class:`SsoError` with
+        nothing made."""
+        state = params.get("state")
+        session = self._sessions.pop(state, None) if state else None
+        if session is None:
+            raise SsoError(
+                "this login is unknown or was already used: start again from your client"
+            )
+        if session.expires_at <= trio.current_time():
+            raise SsoError("this login took too long and has expired: start again from your client")
+        error = params.get("error")
+        if error is not None:
+            description = params.get("error_description", "")
+            raise SsoError(
+                f"the identity provider refused the login: {error} {description}".strip(),
+                status=403,
+            )
+        code = params.get("code")
+        if not code:
+            raise SsoError("the identity provider sent no authorization code")
+        provider = self._providers[session.idp_id]
+        async with provider.http() as client:
+            claims = await self._id_token_claims(provider, client, session, code)
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not subject:
+            raise SsoError("the ID token has no subject", status=502)
+        user_id = await self._user_for(provider.config, subject, claims)
+        token = await self.login_tokens.issue(user_id)
+        return SsoLogin(
+            user_id,
+            _with_login_token(session.redirect_url, token),
+            check_client_redirect(session.redirect_url),
+        )
+
+    async def _id_token_claims(
+        self, provider: _Provider, client: httpx.AsyncClient, session: _Session, code: str
+    ) -> dict[str, Any]:
+        config = provider.config
+        discovery = await provider.discovery(client)
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": self._callback_url,
+            "code_verifier": session.code_verifier,
+        }
+        auth: httpx.BasicAuth | None = None
+        if config.client_auth_method == "client_secret_post":
+            form |= {"client_id": config.client_id, "client_secret": config.client_secret}
+        else:
+            # RFC 6749 2.3.1: each part form-encoded before Basic.
+            auth = httpx.BasicAuth(
+                urllib.parse.quote_plus(config.client_id),
+                urllib.parse.quote_plus(config.client_secret),
+            )
+        try:
+            response = await client.post(
+                discovery.token_endpoint,
+                data=form,
+                auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
+                headers={"Accept": "application/json"},
+            )
+        except httpx.HTTPError as exc:
+            raise SsoError(
+                f"the identity provider's token endpoint could not be reached: {exc}", status=502
+            ) from None
+        tokens = _json_object(response, "token endpoint")
+        id_token = tokens.get("id_token")
+        if not isinstance(id_token, str):
+            raise SsoError("the identity provider's token answer has no ID token", status=502)
+        key = await provider.signing_key(client, id_token)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                id_token,
+                key=key,
+                algorithms=list(_ID_TOKEN_ALGORITHMS),
+                audience=config.client_id,
+                issuer=config.issuer,
+                options={"require": ["iss", "aud", "exp", "iat", "sub"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise SsoError(f"the ID token is not valid: {exc}", status=502) from None
+        if not secrets.compare_digest(str(claims.get("nonce", "")), session.nonce):
+            raise SsoError("the ID token's nonce is not this login's", status=502)
+        return claims
+
+    async def _user_for(
+        self, config: OidcProviderConfig, subject: str, claims: Mapping[str, Any]
+    ) -> str:
+        linked = await self._store.sso_user(config.idp_id, subject)
+        if linked is not None:
+            return linked
+        claim = claims.get(config.localpart_claim)
+        if not isinstance(claim, str) or not claim:
+            raise SsoError(
+                f"the identity provider gave no {config.localpart_claim!r} to name a new user by",
+                status=502,
+            )
+        localpart = sanitise_localpart(claim)
+        try:
+            user_id = self._accounts.user_id_for(localpart)
+        except MatrixError as exc:
+            raise SsoError(f"no user can be made from {claim!r}: {exc}", status=403) from None
+        made: list[str] = []
+
+        async def create(account: NewAccount, device: NewDevice | None) -> None:
+            made.append(await self._store.create_sso_account(account, config.idp_id, subject))
+
+        try:
+            await self._accounts.register(localpart, None, login=False, create=create)
+        except UserInUseError:
+            if not config.allow_existing_users:
+                raise SsoError(
+                    f"the user {user_id} exists already and is not linked to this"
+                    " identity provider account; ask the server's administrator",
+                    status=403,
+                ) from None
+            return await self._store.link_sso_user(config.idp_id, subject, user_id, self.clock_ms())
+        return made[0]

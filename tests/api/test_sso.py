@@ -1,0 +1,286 @@
+"""Single sign-on (``m.login.sso``) through an OpenID Connect provider,
+end to end over loopback: the client's redirect, the provider, the
+callback, the confirmation page, and ``m.login.token`` at ``/login``.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+import urllib.parse
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+import trio
+from _oidc_provider import CLIENT_ID, CLIENT_SECRET, FakeOidcProvider
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ranvier.config import ListenerConfig, OidcProviderConfig
+from ranvier.core.sso import SsoProviders
+from ranvier.testing.homeserver import TestHomeserver, config_for_tests, open_test_homeserver
+from ranvier.testing.network import Pki, free_port
+
+V3 = "/_matrix/client/v3"
+CLIENT_URL = "https://client.example/app/?from=sso"
+
+
+@dataclass
+class Setup:
+    hs: TestHomeserver
+    idp: FakeOidcProvider
+    #: A browser: trusts the test CA, follows no redirects by itself.
+    browser: httpx.AsyncClient
+
+    @property
+    def sso(self) -> SsoProviders:
+        sso = self.hs.server.sso
+        assert sso is not None
+        return sso
+
+
+async def _setup(
+    tmp_path: Path, nursery: trio.Nursery, *, allow_existing_users: bool = False
+) -> AsyncIterator[Setup]:
+    pki = Pki.create(tmp_path)
+    idp = FakeOidcProvider()
+    issuer = await idp.start(nursery, pki)
+    port = free_port()
+    config = config_for_tests(tmp_path / "hs")
+    config = msgspec.structs.replace(
+        config,
+        listeners=(ListenerConfig(type="client", host="127.0.0.1", port=port),),
+        well_known=msgspec.structs.replace(
+            config.well_known, client_base_url=f"http://127.0.0.1:{port}"
+        ),
+        oidc_providers=(
+            OidcProviderConfig(
+                idp_id="test-idp",
+                idp_name="Test IdP",
+                issuer=issuer,
+                client_id=CLIENT_ID,
+                client_secret=CLIENT_SECRET,
+                allow_existing_users=allow_existing_users,
+                ca_file=pki.ca_file,
+            ),
+        ),
+    )
+    async with (
+        open_test_homeserver(tmp_path / "hs", config=config) as hs,
+        httpx.AsyncClient(verify=pki.client_context(), timeout=60) as browser,
+    ):
+        yield Setup(hs, idp, browser)
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Setup]:
+    async for made in _setup(tmp_path, nursery):
+        yield made
+
+
+async def _to_provider(s: Setup) -> str:
+    """The client's redirect; answers the provider's authorization URL."""
+    response = await s.browser.get(
+        f"{s.hs.client_url}{V3}/login/sso/redirect/test-idp",
+        params={"redirectUrl": CLIENT_URL},
+    )
+    assert response.status_code == 302, response.text
+    location = response.headers["location"]
+    assert location.startswith(f"{s.idp.issuer}/authorize?")
+    return location
+
+
+async def _to_callback(s: Setup) -> str:
+    """Through the provider; answers the callback URL it sends the browser to."""
+    response = await s.browser.get(await _to_provider(s))
+    assert response.status_code == 302, response.text
+    callback = response.headers["location"]
+    assert callback.startswith(f"{s.hs.client_url}/_ranvier/client/oidc/callback?")
+    return callback
+
+
+def _continue_link(page: httpx.Response) -> str:
+    links = re.findall(r'<a href="([^"]*)">', page.text)
+    assert len(links) == 1, page.text
+    return html.unescape(links[0])
+
+
+async def _login_token(s: Setup) -> str:
+    page = await s.browser.get(await _to_callback(s))
+    assert page.status_code == 200, page.text
+    assert page.headers["content-type"].startswith("text/html")
+    assert "client.example" in page.text
+    link = _continue_link(page)
+    parsed = urllib.parse.urlsplit(link)
+    assert (parsed.scheme, parsed.netloc, parsed.path) == ("https", "client.example", "/app/")
+    query = urllib.parse.parse_qs(parsed.query)
+    assert query["from"] == ["sso"]
+    (token,) = query["loginToken"]
+    return token
+
+
+async def _log_in(s: Setup, token: str) -> httpx.Response:
+    return await s.browser.post(
+        f"{s.hs.client_url}{V3}/login", json={"type": "m.login.token", "token": token}
+    )
+
+
+async def _refused(s: Setup, status: int, words: str) -> None:
+    """The callback answers an error page, and nothing is made."""
+    page = await s.browser.get(await _to_callback(s))
+    assert page.status_code == status, page.text
+    assert words in html.unescape(page.text)
+    assert "loginToken" not in page.text
+    assert await s.hs.server.storage.sso.sso_user("test-idp", s.idp.subject) is None
+    assert not await s.hs.server.accounts.user_exists("@alice:localhost")
+
+
+async def test_login_lists_the_provider(setup: Setup) -> None:
+    response = await setup.browser.get(f"{setup.hs.client_url}{V3}/login")
+    flows = {flow["type"]: flow for flow in response.json()["flows"]}
+    assert flows["m.login.sso"]["identity_providers"] == [{"id": "test-idp", "name": "Test IdP"}]
+    # Login tokens are taken, but made only by single sign-on here.
+    assert flows["m.login.token"]["get_login_token"] is False
+
+
+async def test_a_first_login_makes_the_user_and_a_second_finds_it(setup: Setup) -> None:
+    logged_in = await _log_in(setup, await _login_token(setup))
+    assert logged_in.status_code == 200, logged_in.text
+    assert logged_in.json()["user_id"] == "@alice:localhost"
+    whoami = await setup.browser.get(
+        f"{setup.hs.client_url}{V3}/account/whoami",
+        headers={"Authorization": f"Bearer {logged_in.json()['access_token']}"},
+    )
+    assert whoami.json()["user_id"] == "@alice:localhost"
+    # The provider renames the user: the subject still maps to the same account.
+    setup.idp.username = "alice-renamed"
+    again = await _log_in(setup, await _login_token(setup))
+    assert again.json()["user_id"] == "@alice:localhost"
+    assert not await setup.hs.server.accounts.user_exists("@alice-renamed:localhost")
+    assert setup.idp.tokens_issued == 2
+
+
+async def test_a_login_token_logs_in_once(setup: Setup) -> None:
+    token = await _login_token(setup)
+    assert (await _log_in(setup, token)).status_code == 200
+    second = await _log_in(setup, token)
+    assert second.status_code == 403
+    assert second.json()["errcode"] == "M_FORBIDDEN"
+
+
+async def test_the_username_claim_is_made_a_valid_localpart(setup: Setup) -> None:
+    setup.idp.username = "Zoë Smith"
+    logged_in = await _log_in(setup, await _login_token(setup))
+    assert logged_in.json()["user_id"] == "@zo=c3=ab=20smith:localhost"
+
+
+async def test_an_unknown_state_is_refused(setup: Setup) -> None:
+    callback = await _to_callback(setup)
+    forged = re.sub(r"state=[^&]*", "state=forged", callback)
+    page = await setup.browser.get(forged)
+    assert page.status_code == 400
+    assert "unknown or was already used" in page.text
+    assert setup.idp.tokens_issued == 0
+    assert not await setup.hs.server.accounts.user_exists("@alice:localhost")
+
+
+async def test_a_callback_is_used_once(setup: Setup) -> None:
+    callback = await _to_callback(setup)
+    assert (await setup.browser.get(callback)).status_code == 200
+    replayed = await setup.browser.get(callback)
+    assert replayed.status_code == 400
+    assert "loginToken" not in replayed.text
+
+
+async def test_an_expired_session_is_refused(setup: Setup) -> None:
+    setup.sso.session_lifetime_seconds = 0.0
+    await _refused(setup, 400, "has expired")
+    assert setup.idp.tokens_issued == 0
+
+
+async def test_a_provider_error_is_shown(setup: Setup) -> None:
+    setup.idp.deny = "access_denied"
+    await _refused(setup, 403, "refused the login: access_denied")
+
+
+@pytest.mark.parametrize(
+    ("claims", "words"),
+    [
+        ({"nonce": "another-login"}, "nonce is not this login's"),
+        ({"aud": "someone-else"}, "Audience doesn't match"),
+        ({"iss": "https://elsewhere.example"}, "Invalid issuer"),
+        ({"exp": int(time.time()) - 3600}, "expired"),
+        ({"sub": None}, 'Token is missing the "sub" claim'),
+        ({"preferred_username": None}, "gave no 'preferred_username'"),
+    ],
+)
+async def test_a_bad_id_token_is_refused(
+    setup: Setup, claims: dict[str, object], words: str
+) -> None:
+    setup.idp.claims = claims
+    await _refused(setup, 502, words)
+    assert setup.idp.tokens_issued == 1
+
+
+async def test_an_id_token_signed_with_another_key_is_refused(setup: Setup) -> None:
+    setup.idp.sign_with = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    await _refused(setup, 502, "Signature verification failed")
+
+
+async def test_only_http_client_urls_are_taken(setup: Setup) -> None:
+    for bad in ("javascript:alert(1)", "ftp://client.example/", "https:///no-host"):
+        response = await setup.browser.get(
+            f"{setup.hs.client_url}{V3}/login/sso/redirect/test-idp",
+            params={"redirectUrl": bad},
+        )
+        assert response.status_code == 400, bad
+        assert response.json()["errcode"] == "M_INVALID_PARAM"
+    missing = await setup.browser.get(f"{setup.hs.client_url}{V3}/login/sso/redirect")
+    assert missing.json()["errcode"] == "M_MISSING_PARAM"
+    unknown = await setup.browser.get(
+        f"{setup.hs.client_url}{V3}/login/sso/redirect/nobody", params={"redirectUrl": CLIENT_URL}
+    )
+    assert unknown.status_code == 404
+
+
+async def test_the_only_provider_is_used_without_an_id(setup: Setup) -> None:
+    response = await setup.browser.get(
+        f"{setup.hs.client_url}{V3}/login/sso/redirect", params={"redirectUrl": CLIENT_URL}
+    )
+    assert response.status_code == 302
+    assert response.headers["location"].startswith(f"{setup.idp.issuer}/authorize?")
+
+
+async def test_an_existing_user_is_not_taken_over_by_default(setup: Setup) -> None:
+    await setup.hs.register_user("alice", password="a password")
+    page = await setup.browser.get(await _to_callback(setup))
+    assert page.status_code == 403
+    assert "exists already" in html.unescape(page.text)
+    assert "loginToken" not in page.text
+    assert await setup.hs.server.storage.sso.sso_user("test-idp", "subject-1") is None
+    # The password login is untouched.
+    password = await setup.browser.post(
+        f"{setup.hs.client_url}{V3}/login",
+        json={
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "alice"},
+            "password": "a password",
+        },
+    )
+    assert password.status_code == 200
+
+
+async def test_allow_existing_users_links_the_subject_to_the_account(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    async for s in _setup(tmp_path, nursery, allow_existing_users=True):
+        await s.hs.register_user("alice", password="a password")
+        logged_in = await _log_in(s, await _login_token(s))
+        assert logged_in.json()["user_id"] == "@alice:localhost"
+        assert await s.hs.server.storage.sso.sso_user("test-idp", "subject-1") == (
+            "@alice:localhost"
+        )
