@@ -252,6 +252,7 @@ from ranvier.federation.timestamps import add_timestamp_route as add_federation_
 from ranvier.federation.transaction_acl import AclCheckedEdus, AclCheckedPdus
 from ranvier.federation.transport.client import FederationHttpClient
 from ranvier.federation.transport.listener import AsgiApp, HttpListener
+from ranvier.federation.transport.ratelimit import FederationRateLimiter
 from ranvier.federation.transport.routes import add_key_server_route, add_version_route
 from ranvier.federation.transport.server import FederationApp, Router
 from ranvier.federation.transport.tls import ensure_certificate, server_ssl_context
@@ -953,15 +954,14 @@ class HomeServer:
             router=self._federation_router(prepared.signing_key),
             max_body_bytes=config.federation.max_request_body_bytes,
             on_authenticated=self._heard_from,
+            rate_limiter=_federation_rate_limiter(config),
         )
-        self._client_app = ClientApp(
-            router=self._client_router(),
-            rate_limits=RouteLimits(
-                RateLimiter.from_config(config.ratelimit),
-                identify=self.auth.get_user,
-                trust_x_forwarded_for=config.ratelimit.trust_x_forwarded_for,
-            ),
+        rate_limits = RouteLimits(
+            RateLimiter.from_config(config.ratelimit),
+            identify=self.auth.get_user,
+            trust_x_forwarded_for=config.ratelimit.trust_x_forwarded_for,
         )
+        self._client_app = ClientApp(router=self._client_router(), rate_limits=rate_limits)
         self._listeners = []
         # Media paths first: their bodies are streamed and not JSON.
         self._media_app = MediaApp(
@@ -969,6 +969,7 @@ class HomeServer:
             auth=self.auth,
             fallback=self._client_app,
             previews=self._url_previewer(self._media),
+            rate_limits=rate_limits,
         )
         http_metrics = HttpMetrics()
         registry = homeserver_metrics(
@@ -1838,6 +1839,14 @@ def _make_private_directory(path: Path) -> None:
     # mkdir's mode is reduced by the umask; set it outright. An existing
     # directory keeps the mode its operator gave it.
     path.chmod(0o700)
+
+
+def _federation_rate_limiter(config: Config) -> FederationRateLimiter | None:
+    """Limits on each other server's requests, unless rate limits are off."""
+    limits = config.ratelimit
+    if not (limits.enabled and limits.federation.enabled):
+        return None
+    return FederationRateLimiter.from_config(limits.federation)
 
 
 def _sso_login_tokens(sso: SsoProviders | None) -> LoginTokens | None:

@@ -58,6 +58,21 @@ FEDERATION_IN_FAMILIES: Final = (
         "counter",
         "EDUs of those transactions, by type; types the spec does not define count as other.",
     ),
+    MetricFamily(
+        "ranvier_federation_requests_delayed_total",
+        "counter",
+        "Requests from other servers held because their server was over its window's limit.",
+    ),
+    MetricFamily(
+        "ranvier_federation_requests_queued_total",
+        "counter",
+        "Requests from other servers that waited for one of their server's concurrent slots.",
+    ),
+    MetricFamily(
+        "ranvier_federation_requests_rejected_total",
+        "counter",
+        "Requests from other servers refused with 429: too many of their server's were waiting.",
+    ),
 )
 
 FEDERATION_OUT_FAMILIES: Final = (
@@ -224,6 +239,10 @@ def _federation_in(hs: HomeServer) -> Samples:
     for edu_type in (*sorted(KNOWN_EDU_TYPES), "other"):
         name = sample_name("ranvier_federation_edus_received_total", edu_type=edu_type)
         samples[name] = handler.edus_received[edu_type]
+    limiter = hs.federation_app.rate_limiter
+    samples["ranvier_federation_requests_delayed_total"] = limiter.delayed if limiter else 0
+    samples["ranvier_federation_requests_queued_total"] = limiter.queued if limiter else 0
+    samples["ranvier_federation_requests_rejected_total"] = limiter.rejected if limiter else 0
     return samples
 
 

@@ -368,7 +368,17 @@ async def test_every_limited_route_is_one_the_server_serves(tmp_path: Path) -> N
     async with open_test_homeserver(tmp_path / "hs", config=config) as hs:
         app = hs.server.client_app
         assert app.rate_limits is not None
+        media_router = Router()
+        for method, pattern, _ in hs.server.media_app.routes():
+            media_router.add(method, pattern, _nothing)
         for (method, pattern), category in DEFAULT_ROUTE_CATEGORIES.items():
+            if pattern.startswith("/_matrix/media/"):
+                # Served by MediaApp, in front of the client API.
+                for prefix in ("/_matrix/media/v3/", "/_matrix/media/r0/"):
+                    path = _example_path(pattern).replace("/_matrix/media/v3/", prefix)
+                    route = media_router.match(method, path).route
+                    assert app.rate_limits.category_of(route) == category, (method, path)
+                continue
             for prefix in ("/_matrix/client/v3/", "/_matrix/client/r0/"):
                 path = _example_path(pattern).replace("/_matrix/client/v3/", prefix)
                 try:
@@ -379,6 +389,10 @@ async def test_every_limited_route_is_one_the_server_serves(tmp_path: Path) -> N
                 assert app.rate_limits.category_of(route) == category, (method, path)
         login = app.router.match("POST", "/_matrix/client/r0/login").route
         assert app.rate_limits.category_of(login) == "login"
+
+
+async def _nothing(request: Request) -> Mapping[str, Any]:
+    return {}
 
 
 def _example_path(pattern: str) -> str:

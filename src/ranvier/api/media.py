@@ -15,7 +15,9 @@ required) and under the deprecated ``/_matrix/media/v3`` (download and
 thumbnail without a token, as older clients expect). ``r0`` paths are the
 ``v3`` ones. URL previews (``preview_url``) are served under both, with a
 token, when the server has a previewer; without one they are 404
-``M_UNRECOGNIZED``, as an unknown endpoint is.
+``M_UNRECOGNIZED``, as an unknown endpoint is. Uploads and ``create``
+count against the ``media_create`` rate limit (:mod:`ranvier.api.ratelimit`)
+before any byte of the body is read.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Final
 
 from ranvier.api.app import CORS_HEADERS
 from ranvier.api.auth import Auth
-from ranvier.api.ratelimit import retry_after_header
+from ranvier.api.ratelimit import RouteLimits, retry_after_header
 from ranvier.core.media import MediaContent, MediaRepository
 from ranvier.core.url_previews import UrlPreviewer
 from ranvier.errors import MatrixError
@@ -72,7 +74,8 @@ _MediaHandler = Callable[[Request, Receive], Awaitable[JsonResponse | StreamResp
 
 class MediaApp:
     """The ASGI application for media paths, handing any other request
-    (and CORS preflights, and the lifespan protocol) to ``fallback``."""
+    (and CORS preflights, and the lifespan protocol) to ``fallback``.
+    ``rate_limits`` limits the routes its table names (none without it)."""
 
     def __init__(
         self,
@@ -81,8 +84,10 @@ class MediaApp:
         auth: Auth,
         fallback: AsgiApp,
         previews: UrlPreviewer | None = None,
+        rate_limits: RouteLimits | None = None,
     ) -> None:
         self._media = media
+        self._rate_limits = rate_limits
         self._previews = previews
         self._auth = auth
         self._fallback = fallback
@@ -131,6 +136,8 @@ class MediaApp:
             note_route(scope, match.route, api="media")
             request = head.request(path_params=match.params, body=b"", content=None, origin=None)
             handler = self._handlers[(match.route.method, match.route.pattern)]
+            if self._rate_limits is not None:
+                await self._rate_limits.apply(match.route, request, scope.get("client"))
             response = await handler(request, receive)
         except Disconnected:
             return

@@ -65,12 +65,21 @@ __all__ = [
 ]
 
 #: What is limited. Sending events (messages and state alike), creating
-#: rooms, inviting, joining and reporting are counted per user; logging in
-#: and registering per client address.
-Category = Literal["message", "room_creation", "invite", "join", "report", "login", "registration"]
+#: rooms, inviting, joining, reporting and uploading media are counted per
+#: user; logging in and registering per client address.
+Category = Literal[
+    "message",
+    "room_creation",
+    "invite",
+    "join",
+    "report",
+    "media_create",
+    "login",
+    "registration",
+]
 
 USER_CATEGORIES: Final[frozenset[Category]] = frozenset(
-    ("message", "room_creation", "invite", "join", "report")
+    ("message", "room_creation", "invite", "join", "report", "media_create")
 )
 IP_CATEGORIES: Final[frozenset[Category]] = frozenset(("login", "registration"))
 
@@ -80,7 +89,8 @@ _CLIENT_V3: Final = "/_matrix/client/v3"
 #: in the patterns do not matter, only where the parameters are, so the
 #: table need not follow how each route module names them; and a route
 #: served under the old ``/_matrix/client/r0`` prefix as well is limited
-#: there as under ``v3`` (see :func:`_shape`).
+#: there as under ``v3`` (see :func:`_shape`). Media uploads are served by
+#: :class:`~ranvier.api.media.MediaApp`, which applies the same table.
 DEFAULT_ROUTE_CATEGORIES: Final[Mapping[tuple[str, str], Category]] = {
     ("PUT", f"{_CLIENT_V3}/rooms/{{room_id}}/send/{{event_type}}/{{txn_id}}"): "message",
     ("PUT", f"{_CLIENT_V3}/rooms/{{room_id}}/state/{{event_type}}"): "message",
@@ -99,6 +109,10 @@ DEFAULT_ROUTE_CATEGORIES: Final[Mapping[tuple[str, str], Category]] = {
     ("POST", f"{_CLIENT_V3}/register"): "registration",
     # Guessing tokens is guessing a way to register.
     ("GET", "/_matrix/client/v1/register/m.login.registration_token/validity"): "registration",
+    # Each makes a file or reserves a media ID: disk and database rows.
+    ("POST", "/_matrix/media/v3/upload"): "media_create",
+    ("PUT", "/_matrix/media/v3/upload/{server_name}/{media_id}"): "media_create",
+    ("POST", "/_matrix/media/v1/create"): "media_create",
 }
 
 # A sweep of full buckets runs at least this often (Trio-clock seconds) and
@@ -195,6 +209,7 @@ class RateLimiter:
             "invite": config.invite,
             "join": config.join,
             "report": config.report,
+            "media_create": config.media_create,
             "login": config.login,
             "registration": config.registration,
         }
@@ -234,7 +249,8 @@ Identify = Callable[[Request], Awaitable[Requester]]
 
 
 class RouteLimits:
-    """Which routes are limited, and how, for :class:`~ranvier.api.app.ClientApp`.
+    """Which routes are limited, and how, for :class:`~ranvier.api.app.ClientApp`
+    and :class:`~ranvier.api.media.MediaApp`.
 
     ``routes`` maps (method, pattern) to a category (default
     :data:`DEFAULT_ROUTE_CATEGORIES`). For a per-user category the request's
@@ -338,10 +354,16 @@ def _shape(pattern: str) -> tuple[str | None, ...]:
 
 
 _OLD_VERSIONS: Final = frozenset(("r0", "v3"))
+_VERSIONED_APIS: Final = frozenset(("client", "media"))
 
 
 def _same_version(segments: tuple[str | None, ...]) -> tuple[str | None, ...]:
-    # r0 and v3 are one API for the routes limited here.
-    if segments[:2] == ("_matrix", "client") and len(segments) > 2 and segments[2] in _OLD_VERSIONS:
-        return ("_matrix", "client", "v3", *segments[3:])
+    # r0 and v3 are one API for the routes limited here, media's as the client API's.
+    if (
+        len(segments) > 2
+        and segments[0] == "_matrix"
+        and segments[1] in _VERSIONED_APIS
+        and segments[2] in _OLD_VERSIONS
+    ):
+        return ("_matrix", segments[1], "v3", *segments[3:])
     return segments

@@ -19,7 +19,12 @@ Every request is checked in the same order, cheapest refusal first:
 5. the handler runs with the authenticated origin in ``request.origin``,
    after ``on_authenticated`` has heard of it: a server that signs a
    request is up, which the federation sender wants to know of a server it
-   is backing off.
+   is backing off;
+6. with a ``rate_limiter``, the handler runs when the origin's limits let
+   it (:mod:`ranvier.federation.transport.ratelimit`): it may be delayed,
+   wait its turn, or be refused with 429 ``M_LIMIT_EXCEEDED``. Every signed
+   request counts, ``/send`` included; the unsigned ones (``/version``,
+   the key server) have no origin to count against.
 
 Every ``/_matrix/federation/*`` route is authenticated unless it is
 registered with ``authenticated=False``, which only the few endpoints the
@@ -41,6 +46,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
 from ranvier.errors import InvalidSignatureError, MatrixError
+from ranvier.federation.transport.ratelimit import FederationRateLimiter
 from ranvier.metrics import note_route
 from ranvier.protocol.signing import ED25519, VerifyKeyLike
 from ranvier.protocol.x_matrix import XMatrixAuthorization, parse_authorization, verify_request
@@ -107,6 +113,7 @@ class FederationApp:
     more), and a :class:`KeyLookup` for other servers' keys.
     ``on_authenticated`` is called with the origin of each request whose
     signature holds, before its handler runs; it must not wait or raise.
+    ``rate_limiter`` holds each origin to its limits (none without it).
     """
 
     def __init__(
@@ -117,6 +124,7 @@ class FederationApp:
         router: Router | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         on_authenticated: Callable[[str], None] | None = None,
+        rate_limiter: FederationRateLimiter | None = None,
     ) -> None:
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, not {max_body_bytes}")
@@ -125,6 +133,7 @@ class FederationApp:
         self.max_body_bytes = max_body_bytes
         self._key_lookup = key_lookup
         self.on_authenticated = on_authenticated
+        self.rate_limiter = rate_limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point."""
@@ -154,7 +163,11 @@ class FederationApp:
             request = head.request(
                 path_params=match.params, body=body, content=content, origin=origin
             )
-            result = await match.route.handler(request)
+            if origin is not None and self.rate_limiter is not None:
+                async with self.rate_limiter.limit(origin):
+                    result = await match.route.handler(request)
+            else:
+                result = await match.route.handler(request)
             if isinstance(result, StreamResponse):
                 return result
             return render(result if isinstance(result, JsonResponse) else JsonResponse(result))
