@@ -218,6 +218,10 @@ class Route:
     #: The handler checks the nesting of each unit its body holds, so that
     #: one unit nested too deeply fails alone (a ``/send`` transaction's PDUs).
     units_checked: bool = False
+    #: Counted by the federation listener's per-origin rate limits. Not
+    #: ``/send``, whose sender keeps one transaction in flight and is slowed
+    #: by the per-origin queues that take its PDUs.
+    rate_limited: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,12 +257,15 @@ class Router:
         *,
         authenticated: bool | None = None,
         units_checked: bool = False,
+        rate_limited: bool = True,
     ) -> None:
         """Register ``handler`` for ``method`` requests matching ``pattern``.
 
         ``authenticated`` defaults to True under ``/_matrix/federation/``
         and False elsewhere. ``units_checked`` lifts the nesting limit on
-        the body as a whole (:attr:`Route.units_checked`). Raises ValueError
+        the body as a whole (:attr:`Route.units_checked`); ``rate_limited``
+        False keeps the route out of per-origin rate limits
+        (:attr:`Route.rate_limited`). Raises ValueError
         for a malformed pattern or a method and pattern already registered.
         """
         if not pattern.startswith("/"):
@@ -286,7 +293,14 @@ class Router:
         if authenticated is None:
             authenticated = pattern.startswith(FEDERATION_PREFIX)
         by_method[method] = Route(
-            method, pattern, tuple(segments), tuple(names), handler, authenticated, units_checked
+            method,
+            pattern,
+            tuple(segments),
+            tuple(names),
+            handler,
+            authenticated,
+            units_checked,
+            rate_limited,
         )
 
     def route(

@@ -286,4 +286,7 @@ def _describe(error: MatrixError) -> str:
 
 def add_transaction_routes(router: Router, handler: TransactionHandler) -> None:
     """Serve ``PUT /_matrix/federation/v1/send/{txnId}`` with ``handler``."""
-    router.add("PUT", SEND_PATH, handler.on_send, units_checked=True)
+    # Not rate limited: a sender keeps one transaction in flight, and a flood
+    # of PDUs is slowed by the per-origin queues, never refused or delayed
+    # by the clock (which would cut a legitimate burst to a few a second).
+    router.add("PUT", SEND_PATH, handler.on_send, units_checked=True, rate_limited=False)

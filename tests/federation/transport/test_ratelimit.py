@@ -44,7 +44,8 @@ class _Served:
             server_name=SERVER_NAME, key_lookup=KnownKeys(_KEYS), rate_limiter=limiter
         )
         self.app.router.add("GET", EVENT, self._event)
-        self.app.router.add("PUT", SEND, self._event)
+        # As the transaction route is registered (federation/server.py).
+        self.app.router.add("PUT", SEND, self._event, rate_limited=False)
         self.app.router.add(
             "GET", "/_matrix/federation/v1/version", self._event, authenticated=False
         )
@@ -193,29 +194,29 @@ async def test_beyond_the_reject_limit_requests_are_refused_with_retry_after(
     assert limiter.delayed == 4
 
 
-async def test_send_is_counted_and_refused_whole(mock_clock: MockClock) -> None:
-    """/send counts as any request; refused, it reaches no handler, so the
-    sender retries the same transaction and no PDU is lost."""
-    limiter = _limiter(concurrent=10, reject_limit=1, sleep_limit=1)
+async def test_send_is_not_counted(mock_clock: MockClock) -> None:
+    """/send is left to the per-origin queues of its PDUs: a sender's burst
+    past every limit is served at once, and counts for nothing else."""
+    limiter = _limiter(concurrent=1, reject_limit=1, sleep_limit=1)
     served = _Served(limiter)
-    async with trio.open_nursery() as nursery:
-        await _start(nursery, served, "busy.test", 2)
-        refused: list[tuple[int, dict[str, Any]]] = []
-
-        async def send() -> None:
-            refused.append(await served.call("busy.test", "/_matrix/federation/v1/send/t9", "PUT"))
-
-        nursery.start_soon(send)
-        await trio.testing.wait_all_tasks_blocked()
-        assert [(status, body["errcode"]) for status, body in refused] == [
-            (429, "M_LIMIT_EXCEEDED")
-        ]
-        mock_clock.jump(0.5)
-    assert all(uri != "/_matrix/federation/v1/send/t9" for _, uri in served.served)
-    mock_clock.jump(1.0)
-    status, _ = await served.call("busy.test", "/_matrix/federation/v1/send/t9", "PUT")
+    before = trio.current_time()
+    for n in range(5):
+        status, _ = await served.call("busy.test", f"/_matrix/federation/v1/send/t{n}", "PUT")
+        assert status == 200
+    assert trio.current_time() == before
+    assert limiter.delayed == limiter.rejected == 0
+    # The origin's other requests still start from a full allowance.
+    status, _ = await served.call("busy.test")
     assert status == 200
-    assert ("busy.test", "/_matrix/federation/v1/send/t9") in served.served
+    assert limiter.delayed == 0
+
+
+async def test_the_transaction_route_is_not_rate_limited(tmp_path: Path) -> None:
+    async with open_test_homeserver(tmp_path) as hs:
+        router = hs.server.federation_app.router
+        send = router.match("PUT", "/_matrix/federation/v1/send/t1").route
+        event = router.match("GET", "/_matrix/federation/v1/event/$e").route
+        assert (send.rate_limited, event.rate_limited) == (False, True)
 
 
 # --- concurrency ----------------------------------------------------------------------------

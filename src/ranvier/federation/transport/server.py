@@ -23,7 +23,8 @@ Every request is checked in the same order, cheapest refusal first:
 6. with a ``rate_limiter``, the handler runs when the origin's limits let
    it (:mod:`ranvier.federation.transport.ratelimit`): it may be delayed,
    wait its turn, or be refused with 429 ``M_LIMIT_EXCEEDED``. Every signed
-   request counts, ``/send`` included; the unsigned ones (``/version``,
+   request counts but ``/send`` (see :attr:`ranvier.web.Route.rate_limited`:
+   its PDUs' queues slow a flood instead); the unsigned ones (``/version``,
    the key server) have no origin to count against.
 
 Every ``/_matrix/federation/*`` route is authenticated unless it is
@@ -163,7 +164,7 @@ class FederationApp:
             request = head.request(
                 path_params=match.params, body=body, content=content, origin=origin
             )
-            if origin is not None and self.rate_limiter is not None:
+            if origin is not None and self.rate_limiter is not None and match.route.rate_limited:
                 async with self.rate_limiter.limit(origin):
                     result = await match.route.handler(request)
             else:
