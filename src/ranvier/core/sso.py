@@ -34,10 +34,9 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import httpx
-import jwt
 import trio
 
 from ranvier.config import OidcProviderConfig
@@ -45,6 +44,11 @@ from ranvier.core.accounts import Accounts
 from ranvier.core.login_tokens import LoginTokens
 from ranvier.errors import MatrixError
 from ranvier.storage.accounts import NewAccount, NewDevice, UserInUseError
+
+if TYPE_CHECKING:
+    # PyJWT, with the cryptography it loads, is imported where an ID token
+    # is checked: some 9 MiB that a server without single sign-on never needs.
+    import jwt
 
 __all__ = [
     "CALLBACK_PATH",
@@ -202,6 +206,8 @@ class _Provider:
     async def signing_key(self, client: httpx.AsyncClient, id_token: str) -> jwt.PyJWK:
         """The JWKS key the token names, fetching the set again once for a
         key not seen yet (the provider rotated its keys)."""
+        import jwt
+
         try:
             kid = jwt.get_unverified_header(id_token).get("kid")
         except jwt.PyJWTError as exc:
@@ -383,6 +389,8 @@ class SsoProviders:
     async def _id_token_claims(
         self, provider: _Provider, client: httpx.AsyncClient, session: _Session, code: str
     ) -> dict[str, Any]:
+        import jwt
+
         config = provider.config
         discovery = await provider.discovery(client)
         form = {
