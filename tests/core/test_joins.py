@@ -23,6 +23,7 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+from _resident import start_resident
 
 from ranvier.core.context import EventContext, event_to_persist
 from ranvier.core.creation import EventCreator
@@ -136,35 +137,13 @@ def tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 
 @pytest.fixture
 async def world(tmp_path: Path, nursery: trio.Nursery) -> World:
-    server_context, client_context = tls_contexts(tmp_path)
+    pki = Pki.create(tmp_path)
+    client_context = pki.client_context()
     keys = KnownKeys()
     joiner_key = generate_signing_key("b1")
     keys.add(JOINER, joiner_key)
-    resident_key = generate_signing_key("a1")
-
-    resident_storage = Storage(tmp_path / "resident.db", synchronous="NORMAL")
-    await nursery.start(resident_storage.run)
-    app = FederationApp(server_name="127.0.0.1", key_lookup=keys)
-    port = await serve(nursery, app, server_context)
-    resident_name = app.server_name = f"127.0.0.1:{port}"
-    keys.add(resident_name, resident_key)
-    clock = ticking_clock(NOW_MS)
-    add_membership_routes(
-        app.router,
-        server_name=resident_name,
-        signing_key=resident_key,
-        store=resident_storage,
-        persister=resident_storage,
-        keys=keys,
-        clock=clock,
-    )
-    creator = EventCreator(
-        server_name=resident_name,
-        signing_key=resident_key,
-        store=resident_storage,
-        persister=resident_storage,
-        clock=clock,
-    )
+    resident = await start_resident(nursery, tmp_path, pki, keys)
+    resident_name, resident_storage, creator = resident.name, resident.storage, resident.creator
     alice = f"@alice:{resident_name}"
     room_id = await creator.create_room(alice, preset="public_chat", topic="the topic")
     await creator.send_event(alice, room_id, "m.room.message", {"body": "hi"})

@@ -18,16 +18,15 @@ from typing import Any
 
 import pytest
 import trio
+from _resident import start_resident
 
-from ranvier.core.creation import EventCreator
 from ranvier.core.joins import RemoteJoiner
 from ranvier.errors import MatrixError
-from ranvier.federation.membership import FederationJoinClient, add_membership_routes
+from ranvier.federation.membership import FederationJoinClient
 from ranvier.federation.transport.client import FederationHttpClient
-from ranvier.federation.transport.server import FederationApp
 from ranvier.protocol.signing import SigningKey, generate_signing_key
 from ranvier.storage import Storage
-from ranvier.testing import NOW_MS, KnownKeys, Pki, serve, ticking_clock
+from ranvier.testing import NOW_MS, KnownKeys, Pki, ticking_clock
 from ranvier.testing.hostile import stream_body, variant, variants
 from ranvier.web import Handler, Request, Router
 
@@ -55,10 +54,22 @@ class _AlteringRouter(Router):
     hostility: Hostility = field(default_factory=Hostility)
 
     def add(
-        self, method: str, pattern: str, handler: Handler, *, authenticated: bool | None = None
+        self,
+        method: str,
+        pattern: str,
+        handler: Handler,
+        *,
+        authenticated: bool | None = None,
+        units_checked: bool = False,
+        rate_limited: bool = True,
     ) -> None:
         self.target.add(
-            method, pattern, self._altering(pattern, handler), authenticated=authenticated
+            method,
+            pattern,
+            self._altering(pattern, handler),
+            authenticated=authenticated,
+            units_checked=units_checked,
+            rate_limited=rate_limited,
         )
 
     def _altering(self, pattern: str, handler: Handler) -> Handler:
@@ -120,31 +131,15 @@ async def world(tmp_path: Path, nursery: trio.Nursery) -> World:
     keys = KnownKeys()
     joiner_key = generate_signing_key("b1")
     keys.add(JOINER, joiner_key)
-    resident_key = generate_signing_key("a1")
-    resident_storage = Storage(tmp_path / "resident.db", synchronous="NORMAL")
-    await nursery.start(resident_storage.run)
-    app = FederationApp(server_name="127.0.0.1", key_lookup=keys)
-    port = await serve(nursery, app, pki.server_context())
-    resident_name = app.server_name = f"127.0.0.1:{port}"
-    keys.add(resident_name, resident_key)
-    clock = ticking_clock(NOW_MS)
     hostility = Hostility()
-    add_membership_routes(
-        _AlteringRouter(target=app.router, hostility=hostility),
-        server_name=resident_name,
-        signing_key=resident_key,
-        store=resident_storage,
-        persister=resident_storage,
-        keys=keys,
-        clock=clock,
+    resident = await start_resident(
+        nursery,
+        tmp_path,
+        pki,
+        keys,
+        routes=lambda router: _AlteringRouter(target=router, hostility=hostility),
     )
-    creator = EventCreator(
-        server_name=resident_name,
-        signing_key=resident_key,
-        store=resident_storage,
-        persister=resident_storage,
-        clock=clock,
-    )
+    resident_name, creator = resident.name, resident.creator
     alice = f"@alice:{resident_name}"
     room_id = await creator.create_room(alice, preset="public_chat", topic="the topic")
     await creator.send_event(alice, room_id, "m.room.message", {"body": "hi"})

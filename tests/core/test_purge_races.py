@@ -33,19 +33,18 @@ from _races import (
     running_stater,
     until,
 )
+from _resident import start_resident
 from trio.testing import MockClock
 
-from ranvier.core.creation import EventCreator
 from ranvier.core.ingest import PduOutcome, RoomLocks
 from ranvier.core.interfaces import StateIdsAtEvent
 from ranvier.core.joins import RemoteJoiner
 from ranvier.errors import MatrixError, RoomGoneError
-from ranvier.federation.membership import FederationJoinClient, add_membership_routes
+from ranvier.federation.membership import FederationJoinClient
 from ranvier.federation.transport.client import FederationHttpClient
-from ranvier.federation.transport.server import FederationApp
 from ranvier.protocol.signing import generate_signing_key
 from ranvier.storage import Storage
-from ranvier.testing import NOW_MS, KnownKeys, Pki, serve, ticking_clock
+from ranvier.testing import NOW_MS, KnownKeys, Pki, ticking_clock
 from ranvier.testing.room_rows import RoomRows, Row, read_tables, search_index_internals
 
 
@@ -255,32 +254,11 @@ async def joined(tmp_path: Path, nursery: trio.Nursery) -> _Joined:
     federation."""
     pki = Pki.create(tmp_path)
     keys = KnownKeys()
-    ours_key, resident_key = generate_signing_key("b1"), generate_signing_key("a1")
+    ours_key = generate_signing_key("b1")
     keys.add(_OURS, ours_key)
-    resident_storage = Storage(tmp_path / "resident.db", synchronous="NORMAL")
-    await nursery.start(resident_storage.run)
-    app = FederationApp(server_name="127.0.0.1", key_lookup=keys)
-    port = await serve(nursery, app, pki.server_context())
-    resident = app.server_name = f"127.0.0.1:{port}"
-    keys.add(resident, resident_key)
-    clock = ticking_clock(NOW_MS)
-    add_membership_routes(
-        app.router,
-        server_name=resident,
-        signing_key=resident_key,
-        store=resident_storage,
-        persister=resident_storage,
-        keys=keys,
-        clock=clock,
-    )
-    creator = EventCreator(
-        server_name=resident,
-        signing_key=resident_key,
-        store=resident_storage,
-        persister=resident_storage,
-        clock=clock,
-    )
-    room_id = await creator.create_room(f"@alice:{resident}", preset="public_chat")
+    started = await start_resident(nursery, tmp_path, pki, keys)
+    resident = started.name
+    room_id = await started.creator.create_room(f"@alice:{resident}", preset="public_chat")
     ours = Storage(tmp_path / "ours.db", synchronous="NORMAL")
     await nursery.start(ours.run)
     http = FederationHttpClient(_OURS, ours_key, ssl_context=pki.client_context())
