@@ -549,9 +549,7 @@ class OidcProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     client_id: str
     client_secret: str
     #: How the client secret reaches the token endpoint.
-    client_auth_method: Literal["client_secret_basic", "client_secret_post"] = (
-        "client_secret_basic"
-    )
+    client_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
     scopes: tuple[str, ...] = ("openid", "profile")
     #: The ID token claim a new user's localpart is made from.
     localpart_claim: str = "preferred_username"
