@@ -9,6 +9,7 @@ signatures for servers, access tokens for clients) stays with each API.
 
 from __future__ import annotations
 
+import math
 import re
 import urllib.parse
 from collections.abc import (
@@ -44,6 +45,7 @@ __all__ = [
     "Scope",
     "Send",
     "StreamResponse",
+    "error_response",
     "flag_param",
     "integer_param",
     "invalid_param",
@@ -51,6 +53,7 @@ __all__ = [
     "parse_json",
     "read_body",
     "render",
+    "retry_after_header",
     "run_lifespan",
     "send_rendered",
     "send_stream",
@@ -470,6 +473,28 @@ _encoder: Final = msgspec.json.Encoder()
 
 
 Rendered = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+def retry_after_header(error: MatrixError) -> tuple[str, str] | None:
+    """The ``Retry-After`` header for a 429 answer: whole seconds, rounded up."""
+    if error.errcode != "M_LIMIT_EXCEEDED":
+        return None
+    retry_after_ms = error.extra.get("retry_after_ms")
+    if not isinstance(retry_after_ms, int) or isinstance(retry_after_ms, bool):
+        return None
+    return ("Retry-After", str(max(0, math.ceil(retry_after_ms / 1000))))
+
+
+def error_response(error: MatrixError) -> JsonResponse:
+    """The answer to a request that failed with ``error``: its JSON and
+    status, and for a rate limit the ``Retry-After`` header HTTP clients
+    know, beside the spec's ``retry_after_ms``."""
+    retry_after = retry_after_header(error)
+    return JsonResponse(
+        error.to_json(),
+        status=error.http_status,
+        headers=() if retry_after is None else (retry_after,),
+    )
 
 
 def render(response: JsonResponse) -> Rendered:

@@ -27,7 +27,7 @@ import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Final
 
-from ranvier.api.ratelimit import RouteLimits, retry_after_header
+from ranvier.api.ratelimit import RouteLimits
 from ranvier.errors import MatrixError
 from ranvier.metrics import note_route
 from ranvier.web import (
@@ -40,6 +40,7 @@ from ranvier.web import (
     Scope,
     Send,
     StreamResponse,
+    error_response,
     only_http,
     parse_json,
     read_body,
@@ -132,14 +133,7 @@ class ClientApp:
         except Disconnected:
             return None
         except MatrixError as exc:
-            retry_after = retry_after_header(exc)
-            return render(
-                JsonResponse(
-                    exc.to_json(),
-                    status=exc.http_status,
-                    headers=() if retry_after is None else (retry_after,),
-                )
-            )
+            return render(error_response(exc))
         except Exception:
             _logger.exception("%s %s failed", method, path)
             return render(

@@ -29,7 +29,7 @@ from typing import Final
 
 from ranvier.api.app import CORS_HEADERS
 from ranvier.api.auth import Auth
-from ranvier.api.ratelimit import RouteLimits, retry_after_header
+from ranvier.api.ratelimit import RouteLimits
 from ranvier.core.media import MediaContent, MediaRepository
 from ranvier.core.url_previews import UrlPreviewer
 from ranvier.errors import MatrixError
@@ -52,6 +52,7 @@ from ranvier.web import (
     Scope,
     Send,
     StreamResponse,
+    error_response,
     render,
     send_rendered,
     send_stream,
@@ -142,12 +143,7 @@ class MediaApp:
         except Disconnected:
             return
         except MatrixError as exc:
-            retry_after = retry_after_header(exc)
-            response = JsonResponse(
-                exc.to_json(),
-                status=exc.http_status,
-                headers=() if retry_after is None else (retry_after,),
-            )
+            response = error_response(exc)
         except Exception:
             _logger.exception("%s %s failed", head.method, head.path)
             response = JsonResponse(

@@ -46,7 +46,7 @@ import trio
 from ranvier.api.auth import access_token_of
 from ranvier.core.accounts import Requester
 from ranvier.errors import LimitExceededError, MatrixError
-from ranvier.web import Request, Route
+from ranvier.web import Request, Route, retry_after_header
 
 if TYPE_CHECKING:
     from ranvier.config import RateConfig, RateLimitConfig
@@ -330,16 +330,6 @@ def client_address(
             if last:
                 return last
     return peer[0] if peer else "unknown"
-
-
-def retry_after_header(error: MatrixError) -> tuple[str, str] | None:
-    """The ``Retry-After`` header for a 429 answer: whole seconds, rounded up."""
-    if error.errcode != "M_LIMIT_EXCEEDED":
-        return None
-    retry_after_ms = error.extra.get("retry_after_ms")
-    if not isinstance(retry_after_ms, int) or isinstance(retry_after_ms, bool):
-        return None
-    return ("Retry-After", str(max(0, math.ceil(retry_after_ms / 1000))))
 
 
 def _shape(pattern: str) -> tuple[str | None, ...]:

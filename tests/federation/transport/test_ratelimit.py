@@ -52,6 +52,8 @@ class _Served:
         self.running = 0
         self.most_running = 0
         self.served: list[tuple[str | None, str]] = []
+        #: The headers of the last answer.
+        self.headers: dict[bytes, bytes] = {}
         #: When set, handlers wait for it: requests stay in flight.
         self.gate: trio.Event | None = None
 
@@ -106,6 +108,7 @@ class _Served:
             sent.append(message)
 
         await self.app(scope, receive, send)
+        self.headers = dict(sent[0]["headers"])
         status = sent[0]["status"]
         answer = b"".join(message.get("body", b"") for message in sent[1:])
         return status, msgspec.json.decode(answer)
@@ -187,6 +190,8 @@ async def test_beyond_the_reject_limit_requests_are_refused_with_retry_after(
         assert status == 429
         assert body["errcode"] == "M_LIMIT_EXCEEDED"
         assert body["retry_after_ms"] == 334  # a window's worth shared by the sleep limit
+        # And as HTTP says it, in whole seconds rounded up.
+        assert served.headers[b"retry-after"] == b"1"
         assert limiter.rejected == 1
         assert ("busy.test", "/_matrix/federation/v1/event/$late") not in served.served
         mock_clock.jump(0.5)

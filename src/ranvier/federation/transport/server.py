@@ -66,6 +66,7 @@ from ranvier.web import (
     Scope,
     Send,
     StreamResponse,
+    error_response,
     only_http,
     parse_json,
     read_body,
@@ -175,7 +176,7 @@ class FederationApp:
         except Disconnected:
             return None
         except MatrixError as exc:
-            return render(JsonResponse(exc.to_json(), status=exc.http_status))
+            return render(error_response(exc))
         except Exception:
             # A bug, not the caller's fault: answer 500 and leave the details
             # in the log rather than in the response.
