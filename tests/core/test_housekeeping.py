@@ -51,6 +51,11 @@ async def test_a_pass_keeps_what_is_within_its_window_and_a_second_changes_nothi
         _client_txn(conn, "two-days-old", NOW - 2 * DAY_MS)
         conn.execute("INSERT INTO url_previews VALUES ('gone', x'7b7d', 0, ?)", (NOW - 1,))
         conn.execute("INSERT INTO url_previews VALUES ('kept', x'7b7d', 0, ?)", (NOW + 1,))
+        for state, expires in ((b"gone", NOW), (b"kept", NOW + 1)):
+            conn.execute(
+                "INSERT INTO sso_sessions VALUES (?, 'idp', 'n', 'v', 'https://c.test/', ?)",
+                (state, expires),
+            )
 
     await storage.actor.submit(seed)
     housekeeping = Housekeeping(storage.housekeeping, ages=AGES, clock_ms=lambda: NOW)
@@ -58,9 +63,11 @@ async def test_a_pass_keeps_what_is_within_its_window_and_a_second_changes_nothi
     assert first[Prune.RECEIVED_TRANSACTIONS] == 1
     assert first[Prune.CLIENT_TRANSACTIONS] == 1
     assert first[Prune.URL_PREVIEWS] == 1
+    assert first[Prune.SSO_SESSIONS] == 1
     assert _ids(db_path, "received_transactions", "transaction_id") == ["hour-old"]
     assert _ids(db_path, "client_transactions", "txn_id") == ["two-days-old"]
     assert _ids(db_path, "url_previews", "url") == ["kept"]
+    assert _ids(db_path, "sso_sessions", "CAST(state_hash AS TEXT)") == ["kept"]
     second = await housekeeping.run_pass()
     assert set(second) == set(Prune)
     assert not any(second.values())

@@ -27,6 +27,7 @@ from ranvier.storage import (
     ReceivedTransaction,
     ServerKey,
     accounts,
+    sso,
     writes,
 )
 from ranvier.storage.records import EventStateContext
@@ -178,6 +179,19 @@ SAMPLES: dict[str, Any] = {
     },
     "profile_fields.delete_profile_field": {"user_id": "@u:x", "key": "m.tz"},
     "profile_fields.erase_profile": {"user_id": "@u:x"},
+    "sso.create_sso_session": {
+        "state_hash": b"\x00\xff",
+        "session": sso.SsoSession(
+            idp_id="idp",
+            nonce="n",
+            code_verifier="v",
+            redirect_url="https://c.x/?a=b",
+            expires_ts=9,
+        ),
+        "now_ms": 5,
+        "max_sessions": 10_000,
+    },
+    "sso.take_sso_session": {"state_hash": b"\x00\xff", "now_ms": 5},
 }
 
 #: A result of each write's type, to check results round-trip too.
@@ -207,6 +221,10 @@ RESULTS: dict[str, Any] = {
     "client_transactions.delete_client_transactions_before": 3,
     "sync_reads.store_filter": 0,
     "profile_fields.set_profile_field": False,
+    "sso.create_sso_session": True,
+    "sso.take_sso_session": sso.SsoSession(
+        idp_id="idp", nonce="n", code_verifier="v", redirect_url="https://c.x/", expires_ts=9
+    ),
 }
 
 

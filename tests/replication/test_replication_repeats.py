@@ -32,6 +32,7 @@ from ranvier.storage import (
     aliases,
     client_transactions,
     profile_fields,
+    sso,
     state_groups,
     sync_reads,
     writes,
@@ -88,6 +89,12 @@ OUTCOMES: dict[str, str] = {
     "profile_fields.set_profile_field": "same",
     "profile_fields.delete_profile_field": "same",
     "profile_fields.erase_profile": "same",
+    "sso.create_sso_account": "same",
+    "sso.link_sso_user": "same",
+    "sso.create_sso_session": "same",
+    # The second run finds the session gone and answers None: a repeated
+    # take never hands the session out again.
+    "sso.take_sso_session": "same database",
 }
 
 
@@ -232,6 +239,16 @@ def _after_profile(operation: WriteOperation[Any]) -> Prepare:
     return prepare
 
 
+_SSO_SESSION = sso.SsoSession(
+    idp_id="idp", nonce="n", code_verifier="v", redirect_url="https://c.test/", expires_ts=900
+)
+
+
+async def _take_sso_session(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    assert await storage.sso.create_sso_session(b"state", _SSO_SESSION, now_ms=5, max_sessions=10)
+    return _call(sso._take_sso_session, state_hash=b"state", now_ms=5)
+
+
 def _destination_rooms(function: Callable[..., Any]) -> Prepare:
     async def prepare(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
         return _call(function, destination="remote.test", positions={room.room_id: 3})
@@ -366,6 +383,22 @@ PREPARE: dict[str, Prepare] = {
     "profile_fields.erase_profile": _after_profile(
         _call(profile_fields.erase_profile, user_id=ALICE)
     ),
+    "sso.create_sso_account": _plain(
+        _call(sso._create_sso_account, account=_ACCOUNT, idp_id="idp", subject="s")
+    ),
+    "sso.link_sso_user": _after_account(
+        _call(sso._link_sso_user, idp_id="idp", subject="s", user_id=ALICE, now_ts=5)
+    ),
+    "sso.create_sso_session": _plain(
+        _call(
+            sso._create_sso_session,
+            state_hash=b"state",
+            session=_SSO_SESSION,
+            now_ms=5,
+            max_sessions=10,
+        )
+    ),
+    "sso.take_sso_session": _take_sso_session,
 }
 
 _KNOWN_MODULES = (
@@ -375,6 +408,7 @@ _KNOWN_MODULES = (
     "aliases.",
     "client_transactions.",
     "profile_fields.",
+    "sso.",
 )
 
 

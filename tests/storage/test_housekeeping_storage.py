@@ -49,6 +49,10 @@ def _seed(conn: sqlite3.Connection) -> None:
         run("INSERT INTO login_tokens VALUES (?, ?, ?)", (name.encode(), ALICE, expires))
         run("INSERT INTO openid_tokens VALUES (?, ?, ?)", (name.encode(), ALICE, expires))
         run("INSERT INTO registration_token_sessions VALUES (?, 'tok', ?, NULL)", (name, expires))
+        run(
+            "INSERT INTO sso_sessions VALUES (?, 'idp', 'n', 'v', 'https://c.test/', ?)",
+            (name.encode(), expires),
+        )
     # Positions around CUTOFF, as a position of the device-list stream.
     for position, user in (
         (1, ALICE),
@@ -135,6 +139,7 @@ _EXPECTED: dict[Prune, tuple[str, list[Any], int]] = {
         [("valid",)],
         2,
     ),
+    Prune.SSO_SESSIONS: ("SELECT state_hash FROM sso_sessions", [(b"valid",)], 2),
     Prune.SLIDING_SYNC_CONNECTIONS: (
         "SELECT c.conn_key, p.pos, r.pos FROM sliding_sync_connections AS c"
         " LEFT JOIN sliding_sync_positions AS p USING (conn_key)"

@@ -90,6 +90,7 @@ TABLES_ADDED = {
     # Columns of users, no table.
     42: set(),
     43: {"sso_subjects"},
+    44: {"sso_sessions"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -282,6 +283,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("UPDATE users SET locked = 1, suspended = 1")
     elif version == 43:
         run("INSERT INTO sso_subjects VALUES ('idp', 'sub', '@a:x', 5)")
+    elif version == 44:
+        run("INSERT INTO sso_sessions VALUES (x'01', 'idp', 'n', 'v', 'https://c.x/', 9)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -14,11 +14,12 @@ Invariants
   (against the provider's JWKS), ``iss``, ``aud``, ``exp`` and the
   session's ``nonce`` are all checked first; a failure creates no user, no
   mapping and no login token.
-* **A session is used once, before it expires.** The callback takes the
-  session named by ``state`` out of this process's memory; an unknown,
-  used or expired one is refused. Sessions live in the process that
-  served the redirect, so the callback must reach that process: behind
-  ``client_reader`` workers, both routes go to one process.
+* **A session is used once, before it expires.** Sessions are stored in
+  the database (:mod:`ranvier.storage.sso`), so the callback may reach any
+  process, the one that served the redirect or another; it takes the
+  session named by ``state`` in one write that deletes it, and an unknown,
+  used or expired one is refused. ``state``, the nonce and the PKCE
+  verifier are never logged.
 * **A subject is one user, for good** (:mod:`ranvier.storage.sso`). A new
   subject whose localpart is taken is refused unless the provider's
   ``allow_existing_users`` links it to that account.
@@ -34,16 +35,16 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import httpx
-import trio
 
 from ranvier.config import OidcProviderConfig
 from ranvier.core.accounts import Accounts
 from ranvier.core.login_tokens import LoginTokens
 from ranvier.errors import MatrixError
 from ranvier.storage.accounts import NewAccount, NewDevice, UserInUseError
+from ranvier.storage.sso import SsoSession
 
 if TYPE_CHECKING:
     # PyJWT, with the cryptography it loads, is imported where an ID token
@@ -66,7 +67,7 @@ CALLBACK_PATH: Final = "/_ranvier/client/oidc/callback"
 #: How long a user has at the provider before the session is forgotten.
 SESSION_LIFETIME_SECONDS: Final = 600.0
 
-#: Sessions held at once; past this, new logins wait for old ones to expire.
+#: Unexpired sessions at once; past this, new logins wait for old ones to expire.
 _MAX_SESSIONS: Final = 10_000
 
 _HTTP_TIMEOUT_SECONDS: Final = 10.0
@@ -95,6 +96,14 @@ class SsoMappingStore(Protocol):
 
     async def link_sso_user(self, idp_id: str, subject: str, user_id: str, now_ts: int) -> str: ...
 
+    async def create_sso_session(
+        self, state_hash: bytes, session: SsoSession, *, now_ms: int, max_sessions: int
+    ) -> bool: ...
+
+    async def take_sso_session(
+        self, state_hash: bytes, *, now_ms: int
+    ) -> SsoSession | Literal["expired"] | None: ...
+
 
 def sanitise_localpart(claim: str) -> str:
     """A localpart from a username claim: lower-cased, and each character
@@ -117,15 +126,6 @@ class SsoLogin:
     client_url: str
     #: The client's host, for the confirmation page.
     client_host: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Session:
-    idp_id: str
-    nonce: str
-    code_verifier: str
-    redirect_url: str
-    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +244,10 @@ def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
     return body
 
 
+def _state_hash(state: str) -> bytes:
+    return hashlib.sha256(state.encode("utf-8")).digest()
+
+
 def _pkce_challenge(verifier: str) -> str:
     digest = hashlib.sha256(verifier.encode("ascii")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
@@ -271,7 +275,6 @@ class SsoProviders:
         self._store = store
         #: The tokens a finished login hands the client, which ``/login`` takes.
         self.login_tokens = login_tokens
-        self._sessions: dict[str, _Session] = {}
         #: How long a user has at the provider (tests shorten it).
         self.session_lifetime_seconds = SESSION_LIFETIME_SECONDS
         self.clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000
@@ -304,12 +307,6 @@ class SsoProviders:
             )
         return provider
 
-    def _sweep(self, now: float) -> None:
-        for state in [
-            state for state, session in self._sessions.items() if session.expires_at <= now
-        ]:
-            del self._sessions[state]
-
     async def start(self, idp_id: str | None, redirect_url: str) -> str:
         """Open a session and answer the provider's authorization URL to
         send the browser to. Raises MatrixError for a bad ``redirectUrl``,
@@ -321,20 +318,24 @@ class SsoProviders:
                 discovery = await provider.discovery(client)
         except SsoError as exc:
             raise MatrixError(exc.message, errcode="M_UNKNOWN", http_status=502) from None
-        now = trio.current_time()
-        self._sweep(now)
-        if len(self._sessions) >= _MAX_SESSIONS:
+        now_ms = self.clock_ms()
+        state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        verifier = secrets.token_urlsafe(48)
+        session = SsoSession(
+            idp_id=provider.config.idp_id,
+            nonce=nonce,
+            code_verifier=verifier,
+            redirect_url=redirect_url,
+            expires_ts=now_ms + round(self.session_lifetime_seconds * 1000),
+        )
+        if not await self._store.create_sso_session(
+            _state_hash(state), session, now_ms=now_ms, max_sessions=_MAX_SESSIONS
+        ):
             raise MatrixError(
                 "too many logins under way; try again in a few minutes",
                 errcode="M_LIMIT_EXCEEDED",
                 http_status=429,
             )
-        state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        verifier = secrets.token_urlsafe(48)
-        expires_at = now + self.session_lifetime_seconds
-        self._sessions[state] = _Session(
-            provider.config.idp_id, nonce, verifier, redirect_url, expires_at
-        )
         query = urllib.parse.urlencode(
             {
                 "response_type": "code",
@@ -355,13 +356,18 @@ class SsoProviders:
         subject and issue a login token. Raises :class:`SsoError` with
         nothing made."""
         state = params.get("state")
-        session = self._sessions.pop(state, None) if state else None
-        if session is None:
+        taken = (
+            await self._store.take_sso_session(_state_hash(state), now_ms=self.clock_ms())
+            if state
+            else None
+        )
+        if taken is None:
             raise SsoError(
                 "this login is unknown or was already used: start again from your client"
             )
-        if session.expires_at <= trio.current_time():
+        if taken == "expired":
             raise SsoError("this login took too long and has expired: start again from your client")
+        session = taken
         error = params.get("error")
         if error is not None:
             description = params.get("error_description", "")
@@ -387,7 +393,7 @@ class SsoProviders:
         )
 
     async def _id_token_claims(
-        self, provider: _Provider, client: httpx.AsyncClient, session: _Session, code: str
+        self, provider: _Provider, client: httpx.AsyncClient, session: SsoSession, code: str
     ) -> dict[str, Any]:
         import jwt
 

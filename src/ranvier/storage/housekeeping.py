@@ -66,6 +66,8 @@ class Prune(enum.Enum):
     OPENID_TOKENS = "openid_tokens"
     #: Registration-token sessions expired by ``cutoff_ms``.
     REGISTRATION_TOKEN_SESSIONS = "registration_token_sessions"
+    #: Single sign-on logins expired by ``cutoff_ms`` (never taken at a callback).
+    SSO_SESSIONS = "sso_sessions"
     #: Sliding sync connections whose newest position was made before
     #: ``cutoff_ms`` (so every position of theirs is refused), or whose
     #: device was deleted; with their positions and rooms.
@@ -116,6 +118,7 @@ _RULES: Final[dict[Prune, tuple[str, str]]] = {
     Prune.LOGIN_TOKENS: ("login_tokens", "t.expires_ts <= :cutoff"),
     Prune.OPENID_TOKENS: ("openid_tokens", "t.expires_ts <= :cutoff"),
     Prune.REGISTRATION_TOKEN_SESSIONS: ("registration_token_sessions", "t.expires_ts <= :cutoff"),
+    Prune.SSO_SESSIONS: ("sso_sessions", "t.expires_ts <= :cutoff"),
     Prune.SUPERSEDED_DEVICE_LIST_CHANGES: ("device_list_changes", _SUPERSEDED_CHANGE),
 }
 

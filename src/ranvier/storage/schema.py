@@ -1122,6 +1122,19 @@ def _sso_subjects(conn: sqlite3.Connection) -> None:
     )
 
 
+def _sso_sessions(conn: sqlite3.Connection) -> None:
+    """Single sign-on logins between the redirect and the callback
+    (:mod:`ranvier.storage.sso`), in the database so that any process may
+    take the callback; keyed by the SHA-256 of ``state``.
+    """
+    conn.execute(
+        "CREATE TABLE sso_sessions (state_hash BLOB PRIMARY KEY NOT NULL, idp_id TEXT NOT NULL,"
+        " nonce TEXT NOT NULL, code_verifier TEXT NOT NULL, redirect_url TEXT NOT NULL,"
+        " expires_ts INTEGER NOT NULL) STRICT"
+    )
+    conn.execute("CREATE INDEX sso_sessions_expiry ON sso_sessions (expires_ts)")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1167,6 +1180,7 @@ MIGRATIONS: Sequence[Migration] = (
     _profile_fields,
     _account_moderation,
     _sso_subjects,
+    _sso_sessions,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
