@@ -7,54 +7,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from _client import WithAdmin, open_with_admin
 
-from ranvier.config import Config, DatabaseConfig, ListenerConfig
-from ranvier.server import HomeServer, open_homeserver
+from ranvier.server import HomeServer
 
-SERVER = "after.test"
-ALICE = f"@alice:{SERVER}"
-BOB = f"@bob:{SERVER}"
-
-
-@dataclass
-class _Env:
-    hs: HomeServer
-    http: httpx.AsyncClient
-    tokens: dict[str, str]
-
-    async def sync(self, user: str, **params: Any) -> dict[str, Any]:
-        response = await self.http.get(
-            "/_matrix/client/v3/sync",
-            params=params,
-            headers={"Authorization": f"Bearer {self.tokens[user]}"},
-        )
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
+ALICE = "@alice:localhost"
+BOB = "@bob:localhost"
 
 
 @pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[_Env]:
-    config = Config(
-        server_name=SERVER,
-        data_dir=tmp_path / "hs",
-        listeners=(ListenerConfig(type="client", host="127.0.0.1", port=0),),
-        database=DatabaseConfig(synchronous="OFF"),
-    )
-    async with open_homeserver(config) as hs:
-        tokens = {}
-        for name in ("alice", "bob"):
-            registration = await hs.accounts.register(name, "a long enough password")
-            assert registration.access_token is not None
-            tokens[registration.user_id] = registration.access_token
-        async with httpx.AsyncClient(base_url=hs.listeners[0].url, timeout=30) as http:
-            yield _Env(hs, http, tokens)
+async def env(tmp_path: Path) -> AsyncIterator[WithAdmin]:
+    async with open_with_admin(tmp_path) as opened:
+        assert (opened.alice.user_id, opened.bob.user_id) == (ALICE, BOB)
+        yield opened
 
 
 def _state(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -66,10 +35,10 @@ async def _say(hs: HomeServer, user: str, room_id: str, *bodies: str) -> None:
         await hs.send_event(user, room_id, "m.room.message", {"msgtype": "m.text", "body": body})
 
 
-async def test_an_initial_sync_carries_the_whole_state_after_the_timeline(env: _Env) -> None:
-    room_id = await env.hs.create_room(ALICE, name="Lobby")
-    await env.hs.send_event(ALICE, room_id, "m.room.topic", {"topic": "late"}, state_key="")
-    room = (await env.sync(ALICE, use_state_after="true"))["rooms"]["join"][room_id]
+async def test_an_initial_sync_carries_the_whole_state_after_the_timeline(env: WithAdmin) -> None:
+    room_id = await env.hs.server.create_room(ALICE, name="Lobby")
+    await env.hs.server.send_event(ALICE, room_id, "m.room.topic", {"topic": "late"}, state_key="")
+    room = (await env.sync(env.alice, use_state_after="true"))["rooms"]["join"][room_id]
     assert "state" not in room
     # The whole room fits in the timeline, and the state still holds it all.
     assert room["timeline"]["events"][0]["type"] == "m.room.create"
@@ -80,38 +49,40 @@ async def test_an_initial_sync_carries_the_whole_state_after_the_timeline(env: _
     assert ("m.room.create", "") in state
     # Without the parameter (or with it false): state before the timeline.
     for params in ({}, {"use_state_after": "false"}):
-        plain = (await env.sync(ALICE, **params))["rooms"]["join"][room_id]
+        plain = (await env.sync(env.alice, **params))["rooms"]["join"][room_id]
         assert "state_after" not in plain
         assert plain["state"]["events"] == []
 
 
 async def test_an_incremental_sync_carries_the_changes_up_to_the_timeline_end(
-    env: _Env,
+    env: WithAdmin,
 ) -> None:
-    room_id = await env.hs.create_room(ALICE, name="Lobby")
-    since = (await env.sync(ALICE))["next_batch"]
-    await env.hs.send_event(ALICE, room_id, "m.room.topic", {"topic": "new"}, state_key="")
-    await _say(env.hs, ALICE, room_id, "hello")
-    room = (await env.sync(ALICE, since=since, use_state_after="true"))["rooms"]["join"][room_id]
+    room_id = await env.hs.server.create_room(ALICE, name="Lobby")
+    since = (await env.sync(env.alice))["next_batch"]
+    await env.hs.server.send_event(ALICE, room_id, "m.room.topic", {"topic": "new"}, state_key="")
+    await _say(env.hs.server, ALICE, room_id, "hello")
+    room = (await env.sync(env.alice, since=since, use_state_after="true"))["rooms"]["join"][
+        room_id
+    ]
     assert room["timeline"]["limited"] is False
     assert "state" not in room
     # The topic is in the timeline and in state_after: only what changed.
     assert _state(room["state_after"]["events"]) == {("m.room.topic", ""): {"topic": "new"}}
-    plain = (await env.sync(ALICE, since=since))["rooms"]["join"][room_id]
+    plain = (await env.sync(env.alice, since=since))["rooms"]["join"][room_id]
     assert plain["state"]["events"] == []
     assert "state_after" not in plain
 
 
 async def test_a_limited_sync_carries_changes_before_and_inside_the_timeline(
-    env: _Env,
+    env: WithAdmin,
 ) -> None:
-    room_id = await env.hs.create_room(ALICE, name="Lobby")
-    since = (await env.sync(ALICE))["next_batch"]
-    await env.hs.send_event(ALICE, room_id, "m.room.topic", {"topic": "early"}, state_key="")
-    await _say(env.hs, ALICE, room_id, *(f"m{i}" for i in range(5)))
-    await env.hs.send_event(ALICE, room_id, "m.room.name", {"name": "Hall"}, state_key="")
+    room_id = await env.hs.server.create_room(ALICE, name="Lobby")
+    since = (await env.sync(env.alice))["next_batch"]
+    await env.hs.server.send_event(ALICE, room_id, "m.room.topic", {"topic": "early"}, state_key="")
+    await _say(env.hs.server, ALICE, room_id, *(f"m{i}" for i in range(5)))
+    await env.hs.server.send_event(ALICE, room_id, "m.room.name", {"name": "Hall"}, state_key="")
     limit = json.dumps({"room": {"timeline": {"limit": 3}}})
-    body = await env.sync(ALICE, since=since, filter=limit, use_state_after="true")
+    body = await env.sync(env.alice, since=since, filter=limit, use_state_after="true")
     room = body["rooms"]["join"][room_id]
     assert room["timeline"]["limited"] is True
     assert room["timeline"]["events"][-1]["type"] == "m.room.name"
@@ -119,17 +90,17 @@ async def test_a_limited_sync_carries_changes_before_and_inside_the_timeline(
         ("m.room.topic", ""): {"topic": "early"},
         ("m.room.name", ""): {"name": "Hall"},
     }
-    plain = (await env.sync(ALICE, since=since, filter=limit))["rooms"]["join"][room_id]
+    plain = (await env.sync(env.alice, since=since, filter=limit))["rooms"]["join"][room_id]
     assert _state(plain["state"]["events"]) == {("m.room.topic", ""): {"topic": "early"}}
 
 
-async def test_a_left_room_carries_the_leave_in_state_after(env: _Env) -> None:
-    room_id = await env.hs.create_room(ALICE)
-    await env.hs.invite(ALICE, room_id, BOB)
-    await env.hs.join_room(BOB, room_id)
-    since = (await env.sync(BOB))["next_batch"]
-    await env.hs.leave_room(BOB, room_id)
-    body = await env.sync(BOB, since=since, use_state_after="true")
+async def test_a_left_room_carries_the_leave_in_state_after(env: WithAdmin) -> None:
+    room_id = await env.hs.server.create_room(ALICE)
+    await env.hs.server.invite(ALICE, room_id, BOB)
+    await env.hs.server.join_room(BOB, room_id)
+    since = (await env.sync(env.bob))["next_batch"]
+    await env.hs.server.leave_room(BOB, room_id)
+    body = await env.sync(env.bob, since=since, use_state_after="true")
     room = body["rooms"]["leave"][room_id]
     assert "state" not in room
     state = _state(room["state_after"]["events"])
@@ -137,23 +108,23 @@ async def test_a_left_room_carries_the_leave_in_state_after(env: _Env) -> None:
 
 
 async def test_lazy_loading_sends_the_senders_membership_at_the_timeline_end(
-    env: _Env,
+    env: WithAdmin,
 ) -> None:
-    room_id = await env.hs.create_room(ALICE)
-    await env.hs.invite(ALICE, room_id, BOB)
-    await env.hs.join_room(BOB, room_id)
-    since = (await env.sync(ALICE))["next_batch"]
-    await _say(env.hs, BOB, room_id, *(f"m{i}" for i in range(3)))
-    await env.hs.send_event(
+    room_id = await env.hs.server.create_room(ALICE)
+    await env.hs.server.invite(ALICE, room_id, BOB)
+    await env.hs.server.join_room(BOB, room_id)
+    since = (await env.sync(env.alice))["next_batch"]
+    await _say(env.hs.server, BOB, room_id, *(f"m{i}" for i in range(3)))
+    await env.hs.server.send_event(
         BOB,
         room_id,
         "m.room.member",
         {"membership": "join", "displayname": "Robert"},
         state_key=BOB,
     )
-    await _say(env.hs, ALICE, room_id, "a0")
+    await _say(env.hs.server, ALICE, room_id, "a0")
     lazy = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 3}}})
-    body = await env.sync(ALICE, since=since, filter=lazy, use_state_after="true")
+    body = await env.sync(env.alice, since=since, filter=lazy, use_state_after="true")
     room = body["rooms"]["join"][room_id]
     assert [event.get("content", {}).get("body") for event in room["timeline"]["events"]] == [
         "m2",
