@@ -73,23 +73,6 @@ async def reference(tmp_path: Path, nursery: trio.Nursery) -> Storage:
     return store
 
 
-@pytest.fixture
-async def race(storage: Storage) -> RaceRoom:
-    room = RaceRoom()
-    await room.join_partially(storage)
-    return room
-
-
-@pytest.fixture
-def turnstile() -> Turnstile:
-    return Turnstile()
-
-
-@pytest.fixture
-def probed(storage: Storage, turnstile: Turnstile) -> ProbedStorage:
-    return ProbedStorage(storage, turnstile)
-
-
 def redone(turnstile: Turnstile, event_id: str) -> int:
     """How often the task gave ``event_id`` its full state."""
     return turnstile.log.count(f"stater: redo {event_id[:9]}")

@@ -83,23 +83,6 @@ class _GatedServer(StateServer):
         return await super().get_state_ids(destination, room_id, event_id)
 
 
-@pytest.fixture
-async def race(storage: Storage) -> RaceRoom:
-    room = RaceRoom()
-    await room.join_partially(storage)
-    return room
-
-
-@pytest.fixture
-def turnstile() -> Turnstile:
-    return Turnstile()
-
-
-@pytest.fixture
-def probed(storage: Storage, turnstile: Turnstile) -> ProbedStorage:
-    return ProbedStorage(storage, turnstile)
-
-
 async def _purge(storage: Storage, room_id: str) -> None:
     result = await storage.room_purge.purge_room(room_id)
     assert result is not None
