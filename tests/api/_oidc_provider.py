@@ -22,7 +22,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from ranvier.testing.network import Pki, serve
+from ranvier.testing.network import Pki, serve, whole_body
 from ranvier.web import Receive, Scope, Send, only_http
 
 __all__ = ["FakeOidcProvider"]
@@ -90,12 +90,7 @@ class FakeOidcProvider:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not await only_http(scope, receive, send):
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await whole_body(receive)
         headers = {name.decode().lower(): value.decode() for name, value in scope["headers"]}
         query = dict(urllib.parse.parse_qsl(scope["query_string"].decode()))
         status, answer, extra = self._answer(scope["path"], query, headers, body)

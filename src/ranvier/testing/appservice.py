@@ -16,6 +16,8 @@ import trio
 from ranvier.federation.transport.listener import HttpListener
 from ranvier.web import Receive, Scope, Send, only_http
 
+from .network import whole_body
+
 __all__ = ["FakeAppService", "Transaction"]
 
 _PREFIX: Final = "/_matrix/app/v1"
@@ -89,12 +91,7 @@ class FakeAppService:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not await only_http(scope, receive, send):
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await whole_body(receive)
         try:
             status, answer = await self._answer(scope, body)
         finally:

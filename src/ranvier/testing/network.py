@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 import socket
 import ssl
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +35,12 @@ import trio
 from ranvier.federation.transport.listener import AsgiApp, HttpListener
 from ranvier.federation.transport.resolve import ServerNameResolutionError, SrvRecord
 from ranvier.federation.transport.tls import client_ssl_context
+from ranvier.web import Receive, read_body
 
 if TYPE_CHECKING:
     import trustme
 
-__all__ = ["LOOPBACK_NAMES", "Pki", "ZoneDns", "free_port", "serve"]
+__all__ = ["LOOPBACK_NAMES", "Pki", "ZoneDns", "free_port", "serve", "whole_body"]
 
 #: The names of the loopback interface itself.
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -178,3 +180,9 @@ def _system_pick() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+async def whole_body(receive: Receive) -> bytes:
+    """A request's whole body, for a stand-in server that records what it
+    is sent: no size limit, since it is the server under test that sends."""
+    return await read_body(receive, (), sys.maxsize)

@@ -13,7 +13,7 @@ import trio
 
 from ranvier.web import Receive, Scope, Send, only_http
 
-from .network import Pki, serve
+from .network import Pki, serve, whole_body
 
 __all__ = ["NOTIFY_PATH", "FakePushGateway"]
 
@@ -55,12 +55,7 @@ class FakePushGateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not await only_http(scope, receive, send):
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await whole_body(receive)
         status = self.status
         if status == 200 and scope["path"] == NOTIFY_PATH:
             self.received.append(msgspec.json.decode(body)["notification"])
