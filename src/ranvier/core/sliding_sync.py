@@ -383,8 +383,12 @@ class SlidingSyncHandler:
             # Never behind the token given, in any stream.
             now = StreamPosition(*(max(a, b) for a, b in zip(now, since, strict=True)))
         sent_before = {} if state is None else state.rooms
-        blocked = self._invite_permission is not None and (
-            await self._invite_permission.blocks_invites(user_id)
+        # Read only when there is an invite to hide, as /sync does: most
+        # requests have none, and a long-poll answers many.
+        blocked = (
+            self._invite_permission is not None
+            and any(facts.membership == "invite" for facts in listed.rooms)
+            and await self._invite_permission.blocks_invites(user_id)
         )
         candidates = [
             facts
