@@ -122,7 +122,7 @@ class ClientDataStorage:
         """``(displayname, avatar_url)`` of a local user; None if there is
         no such account.
         """
-        return await self._read(functools.partial(_get_profile, user_id=user_id))
+        return await self._read(functools.partial(profile_fields.name_and_avatar, user_id=user_id))
 
     async def set_profile(
         self, user_id: str, displayname: str | None, avatar_url: str | None
@@ -262,17 +262,6 @@ class ClientDataStorage:
     async def listed_rooms(self) -> list[PublicRoomState]:
         """Every published room this server is in, with what the list shows."""
         return await self._read(_listed_rooms)
-
-
-def _get_profile(conn: sqlite3.Connection, *, user_id: str) -> tuple[str | None, str | None] | None:
-    row = conn.execute(
-        "SELECT p.displayname, p.avatar_url FROM users AS u"
-        " LEFT JOIN profiles AS p ON p.user_id = u.user_id WHERE u.user_id = ?",
-        (user_id,),
-    ).fetchone()
-    if row is None:
-        return None
-    return row[0], row[1]
 
 
 @registered_write

@@ -34,6 +34,7 @@ __all__ = [
     "COLUMN_FIELDS",
     "delete_profile_field",
     "erase_profile",
+    "name_and_avatar",
     "profile_fields",
     "profile_size",
     "set_profile_field",
@@ -52,16 +53,25 @@ def profile_size(profile: dict[str, Any]) -> int:
     return len(msgspec.json.encode(profile))
 
 
-def profile_fields(conn: sqlite3.Connection, *, user_id: str) -> dict[str, Any] | None:
-    """Every set field of a local user's profile, None if there is no such
-    account. An unset ``displayname`` or ``avatar_url`` is left out; any
-    other field is shown with the value it was given, null included.
-    """
+def name_and_avatar(
+    conn: sqlite3.Connection, *, user_id: str
+) -> tuple[str | None, str | None] | None:
+    """A local user's ``displayname`` and ``avatar_url`` (each None when
+    unset); None if there is no such account."""
     row = conn.execute(
         "SELECT p.displayname, p.avatar_url FROM users AS u"
         " LEFT JOIN profiles AS p ON p.user_id = u.user_id WHERE u.user_id = ?",
         (user_id,),
     ).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def profile_fields(conn: sqlite3.Connection, *, user_id: str) -> dict[str, Any] | None:
+    """Every set field of a local user's profile, None if there is no such
+    account. An unset ``displayname`` or ``avatar_url`` is left out; any
+    other field is shown with the value it was given, null included.
+    """
+    row = name_and_avatar(conn, user_id=user_id)
     if row is None:
         return None
     profile: dict[str, Any] = {
