@@ -101,7 +101,8 @@ _decode_policy = msgspec.json.Decoder(_PolicyContent).decode
 
 
 class PolicyServers:
-    """The policy server checks of events received from other servers."""
+    """A room's policy server: its checks of events received from other
+    servers (:meth:`recommended`) and its signature on ours (:meth:`sign_ours`)."""
 
     def __init__(self, store: PolicyServerStore, signer: PolicySigner | None = None) -> None:
         self._store = store
