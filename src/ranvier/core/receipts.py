@@ -24,6 +24,8 @@ Invariants
   server joined in the room as an ``m.receipt`` EDU. One received from
   another server is taken only for users of that server, in rooms it is
   joined to as this server sees them; other entries are dropped alone.
+  A room purged after those checks stores none of them: a local user is
+  answered as not in the room, another server's receipt is dropped.
 * **Markers do not move back.** A receipt or marker naming an event written
   here before the one it replaces is ignored (storage's rule for receipts,
   the same rule here for the fully read marker).
@@ -38,7 +40,7 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
-from ranvier.errors import MatrixError
+from ranvier.errors import MatrixError, RoomGoneError
 from ranvier.storage.receipts import ReceiptRecord
 from ranvier.storage.records import StoredEvent
 
@@ -147,6 +149,12 @@ def server_of(user_id: str) -> str:
     return user_id.partition(":")[2]
 
 
+def _not_in_room(user_id: str, room_id: str) -> MatrixError:
+    return MatrixError(
+        f"{user_id} is not in room {room_id}", errcode="M_FORBIDDEN", http_status=403
+    )
+
+
 def _invalid(message: str) -> MatrixError:
     return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
 
@@ -251,9 +259,7 @@ class Receipts:
 
     async def _check_joined(self, user_id: str, room_id: str) -> None:
         if await self._rooms.membership(user_id, room_id) != "join":
-            raise MatrixError(
-                f"{user_id} is not in room {room_id}", errcode="M_FORBIDDEN", http_status=403
-            )
+            raise _not_in_room(user_id, room_id)
         # Every receipt and marker of a local user passes here: they read.
         if self._activity is not None:
             await self._activity.user_active(user_id)
@@ -277,14 +283,19 @@ class Receipts:
         thread_id: str | None,
     ) -> None:
         ts = self._clock()
-        position = await self._store.put_receipt(
-            room_id=room_id,
-            receipt_type=receipt_type,
-            user_id=user_id,
-            thread_id=thread_id or "",
-            event_id=event_id,
-            ts=ts,
-        )
+        try:
+            position = await self._store.put_receipt(
+                room_id=room_id,
+                receipt_type=receipt_type,
+                user_id=user_id,
+                thread_id=thread_id or "",
+                event_id=event_id,
+                ts=ts,
+            )
+        except RoomGoneError:
+            # Purged since the user was found joined: answered as any
+            # room the user is not in.
+            raise _not_in_room(user_id, room_id) from None
         if position is None:
             return
         private = receipt_type == READ_PRIVATE
@@ -336,14 +347,19 @@ class Receipts:
             if not in_room[room_id]:
                 _log.info("%s sent a receipt in %s, which it is not in: dropped", origin, room_id)
                 continue
-            position = await self._store.put_receipt(
-                room_id=room_id,
-                receipt_type=READ,
-                user_id=receipt.user_id,
-                thread_id=receipt.thread_id or "",
-                event_id=receipt.event_id,
-                ts=receipt.ts,
-            )
+            try:
+                position = await self._store.put_receipt(
+                    room_id=room_id,
+                    receipt_type=READ,
+                    user_id=receipt.user_id,
+                    thread_id=receipt.thread_id or "",
+                    event_id=receipt.event_id,
+                    ts=receipt.ts,
+                )
+            except RoomGoneError:
+                _log.info("%s sent a receipt in %s, purged here since: dropped", origin, room_id)
+                in_room[room_id] = False
+                continue
             if position is not None:
                 taken += 1
                 if self._notifier is not None:

@@ -21,6 +21,9 @@ Invariants
   user reading an event not received yet) replaces the old one.
 * **One write per receipt**, its new position read back in the same
   transaction.
+* **No receipt without its room.** A receipt for a room not stored here
+  (purged since its sender was found in it) raises
+  :class:`~ranvier.errors.RoomGoneError` and writes nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import sqlite3
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
+
+from ranvier.errors import RoomGoneError
 
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
@@ -129,11 +134,18 @@ def _put_receipt(
         if held_at is not None and new_at is not None and new_at < held_at:
             return None
         conn.execute("DELETE FROM receipts WHERE stream_id = ?", (stream_id,))
-    cursor = conn.execute(
-        "INSERT INTO receipts (room_id, receipt_type, user_id, thread_id, event_id, ts)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (*key, event_id, ts),
-    )
+    try:
+        cursor = conn.execute(
+            "INSERT INTO receipts (room_id, receipt_type, user_id, thread_id, event_id, ts)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (*key, event_id, ts),
+        )
+    except sqlite3.IntegrityError as exc:
+        # The room's row is the one key a receipt names: it was purged
+        # after the caller checked the user or server is in the room.
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
+            raise RoomGoneError(room_id) from None
+        raise
     assert cursor.lastrowid is not None
     return cursor.lastrowid
 
