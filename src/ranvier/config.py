@@ -551,8 +551,17 @@ class OidcProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     #: How the client secret reaches the token endpoint.
     client_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
     scopes: tuple[str, ...] = ("openid", "profile")
-    #: The ID token claim a new user's localpart is made from.
+    #: The claim a new user's localpart is made from.
     localpart_claim: str = "preferred_username"
+    #: The claim a new user's display name is taken from, when it is a
+    #: string of at most 256 characters once trimmed (else the user has none).
+    displayname_claim: str = "name"
+    #: Where the claims come from. "auto": the ID token's, and the
+    #: provider's userinfo endpoint is asked too when the token answer has
+    #: no ID token or a new user's ID token lacks ``localpart_claim``;
+    #: "userinfo_endpoint": the userinfo endpoint's answer is asked on
+    #: every login and its claims win over the ID token's.
+    user_profile_method: Literal["auto", "userinfo_endpoint"] = "auto"
     #: Whether a login whose localpart names an account that exists (and
     #: is not yet this subject's) logs in as that account; by default it is
     #: refused, so that the provider cannot take over local accounts.
@@ -568,6 +577,11 @@ class OidcProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
             raise ConfigError("issuer", f"expected an https:// URL, got {self.issuer!r}")
         if "openid" not in self.scopes:
             raise ConfigError("scopes", "must include 'openid'")
+        if self.user_profile_method not in ("auto", "userinfo_endpoint"):
+            raise ConfigError(
+                "user_profile_method",
+                f"expected 'auto' or 'userinfo_endpoint', got {self.user_profile_method!r}",
+            )
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -1,10 +1,11 @@
 """An OpenID Connect provider over HTTPS on loopback, standing in for the
 remote identity provider single sign-on talks to: discovery, an
 authorization endpoint that approves at once, a token endpoint that checks
-the client, the code and its PKCE verifier, and the JWKS.
+the client, the code and its PKCE verifier, the JWKS, and a userinfo
+endpoint that checks the access token.
 
-What it puts in the ID token is the test's to change, so that each check
-of the homeserver can be made to fail on its own.
+What it puts in the ID token and the userinfo answer is the test's to
+change, so that each check of the homeserver can be made to fail on its own.
 """
 
 from __future__ import annotations
@@ -49,7 +50,13 @@ class FakeOidcProvider:
     ``subject`` and ``username`` are the user logging in. ``claims`` are
     put over the ID token's claims (None removes one), ``sign_with`` signs
     it with another key than the published one, ``deny`` makes the
-    authorization endpoint answer with that error.
+    authorization endpoint answer with that error, ``send_id_token`` False
+    leaves the ID token out of the token answer.
+
+    The userinfo answer is ``sub`` and ``preferred_username`` with
+    ``userinfo_claims`` put over them the same way; ``userinfo`` replaces
+    the whole answer with ``(status, content type, body)``, and
+    ``userinfo_enabled`` False answers 404 there.
     """
 
     subject: str = "subject-1"
@@ -57,11 +64,18 @@ class FakeOidcProvider:
     claims: dict[str, Any] = field(default_factory=dict)
     sign_with: rsa.RSAPrivateKey | None = None
     deny: str | None = None
+    send_id_token: bool = True
+    userinfo_claims: dict[str, Any] = field(default_factory=dict)
+    userinfo: tuple[int, str, bytes] | None = None
+    userinfo_enabled: bool = True
     issuer: str = ""
     #: Token requests that passed the client, code and PKCE checks.
     tokens_issued: int = 0
+    #: Userinfo requests that carried an access token this provider issued.
+    userinfo_requests: int = 0
     _key: rsa.RSAPrivateKey = field(default_factory=_new_key)
     _grants: dict[str, _Grant] = field(default_factory=dict)
+    _access_tokens: set[str] = field(default_factory=set)
 
     async def start(self, nursery: Any, pki: Pki) -> str:
         port = await serve(nursery, self, pki.server_context("127.0.0.1"))
@@ -94,8 +108,13 @@ class FakeOidcProvider:
         headers = {name.decode().lower(): value.decode() for name, value in scope["headers"]}
         query = dict(urllib.parse.parse_qsl(scope["query_string"].decode()))
         status, answer, extra = self._answer(scope["path"], query, headers, body)
-        payload = msgspec.json.encode(answer) if answer is not None else b""
-        response_headers = [(b"content-type", b"application/json"), *extra]
+        if isinstance(answer, bytes):
+            payload = answer
+        else:
+            payload = msgspec.json.encode(answer) if answer is not None else b""
+        if not any(name == b"content-type" for name, _ in extra):
+            extra = [(b"content-type", b"application/json"), *extra]
+        response_headers = extra
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
 
@@ -110,6 +129,7 @@ class FakeOidcProvider:
                     "authorization_endpoint": f"{self.issuer}/authorize",
                     "token_endpoint": f"{self.issuer}/token",
                     "jwks_uri": f"{self.issuer}/jwks",
+                    "userinfo_endpoint": f"{self.issuer}/userinfo",
                     "response_types_supported": ["code"],
                     "subject_types_supported": ["public"],
                     "id_token_signing_alg_values_supported": ["RS256"],
@@ -123,7 +143,25 @@ class FakeOidcProvider:
             return self._authorize(query)
         if path == "/token":
             return self._token(headers, dict(urllib.parse.parse_qsl(body.decode())))
+        if path == "/userinfo" and self.userinfo_enabled:
+            return self._userinfo(headers)
         return 404, {"error": "not_found"}, []
+
+    def _userinfo(self, headers: dict[str, str]) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme != "Bearer" or token not in self._access_tokens:
+            return 401, {"error": "invalid_token"}, []
+        self.userinfo_requests += 1
+        if self.userinfo is not None:
+            status, content_type, raw = self.userinfo
+            return status, raw, [(b"content-type", content_type.encode())]
+        claims: dict[str, Any] = {"sub": self.subject, "preferred_username": self.username}
+        for name, value in self.userinfo_claims.items():
+            if value is None:
+                claims.pop(name, None)
+            else:
+                claims[name] = value
+        return 200, claims, []
 
     def _authorize(self, query: dict[str, str]) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
         if query.get("client_id") != CLIENT_ID or query.get("response_type") != "code":
@@ -162,5 +200,9 @@ class FakeOidcProvider:
         if challenge != grant.challenge or form.get("redirect_uri") != grant.redirect_uri:
             return 400, {"error": "invalid_grant"}, []
         self.tokens_issued += 1
-        answer = {"access_token": "at", "token_type": "Bearer", "id_token": self._id_token(grant)}
+        access_token = secrets.token_urlsafe(16)
+        self._access_tokens.add(access_token)
+        answer = {"access_token": access_token, "token_type": "Bearer"}
+        if self.send_id_token:
+            answer["id_token"] = self._id_token(grant)
         return 200, answer, []

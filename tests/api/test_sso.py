@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import html
 import re
+import sqlite3
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import msgspec
@@ -21,7 +23,7 @@ from _oidc_provider import CLIENT_ID, CLIENT_SECRET, FakeOidcProvider
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ranvier.config import ListenerConfig, OidcProviderConfig
-from ranvier.core.sso import SsoProviders
+from ranvier.core.sso import MAX_RESPONSE_BYTES, SsoProviders
 from ranvier.testing.homeserver import TestHomeserver, config_for_tests, open_test_homeserver
 from ranvier.testing.network import Pki, free_port
 
@@ -44,7 +46,11 @@ class Setup:
 
 
 async def _setup(
-    tmp_path: Path, nursery: trio.Nursery, *, allow_existing_users: bool = False
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    *,
+    allow_existing_users: bool = False,
+    user_profile_method: Literal["auto", "userinfo_endpoint"] = "auto",
 ) -> AsyncIterator[Setup]:
     pki = Pki.create(tmp_path)
     idp = FakeOidcProvider()
@@ -65,6 +71,7 @@ async def _setup(
                 client_id=CLIENT_ID,
                 client_secret=CLIENT_SECRET,
                 allow_existing_users=allow_existing_users,
+                user_profile_method=user_profile_method,
                 ca_file=pki.ca_file,
             ),
         ),
@@ -129,14 +136,35 @@ async def _log_in(s: Setup, token: str) -> httpx.Response:
     )
 
 
+def _count(conn: sqlite3.Connection, table: str) -> int:
+    count: int = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    return count
+
+
+async def _rows(s: Setup) -> tuple[int, int, int, int]:
+    """How many users, profiles, subject links and login tokens are stored."""
+
+    def read(conn: sqlite3.Connection) -> tuple[int, int, int, int]:
+        return (
+            _count(conn, "users"),
+            _count(conn, "profiles"),
+            _count(conn, "sso_subjects"),
+            _count(conn, "login_tokens"),
+        )
+
+    return await s.hs.server.storage.readers.read(read)
+
+
 async def _refused(s: Setup, status: int, words: str) -> None:
     """The callback answers an error page, and nothing is made."""
+    before = await _rows(s)
     page = await s.browser.get(await _to_callback(s))
     assert page.status_code == status, page.text
     assert words in html.unescape(page.text)
     assert "loginToken" not in page.text
     assert await s.hs.server.storage.sso.sso_user("test-idp", s.idp.subject) is None
     assert not await s.hs.server.accounts.user_exists("@alice:localhost")
+    assert await _rows(s) == before
 
 
 async def test_login_lists_the_provider(setup: Setup) -> None:
@@ -215,7 +243,6 @@ async def test_a_provider_error_is_shown(setup: Setup) -> None:
         ({"iss": "https://elsewhere.example"}, "Invalid issuer"),
         ({"exp": int(time.time()) - 3600}, "expired"),
         ({"sub": None}, 'Token is missing the "sub" claim'),
-        ({"preferred_username": None}, "gave no 'preferred_username'"),
     ],
 )
 async def test_a_bad_id_token_is_refused(
@@ -224,6 +251,13 @@ async def test_a_bad_id_token_is_refused(
     setup.idp.claims = claims
     await _refused(setup, 502, words)
     assert setup.idp.tokens_issued == 1
+
+
+async def test_a_username_in_neither_id_token_nor_userinfo_is_refused(setup: Setup) -> None:
+    setup.idp.claims = {"preferred_username": None}
+    setup.idp.userinfo_claims = {"preferred_username": None}
+    await _refused(setup, 502, "gave no 'preferred_username'")
+    assert setup.idp.userinfo_requests == 1
 
 
 async def test_an_id_token_signed_with_another_key_is_refused(setup: Setup) -> None:
@@ -284,3 +318,150 @@ async def test_allow_existing_users_links_the_subject_to_the_account(
         assert await s.hs.server.storage.sso.sso_user("test-idp", "subject-1") == (
             "@alice:localhost"
         )
+
+
+# The user's profile from the provider: the display name, and userinfo.
+
+
+async def _profile(s: Setup, logged_in: httpx.Response) -> dict[str, object]:
+    assert logged_in.status_code == 200, logged_in.text
+    body = logged_in.json()
+    response = await s.browser.get(
+        f"{s.hs.client_url}{V3}/profile/{urllib.parse.quote(body['user_id'])}",
+        headers={"Authorization": f"Bearer {body['access_token']}"},
+    )
+    assert response.status_code == 200, response.text
+    profile: dict[str, object] = response.json()
+    return profile
+
+
+async def test_a_new_user_is_named_by_the_name_claim(setup: Setup) -> None:
+    setup.idp.claims = {"name": "  Alice Liddell \n"}
+    logged_in = await _log_in(setup, await _login_token(setup))
+    assert logged_in.json()["user_id"] == "@alice:localhost"
+    assert await _profile(setup, logged_in) == {"displayname": "Alice Liddell"}
+    # The ID token had all it needed: userinfo was not asked.
+    assert setup.idp.userinfo_requests == 0
+
+
+@pytest.mark.parametrize("name", [42, "   ", "x" * 257, None])
+async def test_a_name_claim_that_cannot_be_a_display_name_is_ignored(
+    setup: Setup, name: object
+) -> None:
+    setup.idp.claims = {"name": name}
+    logged_in = await _log_in(setup, await _login_token(setup))
+    assert logged_in.json()["user_id"] == "@alice:localhost"
+    assert await _profile(setup, logged_in) == {}
+
+
+async def test_a_display_name_of_256_characters_is_taken(setup: Setup) -> None:
+    setup.idp.claims = {"name": "é" * 256}
+    logged_in = await _log_in(setup, await _login_token(setup))
+    assert await _profile(setup, logged_in) == {"displayname": "é" * 256}
+
+
+async def test_a_later_login_leaves_the_display_name_as_it_was(setup: Setup) -> None:
+    setup.idp.claims = {"name": "Alice"}
+    first = await _log_in(setup, await _login_token(setup))
+    assert await _profile(setup, first) == {"displayname": "Alice"}
+    setup.idp.claims = {"name": "Alice Renamed"}
+    again = await _log_in(setup, await _login_token(setup))
+    assert again.json()["user_id"] == "@alice:localhost"
+    assert await _profile(setup, again) == {"displayname": "Alice"}
+
+
+async def test_userinfo_endpoint_takes_the_claims_from_userinfo(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    async for s in _setup(tmp_path, nursery, user_profile_method="userinfo_endpoint"):
+        s.idp.claims = {"preferred_username": "mallory", "name": "Mallory"}
+        s.idp.userinfo_claims = {"preferred_username": "bob", "name": "Bob"}
+        logged_in = await _log_in(s, await _login_token(s))
+        assert logged_in.json()["user_id"] == "@bob:localhost"
+        assert await _profile(s, logged_in) == {"displayname": "Bob"}
+        assert not await s.hs.server.accounts.user_exists("@mallory:localhost")
+        assert s.idp.userinfo_requests == 1
+        # Asked on every login, and still for the same subject only.
+        again = await _log_in(s, await _login_token(s))
+        assert again.json()["user_id"] == "@bob:localhost"
+        assert s.idp.userinfo_requests == 2
+        s.idp.userinfo_claims = {"sub": "subject-2"}
+        page = await s.browser.get(await _to_callback(s))
+        assert page.status_code == 502
+        assert "another subject than its ID token" in html.unescape(page.text)
+        assert "loginToken" not in page.text
+
+
+async def test_userinfo_endpoint_fills_in_what_userinfo_lacks(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    async for s in _setup(tmp_path, nursery, user_profile_method="userinfo_endpoint"):
+        s.idp.claims = {"name": "From The ID Token"}
+        logged_in = await _log_in(s, await _login_token(s))
+        assert logged_in.json()["user_id"] == "@alice:localhost"
+        assert await _profile(s, logged_in) == {"displayname": "From The ID Token"}
+        assert s.idp.userinfo_requests == 1
+
+
+async def test_auto_asks_userinfo_when_the_id_token_has_no_username(setup: Setup) -> None:
+    setup.idp.claims = {"preferred_username": None}
+    setup.idp.userinfo_claims = {"name": "Alice From Userinfo"}
+    logged_in = await _log_in(setup, await _login_token(setup))
+    assert logged_in.json()["user_id"] == "@alice:localhost"
+    assert await _profile(setup, logged_in) == {"displayname": "Alice From Userinfo"}
+    assert setup.idp.userinfo_requests == 1
+    # A known subject needs no claims: userinfo is not asked again.
+    again = await _log_in(setup, await _login_token(setup))
+    assert again.json()["user_id"] == "@alice:localhost"
+    assert setup.idp.userinfo_requests == 1
+
+
+async def test_auto_without_an_id_token_takes_the_user_from_userinfo(setup: Setup) -> None:
+    setup.idp.send_id_token = False
+    setup.idp.userinfo_claims = {"name": "Alice"}
+    logged_in = await _log_in(setup, await _login_token(setup))
+    assert logged_in.json()["user_id"] == "@alice:localhost"
+    assert await _profile(setup, logged_in) == {"displayname": "Alice"}
+    assert await setup.hs.server.storage.sso.sso_user("test-idp", "subject-1") == (
+        "@alice:localhost"
+    )
+
+
+async def test_auto_is_refused_when_userinfo_is_needed_and_missing(setup: Setup) -> None:
+    setup.idp.claims = {"preferred_username": None}
+    setup.idp.userinfo_enabled = False
+    await _refused(setup, 502, "answered 404 for its userinfo")
+
+
+async def test_userinfo_for_another_subject_is_refused(setup: Setup) -> None:
+    setup.idp.claims = {"preferred_username": None}
+    setup.idp.userinfo_claims = {"sub": "subject-2"}
+    await _refused(setup, 502, "another subject than its ID token")
+    assert setup.idp.userinfo_requests == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        ((500, "application/json", b"{}"), "answered 500 for its userinfo"),
+        ((200, "application/json", b"not json"), "userinfo is not a JSON object"),
+        ((200, "application/json", b"[1, 2]"), "userinfo is not a JSON object"),
+        ((200, "application/json", b'{"name": "no subject"}'), "userinfo has no subject"),
+        ((200, "application/jwt", b"a.b.c"), "userinfo as a JWT, which is not supported"),
+        (
+            (
+                200,
+                "application/json",
+                b'{"sub": "subject-1", "pad": "' + b"x" * MAX_RESPONSE_BYTES + b'"}',
+            ),
+            f"userinfo is larger than {MAX_RESPONSE_BYTES} bytes",
+        ),
+    ],
+)
+async def test_a_bad_userinfo_answer_is_refused(
+    setup: Setup, answer: tuple[int, str, bytes], words: str
+) -> None:
+    setup.idp.claims = {"preferred_username": None}
+    setup.idp.userinfo = answer
+    await _refused(setup, 502, words)
+    assert setup.idp.userinfo_requests == 1

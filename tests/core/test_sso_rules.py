@@ -56,6 +56,8 @@ def test_a_provider_needs_the_client_base_url() -> None:
     assert config.oidc_providers[0].scopes == ("openid", "profile")
     assert config.oidc_providers[0].localpart_claim == "preferred_username"
     assert config.oidc_providers[0].allow_existing_users is False
+    assert config.oidc_providers[0].displayname_claim == "name"
+    assert config.oidc_providers[0].user_profile_method == "auto"
 
 
 @pytest.mark.parametrize(
@@ -64,6 +66,7 @@ def test_a_provider_needs_the_client_base_url() -> None:
         ({"issuer": "http://id.corp.example"}, "issuer"),
         ({"idp_id": "has space"}, "idp_id"),
         ({"scopes": ["profile"]}, "scopes"),
+        ({"user_profile_method": "id_token"}, "user_profile_method"),
     ],
 )
 def test_bad_provider_settings_are_refused(change: dict[str, object], key: str) -> None:
@@ -91,3 +94,9 @@ def test_two_providers_may_not_share_an_id() -> None:
 def test_a_provider_is_built_from_keywords() -> None:
     provider = OidcProviderConfig(**_PROVIDER)  # type: ignore[arg-type]
     assert provider.client_auth_method == "client_secret_basic"
+
+
+def test_a_provider_built_from_keywords_checks_its_profile_method() -> None:
+    with pytest.raises(ConfigError) as raised:
+        OidcProviderConfig(**{**_PROVIDER, "user_profile_method": "id_token"})  # type: ignore[arg-type]
+    assert raised.value.key == "user_profile_method"

@@ -308,6 +308,7 @@ class Accounts:
         device_display_name: str | None = None,
         create: Callable[[NewAccount, NewDevice | None], Awaitable[None]] | None = None,
         refresh: bool = False,
+        display_name: str | None = None,
     ) -> Registration:
         """Create an account; log a device in too unless ``login`` is False.
 
@@ -320,6 +321,7 @@ class Accounts:
         token's use completed:
         :meth:`ranvier.core.registration_tokens.RegistrationTokens.completing`).
         ``refresh`` asks for a refresh token with the access token.
+        ``display_name`` starts the profile, in the account's own write.
         """
         write = create if create is not None else self._store.create_account
         if localpart is not None:
@@ -332,7 +334,9 @@ class Accounts:
                 localpart if localpart is not None else _generate_localpart()
             )
             now = self.clock_ms()
-            account = NewAccount(user_id, password_hash, admin=admin, created_ts=now)
+            account = NewAccount(
+                user_id, password_hash, admin=admin, created_ts=now, display_name=display_name
+            )
             device = issued = None
             if login:
                 device, issued = self._issue(

@@ -7,13 +7,22 @@ callback with a code; we exchange the code at the token endpoint, check
 the ID token, map its subject to a local user (creating it the first
 time) and hand the browser a login token for the client's ``redirectUrl``.
 
+The claims a new user is made from (localpart, display name) are the ID
+token's, or the provider's userinfo endpoint's when the provider's
+``user_profile_method`` asks for them or the ID token lacks what is needed
+(:meth:`SsoProviders._profile_claims`). An existing user's profile is
+never changed by a later login.
+
 Invariants
 ----------
 
 * **Nothing is made before the ID token is checked.** Its signature
   (against the provider's JWKS), ``iss``, ``aud``, ``exp`` and the
   session's ``nonce`` are all checked first; a failure creates no user, no
-  mapping and no login token.
+  mapping and no login token. Userinfo claims are taken only for the ID
+  token's own ``sub`` (OpenID Connect Core 5.3.2), and only without an ID
+  token at all are they the sole word on who logs in: then they came over
+  the verified connection with the access token the code was exchanged for.
 * **A session is used once, before it expires.** Sessions are stored in
   the database (:mod:`ranvier.storage.sso`), so the callback may reach any
   process, the one that served the redirect or another; it takes the
@@ -28,6 +37,7 @@ Invariants
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import secrets
 import ssl
@@ -38,10 +48,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import httpx
+import msgspec
 
 from ranvier.config import OidcProviderConfig
 from ranvier.core.accounts import Accounts
 from ranvier.core.login_tokens import LoginTokens
+from ranvier.core.profiles import MAX_DISPLAYNAME_LENGTH
 from ranvier.errors import MatrixError
 from ranvier.storage.accounts import NewAccount, NewDevice, UserInUseError
 from ranvier.storage.sso import SsoSession
@@ -53,6 +65,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CALLBACK_PATH",
+    "MAX_RESPONSE_BYTES",
     "SESSION_LIFETIME_SECONDS",
     "SsoError",
     "SsoLogin",
@@ -71,6 +84,9 @@ SESSION_LIFETIME_SECONDS: Final = 600.0
 _MAX_SESSIONS: Final = 10_000
 
 _HTTP_TIMEOUT_SECONDS: Final = 10.0
+
+#: The largest answer read from a provider (discovery, keys, tokens, userinfo).
+MAX_RESPONSE_BYTES: Final = 1024 * 1024
 
 #: Asymmetric algorithms only: a symmetric one would let the client secret sign.
 _ID_TOKEN_ALGORITHMS: Final = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
@@ -133,6 +149,8 @@ class _Discovery:
     authorization_endpoint: str
     token_endpoint: str
     jwks_uri: str
+    #: None when the provider names none, or none over https.
+    userinfo_endpoint: str | None
 
 
 def check_client_redirect(redirect_url: str) -> str:
@@ -176,13 +194,7 @@ class _Provider:
         )
 
     async def _get_json(self, client: httpx.AsyncClient, url: str, what: str) -> dict[str, Any]:
-        try:
-            response = await client.get(url, headers={"Accept": "application/json"})
-        except httpx.HTTPError as exc:
-            raise SsoError(
-                f"the identity provider's {what} could not be fetched: {exc}", status=502
-            ) from None
-        return _json_object(response, what)
+        return await _request_json(client, "GET", url, what)
 
     async def discovery(self, client: httpx.AsyncClient) -> _Discovery:
         if self._discovery is None:
@@ -200,7 +212,15 @@ class _Provider:
                         f"the identity provider's discovery document has no https {key}", status=502
                     )
                 endpoints[key] = value
-            self._discovery = _Discovery(**endpoints)
+            userinfo = document.get("userinfo_endpoint")
+            self._discovery = _Discovery(
+                **endpoints,
+                userinfo_endpoint=(
+                    userinfo
+                    if isinstance(userinfo, str) and userinfo.startswith("https://")
+                    else None
+                ),
+            )
         return self._discovery
 
     async def signing_key(self, client: httpx.AsyncClient, id_token: str) -> jwt.PyJWK:
@@ -230,18 +250,86 @@ class _Provider:
         )
 
 
-def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
-    if response.status_code != 200:
-        raise SsoError(
-            f"the identity provider answered {response.status_code} for its {what}", status=502
-        )
+async def _request_json(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    what: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    data: Mapping[str, str] | None = None,
+    auth: httpx.Auth | None = None,
+) -> dict[str, Any]:
+    """A provider's JSON object answer, read no further than
+    :data:`MAX_RESPONSE_BYTES`: a provider that answers without end must not
+    fill our memory. Any failure is an :class:`SsoError` naming ``what``."""
     try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
+        async with client.stream(
+            method,
+            url,
+            headers={"Accept": "application/json", **(headers or {})},
+            data=data,
+            auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
+        ) as response:
+            if response.status_code != 200:
+                raise SsoError(
+                    f"the identity provider answered {response.status_code} for its {what}",
+                    status=502,
+                )
+            content_type = response.headers.get("content-type", "")
+            if content_type.split(";")[0].strip().lower() == "application/jwt":
+                raise SsoError(
+                    f"the identity provider answered its {what} as a JWT, which is not"
+                    " supported: configure it to answer JSON",
+                    status=502,
+                )
+            body = await _capped_body(response, what)
+    except httpx.HTTPError as exc:
+        raise SsoError(
+            f"the identity provider's {what} could not be fetched: {exc}", status=502
+        ) from None
+    try:
+        answer = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        answer = None
+    if not isinstance(answer, dict):
         raise SsoError(f"the identity provider's {what} is not a JSON object", status=502)
-    return body
+    return answer
+
+
+async def _capped_body(response: httpx.Response, what: str) -> bytes:
+    too_large = SsoError(
+        f"the identity provider's {what} is larger than {MAX_RESPONSE_BYTES} bytes", status=502
+    )
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_RESPONSE_BYTES:
+        raise too_large
+    body = bytearray()
+    pieces = response.aiter_bytes()
+    async for piece in pieces:
+        body += piece
+        if len(body) > MAX_RESPONSE_BYTES:
+            # Closing the stream ends httpx's generators under ``pieces``;
+            # running them into that end leaves none suspended for the
+            # garbage collector to finish.
+            await response.aclose()
+            with contextlib.suppress(httpx.HTTPError, RuntimeError):
+                async for _ in pieces:
+                    pass
+            raise too_large
+    return bytes(body)
+
+
+def _display_name(claims: Mapping[str, Any], claim: str) -> str | None:
+    """A new user's display name from ``claim``; None, never a refusal,
+    for one that is missing, not a string, blank or too long for a profile."""
+    value = claims.get(claim)
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not value or len(value) > MAX_DISPLAYNAME_LENGTH:
+        return None
+    return value
 
 
 def _state_hash(state: str) -> bytes:
@@ -380,11 +468,12 @@ class SsoProviders:
             raise SsoError("the identity provider sent no authorization code")
         provider = self._providers[session.idp_id]
         async with provider.http() as client:
-            claims = await self._id_token_claims(provider, client, session, code)
-        subject = claims["sub"]
-        if not isinstance(subject, str) or not subject:
-            raise SsoError("the ID token has no subject", status=502)
-        user_id = await self._user_for(provider.config, subject, claims)
+            tokens = await self._exchange_code(provider, client, session, code)
+            subject, linked, claims = await self._profile_claims(provider, client, session, tokens)
+        if linked is None:
+            user_id = await self._new_user(provider.config, subject, claims)
+        else:
+            user_id = linked
         token = await self.login_tokens.issue(user_id)
         return SsoLogin(
             user_id,
@@ -392,11 +481,82 @@ class SsoProviders:
             check_client_redirect(session.redirect_url),
         )
 
-    async def _id_token_claims(
+    async def _profile_claims(
+        self,
+        provider: _Provider,
+        client: httpx.AsyncClient,
+        session: SsoSession,
+        tokens: Mapping[str, Any],
+    ) -> tuple[str, str | None, dict[str, Any]]:
+        """The subject, the user it is linked to (None: a new subject), and
+        the claims a new user is made from.
+
+        Userinfo is asked only when it is wanted ("userinfo_endpoint"), or
+        when without it the login would fail: no ID token, or a new
+        subject's ID token without ``localpart_claim``. A provider that
+        keeps profile claims out of its ID tokens then still works, and one
+        that puts them in costs no second request. Its claims win over the
+        ID token's, which fill in the rest.
+        """
+        config = provider.config
+        id_token = tokens.get("id_token")
+        if id_token is None:
+            claims = await self._userinfo(provider, client, tokens, subject=None)
+            subject: str = claims["sub"]
+            return subject, await self._store.sso_user(config.idp_id, subject), claims
+        if not isinstance(id_token, str):
+            raise SsoError("the identity provider's ID token is not a string", status=502)
+        claims = await self._id_token_claims(provider, client, session, id_token)
+        subject = claims["sub"]
+        linked = await self._store.sso_user(config.idp_id, subject)
+        localpart = claims.get(config.localpart_claim)
+        if config.user_profile_method == "userinfo_endpoint" or (
+            linked is None and (not isinstance(localpart, str) or not localpart)
+        ):
+            claims |= await self._userinfo(provider, client, tokens, subject=subject)
+        return subject, linked, claims
+
+    async def _userinfo(
+        self,
+        provider: _Provider,
+        client: httpx.AsyncClient,
+        tokens: Mapping[str, Any],
+        *,
+        subject: str | None,
+    ) -> dict[str, Any]:
+        """The userinfo endpoint's claims, which must be ``subject``'s when
+        there is an ID token to name one."""
+        discovery = await provider.discovery(client)
+        if discovery.userinfo_endpoint is None:
+            raise SsoError(
+                "the identity provider's discovery document has no https userinfo_endpoint"
+                " to ask for the user's profile",
+                status=502,
+            )
+        access_token = tokens.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            raise SsoError("the identity provider's token answer has no access token", status=502)
+        claims = await _request_json(
+            client,
+            "GET",
+            discovery.userinfo_endpoint,
+            "userinfo",
+            headers={"Authorization": f"Bearer {access_token}"},
+        )
+        found = claims.get("sub")
+        if not isinstance(found, str) or not found:
+            raise SsoError("the identity provider's userinfo has no subject", status=502)
+        if subject is not None and found != subject:
+            raise SsoError(
+                "the identity provider's userinfo is for another subject than its ID token",
+                status=502,
+            )
+        return claims
+
+    async def _exchange_code(
         self, provider: _Provider, client: httpx.AsyncClient, session: SsoSession, code: str
     ) -> dict[str, Any]:
-        import jwt
-
+        """The token endpoint's answer for ``code``."""
         config = provider.config
         discovery = await provider.discovery(client)
         form = {
@@ -414,21 +574,16 @@ class SsoProviders:
                 urllib.parse.quote_plus(config.client_id),
                 urllib.parse.quote_plus(config.client_secret),
             )
-        try:
-            response = await client.post(
-                discovery.token_endpoint,
-                data=form,
-                auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
-                headers={"Accept": "application/json"},
-            )
-        except httpx.HTTPError as exc:
-            raise SsoError(
-                f"the identity provider's token endpoint could not be reached: {exc}", status=502
-            ) from None
-        tokens = _json_object(response, "token endpoint")
-        id_token = tokens.get("id_token")
-        if not isinstance(id_token, str):
-            raise SsoError("the identity provider's token answer has no ID token", status=502)
+        return await _request_json(
+            client, "POST", discovery.token_endpoint, "token endpoint", data=form, auth=auth
+        )
+
+    async def _id_token_claims(
+        self, provider: _Provider, client: httpx.AsyncClient, session: SsoSession, id_token: str
+    ) -> dict[str, Any]:
+        import jwt
+
+        config = provider.config
         key = await provider.signing_key(client, id_token)
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -443,14 +598,16 @@ class SsoProviders:
             raise SsoError(f"the ID token is not valid: {exc}", status=502) from None
         if not secrets.compare_digest(str(claims.get("nonce", "")), session.nonce):
             raise SsoError("the ID token's nonce is not this login's", status=502)
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not subject:
+            raise SsoError("the ID token has no subject", status=502)
         return claims
 
-    async def _user_for(
+    async def _new_user(
         self, config: OidcProviderConfig, subject: str, claims: Mapping[str, Any]
     ) -> str:
-        linked = await self._store.sso_user(config.idp_id, subject)
-        if linked is not None:
-            return linked
+        """The user a subject seen for the first time logs in as: made from
+        the claims, or an existing one it is allowed to take."""
         claim = claims.get(config.localpart_claim)
         if not isinstance(claim, str) or not claim:
             raise SsoError(
@@ -468,7 +625,13 @@ class SsoProviders:
             made.append(await self._store.create_sso_account(account, config.idp_id, subject))
 
         try:
-            await self._accounts.register(localpart, None, login=False, create=create)
+            await self._accounts.register(
+                localpart,
+                None,
+                login=False,
+                create=create,
+                display_name=_display_name(claims, config.displayname_claim),
+            )
         except UserInUseError:
             if not config.allow_existing_users:
                 raise SsoError(

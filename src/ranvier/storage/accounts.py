@@ -78,6 +78,8 @@ class NewAccount:
     password_hash: str | None
     admin: bool
     created_ts: int
+    #: The profile's display name, written with the account; None: unset.
+    display_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +290,12 @@ def _create_account(
         # unless it is this very write repeated.
         if not _is_repeat(conn, account, device):
             raise UserInUseError(account.user_id) from None
+    else:
+        if account.display_name is not None:
+            conn.execute(
+                "INSERT INTO profiles (user_id, displayname) VALUES (?, ?)",
+                (account.user_id, account.display_name),
+            )
     if device is not None:
         _add_device(conn, device=device)
 
