@@ -9,6 +9,9 @@ worker raises what the write would have raised in one process:
   again on the worker: any other 409 stays an error of its own.
 * :class:`~ranvier.errors.PartialStateEventsRemainError`: 409 with
   :data:`PARTIAL_STATE_EVENTS_REMAIN` and the room's ID.
+* :class:`~ranvier.errors.RoomGoneError`: 404 with :data:`ROOM_GONE` and
+  the room's ID, so work on the worker that drops a purged room's write
+  catches it by class; a client is still answered its 404 ``M_NOT_FOUND``.
 * :class:`~ranvier.storage.accounts.UserInUseError`: its errcode and the
   user ID, so the worker can catch it by class.
 * any other :class:`~ranvier.errors.MatrixError`: its errcode, status,
@@ -26,6 +29,7 @@ from ranvier.errors import (
     MatrixError,
     PartialStateConflictError,
     PartialStateEventsRemainError,
+    RoomGoneError,
 )
 from ranvier.storage.accounts import UserInUseError
 
@@ -39,6 +43,7 @@ __all__ = [
     "PARTIAL_STATE_EVENTS_REMAIN",
     "PREFIX",
     "RESYNC",
+    "ROOM_GONE",
     "SEND_EVENT",
     "STREAM",
     "WRITE",
@@ -64,6 +69,7 @@ BODY_TYPE: Final = "application/msgpack"
 
 PARTIAL_STATE_CONFLICT: Final = "RANVIER_PARTIAL_STATE_CONFLICT"
 PARTIAL_STATE_EVENTS_REMAIN: Final = "RANVIER_PARTIAL_STATE_EVENTS_REMAIN"
+ROOM_GONE: Final = "RANVIER_ROOM_GONE"
 
 
 def error_answer(error: BaseException) -> tuple[int, dict[str, Any]]:
@@ -73,6 +79,12 @@ def error_answer(error: BaseException) -> tuple[int, dict[str, Any]]:
     if isinstance(error, PartialStateEventsRemainError):
         return 409, {
             "errcode": PARTIAL_STATE_EVENTS_REMAIN,
+            "error": str(error),
+            "room_id": error.room_id,
+        }
+    if isinstance(error, RoomGoneError):
+        return error.http_status, {
+            "errcode": ROOM_GONE,
             "error": str(error),
             "room_id": error.room_id,
         }
@@ -106,6 +118,8 @@ def error_from_answer(status: int, body: bytes) -> Exception:
         return PartialStateConflictError(message)
     if status == 409 and errcode == PARTIAL_STATE_EVENTS_REMAIN and isinstance(room_id, str):
         return PartialStateEventsRemainError(room_id)
+    if status == 404 and errcode == ROOM_GONE and isinstance(room_id, str):
+        return RoomGoneError(room_id)
     if errcode == UserInUseError.errcode and isinstance(user_id, str):
         return UserInUseError(user_id)
     extra = {key: value for key, value in content.items() if key not in ("errcode", "error")}
