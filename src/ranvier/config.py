@@ -513,6 +513,14 @@ class HousekeepingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     #: message) is remembered, so that a retry after a restart or a lost
     #: connection is not sent twice. Those of a deleted device go at once.
     client_transaction_days: Annotated[int, msgspec.Meta(ge=1)] = 7
+    #: Replace a redacted event's original content by its redacted form
+    #: once ``redaction_retention_days`` have passed; off keeps it for ever.
+    prune_redacted_content: bool = True
+    #: How long a redacted event's original content is kept after its
+    #: redaction arrives: for admins reviewing reports, and while the
+    #: redaction's verdict may still change. Synapse's
+    #: ``redaction_retention_period``, with its default.
+    redaction_retention_days: Annotated[int, msgspec.Meta(ge=0)] = 7
     #: The most rows one write deletes, so the writer is never held long.
     batch_rows: Annotated[int, msgspec.Meta(ge=100)] = 1000
 

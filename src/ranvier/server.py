@@ -1860,6 +1860,9 @@ def _housekeeping_ages(config: Config) -> HousekeepingAges:
     return HousekeepingAges(
         federation_transaction_ms=ages.federation_transaction_hours * HOUR_MS,
         client_transaction_ms=ages.client_transaction_days * 24 * HOUR_MS,
+        redacted_content_ms=(
+            ages.redaction_retention_days * 24 * HOUR_MS if ages.prune_redacted_content else None
+        ),
     )
 
 

@@ -1,7 +1,8 @@
 """Housekeeping over real HTTP: a federation transaction sent again within
 its window is answered from the record and handled afresh after it; a
 client's transaction retried within a week is de-duplicated and not after;
-the records of a device that logged out go at the next pass.
+the records of a device that logged out go at the next pass; a redacted
+message's content goes a week after its redaction, unless configured off.
 
 Each pass is run as of a time the test names, so days pass without
 waiting for them.
@@ -17,8 +18,9 @@ import trio
 from _client import Client, q
 
 from ranvier.core.housekeeping import HOUR_MS
+from ranvier.storage.housekeeping import Prune
 from ranvier.testing import RemoteHomeserver
-from ranvier.testing.homeserver import TestHomeserver, open_test_homeserver
+from ranvier.testing.homeserver import TestHomeserver, config_for_tests, open_test_homeserver
 from ranvier.testing.network import Pki
 
 DAY_MS = 24 * HOUR_MS
@@ -127,3 +129,66 @@ async def test_the_records_of_a_device_that_logged_out_go_at_the_next_pass(
     assert after == ([(alice.user_id,)], [(alice.user_id,)])
     assert sum(deleted.values()) == 2
     assert sum(again.values()) == 0
+
+
+async def test_a_redacted_message_loses_its_content_a_week_after_the_redaction(
+    tmp_path: Path,
+) -> None:
+    async with open_test_homeserver(tmp_path) as hs, hs.client() as http:
+        client = Client(hs, http)
+        alice = await hs.register_user("alice")
+        room_id = await client.create_room(alice)
+        room = f"/rooms/{q(room_id)}"
+        sent = await client.ok(alice, "PUT", f"{room}/send/m.room.message/m1", {"body": "zebra"})
+        event_id = sent["event_id"]
+        await client.ok(alice, "PUT", f"{room}/redact/{q(event_id)}/r1", {"reason": "oops"})
+        served = await client.ok(alice, "GET", f"{room}/event/{q(event_id)}")
+        stored = "SELECT CAST(json AS TEXT) FROM events WHERE event_id = ?"
+        ((received,),) = _rows(hs, "SELECT received_ts FROM redactions")
+        assert isinstance(received, int)
+        housekeeping = hs.server.housekeeping
+
+        await housekeeping.run_pass(now_ms=received + 7 * DAY_MS)
+        ((within,),) = _rows(hs, stored.replace("?", f"'{event_id}'"))
+        done = await housekeeping.run_pass(now_ms=received + 7 * DAY_MS + 1)
+        ((after,),) = _rows(hs, stored.replace("?", f"'{event_id}'"))
+        served_after = await client.ok(alice, "GET", f"{room}/event/{q(event_id)}")
+        search = {"search_categories": {"room_events": {"search_term": "zebra"}}}
+        found = await client.ok(alice, "POST", "/search", search)
+
+    assert "zebra" in str(within)
+    assert done[Prune.REDACTED_CONTENT] == 1
+    assert "zebra" not in str(after)
+    # As served before, but for the age and the transaction ID, whose
+    # record went in the same pass.
+    assert {**served_after, "unsigned": None} == {**served, "unsigned": None}
+    because = served["unsigned"]["redacted_because"]
+    assert {**served_after["unsigned"]["redacted_because"], "unsigned": None} == {
+        **because,
+        "unsigned": None,
+    }
+    assert served_after["content"] == {}
+    assert found["search_categories"]["room_events"]["count"] == 0
+
+
+async def test_redacted_content_is_kept_for_ever_when_pruning_is_off(tmp_path: Path) -> None:
+    config = config_for_tests(tmp_path / "hs")
+    config = msgspec.structs.replace(
+        config,
+        housekeeping=msgspec.structs.replace(config.housekeeping, prune_redacted_content=False),
+    )
+    async with open_test_homeserver(tmp_path / "hs", config=config) as hs, hs.client() as http:
+        client = Client(hs, http)
+        alice = await hs.register_user("alice")
+        room_id = await client.create_room(alice)
+        room = f"/rooms/{q(room_id)}"
+        sent = await client.ok(alice, "PUT", f"{room}/send/m.room.message/m1", {"body": "zebra"})
+        event_id = sent["event_id"]
+        await client.ok(alice, "PUT", f"{room}/redact/{q(event_id)}/r1", {})
+        done = await hs.server.housekeeping.run_pass(now_ms=2**62)
+        ((kept,),) = _rows(
+            hs, f"SELECT CAST(json AS TEXT) FROM events WHERE event_id = '{event_id}'"
+        )
+
+    assert Prune.REDACTED_CONTENT not in done
+    assert "zebra" in str(kept)

@@ -194,3 +194,18 @@ async def test_device_list_changes_go_once_a_newer_one_is_older_than_the_last_pa
     assert _ids(db_path, "device_list_changes", "stream_id") == ["2", "3", "4"]
     assert (await housekeeping.run_pass())[Prune.SUPERSEDED_DEVICE_LIST_CHANGES] == 1
     assert _ids(db_path, "device_list_changes", "stream_id") == ["3", "4"]
+
+
+async def test_redacted_content_is_taken_after_its_age_or_never(storage: Storage) -> None:
+    kept_a_week = Housekeeping(storage.housekeeping, ages=AGES)
+    kept_for_ever = Housekeeping(
+        storage.housekeeping,
+        ages=HousekeepingAges(
+            federation_transaction_ms=DAY_MS,
+            client_transaction_ms=7 * DAY_MS,
+            redacted_content_ms=None,
+        ),
+    )
+    assert kept_a_week.cutoffs(NOW)[Prune.REDACTED_CONTENT] == NOW - 7 * DAY_MS
+    assert Prune.REDACTED_CONTENT not in kept_for_ever.cutoffs(NOW)
+    assert set(kept_for_ever.cutoffs(NOW)) == set(Prune) - {Prune.REDACTED_CONTENT}

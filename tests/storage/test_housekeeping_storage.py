@@ -83,6 +83,27 @@ def _seed(conn: sqlite3.Connection) -> None:
                 "INSERT INTO sliding_sync_rooms VALUES (?, '!r:example.org', ?, 1, '{}')",
                 (key, key),
             )
+    # Alice's messages, each redacted by herself: one redaction before the
+    # cutoff, one after it, and one, before it, of an event not stored.
+    run("INSERT INTO rooms (room_id, room_version) VALUES ('!r:example.org', '10')")
+    stored = [("$m1", "m.room.message"), ("$m2", "m.room.message")]
+    stored += [(f"$r{ts}", "m.room.redaction") for ts in ("old", "new", "gap")]
+    for n, (event_id, event_type) in enumerate(stored):
+        run(
+            "INSERT INTO events (event_id, room_id, type, sender, depth, origin_server_ts,"
+            " json, outlier, soft_failed) VALUES (?, '!r:example.org', ?, ?, ?, 0, ?, 0, 0)",
+            (event_id, event_type, ALICE, n, b'{"content": {"body": "said"}, "type": "x"}'),
+        )
+    for redaction, target, ts in (
+        ("$rold", "$m1", OLD),
+        ("$rnew", "$m2", NEW),
+        ("$rgap", "$m3", OLD),
+    ):
+        run(
+            "INSERT INTO redactions (event_id, redacts, room_id, sender_may_redact, received_ts)"
+            " VALUES (?, ?, '!r:example.org', 1, ?)",
+            (redaction, target, ts),
+        )
 
 
 @pytest.fixture
@@ -152,6 +173,13 @@ _EXPECTED: dict[Prune, tuple[str, list[Any], int]] = {
     Prune.SUPERSEDED_DEVICE_LIST_CHANGES: (
         "SELECT stream_id, user_id FROM device_list_changes",
         [(2, BOB), (3, ALICE), (400, CAROL), (600, CAROL), (700, ALICE)],
+        1,
+    ),
+    # Only the old redaction of a stored event is taken (its event's
+    # content goes: tests/storage/test_redacted_content.py).
+    Prune.REDACTED_CONTENT: (
+        "SELECT event_id FROM redactions WHERE content_pruned = 0",
+        [("$rgap",), ("$rnew",)],
         1,
     ),
 }

@@ -91,6 +91,8 @@ TABLES_ADDED = {
     42: set(),
     43: {"sso_subjects"},
     44: {"sso_sessions"},
+    # A column of redactions, no table.
+    45: set(),
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -285,6 +287,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO sso_subjects VALUES ('idp', 'sub', '@a:x', 5)")
     elif version == 44:
         run("INSERT INTO sso_sessions VALUES (x'01', 'idp', 'n', 'v', 'https://c.x/', 9)")
+    elif version == 45:
+        run("UPDATE redactions SET content_pruned = 1")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -3,9 +3,11 @@
 Several tables gain a row per request: records that let a retried request
 be answered as the first was (federation transactions, client transaction
 IDs), tokens and sessions with an expiry, URL previews, sliding sync
-connections, device-list changes. Nothing needs them after their window,
-and without this task they would stay for ever. The main process runs :meth:`Housekeeping.run`,
-a pass now and one every ``interval_ms``; workers do not.
+connections, device-list changes; and redacted events keep what they said
+until it is replaced (:mod:`ranvier.storage.redacted_content`). Nothing
+needs them after their window, and without this task they would stay for
+ever. The main process runs :meth:`Housekeeping.run`, a pass now and one
+every ``interval_ms``; workers do not.
 
 A pass deletes each kind of row in writes of at most ``batch_rows`` rows
 (:class:`ranvier.storage.housekeeping.HousekeepingStorage`), each write a
@@ -57,6 +59,9 @@ class HousekeepingAges:
     #: A client transaction ID (sends, redactions, to-device): a retry
     #: within it is de-duplicated.
     client_transaction_ms: int = 7 * 24 * HOUR_MS
+    #: A redacted event's original content, counted from its redaction's
+    #: arrival; None keeps it for ever.
+    redacted_content_ms: int | None = 7 * 24 * HOUR_MS
 
 
 class Housekeeping(PeriodicPasses[dict[Prune, int]]):
@@ -90,6 +95,9 @@ class Housekeeping(PeriodicPasses[dict[Prune, int]]):
         """Per kind of row, what a pass at ``now_ms`` compares it with."""
         federation = now_ms - self._ages.federation_transaction_ms
         client = now_ms - self._ages.client_transaction_ms
+        redacted: dict[Prune, int] = {}
+        if self._ages.redacted_content_ms is not None:
+            redacted[Prune.REDACTED_CONTENT] = now_ms - self._ages.redacted_content_ms
         return {
             Prune.RECEIVED_TRANSACTIONS: federation,
             Prune.CLIENT_TRANSACTIONS: client,
@@ -106,6 +114,7 @@ class Housekeeping(PeriodicPasses[dict[Prune, int]]):
             Prune.SLIDING_SYNC_CONNECTIONS: now_ms - POS_LIFETIME_MS,
             # A position, not a time: see the module's doc.
             Prune.SUPERSEDED_DEVICE_LIST_CHANGES: self._device_lists_horizon,
+            **redacted,
         }
 
     async def run_pass(self, *, now_ms: int | None = None) -> dict[Prune, int]:

@@ -38,6 +38,7 @@ from typing import Final
 
 from .e2e_keys import E2eKeyStorage
 from .readers import ReaderPool
+from .redacted_content import prune_redacted_content, waiting_redactions
 from .write_backend import WriteBackend, registered_write
 
 __all__ = ["HousekeepingStorage", "Prune"]
@@ -76,6 +77,10 @@ class Prune(enum.Enum):
     #: or below ``cutoff_ms``, which for this rule is a position of the
     #: device-list stream, not a time (see :data:`_SUPERSEDED_CHANGE`).
     SUPERSEDED_DEVICE_LIST_CHANGES = "superseded_device_list_changes"
+    #: The original content of events redacted by redactions received
+    #: before ``cutoff_ms``: not a delete but a rewrite of each event's JSON
+    #: (:mod:`ranvier.storage.redacted_content`); counted by redactions.
+    REDACTED_CONTENT = "redacted_content"
 
 
 #: A row (aliased ``t``) of a device that no longer exists.
@@ -167,6 +172,8 @@ class HousekeepingStorage:
 
 
 def _find(conn: sqlite3.Connection, *, rule: Prune, cutoff_ms: int, limit: int) -> list[int]:
+    if rule is Prune.REDACTED_CONTENT:
+        return waiting_redactions(conn, cutoff_ms=cutoff_ms, limit=limit)
     if rule is Prune.SLIDING_SYNC_CONNECTIONS:
         table, key, condition = "sliding_sync_connections", "conn_key", _STALE_CONNECTION
     else:
@@ -183,6 +190,8 @@ def _find(conn: sqlite3.Connection, *, rule: Prune, cutoff_ms: int, limit: int) 
 @registered_write
 def _delete(conn: sqlite3.Connection, *, rule: str, cutoff_ms: int, keys: list[int]) -> int:
     which = Prune(rule)
+    if which is Prune.REDACTED_CONTENT:
+        return prune_redacted_content(conn, cutoff_ms=cutoff_ms, rowids=keys)
     wanted = {"cutoff": cutoff_ms, "keys": json.dumps(keys)}
     if which is Prune.SLIDING_SYNC_CONNECTIONS:
         stale = [

@@ -1,11 +1,13 @@
 """Redactions: which stored events are served redacted, and why.
 
-An event's JSON stays in ``events`` exactly as it arrived, redacted or
-not: its signatures and content hash cover every byte, and a server that
-later asks for the auth chain or state still checks what it gets against
-the signatures (a redacted copy passes those, the original also passes the
-content hash). The redaction is applied on the way out instead, to every
-read that serves events to clients or to other servers.
+An event's JSON stays in ``events`` as it arrived, redacted or not, until
+housekeeping replaces it with its redacted form once the redaction is old
+(:mod:`ranvier.storage.redacted_content`): its signatures and content hash
+cover every byte, and a server that later asks for the auth chain or state
+still checks what it gets against the signatures (a redacted copy passes
+those, the original also passes the content hash). The redaction is
+applied on the way out instead, to every read that serves events to
+clients or to other servers.
 
 Invariants:
 
@@ -55,6 +57,7 @@ __all__ = [
     "RedactionStorage",
     "fill_redactions",
     "record_redactions",
+    "redaction_applies",
     "served",
     "served_events",
 ]
@@ -218,6 +221,22 @@ def _server_of(user_id: str) -> str:
     return user_id.partition(":")[2]
 
 
+def redaction_applies(
+    *,
+    redaction_room_id: str,
+    redaction_sender: str,
+    sender_may_redact: bool,
+    target_room_id: str,
+    target_sender: str,
+) -> bool:
+    """Whether an accepted redaction applies to the event it names (the
+    module's rule): one of its room, by a sender with the redact level or of
+    the same server as the event's sender."""
+    return redaction_room_id == target_room_id and (
+        sender_may_redact or _server_of(redaction_sender) == _server_of(target_sender)
+    )
+
+
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
@@ -273,9 +292,13 @@ def served(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> list[Stor
                 continue
             target = by_id[target_id]
             redaction = stored_event_from_row(row[3:])
-            if redaction.room_id != target.room_id:
-                continue
-            if may_redact or _server_of(redaction.sender) == _server_of(target.sender):
+            if redaction_applies(
+                redaction_room_id=redaction.room_id,
+                redaction_sender=redaction.sender,
+                sender_may_redact=bool(may_redact),
+                target_room_id=target.room_id,
+                target_sender=target.sender,
+            ):
                 applied[target_id] = _redacted(target, redaction, room_version)
     if not applied:
         return list(events)

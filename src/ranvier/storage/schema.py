@@ -1135,6 +1135,16 @@ def _sso_sessions(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX sso_sessions_expiry ON sso_sessions (expires_ts)")
 
 
+def _redacted_content_pruning(conn: sqlite3.Connection) -> None:
+    """Which redactions housekeeping has dealt with, replacing the content
+    of the events they name (:mod:`ranvier.storage.redacted_content`); the
+    index finds those still waiting, oldest first."""
+    conn.execute("ALTER TABLE redactions ADD COLUMN content_pruned INTEGER NOT NULL DEFAULT 0")
+    conn.execute(
+        "CREATE INDEX redactions_waiting ON redactions (received_ts) WHERE content_pruned = 0"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1181,6 +1191,7 @@ MIGRATIONS: Sequence[Migration] = (
     _account_moderation,
     _sso_subjects,
     _sso_sessions,
+    _redacted_content_pruning,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,123 @@
+"""The original content of redacted events, dropped once its redaction is old.
+
+Reads serve an event a redaction applies to in its redacted form
+(:mod:`ranvier.storage.redactions`), but the row keeps the JSON as it
+arrived. That is needed for a while: a redaction with partial state is
+judged again once the room's state is complete and may stop applying, and
+admins reviewing a report see what was said. After that, keeping what a
+user deleted helps nobody, so housekeeping replaces it, as Synapse does
+after its ``redaction_retention_period``:
+
+* A redaction is taken once it was received before the cutoff, is not
+  partial-state (its verdict could still change), and the event it names
+  is stored (one arriving later is taken at a later pass). Each is taken
+  once: ``redactions.content_pruned`` records it.
+* If the redaction applies (:func:`~ranvier.storage.redactions.redaction_applies`,
+  the rule reads follow), the target's JSON becomes its redacted form, the
+  bytes :mod:`~ranvier.storage.redactions` serves, and its full-text rows
+  go. The event ID, hashes and signatures are kept by the redaction
+  algorithm, so the event still verifies for other servers, as a redacted
+  copy does. Nothing else stores an event's content.
+* The write overwrites what it frees (:func:`secure_deletion`), so the old
+  content does not stay behind in the file's free space. The full-text
+  index may keep the words in its segments until they are merged.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import msgspec
+
+from ranvier.protocol.redaction import redact
+
+from .redactions import redaction_applies
+
+__all__ = ["prune_redacted_content", "secure_deletion", "waiting_redactions"]
+
+#: Redactions (aliased ``r``) received before ``:cutoff`` whose target has
+#: not been dealt with, whose verdict is final and whose target is stored.
+_WAITING = """
+    r.content_pruned = 0 AND r.received_ts < :cutoff
+    AND NOT EXISTS (SELECT 1 FROM partial_state_events AS p WHERE p.event_id = r.event_id)
+    AND EXISTS (SELECT 1 FROM events AS t WHERE t.event_id = r.redacts)
+"""
+
+
+@contextmanager
+def secure_deletion(conn: sqlite3.Connection) -> Iterator[None]:
+    """Within the block, what a write deletes or replaces is overwritten
+    with zeros in the database file (``PRAGMA secure_delete``), whatever
+    the SQLite build's default; the setting is restored after it."""
+    (before,) = conn.execute("PRAGMA secure_delete").fetchone()
+    conn.execute("PRAGMA secure_delete = ON")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA secure_delete = {int(before):d}")
+
+
+def waiting_redactions(conn: sqlite3.Connection, *, cutoff_ms: int, limit: int) -> list[int]:
+    """The row IDs of at most ``limit`` redactions waiting before
+    ``cutoff_ms`` (see the module's doc), oldest first."""
+    return [
+        int(rowid)
+        for (rowid,) in conn.execute(
+            f"SELECT r.rowid FROM redactions AS r WHERE {_WAITING}"
+            " ORDER BY r.received_ts LIMIT :limit",
+            {"cutoff": cutoff_ms, "limit": limit},
+        )
+    ]
+
+
+def prune_redacted_content(conn: sqlite3.Connection, *, cutoff_ms: int, rowids: list[int]) -> int:
+    """Deal with the redactions of ``rowids`` (from :func:`waiting_redactions`)
+    that are still waiting before ``cutoff_ms``; how many were. Run it in a
+    write.
+    """
+    rows = conn.execute(
+        f"""
+        SELECT r.event_id, r.sender_may_redact, rooms.room_version,
+               e.room_id, e.sender, e.rejected_reason IS NULL AND e.soft_failed = 0,
+               t.event_id, t.room_id, t.sender, t.json
+        FROM redactions AS r
+        JOIN events AS e ON e.event_id = r.event_id
+        JOIN events AS t ON t.event_id = r.redacts
+        JOIN rooms ON rooms.room_id = t.room_id
+        WHERE r.rowid IN (SELECT value FROM json_each(:ids)) AND {_WAITING}
+        """,
+        {"ids": json.dumps(rowids), "cutoff": cutoff_ms},
+    ).fetchall()
+    with secure_deletion(conn):
+        for (
+            redaction_id,
+            may_redact,
+            room_version,
+            room_id,
+            sender,
+            accepted,
+            target_id,
+            target_room_id,
+            target_sender,
+            target_json,
+        ) in rows:
+            if accepted and redaction_applies(
+                redaction_room_id=room_id,
+                redaction_sender=sender,
+                sender_may_redact=bool(may_redact),
+                target_room_id=target_room_id,
+                target_sender=target_sender,
+            ):
+                pruned = redact(msgspec.json.decode(target_json), room_version)
+                conn.execute(
+                    "UPDATE events SET json = ? WHERE event_id = ?",
+                    (msgspec.json.encode(pruned, order="sorted"), target_id),
+                )
+                conn.execute("DELETE FROM event_search WHERE event_id = ?", (target_id,))
+            conn.execute(
+                "UPDATE redactions SET content_pruned = 1 WHERE event_id = ?", (redaction_id,)
+            )
+    return len(rows)
