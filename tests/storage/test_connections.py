@@ -8,6 +8,7 @@ from ranvier.storage.connections import (
     open_checkpointer,
     open_reader,
     open_writer,
+    secure_deletion,
 )
 
 
@@ -94,3 +95,24 @@ def test_checkpointer_syncs_as_told_and_checkpoints(
         writer.close()
     with pytest.raises(ValueError, match="synchronous must be one of"):
         open_checkpointer(db_path, synchronous="SOMETIMES")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("default", [0, 1])
+def test_secure_deletion_overwrites_within_its_block_and_restores_the_setting(
+    db_path: Path, default: int
+) -> None:
+    conn = open_writer(db_path)
+    try:
+        conn.execute(f"PRAGMA secure_delete = {default}")
+        conn.execute("CREATE TABLE notes (text TEXT NOT NULL)")
+        conn.execute("INSERT INTO notes VALUES (?)", ("unforgettable" * 40,))
+        conn.execute("BEGIN")
+        with secure_deletion(conn):
+            assert _pragma(conn, "secure_delete") == 1
+            conn.execute("DELETE FROM notes")
+        conn.execute("COMMIT")
+        assert _pragma(conn, "secure_delete") == default
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    assert b"unforgettable" not in db_path.read_bytes()

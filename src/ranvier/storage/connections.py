@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, get_args
 
-__all__ = ["SynchronousMode", "open_checkpointer", "open_reader", "open_writer"]
+__all__ = [
+    "SynchronousMode",
+    "open_checkpointer",
+    "open_reader",
+    "open_writer",
+    "secure_deletion",
+]
 
 SynchronousMode = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -96,3 +104,16 @@ def open_reader(path: str | os.PathLike[str]) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+@contextmanager
+def secure_deletion(conn: sqlite3.Connection) -> Iterator[None]:
+    """Within the block, what a write deletes or replaces is overwritten
+    with zeros in the database file (``PRAGMA secure_delete``), whatever
+    the SQLite build's default; the setting is restored after it."""
+    (before,) = conn.execute("PRAGMA secure_delete").fetchone()
+    conn.execute("PRAGMA secure_delete = ON")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA secure_delete = {int(before):d}")

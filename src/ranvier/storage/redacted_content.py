@@ -18,7 +18,8 @@ after its ``redaction_retention_period``:
   go. The event ID, hashes and signatures are kept by the redaction
   algorithm, so the event still verifies for other servers, as a redacted
   copy does. Nothing else stores an event's content.
-* The write overwrites what it frees (:func:`secure_deletion`), so the old
+* The write overwrites what it frees
+  (:func:`~ranvier.storage.connections.secure_deletion`), so the old
   content does not stay behind in the file's free space. The full-text
   index may keep the words in its segments until they are merged.
 """
@@ -27,16 +28,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import msgspec
 
 from ranvier.protocol.redaction import redact
 
+from .connections import secure_deletion
 from .redactions import redaction_applies
 
-__all__ = ["prune_redacted_content", "secure_deletion", "waiting_redactions"]
+__all__ = ["prune_redacted_content", "waiting_redactions"]
 
 #: Redactions (aliased ``r``) received before ``:cutoff`` whose target has
 #: not been dealt with, whose verdict is final and whose target is stored.
@@ -45,19 +45,6 @@ _WAITING = """
     AND NOT EXISTS (SELECT 1 FROM partial_state_events AS p WHERE p.event_id = r.event_id)
     AND EXISTS (SELECT 1 FROM events AS t WHERE t.event_id = r.redacts)
 """
-
-
-@contextmanager
-def secure_deletion(conn: sqlite3.Connection) -> Iterator[None]:
-    """Within the block, what a write deletes or replaces is overwritten
-    with zeros in the database file (``PRAGMA secure_delete``), whatever
-    the SQLite build's default; the setting is restored after it."""
-    (before,) = conn.execute("PRAGMA secure_delete").fetchone()
-    conn.execute("PRAGMA secure_delete = ON")
-    try:
-        yield
-    finally:
-        conn.execute(f"PRAGMA secure_delete = {int(before):d}")
 
 
 def waiting_redactions(conn: sqlite3.Connection, *, cutoff_ms: int, limit: int) -> list[int]:

@@ -42,7 +42,8 @@ Invariants
   work on the room in flight at the purge (the un-partial-state task, an
   event being ingested, a client's send, a join) ends with that error and
   brings no row back.
-* Deleted pages are overwritten (``PRAGMA secure_delete`` for the write),
+* Deleted pages are overwritten
+  (:func:`~ranvier.storage.connections.secure_deletion` for the write),
   so the purged content does not linger in the database file's free pages.
 """
 
@@ -56,6 +57,7 @@ from typing import Final
 from ranvier.errors import MatrixError
 
 from .admin_reads import local_members_to_remove
+from .connections import secure_deletion
 from .id_floors import keep_floors
 from .write_backend import WriteBackend, registered_write
 
@@ -146,15 +148,11 @@ def purge_room(
         " (SELECT DISTINCT user_id, version FROM room_key_backup_keys WHERE room_id = ?)",
         (room_id,),
     )
-    (secure,) = conn.execute("PRAGMA secure_delete").fetchone()
-    conn.execute("PRAGMA secure_delete = ON")
-    try:
+    with secure_deletion(conn):
         rows = {
             table: conn.execute(f"DELETE FROM {table} WHERE {where}", {"room": room_id}).rowcount
             for table, where in _STATEMENTS
         }
-    finally:
-        conn.execute(f"PRAGMA secure_delete = {int(secure):d}")
     return PurgeResult(rows)
 
 
