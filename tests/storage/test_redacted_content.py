@@ -10,11 +10,11 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
 import trio
+from _redactions import redaction_of
 
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import event_id_from_signed_form
@@ -30,18 +30,6 @@ BOB = "@bob:example.org"
 DAVE = "@dave:other.example"
 #: A word only the redacted message holds.
 SECRET = "xylophonesecret"
-
-
-def _redaction(room: RoomBuilder, sender: str, target: str, **options: Any) -> Pdu:
-    if room.room_version.redacts_in_content:
-        return room.send_fields(
-            {"type": "m.room.redaction", "sender": sender, "content": {"redacts": target}},
-            **options,
-        )
-    return room.send_fields(
-        {"type": "m.room.redaction", "sender": sender, "content": {}, "redacts": target},
-        **options,
-    )
 
 
 def _public_room(version: str = "10") -> RoomBuilder:
@@ -110,7 +98,7 @@ async def test_an_old_redaction_replaces_the_content_with_what_was_served(
     room = _public_room(version)
     message = room.message(BOB, f"a {SECRET} said in haste")
     kept = room.message(BOB, f"another {SECRET} nobody redacted")
-    redaction = _redaction(room, BOB, message.event_id)
+    redaction = redaction_of(room, BOB, message.event_id)
     await ingest_all(storage, room.order)
     served_before = (await storage.redactions.get_served_events([message.event_id]))[
         message.event_id
@@ -148,7 +136,7 @@ async def test_a_redaction_received_after_the_cutoff_waits(storage: Storage, db_
     room = _public_room()
     before = _later() - 1
     message = room.message(BOB, SECRET)
-    _redaction(room, BOB, message.event_id)
+    redaction_of(room, BOB, message.event_id)
     await ingest_all(storage, room.order)
 
     assert await _prune(storage, before) == 0
@@ -163,10 +151,10 @@ async def test_a_redaction_that_does_not_apply_leaves_the_content(
     room = _public_room()
     by_alice = room.message(ALICE, SECRET)
     # Dave, of another server and with no power: accepted, but not applying.
-    _redaction(room, DAVE, by_alice.event_id)
+    redaction_of(room, DAVE, by_alice.event_id)
     await ingest_all(storage, room.order)
     # Mallory was never in the room: rejected.
-    rejected = _redaction(room, "@mallory:example.org", by_alice.event_id)
+    rejected = redaction_of(room, "@mallory:example.org", by_alice.event_id)
     assert (await ingest(storage, rejected)).failure is not None
 
     assert await _prune(storage, _later()) == 2
@@ -180,7 +168,7 @@ async def test_a_partial_state_redaction_waits_for_its_verdict(
 ) -> None:
     room = _public_room()
     message = room.message(BOB, SECRET)
-    redaction = _redaction(room, BOB, message.event_id)
+    redaction = redaction_of(room, BOB, message.event_id)
     await ingest_all(storage, room.order)
 
     def mark_partial(conn: sqlite3.Connection) -> None:
@@ -211,7 +199,7 @@ async def test_a_target_stored_after_its_redaction_is_pruned_at_a_later_pass(
     room = _public_room()
     parent = room.last
     message = room.message(BOB, SECRET, apply=False)
-    _redaction(room, BOB, message.event_id, prev=[parent])
+    redaction_of(room, BOB, message.event_id, prev=[parent])
     await ingest_all(storage, room.order)
     assert await _prune(storage, _later()) == 0
 
@@ -225,7 +213,7 @@ async def test_a_redacted_state_event_keeps_what_auth_needs(
 ) -> None:
     room = _public_room()
     levels = room.power_levels(ALICE, {ALICE: 100, BOB: 50})
-    _redaction(room, ALICE, levels.event_id)
+    redaction_of(room, ALICE, levels.event_id)
     await ingest_all(storage, room.order)
 
     assert await _prune(storage, _later()) == 1
@@ -238,7 +226,7 @@ async def test_a_write_takes_at_most_its_limit(storage: Storage) -> None:
     room = _public_room()
     for n in range(5):
         message = room.message(BOB, f"{SECRET} {n}")
-        _redaction(room, BOB, message.event_id)
+        redaction_of(room, BOB, message.event_id)
     await ingest_all(storage, room.order)
     cutoff = _later()
 

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 import trio
+from _redactions import redaction_of
 
 from ranvier.core import compute_event_context, event_to_persist
 from ranvier.protocol.events import Pdu
@@ -31,19 +32,6 @@ ALICE = "@alice:example.org"
 BOB = "@bob:example.org"
 CAROL = "@carol:example.org"
 DAVE = "@dave:other.example"
-
-
-def _redaction(room: RoomBuilder, sender: str, target: str, **options: Any) -> Pdu:
-    """A redaction of ``target`` where the room's version wants its ``redacts``."""
-    if room.room_version.redacts_in_content:
-        return room.send_fields(
-            {"type": "m.room.redaction", "sender": sender, "content": {"redacts": target}},
-            **options,
-        )
-    return room.send_fields(
-        {"type": "m.room.redaction", "sender": sender, "content": {}, "redacts": target},
-        **options,
-    )
 
 
 def _public_room(version: str = "10") -> RoomBuilder:
@@ -73,7 +61,7 @@ async def test_a_senders_own_redaction_applies_and_the_stored_event_is_kept(
 ) -> None:
     room = _public_room()
     message = room.message(BOB, "oops")
-    redaction = _redaction(room, BOB, message.event_id)
+    redaction = redaction_of(room, BOB, message.event_id)
     await ingest_all(storage, room.order)
 
     shown = await _served(storage, message.event_id)
@@ -102,11 +90,11 @@ async def test_who_may_redact_whose_events(storage: Storage) -> None:
     by_dave = room.message(DAVE, "from another server")
     # Dave, of another server and with no power, redacts Alice's event:
     # stored and accepted, but it does not apply.
-    _redaction(room, DAVE, by_alice.event_id)
+    redaction_of(room, DAVE, by_alice.event_id)
     # Bob has no power either, but is of Carol's server.
-    _redaction(room, BOB, by_carol.event_id)
+    redaction_of(room, BOB, by_carol.event_id)
     # Alice has the power to redact anyone's.
-    by_admin = _redaction(room, ALICE, by_dave.event_id)
+    by_admin = redaction_of(room, ALICE, by_dave.event_id)
     await ingest_all(storage, room.order)
 
     shown = await storage.redactions.get_served_events(
@@ -127,9 +115,9 @@ async def test_the_power_is_the_one_at_the_redaction(storage: Storage) -> None:
     # while he had it applies, even though he has none now.
     room.power_levels(ALICE, {ALICE: 100, DAVE: 50})
     first = room.message(ALICE, "first")
-    _redaction(room, DAVE, first.event_id)
+    redaction_of(room, DAVE, first.event_id)
     room.power_levels(ALICE, {ALICE: 100})
-    _redaction(room, DAVE, by_alice.event_id)
+    redaction_of(room, DAVE, by_alice.event_id)
     await ingest_all(storage, room.order)
 
     shown = await storage.redactions.get_served_events([by_alice.event_id, first.event_id])
@@ -142,7 +130,7 @@ async def test_a_redaction_of_an_event_of_another_room_does_not_apply(storage: S
     other = _public_room()
     message = room.message(BOB)
     # Bob, in both rooms, names this room's event in the other room.
-    _redaction(other, BOB, message.event_id)
+    redaction_of(other, BOB, message.event_id)
     await ingest_all(storage, room.order)
     await ingest_all(storage, other.order)
 
@@ -154,7 +142,7 @@ async def test_a_rejected_redaction_does_not_apply(storage: Storage) -> None:
     message = room.message(BOB)
     await ingest_all(storage, room.order)
     # Mallory, of Bob's server, was never in the room: the auth rules reject it.
-    rejected = _redaction(room, "@mallory:example.org", message.event_id)
+    rejected = redaction_of(room, "@mallory:example.org", message.event_id)
     outcome = await ingest(storage, rejected)
     assert outcome.failure is not None
     assert not isinstance(await _served(storage, message.event_id), RedactedEvent)
@@ -164,7 +152,7 @@ async def test_a_rejected_redaction_does_not_apply(storage: Storage) -> None:
 async def test_a_soft_failed_redaction_does_not_apply(storage: Storage, soft_failed: bool) -> None:
     room = _public_room()
     message = room.message(BOB)
-    redaction = _redaction(room, BOB, message.event_id)
+    redaction = redaction_of(room, BOB, message.event_id)
     await ingest_all(storage, room.order[:-1])
     # Written as the checks against the current state write an event they
     # fail (had Bob been banned meanwhile), or as they write one they pass.
@@ -184,7 +172,7 @@ async def test_a_redaction_stored_before_its_target_applies_once_it_arrives(
     # Two events on one parent, as two servers send them at once: the
     # redaction is stored first.
     message = room.message(BOB, "late", apply=False)
-    redaction = _redaction(room, BOB, message.event_id, prev=[parent])
+    redaction = redaction_of(room, BOB, message.event_id, prev=[parent])
     await ingest_all(storage, room.order)
     assert await storage.redactions.get_served_events([message.event_id]) == {}
 
@@ -198,7 +186,7 @@ async def test_a_redaction_stored_before_its_target_applies_once_it_arrives(
 async def test_a_redacted_state_event_is_served_stripped_in_state(storage: Storage) -> None:
     room = _public_room()
     topic = room.topic(ALICE, "secret plans")
-    _redaction(room, ALICE, topic.event_id)
+    redaction_of(room, ALICE, topic.event_id)
     await ingest_all(storage, room.order)
 
     # Still the room's topic, with its content gone.
@@ -218,7 +206,7 @@ async def test_newer_room_versions(storage: Storage, version: str) -> None:
     room = _public_room(version)
     by_dave = room.message(DAVE)
     room.power_levels(ALICE, {ALICE: 100}, content={"redact": 100})
-    redaction = _redaction(room, ALICE, by_dave.event_id)
+    redaction = redaction_of(room, ALICE, by_dave.event_id)
     await ingest_all(storage, room.order)
     assert "redacts" not in redaction.json
     assert (room.create.event_id in redaction.auth_event_ids) == (version == "11")
@@ -239,7 +227,7 @@ async def test_one_look_up_for_a_batch(tmp_path: Path) -> None:
         room = _public_room()
         messages = [room.message(BOB, f"m{n}") for n in range(20)]
         for message in messages[::2]:
-            _redaction(room, BOB, message.event_id)
+            redaction_of(room, BOB, message.event_id)
         _insert(conn, room, room.order)
         fill_redactions(conn)
         events = [_stored_row(conn, message.event_id) for message in messages]
@@ -298,9 +286,9 @@ def test_the_migration_fills_the_table_from_the_events_stored(tmp_path: Path) ->
         migrate(conn, target=_REDACTIONS_VERSION - 1)
         room = _public_room()
         by_alice, by_dave = room.message(ALICE), room.message(DAVE)
-        own = _redaction(room, DAVE, by_dave.event_id)
-        powerless = _redaction(room, DAVE, by_alice.event_id)
-        admin = _redaction(room, ALICE, by_dave.event_id)
+        own = redaction_of(room, DAVE, by_dave.event_id)
+        powerless = redaction_of(room, DAVE, by_alice.event_id)
+        admin = redaction_of(room, ALICE, by_dave.event_id)
         _insert(conn, room, room.order)
 
         migrate(conn)
