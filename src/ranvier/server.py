@@ -1402,6 +1402,7 @@ class HomeServer:
             edus=self._federation_sender,
         )
         self._edus.e2e_keys = self._e2e_keys
+        self.unpartial_stater.on_full_state.append(self._e2e_keys.room_fully_stated)
         self._accounts.on_devices_logged_out = self._e2e_keys.devices_logged_out
 
     def _federation_router(self, signing_key: SigningKey) -> Router:

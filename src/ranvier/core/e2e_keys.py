@@ -72,6 +72,8 @@ _CROSS_SIGNING: Final = {
 TO_DEVICE_PAGE: Final = 100
 #: How long a question to another server about its users' keys may take.
 REMOTE_TIMEOUT_S: Final = 10.0
+#: Updates remembered per partial-state room, the oldest forgotten first.
+_MAX_SENT_ON_PARTIAL_STATE: Final = 1000
 
 
 class E2eKeyStore(Protocol):
@@ -186,6 +188,22 @@ class RoomServers(Protocol):
     """The servers joined to a room (:class:`ranvier.core.room_servers.RoomServers`)."""
 
     async def joined_servers(self, room_id: str) -> Collection[str]: ...
+
+    async def partial_state_point(self, room_id: str) -> Collection[str] | None: ...
+
+    async def servers_after(self, event_ids: Collection[str]) -> Collection[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _SentOnPartialState:
+    """Updates sent while a room's state was partial: to whom, and the
+    room's forward extremities then, where the full state will say who
+    else was in the room.
+    """
+
+    point: Collection[str]
+    sent_to: frozenset[str]
+    edus: tuple[tuple[str, dict[str, Any]], ...]
 
 
 #: Re-authenticates a user for a sensitive request (user-interactive
@@ -363,6 +381,8 @@ class E2eKeys:
         self._edus = edus
         # The device-list position of the last update sent per user.
         self._last_update: dict[str, int] = {}
+        # Per room with partial state: the updates sent meanwhile.
+        self._sent_on_partial_state: dict[str, list[_SentOnPartialState]] = {}
 
     # Uploads.
 
@@ -610,10 +630,15 @@ class E2eKeys:
         if self._edus is None or self._servers is None:
             return
         destinations: set[str] = set()
+        partial: dict[str, tuple[Collection[str], frozenset[str]]] = {}
         for room_id in rooms:
-            destinations.update(await self._servers.joined_servers(room_id))
+            servers = frozenset(await self._servers.joined_servers(room_id))
+            destinations.update(servers)
+            point = await self._servers.partial_state_point(room_id)
+            if point is not None:
+                partial[room_id] = (point, servers)
         destinations.discard(self._server_name)
-        if not destinations:
+        if not destinations and not partial:
             return
         edus: list[tuple[str, dict[str, Any]]] = []
         shown = await self.local_query({user_id: sorted(devices)})
@@ -645,6 +670,27 @@ class E2eKeys:
         for server in sorted(destinations):
             for edu_type, content in edus:
                 self._edus.send_edu(server, edu_type, content)
+        for room_id, (point, servers) in partial.items():
+            sent = self._sent_on_partial_state.setdefault(room_id, [])
+            sent.append(_SentOnPartialState(point, servers, tuple(edus)))
+            del sent[:-_MAX_SENT_ON_PARTIAL_STATE]
+
+    async def room_fully_stated(self, room_id: str) -> None:
+        """After ``room_id``'s partial state was completed: the updates sent
+        meanwhile go to the servers the full state shows were in the room
+        when each was made and that the partial state left out (absent
+        from the join's answer, or wrongly kicked), whether or not they
+        are still there: they missed the update.
+        """
+        sent = self._sent_on_partial_state.pop(room_id, [])
+        if self._edus is None or self._servers is None:
+            return
+        for update in sent:
+            missed = set(await self._servers.servers_after(update.point))
+            missed -= update.sent_to | {self._server_name}
+            for server in sorted(missed):
+                for edu_type, content in update.edus:
+                    self._edus.send_edu(server, edu_type, content)
 
     async def device_renamed(self, user_id: str, device_id: str) -> None:
         """After a rename of ``user_id``'s device: the new name is part of

@@ -141,6 +141,40 @@ class RoomServers:
             self._rooms.popitem(last=False)
         return frozenset(_server_of(user) for user, (_, joined) in members.items() if joined)
 
+    async def partial_state_point(self, room_id: str) -> frozenset[str] | None:
+        """While the room's state is partial, its forward extremities: once
+        the state is complete, the state after them says which servers were
+        in the room at this point. None when the state is not partial.
+        """
+        if not await self._store.is_partial_state_room(room_id):
+            return None
+        return frozenset(await self._store.get_forward_extremities(room_id))
+
+    async def servers_after(self, event_ids: Iterable[str]) -> frozenset[str]:
+        """The servers with a joined member in the state after any of
+        ``event_ids`` (a point :meth:`partial_state_point` gave).
+        """
+        servers: set[str] = set()
+        for event_id in sorted(event_ids):
+            groups = await self._store.get_event_state_groups(event_id)
+            if groups is None:
+                continue
+            state = await self._store.get_state_ids(groups.after)
+            members = {
+                member_id: state_key
+                for (event_type, state_key), member_id in state.items()
+                if event_type == _MEMBER and _server_of(state_key) not in servers
+            }
+            pending = sorted(members)
+            for start in range(0, len(pending), _BATCH):
+                rows = await self._store.get_events(pending[start : start + _BATCH])
+                servers.update(
+                    _server_of(members[member_id])
+                    for member_id, row in rows.items()
+                    if member_id in members and row.rejected_reason is None and _is_join(row.json)
+                )
+        return frozenset(servers)
+
     def forget(self, room_id: str) -> None:
         """Drop what is remembered of a room's members."""
         self._rooms.pop(room_id, None)

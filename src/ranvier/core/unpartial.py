@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
@@ -290,6 +290,9 @@ class UnpartialStater:
         self._full_state: dict[str, trio.Event] = {}
         self._completed = 0
         self._stopped = 0
+        #: Told each room whose partial state was completed, in turn, before
+        #: its waiters: what was done on partial state may need redoing.
+        self.on_full_state: list[Callable[[str], Awaitable[None]]] = []
 
     # The component
 
@@ -461,6 +464,7 @@ class UnpartialStater:
                     progress.events_resynced,
                 )
                 self._completed += 1
+                await self._tell_full_state(room_id)
                 self._wake(room_id)
                 return
             if progress.events_resynced > before:
@@ -715,6 +719,14 @@ class UnpartialStater:
         return any(
             row.rejected_reason is None and _membership(row.json) == "join" for row in rows.values()
         )
+
+    async def _tell_full_state(self, room_id: str) -> None:
+        for listener in self.on_full_state:
+            try:
+                await listener(room_id)
+            except Exception:
+                # The room is complete whatever a listener makes of it.
+                _log.warning("%s: a listener of its full state failed", room_id, exc_info=True)
 
     def _wake(self, room_id: str) -> None:
         cleared = self._full_state.pop(room_id, None)
