@@ -41,6 +41,31 @@ def _tables_holding(env: WithAdmin, rows: RoomRows) -> dict[str, int]:
     return {table: count for table, count in held.items() if count}
 
 
+def _room_rows(env: WithAdmin, room_id: str) -> RoomRows:
+    """The room's rows as they are now, to tell its rows from others' later."""
+    conn = _connect(env)
+    try:
+        return RoomRows(conn, room_id)
+    finally:
+        conn.close()
+
+
+async def _purge(env: WithAdmin, room_id: str) -> None:
+    http, admin = env.client.http, env.admin
+    answer = await admin_ok(http, admin, "DELETE", f"/v2/rooms/{q(room_id)}", {})
+    status = await admin_ok(http, admin, "GET", f"/v2/rooms/delete_status/{answer['delete_id']}")
+    assert status["status"] == "complete"
+
+
+async def _syncs_without(env: WithAdmin, user: TestUser, since: str, room_id: str) -> None:
+    """The user's incremental and initial syncs answer, the room in no
+    membership section."""
+    for params in ({"since": since, "timeout": 0}, {}):
+        synced = await env.sync(user, **params)
+        for section in ("join", "invite", "knock", "leave"):
+            assert room_id not in synced["rooms"].get(section, {})
+
+
 async def _ephemeral_writes(
     env: WithAdmin, user: TestUser, room_id: str, event_id: str
 ) -> list[Any]:
@@ -62,7 +87,7 @@ async def _ephemeral_writes(
 
 
 async def test_a_purged_room_takes_no_receipt_typing_or_marker(env: WithAdmin) -> None:
-    c, http, admin, alice, bob = env.client, env.client.http, env.admin, env.alice, env.bob
+    c, alice, bob = env.client, env.alice, env.bob
     room_id = await c.create_room(alice, preset="public_chat")
     await c.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
     sent = await c.ok(
@@ -77,16 +102,10 @@ async def test_a_purged_room_takes_no_receipt_typing_or_marker(env: WithAdmin) -
     assert env.hs.server.typing_notices.typing_in(room_id) == [bob.user_id]
     typing = f"/rooms/{q(room_id)}/typing/{q(bob.user_id)}"
     await c.ok(bob, "PUT", typing, {"typing": False})
-    conn = _connect(env)
-    try:
-        rows = RoomRows(conn, room_id)
-    finally:
-        conn.close()
+    rows = _room_rows(env, room_id)
     since = (await env.sync(bob))["next_batch"]
 
-    answer = await admin_ok(http, admin, "DELETE", f"/v2/rooms/{q(room_id)}", {})
-    status = await admin_ok(http, admin, "GET", f"/v2/rooms/delete_status/{answer['delete_id']}")
-    assert status["status"] == "complete"
+    await _purge(env, room_id)
     assert _tables_holding(env, rows) == {}
 
     # Refused as in a room never had: the answer a user not in a room gets.
@@ -98,10 +117,7 @@ async def test_a_purged_room_takes_no_receipt_typing_or_marker(env: WithAdmin) -
     assert env.hs.server.typing_notices.typing_in(room_id) == []
 
     # Bob's syncs answer, without the room.
-    for params in ({"since": since, "timeout": 0}, {}):
-        synced = await env.sync(bob, **params)
-        for section in ("join", "invite", "knock", "leave"):
-            assert room_id not in synced["rooms"].get(section, {})
+    await _syncs_without(env, bob, since, room_id)
 
 
 async def test_room_account_data_of_a_purged_room_does_not_bring_it_back(
@@ -110,15 +126,9 @@ async def test_room_account_data_of_a_purged_room_does_not_bring_it_back(
     c, http, admin, alice, bob = env.client, env.client.http, env.admin, env.alice, env.bob
     room_id = await c.create_room(alice, preset="public_chat")
     await c.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
-    conn = _connect(env)
-    try:
-        rows = RoomRows(conn, room_id)
-    finally:
-        conn.close()
+    rows = _room_rows(env, room_id)
     since = (await env.sync(bob))["next_batch"]
-    answer = await admin_ok(http, admin, "DELETE", f"/v2/rooms/{q(room_id)}", {})
-    status = await admin_ok(http, admin, "GET", f"/v2/rooms/delete_status/{answer['delete_id']}")
-    assert status["status"] == "complete"
+    await _purge(env, room_id)
 
     user = f"/user/{q(bob.user_id)}/rooms/{q(room_id)}"
     await c.ok(bob, "PUT", f"{user}/account_data/org.example.note", {"text": "kept"})
@@ -136,10 +146,7 @@ async def test_room_account_data_of_a_purged_room_does_not_bring_it_back(
     await c.refused(bob, "GET", f"/rooms/{q(room_id)}/state", status=403, errcode="M_FORBIDDEN")
 
     # Bob's syncs answer, the room in no membership section.
-    for params in ({"since": since, "timeout": 0}, {}):
-        synced = await env.sync(bob, **params)
-        for section in ("join", "invite", "knock", "leave"):
-            assert room_id not in synced["rooms"].get(section, {})
+    await _syncs_without(env, bob, since, room_id)
     # The user may still remove what he set.
     await c.ok(bob, "DELETE", f"{user}/tags/u.work")
     assert await c.ok(bob, "GET", f"{user}/tags") == {"tags": {}}
