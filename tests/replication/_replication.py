@@ -6,12 +6,23 @@ from dataclasses import dataclass
 
 from ranvier.core import compute_event_context, event_to_persist
 from ranvier.protocol.events import Pdu
+from ranvier.protocol.signing import generate_signing_key
 from ranvier.replication.client import ReplicationClient, ReplicationEventPersister
 from ranvier.replication.server import ReplicationApp
 from ranvier.storage import EventToPersist, Storage
 from ranvier.testing import RoomBuilder
 
 SECRET = "correct horse battery staple"
+ALICE = "@alice:ours.test"
+BOB = "@bob:remote.test"
+
+
+def shared_room() -> RoomBuilder:
+    """A public room of Alice's, on this side, that Bob, of another server, joined."""
+    keys = {server: generate_signing_key("k1") for server in ("ours.test", "remote.test")}
+    room = RoomBuilder(creator=ALICE, keys=keys)
+    room.public_room(BOB)
+    return room
 
 
 @dataclass

@@ -10,7 +10,7 @@ import httpx
 import msgspec
 import pytest
 import trio
-from _replication import SECRET, Main, Worker, worker_client
+from _replication import ALICE, BOB, SECRET, Main, Worker, shared_room, worker_client
 
 from ranvier.core import compute_event_context, event_to_persist
 from ranvier.errors import (
@@ -20,7 +20,6 @@ from ranvier.errors import (
     StorageUnavailableError,
 )
 from ranvier.federation.transport.listener import HttpListener
-from ranvier.protocol.signing import generate_signing_key
 from ranvier.replication import operations
 from ranvier.replication.client import RemoteWriter, new_txn_id
 from ranvier.replication.server import ReplicationApp
@@ -30,16 +29,6 @@ from ranvier.storage.sync_reads import store_filter
 from ranvier.storage.write_backend import registered_write
 from ranvier.testing import RoomBuilder, ingest_all
 from ranvier.testing.network import free_port
-
-ALICE = "@alice:ours.test"
-BOB = "@bob:remote.test"
-
-
-def _room() -> RoomBuilder:
-    keys = {server: generate_signing_key("k1") for server in ("ours.test", "remote.test")}
-    room = RoomBuilder(creator=ALICE, keys=keys)
-    room.public_room(BOB)
-    return room
 
 
 def _count(db_path: Path, sql: str, *args: object) -> int:
@@ -79,7 +68,7 @@ async def test_storage_of_a_worker_writes_through_the_main_process(
 async def test_events_go_through_their_endpoints_and_are_read_back(
     main: Main, worker: Worker
 ) -> None:
-    room = _room()
+    room = shared_room()
     events = list(room.events.values())
     await ingest_all(worker.storage, events)
     assert main.app.writes_run["fed_send_events"] == len(events)
@@ -107,7 +96,7 @@ async def test_the_stream_listener_of_the_worker_hears_of_its_own_events(
         heard.append((events, frozenset(rooms)))
 
     worker.storage.on_stream_advance = listener
-    room = _room()
+    room = shared_room()
     await ingest_all(worker.storage, list(room.events.values()))
     message = room.message(BOB)
     persister = worker.persister("federation")
@@ -119,7 +108,7 @@ async def test_the_stream_listener_of_the_worker_hears_of_its_own_events(
 async def test_a_repeated_transaction_is_answered_once_and_written_once(
     main: Main, worker: Worker, db_path: Path
 ) -> None:
-    room = _room()
+    room = shared_room()
     events = list(room.events.values())
     await ingest_all(worker.storage, events[:-1])
     last = events[-1]
@@ -206,7 +195,7 @@ async def test_an_unregistered_operation_is_refused(main: Main, worker: Worker) 
 
 
 async def test_send_event_names_one_of_the_events_sent(main: Main, worker: Worker) -> None:
-    room = _room()
+    room = shared_room()
     create = next(iter(room.events.values()))
     context = await compute_event_context(create, worker.storage, worker.storage)
     _, body = operations.encode_operation(
@@ -231,7 +220,7 @@ async def test_errors_of_writes_keep_their_class_code_and_status(worker: Worker)
 
 async def _partial_room(worker: Worker) -> tuple[RoomBuilder, str]:
     """A room joined with partial state, with one event written with partial state."""
-    room = _room()
+    room = shared_room()
     await ingest_all(worker.storage, list(room.events.values()))
     await worker.storage.store_partial_join(
         room.room_id, room.version, room.last, joined_via="remote.test", servers_in_room=[]

@@ -7,29 +7,18 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from _replication import Main, Worker
+from _replication import ALICE, BOB, Main, Worker, shared_room
 
 from ranvier.core import compute_event_context, event_to_persist
 from ranvier.errors import MatrixError, RoomGoneError
-from ranvier.protocol.signing import generate_signing_key
 from ranvier.replication import wire
-from ranvier.testing import RoomBuilder, ingest_all
-
-ALICE = "@alice:ours.test"
-BOB = "@bob:remote.test"
-
-
-def _room() -> RoomBuilder:
-    keys = {server: generate_signing_key("k1") for server in ("ours.test", "remote.test")}
-    room = RoomBuilder(creator=ALICE, keys=keys)
-    room.public_room(BOB)
-    return room
+from ranvier.testing import ingest_all
 
 
 async def test_an_event_of_a_room_purged_meanwhile_is_refused_as_room_gone(
     main: Main, worker: Worker
 ) -> None:
-    room = _room()
+    room = shared_room()
     await ingest_all(worker.storage, list(room.events.values()))
     late = room.message(BOB, "its context computed before the purge")
     persister = worker.persister("federation")
@@ -51,7 +40,7 @@ async def test_an_event_of_a_room_purged_meanwhile_is_refused_as_room_gone(
 async def test_a_receipt_of_a_purged_room_is_refused_as_room_gone(
     main: Main, worker: Worker
 ) -> None:
-    room = _room()
+    room = shared_room()
     await ingest_all(worker.storage, list(room.events.values()))
     assert await main.storage.room_purge.purge_room(room.room_id) is not None
     with pytest.raises(RoomGoneError) as gone:
