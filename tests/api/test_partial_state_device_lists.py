@@ -32,6 +32,7 @@ import msgspec
 import pytest
 import trio
 from _client import Client, q
+from _e2e import device_keys
 from _federation import eventually
 
 from ranvier.federation.server import SEND_PATH
@@ -53,6 +54,7 @@ _STATE_READS = frozenset(
     ("GET", f"/_matrix/federation/v1/{pattern}")
     for pattern in ("state_ids/{room_id}", "state/{room_id}")
 )
+_PASSWORD = "ellie's password"
 _LAZY = '{"room": {"include_leave": true, "state": {"lazy_load_members": true}}}'
 
 
@@ -69,6 +71,8 @@ class _Watched(HeldRoutes):
         self.arrived = trio.Event()
         self.keys_asked: list[str] = []
         self.hidden: set[str] = set()
+        #: Transactions a test sent as this server.
+        self.sent = 0
 
     def match(self, method: str, path: str) -> RouteMatch:
         found = super().match(method, path)
@@ -190,6 +194,19 @@ class _World:
             return await self.b.server.storage.get_event(event_id) is not None
 
         await eventually(there, f"{event_id} on B")
+
+    async def auth_at_a(self, keys: list[tuple[str, str]], more: list[str]) -> list[str]:
+        """Auth events for a forged event: the current state's events at
+        ``keys`` on A, the create event where the room version cites it,
+        and ``more``.
+        """
+        storage = self.a.server.storage
+        state = await storage.get_current_state_ids(self.room_id)
+        version = await storage.get_room_version(self.room_id)
+        assert version is not None
+        if get_room_version(version).create_event_in_auth_events:
+            keys = [("m.room.create", ""), *keys]
+        return [state[key] for key in keys] + more
 
     async def forged_by_a(
         self, sender: TestUser, state_key: str, content: dict[str, Any], auth: list[str]
@@ -399,12 +416,7 @@ async def _wrongly_kicked(world: _World) -> None:
     position, destinations = await world.rename("before the kick")
     assert destinations == {a, c}
     await world.at_c.update_with(position)
-    state = await world.a.server.storage.get_current_state_ids(room_id)
-    auth = [state[("m.room.power_levels", "")], derek_join]
-    version = await world.a.server.storage.get_room_version(room_id)
-    assert version is not None
-    if get_room_version(version).create_event_in_auth_events:
-        auth.append(state[("m.room.create", "")])
+    auth = await world.auth_at_a([("m.room.power_levels", "")], [derek_join])
     await world.forged_by_a(derek, world.elsie.user_id, {"membership": "leave"}, auth)
     assert await world.membership_at_b(world.elsie) == "leave"
 
@@ -423,3 +435,266 @@ async def test_a_missed_device_list_update_reaches_a_wrongly_kicked_server_that_
     async with _world(tmp_path, monkeypatch) as world:
         await _wrongly_kicked(world)
         await _missed_update_sent_once_the_resync_is_done(world, leave=True)
+
+
+# --- Device list tracking -------------------------------------------------------
+#
+# B keeps no copy of other servers' device lists: /keys/query asks their
+# server every time. So Complement's checks that a list is (or is no
+# longer) "cached" become: a change of the user's keys is listed in
+# device_lists.changed (and /keys/changes) while B shares a room with them,
+# the user is listed in device_lists.left when B stops, and /keys/query
+# asks their server.
+
+
+async def _listed(world: _World, since: str, section: str, user: TestUser) -> str:
+    """Long-poll Bob's syncs from ``since`` until ``user`` is in
+    ``device_lists.<section>``; ``/keys/changes`` over the same range lists
+    them there too. The token after.
+    """
+    token: str = since
+    with trio.fail_after(20):
+        while True:
+            params = {"since": token, "timeout": "1000", "filter": _LAZY}
+            answer = await world.cb.ok(world.bob, "GET", "/sync", params=params)
+            token = str(answer["next_batch"])
+            if user.user_id in answer.get("device_lists", {}).get(section, []):
+                break
+    changes = await world.cb.ok(
+        world.bob, "GET", "/keys/changes", params={"from": since, "to": token}
+    )
+    assert user.user_id in changes[section], changes
+    return token
+
+
+async def _token(world: _World) -> str:
+    answer = await world.cb.ok(world.bob, "GET", "/sync", params={"filter": _LAZY, "timeout": "0"})
+    token: str = answer["next_batch"]
+    return token
+
+
+async def _keys_asked_of_a(world: _World, user: TestUser) -> None:
+    """Bob's /keys/query about ``user`` is asked of A."""
+    before = world.at_a.keys_asked.count(user.user_id)
+    await world.cb.ok(world.bob, "POST", "/keys/query", {"device_keys": {user.user_id: []}})
+    assert world.at_a.keys_asked.count(user.user_id) == before + 1
+
+
+async def _message_at_b(world: _World, user: TestUser, body: str) -> None:
+    sent = await world.ca.ok(
+        user,
+        "PUT",
+        f"/rooms/{q(world.room_id)}/send/m.room.message/{body}",
+        {"msgtype": "m.text", "body": body},
+    )
+    await world.wait_event_at_b(sent["event_id"])
+
+
+async def test_device_lists_of_members_there_before_the_join_are_listed_once_the_resync_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _world(tmp_path, monkeypatch) as world:
+        charlie, derek = (
+            await world.a.register_user("charlie"),
+            await world.a.register_user("derek"),
+        )
+        for member in (charlie, derek):
+            await world.join_via_a(world.ca, member)
+        await world.bob_joins()
+        for member in (charlie, derek, charlie, derek):
+            await _keys_asked_of_a(world, member)
+        await _message_at_b(world, charlie, "first")
+        since = await _token(world)
+        await world.ca.ok(
+            charlie, "POST", "/keys/upload", {"device_keys": device_keys(charlie).body}
+        )
+        # A's update goes before the message: once B has the message, it had the update.
+        await _message_at_b(world, charlie, "second")
+        await world.finish_resync()
+        await _listed(world, since, "changed", charlie)
+        for member in (charlie, derek):
+            await _keys_asked_of_a(world, member)
+
+
+async def test_a_member_there_before_the_join_is_listed_on_joining_another_shared_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _world(tmp_path, monkeypatch) as world:
+        charlie = await world.a.register_user("charlie")
+        await world.join_via_a(world.ca, charlie)
+        await world.bob_joins()
+        await _message_at_b(world, charlie, "first")
+        since = await _token(world)
+        await world.ca.ok(
+            charlie, "POST", "/keys/upload", {"device_keys": device_keys(charlie).body}
+        )
+        other = await world.cb.create_room(world.bob, preset="public_chat")
+        await world.ca.ok(
+            charlie, "POST", f"/join/{q(other)}", {}, params={"server_name": world.b.server_name}
+        )
+        await _listed(world, since, "changed", charlie)
+        assert await world.still_partial()
+
+
+async def _new_member(world: _World) -> tuple[TestUser, str]:
+    """Ellie of A joins while B's room is partial: listed at once. Ellie
+    and the token after.
+    """
+    await world.bob_joins()
+    since = await _token(world)
+    ellie = await world.a.register_user("ellie", password=_PASSWORD)
+    await world.join_via_a(world.ca, ellie)
+    await world.wait_membership_at_b(ellie, "join")
+    since = await _listed(world, since, "changed", ellie)
+    await _keys_asked_of_a(world, ellie)
+    return ellie, since
+
+
+async def test_the_device_list_of_a_member_who_joins_during_the_resync_is_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _world(tmp_path, monkeypatch) as world:
+        ellie, since = await _new_member(world)
+        await world.ca.ok(ellie, "POST", "/keys/upload", {"device_keys": device_keys(ellie).body})
+        since = await _listed(world, since, "changed", ellie)
+        assert await world.still_partial()
+        await world.finish_resync()
+        # A second device of Ellie's, after the resync, is heard of too.
+        login = await world.ca.ok(
+            None,
+            "POST",
+            "/login",
+            {
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": "ellie"},
+                "password": _PASSWORD,
+            },
+        )
+        second = dataclasses.replace(
+            ellie, access_token=login["access_token"], device_id=login["device_id"]
+        )
+        await world.ca.ok(second, "POST", "/keys/upload", {"device_keys": device_keys(second).body})
+        await _listed(world, since, "changed", ellie)
+        await _keys_asked_of_a(world, ellie)
+
+
+async def test_a_member_who_joins_and_leaves_during_the_resync_is_listed_as_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _world(tmp_path, monkeypatch) as world:
+        ellie, since = await _new_member(world)
+        await world.ca.ok(ellie, "POST", f"/rooms/{q(world.room_id)}/leave", {})
+        await world.wait_membership_at_b(ellie, "leave")
+        await _listed(world, since, "left", ellie)
+        await _keys_asked_of_a(world, ellie)
+
+
+async def test_leaving_the_room_during_the_resync_lists_its_members_as_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _world(tmp_path, monkeypatch) as world:
+        ellie, since = await _new_member(world)
+        await world.cb.ok(world.bob, "POST", f"/rooms/{q(world.room_id)}/leave", {})
+        await _listed(world, since, "left", ellie)
+        await _keys_asked_of_a(world, ellie)
+
+
+async def _updates_from_a(world: _World, *users: TestUser) -> None:
+    """A tells B, in one transaction and in this order, that ``users``'
+    device lists changed.
+    """
+    edus = [
+        {
+            "edu_type": _UPDATE,
+            "content": {
+                "user_id": user.user_id,
+                "device_id": user.device_id,
+                "stream_id": 1000 + n,
+                "prev_id": [],
+                "deleted": False,
+            },
+        }
+        for n, user in enumerate(users)
+    ]
+    world.at_a.sent += 1
+    await world.a.server.federation_client.put_json(
+        world.b.server_name,
+        f"/_matrix/federation/v1/send/updates{world.at_a.sent}",
+        {"origin": world.a.server_name, "origin_server_ts": 1, "pdus": [], "edus": edus},
+    )
+
+
+async def _listed_alone(world: _World, since: str, listed: TestUser, unlisted: TestUser) -> str:
+    """Long-poll from ``since`` until ``listed`` is in device_lists.changed,
+    ``unlisted`` never having been; the token after.
+    """
+    token = since
+    with trio.fail_after(20):
+        while True:
+            params = {"since": token, "timeout": "1000", "filter": _LAZY}
+            answer = await world.cb.ok(world.bob, "GET", "/sync", params=params)
+            token = str(answer["next_batch"])
+            changed = answer.get("device_lists", {}).get("changed", [])
+            assert unlisted.user_id not in changed, answer["device_lists"]
+            if listed.user_id in changed:
+                break
+    changes = await world.cb.ok(
+        world.bob, "GET", "/keys/changes", params={"from": since, "to": token}
+    )
+    assert listed.user_id in changes["changed"], changes
+    assert unlisted.user_id not in changes["changed"], changes
+    return token
+
+
+async def _wrongly_believed_in(world: _World) -> tuple[TestUser, TestUser, str]:
+    """Ellie of A, banned before Bob joins, is said by A (lying) to have
+    joined again: B believes her in the room until the resync shows the
+    join was refused. Charlie of A is a member throughout. Ellie, Charlie
+    and a token once the resync is done.
+    """
+    alice, room_id = world.alice, world.room_id
+    charlie = await world.a.register_user("charlie")
+    ellie = await world.a.register_user("ellie", password=_PASSWORD)
+    for member in (charlie, ellie):
+        await world.join_via_a(world.ca, member)
+    await world.ca.ok(alice, "POST", f"/rooms/{q(room_id)}/ban", {"user_id": ellie.user_id})
+    await world.bob_joins()
+    since = await _token(world)
+    auth = await world.auth_at_a([("m.room.power_levels", ""), ("m.room.join_rules", "")], [])
+    await world.forged_by_a(ellie, ellie.user_id, {"membership": "join"}, auth)
+    assert await world.membership_at_b(ellie) == "join"
+    # Followed while she is thought to be in the room.
+    since = await _listed(world, since, "changed", ellie)
+    await _updates_from_a(world, ellie)
+    since = await _listed(world, since, "changed", ellie)
+    await _keys_asked_of_a(world, ellie)
+    await world.finish_resync()
+    assert await world.membership_at_b(ellie) == "ban"
+    return ellie, charlie, await _listed(world, since, "changed", charlie)
+
+
+async def test_a_user_wrongly_believed_in_the_room_is_no_longer_followed_after_the_resync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _world(tmp_path, monkeypatch) as world:
+        ellie, charlie, since = await _wrongly_believed_in(world)
+        await _updates_from_a(world, ellie, charlie)
+        await _listed_alone(world, since, charlie, ellie)
+        await _keys_asked_of_a(world, ellie)
+
+
+async def test_a_user_wrongly_believed_in_the_room_is_followed_again_on_joining_after_the_resync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _world(tmp_path, monkeypatch) as world:
+        ellie, _, since = await _wrongly_believed_in(world)
+        room_id = world.room_id
+        await world.ca.ok(
+            world.alice, "POST", f"/rooms/{q(room_id)}/unban", {"user_id": ellie.user_id}
+        )
+        await world.ca.ok(ellie, "POST", f"/rooms/{q(room_id)}/join", {})
+        await world.wait_membership_at_b(ellie, "join")
+        since = await _listed(world, since, "changed", ellie)
+        await _updates_from_a(world, ellie)
+        await _listed(world, since, "changed", ellie)
+        await _keys_asked_of_a(world, ellie)

@@ -131,6 +131,8 @@ class E2eKeyStore(Protocol):
 
     async def device_list_changes(self, after: int, upto: int) -> set[str]: ...
 
+    async def rooms_completed(self, after: int, upto: int) -> set[str]: ...
+
     async def membership_changes(
         self, room_ids: Collection[str], after: int, upto: int
     ) -> list[tuple[str, str, str | None]]: ...
@@ -956,7 +958,14 @@ class E2eKeys:
             if upto.events > since.events and rooms
             else []
         )
-        changed, left = await self._device_lists_of(user_id, keys_changed, memberships)
+        # As in a sync: the members of a room whose partial state was
+        # completed meanwhile were not known here, nor their key changes.
+        newly_full: set[str] = set()
+        if upto.un_partial > since.un_partial:
+            completed = await self._store.rooms_completed(since.un_partial, upto.un_partial)
+            if completed:
+                newly_full = completed & set(await self._rooms.joined_rooms(user_id))
+        changed, left = await self._device_lists_of(user_id, keys_changed, memberships, newly_full)
         return {"changed": changed, "left": left}
 
     async def _device_lists_of(

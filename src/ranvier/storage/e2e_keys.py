@@ -340,6 +340,12 @@ class E2eKeyStorage:
             functools.partial(_device_list_changes, after=after, upto=upto)
         )
 
+    async def rooms_completed(self, after: int, upto: int) -> set[str]:
+        """The rooms whose partial state was completed in ``(after, upto]``
+        of the un-partial-state stream.
+        """
+        return await self._readers.read(functools.partial(_rooms_completed, after=after, upto=upto))
+
     async def membership_changes(
         self, room_ids: Collection[str], after: int, upto: int
     ) -> list[tuple[str, str, str | None]]:
@@ -814,6 +820,16 @@ def _device_list_changes(conn: sqlite3.Connection, *, after: int, upto: int) -> 
         for (user_id,) in conn.execute(
             "SELECT DISTINCT user_id FROM device_list_changes"
             " WHERE stream_id > ? AND stream_id <= ?",
+            (after, upto),
+        )
+    }
+
+
+def _rooms_completed(conn: sqlite3.Connection, *, after: int, upto: int) -> set[str]:
+    return {
+        str(room_id)
+        for (room_id,) in conn.execute(
+            "SELECT room_id FROM un_partial_stated_rooms WHERE rowid > ? AND rowid <= ?",
             (after, upto),
         )
     }
