@@ -131,6 +131,7 @@ from ranvier.api.relations import add_relation_routes
 from ranvier.api.reports import add_report_routes
 from ranvier.api.room_keys import add_room_key_routes
 from ranvier.api.room_list import add_room_list_routes
+from ranvier.api.room_previews import add_room_preview_routes
 from ranvier.api.room_summary import add_room_summary_routes
 from ranvier.api.rooms import add_room_routes
 from ranvier.api.search import add_search_route
@@ -206,6 +207,7 @@ from ranvier.core.room_joins import RoomJoins
 from ranvier.core.room_keys import RoomKeyBackups
 from ranvier.core.room_leaves import RoomLeaves
 from ranvier.core.room_list import RoomList
+from ranvier.core.room_previews import RoomPreviews
 from ranvier.core.room_servers import PduSink, RoomEventSender, RoomServers
 from ranvier.core.room_summary import RoomSummaries
 from ranvier.core.rooms import FullStateWaiter, RoomReader
@@ -1547,6 +1549,17 @@ class HomeServer:
         add_directory_routes(router, auth=self.auth, directory=directory, reader=reader)
         add_event_context_route(
             router, auth=self.auth, contexts=EventContexts(self.storage.sync, aggregations)
+        )
+        add_room_preview_routes(
+            router,
+            auth=self.auth,
+            previews=RoomPreviews(
+                self.storage.sync,
+                reader,
+                self.stream_notifier,
+                account_data=account_data,
+                directory=self.room_list,
+            ),
         )
         add_relation_routes(router, auth=self.auth, relations=relations)
         add_timestamp_route(

@@ -149,7 +149,8 @@ SPEC_ENDPOINTS: Final[tuple[tuple[str, str], ...]] = (
     ("GET", "/_matrix/client/v3/notifications"),
     # oauth_server_metadata.yaml
     ("GET", "/_matrix/client/v1/auth_metadata"),
-    # old_sync.yaml
+    # old_sync.yaml (its /events is served in peeking_events.yaml's form only:
+    # without room_id, 400 M_MISSING_PARAM, /sync being the stream of all rooms)
     ("GET", "/_matrix/client/v3/events"),
     ("GET", "/_matrix/client/v3/initialSync"),
     ("GET", "/_matrix/client/v3/events/{eventId}"),
@@ -267,7 +268,7 @@ SPEC_ENDPOINTS: Final[tuple[tuple[str, str], ...]] = (
 #: routes that serve them, and why the other values are not. None now.
 SERVED_FOR: Final[dict[tuple[str, str], tuple[tuple[str, ...], str]]] = {}
 
-_OLD_SYNC = "deprecated by the spec for /sync; peeking into rooms not joined is not supported"
+_OLD_SYNC = "deprecated by the spec for /sync, which carries every room a user is in"
 
 #: Endpoints of the specification with no route here, and why.
 NOT_SERVED: Final[dict[tuple[str, str], str]] = {
@@ -280,13 +281,9 @@ NOT_SERVED: Final[dict[tuple[str, str], str]] = {
     ("GET", "/_matrix/client/v1/auth_metadata"): (
         "OAuth 2.0 API: no authorization server; the spec's answer is then 404 M_UNRECOGNIZED"
     ),
-    ("GET", "/_matrix/client/v3/events"): _OLD_SYNC,
     ("GET", "/_matrix/client/v3/initialSync"): _OLD_SYNC,
     ("GET", "/_matrix/client/v3/events/{eventId}"): (
         "deprecated by the spec for /rooms/{roomId}/event/{eventId}"
-    ),
-    ("GET", "/_matrix/client/v3/rooms/{roomId}/initialSync"): (
-        "peeking (its only use since v1.14 took its deprecation back) is not supported"
     ),
     ("GET", "/.well-known/matrix/policy_server"): "this server is not a policy server",
 }
