@@ -201,6 +201,7 @@ from ranvier.core.receipts import Receipts
 from ranvier.core.redactions import ServedStateReader
 from ranvier.core.registration_tokens import RegistrationTokens
 from ranvier.core.relations import Relations
+from ranvier.core.remote_device_lists import RemoteDeviceLists
 from ranvier.core.reports import Reports
 from ranvier.core.room_forgetting import RoomForgetting
 from ranvier.core.room_joins import RoomJoins
@@ -1402,6 +1403,11 @@ class HomeServer:
             remote=FederationKeyClient(client),
             servers=self._room_servers,
             edus=self._federation_sender,
+            device_lists=RemoteDeviceLists(
+                server_name=server_name,
+                store=storage.remote_device_lists,
+                remote=FederationKeyClient(client),
+            ),
         )
         self._edus.e2e_keys = self._e2e_keys
         self.unpartial_stater.on_full_state.append(self._e2e_keys.room_fully_stated)

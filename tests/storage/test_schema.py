@@ -93,6 +93,7 @@ TABLES_ADDED = {
     44: {"sso_sessions"},
     # A column of redactions, no table.
     45: set(),
+    46: {"remote_device_lists", "remote_device_keys"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -166,7 +167,10 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO user_filters VALUES ('@a:x', 0, x'7b7d')")
         run("INSERT INTO un_partial_stated_rooms VALUES ('!r:x', 1)")
     elif version == 8:
-        run("INSERT INTO redactions VALUES ('$e', '$target', '!r:x', 0, 5)")
+        run(
+            "INSERT INTO redactions (event_id, redacts, room_id, sender_may_redact,"
+            " received_ts) VALUES ('$e', '$target', '!r:x', 0, 5)"
+        )
     elif version == 9:
         run("INSERT INTO profiles VALUES ('@a:x', 'Alice', NULL)")
         run(
@@ -289,6 +293,9 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO sso_sessions VALUES (x'01', 'idp', 'n', 'v', 'https://c.x/', 9)")
     elif version == 45:
         run("UPDATE redactions SET content_pruned = 1")
+    elif version == 46:
+        run("INSERT INTO remote_device_lists VALUES ('@b:y', 7, x'7b7d', NULL, 5, 0)")
+        run("INSERT INTO remote_device_keys VALUES ('@b:y', 'DEV', x'7b7d')")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

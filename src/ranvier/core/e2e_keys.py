@@ -32,6 +32,7 @@ Invariants
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from ranvier.core.devices import DeviceAccounts
 from ranvier.core.notifier import StreamNotifier, StreamPosition
 from ranvier.core.presence import JoinedRooms, SharedRooms
 from ranvier.core.receipts import EduSink
+from ranvier.core.remote_device_lists import RemoteDeviceLists, cached_answer
 from ranvier.errors import BadJsonError, InvalidSignatureError, MatrixError
 from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.signing import decode_verify_key_base64, verify_signed_json
@@ -279,6 +281,27 @@ def _unsigned_form(key: Mapping[str, Any]) -> dict[str, Any]:
 _T = TypeVar("_T")
 
 
+@dataclass(slots=True)
+class _ServerPlan:
+    """How one server's users' keys are found for a query."""
+
+    #: The events stream position read before any list is fetched.
+    position: int
+    #: Users answered from kept lists, then fetched ones and the answer
+    #: asked, in ``/user/keys/query``'s shape.
+    answered: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Users whose lists are fetched, and those asked: device IDs each.
+    fill: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    ask: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+
+def _merge(into: dict[str, Any], found: Mapping[str, Any]) -> None:
+    """Add one answer's users to another, field by field."""
+    for field_name, part in found.items():
+        if isinstance(part, dict):
+            into.setdefault(field_name, {}).update(part)
+
+
 def _own_devices(user_id: str, devices: object) -> dict[str, Any]:
     """Of another server's answer for ``user_id``, the device keys that say
     they are that user's and that device's: a server answers for its own
@@ -370,8 +393,11 @@ class E2eKeys:
         remote: RemoteKeys | None = None,
         servers: RoomServers | None = None,
         edus: EduSink | None = None,
+        device_lists: RemoteDeviceLists | None = None,
     ) -> None:
         self._server_name = server_name
+        #: Other servers' users' device lists kept here (none kept without).
+        self.device_lists = device_lists
         self._store = store
         self._notifier = notifier
         self._rooms = rooms
@@ -722,12 +748,18 @@ class E2eKeys:
         if position is not None:
             await self._changed(user_id, position, devices=devices, deleted=True)
 
-    async def on_remote_update(self, origin: str, content: Mapping[str, Any]) -> bool:
+    async def on_remote_update(
+        self,
+        origin: str,
+        content: Mapping[str, Any],
+        *,
+        edu_type: str = "m.device_list_update",
+    ) -> bool:
         """An ``m.device_list_update`` or ``m.signing_key_update`` EDU from
-        ``origin``: its user's devices changed, so the local users sharing a
-        room with them hear of it in ``device_lists.changed`` and ask again.
-        Dropped (False) unless the user is ``origin``'s own and shares a
-        room with someone here.
+        ``origin``: its user's devices changed, so the kept list follows,
+        and the local users sharing a room with them hear of it in
+        ``device_lists.changed`` and ask again. Dropped (False) unless the
+        user is ``origin``'s own and shares a room with someone here.
         """
         user_id = content.get("user_id")
         if not isinstance(user_id, str) or _server_of(user_id) != origin:
@@ -737,6 +769,12 @@ class E2eKeys:
         if not rooms:
             # Nobody here shares a room with them: nobody to tell.
             return False
+        # The kept list first, so that a client told asks and finds it current.
+        if self.device_lists is not None:
+            if edu_type == "m.signing_key_update":
+                await self.device_lists.on_signing_key_update(user_id, content)
+            else:
+                await self.device_lists.on_device_list_update(user_id, content)
         position = await self._store.mark_device_list_changed(user_id)
         self._notifier.advance_device_lists(position, user_id, rooms)
         return True
@@ -744,8 +782,11 @@ class E2eKeys:
     # Queries.
 
     async def query(self, requester: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """``POST /keys/query``: local users' keys from storage, other
-        servers' asked of them (``failures`` for those that did not answer).
+        """``POST /keys/query``: local users' keys from storage; other
+        servers' users sharing a room here from their kept device lists
+        (fetched with ``GET /user/devices`` when none is kept or it cannot
+        be trusted current), the rest asked of their servers in one
+        request each (``failures`` for servers that did not answer).
         """
         wanted = _object(body, "device_keys")
         local: dict[str, list[str]] = {}
@@ -759,12 +800,13 @@ class E2eKeys:
                 remote.setdefault(_server_of(user_id), {})[user_id] = devices
         answer = await self.local_query(local, requester=requester)
         answer["failures"] = {}
-        asked = await _ask_each(remote, self._ask, _timeout(body))
+        plans = await self._plan(remote)
+        asked = await _ask_each(plans, self._answer_server, _timeout(body))
         for server, users in sorted(remote.items()):
             found = asked[server]
             if found is None:
                 answer["failures"][server] = {"status": 503, "message": "not reachable"}
-                continue
+                found = plans[server].answered
             for field in ("device_keys", "master_keys", "self_signing_keys"):
                 part = found.get(field)
                 if not isinstance(part, dict):
@@ -778,6 +820,62 @@ class E2eKeys:
                         continue
                     answer[field][user_id] = keys
         return answer
+
+    async def _plan(self, remote: Mapping[str, Mapping[str, list[str]]]) -> dict[str, _ServerPlan]:
+        """How each server's users are answered: from kept lists, by
+        fetching theirs, or by asking.
+        """
+        lookup = None
+        if self.device_lists is not None and remote:
+            lookup = await self.device_lists.lookup(
+                [user_id for users in remote.values() for user_id in users]
+            )
+        plans: dict[str, _ServerPlan] = {}
+        for server, users in remote.items():
+            plan = plans[server] = _ServerPlan(0 if lookup is None else lookup.position)
+            for user_id, devices in users.items():
+                if lookup is None or user_id not in lookup.shared:
+                    plan.ask[user_id] = devices
+                elif user_id in lookup.usable:
+                    _merge(plan.answered, cached_answer(user_id, lookup.usable[user_id], devices))
+                else:
+                    plan.fill[user_id] = devices
+        return plans
+
+    async def _answer_server(
+        self, server: str, plan: _ServerPlan, timeout_s: float
+    ) -> dict[str, Any] | None:
+        """The keys of ``server``'s users as :meth:`_plan` planned: fetched
+        lists and the one question about the rest, at once; None when any
+        of it failed (what was answered then is in ``plan.answered``).
+        """
+        failed = False
+
+        async def fill(user_id: str, devices: list[str]) -> None:
+            nonlocal failed
+            assert self.device_lists is not None
+            listed = await self.device_lists.fill(
+                server, user_id, position=plan.position, timeout_s=timeout_s
+            )
+            if listed is None:
+                failed = True
+            else:
+                _merge(plan.answered, cached_answer(user_id, listed, devices))
+
+        async def ask() -> None:
+            nonlocal failed
+            found = await self._ask(server, plan.ask, timeout_s)
+            if found is None:
+                failed = True
+            else:
+                _merge(plan.answered, found)
+
+        async with trio.open_nursery() as nursery:
+            for user_id, devices in plan.fill.items():
+                nursery.start_soon(fill, user_id, devices)
+            if plan.ask:
+                nursery.start_soon(ask)
+        return None if failed else plan.answered
 
     async def _ask(
         self, server: str, users: Mapping[str, list[str]], timeout_s: float

@@ -10,11 +10,13 @@ Served to other servers, for this server's users only:
   the device-list stream position they are as of.
 
 And asked of other servers by ``/keys/query`` and ``/keys/claim`` for
-their users (:class:`FederationKeyClient`).
+their users, and for a user's whole device list to keep
+(:class:`FederationKeyClient`).
 """
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -46,10 +48,15 @@ class FederationKeyClient:
         self._client = client
 
     async def _post(self, server: str, path: str, content: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._request("POST", server, path, content)
+
+    async def _request(
+        self, method: str, server: str, path: str, content: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
         what = "key answer"
         try:
             response = await self._client.request(
-                "POST",
+                method,
                 server,
                 f"{_PREFIX}{path}",
                 content=content,
@@ -67,6 +74,11 @@ class FederationKeyClient:
 
     async def query_keys(self, server: str, device_keys: Mapping[str, list[str]]) -> dict[str, Any]:
         return await self._post(server, "/user/keys/query", {"device_keys": dict(device_keys)})
+
+    async def user_devices(self, server: str, user_id: str) -> dict[str, Any]:
+        """``GET /user/devices/{userId}``: the user's devices with their keys."""
+        path = f"/user/devices/{urllib.parse.quote(user_id, safe='')}"
+        return await self._request("GET", server, path, None)
 
     async def claim_keys(
         self, server: str, one_time_keys: Mapping[str, Mapping[str, str]]

@@ -130,6 +130,6 @@ class EduDispatcher:
             edu_type in ("m.device_list_update", "m.signing_key_update")
             and self.e2e_keys is not None
         ):
-            await self.e2e_keys.on_remote_update(origin, content)
+            await self.e2e_keys.on_remote_update(origin, content, edu_type=edu_type)
         else:
             await trio.lowlevel.checkpoint()

@@ -1145,6 +1145,24 @@ def _redacted_content_pruning(conn: sqlite3.Connection) -> None:
     )
 
 
+def _remote_device_lists(conn: sqlite3.Connection) -> None:
+    """Other servers' users' device lists, kept while they share a room
+    with this server (:mod:`ranvier.storage.remote_device_lists`): one row
+    per user, one per device with its keys as the user's server served them.
+    """
+    conn.execute(
+        "CREATE TABLE remote_device_lists (user_id TEXT PRIMARY KEY NOT NULL,"
+        " stream_id INTEGER NOT NULL, master_key BLOB, self_signing_key BLOB,"
+        " filled_at INTEGER NOT NULL, stale INTEGER NOT NULL) STRICT"
+    )
+    conn.execute(
+        "CREATE TABLE remote_device_keys (user_id TEXT NOT NULL"
+        " REFERENCES remote_device_lists (user_id) ON DELETE CASCADE,"
+        " device_id TEXT NOT NULL, key_json BLOB NOT NULL,"
+        " PRIMARY KEY (user_id, device_id)) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1192,6 +1210,7 @@ MIGRATIONS: Sequence[Migration] = (
     _sso_subjects,
     _sso_sessions,
     _redacted_content_pruning,
+    _remote_device_lists,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

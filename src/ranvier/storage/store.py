@@ -59,6 +59,7 @@ from .redactions import RedactionStorage
 from .refresh_tokens import RefreshTokenStorage
 from .registration_tokens import RegistrationTokenStorage
 from .relations import RelationStorage
+from .remote_device_lists import RemoteDeviceListStorage
 from .reports import ReportStorage
 from .room_keys import RoomKeyStorage
 from .room_members import RoomMemberStorage
@@ -157,6 +158,7 @@ class Storage:
         self.receipts = ReceiptStorage(self.writer, self.readers)
         self.backfill = BackfillStorage(self.writer, self.readers)
         self.e2e_keys = E2eKeyStorage(self.writer, self.readers)
+        self.remote_device_lists = RemoteDeviceListStorage(self.writer, self.readers)
         self.dehydrated_devices = DehydratedDeviceStorage(self.writer, self.readers)
         self.room_keys = RoomKeyStorage(self.writer, self.readers)
         self.media = MediaStorage(self.writer, self.readers)
