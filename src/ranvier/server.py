@@ -105,6 +105,7 @@ from ranvier.api.admin_registration_tokens import add_admin_registration_token_r
 from ranvier.api.admin_reports import add_admin_report_routes
 from ranvier.api.admin_rooms import add_admin_room_routes
 from ranvier.api.admin_server_notices import add_admin_server_notice_routes
+from ranvier.api.admin_user_data import add_admin_user_data_routes
 from ranvier.api.admin_users import add_admin_user_routes
 from ranvier.api.app import ClientApp
 from ranvier.api.appservices import add_appservice_routes
@@ -148,11 +149,13 @@ from ranvier.api.versions import add_versions_route
 from ranvier.api.well_known import add_client_well_known_routes, add_server_well_known_route
 from ranvier.appservice_client import HttpAppServiceClient
 from ranvier.config import Config, ListenerConfig
+from ranvier.core.account_data import AccountData
 from ranvier.core.accounts import Accounts
 from ranvier.core.admin_federation import AdminFederation
 from ranvier.core.admin_media import AdminMedia
 from ranvier.core.admin_reports import AdminReports
 from ranvier.core.admin_rooms import AdminRooms
+from ranvier.core.admin_user_data import AdminUserData
 from ranvier.core.admin_users import AdminUsers
 from ranvier.core.aggregations import (
     Aggregations,
@@ -1607,13 +1610,10 @@ class HomeServer:
         add_profile_routes(router, auth=auth, profiles=self.profiles)
         add_account_data_routes(router, auth=auth, account_data=account_data)
         forgetting = ForgettingDeletedDevices(self.accounts, self.e2e_keys)
-        add_device_routes(
-            router,
-            auth=auth,
-            devices=Devices(
-                store=client_data, accounts=forgetting, on_renamed=self.e2e_keys.device_renamed
-            ),
+        devices = Devices(
+            store=client_data, accounts=forgetting, on_renamed=self.e2e_keys.device_renamed
         )
+        add_device_routes(router, auth=auth, devices=devices)
         deactivation = Deactivation(
             accounts=self.accounts,
             rooms=self.storage.accounts,
@@ -1628,7 +1628,7 @@ class HomeServer:
             accounts=self.accounts,
             deactivation=deactivation,
         )
-        self._add_admin_api_routes(router, deactivation)
+        self._add_admin_api_routes(router, deactivation, devices)
         add_room_list_routes(router, auth=auth, room_list=self.room_list)
         hidden = () if self._server_notices is None else (self._server_notices.system_user_id,)
         add_user_directory_routes(
@@ -1669,7 +1669,9 @@ class HomeServer:
         add_appservice_routes(router, auth=auth, pinger=self._appservice_queries)
         return router
 
-    def _add_admin_api_routes(self, router: Router, deactivation: Deactivation) -> None:
+    def _add_admin_api_routes(
+        self, router: Router, deactivation: Deactivation, devices: Devices
+    ) -> None:
         """The admin API's users, rooms and reports (shared-secret
         registration is wired with the account routes)."""
         server_name, store = self.config.server_name, self.storage.admin
@@ -1685,6 +1687,14 @@ class HomeServer:
             else (self._server_notices.system_user_id,),
         )
         add_admin_user_routes(router, auth=self.auth, users=users)
+        user_data = AdminUserData(
+            users=users,
+            devices=devices,
+            dehydrated=self.storage.dehydrated_devices,
+            pushers=Pushers(self.storage.pushers),
+            account_data=AccountData(self.storage.client_data),
+        )
+        add_admin_user_data_routes(router, auth=self.auth, data=user_data)
         rooms = AdminRooms(
             server_name=server_name,
             store=store,

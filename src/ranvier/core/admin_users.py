@@ -254,6 +254,11 @@ class AdminUsers:
             raise _not_found(user_id)
         return row
 
+    async def require_user(self, user_id: str) -> None:
+        """Return if ``user_id`` is an account of this server (deactivated
+        or not); 400 for another server's user, 404 for no account."""
+        await self._existing(user_id)
+
     async def list_users(self, request: UserListRequest) -> dict[str, Any]:
         """A page of accounts, with ``next_token`` while more remain."""
         order = request.order_by

@@ -126,6 +126,13 @@ class Devices:
             await self.authenticate(user_id, auth)
         await self._accounts.logout_devices(user_id, device_ids)
 
+    async def delete_for_admin(self, user_id: str, device_ids: Collection[str]) -> None:
+        """Delete devices of ``user_id`` for a server admin, whose own token
+        is the proof: the same logout, keys forgotten and device list moved,
+        as the user's own deletion, without asking for the user's password.
+        """
+        await self._accounts.logout_devices(user_id, device_ids)
+
     async def authenticate(self, user_id: str, auth: object) -> None:
         """Return once ``auth`` proves ``user_id``'s password; raise
         :class:`AuthRequired` until it does. Every request that asks for the
