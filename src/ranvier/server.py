@@ -103,7 +103,7 @@ from ranvier.api.admin_federation import add_admin_federation_routes
 from ranvier.api.admin_media import add_admin_media_routes
 from ranvier.api.admin_registration_tokens import add_admin_registration_token_routes
 from ranvier.api.admin_reports import add_admin_report_routes
-from ranvier.api.admin_rooms import add_admin_room_routes
+from ranvier.api.admin_rooms import add_admin_room_messages_route, add_admin_room_routes
 from ranvier.api.admin_server_notices import add_admin_server_notice_routes
 from ranvier.api.admin_user_data import add_admin_user_data_routes
 from ranvier.api.admin_users import add_admin_user_routes
@@ -194,6 +194,7 @@ from ranvier.core.notification_counts import NotificationCounts
 from ranvier.core.notification_list import NotificationList
 from ranvier.core.notifier import StreamNotifier
 from ranvier.core.out_of_band import OutOfBandMemberships
+from ranvier.core.pagination import RoomMessages
 from ranvier.core.policy_servers import PolicyServers
 from ranvier.core.presence import Presence
 from ranvier.core.profiles import Profiles
@@ -1705,6 +1706,12 @@ class HomeServer:
             purger=self.storage.room_purge,
         )
         add_admin_room_routes(router, auth=self.auth, rooms=rooms)
+        add_admin_room_messages_route(
+            router,
+            auth=self.auth,
+            rooms=rooms,
+            messages=RoomMessages(self.storage.sync, backfill=self._backfiller),
+        )
         reports = AdminReports(server_name=server_name, store=store)
         add_admin_report_routes(router, auth=self.auth, reports=reports)
         federation = AdminFederation(

@@ -2,7 +2,9 @@
 members and state, blocks, and rooms shut and purged with their delete
 status (:class:`ranvier.core.admin_rooms.AdminRooms`); the first version
 of ``DELETE`` answers what the shut did, the second a deletion ID to
-read the status by. Admins only.
+read the status by; and a room's messages, every one of them whatever the
+admin's membership (:class:`ranvier.core.pagination.RoomMessages` with
+nothing hidden). Admins only.
 """
 
 from __future__ import annotations
@@ -12,11 +14,17 @@ from typing import Any
 
 from ranvier.api.admin_common import ADMIN_V1, ADMIN_V2, body_object, page_params, require_admin
 from ranvier.api.auth import Auth
-from ranvier.api.query_params import flag_param
+from ranvier.api.query_params import (
+    direction_param,
+    flag_param,
+    integer_param,
+    room_event_filter_param,
+)
 from ranvier.core.admin_rooms import AdminRooms, RoomListRequest
+from ranvier.core.pagination import RoomMessages
 from ranvier.web import Request, Router
 
-__all__ = ["add_admin_room_routes"]
+__all__ = ["add_admin_room_messages_route", "add_admin_room_routes"]
 
 
 def add_admin_room_routes(router: Router, *, auth: Auth, rooms: AdminRooms) -> None:
@@ -89,3 +97,27 @@ def add_admin_room_routes(router: Router, *, auth: Auth, rooms: AdminRooms) -> N
     router.add("DELETE", f"{ADMIN_V2}/rooms/{{room_id}}", delete_room)
     router.add("GET", f"{ADMIN_V2}/rooms/{{room_id}}/delete_status", delete_status)
     router.add("GET", f"{ADMIN_V2}/rooms/delete_status/{{delete_id}}", delete_status_by_id)
+
+
+def add_admin_room_messages_route(
+    router: Router, *, auth: Auth, rooms: AdminRooms, messages: RoomMessages
+) -> None:
+    """Serve ``GET /_synapse/admin/v1/rooms/{roomId}/messages``: the
+    parameters and answer of the client API's ``/messages``."""
+
+    async def room_messages(request: Request) -> Mapping[str, Any]:
+        admin = await require_admin(auth, request)
+        room_id = request.path_params["room_id"]
+        await rooms.require_room(room_id)
+        return await messages.get_messages(
+            admin,
+            room_id,
+            direction=direction_param(request),
+            from_token=request.query_value("from"),
+            to_token=request.query_value("to"),
+            limit=integer_param(request, "limit"),
+            event_filter=room_event_filter_param(request),
+            everything=True,
+        )
+
+    router.add("GET", f"{ADMIN_V1}/rooms/{{room_id}}/messages", room_messages)

@@ -265,6 +265,10 @@ class AdminRooms:
             raise _room_not_found(room_id)
         return row
 
+    async def require_room(self, room_id: str) -> None:
+        """Return if this server knows ``room_id``; 404 ``M_NOT_FOUND`` if not."""
+        await self._row(room_id)
+
     async def room(self, room_id: str) -> dict[str, Any]:
         row = await self._row(room_id)
         return {

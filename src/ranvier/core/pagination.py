@@ -377,7 +377,12 @@ class RoomMessages:
         to_token: str | None = None,
         limit: int | None = None,
         event_filter: RoomEventFilter | None = None,
+        everything: bool = False,
     ) -> dict[str, Any]:
+        """A page of the room's history. With ``everything`` (a server
+        admin's read) every event held is shown, whatever the requester's
+        membership, the history visibility or whom they ignore.
+        """
         from_position = None if from_token is None else parse_pagination_token(from_token)
         to_position = None if to_token is None else parse_pagination_token(to_token)
         if limit is None:
@@ -389,9 +394,13 @@ class RoomMessages:
                 http_status=400,
             )
         limit = min(limit, MAX_LIMIT)
-        visible, checked_before, joined_now = await readable_upto(
-            self._store, requester.user_id, room_id
-        )
+        if everything:
+            visible, _ = await self._store.positions()
+            checked_before, joined_now = visible + 1, False
+        else:
+            visible, checked_before, joined_now = await readable_upto(
+                self._store, requester.user_id, room_id
+            )
         accept = None if event_filter is None else event_filter.predicate()
         if direction == "b":
             start = visible if from_position is None else min(from_position, visible)
@@ -414,13 +423,14 @@ class RoomMessages:
                 room_id, after=start, upto=ceiling, limit=limit, backwards=False, accept=accept
             )
             end = events[-1].stream_ordering if events and more else None
-        events = await visible_to(
-            self._store,
-            requester.user_id,
-            events,
-            joined_now=joined_now,
-            checked_before=checked_before,
-        )
+        if not everything:
+            events = await visible_to(
+                self._store,
+                requester.user_id,
+                events,
+                joined_now=joined_now,
+                checked_before=checked_before,
+            )
         answer: dict[str, Any] = {
             "start": from_token if from_token is not None else format_pagination_token(start),
             "chunk": await sent_client_events(self._store, requester, events),
