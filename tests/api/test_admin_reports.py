@@ -78,3 +78,23 @@ async def test_a_report_is_shown_with_its_event_and_room(env: WithAdmin) -> None
         status=403,
         errcode="M_FORBIDDEN",
     )
+
+
+async def test_a_deleted_report_is_gone(env: WithAdmin) -> None:
+    c, http, admin, alice, bob = env.client, env.client.http, env.admin, env.alice, env.bob
+    room_id = await c.create_room(alice, preset="public_chat")
+    await c.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
+    await c.ok(bob, "POST", f"/rooms/{q(room_id)}/report", {"reason": "first"})
+    await c.ok(bob, "POST", f"/rooms/{q(room_id)}/report", {"reason": "second"})
+    first, second = (await admin_ok(http, admin, "GET", "/v1/event_reports"))["event_reports"]
+    path = f"/v1/event_reports/{first['id']}"
+    await admin_refused(http, bob, "DELETE", path, status=403, errcode="M_FORBIDDEN")
+    assert await admin_ok(http, admin, "DELETE", path) == {}
+    listed = await admin_ok(http, admin, "GET", "/v1/event_reports")
+    assert [report["id"] for report in listed["event_reports"]] == [second["id"]]
+    assert listed["total"] == 1
+    await admin_refused(http, admin, "GET", path, status=404, errcode="M_NOT_FOUND")
+    await admin_refused(http, admin, "DELETE", path, status=404, errcode="M_NOT_FOUND")
+    await admin_refused(
+        http, admin, "DELETE", "/v1/event_reports/x1", status=400, errcode="M_INVALID_PARAM"
+    )

@@ -1,5 +1,6 @@
 """``GET /_synapse/admin/v1/event_reports/{reportId}``: one kept report in
-detail (:class:`ranvier.core.admin_reports.AdminReports`). The list of
+detail (:class:`ranvier.core.admin_reports.AdminReports`); ``DELETE``
+forgets it. The list of
 reports is served beside the endpoints that take them
 (:mod:`ranvier.api.reports`). Admins only.
 """
@@ -19,17 +20,27 @@ __all__ = ["add_admin_report_routes"]
 
 
 def add_admin_report_routes(router: Router, *, auth: Auth, reports: AdminReports) -> None:
-    """Serve a report's details."""
+    """Serve a report's details and its deletion."""
 
     async def get_report(request: Request) -> Mapping[str, Any]:
         await require_admin(auth, request)
-        raw = request.path_params["report_id"]
-        if not raw.isdigit() or len(raw) > 15:
-            raise MatrixError(
-                "the report ID must be a positive integer",
-                errcode="M_INVALID_PARAM",
-                http_status=400,
-            )
-        return await reports.report(int(raw))
+        return await reports.report(_report_id(request))
+
+    async def delete_report(request: Request) -> Mapping[str, Any]:
+        await require_admin(auth, request)
+        await reports.delete(_report_id(request))
+        return {}
 
     router.add("GET", f"{ADMIN_V1}/event_reports/{{report_id}}", get_report)
+    router.add("DELETE", f"{ADMIN_V1}/event_reports/{{report_id}}", delete_report)
+
+
+def _report_id(request: Request) -> int:
+    raw = request.path_params["report_id"]
+    if not raw.isdigit() or len(raw) > 15:
+        raise MatrixError(
+            "the report ID must be a positive integer",
+            errcode="M_INVALID_PARAM",
+            http_status=400,
+        )
+    return int(raw)

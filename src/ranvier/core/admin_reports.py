@@ -1,6 +1,7 @@
 """One kept report as an admin reads it: the report with the reported
 event (its sender and JSON, when this server holds it) and the room's
-name and canonical alias, as Synapse's report details show them.
+name and canonical alias, as Synapse's report details show them; and a
+report dealt with, deleted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ class AdminReportStore(Protocol):
 
     async def report(self, report_id: int) -> ReportDetail | None: ...
 
+    async def delete_report(self, report_id: int) -> bool: ...
+
     async def room(self, server_name: str, room_id: str) -> RoomRow | None: ...
 
 
@@ -34,9 +37,7 @@ class AdminReports:
         """Report ``report_id``; 404 ``M_NOT_FOUND`` if there is none."""
         detail = await self._store.report(report_id)
         if detail is None:
-            raise MatrixError(
-                f"report {report_id} not found", errcode="M_NOT_FOUND", http_status=404
-            )
+            raise _no_report(report_id)
         room = await self._store.room(self._server_name, detail.room_id)
         answer: dict[str, Any] = {
             "id": detail.report_id,
@@ -55,3 +56,12 @@ class AdminReports:
                 None if detail.event_json is None else msgspec.json.decode(detail.event_json)
             )
         return answer
+
+    async def delete(self, report_id: int) -> None:
+        """Delete report ``report_id``; 404 ``M_NOT_FOUND`` if there is none."""
+        if not await self._store.delete_report(report_id):
+            raise _no_report(report_id)
+
+
+def _no_report(report_id: int) -> MatrixError:
+    return MatrixError(f"report {report_id} not found", errcode="M_NOT_FOUND", http_status=404)

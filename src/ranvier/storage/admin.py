@@ -111,3 +111,8 @@ class AdminStorage:
 
     async def report(self, report_id: int) -> ReportDetail | None:
         return await self._readers.read(functools.partial(admin_reads.report, report_id=report_id))
+
+    async def delete_report(self, report_id: int) -> bool:
+        return await self._writer.submit(
+            functools.partial(admin_writes.delete_event_report, report_id=report_id)
+        )

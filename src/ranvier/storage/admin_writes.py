@@ -1,6 +1,6 @@
 """The writes only the admin API makes: an account's admin flag, its lock
-and suspension, an account brought back from deactivation, and rooms
-blocked or unblocked.
+and suspension, an account brought back from deactivation, rooms blocked
+or unblocked, and event reports dealt with.
 
 Each is one registered write, so a worker's admin request is written by
 the main process as it would be here, and each is the same when run again.
@@ -14,6 +14,7 @@ from .write_backend import registered_write
 
 __all__ = [
     "block_room",
+    "delete_event_report",
     "reactivate_account",
     "set_admin",
     "set_locked",
@@ -76,3 +77,9 @@ def block_room(conn: sqlite3.Connection, *, room_id: str, user_id: str, blocked_
 @registered_write
 def unblock_room(conn: sqlite3.Connection, *, room_id: str) -> None:
     conn.execute("DELETE FROM blocked_rooms WHERE room_id = ?", (room_id,))
+
+
+@registered_write
+def delete_event_report(conn: sqlite3.Connection, *, report_id: int) -> bool:
+    """Forget event report ``report_id``; False if there is none."""
+    return conn.execute("DELETE FROM event_reports WHERE report_id = ?", (report_id,)).rowcount > 0
