@@ -106,7 +106,7 @@ from ranvier.api.admin_reports import add_admin_report_routes
 from ranvier.api.admin_rooms import add_admin_room_messages_route, add_admin_room_routes
 from ranvier.api.admin_server_notices import add_admin_server_notice_routes
 from ranvier.api.admin_user_data import add_admin_user_data_routes
-from ranvier.api.admin_users import add_admin_user_routes
+from ranvier.api.admin_users import add_admin_user_routes, add_username_available_route
 from ranvier.api.app import ClientApp
 from ranvier.api.appservices import add_appservice_routes
 from ranvier.api.auth import Auth
@@ -1688,6 +1688,9 @@ class HomeServer:
             else (self._server_notices.system_user_id,),
         )
         add_admin_user_routes(router, auth=self.auth, users=users)
+        add_username_available_route(
+            router, auth=self.auth, accounts=self.accounts, app_services=self._app_services
+        )
         user_data = AdminUserData(
             users=users,
             devices=devices,

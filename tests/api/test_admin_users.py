@@ -360,3 +360,33 @@ async def test_the_client_apis_whois_answers_admins_and_the_user_themselves(
         admin, "GET", f"/admin/whois/{q('@x:elsewhere.example')}",
         status=400, errcode="M_INVALID_PARAM",
     )  # fmt: skip
+
+
+async def test_username_available_checks_as_registration_does(env: WithAdmin) -> None:
+    c, http, admin, bob = env.client, env.client.http, env.admin, env.bob
+    path = "/v1/username_available"
+    # The same answers as the client API's check.
+    assert await c.ok(None, "GET", "/register/available", params={"username": "carol"}) == {
+        "available": True
+    }
+    assert await admin_ok(http, admin, "GET", path, params={"username": "carol"}) == {
+        "available": True
+    }
+    for username, errcode in (
+        ("alice", "M_USER_IN_USE"),
+        ("ALICE", "M_USER_IN_USE"),
+        ("no spaces", "M_INVALID_USERNAME"),
+        ("", "M_INVALID_USERNAME"),
+    ):
+        await admin_refused(
+            http, admin, "GET", path, params={"username": username}, status=400, errcode=errcode
+        )
+    await admin_refused(http, admin, "GET", path, status=400, errcode="M_MISSING_PARAM")
+    await admin_refused(
+        http, bob, "GET", path, params={"username": "carol"}, status=403, errcode="M_FORBIDDEN"
+    )
+    # Registering the name makes it taken.
+    await env.hs.register_user("carol")
+    await admin_refused(
+        http, admin, "GET", path, params={"username": "carol"}, status=400, errcode="M_USER_IN_USE"
+    )

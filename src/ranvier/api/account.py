@@ -88,6 +88,25 @@ def _required_str(body: Mapping[str, Any], key: str) -> str:
     return value
 
 
+async def check_username_available(
+    accounts: Accounts, services: AppServices, request: Request
+) -> None:
+    """The checks of ``GET /register/available`` (and the admin API's
+    ``username_available``) on the ``username`` query parameter: 400
+    ``M_MISSING_PARAM``, ``M_INVALID_USERNAME``, ``M_USER_IN_USE``, or
+    ``M_EXCLUSIVE`` for a name an application service holds.
+    """
+    username = request.query_value("username")
+    if username is None:
+        raise MatrixError(
+            "the 'username' query parameter is required",
+            errcode="M_MISSING_PARAM",
+            http_status=400,
+        )
+    user_id = await accounts.check_username_available(username.lower())
+    services.check_user_registration(user_id, None)
+
+
 def add_account_routes(
     router: Router,
     *,
@@ -271,15 +290,7 @@ def add_account_routes(
 
     async def register_available(request: Request) -> Mapping[str, Any]:
         check_open()
-        username = request.query_value("username")
-        if username is None:
-            raise MatrixError(
-                "the 'username' query parameter is required",
-                errcode="M_MISSING_PARAM",
-                http_status=400,
-            )
-        user_id = await accounts.check_username_available(username.lower())
-        services.check_user_registration(user_id, None)
+        await check_username_available(accounts, services, request)
         return {"available": True}
 
     async def login_flows(request: Request) -> Mapping[str, Any]:

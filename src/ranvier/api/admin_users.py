@@ -12,16 +12,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ranvier.api.account import check_username_available
 from ranvier.api.account_moderation import add_account_moderation_routes
 from ranvier.api.admin_common import ADMIN_V1, ADMIN_V2, body_object, page_params, require_admin
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.api.query_params import flag_param
+from ranvier.core.accounts import Accounts
 from ranvier.core.admin_users import AdminUsers, UserListRequest
+from ranvier.core.appservices import AppServices
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.web import JsonResponse, Request, Router
 
-__all__ = ["add_admin_user_routes"]
+__all__ = ["add_admin_user_routes", "add_username_available_route"]
 
 
 def add_admin_user_routes(router: Router, *, auth: Auth, users: AdminUsers) -> None:
@@ -114,6 +117,21 @@ def add_admin_user_routes(router: Router, *, auth: Auth, users: AdminUsers) -> N
     for prefix in CLIENT_VERSION_PREFIXES:
         router.add("GET", f"{prefix}/admin/whois/{{user_id}}", client_whois)
     add_account_moderation_routes(router, auth=auth, users=users)
+
+
+def add_username_available_route(
+    router: Router, *, auth: Auth, accounts: Accounts, app_services: AppServices
+) -> None:
+    """Serve ``GET /_synapse/admin/v1/username_available``: the client
+    API's ``/register/available``, open to admins whether registration is
+    or not."""
+
+    async def username_available(request: Request) -> Mapping[str, Any]:
+        await require_admin(auth, request)
+        await check_username_available(accounts, app_services, request)
+        return {"available": True}
+
+    router.add("GET", f"{ADMIN_V1}/username_available", username_available)
 
 
 def _without_unknowns(whois: Mapping[str, Any]) -> dict[str, Any]:
