@@ -101,6 +101,7 @@ from ranvier.api.admin import add_admin_routes
 from ranvier.api.admin_common import add_server_version_route
 from ranvier.api.admin_federation import add_admin_federation_routes
 from ranvier.api.admin_media import add_admin_media_routes
+from ranvier.api.admin_ratelimit import add_admin_ratelimit_routes
 from ranvier.api.admin_registration_tokens import add_admin_registration_token_routes
 from ranvier.api.admin_reports import add_admin_report_routes
 from ranvier.api.admin_rooms import add_admin_room_messages_route, add_admin_room_routes
@@ -201,6 +202,7 @@ from ranvier.core.profiles import Profiles
 from ranvier.core.push_rules import PushRules, PushRulesAccountData
 from ranvier.core.push_sender import PushSender
 from ranvier.core.pushers import Pushers
+from ranvier.core.ratelimit_overrides import RateLimitOverrides
 from ranvier.core.receipts import Receipts
 from ranvier.core.redactions import ServedStateReader
 from ranvier.core.registration_tokens import RegistrationTokens
@@ -963,10 +965,12 @@ class HomeServer:
             on_authenticated=self._heard_from,
             rate_limiter=_federation_rate_limiter(config),
         )
+        self._ratelimit_overrides = RateLimitOverrides(store=self._storage.ratelimit_overrides)
         rate_limits = RouteLimits(
             RateLimiter.from_config(config.ratelimit),
             identify=self.auth.get_user,
             trust_x_forwarded_for=config.ratelimit.trust_x_forwarded_for,
+            overrides=self._ratelimit_overrides,
         )
         self._client_app = ClientApp(router=self._client_router(), rate_limits=rate_limits)
         self._listeners = []
@@ -1690,6 +1694,9 @@ class HomeServer:
         add_admin_user_routes(router, auth=self.auth, users=users)
         add_username_available_route(
             router, auth=self.auth, accounts=self.accounts, app_services=self._app_services
+        )
+        add_admin_ratelimit_routes(
+            router, auth=self.auth, users=users, overrides=self._ratelimit_overrides
         )
         user_data = AdminUserData(
             users=users,

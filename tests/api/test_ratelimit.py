@@ -109,6 +109,22 @@ async def test_the_limiter_refuses_with_retry_after_ms(mock_clock: MockClock) ->
     assert limiter.bucket_count("message") == 1
 
 
+async def test_an_own_rate_is_counted_apart_from_the_category(mock_clock: MockClock) -> None:
+    limiter = RateLimiter({"message": Rate(per_second=0.1, burst=1)})
+    own = Rate(per_second=1, burst=2)
+    limiter.check("message", "@a:hs")
+    # The category's bucket is empty; the own rate's is full.
+    limiter.check_at("message", "@a:hs", own)
+    limiter.check_at("message", "@a:hs", own)
+    with pytest.raises(LimitExceededError) as refused:
+        limiter.check_at("message", "@a:hs", own)
+    assert refused.value.retry_after_ms == 1000
+    mock_clock.jump(1)
+    limiter.check_at("message", "@a:hs", own)
+    with pytest.raises(LimitExceededError):
+        limiter.check("message", "@a:hs")
+
+
 # --- Configuration --------------------------------------------------------------------
 
 

@@ -94,6 +94,7 @@ TABLES_ADDED = {
     # A column of redactions, no table.
     45: set(),
     46: {"remote_device_lists", "remote_device_keys"},
+    47: {"ratelimit_overrides"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -296,6 +297,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
     elif version == 46:
         run("INSERT INTO remote_device_lists VALUES ('@b:y', 7, x'7b7d', NULL, 5, 0)")
         run("INSERT INTO remote_device_keys VALUES ('@b:y', 'DEV', x'7b7d')")
+    elif version == 47:
+        run("INSERT INTO ratelimit_overrides VALUES ('@a:x', 0, 0)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

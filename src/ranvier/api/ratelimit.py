@@ -32,6 +32,10 @@ Invariants
   registration come before there is a user to ask about. Application
   services registered with ``rate_limited: false`` are exempt from all,
   and a service's own sender always is.
+* **An admin's override wins** for a user's messages (Synapse's
+  ``override_ratelimit``, :class:`RateOverrides`): the user's own rate
+  and burst, counted in buckets of their own, or no limit at all when the
+  rate is 0.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 import trio
 
@@ -58,6 +62,7 @@ __all__ = [
     "Category",
     "Rate",
     "RateLimiter",
+    "RateOverrides",
     "RouteLimits",
     "TokenBuckets",
     "client_address",
@@ -192,9 +197,11 @@ class RateLimiter:
         *,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
+        self._clock = clock
         self._buckets = {
             category: TokenBuckets(rate, clock=clock) for category, rate in rates.items()
         }
+        self._override_buckets: dict[tuple[Category, Rate], TokenBuckets] = {}
 
     @classmethod
     def from_config(
@@ -230,6 +237,10 @@ class RateLimiter:
         buckets = self._buckets.get(category)
         if buckets is None:
             return
+        self._take(category, buckets, key)
+
+    @staticmethod
+    def _take(category: Category, buckets: TokenBuckets, key: str) -> None:
         wait = buckets.take(key)
         if wait > 0:
             raise LimitExceededError(
@@ -237,6 +248,17 @@ class RateLimiter:
                 f" {buckets.rate.per_second:g} a second after that",
                 retry_after_ms=math.ceil(wait * 1000),
             )
+
+    def check_at(self, category: Category, key: str, rate: Rate) -> None:
+        """:meth:`check` at ``rate`` instead of the category's: a user's
+        override. Buckets are kept per rate, so a changed override starts
+        the user afresh, and there are as many sets as distinct overrides.
+        """
+        buckets = self._override_buckets.get((category, rate))
+        if buckets is None:
+            buckets = TokenBuckets(rate, clock=self._clock)
+            self._override_buckets[category, rate] = buckets
+        self._take(category, buckets, key)
 
     def bucket_count(self, category: Category) -> int:
         """How many buckets ``category`` holds: for tests and monitoring."""
@@ -246,6 +268,18 @@ class RateLimiter:
 
 #: Finds who made a request from its access token: ``Auth.get_user``.
 Identify = Callable[[Request], Awaitable[Requester]]
+
+#: The categories an admin's per-user override applies to, as on Synapse.
+_OVERRIDDEN: Final[frozenset[Category]] = frozenset(("message",))
+
+
+class RateOverrides(Protocol):
+    """Admins' per-user overrides
+    (:class:`ranvier.core.ratelimit_overrides.RateLimitOverrides`)."""
+
+    async def rate_override(self, user_id: str) -> tuple[int, int] | None:
+        """``(messages_per_second, burst_count)`` for ``user_id``, or None."""
+        ...
 
 
 class RouteLimits:
@@ -258,7 +292,8 @@ class RouteLimits:
     one) goes on to its handler unlimited, which refuses it the same way.
     ``trust_x_forwarded_for`` takes the client address from the last
     ``X-Forwarded-For`` entry, which the reverse proxy in front of the
-    server appended, instead of from the connection.
+    server appended, instead of from the connection. ``overrides`` gives
+    users' own message rates, when admins may set them.
     """
 
     def __init__(
@@ -268,8 +303,10 @@ class RouteLimits:
         identify: Identify,
         routes: Mapping[tuple[str, str], Category] = DEFAULT_ROUTE_CATEGORIES,
         trust_x_forwarded_for: bool = False,
+        overrides: RateOverrides | None = None,
     ) -> None:
         self.limiter = limiter
+        self._overrides = overrides
         self._identify = identify
         self._categories: dict[tuple[str, tuple[str | None, ...]], Category] = {}
         for (method, pattern), category in routes.items():
@@ -302,6 +339,15 @@ class RouteLimits:
             return
         if requester.is_admin or not requester.rate_limited:
             return
+        if self._overrides is not None and category in _OVERRIDDEN:
+            own = await self._overrides.rate_override(requester.user_id)
+            if own is not None:
+                per_second, burst = own
+                if per_second > 0:
+                    self.limiter.check_at(
+                        category, requester.user_id, Rate(per_second, max(burst, 1))
+                    )
+                return
         self.limiter.check(category, requester.user_id)
 
     async def _limited(self, request: Request) -> bool:

@@ -1163,6 +1163,16 @@ def _remote_device_lists(conn: sqlite3.Connection) -> None:
     )
 
 
+def _ratelimit_overrides(conn: sqlite3.Connection) -> None:
+    """Admins' per-user overrides of the message rate limit
+    (:mod:`ranvier.storage.ratelimit_overrides`)."""
+    conn.execute(
+        "CREATE TABLE ratelimit_overrides (user_id TEXT PRIMARY KEY NOT NULL"
+        " REFERENCES users (user_id), messages_per_second INTEGER NOT NULL,"
+        " burst_count INTEGER NOT NULL) STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1211,6 +1221,7 @@ MIGRATIONS: Sequence[Migration] = (
     _sso_sessions,
     _redacted_content_pruning,
     _remote_device_lists,
+    _ratelimit_overrides,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

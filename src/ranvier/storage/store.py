@@ -41,6 +41,7 @@ from .media import MediaStorage
 from .media_admin import MediaAdminStorage
 from .notification_reads import NotificationReads
 from .pushers import PusherStorage
+from .ratelimit_overrides import RateLimitOverrideStorage
 from .readers import ReaderPool
 from .receipts import ReceiptStorage
 from .records import (
@@ -167,6 +168,7 @@ class Storage:
         self.notifications = NotificationReads(self.readers)
         self.event_stream = EventStreamReads(self.readers)
         self.pushers = PusherStorage(self.writer, self.readers)
+        self.ratelimit_overrides = RateLimitOverrideStorage(self.writer, self.readers)
         self.appservices = AppServiceStorage(self.writer, self.readers)
         self.reports = ReportStorage(self.writer, self.readers)
         self.server_notices = ServerNoticeStorage(self.writer, self.readers)
