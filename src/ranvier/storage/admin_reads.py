@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from .membership_sql import MEMBERSHIP
+
 __all__ = [
     "BlockRecord",
     "DeviceRow",
@@ -134,11 +136,6 @@ class ReportDetail:
     event_json: bytes | None
 
 
-_MEMBERSHIP: Final = (
-    "CASE WHEN json_type(CAST(e.json AS TEXT), '$.content.membership') = 'text'"
-    " THEN json_extract(CAST(e.json AS TEXT), '$.content.membership') END"
-)
-
 _USER_COLUMNS: Final = (
     "SELECT u.user_id, u.admin, u.deactivated, u.created_ts, p.displayname, p.avatar_url,"
     " (SELECT MAX(d.last_seen_ts) FROM devices AS d WHERE d.user_id = u.user_id)"
@@ -243,7 +240,7 @@ def joined_rooms_of(conn: sqlite3.Connection, *, user_id: str) -> list[str]:
         for (room_id,) in conn.execute(
             "SELECT cs.room_id FROM current_state AS cs JOIN events AS e"
             " ON e.event_id = cs.event_id WHERE cs.type = 'm.room.member'"
-            f" AND cs.state_key = ? AND {_MEMBERSHIP} = 'join' ORDER BY cs.room_id",
+            f" AND cs.state_key = ? AND {MEMBERSHIP} = 'join' ORDER BY cs.room_id",
             (user_id,),
         )
     ]
@@ -266,7 +263,7 @@ def _joined(local: bool) -> str:
     return (
         "(SELECT COUNT(*) FROM current_state AS cs JOIN events AS e ON e.event_id = cs.event_id"
         " WHERE cs.room_id = r.room_id AND cs.type = 'm.room.member'"
-        f" AND {_MEMBERSHIP} = 'join'{mine})"
+        f" AND {MEMBERSHIP} = 'join'{mine})"
     )
 
 
@@ -292,7 +289,7 @@ _ROOM_SELECT: Final = (
     " (SELECT COUNT(*) FROM devices AS d WHERE d.user_id IN"
     "  (SELECT cs.state_key FROM current_state AS cs JOIN events AS e"
     "   ON e.event_id = cs.event_id WHERE cs.room_id = r.room_id"
-    f"   AND cs.type = 'm.room.member' AND {_MEMBERSHIP} = 'join'"
+    f"   AND cs.type = 'm.room.member' AND {MEMBERSHIP} = 'join'"
     "   AND substr(cs.state_key, -length(:suffix)) = :suffix))"
     " FROM rooms AS r"
     # Rooms this server has state of: not those known only by an invite.
@@ -348,7 +345,7 @@ def room_members(conn: sqlite3.Connection, *, room_id: str) -> list[str]:
         for (user_id,) in conn.execute(
             "SELECT cs.state_key FROM current_state AS cs JOIN events AS e"
             " ON e.event_id = cs.event_id WHERE cs.room_id = ? AND cs.type = 'm.room.member'"
-            f" AND {_MEMBERSHIP} = 'join' ORDER BY cs.state_key",
+            f" AND {MEMBERSHIP} = 'join' ORDER BY cs.state_key",
             (room_id,),
         )
     ]
@@ -363,7 +360,7 @@ def local_members_to_remove(
         for (user_id,) in conn.execute(
             "SELECT cs.state_key FROM current_state AS cs JOIN events AS e"
             " ON e.event_id = cs.event_id WHERE cs.room_id = ? AND cs.type = 'm.room.member'"
-            f" AND {_MEMBERSHIP} IN ('join', 'invite', 'knock')"
+            f" AND {MEMBERSHIP} IN ('join', 'invite', 'knock')"
             " AND substr(cs.state_key, -length(?)) = ? ORDER BY cs.state_key",
             (room_id, f":{server_name}", f":{server_name}"),
         )

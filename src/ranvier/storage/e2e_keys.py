@@ -45,6 +45,7 @@ import msgspec
 
 from ranvier.errors import MatrixError
 
+from .membership_sql import MEMBERSHIP
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
 
@@ -52,12 +53,6 @@ __all__ = ["E2eKeyStorage", "E2eSyncRead", "forget_device_keys", "store_device_k
 
 #: Users or rooms bound per statement.
 _BATCH: Final = 500
-
-#: An event's ``content.membership`` when it is a string, else NULL.
-_MEMBERSHIP: Final = (
-    "CASE WHEN json_type(CAST(e.json AS TEXT), '$.content.membership') = 'text'"
-    " THEN json_extract(CAST(e.json AS TEXT), '$.content.membership') END"
-)
 
 
 def _sequence(conn: sqlite3.Connection, table: str) -> int:
@@ -842,7 +837,7 @@ def _membership_changes(
     for chunk in _chunks(room_ids):
         marks = ", ".join("?" * len(chunk))
         for ordering, room_id, user_id, membership in conn.execute(
-            f"SELECT e.stream_ordering, e.room_id, e.state_key, {_MEMBERSHIP} FROM events AS e"
+            f"SELECT e.stream_ordering, e.room_id, e.state_key, {MEMBERSHIP} FROM events AS e"
             f" WHERE e.room_id IN ({marks}) AND e.type = 'm.room.member'"
             " AND e.stream_ordering > ? AND e.stream_ordering <= ?"
             " AND e.outlier = 0 AND e.rejected_reason IS NULL AND e.soft_failed = 0",
@@ -870,7 +865,7 @@ def _joined_members(conn: sqlite3.Connection, *, room_ids: list[str]) -> set[str
                 "SELECT DISTINCT cs.state_key FROM current_state AS cs"
                 " JOIN events AS e ON e.event_id = cs.event_id"
                 f" WHERE cs.type = 'm.room.member' AND cs.room_id IN ({marks})"
-                f" AND {_MEMBERSHIP} = 'join'",
+                f" AND {MEMBERSHIP} = 'join'",
                 tuple(chunk),
             )
         )

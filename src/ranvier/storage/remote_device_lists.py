@@ -32,18 +32,14 @@ import functools
 import sqlite3
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Literal
 
+from .membership_sql import MEMBERSHIP
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
 
 __all__ = ["CachedDeviceList", "RemoteDeviceListStorage", "RemoteDeviceLookup", "UpdateOutcome"]
 
-#: An event's ``content.membership`` when it is a string, else NULL.
-_MEMBERSHIP: Final = (
-    "CASE WHEN json_type(CAST(e.json AS TEXT), '$.content.membership') = 'text'"
-    " THEN json_extract(CAST(e.json AS TEXT), '$.content.membership') END"
-)
 
 #: What became of an ``m.device_list_update``: applied to a fresh row,
 #: ignored as one already heard of, the row marked (or left) stale, or a
@@ -191,7 +187,7 @@ def _joined_rooms(conn: sqlite3.Connection, user_id: str) -> list[tuple[str, int
         for room_id, ordering in conn.execute(
             "SELECT cs.room_id, e.stream_ordering FROM current_state AS cs"
             " JOIN events AS e ON e.event_id = cs.event_id"
-            f" WHERE cs.type = 'm.room.member' AND cs.state_key = ? AND {_MEMBERSHIP} = 'join'",
+            f" WHERE cs.type = 'm.room.member' AND cs.state_key = ? AND {MEMBERSHIP} = 'join'",
             (user_id,),
         )
     ]
@@ -207,7 +203,7 @@ def _first_local_join(conn: sqlite3.Connection, room_id: str, server_name: str) 
         " JOIN events AS e ON e.event_id = cs.event_id"
         " WHERE cs.room_id = ? AND cs.type = 'm.room.member'"
         " AND substr(cs.state_key, -?) = ?"
-        f" AND {_MEMBERSHIP} = 'join'",
+        f" AND {MEMBERSHIP} = 'join'",
         (room_id, len(suffix), suffix),
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])

@@ -24,6 +24,7 @@ import sqlite3
 from collections.abc import Collection
 
 from .local_memberships import newest_membership
+from .membership_sql import MEMBERSHIP
 from .readers import ReaderPool
 from .write_backend import WriteBackend
 
@@ -31,12 +32,6 @@ __all__ = ["RoomMemberStorage"]
 
 #: Event IDs bound per statement when reading memberships by event ID.
 _BATCH = 500
-
-#: An event's ``content.membership`` when it is a string, else NULL.
-_MEMBERSHIP = (
-    "CASE WHEN json_type(CAST(e.json AS TEXT), '$.content.membership') = 'text'"
-    " THEN json_extract(CAST(e.json AS TEXT), '$.content.membership') END"
-)
 
 
 class RoomMemberStorage:
@@ -101,7 +96,7 @@ class RoomMemberStorage:
                 " WHERE cs.room_id = ? AND cs.type = 'm.room.member'"
                 " AND instr(cs.state_key, ':') > 0"
                 " AND substr(cs.state_key, instr(cs.state_key, ':') + 1) = ?"
-                f" AND {_MEMBERSHIP} = 'join' LIMIT 1",
+                f" AND {MEMBERSHIP} = 'join' LIMIT 1",
                 (room_id, server_name),
             ).fetchone()
             return row is not None
@@ -113,8 +108,8 @@ class RoomMemberStorage:
         who may see ``user_id``'s presence, and whose ``user_id`` may see.
         """
         wanted = list(dict.fromkeys(candidates))
-        mine = _MEMBERSHIP
-        theirs = _MEMBERSHIP.replace("e.json", "o.json")
+        mine = MEMBERSHIP
+        theirs = MEMBERSHIP.replace("e.json", "o.json")
 
         def select(conn: sqlite3.Connection) -> set[str]:
             rooms = [
@@ -159,7 +154,7 @@ class RoomMemberStorage:
                 batch = wanted[start : start + _BATCH]
                 marks = ", ".join("?" * len(batch))
                 rows = conn.execute(
-                    f"SELECT e.event_id, e.stream_ordering, {_MEMBERSHIP} FROM events AS e"
+                    f"SELECT e.event_id, e.stream_ordering, {MEMBERSHIP} FROM events AS e"
                     f" WHERE e.event_id IN ({marks})",
                     batch,
                 )
