@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from ranvier.storage.housekeeping import Prune, _delete, _find
 ALICE = "@alice:example.org"
 BOB = "@bob:example.org"
 CAROL = "@carol:example.org"
+DAN, ERIN, FAY, GIL = (f"@{name}:remote.example" for name in ("dan", "erin", "fay", "gil"))
 #: Rows stamped OLD are before the cutoff of every test, NEW after it.
 OLD, CUTOFF, NEW = 100, 500, 1000
 
@@ -104,6 +106,39 @@ def _seed(conn: sqlite3.Connection) -> None:
             " VALUES (?, ?, '!r:example.org', 1, ?)",
             (redaction, target, ts),
         )
+    # Kept device lists: Dan shares !r with Alice (ours); Erin is joined
+    # only to a room Alice left; Fay is in no room; Gil is in !r but left.
+    run("INSERT INTO rooms (room_id, room_version) VALUES ('!left:example.org', '10')")
+    for n, (room, user, membership) in enumerate(
+        (
+            ("!r:example.org", ALICE, "join"),
+            ("!r:example.org", DAN, "join"),
+            ("!r:example.org", GIL, "leave"),
+            ("!left:example.org", ALICE, "leave"),
+            ("!left:example.org", ERIN, "join"),
+        )
+    ):
+        event_id = f"$member{n}"
+        run(
+            "INSERT INTO events (event_id, room_id, type, state_key, sender, depth,"
+            " origin_server_ts, json, outlier, soft_failed)"
+            " VALUES (?, ?, 'm.room.member', ?, ?, 0, 0, ?, 0, 0)",
+            (
+                event_id,
+                room,
+                user,
+                user,
+                json.dumps({"content": {"membership": membership}}).encode(),
+            ),
+        )
+        run(
+            "INSERT INTO current_state (room_id, type, state_key, event_id)"
+            " VALUES (?, 'm.room.member', ?, ?)",
+            (room, user, event_id),
+        )
+    for user in (DAN, ERIN, FAY, GIL):
+        run("INSERT INTO remote_device_lists VALUES (?, 1, NULL, NULL, 0, 0)", (user,))
+        run("INSERT INTO remote_device_keys VALUES (?, 'DEV', x'7b7d')", (user,))
 
 
 @pytest.fixture
@@ -174,6 +209,14 @@ _EXPECTED: dict[Prune, tuple[str, list[Any], int]] = {
         "SELECT stream_id, user_id FROM device_list_changes",
         [(2, BOB), (3, ALICE), (400, CAROL), (600, CAROL), (700, ALICE)],
         1,
+    ),
+    # Only Dan shares a room with one of ours; the other lists go, with
+    # their devices' keys.
+    Prune.UNSHARED_DEVICE_LISTS: (
+        "SELECT l.user_id, k.device_id FROM remote_device_lists AS l"
+        " LEFT JOIN remote_device_keys AS k USING (user_id)",
+        [(DAN, "DEV")],
+        3,
     ),
     # Only the old redaction of a stored event is taken (its event's
     # content goes: tests/storage/test_redacted_content.py).

@@ -114,6 +114,7 @@ class Housekeeping(PeriodicPasses[dict[Prune, int]]):
             Prune.SLIDING_SYNC_CONNECTIONS: now_ms - POS_LIFETIME_MS,
             # A position, not a time: see the module's doc.
             Prune.SUPERSEDED_DEVICE_LIST_CHANGES: self._device_lists_horizon,
+            Prune.UNSHARED_DEVICE_LISTS: now_ms,
             **redacted,
         }
 

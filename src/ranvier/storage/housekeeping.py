@@ -37,6 +37,7 @@ import sqlite3
 from typing import Final
 
 from .e2e_keys import E2eKeyStorage
+from .membership_sql import MEMBERSHIP, membership_of
 from .readers import ReaderPool
 from .redacted_content import prune_redacted_content, waiting_redactions
 from .write_backend import WriteBackend, registered_write
@@ -77,6 +78,11 @@ class Prune(enum.Enum):
     #: or below ``cutoff_ms``, which for this rule is a position of the
     #: device-list stream, not a time (see :data:`_SUPERSEDED_CHANGE`).
     SUPERSEDED_DEVICE_LIST_CHANGES = "superseded_device_list_changes"
+    #: Other servers' users' kept device lists
+    #: (:mod:`ranvier.storage.remote_device_lists`) once they share no room
+    #: with this server: a row is used only while they do, and would be
+    #: fetched again after a break anyway. ``cutoff_ms`` is not used.
+    UNSHARED_DEVICE_LISTS = "unshared_device_lists"
     #: The original content of events redacted by redactions received
     #: before ``cutoff_ms``: not a delete but a rewrite of each event's JSON
     #: (:mod:`ranvier.storage.redacted_content`); counted by redactions.
@@ -103,6 +109,17 @@ _SUPERSEDED_CHANGE: Final = (
     " AND n.stream_id > t.stream_id AND n.stream_id <= :cutoff)"
 )
 
+#: A kept device list (aliased ``t``) of a user joined to no room that one
+#: of this server's users (a row of ``users``) is joined to.
+_UNSHARED: Final = f"""NOT EXISTS (
+    SELECT 1 FROM current_state AS cs JOIN events AS e ON e.event_id = cs.event_id
+    WHERE cs.type = 'm.room.member' AND cs.state_key = t.user_id AND {MEMBERSHIP} = 'join'
+    AND EXISTS (
+        SELECT 1 FROM current_state AS ours JOIN users AS u ON u.user_id = ours.state_key
+        JOIN events AS oe ON oe.event_id = ours.event_id
+        WHERE ours.room_id = cs.room_id AND ours.type = 'm.room.member'
+        AND {membership_of("oe")} = 'join'))"""
+
 #: Per rule with a single table: the table and the condition on its rows
 #: (aliased ``t``), with ``:cutoff`` where the rule compares with it.
 _RULES: Final[dict[Prune, tuple[str, str]]] = {
@@ -125,6 +142,7 @@ _RULES: Final[dict[Prune, tuple[str, str]]] = {
     Prune.REGISTRATION_TOKEN_SESSIONS: ("registration_token_sessions", "t.expires_ts <= :cutoff"),
     Prune.SSO_SESSIONS: ("sso_sessions", "t.expires_ts <= :cutoff"),
     Prune.SUPERSEDED_DEVICE_LIST_CHANGES: ("device_list_changes", _SUPERSEDED_CHANGE),
+    Prune.UNSHARED_DEVICE_LISTS: ("remote_device_lists", _UNSHARED),
 }
 
 

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["MEMBERSHIP"]
+__all__ = ["MEMBERSHIP", "membership_of"]
 
-#: The ``content.membership`` of the event aliased ``e`` when it is a
-#: string, else NULL.
-MEMBERSHIP: Final = (
-    "CASE WHEN json_type(CAST(e.json AS TEXT), '$.content.membership') = 'text'"
-    " THEN json_extract(CAST(e.json AS TEXT), '$.content.membership') END"
-)
+
+def membership_of(alias: str) -> str:
+    """The ``content.membership`` of the event aliased ``alias`` when it is
+    a string, else NULL."""
+    json = f"CAST({alias}.json AS TEXT)"
+    return (
+        f"CASE WHEN json_type({json}, '$.content.membership') = 'text'"
+        f" THEN json_extract({json}, '$.content.membership') END"
+    )
+
+
+#: :func:`membership_of` the event aliased ``e``, as most reads name it.
+MEMBERSHIP: Final = membership_of("e")
