@@ -3,7 +3,8 @@
 Several tables gain a row per request: records that let a retried request
 be answered as the first was (federation transactions, client transaction
 IDs), tokens and sessions with an expiry, URL previews, sliding sync
-connections, device-list changes; and redacted events keep what they said
+connections, device-list changes, other servers' users' device lists once
+they share no room with ours; and redacted events keep what they said
 until it is replaced (:mod:`ranvier.storage.redacted_content`). Nothing
 needs them after their window, and without this task they would stay for
 ever. The main process runs :meth:`Housekeeping.run`, a pass now and one
