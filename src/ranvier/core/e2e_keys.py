@@ -45,6 +45,7 @@ from ranvier.core.devices import DeviceAccounts
 from ranvier.core.notifier import StreamNotifier, StreamPosition
 from ranvier.core.presence import JoinedRooms, SharedRooms
 from ranvier.core.receipts import EduSink
+from ranvier.core.remote_answers import answer_within
 from ranvier.core.remote_device_lists import RemoteDeviceLists, cached_answer
 from ranvier.errors import BadJsonError, InvalidSignatureError, MatrixError
 from ranvier.protocol.canonical import encode_canonical_json
@@ -880,14 +881,12 @@ class E2eKeys:
     async def _ask(
         self, server: str, users: Mapping[str, list[str]], timeout_s: float
     ) -> dict[str, Any] | None:
-        if self.remote is None:
+        remote = self.remote
+        if remote is None:
             return None
-        try:
-            with trio.fail_after(timeout_s):
-                return await self.remote.query_keys(server, users)
-        except (MatrixError, OSError, trio.TooSlowError, ValueError) as exc:
-            _log.info("keys of %s's users not fetched: %s", server, exc)
-            return None
+        return await answer_within(
+            lambda: remote.query_keys(server, users), timeout_s, f"keys of {server}'s users"
+        )
 
     async def local_query(
         self, wanted: Mapping[str, Sequence[str]], *, requester: str | None = None
@@ -963,13 +962,15 @@ class E2eKeys:
     async def _claim_remote(
         self, server: str, users: Mapping[str, Mapping[str, str]], timeout_s: float
     ) -> dict[str, Any] | None:
-        if self.remote is None:
+        remote = self.remote
+        if remote is None:
             return None
-        try:
-            with trio.fail_after(timeout_s):
-                answer = await self.remote.claim_keys(server, users)
-        except (MatrixError, OSError, trio.TooSlowError, ValueError) as exc:
-            _log.info("keys of %s's users not claimed: %s", server, exc)
+        answer = await answer_within(
+            lambda: remote.claim_keys(server, users),
+            timeout_s,
+            f"one-time keys of {server}'s users",
+        )
+        if answer is None:
             return None
         found = answer.get("one_time_keys")
         return found if isinstance(found, dict) else None

@@ -25,14 +25,14 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final, Protocol, TypeGuard
 
 import msgspec
-import trio
 
-from ranvier.errors import MatrixError
 from ranvier.storage.remote_device_lists import (
     CachedDeviceList,
     RemoteDeviceLookup,
     UpdateOutcome,
 )
+
+from .remote_answers import answer_within
 
 __all__ = [
     "RemoteDeviceListStore",
@@ -182,13 +182,13 @@ class RemoteDeviceLists:
         events stream ``position`` (read before asking); None when the
         server gave none in time.
         """
-        if self.remote is None:
+        remote = self.remote
+        if remote is None:
             return None
-        try:
-            with trio.fail_after(timeout_s):
-                answer = await self.remote.user_devices(server, user_id)
-        except (MatrixError, OSError, trio.TooSlowError, ValueError) as exc:
-            _log.info("devices of %s not fetched: %s", user_id, exc)
+        answer = await answer_within(
+            lambda: remote.user_devices(server, user_id), timeout_s, f"devices of {user_id}"
+        )
+        if answer is None:
             return None
         listed, keepable = listed_devices(user_id, answer)
         if keepable:
