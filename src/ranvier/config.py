@@ -21,6 +21,7 @@ certificate and key, database) are listed, resolved, by :attr:`Config.paths`.
 
 from __future__ import annotations
 
+import email.utils
 import ipaddress
 import re
 import tomllib
@@ -39,6 +40,7 @@ __all__ = [
     "ConfigError",
     "DataPaths",
     "DatabaseConfig",
+    "EmailConfig",
     "FederationConfig",
     "FederationRateConfig",
     "ListenerConfig",
@@ -592,6 +594,53 @@ class OidcProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
             )
 
 
+class EmailConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Mail the server sends itself, through the operator's SMTP server:
+    validating the e-mail addresses users add to their accounts, and
+    password resets (:mod:`ranvier.core.email_validation`); ``[email]``.
+    Without the section no mail is sent and no address is kept."""
+
+    smtp_host: str
+    smtp_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 25
+    #: Log in to the SMTP server (AUTH PLAIN or LOGIN) as this user.
+    smtp_user: str | None = None
+    smtp_pass: str | None = None
+    #: Send nothing unless the server offers STARTTLS. It is used whenever
+    #: offered either way, and its certificate checked.
+    require_transport_security: bool = False
+    #: Speak TLS from the first byte (port 465) instead of upgrading with STARTTLS.
+    force_tls: bool = False
+    #: CA certificates (PEM) the SMTP server's certificate must chain to;
+    #: None means the system's.
+    ca_file: Path | None = None
+    #: The mails' From: ``Your Server <noreply@example.org>``.
+    notif_from: str
+    #: How the mails name the service (their subjects and first lines).
+    app_name: str = "Matrix"
+    #: Where the links in mails and the ``submit_url`` given to clients
+    #: point: this server's client API as users reach it. None means
+    #: ``[well_known] client_base_url``.
+    client_base_url: str | None = None
+    #: How long a validation token sent by mail may be used.
+    validation_token_lifetime_seconds: Annotated[int, msgspec.Meta(ge=60)] = 3600
+    #: How long talking to the SMTP server may take, all of one mail.
+    smtp_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.smtp_host.strip():
+            raise ConfigError("smtp_host", "must not be empty")
+        if self.smtp_pass is not None and self.smtp_user is None:
+            raise ConfigError("smtp_pass", "needs smtp_user")
+        _name, address = email.utils.parseaddr(self.notif_from)
+        local, at, domain = address.rpartition("@")
+        if not (local and at and domain) or any(ch.isspace() for ch in address):
+            raise ConfigError(
+                "notif_from",
+                f"expected an address like 'Name <user@example.org>', got {self.notif_from!r}",
+            )
+        _check_http_url("client_base_url", self.client_base_url)
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The homeserver's configuration. Build it with :meth:`default`,
     :meth:`from_toml` or :func:`load_config`, or directly with keywords."""
@@ -623,8 +672,20 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     #: OpenID Connect identity providers for single sign-on; the callback
     #: URL given to them is built on ``[well_known] client_base_url``.
     oidc_providers: tuple[OidcProviderConfig, ...] = ()
+    #: Mail for e-mail addresses and password resets; None sends none.
+    email: EmailConfig | None = None
 
     def __post_init__(self) -> None:
+        if (
+            self.email is not None
+            and self.email.client_base_url is None
+            and self.well_known.client_base_url is None
+        ):
+            raise ConfigError(
+                "email.client_base_url",
+                "required with [email] unless [well_known] client_base_url is set:"
+                " the links in mails are built on it",
+            )
         if self.oidc_providers and self.well_known.client_base_url is None:
             raise ConfigError(
                 "well_known.client_base_url",

@@ -19,6 +19,8 @@ fetched keys and the passing of time.
 * :mod:`~ranvier.testing.clocks`: :data:`NOW_MS` and :func:`ticking_clock`.
 * :mod:`~ranvier.testing.push_gateway`: :class:`FakePushGateway`, a push
   gateway over HTTPS on loopback that records the notifications it gets.
+* :mod:`~ranvier.testing.smtp`: :class:`FakeSmtpServer`, an SMTP server on
+  loopback (STARTTLS, AUTH) that keeps the mails it takes.
 * :mod:`~ranvier.testing.homeserver`: :func:`open_test_homeserver`, a whole
   homeserver in the test process, started in milliseconds, with
   :class:`TestHomeserver` and :class:`TestUser`; as a pytest fixture in
