@@ -1174,7 +1174,9 @@ class HomeServer:
             store=storage,
             persister=client_persister,
             notifier=notifier,
-            remote_inviter=FederationInviter(client, store=storage, keys=keys),
+            remote_inviter=FederationInviter(
+                client, store=storage, keys=keys, served=storage.redactions
+            ),
             room_locks=self._room_locks,
             # Messages and their client transactions in one commit, where
             # this process writes its own events.
@@ -1460,6 +1462,7 @@ class HomeServer:
             room_lock=self._room_locks.hold,
             invite_permission=self._invite_permission,
             policy_servers=self.ingester.policy_servers,
+            served=self.storage.redactions,
         )
         add_directory_route(router, self.room_directory)
         add_e2e_key_routes(router, server_name=config.server_name, keys=self.e2e_keys)

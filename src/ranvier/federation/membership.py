@@ -84,6 +84,7 @@ from ranvier.core.event_signatures import check_event_signatures, required_signe
 from ranvier.core.ingest import RoomLocks
 from ranvier.core.interfaces import EventNotifier, EventPersister, StateReader, VerifyKeySource
 from ranvier.core.loading import EventLoader
+from ranvier.core.redactions import ServedEvents
 from ranvier.errors import MatrixError, PartialStateConflictError
 from ranvier.federation.refusals import refusal_error, segment
 from ranvier.federation.transport.client import FederationError, FederationHttpClient
@@ -255,8 +256,10 @@ class _Membership:
         clock: Callable[[], int],
         invite_permission: InviteChecker | None,
         policy_servers: PolicyRecommender | None,
+        served: ServedEvents | None,
     ) -> None:
         self._server_name = server_name
+        self._served = served
         self._policy_servers = policy_servers
         self._invite_permission = invite_permission
         self._signing_key = signing_key
@@ -652,7 +655,13 @@ class _Membership:
         return servers
 
     async def _raw_events(self, event_ids: Sequence[str]) -> list[msgspec.Raw]:
-        stored = await self._store.get_events(event_ids)
+        # As served: an event a redaction applies to goes out redacted, as
+        # /state and /event send it, or its removed content would reach the
+        # asking server, which is never shown the redaction, to keep.
+        if self._served is None:
+            stored = await self._store.get_events(event_ids)
+        else:
+            stored = dict(await self._served.get_served_events(event_ids))
         return [msgspec.Raw(stored[event_id].json) for event_id in event_ids if event_id in stored]
 
     # invite.
@@ -776,6 +785,7 @@ def add_membership_routes(
     clock: Callable[[], int] = wall_clock_ms,
     invite_permission: InviteChecker | None = None,
     policy_servers: PolicyRecommender | None = None,
+    served: ServedEvents | None = None,
 ) -> None:
     """Serve the membership handshakes as a resident server.
 
@@ -789,6 +799,9 @@ def add_membership_routes(
     templates' ``origin_server_ts``. ``invite_permission`` refuses invites
     of our users who block them; ``policy_servers`` checks joins, leaves
     and knocks received with the room's policy server, if it has one.
+    ``served`` reads the events the answers carry (send_join's state and
+    auth chain, a knock's room state) redacted where a redaction applies;
+    without it they go out as stored.
     """
     handler = _Membership(
         server_name=server_name,
@@ -801,6 +814,7 @@ def add_membership_routes(
         clock=clock,
         invite_permission=invite_permission,
         policy_servers=policy_servers,
+        served=served,
     )
     v1, v2 = "/_matrix/federation/v1", "/_matrix/federation/v2"
     router.add("GET", f"{v1}/make_join/{{room_id}}/{{user_id}}", handler.make_join)
@@ -876,15 +890,22 @@ class FederationInviter:
     requires) and must answer with the same event signed by it; that
     signature is checked here with ``keys``. A refusal comes out as a
     :class:`~ranvier.errors.MatrixError` with the server's errcode and
-    status, no usable answer as one with 502.
+    status, no usable answer as one with 502. ``served`` reads the state
+    shown redacted where a redaction applies (as stored without it).
     """
 
     def __init__(
-        self, http: FederationHttpClient, *, store: StateReader, keys: VerifyKeySource
+        self,
+        http: FederationHttpClient,
+        *,
+        store: StateReader,
+        keys: VerifyKeySource,
+        served: ServedEvents | None = None,
     ) -> None:
         self._http = http
         self._store = store
         self._keys = keys
+        self._served = served
 
     async def send_invite(self, event: Pdu) -> Pdu:
         if event.membership != "invite" or event.state_key is None:
@@ -892,7 +913,11 @@ class FederationInviter:
         destination = _server_of(event.state_key)
         keys = (*INVITE_ROOM_STATE_KEYS, (_MEMBER, event.sender))
         state = await self._store.get_current_state_ids_for_keys(event.room_id, keys)
-        stored = await self._store.get_events(state.values())
+        # Redacted where a redaction applies, as the room's state is served.
+        if self._served is None:
+            stored = await self._store.get_events(state.values())
+        else:
+            stored = dict(await self._served.get_served_events(state.values()))
         # The request is signed as canonical JSON, so its events travel decoded.
         body = {
             "room_version": event.room_version.identifier,
