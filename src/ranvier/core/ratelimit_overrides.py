@@ -79,6 +79,9 @@ class RateLimitOverrides:
         self._clock = clock
         # User -> (when the entry goes stale, the override or None).
         self._cache: OrderedDict[str, tuple[float, _Override]] = OrderedDict()
+        # Counts the changes made here: a read that a change overtook may
+        # hold the old override, so its answer is not cached.
+        self._changes = 0
 
     async def rate_override(self, user_id: str) -> tuple[int, int] | None:
         """``(messages_per_second, burst_count)`` set for ``user_id``, or None."""
@@ -87,7 +90,10 @@ class RateLimitOverrides:
         if cached is not None and cached[0] > now:
             self._cache.move_to_end(user_id)
             return cached[1]
+        changes = self._changes
         override = await self._store.override(user_id)
+        if changes != self._changes:
+            return override
         self._cache[user_id] = (now + CACHE_SECONDS, override)
         self._cache.move_to_end(user_id)
         while len(self._cache) > _MAX_CACHED:
@@ -110,10 +116,16 @@ class RateLimitOverrides:
                 http_status=400,
             )
         await self._store.set_override(user_id, per_second, burst)
-        self._cache.pop(user_id, None)
+        self._forget(user_id)
         return _shown((per_second, burst))
 
     async def delete(self, user_id: str) -> None:
         """``DELETE``: the default limit applies again."""
         await self._store.delete_override(user_id)
+        self._forget(user_id)
+
+    def _forget(self, user_id: str) -> None:
+        """Drop ``user_id``'s cached answer, and any a read under way
+        would cache, after a change."""
         self._cache.pop(user_id, None)
+        self._changes += 1
