@@ -36,6 +36,7 @@ import msgspec
 
 from . import profile_fields
 from .readers import ReaderPool
+from .redactions import served_events
 from .write_backend import WriteBackend, registered_write
 
 __all__ = [
@@ -413,14 +414,18 @@ def _listed_rooms(conn: sqlite3.Connection) -> list[PublicRoomState]:
     for room_id in room_ids:
         state: dict[str, dict[str, Any]] = {}
         rows = conn.execute(
-            "SELECT s.type, e.json FROM current_state AS s"
-            " JOIN events AS e ON e.event_id = s.event_id"
+            "SELECT s.type, s.event_id FROM current_state AS s"
             f" WHERE s.room_id = ? AND s.state_key = '' AND s.type IN ({marks})",
             (room_id, *PUBLIC_ROOM_STATE),
         ).fetchall()
-        for event_type, event_json in rows:
+        # As served: a redacted name or topic is not listed for anyone to read.
+        events = served_events(conn, [str(event_id) for _, event_id in rows])
+        for event_type, event_id in rows:
+            event = events.get(str(event_id))
+            if event is None:
+                continue
             try:
-                state[str(event_type)] = _decode_event(event_json).content
+                state[str(event_type)] = _decode_event(event.json).content
             except msgspec.ValidationError:
                 continue
         (joined,) = conn.execute(

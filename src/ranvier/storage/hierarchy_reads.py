@@ -20,6 +20,7 @@ import msgspec
 
 from .client_data import PUBLIC_ROOM_STATE
 from .readers import ReaderPool
+from .redactions import served_events
 
 __all__ = ["HierarchyReads", "HierarchyRoomState", "SpaceChildEvent"]
 
@@ -78,14 +79,19 @@ def _room_state(
     state: dict[str, dict[str, Any]] = {}
     children: list[SpaceChildEvent] = []
     rows = conn.execute(
-        "SELECT s.type, s.state_key, e.json FROM current_state AS s"
-        " JOIN events AS e ON e.event_id = s.event_id WHERE s.room_id = ?"
+        "SELECT s.type, s.state_key, s.event_id FROM current_state AS s WHERE s.room_id = ?"
         f" AND ((s.state_key = '' AND s.type IN ({marks})) OR s.type = 'm.space.child')",
         (room_id, *_SUMMARY_STATE),
     ).fetchall()
-    for event_type, state_key, event_json in rows:
+    # As served: a redacted name or topic is not shown, and a redacted
+    # m.space.child (no "via" left) names no child, as the spec has it.
+    events = served_events(conn, [str(event_id) for _, _, event_id in rows])
+    for event_type, state_key, event_id in rows:
+        stored = events.get(str(event_id))
+        if stored is None:
+            continue
         try:
-            event = _decode_event(event_json)
+            event = _decode_event(stored.json)
         except msgspec.ValidationError:
             continue
         if event_type == "m.space.child":
