@@ -43,6 +43,7 @@ from .event_stream import newest_stream_ordering
 from .ignored_users import read_ignoring
 from .notification_reads import count_joined, current_state_json
 from .readers import ReaderPool
+from .redactions import served_events
 from .sync_reads import joined_rooms
 from .write_backend import WriteBackend, registered_write
 
@@ -339,20 +340,37 @@ class RoomPushState:
     members: dict[str, bytes]
 
 
+def _served_state_json(
+    conn: sqlite3.Connection, room_id: str, type_: str, state_key: str
+) -> bytes | None:
+    """The JSON of a current state event as served: the room's name and
+    members' display names go to the push gateway, another party, and a
+    redacted one must not.
+    """
+    row = conn.execute(
+        "SELECT event_id FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
+        (room_id, type_, state_key),
+    ).fetchone()
+    if row is None:
+        return None
+    event = served_events(conn, [str(row[0])]).get(str(row[0]))
+    return None if event is None else event.json
+
+
 def _room_push_state(
     conn: sqlite3.Connection, *, room_id: str, user_ids: list[str], count_cap: int
 ) -> RoomPushState:
     version = conn.execute(
         "SELECT room_version FROM rooms WHERE room_id = ?", (room_id,)
     ).fetchone()
-    name_json = current_state_json(conn, room_id, "m.room.name", "")
+    name_json = _served_state_json(conn, room_id, "m.room.name", "")
     name = None
     if name_json is not None:
         value = msgspec.json.decode(name_json).get("content", {}).get("name")
         name = value if isinstance(value, str) and value else None
     members = {}
     for user_id in user_ids:
-        member = current_state_json(conn, room_id, "m.room.member", user_id)
+        member = _served_state_json(conn, room_id, "m.room.member", user_id)
         if member is not None:
             members[user_id] = member
     return RoomPushState(
