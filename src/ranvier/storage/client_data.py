@@ -36,7 +36,8 @@ import msgspec
 
 from . import profile_fields
 from .readers import ReaderPool
-from .redactions import served_events
+from .records import STORED_EVENT_COLUMNS, stored_event_from_row
+from .redactions import served, served_events
 from .write_backend import WriteBackend, registered_write
 
 __all__ = [
@@ -93,6 +94,9 @@ PUBLIC_ROOM_STATE: Final = (
     "m.room.guest_access",
     "m.room.create",
 )
+
+
+_EVENT_COLUMNS: Final = ", ".join(f"e.{column}" for column in STORED_EVENT_COLUMNS)
 
 
 class _Event(msgspec.Struct):
@@ -279,7 +283,7 @@ def _set_profile(
 
 def _user_directory(conn: sqlite3.Connection, *, user_id: str) -> dict[str, str]:
     rows = conn.execute(
-        "SELECT m.state_key, CAST(e.json AS TEXT) FROM current_state AS m"
+        f"SELECT {_EVENT_COLUMNS} FROM current_state AS m"
         " JOIN events AS e ON e.event_id = m.event_id"
         " WHERE m.type = 'm.room.member'"
         " AND json_extract(CAST(e.json AS TEXT), '$.content.membership') = 'join'"
@@ -289,7 +293,13 @@ def _user_directory(conn: sqlite3.Connection, *, user_id: str) -> dict[str, str]
         "  AND json_extract(CAST(j.json AS TEXT), '$.content.membership') = 'join'))",
         (user_id,),
     ).fetchall()
-    found = {str(member): str(event_json) for member, event_json in rows}
+    # As served: a display name removed by a redaction is found no more.
+    members = served(conn, [stored_event_from_row(row) for row in rows])
+    found = {
+        str(event.state_key): bytes(event.json).decode()
+        for event in members
+        if event.state_key is not None
+    }
     # A user of this server is shown as their profile has them: a name or
     # avatar set in one room alone stays in that room, whoever searches.
     profiles = conn.execute(
