@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -22,6 +23,7 @@ from ranvier.protocol.redaction import redact
 from ranvier.protocol.room_versions import get_room_version
 from ranvier.storage import Storage
 from ranvier.storage.housekeeping import Prune
+from ranvier.storage.redacted_content import auth_content_kept
 from ranvier.storage.redactions import RedactedEvent
 from ranvier.testing import RoomBuilder, ingest, ingest_all
 
@@ -208,18 +210,90 @@ async def test_a_target_stored_after_its_redaction_is_pruned_at_a_later_pass(
     assert SECRET.encode() not in _stored_json(db_path, message.event_id)
 
 
-async def test_a_redacted_state_event_keeps_what_auth_needs(
-    storage: Storage, db_path: Path
+@pytest.mark.parametrize(("version", "replaced"), [("10", False), ("11", True)])
+async def test_power_levels_keep_what_the_auth_rules_read(
+    storage: Storage, db_path: Path, version: str, replaced: bool
 ) -> None:
-    room = _public_room()
-    levels = room.power_levels(ALICE, {ALICE: 100, BOB: 50})
+    """Before v11, redacting power levels drops ``invite``, which the auth
+    rules read: that event keeps its content (served redacted all the
+    same); from v11 the redaction keeps it, and the event is replaced."""
+    room = _public_room(version)
+    levels = room.power_levels(ALICE, {ALICE: 100, BOB: 50}, content={"invite": 50})
     redaction_of(room, ALICE, levels.event_id)
     await ingest_all(storage, room.order)
 
     assert await _prune(storage, _later()) == 1
-    kept = msgspec.json.decode(_stored_json(db_path, levels.event_id))
-    assert kept["content"]["users"] == {ALICE: 100, BOB: 50}
-    assert kept["content"] == redact(levels.json, "10")["content"]
+    stored = msgspec.json.decode(_stored_json(db_path, levels.event_id))
+    assert stored == (redact(levels.json, version) if replaced else levels.json)
+    assert stored["content"]["invite"] == 50
+    served = (await storage.redactions.get_served_events([levels.event_id]))[levels.event_id]
+    assert msgspec.json.decode(served.json)["content"] == redact(levels.json, version)["content"]
+    assert await _prune(storage, _later()) == 0
+
+
+async def test_a_member_event_loses_its_display_name_and_keeps_its_membership(
+    storage: Storage, db_path: Path
+) -> None:
+    room = _public_room()
+    renamed = room.member(BOB, "join", content={"displayname": SECRET})
+    redaction_of(room, BOB, renamed.event_id)
+    await ingest_all(storage, room.order)
+    assert SECRET.encode() in _stored_json(db_path, renamed.event_id)
+
+    assert await _prune(storage, _later()) == 1
+    stored = msgspec.json.decode(_stored_json(db_path, renamed.event_id))
+    assert stored["content"] == {"membership": "join"}
+
+
+@pytest.mark.parametrize(
+    ("event", "redacted", "kept"),
+    [
+        # Not state, or not read by the auth rules: always replaced.
+        ({"type": "m.room.message", "content": {"body": "x"}}, {"content": {}}, True),
+        (
+            {"type": "m.room.topic", "state_key": "", "content": {"topic": "x"}},
+            {"content": {}},
+            True,
+        ),
+        # Auth events: all their content counts.
+        (
+            {"type": "m.room.power_levels", "state_key": "", "content": {"invite": 50}},
+            {"content": {}},
+            False,
+        ),
+        (
+            {"type": "m.room.create", "state_key": "", "content": {"creator": "@a:x"}},
+            {"content": {"creator": "@a:x"}},
+            True,
+        ),
+        # Member events: membership, the authorising user and a third-party invite.
+        (
+            {"type": "m.room.member", "state_key": "@a:x", "content": {"membership": "join"}},
+            {"content": {"membership": "join"}},
+            True,
+        ),
+        (
+            {
+                "type": "m.room.member",
+                "state_key": "@a:x",
+                "content": {"membership": "join", "join_authorised_via_users_server": "@b:x"},
+            },
+            {"content": {"membership": "join"}},
+            False,
+        ),
+        (
+            {
+                "type": "m.room.member",
+                "state_key": "@a:x",
+                "content": {"membership": "invite", "third_party_invite": {"signed": {}}},
+            },
+            {"content": {"membership": "invite"}},
+            False,
+        ),
+    ],
+)
+def test_auth_content_kept(event: dict[str, Any], redacted: dict[str, Any], kept: bool) -> None:
+    assert auth_content_kept(event, redacted) is kept
 
 
 async def test_a_write_takes_at_most_its_limit(storage: Storage) -> None:

@@ -18,6 +18,18 @@ after its ``redaction_retention_period``:
   go. The event ID, hashes and signatures are kept by the redaction
   algorithm, so the event still verifies for other servers, as a redacted
   copy does. Nothing else stores an event's content.
+* **What the auth rules read stays as it was.** The auth checks and state
+  resolution read stored events whole, and they run again long after an
+  event was first judged (state resolution, a resync). Before room version
+  11 the redaction algorithm drops content they read (a power-levels
+  event's ``invite``, a create event's ``m.federate``), so replacing such
+  an event would change what those runs decide about events already
+  judged. An auth event (create, power levels, join rules, third-party
+  invite) is replaced only when redacting leaves its content as it was, a
+  member event only when its ``membership``, ``join_authorised_via_users_server``
+  and ``third_party_invite`` stay; otherwise it keeps its content (room
+  settings, not something a user said; a display name on a member event
+  whose membership survives does go). Reads serve it redacted all the same.
 * The write overwrites what it frees
   (:func:`~ranvier.storage.connections.secure_deletion`), so the old
   content does not stay behind in the file's free space. The full-text
@@ -28,6 +40,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
+from typing import Any, Final
 
 import msgspec
 
@@ -36,7 +50,18 @@ from ranvier.protocol.redaction import redact
 from .connections import secure_deletion
 from .redactions import redaction_applies
 
-__all__ = ["prune_redacted_content", "waiting_redactions"]
+__all__ = ["auth_content_kept", "prune_redacted_content", "waiting_redactions"]
+
+#: What the auth rules and state resolution read of a state event's
+#: content, by type: the keys named, or all of it (None).
+_READ_BY_AUTH: Final[dict[str, tuple[str, ...] | None]] = {
+    "m.room.create": None,
+    "m.room.power_levels": None,
+    "m.room.join_rules": None,
+    "m.room.third_party_invite": None,
+    "m.room.member": ("membership", "join_authorised_via_users_server", "third_party_invite"),
+}
+_ABSENT: Final = object()
 
 #: Redactions (aliased ``r``) received before ``:cutoff`` whose target has
 #: not been dealt with, whose verdict is final and whose target is stored.
@@ -58,6 +83,19 @@ def waiting_redactions(conn: sqlite3.Connection, *, cutoff_ms: int, limit: int) 
             {"cutoff": cutoff_ms, "limit": limit},
         )
     ]
+
+
+def auth_content_kept(event: Mapping[str, Any], redacted: Mapping[str, Any]) -> bool:
+    """Whether ``redacted`` (``event`` as the redaction algorithm leaves
+    it) holds all that the auth rules read of ``event`` (see the module's
+    doc)."""
+    if "state_key" not in event or event.get("type") not in _READ_BY_AUTH:
+        return True
+    keys = _READ_BY_AUTH[event["type"]]
+    before, after = event.get("content"), redacted.get("content")
+    if keys is None or not isinstance(before, dict) or not isinstance(after, dict):
+        return before == after
+    return all(before.get(key, _ABSENT) == after.get(key, _ABSENT) for key in keys)
 
 
 def prune_redacted_content(conn: sqlite3.Connection, *, cutoff_ms: int, rowids: list[int]) -> int:
@@ -98,11 +136,13 @@ def prune_redacted_content(conn: sqlite3.Connection, *, cutoff_ms: int, rowids: 
                 target_room_id=target_room_id,
                 target_sender=target_sender,
             ):
-                pruned = redact(msgspec.json.decode(target_json), room_version)
-                conn.execute(
-                    "UPDATE events SET json = ? WHERE event_id = ?",
-                    (msgspec.json.encode(pruned, order="sorted"), target_id),
-                )
+                original = msgspec.json.decode(target_json)
+                pruned = redact(original, room_version)
+                if auth_content_kept(original, pruned):
+                    conn.execute(
+                        "UPDATE events SET json = ? WHERE event_id = ?",
+                        (msgspec.json.encode(pruned, order="sorted"), target_id),
+                    )
                 conn.execute("DELETE FROM event_search WHERE event_id = ?", (target_id,))
             conn.execute(
                 "UPDATE redactions SET content_pruned = 1 WHERE event_id = ?", (redaction_id,)
