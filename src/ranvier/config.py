@@ -221,6 +221,9 @@ class RateLimitConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     report: RateConfig = RateConfig(per_second=0.1, burst=10)
     login: RateConfig = RateConfig(per_second=0.003, burst=5)
     registration: RateConfig = RateConfig(per_second=0.17, burst=3)
+    #: Mails asked for by ``requestToken``, per client address and per
+    #: e-mail address (Synapse's ``rc_3pid_validation``).
+    threepid_validation: RateConfig = RateConfig(per_second=0.003, burst=5)
     #: Uploads and ``create`` per user (Synapse's ``rc_media_create``).
     media_create: RateConfig = RateConfig(per_second=10.0, burst=50)
     #: Requests from other servers, per server (off, like the rest, when

@@ -149,7 +149,7 @@ from ranvier.api.user_directory import add_user_directory_routes
 from ranvier.api.versions import add_versions_route
 from ranvier.api.well_known import add_client_well_known_routes, add_server_well_known_route
 from ranvier.appservice_client import HttpAppServiceClient
-from ranvier.config import Config, ListenerConfig
+from ranvier.config import Config, ConfigError, ListenerConfig
 from ranvier.core.account_data import AccountData
 from ranvier.core.accounts import Accounts
 from ranvier.core.admin_federation import AdminFederation
@@ -176,6 +176,7 @@ from ranvier.core.dehydrated_devices import DehydratedDevices
 from ranvier.core.devices import Devices
 from ranvier.core.directory import RoomDirectory
 from ranvier.core.e2e_keys import E2eKeys, ForgettingDeletedDevices
+from ranvier.core.email_validation import EmailValidation
 from ranvier.core.event_context import EventContexts
 from ranvier.core.event_stream import DEFAULT_BUFFER as DEFAULT_EVENT_BUFFER
 from ranvier.core.event_stream import EventStream, StreamedEvent
@@ -222,6 +223,7 @@ from ranvier.core.search import Search
 from ranvier.core.server_notices import NoticeGuardedLeaves, ServerNotices
 from ranvier.core.sliding_sync import SlidingSyncHandler
 from ranvier.core.sso import SsoProviders
+from ranvier.core.threepids import Threepids
 from ranvier.core.timestamps import EventsByTimestamp
 from ranvier.core.to_device import ToDevice
 from ranvier.core.typing import TypingNotices
@@ -279,6 +281,7 @@ from ranvier.replication.server import ReplicationApp
 from ranvier.replication.stream import MainControl, StreamSource
 from ranvier.server_metrics import homeserver_metrics
 from ranvier.signature_process import SignatureProcess
+from ranvier.smtp import SmtpMailer, SmtpSettings
 from ranvier.storage import Storage
 from ranvier.storage.media_files import MediaFiles
 from ranvier.url_fetcher import UrlFetcher
@@ -389,6 +392,8 @@ class HomeServer:
         self._registration_tokens: RegistrationTokens | None = None
         self._login_tokens: LoginTokens | None = None
         self._sso: SsoProviders | None = None
+        self._threepids: Threepids | None = None
+        self._client_limiter: RateLimiter | None = None
         self._auth: Auth | None = None
         self._profiles: Profiles | None = None
         self._room_list: RoomList | None = None
@@ -522,6 +527,12 @@ class HomeServer:
         """Single sign-on through OpenID Connect; None unless
         ``oidc_providers`` are configured."""
         return self._sso
+
+    @property
+    def threepids(self) -> Threepids | None:
+        """E-mail addresses on accounts and password resets by mail; None
+        unless ``[email]`` is configured."""
+        return self._threepids
 
     @property
     def auth(self) -> Auth:
@@ -966,8 +977,9 @@ class HomeServer:
             rate_limiter=_federation_rate_limiter(config),
         )
         self._ratelimit_overrides = RateLimitOverrides(store=self._storage.ratelimit_overrides)
+        self._client_limiter = RateLimiter.from_config(config.ratelimit)
         rate_limits = RouteLimits(
-            RateLimiter.from_config(config.ratelimit),
+            self._client_limiter,
             identify=self.auth.get_user,
             trust_x_forwarded_for=config.ratelimit.trust_x_forwarded_for,
             overrides=self._ratelimit_overrides,
@@ -1310,6 +1322,8 @@ class HomeServer:
                     lifetime_ms=hashing.login_token_lifetime_ms,
                 ),
             )
+        if self.config.email is not None:
+            self._threepids = _email_threepids(self.config, storage, self._accounts)
         self._auth = Auth(self._accounts, self._app_services)
         self._room_directory.app_services = self._app_services
         self._appservice_client = HttpAppServiceClient()
@@ -1532,6 +1546,7 @@ class HomeServer:
             login_tokens=self.login_tokens or _sso_login_tokens(self._sso),
             get_login_token=self.login_tokens is not None,
             identity_providers=self._sso.identity_providers if self._sso is not None else (),
+            email_owner=None if self._threepids is None else self._threepids.owner,
         )
         if self._sso is not None:
             add_sso_routes(router, self._sso)
@@ -1594,8 +1609,19 @@ class HomeServer:
             router, auth=self.auth, summaries=_built(self._room_summaries, "room_summaries")
         )
         auth, client_data = self.auth, self.storage.client_data
-        add_capability_routes(router, auth=auth, login_token_enabled=self.login_tokens is not None)
-        add_threepid_routes(router, auth=auth)
+        add_capability_routes(
+            router,
+            auth=auth,
+            login_token_enabled=self.login_tokens is not None,
+            threepid_changes=self._threepids is not None,
+        )
+        add_threepid_routes(
+            router,
+            auth=auth,
+            threepids=self._threepids,
+            uia=Devices(store=client_data, accounts=self.accounts),
+            limiter=self._client_limiter,
+        )
         add_push_rule_routes(
             router, auth=auth, push_rules=PushRules(client_data, self.stream_notifier)
         )
@@ -1635,6 +1661,7 @@ class HomeServer:
             uia=Devices(store=client_data, accounts=self.accounts),
             accounts=self.accounts,
             deactivation=deactivation,
+            reset=self._threepids,
         )
         self._add_admin_api_routes(router, deactivation, devices)
         add_room_list_routes(router, auth=auth, room_list=self.room_list)
@@ -1897,6 +1924,42 @@ def _federation_rate_limiter(config: Config) -> FederationRateLimiter | None:
     if not (limits.enabled and limits.federation.enabled):
         return None
     return FederationRateLimiter.from_config(limits.federation)
+
+
+def _email_threepids(config: Config, storage: Storage, accounts: Accounts) -> Threepids:
+    """E-mail addresses on accounts, validated by mail through ``[email]``'s relay."""
+    email = config.email
+    assert email is not None
+    base_url = email.client_base_url or config.well_known.client_base_url
+    assert base_url is not None  # the configuration checks it
+    try:
+        context = ssl.create_default_context(
+            cafile=None if email.ca_file is None else str(email.ca_file)
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("email.ca_file", f"cannot read CA certificates: {exc}") from None
+    mailer = SmtpMailer(
+        SmtpSettings(
+            host=email.smtp_host,
+            port=email.smtp_port,
+            user=email.smtp_user,
+            password=email.smtp_pass,
+            starttls_required=email.require_transport_security,
+            implicit_tls=email.force_tls,
+            ssl_context=context,
+            timeout_seconds=email.smtp_timeout_seconds,
+        )
+    )
+    validation = EmailValidation(
+        storage.threepids,
+        mailer,
+        server_name=config.server_name,
+        base_url=base_url,
+        notif_from=email.notif_from,
+        app_name=email.app_name,
+        token_lifetime_ms=email.validation_token_lifetime_seconds * 1000,
+    )
+    return Threepids(storage.threepids, validation, accounts)
 
 
 def _sso_login_tokens(sso: SsoProviders | None) -> LoginTokens | None:

@@ -31,14 +31,16 @@ from typing import Final
 
 import trio
 
-__all__ = ["SmtpError", "SmtpSettings", "dot_stuff", "send_mail"]
+from ranvier.core.email_validation import MailNotSentError
+
+__all__ = ["SmtpError", "SmtpMailer", "SmtpSettings", "dot_stuff", "send_mail"]
 
 #: The longest reply line read; RFC 5321 allows 512 octets, servers send more.
 _MAX_LINE: Final = 8192
 _REPLY_LINE: Final = re.compile(rb"(\d{3})(?:([ -])(.*))?", re.DOTALL)
 
 
-class SmtpError(Exception):
+class SmtpError(MailNotSentError):
     """A mail could not be handed to the SMTP server: the message says why."""
 
 
@@ -59,6 +61,17 @@ class SmtpSettings:
     timeout_seconds: float = 30.0
     #: The name we greet with; any name will do for a relay.
     local_hostname: str = "localhost"
+
+
+class SmtpMailer:
+    """Sends each mail it is given through the relay ``settings`` name: a
+    :class:`ranvier.core.email_validation.MailSender`."""
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self.settings = settings
+
+    async def send(self, message: EmailMessage) -> None:
+        await send_mail(self.settings, message)
 
 
 def dot_stuff(data: bytes) -> bytes:

@@ -55,6 +55,11 @@ def _seed(conn: sqlite3.Connection) -> None:
             "INSERT INTO sso_sessions VALUES (?, 'idp', 'n', 'v', 'https://c.test/', ?)",
             (name.encode(), expires),
         )
+        run(
+            "INSERT INTO threepid_validation_sessions"
+            " VALUES (?, 'email', 'a@x.org', 'c', x'01', 1, NULL, 0, ?, NULL)",
+            (name, expires),
+        )
     # Positions around CUTOFF, as a position of the device-list stream.
     for position, user in (
         (1, ALICE),
@@ -196,6 +201,11 @@ _EXPECTED: dict[Prune, tuple[str, list[Any], int]] = {
         2,
     ),
     Prune.SSO_SESSIONS: ("SELECT state_hash FROM sso_sessions", [(b"valid",)], 2),
+    Prune.THREEPID_VALIDATION_SESSIONS: (
+        "SELECT sid FROM threepid_validation_sessions",
+        [("valid",)],
+        2,
+    ),
     Prune.SLIDING_SYNC_CONNECTIONS: (
         "SELECT c.conn_key, p.pos, r.pos FROM sliding_sync_connections AS c"
         " LEFT JOIN sliding_sync_positions AS p USING (conn_key)"

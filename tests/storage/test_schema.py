@@ -95,6 +95,7 @@ TABLES_ADDED = {
     45: set(),
     46: {"remote_device_lists", "remote_device_keys"},
     47: {"ratelimit_overrides"},
+    48: {"user_threepids", "threepid_validation_sessions"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -299,6 +300,12 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO remote_device_keys VALUES ('@b:y', 'DEV', x'7b7d')")
     elif version == 47:
         run("INSERT INTO ratelimit_overrides VALUES ('@a:x', 0, 0)")
+    elif version == 48:
+        run("INSERT INTO user_threepids VALUES ('email', 'a@x.org', '@a:x', 4, 5)")
+        run(
+            "INSERT INTO threepid_validation_sessions"
+            " VALUES ('s', 'email', 'a@x.org', 'c', x'01', 1, NULL, 4, 9, NULL)"
+        )
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

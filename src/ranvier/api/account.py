@@ -31,13 +31,14 @@ under ``/_matrix/client/r0``, where these endpoints had the same shape.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final, TypeGuard
 
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth, access_token_of
 from ranvier.core.accounts import Accounts, Login, Registration
 from ranvier.core.appservices import AppService, AppServices, exclusive_error
+from ranvier.core.email_validation import EMAIL, canonical_email
 from ranvier.core.login_tokens import LoginTokens
 from ranvier.core.registration_tokens import REGISTRATION_TOKEN, RegistrationTokens
 from ranvier.errors import BadJsonError, MatrixError
@@ -118,6 +119,7 @@ def add_account_routes(
     login_tokens: LoginTokens | None = None,
     get_login_token: bool = True,
     identity_providers: Sequence[Mapping[str, str]] = (),
+    email_owner: Callable[[str], Awaitable[str | None]] | None = None,
 ) -> None:
     """Serve registration, login, logout and ``whoami``.
 
@@ -127,6 +129,8 @@ def add_account_routes(
     offers ``m.login.token`` logins, made at ``/login/get_token`` when
     ``get_login_token``, and by single sign-on through ``identity_providers``
     (``id`` and ``name`` each), which ``m.login.sso`` lists.
+    ``email_owner`` (whose account an e-mail address is on) lets a password
+    login name the user by an address (``m.id.thirdparty``).
     """
     tokens = registration_tokens if registration_enabled else None
     server_name = accounts.server_name
@@ -322,7 +326,12 @@ def add_account_routes(
                 errcode="M_UNKNOWN",
                 http_status=400,
             )
-        user = _login_user(body)
+        identifier = body.get("identifier")
+        user: str | None
+        if email_owner is not None and _is_thirdparty(identifier):
+            user = await email_owner(_email_address(identifier))
+        else:
+            user = _login_user(body)
         password = _required_str(body, "password")
         result = await accounts.login_with_password(
             user,
@@ -418,6 +427,22 @@ def _login_user(body: Mapping[str, Any]) -> str:
             http_status=400,
         )
     return _required_str(identifier, "user")
+
+
+def _is_thirdparty(identifier: object) -> TypeGuard[dict[str, Any]]:
+    return isinstance(identifier, dict) and identifier.get("type") == "m.id.thirdparty"
+
+
+def _email_address(identifier: Mapping[str, Any]) -> str:
+    """The canonical address an ``m.id.thirdparty`` identifier names."""
+    medium = _required_str(identifier, "medium")
+    if medium != EMAIL:
+        raise MatrixError(
+            f"unsupported medium {medium!r} (this server knows {EMAIL})",
+            errcode="M_UNKNOWN",
+            http_status=400,
+        )
+    return canonical_email(_required_str(identifier, "address"))
 
 
 def _logged_in(login: Login, server_name: str) -> dict[str, Any]:

@@ -2,9 +2,9 @@
 servers and third-party protocols (push rules: :mod:`ranvier.api.push_rules`).
 
 Each is answered for what this server does: password and profile
-changes, no third-party identifiers (:mod:`ranvier.api.threepids`), no
-TURN server, no bridges; and the room versions it supports, with the
-default it creates rooms in. With no protocols, a lookup in one is
+changes, e-mail addresses only when it sends mail
+(:mod:`ranvier.api.threepids`), no TURN server, no bridges; and the room
+versions it supports, with the default it creates rooms in. With no protocols, a lookup in one is
 refused as the spec refuses an unknown protocol (404 ``M_NOT_FOUND``),
 and a reverse lookup of a room alias or user finds nothing.
 """
@@ -23,7 +23,7 @@ from ranvier.web import Handler, Request, Router
 __all__ = ["add_capability_routes"]
 
 
-def _capabilities(*, login_token_enabled: bool) -> dict[str, Any]:
+def _capabilities(*, login_token_enabled: bool, threepid_changes: bool) -> dict[str, Any]:
     return {
         "m.change_password": {"enabled": True},
         "m.room_versions": {
@@ -32,23 +32,33 @@ def _capabilities(*, login_token_enabled: bool) -> dict[str, Any]:
         },
         "m.set_displayname": {"enabled": True},
         "m.set_avatar_url": {"enabled": True},
-        "m.3pid_changes": {"enabled": False},
+        "m.3pid_changes": {"enabled": threepid_changes},
         "m.get_login_token": {"enabled": login_token_enabled},
         # Every field may be changed, displayname and avatar_url included.
         "m.profile_fields": {"enabled": True},
     }
 
 
-def add_capability_routes(router: Router, *, auth: Auth, login_token_enabled: bool = False) -> None:
+def add_capability_routes(
+    router: Router,
+    *,
+    auth: Auth,
+    login_token_enabled: bool = False,
+    threepid_changes: bool = False,
+) -> None:
     """Serve ``/capabilities``, ``/voip/turnServer`` and ``/thirdparty/*``.
 
     ``login_token_enabled``: whether users may make login tokens
-    (:mod:`ranvier.api.login_tokens`), which ``m.get_login_token`` reports.
+    (:mod:`ranvier.api.login_tokens`), which ``m.get_login_token`` reports;
+    ``threepid_changes``: whether users may add and delete e-mail
+    addresses, which ``m.3pid_changes`` reports.
     """
 
     async def capabilities(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)
-        answer = _capabilities(login_token_enabled=login_token_enabled)
+        answer = _capabilities(
+            login_token_enabled=login_token_enabled, threepid_changes=threepid_changes
+        )
         if requester.is_admin:
             # Left out for everyone else, as the spec asks when both are false.
             answer["m.account_moderation"] = {"lock": True, "suspend": True}

@@ -81,12 +81,15 @@ Category = Literal[
     "media_create",
     "login",
     "registration",
+    "threepid_validation",
 ]
 
 USER_CATEGORIES: Final[frozenset[Category]] = frozenset(
     ("message", "room_creation", "invite", "join", "report", "media_create")
 )
-IP_CATEGORIES: Final[frozenset[Category]] = frozenset(("login", "registration"))
+IP_CATEGORIES: Final[frozenset[Category]] = frozenset(
+    ("login", "registration", "threepid_validation")
+)
 
 _CLIENT_V3: Final = "/_matrix/client/v3"
 
@@ -114,6 +117,9 @@ DEFAULT_ROUTE_CATEGORIES: Final[Mapping[tuple[str, str], Category]] = {
     ("POST", f"{_CLIENT_V3}/register"): "registration",
     # Guessing tokens is guessing a way to register.
     ("GET", "/_matrix/client/v1/register/m.login.registration_token/validity"): "registration",
+    # Each sends a mail. Counted per address too, by the handler.
+    ("POST", f"{_CLIENT_V3}/account/3pid/email/requestToken"): "threepid_validation",
+    ("POST", f"{_CLIENT_V3}/account/password/email/requestToken"): "threepid_validation",
     # Each makes a file or reserves a media ID: disk and database rows.
     ("POST", "/_matrix/media/v3/upload"): "media_create",
     ("PUT", "/_matrix/media/v3/upload/{server_name}/{media_id}"): "media_create",
@@ -219,6 +225,7 @@ class RateLimiter:
             "media_create": config.media_create,
             "login": config.login,
             "registration": config.registration,
+            "threepid_validation": config.threepid_validation,
         }
         rates = {
             category: Rate(setting.per_second, setting.burst)

@@ -1,6 +1,6 @@
-"""Third-party identifiers (e-mail addresses, phone numbers): none are kept.
+"""Third-party identifiers: e-mail addresses, when the server sends mail.
 
-The server sends no e-mail and no text messages, so it can neither check
+Without ``[email]`` the server sends no mail, so it can neither check
 that a user owns an address nor reset a password through one, and
 ``/capabilities`` says ``m.3pid_changes`` is off. Clients still ask:
 ``GET /account/3pid`` lists no identifiers, and every ``requestToken``
@@ -13,18 +13,35 @@ session can exist) and binding one at an identity server (the server talks
 to none). Deleting or unbinding one leaves the account as it is, without
 it, and answers ``no-support``: the spec's answer when the server cannot
 tell an identity server to forget it.
+
+With ``[email]`` (:mod:`ranvier.core.threepids`) the e-mail endpoints
+work: ``/account/3pid/email/requestToken`` and
+``/account/password/email/requestToken`` mail a token and answer its
+``sid`` with ``submit_url``, where the token is submitted as JSON; the
+mail's link leads to the same path, which then answers an HTML page.
+``/account/3pid/add`` (after the password) puts the validated address on
+the account, ``GET /account/3pid`` lists it, ``/account/3pid/delete``
+takes it off. Phone numbers, registration with an address, and identity
+servers stay refused as above. Each ``requestToken`` is rate limited per
+client address (the route's category) and per e-mail address (here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Final
+import html
+import re
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any, Final, Protocol
 
 from ranvier.api.account import json_object, optional_str
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
-from ranvier.errors import MatrixError
-from ranvier.web import Handler, Request, Router
+from ranvier.api.ratelimit import RateLimiter
+from ranvier.core.devices import AuthRequired
+from ranvier.core.email_validation import SUBMIT_TOKEN_PATH, canonical_email
+from ranvier.core.threepids import Threepids
+from ranvier.errors import BadJsonError, MatrixError
+from ranvier.web import Handler, JsonResponse, Request, Router, StreamResponse
 
 __all__ = ["add_threepid_routes"]
 
@@ -35,11 +52,27 @@ _REQUEST_TOKEN_PATHS = tuple(
     for base in ("register", "account/password")
     for medium in ("email", "msisdn")
 )
+_RESET_TOKEN_PATH: Final = "/account/password/email/requestToken"
 #: The names the adding endpoints' refusals give each medium.
 _MEDIUM_NAMES: Final = {"email": "e-mail addresses", "msisdn": "phone numbers"}
+_NEXT_LINK: Final = re.compile(r"https?://[^\s/?#]+[^\s]*")
+_PAGE_HEADERS: Final = (
+    ("content-type", "text/html; charset=utf-8"),
+    ("cache-control", "no-store"),
+    ("x-frame-options", "DENY"),
+    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+    ("referrer-policy", "no-referrer"),
+)
 
 
 _MEDIA = ("email", "msisdn")
+
+
+class PasswordCheck(Protocol):
+    """User-interactive authentication with the password
+    (:class:`ranvier.core.devices.Devices`)."""
+
+    async def authenticate(self, user_id: str, auth: object) -> None: ...
 
 
 def _check_identifier(body: Mapping[str, Any]) -> None:
@@ -57,11 +90,40 @@ def _check_identifier(body: Mapping[str, Any]) -> None:
     optional_str(body, "id_server")
 
 
-def add_threepid_routes(router: Router, *, auth: Auth) -> None:
-    """Serve ``GET /account/3pid``, refuse the ``requestToken``, ``add`` and
-    ``bind`` endpoints, and answer ``delete`` and ``unbind``."""
+def _required(body: Mapping[str, Any], key: str) -> str:
+    value = optional_str(body, key)
+    if value is None:
+        raise MatrixError(f"'{key}' is required", errcode="M_MISSING_PARAM", http_status=400)
+    return value
 
-    async def threepids(request: Request) -> Mapping[str, Any]:
+
+def _page(status: int, title: str, body_html: str) -> StreamResponse:
+    text = (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title></head>\n"
+        f"<body><h1>{html.escape(title)}</h1>\n{body_html}\n</body></html>\n"
+    ).encode()
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        yield text
+
+    return StreamResponse(status, [*_PAGE_HEADERS, ("content-length", str(len(text)))], body)
+
+
+def add_threepid_routes(
+    router: Router,
+    *,
+    auth: Auth,
+    threepids: Threepids | None = None,
+    uia: PasswordCheck | None = None,
+    limiter: RateLimiter | None = None,
+) -> None:
+    """Serve ``GET /account/3pid`` and the rest (see the module's doc):
+    refused but for delete and unbind without ``threepids``; with it (and
+    ``uia``, which adding needs), the e-mail endpoints. ``limiter`` counts
+    ``requestToken`` per e-mail address."""
+
+    async def no_threepids(request: Request) -> Mapping[str, Any]:
         await auth.get_user(request)
         return {"threepids": []}
 
@@ -96,14 +158,122 @@ def add_threepid_routes(router: Router, *, auth: Auth) -> None:
         return {"id_server_unbind_result": "no-support"}
 
     for prefix in CLIENT_VERSION_PREFIXES:
-        router.add("GET", f"{prefix}/account/3pid", threepids)
-        router.add("POST", f"{prefix}/account/3pid/add", refuse_identifier)
         router.add("POST", f"{prefix}/account/3pid/bind", refuse_identifier)
-        router.add("POST", f"{prefix}/account/3pid/delete", forget_identifier)
         router.add("POST", f"{prefix}/account/3pid/unbind", forget_identifier)
+        router.add("POST", f"{prefix}/account/3pid/msisdn/requestToken", refuse_medium("msisdn"))
         for path in _REQUEST_TOKEN_PATHS:
-            router.add("POST", prefix + path, request_token)
-        for medium in _MEDIA:
-            router.add(
-                "POST", f"{prefix}/account/3pid/{medium}/requestToken", refuse_medium(medium)
+            if threepids is None or path != _RESET_TOKEN_PATH:
+                router.add("POST", prefix + path, request_token)
+        if threepids is None:
+            router.add("GET", f"{prefix}/account/3pid", no_threepids)
+            router.add("POST", f"{prefix}/account/3pid/add", refuse_identifier)
+            router.add("POST", f"{prefix}/account/3pid/delete", forget_identifier)
+            router.add("POST", f"{prefix}/account/3pid/email/requestToken", refuse_medium("email"))
+    if threepids is not None:
+        assert uia is not None, "adding an address asks for the password"
+        _add_email_routes(router, auth=auth, threepids=threepids, uia=uia, limiter=limiter)
+
+
+def _add_email_routes(
+    router: Router,
+    *,
+    auth: Auth,
+    threepids: Threepids,
+    uia: PasswordCheck,
+    limiter: RateLimiter | None,
+) -> None:
+    def token_request(body: Mapping[str, Any]) -> tuple[str, str, int, str | None]:
+        """A ``requestToken`` body: address (canonical), secret, attempt, next link."""
+        client_secret = _required(body, "client_secret")
+        address = canonical_email(_required(body, "email"))
+        if "send_attempt" not in body:
+            raise MatrixError(
+                "'send_attempt' is required", errcode="M_MISSING_PARAM", http_status=400
             )
+        send_attempt = body["send_attempt"]
+        if isinstance(send_attempt, bool) or not isinstance(send_attempt, int):
+            raise BadJsonError("'send_attempt' must be an integer")
+        next_link = optional_str(body, "next_link")
+        if next_link is not None and not _NEXT_LINK.fullmatch(next_link):
+            raise MatrixError(
+                "'next_link' must be an http:// or https:// URL",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        # Only an identity server would use these, and none is.
+        optional_str(body, "id_server")
+        optional_str(body, "id_access_token")
+        if limiter is not None and limiter.limits("threepid_validation"):
+            limiter.check("threepid_validation", f"email:{address}")
+        return address, client_secret, send_attempt, next_link
+
+    async def request_add_token(request: Request) -> Mapping[str, Any]:
+        sid = await threepids.request_add_token(*token_request(json_object(request)))
+        return {"sid": sid, "submit_url": threepids.submit_url}
+
+    async def request_reset_token(request: Request) -> Mapping[str, Any]:
+        sid = await threepids.request_reset_token(*token_request(json_object(request)))
+        return {"sid": sid, "submit_url": threepids.submit_url}
+
+    async def submit_token_json(request: Request) -> Mapping[str, Any]:
+        body = json_object(request)
+        await threepids.submit_token(
+            _required(body, "sid"), _required(body, "client_secret"), _required(body, "token")
+        )
+        return {"success": True}
+
+    async def submit_token_page(request: Request) -> StreamResponse:
+        values = [request.query_value(name) for name in ("sid", "client_secret", "token")]
+        sid, client_secret, token = values
+        if sid is None or client_secret is None or token is None:
+            return _page(400, "Link incomplete", "<p>Open the whole link from the mail.</p>")
+        try:
+            next_link = await threepids.submit_token(sid, client_secret, token)
+        except MatrixError as exc:
+            return _page(exc.http_status, "Not confirmed", f"<p>{html.escape(exc.message)}</p>")
+        more = "<p>You can go back to your client now.</p>"
+        if next_link is not None:
+            link = html.escape(next_link, quote=True)
+            more = f'<p><a href="{link}">Continue</a></p>'
+        return _page(200, "Address confirmed", f"<p>Your e-mail address is confirmed.</p>\n{more}")
+
+    async def list_threepids(request: Request) -> Mapping[str, Any]:
+        requester = await auth.get_user(request)
+        return {
+            "threepids": [
+                {
+                    "medium": threepid.medium,
+                    "address": threepid.address,
+                    "validated_at": threepid.validated_at,
+                    "added_at": threepid.added_at,
+                }
+                for threepid in await threepids.threepids_of(requester.user_id)
+            ]
+        }
+
+    async def add_threepid(request: Request) -> JsonResponse:
+        requester = await auth.get_user(request)
+        body = json_object(request)
+        sid, client_secret = _required(body, "sid"), _required(body, "client_secret")
+        try:
+            await uia.authenticate(requester.user_id, body.get("auth"))
+        except AuthRequired as required:
+            return JsonResponse(required.body, status=401)
+        await threepids.add(requester.user_id, sid, client_secret)
+        return JsonResponse({})
+
+    async def delete_threepid(request: Request) -> Mapping[str, Any]:
+        requester = await auth.get_user(request)
+        body = json_object(request)
+        _check_identifier(body)
+        await threepids.delete(requester.user_id, body["medium"], body["address"])
+        return {"id_server_unbind_result": "no-support"}
+
+    for prefix in CLIENT_VERSION_PREFIXES:
+        router.add("GET", f"{prefix}/account/3pid", list_threepids)
+        router.add("POST", f"{prefix}/account/3pid/add", add_threepid)
+        router.add("POST", f"{prefix}/account/3pid/delete", delete_threepid)
+        router.add("POST", f"{prefix}/account/3pid/email/requestToken", request_add_token)
+        router.add("POST", prefix + _RESET_TOKEN_PATH, request_reset_token)
+    router.add("POST", SUBMIT_TOKEN_PATH, submit_token_json)
+    router.add("GET", SUBMIT_TOKEN_PATH, submit_token_page)

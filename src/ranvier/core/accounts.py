@@ -360,7 +360,7 @@ class Accounts:
 
     async def login_with_password(
         self,
-        user: str,
+        user: str | None,
         password: str,
         *,
         device_id: str | None = None,
@@ -368,7 +368,8 @@ class Accounts:
         refresh: bool = False,
     ) -> Login:
         """Log a device in with a password. ``user`` is a local user ID or
-        its localpart, in any case.
+        its localpart, in any case; None for nobody (an e-mail address on
+        no account), refused as an unknown user is.
 
         A device ID already the user's gets a new token in place of its old
         one. Raises ``M_FORBIDDEN`` for an unknown user or a wrong password
@@ -379,7 +380,7 @@ class Accounts:
         if device_id is not None:
             _check_device_id(device_id)
         _check_password_length(password)
-        user_id = self._local_user_id(user)
+        user_id = None if user is None else self._local_user_id(user)
         record = None if user_id is None else await self._store.get_password_login(user_id)
         stored_hash = None if record is None else record.password_hash
         if stored_hash is None:
@@ -654,6 +655,30 @@ class Accounts:
             )
         if gone:
             await self._devices_logged_out(user_id)
+
+    async def reset_password(
+        self,
+        new_password: str,
+        write: Callable[[str], Awaitable[tuple[str, int]]],
+        *,
+        logout_devices: bool,
+    ) -> str:
+        """Set a password without the old one: ``write`` is given the new
+        hash and sets it, for the account it finds (a validated e-mail
+        session's: :mod:`ranvier.core.threepids`), logging out every device
+        of it with ``logout_devices``; it answers whose account and how many
+        devices went, or raises to refuse. The tokens go from the cache as
+        :meth:`change_password`'s do. Returns the user ID.
+        """
+        password_hash = await self.hash_password(new_password)
+        users: list[str] = []
+        gone = 0
+        with self._invalidating(lambda cached: logout_devices and cached.user_id in users):
+            user_id, gone = await write(password_hash)
+            users.append(user_id)
+        if gone:
+            await self._devices_logged_out(user_id)
+        return user_id
 
     async def deactivate(self, user_id: str) -> None:
         """Mark ``user_id`` deactivated: every device logged out, no login

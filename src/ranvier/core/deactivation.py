@@ -1,8 +1,10 @@
 """Deactivating an account: what ``/account/deactivate`` undoes.
 
-The account is marked first, with every device logged out in the same
-write (:meth:`ranvier.core.accounts.Accounts.deactivate`): from then on no
-token or login of the user's works, whatever happens to the rest. Then the
+The account is marked first, with every device logged out and its e-mail
+addresses erased in the same write
+(:meth:`ranvier.core.accounts.Accounts.deactivate`): from then on no token
+or login of the user's works, nor a password reset, whatever happens to the
+rest. Then the
 user leaves every room they are joined to, invited to or knocking on,
 through the ordinary leave (so the rooms' other servers hear of it, and an
 invite from another server is declined there); then every field of their

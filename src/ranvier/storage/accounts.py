@@ -220,8 +220,8 @@ class AccountStorage:
         )
 
     async def deactivate_account(self, user_id: str) -> bool:
-        """Mark ``user_id`` deactivated and log out all their devices, in one
-        write; False if there is no such account.
+        """Mark ``user_id`` deactivated, log out all their devices and erase
+        their e-mail addresses, in one write; False if there is no such account.
         """
         return await self._actor.submit(functools.partial(_deactivate_account, user_id=user_id))
 
@@ -510,6 +510,8 @@ def _deactivate_account(conn: sqlite3.Connection, *, user_id: str) -> bool:
     conn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,))
     conn.execute("DELETE FROM devices WHERE user_id = ?", (user_id,))
     conn.execute("DELETE FROM openid_tokens WHERE user_id = ?", (user_id,))
+    # The addresses are free for other accounts, and reset no password here.
+    conn.execute("DELETE FROM user_threepids WHERE user_id = ?", (user_id,))
     return found > 0
 
 

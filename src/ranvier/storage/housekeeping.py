@@ -70,6 +70,8 @@ class Prune(enum.Enum):
     REGISTRATION_TOKEN_SESSIONS = "registration_token_sessions"
     #: Single sign-on logins expired by ``cutoff_ms`` (never taken at a callback).
     SSO_SESSIONS = "sso_sessions"
+    #: E-mail validation sessions expired by ``cutoff_ms`` (used or not).
+    THREEPID_VALIDATION_SESSIONS = "threepid_validation_sessions"
     #: Sliding sync connections whose newest position was made before
     #: ``cutoff_ms`` (so every position of theirs is refused), or whose
     #: device was deleted; with their positions and rooms.
@@ -141,6 +143,10 @@ _RULES: Final[dict[Prune, tuple[str, str]]] = {
     Prune.OPENID_TOKENS: ("openid_tokens", "t.expires_ts <= :cutoff"),
     Prune.REGISTRATION_TOKEN_SESSIONS: ("registration_token_sessions", "t.expires_ts <= :cutoff"),
     Prune.SSO_SESSIONS: ("sso_sessions", "t.expires_ts <= :cutoff"),
+    Prune.THREEPID_VALIDATION_SESSIONS: (
+        "threepid_validation_sessions",
+        "t.expires_ts <= :cutoff",
+    ),
     Prune.SUPERSEDED_DEVICE_LIST_CHANGES: ("device_list_changes", _SUPERSEDED_CHANGE),
     Prune.UNSHARED_DEVICE_LISTS: ("remote_device_lists", _UNSHARED),
 }

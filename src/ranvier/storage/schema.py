@@ -1173,6 +1173,33 @@ def _ratelimit_overrides(conn: sqlite3.Connection) -> None:
     )
 
 
+def _threepids(conn: sqlite3.Connection) -> None:
+    """E-mail addresses on accounts, one account each, and the sessions
+    that validate them, keyed by ``sid`` with the token's SHA-256
+    (:mod:`ranvier.storage.threepids`)."""
+    conn.execute(
+        "CREATE TABLE user_threepids (medium TEXT NOT NULL, address TEXT NOT NULL,"
+        " user_id TEXT NOT NULL REFERENCES users (user_id), validated_ts INTEGER NOT NULL,"
+        " added_ts INTEGER NOT NULL, PRIMARY KEY (medium, address)) STRICT"
+    )
+    conn.execute("CREATE INDEX user_threepids_user ON user_threepids (user_id)")
+    conn.execute(
+        "CREATE TABLE threepid_validation_sessions (sid TEXT PRIMARY KEY NOT NULL,"
+        " medium TEXT NOT NULL, address TEXT NOT NULL, client_secret TEXT NOT NULL,"
+        " token_hash BLOB NOT NULL, send_attempt INTEGER NOT NULL, next_link TEXT,"
+        " created_ts INTEGER NOT NULL, expires_ts INTEGER NOT NULL, validated_ts INTEGER)"
+        " STRICT"
+    )
+    conn.execute(
+        "CREATE INDEX threepid_validation_sessions_secret"
+        " ON threepid_validation_sessions (client_secret, medium, address)"
+    )
+    conn.execute(
+        "CREATE INDEX threepid_validation_sessions_expiry"
+        " ON threepid_validation_sessions (expires_ts)"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1222,6 +1249,7 @@ MIGRATIONS: Sequence[Migration] = (
     _redacted_content_pruning,
     _remote_device_lists,
     _ratelimit_overrides,
+    _threepids,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -72,6 +72,7 @@ from .server_notices import ServerNoticeStorage
 from .sliding_sync import SlidingSyncStorage
 from .sso import SsoStorage
 from .sync_reads import SyncReads
+from .threepids import ThreepidStorage
 from .timestamps import TimestampReads
 from .url_previews import UrlPreviewStorage
 from .write_backend import WriteBackend
@@ -180,6 +181,7 @@ class Storage:
         self.refresh_tokens = RefreshTokenStorage(self.writer, self.readers)
         self.login_tokens = LoginTokenStorage(self.writer, self.readers)
         self.sso = SsoStorage(self.writer, self.readers)
+        self.threepids = ThreepidStorage(self.writer, self.readers)
         self.housekeeping = HousekeepingStorage(self.writer, self.readers, self.e2e_keys)
         self.forgotten_rooms = ForgottenRoomStorage(self.writer, self.readers)
         self.room_purge = RoomPurgeStorage(self.writer)
