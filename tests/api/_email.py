@@ -14,7 +14,13 @@ import httpx
 import msgspec
 import trio
 
-from ranvier.config import EmailConfig, RateLimitConfig, WellKnownConfig
+from ranvier.config import (
+    EmailConfig,
+    ListenerConfig,
+    RateLimitConfig,
+    ReplicationConfig,
+    WellKnownConfig,
+)
 from ranvier.testing.homeserver import TestHomeserver, config_for_tests, open_test_homeserver
 from ranvier.testing.network import Pki
 from ranvier.testing.smtp import FakeSmtpServer, ReceivedMail
@@ -61,9 +67,12 @@ async def mailing_homeserver(
     *,
     smtp: FakeSmtpServer | None = None,
     rate_limits: bool = False,
+    extra_listeners: tuple[ListenerConfig, ...] = (),
+    replication: ReplicationConfig | None = None,
 ) -> AsyncIterator[tuple[TestHomeserver, FakeSmtpServer]]:
     """A test homeserver whose ``[email]`` names a stand-in SMTP server
-    that offers STARTTLS (``smtp``, or a new one) and asks for a login."""
+    that offers STARTTLS (``smtp``, or a new one) and asks for a login;
+    with ``extra_listeners`` and ``replication`` for workers."""
     pki = Pki.create(tmp_path, names=("localhost",))
     if smtp is None:
         smtp = FakeSmtpServer(users={"mailer": "s3cret"})
@@ -85,6 +94,8 @@ async def mailing_homeserver(
         ),
         well_known=WellKnownConfig(client_base_url=BASE_URL),
         ratelimit=RateLimitConfig(enabled=rate_limits, trust_x_forwarded_for=True),
+        listeners=(*config.listeners, *extra_listeners),
+        replication=replication if replication is not None else config.replication,
     )
     async with open_test_homeserver(tmp_path / "hs", config=config) as hs:
         yield hs, smtp
