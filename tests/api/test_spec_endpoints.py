@@ -273,7 +273,7 @@ _OLD_SYNC = "deprecated by the spec for /sync, which carries every room a user i
 #: Endpoints of the specification with no route here, and why.
 NOT_SERVED: Final[dict[tuple[str, str], str]] = {
     ("POST", "/_matrix/client/v3/account/3pid"): (
-        "deprecated by the spec for /account/3pid/add and /bind; no identifiers are kept"
+        "deprecated by the spec for /account/3pid/add and /bind, which are served"
     ),
     ("PUT", "/_matrix/client/v3/directory/list/appservice/{networkId}/{roomId}"): (
         "third-party networks: no bridge protocols, so no per-network room directories"

@@ -295,7 +295,7 @@ def _address_header(address: str) -> Address:
 
 
 def _token_hash(token: str) -> bytes:
-    """A token is random (190 bits): a fast hash is enough to keep it unusable from the table."""
+    """A token is random (about 187 bits): a fast hash keeps it unusable from the table."""
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
