@@ -18,8 +18,12 @@ Invariants
   token, and what it proved, count for the token's lifetime only.
 * **Each write survives being run twice** (a worker's write repeated across
   a restart of the main process): saving a session again finds its own row
-  with the same attempt; a validation again finds the session validated; an
-  add again finds the address already the user's and answers "added".
+  with the same attempt and leaves it; a validation again finds the session
+  validated. An add or a reset run again finds its session used up and
+  answers "unvalidated", changing nothing more: the first run's answer was
+  lost, and the client, told to validate again, finds the address added
+  (or the password set) when it looks. Handing a used session out twice to
+  be sure of an answer would be worse.
 """
 
 from __future__ import annotations
@@ -298,7 +302,6 @@ def _add_threepid(
 ) -> Literal["added"] | Use:
     validated = _validated(conn, sid=sid, client_secret=client_secret, medium=medium, now_ms=now_ms)
     if validated is None:
-        # Run twice, the first run used the session up: its address is ours.
         return "unvalidated"
     address, validated_ts = validated
     owner = _owner(conn, medium=medium, address=address)
