@@ -1547,6 +1547,7 @@ class HomeServer:
             get_login_token=self.login_tokens is not None,
             identity_providers=self._sso.identity_providers if self._sso is not None else (),
             email_owner=None if self._threepids is None else self._threepids.owner,
+            email_registration=self._threepids if _register_by_email(self.config) else None,
         )
         if self._sso is not None:
             add_sso_routes(router, self._sso)
@@ -1621,6 +1622,7 @@ class HomeServer:
             threepids=self._threepids,
             uia=Devices(store=client_data, accounts=self.accounts),
             limiter=self._client_limiter,
+            register_by_email=_register_by_email(self.config),
         )
         add_push_rule_routes(
             router, auth=auth, push_rules=PushRules(client_data, self.stream_notifier)
@@ -1924,6 +1926,14 @@ def _federation_rate_limiter(config: Config) -> FederationRateLimiter | None:
     if not (limits.enabled and limits.federation.enabled):
         return None
     return FederationRateLimiter.from_config(limits.federation)
+
+
+def _register_by_email(config: Config) -> bool:
+    """Whether registering with a validated e-mail address is offered: with
+    mail, open registration, and no registration tokens (whose flows
+    have no e-mail stage)."""
+    registration = config.registration
+    return config.email is not None and registration.enabled and not registration.requires_token
 
 
 def _email_threepids(config: Config, storage: Storage, accounts: Accounts) -> Threepids:

@@ -24,6 +24,11 @@ A client that asks for a refresh token (``refresh_token: true``) gets one
 with an access token that expires, and exchanges it at ``/refresh``
 (:mod:`ranvier.core.refresh_tokens`).
 
+When the server sends mail (``[email]``), a second flow of one stage,
+``m.login.email.identity``, registers with an e-mail address validated
+through ``/register/email/requestToken``: the account is created with the
+address on it (:mod:`ranvier.core.threepids`).
+
 Each route is served under ``/_matrix/client/v3`` and, for older clients,
 under ``/_matrix/client/r0``, where these endpoints had the same shape.
 """
@@ -32,11 +37,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Final, TypeGuard
+from typing import Any, Final, Protocol, TypeGuard
 
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth, access_token_of
-from ranvier.core.accounts import Accounts, Login, Registration
+from ranvier.core.accounts import Accounts, Login, NewAccount, NewDevice, Registration
 from ranvier.core.appservices import AppService, AppServices, exclusive_error
 from ranvier.core.email_validation import EMAIL, canonical_email
 from ranvier.core.login_tokens import LoginTokens
@@ -44,14 +49,21 @@ from ranvier.core.registration_tokens import REGISTRATION_TOKEN, RegistrationTok
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.web import JsonResponse, Request, Router
 
-__all__ = ["add_account_routes", "json_object", "optional_bool", "optional_str"]
+__all__ = [
+    "EMAIL_IDENTITY",
+    "add_account_routes",
+    "json_object",
+    "optional_bool",
+    "optional_str",
+    "threepid_creds",
+]
 
 _DUMMY: Final = "m.login.dummy"
 _PASSWORD: Final = "m.login.password"
 _APP_SERVICE: Final = "m.login.application_service"
 _TOKEN: Final = "m.login.token"
 _SSO: Final = "m.login.sso"
-_FLOWS: Final = [{"stages": [_DUMMY]}]
+EMAIL_IDENTITY: Final = "m.login.email.identity"
 _TOKEN_VALIDITY: Final = f"/_matrix/client/v1/register/{REGISTRATION_TOKEN}/validity"
 
 
@@ -70,6 +82,30 @@ def optional_str(body: Mapping[str, Any], key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise BadJsonError(f"'{key}' must be a string")
     return value
+
+
+def threepid_creds(auth: Mapping[str, Any]) -> tuple[str, str]:
+    """The ``sid`` and ``client_secret`` of an ``m.login.email.identity``
+    stage's ``threepid_creds``."""
+    creds = auth.get("threepid_creds")
+    if not isinstance(creds, dict):
+        raise BadJsonError("'threepid_creds' must be an object with sid and client_secret")
+    sid, client_secret = optional_str(creds, "sid"), optional_str(creds, "client_secret")
+    if sid is None or client_secret is None:
+        raise MatrixError(
+            "'threepid_creds' needs sid and client_secret",
+            errcode="M_MISSING_PARAM",
+            http_status=400,
+        )
+    return sid, client_secret
+
+
+class EmailRegistration(Protocol):
+    """:class:`ranvier.core.threepids.Threepids`."""
+
+    def registering(
+        self, sid: str, client_secret: str
+    ) -> Callable[[NewAccount, NewDevice | None], Awaitable[None]]: ...
 
 
 def optional_bool(body: Mapping[str, Any], key: str, default: bool = False) -> bool:
@@ -120,6 +156,7 @@ def add_account_routes(
     get_login_token: bool = True,
     identity_providers: Sequence[Mapping[str, str]] = (),
     email_owner: Callable[[str], Awaitable[str | None]] | None = None,
+    email_registration: EmailRegistration | None = None,
 ) -> None:
     """Serve registration, login, logout and ``whoami``.
 
@@ -131,8 +168,12 @@ def add_account_routes(
     (``id`` and ``name`` each), which ``m.login.sso`` lists.
     ``email_owner`` (whose account an e-mail address is on) lets a password
     login name the user by an address (``m.id.thirdparty``).
+    ``email_registration`` offers registering with a validated address.
     """
     tokens = registration_tokens if registration_enabled else None
+    flows: list[dict[str, list[str]]] = [{"stages": [_DUMMY]}]
+    if email_registration is not None:
+        flows.append({"stages": [EMAIL_IDENTITY]})
     server_name = accounts.server_name
     services = app_services if app_services is not None else AppServices()
 
@@ -199,16 +240,22 @@ def add_account_routes(
         if stage is None:
             return JsonResponse(
                 {
-                    "flows": _FLOWS,
+                    "flows": flows,
                     "params": {},
                     "session": session or secrets.token_urlsafe(16),
                     "completed": [],
                 },
                 status=401,
             )
+        if stage == EMAIL_IDENTITY and email_registration is not None:
+            assert auth_dict is not None
+            sid, client_secret = threepid_creds(auth_dict)
+            create = email_registration.registering(sid, client_secret)
+            return await register_account(body, localpart, create=create)
         if stage != _DUMMY:
+            offered = " or ".join(stage for flow in flows for stage in flow["stages"])
             raise MatrixError(
-                f"unknown authentication type {stage!r} (this server offers {_DUMMY})",
+                f"unknown authentication type {stage!r} (this server offers {offered})",
                 errcode="M_UNRECOGNIZED",
                 http_status=400,
             )
@@ -239,9 +286,12 @@ def add_account_routes(
         return await register_account(body, localpart, token_session=held)
 
     async def register_account(
-        body: Mapping[str, Any], localpart: str | None, *, token_session: str | None = None
+        body: Mapping[str, Any],
+        localpart: str | None,
+        *,
+        token_session: str | None = None,
+        create: Callable[[NewAccount, NewDevice | None], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
-        create = None
         if token_session is not None:
             assert tokens is not None
             create = tokens.completing(token_session)

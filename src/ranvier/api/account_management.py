@@ -17,9 +17,15 @@ whose ``threepid_creds`` name a session validated through
 from __future__ import annotations
 
 import secrets
-from typing import Final, Protocol
+from typing import Protocol
 
-from ranvier.api.account import json_object, optional_bool, optional_str
+from ranvier.api.account import (
+    EMAIL_IDENTITY,
+    json_object,
+    optional_bool,
+    optional_str,
+    threepid_creds,
+)
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth, access_token_of
 from ranvier.core.accounts import Requester
@@ -28,8 +34,6 @@ from ranvier.errors import BadJsonError, MatrixError
 from ranvier.web import JsonResponse, Request, Router
 
 __all__ = ["add_account_management_routes"]
-
-_EMAIL_IDENTITY: Final = "m.login.email.identity"
 
 
 class PasswordCheck(Protocol):
@@ -107,28 +111,19 @@ def add_account_management_routes(
         logout_devices = optional_bool(body, "logout_devices", default=True)
         auth_dict = body.get("auth")
         if auth_dict is None:
-            flows = {"flows": [{"stages": [_EMAIL_IDENTITY]}], "params": {}}
+            flows = {"flows": [{"stages": [EMAIL_IDENTITY]}], "params": {}}
             return JsonResponse({**flows, "session": secrets.token_urlsafe(16)}, status=401)
         if not isinstance(auth_dict, dict):
             raise BadJsonError("'auth' must be an object")
         stage = optional_str(auth_dict, "type")
-        if stage != _EMAIL_IDENTITY:
+        if stage != EMAIL_IDENTITY:
             raise MatrixError(
                 f"unknown authentication type {stage!r} (without an access token this"
-                f" server offers {_EMAIL_IDENTITY})",
+                f" server offers {EMAIL_IDENTITY})",
                 errcode="M_UNRECOGNIZED",
                 http_status=400,
             )
-        creds = auth_dict.get("threepid_creds")
-        if not isinstance(creds, dict):
-            raise BadJsonError("'threepid_creds' must be an object with sid and client_secret")
-        sid, client_secret = optional_str(creds, "sid"), optional_str(creds, "client_secret")
-        if sid is None or client_secret is None:
-            raise MatrixError(
-                "'threepid_creds' needs sid and client_secret",
-                errcode="M_MISSING_PARAM",
-                http_status=400,
-            )
+        sid, client_secret = threepid_creds(auth_dict)
         await reset.reset_password(sid, client_secret, new_password, logout_devices=logout_devices)
         return JsonResponse({})
 

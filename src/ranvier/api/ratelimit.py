@@ -120,6 +120,7 @@ DEFAULT_ROUTE_CATEGORIES: Final[Mapping[tuple[str, str], Category]] = {
     # Each sends a mail. Counted per address too, by the handler.
     ("POST", f"{_CLIENT_V3}/account/3pid/email/requestToken"): "threepid_validation",
     ("POST", f"{_CLIENT_V3}/account/password/email/requestToken"): "threepid_validation",
+    ("POST", f"{_CLIENT_V3}/register/email/requestToken"): "threepid_validation",
     # Each makes a file or reserves a media ID: disk and database rows.
     ("POST", "/_matrix/media/v3/upload"): "media_create",
     ("PUT", "/_matrix/media/v3/upload/{server_name}/{media_id}"): "media_create",

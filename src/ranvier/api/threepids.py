@@ -21,7 +21,8 @@ work: ``/account/3pid/email/requestToken`` and
 mail's link leads to the same path, which then answers an HTML page.
 ``/account/3pid/add`` (after the password) puts the validated address on
 the account, ``GET /account/3pid`` lists it, ``/account/3pid/delete``
-takes it off. Phone numbers, registration with an address, and identity
+takes it off; ``/register/email/requestToken`` validates an address to
+register with (:mod:`ranvier.api.account`). Phone numbers and identity
 servers stay refused as above. Each ``requestToken`` is rate limited per
 client address (the route's category) and per e-mail address (here).
 """
@@ -53,6 +54,7 @@ _REQUEST_TOKEN_PATHS = tuple(
     for medium in ("email", "msisdn")
 )
 _RESET_TOKEN_PATH: Final = "/account/password/email/requestToken"
+_REGISTER_TOKEN_PATH: Final = "/register/email/requestToken"
 #: The names the adding endpoints' refusals give each medium.
 _MEDIUM_NAMES: Final = {"email": "e-mail addresses", "msisdn": "phone numbers"}
 _NEXT_LINK: Final = re.compile(r"https?://[^\s/?#]+[^\s]*")
@@ -117,11 +119,18 @@ def add_threepid_routes(
     threepids: Threepids | None = None,
     uia: PasswordCheck | None = None,
     limiter: RateLimiter | None = None,
+    register_by_email: bool = False,
 ) -> None:
     """Serve ``GET /account/3pid`` and the rest (see the module's doc):
     refused but for delete and unbind without ``threepids``; with it (and
-    ``uia``, which adding needs), the e-mail endpoints. ``limiter`` counts
-    ``requestToken`` per e-mail address."""
+    ``uia``, which adding needs), the e-mail endpoints, registration's
+    only with ``register_by_email`` (registration open, without tokens).
+    ``limiter`` counts ``requestToken`` per e-mail address."""
+    by_email: set[str] = set()
+    if threepids is not None:
+        by_email = (
+            {_RESET_TOKEN_PATH, _REGISTER_TOKEN_PATH} if register_by_email else {_RESET_TOKEN_PATH}
+        )
 
     async def no_threepids(request: Request) -> Mapping[str, Any]:
         await auth.get_user(request)
@@ -162,7 +171,7 @@ def add_threepid_routes(
         router.add("POST", f"{prefix}/account/3pid/unbind", forget_identifier)
         router.add("POST", f"{prefix}/account/3pid/msisdn/requestToken", refuse_medium("msisdn"))
         for path in _REQUEST_TOKEN_PATHS:
-            if threepids is None or path != _RESET_TOKEN_PATH:
+            if path not in by_email:
                 router.add("POST", prefix + path, request_token)
         if threepids is None:
             router.add("GET", f"{prefix}/account/3pid", no_threepids)
@@ -171,7 +180,14 @@ def add_threepid_routes(
             router.add("POST", f"{prefix}/account/3pid/email/requestToken", refuse_medium("email"))
     if threepids is not None:
         assert uia is not None, "adding an address asks for the password"
-        _add_email_routes(router, auth=auth, threepids=threepids, uia=uia, limiter=limiter)
+        _add_email_routes(
+            router,
+            auth=auth,
+            threepids=threepids,
+            uia=uia,
+            limiter=limiter,
+            register_by_email=register_by_email,
+        )
 
 
 def _add_email_routes(
@@ -181,6 +197,7 @@ def _add_email_routes(
     threepids: Threepids,
     uia: PasswordCheck,
     limiter: RateLimiter | None,
+    register_by_email: bool,
 ) -> None:
     def token_request(body: Mapping[str, Any]) -> tuple[str, str, int, str | None]:
         """A ``requestToken`` body: address (canonical), secret, attempt, next link."""
@@ -209,6 +226,10 @@ def _add_email_routes(
 
     async def request_add_token(request: Request) -> Mapping[str, Any]:
         sid = await threepids.request_add_token(*token_request(json_object(request)))
+        return {"sid": sid, "submit_url": threepids.submit_url}
+
+    async def request_register_token(request: Request) -> Mapping[str, Any]:
+        sid = await threepids.request_register_token(*token_request(json_object(request)))
         return {"sid": sid, "submit_url": threepids.submit_url}
 
     async def request_reset_token(request: Request) -> Mapping[str, Any]:
@@ -275,5 +296,7 @@ def _add_email_routes(
         router.add("POST", f"{prefix}/account/3pid/delete", delete_threepid)
         router.add("POST", f"{prefix}/account/3pid/email/requestToken", request_add_token)
         router.add("POST", prefix + _RESET_TOKEN_PATH, request_reset_token)
+        if register_by_email:
+            router.add("POST", prefix + _REGISTER_TOKEN_PATH, request_register_token)
     router.add("POST", SUBMIT_TOKEN_PATH, submit_token_json)
     router.add("GET", SUBMIT_TOKEN_PATH, submit_token_page)

@@ -71,6 +71,8 @@ __all__ = [
     "AccountStore",
     "Accounts",
     "Login",
+    "NewAccount",
+    "NewDevice",
     "Registration",
     "Requester",
     "UserInUseError",

@@ -65,7 +65,7 @@ EMAIL: Final = "email"
 SUBMIT_TOKEN_PATH: Final = "/_ranvier/client/email/submit_token"
 
 #: What a session is asked for: the mails say so.
-Purpose = Literal["add", "reset"]
+Purpose = Literal["add", "reset", "register"]
 
 _CLIENT_SECRET: Final = re.compile(r"[0-9a-zA-Z.=_-]{1,255}")
 _TOKEN_ALPHABET: Final = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
@@ -279,6 +279,11 @@ _MAILS: Final[dict[Purpose, _Mail]] = {
         "Confirm your e-mail address",
         "Someone asked to add this address to a {app} account on {server}.",
         "Once confirmed, the address can be used to reset the account's password.",
+    ),
+    "register": _Mail(
+        "Confirm your e-mail address",
+        "Someone asked to register a {app} account on {server} with this address.",
+        "Once confirmed, go back to your client to finish registering.",
     ),
     "reset": _Mail(
         "Reset your password",

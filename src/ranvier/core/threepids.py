@@ -10,6 +10,9 @@ session may be asked for and what a validated one is good for:
   on no account (400 ``M_THREEPID_IN_USE`` otherwise), and
   ``/account/3pid/add`` then puts the validated address on the requesting
   account, after the password (user-interactive authentication);
+* ``/register/email/requestToken`` mails a token only for an address on
+  no account too, and registering with ``m.login.email.identity`` then
+  creates the account with the address on it, in one write;
 * ``/account/password/email/requestToken`` mails a token only for an
   address on an account (400 ``M_THREEPID_NOT_FOUND`` otherwise), and
   ``/account/password`` with ``m.login.email.identity`` then sets that
@@ -32,6 +35,7 @@ from ranvier.core.email_validation import (
     check_request,
 )
 from ranvier.errors import MatrixError
+from ranvier.storage.accounts import NewAccount, NewDevice
 from ranvier.storage.threepids import PasswordReset, UserThreepid
 
 __all__ = ["PasswordResetter", "ThreepidStore", "Threepids"]
@@ -47,6 +51,17 @@ class ThreepidStore(Protocol):
     async def add_threepid(
         self, user_id: str, sid: str, client_secret: str, medium: str, *, now_ms: int
     ) -> Literal["added", "unvalidated", "in_use"]: ...
+
+    async def create_account_with_threepid(
+        self,
+        account: NewAccount,
+        device: NewDevice | None,
+        sid: str,
+        client_secret: str,
+        medium: str,
+        *,
+        now_ms: int,
+    ) -> Literal["created", "unvalidated", "in_use"]: ...
 
     async def delete_threepid(self, user_id: str, medium: str, address: str) -> bool: ...
 
@@ -112,6 +127,43 @@ class Threepids:
         return await self.validation.request_token(
             address, client_secret, send_attempt, next_link=next_link, purpose="add"
         )
+
+    async def request_register_token(
+        self, address: str, client_secret: str, send_attempt: int, next_link: str | None
+    ) -> str:
+        """Mail a token to register an account with ``address`` (canonical)."""
+        check_request(client_secret, send_attempt)
+        if await self._store.owner(EMAIL, address) is not None:
+            raise MatrixError(
+                f"{address} is already on an account here",
+                errcode="M_THREEPID_IN_USE",
+                http_status=400,
+            )
+        return await self.validation.request_token(
+            address, client_secret, send_attempt, next_link=next_link, purpose="register"
+        )
+
+    def registering(
+        self, sid: str, client_secret: str
+    ) -> Callable[[NewAccount, NewDevice | None], Awaitable[None]]:
+        """The write that creates an account with the session's validated
+        address on it (``create`` of :meth:`ranvier.core.accounts.Accounts.register`)."""
+        check_client_secret(client_secret)
+
+        async def create(account: NewAccount, device: NewDevice | None) -> None:
+            outcome = await self._store.create_account_with_threepid(
+                account, device, sid, client_secret, EMAIL, now_ms=self.validation.clock_ms()
+            )
+            if outcome == "unvalidated":
+                raise _auth_failed()
+            if outcome == "in_use":
+                raise MatrixError(
+                    "the address was added to another account meanwhile",
+                    errcode="M_THREEPID_IN_USE",
+                    http_status=400,
+                )
+
+        return create
 
     async def request_reset_token(
         self, address: str, client_secret: str, send_attempt: int, next_link: str | None

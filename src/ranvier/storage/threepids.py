@@ -9,8 +9,9 @@ Invariants
 * **An address is on one account at most.** ``(medium, address)`` is the
   key of ``user_threepids``; adding one that another user has is refused
   in the write that would add it, so two racing adds cannot both win.
-* **A session proves one thing once.** Adding its address, or resetting a
-  password with it, deletes the session in the same write; a second use,
+* **A session proves one thing once.** Adding its address (to an account,
+  or to one registered with it), or resetting a password with it, deletes
+  the session in the same write; a second use,
   from this process or another, finds nothing.
 * **Tokens are stored hashed** (SHA-256): the table alone does not
   validate anyone's address. They are compared in constant time.
@@ -34,7 +35,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from .accounts import _change_password
+from .accounts import NewAccount, NewDevice, _change_password, _create_account
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
 
@@ -156,6 +157,32 @@ class ThreepidStorage:
             functools.partial(
                 _add_threepid,
                 user_id=user_id,
+                sid=sid,
+                client_secret=client_secret,
+                medium=medium,
+                now_ms=now_ms,
+            )
+        )
+
+    async def create_account_with_threepid(
+        self,
+        account: NewAccount,
+        device: NewDevice | None,
+        sid: str,
+        client_secret: str,
+        medium: str,
+        *,
+        now_ms: int,
+    ) -> Literal["created"] | Use:
+        """Create ``account`` (and log ``device`` in) with the address the
+        session validated on it, using up the session: one write. Raises
+        :class:`~ranvier.storage.accounts.UserInUseError` for a taken user
+        ID; "unvalidated" and "in_use" create nothing."""
+        return await self._actor.submit(
+            functools.partial(
+                _create_account_with_threepid,
+                account=account,
+                device=device,
                 sid=sid,
                 client_secret=client_secret,
                 medium=medium,
@@ -314,6 +341,36 @@ def _add_threepid(
     )
     conn.execute("DELETE FROM threepid_validation_sessions WHERE sid = ?", (sid,))
     return "added"
+
+
+@registered_write
+def _create_account_with_threepid(
+    conn: sqlite3.Connection,
+    *,
+    account: NewAccount,
+    device: NewDevice | None,
+    sid: str,
+    client_secret: str,
+    medium: str,
+    now_ms: int,
+) -> Literal["created"] | Use:
+    """Run twice, the second run finds the session used up and answers
+    "unvalidated", creating nothing: the account the first made stays, its
+    answer lost; the user logs in to it with the password they chose."""
+    validated = _validated(conn, sid=sid, client_secret=client_secret, medium=medium, now_ms=now_ms)
+    if validated is None:
+        return "unvalidated"
+    address, validated_ts = validated
+    if _owner(conn, medium=medium, address=address) is not None:
+        return "in_use"
+    _create_account(conn, account=account, device=device)
+    conn.execute(
+        "INSERT INTO user_threepids (medium, address, user_id, validated_ts, added_ts)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (medium, address, account.user_id, validated_ts, now_ms),
+    )
+    conn.execute("DELETE FROM threepid_validation_sessions WHERE sid = ?", (sid,))
+    return "created"
 
 
 @registered_write
