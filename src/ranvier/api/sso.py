@@ -11,44 +11,23 @@ from __future__ import annotations
 
 import html
 from collections.abc import AsyncGenerator
-from typing import Final
 
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
+from ranvier.api.html_pages import NO_STORE, html_page
 from ranvier.core.sso import CALLBACK_PATH, SsoError, SsoProviders
 from ranvier.errors import MatrixError
 from ranvier.web import Request, Router, StreamResponse
 
 __all__ = ["add_sso_routes"]
 
-_NO_STORE: Final = ("cache-control", "no-store")
 #: The login token is in the page's link: no other site may frame it or be told it.
-_PAGE_HEADERS: Final = (
-    ("content-type", "text/html; charset=utf-8"),
-    _NO_STORE,
-    ("x-frame-options", "DENY"),
-    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
-    ("referrer-policy", "no-referrer"),
-)
-
-
-def _page(status: int, title: str, body_html: str) -> StreamResponse:
-    text = (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title></head>\n"
-        f"<body><h1>{html.escape(title)}</h1>\n{body_html}\n</body></html>\n"
-    ).encode()
-
-    async def body() -> AsyncGenerator[bytes, None]:
-        yield text
-
-    return StreamResponse(status, [*_PAGE_HEADERS, ("content-length", str(len(text)))], body)
 
 
 def _redirect(location: str) -> StreamResponse:
     async def body() -> AsyncGenerator[bytes, None]:
         yield b""
 
-    return StreamResponse(302, [("location", location), _NO_STORE, ("content-length", "0")], body)
+    return StreamResponse(302, [("location", location), NO_STORE, ("content-length", "0")], body)
 
 
 def add_sso_routes(router: Router, sso: SsoProviders) -> None:
@@ -70,10 +49,10 @@ def add_sso_routes(router: Router, sso: SsoProviders) -> None:
         try:
             login = await sso.finish(params)
         except SsoError as exc:
-            return _page(exc.status, "Login failed", f"<p>{html.escape(exc.message)}</p>")
+            return html_page(exc.status, "Login failed", f"<p>{html.escape(exc.message)}</p>")
         link = html.escape(login.client_url, quote=True)
         host = html.escape(login.client_host)
-        return _page(
+        return html_page(
             200,
             f"Continue to {login.client_host}?",
             f"<p>You are logging in as <b>{html.escape(login.user_id)}</b>.</p>\n"

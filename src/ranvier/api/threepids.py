@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 from ranvier.api.account import json_object, optional_str
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
+from ranvier.api.html_pages import html_page
 from ranvier.api.ratelimit import RateLimiter
 from ranvier.core.devices import AuthRequired
 from ranvier.core.email_validation import SUBMIT_TOKEN_PATH, canonical_email
@@ -58,13 +59,6 @@ _REGISTER_TOKEN_PATH: Final = "/register/email/requestToken"
 #: The names the adding endpoints' refusals give each medium.
 _MEDIUM_NAMES: Final = {"email": "e-mail addresses", "msisdn": "phone numbers"}
 _NEXT_LINK: Final = re.compile(r"https?://[^\s/?#]+[^\s]*")
-_PAGE_HEADERS: Final = (
-    ("content-type", "text/html; charset=utf-8"),
-    ("cache-control", "no-store"),
-    ("x-frame-options", "DENY"),
-    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
-    ("referrer-policy", "no-referrer"),
-)
 
 
 _MEDIA = ("email", "msisdn")
@@ -97,19 +91,6 @@ def _required(body: Mapping[str, Any], key: str) -> str:
     if value is None:
         raise MatrixError(f"'{key}' is required", errcode="M_MISSING_PARAM", http_status=400)
     return value
-
-
-def _page(status: int, title: str, body_html: str) -> StreamResponse:
-    text = (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title></head>\n"
-        f"<body><h1>{html.escape(title)}</h1>\n{body_html}\n</body></html>\n"
-    ).encode()
-
-    async def body() -> AsyncGenerator[bytes, None]:
-        yield text
-
-    return StreamResponse(status, [*_PAGE_HEADERS, ("content-length", str(len(text)))], body)
 
 
 def add_threepid_routes(
@@ -247,16 +228,18 @@ def _add_email_routes(
         values = [request.query_value(name) for name in ("sid", "client_secret", "token")]
         sid, client_secret, token = values
         if sid is None or client_secret is None or token is None:
-            return _page(400, "Link incomplete", "<p>Open the whole link from the mail.</p>")
+            return html_page(400, "Link incomplete", "<p>Open the whole link from the mail.</p>")
         try:
             next_link = await threepids.submit_token(sid, client_secret, token)
         except MatrixError as exc:
-            return _page(exc.http_status, "Not confirmed", f"<p>{html.escape(exc.message)}</p>")
+            return html_page(exc.http_status, "Not confirmed", f"<p>{html.escape(exc.message)}</p>")
         more = "<p>You can go back to your client now.</p>"
         if next_link is not None:
             link = html.escape(next_link, quote=True)
             more = f'<p><a href="{link}">Continue</a></p>'
-        return _page(200, "Address confirmed", f"<p>Your e-mail address is confirmed.</p>\n{more}")
+        return html_page(
+            200, "Address confirmed", f"<p>Your e-mail address is confirmed.</p>\n{more}"
+        )
 
     async def list_threepids(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)

@@ -117,21 +117,28 @@ class Threepids:
         self, address: str, client_secret: str, send_attempt: int, next_link: str | None
     ) -> str:
         """Mail a token to add ``address`` (canonical) to an account; the ``sid``."""
-        check_request(client_secret, send_attempt)
-        if await self._store.owner(EMAIL, address) is not None:
-            raise MatrixError(
-                f"{address} is already on an account here",
-                errcode="M_THREEPID_IN_USE",
-                http_status=400,
-            )
-        return await self.validation.request_token(
-            address, client_secret, send_attempt, next_link=next_link, purpose="add"
+        return await self._request_for_unused(
+            address, client_secret, send_attempt, next_link, purpose="add"
         )
 
     async def request_register_token(
         self, address: str, client_secret: str, send_attempt: int, next_link: str | None
     ) -> str:
         """Mail a token to register an account with ``address`` (canonical)."""
+        return await self._request_for_unused(
+            address, client_secret, send_attempt, next_link, purpose="register"
+        )
+
+    async def _request_for_unused(
+        self,
+        address: str,
+        client_secret: str,
+        send_attempt: int,
+        next_link: str | None,
+        *,
+        purpose: Literal["add", "register"],
+    ) -> str:
+        """A mail to ``address``, which must be on no account yet; the ``sid``."""
         check_request(client_secret, send_attempt)
         if await self._store.owner(EMAIL, address) is not None:
             raise MatrixError(
@@ -140,7 +147,7 @@ class Threepids:
                 http_status=400,
             )
         return await self.validation.request_token(
-            address, client_secret, send_attempt, next_link=next_link, purpose="register"
+            address, client_secret, send_attempt, next_link=next_link, purpose=purpose
         )
 
     def registering(
