@@ -226,6 +226,7 @@ class BundlingRoomMessages(RoomMessages):
         to_token: str | None = None,
         limit: int | None = None,
         event_filter: RoomEventFilter | None = None,
+        everything: bool = False,
     ) -> dict[str, Any]:
         answer = await super().get_messages(
             requester,
@@ -235,6 +236,7 @@ class BundlingRoomMessages(RoomMessages):
             to_token=to_token,
             limit=limit,
             event_filter=event_filter,
+            everything=everything,
         )
         await self._aggregations.add_bundles_as_read(requester.user_id, room_id, answer["chunk"])
         return answer
