@@ -149,6 +149,12 @@ async def _room_rows(storage: Storage, room: RoomBuilder, number: int) -> None:
             "INSERT INTO un_partial_stated_rooms (room_id, stream_ordering) VALUES (?, 1)",
             (room_id,),
         )
+        run(
+            "INSERT INTO partial_state_device_updates"
+            " (room_id, user_id, position, point, sent_to, edus)"
+            " VALUES (?, ?, 3, ?, '[]', x'5b5d')",
+            (room_id, BOB, f'["{event_id}"]'),
+        )
         run("INSERT INTO blocked_rooms VALUES (?, ?, 5)", (room_id, ALICE))
 
     await storage.writer.submit(write)

@@ -96,6 +96,7 @@ TABLES_ADDED = {
     46: {"remote_device_lists", "remote_device_keys"},
     47: {"ratelimit_overrides"},
     48: {"user_threepids", "threepid_validation_sessions"},
+    49: {"partial_state_device_updates"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -305,6 +306,12 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run(
             "INSERT INTO threepid_validation_sessions"
             " VALUES ('s', 'email', 'a@x.org', 'c', x'01', 1, NULL, 4, 9, NULL)"
+        )
+    elif version == 49:
+        run(
+            "INSERT INTO partial_state_device_updates"
+            " (room_id, user_id, position, point, sent_to, edus)"
+            " VALUES ('!r:x', '@a:x', 3, '[\"$e\"]', '[\"y\"]', x'5b5d')"
         )
 
 

@@ -89,6 +89,7 @@ _STATEMENTS: Final[tuple[tuple[str, str], ...]] = (
     ("resync_progress", "room_id = :room"),
     ("partial_state_events", f"event_id IN ({_EVENTS})"),
     ("partial_state_rooms_servers", "room_id = :room"),
+    ("partial_state_device_updates", "room_id = :room"),
     ("partial_state_rooms", "room_id = :room"),
     ("forward_extremities", "room_id = :room"),
     ("current_state", "room_id = :room"),

@@ -1200,6 +1200,22 @@ def _threepids(conn: sqlite3.Connection) -> None:
     )
 
 
+def _partial_state_device_updates(conn: sqlite3.Connection) -> None:
+    """Local users' device-list updates made while a room's state was
+    partial, kept until its resync completes
+    (:mod:`ranvier.storage.partial_state_device_updates`)."""
+    conn.execute(
+        "CREATE TABLE partial_state_device_updates (id INTEGER PRIMARY KEY NOT NULL,"
+        " room_id TEXT NOT NULL, user_id TEXT NOT NULL, position INTEGER NOT NULL,"
+        " point TEXT NOT NULL, sent_to TEXT NOT NULL, edus BLOB NOT NULL,"
+        " UNIQUE (room_id, user_id, position)) STRICT"
+    )
+    conn.execute(
+        "CREATE INDEX partial_state_device_updates_room"
+        " ON partial_state_device_updates (room_id, id)"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1250,6 +1266,7 @@ MIGRATIONS: Sequence[Migration] = (
     _remote_device_lists,
     _ratelimit_overrides,
     _threepids,
+    _partial_state_device_updates,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

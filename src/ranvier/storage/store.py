@@ -40,6 +40,7 @@ from .login_tokens import LoginTokenStorage
 from .media import MediaStorage
 from .media_admin import MediaAdminStorage
 from .notification_reads import NotificationReads
+from .partial_state_device_updates import PartialStateDeviceUpdateStorage
 from .pushers import PusherStorage
 from .ratelimit_overrides import RateLimitOverrideStorage
 from .readers import ReaderPool
@@ -161,6 +162,9 @@ class Storage:
         self.backfill = BackfillStorage(self.writer, self.readers)
         self.e2e_keys = E2eKeyStorage(self.writer, self.readers)
         self.remote_device_lists = RemoteDeviceListStorage(self.writer, self.readers)
+        self.partial_state_device_updates = PartialStateDeviceUpdateStorage(
+            self.writer, self.readers
+        )
         self.dehydrated_devices = DehydratedDeviceStorage(self.writer, self.readers)
         self.room_keys = RoomKeyStorage(self.writer, self.readers)
         self.media = MediaStorage(self.writer, self.readers)
