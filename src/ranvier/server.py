@@ -1432,9 +1432,11 @@ class HomeServer:
                 store=storage.remote_device_lists,
                 remote=FederationKeyClient(client),
             ),
+            partial_state_updates=storage.partial_state_device_updates,
         )
         self._edus.e2e_keys = self._e2e_keys
         self.unpartial_stater.on_full_state.append(self._e2e_keys.room_fully_stated)
+        self.unpartial_stater.on_start.append(self._e2e_keys.resume_fully_stated)
         self._accounts.on_devices_logged_out = self._e2e_keys.devices_logged_out
 
     def _federation_router(self, signing_key: SigningKey) -> Router:

@@ -51,6 +51,7 @@ from ranvier.errors import BadJsonError, InvalidSignatureError, MatrixError
 from ranvier.protocol.canonical import encode_canonical_json
 from ranvier.protocol.signing import decode_verify_key_base64, verify_signed_json
 from ranvier.storage.e2e_keys import E2eSyncRead
+from ranvier.storage.partial_state_device_updates import RememberedUpdate
 
 __all__ = [
     "TO_DEVICE_PAGE",
@@ -59,6 +60,7 @@ __all__ = [
     "E2eKeys",
     "E2eSync",
     "ForgettingDeletedDevices",
+    "PartialStateUpdates",
     "RemoteKeys",
 ]
 
@@ -199,16 +201,29 @@ class RoomServers(Protocol):
     async def servers_after(self, event_ids: Collection[str]) -> Collection[str]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class _SentOnPartialState:
-    """Updates sent while a room's state was partial: to whom, and the
+class PartialStateUpdates(Protocol):
+    """Updates sent while a room's state was partial, with to whom and the
     room's forward extremities then, where the full state will say who
-    else was in the room.
+    else was in the room; kept in the database, so that whichever process
+    completes the resync, now or after a restart, sends what was missed
+    (:class:`ranvier.storage.partial_state_device_updates.PartialStateDeviceUpdateStorage`).
     """
 
-    point: Collection[str]
-    sent_to: frozenset[str]
-    edus: tuple[tuple[str, dict[str, Any]], ...]
+    async def remember(
+        self,
+        rooms: Sequence[tuple[str, Collection[str], Collection[str]]],
+        *,
+        user_id: str,
+        position: int,
+        edus: Sequence[tuple[str, dict[str, Any]]],
+        keep: int,
+    ) -> list[str]: ...
+
+    async def remembered(self, room_id: str) -> list[RememberedUpdate]: ...
+
+    async def forget(self, room_id: str, upto: int) -> int: ...
+
+    async def rooms_completed_with_updates(self) -> list[str]: ...
 
 
 #: Re-authenticates a user for a sensitive request (user-interactive
@@ -395,6 +410,7 @@ class E2eKeys:
         servers: RoomServers | None = None,
         edus: EduSink | None = None,
         device_lists: RemoteDeviceLists | None = None,
+        partial_state_updates: PartialStateUpdates | None = None,
     ) -> None:
         self._server_name = server_name
         #: Other servers' users' device lists kept here (none kept without).
@@ -410,8 +426,8 @@ class E2eKeys:
         self._edus = edus
         # The device-list position of the last update sent per user.
         self._last_update: dict[str, int] = {}
-        # Per room with partial state: the updates sent meanwhile.
-        self._sent_on_partial_state: dict[str, list[_SentOnPartialState]] = {}
+        # The updates sent while rooms' state was partial (none kept without).
+        self._partial_state_updates = partial_state_updates
 
     # Uploads.
 
@@ -699,27 +715,67 @@ class E2eKeys:
         for server in sorted(destinations):
             for edu_type, content in edus:
                 self._edus.send_edu(server, edu_type, content)
-        for room_id, (point, servers) in partial.items():
-            sent = self._sent_on_partial_state.setdefault(room_id, [])
-            sent.append(_SentOnPartialState(point, servers, tuple(edus)))
-            del sent[:-_MAX_SENT_ON_PARTIAL_STATE]
+        if partial and self._partial_state_updates is not None:
+            complete = await self._partial_state_updates.remember(
+                [(room_id, point, servers) for room_id, (point, servers) in partial.items()],
+                user_id=user_id,
+                position=position,
+                edus=edus,
+                keep=_MAX_SENT_ON_PARTIAL_STATE,
+            )
+            # Completed since it was looked at, before the update could be
+            # remembered: whoever completed it will not see the update.
+            for room_id in complete:
+                point, servers = partial[room_id]
+                await self._send_missed(point, servers, edus, {})
 
     async def room_fully_stated(self, room_id: str) -> None:
         """After ``room_id``'s partial state was completed: the updates sent
-        meanwhile go to the servers the full state shows were in the room
-        when each was made and that the partial state left out (absent
-        from the join's answer, or wrongly kicked), whether or not they
-        are still there: they missed the update.
+        meanwhile (by any process) go to the servers the full state shows
+        were in the room when each was made and that the partial state
+        left out (absent from the join's answer, or wrongly kicked),
+        whether or not they are still there: they missed the update.
         """
-        sent = self._sent_on_partial_state.pop(room_id, [])
-        if self._edus is None or self._servers is None:
+        store = self._partial_state_updates
+        if store is None or self._edus is None or self._servers is None:
             return
-        for update in sent:
-            missed = set(await self._servers.servers_after(update.point))
-            missed -= update.sent_to | {self._server_name}
-            for server in sorted(missed):
-                for edu_type, content in update.edus:
-                    self._edus.send_edu(server, edu_type, content)
+        remembered = await store.remembered(room_id)
+        known: dict[frozenset[str], frozenset[str]] = {}
+        for update in remembered:
+            await self._send_missed(update.point, update.sent_to, update.edus, known)
+        if remembered:
+            await store.forget(room_id, remembered[-1].number)
+
+    async def resume_fully_stated(self) -> None:
+        """At start-up: the rooms whose partial state was completed but
+        whose updates were not yet sent on when the server stopped.
+        """
+        store = self._partial_state_updates
+        if store is None:
+            return
+        for room_id in await store.rooms_completed_with_updates():
+            await self.room_fully_stated(room_id)
+
+    async def _send_missed(
+        self,
+        point: Collection[str],
+        sent_to: Collection[str],
+        edus: Sequence[tuple[str, dict[str, Any]]],
+        known: dict[frozenset[str], frozenset[str]],
+    ) -> None:
+        """Send ``edus`` to the servers in the room after ``point`` that
+        were not ``sent_to``; ``known`` holds the servers of points already
+        read (updates made between two events share one).
+        """
+        assert self._edus is not None
+        assert self._servers is not None
+        key = frozenset(point)
+        servers = known.get(key)
+        if servers is None:
+            servers = known[key] = frozenset(await self._servers.servers_after(key))
+        for server in sorted(servers - set(sent_to) - {self._server_name}):
+            for edu_type, content in edus:
+                self._edus.send_edu(server, edu_type, content)
 
     async def device_renamed(self, user_id: str, device_id: str) -> None:
         """After a rename of ``user_id``'s device: the new name is part of

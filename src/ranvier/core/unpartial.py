@@ -293,6 +293,9 @@ class UnpartialStater:
         #: Told each room whose partial state was completed, in turn, before
         #: its waiters: what was done on partial state may need redoing.
         self.on_full_state: list[Callable[[str], Awaitable[None]]] = []
+        #: Run once when the task starts: what a restart left undone
+        #: between a room's completion and its listeners.
+        self.on_start: list[Callable[[], Awaitable[None]]] = []
 
     # The component
 
@@ -308,6 +311,8 @@ class UnpartialStater:
                     self._spawn(room_id)
                 if rooms:
                     _log.info("resuming the resync of %d partial-state rooms", len(rooms))
+                for resume in self.on_start:
+                    nursery.start_soon(self._resume, resume)
                 task_status.started()
                 await trio.sleep_forever()
             finally:
@@ -727,6 +732,13 @@ class UnpartialStater:
             except Exception:
                 # The room is complete whatever a listener makes of it.
                 _log.warning("%s: a listener of its full state failed", room_id, exc_info=True)
+
+    async def _resume(self, resume: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await resume()
+        except Exception:
+            # The resyncs go on whatever a listener makes of it.
+            _log.warning("resuming what completed resyncs left failed", exc_info=True)
 
     def _wake(self, room_id: str) -> None:
         cleared = self._full_state.pop(room_id, None)
