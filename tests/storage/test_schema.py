@@ -97,6 +97,8 @@ TABLES_ADDED = {
     47: {"ratelimit_overrides"},
     48: {"user_threepids", "threepid_validation_sessions"},
     49: {"partial_state_device_updates"},
+    # A column of users, no table.
+    50: set(),
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -313,6 +315,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
             " (room_id, user_id, position, point, sent_to, edus)"
             " VALUES ('!r:x', '@a:x', 3, '[\"$e\"]', '[\"y\"]', x'5b5d')"
         )
+    elif version == 50:
+        run("UPDATE users SET is_guest = 1")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

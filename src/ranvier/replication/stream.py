@@ -128,6 +128,8 @@ TOKEN_WRITES: Final = frozenset(
         "accounts.delete_user_devices",
         "accounts.change_password",
         "accounts.deactivate_account",
+        # A guest's tokens now act for a full account.
+        "accounts.upgrade_guest",
         # A password reset by mail logs the account's devices out.
         "threepids.reset_password",
         "refresh_tokens.refresh",

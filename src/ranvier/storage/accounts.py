@@ -80,6 +80,9 @@ class NewAccount:
     created_ts: int
     #: The profile's display name, written with the account; None: unset.
     display_name: str | None = None
+    #: A guest account (:mod:`ranvier.core.guests`): made without credentials,
+    #: allowed a subset of the client API until it is upgraded.
+    guest: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,8 @@ class TokenOwner:
     #: Whether an admin locked or suspended the account.
     locked: bool = False
     suspended: bool = False
+    #: Whether the account is a guest's (:mod:`ranvier.core.guests`).
+    guest: bool = False
 
 
 class AccountStorage:
@@ -151,6 +156,22 @@ class AccountStorage:
         Raises :class:`UserInUseError` if the user ID is taken.
         """
         await self._actor.submit(functools.partial(_create_account, account=account, device=device))
+
+    async def upgrade_guest(
+        self, user_id: str, password_hash: str, device: NewDevice | None
+    ) -> None:
+        """Make the guest ``user_id`` a full account with ``password_hash``
+        and, if given, log ``device`` in, in one write; the guest's devices,
+        tokens and rooms stay.
+
+        Raises MatrixError ``M_FORBIDDEN`` if ``user_id`` is not an active
+        guest account.
+        """
+        await self._actor.submit(
+            functools.partial(
+                _upgrade_guest, user_id=user_id, password_hash=password_hash, device=device
+            )
+        )
 
     async def add_device(self, device: NewDevice) -> None:
         """Log ``device`` in: create it if new (an existing one keeps its
@@ -281,9 +302,15 @@ def _create_account(
 ) -> None:
     try:
         conn.execute(
-            "INSERT INTO users (user_id, password_hash, admin, created_ts, deactivated)"
-            " VALUES (?, ?, ?, ?, 0)",
-            (account.user_id, account.password_hash, int(account.admin), account.created_ts),
+            "INSERT INTO users (user_id, password_hash, admin, created_ts, deactivated, is_guest)"
+            " VALUES (?, ?, ?, ?, 0, ?)",
+            (
+                account.user_id,
+                account.password_hash,
+                int(account.admin),
+                account.created_ts,
+                int(account.guest),
+            ),
         )
     except sqlite3.IntegrityError:
         # The primary key: someone has the name, whenever they took it,
@@ -324,6 +351,29 @@ def _is_repeat(conn: sqlite3.Connection, account: NewAccount, device: NewDevice 
         (device.token_hash, account.user_id),
     ).fetchone()
     return token is not None
+
+
+@registered_write
+def _upgrade_guest(
+    conn: sqlite3.Connection, *, user_id: str, password_hash: str, device: NewDevice | None
+) -> None:
+    upgraded = conn.execute(
+        "UPDATE users SET is_guest = 0, password_hash = ?"
+        " WHERE user_id = ? AND is_guest = 1 AND deactivated = 0",
+        (password_hash, user_id),
+    ).rowcount
+    if not upgraded:
+        # This very write run again (a worker's, repeated after the main
+        # process restarted) finds its own salted hash there: not a refusal.
+        row = conn.execute(
+            "SELECT password_hash FROM users WHERE user_id = ?", (user_id,)
+        ).fetchone()
+        if row is None or row[0] != password_hash:
+            raise MatrixError(
+                f"{user_id} is not a guest account", errcode="M_FORBIDDEN", http_status=403
+            )
+    if device is not None:
+        _add_device(conn, device=device)
 
 
 @registered_write
@@ -468,14 +518,14 @@ def _get_token_owner(conn: sqlite3.Connection, *, token_hash: bytes) -> TokenOwn
     row = conn.execute(
         "SELECT t.user_id, t.device_id, u.admin, t.expires_ts,"
         " EXISTS (SELECT 1 FROM refresh_tokens AS r WHERE r.access_token_hash = t.token_hash"
-        " AND r.previous_hash IS NOT NULL), u.locked, u.suspended"
+        " AND r.previous_hash IS NOT NULL), u.locked, u.suspended, u.is_guest"
         " FROM access_tokens AS t JOIN users AS u ON u.user_id = t.user_id"
         " WHERE t.token_hash = ? AND u.deactivated = 0",
         (token_hash,),
     ).fetchone()
     if row is None:
         return None
-    user_id, device_id, admin, expires_ts, replaces_older, locked, suspended = row
+    user_id, device_id, admin, expires_ts, replaces_older, locked, suspended, guest = row
     return TokenOwner(
         user_id,
         device_id,
@@ -484,6 +534,7 @@ def _get_token_owner(conn: sqlite3.Connection, *, token_hash: bytes) -> TokenOwn
         bool(replaces_older),
         locked=bool(locked),
         suspended=bool(suspended),
+        guest=bool(guest),
     )
 
 

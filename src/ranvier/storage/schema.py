@@ -1216,6 +1216,12 @@ def _partial_state_device_updates(conn: sqlite3.Connection) -> None:
     )
 
 
+def _guest_accounts(conn: sqlite3.Connection) -> None:
+    """Which accounts are guests' (:mod:`ranvier.core.guests`), read with
+    every access token; upgrading one clears it."""
+    conn.execute("ALTER TABLE users ADD COLUMN is_guest INTEGER NOT NULL DEFAULT 0")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1267,6 +1273,7 @@ MIGRATIONS: Sequence[Migration] = (
     _ratelimit_overrides,
     _threepids,
     _partial_state_device_updates,
+    _guest_accounts,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -34,6 +34,7 @@ from .dehydrated_devices import DehydratedDeviceStorage
 from .e2e_keys import E2eKeyStorage
 from .event_stream import EventStreamReads
 from .forgotten_rooms import ForgottenRoomStorage
+from .guests import GuestStorage
 from .hierarchy_reads import HierarchyReads
 from .housekeeping import HousekeepingStorage
 from .login_tokens import LoginTokenStorage
@@ -186,6 +187,7 @@ class Storage:
         self.login_tokens = LoginTokenStorage(self.writer, self.readers)
         self.sso = SsoStorage(self.writer, self.readers)
         self.threepids = ThreepidStorage(self.writer, self.readers)
+        self.guests = GuestStorage(self.readers)
         self.housekeeping = HousekeepingStorage(self.writer, self.readers, self.e2e_keys)
         self.forgotten_rooms = ForgottenRoomStorage(self.writer, self.readers)
         self.room_purge = RoomPurgeStorage(self.writer)
