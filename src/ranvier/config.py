@@ -245,6 +245,13 @@ class RegistrationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     #: registration-token``): invite-only registration. Without ``enabled``
     #: registration stays closed whatever tokens exist.
     requires_token: bool = False
+    #: Let anyone make a guest account (``POST /register?kind=guest``, no
+    #: credentials): a user who may call only the spec's guest subset of the
+    #: client API and join only rooms whose ``m.room.guest_access`` is
+    #: ``can_join`` (:mod:`ranvier.core.guests`). Off by default, as in
+    #: Synapse (``allow_guest_access``); independent of ``enabled``, which
+    #: upgrading a guest to a full account needs.
+    allow_guest_access: bool = False
     #: Serve Synapse's shared-secret registration
     #: (``/_synapse/admin/v1/register``, used by ``register_new_matrix_user``)
     #: with this secret. Whoever knows it can make admin accounts. None (the

@@ -181,6 +181,7 @@ from ranvier.core.event_context import EventContexts
 from ranvier.core.event_stream import DEFAULT_BUFFER as DEFAULT_EVENT_BUFFER
 from ranvier.core.event_stream import EventStream, StreamedEvent
 from ranvier.core.filters import UserFilters
+from ranvier.core.guests import GuestEviction
 from ranvier.core.hierarchy import RoomHierarchy
 from ranvier.core.housekeeping import HOUR_MS, Housekeeping, HousekeepingAges
 from ranvier.core.ingest import EventVerifier, FederationIngester, RoomLocks
@@ -379,6 +380,9 @@ class HomeServer:
         self._e2e_keys: E2eKeys | None = None
         self._room_joins: RoomJoins | None = None
         self._room_leaves: RoomLeaves | None = None
+        #: With guest access allowed: the task that makes guests leave rooms
+        #: that stop letting them in.
+        self.guest_eviction: GuestEviction | None = None
         self._room_knocks: RoomKnocks | None = None
         self._events_by_timestamp: EventsByTimestamp | None = None
         self._federation_app: FederationApp | None = None
@@ -1550,6 +1554,7 @@ class HomeServer:
             identity_providers=self._sso.identity_providers if self._sso is not None else (),
             email_owner=None if self._threepids is None else self._threepids.owner,
             email_registration=self._threepids if _register_by_email(self.config) else None,
+            allow_guests=registration.allow_guest_access,
         )
         if self._sso is not None:
             add_sso_routes(router, self._sso)
@@ -1780,6 +1785,12 @@ class HomeServer:
             ),
         )
 
+    def _guest_eviction(self) -> GuestEviction:
+        self.guest_eviction = GuestEviction(
+            self.storage.guests, self.room_leaves, self.stream_notifier
+        )
+        return self.guest_eviction
+
     async def _run_push_sender(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -1829,6 +1840,11 @@ class HomeServer:
                 else []
             ),
             _Component("application service sender", self._run_appservice_sender),
+            *(
+                [_Component("guest evictions", self._guest_eviction().run)]
+                if self.config.registration.allow_guest_access
+                else []
+            ),
             *(
                 [_Component("server notices user", self._server_notices.run)]
                 if self._server_notices is not None

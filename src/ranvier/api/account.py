@@ -29,6 +29,14 @@ When the server sends mail (``[email]``), a second flow of one stage,
 through ``/register/email/requestToken``: the account is created with the
 address on it (:mod:`ranvier.core.threepids`).
 
+With ``[registration] allow_guest_access``, ``kind=guest`` makes a guest
+account with no credentials (:mod:`ranvier.core.guests`); without it that
+kind is refused with the spec's 403 ``M_GUEST_ACCESS_FORBIDDEN``. A guest
+becomes a full account with the same user ID through the ordinary
+registration, giving its ``guest_access_token``, its localpart as
+``username`` and a password, while registration is open; all-digit
+usernames are kept for guests and refused to everyone else.
+
 Each route is served under ``/_matrix/client/v3`` and, for older clients,
 under ``/_matrix/client/r0``, where these endpoints had the same shape.
 """
@@ -44,6 +52,7 @@ from ranvier.api.auth import Auth, access_token_of
 from ranvier.core.accounts import Accounts, Login, NewAccount, NewDevice, Registration
 from ranvier.core.appservices import AppService, AppServices, exclusive_error
 from ranvier.core.email_validation import EMAIL, canonical_email
+from ranvier.core.guests import is_guest_localpart
 from ranvier.core.login_tokens import LoginTokens
 from ranvier.core.registration_tokens import REGISTRATION_TOKEN, RegistrationTokens
 from ranvier.errors import BadJsonError, MatrixError
@@ -140,8 +149,20 @@ async def check_username_available(
             errcode="M_MISSING_PARAM",
             http_status=400,
         )
+    _check_not_guest_shaped(username.lower())
     user_id = await accounts.check_username_available(username.lower())
     services.check_user_registration(user_id, None)
+
+
+def _check_not_guest_shaped(localpart: str) -> None:
+    """Refuse an all-digit username: that shape is kept for guests'
+    generated IDs (:mod:`ranvier.core.guests`), as in Synapse."""
+    if is_guest_localpart(localpart):
+        raise MatrixError(
+            f"the username {localpart!r} is all digits, which are kept for guest accounts",
+            errcode="M_INVALID_USERNAME",
+            http_status=400,
+        )
 
 
 def add_account_routes(
@@ -157,6 +178,7 @@ def add_account_routes(
     identity_providers: Sequence[Mapping[str, str]] = (),
     email_owner: Callable[[str], Awaitable[str | None]] | None = None,
     email_registration: EmailRegistration | None = None,
+    allow_guests: bool = False,
 ) -> None:
     """Serve registration, login, logout and ``whoami``.
 
@@ -169,6 +191,7 @@ def add_account_routes(
     ``email_owner`` (whose account an e-mail address is on) lets a password
     login name the user by an address (``m.id.thirdparty``).
     ``email_registration`` offers registering with a validated address.
+    ``allow_guests`` serves ``kind=guest``.
     """
     tokens = registration_tokens if registration_enabled else None
     flows: list[dict[str, list[str]]] = [{"stages": [_DUMMY]}]
@@ -204,11 +227,7 @@ def add_account_routes(
     async def register(request: Request) -> JsonResponse | Mapping[str, Any]:
         kind = request.query_value("kind") or "user"
         if kind == "guest":
-            raise MatrixError(
-                "guest accounts are not offered here",
-                errcode="M_GUEST_ACCESS_FORBIDDEN",
-                http_status=403,
-            )
+            return await register_guest(request)
         if kind != "user":
             raise MatrixError(
                 f"unknown kind of account {kind!r} (user or guest)",
@@ -226,15 +245,19 @@ def add_account_routes(
         optional_bool(body, "inhibit_login")
         optional_bool(body, "refresh_token")
         localpart = None if username is None else username.lower()
-        if localpart is not None:
-            # Before authentication, so that a taken name is known at once.
-            user_id = await accounts.check_username_available(localpart)
-            services.check_user_registration(user_id, None)
+        guest_token = optional_str(body, "guest_access_token")
         auth_dict = body.get("auth")
         if auth_dict is not None and not isinstance(auth_dict, dict):
             raise BadJsonError("'auth' must be an object")
         session = None if auth_dict is None else optional_str(auth_dict, "session")
         stage = None if auth_dict is None else optional_str(auth_dict, "type")
+        if guest_token is not None:
+            return await upgrade_guest(body, guest_token, localpart, session, stage)
+        if localpart is not None:
+            # Before authentication, so that a taken name is known at once.
+            _check_not_guest_shaped(localpart)
+            user_id = await accounts.check_username_available(localpart)
+            services.check_user_registration(user_id, None)
         if tokens is not None:
             return await register_with_token(body, auth_dict, session, stage, localpart)
         if stage is None:
@@ -260,6 +283,91 @@ def add_account_routes(
                 http_status=400,
             )
         return await register_account(body, localpart)
+
+    async def register_guest(request: Request) -> dict[str, Any]:
+        if not allow_guests:
+            raise MatrixError(
+                "guest accounts are not offered here",
+                errcode="M_GUEST_ACCESS_FORBIDDEN",
+                http_status=403,
+            )
+        # The spec has every field of the body ignored but this one, and
+        # the device ID picked by the server.
+        body = request.content if isinstance(request.content, dict) else {}
+        name = body.get("initial_device_display_name")
+        registration = await accounts.register(
+            None,
+            None,
+            guest=True,
+            device_display_name=name if isinstance(name, str) else None,
+        )
+        return _registered(registration, server_name)
+
+    async def upgrade_guest(
+        body: Mapping[str, Any],
+        guest_token: str,
+        localpart: str | None,
+        session: str | None,
+        stage: str | None,
+    ) -> JsonResponse | Mapping[str, Any]:
+        """A guest becoming a full account, checked before authentication so
+        that a wrong token or name is known at once."""
+        if tokens is not None:
+            raise MatrixError(
+                "guest accounts cannot be upgraded while registering takes a registration token",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+        guest = await accounts.get_requester(guest_token)
+        if guest is None or not guest.guest:
+            raise MatrixError(
+                "'guest_access_token' is not a guest account's access token",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+        if localpart is None:
+            raise MatrixError(
+                "upgrading a guest needs 'username': the guest's localpart",
+                errcode="M_MISSING_PARAM",
+                http_status=400,
+            )
+        if accounts.user_id_for(localpart) != guest.user_id:
+            raise MatrixError(
+                f"'username' must be the guest's own localpart ({guest.user_id})",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+        services.check_user_registration(guest.user_id, None)
+        password = optional_str(body, "password")
+        if password is None:
+            raise MatrixError(
+                "upgrading a guest needs a 'password'", errcode="M_MISSING_PARAM", http_status=400
+            )
+        if stage is None:
+            return JsonResponse(
+                {
+                    "flows": [{"stages": [_DUMMY]}],
+                    "params": {},
+                    "session": session or secrets.token_urlsafe(16),
+                    "completed": [],
+                },
+                status=401,
+            )
+        if stage != _DUMMY:
+            raise MatrixError(
+                f"unknown authentication type {stage!r} (upgrading a guest takes {_DUMMY})",
+                errcode="M_UNRECOGNIZED",
+                http_status=400,
+            )
+        registration = await accounts.upgrade_guest(
+            guest.user_id,
+            password,
+            login=not optional_bool(body, "inhibit_login"),
+            device_id=optional_str(body, "device_id"),
+            device_display_name=optional_str(body, "initial_device_display_name"),
+            refresh=optional_bool(body, "refresh_token"),
+        )
+        return _registered(registration, server_name)
 
     async def register_with_token(
         body: Mapping[str, Any],
@@ -431,8 +539,12 @@ def add_account_routes(
         requester = await auth.get_user(request)
         if not requester.device_id:
             # A service acting with no device: the spec leaves device_id out.
-            return {"user_id": requester.user_id, "is_guest": False}
-        return {"user_id": requester.user_id, "device_id": requester.device_id, "is_guest": False}
+            return {"user_id": requester.user_id, "is_guest": requester.guest}
+        return {
+            "user_id": requester.user_id,
+            "device_id": requester.device_id,
+            "is_guest": requester.guest,
+        }
 
     for prefix in CLIENT_VERSION_PREFIXES:
         router.add("POST", f"{prefix}/register", register)

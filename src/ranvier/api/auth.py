@@ -20,14 +20,22 @@ unlocking brings the same sessions back. The flag comes with the token's
 lookup, cached with it; an admin's lock or unlock drops the user's cached
 tokens in this process and, through replication, in the others
 (:meth:`ranvier.core.accounts.Accounts.forget_tokens_of`).
+
+A guest account's token (:mod:`ranvier.core.guests`) is refused with 403
+``M_GUEST_ACCESS_FORBIDDEN`` on every route but those of
+:data:`ranvier.api.guest_routes.GUEST_ROUTES`: the one check, here, where
+the guest flag arrives with the token's lookup, on every process that
+serves the client API.
 """
 
 from __future__ import annotations
 
 from typing import Final, Protocol
 
+from ranvier.api.guest_routes import guest_may_call
 from ranvier.core.accounts import AccountFlags, Requester, hash_access_token, locked_error
 from ranvier.core.appservices import AppService, AppServices
+from ranvier.core.guests import guest_access_forbidden
 from ranvier.errors import MatrixError
 from ranvier.web import Request
 
@@ -91,6 +99,10 @@ class Auth:
             requester = await self._user_requester(token)
         if requester.locked and not allow_locked:
             raise locked_error()
+        if requester.guest:
+            path = request.uri.partition("?")[0]
+            if not guest_may_call(request.method, path):
+                raise guest_access_forbidden(f"guest accounts may not use {request.method} {path}")
         return requester
 
     async def _user_requester(self, token: str) -> Requester:

@@ -219,7 +219,11 @@ class _Rooms:
         reason = _reason(_body(request))
         servers = [*request.query.get("via", ()), *request.query.get("server_name", ())]
         joined = await self._joins.join(
-            requester.user_id, request.path_params["room_id_or_alias"], servers, reason=reason
+            requester.user_id,
+            request.path_params["room_id_or_alias"],
+            servers,
+            reason=reason,
+            guest=requester.guest,
         )
         return {"room_id": joined.room_id}
 
@@ -228,7 +232,9 @@ class _Rooms:
         refuse_if_suspended(requester, "join")
         room_id = _room_id(request)
         reason = _reason(_body(request))
-        joined = await self._joins.join(requester.user_id, room_id, reason=reason)
+        joined = await self._joins.join(
+            requester.user_id, room_id, reason=reason, guest=requester.guest
+        )
         return {"room_id": joined.room_id}
 
     async def leave(self, request: Request) -> Mapping[str, Any]:

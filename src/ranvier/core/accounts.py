@@ -44,6 +44,7 @@ from typing import Final, Protocol
 import argon2
 import trio
 
+from ranvier.core.guests import new_guest_localpart
 from ranvier.core.refresh_tokens import (
     DEFAULT_ACCESS_TOKEN_LIFETIME_MS,
     Refreshed,
@@ -120,6 +121,10 @@ class Requester:
     #: request pays a read more for them.
     locked: bool = False
     suspended: bool = False
+    #: Whether the account is a guest's, allowed only part of the client
+    #: API (:mod:`ranvier.api.guest_routes`); read with the token, as the
+    #: flags above are.
+    guest: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +158,10 @@ class AccountStore(Protocol):
     ) -> None: ...
 
     async def add_device(self, device: NewDevice) -> None: ...
+
+    async def upgrade_guest(
+        self, user_id: str, password_hash: str, device: NewDevice | None
+    ) -> None: ...
 
     async def create_device(
         self, user_id: str, device_id: str, display_name: str | None, created_ts: int
@@ -311,6 +320,7 @@ class Accounts:
         create: Callable[[NewAccount, NewDevice | None], Awaitable[None]] | None = None,
         refresh: bool = False,
         display_name: str | None = None,
+        guest: bool = False,
     ) -> Registration:
         """Create an account; log a device in too unless ``login`` is False.
 
@@ -324,6 +334,8 @@ class Accounts:
         :meth:`ranvier.core.registration_tokens.RegistrationTokens.completing`).
         ``refresh`` asks for a refresh token with the access token.
         ``display_name`` starts the profile, in the account's own write.
+        ``guest`` makes a guest account (:mod:`ranvier.core.guests`), whose
+        generated localpart is all digits, which no other registration may take.
         """
         write = create if create is not None else self._store.create_account
         if localpart is not None:
@@ -332,12 +344,20 @@ class Accounts:
             _check_device_id(device_id)
         password_hash = None if password is None else await self.hash_password(password)
         while True:
-            user_id = self.user_id_for(
-                localpart if localpart is not None else _generate_localpart()
-            )
+            if localpart is not None:
+                user_id = self.user_id_for(localpart)
+            else:
+                user_id = self.user_id_for(
+                    new_guest_localpart() if guest else _generate_localpart()
+                )
             now = self.clock_ms()
             account = NewAccount(
-                user_id, password_hash, admin=admin, created_ts=now, display_name=display_name
+                user_id,
+                password_hash,
+                admin=admin,
+                created_ts=now,
+                display_name=display_name,
+                guest=guest,
             )
             device = issued = None
             if login:
@@ -359,6 +379,44 @@ class Accounts:
                 issued.refresh_token,
                 issued.expires_in_ms,
             )
+
+    async def upgrade_guest(
+        self,
+        user_id: str,
+        password: str,
+        *,
+        login: bool = True,
+        device_id: str | None = None,
+        device_display_name: str | None = None,
+        refresh: bool = False,
+    ) -> Registration:
+        """Make the guest ``user_id`` a full account with ``password``, and
+        log a new device in unless ``login`` is False, in one write.
+
+        The user ID, rooms, devices and tokens stay: the guest's token now
+        acts for a full account (the spec says nothing of ending it, and
+        Synapse keeps it). Raises ``M_FORBIDDEN`` for an account that is
+        not a guest's (an upgrade already made, a deactivated guest).
+        """
+        if device_id is not None:
+            _check_device_id(device_id)
+        password_hash = await self.hash_password(password)
+        device = issued = None
+        if login:
+            device, issued = self._issue(
+                user_id, device_id, device_display_name, refresh=refresh, now=self.clock_ms()
+            )
+        with self._invalidating(lambda cached: cached.user_id == user_id):
+            await self._store.upgrade_guest(user_id, password_hash, device)
+        if issued is None:
+            return Registration(user_id)
+        return Registration(
+            user_id,
+            issued.device_id,
+            issued.access_token,
+            issued.refresh_token,
+            issued.expires_in_ms,
+        )
 
     async def login_with_password(
         self,
@@ -531,6 +589,7 @@ class Accounts:
             token_hash,
             locked=owner.locked,
             suspended=owner.suspended,
+            guest=owner.guest,
         )
         if owner.replaces_older and self._refresh_store is not None:
             store = self._refresh_store

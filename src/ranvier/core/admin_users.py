@@ -35,8 +35,8 @@ __all__ = ["AdminUsers", "UserListRequest"]
 _MAX_AVATAR_URL_LENGTH: Final = 1000
 USER_ORDERS: Final[frozenset[str]] = frozenset(get_args(UserOrder))
 # Orders Synapse offers by fields every account here has the same value
-# of (no guests, types or shadow bans): they list by name.
-_CONSTANT_ORDERS: Final = frozenset({"is_guest", "user_type", "shadow_banned"})
+# of (no types or shadow bans): they list by name.
+_CONSTANT_ORDERS: Final = frozenset({"user_type", "shadow_banned"})
 
 
 class AdminUserStore(Protocol):
@@ -150,7 +150,7 @@ def _check_avatar_url(value: str | None) -> None:
 def _user_json(row: UserRow) -> dict[str, Any]:
     return {
         "name": row.user_id,
-        "is_guest": False,
+        "is_guest": row.guest,
         "admin": row.admin,
         "user_type": None,
         "deactivated": row.deactivated,
@@ -276,6 +276,7 @@ class AdminUsers:
             deactivated=request.deactivated,
             admins=request.admins,
             locked=request.locked,
+            guests=request.guests,
         )
         rows, total = await self._store.list_users(query)
         answer: dict[str, Any] = {"users": [_user_json(row) for row in rows], "total": total}

@@ -12,6 +12,11 @@ task) before the join returns. A room an admin blocked is not joined (403).
 Each join made is then handed to ``on_joined`` (the carrying over of the
 user's settings of a room the joined one replaced,
 :mod:`ranvier.core.upgrade_settings`).
+
+A guest joins only a room this server is in whose current
+``m.room.guest_access`` says ``can_join`` (403 ``M_FORBIDDEN`` otherwise),
+checked before the join and again once it is stored
+(:mod:`ranvier.core.guests`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ranvier.protocol.x_matrix import is_server_name
 
 from .creation import EventCreator, NotInRoomError
 from .directory import RoomDirectory
+from .guests import EVICTION_REASON, GuestJoins, guest_join_refused
 from .interfaces import StateReader
 from .joins import RemoteJoiner
 
@@ -76,6 +82,7 @@ class RoomJoins:
         self._on_partial_state = on_partial_state
         self._blocked = blocked
         self._on_joined = on_joined
+        self._guests = GuestJoins(store)
 
     async def join(
         self,
@@ -84,11 +91,13 @@ class RoomJoins:
         servers: Sequence[str] = (),
         *,
         reason: str | None = None,
+        guest: bool = False,
     ) -> JoinedRoom:
         """Join ``user_id`` to a room named by ID or alias (resolved first);
         a ``reason`` goes into the join's content, here or through another server.
+        ``guest`` says the user is a guest, held to the room's guest access.
         """
-        joined = await self._join(user_id, room_id_or_alias, servers, reason=reason)
+        joined = await self._join(user_id, room_id_or_alias, servers, reason=reason, guest=guest)
         if self._on_joined is not None:
             await self._on_joined(user_id, joined.room_id)
         return joined
@@ -100,6 +109,7 @@ class RoomJoins:
         servers: Sequence[str],
         *,
         reason: str | None,
+        guest: bool = False,
     ) -> JoinedRoom:
         candidates = list(servers)
         if type(room_id_or_alias) is str and room_id_or_alias.startswith("#"):
@@ -124,6 +134,8 @@ class RoomJoins:
                 errcode="M_FORBIDDEN",
                 http_status=403,
             )
+        if guest:
+            return await self._guest_join(user_id, room_id, reason)
         try:
             return JoinedRoom(room_id, await self._creator.join(user_id, room_id, reason=reason))
         except NotInRoomError:
@@ -144,6 +156,22 @@ class RoomJoins:
         if joined.partial_state:
             self._on_partial_state(room_id)
         return JoinedRoom(room_id, joined.event.event_id)
+
+    async def _guest_join(self, user_id: str, room_id: str, reason: str | None) -> JoinedRoom:
+        """A guest's join: of a room here that lets guests in, before and
+        after the join is stored; a change stored between the two is undone
+        by leaving at once."""
+        await self._guests.check(room_id)
+        try:
+            event_id = await self._creator.join(user_id, room_id, reason=reason)
+        except NotInRoomError:
+            # Its guest access was read from state kept of a room every
+            # local user has left; a guest does not join through others.
+            raise guest_join_refused(room_id) from None
+        if not await self._guests.allows_guests(room_id):
+            await self._creator.leave(user_id, room_id, reason=EVICTION_REASON)
+            raise guest_join_refused(room_id)
+        return JoinedRoom(room_id, event_id)
 
     async def _inviter_server(self, user_id: str, room_id: str) -> str | None:
         event_id = await self._memberships.get_latest_membership_event_id(user_id, room_id)

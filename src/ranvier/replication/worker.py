@@ -246,6 +246,7 @@ class WorkerServer(HomeServer):
                 "application service sender",
                 "typing expiry",
                 "presence lapses",
+                "guest evictions",
             ):
                 # The main process's alone.
                 continue

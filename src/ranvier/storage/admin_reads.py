@@ -44,6 +44,7 @@ UserOrder = Literal[
     "avatar_url",
     "last_seen_ts",
     "locked",
+    "is_guest",
 ]
 
 
@@ -66,6 +67,8 @@ class UserQuery:
     admins: bool | None = None
     #: Whether locked accounts are listed too.
     locked: bool = False
+    #: Whether guest accounts are listed too.
+    guests: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,7 @@ class UserRow:
     last_seen_ts: int | None
     locked: bool = False
     suspended: bool = False
+    guest: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +143,7 @@ class ReportDetail:
 _USER_COLUMNS: Final = (
     "SELECT u.user_id, u.admin, u.deactivated, u.created_ts, p.displayname, p.avatar_url,"
     " (SELECT MAX(d.last_seen_ts) FROM devices AS d WHERE d.user_id = u.user_id)"
-    " AS last_seen_ts, u.locked, u.suspended"
+    " AS last_seen_ts, u.locked, u.suspended, u.is_guest"
     " FROM users AS u LEFT JOIN profiles AS p ON p.user_id = u.user_id"
 )
 
@@ -152,6 +156,7 @@ _USER_ORDER: Final[dict[str, str]] = {
     "avatar_url": "p.avatar_url",
     "last_seen_ts": "last_seen_ts",
     "locked": "u.locked",
+    "is_guest": "u.is_guest",
 }
 
 
@@ -166,6 +171,7 @@ def _user_row(row: Sequence[object]) -> UserRow:
         last_seen,
         locked,
         suspended,
+        guest,
     ) = row
     return UserRow(
         str(user_id),
@@ -177,6 +183,7 @@ def _user_row(row: Sequence[object]) -> UserRow:
         last_seen if isinstance(last_seen, int) else None,
         bool(locked),
         bool(suspended),
+        bool(guest),
     )
 
 
@@ -188,6 +195,8 @@ def list_users(conn: sqlite3.Connection, *, query: UserQuery) -> tuple[list[User
         where.append("u.deactivated = 0")
     if not query.locked:
         where.append("u.locked = 0")
+    if not query.guests:
+        where.append("u.is_guest = 0")
     if query.admins is not None:
         where.append("u.admin = ?")
         params.append(int(query.admins))
