@@ -439,12 +439,14 @@ async def test_a_missed_device_list_update_reaches_a_wrongly_kicked_server_that_
 
 # --- Device list tracking -------------------------------------------------------
 #
-# B keeps no copy of other servers' device lists: /keys/query asks their
-# server every time. So Complement's checks that a list is (or is no
-# longer) "cached" become: a change of the user's keys is listed in
-# device_lists.changed (and /keys/changes) while B shares a room with them,
-# the user is listed in device_lists.left when B stops, and /keys/query
-# asks their server.
+# B keeps other servers' users' device lists while its state shows them in
+# a room with one of B's users (remote_device_lists). Complement's checks
+# that a list is (or is not) "cached" are made against that: /keys/query
+# asks A (GET /user/devices or /user/keys/query) when no kept list may
+# answer, and answers from the kept list without asking otherwise. A change
+# of the user's keys is listed in device_lists.changed (and /keys/changes)
+# while B shares a room with them, and the user in device_lists.left when
+# B stops.
 
 
 async def _listed(world: _World, since: str, section: str, user: TestUser) -> str:
@@ -474,10 +476,24 @@ async def _token(world: _World) -> str:
 
 
 async def _keys_asked_of_a(world: _World, user: TestUser) -> None:
-    """Bob's /keys/query about ``user`` is asked of A."""
+    """Bob's /keys/query about ``user`` is asked of A: no kept list answers."""
     before = world.at_a.keys_asked.count(user.user_id)
     await world.cb.ok(world.bob, "POST", "/keys/query", {"device_keys": {user.user_id: []}})
     assert world.at_a.keys_asked.count(user.user_id) == before + 1
+
+
+async def _keys_kept(world: _World, user: TestUser) -> dict[str, Any]:
+    """Bob's /keys/query about ``user`` is answered from B's kept list,
+    without asking A; ``user``'s devices as answered.
+    """
+    before = world.at_a.keys_asked.count(user.user_id)
+    answer = await world.cb.ok(
+        world.bob, "POST", "/keys/query", {"device_keys": {user.user_id: []}}
+    )
+    assert world.at_a.keys_asked.count(user.user_id) == before
+    assert answer["failures"] == {}
+    devices: dict[str, Any] = answer["device_keys"][user.user_id]
+    return devices
 
 
 async def _message_at_b(world: _World, user: TestUser, body: str) -> None:
@@ -512,8 +528,11 @@ async def test_device_lists_of_members_there_before_the_join_are_listed_once_the
         await _message_at_b(world, charlie, "second")
         await world.finish_resync()
         await _listed(world, since, "changed", charlie)
+        # Fetched once now that the state shows them, then kept.
         for member in (charlie, derek):
             await _keys_asked_of_a(world, member)
+        for member in (charlie, derek):
+            await _keys_kept(world, member)
 
 
 async def test_a_member_there_before_the_join_is_listed_on_joining_another_shared_room(
@@ -547,6 +566,7 @@ async def _new_member(world: _World) -> tuple[TestUser, str]:
     await world.wait_membership_at_b(ellie, "join")
     since = await _listed(world, since, "changed", ellie)
     await _keys_asked_of_a(world, ellie)
+    await _keys_kept(world, ellie)
     return ellie, since
 
 
@@ -557,8 +577,13 @@ async def test_the_device_list_of_a_member_who_joins_during_the_resync_is_follow
         ellie, since = await _new_member(world)
         await world.ca.ok(ellie, "POST", "/keys/upload", {"device_keys": device_keys(ellie).body})
         since = await _listed(world, since, "changed", ellie)
+        # A's first update of Ellie's names no earlier one: nothing links it
+        # to the list kept, which is fetched again, then kept.
+        await _keys_asked_of_a(world, ellie)
+        assert list(await _keys_kept(world, ellie)) == [ellie.device_id]
         assert await world.still_partial()
         await world.finish_resync()
+        assert list(await _keys_kept(world, ellie)) == [ellie.device_id]
         # A second device of Ellie's, after the resync, is heard of too.
         login = await world.ca.ok(
             None,
@@ -575,7 +600,8 @@ async def test_the_device_list_of_a_member_who_joins_during_the_resync_is_follow
         )
         await world.ca.ok(second, "POST", "/keys/upload", {"device_keys": device_keys(second).body})
         await _listed(world, since, "changed", ellie)
-        await _keys_asked_of_a(world, ellie)
+        # That update follows the one kept: applied, and the list still kept.
+        assert sorted(await _keys_kept(world, ellie)) == sorted([ellie.device_id, second.device_id])
 
 
 async def test_a_member_who_joins_and_leaves_during_the_resync_is_listed_as_left(
@@ -587,6 +613,7 @@ async def test_a_member_who_joins_and_leaves_during_the_resync_is_listed_as_left
         await world.wait_membership_at_b(ellie, "leave")
         await _listed(world, since, "left", ellie)
         await _keys_asked_of_a(world, ellie)
+        await _keys_asked_of_a(world, ellie)
 
 
 async def test_leaving_the_room_during_the_resync_lists_its_members_as_left(
@@ -597,11 +624,14 @@ async def test_leaving_the_room_during_the_resync_lists_its_members_as_left(
         await world.cb.ok(world.bob, "POST", f"/rooms/{q(world.room_id)}/leave", {})
         await _listed(world, since, "left", ellie)
         await _keys_asked_of_a(world, ellie)
+        await _keys_asked_of_a(world, ellie)
 
 
 async def _updates_from_a(world: _World, *users: TestUser) -> None:
     """A tells B, in one transaction and in this order, that ``users``'
-    device lists changed.
+    device lists changed: each at a position of A's device-list stream (so
+    that a list fetched afterwards covers it) and naming no earlier update,
+    so that B cannot tell what it follows.
     """
     edus = [
         {
@@ -609,12 +639,14 @@ async def _updates_from_a(world: _World, *users: TestUser) -> None:
             "content": {
                 "user_id": user.user_id,
                 "device_id": user.device_id,
-                "stream_id": 1000 + n,
+                "stream_id": await world.a.server.storage.e2e_keys.mark_device_list_changed(
+                    user.user_id
+                ),
                 "prev_id": [],
                 "deleted": False,
             },
         }
-        for n, user in enumerate(users)
+        for user in users
     ]
     world.at_a.sent += 1
     await world.a.server.federation_client.put_json(
@@ -668,6 +700,7 @@ async def _wrongly_believed_in(world: _World) -> tuple[TestUser, TestUser, str]:
     await _updates_from_a(world, ellie)
     since = await _listed(world, since, "changed", ellie)
     await _keys_asked_of_a(world, ellie)
+    await _keys_kept(world, ellie)
     await world.finish_resync()
     assert await world.membership_at_b(ellie) == "ban"
     return ellie, charlie, await _listed(world, since, "changed", charlie)
@@ -680,6 +713,8 @@ async def test_a_user_wrongly_believed_in_the_room_is_no_longer_followed_after_t
         ellie, charlie, since = await _wrongly_believed_in(world)
         await _updates_from_a(world, ellie, charlie)
         await _listed_alone(world, since, charlie, ellie)
+        # Her kept list answers no more: she shares no room with B.
+        await _keys_asked_of_a(world, ellie)
         await _keys_asked_of_a(world, ellie)
 
 
@@ -695,6 +730,9 @@ async def test_a_user_wrongly_believed_in_the_room_is_followed_again_on_joining_
         await world.ca.ok(ellie, "POST", f"/rooms/{q(room_id)}/join", {})
         await world.wait_membership_at_b(ellie, "join")
         since = await _listed(world, since, "changed", ellie)
+        # The list kept from before is older than her join: fetched again.
+        await _keys_asked_of_a(world, ellie)
+        await _keys_kept(world, ellie)
         await _updates_from_a(world, ellie)
         await _listed(world, since, "changed", ellie)
         await _keys_asked_of_a(world, ellie)
