@@ -678,11 +678,14 @@ async def _listed_alone(world: _World, since: str, listed: TestUser, unlisted: T
     return token
 
 
-async def _wrongly_believed_in(world: _World) -> tuple[TestUser, TestUser, str]:
+async def _wrongly_believed_in(
+    world: _World, *, rejoin: bool = False
+) -> tuple[TestUser, TestUser, str]:
     """Ellie of A, banned before Bob joins, is said by A (lying) to have
     joined again: B believes her in the room until the resync shows the
     join was refused. Charlie of A is a member throughout. Ellie, Charlie
-    and a token once the resync is done.
+    and a token once the resync is done. With ``rejoin``, Alice unbans her
+    and she joins for real before the resync is done.
     """
     alice, room_id = world.alice, world.room_id
     charlie = await world.a.register_user("charlie")
@@ -701,8 +704,15 @@ async def _wrongly_believed_in(world: _World) -> tuple[TestUser, TestUser, str]:
     since = await _listed(world, since, "changed", ellie)
     await _keys_asked_of_a(world, ellie)
     await _keys_kept(world, ellie)
+    if rejoin:
+        await world.ca.ok(alice, "POST", f"/rooms/{q(room_id)}/unban", {"user_id": ellie.user_id})
+        await world.ca.ok(ellie, "POST", f"/rooms/{q(room_id)}/join", {})
+        await world.wait_event_at_b(await world.member_event_at(world.a, ellie))
+        # Her real join is newer than the list kept: fetched again, then kept.
+        await _keys_asked_of_a(world, ellie)
+        await _keys_kept(world, ellie)
     await world.finish_resync()
-    assert await world.membership_at_b(ellie) == "ban"
+    assert await world.membership_at_b(ellie) == ("join" if rejoin else "ban")
     return ellie, charlie, await _listed(world, since, "changed", charlie)
 
 
@@ -736,3 +746,21 @@ async def test_a_user_wrongly_believed_in_the_room_is_followed_again_on_joining_
         await _updates_from_a(world, ellie)
         await _listed(world, since, "changed", ellie)
         await _keys_asked_of_a(world, ellie)
+
+
+async def test_a_user_wrongly_believed_in_the_room_who_rejoins_during_the_resync_stays_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Complement skips this case, expecting the list fetched again once the
+    resync is done. Here the list fetched after her real join covers every
+    update A made until then, and A has sent B each one since (B was in the
+    room): it stays kept, and what A sends next is followed.
+    """
+    async with _world(tmp_path, monkeypatch) as world:
+        ellie, _, since = await _wrongly_believed_in(world, rejoin=True)
+        assert await _keys_kept(world, ellie) == {}
+        await world.ca.ok(ellie, "POST", "/keys/upload", {"device_keys": device_keys(ellie).body})
+        await _listed(world, since, "changed", ellie)
+        # A's first update of hers names no earlier one: fetched, then kept.
+        await _keys_asked_of_a(world, ellie)
+        assert list(await _keys_kept(world, ellie)) == [ellie.device_id]
