@@ -10,6 +10,7 @@ refers to (a second state group of the same state, a second filter).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -80,6 +81,8 @@ OUTCOMES: dict[str, str] = {
     "accounts.change_password": "same database",
     "accounts.deactivate_account": "same",
     "accounts.add_openid_token": "same",
+    # The second run finds its own password hash set: no refusal, no change.
+    "accounts.upgrade_guest": "same",
     "aliases.insert_alias": "same",
     "aliases.delete_alias": "same database",
     "client_transactions.insert_client_transaction": "same",
@@ -213,6 +216,17 @@ def _after_account(operation: WriteOperation[Any]) -> Prepare:
     return prepare
 
 
+async def _upgrade_guest(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    guest = dataclasses.replace(_ACCOUNT, password_hash=None, guest=True)
+    await storage.accounts.create_account(guest, _DEVICE)
+    return _call(
+        accounts._upgrade_guest,
+        user_id=ALICE,
+        password_hash="$argon2id$chosen",
+        device=_OTHER_DEVICE,
+    )
+
+
 async def _delete_alias(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
     assert await storage.aliases.create_alias("#a:ours.test", room.room_id, ALICE, 5)
     return _call(aliases._delete_alias, alias="#a:ours.test")
@@ -341,6 +355,7 @@ PREPARE: dict[str, Prepare] = {
     "accounts.add_openid_token": _after_account(
         _call(accounts._add_openid_token, token_hash=_TOKEN, user_id=ALICE, expires_ts=5)
     ),
+    "accounts.upgrade_guest": _upgrade_guest,
     "aliases.insert_alias": _plain(
         _call(
             aliases._insert_alias,
