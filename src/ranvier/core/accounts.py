@@ -138,6 +138,15 @@ class Registration:
     expires_in_ms: int | None = None
 
 
+def _registered(user_id: str, issued: Login | None) -> Registration:
+    """An account made or upgraded, with the login issued with it, if any."""
+    if issued is None:
+        return Registration(user_id)
+    return Registration(
+        user_id, issued.device_id, issued.access_token, issued.refresh_token, issued.expires_in_ms
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Login:
     """A device logged in: the access token is its only copy."""
@@ -370,15 +379,7 @@ class Accounts:
                 if localpart is not None:
                     raise
                 continue  # A generated name that was taken: draw again.
-            if issued is None:
-                return Registration(user_id)
-            return Registration(
-                user_id,
-                issued.device_id,
-                issued.access_token,
-                issued.refresh_token,
-                issued.expires_in_ms,
-            )
+            return _registered(user_id, issued)
 
     async def upgrade_guest(
         self,
@@ -408,15 +409,7 @@ class Accounts:
             )
         with self._invalidating(lambda cached: cached.user_id == user_id):
             await self._store.upgrade_guest(user_id, password_hash, device)
-        if issued is None:
-            return Registration(user_id)
-        return Registration(
-            user_id,
-            issued.device_id,
-            issued.access_token,
-            issued.refresh_token,
-            issued.expires_in_ms,
-        )
+        return _registered(user_id, issued)
 
     async def login_with_password(
         self,
