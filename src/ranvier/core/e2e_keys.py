@@ -134,6 +134,8 @@ class E2eKeyStore(Protocol):
 
     async def forget_gone_devices(self, user_id: str) -> tuple[int | None, list[str]]: ...
 
+    async def previous_device_list_change(self, user_id: str, before: int) -> int | None: ...
+
     async def device_list_changes(self, after: int, upto: int) -> set[str]: ...
 
     async def rooms_completed(self, after: int, upto: int) -> set[str]: ...
@@ -424,8 +426,6 @@ class E2eKeys:
         self.remote = remote
         self._servers = servers
         self._edus = edus
-        # The device-list position of the last update sent per user.
-        self._last_update: dict[str, int] = {}
         # The updates sent while rooms' state was partial (none kept without).
         self._partial_state_updates = partial_state_updates
 
@@ -687,11 +687,12 @@ class E2eKeys:
             return
         edus: list[tuple[str, dict[str, Any]]] = []
         shown = await self.local_query({user_id: sorted(devices)})
+        # Each update names the one before, so a server that missed one
+        # knows to ask for the whole list (GET /user/devices). The one
+        # before is read from the stream, which every process shares and a
+        # restart keeps; the updates of one change follow each other.
+        previous = await self._store.previous_device_list_change(user_id, position)
         for device_id in sorted(devices):
-            # Each update names the one before, so a server that missed one
-            # knows to ask for the whole list (GET /user/devices).
-            previous = self._last_update.get(user_id)
-            self._last_update[user_id] = position
             update: dict[str, Any] = {
                 "user_id": user_id,
                 "device_id": device_id,
@@ -703,6 +704,7 @@ class E2eKeys:
             if keys is not None:
                 update["keys"] = keys
             edus.append(("m.device_list_update", update))
+            previous = position
         if cross_signing:
             update = {"user_id": user_id}
             for field, key_field in (

@@ -329,6 +329,13 @@ class E2eKeyStorage:
             functools.partial(_mark_device_list_changed, user_id=user_id)
         )
 
+    async def previous_device_list_change(self, user_id: str, before: int) -> int | None:
+        """The newest position below ``before`` at which ``user_id``'s device
+        list moved, or None: what an update at ``before`` follows."""
+        return await self._readers.read(
+            functools.partial(_previous_device_list_change, user_id=user_id, before=before)
+        )
+
     async def device_list_changes(self, after: int, upto: int) -> set[str]:
         """The users whose devices or keys changed in ``(after, upto]``."""
         return await self._readers.read(
@@ -807,6 +814,16 @@ def _sync_read(
         key_counts=counts,
         unused_fallbacks=unused,
     )
+
+
+def _previous_device_list_change(
+    conn: sqlite3.Connection, *, user_id: str, before: int
+) -> int | None:
+    (found,) = conn.execute(
+        "SELECT MAX(stream_id) FROM device_list_changes WHERE user_id = ? AND stream_id < ?",
+        (user_id, before),
+    ).fetchone()
+    return None if found is None else int(found)
 
 
 def _device_list_changes(conn: sqlite3.Connection, *, after: int, upto: int) -> set[str]:
