@@ -38,6 +38,11 @@ Invariants
   ends, even if cancelled. A claim older than ``claim_stale_after_ms`` is
   taken over, since a process that died half-way never releases it; an
   upgrade takes seconds, far less than that limit.
+* **Bans follow.** Each user banned in the old room is banned in the new
+  one, by the requester, with the ban's reason: a banned user could
+  otherwise follow the tombstone and join the new room. A ban the auth
+  rules refuse there (its target a creator of the new room, or listed
+  above the requester) is left out; the upgrade goes on.
 * **The requester's settings follow.** Once the new room is made, the
   requester's push rule and tags of the old room are copied to it
   (``settings``, :mod:`ranvier.core.upgrade_settings`), as they would be
@@ -370,7 +375,7 @@ class RoomUpgrader:
             levels = _levels_for(power_levels, target, creators)
             if not target.privileged_creators:
                 kept = _kept_level(user_id, old)
-                needed = _needed_level(levels, old.transferred_types())
+                needed = _needed_level(levels, old.transferred_types(), bans=bool(old.bans()))
                 levels["users"][user_id] = max(kept, needed)
                 if kept < needed:
                     # Raised while the state is copied, then put back.
@@ -390,11 +395,21 @@ class RoomUpgrader:
             creation_content=_create_content(old, target, others),
             room_version=target.identifier,
         )
+        for banned, content in old.bans():
+            await self._copy_ban(user_id, new_room_id, banned, content)
         if final_levels is not None:
             await self._events.send_event(
                 user_id, new_room_id, POWER_LEVELS_KEY[0], final_levels, state_key=""
             )
         return new_room_id
+
+    async def _copy_ban(
+        self, user_id: str, room_id: str, banned: str, content: Mapping[str, Any]
+    ) -> None:
+        try:
+            await self._events.send_event(user_id, room_id, _MEMBER, content, state_key=banned)
+        except AuthError as exc:
+            _log.info("upgrade of a room to %s: the ban of %s not copied: %s", room_id, banned, exc)
 
     async def _tidy_old_room(self, user_id: str, old: _OldRoom, moved: Collection[str]) -> None:
         """The old room's canonical alias without the moved aliases, and its
@@ -459,6 +474,22 @@ class _OldRoom:
     def transferred(self) -> list[tuple[StateKey, Pdu]]:
         """The state copied to the new room, power levels apart, in a fixed order."""
         return [(key, self.state[key]) for key in _transferred_keys(self.state)]
+
+    def bans(self) -> list[tuple[str, dict[str, Any]]]:
+        """Each banned user and the content of their ban in the new room: the
+        membership and a reason (a string) if the old ban gave one, nothing
+        else of an event another user wrote.
+        """
+        bans: list[tuple[str, dict[str, Any]]] = []
+        for (event_type, state_key), event in sorted(self.state.items(), key=lambda kv: kv[0]):
+            if event_type != _MEMBER or event.membership != "ban":
+                continue
+            content: dict[str, Any] = {"membership": "ban"}
+            reason = event.content.get("reason")
+            if type(reason) is str:
+                content["reason"] = reason
+            bans.append((state_key, content))
+        return bans
 
     def transferred_types(self) -> set[str]:
         return {event_type for (event_type, _), _ in self.transferred()} | set(_ABSENT_MEANS)
@@ -557,12 +588,16 @@ def _kept_level(user_id: str, old: _OldRoom) -> int:
     return max(100, *named)
 
 
-def _needed_level(levels: Mapping[str, Any], event_types: Iterable[str]) -> int:
-    """The level sending every copied state event and the power levels takes."""
+def _needed_level(levels: Mapping[str, Any], event_types: Iterable[str], *, bans: bool) -> int:
+    """The level sending every copied state event and the power levels
+    takes, and the bans if there are any.
+    """
     events: Mapping[str, int] = levels.get("events", {})
     state_default: int = levels.get("state_default", 50)
     needed = [events.get(event_type, state_default) for event_type in event_types]
     needed.append(events.get(POWER_LEVELS_KEY[0], state_default))
+    if bans:
+        needed.append(levels.get("ban", 50))
     return max(needed)
 
 
