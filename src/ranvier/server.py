@@ -211,6 +211,7 @@ from ranvier.core.registration_tokens import RegistrationTokens
 from ranvier.core.relations import Relations
 from ranvier.core.remote_device_lists import RemoteDeviceLists
 from ranvier.core.reports import Reports
+from ranvier.core.restricted_joins import RestrictedJoins
 from ranvier.core.room_forgetting import RoomForgetting
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.room_keys import RoomKeyBackups
@@ -1260,6 +1261,7 @@ class HomeServer:
             directory=self._room_directory,
             on_partial_state=self._resync,
             blocked=storage.admin,
+            restricted=RestrictedJoins(storage, server_name),
         )
         self._room_leaves = RoomLeaves(
             server_name=server_name,

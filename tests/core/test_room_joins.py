@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
 import pytest
 from _rooms import local_creator
 
@@ -14,12 +15,13 @@ from ranvier.core.context import out_of_band_to_persist
 from ranvier.core.creation import EventCreator
 from ranvier.core.directory import RoomDirectory
 from ranvier.core.joins import RemoteJoiner, RemoteJoinError
+from ranvier.core.restricted_joins import RestrictedJoins
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.room_servers import RoomServers
 from ranvier.errors import MatrixError
 from ranvier.protocol.signing import generate_signing_key
 from ranvier.storage import Storage
-from ranvier.testing import KnownKeys, RoomBuilder
+from ranvier.testing import KnownKeys, RoomBuilder, ingest_all
 
 SERVER = "example.org"
 KEY = generate_signing_key("1")
@@ -77,6 +79,7 @@ def joins(storage: Storage, network: Unreachable) -> RoomJoins:
         store=storage,
         memberships=storage.room_members,
         directory=directory,
+        restricted=RestrictedJoins(storage, SERVER),
     )
 
 
@@ -138,3 +141,52 @@ async def test_a_remote_room_with_no_server_to_ask_is_not_found(joins: RoomJoins
         await joins.join(BOB, "!" + "a" * 43, ["not a server"])
     assert (caught.value.errcode, caught.value.http_status) == ("M_NOT_FOUND", 404)
     assert "no server to join through" in caught.value.message
+
+
+def _restricted_to(*room_ids: str) -> dict[str, Any]:
+    allow = [{"type": "m.room_membership", "room_id": room_id} for room_id in room_ids]
+    return {"type": "m.room.join_rules", "content": {"join_rule": "restricted", "allow": allow}}
+
+
+async def test_a_restricted_room_here_is_joined_vouched_for_by_a_local_inviter(
+    joins: RoomJoins, storage: Storage, network: Unreachable
+) -> None:
+    creator = EventCreator(server_name=SERVER, signing_key=KEY, store=storage, persister=storage)
+    space = await creator.create_room(ALICE, preset="public_chat")
+    room_id = await creator.create_room(
+        ALICE, initial_state=[_restricted_to(space)], power_level_content_override={"invite": 50}
+    )
+    await joins.join(BOB, space)
+    joined = await joins.join(BOB, room_id)
+    event = await storage.get_event(joined.event_id)
+    assert event is not None
+    assert msgspec.json.decode(event.json)["content"] == {
+        "membership": "join",
+        "join_authorised_via_users_server": ALICE,
+    }
+    carol = "@carol:example.org"
+    with pytest.raises(MatrixError) as caught:
+        await joins.join(carol, room_id)
+    assert (caught.value.errcode, caught.value.http_status) == ("M_FORBIDDEN", 403)
+    assert ("m.room.member", carol) not in await storage.get_current_state_ids(room_id)
+    assert network.asked == []
+
+
+async def test_a_restricted_room_no_one_here_may_vouch_in_is_joined_through_an_inviter(
+    joins: RoomJoins, storage: Storage, network: Unreachable
+) -> None:
+    creator = EventCreator(server_name=SERVER, signing_key=KEY, store=storage, persister=storage)
+    space = await creator.create_room(ALICE, preset="public_chat")
+    await joins.join(BOB, space)
+    # Zed's room, which Alice joined without the power to invite.
+    room = RoomBuilder("10", ZED)
+    room.member(ZED, "join")
+    room.power_levels(ZED, {ZED: 100}, content={"invite": 50})
+    room.join_rules(ZED, "public")
+    room.member(ALICE, "join")
+    room.send("m.room.join_rules", ZED, _restricted_to(space)["content"], state_key="")
+    await ingest_all(storage, room.order)
+    with pytest.raises(RemoteJoinError):
+        await joins.join(BOB, room.room_id, ["first.example"])
+    # The server of the user able to invite first, then those named.
+    assert network.asked == ["inviter.example", "first.example"]

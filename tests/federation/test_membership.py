@@ -614,6 +614,37 @@ async def test_restricted_join_through_rooms_unknown_here(world: World) -> None:
     assert (error.status, error.errcode) == (400, "M_UNABLE_TO_AUTHORISE_JOIN")
 
 
+async def test_send_join_holds_a_join_naming_our_user_to_the_conditions(world: World) -> None:
+    """A server that skips make_join and names our user itself gets no
+    signature for a user who is in none of the allowed rooms."""
+    await world.join(world.room)  # bob is in the room the rule names; carol is not
+    room = await restricted_room(
+        world, [{"type": "m.room_membership", "room_id": world.room.room_id}]
+    )
+    template = (await world.make("join", room.room_id, BOB, ver=["10"]))["event"]
+    assert template["content"]["join_authorised_via_users_server"] == world.alice
+    forged = world.sign(template | {"sender": CAROL, "state_key": CAROL}, "10")
+    refused = await world.refused(world.send("join", forged))
+    assert (refused.status, refused.errcode) == (403, "M_FORBIDDEN")
+    assert not await stored(world.storage, forged.event_id)
+    assert await membership_now(world.storage, room.room_id, CAROL) is None
+
+
+async def test_restricted_join_with_no_local_inviter_asks_for_another_server(
+    world: World,
+) -> None:
+    await world.join(world.room)
+    room = world.new_room("10")
+    room.public_room(history_visibility="shared")
+    allow = [{"type": "m.room_membership", "room_id": world.room.room_id}]
+    room.state_event(world.alice, "m.room.join_rules", {"join_rule": "restricted", "allow": allow})
+    # Alice lowers her own level below the invite level: no one here may vouch.
+    room.power_levels(world.alice, {world.alice: 40}, content={"invite": 50})
+    await ingest_all(world.storage, room.order)
+    error = await world.refused(world.make("join", room.room_id, BOB, ver=["10"]))
+    assert (error.status, error.errcode) == (400, "M_UNABLE_TO_GRANT_JOIN")
+
+
 # invite
 
 

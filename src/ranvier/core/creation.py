@@ -97,6 +97,7 @@ from .interfaces import EventNotifier, EventPersister, RemoteInviter, StateReade
 from .invite_permission import InvitePermission
 from .loading import EventLoader
 from .policy_servers import POLICY_KEY, PolicyServers
+from .restricted_joins import AUTHORISER
 
 __all__ = ["EventCreator", "NotInRoomError", "Preset"]
 
@@ -868,9 +869,18 @@ class EventCreator:
             await self.member_profiles.ask_services_about(target)
         return await self._membership(sender, room_id, target, "invite", reason)
 
-    async def join(self, user: str, room_id: str, *, reason: str | None = None) -> str:
+    async def join(
+        self,
+        user: str,
+        room_id: str,
+        *,
+        reason: str | None = None,
+        authoriser: str | None = None,
+    ) -> str:
         """Join a room this server is in; return the join's event ID.
 
+        ``authoriser`` is the user named to vouch for the join of a
+        restricted room (:mod:`ranvier.core.restricted_joins` picks one).
         Raises :class:`NotInRoomError` for a room this server is not in
         (unknown here, or every local user has left): such a join goes
         through another server.
@@ -879,7 +889,8 @@ class EventCreator:
         rv = await self._room_version(room_id, not_known=NotInRoomError(room_id))
         if not await self._server_in_room(room_id, rv):
             raise NotInRoomError(room_id)
-        return await self._membership(user, room_id, user, "join", reason)
+        vouched = None if authoriser is None else {AUTHORISER: authoriser}
+        return await self._membership(user, room_id, user, "join", reason, extra=vouched)
 
     async def leave(self, user: str, room_id: str, *, reason: str | None = None) -> str:
         """Leave a room, or decline an invite; return the leave's event ID."""
@@ -912,12 +923,19 @@ class EventCreator:
         return await self._membership(sender, room_id, target, "leave", reason)
 
     async def _membership(
-        self, sender: str, room_id: str, target: str, membership: str, reason: str | None
+        self,
+        sender: str,
+        room_id: str,
+        target: str,
+        membership: str,
+        reason: str | None,
+        *,
+        extra: Mapping[str, Any] | None = None,
     ) -> str:
         self._check_local(sender)
         if not is_valid_user_id(target):
             raise _invalid_param(f"{target!r} is not a user ID")
-        content: dict[str, Any] = {"membership": membership}
+        content: dict[str, Any] = {**(extra or {}), "membership": membership}
         if reason is not None:
             if type(reason) is not str:
                 raise _invalid_param("a reason must be a string")

@@ -13,6 +13,14 @@ Each join made is then handed to ``on_joined`` (the carrying over of the
 user's settings of a room the joined one replaced,
 :mod:`ranvier.core.upgrade_settings`).
 
+A restricted room this server is in (join rule ``restricted`` or
+``knock_restricted``) lets in a user joined to one of the rooms it allows,
+vouched for by a local user able to invite, named in the join
+(:mod:`ranvier.core.restricted_joins`); a user in none of them is refused
+with 403 ``M_FORBIDDEN`` and nothing is written. When no user here may
+invite, the join goes through the servers of those who may, as a join
+through another server does, so that one of them vouches and signs.
+
 A guest joins only a room this server is in whose current
 ``m.room.guest_access`` says ``can_join`` (403 ``M_FORBIDDEN`` otherwise),
 checked before the join and again once it is stored
@@ -33,6 +41,7 @@ from .directory import RoomDirectory
 from .guests import EVICTION_REASON, GuestJoins, guest_join_refused
 from .interfaces import StateReader
 from .joins import RemoteJoiner
+from .restricted_joins import JoinVouching, RestrictedJoins
 
 __all__ = ["BlockedRooms", "JoinedRoom", "MembershipLookup", "RoomJoins"]
 
@@ -73,6 +82,7 @@ class RoomJoins:
         on_partial_state: Callable[[str], None] = lambda room_id: None,
         blocked: BlockedRooms | None = None,
         on_joined: Callable[[str, str], Awaitable[None]] | None = None,
+        restricted: RestrictedJoins | None = None,
     ) -> None:
         self._creator = creator
         self._remote = remote
@@ -82,6 +92,7 @@ class RoomJoins:
         self._on_partial_state = on_partial_state
         self._blocked = blocked
         self._on_joined = on_joined
+        self._restricted = restricted
         self._guests = GuestJoins(store)
 
     async def join(
@@ -136,8 +147,18 @@ class RoomJoins:
             )
         if guest:
             return await self._guest_join(user_id, room_id, reason)
+        vouching = await self._vouching(user_id, room_id)
+        if vouching.through:
+            # A restricted room no user here may vouch in: one of the
+            # servers whose users may signs the join, as a remote join.
+            return await self._join_through(
+                user_id, room_id, [*vouching.through, *candidates], reason=reason
+            )
         try:
-            return JoinedRoom(room_id, await self._creator.join(user_id, room_id, reason=reason))
+            event_id = await self._creator.join(
+                user_id, room_id, reason=reason, authoriser=vouching.authoriser
+            )
+            return JoinedRoom(room_id, event_id)
         except NotInRoomError:
             pass
         named = room_id.partition(":")[2]
@@ -146,16 +167,30 @@ class RoomJoins:
         inviter = await self._inviter_server(user_id, room_id)
         if inviter is not None:
             candidates.append(inviter)
+        return await self._join_through(user_id, room_id, candidates, reason=reason)
+
+    async def _join_through(
+        self, user_id: str, room_id: str, candidates: Sequence[str], *, reason: str | None
+    ) -> JoinedRoom:
+        """A join through the first of ``candidates`` that takes it."""
         # A client may name servers that cannot exist (a typo, an injected
         # value), and so may a room ID: asking them would only end in a 502
         # after the resolver fails, so they are left out as if not named.
-        candidates = [server for server in candidates if is_server_name(server)]
+        servers = [server for server in candidates if is_server_name(server)]
         joined = await self._remote.join_remote_room(
-            user_id, room_id, list(dict.fromkeys(candidates)), reason=reason
+            user_id, room_id, list(dict.fromkeys(servers)), reason=reason
         )
         if joined.partial_state:
             self._on_partial_state(room_id)
         return JoinedRoom(room_id, joined.event.event_id)
+
+    async def _vouching(self, user_id: str, room_id: str) -> JoinVouching:
+        """Who vouches for a join of a restricted room this server is in;
+        no one for any other room (see :mod:`ranvier.core.restricted_joins`).
+        """
+        if self._restricted is None:
+            return JoinVouching()
+        return await self._restricted.for_local_user(room_id, user_id)
 
     async def _guest_join(self, user_id: str, room_id: str, reason: str | None) -> JoinedRoom:
         """A guest's join: of a room here that lets guests in, before and

@@ -9,10 +9,14 @@ leave, knock or are invited:
   ``M_INCOMPATIBLE_ROOM_VERSION`` when the room's version is not among
   ``ver``. For a restricted room the user may join through membership of
   another room; the template then names a local user who may invite, as
-  ``join_authorised_via_users_server``.
+  ``join_authorised_via_users_server``, or the spec's 400
+  ``M_UNABLE_TO_AUTHORISE_JOIN`` or ``M_UNABLE_TO_GRANT_JOIN`` says to ask
+  another server (:mod:`ranvier.core.restricted_joins`).
 * ``PUT /v2/send_join/{roomId}/{eventId}``: the signed join. It is checked
   (the path's event ID, a join of a user of the requesting server, its
-  server's signature and content hash), signed by this server, authorised
+  server's signature and content hash, and, when it names one of our users
+  to vouch for it, the restricted room's conditions again), signed by this
+  server, authorised
   and written like any event; the answer is the room's state before it and
   the auth chain of that state and of the join. With ``omit_members=true``
   (MSC3706) the answer leaves memberships out: see below.
@@ -85,15 +89,15 @@ from ranvier.core.ingest import RoomLocks
 from ranvier.core.interfaces import EventNotifier, EventPersister, StateReader, VerifyKeySource
 from ranvier.core.loading import EventLoader
 from ranvier.core.redactions import ServedEvents
+from ranvier.core.restricted_joins import AUTHORISER, RestrictedJoins
 from ranvier.errors import MatrixError, PartialStateConflictError
 from ranvier.federation.refusals import refusal_error, segment
 from ranvier.federation.transport.client import FederationError, FederationHttpClient
 from ranvier.federation.transport.routes import wall_clock_ms
 from ranvier.federation.transport.server import Request, Router
-from ranvier.protocol.auth import CREATE_KEY, JOIN_RULES_KEY, POWER_LEVELS_KEY, is_valid_user_id
+from ranvier.protocol.auth import CREATE_KEY, JOIN_RULES_KEY, is_valid_user_id
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.hashing import content_hash_matches, hash_and_sign_event
-from ranvier.protocol.power_levels import get_named_level, get_user_power_level
 from ranvier.protocol.redaction import redact
 from ranvier.protocol.room_versions import (
     SUPPORTED_ROOM_VERSIONS,
@@ -124,7 +128,6 @@ HERO_COUNT: Final = 5
 _MEMBER: Final = "m.room.member"
 _NAME_KEY: Final[StateKey] = ("m.room.name", "")
 _CANONICAL_ALIAS_KEY: Final[StateKey] = ("m.room.canonical_alias", "")
-_AUTHORISER: Final = "join_authorised_via_users_server"
 # Room versions whose invites' invite_room_state the spec lets through unchecked.
 _UNCHECKED_INVITE_STATE_VERSIONS: Final = frozenset(str(number) for number in range(1, 12))
 
@@ -269,6 +272,7 @@ class _Membership:
         self._notifier = notifier
         self._room_lock = room_lock
         self._clock = clock
+        self._restricted = RestrictedJoins(store, server_name)
 
     # What every handshake checks first.
 
@@ -308,9 +312,9 @@ class _Membership:
         rv = await self._resident_room(access, room_id, origin)
         _check_version_offered(request, rv, room_id, origin)
         content: dict[str, Any] = {"membership": "join"}
-        authoriser = await self._join_authoriser(access, room_id, rv, user_id)
+        authoriser = await self._restricted.for_remote_user(room_id, rv, user_id)
         if authoriser is not None:
-            content[_AUTHORISER] = authoriser
+            content[AUTHORISER] = authoriser
         return await self._template(rv, room_id, user_id, content)
 
     async def make_leave(self, request: Request) -> Mapping[str, Any]:
@@ -363,95 +367,6 @@ class _Membership:
             )
         return {"room_version": rv.identifier, "event": event}
 
-    async def _join_authoriser(
-        self, access: RoomAccess, room_id: str, rv: RoomVersion, user_id: str
-    ) -> str | None:
-        """For a restricted room, a local user who can vouch for ``user_id``'s
-        join through the room's ``allow`` conditions; None where the join
-        rules need no one to vouch.
-        """
-        keyed = await access.current_state_for_keys(room_id, (JOIN_RULES_KEY, (_MEMBER, user_id)))
-        rules_id = keyed.get(JOIN_RULES_KEY)
-        rules = {} if rules_id is None else (await access.contents([rules_id]))[rules_id]
-        rule = rules.get("join_rule")
-        restricted = (rv.restricted_join_rule and rule == "restricted") or (
-            rv.knock_restricted_join_rule and rule == "knock_restricted"
-        )
-        if not restricted:
-            return None
-        member_id = keyed.get((_MEMBER, user_id))
-        if member_id is not None:
-            membership = (await access.contents([member_id]))[member_id].get("membership")
-            if membership in ("join", "invite"):
-                return None
-        await self._check_allow_conditions(access, room_id, rules.get("allow"), user_id)
-        state = await access.current_state(room_id)
-        authoriser = await self._local_inviter(access, room_id, rv, state)
-        if authoriser is None:
-            raise MatrixError(
-                f"no user of {self._server_name} in {room_id} may invite, so it cannot vouch"
-                f" for {user_id}'s join; try another server",
-                errcode="M_UNABLE_TO_GRANT_JOIN",
-                http_status=400,
-            )
-        return authoriser
-
-    async def _check_allow_conditions(
-        self, access: RoomAccess, room_id: str, allow: object, user_id: str
-    ) -> None:
-        rooms = [
-            entry["room_id"]
-            for entry in (allow if isinstance(allow, list) else ())
-            if isinstance(entry, dict)
-            and entry.get("type") == "m.room_membership"
-            and isinstance(entry.get("room_id"), str)
-        ]
-        known = False
-        for other in rooms:
-            if not await access.server_in_room(other, self._server_name):
-                continue
-            known = True
-            member_id = (await access.current_state(other)).get((_MEMBER, user_id))
-            if member_id is None:
-                continue
-            if (await access.contents([member_id]))[member_id].get("membership") == "join":
-                return
-        if rooms and not known:
-            raise MatrixError(
-                f"{self._server_name} is in none of the rooms whose members may join {room_id}",
-                errcode="M_UNABLE_TO_AUTHORISE_JOIN",
-                http_status=400,
-            )
-        raise _forbidden(f"{user_id} meets none of the conditions for joining {room_id}")
-
-    async def _local_inviter(
-        self, access: RoomAccess, room_id: str, rv: RoomVersion, state: Mapping[StateKey, str]
-    ) -> str | None:
-        """Our joined user with the most power in the room that may invite."""
-        local = {
-            state_key: event_id
-            for (event_type, state_key), event_id in state.items()
-            if event_type == _MEMBER and _server_of(state_key) == self._server_name
-        }
-        contents = await access.contents(local.values())
-        joined = [
-            user
-            for user, event_id in local.items()
-            if contents[event_id].get("membership") == "join"
-        ]
-        loader = EventLoader(self._store, rv)
-        create_id, levels_id = state.get(CREATE_KEY), state.get(POWER_LEVELS_KEY)
-        events = await loader.load(event_id for event_id in (create_id, levels_id) if event_id)
-        create = events.get(create_id) if create_id else None
-        power_levels = events.get(levels_id) if levels_id else None
-        needed = get_named_level(power_levels, "invite")
-        levels = {
-            user: get_user_power_level(user, power_levels=power_levels, create=create)
-            for user in joined
-        }
-        able = sorted((-level, user) for user, level in levels.items() if level >= needed)
-        return able[0][1] if able else None
-
     # send_join, send_leave and send_knock.
 
     async def send_join(self, request: Request) -> Mapping[str, Any]:
@@ -482,6 +397,10 @@ class _Membership:
         _check_membership_event(event, room_id, event_id, membership, origin)
         if not content_hash_matches(event.json):
             raise _invalid(f"{event_id} does not match its content hash")
+        if membership == "join":
+            # Our signature vouches for a restricted join naming our user:
+            # the conditions are checked again, make_join or not.
+            await self._restricted.check_join_received(event)
         if sign:
             event = self._countersigned(event)
         await self._check_signatures(event)
