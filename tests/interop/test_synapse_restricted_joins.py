@@ -289,7 +289,7 @@ async def test_synapse_users_join_a_restricted_room_on_ranvier_through_its_space
     # its one user able to invite, and signs the join.
     await yara.join(space, via=via)
     await yara.join(room, via=via)
-    join_id = (await hs_state_ids(ranvier, room))[(_MEMBER, yara.user_id)]
+    join_id = (await _state_ids(ranvier, room))[(_MEMBER, yara.user_id)]
     await _vouched_for_on_both(
         ranvier, yara, room, join_id, alice, {ranvier.server_name, synapse.server_name}
     )
@@ -323,7 +323,7 @@ async def test_synapse_users_join_a_restricted_room_on_ranvier_through_its_space
     assert await _ranvier_membership(ranvier, unknowable, yara.user_id) is None
 
 
-async def hs_state_ids(hs: HomeServer, room_id: str) -> dict[tuple[str, str], str]:
+async def _state_ids(hs: HomeServer, room_id: str) -> dict[tuple[str, str], str]:
     return dict(await hs.storage.get_current_state_ids(room_id))
 
 
@@ -386,7 +386,7 @@ async def test_knock_restricted_rooms_let_in_members_or_knockers_each_way(
     zora = await synapse.register(synapse_http, localpart("zoraknockr"))
     await yara.join(our_space, via=ranvier.server_name)
     await yara.join(ours, via=ranvier.server_name)
-    yara_join = (await hs_state_ids(ranvier, ours))[(_MEMBER, yara.user_id)]
+    yara_join = (await _state_ids(ranvier, ours))[(_MEMBER, yara.user_id)]
     await _vouched_for_on_both(
         ranvier, yara, ours, yara_join, alice, {ranvier.server_name, synapse.server_name}
     )
@@ -444,7 +444,7 @@ async def test_ranvier_judges_membership_of_a_space_synapse_hosts(
 
     await eventually(yara_in_space, "yara's join of the space on ranvier")
     await yara.join(room, via=ranvier.server_name)
-    join_id = (await hs_state_ids(ranvier, room))[(_MEMBER, yara.user_id)]
+    join_id = (await _state_ids(ranvier, room))[(_MEMBER, yara.user_id)]
     await _vouched_for_on_both(
         ranvier, yara, room, join_id, alice, {ranvier.server_name, synapse.server_name}
     )

@@ -30,6 +30,7 @@ from ranvier.storage import (
     Storage,
     WriteOperation,
     accounts,
+    admin_writes,
     aliases,
     client_transactions,
     profile_fields,
@@ -39,6 +40,7 @@ from ranvier.storage import (
     writes,
 )
 from ranvier.storage.accounts import NewAccount, NewDevice, UserInUseError
+from ranvier.storage.reports import NewReport
 from ranvier.testing import RoomBuilder, ingest_all
 
 ALICE = "@alice:ours.test"
@@ -98,6 +100,15 @@ OUTCOMES: dict[str, str] = {
     # The second run finds the session gone and answers None: a repeated
     # take never hands the session out again.
     "sso.take_sso_session": "same database",
+    # The admin API's writes set a flag to a value, or delete by key.
+    "admin_writes.set_admin": "same",
+    "admin_writes.set_locked": "same",
+    "admin_writes.set_suspended": "same",
+    "admin_writes.set_shadow_banned": "same",
+    "admin_writes.reactivate_account": "same",
+    "admin_writes.block_room": "same",
+    "admin_writes.unblock_room": "same",
+    "admin_writes.delete_event_report": "same database",
 }
 
 
@@ -263,6 +274,24 @@ async def _take_sso_session(storage: Storage, room: RoomBuilder) -> WriteOperati
     return _call(sso._take_sso_session, state_hash=b"state", now_ms=5)
 
 
+async def _reactivate(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    await _with_account(storage)
+    await storage.accounts.deactivate_account(ALICE)
+    return _call(admin_writes.reactivate_account, user_id=ALICE, password_hash="$argon2id$back")
+
+
+async def _unblock_room(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    await storage.admin.block_room(room.room_id, ALICE, 5)
+    return _call(admin_writes.unblock_room, room_id=room.room_id)
+
+
+async def _delete_event_report(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    report_id = await storage.reports.add_report(
+        NewReport("request", room.room_id, room.last, ALICE, "spam", None, 5)
+    )
+    return _call(admin_writes.delete_event_report, report_id=report_id)
+
+
 def _destination_rooms(function: Callable[..., Any]) -> Prepare:
     async def prepare(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
         return _call(function, destination="remote.test", positions={room.room_id: 3})
@@ -414,6 +443,24 @@ PREPARE: dict[str, Prepare] = {
         )
     ),
     "sso.take_sso_session": _take_sso_session,
+    "admin_writes.set_admin": _after_account(
+        _call(admin_writes.set_admin, user_id=ALICE, admin=True)
+    ),
+    "admin_writes.set_locked": _after_account(
+        _call(admin_writes.set_locked, user_id=ALICE, locked=True)
+    ),
+    "admin_writes.set_suspended": _after_account(
+        _call(admin_writes.set_suspended, user_id=ALICE, suspended=True)
+    ),
+    "admin_writes.set_shadow_banned": _after_account(
+        _call(admin_writes.set_shadow_banned, user_id=ALICE, shadow_banned=True)
+    ),
+    "admin_writes.reactivate_account": _reactivate,
+    "admin_writes.block_room": _plain(
+        _call(admin_writes.block_room, room_id="!blocked:x", user_id=ALICE, blocked_ts=5)
+    ),
+    "admin_writes.unblock_room": _unblock_room,
+    "admin_writes.delete_event_report": _delete_event_report,
 }
 
 _KNOWN_MODULES = (
@@ -424,6 +471,7 @@ _KNOWN_MODULES = (
     "client_transactions.",
     "profile_fields.",
     "sso.",
+    "admin_writes.",
 )
 
 

@@ -1,6 +1,6 @@
-"""An account's lock and suspension in a real SQLite file: each write run
-twice alike, and every read that carries the flags (a token's owner, a
-password login, the account flags, the admin rows and list)."""
+"""An account's lock, suspension and shadow ban in a real SQLite file: each
+write run twice alike, and every read that carries the flags (a token's
+owner, a password login, the account flags, the admin rows and list)."""
 
 from __future__ import annotations
 
@@ -82,3 +82,29 @@ async def test_the_admin_rows_show_the_flags_and_the_list_hides_locked_accounts(
     assert ([row.user_id for row in rows], total) == ([BOB, ALICE], 2)
     rows, _ = await storage.admin.list_users(UserQuery(offset=0, limit=10, locked=True))
     assert [row.user_id for row in rows] == [ALICE, BOB]
+
+
+async def test_a_shadow_ban_is_written_twice_alike_and_read_with_the_token(
+    storage: Storage, db_path: Path
+) -> None:
+    await _accounts(storage)
+    ban = write_call(module.set_shadow_banned, user_id=ALICE, shadow_banned=True)
+    assert await run_twice(storage, db_path, ban, ["users"])
+    owner = await storage.accounts.get_token_owner(_TOKEN)
+    assert owner is not None
+    assert (owner.shadow_banned, owner.locked, owner.suspended) == (True, False, False)
+    assert await storage.accounts.get_account_flags(ALICE) == AccountFlags(False, False, True)
+    alice, bob = await storage.admin.user(ALICE), await storage.admin.user(BOB)
+    assert alice is not None
+    assert bob is not None
+    assert (alice.shadow_banned, bob.shadow_banned) == (True, False)
+    rows, _ = await storage.admin.list_users(
+        UserQuery(offset=0, limit=10, order_by="shadow_banned")
+    )
+    assert [row.user_id for row in rows] == [BOB, ALICE]
+    lift = write_call(module.set_shadow_banned, user_id=ALICE, shadow_banned=False)
+    assert await run_twice(storage, db_path, lift, ["users"])
+    owner = await storage.accounts.get_token_owner(_TOKEN)
+    assert owner is not None
+    assert not owner.shadow_banned
+    assert not await storage.admin.set_shadow_banned("@nobody:example.org", True)

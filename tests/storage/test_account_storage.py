@@ -72,7 +72,7 @@ async def test_a_taken_user_id_is_refused_and_nothing_of_the_second_attempt_stay
         )
     assert caught.value.errcode == "M_USER_IN_USE"
     assert caught.value.http_status == 400
-    assert _rows(db_path, "users") == [(ALICE, "first", 0, 1, 0, 0, 0, 0)]
+    assert _rows(db_path, "users") == [(ALICE, "first", 0, 1, 0, 0, 0, 0, 0)]
     assert _rows(db_path, "devices") == []
     assert _rows(db_path, "access_tokens") == []
 

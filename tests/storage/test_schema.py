@@ -99,6 +99,8 @@ TABLES_ADDED = {
     49: {"partial_state_device_updates"},
     # A column of users, no table.
     50: set(),
+    # A column of users, no table.
+    51: set(),
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -317,6 +319,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         )
     elif version == 50:
         run("UPDATE users SET is_guest = 1")
+    elif version == 51:
+        run("UPDATE users SET shadow_banned = 1")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

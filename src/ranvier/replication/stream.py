@@ -135,10 +135,12 @@ TOKEN_WRITES: Final = frozenset(
         "refresh_tokens.refresh",
         "refresh_tokens.retire_older",
         "login_tokens.log_in_with_token",
-        # The admin flag rides on cached tokens, as do a lock and a suspension.
+        # The admin flag rides on cached tokens, as do a lock, a suspension
+        # and a shadow ban.
         "admin_writes.set_admin",
         "admin_writes.set_locked",
         "admin_writes.set_suspended",
+        "admin_writes.set_shadow_banned",
     }
 )
 

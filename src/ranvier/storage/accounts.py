@@ -118,6 +118,7 @@ class AccountFlags:
 
     locked: bool
     suspended: bool
+    shadow_banned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,8 @@ class TokenOwner:
     suspended: bool = False
     #: Whether the account is a guest's (:mod:`ranvier.core.guests`).
     guest: bool = False
+    #: Whether an admin shadow-banned the account (:mod:`ranvier.core.shadow_bans`).
+    shadow_banned: bool = False
 
 
 class AccountStorage:
@@ -272,8 +275,8 @@ class AccountStorage:
         return await self._readers.read(functools.partial(_get_password_login, user_id=user_id))
 
     async def get_account_flags(self, user_id: str) -> AccountFlags | None:
-        """Whether ``user_id`` is locked or suspended; None if there is no
-        such account."""
+        """Whether ``user_id`` is locked, suspended or shadow-banned; None if
+        there is no such account."""
         return await self._readers.read(functools.partial(_get_account_flags, user_id=user_id))
 
     async def get_token_owner(self, token_hash: bytes) -> TokenOwner | None:
@@ -509,23 +512,23 @@ def _get_password_login(conn: sqlite3.Connection, *, user_id: str) -> PasswordLo
 
 def _get_account_flags(conn: sqlite3.Connection, *, user_id: str) -> AccountFlags | None:
     row = conn.execute(
-        "SELECT locked, suspended FROM users WHERE user_id = ?", (user_id,)
+        "SELECT locked, suspended, shadow_banned FROM users WHERE user_id = ?", (user_id,)
     ).fetchone()
-    return None if row is None else AccountFlags(bool(row[0]), bool(row[1]))
+    return None if row is None else AccountFlags(bool(row[0]), bool(row[1]), bool(row[2]))
 
 
 def _get_token_owner(conn: sqlite3.Connection, *, token_hash: bytes) -> TokenOwner | None:
     row = conn.execute(
         "SELECT t.user_id, t.device_id, u.admin, t.expires_ts,"
         " EXISTS (SELECT 1 FROM refresh_tokens AS r WHERE r.access_token_hash = t.token_hash"
-        " AND r.previous_hash IS NOT NULL), u.locked, u.suspended, u.is_guest"
+        " AND r.previous_hash IS NOT NULL), u.locked, u.suspended, u.is_guest, u.shadow_banned"
         " FROM access_tokens AS t JOIN users AS u ON u.user_id = t.user_id"
         " WHERE t.token_hash = ? AND u.deactivated = 0",
         (token_hash,),
     ).fetchone()
     if row is None:
         return None
-    user_id, device_id, admin, expires_ts, replaces_older, locked, suspended, guest = row
+    user_id, device_id, admin, expires_ts, replaces_older, locked, suspended, guest, banned = row
     return TokenOwner(
         user_id,
         device_id,
@@ -535,6 +538,7 @@ def _get_token_owner(conn: sqlite3.Connection, *, token_hash: bytes) -> TokenOwn
         locked=bool(locked),
         suspended=bool(suspended),
         guest=bool(guest),
+        shadow_banned=bool(banned),
     )
 
 

@@ -59,6 +59,13 @@ class AdminStorage:
             functools.partial(admin_writes.set_suspended, user_id=user_id, suspended=suspended)
         )
 
+    async def set_shadow_banned(self, user_id: str, shadow_banned: bool) -> bool:
+        return await self._writer.submit(
+            functools.partial(
+                admin_writes.set_shadow_banned, user_id=user_id, shadow_banned=shadow_banned
+            )
+        )
+
     async def reactivate_account(self, user_id: str, password_hash: str) -> bool:
         return await self._writer.submit(
             functools.partial(

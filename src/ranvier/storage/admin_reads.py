@@ -45,6 +45,7 @@ UserOrder = Literal[
     "last_seen_ts",
     "locked",
     "is_guest",
+    "shadow_banned",
 ]
 
 
@@ -83,6 +84,7 @@ class UserRow:
     locked: bool = False
     suspended: bool = False
     guest: bool = False
+    shadow_banned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +145,7 @@ class ReportDetail:
 _USER_COLUMNS: Final = (
     "SELECT u.user_id, u.admin, u.deactivated, u.created_ts, p.displayname, p.avatar_url,"
     " (SELECT MAX(d.last_seen_ts) FROM devices AS d WHERE d.user_id = u.user_id)"
-    " AS last_seen_ts, u.locked, u.suspended, u.is_guest"
+    " AS last_seen_ts, u.locked, u.suspended, u.is_guest, u.shadow_banned"
     " FROM users AS u LEFT JOIN profiles AS p ON p.user_id = u.user_id"
 )
 
@@ -157,6 +159,7 @@ _USER_ORDER: Final[dict[str, str]] = {
     "last_seen_ts": "last_seen_ts",
     "locked": "u.locked",
     "is_guest": "u.is_guest",
+    "shadow_banned": "u.shadow_banned",
 }
 
 
@@ -172,6 +175,7 @@ def _user_row(row: Sequence[object]) -> UserRow:
         locked,
         suspended,
         guest,
+        shadow_banned,
     ) = row
     return UserRow(
         str(user_id),
@@ -184,6 +188,7 @@ def _user_row(row: Sequence[object]) -> UserRow:
         bool(locked),
         bool(suspended),
         bool(guest),
+        bool(shadow_banned),
     )
 
 

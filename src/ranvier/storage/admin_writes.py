@@ -1,6 +1,6 @@
-"""The writes only the admin API makes: an account's admin flag, its lock
-and suspension, an account brought back from deactivation, rooms blocked
-or unblocked, and event reports dealt with.
+"""The writes only the admin API makes: an account's admin flag, its lock,
+suspension and shadow ban, an account brought back from deactivation, rooms
+blocked or unblocked, and event reports dealt with.
 
 Each is one registered write, so a worker's admin request is written by
 the main process as it would be here, and each is the same when run again.
@@ -18,6 +18,7 @@ __all__ = [
     "reactivate_account",
     "set_admin",
     "set_locked",
+    "set_shadow_banned",
     "set_suspended",
     "unblock_room",
 ]
@@ -46,6 +47,15 @@ def set_suspended(conn: sqlite3.Connection, *, user_id: str, suspended: bool) ->
     """Suspend ``user_id`` or lift the suspension; False if there is no such account."""
     changed = conn.execute(
         "UPDATE users SET suspended = ? WHERE user_id = ?", (int(suspended), user_id)
+    ).rowcount
+    return changed > 0
+
+
+@registered_write
+def set_shadow_banned(conn: sqlite3.Connection, *, user_id: str, shadow_banned: bool) -> bool:
+    """Shadow-ban ``user_id`` or lift the ban; False if there is no such account."""
+    changed = conn.execute(
+        "UPDATE users SET shadow_banned = ? WHERE user_id = ?", (int(shadow_banned), user_id)
     ).rowcount
     return changed > 0
 

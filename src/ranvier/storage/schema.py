@@ -1222,6 +1222,12 @@ def _guest_accounts(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE users ADD COLUMN is_guest INTEGER NOT NULL DEFAULT 0")
 
 
+def _shadow_bans(conn: sqlite3.Connection) -> None:
+    """Which accounts an admin shadow-banned (:mod:`ranvier.core.shadow_bans`),
+    read with every access token as the lock and suspension are."""
+    conn.execute("ALTER TABLE users ADD COLUMN shadow_banned INTEGER NOT NULL DEFAULT 0")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1274,6 +1280,7 @@ MIGRATIONS: Sequence[Migration] = (
     _threepids,
     _partial_state_device_updates,
     _guest_accounts,
+    _shadow_bans,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
