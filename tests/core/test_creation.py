@@ -435,6 +435,81 @@ async def test_bad_sends_are_refused(
     assert _event_count(db_path) == count
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        # No allow list: the spec warns that this denies every server.
+        {"deny": ["evil.example"]},
+        {"allow": []},
+        # This server's host, its port aside, and globs matching it.
+        {"allow": ["*"], "deny": ["example.org"]},
+        {"allow": ["*"], "deny": ["EXAMPLE.*"]},
+        {"allow": ["*.example.org"]},
+    ],
+)
+async def test_a_server_acl_denying_this_server_is_refused(
+    storage: Storage, heard: Heard, db_path: Path, content: dict[str, Any]
+) -> None:
+    creator = _creator(storage, heard)
+    room_id = await creator.create_room(ALICE)
+    count = _event_count(db_path)
+    with pytest.raises(MatrixError, match=r"would deny example\.org") as caught:
+        await creator.send_event(ALICE, room_id, "m.room.server_acl", content, state_key="")
+    assert (caught.value.http_status, caught.value.errcode) == (400, "M_INVALID_PARAM")
+    with pytest.raises(MatrixError, match=r"would deny example\.org"):
+        await creator.create_room(
+            ALICE, initial_state=[{"type": "m.room.server_acl", "content": content}]
+        )
+    assert _event_count(db_path) == count
+    # An ACL's type with another state key is some other state.
+    await creator.send_event(ALICE, room_id, "m.room.server_acl", content, state_key="other")
+
+
+async def test_ip_literals_are_refused_only_to_a_server_named_by_one(
+    storage: Storage, heard: Heard
+) -> None:
+    no_literals = {"allow": ["*"], "allow_ip_literals": False}
+    named = _creator(storage, heard)
+    room_id = await named.create_room(ALICE)
+    await named.send_event(ALICE, room_id, "m.room.server_acl", no_literals, state_key="")
+    literal = _creator(storage, heard, server_name="127.0.0.1:8448")
+    with pytest.raises(MatrixError, match=r"would deny 127\.0\.0\.1:8448"):
+        await literal.create_room(
+            "@carol:127.0.0.1:8448",
+            initial_state=[{"type": "m.room.server_acl", "content": no_literals}],
+        )
+
+
+async def test_a_server_acl_that_lets_this_server_in_is_sent_and_not_redacted(
+    storage: Storage, creator: EventCreator, db_path: Path
+) -> None:
+    acl = {"allow": ["*"], "deny": ["evil.example"]}
+    room_id = await creator.create_room(
+        ALICE, initial_state=[{"type": "m.room.server_acl", "content": acl}]
+    )
+    state = await storage.get_current_state_ids(room_id)
+    first = state[("m.room.server_acl", "")]
+    second = await creator.send_event(
+        ALICE,
+        room_id,
+        "m.room.server_acl",
+        {"allow": ["*.example.org", "example.org"]},
+        state_key="",
+    )
+    count = _event_count(db_path)
+    # A redacted ACL keeps no allow list, which denies every server: both
+    # the ACL in force and an older one are refused.
+    for acl_id in (second, first):
+        with pytest.raises(MatrixError, match="may not be redacted") as caught:
+            await creator.send_event(ALICE, room_id, "m.room.redaction", {"redacts": acl_id})
+        assert (caught.value.http_status, caught.value.errcode) == (403, "M_FORBIDDEN")
+    assert _event_count(db_path) == count
+    # Other redactions go on, and so does one naming no event here.
+    message = await creator.send_event(ALICE, room_id, "m.room.message", {"body": "oops"})
+    await creator.send_event(ALICE, room_id, "m.room.redaction", {"redacts": message})
+    await creator.send_event(ALICE, room_id, "m.room.redaction", {"redacts": "$unknown"})
+
+
 async def test_a_room_is_created_once(
     storage: Storage, creator: EventCreator, db_path: Path
 ) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ranvier.federation.room_access import server_allowed_by_acl
+from ranvier.protocol.server_acl import server_allowed_by_acl
 
 
 @pytest.mark.parametrize(
@@ -25,6 +25,8 @@ from ranvier.federation.room_access import server_allowed_by_acl
         ("a1.test", {"allow": ["a?.test"]}, True),
         ("a12.test", {"allow": ["a?.test"]}, False),
         ("xa.test", {"allow": ["a.test"]}, False),
+        ("localhost", {"allow": ["*"], "deny": ["l?calhost?", "?localhost", "localhos"]}, True),
+        ("localhost", {"allow": ["*"], "deny": ["l?calh*st"]}, False),
         # Ports never take part; case does not matter.
         ("evil.test:8448", {"allow": ["*"], "deny": ["evil.test"]}, False),
         ("EVIL.test", {"allow": ["*"], "deny": ["evil.test"]}, False),
@@ -35,6 +37,9 @@ from ranvier.federation.room_access import server_allowed_by_acl
         ("1.2.3.4:8448", {"allow": ["*"], "allow_ip_literals": False}, False),
         ("[::1]:8448", {"allow": ["*"], "allow_ip_literals": False}, False),
         ("a.test", {"allow": ["*"], "allow_ip_literals": False}, True),
+        # A value that is not a boolean counts as the default, true.
+        ("1.2.3.4", {"allow": ["*"], "allow_ip_literals": "false"}, True),
+        ("1.2.3.4", {"allow": ["*"], "allow_ip_literals": 0}, True),
         # Malformed entries and lists are ignored.
         ("a.test", {"allow": ["*"], "deny": "a.test"}, True),
         ("a.test", {"allow": [3, "a.test"], "deny": [None]}, True),

@@ -73,6 +73,7 @@ from ranvier.protocol.room_versions import (
     RoomVersionLike,
     get_room_version,
 )
+from ranvier.protocol.server_acl import SERVER_ACL_TYPE, server_allowed_by_acl
 from ranvier.protocol.signing import SigningKeyLike
 from ranvier.storage.records import EventToPersist
 
@@ -421,6 +422,9 @@ class EventCreator:
             for template in templates:
                 if template["type"] == _MEMBER and template.get("state_key") == creator:
                     template["content"] = {**profile, **template["content"]}
+        for template in templates:
+            if template["type"] == SERVER_ACL_TYPE and template["state_key"] == "":
+                self._check_acl_admits_us(template["content"])
         _rehearse(rv, room_id, templates)
 
         create_template = templates[0] if room_id is None else templates[0] | {"room_id": room_id}
@@ -475,6 +479,10 @@ class EventCreator:
             return sent
         if self.activity is not None:
             await self.activity.user_active(sender)
+        if event_type == SERVER_ACL_TYPE and state_key == "":
+            self._check_acl_admits_us(content)
+        elif event_type == "m.room.redaction":
+            await self._check_not_an_acl(room_id, content.get("redacts"))
 
         rv = await self._room_version(room_id)
         template: dict[str, Any] = {
@@ -1114,6 +1122,41 @@ class EventCreator:
         return countersign
 
     # --- Helpers --------------------------------------------------------------------
+
+    def _check_acl_admits_us(self, content: Mapping[str, Any]) -> None:
+        """Refuse a server ACL that would deny this server.
+
+        The room's other servers would refuse every event of our users,
+        and answer none of our requests about the room, from then on; an
+        ACL without an allow list does this to every server, as the spec
+        warns. Only a server still let in could send the ACL that undoes it.
+        """
+        if not server_allowed_by_acl(self.server_name, content):
+            raise _invalid_param(
+                f"this server ACL would deny {self.server_name}, the server sending it,"
+                " so that no other server would take its users' events in the room;"
+                ' allow it (an allow list of ["*"] lets in every server not denied)'
+            )
+
+    async def _check_not_an_acl(self, room_id: str, redacts: object) -> None:
+        """Refuse to redact a server ACL of the room.
+
+        Redaction keeps none of an ACL's content, and an ACL with no allow
+        list denies every server, this one too (see
+        :meth:`_check_acl_admits_us`); a new ACL replaces one instead.
+        """
+        if not isinstance(redacts, str):
+            return
+        target = (await self._store.get_events([redacts])).get(redacts)
+        if target is None or target.room_id != room_id:
+            return
+        if target.type == SERVER_ACL_TYPE and target.state_key == "":
+            raise MatrixError(
+                f"{redacts} is a server ACL, which may not be redacted: an ACL stripped"
+                " of its content denies every server, this one included; send a new one",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
 
     def _is_local(self, user_id: str) -> bool:
         return type(user_id) is str and user_id.partition(":")[2] == self.server_name

@@ -41,8 +41,6 @@ erased users' events (GDPR erasure) served redacted.
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Final, Protocol
 
@@ -50,6 +48,7 @@ import msgspec
 
 from ranvier.core.interfaces import StateReader
 from ranvier.errors import MatrixError
+from ranvier.protocol.server_acl import SERVER_ACL_TYPE, server_allowed_by_acl
 from ranvier.storage.records import PartialStateRoom, StateKey, StoredEvent
 
 __all__ = [
@@ -62,7 +61,7 @@ __all__ = [
     "server_allowed_by_acl",
 ]
 
-SERVER_ACL_KEY: Final[StateKey] = ("m.room.server_acl", "")
+SERVER_ACL_KEY: Final[StateKey] = (SERVER_ACL_TYPE, "")
 HISTORY_VISIBILITY_KEY: Final[StateKey] = ("m.room.history_visibility", "")
 #: The errcode of a refusal because this server has only partial state of
 #: the room: MSC3895's, with the unstable prefix Synapse sends.
@@ -90,53 +89,6 @@ def _content(event: StoredEvent) -> dict[str, Any]:
 
 def _server_of(user_id: str) -> str:
     return user_id.partition(":")[2]
-
-
-def _glob(pattern: str) -> re.Pattern[str]:
-    """A server ACL glob: ``*`` any run of characters, ``?`` any one."""
-    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
-
-
-def _is_ip_literal(host: str) -> bool:
-    if host.startswith("[") and host.endswith("]"):
-        return True
-    try:
-        ipaddress.IPv4Address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _host(server_name: str) -> str:
-    """The server name without its port, as ACL entries are written."""
-    if server_name.startswith("["):
-        return server_name[: server_name.find("]") + 1]
-    return server_name.rpartition(":")[0] if ":" in server_name else server_name
-
-
-def server_allowed_by_acl(server_name: str, content: Mapping[str, Any]) -> bool:
-    """Whether an ``m.room.server_acl`` event with ``content`` lets ``server_name`` in.
-
-    The spec's order: an IP literal is refused when ``allow_ip_literals`` is
-    false; then any ``deny`` match refuses; then an ``allow`` match admits;
-    anything else is refused (so a missing ``allow`` refuses everyone).
-    Entries that are not strings are ignored, and so is a list that is not
-    a list; ports never take part.
-    """
-    host = _host(server_name)
-    allow_ip_literals = content.get("allow_ip_literals", True)
-    if _is_ip_literal(host) and allow_ip_literals is False:
-        return False
-    deny = content.get("deny")
-    allow = content.get("allow")
-    for entry in deny if isinstance(deny, list) else ():
-        if isinstance(entry, str) and _glob(entry).fullmatch(host):
-            return False
-    return any(
-        isinstance(entry, str) and _glob(entry).fullmatch(host)
-        for entry in (allow if isinstance(allow, list) else ())
-    )
 
 
 def _member_keys(state: Mapping[StateKey, str], server_name: str) -> list[str]:
