@@ -132,14 +132,22 @@ def synapse_python() -> Path:
 
 
 def synapse_config(
-    directory: Path, *, port: int, client_port: int, certificate: Path, private_key: Path
+    directory: Path,
+    *,
+    port: int,
+    client_port: int,
+    certificate: Path,
+    private_key: Path,
+    host: str = "127.0.0.1",
 ) -> dict[str, Any]:
-    """A Synapse configuration for a server named ``127.0.0.1:<port>``, with
-    the client API also on ``client_port`` over plain HTTP.
+    """A Synapse configuration for a server named ``<host>:<port>``, with
+    the client API also on ``client_port`` over plain HTTP. It listens on
+    127.0.0.1 whatever ``host`` is: another name must resolve there
+    (``localhost`` does).
     """
     limits: dict[str, Any] = dict.fromkeys(_RATE_LIMITS, _NO_LIMIT)
     return {
-        "server_name": f"127.0.0.1:{port}",
+        "server_name": f"{host}:{port}",
         "pid_file": str(directory / "homeserver.pid"),
         "listeners": [
             {
@@ -323,6 +331,7 @@ def start_synapse(
     *,
     cache_factor: float | None = None,
     extra_config: Mapping[str, Any] | None = None,
+    host: str = "127.0.0.1",
 ) -> SynapseProcess:
     """Configure a Synapse with a fresh database in ``directory``, start it,
     and wait until it is healthy.
@@ -330,7 +339,8 @@ def start_synapse(
     ``cache_factor`` scales its caches (``SYNAPSE_CACHE_FACTOR``); ``None``
     keeps their default sizes, as an operator would run it.
     ``extra_config`` holds top-level options that replace or add to those
-    of :func:`synapse_config`. Raise
+    of :func:`synapse_config`; ``host`` is the host of its server name
+    (see there). Raise
     :class:`SynapseStartError` (with the log) if it is not healthy within a
     minute; the process is stopped then.
     """
@@ -346,6 +356,7 @@ def start_synapse(
         client_port=client_port,
         certificate=certificate,
         private_key=private_key,
+        host=host,
     )
     config.update(extra_config or {})
     config_path = directory / "homeserver.yaml"
