@@ -353,6 +353,50 @@ async def test_an_outlier_citing_a_rejected_event_is_rejected(world: World) -> N
     assert current.get(("m.room.topic", "")) != topic.event_id
 
 
+async def test_events_citing_an_outlier_resting_on_a_rejected_event_are_rejected(
+    world: World,
+) -> None:
+    """A rejected power levels event (R), a member event fetched as an
+    outlier that cites R (O), two messages citing O (X, Y) and a sentinel
+    after them (S): O, X and Y are rejected, S is accepted."""
+    room = world.room
+    bob_join = room.state[("m.room.member", BOB)]
+    grab = room.draft("m.room.power_levels", BOB, {"users": {}}, state_key="")
+    assert (await _receive(world, grab)).rejected_reason is not None
+    outlier = room.draft_member(
+        BOB,
+        "join",
+        content={"test": 1},
+        auth=[room.create.event_id, room.state[("m.room.join_rules", "")], grab.event_id, bob_join],
+    )
+    cited = [
+        room.create.event_id,
+        room.state[("m.room.join_rules", "")],
+        room.state[("m.room.power_levels", "")],
+        bob_join,
+        outlier.event_id,
+    ]
+    sent = [room.message(BOB, f"sent {n}", auth=cited) for n in (1, 2)]
+    sentinel = room.message(BOB, "sentinel")
+
+    outcomes = await world.ingester.receive_pdus(REMOTE, [e.raw for e in (*sent, sentinel)])
+
+    assert [outcome.event_id for outcome in outcomes] == [e.event_id for e in (*sent, sentinel)]
+    # O is fetched once, for X; Y finds it here, rejected.
+    assert world.remote.called("event") == [outlier.event_id]
+    rows = await world.storage.get_events([e.event_id for e in (outlier, *sent, sentinel)])
+    assert rows[outlier.event_id].rejected_reason is not None
+    assert all(rows[e.event_id].rejected_reason is not None for e in sent)
+    assert rows[sentinel.event_id].rejected_reason is None
+    assert outcomes[2].error is None
+    extremities = await world.storage.get_forward_extremities(room.room_id)
+    assert sentinel.event_id in extremities
+    assert not extremities & {e.event_id for e in (grab, outlier, *sent)}
+    current = await world.storage.get_current_state_ids(room.room_id)
+    assert current[("m.room.member", BOB)] == bob_join
+    assert current[("m.room.power_levels", "")] != grab.event_id
+
+
 # Gaps
 
 
@@ -409,6 +453,31 @@ async def test_a_gap_the_origin_cannot_fill_is_an_error_with_nothing_written(
         await _receive(world, latest)
     assert failed.value.http_status == 502
     assert await world.stored(latest, lost) == set()
+
+
+async def test_an_event_refused_for_a_gap_is_taken_once_the_gap_is_filled(
+    world: World,
+) -> None:
+    """B, whose prev event A the origin withholds, is refused and nothing of
+    it kept; once A arrives, B sent again is accepted after it."""
+    room = world.room
+    event_a = room.send("m.event.a", BOB, {"event": "A"})
+    event_b = room.send("m.event.b", BOB, {"event": "B"})
+    withheld = world.remote.rooms[room.room_id].events.pop(event_a.event_id)
+
+    with pytest.raises(MatrixError):
+        await _receive(world, event_b)
+    assert await world.stored(event_a, event_b) == set()
+
+    world.remote.rooms[room.room_id].events[event_a.event_id] = withheld
+    assert (await _receive(world, event_a)).error is None
+    again = await _receive(world, event_b)
+    assert again.error is None
+    assert not again.already_known
+    rows = await world.storage.get_events([event_a.event_id, event_b.event_id])
+    assert all(row.rejected_reason is None and not row.outlier for row in rows.values())
+    assert rows[event_a.event_id].stream_ordering < rows[event_b.event_id].stream_ordering
+    assert await world.storage.get_forward_extremities(room.room_id) == {event_b.event_id}
 
 
 # Gaps in a room joined over federation

@@ -99,6 +99,8 @@ class World:
     http: FederationHttpClient
     keys: KnownKeys
     joiner_key: SigningKey
+    pki: Pki
+    tmp_path: Path
 
     def joiner(self, client: Any = None, **kwargs: Any) -> RemoteJoiner:
         """A joiner asking for full state, unless told otherwise."""
@@ -162,6 +164,8 @@ async def world(tmp_path: Path, nursery: trio.Nursery) -> World:
         http,
         keys,
         joiner_key,
+        pki,
+        tmp_path,
     )
 
 
@@ -200,6 +204,22 @@ async def test_join_moves_past_a_server_that_cannot_be_reached(world: World) -> 
         BOB, world.room_id, [dead, JOINER, world.resident_name]
     )
     assert joined.via == world.resident_name
+
+
+async def test_join_moves_past_a_server_that_does_not_know_the_room(
+    world: World, nursery: trio.Nursery
+) -> None:
+    """A server named first that answers make_join with 404 M_NOT_FOUND, as
+    one not in the room does, is passed over for the next one named."""
+    elsewhere = world.tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    stranger = await start_resident(nursery, elsewhere, world.pki, world.keys)
+    joined = await world.joiner().join_remote_room(
+        BOB, world.room_id, [stranger.name, world.resident_name]
+    )
+    assert joined.via == world.resident_name
+    assert await stranger.storage.get_room_version(world.room_id) is None
+    assert await world.resident_storage.get_event(joined.event.event_id) is not None
 
 
 async def test_no_server_left_to_try(world: World) -> None:

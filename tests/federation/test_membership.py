@@ -487,6 +487,37 @@ async def test_send_leave_takes_nothing_but_a_leave(world: World) -> None:
     assert [e.event_id for e, _ in world.heard.events] == [join.event_id]
 
 
+@pytest.mark.parametrize("membership", ["join", "leave"])
+async def test_send_join_and_send_leave_refuse_every_other_kind_of_event(
+    world: World, membership: str
+) -> None:
+    """Whatever else a server puts through send_join or send_leave, signed
+    and built on a real template, is refused with 400 and not written: a
+    message, a member event without a state key, the other memberships, and
+    the right membership for someone other than its sender."""
+    room = world.room
+    join, _ = await world.join(room, CAROL)
+    answer = await world.make(membership, room.room_id, CAROL, ver=["12"])
+    template = answer["event"]
+    message = {k: v for k, v in template.items() if k != "state_key"}
+    wrong = {
+        "a message": message | {"type": "m.room.message", "content": {"body": "bzz"}},
+        "a member event without a state key": message | {"content": {"membership": membership}},
+        "the right membership for another user": template | {"state_key": BOB},
+    }
+    for other in ("join", "leave", "invite", "knock", "ban"):
+        if other != membership:
+            wrong[f"a {other}"] = template | {"content": {"membership": other}}
+    for what, fields in wrong.items():
+        event = world.sign(fields)
+        error = await world.refused(world.send(membership, event))
+        assert (error.status, error.errcode) == (400, "M_INVALID_PARAM"), what
+        assert not await stored(world.storage, event.event_id), what
+    assert await membership_now(world.storage, room.room_id, CAROL) == "join"
+    assert await membership_now(world.storage, room.room_id, BOB) is None
+    assert [e.event_id for e, _ in world.heard.events] == [join.event_id]
+
+
 async def test_make_leave_for_a_user_not_in_the_room_is_refused(world: World) -> None:
     error = await world.refused(world.make("leave", world.room.room_id, CAROL))
     assert (error.status, error.errcode) == (403, "M_FORBIDDEN")

@@ -219,6 +219,32 @@ async def test_event_auth_is_the_events_auth_chain(world: World) -> None:
     assert world.room.create.event_id in ids_of(body["auth_chain"])
 
 
+async def test_event_auth_is_the_chain_of_that_event_not_of_the_current_state(
+    world: World,
+) -> None:
+    """Bob leaves and joins again, then the join rules change: the chain of
+    his second join reaches back through his leave to his first join, and
+    neither it nor the join rules' chain takes in later state."""
+    room = world.room
+    leave = room.member(BOB, "leave")
+    rejoin = room.member(BOB, "join")
+    rules = room.join_rules(world.alice, "invite")
+    room.message(world.alice, "after")
+    await ingest_all(world.resident.storage, room.order[-4:])
+    path = f"{V1}/event_auth/{seg(room.room_id)}"
+
+    body = await world.get(world.peer, f"{path}/{seg(rules.event_id)}")
+    assert set(ids_of(body["auth_chain"])) == auth_chain(room, [rules.event_id])
+    assert set(rules.auth_event_ids) <= set(ids_of(body["auth_chain"]))
+
+    body = await world.get(world.peer, f"{path}/{seg(rejoin.event_id)}")
+    chain = set(ids_of(body["auth_chain"]))
+    assert chain == auth_chain(room, [rejoin.event_id])
+    assert {leave.event_id, world.bob_join.event_id} <= chain
+    assert rules.event_id not in chain
+    assert rejoin.event_id not in chain
+
+
 # /backfill and /get_missing_events
 
 
@@ -322,6 +348,46 @@ async def test_joined_history_goes_redacted_to_a_server_joined_later(world: Worl
         world.peer, f"{V1}/state_ids/{seg(room.room_id)}", event_id=secret.event_id
     )
     assert sorted(state["pdu_ids"]) == sorted(room.state_after[secret.prev_event_ids[0]].values())
+
+
+@pytest.mark.parametrize(
+    ("visibility", "whole"),
+    [("world_readable", True), ("shared", True), ("invited", False), ("joined", False)],
+)
+async def test_get_missing_events_before_a_servers_join_follow_history_visibility(
+    world: World, visibility: str, whole: bool
+) -> None:
+    """Everything between the create event and bob's join is given, oldest
+    first; the message from before the join goes whole or redacted as the
+    history visibility says, the state events whole."""
+    room = world.new_room()
+    room.public_room(history_visibility=visibility)
+    message = room.message(world.alice, "before bob")
+    join = room.member(BOB, "join")
+    await ingest_all(world.resident.storage, room.order)
+    body = await world.peer.client.post_json(
+        world.name,
+        f"{V1}/get_missing_events/{seg(room.room_id)}",
+        {
+            "earliest_events": [room.create.event_id],
+            "latest_events": [join.event_id],
+            "limit": 10,
+            "min_depth": 1,
+        },
+    )
+    events = body["events"]
+    assert ids_of(events) == [e.event_id for e in room.order[1:-1]]
+    assert [(e["type"], e.get("state_key")) for e in events] == [
+        ("m.room.member", world.alice),
+        ("m.room.power_levels", ""),
+        ("m.room.join_rules", ""),
+        ("m.room.history_visibility", ""),
+        ("m.room.message", None),
+    ]
+    assert all(e["room_id"] == room.room_id for e in events)
+    assert events[3]["content"] == {"history_visibility": visibility}
+    expected = message.json if whole else redact(message.json, "12")
+    assert events[4] == expected
 
 
 async def test_world_readable_room_is_open_to_any_server(world: World) -> None:
