@@ -430,7 +430,8 @@ async def test_the_sending_device_gets_its_transaction_id_back(env: _Env) -> Non
 
     mine = await env.sync(ALICE, since=since[ALICE])
     assert unsigned_of(mine["rooms"]["join"][room_id]["timeline"]["events"]) == {
-        "transaction_id": "txn-1"
+        "transaction_id": "txn-1",
+        "membership": "join",
     }
     theirs = await env.sync(BOB, since=since[BOB])
     assert "transaction_id" not in unsigned_of(
@@ -581,3 +582,50 @@ async def test_lazy_loading_leaves_out_memberships_the_device_was_sent(env: _Env
     assert room["timeline"]["limited"]
     (bob,) = [e for e in room["state"]["events"] if e["type"] == "m.room.member"]
     assert (bob["state_key"], bob["content"]["displayname"]) == (BOB, "B")
+
+
+async def test_each_timeline_event_carries_the_readers_membership_at_it(env: _Env) -> None:
+    room_id = await env.hs.create_room(ALICE, preset="public_chat")
+    await _say(env.hs, ALICE, room_id, "before anyone")
+    await env.hs.invite(ALICE, room_id, BOB)
+    await _say(env.hs, ALICE, room_id, "while bob is invited")
+    await env.hs.join_room(BOB, room_id)
+    await _say(env.hs, ALICE, room_id, "after bob joined")
+
+    def memberships(events: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+        return [
+            (event["content"].get("body") or event["type"], event["unsigned"].get("membership"))
+            for event in events
+            if event["type"] == "m.room.message" or event.get("state_key") == BOB
+        ]
+
+    expected = [
+        ("before anyone", "leave"),
+        ("m.room.member", "invite"),
+        ("while bob is invited", "invite"),
+        ("m.room.member", "join"),
+        ("after bob joined", "join"),
+    ]
+    timeline = (await env.sync(BOB))["rooms"]["join"][room_id]["timeline"]["events"]
+    assert memberships(timeline) == expected
+    page = await env.get(BOB, f"/_matrix/client/v3/rooms/{room_id}/messages", dir="f", limit=50)
+    assert memberships(page.json()["chunk"]) == expected
+    # The creator had no membership before her own join: the create event
+    # is from before it.
+    everything = json.dumps({"room": {"timeline": {"limit": 50}}})
+    alice_view = (await env.sync(ALICE, filter=everything))["rooms"]["join"][room_id]["timeline"][
+        "events"
+    ]
+    assert alice_view[0]["type"] == "m.room.create"
+    assert alice_view[0]["unsigned"]["membership"] == "leave"
+    assert {event["unsigned"]["membership"] for event in alice_view[1:]} == {"join"}
+
+    # A departed member's last events: the leave itself says so.
+    since = (await env.sync(BOB))["next_batch"]
+    await _say(env.hs, BOB, room_id, "bye")
+    await env.hs.leave_room(BOB, room_id)
+    left = (await env.sync(BOB, since=since))["rooms"]["leave"][room_id]["timeline"]["events"]
+    assert [(e["type"], e["unsigned"]["membership"]) for e in left] == [
+        ("m.room.message", "join"),
+        ("m.room.member", "leave"),
+    ]

@@ -24,7 +24,7 @@ backfills and goes on.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol
 
 from ranvier.core.accounts import Requester
@@ -47,10 +47,12 @@ __all__ = [
     "parse_pagination_token",
     "parse_sync_token",
     "readable_upto",
+    "reader_unsigned",
     "senders_memberships",
     "sent_client_events",
     "transaction_ids",
     "visible_to",
+    "visible_with_memberships",
 ]
 
 DEFAULT_LIMIT: Final = 10
@@ -221,22 +223,60 @@ async def visible_to(
     for it). ``ignored`` is that list when the caller read it already, for
     many rooms at once; otherwise it is read here.
     """
+    shown, _ = await visible_with_memberships(
+        store,
+        user_id,
+        events,
+        joined_now=joined_now,
+        checked_before=checked_before,
+        ignored=ignored,
+    )
+    return shown
+
+
+async def visible_with_memberships(
+    store: MessagesStore,
+    user_id: str,
+    events: Sequence[StoredEvent],
+    *,
+    joined_now: bool,
+    checked_before: int,
+    ignored: Collection[str] | None = None,
+) -> tuple[list[StoredEvent], dict[str, str]]:
+    """:func:`visible_to`, and the user's membership at each event shown,
+    which clients read from ``unsigned.membership`` (spec v1.11) to tell
+    events they could not have seen from ones they should be able to
+    decrypt. It is the membership in the state before the event, changed
+    by the event itself when that is the user's own membership, and
+    ``leave`` where the user had none; the same state read as the
+    visibility check makes. An event without state here (an outlier) has
+    none.
+    """
     if events:
         if ignored is None:
             ignored = await store.ignored_users(user_id)
         if ignored:
             events = [e for e in events if e.state_key is not None or e.sender not in ignored]
-    check = [
-        event
-        for event in events
-        if event.stream_ordering < checked_before
-        and not (event.type == "m.room.member" and event.state_key == user_id)
-    ]
+    memberships: dict[str, str] = {}
+    check = []
+    for event in events:
+        if event.type == "m.room.member" and event.state_key == user_id:
+            own = event_content(event).get("membership")
+            if isinstance(own, str):
+                memberships[event.event_id] = own
+        elif event.stream_ordering >= checked_before:
+            # After the user's current join, and before any later change
+            # of it (which would be their current membership instead).
+            memberships[event.event_id] = "join"
+        else:
+            check.append(event)
     if not check:
-        return list(events)
+        return list(events), memberships
     verdicts = await store.visibility_at(user_id, [event.event_id for event in check])
     hidden = set()
     for event in check:
+        if event.event_id in verdicts:
+            memberships[event.event_id] = verdicts[event.event_id][1] or "leave"
         visibility, then = verdicts.get(event.event_id, (None, None))
         visibility = visibility or "shared"
         if visibility == "world_readable" or then == "join":
@@ -246,7 +286,7 @@ async def visible_to(
         ):
             continue
         hidden.add(event.event_id)
-    return [event for event in events if event.event_id not in hidden]
+    return [event for event in events if event.event_id not in hidden], memberships
 
 
 class TransactionScopes(Protocol):
@@ -284,23 +324,37 @@ async def device_transaction_ids(
 
 
 async def sent_client_events(
-    store: MessagesStore, requester: Requester, events: Sequence[StoredEvent]
+    store: MessagesStore,
+    requester: Requester,
+    events: Sequence[StoredEvent],
+    memberships: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """``events`` in the client format, those ``requester``'s device sent
-    with the transaction ID it sent them under (see :func:`transaction_ids`).
+    with the transaction ID it sent them under (see :func:`transaction_ids`),
+    and each with the requester's membership at it where ``memberships``
+    has one (see :func:`visible_with_memberships`).
     """
     transactions = await transaction_ids(store, requester, events)
     return [
         client_event(
             event,
-            unsigned=(
-                {"transaction_id": transactions[event.event_id]}
-                if event.event_id in transactions
-                else None
+            unsigned=reader_unsigned(
+                transactions.get(event.event_id),
+                None if memberships is None else memberships.get(event.event_id),
             ),
         )
         for event in events
     ]
+
+
+def reader_unsigned(transaction_id: str | None, membership: str | None) -> dict[str, str] | None:
+    """The ``unsigned`` fields of an event that depend on who reads it."""
+    unsigned = {}
+    if transaction_id is not None:
+        unsigned["transaction_id"] = transaction_id
+    if membership is not None:
+        unsigned["membership"] = membership
+    return unsigned or None
 
 
 async def senders_memberships(
@@ -423,8 +477,9 @@ class RoomMessages:
                 room_id, after=start, upto=ceiling, limit=limit, backwards=False, accept=accept
             )
             end = events[-1].stream_ordering if events and more else None
+        memberships = None
         if not everything:
-            events = await visible_to(
+            events, memberships = await visible_with_memberships(
                 self._store,
                 requester.user_id,
                 events,
@@ -433,7 +488,7 @@ class RoomMessages:
             )
         answer: dict[str, Any] = {
             "start": from_token if from_token is not None else format_pagination_token(start),
-            "chunk": await sent_client_events(self._store, requester, events),
+            "chunk": await sent_client_events(self._store, requester, events, memberships),
         }
         if end is not None:
             answer["end"] = format_pagination_token(end)

@@ -104,9 +104,10 @@ from ranvier.core.pagination import (
     format_pagination_token,
     format_sync_token,
     parse_sync_token,
+    reader_unsigned,
     senders_memberships,
     transaction_ids,
-    visible_to,
+    visible_with_memberships,
 )
 from ranvier.storage.records import StateKey, StoredEvent
 
@@ -241,9 +242,10 @@ class _Request:
     use_state_after: bool = False
 
 
-def _sync_event(event: StoredEvent, transaction_id: str | None = None) -> dict[str, Any]:
-    unsigned = None if transaction_id is None else {"transaction_id": transaction_id}
-    formatted = client_event(event, unsigned=unsigned)
+def _sync_event(
+    event: StoredEvent, transaction_id: str | None = None, membership: str | None = None
+) -> dict[str, Any]:
+    formatted = client_event(event, unsigned=reader_unsigned(transaction_id, membership))
     # Events under a room's entry do not repeat its ID.
     formatted.pop("room_id", None)
     return formatted
@@ -813,7 +815,7 @@ class SyncHandler:
             )
         else:
             newest_first, limited = [], False
-        timeline = await visible_to(
+        timeline, memberships = await visible_with_memberships(
             self._store,
             request.user_id,
             newest_first[::-1],
@@ -857,7 +859,13 @@ class SyncHandler:
         return {
             "timeline": {
                 "events": [
-                    project(_sync_event(event, transactions.get(event.event_id)))
+                    project(
+                        _sync_event(
+                            event,
+                            transactions.get(event.event_id),
+                            memberships.get(event.event_id),
+                        )
+                    )
                     for event in timeline
                 ],
                 "limited": limited,
