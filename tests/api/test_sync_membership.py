@@ -145,6 +145,14 @@ async def test_joining_brings_presence_of_the_new_room_mates_once(env: SharedRoo
         assert other.user_id in senders
         again = await env.sync(user, since=joined["next_batch"])
         assert again["presence"]["events"] == []
+        # The join itself, for the newcomer and those already there.
+        room = joined["rooms"]["join"][env.room_id]
+        joins = [
+            event
+            for event in room["timeline"]["events"] + room["state"]["events"]
+            if event["type"] == "m.room.member" and event["state_key"] == env.carol.user_id
+        ]
+        assert [event["content"]["membership"] for event in joins] == ["join"]
 
 
 async def test_presence_of_members_of_different_rooms_reaches_a_shared_member(
