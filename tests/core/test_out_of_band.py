@@ -51,6 +51,36 @@ async def test_a_withdrawn_invite_is_kept_as_an_outlier(storage: Storage) -> Non
     assert await oob.take("there.test", withdrawn)
 
 
+async def test_an_invite_is_withdrawn_only_by_its_inviter(storage: Storage) -> None:
+    """This server holds nothing of the room to tell who else may take the
+    invite back, so a leave or ban of the invitee by anyone but the inviter
+    (the room's admin, or a stranger citing the invite) is not taken; the
+    inviter's own withdrawal still is."""
+    dave = "@dave:there.test"
+    room = RoomBuilder("12", ALICE)
+    room.public_room(dave, users={dave: 50})
+    invite = room.member(dave, "invite", BOB)
+    await _held_alone(storage, invite)
+    oob = _oob(storage)
+    eve = "@eve:evil.test"
+    by_others = [
+        room.draft_member(ALICE, "leave", BOB),
+        room.draft_member(ALICE, "ban", BOB),
+        room.draft_member(
+            eve, "leave", BOB, auth=[room.state[("m.room.power_levels", "")], invite.event_id]
+        ),
+    ]
+    for event in by_others:
+        assert invite.event_id in event.auth_event_ids
+        assert not await oob.take("there.test", event), (event.sender, event.membership)
+        assert event.event_id not in await storage.get_events([event.event_id])
+    assert await _latest(storage, room.room_id) == invite.event_id
+
+    withdrawn = room.member(dave, "leave", BOB)
+    assert await oob.take("there.test", withdrawn)
+    assert await _latest(storage, room.room_id) == withdrawn.event_id
+
+
 async def test_a_refused_knock_and_a_ban_are_answers(storage: Storage) -> None:
     room = RoomBuilder("12", ALICE)
     room.public_room()

@@ -24,7 +24,14 @@ and content hash are checked (as for any PDU), when all of these hold:
   as the auth rules make every membership change cite the target's
   current membership. So it answers that very invite or knock: an old
   leave replayed, or one from a branch of the room that never saw the
-  invite, is not taken.
+  invite, is not taken;
+* an invite is answered by its inviter only (or by the invitee, whose
+  events only this server signs). Who else may take an invite back (a
+  moderator with the power to kick) is a question of the room's state,
+  which this server does not hold; and the event ID cited is no secret:
+  any server that saw the invite could otherwise make it vanish from its
+  invitee's view. A knock has no such sender to compare with: its
+  refusal is taken from whoever sends it.
 
 Nothing else of a room we are not in is taken here: any other event goes
 the ordinary way, which needs the state before it from the server that
@@ -129,6 +136,17 @@ class OutOfBandMemberships:
             return False
         pending = Pdu.from_json(latest.json, event.room_version, check_limits=False)
         if pending.membership not in _PENDING:
+            return False
+        if pending.membership == "invite" and event.sender not in (pending.sender, event.state_key):
+            _log.info(
+                "%s from %s is not taken: the invite of %s in %s came from %s, this from %s",
+                event.event_id,
+                origin,
+                event.state_key,
+                event.room_id,
+                pending.sender,
+                event.sender,
+            )
             return False
         await self._persister.persist_events([out_of_band_to_persist(event)])
         _log.info(
