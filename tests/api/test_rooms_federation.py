@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import trio
-from _client import q
+from _appservices import AS_TOKEN, registration_yaml
+from _client import Client, q
 from _federation import eventually, two_servers
+
+from ranvier.testing.homeserver import config_for_tests, open_test_homeserver
+from ranvier.testing.network import Pki
 
 
 async def test_an_alias_of_another_server_is_resolved_and_joined(tmp_path: Path) -> None:
@@ -170,3 +175,38 @@ async def test_an_invite_from_another_server_syncs_with_the_rooms_state(tmp_path
             "content": {"membership": "invite"},
             "sender": alice.user_id,
         }
+
+
+async def test_an_application_services_own_user_joins_a_room_of_another_server(
+    tmp_path: Path,
+) -> None:
+    """The service's sender user, which no one registered and which has no
+    profile, joins a public room of B through B."""
+    pki = Pki.create(tmp_path)
+    registration = tmp_path / "bridge.yaml"
+    registration.write_text(registration_yaml(None), encoding="utf-8")
+    config = msgspec.structs.replace(
+        config_for_tests(tmp_path / "a", federation=pki), app_service_config_files=(registration,)
+    )
+    async with (
+        open_test_homeserver(tmp_path / "a", config=config) as a,
+        open_test_homeserver(tmp_path / "b", federation=pki) as b,
+        a.client() as http_a,
+        b.client() as http_b,
+    ):
+        ca, cb = Client(a, http_a), Client(b, http_b)
+        charlie = await b.register_user("charlie")
+        room_id = await cb.create_room(charlie, preset="public_chat", name="B's room")
+        bridge = f"@_br_bot:{a.server_name}"
+
+        path = f"/join/{q(room_id)}?via={q(b.server_name)}"
+        status, answer = await ca.call(None, "POST", path, {}, token=AS_TOKEN)
+        assert (status, answer) == (200, {"room_id": room_id})
+
+        async def joined_at_b() -> bool:
+            members = await cb.ok(charlie, "GET", f"/rooms/{q(room_id)}/joined_members")
+            return bridge in members["joined"]
+
+        await eventually(joined_at_b, "the bridge's join at B")
+        state = await cb.state(charlie, room_id)
+        assert state[("m.room.member", bridge)]["content"] == {"membership": "join"}
