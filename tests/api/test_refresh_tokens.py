@@ -228,3 +228,32 @@ async def test_a_deactivated_account_cannot_refresh(env: Env) -> None:
     login = await env.login(refresh_token=True)
     await env.hs.server.accounts.deactivate("@alice:localhost")
     assert _unknown(*await env.refresh(login["refresh_token"]), soft_logout=False)
+
+
+async def test_a_refreshed_token_keeps_the_devices_transactions(env: Env) -> None:
+    login = await env.login(refresh_token=True)
+
+    async def call(method: str, path: str, token: str, body: Any = None) -> Any:
+        answer = await env.http.request(
+            method, V3 + path, json=body, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    created = await call("POST", "/createRoom", login["access_token"], {})
+    room_id = created["room_id"]
+    send = f"/rooms/{room_id}/send/m.room.message/abcdef"
+    message = {"msgtype": "m.text", "body": "first"}
+    first = (await call("PUT", send, login["access_token"], message))["event_id"]
+    refreshed = await env.refreshed(login["refresh_token"])
+    token = refreshed["access_token"]
+    assert token != login["access_token"]
+    synced = await call("GET", "/sync", token)
+    (echo,) = [
+        event
+        for event in synced["rooms"]["join"][room_id]["timeline"]["events"]
+        if event["event_id"] == first
+    ]
+    assert echo["unsigned"]["transaction_id"] == "abcdef"
+    # The same transaction again under the new token: the same event.
+    assert (await call("PUT", send, token, message))["event_id"] == first
