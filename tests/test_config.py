@@ -283,6 +283,16 @@ _LISTENER = '[[listeners]]\ntype = "client"\nport = 8008\n'
             "registration.password_hash_memory_kib",
             "registration.password_hash_memory_kib: must be at least 8 KiB a lane (32",
         ),
+        (
+            "[ratelimit]\nshadow_ban_delay_seconds = [5.0, 1.0]",
+            "ratelimit.shadow_ban_delay_seconds",
+            "ratelimit.shadow_ban_delay_seconds: must be [shortest, longest]",
+        ),
+        (
+            "[ratelimit]\nshadow_ban_delay_seconds = [-1.0, 1.0]",
+            "ratelimit.shadow_ban_delay_seconds",
+            "ratelimit.shadow_ban_delay_seconds: must be [shortest, longest]",
+        ),
     ],
 )
 def test_bad_key_is_named(text: str, key: str, message: str) -> None:

@@ -229,6 +229,19 @@ class RateLimitConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     #: Requests from other servers, per server (off, like the rest, when
     #: ``enabled`` is false).
     federation: FederationRateConfig = FederationRateConfig()
+    #: The pause, in seconds, before each answer faked for a shadow-banned
+    #: account (:mod:`ranvier.core.shadow_bans`), drawn evenly from this
+    #: range: Synapse's 1 to 10 s. It slows the account's requests as a
+    #: limit would, so it is off, like the rest, when ``enabled`` is false.
+    shadow_ban_delay_seconds: tuple[float, float] = (1.0, 10.0)
+
+    def __post_init__(self) -> None:
+        shortest, longest = self.shadow_ban_delay_seconds
+        if not 0 <= shortest <= longest:
+            raise ConfigError(
+                "shadow_ban_delay_seconds",
+                "must be [shortest, longest] with 0 <= shortest <= longest",
+            )
 
 
 class RegistrationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -223,6 +223,7 @@ from ranvier.core.room_summary import RoomSummaries
 from ranvier.core.rooms import FullStateWaiter, RoomReader
 from ranvier.core.search import Search
 from ranvier.core.server_notices import NoticeGuardedLeaves, ServerNotices
+from ranvier.core.shadow_bans import NO_DELAY, ShadowBans
 from ranvier.core.sliding_sync import SlidingSyncHandler
 from ranvier.core.sso import SsoProviders
 from ranvier.core.threepids import Threepids
@@ -989,6 +990,11 @@ class HomeServer:
             trust_x_forwarded_for=config.ratelimit.trust_x_forwarded_for,
             overrides=self._ratelimit_overrides,
         )
+        self._shadow_bans = ShadowBans(
+            delay_seconds=(
+                config.ratelimit.shadow_ban_delay_seconds if config.ratelimit.enabled else NO_DELAY
+            )
+        )
         self._client_app = ClientApp(router=self._client_router(), rate_limits=rate_limits)
         self._listeners = []
         # Media paths first: their bodies are streamed and not JSON.
@@ -1587,6 +1593,7 @@ class HomeServer:
             ),
             directory=directory,
             forgetting=RoomForgetting(self.storage.forgotten_rooms),
+            shadow_bans=self._shadow_bans,
         )
         add_directory_routes(router, auth=self.auth, directory=directory, reader=reader)
         add_event_context_route(
@@ -1652,7 +1659,7 @@ class HomeServer:
                 on_change=self.push_sender.pushers_changed,
             ),
         )
-        add_profile_routes(router, auth=auth, profiles=self.profiles)
+        add_profile_routes(router, auth=auth, profiles=self.profiles, shadow_bans=self._shadow_bans)
         add_account_data_routes(router, auth=auth, account_data=account_data)
         forgetting = ForgettingDeletedDevices(self.accounts, self.e2e_keys)
         devices = Devices(
@@ -1693,7 +1700,9 @@ class HomeServer:
             ),
         )
         add_openid_routes(router, auth=auth, issuer=self.accounts)
-        add_typing_routes(router, auth=auth, typing=self.typing_notices)
+        add_typing_routes(
+            router, auth=auth, typing=self.typing_notices, shadow_bans=self._shadow_bans
+        )
         add_presence_routes(router, auth=auth, presence=self.presence)
         add_key_routes(router, auth=auth, keys=self.e2e_keys)
         add_dehydrated_device_routes(
@@ -1710,7 +1719,7 @@ class HomeServer:
             claims=self.storage.room_upgrades,
             settings=self._upgraded_room_settings,
         )
-        add_upgrade_routes(router, auth=auth, upgrades=upgrades)
+        add_upgrade_routes(router, auth=auth, upgrades=upgrades, shadow_bans=self._shadow_bans)
         add_knock_route(router, auth=auth, knocks=_built(self._room_knocks, "room_knocks"))
         add_appservice_routes(router, auth=auth, pinger=self._appservice_queries)
         return router

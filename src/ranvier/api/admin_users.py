@@ -1,7 +1,8 @@
 """The user admin API at Synapse's paths: accounts listed, shown, created
 or changed, deactivated, given a new password, made admins or not, and
-their devices and rooms (:class:`ranvier.core.admin_users.AdminUsers`), and
-accounts locked and suspended (:mod:`ranvier.api.account_moderation`).
+their devices and rooms (:class:`ranvier.core.admin_users.AdminUsers`),
+accounts shadow-banned (:mod:`ranvier.core.shadow_bans`), and accounts
+locked and suspended (:mod:`ranvier.api.account_moderation`).
 Admins only (:func:`ranvier.api.admin_common.require_admin`), but for the
 client-server API's own ``/admin/whois/{userId}``, which a user may also ask
 about themselves (the spec leaves it to the server whom to answer).
@@ -95,6 +96,16 @@ def add_admin_user_routes(router: Router, *, auth: Auth, users: AdminUsers) -> N
         await require_admin(auth, request)
         return await users.joined_rooms(_user_id(request))
 
+    async def shadow_ban(request: Request) -> Mapping[str, Any]:
+        await require_admin(auth, request)
+        await users.set_shadow_banned(request.path_params["user_id"], True)
+        return {}
+
+    async def lift_shadow_ban(request: Request) -> Mapping[str, Any]:
+        await require_admin(auth, request)
+        await users.set_shadow_banned(request.path_params["user_id"], False)
+        return {}
+
     async def client_whois(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)
         if not requester.is_admin and requester.user_id != request.path_params["user_id"]:
@@ -114,6 +125,8 @@ def add_admin_user_routes(router: Router, *, auth: Auth, users: AdminUsers) -> N
     router.add("PUT", f"{ADMIN_V1}/users/{{user_id}}/admin", put_admin)
     router.add("GET", f"{ADMIN_V1}/whois/{{user_id}}", whois)
     router.add("GET", f"{ADMIN_V1}/users/{{user_id}}/joined_rooms", joined_rooms)
+    router.add("POST", f"{ADMIN_V1}/users/{{user_id}}/shadow_ban", shadow_ban)
+    router.add("DELETE", f"{ADMIN_V1}/users/{{user_id}}/shadow_ban", lift_shadow_ban)
     for prefix in CLIENT_VERSION_PREFIXES:
         router.add("GET", f"{prefix}/admin/whois/{{user_id}}", client_whois)
     add_account_moderation_routes(router, auth=auth, users=users)

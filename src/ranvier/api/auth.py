@@ -124,12 +124,13 @@ class Auth:
     async def _app_service_requester(
         self, service: AppService, token: str, request: Request
     ) -> Requester:
-        """The user a service acts as, with that account's lock and suspension.
+        """The user a service acts as, with that account's lock, suspension
+        and shadow ban.
 
         A lock or suspension is of the account, whoever holds its keys: the
         spec refuses the account's use while locked, not one kind of token,
         and a service acting as a suspended user would otherwise carry on
-        the very activity suspended. So a user of the service's namespace is
+        the very activity suspended; a shadow ban likewise. So a user of the service's namespace is
         read afresh on each request (no cache to go stale). The service's
         own sender is not: its standing is the registration the admin wrote,
         and its requests are the service's whole traffic.
@@ -168,4 +169,5 @@ class Auth:
             rate_limited=service.registration.rate_limited and user_id != service.sender,
             locked=flags.locked,
             suspended=flags.suspended,
+            shadow_banned=flags.shadow_banned,
         )

@@ -18,6 +18,8 @@ Every route needs an access token. Handlers check the request's shape
 (400 ``M_BAD_JSON`` for a body of the wrong shape, ``M_NOT_JSON`` for one
 that is not JSON) and hand the rest to core: who may do and see what is
 decided there (:mod:`ranvier.core.creation`, :mod:`ranvier.core.rooms`).
+A shadow-banned user's events, invites and per-room profile are checked
+and answered as sent, and dropped (:mod:`ranvier.core.shadow_bans`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ranvier.core.pagination import parse_pagination_token
 from ranvier.core.room_forgetting import RoomForgetting
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.rooms import RoomReader
+from ranvier.core.shadow_bans import NO_DELAY, ShadowBans
 from ranvier.core.suspension import (
     SuspendedAction,
     refuse_if_suspended,
@@ -48,6 +51,7 @@ __all__ = ["CLIENT_V3", "Leaves", "RequestAuth", "add_room_routes"]
 
 CLIENT_V3: Final = "/_matrix/client/v3"
 _CANONICAL_ALIAS: Final = "m.room.canonical_alias"
+_MEMBER: Final = "m.room.member"
 
 
 class RequestAuth(Protocol):
@@ -124,7 +128,9 @@ class _Rooms:
         transactions: ClientTransactions,
         directory: RoomDirectory,
         forgetting: RoomForgetting,
+        shadow_bans: ShadowBans,
     ) -> None:
+        self._shadow_bans = shadow_bans
         self._forgetting = forgetting
         self._leaves = leaves
         self._server_name = server_name
@@ -200,7 +206,10 @@ class _Rooms:
             creation_content=creation_content,
             room_version=room_version,
             is_direct=is_direct,
+            send_invites=not requester.shadow_banned,
         )
+        if invite and requester.shadow_banned:
+            await self._shadow_bans.pause()
         await self._directory.publish_created_room(room_id, visibility)
         if alias is not None:
             try:
@@ -245,33 +254,37 @@ class _Rooms:
         return {}
 
     async def invite(self, request: Request) -> Mapping[str, Any]:
-        sender, room_id, target, reason = await self._targeted(request, refused="invite")
-        await self._creator.invite(sender, room_id, target, reason=reason)
+        requester, room_id, target, reason = await self._targeted(request, refused="invite")
+        if requester.shadow_banned:
+            await self._creator.rehearse_invite(requester.user_id, room_id, target, reason=reason)
+            await self._shadow_bans.pause()
+            return {}
+        await self._creator.invite(requester.user_id, room_id, target, reason=reason)
         return {}
 
     async def kick(self, request: Request) -> Mapping[str, Any]:
-        sender, room_id, target, reason = await self._targeted(request)
-        await self._creator.kick(sender, room_id, target, reason=reason)
+        requester, room_id, target, reason = await self._targeted(request)
+        await self._creator.kick(requester.user_id, room_id, target, reason=reason)
         return {}
 
     async def ban(self, request: Request) -> Mapping[str, Any]:
-        sender, room_id, target, reason = await self._targeted(request)
-        await self._creator.ban(sender, room_id, target, reason=reason)
+        requester, room_id, target, reason = await self._targeted(request)
+        await self._creator.ban(requester.user_id, room_id, target, reason=reason)
         return {}
 
     async def unban(self, request: Request) -> Mapping[str, Any]:
-        sender, room_id, target, reason = await self._targeted(request)
+        requester, room_id, target, reason = await self._targeted(request)
         if await self._reader.membership(target, room_id) != "ban":
             raise MatrixError(
                 f"{target} is not banned from {room_id}", errcode="M_FORBIDDEN", http_status=403
             )
-        await self._creator.unban(sender, room_id, target, reason=reason)
+        await self._creator.unban(requester.user_id, room_id, target, reason=reason)
         return {}
 
     async def _targeted(
         self, request: Request, *, refused: SuspendedAction | None = None
-    ) -> tuple[str, str, str, str | None]:
-        """``(sender, room ID, target user, reason)`` of a request that
+    ) -> tuple[Requester, str, str, str | None]:
+        """``(requester, room ID, target user, reason)`` of a request that
         changes another user's membership: invite, kick, ban and unban;
         ``refused`` to a suspended sender."""
         requester = await self._auth.get_user(request)
@@ -279,7 +292,7 @@ class _Rooms:
             refuse_if_suspended(requester, refused)
         room_id = _room_id(request)
         body = _body(request, required=True)
-        return requester.user_id, room_id, _target(body), _reason(body)
+        return requester, room_id, _target(body), _reason(body)
 
     async def forget(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)
@@ -308,12 +321,18 @@ class _Rooms:
             # failed: a non-member hears that it is not in the room, as
             # before anything else, and a member hears the failure itself.
             try:
-                return await self._creator.send_event(
+                if not requester.shadow_banned:
+                    return await self._creator.send_event(
+                        requester.user_id, room_id, event_type, content
+                    )
+                faked = await self._creator.rehearse_event(
                     requester.user_id, room_id, event_type, content
                 )
             except MatrixError:
                 await self._reader.check_joined(requester.user_id, room_id)
                 raise
+            await self._shadow_bans.pause()
+            return faked
 
         event_id = await self._transactions.run(
             requester.user_id, requester.device_id, scope, room_id, send
@@ -328,6 +347,12 @@ class _Rooms:
         content = _body(request, required=True)
         refuse_if_suspended(requester, "state")
         await self._reader.check_joined(requester.user_id, room_id)
+        if requester.shadow_banned and _faked_state(event_type, content):
+            event_id = await self._creator.rehearse_event(
+                requester.user_id, room_id, event_type, content, state_key=state_key
+            )
+            await self._shadow_bans.pause()
+            return {"event_id": event_id}
         event_id = await self._creator.send_event(
             requester.user_id, room_id, event_type, content, state_key=state_key
         )
@@ -348,9 +373,15 @@ class _Rooms:
             await self._reader.check_may_redact(
                 requester.user_id, room_id, target, suspended=requester.suspended
             )
-            return await self._creator.send_event(
+            if not requester.shadow_banned:
+                return await self._creator.send_event(
+                    requester.user_id, room_id, "m.room.redaction", content
+                )
+            faked = await self._creator.rehearse_event(
                 requester.user_id, room_id, "m.room.redaction", content
             )
+            await self._shadow_bans.pause()
+            return faked
 
         event_id = await self._transactions.run(
             requester.user_id, requester.device_id, scope, room_id, send
@@ -442,6 +473,14 @@ class _Rooms:
         return {"joined": joined, "count": len(joined)}
 
 
+def _faked_state(event_type: str, content: Mapping[str, Any]) -> bool:
+    """Whether a shadow-banned member's ``/state`` request is faked: all
+    but the member events that end or bar a membership (a leave, kick, ban
+    or unban). The sender is joined, so a ``join`` of their own is a new
+    profile in this room, and an ``invite`` an invite."""
+    return event_type != _MEMBER or content.get("membership") in ("join", "invite")
+
+
 def _alias_in_use(alias: str) -> MatrixError:
     return MatrixError(f"room alias {alias} is taken", errcode="M_ROOM_IN_USE", http_status=400)
 
@@ -458,8 +497,11 @@ def add_room_routes(
     transactions: ClientTransactions,
     directory: RoomDirectory,
     forgetting: RoomForgetting,
+    shadow_bans: ShadowBans | None = None,
 ) -> None:
-    """Serve the rooms endpoints listed in the module's docstring."""
+    """Serve the rooms endpoints listed in the module's docstring;
+    ``shadow_bans`` paces the answers faked for shadow-banned users (not
+    at all without it)."""
     rooms = _Rooms(
         server_name=server_name,
         auth=auth,
@@ -470,6 +512,7 @@ def add_room_routes(
         transactions=transactions,
         directory=directory,
         forgetting=forgetting,
+        shadow_bans=shadow_bans or ShadowBans(delay_seconds=NO_DELAY),
     )
     room = f"{CLIENT_V3}/rooms/{{room_id}}"
     router.add("POST", f"{CLIENT_V3}/createRoom", rooms.create_room)

@@ -1,4 +1,6 @@
-"""``PUT /rooms/{roomId}/typing/{userId}``. See :mod:`ranvier.core.typing`."""
+"""``PUT /rooms/{roomId}/typing/{userId}``. See :mod:`ranvier.core.typing`;
+a shadow-banned user's typing is checked, answered and dropped
+(:mod:`ranvier.core.shadow_bans`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 from ranvier.api.account import json_object
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
+from ranvier.core.shadow_bans import NO_DELAY, ShadowBans
 from ranvier.core.typing import TypingNotices
 from ranvier.errors import BadJsonError
 from ranvier.web import Request, Router
@@ -15,8 +18,16 @@ from ranvier.web import Request, Router
 __all__ = ["add_typing_routes"]
 
 
-def add_typing_routes(router: Router, *, auth: Auth, typing: TypingNotices) -> None:
-    """Serve ``PUT /rooms/{roomId}/typing/{userId}``."""
+def add_typing_routes(
+    router: Router,
+    *,
+    auth: Auth,
+    typing: TypingNotices,
+    shadow_bans: ShadowBans | None = None,
+) -> None:
+    """Serve ``PUT /rooms/{roomId}/typing/{userId}``; ``shadow_bans`` paces
+    the answers faked for shadow-banned users (not at all without it)."""
+    paced = shadow_bans or ShadowBans(delay_seconds=NO_DELAY)
 
     async def put_typing(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)
@@ -28,6 +39,12 @@ def add_typing_routes(router: Router, *, auth: Auth, typing: TypingNotices) -> N
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)):
             raise BadJsonError("'timeout' must be an integer number of milliseconds")
         params = request.path_params
+        if requester.shadow_banned:
+            await typing.check_typing(
+                requester.user_id, params["user_id"], params["room_id"], timeout_ms=timeout
+            )
+            await paced.pause()
+            return {}
         await typing.set_typing(
             requester.user_id,
             params["user_id"],

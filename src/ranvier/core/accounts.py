@@ -125,6 +125,10 @@ class Requester:
     #: API (:mod:`ranvier.api.guest_routes`); read with the token, as the
     #: flags above are.
     guest: bool = False
+    #: Whether an admin shadow-banned the account: what it sends to others
+    #: is answered as sent and dropped (:mod:`ranvier.core.shadow_bans`).
+    #: Read with the token, as the flags above are.
+    shadow_banned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,8 +302,9 @@ class Accounts:
         return await self._store.user_exists(user_id)
 
     async def account_flags(self, user_id: str) -> AccountFlags | None:
-        """Whether ``user_id`` is locked or suspended, read afresh (for an
-        application service acting as the user); None if there is no account."""
+        """Whether ``user_id`` is locked, suspended or shadow-banned, read
+        afresh (for an application service acting as the user); None if
+        there is no account."""
         return await self._store.get_account_flags(user_id)
 
     async def has_device(self, user_id: str, device_id: str) -> bool:
@@ -583,6 +588,7 @@ class Accounts:
             locked=owner.locked,
             suspended=owner.suspended,
             guest=owner.guest,
+            shadow_banned=owner.shadow_banned,
         )
         if owner.replaces_older and self._refresh_store is not None:
             store = self._refresh_store

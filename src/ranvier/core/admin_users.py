@@ -6,11 +6,12 @@ accounts are made by :class:`~ranvier.core.accounts.Accounts`, passwords
 hashed and devices logged out there too, profiles changed through
 :class:`~ranvier.core.profiles.Profiles` (so rooms see the new member
 event), and deactivation is :class:`~ranvier.core.deactivation.Deactivation`.
-Only the admin flag, the lock, the suspension and reactivation are written
-here, being changes no user can make to themselves. A lock or suspension
-is carried with each access token's lookup (what a locked or suspended
-account may do is :class:`ranvier.api.auth.Auth`'s and
-:mod:`ranvier.core.suspension`'s), so changing one drops the user's cached
+Only the admin flag, the lock, the suspension, the shadow ban and
+reactivation are written here, being changes no user can make to
+themselves. A lock, suspension or shadow ban is carried with each access
+token's lookup (what a locked, suspended or shadow-banned account may do is
+:class:`ranvier.api.auth.Auth`'s, :mod:`ranvier.core.suspension`'s and
+:mod:`ranvier.core.shadow_bans`'), so changing one drops the user's cached
 tokens, as changing the admin flag does.
 
 A request is checked whole before anything is written: a bad field in a
@@ -34,9 +35,9 @@ __all__ = ["AdminUsers", "UserListRequest"]
 
 _MAX_AVATAR_URL_LENGTH: Final = 1000
 USER_ORDERS: Final[frozenset[str]] = frozenset(get_args(UserOrder))
-# Orders Synapse offers by fields every account here has the same value
-# of (no types or shadow bans): they list by name.
-_CONSTANT_ORDERS: Final = frozenset({"user_type", "shadow_banned"})
+# Orders Synapse offers by a field every account here has the same value
+# of (there are no user types): they list by name.
+_CONSTANT_ORDERS: Final = frozenset({"user_type"})
 
 
 class AdminUserStore(Protocol):
@@ -57,6 +58,8 @@ class AdminUserStore(Protocol):
     async def set_locked(self, user_id: str, locked: bool) -> bool: ...
 
     async def set_suspended(self, user_id: str, suspended: bool) -> bool: ...
+
+    async def set_shadow_banned(self, user_id: str, shadow_banned: bool) -> bool: ...
 
 
 class AccountKeeper(Protocol):
@@ -157,7 +160,7 @@ def _user_json(row: UserRow) -> dict[str, Any]:
         # Deactivating clears the profile whether asked to erase or not;
         # nothing else is kept to mark an account erased.
         "erased": False,
-        "shadow_banned": False,
+        "shadow_banned": row.shadow_banned,
         "displayname": row.displayname,
         "avatar_url": row.avatar_url,
         "creation_ts": row.created_ts,
@@ -453,6 +456,19 @@ class AdminUsers:
         row = await self._moderated(admin_id, user_id)
         if row.suspended != suspended:
             await self._write_suspended(user_id, suspended)
+
+    async def set_shadow_banned(self, user_id: str, shadow_banned: bool) -> None:
+        """Shadow-ban ``user_id`` or lift the ban
+        (``/_synapse/admin/v1/users/{userId}/shadow_ban``): 400 for another
+        server's user, 404 for no account.
+
+        As on Synapse, any account may be shadow-banned, an admin's or a
+        deactivated one's too (the ban then holds if it is reactivated).
+        """
+        row = await self._existing(user_id)
+        if row.shadow_banned != shadow_banned:
+            await self._store.set_shadow_banned(user_id, shadow_banned)
+            self._accounts.forget_tokens_of(user_id)
 
     async def whois(self, user_id: str) -> dict[str, Any]:
         """The user's devices and when each was last seen. Addresses and

@@ -50,6 +50,7 @@ Invariants
 
 from __future__ import annotations
 
+import base64
 import secrets
 import string
 from collections import OrderedDict, deque
@@ -371,6 +372,7 @@ class EventCreator:
         creation_content: Mapping[str, Any] | None = None,
         room_version: RoomVersionLike = DEFAULT_ROOM_VERSION,
         is_direct: bool = False,
+        send_invites: bool = True,
     ) -> str:
         """Create a room as ``/createRoom`` does; return its ID.
 
@@ -388,6 +390,10 @@ class EventCreator:
         ``initial_state`` events for their keys; ``initial_state`` may not
         hold the create event or memberships.
 
+        Without ``send_invites`` (a shadow-banned creator's request,
+        :mod:`ranvier.core.shadow_bans`) the ``invite`` list is checked as
+        ever, and the room made without the invites.
+
         Everything the rules would refuse is refused before anything is
         written. What can still fail once writing has begun is outside the
         request: storage, or an invitee's server refusing its invite, which
@@ -403,6 +409,8 @@ class EventCreator:
         remote = [user for user in invitees if not self._is_local(user)]
         if remote and self._remote_inviter is None:
             raise _no_remote_invites(remote[0])
+        if not send_invites:
+            invitees = []
 
         room_id = None if rv.room_id_from_create_event else self._new_room_id()
         templates = _room_templates(
@@ -458,23 +466,9 @@ class EventCreator:
         memory only (see :class:`EventCreator`); across restarts, storage
         would need a table of ``(sender, txn_id) -> event_id``.
         """
-        self._check_local(sender)
-        if type(event_type) is not str or not event_type:
-            raise _invalid_param("an event type must be a non-empty string")
-        if not isinstance(content, Mapping):
-            raise _invalid_param("an event's content must be a JSON object")
-        if state_key is not None and type(state_key) is not str:
-            raise _invalid_param("a state key must be a string")
+        self._check_event_request(sender, event_type, content, state_key)
         if txn_id is not None and type(txn_id) is not str:
             raise _invalid_param("a transaction ID must be a string")
-        if event_type == CREATE_KEY[0]:
-            # It would start the room's DAG over; the rules see nothing
-            # wrong with a create event on its own.
-            raise MatrixError(
-                f"a room has one {CREATE_KEY[0]} event, sent when it is created",
-                errcode="M_FORBIDDEN",
-                http_status=403,
-            )
         if txn_id is not None and (sent := self._transactions.get(sender, txn_id)) is not None:
             return sent
         if self.activity is not None:
@@ -485,17 +479,7 @@ class EventCreator:
             await self._check_not_an_acl(room_id, content.get("redacts"))
 
         rv = await self._room_version(room_id)
-        template: dict[str, Any] = {
-            "type": event_type,
-            "sender": sender,
-            "room_id": room_id,
-            "content": dict(content),
-        }
-        if state_key is not None:
-            template["state_key"] = state_key
-        if event_type == "m.room.redaction" and "redacts" in content and not rv.redacts_in_content:
-            # Before v11 the redacted event is named at the top level.
-            template["redacts"] = content["redacts"]
+        template = _event_template(rv, sender, room_id, event_type, content, state_key)
         if state_key is None:
             return await self._send_message(template, rv, txn_id)
         if event_type == _MEMBER and content.get("membership") == "invite":
@@ -508,6 +492,101 @@ class EventCreator:
             event = await self._write(event, countersign=self._countersigner(event))
             if txn_id is not None:
                 self._transactions.add(sender, txn_id, event.event_id)
+        return event.event_id
+
+    def _check_event_request(
+        self, sender: str, event_type: str, content: Mapping[str, Any], state_key: str | None
+    ) -> None:
+        """Refuse a message or state event that no room could take."""
+        self._check_local(sender)
+        if type(event_type) is not str or not event_type:
+            raise _invalid_param("an event type must be a non-empty string")
+        if not isinstance(content, Mapping):
+            raise _invalid_param("an event's content must be a JSON object")
+        if state_key is not None and type(state_key) is not str:
+            raise _invalid_param("a state key must be a string")
+        if event_type == CREATE_KEY[0]:
+            # It would start the room's DAG over; the rules see nothing
+            # wrong with a create event on its own.
+            raise MatrixError(
+                f"a room has one {CREATE_KEY[0]} event, sent when it is created",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+
+    # --- Rehearsals: a shadow-banned sender's events, checked and dropped ------------
+
+    async def rehearse_event(
+        self,
+        sender: str,
+        room_id: str,
+        event_type: str,
+        content: Mapping[str, Any],
+        *,
+        state_key: str | None = None,
+    ) -> str:
+        """The ID of the event :meth:`send_event` would send, sending nothing
+        (:mod:`ranvier.core.shadow_bans`).
+
+        The event is built on the room's forward extremities and checked by
+        the auth rules against its auth events, which the builder took from
+        the room's current state: a request :meth:`send_event` refuses is
+        refused alike, with the same error. Nothing is written (not even a
+        state group), announced, or shown to a policy server, and the
+        room's lock is not taken, so a flood of rehearsals holds up no
+        real send.
+        """
+        self._check_event_request(sender, event_type, content, state_key)
+        rv = await self._room_version(room_id)
+        if event_type == _MEMBER and content.get("membership") == "invite":
+            assert state_key is not None  # a member event's type needs one
+            await self._check_invite(state_key)
+        template = _event_template(rv, sender, room_id, event_type, content, state_key)
+        return await self._rehearse(rv, template)
+
+    async def rehearse_invite(
+        self, sender: str, room_id: str, target: str, *, reason: str | None = None
+    ) -> str:
+        """The ID of the invite :meth:`invite` would send, sending nothing:
+        checked as :meth:`rehearse_event` checks, and not shown to the
+        invitee's server, nor to an application service whose user it is.
+        """
+        self._check_local(sender)
+        if not is_valid_user_id(target):
+            raise _invalid_param(f"{target!r} is not a user ID")
+        if not self._is_local(target) and self._remote_inviter is None:
+            raise _no_remote_invites(target)
+        content: dict[str, Any] = {"membership": "invite"}
+        if reason is not None:
+            if type(reason) is not str:
+                raise _invalid_param("a reason must be a string")
+            content["reason"] = reason
+        return await self.rehearse_event(sender, room_id, _MEMBER, content, state_key=target)
+
+    def made_up_room_id(self, room_version: RoomVersionLike) -> str:
+        """A room ID no room has, of the shape a new room of
+        ``room_version`` gets here: what a rehearsed upgrade answers."""
+        rv = get_room_version(room_version)
+        if not rv.room_id_from_create_event:
+            return self._new_room_id()
+        # From v12 a room ID is the hash of its create event: 32 bytes in
+        # unpadded URL-safe base64.
+        return "!" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+
+    async def _rehearse(self, rv: RoomVersion, template: Mapping[str, Any]) -> str:
+        # The plain store, not the creation reads: those are staged under
+        # the room's lock, which a rehearsal does not take.
+        event = await build_event(
+            template,
+            room_version=rv,
+            store=self._store,
+            server_name=self.server_name,
+            signing_key=self._signing_key,
+            clock=self._clock,
+        )
+        failure = await check_against_auth_events(event, self._store)
+        if failure is not None:
+            raise failure.error
         return event.event_id
 
     async def _send_message(
@@ -1220,6 +1299,29 @@ class EventCreator:
 
 def _invalid_param(message: str) -> MatrixError:
     return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
+
+
+def _event_template(
+    rv: RoomVersion,
+    sender: str,
+    room_id: str,
+    event_type: str,
+    content: Mapping[str, Any],
+    state_key: str | None,
+) -> dict[str, Any]:
+    """A client's message or state event, as the builder takes it."""
+    template: dict[str, Any] = {
+        "type": event_type,
+        "sender": sender,
+        "room_id": room_id,
+        "content": dict(content),
+    }
+    if state_key is not None:
+        template["state_key"] = state_key
+    if event_type == "m.room.redaction" and "redacts" in content and not rv.redacts_in_content:
+        # Before v11 the redacted event is named at the top level.
+        template["redacts"] = content["redacts"]
+    return template
 
 
 def _no_remote_invites(user_id: str) -> MatrixError:

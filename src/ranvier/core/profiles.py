@@ -272,12 +272,21 @@ class Profiles:
         return await self.local_profile(user_id) or {}
 
     async def set_field(
-        self, requester: str, user_id: str, field: str, value: object, *, is_admin: bool = False
+        self,
+        requester: str,
+        user_id: str,
+        field: str,
+        value: object,
+        *,
+        is_admin: bool = False,
+        to_rooms: bool = True,
     ) -> None:
         """Set ``field`` of ``user_id``'s profile (their own, or any local
         user's for an admin). A display name or avatar None or empty clears
         it and is written into their member event in every room they are
-        joined to; another field changes no room.
+        joined to, unless not ``to_rooms`` (a shadow-banned requester's
+        change, :mod:`ranvier.core.shadow_bans`); another field changes no
+        room.
         """
         _check_user_id(user_id)
         check_key(field)
@@ -308,14 +317,21 @@ class Profiles:
                 errcode="M_PROFILE_TOO_LARGE",
                 http_status=400,
             )
-        if field in _FIELDS:
+        if field in _FIELDS and to_rooms:
             await self._update_member_events(user_id)
 
     async def delete_field(
-        self, requester: str, user_id: str, field: str, *, is_admin: bool = False
+        self,
+        requester: str,
+        user_id: str,
+        field: str,
+        *,
+        is_admin: bool = False,
+        to_rooms: bool = True,
     ) -> None:
         """Remove ``field`` from ``user_id``'s profile (nothing when it is not
-        set); a display name or avatar removed changes their member events.
+        set); a display name or avatar removed changes their member events,
+        unless not ``to_rooms``, as for :meth:`set_field`.
         """
         _check_user_id(user_id)
         check_key(field)
@@ -323,7 +339,7 @@ class Profiles:
         if await self._store.get_profile(user_id) is None:
             raise _not_found(user_id)
         await self._store.delete_profile_field(user_id, field)
-        if field in _FIELDS:
+        if field in _FIELDS and to_rooms:
             await self._update_member_events(user_id)
 
     def _check_may_change(self, requester: str, user_id: str, *, is_admin: bool) -> None:

@@ -130,6 +130,22 @@ class TypingNotices:
         timeout_ms: int | None = None,
     ) -> None:
         """``PUT /rooms/{roomId}/typing/{userId}`` by ``requester``."""
+        await self.check_typing(requester, user_id, room_id, timeout_ms=timeout_ms)
+        if self._activity is not None:
+            await self._activity.user_active(user_id)
+        if typing:
+            chosen = DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms
+            self._start_typing(room_id, user_id, min(chosen, MAX_TIMEOUT_MS))
+        elif not self._stop_typing(room_id, user_id):
+            return
+        await self._federate(room_id, user_id, typing)
+
+    async def check_typing(
+        self, requester: str, user_id: str, room_id: str, *, timeout_ms: int | None = None
+    ) -> None:
+        """Raise what :meth:`set_typing` would refuse the request with; a
+        shadow-banned user's typing is checked so, and goes no further
+        (:mod:`ranvier.core.shadow_bans`)."""
         if requester != user_id:
             raise MatrixError(
                 f"{requester} cannot set the typing state of {user_id}",
@@ -144,14 +160,6 @@ class TypingNotices:
             raise MatrixError(
                 f"{user_id} is not in room {room_id}", errcode="M_FORBIDDEN", http_status=403
             )
-        if self._activity is not None:
-            await self._activity.user_active(user_id)
-        if typing:
-            chosen = DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms
-            self._start_typing(room_id, user_id, min(chosen, MAX_TIMEOUT_MS))
-        elif not self._stop_typing(room_id, user_id):
-            return
-        await self._federate(room_id, user_id, typing)
 
     async def on_remote_typing(self, origin: str, room_id: str, user_id: str, typing: bool) -> bool:
         """An ``m.typing`` EDU from ``origin``; whether it was taken."""

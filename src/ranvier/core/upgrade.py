@@ -172,6 +172,18 @@ class UpgradeEventSender(Protocol):
         state_key: str | None = ...,
     ) -> str: ...
 
+    async def rehearse_event(
+        self,
+        sender: str,
+        room_id: str,
+        event_type: str,
+        content: Mapping[str, Any],
+        *,
+        state_key: str | None = ...,
+    ) -> str: ...
+
+    def made_up_room_id(self, room_version: str) -> str: ...
+
 
 class SettingsCarrier(Protocol):
     """(:class:`ranvier.core.upgrade_settings.UpgradedRoomSettings`)"""
@@ -270,6 +282,35 @@ class RoomUpgrader:
             finally:
                 with trio.CancelScope(shield=True):
                     await self._release(room_id, claim_id)
+
+    async def rehearse(
+        self,
+        user_id: str,
+        room_id: str,
+        new_version: str,
+        *,
+        additional_creators: Sequence[str] | None = None,
+    ) -> str:
+        """What :meth:`upgrade` would answer a shadow-banned requester
+        (:mod:`ranvier.core.shadow_bans`), changing nothing: the same checks,
+        then the tombstone rehearsed against the old room, naming a room ID
+        of the new version's shape that no room has.
+        """
+        target = get_room_version(new_version)
+        _additional_creators(additional_creators, user_id, target)
+        old = await self._read_room(room_id)
+        old.check_may_upgrade(user_id)
+        if old.tombstone is not None:
+            return await self._already_upgraded(user_id, old, target)
+        new_room_id = self._events.made_up_room_id(target.identifier)
+        await self._events.rehearse_event(
+            user_id,
+            room_id,
+            _TOMBSTONE,
+            {"body": _TOMBSTONE_BODY, "replacement_room": new_room_id},
+            state_key="",
+        )
+        return new_room_id
 
     async def _release(self, room_id: str, claim_id: str) -> None:
         """Give up the room's claim. A release that fails is logged, not
