@@ -169,3 +169,20 @@ async def test_read_markers_set_the_receipt_and_the_fully_read_marker(env: Share
         event for event in room["account_data"]["events"] if event["type"] == "m.fully_read"
     ]
     assert fully_read[0]["content"]["event_id"] == event_id
+
+
+async def test_bodies_that_are_not_utf8_are_not_json(env: SharedRoom) -> None:
+    since = (await env.sync(env.alice))["next_batch"]
+    not_utf8 = b'{ "test":"a\x81" }'
+    await env.client.refused(
+        None, "POST", "/register", raw=not_utf8, status=400, errcode="M_NOT_JSON"
+    )
+    for user, method, path in (
+        (env.alice, "PUT", _send_path(env.room_id)),
+        (env.alice, "POST", "/createRoom"),
+        (env.alice, "PUT", f"/rooms/{q(env.room_id)}/state/org.example.odd"),
+    ):
+        await env.client.refused(user, method, path, raw=not_utf8, status=400, errcode="M_NOT_JSON")
+    # Nothing was written.
+    answer = await env.sync(env.alice, since=since, timeout=0)
+    assert answer["rooms"]["join"] == {}

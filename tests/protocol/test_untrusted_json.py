@@ -165,3 +165,16 @@ def test_a_pdu_within_the_limit_is_taken() -> None:
     pdu = Pdu.from_json(encode_canonical_json(_pdu(content)), "10")
     assert _nesting(pdu.json) == MAX_JSON_NESTING
     assert Pdu.from_json(_pdu(content), "10").event_id == pdu.event_id
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"test": "a\x81"}', b'{"a\xff": 1}', b'{"b": "\xed\xa0\x80"}', b'{"c": "\xc3"}'],
+)
+def test_strings_that_are_not_utf8_are_decode_errors(body: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_untrusted_json(body)
+    with pytest.raises(msgspec.DecodeError):
+        decode_untrusted_json(body, check_nesting=False)
+    with pytest.raises(msgspec.DecodeError):
+        untrusted_json_decoder(dict[str, Any])(body)

@@ -165,8 +165,12 @@ def untrusted_json_decoder(type: type[_T], *, check_nesting: bool = True) -> Cal
 
 def _decoded(decode: Callable[[Any], _T], data: Any) -> _T:
     """``decode(data)``, the decoder's own recursion limit raising as
-    nesting too deep does."""
+    nesting too deep does, and bytes that are not UTF-8 inside a string
+    (which msgspec reports as a UnicodeDecodeError) as invalid JSON: JSON
+    is UTF-8 (RFC 8259), so such a body is not JSON at all."""
     try:
         return decode(data)
     except RecursionError:
         raise JsonNestedTooDeeplyError("JSON nested too deeply to decode") from None
+    except UnicodeDecodeError as exc:
+        raise msgspec.DecodeError(f"JSON is not valid UTF-8 ({exc.reason})") from None
