@@ -302,3 +302,38 @@ async def test_transaction_ids_are_per_device_and_room(env: SharedRoom) -> None:
         },
     )
     assert await send(other["access_token"], dave_room, "from dave") != sent
+
+
+async def test_power_levels_are_stored_as_sent_and_emptied_levels_bind_their_setter(
+    env: SharedRoom,
+) -> None:
+    alice = env.alice
+    room_id = await env.client.create_room(alice, room_version="10")
+    levels = await _get(env, alice, room_id, "state/m.room.power_levels")
+    assert all(type(value) is int for value in levels["events"].values())
+    assert all(type(value) is int for value in levels["users"].values())
+    assert levels["users"][alice.user_id] > levels["users_default"]
+    content = {"invite": 100, "users": {alice.user_id: 100, "@someone:elsewhere.test": 20}}
+    sent = await env.client.ok(
+        alice, "PUT", f"/rooms/{q(room_id)}/state/m.room.power_levels", content
+    )
+    event = await _get(env, alice, room_id, f"event/{q(sent['event_id'])}")
+    assert event["content"] == content
+    # Levels without events, then without users: Alice keeps her place
+    # long enough to write them, and then has the default of 0.
+    await env.client.ok(
+        alice,
+        "PUT",
+        f"/rooms/{q(room_id)}/state/m.room.power_levels",
+        {"users": {alice.user_id: 100}},
+    )
+    await env.client.ok(alice, "PUT", f"/rooms/{q(room_id)}/state/m.room.power_levels", {})
+    await env.client.refused(
+        alice,
+        "PUT",
+        f"/rooms/{q(room_id)}/state/m.room.power_levels",
+        {"users": {}},
+        status=403,
+        errcode="M_FORBIDDEN",
+    )
+    assert await _get(env, alice, room_id, "state/m.room.power_levels") == {}
