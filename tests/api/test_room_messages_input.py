@@ -77,6 +77,7 @@ async def test_malformed_filters_are_refused_with_a_4xx(env: SharedRoom) -> None
     ]
     for key in ("rooms", "not_rooms", "senders", "not_senders", "types", "not_types"):
         room_parts.append({"timeline": {key: not_list}})
+    room_parts.append({"timeline": {"types": [1]}})
     room_parts.append({"timeline": {"rooms": ["not_a_room_id"]}})
     room_parts.append({"timeline": {"senders": ["not_a_sender_id"]}})
     filters: list[dict[str, Any]] = [
