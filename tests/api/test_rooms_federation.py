@@ -7,6 +7,7 @@ from B.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import trio
@@ -14,7 +15,7 @@ from _appservices import AS_TOKEN, registration_yaml
 from _client import Client, q
 from _federation import eventually, two_servers
 
-from ranvier.testing.homeserver import config_for_tests, open_test_homeserver
+from ranvier.testing.homeserver import TestUser, config_for_tests, open_test_homeserver
 from ranvier.testing.network import Pki
 
 
@@ -210,3 +211,71 @@ async def test_an_application_services_own_user_joins_a_room_of_another_server(
         await eventually(joined_at_b, "the bridge's join at B")
         state = await cb.state(charlie, room_id)
         assert state[("m.room.member", bridge)]["content"] == {"membership": "join"}
+
+
+async def _membership_at(client: Client, reader: TestUser, room_id: str, user: str) -> Any:
+    state = await client.state(reader, room_id)
+    return state[("m.room.member", user)]["content"]["membership"]
+
+
+async def test_invites_from_another_server_are_declined_again_and_again(tmp_path: Path) -> None:
+    """Bob declines three invites to one room in turn, each seen as a leave
+    at A and under ``leave`` in his sync; then one to a room its inviter
+    left first, with no one left in it."""
+    async with two_servers(tmp_path) as (_a, _b, ca, cb, alice, bob):
+        room_id = await ca.create_room(alice, preset="private_chat")
+        for _ in range(3):
+            await ca.ok(alice, "POST", f"/rooms/{q(room_id)}/invite", {"user_id": bob.user_id})
+            invited = await cb.ok(bob, "GET", "/sync")
+            assert room_id in invited["rooms"]["invite"]
+            assert await cb.ok(bob, "POST", f"/rooms/{q(room_id)}/leave", {}) == {}
+            assert await _membership_at(ca, alice, room_id, bob.user_id) == "leave"
+            later = await cb.ok(bob, "GET", "/sync", params={"since": invited["next_batch"]})
+            assert room_id in later["rooms"]["leave"]
+            assert room_id not in later["rooms"]["invite"]
+
+        emptied = await ca.create_room(alice, preset="private_chat", invite=[bob.user_id])
+        invited = await cb.ok(bob, "GET", "/sync")
+        assert emptied in invited["rooms"]["invite"]
+        assert await ca.ok(alice, "POST", f"/rooms/{q(emptied)}/leave", {}) == {}
+        assert await cb.ok(bob, "POST", f"/rooms/{q(emptied)}/leave", {}) == {}
+        later = await cb.ok(bob, "GET", "/sync", params={"since": invited["next_batch"]})
+        assert emptied in later["rooms"]["leave"]
+        assert emptied not in later["rooms"]["invite"]
+
+
+async def test_invites_to_a_room_this_server_is_in_are_joined_or_declined(
+    tmp_path: Path,
+) -> None:
+    """Once Bob has joined, B is in the room: his neighbours' invites are
+    taken as room events, one joins and one declines, and A sees both."""
+    async with two_servers(tmp_path) as (a, b, ca, cb, alice, bob):
+        dora, erin = await b.register_user("dora"), await b.register_user("erin")
+        room_id = await ca.create_room(alice, preset="private_chat", invite=[bob.user_id])
+        assert await cb.ok(bob, "POST", f"/join/{q(room_id)}?via={q(a.server_name)}", {})
+        with trio.fail_after(20):
+            await b.server.wait_for_full_state(room_id)
+        for user in (dora, erin):
+            await ca.ok(alice, "POST", f"/rooms/{q(room_id)}/invite", {"user_id": user.user_id})
+
+        async def invited_at_b() -> bool:
+            members = b.server.storage.room_members
+            held = [
+                await members.get_latest_membership_event_id(user.user_id, room_id)
+                for user in (dora, erin)
+            ]
+            return all(held)
+
+        await eventually(invited_at_b, "the invites at B")
+        assert room_id in (await cb.ok(dora, "GET", "/sync"))["rooms"]["invite"]
+        assert await cb.ok(dora, "POST", f"/rooms/{q(room_id)}/join", {}) == {"room_id": room_id}
+        assert await cb.ok(erin, "POST", f"/rooms/{q(room_id)}/leave", {}) == {}
+
+        async def both_at_a() -> bool:
+            seen = (
+                await _membership_at(ca, alice, room_id, dora.user_id),
+                await _membership_at(ca, alice, room_id, erin.user_id),
+            )
+            return seen == ("join", "leave")
+
+        await eventually(both_at_a, "Dora's join and Erin's leave at A")

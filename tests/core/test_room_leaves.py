@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import pytest
 from _rooms import local_creator
 
@@ -125,3 +126,36 @@ async def test_a_room_here_is_left_here(storage: Storage, creator: EventCreator)
     event_id = await _leaves(storage, creator, resident).leave(BOB, room_id)
     assert (await storage.get_current_state_ids(room_id))[("m.room.member", BOB)] == event_id
     assert resident.asked == []
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        MatrixError("not in the room", errcode="M_NOT_FOUND", http_status=404),
+        MatrixError("unreachable", errcode="M_UNKNOWN", http_status=502),
+    ],
+)
+async def test_an_invite_no_server_can_take_the_leave_of_is_declined_here(
+    storage: Storage, creator: EventCreator, failure: MatrixError
+) -> None:
+    """The inviting server left the room, or cannot be reached: the user is
+    not held to the invite. The leave is made here, on the invite alone,
+    and kept beside it."""
+    room = await _invited(storage)
+    invite = room.order[-1]
+    resident = Resident(room, refuse=failure)
+    event_id = await _leaves(storage, creator, resident).leave(BOB, room.room_id, reason="no")
+    assert resident.asked == ["inviter.example"]
+    assert resident.received == []
+    stored = (await storage.get_events([event_id]))[event_id]
+    assert stored.outlier
+    leave = msgspec.json.decode(stored.json)
+    assert (leave["sender"], leave["state_key"], leave["content"]) == (
+        BOB,
+        BOB,
+        {"membership": "leave", "reason": "no"},
+    )
+    assert leave["prev_events"] == leave["auth_events"] == [invite.event_id]
+    assert leave["depth"] == invite.depth + 1
+    verify_signed_json(redact(leave, "10"), SERVER, get_verify_key(KEY))
+    assert await storage.room_members.get_latest_membership_event_id(BOB, room.room_id) == event_id

@@ -10,10 +10,20 @@ leave is then kept here as an outlier beside the invite, so that this
 server, too, knows the user is no longer invited. A knock on a room no
 user of ours is in (:mod:`ranvier.core.knocks`) is withdrawn the same way,
 through the servers its room's server named in its answer to the knock.
+
+When none of those servers gives a leave template (each cannot be reached,
+or is no longer in the room, as an inviter's server whose users all left
+is not), the user is not held to the invite or knock: the leave is made
+here, on that membership alone (its only prev and auth event), and kept
+beside it, so the room leaves the user's view. No other server takes such
+a leave, and none is asked to; a server that did answer with a template
+but whose handshake then failed is not passed over, as the room's side
+may have taken the leave.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
@@ -33,6 +43,7 @@ from .room_joins import MembershipLookup
 
 __all__ = ["LeaveClient", "RoomLeaves"]
 
+_log: Final = logging.getLogger(__name__)
 _MEMBER: Final = "m.room.member"
 
 
@@ -126,9 +137,17 @@ class RoomLeaves:
             if named and named not in servers:
                 servers.append(named)
         failures: list[str] = []
+        answered = False
         for server in servers:
             try:
                 answer = await self._client.make_leave(server, room_id, user_id)
+            except MatrixError as exc:
+                if not _worth_trying_elsewhere(exc):
+                    raise
+                failures.append(f"{server}: {exc.message}")
+                continue
+            answered = True
+            try:
                 event = self._signed_leave(answer, invite, user_id, reason)
                 await self._client.send_leave(server, room_id, event.event_id, event.json)
             except MatrixError as exc:
@@ -138,11 +157,41 @@ class RoomLeaves:
                 continue
             await self._persister.persist_events([out_of_band_to_persist(event)])
             return event.event_id
+        if not answered:
+            _log.warning(
+                "no server took the leave of %s from %s (%s); leaving here alone",
+                user_id,
+                room_id,
+                "; ".join(failures) or "no server to ask",
+            )
+            event = self._leave_alone(invite, user_id, reason)
+            await self._persister.persist_events([out_of_band_to_persist(event)])
+            return event.event_id
         raise MatrixError(
             f"could not leave {room_id} through another server: {'; '.join(failures)}",
             errcode="M_UNKNOWN",
             http_status=502,
         )
+
+    def _leave_alone(self, pending: Pdu, user_id: str, reason: str | None) -> Pdu:
+        """Our leave resting on the pending invite or knock alone, signed."""
+        content: dict[str, Any] = {"membership": "leave"}
+        if reason is not None:
+            content["reason"] = reason
+        rv = pending.room_version
+        fields: dict[str, Any] = {
+            "type": _MEMBER,
+            "room_id": pending.room_id,
+            "sender": user_id,
+            "state_key": user_id,
+            "content": content,
+            "prev_events": [pending.event_id],
+            "auth_events": [pending.event_id],
+            "depth": pending.depth + 1,
+            "origin_server_ts": self._clock(),
+        }
+        signed = hash_and_sign_event(fields, rv, self.server_name, self._signing_key)
+        return Pdu.from_json(signed, rv)
 
     def _signed_leave(self, answer: Any, invite: Pdu, user_id: str, reason: str | None) -> Pdu:
         """Our leave from a ``make_leave`` template, checked to be one, signed."""
