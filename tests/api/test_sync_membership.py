@@ -348,3 +348,30 @@ async def test_a_rejected_invite_to_a_joined_visibility_room_is_left(env: Shared
     await _leave(env, env.carol, room_id)
     left = await env.sync(env.carol, filter=_INCLUDE_LEAVE, since=invited["next_batch"])
     assert room_id in left["rooms"]["leave"]
+
+
+async def test_a_left_room_with_no_timeline_wanted_still_shows_the_leave(
+    env: SharedRoom,
+) -> None:
+    _, since = await _archive(env)
+    # A timeline of none of the room's events (a limit of 0, which the spec
+    # does not allow, is refused).
+    no_timeline = json.dumps(
+        {"room": {"timeline": {"types": ["org.example.none"]}, "include_leave": True}}
+    )
+    initial = (await env.sync(env.bob, filter=no_timeline))["rooms"]["leave"][env.room_id]
+    assert initial["timeline"]["events"] == []
+    state = {(e["type"], e["state_key"]): e["content"] for e in initial["state"]["events"]}
+    assert state[(_MADE_UP, "")] == {"my_key": "before"}
+    assert state[("m.room.member", env.bob.user_id)]["membership"] == "leave"
+    # Since before the leave: the room is left, and the leave says so.
+    answer = await env.sync(env.bob, filter=no_timeline, since=since)
+    room = answer["rooms"]["leave"][env.room_id]
+    shown = room["timeline"]["events"] + room["state"]["events"]
+    assert [(e["state_key"], e["content"]["membership"]) for e in shown] == [
+        (env.bob.user_id, "leave")
+    ]
+    zero = json.dumps({"room": {"timeline": {"limit": 0}}})
+    await env.client.refused(
+        env.bob, "GET", "/sync", params={"filter": zero}, status=400, errcode="M_BAD_JSON"
+    )
