@@ -32,6 +32,7 @@ DAVE = "@dave:other.example"
 #: Tables that may hold a room's or an event's ID and keep it on purpose.
 KEPT: dict[str, str] = {
     "blocked_rooms": "a blocked room stays blocked",
+    "user_redactions": "an admin's redaction job names rooms and events, not their content",
 }
 
 

@@ -101,6 +101,7 @@ TABLES_ADDED = {
     50: set(),
     # A column of users, no table.
     51: set(),
+    52: {"user_redactions"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -321,6 +322,11 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("UPDATE users SET is_guest = 1")
     elif version == 51:
         run("UPDATE users SET shadow_banned = 1")
+    elif version == 52:
+        run(
+            "INSERT INTO user_redactions VALUES ('r', '@a:x', '@b:x', '[]', NULL, 10, NULL,"
+            " NULL, 0, 'active', '{}', NULL, 5, NULL)"
+        )
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

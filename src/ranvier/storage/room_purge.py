@@ -19,7 +19,8 @@ other rooms may use the same file; Synapse keeps them too, and the media
 admin API removes them); and rows whose purpose outlives the room and
 which hold an event only inside an opaque body (received transactions'
 answers, kept a day for de-duplication; an application service's pending
-transactions; to-device messages).
+transactions; to-device messages; admins' redaction jobs, which name
+rooms and events, not what they said).
 
 Invariants
 ----------

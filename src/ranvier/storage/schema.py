@@ -1228,6 +1228,19 @@ def _shadow_bans(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE users ADD COLUMN shadow_banned INTEGER NOT NULL DEFAULT 0")
 
 
+def _user_redactions(conn: sqlite3.Connection) -> None:
+    """Admins' jobs redacting a user's events, resumed after a restart
+    (:mod:`ranvier.storage.admin_redactions`)."""
+    conn.execute(
+        "CREATE TABLE user_redactions (redact_id TEXT PRIMARY KEY NOT NULL,"
+        " user_id TEXT NOT NULL, admin_id TEXT NOT NULL, rooms TEXT NOT NULL, reason TEXT,"
+        " per_room_limit INTEGER NOT NULL, before_ts INTEGER, after_ts INTEGER,"
+        " use_admin INTEGER NOT NULL, status TEXT NOT NULL, failed TEXT NOT NULL, error TEXT,"
+        " created_ts INTEGER NOT NULL, finished_ts INTEGER) STRICT"
+    )
+    conn.execute("CREATE INDEX user_redactions_user ON user_redactions (user_id, status)")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1281,6 +1294,7 @@ MIGRATIONS: Sequence[Migration] = (
     _partial_state_device_updates,
     _guest_accounts,
     _shadow_bans,
+    _user_redactions,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -23,6 +23,7 @@ from .accounts import AccountStorage
 from .actor import StorageActor
 from .admin import AdminStorage
 from .admin_federation import FederationAdminStorage
+from .admin_redactions import AdminRedactionStorage
 from .aliases import AliasStorage
 from .appservices import AppServiceStorage
 from .auth_chains import AuthChainStorage
@@ -152,6 +153,7 @@ class Storage:
         self.room_members = RoomMemberStorage(self.writer, self.readers)
         self.accounts = AccountStorage(self.writer, self.readers)
         self.admin = AdminStorage(self.writer, self.readers)
+        self.admin_redactions = AdminRedactionStorage(self.writer, self.readers)
         self.federation_admin = FederationAdminStorage(self.writer, self.readers)
         self.redactions = RedactionStorage(self.readers)
         self.relations = RelationStorage(self.readers)
