@@ -102,8 +102,10 @@ from ranvier.api.admin_common import add_server_version_route
 from ranvier.api.admin_federation import add_admin_federation_routes
 from ranvier.api.admin_media import add_admin_media_routes
 from ranvier.api.admin_ratelimit import add_admin_ratelimit_routes
+from ranvier.api.admin_redactions import add_admin_redaction_routes
 from ranvier.api.admin_registration_tokens import add_admin_registration_token_routes
 from ranvier.api.admin_reports import add_admin_report_routes
+from ranvier.api.admin_room_membership import add_admin_room_membership_routes
 from ranvier.api.admin_rooms import add_admin_room_messages_route, add_admin_room_routes
 from ranvier.api.admin_server_notices import add_admin_server_notice_routes
 from ranvier.api.admin_user_data import add_admin_user_data_routes
@@ -154,7 +156,9 @@ from ranvier.core.account_data import AccountData
 from ranvier.core.accounts import Accounts
 from ranvier.core.admin_federation import AdminFederation
 from ranvier.core.admin_media import AdminMedia
+from ranvier.core.admin_redactions import UserRedactions
 from ranvier.core.admin_reports import AdminReports
+from ranvier.core.admin_room_membership import AdminRoomMembership
 from ranvier.core.admin_rooms import AdminRooms
 from ranvier.core.admin_user_data import AdminUserData
 from ranvier.core.admin_users import AdminUsers
@@ -285,7 +289,7 @@ from ranvier.replication.stream import MainControl, StreamSource
 from ranvier.server_metrics import homeserver_metrics
 from ranvier.signature_process import SignatureProcess
 from ranvier.smtp import SmtpMailer, SmtpSettings
-from ranvier.storage import Storage
+from ranvier.storage import Storage, StorageActor
 from ranvier.storage.media_files import MediaFiles
 from ranvier.url_fetcher import UrlFetcher
 
@@ -406,6 +410,7 @@ class HomeServer:
         self._room_hierarchy: RoomHierarchy | None = None
         self._room_summaries: RoomSummaries | None = None
         self._server_notices: ServerNotices | None = None
+        self._user_redactions: UserRedactions | None = None
         self._listeners: list[tuple[ListenerConfig, HttpListener]] = []
         self._bound: tuple[BoundListener, ...] | None = None
         #: Set once every listener accepts connections: the federation
@@ -1766,6 +1771,28 @@ class HomeServer:
             purger=self.storage.room_purge,
         )
         add_admin_room_routes(router, auth=self.auth, rooms=rooms)
+        add_admin_room_membership_routes(
+            router,
+            auth=self.auth,
+            membership=AdminRoomMembership(
+                server_name=server_name,
+                accounts=store,
+                joins=self.room_joins,
+                directory=self.room_directory,
+                events=self.event_creator,
+                state=self.storage,
+            ),
+        )
+        self._user_redactions = UserRedactions(
+            server_name=server_name,
+            store=self.storage.admin_redactions,
+            state=self.storage,
+            events=self.event_creator,
+            accounts=store,
+            # Jobs a stop left unfinished are the main process's to resume.
+            resume=isinstance(self.storage.writer, StorageActor),
+        )
+        add_admin_redaction_routes(router, auth=self.auth, redactions=self._user_redactions)
         add_admin_room_messages_route(
             router,
             auth=self.auth,
@@ -1860,6 +1887,9 @@ class HomeServer:
                 [_Component("server notices user", self._server_notices.run)]
                 if self._server_notices is not None
                 else []
+            ),
+            _Component(
+                "admin redaction jobs", _built(self._user_redactions, "user_redactions").run
             ),
             # After what it reads and writes through, before the listeners:
             # the rooms left partial are resumed before anything new arrives.
