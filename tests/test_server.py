@@ -26,7 +26,8 @@ from ranvier.protocol.signing import (
     verify_signed_json,
 )
 from ranvier.server import HomeServer, open_homeserver
-from ranvier.testing.network import free_port
+from ranvier.testing.homeserver import open_test_homeserver
+from ranvier.testing.network import Pki, free_port
 
 SERVER_NAME = "hs.test:8448"
 VERSION_PATH = "/_matrix/federation/v1/version"
@@ -412,3 +413,46 @@ async def test_local_users_act_through_the_server(tmp_path: Path) -> None:
             await server.join_room(bob, "#lobby:hs.test:8448")
         assert not_a_room.value.errcode == "M_INVALID_PARAM"
         nursery.cancel_scope.cancel()
+
+
+# Each API's listener answers a path it does not serve with 404 and a
+# method a served path does not take with 405, both M_UNRECOGNIZED.
+_UNKNOWN_ON_CLIENT_LISTENER = [
+    ("GET", "/_matrix/unknown", 404),
+    ("GET", "/_matrix/client/unknown", 404),
+    ("GET", "/_matrix/client/v1/unknown", 404),
+    ("GET", "/_matrix/client/v3/room/unknown", 404),
+    ("PUT", "/_matrix/client/v3/login", 405),
+    ("GET", "/_matrix/media/unknown", 404),
+    ("GET", "/_matrix/media/v3/unknown", 404),
+    ("PATCH", "/_matrix/media/v3/upload", 405),
+]
+_UNKNOWN_ON_FEDERATION_LISTENER = [
+    ("GET", "/_matrix/unknown", 404),
+    ("GET", "/_matrix/federation/unknown", 404),
+    ("GET", "/_matrix/federation/v1/unknown", 404),
+    ("PUT", "/_matrix/federation/v1/version", 405),
+    ("GET", "/_matrix/key/unknown", 404),
+    ("GET", "/_matrix/key/v2/unknown", 404),
+    ("PUT", "/_matrix/key/v2/query", 405),
+]
+
+
+async def test_unknown_endpoints_and_methods_are_unrecognized(tmp_path: Path) -> None:
+    pki = Pki.create(tmp_path)
+    async with open_test_homeserver(tmp_path / "hs", federation=pki) as hs:
+        user = await hs.register_user("alice")
+        async with (
+            hs.client(user) as client,
+            httpx.AsyncClient(
+                base_url=hs.federation_url, verify=pki.client_context()
+            ) as federation,
+        ):
+            for http, cases in (
+                (client, _UNKNOWN_ON_CLIENT_LISTENER),
+                (federation, _UNKNOWN_ON_FEDERATION_LISTENER),
+            ):
+                for method, path, status in cases:
+                    response = await http.request(method, path)
+                    assert response.status_code == status, (method, path)
+                    assert response.json()["errcode"] == "M_UNRECOGNIZED", (method, path)
