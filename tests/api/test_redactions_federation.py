@@ -288,3 +288,58 @@ async def test_a_redaction_of_an_event_never_received_is_sent_to_the_room(
         assert sent["type"] == "m.room.redaction"
         assert sent["content"]["redacts"] == message_id
         assert sent["sender"] == alice.user_id
+
+
+async def test_a_sync_token_at_a_redaction_of_an_unknown_event_syncs_on(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    pki = Pki.create(tmp_path)
+    remote = RemoteHomeserver("127.0.0.1:{port}")
+    await remote.start(nursery, pki.server_context("127.0.0.1"))
+    await remote.open_client(nursery, pki.client_context())
+    async with open_test_homeserver(tmp_path / "a", federation=pki) as a, a.client() as http:
+        client = Client(a, http)
+        alice = await a.register_user("alice")
+        version = "11"
+        room_id = await client.create_room(alice, preset="public_chat", room_version=version)
+        mallory = f"@mallory:{remote.server_name}"
+        join = await _join_through_handshake(remote, a.server_name, room_id, mallory, version)
+        # A redaction of an event that exists nowhere: it is the newest
+        # event here when Alice takes her token.
+        redaction = await _signed_event(
+            a.server,
+            remote,
+            room_id,
+            {"type": "m.room.redaction", "sender": mallory, "content": {"redacts": "$12345"}},
+            [join.event_id],
+        )
+        redaction_id = compute_event_id(redaction, version)
+        answer = await remote.send_transaction(a.server_name, [redaction])
+        assert answer["pdus"] == {redaction_id: {}}
+        ten = '{"room": {"timeline": {"limit": 10}}}'
+        since = (await client.ok(alice, "GET", "/sync", params={"filter": ten}))["next_batch"]
+
+        last = redaction_id
+        for n in range(11):
+            message = await _signed_event(
+                a.server,
+                remote,
+                room_id,
+                {"type": "m.room.message", "sender": mallory, "content": {"body": f"m{n}"}},
+                [last],
+            )
+            last = compute_event_id(message, version)
+            answer = await remote.send_transaction(a.server_name, [message])
+            assert answer["pdus"] == {last: {}}
+        gappy = await client.ok(alice, "GET", "/sync", params={"filter": ten, "since": since})
+        timeline = gappy["rooms"]["join"][room_id]["timeline"]
+        assert timeline["limited"] is True
+        assert [event["content"]["body"] for event in timeline["events"]] == [
+            f"m{n}" for n in range(1, 11)
+        ]
+        assert timeline["events"][-1]["event_id"] == last
+        # And a page back from the redaction's place in the room.
+        page = await client.ok(
+            alice, "GET", f"/rooms/{q(room_id)}/messages", params={"dir": "b", "from": since}
+        )
+        assert page["chunk"]
