@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 from _client import Client, q
-from _federation import TwoServers, share_a_room, two_servers
+from _federation import TwoServers, eventually, share_a_room, two_servers
 
 from ranvier.core.context import EventContext, event_to_persist
 from ranvier.protocol.auth import auth_state_keys
@@ -164,3 +164,28 @@ async def test_an_event_from_before_a_partition_arriving_late_leaves_no_gap_in_p
             params={"dir": "b", "from": timeline["prev_batch"], "limit": "4"},
         )
         assert [event["event_id"] for event in page["chunk"]] == sent[3::-1]
+
+
+async def test_paging_back_after_a_rejoin_gets_what_was_sent_while_away(tmp_path: Path) -> None:
+    async with two_servers(tmp_path) as servers:
+        a, b, ca, cb, alice, bob = servers
+        room_id = await share_a_room(servers)
+        await cb.ok(bob, "POST", f"/rooms/{q(room_id)}/leave", {})
+
+        async def left_at_a() -> bool:
+            state = await ca.state(alice, room_id)
+            return bool(state[("m.room.member", bob.user_id)]["content"]["membership"] == "leave")
+
+        await eventually(left_at_a, "Bob's leave at A")
+        for number in range(20):
+            path = f"/rooms/{q(room_id)}/send/m.room.message/away{number}"
+            await ca.ok(alice, "PUT", path, {"msgtype": "m.text", "body": f"away {number}"})
+        await cb.ok(bob, "POST", f"/join/{q(room_id)}?via={q(a.server_name)}", {})
+        with trio.fail_after(20):
+            await b.server.wait_for_full_state(room_id)
+        everything_at_b = await _page_back(cb, bob, room_id)
+        bodies = [
+            e["content"].get("body") for e in everything_at_b if e["type"] == "m.room.message"
+        ]
+        assert bodies == [f"away {number}" for number in range(20)]
+        assert everything_at_b[0]["type"] == "m.room.create"
