@@ -455,6 +455,71 @@ async def test_a_gap_the_origin_cannot_fill_is_an_error_with_nothing_written(
     assert await world.stored(latest, lost) == set()
 
 
+class FloatServingRemote(RemoteRooms):
+    """A remote whose copy of the event with ``bad_val`` carries a float,
+    which no room version from 6 on allows, however it is asked for it."""
+
+    def _break(self, raw: bytes) -> bytes:
+        return raw.replace(b'"bad_val":11', b'"bad_val":1.1')
+
+    async def get_missing_events(
+        self,
+        destination: str,
+        room_id: str,
+        *,
+        earliest_events: Sequence[str],
+        latest_events: Sequence[str],
+        limit: int,
+        min_depth: int = 0,
+    ) -> list[bytes]:
+        found = await super().get_missing_events(
+            destination,
+            room_id,
+            earliest_events=earliest_events,
+            latest_events=latest_events,
+            limit=limit,
+            min_depth=min_depth,
+        )
+        return [self._break(raw) for raw in found]
+
+    async def get_event(self, destination: str, event_id: str) -> bytes:
+        return self._break(await super().get_event(destination, event_id))
+
+
+async def test_a_missing_event_with_a_float_is_dropped_and_the_gap_stays(
+    world: World,
+) -> None:
+    room = world.room
+    ours = room.last
+    bad = room.send("m.room.message", BOB, {"body": "m1", "bad_val": 11})
+    good = room.message(BOB, "m2")
+    remote = FloatServingRemote(room)
+    ingester = FederationIngester(
+        store=world.storage,
+        persister=world.storage,
+        client=remote,
+        verifier=EventVerifier(KnownKeys(world.keys)),
+    )
+
+    with pytest.raises(MatrixError):
+        await ingester.on_receive_pdu(REMOTE, good)
+    assert await world.stored(bad, good) == set()
+    assert await world.storage.get_forward_extremities(room.room_id) == {ours}
+    # The next event finds the gap again and asks for it again; the float
+    # is dropped again, and the rest is placed on the state the origin gives
+    # at the event after it, which is kept as an outlier only.
+    third = room.message(BOB, "m3")
+    result = await ingester.on_receive_pdu(REMOTE, third)
+    assert result.error is None
+    assert remote.called("get_missing_events") == [REMOTE, REMOTE]
+    assert remote.called("state_ids")[-1] == good.event_id
+    assert await world.stored(bad) == set()
+    rows = await world.storage.get_events([good.event_id, third.event_id])
+    assert rows[good.event_id].outlier
+    assert not rows[third.event_id].outlier
+    assert rows[third.event_id].rejected_reason is None
+
+
 async def test_an_event_refused_for_a_gap_is_taken_once_the_gap_is_filled(
     world: World,
 ) -> None:
