@@ -7,6 +7,7 @@ the parts of other servers a test cannot start; everything of ours is real.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -439,6 +440,69 @@ async def test_a_fork_with_a_gap_resolves_our_state_with_the_remote_one(world: W
     current = await world.storage.get_current_state_ids(room.room_id)
     assert current[("m.room.topic", "")] == ours.event_id
     assert current[("m.room.member", dave)] == dave_join.event_id
+
+
+class WithholdingRemote(RemoteRooms):
+    """A remote that names some events in its answers but will not give them."""
+
+    def __init__(self, room: RoomBuilder, withheld: set[str]) -> None:
+        super().__init__(room)
+        self.withheld = withheld
+
+    async def get_event(self, destination: str, event_id: str) -> bytes:
+        if event_id in self.withheld:
+            await trio.lowlevel.checkpoint()
+            self.calls.append(("event", event_id))
+            raise MatrixError(f"no event {event_id}", errcode="M_NOT_FOUND", http_status=502)
+        return await super().get_event(destination, event_id)
+
+
+async def test_state_resting_on_an_event_that_cannot_be_fetched_is_not_taken(
+    world: World,
+) -> None:
+    """Dave's member events A to E, each citing the one before, come as
+    state at a gap; B cannot be fetched. C, D and E rest on it and are
+    rejected, and the state here never holds any of them."""
+    room = world.room
+    fork_point = room.last
+    dave = f"@dave:{REMOTE}"
+    ours = room.topic(ALICE, "ours", prev=[fork_point])
+    await ingest_all(world.storage, [ours])
+    chain = [room.member(dave, "join", prev=[fork_point])]
+    for n in range(4):
+        chain.append(room.member(dave, "join", content={"displayname": f"dave {n}"}))
+    for earlier, later in itertools.pairwise(chain):
+        assert earlier.event_id in later.auth_event_ids
+    theirs = [room.message(BOB, f"m{n}") for n in range(14)]
+    merge = room.message(BOB, "merge", prev=[ours.event_id, theirs[-1].event_id])
+    remote = WithholdingRemote(room, {chain[1].event_id})
+    ingester = FederationIngester(
+        store=world.storage,
+        persister=world.storage,
+        client=remote,
+        verifier=EventVerifier(KnownKeys(world.keys)),
+    )
+
+    await ingester.on_receive_pdu(REMOTE, merge)
+
+    assert remote.called("state_ids") != []
+    assert chain[1].event_id in remote.called("event")
+    rows = await world.storage.get_events([e.event_id for e in chain])
+    assert chain[0].event_id in rows
+    taken = [
+        e.event_id
+        for e in chain[1:]
+        if e.event_id in rows and rows[e.event_id].rejected_reason is None
+    ]
+    assert taken == []
+    merged = await world.storage.get_event(merge.event_id)
+    assert merged is not None
+    assert merged.rejected_reason is None
+    # The origin named E as Dave's membership at the gap; rejected here, it
+    # is left out, and nothing else stands in for it.
+    current = await world.storage.get_current_state_ids(room.room_id)
+    assert ("m.room.member", dave) not in current
+    assert current[("m.room.topic", "")] == ours.event_id
 
 
 async def test_a_gap_the_origin_cannot_fill_is_an_error_with_nothing_written(

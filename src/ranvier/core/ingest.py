@@ -1233,6 +1233,16 @@ class FederationIngester:
             if row is None or row.state_key is None or row.room_id != event.room_id:
                 _log.info("leaving %s out of the state at %s: not available", state_id, prev_id)
                 continue
+            if row.rejected_reason is not None:
+                # A rejected event is never state, whoever lists it: one
+                # whose auth chain could not be fetched is rejected here.
+                _log.info(
+                    "leaving %s out of the state at %s: rejected (%s)",
+                    state_id,
+                    prev_id,
+                    row.rejected_reason,
+                )
+                continue
             state[(row.type, row.state_key)] = state_id
         # The answer is the state before the prev event; after it, the prev
         # event itself holds its key.
