@@ -467,6 +467,7 @@ class EventCreator:
         would need a table of ``(sender, txn_id) -> event_id``.
         """
         self._check_event_request(sender, event_type, content, state_key)
+        content = _without_voucher(event_type, content)
         if txn_id is not None and type(txn_id) is not str:
             raise _invalid_param("a transaction ID must be a string")
         if txn_id is not None and (sent := self._transactions.get(sender, txn_id)) is not None:
@@ -537,6 +538,7 @@ class EventCreator:
         real send.
         """
         self._check_event_request(sender, event_type, content, state_key)
+        content = _without_voucher(event_type, content)
         rv = await self._room_version(room_id)
         if event_type == _MEMBER and content.get("membership") == "invite":
             assert state_key is not None  # a member event's type needs one
@@ -586,7 +588,7 @@ class EventCreator:
         )
         failure = await check_against_auth_events(event, self._store)
         if failure is not None:
-            raise failure.error
+            raise _as_client_error(failure.error)
         return event.event_id
 
     async def _send_message(
@@ -1131,7 +1133,7 @@ class EventCreator:
         if loader is None:
             outcome = await run_auth_checks(event, context, self._reads)
             if outcome.failure is not None:
-                raise outcome.failure.error
+                raise _as_client_error(outcome.failure.error)
             return outcome.context
         failure = await check_against_auth_events(event, self._reads, loader=loader)
         if failure is None and not context.is_outlier:
@@ -1141,7 +1143,7 @@ class EventCreator:
                     event, context, self._reads, loader=loader
                 )
         if failure is not None:
-            raise failure.error
+            raise _as_client_error(failure.error)
         return context
 
     async def _policy_signed(self, event: Pdu, context: EventContext) -> Pdu:
@@ -1299,6 +1301,44 @@ class EventCreator:
 
 def _invalid_param(message: str) -> MatrixError:
     return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
+
+
+#: Auth rules an event fails by its content alone, whoever sends it.
+_CONTENT_RULES: Final = frozenset(
+    {"power_levels.value", "power_levels.users", "power_levels.creator_in_users"}
+)
+
+
+class MalformedEventError(AuthError):
+    """An event of ours the auth rules refuse for its content, which no
+    sender could send: a malformed request (400 M_BAD_JSON) rather than one
+    its sender lacks the power for. Still an :class:`AuthError`, so that
+    whoever passes over an event the rules refuse passes over this one too.
+    """
+
+    errcode = "M_BAD_JSON"
+    http_status = 400
+
+
+def _as_client_error(error: AuthError) -> AuthError:
+    if error.rule in _CONTENT_RULES:
+        return MalformedEventError(error.message, rule=error.rule)
+    return error
+
+
+def _without_voucher(event_type: str, content: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``content`` less a ``join_authorised_via_users_server`` a client sent.
+
+    The auth rules hold any member event naming an authoriser to that
+    user's server's signature, which only a join this server vouches for
+    carries (:meth:`EventCreator.join`). A client echoing its join's
+    content back with a new display name would otherwise be refused for a
+    key it cannot sign; the spec tells clients to drop it, and servers
+    drop it for those that do not.
+    """
+    if event_type != _MEMBER or AUTHORISER not in content:
+        return content
+    return {key: value for key, value in content.items() if key != AUTHORISER}
 
 
 def _event_template(
