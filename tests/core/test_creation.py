@@ -1336,3 +1336,32 @@ async def test_a_second_conflict_asks_the_client_to_retry(
     assert heard.events == []
     assert _event_count(db_path) == count
     assert await storage.get_forward_extremities(room.room_id) == tip
+
+
+async def test_power_levels_no_one_could_send_are_a_bad_request(
+    storage: Storage, creator: EventCreator, db_path: Path
+) -> None:
+    """Power levels listing a v12 room's creator, or with a level that is
+    not an integer or a key that is not a user ID, fail the auth rules for
+    whoever sends them: the request is malformed (400), not one the sender
+    lacks the power for (403). Still an AuthError, so callers that skip an
+    event the rules refuse still do."""
+    room_id = await creator.create_room(
+        ALICE, preset="public_chat", creation_content={"additional_creators": [BOB]}
+    )
+    await creator.join(BOB, room_id)
+    count = _event_count(db_path)
+    for users in ({ALICE: 100}, {BOB: 100}, {CAROL: "fifty"}, {"carol": 50}):
+        with pytest.raises(AuthError) as caught:
+            await creator.send_event(
+                ALICE, room_id, "m.room.power_levels", {"users": users}, state_key=""
+            )
+        assert (caught.value.http_status, caught.value.errcode) == (400, "M_BAD_JSON"), users
+    assert _event_count(db_path) == count
+    # Without the power to change them, the refusal is still 403.
+    await creator.join(CAROL, room_id)
+    with pytest.raises(AuthError) as caught:
+        await creator.send_event(
+            CAROL, room_id, "m.room.power_levels", {"users": {CAROL: 100}}, state_key=""
+        )
+    assert (caught.value.http_status, caught.value.errcode) == (403, "M_FORBIDDEN")
