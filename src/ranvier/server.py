@@ -1376,6 +1376,7 @@ class HomeServer:
             remote=FederationRoomListClient(client),
         )
         self._room_directory.room_list = self._room_list
+        self._room_directory.state_sender = self._event_creator
         remote_spaces = FederationHierarchyClient(client, server_name=server_name)
         self._room_hierarchy = RoomHierarchy(
             server_name=server_name, store=storage.hierarchy, remote=remote_spaces

@@ -117,3 +117,95 @@ async def test_local_aliases_are_listed_for_members_only(env: Env) -> None:
     assert await c.ok(bob, "GET", f"/rooms/{q(readable)}/aliases") == {
         "aliases": ["#readable:localhost"]
     }
+
+
+async def test_an_alias_may_hold_any_unicode(env: Env) -> None:
+    c, alice = env.client, env.alice
+    room_id = await c.create_room(alice)
+    alias = "#老虎Â£я🤨👉ඞ:localhost"
+    await c.ok(alice, "PUT", _alias(alias), {"room_id": room_id})
+    assert (await c.ok(None, "GET", _alias(alias)))["room_id"] == room_id
+    assert await c.ok(alice, "GET", f"/rooms/{q(room_id)}/aliases") == {"aliases": [alias]}
+
+
+def _canonical(room_id: str) -> str:
+    return f"/rooms/{q(room_id)}/state/m.room.canonical_alias"
+
+
+async def test_a_canonical_alias_may_name_only_the_rooms_own_aliases(env: Env) -> None:
+    c, alice = env.client, env.alice
+    room_id = await c.create_room(alice)
+    other = await c.create_room(alice)
+    await c.ok(alice, "PUT", _alias("#mine:localhost"), {"room_id": room_id})
+    await c.ok(alice, "PUT", _alias("#theirs:localhost"), {"room_id": other})
+    await c.ok(alice, "PUT", _alias("#gone:localhost"), {"room_id": room_id})
+    await c.ok(alice, "DELETE", _alias("#gone:localhost"))
+    mine = "#mine:localhost"
+    refusals = [
+        ({"alias": "#nowhere:localhost"}, "M_BAD_ALIAS"),
+        ({"alias": "#gone:localhost"}, "M_BAD_ALIAS"),
+        ({"alias": "#theirs:localhost"}, "M_BAD_ALIAS"),
+        ({"alias": mine, "alt_aliases": ["#nowhere:localhost"]}, "M_BAD_ALIAS"),
+        ({"alias": mine, "alt_aliases": ["#theirs:localhost"]}, "M_BAD_ALIAS"),
+        ({"alias": "%mine:localhost"}, "M_INVALID_PARAM"),
+        ({"alias": mine, "alt_aliases": ["%mine:localhost"]}, "M_INVALID_PARAM"),
+        ({"alias": mine, "alt_aliases": mine}, "M_INVALID_PARAM"),
+        ({"alias": 5}, "M_INVALID_PARAM"),
+    ]
+    for content, errcode in refusals:
+        await c.refused(alice, "PUT", _canonical(room_id), content, status=400, errcode=errcode)
+    assert ("m.room.canonical_alias", "") not in await c.state(alice, room_id)
+    await c.ok(alice, "PUT", _canonical(room_id), {"alias": mine, "alt_aliases": [mine]})
+    # Emptying the event checks nothing.
+    await c.ok(alice, "PUT", _canonical(room_id), {})
+    state = await c.state(alice, room_id)
+    assert state["m.room.canonical_alias", ""]["content"] == {}
+
+
+async def test_aliases_already_listed_are_not_checked_again(env: Env) -> None:
+    c, alice, admin = env.client, env.alice, env.admin
+    room_id = await c.create_room(alice, room_version="10")
+    await c.ok(alice, "PUT", _alias("#a:localhost"), {"room_id": room_id})
+    await c.ok(alice, "PUT", _alias("#b:localhost"), {"room_id": room_id})
+    await c.ok(alice, "PUT", _canonical(room_id), {"alias": "#a:localhost"})
+    # The admin is not in the room, so the event keeps the deleted alias.
+    await c.ok(admin, "DELETE", _alias("#a:localhost"))
+    state = await c.state(alice, room_id)
+    assert state["m.room.canonical_alias", ""]["content"] == {"alias": "#a:localhost"}
+    # The dead alias may stay while another is added beside it.
+    content = {"alias": "#a:localhost", "alt_aliases": ["#b:localhost"]}
+    await c.ok(alice, "PUT", _canonical(room_id), content)
+    assert (await c.state(alice, room_id))["m.room.canonical_alias", ""]["content"] == content
+
+
+async def test_deleting_an_alias_takes_it_out_of_the_canonical_alias(env: Env) -> None:
+    c, alice, bob = env.client, env.alice, env.bob
+    room_id = await c.create_room(alice, preset="public_chat")
+    await c.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
+    for name in ("#main:localhost", "#alt:localhost", "#keep:localhost"):
+        await c.ok(alice, "PUT", _alias(name), {"room_id": room_id})
+    await c.ok(bob, "PUT", _alias("#bobs:localhost"), {"room_id": room_id})
+    listed = ["#alt:localhost", "#keep:localhost", "#bobs:localhost"]
+    content = {"alias": "#main:localhost", "alt_aliases": listed, "extra": 1}
+    await c.ok(alice, "PUT", _canonical(room_id), content)
+    since = (await env.sync(alice, timeout="0"))["next_batch"]
+
+    await c.ok(alice, "DELETE", _alias("#main:localhost"))
+    await c.ok(alice, "DELETE", _alias("#alt:localhost"))
+    # Bob may delete the alias he made, though not change the event.
+    await c.ok(bob, "DELETE", _alias("#bobs:localhost"))
+
+    expected = {"alt_aliases": ["#keep:localhost", "#bobs:localhost"], "extra": 1}
+    state = await c.state(alice, room_id)
+    assert state["m.room.canonical_alias", ""]["content"] == expected
+    assert state["m.room.canonical_alias", ""]["sender"] == alice.user_id
+    timeline = (await env.sync(alice, since=since, timeout="0"))["rooms"]["join"][room_id]
+    sent = [e["content"] for e in timeline["timeline"]["events"]]
+    assert sent == [
+        {"alt_aliases": listed, "extra": 1},
+        expected,
+    ]
+    # Deleting the last one leaves an empty event behind.
+    await c.ok(alice, "DELETE", _alias("#keep:localhost"))
+    await c.ok(alice, "PUT", _canonical(room_id), {"alias": None, "alt_aliases": []})
+    assert await c.ok(alice, "GET", _canonical(room_id)) == {"alias": None, "alt_aliases": []}

@@ -41,14 +41,19 @@ async def _furnished_room(env: Env, version: str) -> str:
         topic="Say hi",
         room_alias_name="lobby",
         creation_content={"type": "org.example.lobby"},
+        # Given at creation, which asks no server whether its aliases exist:
+        # a later change would have to reach elsewhere's directory.
+        initial_state=[
+            {
+                "type": "m.room.canonical_alias",
+                "content": {
+                    "alias": "#lobby:localhost",
+                    "alt_aliases": ["#hall:localhost", "#far:elsewhere"],
+                },
+            }
+        ],
     )
     await c.ok(alice, "PUT", f"/directory/room/{q('#hall:localhost')}", {"room_id": room_id})
-    await _put_state(
-        env,
-        room_id,
-        "m.room.canonical_alias",
-        {"alias": "#lobby:localhost", "alt_aliases": ["#hall:localhost", "#far:elsewhere"]},
-    )
     await _put_state(env, room_id, "m.room.avatar", {"url": "mxc://localhost/lobby"})
     await _put_state(env, room_id, "m.room.encryption", {"algorithm": "m.megolm.v1.aes-sha2"})
     await _put_state(env, room_id, "m.room.server_acl", {"allow": ["*"], "deny": ["bad.example"]})

@@ -56,7 +56,11 @@ class _Directory:
     async def delete_alias(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)
         await self._directory.delete_alias(
-            requester.user_id, request.path_params["room_alias"], is_admin=requester.is_admin
+            requester.user_id,
+            request.path_params["room_alias"],
+            is_admin=requester.is_admin,
+            # A shadow-banned user's state changes never reach the room.
+            update_canonical_alias=not requester.shadow_banned,
         )
         return {}
 

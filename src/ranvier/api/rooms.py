@@ -347,6 +347,8 @@ class _Rooms:
         content = _body(request, required=True)
         refuse_if_suspended(requester, "state")
         await self._reader.check_joined(requester.user_id, room_id)
+        if event_type == _CANONICAL_ALIAS and state_key == "":
+            await self._directory.check_canonical_alias(room_id, content)
         if requester.shadow_banned and _faked_state(event_type, content):
             event_id = await self._creator.rehearse_event(
                 requester.user_id, room_id, event_type, content, state_key=state_key

@@ -21,13 +21,23 @@ The rules applied here:
   deleted by that service's users alone (400 ``M_EXCLUSIVE``); one of ours
   that is not known is asked of the services interested in it, which may
   make it then, before it is looked up again.
+* A client's ``m.room.canonical_alias`` lists only aliases that are valid
+  (400 ``M_INVALID_PARAM``) and point at that room (400 ``M_BAD_ALIAS``),
+  as the spec asks of servers; aliases it already lists are not checked
+  again, so a room whose alias was deleted can still drop it, or change
+  its other aliases.
+* Deleting an alias the room's ``m.room.canonical_alias`` lists also takes
+  it out of that event, sent by the deleting user, so clients stop showing
+  a name that no longer leads anywhere. A user without the power to send
+  that event still deletes the alias (the spec's recommendation); the
+  event then keeps it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from ranvier.errors import MatrixError
 from ranvier.protocol.auth import CREATE_KEY, POWER_LEVELS_KEY, is_valid_user_id
@@ -93,6 +103,22 @@ class CreatedRoomPublisher(Protocol):
     async def on_room_created(self, room_id: str, visibility: str) -> None: ...
 
 
+class StateSender(Protocol):
+    """Sends a state event as a local user
+    (:class:`ranvier.core.creation.EventCreator`)."""
+
+    async def send_event(
+        self,
+        sender: str,
+        room_id: str,
+        event_type: str,
+        content: Mapping[str, Any],
+        *,
+        state_key: str | None = None,
+        txn_id: str | None = None,
+    ) -> str: ...
+
+
 class JoinedServers(Protocol):
     """Which servers are joined to a room (:class:`ranvier.core.room_servers.RoomServers`)."""
 
@@ -145,6 +171,9 @@ class RoomDirectory:
         self.app_services = AppServices()
         #: Asks services about unknown aliases of theirs; set by the server.
         self.app_service_queries: AppServiceQueries | None = None
+        #: Sends the canonical alias event a deleted alias is taken out of;
+        #: set by the server (without one, that event is left as it is).
+        self.state_sender: StateSender | None = None
 
     async def may_change_directory(self, user_id: str, room_id: str) -> bool:
         """Whether ``user_id`` is joined to the room with the power to send
@@ -224,8 +253,19 @@ class RoomDirectory:
         others = sorted(set(await self._servers.joined_servers(room_id)) - {self.server_name})
         return ResolvedAlias(room_id, (self.server_name, *others))
 
-    async def delete_alias(self, user_id: str, alias: str, *, is_admin: bool = False) -> None:
-        """Remove one of our aliases, if ``user_id`` may (see the module's rules)."""
+    async def delete_alias(
+        self,
+        user_id: str,
+        alias: str,
+        *,
+        is_admin: bool = False,
+        update_canonical_alias: bool = True,
+    ) -> None:
+        """Remove one of our aliases, if ``user_id`` may (see the module's rules).
+
+        ``update_canonical_alias`` false leaves the room's canonical alias
+        event alone: for a user whose events are not to reach the room.
+        """
         self.check_local_alias(alias)
         self.app_services.check_alias_change(user_id, alias)
         found = await self._aliases.get_alias(alias)
@@ -240,6 +280,82 @@ class RoomDirectory:
             )
         if not await self._aliases.delete_alias(alias):
             raise _unknown_alias(alias)
+        if update_canonical_alias:
+            await self._drop_from_canonical_alias(user_id, room_id, alias)
+
+    async def _drop_from_canonical_alias(self, user_id: str, room_id: str, alias: str) -> None:
+        if self.state_sender is None:
+            return
+        content = await self._canonical_alias_content(room_id)
+        if content is None:
+            return
+        changed = dict(content)
+        if changed.get("alias") == alias:
+            del changed["alias"]
+        alt_aliases = changed.get("alt_aliases")
+        if type(alt_aliases) is list and alias in alt_aliases:
+            kept = [other for other in alt_aliases if other != alias]
+            if kept:
+                changed["alt_aliases"] = kept
+            else:
+                del changed["alt_aliases"]
+        if changed == content:
+            return
+        try:
+            await self.state_sender.send_event(
+                user_id, room_id, _CANONICAL_ALIAS, changed, state_key=""
+            )
+        except MatrixError as error:
+            # The alias is gone either way; only a refusal by the room's
+            # rules leaves the event naming it, as the spec allows.
+            if error.http_status != 403:
+                raise
+
+    async def _canonical_alias_content(self, room_id: str) -> dict[str, Any] | None:
+        """The content of the room's current ``m.room.canonical_alias``, if any."""
+        key = (_CANONICAL_ALIAS, "")
+        current = await self._store.get_current_state_ids_for_keys(room_id, [key])
+        version = await self._store.get_room_version(room_id)
+        if key not in current or version is None:
+            return None
+        row = (await self._store.get_events([current[key]])).get(current[key])
+        if row is None:
+            return None
+        return Pdu.from_json(row.json, get_room_version(version), check_limits=False).content
+
+    async def check_canonical_alias(self, room_id: str, content: Mapping[str, Any]) -> None:
+        """Raise unless every alias ``content`` adds to the room's current
+        ``m.room.canonical_alias`` is valid and resolves to ``room_id``.
+
+        An alias of another server is asked of that server; one nobody
+        knows is ``M_BAD_ALIAS``, while a server that cannot be reached is
+        that failure, so the client can tell a wrong alias from a
+        passing fault.
+        """
+        listed = _canonical_aliases(content)
+        if not listed:
+            return
+        for alias in listed:
+            parse_room_alias(alias)
+        present: set[str] = set()
+        old = await self._canonical_alias_content(room_id)
+        if old is not None:
+            try:
+                present = set(_canonical_aliases(old))
+            except MatrixError:
+                # A malformed old event vouches for none of its aliases.
+                present = set()
+        for alias in dict.fromkeys(listed):
+            if alias in present:
+                continue
+            try:
+                resolved = await self.resolve(alias)
+            except MatrixError as error:
+                if error.errcode != "M_NOT_FOUND":
+                    raise
+                raise _bad_alias(f"room alias {alias} does not exist") from None
+            if resolved.room_id != room_id:
+                raise _bad_alias(f"room alias {alias} points to another room, not {room_id}")
 
     async def room_aliases(self, room_id: str) -> list[str]:
         """Our aliases of ``room_id``; who may ask is the caller's check."""
@@ -275,6 +391,27 @@ class RoomDirectory:
         version = await self._store.get_room_version(room_id)
         assert version is not None  # the room has state
         return Pdu.from_json(row.json, get_room_version(version), check_limits=False).membership
+
+
+def _canonical_aliases(content: Mapping[str, Any]) -> list[str]:
+    """The aliases an ``m.room.canonical_alias`` content lists, ``alias``
+    first; 400 ``M_INVALID_PARAM`` if either field is of the wrong type."""
+    aliases: list[str] = []
+    alias = content.get("alias")
+    if alias is not None:
+        if type(alias) is not str:
+            raise _invalid("alias must be a string")
+        aliases.append(alias)
+    alt_aliases = content.get("alt_aliases")
+    if alt_aliases is not None:
+        if type(alt_aliases) is not list or not all(type(a) is str for a in alt_aliases):
+            raise _invalid("alt_aliases must be a list of strings")
+        aliases.extend(alt_aliases)
+    return aliases
+
+
+def _bad_alias(message: str) -> MatrixError:
+    return MatrixError(message, errcode="M_BAD_ALIAS", http_status=400)
 
 
 def _unknown_alias(alias: str) -> MatrixError:
