@@ -361,6 +361,25 @@ def test_v21_replays_the_conflicted_subgraph() -> None:
     assert room.create.event_id not in subgraph | difference
 
 
+@pytest.mark.parametrize("level", [101, 9_493_420, 2**53 - 1])
+def test_v12_a_creator_sorts_above_any_listed_level(level: int) -> None:
+    """Alice (the creator) and Bob, however high his listed level, change the
+    join rules at once: power events apply from the most powerful sender
+    down, so the creator's goes first and Bob's is the one that stays."""
+    room = V12Room()
+    join = {"membership": "join"}
+    ma = room.add(ALICE, "m.room.member", ALICE, join, [])
+    power = room.add(ALICE, "m.room.power_levels", "", {"users": {BOB: level}}, [ma])
+    public = room.add(ALICE, "m.room.join_rules", "", {"join_rule": "public"}, [ma, power])
+    mb = room.add(BOB, "m.room.member", BOB, join, [power, public])
+    invite = room.add(ALICE, "m.room.join_rules", "", {"join_rule": "invite"}, [ma, power])
+    knock = room.add(BOB, "m.room.join_rules", "", {"join_rule": "knock"}, [mb, power])
+    base = [room.create, ma, mb, power]
+    resolved = room.resolve([*base, invite], [*base, knock])
+    assert resolved[("m.room.join_rules", "")] == knock.event_id
+    assert room.resolve([*base, knock], [*base, invite]) == resolved
+
+
 def test_v21_starts_from_an_empty_state() -> None:
     # Alice set invite-only, then left. A stale state (from a server that
     # got it wrong) still names the public join rules. From the
