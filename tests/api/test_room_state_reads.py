@@ -337,3 +337,41 @@ async def test_power_levels_are_stored_as_sent_and_emptied_levels_bind_their_set
         errcode="M_FORBIDDEN",
     )
     assert await _get(env, alice, room_id, "state/m.room.power_levels") == {}
+
+
+async def test_a_v12_rooms_create_event_is_its_id_and_names_it_in_every_read(
+    env: SharedRoom,
+) -> None:
+    """The room ID is the create event's ID with ``!`` for ``$``; every read
+    that gives the create event whole gives its ``room_id`` (which the event
+    itself lacks from v12); and no client may send another create event."""
+    client, alice, room_id = env.client, env.alice, env.room_id
+    state = await client.ok(alice, "GET", f"/rooms/{q(room_id)}/state")
+    (create,) = [event for event in state if event["type"] == "m.room.create"]
+    assert room_id == "!" + create["event_id"][1:]
+    assert create["room_id"] == room_id
+    reads = [
+        await client.ok(alice, "GET", f"/rooms/{q(room_id)}/event/{q(create['event_id'])}"),
+        await client.ok(
+            alice, "GET", f"/rooms/{q(room_id)}/state/m.room.create/", params={"format": "event"}
+        ),
+        (await client.ok(alice, "GET", f"/rooms/{q(room_id)}/context/{q(create['event_id'])}"))[
+            "event"
+        ],
+    ]
+    page = await client.ok(
+        alice, "GET", f"/rooms/{q(room_id)}/messages", params={"dir": "b", "limit": "50"}
+    )
+    reads += [event for event in page["chunk"] if event["type"] == "m.room.create"]
+    assert len(reads) == 4
+    for event in reads:
+        assert (event["event_id"], event["room_id"]) == (create["event_id"], room_id)
+
+    status, answer = await client.call(
+        alice, "PUT", f"/rooms/{q(room_id)}/state/m.room.create/", {"room_version": "12", "n": 1}
+    )
+    assert (status, answer["errcode"]) == (403, "M_FORBIDDEN")
+    state_after = await client.ok(alice, "GET", f"/rooms/{q(room_id)}/state")
+    assert [e["event_id"] for e in state_after if e["type"] == "m.room.create"] == [
+        create["event_id"]
+    ]
