@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from _client import Client, q
 from _federation import TwoServers, eventually, two_servers
@@ -148,3 +149,93 @@ async def test_a_knock_another_server_does_not_allow_is_refused(tmp_path: Path) 
             )
             assert held is None
         assert (await _sync(cb, bob))["rooms"]["knock"] == {}
+
+
+async def _knock(client: Client, user: TestUser, room_id: str, via: str, reason: str | None) -> int:
+    body = {} if reason is None else {"reason": reason}
+    status, answer = await client.call(
+        user, "POST", f"/knock/{q(room_id)}", body, params={"server_name": via}
+    )
+    if status == 200:
+        assert answer == {"room_id": room_id}
+        knocked = (await _sync(client, user))["rooms"]["knock"]
+        assert room_id in knocked
+    else:
+        assert answer["errcode"] == "M_FORBIDDEN", answer
+    return status
+
+
+async def _membership_at(client: Client, viewer: TestUser, room_id: str, user_id: str) -> Any:
+    state = await client.state(viewer, room_id)
+    return state.get(("m.room.member", user_id), {}).get("content")
+
+
+@pytest.mark.parametrize(
+    ("version", "rule", "remote"),
+    [("7", "knock", False), ("7", "knock", True), ("10", "knock_restricted", True)],
+)
+async def test_a_knocker_knocks_again_is_turned_away_let_in_and_kept_out(
+    tmp_path: Path, version: str, rule: str, remote: bool
+) -> None:
+    """Alice's invite-only room on A turned to knocking, knocked on by
+    Bob of A or of B. B never hears of a kick or a ban of Bob (he is not
+    in the room), so each later knock must go to A regardless."""
+    async with two_servers(tmp_path) as servers:
+        a, _b, ca, cb, alice, bob = servers
+        if not remote:
+            cb, bob = ca, await a.register_user("bobby")
+        room_id = await ca.create_room(alice, preset="private_chat", room_version=version)
+        via = a.server_name
+        assert await _knock(cb, bob, room_id, via, "anyway?") == 403
+
+        rules = f"/rooms/{q(room_id)}/state/m.room.join_rules/"
+        await ca.ok(alice, "PUT", rules, {"join_rule": rule})
+        status, answer = await cb.call(
+            bob, "POST", f"/join/{q(room_id)}", {}, params={"server_name": via}
+        )
+        assert (status, answer["errcode"]) == (403, "M_FORBIDDEN")
+
+        assert await _knock(cb, bob, room_id, via, "knock knock") == 200
+        assert await _knock(cb, bob, room_id, via, "again") == 200
+        seen = await _membership_at(ca, alice, room_id, bob.user_id)
+        assert seen == {"membership": "knock", "reason": "again"}
+
+        if not remote:
+            before = await _sync(cb, bob)
+            await cb.ok(bob, "POST", f"/rooms/{q(room_id)}/leave", {})
+            after = await _sync(cb, bob, since=before["next_batch"])
+            timeline = after["rooms"]["leave"][room_id]["timeline"]["events"]
+            assert [e["content"]["membership"] for e in timeline if e["sender"] == bob.user_id] == [
+                "leave"
+            ]
+            assert await _knock(cb, bob, room_id, via, "again?") == 200
+
+        kick = {"user_id": bob.user_id, "reason": "no"}
+        await ca.ok(alice, "POST", f"/rooms/{q(room_id)}/kick", kick)
+        assert (await _membership_at(ca, alice, room_id, bob.user_id))["membership"] == "leave"
+        assert await _knock(cb, bob, room_id, via, "please?") == 200
+        await ca.ok(alice, "POST", f"/rooms/{q(room_id)}/kick", kick)
+        assert await _knock(cb, bob, room_id, via, None) == 200
+        assert await _membership_at(ca, alice, room_id, bob.user_id) == {"membership": "knock"}
+
+        # Let in: an invite, after which a knock is refused, and a join.
+        await ca.ok(alice, "POST", f"/rooms/{q(room_id)}/invite", {"user_id": bob.user_id})
+
+        async def invited() -> bool:
+            return room_id in (await _sync(cb, bob))["rooms"]["invite"]
+
+        await eventually(invited, "the invite at Bob's server")
+        assert await _knock(cb, bob, room_id, via, "hello?") == 403
+        await cb.ok(bob, "POST", f"/join/{q(room_id)}", {}, params={"server_name": via})
+        assert await _knock(cb, bob, room_id, via, "hello?") == 403
+
+        since = (await _sync(cb, bob))["next_batch"]
+        ban = {"user_id": bob.user_id, "reason": "gone"}
+        await ca.ok(alice, "POST", f"/rooms/{q(room_id)}/ban", ban)
+
+        async def banned_at_b() -> bool:
+            return room_id in (await _sync(cb, bob, since=since))["rooms"]["leave"]
+
+        await eventually(banned_at_b, "the ban at Bob's server")
+        assert await _knock(cb, bob, room_id, via, "sorry") == 403
+        assert (await _membership_at(ca, alice, room_id, bob.user_id))["membership"] == "ban"

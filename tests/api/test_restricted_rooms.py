@@ -194,20 +194,24 @@ async def _servers(
     return servers
 
 
-async def test_a_remote_user_joins_a_restricted_room_by_its_allowed_room(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("version", "rule"), [("8", "restricted"), ("10", "knock_restricted")])
+async def test_a_remote_user_joins_a_restricted_room_by_its_allowed_room(
+    tmp_path: Path, version: str, rule: str
+) -> None:
     async with AsyncExitStack() as stack:
         (a, ca), (b, cb) = await _servers(stack, tmp_path, 2)
         alice, bob = await a.register_user("alice"), await b.register_user("bob")
-        allowed, room = await _restricted_pair(ca, alice, "8")
-        await _check_restricted_room(ca, alice, cb, bob, allowed, room, "restricted")
+        allowed, room = await _restricted_pair(ca, alice, version, rule)
+        await _check_restricted_room(ca, alice, cb, bob, allowed, room, rule)
 
 
 async def _power(client: Client, user: TestUser, room_id: str, content: dict[str, Any]) -> None:
     await _send_state(client, user, room_id, "m.room.power_levels", content)
 
 
+@pytest.mark.parametrize(("version", "rule"), [("8", "restricted"), ("10", "knock_restricted")])
 async def test_a_join_no_one_here_may_vouch_for_goes_through_a_server_that_can(
-    tmp_path: Path,
+    tmp_path: Path, version: str, rule: str
 ) -> None:
     """Charlie's room on B; Alice of A joined it without the power to
     invite, so Bob of A, joining through A, is vouched for by B; once B
@@ -216,7 +220,7 @@ async def test_a_join_no_one_here_may_vouch_for_goes_through_a_server_that_can(
         (a, ca), (b, cb) = await _servers(stack, tmp_path, 2)
         charlie = await b.register_user("charlie")
         alice, bob = await a.register_user("alice"), await a.register_user("bob")
-        allowed, room = await _restricted_pair(cb, charlie, "8")
+        allowed, room = await _restricted_pair(cb, charlie, version, rule)
         await cb.ok(charlie, "POST", f"/rooms/{q(room)}/invite", {"user_id": alice.user_id})
         await eventually(lambda: _invited(ca, alice, room), "Alice's invite")
         await _joined(ca, alice, room, b.server_name)
@@ -242,9 +246,11 @@ async def test_a_join_no_one_here_may_vouch_for_goes_through_a_server_that_can(
         assert rejoin["content"][_VOUCHER] in (alice.user_id, bob.user_id)
 
 
-@pytest.mark.parametrize("version", ["8", "12"])
+@pytest.mark.parametrize(
+    ("version", "rule"), [("8", "restricted"), ("12", "restricted"), ("10", "knock_restricted")]
+)
 async def test_a_server_unable_to_vouch_is_passed_over_for_one_that_can(
-    tmp_path: Path, version: str
+    tmp_path: Path, version: str, rule: str
 ) -> None:
     """Alice's room on A, Bob of B in it without the power to invite:
     Charlie of C, in the allowed room, is let in through B then A,
@@ -258,7 +264,7 @@ async def test_a_server_unable_to_vouch_is_passed_over_for_one_that_can(
         (a, ca), (b, cb), (c, cc) = await _servers(stack, tmp_path, 3)
         alice, bob = await a.register_user("alice"), await b.register_user("bob")
         charlie = await c.register_user("charlie")
-        allowed, room = await _restricted_pair(ca, alice, version)
+        allowed, room = await _restricted_pair(ca, alice, version, rule)
         creators = {} if version == "12" else {alice.user_id: 100}
         await _power(ca, alice, room, {"invite": 100, "users": creators})
         await _joined(cb, bob, allowed, a.server_name)
@@ -284,15 +290,16 @@ async def test_a_server_unable_to_vouch_is_passed_over_for_one_that_can(
         await through_b_then_a()
 
 
+@pytest.mark.parametrize("rule", ["restricted", "knock_restricted"])
 @pytest.mark.parametrize("version", ["11", "12"])
 async def test_a_local_member_able_to_invite_vouches_though_no_creator_is_here(
-    tmp_path: Path, version: str
+    tmp_path: Path, version: str, rule: str
 ) -> None:
     async with AsyncExitStack() as stack:
         (a, ca), (b, cb) = await _servers(stack, tmp_path, 2)
         alice = await a.register_user("alice")
         bob, charlie = await b.register_user("bob"), await b.register_user("charlie")
-        allowed, room = await _restricted_pair(ca, alice, version)
+        allowed, room = await _restricted_pair(ca, alice, version, rule)
         await _joined(cb, bob, allowed, a.server_name)
         await _joined(cb, bob, room, a.server_name)
         join = await _membership_seen(cb, bob, room, bob.user_id, "join")

@@ -155,3 +155,18 @@ async def test_create_room_with_public_visibility_lists_the_room(env: Env) -> No
     listed = await c.ok(alice, "GET", "/publicRooms")
     assert [room["room_id"] for room in listed["chunk"]] == [public]
     assert listed["chunk"][0]["name"] == "Lobby"
+
+
+@pytest.mark.parametrize(("version", "rule"), [("7", "knock"), ("10", "knock_restricted")])
+async def test_a_knock_room_is_listed_with_its_join_rule(env: Env, version: str, rule: str) -> None:
+    c, alice = env.client, env.alice
+    room_id = await c.create_room(alice, preset="private_chat", room_version=version)
+    await c.ok(alice, "PUT", f"/rooms/{q(room_id)}/state/m.room.join_rules/", {"join_rule": rule})
+    public = await c.create_room(alice, preset="public_chat", room_version=version)
+    for listed in (room_id, public):
+        await c.ok(alice, "PUT", _visibility(listed), {"visibility": "public"})
+    chunk = (await c.ok(None, "GET", "/publicRooms"))["chunk"]
+    assert {entry["room_id"]: entry["join_rule"] for entry in chunk} == {
+        room_id: rule,
+        public: "public",
+    }

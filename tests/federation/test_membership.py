@@ -487,18 +487,20 @@ async def test_send_leave_takes_nothing_but_a_leave(world: World) -> None:
     assert [e.event_id for e, _ in world.heard.events] == [join.event_id]
 
 
-@pytest.mark.parametrize("membership", ["join", "leave"])
+@pytest.mark.parametrize("membership", ["join", "leave", "knock"])
 async def test_send_join_and_send_leave_refuse_every_other_kind_of_event(
     world: World, membership: str
 ) -> None:
-    """Whatever else a server puts through send_join or send_leave, signed
-    and built on a real template, is refused with 400 and not written: a
-    message, a member event without a state key, the other memberships, and
-    the right membership for someone other than its sender."""
+    """Whatever else a server puts through send_join, send_leave or
+    send_knock, signed and built on a real template, is refused with 400
+    and not written: a message, a member event without a state key, the
+    other memberships, and the right membership for someone other than its
+    sender. The room is public, so a knock's template is a join's."""
     room = world.room
     join, _ = await world.join(room, CAROL)
-    answer = await world.make(membership, room.room_id, CAROL, ver=["12"])
-    template = answer["event"]
+    made = "join" if membership == "knock" else membership
+    answer = await world.make(made, room.room_id, CAROL, ver=["12"])
+    template = answer["event"] | {"content": {"membership": membership}}
     message = {k: v for k, v in template.items() if k != "state_key"}
     wrong = {
         "a message": message | {"type": "m.room.message", "content": {"body": "bzz"}},
