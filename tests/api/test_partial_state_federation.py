@@ -773,3 +773,57 @@ async def test_key_changes_of_a_partial_joiner_reach_every_server_of_the_room(
             await _changed_for(client, user, tokens[user.user_id], bob.user_id)
         found = await cc.ok(carol, "POST", "/keys/query", {"device_keys": {bob.user_id: []}})
         assert set(found["device_keys"][bob.user_id]) == {bob.device_id, second.device_id}
+
+
+# --- Presence of members unseen during a resync ------------------------------------
+
+
+def _presence_of(answer: dict[str, Any], user: TestUser) -> list[str]:
+    return [
+        event["content"]["presence"]
+        for event in answer.get("presence", {}).get("events", [])
+        if event["sender"] == user.user_id
+    ]
+
+
+async def test_presence_of_a_member_unseen_during_a_resync_reaches_a_lazy_syncer_after_it(
+    tmp_path: Path,
+) -> None:
+    async with _partially_joined(tmp_path) as partial:
+        _, _, ca, cb, _, bob = partial.servers
+        member = partial.members[0]
+        start = await cb.ok(bob, "GET", "/sync", params={"filter": _LAZY, "timeout": "0"})
+        await ca.ok(
+            member,
+            "PUT",
+            f"/presence/{q(member.user_id)}/status",
+            {"presence": "online", "status_msg": "during the resync"},
+        )
+
+        async def heard_at_b() -> bool:
+            status, content = await cb.call(bob, "GET", f"/presence/{q(member.user_id)}/status")
+            return status == 200 and content.get("status_msg") == "during the resync"
+
+        # B takes the EDU, but cannot yet tell that Bob shares a room with
+        # its user: whether Bob may see it waits for the resync.
+        with trio.move_on_after(2):
+            await eventually(heard_at_b, "member0's presence at B")
+        during = await cb.ok(
+            bob,
+            "GET",
+            "/sync",
+            params={"filter": _LAZY, "timeout": "0", "since": start["next_batch"]},
+        )
+        assert await partial.still_partial()
+        await _finish_resync(partial)
+        # Bob synced past the change while it was hidden from him; once
+        # the resync shows them in a room together, he hears of it.
+        found: list[str] = []
+        since = during["next_batch"]
+        with trio.fail_after(20):
+            while not found:
+                params = {"filter": _LAZY, "timeout": "1000", "since": since}
+                answer = await cb.ok(bob, "GET", "/sync", params=params)
+                found = _presence_of(answer, member) + _presence_of(during, member)
+                since = answer["next_batch"]
+        assert found[-1] == "online"

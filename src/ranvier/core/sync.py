@@ -160,6 +160,10 @@ class SyncStore(MessagesStore, Protocol):
         """The rooms the user forgot since last in them (``/forget``)."""
         ...
 
+    async def joined_members(self, room_ids: Collection[str]) -> set[str]:
+        """The users joined to any of ``room_ids`` now."""
+        ...
+
 
 class PresenceSource(Protocol):
     """Users' presence (:class:`ranvier.core.presence.Presence`)."""
@@ -603,24 +607,27 @@ class SyncHandler:
         if self._notifications is not None and join:
             await self._add_notification_counts(requester.user_id, join, now.events, filter)
         rooms = frozenset(room_id for room_id, *_ in memberships)
+        newly_full = un_partialled.intersection(
+            room_id for room_id, membership, *_ in memberships if membership == "join"
+        )
         end_to_end = E2eSync([], now.to_device, [], [], {}, [])
         if self._end_to_end is not None:
             end_to_end = await self._end_to_end.for_sync(
-                requester.user_id,
-                requester.device_id,
-                rooms,
-                since,
-                now,
-                newly_full=un_partialled.intersection(
-                    room_id for room_id, membership, *_ in memberships if membership == "join"
-                ),
+                requester.user_id, requester.device_id, rooms, since, now, newly_full=newly_full
             )
             # A page short of the stream's end: the next sync goes on from it.
             now = now._replace(to_device=end_to_end.to_device_reached)
+        met = _joiners(join)
+        if newly_full and self._presence is not None:
+            # Until a room's partial state is cleared, its members unknown
+            # here share no room with the user, so their presence was kept
+            # from the syncs before; a lazy-loading sync does not carry
+            # their joins now either. They are met now.
+            met |= await self._store.joined_members(newly_full)
         response = {
             "next_batch": format_sync_token(now),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
-            "presence": {"events": await self._presence_events(request, _joiners(join))},
+            "presence": {"events": await self._presence_events(request, met)},
             "account_data": {"events": account_data.global_events},
             "to_device": {"events": end_to_end.to_device},
             "device_lists": {"changed": end_to_end.changed, "left": end_to_end.left},

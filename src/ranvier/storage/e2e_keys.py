@@ -362,7 +362,7 @@ class E2eKeyStorage:
     async def joined_members(self, room_ids: Collection[str]) -> set[str]:
         """The users joined to any of ``room_ids`` now."""
         rooms = sorted(set(room_ids))
-        return await self._readers.read(functools.partial(_joined_members, room_ids=rooms))
+        return await self._readers.read(functools.partial(joined_members_now, room_ids=rooms))
 
 
 def _changed(conn: sqlite3.Connection, user_id: str) -> int:
@@ -872,7 +872,8 @@ def _membership_changes(
     return [(room_id, user_id, membership) for _, room_id, user_id, membership in found]
 
 
-def _joined_members(conn: sqlite3.Connection, *, room_ids: list[str]) -> set[str]:
+def joined_members_now(conn: sqlite3.Connection, *, room_ids: list[str]) -> set[str]:
+    """The users joined to any of ``room_ids`` in their current state."""
     found: set[str] = set()
     for chunk in _chunks(room_ids):
         marks = ", ".join("?" * len(chunk))

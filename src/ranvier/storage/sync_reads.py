@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from .e2e_keys import joined_members_now
 from .forgotten_rooms import forgotten_rooms, is_forgotten
 from .id_floors import events_top, un_partial_top
 from .ignored_users import read_ignored_users
@@ -490,6 +491,10 @@ class SyncReads:
         return await self._readers.read(
             functools.partial(auth_memberships, event_ids=ids, users=wanted)
         )
+
+    async def joined_members(self, room_ids: Collection[str]) -> set[str]:
+        rooms = sorted(set(room_ids))
+        return await self._readers.read(functools.partial(joined_members_now, room_ids=rooms))
 
     async def current_membership(self, room_id: str, user_id: str) -> tuple[str, int] | None:
         return await self._readers.read(
