@@ -631,6 +631,84 @@ async def test_each_timeline_event_carries_the_readers_membership_at_it(env: _En
     ]
 
 
+async def test_the_readers_membership_is_on_every_endpoint_serving_timeline_events(
+    env: _Env,
+) -> None:
+    room_id = await env.hs.create_room(ALICE, preset="public_chat")
+    before = await env.hs.send_event(
+        ALICE, room_id, "m.room.message", {"msgtype": "m.text", "body": "needle before bob"}
+    )
+    await env.hs.invite(ALICE, room_id, BOB)
+    await env.hs.join_room(BOB, room_id)
+    after = await env.hs.send_event(
+        ALICE,
+        room_id,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "needle after bob",
+            "m.relates_to": {"rel_type": "m.thread", "event_id": before},
+        },
+    )
+    rooms = f"/_matrix/client/v3/rooms/{room_id}"
+
+    # One event: Bob had no membership before his invite, and was joined after.
+    for event_id, expected in ((before, "leave"), (after, "join")):
+        single = (await env.get(BOB, f"{rooms}/event/{event_id}")).json()
+        assert single["unsigned"]["membership"] == expected
+    # Alice's own join is her membership at it, not the absence before it.
+    create_and_join = (await env.get(ALICE, f"{rooms}/messages", dir="f", limit=2)).json()
+    (alice_join,) = [e for e in create_and_join["chunk"] if e.get("state_key") == ALICE]
+    own = (await env.get(ALICE, f"{rooms}/event/{alice_join['event_id']}")).json()
+    assert own["unsigned"]["membership"] == "join"
+
+    # /context: the event and those around it.
+    context = (await env.get(BOB, f"{rooms}/context/{before}", limit=10)).json()
+    assert context["event"]["unsigned"]["membership"] == "leave"
+    around = {
+        e["event_id"]: e["unsigned"]["membership"]
+        for e in (*context["events_before"], *context["events_after"])
+    }
+    assert around[after] == "join"
+    assert {e["type"] for e in context["events_after"] if around[e["event_id"]] == "invite"} == {
+        "m.room.member"
+    }
+
+    # The thread's events (/relations) and its root (/threads).
+    relations = (
+        await env.get(BOB, f"/_matrix/client/v1/rooms/{room_id}/relations/{before}")
+    ).json()
+    assert [(e["event_id"], e["unsigned"]["membership"]) for e in relations["chunk"]] == [
+        (after, "join")
+    ]
+    threads = (await env.get(BOB, f"/_matrix/client/v1/rooms/{room_id}/threads")).json()
+    assert [(e["event_id"], e["unsigned"]["membership"]) for e in threads["chunk"]] == [
+        (before, "leave")
+    ]
+
+    # /search: the results and their context.
+    found = await env.http.post(
+        "/_matrix/client/v3/search",
+        json={
+            "search_categories": {
+                "room_events": {
+                    "search_term": "needle",
+                    "order_by": "recent",
+                    "event_context": {"before_limit": 1, "after_limit": 1},
+                }
+            }
+        },
+        headers={"Authorization": f"Bearer {env.tokens[BOB]}"},
+    )
+    results = found.json()["search_categories"]["room_events"]["results"]
+    assert [(r["result"]["event_id"], r["result"]["unsigned"]["membership"]) for r in results] == [
+        (after, "join"),
+        (before, "leave"),
+    ]
+    newest_context = results[0]["context"]["events_before"]
+    assert [e["unsigned"]["membership"] for e in newest_context] == ["join"]
+
+
 async def test_messages_between_sync_tokens_lazy_load_only_their_senders(env: _Env) -> None:
     room_id = await env.hs.create_room(ALICE, preset="public_chat")
     await env.hs.join_room(BOB, room_id)

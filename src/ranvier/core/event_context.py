@@ -37,7 +37,7 @@ from .pagination import (
     format_pagination_token,
     readable_upto,
     sent_client_events,
-    visible_to,
+    visible_with_memberships,
 )
 
 __all__ = [
@@ -85,6 +85,9 @@ class ReadableEvent:
     #: From here on events need no visibility check.
     checked_before: int
     joined_now: bool
+    #: The user's membership at the event, for ``unsigned.membership``;
+    #: None for an event without state here.
+    membership: str | None = None
 
 
 async def readable_event(
@@ -97,23 +100,28 @@ async def readable_event(
     """
     visible, checked_before, joined_now = await readable_upto(store, user_id, room_id)
     event = (await store.get_events([event_id])).get(event_id)
+    shown: list[StoredEvent] = []
+    memberships: dict[str, str] = {}
     if (
-        event is None
-        or event.room_id != room_id
-        or event.outlier
-        or event.rejected_reason is not None
-        or event.soft_failed
-        or event.stream_ordering > visible
-        or not await visible_to(
+        event is not None
+        and event.room_id == room_id
+        and not event.outlier
+        and event.rejected_reason is None
+        and not event.soft_failed
+        and event.stream_ordering <= visible
+    ):
+        shown, memberships = await visible_with_memberships(
             store, user_id, [event], joined_now=joined_now, checked_before=checked_before
         )
-    ):
+    if event is None or not shown:
         raise MatrixError(
             f"event {event_id} is not known in {room_id}, or not visible",
             errcode="M_NOT_FOUND",
             http_status=404,
         )
-    return ReadableEvent(event, visible, checked_before, joined_now)
+    return ReadableEvent(
+        event, visible, checked_before, joined_now, memberships.get(event.event_id)
+    )
 
 
 class ReadingLimits(Protocol):
@@ -140,6 +148,8 @@ class Surroundings:
     #: visibility then hid of what they read.
     start: int
     end: int
+    #: The user's membership at each event shown, by event ID.
+    memberships: dict[str, str]
 
 
 async def surrounding_events(
@@ -175,9 +185,10 @@ async def surrounding_events(
     start = (before[-1].stream_ordering if before else event.stream_ordering) - 1
     end = after[-1].stream_ordering if after else event.stream_ordering
     ignored = await store.ignored_users(user_id)
-    before = await visible_within(store, user_id, before, limits, ignored=ignored)
-    after = await visible_within(store, user_id, after, limits, ignored=ignored)
-    return Surroundings(before, after, start, end)
+    before, memberships = await visible_within(store, user_id, before, limits, ignored=ignored)
+    after, after_memberships = await visible_within(store, user_id, after, limits, ignored=ignored)
+    memberships.update(after_memberships)
+    return Surroundings(before, after, start, end, memberships)
 
 
 async def visible_within(
@@ -187,11 +198,12 @@ async def visible_within(
     limits: ReadingLimits,
     *,
     ignored: Collection[str] | None = None,
-) -> list[StoredEvent]:
-    """Those of ``events`` the history visibility lets ``user_id`` see
-    (:func:`visible_to`, which ``ignored`` is handed to).
+) -> tuple[list[StoredEvent], dict[str, str]]:
+    """Those of ``events`` the history visibility lets ``user_id`` see,
+    and the user's membership at each (:func:`visible_with_memberships`,
+    which ``ignored`` is handed to).
     """
-    return await visible_to(
+    return await visible_with_memberships(
         store,
         user_id,
         events,
@@ -238,7 +250,12 @@ class EventContexts:
         )
         before, after, start, end = around.before, around.after, around.start, around.end
         returned = [*reversed(before), event, *after]
-        formatted = await sent_client_events(self._store, requester, [*before, event, *after])
+        memberships = dict(around.memberships)
+        if found.membership is not None:
+            memberships[event.event_id] = found.membership
+        formatted = await sent_client_events(
+            self._store, requester, [*before, event, *after], memberships
+        )
         events_before = formatted[: len(before)]
         shown = formatted[len(before)]
         events_after = formatted[len(before) + 1 :]

@@ -27,7 +27,7 @@ Every event served here carries its bundled aggregations
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal, Protocol
 
 from ranvier.errors import MatrixError
@@ -44,7 +44,7 @@ from .pagination import (
     parse_pagination_token,
     readable_upto,
     sent_client_events,
-    visible_to,
+    visible_with_memberships,
 )
 
 __all__ = ["RECURSION_DEPTH", "RelationStore", "Relations"]
@@ -148,7 +148,7 @@ class Relations:
         if events and more:
             last = events[-1].stream_ordering
             next_position = last - 1 if direction == "b" else last
-        events = await visible_to(
+        events, memberships = await visible_with_memberships(
             self._store,
             requester.user_id,
             events,
@@ -156,7 +156,9 @@ class Relations:
             checked_before=found.checked_before,
         )
         answer: dict[str, Any] = {
-            "chunk": await self.formatted(requester, room_id, events, upto=found.visible)
+            "chunk": await self.formatted(
+                requester, room_id, events, upto=found.visible, memberships=memberships
+            )
         }
         if next_position is not None:
             answer["next_batch"] = format_pagination_token(next_position)
@@ -187,7 +189,7 @@ class Relations:
             upto=visible,
             limit=count,
         )
-        shown = await visible_to(
+        shown, memberships = await visible_with_memberships(
             self._store,
             user_id,
             [root for root, _ in roots],
@@ -195,7 +197,9 @@ class Relations:
             checked_before=checked_before,
         )
         answer: dict[str, Any] = {
-            "chunk": await self.formatted(requester, room_id, shown, upto=visible)
+            "chunk": await self.formatted(
+                requester, room_id, shown, upto=visible, memberships=memberships
+            )
         }
         if roots and more:
             answer["next_batch"] = format_pagination_token(roots[-1][1])
@@ -208,11 +212,13 @@ class Relations:
         events: Sequence[StoredEvent],
         *,
         upto: int,
+        memberships: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
         """``events`` in the client format, each with the transaction ID the
-        requester's device sent it under and its bundled aggregations as
-        ``requester`` may see them (up to ``upto``).
+        requester's device sent it under, the requester's membership at it
+        from ``memberships``, and its bundled aggregations as ``requester``
+        may see them (up to ``upto``).
         """
-        formatted = await sent_client_events(self._store, requester, events)
+        formatted = await sent_client_events(self._store, requester, events, memberships)
         await self._aggregations.add_bundles(requester.user_id, room_id, formatted, upto=upto)
         return formatted

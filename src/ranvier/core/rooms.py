@@ -276,15 +276,18 @@ class RoomReader:
             # room the user was never in looks no different from a made-up ID.
             raise _not_found(f"event {event_id} is not known in {room_id}, or not visible")
         event = (await self._events([event_id])).get(event_id)
+        then = None
         if (
-            event is None
-            or event.room_id != room_id
-            or event.outlier
-            or event.rejected_reason is not None
-            or not await self._can_see(user_id, event, joined_now=membership == "join")
+            event is not None
+            and event.room_id == room_id
+            and not event.outlier
+            and event.rejected_reason is None
         ):
+            then = await self._membership_if_seen(user_id, event, joined_now=membership == "join")
+        if event is None or then is None:
             raise _not_found(f"event {event_id} is not known in {room_id}, or not visible")
         unsigned = await self._replaced(event)
+        unsigned["membership"] = then
         if device_id is not None and self._transactions is not None:
             found = await device_transaction_ids(self._transactions, user_id, device_id, [event])
             if event_id in found:
@@ -311,12 +314,19 @@ class RoomReader:
             return {}
         return {"prev_content": event_content(replaced), "replaces_state": replaced.event_id}
 
-    async def _can_see(self, user_id: str, event: StoredEvent, *, joined_now: bool) -> bool:
+    async def _membership_if_seen(
+        self, user_id: str, event: StoredEvent, *, joined_now: bool
+    ) -> str | None:
+        """The user's membership at ``event`` (``unsigned.membership``:
+        the state before it, changed by the event when it is their own
+        membership, ``leave`` where they had none) when the history
+        visibility lets them see it; None when it does not.
+        """
         if event.type == _MEMBER and event.state_key == user_id:
-            return True
+            return _membership_of(event) or "leave"
         groups = await self._store.get_event_state_groups(event.event_id)
         if groups is None:
-            return False
+            return None
         member_key = (_MEMBER, user_id)
         state = await self._store.get_state_ids_for_keys(
             groups.before, [_HISTORY_VISIBILITY, member_key]
@@ -329,13 +339,13 @@ class RoomReader:
                 visibility = value
         member = events.get(state.get(member_key, ""))
         then = None if member is None else _membership_of(member)
-        if visibility == "world_readable" or then == "join":
-            return True
-        if visibility == "shared":
-            return joined_now
-        if visibility == "invited":
-            return then == "invite"
-        return False
+        seen = (
+            visibility == "world_readable"
+            or then == "join"
+            or (visibility == "shared" and joined_now)
+            or (visibility == "invited" and then == "invite")
+        )
+        return (then or "leave") if seen else None
 
     # --- Members ------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
@@ -197,6 +197,7 @@ class Search:
         accept = None if event_filter is None else event_filter.predicate()
         readable: dict[str, _Readable | None] = {}
         found: list[SearchHit] = []
+        memberships: dict[str, str] = {}
         count: int | None = None
         more = False
         while True:
@@ -212,7 +213,7 @@ class Search:
             )
             if count is None:
                 count = page.count
-            shown = await self._shown(user_id, page.hits, accept, readable)
+            shown = await self._shown(user_id, page.hits, accept, readable, memberships)
             for index, hit in enumerate(page.hits):
                 below, offset = hit.event.stream_ordering, offset + 1
                 if hit.event.event_id in shown:
@@ -225,7 +226,7 @@ class Search:
                     continue
             break
         answer: dict[str, Any] = {
-            "results": await self._results(requester, found, criteria, readable),
+            "results": await self._results(requester, found, criteria, readable, memberships),
             "count": count or 0,
             "highlights": _highlights(words, found),
         }
@@ -277,9 +278,11 @@ class Search:
         hits: Sequence[SearchHit],
         accept: Any,
         readable: dict[str, _Readable | None],
+        memberships: dict[str, str],
     ) -> set[str]:
         """The IDs of the events of ``hits`` the filter lets through and
-        the user may see.
+        the user may see; the user's membership at each goes into
+        ``memberships``.
         """
         by_room: dict[str, list[StoredEvent]] = {}
         for hit in hits:
@@ -294,8 +297,11 @@ class Search:
             if room is None:
                 continue
             candidates = [event for event in events if event.stream_ordering <= room.visible]
-            visible = await visible_within(self._store, user_id, candidates, room, ignored=ignored)
+            visible, at = await visible_within(
+                self._store, user_id, candidates, room, ignored=ignored
+            )
             shown.update(event.event_id for event in visible)
+            memberships.update(at)
         return shown
 
     async def _results(
@@ -304,9 +310,10 @@ class Search:
         found: Sequence[SearchHit],
         criteria: RoomEventsSearch,
         readable: dict[str, _Readable | None],
+        memberships: Mapping[str, str],
     ) -> list[dict[str, Any]]:
         events = [hit.event for hit in found]
-        formatted = await self._formatted(requester, events)
+        formatted = await self._formatted(requester, events, memberships)
         if self._bundler is not None:
             by_room: dict[str, list[dict[str, Any]]] = {}
             for event in formatted:
@@ -330,10 +337,10 @@ class Search:
         return results
 
     async def _formatted(
-        self, requester: Requester, events: Sequence[StoredEvent]
+        self, requester: Requester, events: Sequence[StoredEvent], memberships: Mapping[str, str]
     ) -> list[dict[str, Any]]:
         """``events`` as ``/messages`` serves them."""
-        return await sent_client_events(self._store, requester, events)
+        return await sent_client_events(self._store, requester, events, memberships)
 
     async def _context(
         self,
@@ -359,8 +366,8 @@ class Search:
         context: dict[str, Any] = {
             "start": format_pagination_token(around.start),
             "end": format_pagination_token(around.end),
-            "events_before": await self._formatted(requester, around.before),
-            "events_after": await self._formatted(requester, around.after),
+            "events_before": await self._formatted(requester, around.before, around.memberships),
+            "events_after": await self._formatted(requester, around.after, around.memberships),
         }
         if wanted.include_profile:
             context["profile_info"] = await self._profiles(
