@@ -114,6 +114,42 @@ async def test_the_upgrader_and_local_joiners_take_their_rules_and_tags_along(
     assert await _tags(c, carol, new) == {"u.mine": {"order": 0.9}}
 
 
+async def test_a_room_replaced_by_hand_takes_its_creators_settings_along(
+    env: SharedRoom,
+) -> None:
+    c, alice, bob = env.client, env.alice, env.bob
+    old = await c.create_room(alice, preset="public_chat", room_version="10")
+    await c.ok(bob, "POST", f"/join/{q(old)}", {})
+    for user in (alice, bob):
+        await _set_room_rule(c, user, old, ["dont_notify"])
+    await _tag(c, alice, old, "m.favourite", 0.75)
+    since = (await env.sync(alice))["next_batch"]
+
+    # The replacement made with createRoom and a tombstone, not /upgrade.
+    new = await c.create_room(
+        alice,
+        preset="public_chat",
+        room_version="11",
+        creation_content={"predecessor": {"room_id": old}},
+    )
+    await c.ok(
+        alice,
+        "PUT",
+        f"/rooms/{q(old)}/state/m.room.tombstone/",
+        {"body": "Moved", "replacement_room": new},
+    )
+
+    rule = await _room_rule(c, alice, new)
+    assert rule is not None
+    assert rule["actions"] == ["dont_notify"]
+    assert await _tags(c, alice, new) == {"m.favourite": {"order": 0.75}}
+    assert {old, new} <= _rule_ids(await env.sync(alice, since=since))
+    await c.ok(bob, "POST", f"/join/{q(new)}", {})
+    rule = await _room_rule(c, bob, new)
+    assert rule is not None
+    assert rule["actions"] == ["dont_notify"]
+
+
 async def test_a_room_with_no_predecessor_copies_nothing(env: SharedRoom) -> None:
     c, alice, bob = env.client, env.alice, env.bob
     await _set_room_rule(c, bob, env.room_id, ["dont_notify"])

@@ -210,6 +210,8 @@ class _Rooms:
         )
         if invite and requester.shadow_banned:
             await self._shadow_bans.pause()
+        if creation_content is not None and "predecessor" in creation_content:
+            await self._joins.joined_at_creation(requester.user_id, room_id)
         await self._directory.publish_created_room(room_id, visibility)
         if alias is not None:
             try:

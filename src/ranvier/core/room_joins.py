@@ -113,6 +113,15 @@ class RoomJoins:
             await self._on_joined(user_id, joined.room_id)
         return joined
 
+    async def joined_at_creation(self, user_id: str, room_id: str) -> None:
+        """``user_id`` created ``room_id`` here, which joined them to it:
+        handed to ``on_joined`` as any other join, so that a room made to
+        replace another by hand (its ``predecessor`` given in the creation
+        content) gets its creator's settings of the old room too.
+        """
+        if self._on_joined is not None:
+            await self._on_joined(user_id, room_id)
+
     async def _join(
         self,
         user_id: str,
