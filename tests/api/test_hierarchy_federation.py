@@ -129,3 +129,40 @@ async def test_the_federation_endpoint_shows_what_the_asking_server_may_see(
         with pytest.raises(FederationRequestError) as caught:
             await _served(servers, space, suggested_only="maybe")
         assert (caught.value.status, caught.value.errcode) == (400, "M_INVALID_PARAM")
+
+
+async def test_a_restricted_room_on_another_server_shows_once_that_server_can_judge(
+    tmp_path: Path,
+) -> None:
+    """A's space links Charlie's room on B, restricted to the space. B is
+    not in the space, so cannot tell that A's users are: the room is not
+    shown. Once Charlie joins the space, Alice (in it) sees the room and
+    Bob of A (not in it) still does not."""
+    async with two_servers(tmp_path) as servers:
+        a, b, ca, cb, alice, charlie = servers
+        bob = await a.register_user("bob")
+        readable = {
+            "type": "m.room.history_visibility",
+            "state_key": "",
+            "content": {"history_visibility": "world_readable"},
+        }
+        space = await ca.create_room(alice, name="Space", initial_state=[readable], **SPACE)
+        allow = [{"type": "m.room_membership", "room_id": space, "via": [a.server_name]}]
+        rules = {
+            "type": "m.room.join_rules",
+            "state_key": "",
+            "content": {"join_rule": "restricted", "allow": allow},
+        }
+        room = await cb.create_room(
+            charlie, name="Room", preset="public_chat", room_version="8", initial_state=[rules]
+        )
+        await link(ca, alice, space, room, b.server_name)
+
+        async def walked(user: TestUser) -> list[str]:
+            return [entry["room_id"] for entry in (await hierarchy(ca, user, space))["rooms"]]
+
+        assert await walked(alice) == [space]
+        assert await walked(bob) == [space]
+        await cb.ok(charlie, "POST", f"/join/{q(space)}", {}, params={"server_name": a.server_name})
+        assert await walked(alice) == [space, room]
+        assert await walked(bob) == [space]

@@ -9,10 +9,13 @@ import itertools
 from ranvier.core.creation import EventCreator
 from ranvier.protocol.signing import generate_signing_key
 from ranvier.storage import Storage
+from ranvier.testing import RoomBuilder, ingest
 
 ALICE = "@alice:example.org"
 BOB = "@bob:example.org"
 CAROL = "@carol:example.org"
+BOB_B = "@bob:b.test"
+ZED = "@zed:c.test"
 
 
 def _creator(storage: Storage) -> EventCreator:
@@ -78,3 +81,35 @@ async def test_which_rooms_a_user_or_a_server_is_joined_to(storage: Storage) -> 
     for other in ("example", "org", "ample.org", "xexample.org", "example.or"):
         assert await reads.rooms_joined_by_server(other, rooms) == set(), other
     assert await reads.rooms_joined_by_user(BOB, []) == set()
+
+
+async def test_a_server_the_resident_named_counts_while_the_state_is_partial(
+    storage: Storage,
+) -> None:
+    """A space of c.test joined with partial state, which left out every
+    member but the creator: b.test, named by the resident among the
+    servers in the room, counts as joined until the resync ends."""
+    space = RoomBuilder("10", ZED)
+    space.public_room(BOB_B)
+    state = {key: event_id for key, event_id in space.state.items() if key[1] != BOB_B}
+    join = space.member(ALICE, "join")
+    for event_id in state.values():
+        await ingest(storage, space.events[event_id], outlier=True)
+    servers = {"c.test", "b.test"}
+    await storage.store_partial_join(space.room_id, "10", join.event_id, "c.test", servers)
+    outcome = await ingest(storage, join, state_ids_before=state, partial_state=True)
+    assert outcome.failure is None
+    reads = storage.hierarchy
+    room = (await reads.room_states([space.room_id]))[space.room_id]
+    assert room.joined_servers == frozenset({"c.test", "example.org"})
+    assert room.partial_state_servers == frozenset(servers)
+    assert await reads.rooms_joined_by_server("b.test", [space.room_id]) == {space.room_id}
+    assert await reads.rooms_joined_by_server("d.test", [space.room_id]) == set()
+
+    groups = await storage.get_event_state_groups(join.event_id)
+    assert groups is not None
+    await storage.update_state_for_partial_event(join.event_id, groups.before, groups.after)
+    assert await storage.clear_partial_state(space.room_id)
+    room = (await reads.room_states([space.room_id]))[space.room_id]
+    assert room.partial_state_servers == frozenset()
+    assert await reads.rooms_joined_by_server("b.test", [space.room_id]) == set()

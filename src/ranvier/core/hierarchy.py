@@ -15,7 +15,11 @@ restricted ones whose allow list names a room they are joined to. A room
 they may not see is left out with its subtree; the link to it stays in its
 parent's ``children_state``. Another server may see a room by the same
 rules, with "joined" meaning one of its users is, both for the room itself
-and for the rooms a restricted room allows.
+and for the rooms a restricted room allows. A room this server joined with
+partial state may not yet hold the other servers' members: a server its
+resident named among those in the room counts as joined meanwhile, or a
+space's restricted rooms would stay hidden from the very server the space
+was joined through.
 
 A child room this server is not in is asked of the servers in its link's
 ``via`` (:class:`RemoteHierarchies`); their answer also summarises the
@@ -298,6 +302,8 @@ class RoomHierarchy:
     async def _server_may_see(self, origin: str, room: HierarchyRoomState) -> bool:
         summary = local_summary(room)
         if open_rule(summary, room.room_version) or origin in room.joined_servers:
+            return True
+        if origin in room.partial_state_servers:
             return True
         allowed = allow_list(summary)
         return bool(allowed) and bool(await self._store.rooms_joined_by_server(origin, allowed))

@@ -5,7 +5,11 @@ One read per room answers everything the walk asks of it: the contents of
 the state events a summary shows, its ``m.space.child`` events, how many
 members are joined and from which servers, and one user's membership.
 Which servers have joined members decides whether this server is still in
-the room (and so may answer for it) and whether an asking server is.
+the room (and so may answer for it) and whether an asking server is. In a
+room joined with partial state, whose state may leave out other servers'
+members, an asking server is also counted in when the resident named it
+among the servers in the room (``partial_state_rooms_servers``), until the
+resync brings the members themselves.
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ class HierarchyRoomState:
     joined_members: int
     #: Servers with at least one joined member.
     joined_servers: frozenset[str]
+    #: While the room's state is partial, the servers the resident said
+    #: were in it; empty otherwise.
+    partial_state_servers: frozenset[str]
     #: The asked user's membership, or None.
     membership: str | None
     children: tuple[SpaceChildEvent, ...]
@@ -119,12 +126,16 @@ def _room_state(
         ).fetchone()
         if row is not None and isinstance(row[0], str):
             membership = row[0]
+    partial_servers = conn.execute(
+        "SELECT server_name FROM partial_state_rooms_servers WHERE room_id = ?", (room_id,)
+    ).fetchall()
     return HierarchyRoomState(
         room_id=room_id,
         room_version=room_version,
         state=state,
         joined_members=len(joined),
         joined_servers=frozenset(_server_of(member) for member in joined),
+        partial_state_servers=frozenset(str(server) for (server,) in partial_servers),
         membership=membership,
         children=tuple(children),
     )
@@ -166,6 +177,13 @@ def _joined_rooms_among(
             (*batch, argument),
         ).fetchall()
         joined.update(str(room_id) for (room_id,) in rows)
+        if server is not None:
+            rows = conn.execute(
+                "SELECT room_id FROM partial_state_rooms_servers"
+                f" WHERE room_id IN ({marks}) AND server_name = ?",
+                (*batch, server),
+            ).fetchall()
+            joined.update(str(room_id) for (room_id,) in rows)
     return joined
 
 
@@ -193,7 +211,9 @@ class HierarchyReads:
         )
 
     async def rooms_joined_by_server(self, server: str, room_ids: Collection[str]) -> set[str]:
-        """Those of ``room_ids`` some user of ``server`` is joined to."""
+        """Those of ``room_ids`` some user of ``server`` is joined to, or,
+        in a room whose state is still partial, that its resident named
+        ``server`` among the servers in."""
         return await self._readers.read(
             functools.partial(
                 _joined_rooms_among, room_ids=list(room_ids), user_id=None, server=server
