@@ -157,6 +157,26 @@ async def test_create_room_defaults(env: Env) -> None:
     assert state[("m.room.join_rules", "")]["content"] == {"join_rule": "public"}
 
 
+async def test_create_room_topics_and_the_version_in_creation_content(env: Env) -> None:
+    c, alice = env.client, env.alice
+    given = {"type": "m.room.topic", "content": {"topic": "As given"}}
+    plain = await c.create_room(alice, initial_state=[given])
+    # A topic given as state is kept as it is; the topic field wins over it
+    # and carries its rich form too.
+    assert (await c.state(alice, plain))[("m.room.topic", "")]["content"] == {"topic": "As given"}
+    both = await c.create_room(alice, topic="The topic", initial_state=[given])
+    assert (await c.state(alice, both))[("m.room.topic", "")]["content"] == {
+        "topic": "The topic",
+        "m.topic": {"m.text": [{"mimetype": "text/plain", "body": "The topic"}]},
+    }
+    # creation_content cannot choose the version; its other keys are kept.
+    room_id = await c.create_room(
+        alice, creation_content={"room_version": "test", "test": "azerty"}
+    )
+    create = (await c.state(alice, room_id))[("m.room.create", "")]["content"]
+    assert (create["room_version"], create["test"]) == ("12", "azerty")
+
+
 @pytest.mark.parametrize(
     ("body", "raw", "errcode"),
     [
@@ -171,6 +191,7 @@ async def test_create_room_defaults(env: Env) -> None:
         ({"visibility": "hidden"}, None, "M_INVALID_PARAM"),
         ({"room_version": "99"}, None, "M_UNSUPPORTED_ROOM_VERSION"),
         ({"room_version": "1"}, None, "M_UNSUPPORTED_ROOM_VERSION"),
+        ({"room_version": 10}, None, "M_BAD_JSON"),
         ({"room_alias_name": "bad:alias"}, None, "M_INVALID_PARAM"),
         (
             {"initial_state": [{"type": "m.room.member", "state_key": "", "content": {}}]},

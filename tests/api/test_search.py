@@ -337,6 +337,22 @@ async def test_redacted_messages_are_not_found(env: SharedRoom) -> None:
     assert found["count"] == 1
 
 
+async def test_an_upgraded_room_and_its_predecessor_are_searched_together(
+    env: SharedRoom,
+) -> None:
+    c, alice = env.client, env.alice
+    old = await c.create_room(alice, preset="private_chat", room_version="10")
+    before = await _say(env, alice, "Said before the upgrade", old)
+    answer = await c.ok(alice, "POST", f"/rooms/{q(old)}/upgrade", {"new_version": "11"})
+    new = answer["replacement_room"]
+    after = await _say(env, alice, "Said after the upgrade", new)
+    found = await _search(env, alice, "upgrade", filter={"rooms": [old, new]})
+    assert found["count"] == 2
+    assert sorted(_ids(found)) == sorted([before, after])
+    bodies = {r["result"]["room_id"]: r["result"]["content"]["body"] for r in found["results"]}
+    assert bodies == {old: "Said before the upgrade", new: "Said after the upgrade"}
+
+
 @pytest.mark.parametrize(
     ("term", "only_both"),
     [
