@@ -362,6 +362,32 @@ async def test_a_left_room_comes_to_the_leave_then_no_more(env: SharedRoom) -> N
     assert fresh["lists"]["all"]["count"] == 0
 
 
+async def test_timeline_events_carry_the_readers_membership_at_them(env: SharedRoom) -> None:
+    http, client = env.client.http, env.client
+    await say(env, env.alice, env.room_id, "before carol")
+    await client.ok(
+        env.alice, "POST", f"/rooms/{q(env.room_id)}/invite", {"user_id": env.carol.user_id}
+    )
+    await say(env, env.alice, env.room_id, "while carol is invited")
+    await client.ok(env.carol, "POST", f"/rooms/{q(env.room_id)}/join", {})
+    await say(env, env.alice, env.room_id, "after carol joined")
+    answer = await slide(http, env.carol, {"lists": {"all": all_rooms(timeline_limit=10)}})
+    timeline = answer["rooms"][env.room_id]["timeline"]
+    seen = [
+        (event["content"].get("body", event["type"]), event["unsigned"]["membership"])
+        for event in timeline
+        if event["type"] == "m.room.message" or event.get("state_key") == env.carol.user_id
+    ]
+    # The room is shared history: Carol sees what came before her too.
+    assert seen == [
+        ("before carol", "leave"),
+        ("m.room.member", "invite"),
+        ("while carol is invited", "invite"),
+        ("m.room.member", "join"),
+        ("after carol joined", "join"),
+    ]
+
+
 async def test_a_kick_is_listed(env: SharedRoom) -> None:
     http, client = env.client.http, env.client
     await client.ok(
@@ -506,7 +532,14 @@ async def test_a_new_display_name_is_no_new_room(env: SharedRoom) -> None:
     assert "initial" not in room
     (member,) = room["required_state"]
     assert member["content"]["displayname"] == "Alice"
-    assert room["timeline"] == [member]
+    # The same event, which the timeline sends with Alice's membership at it.
+    (in_timeline,) = room["timeline"]
+    assert in_timeline["unsigned"]["membership"] == "join"
+
+    def without_unsigned(event: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in event.items() if key != "unsigned"}
+
+    assert without_unsigned(in_timeline) == without_unsigned(member)
 
 
 async def test_a_room_made_a_dm_says_so(env: SharedRoom) -> None:

@@ -17,8 +17,9 @@ A room the user has left comes up to the leave; an invited or knocking
 user gets the stripped state ``/sync`` sends
 (:func:`ranvier.core.sync.stripped_room_state`), and so does one who
 declined an invite or withdrew a knock, never having joined. Events pass the one
-visibility filter (:func:`ranvier.core.pagination.visible_to`), which also
-keeps ignored users' events out.
+visibility filter (:func:`ranvier.core.pagination.visible_with_memberships`),
+which also keeps ignored users' events out and gives the user's membership
+at each, for ``unsigned.membership``.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from ranvier.core.accounts import Requester
 from ranvier.core.client_events import client_event, event_content
 from ranvier.core.pagination import (
     format_pagination_token,
+    reader_unsigned,
     senders_memberships,
     transaction_ids,
-    visible_to,
+    visible_with_memberships,
 )
 from ranvier.core.sliding_sync_config import RoomConfig
 from ranvier.core.sync import SyncStore, stripped_room_state
@@ -126,7 +128,7 @@ async def build_room(
     joined = room.membership == "join"
     upto = now if joined else room.membership_at
     after = 0 if room.sent_upto is None else room.sent_upto
-    timeline, limited = await _timeline(
+    timeline, limited, memberships = await _timeline(
         store, user_id, room, 0 if room.expanded else after, upto, ignored
     )
     state, gone, changed = await _required_state(
@@ -139,10 +141,8 @@ async def build_room(
     answer["timeline"] = [
         _room_event(
             event,
-            unsigned=(
-                None
-                if event.event_id not in transactions
-                else {"transaction_id": transactions[event.event_id]}
+            unsigned=reader_unsigned(
+                transactions.get(event.event_id), memberships.get(event.event_id)
             ),
         )
         for event in timeline
@@ -182,15 +182,17 @@ async def _timeline(
     after: int,
     upto: int,
     ignored: frozenset[str],
-) -> tuple[list[StoredEvent], bool]:
+) -> tuple[list[StoredEvent], bool, dict[str, str]]:
+    """The events to send, whether there are older ones left out, and the
+    user's membership at each (``unsigned.membership``)."""
     limit = room.config.timeline_limit
     if limit == 0 or upto <= after:
-        return [], False
+        return [], False, {}
     newest_first, limited = await store.room_events(
         room.room_id, after=after, upto=upto, limit=limit, backwards=True
     )
     joined = room.membership == "join"
-    timeline = await visible_to(
+    timeline, memberships = await visible_with_memberships(
         store,
         user_id,
         newest_first[::-1],
@@ -202,7 +204,7 @@ async def _timeline(
         # History here may start after the room did (joined through
         # another server): only a timeline reaching the create event is all.
         limited = timeline[0].type != "m.room.create"
-    return timeline, limited
+    return timeline, limited, memberships
 
 
 async def _required_state(
