@@ -98,6 +98,8 @@ async def test_a_non_member_previews_a_world_readable_room(env: SharedRoom) -> N
     messages = preview["messages"]
     assert _bodies(messages["chunk"]) == ["two", "three"]
     assert all(event["room_id"] == room_id for event in messages["chunk"])
+    # Carol was never in the room: her membership at each event is none.
+    assert {event["unsigned"]["membership"] for event in messages["chunk"]} == {"leave"}
     # Paging back from the snapshot's start goes on with what came before it.
     older = await env.client.ok(
         env.carol,
@@ -134,6 +136,7 @@ async def test_events_wakes_when_a_message_is_sent(env: SharedRoom) -> None:
     (answer,) = answers
     assert [event["event_id"] for event in answer["chunk"]] == [sent]
     assert _bodies(answer["chunk"]) == ["after"]
+    assert answer["chunk"][0]["unsigned"]["membership"] == "leave"
     assert answer["start"] == end
     assert answer["end"] != end
     # Following on from its end: nothing new, at once with no wait.

@@ -45,7 +45,7 @@ from .pagination import (
     parse_pagination_token,
     readable_upto,
     sent_client_events,
-    visible_to,
+    visible_with_memberships,
 )
 from .sync import MAX_TIMEOUT_MS
 
@@ -146,14 +146,14 @@ class RoomPreviews:
         # The token before the oldest event read, whether or not it is shown:
         # paging back from it goes on past what was hidden.
         start = events[-1].stream_ordering - 1 if events else visible
-        shown = await visible_to(
+        shown, memberships = await visible_with_memberships(
             self._store, user_id, events, joined_now=joined_now, checked_before=checked_before
         )
         shown.reverse()
         answer: dict[str, Any] = {
             "room_id": room_id,
             "messages": {
-                "chunk": await sent_client_events(self._store, requester, shown),
+                "chunk": await sent_client_events(self._store, requester, shown, memberships),
                 "start": format_pagination_token(start),
                 "end": format_pagination_token(visible),
             },
@@ -198,7 +198,7 @@ class RoomPreviews:
             )
             if events:
                 end = events[-1].stream_ordering if more else visible
-                shown = await visible_to(
+                shown, memberships = await visible_with_memberships(
                     self._store,
                     user_id,
                     events,
@@ -212,7 +212,7 @@ class RoomPreviews:
                         from_token,
                         start,
                         end,
-                        await sent_client_events(self._store, requester, shown),
+                        await sent_client_events(self._store, requester, shown, memberships),
                     )
                 if more:
                     continue
