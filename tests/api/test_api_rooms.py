@@ -138,6 +138,13 @@ async def test_a_direct_chats_invites_say_so(env: Env) -> None:
     )
     invite = (await c.state(env.alice, room_id))[("m.room.member", env.bob.user_id)]
     assert invite["content"] == {"membership": "invite", "is_direct": True}
+    # The invitee sees the flag in the invite's stripped state.
+    synced = await c.ok(env.bob, "GET", "/sync")
+    stripped = synced["rooms"]["invite"][room_id]["invite_state"]["events"]
+    own = [
+        e for e in stripped if e["type"] == "m.room.member" and e["state_key"] == env.bob.user_id
+    ]
+    assert [event["content"] for event in own] == [{"membership": "invite", "is_direct": True}]
     other = await c.create_room(env.alice, invite=[env.bob.user_id])
     invite = (await c.state(env.alice, other))[("m.room.member", env.bob.user_id)]
     assert invite["content"] == {"membership": "invite"}

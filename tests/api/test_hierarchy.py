@@ -328,3 +328,17 @@ async def test_a_room_everyone_here_left_is_shown_from_its_last_state(tmp_path: 
         _, answer = await s.hierarchy(s.alice, max_depth=1)
         # Alice left the private room: she no longer sees it.
         assert s.private not in _by_id(answer)
+
+
+async def test_a_redacted_link_is_no_link(tmp_path: Path) -> None:
+    async with open_space(tmp_path) as s:
+        sent = await link(s.client, s.alice, s.space, s.sub, order="a")
+        path = f"/rooms/{q(s.space)}/redact/{q(sent['event_id'])}/t1"
+        await s.client.ok(s.alice, "PUT", path, {"reason": "unlinked"})
+        walked = await s.rooms(s.bob)
+        assert s.sub not in walked
+        assert s.inner not in walked
+        _, answer = await s.hierarchy(s.bob)
+        links = [event["state_key"] for event in _by_id(answer)[s.space]["children_state"]]
+        assert s.sub not in links
+        assert s.open in links

@@ -279,3 +279,19 @@ async def test_invites_to_a_room_this_server_is_in_are_joined_or_declined(
             return seen == ("join", "leave")
 
         await eventually(both_at_a, "Dora's join and Erin's leave at A")
+
+
+async def test_a_direct_chat_invite_from_another_server_says_so(tmp_path: Path) -> None:
+    async with two_servers(tmp_path) as (_a, _b, ca, cb, alice, bob):
+        since = (await cb.ok(bob, "GET", "/sync"))["next_batch"]
+        room_id = await ca.create_room(
+            alice, preset="trusted_private_chat", invite=[bob.user_id], is_direct=True
+        )
+        synced = await cb.ok(bob, "GET", "/sync", params={"since": since})
+        events = synced["rooms"]["invite"][room_id]["invite_state"]["events"]
+        assert events[-1] == {
+            "type": "m.room.member",
+            "state_key": bob.user_id,
+            "content": {"membership": "invite", "is_direct": True},
+            "sender": alice.user_id,
+        }

@@ -133,3 +133,28 @@ async def test_a_server_that_may_not_see_the_room_is_refused_by_the_other(
         with pytest.raises(FederationRequestError) as caught:
             await fetcher.request("GET", a.server_name, path, query={"ts": str(T * 2), "dir": "b"})
         assert (caught.value.status, caught.value.errcode) == (403, "M_FORBIDDEN")
+
+
+async def test_paging_back_from_a_fetched_events_context_reaches_older_history(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spec's use of the answer: /context of the event found gives
+    tokens around it, and /messages back from either reaches the events
+    before it, though B held none of them when asked."""
+    async with two_servers(tmp_path) as servers:
+        a, b, _, cb, _, bob = servers
+        set_a = _clock(a, monkeypatch)
+        room_id, (old1, old2, _) = await _history_on_a(servers, set_a)
+        status, answer = await _lookup(b, bob, room_id, T + 250, "b")
+        assert (status, answer["event_id"]) == (200, old2)
+        path = f"/rooms/{q(room_id)}/context/{q(old2)}"
+        context = await cb.ok(bob, "GET", path, params={"limit": "0"})
+        for token, expected in (("start", [old1]), ("end", [old2, old1])):
+            page = await cb.ok(
+                bob,
+                "GET",
+                f"/rooms/{q(room_id)}/messages",
+                params={"dir": "b", "limit": "100", "from": context[token]},
+            )
+            found = [event["event_id"] for event in page["chunk"]]
+            assert [event_id for event_id in found if event_id in (old1, old2)] == expected, token
