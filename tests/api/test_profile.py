@@ -136,6 +136,10 @@ async def test_a_profile_of_another_servers_user_is_asked_of_that_server(
         assert await cb.ok(bob, "GET", _field(alice, "displayname")) == {
             "displayname": "Alice of A"
         }
+        # Reading a profile needs no access token, another server's neither.
+        assert await cb.ok(None, "GET", _field(alice, "displayname")) == {
+            "displayname": "Alice of A"
+        }
         await cb.refused(bob, "GET", _field(alice, "avatar_url"), status=404, errcode="M_NOT_FOUND")
         nobody = f"@nobody:{a.server_name}"
         await cb.refused(bob, "GET", f"/profile/{q(nobody)}", status=404, errcode="M_NOT_FOUND")
