@@ -190,3 +190,59 @@ async def test_remote_failures_as_the_spec_says(tmp_path: Path) -> None:
     ]
     assert fetched.content == b"x" * 1000
     assert nothing_kept is None
+
+
+_UNICODE_NAME = "\u2603"  # a snowman
+
+
+@pytest.mark.parametrize("prefix", [AUTHED, LEGACY])
+async def test_names_and_dispositions_survive_the_trip_to_b(tmp_path: Path, prefix: str) -> None:
+    """What B serves of A's media says what A would: a Unicode name (as
+    RFC 6266's filename*), none at all, a safe type given with parameters
+    and in capitals inline, an unsafe one as an attachment."""
+    async with two_servers(tmp_path) as pair:
+        named = await pair.upload_at_a(b"png?", "image/png", _UNICODE_NAME)
+        unnamed = await pair.upload_at_a(b"plain", "image/png")
+        text = await pair.upload_at_a(b"hello", "Text/Plain; charset=utf-8")
+        svg = await pair.upload_at_a(b"<svg/>", "image/svg")
+        answers = {}
+        for what, (origin, media_id) in (
+            ("named", named),
+            ("unnamed", unnamed),
+            ("text", text),
+            ("svg", svg),
+        ):
+            answers[what] = await pair.get_at_b(f"{prefix}/download/{origin}/{media_id}")
+        origin, media_id = named
+        renamed = await pair.get_at_b(f"{prefix}/download/{origin}/{media_id}/%E2%98%95")
+
+    assert all(answer.status_code == 200 for answer in answers.values())
+    assert answers["named"].headers["content-disposition"] == "inline; filename*=utf-8''%E2%98%83"
+    assert answers["unnamed"].headers["content-disposition"] == "inline"
+    assert answers["text"].headers["content-disposition"] == "inline"
+    assert answers["svg"].headers["content-disposition"] == "attachment"
+    assert renamed.headers["content-disposition"] == "inline; filename*=utf-8''%E2%98%95"
+
+
+async def test_a_thumbnail_over_federation_is_the_one_a_serves_its_users(tmp_path: Path) -> None:
+    async with two_servers(tmp_path) as pair:
+        origin, image_id = await pair.upload_at_a(_png(600, 400), "image/png", "test.png")
+        # A content type no one knows is kept as given.
+        _, odd_id = await pair.upload_at_a(b"odd", "img/png", "test.png")
+        params = {"width": 32, "height": 32, "method": "scale"}
+        local = await pair.http_a.get(
+            f"{AUTHED}/thumbnail/{origin}/{image_id}",
+            params=params,
+            headers={"Authorization": f"Bearer {pair.alice.access_token}"},
+        )
+        remote = await pair.b.server.federation_client.request(
+            "GET", origin, f"/_matrix/federation/v1/media/thumbnail/{image_id}", query=params
+        )
+        odd = await pair.get_at_b(f"{AUTHED}/download/{origin}/{odd_id}")
+
+    assert local.status_code == 200, local.text
+    pictured = parse_multipart(remote.headers["content-type"], remote.body)
+    assert pictured.content_type == local.headers["content-type"]
+    assert pictured.body == local.content
+    assert (odd.status_code, odd.content) == (200, b"odd")
+    assert odd.headers["content-type"] == "img/png"
