@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 import trio
 from _client import Client, q
-from _e2e import device_keys
+from _e2e import cross_signing, device_keys
 from _federation import TwoServers, eventually, two_servers
 
 from ranvier.core.context import EventContext, event_to_persist
@@ -247,6 +247,17 @@ async def test_a_leave_during_a_resync_does_not_wait_for_it_and_joins_after_it_w
         members = await cb.ok(carol, "GET", f"/rooms/{q(room_id)}/joined_members")
         assert carol.user_id in members["joined"]
         assert bob.user_id not in members["joined"]
+        # Redone with full state, the leave still stands, for Bob and Carol.
+        assert await partial.sections_at_b(bob) == {"leave"}
+        answer = await cb.ok(carol, "GET", "/sync", params={"filter": _LAZY, "timeout": "0"})
+        room = answer["rooms"]["join"][room_id]
+        leaves = [
+            event
+            for event in room["timeline"]["events"] + room["state"]["events"]
+            if event["type"] == "m.room.member" and event["state_key"] == bob.user_id
+        ]
+        assert leaves
+        assert leaves[-1]["content"]["membership"] == "leave"
 
 
 async def test_a_remote_kick_and_ban_during_a_resync_reach_the_user(tmp_path: Path) -> None:
@@ -495,10 +506,12 @@ async def _written_at_a(
     *,
     state_key: str | None = None,
     sender: TestUser | None = None,
+    cited_membership: str | None = None,
 ) -> dict[str, Any]:
     """A message of ``sender`` (member0 unless given) after ``prev_events``,
     or a state event of a test type when ``state_key`` is given, signed and
-    written by A alone.
+    written by A alone; citing ``cited_membership`` as the sender's
+    membership when given, whatever it is now (A checks nothing).
     """
     a = partial.servers.a
     storage, room_id = a.server.storage, partial.room_id
@@ -523,6 +536,8 @@ async def _written_at_a(
     draft = Pdu.from_json(
         hash_and_sign_event(fields, version, a.server_name, a.server.signing_key), version
     )
+    if cited_membership is not None:
+        state = {**state, ("m.room.member", draft.sender): cited_membership}
     fields["auth_events"] = [state[key] for key in auth_state_keys(draft) if key in state]
     signed = hash_and_sign_event(fields, version, a.server_name, a.server.signing_key)
     event = Pdu.from_json(signed, version)
@@ -693,6 +708,119 @@ async def test_a_resync_completes_when_events_arrive_after_events_citing_them(
             await cb.ok(bob, "GET", f"/rooms/{q(partial.room_id)}/event/{q(event['event_id'])}")
 
 
+async def test_verdicts_of_partial_state_are_redone_and_a_rejected_event_stays_hidden(
+    tmp_path: Path,
+) -> None:
+    async with two_servers(tmp_path) as servers:
+        a, b, ca, cb, alice, bob = servers
+        room_id = await ca.create_room(alice, preset="public_chat", name="verdicts")
+        demoted, plain = [await a.register_user(name) for name in ("demoted", "plain")]
+        for member in (demoted, plain):
+            await ca.ok(member, "POST", f"/rooms/{q(room_id)}/join", {})
+        # Demoted may send state (level 50), then leaves before Bob joins.
+        levels = await ca.ok(alice, "GET", f"/rooms/{q(room_id)}/state/m.room.power_levels/")
+        levels["users"][demoted.user_id] = 50
+        await ca.ok(alice, "PUT", f"/rooms/{q(room_id)}/state/m.room.power_levels/", levels)
+        at_a = await a.server.storage.get_current_state_ids(room_id)
+        demoted_join = at_a[("m.room.member", demoted.user_id)]
+        await ca.ok(demoted, "POST", f"/rooms/{q(room_id)}/leave", {})
+        held = _HeldReads(a.server.federation_app.router)
+        a.server.federation_app.router = held
+        await cb.ok(bob, "POST", f"/join/{q(room_id)}", {}, params={"server_name": a.server_name})
+        partial = _Partial(servers, room_id, held, [plain])
+        assert await partial.still_partial()
+        joined = await _bobs_join(partial)
+        at_a = await a.server.storage.get_current_state_ids(room_id)
+        # Demoted's state event cites the join before the leave, which B's
+        # partial state does not hold: accepted on it, rejected on the full.
+        wrongly_accepted = await _written_at_a(
+            partial,
+            [joined],
+            "from one who left",
+            state_key="accepted",
+            sender=demoted,
+            cited_membership=demoted_join,
+        )
+        # Plain may not send state on either.
+        rejected = await _written_at_a(
+            partial, [wrongly_accepted["event_id"]], "not allowed", state_key="rejected"
+        )
+        sentinel = await _written_at_a(partial, [rejected["event_id"]], "sentinel", sender=alice)
+        pdus = [
+            {key: value for key, value in event.items() if key != "event_id"}
+            for event in (wrongly_accepted, rejected, sentinel)
+        ]
+        body = {
+            "origin": a.server_name,
+            "origin_server_ts": pdus[0]["origin_server_ts"],
+            "pdus": pdus,
+        }
+        await a.server.federation_client.put_json(
+            b.server_name, "/_matrix/federation/v1/send/verdicts", body
+        )
+
+        async def status_at_b(event: dict[str, Any]) -> int:
+            status, _ = await cb.call(
+                bob, "GET", f"/rooms/{q(room_id)}/event/{q(event['event_id'])}"
+            )
+            return status
+
+        async def sentinel_at_b() -> bool:
+            return await status_at_b(sentinel) == 200
+
+        await eventually(sentinel_at_b, "the sentinel at B")
+        assert await partial.still_partial()
+        assert await status_at_b(wrongly_accepted) == 200
+        assert await status_at_b(rejected) == 404
+        # The room's state event of that type reads at once: it is no member's.
+        path = f"/rooms/{q(room_id)}/state/{_TEST_STATE}/accepted"
+        assert (await cb.ok(bob, "GET", path))["body"] == "from one who left"
+        await _finish_resync(partial)
+        await cb.refused(bob, "GET", path, status=404, errcode="M_NOT_FOUND")
+        assert await status_at_b(wrongly_accepted) == 404
+        assert await status_at_b(rejected) == 404
+        assert await status_at_b(sentinel) == 200
+        state = await cb.state(bob, room_id)
+        assert (_TEST_STATE, "accepted") not in state
+        assert (_TEST_STATE, "rejected") not in state
+        assert ("m.room.member", plain.user_id) in state
+
+
+async def _waiting_for_full_state(partial: _Partial, count: int) -> bool:
+    """Whether ``count`` tasks of B wait for the room's full state."""
+    await trio.lowlevel.checkpoint()
+    cleared = partial.servers.b.server.unpartial_stater._full_state.get(partial.room_id)
+    return cleared is not None and cleared.statistics().tasks_waiting >= count
+
+
+async def test_members_asked_at_a_sync_token_during_a_resync_wait_for_the_members(
+    tmp_path: Path,
+) -> None:
+    async with _partially_joined(tmp_path) as partial:
+        _, _, _, cb, alice, bob = partial.servers
+        room_id = partial.room_id
+        token = (await cb.ok(bob, "GET", "/sync", params={"filter": _LAZY, "timeout": "0"}))[
+            "next_batch"
+        ]
+        answers: dict[str, Any] = {}
+
+        async def ask(name: str, path: str, params: dict[str, str] | None = None) -> None:
+            answers[name] = await cb.ok(bob, "GET", path, params=params)
+
+        everyone = {alice.user_id, bob.user_id, *(member.user_id for member in partial.members)}
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask, "members", f"/rooms/{q(room_id)}/members", {"at": token})
+                nursery.start_soon(ask, "joined", f"/rooms/{q(room_id)}/joined_members")
+                await eventually(lambda: _waiting_for_full_state(partial, 2), "both reads waiting")
+                # Answered from the partial state, either would lack A's members.
+                await _finish_resync(partial)
+        chunk = answers["members"]["chunk"]
+        assert {event["state_key"] for event in chunk} == everyone
+        assert all(event["content"]["membership"] == "join" for event in chunk)
+        assert set(answers["joined"]["joined"]) == everyone
+
+
 # --- Outgoing device list updates --------------------------------------------------
 
 
@@ -775,7 +903,59 @@ async def test_key_changes_of_a_partial_joiner_reach_every_server_of_the_room(
         assert set(found["device_keys"][bob.user_id]) == {bob.device_id, second.device_id}
 
 
-# --- Presence of members unseen during a resync ------------------------------------
+# --- Lazy-loading syncs, presence and keys of members unseen during a resync ---------
+
+
+def _state_keys(room: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(event["type"], event["state_key"]) for event in room["state"]["events"]}
+
+
+async def test_lazy_initial_and_gappy_syncs_during_a_resync_carry_the_senders_membership(
+    tmp_path: Path,
+) -> None:
+    async with _partially_joined(tmp_path) as partial:
+        _, b, ca, cb, _, bob = partial.servers
+        room_id = partial.room_id
+        member = partial.members[0]
+        before = await cb.ok(bob, "GET", "/sync", params={"filter": _LAZY, "timeout": "0"})
+        assert room_id in before["rooms"]["join"]
+        sent = [
+            await ca.ok(
+                member,
+                "PUT",
+                f"/rooms/{q(room_id)}/send/m.room.message/lazy{n}",
+                {"msgtype": "m.text", "body": f"message {n}"},
+            )
+            for n in range(2)
+        ]
+        first, last = (answer["event_id"] for answer in sent)
+
+        async def last_at_b() -> bool:
+            status, _ = await cb.call(bob, "GET", f"/rooms/{q(room_id)}/event/{q(last)}")
+            return status == 200
+
+        await eventually(last_at_b, "the last message at B")
+        # B's state still lacks the sender: the sync must find their membership elsewhere.
+        current = await b.server.storage.get_current_state_ids(room_id)
+        assert ("m.room.member", member.user_id) not in current
+        key = ("m.room.member", member.user_id)
+        initial = await cb.ok(bob, "GET", "/sync", params={"filter": _LAZY, "timeout": "0"})
+        room = initial["rooms"]["join"][room_id]
+        assert last in [event["event_id"] for event in room["timeline"]["events"]]
+        assert key in _state_keys(room)
+        gappy = '{"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 1}}}'
+        answer = await cb.ok(
+            bob,
+            "GET",
+            "/sync",
+            params={"since": before["next_batch"], "filter": gappy, "timeout": "0"},
+        )
+        room = answer["rooms"]["join"][room_id]
+        assert [event["event_id"] for event in room["timeline"]["events"]] == [last]
+        assert first != last
+        assert room["timeline"]["limited"] is True
+        assert key in _state_keys(room)
+        assert await partial.still_partial()
 
 
 def _presence_of(answer: dict[str, Any], user: TestUser) -> list[str]:
@@ -801,13 +981,19 @@ async def test_presence_of_a_member_unseen_during_a_resync_reaches_a_lazy_syncer
         )
 
         async def heard_at_b() -> bool:
-            status, content = await cb.call(bob, "GET", f"/presence/{q(member.user_id)}/status")
-            return status == 200 and content.get("status_msg") == "during the resync"
+            await trio.lowlevel.checkpoint()
+            changes = partial.servers.b.server.presence.changes_after(None).users
+            return any(
+                change.user_id == member.user_id and change.status_msg == "during the resync"
+                for change in changes
+            )
 
         # B takes the EDU, but cannot yet tell that Bob shares a room with
-        # its user: whether Bob may see it waits for the resync.
-        with trio.move_on_after(2):
-            await eventually(heard_at_b, "member0's presence at B")
+        # its user: Bob may not see it until the resync shows they do.
+        await eventually(heard_at_b, "member0's presence at B")
+        await cb.refused(
+            bob, "GET", f"/presence/{q(member.user_id)}/status", status=403, errcode="M_FORBIDDEN"
+        )
         during = await cb.ok(
             bob,
             "GET",
@@ -816,14 +1002,73 @@ async def test_presence_of_a_member_unseen_during_a_resync_reaches_a_lazy_syncer
         )
         assert await partial.still_partial()
         await _finish_resync(partial)
+        assert _presence_of(during, member) == []
         # Bob synced past the change while it was hidden from him; once
         # the resync shows them in a room together, he hears of it.
-        found: list[str] = []
-        since = during["next_batch"]
+        params = {"filter": _LAZY, "timeout": "0", "since": during["next_batch"]}
+        answer = await cb.ok(bob, "GET", "/sync", params=params)
+        assert _presence_of(answer, member) == ["online"]
+        assert partial.room_id not in answer["rooms"]["join"]
+
+
+async def test_cross_signing_keys_of_a_member_unseen_during_a_resync_are_found_after_it(
+    tmp_path: Path,
+) -> None:
+    async with _partially_joined(tmp_path) as partial:
+        _, _, ca, cb, _, bob = partial.servers
+        member = partial.members[0]
+        start = await cb.ok(bob, "GET", "/sync", params={"filter": _LAZY, "timeout": "0"})
+        cross = cross_signing(member)
+        # A tells B in an m.signing_key_update EDU, which B accepts.
+        await ca.ok(member, "POST", "/keys/device_signing/upload", cross.body)
+        await _finish_resync(partial)
         with trio.fail_after(20):
-            while not found:
-                params = {"filter": _LAZY, "timeout": "1000", "since": since}
+            since = start["next_batch"]
+            while True:
+                params = {"since": since, "timeout": "1000", "filter": _LAZY}
                 answer = await cb.ok(bob, "GET", "/sync", params=params)
-                found = _presence_of(answer, member) + _presence_of(during, member)
                 since = answer["next_batch"]
-        assert found[-1] == "online"
+                if member.user_id in answer.get("device_lists", {}).get("changed", []):
+                    break
+        found = await cb.ok(bob, "POST", "/keys/query", {"device_keys": {member.user_id: []}})
+        assert found["master_keys"] == {member.user_id: cross.body["master_key"]}
+        assert found["self_signing_keys"] == {member.user_id: cross.body["self_signing_key"]}
+
+
+async def test_a_leave_of_the_last_local_member_stands_when_the_resync_gives_up(
+    tmp_path: Path,
+) -> None:
+    """The leave does not wait for the resync, so A no longer answers B's
+    reads of a room B has left: the resync stops, the room still partial,
+    and Bob's syncs go on showing the room as left.
+    """
+    async with _partially_joined(tmp_path) as partial:
+        _, b, _, cb, _, bob = partial.servers
+        room_id = partial.room_id
+        joined = await cb.ok(bob, "GET", "/sync", params={"filter": _LAZY, "timeout": "0"})
+        await cb.ok(bob, "POST", f"/rooms/{q(room_id)}/leave", {})
+
+        async def left_at_a() -> bool:
+            membership = await partial.membership_at_a(bob)
+            return membership is not None and membership["membership"] == "leave"
+
+        await eventually(left_at_a, "Bob's leave at A")
+        stater = b.server.unpartial_stater
+        stopped = stater.stopped_resyncs
+        partial.held.released.set()
+
+        async def given_up() -> bool:
+            await trio.lowlevel.checkpoint()
+            return room_id not in stater.status()
+
+        await eventually(given_up, "the resync to stop")
+        assert stater.stopped_resyncs == stopped + 1
+        assert await partial.still_partial()
+        assert await partial.sections_at_b(bob) == {"leave"}
+        params = {"filter": _LAZY, "timeout": "0", "since": joined["next_batch"]}
+        answer = await cb.ok(bob, "GET", "/sync", params=params)
+        assert room_id in answer["rooms"]["leave"]
+        assert room_id not in answer["rooms"]["join"]
+        # An eager sync never showed the room, and does not now.
+        eager = await cb.ok(bob, "GET", "/sync", params={"timeout": "0"})
+        assert room_id not in eager["rooms"]["join"]
