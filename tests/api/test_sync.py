@@ -753,3 +753,23 @@ async def test_messages_between_sync_tokens_lazy_load_only_their_senders(env: _E
         )
     ).json()
     assert [event["content"]["body"] for event in page["chunk"]] == ["later"]
+
+
+async def test_state_changed_by_events_filtered_out_of_the_timeline_end_is_sent(
+    env: _Env,
+) -> None:
+    """The timeline's last events are left out by its filter; the state they
+    set still reaches the client in ``state``, initial and incremental, so
+    that state and timeline together give the room's state now."""
+    room_id = await env.hs.create_room(ALICE, name="Old")
+    since = (await env.sync(ALICE))["next_batch"]
+    await _say(env.hs, ALICE, room_id, "kept")
+    await env.hs.send_event(ALICE, room_id, "m.room.name", {"name": "New"}, state_key="")
+    await env.hs.send_event(ALICE, room_id, "please_filter_me", {"body": "hidden"})
+    hidden = {"room": {"timeline": {"not_types": ["m.room.name", "please_filter_me"], "limit": 1}}}
+    for token in (None, since):
+        answer = await env.sync(ALICE, filter=json.dumps(hidden), since=token)
+        room = answer["rooms"]["join"][room_id]
+        assert _bodies(room) == ["kept"], token
+        names = [e["content"] for e in room["state"]["events"] if e["type"] == "m.room.name"]
+        assert names == [{"name": "New"}], token

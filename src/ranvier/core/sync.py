@@ -857,6 +857,15 @@ class SyncHandler:
             )
         else:
             state = {}
+        if not request.use_state_after and timeline and timeline_filter.predicate() is not None:
+            # Events the filter left out after the timeline's last one may
+            # have changed the state (a state event of a type left out, or a
+            # message merging a fork that brings one in). The next sync
+            # starts after them, so this is the client's one chance to hear
+            # of it: their changes go in ``state`` too, as Synapse sends
+            # them, though the spec places ``state`` before the timeline.
+            tail = await self._store.state_changes_upto(room_id, timeline[-1].stream_ordering, upto)
+            state = {**state, **tail}
         state_events = await self._state_events(
             request, room_id, upto, state, timeline, skip_held=not in_full
         )
