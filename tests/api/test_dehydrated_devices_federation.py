@@ -70,6 +70,12 @@ async def test_another_servers_user_encrypts_to_the_dehydrated_device(tmp_path: 
         replacement, _ = dehydrated_body(bob, "BOBS_NEXT")
         await ok(cb, bob, "PUT", "", replacement)
         await _changed_since(ca, alice, since, bob.user_id)
-        found = await ca.ok(alice, "POST", "/keys/query", query)
-        # (Bob's own device uploaded no keys, so is not listed.)
-        assert set(found["device_keys"][bob.user_id]) == {"BOBS_NEXT"}
+
+        # The old device's removal and the new one's arrival are two
+        # updates, which may reach A in two transactions.
+        async def replaced() -> bool:
+            found = await ca.ok(alice, "POST", "/keys/query", query)
+            # (Bob's own device uploaded no keys, so is not listed.)
+            return set(found["device_keys"][bob.user_id]) == {"BOBS_NEXT"}
+
+        await eventually(replaced, "the replacement dehydrated device at A")
