@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from ranvier.storage import replaced_state
 from ranvier.storage.connections import open_writer
 from ranvier.storage.schema import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
 
@@ -102,6 +103,8 @@ TABLES_ADDED = {
     # A column of users, no table.
     51: set(),
     52: {"user_redactions"},
+    # A column of event_state, no table.
+    53: set(),
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -327,6 +330,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
             "INSERT INTO user_redactions VALUES ('r', '@a:x', '@b:x', '[]', NULL, 10, NULL,"
             " NULL, 0, 'active', '{}', NULL, 5, NULL)"
         )
+    elif version == 53:
+        run("UPDATE event_state SET replaces_state = '$e' WHERE state_group_before = 1")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:
@@ -544,6 +549,76 @@ def test_version_19_indexes_the_searchable_keys_of_the_events_stored(
         ("$topic", "!r:x", "content.topic"),
     ]
     assert raw.execute("SELECT COUNT(*) FROM event_search").fetchone() == (3,)
+
+
+def test_version_53_records_what_the_state_events_stored_replaced(
+    raw: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A few events a page, so that the fill goes over several.
+    monkeypatch.setattr(replaced_state, "_FILL_PAGE", 3)
+    migrate(raw, target=52)
+    raw.execute("INSERT INTO rooms VALUES ('!r:x', '10')")
+
+    def event(event_id: str, kind: str, state_key: str | None, before: int, after: int) -> None:
+        raw.execute(
+            "INSERT INTO events (event_id, room_id, type, state_key, sender, depth,"
+            " origin_server_ts, json, outlier, soft_failed)"
+            " VALUES (?, '!r:x', ?, ?, '@a:x', 1, 5, x'7b7d', 0, 0)",
+            (event_id, kind, state_key),
+        )
+        raw.execute("INSERT INTO event_to_state_groups VALUES (?, ?, ?)", (event_id, before, after))
+
+    def group(group_id: int, prev: int | None, rows: dict[tuple[str, str], str | None]) -> None:
+        chain = 0 if prev is None else group_id - 1
+        raw.execute(
+            "INSERT INTO state_groups VALUES (?, '!r:x', ?, ?, ?)",
+            (group_id, prev, chain, len(rows)),
+        )
+        raw.executemany(
+            "INSERT INTO state_group_rows VALUES (?, ?, ?, ?)",
+            [(group_id, kind, key, event_id) for (kind, key), event_id in rows.items()],
+        )
+
+    topic = ("m.room.topic", "")
+    alice = ("m.room.member", "@a:x")
+    # A snapshot, then a chain of deltas: the topic set twice, a member
+    # who joins and leaves, and a key removed along the way.
+    group(1, None, {("m.room.create", ""): "$create"})
+    group(2, 1, {alice: "$join"})
+    group(3, 2, {topic: "$topic1"})
+    group(4, 3, {("m.room.name", ""): "$name"})
+    group(5, 4, {topic: "$topic2", ("m.room.name", ""): None})
+    group(6, 5, {alice: "$leave"})
+    event("$create", "m.room.create", "", 1, 1)
+    event("$join", *alice, 1, 2)
+    event("$topic1", *topic, 2, 3)
+    event("$name", "m.room.name", "", 3, 4)
+    event("$msg", "m.room.message", None, 4, 4)
+    event("$topic2", *topic, 4, 5)
+    event("$leave", *alice, 5, 6)
+    # The name, removed before this event, replaces nothing.
+    event("$rename", "m.room.name", "", 5, 5)
+    # A backfilled event, placed below the stream.
+    event("$old", *topic, 3, 3)
+    raw.execute("UPDATE events SET stream_ordering = -7 WHERE event_id = '$old'")
+
+    migrate(raw, target=53)
+
+    rows = raw.execute(
+        "SELECT e.event_id, s.replaces_state FROM event_state AS s"
+        " JOIN events AS e ON e.stream_ordering = s.event_ordering ORDER BY s.event_ordering"
+    ).fetchall()
+    assert rows == [
+        ("$old", "$topic1"),
+        ("$create", None),
+        ("$join", None),
+        ("$topic1", None),
+        ("$name", None),
+        ("$msg", None),
+        ("$topic2", "$topic1"),
+        ("$leave", "$join"),
+        ("$rename", None),
+    ]
 
 
 def test_tables_and_indexes_keep_the_statements_of_their_first_release(

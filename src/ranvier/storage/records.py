@@ -22,6 +22,7 @@ __all__ = [
     "EventToPersist",
     "PartialStateRoom",
     "ReceivedTransaction",
+    "ReplacedState",
     "ServerKey",
     "StateDelta",
     "StateKey",
@@ -169,6 +170,17 @@ class EventStateGroups(msgspec.Struct, frozen=True):
 
     before: int
     after: int
+
+
+class ReplacedState(msgspec.Struct, frozen=True):
+    """The state entry a state event replaced
+    (:mod:`ranvier.storage.replaced_state`)."""
+
+    #: The replaced event's ID: ``unsigned.replaces_state``.
+    event_id: str
+    #: The replaced event as served (redacted where a redaction applies);
+    #: None when it is not stored here.
+    event: StoredEvent | None
 
 
 class PartialStateRoom(msgspec.Struct, frozen=True, kw_only=True):

@@ -1241,6 +1241,17 @@ def _user_redactions(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX user_redactions_user ON user_redactions (user_id, status)")
 
 
+def _replaced_state(conn: sqlite3.Connection) -> None:
+    """The state entry each state event replaced, the ``replaces_state``
+    and ``prev_content`` of timelines (:mod:`ranvier.storage.replaced_state`),
+    filled from the events stored so far."""
+    conn.execute("ALTER TABLE event_state ADD COLUMN replaces_state TEXT")
+    # Imported here, as for migration 8.
+    from .replaced_state import fill_replaced_state
+
+    fill_replaced_state(conn)
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1295,6 +1306,7 @@ MIGRATIONS: Sequence[Migration] = (
     _guest_accounts,
     _shadow_bans,
     _user_redactions,
+    _replaced_state,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

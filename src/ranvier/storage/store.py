@@ -53,6 +53,7 @@ from .records import (
     EventToPersist,
     PartialStateRoom,
     ReceivedTransaction,
+    ReplacedState,
     ServerKey,
     StateDelta,
     StateKey,
@@ -64,6 +65,7 @@ from .refresh_tokens import RefreshTokenStorage
 from .registration_tokens import RegistrationTokenStorage
 from .relations import RelationStorage
 from .remote_device_lists import RemoteDeviceListStorage
+from .replaced_state import read_replaced_state
 from .reports import ReportStorage
 from .room_keys import RoomKeyStorage
 from .room_members import RoomMemberStorage
@@ -373,6 +375,12 @@ class Storage:
     async def get_events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
         ids = frozenset(event_ids)
         return await self.readers.read(functools.partial(reads.get_events, event_ids=ids))
+
+    async def get_replaced_state(self, event_ids: Collection[str]) -> dict[str, ReplacedState]:
+        """What each state event of ``event_ids`` replaced, the replaced
+        event as served (:mod:`ranvier.storage.replaced_state`)."""
+        ids = frozenset(event_ids)
+        return await self.readers.read(functools.partial(read_replaced_state, event_ids=ids))
 
     async def have_seen_events(self, event_ids: Collection[str]) -> frozenset[str]:
         ids = frozenset(event_ids)

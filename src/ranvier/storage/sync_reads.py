@@ -33,8 +33,16 @@ from .id_floors import events_top, un_partial_top
 from .ignored_users import read_ignored_users
 from .local_memberships import dag_membership, newest_membership, newest_memberships
 from .readers import ReaderPool
-from .records import STORED_EVENT_COLUMNS, StateKey, StateMap, StoredEvent, stored_event_from_row
+from .records import (
+    STORED_EVENT_COLUMNS,
+    ReplacedState,
+    StateKey,
+    StateMap,
+    StoredEvent,
+    stored_event_from_row,
+)
 from .redactions import served, served_events
+from .replaced_state import read_replaced_state
 from .state_groups import keys_changed_between, read_state, read_state_for_keys
 from .write_backend import WriteBackend, registered_write
 
@@ -513,6 +521,12 @@ class SyncReads:
         """The stored events of ``event_ids``, redacted where a redaction applies."""
         ids = frozenset(event_ids)
         return await self._readers.read(functools.partial(served_events, event_ids=ids))
+
+    async def get_replaced_state(self, event_ids: Collection[str]) -> dict[str, ReplacedState]:
+        """What each state event of ``event_ids`` replaced, the replaced
+        event as served (:mod:`ranvier.storage.replaced_state`)."""
+        ids = frozenset(event_ids)
+        return await self._readers.read(functools.partial(read_replaced_state, event_ids=ids))
 
     async def ignored_users(self, user_id: str) -> frozenset[str]:
         return await self._readers.read(functools.partial(read_ignored_users, user_id=user_id))

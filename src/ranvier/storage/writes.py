@@ -52,6 +52,7 @@ from .records import (
 )
 from .redactions import record_redactions
 from .relations import record_relations
+from .replaced_state import replaced_entry
 from .search import record_search
 from .state_groups import (
     GROUP_STATE_SQL,
@@ -93,8 +94,9 @@ _INSERT_EVENT_IF_NEW_SQL = (
 # An event's edges and state groups are keyed by its stream ordering, so that
 # a batch's rows append to the end of their tables (see schema migration 11).
 _INSERT_STATE_GROUPS_SQL = (
-    "INSERT INTO event_state (event_ordering, state_group_before, state_group_after)"
-    " VALUES (?, ?, ?)"
+    "INSERT INTO event_state"
+    " (event_ordering, state_group_before, state_group_after, replaces_state)"
+    " VALUES (?, ?, ?, ?)"
 )
 _INSERT_EDGE_SQL = (
     "INSERT OR IGNORE INTO event_prev_edges (event_ordering, prev_event_id, room_id)"
@@ -298,6 +300,15 @@ def _group_after(
     )
 
 
+def _replaced(conn: sqlite3.Connection, event: EventToPersist, before: int) -> str | None:
+    """The state entry ``event`` replaces (:mod:`ranvier.storage.replaced_state`)."""
+    if event.state_key is None:
+        return None
+    return replaced_entry(
+        conn, event.room_id, before, (event.type, event.state_key), event.event_id
+    )
+
+
 def _sole_extremity_group(conn: sqlite3.Connection, room_id: str) -> int | None:
     extremities = conn.execute(
         "SELECT event_id FROM forward_extremities WHERE room_id = ? LIMIT 2", (room_id,)
@@ -495,8 +506,11 @@ def _write_new_events(
     for event in in_dag:
         context = event.context
         assert context is not None
-        after = _group_after(conn, event, context.state_group_before, context.state_group_after)
-        group_rows.append((orderings[event.event_id], context.state_group_before, after))
+        before = context.state_group_before
+        after = _group_after(conn, event, before, context.state_group_after)
+        group_rows.append(
+            (orderings[event.event_id], before, after, _replaced(conn, event, before))
+        )
         if context.partial_state:
             partial.append((event.event_id, event.room_id))
     conn.executemany(_INSERT_STATE_GROUPS_SQL, group_rows)
@@ -534,7 +548,7 @@ def _write_new_events(
     )
     last_state = {
         event.room_id: after
-        for event, (_, _, after) in zip(in_dag, group_rows, strict=True)
+        for event, (_, _, after, _) in zip(in_dag, group_rows, strict=True)
         if event.accepted
     }
     return orderings, last_state
@@ -555,8 +569,11 @@ def _write_events_one_by_one(
             continue
         _check_groups(conn, [event])
         context = event.context
-        after = _group_after(conn, event, context.state_group_before, context.state_group_after)
-        conn.execute(_INSERT_STATE_GROUPS_SQL, (ordering, context.state_group_before, after))
+        before = context.state_group_before
+        after = _group_after(conn, event, before, context.state_group_after)
+        conn.execute(
+            _INSERT_STATE_GROUPS_SQL, (ordering, before, after, _replaced(conn, event, before))
+        )
         if context.partial_state:
             partial = [(event.event_id, event.room_id)]
             try:
@@ -582,7 +599,8 @@ def persist_events(
     events: Sequence[EventToPersist],
     current_state_groups: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
-    """Write events with their edges, state groups, partial-state rows,
+    """Write events with their edges, state groups and the state entries
+    they replace, partial-state rows,
     extremities, current state, redaction, relation and search index rows,
     and clear the forgetting of rooms users are back in; return each
     event's stream ordering.
@@ -730,7 +748,8 @@ def update_state_for_partial_event(
     """Give an event with partial state its full state and verdict, and drop
     its partial-state row.
 
-    Leaving ``state_group_after`` out derives it as for a new event. When the
+    Leaving ``state_group_after`` out derives it as for a new event. What
+    the event replaced is read again from the new state before it. When the
     full state turns the verdict around (accepted to rejected or back), the
     forward extremities end up as if the event had been written with its new
     verdict in the first place. Then, if the room has exactly one forward
@@ -764,10 +783,18 @@ def update_state_for_partial_event(
             rejected=rejected_reason is not None,
             before=state_group_before,
         )
+    replaced = (
+        None
+        if state_key is None
+        else replaced_entry(conn, room_id, state_group_before, (typ, state_key), event_id)
+    )
+    # What the event replaced follows the state before it: a member's
+    # earlier membership, say, missing from the partial state.
     conn.execute(
-        "UPDATE event_state SET state_group_before = ?, state_group_after = ?"
+        "UPDATE event_state SET state_group_before = ?, state_group_after = ?,"
+        " replaces_state = ?"
         " WHERE event_ordering = (SELECT stream_ordering FROM events WHERE event_id = ?)",
-        (state_group_before, after, event_id),
+        (state_group_before, after, replaced, event_id),
     )
     conn.execute(
         "UPDATE events SET rejected_reason = ? WHERE event_id = ?", (rejected_reason, event_id)
