@@ -31,6 +31,7 @@ from ranvier.core.accounts import Requester
 from ranvier.core.client_events import client_event, event_content
 from ranvier.core.filters import RoomEventFilter
 from ranvier.core.notifier import StreamPosition
+from ranvier.core.replaced_state import ReplacedStateSource, replaced_unsigned, with_replaced
 from ranvier.errors import MatrixError
 from ranvier.storage.records import StateKey, StoredEvent
 
@@ -130,7 +131,7 @@ class HistoryFiller(Protocol):
         ...
 
 
-class MessagesStore(Protocol):
+class MessagesStore(ReplacedStateSource, Protocol):
     """The reads ``/messages`` (and the member lists of ``/sync``) make."""
 
     async def positions(self) -> tuple[int, int]: ...
@@ -331,16 +332,22 @@ async def sent_client_events(
 ) -> list[dict[str, Any]]:
     """``events`` in the client format, those ``requester``'s device sent
     with the transaction ID it sent them under (see :func:`transaction_ids`),
-    and each with the requester's membership at it where ``memberships``
-    has one (see :func:`visible_with_memberships`).
+    each with the requester's membership at it where ``memberships`` has
+    one (see :func:`visible_with_memberships`), and state events with what
+    they replaced (:mod:`ranvier.core.replaced_state`).
     """
     transactions = await transaction_ids(store, requester, events)
+    replaced = await replaced_unsigned(store, events)
     return [
         client_event(
             event,
-            unsigned=reader_unsigned(
-                transactions.get(event.event_id),
-                None if memberships is None else memberships.get(event.event_id),
+            unsigned=with_replaced(
+                replaced,
+                event.event_id,
+                reader_unsigned(
+                    transactions.get(event.event_id),
+                    None if memberships is None else memberships.get(event.event_id),
+                ),
             ),
         )
         for event in events

@@ -15,9 +15,16 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence, Set
 from typing import Protocol
 
-from ranvier.storage.records import EventStateGroups, StateDelta, StateKey, StoredEvent
+from ranvier.storage.records import (
+    EventStateGroups,
+    ReplacedState,
+    StateDelta,
+    StateKey,
+    StoredEvent,
+)
 
 from .interfaces import StateReader
+from .replaced_state import ReplacedStateSource
 
 __all__ = ["ServedEvents", "ServedStateReader"]
 
@@ -32,17 +39,25 @@ class ServedEvents(Protocol):
         ...
 
 
+class _Store(StateReader, ReplacedStateSource, Protocol):
+    """The store's reads, what state events replaced among them."""
+
+
 class ServedStateReader:
     """A :class:`~ranvier.core.interfaces.StateReader` whose events come
-    from ``served``; its other reads are ``store``'s.
+    from ``served``; its other reads are ``store``'s (whose replaced state
+    entries are read as served already).
     """
 
-    def __init__(self, store: StateReader, served: ServedEvents) -> None:
+    def __init__(self, store: _Store, served: ServedEvents) -> None:
         self._store = store
         self._served = served
 
     async def get_events(self, event_ids: Collection[str]) -> Mapping[str, StoredEvent]:
         return await self._served.get_served_events(event_ids)
+
+    async def get_replaced_state(self, event_ids: Collection[str]) -> Mapping[str, ReplacedState]:
+        return await self._store.get_replaced_state(event_ids)
 
     async def get_event_state_groups(self, event_id: str) -> EventStateGroups | None:
         return await self._store.get_event_state_groups(event_id)

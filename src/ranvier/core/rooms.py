@@ -48,6 +48,7 @@ from .builder import Clock, wall_clock_ms
 from .client_events import client_event, event_content
 from .interfaces import StateReader
 from .pagination import TransactionScopes, device_transaction_ids
+from .replaced_state import ReplacedStateSource, replaced_unsigned
 from .suspension import suspended_error
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "FullStateWaiter",
     "MembershipIndex",
     "RoomReader",
+    "RoomStore",
     "client_event",
 ]
 
@@ -86,6 +88,11 @@ class MembershipIndex(Protocol):
         (:mod:`ranvier.storage.local_memberships`).
         """
         ...
+
+
+class RoomStore(StateReader, ReplacedStateSource, Protocol):
+    """The reads of rooms: state, events as served, and what state events
+    replaced."""
 
 
 class ForgottenRooms(Protocol):
@@ -139,7 +146,7 @@ class RoomReader:
 
     def __init__(
         self,
-        store: StateReader,
+        store: RoomStore,
         memberships: MembershipIndex,
         *,
         full_state: FullStateWaiter | None = None,
@@ -295,24 +302,10 @@ class RoomReader:
         return client_event(event, now_ms=self._clock(), unsigned=unsigned)
 
     async def _replaced(self, event: StoredEvent) -> dict[str, Any]:
-        """``prev_content`` and ``replaces_state`` of a state event: the
-        event it replaced, from the state before it (two reads, so only for
-        the endpoints that return one event).
+        """``replaces_state`` and ``prev_content`` of a state event, as
+        every timeline gives them (:mod:`ranvier.core.replaced_state`).
         """
-        if event.state_key is None:
-            return {}
-        groups = await self._store.get_event_state_groups(event.event_id)
-        if groups is None:
-            return {}
-        key = (event.type, event.state_key)
-        before = await self._store.get_state_ids_for_keys(groups.before, [key])
-        replaced_id = before.get(key)
-        replaced = (
-            None if replaced_id is None else (await self._events([replaced_id])).get(replaced_id)
-        )
-        if replaced is None:
-            return {}
-        return {"prev_content": event_content(replaced), "replaces_state": replaced.event_id}
+        return (await replaced_unsigned(self._store, [event])).get(event.event_id, {})
 
     async def _membership_if_seen(
         self, user_id: str, event: StoredEvent, *, joined_now: bool

@@ -37,6 +37,7 @@ from ranvier.core.pagination import (
     transaction_ids,
     visible_with_memberships,
 )
+from ranvier.core.replaced_state import replaced_unsigned, with_replaced
 from ranvier.core.sliding_sync_config import RoomConfig
 from ranvier.core.sync import SyncStore, stripped_room_state
 from ranvier.storage.records import StateKey, StoredEvent
@@ -138,11 +139,14 @@ async def build_room(
     if room.sent_upto is not None and not (timeline or state or gone or renamed):
         return answer if room.dm_changed else None
     transactions = await transaction_ids(store, requester, timeline)
+    replaced = await replaced_unsigned(store, timeline)
     answer["timeline"] = [
         _room_event(
             event,
-            unsigned=reader_unsigned(
-                transactions.get(event.event_id), memberships.get(event.event_id)
+            unsigned=with_replaced(
+                replaced,
+                event.event_id,
+                reader_unsigned(transactions.get(event.event_id), memberships.get(event.event_id)),
             ),
         )
         for event in timeline

@@ -109,6 +109,7 @@ from ranvier.core.pagination import (
     transaction_ids,
     visible_with_memberships,
 )
+from ranvier.core.replaced_state import replaced_unsigned, with_replaced
 from ranvier.storage.records import StateKey, StoredEvent
 
 __all__ = ["MAX_TIMEOUT_MS", "SyncHandler", "SyncStore", "stripped_room_state"]
@@ -247,9 +248,15 @@ class _Request:
 
 
 def _sync_event(
-    event: StoredEvent, transaction_id: str | None = None, membership: str | None = None
+    event: StoredEvent,
+    transaction_id: str | None = None,
+    membership: str | None = None,
+    replaced: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    formatted = client_event(event, unsigned=reader_unsigned(transaction_id, membership))
+    unsigned = reader_unsigned(transaction_id, membership)
+    if replaced:
+        unsigned = with_replaced(replaced, event.event_id, unsigned)
+    formatted = client_event(event, unsigned=unsigned)
     # Events under a room's entry do not repeat its ID.
     formatted.pop("room_id", None)
     return formatted
@@ -870,6 +877,7 @@ class SyncHandler:
             request, room_id, upto, state, timeline, skip_held=not in_full
         )
         transactions = await transaction_ids(self._store, request.requester, timeline)
+        replaced = await replaced_unsigned(self._store, timeline)
         prev = timeline[0].stream_ordering - 1 if timeline else upto
         project = request.filter.project
         return {
@@ -880,6 +888,7 @@ class SyncHandler:
                             event,
                             transactions.get(event.event_id),
                             memberships.get(event.event_id),
+                            replaced,
                         )
                     )
                     for event in timeline
