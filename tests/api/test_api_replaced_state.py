@@ -189,3 +189,14 @@ async def test_event_endpoint_agrees(env: SharedRoom) -> None:
     history = await _history(env)
     ids = [*history.expected, history.first_topic, history.invite, history.message]
     _check(history, [await _event(env, event_id) for event_id in ids])
+
+
+async def test_search_results(env: SharedRoom) -> None:
+    history = await _history(env)
+    body = {"search_categories": {"room_events": {"search_term": "two", "keys": ["content.topic"]}}}
+    answer = await env.client.ok(env.bob, "POST", "/search", body)
+    results = answer["search_categories"]["room_events"]["results"]
+    (found,) = [result["result"] for result in results]
+    assert found["event_id"] == history.topic
+    assert found["unsigned"]["replaces_state"] == history.first_topic
+    assert found["unsigned"]["prev_content"] == {"topic": "one"}
