@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _client import WithAdmin, open_with_admin
+from _client import WithAdmin, open_with_admin, q
 
 from ranvier.server import HomeServer
 
@@ -135,3 +135,29 @@ async def test_lazy_loading_sends_the_senders_membership_at_the_timeline_end(
     # not the one he sent m2 with.
     state = _state(room["state_after"]["events"])
     assert state[("m.room.member", BOB)]["displayname"] == "Robert"
+
+
+@pytest.mark.parametrize("preset", ["public_chat", "private_chat"])
+async def test_a_lazy_initial_sync_carries_every_timeline_senders_membership(
+    env: WithAdmin, preset: str
+) -> None:
+    # A new chat where the other member joined and has not spoken yet: the
+    # joins are in the timeline, and with use_state_after the client may
+    # take state from nowhere else, so both memberships must be in it.
+    client = env.client
+    room_id = await client.create_room(env.alice, preset=preset)
+    if preset == "private_chat":
+        await client.ok(env.alice, "POST", f"/rooms/{q(room_id)}/invite", {"user_id": BOB})
+    await client.ok(env.bob, "POST", f"/rooms/{q(room_id)}/join", {})
+    lazy = json.dumps({"room": {"timeline": {"limit": 20}, "state": {"lazy_load_members": True}}})
+    room = (await env.sync(env.alice, filter=lazy, use_state_after="true"))["rooms"]["join"][
+        room_id
+    ]
+    assert "state" not in room
+    senders = {event["sender"] for event in room["timeline"]["events"]}
+    assert senders == {ALICE, BOB}
+    state = _state(room["state_after"]["events"])
+    members = {key for (kind, key) in state if kind == "m.room.member"}
+    assert members == senders
+    assert state[("m.room.member", BOB)]["membership"] == "join"
+    assert state[("m.room.member", ALICE)]["membership"] == "join"
