@@ -286,6 +286,41 @@ async def test_replacing_cross_signing_keys_takes_the_password(tmp_path: Path) -
         assert shown["master_keys"] == {dave.user_id: other.body["master_key"]}
 
 
+async def test_a_key_added_beside_a_lone_master_key_takes_the_password(tmp_path: Path) -> None:
+    async with open_shared_room(tmp_path, Env) as env:
+        dave = await env.hs.register_user("dave", "daves password")
+        keys = cross_signing(dave)
+        master_only = {"master_key": keys.body["master_key"]}
+        # A master key alone is a first upload, and so is its retry.
+        assert await _upload_cross_signing(env.client, dave, master_only) == {}
+        assert await _upload_cross_signing(env.client, dave, master_only) == {}
+        other = {"master_key": cross_signing(dave).body["master_key"]}
+        refused = await _upload_cross_signing(env.client, dave, other, status=401)
+        assert refused["flows"] == [{"stages": ["m.login.password"]}]
+        # A self-signing key the server does not hold yet is a new key too,
+        # even with the master key left out of the request.
+        adding = {"self_signing_key": keys.body["self_signing_key"]}
+        asked = await _upload_cross_signing(env.client, dave, adding, status=401)
+        assert asked["flows"] == [{"stages": ["m.login.password"]}]
+        shown = await env.query(dave, dave)
+        assert shown["master_keys"] == {dave.user_id: keys.body["master_key"]}
+        assert shown["self_signing_keys"] == {}
+        password = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": dave.user_id},
+            "password": "daves password",
+            "session": asked["session"],
+        }
+        with_auth = {**adding, "auth": password}
+        assert await _upload_cross_signing(env.client, dave, with_auth) == {}
+        # The same request again, its spent session and all: nothing new,
+        # so nothing to authenticate.
+        assert await _upload_cross_signing(env.client, dave, with_auth) == {}
+        shown = await env.query(env.alice, dave)
+        assert shown["master_keys"] == {dave.user_id: keys.body["master_key"]}
+        assert shown["self_signing_keys"] == {dave.user_id: keys.body["self_signing_key"]}
+
+
 @pytest.mark.parametrize("change", ["unsigned self-signing", "other user", "no master", "usage"])
 async def test_refused_cross_signing_uploads_write_nothing(env: Env, change: str) -> None:
     keys = cross_signing(env.bob)
