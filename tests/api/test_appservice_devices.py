@@ -1,7 +1,7 @@
 """An application service's devices over real HTTP (spec v1.17): acting
 with a device of its user (``device_id``, MSC4326), creating devices with
 ``PUT /devices/{deviceId}`` and deleting them without user-interactive
-authentication (MSC4190)."""
+authentication (MSC4190), and replacing cross-signing keys without it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from _appservices import AS_TOKEN, WithService, open_with_service
+from _e2e import cross_signing
+
+from ranvier.testing.homeserver import TestUser
 
 
 async def _as(
@@ -105,5 +108,33 @@ async def test_a_service_deletes_devices_without_interactive_auth(tmp_path: Path
         # A user still authenticates interactively.
         alice = env.alice
         status, answer = await env.client.call(alice, "DELETE", f"/devices/{alice.device_id}")
+        assert status == 401
+        assert answer["flows"] == [{"stages": ["m.login.password"]}]
+
+
+async def test_a_service_replaces_cross_signing_keys_without_interactive_auth(
+    tmp_path: Path,
+) -> None:
+    async with open_with_service(tmp_path) as env:
+        ghost = await env.register("_br_ghost")
+        # Only the user ID goes into the keys: the service acts with its token.
+        as_ghost = TestUser(ghost, access_token="", device_id="")
+        first, second = cross_signing(as_ghost), cross_signing(as_ghost)
+        for keys in (first, second):
+            status, answer = await _as(
+                env, "POST", "/keys/device_signing/upload", keys.body, user_id=ghost
+            )
+            assert (status, answer) == (200, {})
+        query = {"device_keys": {ghost: []}}
+        status, shown = await _as(env, "POST", "/keys/query", query, user_id=ghost)
+        assert status == 200
+        assert shown["master_keys"] == {ghost: second.body["master_key"]}
+        assert shown["user_signing_keys"] == {ghost: second.body["user_signing_key"]}
+        # A user replacing their own keys is still asked for the password.
+        alice = env.alice
+        await env.client.ok(alice, "POST", "/keys/device_signing/upload", cross_signing(alice).body)
+        status, answer = await env.client.call(
+            alice, "POST", "/keys/device_signing/upload", cross_signing(alice).body
+        )
         assert status == 401
         assert answer["flows"] == [{"stages": ["m.login.password"]}]

@@ -53,7 +53,11 @@ def add_key_routes(router: Router, *, auth: Auth, keys: E2eKeys) -> None:
     async def upload_cross_signing(request: Request) -> JsonResponse:
         requester = await auth.get_user(request)
         try:
-            answer = await keys.upload_cross_signing(requester.user_id, json_object(request))
+            answer = await keys.upload_cross_signing(
+                requester.user_id,
+                json_object(request),
+                by_app_service=requester.app_service is not None,
+            )
         except AuthRequired as required:
             return JsonResponse(required.body, status=401)
         return JsonResponse(answer)

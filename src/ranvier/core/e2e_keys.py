@@ -491,10 +491,13 @@ class E2eKeys:
             raise _invalid(f"device_keys must hold the device's own {own} key")
         _verify(keys, user_id, own, published[own])
 
-    async def upload_cross_signing(self, user_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def upload_cross_signing(
+        self, user_id: str, body: Mapping[str, Any], *, by_app_service: bool = False
+    ) -> dict[str, Any]:
         """``POST /keys/device_signing/upload``; raises
         :class:`~ranvier.core.devices.AuthRequired` while the password is
-        needed and not given.
+        needed and not given. An application service is never asked (spec
+        v1.17): its token is the proof, and its users have no password.
         """
         given: dict[str, dict[str, Any]] = {}
         for field, key_type in _CROSS_SIGNING.items():
@@ -530,7 +533,7 @@ class E2eKeys:
         replaces = "master" in held and any(
             held.get(key_type) != key for key_type, key in given.items()
         )
-        if replaces:
+        if replaces and not by_app_service:
             await self._reauthenticate(user_id, body.get("auth"))
         if all(held.get(key_type) == key for key_type, key in given.items()):
             return {}
