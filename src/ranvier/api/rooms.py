@@ -6,7 +6,9 @@ events and state, and reading state, events and members.
   query parameters, each repeatable), ``POST /rooms/{roomId}/join``,
   ``/leave``, ``/invite``, ``/kick``, ``/ban``, ``/unban``, ``/forget``
 * ``PUT /rooms/{roomId}/send/{eventType}/{txnId}``,
-  ``PUT /rooms/{roomId}/state/{eventType}[/{stateKey}]``,
+  ``PUT /rooms/{roomId}/state/{eventType}[/{stateKey}]``, both taking an
+  application service's ``ts`` (timestamp massaging:
+  :func:`ranvier.api.appservices.massaged_timestamp`),
   ``PUT /rooms/{roomId}/redact/{eventId}/{txnId}``
 * ``GET /rooms/{roomId}/state``, ``/state/{eventType}[/{stateKey}]``,
   ``/event/{eventId}``, ``/members``, ``/joined_members``, and
@@ -27,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final, Protocol, get_args
 
+from ranvier.api.appservices import massaged_timestamp
 from ranvier.core.accounts import Requester
 from ranvier.core.client_txns import ClientTransactions
 from ranvier.core.creation import EventCreator, Preset
@@ -309,7 +312,10 @@ class _Rooms:
         event_type = request.path_params["event_type"]
         txn_id = request.path_params["txn_id"]
         content = _body(request, required=True)
+        # The scope is the path alone: a retry with another ts is the same
+        # transaction, answered with the event the first request sent.
         scope = f"/rooms/{room_id}/send/{event_type}/{txn_id}"
+        ts = massaged_timestamp(request, requester)
         if refuse_send_if_suspended(requester, event_type):
             # A suspended account may take back its own events only.
             redacts = content.get("redacts")
@@ -325,10 +331,10 @@ class _Rooms:
             try:
                 if not requester.shadow_banned:
                     return await self._creator.send_event(
-                        requester.user_id, room_id, event_type, content
+                        requester.user_id, room_id, event_type, content, origin_server_ts=ts
                     )
                 faked = await self._creator.rehearse_event(
-                    requester.user_id, room_id, event_type, content
+                    requester.user_id, room_id, event_type, content, origin_server_ts=ts
                 )
             except MatrixError:
                 await self._reader.check_joined(requester.user_id, room_id)
@@ -347,18 +353,29 @@ class _Rooms:
         event_type = request.path_params["event_type"]
         state_key = request.path_params.get("state_key", "")
         content = _body(request, required=True)
+        ts = massaged_timestamp(request, requester)
         refuse_if_suspended(requester, "state")
         await self._reader.check_joined(requester.user_id, room_id)
         if event_type == _CANONICAL_ALIAS and state_key == "":
             await self._directory.check_canonical_alias(room_id, content)
         if requester.shadow_banned and _faked_state(event_type, content):
             event_id = await self._creator.rehearse_event(
-                requester.user_id, room_id, event_type, content, state_key=state_key
+                requester.user_id,
+                room_id,
+                event_type,
+                content,
+                state_key=state_key,
+                origin_server_ts=ts,
             )
             await self._shadow_bans.pause()
             return {"event_id": event_id}
         event_id = await self._creator.send_event(
-            requester.user_id, room_id, event_type, content, state_key=state_key
+            requester.user_id,
+            room_id,
+            event_type,
+            content,
+            state_key=state_key,
+            origin_server_ts=ts,
         )
         return {"event_id": event_id}
 

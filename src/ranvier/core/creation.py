@@ -67,6 +67,7 @@ from ranvier.protocol.auth import (
     check_auth_rules,
     is_valid_user_id,
 )
+from ranvier.protocol.canonical import CANONICAL_INT_MAX
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.room_versions import (
     DEFAULT_ROOM_VERSION,
@@ -227,16 +228,30 @@ class TransactionRecordingPersister(Protocol):
 class _QueuedMessage:
     """A message waiting to be sent, and what became of it."""
 
-    __slots__ = ("error", "event_id", "taken", "template", "transaction", "txn_id", "wake")
+    __slots__ = (
+        "error",
+        "event_id",
+        "taken",
+        "template",
+        "timestamp",
+        "transaction",
+        "txn_id",
+        "wake",
+    )
 
     def __init__(
         self,
         template: dict[str, Any],
         txn_id: str | None,
         transaction: PendingTransaction | None,
+        timestamp: int | None = None,
     ) -> None:
         self.template = template
         self.txn_id = txn_id
+        #: The ``origin_server_ts`` its sender chose, if any (see
+        #: :meth:`EventCreator.send_event`); a rebuild after a failed write
+        #: keeps it.
+        self.timestamp = timestamp
         #: The client transaction to record in the message's commit.
         self.transaction = transaction
         #: Taken by a sender of the room's queue: it is sent whatever happens.
@@ -457,6 +472,7 @@ class EventCreator:
         *,
         state_key: str | None = None,
         txn_id: str | None = None,
+        origin_server_ts: int | None = None,
     ) -> str:
         """Send a message event, or a state event when ``state_key`` is given;
         return its ID.
@@ -465,8 +481,14 @@ class EventCreator:
         produced without sending another. Transaction IDs are remembered in
         memory only (see :class:`EventCreator`); across restarts, storage
         would need a table of ``(sender, txn_id) -> event_id``.
+
+        ``origin_server_ts`` replaces the clock's time as the event's
+        timestamp: an application service's timestamp massaging, which
+        tells when a bridged message was really sent. The event still goes
+        at the tip of the room's DAG, after everything written before it.
         """
         self._check_event_request(sender, event_type, content, state_key)
+        _check_timestamp(origin_server_ts)
         content = _without_voucher(event_type, content)
         if txn_id is not None and type(txn_id) is not str:
             raise _invalid_param("a transaction ID must be a string")
@@ -482,13 +504,13 @@ class EventCreator:
         rv = await self._room_version(room_id)
         template = _event_template(rv, sender, room_id, event_type, content, state_key)
         if state_key is None:
-            return await self._send_message(template, rv, txn_id)
+            return await self._send_message(template, rv, txn_id, origin_server_ts)
         if event_type == _MEMBER and content.get("membership") == "invite":
             await self._check_invite(state_key)
         async with self._locks.hold(room_id):
             if txn_id is not None and (sent := self._transactions.get(sender, txn_id)):
                 return sent  # a concurrent send of the same transaction won the lock
-            event = await self._build(rv, template)
+            event = await self._build(rv, template, timestamp=origin_server_ts)
             # A membership sent as plain state still needs an invitee's server.
             event = await self._write(event, countersign=self._countersigner(event))
             if txn_id is not None:
@@ -525,6 +547,7 @@ class EventCreator:
         content: Mapping[str, Any],
         *,
         state_key: str | None = None,
+        origin_server_ts: int | None = None,
     ) -> str:
         """The ID of the event :meth:`send_event` would send, sending nothing
         (:mod:`ranvier.core.shadow_bans`).
@@ -538,13 +561,14 @@ class EventCreator:
         real send.
         """
         self._check_event_request(sender, event_type, content, state_key)
+        _check_timestamp(origin_server_ts)
         content = _without_voucher(event_type, content)
         rv = await self._room_version(room_id)
         if event_type == _MEMBER and content.get("membership") == "invite":
             assert state_key is not None  # a member event's type needs one
             await self._check_invite(state_key)
         template = _event_template(rv, sender, room_id, event_type, content, state_key)
-        return await self._rehearse(rv, template)
+        return await self._rehearse(rv, template, origin_server_ts)
 
     async def rehearse_invite(
         self, sender: str, room_id: str, target: str, *, reason: str | None = None
@@ -575,7 +599,9 @@ class EventCreator:
         # unpadded URL-safe base64.
         return "!" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
 
-    async def _rehearse(self, rv: RoomVersion, template: Mapping[str, Any]) -> str:
+    async def _rehearse(
+        self, rv: RoomVersion, template: Mapping[str, Any], timestamp: int | None = None
+    ) -> str:
         # The plain store, not the creation reads: those are staged under
         # the room's lock, which a rehearsal does not take.
         event = await build_event(
@@ -584,7 +610,7 @@ class EventCreator:
             store=self._store,
             server_name=self.server_name,
             signing_key=self._signing_key,
-            clock=self._clock,
+            clock=self._clock_for(timestamp),
         )
         failure = await check_against_auth_events(event, self._store)
         if failure is not None:
@@ -592,7 +618,11 @@ class EventCreator:
         return event.event_id
 
     async def _send_message(
-        self, template: dict[str, Any], rv: RoomVersion, txn_id: str | None
+        self,
+        template: dict[str, Any],
+        rv: RoomVersion,
+        txn_id: str | None,
+        timestamp: int | None = None,
     ) -> str:
         """Send a message, written together with the room's other messages
         waiting to be sent.
@@ -605,7 +635,7 @@ class EventCreator:
         is sent regardless.
         """
         room_id: str = template["room_id"]
-        queued = _QueuedMessage(template, txn_id, claim_client_transaction(room_id))
+        queued = _QueuedMessage(template, txn_id, claim_client_transaction(room_id), timestamp)
         self._queued.setdefault(room_id, []).append(queued)
         self._stir(room_id)
         try:
@@ -747,7 +777,9 @@ class EventCreator:
             message.succeed(sent)
             return
         try:
-            event = await self._build(rv, message.template, begin=False)
+            event = await self._build(
+                rv, message.template, begin=False, timestamp=message.timestamp
+            )
             full = self._reads.known_full(room_id)
             context = await self._authorise(event, loader=loader if full else None)
             event = await self._policy_signed(event, context)
@@ -1064,7 +1096,12 @@ class EventCreator:
     # --- The path of every event ----------------------------------------------------
 
     async def _build(
-        self, rv: RoomVersion, template: Mapping[str, Any], *, begin: bool = True
+        self,
+        rv: RoomVersion,
+        template: Mapping[str, Any],
+        *,
+        begin: bool = True,
+        timestamp: int | None = None,
     ) -> Pdu:
         room_id = template.get("room_id")
         if begin and type(room_id) is str:
@@ -1075,8 +1112,15 @@ class EventCreator:
             store=self._reads,
             server_name=self.server_name,
             signing_key=self._signing_key,
-            clock=self._clock,
+            clock=self._clock_for(timestamp),
         )
+
+    def _clock_for(self, timestamp: int | None) -> Clock:
+        """The clock of an event: the server's, or stopped at the
+        ``origin_server_ts`` its sender chose."""
+        if timestamp is None:
+            return self._clock
+        return lambda: timestamp
 
     async def _write(
         self,
@@ -1362,6 +1406,18 @@ def _event_template(
         # Before v11 the redacted event is named at the top level.
         template["redacts"] = content["redacts"]
     return template
+
+
+def _check_timestamp(origin_server_ts: int | None) -> None:
+    """Refuse a chosen ``origin_server_ts`` that no event may carry: the
+    field is a non-negative integer that canonical JSON can hold."""
+    if origin_server_ts is None:
+        return
+    if type(origin_server_ts) is not int or not 0 <= origin_server_ts <= CANONICAL_INT_MAX:
+        raise _invalid_param(
+            "an event's origin_server_ts must be an integer from 0 to"
+            f" {CANONICAL_INT_MAX}, not {origin_server_ts!r}"
+        )
 
 
 def _no_remote_invites(user_id: str) -> MatrixError:
