@@ -79,6 +79,7 @@ def test_defaults_are_safe() -> None:
     assert config.federation.request_timeout_seconds > 0
     assert config.federation.max_request_body_bytes >= 50 * 65536
     assert config.federation.destination_retry_seconds == 5.0
+    assert config.federation.allow_device_name_lookup_over_federation is False
     assert config.registration == RegistrationConfig(enabled=False, shared_secret=None)
     # argon2-cffi's own defaults (RFC 9106's low-memory choice).
     assert config.registration.password_hash_time_cost == 3
@@ -259,6 +260,11 @@ _LISTENER = '[[listeners]]\ntype = "client"\nport = 8008\n'
             "federation.destination_retry_seconds: expected float <= 86400",
         ),
         (
+            "[federation]\nallow_device_name_lookup_over_federation = 1",
+            "federation.allow_device_name_lookup_over_federation",
+            "federation.allow_device_name_lookup_over_federation: expected bool, got int",
+        ),
+        (
             "[federation]\nsignature_process = 'no'",
             "federation.signature_process",
             "federation.signature_process: expected bool, got str",
@@ -310,6 +316,11 @@ async def test_the_signature_process_is_on_unless_turned_off() -> None:
     off = Config.from_toml("[federation]\nsignature_process = false\n")
     assert off.federation.signature_process is False
     assert HomeServer(off).signature_process is None
+
+
+def test_device_names_are_shared_over_federation_when_allowed() -> None:
+    config = Config.from_toml("[federation]\nallow_device_name_lookup_over_federation = true\n")
+    assert config.federation.allow_device_name_lookup_over_federation is True
 
 
 def test_text_that_is_not_toml() -> None:

@@ -164,6 +164,12 @@ class FederationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     #: needed, so they do not wait on the event loop for the GIL; off, they
     #: are checked in threads (see :mod:`ranvier.signature_process`).
     signature_process: bool = True
+    #: Show other servers our users' device display names, in
+    #: ``/user/devices``, ``/user/keys/query`` and ``m.device_list_update``
+    #: (Synapse's key of the same name). Off by default: a name such as
+    #: "Alice's work laptop" tells anyone sharing a room more than the keys
+    #: they need, and users here see their peers' names all the same.
+    allow_device_name_lookup_over_federation: bool = False
 
 
 class RateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

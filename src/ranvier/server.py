@@ -1451,6 +1451,9 @@ class HomeServer:
                 remote=FederationKeyClient(client),
             ),
             partial_state_updates=storage.partial_state_device_updates,
+            device_names_over_federation=(
+                self.config.federation.allow_device_name_lookup_over_federation
+            ),
         )
         self._edus.e2e_keys = self._e2e_keys
         self.unpartial_stater.on_full_state.append(self._e2e_keys.room_fully_stated)

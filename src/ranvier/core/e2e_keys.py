@@ -28,6 +28,11 @@ Invariants
   stream** and wakes the long-polls of the user and of those sharing a
   room with them; other servers sharing a room hear of it by an
   ``m.device_list_update`` EDU.
+* **Device display names stay here** unless the operator shares them
+  (``[federation] allow_device_name_lookup_over_federation``): every
+  answer and update for other servers is made by :meth:`E2eKeys.local_query`
+  without a requester or by :meth:`E2eKeys.devices_for_servers`, the two
+  places that decide.
 """
 
 from __future__ import annotations
@@ -413,8 +418,11 @@ class E2eKeys:
         edus: EduSink | None = None,
         device_lists: RemoteDeviceLists | None = None,
         partial_state_updates: PartialStateUpdates | None = None,
+        device_names_over_federation: bool = False,
     ) -> None:
         self._server_name = server_name
+        #: Whether other servers are shown devices' display names.
+        self._names_over_federation = device_names_over_federation
         #: Other servers' users' device lists kept here (none kept without).
         self.device_lists = device_lists
         self._store = store
@@ -689,7 +697,7 @@ class E2eKeys:
         if not destinations and not partial:
             return
         edus: list[tuple[str, dict[str, Any]]] = []
-        shown = await self.local_query({user_id: sorted(devices)})
+        shown = await self.devices_for_servers(user_id, devices)
         # Each update names the one before, so a server that missed one
         # knows to ask for the whole list (GET /user/devices). The one
         # before is read from the stream, which every process shares and a
@@ -703,19 +711,14 @@ class E2eKeys:
                 "prev_id": [] if previous is None else [previous],
                 "deleted": deleted,
             }
-            keys = shown["device_keys"].get(user_id, {}).get(device_id)
-            if keys is not None:
-                update["keys"] = keys
+            update.update(shown["devices"].get(device_id, {}))
             edus.append(("m.device_list_update", update))
             previous = position
         if cross_signing:
             update = {"user_id": user_id}
-            for field, key_field in (
-                ("master_keys", "master_key"),
-                ("self_signing_keys", "self_signing_key"),
-            ):
-                if user_id in shown[field]:
-                    update[key_field] = shown[field][user_id]
+            for field in ("master_key", "self_signing_key"):
+                if field in shown:
+                    update[field] = shown[field]
             edus.append(("m.signing_key_update", update))
         for server in sorted(destinations):
             for edu_type, content in edus:
@@ -787,7 +790,7 @@ class E2eKeys:
         the device as this server's users see it (``unsigned.device_display_name``
         of its keys), so those sharing a room hear of it as of a key change.
         Other servers hear of a change too, as a peer's clients would
-        expect, though not the name itself, which stays on this server.
+        expect; the name itself only where names are shared with them.
         """
         position = await self._store.mark_device_list_changed(user_id)
         await self._changed(user_id, position, devices=[device_id])
@@ -955,16 +958,18 @@ class E2eKeys:
         """Local users' device and cross-signing keys, as a local
         ``requester`` sees them, or another server when None:
         ``user_signing_keys`` only of the requester themself, and devices'
-        display names only to local users, as Synapse keeps them by default
-        (a name such as "Alice's phone" says more than a key needs to).
+        display names (``unsigned.device_display_name``) to other servers
+        only where the operator shares them, as in Synapse (a name such as
+        "Alice's phone" says more than a key needs to).
         """
         stored = await self._store.device_keys(wanted)
+        named = requester is not None or self._names_over_federation
         device_keys: dict[str, Any] = {}
         for user_id, devices in stored.items():
             shown = device_keys.setdefault(user_id, {})
             for device_id, (key_json, display_name) in devices.items():
                 key = msgspec.json.decode(key_json)
-                if display_name is not None and requester is not None:
+                if display_name is not None and named:
                     key.setdefault("unsigned", {})["device_display_name"] = display_name
                 shown[device_id] = key
         answer: dict[str, Any] = {
@@ -981,6 +986,31 @@ class E2eKeys:
                 if key_type == "user_signing" and user_id != requester:
                     continue
                 answer[field][user_id] = msgspec.json.decode(key_json)
+        return answer
+
+    async def devices_for_servers(
+        self, user_id: str, device_ids: Collection[str] = ()
+    ) -> dict[str, Any]:
+        """A local user's devices with keys (those of ``device_ids``, every
+        one when empty) as other servers are shown them in ``GET
+        /user/devices`` and ``m.device_list_update``: ``devices`` by device
+        ID, each ``{"keys": ...}`` with the keys as uploaded, and
+        ``device_display_name`` where names are shared and the device has
+        one (these two carry the name beside the keys, not in them); and
+        the user's ``master_key`` and ``self_signing_key`` if they have them.
+        """
+        stored = await self._store.device_keys({user_id: sorted(device_ids)})
+        devices: dict[str, dict[str, Any]] = {}
+        for device_id, (key_json, display_name) in stored.get(user_id, {}).items():
+            entry: dict[str, Any] = {"keys": msgspec.json.decode(key_json)}
+            if display_name is not None and self._names_over_federation:
+                entry["device_display_name"] = display_name
+            devices[device_id] = entry
+        answer: dict[str, Any] = {"devices": devices}
+        cross = (await self._store.cross_signing_keys([user_id])).get(user_id, {})
+        for key_type in ("master", "self_signing"):
+            if key_type in cross:
+                answer[f"{key_type}_key"] = msgspec.json.decode(cross[key_type])
         return answer
 
     async def claim(self, body: Mapping[str, Any]) -> dict[str, Any]:

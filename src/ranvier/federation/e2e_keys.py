@@ -3,11 +3,14 @@
 Served to other servers, for this server's users only:
 
 * ``POST /v1/user/keys/query``: device keys and the master and
-  self-signing keys (never a user-signing key: that is its user's alone,
-  nor devices' display names);
+  self-signing keys (never a user-signing key: that is its user's alone);
 * ``POST /v1/user/keys/claim``: one-time keys, each handed out once;
 * ``GET /v1/user/devices/{userId}``: a user's devices with their keys, and
   the device-list stream position they are as of.
+
+Devices' display names go with them only where the operator shares them
+(``[federation] allow_device_name_lookup_over_federation``), as
+:class:`~ranvier.core.e2e_keys.E2eKeys` decides.
 
 And asked of other servers by ``/keys/query`` and ``/keys/claim`` for
 their users, and for a user's whole device list to keep
@@ -128,18 +131,12 @@ def add_e2e_key_routes(router: Router, *, server_name: str, keys: E2eKeys) -> No
                 http_status=400,
             )
         position = await keys.device_lists_position()
-        found = await keys.local_query({user_id: []})
-        listed = []
-        for device_id, device_keys in sorted(found["device_keys"].get(user_id, {}).items()):
-            listed.append({"device_id": device_id, "keys": device_keys})
-        answer: dict[str, Any] = {"user_id": user_id, "stream_id": position, "devices": listed}
-        for field, key_field in (
-            ("master_keys", "master_key"),
-            ("self_signing_keys", "self_signing_key"),
-        ):
-            if user_id in found[field]:
-                answer[key_field] = found[field][user_id]
-        return answer
+        found = await keys.devices_for_servers(user_id)
+        listed = [
+            {"device_id": device_id, **entry}
+            for device_id, entry in sorted(found.pop("devices").items())
+        ]
+        return {"user_id": user_id, "stream_id": position, "devices": listed, **found}
 
     router.add("POST", f"{_PREFIX}/user/keys/query", query)
     router.add("POST", f"{_PREFIX}/user/keys/claim", claim)
