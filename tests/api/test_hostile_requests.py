@@ -206,6 +206,7 @@ def _path_values(pattern: str, ids: Ids) -> dict[str, str]:
         "server_name": ids.alice.partition(":")[2],
         "media_id": "abcdefghij",
         "delete_id": "delete",
+        "redact_id": "redaction",
         "appservice_id": "service",
         "txn_id": "txn",
         "tag": "u.work",
