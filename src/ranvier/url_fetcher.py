@@ -42,6 +42,7 @@ from ranvier.address_backend import AddressBackend
 from ranvier.core.url_previews import FetchedUrl
 from ranvier.errors import MatrixError
 from ranvier.protocol.ip_ranges import AddressPolicy
+from ranvier.protocol.numbers import is_decimal_number
 
 __all__ = ["MAX_REDIRECTS", "USER_AGENT", "Resolver", "UrlFetcher", "resolve_host"]
 
@@ -144,7 +145,7 @@ class UrlFetcher:
 
     async def _read(self, response: httpcore.Response, url: httpx.URL) -> bytes:
         declared = (_header(response.headers, b"content-length") or "").strip()
-        if declared.isdigit() and int(declared) > self.max_bytes:
+        if is_decimal_number(declared) and int(declared) > self.max_bytes:
             raise _too_large(url, self.max_bytes)
         encoding = (_header(response.headers, b"content-encoding") or "identity").strip().lower()
         if encoding not in _ENCODINGS:

@@ -28,6 +28,7 @@ from typing import Any, Final
 import msgspec
 
 from ranvier.errors import MatrixError
+from ranvier.protocol.numbers import is_decimal_number
 from ranvier.protocol.untrusted_json import decode_untrusted_json
 
 __all__ = [
@@ -109,7 +110,7 @@ def integer_param(request: Request, name: str) -> int | None:
     value = request.query_value(name)
     if value is None:
         return None
-    if not value.isdigit() or len(value) > 15:
+    if not is_decimal_number(value) or len(value) > 15:
         raise invalid_param(f"{name} must be a non-negative integer, not {value[:40]!r}")
     return int(value)
 
@@ -433,7 +434,7 @@ class Disconnected(Exception):
 
 async def read_body(receive: Receive, headers: Iterable[tuple[str, str]], limit: int) -> bytes:
     for name, value in headers:
-        if name == "content-length" and value.strip().isdigit() and int(value) > limit:
+        if name == "content-length" and is_decimal_number(value.strip()) and int(value) > limit:
             raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0

@@ -14,6 +14,7 @@ from ranvier.api.admin_common import ADMIN_V1, require_admin
 from ranvier.api.auth import Auth
 from ranvier.core.admin_reports import AdminReports
 from ranvier.errors import MatrixError
+from ranvier.protocol.numbers import is_decimal_number
 from ranvier.web import Request, Router
 
 __all__ = ["add_admin_report_routes"]
@@ -37,7 +38,7 @@ def add_admin_report_routes(router: Router, *, auth: Auth, reports: AdminReports
 
 def _report_id(request: Request) -> int:
     raw = request.path_params["report_id"]
-    if not raw.isdigit() or len(raw) > 15:
+    if not is_decimal_number(raw) or len(raw) > 15:
         raise MatrixError(
             "the report ID must be a positive integer",
             errcode="M_INVALID_PARAM",

@@ -22,6 +22,7 @@ from typing import Any, Final, Protocol
 from ranvier.core.accounts import Requester
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.protocol.canonical import CANONICAL_INT_MAX
+from ranvier.protocol.numbers import is_decimal_number
 from ranvier.web import Request, Router, invalid_param
 
 __all__ = ["add_appservice_routes", "massaged_timestamp"]
@@ -54,12 +55,7 @@ def massaged_timestamp(request: Request, requester: Requester) -> int | None:
     if value is None:
         return None
     digits = len(str(CANONICAL_INT_MAX))
-    if (
-        not value.isascii()
-        or not value.isdigit()
-        or len(value) > digits
-        or int(value) > CANONICAL_INT_MAX
-    ):
+    if not is_decimal_number(value) or len(value) > digits or int(value) > CANONICAL_INT_MAX:
         raise invalid_param(
             f"ts must be a timestamp in milliseconds from 0 to {CANONICAL_INT_MAX},"
             f" not {value[:40]!r}"

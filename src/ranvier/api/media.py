@@ -42,6 +42,7 @@ from ranvier.protocol.media import (
     thumbnail_method_param,
     timeout_ms_param,
 )
+from ranvier.protocol.numbers import is_decimal_number
 from ranvier.web import (
     Disconnected,
     JsonResponse,
@@ -253,7 +254,7 @@ class MediaApp:
         # ``ts`` asks for the preview as of a time; the newest kept is
         # answered, which the spec allows.
         ts = request.query_value("ts")
-        if ts is not None and not ts.lstrip("-").isdigit():
+        if ts is not None and not is_decimal_number(ts.removeprefix("-")):
             raise invalid_param(f"ts must be an integer, not {ts!r}")
         return JsonResponse(await self._previews.preview(requester.user_id, url))
 
@@ -290,7 +291,7 @@ def _header(request: Request, name: str) -> str | None:
 
 def _content_length(request: Request) -> int | None:
     value = (_header(request, "content-length") or "").strip()
-    return int(value) if value.isdigit() else None
+    return int(value) if is_decimal_number(value) else None
 
 
 def _boolean(request: Request, name: str, *, default: bool) -> bool:

@@ -18,6 +18,7 @@ from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.api.rooms import CLIENT_V3
 from ranvier.errors import MatrixError
+from ranvier.protocol.numbers import is_decimal_number
 from ranvier.web import Request, Router
 
 __all__ = ["REPORTS_ADMIN_PATH", "USER_REPORTS_ADMIN_PATH", "add_report_routes"]
@@ -123,7 +124,7 @@ def add_report_routes(router: Router, *, auth: Auth, reports: ReportTaker) -> No
     async def user_report(request: Request) -> Mapping[str, Any]:
         await require_admin(auth, request)
         raw = request.path_params["report_id"]
-        if not raw.isascii() or not raw.isdigit() or len(raw) > 15:
+        if not is_decimal_number(raw) or len(raw) > 15:
             raise MatrixError(
                 "the report ID must be a positive integer",
                 errcode="M_INVALID_PARAM",

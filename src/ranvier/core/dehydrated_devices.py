@@ -37,6 +37,7 @@ import msgspec
 from ranvier.core.builder import Clock, wall_clock_ms
 from ranvier.core.e2e_keys import TO_DEVICE_PAGE, CheckedKeys
 from ranvier.errors import BadJsonError, MatrixError
+from ranvier.protocol.numbers import is_decimal_number
 from ranvier.storage.dehydrated_devices import DehydratedUpload, StoredDehydration
 
 __all__ = ["DehydratedDeviceKeys", "DehydratedDeviceStore", "DehydratedDevices"]
@@ -128,7 +129,7 @@ def _after(body: Mapping[str, Any]) -> int:
     if not isinstance(token, str):
         raise BadJsonError("'next_batch' must be a string")
     # At most 18 digits: a stream position fits SQLite's 64-bit integers.
-    if not token.isascii() or not token.isdigit() or len(token) > 18:
+    if not is_decimal_number(token) or len(token) > 18:
         raise MatrixError(
             f"{token[:80]!r} is not a next_batch this server gave",
             errcode="M_INVALID_PARAM",

@@ -44,6 +44,7 @@ import msgspec
 
 from ranvier.errors import MatrixError
 from ranvier.protocol.events import Pdu
+from ranvier.protocol.numbers import is_decimal_number
 from ranvier.protocol.power_levels import get_notification_level, get_user_power_level
 from ranvier.protocol.push_evaluation import PushContext, evaluate_push_rules
 from ranvier.storage.notification_reads import Counted, UnreadEvents
@@ -329,6 +330,6 @@ def count_cap(rule_set: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
                 if isinstance(condition, Mapping) and condition.get("kind") == "room_member_count":
                     bound = condition.get("is")
                     digits = bound.lstrip("<>=") if isinstance(bound, str) else ""
-                    if digits.isdigit():
+                    if is_decimal_number(digits):
                         most = max(most, int(digits))
     return most + _COUNT_MARGIN

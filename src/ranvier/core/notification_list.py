@@ -26,6 +26,7 @@ import msgspec
 
 from ranvier.errors import MatrixError
 from ranvier.protocol.canonical import CANONICAL_INT_MAX, CANONICAL_INT_MIN
+from ranvier.protocol.numbers import is_decimal_number
 from ranvier.protocol.push_evaluation import PushOutcome, evaluate_push_rules
 from ranvier.storage.notification_reads import NotificationCandidates, NotificationRoom
 from ranvier.storage.records import StoredEvent
@@ -181,7 +182,7 @@ def _parse_token(token: str | None) -> int | None:
     # Tokens are stream positions, which SQLite holds in 64 bits; within
     # canonical JSON's integers, so a larger number is no token of ours.
     if (
-        not token.lstrip("-").isdigit()
+        not is_decimal_number(token.removeprefix("-"))
         or len(token) > 20
         or not CANONICAL_INT_MIN <= int(token) <= CANONICAL_INT_MAX
     ):

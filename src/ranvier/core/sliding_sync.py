@@ -101,6 +101,7 @@ from ranvier.core.sync import (
     SyncStore,
 )
 from ranvier.errors import MatrixError
+from ranvier.protocol.numbers import is_decimal_number
 from ranvier.storage.sliding_sync import ConnectionState, RoomSent
 from ranvier.storage.sliding_sync_reads import RoomFacts, RoomList
 
@@ -311,7 +312,7 @@ class SlidingSyncHandler:
     async def _connection(
         self, requester: Requester, request: SlidingSyncRequest, pos: str
     ) -> ConnectionState:
-        if not pos.isdigit() or len(pos) > 18:
+        if not is_decimal_number(pos) or len(pos) > 18:
             raise _unknown_pos(pos)
         state = await self._store.connection_at(
             requester.user_id, requester.device_id, request.conn_id, int(pos)

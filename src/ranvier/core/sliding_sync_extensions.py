@@ -34,6 +34,7 @@ from ranvier.core.notifier import StreamPosition
 from ranvier.core.sliding_sync_config import ANY, ExtensionConfig
 from ranvier.core.sync import EndToEndSource, EphemeralSource, PresenceSource
 from ranvier.errors import MatrixError
+from ranvier.protocol.numbers import is_decimal_number
 
 __all__ = ["ExtensionSources", "RoomsChosen", "extension_rooms", "extensions_response"]
 
@@ -86,7 +87,7 @@ def _to_device_since(config: ExtensionConfig) -> int:
     since = config.since
     if since is None:
         return 0
-    if not since.isdigit() or len(since) > 18:
+    if not is_decimal_number(since) or len(since) > 18:
         raise MatrixError(
             f"the to_device extension's since must be a next_batch it gave, not {since[:40]!r}",
             errcode="M_INVALID_PARAM",

@@ -55,6 +55,7 @@ from ranvier.core.accounts import Accounts
 from ranvier.core.login_tokens import LoginTokens
 from ranvier.core.profiles import MAX_DISPLAYNAME_LENGTH
 from ranvier.errors import MatrixError
+from ranvier.protocol.numbers import is_decimal_number
 from ranvier.storage.accounts import NewAccount, NewDevice, UserInUseError
 from ranvier.storage.sso import SsoSession
 
@@ -302,7 +303,7 @@ async def _capped_body(response: httpx.Response, what: str) -> bytes:
         f"the identity provider's {what} is larger than {MAX_RESPONSE_BYTES} bytes", status=502
     )
     length = response.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_RESPONSE_BYTES:
+    if is_decimal_number(length) and int(length) > MAX_RESPONSE_BYTES:
         raise too_large
     body = bytearray()
     pieces = response.aiter_bytes()

@@ -22,6 +22,7 @@ from typing import Any, Final, Protocol
 from ranvier.core.room_servers import RoomServersReader
 from ranvier.errors import MatrixError
 from ranvier.federation.transport.server import Request, Router
+from ranvier.protocol.numbers import is_decimal_number
 from ranvier.storage.records import StoredEvent
 
 from .room_access import RoomAccess
@@ -66,7 +67,7 @@ def add_timestamp_route(router: Router, *, store: TimestampStore) -> None:
         origin = request.origin
         assert origin is not None  # the route is authenticated
         ts_text, direction = _param(request, "ts"), _param(request, "dir")
-        if not ts_text.isdigit() or len(ts_text) > 15:
+        if not is_decimal_number(ts_text) or len(ts_text) > 15:
             raise _invalid(f"ts must be a non-negative integer, not {ts_text[:40]!r}")
         if direction not in ("b", "f"):
             raise _invalid(f"dir must be b or f, not {direction[:40]!r}")

@@ -24,6 +24,8 @@ import urllib.parse
 from html.parser import HTMLParser
 from typing import Final
 
+from .numbers import is_decimal_number
+
 __all__ = ["MAX_KEY_CHARS", "MAX_VALUE_CHARS", "decode_html", "html_preview"]
 
 #: Longer keys are dropped: no OpenGraph property is anywhere near this.
@@ -173,7 +175,7 @@ class _PreviewParser(HTMLParser):
 def _large_enough(values: dict[str, str]) -> bool:
     for side in ("width", "height"):
         declared = values.get(side, "").strip().removesuffix("px")
-        if declared.isdigit() and int(declared) < _MIN_IMAGE_SIDE:
+        if is_decimal_number(declared) and int(declared) < _MIN_IMAGE_SIDE:
             return False
     return True
 

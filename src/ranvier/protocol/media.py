@@ -15,6 +15,8 @@ from typing import Final, Literal
 
 from ranvier.errors import MatrixError
 
+from .numbers import is_decimal_number
+
 __all__ = [
     "DEFAULT_TIMEOUT_MS",
     "INLINE_CONTENT_TYPES",
@@ -355,7 +357,7 @@ def timeout_ms_param(value: str | None) -> int:
     """A download's ``timeout_ms``: how long it may wait for an upload."""
     if value is None:
         return DEFAULT_TIMEOUT_MS
-    if not value.isdigit():
+    if not is_decimal_number(value):
         raise invalid_param(f"timeout_ms must be a non-negative integer, not {value!r}")
     return int(value)
 
@@ -365,7 +367,7 @@ def thumbnail_dimension_param(name: str, value: str | None) -> int:
     no request asks for a huge image to be made."""
     if value is None:
         raise MatrixError(f"{name} is required", errcode="M_MISSING_PARAM", http_status=400)
-    if not value.isdigit() or not 0 < int(value) <= 10_000:
+    if not is_decimal_number(value) or not 0 < int(value) <= 10_000:
         raise invalid_param(f"{name} must be an integer from 1 to 10000, not {value!r}")
     return int(value)
 

@@ -89,6 +89,7 @@ from ranvier.core.ephemeral_replica import EphemeralChanges, EphemeralReplica
 from ranvier.core.notifier import StreamNotifier, StreamPosition
 from ranvier.errors import BadJsonError, MatrixError, StorageUnavailableError
 from ranvier.metrics import note_route
+from ranvier.protocol.numbers import is_decimal_number
 from ranvier.storage import Storage
 from ranvier.storage.id_floors import events_top, un_partial_top
 from ranvier.storage.sync_reads import joined_rooms
@@ -458,7 +459,7 @@ class StreamSource:
 
     def _heard_after(self, known: str) -> tuple[str, ...]:
         life, _, count = known.partition(":")
-        if life != self._life or not count.isdigit():
+        if life != self._life or not is_decimal_number(count):
             return ()
         after = int(count)
         return tuple(dict.fromkeys(name for seen, name in self._heard_recent if seen > after))

@@ -71,8 +71,19 @@ HOSTILE_VALUES: Final[tuple[Any, ...]] = (
     {},
     [[[]]],
 )
-#: What each query parameter is set to, one at a time.
-HOSTILE_QUERY_VALUES: Final = ("-1", str(2**63), "99999999999999999999", "1e400", "abc", "")
+#: What each query parameter is set to, one at a time: among them digits
+#: that ``str.isdigit`` takes and ``int`` refuses (superscript two) or reads
+#: as a number no client writes (an Arabic-Indic three).
+HOSTILE_QUERY_VALUES: Final = (
+    "-1",
+    str(2**63),
+    "99999999999999999999",
+    "1e400",
+    "abc",
+    "",
+    "\u00b2",
+    "\u0663",
+)
 #: What a request that had to ask another server gets when that server
 #: cannot be reached or answers nonsense: the homeserver's own deliberate
 #: answer, with an errcode, where a 500 is a request that reached code

@@ -53,6 +53,7 @@ import trio
 from ranvier.config import Config
 from ranvier.errors import BadJsonError
 from ranvier.protocol.canonical import encode_canonical_json
+from ranvier.protocol.numbers import is_decimal_number
 from ranvier.protocol.signing import SigningKeyLike
 from ranvier.protocol.untrusted_json import decode_untrusted_json
 
@@ -709,7 +710,7 @@ async def _body_chunks(response: httpx.Response, limit: int) -> AsyncGenerator[b
     here, so it holds for any transport.
     """
     length = response.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    if length is not None and is_decimal_number(length) and int(length) > limit:
         raise ResponseTooLargeError(limit)
     size = 0
     pieces = response.aiter_bytes()

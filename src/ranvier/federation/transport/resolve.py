@@ -48,6 +48,7 @@ import msgspec
 import trio
 
 from ranvier.address_backend import AddressBackend, root_cause
+from ranvier.protocol.numbers import is_decimal_number
 from ranvier.protocol.untrusted_json import decode_untrusted_json
 from ranvier.protocol.x_matrix import split_server_name
 
@@ -665,7 +666,7 @@ async def read_body(response: httpx.Response, limit: int) -> bytes:
     once, if its Content-Length says it will).
     """
     length = response.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    if length is not None and is_decimal_number(length) and int(length) > limit:
         raise ResponseTooLargeError(limit)
     response.request.extensions[MAX_BODY_EXTENSION] = limit
     return await response.aread()
@@ -683,7 +684,7 @@ async def read_body_into_buffer(response: httpx.Response, limit: int) -> bytearr
     length = response.headers.get("content-length")
     if (
         length is None
-        or not length.isdigit()
+        or not is_decimal_number(length)
         or response.headers.get("content-encoding", "identity") != "identity"
     ):
         return bytearray(await read_body(response, limit))
