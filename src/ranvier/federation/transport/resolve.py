@@ -94,7 +94,9 @@ _WELL_KNOWN_TIMEOUT: Final = 10.0
 _WELL_KNOWN_MAX_REDIRECTS: Final = 5
 _WELL_KNOWN_CACHE_SIZE: Final = 10_000
 
-_MAX_AGE_RE: Final = re.compile(r"(?:^|,)\s*(?:s-maxage|max-age)\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
+_MAX_AGE_RE: Final = re.compile(
+    r"(?:^|,)\s*(?:s-maxage|max-age)\s*=\s*\"?(\d+)\"?", re.IGNORECASE | re.ASCII
+)
 _NO_CACHE_RE: Final = re.compile(r"(?:^|,)\s*(?:no-store|no-cache)\b", re.IGNORECASE)
 
 
