@@ -99,6 +99,31 @@ async def test_a_message_in_a_room_with_a_namespace_user_reaches_the_service(
         assert len(set(txn_ids)) == len(txn_ids)
 
 
+async def test_state_events_say_what_they_replaced(tmp_path: Path) -> None:
+    async with _with_fake(tmp_path) as (env, service):
+        room_id, ghost = await _bridged_room(env)
+        renamed = await env.as_ok(
+            "PUT",
+            f"/rooms/{q(room_id)}/state/m.room.member/{q(ghost)}",
+            {"membership": "join", "displayname": "Ghost"},
+            user_id=ghost,
+        )
+        message = await _send(env, room_id, "after the rename", "r1")
+        with trio.fail_after(20):
+            await service.wait_for(lambda: message in _ids(service))
+        events = {event["event_id"]: event for event in service.events()}
+        (first_join,) = [
+            event
+            for event in events.values()
+            if event.get("state_key") == ghost and event["event_id"] != renamed["event_id"]
+        ]
+        rename = events[renamed["event_id"]]
+        assert rename["unsigned"]["replaces_state"] == first_join["event_id"]
+        assert rename["unsigned"]["prev_content"] == first_join["content"]
+        assert "prev_content" not in first_join.get("unsigned", {})
+        assert "replaces_state" not in events[message].get("unsigned", {})
+
+
 async def test_a_room_in_the_rooms_namespace_and_an_invite(tmp_path: Path) -> None:
     async with _with_fake(tmp_path) as (env, service):
         room_id = await env.client.create_room(env.alice, preset="private_chat")

@@ -51,20 +51,21 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 import msgspec
 import trio
 
 from ranvier.storage.appservices import AppServicePosition, PendingTransaction, RoomInterest
-from ranvier.storage.records import StoredEvent
+from ranvier.storage.records import ReplacedState, StoredEvent
 
 from .appservice_ephemeral import AppServiceEphemeral
 from .appservice_to_device import AppServiceToDevice
 from .appservices import AppService, AppServiceClient, AppServices, AppServiceUnavailableError
 from .client_events import client_event
 from .notifier import StreamNotifier, StreamPosition
+from .replaced_state import replaced_unsigned, with_replaced
 
 __all__ = ["MAX_EVENTS", "AppServiceSender", "AppServiceSenderStore", "SenderAccounts"]
 
@@ -124,6 +125,10 @@ class AppServiceSenderStore(Protocol):
     async def events_after(self, after: int, *, limit: int) -> list[StoredEvent]: ...
 
     async def newest_stream_ordering(self) -> int: ...
+
+    async def get_replaced_state(
+        self, event_ids: Collection[str]
+    ) -> Mapping[str, ReplacedState]: ...
 
     async def room_interest(
         self, room_ids: Collection[str], server_name: str
@@ -262,7 +267,15 @@ class AppServiceSender:
             sent = [] if messages is None else messages.messages
             to_device_at = None if messages is None else messages.through
             if chosen or shown or sent:
-                body: dict[str, Any] = {"events": [client_event(e) for e in chosen]}
+                # State events say what they replaced, as clients are told
+                # (a bridge tells a rename from a join by prev_content).
+                replaced = await replaced_unsigned(self._store, chosen)
+                body: dict[str, Any] = {
+                    "events": [
+                        client_event(e, unsigned=with_replaced(replaced, e.event_id, None))
+                        for e in chosen
+                    ]
+                }
                 if shown:
                     body["ephemeral"] = body[_LEGACY_EPHEMERAL] = shown
                 if sent:

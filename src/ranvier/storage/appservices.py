@@ -42,7 +42,8 @@ from typing import Final
 from .event_stream import newest_stream_ordering, timeline_events_after
 from .readers import ReaderPool
 from .receipts import ReceiptRecord
-from .records import StoredEvent
+from .records import ReplacedState, StoredEvent
+from .replaced_state import read_replaced_state
 from .write_backend import WriteBackend, registered_write
 
 __all__ = [
@@ -99,6 +100,12 @@ class AppServiceStorage:
     def __init__(self, writer: WriteBackend, readers: ReaderPool) -> None:
         self._writer = writer
         self._readers = readers
+
+    async def get_replaced_state(self, event_ids: Collection[str]) -> dict[str, ReplacedState]:
+        """What each state event of ``event_ids`` replaced, for the
+        ``prev_content`` of the events services are sent."""
+        ids = frozenset(event_ids)
+        return await self._readers.read(functools.partial(read_replaced_state, event_ids=ids))
 
     async def start_position(
         self,
