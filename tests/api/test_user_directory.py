@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from _client import Client, q
+from _federation import share_a_room, two_servers
 
-from ranvier.testing.homeserver import open_test_homeserver
+from ranvier.testing.homeserver import TestUser, open_test_homeserver
 
 
 async def test_users_sharing_a_room_or_in_a_public_room_are_found(tmp_path: Path) -> None:
@@ -67,3 +68,61 @@ async def test_users_sharing_a_room_or_in_a_public_room_are_found(tmp_path: Path
         await c.refused(
             alice, "POST", "/user_directory/search", raw=b"[", status=400, errcode="M_NOT_JSON"
         )
+
+
+async def _found(c: Client, searcher: TestUser, user: TestUser) -> bool:
+    answer = await c.ok(searcher, "POST", "/user_directory/search", {"search_term": user.user_id})
+    return any(found["user_id"] == user.user_id for found in answer["results"])
+
+
+async def test_a_public_or_world_readable_room_makes_its_members_found(tmp_path: Path) -> None:
+    # Spec: the search considers at least the members of rooms with a public
+    # join rule or world_readable history, published in the room list or not.
+    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client() as http:
+        c = Client(hs, http)
+        alice, bob = await hs.register_user("alice"), await hs.register_user("bob")
+        eve = await hs.register_user("eve")
+        room_id = await c.create_room(alice, preset="private_chat", invite=[bob.user_id])
+        await c.ok(bob, "POST", f"/join/{q(room_id)}", {})
+        assert not await _found(c, eve, bob)
+
+        async def put(event_type: str, content: dict[str, str]) -> None:
+            await c.ok(alice, "PUT", f"/rooms/{q(room_id)}/state/{event_type}", content)
+
+        await put("m.room.join_rules", {"join_rule": "public"})
+        assert await _found(c, eve, bob)
+        await put("m.room.join_rules", {"join_rule": "invite"})
+        assert not await _found(c, eve, bob)
+        await put("m.room.history_visibility", {"history_visibility": "world_readable"})
+        assert await _found(c, eve, bob)
+        # Both: the room stays public while either says so.
+        await put("m.room.join_rules", {"join_rule": "public"})
+        await put("m.room.join_rules", {"join_rule": "invite"})
+        assert await _found(c, eve, bob)
+        await put("m.room.history_visibility", {"history_visibility": "shared"})
+        assert not await _found(c, eve, bob)
+        # Alice shares the room with Bob whatever its rules.
+        assert await _found(c, alice, bob)
+
+        # A public room's member is found while joined, and not once he left.
+        lobby = await c.create_room(alice, preset="public_chat")
+        await c.ok(bob, "POST", f"/rooms/{q(room_id)}/leave", {})
+        await c.ok(bob, "POST", f"/join/{q(lobby)}", {})
+        assert await _found(c, eve, bob)
+        await c.ok(bob, "POST", f"/rooms/{q(lobby)}/leave", {})
+        assert not await _found(c, eve, bob)
+
+
+async def test_a_remote_rooms_members_are_not_found_once_this_server_left(
+    tmp_path: Path,
+) -> None:
+    async with two_servers(tmp_path) as servers:
+        b, cb, alice, bob = servers.b, servers.cb, servers.alice, servers.bob
+        room_id = await share_a_room(servers)
+        carol = await b.register_user("carol")
+        # Carol of B is in no room: she finds Alice through the public room
+        # B is joined to.
+        assert await _found(cb, carol, alice)
+        await cb.ok(bob, "POST", f"/rooms/{q(room_id)}/leave", {})
+        assert not await _found(cb, carol, alice)
+        assert not await _found(cb, bob, alice)

@@ -1,7 +1,8 @@
 """The user directory: ``POST /user_directory/search``.
 
 A user finds the users they share a joined room with, and those joined to
-a room in the public room list, by user ID or display name (the one their
+a room with a public join rule or world-readable history that a user of
+this server is still in, by user ID or display name (the one their
 member event carries), case-insensitively. Results come sorted, local and
 exact matches first.
 """

@@ -173,8 +173,9 @@ class ClientDataStorage:
 
     async def user_directory(self, user_id: str) -> dict[str, str]:
         """Every user who shares a joined room with ``user_id`` or is joined
-        to a published room, with the member event JSON of one such
-        membership (for the display name and avatar it carries).
+        to a room with a public join rule or world-readable history, with
+        the member event JSON of one such membership (for the display name
+        and avatar it carries).
         """
         return await self._read(functools.partial(_user_directory, user_id=user_id))
 
@@ -282,15 +283,34 @@ def _set_profile(
 
 
 def _user_directory(conn: sqlite3.Connection, *, user_id: str) -> dict[str, str]:
+    # The rooms whose members anyone may find, as the spec has them: a
+    # public join rule or world-readable history, whether or not the room is
+    # published in the room list. Only rooms a user of ours is still joined
+    # to count: the state of a room this server left is where it stopped.
+    # Both keys survive a redaction, so the stored JSON is read as it is.
     rows = conn.execute(
-        f"SELECT {_EVENT_COLUMNS} FROM current_state AS m"
+        "WITH joined AS ("
+        "  SELECT s.room_id, s.state_key FROM current_state AS s"
+        "  JOIN events AS j ON j.event_id = s.event_id"
+        "  WHERE s.type = 'm.room.member'"
+        "  AND json_extract(CAST(j.json AS TEXT), '$.content.membership') = 'join'"
+        "), public AS ("
+        "  SELECT p.room_id FROM current_state AS p JOIN events AS r ON r.event_id = p.event_id"
+        "  WHERE p.state_key = '' AND ("
+        "   (p.type = 'm.room.join_rules'"
+        "    AND json_extract(CAST(r.json AS TEXT), '$.content.join_rule') = 'public')"
+        "   OR (p.type = 'm.room.history_visibility'"
+        "    AND json_extract(CAST(r.json AS TEXT), '$.content.history_visibility')"
+        "     = 'world_readable'))"
+        "  AND p.room_id IN (SELECT room_id FROM joined"
+        "   WHERE state_key IN (SELECT user_id FROM users))"
+        ")"
+        f" SELECT {_EVENT_COLUMNS} FROM current_state AS m"
         " JOIN events AS e ON e.event_id = m.event_id"
         " WHERE m.type = 'm.room.member'"
         " AND json_extract(CAST(e.json AS TEXT), '$.content.membership') = 'join'"
-        " AND (m.room_id IN (SELECT room_id FROM room_list) OR m.room_id IN ("
-        "  SELECT s.room_id FROM current_state AS s JOIN events AS j ON j.event_id = s.event_id"
-        "  WHERE s.type = 'm.room.member' AND s.state_key = ?"
-        "  AND json_extract(CAST(j.json AS TEXT), '$.content.membership') = 'join'))",
+        " AND (m.room_id IN (SELECT room_id FROM public)"
+        "  OR m.room_id IN (SELECT room_id FROM joined WHERE state_key = ?))",
         (user_id,),
     ).fetchall()
     # As served: a display name removed by a redaction is found no more.
