@@ -211,6 +211,38 @@ async def test_login_with_an_email_address(env: Env) -> None:
     assert (status, answer["errcode"]) == (400, "M_BAD_JSON")
 
 
+async def test_login_with_the_deprecated_medium_and_address(env: Env) -> None:
+    """The spec still lists top-level ``medium`` and ``address`` beside
+    ``identifier`` for logging in by address, as it lists ``user``."""
+    body = {"type": "m.login.password", "password": PASSWORD, "medium": "email"}
+    status, answer = await env.client.call(
+        None, "POST", "/login", {**body, "address": "Alice@Example.org"}
+    )
+    assert status == 200, answer
+    assert answer["user_id"] == env.alice.user_id
+    for extra, errcode in (
+        ({"address": ALICE_MAIL, "password": "wrong"}, "M_FORBIDDEN"),
+        ({"address": "nobody@example.org"}, "M_FORBIDDEN"),
+        ({"medium": "msisdn", "address": "447700900000"}, "M_UNKNOWN"),
+        ({"address": 5}, "M_BAD_JSON"),
+        ({}, "M_BAD_JSON"),
+    ):
+        status, answer = await env.client.call(None, "POST", "/login", {**body, **extra})
+        assert (status, answer["errcode"]) == (
+            403 if errcode == "M_FORBIDDEN" else 400,
+            errcode,
+        ), extra
+    # After deactivation the address names no account any more.
+    auth = {"type": "m.login.password", "password": PASSWORD, "user": "alice"}
+    await env.client.ok(env.alice, "POST", "/account/deactivate", {"auth": auth})
+    for login in (
+        {**body, "address": ALICE_MAIL},
+        {"type": "m.login.password", "password": PASSWORD, "identifier": _email(ALICE_MAIL)},
+    ):
+        status, answer = await env.client.call(None, "POST", "/login", login)
+        assert (status, answer["errcode"]) == (403, "M_FORBIDDEN")
+
+
 async def test_no_login_with_a_deleted_address(env: Env) -> None:
     body = {"medium": "email", "address": ALICE_MAIL}
     await env.client.ok(env.alice, "POST", "/account/3pid/delete", body)

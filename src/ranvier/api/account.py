@@ -484,7 +484,7 @@ def add_account_routes(
                 errcode="M_UNKNOWN",
                 http_status=400,
             )
-        identifier = body.get("identifier")
+        identifier = _login_identifier(body)
         user: str | None
         if email_owner is not None and _is_thirdparty(identifier):
             user = await email_owner(_email_address(identifier))
@@ -569,11 +569,26 @@ def _registered(registration: Registration, server_name: str) -> dict[str, Any]:
     return answer
 
 
+def _login_identifier(body: Mapping[str, Any]) -> object:
+    """The login's ``identifier``; for a body naming its user by the
+    deprecated top-level ``medium`` and ``address`` instead (the spec still
+    lists them, as it lists ``user``), the ``m.id.thirdparty`` identifier
+    they stand for."""
+    identifier = body.get("identifier")
+    if identifier is None and "user" not in body and "medium" in body:
+        return {
+            "type": "m.id.thirdparty",
+            "medium": body["medium"],
+            "address": body.get("address"),
+        }
+    return identifier
+
+
 def _login_user(body: Mapping[str, Any]) -> str:
     """Who a password login is for: ``identifier`` (``m.id.user``), or the
     deprecated top-level ``user``.
     """
-    identifier = body.get("identifier")
+    identifier = _login_identifier(body)
     if identifier is None:
         user = optional_str(body, "user")
         if user is None:
