@@ -334,3 +334,72 @@ async def test_an_invite_is_pushed_to_the_invitee_before_they_join(env: Env) -> 
     assert notification["user_is_target"] is True
     assert notification["content"]["membership"] == "invite"
     assert notification["devices"][0]["pushkey"] == f"key-of-{carol.user_id}"
+
+
+async def test_a_room_without_a_name_is_shown_by_its_canonical_alias(env: Env) -> None:
+    await env.set_pusher(env.alice)
+    room_id = await env.client.create_room(
+        env.bob, preset="public_chat", room_alias_name="lunchroom"
+    )
+    await env.client.ok(env.alice, "POST", f"/rooms/{q(room_id)}/join", {})
+    alias = f"#lunchroom:{env.hs.server_name}"
+    path = f"/rooms/{q(room_id)}/send/m.room.message/"
+    sent = await env.client.ok(env.bob, "PUT", path + "a1", {"msgtype": "m.text", "body": "hi"})
+    notification = await _next(env.gateway)
+    assert notification["event_id"] == sent["event_id"]
+    assert notification["room_alias"] == alias
+    assert "room_name" not in notification
+    # A name given, both go: the gateway picks what to show.
+    await env.client.ok(env.bob, "PUT", f"/rooms/{q(room_id)}/state/m.room.name", {"name": "Cafe"})
+    await env.client.ok(env.bob, "PUT", path + "a2", {"msgtype": "m.text", "body": "again"})
+    notification = await _next(env.gateway)
+    assert (notification["room_name"], notification["room_alias"]) == ("Cafe", alias)
+
+
+async def test_a_muted_room_still_pushes_a_mention(env: Env) -> None:
+    await env.set_pusher(env.alice)
+    await env.client.ok(
+        env.alice, "PUT", f"/pushrules/global/room/{q(env.room_id)}", {"actions": ["dont_notify"]}
+    )
+    await env.send(env.bob, "nothing for alice")
+    # The mention rule is an override rule, judged before any room rule.
+    mention = await env.send(env.bob, "alice!", **{"m.mentions": {"user_ids": [env.alice.user_id]}})
+    notification = await _next(env.gateway)
+    assert notification["event_id"] == mention
+    await env.settled()
+    assert env.gateway.received == []
+
+
+async def test_a_pushers_own_data_is_kept_and_shown(env: Env) -> None:
+    data = {"url": env.gateway.url, "format": "event_id_only", "custom": {"tag": "mine"}}
+    await env.set_pusher(env.alice, data=data)
+    (shown,) = await env.pushers(env.alice)
+    assert shown["data"] == data
+    event_id = await env.send(env.bob, "x")
+    notification = await _next(env.gateway)
+    assert notification["event_id"] == event_id
+    # Everything but the URL goes to the gateway with the device.
+    assert notification["devices"][0]["data"] == {
+        "format": "event_id_only",
+        "custom": {"tag": "mine"},
+    }
+
+
+async def test_a_rejected_pushkey_leaves_the_users_other_pushers(env: Env) -> None:
+    await env.set_pusher(env.alice, pushkey="key-1")
+    await env.set_pusher(env.alice, pushkey="key-2")
+    env.gateway.rejected = ["key-1"]
+    await env.send(env.bob, "one")
+    keys = {(await _next(env.gateway))["devices"][0]["pushkey"] for _ in range(2)}
+    assert keys == {"key-1", "key-2"}
+    await env.settled()
+    assert [pusher["pushkey"] for pusher in await env.pushers(env.alice)] == ["key-2"]
+    env.gateway.rejected = []
+    event_id = await env.send(env.bob, "two")
+    notification = await _next(env.gateway)
+    assert (notification["event_id"], notification["devices"][0]["pushkey"]) == (
+        event_id,
+        "key-2",
+    )
+    await env.settled()
+    assert env.gateway.received == []

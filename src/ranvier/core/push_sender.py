@@ -402,6 +402,8 @@ def _notification(
         notification["content"] = event["content"]
     if state.name is not None:
         notification["room_name"] = state.name
+    if state.alias is not None:
+        notification["room_alias"] = state.alias
     member = state.members.get(sender) if isinstance(sender, str) else None
     if member is not None:
         name = msgspec.json.decode(member).get("content", {}).get("displayname")

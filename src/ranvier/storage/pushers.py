@@ -334,6 +334,8 @@ class RoomPushState:
     power_levels_json: bytes | None
     create_json: bytes | None
     name: str | None
+    #: The room's canonical alias, for a gateway to show when it has no name.
+    alias: str | None
     #: Joined members, counted up to the cap asked for.
     joined: int
     #: The current member events of the users asked about who have one.
@@ -368,6 +370,11 @@ def _room_push_state(
     if name_json is not None:
         value = msgspec.json.decode(name_json).get("content", {}).get("name")
         name = value if isinstance(value, str) and value else None
+    alias_json = _served_state_json(conn, room_id, "m.room.canonical_alias", "")
+    alias = None
+    if alias_json is not None:
+        value = msgspec.json.decode(alias_json).get("content", {}).get("alias")
+        alias = value if isinstance(value, str) and value else None
     members = {}
     for user_id in user_ids:
         member = _served_state_json(conn, room_id, "m.room.member", user_id)
@@ -378,6 +385,7 @@ def _room_push_state(
         power_levels_json=current_state_json(conn, room_id, "m.room.power_levels", ""),
         create_json=current_state_json(conn, room_id, "m.room.create", ""),
         name=name,
+        alias=alias,
         joined=count_joined(conn, room_id, count_cap),
         members=members,
     )
