@@ -139,3 +139,52 @@ async def test_a_world_readable_room_is_shown_to_those_never_in_it(env: SharedRo
     room_id = await _room(env, "world_readable")
     event_id = await _say(env, room_id)
     await _shown(env, env.bob, room_id, event_id)
+
+
+async def _set(env: SharedRoom, room_id: str, visibility: str) -> str:
+    sent = await env.client.ok(
+        env.alice,
+        "PUT",
+        f"/rooms/{q(room_id)}/state/m.room.history_visibility/",
+        {"history_visibility": visibility},
+    )
+    event_id: str = sent["event_id"]
+    return event_id
+
+
+async def test_a_change_of_visibility_is_seen_where_either_side_of_it_allows(
+    env: SharedRoom,
+) -> None:
+    room_id = await _room(env, "shared")
+    to_joined = await _set(env, room_id, "joined")
+    during_joined = await _say(env, room_id)
+    to_invited = await _set(env, room_id, "invited")
+    during_invited = await _say(env, room_id)
+    to_shared = await _set(env, room_id, "shared")
+    during_shared = await _say(env, room_id)
+    await _join(env, env.carol, room_id)
+
+    # Carol joined last: what she may see ends with the change back to
+    # shared, which the setting it makes lets her see though the one before
+    # it did not; the change to invited neither side lets her see.
+    timeline = (await env.sync(env.carol))["rooms"]["join"][room_id]["timeline"]["events"]
+    seen = [event["event_id"] for event in timeline]
+    assert seen[-4:-1] == [to_joined, to_shared, during_shared]
+    for hidden in (during_joined, to_invited, during_invited):
+        assert hidden not in seen
+        await _hidden(env, env.carol, room_id, hidden)
+    paged = await _messages(env, env.carol, room_id)
+    assert paged[1:4] == [during_shared, to_shared, to_joined]
+    for shown in (to_joined, to_shared):
+        event = await env.client.ok(env.carol, "GET", f"/rooms/{q(room_id)}/event/{q(shown)}")
+        assert event["type"] == "m.room.history_visibility"
+
+
+async def test_a_visibility_not_understood_counts_as_shared(env: SharedRoom) -> None:
+    room_id = await _room(env, "joined")
+    await _set(env, room_id, "org.example.unknown")
+    event_id = await _say(env, room_id)
+    await _join(env, env.carol, room_id)
+    await _shown(env, env.carol, room_id, event_id)
+    timeline = (await env.sync(env.carol))["rooms"]["join"][room_id]["timeline"]["events"]
+    assert event_id in [event["event_id"] for event in timeline]

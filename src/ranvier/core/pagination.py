@@ -279,15 +279,39 @@ async def visible_with_memberships(
         if event.event_id in verdicts:
             memberships[event.event_id] = verdicts[event.event_id][1] or "leave"
         visibility, then = verdicts.get(event.event_id, (None, None))
-        visibility = visibility or "shared"
-        if visibility == "world_readable" or then == "join":
+        if history_allows(visibility, then, joined_now=joined_now):
             continue
-        if (visibility == "shared" and joined_now) or (
-            visibility == "invited" and then == "invite"
-        ):
-            continue
+        if event.type == HISTORY_VISIBILITY and event.state_key == "":
+            # A change of the visibility is seen by whoever the visibility
+            # before it or the one it sets lets see it (the spec's rule for
+            # these events), so a reader learns when the history opened.
+            after = event_content(event).get("history_visibility")
+            if history_allows(
+                after if isinstance(after, str) else None, then, joined_now=joined_now
+            ):
+                continue
         hidden.add(event.event_id)
     return [event for event in events if event.event_id not in hidden], memberships
+
+
+HISTORY_VISIBILITY: Final = "m.room.history_visibility"
+_VISIBILITIES: Final = frozenset({"world_readable", "shared", "invited", "joined"})
+
+
+def history_allows(visibility: str | None, then: str | None, *, joined_now: bool) -> bool:
+    """Whether a room's history visibility at an event lets a user see it:
+    ``then`` is the user's membership in the state before the event,
+    ``joined_now`` whether they are joined to the room now. A visibility
+    unset or not understood counts as ``shared``, as the spec says.
+    """
+    if visibility not in _VISIBILITIES:
+        visibility = "shared"
+    return (
+        visibility == "world_readable"
+        or then == "join"
+        or (visibility == "shared" and joined_now)
+        or (visibility == "invited" and then == "invite")
+    )
 
 
 class TransactionScopes(Protocol):

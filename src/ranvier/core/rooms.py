@@ -47,7 +47,7 @@ from ranvier.storage.records import StateKey, StoredEvent
 from .builder import Clock, wall_clock_ms
 from .client_events import client_event, event_content
 from .interfaces import StateReader
-from .pagination import TransactionScopes, device_transaction_ids
+from .pagination import TransactionScopes, device_transaction_ids, history_allows
 from .replaced_state import ReplacedStateSource, replaced_unsigned
 from .suspension import suspended_error
 
@@ -325,19 +325,20 @@ class RoomReader:
             groups.before, [_HISTORY_VISIBILITY, member_key]
         )
         events = await self._events(state.values())
-        visibility = "shared"
+        visibility = None
         if (hv := events.get(state.get(_HISTORY_VISIBILITY, ""))) is not None:
             value = event_content(hv).get("history_visibility")
             if isinstance(value, str):
                 visibility = value
         member = events.get(state.get(member_key, ""))
         then = None if member is None else _membership_of(member)
-        seen = (
-            visibility == "world_readable"
-            or then == "join"
-            or (visibility == "shared" and joined_now)
-            or (visibility == "invited" and then == "invite")
-        )
+        seen = history_allows(visibility, then, joined_now=joined_now)
+        if not seen and (event.type, event.state_key) == _HISTORY_VISIBILITY:
+            # A change of the visibility: the one it sets counts too.
+            after = event_content(event).get("history_visibility")
+            seen = history_allows(
+                after if isinstance(after, str) else None, then, joined_now=joined_now
+            )
         return (then or "leave") if seen else None
 
     # --- Members ------------------------------------------------------------------
