@@ -245,3 +245,65 @@ async def test_a_rate_limited_service_is_limited_as_its_users(tmp_path: Path) ->
             return await env.as_call("PUT", path, body, user_id=ghost)
 
         assert 429 in await _burst(as_ghost, 25)
+
+
+async def test_inhibit_login_makes_no_device(tmp_path: Path) -> None:
+    async with open_with_service(tmp_path) as env:
+        answer = await env.as_ok(
+            "POST",
+            "/register",
+            {"type": "m.login.application_service", "username": "_br_quiet", "inhibit_login": True},
+        )
+        assert answer["user_id"] == env.user("_br_quiet")
+        assert "access_token" not in answer
+        assert "device_id" not in answer
+        devices = await env.as_ok("GET", "/devices", user_id=answer["user_id"])
+        assert devices == {"devices": []}
+
+
+async def test_a_service_sets_its_users_profiles_and_no_one_elses(tmp_path: Path) -> None:
+    async with open_with_service(tmp_path) as env:
+        ghost = await env.register("_br_ghost")
+        avatar = "mxc://example.org/ghostly"
+        await env.as_ok(
+            "PUT", f"/profile/{q(ghost)}/avatar_url", {"avatar_url": avatar}, user_id=ghost
+        )
+        await env.as_ok(
+            "PUT", f"/profile/{q(ghost)}/displayname", {"displayname": "Casper"}, user_id=ghost
+        )
+        profile = await env.client.ok(env.alice, "GET", f"/profile/{q(ghost)}")
+        assert profile == {"displayname": "Casper", "avatar_url": avatar}
+        # The service is not Alice: neither as itself nor masquerading.
+        alice = env.alice.user_id
+        path = f"/profile/{q(alice)}/displayname"
+        for user_id in (None, alice):
+            status, answer = await env.as_call(
+                "PUT", path, {"displayname": "Taken"}, user_id=user_id
+            )
+            assert (status, answer["errcode"]) == (403, "M_FORBIDDEN"), answer
+        assert "displayname" not in await env.client.ok(env.alice, "GET", f"/profile/{q(alice)}")
+
+
+async def test_the_services_own_user_needs_no_registration(tmp_path: Path) -> None:
+    async with open_with_service(tmp_path) as env:
+        first = await env.client.create_room(env.alice, preset="public_chat")
+        second = await env.client.create_room(env.alice, preset="public_chat")
+        await env.as_ok("POST", f"/rooms/{q(first)}/join", {})
+        await env.as_ok("POST", f"/rooms/{q(second)}/join", {}, user_id=env.sender)
+        for room_id in (first, second):
+            members = await env.client.ok(env.alice, "GET", f"/rooms/{q(room_id)}/joined_members")
+            assert env.sender in members["joined"]
+
+
+async def test_a_service_deactivates_its_user_without_a_password(tmp_path: Path) -> None:
+    async with open_with_service(tmp_path) as env:
+        ghost = await env.register("_br_gone")
+        answer = await env.as_ok("POST", "/account/deactivate", {}, user_id=ghost)
+        assert answer["id_server_unbind_result"] == "no-support"
+        # Gone: the service cannot act as the user any more.
+        status, refused = await env.as_call("GET", "/account/whoami", user_id=ghost)
+        assert (status, refused["errcode"]) == (403, "M_USER_DEACTIVATED"), refused
+        # A user deactivating themselves still proves who they are.
+        status, challenge = await env.client.call(env.alice, "POST", "/account/deactivate", {})
+        assert status == 401
+        assert "flows" in challenge

@@ -98,10 +98,14 @@ def add_account_management_routes(
         # server is told; both are still checked for their types.
         optional_bool(body, "erase")
         optional_str(body, "id_server")
-        try:
-            await uia.authenticate(requester.user_id, body.get("auth"))
-        except AuthRequired as required:
-            return JsonResponse(required.body, status=401)
+        # An application service's users have no password or other secret
+        # interactive authentication could ask for: the service's own token
+        # is the proof, as it is for deleting their devices.
+        if requester.app_service is None:
+            try:
+                await uia.authenticate(requester.user_id, body.get("auth"))
+            except AuthRequired as required:
+                return JsonResponse(required.body, status=401)
         await deactivation.deactivate(requester.user_id)
         return JsonResponse({"id_server_unbind_result": "no-support"})
 

@@ -9,9 +9,10 @@ allows.
 An application service's ``as_token`` acts as the service's sender, or as
 the user its ``user_id`` query parameter names: one of the service's
 namespace that is registered here (403 ``M_FORBIDDEN`` otherwise, as the
-spec's identity assertion has it), and with the device its ``device_id``
-query parameter names (spec v1.17): one of that user's, 400
-``M_UNKNOWN_DEVICE`` otherwise. Without it the service acts with no device.
+spec's identity assertion has it, and 403 ``M_USER_DEACTIVATED`` once
+deactivated), and with the device its ``device_id`` query parameter names
+(spec v1.17): one of that user's, 400 ``M_UNKNOWN_DEVICE`` otherwise.
+Without it the service acts with no device.
 
 A locked account (client-server API, "Account locking") is refused with 401
 ``M_USER_LOCKED`` and ``soft_logout`` on every request but logging out,
@@ -150,6 +151,14 @@ class Auth:
                 raise MatrixError(
                     f"application service {service.id} has not registered {user_id}",
                     errcode="M_FORBIDDEN",
+                    http_status=403,
+                )
+            if found.deactivated:
+                # The account's own tokens went with it; the service's
+                # token does not bring it back to act.
+                raise MatrixError(
+                    f"{user_id} has been deactivated",
+                    errcode="M_USER_DEACTIVATED",
                     http_status=403,
                 )
             flags = found

@@ -119,6 +119,7 @@ class AccountFlags:
     locked: bool
     suspended: bool
     shadow_banned: bool = False
+    deactivated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,8 +276,8 @@ class AccountStorage:
         return await self._readers.read(functools.partial(_get_password_login, user_id=user_id))
 
     async def get_account_flags(self, user_id: str) -> AccountFlags | None:
-        """Whether ``user_id`` is locked, suspended or shadow-banned; None if
-        there is no such account."""
+        """Whether ``user_id`` is locked, suspended, shadow-banned or
+        deactivated; None if there is no such account."""
         return await self._readers.read(functools.partial(_get_account_flags, user_id=user_id))
 
     async def get_token_owner(self, token_hash: bytes) -> TokenOwner | None:
@@ -512,9 +513,12 @@ def _get_password_login(conn: sqlite3.Connection, *, user_id: str) -> PasswordLo
 
 def _get_account_flags(conn: sqlite3.Connection, *, user_id: str) -> AccountFlags | None:
     row = conn.execute(
-        "SELECT locked, suspended, shadow_banned FROM users WHERE user_id = ?", (user_id,)
+        "SELECT locked, suspended, shadow_banned, deactivated FROM users WHERE user_id = ?",
+        (user_id,),
     ).fetchone()
-    return None if row is None else AccountFlags(bool(row[0]), bool(row[1]), bool(row[2]))
+    if row is None:
+        return None
+    return AccountFlags(bool(row[0]), bool(row[1]), bool(row[2]), bool(row[3]))
 
 
 def _get_token_owner(conn: sqlite3.Connection, *, token_hash: bytes) -> TokenOwner | None:
