@@ -307,3 +307,26 @@ async def test_a_service_deactivates_its_user_without_a_password(tmp_path: Path)
         status, challenge = await env.client.call(env.alice, "POST", "/account/deactivate", {})
         assert status == 401
         assert "flows" in challenge
+
+
+async def test_a_service_points_its_aliases_at_rooms_it_is_not_in(tmp_path: Path) -> None:
+    async with open_with_service(tmp_path) as env:
+        room_id = await env.client.create_room(env.alice, preset="private_chat")
+        alias = f"#_br_linked:{env.hs.server_name}"
+        await env.as_ok("PUT", f"/directory/room/{q(alias)}", {"room_id": room_id})
+        resolved = await env.as_ok("GET", f"/directory/room/{q(alias)}")
+        assert resolved["room_id"] == room_id
+        # Outside its namespace the service is a user like any other.
+        status, answer = await env.as_call(
+            "PUT", f"/directory/room/{q('#plain:' + env.hs.server_name)}", {"room_id": room_id}
+        )
+        assert (status, answer["errcode"]) == (403, "M_FORBIDDEN"), answer
+        bob = await env.hs.register_user("bob")
+        await env.client.refused(
+            bob,
+            "PUT",
+            f"/directory/room/{q('#bobs:' + env.hs.server_name)}",
+            {"room_id": room_id},
+            status=403,
+            errcode="M_FORBIDDEN",
+        )

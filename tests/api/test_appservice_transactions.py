@@ -389,3 +389,33 @@ async def test_an_unknown_user_is_asked_of_the_service(tmp_path: Path) -> None:
             errcode="M_NOT_FOUND",
         )
         assert service.queries == [("users", ghost)]
+
+
+async def test_joining_by_an_unknown_alias_asks_the_service_and_its_room_concerns_it(
+    tmp_path: Path,
+) -> None:
+    async with _with_fake(tmp_path) as (env, service):
+        bob = await env.hs.register_user("bob")
+        # A room of Alice's, with nobody of the bridge in it.
+        room_id = await env.client.create_room(env.alice, preset="public_chat")
+        alias = f"#_br_portal:{env.hs.server_name}"
+
+        async def point_alias(queried: str) -> bool:
+            await env.as_ok("PUT", f"/directory/room/{q(queried)}", {"room_id": room_id})
+            return True
+
+        service.on_alias = point_alias
+        joined = await env.client.ok(bob, "POST", f"/join/{q(alias)}", {})
+        assert joined["room_id"] == room_id
+        assert service.queries == [("rooms", alias)]
+        # The alias in its namespace makes the room the service's concern:
+        # Bob's join and what is said after reach it.
+        message = await _send(env, room_id, "through the portal", "p1")
+        with trio.fail_after(20):
+            await service.wait_for(lambda: message in _ids(service))
+        bob_joins = [
+            event
+            for event in service.events()
+            if event["type"] == "m.room.member" and event["state_key"] == bob.user_id
+        ]
+        assert [event["content"]["membership"] for event in bob_joins] == ["join"]

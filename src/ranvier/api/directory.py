@@ -45,7 +45,10 @@ class _Directory:
         if not isinstance(room_id, str):
             raise MatrixError("room_id must be a string", errcode="M_BAD_JSON", http_status=400)
         await self._directory.create_alias(
-            requester.user_id, request.path_params["room_alias"], room_id
+            requester.user_id,
+            request.path_params["room_alias"],
+            room_id,
+            app_service=requester.app_service,
         )
         return {}
 

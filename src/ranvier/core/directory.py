@@ -103,20 +103,6 @@ class CreatedRoomPublisher(Protocol):
     async def on_room_created(self, room_id: str, visibility: str) -> None: ...
 
 
-class StateSender(Protocol):
-    """Sends a state event as a local user
-    (:class:`ranvier.core.creation.EventCreator`)."""
-
-    async def send_event(
-        self,
-        sender: str,
-        room_id: str,
-        event_type: str,
-        content: Mapping[str, Any],
-        *,
-        state_key: str | None = None,
-        txn_id: str | None = None,
-    ) -> str: ...
 
 
 class JoinedServers(Protocol):
@@ -207,8 +193,16 @@ class RoomDirectory:
         """Whether one of our aliases already points somewhere."""
         return await self._aliases.get_alias(alias) is not None
 
-    async def create_alias(self, user_id: str, alias: str, room_id: str) -> None:
-        """Point ``alias`` at ``room_id`` for ``user_id``, who must be joined to it."""
+    async def create_alias(
+        self, user_id: str, alias: str, room_id: str, *, app_service: str | None = None
+    ) -> None:
+        """Point ``alias`` at ``room_id`` for ``user_id``, who must be joined to it.
+
+        The application service ``app_service`` (the one whose token made
+        the request, if one did) needs no membership for an alias of its
+        own namespace: answering a query for an unknown alias is how a
+        bridge makes one, pointing it at a room it may not be in.
+        """
         self.check_may_create(user_id, alias)
         if type(room_id) is not str or not room_id.startswith("!"):
             raise _invalid(f"{room_id!r} is not a room ID")
@@ -216,7 +210,9 @@ class RoomDirectory:
             raise MatrixError(
                 f"room {room_id} is not known here", errcode="M_NOT_FOUND", http_status=404
             )
-        if await self._membership(user_id, room_id) != "join":
+        service = None if app_service is None else self.app_services.by_id(app_service)
+        in_namespace = service is not None and service.is_interested_in_alias(alias)
+        if not in_namespace and await self._membership(user_id, room_id) != "join":
             raise MatrixError(
                 f"{user_id} is not in room {room_id}, so cannot give it an alias",
                 errcode="M_FORBIDDEN",
