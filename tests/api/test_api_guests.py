@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import trio
 from _client import Client, q
+from _federation import eventually
 
 from ranvier.testing.homeserver import (
     TestHomeserver,
@@ -20,6 +21,7 @@ from ranvier.testing.homeserver import (
     config_for_tests,
     open_test_homeserver,
 )
+from ranvier.testing.network import Pki
 
 _CAN_JOIN = {
     "type": "m.room.guest_access",
@@ -330,3 +332,55 @@ async def test_the_admin_user_list_shows_guests(tmp_path: Path) -> None:
         await env.client.refused(
             guest, "GET", "/account/whoami", status=401, errcode="M_UNKNOWN_TOKEN"
         )
+
+
+async def test_a_guest_leaves_when_another_servers_member_withdraws_guest_access(
+    tmp_path: Path,
+) -> None:
+    """Bob's room on B lets guests in; Alice of A, a moderator there, closes
+    it to them: B sees her event arrive and makes its guest leave."""
+    pki = Pki.create(tmp_path)
+    config = config_for_tests(tmp_path / "b", federation=pki)
+    config = msgspec.structs.replace(
+        config,
+        registration=msgspec.structs.replace(config.registration, allow_guest_access=True),
+    )
+    async with (
+        open_test_homeserver(tmp_path / "a", federation=pki) as a,
+        open_test_homeserver(tmp_path / "b", config=config) as b,
+        a.client() as http_a,
+        b.client() as http_b,
+    ):
+        ca, cb = Client(a, http_a), Client(b, http_b)
+        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+        room_id = await cb.create_room(bob, preset="public_chat", initial_state=[_CAN_JOIN])
+        await cb.ok(
+            bob,
+            "PUT",
+            f"/rooms/{q(room_id)}/state/m.room.power_levels/",
+            {"users": {alice.user_id: 50}},
+        )
+        await ca.ok(alice, "POST", f"/join/{q(room_id)}", {}, params={"server_name": b.server_name})
+        with trio.fail_after(20):
+            await a.server.wait_for_full_state(room_id)
+        registered = await cb.ok(None, "POST", "/register", {}, params={"kind": "guest"})
+        guest = TestUser(registered["user_id"], registered["access_token"], registered["device_id"])
+        await cb.ok(guest, "POST", f"/rooms/{q(room_id)}/join", {})
+
+        async def membership_at(client: Client, reader: TestUser, wanted: str) -> bool:
+            state = await client.state(reader, room_id)
+            held = state.get(("m.room.member", guest.user_id))
+            return held is not None and held["content"]["membership"] == wanted
+
+        await eventually(lambda: membership_at(ca, alice, "join"), "the guest's join at A")
+        await ca.ok(
+            alice,
+            "PUT",
+            f"/rooms/{q(room_id)}/state/m.room.guest_access/",
+            {"guest_access": "forbidden"},
+        )
+        await eventually(lambda: membership_at(cb, bob, "leave"), "the guest's leave at B")
+        await eventually(lambda: membership_at(ca, alice, "leave"), "the guest's leave at A")
+        state = await cb.state(bob, room_id)
+        assert state[("m.room.member", guest.user_id)]["sender"] == guest.user_id
+        assert state[("m.room.member", alice.user_id)]["content"]["membership"] == "join"

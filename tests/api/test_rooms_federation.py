@@ -295,3 +295,30 @@ async def test_a_direct_chat_invite_from_another_server_says_so(tmp_path: Path) 
             "content": {"membership": "invite", "is_direct": True},
             "sender": alice.user_id,
         }
+
+
+async def test_a_room_that_does_not_federate_refuses_another_servers_user(
+    tmp_path: Path,
+) -> None:
+    """Bob of B may neither join by alias nor by ID a public room of A
+    created with ``m.federate`` false, and nothing of his reaches it."""
+    async with two_servers(tmp_path) as (a, _b, ca, cb, alice, bob):
+        room_id = await ca.create_room(
+            alice,
+            preset="public_chat",
+            room_alias_name="homebound",
+            creation_content={"m.federate": False},
+        )
+        alias = f"#homebound:{a.server_name}"
+        await cb.refused(bob, "POST", f"/join/{q(alias)}", {}, status=403, errcode="M_FORBIDDEN")
+        await cb.refused(
+            bob,
+            "POST",
+            f"/join/{q(room_id)}",
+            {},
+            params={"server_name": a.server_name},
+            status=403,
+            errcode="M_FORBIDDEN",
+        )
+        assert ("m.room.member", bob.user_id) not in await ca.state(alice, room_id)
+        assert await cb.ok(bob, "GET", "/joined_rooms") == {"joined_rooms": []}
