@@ -429,3 +429,60 @@ async def test_a_matrix_nio_client_changes_its_rules_and_reads_them_from_sync(
             assert not invalid_responses(caplog)
         finally:
             await aio(client.close)
+
+
+async def test_every_predefined_rule_takes_new_actions_and_is_switched(env: Env) -> None:
+    c, alice = env.client, env.alice
+    rules = await _rules(env, alice)
+    for kind, listed in rules.items():
+        for rule in listed:
+            path = f"/pushrules/global/{kind}/{q(rule['rule_id'])}"
+            await c.ok(alice, "PUT", f"{path}/actions", {"actions": ["dont_notify"]})
+            assert await c.ok(alice, "GET", f"{path}/actions") == {"actions": ["dont_notify"]}
+            for enabled in (False, True, False):
+                await c.ok(alice, "PUT", f"{path}/enabled", {"enabled": enabled})
+                assert await c.ok(alice, "GET", f"{path}/enabled") == {"enabled": enabled}
+    changed = await _rules(env, alice)
+    assert [r["rule_id"] for k in changed.values() for r in k] == [
+        r["rule_id"] for k in rules.values() for r in k
+    ]
+    assert all(
+        (r["enabled"], r["actions"]) == (False, ["dont_notify"])
+        for k in changed.values()
+        for r in k
+    )
+
+
+async def test_a_rule_put_twice_is_one_rule_and_any_script_names_it(env: Env) -> None:
+    c, alice = env.client, env.alice
+    for _ in range(2):
+        await c.ok(alice, "PUT", f"/pushrules/global/sender/{q('@a:example.org')}", {"actions": []})
+    assert await _ids(env, alice, "sender") == ["@a:example.org"]
+    body = {"pattern": "тест", "actions": ["notify"]}
+    await c.ok(alice, "PUT", f"/pushrules/global/content/{q('тест')}", body)
+    assert await c.ok(alice, "GET", f"/pushrules/global/content/{q('тест')}") == {
+        "rule_id": "тест",
+        "default": False,
+        "enabled": True,
+        "pattern": "тест",
+        "actions": ["notify"],
+    }
+
+
+async def test_paths_short_of_a_rule_are_refused(env: Env) -> None:
+    c, alice = env.client, env.alice
+    body = {"actions": ["notify"]}
+    for path in (
+        "/pushrules/",
+        "/pushrules/global",
+        "/pushrules/global/room",
+        "/pushrules/global/room/",
+    ):
+        status, answer = await c.call(alice, "PUT", path, body)
+        assert 400 <= status < 500, (path, status, answer)
+        assert isinstance(answer.get("errcode"), str), (path, answer)
+    for path in ("/pushrules/not_a_scope/", "/pushrules/global/not_a_kind/x"):
+        status, answer = await c.call(alice, "GET", path)
+        assert 400 <= status < 500, (path, status, answer)
+        assert isinstance(answer.get("errcode"), str), (path, answer)
+    assert await _ids(env, alice, "room") == []
