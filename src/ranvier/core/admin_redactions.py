@@ -47,6 +47,7 @@ from ranvier.storage.admin_redactions import RedactionJob, RedactionStatus
 from ranvier.storage.records import StoredEvent
 
 from .builder import wall_clock_ms
+from .interfaces import EventSender
 from .local_powers import PowerReader, read_local_powers
 
 __all__ = ["DEFAULT_LIMIT", "KEEP_FINISHED_MS", "REDACTED_TYPES", "UserRedactions"]
@@ -98,21 +99,6 @@ class Accounts(Protocol):
     async def user(self, user_id: str) -> UserRow | None: ...
 
 
-class Redactor(Protocol):
-    """:class:`ranvier.core.creation.EventCreator`."""
-
-    async def send_event(
-        self,
-        sender: str,
-        room_id: str,
-        event_type: str,
-        content: Mapping[str, Any],
-        *,
-        state_key: str | None = None,
-        txn_id: str | None = None,
-    ) -> str: ...
-
-
 def _invalid(message: str) -> MatrixError:
     return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
 
@@ -138,7 +124,7 @@ class UserRedactions:
         server_name: str,
         store: JobStore,
         state: PowerReader,
-        events: Redactor,
+        events: EventSender,
         accounts: Accounts,
         resume: bool = True,
         clock: Callable[[], int] = wall_clock_ms,

@@ -40,6 +40,7 @@ from ranvier.protocol.auth import is_valid_user_id
 from ranvier.storage.admin_reads import UserRow
 
 from .directory import ResolvedAlias
+from .interfaces import EventSender
 from .local_powers import LocalPowers, PowerReader, read_local_powers
 from .room_joins import JoinedRoom
 
@@ -76,22 +77,11 @@ class AliasResolver(Protocol):
     async def resolve(self, alias: str) -> ResolvedAlias: ...
 
 
-class Events(Protocol):
+class Events(EventSender, Protocol):
     """:class:`ranvier.core.creation.EventCreator`."""
 
     async def invite(
         self, sender: str, room_id: str, target: str, *, reason: str | None = None
-    ) -> str: ...
-
-    async def send_event(
-        self,
-        sender: str,
-        room_id: str,
-        event_type: str,
-        content: Mapping[str, Any],
-        *,
-        state_key: str | None = None,
-        txn_id: str | None = None,
     ) -> str: ...
 
 

@@ -47,7 +47,7 @@ from ranvier.protocol.room_versions import get_room_version
 
 from .appservices import AppServiceQueries, AppServices
 from .builder import Clock, wall_clock_ms
-from .interfaces import StateReader
+from .interfaces import EventSender, StateReader
 
 __all__ = [
     "AliasStore",
@@ -101,8 +101,6 @@ class CreatedRoomPublisher(Protocol):
     """
 
     async def on_room_created(self, room_id: str, visibility: str) -> None: ...
-
-
 
 
 class JoinedServers(Protocol):
@@ -159,7 +157,7 @@ class RoomDirectory:
         self.app_service_queries: AppServiceQueries | None = None
         #: Sends the canonical alias event a deleted alias is taken out of;
         #: set by the server (without one, that event is left as it is).
-        self.state_sender: StateSender | None = None
+        self.state_sender: EventSender | None = None
 
     async def may_change_directory(self, user_id: str, room_id: str) -> bool:
         """Whether ``user_id`` is joined to the room with the power to send

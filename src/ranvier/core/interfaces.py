@@ -37,6 +37,7 @@ __all__ = [
     "BatchStateReader",
     "EventNotifier",
     "EventPersister",
+    "EventSender",
     "FederationEventClient",
     "JoinClient",
     "PartialStateStore",
@@ -188,6 +189,23 @@ class EventNotifier(Protocol):
     async def on_new_event(self, event: Pdu, stream_ordering: int) -> None:
         """``event`` was written with ``stream_ordering``; it must not be changed."""
         ...
+
+
+class EventSender(Protocol):
+    """Sends an event as a local user, through every check a client's
+    event goes through (:meth:`ranvier.core.creation.EventCreator.send_event`);
+    returns its ID."""
+
+    async def send_event(
+        self,
+        sender: str,
+        room_id: str,
+        event_type: str,
+        content: Mapping[str, Any],
+        *,
+        state_key: str | None = None,
+        txn_id: str | None = None,
+    ) -> str: ...
 
 
 @runtime_checkable

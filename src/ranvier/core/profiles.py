@@ -33,6 +33,8 @@ import msgspec
 from ranvier.errors import MatrixError
 from ranvier.protocol.auth import is_valid_user_id
 
+from .interfaces import EventSender
+
 __all__ = [
     "MAX_DISPLAYNAME_LENGTH",
     "MAX_KEY_BYTES",
@@ -42,7 +44,6 @@ __all__ = [
     "ProfileStore",
     "Profiles",
     "RemoteProfiles",
-    "StateSender",
 ]
 
 _log: Final = logging.getLogger(__name__)
@@ -100,21 +101,6 @@ class JoinedRooms(Protocol):
     """The rooms a user is joined to (:class:`ranvier.core.rooms.RoomReader`)."""
 
     async def joined_rooms(self, user_id: str) -> list[str]: ...
-
-
-class StateSender(Protocol):
-    """Sends a state event (:class:`ranvier.core.creation.EventCreator`)."""
-
-    async def send_event(
-        self,
-        sender: str,
-        room_id: str,
-        event_type: str,
-        content: Mapping[str, Any],
-        *,
-        state_key: str | None = None,
-        txn_id: str | None = None,
-    ) -> str: ...
 
 
 def _not_found(user_id: str) -> MatrixError:
@@ -183,7 +169,7 @@ class Profiles:
         server_name: str,
         store: ProfileStore,
         rooms: JoinedRooms,
-        events: StateSender,
+        events: EventSender,
         remote: RemoteProfiles | None = None,
     ) -> None:
         self._server_name = server_name
