@@ -209,3 +209,19 @@ async def test_deleting_an_alias_takes_it_out_of_the_canonical_alias(env: Env) -
     await c.ok(alice, "DELETE", _alias("#keep:localhost"))
     await c.ok(alice, "PUT", _canonical(room_id), {"alias": None, "alt_aliases": []})
     assert await c.ok(alice, "GET", _canonical(room_id)) == {"alias": None, "alt_aliases": []}
+
+
+async def test_the_level_for_m_room_aliases_does_not_govern_the_directory(env: Env) -> None:
+    c, alice, bob = env.client, env.alice, env.bob
+    room_id = await c.create_room(alice, preset="public_chat")
+    await c.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
+    levels_path = f"/rooms/{q(room_id)}/state/m.room.power_levels"
+    levels = await c.ok(alice, "GET", levels_path)
+    levels["events"]["m.room.aliases"] = 50
+    await c.ok(alice, "PUT", levels_path, levels)
+    # Since room version 6 the event is gone: a member adds and deletes
+    # their own alias whatever level it asks.
+    assert await c.ok(bob, "PUT", _alias("#bobs:localhost"), {"room_id": room_id}) == {}
+    assert (await c.ok(None, "GET", _alias("#bobs:localhost")))["room_id"] == room_id
+    assert await c.ok(bob, "DELETE", _alias("#bobs:localhost")) == {}
+    await c.refused(None, "GET", _alias("#bobs:localhost"), status=404, errcode="M_NOT_FOUND")

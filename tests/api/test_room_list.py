@@ -170,3 +170,29 @@ async def test_a_knock_room_is_listed_with_its_join_rule(env: Env, version: str,
         room_id: rule,
         public: "public",
     }
+
+
+async def test_guest_access_is_listed_and_pages_turn_back(env: Env) -> None:
+    c, alice = env.client, env.alice
+    guests = {"type": "m.room.guest_access", "state_key": "", "content": {}}
+    rooms = []
+    for n, access in enumerate(("can_join", "forbidden", "can_join", "org.example.other")):
+        state = [{**guests, "content": {"guest_access": access}}]
+        room_id = await c.create_room(
+            alice, preset="public_chat", name=f"Room {n}", initial_state=state
+        )
+        await c.ok(alice, "PUT", _visibility(room_id), {"visibility": "public"})
+        rooms.append(room_id)
+    listed = await c.ok(None, "GET", "/publicRooms")
+    joinable = {room["room_id"]: room["guest_can_join"] for room in listed["chunk"]}
+    assert joinable == dict(zip(rooms, (True, False, True, False), strict=True))
+
+    pages = [await c.ok(alice, "POST", "/publicRooms", {"limit": 3})]
+    pages.append(
+        await c.ok(alice, "POST", "/publicRooms", {"limit": 3, "since": pages[0]["next_batch"]})
+    )
+    back = await c.ok(alice, "POST", "/publicRooms", {"limit": 3, "since": pages[1]["prev_batch"]})
+    assert back["chunk"] == pages[0]["chunk"]
+    assert "prev_batch" not in back
+    assert [len(page["chunk"]) for page in pages] == [3, 1]
+    assert {room["room_id"] for page in pages for room in page["chunk"]} == set(rooms)
