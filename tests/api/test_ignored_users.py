@@ -5,6 +5,7 @@ and his invites are not shown to her; his state events still are."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,28 @@ async def test_invites_from_an_ignored_user_are_not_shown(env: Env) -> None:
     body = await env.sync(carol, since=since)
     assert set(body["rooms"]["invite"]) == {from_alice}
     assert from_bob not in (await env.sync(carol))["rooms"]["invite"]
+
+
+async def test_ignoring_hides_what_came_before_from_a_full_sync(env: Env) -> None:
+    """What Bob sent and the invite he made before Alice ignored him are
+    kept from her next syncs too, initial and incremental from before."""
+    alice, bob, c = env.alice, env.bob, env.client
+    since = (await env.sync(alice))["next_batch"]
+    mine = await env.send(alice, "mine")
+    await env.send(bob, "his")
+    invited = await c.create_room(bob, invite=[alice.user_id])
+    seen = await env.sync(alice)
+    assert invited in seen["rooms"]["invite"]
+    await env.ignore(alice, bob)
+    messages = {"room": {"timeline": {"types": ["m.room.message"]}}}
+    for params in ({}, {"since": since}):
+        body = await env.sync(alice, filter=json.dumps(messages), **params)
+        timeline = body["rooms"]["join"][env.room_id]["timeline"]["events"]
+        assert [event["event_id"] for event in timeline] == [mine], params
+        assert body["rooms"]["invite"] == {}, params
+    # Bob's membership, state, is still shown.
+    state = await c.state(alice, env.room_id)
+    assert state[("m.room.member", bob.user_id)]["content"]["membership"] == "join"
 
 
 async def test_a_malformed_list_ignores_nobody(env: Env) -> None:
