@@ -157,3 +157,31 @@ async def test_a_member_without_power_may_redact_only_their_own_events(tmp_path:
         event = await client.ok(alice, "GET", f"/rooms/{room}/event/{q(bobs['event_id'])}")
         assert event["unsigned"]["redacted_because"]["event_id"] == own["event_id"]
         await client.ok(alice, "PUT", f"/rooms/{room}/redact/{q(alices['event_id'])}/r1", {})
+
+
+async def test_a_redaction_redacted_in_turn_loses_its_reason(tmp_path: Path) -> None:
+    async with open_test_homeserver(tmp_path) as hs, hs.client() as http:
+        client = Client(hs, http)
+        alice = await hs.register_user("alice")
+        room_id = await client.create_room(alice)
+        room = q(room_id)
+        sent = await client.ok(
+            alice, "PUT", f"/rooms/{room}/send/m.room.message/1", {"body": "pun"}
+        )
+        first = await client.ok(
+            alice, "PUT", f"/rooms/{room}/redact/{q(sent['event_id'])}/r1", {"reason": "bad pun"}
+        )
+        redaction_path = f"/rooms/{room}/event/{q(first['event_id'])}"
+        before = await client.ok(alice, "GET", redaction_path)
+        assert before["content"] == {"redacts": sent["event_id"], "reason": "bad pun"}
+        second = await client.ok(
+            alice, "PUT", f"/rooms/{room}/redact/{q(first['event_id'])}/r2", {}
+        )
+
+        after = await client.ok(alice, "GET", redaction_path)
+        # Version 12 keeps what a redaction redacts, and nothing else.
+        assert after["content"] == {"redacts": sent["event_id"]}
+        assert after["unsigned"]["redacted_because"]["event_id"] == second["event_id"]
+        # The message it redacted stays redacted.
+        message = await client.ok(alice, "GET", f"/rooms/{room}/event/{q(sent['event_id'])}")
+        assert message["content"] == {}

@@ -201,6 +201,18 @@ async def test_ban_invite_and_leave_write_the_membership(env: SharedRoom) -> Non
     await _post(env, carol, env.room_id, "leave", {})
     left = await _content(env, alice, env.room_id, f"m.room.member/{q(carol.user_id)}")
     assert left["membership"] == "leave"
+    # A banned user must be unbanned first: neither invited nor kicked.
+    for what in ("invite", "kick"):
+        await env.client.refused(
+            alice,
+            "POST",
+            f"/rooms/{q(env.room_id)}/{what}",
+            {"user_id": bob.user_id},
+            status=403,
+            errcode="M_FORBIDDEN",
+        )
+    still = await _content(env, alice, env.room_id, f"m.room.member/{q(bob.user_id)}")
+    assert (still["membership"], still["reason"]) == ("ban", "testing")
 
 
 async def test_kicks_and_bans_need_the_kicker_present_and_the_target_there(

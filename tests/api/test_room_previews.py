@@ -232,6 +232,9 @@ async def test_a_member_sees_their_membership_and_account_data(env: SharedRoom) 
         {"type": "org.example.note", "content": {"text": "remember"}},
     ]
     assert _bodies(preview["messages"]["chunk"]) == ["hello bob"]
+    nothing = await _initial_sync(env, bob, room_id, limit=0)
+    assert nothing["messages"]["chunk"] == []
+    assert nothing["membership"] == "join"
     state = {(event["type"], event["state_key"]) for event in preview["state"]}
     assert ("m.room.member", bob.user_id) in state
     # Nobody else's account data of the room.
