@@ -398,6 +398,35 @@ async def test_events_citing_an_outlier_resting_on_a_rejected_event_are_rejected
     assert current[("m.room.power_levels", "")] != grab.event_id
 
 
+async def test_an_event_following_an_event_of_another_room_is_refused(world: World) -> None:
+    # Taken, such an event would carry the other room's state into its own.
+    room1 = world.room
+    room1.topic(ALICE, "room one")
+    await ingest_all(world.storage, room1.order[-1:])
+    room2 = RoomBuilder(creator=ALICE, keys=world.keys)
+    room2.public_room(BOB)
+    world.remote.add(room2)
+    await ingest_all(world.storage, room2.order)
+    state = await world.storage.get_current_state_ids(room2.room_id)
+    good = room2.message(BOB, "good")
+    crossed = room2.message(BOB, "crossed", prev=[good.event_id, room1.last], state=room2.state)
+    across = room2.message(BOB, "across", prev=[room1.last], state=room2.state)
+    outcomes = await world.ingester.receive_pdus(REMOTE, [good.raw, crossed.raw, across.raw])
+    assert outcomes[0].error is None
+    for outcome in outcomes[1:]:
+        assert outcome.error is not None
+        assert outcome.error.errcode == "M_BAD_JSON"
+        assert "prev_events must be events of the same room" in outcome.error.message
+    assert await world.stored(good, crossed, across) == {good.event_id}
+    # Pulled (to fill a gap, or backfilled), it is refused too.
+    (pulled,) = await world.ingester.on_pulled_events(REMOTE, [across])
+    assert pulled.error is not None
+    assert pulled.error.errcode == "M_BAD_JSON"
+    assert await world.stored(crossed, across) == set()
+    assert await world.storage.get_current_state_ids(room2.room_id) == state
+    assert room1.last not in (await world.storage.get_forward_extremities(room2.room_id))
+
+
 # Gaps
 
 

@@ -942,11 +942,16 @@ class FederationIngester:
         """What is known of ``event`` here, in one read: the event itself
         when it is in the room's DAG already, else the auth events it cites
         that are not stored.
+
+        An event whose prev events include one stored here as an event of
+        another room is refused: it could never be placed in its room's
+        DAG, and the state after that prev event is the other room's.
         """
         auth_ids = set(event.auth_event_ids)
         if event.room_version.room_id_from_create_event and event.type != CREATE_KEY[0]:
             auth_ids.add(create_event_id_for_room(event.room_id))
-        stored = await store.get_events([event.event_id, *auth_ids])
+        prev_ids = set(event.prev_event_ids)
+        stored = await store.get_events([event.event_id, *auth_ids, *prev_ids])
         row = stored.get(event.event_id)
         if row is not None and not row.outlier:
             known = IngestResult(
@@ -956,6 +961,13 @@ class FederationIngester:
                 already_known=True,
             )
             return known, set()
+        for prev_id in sorted(prev_ids):
+            prev = stored.get(prev_id)
+            if prev is not None and prev.room_id != event.room_id:
+                raise BadJsonError(
+                    f"{event.event_id} of {event.room_id} follows {prev_id}, an event of"
+                    f" {prev.room_id}: prev_events must be events of the same room"
+                )
         return None, auth_ids.difference(stored)
 
     async def _context(
