@@ -28,9 +28,16 @@ ZED = "@zed:inviter.example"
 class Resident:
     """The inviting server's side of the leave handshake."""
 
-    def __init__(self, room: RoomBuilder, *, refuse: MatrixError | None = None) -> None:
+    def __init__(
+        self,
+        room: RoomBuilder,
+        *,
+        refuse: MatrixError | None = None,
+        refuse_leave: MatrixError | None = None,
+    ) -> None:
         self.room = room
         self.refuse = refuse
+        self.refuse_leave = refuse_leave
         self.template_changes: dict[str, Any] = {}
         self.asked: list[str] = []
         self.received: list[Mapping[str, Any]] = []
@@ -46,6 +53,8 @@ class Resident:
     async def send_leave(
         self, destination: str, room_id: str, event_id: str, event: Mapping[str, Any]
     ) -> None:
+        if self.refuse_leave is not None:
+            raise self.refuse_leave
         self.received.append(event)
 
 
@@ -111,12 +120,19 @@ async def test_a_template_that_is_not_our_leave_is_refused(
     assert latest == room.order[-1].event_id
 
 
-async def test_a_refusal_comes_back_as_given(storage: Storage, creator: EventCreator) -> None:
+async def test_a_refused_send_leave_comes_back_as_given(
+    storage: Storage, creator: EventCreator
+) -> None:
+    # The server gave a template: it may yet have taken the leave, so no
+    # leave of our own is made beside it.
     room = await _invited(storage)
-    resident = Resident(room, refuse=MatrixError("no", errcode="M_FORBIDDEN", http_status=403))
+    refusal = MatrixError("no", errcode="M_FORBIDDEN", http_status=403)
+    resident = Resident(room, refuse_leave=refusal)
     with pytest.raises(MatrixError) as caught:
         await _leaves(storage, creator, resident).leave(BOB, room.room_id)
     assert (caught.value.errcode, caught.value.http_status) == ("M_FORBIDDEN", 403)
+    latest = await storage.room_members.get_latest_membership_event_id(BOB, room.room_id)
+    assert latest == room.order[-1].event_id
 
 
 async def test_a_room_here_is_left_here(storage: Storage, creator: EventCreator) -> None:
@@ -133,14 +149,17 @@ async def test_a_room_here_is_left_here(storage: Storage, creator: EventCreator)
     [
         MatrixError("not in the room", errcode="M_NOT_FOUND", http_status=404),
         MatrixError("unreachable", errcode="M_UNKNOWN", http_status=502),
+        MatrixError("withdrawn", errcode="M_FORBIDDEN", http_status=403),
+        MatrixError("odd", errcode="M_UNRECOGNIZED", http_status=400),
     ],
 )
 async def test_an_invite_no_server_can_take_the_leave_of_is_declined_here(
     storage: Storage, creator: EventCreator, failure: MatrixError
 ) -> None:
-    """The inviting server left the room, or cannot be reached: the user is
-    not held to the invite. The leave is made here, on the invite alone,
-    and kept beside it."""
+    """The inviting server left the room, cannot be reached, or refuses to
+    make the leave (it withdrew the invite, or would hold the user to it):
+    the user is not held to the invite. The leave is made here, on the
+    invite alone, and kept beside it."""
     room = await _invited(storage)
     invite = room.order[-1]
     resident = Resident(room, refuse=failure)

@@ -11,14 +11,15 @@ server, too, knows the user is no longer invited. A knock on a room no
 user of ours is in (:mod:`ranvier.core.knocks`) is withdrawn the same way,
 through the servers its room's server named in its answer to the knock.
 
-When none of those servers gives a leave template (each cannot be reached,
-or is no longer in the room, as an inviter's server whose users all left
-is not), the user is not held to the invite or knock: the leave is made
-here, on that membership alone (its only prev and auth event), and kept
-beside it, so the room leaves the user's view. No other server takes such
-a leave, and none is asked to; a server that did answer with a template
-but whose handshake then failed is not passed over, as the room's side
-may have taken the leave.
+When none of those servers gives a leave template (each cannot be
+reached, is no longer in the room, as an inviter's server whose users all
+left is not, or refuses, as one that withdrew the invite meanwhile or that
+means to hold the user to it does), the user is not held to the invite or
+knock: the leave is made here, on that membership alone (its only prev
+and auth event), and kept beside it, so the room leaves the user's view.
+No other server takes such a leave, and none is asked to; a server that
+did answer with a template but whose handshake then failed is not passed
+over, as the room's side may have taken the leave.
 """
 
 from __future__ import annotations
@@ -142,8 +143,8 @@ class RoomLeaves:
             try:
                 answer = await self._client.make_leave(server, room_id, user_id)
             except MatrixError as exc:
-                if not _worth_trying_elsewhere(exc):
-                    raise
+                # Refused too (403: a withdrawn invite, a hostile inviter):
+                # no template is no template.
                 failures.append(f"{server}: {exc.message}")
                 continue
             answered = True
