@@ -1,7 +1,8 @@
-"""A user's push rule and tags of a room follow them to the room that
-replaced it, over HTTP: the user who upgrades at once, another user of the
-server when they join the new room, a user of another server when they join
-it there; and what a user set on the new room first stays."""
+"""A user's push rule, tags and direct-chat listing of a room follow them
+to the room that replaced it, over HTTP: the user who upgrades at once,
+another user of the server when they join the new room, a user of another
+server when they join it there; and what a user set on the new room first
+stays."""
 
 from __future__ import annotations
 
@@ -176,3 +177,34 @@ async def test_a_user_of_another_server_takes_their_rule_and_tags_along(
         assert rule is not None
         assert (rule["enabled"], rule["actions"]) == (True, ["dont_notify"])
         assert await _tags(cb, bob, new) == {"u.work": {"order": 0.5}}
+
+
+def _direct_path(user: TestUser) -> str:
+    return f"/user/{q(user.user_id)}/account_data/m.direct"
+
+
+async def test_a_direct_chat_stays_one_for_its_members_after_an_upgrade(
+    env: SharedRoom,
+) -> None:
+    c, alice, bob = env.client, env.alice, env.bob
+    old = await c.create_room(alice, is_direct=True, invite=[bob.user_id])
+    await c.ok(bob, "POST", f"/join/{q(old)}", {})
+    other = await c.create_room(alice)
+    alices = {bob.user_id: [old], "@someone:elsewhere": [other], "org.example.odd": old}
+    await c.ok(alice, "PUT", _direct_path(alice), alices)
+    await c.ok(bob, "PUT", _direct_path(bob), {alice.user_id: [old]})
+    since = (await env.sync(alice))["next_batch"]
+
+    new = await _upgrade(c, alice, old)
+
+    # The upgrader's at once, the other lists and values as they were.
+    assert await c.ok(alice, "GET", _direct_path(alice)) == {**alices, bob.user_id: [old, new]}
+    later = await env.sync(alice, since=since)
+    synced = [e for e in later["account_data"]["events"] if e["type"] == "m.direct"]
+    assert [event["content"][bob.user_id] for event in synced] == [[old, new]]
+    # Bob's when he joins, and only once however often he joins.
+    assert await c.ok(bob, "GET", _direct_path(bob)) == {alice.user_id: [old]}
+    await c.ok(alice, "POST", f"/rooms/{q(new)}/invite", {"user_id": bob.user_id})
+    await c.ok(bob, "POST", f"/join/{q(new)}", {})
+    await c.ok(bob, "POST", f"/join/{q(new)}", {})
+    assert await c.ok(bob, "GET", _direct_path(bob)) == {alice.user_id: [old, new]}
