@@ -363,6 +363,33 @@ async def test_notary_is_asked_for_keys_the_origin_no_longer_lists(world: World)
     assert len(notary.queries) == 1
 
 
+async def test_a_key_the_origin_stops_listing_stays_kept(world: World) -> None:
+    # An origin that forgets a retired key, or a forged later answer, must
+    # not make this server forget it: events signed with it must still be
+    # checked, here and by servers using this one as a notary.
+    remote = await world.remote()
+    retired = generate_signing_key("retired")
+    first = _signed_keys(remote.server_name, retired, valid_until_ts=NOW - 24 * HOUR)
+    remote.key_response = first
+    ring = world.ring(min_refetch_interval_ms=1000)
+    await ring.refresh_from_origin(remote.server_name)
+    world.clock.now += 60_000
+    remote.key_response = _signed_keys(
+        remote.server_name, generate_signing_key("next"), valid_until_ts=NOW - 23 * HOUR
+    )
+    await ring.refresh_from_origin(remote.server_name)
+    assert remote.key_requests == 2
+    stored = await world.storage.get_server_keys(remote.server_name)
+    assert set(stored) == {"ed25519:retired", "ed25519:next"}
+    kept = stored["ed25519:retired"]
+    assert kept.valid_until_ts == NOW - 24 * HOUR
+    assert msgspec.json.decode(kept.key_json) == first
+    key = await world.ring().get_verify_key(
+        remote.server_name, "ed25519:retired", at_ts=NOW - 25 * HOUR
+    )
+    assert bytes(key) == bytes(retired.verify_key)
+
+
 # One fetch for many lookups
 
 

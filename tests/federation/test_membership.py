@@ -203,6 +203,18 @@ async def test_make_join_gives_a_template_on_the_current_state(world: World) -> 
     assert "signatures" not in event
 
 
+async def test_make_join_into_a_room_our_users_all_left_is_not_found(world: World) -> None:
+    # A server with no one left in a room cannot vouch for its state: the
+    # joining server must ask one that is still in it.
+    room = world.room
+    await world.make("join", room.room_id, BOB, ver=["12"])
+    room.member(world.alice, "leave")
+    await ingest_all(world.storage, room.order[-1:])
+    for membership in ("join", "leave", "knock"):
+        error = await world.refused(world.make(membership, room.room_id, BOB, ver=["12"]))
+        assert (error.status, error.errcode) == (404, "M_NOT_FOUND")
+
+
 async def test_make_join_refuses_a_banned_user(world: World) -> None:
     room = world.room
     room.member(world.alice, "ban", BOB)
@@ -474,6 +486,26 @@ async def test_leave_through_the_handshake(world: World) -> None:
     assert [e.event_id for e, _ in world.heard.events] == [join.event_id, leave.event_id]
 
 
+async def test_another_server_cannot_replay_a_users_join_or_leave(world: World) -> None:
+    # Only bob's own server speaks for him: c.test, though it holds copies
+    # of his events, cannot rejoin him once he left, nor make him leave
+    # again once he is back.
+    room = world.room
+    join, _ = await world.join(room)
+    leave = world.sign((await world.make("leave", room.room_id, BOB))["event"])
+    await world.send("leave", leave)
+    for membership, replayed in (("join", join), ("leave", leave)):
+        if membership == "leave":
+            await world.join(room)
+        path = f"{V2}/send_{membership}/{seg(room.room_id)}/{seg(replayed.event_id)}"
+        with pytest.raises(FederationRequestError) as caught:
+            await world.stranger.client.put_json(world.name, path, replayed.json)
+        assert (caught.value.status, caught.value.errcode) == (400, "M_INVALID_PARAM")
+        assert "not a user of c.test" in (caught.value.error or "")
+        expected = "leave" if membership == "join" else "join"
+        assert await membership_now(world.storage, room.room_id, BOB) == expected
+
+
 async def test_send_leave_takes_nothing_but_a_leave(world: World) -> None:
     room = world.room
     join, _ = await world.join(room)
@@ -523,6 +555,16 @@ async def test_send_join_and_send_leave_refuse_every_other_kind_of_event(
 async def test_make_leave_for_a_user_not_in_the_room_is_refused(world: World) -> None:
     error = await world.refused(world.make("leave", world.room.room_id, CAROL))
     assert (error.status, error.errcode) == (403, "M_FORBIDDEN")
+
+
+async def test_another_server_cannot_make_a_leave_for_our_user(world: World) -> None:
+    # A template for alice's leave, signed by b.test, would be a kick in
+    # her name.
+    for membership in ("leave", "join", "knock"):
+        error = await world.refused(
+            world.make(membership, world.room.room_id, world.alice, ver=["12"])
+        )
+        assert (error.status, error.errcode) == (403, "M_FORBIDDEN"), membership
 
 
 async def test_a_room_with_partial_state_sends_other_servers_elsewhere(world: World) -> None:

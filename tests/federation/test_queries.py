@@ -210,6 +210,38 @@ async def test_state_ids_need_an_event_of_the_room(world: World) -> None:
     assert (elsewhere.status, elsewhere.errcode) == (404, "M_NOT_FOUND")
 
 
+async def test_reads_through_one_room_give_nothing_of_another(world: World) -> None:
+    # b.test is in world.room only: naming that room with event IDs of a
+    # private room it is not in must not reach the private room's history.
+    private = world.new_room()
+    private.member(world.alice, "join")
+    private.join_rules(world.alice, "invite")
+    secret = private.message(world.alice, "secret")
+    await ingest_all(world.resident.storage, private.order)
+    room_id = seg(world.room.room_id)
+    path = f"{V1}/state/{room_id}"
+    missing = await world.refused(world.peer, "GET", path)
+    assert (missing.status, missing.errcode) == (400, "M_MISSING_PARAM")
+    elsewhere = await world.refused(world.peer, "GET", path, query={"event_id": secret.event_id})
+    assert (elsewhere.status, elsewhere.errcode) == (404, "M_NOT_FOUND")
+    backfill = await world.get(world.peer, f"{V1}/backfill/{room_id}", v=secret.event_id, limit=10)
+    assert backfill["pdus"] == []
+    both = await world.get(
+        world.peer,
+        f"{V1}/backfill/{room_id}",
+        v=[secret.event_id, world.messages[0].event_id],
+        limit=50,
+    )
+    assert private.create.event_id not in ids_of(both["pdus"])
+    assert world.messages[0].event_id in ids_of(both["pdus"])
+    missing_events = await world.peer.client.post_json(
+        world.name,
+        f"{V1}/get_missing_events/{room_id}",
+        {"earliest_events": [], "latest_events": [secret.event_id]},
+    )
+    assert missing_events["events"] == []
+
+
 async def test_event_auth_is_the_events_auth_chain(world: World) -> None:
     event = world.messages[1]
     body = await world.get(

@@ -311,6 +311,7 @@ def test_parse_accepts(header: str, expected: XMatrixAuthorization) -> None:
         ('X-Matrix origin="a.example",="k",sig="s"', "expected a parameter name"),
         ('X-Matrix origin="a\x01.example",key="k",sig="s"', "control character"),
         ('X-Matrix origin="a_b.example",key="k",sig="s"', "origin is not a server name"),
+        ('X-Matrix origin="localhost:http",key="k",sig="s"', "origin is not a server name"),
         (
             'X-Matrix origin="a.example",destination="b.example:99999",key="k",sig="s"',
             "destination is not a server name",
@@ -375,6 +376,7 @@ def test_split_server_name_parts() -> None:
         ("a.example:0", "port 0, outside 1-65535"),
         ("a.example:70000", "port 70000, outside 1-65535"),
         ("a.example:80:80", "port that is not 1 to 5 digits"),
+        ("localhost:http", "port that is not 1 to 5 digits"),
         ("[::1", "never closes"),
         ("[zz::1]", "invalid IPv6 address"),
         ("[1:2:3:4:5:6:7:8:9]", "invalid IPv6 address"),
