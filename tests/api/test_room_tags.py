@@ -71,6 +71,13 @@ async def test_tags_reach_sync(env: Env) -> None:
     )
     events = synced["rooms"]["join"][room_id]["account_data"]["events"]
     assert {"type": "m.tag", "content": {"tags": {"m.lowpriority": {"order": 0.5}}}} in events
+    # A removed tag reaches the next sync as the room's tags without it.
+    await c.ok(alice, "DELETE", _tags(alice, room_id, "m.lowpriority"))
+    after = await c.ok(
+        alice, "GET", "/sync", params={"timeout": "0", "since": synced["next_batch"]}
+    )
+    events = after["rooms"]["join"][room_id]["account_data"]["events"]
+    assert events == [{"type": "m.tag", "content": {"tags": {}}}]
 
 
 async def test_refusals_change_nothing(env: Env) -> None:
