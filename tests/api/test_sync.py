@@ -773,3 +773,24 @@ async def test_state_changed_by_events_filtered_out_of_the_timeline_end_is_sent(
         assert _bodies(room) == ["kept"], token
         names = [e["content"] for e in room["state"]["events"] if e["type"] == "m.room.name"]
         assert names == [{"name": "New"}], token
+
+
+async def test_a_filtered_timeline_holding_every_event_it_takes_is_not_limited(
+    env: _Env,
+) -> None:
+    """The filter leaves out the create event: the timeline cannot start at
+    it, yet holding the room's only message it is not limited."""
+    room_id = await env.hs.create_room(ALICE)
+    await _say(env.hs, ALICE, room_id, "the only one")
+    for n in range(12):
+        await env.hs.send_event(ALICE, room_id, "org.example.filler", {"n": n})
+    messages = {"room": {"timeline": {"limit": 1, "types": ["m.room.message"]}}}
+    room = (await env.sync(ALICE, filter=json.dumps(messages)))["rooms"]["join"][room_id]
+    assert _bodies(room) == ["the only one"]
+    assert room["timeline"]["limited"] is False
+    # A second message is one more than the limit takes.
+    await _say(env.hs, ALICE, room_id, "a second")
+    room = (await env.sync(ALICE, filter=json.dumps(messages)))["rooms"]["join"][room_id]
+    assert _bodies(room) == ["a second"]
+    assert room["timeline"]["limited"] is True
+

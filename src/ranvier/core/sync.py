@@ -153,6 +153,10 @@ class SyncStore(MessagesStore, Protocol):
         self, room_id: str, since: int, upto: int
     ) -> dict[StateKey, str]: ...
 
+    async def history_starts_at_create(self, room_id: str) -> bool:
+        """Whether the room's timeline held here begins with its create event."""
+        ...
+
     async def room_summary(self, room_id: str, user_id: str) -> tuple[int, int, list[str]]:
         """Joined and invited member counts, and the heroes of an unnamed room."""
         ...
@@ -837,11 +841,15 @@ class SyncHandler:
             checked_before=checked_before,
             ignored=request.ignored,
         )
-        if after == 0 and timeline and not limited:
-            # The room's history here may start later than the room (joined
-            # through another server, which holds what came before): only
-            # a timeline that reaches the create event is the whole room.
-            limited = timeline[0].type != "m.room.create"
+        if newly and request.since is not None:
+            # Joined since the client's token: the client holds none of the
+            # room's history, and the timeline says so (as Synapse does).
+            limited = True
+        elif after == 0 and timeline and not limited and timeline[0].type != "m.room.create":
+            # All the events the filter takes are here, but the room's
+            # history here may start later than the room (joined through
+            # another server, which holds what came before).
+            limited = not await self._store.history_starts_at_create(room_id)
         if not in_full and not timeline:
             return None
         if request.use_state_after:

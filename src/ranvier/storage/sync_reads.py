@@ -172,6 +172,19 @@ def room_events(
             low = rows[-1][0]
 
 
+def history_starts_at_create(conn: sqlite3.Connection, room_id: str) -> bool:
+    """Whether the room's first timeline event held here is its create
+    event: false for a room joined through another server, whose history
+    before the join that server holds.
+    """
+    row = conn.execute(
+        f"SELECT type FROM events WHERE room_id = ? AND stream_ordering > 0 AND {_TIMELINE}"
+        " ORDER BY stream_ordering ASC LIMIT 1",
+        (room_id,),
+    ).fetchone()
+    return row is not None and row[0] == "m.room.create"
+
+
 def _state_group_at(conn: sqlite3.Connection, room_id: str, position: int) -> int | None:
     """The state after the room's last timeline event at or below ``position``."""
     row = conn.execute(
@@ -464,6 +477,11 @@ class SyncReads:
                 backwards=backwards,
                 accept=accept,
             )
+        )
+
+    async def history_starts_at_create(self, room_id: str) -> bool:
+        return await self._readers.read(
+            functools.partial(history_starts_at_create, room_id=room_id)
         )
 
     async def state_before(
