@@ -375,3 +375,31 @@ async def test_a_left_room_with_no_timeline_wanted_still_shows_the_leave(
     await env.client.refused(
         env.bob, "GET", "/sync", params={"filter": zero}, status=400, errcode="M_BAD_JSON"
     )
+
+
+async def test_a_room_joined_and_left_between_syncs_is_left_with_its_whole_state(
+    env: SharedRoom,
+) -> None:
+    """The client never had the room: its leave section carries the state as
+    a newly joined room's would, not just what changed since the token."""
+    no_timeline = json.dumps(
+        {"room": {"timeline": {"types": []}, "state": {"types": [_MADE_UP]}, "include_leave": True}}
+    )
+    await _put_state(env, env.alice, env.room_id, _MADE_UP, {"my_key": 1})
+    since = (await env.sync(env.carol, filter=no_timeline))["next_batch"]
+    await _join(env, env.carol, env.room_id)
+    await _leave(env, env.carol, env.room_id)
+    room = (await env.sync(env.carol, filter=no_timeline, since=since))["rooms"]["leave"][
+        env.room_id
+    ]
+    assert [(e["type"], e["content"]) for e in room["state"]["events"]] == [
+        (_MADE_UP, {"my_key": 1})
+    ]
+    # Bob was in the room at the token: his leave sends no state.
+    bob_since = (await env.sync(env.bob, filter=no_timeline))["next_batch"]
+    await _leave(env, env.bob, env.room_id)
+    room = (await env.sync(env.bob, filter=no_timeline, since=bob_since))["rooms"]["leave"][
+        env.room_id
+    ]
+    assert room["state"]["events"] == []
+

@@ -753,7 +753,8 @@ class SyncHandler:
             request,
             room_id,
             upto=left_at,
-            newly=request.since is None,
+            newly=request.since is None
+            or await self._joined_in_between(request, room_id, leave_id),
             joined_now=False,
             checked_before=left_at + 1,
         )
@@ -789,6 +790,21 @@ class SyncHandler:
         """
         stripped = await stripped_room_state(self._store, room_id, invite_id, ignored)
         return None if stripped is None else {"invite_state": {"events": stripped}}
+
+    async def _joined_in_between(self, request: _Request, room_id: str, leave_id: str) -> bool:
+        """Whether the user joined the room after ``since`` and left it
+        since: the client never had the room, so it is sent in full, as a
+        room newly joined would be.
+        """
+        key = (_MEMBER, request.user_id)
+        before = await self._store.state_before(leave_id, [key])
+        if key not in before:
+            return False
+        events = await self._store.get_events([before[key]])
+        event = events.get(before[key])
+        if event is None or event_content(event).get("membership") != "join":
+            return False
+        return not await self._was_joined(request, room_id)
 
     async def _was_joined(self, request: _Request, room_id: str) -> bool:
         """Whether the user was joined at ``since`` already: a membership
