@@ -403,3 +403,41 @@ async def test_a_room_joined_and_left_between_syncs_is_left_with_its_whole_state
     ]
     assert room["state"]["events"] == []
 
+
+async def test_a_member_back_after_a_private_gap_sees_who_joined_in_it(env: SharedRoom) -> None:
+    """Carol joined while Bob was out of a room whose history is for members
+    only. Bob may not read the events of the gap, but the join is the room's
+    state now, and his incremental sync carries it in the timeline, with
+    the message of the gap left out."""
+    room_id = await env.client.create_room(
+        env.alice,
+        preset="public_chat",
+        initial_state=[
+            {
+                "type": "m.room.history_visibility",
+                "state_key": "",
+                "content": {"history_visibility": "joined"},
+            }
+        ],
+    )
+    await _join(env, env.bob, room_id)
+    since = (await env.sync(env.bob))["next_batch"]
+    await _leave(env, env.bob, room_id)
+    await _join(env, env.carol, room_id)
+    hidden = await _say(env, env.alice, room_id, "while Bob was away")
+    await _put_state(env, env.alice, room_id, _MADE_UP, {"my_key": "old"})
+    await _put_state(env, env.alice, room_id, _MADE_UP, {"my_key": "new"})
+    await _join(env, env.bob, room_id)
+    timeline = (await env.sync(env.bob, since=since))["rooms"]["join"][room_id]["timeline"]
+    shown = [(e["type"], e["state_key"], e["content"]) for e in timeline["events"]]
+    assert shown == [
+        ("m.room.member", env.bob.user_id, {"membership": "leave"}),
+        ("m.room.member", env.carol.user_id, {"membership": "join"}),
+        (_MADE_UP, "", {"my_key": "new"}),
+        ("m.room.member", env.bob.user_id, {"membership": "join"}),
+    ]
+    assert hidden not in [e["event_id"] for e in timeline["events"]]
+    # Events of the gap stay unreadable on their own.
+    await env.client.refused(
+        env.bob, "GET", f"/rooms/{q(room_id)}/event/{q(hidden)}", status=404, errcode="M_NOT_FOUND"
+    )

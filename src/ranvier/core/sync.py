@@ -791,6 +791,29 @@ class SyncHandler:
         stripped = await stripped_room_state(self._store, room_id, invite_id, ignored)
         return None if stripped is None else {"invite_state": {"events": stripped}}
 
+    async def _with_current_state(
+        self,
+        room_id: str,
+        upto: int,
+        loaded: list[StoredEvent],
+        shown: list[StoredEvent],
+    ) -> list[StoredEvent]:
+        """``shown`` (the visible part of ``loaded``) with the state events
+        history visibility hid that are still the room's state at ``upto``.
+        A member may read the current state anyway; without them a client
+        that was away while, say, someone joined would never learn of it,
+        since an incremental sync's ``state`` only covers what came before
+        the timeline.
+        """
+        shown_ids = {event.event_id for event in shown}
+        hidden = [e for e in loaded if e.state_key is not None and e.event_id not in shown_ids]
+        if not hidden:
+            return shown
+        keys = {(event.type, event.state_key) for event in hidden if event.state_key is not None}
+        current = set((await self._store.state_at(room_id, upto, keys)).values())
+        kept = shown_ids | {event.event_id for event in hidden if event.event_id in current}
+        return [event for event in loaded if event.event_id in kept]
+
     async def _joined_in_between(self, request: _Request, room_id: str, leave_id: str) -> bool:
         """Whether the user joined the room after ``since`` and left it
         since: the client never had the room, so it is sent in full, as a
@@ -857,6 +880,8 @@ class SyncHandler:
             checked_before=checked_before,
             ignored=request.ignored,
         )
+        if joined_now and len(timeline) < len(newest_first):
+            timeline = await self._with_current_state(room_id, upto, newest_first[::-1], timeline)
         if newly and request.since is not None:
             # Joined since the client's token: the client holds none of the
             # room's history, and the timeline says so (as Synapse does).
