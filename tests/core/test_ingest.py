@@ -11,6 +11,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -484,6 +485,30 @@ class WithholdingRemote(RemoteRooms):
             self.calls.append(("event", event_id))
             raise MatrixError(f"no event {event_id}", errcode="M_NOT_FOUND", http_status=502)
         return await super().get_event(destination, event_id)
+
+
+async def test_a_gap_whose_state_comes_without_an_auth_chain_is_filled(world: World) -> None:
+    # A /state_ids answer may leave auth_chain_ids empty: the state's auth
+    # events are then found among those held here or fetched one by one.
+    room = world.room
+    answer_of = world.remote.get_state_ids
+
+    async def without_chain(destination: str, room_id: str, event_id: str) -> Any:
+        answer = await answer_of(destination, room_id, event_id)
+        return msgspec.structs.replace(answer, auth_chain_ids=())
+
+    world.remote.get_state_ids = without_chain  # type: ignore[method-assign]
+    dave = f"@dave:{REMOTE}"
+    dave_join = room.member(dave, "join")
+    theirs = [room.message(BOB, f"m{n}") for n in range(12)]
+    result = await _receive(world, theirs[-1])
+    assert result.error is None
+    assert not result.soft_failed
+    assert world.remote.called("state_ids") != []
+    for event in theirs[2:]:
+        assert await world.storage.get_event_state_groups(event.event_id) is not None
+    current = await world.storage.get_current_state_ids(room.room_id)
+    assert current[("m.room.member", dave)] == dave_join.event_id
 
 
 async def test_state_resting_on_an_event_that_cannot_be_fetched_is_not_taken(

@@ -31,6 +31,7 @@ from ranvier.testing import (
     RemoteHomeserver,
     RoomBuilder,
     ZoneDns,
+    ingest,
     ingest_all,
 )
 
@@ -240,6 +241,35 @@ async def test_reads_through_one_room_give_nothing_of_another(world: World) -> N
         {"earliest_events": [], "latest_events": [secret.event_id]},
     )
     assert missing_events["events"] == []
+
+
+@pytest.mark.parametrize("kind", ["message", "state"])
+async def test_no_state_is_given_at_a_rejected_event_or_an_outlier(world: World, kind: str) -> None:
+    # The state at a rejected event or an outlier is not known here: a
+    # server asking for it must ask elsewhere, not be given a made-up one.
+    room = world.room
+    state_before = sorted(room.state.values())
+    intruder = "@mallory:c.test"
+    if kind == "state":
+        rejected = room.state_event(intruder, "m.room.topic", {"topic": "mine"}, apply=False)
+    else:
+        rejected = room.message(intruder, "let me in", apply=False)
+    outcome = await ingest(world.resident.storage, rejected)
+    assert outcome.failure is not None
+    after = room.message(BOB, "after", prev=[rejected.event_id], state=room.state)
+    await ingest_all(world.resident.storage, [after])
+    outlier = room.message(BOB, "held aside", apply=False)
+    await ingest(world.resident.storage, outlier, outlier=True)
+    room_id = seg(room.room_id)
+    for endpoint in ("state", "state_ids"):
+        for event in (rejected, outlier):
+            error = await world.refused(
+                world.peer, "GET", f"{V1}/{endpoint}/{room_id}", query={"event_id": event.event_id}
+            )
+            assert (error.status, error.errcode) == (404, "M_NOT_FOUND"), (endpoint, event)
+    # The rejected event left the room's state as it was.
+    body = await world.get(world.peer, f"{V1}/state_ids/{room_id}", event_id=after.event_id)
+    assert sorted(body["pdu_ids"]) == state_before
 
 
 async def test_event_auth_is_the_events_auth_chain(world: World) -> None:
