@@ -794,3 +794,31 @@ async def test_a_filtered_timeline_holding_every_event_it_takes_is_not_limited(
     assert _bodies(room) == ["a second"]
     assert room["timeline"]["limited"] is True
 
+
+async def test_the_federation_event_format_sends_the_events_as_pdus(env: _Env) -> None:
+    room_id = await env.hs.create_room(ALICE, preset="public_chat")
+    await env.hs.join_room(BOB, room_id)
+    since = (await env.sync(ALICE))["next_batch"]
+    await _say(env.hs, ALICE, room_id, "as sent")
+    pdus = json.dumps({"event_format": "federation", "room": {"timeline": {"limit": 1}}})
+    for token in (None, since):
+        room = (await env.sync(ALICE, filter=pdus, since=token))["rooms"]["join"][room_id]
+        (event,) = room["timeline"]["events"]
+        assert event["content"]["body"] == "as sent"
+        assert event["room_id"] == room_id
+        assert {"prev_events", "auth_events", "depth", "hashes", "signatures"} <= event.keys()
+        assert isinstance(event["event_id"], str)
+        fetched = await env.get(
+            ALICE, f"/_matrix/client/v3/rooms/{room_id}/event/{event['event_id']}"
+        )
+        assert fetched.json()["content"] == event["content"]
+        state = {(e["type"], e["state_key"]): e for e in room["state"]["events"]}
+        if token is None:
+            assert "signatures" in state[("m.room.member", BOB)]
+    # The client format, for comparison, has none of the PDU's fields.
+    (event,) = (await env.sync(ALICE, filter=json.dumps({"room": {"timeline": {"limit": 1}}})))[
+        "rooms"
+    ]["join"][room_id]["timeline"]["events"]
+    assert not {"prev_events", "auth_events", "depth", "hashes", "signatures", "room_id"} & set(
+        event
+    )

@@ -250,16 +250,37 @@ class _Request:
     #: (spec v1.16, MSC4222), instead of the state at its start.
     use_state_after: bool = False
 
+    @property
+    def federation_format(self) -> bool:
+        """Whether the filter asks for events as PDUs (``event_format``)."""
+        return self.filter.event_format == "federation"
+
+
+_decode_pdu = msgspec.json.Decoder(dict[str, Any]).decode
+
 
 def _sync_event(
     event: StoredEvent,
     transaction_id: str | None = None,
     membership: str | None = None,
     replaced: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    federation: bool = False,
 ) -> dict[str, Any]:
     unsigned = reader_unsigned(transaction_id, membership)
     if replaced:
         unsigned = with_replaced(replaced, event.event_id, unsigned)
+    if federation:
+        # The filter's event_format "federation": the PDU as held (redacted
+        # where a redaction applies), with its ID, which the PDU of recent
+        # room versions leaves out, and the reader's unsigned data in place
+        # of what another server put there.
+        pdu = _decode_pdu(event.json)
+        pdu["event_id"] = event.event_id
+        pdu.pop("unsigned", None)
+        if unsigned:
+            pdu["unsigned"] = dict(unsigned)
+        return pdu
     formatted = client_event(event, unsigned=unsigned)
     # Events under a room's entry do not repeat its ID.
     formatted.pop("room_id", None)
@@ -762,14 +783,24 @@ class SyncHandler:
         if room is not None and leave is not None and leave.outlier:
             # Held from outside the room's DAG (an invite to a room left
             # before, declined or withdrawn): the timeline here ends before it.
-            room["timeline"]["events"].append(request.filter.project(_sync_event(leave)))
+            room["timeline"]["events"].append(
+                request.filter.project(_sync_event(leave, federation=request.federation_format))
+            )
             if request.use_state_after:
-                room["state"]["events"].append(request.filter.project(_sync_event(leave)))
+                room["state"]["events"].append(
+                    request.filter.project(_sync_event(leave, federation=request.federation_format))
+                )
         if room is None:
             # The leave is outside the room's timeline here (an invite from
             # another server declined) or filtered out of it: the client
             # still needs it to drop the room.
-            timeline = [] if leave is None else [request.filter.project(_sync_event(leave))]
+            timeline = (
+                []
+                if leave is None
+                else [
+                    request.filter.project(_sync_event(leave, federation=request.federation_format))
+                ]
+            )
             room = {
                 "timeline": {
                     "events": timeline,
@@ -938,6 +969,7 @@ class SyncHandler:
                             transactions.get(event.event_id),
                             memberships.get(event.event_id),
                             replaced,
+                            federation=request.federation_format,
                         )
                     )
                     for event in timeline
@@ -996,7 +1028,7 @@ class SyncHandler:
         request.sent_members.update(
             event.event_id for event in (*events, *timeline) if event.type == _MEMBER
         )
-        return [_sync_event(event) for event in events]
+        return [_sync_event(event, federation=request.federation_format) for event in events]
 
 
 def _joiners(join: Mapping[str, Any]) -> set[str]:
