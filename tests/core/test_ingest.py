@@ -964,6 +964,33 @@ async def test_an_event_failing_only_against_current_state_is_soft_failed(
     assert await world.storage.get_forward_extremities(room.room_id) == {ban.event_id}
 
 
+async def test_events_after_a_soft_failed_one_are_taken_as_ever(world: World) -> None:
+    # A second event resting on a soft-failed one is soft-failed too, not an
+    # error; an event of a member citing it is taken and becomes the room's
+    # sole extremity, and the ban stays in the state.
+    room = world.room
+    before_ban = room.last
+    ban = room.member(ALICE, "ban", BOB)
+    await ingest_all(world.storage, [ban])
+    first = room.message(BOB, "one", prev=[before_ban])
+    second = room.message(BOB, "two", prev=[first.event_id])
+    outcomes = await world.ingester.receive_pdus(REMOTE, [first.raw, second.raw])
+    for outcome in outcomes:
+        assert outcome.error is None
+        assert outcome.result is not None
+        assert outcome.result.soft_failed
+    assert await world.storage.get_forward_extremities(room.room_id) == {ban.event_id}
+    merge = room.message(CAROL, "merge", prev=[ban.event_id, second.event_id])
+    result = await _receive(world, merge, origin=THIRD)
+    assert result.error is None
+    assert not result.soft_failed
+    assert result.rejected_reason is None
+    assert await world.storage.get_forward_extremities(room.room_id) == {merge.event_id}
+    assert world.remote.calls == []
+    current = await world.storage.get_current_state_ids(room.room_id)
+    assert current[("m.room.member", BOB)] == ban.event_id
+
+
 async def test_rooms_of_a_transaction_are_handled_concurrently(
     world: World, storage: Storage
 ) -> None:
