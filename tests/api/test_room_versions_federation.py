@@ -76,14 +76,23 @@ async def test_a_room_of_each_version_is_shared_across_servers(
             )
             sent.append(answer["event_id"])
         await cb.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
-        messages = await cb.ok(
-            bob, "GET", f"/rooms/{q(room_id)}/messages", params={"dir": "b", "limit": "6"}
-        )
-        assert len(messages["chunk"]) == 6
-        # Alice's, newest first (the last may come in just after Bob's join).
-        paged = [event["event_id"] for event in messages["chunk"] if event["event_id"] in sent]
-        assert len(paged) >= 5
-        assert paged == sorted(paged, key=sent.index, reverse=True)
+        # Bob's join, then Alice's messages newest first: the last of them,
+        # which his join follows, comes before it however it reached B (it
+        # may come after the rest, fetched as the join's prev event).
+        expected = [("m.room.member", bob.user_id), *(("m.room.message", e) for e in sent[:-6:-1])]
+        chunk: list[tuple[str, str]] = []
+
+        async def paged_back() -> bool:
+            messages = await cb.ok(
+                bob, "GET", f"/rooms/{q(room_id)}/messages", params={"dir": "b", "limit": "6"}
+            )
+            chunk[:] = [
+                (event["type"], event.get("state_key", event["event_id"]))
+                for event in messages["chunk"]
+            ]
+            return chunk == expected
+
+        await eventually(paged_back, f"B's history ending in Bob's join: {chunk}")
 
         # Bob's message and his redaction of it reach A, and apply there.
         said = await cb.ok(

@@ -63,15 +63,39 @@ def test_backfilled_events_go_below_by_depth_and_move_nothing(
     assert after["$next"] == held["$join"] + 1
 
 
-def test_an_outlier_at_the_top_keeps_the_top(
+def test_an_outlier_taking_its_place_goes_below_and_the_top_is_kept(
     conn: sqlite3.Connection, make_event: EventFactory
 ) -> None:
+    # A join's prev event, fetched as an outlier after the join (so at the
+    # top of the stream), then reached by backfill: it goes before the join
+    # the timeline shows after it, and the ordering it leaves is never
+    # handed out again.
     base = store_state_group(conn, ROOM, None, {("m.room.create", ""): "$create"})
-    persist_events(conn, [make_event("$join", before=base, prev=("$old",), depth=3)])
+    join = persist_events(conn, [make_event("$join", before=base, prev=("$old",), depth=3)])
     top = persist_events(conn, [make_event("$old", outlier=True, depth=2)])["$old"]
+    assert top > join["$join"]
     placed = _persist_backfilled_events(
         conn, [make_event("$old", before=base, prev=("$create",), depth=2)]
     )
-    assert placed["$old"] == top == _ordering(conn, "$old")
+    assert placed["$old"] == _ordering(conn, "$old") < 0 < join["$join"]
     after = persist_events(conn, [make_event("$next", before=base, prev=("$join",), depth=4)])
     assert after["$next"] == top + 1
+
+
+def test_an_outlier_below_the_top_taking_its_place_goes_below_too(
+    conn: sqlite3.Connection, make_event: EventFactory
+) -> None:
+    base = store_state_group(conn, ROOM, None, {("m.room.create", ""): "$create"})
+    early = persist_events(conn, [make_event("$old", outlier=True, depth=2)])["$old"]
+    join = persist_events(conn, [make_event("$join", before=base, prev=("$old",), depth=3)])
+    assert early < join["$join"]
+    placed = _persist_backfilled_events(
+        conn,
+        [
+            make_event("$older", before=base, prev=("$create",), depth=1),
+            make_event("$old", before=base, prev=("$older",), depth=2),
+        ],
+    )
+    assert placed["$older"] < placed["$old"] < 0
+    after = persist_events(conn, [make_event("$next", before=base, prev=("$join",), depth=4)])
+    assert after["$next"] == join["$join"] + 1

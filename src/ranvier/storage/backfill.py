@@ -10,9 +10,12 @@ with two differences, both in the same transaction:
   stream a sync or a sender follows ever sees them as new (those look
   above a position), and ordered among themselves by depth. Outliers
   written with them (fetched to fill a gap before them) are placed there
-  too: an outlier written at the top of the stream and later given its
-  place in the DAG here would leave the top, and the next event written
-  would take an ordering a sync may have handed out already. Ingestion
+  too, and so is an outlier stored earlier (the prev event of a join,
+  fetched with it) that takes its place in the DAG here: left where it was
+  written, above the join it came before, a room's timeline would show it
+  after the join. Moving it off the top of the stream would let the next
+  event take an ordering a sync may hold, so the top is kept first
+  (:func:`~ranvier.storage.id_floors.keep_floors`). Ingestion
   writes them one at a time, oldest first, each batch older than the one
   before, so the order they arrive in is not the room's. Depth is: an
   event's depth is above its prev events'. Each depth has a window of
@@ -32,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from ranvier.errors import MatrixError
 
 from . import writes
-from .id_floors import events_top
+from .id_floors import events_top, keep_floors
 from .readers import ReaderPool
 from .records import EventToPersist
 from .write_backend import WriteBackend, registered_write
@@ -121,25 +124,25 @@ def _persist_backfilled_events(
     extremities = {room_id: _extremities(conn, room_id) for room_id in rooms}
     current = {room_id: _current_group(conn, room_id) for room_id in rooms}
     top = events_top(conn)
-    before = _orderings(conn, [event.event_id for event in events])
+    stored_outliers = _stored_outliers(conn, [event.event_id for event in events])
+    taking_place = {e.event_id for e in events if e.event_id in stored_outliers and not e.outlier}
+    if taking_place:
+        # Their orderings (an outlier's, in no timeline) are freed below;
+        # the top is kept first, so that freeing it cannot let the next
+        # event reuse an ordering a sync token may hold.
+        keep_floors(conn)
     orderings = writes.persist_events(conn, events)
     # Placed now: written for the first time (outliers too: those fetched to
-    # fill a gap before backfilled events), or an outlier given its place in
-    # the DAG; all were handed orderings above the old top, which nobody
-    # has seen. Orderings at or below it may have been handed out already
-    # (in a sync token), so none of those is freed at the top.
-    placed = [(event.event_id, event.depth) for event in events if orderings[event.event_id] > top]
+    # fill a gap before backfilled events), handed orderings above the old
+    # top that nobody has seen; and outliers stored before that take their
+    # place in the DAG now.
+    placed = [
+        (event.event_id, event.depth)
+        for event in events
+        if orderings[event.event_id] > top or event.event_id in taking_place
+    ]
     for event_id, depth in placed:
         orderings[event_id] = _place(conn, event_id, depth)
-    new_top = events_top(conn)
-    if new_top < top:
-        # An outlier at the very top of the stream took its place in the DAG
-        # (one fetched last, by a resync say): it keeps the top, out of
-        # depth order, rather than let the next event reuse an ordering a
-        # sync token may hold.
-        (event_id,) = [e.event_id for e in events if before.get(e.event_id) == top]
-        conn.execute("UPDATE events SET stream_ordering = ? WHERE event_id = ?", (top, event_id))
-        orderings[event_id] = top
     for room_id in rooms:
         after = _extremities(conn, room_id)
         conn.executemany(
@@ -174,14 +177,13 @@ def _place(conn: sqlite3.Connection, event_id: str, depth: int) -> int:
     return ordering
 
 
-def _orderings(conn: sqlite3.Connection, event_ids: Sequence[str]) -> dict[str, int]:
-    found: dict[str, int] = {}
+def _stored_outliers(conn: sqlite3.Connection, event_ids: Sequence[str]) -> set[str]:
+    """Those of ``event_ids`` stored already as outliers."""
+    found: set[str] = set()
     for event_id in dict.fromkeys(event_ids):
-        row = conn.execute(
-            "SELECT stream_ordering FROM events WHERE event_id = ?", (event_id,)
-        ).fetchone()
-        if row is not None:
-            found[event_id] = int(row[0])
+        row = conn.execute("SELECT outlier FROM events WHERE event_id = ?", (event_id,)).fetchone()
+        if row is not None and row[0]:
+            found.add(event_id)
     return found
 
 
