@@ -822,3 +822,40 @@ async def test_the_federation_event_format_sends_the_events_as_pdus(env: _Env) -
     assert not {"prev_events", "auth_events", "depth", "hashes", "signatures", "room_id"} & set(
         event
     )
+
+
+async def test_lazy_loading_gappy_syncs_carry_the_joins_and_leaves_of_the_gap(env: _Env) -> None:
+    """A lazy-loading client keeps its member list current from incremental
+    syncs (the spec's expected pattern): a join or leave in a gap the
+    timeline skips reaches it in ``state``, though the member never spoke;
+    the memberships it holds already do not come again."""
+    room_id = await env.hs.create_room(ALICE, preset="public_chat")
+    await env.hs.join_room(BOB, room_id)
+    await _say(env.hs, BOB, room_id, *(f"b{i}" for i in range(10)))
+    lazy = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 10}}})
+    answer = await env.sync(ALICE, filter=lazy)
+
+    def memberships(answer: dict[str, Any]) -> dict[str, str]:
+        room = answer["rooms"]["join"][room_id]
+        return {
+            event["state_key"]: event["content"]["membership"]
+            for event in room["state"]["events"]
+            if event["type"] == "m.room.member"
+        }
+
+    assert memberships(answer) == {ALICE: "join", BOB: "join"}
+    await env.hs.join_room(CAROL, room_id)
+    await _say(env.hs, BOB, room_id, *(f"gap{i}" for i in range(20)))
+    answer = await env.sync(ALICE, filter=lazy, since=answer["next_batch"])
+    assert answer["rooms"]["join"][room_id]["timeline"]["limited"] is True
+    assert memberships(answer) == {CAROL: "join"}
+    await env.hs.leave_room(CAROL, room_id)
+    await _say(env.hs, BOB, room_id, *(f"more{i}" for i in range(20)))
+    answer = await env.sync(ALICE, filter=lazy, since=answer["next_batch"])
+    assert memberships(answer) == {CAROL: "leave"}
+    # Without a gap the leave is in the timeline, and state holds nothing.
+    await env.hs.join_room(CAROL, room_id)
+    answer = await env.sync(ALICE, filter=lazy, since=answer["next_batch"])
+    room = answer["rooms"]["join"][room_id]
+    assert room["state"]["events"] == []
+    assert [e["state_key"] for e in room["timeline"]["events"]] == [CAROL]

@@ -954,7 +954,7 @@ class SyncHandler:
             tail = await self._store.state_changes_upto(room_id, timeline[-1].stream_ordering, upto)
             state = {**state, **tail}
         state_events = await self._state_events(
-            request, room_id, upto, state, timeline, skip_held=not in_full
+            request, room_id, upto, state, timeline, incremental=not in_full
         )
         transactions = await transaction_ids(self._store, request.requester, timeline)
         replaced = await replaced_unsigned(self._store, timeline)
@@ -988,13 +988,17 @@ class SyncHandler:
         state: dict[StateKey, str],
         timeline: Sequence[StoredEvent],
         *,
-        skip_held: bool,
+        incremental: bool,
     ) -> list[dict[str, Any]]:
         """The state entries to send: the filter's, and with lazy-loading
         only the memberships of the timeline's senders and the user's own,
-        less, with ``skip_held``, those the client holds already unless it
+        less, when ``incremental``, those the client holds already unless it
         asks for them again. A room sent in full (new to the client, or
         full_state) sends them all: the client starts the room afresh.
+        An incremental ``state`` (what changed in a gap before the timeline)
+        keeps every membership change in it: the spec has a lazy-loading
+        client keep the member list it fetched current from incremental
+        syncs, and a join or leave in the gap is in no timeline.
         ``state_after`` holds the senders' memberships at the timeline's end
         (an older one would take the client's state back) and the state
         events of the timeline too.
@@ -1003,9 +1007,10 @@ class SyncHandler:
         wanted = dict(state)
         if state_filter.lazy_load_members:
             own = (_MEMBER, request.user_id)
-            wanted = {
-                key: value for key, value in wanted.items() if key[0] != _MEMBER or key == own
-            }
+            if not incremental:
+                wanted = {
+                    key: value for key, value in wanted.items() if key[0] != _MEMBER or key == own
+                }
             if request.use_state_after:
                 senders = {(_MEMBER, event.sender) for event in timeline}
                 wanted.update(await self._store.state_at(room_id, upto, senders))
@@ -1014,7 +1019,7 @@ class SyncHandler:
                 wanted.update(((_MEMBER, sender), event_id) for sender, event_id in members.items())
         in_timeline = set() if request.use_state_after else {event.event_id for event in timeline}
         ids = [event_id for event_id in wanted.values() if event_id not in in_timeline]
-        if skip_held and state_filter.lazy_load_members:
+        if incremental and state_filter.lazy_load_members:
             held = request.held_members
             ids = [event_id for event_id in ids if event_id not in held]
         stored = await self._store.get_events(ids)
