@@ -1,5 +1,5 @@
 """Requests to application services: the Application Service API's
-transactions, user and alias queries, and ping.
+transactions, user and alias queries, third-party lookups, and ping.
 
 A service is a program of the operator's, usually on the same machine or
 network, reached at the ``url`` of its registration over plain HTTP or
@@ -15,14 +15,17 @@ from __future__ import annotations
 import logging
 import time
 import urllib.parse
-from typing import Final
+from collections.abc import Sequence
+from typing import Any, Final
 
 import httpx
 import msgspec
+import trio
 
 from ranvier.core.appservices import AppService, AppServiceUnavailableError
 from ranvier.errors import MatrixError
 from ranvier.outbound_http import LazyHttpClient
+from ranvier.protocol.untrusted_json import DECODE_ERRORS, decode_untrusted_json
 
 __all__ = ["HttpAppServiceClient"]
 
@@ -31,6 +34,10 @@ _log: Final = logging.getLogger(__name__)
 _PREFIX: Final = "/_matrix/app/v1"
 #: Services answer with small JSON objects; the ping echoes at most this of a bad answer.
 _MAX_ECHOED_BODY: Final = 4096
+#: The most a third-party lookup's answer may weigh: a protocol's metadata
+#: or a page of locations or users is a few kilobytes; a service that
+#: sends more is not read further.
+MAX_THIRD_PARTY_ANSWER_BYTES: Final = 1024 * 1024
 
 
 class HttpAppServiceClient:
@@ -71,6 +78,38 @@ class HttpAppServiceClient:
             return False
         return response.status_code == 200
 
+    async def query_third_party(
+        self, service: AppService, path: str, params: Sequence[tuple[str, str]]
+    ) -> Any:
+        """``GET /_matrix/app/v1/thirdparty/{path}`` with ``params`` as the
+        query; the answer's JSON, unchecked. Raises
+        :class:`AppServiceUnavailableError` for anything but a 200 with JSON
+        of at most :data:`MAX_THIRD_PARTY_ANSWER_BYTES`.
+        """
+        url = _url(service, f"/thirdparty/{path}")
+        try:
+            async with self._http.stream(
+                "GET", url, params=list(params), headers=_headers(service)
+            ) as response:
+                if response.status_code != 200:
+                    raise AppServiceUnavailableError(
+                        f"{service.id} answered thirdparty/{path} with {response.status_code}"
+                    )
+                body = await _bounded_body(response, MAX_THIRD_PARTY_ANSWER_BYTES)
+                if body is None:
+                    raise AppServiceUnavailableError(
+                        f"{service.id} answered thirdparty/{path} with over"
+                        f" {MAX_THIRD_PARTY_ANSWER_BYTES} bytes"
+                    )
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise AppServiceUnavailableError(f"{service.id}: {exc!r}") from exc
+        try:
+            return decode_untrusted_json(body)
+        except DECODE_ERRORS as exc:
+            raise AppServiceUnavailableError(
+                f"{service.id} answered thirdparty/{path} with no JSON: {exc}"
+            ) from None
+
     async def ping(self, service: AppService, transaction_id: str | None) -> int:
         """Ping the service; the milliseconds it took. Raises the spec's
         errors: ``M_URL_NOT_SET``, ``M_CONNECTION_TIMEOUT``,
@@ -110,6 +149,28 @@ class HttpAppServiceClient:
                 body=response.text[:_MAX_ECHOED_BODY],
             )
         return duration_ms
+
+
+async def _bounded_body(response: httpx.Response, limit: int) -> bytes | None:
+    """The body of ``response``, or None once it is over ``limit`` bytes."""
+    body = bytearray()
+    chunks = aiter(response.aiter_bytes())
+    while True:
+        # Past the limit the body is not just left: the next read is
+        # cancelled, so that the cancellation, raised at the socket, closes
+        # every generator httpx and httpcore stack above it on its way up.
+        # One merely left suspended is a warning when it is collected.
+        with trio.CancelScope() as scope:
+            if len(body) > limit:
+                scope.cancel()
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+        if scope.cancelled_caught:
+            return None
+        body += chunk
+    return None if len(body) > limit else bytes(body)
 
 
 def _url(service: AppService, path: str) -> str:

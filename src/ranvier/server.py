@@ -142,6 +142,7 @@ from ranvier.api.search import add_search_route
 from ranvier.api.sliding_sync import add_sliding_sync_route
 from ranvier.api.sso import add_sso_routes
 from ranvier.api.sync import add_sync_routes
+from ranvier.api.third_party import add_third_party_routes
 from ranvier.api.threepids import add_threepid_routes
 from ranvier.api.timestamps import add_timestamp_route
 from ranvier.api.to_device import add_to_device_routes
@@ -230,6 +231,7 @@ from ranvier.core.server_notices import NoticeGuardedLeaves, ServerNotices
 from ranvier.core.shadow_bans import NO_DELAY, ShadowBans
 from ranvier.core.sliding_sync import SlidingSyncHandler
 from ranvier.core.sso import SsoProviders
+from ranvier.core.third_party import ThirdPartyLookups
 from ranvier.core.threepids import Threepids
 from ranvier.core.timestamps import EventsByTimestamp
 from ranvier.core.to_device import ToDevice
@@ -407,6 +409,7 @@ class HomeServer:
         self._auth: Auth | None = None
         self._profiles: Profiles | None = None
         self._room_list: RoomList | None = None
+        self._third_party: ThirdPartyLookups | None = None
         self._room_hierarchy: RoomHierarchy | None = None
         self._room_summaries: RoomSummaries | None = None
         self._server_notices: ServerNotices | None = None
@@ -564,6 +567,11 @@ class HomeServer:
     def room_list(self) -> RoomList:
         """The public room list: which rooms are published, and pages of them."""
         return _built(self._room_list, "room_list")
+
+    @property
+    def third_party_lookups(self) -> ThirdPartyLookups:
+        """The third-party lookups passed on to application services."""
+        return _built(self._third_party, "third_party")
 
     @property
     def receipts(self) -> Receipts:
@@ -1345,6 +1353,7 @@ class HomeServer:
         self._room_directory.app_services = self._app_services
         self._appservice_client = HttpAppServiceClient()
         self._appservice_queries = AppServiceQueries(self._app_services, self._appservice_client)
+        self._third_party = ThirdPartyLookups(self._app_services, self._appservice_client)
         if self._app_services:
             self._room_directory.app_service_queries = self._appservice_queries
         self.appservice_sender = AppServiceSender(
@@ -1641,6 +1650,7 @@ class HomeServer:
             login_token_enabled=self.login_tokens is not None,
             threepid_changes=self._threepids is not None,
         )
+        add_third_party_routes(router, auth=auth, lookups=self.third_party_lookups)
         add_threepid_routes(
             router,
             auth=auth,

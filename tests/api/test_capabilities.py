@@ -1,5 +1,6 @@
 """What clients ask at start-up, over real HTTP: capabilities, TURN servers
-and third-party protocols (push rules: test_api_push_rules.py).
+and, without bridges, third-party protocols (push rules:
+test_api_push_rules.py; third-party lookups: test_third_party.py).
 """
 
 from __future__ import annotations
@@ -28,26 +29,4 @@ async def test_capabilities_and_the_stubs(tmp_path: Path) -> None:
         assert await c.ok(alice, "GET", "/voip/turnServer") == {}
         assert await c.ok(alice, "GET", "/thirdparty/protocols") == {}
         for path in ("/capabilities", "/voip/turnServer", "/thirdparty/protocols", "/pushrules/"):
-            await c.refused(None, "GET", path, status=401, errcode="M_MISSING_TOKEN")
-
-
-async def test_third_party_lookups_know_no_protocol(tmp_path: Path) -> None:
-    async with open_test_homeserver(tmp_path / "hs") as hs, hs.client() as http:
-        c = Client(hs, http)
-        alice = await hs.register_user("alice")
-        for kind in ("protocol", "location", "user"):
-            await c.refused(
-                alice, "GET", f"/thirdparty/{kind}/irc", status=404, errcode="M_NOT_FOUND"
-            )
-        assert await c.ok(alice, "GET", "/thirdparty/location", params={"alias": "#a:hs"}) == []
-        assert await c.ok(alice, "GET", "/thirdparty/user", params={"userid": "@a:hs"}) == []
-        for path in ("/thirdparty/location", "/thirdparty/user"):
-            await c.refused(alice, "GET", path, status=400, errcode="M_MISSING_PARAM")
-        for path in (
-            "/thirdparty/protocol/irc",
-            "/thirdparty/location/irc",
-            "/thirdparty/user/irc",
-            "/thirdparty/location?alias=%23a:hs",
-            "/thirdparty/user?userid=@a:hs",
-        ):
             await c.refused(None, "GET", path, status=401, errcode="M_MISSING_TOKEN")

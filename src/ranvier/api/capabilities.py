@@ -1,12 +1,11 @@
-"""What a client asks at start-up about the server: ``/capabilities``, TURN
-servers and third-party protocols (push rules: :mod:`ranvier.api.push_rules`).
+"""What a client asks at start-up about the server: ``/capabilities`` and
+TURN servers (push rules: :mod:`ranvier.api.push_rules`; third-party
+protocols: :mod:`ranvier.api.third_party`).
 
 Each is answered for what this server does: password and profile
 changes, e-mail addresses only when it sends mail
-(:mod:`ranvier.api.threepids`), no TURN server, no bridges; and the room
-versions it supports, with the default it creates rooms in. With no protocols, a lookup in one is
-refused as the spec refuses an unknown protocol (404 ``M_NOT_FOUND``),
-and a reverse lookup of a room alias or user finds nothing.
+(:mod:`ranvier.api.threepids`), no TURN server; and the room versions it
+supports, with the default it creates rooms in.
 """
 
 from __future__ import annotations
@@ -16,9 +15,8 @@ from typing import Any
 
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
-from ranvier.errors import MatrixError
 from ranvier.protocol.room_versions import DEFAULT_ROOM_VERSION, SUPPORTED_ROOM_VERSIONS
-from ranvier.web import Handler, Request, Router
+from ranvier.web import Request, Router
 
 __all__ = ["add_capability_routes"]
 
@@ -46,7 +44,7 @@ def add_capability_routes(
     login_token_enabled: bool = False,
     threepid_changes: bool = False,
 ) -> None:
-    """Serve ``/capabilities``, ``/voip/turnServer`` and ``/thirdparty/*``.
+    """Serve ``/capabilities`` and ``/voip/turnServer``.
 
     ``login_token_enabled``: whether users may make login tokens
     (:mod:`ranvier.api.login_tokens`), which ``m.get_login_token`` reports;
@@ -68,36 +66,6 @@ def add_capability_routes(
         await auth.get_user(request)
         return {}
 
-    async def protocols(request: Request) -> Mapping[str, Any]:
-        await auth.get_user(request)
-        return {}
-
-    async def in_protocol(request: Request) -> Mapping[str, Any]:
-        await auth.get_user(request)
-        raise MatrixError(
-            f"no bridge here serves the protocol {request.path_params['protocol']!r}",
-            errcode="M_NOT_FOUND",
-            http_status=404,
-        )
-
-    def reverse_lookup(param: str) -> Handler:
-        async def lookup(request: Request) -> list[Any]:
-            await auth.get_user(request)
-            if not request.query_value(param):
-                raise MatrixError(
-                    f"the query parameter {param!r} is required",
-                    errcode="M_MISSING_PARAM",
-                    http_status=400,
-                )
-            return []
-
-        return lookup
-
     for prefix in CLIENT_VERSION_PREFIXES:
         router.add("GET", f"{prefix}/capabilities", capabilities)
         router.add("GET", f"{prefix}/voip/turnServer", turn_server)
-        router.add("GET", f"{prefix}/thirdparty/protocols", protocols)
-        for path in ("protocol", "location", "user"):
-            router.add("GET", f"{prefix}/thirdparty/{path}/{{protocol}}", in_protocol)
-        router.add("GET", f"{prefix}/thirdparty/location", reverse_lookup("alias"))
-        router.add("GET", f"{prefix}/thirdparty/user", reverse_lookup("userid"))

@@ -54,6 +54,7 @@ __all__ = [
     "Registration",
     "exclusive_error",
     "load_app_services",
+    "third_party_instance_id",
 ]
 
 #: The localparts the server makes for new users; a service's sender needs one.
@@ -212,6 +213,17 @@ def _matches(patterns: Sequence[_Pattern], value: str, *, exclusive: bool = Fals
     )
 
 
+def third_party_instance_id(service_id: str, network_id: str) -> str:
+    """The ``instance_id`` a client knows a service's network by.
+
+    Services choose their networks' IDs, so two may choose the same; the
+    service's ID, unique among services, before it makes the instance ID
+    unique on this server, as the spec asks. The form is Synapse's, which
+    bridges and their tests already write by hand.
+    """
+    return f"{service_id}|{network_id}"
+
+
 def exclusive_error(what: str) -> MatrixError:
     """The spec's answer to taking a name that is not the taker's to take."""
     return MatrixError(what, errcode="M_EXCLUSIVE", http_status=400)
@@ -236,6 +248,18 @@ class AppServices:
 
     def by_id(self, service_id: str) -> AppService | None:
         return self._by_id.get(service_id)
+
+    def networks_of_instance(self, instance_id: str) -> list[tuple[str, str]]:
+        """The ``(service ID, network ID)`` pairs that
+        :func:`third_party_instance_id` turns into ``instance_id``: none for
+        an ID no registered service could have made, more than one only
+        when service IDs hold the separator themselves.
+        """
+        return [
+            (service.id, instance_id[len(service.id) + 1 :])
+            for service in self.services
+            if instance_id.startswith(f"{service.id}|") and len(instance_id) > len(service.id) + 1
+        ]
 
     def user_owner(self, user_id: str) -> AppService | None:
         """The service whose exclusive namespace covers ``user_id``, if one does."""
@@ -296,6 +320,15 @@ class AppServiceClient(Protocol):
     async def ping(self, service: AppService, transaction_id: str | None) -> int:
         """``POST /_matrix/app/v1/ping``; the milliseconds it took. Raises
         the spec's errors as MatrixError.
+        """
+        ...
+
+    async def query_third_party(
+        self, service: AppService, path: str, params: Sequence[tuple[str, str]]
+    ) -> Any:
+        """``GET /_matrix/app/v1/thirdparty/{path}``: the answer's JSON, not
+        yet checked; raises :class:`AppServiceUnavailableError` unless it is
+        a 200 with JSON of a bounded size.
         """
         ...
 

@@ -46,7 +46,11 @@ class FakeAppService:
     :attr:`attempts`). ``on_user`` and ``on_alias`` answer queries: called
     with the user ID or alias, they may make it (through the client API)
     and return whether they did; without them every query is answered 404.
-    ``ping_status`` answers pings.
+    ``ping_status`` answers pings. ``on_third_party`` answers third-party
+    lookups: called with the path after ``thirdparty/`` (``protocol/irc``,
+    ``location/irc``, ``user``, …) and the query's pairs, it returns the
+    status and the answer, JSON or, as bytes, sent as they are; without it
+    every lookup is answered 404.
     """
 
     hs_token: str
@@ -54,6 +58,7 @@ class FakeAppService:
     ping_status: int = 200
     on_user: Callable[[str], Awaitable[bool]] | None = None
     on_alias: Callable[[str], Awaitable[bool]] | None = None
+    on_third_party: Callable[[str, list[tuple[str, str]]], Awaitable[tuple[int, Any]]] | None = None
     #: Transactions answered 200, in order, repeats included.
     transactions: list[Transaction] = field(default_factory=list)
     #: The transaction IDs of every attempt, whatever the answer.
@@ -61,6 +66,8 @@ class FakeAppService:
     #: ``(kind, subject)`` of each query: ``("users", user_id)``,
     #: ``("rooms", alias)``, ``("ping", transaction_id)``.
     queries: list[tuple[str, str | None]] = field(default_factory=list)
+    #: ``(path, query pairs)`` of each third-party lookup, ``path`` after ``thirdparty/``.
+    third_party: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
     url: str = ""
     _changed: trio.Event = field(default_factory=trio.Event)
 
@@ -103,9 +110,11 @@ class FakeAppService:
                 "headers": [(b"content-type", b"application/json")],
             }
         )
-        await send({"type": "http.response.body", "body": msgspec.json.encode(answer)})
+        if not isinstance(answer, bytes):
+            answer = msgspec.json.encode(answer)
+        await send({"type": "http.response.body", "body": answer})
 
-    async def _answer(self, scope: Scope, body: bytes) -> tuple[int, dict[str, Any]]:
+    async def _answer(self, scope: Scope, body: bytes) -> tuple[int, Any]:
         headers = dict(scope.get("headers", []))
         if headers.get(b"authorization") != f"Bearer {self.hs_token}".encode():
             return 403, {"errcode": "M_FORBIDDEN", "error": "wrong hs_token"}
@@ -127,6 +136,14 @@ class FakeAppService:
             if made:
                 return 200, {}
             return 404, {"errcode": "M_NOT_FOUND", "error": f"no {subject}"}
+        if kind == "thirdparty" and method == "GET":
+            query = urllib.parse.parse_qsl(
+                scope.get("query_string", b"").decode("utf-8"), keep_blank_values=True
+            )
+            self.third_party.append((subject, query))
+            if self.on_third_party is None:
+                return 404, {"errcode": "M_NOT_FOUND", "error": f"no {subject}"}
+            return await self.on_third_party(subject, query)
         if kind == "ping" and method == "POST":
             decoded = msgspec.json.decode(body) if body else {}
             self.queries.append(("ping", decoded.get("transaction_id")))
