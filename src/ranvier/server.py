@@ -1470,6 +1470,7 @@ class HomeServer:
         self._accounts.on_devices_logged_out = self._e2e_keys.devices_logged_out
 
     def _federation_router(self, signing_key: SigningKey) -> Router:
+        self._accounts.on_device_added = self._e2e_keys.device_added
         """Every federation and key route this server answers, registered here."""
         config = self.config
         router = Router()

@@ -163,3 +163,34 @@ async def test_a_new_login_is_a_device_list_change(env: SharedRoom) -> None:
         dave.device_id: first.body,
         second_device.device_id: second.body,
     }
+
+
+async def test_a_login_alone_is_a_device_list_change_for_the_user_too(env: SharedRoom) -> None:
+    """No keys uploaded yet: those sharing a room with the user, and the
+    user's own devices, hear of the new device all the same."""
+    password = "correct horse"
+    dave = await env.hs.register_user("dave", password=password)
+    await env.client.ok(dave, "POST", f"/rooms/{env.room_id}/join", {})
+    since = {user.user_id: (await env.sync(user))["next_batch"] for user in (env.alice, dave)}
+    identifier = {"type": "m.id.user", "user": dave.user_id}
+    login = {"type": "m.login.password", "identifier": identifier, "password": password}
+    await env.client.ok(None, "POST", "/login", login)
+    for user in (env.alice, dave):
+        answer = await env.sync(user, since=since[user.user_id])
+        assert answer["device_lists"]["changed"] == [dave.user_id]
+        changes = await env.client.ok(
+            user,
+            "GET",
+            "/keys/changes",
+            params={"from": since[user.user_id], "to": answer["next_batch"]},
+        )
+        assert changes["changed"] == [dave.user_id]
+    # Logging the same device in again adds no device: no change.
+    again = (await env.sync(env.alice))["next_batch"]
+    login_again = await env.client.ok(None, "POST", "/login", login)
+    await env.client.ok(None, "POST", "/login", {**login, "device_id": login_again["device_id"]})
+    answer = await env.sync(env.alice, since=again)
+    assert answer["device_lists"]["changed"] == [dave.user_id]
+    quiet = answer["next_batch"]
+    await env.client.ok(None, "POST", "/login", {**login, "device_id": login_again["device_id"]})
+    assert (await env.sync(env.alice, since=quiet))["device_lists"]["changed"] == []

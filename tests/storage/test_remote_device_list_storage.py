@@ -119,9 +119,15 @@ async def test_an_update_without_prev_ids_or_keys_marks_the_list_stale(storage: 
     )
     assert fresh_start == "stale"
     await lists.store(CAROL, _listed(11, D1="b"), filled_at=4)
-    # A device changed whose keys the update does not carry.
-    unknown = await lists.apply_update(
+    # A new device with no keys yet: it stays out of the list, still fresh.
+    keyless = await lists.apply_update(
         CAROL, device_id="D2", stream_id=12, prev_ids=[11], deleted=False, keys=None
+    )
+    assert keyless == "applied"
+    assert await _kept(storage) == (12, {"D1": _keys("D1", "b")}, False)
+    # A device held with keys changed, and the update does not carry them.
+    unknown = await lists.apply_update(
+        CAROL, device_id="D1", stream_id=13, prev_ids=[12], deleted=False, keys=None
     )
     assert unknown == "stale"
 

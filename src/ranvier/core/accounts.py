@@ -268,6 +268,11 @@ class Accounts:
         #: what else was kept for the devices gone
         #: (:meth:`ranvier.core.e2e_keys.E2eKeys.devices_logged_out`).
         self.on_devices_logged_out: Callable[[str], Awaitable[None]] | None = None
+        #: Told the user and device after a login that created the device,
+        #: so that those sharing a room with the user, the user's own other
+        #: devices and other servers hear the device list changed
+        #: (:meth:`ranvier.core.e2e_keys.E2eKeys.device_added`).
+        self.on_device_added: Callable[[str, str], Awaitable[None]] | None = None
 
     # User IDs.
 
@@ -517,12 +522,15 @@ class Accounts:
         device, issued = self._issue(
             user_id, device_id, device_display_name, refresh=refresh, now=self.clock_ms()
         )
+        new = device_id is None or not await self._store.has_device(user_id, device_id)
         # Logging a device in again replaces its token: the old one goes
         # from the cache as from storage.
         with self._invalidating(
             lambda cached: (cached.user_id, cached.device_id) == (device.user_id, device.device_id)
         ):
             await (add if add is not None else self._store.add_device)(device)
+        if new and self.on_device_added is not None:
+            await self.on_device_added(user_id, device.device_id)
         return issued
 
     def _issue(

@@ -795,6 +795,15 @@ class E2eKeys:
         position = await self._store.mark_device_list_changed(user_id)
         await self._changed(user_id, position, devices=[device_id])
 
+    async def device_added(self, user_id: str, device_id: str) -> None:
+        """After a login that created ``user_id``'s device: the server-server
+        spec has the other servers told of new devices, and those sharing a
+        room with the user, the user's own devices among them, hear of it
+        as of a key change, before the device has uploaded any keys.
+        """
+        position = await self._store.mark_device_list_changed(user_id)
+        await self._changed(user_id, position, devices=[device_id])
+
     async def devices_deleted(self, user_id: str, device_ids: Collection[str]) -> None:
         """Forget deleted devices' keys and waiting messages, and tell those
         sharing a room with the user, here and on other servers.

@@ -118,9 +118,9 @@ class RemoteDeviceListStorage:
         deleted: bool,
         keys: bytes | None,
     ) -> UpdateOutcome:
-        """Apply an ``m.device_list_update`` (``keys`` None: the device's
-        keys are not known from it, so a device not ``deleted`` makes the
-        row stale).
+        """Apply an ``m.device_list_update`` (``keys`` None: a device
+        not held has no keys yet and stays out of the list; one held with
+        keys makes the row stale, as its keys are not known from it).
         """
         return await self._writer.submit(
             functools.partial(
@@ -316,10 +316,15 @@ def _apply_update(
     # was checked the same way. None at all starts a new sequence, which
     # nothing here links to what is held.
     follows = bool(prev_ids) and all(prev_id <= held for prev_id in prev_ids)
-    if stale or not follows or (keys is None and not deleted):
+    # No keys for a device held with keys: a server may leave them out of
+    # a rename, so they are fetched again rather than dropped. A device
+    # not held (new, with no keys uploaded yet) stays out of the list, as
+    # a fetched list leaves it out.
+    unknown = keys is None and not deleted and _holds_keys(conn, user_id, device_id)
+    if stale or not follows or unknown:
         _mark_stale(conn, user_id, stream_id)
         return "stale"
-    if deleted:
+    if deleted or keys is None:
         conn.execute(
             "DELETE FROM remote_device_keys WHERE user_id = ? AND device_id = ?",
             (user_id, device_id),
@@ -334,6 +339,14 @@ def _apply_update(
         "UPDATE remote_device_lists SET stream_id = ? WHERE user_id = ?", (stream_id, user_id)
     )
     return "applied"
+
+
+def _holds_keys(conn: sqlite3.Connection, user_id: str, device_id: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM remote_device_keys WHERE user_id = ? AND device_id = ?",
+        (user_id, device_id),
+    ).fetchone()
+    return row is not None
 
 
 @registered_write
