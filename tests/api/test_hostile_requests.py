@@ -214,6 +214,7 @@ def _path_values(pattern: str, ids: Ids) -> dict[str, str]:
         "mediaId": "abcdefghij",
         "fileName": "file.txt",
         "protocol": "irc",
+        "network_id": "libera",
         "destination": "remote.example",
         "key_name": "displayname",
     }

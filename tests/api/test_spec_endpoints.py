@@ -275,9 +275,6 @@ NOT_SERVED: Final[dict[tuple[str, str], str]] = {
     ("POST", "/_matrix/client/v3/account/3pid"): (
         "deprecated by the spec for /account/3pid/add and /bind, which are served"
     ),
-    ("PUT", "/_matrix/client/v3/directory/list/appservice/{networkId}/{roomId}"): (
-        "third-party networks: no bridge protocols, so no per-network room directories"
-    ),
     ("GET", "/_matrix/client/v1/auth_metadata"): (
         "OAuth 2.0 API: no authorization server; the spec's answer is then 404 M_UNRECOGNIZED"
     ),

@@ -1,7 +1,8 @@
 """The public room list over federation, ``/_matrix/federation/v1/publicRooms``:
 one homeserver's published rooms read by another's client API
-(``/publicRooms?server=``) over loopback TLS, and what the asking side
-keeps of a list server's answer.
+(``/publicRooms?server=``) over loopback TLS, its application services'
+networks' lists as asked for, and what the asking side keeps of a list
+server's answer.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 
@@ -17,7 +19,7 @@ from ranvier.federation.room_list import PUBLIC_ROOMS_PATH, FederationRoomListCl
 from ranvier.federation.transport.client import FederationRequestError
 from ranvier.federation.transport.server import FederationApp
 from ranvier.testing import KnownKeys, ZoneDns, serve
-from ranvier.testing.homeserver import open_test_homeserver
+from ranvier.testing.homeserver import config_for_tests, open_test_homeserver
 from ranvier.testing.network import Pki
 from ranvier.web import JsonResponse, Request
 
@@ -171,3 +173,74 @@ async def test_the_client_keeps_only_what_the_spec_gives_a_listed_room(
         {"limit": "", "since": ""},
         {"filter": {"generic_search_term": "k"}},
     )
+
+
+async def test_another_server_reads_a_network_s_list_as_asked(tmp_path: Path) -> None:
+    pki = Pki.create(tmp_path)
+    registration = tmp_path / "bridge.yaml"
+    registration.write_text(
+        "id: bridge\nurl: null\nas_token: as-bridge\nhs_token: hs-bridge\n"
+        "sender_localpart: _bridge\nnamespaces: {}\nprotocols: [irc]\n"
+    )
+    config = msgspec.structs.replace(
+        config_for_tests(tmp_path / "a", federation=pki),
+        app_service_config_files=(registration,),
+    )
+    async with (
+        open_test_homeserver(tmp_path / "a", config=config) as a,
+        open_test_homeserver(tmp_path / "b", federation=pki) as b,
+    ):
+        alice = (await a.register_user("alice")).user_id
+        main = await a.server.create_room(alice, preset="public_chat", name="Main")
+        bridged = await a.server.create_room(alice, preset="public_chat", name="Bridged")
+        await a.server.room_list.set_visibility(alice, main, "public")
+        async with a.client(None) as http:
+            published = await http.put(
+                f"/_matrix/client/v3/directory/list/appservice/libera/{bridged}",
+                json={"visibility": "public"},
+                headers={"Authorization": "Bearer as-bridge"},
+            )
+            assert published.status_code == 200, published.text
+        instance = "bridge|libera"
+        bob = await b.register_user("bob")
+        asked = {"server": a.server_name}
+
+        async with b.client(bob, verify=pki.client_context()) as http:
+
+            async def listed(**body: Any) -> list[str]:
+                posted = (await http.post(_PUBLIC_ROOMS, params=asked, json=body)).json()
+                query = {key: "true" if value is True else value for key, value in body.items()}
+                got = (await http.get(_PUBLIC_ROOMS, params={**asked, **query})).json()
+                assert _ids(posted) == _ids(got)
+                return _ids(posted)
+
+            assert await listed() == [main]
+            assert await listed(third_party_instance_id=instance) == [bridged]
+            assert await listed(third_party_instance_id="bridge|oftc") == []
+            assert sorted(await listed(include_all_networks=True)) == sorted([main, bridged])
+            # With a search term, the list is asked for with POST.
+            searched = await http.post(
+                _PUBLIC_ROOMS,
+                params=asked,
+                json={"third_party_instance_id": instance, "filter": {"generic_search_term": "br"}},
+            )
+            assert _ids(searched.json()) == [bridged]
+
+        # The federation routes themselves.
+        client = b.server.federation_client
+        by_query = await client.get_json(
+            a.server_name, PUBLIC_ROOMS_PATH, query={"third_party_instance_id": instance}
+        )
+        assert _ids(by_query) == [bridged]
+        by_body = await client.post_json(
+            a.server_name, PUBLIC_ROOMS_PATH, {"third_party_instance_id": instance}
+        )
+        assert _ids(by_body) == [bridged]
+        everything = await client.post_json(
+            a.server_name, PUBLIC_ROOMS_PATH, {"include_all_networks": True}
+        )
+        assert sorted(_ids(everything)) == sorted([main, bridged])
+        assert _ids(await client.post_json(a.server_name, PUBLIC_ROOMS_PATH, {})) == [main]
+        with pytest.raises(FederationRequestError) as caught:
+            await client.post_json(a.server_name, PUBLIC_ROOMS_PATH, {"third_party_instance_id": 5})
+        assert (caught.value.status, caught.value.errcode) == (400, "M_BAD_JSON")

@@ -116,6 +116,7 @@ async def _room_rows(storage: Storage, room: RoomBuilder, number: int) -> None:
             (f"#r{number}:example.org", room_id, BOB),
         )
         run("INSERT INTO room_list VALUES (?, 5)", (room_id,))
+        run("INSERT INTO appservice_room_list VALUES ('bridge', 'net', ?, 5)", (room_id,))
         run("INSERT INTO forgotten_rooms VALUES (?, ?)", (user, room_id))
         run(
             "INSERT INTO out_of_band_memberships VALUES (?, ?, ?)",

@@ -1,7 +1,10 @@
-"""Moving an upgraded room's directory entries: aliases and the room list
-entry pass to the replacement together, and nothing else moves."""
+"""Moving an upgraded room's directory entries: aliases, the room list
+entry and the networks' list entries pass to the replacement together, and
+nothing else moves."""
 
 from __future__ import annotations
+
+import sqlite3
 
 from ranvier.storage import Storage
 
@@ -89,3 +92,30 @@ async def test_a_claim_taken_again_by_the_same_write_is_its_own(storage: Storage
     assert not await claims.take_upgrade_claim(
         OLD, alice, "11", claim_id="a2", now_ms=1000, stale_before_ms=0
     )
+
+
+def _network_listings(storage: Storage) -> set[tuple[str, str, str]]:
+    conn = sqlite3.connect(storage.path)
+    try:
+        rows = conn.execute("SELECT appservice_id, network_id, room_id FROM appservice_room_list")
+        return {(str(a), str(n), str(r)) for a, n, r in rows}
+    finally:
+        conn.close()
+
+
+async def test_the_networks_listings_move_to_the_new_room(storage: Storage) -> None:
+    await _rooms(storage)
+    data = storage.client_data
+    await data.set_room_listed_in_network("irc", "libera", OLD, True, 10)
+    await data.set_room_listed_in_network("irc", "oftc", OLD, True, 10)
+    await data.set_room_listed_in_network("irc", "oftc", NEW, True, 11)
+    await data.set_room_listed_in_network("irc", "libera", ELSEWHERE, True, 12)
+
+    await storage.room_upgrades.move_directory_entries(OLD, NEW)
+
+    # The network that listed both rooms lists the new one once.
+    assert _network_listings(storage) == {
+        ("irc", "libera", NEW),
+        ("irc", "oftc", NEW),
+        ("irc", "libera", ELSEWHERE),
+    }

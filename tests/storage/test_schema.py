@@ -105,6 +105,7 @@ TABLES_ADDED = {
     52: {"user_redactions"},
     # A column of event_state, no table.
     53: set(),
+    54: {"appservice_room_list"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -203,7 +204,12 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         ordering = run("SELECT stream_ordering FROM events WHERE event_id = '$f'").fetchone()[0]
         run("INSERT INTO event_prev_edges VALUES (?, '$e', '!r:x')", (ordering,))
         run("INSERT INTO event_auth_edges VALUES (?, '$e', '!r:x')", (ordering,))
-        run("INSERT INTO event_state VALUES (?, 1, 1)", (ordering,))
+        # Columns named: a later version adds one.
+        run(
+            "INSERT INTO event_state (event_ordering, state_group_before, state_group_after)"
+            " VALUES (?, 1, 1)",
+            (ordering,),
+        )
     elif version == 12:
         run("INSERT INTO e2e_device_keys VALUES ('@a:x', 'DEV', x'7b7d')")
         run("INSERT INTO e2e_one_time_keys VALUES ('@a:x', 'DEV', 'alg', 'k1', x'7b7d')")
@@ -332,6 +338,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         )
     elif version == 53:
         run("UPDATE event_state SET replaces_state = '$e' WHERE state_group_before = 1")
+    elif version == 54:
+        run("INSERT INTO appservice_room_list VALUES ('bridge', 'net', '!r:x', 5)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -1,10 +1,14 @@
-"""The public room list: ``/publicRooms`` and ``/directory/list/room/{roomId}``.
+"""The public room list: ``/publicRooms``, ``/directory/list/room/{roomId}``
+and ``/directory/list/appservice/{networkId}/{roomId}``.
 
 Reading the list and a room's visibility needs no access token (the spec
 leaves both open); publishing needs a server admin or a member of the
 room with the power to change its aliases. ``server`` naming another
-server asks that server for its list over federation. See
-:mod:`ranvier.core.room_list`.
+server asks that server for its list over federation. An application
+service publishes rooms in its networks' lists with its own token, and
+nobody else may (403 ``M_FORBIDDEN``); ``third_party_instance_id`` and
+``include_all_networks`` choose the lists read, in ``POST``'s body and,
+as Synapse takes them, ``GET``'s query. See :mod:`ranvier.core.room_list`.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from ranvier.api.account import json_object
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.core.room_list import RoomList
-from ranvier.errors import BadJsonError
-from ranvier.web import Request, Router, integer_param
+from ranvier.errors import BadJsonError, MatrixError
+from ranvier.web import Request, Router, flag_param, integer_param
 
 __all__ = ["add_room_list_routes"]
 
@@ -30,6 +34,8 @@ def add_room_list_routes(router: Router, *, auth: Auth, room_list: RoomList) -> 
             limit=integer_param(request, "limit"),
             since=request.query_value("since"),
             server=request.query_value("server"),
+            include_all_networks=bool(flag_param(request, "include_all_networks")),
+            third_party_instance_id=request.query_value("third_party_instance_id"),
         )
 
     async def search_public_rooms(request: Request) -> Mapping[str, Any]:
@@ -38,6 +44,12 @@ def add_room_list_routes(router: Router, *, auth: Auth, room_list: RoomList) -> 
         limit = body.get("limit")
         since = body.get("since")
         search_filter = body.get("filter")
+        everything = body.get("include_all_networks", False)
+        instance = body.get("third_party_instance_id")
+        if not isinstance(everything, bool):
+            raise BadJsonError("'include_all_networks' must be true or false")
+        if instance is not None and not isinstance(instance, str):
+            raise BadJsonError("'third_party_instance_id' must be a string")
         if limit is not None and (type(limit) is not int or limit < 0):
             raise BadJsonError("'limit' must be a non-negative integer")
         if since is not None and not isinstance(since, str):
@@ -50,7 +62,12 @@ def add_room_list_routes(router: Router, *, auth: Auth, room_list: RoomList) -> 
             if term is not None and not isinstance(term, str):
                 raise BadJsonError("'generic_search_term' must be a string")
         return await room_list.public_rooms(
-            limit=limit, since=since, search=term, server=request.query_value("server")
+            limit=limit,
+            since=since,
+            search=term,
+            server=request.query_value("server"),
+            include_all_networks=everything,
+            third_party_instance_id=instance,
         )
 
     async def get_visibility(request: Request) -> Mapping[str, Any]:
@@ -67,8 +84,32 @@ def add_room_list_routes(router: Router, *, auth: Auth, room_list: RoomList) -> 
         )
         return {}
 
+    async def set_network_visibility(request: Request) -> Mapping[str, Any]:
+        requester = await auth.get_user(request)
+        if requester.app_service is None:
+            raise MatrixError(
+                "only an application service's as_token may publish rooms in a network's list",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+        body = json_object(request)
+        if "visibility" not in body:
+            raise BadJsonError("'visibility' is required")
+        await room_list.set_network_visibility(
+            requester.app_service,
+            request.path_params["network_id"],
+            request.path_params["room_id"],
+            body["visibility"],
+        )
+        return {}
+
     for prefix in CLIENT_VERSION_PREFIXES:
         router.add("GET", f"{prefix}/publicRooms", public_rooms)
         router.add("POST", f"{prefix}/publicRooms", search_public_rooms)
         router.add("GET", f"{prefix}/directory/list/room/{{room_id}}", get_visibility)
         router.add("PUT", f"{prefix}/directory/list/room/{{room_id}}", set_visibility)
+        router.add(
+            "PUT",
+            f"{prefix}/directory/list/appservice/{{network_id}}/{{room_id}}",
+            set_network_visibility,
+        )

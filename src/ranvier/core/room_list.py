@@ -9,6 +9,18 @@ first, with what the spec's ``PublishedRoomsChunk`` holds, read from its
 current state. Pages are cut by offset: ``next_batch`` and ``prev_batch``
 are positions in that order, as tokens of their own.
 
+Application services keep lists of their own, one per third-party
+network they bridge (:meth:`RoomList.set_network_visibility`), apart from
+the server's list: a plain ``/publicRooms`` shows the server's list
+alone, ``third_party_instance_id`` (an ``instance_id`` of
+``/thirdparty/protocols``) one network's list alone, and
+``include_all_networks`` the server's and every registered service's
+together, each room once. A request that gives both is read as asking
+for everything, as Synapse reads it: the spec only says the instance is
+meant for requests without ``include_all_networks``, and another server
+passes on what its client gave. An instance ID that names no network of
+a registered service has no rooms.
+
 Another server's list is asked of that server (the client API's ``server``
 parameter, federation's ``/publicRooms``) through :class:`RemoteRoomLists`,
 and passed on as it answers, its paging tokens included.
@@ -18,12 +30,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol
 
 from ranvier.errors import MatrixError
 from ranvier.protocol.x_matrix import split_server_name
 from ranvier.storage.client_data import PublicRoomState
+
+from .appservices import AppServices
 
 __all__ = [
     "CHUNK_STRINGS",
@@ -38,6 +52,8 @@ __all__ = [
 
 #: The most rooms one page holds, whatever the client asks.
 MAX_PAGE: Final = 500
+#: The longest network ID a service may publish rooms under, in characters.
+MAX_NETWORK_ID: Final = 255
 
 Visibility = Literal["public", "private"]
 _TOKEN: Final = re.compile(r"o([0-9]{1,9})")
@@ -52,7 +68,13 @@ class RoomListStore(Protocol):
 
     async def room_exists(self, room_id: str) -> bool: ...
 
-    async def listed_rooms(self) -> list[PublicRoomState]: ...
+    async def set_room_listed_in_network(
+        self, appservice_id: str, network_id: str, room_id: str, listed: bool, now_ms: int
+    ) -> None: ...
+
+    async def listed_rooms(
+        self, *, main: bool = True, networks: Sequence[tuple[str, str | None]] = ()
+    ) -> list[PublicRoomState]: ...
 
 
 class RemoteRoomLists(Protocol):
@@ -62,7 +84,14 @@ class RemoteRoomLists(Protocol):
     """
 
     async def query_public_rooms(
-        self, server_name: str, *, limit: int | None, since: str | None, search: str | None
+        self,
+        server_name: str,
+        *,
+        limit: int | None,
+        since: str | None,
+        search: str | None,
+        include_all_networks: bool = False,
+        third_party_instance_id: str | None = None,
     ) -> dict[str, Any]: ...
 
 
@@ -144,11 +173,13 @@ class RoomList:
         wall_clock_ms: Callable[[], int] | None = None,
         server_name: str | None = None,
         remote: RemoteRoomLists | None = None,
+        app_services: AppServices | None = None,
     ) -> None:
         self._store = store
         self._permissions = permissions
         self._server_name = server_name
         self._remote = remote
+        self._app_services = app_services or AppServices()
         self._clock = wall_clock_ms or (lambda: time.time_ns() // 1_000_000)
 
     async def get_visibility(self, room_id: str) -> Visibility:
@@ -180,6 +211,37 @@ class RoomList:
             )
         await self._store.set_room_listed(room_id, visibility == "public", self._clock())
 
+    async def set_network_visibility(
+        self, service_id: str, network_id: str, room_id: str, visibility: object
+    ) -> None:
+        """Publish or withdraw a room in the list of application service
+        ``service_id``'s network ``network_id``.
+
+        The service's token is all the right it needs, as the spec has it:
+        the list is the service's own, and the room need only be known
+        here. The network ID is the service's to choose; the spec means one
+        of the networks it reports, but which those are only the service
+        can say, and an ID it never reports leaves the room in a list no
+        client is shown.
+        """
+        if visibility not in ("public", "private"):
+            raise MatrixError(
+                f"visibility must be public or private, not {visibility!r}",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        if len(network_id) > MAX_NETWORK_ID:
+            raise MatrixError(
+                f"a network ID is at most {MAX_NETWORK_ID} characters",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        if not await self._store.room_exists(room_id):
+            raise _not_found(room_id)
+        await self._store.set_room_listed_in_network(
+            service_id, network_id, room_id, visibility == "public", self._clock()
+        )
+
     async def on_room_created(self, room_id: str, visibility: str) -> None:
         """What ``/createRoom`` calls once the room exists: ``public`` lists it."""
         if visibility == "public":
@@ -192,16 +254,26 @@ class RoomList:
         since: str | None = None,
         search: str | None = None,
         server: str | None = None,
+        include_all_networks: bool = False,
+        third_party_instance_id: str | None = None,
     ) -> dict[str, Any]:
         """A page of ``GET /publicRooms`` (or its ``POST`` with a filter),
-        of this server's list or of the list of the ``server`` named.
+        of this server's list or of the list of the ``server`` named, and
+        of the networks' lists as the module's doc says.
         """
         if limit is not None and limit < 0:
             raise MatrixError(
                 "limit may not be negative", errcode="M_INVALID_PARAM", http_status=400
             )
         if server is not None and server != self._server_name:
-            return await self._remote_page(server, limit=limit, since=since, search=search)
+            return await self._remote_page(
+                server,
+                limit=limit,
+                since=since,
+                search=search,
+                include_all_networks=include_all_networks,
+                third_party_instance_id=third_party_instance_id,
+            )
         start = 0
         if since is not None:
             match = _TOKEN.fullmatch(since)
@@ -212,7 +284,18 @@ class RoomList:
                     http_status=400,
                 )
             start = int(match[1])
-        entries = [_chunk_entry(room) for room in await self._store.listed_rooms()]
+        if include_all_networks:
+            rooms = await self._store.listed_rooms(
+                networks=[(service.id, None) for service in self._app_services]
+            )
+        elif third_party_instance_id is not None:
+            networks = self._app_services.networks_of_instance(third_party_instance_id)
+            rooms = (
+                await self._store.listed_rooms(main=False, networks=networks) if networks else []
+            )
+        else:
+            rooms = await self._store.listed_rooms()
+        entries = [_chunk_entry(room) for room in rooms]
         if search:
             entries = [entry for entry in entries if _matches(entry, search)]
         entries.sort(key=lambda entry: (-entry["num_joined_members"], entry["room_id"]))
@@ -226,7 +309,14 @@ class RoomList:
         return answer
 
     async def _remote_page(
-        self, server: str, *, limit: int | None, since: str | None, search: str | None
+        self,
+        server: str,
+        *,
+        limit: int | None,
+        since: str | None,
+        search: str | None,
+        include_all_networks: bool,
+        third_party_instance_id: str | None,
     ) -> dict[str, Any]:
         try:
             split_server_name(server)
@@ -241,5 +331,10 @@ class RoomList:
                 http_status=400,
             )
         return await self._remote.query_public_rooms(
-            server, limit=limit, since=since, search=search
+            server,
+            limit=limit,
+            since=since,
+            search=search,
+            include_all_networks=include_all_networks,
+            third_party_instance_id=third_party_instance_id,
         )

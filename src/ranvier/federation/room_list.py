@@ -5,9 +5,10 @@ published in this server's list (:class:`ranvier.core.room_list.RoomList`),
 and :class:`FederationRoomListClient` asks another server for a page of
 its list, for the client API's ``/publicRooms?server=``.
 
-This server bridges no third-party networks: a request for one
-(``third_party_instance_id`` without ``include_all_networks``) finds no
-rooms. A ``limit`` of 0 means no limit, as the spec has it.
+``third_party_instance_id`` and ``include_all_networks`` choose the
+lists read as they do for clients: the server's own list alone by
+default, one application service network's list, or all of them. A
+``limit`` of 0 means no limit, as the spec has it.
 
 A room of another server's answer is kept with the spec's fields alone,
 each of the right type; one that lacks a required field is left out. An
@@ -40,14 +41,6 @@ _STRINGS: Final = ("name", "topic", "canonical_alias", "avatar_url", "join_rule"
 _FLAGS: Final = ("world_readable", "guest_can_join")
 
 
-def _no_third_party_rooms(include_all_networks: bool, instance: object) -> bool:
-    return instance is not None and not include_all_networks
-
-
-def _empty_page() -> dict[str, Any]:
-    return {"chunk": [], "total_room_count_estimate": 0}
-
-
 def _no_limit_at_zero(limit: int | None) -> int | None:
     return None if limit == 0 else limit
 
@@ -57,11 +50,11 @@ def add_public_rooms_routes(router: Router, room_list: RoomList) -> None:
 
     async def get_public_rooms(request: Request) -> Mapping[str, Any]:
         limit = integer_param(request, "limit")
-        everything = bool(flag_param(request, "include_all_networks"))
-        if _no_third_party_rooms(everything, request.query_value("third_party_instance_id")):
-            return _empty_page()
         return await room_list.public_rooms(
-            limit=_no_limit_at_zero(limit), since=request.query_value("since")
+            limit=_no_limit_at_zero(limit),
+            since=request.query_value("since"),
+            include_all_networks=bool(flag_param(request, "include_all_networks")),
+            third_party_instance_id=request.query_value("third_party_instance_id"),
         )
 
     async def post_public_rooms(request: Request) -> Mapping[str, Any]:
@@ -87,10 +80,12 @@ def add_public_rooms_routes(router: Router, room_list: RoomList) -> None:
             term = search_filter.get("generic_search_term")
             if term is not None and not isinstance(term, str):
                 raise BadJsonError("'generic_search_term' must be a string")
-        if _no_third_party_rooms(everything, instance):
-            return _empty_page()
         return await room_list.public_rooms(
-            limit=_no_limit_at_zero(limit), since=since, search=term
+            limit=_no_limit_at_zero(limit),
+            since=since,
+            search=term,
+            include_all_networks=everything,
+            third_party_instance_id=instance,
         )
 
     router.add("GET", PUBLIC_ROOMS_PATH, get_public_rooms)
@@ -135,7 +130,14 @@ class FederationRoomListClient:
         self._client = client
 
     async def query_public_rooms(
-        self, server_name: str, *, limit: int | None, since: str | None, search: str | None
+        self,
+        server_name: str,
+        *,
+        limit: int | None,
+        since: str | None,
+        search: str | None,
+        include_all_networks: bool = False,
+        third_party_instance_id: str | None = None,
     ) -> dict[str, Any]:
         try:
             if search is None:
@@ -144,6 +146,10 @@ class FederationRoomListClient:
                     query["limit"] = str(limit)
                 if since is not None:
                     query["since"] = since
+                if include_all_networks:
+                    query["include_all_networks"] = "true"
+                if third_party_instance_id is not None:
+                    query["third_party_instance_id"] = third_party_instance_id
                 response = await self._client.request(
                     "GET",
                     server_name,
@@ -157,6 +163,10 @@ class FederationRoomListClient:
                     body["limit"] = limit
                 if since is not None:
                     body["since"] = since
+                if include_all_networks:
+                    body["include_all_networks"] = True
+                if third_party_instance_id is not None:
+                    body["third_party_instance_id"] = third_party_instance_id
                 response = await self._client.request(
                     "POST",
                     server_name,

@@ -16,6 +16,10 @@ Tables (schema migration 9)
   sync already reported.
 * ``room_list(room_id pk -> rooms, added_ts)``: the rooms whose directory
   visibility is ``public``.
+* ``appservice_room_list(appservice_id, network_id, room_id -> rooms,
+  added_ts)``, keyed by the first three (schema migration 54): the rooms an
+  application service publishes in a third-party network's room list,
+  which is not the server's own.
 
 Invariants
 ----------
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -265,9 +269,32 @@ class ClientDataStorage:
     async def room_exists(self, room_id: str) -> bool:
         return await self._readers.read(functools.partial(_room_exists, room_id=room_id))
 
-    async def listed_rooms(self) -> list[PublicRoomState]:
-        """Every published room this server is in, with what the list shows."""
-        return await self._read(_listed_rooms)
+    async def set_room_listed_in_network(
+        self, appservice_id: str, network_id: str, room_id: str, listed: bool, now_ms: int
+    ) -> None:
+        """Publish or withdraw a room in a service's network's room list."""
+        await self._write(
+            functools.partial(
+                _set_room_listed_in_network,
+                appservice_id=appservice_id,
+                network_id=network_id,
+                room_id=room_id,
+                listed=listed,
+                now_ms=now_ms,
+            )
+        )
+
+    async def listed_rooms(
+        self, *, main: bool = True, networks: Sequence[tuple[str, str | None]] = ()
+    ) -> list[PublicRoomState]:
+        """Every published room this server is in, with what the list
+        shows: of the server's own list if ``main``, and of the networks'
+        lists named by ``(appservice_id, network_id)`` (a network ID of
+        None: every network of that service), each room once.
+        """
+        return await self._read(
+            functools.partial(_listed_rooms, main=main, networks=tuple(networks))
+        )
 
 
 @registered_write
@@ -427,6 +454,30 @@ def _set_room_listed(conn: sqlite3.Connection, *, room_id: str, listed: bool, no
         conn.execute("DELETE FROM room_list WHERE room_id = ?", (room_id,))
 
 
+@registered_write
+def _set_room_listed_in_network(
+    conn: sqlite3.Connection,
+    *,
+    appservice_id: str,
+    network_id: str,
+    room_id: str,
+    listed: bool,
+    now_ms: int,
+) -> None:
+    if listed:
+        conn.execute(
+            "INSERT INTO appservice_room_list (appservice_id, network_id, room_id, added_ts)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (appservice_id, network_id, room_id, now_ms),
+        )
+    else:
+        conn.execute(
+            "DELETE FROM appservice_room_list"
+            " WHERE appservice_id = ? AND network_id = ? AND room_id = ?",
+            (appservice_id, network_id, room_id),
+        )
+
+
 def _is_room_listed(conn: sqlite3.Connection, *, room_id: str) -> bool:
     return (
         conn.execute("SELECT 1 FROM room_list WHERE room_id = ?", (room_id,)).fetchone() is not None
@@ -437,9 +488,35 @@ def _room_exists(conn: sqlite3.Connection, *, room_id: str) -> bool:
     return conn.execute("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)).fetchone() is not None
 
 
-def _listed_rooms(conn: sqlite3.Connection) -> list[PublicRoomState]:
+def _listed_room_ids(
+    conn: sqlite3.Connection, *, main: bool, networks: tuple[tuple[str, str | None], ...]
+) -> list[str]:
+    room_ids: dict[str, None] = {}
+    if main:
+        room_ids.update(
+            (str(row[0]), None) for row in conn.execute("SELECT room_id FROM room_list")
+        )
+    for appservice_id, network_id in networks:
+        if network_id is None:
+            rows = conn.execute(
+                "SELECT room_id FROM appservice_room_list WHERE appservice_id = ?",
+                (appservice_id,),
+            )
+        else:
+            rows = conn.execute(
+                "SELECT room_id FROM appservice_room_list"
+                " WHERE appservice_id = ? AND network_id = ?",
+                (appservice_id, network_id),
+            )
+        room_ids.update((str(row[0]), None) for row in rows)
+    return list(room_ids)
+
+
+def _listed_rooms(
+    conn: sqlite3.Connection, *, main: bool, networks: tuple[tuple[str, str | None], ...]
+) -> list[PublicRoomState]:
     listed: list[PublicRoomState] = []
-    room_ids = [str(row[0]) for row in conn.execute("SELECT room_id FROM room_list")]
+    room_ids = _listed_room_ids(conn, main=main, networks=networks)
     marks = ", ".join("?" for _ in PUBLIC_ROOM_STATE)
     for room_id in room_ids:
         state: dict[str, dict[str, Any]] = {}

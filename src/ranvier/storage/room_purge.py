@@ -7,7 +7,8 @@ and every row keyed by them or by the room: edges, state at each event,
 the room's state groups and their rows, current state, forward
 extremities, partial-state rows and resync progress, redactions,
 relations, search rows, receipts, room account data and tags, reports,
-key backups of the room's sessions, aliases, the published listing,
+key backups of the room's sessions, aliases, the published listings
+(the server's own and application services' networks'),
 forgotten-room marks, out-of-band memberships, client transactions that
 sent into it, sliding sync rows, what each destination was sent of it,
 the server notices room's record, an upgrade's claim on it, and the
@@ -84,6 +85,7 @@ _STATEMENTS: Final[tuple[tuple[str, str], ...]] = (
     ("sliding_sync_rooms", "room_id = :room"),
     ("room_key_backup_keys", "room_id = :room"),
     ("room_list", "room_id = :room"),
+    ("appservice_room_list", "room_id = :room"),
     ("room_upgrade_claims", "room_id = :room"),
     ("destination_rooms", "room_id = :room"),
     ("un_partial_stated_rooms", "room_id = :room"),

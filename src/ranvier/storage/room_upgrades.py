@@ -1,8 +1,9 @@
 """What a room upgrade keeps in the database.
 
 Its directory: the local aliases and the room's place in the published
-room list pass from the old room to its replacement in one commit, so an
-alias never points nowhere and the list never shows both rooms or neither.
+room list, and in the lists application services keep for their
+networks, pass from the old room to its replacement in one commit, so an
+alias never points nowhere and no list shows both rooms or neither.
 
 Its claim: the main process and its client_reader workers each serve
 upgrades, so "one upgrade of a room at a time" is a row in
@@ -132,4 +133,10 @@ def _move_directory_entries(
             " ON CONFLICT (room_id) DO NOTHING",
             (new_room_id, listed[0]),
         )
+    # A network's list that already names the new room keeps that entry.
+    conn.execute(
+        "UPDATE OR IGNORE appservice_room_list SET room_id = ? WHERE room_id = ?",
+        (new_room_id, old_room_id),
+    )
+    conn.execute("DELETE FROM appservice_room_list WHERE room_id = ?", (old_room_id,))
     return moved

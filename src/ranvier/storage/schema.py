@@ -1252,6 +1252,17 @@ def _replaced_state(conn: sqlite3.Connection) -> None:
     fill_replaced_state(conn)
 
 
+def _appservice_room_lists(conn: sqlite3.Connection) -> None:
+    """The rooms application services publish in their networks' room
+    lists, apart from the server's own (:mod:`ranvier.storage.client_data`)."""
+    conn.execute(
+        "CREATE TABLE appservice_room_list (appservice_id TEXT NOT NULL,"
+        " network_id TEXT NOT NULL, room_id TEXT NOT NULL REFERENCES rooms (room_id),"
+        " added_ts INTEGER NOT NULL, PRIMARY KEY (appservice_id, network_id, room_id)) STRICT"
+    )
+    conn.execute("CREATE INDEX appservice_room_list_room ON appservice_room_list (room_id)")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1307,6 +1318,7 @@ MIGRATIONS: Sequence[Migration] = (
     _shadow_bans,
     _user_redactions,
     _replaced_state,
+    _appservice_room_lists,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
