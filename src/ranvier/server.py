@@ -1383,6 +1383,7 @@ class HomeServer:
             permissions=self._room_directory,
             server_name=server_name,
             remote=FederationRoomListClient(client),
+            app_services=self._app_services,
         )
         self._room_directory.room_list = self._room_list
         self._room_directory.state_sender = self._event_creator
