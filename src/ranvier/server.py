@@ -1469,9 +1469,9 @@ class HomeServer:
         self.unpartial_stater.on_full_state.append(self._e2e_keys.room_fully_stated)
         self.unpartial_stater.on_start.append(self._e2e_keys.resume_fully_stated)
         self._accounts.on_devices_logged_out = self._e2e_keys.devices_logged_out
+        self._accounts.on_device_added = self._e2e_keys.device_added
 
     def _federation_router(self, signing_key: SigningKey) -> Router:
-        self._accounts.on_device_added = self._e2e_keys.device_added
         """Every federation and key route this server answers, registered here."""
         config = self.config
         router = Router()

@@ -102,7 +102,7 @@ async def test_device_names_reach_other_servers_only_when_shared(
         await heard_of(bob.device_id)
         # The new device is heard of at its login, before it has keys.
         await heard_of(unnamed.device_id, 2)
-        first = [u for u in updates if u.get("device_id") == unnamed.device_id][0]
+        first = next(u for u in updates if u.get("device_id") == unnamed.device_id)
         assert "keys" not in first
         update = last_update(bob.device_id)
         assert update["keys"] == named_keys.body
