@@ -106,6 +106,7 @@ TABLES_ADDED = {
     # A column of event_state, no table.
     53: set(),
     54: {"appservice_room_list"},
+    55: {"erased_users"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -340,6 +341,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("UPDATE event_state SET replaces_state = '$e' WHERE state_group_before = 1")
     elif version == 54:
         run("INSERT INTO appservice_room_list VALUES ('bridge', 'net', '!r:x', 5)")
+    elif version == 55:
+        run("INSERT INTO erased_users VALUES ('@a:x')")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

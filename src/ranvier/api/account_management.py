@@ -62,7 +62,7 @@ class PasswordReset(Protocol):
 class Deactivator(Protocol):
     """:class:`ranvier.core.deactivation.Deactivation`."""
 
-    async def deactivate(self, user_id: str) -> None: ...
+    async def deactivate(self, user_id: str, *, erase: bool = False) -> None: ...
 
 
 def add_account_management_routes(
@@ -94,9 +94,8 @@ def add_account_management_routes(
     async def deactivate(request: Request) -> JsonResponse:
         requester = await auth.get_user(request)
         body = json_object(request)
-        # Nothing is erased beyond what deactivation clears, and no identity
-        # server is told; both are still checked for their types.
-        optional_bool(body, "erase")
+        # No identity server is told; the field is still checked for its type.
+        erase = optional_bool(body, "erase", default=False)
         optional_str(body, "id_server")
         # An application service's users have no password or other secret
         # interactive authentication could ask for: the service's own token
@@ -106,7 +105,7 @@ def add_account_management_routes(
                 await uia.authenticate(requester.user_id, body.get("auth"))
             except AuthRequired as required:
                 return JsonResponse(required.body, status=401)
-        await deactivation.deactivate(requester.user_id)
+        await deactivation.deactivate(requester.user_id, erase=erase)
         return JsonResponse({"id_server_unbind_result": "no-support"})
 
     async def reset_password(reset: PasswordReset, request: Request) -> JsonResponse:

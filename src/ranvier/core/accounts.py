@@ -194,7 +194,7 @@ class AccountStore(Protocol):
         self, user_id: str, password_hash: str, *, keep_only_device: str | None
     ) -> int: ...
 
-    async def deactivate_account(self, user_id: str) -> bool: ...
+    async def deactivate_account(self, user_id: str, *, erase: bool = False) -> bool: ...
 
     async def add_openid_token(self, token_hash: bytes, user_id: str, expires_ts: int) -> None: ...
 
@@ -748,14 +748,16 @@ class Accounts:
             await self._devices_logged_out(user_id)
         return user_id
 
-    async def deactivate(self, user_id: str) -> None:
+    async def deactivate(self, user_id: str, *, erase: bool = False) -> None:
         """Mark ``user_id`` deactivated: every device logged out, no login
         or token of theirs accepted again, the user ID never handed out
-        again (the account's row stays). What else deactivation undoes
-        (rooms, profile, pushers) is :class:`ranvier.core.deactivation.Deactivation`'s.
+        again (the account's row stays); with ``erase``, marked erased in
+        the same write (:mod:`ranvier.storage.erasure`). What else
+        deactivation undoes (rooms, profile, pushers) is
+        :class:`ranvier.core.deactivation.Deactivation`'s.
         """
         with self._invalidating(lambda cached: cached.user_id == user_id):
-            await self._store.deactivate_account(user_id)
+            await self._store.deactivate_account(user_id, erase=erase)
         await self._devices_logged_out(user_id)
 
     # OpenID.

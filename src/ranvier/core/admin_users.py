@@ -94,7 +94,7 @@ class ProfileSetter(Protocol):
 class Deactivator(Protocol):
     """:class:`ranvier.core.deactivation.Deactivation`."""
 
-    async def deactivate(self, user_id: str) -> None: ...
+    async def deactivate(self, user_id: str, *, erase: bool = False) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +157,7 @@ def _user_json(row: UserRow) -> dict[str, Any]:
         "admin": row.admin,
         "user_type": None,
         "deactivated": row.deactivated,
-        # Deactivating clears the profile whether asked to erase or not;
-        # nothing else is kept to mark an account erased.
-        "erased": False,
+        "erased": row.erased,
         "shadow_banned": row.shadow_banned,
         "displayname": row.displayname,
         "avatar_url": row.avatar_url,
@@ -384,13 +382,16 @@ class AdminUsers:
         await self._change_password(user_id, password, logout_devices is not False)
 
     async def deactivate(self, user_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """``POST /_synapse/admin/v1/deactivate/{userId}``; ``erase`` is taken
-        (deactivation here always clears the profile)."""
-        _optional(body, "erase", bool, "true or false")
+        """``POST /_synapse/admin/v1/deactivate/{userId}``, with ``erase``
+        as ``/account/deactivate`` takes it. An account deactivated already
+        is deactivated again when asked to erase it, which marks it erased
+        and changes nothing else that was done.
+        """
+        erase = _optional(body, "erase", bool, "true or false") is True
         self._check_not_system(user_id)
         row = await self._existing(user_id)
-        if not row.deactivated:
-            await self._deactivation.deactivate(user_id)
+        if not row.deactivated or (erase and not row.erased):
+            await self._deactivation.deactivate(user_id, erase=erase)
         return {"id_server_unbind_result": "success"}
 
     async def is_admin(self, user_id: str) -> bool:

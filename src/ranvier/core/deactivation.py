@@ -4,7 +4,10 @@ The account is marked first, with every device logged out and its e-mail
 addresses erased in the same write
 (:meth:`ranvier.core.accounts.Accounts.deactivate`): from then on no token
 or login of the user's works, nor a password reset, whatever happens to the
-rest. Then the
+rest. With ``erase``
+the account is marked erased in that same write: from then on users and
+servers that were not joined to a room at one of the user's events get
+it redacted (:mod:`ranvier.core.erasure`). Then the
 user leaves every room they are joined to, invited to or knocking on,
 through the ordinary leave (so the rooms' other servers hear of it, and an
 invite from another server is declined there); then every field of their
@@ -31,7 +34,7 @@ _log = logging.getLogger(__name__)
 class AccountDeactivator(Protocol):
     """Marks the account (:class:`ranvier.core.accounts.Accounts`)."""
 
-    async def deactivate(self, user_id: str) -> None: ...
+    async def deactivate(self, user_id: str, *, erase: bool = False) -> None: ...
 
 
 class LeavableRooms(Protocol):
@@ -88,9 +91,11 @@ class Deactivation:
         self._profiles = profiles
         self._pushers = pushers
 
-    async def deactivate(self, user_id: str) -> None:
-        """Deactivate ``user_id``, whose password the caller has checked."""
-        await self._accounts.deactivate(user_id)
+    async def deactivate(self, user_id: str, *, erase: bool = False) -> None:
+        """Deactivate ``user_id``, whose password the caller has checked,
+        and with ``erase`` mark the account erased.
+        """
+        await self._accounts.deactivate(user_id, erase=erase)
         for room_id in await self._rooms.rooms_to_leave(user_id):
             try:
                 await self._leaves.leave(user_id, room_id)

@@ -35,6 +35,7 @@ import msgspec
 
 from ranvier.errors import MatrixError
 
+from .erasure import mark_erased
 from .pushers import delete_device_pushers
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
@@ -244,11 +245,15 @@ class AccountStorage:
             )
         )
 
-    async def deactivate_account(self, user_id: str) -> bool:
+    async def deactivate_account(self, user_id: str, *, erase: bool = False) -> bool:
         """Mark ``user_id`` deactivated, log out all their devices and erase
-        their e-mail addresses, in one write; False if there is no such account.
+        their e-mail addresses, and with ``erase`` mark the account erased
+        (:mod:`ranvier.storage.erasure`), in one write; False if there is no
+        such account.
         """
-        return await self._actor.submit(functools.partial(_deactivate_account, user_id=user_id))
+        return await self._actor.submit(
+            functools.partial(_deactivate_account, user_id=user_id, erase=erase)
+        )
 
     async def add_openid_token(self, token_hash: bytes, user_id: str, expires_ts: int) -> None:
         """Keep an OpenID token (its hash) of ``user_id`` until ``expires_ts``;
@@ -564,8 +569,10 @@ def _change_password(
 
 
 @registered_write
-def _deactivate_account(conn: sqlite3.Connection, *, user_id: str) -> bool:
+def _deactivate_account(conn: sqlite3.Connection, *, user_id: str, erase: bool = False) -> bool:
     found = conn.execute("UPDATE users SET deactivated = 1 WHERE user_id = ?", (user_id,)).rowcount
+    if found and erase:
+        mark_erased(conn, user_id)
     conn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,))
     conn.execute("DELETE FROM devices WHERE user_id = ?", (user_id,))
     conn.execute("DELETE FROM openid_tokens WHERE user_id = ?", (user_id,))

@@ -85,6 +85,7 @@ class UserRow:
     suspended: bool = False
     guest: bool = False
     shadow_banned: bool = False
+    erased: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +146,8 @@ class ReportDetail:
 _USER_COLUMNS: Final = (
     "SELECT u.user_id, u.admin, u.deactivated, u.created_ts, p.displayname, p.avatar_url,"
     " (SELECT MAX(d.last_seen_ts) FROM devices AS d WHERE d.user_id = u.user_id)"
-    " AS last_seen_ts, u.locked, u.suspended, u.is_guest, u.shadow_banned"
+    " AS last_seen_ts, u.locked, u.suspended, u.is_guest, u.shadow_banned,"
+    " EXISTS (SELECT 1 FROM erased_users AS x WHERE x.user_id = u.user_id) AS erased"
     " FROM users AS u LEFT JOIN profiles AS p ON p.user_id = u.user_id"
 )
 
@@ -176,6 +178,7 @@ def _user_row(row: Sequence[object]) -> UserRow:
         suspended,
         guest,
         shadow_banned,
+        erased,
     ) = row
     return UserRow(
         str(user_id),
@@ -189,6 +192,7 @@ def _user_row(row: Sequence[object]) -> UserRow:
         bool(suspended),
         bool(guest),
         bool(shadow_banned),
+        bool(erased),
     )
 
 

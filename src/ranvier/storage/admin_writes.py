@@ -63,13 +63,16 @@ def set_shadow_banned(conn: sqlite3.Connection, *, user_id: str, shadow_banned: 
 @registered_write
 def reactivate_account(conn: sqlite3.Connection, *, user_id: str, password_hash: str) -> bool:
     """Make a deactivated ``user_id`` active again with a new password:
-    the old one must not come back with the account. False if there is no
+    the old one must not come back with the account, nor an erasure it
+    asked for while deactivated (an account in use is served as any other;
+    the user asks again at their next deactivation). False if there is no
     such account.
     """
     changed = conn.execute(
         "UPDATE users SET deactivated = 0, password_hash = ? WHERE user_id = ?",
         (password_hash, user_id),
     ).rowcount
+    conn.execute("DELETE FROM erased_users WHERE user_id = ?", (user_id,))
     return changed > 0
 
 

@@ -1263,6 +1263,15 @@ def _appservice_room_lists(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX appservice_room_list_room ON appservice_room_list (room_id)")
 
 
+def _erased_users(conn: sqlite3.Connection) -> None:
+    """Accounts deactivated with ``erase``, whose events those who join
+    after are served redacted (:mod:`ranvier.storage.erasure`)."""
+    conn.execute(
+        "CREATE TABLE erased_users (user_id TEXT PRIMARY KEY NOT NULL"
+        " REFERENCES users (user_id)) WITHOUT ROWID, STRICT"
+    )
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1319,6 +1328,7 @@ MIGRATIONS: Sequence[Migration] = (
     _user_redactions,
     _replaced_state,
     _appservice_room_lists,
+    _erased_users,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -33,6 +33,7 @@ from .client_transactions import ClientTransactionStorage, TransactionRow
 from .connections import SynchronousMode
 from .dehydrated_devices import DehydratedDeviceStorage
 from .e2e_keys import E2eKeyStorage
+from .erasure import ErasureStorage
 from .event_stream import EventStreamReads
 from .forgotten_rooms import ForgottenRoomStorage
 from .guests import GuestStorage
@@ -158,6 +159,7 @@ class Storage:
         self.admin_redactions = AdminRedactionStorage(self.writer, self.readers)
         self.federation_admin = FederationAdminStorage(self.writer, self.readers)
         self.redactions = RedactionStorage(self.readers)
+        self.erasure = ErasureStorage(self.readers)
         self.relations = RelationStorage(self.readers)
         self.search = SearchStorage(self.readers)
         self.hierarchy = HierarchyReads(self.readers)
