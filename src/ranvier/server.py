@@ -1264,6 +1264,7 @@ class HomeServer:
             server_name=server_name,
             forgotten=storage.forgotten_rooms,
             transactions=storage.sync,
+            erasure=storage.erasure,
         )
         self._upgraded_room_settings = UpgradedRoomSettings(
             state=storage,
@@ -1498,6 +1499,7 @@ class HomeServer:
             store=self.storage,
             profiles=LocalProfileSource(self.profiles),
             served=self.storage.redactions,
+            erasure=self.storage.erasure,
         )
         add_membership_routes(
             router,

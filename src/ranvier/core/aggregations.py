@@ -13,6 +13,8 @@ serve it to a client.
   referencing it.
 
 The latest event of a thread carries its own bundles (one level down).
+A latest event or edit of an erased user comes redacted to a user not
+joined at it, as in a timeline (:mod:`ranvier.core.erasure`).
 Reactions (``m.annotation``) are not bundled; clients page them with
 ``/relations``. Relations count as the user may see the room: up
 to now for a member, up to their leave or ban after it.
@@ -34,6 +36,7 @@ from ranvier.storage.records import StoredEvent
 
 from .accounts import Requester
 from .client_events import client_event
+from .erasure import erasure_applied
 from .filters import RoomEventFilter
 from .pagination import (
     HistoryFiller,
@@ -163,13 +166,20 @@ class Aggregations:
         if not queries:
             return
         found = await self._relations.aggregations(user_id, queries)
+        served = await self._served(
+            user_id,
+            [
+                *(summary.latest for summary in found.threads.values()),
+                *found.edits.values(),
+            ],
+        )
         latest: dict[str, list[dict[str, Any]]] = {}
         for room_id, event in shown:
             event_id = event["event_id"]
             bundle: dict[str, Any] = {}
             summary = found.threads.get(event_id)
             if summary is not None:
-                latest_event = client_event(summary.latest)
+                latest_event = client_event(served.get(summary.latest.event_id, summary.latest))
                 latest.setdefault(room_id, []).append(latest_event)
                 bundle[_THREAD] = {
                     "latest_event": latest_event,
@@ -178,7 +188,7 @@ class Aggregations:
                 }
             edit = found.edits.get(event_id)
             if edit is not None:
-                bundle[_REPLACE] = client_event(edit)
+                bundle[_REPLACE] = client_event(served.get(edit.event_id, edit))
             referencing = found.references.get(event_id)
             if referencing:
                 bundle[_REFERENCE] = {"chunk": [{"event_id": ref} for ref in referencing]}
@@ -191,6 +201,28 @@ class Aggregations:
                 [(room_id, events, uptos[room_id]) for room_id, events in latest.items()],
                 nested=False,
             )
+
+    async def _served(
+        self, user_id: str, events: Sequence[StoredEvent]
+    ) -> Mapping[str, StoredEvent]:
+        """Those of ``events`` (bundled ones) served to ``user_id`` otherwise
+        than as read: erased senders' the user was not joined at, redacted.
+
+        The user's membership at each is read only for events of erased
+        senders, which are few: most reads find none.
+        """
+        erased = await self._store.erased_forms(events)
+        if not erased:
+            return {}
+        verdicts = await self._store.visibility_at(user_id, list(erased))
+        memberships = {
+            event_id: membership or "leave" for event_id, (_, membership) in verdicts.items()
+        }
+        chosen = [event for event in events if event.event_id in erased]
+        return {
+            event.event_id: event
+            for event in await erasure_applied(self._store, chosen, memberships)
+        }
 
 
 def _may_be_edited(event: Mapping[str, Any]) -> bool:

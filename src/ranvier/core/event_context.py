@@ -119,8 +119,9 @@ async def readable_event(
             errcode="M_NOT_FOUND",
             http_status=404,
         )
+    # As served to the user (an erased sender's maybe redacted).
     return ReadableEvent(
-        event, visible, checked_before, joined_now, memberships.get(event.event_id)
+        shown[0], visible, checked_before, joined_now, memberships.get(event.event_id)
     )
 
 

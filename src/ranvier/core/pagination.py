@@ -29,6 +29,7 @@ from typing import Any, Final, Literal, Protocol
 
 from ranvier.core.accounts import Requester
 from ranvier.core.client_events import client_event, event_content
+from ranvier.core.erasure import ErasedForms, erasure_applied
 from ranvier.core.filters import RoomEventFilter
 from ranvier.core.notifier import StreamPosition
 from ranvier.core.replaced_state import ReplacedStateSource, replaced_unsigned, with_replaced
@@ -131,7 +132,7 @@ class HistoryFiller(Protocol):
         ...
 
 
-class MessagesStore(ReplacedStateSource, Protocol):
+class MessagesStore(ReplacedStateSource, ErasedForms, Protocol):
     """The reads ``/messages`` (and the member lists of ``/sync``) make."""
 
     async def positions(self) -> tuple[int, int]: ...
@@ -252,6 +253,10 @@ async def visible_with_memberships(
     ``leave`` where the user had none; the same state read as the
     visibility check makes. An event without state here (an outlier) has
     none.
+
+    The events shown are as the user is served them: those of erased
+    senders the user was not joined at come redacted
+    (:func:`ranvier.core.erasure.erasure_applied`).
     """
     if events:
         if ignored is None:
@@ -272,7 +277,7 @@ async def visible_with_memberships(
         else:
             check.append(event)
     if not check:
-        return list(events), memberships
+        return await erasure_applied(store, events, memberships), memberships
     verdicts = await store.visibility_at(user_id, [event.event_id for event in check])
     hidden = set()
     for event in check:
@@ -291,7 +296,8 @@ async def visible_with_memberships(
             ):
                 continue
         hidden.add(event.event_id)
-    return [event for event in events if event.event_id not in hidden], memberships
+    shown = [event for event in events if event.event_id not in hidden]
+    return await erasure_applied(store, shown, memberships), memberships
 
 
 HISTORY_VISIBILITY: Final = "m.room.history_visibility"

@@ -46,6 +46,7 @@ from ranvier.storage.records import StateKey, StoredEvent
 
 from .builder import Clock, wall_clock_ms
 from .client_events import client_event, event_content
+from .erasure import ErasedForms, erasure_applied
 from .interfaces import StateReader
 from .pagination import TransactionScopes, device_transaction_ids, history_allows
 from .replaced_state import ReplacedStateSource, replaced_unsigned
@@ -141,7 +142,9 @@ class RoomReader:
     gives the ``age`` of events returned. ``forgotten`` says which rooms
     users forgot: a user who left one and forgot it reads it as one never
     in it. ``transactions`` gives ``/event`` the transaction ID of an event
-    the asking device sent.
+    the asking device sent. ``erasure`` gives ``/event`` the redacted form
+    of an erased sender's event for a user not joined at it
+    (:mod:`ranvier.core.erasure`); without it events are served as read.
     """
 
     def __init__(
@@ -154,8 +157,10 @@ class RoomReader:
         clock: Clock = wall_clock_ms,
         forgotten: ForgottenRooms | None = None,
         transactions: TransactionScopes | None = None,
+        erasure: ErasedForms | None = None,
     ) -> None:
         self._forgotten = forgotten
+        self._erasure = erasure
         self._transactions = transactions
         self._server_name = server_name
         self._store = store
@@ -293,6 +298,8 @@ class RoomReader:
             then = await self._membership_if_seen(user_id, event, joined_now=membership == "join")
         if event is None or then is None:
             raise _not_found(f"event {event_id} is not known in {room_id}, or not visible")
+        if self._erasure is not None:
+            [event] = await erasure_applied(self._erasure, [event], {event_id: then})
         unsigned = await self._replaced(event)
         unsigned["membership"] = then
         if device_id is not None and self._transactions is not None:

@@ -12,7 +12,10 @@ without a word finds nothing.
 Who sees what is ``/messages``'s rule (:mod:`ranvier.core.pagination`),
 narrowed to rooms the user is joined to now, as the spec's search covers:
 each event as the history visibility at it allows, so a user who joined
-later does not find what was said before under ``joined`` visibility. The
+later does not find what was said before under ``joined`` visibility. Nor
+does a user find an erased user's message they are served redacted
+(:mod:`ranvier.core.erasure`): it has lost its content for them, as a
+redacted event has, and a match would tell what it said. The
 filter's ``rooms``/``not_rooms`` pick the rooms, its ``types`` and
 ``senders`` the events, its ``limit`` the page size.
 
@@ -41,6 +44,7 @@ from ranvier.storage.search import SEARCHABLE_KEYS, SearchHit, SearchPage
 
 from .accounts import Requester
 from .client_events import client_event, event_content
+from .erasure import ErasedEvent
 from .event_context import Bundler, ContextStore, surrounding_events, visible_within
 from .filters import RoomEventFilter
 from .pagination import (
@@ -300,7 +304,7 @@ class Search:
             visible, at = await visible_within(
                 self._store, user_id, candidates, room, ignored=ignored
             )
-            shown.update(event.event_id for event in visible)
+            shown.update(event.event_id for event in visible if not isinstance(event, ErasedEvent))
             memberships.update(at)
         return shown
 

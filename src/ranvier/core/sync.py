@@ -836,14 +836,16 @@ class SyncHandler:
         since an incremental sync's ``state`` only covers what came before
         the timeline.
         """
-        shown_ids = {event.event_id for event in shown}
-        hidden = [e for e in loaded if e.state_key is not None and e.event_id not in shown_ids]
+        by_id = {event.event_id: event for event in shown}
+        hidden = [e for e in loaded if e.state_key is not None and e.event_id not in by_id]
         if not hidden:
             return shown
         keys = {(event.type, event.state_key) for event in hidden if event.state_key is not None}
         current = set((await self._store.state_at(room_id, upto, keys)).values())
-        kept = shown_ids | {event.event_id for event in hidden if event.event_id in current}
-        return [event for event in loaded if event.event_id in kept]
+        by_id.update((event.event_id, event) for event in hidden if event.event_id in current)
+        # The shown events as served (an erased sender's maybe redacted), in
+        # the order loaded.
+        return [by_id[event.event_id] for event in loaded if event.event_id in by_id]
 
     async def _joined_in_between(self, request: _Request, room_id: str, leave_id: str) -> bool:
         """Whether the user joined the room after ``since`` and left it

@@ -35,6 +35,16 @@ whoever asks, and its signatures still hold on the redacted form.
 
 Rejected events and outliers are left out of pulled history: they are not
 part of the room's graph as this server accepted it.
+
+**Erased users.** The events of a local user who deactivated with
+``erase`` go to a server that may see them redacted unless one of its
+users was joined to the room at the event (when
+:meth:`~ranvier.federation.room_access.RoomAccess.joined_at_event`): the
+spec's erasure serves servers that join after it as it serves users. It
+applies to ``/event``, ``/backfill`` and ``/get_missing_events``, as
+Synapse applies it; the state answers (``/state``, ``/state_ids``,
+``/event_auth``) are what a server checks the room's authorisation with,
+and go out as ever.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 import msgspec
 import trio
 
+from ranvier.core.erasure import ErasedForms
 from ranvier.core.redactions import ServedEvents
 from ranvier.core.room_servers import RoomServersReader
 from ranvier.errors import MatrixError
@@ -205,10 +216,12 @@ class _Queries:
         profiles: ProfileSource | None,
         clock: Callable[[], int],
         served: ServedEvents | None = None,
+        erasure: ErasedForms | None = None,
     ) -> None:
         self._server_name = server_name
         self._store = store
         self._served = served
+        self._erasure = erasure
         self._profiles = profiles
         self._clock = clock
         self._states_in_flight: _InFlight[tuple[str, int], tuple[list[str], list[str]]] = (
@@ -246,13 +259,35 @@ class _Queries:
         self, access: RoomAccess, events: Sequence[StoredEvent], origin: str, room_version: str
     ) -> list[Any]:
         """The events as ``origin`` may see them: whole, or redacted."""
+        erased = await self._erased_forms(events)
         pdus: list[Any] = []
         for event in events:
             if await access.can_see_event(event, origin):
-                pdus.append(msgspec.Raw(event.json))
+                pdus.append(await self._seen(access, event, origin, erased))
             else:
                 pdus.append(redact(msgspec.json.decode(event.json), room_version))
         return pdus
+
+    async def _erased_forms(self, events: Sequence[StoredEvent]) -> Mapping[str, StoredEvent]:
+        """The redacted forms of those of ``events`` whose sender is erased."""
+        if self._erasure is None or not events:
+            return {}
+        return await self._erasure.erased_forms(events)
+
+    async def _seen(
+        self,
+        access: RoomAccess,
+        event: StoredEvent,
+        origin: str,
+        erased: Mapping[str, StoredEvent],
+    ) -> msgspec.Raw:
+        """``event``, which ``origin`` may see, as it is sent there: its
+        redacted form in ``erased`` unless ``origin`` had a user joined at it.
+        """
+        form = erased.get(event.event_id)
+        if form is not None and not await access.joined_at_event(event, origin):
+            return msgspec.Raw(form.json)
+        return msgspec.Raw(event.json)
 
     async def _state_before(self, request: Request) -> tuple[list[str], list[str]]:
         """The state before the event that /state and /state_ids ask for (its
@@ -338,7 +373,8 @@ class _Queries:
         access = self._access()
         await access.check_server_acl(event.room_id, origin)
         if await access.can_see_event(event, origin):
-            return self._transaction([msgspec.Raw(event.json)])
+            erased = await self._erased_forms([event])
+            return self._transaction([await self._seen(access, event, origin, erased)])
         if await access.server_in_room(event.room_id, origin):
             version = await self._room_version(event.room_id)
             return self._transaction([redact(msgspec.json.decode(event.json), version)])
@@ -510,6 +546,7 @@ def add_query_routes(
     profiles: ProfileSource | None = None,
     clock: Callable[[], int] = wall_clock_ms,
     served: ServedEvents | None = None,
+    erasure: ErasedForms | None = None,
 ) -> None:
     """Serve the federation queries from ``store``.
 
@@ -521,8 +558,10 @@ def add_query_routes(
     stored. The state answers read only the JSON of the events they embed,
     through ``store.auth_chains``, redacted there the same way when
     ``served`` is given: ``served`` is to read the same storage as ``store``.
+    ``erasure`` gives erased users' events their redacted forms (see the
+    module's doc); without it they go out as any other.
     """
-    queries = _Queries(server_name, store, profiles, clock, served)
+    queries = _Queries(server_name, store, profiles, clock, served, erasure)
     router.add("GET", f"{_PREFIX}/event/{{event_id}}", queries.get_event)
     router.add("GET", f"{_PREFIX}/state/{{room_id}}", queries.get_state)
     router.add("GET", f"{_PREFIX}/state_ids/{{room_id}}", queries.get_state_ids)

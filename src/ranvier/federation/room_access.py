@@ -35,8 +35,9 @@ member in the partial state; the history visibility is applied as ever.
 
 The ACL and history visibility are read at their keys alone. Whether a
 server has a member in a state reads that whole state (storage has no read
-of one server's members), once per request and state. Left out for now:
-erased users' events (GDPR erasure) served redacted.
+of one server's members), once per request and state. Erased users'
+events are served redacted to a server not joined at them
+(:meth:`RoomAccess.joined_at_event`, used by :mod:`ranvier.federation.queries`).
 """
 
 from __future__ import annotations
@@ -276,3 +277,14 @@ class RoomAccess:
             return True
         memberships = ("join", "invite") if visibility == "invited" else ("join",)
         return await self.has_member(await self.state_group(groups.after), server_name, memberships)
+
+    async def joined_at_event(self, event: StoredEvent, server_name: str) -> bool:
+        """Whether a user of ``server_name`` was joined to the room at
+        ``event``, by the state after it (so a server's own user's join
+        counts). An event with no state here (an outlier) tells nothing:
+        False.
+        """
+        groups = await self._store.get_event_state_groups(event.event_id)
+        if groups is None:
+            return False
+        return await self.has_member(await self.state_group(groups.after), server_name)

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import msgspec
 
 from .e2e_keys import joined_members_now
+from .erasure import erased_forms
 from .forgotten_rooms import forgotten_rooms, is_forgotten
 from .id_floors import events_top, un_partial_top
 from .ignored_users import read_ignored_users
@@ -539,6 +540,14 @@ class SyncReads:
         """The stored events of ``event_ids``, redacted where a redaction applies."""
         ids = frozenset(event_ids)
         return await self._readers.read(functools.partial(served_events, event_ids=ids))
+
+    async def erased_forms(self, events: Sequence[StoredEvent]) -> dict[str, StoredEvent]:
+        """The redacted form of each of ``events`` whose sender is erased
+        (:mod:`ranvier.storage.erasure`), by event ID.
+        """
+        if not events:
+            return {}
+        return await self._readers.read(functools.partial(erased_forms, events=tuple(events)))
 
     async def get_replaced_state(self, event_ids: Collection[str]) -> dict[str, ReplacedState]:
         """What each state event of ``event_ids`` replaced, the replaced
