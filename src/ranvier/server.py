@@ -236,6 +236,7 @@ from ranvier.core.threepids import Threepids
 from ranvier.core.timestamps import EventsByTimestamp
 from ranvier.core.to_device import ToDevice
 from ranvier.core.typing import TypingNotices
+from ranvier.core.uia import CROSS_SIGNING, UserInteractiveAuth
 from ranvier.core.unpartial import ResyncStatus, UnpartialStater
 from ranvier.core.upgrade import RoomUpgrader
 from ranvier.core.upgrade_settings import UpgradedRoomSettings
@@ -404,6 +405,7 @@ class HomeServer:
         self._registration_tokens: RegistrationTokens | None = None
         self._login_tokens: LoginTokens | None = None
         self._sso: SsoProviders | None = None
+        self._uia: UserInteractiveAuth | None = None
         self._threepids: Threepids | None = None
         self._client_limiter: RateLimiter | None = None
         self._auth: Auth | None = None
@@ -535,6 +537,11 @@ class HomeServer:
         """Login tokens (``m.login.token``); None unless
         ``[registration] login_token_enabled``."""
         return self._login_tokens
+
+    @property
+    def uia(self) -> UserInteractiveAuth:
+        """User-interactive authentication's sessions and stages."""
+        return _built(self._uia, "uia")
 
     @property
     def sso(self) -> SsoProviders | None:
@@ -1348,6 +1355,13 @@ class HomeServer:
                     lifetime_ms=hashing.login_token_lifetime_ms,
                 ),
             )
+        self._uia = UserInteractiveAuth(
+            store=storage.uia,
+            accounts=self._accounts,
+            sso_links=None if self._sso is None else self._sso.has_link,
+        )
+        if self._sso is not None:
+            self._sso.confirmations = self._uia
         if self.config.email is not None:
             self._threepids = _email_threepids(self.config, storage, self._accounts)
         self._auth = Auth(self._accounts, self._app_services)
@@ -1443,7 +1457,11 @@ class HomeServer:
             edus=self._federation_sender,
             keep_ms=_housekeeping_ages(self.config).client_transaction_ms,
         )
-        uia = Devices(store=storage.client_data, accounts=self._accounts)
+        uia = _built(self._uia, "uia")
+
+        async def reauthenticate(user_id: str, auth: object) -> None:
+            await uia.check(user_id, None, CROSS_SIGNING, auth, request={})
+
         self._e2e_keys = E2eKeys(
             server_name=server_name,
             store=storage.e2e_keys,
@@ -1451,8 +1469,10 @@ class HomeServer:
             rooms=self._room_reader,
             shared=storage.room_members,
             memberships=storage.room_members,
-            # Deleting no device is the password check alone.
-            reauthenticate=lambda user_id, auth: uia.delete(user_id, (), auth),
+            # The route's own check, which knows the request's token and
+            # keeps its session's answer, is the one used; this one serves
+            # any other caller.
+            reauthenticate=reauthenticate,
             remote=FederationKeyClient(client),
             servers=self._room_servers,
             edus=self._federation_sender,
@@ -1585,16 +1605,12 @@ class HomeServer:
             email_owner=None if self._threepids is None else self._threepids.owner,
             email_registration=self._threepids if _register_by_email(self.config) else None,
             allow_guests=registration.allow_guest_access,
+            uia=self.uia,
         )
         if self._sso is not None:
-            add_sso_routes(router, self._sso)
+            add_sso_routes(router, self._sso, self.uia)
         if self.login_tokens is not None:
-            add_login_token_route(
-                router,
-                auth=self.auth,
-                uia=Devices(store=self.storage.client_data, accounts=self.accounts),
-                tokens=self.login_tokens,
-            )
+            add_login_token_route(router, auth=self.auth, uia=self.uia, tokens=self.login_tokens)
         add_admin_routes(router, accounts=self.accounts, shared_secret=registration.shared_secret)
         directory, reader = self.room_directory, self.room_reader
         add_room_routes(
@@ -1659,7 +1675,7 @@ class HomeServer:
             router,
             auth=auth,
             threepids=self._threepids,
-            uia=Devices(store=client_data, accounts=self.accounts),
+            uia=self.uia,
             limiter=self._client_limiter,
             register_by_email=_register_by_email(self.config),
         )
@@ -1688,7 +1704,7 @@ class HomeServer:
         devices = Devices(
             store=client_data, accounts=forgetting, on_renamed=self.e2e_keys.device_renamed
         )
-        add_device_routes(router, auth=auth, devices=devices)
+        add_device_routes(router, auth=auth, devices=devices, uia=self.uia)
         deactivation = Deactivation(
             accounts=self.accounts,
             rooms=self.storage.accounts,
@@ -1699,7 +1715,7 @@ class HomeServer:
         add_account_management_routes(
             router,
             auth=auth,
-            uia=Devices(store=client_data, accounts=self.accounts),
+            uia=self.uia,
             accounts=self.accounts,
             deactivation=deactivation,
             reset=self._threepids,
@@ -1727,7 +1743,7 @@ class HomeServer:
             router, auth=auth, typing=self.typing_notices, shadow_bans=self._shadow_bans
         )
         add_presence_routes(router, auth=auth, presence=self.presence)
-        add_key_routes(router, auth=auth, keys=self.e2e_keys)
+        add_key_routes(router, auth=auth, keys=self.e2e_keys, uia=self.uia)
         add_dehydrated_device_routes(
             router,
             auth=auth,

@@ -3,6 +3,7 @@ deactivation as a client goes through them, over HTTP."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +143,78 @@ async def test_a_non_ascii_password_registers_through_the_session(env: Env) -> N
     assert isinstance(made["access_token"], str)
     status, _ = await env.login("test_user", "übers3kr1t")
     assert status == 200
+
+
+async def _user_count(env: Env) -> int:
+    def read(conn: sqlite3.Connection) -> int:
+        (count,) = conn.execute("SELECT count(*) FROM users").fetchone()
+        return int(count)
+
+    return await env.client.hs.server.storage.readers.read(read)
+
+
+async def _registration_session(env: Env, body: dict[str, Any]) -> str:
+    status, challenge = await _register(env, body)
+    assert status == 401, challenge
+    session = challenge["session"]
+    assert isinstance(session, str)
+    return session
+
+
+@pytest.mark.parametrize("username", [None, "carol"])
+async def test_a_registration_retried_in_its_session_answers_the_same_user(
+    env: Env, username: str | None
+) -> None:
+    body: dict[str, Any] = {"password": "pw"}
+    if username is not None:
+        body["username"] = username
+    session = await _registration_session(env, body)
+    dummy = {**body, "auth": {"type": "m.login.dummy", "session": session}}
+    status, made = await _register(env, dummy)
+    assert status == 200, made
+    users = await _user_count(env)
+
+    # The answer was lost: the client sends the stage again, then the
+    # session alone. No second account, no M_USER_IN_USE: the same user,
+    # logged in anew, the first login still working.
+    status, again = await _register(env, dummy)
+    assert status == 200, again
+    assert again["user_id"] == made["user_id"]
+    assert again["device_id"] != made["device_id"]
+    status, alone = await _register(env, {**body, "auth": {"session": session}})
+    assert status == 200, alone
+    assert alone["user_id"] == made["user_id"]
+    for answer in (made, again, alone):
+        whoami = await env.client.ok(None, "GET", "/account/whoami", token=answer["access_token"])
+        assert whoami["user_id"] == made["user_id"]
+    # A retry that inhibits the login gets the user ID alone.
+    status, bare = await _register(env, {**dummy, "inhibit_login": True})
+    assert (status, bare) == (200, {"user_id": made["user_id"], "home_server": "localhost"})
+    assert await _user_count(env) == users
+
+    # Another name in the finished session is refused, and made nowhere.
+    status, other = await _register(env, {**dummy, "username": "dave"})
+    assert (status, other["errcode"]) == (400, "M_INVALID_PARAM")
+    assert await _user_count(env) == users
+    status, _ = await env.client.call(
+        None, "GET", "/register/available", params={"username": "dave"}
+    )
+    assert status == 200
+
+
+async def test_a_session_the_server_never_opened_keeps_no_registration(env: Env) -> None:
+    """A session a client made up is not the server's to answer retries
+    in: a second registration in it is a registration of its own."""
+    body = {"password": "pw", "auth": {"type": "m.login.dummy", "session": "made-up"}}
+    status, first = await _register(env, body)
+    assert status == 200, first
+    status, second = await _register(env, body)
+    assert status == 200, second
+    assert second["user_id"] != first["user_id"]
+    status, named = await _register(env, {**body, "username": "erin"})
+    assert status == 200, named
+    status, taken = await _register(env, {**body, "username": "erin"})
+    assert (status, taken["errcode"]) == (400, "M_USER_IN_USE")
 
 
 async def test_availability_of_names(env: Env) -> None:

@@ -117,18 +117,26 @@ async def test_registering_takes_a_token_then_the_dummy_stage(
     status, answer = await _post(http, {"username": "alice", "auth": {"session": session}})
     assert (status, answer["completed"]) == (401, [TOKEN_STAGE])
 
-    status, answer = await _dummy_stage(http, session, "alice")
-    assert status == 200, answer
-    assert answer["user_id"] == "@alice:localhost"
+    status, made = await _dummy_stage(http, session, "alice")
+    assert status == 200, made
+    assert made["user_id"] == "@alice:localhost"
     assert await _counts(hs, "invite") == (0, 1)
     whoami = await http.get(
-        f"{V3}/account/whoami", headers={"Authorization": f"Bearer {answer['access_token']}"}
+        f"{V3}/account/whoami", headers={"Authorization": f"Bearer {made['access_token']}"}
     )
     assert whoami.json()["user_id"] == "@alice:localhost"
-    # The session made its account: it makes no other.
+    # The session made its account: it makes no other, and its retry
+    # answers the same user, logged in anew.
     status, answer = await _dummy_stage(http, session, "bob")
-    assert (status, answer["errcode"]) == (401, "M_UNAUTHORIZED")
+    assert (status, answer["errcode"]) == (400, "M_INVALID_PARAM")
     assert not await _exists(hs, "bob")
+    status, again = await _dummy_stage(http, session, "alice")
+    assert status == 200, again
+    assert again["user_id"] == "@alice:localhost"
+    assert again["access_token"] != made["access_token"]
+    status, again = await _token_stage(http, session, "invite")
+    assert (status, again["user_id"]) == (200, "@alice:localhost")
+    assert await _counts(hs, "invite") == (0, 1)
 
 
 async def test_bad_token_stages_are_refused(

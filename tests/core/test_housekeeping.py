@@ -53,7 +53,9 @@ async def test_a_pass_keeps_what_is_within_its_window_and_a_second_changes_nothi
         conn.execute("INSERT INTO url_previews VALUES ('kept', x'7b7d', 0, ?)", (NOW + 1,))
         for state, expires in ((b"gone", NOW), (b"kept", NOW + 1)):
             conn.execute(
-                "INSERT INTO sso_sessions VALUES (?, 'idp', 'n', 'v', 'https://c.test/', ?)",
+                "INSERT INTO sso_sessions"
+                " (state_hash, idp_id, nonce, code_verifier, redirect_url, expires_ts)"
+                " VALUES (?, 'idp', 'n', 'v', 'https://c.test/', ?)",
                 (state, expires),
             )
 

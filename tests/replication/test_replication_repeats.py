@@ -37,9 +37,16 @@ from ranvier.storage import (
     sso,
     state_groups,
     sync_reads,
+    uia,
     writes,
 )
-from ranvier.storage.accounts import NewAccount, NewDevice, UserInUseError
+from ranvier.storage.accounts import (
+    NewAccount,
+    NewDevice,
+    RegistrationClaim,
+    SessionRegisteredError,
+    UserInUseError,
+)
 from ranvier.storage.reports import NewReport
 from ranvier.testing import RoomBuilder, ingest_all
 
@@ -103,6 +110,9 @@ OUTCOMES: dict[str, str] = {
     # The second run finds the session gone and answers None: a repeated
     # take never hands the session out again.
     "sso.take_sso_session": "same database",
+    "uia.open_session": "same",
+    "uia.complete_stage": "same",
+    "uia.finish_session": "same",
     # The admin API's writes set a flag to a value, or delete by key.
     "admin_writes.set_admin": "same",
     "admin_writes.set_locked": "same",
@@ -275,6 +285,19 @@ _SSO_SESSION = sso.SsoSession(
 async def _take_sso_session(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
     assert await storage.sso.create_sso_session(b"state", _SSO_SESSION, now_ms=5, max_sessions=10)
     return _call(sso._take_sso_session, state_hash=b"state", now_ms=5)
+
+
+_UIA_SESSION = uia.NewUiaSession(
+    session_id="uia", operation="delete_devices", user_id=ALICE, token_hash=_TOKEN, expires_ts=900
+)
+
+
+def _after_uia_session(operation: WriteOperation[Any]) -> Prepare:
+    async def prepare(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+        await storage.uia.open_uia_session(_UIA_SESSION, now_ms=5)
+        return operation
+
+    return prepare
 
 
 async def _reactivate(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
@@ -450,6 +473,19 @@ PREPARE: dict[str, Prepare] = {
         )
     ),
     "sso.take_sso_session": _take_sso_session,
+    "uia.open_session": _plain(_call(uia._open_session, session=_UIA_SESSION, now_ms=5)),
+    "uia.complete_stage": _after_uia_session(
+        _call(uia._complete_stage, session_id="uia", user_id=ALICE, stage="m.login.sso", now_ms=5)
+    ),
+    "uia.finish_session": _after_uia_session(
+        _call(
+            uia._finish_session,
+            session_id="uia",
+            user_id=ALICE,
+            request_hash=b"\x01" * 32,
+            result="{}",
+        )
+    ),
     "admin_writes.set_admin": _after_account(
         _call(admin_writes.set_admin, user_id=ALICE, admin=True)
     ),
@@ -478,6 +514,7 @@ _KNOWN_MODULES = (
     "client_transactions.",
     "profile_fields.",
     "sso.",
+    "uia.",
     "admin_writes.",
 )
 
@@ -570,6 +607,51 @@ async def test_another_registration_of_a_name_is_still_refused(storage: Storage)
     # With neither, nothing tells: the name counts as taken.
     with pytest.raises(UserInUseError):
         await storage.accounts.create_account(bare)
+
+
+_REGISTRATION = uia.NewUiaSession(
+    session_id="reg", operation="register", user_id=None, token_hash=None, expires_ts=900
+)
+
+
+@pytest.mark.parametrize("with_secret", [True, False])
+async def test_a_registration_in_a_session_run_twice(storage: Storage, with_secret: bool) -> None:
+    """The account with its claim on the session, run twice alike; even an
+    account with neither password nor device, which nothing else would
+    tell apart from another registration of the name."""
+    await storage.uia.open_uia_session(_REGISTRATION, now_ms=5)
+    claim = RegistrationClaim(session_id="reg", write_id="w1", expires_ts=999)
+    account = dataclasses.replace(
+        _ACCOUNT, password_hash=_ACCOUNT.password_hash if with_secret else None, session=claim
+    )
+    device = _DEVICE if with_secret else None
+    operation = _call(accounts._create_account, account=account, device=device)
+    await storage.actor.submit(operation)
+    once = _dump(Path(storage.path))
+    await storage.actor.submit(operation)
+    assert _dump(Path(storage.path)) == once
+    session = await storage.uia.uia_session("reg")
+    assert session is not None
+    assert (session.user_id, session.expires_ts) == (ALICE, 999)
+
+
+async def test_a_second_registration_in_a_session_writes_nothing(storage: Storage) -> None:
+    await storage.uia.open_uia_session(_REGISTRATION, now_ms=5)
+    first = RegistrationClaim(session_id="reg", write_id="w1", expires_ts=999)
+    await storage.accounts.create_account(dataclasses.replace(_ACCOUNT, session=first), _DEVICE)
+    before = _dump(Path(storage.path))
+    other = NewAccount(
+        user_id="@other:ours.test",
+        password_hash="$argon2id$other",
+        admin=False,
+        created_ts=6,
+        session=RegistrationClaim(session_id="reg", write_id="w2", expires_ts=999),
+    )
+    device = _fields_replaced(_OTHER_DEVICE, user_id="@other:ours.test")
+    with pytest.raises(SessionRegisteredError) as raised:
+        await storage.accounts.create_account(other, device)
+    assert raised.value.user_id == ALICE
+    assert _dump(Path(storage.path)) == before
 
 
 async def test_another_alias_or_partial_join_is_still_refused(storage: Storage) -> None:

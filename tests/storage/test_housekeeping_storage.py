@@ -52,13 +52,20 @@ def _seed(conn: sqlite3.Connection) -> None:
         run("INSERT INTO openid_tokens VALUES (?, ?, ?)", (name.encode(), ALICE, expires))
         run("INSERT INTO registration_token_sessions VALUES (?, 'tok', ?, NULL)", (name, expires))
         run(
-            "INSERT INTO sso_sessions VALUES (?, 'idp', 'n', 'v', 'https://c.test/', ?)",
+            "INSERT INTO sso_sessions"
+            " (state_hash, idp_id, nonce, code_verifier, redirect_url, expires_ts)"
+            " VALUES (?, 'idp', 'n', 'v', 'https://c.test/', ?)",
             (name.encode(), expires),
         )
         run(
             "INSERT INTO threepid_validation_sessions"
             " VALUES (?, 'email', 'a@x.org', 'c', x'01', 1, NULL, 0, ?, NULL)",
             (name, expires),
+        )
+        run(
+            "INSERT INTO uia_sessions (session_id, operation, user_id, expires_ts)"
+            " VALUES (?, 'delete_devices', ?, ?)",
+            (name, ALICE, expires),
         )
     # Positions around CUTOFF, as a position of the device-list stream.
     for position, user in (
@@ -206,6 +213,7 @@ _EXPECTED: dict[Prune, tuple[str, list[Any], int]] = {
         [("valid",)],
         2,
     ),
+    Prune.UIA_SESSIONS: ("SELECT session_id FROM uia_sessions", [("valid",)], 2),
     Prune.SLIDING_SYNC_CONNECTIONS: (
         "SELECT c.conn_key, p.pos, r.pos FROM sliding_sync_connections AS c"
         " LEFT JOIN sliding_sync_positions AS p USING (conn_key)"

@@ -107,6 +107,7 @@ TABLES_ADDED = {
     53: set(),
     54: {"appservice_room_list"},
     55: {"erased_users"},
+    56: {"uia_sessions"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -308,7 +309,12 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
     elif version == 43:
         run("INSERT INTO sso_subjects VALUES ('idp', 'sub', '@a:x', 5)")
     elif version == 44:
-        run("INSERT INTO sso_sessions VALUES (x'01', 'idp', 'n', 'v', 'https://c.x/', 9)")
+        # Columns named: a later version adds some.
+        run(
+            "INSERT INTO sso_sessions"
+            " (state_hash, idp_id, nonce, code_verifier, redirect_url, expires_ts)"
+            " VALUES (x'01', 'idp', 'n', 'v', 'https://c.x/', 9)"
+        )
     elif version == 45:
         run("UPDATE redactions SET content_pruned = 1")
     elif version == 46:
@@ -343,6 +349,12 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("INSERT INTO appservice_room_list VALUES ('bridge', 'net', '!r:x', 5)")
     elif version == 55:
         run("INSERT INTO erased_users VALUES ('@a:x')")
+    elif version == 56:
+        run(
+            "INSERT INTO uia_sessions (session_id, operation, user_id, expires_ts)"
+            " VALUES ('s', 'register', '@a:x', 9)"
+        )
+        run("UPDATE sso_sessions SET uia_session = 's', browser_hash = x'02'")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -20,6 +20,11 @@ With ``requires_token`` set as well, the flow is two stages,
 ``GET /_matrix/client/v1/register/m.login.registration_token/validity``
 tells a client whether its token would do.
 
+A registration's session is kept (:mod:`ranvier.core.uia`): the account
+is made with a claim on it, in one write, so a retry in a session that
+registered answers the same user ID with a new login (or none, with
+``inhibit_login``) and never makes a second account.
+
 A client that asks for a refresh token (``refresh_token: true``) gets one
 with an access token that expires, and exchanges it at ``/refresh``
 (:mod:`ranvier.core.refresh_tokens`).
@@ -55,7 +60,9 @@ from ranvier.core.email_validation import EMAIL, canonical_email
 from ranvier.core.guests import is_guest_localpart
 from ranvier.core.login_tokens import LoginTokens
 from ranvier.core.registration_tokens import REGISTRATION_TOKEN, RegistrationTokens
+from ranvier.core.uia import UserInteractiveAuth
 from ranvier.errors import BadJsonError, MatrixError
+from ranvier.storage.accounts import SessionRegisteredError, UserInUseError
 from ranvier.web import JsonResponse, Request, Router
 
 __all__ = [
@@ -179,6 +186,7 @@ def add_account_routes(
     email_owner: Callable[[str], Awaitable[str | None]] | None = None,
     email_registration: EmailRegistration | None = None,
     allow_guests: bool = False,
+    uia: UserInteractiveAuth | None = None,
 ) -> None:
     """Serve registration, login, logout and ``whoami``.
 
@@ -191,7 +199,8 @@ def add_account_routes(
     ``email_owner`` (whose account an e-mail address is on) lets a password
     login name the user by an address (``m.id.thirdparty``).
     ``email_registration`` offers registering with a validated address.
-    ``allow_guests`` serves ``kind=guest``.
+    ``allow_guests`` serves ``kind=guest``. ``uia`` keeps registration's
+    sessions, so that a retry makes no second account.
     """
     tokens = registration_tokens if registration_enabled else None
     flows: list[dict[str, list[str]]] = [{"stages": [_DUMMY]}]
@@ -253,6 +262,26 @@ def add_account_routes(
         stage = None if auth_dict is None else optional_str(auth_dict, "type")
         if guest_token is not None:
             return await upgrade_guest(body, guest_token, localpart, session, stage)
+        if session is not None and uia is not None:
+            made = await uia.registered_in(session)
+            if made is not None:
+                return await registered_again(made, body, localpart)
+        try:
+            return await register_user(body, auth_dict, session, stage, localpart)
+        except UserInUseError:
+            # A retry racing the request that registered in its session.
+            made = None if session is None or uia is None else await uia.registered_in(session)
+            if made is None:
+                raise
+            return await registered_again(made, body, localpart)
+
+    async def register_user(
+        body: Mapping[str, Any],
+        auth_dict: Mapping[str, Any] | None,
+        session: str | None,
+        stage: str | None,
+        localpart: str | None,
+    ) -> JsonResponse | Mapping[str, Any]:
         if localpart is not None:
             # Before authentication, so that a taken name is known at once.
             _check_not_guest_shaped(localpart)
@@ -265,7 +294,7 @@ def add_account_routes(
                 {
                     "flows": flows,
                     "params": {},
-                    "session": session or secrets.token_urlsafe(16),
+                    "session": await open_session(session),
                     "completed": [],
                 },
                 status=401,
@@ -274,7 +303,7 @@ def add_account_routes(
             assert auth_dict is not None
             sid, client_secret = threepid_creds(auth_dict)
             create = email_registration.registering(sid, client_secret)
-            return await register_account(body, localpart, create=create)
+            return await register_account(body, localpart, session, create=create)
         if stage != _DUMMY:
             offered = " or ".join(stage for flow in flows for stage in flow["stages"])
             raise MatrixError(
@@ -282,7 +311,43 @@ def add_account_routes(
                 errcode="M_UNRECOGNIZED",
                 http_status=400,
             )
-        return await register_account(body, localpart)
+        return await register_account(body, localpart, session)
+
+    async def open_session(session: str | None) -> str:
+        if uia is None:
+            return session or secrets.token_urlsafe(16)
+        return await uia.open_registration(session)
+
+    async def registered_again(
+        user_id: str, body: Mapping[str, Any], localpart: str | None
+    ) -> dict[str, Any]:
+        """The answer to a retry in a session that registered ``user_id``:
+        that user, logged in anew unless the retry inhibits it."""
+        if localpart is not None and accounts.user_id_for(localpart) != user_id:
+            raise MatrixError(
+                f"this session registered {user_id} already: start a new session"
+                " to register another user",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
+        if optional_bool(body, "inhibit_login"):
+            return _registered(Registration(user_id), server_name)
+        login = await accounts.login_as(
+            user_id,
+            device_id=optional_str(body, "device_id"),
+            device_display_name=optional_str(body, "initial_device_display_name"),
+            refresh=optional_bool(body, "refresh_token"),
+        )
+        return _registered(
+            Registration(
+                user_id,
+                login.device_id,
+                login.access_token,
+                login.refresh_token,
+                login.expires_in_ms,
+            ),
+            server_name,
+        )
 
     async def register_guest(request: Request) -> dict[str, Any]:
         if not allow_guests:
@@ -378,7 +443,7 @@ def add_account_routes(
     ) -> JsonResponse | Mapping[str, Any]:
         assert tokens is not None
         if stage is None:
-            challenge = await tokens.challenge(session or secrets.token_urlsafe(16))
+            challenge = await tokens.challenge(await open_session(session))
             return JsonResponse(challenge, status=401)
         if stage == REGISTRATION_TOKEN:
             assert auth_dict is not None
@@ -391,11 +456,12 @@ def add_account_routes(
                 http_status=400,
             )
         held = await tokens.check_use_held(session)
-        return await register_account(body, localpart, token_session=held)
+        return await register_account(body, localpart, held, token_session=held)
 
     async def register_account(
         body: Mapping[str, Any],
         localpart: str | None,
+        session: str | None,
         *,
         token_session: str | None = None,
         create: Callable[[NewAccount, NewDevice | None], Awaitable[None]] | None = None,
@@ -403,15 +469,28 @@ def add_account_routes(
         if token_session is not None:
             assert tokens is not None
             create = tokens.completing(token_session)
-        registration = await accounts.register(
-            localpart,
-            optional_str(body, "password"),
-            login=not optional_bool(body, "inhibit_login"),
-            device_id=optional_str(body, "device_id"),
-            device_display_name=optional_str(body, "initial_device_display_name"),
-            create=create,
-            refresh=optional_bool(body, "refresh_token"),
-        )
+        claim = None if uia is None else await uia.registration_claim(session)
+        try:
+            registration = await accounts.register(
+                localpart,
+                optional_str(body, "password"),
+                login=not optional_bool(body, "inhibit_login"),
+                device_id=optional_str(body, "device_id"),
+                device_display_name=optional_str(body, "initial_device_display_name"),
+                create=create,
+                refresh=optional_bool(body, "refresh_token"),
+                session=claim,
+            )
+        except MatrixError as refused:
+            # Another request of the session registered first (on a worker
+            # the error arrives as a plain MatrixError with its errcode).
+            if refused.errcode != SessionRegisteredError.errcode or session is None:
+                raise
+            assert uia is not None
+            made = await uia.registered_in(session)
+            if made is None:
+                raise
+            return await registered_again(made, body, localpart)
         return _registered(registration, server_name)
 
     async def token_validity(request: Request) -> Mapping[str, Any]:

@@ -1,12 +1,14 @@
 """Changing the password (``/account/password``) and deactivating the
 account (``/account/deactivate``).
 
-Both ask for the password again through user-interactive authentication,
-the same ``m.login.password`` stage as deleting a device
-(:meth:`ranvier.core.devices.Devices.authenticate`): a request without
-``auth`` is answered 401 with the flows and a session; a wrong password 401
-again, with ``M_FORBIDDEN``. Identity servers are not used here, so a
-deactivation unbinds nothing from them and says so (``no-support``).
+Both ask the user to prove who they are again through user-interactive
+authentication, as deleting a device does (:mod:`ranvier.core.uia`): a
+request without ``auth`` is answered 401 with the flows and a session; a
+wrong password 401 again, with ``M_FORBIDDEN``. A retry in a session whose
+request succeeded gets the same answer, the change not made again; a
+deactivation's retry too, though the deactivation logged out the token it
+carries. Identity servers are not used here, so a deactivation unbinds
+nothing from them and says so (``no-support``).
 
 When the server sends mail, a user who forgot their password changes it
 without an access token: the one stage is ``m.login.email.identity``,
@@ -17,7 +19,7 @@ whose ``threepid_creds`` name a session validated through
 from __future__ import annotations
 
 import secrets
-from typing import Protocol
+from typing import Any, Protocol
 
 from ranvier.api.account import (
     EMAIL_IDENTITY,
@@ -28,19 +30,12 @@ from ranvier.api.account import (
 )
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth, access_token_of
-from ranvier.core.accounts import Requester
-from ranvier.core.devices import AuthRequired
+from ranvier.core.accounts import Requester, hash_access_token
+from ranvier.core.uia import CHANGE_PASSWORD, DEACTIVATE, AuthRequired, UserInteractiveAuth
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.web import JsonResponse, Request, Router
 
 __all__ = ["add_account_management_routes"]
-
-
-class PasswordCheck(Protocol):
-    """User-interactive authentication with the password
-    (:class:`ranvier.core.devices.Devices`)."""
-
-    async def authenticate(self, user_id: str, auth: object) -> None: ...
 
 
 class PasswordChanger(Protocol):
@@ -69,7 +64,7 @@ def add_account_management_routes(
     router: Router,
     *,
     auth: Auth,
-    uia: PasswordCheck,
+    uia: UserInteractiveAuth,
     accounts: PasswordChanger,
     deactivation: Deactivator,
     reset: PasswordReset | None = None,
@@ -84,29 +79,74 @@ def add_account_management_routes(
         body = json_object(request)
         new_password = _new_password(body)
         logout_devices = optional_bool(body, "logout_devices", default=True)
+
+        async def perform() -> dict[str, Any]:
+            await accounts.change_password(requester, new_password, logout_devices=logout_devices)
+            return {}
+
         try:
-            await uia.authenticate(requester.user_id, body.get("auth"))
+            answer = await uia.run(
+                requester.user_id,
+                requester.token_hash,
+                CHANGE_PASSWORD,
+                body.get("auth"),
+                # The new password is a secret: it is not kept to tell retries apart.
+                request={"logout_devices": logout_devices},
+                perform=perform,
+            )
         except AuthRequired as required:
             return JsonResponse(required.body, status=401)
-        await accounts.change_password(requester, new_password, logout_devices=logout_devices)
-        return JsonResponse({})
+        return JsonResponse(answer)
 
     async def deactivate(request: Request) -> JsonResponse:
-        requester = await auth.get_user(request)
+        try:
+            requester = await auth.get_user(request)
+        except MatrixError as refused:
+            answer = await _answer_of_retry(request, refused)
+            if answer is None:
+                raise
+            return JsonResponse(answer)
         body = json_object(request)
         # No identity server is told; the field is still checked for its type.
         erase = optional_bool(body, "erase", default=False)
         optional_str(body, "id_server")
+
         # An application service's users have no password or other secret
         # interactive authentication could ask for: the service's own token
         # is the proof, as it is for deleting their devices.
-        if requester.app_service is None:
-            try:
-                await uia.authenticate(requester.user_id, body.get("auth"))
-            except AuthRequired as required:
-                return JsonResponse(required.body, status=401)
-        await deactivation.deactivate(requester.user_id, erase=erase)
-        return JsonResponse({"id_server_unbind_result": "no-support"})
+        async def perform() -> dict[str, Any]:
+            await deactivation.deactivate(requester.user_id, erase=erase)
+            return {"id_server_unbind_result": "no-support"}
+
+        if requester.app_service is not None:
+            return JsonResponse(await perform())
+        try:
+            answer = await uia.run(
+                requester.user_id,
+                requester.token_hash,
+                DEACTIVATE,
+                body.get("auth"),
+                request={"erase": erase},
+                perform=perform,
+            )
+        except AuthRequired as required:
+            return JsonResponse(required.body, status=401)
+        return JsonResponse(answer)
+
+    async def _answer_of_retry(request: Request, refused: MatrixError) -> dict[str, Any] | None:
+        """The first answer of a deactivation retried with the token it
+        logged out, if this is one."""
+        token = access_token_of(request)
+        body = request.content
+        if refused.errcode != "M_UNKNOWN_TOKEN" or token is None or not isinstance(body, dict):
+            return None
+        erase = body.get("erase", False)
+        return await uia.answer_after_logout(
+            hash_access_token(token),
+            DEACTIVATE,
+            body.get("auth"),
+            {"erase": erase if isinstance(erase, bool) else False},
+        )
 
     async def reset_password(reset: PasswordReset, request: Request) -> JsonResponse:
         body = json_object(request)

@@ -1,9 +1,9 @@
 """Devices: ``/devices``, ``/devices/{deviceId}`` and ``/delete_devices``.
 
-Deleting takes the user's password through user-interactive
-authentication (see :mod:`ranvier.core.devices`): the 401 answers carry the
-flows, and the session to send back. An application service needs none,
-and creates a device by naming one its user does not have (201).
+Deleting takes user-interactive authentication (:mod:`ranvier.core.uia`):
+the 401 answers carry the flows, and the session to send back; a retry of
+a deletion done answers as the first did. An application service needs
+none, and creates a device by naming one its user does not have (201).
 """
 
 from __future__ import annotations
@@ -15,14 +15,17 @@ from ranvier.api.account import json_object
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.core.accounts import Requester
-from ranvier.core.devices import AuthRequired, Devices
+from ranvier.core.devices import Devices
+from ranvier.core.uia import DELETE_DEVICES, AuthRequired, UserInteractiveAuth
 from ranvier.errors import BadJsonError
 from ranvier.web import JsonResponse, Request, Router
 
 __all__ = ["add_device_routes"]
 
 
-def add_device_routes(router: Router, *, auth: Auth, devices: Devices) -> None:
+def add_device_routes(
+    router: Router, *, auth: Auth, devices: Devices, uia: UserInteractiveAuth
+) -> None:
     """Serve listing, reading, renaming and deleting the requester's devices."""
 
     async def list_devices(request: Request) -> Mapping[str, Any]:
@@ -50,16 +53,24 @@ def add_device_routes(router: Router, *, auth: Auth, devices: Devices) -> None:
     async def delete(
         requester: Requester, device_ids: list[str], auth_dict: object
     ) -> JsonResponse:
+        async def perform() -> dict[str, Any]:
+            await devices.delete(requester.user_id, device_ids)
+            return {}
+
+        if requester.app_service is not None:
+            return JsonResponse(await perform())
         try:
-            await devices.delete(
+            answer = await uia.run(
                 requester.user_id,
-                device_ids,
+                requester.token_hash,
+                DELETE_DEVICES,
                 auth_dict,
-                by_app_service=requester.app_service is not None,
+                request={"devices": sorted(set(device_ids))},
+                perform=perform,
             )
         except AuthRequired as required:
             return JsonResponse(required.body, status=401)
-        return JsonResponse({})
+        return JsonResponse(answer)
 
     async def delete_device(request: Request) -> JsonResponse:
         requester = await auth.get_user(request)

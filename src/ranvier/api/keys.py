@@ -2,29 +2,41 @@
 ``/keys/claim``, ``/keys/changes``, ``/keys/device_signing/upload`` and
 ``/keys/signatures/upload``. See :mod:`ranvier.core.e2e_keys`.
 
-Cross-signing uploads that replace keys take the user's password through
-user-interactive authentication: the 401 answers carry the flows and the
-session to send back, as deleting a device does.
+Cross-signing uploads that replace keys take user-interactive
+authentication (:mod:`ranvier.core.uia`): the 401 answers carry the flows
+and the session to send back, as deleting a device does, and a retry of an
+upload done answers as the first did.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from ranvier.api.account import json_object
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
-from ranvier.core.devices import AuthRequired
 from ranvier.core.e2e_keys import E2eKeys
 from ranvier.core.pagination import parse_sync_token
+from ranvier.core.uia import CROSS_SIGNING, AuthRequired, Ticket, UserInteractiveAuth
 from ranvier.errors import MatrixError
 from ranvier.web import JsonResponse, Request, Router
 
 __all__ = ["add_key_routes"]
 
+#: The fields of a cross-signing upload that tell one upload from another.
+_KEY_FIELDS: Final = ("master_key", "self_signing_key", "user_signing_key")
 
-def add_key_routes(router: Router, *, auth: Auth, keys: E2eKeys) -> None:
+
+class _Answered(Exception):
+    """A finished session's upload retried: ``answer`` is its first answer."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__("answered already")
+        self.answer = answer
+
+
+def add_key_routes(router: Router, *, auth: Auth, keys: E2eKeys, uia: UserInteractiveAuth) -> None:
     """Serve the keys endpoints of the client-server API."""
 
     async def upload(request: Request) -> Mapping[str, Any]:
@@ -52,14 +64,34 @@ def add_key_routes(router: Router, *, auth: Auth, keys: E2eKeys) -> None:
 
     async def upload_cross_signing(request: Request) -> JsonResponse:
         requester = await auth.get_user(request)
+        body = json_object(request)
+        passed: list[Ticket] = []
+
+        async def reauthenticate(user_id: str, auth_dict: object) -> None:
+            ticket = await uia.check(
+                user_id,
+                requester.token_hash,
+                CROSS_SIGNING,
+                auth_dict,
+                request={field: body[field] for field in _KEY_FIELDS if field in body},
+            )
+            if ticket.answer is not None:
+                raise _Answered(ticket.answer)
+            passed.append(ticket)
+
         try:
             answer = await keys.upload_cross_signing(
                 requester.user_id,
-                json_object(request),
+                body,
                 by_app_service=requester.app_service is not None,
+                reauthenticate=reauthenticate,
             )
         except AuthRequired as required:
             return JsonResponse(required.body, status=401)
+        except _Answered as answered:
+            return JsonResponse(answered.answer)
+        for ticket in passed:
+            await ticket.done(answer)
         return JsonResponse(answer)
 
     async def upload_signatures(request: Request) -> Mapping[str, Any]:

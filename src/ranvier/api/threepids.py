@@ -19,7 +19,7 @@ work: ``/account/3pid/email/requestToken`` and
 ``/account/password/email/requestToken`` mail a token and answer its
 ``sid`` with ``submit_url``, where the token is submitted as JSON; the
 mail's link leads to the same path, which then answers an HTML page.
-``/account/3pid/add`` (after the password) puts the validated address on
+``/account/3pid/add`` (after user-interactive authentication) puts the validated address on
 the account, ``GET /account/3pid`` lists it, ``/account/3pid/delete``
 takes it off; ``/register/email/requestToken`` validates an address to
 register with (:mod:`ranvier.api.account`). Phone numbers and identity
@@ -32,16 +32,16 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from ranvier.api.account import json_object, optional_str
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.api.html_pages import html_page
 from ranvier.api.ratelimit import RateLimiter
-from ranvier.core.devices import AuthRequired
 from ranvier.core.email_validation import SUBMIT_TOKEN_PATH, canonical_email
 from ranvier.core.threepids import Threepids
+from ranvier.core.uia import ADD_THREEPID, AuthRequired, UserInteractiveAuth
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.web import Handler, JsonResponse, Request, Router, StreamResponse
 
@@ -62,13 +62,6 @@ _NEXT_LINK: Final = re.compile(r"https?://[^\s/?#]+[^\s]*")
 
 
 _MEDIA = ("email", "msisdn")
-
-
-class PasswordCheck(Protocol):
-    """User-interactive authentication with the password
-    (:class:`ranvier.core.devices.Devices`)."""
-
-    async def authenticate(self, user_id: str, auth: object) -> None: ...
 
 
 def _check_identifier(body: Mapping[str, Any]) -> None:
@@ -98,7 +91,7 @@ def add_threepid_routes(
     *,
     auth: Auth,
     threepids: Threepids | None = None,
-    uia: PasswordCheck | None = None,
+    uia: UserInteractiveAuth | None = None,
     limiter: RateLimiter | None = None,
     register_by_email: bool = False,
 ) -> None:
@@ -176,7 +169,7 @@ def _add_email_routes(
     *,
     auth: Auth,
     threepids: Threepids,
-    uia: PasswordCheck,
+    uia: UserInteractiveAuth,
     limiter: RateLimiter | None,
     register_by_email: bool,
 ) -> None:
@@ -259,12 +252,23 @@ def _add_email_routes(
         requester = await auth.get_user(request)
         body = json_object(request)
         sid, client_secret = _required(body, "sid"), _required(body, "client_secret")
+
+        async def perform() -> dict[str, Any]:
+            await threepids.add(requester.user_id, sid, client_secret)
+            return {}
+
         try:
-            await uia.authenticate(requester.user_id, body.get("auth"))
+            answer = await uia.run(
+                requester.user_id,
+                requester.token_hash,
+                ADD_THREEPID,
+                body.get("auth"),
+                request={"sid": sid},
+                perform=perform,
+            )
         except AuthRequired as required:
             return JsonResponse(required.body, status=401)
-        await threepids.add(requester.user_id, sid, client_secret)
-        return JsonResponse({})
+        return JsonResponse(answer)
 
     async def delete_threepid(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)

@@ -61,6 +61,7 @@ from ranvier.storage.accounts import (
     NewAccount,
     NewDevice,
     PasswordLogin,
+    RegistrationClaim,
     TokenOwner,
     UserInUseError,
 )
@@ -340,6 +341,7 @@ class Accounts:
         refresh: bool = False,
         display_name: str | None = None,
         guest: bool = False,
+        session: RegistrationClaim | None = None,
     ) -> Registration:
         """Create an account; log a device in too unless ``login`` is False.
 
@@ -355,6 +357,9 @@ class Accounts:
         ``display_name`` starts the profile, in the account's own write.
         ``guest`` makes a guest account (:mod:`ranvier.core.guests`), whose
         generated localpart is all digits, which no other registration may take.
+        ``session`` is the user-interactive authentication session the
+        account is claimed by, in its own write (:mod:`ranvier.core.uia`);
+        ``SessionRegisteredError`` when another request of it made one.
         """
         write = create if create is not None else self._store.create_account
         if localpart is not None:
@@ -377,6 +382,7 @@ class Accounts:
                 created_ts=now,
                 display_name=display_name,
                 guest=guest,
+                session=session,
             )
             device = issued = None
             if login:
@@ -688,6 +694,13 @@ class Accounts:
             lambda cached: cached.user_id == user_id and cached.device_id in wanted
         ):
             return await self._store.delete_user_devices(user_id, wanted)
+
+    async def has_password(self, user_id: str) -> bool:
+        """Whether ``user_id`` can log in with a password: one was set and
+        the account is not deactivated (a user made by single sign-on has
+        none)."""
+        record = await self._store.get_password_login(user_id)
+        return record is not None and record.password_hash is not None and not record.deactivated
 
     async def check_password(self, user_id: str, password: str) -> bool:
         """Whether ``password`` is the password of the local ``user_id``

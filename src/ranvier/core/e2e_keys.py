@@ -387,9 +387,6 @@ class ForgettingDeletedDevices:
         self._accounts = accounts
         self._keys = keys
 
-    async def check_password(self, user_id: str, password: str) -> bool:
-        return await self._accounts.check_password(user_id, password)
-
     async def logout_devices(self, user_id: str, device_ids: Collection[str]) -> int:
         deleted = await self._accounts.logout_devices(user_id, device_ids)
         await self._keys.devices_deleted(user_id, device_ids)
@@ -500,12 +497,19 @@ class E2eKeys:
         _verify(keys, user_id, own, published[own])
 
     async def upload_cross_signing(
-        self, user_id: str, body: Mapping[str, Any], *, by_app_service: bool = False
+        self,
+        user_id: str,
+        body: Mapping[str, Any],
+        *,
+        by_app_service: bool = False,
+        reauthenticate: Reauthenticate | None = None,
     ) -> dict[str, Any]:
         """``POST /keys/device_signing/upload``; raises
-        :class:`~ranvier.core.devices.AuthRequired` while the password is
-        needed and not given. An application service is never asked (spec
-        v1.17): its token is the proof, and its users have no password.
+        :class:`~ranvier.core.devices.AuthRequired` while the user must
+        prove who they are and has not, through ``reauthenticate`` (the
+        request's own, which knows its session) or the one given at
+        construction. An application service is never asked (spec v1.17):
+        its token is the proof, and its users have no password.
         """
         given: dict[str, dict[str, Any]] = {}
         for field, key_type in _CROSS_SIGNING.items():
@@ -542,7 +546,8 @@ class E2eKeys:
             held.get(key_type) != key for key_type, key in given.items()
         )
         if replaces and not by_app_service:
-            await self._reauthenticate(user_id, body.get("auth"))
+            check = reauthenticate if reauthenticate is not None else self._reauthenticate
+            await check(user_id, body.get("auth"))
         if all(held.get(key_type) == key for key_type, key in given.items()):
             return {}
         position = await self._store.set_cross_signing_keys(

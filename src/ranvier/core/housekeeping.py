@@ -112,6 +112,7 @@ class Housekeeping(PeriodicPasses[dict[Prune, int]]):
             Prune.REGISTRATION_TOKEN_SESSIONS: now_ms,
             Prune.SSO_SESSIONS: now_ms,
             Prune.THREEPID_VALIDATION_SESSIONS: now_ms,
+            Prune.UIA_SESSIONS: now_ms,
             # Every position older than this is refused as expired.
             Prune.SLIDING_SYNC_CONNECTIONS: now_ms - POS_LIFETIME_MS,
             # A position, not a time: see the module's doc.

@@ -7,6 +7,14 @@ callback with a code; we exchange the code at the token endpoint, check
 the ID token, map its subject to a local user (creating it the first
 time) and hand the browser a login token for the client's ``redirectUrl``.
 
+The same providers confirm who a user is for user-interactive
+authentication's ``m.login.sso`` stage (:mod:`ranvier.core.uia`): the
+fallback page starts a session that names the authentication session it
+confirms and the browser it was started in (a cookie); the callback checks
+the provider's answer as for a login, and then completes the stage only for
+a subject already linked to that session's own user, in that browser. It
+never makes a user, and never issues a login token.
+
 The claims a new user is made from (localpart, display name) are the ID
 token's, or the provider's userinfo endpoint's when the provider's
 ``user_profile_method`` asks for them or the ID token lacks what is needed
@@ -65,18 +73,26 @@ if TYPE_CHECKING:
     import jwt
 
 __all__ = [
+    "BROWSER_COOKIE",
     "CALLBACK_PATH",
     "MAX_RESPONSE_BYTES",
     "SESSION_LIFETIME_SECONDS",
+    "SsoConfirmed",
     "SsoError",
     "SsoLogin",
     "SsoMappingStore",
     "SsoProviders",
+    "browser_hash",
     "sanitise_localpart",
 ]
 
 #: Where providers send the browser back; not a spec path, so outside ``/_matrix``.
 CALLBACK_PATH: Final = "/_ranvier/client/oidc/callback"
+
+#: The cookie that ties a confirmation's callback to the browser that
+#: started it: another browser sent to the provider with its ``state``
+#: (by whoever started it) cannot complete it.
+BROWSER_COOKIE: Final = "ranvier_sso_confirm"
 
 #: How long a user has at the provider before the session is forgotten.
 SESSION_LIFETIME_SECONDS: Final = 600.0
@@ -121,6 +137,17 @@ class SsoMappingStore(Protocol):
         self, state_hash: bytes, *, now_ms: int
     ) -> SsoSession | Literal["expired"] | None: ...
 
+    async def sso_links(self, user_id: str) -> list[str]: ...
+
+
+class SsoConfirmations(Protocol):
+    """The authentication sessions single sign-on confirms
+    (:class:`ranvier.core.uia.UserInteractiveAuth`)."""
+
+    async def open_session(self, session_id: str) -> tuple[str, str] | None: ...
+
+    async def complete_sso(self, session_id: str, user_id: str) -> bool: ...
+
 
 def sanitise_localpart(claim: str) -> str:
     """A localpart from a username claim: lower-cased, and each character
@@ -143,6 +170,14 @@ class SsoLogin:
     client_url: str
     #: The client's host, for the confirmation page.
     client_host: str
+
+
+@dataclass(frozen=True, slots=True)
+class SsoConfirmed:
+    """A confirmation finished: ``user_id`` completed the single sign-on
+    stage of their authentication session."""
+
+    user_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +372,19 @@ def _state_hash(state: str) -> bytes:
     return hashlib.sha256(state.encode("utf-8")).digest()
 
 
+def browser_hash(cookie: str) -> bytes:
+    """What a confirmation's session keeps of its browser's cookie."""
+    return hashlib.sha256(cookie.encode("utf-8")).digest()
+
+
+def _same_browser(session: SsoSession, cookie: str | None) -> bool:
+    return (
+        session.browser_hash is not None
+        and cookie is not None
+        and secrets.compare_digest(browser_hash(cookie), session.browser_hash)
+    )
+
+
 def _pkce_challenge(verifier: str) -> str:
     digest = hashlib.sha256(verifier.encode("ascii")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
@@ -366,6 +414,8 @@ class SsoProviders:
         self.login_tokens = login_tokens
         #: How long a user has at the provider (tests shorten it).
         self.session_lifetime_seconds = SESSION_LIFETIME_SECONDS
+        #: The authentication sessions a sign-on may confirm; None: none.
+        self.confirmations: SsoConfirmations | None = None
         self.clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000
 
     @property
@@ -401,7 +451,37 @@ class SsoProviders:
         send the browser to. Raises MatrixError for a bad ``redirectUrl``,
         an unknown provider, or a provider that cannot be reached."""
         check_client_redirect(redirect_url)
-        provider = self._provider(idp_id)
+        return await self._authorization_url(self._provider(idp_id), redirect_url=redirect_url)
+
+    async def linked_providers(self, user_id: str) -> list[tuple[str, str]]:
+        """The configured providers ``user_id`` has an identity at: each
+        one's ID and name."""
+        return [
+            (idp_id, self._providers[idp_id].config.idp_name)
+            for idp_id in await self._store.sso_links(user_id)
+            if idp_id in self._providers
+        ]
+
+    async def has_link(self, user_id: str) -> bool:
+        """Whether ``user_id`` can confirm who they are through a configured provider."""
+        return bool(await self.linked_providers(user_id))
+
+    async def start_confirmation(self, idp_id: str, uia_session: str, browser_hash: bytes) -> str:
+        """Open a session confirming the authentication session
+        ``uia_session`` for the browser whose cookie hashes to
+        ``browser_hash``; answer the provider's authorization URL."""
+        return await self._authorization_url(
+            self._provider(idp_id), uia_session=uia_session, browser_hash=browser_hash
+        )
+
+    async def _authorization_url(
+        self,
+        provider: _Provider,
+        *,
+        redirect_url: str = "",
+        uia_session: str | None = None,
+        browser_hash: bytes | None = None,
+    ) -> str:
         try:
             async with provider.http() as client:
                 discovery = await provider.discovery(client)
@@ -416,6 +496,8 @@ class SsoProviders:
             code_verifier=verifier,
             redirect_url=redirect_url,
             expires_ts=now_ms + round(self.session_lifetime_seconds * 1000),
+            uia_session=uia_session,
+            browser_hash=browser_hash,
         )
         if not await self._store.create_sso_session(
             _state_hash(state), session, now_ms=now_ms, max_sessions=_MAX_SESSIONS
@@ -440,10 +522,13 @@ class SsoProviders:
         separator = "&" if "?" in discovery.authorization_endpoint else "?"
         return discovery.authorization_endpoint + separator + query
 
-    async def finish(self, params: Mapping[str, str]) -> SsoLogin:
+    async def finish(
+        self, params: Mapping[str, str], *, browser_cookie: str | None = None
+    ) -> SsoLogin | SsoConfirmed:
         """Handle the provider's callback: check everything, then map the
-        subject and issue a login token. Raises :class:`SsoError` with
-        nothing made."""
+        subject and issue a login token, or, for a confirmation, complete
+        its stage. ``browser_cookie`` is the :data:`BROWSER_COOKIE` the
+        browser sent. Raises :class:`SsoError` with nothing made."""
         state = params.get("state")
         taken = (
             await self._store.take_sso_session(_state_hash(state), now_ms=self.clock_ms())
@@ -457,6 +542,12 @@ class SsoProviders:
         if taken == "expired":
             raise SsoError("this login took too long and has expired: start again from your client")
         session = taken
+        if session.uia_session is not None and not _same_browser(session, browser_cookie):
+            raise SsoError(
+                "this confirmation was started in another browser: start it again from"
+                " your client, in this browser",
+                status=403,
+            )
         error = params.get("error")
         if error is not None:
             description = params.get("error_description", "")
@@ -471,6 +562,8 @@ class SsoProviders:
         async with provider.http() as client:
             tokens = await self._exchange_code(provider, client, session, code)
             subject, linked, claims = await self._profile_claims(provider, client, session, tokens)
+        if session.uia_session is not None:
+            return await self._confirm(session.uia_session, linked)
         if linked is None:
             user_id = await self._new_user(provider.config, subject, claims)
         else:
@@ -481,6 +574,32 @@ class SsoProviders:
             _with_login_token(session.redirect_url, token),
             check_client_redirect(session.redirect_url),
         )
+
+    async def _confirm(self, uia_session: str, linked: str | None) -> SsoConfirmed:
+        """Complete the single sign-on stage of ``uia_session`` for the user
+        the provider's subject is linked to, which must be the session's."""
+        confirmations = self.confirmations
+        found = None if confirmations is None else await confirmations.open_session(uia_session)
+        if confirmations is None or found is None:
+            raise SsoError(
+                "the request this sign-in was to confirm has expired or was carried out"
+                " already: start again from your client"
+            )
+        user_id = found[0]
+        if linked != user_id:
+            # Whoever signed in at the provider is not the user whose
+            # request this is: their sign-in proves nothing of that user.
+            raise SsoError(
+                f"you signed in at the identity provider as another user than {user_id},"
+                " whose request this confirms: sign in there as that user",
+                status=403,
+            )
+        if not await confirmations.complete_sso(uia_session, user_id):
+            raise SsoError(
+                "the request this sign-in was to confirm has expired or was carried out"
+                " already: start again from your client"
+            )
+        return SsoConfirmed(user_id)
 
     async def _profile_claims(
         self,

@@ -47,6 +47,8 @@ __all__ = [
     "NewAccount",
     "NewDevice",
     "PasswordLogin",
+    "RegistrationClaim",
+    "SessionRegisteredError",
     "TokenOwner",
     "UserInUseError",
 ]
@@ -70,6 +72,34 @@ class UserInUseError(MatrixError):
 
 
 @dataclass(frozen=True, slots=True)
+class RegistrationClaim:
+    """The user-interactive authentication session a registration is made
+    in (:mod:`ranvier.storage.uia`), claimed in the account's own write.
+
+    ``write_id`` is drawn anew for each attempt: it is how the write, run
+    again, knows the claim it finds as its own rather than another
+    request's in the same session.
+    """
+
+    session_id: str
+    write_id: str
+    #: Until when a retry in the session is answered with this registration.
+    expires_ts: int
+
+
+class SessionRegisteredError(MatrixError):
+    """The registration's session made an account already, through another
+    request: ``user_id`` is that account's, and nothing was written."""
+
+    errcode = "RANVIER_UIA_SESSION_REGISTERED"
+    http_status = 400
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"this authentication session already registered {user_id}")
+        self.user_id = user_id
+
+
+@dataclass(frozen=True, slots=True)
 class NewAccount:
     """An account to create. ``password_hash`` is None for an account that
     cannot log in with a password.
@@ -84,6 +114,8 @@ class NewAccount:
     #: A guest account (:mod:`ranvier.core.guests`): made without credentials,
     #: allowed a subset of the client API until it is upgraded.
     guest: bool = False
+    #: The authentication session the account is registered in, if any.
+    session: RegistrationClaim | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +341,10 @@ class AccountStorage:
 def _create_account(
     conn: sqlite3.Connection, *, account: NewAccount, device: NewDevice | None
 ) -> None:
+    if account.session is not None and _claimed_before(conn, account.session):
+        # This very write run again: the account, its device and the claim
+        # were all made by its first run.
+        return
     try:
         conn.execute(
             "INSERT INTO users (user_id, password_hash, admin, created_ts, deactivated, is_guest)"
@@ -334,6 +370,38 @@ def _create_account(
             )
     if device is not None:
         _add_device(conn, device=device)
+    if account.session is not None:
+        _claim_session(conn, account.user_id, account.session)
+
+
+def _claimed_before(conn: sqlite3.Connection, claim: RegistrationClaim) -> bool:
+    """Whether ``claim`` is this write's own, made by a run of it before."""
+    row = conn.execute(
+        "SELECT write_id FROM uia_sessions WHERE session_id = ? AND operation = 'register'",
+        (claim.session_id,),
+    ).fetchone()
+    return row is not None and row[0] == claim.write_id
+
+
+def _claim_session(conn: sqlite3.Connection, user_id: str, claim: RegistrationClaim) -> None:
+    """Mark the registration's session as having made ``user_id``; raise
+    :class:`SessionRegisteredError` (the savepoint then drops the account
+    too) when another request of the session made one first. A session
+    that is gone (never opened, or swept) is opened here: the account is
+    still the one it made."""
+    row = conn.execute(
+        "SELECT user_id FROM uia_sessions WHERE session_id = ? AND operation = 'register'",
+        (claim.session_id,),
+    ).fetchone()
+    if row is not None and row[0] is not None:
+        raise SessionRegisteredError(str(row[0]))
+    conn.execute(
+        "INSERT INTO uia_sessions (session_id, operation, user_id, write_id, expires_ts)"
+        " VALUES (?, 'register', ?, ?, ?) ON CONFLICT (session_id) DO UPDATE"
+        " SET user_id = excluded.user_id, write_id = excluded.write_id,"
+        " expires_ts = excluded.expires_ts WHERE uia_sessions.operation = 'register'",
+        (claim.session_id, user_id, claim.write_id, claim.expires_ts),
+    )
 
 
 def _is_repeat(conn: sqlite3.Connection, account: NewAccount, device: NewDevice | None) -> bool:

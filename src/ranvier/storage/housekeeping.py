@@ -72,6 +72,9 @@ class Prune(enum.Enum):
     SSO_SESSIONS = "sso_sessions"
     #: E-mail validation sessions expired by ``cutoff_ms`` (used or not).
     THREEPID_VALIDATION_SESSIONS = "threepid_validation_sessions"
+    #: User-interactive authentication sessions expired by ``cutoff_ms``
+    #: (a finished one's answer kept for its retries until then).
+    UIA_SESSIONS = "uia_sessions"
     #: Sliding sync connections whose newest position was made before
     #: ``cutoff_ms`` (so every position of theirs is refused), or whose
     #: device was deleted; with their positions and rooms.
@@ -147,6 +150,7 @@ _RULES: Final[dict[Prune, tuple[str, str]]] = {
         "threepid_validation_sessions",
         "t.expires_ts <= :cutoff",
     ),
+    Prune.UIA_SESSIONS: ("uia_sessions", "t.expires_ts <= :cutoff"),
     Prune.SUPERSEDED_DEVICE_LIST_CHANGES: ("device_list_changes", _SUPERSEDED_CHANGE),
     Prune.UNSHARED_DEVICE_LISTS: ("remote_device_lists", _UNSHARED),
 }

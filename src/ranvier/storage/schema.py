@@ -1272,6 +1272,24 @@ def _erased_users(conn: sqlite3.Connection) -> None:
     )
 
 
+def _uia_sessions(conn: sqlite3.Connection) -> None:
+    """User-interactive authentication sessions (:mod:`ranvier.storage.uia`):
+    whose, for which request, the stages done out of band (single sign-on)
+    and, once the request succeeded, its answer, so that a retry is answered
+    and not carried out twice. A registration's session is claimed with the
+    account it made, in the account's write. Single sign-on logins gain the
+    session they confirm and the browser they were started in."""
+    conn.execute(
+        "CREATE TABLE uia_sessions (session_id TEXT PRIMARY KEY NOT NULL,"
+        " operation TEXT NOT NULL, user_id TEXT, token_hash BLOB,"
+        " completed TEXT NOT NULL DEFAULT '[]', request_hash BLOB, result TEXT,"
+        " write_id TEXT, expires_ts INTEGER NOT NULL) STRICT"
+    )
+    conn.execute("CREATE INDEX uia_sessions_expiry ON uia_sessions (expires_ts)")
+    conn.execute("ALTER TABLE sso_sessions ADD COLUMN uia_session TEXT")
+    conn.execute("ALTER TABLE sso_sessions ADD COLUMN browser_hash BLOB")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1329,6 +1347,7 @@ MIGRATIONS: Sequence[Migration] = (
     _replaced_state,
     _appservice_room_lists,
     _erased_users,
+    _uia_sessions,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

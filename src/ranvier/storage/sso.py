@@ -45,6 +45,12 @@ class SsoSession:
     redirect_url: str
     #: Wall-clock milliseconds; the session is refused from then on.
     expires_ts: int
+    #: The user-interactive authentication session this sign-on confirms
+    #: (:mod:`ranvier.core.uia`); None for a login.
+    uia_session: str | None = None
+    #: The SHA-256 of the cookie of the browser that started a confirmation:
+    #: only that browser's callback may finish it.
+    browser_hash: bytes | None = field(default=None, repr=False)
 
 
 class SsoStorage:
@@ -59,6 +65,10 @@ class SsoStorage:
         return await self._readers.read(
             functools.partial(_sso_user, idp_id=idp_id, subject=subject)
         )
+
+    async def sso_links(self, user_id: str) -> list[str]:
+        """The identity providers ``user_id`` has a subject linked at."""
+        return await self._readers.read(functools.partial(_sso_links, user_id=user_id))
 
     async def create_sso_account(self, account: NewAccount, idp_id: str, subject: str) -> str:
         """Create ``account`` linked to ``subject``, in one write; answers
@@ -112,6 +122,13 @@ def _sso_user(conn: sqlite3.Connection, *, idp_id: str, subject: str) -> str | N
     return None if row is None else str(row[0])
 
 
+def _sso_links(conn: sqlite3.Connection, *, user_id: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT idp_id FROM sso_subjects WHERE user_id = ? ORDER BY idp_id", (user_id,)
+    ).fetchall()
+    return [str(idp_id) for (idp_id,) in rows]
+
+
 @registered_write
 def _create_sso_account(
     conn: sqlite3.Connection, *, account: NewAccount, idp_id: str, subject: str
@@ -161,8 +178,9 @@ def _create_sso_session(
         return False
     conn.execute(
         "INSERT INTO sso_sessions"
-        " (state_hash, idp_id, nonce, code_verifier, redirect_url, expires_ts)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (state_hash) DO NOTHING",
+        " (state_hash, idp_id, nonce, code_verifier, redirect_url, expires_ts,"
+        " uia_session, browser_hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (state_hash) DO NOTHING",
         (
             state_hash,
             session.idp_id,
@@ -170,6 +188,8 @@ def _create_sso_session(
             session.code_verifier,
             session.redirect_url,
             session.expires_ts,
+            session.uia_session,
+            session.browser_hash,
         ),
     )
     return True
@@ -188,12 +208,13 @@ def _take_sso_session(
     """
     row = conn.execute(
         "DELETE FROM sso_sessions WHERE state_hash = ?"
-        " RETURNING idp_id, nonce, code_verifier, redirect_url, expires_ts",
+        " RETURNING idp_id, nonce, code_verifier, redirect_url, expires_ts,"
+        " uia_session, browser_hash",
         (state_hash,),
     ).fetchone()
     if row is None:
         return None
-    idp_id, nonce, code_verifier, redirect_url, expires_ts = row
+    idp_id, nonce, code_verifier, redirect_url, expires_ts, uia_session, browser_hash = row
     if expires_ts <= now_ms:
         return "expired"
     return SsoSession(
@@ -202,4 +223,6 @@ def _take_sso_session(
         code_verifier=str(code_verifier),
         redirect_url=str(redirect_url),
         expires_ts=int(expires_ts),
+        uia_session=None if uia_session is None else str(uia_session),
+        browser_hash=None if browser_hash is None else bytes(browser_hash),
     )

@@ -80,6 +80,7 @@ from .sso import SsoStorage
 from .sync_reads import SyncReads
 from .threepids import ThreepidStorage
 from .timestamps import TimestampReads
+from .uia import UiaStorage
 from .url_previews import UrlPreviewStorage
 from .write_backend import WriteBackend
 
@@ -192,6 +193,7 @@ class Storage:
         self.refresh_tokens = RefreshTokenStorage(self.writer, self.readers)
         self.login_tokens = LoginTokenStorage(self.writer, self.readers)
         self.sso = SsoStorage(self.writer, self.readers)
+        self.uia = UiaStorage(self.writer, self.readers)
         self.threepids = ThreepidStorage(self.writer, self.readers)
         self.guests = GuestStorage(self.readers)
         self.housekeeping = HousekeepingStorage(self.writer, self.readers, self.e2e_keys)
