@@ -285,3 +285,66 @@ async def test_a_deactivated_user_leaves_their_rooms_and_invites(env: Env) -> No
     assert ("m.room.member", alice.user_id) not in state
     members = await c.ok(bob, "GET", f"/rooms/{q(own)}/joined_members")
     assert list(members["joined"]) == [bob.user_id]
+
+
+async def test_a_password_change_retried_in_its_session_answers_as_the_first(env: Env) -> None:
+    c, alice = env.client, env.alice
+    body: dict[str, Any] = {"new_password": NEW_PASSWORD}
+    session = await _challenge(c, alice, "/account/password", body)
+    auth = _password_auth(session)
+    assert await c.ok(alice, "POST", "/account/password", {**body, "auth": auth}) == {}
+    # The old password is no longer right, yet the retry of a change done
+    # answers as it did; so does the session alone. Nothing is changed again.
+    for retry in (auth, {"session": session}):
+        assert await c.ok(alice, "POST", "/account/password", {**body, "auth": retry}) == {}
+    await c.ok(None, "POST", "/login", _login_body("NEW", NEW_PASSWORD))
+    # Another change in the finished session is another request.
+    await c.refused(
+        alice,
+        "POST",
+        "/account/password",
+        {**body, "logout_devices": False, "auth": auth},
+        status=403,
+        errcode="M_FORBIDDEN",
+    )
+    # A wrong password in a session still open is asked again, in that session.
+    other = await _challenge(c, alice, "/account/password", {"new_password": "third"})
+    status, wrong = await c.call(
+        alice,
+        "POST",
+        "/account/password",
+        {"new_password": "third", "auth": auth | {"session": other}},
+    )
+    assert (status, wrong["errcode"], wrong["session"]) == (401, "M_FORBIDDEN", other)
+
+
+async def test_a_deactivation_retried_with_its_logged_out_token_answers_as_the_first(
+    env: Env,
+) -> None:
+    c, alice = env.client, env.alice
+    session = await _challenge(c, alice, "/account/deactivate", {})
+    auth = _password_auth(session)
+    done = await c.ok(alice, "POST", "/account/deactivate", {"auth": auth})
+    assert done == {"id_server_unbind_result": "no-support"}
+    # The token is gone with the account, but its retry gets the answer.
+    for retry in (auth, {"session": session}):
+        assert await c.ok(alice, "POST", "/account/deactivate", {"auth": retry}) == done
+    # Anything else with that token is refused as ever.
+    await c.refused(alice, "GET", "/account/whoami", status=401, errcode="M_UNKNOWN_TOKEN")
+    await c.refused(alice, "POST", "/account/deactivate", {}, status=401, errcode="M_UNKNOWN_TOKEN")
+    await c.refused(
+        alice,
+        "POST",
+        "/account/deactivate",
+        {"erase": True, "auth": auth},
+        status=401,
+        errcode="M_UNKNOWN_TOKEN",
+    )
+    # Another token does not get the answer of Alice's session: for Bob it
+    # is no session, and he is asked to authenticate.
+    status, asked = await c.call(
+        env.bob, "POST", "/account/deactivate", {"auth": {"session": session}}
+    )
+    assert status == 401
+    assert asked["session"] != session
+    assert (await c.ok(env.bob, "GET", "/account/whoami"))["user_id"] == env.bob.user_id

@@ -521,3 +521,33 @@ async def test_a_logged_out_devices_keys_and_messages_are_forgotten(tmp_path: Pa
         synced = await env.sync(env.alice, since=synced["next_batch"])
         assert dave.user_id in synced["device_lists"]["changed"]
         assert (await env.query(env.alice, dave))["device_keys"][dave.user_id] == {}
+
+
+async def test_a_replacement_retried_in_its_finished_session_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    async with open_shared_room(tmp_path, Env) as env:
+        dave = await env.hs.register_user("dave", "daves password")
+        await _upload_cross_signing(env.client, dave, cross_signing(dave).body)
+
+        async def replace(body: dict[str, Any]) -> dict[str, Any]:
+            session = (await _upload_cross_signing(env.client, dave, body, status=401))["session"]
+            auth = {"type": "m.login.password", "password": "daves password", "session": session}
+            assert await _upload_cross_signing(env.client, dave, {**body, "auth": auth}) == {}
+            return auth
+
+        second, third = cross_signing(dave).body, cross_signing(dave).body
+        second_auth = await replace(second)
+        await replace(third)
+        # The second upload's answer was lost and its retry comes late: it
+        # answers as the first did, and does not undo the third.
+        for auth in (second_auth, {"session": second_auth["session"]}):
+            assert await _upload_cross_signing(env.client, dave, {**second, "auth": auth}) == {}
+            shown = await env.query(env.alice, dave)
+            assert shown["master_keys"] == {dave.user_id: third["master_key"]}
+        # Other keys in the finished session are another request: refused.
+        fourth = {**cross_signing(dave).body, "auth": second_auth}
+        refused = await _upload_cross_signing(env.client, dave, fourth, status=403)
+        assert refused["errcode"] == "M_FORBIDDEN"
+        shown = await env.query(env.alice, dave)
+        assert shown["master_keys"] == {dave.user_id: third["master_key"]}

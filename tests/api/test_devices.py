@@ -149,3 +149,44 @@ async def test_delete_devices_deletes_several(env: Env) -> None:
     assert await _device_ids(c, alice) == [alice.device_id]
     for gone in (phone, laptop):
         await c.refused(gone, "GET", "/account/whoami", status=401, errcode="M_UNKNOWN_TOKEN")
+
+
+async def test_a_deletion_retried_in_its_finished_session_answers_as_the_first(
+    env: Env,
+) -> None:
+    c, alice = env.client, env.alice
+    await env.login("PHONE")
+    await env.login("TABLET")
+    body: dict[str, Any] = {"devices": ["PHONE"]}
+    status, challenge = await c.call(alice, "POST", "/delete_devices", body)
+    assert status == 401, challenge
+    session = challenge["session"]
+    auth = _password_auth(session)
+    assert await c.ok(alice, "POST", "/delete_devices", {**body, "auth": auth}) == {}
+    assert await _device_ids(c, alice) == sorted([alice.device_id, "TABLET"])
+
+    # PHONE logs in again. The first deletion's retry, late, answers as it
+    # did, stage again or session alone, and deletes nothing anew.
+    await env.login("PHONE")
+    for retry in (auth, {"session": session}):
+        assert await c.ok(alice, "POST", "/delete_devices", {**body, "auth": retry}) == {}
+    assert await _device_ids(c, alice) == sorted([alice.device_id, "PHONE", "TABLET"])
+    # Another request in the finished session is refused, with nothing done:
+    # other devices, or another operation altogether.
+    await c.refused(
+        alice,
+        "POST",
+        "/delete_devices",
+        {"devices": ["TABLET"], "auth": auth},
+        status=403,
+        errcode="M_FORBIDDEN",
+    )
+    await c.refused(
+        alice,
+        "POST",
+        "/account/password",
+        {"new_password": "another", "auth": auth},
+        status=403,
+        errcode="M_FORBIDDEN",
+    )
+    assert await _device_ids(c, alice) == sorted([alice.device_id, "PHONE", "TABLET"])

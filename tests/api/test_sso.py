@@ -465,3 +465,172 @@ async def test_a_bad_userinfo_answer_is_refused(
     setup.idp.userinfo = answer
     await _refused(setup, 502, words)
     assert setup.idp.userinfo_requests == 1
+
+
+# User-interactive authentication's m.login.sso stage.
+
+AUTH_DONE = 'window.opener.postMessage("authDone", "*");'
+
+
+async def _sso_user(s: Setup, device_id: str) -> str:
+    """A login of the provider's user, made by single sign-on; its access token."""
+    token = await _login_token(s)
+    logged_in = await s.browser.post(
+        f"{s.hs.client_url}{V3}/login",
+        json={"type": "m.login.token", "token": token, "device_id": device_id},
+    )
+    assert logged_in.status_code == 200, logged_in.text
+    access_token: str = logged_in.json()["access_token"]
+    return access_token
+
+
+async def _api(s: Setup, token: str, method: str, path: str, body: object = None) -> httpx.Response:
+    return await s.browser.request(
+        method,
+        f"{s.hs.client_url}{V3}{path}",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+async def _sso_challenge(s: Setup, token: str, method: str, path: str, body: object) -> str:
+    """The session of the 401 that offers an SSO-only user m.login.sso alone."""
+    response = await _api(s, token, method, path, body)
+    assert response.status_code == 401, response.text
+    challenge = response.json()
+    assert challenge["flows"] == [{"stages": ["m.login.sso"]}]
+    assert challenge["completed"] == []
+    session: str = challenge["session"]
+    return session
+
+
+async def _fallback_link(s: Setup, browser: httpx.AsyncClient, session: str) -> str:
+    """The fallback page's link to the provider, after its warning."""
+    page = await browser.get(
+        f"{s.hs.client_url}{V3}/auth/m.login.sso/fallback/web", params={"session": session}
+    )
+    assert page.status_code == 200, page.text
+    assert "may have access to your account" in page.text
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    link = _continue_link(page)
+    assert link.startswith(f"{s.idp.issuer}/authorize?")
+    return link
+
+
+async def _through_provider(s: Setup, browser: httpx.AsyncClient, link: str) -> httpx.Response:
+    """The provider, then the callback's page."""
+    approved = await browser.get(link)
+    assert approved.status_code == 302, approved.text
+    callback = approved.headers["location"]
+    assert callback.startswith(f"{s.hs.client_url}/_ranvier/client/oidc/callback?")
+    return await browser.get(callback)
+
+
+async def _confirm(s: Setup, session: str) -> None:
+    page = await _through_provider(s, s.browser, await _fallback_link(s, s.browser, session))
+    assert page.status_code == 200, page.text
+    assert AUTH_DONE in page.text
+    # The page's one script is allowed by its hash, and nothing else is.
+    assert "script-src 'sha256-" in page.headers["content-security-policy"]
+
+
+async def test_an_sso_user_deletes_a_device_through_the_sso_stage(setup: Setup) -> None:
+    token = await _sso_user(setup, "LAPTOP")
+    await _sso_user(setup, "PHONE")
+    body: dict[str, object] = {"devices": ["PHONE"]}
+    session = await _sso_challenge(setup, token, "POST", "/delete_devices", body)
+    # Before the provider, the session alone and the stage named are not enough.
+    for auth in ({"session": session}, {"type": "m.login.sso", "session": session}):
+        early = await _api(setup, token, "POST", "/delete_devices", {**body, "auth": auth})
+        assert early.status_code == 401, early.text
+        assert early.json()["completed"] == []
+
+    await _confirm(setup, session)
+    done = await _api(
+        setup, token, "POST", "/delete_devices", {**body, "auth": {"session": session}}
+    )
+    assert (done.status_code, done.json()) == (200, {})
+    listed = await _api(setup, token, "GET", "/devices")
+    assert [device["device_id"] for device in listed.json()["devices"]] == ["LAPTOP"]
+
+    # The finished session is spent: its retry answers as before, another
+    # request in it is refused, and the confirmation cannot be used again.
+    again = await _api(
+        setup, token, "POST", "/delete_devices", {**body, "auth": {"session": session}}
+    )
+    assert (again.status_code, again.json()) == (200, {})
+    other = {"devices": ["LAPTOP"], "auth": {"session": session}}
+    refused = await _api(setup, token, "POST", "/delete_devices", other)
+    assert (refused.status_code, refused.json()["errcode"]) == (403, "M_FORBIDDEN")
+    stale = await setup.browser.get(
+        f"{setup.hs.client_url}{V3}/auth/m.login.sso/fallback/web", params={"session": session}
+    )
+    assert stale.status_code == 400
+    assert (await _api(setup, token, "GET", "/account/whoami")).status_code == 200
+
+
+async def test_an_sso_user_deactivates_through_the_sso_stage(setup: Setup) -> None:
+    token = await _sso_user(setup, "LAPTOP")
+    # A session of another operation is not this one's.
+    devices_session = await _sso_challenge(
+        setup, token, "POST", "/delete_devices", {"devices": ["X"]}
+    )
+    await _confirm(setup, devices_session)
+    borrowed = await _api(
+        setup, token, "POST", "/account/deactivate", {"auth": {"session": devices_session}}
+    )
+    assert (borrowed.status_code, borrowed.json()["errcode"]) == (403, "M_FORBIDDEN")
+
+    session = await _sso_challenge(setup, token, "POST", "/account/deactivate", {})
+    await _confirm(setup, session)
+    done = await _api(setup, token, "POST", "/account/deactivate", {"auth": {"session": session}})
+    assert (done.status_code, done.json()) == (200, {"id_server_unbind_result": "no-support"})
+    assert (await _api(setup, token, "GET", "/account/whoami")).status_code == 401
+    # Its retry, with the token it logged out, gets the same answer.
+    again = await _api(setup, token, "POST", "/account/deactivate", {"auth": {"session": session}})
+    assert (again.status_code, again.json()) == (200, {"id_server_unbind_result": "no-support"})
+
+
+async def test_a_provider_answering_for_another_user_completes_nothing(setup: Setup) -> None:
+    token = await _sso_user(setup, "LAPTOP")
+    # Mallory has an account of her own through the same provider.
+    setup.idp.subject, setup.idp.username = "subject-2", "mallory"
+    await _sso_user(setup, "M")
+    session = await _sso_challenge(setup, token, "POST", "/account/deactivate", {})
+    link = await _fallback_link(setup, setup.browser, session)
+    page = await _through_provider(setup, setup.browser, link)
+    assert page.status_code == 403, page.text
+    assert "another user than @alice:localhost" in html.unescape(page.text)
+    assert AUTH_DONE not in page.text
+    refused = await _api(
+        setup, token, "POST", "/account/deactivate", {"auth": {"session": session}}
+    )
+    assert refused.status_code == 401
+    assert refused.json()["completed"] == []
+    assert (await _api(setup, token, "GET", "/account/whoami")).status_code == 200
+    # A subject linked to nobody proves nothing either, and makes no user.
+    setup.idp.subject, setup.idp.username = "subject-3", "nobody"
+    link = await _fallback_link(setup, setup.browser, session)
+    page = await _through_provider(setup, setup.browser, link)
+    assert page.status_code == 403, page.text
+    assert not await setup.hs.server.accounts.user_exists("@nobody:localhost")
+
+
+async def test_a_confirmation_is_finished_only_in_the_browser_that_started_it(
+    setup: Setup,
+) -> None:
+    token = await _sso_user(setup, "LAPTOP")
+    session = await _sso_challenge(setup, token, "POST", "/account/deactivate", {})
+    # Whoever opened the fallback sends its provider link to the user, whose
+    # browser never saw the page, nor got its cookie.
+    link = await _fallback_link(setup, setup.browser, session)
+    setup.browser.cookies.clear()
+    page = await _through_provider(setup, setup.browser, link)
+    assert page.status_code == 403, page.text
+    assert "another browser" in page.text
+    assert AUTH_DONE not in page.text
+    refused = await _api(
+        setup, token, "POST", "/account/deactivate", {"auth": {"session": session}}
+    )
+    assert refused.status_code == 401
+    assert refused.json()["completed"] == []

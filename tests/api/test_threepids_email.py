@@ -315,3 +315,25 @@ async def test_request_token_is_rate_limited(tmp_path: Path, nursery: trio.Nurse
         limited = await request("u9@example.org", "10.1.1.1", 1)
         assert (limited.status_code, limited.json()["errcode"]) == (429, "M_LIMIT_EXCEEDED")
         assert len(smtp.received) == 10
+
+
+async def test_an_addition_retried_in_its_session_answers_as_the_first(env: Env) -> None:
+    c, alice = env.client, env.alice
+    sid = await env.request_add(ALICE_MAIL)
+    await env.submit(read_mail(await env.smtp.next()))
+    body = {"sid": sid, "client_secret": "s3cret"}
+    status, challenge = await c.call(alice, "POST", "/account/3pid/add", body)
+    assert status == 401, challenge
+    session = challenge["session"]
+    auth = {"type": "m.login.password", "password": PASSWORD, "session": session}
+    assert await c.ok(alice, "POST", "/account/3pid/add", {**body, "auth": auth}) == {}
+    # The validation session is used up, yet the retry of the addition in
+    # its own session answers as the first did: the address is on.
+    for retry in (auth, {"session": session}):
+        assert await c.ok(alice, "POST", "/account/3pid/add", {**body, "auth": retry}) == {}
+    (listed,) = (await c.ok(alice, "GET", "/account/3pid"))["threepids"]
+    assert listed["address"] == ALICE_MAIL
+    # Bob cannot use Alice's session: for him it is no session at all.
+    status, answer = await c.call(env.bob, "POST", "/account/3pid/add", {**body, "auth": retry})
+    assert status == 401
+    assert answer["session"] != session
