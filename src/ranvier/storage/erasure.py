@@ -36,12 +36,9 @@ import sqlite3
 from collections.abc import Collection, Iterator, Sequence
 from typing import Final
 
-import msgspec
-
-from ranvier.protocol.redaction import redact
-
 from .readers import ReaderPool
 from .records import StoredEvent
+from .redactions import pruned_row
 
 __all__ = [
     "ErasedEvent",
@@ -117,21 +114,7 @@ def erased_forms(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> dic
         version = versions.get(event.room_id)
         if version is None:
             continue
-        pruned = redact(msgspec.json.decode(event.json), version)
-        forms[event.event_id] = ErasedEvent(
-            stream_ordering=event.stream_ordering,
-            event_id=event.event_id,
-            room_id=event.room_id,
-            type=event.type,
-            state_key=event.state_key,
-            sender=event.sender,
-            depth=event.depth,
-            origin_server_ts=event.origin_server_ts,
-            json=msgspec.json.encode(pruned, order="sorted"),
-            outlier=event.outlier,
-            soft_failed=event.soft_failed,
-            rejected_reason=event.rejected_reason,
-        )
+        forms[event.event_id] = ErasedEvent(**pruned_row(event, version))
     return forms
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "RedactedEvent",
     "RedactionStorage",
     "fill_redactions",
+    "pruned_row",
     "record_redactions",
     "redaction_applies",
     "served",
@@ -242,23 +243,18 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
         yield items[start : start + _CHUNK]
 
 
-def _redacted(event: StoredEvent, because: StoredEvent, room_version: str) -> RedactedEvent:
-    pruned = redact(msgspec.json.decode(event.json), room_version)
-    return RedactedEvent(
-        stream_ordering=event.stream_ordering,
-        event_id=event.event_id,
-        room_id=event.room_id,
-        type=event.type,
-        state_key=event.state_key,
-        sender=event.sender,
-        depth=event.depth,
-        origin_server_ts=event.origin_server_ts,
-        json=msgspec.json.encode(pruned, order="sorted"),
-        outlier=event.outlier,
-        soft_failed=event.soft_failed,
-        rejected_reason=event.rejected_reason,
-        redacted_because=because,
+def pruned_row(event: StoredEvent, room_version: str) -> dict[str, Any]:
+    """The fields of ``event``'s row with its JSON pruned by the room
+    version's redaction algorithm: a served copy's, redacted or erased."""
+    fields = msgspec.structs.asdict(event)
+    fields["json"] = msgspec.json.encode(
+        redact(msgspec.json.decode(event.json), room_version), order="sorted"
     )
+    return fields
+
+
+def _redacted(event: StoredEvent, because: StoredEvent, room_version: str) -> RedactedEvent:
+    return RedactedEvent(**pruned_row(event, room_version), redacted_because=because)
 
 
 def served(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> list[StoredEvent]:
