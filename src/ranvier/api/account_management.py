@@ -30,8 +30,9 @@ from ranvier.api.account import (
 )
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth, access_token_of
+from ranvier.api.uia_answers import answer_after_uia
 from ranvier.core.accounts import Requester, hash_access_token
-from ranvier.core.uia import CHANGE_PASSWORD, DEACTIVATE, AuthRequired, UserInteractiveAuth
+from ranvier.core.uia import CHANGE_PASSWORD, DEACTIVATE, UserInteractiveAuth
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.web import JsonResponse, Request, Router
 
@@ -84,19 +85,15 @@ def add_account_management_routes(
             await accounts.change_password(requester, new_password, logout_devices=logout_devices)
             return {}
 
-        try:
-            answer = await uia.run(
-                requester.user_id,
-                requester.token_hash,
-                CHANGE_PASSWORD,
-                body.get("auth"),
-                # The new password is a secret: it is not kept to tell retries apart.
-                request={"logout_devices": logout_devices},
-                perform=perform,
-            )
-        except AuthRequired as required:
-            return JsonResponse(required.body, status=401)
-        return JsonResponse(answer)
+        return await answer_after_uia(
+            uia,
+            requester,
+            CHANGE_PASSWORD,
+            body.get("auth"),
+            # The new password is a secret: it is not kept to tell retries apart.
+            request={"logout_devices": logout_devices},
+            perform=perform,
+        )
 
     async def deactivate(request: Request) -> JsonResponse:
         try:
@@ -120,18 +117,9 @@ def add_account_management_routes(
 
         if requester.app_service is not None:
             return JsonResponse(await perform())
-        try:
-            answer = await uia.run(
-                requester.user_id,
-                requester.token_hash,
-                DEACTIVATE,
-                body.get("auth"),
-                request={"erase": erase},
-                perform=perform,
-            )
-        except AuthRequired as required:
-            return JsonResponse(required.body, status=401)
-        return JsonResponse(answer)
+        return await answer_after_uia(
+            uia, requester, DEACTIVATE, body.get("auth"), request={"erase": erase}, perform=perform
+        )
 
     async def _answer_of_retry(request: Request, refused: MatrixError) -> dict[str, Any] | None:
         """The first answer of a deactivation retried with the token it

@@ -14,9 +14,10 @@ from typing import Any
 from ranvier.api.account import json_object
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
+from ranvier.api.uia_answers import answer_after_uia
 from ranvier.core.accounts import Requester
 from ranvier.core.devices import Devices
-from ranvier.core.uia import DELETE_DEVICES, AuthRequired, UserInteractiveAuth
+from ranvier.core.uia import DELETE_DEVICES, UserInteractiveAuth
 from ranvier.errors import BadJsonError
 from ranvier.web import JsonResponse, Request, Router
 
@@ -59,18 +60,14 @@ def add_device_routes(
 
         if requester.app_service is not None:
             return JsonResponse(await perform())
-        try:
-            answer = await uia.run(
-                requester.user_id,
-                requester.token_hash,
-                DELETE_DEVICES,
-                auth_dict,
-                request={"devices": sorted(set(device_ids))},
-                perform=perform,
-            )
-        except AuthRequired as required:
-            return JsonResponse(required.body, status=401)
-        return JsonResponse(answer)
+        return await answer_after_uia(
+            uia,
+            requester,
+            DELETE_DEVICES,
+            auth_dict,
+            request={"devices": sorted(set(device_ids))},
+            perform=perform,
+        )
 
     async def delete_device(request: Request) -> JsonResponse:
         requester = await auth.get_user(request)

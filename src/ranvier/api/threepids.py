@@ -39,9 +39,10 @@ from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.api.html_pages import html_page
 from ranvier.api.ratelimit import RateLimiter
+from ranvier.api.uia_answers import answer_after_uia
 from ranvier.core.email_validation import SUBMIT_TOKEN_PATH, canonical_email
 from ranvier.core.threepids import Threepids
-from ranvier.core.uia import ADD_THREEPID, AuthRequired, UserInteractiveAuth
+from ranvier.core.uia import ADD_THREEPID, UserInteractiveAuth
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.web import Handler, JsonResponse, Request, Router, StreamResponse
 
@@ -257,18 +258,9 @@ def _add_email_routes(
             await threepids.add(requester.user_id, sid, client_secret)
             return {}
 
-        try:
-            answer = await uia.run(
-                requester.user_id,
-                requester.token_hash,
-                ADD_THREEPID,
-                body.get("auth"),
-                request={"sid": sid},
-                perform=perform,
-            )
-        except AuthRequired as required:
-            return JsonResponse(required.body, status=401)
-        return JsonResponse(answer)
+        return await answer_after_uia(
+            uia, requester, ADD_THREEPID, body.get("auth"), request={"sid": sid}, perform=perform
+        )
 
     async def delete_threepid(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)
