@@ -454,42 +454,59 @@ async def test_the_user_directory_finds_the_members_the_resync_brings(tmp_path: 
         await eventually(members_found, "A's members in B's user directory")
 
 
+async def _lazy_sync_token(partial: _Partial) -> str:
+    """Bob's lazy-loading sync token, the room in it."""
+    _, _, _, cb, _, bob = partial.servers
+    before = await cb.ok(bob, "GET", "/sync", params={"filter": _LAZY, "timeout": "0"})
+    assert partial.room_id in before["rooms"]["join"]
+    token: str = before["next_batch"]
+    return token
+
+
+async def _two_messages_at_b(partial: _Partial, txn_prefix: str) -> tuple[str, str]:
+    """Two messages of the room's first member of A, once the last is at B."""
+    _, _, ca, cb, _, bob = partial.servers
+    room_id = partial.room_id
+    sent = [
+        await ca.ok(
+            partial.members[0],
+            "PUT",
+            f"/rooms/{q(room_id)}/send/m.room.message/{txn_prefix}{n}",
+            {"msgtype": "m.text", "body": f"message {n}"},
+        )
+        for n in range(2)
+    ]
+    first, last = (answer["event_id"] for answer in sent)
+
+    async def last_at_b() -> bool:
+        status, _ = await cb.call(bob, "GET", f"/rooms/{q(room_id)}/event/{q(last)}")
+        return status == 200
+
+    await eventually(last_at_b, "the last message at B")
+    return first, last
+
+
+async def _gappy_lazy_sync(partial: _Partial, since: str) -> dict[str, Any]:
+    """The room in Bob's lazy-loading sync since ``since``, a timeline of one."""
+    _, _, _, cb, _, bob = partial.servers
+    gappy = '{"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 1}}}'
+    answer = await cb.ok(
+        bob, "GET", "/sync", params={"since": since, "filter": gappy, "timeout": "0"}
+    )
+    room: dict[str, Any] = answer["rooms"]["join"][partial.room_id]
+    return room
+
+
 async def test_a_gappy_sync_after_the_resync_has_the_senders_membership(tmp_path: Path) -> None:
     async with _partially_joined(tmp_path) as partial:
-        _, _, ca, cb, _, bob = partial.servers
-        room_id = partial.room_id
         member = partial.members[0]
-        before = await cb.ok(bob, "GET", "/sync", params={"filter": _LAZY, "timeout": "0"})
-        assert room_id in before["rooms"]["join"]
+        since = await _lazy_sync_token(partial)
         await _finish_resync(partial)
-        sent = [
-            await ca.ok(
-                member,
-                "PUT",
-                f"/rooms/{q(room_id)}/send/m.room.message/g{n}",
-                {"msgtype": "m.text", "body": f"message {n}"},
-            )
-            for n in range(2)
-        ]
-        last = sent[-1]["event_id"]
-
-        async def last_at_b() -> bool:
-            status, _ = await cb.call(bob, "GET", f"/rooms/{q(room_id)}/event/{q(last)}")
-            return status == 200
-
-        await eventually(last_at_b, "the last message at B")
-        gappy = '{"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 1}}}'
-        answer = await cb.ok(
-            bob,
-            "GET",
-            "/sync",
-            params={"since": before["next_batch"], "filter": gappy, "timeout": "0"},
-        )
-        room = answer["rooms"]["join"][room_id]
+        _, last = await _two_messages_at_b(partial, "g")
+        room = await _gappy_lazy_sync(partial, since)
         assert [event["event_id"] for event in room["timeline"]["events"]] == [last]
         assert room["timeline"]["limited"] is True
-        state = {(event["type"], event["state_key"]) for event in room["state"]["events"]}
-        assert ("m.room.member", member.user_id) in state
+        assert ("m.room.member", member.user_id) in _state_keys(room)
 
 
 # --- Events whose prev events B lacks ----------------------------------------------
@@ -914,27 +931,11 @@ async def test_lazy_initial_and_gappy_syncs_during_a_resync_carry_the_senders_me
     tmp_path: Path,
 ) -> None:
     async with _partially_joined(tmp_path) as partial:
-        _, b, ca, cb, _, bob = partial.servers
+        _, b, _, cb, _, bob = partial.servers
         room_id = partial.room_id
         member = partial.members[0]
-        before = await cb.ok(bob, "GET", "/sync", params={"filter": _LAZY, "timeout": "0"})
-        assert room_id in before["rooms"]["join"]
-        sent = [
-            await ca.ok(
-                member,
-                "PUT",
-                f"/rooms/{q(room_id)}/send/m.room.message/lazy{n}",
-                {"msgtype": "m.text", "body": f"message {n}"},
-            )
-            for n in range(2)
-        ]
-        first, last = (answer["event_id"] for answer in sent)
-
-        async def last_at_b() -> bool:
-            status, _ = await cb.call(bob, "GET", f"/rooms/{q(room_id)}/event/{q(last)}")
-            return status == 200
-
-        await eventually(last_at_b, "the last message at B")
+        since = await _lazy_sync_token(partial)
+        first, last = await _two_messages_at_b(partial, "lazy")
         # B's state still lacks the sender: the sync must find their membership elsewhere.
         current = await b.server.storage.get_current_state_ids(room_id)
         assert ("m.room.member", member.user_id) not in current
@@ -943,14 +944,7 @@ async def test_lazy_initial_and_gappy_syncs_during_a_resync_carry_the_senders_me
         room = initial["rooms"]["join"][room_id]
         assert last in [event["event_id"] for event in room["timeline"]["events"]]
         assert key in _state_keys(room)
-        gappy = '{"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 1}}}'
-        answer = await cb.ok(
-            bob,
-            "GET",
-            "/sync",
-            params={"since": before["next_batch"], "filter": gappy, "timeout": "0"},
-        )
-        room = answer["rooms"]["join"][room_id]
+        room = await _gappy_lazy_sync(partial, since)
         assert [event["event_id"] for event in room["timeline"]["events"]] == [last]
         assert first != last
         assert room["timeline"]["limited"] is True
