@@ -326,6 +326,65 @@ async def _check_asks(
 # --- 1. A room on Synapse ------------------------------------------------------------
 
 
+async def _b_refused_while_the_others_talk(
+    a: HomeServer,
+    b: HomeServer,
+    sent: _Transactions,
+    zed: SynapseUser,
+    synapse_name: str,
+    room_id: str,
+    alice: str,
+    bob: str,
+) -> tuple[str, str]:
+    """B, denied, is refused its message by A and Synapse, which still
+    exchange theirs and send them to B (still a member, as the spec asks);
+    the IDs of A's message and Synapse's."""
+    denied = await _say(b, bob, room_id, "while denied")
+    assert "error" in await sent.result(a.server_name, denied)
+    assert "error" in await sent.result(synapse_name, denied)
+    await _refused_at(a, denied, room_id)
+    await _synapse_refused(zed, room_id, denied)
+    from_a = await _say(a, alice, room_id, "A, while B is denied")
+    from_synapse = await zed.send_message(room_id, "Synapse, while B is denied")
+    await eventually(lambda: on_synapse(zed, room_id, from_a), "A's message on Synapse")
+    await eventually(lambda: in_dag(a.storage, from_synapse), "Synapse's message on A")
+    await eventually(lambda: in_dag(b.storage, from_a, from_synapse), "both messages on B")
+    return from_a, from_synapse
+
+
+async def _b_edus_dropped_at_a(
+    a: HomeServer, b: HomeServer, sent: _Transactions, room_id: str, bob: str, read: str
+) -> None:
+    """B's typing notice and its receipt for ``read`` are answered by A and dropped."""
+    mark = len(sent.answered)
+    await b.typing_notices.set_typing(bob, bob, room_id, typing=True, timeout_ms=60_000)
+    await sent.edu_answered(a.server_name, "m.typing", mark, room_id)
+    assert a.typing_notices.typing_in(room_id) == []
+    mark = len(sent.answered)
+    await b.receipts.post_receipt(bob, room_id, "m.read", read, {})
+    await sent.edu_answered(a.server_name, "m.receipt", mark, room_id)
+    assert not await _has_receipt(a, room_id, bob, read)
+
+
+async def _b_taken_again(
+    a: HomeServer,
+    b: HomeServer,
+    sent: _Transactions,
+    zed: SynapseUser,
+    synapse_name: str,
+    room_id: str,
+    bob: str,
+) -> None:
+    """With the ACL lifted everywhere, B's message is taken by A and Synapse."""
+    again = await _say(b, bob, room_id, "after the ACL")
+    assert await sent.result(a.server_name, again) == {}
+    assert await sent.result(synapse_name, again) == {}
+    await eventually(lambda: in_dag(a.storage, again), "B's message after the ACL, on A")
+    await eventually(
+        lambda: on_synapse(zed, room_id, again), "B's message after the ACL, on Synapse"
+    )
+
+
 async def test_synapse_s_acl_keeps_b_out_of_synapse_and_ranvier(
     synapse: SynapseProcess,
     synapse_http: httpx.AsyncClient,
@@ -368,29 +427,11 @@ async def test_synapse_s_acl_keeps_b_out_of_synapse_and_ranvier(
     acl_id = await zed.send_state(room_id, _ACL, {"allow": ["*"], "deny": ["localhost"]})
     await _acl_everywhere(room_id, acl_id, [a, b], zed)
 
-    denied = await _say(b, bob, room_id, "while denied")
-    assert "error" in await sent.result(a.server_name, denied)
-    assert "error" in await sent.result(synapse.server_name, denied)
-    await _refused_at(a, denied, room_id)
-    await _synapse_refused(zed, room_id, denied)
-
-    # A and Synapse still talk to each other, and both still send to B,
-    # which is still a member (the spec asks servers to).
-    from_a = await _say(a, alice, room_id, "A, while B is denied")
-    from_synapse = await zed.send_message(room_id, "Synapse, while B is denied")
-    await eventually(lambda: on_synapse(zed, room_id, from_a), "A's message on Synapse")
-    await eventually(lambda: in_dag(a.storage, from_synapse), "Synapse's message on A")
-    await eventually(lambda: in_dag(b.storage, from_a, from_synapse), "both messages on B")
-
+    _, from_synapse = await _b_refused_while_the_others_talk(
+        a, b, sent, zed, synapse.server_name, room_id, alice, bob
+    )
     # B's typing notices and receipts for the room are dropped by A.
-    mark = len(sent.answered)
-    await b.typing_notices.set_typing(bob, bob, room_id, typing=True, timeout_ms=60_000)
-    await sent.edu_answered(a.server_name, "m.typing", mark, room_id)
-    assert a.typing_notices.typing_in(room_id) == []
-    mark = len(sent.answered)
-    await b.receipts.post_receipt(bob, room_id, "m.read", from_synapse, {})
-    await sent.edu_answered(a.server_name, "m.receipt", mark, room_id)
-    assert not await _has_receipt(a, room_id, bob, from_synapse)
+    await _b_edus_dropped_at_a(a, b, sent, room_id, bob, from_synapse)
     assert await _has_receipt(a, room_id, bob, read_before)
 
     # B's questions about the room: A refuses every one, Synapse those the
@@ -401,13 +442,7 @@ async def test_synapse_s_acl_keeps_b_out_of_synapse_and_ranvier(
     # The ACL lifted, B's messages and typing flow again.
     lifted = await zed.send_state(room_id, _ACL, {"allow": ["*"]})
     await _acl_everywhere(room_id, lifted, [a, b], zed)
-    again = await _say(b, bob, room_id, "after the ACL")
-    assert await sent.result(a.server_name, again) == {}
-    assert await sent.result(synapse.server_name, again) == {}
-    await eventually(lambda: in_dag(a.storage, again), "B's message after the ACL, on A")
-    await eventually(
-        lambda: on_synapse(zed, room_id, again), "B's message after the ACL, on Synapse"
-    )
+    await _b_taken_again(a, b, sent, zed, synapse.server_name, room_id, bob)
     await b.typing_notices.set_typing(bob, bob, room_id, typing=False)
     await b.typing_notices.set_typing(bob, bob, room_id, typing=True, timeout_ms=60_000)
     await eventually(lambda: _typing_is(a, room_id, [bob]), "B's typing after the ACL, on A")
@@ -451,35 +486,15 @@ async def test_ranvier_s_acl_keeps_b_out_of_ranvier_and_synapse(
     shown = await zed.state_event(room_id, _ACL)
     assert shown == {"allow": ["*"], "deny": ["localhost"]}
 
-    denied = await _say(b, bob, room_id, "while denied")
-    assert "error" in await sent.result(synapse.server_name, denied)
-    assert "error" in await sent.result(a.server_name, denied)
-    await _synapse_refused(zed, room_id, denied)
-    await _refused_at(a, denied, room_id)
-
-    from_a = await _say(a, alice, room_id, "A, while B is denied")
-    from_synapse = await zed.send_message(room_id, "Synapse, while B is denied")
-    await eventually(lambda: on_synapse(zed, room_id, from_a), "A's message on Synapse")
-    await eventually(lambda: in_dag(a.storage, from_synapse), "Synapse's message on A")
-    await eventually(lambda: in_dag(b.storage, from_a, from_synapse), "both messages on B")
-
-    mark = len(sent.answered)
-    await b.typing_notices.set_typing(bob, bob, room_id, typing=True, timeout_ms=60_000)
-    await sent.edu_answered(a.server_name, "m.typing", mark, room_id)
-    assert a.typing_notices.typing_in(room_id) == []
-    mark = len(sent.answered)
-    await b.receipts.post_receipt(bob, room_id, "m.read", from_a, {})
-    await sent.edu_answered(a.server_name, "m.receipt", mark, room_id)
-    assert not await _has_receipt(a, room_id, bob, from_a)
+    from_a, _ = await _b_refused_while_the_others_talk(
+        a, b, sent, zed, synapse.server_name, room_id, alice, bob
+    )
+    await _b_edus_dropped_at_a(a, b, sent, room_id, bob, from_a)
     await _check_asks(b, a.server_name, asks, tuple(asks), refused=True, ranvier=True)
 
     lifted = await a.send_event(alice, room_id, _ACL, {"allow": ["*"]}, state_key="")
     await _acl_everywhere(room_id, lifted, [a, b], zed)
-    again = await _say(b, bob, room_id, "after the ACL")
-    assert await sent.result(synapse.server_name, again) == {}
-    assert await sent.result(a.server_name, again) == {}
-    await eventually(lambda: on_synapse(zed, room_id, again), "B's message after, on Synapse")
-    await eventually(lambda: in_dag(a.storage, again), "B's message after, on A")
+    await _b_taken_again(a, b, sent, zed, synapse.server_name, room_id, bob)
 
 
 # --- 3. Patterns -------------------------------------------------------------------
