@@ -19,6 +19,7 @@ from ranvier.testing.homeserver import (
     config_for_tests,
     open_test_homeserver,
 )
+from ranvier.testing.network import Pki
 
 AS_TOKEN = "as-token-bridge"
 HS_TOKEN = "hs-token-bridge"
@@ -113,6 +114,29 @@ async def open_with_service(
         hs.client(timeout=30) as http,
     ):
         yield WithService(hs, Client(hs, http), await hs.register_user("alice"))
+
+
+@asynccontextmanager
+async def open_with_service_and_peer(
+    tmp_path: Path, *, url: str | None = None
+) -> AsyncIterator[tuple[WithService, TestHomeserver, Client]]:
+    """Server A with the bridge registered (calling ``url``) and Alice, and
+    server B with a client, the two federating over loopback TLS."""
+    pki = Pki.create(tmp_path)
+    registration = tmp_path / "bridge.yaml"
+    await trio.Path(registration).write_text(registration_yaml(url), encoding="utf-8")
+    config = msgspec.structs.replace(
+        config_for_tests(tmp_path / "a", federation=pki),
+        app_service_config_files=(registration,),
+    )
+    async with (
+        open_test_homeserver(tmp_path / "a", config=config) as a,
+        open_test_homeserver(tmp_path / "b", federation=pki) as b,
+        a.client() as http_a,
+        b.client() as http_b,
+    ):
+        env = WithService(a, Client(a, http_a), await a.register_user("alice"))
+        yield env, b, Client(b, http_b)
 
 
 def config_with_registration(tmp_path: Path, url: str, extra: str = "") -> Any:

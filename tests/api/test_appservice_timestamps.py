@@ -12,15 +12,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import trio
-from _appservices import AS_TOKEN, WithService, open_with_service, registration_yaml
+from _appservices import (
+    AS_TOKEN,
+    WithService,
+    open_with_service,
+    open_with_service_and_peer,
+)
 from _client import Client, q
 from _federation import eventually
 
 from ranvier.protocol.canonical import CANONICAL_INT_MAX
-from ranvier.testing.homeserver import TestUser, config_for_tests, open_test_homeserver
-from ranvier.testing.network import Pki
+from ranvier.testing.homeserver import TestUser
 
 #: 3 January 2022, midnight UTC: a bridged network's history, long before
 #: any room of the test exists.
@@ -294,21 +297,7 @@ async def test_an_imported_message_is_found_from_another_server(tmp_path: Path) 
     """Complement's imported-event case: a user of B, which joined after
     the import and never held the message, jumps to a time before the room
     existed and gets it, through A."""
-    pki = Pki.create(tmp_path)
-    registration = tmp_path / "bridge.yaml"
-    registration.write_text(registration_yaml(None), encoding="utf-8")
-    config = msgspec.structs.replace(
-        config_for_tests(tmp_path / "a", federation=pki),
-        app_service_config_files=(registration,),
-    )
-    async with (
-        open_test_homeserver(tmp_path / "a", config=config) as a,
-        open_test_homeserver(tmp_path / "b", federation=pki) as b,
-        a.client() as http_a,
-        b.client() as http_b,
-    ):
-        env = WithService(a, Client(a, http_a), await a.register_user("alice"))
-        cb = Client(b, http_b)
+    async with open_with_service_and_peer(tmp_path) as (env, b, cb):
         charlie = await b.register_user("charlie")
         before_room = _now_ms() - 1
         room_id, ghost = await _bridged_room(env)
@@ -316,7 +305,7 @@ async def test_an_imported_message_is_found_from_another_server(tmp_path: Path) 
             env, room_id, "old", "from 2022", ts=str(IMPORTED), user_id=ghost
         )
         assert status == 200, imported
-        await cb.ok(charlie, "POST", f"/join/{q(room_id)}", {}, params={"via": a.server_name})
+        await cb.ok(charlie, "POST", f"/join/{q(room_id)}", {}, params={"via": env.hs.server_name})
         with trio.fail_after(20):
             await b.server.wait_for_full_state(room_id)
         # B holds the message at most as an outlier (the prev event of

@@ -12,13 +12,20 @@ from typing import Any
 
 import msgspec
 import trio
-from _appservices import AS_TOKEN, HS_TOKEN, WithService, open_with_service, registration_yaml
+from _appservices import (
+    AS_TOKEN,
+    HS_TOKEN,
+    WithService,
+    open_with_service,
+    open_with_service_and_peer,
+    registration_yaml,
+)
 from _client import Client, q
 from _federation import eventually
 
 from ranvier.testing.appservice import FakeAppService, Transaction
 from ranvier.testing.homeserver import config_for_tests, open_test_homeserver
-from ranvier.testing.network import Pki, free_port
+from ranvier.testing.network import free_port
 
 
 @asynccontextmanager
@@ -208,27 +215,13 @@ async def test_a_restart_repeats_nothing_answered_and_skips_nothing(tmp_path: Pa
 
 async def test_an_event_from_another_server_reaches_the_service(tmp_path: Path) -> None:
     service = FakeAppService(hs_token=HS_TOKEN)
-    pki = Pki.create(tmp_path)
     async with trio.open_nursery() as nursery:
         url = await service.start(nursery)
-        registration = tmp_path / "bridge.yaml"
-        registration.write_text(registration_yaml(url), encoding="utf-8")
-        config = msgspec.structs.replace(
-            config_for_tests(tmp_path / "a", federation=pki),
-            app_service_config_files=(registration,),
-        )
-        async with (
-            open_test_homeserver(tmp_path / "a", config=config) as a,
-            open_test_homeserver(tmp_path / "b", federation=pki) as b,
-            a.client() as http_a,
-            b.client() as http_b,
-        ):
-            env = WithService(a, Client(a, http_a), await a.register_user("alice"))
-            cb = Client(b, http_b)
+        async with open_with_service_and_peer(tmp_path, url=url) as (env, b, cb):
             bob = await b.register_user("bob")
             room_id, _ = await _bridged_room(env)
             await cb.ok(
-                bob, "POST", f"/join/{q(room_id)}", {}, params={"server_name": a.server_name}
+                bob, "POST", f"/join/{q(room_id)}", {}, params={"server_name": env.hs.server_name}
             )
             with trio.fail_after(20):
                 await b.server.wait_for_full_state(room_id)

@@ -9,14 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import trio
-from _appservices import AS_TOKEN, registration_yaml
+from _appservices import AS_TOKEN, open_with_service_and_peer
 from _client import Client, q
 from _federation import eventually, two_servers
 
-from ranvier.testing.homeserver import TestUser, config_for_tests, open_test_homeserver
-from ranvier.testing.network import Pki
+from ranvier.testing.homeserver import TestUser
 
 
 async def test_an_alias_of_another_server_is_resolved_and_joined(tmp_path: Path) -> None:
@@ -183,19 +181,8 @@ async def test_an_application_services_own_user_joins_a_room_of_another_server(
 ) -> None:
     """The service's sender user, which no one registered and which has no
     profile, joins a public room of B through B."""
-    pki = Pki.create(tmp_path)
-    registration = tmp_path / "bridge.yaml"
-    registration.write_text(registration_yaml(None), encoding="utf-8")
-    config = msgspec.structs.replace(
-        config_for_tests(tmp_path / "a", federation=pki), app_service_config_files=(registration,)
-    )
-    async with (
-        open_test_homeserver(tmp_path / "a", config=config) as a,
-        open_test_homeserver(tmp_path / "b", federation=pki) as b,
-        a.client() as http_a,
-        b.client() as http_b,
-    ):
-        ca, cb = Client(a, http_a), Client(b, http_b)
+    async with open_with_service_and_peer(tmp_path) as (env, b, cb):
+        a, ca = env.hs, env.client
         charlie = await b.register_user("charlie")
         room_id = await cb.create_room(charlie, preset="public_chat", name="B's room")
         bridge = f"@_br_bot:{a.server_name}"
