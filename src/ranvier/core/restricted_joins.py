@@ -37,15 +37,13 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-import msgspec
-
 from ranvier.errors import MatrixError
 from ranvier.protocol.auth import CREATE_KEY, JOIN_RULES_KEY, POWER_LEVELS_KEY
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.power_levels import get_creators, get_named_level, get_user_power_level
 from ranvier.protocol.room_versions import SUPPORTED_ROOM_VERSIONS, RoomVersion
-from ranvier.storage.records import StoredEvent
 
+from .client_events import event_content
 from .interfaces import StateReader
 
 __all__ = [
@@ -59,22 +57,6 @@ __all__ = [
 #: The content key naming the user who vouches for a restricted join.
 AUTHORISER: Final = "join_authorised_via_users_server"
 _MEMBER: Final = "m.room.member"
-
-
-class _ContentOnly(msgspec.Struct):
-    content: dict[str, Any] = {}
-
-
-_decode_content = msgspec.json.Decoder(_ContentOnly).decode
-
-
-def _content(event: StoredEvent | None) -> dict[str, Any]:
-    if event is None:
-        return {}
-    try:
-        return _decode_content(event.json).content
-    except msgspec.DecodeError:
-        return {}
 
 
 def _server_of(user_id: str) -> str:
@@ -305,7 +287,11 @@ class RestrictedJoins:
     async def _contents(self, event_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         wanted = list(dict.fromkeys(event_ids))
         stored = await self._store.get_events(wanted)
-        return {event_id: _content(stored.get(event_id)) for event_id in wanted}
+        # An event not stored reads as one without content (no membership).
+        return {
+            event_id: event_content(stored[event_id]) if event_id in stored else {}
+            for event_id in wanted
+        }
 
     async def _pdus(self, event_ids: Iterable[str], rv: RoomVersion) -> dict[str, Pdu]:
         stored = await self._store.get_events(list(event_ids))
