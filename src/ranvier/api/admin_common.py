@@ -15,6 +15,7 @@ from ranvier.api.auth import Auth
 from ranvier.api.query_params import integer_param, invalid_param
 from ranvier.core.accounts import Requester
 from ranvier.errors import MatrixError
+from ranvier.protocol.numbers import is_decimal_number
 from ranvier.web import Request, Router
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "add_server_version_route",
     "body_object",
     "page_params",
+    "report_id_param",
     "require_admin",
 ]
 
@@ -76,3 +78,16 @@ def add_server_version_route(router: Router) -> None:
         return {"server_version": ranvier.__version__}
 
     router.add("GET", SERVER_VERSION_PATH, server_version)
+
+
+def report_id_param(request: Request) -> int:
+    """The ``report_id`` path parameter of an event or user report: 400
+    ``M_INVALID_PARAM`` unless it is a number a report could have."""
+    raw = request.path_params["report_id"]
+    if not is_decimal_number(raw) or len(raw) > 15:
+        raise MatrixError(
+            "the report ID must be a positive integer",
+            errcode="M_INVALID_PARAM",
+            http_status=400,
+        )
+    return int(raw)

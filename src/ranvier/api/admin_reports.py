@@ -10,11 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ranvier.api.admin_common import ADMIN_V1, require_admin
+from ranvier.api.admin_common import ADMIN_V1, report_id_param, require_admin
 from ranvier.api.auth import Auth
 from ranvier.core.admin_reports import AdminReports
-from ranvier.errors import MatrixError
-from ranvier.protocol.numbers import is_decimal_number
 from ranvier.web import Request, Router
 
 __all__ = ["add_admin_report_routes"]
@@ -25,23 +23,12 @@ def add_admin_report_routes(router: Router, *, auth: Auth, reports: AdminReports
 
     async def get_report(request: Request) -> Mapping[str, Any]:
         await require_admin(auth, request)
-        return await reports.report(_report_id(request))
+        return await reports.report(report_id_param(request))
 
     async def delete_report(request: Request) -> Mapping[str, Any]:
         await require_admin(auth, request)
-        await reports.delete(_report_id(request))
+        await reports.delete(report_id_param(request))
         return {}
 
     router.add("GET", f"{ADMIN_V1}/event_reports/{{report_id}}", get_report)
     router.add("DELETE", f"{ADMIN_V1}/event_reports/{{report_id}}", delete_report)
-
-
-def _report_id(request: Request) -> int:
-    raw = request.path_params["report_id"]
-    if not is_decimal_number(raw) or len(raw) > 15:
-        raise MatrixError(
-            "the report ID must be a positive integer",
-            errcode="M_INVALID_PARAM",
-            http_status=400,
-        )
-    return int(raw)

@@ -13,12 +13,11 @@ from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 from ranvier.api.account import json_object
-from ranvier.api.admin_common import require_admin
+from ranvier.api.admin_common import report_id_param, require_admin
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
 from ranvier.api.rooms import CLIENT_V3
 from ranvier.errors import MatrixError
-from ranvier.protocol.numbers import is_decimal_number
 from ranvier.web import Request, Router
 
 __all__ = ["REPORTS_ADMIN_PATH", "USER_REPORTS_ADMIN_PATH", "add_report_routes"]
@@ -123,14 +122,7 @@ def add_report_routes(router: Router, *, auth: Auth, reports: ReportTaker) -> No
 
     async def user_report(request: Request) -> Mapping[str, Any]:
         await require_admin(auth, request)
-        raw = request.path_params["report_id"]
-        if not is_decimal_number(raw) or len(raw) > 15:
-            raise MatrixError(
-                "the report ID must be a positive integer",
-                errcode="M_INVALID_PARAM",
-                http_status=400,
-            )
-        return await reports.user_report(int(raw))
+        return await reports.user_report(report_id_param(request))
 
     for prefix in CLIENT_VERSION_PREFIXES:
         router.add("POST", f"{prefix}/rooms/{{room_id}}/report/{{event_id}}", report_event)
