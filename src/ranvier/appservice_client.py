@@ -20,11 +20,10 @@ from typing import Any, Final
 
 import httpx
 import msgspec
-import trio
 
 from ranvier.core.appservices import AppService, AppServiceUnavailableError
 from ranvier.errors import MatrixError
-from ranvier.outbound_http import LazyHttpClient
+from ranvier.outbound_http import LazyHttpClient, capped_body
 from ranvier.protocol.untrusted_json import DECODE_ERRORS, decode_untrusted_json
 
 __all__ = ["HttpAppServiceClient"]
@@ -95,7 +94,7 @@ class HttpAppServiceClient:
                     raise AppServiceUnavailableError(
                         f"{service.id} answered thirdparty/{path} with {response.status_code}"
                     )
-                body = await _bounded_body(response, MAX_THIRD_PARTY_ANSWER_BYTES)
+                body = await capped_body(response, MAX_THIRD_PARTY_ANSWER_BYTES)
                 if body is None:
                     raise AppServiceUnavailableError(
                         f"{service.id} answered thirdparty/{path} with over"
@@ -149,28 +148,6 @@ class HttpAppServiceClient:
                 body=response.text[:_MAX_ECHOED_BODY],
             )
         return duration_ms
-
-
-async def _bounded_body(response: httpx.Response, limit: int) -> bytes | None:
-    """The body of ``response``, or None once it is over ``limit`` bytes."""
-    body = bytearray()
-    chunks = aiter(response.aiter_bytes())
-    while True:
-        # Past the limit the body is not just left: the next read is
-        # cancelled, so that the cancellation, raised at the socket, closes
-        # every generator httpx and httpcore stack above it on its way up.
-        # One merely left suspended is a warning when it is collected.
-        with trio.CancelScope() as scope:
-            if len(body) > limit:
-                scope.cancel()
-            try:
-                chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
-        if scope.cancelled_caught:
-            return None
-        body += chunk
-    return None if len(body) > limit else bytes(body)
 
 
 def _url(service: AppService, path: str) -> str:

@@ -5,6 +5,9 @@ client each, which is only made when the first request goes out: a TLS
 context with the system's CAs costs most of a megabyte, which a server
 without pushers or services need not pay. Redirects are not followed and
 the environment's proxies are not taken: the operator named the URL.
+
+What such servers answer is read to a bound (:func:`capped_body`): none of
+them is trusted with this server's memory.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ import ssl
 from pathlib import Path
 
 import httpx
+import trio
 
-__all__ = ["LazyHttpClient"]
+from ranvier.protocol.numbers import is_decimal_number
+
+__all__ = ["LazyHttpClient", "capped_body"]
 
 
 class LazyHttpClient:
@@ -41,3 +47,29 @@ class LazyHttpClient:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+async def capped_body(response: httpx.Response, limit: int) -> bytes | None:
+    """The body of a streamed ``response``, or None once it is (or its
+    Content-Length says it will be) over ``limit`` bytes."""
+    length = response.headers.get("content-length", "")
+    if is_decimal_number(length) and int(length) > limit:
+        return None
+    body = bytearray()
+    chunks = aiter(response.aiter_bytes())
+    while True:
+        # Past the limit the body is not just left: the next read is
+        # cancelled, so that the cancellation, raised at the socket, closes
+        # every generator httpx and httpcore stack above it on its way up.
+        # One merely left suspended is a warning when it is collected.
+        with trio.CancelScope() as scope:
+            if len(body) > limit:
+                scope.cancel()
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+        if scope.cancelled_caught:
+            return None
+        body += chunk
+    return None if len(body) > limit else bytes(body)

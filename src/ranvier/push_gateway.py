@@ -19,7 +19,7 @@ import httpx
 import msgspec
 
 from ranvier.core.push_sender import PushGatewayError, PushRefusedError
-from ranvier.outbound_http import LazyHttpClient
+from ranvier.outbound_http import LazyHttpClient, capped_body
 from ranvier.protocol.untrusted_json import decode_untrusted_json
 
 __all__ = ["HttpPushGateway"]
@@ -51,13 +51,9 @@ class HttpPushGateway:
             async with self._http.stream(
                 "POST", url, content=body, headers={"content-type": "application/json"}
             ) as response:
-                answer = b""
-                async for chunk in response.aiter_bytes():
-                    answer += chunk
-                    if len(answer) > _MAX_ANSWER_BYTES:
-                        raise PushGatewayError(
-                            f"{url} answered with over {_MAX_ANSWER_BYTES} bytes"
-                        )
+                answer = await capped_body(response, _MAX_ANSWER_BYTES)
+                if answer is None:
+                    raise PushGatewayError(f"{url} answered with over {_MAX_ANSWER_BYTES} bytes")
         except httpx.HTTPError as exc:
             raise PushGatewayError(f"{url}: {exc!r}") from exc
         status = response.status_code

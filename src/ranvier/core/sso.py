@@ -45,7 +45,6 @@ Invariants
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import secrets
 import ssl
@@ -63,7 +62,7 @@ from ranvier.core.accounts import Accounts
 from ranvier.core.login_tokens import LoginTokens
 from ranvier.core.profiles import MAX_DISPLAYNAME_LENGTH
 from ranvier.errors import MatrixError
-from ranvier.protocol.numbers import is_decimal_number
+from ranvier.outbound_http import capped_body
 from ranvier.storage.accounts import NewAccount, NewDevice, UserInUseError
 from ranvier.storage.sso import SsoSession
 
@@ -337,23 +336,10 @@ async def _capped_body(response: httpx.Response, what: str) -> bytes:
     too_large = SsoError(
         f"the identity provider's {what} is larger than {MAX_RESPONSE_BYTES} bytes", status=502
     )
-    length = response.headers.get("content-length", "")
-    if is_decimal_number(length) and int(length) > MAX_RESPONSE_BYTES:
+    body = await capped_body(response, MAX_RESPONSE_BYTES)
+    if body is None:
         raise too_large
-    body = bytearray()
-    pieces = response.aiter_bytes()
-    async for piece in pieces:
-        body += piece
-        if len(body) > MAX_RESPONSE_BYTES:
-            # Closing the stream ends httpx's generators under ``pieces``;
-            # running them into that end leaves none suspended for the
-            # garbage collector to finish.
-            await response.aclose()
-            with contextlib.suppress(httpx.HTTPError, RuntimeError):
-                async for _ in pieces:
-                    pass
-            raise too_large
-    return bytes(body)
+    return body
 
 
 def _display_name(claims: Mapping[str, Any], claim: str) -> str | None:
