@@ -44,8 +44,10 @@ __all__ = [
     "RoomMessages",
     "TransactionScopes",
     "device_transaction_ids",
+    "event_allowed",
     "format_pagination_token",
     "format_sync_token",
+    "history_allows",
     "parse_pagination_token",
     "parse_sync_token",
     "readable_upto",
@@ -284,24 +286,31 @@ async def visible_with_memberships(
         if event.event_id in verdicts:
             memberships[event.event_id] = verdicts[event.event_id][1] or "leave"
         visibility, then = verdicts.get(event.event_id, (None, None))
-        if history_allows(visibility, then, joined_now=joined_now):
-            continue
-        if event.type == HISTORY_VISIBILITY and event.state_key == "":
-            # A change of the visibility is seen by whoever the visibility
-            # before it or the one it sets lets see it (the spec's rule for
-            # these events), so a reader learns when the history opened.
-            after = event_content(event).get("history_visibility")
-            if history_allows(
-                after if isinstance(after, str) else None, then, joined_now=joined_now
-            ):
-                continue
-        hidden.add(event.event_id)
+        if not event_allowed(event, visibility, then, joined_now=joined_now):
+            hidden.add(event.event_id)
     shown = [event for event in events if event.event_id not in hidden]
     return await erasure_applied(store, shown, memberships), memberships
 
 
 HISTORY_VISIBILITY: Final = "m.room.history_visibility"
 _VISIBILITIES: Final = frozenset({"world_readable", "shared", "invited", "joined"})
+
+
+def event_allowed(
+    event: StoredEvent, visibility: str | None, then: str | None, *, joined_now: bool
+) -> bool:
+    """Whether the history visibility at ``event`` (``visibility``, with
+    the user's membership ``then`` in the state before it) lets a user see
+    it. A change of the visibility is seen by whoever the visibility before
+    it or the one it sets lets see it (the spec's rule for these events),
+    so a reader learns when the history opened.
+    """
+    if history_allows(visibility, then, joined_now=joined_now):
+        return True
+    if event.type != HISTORY_VISIBILITY or event.state_key != "":
+        return False
+    after = event_content(event).get("history_visibility")
+    return history_allows(after if isinstance(after, str) else None, then, joined_now=joined_now)
 
 
 def history_allows(visibility: str | None, then: str | None, *, joined_now: bool) -> bool:

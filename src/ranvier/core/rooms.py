@@ -48,7 +48,7 @@ from .builder import Clock, wall_clock_ms
 from .client_events import client_event, event_content
 from .erasure import ErasedForms, erasure_applied
 from .interfaces import StateReader
-from .pagination import TransactionScopes, device_transaction_ids, history_allows
+from .pagination import TransactionScopes, device_transaction_ids, event_allowed
 from .replaced_state import ReplacedStateSource, replaced_unsigned
 from .suspension import suspended_error
 
@@ -339,13 +339,7 @@ class RoomReader:
                 visibility = value
         member = events.get(state.get(member_key, ""))
         then = None if member is None else _membership_of(member)
-        seen = history_allows(visibility, then, joined_now=joined_now)
-        if not seen and (event.type, event.state_key) == _HISTORY_VISIBILITY:
-            # A change of the visibility: the one it sets counts too.
-            after = event_content(event).get("history_visibility")
-            seen = history_allows(
-                after if isinstance(after, str) else None, then, joined_now=joined_now
-            )
+        seen = event_allowed(event, visibility, then, joined_now=joined_now)
         return (then or "leave") if seen else None
 
     # --- Members ------------------------------------------------------------------
