@@ -150,6 +150,28 @@ async def test_a_redacted_message_is_listed_redacted(env: Env) -> None:
     assert entry["event"]["unsigned"]["redacted_because"]["type"] == "m.room.redaction"
 
 
+async def test_a_notifying_state_event_says_what_it_replaced(env: Env) -> None:
+    alice, bob, c = env.alice, env.bob, env.client
+    rule = {
+        "conditions": [{"kind": "event_match", "key": "type", "pattern": "m.room.topic"}],
+        "actions": ["notify"],
+    }
+    await c.ok(bob, "PUT", "/pushrules/global/override/topics", rule)
+    path = f"/rooms/{q(env.room_id)}/state/m.room.topic/"
+    first = (await c.ok(alice, "PUT", path, {"topic": "first"}))["event_id"]
+    second = (await c.ok(alice, "PUT", path, {"topic": "second"}))["event_id"]
+    answer = await env.notifications(bob)
+    newest, oldest = answer["notifications"]
+    assert newest["event"]["event_id"] == second
+    assert newest["event"]["unsigned"] == {
+        "replaces_state": first,
+        "prev_content": {"topic": "first"},
+    }
+    # The room's first topic replaced nothing.
+    assert oldest["event"]["event_id"] == first
+    assert "unsigned" not in oldest["event"]
+
+
 async def test_a_page_looks_at_so_many_events_and_hands_on_a_token(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,6 +33,7 @@ from ranvier.storage.records import StoredEvent
 
 from .client_events import client_event, thread_root
 from .notification_counts import PushRuleSource, count_cap, room_push_context
+from .replaced_state import ReplacedStateSource, replaced_unsigned, with_replaced
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -53,7 +54,7 @@ SCAN_LIMIT: Final = 1_000
 _READ_BATCH: Final = 200
 
 
-class NotificationCandidateReader(Protocol):
+class NotificationCandidateReader(ReplacedStateSource, Protocol):
     """Storage's side: :class:`ranvier.storage.notification_reads.NotificationReads`."""
 
     async def notification_candidates(
@@ -146,12 +147,15 @@ class NotificationList:
 
     async def _answer(self, found: list[_Found], next_from: int | None) -> dict[str, Any]:
         served = await self._events.get_served_events([entry.event_id for entry in found])
+        # A state event that notifies (a topic or name change, an invite)
+        # says what it replaced, as every other endpoint serves it.
+        replaced = await replaced_unsigned(self._store, served.values())
         notifications = []
         for entry in found:
             event = served.get(entry.event_id)
             if event is None:
                 continue
-            formatted = client_event(event)
+            formatted = client_event(event, unsigned=with_replaced(replaced, event.event_id, None))
             formatted.pop("room_id", None)
             notifications.append(
                 {

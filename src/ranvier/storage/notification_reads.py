@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from .ignored_users import read_ignored_users
 from .readers import ReaderPool
+from .records import ReplacedState
+from .replaced_state import read_replaced_state
 
 __all__ = [
     "Counted",
@@ -407,6 +409,12 @@ class NotificationReads:
 
     async def ignored_users(self, user_id: str) -> frozenset[str]:
         return await self._readers.read(functools.partial(read_ignored_users, user_id=user_id))
+
+    async def get_replaced_state(self, event_ids: Collection[str]) -> dict[str, ReplacedState]:
+        """What each state event of ``event_ids`` replaced, the replaced
+        event as served (:mod:`ranvier.storage.replaced_state`)."""
+        ids = frozenset(event_ids)
+        return await self._readers.read(functools.partial(read_replaced_state, event_ids=ids))
 
     async def notification_candidates(
         self, user_id: str, *, before: int | None, limit: int, count_cap: int
