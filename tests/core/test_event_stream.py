@@ -85,6 +85,26 @@ async def test_every_writer_and_every_kind_of_timeline_event(tmp_path: Path) -> 
         assert got[1].event["event_id"] == message
 
 
+async def test_a_state_event_says_what_it_replaced(tmp_path: Path) -> None:
+    async with open_test_homeserver(tmp_path) as test_hs:
+        hs = test_hs.server
+        room_id = await hs.create_room(ALICE, preset="public_chat", name="Lobby")
+        old_name = (await hs.storage.get_current_state_ids(room_id))[("m.room.name", "")]
+        async with hs.event_stream() as events:
+            await hs.send_event(ALICE, room_id, "m.room.name", {"name": "Hall"}, state_key="")
+            await hs.send_event(ALICE, room_id, "m.room.topic", {"topic": "new"}, state_key="")
+            await _message(hs, room_id, "after")
+            renamed, topic, message = await _take(events, 3)
+        assert renamed.event["content"] == {"name": "Hall"}
+        assert renamed.event["unsigned"] == {
+            "replaces_state": old_name,
+            "prev_content": {"name": "Lobby"},
+        }
+        # The room's first topic and a message replaced nothing.
+        assert "unsigned" not in topic.event
+        assert "unsigned" not in message.event
+
+
 async def test_a_redacted_event_read_after_its_redaction_is_served_redacted(
     tmp_path: Path,
 ) -> None:

@@ -27,6 +27,7 @@ from ranvier.storage.records import StoredEvent
 from .client_events import client_event
 from .failures import sole_failure
 from .notifier import StreamNotifier
+from .replaced_state import ReplacedStateSource, replaced_unsigned, with_replaced
 
 __all__ = ["DEFAULT_BUFFER", "EventStream", "EventStreamStore", "StreamedEvent"]
 
@@ -36,7 +37,7 @@ DEFAULT_BUFFER: Final = 100
 _PAGE: Final = 100
 
 
-class EventStreamStore(Protocol):
+class EventStreamStore(ReplacedStateSource, Protocol):
     """Storage's side: :class:`ranvier.storage.event_stream.EventStreamReads`."""
 
     async def timeline_events_after(
@@ -53,7 +54,8 @@ class StreamedEvent:
     #: Its place in the stream: give it as ``since`` to go on after it.
     stream_ordering: int
     #: The event as clients get it (``room_id`` included), redacted if a
-    #: redaction applied when it was read.
+    #: redaction applied when it was read, a state event with what it
+    #: replaced (``unsigned.replaces_state`` and ``prev_content``).
     event: dict[str, Any]
 
 
@@ -97,8 +99,12 @@ class EventStream:
                 if not events:
                     await self._wait_beyond(position)
                     continue
+                replaced = await replaced_unsigned(self._store, events)
                 for event in events:
-                    await send.send(StreamedEvent(event.stream_ordering, client_event(event)))
+                    formatted = client_event(
+                        event, unsigned=with_replaced(replaced, event.event_id, None)
+                    )
+                    await send.send(StreamedEvent(event.stream_ordering, formatted))
                     position = event.stream_ordering
 
     async def _wait_beyond(self, position: int) -> None:

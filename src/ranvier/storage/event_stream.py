@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from collections.abc import Collection
 
 from .id_floors import events_top
 from .readers import ReaderPool
-from .records import STORED_EVENT_COLUMNS, StoredEvent, stored_event_from_row
+from .records import STORED_EVENT_COLUMNS, ReplacedState, StoredEvent, stored_event_from_row
 from .redactions import served
+from .replaced_state import read_replaced_state
 
 __all__ = ["EventStreamReads", "newest_stream_ordering", "timeline_events_after"]
 
@@ -60,3 +62,9 @@ class EventStreamReads:
 
     async def newest_stream_ordering(self) -> int:
         return await self._readers.read(newest_stream_ordering)
+
+    async def get_replaced_state(self, event_ids: Collection[str]) -> dict[str, ReplacedState]:
+        """What each state event of ``event_ids`` replaced, the replaced
+        event as served (:mod:`ranvier.storage.replaced_state`)."""
+        ids = frozenset(event_ids)
+        return await self._readers.read(functools.partial(read_replaced_state, event_ids=ids))
