@@ -153,6 +153,11 @@ async def test_servers_are_tried_in_turn_until_one_answers(
         "named.example",
     ]
     assert [server for server, _ in resident.received] == ["named.example"]
+    # The server that took the knock is recorded with it: only its
+    # refusal of the knock is believed.
+    event_id = await storage.room_members.get_latest_membership_event_id(BOB, room.room_id)
+    assert event_id is not None
+    assert await storage.room_members.get_knock_server(event_id) == "named.example"
 
 
 async def test_a_refusal_is_given_back_and_nothing_is_kept(

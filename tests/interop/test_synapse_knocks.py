@@ -35,6 +35,11 @@ async def test_knocks_each_way_between_ranvier_and_synapse(
 
     knocked = await ranvier.knock_room(bob, room_id, [synapse.server_name], reason="let me in")
     assert knocked == room_id
+    # Synapse took the knock: only its refusal of it would be believed.
+    members = ranvier.storage.room_members
+    bobs_knock = await members.get_latest_membership_event_id(bob, room_id)
+    assert bobs_knock is not None
+    assert await members.get_knock_server(bobs_knock) == synapse.server_name
 
     async def knocking() -> bool:
         return await _membership_on_synapse(zed, room_id, bob) == "knock"

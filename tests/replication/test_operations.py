@@ -60,19 +60,20 @@ _OUTLIER = EventToPersist(
     outlier=True,
     rejected_reason="auth",
 )
-#: An invite from another server to a room not joined here.
+#: A knock of ours on a room not joined here, made through another server.
 _OUT_OF_BAND = EventToPersist(
     event_id="$i",
     room_id="!r:x",
     room_version="10",
     type="m.room.member",
     state_key="@u:x",
-    sender="@v:y",
+    sender="@u:x",
     depth=5,
     origin_server_ts=2,
     json=b"{}",
     outlier=True,
     out_of_band=True,
+    sent_through="y.test",
 )
 _DEVICE = accounts.NewDevice(
     user_id="@u:x", device_id="D", display_name=None, token_hash=b"\x01" * 32, created_ts=5
@@ -320,6 +321,7 @@ def test_every_registered_write_round_trips(name: str) -> None:
         assert decoded.events == operation.events
         assert decoded.events[0].json == _EVENT.json
         assert [event.out_of_band for event in decoded.events] == [False, False, True]
+        assert [event.sent_through for event in decoded.events] == [None, None, "y.test"]
     if name == "accounts.create_account":
         assert decoded.keywords["account"] == operation.keywords["account"]
         assert decoded.keywords["device"] == _DEVICE

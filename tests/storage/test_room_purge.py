@@ -119,8 +119,8 @@ async def _room_rows(storage: Storage, room: RoomBuilder, number: int) -> None:
         run("INSERT INTO appservice_room_list VALUES ('bridge', 'net', ?, 5)", (room_id,))
         run("INSERT INTO forgotten_rooms VALUES (?, ?)", (user, room_id))
         run(
-            "INSERT INTO out_of_band_memberships VALUES (?, ?, ?)",
-            (f"$invite{number}", room_id, user),
+            "INSERT INTO out_of_band_memberships VALUES (?, ?, ?, ?)",
+            (f"$invite{number}", room_id, user, "elsewhere.test"),
         )
         run("INSERT INTO server_notice_rooms VALUES (?, ?, 5)", (user, room_id))
         run("INSERT INTO room_upgrade_claims VALUES (?, 'c', ?, '12', 5)", (room_id, BOB))

@@ -108,6 +108,8 @@ TABLES_ADDED = {
     54: {"appservice_room_list"},
     55: {"erased_users"},
     56: {"uia_sessions"},
+    # A column of out_of_band_memberships, no table.
+    57: set(),
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -283,7 +285,10 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
             " ('@a:x', 'app', 'key2', 'http', 'A', 'D', NULL, 'en', x'7b7d', 5, 'DEV')"
         )
     elif version == 33:
-        run("INSERT INTO out_of_band_memberships VALUES ('$e', '!r:x', '@a:x')")
+        run(
+            "INSERT INTO out_of_band_memberships (event_id, room_id, user_id)"
+            " VALUES ('$e', '!r:x', '@a:x')"
+        )
     elif version == 34:
         run(
             "INSERT INTO appservice_positions"
@@ -355,6 +360,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
             " VALUES ('s', 'register', '@a:x', 9)"
         )
         run("UPDATE sso_sessions SET uia_session = 's', browser_hash = x'02'")
+    elif version == 57:
+        run("UPDATE out_of_band_memberships SET sent_through = 'x'")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -200,13 +200,16 @@ def event_to_persist(event: Pdu, context: EventContext) -> EventToPersist:
     )
 
 
-def out_of_band_to_persist(event: Pdu) -> EventToPersist:
+def out_of_band_to_persist(event: Pdu, *, sent_through: str | None = None) -> EventToPersist:
     """A membership of one of our users in a room this server is not in,
     as storage writes it: an outlier that is the user's newest membership
     there, whatever the room's state here (from when we were in it) says.
+    ``sent_through`` names the server a knock was made through.
     """
     return msgspec.structs.replace(
-        event_to_persist(event, EventContext.for_outlier()), out_of_band=True
+        event_to_persist(event, EventContext.for_outlier()),
+        out_of_band=True,
+        sent_through=sent_through,
     )
 
 

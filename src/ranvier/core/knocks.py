@@ -14,7 +14,9 @@ The knock is then kept here as an outlier, as a declined invite is
 (:mod:`ranvier.core.room_leaves`), with that stripped state in its
 ``unsigned.knock_room_state``: /sync shows it in ``rooms.knock``, and a
 leave withdrawing the knock finds the servers to send it through among the
-senders of that state.
+senders of that state. The server that took the knock is recorded with
+it: only that server's refusal of the knock is believed
+(:mod:`ranvier.core.out_of_band`).
 
 From room version 12 the spec has ``knock_room_state`` hold whole events of
 the room, and entries improperly signed or formatted removed before a
@@ -237,7 +239,11 @@ class RoomKnocks:
             kept = Pdu.from_json(
                 event.json | {"unsigned": {KNOCK_ROOM_STATE: state}}, event.room_version
             )
-            await self._persister.persist_events([out_of_band_to_persist(kept)])
+            # The server that took the knock is the one whose refusal of
+            # it is believed (ranvier.core.out_of_band).
+            await self._persister.persist_events(
+                [out_of_band_to_persist(kept, sent_through=server)]
+            )
             return
         raise MatrixError(
             f"could not knock on {room_id}: {'; '.join(failures)}",

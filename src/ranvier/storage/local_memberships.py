@@ -23,7 +23,9 @@ current state like any event.
 Invariants:
 
 * A row names an outlier ``m.room.member`` event of the row's room and
-  user, written in the same transaction as the event.
+  user, written in the same transaction as the event; a knock's row names
+  the server it was sent through (``sent_through``), the only one whose
+  refusal of it is believed.
 * Only writes marked out-of-band add rows. A row whose event has since
   joined the DAG, or is gone with its room, is not read.
 """
@@ -44,6 +46,7 @@ __all__ = [
     "newest_membership",
     "newest_memberships",
     "record_out_of_band",
+    "sent_through",
 ]
 
 #: ``(room ID, membership, stream ordering of the membership event, its event ID)``.
@@ -67,10 +70,10 @@ def record_out_of_band(conn: sqlite3.Connection, events: Iterable[EventToPersist
     in this transaction).
     """
     conn.executemany(
-        "INSERT OR IGNORE INTO out_of_band_memberships (event_id, room_id, user_id)"
-        " VALUES (?, ?, ?)",
+        "INSERT OR IGNORE INTO out_of_band_memberships (event_id, room_id, user_id, sent_through)"
+        " VALUES (?, ?, ?, ?)",
         [
-            (event.event_id, event.room_id, event.state_key)
+            (event.event_id, event.room_id, event.state_key, event.sent_through)
             for event in events
             if event.out_of_band and event.type == "m.room.member" and event.state_key is not None
         ],
@@ -112,6 +115,16 @@ def newest_membership(
             if found is None or ordering > found[2]:
                 found = (room_id, _membership_of(json), int(ordering), event_id)
     return found
+
+
+def sent_through(conn: sqlite3.Connection, event_id: str) -> str | None:
+    """The server an out-of-band knock was sent through; None for any
+    other event, and for a knock kept before this was recorded.
+    """
+    row = conn.execute(
+        "SELECT sent_through FROM out_of_band_memberships WHERE event_id = ?", (event_id,)
+    ).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
 
 
 def dag_membership(conn: sqlite3.Connection, user_id: str, room_id: str) -> LocalMembership | None:

@@ -87,6 +87,10 @@ class EventToPersist(msgspec.Struct, frozen=True, kw_only=True):
     #: the user's own, newer than what the room's state here says, unlike an
     #: outlier fetched for the DAG (see :mod:`ranvier.storage.local_memberships`).
     out_of_band: bool = False
+    #: For an out-of-band knock made through another server: that server,
+    #: the one whose refusal of the knock is believed (see
+    #: :mod:`ranvier.core.out_of_band`). None for every other event.
+    sent_through: str | None = None
 
     def __post_init__(self) -> None:
         if self.outlier and self.context is not None:
@@ -97,6 +101,10 @@ class EventToPersist(msgspec.Struct, frozen=True, kw_only=True):
             raise BadJsonError("an event to persist needs an event ID and a room ID")
         if self.out_of_band and not self.outlier:
             raise BadJsonError(f"{self.event_id}: only an outlier is an out-of-band membership")
+        if self.sent_through is not None and not self.out_of_band:
+            raise BadJsonError(
+                f"{self.event_id}: only an out-of-band knock is sent through a server"
+            )
 
     @property
     def is_state(self) -> bool:

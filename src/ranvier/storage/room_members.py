@@ -23,7 +23,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Collection
 
-from .local_memberships import newest_membership
+from .local_memberships import newest_membership, sent_through
 from .membership_sql import MEMBERSHIP
 from .readers import ReaderPool
 from .write_backend import WriteBackend
@@ -67,6 +67,11 @@ class RoomMemberStorage:
             return None if found is None else found[3]
 
         return await self._readers.read(select)
+
+    async def get_knock_server(self, event_id: str) -> str | None:
+        """The server the out-of-band knock ``event_id`` was sent through
+        (:func:`ranvier.storage.local_memberships.sent_through`)."""
+        return await self._readers.read(lambda conn: sent_through(conn, event_id))
 
     async def get_room_event_id_at(self, room_id: str, stream_ordering: int) -> str | None:
         """The room's last accepted event in its DAG at or before

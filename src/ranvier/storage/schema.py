@@ -1290,6 +1290,14 @@ def _uia_sessions(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE sso_sessions ADD COLUMN browser_hash BLOB")
 
 
+def _knock_servers(conn: sqlite3.Connection) -> None:
+    """The server each out-of-band knock was sent through
+    (:mod:`ranvier.core.out_of_band`): only its refusal of the knock is
+    believed. Knocks kept before have none recorded, and none is guessed.
+    """
+    conn.execute("ALTER TABLE out_of_band_memberships ADD COLUMN sent_through TEXT")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1348,6 +1356,7 @@ MIGRATIONS: Sequence[Migration] = (
     _appservice_room_lists,
     _erased_users,
     _uia_sessions,
+    _knock_servers,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
