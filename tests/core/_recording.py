@@ -76,6 +76,11 @@ class RecordingReader:
         self._record("get_current_state_ids", len(state))
         return state
 
+    async def get_current_state_group(self, room_id: str) -> int | None:
+        group = await self.storage.get_current_state_group(room_id)
+        self._record("get_current_state_group", 0 if group is None else 1)
+        return group
+
     async def get_current_state_ids_for_keys(
         self, room_id: str, keys: Collection[StateKey]
     ) -> Mapping[StateKey, str]:

@@ -9,11 +9,13 @@ own, and runs for real in tests/test_federation_e2e.py).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import msgspec
 import pytest
-from _recording import RecordingReader
+from _recording import STATE_DELTA_READS, WHOLE_MAP_READS, RecordingReader
 
 from ranvier.core.room_servers import RoomEventSender, RoomServers
 from ranvier.protocol.events import Pdu
@@ -81,6 +83,9 @@ async def test_only_new_member_events_are_read_again(storage: Storage, room: Roo
     await ingest_all(storage, [room.member(BOB, "leave")])
     assert await servers.joined_servers(room.room_id) == {OURS, THIRD}
     assert reader.entries({"get_events"}) == 1
+    # Only what changed since the last look is read, never the whole state.
+    assert reader.calls(WHOLE_MAP_READS) == []
+    assert reader.entries(STATE_DELTA_READS) == 1
     # A room forgotten is read whole again.
     servers.forget(room.room_id)
     reader.clear()
@@ -193,7 +198,7 @@ async def test_messages_written_together_ask_for_the_room_s_servers_once(
         (message.event_id, 10 + n, [REMOTE, THIRD], message.raw)
         for n, message in enumerate(messages)
     ]
-    assert len(reader.calls({"get_current_state_ids"})) == 1
+    assert len(reader.calls(WHOLE_MAP_READS)) == 1
 
 
 async def test_servers_named_by_state_group_are_read_once_per_group(
@@ -215,7 +220,7 @@ async def test_servers_named_by_state_group_are_read_once_per_group(
     await sender.on_new_events([(first, 10)], state_group=group)
     await sender.on_new_events([(second, 11)], state_group=group)
     assert [call[2] for call in queued.calls] == [[REMOTE, THIRD], [REMOTE, THIRD]]
-    assert len(reader.calls({"get_current_state_ids"})) == 1
+    assert len(reader.calls(WHOLE_MAP_READS)) == 1
     assert len(reader.calls({"is_partial_state_room"})) == 2
     # A writer that read the room to have full state says so: nothing is read.
     reader.clear()
@@ -231,13 +236,24 @@ async def test_servers_named_by_state_group_are_read_once_per_group(
         THIRD,
         "fourth.test",
     }
-    assert len(reader.calls({"get_current_state_ids"})) == 0
-    # Another group is read; a room forgotten is read again.
-    await servers.joined_servers(room.room_id, state_group=group + 1)
-    assert len(reader.calls({"get_current_state_ids"})) == 1
+    assert reader.calls(WHOLE_MAP_READS) == []
+    # Another group is read as its changes from the group held; a room
+    # forgotten is read whole again.
+    leave = room.member(CAROL, "leave")
+    await ingest_all(storage, [leave])
+    after_leave = await storage.get_event_state_groups(leave.event_id)
+    assert after_leave is not None
+    reader.clear()
+    assert await servers.joined_servers_at(room.room_id, after_leave.after) == {
+        OURS,
+        REMOTE,
+        THIRD,
+    }
+    assert reader.calls(WHOLE_MAP_READS) == []
+    assert reader.entries(STATE_DELTA_READS) == 1
     servers.forget(room.room_id)
     await servers.joined_servers(room.room_id, state_group=group)
-    assert len(reader.calls({"get_current_state_ids"})) == 2
+    assert len(reader.calls(WHOLE_MAP_READS)) == 1
 
 
 async def test_a_state_event_written_with_messages_is_sent_after_its_own_state(
@@ -257,3 +273,52 @@ async def test_a_state_event_written_with_messages_is_sent_after_its_own_state(
         (kick.event_id, [REMOTE, THIRD]),
         (after.event_id, [THIRD]),
     ]
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_servers_kept_across_changes_match_a_whole_read(
+    storage: Storage, room: RoomBuilder, seed: int
+) -> None:
+    # Many membership changes of users of several servers, each looked at
+    # from the members held at the last look; every answer must be what a
+    # whole read of the state says, also when looking back at older groups.
+    rng = random.Random(seed)
+    servers = RoomServers(storage)
+    users = [f"@u{n}:{(OURS, REMOTE, THIRD)[n % 3]}" for n in range(12)]
+    groups: list[int] = []
+    now: dict[str, str] = {}
+    for _ in range(40):
+        user = rng.choice(users)
+        allowed = {
+            None: ["join", "invite"],
+            "join": ["leave"],
+            "invite": ["join", "leave"],
+            "leave": ["join", "invite"],
+        }[now.get(user)]
+        membership = rng.choice(allowed)
+        now[user] = membership
+        sender = ALICE if membership == "invite" else user
+        event = room.member(sender, membership, None if sender == user else user)
+        await ingest_all(storage, [event])
+        assert await servers.joined_servers(room.room_id) == await _joined_by_whole_read(
+            storage, room.room_id
+        )
+        found = await storage.get_event_state_groups(event.event_id)
+        assert found is not None
+        groups.append(found.after)
+    for group in rng.sample(groups, 10):
+        fresh = RoomServers(storage)
+        assert await servers.joined_servers_at(room.room_id, group) == (
+            await fresh.joined_servers_at(room.room_id, group)
+        )
+
+
+async def _joined_by_whole_read(storage: Storage, room_id: str) -> frozenset[str]:
+    state = await storage.get_current_state_ids(room_id)
+    members = {key[1]: event_id for key, event_id in state.items() if key[0] == "m.room.member"}
+    rows = await storage.get_events(list(members.values()))
+    return frozenset(
+        user.partition(":")[2]
+        for user, event_id in members.items()
+        if msgspec.json.decode(rows[event_id].json)["content"]["membership"] == "join"
+    )

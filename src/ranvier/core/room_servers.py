@@ -14,14 +14,16 @@ so until then the servers the join named (``servers_in_room`` of the
 the room as well. Without them this server's events in such a room would
 reach none of the servers already there.
 
-Storage has no index of a room's members by server, so the answer is read
-from the room's whole current state. Member events rarely change, so their
-memberships are remembered by event ID: a room's second look reads the
-current state's IDs and only the member events that are new since. A caller
-that knows the state group of the room's current state (the event creator,
-after writing messages under the room's lock) names it, and the servers of
-a group already looked at are not read again: a state group never changes,
-so the answer keyed on it holds for as long as it is remembered (a merge of
+Storage has no index of a room's members by server, so the answer is
+worked out from the room's state, and kept: per room, the members at the
+state group last looked at, with a count of joined members per server. The
+next look, a group later, reads only the state that changed between the two
+groups (:meth:`~ranvier.core.interfaces.StateReader.get_state_deltas`) and
+the member events new in it. In a room of 50,000 members an event costs
+a read of its change, not of 50,000 rows, which every join, typing
+notification and receipt there would otherwise pay. The servers of a group
+already looked at are not worked out again: a state group never changes, so
+the answer keyed on it holds for as long as it is remembered (a merge of
 branches can change who is joined without a member event of its own, so
 nothing less than the whole group is a safe key).
 """
@@ -34,6 +36,8 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
+from ranvier.errors import MatrixError
+from ranvier.protocol.auth import StateKey
 from ranvier.protocol.events import Pdu
 from ranvier.storage.records import PartialStateRoom
 
@@ -57,14 +61,52 @@ def _server_of(user_id: str) -> str:
     return user_id.partition(":")[2]
 
 
+def _count(joined: dict[str, int], server: str, change: int) -> None:
+    """Add ``change`` to the joined members of ``server``, dropping it at none."""
+    left = joined.get(server, 0) + change
+    if left > 0:
+        joined[server] = left
+    else:
+        joined.pop(server, None)
+
+
 class RoomServersReader(StateReader, Protocol):
     """The reads :class:`RoomServers` makes: the room's state, and what a
     partial-state join learned of the servers in the room.
     """
 
+    async def get_current_state_group(self, room_id: str) -> int | None:
+        """The state group the room's current state is; None for a room with
+        no current state here.
+        """
+        ...
+
     async def get_partial_state_rooms(self) -> Mapping[str, PartialStateRoom]:
         """Every room that still has partial state, by room ID."""
         ...
+
+
+class _Members:
+    """A room's members at one state group: each member's state key to its
+    event ID and whether it is a join, and how many joined members each
+    server has. Never changed once made: the next group's is a copy with the
+    group's changes, so a call still using this one is not disturbed.
+    """
+
+    __slots__ = ("group", "joined", "members")
+
+    def __init__(
+        self,
+        group: int | None,
+        members: dict[str, tuple[str, bool]],
+        joined: dict[str, int],
+    ) -> None:
+        self.group = group
+        self.members = members
+        self.joined = joined
+
+    def servers(self) -> frozenset[str]:
+        return frozenset(self.joined)
 
 
 class RoomServers:
@@ -80,8 +122,7 @@ class RoomServers:
             raise ValueError("at least one room's members must be remembered")
         self._store = store
         self._capacity = rooms_remembered
-        # Per room: each member's state key to (its event ID, whether joined).
-        self._rooms: OrderedDict[str, dict[str, tuple[str, bool]]] = OrderedDict()
+        self._rooms: OrderedDict[str, _Members] = OrderedDict()
         # Per (room, state group): the servers joined in that group.
         self._groups: OrderedDict[tuple[str, int], frozenset[str]] = OrderedDict()
 
@@ -96,50 +137,88 @@ class RoomServers:
         state is known not to be partial now (the caller holds the room's
         lock since writing and reading them).
         """
-        key = None if state_group is None else (room_id, state_group)
-        servers = None if key is None else self._groups.get(key)
-        if servers is None:
-            servers = await self._servers_in_current_state(room_id)
-            if key is not None:
-                self._groups[key] = servers
-        if key is not None:
-            self._groups.move_to_end(key)
-            while len(self._groups) > self._capacity:
-                self._groups.popitem(last=False)
+        if state_group is None:
+            state_group = await self._store.get_current_state_group(room_id)
+        servers = await self._servers_at(room_id, state_group)
         if not full_state and await self._store.is_partial_state_room(room_id):
             partial = (await self._store.get_partial_state_rooms()).get(room_id)
             if partial is not None:
                 servers |= partial.servers
         return servers
 
-    async def _servers_in_current_state(self, room_id: str) -> frozenset[str]:
-        state = await self._store.get_current_state_ids(room_id)
-        known = self._rooms.get(room_id, {})
+    async def joined_servers_at(self, room_id: str, state_group: int) -> frozenset[str]:
+        """Every server with a user whose membership in the state of
+        ``state_group``, a group of ``room_id``, is ``join``.
+        """
+        return await self._servers_at(room_id, state_group)
+
+    async def _servers_at(self, room_id: str, group: int | None) -> frozenset[str]:
+        key = None if group is None else (room_id, group)
+        servers = None if key is None else self._groups.get(key)
+        if servers is None:
+            servers = (await self._members_at(room_id, group)).servers()
+        if key is not None:
+            self._groups[key] = servers
+            self._groups.move_to_end(key)
+            while len(self._groups) > self._capacity:
+                self._groups.popitem(last=False)
+        return servers
+
+    async def _members_at(self, room_id: str, group: int | None) -> _Members:
+        """The room's members at ``group`` (None: its current state, which
+        has no group only in a room with no state here).
+
+        Most calls come after an event or two: from the members at the group
+        last read, only the state that changed since is read, so a room of
+        50,000 members costs its changes and not a read of its whole state.
+        """
+        held = self._rooms.get(room_id)
+        if held is not None and held.group is not None and held.group == group:
+            self._rooms.move_to_end(room_id)
+            return held
+        changes: Mapping[StateKey, str | None] | None = None
         members: dict[str, tuple[str, bool]] = {}
+        joined: dict[str, int] = {}
+        if held is not None and held.group is not None and group is not None:
+            try:
+                _, deltas = await self._store.get_state_deltas([held.group, group])
+            except MatrixError:
+                pass  # the group held was purged with its room: read afresh
+            else:
+                changes = deltas.get(group, {})
+                members = dict(held.members)
+                joined = dict(held.joined)
+        if changes is None:
+            if group is None:
+                changes = await self._store.get_current_state_ids(room_id)
+            else:
+                changes = await self._store.get_state_ids(group)
         unread: dict[str, str] = {}
-        for (event_type, state_key), event_id in state.items():
+        for (event_type, state_key), event_id in changes.items():
             if event_type != _MEMBER:
                 continue
-            remembered = known.get(state_key)
-            if remembered is not None and remembered[0] == event_id:
-                members[state_key] = remembered
-            else:
+            before = members.pop(state_key, None)
+            if before is not None and before[1]:
+                _count(joined, _server_of(state_key), -1)
+            if event_id is not None:
                 unread[event_id] = state_key
         pending = list(unread)
         for start in range(0, len(pending), _BATCH):
             rows = await self._store.get_events(pending[start : start + _BATCH])
             for event_id in pending[start : start + _BATCH]:
                 row = rows.get(event_id)
-                joined = row is not None and _is_join(row.json)
-                members[unread[event_id]] = (event_id, joined)
-        # Replaced whole, never changed in place: a concurrent call for the
-        # same room works on its own copy, and every entry it leaves is a
-        # fact about an event ID, true whichever call stored it last.
-        self._rooms[room_id] = members
+                is_join = row is not None and _is_join(row.json)
+                state_key = unread[event_id]
+                members[state_key] = (event_id, is_join)
+                if is_join:
+                    _count(joined, _server_of(state_key), 1)
+        found = _Members(group, members, joined)
+        # Replaced whole, never changed in place: see _Members.
+        self._rooms[room_id] = found
         self._rooms.move_to_end(room_id)
         while len(self._rooms) > self._capacity:
             self._rooms.popitem(last=False)
-        return frozenset(_server_of(user) for user, (_, joined) in members.items() if joined)
+        return found
 
     async def partial_state_point(self, room_id: str) -> frozenset[str] | None:
         """While the room's state is partial, its forward extremities: once

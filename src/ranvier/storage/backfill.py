@@ -37,6 +37,7 @@ from ranvier.errors import MatrixError
 from . import writes
 from .id_floors import events_top, keep_floors
 from .readers import ReaderPool
+from .reads import get_current_state_group
 from .records import EventToPersist
 from .write_backend import WriteBackend, registered_write
 
@@ -122,7 +123,7 @@ def _persist_backfilled_events(
 ) -> dict[str, int]:
     rooms = sorted({event.room_id for event in events})
     extremities = {room_id: _extremities(conn, room_id) for room_id in rooms}
-    current = {room_id: _current_group(conn, room_id) for room_id in rooms}
+    current = {room_id: get_current_state_group(conn, room_id) for room_id in rooms}
     top = events_top(conn)
     stored_outliers = _stored_outliers(conn, [event.event_id for event in events])
     taking_place = {e.event_id for e in events if e.event_id in stored_outliers and not e.outlier}
@@ -154,7 +155,7 @@ def _persist_backfilled_events(
             [(room_id, event_id) for event_id in sorted(extremities[room_id] - after)],
         )
         group = current[room_id]
-        if group is not None and _current_group(conn, room_id) != group:
+        if group is not None and get_current_state_group(conn, room_id) != group:
             writes.set_current_state(conn, room_id, group)
     return orderings
 
@@ -190,10 +191,3 @@ def _stored_outliers(conn: sqlite3.Connection, event_ids: Sequence[str]) -> set[
 def _extremities(conn: sqlite3.Connection, room_id: str) -> set[str]:
     rows = conn.execute("SELECT event_id FROM forward_extremities WHERE room_id = ?", (room_id,))
     return {str(row[0]) for row in rows}
-
-
-def _current_group(conn: sqlite3.Connection, room_id: str) -> int | None:
-    row = conn.execute(
-        "SELECT state_group FROM current_state_groups WHERE room_id = ?", (room_id,)
-    ).fetchone()
-    return None if row is None else int(row[0])

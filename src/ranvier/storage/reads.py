@@ -190,6 +190,16 @@ def get_current_state_ids(conn: sqlite3.Connection, room_id: str) -> StateMap:
     }
 
 
+def get_current_state_group(conn: sqlite3.Connection, room_id: str) -> int | None:
+    """The state group the room's current state is; None for a room with no
+    current state here.
+    """
+    row = conn.execute(
+        "SELECT state_group FROM current_state_groups WHERE room_id = ?", (room_id,)
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
 def get_forward_extremities(conn: sqlite3.Connection, room_id: str) -> frozenset[str]:
     return frozenset(
         event_id

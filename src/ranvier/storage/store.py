@@ -421,6 +421,11 @@ class Storage:
             functools.partial(reads.get_current_state_ids, room_id=room_id)
         )
 
+    async def get_current_state_group(self, room_id: str) -> int | None:
+        return await self.readers.read(
+            functools.partial(reads.get_current_state_group, room_id=room_id)
+        )
+
     async def get_forward_extremities(self, room_id: str) -> frozenset[str]:
         return await self.readers.read(
             functools.partial(reads.get_forward_extremities, room_id=room_id)
