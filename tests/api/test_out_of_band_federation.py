@@ -3,7 +3,9 @@ across two homeservers: Bob of B knocks on Alice's room on A, or is
 invited to it; Alice refuses the knock (a kick) or withdraws the invite.
 A sends that leave to B, which keeps it beside the knock or invite (both
 outliers), and Bob's /sync moves the room to ``leave``. Anything else of
-the room that reaches B is still refused.
+the room that reaches B is still refused, and so is a refusal of the
+knock from a stand-in third server that knows the room but is not the
+one the knock went through.
 """
 
 from __future__ import annotations
@@ -12,10 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import trio
 from _client import Client, q
 from _federation import TwoServers, eventually, two_servers
 
-from ranvier.testing.homeserver import TestUser
+from ranvier.protocol.auth import auth_types_for_event
+from ranvier.protocol.events import Pdu
+from ranvier.protocol.hashing import compute_event_id, hash_and_sign_event
+from ranvier.testing import RemoteHomeserver
+from ranvier.testing.homeserver import TestUser, open_test_homeserver
+from ranvier.testing.network import Pki
 
 _KNOCK_RULE = {"type": "m.room.join_rules", "content": {"join_rule": "knock"}}
 
@@ -75,6 +83,81 @@ async def test_a_refused_knock_reaches_the_knockers_sync(tmp_path: Path) -> None
         held = (await b.server.storage.get_events([kick["event_id"]]))[kick["event_id"]]
         assert held.outlier
         assert await b.server.storage.get_forward_extremities(room_id) == set()
+        await _check_left(servers, room_id, knocked["next_batch"], kick, "knock")
+
+
+async def _forged_refusal(
+    servers: TwoServers, remote: RemoteHomeserver, room_id: str, knock_id: str
+) -> dict[str, Any]:
+    """A leave of Bob's by Eve of ``remote``, after his knock and citing it
+    with the auth events A's state gives: what a server that knows the
+    room and the knock's ID can make, signed as itself."""
+    storage = servers.a.server.storage
+    version = await storage.get_room_version(room_id)
+    assert version is not None
+    knock = await storage.get_event(knock_id)
+    assert knock is not None
+    event: dict[str, Any] = {
+        "type": "m.room.member",
+        "room_id": room_id,
+        "sender": f"@eve:{remote.server_name}",
+        "state_key": servers.bob.user_id,
+        "content": {"membership": "leave", "reason": "not you"},
+        "prev_events": [knock_id],
+        "depth": knock.depth + 1,
+        "origin_server_ts": remote.clock(),
+    }
+    draft = Pdu.from_json(
+        event | {"auth_events": [], "hashes": {"sha256": "x"}, "signatures": {}}, version
+    )
+    state = await storage.get_current_state_ids(room_id)
+    event["auth_events"] = [state[k] for k in sorted(auth_types_for_event(draft)) if k in state]
+    assert knock_id in event["auth_events"]
+    return hash_and_sign_event(event, version, remote.server_name, remote.signing_key)
+
+
+async def test_a_knock_is_refused_only_by_the_server_it_went_through(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Bob of B knocks through A. A stand-in server that knows the room
+    and the knock sends B a leave of Bob's citing the knock: B refuses it,
+    saying why, writes nothing of it, and Bob still sees his knock. Alice's
+    kick, which A sends, is taken."""
+    pki = Pki.create(tmp_path)
+    remote = RemoteHomeserver("127.0.0.1:{port}")
+    await remote.start(nursery, pki.server_context("127.0.0.1"))
+    await remote.open_client(nursery, pki.client_context())
+    async with (
+        open_test_homeserver(tmp_path / "a", federation=pki) as a,
+        open_test_homeserver(tmp_path / "b", federation=pki) as b,
+        a.client() as http_a,
+        b.client() as http_b,
+    ):
+        alice, bob = await a.register_user("alice"), await b.register_user("bob")
+        servers = TwoServers(a, b, Client(a, http_a), Client(b, http_b), alice, bob)
+        ca, cb = servers.ca, servers.cb
+        room_id = await ca.create_room(alice, initial_state=[_KNOCK_RULE])
+        await cb.ok(bob, "POST", f"/knock/{q(room_id)}?via={q(a.server_name)}", {})
+        knocked = await _sync(cb, bob)
+        assert room_id in knocked["rooms"]["knock"]
+        members = b.server.storage.room_members
+        knock_id = await members.get_latest_membership_event_id(bob.user_id, room_id)
+        assert knock_id is not None
+        assert await members.get_knock_server(knock_id) == a.server_name
+
+        forged = await _forged_refusal(servers, remote, room_id, knock_id)
+        forged_id = compute_event_id(forged, "12")
+        answer = await remote.send_transaction(b.server_name, [forged])
+        error = answer["pdus"][forged_id]["error"]
+        assert f"made through {a.server_name}" in error, error
+        assert f"{remote.server_name} cannot refuse it" in error, error
+        assert forged_id not in await b.server.storage.get_events([forged_id])
+        assert await members.get_latest_membership_event_id(bob.user_id, room_id) == knock_id
+        assert room_id in (await _sync(cb, bob))["rooms"]["knock"]
+
+        await ca.ok(alice, "POST", f"/rooms/{q(room_id)}/kick", {"user_id": bob.user_id})
+        kick = await _bobs_membership_at_a(servers, room_id)
+        await _wait_for_bobs_leave_at_b(servers, room_id, kick["event_id"])
         await _check_left(servers, room_id, knocked["next_batch"], kick, "knock")
 
 

@@ -4,8 +4,11 @@ else is, nor anything of a room whose DAG is held here."""
 
 from __future__ import annotations
 
+import pytest
+
 from ranvier.core.context import out_of_band_to_persist
 from ranvier.core.out_of_band import OutOfBandMemberships
+from ranvier.errors import MatrixError
 from ranvier.protocol.events import Pdu
 from ranvier.storage import Storage
 from ranvier.testing import RoomBuilder, ingest_all
@@ -16,10 +19,26 @@ BOB = f"@bob:{HERE}"
 CAROL = f"@carol:{HERE}"
 
 
-async def _held_alone(storage: Storage, *events: Pdu) -> None:
-    """Store the room and ``events`` as outliers, as an invite or a knock is."""
+async def _held_alone(storage: Storage, *events: Pdu, through: str | None = None) -> None:
+    """Store the room and ``events`` as outliers, as an invite or a knock
+    is; a knock as sent ``through`` that server."""
     await storage.store_room(events[0].room_id, events[0].room_version.identifier)
-    await storage.persist_events([out_of_band_to_persist(event) for event in events])
+    await storage.persist_events(
+        [
+            out_of_band_to_persist(
+                event, sent_through=through if event.membership == "knock" else None
+            )
+            for event in events
+        ]
+    )
+
+
+async def _refused(oob: OutOfBandMemberships, origin: str, event: Pdu) -> str:
+    """Why ``event`` from ``origin`` is refused: 403 M_FORBIDDEN."""
+    with pytest.raises(MatrixError) as refused:
+        await oob.take(origin, event)
+    assert (refused.value.http_status, refused.value.errcode) == (403, "M_FORBIDDEN")
+    return refused.value.message
 
 
 def _oob(storage: Storage) -> OutOfBandMemberships:
@@ -72,7 +91,8 @@ async def test_an_invite_is_withdrawn_only_by_its_inviter(storage: Storage) -> N
     ]
     for event in by_others:
         assert invite.event_id in event.auth_event_ids
-        assert not await oob.take("there.test", event), (event.sender, event.membership)
+        reason = await _refused(oob, "there.test", event)
+        assert f"came from {dave}" in reason, reason
         assert event.event_id not in await storage.get_events([event.event_id])
     assert await _latest(storage, room.room_id) == invite.event_id
 
@@ -87,9 +107,63 @@ async def test_a_refused_knock_and_a_ban_are_answers(storage: Storage) -> None:
     room.state_event(ALICE, "m.room.join_rules", {"join_rule": "knock"})
     knock = room.member(BOB, "knock")
     banned = room.member(ALICE, "ban", BOB)
-    await _held_alone(storage, knock)
+    await _held_alone(storage, knock, through="there.test")
     assert await _oob(storage).take("there.test", banned)
     assert await _latest(storage, room.room_id) == banned.event_id
+
+
+async def test_a_knock_is_refused_only_by_the_server_it_was_made_through(
+    storage: Storage,
+) -> None:
+    """The knock went through there.test. Another server that knows the
+    room (and the knock's event ID) cannot refuse it: not with a leave of
+    its own user's, nor by passing on one of there.test's, and there.test
+    cannot pass on another server's either. Nothing is written; there.test's
+    own refusal is taken."""
+    eve = "@eve:evil.test"
+    room = RoomBuilder("12", ALICE)
+    room.public_room(eve, users={eve: 100})
+    room.state_event(ALICE, "m.room.join_rules", {"join_rule": "knock"})
+    knock = room.member(BOB, "knock")
+    await _held_alone(storage, knock, through="there.test")
+    oob = _oob(storage)
+    by_eve = room.draft_member(eve, "leave", BOB)
+    by_alice = room.draft_member(ALICE, "leave", BOB)
+    assert knock.event_id in by_eve.auth_event_ids
+    assert knock.event_id in by_alice.auth_event_ids
+    forged = [
+        ("evil.test", by_eve, "evil.test cannot refuse it"),
+        ("evil.test", by_alice, "evil.test cannot refuse it"),
+        ("there.test", by_eve, f"{eve} of evil.test refuses it"),
+    ]
+    for origin, event, why in forged:
+        reason = await _refused(oob, origin, event)
+        assert "was made through there.test" in reason, reason
+        assert why in reason, reason
+        assert event.event_id not in await storage.get_events([event.event_id])
+        assert await _latest(storage, room.room_id) == knock.event_id
+
+    assert await oob.take("there.test", by_alice)
+    assert await _latest(storage, room.room_id) == by_alice.event_id
+
+
+async def test_a_knock_with_no_server_recorded_is_withdrawn_only_by_its_knocker(
+    storage: Storage,
+) -> None:
+    """A knock kept before its server was recorded: no server can speak
+    for its room, so only the knocker's own leave answers it."""
+    room = RoomBuilder("12", ALICE)
+    room.public_room()
+    room.state_event(ALICE, "m.room.join_rules", {"join_rule": "knock"})
+    knock = room.member(BOB, "knock")
+    await _held_alone(storage, knock)
+    oob = _oob(storage)
+    kick = room.draft_member(ALICE, "leave", BOB)
+    reason = await _refused(oob, "there.test", kick)
+    assert "no record of the server it was made through" in reason, reason
+    own = room.member(BOB, "leave")
+    assert await oob.take("there.test", own)
+    assert await _latest(storage, room.room_id) == own.event_id
 
 
 async def test_only_the_answer_to_the_pending_membership_is_taken(storage: Storage) -> None:
@@ -101,7 +175,8 @@ async def test_only_the_answer_to_the_pending_membership_is_taken(storage: Stora
     await _held_alone(storage, first, old_leave, second)
     oob = _oob(storage)
     # The old leave answers the first invite, not the pending one.
-    assert not await oob.take("there.test", old_leave)
+    reason = await _refused(oob, "there.test", old_leave)
+    assert f"does not cite the invite of {BOB}" in reason, reason
     assert await _latest(storage, room.room_id) == second.event_id
     withdrawn = room.member(ALICE, "leave", BOB)
     assert await oob.take("there.test", withdrawn)

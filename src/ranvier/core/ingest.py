@@ -776,14 +776,21 @@ class FederationIngester:
 
     async def _out_of_band_outcome(self, origin: str, item: _Checked) -> PduOutcome:
         """A pushed event of a room we are not in: kept if it answers an
-        invite or a knock of ours, else taken (and refused) as ever.
+        invite or a knock of ours, refused if it meets one and does not
+        answer it, else taken (and refused) as ever.
         """
         event, pending = item
         checked = await pending.get()
         if isinstance(checked, MatrixError):
             return PduOutcome(event.event_id, error=checked)
         assert self.out_of_band is not None
-        if await self.out_of_band.take(origin, checked):
+        try:
+            taken = await self.out_of_band.take(origin, checked)
+        except StorageUnavailableError:
+            raise
+        except MatrixError as exc:
+            return PduOutcome(checked.event_id, error=exc)
+        if taken:
             return PduOutcome(checked.event_id, result=IngestResult(checked.event_id))
         return await self._pushed_outcome(origin, checked)
 

@@ -30,8 +30,24 @@ and content hash are checked (as for any PDU), when all of these hold:
   moderator with the power to kick) is a question of the room's state,
   which this server does not hold; and the event ID cited is no secret:
   any server that saw the invite could otherwise make it vanish from its
-  invitee's view. A knock has no such sender to compare with: its
-  refusal is taken from whoever sends it.
+  invitee's view;
+* a knock is answered by the server it was sent through (recorded with
+  the knock, see :mod:`ranvier.core.knocks`), the one server this server
+  has seen speak for the room: the answer must come from it (the
+  transaction's origin) and be signed by it (its sender is one of its
+  users, whose server's signature ingestion has checked), or be the
+  knocker's own leave. The knock's event ID is as public as an invite's,
+  and any server that knows the room could otherwise refuse the knock in
+  the room's name. A refusal by a moderator of a third server, which
+  that server sends here itself, is not taken either: nothing here tells
+  that server is in the room. The knocker still sees the knock and may
+  withdraw it. A knock kept before its server was recorded is answered by
+  the knocker alone.
+
+An event of that shape that does not meet these, while the user's
+membership is such an invite or knock, is refused (403 ``M_FORBIDDEN``,
+saying why) and nothing of it is written: taken the ordinary way, it
+would have this server fetch the room's events from its sender.
 
 Nothing else of a room we are not in is taken here: any other event goes
 the ordinary way, which needs the state before it from the server that
@@ -44,6 +60,7 @@ import logging
 from collections.abc import Collection, Mapping, Set
 from typing import Final, Protocol
 
+from ranvier.errors import MatrixError
 from ranvier.protocol.events import Pdu
 from ranvier.storage.records import StoredEvent
 
@@ -75,6 +92,8 @@ class MembershipReader(Protocol):
     async def get_latest_membership_event_id(self, user_id: str, room_id: str) -> str | None: ...
 
     async def server_has_joined_member(self, room_id: str, server_name: str) -> bool: ...
+
+    async def get_knock_server(self, event_id: str) -> str | None: ...
 
 
 class OutOfBandMemberships:
@@ -119,7 +138,12 @@ class OutOfBandMemberships:
     async def take(self, origin: str, event: Pdu) -> bool:
         """Keep ``event``, whose signatures and hash were checked, as an
         outlier if it answers the user's pending invite or knock; whether
-        it was kept (or was already).
+        it was kept (or was already). False for an event that does not
+        have the shape of an answer or meets no pending membership.
+
+        Raises :class:`~ranvier.errors.MatrixError` (403) for one that
+        meets a pending invite or knock and does not answer it as the
+        module says: nothing is written.
         """
         if not self.may_answer(event) or not await self.room_not_here(event.room_id):
             return False
@@ -129,7 +153,7 @@ class OutOfBandMemberships:
         )
         if latest_id == event.event_id:
             return True
-        if latest_id is None or latest_id not in event.auth_event_ids:
+        if latest_id is None:
             return False
         latest = (await self._store.get_events([latest_id])).get(latest_id)
         if latest is None or not latest.outlier:
@@ -137,17 +161,10 @@ class OutOfBandMemberships:
         pending = Pdu.from_json(latest.json, event.room_version, check_limits=False)
         if pending.membership not in _PENDING:
             return False
-        if pending.membership == "invite" and event.sender not in (pending.sender, event.state_key):
-            _log.info(
-                "%s from %s is not taken: the invite of %s in %s came from %s, this from %s",
-                event.event_id,
-                origin,
-                event.state_key,
-                event.room_id,
-                pending.sender,
-                event.sender,
-            )
-            return False
+        refusal = await self._refusal(origin, event, pending)
+        if refusal is not None:
+            _log.info("%s from %s is not taken: %s", event.event_id, origin, refusal)
+            raise MatrixError(refusal, errcode="M_FORBIDDEN", http_status=403)
         await self._persister.persist_events([out_of_band_to_persist(event)])
         _log.info(
             "%s from %s answers the %s of %s in %s, a room not joined here",
@@ -158,3 +175,32 @@ class OutOfBandMemberships:
             event.room_id,
         )
         return True
+
+    async def _refusal(self, origin: str, event: Pdu, pending: Pdu) -> str | None:
+        """Why ``event`` does not answer ``pending``, the user's pending
+        invite or knock; None when it does."""
+        user_id = event.state_key
+        what = f"the {pending.membership} of {user_id} in {event.room_id}"
+        if pending.event_id not in event.auth_event_ids:
+            return (
+                f"{event.event_id} does not cite {what} ({pending.event_id}) as the prior"
+                " membership it changes"
+            )
+        if event.sender == user_id:
+            return None
+        if pending.membership == "invite":
+            if event.sender == pending.sender:
+                return None
+            return f"{what} came from {pending.sender}, and only they may take it back"
+        through = await self._memberships.get_knock_server(pending.event_id)
+        if through is None:
+            return f"{what} has no record of the server it was made through"
+        if origin != through:
+            return f"{what} was made through {through}, and {origin} cannot refuse it"
+        sender_server = event.sender.partition(":")[2]
+        if sender_server != through:
+            return (
+                f"{what} was made through {through}, but {event.sender} of {sender_server}"
+                " refuses it"
+            )
+        return None
