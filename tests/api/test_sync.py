@@ -19,6 +19,7 @@ import trio
 import trio.testing
 
 from ranvier.config import Config, DatabaseConfig, ListenerConfig
+from ranvier.core import pagination
 from ranvier.server import HomeServer, open_homeserver
 
 SERVER = "sync.test"
@@ -859,3 +860,123 @@ async def test_lazy_loading_gappy_syncs_carry_the_joins_and_leaves_of_the_gap(en
     room = answer["rooms"]["join"][room_id]
     assert room["state"]["events"] == []
     assert [e["state_key"] for e in room["timeline"]["events"]] == [CAROL]
+
+
+def _ids(events: list[dict[str, Any]]) -> list[str]:
+    return [event["event_id"] for event in events]
+
+
+async def _pages(
+    env: _Env, user: str, room_id: str, token: str | None, *, limit: int, direction: str = "b"
+) -> list[list[dict[str, Any]]]:
+    """The chunks ``/messages`` answers paging from ``token`` until a page has no ``end``."""
+    pages = []
+    for _ in range(100):
+        response = await env.get(
+            user,
+            f"/_matrix/client/v3/rooms/{room_id}/messages",
+            dir=direction,
+            limit=limit,
+            **{"from": token},
+        )
+        assert response.status_code == 200, response.text
+        page = response.json()
+        pages.append(page["chunk"])
+        if "end" not in page:
+            return pages
+        token = page["end"]
+    pytest.fail("paging never came to an end")
+
+
+async def _away_for_a_while(env: _Env) -> tuple[str, list[str]]:
+    """A room of ``joined`` history that Bob joined, left while Alice said
+    thirty things, and joined again; and the event IDs Bob may see of it,
+    newest first, as one page of /messages large enough for all gives them.
+    """
+    hs = env.hs
+    room_id = await hs.create_room(ALICE, preset="public_chat")
+    await hs.send_event(
+        ALICE, room_id, "m.room.history_visibility", {"history_visibility": "joined"}, state_key=""
+    )
+    await hs.join_room(BOB, room_id)
+    await _say(hs, ALICE, room_id, *(f"seen {n}" for n in range(5)))
+    await hs.leave_room(BOB, room_id)
+    await _say(hs, ALICE, room_id, *(f"away {n}" for n in range(30)))
+    await hs.join_room(BOB, room_id)
+    await _say(hs, ALICE, room_id, "back 0", "back 1")
+    everything = (
+        await env.get(BOB, f"/_matrix/client/v3/rooms/{room_id}/messages", dir="b", limit=1000)
+    ).json()
+    assert "end" not in everything
+    assert not any("away" in event["content"].get("body", "") for event in everything["chunk"])
+    return room_id, _ids(everything["chunk"])
+
+
+async def test_a_timeline_holds_its_limit_of_visible_events_past_hidden_ones(env: _Env) -> None:
+    room_id, visible = await _away_for_a_while(env)
+    body = await env.sync(BOB, filter=json.dumps({"room": {"timeline": {"limit": 8}}}))
+    room = body["rooms"]["join"][room_id]
+    timeline = room["timeline"]
+    # The eight newest events Bob may see, though thirty he may not lie among them.
+    assert _ids(timeline["events"]) == visible[:8][::-1]
+    assert _bodies(room) == ["seen 1", "seen 2", "seen 3", "seen 4", "back 0", "back 1"]
+    assert timeline["limited"] is True
+    # Paging back from prev_batch goes on with the next older ones, none
+    # skipped or repeated, in full pages.
+    pages = await _pages(env, BOB, room_id, timeline["prev_batch"], limit=3)
+    assert [_ids(page) for page in pages] == [
+        visible[start : start + 3] for start in range(8, len(visible), 3)
+    ]
+
+
+async def test_messages_pages_hold_their_limit_of_visible_events(
+    env: _Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    room_id, visible = await _away_for_a_while(env)
+    back = await _pages(env, BOB, room_id, None, limit=4)
+    assert [_ids(page) for page in back] == [
+        visible[start : start + 4] for start in range(0, len(visible), 4)
+    ]
+    oldest_first = visible[::-1]
+    forward = await _pages(env, BOB, room_id, None, limit=4, direction="f")
+    assert [_ids(page) for page in forward] == [
+        oldest_first[start : start + 4] for start in range(0, len(oldest_first), 4)
+    ]
+    # Reads past the first are capped: with none allowed, pages over the
+    # hidden stretch come short, and their tokens still go on from where
+    # the reads stopped.
+    monkeypatch.setattr(pagination, "VISIBILITY_LOADS", 0)
+    short = await _pages(env, BOB, room_id, None, limit=4)
+    assert any(len(page) < 4 for page in short[:-1])
+    assert [event_id for page in short for event_id in _ids(page)] == visible
+    short = await _pages(env, BOB, room_id, None, limit=4, direction="f")
+    assert any(len(page) < 4 for page in short[:-1])
+    assert [event_id for page in short for event_id in _ids(page)] == oldest_first
+
+
+async def test_hidden_current_state_in_a_timeline_counts_toward_its_limit(env: _Env) -> None:
+    hs = env.hs
+    room_id = await hs.create_room(ALICE, preset="public_chat")
+    visibility = await hs.send_event(
+        ALICE, room_id, "m.room.history_visibility", {"history_visibility": "joined"}, state_key=""
+    )
+    topic = await hs.send_event(ALICE, room_id, "m.room.topic", {"topic": "t"}, state_key="")
+    await _say(hs, ALICE, room_id, *(f"before {n}" for n in range(30)))
+    await hs.join_room(BOB, room_id)
+    await _say(hs, ALICE, room_id, "after 0", "after 1")
+    (everything,) = await _pages(env, BOB, room_id, None, limit=1000)
+    visible = _ids(everything)
+    assert topic not in visible
+    # The topic is hidden from Bob, who joined after it, but is still the
+    # room's state: the timeline carries it, in its place, within the limit.
+    at = visible.index(visibility)
+    served = [*visible[:at], topic, *visible[at:]]
+    body = await env.sync(BOB, filter=json.dumps({"room": {"timeline": {"limit": 10}}}))
+    timeline = body["rooms"]["join"][room_id]["timeline"]
+    assert _ids(timeline["events"]) == served[:10][::-1]
+    assert timeline["limited"] is True
+    rest = visible[visible.index(served[9]) + 1 :]
+    pages = await _pages(env, BOB, room_id, timeline["prev_batch"], limit=4)
+    assert [_ids(page) for page in pages] == [
+        rest[start : start + 4] for start in range(0, len(rest), 4)
+    ]

@@ -23,8 +23,10 @@ backfills and goes on.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 from ranvier.core.accounts import Requester
@@ -39,10 +41,13 @@ from ranvier.storage.records import StateKey, StoredEvent
 __all__ = [
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
+    "VISIBILITY_LOADS",
     "HistoryFiller",
+    "HistoryReader",
     "MessagesStore",
     "RoomMessages",
     "TransactionScopes",
+    "VisiblePage",
     "device_transaction_ids",
     "event_allowed",
     "format_pagination_token",
@@ -55,6 +60,7 @@ __all__ = [
     "senders_memberships",
     "sent_client_events",
     "transaction_ids",
+    "visible_page",
     "visible_to",
     "visible_with_memberships",
 ]
@@ -77,6 +83,11 @@ _PAGINATION_TOKEN: Final = re.compile(r"t(-?[0-9]{1,18})")
 _BOTTOM: Final = -(2**62)
 #: Backfill requests one page may make before answering with what it has.
 _BACKFILL_ROUNDS: Final = 3
+#: Reads a page of history may make after its first, to take the place of
+#: events the history visibility (or an ignored sender) hid from it.
+VISIBILITY_LOADS: Final = 3
+#: The fewest events such a further read asks for.
+_MIN_EXTRA_LOAD: Final = 50
 
 
 def _invalid_token(token: str) -> MatrixError:
@@ -292,6 +303,133 @@ async def visible_with_memberships(
     return await erasure_applied(store, shown, memberships), memberships
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryReader:
+    """Who reads a room's history, for :func:`visible_page`: the
+    arguments of :func:`visible_with_memberships`."""
+
+    user_id: str
+    joined_now: bool
+    checked_before: int
+    #: The users ``user_id`` ignores; read once per page when not given.
+    ignored: Collection[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VisiblePage:
+    """What :func:`visible_page` read and what of it is served."""
+
+    #: The events served, as served (an erased sender's maybe redacted),
+    #: in the order read: newest first when reading backwards.
+    events: list[StoredEvent]
+    #: The reader's membership at each event served.
+    memberships: dict[str, str]
+    #: Every event the reads cover, shown or not, as stored, in the order
+    #: read (the events served among them).
+    read: list[StoredEvent]
+    #: The position between what the page covers and what it leaves:
+    #: reading backwards, events at or below it are left; forwards, events
+    #: above it. The page's token, ``prev_batch`` or ``end``.
+    edge: int
+    #: Whether events the reads take are left beyond ``edge``.
+    more: bool
+
+
+async def visible_page(
+    store: MessagesStore,
+    room_id: str,
+    reader: HistoryReader | None,
+    *,
+    after: int,
+    upto: int,
+    limit: int,
+    backwards: bool,
+    accept: Callable[[str, str], bool] | None = None,
+) -> VisiblePage:
+    """Up to ``limit`` events of the room with ``after < position <= upto``
+    that ``accept`` takes and ``reader`` may see (every event, for None),
+    from the newest end when ``backwards``: the one page of history that
+    ``/sync``, sliding sync, ``/messages``, ``/context`` and the room
+    previews serve.
+
+    Events hidden from the reader (by the history visibility, an ignored
+    sender) do not use up the page: when the first read of ``limit``
+    events shows fewer, the page reads on past them, as a client asking
+    for ``limit`` events expects to get so many while the room has them.
+    The work stays bounded: at most :data:`VISIBILITY_LOADS` reads after
+    the first, each of at most :data:`MAX_LIMIT` events (so at most
+    ``limit + VISIBILITY_LOADS * MAX_LIMIT`` events checked); a stretch
+    of hidden history longer than that leaves the page short, with
+    ``more`` set and its ``edge`` past what was read, so that paging on
+    from it continues where the reads stopped and skips nothing. A page
+    that filled stops right after its last event, so that paging on
+    repeats nothing either. A ``limit`` of 0 reads nothing.
+    """
+    edge = upto if backwards else after
+    if limit <= 0:
+        return VisiblePage([], {}, [], edge, False)
+    ignored: Collection[str] | None = None
+    if reader is not None:
+        ignored = reader.ignored
+        if ignored is None:
+            ignored = await store.ignored_users(reader.user_id)
+    events: list[StoredEvent] = []
+    memberships: dict[str, str] = {}
+    read: list[StoredEvent] = []
+    load = limit
+    for _ in range(1 + VISIBILITY_LOADS):
+        batch, more = await store.room_events(
+            room_id, after=after, upto=upto, limit=load, backwards=backwards, accept=accept
+        )
+        shown: list[StoredEvent] = batch
+        at: dict[str, str] = {}
+        if reader is not None:
+            shown, at = await visible_with_memberships(
+                store,
+                reader.user_id,
+                batch,
+                joined_now=reader.joined_now,
+                checked_before=reader.checked_before,
+                ignored=ignored,
+            )
+        wanted = limit - len(events)
+        if len(shown) >= wanted:
+            # Full: the page ends at its last event; what the batch read
+            # past it is left for the next page.
+            kept = shown[:wanted]
+            last = kept[-1].event_id
+            cut = next(i for i, event in enumerate(batch) if event.event_id == last) + 1
+            events.extend(kept)
+            memberships.update((e.event_id, at[e.event_id]) for e in kept if e.event_id in at)
+            read.extend(batch[:cut])
+            return VisiblePage(
+                events,
+                memberships,
+                read,
+                _edge(batch[cut - 1], backwards),
+                more or cut < len(batch),
+            )
+        events.extend(shown)
+        memberships.update((e.event_id, at[e.event_id]) for e in shown if e.event_id in at)
+        read.extend(batch)
+        if batch:
+            edge = _edge(batch[-1], backwards)
+            if backwards:
+                upto = edge
+            else:
+                after = edge
+        if not more:
+            break
+        missing = limit - len(events)
+        load = min(MAX_LIMIT, max(_MIN_EXTRA_LOAD, 4 * missing))
+    return VisiblePage(events, memberships, read, edge, more)
+
+
+def _edge(event: StoredEvent, backwards: bool) -> int:
+    """The position just past ``event`` in the direction of reading."""
+    return event.stream_ordering - 1 if backwards else event.stream_ordering
+
+
 HISTORY_VISIBILITY: Final = "m.room.history_visibility"
 _VISIBILITIES: Final = frozenset({"world_readable", "shared", "invited", "joined"})
 
@@ -460,7 +598,8 @@ class RoomMessages:
     is ``world_readable`` now: a user joined sees it up to now, a user who
     left or was banned up to that event (unless they forgot the room since),
     each event as the history visibility at it allows. Anyone else gets
-    ``M_FORBIDDEN``.
+    ``M_FORBIDDEN``. A page holds ``limit`` events the user may see while
+    the room has them (:func:`visible_page`).
     """
 
     def __init__(self, store: MessagesStore, backfill: HistoryFiller | None = None) -> None:
@@ -494,44 +633,51 @@ class RoomMessages:
                 http_status=400,
             )
         limit = min(limit, MAX_LIMIT)
+        reader = None
         if everything:
             visible, _ = await self._store.positions()
-            checked_before, joined_now = visible + 1, False
         else:
             visible, checked_before, joined_now = await readable_upto(
                 self._store, requester.user_id, room_id
             )
+            reader = HistoryReader(requester.user_id, joined_now, checked_before)
         accept = None if event_filter is None else event_filter.predicate()
         if direction == "b":
             start = visible if from_position is None else min(from_position, visible)
             floor = _BOTTOM if to_position is None else to_position
-            events, more = await self._store.room_events(
-                room_id, after=floor, upto=start, limit=limit, backwards=True, accept=accept
+            read_back = functools.partial(
+                visible_page,
+                self._store,
+                room_id,
+                reader,
+                after=floor,
+                upto=start,
+                limit=limit,
+                backwards=True,
+                accept=accept,
             )
+            page = await read_back()
             rounds = 0 if self._backfill is None or to_position is not None else _BACKFILL_ROUNDS
             for _ in range(rounds):
-                if more or not await self._backfill_room(room_id, limit):
+                if page.more or not await self._backfill_room(room_id, limit):
                     break
-                events, more = await self._store.room_events(
-                    room_id, after=floor, upto=start, limit=limit, backwards=True, accept=accept
-                )
-            end = events[-1].stream_ordering - 1 if events and more else None
+                page = await read_back()
         else:
             start = _BOTTOM if from_position is None else from_position
             ceiling = visible if to_position is None else min(to_position, visible)
-            events, more = await self._store.room_events(
-                room_id, after=start, upto=ceiling, limit=limit, backwards=False, accept=accept
-            )
-            end = events[-1].stream_ordering if events and more else None
-        memberships = None
-        if not everything:
-            events, memberships = await visible_with_memberships(
+            page = await visible_page(
                 self._store,
-                requester.user_id,
-                events,
-                joined_now=joined_now,
-                checked_before=checked_before,
+                room_id,
+                reader,
+                after=start,
+                upto=ceiling,
+                limit=limit,
+                backwards=False,
+                accept=accept,
             )
+        events = page.events
+        end = page.edge if page.more else None
+        memberships = None if everything else page.memberships
         answer: dict[str, Any] = {
             "start": from_token if from_token is not None else format_pagination_token(start),
             "chunk": await sent_client_events(self._store, requester, events, memberships),

@@ -11,7 +11,10 @@ Rooms
 * **join**: an initial sync (no ``since``), a room joined after ``since``,
   or one brought in by its state becoming complete, comes in full: the
   last events of the timeline (``limited`` with ``prev_batch`` when there
-  are earlier ones) and the state before them. Otherwise the room's new
+  are earlier ones) and the state before them. The timeline holds the
+  filter's limit of events the user may see, read past those the history
+  visibility or an ignored sender hides
+  (:func:`ranvier.core.pagination.visible_page`). Otherwise the room's new
   events since ``since``, and when more arrived than the limit, the state
   that changed between ``since`` and the start of the timeline. Rooms with
   nothing new are left out.
@@ -100,14 +103,16 @@ from ranvier.core.notifier import StreamNotifier, StreamPosition
 from ranvier.core.pagination import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
+    HistoryReader,
     MessagesStore,
+    VisiblePage,
     format_pagination_token,
     format_sync_token,
     parse_sync_token,
     reader_unsigned,
     senders_memberships,
     transaction_ids,
-    visible_with_memberships,
+    visible_page,
 )
 from ranvier.core.replaced_state import replaced_unsigned, with_replaced
 from ranvier.storage.records import StateKey, StoredEvent
@@ -895,8 +900,10 @@ class SyncHandler:
         after = 0 if newly or request.since is None else request.since.events
         in_full = newly or request.full_state
         if timeline_filter.includes_room(room_id):
-            newest_first, limited = await self._store.room_events(
+            page = await visible_page(
+                self._store,
                 room_id,
+                HistoryReader(request.user_id, joined_now, checked_before, request.ignored),
                 after=after,
                 upto=upto,
                 limit=limit,
@@ -904,17 +911,18 @@ class SyncHandler:
                 accept=timeline_filter.predicate(),
             )
         else:
-            newest_first, limited = [], False
-        timeline, memberships = await visible_with_memberships(
-            self._store,
-            request.user_id,
-            newest_first[::-1],
-            joined_now=joined_now,
-            checked_before=checked_before,
-            ignored=request.ignored,
-        )
-        if joined_now and len(timeline) < len(newest_first):
-            timeline = await self._with_current_state(room_id, upto, newest_first[::-1], timeline)
+            page = VisiblePage([], {}, [], upto, False)
+        timeline, memberships, limited = page.events[::-1], page.memberships, page.more
+        prev = page.edge
+        if joined_now and len(timeline) < len(page.read):
+            timeline = await self._with_current_state(room_id, upto, page.read[::-1], timeline)
+            if len(timeline) > limit:
+                # The room's current state among the hidden events read
+                # past the visible ones: the newest ``limit`` are sent, and
+                # paging back goes on from the oldest of them.
+                timeline = timeline[-limit:]
+                limited = True
+                prev = timeline[0].stream_ordering - 1
         if newly and request.since is not None:
             # Joined since the client's token: the client holds none of the
             # room's history, and the timeline says so (as Synapse does).
@@ -960,7 +968,6 @@ class SyncHandler:
         )
         transactions = await transaction_ids(self._store, request.requester, timeline)
         replaced = await replaced_unsigned(self._store, timeline)
-        prev = timeline[0].stream_ordering - 1 if timeline else upto
         project = request.filter.project
         return {
             "timeline": {
