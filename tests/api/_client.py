@@ -84,6 +84,30 @@ class Client:
         room_id: str = answer["room_id"]
         return room_id
 
+    async def pages(
+        self,
+        user: TestUser,
+        room_id: str,
+        token: str | None,
+        *,
+        limit: int,
+        direction: str = "b",
+    ) -> list[list[dict[str, Any]]]:
+        """The chunks ``/messages`` answers paging from ``token`` (the
+        room's end or start, for None) in ``direction`` until a page has no
+        ``end``."""
+        pages = []
+        for _ in range(100):
+            params: dict[str, Any] = {"dir": direction, "limit": limit}
+            if token is not None:
+                params["from"] = token
+            page = await self.ok(user, "GET", f"/rooms/{q(room_id)}/messages", params=params)
+            pages.append(page["chunk"])
+            if "end" not in page:
+                return pages
+            token = page["end"]
+        raise AssertionError(f"paging {room_id} never came to an end")
+
     async def state(self, user: TestUser, room_id: str) -> dict[tuple[str, str], Any]:
         events = await self.ok(user, "GET", f"/rooms/{q(room_id)}/state")
         return {(event["type"], event["state_key"]): event for event in events}

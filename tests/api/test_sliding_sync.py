@@ -411,6 +411,31 @@ async def test_ignored_users_events_are_kept_out(env: SharedRoom) -> None:
     assert bodies(answer["rooms"][env.room_id]) == ["heard"]
 
 
+async def test_a_timeline_holds_its_limit_past_an_ignored_users_flood(env: SharedRoom) -> None:
+    http, client = env.client.http, env.client
+    await client.ok(
+        env.alice,
+        "PUT",
+        f"/user/{q(env.alice.user_id)}/account_data/m.ignored_user_list",
+        {"ignored_users": {env.bob.user_id: {}}},
+    )
+    await say(env, env.alice, env.room_id, *(f"a{n}" for n in range(5)))
+    await say(env, env.bob, env.room_id, *(f"flood {n}" for n in range(40)))
+    await say(env, env.alice, env.room_id, "a5")
+    (everything,) = await client.pages(env.alice, env.room_id, None, limit=1000)
+    visible = [event["event_id"] for event in everything]
+    answer = await slide(http, env.alice, {"lists": {"all": all_rooms(timeline_limit=5)}})
+    room = answer["rooms"][env.room_id]
+    assert bodies(room) == ["a1", "a2", "a3", "a4", "a5"]
+    assert [event["event_id"] for event in room["timeline"]] == visible[:5][::-1]
+    assert room["limited"] is True
+    # Paging back from prev_batch: the rest, none skipped or repeated.
+    pages = await client.pages(env.alice, env.room_id, room["prev_batch"], limit=2)
+    assert [[event["event_id"] for event in page] for page in pages] == [
+        visible[start : start + 2] for start in range(5, len(visible), 2)
+    ]
+
+
 async def test_a_long_poll_is_woken_by_a_message(env: SharedRoom) -> None:
     http = env.client.http
     body = {"lists": {"all": all_rooms()}}

@@ -19,7 +19,9 @@ user gets the stripped state ``/sync`` sends
 declined an invite or withdrew a knock, never having joined. Events pass the one
 visibility filter (:func:`ranvier.core.pagination.visible_with_memberships`),
 which also keeps ignored users' events out and gives the user's membership
-at each, for ``unsigned.membership``.
+at each, for ``unsigned.membership``; the timeline is read past the events
+it hides (:func:`ranvier.core.pagination.visible_page`), so that it holds
+``timeline_limit`` events while the user may see so many.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from typing import Any, Final, Protocol
 from ranvier.core.accounts import Requester
 from ranvier.core.client_events import client_event, event_content
 from ranvier.core.pagination import (
+    HistoryReader,
     format_pagination_token,
     reader_unsigned,
     senders_memberships,
     transaction_ids,
-    visible_with_memberships,
+    visible_page,
 )
 from ranvier.core.replaced_state import replaced_unsigned, with_replaced
 from ranvier.core.sliding_sync_config import RoomConfig
@@ -129,7 +132,7 @@ async def build_room(
     joined = room.membership == "join"
     upto = now if joined else room.membership_at
     after = 0 if room.sent_upto is None else room.sent_upto
-    timeline, limited, memberships = await _timeline(
+    timeline, limited, memberships, prev = await _timeline(
         store, user_id, room, 0 if room.expanded else after, upto, ignored
     )
     state, gone, changed = await _required_state(
@@ -158,9 +161,7 @@ async def build_room(
         # timeline it now asks for: the MSC's flag says so.
         answer["expanded_timeline"] = True
     answer["limited"] = limited
-    answer["prev_batch"] = format_pagination_token(
-        timeline[0].stream_ordering - 1 if timeline else upto
-    )
+    answer["prev_batch"] = format_pagination_token(prev)
     answer["num_live"] = (
         0 if since is None else sum(1 for event in timeline if event.stream_ordering > since)
     )
@@ -186,29 +187,34 @@ async def _timeline(
     after: int,
     upto: int,
     ignored: frozenset[str],
-) -> tuple[list[StoredEvent], bool, dict[str, str]]:
-    """The events to send, whether there are older ones left out, and the
-    user's membership at each (``unsigned.membership``)."""
+) -> tuple[list[StoredEvent], bool, dict[str, str], int]:
+    """The events to send, whether there are older ones left out, the
+    user's membership at each (``unsigned.membership``), and the position
+    to page back from (``prev_batch``)."""
     limit = room.config.timeline_limit
     if limit == 0 or upto <= after:
-        return [], False, {}
-    newest_first, limited = await store.room_events(
-        room.room_id, after=after, upto=upto, limit=limit, backwards=True
-    )
+        return [], False, {}, upto
     joined = room.membership == "join"
-    timeline, memberships = await visible_with_memberships(
+    page = await visible_page(
         store,
-        user_id,
-        newest_first[::-1],
-        joined_now=joined,
-        checked_before=room.membership_at if joined else room.membership_at + 1,
-        ignored=ignored,
+        room.room_id,
+        HistoryReader(
+            user_id,
+            joined,
+            room.membership_at if joined else room.membership_at + 1,
+            ignored,
+        ),
+        after=after,
+        upto=upto,
+        limit=limit,
+        backwards=True,
     )
+    timeline, limited = page.events[::-1], page.more
     if after == 0 and timeline and not limited:
         # History here may start after the room did (joined through
         # another server): only a timeline reaching the create event is all.
         limited = timeline[0].type != "m.room.create"
-    return timeline, limited, memberships
+    return timeline, limited, page.memberships, page.edge
 
 
 async def _required_state(
