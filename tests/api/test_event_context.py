@@ -193,6 +193,33 @@ async def test_events_before_a_join_under_joined_visibility_are_hidden(
     assert "early" in _bodies(bob_view["events_before"])
 
 
+async def test_events_around_reach_past_an_ignored_users_messages(env: SharedRoom) -> None:
+    alice, bob, client = env.alice, env.bob, env.client
+    await client.ok(
+        alice,
+        "PUT",
+        f"/user/{q(alice.user_id)}/account_data/m.ignored_user_list",
+        {"ignored_users": {bob.user_id: {}}},
+    )
+    for body in ("b0", "b1", *(f"x{n}" for n in range(20))):
+        await _say(env, bob if body.startswith("x") else alice, body)
+    target = await _say(env, alice, "target")
+    for body in (*(f"y{n}" for n in range(20)), "c0", "c1"):
+        await _say(env, bob if body.startswith("y") else alice, body)
+    (everything,) = await client.pages(alice, env.room_id, None, limit=1000)
+    visible = [event["event_id"] for event in everything]
+    context = await _context(env, alice, target, limit=4)
+    assert _bodies(context["events_before"]) == ["b1", "b0"]
+    assert _bodies(context["events_after"]) == ["c0", "c1"]
+    # Paging on from the tokens: the rest, none skipped or repeated.
+    older = visible[visible.index(context["events_before"][-1]["event_id"]) + 1 :]
+    pages = await client.pages(alice, env.room_id, context["start"], limit=3)
+    assert [[event["event_id"] for event in page] for page in pages] == [
+        older[start : start + 3] for start in range(0, len(older), 3)
+    ]
+    assert await client.pages(alice, env.room_id, context["end"], limit=3, direction="f") == [[]]
+
+
 async def test_events_after_a_leave_are_not_shown(env: SharedRoom) -> None:
     before = await _say(env, env.alice, "before")
     await env.client.ok(env.bob, "POST", f"/rooms/{q(env.room_id)}/leave", {})

@@ -33,10 +33,12 @@ from .filters import RoomEventFilter
 from .pagination import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
+    HistoryReader,
     MessagesStore,
     format_pagination_token,
     readable_upto,
     sent_client_events,
+    visible_page,
     visible_with_memberships,
 )
 
@@ -146,7 +148,7 @@ class Surroundings:
     before: list[StoredEvent]
     after: list[StoredEvent]
     #: The tokens' positions: where the reads stopped, whatever the history
-    #: visibility then hid of what they read.
+    #: visibility hid of what they read.
     start: int
     end: int
     #: The user's membership at each event shown, by event ID.
@@ -164,32 +166,41 @@ async def surrounding_events(
     accept: Callable[[str, str], bool] | None,
 ) -> Surroundings:
     """Up to ``before_limit`` events before ``event`` and ``after_limit``
-    after it (those ``accept`` takes, when given), as ``/context`` reads
-    them for ``user_id``.
+    after it (those ``accept`` takes, when given) that ``user_id`` may see,
+    as ``/context`` reads them: each side read past the events hidden from
+    the user (:func:`ranvier.core.pagination.visible_page`), its token where
+    its reads stopped.
     """
-    before, _ = await store.room_events(
+    reader = HistoryReader(
+        user_id, limits.joined_now, limits.checked_before, await store.ignored_users(user_id)
+    )
+    before = await visible_page(
+        store,
         event.room_id,
+        reader,
         after=_BOTTOM,
         upto=event.stream_ordering - 1,
         limit=before_limit,
         backwards=True,
         accept=accept,
     )
-    after, _ = await store.room_events(
+    after = await visible_page(
+        store,
         event.room_id,
+        reader,
         after=event.stream_ordering,
         upto=limits.visible,
         limit=after_limit,
         backwards=False,
         accept=accept,
     )
-    start = (before[-1].stream_ordering if before else event.stream_ordering) - 1
-    end = after[-1].stream_ordering if after else event.stream_ordering
-    ignored = await store.ignored_users(user_id)
-    before, memberships = await visible_within(store, user_id, before, limits, ignored=ignored)
-    after, after_memberships = await visible_within(store, user_id, after, limits, ignored=ignored)
-    memberships.update(after_memberships)
-    return Surroundings(before, after, start, end, memberships)
+    return Surroundings(
+        before.events,
+        after.events,
+        before.edge,
+        after.edge,
+        {**before.memberships, **after.memberships},
+    )
 
 
 async def visible_within(
