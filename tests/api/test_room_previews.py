@@ -192,6 +192,32 @@ async def test_a_room_that_stops_being_world_readable_is_refused(env: SharedRoom
     )
 
 
+async def test_a_preview_holds_its_limit_past_an_ignored_users_messages(env: SharedRoom) -> None:
+    room_id = await _room(env, "world_readable")
+    await env.client.ok(env.bob, "POST", f"/rooms/{q(room_id)}/join", {})
+    await env.client.ok(
+        env.carol,
+        "PUT",
+        f"/user/{q(env.carol.user_id)}/account_data/m.ignored_user_list",
+        {"ignored_users": {env.bob.user_id: {}}},
+    )
+    await _say(env, room_id, "one")
+    await _say(env, room_id, "two")
+    for n in range(20):
+        await _say(env, room_id, f"flood {n}", env.bob)
+    await _say(env, room_id, "three")
+    (everything,) = await env.client.pages(env.carol, room_id, None, limit=1000)
+    visible = [event["event_id"] for event in everything]
+    preview = await _initial_sync(env, env.carol, room_id, limit=3)
+    chunk = preview["messages"]["chunk"]
+    assert _bodies(chunk) == ["one", "two", "three"]
+    assert [event["event_id"] for event in chunk] == visible[:3][::-1]
+    pages = await env.client.pages(env.carol, room_id, preview["messages"]["start"], limit=4)
+    assert [[event["event_id"] for event in page] for page in pages] == [
+        visible[start : start + 4] for start in range(3, len(visible), 4)
+    ]
+
+
 async def test_events_from_before_the_room_became_world_readable_stay_hidden(
     env: SharedRoom,
 ) -> None:

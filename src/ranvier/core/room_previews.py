@@ -40,11 +40,13 @@ from .accounts import Requester
 from .notifier import StreamPosition
 from .pagination import (
     MAX_LIMIT,
+    HistoryReader,
     MessagesStore,
     format_pagination_token,
     parse_pagination_token,
     readable_upto,
     sent_client_events,
+    visible_page,
     visible_with_memberships,
 )
 from .sync import MAX_TIMEOUT_MS
@@ -140,21 +142,23 @@ class RoomPreviews:
         visible, checked_before, joined_now = await readable_upto(self._store, user_id, room_id)
         state = await self._rooms.state(user_id, room_id)
         membership = await self._rooms.membership(user_id, room_id)
-        events, _ = await self._store.room_events(
-            room_id, after=_BEFORE_ALL, upto=visible, limit=_limit(limit), backwards=True
+        page = await visible_page(
+            self._store,
+            room_id,
+            HistoryReader(user_id, joined_now, checked_before),
+            after=_BEFORE_ALL,
+            upto=visible,
+            limit=_limit(limit),
+            backwards=True,
         )
-        # The token before the oldest event read, whether or not it is shown:
-        # paging back from it goes on past what was hidden.
-        start = events[-1].stream_ordering - 1 if events else visible
-        shown, memberships = await visible_with_memberships(
-            self._store, user_id, events, joined_now=joined_now, checked_before=checked_before
-        )
-        shown.reverse()
+        # The token where the reads stopped, whether or not the oldest event
+        # read is shown: paging back from it goes on past what was hidden.
+        shown = page.events[::-1]
         answer: dict[str, Any] = {
             "room_id": room_id,
             "messages": {
-                "chunk": await sent_client_events(self._store, requester, shown, memberships),
-                "start": format_pagination_token(start),
+                "chunk": await sent_client_events(self._store, requester, shown, page.memberships),
+                "start": format_pagination_token(page.edge),
                 "end": format_pagination_token(visible),
             },
             "state": state,
