@@ -1533,6 +1533,7 @@ class HomeServer:
             invite_permission=self._invite_permission,
             policy_servers=self.ingester.policy_servers,
             served=self.storage.redactions,
+            servers=self.room_servers.by_group,
         )
         add_directory_route(router, self.room_directory)
         add_e2e_key_routes(router, server_name=config.server_name, keys=self.e2e_keys)

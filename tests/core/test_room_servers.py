@@ -244,7 +244,7 @@ async def test_servers_named_by_state_group_are_read_once_per_group(
     after_leave = await storage.get_event_state_groups(leave.event_id)
     assert after_leave is not None
     reader.clear()
-    assert await servers.joined_servers_at(room.room_id, after_leave.after) == {
+    assert await servers.by_group.joined_servers_at(room.room_id, after_leave.after) == {
         OURS,
         REMOTE,
         THIRD,
@@ -308,8 +308,8 @@ async def test_servers_kept_across_changes_match_a_whole_read(
         groups.append(found.after)
     for group in rng.sample(groups, 10):
         fresh = RoomServers(storage)
-        assert await servers.joined_servers_at(room.room_id, group) == (
-            await fresh.joined_servers_at(room.room_id, group)
+        assert await servers.by_group.joined_servers_at(room.room_id, group) == (
+            await fresh.by_group.joined_servers_at(room.room_id, group)
         )
 
 

@@ -13,6 +13,7 @@ from ranvier.storage.state_groups import (
     keys_changed_between,
     read_state,
     read_state_for_keys,
+    read_state_without_type,
     store_state_group,
 )
 
@@ -162,7 +163,10 @@ def test_a_big_room_grows_by_deltas(conn: sqlite3.Connection) -> None:
     assert read_state_for_keys(conn, group, sample) == {key: state[key] for key in sample}
 
 
-_keys = st.sampled_from([("m.room.member", f"@u{n}:x") for n in range(6)] + [("m.room.name", "")])
+_keys = st.sampled_from(
+    [("m.room.member", f"@u{n}:x") for n in range(6)]
+    + [("m.room.name", ""), ("m.room.create", ""), ("m.room.member.x", "")]
+)
 _deltas = st.dictionaries(_keys, st.one_of(st.none(), st.sampled_from(["$a", "$b", "$c"])))
 
 
@@ -198,6 +202,10 @@ def test_stored_groups_match_a_model(steps: list[tuple[int, dict[StateKey, str |
         assert len(in_sql) == len(state)
         assert read_state_for_keys(conn, group, list(state)[:2]) == {
             k: state[k] for k in list(state)[:2]
+        }
+        # Types either side of the one left out are read; that one is not.
+        assert read_state_without_type(conn, group, "m.room.member") == {
+            k: v for k, v in state.items() if k[0] != "m.room.member"
         }
     first, last = groups[0], groups[-1]
     keys = keys_changed_between(conn, first, last)

@@ -43,7 +43,7 @@ from ranvier.storage.records import PartialStateRoom
 
 from .interfaces import StateReader
 
-__all__ = ["PduSink", "RoomEventSender", "RoomServers", "RoomServersReader"]
+__all__ = ["PduSink", "RoomEventSender", "RoomServers", "RoomServersReader", "ServersByGroup"]
 
 _MEMBER: Final = "m.room.member"
 # Member events read per storage request.
@@ -109,15 +109,16 @@ class _Members:
         return frozenset(self.joined)
 
 
-class RoomServers:
-    """The servers with a joined member in a room, as its current state
-    says, and while the room's state is partial, the servers its join named.
+class ServersByGroup:
+    """The servers with a joined member in a room's state at a state group,
+    worked out from the members at the group last looked at (see the
+    module's docstring); it needs only a :class:`StateReader`.
 
     ``rooms_remembered`` bounds how many rooms' member memberships are kept
     between calls; the least recently asked room is forgotten first.
     """
 
-    def __init__(self, store: RoomServersReader, *, rooms_remembered: int = 1_000) -> None:
+    def __init__(self, store: StateReader, *, rooms_remembered: int = 1_000) -> None:
         if rooms_remembered < 1:
             raise ValueError("at least one room's members must be remembered")
         self._store = store
@@ -126,37 +127,16 @@ class RoomServers:
         # Per (room, state group): the servers joined in that group.
         self._groups: OrderedDict[tuple[str, int], frozenset[str]] = OrderedDict()
 
-    async def joined_servers(
-        self, room_id: str, *, state_group: int | None = None, full_state: bool = False
-    ) -> frozenset[str]:
-        """Every server with a user whose membership in the current state is
-        ``join``; for a room with partial state, with the servers its join named.
-
-        ``state_group``, when given, must be the state group of the room's
-        current state as it is now, and ``full_state`` true only if the room's
-        state is known not to be partial now (the caller holds the room's
-        lock since writing and reading them).
-        """
-        if state_group is None:
-            state_group = await self._store.get_current_state_group(room_id)
-        servers = await self._servers_at(room_id, state_group)
-        if not full_state and await self._store.is_partial_state_room(room_id):
-            partial = (await self._store.get_partial_state_rooms()).get(room_id)
-            if partial is not None:
-                servers |= partial.servers
-        return servers
-
-    async def joined_servers_at(self, room_id: str, state_group: int) -> frozenset[str]:
+    async def joined_servers_at(self, room_id: str, state_group: int | None) -> frozenset[str]:
         """Every server with a user whose membership in the state of
-        ``state_group``, a group of ``room_id``, is ``join``.
+        ``state_group``, a group of ``room_id``, is ``join``; with None, in
+        the room's current state, read whole (a room with no current state
+        group has no state here to speak of).
         """
-        return await self._servers_at(room_id, state_group)
-
-    async def _servers_at(self, room_id: str, group: int | None) -> frozenset[str]:
-        key = None if group is None else (room_id, group)
+        key = None if state_group is None else (room_id, state_group)
         servers = None if key is None else self._groups.get(key)
         if servers is None:
-            servers = (await self._members_at(room_id, group)).servers()
+            servers = (await self._members_at(room_id, state_group)).servers()
         if key is not None:
             self._groups[key] = servers
             self._groups.move_to_end(key)
@@ -220,6 +200,45 @@ class RoomServers:
             self._rooms.popitem(last=False)
         return found
 
+    def forget(self, room_id: str) -> None:
+        """Drop what is remembered of a room's members."""
+        self._rooms.pop(room_id, None)
+        for key in [key for key in self._groups if key[0] == room_id]:
+            del self._groups[key]
+
+
+class RoomServers:
+    """The servers with a joined member in a room, as its current state
+    says, and while the room's state is partial, the servers its join named.
+
+    ``rooms_remembered`` is that of its :attr:`by_group`, which other
+    readers of the servers at a state group share.
+    """
+
+    def __init__(self, store: RoomServersReader, *, rooms_remembered: int = 1_000) -> None:
+        self._store = store
+        self.by_group = ServersByGroup(store, rooms_remembered=rooms_remembered)
+
+    async def joined_servers(
+        self, room_id: str, *, state_group: int | None = None, full_state: bool = False
+    ) -> frozenset[str]:
+        """Every server with a user whose membership in the current state is
+        ``join``; for a room with partial state, with the servers its join named.
+
+        ``state_group``, when given, must be the state group of the room's
+        current state as it is now, and ``full_state`` true only if the room's
+        state is known not to be partial now (the caller holds the room's
+        lock since writing and reading them).
+        """
+        if state_group is None:
+            state_group = await self._store.get_current_state_group(room_id)
+        servers = await self.by_group.joined_servers_at(room_id, state_group)
+        if not full_state and await self._store.is_partial_state_room(room_id):
+            partial = (await self._store.get_partial_state_rooms()).get(room_id)
+            if partial is not None:
+                servers |= partial.servers
+        return servers
+
     async def partial_state_point(self, room_id: str) -> frozenset[str] | None:
         """While the room's state is partial, its forward extremities: once
         the state is complete, the state after them says which servers were
@@ -256,9 +275,7 @@ class RoomServers:
 
     def forget(self, room_id: str) -> None:
         """Drop what is remembered of a room's members."""
-        self._rooms.pop(room_id, None)
-        for key in [key for key in self._groups if key[0] == room_id]:
-            del self._groups[key]
+        self.by_group.forget(room_id)
 
 
 def _is_join(raw: bytes) -> bool:

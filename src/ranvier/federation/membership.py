@@ -90,6 +90,7 @@ from ranvier.core.interfaces import EventNotifier, EventPersister, StateReader, 
 from ranvier.core.loading import EventLoader
 from ranvier.core.redactions import ServedEvents
 from ranvier.core.restricted_joins import AUTHORISER, RestrictedJoins
+from ranvier.core.room_servers import ServersByGroup
 from ranvier.errors import MatrixError, PartialStateConflictError
 from ranvier.federation.refusals import refusal_error, segment
 from ranvier.federation.transport.client import FederationError, FederationHttpClient
@@ -177,9 +178,15 @@ class PolicyRecommender(Protocol):
 
 
 class ResidentStateReader(StateReader, Protocol):
-    """The reads of a resident server, with two that a big room's join needs
-    answered without reading its whole state or every member event.
+    """The reads of a resident server, with those that a big room's join
+    needs answered without reading its whole state or every member event.
     """
+
+    async def get_state_ids_without_type(
+        self, state_group: int, event_type: str
+    ) -> Mapping[StateKey, str]:
+        """The entries of a group's state for every type but ``event_type``."""
+        ...
 
     async def server_has_joined_member(self, room_id: str, server_name: str) -> bool:
         """Whether a user of ``server_name`` is joined in the room's current state."""
@@ -260,7 +267,9 @@ class _Membership:
         invite_permission: InviteChecker | None,
         policy_servers: PolicyRecommender | None,
         served: ServedEvents | None,
+        servers: ServersByGroup,
     ) -> None:
+        self._servers = servers
         self._server_name = server_name
         self._served = served
         self._policy_servers = policy_servers
@@ -489,14 +498,13 @@ class _Membership:
         """The room's state before the join and the auth chains of it and of
         the join; with ``omit_members``, the partial answer of MSC3706.
         """
-        state_ids = await self._store.get_state_ids(state_group)
         # No ``origin``: the spec's answer has none (v1.14), and no PDU has one (v1.12).
         answer: dict[str, Any] = {"members_omitted": omit_members}
         if omit_members:
-            kept, servers = await self._partial_state(event, state_ids)
+            kept, servers = await self._partial_state(event, state_group)
             answer["servers_in_room"] = sorted(servers)
         else:
-            kept = set(state_ids.values())
+            kept = set((await self._store.get_state_ids(state_group)).values())
         loader = EventLoader(self._store, event.room_version)
         chain = await loader.auth_chain([*kept, event.event_id])
         if omit_members:
@@ -507,71 +515,42 @@ class _Membership:
         answer["event"] = msgspec.Raw(event.raw)
         return answer
 
-    async def _partial_state(
-        self, join: Pdu, state_ids: Mapping[StateKey, str]
-    ) -> tuple[set[str], set[str]]:
+    async def _partial_state(self, join: Pdu, state_group: int) -> tuple[set[str], frozenset[str]]:
         """The state a partial answer keeps (every event but the memberships
         the spec lets go), and the servers with a joined member.
+
+        A room with a name or an alias needs no heroes, so only the joiner's
+        own membership is read of what is mostly a state of members, and the
+        servers come from the members kept between joins
+        (:class:`~ranvier.core.room_servers.ServersByGroup`): a join of a
+        room of 50,000 members reads its few other state events.
         """
-        kept = {
-            event_id for (event_type, _), event_id in state_ids.items() if event_type != _MEMBER
-        }
+        assert join.state_key is not None  # a membership event
+        others = await self._store.get_state_ids_without_type(state_group, _MEMBER)
+        kept = set(others.values())
+        if _NAME_KEY in others or _CANONICAL_ALIAS_KEY in others:
+            own = await self._store.get_state_ids_for_keys(state_group, [(_MEMBER, join.state_key)])
+            kept.update(own.values())
+            return kept, await self._servers.joined_servers_at(join.room_id, state_group)
+        # Heroes are chosen among every member, so every membership is read.
+        state_ids = await self._store.get_state_ids(state_group)
         members = {
             state_key: event_id
             for (event_type, state_key), event_id in state_ids.items()
             if event_type == _MEMBER
         }
-        assert join.state_key is not None  # a membership event
-        wanted = [join.state_key]
-        if _NAME_KEY in state_ids or _CANONICAL_ALIAS_KEY in state_ids:
-            servers = await self._joined_servers(members)
-        else:
-            # Heroes are chosen among every member, so every membership is read.
-            stored = await self._store.get_memberships(members.values())
-            memberships = {
-                user_id: stored[event_id]
-                for user_id, event_id in members.items()
-                if event_id in stored
-            }
-            servers = {
-                _server_of(user_id)
-                for user_id, (_, membership) in memberships.items()
-                if membership == "join"
-            }
-            wanted.extend(room_heroes(memberships, join.state_key))
+        stored = await self._store.get_memberships(members.values())
+        memberships = {
+            user_id: stored[event_id] for user_id, event_id in members.items() if event_id in stored
+        }
+        servers = frozenset(
+            _server_of(user_id)
+            for user_id, (_, membership) in memberships.items()
+            if membership == "join"
+        )
+        wanted = [join.state_key, *room_heroes(memberships, join.state_key)]
         kept.update(members[user_id] for user_id in wanted if user_id in members)
         return kept, servers
-
-    async def _joined_servers(self, members: Mapping[str, str]) -> set[str]:
-        """The servers with a joined member among ``members`` (user ID to
-        member event ID).
-
-        Most of a room's members are joined, so one member of each server is
-        read first; only the servers that one does not settle have the rest
-        of their members read. A room of many members and few servers costs
-        a read per server, not per member.
-        """
-        by_server: dict[str, list[str]] = {}
-        for user_id, event_id in members.items():
-            by_server.setdefault(_server_of(user_id), []).append(event_id)
-        firsts = await self._store.get_memberships([ids[0] for ids in by_server.values()])
-        servers: set[str] = set()
-        rest: list[str] = []
-        for server, ids in by_server.items():
-            found = firsts.get(ids[0])
-            if found is not None and found[1] == "join":
-                servers.add(server)
-            else:
-                rest.extend(ids[1:])
-        if rest:
-            stored = await self._store.get_memberships(rest)
-            for server, ids in by_server.items():
-                if server not in servers and any(
-                    (found := stored.get(event_id)) is not None and found[1] == "join"
-                    for event_id in ids[1:]
-                ):
-                    servers.add(server)
-        return servers
 
     async def _raw_events(self, event_ids: Sequence[str]) -> list[msgspec.Raw]:
         # As served: an event a redaction applies to goes out redacted, as
@@ -705,6 +684,7 @@ def add_membership_routes(
     invite_permission: InviteChecker | None = None,
     policy_servers: PolicyRecommender | None = None,
     served: ServedEvents | None = None,
+    servers: ServersByGroup | None = None,
 ) -> None:
     """Serve the membership handshakes as a resident server.
 
@@ -720,7 +700,11 @@ def add_membership_routes(
     and knocks received with the room's policy server, if it has one.
     ``served`` reads the events the answers carry (send_join's state and
     auth chain, a knock's room state) redacted where a redaction applies;
-    without it they go out as stored.
+    without it they go out as stored. ``servers`` gives the servers in the
+    room for ``servers_in_room``: pass the one the rest of the server keeps
+    (:attr:`RoomServers.by_group <ranvier.core.room_servers.RoomServers.by_group>`),
+    whose members of big rooms are kept already; without it, the routes
+    keep their own.
     """
     handler = _Membership(
         server_name=server_name,
@@ -734,6 +718,7 @@ def add_membership_routes(
         invite_permission=invite_permission,
         policy_servers=policy_servers,
         served=served,
+        servers=servers if servers is not None else ServersByGroup(store),
     )
     v1, v2 = "/_matrix/federation/v1", "/_matrix/federation/v2"
     router.add("GET", f"{v1}/make_join/{{room_id}}/{{user_id}}", handler.make_join)

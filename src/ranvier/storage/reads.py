@@ -26,7 +26,12 @@ from .records import (
     StoredEvent,
     stored_event_from_row,
 )
-from .state_groups import keys_changed_between, read_state, read_state_for_keys
+from .state_groups import (
+    keys_changed_between,
+    read_state,
+    read_state_for_keys,
+    read_state_without_type,
+)
 
 __all__ = [
     "ResyncProgress",
@@ -272,6 +277,13 @@ def get_state_ids_for_keys(
     Costs a few index look-ups per key, however big the state.
     """
     return read_state_for_keys(conn, state_group, keys)
+
+
+def get_state_ids_without_type(
+    conn: sqlite3.Connection, state_group: int, event_type: str
+) -> StateMap:
+    """The entries of a group's state for every type but ``event_type``."""
+    return read_state_without_type(conn, state_group, event_type)
 
 
 def get_current_state_ids_for_keys(

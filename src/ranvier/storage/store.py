@@ -472,6 +472,16 @@ class Storage:
             functools.partial(reads.get_state_ids_for_keys, state_group=state_group, keys=wanted)
         )
 
+    async def get_state_ids_without_type(self, state_group: int, event_type: str) -> StateMap:
+        """The entries of a group's state for every type but ``event_type``,
+        read without reading that type's rows.
+        """
+        return await self.readers.read(
+            functools.partial(
+                reads.get_state_ids_without_type, state_group=state_group, event_type=event_type
+            )
+        )
+
     async def get_state_deltas(
         self, state_groups: Sequence[int]
     ) -> tuple[int, dict[int, dict[StateKey, str | None]]]:
