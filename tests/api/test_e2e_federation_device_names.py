@@ -3,7 +3,8 @@ operator decides (``[federation] allow_device_name_lookup_over_federation``)
 whether A is shown the names of B's users' devices, in ``GET
 /user/devices`` and ``/user/keys/query`` answers and in
 ``m.device_list_update`` EDUs; off, the default, none of them carries a
-name, while B's own users see every name."""
+name, while B's own users see every name. Shared, A keeps the names with
+B's users' device lists and shows them to its own users."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from _client import Client, q
 from _e2e import cross_signing, device_keys
 from _federation import TwoServers, eventually, share_a_room
 
+from ranvier.core.remote_device_lists import MAX_DEVICE_NAME_LENGTH
 from ranvier.testing.homeserver import TestUser, config_for_tests, open_test_homeserver
 from ranvier.testing.network import Pki
 
@@ -155,3 +157,62 @@ async def test_device_names_reach_other_servers_only_when_shared(
         own = await cb.ok(bob, "POST", "/keys/query", {"device_keys": {bob.user_id: []}})
         keys = own["device_keys"][bob.user_id][bob.device_id]
         assert keys["unsigned"]["device_display_name"] == RENAMED
+
+
+async def test_names_of_another_servers_devices_are_kept_and_shown(tmp_path: Path) -> None:
+    """B shares names. Alice of A asks for Bob's keys: A fetches his list
+    with ``GET /user/devices``, keeps the names with it and shows them as
+    ``unsigned.device_display_name``; a rename reaches A in an
+    ``m.device_list_update`` and is shown from the kept list. A name
+    longer than A keeps (set in B's storage past B's own bound, as another
+    server may allow) leaves the device kept without a name, whichever
+    way it comes."""
+    async with _two_servers(tmp_path, share_names=True) as servers:
+        a, b, ca, cb, alice, bob = servers
+        await share_a_room(servers)
+        too_long = "n" * (MAX_DEVICE_NAME_LENGTH + 1)
+        await cb.ok(bob, "PUT", f"/devices/{q(bob.device_id)}", {"display_name": NAME})
+        named_keys = device_keys(bob)
+        await cb.ok(bob, "POST", "/keys/upload", {"device_keys": named_keys.body})
+        other = await _second_device(cb, bob)
+        other_keys = device_keys(other)
+        await cb.ok(other, "POST", "/keys/upload", {"device_keys": other_keys.body})
+        names = b.server.storage.client_data
+        assert await names.set_device_display_name(bob.user_id, other.device_id, too_long)
+
+        async def shown_at_a() -> dict[str, Any]:
+            asked = await ca.ok(alice, "POST", "/keys/query", {"device_keys": {bob.user_id: []}})
+            devices: dict[str, Any] = asked["device_keys"][bob.user_id]
+            return devices
+
+        async def kept_names() -> dict[str, str] | None:
+            found = await a.server.storage.remote_device_lists.entry(bob.user_id)
+            return None if found is None or found[1] else found[0].display_names
+
+        # Fetched with GET /user/devices, and kept.
+        shown = await shown_at_a()
+        assert shown[bob.device_id]["unsigned"] == {"device_display_name": NAME}
+        assert shown[other.device_id] == other_keys.body
+        assert await kept_names() == {bob.device_id: NAME}
+
+        # A rename arrives in an update, and the kept list shows it.
+        await cb.ok(bob, "PUT", f"/devices/{q(bob.device_id)}", {"display_name": RENAMED})
+
+        async def renamed() -> bool:
+            return await kept_names() == {bob.device_id: RENAMED}
+
+        await eventually(renamed, "the rename kept at A")
+        shown = await shown_at_a()
+        assert shown[bob.device_id]["unsigned"] == {"device_display_name": RENAMED}
+        assert await kept_names() == {bob.device_id: RENAMED}
+
+        # A name too long in an update: the device stays, unnamed.
+        assert await names.set_device_display_name(bob.user_id, bob.device_id, too_long)
+        await b.server.e2e_keys.device_renamed(bob.user_id, bob.device_id)
+
+        async def unnamed() -> bool:
+            return await kept_names() == {}
+
+        await eventually(unnamed, "the over-long name left out at A")
+        shown = await shown_at_a()
+        assert shown == {bob.device_id: named_keys.body, other.device_id: other_keys.body}

@@ -150,7 +150,7 @@ def _seed(conn: sqlite3.Connection) -> None:
         )
     for user in (DAN, ERIN, FAY, GIL):
         run("INSERT INTO remote_device_lists VALUES (?, 1, NULL, NULL, 0, 0)", (user,))
-        run("INSERT INTO remote_device_keys VALUES (?, 'DEV', x'7b7d')", (user,))
+        run("INSERT INTO remote_device_keys VALUES (?, 'DEV', x'7b7d', 'phone')", (user,))
 
 
 @pytest.fixture

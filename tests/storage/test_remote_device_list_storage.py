@@ -166,3 +166,47 @@ async def test_a_user_sharing_no_room_has_no_usable_list(storage: Storage) -> No
     await lists.store(CAROL, _listed(10, D1="a"), filled_at=3)
     found = await lists.lookup([CAROL], "example.org")
     assert (found.shared, found.usable) == (set(), {})
+
+
+async def test_display_names_are_kept_with_the_keys_and_replaced_by_updates(
+    storage: Storage,
+) -> None:
+    lists = storage.remote_device_lists
+    listed = CachedDeviceList(
+        10,
+        {"D1": _keys("D1", "a"), "D2": _keys("D2", "b")},
+        None,
+        None,
+        {"D1": "Carol's phone"},
+    )
+    await lists.store(CAROL, listed, filled_at=3)
+    found = await lists.entry(CAROL)
+    assert found is not None
+    assert found[0].display_names == {"D1": "Carol's phone"}
+    # An update gives the device's name as it is now: a new one, or none.
+    for stream_id, device_id, name in [
+        (11, "D2", "Carol's laptop"),
+        (12, "D1", None),
+        (13, "D3", "Carol's tablet"),
+    ]:
+        outcome = await lists.apply_update(
+            CAROL,
+            device_id=device_id,
+            stream_id=stream_id,
+            prev_ids=[stream_id - 1],
+            deleted=False,
+            keys=_keys(device_id, "c"),
+            display_name=name,
+        )
+        assert outcome == "applied"
+    found = await lists.entry(CAROL)
+    assert found is not None
+    assert found[0].display_names == {"D2": "Carol's laptop", "D3": "Carol's tablet"}
+    # A deleted device takes its name with it.
+    await lists.apply_update(
+        CAROL, device_id="D3", stream_id=14, prev_ids=[13], deleted=True, keys=None
+    )
+    found = await lists.entry(CAROL)
+    assert found is not None
+    assert found[0].display_names == {"D2": "Carol's laptop"}
+    assert set(found[0].devices) == {"D1", "D2"}

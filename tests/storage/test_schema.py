@@ -110,6 +110,8 @@ TABLES_ADDED = {
     56: {"uia_sessions"},
     # A column of out_of_band_memberships, no table.
     57: set(),
+    # A column of remote_device_keys, no table.
+    58: set(),
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -324,7 +326,10 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("UPDATE redactions SET content_pruned = 1")
     elif version == 46:
         run("INSERT INTO remote_device_lists VALUES ('@b:y', 7, x'7b7d', NULL, 5, 0)")
-        run("INSERT INTO remote_device_keys VALUES ('@b:y', 'DEV', x'7b7d')")
+        run(
+            "INSERT INTO remote_device_keys (user_id, device_id, key_json)"
+            " VALUES ('@b:y', 'DEV', x'7b7d')"
+        )
     elif version == 47:
         run("INSERT INTO ratelimit_overrides VALUES ('@a:x', 0, 0)")
     elif version == 48:
@@ -362,6 +367,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("UPDATE sso_sessions SET uia_session = 's', browser_hash = x'02'")
     elif version == 57:
         run("UPDATE out_of_band_memberships SET sent_through = 'x'")
+    elif version == 58:
+        run("UPDATE remote_device_keys SET display_name = 'phone'")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

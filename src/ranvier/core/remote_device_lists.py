@@ -16,6 +16,14 @@ Invariants
   it stale.
 * **Only the user's own server changes a kept list**: EDUs about another
   server's users are dropped before they reach here.
+* **A device's display name is the one its server gave last**, beside its
+  keys (``device_display_name`` in ``GET /user/devices`` and in
+  ``m.device_list_update``, which a server sends only when its operator
+  shares names), and none when it gave none. It is shown in ``/keys/query``
+  answers as the keys' ``unsigned.device_display_name``, as the spec's
+  answer has it, in place of any the keys carry. A name that is not a
+  string, or is longer than :data:`MAX_DEVICE_NAME_LENGTH`, is not kept:
+  the device is, without a name.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from ranvier.storage.remote_device_lists import (
 from .remote_answers import answer_within
 
 __all__ = [
+    "MAX_DEVICE_NAME_LENGTH",
     "RemoteDeviceListStore",
     "RemoteDeviceLists",
     "UserDevices",
@@ -61,6 +70,7 @@ class RemoteDeviceListStore(Protocol):
         prev_ids: Sequence[int],
         deleted: bool,
         keys: bytes | None,
+        display_name: str | None = None,
     ) -> UpdateOutcome: ...
 
     async def replace_signing_keys(
@@ -75,6 +85,15 @@ class UserDevices(Protocol):
 
     async def user_devices(self, server: str, user_id: str) -> dict[str, Any]: ...
 
+
+#: The longest device display name kept, in characters: the most this
+#: server lets its own users set (:mod:`ranvier.core.devices`), and more
+#: than Synapse's (100). Each name kept is served in every ``/keys/query``
+#: answer about its user, so a server naming its devices at will could
+#: otherwise make those answers and this server's storage as large as it
+#: likes; a longer name is no one's considered choice, and cutting it
+#: would show a name its owner never gave.
+MAX_DEVICE_NAME_LENGTH: Final = 256
 
 #: Stream IDs are kept as SQLite integers: signed, 64 bits.
 _MAX_STREAM_ID: Final = 2**63 - 1
@@ -101,6 +120,13 @@ def _own_device_keys(user_id: str, device_id: object, keys: object) -> bytes | N
     return None
 
 
+def _device_name(name: object) -> str | None:
+    """``name`` if it can be kept as a device's display name, else None."""
+    if isinstance(name, str) and len(name) <= MAX_DEVICE_NAME_LENGTH:
+        return name
+    return None
+
+
 def _own_cross_signing_key(user_id: str, key: object) -> bytes | None:
     if isinstance(key, dict) and key.get("user_id") == user_id:
         return msgspec.json.encode(key)
@@ -111,9 +137,10 @@ def listed_devices(user_id: str, answer: Mapping[str, Any]) -> tuple[CachedDevic
     """A ``GET /user/devices`` answer as kept, and whether it may be kept
     (it has an integer ``stream_id`` and is about ``user_id``). Devices
     without keys, or whose keys name another user or device, are left
-    out, as a key query leaves them out.
+    out, as a key query leaves them out; display names as the module says.
     """
     devices: dict[str, bytes] = {}
+    names: dict[str, str] = {}
     listed = answer.get("devices")
     for device in listed if isinstance(listed, list) else []:
         if not isinstance(device, dict):
@@ -122,6 +149,11 @@ def listed_devices(user_id: str, answer: Mapping[str, Any]) -> tuple[CachedDevic
         keys = _own_device_keys(user_id, device_id, device.get("keys"))
         if keys is not None and isinstance(device_id, str):
             devices[device_id] = keys
+            name = _device_name(device.get("device_display_name"))
+            if name is not None:
+                names[device_id] = name
+            else:
+                names.pop(device_id, None)
     stream_id = answer.get("stream_id")
     keepable = _is_int(stream_id) and answer.get("user_id", user_id) == user_id
     return (
@@ -130,6 +162,7 @@ def listed_devices(user_id: str, answer: Mapping[str, Any]) -> tuple[CachedDevic
             devices,
             _own_cross_signing_key(user_id, answer.get("master_key")),
             _own_cross_signing_key(user_id, answer.get("self_signing_key")),
+            names,
         ),
         keepable,
     )
@@ -139,14 +172,14 @@ def cached_answer(
     user_id: str, listed: CachedDeviceList, device_ids: Collection[str]
 ) -> dict[str, dict[str, Any]]:
     """A kept list as ``/user/keys/query`` answers it: ``device_keys``
-    (the devices named, all when none is), ``master_keys`` and
-    ``self_signing_keys``.
+    (the devices named, all when none is) with their display names,
+    ``master_keys`` and ``self_signing_keys``.
     """
     wanted = set(device_ids)
     answer: dict[str, dict[str, Any]] = {
         "device_keys": {
             user_id: {
-                device_id: msgspec.json.decode(keys)
+                device_id: _named_keys(keys, listed.display_names.get(device_id))
                 for device_id, keys in sorted(listed.devices.items())
                 if not wanted or device_id in wanted
             }
@@ -159,6 +192,24 @@ def cached_answer(
     if listed.self_signing_key is not None:
         answer["self_signing_keys"][user_id] = msgspec.json.decode(listed.self_signing_key)
     return answer
+
+
+def _named_keys(keys: bytes, name: str | None) -> dict[str, Any]:
+    """A device's kept keys with ``name`` as ``unsigned.device_display_name``,
+    in place of any name they came with: the unsigned part is outside what
+    the device signed, and a name there was never bounded."""
+    decoded: dict[str, Any] = msgspec.json.decode(keys)
+    unsigned = decoded.pop("unsigned", None)
+    shown = (
+        {k: v for k, v in unsigned.items() if k != "device_display_name"}
+        if isinstance(unsigned, dict)
+        else {}
+    )
+    if name is not None:
+        shown["device_display_name"] = name
+    if shown:
+        decoded["unsigned"] = shown
+    return decoded
 
 
 class RemoteDeviceLists:
@@ -219,6 +270,7 @@ class RemoteDeviceLists:
             prev_ids=prev_ids,
             deleted=deleted,
             keys=None if deleted else _own_device_keys(user_id, device_id, content.get("keys")),
+            display_name=None if deleted else _device_name(content.get("device_display_name")),
         )
         if outcome == "stale":
             _log.info("the device list of %s missed an update: fetched at the next query", user_id)

@@ -8,7 +8,9 @@ Tables (the schema's ``_remote_device_lists`` migration)
 newest update heard of (applied, unless the row is stale), the master and
 self-signing keys, ``filled_at`` (the events stream position read before
 the list was fetched) and ``stale``. ``remote_device_keys`` holds each
-device's keys as the user's server served them.
+device's keys as the user's server served them, and the display name it
+gave beside them, if any (``display_name``, schema 58; bounded by the
+caller, :mod:`ranvier.core.remote_device_lists`).
 
 Invariants
 ----------
@@ -31,7 +33,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .membership_sql import MEMBERSHIP
@@ -50,13 +52,16 @@ UpdateOutcome = Literal["applied", "repeat", "stale", "placeholder"]
 @dataclass(frozen=True, slots=True)
 class CachedDeviceList:
     """A user's device list as kept: each device's keys and the
-    cross-signing keys, JSON as served.
+    cross-signing keys, JSON as served, and the display names given of
+    the devices that have one.
     """
 
     stream_id: int
     devices: dict[str, bytes]
     master_key: bytes | None
     self_signing_key: bytes | None
+    #: By device ID, only of devices in ``devices``.
+    display_names: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +106,10 @@ class RemoteDeviceListStorage:
                 _store,
                 user_id=user_id,
                 stream_id=listed.stream_id,
-                devices=sorted(listed.devices.items()),
+                devices=[
+                    (device_id, keys, listed.display_names.get(device_id))
+                    for device_id, keys in sorted(listed.devices.items())
+                ],
                 master_key=listed.master_key,
                 self_signing_key=listed.self_signing_key,
                 filled_at=filled_at,
@@ -117,10 +125,13 @@ class RemoteDeviceListStorage:
         prev_ids: Sequence[int],
         deleted: bool,
         keys: bytes | None,
+        display_name: str | None = None,
     ) -> UpdateOutcome:
         """Apply an ``m.device_list_update`` (``keys`` None: a device
         not held has no keys yet and stays out of the list; one held with
-        keys makes the row stale, as its keys are not known from it).
+        keys makes the row stale, as its keys are not known from it). The
+        device's ``display_name`` is replaced with the one it gives, or
+        with none.
         """
         return await self._writer.submit(
             functools.partial(
@@ -131,6 +142,7 @@ class RemoteDeviceListStorage:
                 prev_ids=list(prev_ids),
                 deleted=deleted,
                 keys=keys,
+                display_name=display_name,
             )
         )
 
@@ -163,17 +175,21 @@ def _entry(conn: sqlite3.Connection, *, user_id: str) -> tuple[CachedDeviceList,
     if row is None:
         return None
     stream_id, master_key, self_signing_key, stale = row
-    devices = {
-        str(device_id): bytes(key_json)
-        for device_id, key_json in conn.execute(
-            "SELECT device_id, key_json FROM remote_device_keys WHERE user_id = ?", (user_id,)
-        )
-    }
+    devices: dict[str, bytes] = {}
+    names: dict[str, str] = {}
+    for device_id, key_json, display_name in conn.execute(
+        "SELECT device_id, key_json, display_name FROM remote_device_keys WHERE user_id = ?",
+        (user_id,),
+    ):
+        devices[str(device_id)] = bytes(key_json)
+        if display_name is not None:
+            names[str(device_id)] = str(display_name)
     listed = CachedDeviceList(
         int(stream_id),
         devices,
         None if master_key is None else bytes(master_key),
         None if self_signing_key is None else bytes(self_signing_key),
+        names,
     )
     return listed, bool(stale)
 
@@ -247,7 +263,7 @@ def _store(
     *,
     user_id: str,
     stream_id: int,
-    devices: list[tuple[str, bytes]],
+    devices: list[tuple[str, bytes, str | None]],
     master_key: bytes | None,
     self_signing_key: bytes | None,
     filled_at: int,
@@ -268,8 +284,9 @@ def _store(
     )
     conn.execute("DELETE FROM remote_device_keys WHERE user_id = ?", (user_id,))
     conn.executemany(
-        "INSERT INTO remote_device_keys (user_id, device_id, key_json) VALUES (?, ?, ?)",
-        [(user_id, device_id, key_json) for device_id, key_json in devices],
+        "INSERT INTO remote_device_keys (user_id, device_id, key_json, display_name)"
+        " VALUES (?, ?, ?, ?)",
+        [(user_id, device_id, key_json, name) for device_id, key_json, name in devices],
     )
     return fresh
 
@@ -291,6 +308,7 @@ def _apply_update(
     prev_ids: list[int],
     deleted: bool,
     keys: bytes | None,
+    display_name: str | None = None,
 ) -> UpdateOutcome:
     row = conn.execute(
         "SELECT stream_id, stale FROM remote_device_lists WHERE user_id = ?", (user_id,)
@@ -331,9 +349,10 @@ def _apply_update(
         )
     else:
         conn.execute(
-            "INSERT INTO remote_device_keys (user_id, device_id, key_json) VALUES (?, ?, ?)"
-            " ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
-            (user_id, device_id, keys),
+            "INSERT INTO remote_device_keys (user_id, device_id, key_json, display_name)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (user_id, device_id) DO UPDATE SET"
+            " key_json = excluded.key_json, display_name = excluded.display_name",
+            (user_id, device_id, keys, display_name),
         )
     conn.execute(
         "UPDATE remote_device_lists SET stream_id = ? WHERE user_id = ?", (stream_id, user_id)

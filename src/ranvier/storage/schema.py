@@ -1298,6 +1298,15 @@ def _knock_servers(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE out_of_band_memberships ADD COLUMN sent_through TEXT")
 
 
+def _remote_device_names(conn: sqlite3.Connection) -> None:
+    """The display names other servers give their users' devices, kept
+    with the devices' keys (:mod:`ranvier.storage.remote_device_lists`) to
+    be shown in ``/keys/query`` answers. Lists kept before have none until
+    fetched or updated again.
+    """
+    conn.execute("ALTER TABLE remote_device_keys ADD COLUMN display_name TEXT")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1357,6 +1366,7 @@ MIGRATIONS: Sequence[Migration] = (
     _erased_users,
     _uia_sessions,
     _knock_servers,
+    _remote_device_names,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
