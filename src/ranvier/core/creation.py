@@ -102,7 +102,7 @@ from .loading import EventLoader
 from .policy_servers import POLICY_KEY, PolicyServers
 from .restricted_joins import AUTHORISER
 
-__all__ = ["EventCreator", "NotInRoomError", "Preset"]
+__all__ = ["EventCreator", "NotInRoomError", "Preset", "member_event_content"]
 
 #: The room presets of the client-server API's ``/createRoom``.
 Preset = Literal["private_chat", "public_chat", "trusted_private_chat"]
@@ -571,7 +571,13 @@ class EventCreator:
         return await self._rehearse(rv, template, origin_server_ts)
 
     async def rehearse_invite(
-        self, sender: str, room_id: str, target: str, *, reason: str | None = None
+        self,
+        sender: str,
+        room_id: str,
+        target: str,
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
     ) -> str:
         """The ID of the invite :meth:`invite` would send, sending nothing:
         checked as :meth:`rehearse_event` checks, and not shown to the
@@ -582,12 +588,8 @@ class EventCreator:
             raise _invalid_param(f"{target!r} is not a user ID")
         if not self._is_local(target) and self._remote_inviter is None:
             raise _no_remote_invites(target)
-        content: dict[str, Any] = {"membership": "invite"}
-        if reason is not None:
-            if type(reason) is not str:
-                raise _invalid_param("a reason must be a string")
-            content["reason"] = reason
-        return await self.rehearse_event(sender, room_id, _MEMBER, content, state_key=target)
+        invited = member_event_content("invite", content, reason)
+        return await self.rehearse_event(sender, room_id, _MEMBER, invited, state_key=target)
 
     def made_up_room_id(self, room_version: RoomVersionLike) -> str:
         """A room ID no room has, of the shape a new room of
@@ -974,13 +976,25 @@ class EventCreator:
     # --- Memberships ----------------------------------------------------------------
 
     async def invite(
-        self, sender: str, room_id: str, target: str, *, reason: str | None = None
+        self,
+        sender: str,
+        room_id: str,
+        target: str,
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
+        origin_server_ts: int | None = None,
     ) -> str:
         """Invite ``target``; return the invite's event ID.
 
         A user of another server is invited through ``remote_inviter``: the
         invite is checked here first, then sent to the invitee's server,
         and written with that server's signature once it agrees.
+
+        ``content`` holds the keys the client gave the event besides the
+        membership (``reason``, ``is_direct``, its own); ``origin_server_ts``
+        is an application service's timestamp, as :meth:`send_event` takes
+        it. Every membership method here takes both.
         """
         if not self._is_local(target) and self._remote_inviter is None:
             raise _no_remote_invites(target)
@@ -988,7 +1002,13 @@ class EventCreator:
             # A bridge makes its users when they are first needed, as the
             # Application Service API's user query has it: an invite is one.
             await self.member_profiles.ask_services_about(target)
-        return await self._membership(sender, room_id, target, "invite", reason)
+        return await self._membership(
+            sender,
+            room_id,
+            target,
+            member_event_content("invite", content, reason),
+            origin_server_ts=origin_server_ts,
+        )
 
     async def join(
         self,
@@ -997,6 +1017,8 @@ class EventCreator:
         *,
         reason: str | None = None,
         authoriser: str | None = None,
+        content: Mapping[str, Any] | None = None,
+        origin_server_ts: int | None = None,
     ) -> str:
         """Join a room this server is in; return the join's event ID.
 
@@ -1004,63 +1026,116 @@ class EventCreator:
         restricted room (:mod:`ranvier.core.restricted_joins` picks one).
         Raises :class:`NotInRoomError` for a room this server is not in
         (unknown here, or every local user has left): such a join goes
-        through another server.
+        through another server. The user's profile fills in the display
+        name and avatar that ``content`` does not give.
         """
         self._check_local(user)
+        joined = member_event_content("join", content, reason)
+        if authoriser is not None:
+            joined[AUTHORISER] = authoriser
         rv = await self._room_version(room_id, not_known=NotInRoomError(room_id))
         if not await self._server_in_room(room_id, rv):
             raise NotInRoomError(room_id)
-        vouched = None if authoriser is None else {AUTHORISER: authoriser}
-        return await self._membership(user, room_id, user, "join", reason, extra=vouched)
+        return await self._membership(
+            user, room_id, user, joined, origin_server_ts=origin_server_ts
+        )
 
-    async def leave(self, user: str, room_id: str, *, reason: str | None = None) -> str:
+    async def leave(
+        self,
+        user: str,
+        room_id: str,
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
+        origin_server_ts: int | None = None,
+    ) -> str:
         """Leave a room, or decline an invite; return the leave's event ID."""
-        return await self._membership(user, room_id, user, "leave", reason)
+        return await self._membership(
+            user,
+            room_id,
+            user,
+            member_event_content("leave", content, reason),
+            origin_server_ts=origin_server_ts,
+        )
 
     async def kick(
-        self, sender: str, room_id: str, target: str, *, reason: str | None = None
+        self,
+        sender: str,
+        room_id: str,
+        target: str,
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
+        origin_server_ts: int | None = None,
     ) -> str:
         """Make ``target`` leave: a leave sent by someone else, which needs the kick level.
 
         The rules would let a leave be written for a user who already left
         or never came; the API refuses that kick instead, as a no-op.
         """
+        left = member_event_content("leave", content, reason)
         rv = await self._room_version(room_id)
         if await self._current_membership(room_id, rv, target) not in ("join", "invite", "knock"):
             raise MatrixError(
                 f"{target} is not in {room_id}", errcode="M_FORBIDDEN", http_status=403
             )
-        return await self._membership(sender, room_id, target, "leave", reason)
+        return await self._membership(
+            sender, room_id, target, left, origin_server_ts=origin_server_ts
+        )
 
     async def ban(
-        self, sender: str, room_id: str, target: str, *, reason: str | None = None
+        self,
+        sender: str,
+        room_id: str,
+        target: str,
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
+        origin_server_ts: int | None = None,
     ) -> str:
-        return await self._membership(sender, room_id, target, "ban", reason)
+        return await self._membership(
+            sender,
+            room_id,
+            target,
+            member_event_content("ban", content, reason),
+            origin_server_ts=origin_server_ts,
+        )
 
     async def unban(
-        self, sender: str, room_id: str, target: str, *, reason: str | None = None
+        self,
+        sender: str,
+        room_id: str,
+        target: str,
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
+        origin_server_ts: int | None = None,
     ) -> str:
         """Lift a ban: a leave of a banned user, which needs the ban level."""
-        return await self._membership(sender, room_id, target, "leave", reason)
+        return await self._membership(
+            sender,
+            room_id,
+            target,
+            member_event_content("leave", content, reason),
+            origin_server_ts=origin_server_ts,
+        )
 
     async def _membership(
         self,
         sender: str,
         room_id: str,
         target: str,
-        membership: str,
-        reason: str | None,
+        content: dict[str, Any],
         *,
-        extra: Mapping[str, Any] | None = None,
+        origin_server_ts: int | None = None,
     ) -> str:
+        """Write the member event of ``target`` with ``content``, made by
+        :func:`member_event_content`."""
         self._check_local(sender)
         if not is_valid_user_id(target):
             raise _invalid_param(f"{target!r} is not a user ID")
-        content: dict[str, Any] = {**(extra or {}), "membership": membership}
-        if reason is not None:
-            if type(reason) is not str:
-                raise _invalid_param("a reason must be a string")
-            content["reason"] = reason
+        _check_timestamp(origin_server_ts)
+        membership = content["membership"]
         if membership == "join" and self.member_profiles is not None:
             content = {**await self.member_profiles.member_content(target), **content}
         if membership == "invite":
@@ -1074,7 +1149,7 @@ class EventCreator:
             "content": content,
         }
         async with self._locks.hold(room_id):
-            event = await self._build(rv, template)
+            event = await self._build(rv, template, timestamp=origin_server_ts)
             written = await self._write(event, countersign=self._countersigner(event))
         return written.event_id
 
@@ -1383,6 +1458,27 @@ def _without_voucher(event_type: str, content: Mapping[str, Any]) -> Mapping[str
     if event_type != _MEMBER or AUTHORISER not in content:
         return content
     return {key: value for key, value in content.items() if key != AUTHORISER}
+
+
+def member_event_content(
+    membership: str, given: Mapping[str, Any] | None, reason: str | None = None
+) -> dict[str, Any]:
+    """The content of a member event a local user asks for: the keys they
+    gave (a per-room display name, ``is_direct``, their own), ``membership``
+    over whatever they said of it, and ``reason`` when given apart.
+
+    An authoriser they named is dropped (see :func:`_without_voucher`):
+    only this server names one, for a join it vouches for.
+    """
+    if given is not None and not isinstance(given, Mapping):
+        raise _invalid_param("a member event's content must be a JSON object")
+    content = dict(_without_voucher(_MEMBER, given or {}))
+    content["membership"] = membership
+    if reason is not None:
+        content["reason"] = reason
+    if "reason" in content and type(content["reason"]) is not str:
+        raise _invalid_param("a reason must be a string")
+    return content
 
 
 def _event_template(

@@ -121,7 +121,7 @@ from .context import (
     compute_event_context,
     event_to_persist,
 )
-from .creation import MemberProfiles
+from .creation import MemberProfiles, member_event_content
 from .event_auth import run_auth_checks
 from .event_signatures import check_event_signatures, redacted_if_hash_mismatch
 from .ingest import RoomLocks
@@ -355,11 +355,18 @@ class RemoteJoiner:
         self.member_profiles: MemberProfiles | None = None
 
     async def join_remote_room(
-        self, user_id: str, room_id: str, servers: Sequence[str], *, reason: str | None = None
+        self,
+        user_id: str,
+        room_id: str,
+        servers: Sequence[str],
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
     ) -> RemoteJoin:
         """Join ``user_id`` (one of our users) to ``room_id`` through the first
         of ``servers`` that can take the join; return the join as written.
-        A ``reason`` goes into the join's content.
+        A ``reason`` goes into the join's content, and so do the keys of
+        ``content`` (:func:`~ranvier.core.creation.member_event_content`).
 
         Raises the refusal of a server that speaks for the room (M_FORBIDDEN
         for a user who may not join, M_INCOMPATIBLE_ROOM_VERSION for a room
@@ -372,6 +379,7 @@ class RemoteJoiner:
                 errcode="M_INVALID_PARAM",
                 http_status=400,
             )
+        added = member_event_content("join", content, reason)
         failures: list[tuple[str, str]] = []
         tried: set[str] = set()
         for server in servers:
@@ -380,7 +388,7 @@ class RemoteJoiner:
             tried.add(server)
             omit_members = self.partial_state and not await self._joined_with_full_state(room_id)
             answer = await self._checked(
-                self._handshake(server, user_id, room_id, omit_members, reason)
+                self._handshake(server, user_id, room_id, omit_members, added)
             )
             if isinstance(answer, _CheckedAnswer):
                 joined = await self._write_locked(room_id, answer)
@@ -422,7 +430,12 @@ class RemoteJoiner:
             return f"{exc.errcode}: {exc.message}"
 
     async def _handshake(
-        self, server: str, user_id: str, room_id: str, omit_members: bool, reason: str | None
+        self,
+        server: str,
+        user_id: str,
+        room_id: str,
+        omit_members: bool,
+        content: Mapping[str, Any],
     ) -> _CheckedAnswer:
         template = await self._client.make_join(server, room_id, user_id, self.room_versions)
         profile = (
@@ -430,8 +443,7 @@ class RemoteJoiner:
             if self.member_profiles is None
             else await self.member_profiles.member_content(user_id)
         )
-        added = dict(profile) if reason is None else {**profile, "reason": reason}
-        join = self._join_event(template, user_id, room_id, added)
+        join = self._join_event(template, user_id, room_id, {**profile, **content})
         return await self._send_join(server, join, omit_members)
 
     async def _send_join(self, server: str, join: Pdu, omit_members: bool) -> _CheckedAnswer:
@@ -441,10 +453,10 @@ class RemoteJoiner:
         return await self._check_answer(body, join, server, asked_partial=omit_members)
 
     def _join_event(
-        self, answer: object, user_id: str, room_id: str, profile: Mapping[str, str]
+        self, answer: object, user_id: str, room_id: str, profile: Mapping[str, Any]
     ) -> Pdu:
         """Our join, made from a make_join answer, with ``profile`` (the
-        user's profile, and a reason if given) added to its content.
+        user's profile, under the keys the user gave) added to its content.
         """
         if not isinstance(answer, dict):
             raise _BadAnswer("the make_join answer is not a JSON object")

@@ -30,6 +30,7 @@ are taken as they come, as invites' ``invite_room_state`` is.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -42,12 +43,19 @@ from ranvier.protocol.signing import SigningKeyLike
 
 from .builder import Clock, wall_clock_ms
 from .context import out_of_band_to_persist
-from .creation import EventCreator
+from .creation import EventCreator, member_event_content
 from .directory import RoomDirectory
 from .event_signatures import check_event_signatures
 from .interfaces import EventPersister, VerifyKeySource
 
-__all__ = ["KNOCK_ROOM_STATE", "KnockClient", "KnockMemberships", "RoomKnocks", "knock_servers"]
+__all__ = [
+    "KNOCK_ROOM_STATE",
+    "KnockClient",
+    "KnockMemberships",
+    "Knocked",
+    "RoomKnocks",
+    "knock_servers",
+]
 
 _MEMBER: Final = "m.room.member"
 #: Where a knock kept as an outlier holds the state its room's server sent.
@@ -125,6 +133,14 @@ def _worth_trying_elsewhere(exc: MatrixError) -> bool:
     return exc.http_status >= 500 or exc.http_status in (404, 429)
 
 
+@dataclass(frozen=True, slots=True)
+class Knocked:
+    """A knock made: the room and the knock's event ID."""
+
+    room_id: str
+    event_id: str
+
+
 class RoomKnocks:
     """Knocks on rooms for local users, here or through a server in the room."""
 
@@ -162,29 +178,48 @@ class RoomKnocks:
         reason: str | None = None,
     ) -> str:
         """Knock on a room named by ID or alias (resolved first); return its ID."""
+        knocked = await self.knock_event(user_id, room_id_or_alias, servers, reason=reason)
+        return knocked.room_id
+
+    async def knock_event(
+        self,
+        user_id: str,
+        room_id_or_alias: str,
+        servers: Sequence[str] = (),
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
+        origin_server_ts: int | None = None,
+    ) -> Knocked:
+        """:meth:`knock`, answering with the knock's event ID too; the keys
+        of ``content`` go into the knock (see
+        :func:`~ranvier.core.creation.member_event_content`), and
+        ``origin_server_ts`` dates a knock made here, as
+        :meth:`EventCreator.send_event` takes it.
+        """
         if type(user_id) is not str or user_id.partition(":")[2] != self.server_name:
             raise MatrixError(
                 f"{user_id!r} is not a user of {self.server_name}",
                 errcode="M_FORBIDDEN",
                 http_status=403,
             )
-        if reason is not None and type(reason) is not str:
-            raise MatrixError(
-                "a reason must be a string", errcode="M_INVALID_PARAM", http_status=400
-            )
+        knock = member_event_content("knock", content, reason)
         room_id, candidates = await self._resolve(room_id_or_alias, servers)
         if await self._memberships.server_has_joined_member(room_id, self.server_name):
-            content: dict[str, Any] = {"membership": "knock"}
-            if reason is not None:
-                content["reason"] = reason
-            await self._creator.send_event(user_id, room_id, _MEMBER, content, state_key=user_id)
-            return room_id
+            event_id = await self._creator.send_event(
+                user_id,
+                room_id,
+                _MEMBER,
+                knock,
+                state_key=user_id,
+                origin_server_ts=origin_server_ts,
+            )
+            return Knocked(room_id, event_id)
         named = room_id.partition(":")[2]
         if named:
             candidates.append(named)
         remote = [server for server in dict.fromkeys(candidates) if server != self.server_name]
-        await self._knock_remotely(user_id, room_id, remote, reason)
-        return room_id
+        return Knocked(room_id, await self._knock_remotely(user_id, room_id, remote, knock))
 
     async def _resolve(
         self, room_id_or_alias: str, servers: Sequence[str]
@@ -207,8 +242,8 @@ class RoomKnocks:
         )
 
     async def _knock_remotely(
-        self, user_id: str, room_id: str, servers: Sequence[str], reason: str | None
-    ) -> None:
+        self, user_id: str, room_id: str, servers: Sequence[str], content: Mapping[str, Any]
+    ) -> str:
         if self._client is None:
             raise MatrixError(
                 f"{room_id} is not joined here and this server does not speak to others",
@@ -225,7 +260,7 @@ class RoomKnocks:
         for server in servers:
             try:
                 answer = await self._client.make_knock(server, room_id, user_id, _KNOCK_VERSIONS)
-                event = self._signed_knock(answer, room_id, user_id, reason)
+                event = self._signed_knock(answer, room_id, user_id, content)
                 sent = await self._client.send_knock(server, room_id, event.event_id, event.json)
             except MatrixError as exc:
                 if not _worth_trying_elsewhere(exc):
@@ -244,7 +279,7 @@ class RoomKnocks:
             await self._persister.persist_events(
                 [out_of_band_to_persist(kept, sent_through=server)]
             )
-            return
+            return event.event_id
         raise MatrixError(
             f"could not knock on {room_id}: {'; '.join(failures)}",
             errcode="M_UNKNOWN",
@@ -293,7 +328,9 @@ class RoomKnocks:
             pending = later
         return [event.json for event in events if id(event) in valid]
 
-    def _signed_knock(self, answer: Any, room_id: str, user_id: str, reason: str | None) -> Pdu:
+    def _signed_knock(
+        self, answer: Any, room_id: str, user_id: str, content: Mapping[str, Any]
+    ) -> Pdu:
         """Our knock from a ``make_knock`` template, checked to be one, signed."""
         if not isinstance(answer, dict) or not isinstance(answer.get("event"), dict):
             raise _bad_template("the answer has no event template")
@@ -303,10 +340,7 @@ class RoomKnocks:
         for name, value in expected.items():
             if template.get(name) != value:
                 raise _bad_template(f"its {name} is {template.get(name)!r}, not {value!r}")
-        content: dict[str, Any] = {"membership": "knock"}
-        if reason is not None:
-            content["reason"] = reason
-        template.update(content=content, origin_server_ts=self._clock())
+        template.update(content=dict(content), origin_server_ts=self._clock())
         for name in ("signatures", "hashes", "unsigned"):
             template.pop(name, None)
         try:

@@ -29,14 +29,15 @@ checked before the join and again once it is stored
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Final, Protocol
 
 from ranvier.errors import MatrixError
 from ranvier.protocol.x_matrix import is_server_name
 
-from .creation import EventCreator, NotInRoomError
+from .client_events import event_content
+from .creation import EventCreator, NotInRoomError, member_event_content
 from .directory import RoomDirectory
 from .guests import EVICTION_REASON, GuestJoins, guest_join_refused
 from .interfaces import StateReader
@@ -45,6 +46,8 @@ from .restricted_joins import JoinVouching, RestrictedJoins
 
 __all__ = ["BlockedRooms", "JoinedRoom", "MembershipLookup", "RoomJoins"]
 
+_MEMBER: Final = "m.room.member"
+
 
 @dataclass(frozen=True, slots=True)
 class JoinedRoom:
@@ -52,6 +55,15 @@ class JoinedRoom:
 
     room_id: str
     event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Join:
+    """A join made, and whether it brought the user into the room (not a
+    join of a user already joined)."""
+
+    room: JoinedRoom
+    arrived: bool
 
 
 class MembershipLookup(Protocol):
@@ -103,15 +115,31 @@ class RoomJoins:
         *,
         reason: str | None = None,
         guest: bool = False,
+        content: Mapping[str, Any] | None = None,
+        origin_server_ts: int | None = None,
     ) -> JoinedRoom:
         """Join ``user_id`` to a room named by ID or alias (resolved first);
-        a ``reason`` goes into the join's content, here or through another server.
-        ``guest`` says the user is a guest, held to the room's guest access.
+        a ``reason`` goes into the join's content, here or through another
+        server, and so do the other keys of ``content`` (a per-room display
+        name, keys of the client's own). ``guest`` says the user is a
+        guest, held to the room's guest access. ``origin_server_ts`` is an
+        application service's timestamp for a join made here.
+
+        The join of a user already joined changes only their member event
+        (a per-room profile, say): it is not handed to ``on_joined``, which
+        is for users arriving in a room.
         """
-        joined = await self._join(user_id, room_id_or_alias, servers, reason=reason, guest=guest)
-        if self._on_joined is not None:
-            await self._on_joined(user_id, joined.room_id)
-        return joined
+        joined = await self._join(
+            user_id,
+            room_id_or_alias,
+            servers,
+            content=member_event_content("join", content, reason),
+            guest=guest,
+            origin_server_ts=origin_server_ts,
+        )
+        if self._on_joined is not None and joined.arrived:
+            await self._on_joined(user_id, joined.room.room_id)
+        return joined.room
 
     async def joined_at_creation(self, user_id: str, room_id: str) -> None:
         """``user_id`` created ``room_id`` here, which joined them to it:
@@ -128,9 +156,10 @@ class RoomJoins:
         room_id_or_alias: str,
         servers: Sequence[str],
         *,
-        reason: str | None,
+        content: Mapping[str, Any],
         guest: bool = False,
-    ) -> JoinedRoom:
+        origin_server_ts: int | None = None,
+    ) -> _Join:
         candidates = list(servers)
         if type(room_id_or_alias) is str and room_id_or_alias.startswith("#"):
             if self._directory is None:
@@ -154,20 +183,30 @@ class RoomJoins:
                 errcode="M_FORBIDDEN",
                 http_status=403,
             )
+        arrived = self._on_joined is None or not await self._is_joined(user_id, room_id)
         if guest:
-            return await self._guest_join(user_id, room_id, reason)
+            return _Join(
+                await self._guest_join(user_id, room_id, content, origin_server_ts), arrived
+            )
         vouching = await self._vouching(user_id, room_id)
         if vouching.through:
             # A restricted room no user here may vouch in: one of the
             # servers whose users may signs the join, as a remote join.
-            return await self._join_through(
-                user_id, room_id, [*vouching.through, *candidates], reason=reason
+            return _Join(
+                await self._join_through(
+                    user_id, room_id, [*vouching.through, *candidates], content=content
+                ),
+                arrived,
             )
         try:
             event_id = await self._creator.join(
-                user_id, room_id, reason=reason, authoriser=vouching.authoriser
+                user_id,
+                room_id,
+                authoriser=vouching.authoriser,
+                content=content,
+                origin_server_ts=origin_server_ts,
             )
-            return JoinedRoom(room_id, event_id)
+            return _Join(JoinedRoom(room_id, event_id), arrived)
         except NotInRoomError:
             pass
         named = room_id.partition(":")[2]
@@ -176,10 +215,15 @@ class RoomJoins:
         inviter = await self._inviter_server(user_id, room_id)
         if inviter is not None:
             candidates.append(inviter)
-        return await self._join_through(user_id, room_id, candidates, reason=reason)
+        return _Join(await self._join_through(user_id, room_id, candidates, content=content), True)
 
     async def _join_through(
-        self, user_id: str, room_id: str, candidates: Sequence[str], *, reason: str | None
+        self,
+        user_id: str,
+        room_id: str,
+        candidates: Sequence[str],
+        *,
+        content: Mapping[str, Any],
     ) -> JoinedRoom:
         """A join through the first of ``candidates`` that takes it."""
         # A client may name servers that cannot exist (a typo, an injected
@@ -187,11 +231,20 @@ class RoomJoins:
         # after the resolver fails, so they are left out as if not named.
         servers = [server for server in candidates if is_server_name(server)]
         joined = await self._remote.join_remote_room(
-            user_id, room_id, list(dict.fromkeys(servers)), reason=reason
+            user_id, room_id, list(dict.fromkeys(servers)), content=content
         )
         if joined.partial_state:
             self._on_partial_state(room_id)
         return JoinedRoom(room_id, joined.event.event_id)
+
+    async def _is_joined(self, user_id: str, room_id: str) -> bool:
+        """Whether the room's current state here has ``user_id`` joined."""
+        key = (_MEMBER, user_id)
+        event_id = (await self._store.get_current_state_ids_for_keys(room_id, (key,))).get(key)
+        if event_id is None:
+            return False
+        row = (await self._store.get_events([event_id])).get(event_id)
+        return row is not None and event_content(row).get("membership") == "join"
 
     async def _vouching(self, user_id: str, room_id: str) -> JoinVouching:
         """Who vouches for a join of a restricted room this server is in;
@@ -201,13 +254,21 @@ class RoomJoins:
             return JoinVouching()
         return await self._restricted.for_local_user(room_id, user_id)
 
-    async def _guest_join(self, user_id: str, room_id: str, reason: str | None) -> JoinedRoom:
+    async def _guest_join(
+        self,
+        user_id: str,
+        room_id: str,
+        content: Mapping[str, Any],
+        origin_server_ts: int | None,
+    ) -> JoinedRoom:
         """A guest's join: of a room here that lets guests in, before and
         after the join is stored; a change stored between the two is undone
         by leaving at once."""
         await self._guests.check(room_id)
         try:
-            event_id = await self._creator.join(user_id, room_id, reason=reason)
+            event_id = await self._creator.join(
+                user_id, room_id, content=content, origin_server_ts=origin_server_ts
+            )
         except NotInRoomError:
             # Its guest access was read from state kept of a room every
             # local user has left; a guest does not join through others.

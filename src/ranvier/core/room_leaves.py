@@ -37,7 +37,7 @@ from ranvier.protocol.signing import SigningKeyLike
 from .builder import Clock, wall_clock_ms
 from .client_events import event_content
 from .context import out_of_band_to_persist
-from .creation import EventCreator
+from .creation import EventCreator, member_event_content
 from .interfaces import EventPersister, StateReader
 from .knocks import knock_servers
 from .room_joins import MembershipLookup
@@ -93,12 +93,27 @@ class RoomLeaves:
         self._client = client
         self._clock = clock
 
-    async def leave(self, user_id: str, room_id: str, *, reason: str | None = None) -> str:
-        """Leave ``room_id`` or decline an invite to it; return the leave's event ID."""
+    async def leave(
+        self,
+        user_id: str,
+        room_id: str,
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
+        origin_server_ts: int | None = None,
+    ) -> str:
+        """Leave ``room_id``, decline an invite to it or withdraw a knock;
+        return the leave's event ID. ``content`` and ``origin_server_ts``
+        are as :meth:`EventCreator.leave` takes them; a leave made through
+        another server, or on the invite alone, is dated now.
+        """
+        left = member_event_content("leave", content, reason)
         invite = await self._remote_membership(user_id, room_id)
         if invite is not None:
-            return await self._leave_remotely(user_id, invite, reason)
-        return await self._creator.leave(user_id, room_id, reason=reason)
+            return await self._leave_remotely(user_id, invite, left)
+        return await self._creator.leave(
+            user_id, room_id, content=left, origin_server_ts=origin_server_ts
+        )
 
     async def _remote_membership(self, user_id: str, room_id: str) -> Pdu | None:
         """The invite of another server, or the user's knock made through
@@ -122,7 +137,7 @@ class RoomLeaves:
         rv = SUPPORTED_ROOM_VERSIONS.get(version or "")
         return None if rv is None else Pdu.from_json(row.json, rv, check_limits=False)
 
-    async def _leave_remotely(self, user_id: str, invite: Pdu, reason: str | None) -> str:
+    async def _leave_remotely(self, user_id: str, invite: Pdu, content: Mapping[str, Any]) -> str:
         if self._client is None:
             raise MatrixError(
                 f"{invite.room_id} is not joined here and this server does not speak to others",
@@ -149,7 +164,7 @@ class RoomLeaves:
                 continue
             answered = True
             try:
-                event = self._signed_leave(answer, invite, user_id, reason)
+                event = self._signed_leave(answer, invite, user_id, content)
                 await self._client.send_leave(server, room_id, event.event_id, event.json)
             except MatrixError as exc:
                 if not _worth_trying_elsewhere(exc):
@@ -165,7 +180,7 @@ class RoomLeaves:
                 room_id,
                 "; ".join(failures) or "no server to ask",
             )
-            event = self._leave_alone(invite, user_id, reason)
+            event = self._leave_alone(invite, user_id, content)
             await self._persister.persist_events([out_of_band_to_persist(event)])
             return event.event_id
         raise MatrixError(
@@ -174,18 +189,15 @@ class RoomLeaves:
             http_status=502,
         )
 
-    def _leave_alone(self, pending: Pdu, user_id: str, reason: str | None) -> Pdu:
+    def _leave_alone(self, pending: Pdu, user_id: str, content: Mapping[str, Any]) -> Pdu:
         """Our leave resting on the pending invite or knock alone, signed."""
-        content: dict[str, Any] = {"membership": "leave"}
-        if reason is not None:
-            content["reason"] = reason
         rv = pending.room_version
         fields: dict[str, Any] = {
             "type": _MEMBER,
             "room_id": pending.room_id,
             "sender": user_id,
             "state_key": user_id,
-            "content": content,
+            "content": dict(content),
             "prev_events": [pending.event_id],
             "auth_events": [pending.event_id],
             "depth": pending.depth + 1,
@@ -194,7 +206,9 @@ class RoomLeaves:
         signed = hash_and_sign_event(fields, rv, self.server_name, self._signing_key)
         return Pdu.from_json(signed, rv)
 
-    def _signed_leave(self, answer: Any, invite: Pdu, user_id: str, reason: str | None) -> Pdu:
+    def _signed_leave(
+        self, answer: Any, invite: Pdu, user_id: str, content: Mapping[str, Any]
+    ) -> Pdu:
         """Our leave from a ``make_leave`` template, checked to be one, signed."""
         rv = invite.room_version
         if not isinstance(answer, dict) or not isinstance(answer.get("event"), dict):
@@ -211,10 +225,7 @@ class RoomLeaves:
         for name, value in expected.items():
             if template.get(name) != value:
                 raise _bad_template(f"its {name} is {template.get(name)!r}, not {value!r}")
-        content: dict[str, Any] = {"membership": "leave"}
-        if reason is not None:
-            content["reason"] = reason
-        template.update(content=content, origin_server_ts=self._clock())
+        template.update(content=dict(content), origin_server_ts=self._clock())
         template.pop("signatures", None)
         template.pop("hashes", None)
         try:

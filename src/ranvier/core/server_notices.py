@@ -132,7 +132,15 @@ class Memberships(Protocol):
 class Leaves(Protocol):
     """(:class:`ranvier.core.room_leaves.RoomLeaves`)"""
 
-    async def leave(self, user_id: str, room_id: str, *, reason: str | None = None) -> str: ...
+    async def leave(
+        self,
+        user_id: str,
+        room_id: str,
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
+        origin_server_ts: int | None = None,
+    ) -> str: ...
 
 
 def notice_content(body: str, *, server_notice_type: str | None = None) -> dict[str, Any]:
@@ -298,6 +306,16 @@ class NoticeGuardedLeaves:
         self._leaves = leaves
         self._notices = notices
 
-    async def leave(self, user_id: str, room_id: str, *, reason: str | None = None) -> str:
+    async def leave(
+        self,
+        user_id: str,
+        room_id: str,
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
+        origin_server_ts: int | None = None,
+    ) -> str:
         await self._notices.check_leave(user_id, room_id)
-        return await self._leaves.leave(user_id, room_id, reason=reason)
+        return await self._leaves.leave(
+            user_id, room_id, reason=reason, content=content, origin_server_ts=origin_server_ts
+        )
