@@ -120,7 +120,6 @@ from ranvier.api.directory import add_directory_routes
 from ranvier.api.event_context import add_event_context_route
 from ranvier.api.hierarchy import add_hierarchy_route
 from ranvier.api.keys import add_key_routes
-from ranvier.api.knock import add_knock_route
 from ranvier.api.login_tokens import add_login_token_route
 from ranvier.api.media import MediaApp
 from ranvier.api.notifications import add_notification_routes
@@ -1633,6 +1632,8 @@ class HomeServer:
             directory=directory,
             forgetting=RoomForgetting(self.storage.forgotten_rooms),
             shadow_bans=self._shadow_bans,
+            knocks=_built(self._room_knocks, "room_knocks"),
+            limiter=self._client_limiter,
         )
         add_directory_routes(router, auth=self.auth, directory=directory, reader=reader)
         add_event_context_route(
@@ -1760,7 +1761,6 @@ class HomeServer:
             settings=self._upgraded_room_settings,
         )
         add_upgrade_routes(router, auth=auth, upgrades=upgrades, shadow_bans=self._shadow_bans)
-        add_knock_route(router, auth=auth, knocks=_built(self._room_knocks, "room_knocks"))
         add_appservice_routes(router, auth=auth, pinger=self._appservice_queries)
         return router
 

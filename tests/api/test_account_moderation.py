@@ -274,6 +274,17 @@ async def test_a_suspended_account_is_refused_what_the_list_names(env: WithAdmin
     await _suspended(env, alice, "POST", f"/rooms/{q(invited_room)}/join", {})
     await _suspended(env, alice, "POST", f"/knock/{q(other_room)}", {})
     await _suspended(env, alice, "POST", f"{room}/invite", {"user_id": carol.user_id})
+    # The same, sent as member events through /state.
+    own = f"state/m.room.member/{q(alice.user_id)}"
+    await _suspended(env, alice, "PUT", f"/rooms/{q(other_room)}/{own}", {"membership": "join"})
+    await _suspended(env, alice, "PUT", f"/rooms/{q(other_room)}/{own}", {"membership": "knock"})
+    await _suspended(
+        env,
+        alice,
+        "PUT",
+        f"{room}/state/m.room.member/{q(carol.user_id)}",
+        {"membership": "invite"},
+    )
     await _suspended(
         env, alice, "PUT", f"{room}/send/m.room.message/a1", {"msgtype": "m.text", "body": "x"}
     )
@@ -310,6 +321,7 @@ async def test_a_suspended_account_keeps_what_the_spec_allows(env: WithAdmin) ->
     room_id = await client.create_room(alice)
     left_room = await client.create_room(alice)
     invited_room = await client.create_room(bob, invite=[alice.user_id])
+    declined_room = await client.create_room(bob, invite=[alice.user_id])
     room = f"/rooms/{q(room_id)}"
     mine = [
         (
@@ -331,6 +343,16 @@ async def test_a_suspended_account_keeps_what_the_spec_allows(env: WithAdmin) ->
     await client.ok(alice, "POST", f"/rooms/{q(left_room)}/leave", {})
     await client.ok(alice, "POST", f"/rooms/{q(invited_room)}/leave", {})
     assert (await client.state(bob, invited_room))[("m.room.member", alice.user_id)]["content"][
+        "membership"
+    ] == "leave"
+    # Declining an invite sent as her member event through /state is the same leave.
+    await client.ok(
+        alice,
+        "PUT",
+        f"/rooms/{q(declined_room)}/state/m.room.member/{q(alice.user_id)}",
+        {"membership": "leave"},
+    )
+    assert (await client.state(bob, declined_room))[("m.room.member", alice.user_id)]["content"][
         "membership"
     ] == "leave"
     # Still suspended after all that.

@@ -131,14 +131,14 @@ async def test_the_user_cannot_speak_or_decline_but_may_leave_for_a_new_room(
             status=403,
             errcode="M_CANNOT_LEAVE_SERVER_NOTICE_ROOM",
         )
-        # Nor as a member event of their own: state is for those joined.
+        # Nor as a member event of their own, which is the same leave.
         await client.refused(
             alice,
             "PUT",
             f"/rooms/{q(room_id)}/state/m.room.member/{q(alice.user_id)}",
             {"membership": "leave"},
             status=403,
-            errcode="M_FORBIDDEN",
+            errcode="M_CANNOT_LEAVE_SERVER_NOTICE_ROOM",
         )
         assert await _invited_room(env, alice) == room_id
 

@@ -154,6 +154,31 @@ async def test_a_service_dates_a_state_event(tmp_path: Path) -> None:
         assert state[("m.room.member", ghost)]["origin_server_ts"] == IMPORTED
 
 
+async def test_a_service_dates_a_join_made_through_state(tmp_path: Path) -> None:
+    """A ghost not yet in the room joins it with a member event of its own
+    sent through /state, dated as the service asks; the service's bot may
+    not make that join for the ghost."""
+    async with open_with_service(tmp_path) as env:
+        room_id = await env.client.create_room(env.alice, preset="public_chat")
+        ghost = await env.register("_br_newcomer")
+        path = f"/rooms/{q(room_id)}/state/m.room.member/{q(ghost)}"
+        status, answer = await env.as_call("PUT", path, {"membership": "join"})
+        assert (status, answer.get("errcode")) == (403, "M_FORBIDDEN"), answer
+        answer = await env.client.ok(
+            None,
+            "PUT",
+            path,
+            {"membership": "join", "displayname": "Newcomer"},
+            token=AS_TOKEN,
+            params={"user_id": ghost, "ts": str(IMPORTED)},
+        )
+        event = await _event(env, env.alice, room_id, answer["event_id"])
+        assert (event["sender"], event["origin_server_ts"]) == (ghost, IMPORTED)
+        assert event["content"] == {"membership": "join", "displayname": "Newcomer"}
+        state = await env.client.state(env.alice, room_id)
+        assert state[("m.room.member", ghost)]["event_id"] == answer["event_id"]
+
+
 async def test_a_bad_timestamp_is_refused_and_nothing_is_sent(tmp_path: Path) -> None:
     async with open_with_service(tmp_path) as env:
         room_id, ghost = await _bridged_room(env)

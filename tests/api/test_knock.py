@@ -210,3 +210,34 @@ async def test_a_knock_wakes_a_long_poll_and_knock_restricted_allows_it(tmp_path
         events = woken["rooms"]["knock"][room_id]["knock_state"]["events"]
         assert events[-1]["content"] == {"membership": "knock"}
         assert (await _membership(env, bob))["content"] == {"membership": "knock"}
+
+
+async def test_a_knock_sent_through_the_state_api_is_made_and_withdrawn(tmp_path: Path) -> None:
+    """A knock member event of Bob's own through /state knocks as /knock
+    does, with the keys he sent; his leave through /state withdraws it.
+    Knocking for someone else is refused and writes nothing."""
+    async with _knock_room(tmp_path) as env:
+        client, alice, bob, room_id = env.client, env.alice, env.bob, env.room_id
+        path = f"/rooms/{q(room_id)}/state/m.room.member/{q(bob.user_id)}"
+        await client.refused(
+            alice, "PUT", path, {"membership": "knock"}, status=403, errcode="M_FORBIDDEN"
+        )
+        assert ("m.room.member", bob.user_id) not in await client.state(alice, room_id)
+
+        knock = {"membership": "knock", "reason": "let me in", "org.example.note": "hi"}
+        answer = await client.ok(bob, "PUT", path, knock)
+        event = await _membership(env, bob)
+        assert (event["event_id"], event["sender"]) == (answer["event_id"], bob.user_id)
+        assert {key: event["content"][key] for key in knock} == knock
+        knocked = await env.sync(bob)
+        assert room_id in knocked["rooms"]["knock"]
+
+        answer = await client.ok(bob, "PUT", path, {"membership": "leave"})
+        event = await _membership(env, bob)
+        assert (event["event_id"], event["content"]) == (
+            answer["event_id"],
+            {"membership": "leave"},
+        )
+        withdrawn = await env.sync(bob, since=knocked["next_batch"])
+        assert withdrawn["rooms"]["knock"] == {}
+        assert room_id in withdrawn["rooms"]["leave"]

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from _client import Client, q
 from trio.testing import MockClock
 
 from ranvier.api.app import ClientApp
@@ -17,7 +18,7 @@ from ranvier.api.ratelimit import (
     RouteLimits,
     TokenBuckets,
 )
-from ranvier.config import Config, ConfigError, RateLimitConfig
+from ranvier.config import Config, ConfigError, RateConfig, RateLimitConfig
 from ranvier.core.accounts import Requester
 from ranvier.errors import LimitExceededError, MatrixError
 from ranvier.testing import open_test_homeserver
@@ -413,3 +414,58 @@ async def _nothing(request: Request) -> Mapping[str, Any]:
 
 def _example_path(pattern: str) -> str:
     return "/".join("x" if part.startswith("{") else part for part in pattern.split("/"))
+
+
+async def test_a_member_event_through_state_counts_as_the_action_it_stands_for(
+    tmp_path: Path,
+) -> None:
+    """A join or an invite sent as a member event through /state takes
+    from the user's joins or invites, as the routes of its own do: one of
+    each at once, here, and /state cannot be a way round the limit."""
+    config = config_for_tests(tmp_path / "hs", rate_limits=True)
+    one = RateConfig(per_second=0.0001, burst=1)
+    config = msgspec.structs.replace(
+        config,
+        ratelimit=msgspec.structs.replace(config.ratelimit, join=one, invite=one),
+    )
+    async with open_test_homeserver(tmp_path / "hs", config=config) as hs, hs.client() as http:
+        c = Client(hs, http)
+        alice, bob = await hs.register_user("alice"), await hs.register_user("bob")
+        carol, dave = await hs.register_user("carol"), await hs.register_user("dave")
+        first, second = [await c.create_room(alice, preset="public_chat") for _ in range(2)]
+
+        def member(room_id: str, user_id: str) -> str:
+            return f"/rooms/{q(room_id)}/state/m.room.member/{q(user_id)}"
+
+        await c.ok(bob, "PUT", member(first, bob.user_id), {"membership": "join"})
+        for method, path in (
+            ("PUT", member(second, bob.user_id)),
+            ("POST", f"/rooms/{q(second)}/join"),
+        ):
+            await c.refused(
+                bob, method, path, {"membership": "join"}, status=429, errcode="M_LIMIT_EXCEEDED"
+            )
+        await c.ok(alice, "PUT", member(first, carol.user_id), {"membership": "invite"})
+        await c.refused(
+            alice,
+            "PUT",
+            member(first, dave.user_id),
+            {"membership": "invite"},
+            status=429,
+            errcode="M_LIMIT_EXCEEDED",
+        )
+        await c.refused(
+            alice,
+            "POST",
+            f"/rooms/{q(first)}/invite",
+            {"user_id": dave.user_id},
+            status=429,
+            errcode="M_LIMIT_EXCEEDED",
+        )
+        state = await c.state(alice, first)
+        assert state[("m.room.member", bob.user_id)]["content"]["membership"] == "join"
+        assert ("m.room.member", dave.user_id) not in state
+        assert ("m.room.member", bob.user_id) not in await c.state(alice, second)
+        # Leaving and banning have no limit of their own.
+        await c.ok(bob, "PUT", member(first, bob.user_id), {"membership": "leave"})
+        await c.ok(alice, "PUT", member(first, dave.user_id), {"membership": "ban"})

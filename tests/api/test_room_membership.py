@@ -257,3 +257,147 @@ async def test_a_room_still_joined_cannot_be_forgotten(env: SharedRoom) -> None:
     )
     await _post(env, env.bob, env.room_id, "leave", {})
     await _post(env, env.bob, env.room_id, "forget", {})
+
+
+# --- Memberships sent as member events through /state ---------------------------
+
+
+async def _put_member(
+    env: SharedRoom, user: TestUser, room_id: str, target: TestUser, content: Any
+) -> str:
+    """``user`` sends ``target``'s member event through /state; the event's ID."""
+    answer = await env.client.ok(
+        user, "PUT", f"/rooms/{q(room_id)}/state/m.room.member/{q(target.user_id)}", content
+    )
+    event_id: str = answer["event_id"]
+    return event_id
+
+
+async def _member_event(env: SharedRoom, room_id: str, user: TestUser) -> Any:
+    """``user``'s member event in the room's current state, as Alice reads it."""
+    return (await env.client.state(env.alice, room_id))[("m.room.member", user.user_id)]
+
+
+async def test_each_membership_is_made_through_the_state_api(env: SharedRoom) -> None:
+    """Each membership a client may set, sent as a member event through
+    /state: the event named by the answer is the room's current member
+    event, with every key of the content sent."""
+    alice, bob, carol = env.alice, env.bob, env.carol
+    dave = await env.hs.register_user("dave")
+    room = env.room_id
+
+    # Carol joins a room she was never in, with a per-room name and a key
+    # of her client's own; her profile's fields fill in what she left out.
+    await env.client.ok(
+        carol,
+        "PUT",
+        "/profile/" + q(carol.user_id) + "/avatar_url",
+        {"avatar_url": "mxc://localhost/carol"},
+    )
+    sent = {"membership": "join", "displayname": "Caz", _MADE_UP: {"n": 1}, "reason": "hi"}
+    joined = await _put_member(env, carol, room, carol, sent)
+    event = await _member_event(env, room, carol)
+    assert event["event_id"] == joined
+    assert (event["sender"], event["content"]) == (
+        carol.user_id,
+        {**sent, "avatar_url": "mxc://localhost/carol"},
+    )
+    assert room in (await env.client.ok(carol, "GET", "/joined_rooms"))["joined_rooms"]
+
+    # Alice invites Dave, who declines.
+    invite = {"membership": "invite", "reason": "come along", "is_direct": True}
+    invited = await _put_member(env, alice, room, dave, invite)
+    event = await _member_event(env, room, dave)
+    assert (event["event_id"], event["sender"], event["content"]) == (
+        invited,
+        alice.user_id,
+        invite,
+    )
+    assert room in (await env.sync(dave))["rooms"]["invite"]
+    declined = await _put_member(env, dave, room, dave, {"membership": "leave", "reason": "no"})
+    event = await _member_event(env, room, dave)
+    assert (event["event_id"], event["sender"]) == (declined, dave.user_id)
+    assert event["content"] == {"membership": "leave", "reason": "no"}
+
+    # Alice bans Carol, then lifts the ban: a leave of another banned user.
+    banned = await _put_member(env, alice, room, carol, {"membership": "ban", "reason": "spam"})
+    event = await _member_event(env, room, carol)
+    assert (event["event_id"], event["content"]) == (
+        banned,
+        {"membership": "ban", "reason": "spam"},
+    )
+    unbanned = await _put_member(env, alice, room, carol, {"membership": "leave"})
+    event = await _member_event(env, room, carol)
+    assert (event["event_id"], event["sender"], event["content"]) == (
+        unbanned,
+        alice.user_id,
+        {"membership": "leave"},
+    )
+
+    # Alice kicks Bob: a leave of another user in the room.
+    kicked = await _put_member(env, alice, room, bob, {"membership": "leave", "reason": "bye"})
+    event = await _member_event(env, room, bob)
+    assert (event["event_id"], event["sender"], event["content"]) == (
+        kicked,
+        alice.user_id,
+        {"membership": "leave", "reason": "bye"},
+    )
+
+    # Bob joins again and leaves of his own accord.
+    await _put_member(env, bob, room, bob, {"membership": "join"})
+    left = await _put_member(env, bob, room, bob, {"membership": "leave"})
+    event = await _member_event(env, room, bob)
+    assert (event["event_id"], event["sender"], event["content"]["membership"]) == (
+        left,
+        bob.user_id,
+        "leave",
+    )
+    assert room not in (await env.client.ok(bob, "GET", "/joined_rooms"))["joined_rooms"]
+
+
+async def test_a_member_event_through_the_state_api_is_checked_as_its_endpoint_checks(
+    env: SharedRoom,
+) -> None:
+    """Refusals of member events sent through /state, each before anything
+    is written: the room's state is as it was."""
+    alice, bob, carol = env.alice, env.bob, env.carol
+    room = env.room_id
+
+    async def state_ids() -> dict[tuple[str, str], str]:
+        state = await env.client.state(alice, room)
+        return {key: event["event_id"] for key, event in state.items()}
+
+    before = await state_ids()
+    path = f"/rooms/{q(room)}/state/m.room.member"
+
+    async def refused(user: TestUser, target: str, body: Any, status: int, errcode: str) -> None:
+        await env.client.refused(
+            user, "PUT", f"{path}/{q(target)}", body, status=status, errcode=errcode
+        )
+
+    # A membership the spec does not have, or none.
+    for body in (
+        {"membership": "joined"},
+        {"membership": "JOIN"},
+        {"membership": 1},
+        {"membership": None},
+        {"displayname": "no membership"},
+    ):
+        await refused(alice, alice.user_id, body, 400, "M_BAD_JSON")
+    # A reason that is not a string, as the membership endpoints refuse it.
+    await refused(carol, carol.user_id, {"membership": "join", "reason": 5}, 400, "M_BAD_JSON")
+    # A state key that is no user.
+    await refused(alice, "not a user", {"membership": "invite"}, 400, "M_INVALID_PARAM")
+    # Nobody joins, knocks or leaves for someone else.
+    for membership in ("join", "knock"):
+        await refused(bob, carol.user_id, {"membership": membership}, 403, "M_FORBIDDEN")
+    # Bob may not kick Alice, nor ban her: he has no power to.
+    await refused(bob, alice.user_id, {"membership": "leave"}, 403, "M_FORBIDDEN")
+    await refused(bob, alice.user_id, {"membership": "ban"}, 403, "M_FORBIDDEN")
+    # Carol is not in the room: there is no one to kick.
+    await refused(alice, carol.user_id, {"membership": "leave"}, 403, "M_FORBIDDEN")
+    # Carol, not in the room, may neither invite nor ban.
+    dave = await env.hs.register_user("dave")
+    await refused(carol, dave.user_id, {"membership": "invite"}, 403, "M_FORBIDDEN")
+    await refused(carol, bob.user_id, {"membership": "ban"}, 403, "M_FORBIDDEN")
+    assert await state_ids() == before

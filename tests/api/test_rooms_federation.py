@@ -309,3 +309,66 @@ async def test_a_room_that_does_not_federate_refuses_another_servers_user(
         )
         assert ("m.room.member", bob.user_id) not in await ca.state(alice, room_id)
         assert await cb.ok(bob, "GET", "/joined_rooms") == {"joined_rooms": []}
+
+
+async def test_member_events_through_state_join_and_leave_rooms_of_another_server(
+    tmp_path: Path,
+) -> None:
+    """Bob of B sends his member events through /state for rooms of A that
+    B is not in: a join routed by the room ID's server, a decline of an
+    invite sent through A, and a join routed by his inviter's server, each
+    taken into the room at A with the keys Bob sent."""
+    async with two_servers(tmp_path) as (a, b, ca, cb, alice, bob):
+
+        def own(room_id: str) -> str:
+            return f"/rooms/{q(room_id)}/state/m.room.member/{q(bob.user_id)}"
+
+        async def bobs_event_at_a(room_id: str, event_id: str) -> dict[str, Any]:
+            async def there() -> bool:
+                state = await ca.state(alice, room_id)
+                return state.get(("m.room.member", bob.user_id), {}).get("event_id") == event_id
+
+            await eventually(there, f"Bob's member event {event_id} at A")
+            event: dict[str, Any] = (await ca.state(alice, room_id))[("m.room.member", bob.user_id)]
+            return event
+
+        # A room of version 11 names A in its ID: that is where B goes.
+        public = await ca.create_room(alice, preset="public_chat", room_version="11")
+        assert public.endswith(f":{a.server_name}")
+        answer = await cb.ok(bob, "PUT", own(public), {"membership": "join", "reason": "hi"})
+        event = await bobs_event_at_a(public, answer["event_id"])
+        assert (event["content"]["membership"], event["content"]["reason"]) == ("join", "hi")
+        with trio.fail_after(20):
+            await b.server.wait_for_full_state(public)
+        assert public in (await cb.ok(bob, "GET", "/joined_rooms"))["joined_rooms"]
+
+        # Alice invites Bob through /state; he declines through A.
+        declined = await ca.create_room(alice, name="Declined")
+        invite = {"membership": "invite", "reason": "come"}
+        answer = await ca.ok(alice, "PUT", own(declined), invite)
+        event = await bobs_event_at_a(declined, answer["event_id"])
+        assert (event["sender"], event["content"]) == (alice.user_id, invite)
+        answer = await cb.ok(bob, "PUT", own(declined), {"membership": "leave", "reason": "no"})
+        event = await bobs_event_at_a(declined, answer["event_id"])
+        assert (event["sender"], event["content"]) == (
+            bob.user_id,
+            {"membership": "leave", "reason": "no"},
+        )
+
+        # A room of version 12 names no server: B goes to the inviter's.
+        private = await ca.create_room(alice, name="Private")
+        assert ":" not in private
+        await ca.ok(alice, "PUT", own(private), {"membership": "invite"})
+        join = {"membership": "join", "displayname": "Bobby", "org.example.badge": [1, 2]}
+        answer = await cb.ok(bob, "PUT", own(private), join)
+        event = await bobs_event_at_a(private, answer["event_id"])
+        assert {key: event["content"][key] for key in join} == join
+        with trio.fail_after(20):
+            await b.server.wait_for_full_state(private)
+        assert (await cb.ok(bob, "GET", f"/rooms/{q(private)}/state/m.room.name")) == {
+            "name": "Private"
+        }
+        # And leaves it, now from a room B is in.
+        answer = await cb.ok(bob, "PUT", own(private), {"membership": "leave"})
+        event = await bobs_event_at_a(private, answer["event_id"])
+        assert event["content"] == {"membership": "leave"}

@@ -208,3 +208,22 @@ async def test_a_direct_chat_stays_one_for_its_members_after_an_upgrade(
     await c.ok(bob, "POST", f"/join/{q(new)}", {})
     await c.ok(bob, "POST", f"/join/{q(new)}", {})
     assert await c.ok(bob, "GET", _direct_path(bob)) == {alice.user_id: [old, new]}
+
+
+async def test_a_new_per_room_profile_is_no_new_arrival(env: SharedRoom) -> None:
+    """Bob's join of a room he is in already (his per-room display name,
+    sent through /state) carries nothing over again: the room rule he
+    deleted after joining stays deleted."""
+    c, alice, bob = env.client, env.alice, env.bob
+    old = await c.create_room(alice, preset="public_chat", room_version="10")
+    await c.ok(bob, "POST", f"/join/{q(old)}", {})
+    await _set_room_rule(c, bob, old, ["dont_notify"])
+    new = await _upgrade(c, alice, old)
+    await c.ok(bob, "POST", f"/join/{q(new)}", {})
+    assert await _room_rule(c, bob, new) is not None
+    await c.ok(bob, "DELETE", f"/pushrules/global/room/{q(new)}")
+
+    member = f"/rooms/{q(new)}/state/m.room.member/{q(bob.user_id)}"
+    await c.ok(bob, "PUT", member, {"membership": "join", "displayname": "Bob in new"})
+    assert (await c.ok(bob, "GET", member))["displayname"] == "Bob in new"
+    assert await _room_rule(c, bob, new) is None

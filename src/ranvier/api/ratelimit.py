@@ -65,6 +65,7 @@ __all__ = [
     "RateOverrides",
     "RouteLimits",
     "TokenBuckets",
+    "check_user_action",
     "client_address",
     "retry_after_header",
 ]
@@ -345,7 +346,7 @@ class RouteLimits:
             requester = await self._identify(request)
         except MatrixError:
             return
-        if requester.is_admin or not requester.rate_limited:
+        if _exempt(requester):
             return
         if self._overrides is not None and category in _OVERRIDDEN:
             own = await self._overrides.rate_override(requester.user_id)
@@ -363,6 +364,23 @@ class RouteLimits:
             return (await self._identify(request)).rate_limited
         except MatrixError:
             return True
+
+
+def _exempt(requester: Requester) -> bool:
+    """Whether the per-user categories leave ``requester`` alone: an admin,
+    or an application service (or one of its users) not rate limited."""
+    return requester.is_admin or not requester.rate_limited
+
+
+def check_user_action(limiter: RateLimiter, category: Category, requester: Requester) -> None:
+    """Count one action of a per-user ``category`` for ``requester``, as
+    :class:`RouteLimits` counts a request to a route of that category, or
+    raise :class:`~ranvier.errors.LimitExceededError`: for an action a
+    route of another category takes (a join sent as a member event through
+    ``/state``, counted as a message by its route and as a join here).
+    """
+    if not _exempt(requester):
+        limiter.check(category, requester.user_id)
 
 
 def client_address(

@@ -2,9 +2,11 @@
 events and state, and reading state, events and members.
 
 * ``POST /createRoom``
-* ``POST /join/{roomIdOrAlias}`` (``via`` and the older ``server_name``
-  query parameters, each repeatable), ``POST /rooms/{roomId}/join``,
-  ``/leave``, ``/invite``, ``/kick``, ``/ban``, ``/unban``, ``/forget``
+* ``POST /join/{roomIdOrAlias}`` and ``POST /knock/{roomIdOrAlias}``
+  (``via`` and the older ``server_name`` query parameters, each
+  repeatable, name servers to go through when this server is not in the
+  room), ``POST /rooms/{roomId}/join``, ``/leave`` (which withdraws a
+  knock too), ``/invite``, ``/kick``, ``/ban``, ``/unban``, ``/forget``
 * ``PUT /rooms/{roomId}/send/{eventType}/{txnId}``,
   ``PUT /rooms/{roomId}/state/{eventType}[/{stateKey}]``, both taking an
   application service's ``ts`` (timestamp massaging:
@@ -22,25 +24,36 @@ that is not JSON) and hand the rest to core: who may do and see what is
 decided there (:mod:`ranvier.core.creation`, :mod:`ranvier.core.rooms`).
 A shadow-banned user's events, invites and per-room profile are checked
 and answered as sent, and dropped (:mod:`ranvier.core.shadow_bans`).
+
+An ``m.room.member`` event sent through ``/state`` is the membership
+change it names, made as the endpoint for that change makes it: a join or
+knock of the sender's own (through another server for a room this one is
+not in, routed by the room ID's server and the inviter's), a leave of
+their own (declining an invite or withdrawing a knock too), an invite or
+ban of another user, and another's leave, which lifts a ban or else
+kicks. Every membership route goes through one method
+(:meth:`_Rooms.change_membership`), with the same checks, rate limits
+and errors; the event keeps every key of the content sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Final, Protocol, get_args
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Literal, NamedTuple, Protocol, get_args
 
 from ranvier.api.appservices import massaged_timestamp
+from ranvier.api.ratelimit import Category, RateLimiter, check_user_action
 from ranvier.core.accounts import Requester
 from ranvier.core.client_txns import ClientTransactions
-from ranvier.core.creation import EventCreator, Preset
+from ranvier.core.creation import EventCreator, Preset, member_event_content
 from ranvier.core.directory import RoomDirectory
+from ranvier.core.knocks import Knocked
 from ranvier.core.pagination import parse_pagination_token
 from ranvier.core.room_forgetting import RoomForgetting
 from ranvier.core.room_joins import RoomJoins
 from ranvier.core.rooms import RoomReader
 from ranvier.core.shadow_bans import NO_DELAY, ShadowBans
 from ranvier.core.suspension import (
-    SuspendedAction,
     refuse_if_suspended,
     refuse_send_if_suspended,
     suspended_error,
@@ -50,7 +63,14 @@ from ranvier.protocol.auth import is_valid_user_id
 from ranvier.protocol.room_versions import DEFAULT_ROOM_VERSION
 from ranvier.web import Request, Router
 
-__all__ = ["CLIENT_V3", "Leaves", "RequestAuth", "add_room_routes"]
+__all__ = [
+    "CLIENT_V3",
+    "Knocks",
+    "Leaves",
+    "MembershipAction",
+    "RequestAuth",
+    "add_room_routes",
+]
 
 CLIENT_V3: Final = "/_matrix/client/v3"
 _CANONICAL_ALIAS: Final = "m.room.canonical_alias"
@@ -67,7 +87,59 @@ class Leaves(Protocol):
     """Users' own leaves (:class:`ranvier.core.room_leaves.RoomLeaves`, or
     :class:`ranvier.core.server_notices.NoticeGuardedLeaves` in front of it)."""
 
-    async def leave(self, user_id: str, room_id: str, *, reason: str | None = None) -> str: ...
+    async def leave(
+        self,
+        user_id: str,
+        room_id: str,
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
+        origin_server_ts: int | None = None,
+    ) -> str: ...
+
+
+class Knocks(Protocol):
+    """Users' knocks (:class:`ranvier.core.knocks.RoomKnocks`)."""
+
+    async def knock_event(
+        self,
+        user_id: str,
+        room_id_or_alias: str,
+        servers: Sequence[str] = (),
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
+        origin_server_ts: int | None = None,
+    ) -> Knocked: ...
+
+
+#: What a client may do to a membership: the spec's memberships, with a
+#: leave of another user split into a kick and the lifting of a ban.
+MembershipAction = Literal["join", "knock", "leave", "invite", "ban", "kick", "unban"]
+
+#: The memberships a member event may name (the spec's ``membership``
+#: enum), each with the action it stands for when it is the sender's own.
+_MEMBERSHIPS: Final[Mapping[str, MembershipAction]] = {
+    "invite": "invite",
+    "join": "join",
+    "knock": "knock",
+    "leave": "leave",
+    "ban": "ban",
+}
+
+#: The rate-limit categories of the actions that have routes of their own,
+#: where a member event sent through /state counts too.
+_ACTION_CATEGORIES: Final[Mapping[MembershipAction, Category]] = {
+    "join": "join",
+    "invite": "invite",
+}
+
+
+class _Changed(NamedTuple):
+    """A membership changed: the room (resolved, for a join by alias) and the event."""
+
+    room_id: str
+    event_id: str
 
 
 def _bad_json(message: str) -> MatrixError:
@@ -98,6 +170,13 @@ _JSON_TYPES: Final = {"str": "string", "dict": "object", "list": "array", "bool"
 def _reason(body: Mapping[str, Any]) -> str | None:
     value: str | None = _optional(body, "reason", str)
     return value
+
+
+def _reason_only(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The member event content a membership route keeps of its body: the
+    reason, if given."""
+    reason = _reason(body)
+    return {} if reason is None else {"reason": reason}
 
 
 def _target(body: Mapping[str, Any]) -> str:
@@ -132,7 +211,11 @@ class _Rooms:
         directory: RoomDirectory,
         forgetting: RoomForgetting,
         shadow_bans: ShadowBans,
+        knocks: Knocks | None,
+        limiter: RateLimiter | None,
     ) -> None:
+        self._knocks = knocks
+        self._limiter = limiter
         self._shadow_bans = shadow_bans
         self._forgetting = forgetting
         self._leaves = leaves
@@ -229,75 +312,161 @@ class _Rooms:
 
     async def join(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)
-        refuse_if_suspended(requester, "join")
-        reason = _reason(_body(request))
+        content = _reason_only(_body(request))
         servers = [*request.query.get("via", ()), *request.query.get("server_name", ())]
-        joined = await self._joins.join(
-            requester.user_id,
-            request.path_params["room_id_or_alias"],
-            servers,
-            reason=reason,
-            guest=requester.guest,
+        room = request.path_params["room_id_or_alias"]
+        joined = await self.change_membership(
+            requester, room, requester.user_id, "join", content, servers=servers
         )
         return {"room_id": joined.room_id}
 
+    async def knock(self, request: Request) -> Mapping[str, Any]:
+        requester = await self._auth.get_user(request)
+        content = _reason_only(_body(request))
+        servers = [*request.query.get("via", ()), *request.query.get("server_name", ())]
+        room = request.path_params["room_id_or_alias"]
+        knocked = await self.change_membership(
+            requester, room, requester.user_id, "knock", content, servers=servers
+        )
+        return {"room_id": knocked.room_id}
+
     async def join_by_id(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)
-        refuse_if_suspended(requester, "join")
         room_id = _room_id(request)
-        reason = _reason(_body(request))
-        joined = await self._joins.join(
-            requester.user_id, room_id, reason=reason, guest=requester.guest
+        content = _reason_only(_body(request))
+        joined = await self.change_membership(
+            requester, room_id, requester.user_id, "join", content
         )
         return {"room_id": joined.room_id}
 
     async def leave(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)
         room_id = _room_id(request)
-        reason = _reason(_body(request))
-        await self._leaves.leave(requester.user_id, room_id, reason=reason)
+        content = _reason_only(_body(request))
+        await self.change_membership(requester, room_id, requester.user_id, "leave", content)
         return {}
 
     async def invite(self, request: Request) -> Mapping[str, Any]:
-        requester, room_id, target, reason = await self._targeted(request, refused="invite")
-        if requester.shadow_banned:
-            await self._creator.rehearse_invite(requester.user_id, room_id, target, reason=reason)
-            await self._shadow_bans.pause()
-            return {}
-        await self._creator.invite(requester.user_id, room_id, target, reason=reason)
-        return {}
+        return await self._targeted(request, "invite")
 
     async def kick(self, request: Request) -> Mapping[str, Any]:
-        requester, room_id, target, reason = await self._targeted(request)
-        await self._creator.kick(requester.user_id, room_id, target, reason=reason)
-        return {}
+        return await self._targeted(request, "kick")
 
     async def ban(self, request: Request) -> Mapping[str, Any]:
-        requester, room_id, target, reason = await self._targeted(request)
-        await self._creator.ban(requester.user_id, room_id, target, reason=reason)
-        return {}
+        return await self._targeted(request, "ban")
 
     async def unban(self, request: Request) -> Mapping[str, Any]:
-        requester, room_id, target, reason = await self._targeted(request)
-        if await self._reader.membership(target, room_id) != "ban":
-            raise MatrixError(
-                f"{target} is not banned from {room_id}", errcode="M_FORBIDDEN", http_status=403
-            )
-        await self._creator.unban(requester.user_id, room_id, target, reason=reason)
-        return {}
+        return await self._targeted(request, "unban")
 
-    async def _targeted(
-        self, request: Request, *, refused: SuspendedAction | None = None
-    ) -> tuple[Requester, str, str, str | None]:
-        """``(requester, room ID, target user, reason)`` of a request that
-        changes another user's membership: invite, kick, ban and unban;
-        ``refused`` to a suspended sender."""
+    async def _targeted(self, request: Request, action: MembershipAction) -> Mapping[str, Any]:
+        """A request that changes another user's membership, named by the
+        body's ``user_id``: invite, kick, ban and unban."""
         requester = await self._auth.get_user(request)
-        if refused is not None:
-            refuse_if_suspended(requester, refused)
         room_id = _room_id(request)
         body = _body(request, required=True)
-        return requester, room_id, _target(body), _reason(body)
+        target = _target(body)
+        await self.change_membership(requester, room_id, target, action, _reason_only(body))
+        return {}
+
+    async def change_membership(
+        self,
+        requester: Requester,
+        room: str,
+        target: str,
+        action: MembershipAction,
+        content: Mapping[str, Any],
+        *,
+        servers: Sequence[str] = (),
+        origin_server_ts: int | None = None,
+    ) -> _Changed:
+        """Change ``target``'s membership of ``room`` as ``requester`` asks:
+        the one path of the membership routes and of member events sent
+        through ``/state``.
+
+        ``room`` is a room ID, or an alias for a join or knock, which
+        ``servers`` may help reach. ``content`` is the member event's
+        content as the client gave it, its shape checked, whatever its
+        ``membership`` says (the action decides that);
+        ``origin_server_ts`` is an application service's timestamp.
+        A suspended sender may not join, knock or invite; a shadow-banned
+        one's invites, and joins of a room already joined (a change of
+        per-room profile), are checked and faked.
+        """
+        user_id = requester.user_id
+        if not is_valid_user_id(target):
+            raise MatrixError(
+                f"{target!r} is not a user ID", errcode="M_INVALID_PARAM", http_status=400
+            )
+        if action in ("join", "knock", "leave") and target != user_id:
+            raise MatrixError(
+                f"{user_id} may not {action} for {target}: a user {action}s for themselves",
+                errcode="M_FORBIDDEN",
+                http_status=403,
+            )
+        ts = origin_server_ts
+        if action == "join":
+            refuse_if_suspended(requester, "join")
+            if requester.shadow_banned and await self._rejoins(user_id, room):
+                joined_again = member_event_content("join", content)
+                faked = await self._creator.rehearse_event(
+                    user_id, room, _MEMBER, joined_again, state_key=user_id, origin_server_ts=ts
+                )
+                await self._shadow_bans.pause()
+                return _Changed(room, faked)
+            joined = await self._joins.join(
+                user_id,
+                room,
+                servers,
+                guest=requester.guest,
+                content=content,
+                origin_server_ts=ts,
+            )
+            return _Changed(joined.room_id, joined.event_id)
+        if action == "knock":
+            refuse_if_suspended(requester, "knock")
+            if self._knocks is None:
+                raise MatrixError(
+                    "this server does not knock on rooms", errcode="M_UNKNOWN", http_status=501
+                )
+            knocked = await self._knocks.knock_event(
+                user_id, room, servers, content=content, origin_server_ts=ts
+            )
+            return _Changed(knocked.room_id, knocked.event_id)
+        if action == "leave":
+            left = await self._leaves.leave(user_id, room, content=content, origin_server_ts=ts)
+            return _Changed(room, left)
+        if action == "invite":
+            refuse_if_suspended(requester, "invite")
+            if requester.shadow_banned:
+                faked = await self._creator.rehearse_invite(user_id, room, target, content=content)
+                await self._shadow_bans.pause()
+                return _Changed(room, faked)
+            invited = await self._creator.invite(
+                user_id, room, target, content=content, origin_server_ts=ts
+            )
+            return _Changed(room, invited)
+        if action == "ban":
+            banned = await self._creator.ban(
+                user_id, room, target, content=content, origin_server_ts=ts
+            )
+            return _Changed(room, banned)
+        if action == "unban":
+            if await self._reader.membership(target, room) != "ban":
+                raise MatrixError(
+                    f"{target} is not banned from {room}", errcode="M_FORBIDDEN", http_status=403
+                )
+            unbanned = await self._creator.unban(
+                user_id, room, target, content=content, origin_server_ts=ts
+            )
+            return _Changed(room, unbanned)
+        kicked = await self._creator.kick(
+            user_id, room, target, content=content, origin_server_ts=ts
+        )
+        return _Changed(room, kicked)
+
+    async def _rejoins(self, user_id: str, room: str) -> bool:
+        """Whether a join of ``user_id`` is of a room they are joined to."""
+        return room.startswith("!") and await self._reader.membership(user_id, room) == "join"
 
     async def forget(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)
@@ -354,11 +523,13 @@ class _Rooms:
         state_key = request.path_params.get("state_key", "")
         content = _body(request, required=True)
         ts = massaged_timestamp(request, requester)
+        if event_type == _MEMBER:
+            return await self._put_member(requester, room_id, state_key, content, ts)
         refuse_if_suspended(requester, "state")
         await self._reader.check_joined(requester.user_id, room_id)
         if event_type == _CANONICAL_ALIAS and state_key == "":
             await self._directory.check_canonical_alias(room_id, content)
-        if requester.shadow_banned and _faked_state(event_type, content):
+        if requester.shadow_banned:
             event_id = await self._creator.rehearse_event(
                 requester.user_id,
                 room_id,
@@ -378,6 +549,34 @@ class _Rooms:
             origin_server_ts=ts,
         )
         return {"event_id": event_id}
+
+    async def _put_member(
+        self,
+        requester: Requester,
+        room_id: str,
+        target: str,
+        content: Mapping[str, Any],
+        ts: int | None,
+    ) -> Mapping[str, Any]:
+        """A member event sent through ``/state``: the membership change it
+        names, counted against that change's rate limit as well as a message."""
+        membership = content.get("membership")
+        if type(membership) is not str or membership not in _MEMBERSHIPS:
+            raise _bad_json(
+                f"membership must be one of {', '.join(_MEMBERSHIPS)}, not {membership!r}"
+            )
+        _reason(content)
+        action = _MEMBERSHIPS[membership]
+        if action == "leave" and target != requester.user_id:
+            banned = await self._reader.membership(target, room_id) == "ban"
+            action = "unban" if banned else "kick"
+        category = _ACTION_CATEGORIES.get(action)
+        if category is not None and self._limiter is not None:
+            check_user_action(self._limiter, category, requester)
+        changed = await self.change_membership(
+            requester, room_id, target, action, content, origin_server_ts=ts
+        )
+        return {"event_id": changed.event_id}
 
     async def redact(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)
@@ -494,14 +693,6 @@ class _Rooms:
         return {"joined": joined, "count": len(joined)}
 
 
-def _faked_state(event_type: str, content: Mapping[str, Any]) -> bool:
-    """Whether a shadow-banned member's ``/state`` request is faked: all
-    but the member events that end or bar a membership (a leave, kick, ban
-    or unban). The sender is joined, so a ``join`` of their own is a new
-    profile in this room, and an ``invite`` an invite."""
-    return event_type != _MEMBER or content.get("membership") in ("join", "invite")
-
-
 def _alias_in_use(alias: str) -> MatrixError:
     return MatrixError(f"room alias {alias} is taken", errcode="M_ROOM_IN_USE", http_status=400)
 
@@ -519,10 +710,16 @@ def add_room_routes(
     directory: RoomDirectory,
     forgetting: RoomForgetting,
     shadow_bans: ShadowBans | None = None,
+    knocks: Knocks | None = None,
+    limiter: RateLimiter | None = None,
 ) -> None:
     """Serve the rooms endpoints listed in the module's docstring;
     ``shadow_bans`` paces the answers faked for shadow-banned users (not
-    at all without it)."""
+    at all without it). ``knocks`` makes knocks, and serves ``/knock``
+    (without it a knock sent as a member event is answered 501);
+    ``limiter`` counts member events sent through ``/state`` against the
+    limits of the routes they stand for (their routes limit the rest: see
+    :mod:`ranvier.api.ratelimit`)."""
     rooms = _Rooms(
         server_name=server_name,
         auth=auth,
@@ -534,10 +731,14 @@ def add_room_routes(
         directory=directory,
         forgetting=forgetting,
         shadow_bans=shadow_bans or ShadowBans(delay_seconds=NO_DELAY),
+        knocks=knocks,
+        limiter=limiter,
     )
     room = f"{CLIENT_V3}/rooms/{{room_id}}"
     router.add("POST", f"{CLIENT_V3}/createRoom", rooms.create_room)
     router.add("POST", f"{CLIENT_V3}/join/{{room_id_or_alias}}", rooms.join)
+    if knocks is not None:
+        router.add("POST", f"{CLIENT_V3}/knock/{{room_id_or_alias}}", rooms.knock)
     router.add("GET", f"{CLIENT_V3}/joined_rooms", rooms.get_joined_rooms)
     router.add("GET", "/_matrix/client/v1/mutual_rooms", rooms.get_mutual_rooms)
     router.add("POST", f"{room}/join", rooms.join_by_id)
