@@ -372,3 +372,46 @@ async def test_member_events_through_state_join_and_leave_rooms_of_another_serve
         answer = await cb.ok(bob, "PUT", own(private), {"membership": "leave"})
         event = await bobs_event_at_a(private, answer["event_id"])
         assert event["content"] == {"membership": "leave"}
+
+
+async def test_another_servers_user_is_not_invited_to_a_room_that_does_not_federate(
+    tmp_path: Path,
+) -> None:
+    """Inviting Bob of B to a room of A made with ``m.federate`` false is
+    refused, by /invite, through /state and at creation alike, before
+    anything is written here or sent to B."""
+    async with two_servers(tmp_path) as (_a, b, ca, cb, alice, bob):
+        room_id = await ca.create_room(alice, creation_content={"m.federate": False})
+        before = await ca.state(alice, room_id)
+        for method, path, body in (
+            ("POST", f"/rooms/{q(room_id)}/invite", {"user_id": bob.user_id}),
+            (
+                "PUT",
+                f"/rooms/{q(room_id)}/state/m.room.member/{q(bob.user_id)}",
+                {"membership": "invite"},
+            ),
+        ):
+            status, answer = await ca.call(alice, method, path, body)
+            assert (status, answer.get("errcode")) == (403, "M_FORBIDDEN"), (path, answer)
+            assert "not federated" in answer["error"]
+        state = await ca.state(alice, room_id)
+        assert {key: event["event_id"] for key, event in state.items()} == {
+            key: event["event_id"] for key, event in before.items()
+        }
+        rooms = await ca.ok(alice, "GET", "/joined_rooms")
+        status, answer = await ca.call(
+            alice,
+            "POST",
+            "/createRoom",
+            {"invite": [bob.user_id], "creation_content": {"m.federate": False}},
+        )
+        assert (status, answer.get("errcode")) == (403, "M_FORBIDDEN"), answer
+        assert "not federated" in answer["error"]
+        assert await ca.ok(alice, "GET", "/joined_rooms") == rooms
+        # B never heard of an invite.
+        members = b.server.storage.room_members
+        assert await members.get_latest_membership_event_id(bob.user_id, room_id) is None
+        assert (await cb.ok(bob, "GET", "/sync"))["rooms"]["invite"] == {}
+        # A user of A is invited as ever.
+        carol = await ca.hs.register_user("carol")
+        await ca.ok(alice, "POST", f"/rooms/{q(room_id)}/invite", {"user_id": carol.user_id})

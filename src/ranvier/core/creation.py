@@ -81,6 +81,7 @@ from ranvier.storage.records import EventToPersist
 
 from .activity import ActivityListener
 from .builder import Clock, build_event, wall_clock_ms
+from .client_events import event_content
 from .client_txns import PendingTransaction, claim_client_transaction
 from .context import (
     EventContext,
@@ -108,6 +109,8 @@ __all__ = ["EventCreator", "NotInRoomError", "Preset", "member_event_content"]
 Preset = Literal["private_chat", "public_chat", "trusted_private_chat"]
 
 _MEMBER: Final = "m.room.member"
+#: The create event's key that keeps a room to its creator's server.
+_FEDERATE: Final = "m.federate"
 
 
 class MemberProfiles(Protocol):
@@ -424,6 +427,12 @@ class EventCreator:
         remote = [user for user in invitees if not self._is_local(user)]
         if remote and self._remote_inviter is None:
             raise _no_remote_invites(remote[0])
+        if (
+            remote
+            and isinstance(creation_content, Mapping)
+            and creation_content.get(_FEDERATE) is False
+        ):
+            raise _not_federated(None, remote[0])
         if not send_invites:
             invitees = []
 
@@ -506,7 +515,7 @@ class EventCreator:
         if state_key is None:
             return await self._send_message(template, rv, txn_id, origin_server_ts)
         if event_type == _MEMBER and content.get("membership") == "invite":
-            await self._check_invite(state_key)
+            await self._check_invite(room_id, state_key)
         async with self._locks.hold(room_id):
             if txn_id is not None and (sent := self._transactions.get(sender, txn_id)):
                 return sent  # a concurrent send of the same transaction won the lock
@@ -566,7 +575,7 @@ class EventCreator:
         rv = await self._room_version(room_id)
         if event_type == _MEMBER and content.get("membership") == "invite":
             assert state_key is not None  # a member event's type needs one
-            await self._check_invite(state_key)
+            await self._check_invite(room_id, state_key)
         template = _event_template(rv, sender, room_id, event_type, content, state_key)
         return await self._rehearse(rv, template, origin_server_ts)
 
@@ -989,7 +998,8 @@ class EventCreator:
 
         A user of another server is invited through ``remote_inviter``: the
         invite is checked here first, then sent to the invitee's server,
-        and written with that server's signature once it agrees.
+        and written with that server's signature once it agrees. A room
+        whose create event says ``m.federate: false`` takes no such invite.
 
         ``content`` holds the keys the client gave the event besides the
         membership (``reason``, ``is_direct``, its own); ``origin_server_ts``
@@ -1139,7 +1149,7 @@ class EventCreator:
         if membership == "join" and self.member_profiles is not None:
             content = {**await self.member_profiles.member_content(target), **content}
         if membership == "invite":
-            await self._check_invite(target)
+            await self._check_invite(room_id, target)
         rv = await self._room_version(room_id)
         template = {
             "type": _MEMBER,
@@ -1153,9 +1163,28 @@ class EventCreator:
             written = await self._write(event, countersign=self._countersigner(event))
         return written.event_id
 
-    async def _check_invite(self, invitee: str) -> None:
+    async def _check_invite(self, room_id: str, invitee: str) -> None:
+        if not self._is_local(invitee) and not await self._federates(room_id):
+            raise _not_federated(room_id, invitee)
         if self.invite_permission is not None:
             await self.invite_permission.check_invite(invitee)
+
+    async def _federates(self, room_id: str) -> bool:
+        """Whether users of other servers may join the room: its create
+        event does not say ``m.federate: false``.
+
+        The auth rules alone would let the invite of another server's user
+        through, as it comes from this server, and then refuse every join,
+        leave or answer from theirs: the invite would only ever be a
+        dead end. The plain store is read, as rehearsals do, since the
+        create event does not change under anyone.
+        """
+        ids = await self._store.get_current_state_ids_for_keys(room_id, (CREATE_KEY,))
+        create_id = ids.get(CREATE_KEY)
+        if create_id is None:
+            return True
+        row = (await self._store.get_events([create_id])).get(create_id)
+        return row is None or event_content(row).get(_FEDERATE) is not False
 
     async def _invitable(self, invitees: list[str]) -> list[str]:
         """``invitees`` without those who block invites: the spec has the
@@ -1479,6 +1508,16 @@ def member_event_content(
     if "reason" in content and type(content["reason"]) is not str:
         raise _invalid_param("a reason must be a string")
     return content
+
+
+def _not_federated(room_id: str | None, user_id: str) -> MatrixError:
+    room = "this room" if room_id is None else f"room {room_id}"
+    return MatrixError(
+        f"{room} is not federated (its create event sets {_FEDERATE} to false):"
+        f" {user_id}, a user of another server, could never join it",
+        errcode="M_FORBIDDEN",
+        http_status=403,
+    )
 
 
 def _event_template(
