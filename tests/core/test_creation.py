@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from _rooms import DAVE
+from _rooms import DAVE, CountingStorage
 
 from ranvier.core import check_against_auth_events
 from ranvier.core.creation import EventCreator, NotInRoomError
@@ -1365,3 +1365,27 @@ async def test_power_levels_no_one_could_send_are_a_bad_request(
             CAROL, room_id, "m.room.power_levels", {"users": {CAROL: 100}}, state_key=""
         )
     assert (caught.value.http_status, caught.value.errcode) == (403, "M_FORBIDDEN")
+
+
+async def test_local_joins_and_kicks_read_no_whole_state(
+    tmp_path: Path, nursery: trio.Nursery, heard: Heard
+) -> None:
+    # Whether this server is in the room and the target's membership are
+    # asked narrowly: in a big room, reading its whole state for each local
+    # join or kick made joining it cost as much as its membership.
+    counting = CountingStorage(tmp_path / "counting.db")
+    await nursery.start(counting.run)
+    creator = _creator(counting, heard)
+    room_id = await creator.create_room(ALICE, preset="public_chat")
+    users = [f"@user{n}:{SERVER}" for n in range(20)]
+    for user in users:
+        await creator.join(user, room_id)
+    counting.state_reads = counting.current_state_reads = 0
+    await creator.join(f"@late:{SERVER}", room_id)
+    await creator.kick(ALICE, room_id, users[0])
+    assert (counting.state_reads, counting.current_state_reads) == (0, 0)
+    state = await counting.get_current_state_ids(room_id)
+    kicked = await counting.get_events([state[("m.room.member", users[0])]])
+    assert b'"leave"' in next(iter(kicked.values())).json
+    with pytest.raises(MatrixError, match="is not in"):
+        await creator.kick(ALICE, room_id, f"@stranger:{SERVER}")

@@ -103,7 +103,7 @@ from .loading import EventLoader
 from .policy_servers import POLICY_KEY, PolicyServers
 from .restricted_joins import AUTHORISER
 
-__all__ = ["EventCreator", "NotInRoomError", "Preset", "member_event_content"]
+__all__ = ["CreatorStore", "EventCreator", "NotInRoomError", "Preset", "member_event_content"]
 
 #: The room presets of the client-server API's ``/createRoom``.
 Preset = Literal["private_chat", "public_chat", "trusted_private_chat"]
@@ -186,6 +186,16 @@ class _SentTransactions:
         self._sent[(sender, txn_id)] = event_id
         while len(self._sent) > self._capacity:
             self._sent.popitem(last=False)
+
+
+class CreatorStore(StateReader, Protocol):
+    """The reads of an :class:`EventCreator`: state, and one that tells
+    whether this server is in a room without reading its whole state.
+    """
+
+    async def server_has_joined_member(self, room_id: str, server_name: str) -> bool:
+        """Whether a user of ``server_name`` is joined in the room's current state."""
+        ...
 
 
 @runtime_checkable
@@ -327,7 +337,7 @@ class EventCreator:
         *,
         server_name: str,
         signing_key: SigningKeyLike,
-        store: StateReader,
+        store: CreatorStore,
         persister: EventPersister,
         notifier: EventNotifier | None = None,
         remote_inviter: RemoteInviter | None = None,
@@ -1044,7 +1054,7 @@ class EventCreator:
         if authoriser is not None:
             joined[AUTHORISER] = authoriser
         rv = await self._room_version(room_id, not_known=NotInRoomError(room_id))
-        if not await self._server_in_room(room_id, rv):
+        if not await self._server_in_room(room_id):
             raise NotInRoomError(room_id)
         return await self._membership(
             user, room_id, user, joined, origin_server_ts=origin_server_ts
@@ -1414,7 +1424,7 @@ class EventCreator:
 
     async def _current_membership(self, room_id: str, rv: RoomVersion, user_id: str) -> str | None:
         """``user_id``'s membership in the room's current state, if any."""
-        state = await self._store.get_current_state_ids(room_id)
+        state = await self._store.get_current_state_ids_for_keys(room_id, [(_MEMBER, user_id)])
         event_id = state.get((_MEMBER, user_id))
         if event_id is None:
             return None
@@ -1423,25 +1433,11 @@ class EventCreator:
             return None
         return Pdu.from_json(row.json, rv, check_limits=False).membership
 
-    async def _server_in_room(self, room_id: str, rv: RoomVersion) -> bool:
-        """Whether some user of this server is joined to the room.
-
-        Storage has no index of a room's members by server, so this reads
-        the room's whole current state and the local members' events, and
-        stops at the first joined one.
+    async def _server_in_room(self, room_id: str) -> bool:
+        """Whether some user of this server is joined to the room, asked of
+        storage, which finds one without reading a big room's whole state.
         """
-        state = await self._store.get_current_state_ids(room_id)
-        local = [
-            event_id
-            for (event_type, state_key), event_id in state.items()
-            if event_type == _MEMBER and self._is_local(state_key)
-        ]
-        for start in range(0, len(local), 100):
-            rows = await self._store.get_events(local[start : start + 100])
-            for row in rows.values():
-                if Pdu.from_json(row.json, rv, check_limits=False).membership == "join":
-                    return True
-        return False
+        return await self._store.server_has_joined_member(room_id, self.server_name)
 
 
 # --- Room creation, worked out before anything is written ----------------------------
