@@ -1053,7 +1053,8 @@ class EventCreator:
         joined = member_event_content("join", content, reason)
         if authoriser is not None:
             joined[AUTHORISER] = authoriser
-        rv = await self._room_version(room_id, not_known=NotInRoomError(room_id))
+        # A room not known here at all is not one this server is in either.
+        await self._room_version(room_id, not_known=NotInRoomError(room_id))
         if not await self._server_in_room(room_id):
             raise NotInRoomError(room_id)
         return await self._membership(
