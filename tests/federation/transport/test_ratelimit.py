@@ -69,7 +69,12 @@ class _Served:
             self.running -= 1
 
     async def call(
-        self, origin: str | None, uri: str = "/_matrix/federation/v1/event/$e", method: str = "GET"
+        self,
+        origin: str | None,
+        uri: str = "/_matrix/federation/v1/event/$e",
+        method: str = "GET",
+        *,
+        key: SigningKey | None = None,
     ) -> tuple[int, dict[str, Any]]:
         content: dict[str, Any] | None = {"pdus": [], "edus": []} if method == "PUT" else None
         body = b"" if content is None else encode_canonical_json(content)
@@ -80,7 +85,7 @@ class _Served:
                 uri=uri,
                 origin=origin,
                 destination=SERVER_NAME,
-                signing_key=_KEYS[origin],
+                signing_key=key or _KEYS[origin],
                 content=content,
             )
             headers.append((b"authorization", format_authorization(authorization).encode()))
@@ -197,6 +202,51 @@ async def test_beyond_the_reject_limit_requests_are_refused_with_retry_after(
         mock_clock.jump(0.5)
     assert [status for status, _ in results] == [200] * 7
     assert limiter.delayed == 4
+
+
+async def test_a_forger_naming_an_origin_spends_none_of_its_allowance(
+    mock_clock: MockClock,
+) -> None:
+    """A request is counted only once its signature holds: one naming
+    busy.test but signed by another key is refused and leaves busy.test's
+    allowance as it was."""
+    limiter = _limiter(sleep_limit=1, reject_limit=1, concurrent=1)
+    served = _Served(limiter)
+    forged = generate_signing_key("k1")
+    for n in range(5):
+        status, body = await served.call(
+            "busy.test", f"/_matrix/federation/v1/event/$forged{n}", key=forged
+        )
+        assert (status, body["errcode"]) == (401, "M_UNAUTHORIZED")
+    assert limiter.origin_count() == 0
+    before = trio.current_time()
+    assert (await served.call("busy.test"))[0] == 200
+    assert trio.current_time() == before
+    assert (limiter.delayed, limiter.rejected) == (0, 0)
+
+
+async def test_a_claim_of_an_origin_over_its_limit_is_refused_and_not_counted(
+    mock_clock: MockClock,
+) -> None:
+    """While busy.test is over its limit, a request naming it is refused
+    from its headers, whoever signed it, and takes no place in its window."""
+    limiter = _limiter(sleep_limit=1, reject_limit=1, concurrent=1)
+    served = _Served(limiter)
+    served.gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await _start(nursery, served, "busy.test", 2)
+        assert (served.running, limiter.delayed) == (1, 1)
+        arrivals = list(limiter._origins["busy.test"].arrivals)
+        for key in (_KEYS["busy.test"], generate_signing_key("k1")):
+            status, body = await served.call("busy.test", key=key)
+            assert (status, body["errcode"]) == (429, "M_LIMIT_EXCEEDED")
+        assert list(limiter._origins["busy.test"].arrivals) == arrivals
+        assert limiter.rejected == 2
+        # Another origin is not affected.
+        served.gate.set()
+        assert (await served.call("quiet.test"))[0] == 200
+        mock_clock.jump(0.5)
+    assert len(served.served) == 3
 
 
 async def test_send_is_not_counted(mock_clock: MockClock) -> None:

@@ -16,8 +16,31 @@ holds each origin to the shape Synapse's ``rc_federation`` gives it:
   unbounded one.
 
 :class:`~ranvier.federation.transport.server.FederationApp` applies it
-after the X-Matrix signature is checked, since only then is the origin
-known, around the route's handler.
+in two steps, since a request names its origin in its ``Authorization``
+header, before its body, but the signature proving it covers the body:
+
+* **Before the body is read**, :meth:`FederationRateLimiter.check` refuses
+  a request naming an origin that already has ``reject_limit`` requests
+  held. It counts nothing and holds nothing: the state it reads is made
+  by requests whose signatures held, so a forger naming another server
+  can neither spend that server's allowance nor hold its requests back,
+  and all it can be refused is what the real server would be refused
+  too. A flood of a server over its limit is thus turned away for the
+  price of its headers, none of its bodies read or buffered.
+* **Once the signature holds**, :meth:`FederationRateLimiter.limit`
+  counts the request against its origin and delays, queues or refuses it
+  as above, around the route's handler.
+
+What the first step cannot spare is the bodies of requests an origin
+under its limit has in flight: they are read before the origin is
+proven, and those held by the second step keep theirs (at most
+``reject_limit`` plus ``concurrent`` of them per origin). Holding them
+before their bodies are read instead would let a forger fill another
+server's queue. A limit by the peer's address, cheap as it would be,
+is not used: servers share addresses (one hosting provider's proxy,
+several servers on one host, this server behind its own reverse proxy,
+where every request comes from the proxy), so it would either be loose
+enough to matter little or let one server's flood turn the others away.
 
 Invariants
 ----------
@@ -131,6 +154,22 @@ class FederationRateLimiter:
         """How many origins have state held: for tests and monitoring."""
         return len(self._origins)
 
+    def check(self, origin: str) -> None:
+        """Raise :class:`~ranvier.errors.LimitExceededError` if a request
+        of ``origin`` would be refused now, counting nothing.
+
+        For a request whose signature is not checked yet (see the module's
+        doc): ``origin`` is only what it claims, so it neither takes a
+        place in the window nor adds an origin to the table. The refusal
+        counts in :attr:`rejected` like any other.
+        """
+        if origin in self.exempt:
+            return
+        state = self._origins.get(origin)
+        if state is not None and state.held >= self.rate.reject_limit:
+            self.rejected += 1
+            raise self._refusal(origin)
+
     @asynccontextmanager
     async def limit(self, origin: str) -> AsyncIterator[None]:
         """Hold the body of the ``async with`` until ``origin`` may be
@@ -150,11 +189,7 @@ class FederationRateLimiter:
             arrivals.popleft()
         if state.held >= rate.reject_limit:
             self.rejected += 1
-            raise LimitExceededError(
-                f"too many requests from {origin}: {rate.reject_limit} are already waiting",
-                # The pace at which the window lets requests through undelayed.
-                retry_after_ms=math.ceil(rate.window_seconds * 1000 / rate.sleep_limit),
-            )
+            raise self._refusal(origin)
         arrivals.append(now)
         must_sleep = len(arrivals) > rate.sleep_limit and rate.sleep_seconds > 0
         state.in_flight += 1
@@ -166,6 +201,14 @@ class FederationRateLimiter:
                 state.slots.release()
         finally:
             state.in_flight -= 1
+
+    def _refusal(self, origin: str) -> LimitExceededError:
+        rate = self.rate
+        return LimitExceededError(
+            f"too many requests from {origin}: {rate.reject_limit} are already waiting",
+            # The pace at which the window lets requests through undelayed.
+            retry_after_ms=math.ceil(rate.window_seconds * 1000 / rate.sleep_limit),
+        )
 
     async def _take_slot(self, state: _Origin, *, must_sleep: bool) -> None:
         if not must_sleep:

@@ -6,26 +6,38 @@ handler its :class:`Router` names, and the handler's answer (or the
 :class:`~ranvier.errors.MatrixError` it raises) into a JSON response, so a
 handler deals in parsed JSON and Matrix errors only, never in ASGI messages.
 
-Every request is checked in the same order, cheapest refusal first:
+Every request is checked in the same order, cheapest refusal first, and
+as much as can be decided from the headers is decided before the body is
+read, so that a refusal costs the headers alone:
 
 1. the route: unknown paths are 404 and known paths with another method 405,
    both ``M_UNRECOGNIZED`` as the spec asks;
-2. for authenticated routes, the ``Authorization`` header is parsed, and a
-   request without one is refused before its body is read;
-3. the body is read up to a size limit (413 ``M_TOO_LARGE``) and parsed as
+2. for authenticated routes, the ``Authorization`` headers are parsed and
+   checked as far as they can be without the body (one origin, this
+   server the destination, a supported key algorithm), and a request
+   without one is refused (401 ``M_UNAUTHORIZED``);
+3. with a ``rate_limiter``, a request naming an origin that is over its
+   limit is refused with 429 ``M_LIMIT_EXCEEDED``
+   (:meth:`~ranvier.federation.transport.ratelimit.FederationRateLimiter.check`).
+   The origin is only claimed at this point, so nothing is counted
+   against it: what is refused here was made over the limit by requests
+   whose signatures held, and a forger can spend nobody's allowance;
+4. the body is read up to a size limit (413 ``M_TOO_LARGE``) and parsed as
    JSON (400 ``M_NOT_JSON``);
-4. the X-Matrix signature is checked with the origin's key, which a
-   :class:`KeyLookup` supplies (401 ``M_UNAUTHORIZED`` naming the problem);
-5. the handler runs with the authenticated origin in ``request.origin``,
+5. the X-Matrix signature, which covers the body, is checked with the
+   origin's key, which a :class:`KeyLookup` supplies (401
+   ``M_UNAUTHORIZED`` naming the problem);
+6. the handler runs with the authenticated origin in ``request.origin``,
    after ``on_authenticated`` has heard of it: a server that signs a
    request is up, which the federation sender wants to know of a server it
    is backing off;
-6. with a ``rate_limiter``, the handler runs when the origin's limits let
-   it (:mod:`ranvier.federation.transport.ratelimit`): it may be delayed,
-   wait its turn, or be refused with 429 ``M_LIMIT_EXCEEDED``. Every signed
-   request counts but ``/send`` (see :attr:`ranvier.web.Route.rate_limited`:
-   its PDUs' queues slow a flood instead); the unsigned ones (``/version``,
-   the key server) have no origin to count against.
+7. with a ``rate_limiter``, the handler runs when the origin's limits let
+   it (:mod:`ranvier.federation.transport.ratelimit`): the request counts
+   against its now proven origin, and may be delayed, wait its turn, or be
+   refused with 429 ``M_LIMIT_EXCEEDED``. Every signed request counts but
+   ``/send`` (see :attr:`ranvier.web.Route.rate_limited`: its PDUs' queues
+   slow a flood instead); the unsigned ones (``/version``, the key server)
+   have no origin to count against.
 
 Every ``/_matrix/federation/*`` route is authenticated unless it is
 registered with ``authenticated=False``, which only the few endpoints the
@@ -154,6 +166,10 @@ class FederationApp:
             match = self.router.match(method, path)
             note_route(scope, match.route)
             authorizations = _authorizations(head.headers) if match.route.authenticated else None
+            if authorizations is not None:
+                claimed = self._claimed_origin(authorizations)
+                if self.rate_limiter is not None and match.route.rate_limited:
+                    self.rate_limiter.check(claimed)
             body = await read_body(receive, head.headers, self.max_body_bytes)
             units_checked = match.route.units_checked
             content = parse_json(body, check_nesting=not units_checked) if body else None
@@ -185,14 +201,9 @@ class FederationApp:
                 JsonResponse({"errcode": "M_UNKNOWN", "error": "internal server error"}, status=500)
             )
 
-    async def _authenticate(
-        self,
-        authorizations: list[XMatrixAuthorization],
-        method: str,
-        uri: str,
-        content: Any,
-        body: bytes,
-    ) -> str:
+    def _claimed_origin(self, authorizations: list[XMatrixAuthorization]) -> str:
+        """The origin the headers name, once each header has passed every
+        check that needs no key and no body."""
         # Every header must hold a valid signature by the same origin: a
         # server may sign with several keys, and each must stand.
         origin = authorizations[0].origin
@@ -203,7 +214,8 @@ class FederationApp:
                     f" ({origin!r} and {authorization.origin!r})"
                 )
             # verify_request checks the destination too; checking it here
-            # first spares a key fetch for a request that is refused anyway.
+            # first spares a key fetch and a body for a request that is
+            # refused anyway.
             destination = authorization.destination
             if destination is not None and destination != self.server_name:
                 raise InvalidSignatureError(
@@ -216,6 +228,20 @@ class FederationApp:
                     f"the request is signed with key {authorization.key!r}, of an unsupported"
                     " algorithm"
                 )
+        return origin
+
+    async def _authenticate(
+        self,
+        authorizations: list[XMatrixAuthorization],
+        method: str,
+        uri: str,
+        content: Any,
+        body: bytes,
+    ) -> str:
+        """The origin, once every header's signature holds
+        (:meth:`_claimed_origin` has passed them)."""
+        origin = authorizations[0].origin
+        for authorization in authorizations:
             try:
                 verify_key = await self._key_lookup.get_verify_key(origin, authorization.key)
             except MatrixError as exc:
