@@ -106,15 +106,20 @@ async def test_protocols_merge_the_metadata_of_every_service(tmp_path: Path) -> 
         assert sorted(path for path, _ in env.b.third_party) == ["protocol/gitter", "protocol/irc"]
         assert env.c.third_party == []
 
+        # The answers are remembered: the same again, nobody asked again.
         assert await c.ok(alice, "GET", "/thirdparty/protocol/irc") == _IRC_MERGED
         assert await c.ok(alice, "GET", "/thirdparty/protocol/gitter") == _GITTER_SHOWN
-        assert [path for path, _ in env.a.third_party] == ["protocol/irc", "protocol/irc"]
+        assert await c.ok(alice, "GET", "/thirdparty/protocols") == {
+            "irc": _IRC_MERGED,
+            "gitter": _GITTER_SHOWN,
+        }
+        assert [path for path, _ in env.a.third_party] == ["protocol/irc"]
         # Declared by no service, or only by one that cannot be asked.
         for protocol in ("matrix", "xmpp"):
             await c.refused(
                 alice, "GET", f"/thirdparty/protocol/{protocol}", status=404, errcode="M_NOT_FOUND"
             )
-        assert len(env.a.third_party) + len(env.b.third_party) == 6
+        assert len(env.a.third_party) + len(env.b.third_party) == 3
 
 
 async def _never(path: str, query: list[tuple[str, str]]) -> tuple[int, Any]:

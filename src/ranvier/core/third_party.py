@@ -33,13 +33,23 @@ Invariants
   with what the others said; a protocol none of whose services answered
   is as unknown as one nobody declares (404 ``M_NOT_FOUND``), and is left
   out of ``/thirdparty/protocols``.
+* **A protocol's metadata is remembered, briefly and boundedly.** A
+  service's answer for a protocol is kept for :data:`PROTOCOL_CACHE_S`,
+  a failure for :data:`FAILURE_CACHE_S`, at most
+  :data:`MAX_CACHED_PROTOCOLS` of them; requests that find none wait for
+  the one ask already under way rather than each asking again. The
+  networks a service reports (:meth:`ThirdPartyLookups.reported_networks`)
+  are read from the same answers, so the instance IDs ``/publicRooms``
+  accepts are those ``/thirdparty/protocols`` shows.
 """
 
 from __future__ import annotations
 
 import logging
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
 import trio
@@ -55,15 +65,66 @@ from .appservices import (
     third_party_instance_id,
 )
 
-__all__ = ["MAX_ENTRIES", "Kind", "ThirdPartyLookups"]
+__all__ = [
+    "FAILURE_CACHE_S",
+    "MAX_CACHED_PROTOCOLS",
+    "MAX_ENTRIES",
+    "PROTOCOL_CACHE_S",
+    "Kind",
+    "ReportedNetworks",
+    "ThirdPartyLookups",
+]
 
 _log: Final = logging.getLogger(__name__)
 
 #: The most entries (instances, locations, users) taken from one answer.
 MAX_ENTRIES: Final = 1000
 
+#: How long, in seconds, a service's metadata for a protocol is used before
+#: the service is asked again. The metadata names the bridge's networks and
+#: the fields to search them by, which change only when its operator
+#: reconfigures it, while clients ask for it each time they open a dialog
+#: to find a bridged room and ``/publicRooms`` consults it for every page of
+#: a network's list: without a cache each of those waits on the bridge, and
+#: a bridge that is down holds each up for the whole
+#: :attr:`~ThirdPartyLookups.timeout_s`. Five minutes keeps a busy server
+#: to one ask per service and protocol every five minutes, and a
+#: reconfigured bridge is shown within five; a service publishing a room
+#: in a network it has just added is not made to wait that long, its
+#: networks are asked again at once (:meth:`ThirdPartyLookups.reported_networks`).
+PROTOCOL_CACHE_S: Final = 300.0
+#: How long, in seconds, a failed ask (no answer in time, an error, an
+#: answer of the wrong shape) is remembered: long enough that a burst of
+#: requests while a bridge is down waits on it once, short enough that it
+#: is shown again soon after it is back.
+FAILURE_CACHE_S: Final = 15.0
+#: The most (service, protocol) answers remembered, least recently used
+#: dropped first. Only the protocols the registrations declare are ever
+#: asked about, so this bounds only a configuration that declares more;
+#: each answer is at most
+#: :data:`~ranvier.appservice_client.MAX_THIRD_PARTY_ANSWER_BYTES` of JSON.
+MAX_CACHED_PROTOCOLS: Final = 256
+
 _T = TypeVar("_T")
 Kind = Literal["location", "user"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedNetworks:
+    """The networks a service reports in its protocols' instances."""
+
+    #: The ``network_id`` of each instance it reports, of any protocol.
+    network_ids: frozenset[str]
+    #: The protocols it declares whose metadata could not be had: it may
+    #: have networks there that nobody here knows of.
+    unanswered: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Cached:
+    expires: float
+    #: The checked metadata; None for a failed ask.
+    answer: dict[str, Any] | None
 
 
 def _not_found(message: str) -> MatrixError:
@@ -195,12 +256,29 @@ class ThirdPartyLookups:
     """Passes the client API's third-party lookups on to the services."""
 
     def __init__(
-        self, services: AppServices, client: AppServiceClient, *, timeout_s: float = 10.0
+        self,
+        services: AppServices,
+        client: AppServiceClient,
+        *,
+        timeout_s: float = 10.0,
+        clock: Callable[[], float] = trio.current_time,
+        cache_s: float = PROTOCOL_CACHE_S,
+        failure_cache_s: float = FAILURE_CACHE_S,
+        cache_entries: int = MAX_CACHED_PROTOCOLS,
     ) -> None:
         self._services = services
         self._client = client
         #: How long a service has to answer one lookup.
         self.timeout_s = timeout_s
+        #: How long an answer and a failure of a protocol's metadata are kept.
+        self.cache_s = cache_s
+        self.failure_cache_s = failure_cache_s
+        self._clock = clock
+        self._cache_entries = cache_entries
+        self._cache: OrderedDict[tuple[str, str], _Cached] = OrderedDict()
+        # The asks under way, each set once its answer is in the cache (or
+        # it was cancelled, when a waiter asks in its place).
+        self._asking: dict[tuple[str, str], trio.Event] = {}
 
     def _declaring(self, protocol: str | None) -> list[AppService]:
         """The services that can answer about ``protocol`` (None: about any)."""
@@ -228,20 +306,81 @@ class ThirdPartyLookups:
 
         async def ask(index: int) -> None:
             service, path, params = asks[index]
-            with trio.move_on_after(self.timeout_s):
-                try:
-                    raw = await self._client.query_third_party(service, path, params)
-                except AppServiceUnavailableError as exc:
-                    _log.info("third-party lookup %s left out: %s", path, exc)
-                    return
-                answers[index] = read(service, raw)
-                if answers[index] is None:
-                    _log.info("third-party lookup %s of %s left out: malformed", path, service.id)
-                return
-            _log.info("third-party lookup %s of %s left out: no answer in time", path, service.id)
+            answers[index] = await self._ask(service, path, params, read)
 
         async with trio.open_nursery() as nursery:
             for index in range(len(asks)):
+                nursery.start_soon(ask, index)
+        return answers
+
+    async def _ask(
+        self,
+        service: AppService,
+        path: str,
+        params: Sequence[tuple[str, str]],
+        read: Callable[[AppService, Any], _T | None],
+    ) -> _T | None:
+        """What ``read`` makes of one service's answer; None when it fails,
+        is late or answers what ``read`` refuses."""
+        with trio.move_on_after(self.timeout_s):
+            try:
+                raw = await self._client.query_third_party(service, path, params)
+            except AppServiceUnavailableError as exc:
+                _log.info("third-party lookup %s left out: %s", path, exc)
+                return None
+            answer = read(service, raw)
+            if answer is None:
+                _log.info("third-party lookup %s of %s left out: malformed", path, service.id)
+            return answer
+        _log.info("third-party lookup %s of %s left out: no answer in time", path, service.id)
+        return None
+
+    async def _protocol_of(
+        self, service: AppService, protocol: str, *, fresh: bool = False
+    ) -> dict[str, Any] | None:
+        """The service's metadata for ``protocol``, as the cache has it
+        (``fresh``: as the service answers now); None when it has none.
+        Never changed once cached: callers copy what they change."""
+        key = (service.id, protocol)
+        while True:
+            asking = self._asking.get(key)
+            if asking is not None:
+                # Whatever it brings is as fresh as any ask made now.
+                fresh = False
+                await asking.wait()
+                continue
+            cached = self._cache.get(key)
+            if cached is not None and not fresh and cached.expires > self._clock():
+                self._cache.move_to_end(key)
+                return cached.answer
+            break
+        asking = self._asking[key] = trio.Event()
+        try:
+            answer = await self._ask(
+                service, _protocol_path(protocol), (), lambda _service, raw: _protocol(raw)
+            )
+            lasts = self.cache_s if answer is not None else self.failure_cache_s
+            self._cache[key] = _Cached(self._clock() + lasts, answer)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._cache_entries:
+                self._cache.popitem(last=False)
+            return answer
+        finally:
+            del self._asking[key]
+            asking.set()
+
+    async def _protocols_of(
+        self, pairs: Sequence[tuple[AppService, str]], *, fresh: bool = False
+    ) -> list[dict[str, Any] | None]:
+        """:meth:`_protocol_of` of each ``(service, protocol)``, at once."""
+        answers: list[dict[str, Any] | None] = [None] * len(pairs)
+
+        async def ask(index: int) -> None:
+            service, protocol = pairs[index]
+            answers[index] = await self._protocol_of(service, protocol, fresh=fresh)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(len(pairs)):
                 nursery.start_soon(ask, index)
         return answers
 
@@ -253,8 +392,7 @@ class ThirdPartyLookups:
             for service in self._declaring(None)
             for protocol in dict.fromkeys(service.registration.protocols)
         ]
-        asks = [(service, _protocol_path(protocol), ()) for service, protocol in pairs]
-        answers = await self._ask_each(asks, lambda _service, raw: _protocol(raw))
+        answers = await self._protocols_of(pairs)
         by_protocol: dict[str, list[tuple[AppService, dict[str, Any]]]] = {}
         for (service, protocol), answer in zip(pairs, answers, strict=True):
             if answer is not None:
@@ -264,8 +402,7 @@ class ThirdPartyLookups:
     async def protocol(self, protocol: str) -> dict[str, Any]:
         """``GET /thirdparty/protocol/{protocol}``."""
         services = self._require(protocol)
-        asks = [(service, _protocol_path(protocol), ()) for service in services]
-        answers = await self._ask_each(asks, lambda _service, raw: _protocol(raw))
+        answers = await self._protocols_of([(service, protocol) for service in services])
         found = [
             (service, answer)
             for service, answer in zip(services, answers, strict=True)
@@ -299,6 +436,32 @@ class ThirdPartyLookups:
             asks, lambda service, raw: _entries(raw, kind, service.registration.protocols)
         )
         return [entry for entries in answers if entries for entry in entries]
+
+    async def reported_networks(self, service_id: str, *, fresh: bool = False) -> ReportedNetworks:
+        """The networks service ``service_id`` reports for the protocols it
+        declares, from the cached metadata (``fresh``: asked again now).
+
+        A service that declares no protocol, or has no URL to be asked at,
+        reports none: nobody here could learn of a network of it.
+        """
+        service = self._services.by_id(service_id)
+        if service is None or service.url is None:
+            return ReportedNetworks(frozenset(), ())
+        protocols = list(dict.fromkeys(service.registration.protocols))
+        answers = await self._protocols_of(
+            [(service, protocol) for protocol in protocols], fresh=fresh
+        )
+        network_ids = frozenset(
+            instance["network_id"]
+            for answer in answers
+            if answer is not None
+            for instance in answer["instances"]
+            if "network_id" in instance
+        )
+        unanswered = tuple(
+            protocol for protocol, answer in zip(protocols, answers, strict=True) if answer is None
+        )
+        return ReportedNetworks(network_ids, unanswered)
 
     def _require(self, protocol: str) -> list[AppService]:
         services = self._declaring(protocol)
