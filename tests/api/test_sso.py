@@ -19,12 +19,18 @@ import httpx
 import msgspec
 import pytest
 import trio
+from _e2e import cross_signing
 from _oidc_provider import CLIENT_ID, CLIENT_SECRET, FakeOidcProvider
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ranvier.config import ListenerConfig, OidcProviderConfig
 from ranvier.core.sso import MAX_RESPONSE_BYTES, SsoProviders
-from ranvier.testing.homeserver import TestHomeserver, config_for_tests, open_test_homeserver
+from ranvier.testing.homeserver import (
+    TestHomeserver,
+    TestUser,
+    config_for_tests,
+    open_test_homeserver,
+)
 from ranvier.testing.network import Pki, free_port
 
 V3 = "/_matrix/client/v3"
@@ -589,6 +595,102 @@ async def test_an_sso_user_deactivates_through_the_sso_stage(setup: Setup) -> No
     # Its retry, with the token it logged out, gets the same answer.
     again = await _api(setup, token, "POST", "/account/deactivate", {"auth": {"session": session}})
     assert (again.status_code, again.json()) == (200, {"id_server_unbind_result": "no-support"})
+
+
+async def test_an_sso_user_sets_a_password_through_the_sso_stage(setup: Setup) -> None:
+    token = await _sso_user(setup, "LAPTOP")
+    phone = await _sso_user(setup, "PHONE")
+    body = {"new_password": "a long passphrase"}
+    session = await _sso_challenge(setup, token, "POST", "/account/password", body)
+    early = await _api(
+        setup, token, "POST", "/account/password", {**body, "auth": {"session": session}}
+    )
+    assert early.status_code == 401, early.text
+    assert early.json()["completed"] == []
+
+    await _confirm(setup, session)
+    done = await _api(
+        setup, token, "POST", "/account/password", {**body, "auth": {"session": session}}
+    )
+    assert (done.status_code, done.json()) == (200, {})
+    # The other devices are logged out, this one stays, and the password
+    # now logs in.
+    assert (await _api(setup, phone, "GET", "/account/whoami")).status_code == 401
+    user_id = (await _api(setup, token, "GET", "/account/whoami")).json()["user_id"]
+    login = await setup.browser.post(
+        f"{setup.hs.client_url}{V3}/login",
+        json={
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user_id},
+            "password": "a long passphrase",
+        },
+    )
+    assert login.status_code == 200, login.text
+
+    # Its retry answers as before; another request in it is refused, and
+    # the password is not changed by it.
+    again = await _api(
+        setup, token, "POST", "/account/password", {**body, "auth": {"session": session}}
+    )
+    assert (again.status_code, again.json()) == (200, {})
+    other = {"new_password": "another passphrase", "logout_devices": False}
+    refused = await _api(
+        setup, token, "POST", "/account/password", {**other, "auth": {"session": session}}
+    )
+    assert (refused.status_code, refused.json()["errcode"]) == (403, "M_FORBIDDEN")
+    # With a password, the user is offered it beside single sign-on.
+    challenge = await _api(setup, token, "POST", "/account/password", other)
+    assert challenge.status_code == 401
+    assert challenge.json()["flows"] == [
+        {"stages": ["m.login.password"]},
+        {"stages": ["m.login.sso"]},
+    ]
+
+
+async def test_an_sso_user_replaces_cross_signing_keys_through_the_sso_stage(
+    setup: Setup,
+) -> None:
+    token = await _sso_user(setup, "LAPTOP")
+    user_id = (await _api(setup, token, "GET", "/account/whoami")).json()["user_id"]
+    user = TestUser(user_id, token, "LAPTOP")
+    path = "/keys/device_signing/upload"
+    # The first keys need no authentication.
+    first = cross_signing(user).body
+    assert (await _api(setup, token, "POST", path, first)).status_code == 200
+    replacement = cross_signing(user).body
+    session = await _sso_challenge(setup, token, "POST", path, replacement)
+    early = await _api(setup, token, "POST", path, {**replacement, "auth": {"session": session}})
+    assert early.status_code == 401, early.text
+
+    async def master_key() -> object:
+        query = {"device_keys": {user_id: []}}
+        answer = await _api(setup, token, "POST", "/keys/query", query)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["master_keys"][user_id]
+
+    assert await master_key() == first["master_key"]
+    await _confirm(setup, session)
+    done = await _api(setup, token, "POST", path, {**replacement, "auth": {"session": session}})
+    assert (done.status_code, done.json()) == (200, {})
+    assert await master_key() == replacement["master_key"]
+
+    # Its retry answers as before; other keys need a session of their own.
+    again = await _api(setup, token, "POST", path, {**replacement, "auth": {"session": session}})
+    assert (again.status_code, again.json()) == (200, {})
+    third = cross_signing(user).body
+    refused = await _api(setup, token, "POST", path, {**third, "auth": {"session": session}})
+    assert (refused.status_code, refused.json()["errcode"]) == (403, "M_FORBIDDEN")
+    assert await master_key() == replacement["master_key"]
+    # A session confirmed for another operation does not do either.
+    devices_session = await _sso_challenge(
+        setup, token, "POST", "/delete_devices", {"devices": ["X"]}
+    )
+    await _confirm(setup, devices_session)
+    borrowed = await _api(
+        setup, token, "POST", path, {**third, "auth": {"session": devices_session}}
+    )
+    assert (borrowed.status_code, borrowed.json()["errcode"]) == (403, "M_FORBIDDEN")
+    assert await master_key() == replacement["master_key"]
 
 
 async def test_a_provider_answering_for_another_user_completes_nothing(setup: Setup) -> None:
