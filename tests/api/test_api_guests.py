@@ -254,6 +254,79 @@ async def test_a_guest_upgrades_keeping_its_user_id_and_rooms(tmp_path: Path) ->
         )
 
 
+async def test_a_retried_upgrade_in_its_session_answers_the_same_user(tmp_path: Path) -> None:
+    async with _open(tmp_path, registration=True) as env:
+        c = env.client
+        guest = await env.register_guest()
+        localpart = guest.user_id[1:].partition(":")[0]
+        body: dict[str, Any] = {
+            "guest_access_token": guest.access_token,
+            "username": localpart,
+            "password": "a long passphrase",
+        }
+        status, challenge = await c.call(None, "POST", "/register", body)
+        assert status == 401
+        session = challenge["session"]
+        # The session is kept: asking again in it gives it back.
+        status, again = await c.call(
+            None, "POST", "/register", {**body, "auth": {"session": session}}
+        )
+        assert (status, again["session"]) == (401, session)
+        dummy = {"type": "m.login.dummy", "session": session}
+        upgraded = await c.ok(None, "POST", "/register", {**body, "auth": dummy})
+        assert upgraded["user_id"] == guest.user_id
+
+        # The answer was lost: the retry answers the same user, logged in anew.
+        retried = await c.ok(None, "POST", "/register", {**body, "auth": dummy})
+        assert retried["user_id"] == guest.user_id
+        assert retried["access_token"] != upgraded["access_token"]
+        for answer in (upgraded, retried):
+            user = TestUser(answer["user_id"], answer["access_token"], answer["device_id"])
+            whoami = await c.ok(user, "GET", "/account/whoami")
+            assert (whoami["user_id"], whoami["is_guest"]) == (guest.user_id, False)
+        # The session alone, or without a login, is the same retry.
+        alone = await c.ok(None, "POST", "/register", {**body, "auth": {"session": session}})
+        assert alone["user_id"] == guest.user_id
+        inhibited = await c.ok(
+            None, "POST", "/register", {**body, "inhibit_login": True, "auth": dummy}
+        )
+        assert inhibited == {"user_id": guest.user_id, "home_server": "localhost"}
+
+        # The session is this guest's alone: another guest cannot use it, nor
+        # can the session-less retry, which has nothing to show for itself.
+        other = await env.register_guest()
+        other_body = {
+            **body,
+            "guest_access_token": other.access_token,
+            "username": other.user_id[1:].partition(":")[0],
+        }
+        for username in (other_body["username"], localpart):
+            await c.refused(
+                None,
+                "POST",
+                "/register",
+                {**other_body, "username": username, "auth": dummy},
+                status=400,
+                errcode="M_INVALID_PARAM",
+            )
+        assert (await c.ok(other, "GET", "/account/whoami"))["is_guest"] is True
+        await c.refused(
+            None,
+            "POST",
+            "/register",
+            {**body, "auth": {"type": "m.login.dummy"}},
+            status=403,
+            errcode="M_FORBIDDEN",
+        )
+        # The other guest upgrades in a session of its own.
+        status, challenge = await c.call(None, "POST", "/register", other_body)
+        assert status == 401
+        assert challenge["session"] != session
+        own = {"type": "m.login.dummy", "session": challenge["session"]}
+        second = await c.ok(None, "POST", "/register", {**other_body, "auth": own})
+        assert second["user_id"] == other.user_id
+
+
 async def test_an_upgrade_must_name_the_guest_and_needs_open_registration(
     tmp_path: Path,
 ) -> None:

@@ -654,6 +654,44 @@ async def test_a_second_registration_in_a_session_writes_nothing(storage: Storag
     assert _dump(Path(storage.path)) == before
 
 
+async def test_a_guest_upgrade_in_a_session_run_twice(storage: Storage) -> None:
+    """The upgrade with its claim on the session, run twice alike; a second
+    upgrade in the session writes nothing."""
+    await storage.uia.open_uia_session(_REGISTRATION, now_ms=5)
+    guest = dataclasses.replace(_ACCOUNT, password_hash=None, guest=True)
+    await storage.accounts.create_account(guest, _DEVICE)
+    claim = RegistrationClaim(session_id="reg", write_id="w1", expires_ts=999)
+    operation = _call(
+        accounts._upgrade_guest,
+        user_id=ALICE,
+        password_hash="$argon2id$chosen",
+        device=_OTHER_DEVICE,
+        session=claim,
+    )
+    await storage.actor.submit(operation)
+    once = _dump(Path(storage.path))
+    await storage.actor.submit(operation)
+    assert _dump(Path(storage.path)) == once
+    session = await storage.uia.uia_session("reg")
+    assert session is not None
+    assert (session.user_id, session.expires_ts) == (ALICE, 999)
+
+    other = "@100000000002:ours.test"
+    await storage.accounts.create_account(
+        NewAccount(user_id=other, password_hash=None, admin=False, created_ts=6, guest=True)
+    )
+    before = _dump(Path(storage.path))
+    with pytest.raises(SessionRegisteredError) as raised:
+        await storage.accounts.upgrade_guest(
+            other,
+            "$argon2id$other",
+            _fields_replaced(_OTHER_DEVICE, user_id=other, token_hash=b"\x09" * 32),
+            RegistrationClaim(session_id="reg", write_id="w2", expires_ts=999),
+        )
+    assert raised.value.user_id == ALICE
+    assert _dump(Path(storage.path)) == before
+
+
 async def test_another_alias_or_partial_join_is_still_refused(storage: Storage) -> None:
     assert await storage.aliases.create_alias("#a:x", "!r:x", ALICE, 5)
     # The same user, room and millisecond is still a second request.

@@ -76,3 +76,35 @@ async def _upgrade_on_main(
     assert answer.status_code == 200, answer.text
     upgraded: dict[str, str] = answer.json()
     return upgraded
+
+
+async def test_an_upgrade_on_the_worker_claims_its_session(tmp_path: Path) -> None:
+    async with alice_on_both(tmp_path, registration=_registration(tmp_path)) as both:
+        worker = TestHomeserver(both.worker)
+        async with worker.client() as anonymous:
+            registered = await anonymous.post(f"{_V3}/register?kind=guest", json={})
+            assert registered.status_code == 200, registered.text
+            guest = registered.json()
+            body = {
+                "guest_access_token": guest["access_token"],
+                "username": guest["user_id"][1:].partition(":")[0],
+                "password": "a long passphrase",
+            }
+            challenge = await anonymous.post(f"{_V3}/register", json=body)
+            assert challenge.status_code == 401, challenge.text
+            auth = {"type": "m.login.dummy", "session": challenge.json()["session"]}
+            answers = [
+                await anonymous.post(f"{_V3}/register", json={**body, "auth": auth})
+                for _ in range(2)
+            ]
+        for answer in answers:
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["user_id"] == guest["user_id"]
+        tokens = {answer.json()["access_token"] for answer in answers}
+        assert len(tokens) == 2
+        # The second answer's login is a full account's, on the main process too.
+        async with both.main.client(
+            headers={"Authorization": f"Bearer {answers[1].json()['access_token']}"}
+        ) as on_main:
+            whoami = await on_main.get(f"{_V3}/account/whoami")
+            assert whoami.json()["is_guest"] is False, whoami.text

@@ -40,7 +40,9 @@ kind is refused with the spec's 403 ``M_GUEST_ACCESS_FORBIDDEN``. A guest
 becomes a full account with the same user ID through the ordinary
 registration, giving its ``guest_access_token``, its localpart as
 ``username`` and a password, while registration is open; all-digit
-usernames are kept for guests and refused to everyone else.
+usernames are kept for guests and refused to everyone else. The upgrade
+claims its session as a registration does, so a retry in it, with the
+same token, answers the same user ID.
 
 Each route is served under ``/_matrix/client/v3`` and, for older clients,
 under ``/_matrix/client/r0``, where these endpoints had the same shape.
@@ -384,6 +386,18 @@ def add_account_routes(
                 http_status=403,
             )
         guest = await accounts.get_requester(guest_token)
+        made = None if session is None or uia is None else await uia.registered_in(session)
+        if guest is not None and made is not None:
+            if made != guest.user_id:
+                raise MatrixError(
+                    f"this session registered {made} already: start a new session"
+                    " to upgrade another guest",
+                    errcode="M_INVALID_PARAM",
+                    http_status=400,
+                )
+            # A retry in the session that upgraded this very guest: its
+            # token is a full account's now, and the client lost the answer.
+            return await registered_again(made, body, localpart)
         if guest is None or not guest.guest:
             raise MatrixError(
                 "'guest_access_token' is not a guest account's access token",
@@ -413,7 +427,7 @@ def add_account_routes(
                 {
                     "flows": [{"stages": [_DUMMY]}],
                     "params": {},
-                    "session": session or secrets.token_urlsafe(16),
+                    "session": await open_session(session),
                     "completed": [],
                 },
                 status=401,
@@ -424,14 +438,28 @@ def add_account_routes(
                 errcode="M_UNRECOGNIZED",
                 http_status=400,
             )
-        registration = await accounts.upgrade_guest(
-            guest.user_id,
-            password,
-            login=not optional_bool(body, "inhibit_login"),
-            device_id=optional_str(body, "device_id"),
-            device_display_name=optional_str(body, "initial_device_display_name"),
-            refresh=optional_bool(body, "refresh_token"),
-        )
+        # Claimed in the upgrade's write, as a registration's session is,
+        # so that a retry in it is answered as a registration's retry is.
+        claim = None if uia is None else await uia.registration_claim(session)
+        try:
+            registration = await accounts.upgrade_guest(
+                guest.user_id,
+                password,
+                login=not optional_bool(body, "inhibit_login"),
+                device_id=optional_str(body, "device_id"),
+                device_display_name=optional_str(body, "initial_device_display_name"),
+                refresh=optional_bool(body, "refresh_token"),
+                session=claim,
+            )
+        except MatrixError as refused:
+            # Another request of the session got there first.
+            if refused.errcode != SessionRegisteredError.errcode or session is None:
+                raise
+            assert uia is not None
+            made = await uia.registered_in(session)
+            if made is None:
+                raise
+            return await registered_again(made, body, localpart)
         return _registered(registration, server_name)
 
     async def register_with_token(

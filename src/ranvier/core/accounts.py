@@ -174,7 +174,11 @@ class AccountStore(Protocol):
     async def add_device(self, device: NewDevice) -> None: ...
 
     async def upgrade_guest(
-        self, user_id: str, password_hash: str, device: NewDevice | None
+        self,
+        user_id: str,
+        password_hash: str,
+        device: NewDevice | None,
+        session: RegistrationClaim | None = None,
     ) -> None: ...
 
     async def create_device(
@@ -406,14 +410,18 @@ class Accounts:
         device_id: str | None = None,
         device_display_name: str | None = None,
         refresh: bool = False,
+        session: RegistrationClaim | None = None,
     ) -> Registration:
         """Make the guest ``user_id`` a full account with ``password``, and
-        log a new device in unless ``login`` is False, in one write.
+        log a new device in unless ``login`` is False, in one write, which
+        claims the registration ``session`` if given.
 
         The user ID, rooms, devices and tokens stay: the guest's token now
         acts for a full account (the spec says nothing of ending it, and
         Synapse keeps it). Raises ``M_FORBIDDEN`` for an account that is
-        not a guest's (an upgrade already made, a deactivated guest).
+        not a guest's (an upgrade already made, a deactivated guest), and
+        :class:`~ranvier.storage.accounts.SessionRegisteredError` when the
+        session made an account already.
         """
         if device_id is not None:
             _check_device_id(device_id)
@@ -424,7 +432,7 @@ class Accounts:
                 user_id, device_id, device_display_name, refresh=refresh, now=self.clock_ms()
             )
         with self._invalidating(lambda cached: cached.user_id == user_id):
-            await self._store.upgrade_guest(user_id, password_hash, device)
+            await self._store.upgrade_guest(user_id, password_hash, device, session)
         return _registered(user_id, issued)
 
     async def login_with_password(

@@ -195,18 +195,28 @@ class AccountStorage:
         await self._actor.submit(functools.partial(_create_account, account=account, device=device))
 
     async def upgrade_guest(
-        self, user_id: str, password_hash: str, device: NewDevice | None
+        self,
+        user_id: str,
+        password_hash: str,
+        device: NewDevice | None,
+        session: RegistrationClaim | None = None,
     ) -> None:
         """Make the guest ``user_id`` a full account with ``password_hash``
         and, if given, log ``device`` in, in one write; the guest's devices,
-        tokens and rooms stay.
+        tokens and rooms stay. ``session`` is claimed in the same write, as
+        a registration's is.
 
         Raises MatrixError ``M_FORBIDDEN`` if ``user_id`` is not an active
-        guest account.
+        guest account, :class:`SessionRegisteredError` if another request
+        of the session made an account first.
         """
         await self._actor.submit(
             functools.partial(
-                _upgrade_guest, user_id=user_id, password_hash=password_hash, device=device
+                _upgrade_guest,
+                user_id=user_id,
+                password_hash=password_hash,
+                device=device,
+                session=session,
             )
         )
 
@@ -432,8 +442,18 @@ def _is_repeat(conn: sqlite3.Connection, account: NewAccount, device: NewDevice 
 
 @registered_write
 def _upgrade_guest(
-    conn: sqlite3.Connection, *, user_id: str, password_hash: str, device: NewDevice | None
+    conn: sqlite3.Connection,
+    *,
+    user_id: str,
+    password_hash: str,
+    device: NewDevice | None,
+    session: RegistrationClaim | None = None,
 ) -> None:
+    if session is not None:
+        if _claimed_before(conn, session):
+            # This very write run again: its first run did all of it.
+            return
+        _claim_session(conn, user_id, session)
     upgraded = conn.execute(
         "UPDATE users SET is_guest = 0, password_hash = ?"
         " WHERE user_id = ? AND is_guest = 1 AND deactivated = 0",
