@@ -20,7 +20,8 @@ answer, the call not carried out again. A retry in that session of another
 request (other devices, other keys) is refused, as is a session used for
 another operation or by another user.
 
-A registration's session is claimed in the write that makes the account
+A registration's session is claimed in the write that makes the account,
+or that makes a guest a full one
 (:class:`ranvier.storage.accounts.RegistrationClaim`); a retry in it
 registers nothing and answers the same user ID, with a new login (as
 Synapse does: the client lost the first answer, and with it the first
