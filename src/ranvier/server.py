@@ -1398,7 +1398,6 @@ class HomeServer:
             server_name=server_name,
             remote=FederationRoomListClient(client),
             app_services=self._app_services,
-            networks=self._third_party,
         )
         self._room_directory.room_list = self._room_list
         self._room_directory.state_sender = self._event_creator

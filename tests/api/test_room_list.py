@@ -257,26 +257,6 @@ async def _listed(env: Bridges, **asked: Any) -> set[str]:
     return _room_ids(posted)
 
 
-async def _unknown_instance(env: Bridges, instance_id: str) -> None:
-    """``instance_id`` is refused by ``POST`` and ``GET /publicRooms`` alike."""
-    await env.client.refused(
-        env.alice,
-        "POST",
-        "/publicRooms",
-        {"third_party_instance_id": instance_id},
-        status=400,
-        errcode="M_INVALID_PARAM",
-    )
-    await env.client.refused(
-        None,
-        "GET",
-        "/publicRooms",
-        params={"third_party_instance_id": instance_id},
-        status=400,
-        errcode="M_INVALID_PARAM",
-    )
-
-
 async def test_services_publish_rooms_in_their_networks_lists(tmp_path: Path) -> None:
     async with open_bridges(tmp_path, _NETWORKS_A, _NETWORKS_B) as env:
         c, alice = env.client, env.alice
@@ -316,11 +296,8 @@ async def test_services_publish_rooms_in_their_networks_lists(tmp_path: Path) ->
         }
         assert await _listed(env, third_party_instance_id=b_libera) == {rooms["b-libera"]}
         assert await _listed(env, third_party_instance_id=b_oftc) == {rooms["b-oftc"]}
-        # An instance no service reports is no list at all.
         for unknown in ("c|libera", "a|oftc", "a|", "libera", "nobody|libera"):
-            await _unknown_instance(env, unknown)
-        # b's gitter metadata cannot be had: its gitter networks may be any.
-        assert await _listed(env, third_party_instance_id="b|gitter") == set()
+            assert await _listed(env, third_party_instance_id=unknown) == set()
         # All networks: every list, each room once.
         assert await _listed(env, include_all_networks=True) == set(rooms.values())
         assert await _listed(env, include_all_networks=True, third_party_instance_id=b_oftc) == set(
@@ -361,7 +338,7 @@ async def test_services_publish_rooms_in_their_networks_lists(tmp_path: Path) ->
 
 
 async def test_only_a_service_publishes_in_a_network_list(tmp_path: Path) -> None:
-    async with open_bridges(tmp_path, _NETWORKS_A) as env:
+    async with open_bridges(tmp_path) as env:
         c, alice = env.client, env.alice
         room_id = await c.create_room(alice, preset="public_chat")
         path = _in_network("libera", room_id)
@@ -395,11 +372,11 @@ async def test_only_a_service_publishes_in_a_network_list(tmp_path: Path) -> Non
         )
         assert (status, answer) == (200, {})
         assert await _listed(env, third_party_instance_id="a|libera") == {room_id}
-        await _unknown_instance(env, "a|oftc")
+        assert await _listed(env, third_party_instance_id="b|libera") == set()
 
 
 async def test_bad_network_list_requests_change_nothing(tmp_path: Path) -> None:
-    async with open_bridges(tmp_path, _NETWORKS_A) as env:
+    async with open_bridges(tmp_path) as env:
         c, alice = env.client, env.alice
         room_id = await c.create_room(alice, preset="public_chat")
         await _publish(env, "a", "libera", room_id, "public")
@@ -423,9 +400,6 @@ async def test_bad_network_list_requests_change_nothing(tmp_path: Path) -> None:
             404,
             "M_NOT_FOUND",
         )
-        await refused(
-            _in_network("oftc", room_id), {"visibility": "public"}, 400, "M_INVALID_PARAM"
-        )
         for body in (
             {"include_all_networks": "yes"},
             {"include_all_networks": 1},
@@ -443,67 +417,3 @@ async def test_bad_network_list_requests_change_nothing(tmp_path: Path) -> None:
         )
         assert await _listed(env, third_party_instance_id="a|libera") == {room_id}
         assert await _listed(env, include_all_networks=True) == {room_id}
-
-
-async def test_a_service_publishes_only_in_the_networks_it_reports(tmp_path: Path) -> None:
-    # a's answer as it stands at the time of each ask.
-    reported: dict[str, Any] = {"protocol/irc": (200, {"instances": [_LIBERA_A]})}
-
-    async def a(path: str, query: list[tuple[str, str]]) -> tuple[int, Any]:
-        return reported.get(path, (404, {"errcode": "M_NOT_FOUND", "error": "none"}))
-
-    async with open_bridges(tmp_path, a, _NETWORKS_B) as env:
-        c, alice = env.client, env.alice
-        room_id = await c.create_room(alice, preset="public_chat")
-        public = {"visibility": "public"}
-
-        async def refused(service: str, network_id: str, words: str) -> None:
-            status, answer = await c.call(
-                None, "PUT", _in_network(network_id, room_id), public, token=f"as-{service}"
-            )
-            assert (status, answer["errcode"]) == (400, "M_INVALID_PARAM"), answer
-            assert words in answer["error"]
-
-        # Another service's network, one nobody reports, a protocol's name.
-        await refused("a", "oftc", "reports no network 'oftc'")
-        await refused("b", "efnet", "reports no network 'efnet'")
-        await refused("b", "irc", "reports no network 'irc'")
-        # A service with no protocol reports no network at all.
-        await refused("c", "libera", "reports no network 'libera'")
-        assert await _listed(env, include_all_networks=True) == set()
-
-        # Each refusal asked the service again (a network it had just added
-        # would have been taken); reads never do, whatever they name.
-        assert [path for path, _ in env.a.third_party] == ["protocol/irc"] * 2
-        asked = len(env.a.third_party)
-        for _ in range(3):
-            await _unknown_instance(env, "a|oftc")
-        assert len(env.a.third_party) == asked
-
-        # A network added since the metadata was cached is taken at once,
-        # and its list is then read by the instance the service reports.
-        await _listed(env, third_party_instance_id="a|libera")
-        rizon = {"desc": "Rizon", "network_id": "rizon", "fields": {}}
-        reported["protocol/irc"] = (200, {"instances": [_LIBERA_A, rizon]})
-        await _publish(env, "a", "rizon", room_id, "public")
-        assert await _listed(env, third_party_instance_id="a|rizon") == {room_id}
-        irc = (await c.ok(alice, "GET", "/thirdparty/protocol/irc"))["instances"]
-        assert "a|rizon" in [instance.get("instance_id") for instance in irc]
-
-        # While the service cannot be asked, its lists are still read, but
-        # it publishes nothing; withdrawing needs no check. (Its failures
-        # are forgotten at once here, so that its return is seen.)
-        env.hs.server.third_party_lookups.failure_cache_s = 0
-        reported["protocol/irc"] = (500, {"errcode": "M_UNKNOWN", "error": "down"})
-        await refused("a", "efnet", "its metadata for 'irc' could not be had just now")
-        assert await _listed(env, third_party_instance_id="a|rizon") == {room_id}
-        await _publish(env, "a", "rizon", room_id, "private")
-        assert await _listed(env, include_all_networks=True) == set()
-
-        # Back, no longer reporting rizon: its list is gone for clients,
-        # and the service may still clear it.
-        reported["protocol/irc"] = (200, {"instances": [_LIBERA_A]})
-        await _unknown_instance(env, "a|rizon")
-        await _publish(env, "a", "rizon", room_id, "private")
-        await _publish(env, "a", "libera", room_id, "public")
-        assert await _listed(env, third_party_instance_id="a|libera") == {room_id}

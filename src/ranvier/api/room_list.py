@@ -8,9 +8,7 @@ server asks that server for its list over federation. An application
 service publishes rooms in its networks' lists with its own token, and
 nobody else may (403 ``M_FORBIDDEN``); ``third_party_instance_id`` and
 ``include_all_networks`` choose the lists read, in ``POST``'s body and,
-as Synapse takes them, ``GET``'s query. A network must be one the
-service reports for its protocols, and an instance ID one of those
-(400 ``M_INVALID_PARAM``). See :mod:`ranvier.core.room_list`.
+as Synapse takes them, ``GET``'s query. See :mod:`ranvier.core.room_list`.
 """
 
 from __future__ import annotations

@@ -18,19 +18,8 @@ alone, ``third_party_instance_id`` (an ``instance_id`` of
 together, each room once. A request that gives both is read as asking
 for everything, as Synapse reads it: the spec only says the instance is
 meant for requests without ``include_all_networks``, and another server
-passes on what its client gave.
-
-A network is one a service reports: the ``network_id`` of an instance of
-one of its protocols (:meth:`NetworkReports.reported_networks`). An
-instance ID that names none is 400 ``M_INVALID_PARAM``, the spec's code
-for a parameter of the wrong value, and so is a service publishing a room
-in a network it does not report (Synapse takes any value for both: a
-malformed instance ID is its 400 ``M_UNKNOWN``, a well-formed unknown one
-an empty list, and a room published under a network nobody reports sits
-in a list no client can learn the name of). A service whose metadata
-cannot be had just now is not held to it when its lists are read, since
-only it can have put rooms there and clients would see its rooms vanish
-while it is down; but it may not publish until it answers.
+passes on what its client gave. An instance ID that names no network of
+a registered service has no rooms.
 
 Another server's list is asked of that server (the client API's ``server``
 parameter, federation's ``/publicRooms``) through :class:`RemoteRoomLists`,
@@ -49,7 +38,6 @@ from ranvier.protocol.x_matrix import split_server_name
 from ranvier.storage.client_data import PublicRoomState
 
 from .appservices import AppServices
-from .third_party import ReportedNetworks
 
 __all__ = [
     "CHUNK_STRINGS",
@@ -107,15 +95,6 @@ class RemoteRoomLists(Protocol):
     ) -> dict[str, Any]: ...
 
 
-class NetworkReports(Protocol):
-    """The networks services report
-    (:class:`ranvier.core.third_party.ThirdPartyLookups`)."""
-
-    async def reported_networks(
-        self, service_id: str, *, fresh: bool = False
-    ) -> ReportedNetworks: ...
-
-
 class DirectoryPermissions(Protocol):
     """Who may change a room's place in the directory
     (:class:`ranvier.core.directory.RoomDirectory`).
@@ -126,10 +105,6 @@ class DirectoryPermissions(Protocol):
 
 def _not_found(room_id: str) -> MatrixError:
     return MatrixError(f"room {room_id} is not known here", errcode="M_NOT_FOUND", http_status=404)
-
-
-def _invalid(message: str) -> MatrixError:
-    return MatrixError(message, errcode="M_INVALID_PARAM", http_status=400)
 
 
 #: The string fields of a ``PublishedRoomsChunk`` that come from current
@@ -199,15 +174,12 @@ class RoomList:
         server_name: str | None = None,
         remote: RemoteRoomLists | None = None,
         app_services: AppServices | None = None,
-        networks: NetworkReports | None = None,
     ) -> None:
         self._store = store
         self._permissions = permissions
         self._server_name = server_name
         self._remote = remote
         self._app_services = app_services or AppServices()
-        # Without it (a list with no services to ask) no network is known.
-        self._networks = networks
         self._clock = wall_clock_ms or (lambda: time.time_ns() // 1_000_000)
 
     async def get_visibility(self, room_id: str) -> Visibility:
@@ -247,12 +219,10 @@ class RoomList:
 
         The service's token is all the right it needs, as the spec has it:
         the list is the service's own, and the room need only be known
-        here. The network must be one the service reports, as the spec
-        has it ("provided by the application service"): a network missing
-        from the cached metadata has the service asked again at once, so
-        that one it has just added is taken. Withdrawing is not checked: it
-        adds nothing, and a service must be able to clear the list of a
-        network it no longer reports.
+        here. The network ID is the service's to choose; the spec means one
+        of the networks it reports, but which those are only the service
+        can say, and an ID it never reports leaves the room in a list no
+        client is shown.
         """
         if visibility not in ("public", "private"):
             raise MatrixError(
@@ -268,51 +238,9 @@ class RoomList:
             )
         if not await self._store.room_exists(room_id):
             raise _not_found(room_id)
-        if visibility == "public":
-            await self._check_reported(service_id, network_id)
         await self._store.set_room_listed_in_network(
             service_id, network_id, room_id, visibility == "public", self._clock()
         )
-
-    async def _check_reported(self, service_id: str, network_id: str) -> None:
-        if self._networks is None:
-            reported = ReportedNetworks(frozenset(), ())
-        else:
-            reported = await self._networks.reported_networks(service_id)
-            if network_id not in reported.network_ids:
-                reported = await self._networks.reported_networks(service_id, fresh=True)
-        if network_id in reported.network_ids:
-            return
-        message = (
-            f"application service {service_id} reports no network {network_id[:100]!r} in"
-            " the instances of its protocols (GET /_matrix/app/v1/thirdparty/protocol/…)"
-        )
-        if reported.unanswered:
-            message += (
-                "; its metadata for "
-                + ", ".join(repr(p) for p in reported.unanswered[:10])
-                + " could not be had just now"
-            )
-        raise _invalid(message)
-
-    async def _instance_networks(self, instance_id: str) -> list[tuple[str, str]]:
-        """The ``(service ID, network ID)`` pairs ``instance_id`` names, of
-        networks their services report (or might, their metadata not to be
-        had just now); ``M_INVALID_PARAM`` when there are none."""
-        named = []
-        for service_id, network_id in self._app_services.networks_of_instance(instance_id):
-            if self._networks is None:
-                continue
-            reported = await self._networks.reported_networks(service_id)
-            if network_id in reported.network_ids or reported.unanswered:
-                named.append((service_id, network_id))
-        if not named:
-            raise _invalid(
-                f"third_party_instance_id {instance_id[:200]!r} is not the instance_id of a"
-                " network of this server's application services (GET /thirdparty/protocols"
-                " lists them)"
-            )
-        return named
 
     async def on_room_created(self, room_id: str, visibility: str) -> None:
         """What ``/createRoom`` calls once the room exists: ``public`` lists it."""
@@ -361,8 +289,10 @@ class RoomList:
                 networks=[(service.id, None) for service in self._app_services]
             )
         elif third_party_instance_id is not None:
-            networks = await self._instance_networks(third_party_instance_id)
-            rooms = await self._store.listed_rooms(main=False, networks=networks)
+            networks = self._app_services.networks_of_instance(third_party_instance_id)
+            rooms = (
+                await self._store.listed_rooms(main=False, networks=networks) if networks else []
+            )
         else:
             rooms = await self._store.listed_rooms()
         entries = [_chunk_entry(room) for room in rooms]
