@@ -17,7 +17,6 @@ from ranvier.core.appservices import AppServiceUnavailableError as Unavailable
 from ranvier.core.third_party import (
     FAILURE_CACHE_S,
     PROTOCOL_CACHE_S,
-    ReportedNetworks,
     ThirdPartyLookups,
 )
 from ranvier.errors import MatrixError
@@ -187,28 +186,4 @@ async def test_the_cache_is_bounded_least_recently_used_first(
     assert len(client.asked) == 3
     await lookups.protocol("xmpp")
     assert client.asked[-1] == ("a", "protocol/xmpp")
-    assert len(client.asked) == 4
-
-
-async def test_the_networks_a_service_reports(tmp_path: Path, autojump_clock: Any) -> None:
-    client = _Services()
-    client.answers["a", "protocol/irc"] = _metadata("libera", "oftc")
-    # gitter's metadata cannot be had.
-    services = _services(tmp_path, a=["irc", "gitter"], b=[])
-    lookups = ThirdPartyLookups(services, client)  # type: ignore[arg-type]
-    assert await lookups.reported_networks("a") == ReportedNetworks(
-        frozenset({"libera", "oftc"}), ("gitter",)
-    )
-    assert await lookups.reported_networks("b") == ReportedNetworks(frozenset(), ())
-    assert await lookups.reported_networks("nobody") == ReportedNetworks(frozenset(), ())
-    assert len(client.asked) == 2
-    # From the cache, unless asked fresh.
-    client.answers["a", "protocol/gitter"] = _metadata("gitter")
-    assert (await lookups.reported_networks("a")).unanswered == ("gitter",)
-    assert len(client.asked) == 2
-    fresh = await lookups.reported_networks("a", fresh=True)
-    assert fresh == ReportedNetworks(frozenset({"libera", "oftc", "gitter"}), ())
-    assert len(client.asked) == 4
-    # A fresh answer is the cache's answer from then on.
-    assert (await lookups.protocol("gitter"))["instances"][0]["instance_id"] == "a|gitter"
     assert len(client.asked) == 4

@@ -37,10 +37,7 @@ Invariants
   service's answer for a protocol is kept for :data:`PROTOCOL_CACHE_S`,
   a failure for :data:`FAILURE_CACHE_S`, at most
   :data:`MAX_CACHED_PROTOCOLS` of them; requests that find none wait for
-  the one ask already under way rather than each asking again. The
-  networks a service reports (:meth:`ThirdPartyLookups.reported_networks`)
-  are read from the same answers, so the instance IDs ``/publicRooms``
-  accepts are those ``/thirdparty/protocols`` shows.
+  the one ask already under way rather than each asking again.
 """
 
 from __future__ import annotations
@@ -71,7 +68,6 @@ __all__ = [
     "MAX_ENTRIES",
     "PROTOCOL_CACHE_S",
     "Kind",
-    "ReportedNetworks",
     "ThirdPartyLookups",
 ]
 
@@ -89,9 +85,7 @@ MAX_ENTRIES: Final = 1000
 #: a bridge that is down holds each up for the whole
 #: :attr:`~ThirdPartyLookups.timeout_s`. Five minutes keeps a busy server
 #: to one ask per service and protocol every five minutes, and a
-#: reconfigured bridge is shown within five; a service publishing a room
-#: in a network it has just added is not made to wait that long, its
-#: networks are asked again at once (:meth:`ThirdPartyLookups.reported_networks`).
+#: reconfigured bridge is shown within five.
 PROTOCOL_CACHE_S: Final = 300.0
 #: How long, in seconds, a failed ask (no answer in time, an error, an
 #: answer of the wrong shape) is remembered: long enough that a burst of
@@ -107,17 +101,6 @@ MAX_CACHED_PROTOCOLS: Final = 256
 
 _T = TypeVar("_T")
 Kind = Literal["location", "user"]
-
-
-@dataclass(frozen=True, slots=True)
-class ReportedNetworks:
-    """The networks a service reports in its protocols' instances."""
-
-    #: The ``network_id`` of each instance it reports, of any protocol.
-    network_ids: frozenset[str]
-    #: The protocols it declares whose metadata could not be had: it may
-    #: have networks there that nobody here knows of.
-    unanswered: tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -335,22 +318,18 @@ class ThirdPartyLookups:
         _log.info("third-party lookup %s of %s left out: no answer in time", path, service.id)
         return None
 
-    async def _protocol_of(
-        self, service: AppService, protocol: str, *, fresh: bool = False
-    ) -> dict[str, Any] | None:
-        """The service's metadata for ``protocol``, as the cache has it
-        (``fresh``: as the service answers now); None when it has none.
-        Never changed once cached: callers copy what they change."""
+    async def _protocol_of(self, service: AppService, protocol: str) -> dict[str, Any] | None:
+        """The service's metadata for ``protocol``, as the cache has it;
+        None when it has none. Never changed once cached: callers copy
+        what they change."""
         key = (service.id, protocol)
         while True:
             asking = self._asking.get(key)
             if asking is not None:
-                # Whatever it brings is as fresh as any ask made now.
-                fresh = False
                 await asking.wait()
                 continue
             cached = self._cache.get(key)
-            if cached is not None and not fresh and cached.expires > self._clock():
+            if cached is not None and cached.expires > self._clock():
                 self._cache.move_to_end(key)
                 return cached.answer
             break
@@ -370,14 +349,14 @@ class ThirdPartyLookups:
             asking.set()
 
     async def _protocols_of(
-        self, pairs: Sequence[tuple[AppService, str]], *, fresh: bool = False
+        self, pairs: Sequence[tuple[AppService, str]]
     ) -> list[dict[str, Any] | None]:
         """:meth:`_protocol_of` of each ``(service, protocol)``, at once."""
         answers: list[dict[str, Any] | None] = [None] * len(pairs)
 
         async def ask(index: int) -> None:
             service, protocol = pairs[index]
-            answers[index] = await self._protocol_of(service, protocol, fresh=fresh)
+            answers[index] = await self._protocol_of(service, protocol)
 
         async with trio.open_nursery() as nursery:
             for index in range(len(pairs)):
@@ -436,32 +415,6 @@ class ThirdPartyLookups:
             asks, lambda service, raw: _entries(raw, kind, service.registration.protocols)
         )
         return [entry for entries in answers if entries for entry in entries]
-
-    async def reported_networks(self, service_id: str, *, fresh: bool = False) -> ReportedNetworks:
-        """The networks service ``service_id`` reports for the protocols it
-        declares, from the cached metadata (``fresh``: asked again now).
-
-        A service that declares no protocol, or has no URL to be asked at,
-        reports none: nobody here could learn of a network of it.
-        """
-        service = self._services.by_id(service_id)
-        if service is None or service.url is None:
-            return ReportedNetworks(frozenset(), ())
-        protocols = list(dict.fromkeys(service.registration.protocols))
-        answers = await self._protocols_of(
-            [(service, protocol) for protocol in protocols], fresh=fresh
-        )
-        network_ids = frozenset(
-            instance["network_id"]
-            for answer in answers
-            if answer is not None
-            for instance in answer["instances"]
-            if "network_id" in instance
-        )
-        unanswered = tuple(
-            protocol for protocol, answer in zip(protocols, answers, strict=True) if answer is None
-        )
-        return ReportedNetworks(network_ids, unanswered)
 
     def _require(self, protocol: str) -> list[AppService]:
         services = self._declaring(protocol)
