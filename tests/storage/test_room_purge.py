@@ -33,6 +33,7 @@ DAVE = "@dave:other.example"
 KEPT: dict[str, str] = {
     "blocked_rooms": "a blocked room stays blocked",
     "user_redactions": "an admin's redaction job names rooms and events, not their content",
+    "pdu_outbox": "our users' leaves still owed to other servers, until delivered",
 }
 
 

@@ -112,6 +112,7 @@ TABLES_ADDED = {
     57: set(),
     # A column of remote_device_keys, no table.
     58: set(),
+    59: {"pdu_outbox"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -369,6 +370,11 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
         run("UPDATE out_of_band_memberships SET sent_through = 'x'")
     elif version == 58:
         run("UPDATE remote_device_keys SET display_name = 'phone'")
+    elif version == 59:
+        run(
+            "INSERT INTO pdu_outbox (destination, event_id, room_id, pdu)"
+            " VALUES ('b.test', '$e', '!r:x', x'7b7d')"
+        )
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

@@ -5,8 +5,9 @@ transaction.
 A destination is known here if it has retry state (``destinations``: it
 is failing), rooms noted for it (``destination_rooms``: events were meant
 for it), a delivery noted (``destination_deliveries``: it took a
-transaction, perhaps of EDUs alone) or EDUs waiting in the outbox
-(``to_device_outbox``). The first table loses a destination's row when it
+transaction, perhaps of EDUs alone), EDUs waiting in the outbox
+(``to_device_outbox``) or leaves of a purged room waiting for it
+(``pdu_outbox``). The first table loses a destination's row when it
 takes a transaction again, so a destination that is well shows no retry
 state: ``retry_last_ts`` and ``retry_interval`` 0, ``failure_ts`` None. The
 newest stream ordering a destination acknowledged, over its rooms, stands
@@ -59,6 +60,7 @@ _DESTINATIONS: Final = """
         UNION SELECT destination FROM destination_rooms
         UNION SELECT destination FROM destination_deliveries
         UNION SELECT destination FROM to_device_outbox
+        UNION SELECT destination FROM pdu_outbox
     )
     SELECT known.destination,
            failing.failure_ts,

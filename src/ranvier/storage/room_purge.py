@@ -15,7 +15,10 @@ the server notices room's record, an upgrade's claim on it, and the
 room's version row.
 
 What stays: the block (``blocked_rooms``), so a blocked room stays
-blocked; media files and their rows (media are not tied to a room, and
+blocked; our users' leaves still owed to the room's other servers, written
+to ``pdu_outbox`` by the purge itself (:mod:`ranvier.storage.pdu_outbox`)
+and deleted once delivered, since catching a destination up reads the
+room's events, which are gone; media files and their rows (media are not tied to a room, and
 other rooms may use the same file; Synapse keeps them too, and the media
 admin API removes them); and rows whose purpose outlives the room and
 which hold an event only inside an opaque body (received transactions'
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
 
@@ -61,6 +65,7 @@ from ranvier.errors import MatrixError
 from .admin_reads import local_members_to_remove
 from .connections import secure_deletion
 from .id_floors import keep_floors
+from .pdu_outbox import keep_leaves_owed
 from .write_backend import WriteBackend, registered_write
 
 __all__ = ["PURGED_TABLES", "PurgeResult", "RoomPurgeStorage", "purge_room"]
@@ -113,9 +118,11 @@ PURGED_TABLES: Final = frozenset(table for table, _ in _STATEMENTS)
 
 @dataclass(frozen=True, slots=True)
 class PurgeResult:
-    """What a purge deleted: ``rows`` per table, with none left out."""
+    """What a purge deleted: ``rows`` per table, with none left out; and
+    the destinations our users' leaves are still owed to, kept for them."""
 
     rows: dict[str, int]
+    owed_destinations: tuple[str, ...] = ()
 
     @property
     def events(self) -> int:
@@ -134,17 +141,31 @@ def _still_in_room(room_id: str, users: list[str]) -> MatrixError:
 
 @registered_write
 def purge_room(
-    conn: sqlite3.Connection, *, room_id: str, server_name: str | None = None
+    conn: sqlite3.Connection,
+    *,
+    room_id: str,
+    server_name: str | None = None,
+    origin: str | None = None,
+    leaves: tuple[str, ...] = (),
 ) -> PurgeResult | None:
     """Delete every row of ``room_id`` but its block; None if it is not
     stored here. With ``server_name``, refuse while a user of that server
-    is joined to, invited to or knocking on it (see the module's doc)."""
+    is joined to, invited to or knocking on it (see the module's doc).
+
+    With ``origin`` (this server's name), the leaves of its users that
+    other servers have not acknowledged are kept for them first
+    (:func:`~ranvier.storage.pdu_outbox.keep_leaves_owed`, which says what
+    ``leaves`` are).
+    """
     if conn.execute("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)).fetchone() is None:
         return None
     if server_name is not None:
         staying = local_members_to_remove(conn, room_id=room_id, server_name=server_name)
         if staying:
             raise _still_in_room(room_id, staying)
+    owed: list[str] = []
+    if origin is not None:
+        owed = keep_leaves_owed(conn, room_id=room_id, origin=origin, leaves=leaves)
     keep_floors(conn)
     # A backup whose keys change says so through its etag.
     conn.execute(
@@ -157,7 +178,7 @@ def purge_room(
             table: conn.execute(f"DELETE FROM {table} WHERE {where}", {"room": room_id}).rowcount
             for table, where in _STATEMENTS
         }
-    return PurgeResult(rows)
+    return PurgeResult(rows, tuple(owed))
 
 
 class RoomPurgeStorage:
@@ -167,9 +188,20 @@ class RoomPurgeStorage:
         self._actor = actor
 
     async def purge_room(
-        self, room_id: str, *, refuse_if_members_of: str | None = None
+        self,
+        room_id: str,
+        *,
+        refuse_if_members_of: str | None = None,
+        origin: str | None = None,
+        leaves: Collection[str] = (),
     ) -> PurgeResult | None:
         """See :func:`purge_room`; ``refuse_if_members_of`` is its ``server_name``."""
         return await self._actor.submit(
-            functools.partial(purge_room, room_id=room_id, server_name=refuse_if_members_of)
+            functools.partial(
+                purge_room,
+                room_id=room_id,
+                server_name=refuse_if_members_of,
+                origin=origin,
+                leaves=tuple(leaves),
+            )
         )

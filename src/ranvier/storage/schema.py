@@ -1307,6 +1307,23 @@ def _remote_device_names(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE remote_device_keys ADD COLUMN display_name TEXT")
 
 
+def _pdu_outbox(conn: sqlite3.Connection) -> None:
+    """PDUs of rooms purged here still owed to other servers
+    (:mod:`ranvier.storage.pdu_outbox`): our users' leaves, which catching
+    up can no longer send once the room's events are gone. Not tied to a
+    room's tables, so the purge that writes them keeps them; deleted once
+    the destination took them.
+    """
+    run = conn.execute
+    run(
+        "CREATE TABLE pdu_outbox ("
+        " position INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,"
+        " destination TEXT NOT NULL, event_id TEXT NOT NULL, room_id TEXT NOT NULL,"
+        " pdu BLOB NOT NULL, UNIQUE (destination, event_id)) STRICT"
+    )
+    run("CREATE INDEX pdu_outbox_destination ON pdu_outbox (destination, position)")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1367,6 +1384,7 @@ MIGRATIONS: Sequence[Migration] = (
     _uia_sessions,
     _knock_servers,
     _remote_device_names,
+    _pdu_outbox,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

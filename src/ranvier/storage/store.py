@@ -44,6 +44,7 @@ from .media import MediaStorage
 from .media_admin import MediaAdminStorage
 from .notification_reads import NotificationReads
 from .partial_state_device_updates import PartialStateDeviceUpdateStorage
+from .pdu_outbox import PduOutboxStorage
 from .pushers import PusherStorage
 from .ratelimit_overrides import RateLimitOverrideStorage
 from .readers import ReaderPool
@@ -199,6 +200,7 @@ class Storage:
         self.housekeeping = HousekeepingStorage(self.writer, self.readers, self.e2e_keys)
         self.forgotten_rooms = ForgottenRoomStorage(self.writer, self.readers)
         self.room_purge = RoomPurgeStorage(self.writer)
+        self.pdu_outbox = PduOutboxStorage(self.writer, self.readers)
 
     @property
     def actor(self) -> StorageActor:
