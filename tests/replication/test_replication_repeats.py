@@ -43,6 +43,7 @@ from ranvier.storage import (
 from ranvier.storage.accounts import (
     NewAccount,
     NewDevice,
+    NewPuppetToken,
     RegistrationClaim,
     SessionRegisteredError,
     UserInUseError,
@@ -85,6 +86,10 @@ OUTCOMES: dict[str, str] = {
     "accounts.add_device": "same",
     "accounts.create_device": "same database",
     "accounts.delete_device_of_token": "same database",
+    # A puppet token logged out: the token alone goes.
+    "accounts.delete_device_of_token[puppet]": "same database",
+    # The second run finds its own token there (and nothing expired left).
+    "accounts.add_puppet_token": "same",
     "accounts.delete_devices": "same database",
     "accounts.delete_user_devices": "same database",
     "accounts.set_password_hash": "same",
@@ -115,6 +120,8 @@ OUTCOMES: dict[str, str] = {
     "uia.finish_session": "same",
     # The admin API's writes set a flag to a value, or delete by key.
     "admin_writes.set_admin": "same",
+    # Taking the flag away deletes the puppet tokens given to the admin.
+    "admin_writes.set_admin[revoke]": "same",
     "admin_writes.set_locked": "same",
     "admin_writes.set_suspended": "same",
     "admin_writes.set_shadow_banned": "same",
@@ -238,6 +245,40 @@ def _after_account(operation: WriteOperation[Any]) -> Prepare:
         return operation
 
     return prepare
+
+
+_ROOT = "@root:ours.test"
+_PUPPET = NewPuppetToken(
+    token_hash=b"\x0b" * 32, user_id=ALICE, admin_id=_ROOT, created_ts=7, expires_ts=None
+)
+
+
+async def _with_root(storage: Storage) -> None:
+    """Alice, and an admin who has a puppet token expired by now and a
+    lasting one acting as her."""
+    await _with_account(storage)
+    await storage.accounts.create_account(
+        NewAccount(user_id=_ROOT, password_hash="$argon2id$root", admin=True, created_ts=5)
+    )
+    expired = dataclasses.replace(_PUPPET, token_hash=b"\x0c" * 32, created_ts=5, expires_ts=6)
+    await storage.accounts.add_puppet_token(expired)
+
+
+async def _add_puppet_token(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    await _with_root(storage)
+    return _call(accounts._add_puppet_token, token=_PUPPET)
+
+
+async def _delete_puppet_token(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    await _with_root(storage)
+    await storage.accounts.add_puppet_token(_PUPPET)
+    return _call(accounts._delete_device_of_token, token_hash=_PUPPET.token_hash)
+
+
+async def _revoke_admin(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    await _with_root(storage)
+    await storage.accounts.add_puppet_token(_PUPPET)
+    return _call(admin_writes.set_admin, user_id=_ROOT, admin=False)
 
 
 async def _upgrade_guest(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
@@ -390,6 +431,8 @@ PREPARE: dict[str, Prepare] = {
     "accounts.delete_device_of_token": _after_account(
         _call(accounts._delete_device_of_token, token_hash=_TOKEN)
     ),
+    "accounts.delete_device_of_token[puppet]": _delete_puppet_token,
+    "accounts.add_puppet_token": _add_puppet_token,
     "accounts.delete_devices": _after_account(_call(accounts._delete_devices, user_id=ALICE)),
     "accounts.delete_user_devices": _after_account(
         _call(accounts._delete_user_devices, user_id=ALICE, device_ids=("D",))
@@ -489,6 +532,7 @@ PREPARE: dict[str, Prepare] = {
     "admin_writes.set_admin": _after_account(
         _call(admin_writes.set_admin, user_id=ALICE, admin=True)
     ),
+    "admin_writes.set_admin[revoke]": _revoke_admin,
     "admin_writes.set_locked": _after_account(
         _call(admin_writes.set_locked, user_id=ALICE, locked=True)
     ),

@@ -113,6 +113,7 @@ TABLES_ADDED = {
     # A column of remote_device_keys, no table.
     58: set(),
     59: {"pdu_outbox"},
+    60: {"puppet_tokens"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -375,6 +376,8 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
             "INSERT INTO pdu_outbox (destination, event_id, room_id, pdu)"
             " VALUES ('b.test', '$e', '!r:x', x'7b7d')"
         )
+    elif version == 60:
+        run("INSERT INTO puppet_tokens VALUES (x'03', '@a:x', '@a:x', 5, NULL)")
 
 
 def _views(conn: sqlite3.Connection) -> set[str]:

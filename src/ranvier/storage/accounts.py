@@ -21,6 +21,13 @@ Invariants
   the refresh tokens go with the access tokens they were issued with.
   The pushers the device set go in the same write
   (:func:`ranvier.storage.pushers.delete_device_pushers`).
+* **A puppet token is no device's.** The token an admin is given to act as
+  a user (``puppet_tokens``) is kept apart from the user's devices and
+  their tokens: the user's own logouts leave it, as Synapse's do. It goes
+  when it is logged out itself, and with the admin's tokens (the admin's
+  ``/logout/all``, password change with logout, deactivation, loss of
+  admin rights: :func:`ranvier.storage.admin_writes.set_admin`), and with
+  the user's deactivation.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ __all__ = [
     "AccountStorage",
     "NewAccount",
     "NewDevice",
+    "NewPuppetToken",
     "PasswordLogin",
     "RegistrationClaim",
     "SessionRegisteredError",
@@ -134,6 +142,18 @@ class NewDevice:
 
 
 @dataclass(frozen=True, slots=True)
+class NewPuppetToken:
+    """An access token with which the admin ``admin_id`` acts as ``user_id``."""
+
+    token_hash: bytes
+    user_id: str
+    admin_id: str
+    created_ts: int
+    #: When the token stops working; None: never.
+    expires_ts: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class PasswordLogin:
     """What a password login needs to know of an account."""
 
@@ -174,6 +194,9 @@ class TokenOwner:
     guest: bool = False
     #: Whether an admin shadow-banned the account (:mod:`ranvier.core.shadow_bans`).
     shadow_banned: bool = False
+    #: The admin acting as the user, for a puppet token; ``device_id`` is
+    #: then empty.
+    puppeted_by: str | None = None
 
 
 class AccountStorage:
@@ -246,16 +269,30 @@ class AccountStorage:
             )
         )
 
+    async def add_puppet_token(self, token: NewPuppetToken) -> None:
+        """Keep a puppet token; those expired by its making go in the same
+        write.
+
+        Raises MatrixError 404 ``M_NOT_FOUND`` if the user has no account,
+        400 ``M_INVALID_PARAM`` if it is deactivated, and 403
+        ``M_FORBIDDEN`` if the admin is no longer an active admin: each read
+        in the write, so that a deactivation or demotion that committed
+        since the caller looked is not outrun.
+        """
+        await self._actor.submit(functools.partial(_add_puppet_token, token=token))
+
     async def delete_device_of_token(self, token_hash: bytes) -> TokenOwner | None:
         """Log out the device ``token_hash`` belongs to: the device goes with
-        every token it has. Returns whose it was, or None for an unknown token.
+        every token it has; a puppet token goes alone. Returns whose it was,
+        or None for an unknown token.
         """
         return await self._actor.submit(
             functools.partial(_delete_device_of_token, token_hash=token_hash)
         )
 
     async def delete_devices(self, user_id: str) -> int:
-        """Log out every device of ``user_id``; return how many tokens went."""
+        """Log out every device of ``user_id``, and the puppet tokens they
+        were given as an admin; return how many tokens went."""
         return await self._actor.submit(functools.partial(_delete_devices, user_id=user_id))
 
     async def delete_user_devices(self, user_id: str, device_ids: Collection[str]) -> int:
@@ -275,8 +312,9 @@ class AccountStorage:
         self, user_id: str, password_hash: str, *, keep_only_device: str | None
     ) -> int:
         """Give ``user_id`` a new password hash and, unless
-        ``keep_only_device`` is None, log out every other device of theirs in
-        the same write. Returns how many devices were logged out.
+        ``keep_only_device`` is None, log out every other device of theirs
+        and the puppet tokens they were given as an admin in the same write.
+        Returns how many devices were logged out.
         """
         return await self._actor.submit(
             functools.partial(
@@ -288,8 +326,9 @@ class AccountStorage:
         )
 
     async def deactivate_account(self, user_id: str, *, erase: bool = False) -> bool:
-        """Mark ``user_id`` deactivated, log out all their devices and erase
-        their e-mail addresses, and with ``erase`` mark the account erased
+        """Mark ``user_id`` deactivated, log out all their devices, drop the
+        puppet tokens acting as them or given to them, erase their e-mail
+        addresses, and with ``erase`` mark the account erased
         (:mod:`ranvier.storage.erasure`), in one write; False if there is no
         such account.
         """
@@ -328,7 +367,9 @@ class AccountStorage:
         return await self._readers.read(functools.partial(_get_account_flags, user_id=user_id))
 
     async def get_token_owner(self, token_hash: bytes) -> TokenOwner | None:
-        """The owner of an access token, or None if no active account has it."""
+        """The owner of an access token, or None if no active account has it;
+        for a puppet token, the user it acts as, while that account is
+        active and the admin it was given to still an active admin."""
         return await self._readers.read(functools.partial(_get_token_owner, token_hash=token_hash))
 
     async def get_openid_token_owner(self, token_hash: bytes, now_ts: int) -> str | None:
@@ -535,6 +576,33 @@ def _create_device(
 
 
 @registered_write
+def _add_puppet_token(conn: sqlite3.Connection, *, token: NewPuppetToken) -> None:
+    user = conn.execute(
+        "SELECT deactivated FROM users WHERE user_id = ?", (token.user_id,)
+    ).fetchone()
+    if user is None:
+        raise MatrixError(f"user {token.user_id} not found", errcode="M_NOT_FOUND", http_status=404)
+    if user[0]:
+        raise MatrixError(
+            f"{token.user_id} is deactivated", errcode="M_INVALID_PARAM", http_status=400
+        )
+    admin = conn.execute(
+        "SELECT 1 FROM users WHERE user_id = ? AND admin = 1 AND deactivated = 0",
+        (token.admin_id,),
+    ).fetchone()
+    if admin is None:
+        raise MatrixError("You are not a server admin", errcode="M_FORBIDDEN", http_status=403)
+    # Tokens are made in order of time: one expired by this one's making is
+    # of no more use to anyone.
+    conn.execute("DELETE FROM puppet_tokens WHERE expires_ts <= ?", (token.created_ts,))
+    conn.execute(
+        "INSERT INTO puppet_tokens (token_hash, user_id, admin_id, created_ts, expires_ts)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (token_hash) DO NOTHING",
+        (token.token_hash, token.user_id, token.admin_id, token.created_ts, token.expires_ts),
+    )
+
+
+@registered_write
 def _delete_device_of_token(conn: sqlite3.Connection, *, token_hash: bytes) -> TokenOwner | None:
     row = conn.execute(
         "SELECT t.user_id, t.device_id, u.admin FROM access_tokens AS t"
@@ -542,7 +610,7 @@ def _delete_device_of_token(conn: sqlite3.Connection, *, token_hash: bytes) -> T
         (token_hash,),
     ).fetchone()
     if row is None:
-        return None
+        return _delete_puppet_token(conn, token_hash)
     user_id, device_id, admin = row
     conn.execute(
         "DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?", (user_id, device_id)
@@ -552,9 +620,24 @@ def _delete_device_of_token(conn: sqlite3.Connection, *, token_hash: bytes) -> T
     return TokenOwner(user_id, device_id, bool(admin))
 
 
+def _delete_puppet_token(conn: sqlite3.Connection, token_hash: bytes) -> TokenOwner | None:
+    row = conn.execute(
+        "SELECT p.user_id, p.admin_id, u.admin FROM puppet_tokens AS p"
+        " JOIN users AS u ON u.user_id = p.user_id WHERE p.token_hash = ?",
+        (token_hash,),
+    ).fetchone()
+    if row is None:
+        return None
+    user_id, admin_id, admin = row
+    conn.execute("DELETE FROM puppet_tokens WHERE token_hash = ?", (token_hash,))
+    return TokenOwner(user_id, "", bool(admin), puppeted_by=admin_id)
+
+
 @registered_write
 def _delete_devices(conn: sqlite3.Connection, *, user_id: str) -> int:
     deleted = conn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,)).rowcount
+    # Those the user acts as another with, not those acting as the user.
+    deleted += conn.execute("DELETE FROM puppet_tokens WHERE admin_id = ?", (user_id,)).rowcount
     conn.execute("DELETE FROM devices WHERE user_id = ?", (user_id,))
     delete_device_pushers(conn, user_id=user_id)
     return deleted
@@ -624,7 +707,7 @@ def _get_token_owner(conn: sqlite3.Connection, *, token_hash: bytes) -> TokenOwn
         (token_hash,),
     ).fetchone()
     if row is None:
-        return None
+        return _get_puppet_token_owner(conn, token_hash)
     user_id, device_id, admin, expires_ts, replaces_older, locked, suspended, guest, banned = row
     return TokenOwner(
         user_id,
@@ -639,6 +722,31 @@ def _get_token_owner(conn: sqlite3.Connection, *, token_hash: bytes) -> TokenOwn
     )
 
 
+def _get_puppet_token_owner(conn: sqlite3.Connection, token_hash: bytes) -> TokenOwner | None:
+    row = conn.execute(
+        "SELECT p.user_id, p.admin_id, u.admin, p.expires_ts, u.locked, u.suspended,"
+        " u.is_guest, u.shadow_banned FROM puppet_tokens AS p"
+        " JOIN users AS u ON u.user_id = p.user_id"
+        " JOIN users AS a ON a.user_id = p.admin_id"
+        " WHERE p.token_hash = ? AND u.deactivated = 0 AND a.deactivated = 0 AND a.admin = 1",
+        (token_hash,),
+    ).fetchone()
+    if row is None:
+        return None
+    user_id, admin_id, admin, expires_ts, locked, suspended, guest, banned = row
+    return TokenOwner(
+        user_id,
+        "",
+        bool(admin),
+        expires_ts,
+        locked=bool(locked),
+        suspended=bool(suspended),
+        guest=bool(guest),
+        shadow_banned=bool(banned),
+        puppeted_by=admin_id,
+    )
+
+
 @registered_write
 def _change_password(
     conn: sqlite3.Connection, *, user_id: str, password_hash: str, keep_only_device: str | None
@@ -650,6 +758,7 @@ def _change_password(
         "DELETE FROM access_tokens WHERE user_id = ? AND device_id != ?",
         (user_id, keep_only_device),
     )
+    conn.execute("DELETE FROM puppet_tokens WHERE admin_id = ?", (user_id,))
     delete_device_pushers(conn, user_id=user_id, keep_device=keep_only_device)
     return conn.execute(
         "DELETE FROM devices WHERE user_id = ? AND device_id != ?", (user_id, keep_only_device)
@@ -663,6 +772,7 @@ def _deactivate_account(conn: sqlite3.Connection, *, user_id: str, erase: bool =
         mark_erased(conn, user_id)
     conn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,))
     conn.execute("DELETE FROM devices WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM puppet_tokens WHERE user_id = ? OR admin_id = ?", (user_id, user_id))
     conn.execute("DELETE FROM openid_tokens WHERE user_id = ?", (user_id,))
     # The addresses are free for other accounts, and reset no password here.
     conn.execute("DELETE FROM user_threepids WHERE user_id = ?", (user_id,))

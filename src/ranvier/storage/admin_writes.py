@@ -26,10 +26,15 @@ __all__ = [
 
 @registered_write
 def set_admin(conn: sqlite3.Connection, *, user_id: str, admin: bool) -> bool:
-    """Set the admin flag of ``user_id``; False if there is no such account."""
+    """Set the admin flag of ``user_id``; False if there is no such account.
+    Taking it away ends the puppet tokens the user was given as an admin
+    (:mod:`ranvier.storage.accounts`): being made an admin again does not
+    bring them back."""
     changed = conn.execute(
         "UPDATE users SET admin = ? WHERE user_id = ?", (int(admin), user_id)
     ).rowcount
+    if not admin:
+        conn.execute("DELETE FROM puppet_tokens WHERE admin_id = ?", (user_id,))
     return changed > 0
 
 

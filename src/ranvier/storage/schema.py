@@ -1324,6 +1324,23 @@ def _pdu_outbox(conn: sqlite3.Connection) -> None:
     run("CREATE INDEX pdu_outbox_destination ON pdu_outbox (destination, position)")
 
 
+def _puppet_tokens(conn: sqlite3.Connection) -> None:
+    """Access tokens an admin was given to act as another user
+    (:meth:`ranvier.core.accounts.Accounts.issue_puppet_token`), apart from
+    the user's devices and their tokens: no device of the user's, not
+    logged out with them, but with the admin's (Synapse's puppet tokens).
+    """
+    run = conn.execute
+    run(
+        "CREATE TABLE puppet_tokens (token_hash BLOB PRIMARY KEY NOT NULL,"
+        " user_id TEXT NOT NULL REFERENCES users (user_id),"
+        " admin_id TEXT NOT NULL REFERENCES users (user_id),"
+        " created_ts INTEGER NOT NULL, expires_ts INTEGER) STRICT"
+    )
+    run("CREATE INDEX puppet_tokens_user ON puppet_tokens (user_id)")
+    run("CREATE INDEX puppet_tokens_admin ON puppet_tokens (admin_id)")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1385,6 +1402,7 @@ MIGRATIONS: Sequence[Migration] = (
     _knock_servers,
     _remote_device_names,
     _pdu_outbox,
+    _puppet_tokens,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
