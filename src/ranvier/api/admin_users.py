@@ -1,6 +1,6 @@
 """The user admin API at Synapse's paths: accounts listed, shown, created
-or changed, deactivated, given a new password, made admins or not, and
-their devices and rooms (:class:`ranvier.core.admin_users.AdminUsers`),
+or changed, deactivated, given a new password, made admins or not, logged
+in as, and their devices and rooms (:class:`ranvier.core.admin_users.AdminUsers`),
 accounts shadow-banned (:mod:`ranvier.core.shadow_bans`), and accounts
 locked and suspended (:mod:`ranvier.api.account_moderation`).
 Admins only (:func:`ranvier.api.admin_common.require_admin`), but for the
@@ -75,6 +75,11 @@ def add_admin_user_routes(router: Router, *, auth: Auth, users: AdminUsers) -> N
         await users.reset_password(_user_id(request), body_object(request))
         return {}
 
+    async def login_as(request: Request) -> Mapping[str, Any]:
+        admin = await require_admin(auth, request)
+        token = await users.login_as(admin.user_id, _user_id(request), body_object(request))
+        return {"access_token": token}
+
     async def get_admin(request: Request) -> Mapping[str, Any]:
         await require_admin(auth, request)
         return {"admin": await users.is_admin(_user_id(request))}
@@ -121,6 +126,7 @@ def add_admin_user_routes(router: Router, *, auth: Auth, users: AdminUsers) -> N
     router.add("PUT", f"{ADMIN_V2}/users/{{user_id}}", put_user)
     router.add("POST", f"{ADMIN_V1}/deactivate/{{user_id}}", deactivate)
     router.add("POST", f"{ADMIN_V1}/reset_password/{{user_id}}", reset_password)
+    router.add("POST", f"{ADMIN_V1}/users/{{user_id}}/login", login_as)
     router.add("GET", f"{ADMIN_V1}/users/{{user_id}}/admin", get_admin)
     router.add("PUT", f"{ADMIN_V1}/users/{{user_id}}/admin", put_admin)
     router.add("GET", f"{ADMIN_V1}/whois/{{user_id}}", whois)

@@ -27,12 +27,19 @@ Invariants
 * **An expired token is refused even from the cache.** Each cached token
   keeps its expiry, checked on every lookup; refresh tokens and expiry are
   :mod:`ranvier.core.refresh_tokens`'s.
+* **An admin acting as a user is on record.** A puppet token
+  (:meth:`Accounts.issue_puppet_token`) acts as its user with no device of
+  theirs; every one issued is logged, with its admin and expiry. Whatever
+  logs out the admin's tokens drops it from the cache, as its storage does
+  (:mod:`ranvier.storage.accounts`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
+import logging
 import re
 import secrets
 import time
@@ -60,6 +67,7 @@ from ranvier.storage.accounts import (
     AccountFlags,
     NewAccount,
     NewDevice,
+    NewPuppetToken,
     PasswordLogin,
     RegistrationClaim,
     TokenOwner,
@@ -96,6 +104,8 @@ _GENERATED_LOCALPART_ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz0123456789"
 _MAX_DEVICE_ID_LENGTH: Final = 255
 _BAD_LOGIN: Final = "invalid username or password"
 
+_log: Final = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class Requester:
@@ -130,6 +140,10 @@ class Requester:
     #: is answered as sent and dropped (:mod:`ranvier.core.shadow_bans`).
     #: Read with the token, as the flags above are.
     shadow_banned: bool = False
+    #: The admin acting as the user through a puppet token
+    #: (:meth:`Accounts.issue_puppet_token`); ``device_id`` is then empty,
+    #: the token being no device of the user's.
+    puppeted_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +200,8 @@ class AccountStore(Protocol):
     ) -> bool: ...
 
     async def has_device(self, user_id: str, device_id: str) -> bool: ...
+
+    async def add_puppet_token(self, token: NewPuppetToken) -> None: ...
 
     async def delete_device_of_token(self, token_hash: bytes) -> TokenOwner | None: ...
 
@@ -611,6 +627,7 @@ class Accounts:
             suspended=owner.suspended,
             guest=owner.guest,
             shadow_banned=owner.shadow_banned,
+            puppeted_by=owner.puppeted_by,
         )
         if owner.replaces_older and self._refresh_store is not None:
             store = self._refresh_store
@@ -673,8 +690,41 @@ class Accounts:
             raise locked_error()
         return Refreshed(access_token, new_refresh_token, self._lifetime_ms)
 
+    async def issue_puppet_token(
+        self, admin_id: str, user_id: str, *, expires_ts: int | None = None
+    ) -> str:
+        """A new access token with which the admin ``admin_id`` acts as
+        ``user_id`` (Synapse's admin "login as a user"), until
+        ``expires_ts`` if given.
+
+        The token is no device of the user's: it is not listed among their
+        devices and their own logouts leave it; it is logged out by itself,
+        with the admin's tokens, by the user's deactivation, or by the
+        admin's loss of admin rights. The caller has checked the admin and
+        the user; storage checks both again in its write (404 for no
+        account, 400 for a deactivated one, 403 for an admin no longer one).
+        """
+        token = _generate_access_token()
+        now = self.clock_ms()
+        await self._store.add_puppet_token(
+            NewPuppetToken(hash_access_token(token), user_id, admin_id, now, expires_ts)
+        )
+        until = "with no expiry" if expires_ts is None else f"until {_iso_time(expires_ts)}"
+        _log.info("admin %s was given an access token acting as %s, %s", admin_id, user_id, until)
+        return token
+
     async def logout(self, requester: Requester) -> None:
-        """Log out the device ``requester`` used: its tokens and the device go."""
+        """Log out the device ``requester`` used: its tokens and the device
+        go. A puppet token goes alone, having no device."""
+        if requester.puppeted_by is not None:
+            with self._invalidating(lambda cached: cached.token_hash == requester.token_hash):
+                await self._store.delete_device_of_token(requester.token_hash)
+            _log.info(
+                "admin %s logged out an access token acting as %s",
+                requester.puppeted_by,
+                requester.user_id,
+            )
+            return
         with self._invalidating(
             lambda cached: (
                 (cached.user_id, cached.device_id) == (requester.user_id, requester.device_id)
@@ -684,8 +734,10 @@ class Accounts:
         await self._devices_logged_out(requester.user_id)
 
     async def logout_all(self, user_id: str) -> None:
-        """Log out every device of ``user_id``."""
-        with self._invalidating(lambda cached: cached.user_id == user_id):
+        """Log out every device of ``user_id``, and the puppet tokens they
+        were given as an admin. Puppet tokens acting as ``user_id`` stay,
+        as on Synapse: the admin's, not the user's, to end."""
+        with self._invalidating(lambda cached: _owned_by(cached, user_id)):
             await self._store.delete_devices(user_id)
         await self._devices_logged_out(user_id)
 
@@ -729,15 +781,22 @@ class Accounts:
     ) -> None:
         """Give the requester a new password (hashed as registration hashes
         it). With ``logout_devices`` every other device of theirs is logged
-        out in the same write, as ``logout`` would; the requesting device
-        stays. Raises ``M_WEAK_PASSWORD`` / ``M_INVALID_PARAM`` as
-        :meth:`hash_password` does.
+        out in the same write, as ``logout`` would, with the puppet tokens
+        they were given as an admin; the requesting device stays. Raises
+        ``M_WEAK_PASSWORD`` / ``M_INVALID_PARAM`` as :meth:`hash_password`
+        does.
         """
         password_hash = await self.hash_password(new_password)
         user_id, kept = requester.user_id, requester.device_id
         keep_only = kept if logout_devices else None
         with self._invalidating(
-            lambda cached: logout_devices and cached.user_id == user_id and cached.device_id != kept
+            lambda cached: (
+                logout_devices
+                and (
+                    (cached.user_id == user_id and cached.device_id != kept)
+                    or cached.puppeted_by == user_id
+                )
+            )
         ):
             gone = await self._store.change_password(
                 user_id, password_hash, keep_only_device=keep_only
@@ -762,7 +821,9 @@ class Accounts:
         password_hash = await self.hash_password(new_password)
         users: list[str] = []
         gone = 0
-        with self._invalidating(lambda cached: logout_devices and cached.user_id in users):
+        with self._invalidating(
+            lambda cached: logout_devices and any(_owned_by(cached, user) for user in users)
+        ):
             user_id, gone = await write(password_hash)
             users.append(user_id)
         if gone:
@@ -777,7 +838,7 @@ class Accounts:
         deactivation undoes (rooms, profile, pushers) is
         :class:`ranvier.core.deactivation.Deactivation`'s.
         """
-        with self._invalidating(lambda cached: cached.user_id == user_id):
+        with self._invalidating(lambda cached: _owned_by(cached, user_id)):
             await self._store.deactivate_account(user_id, erase=erase)
         await self._devices_logged_out(user_id)
 
@@ -836,8 +897,10 @@ class Accounts:
     def forget_tokens_of(self, user_id: str) -> None:
         """Drop the cached tokens of ``user_id`` after a write that changed
         what a lookup answers for them (the admin flag), here and, through
-        :attr:`on_tokens_invalidated`, in the processes told."""
-        with self._invalidating(lambda cached: cached.user_id == user_id):
+        :attr:`on_tokens_invalidated`, in the processes told; the puppet
+        tokens they were given as an admin too, which taking the flag away
+        ends."""
+        with self._invalidating(lambda cached: _owned_by(cached, user_id)):
             pass
 
     def forget_cached_tokens(self) -> None:
@@ -859,6 +922,21 @@ class Accounts:
                 del self._cache[token_hash]
             if self.on_tokens_invalidated is not None:
                 self.on_tokens_invalidated()
+
+
+def _owned_by(cached: Requester, user_id: str) -> bool:
+    """Whether a token is one ``user_id`` holds: their own, or a puppet
+    token they were given as an admin."""
+    return cached.user_id == user_id or cached.puppeted_by == user_id
+
+
+def _iso_time(ts_ms: int) -> str:
+    """``ts_ms`` as a UTC date and time, for the log."""
+    try:
+        moment = datetime.datetime.fromtimestamp(ts_ms / 1000, tz=datetime.UTC)
+    except (OverflowError, ValueError, OSError):
+        return f"{ts_ms} ms after the epoch"
+    return moment.isoformat(timespec="seconds")
 
 
 def _verify(hasher: argon2.PasswordHasher, password_hash: str, password: str) -> bool:

@@ -26,6 +26,7 @@ from typing import Any, Final, Protocol, get_args
 
 from ranvier.errors import BadJsonError, MatrixError
 from ranvier.protocol.auth import is_valid_user_id
+from ranvier.protocol.canonical import CANONICAL_INT_MAX
 from ranvier.storage.admin_reads import DeviceRow, UserOrder, UserQuery, UserRow
 
 from .accounts import Registration, Requester
@@ -81,6 +82,10 @@ class AccountKeeper(Protocol):
     ) -> None: ...
 
     def forget_tokens_of(self, user_id: str) -> None: ...
+
+    async def issue_puppet_token(
+        self, admin_id: str, user_id: str, *, expires_ts: int | None = None
+    ) -> str: ...
 
 
 class ProfileSetter(Protocol):
@@ -393,6 +398,37 @@ class AdminUsers:
         if not row.deactivated or (erase and not row.erased):
             await self._deactivation.deactivate(user_id, erase=erase)
         return {"id_server_unbind_result": "success"}
+
+    async def login_as(self, admin_id: str, user_id: str, body: Mapping[str, Any]) -> str:
+        """``POST /_synapse/admin/v1/users/{userId}/login``: an access token
+        with which the admin acts as ``user_id``
+        (:meth:`ranvier.core.accounts.Accounts.issue_puppet_token`), expiring
+        at ``valid_until_ms`` if the body gives it.
+
+        As on Synapse, the user may be an admin too (the token then acts
+        with the user's admin rights, as any token of theirs would), but
+        not the admin themselves: 400, so that the endpoint makes no more
+        tokens of one's own. Refused with 400 for a user of another server
+        or a deactivated one (Synapse would issue a token for it) and for
+        the server notices user (the server acts as it, not a person), and
+        404 ``M_NOT_FOUND`` for no account.
+        """
+        self.check_local(user_id)
+        valid_until_ms = _optional(body, "valid_until_ms", int, "an integer")
+        if valid_until_ms is not None and not 0 <= valid_until_ms <= CANONICAL_INT_MAX:
+            raise _invalid(
+                f"'valid_until_ms' must be a time in milliseconds from 0 to {CANONICAL_INT_MAX}"
+            )
+        if user_id == admin_id:
+            raise _invalid("an admin may not use the admin API to log in as themselves")
+        row = await self._existing(user_id)
+        if row.deactivated:
+            raise _invalid(f"{user_id} is deactivated: reactivate the account first")
+        if user_id in self._system_users:
+            raise _invalid(
+                f"{user_id} is the account the server sends its notices as: it is not logged in as"
+            )
+        return await self._accounts.issue_puppet_token(admin_id, user_id, expires_ts=valid_until_ms)
 
     async def is_admin(self, user_id: str) -> bool:
         return (await self._existing(user_id)).admin
