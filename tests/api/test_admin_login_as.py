@@ -102,6 +102,27 @@ async def test_the_token_acts_as_the_user_with_no_device_of_theirs(env: WithAdmi
     assert status == 403
 
 
+async def test_the_token_uploads_no_keys_having_no_device(env: WithAdmin) -> None:
+    puppet = await _login_as(env, env.admin, env.alice.user_id)
+    one_time = {"signed_curve25519:AAAA": {"key": "k", "signatures": {}}}
+    await env.client.refused(
+        puppet,
+        "POST",
+        "/keys/upload",
+        {"one_time_keys": one_time},
+        status=400,
+        errcode="M_INVALID_PARAM",
+    )
+
+    def read(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT COUNT(*) FROM e2e_one_time_keys").fetchone()[0])
+
+    assert await env.hs.server.storage.readers.read(read) == 0
+    # Alice's own device uploads as ever.
+    counts = await env.client.ok(env.alice, "POST", "/keys/upload", {"one_time_keys": one_time})
+    assert counts["one_time_key_counts"]["signed_curve25519"] == 1
+
+
 async def test_the_token_expires_at_valid_until_ms(env: WithAdmin) -> None:
     now = [_START_MS]
     env.hs.server.accounts.clock_ms = lambda: now[0]

@@ -41,6 +41,14 @@ def add_key_routes(router: Router, *, auth: Auth, keys: E2eKeys, uia: UserIntera
 
     async def upload(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)
+        if not requester.device_id:
+            # An application service acting with no device, or an admin's
+            # puppet token: keys kept for no device would be no one's.
+            raise MatrixError(
+                "keys are uploaded for a device, and this access token acts with none",
+                errcode="M_INVALID_PARAM",
+                http_status=400,
+            )
         return await keys.upload(requester.user_id, requester.device_id, json_object(request))
 
     async def query(request: Request) -> Mapping[str, Any]:
