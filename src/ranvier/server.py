@@ -1489,6 +1489,7 @@ class HomeServer:
         self.unpartial_stater.on_full_state.append(self._e2e_keys.room_fully_stated)
         self.unpartial_stater.on_start.append(self._e2e_keys.resume_fully_stated)
         self._accounts.on_devices_logged_out = self._e2e_keys.devices_logged_out
+        self._accounts.on_devices_removed = self._e2e_keys.devices_removed
         self._accounts.on_device_added = self._e2e_keys.device_added
 
     def _federation_router(self, signing_key: SigningKey) -> Router:
@@ -1712,7 +1713,6 @@ class HomeServer:
             rooms=self.storage.accounts,
             leaves=self.room_leaves,
             profiles=client_data,
-            pushers=self.storage.pushers,
         )
         add_account_management_routes(
             router,

@@ -94,9 +94,12 @@ OUTCOMES: dict[str, str] = {
     "accounts.delete_user_devices": "same database",
     "accounts.set_password_hash": "same",
     "accounts.change_password": "same database",
-    "accounts.deactivate_account": "same",
+    # The second run finds no device left to remove, and says so.
+    "accounts.deactivate_account": "same database",
     # Deactivating with erase marks the account erased in the same write.
-    "accounts.deactivate_account[erase]": "same",
+    "accounts.deactivate_account[erase]": "same database",
+    # With everything deactivation removes there to remove.
+    "accounts.deactivate_account[with data]": "same database",
     "accounts.add_openid_token": "same",
     # The second run finds its own password hash set: no refusal, no change.
     "accounts.upgrade_guest": "same",
@@ -348,6 +351,71 @@ async def _reactivate(storage: Storage, room: RoomBuilder) -> WriteOperation[Any
     return _call(admin_writes.reactivate_account, user_id=ALICE, password_hash="$argon2id$back")
 
 
+def _fill_account(conn: sqlite3.Connection, room_id: str, event_id: str) -> None:
+    """A row of Alice's in every table deactivation removes from: devices
+    with keys and messages (one gone already, its keys left), a dehydrated
+    device, account data, a key backup, a pusher, a filter, a sliding sync
+    connection, tokens, an address and receipts."""
+    run = conn.execute
+    run("INSERT INTO devices (user_id, device_id, created_ts) VALUES (?, 'E', 5)", (ALICE,))
+    run("INSERT INTO devices (user_id, device_id, created_ts) VALUES (?, 'DRY', 5)", (ALICE,))
+    for device_id in ("D", "DRY", "GONE"):
+        run("INSERT INTO e2e_device_keys VALUES (?, ?, x'7b7d')", (ALICE, device_id))
+    run("INSERT INTO e2e_one_time_keys VALUES (?, 'E', 'curve', 'k', x'7b7d')", (ALICE,))
+    run("INSERT INTO e2e_fallback_keys VALUES (?, 'DRY', 'curve', 'f', x'7b7d', 0)", (ALICE,))
+    run(
+        "INSERT INTO to_device_inbox (user_id, device_id, message) VALUES (?, 'D', x'7b7d')",
+        (ALICE,),
+    )
+    run("INSERT INTO to_device_transactions VALUES (?, 'D', 't', 5)", (ALICE,))
+    run("INSERT INTO dehydrated_devices VALUES (?, 'DRY', x'7b7d', 'up', NULL, NULL, 1)", (ALICE,))
+    for room, data_type in (("", "m.push_rules"), ("", "m.ignored_user_list"), (room_id, "m.tag")):
+        run(
+            "INSERT INTO account_data (user_id, room_id, type, content) VALUES (?, ?, ?, x'7b7d')",
+            (ALICE, room, data_type),
+        )
+    for version, deleted in ((1, 1), (2, 0)):
+        run(
+            "INSERT INTO room_key_backup_versions VALUES (?, ?, 'alg', x'7b2261223a317d', 1, ?, ?)",
+            (ALICE, version, deleted, f"c{version}"),
+        )
+    run(
+        "INSERT INTO room_key_backup_keys VALUES (?, 2, ?, 's', 0, 0, 1, x'7b7d')", (ALICE, room_id)
+    )
+    run(
+        "INSERT INTO pushers (user_id, app_id, pushkey, kind, app_display_name,"
+        " device_display_name, lang, data_json, pushkey_ts) VALUES"
+        " (?, 'app', 'a@x.test', 'email', 'App', 'Mail', 'en', x'7b7d', 5)",
+        (ALICE,),
+    )
+    run("INSERT INTO user_filters VALUES (?, 0, x'7b7d')", (ALICE,))
+    run("INSERT INTO sliding_sync_connections VALUES (1, ?, 'D', 'c')", (ALICE,))
+    run("INSERT INTO sliding_sync_positions VALUES (1, 1, 'n', 't', 5)")
+    run("INSERT INTO sliding_sync_rooms VALUES (1, ?, 1, 3, '{}')", (room_id,))
+    run(
+        "INSERT INTO client_transactions (user_id, device_id, txn_id, room_id, event_id,"
+        " created_ts) VALUES (?, 'D', 't', ?, ?, 5)",
+        (ALICE, room_id, event_id),
+    )
+    run("INSERT INTO login_tokens VALUES (x'01', ?, 900)", (ALICE,))
+    run("INSERT INTO openid_tokens VALUES (x'02', ?, 900)", (ALICE,))
+    run("INSERT INTO user_threepids VALUES ('email', 'a@x.test', ?, 5, 5)", (ALICE,))
+    for receipt_type in ("m.read", "m.read.private"):
+        run(
+            "INSERT INTO receipts (room_id, receipt_type, user_id, thread_id, event_id, ts)"
+            " VALUES (?, ?, ?, '', ?, 5)",
+            (room_id, receipt_type, ALICE, event_id),
+        )
+
+
+async def _deactivate_with_data(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    await _with_account(storage)
+    await storage.actor.submit(
+        functools.partial(_fill_account, room_id=room.room_id, event_id=room.last)
+    )
+    return _call(accounts._deactivate_account, user_id=ALICE)
+
+
 async def _unblock_room(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
     await storage.admin.block_room(room.room_id, ALICE, 5)
     return _call(admin_writes.unblock_room, room_id=room.room_id)
@@ -454,6 +522,7 @@ PREPARE: dict[str, Prepare] = {
     "accounts.deactivate_account[erase]": _after_account(
         _call(accounts._deactivate_account, user_id=ALICE, erase=True)
     ),
+    "accounts.deactivate_account[with data]": _deactivate_with_data,
     "accounts.add_openid_token": _after_account(
         _call(accounts._add_openid_token, token_hash=_TOKEN, user_id=ALICE, expires_ts=5)
     ),

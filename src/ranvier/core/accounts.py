@@ -65,6 +65,7 @@ from ranvier.errors import MatrixError
 from ranvier.storage.accounts import (
     OPENID_TOKEN_LIFETIME_MS,
     AccountFlags,
+    DeactivatedAccount,
     NewAccount,
     NewDevice,
     NewPuppetToken,
@@ -215,7 +216,9 @@ class AccountStore(Protocol):
         self, user_id: str, password_hash: str, *, keep_only_device: str | None
     ) -> int: ...
 
-    async def deactivate_account(self, user_id: str, *, erase: bool = False) -> bool: ...
+    async def deactivate_account(
+        self, user_id: str, *, erase: bool = False
+    ) -> DeactivatedAccount | None: ...
 
     async def add_openid_token(self, token_hash: bytes, user_id: str, expires_ts: int) -> None: ...
 
@@ -294,6 +297,11 @@ class Accounts:
         #: devices and other servers hear the device list changed
         #: (:meth:`ranvier.core.e2e_keys.E2eKeys.device_added`).
         self.on_device_added: Callable[[str, str], Awaitable[None]] | None = None
+        #: Told the user, the device-list position and the devices after a
+        #: deactivation removed the devices with their keys in its own
+        #: write, so that those sharing a room with the user hear of it
+        #: (:meth:`ranvier.core.e2e_keys.E2eKeys.devices_removed`).
+        self.on_devices_removed: Callable[[str, int, list[str]], Awaitable[None]] | None = None
 
     # User IDs.
 
@@ -834,13 +842,20 @@ class Accounts:
         """Mark ``user_id`` deactivated: every device logged out, no login
         or token of theirs accepted again, the user ID never handed out
         again (the account's row stays); with ``erase``, marked erased in
-        the same write (:mod:`ranvier.storage.erasure`). What else
-        deactivation undoes (rooms, profile, pushers) is
+        the same write (:mod:`ranvier.storage.erasure`), which removes the
+        devices' keys, the account data, key backups and the rest
+        :mod:`ranvier.storage.deactivation` lists. What else deactivation
+        undoes (rooms, profile) is
         :class:`ranvier.core.deactivation.Deactivation`'s.
         """
         with self._invalidating(lambda cached: _owned_by(cached, user_id)):
-            await self._store.deactivate_account(user_id, erase=erase)
-        await self._devices_logged_out(user_id)
+            deactivated = await self._store.deactivate_account(user_id, erase=erase)
+        if deactivated is None or deactivated.device_list_position is None:
+            return
+        if self.on_devices_removed is not None:
+            await self.on_devices_removed(
+                user_id, deactivated.device_list_position, deactivated.devices
+            )
 
     # OpenID.
 

@@ -1,18 +1,28 @@
-"""Deactivating an account: what ``/account/deactivate`` undoes.
+"""Deactivating an account: what ``/account/deactivate`` and the admin
+API's deactivation undo.
 
-The account is marked first, with every device logged out and its e-mail
-addresses erased in the same write
-(:meth:`ranvier.core.accounts.Accounts.deactivate`): from then on no token
-or login of the user's works, nor a password reset, whatever happens to the
-rest. With ``erase``
-the account is marked erased in that same write: from then on users and
-servers that were not joined to a room at one of the user's events get
-it redacted (:mod:`ranvier.core.erasure`). Then the
-user leaves every room they are joined to, invited to or knocking on,
-through the ordinary leave (so the rooms' other servers hear of it, and an
-invite from another server is declined there); then every field of their
-profile is erased, once no room is left to carry the change; then their
-pushers are deleted.
+The account is marked first, in one write with everything of it that
+storage alone can remove: its devices with their keys and waiting
+messages, the dehydrated device, tokens, e-mail addresses, account data
+(push rules, ignored users, room tags …), key backups, pushers and the
+rest :mod:`ranvier.storage.deactivation` lists, with what it keeps on
+purpose (:meth:`ranvier.core.accounts.Accounts.deactivate`). From then on
+no token or login of the user's works, nor a password reset, whatever
+happens to the rest, and no crash leaves that data half removed. With
+``erase`` the account is marked erased in that same write: from then on
+users and servers that were not joined to a room at one of the user's
+events get it redacted (:mod:`ranvier.core.erasure`). Then the user
+leaves every room they are joined to, invited to or knocking on, through
+the ordinary leave (so the rooms' other servers hear of it, and an invite
+from another server is declined there); then every field of their
+profile is erased, once no room is left to carry the change. The profile
+goes with or without ``erase``, where Synapse keeps it without: this
+server treats the name and avatar as data of the account, which nobody
+may change any more.
+
+Deactivating an account again runs every step again: whatever an earlier
+run left (a room it could not leave, data a request in flight wrote after
+it) is removed then, and nothing else changes.
 
 A room that cannot be left now (its servers unreachable) does not stop the
 rest: it is logged, and the others are still left.
@@ -21,7 +31,6 @@ rest: it is logged, and the others are still left.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Protocol
 
 from ranvier.errors import MatrixError
@@ -55,24 +64,6 @@ class ProfileWriter(Protocol):
     async def erase_profile(self, user_id: str) -> None: ...
 
 
-class PusherRecordLike(Protocol):
-    """What deleting a pusher needs of it."""
-
-    @property
-    def app_id(self) -> str: ...
-
-    @property
-    def pushkey(self) -> str: ...
-
-
-class PusherDeleter(Protocol):
-    """Pushers (:class:`ranvier.storage.pushers.PusherStorage`)."""
-
-    async def pushers_of(self, user_id: str) -> Sequence[PusherRecordLike]: ...
-
-    async def delete_pusher(self, user_id: str, app_id: str, pushkey: str) -> None: ...
-
-
 class Deactivation:
     """Deactivates local accounts; see the module's doc."""
 
@@ -83,13 +74,11 @@ class Deactivation:
         rooms: LeavableRooms,
         leaves: RoomLeaver,
         profiles: ProfileWriter,
-        pushers: PusherDeleter,
     ) -> None:
         self._accounts = accounts
         self._rooms = rooms
         self._leaves = leaves
         self._profiles = profiles
-        self._pushers = pushers
 
     async def deactivate(self, user_id: str, *, erase: bool = False) -> None:
         """Deactivate ``user_id``, whose password the caller has checked,
@@ -102,5 +91,3 @@ class Deactivation:
             except MatrixError as exc:
                 _log.warning("deactivated %s could not leave %s: %s", user_id, room_id, exc)
         await self._profiles.erase_profile(user_id)
-        for pusher in await self._pushers.pushers_of(user_id):
-            await self._pushers.delete_pusher(user_id, pusher.app_id, pusher.pushkey)

@@ -827,6 +827,14 @@ class E2eKeys:
         if position is not None:
             await self._changed(user_id, position, devices=devices, deleted=True)
 
+    async def devices_removed(self, user_id: str, position: int, device_ids: list[str]) -> None:
+        """After a write that removed ``user_id``'s devices with their keys
+        and moved the device-list stream to ``position`` (a deactivation):
+        tell those sharing a room with the user, as :meth:`devices_deleted`
+        does.
+        """
+        await self._changed(user_id, position, devices=device_ids, deleted=True)
+
     async def on_remote_update(
         self,
         origin: str,

@@ -42,6 +42,7 @@ import msgspec
 
 from ranvier.errors import MatrixError
 
+from .deactivation import remove_account_data
 from .erasure import mark_erased
 from .pushers import delete_device_pushers
 from .readers import ReaderPool
@@ -51,6 +52,7 @@ __all__ = [
     "OPENID_TOKEN_LIFETIME_MS",
     "AccountFlags",
     "AccountStorage",
+    "DeactivatedAccount",
     "NewAccount",
     "NewDevice",
     "NewPuppetToken",
@@ -151,6 +153,17 @@ class NewPuppetToken:
     created_ts: int
     #: When the token stops working; None: never.
     expires_ts: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeactivatedAccount:
+    """What deactivating an account did to its devices."""
+
+    #: The device-list position the devices' removal moved the stream to;
+    #: None when the account had none left (a deactivation run again).
+    device_list_position: int | None
+    #: The devices removed, with their keys and waiting messages.
+    devices: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,11 +338,15 @@ class AccountStorage:
             )
         )
 
-    async def deactivate_account(self, user_id: str, *, erase: bool = False) -> bool:
+    async def deactivate_account(
+        self, user_id: str, *, erase: bool = False
+    ) -> DeactivatedAccount | None:
         """Mark ``user_id`` deactivated, log out all their devices, drop the
         puppet tokens acting as them or given to them, erase their e-mail
         addresses, and with ``erase`` mark the account erased
-        (:mod:`ranvier.storage.erasure`), in one write; False if there is no
+        (:mod:`ranvier.storage.erasure`), in one write, which removes what
+        :mod:`ranvier.storage.deactivation` lists too (account data, key
+        backups, the devices' keys …); None, writing nothing, if there is no
         such account.
         """
         return await self._actor.submit(
@@ -766,17 +783,17 @@ def _change_password(
 
 
 @registered_write
-def _deactivate_account(conn: sqlite3.Connection, *, user_id: str, erase: bool = False) -> bool:
+def _deactivate_account(
+    conn: sqlite3.Connection, *, user_id: str, erase: bool = False
+) -> DeactivatedAccount | None:
     found = conn.execute("UPDATE users SET deactivated = 1 WHERE user_id = ?", (user_id,)).rowcount
-    if found and erase:
+    if not found:
+        return None
+    if erase:
         mark_erased(conn, user_id)
-    conn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,))
-    conn.execute("DELETE FROM devices WHERE user_id = ?", (user_id,))
     conn.execute("DELETE FROM puppet_tokens WHERE user_id = ? OR admin_id = ?", (user_id, user_id))
-    conn.execute("DELETE FROM openid_tokens WHERE user_id = ?", (user_id,))
-    # The addresses are free for other accounts, and reset no password here.
-    conn.execute("DELETE FROM user_threepids WHERE user_id = ?", (user_id,))
-    return found > 0
+    position, devices = remove_account_data(conn, user_id=user_id)
+    return DeactivatedAccount(position, devices)
 
 
 @registered_write

@@ -49,7 +49,13 @@ from .membership_sql import MEMBERSHIP
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
 
-__all__ = ["E2eKeyStorage", "E2eSyncRead", "forget_device_keys", "store_device_keys"]
+__all__ = [
+    "E2eKeyStorage",
+    "E2eSyncRead",
+    "forget_device_keys",
+    "kept_device_ids",
+    "store_device_keys",
+]
 
 #: Users or rooms bound per statement.
 _BATCH: Final = 500
@@ -419,18 +425,29 @@ def store_device_keys(
     )
 
 
-@registered_write
-def _forget_gone_devices(conn: sqlite3.Connection, *, user_id: str) -> tuple[int | None, list[str]]:
-    gone: set[str] = set()
+def kept_device_ids(conn: sqlite3.Connection, *, user_id: str) -> set[str]:
+    """The devices of ``user_id`` that keys or waiting messages are kept
+    for, whether or not the devices still exist."""
+    kept: set[str] = set()
     for table in _DEVICE_TABLES:
-        gone.update(
+        kept.update(
             str(device_id)
             for (device_id,) in conn.execute(
-                f"SELECT DISTINCT device_id FROM {table} WHERE user_id = ? AND device_id NOT IN"
-                " (SELECT device_id FROM devices WHERE user_id = ?)",
-                (user_id, user_id),
+                f"SELECT DISTINCT device_id FROM {table} WHERE user_id = ?", (user_id,)
             )
         )
+    return kept
+
+
+@registered_write
+def _forget_gone_devices(conn: sqlite3.Connection, *, user_id: str) -> tuple[int | None, list[str]]:
+    existing = {
+        str(device_id)
+        for (device_id,) in conn.execute(
+            "SELECT device_id FROM devices WHERE user_id = ?", (user_id,)
+        )
+    }
+    gone = kept_device_ids(conn, user_id=user_id) - existing
     if not gone:
         return None, []
     devices = sorted(gone)
