@@ -282,6 +282,24 @@ async def test_deactivation_leaves_none_of_the_accounts_private_data(env: WithAd
     assert _dump(env) == once
 
 
+async def test_a_deactivated_user_still_in_a_room_is_not_in_the_user_directory(
+    env: WithAdmin,
+) -> None:
+    """The storage write alone, as when a room could not be left yet."""
+    c, alice, bob = env.client, env.alice, env.bob
+    room_id = await c.create_room(alice, preset="public_chat")
+    await c.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
+    search = {"search_term": "alice"}
+    found = await c.ok(bob, "POST", "/user_directory/search", search)
+    assert [result["user_id"] for result in found["results"]] == [alice.user_id]
+
+    assert await env.hs.server.storage.accounts.deactivate_account(alice.user_id) is not None
+
+    state = await c.state(bob, room_id)
+    assert state[("m.room.member", alice.user_id)]["content"]["membership"] == "join"
+    assert (await c.ok(bob, "POST", "/user_directory/search", search))["results"] == []
+
+
 async def test_another_server_hears_a_deactivated_users_devices_go(tmp_path: Path) -> None:
     """The devices' removal, made in the deactivation's own write, reaches
     the servers sharing a room with the user; the account alone is

@@ -179,7 +179,7 @@ class ClientDataStorage:
         """Every user who shares a joined room with ``user_id`` or is joined
         to a room with a public join rule or world-readable history, with
         the member event JSON of one such membership (for the display name
-        and avatar it carries).
+        and avatar it carries); deactivated users of this server left out.
         """
         return await self._read(functools.partial(_user_directory, user_id=user_id))
 
@@ -337,7 +337,10 @@ def _user_directory(conn: sqlite3.Connection, *, user_id: str) -> dict[str, str]
         " WHERE m.type = 'm.room.member'"
         " AND json_extract(CAST(e.json AS TEXT), '$.content.membership') = 'join'"
         " AND (m.room_id IN (SELECT room_id FROM public)"
-        "  OR m.room_id IN (SELECT room_id FROM joined WHERE state_key = ?))",
+        "  OR m.room_id IN (SELECT room_id FROM joined WHERE state_key = ?))"
+        # A deactivated user of ours is found no more, as on Synapse, even
+        # in a room their deactivation could not leave yet.
+        " AND m.state_key NOT IN (SELECT user_id FROM users WHERE deactivated = 1)",
         (user_id,),
     ).fetchall()
     # As served: a display name removed by a redaction is found no more.
