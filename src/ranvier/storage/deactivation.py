@@ -36,6 +36,10 @@ any more):
 Kept, on purpose:
 
 * the ``users`` row: the user ID is never handed out again;
+* the password hash, so that the right password is told the account is
+  deactivated (``M_USER_DEACTIVATED``) and a wrong one is refused as
+  ever, where Synapse wipes it and refuses both alike (the spec allows
+  either); an admin's reactivation sets a new one;
 * events, public receipts and room aliases, which belong to the rooms:
   erasure governs how the user's events are served
   (:mod:`ranvier.storage.erasure`);
