@@ -15,10 +15,12 @@ the server notices room's record, an upgrade's claim on it, and the
 room's version row.
 
 What stays: the block (``blocked_rooms``), so a blocked room stays
-blocked; our users' leaves still owed to the room's other servers, written
-to ``pdu_outbox`` by the purge itself (:mod:`ranvier.storage.pdu_outbox`)
-and deleted once delivered, since catching a destination up reads the
-room's events, which are gone; media files and their rows (media are not tied to a room, and
+blocked; our users' leaves still owed to the room's other servers, with
+the events before them those servers missed (at most
+:data:`~ranvier.storage.pdu_outbox.MAX_GAP` each), written to
+``pdu_outbox`` by the purge itself (:mod:`ranvier.storage.pdu_outbox`) and
+deleted once delivered, since catching a destination up reads the room's
+events, which are gone; media files and their rows (media are not tied to a room, and
 other rooms may use the same file; Synapse keeps them too, and the media
 admin API removes them); and rows whose purpose outlives the room and
 which hold an event only inside an opaque body (received transactions'
