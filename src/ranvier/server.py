@@ -1169,11 +1169,14 @@ class HomeServer:
         storage, client, keys = self.storage, self.federation_client, self.key_ring
         self._room_servers = RoomServers(storage)
         retry_ms = round(self.config.federation.destination_retry_seconds * 1000)
+        sender_store = self._sender_store()
         self._federation_sender = FederationSender(
             server_name,
             client,
-            self._sender_store(),
+            sender_store,
             outbox=storage.e2e_keys,
+            # PDUs leave from the process that catches destinations up.
+            pdu_outbox=None if isinstance(sender_store, EduOnlySenderStore) else storage.pdu_outbox,
             deliveries=storage.federation_admin,
             backoff=BackoffPolicy(initial_ms=retry_ms),
             serving=self._serving,
@@ -1804,6 +1807,7 @@ class HomeServer:
             aliases=self.room_directory,
             room_list=self.room_list,
             purger=self.storage.room_purge,
+            owed_pdus=self.federation_sender,
         )
         add_admin_room_routes(router, auth=self.auth, rooms=rooms)
         add_admin_room_membership_routes(

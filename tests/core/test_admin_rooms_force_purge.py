@@ -5,6 +5,7 @@ event through core, or refuses it for the user told to fail."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
@@ -64,12 +65,17 @@ class _WatchedPurger:
         self.statuses: list[str] = []
 
     async def purge_room(
-        self, room_id: str, *, refuse_if_members_of: str | None = None
+        self,
+        room_id: str,
+        *,
+        refuse_if_members_of: str | None = None,
+        origin: str | None = None,
+        leaves: Collection[str] = (),
     ) -> PurgeResult | None:
         assert self.rooms is not None
         self.statuses += [d["status"] for d in self.rooms.delete_status(room_id)["results"]]
         return await self._storage.room_purge.purge_room(
-            room_id, refuse_if_members_of=refuse_if_members_of
+            room_id, refuse_if_members_of=refuse_if_members_of, origin=origin, leaves=leaves
         )
 
 

@@ -11,7 +11,10 @@ one write (:mod:`ranvier.storage.room_purge`): the server behaves as if it
 never had the room, but for the block, which stays. Media files stay too.
 A purge is refused, deleting nothing, while a local user is still in the
 room after the leaves (one failed), unless ``force_purge`` is given; the
-refusal is the deletion's ``error``. The work is done before the
+refusal is the deletion's ``error``. The leaves other servers have not
+acknowledged yet (one was down, say) outlive the purge: it keeps them for
+those servers, and the federation sender delivers them when it can
+(:mod:`ranvier.storage.pdu_outbox`). The work is done before the
 ``DELETE`` is answered; what happened is kept (in memory, the most recent
 :data:`MAX_DELETIONS_KEPT`) for the delete status endpoints.
 """
@@ -28,6 +31,7 @@ from ranvier.errors import BadJsonError, MatrixError
 from ranvier.protocol.auth import StateKey
 from ranvier.storage.admin_reads import BlockRecord, RoomRow
 from ranvier.storage.records import StoredEvent
+from ranvier.storage.room_purge import PurgeResult
 
 from .builder import wall_clock_ms
 from .client_events import client_event
@@ -87,8 +91,20 @@ class RoomPurger(Protocol):
     """:class:`ranvier.storage.room_purge.RoomPurgeStorage`."""
 
     async def purge_room(
-        self, room_id: str, *, refuse_if_members_of: str | None = None
-    ) -> object | None: ...
+        self,
+        room_id: str,
+        *,
+        refuse_if_members_of: str | None = None,
+        origin: str | None = None,
+        leaves: Collection[str] = (),
+    ) -> PurgeResult | None: ...
+
+
+class OwedPduSender(Protocol):
+    """:class:`ranvier.federation.sender.FederationSender`: told of the
+    leaves a purge kept for a destination, to send them."""
+
+    def pdu_outbox_filled(self, destination: str) -> None: ...
 
 
 class RoomLeaver(Protocol):
@@ -227,6 +243,7 @@ class AdminRooms:
         aliases: AliasRemover,
         room_list: RoomUnlister,
         purger: RoomPurger,
+        owed_pdus: OwedPduSender | None = None,
         clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self._server_name = server_name
@@ -236,6 +253,7 @@ class AdminRooms:
         self._aliases = aliases
         self._room_list = room_list
         self._purger = purger
+        self._owed_pdus = owed_pdus
         self._clock = clock
         self._deletions: OrderedDict[str, _Deletion] = OrderedDict()
 
@@ -351,15 +369,18 @@ class AdminRooms:
         deletion = _Deletion(secrets.token_urlsafe(12), room_id)
         self._keep(deletion)
         try:
-            await self._shut(admin_id, deletion, block=block)
+            leaves = await self._shut(admin_id, deletion, block=block)
         except MatrixError as exc:
             deletion.status, deletion.error = "failed", exc.message
             raise
         if purge:
             deletion.status = "purging"
             try:
-                await self._purger.purge_room(
-                    room_id, refuse_if_members_of=None if force_purge else self._server_name
+                purged = await self._purger.purge_room(
+                    room_id,
+                    refuse_if_members_of=None if force_purge else self._server_name,
+                    origin=self._server_name,
+                    leaves=leaves,
                 )
             except MatrixError as exc:
                 # The room is shut; the purge's refusal is the outcome to read.
@@ -368,17 +389,22 @@ class AdminRooms:
             except Exception:
                 deletion.status, deletion.error = "failed", "the purge failed: nothing was deleted"
                 raise
+            if purged is not None and self._owed_pdus is not None:
+                for destination in purged.owed_destinations:
+                    self._owed_pdus.pdu_outbox_filled(destination)
         deletion.status = "complete"
         return deletion
 
-    async def _shut(self, admin_id: str, deletion: _Deletion, *, block: bool) -> None:
+    async def _shut(self, admin_id: str, deletion: _Deletion, *, block: bool) -> list[str]:
+        """Shut the room for local users; the event IDs of their leaves."""
         room_id = deletion.room_id
         # Blocked first, so nobody rejoins while the others leave.
         if block:
             await self._store.block_room(room_id, admin_id, self._clock())
+        leaves: list[str] = []
         for user_id in await self._store.local_members_to_remove(room_id, self._server_name):
             try:
-                await self._leaves.leave(user_id, room_id)
+                leaves.append(await self._leaves.leave(user_id, room_id))
             except MatrixError:
                 deletion.failed_to_kick_users.append(user_id)
             else:
@@ -387,6 +413,7 @@ class AdminRooms:
             await self._aliases.delete_alias(admin_id, alias, is_admin=True)
             deletion.local_aliases.append(alias)
         await self._room_list.set_visibility(admin_id, room_id, "private", is_admin=True)
+        return leaves
 
     def _keep(self, deletion: _Deletion) -> None:
         self._deletions[deletion.delete_id] = deletion

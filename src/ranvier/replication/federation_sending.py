@@ -27,6 +27,10 @@ Invariants
   destinations behind after each advance it sees, so a stream answer it
   missed (a restart of the main process or of the worker) is made up by the
   next one, and by the sender's own catch-up at start.
+* **Leaves of purged rooms too.** The PDUs a purge kept for destinations
+  (:mod:`ranvier.storage.pdu_outbox`) are looked up with the destinations
+  behind and sent from here alone: the other processes' senders have no
+  PDU outbox.
 * **Heard from wherever it was heard.** A server backing off that signs a
   request at the main process or at a federation_reader is passed on to
   the main process and down its stream to this worker
@@ -153,6 +157,13 @@ class DestinationWaker:
                     continue
                 self._sender.wake_destination(destination)
                 self.woken += 1
+            after = page[-1]
+        # Our users' leaves of rooms purged by another process.
+        after = None
+        while page := await self._storage.pdu_outbox.pdu_outbox_destinations(after, _PAGE):
+            for destination in page:
+                if destination != self._sender.server_name:
+                    self._sender.pdu_outbox_filled(destination)
             after = page[-1]
 
 

@@ -3,7 +3,7 @@ PDUs and 100 EDUs, backoff kept in the database, and catching a destination
 up on what it missed."""
 
 from .backoff import BackoffPolicy, is_destination_failure
-from .interfaces import EduOutbox, SenderStore, TransactionClient
+from .interfaces import EduOutbox, PduOutbox, SenderStore, TransactionClient
 from .queue import DestinationStatus
 from .sender import FederationSender
 
@@ -12,6 +12,7 @@ __all__ = [
     "DestinationStatus",
     "EduOutbox",
     "FederationSender",
+    "PduOutbox",
     "SenderStore",
     "TransactionClient",
     "is_destination_failure",

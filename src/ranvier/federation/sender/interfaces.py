@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from ranvier.storage.reads import UnsentDestinationRoom
 from ranvier.storage.records import DestinationRetry, StoredEvent
 
-__all__ = ["DeliveryLog", "EduOutbox", "SenderStore", "TransactionClient"]
+__all__ = ["DeliveryLog", "EduOutbox", "PduOutbox", "SenderStore", "TransactionClient"]
 
 
 class TransactionClient(Protocol):
@@ -80,6 +80,23 @@ class EduOutbox(Protocol):
     ) -> Sequence[tuple[int, bytes]]: ...
 
     async def delete_outbox_edus(self, destination: str, upto: int) -> int: ...
+
+
+class PduOutbox(Protocol):
+    """PDUs that must reach their destination though catching up cannot
+    send them: our users' leaves of rooms purged here, whose events are
+    gone (:class:`ranvier.storage.pdu_outbox.PduOutboxStorage`). Each is
+    ``(position, event ID, JSON as stored)`` under a position that only
+    grows, kept until the destination takes it.
+    """
+
+    async def pdu_outbox_destinations(self, after: str | None, limit: int) -> Sequence[str]: ...
+
+    async def outbox_pdus(
+        self, destination: str, after: int, limit: int
+    ) -> Sequence[tuple[int, str, bytes]]: ...
+
+    async def delete_outbox_pdus(self, destination: str, upto: int) -> int: ...
 
 
 class DeliveryLog(Protocol):

@@ -22,6 +22,13 @@ Invariants
   restart delays them and loses none. One that was delivered just before
   a crash and not yet deleted is sent again: the receiver takes each
   message ID once.
+* **PDUs that catching up cannot send wait in the database too.** Our
+  users' leaves of a room purged here are written to the PDU outbox
+  (:class:`.interfaces.PduOutbox`) by the purge, since catching up reads
+  the room's events and the purge deleted them. The queue sends them,
+  oldest first and ahead of anything else, and deletes them only once the
+  destination took (or refused) the transaction carrying them, through a
+  backoff and a restart like the EDUs above.
 * **Nothing handed over is forgotten.** Every PDU's room and stream
   ordering is written to ``destination_rooms`` as soon as it is handed
   over, whatever becomes of the PDU itself, by a task of the queue's own
@@ -80,7 +87,7 @@ from ranvier.storage.reads import UnsentDestinationRoom
 from ranvier.storage.records import DestinationRetry, StoredEvent
 
 from .backoff import BackoffPolicy, is_destination_failure
-from .interfaces import DeliveryLog, EduOutbox, SenderStore, TransactionClient
+from .interfaces import DeliveryLog, EduOutbox, PduOutbox, SenderStore, TransactionClient
 
 __all__ = ["DestinationQueue", "DestinationStatus", "QueueSettings", "QueuedPdu", "SenderTotals"]
 
@@ -127,6 +134,9 @@ class QueueSettings:
     idle_timeout: float
     #: Where EDUs that must arrive wait; None when there are none.
     outbox: EduOutbox | None = None
+    #: Where PDUs catching up cannot send wait; None when this sender
+    #: sends none (another process sends the PDUs).
+    pdu_outbox: PduOutbox | None = None
     #: Where the time of a destination's last delivery is kept; None: nowhere.
     deliveries: DeliveryLog | None = None
     #: What every queue has done, added up across queues come and gone.
@@ -185,6 +195,8 @@ class _Pending:
     positions: dict[str, int]
     #: The outbox position up to which its EDUs came from; None for none.
     outbox_upto: int | None = None
+    #: The PDU outbox position up to which its PDUs came from; None for none.
+    pdu_outbox_upto: int | None = None
 
 
 class DestinationQueue:
@@ -215,6 +227,9 @@ class DestinationQueue:
         # taken into a transaction.
         self._outbox_waiting = False
         self._outbox_after = 0
+        # Likewise for the PDU outbox.
+        self._pdu_outbox_waiting = False
+        self._pdu_outbox_after = 0
         self._pending: _Pending | None = None
         self._retry: DestinationRetry | None = None
         self._retry_at: float | None = None
@@ -275,6 +290,11 @@ class DestinationQueue:
     def outbox_filled(self) -> None:
         """EDUs for the destination were written to the outbox: send them."""
         self._outbox_waiting = True
+        self._wake.set()
+
+    def pdu_outbox_filled(self) -> None:
+        """PDUs for the destination were written to the PDU outbox: send them."""
+        self._pdu_outbox_waiting = True
         self._wake.set()
 
     def start_catching_up(self) -> None:
@@ -354,6 +374,8 @@ class DestinationQueue:
                     self._recheck_retry = False
                     await self._forget_cleared_retry()
                 continue
+            if self._pending is None and self._pdu_outbox_waiting:
+                self._pending = await self._pdu_outbox_transaction()
             if self._pending is None:
                 if self._catching_up:
                     self._pending = await self._catch_up_transaction()
@@ -379,6 +401,7 @@ class DestinationQueue:
             or self._pdus
             or self._edus
             or self._outbox_waiting
+            or self._pdu_outbox_waiting
         )
 
     async def _load_retry(self) -> None:
@@ -509,6 +532,28 @@ class DestinationQueue:
             positions=positions,
             outbox_upto=outbox_upto,
         )
+
+    async def _pdu_outbox_transaction(self) -> _Pending | None:
+        """The next transaction of PDUs from the PDU outbox, or None once
+        it holds none for the destination."""
+        # Cleared before the read: PDUs written meanwhile set it again.
+        self._pdu_outbox_waiting = False
+        pdu_outbox = self._settings.pdu_outbox
+        if pdu_outbox is None:
+            return None
+        stored = await pdu_outbox.outbox_pdus(
+            self.destination, self._pdu_outbox_after, MAX_PDUS_PER_TRANSACTION
+        )
+        if not stored:
+            return None
+        if len(stored) == MAX_PDUS_PER_TRANSACTION:
+            self._pdu_outbox_waiting = True
+        upto = self._pdu_outbox_after = stored[-1][0]
+        _log.info("%s: sending %d PDUs from the PDU outbox", self.destination, len(stored))
+        pending = await self._new_pending([(event_id, json) for _, event_id, json in stored], {})
+        assert pending is not None  # it has PDUs
+        pending.pdu_outbox_upto = upto
+        return pending
 
     async def _queued_transaction(self) -> _Pending | None:
         if not self._pdus and not self._edus and not self._outbox_waiting:
@@ -704,6 +749,13 @@ class DestinationQueue:
     async def _forget_outbox(self, pending: _Pending) -> None:
         if pending.outbox_upto is not None:
             await self._forget_outbox_upto(pending.outbox_upto)
+        pdu_outbox = self._settings.pdu_outbox
+        if pending.pdu_outbox_upto is not None and pdu_outbox is not None:
+            try:
+                await pdu_outbox.delete_outbox_pdus(self.destination, pending.pdu_outbox_upto)
+            except MatrixError as exc:
+                # Sent again later; the destination keeps each event once.
+                _log.error("%s: cannot forget the outbox PDUs sent: %s", self.destination, exc)
 
     async def _forget_outbox_upto(self, upto: int) -> None:
         outbox = self._settings.outbox

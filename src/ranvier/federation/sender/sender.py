@@ -14,7 +14,8 @@ sent, or while the destination was down) and catches each of them up,
 respecting any backoff in force. Looked for any later, it would also find
 the rooms this run has just noted for destinations it is sending to, and
 turn their queues to catching up for nothing. It also finds the
-destinations with EDUs waiting in the outbox, and sends them those.
+destinations with EDUs waiting in the outbox, or PDUs in the PDU outbox
+(our users' leaves of rooms purged here), and sends them those.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ranvier.protocol.canonical import decode_canonical_json, encode_canonical_j
 from ranvier.protocol.x_matrix import split_server_name
 
 from .backoff import BackoffPolicy
-from .interfaces import DeliveryLog, EduOutbox, SenderStore, TransactionClient
+from .interfaces import DeliveryLog, EduOutbox, PduOutbox, SenderStore, TransactionClient
 from .queue import DestinationQueue, DestinationStatus, QueuedPdu, QueueSettings, SenderTotals
 
 __all__ = ["FederationSender"]
@@ -61,7 +62,9 @@ class FederationSender:
     ``idle_timeout`` is how long a destination's task waits for more work
     before it ends. ``outbox`` holds the EDUs that must reach their
     destination (``m.direct_to_device``), written by whoever made them and
-    announced with :meth:`outbox_filled`. ``deliveries`` keeps when each
+    announced with :meth:`outbox_filled`; ``pdu_outbox`` likewise holds the
+    PDUs catching up cannot send (our users' leaves of a purged room),
+    announced with :meth:`pdu_outbox_filled`. ``deliveries`` keeps when each
     destination last took a transaction, for operators. ``clock_ms`` (wall-clock
     milliseconds) and ``rng`` are there for tests.
 
@@ -83,6 +86,7 @@ class FederationSender:
         backoff: BackoffPolicy | None = None,
         idle_timeout: float = 60.0,
         outbox: EduOutbox | None = None,
+        pdu_outbox: PduOutbox | None = None,
         deliveries: DeliveryLog | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
         rng: random.Random | None = None,
@@ -112,6 +116,7 @@ class FederationSender:
             max_edus=max_queued_edus,
             idle_timeout=idle_timeout,
             outbox=outbox,
+            pdu_outbox=pdu_outbox,
             deliveries=deliveries,
             serving=serving,
         )
@@ -201,6 +206,18 @@ class FederationSender:
         nursery = self._running()
         for target in self._destinations([destination]):
             self._queue(nursery, target).outbox_filled()
+
+    def pdu_outbox_filled(self, destination: str) -> None:
+        """PDUs for ``destination`` were written to the PDU outbox: send
+        them, as soon as it is not backing off, and keep them until it
+        takes them. Nothing is sent without a ``pdu_outbox``.
+        """
+        nursery = self._running()
+        targets = self._destinations([destination])
+        if self._settings.pdu_outbox is None:
+            return
+        for target in targets:
+            self._queue(nursery, target).pdu_outbox_filled()
 
     def wake_destination(self, destination: str) -> None:
         """Catch ``destination`` up now, whether or not anything new is queued
@@ -297,15 +314,26 @@ class FederationSender:
         if resumed:
             _log.info("catching up %d destinations that missed events", resumed)
         outbox = self._settings.outbox
-        if outbox is None:
-            return
-        after = None
-        waiting = 0
-        while page := await outbox.outbox_destinations(after, _RESUME_PAGE):
-            for destination in page:
-                if destination != self.server_name:
-                    self._queue(nursery, destination).outbox_filled()
-                    waiting += 1
-            after = page[-1]
-        if waiting:
-            _log.info("%d destinations have EDUs waiting in the outbox", waiting)
+        if outbox is not None:
+            after = None
+            waiting = 0
+            while page := await outbox.outbox_destinations(after, _RESUME_PAGE):
+                for destination in page:
+                    if destination != self.server_name:
+                        self._queue(nursery, destination).outbox_filled()
+                        waiting += 1
+                after = page[-1]
+            if waiting:
+                _log.info("%d destinations have EDUs waiting in the outbox", waiting)
+        pdu_outbox = self._settings.pdu_outbox
+        if pdu_outbox is not None:
+            after = None
+            waiting = 0
+            while page := await pdu_outbox.pdu_outbox_destinations(after, _RESUME_PAGE):
+                for destination in page:
+                    if destination != self.server_name:
+                        self._queue(nursery, destination).pdu_outbox_filled()
+                        waiting += 1
+                after = page[-1]
+            if waiting:
+                _log.info("%d destinations have PDUs waiting in the PDU outbox", waiting)
