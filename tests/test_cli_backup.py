@@ -317,10 +317,14 @@ async def test_a_damaged_database_fails_the_integrity_check_and_leaves_nothing(
     with closing(sqlite3.connect(database)) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         (page_size,) = conn.execute("PRAGMA page_size").fetchone()
-        (pages,) = conn.execute("PRAGMA page_count").fetchone()
-    # A page in the middle of the file overwritten, as a failing disk might.
+        (root,) = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+        ).fetchone()
+    # A page of a table overwritten, as a failing disk might: a table's and
+    # not the schema's, which SQLite reads before any copy can begin. Pages
+    # are numbered from 1.
     with database.open("r+b") as file:
-        file.seek(page_size * (pages // 2))
+        file.seek(page_size * (root - 1))
         file.write(b"\xa5" * page_size)
     config = _config_file(tmp_path, data_dir)
     backup = tmp_path / "backup"
