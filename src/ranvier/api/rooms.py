@@ -47,6 +47,7 @@ from ranvier.core.accounts import Requester
 from ranvier.core.client_txns import ClientTransactions
 from ranvier.core.creation import EventCreator, Preset, member_event_content
 from ranvier.core.directory import RoomDirectory
+from ranvier.core.interfaces import Leaves
 from ranvier.core.knocks import Knocked
 from ranvier.core.pagination import parse_pagination_token
 from ranvier.core.room_forgetting import RoomForgetting
@@ -81,21 +82,6 @@ class RequestAuth(Protocol):
     """Who a request comes from (:class:`ranvier.api.auth.Auth`)."""
 
     async def get_user(self, request: Request) -> Requester: ...
-
-
-class Leaves(Protocol):
-    """Users' own leaves (:class:`ranvier.core.room_leaves.RoomLeaves`, or
-    :class:`ranvier.core.server_notices.NoticeGuardedLeaves` in front of it)."""
-
-    async def leave(
-        self,
-        user_id: str,
-        room_id: str,
-        *,
-        reason: str | None = None,
-        content: Mapping[str, Any] | None = None,
-        origin_server_ts: int | None = None,
-    ) -> str: ...
 
 
 class Knocks(Protocol):

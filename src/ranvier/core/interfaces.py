@@ -40,6 +40,7 @@ __all__ = [
     "EventSender",
     "FederationEventClient",
     "JoinClient",
+    "Leaves",
     "PartialStateStore",
     "RemoteInviter",
     "ResyncClient",
@@ -48,6 +49,25 @@ __all__ = [
     "StateReader",
     "VerifyKeySource",
 ]
+
+
+class Leaves(Protocol):
+    """Users' own leaves: :class:`ranvier.core.room_leaves.RoomLeaves`, or
+    :class:`ranvier.core.server_notices.NoticeGuardedLeaves` in front of it.
+    """
+
+    async def leave(
+        self,
+        user_id: str,
+        room_id: str,
+        *,
+        reason: str | None = None,
+        content: Mapping[str, Any] | None = None,
+        origin_server_ts: int | None = None,
+    ) -> str:
+        """Leave ``room_id``, decline an invite to it or withdraw a knock;
+        return the leave's event ID."""
+        ...
 
 
 @runtime_checkable

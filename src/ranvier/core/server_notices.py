@@ -39,6 +39,7 @@ from ranvier.errors import MatrixError
 from ranvier.protocol.auth import is_valid_user_id
 
 from .builder import Clock, wall_clock_ms
+from .interfaces import Leaves
 from .notifier import StreamNotifier
 from .room_tags import TAG_TYPE
 
@@ -127,20 +128,6 @@ class Memberships(Protocol):
     """(:class:`ranvier.core.rooms.RoomReader`)"""
 
     async def membership(self, user_id: str, room_id: str) -> str | None: ...
-
-
-class Leaves(Protocol):
-    """(:class:`ranvier.core.room_leaves.RoomLeaves`)"""
-
-    async def leave(
-        self,
-        user_id: str,
-        room_id: str,
-        *,
-        reason: str | None = None,
-        content: Mapping[str, Any] | None = None,
-        origin_server_ts: int | None = None,
-    ) -> str: ...
 
 
 def notice_content(body: str, *, server_notice_type: str | None = None) -> dict[str, Any]:
