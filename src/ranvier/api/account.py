@@ -452,15 +452,24 @@ def add_account_routes(
                 session=claim,
             )
         except MatrixError as refused:
-            # Another request of the session got there first.
-            if refused.errcode != SessionRegisteredError.errcode or session is None:
-                raise
-            assert uia is not None
-            made = await uia.registered_in(session)
-            if made is None:
-                raise
-            return await registered_again(made, body, localpart)
+            return await answered_before(refused, session, body, localpart)
         return _registered(registration, server_name)
+
+    async def answered_before(
+        refused: MatrixError, session: str | None, body: Mapping[str, Any], localpart: str | None
+    ) -> dict[str, Any]:
+        """The answer to a request whose session registered first, in
+        another request: that account, logged in again. Raises ``refused``
+        when it is anything else (on a worker the error arrives as a plain
+        MatrixError with its errcode).
+        """
+        if refused.errcode != SessionRegisteredError.errcode or session is None:
+            raise refused
+        assert uia is not None
+        made = await uia.registered_in(session)
+        if made is None:
+            raise refused
+        return await registered_again(made, body, localpart)
 
     async def register_with_token(
         body: Mapping[str, Any],
@@ -510,15 +519,7 @@ def add_account_routes(
                 session=claim,
             )
         except MatrixError as refused:
-            # Another request of the session registered first (on a worker
-            # the error arrives as a plain MatrixError with its errcode).
-            if refused.errcode != SessionRegisteredError.errcode or session is None:
-                raise
-            assert uia is not None
-            made = await uia.registered_in(session)
-            if made is None:
-                raise
-            return await registered_again(made, body, localpart)
+            return await answered_before(refused, session, body, localpart)
         return _registered(registration, server_name)
 
     async def token_validity(request: Request) -> Mapping[str, Any]:
