@@ -24,7 +24,7 @@ import itertools
 import logging
 import random
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -302,38 +302,46 @@ class FederationSender:
                 del self._queues[queue.destination]
 
     async def _resume_catching_up(self, nursery: trio.Nursery) -> None:
-        store = self._settings.store
-        after: str | None = None
-        resumed = 0
-        while page := await store.get_destinations_with_unsent_rooms(after, _RESUME_PAGE):
-            for destination in page:
-                if destination != self.server_name:
-                    self._queue(nursery, destination).start_catching_up()
-                    resumed += 1
-            after = page[-1]
-        if resumed:
-            _log.info("catching up %d destinations that missed events", resumed)
+        await self._wake_each(
+            nursery,
+            self._settings.store.get_destinations_with_unsent_rooms,
+            DestinationQueue.start_catching_up,
+            "catching up %d destinations that missed events",
+        )
         outbox = self._settings.outbox
         if outbox is not None:
-            after = None
-            waiting = 0
-            while page := await outbox.outbox_destinations(after, _RESUME_PAGE):
-                for destination in page:
-                    if destination != self.server_name:
-                        self._queue(nursery, destination).outbox_filled()
-                        waiting += 1
-                after = page[-1]
-            if waiting:
-                _log.info("%d destinations have EDUs waiting in the outbox", waiting)
+            await self._wake_each(
+                nursery,
+                outbox.outbox_destinations,
+                DestinationQueue.outbox_filled,
+                "%d destinations have EDUs waiting in the outbox",
+            )
         pdu_outbox = self._settings.pdu_outbox
         if pdu_outbox is not None:
-            after = None
-            waiting = 0
-            while page := await pdu_outbox.pdu_outbox_destinations(after, _RESUME_PAGE):
-                for destination in page:
-                    if destination != self.server_name:
-                        self._queue(nursery, destination).pdu_outbox_filled()
-                        waiting += 1
-                after = page[-1]
-            if waiting:
-                _log.info("%d destinations have PDUs waiting in the PDU outbox", waiting)
+            await self._wake_each(
+                nursery,
+                pdu_outbox.pdu_outbox_destinations,
+                DestinationQueue.pdu_outbox_filled,
+                "%d destinations have PDUs waiting in the PDU outbox",
+            )
+
+    async def _wake_each(
+        self,
+        nursery: trio.Nursery,
+        pages: Callable[[str | None, int], Awaitable[Sequence[str]]],
+        wake: Callable[[DestinationQueue], None],
+        counted: str,
+    ) -> None:
+        """Wake the queue of every destination ``pages`` lists (a page at a
+        time, after the last one seen), and log how many with ``counted``.
+        """
+        after: str | None = None
+        woken = 0
+        while page := await pages(after, _RESUME_PAGE):
+            for destination in page:
+                if destination != self.server_name:
+                    wake(self._queue(nursery, destination))
+                    woken += 1
+            after = page[-1]
+        if woken:
+            _log.info(counted, woken)
