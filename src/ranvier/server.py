@@ -128,7 +128,7 @@ from ranvier.api.presence import add_presence_routes
 from ranvier.api.profile import add_profile_routes
 from ranvier.api.push_rules import add_push_rule_routes
 from ranvier.api.pushers import add_pusher_routes
-from ranvier.api.ratelimit import RateLimiter, RouteLimits
+from ranvier.api.ratelimit import RateLimiter, RouteLimits, UserLimits
 from ranvier.api.receipts import add_receipt_routes
 from ranvier.api.relations import add_relation_routes
 from ranvier.api.reports import add_report_routes
@@ -407,6 +407,7 @@ class HomeServer:
         self._uia: UserInteractiveAuth | None = None
         self._threepids: Threepids | None = None
         self._client_limiter: RateLimiter | None = None
+        self._user_limits: UserLimits | None = None
         self._auth: Auth | None = None
         self._profiles: Profiles | None = None
         self._room_list: RoomList | None = None
@@ -1009,6 +1010,7 @@ class HomeServer:
             trust_x_forwarded_for=config.ratelimit.trust_x_forwarded_for,
             overrides=self._ratelimit_overrides,
         )
+        self._user_limits = rate_limits.users
         self._shadow_bans = ShadowBans(
             delay_seconds=(
                 config.ratelimit.shadow_ban_delay_seconds if config.ratelimit.enabled else NO_DELAY
@@ -1637,7 +1639,7 @@ class HomeServer:
             forgetting=RoomForgetting(self.storage.forgotten_rooms),
             shadow_bans=self._shadow_bans,
             knocks=_built(self._room_knocks, "room_knocks"),
-            limiter=self._client_limiter,
+            limits=self._user_limits,
         )
         add_directory_routes(router, auth=self.auth, directory=directory, reader=reader)
         add_event_context_route(

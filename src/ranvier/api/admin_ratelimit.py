@@ -1,7 +1,7 @@
 """``/_synapse/admin/v1/users/{userId}/override_ratelimit``: an admin
-reads, sets or deletes a local user's own message rate
-(:class:`ranvier.core.ratelimit_overrides.RateLimitOverrides`), which the
-client API's rate limiter then applies (:mod:`ranvier.api.ratelimit`).
+reads, sets or deletes a local user's own message rate, or lifts their
+per-user limits (:class:`ranvier.core.ratelimit_overrides.RateLimitOverrides`),
+which the client API's rate limiter then applies (:mod:`ranvier.api.ratelimit`).
 Admins only.
 """
 

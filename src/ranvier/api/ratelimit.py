@@ -32,10 +32,16 @@ Invariants
   registration come before there is a user to ask about. Application
   services registered with ``rate_limited: false`` are exempt from all,
   and a service's own sender always is.
-* **An admin's override wins** for a user's messages (Synapse's
-  ``override_ratelimit``, :class:`RateOverrides`): the user's own rate
-  and burst, counted in buckets of their own, or no limit at all when the
-  rate is 0.
+* **An admin's override wins** (Synapse's ``override_ratelimit``,
+  :class:`RateOverrides`), read in one place, :meth:`UserLimits.check`,
+  for every per-user category however the action is counted. A rate of 0
+  lifts every per-user limit; a positive rate and burst replace the
+  message limit alone, counted in buckets of their own, the other
+  categories keeping theirs: the numbers are messages per second, and
+  Synapse's other limiters read the override only for whether it lifts
+  them. Whose override lifts a limit is whoever holds the token: the
+  admin acting through a puppet token, as the user for a message's own
+  rate.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ __all__ = [
     "RateOverrides",
     "RouteLimits",
     "TokenBuckets",
-    "check_user_action",
+    "UserLimits",
     "client_address",
     "retry_after_header",
 ]
@@ -278,9 +284,6 @@ class RateLimiter:
 #: Finds who made a request from its access token: ``Auth.get_user``.
 Identify = Callable[[Request], Awaitable[Requester]]
 
-#: The categories an admin's per-user override applies to, as on Synapse.
-_OVERRIDDEN: Final[frozenset[Category]] = frozenset(("message",))
-
 
 class RateOverrides(Protocol):
     """Admins' per-user overrides
@@ -289,6 +292,47 @@ class RateOverrides(Protocol):
     async def rate_override(self, user_id: str) -> tuple[int, int] | None:
         """``(messages_per_second, burst_count)`` for ``user_id``, or None."""
         ...
+
+
+class UserLimits:
+    """The per-user categories, for a requester: counts an action, or
+    raises :class:`~ranvier.errors.LimitExceededError`, honouring
+    exemptions and admins' overrides (``overrides``, when admins may set
+    them) the same way wherever the action is counted, by a route's
+    category (:class:`RouteLimits`) or by the action a request stands for
+    (a join sent as a member event through ``/state``, counted as a message
+    by its route and as a join by its handler).
+    """
+
+    def __init__(self, limiter: RateLimiter, overrides: RateOverrides | None = None) -> None:
+        self.limiter = limiter
+        self._overrides = overrides
+
+    async def check(self, category: Category, requester: Requester) -> None:
+        """Count one action of the per-user ``category`` for ``requester``."""
+        if not self.limiter.limits(category) or _exempt(requester):
+            return
+        user_id = requester.user_id
+        own = await self._override(user_id) if category == "message" else None
+        if own is not None and own[0] == 0:
+            return
+        # The one who holds the token: Synapse reads the override of a
+        # request's authenticated entity, the admin behind a puppet token.
+        holder = requester.puppeted_by or user_id
+        if (category != "message" or holder != user_id) and await self._unlimited(holder):
+            return
+        if own is not None:
+            per_second, burst = own
+            self.limiter.check_at(category, user_id, Rate(per_second, max(burst, 1)))
+            return
+        self.limiter.check(category, user_id)
+
+    async def _override(self, user_id: str) -> tuple[int, int] | None:
+        return None if self._overrides is None else await self._overrides.rate_override(user_id)
+
+    async def _unlimited(self, user_id: str) -> bool:
+        own = await self._override(user_id)
+        return own is not None and own[0] == 0
 
 
 class RouteLimits:
@@ -301,8 +345,10 @@ class RouteLimits:
     one) goes on to its handler unlimited, which refuses it the same way.
     ``trust_x_forwarded_for`` takes the client address from the last
     ``X-Forwarded-For`` entry, which the reverse proxy in front of the
-    server appended, instead of from the connection. ``overrides`` gives
-    users' own message rates, when admins may set them.
+    server appended, instead of from the connection. ``overrides`` are
+    admins' per-user overrides, when admins may set them; :attr:`users`
+    counts actions of the per-user categories honouring them, for handlers
+    that count an action their route's category does not.
     """
 
     def __init__(
@@ -315,7 +361,7 @@ class RouteLimits:
         overrides: RateOverrides | None = None,
     ) -> None:
         self.limiter = limiter
-        self._overrides = overrides
+        self.users = UserLimits(limiter, overrides)
         self._identify = identify
         self._categories: dict[tuple[str, tuple[str | None, ...]], Category] = {}
         for (method, pattern), category in routes.items():
@@ -346,18 +392,7 @@ class RouteLimits:
             requester = await self._identify(request)
         except MatrixError:
             return
-        if _exempt(requester):
-            return
-        if self._overrides is not None and category in _OVERRIDDEN:
-            own = await self._overrides.rate_override(requester.user_id)
-            if own is not None:
-                per_second, burst = own
-                if per_second > 0:
-                    self.limiter.check_at(
-                        category, requester.user_id, Rate(per_second, max(burst, 1))
-                    )
-                return
-        self.limiter.check(category, requester.user_id)
+        await self.users.check(category, requester)
 
     async def _limited(self, request: Request) -> bool:
         try:
@@ -370,17 +405,6 @@ def _exempt(requester: Requester) -> bool:
     """Whether the per-user categories leave ``requester`` alone: an admin,
     or an application service (or one of its users) not rate limited."""
     return requester.is_admin or not requester.rate_limited
-
-
-def check_user_action(limiter: RateLimiter, category: Category, requester: Requester) -> None:
-    """Count one action of a per-user ``category`` for ``requester``, as
-    :class:`RouteLimits` counts a request to a route of that category, or
-    raise :class:`~ranvier.errors.LimitExceededError`: for an action a
-    route of another category takes (a join sent as a member event through
-    ``/state``, counted as a message by its route and as a join here).
-    """
-    if not _exempt(requester):
-        limiter.check(category, requester.user_id)
 
 
 def client_address(

@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal, NamedTuple, Protocol, get_args
 
 from ranvier.api.appservices import massaged_timestamp
-from ranvier.api.ratelimit import Category, RateLimiter, check_user_action
+from ranvier.api.ratelimit import Category, UserLimits
 from ranvier.core.accounts import Requester
 from ranvier.core.client_txns import ClientTransactions
 from ranvier.core.creation import EventCreator, Preset, member_event_content
@@ -198,10 +198,10 @@ class _Rooms:
         forgetting: RoomForgetting,
         shadow_bans: ShadowBans,
         knocks: Knocks | None,
-        limiter: RateLimiter | None,
+        limits: UserLimits | None,
     ) -> None:
         self._knocks = knocks
-        self._limiter = limiter
+        self._limits = limits
         self._shadow_bans = shadow_bans
         self._forgetting = forgetting
         self._leaves = leaves
@@ -557,8 +557,8 @@ class _Rooms:
             banned = await self._reader.membership(target, room_id) == "ban"
             action = "unban" if banned else "kick"
         category = _ACTION_CATEGORIES.get(action)
-        if category is not None and self._limiter is not None:
-            check_user_action(self._limiter, category, requester)
+        if category is not None and self._limits is not None:
+            await self._limits.check(category, requester)
         changed = await self.change_membership(
             requester, room_id, target, action, content, origin_server_ts=ts
         )
@@ -697,13 +697,13 @@ def add_room_routes(
     forgetting: RoomForgetting,
     shadow_bans: ShadowBans | None = None,
     knocks: Knocks | None = None,
-    limiter: RateLimiter | None = None,
+    limits: UserLimits | None = None,
 ) -> None:
     """Serve the rooms endpoints listed in the module's docstring;
     ``shadow_bans`` paces the answers faked for shadow-banned users (not
     at all without it). ``knocks`` makes knocks, and serves ``/knock``
     (without it a knock sent as a member event is answered 501);
-    ``limiter`` counts member events sent through ``/state`` against the
+    ``limits`` counts member events sent through ``/state`` against the
     limits of the routes they stand for (their routes limit the rest: see
     :mod:`ranvier.api.ratelimit`)."""
     rooms = _Rooms(
@@ -718,7 +718,7 @@ def add_room_routes(
         forgetting=forgetting,
         shadow_bans=shadow_bans or ShadowBans(delay_seconds=NO_DELAY),
         knocks=knocks,
-        limiter=limiter,
+        limits=limits,
     )
     room = f"{CLIENT_V3}/rooms/{{room_id}}"
     router.add("POST", f"{CLIENT_V3}/createRoom", rooms.create_room)

@@ -1,8 +1,9 @@
-"""Admins' per-user overrides of the message rate limit (Synapse's
+"""Admins' per-user overrides of the rate limits (Synapse's
 ``override_ratelimit``): a bot or a bridge may send faster than people,
-or without limit (``0, 0``), and a noisy account slower.
+or act without any per-user limit (a rate of 0), and a noisy account
+send slower (:class:`ranvier.api.ratelimit.UserLimits` applies them).
 
-The rate limiter asks for a user's override on each message send, so the
+The rate limiter asks for a user's override on each limited action, so the
 answers are cached (:meth:`RateLimitOverrides.rate_override`): a change
 made here clears the user's entry at once; an entry otherwise lives
 :data:`CACHE_SECONDS`, which is how long a change made through another
