@@ -123,6 +123,49 @@ async def test_the_token_uploads_no_keys_having_no_device(env: WithAdmin) -> Non
     assert counts["one_time_key_counts"]["signed_curve25519"] == 1
 
 
+async def test_each_token_has_transaction_ids_of_its_own(env: WithAdmin) -> None:
+    """Two puppet tokens of one user are two clients with no device: one
+    transaction ID sent on each is two events, a retry on one token its
+    own event again, and the user's device has its own as ever; each
+    reads back the transaction ID of its own event alone."""
+    c, alice = env.client, env.alice
+    room_id = await c.create_room(alice)
+    first = await _login_as(env, env.admin, alice.user_id)
+    second = await _login_as(env, env.admin, alice.user_id)
+    path = f"/rooms/{q(room_id)}/send/m.room.message/same"
+
+    async def send(user: TestUser, body: str) -> str:
+        answer = await c.ok(user, "PUT", path, {"msgtype": "m.text", "body": body})
+        return str(answer["event_id"])
+
+    one = await send(first, "one")
+    two = await send(second, "two")
+    assert one != two
+    assert await send(first, "one again") == one
+    assert await send(second, "two again") == two
+    own = await send(alice, "from the device")
+    assert own not in (one, two)
+
+    bodies = [
+        event["content"]["body"]
+        for event in (
+            await c.ok(alice, "GET", f"/rooms/{q(room_id)}/messages", params={"dir": "b"})
+        )["chunk"]
+        if event["type"] == "m.room.message"
+    ]
+    assert sorted(bodies) == ["from the device", "one", "two"]
+    for reader, event_id, shown in (
+        (first, one, "same"),
+        (first, two, None),
+        (second, two, "same"),
+        (second, one, None),
+        (alice, own, "same"),
+        (alice, one, None),
+    ):
+        event = await c.ok(reader, "GET", f"/rooms/{q(room_id)}/event/{q(event_id)}")
+        assert event.get("unsigned", {}).get("transaction_id") == shown, (reader, event_id)
+
+
 async def test_the_token_expires_at_valid_until_ms(env: WithAdmin) -> None:
     now = [_START_MS]
     env.hs.server.accounts.clock_ms = lambda: now[0]

@@ -10,9 +10,12 @@ import pytest
 import trio
 import trio.testing
 
+from ranvier.core.accounts import Requester
 from ranvier.core.client_txns import (
     ClientTransactions,
     PendingTransaction,
+    TxnKey,
+    TxnOwner,
     claim_client_transaction,
 )
 from ranvier.core.creation import EventCreator
@@ -22,6 +25,8 @@ from ranvier.storage import Storage
 
 ALICE = "@alice:example.org"
 ROOM = "!room:example.org"
+DEV = TxnOwner(ALICE, "DEV")
+PHONE = TxnOwner(ALICE, "PHONE")
 
 
 class Sender:
@@ -49,13 +54,40 @@ def txns(storage: Storage) -> ClientTransactions:
 
 async def test_a_retry_answers_with_the_first_event(txns: ClientTransactions) -> None:
     sender = Sender()
-    first = await txns.run(ALICE, "DEV", "/send/t1", ROOM, sender.send)
-    again = await txns.run(ALICE, "DEV", "/send/t1", ROOM, sender.send)
+    first = await txns.run(DEV, "/send/t1", ROOM, sender.send)
+    again = await txns.run(DEV, "/send/t1", ROOM, sender.send)
     assert first == again == "$event1"
     assert sender.sent == 1
     # Another device, or another scope, is another transaction.
-    assert await txns.run(ALICE, "PHONE", "/send/t1", ROOM, sender.send) == "$event2"
-    assert await txns.run(ALICE, "DEV", "/send/t2", ROOM, sender.send) == "$event3"
+    assert await txns.run(PHONE, "/send/t1", ROOM, sender.send) == "$event2"
+    assert await txns.run(DEV, "/send/t2", ROOM, sender.send) == "$event3"
+
+
+async def test_a_token_with_no_device_owns_its_transactions(
+    storage: Storage, txns: ClientTransactions
+) -> None:
+    """Two device-less tokens of one user (puppet tokens, a service naming
+    no device) are two clients: the same scope is two transactions, each
+    retried on its own token alone, and neither is the user's devices'."""
+    sender = Sender()
+    one, other = TxnOwner(ALICE, "", b"\x01" * 32), TxnOwner(ALICE, "", b"\x02" * 32)
+    assert await txns.run(one, "/send/t", ROOM, sender.send) == "$event1"
+    assert await txns.run(other, "/send/t", ROOM, sender.send) == "$event2"
+    assert await txns.run(one, "/send/t", ROOM, sender.send) == "$event1"
+    assert await txns.run(other, "/send/t", ROOM, sender.send) == "$event2"
+    assert await txns.run(DEV, "/send/t", ROOM, sender.send) == "$event3"
+    stored = storage.client_transactions
+    assert await stored.get_client_transaction(ALICE, "", b"\x02" * 32, "/send/t") == "$event2"
+    assert await stored.get_client_transaction(ALICE, "", b"", "/send/t") is None
+
+
+def test_an_owner_is_the_device_or_else_the_token() -> None:
+    with_device = Requester(ALICE, "DEV", False, b"\x01" * 32)
+    puppet = Requester(ALICE, "", False, b"\x02" * 32, puppeted_by="@admin:example.org")
+    service = Requester(ALICE, "", False, b"\x03" * 32, app_service="bridge")
+    assert TxnOwner.of(with_device) == DEV
+    assert TxnOwner.of(puppet) == TxnOwner(ALICE, "", b"\x02" * 32)
+    assert TxnOwner.of(service) == TxnOwner(ALICE, "", b"\x03" * 32)
 
 
 async def test_concurrent_retries_send_once(txns: ClientTransactions) -> None:
@@ -64,7 +96,7 @@ async def test_concurrent_retries_send_once(txns: ClientTransactions) -> None:
     answers: list[str] = []
 
     async def attempt() -> None:
-        answers.append(await txns.run(ALICE, "DEV", "/send/t", ROOM, sender.send))
+        answers.append(await txns.run(DEV, "/send/t", ROOM, sender.send))
 
     async with trio.open_nursery() as nursery:
         for _ in range(5):
@@ -79,9 +111,9 @@ async def test_a_failed_send_records_nothing(txns: ClientTransactions) -> None:
     sender = Sender()
     sender.fail = True
     with pytest.raises(RuntimeError):
-        await txns.run(ALICE, "DEV", "/send/t", ROOM, sender.send)
+        await txns.run(DEV, "/send/t", ROOM, sender.send)
     sender.fail = False
-    assert await txns.run(ALICE, "DEV", "/send/t", ROOM, sender.send) == "$event1"
+    assert await txns.run(DEV, "/send/t", ROOM, sender.send) == "$event1"
 
 
 async def test_a_retry_after_a_restart_is_recognised(tmp_path: Path) -> None:
@@ -92,7 +124,7 @@ async def test_a_retry_after_a_restart_is_recognised(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(storage.run)
             txns = ClientTransactions(storage.client_transactions)
-            answers.append(await txns.run(ALICE, "DEV", "/send/t", ROOM, sender.send))
+            answers.append(await txns.run(DEV, "/send/t", ROOM, sender.send))
             nursery.cancel_scope.cancel()
     assert answers == ["$event1", "$event1"]
     assert sender.sent == 1
@@ -108,7 +140,7 @@ async def test_transactions_are_forgotten_after_a_day(storage: Storage) -> None:
 
     async def send(scope: str, at: int) -> str:
         now[0] = at
-        return await txns.run(ALICE, "DEV", scope, ROOM, sender.send)
+        return await txns.run(DEV, scope, ROOM, sender.send)
 
     assert await send("/send/old", 0) == "$event1"
     assert await send("/send/early", hour + 15 * minute) == "$event2"
@@ -116,14 +148,14 @@ async def test_transactions_are_forgotten_after_a_day(storage: Storage) -> None:
     # A day after the first: its retry is still recognised until the next prune.
     assert await send("/send/old", 25 * hour) == "$event1"
     assert await send("/send/third", 25 * hour) == "$event4"
-    assert await stored.get_client_transaction(ALICE, "DEV", "/send/old") is None
-    assert await stored.get_client_transaction(ALICE, "DEV", "/send/early") == "$event2"
+    assert await stored.get_client_transaction(ALICE, "DEV", b"", "/send/old") is None
+    assert await stored.get_client_transaction(ALICE, "DEV", b"", "/send/early") == "$event2"
     # Within the hour no prune runs again, though "early" is a day old now.
     await send("/send/fourth", 25 * hour + 30 * minute)
-    assert await stored.get_client_transaction(ALICE, "DEV", "/send/early") == "$event2"
+    assert await stored.get_client_transaction(ALICE, "DEV", b"", "/send/early") == "$event2"
     await send("/send/fifth", 26 * hour + 30 * minute)
-    assert await stored.get_client_transaction(ALICE, "DEV", "/send/early") is None
-    assert await stored.get_client_transaction(ALICE, "DEV", "/send/new") == "$event3"
+    assert await stored.get_client_transaction(ALICE, "DEV", b"", "/send/early") is None
+    assert await stored.get_client_transaction(ALICE, "DEV", b"", "/send/new") == "$event3"
 
 
 def _creator(storage: Storage, *, recording: bool) -> EventCreator:
@@ -149,14 +181,14 @@ async def test_a_message_and_its_transaction_share_a_commit_when_they_can(
         return await creator.send_event(ALICE, room_id, "m.room.message", {"body": "hi"})
 
     # The first recording also drops old transactions, in a write of its own.
-    await txns.run(ALICE, "DEV", "/send/t0", room_id, send)
+    await txns.run(DEV, "/send/t0", room_id, send)
     requests = storage.actor.stats.requests
-    event_id = await txns.run(ALICE, "DEV", "/send/t1", room_id, send)
+    event_id = await txns.run(DEV, "/send/t1", room_id, send)
     assert storage.actor.stats.requests == requests + (1 if recording else 2)
-    assert await storage.client_transactions.get_client_transaction(ALICE, "DEV", "/send/t1") == (
-        event_id
-    )
-    assert await txns.run(ALICE, "DEV", "/send/t1", room_id, send) == event_id
+    assert await storage.client_transactions.get_client_transaction(
+        ALICE, "DEV", b"", "/send/t1"
+    ) == (event_id)
+    assert await txns.run(DEV, "/send/t1", room_id, send) == event_id
     assert await storage.get_forward_extremities(room_id) == {event_id}
 
 
@@ -172,9 +204,10 @@ async def test_a_refused_message_records_nothing(
         )
 
     with pytest.raises(AuthError):
-        await txns.run(ALICE, "DEV", "/send/t1", room_id, send)
+        await txns.run(DEV, "/send/t1", room_id, send)
     assert (
-        await storage.client_transactions.get_client_transaction(ALICE, "DEV", "/send/t1") is None
+        await storage.client_transactions.get_client_transaction(ALICE, "DEV", b"", "/send/t1")
+        is None
     )
 
 
@@ -189,14 +222,16 @@ async def test_a_transaction_is_claimed_once_and_only_for_its_room(
         claims.append(claim_client_transaction(ROOM))
         return "$sent"
 
-    assert await txns.run(ALICE, "DEV", "t", ROOM, send) == "$sent"
+    assert await txns.run(DEV, "t", ROOM, send) == "$sent"
     first = claims[1]
     assert claims[0] is None
     assert claims[2] is None
     assert first is not None
-    assert (first.user_id, first.txn_id, first.room_id) == (ALICE, "t", ROOM)
+    assert (first.owner, first.txn_id, first.room_id) == (DEV, "t", ROOM)
     # Claimed and never marked recorded: recorded after the send as before.
-    assert await storage.client_transactions.get_client_transaction(ALICE, "DEV", "t") == "$sent"
+    assert (
+        await storage.client_transactions.get_client_transaction(ALICE, "DEV", b"", "t") == "$sent"
+    )
     assert claim_client_transaction(ROOM) is None
 
 
@@ -208,12 +243,12 @@ class CountingLookups:
         self.lookups: list[int] = []
         self.fail_first = fail_first
 
-    async def get_client_transaction(self, user_id: str, device_id: str, txn_id: str) -> str | None:
+    async def get_client_transaction(
+        self, user_id: str, device_id: str, token_hash: bytes, txn_id: str
+    ) -> str | None:
         raise AssertionError("transactions are looked up together")
 
-    async def get_client_transactions(
-        self, keys: Collection[tuple[str, str, str]]
-    ) -> Mapping[tuple[str, str, str], str]:
+    async def get_client_transactions(self, keys: Collection[TxnKey]) -> Mapping[TxnKey, str]:
         self.lookups.append(len(keys))
         if self.fail_first and len(self.lookups) == 1:
             raise RuntimeError("the database is busy")
@@ -223,6 +258,7 @@ class CountingLookups:
         self,
         user_id: str,
         device_id: str,
+        token_hash: bytes,
         txn_id: str,
         *,
         room_id: str,
@@ -230,7 +266,13 @@ class CountingLookups:
         created_ts: int,
     ) -> str:
         return await self.storage.add_client_transaction(
-            user_id, device_id, txn_id, room_id=room_id, event_id=event_id, created_ts=created_ts
+            user_id,
+            device_id,
+            token_hash,
+            txn_id,
+            room_id=room_id,
+            event_id=event_id,
+            created_ts=created_ts,
         )
 
     async def delete_client_transactions_before(self, created_ts: int) -> int:
@@ -245,7 +287,7 @@ async def _run_at_once(txns: ClientTransactions, count: int) -> dict[str, str | 
             return f"$sent{n}"
 
         try:
-            answers[f"t{n}"] = await txns.run(ALICE, "DEV", f"t{n}", ROOM, send)
+            answers[f"t{n}"] = await txns.run(DEV, f"t{n}", ROOM, send)
         except RuntimeError as error:
             answers[f"t{n}"] = error
 

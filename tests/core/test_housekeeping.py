@@ -28,7 +28,7 @@ def _received(conn: sqlite3.Connection, txn_id: str, received_ts: int) -> None:
 
 def _client_txn(conn: sqlite3.Connection, txn_id: str, created_ts: int) -> None:
     conn.execute(
-        "INSERT INTO client_transactions VALUES (?, '', ?, '!r:example.org', '$e', ?)",
+        "INSERT INTO client_transactions VALUES (?, '', x'01', ?, '!r:example.org', '$e', ?)",
         (ALICE, txn_id, created_ts),
     )
 

@@ -165,6 +165,7 @@ SAMPLES: dict[str, Any] = {
     "client_transactions.insert_client_transaction": {
         "user_id": "@u:x",
         "device_id": "D",
+        "token_hash": b"\x07" * 32,
         "txn_id": "t",
         "room_id": "!r:x",
         "event_id": "$e",

@@ -106,6 +106,8 @@ OUTCOMES: dict[str, str] = {
     "aliases.insert_alias": "same",
     "aliases.delete_alias": "same database",
     "client_transactions.insert_client_transaction": "same",
+    # A device-less token's: keyed by the token, found again by it.
+    "client_transactions.insert_client_transaction[token]": "same",
     "client_transactions.delete_client_transactions_before": "same database",
     "client_transactions.persist_events_recording": "same",
     "sync_reads.store_filter": "extra row: user_filters",
@@ -161,7 +163,7 @@ async def _persist_recording(storage: Storage, room: RoomBuilder) -> WriteOperat
     return _call(
         client_transactions._persist_events_recording,
         events=(event_to_persist(message, context),),
-        transactions=((BOB, "D", "t", room.room_id, message.event_id, 5),),
+        transactions=((BOB, "D", b"", "t", room.room_id, message.event_id, 5),),
     )
 
 
@@ -302,7 +304,7 @@ async def _delete_alias(storage: Storage, room: RoomBuilder) -> WriteOperation[A
 
 async def _delete_transactions(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
     await storage.client_transactions.add_client_transaction(
-        ALICE, "D", "t", room_id=room.room_id, event_id=room.last, created_ts=1
+        ALICE, "D", b"", "t", room_id=room.room_id, event_id=room.last, created_ts=1
     )
     return _call(client_transactions._delete_client_transactions_before, created_ts=5)
 
@@ -543,6 +545,19 @@ PREPARE: dict[str, Prepare] = {
             client_transactions._insert_client_transaction,
             user_id=ALICE,
             device_id="D",
+            token_hash=b"",
+            txn_id="t",
+            room_id="!r:x",
+            event_id="$e",
+            created_ts=5,
+        )
+    ),
+    "client_transactions.insert_client_transaction[token]": _plain(
+        _call(
+            client_transactions._insert_client_transaction,
+            user_id=ALICE,
+            device_id="",
+            token_hash=_TOKEN,
             txn_id="t",
             room_id="!r:x",
             event_id="$e",

@@ -36,8 +36,8 @@ def _seed(conn: sqlite3.Connection) -> None:
         ("", "new", NEW),
     ):
         run(
-            "INSERT INTO client_transactions VALUES (?, ?, ?, '!r:example.org', ?, ?)",
-            (ALICE, device, txn, f"${device}{txn}", ts),
+            "INSERT INTO client_transactions VALUES (?, ?, ?, ?, '!r:example.org', ?, ?)",
+            (ALICE, device, b"" if device else b"\x01", txn, f"${device}{txn}", ts),
         )
         run("INSERT INTO to_device_transactions VALUES (?, ?, ?, ?)", (ALICE, device, txn, ts))
     for device in ("LIVE", "GONE"):

@@ -109,7 +109,7 @@ async def _room_rows(storage: Storage, room: RoomBuilder, number: int) -> None:
             (BOB, room_id, b'{"tags": {"u.work": {}}}'),
         )
         run(
-            "INSERT INTO client_transactions VALUES (?, 'DEV', ?, ?, ?, 5)",
+            "INSERT INTO client_transactions VALUES (?, 'DEV', x'', ?, ?, ?, 5)",
             (BOB, f"txn{number}", room_id, event_id),
         )
         run(

@@ -114,6 +114,8 @@ TABLES_ADDED = {
     58: set(),
     59: {"pdu_outbox"},
     60: {"puppet_tokens"},
+    # client_transactions, rebuilt with a column more.
+    61: set(),
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -179,7 +181,10 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
             "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts)"
             " VALUES (x'00', '@a:x', 'DEV', 5)"
         )
-        run("INSERT INTO client_transactions VALUES ('@a:x', 'DEV', 't1', '!r:x', '$e', 5)")
+        run(
+            "INSERT INTO client_transactions (user_id, device_id, txn_id, room_id, event_id,"
+            " created_ts) VALUES ('@a:x', 'DEV', 't1', '!r:x', '$e', 5)"
+        )
         run(
             "INSERT INTO room_aliases (alias, room_id, creator, created_ts)"
             " VALUES ('#a:x', '!r:x', '@a:x', 5)"
@@ -665,6 +670,35 @@ def test_version_53_records_what_the_state_events_stored_replaced(
         ("$leave", "$join"),
         ("$rename", None),
     ]
+
+
+def test_version_61_keys_client_transactions_by_token_too(raw: sqlite3.Connection) -> None:
+    migrate(raw, target=60)
+    for device, txn in (("DEV", "t1"), ("DEV", "t2"), ("", "t1")):
+        raw.execute(
+            "INSERT INTO client_transactions VALUES ('@a:x', ?, ?, '!r:x', ?, 5)",
+            (device, txn, f"${device}{txn}"),
+        )
+    migrate(raw, target=61)
+    # A device's rows are kept, with no token; a device-less request's row
+    # cannot be given its token and is dropped.
+    assert raw.execute(
+        "SELECT user_id, device_id, token_hash, txn_id, room_id, event_id, created_ts"
+        " FROM client_transactions ORDER BY txn_id"
+    ).fetchall() == [
+        ("@a:x", "DEV", b"", "t1", "!r:x", "$DEVt1", 5),
+        ("@a:x", "DEV", b"", "t2", "!r:x", "$DEVt2", 5),
+    ]
+    # Two tokens of the user may use one transaction ID; one token may not twice.
+    insert = "INSERT INTO client_transactions VALUES ('@a:x', '', ?, 't1', '!r:x', ?, 6)"
+    raw.execute(insert, (b"\x01", "$one"))
+    raw.execute(insert, (b"\x02", "$two"))
+    with pytest.raises(sqlite3.IntegrityError):
+        raw.execute(insert, (b"\x01", "$again"))
+    assert raw.execute(
+        "SELECT name FROM sqlite_master WHERE tbl_name = 'client_transactions' AND type = 'index'"
+        " AND sql IS NOT NULL"
+    ).fetchall() == [("idx_client_transactions_created_ts",)]
 
 
 def test_tables_and_indexes_keep_the_statements_of_their_first_release(

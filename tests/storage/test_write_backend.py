@@ -40,7 +40,7 @@ async def test_every_storage_class_writes_through_the_backend_given(tmp_path: Pa
         await storage.store_room("!r:x", "10")
         assert await storage.aliases.create_alias("#a:x", "!r:x", "@u:x", 1)
         await storage.client_transactions.add_client_transaction(
-            "@u:x", "D", "t", room_id="!r:x", event_id="$e", created_ts=1
+            "@u:x", "D", b"", "t", room_id="!r:x", event_id="$e", created_ts=1
         )
         assert await storage.sync.store_filter("@u:x", b"{}") == 0
         nursery.cancel_scope.cancel()

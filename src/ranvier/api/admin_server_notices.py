@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from ranvier.api.admin_common import ADMIN_V1, body_object, require_admin
 from ranvier.api.auth import Auth
-from ranvier.core.client_txns import ClientTransactions
+from ranvier.core.client_txns import ClientTransactions, TxnOwner
 from ranvier.core.server_notices import ServerNotices
 from ranvier.errors import MatrixError
 from ranvier.web import Request, Router
@@ -92,8 +92,7 @@ def add_admin_server_notice_routes(
         sending = enabled()
         scope = f"{SEND_SERVER_NOTICE_PATH}/{request.path_params['txn_id']}"
         event_id = await transactions.run(
-            requester.user_id,
-            requester.device_id,
+            TxnOwner.of(requester),
             scope,
             # The room is not known before the notice is sent: the
             # transaction is recorded once it is, in a write of its own.

@@ -44,7 +44,7 @@ from typing import Any, Final, Literal, NamedTuple, Protocol, get_args
 from ranvier.api.appservices import massaged_timestamp
 from ranvier.api.ratelimit import Category, UserLimits
 from ranvier.core.accounts import Requester
-from ranvier.core.client_txns import ClientTransactions
+from ranvier.core.client_txns import ClientTransactions, TxnOwner
 from ranvier.core.creation import EventCreator, Preset, member_event_content
 from ranvier.core.directory import RoomDirectory
 from ranvier.core.interfaces import Leaves
@@ -497,9 +497,7 @@ class _Rooms:
             await self._shadow_bans.pause()
             return faked
 
-        event_id = await self._transactions.run(
-            requester.user_id, requester.device_id, scope, room_id, send
-        )
+        event_id = await self._transactions.run(TxnOwner.of(requester), scope, room_id, send)
         return {"event_id": event_id}
 
     async def put_state(self, request: Request) -> Mapping[str, Any]:
@@ -589,9 +587,7 @@ class _Rooms:
             await self._shadow_bans.pause()
             return faked
 
-        event_id = await self._transactions.run(
-            requester.user_id, requester.device_id, scope, room_id, send
-        )
+        event_id = await self._transactions.run(TxnOwner.of(requester), scope, room_id, send)
         return {"event_id": event_id}
 
     # --- Reading --------------------------------------------------------------------
@@ -627,7 +623,7 @@ class _Rooms:
             requester.user_id,
             _room_id(request),
             request.path_params["event_id"],
-            device_id=requester.device_id,
+            sent_by=TxnOwner.of(requester),
         )
 
     async def get_members(self, request: Request) -> Mapping[str, Any]:

@@ -36,6 +36,7 @@ from ranvier.storage.records import StoredEvent
 
 from .accounts import Requester
 from .client_events import client_event
+from .client_txns import TxnOwner
 from .erasure import erasure_applied
 from .filters import RoomEventFilter
 from .pagination import (
@@ -284,9 +285,9 @@ class BundlingRoomReader(RoomReader):
         self._bundler = aggregations
 
     async def event(
-        self, user_id: str, room_id: str, event_id: str, *, device_id: str | None = None
+        self, user_id: str, room_id: str, event_id: str, *, sent_by: TxnOwner | None = None
     ) -> dict[str, Any]:
-        answer = await super().event(user_id, room_id, event_id, device_id=device_id)
+        answer = await super().event(user_id, room_id, event_id, sent_by=sent_by)
         await self._bundler.add_bundles_as_read(user_id, room_id, [answer])
         return answer
 

@@ -3,9 +3,14 @@
 A client sends ``PUT .../send/{eventType}/{txnId}`` (or ``/redact``) and may
 not hear the answer; it then sends the same request again. The spec scopes
 a transaction ID to the device that used it and the HTTP path it was used
-on, so the key is ``(user, device, scope)`` where the scope is the request
-path (which ends in the transaction ID). The first event sent for a key is
-recorded in storage, where it outlives a restart of the server.
+on, so the key is ``(owner, scope)`` where the scope is the request path
+(which ends in the transaction ID) and the owner (:class:`TxnOwner`) the
+user's device. A token with no device (an admin's puppet token, an
+application service acting as a user without naming a device) owns its
+transactions by itself, as Synapse scopes them by access token: two such
+tokens of one user are two clients, which must not be answered each
+other's events. The first event sent for a key is recorded in storage,
+where it outlives a restart of the server.
 
 Invariants
 ----------
@@ -37,11 +42,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
 from .builder import Clock, wall_clock_ms
+
+if TYPE_CHECKING:
+    from .accounts import Requester
 
 __all__ = [
     "DEFAULT_KEEP_MS",
@@ -49,8 +57,43 @@ __all__ = [
     "ClientTransactionStore",
     "ClientTransactions",
     "PendingTransaction",
+    "TxnKey",
+    "TxnOwner",
+    "TxnRow",
     "claim_client_transaction",
 ]
+
+#: ``(user_id, device_id, token_hash, scope)``: see :class:`TxnOwner`.
+TxnKey = tuple[str, str, bytes, str]
+
+#: A transaction's row: its key, then ``(room_id, event_id, created_ts)``.
+TxnRow = tuple[str, str, bytes, str, str, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class TxnOwner:
+    """Whose transaction IDs: a user's device, or a token with no device.
+
+    ``token_hash`` is the SHA-256 of the access token when ``device_id`` is
+    empty, and empty beside a device: a device's transactions are its own
+    across its tokens (a refreshed token carries on its transactions, as
+    the spec says), a device-less token's are the token's.
+    """
+
+    user_id: str
+    device_id: str
+    token_hash: bytes = b""
+
+    @classmethod
+    def of(cls, requester: Requester) -> TxnOwner:
+        """The owner of the transactions ``requester`` sends."""
+        if requester.device_id:
+            return cls(requester.user_id, requester.device_id)
+        return cls(requester.user_id, "", requester.token_hash)
+
+    def key(self, scope: str) -> TxnKey:
+        """The transaction's key in storage: ``(user, device, token, scope)``."""
+        return (self.user_id, self.device_id, self.token_hash, scope)
 
 
 class ClientTransactionStore(Protocol):
@@ -59,17 +102,16 @@ class ClientTransactionStore(Protocol):
     """
 
     async def get_client_transaction(
-        self, user_id: str, device_id: str, txn_id: str
+        self, user_id: str, device_id: str, token_hash: bytes, txn_id: str
     ) -> str | None: ...
 
-    async def get_client_transactions(
-        self, keys: Collection[tuple[str, str, str]]
-    ) -> Mapping[tuple[str, str, str], str]: ...
+    async def get_client_transactions(self, keys: Collection[TxnKey]) -> Mapping[TxnKey, str]: ...
 
     async def add_client_transaction(
         self,
         user_id: str,
         device_id: str,
+        token_hash: bytes,
         txn_id: str,
         *,
         room_id: str,
@@ -91,8 +133,7 @@ class PendingTransaction:
     writer records with the event, and what it recorded.
     """
 
-    user_id: str
-    device_id: str
+    owner: TxnOwner
     txn_id: str
     room_id: str
     created_ts: int
@@ -101,11 +142,12 @@ class PendingTransaction:
     #: earlier one if the transaction had one); None until then.
     recorded: str | None = None
 
-    def row(self, event_id: str) -> tuple[str, str, str, str, str, int]:
+    def row(self, event_id: str) -> TxnRow:
         """The transaction's row in storage, for ``event_id``."""
         return (
-            self.user_id,
-            self.device_id,
+            self.owner.user_id,
+            self.owner.device_id,
+            self.owner.token_hash,
             self.txn_id,
             self.room_id,
             event_id,
@@ -136,9 +178,9 @@ class _KeyedLocks:
     """A lock per key, dropped once nobody holds or waits for it."""
 
     def __init__(self) -> None:
-        self._locks: dict[tuple[str, str, str], tuple[trio.Lock, int]] = {}
+        self._locks: dict[TxnKey, tuple[trio.Lock, int]] = {}
 
-    async def run(self, key: tuple[str, str, str], call: Callable[[], Awaitable[str]]) -> str:
+    async def run(self, key: TxnKey, call: Callable[[], Awaitable[str]]) -> str:
         lock, users = self._locks.get(key, (trio.Lock(), 0))
         self._locks[key] = (lock, users + 1)
         try:
@@ -157,10 +199,10 @@ class _Read:
 
     __slots__ = ("done", "failed", "found", "keys")
 
-    def __init__(self, key: tuple[str, str, str]) -> None:
-        self.keys: dict[tuple[str, str, str], None] = {key: None}
+    def __init__(self, key: TxnKey) -> None:
+        self.keys: dict[TxnKey, None] = {key: None}
         self.done = trio.Event()
-        self.found: Mapping[tuple[str, str, str], str] = {}
+        self.found: Mapping[TxnKey, str] = {}
         self.failed = False
 
 
@@ -177,7 +219,7 @@ class _Lookups:
         self._store = store
         self._gathering: _Read | None = None
 
-    async def get(self, key: tuple[str, str, str]) -> str | None:
+    async def get(self, key: TxnKey) -> str | None:
         while True:
             read = self._gathering
             if read is None:
@@ -187,7 +229,7 @@ class _Lookups:
             if not read.failed:
                 return read.found.get(key)
 
-    async def _lead(self, key: tuple[str, str, str]) -> str | None:
+    async def _lead(self, key: TxnKey) -> str | None:
         read = self._gathering = _Read(key)
         try:
             await trio.lowlevel.checkpoint()
@@ -224,20 +266,20 @@ class ClientTransactions:
 
     async def run(
         self,
-        user_id: str,
-        device_id: str,
+        owner: TxnOwner,
         scope: str,
         room_id: str,
         send: Callable[[], Awaitable[str]],
     ) -> str:
-        """The event ID ``send`` returned for this transaction, calling it
-        only if the transaction has none yet.
+        """The event ID ``send`` returned for ``owner``'s transaction
+        ``scope``, calling it only if the transaction has none yet.
         """
+        key = owner.key(scope)
 
         async def once() -> str:
-            recorded = await self._lookups.get((user_id, device_id, scope))
+            recorded = await self._lookups.get(key)
             if recorded is None:
-                pending = PendingTransaction(user_id, device_id, scope, room_id, self._clock())
+                pending = PendingTransaction(owner, scope, room_id, self._clock())
                 token = _pending.set(pending)
                 try:
                     event_id = await send()
@@ -249,9 +291,7 @@ class ClientTransactions:
                 # Sent is sent: the record must follow even if the client gave up.
                 with trio.CancelScope(shield=True):
                     recorded = await self._store.add_client_transaction(
-                        user_id,
-                        device_id,
-                        scope,
+                        *key,
                         room_id=room_id,
                         event_id=event_id,
                         created_ts=self._clock(),
@@ -260,7 +300,7 @@ class ClientTransactions:
                 await self._prune()
             return recorded
 
-        return await self._locks.run((user_id, device_id, scope), once)
+        return await self._locks.run(key, once)
 
     async def _prune(self) -> None:
         now = self._clock()

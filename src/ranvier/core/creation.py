@@ -82,7 +82,7 @@ from ranvier.storage.records import EventToPersist
 from .activity import ActivityListener
 from .builder import Clock, build_event, wall_clock_ms
 from .client_events import event_content
-from .client_txns import PendingTransaction, claim_client_transaction
+from .client_txns import PendingTransaction, TxnRow, claim_client_transaction
 from .context import (
     EventContext,
     compute_current_state_after,
@@ -229,7 +229,7 @@ class TransactionRecordingPersister(Protocol):
     async def persist_events_recording_transactions(
         self,
         events: Sequence[EventToPersist],
-        transactions: Sequence[tuple[str, str, str, str, str, int]],
+        transactions: Sequence[TxnRow],
     ) -> tuple[Mapping[str, int], Sequence[str]]:
         """Write ``events``, naming no current state, and record
         ``transactions`` (rows as :meth:`PendingTransaction.row` makes
@@ -724,6 +724,10 @@ class EventCreator:
         # are parsed once per hold. The lock keeps every other writer out,
         # and messages, all that is written meanwhile, are no one's auth
         # events, so what the loader holds stays true until the lock goes.
+        # A redaction among them can change how the checks read an auth
+        # event, never in what a message's checks read: redacted power
+        # levels keep the levels of events and users, a member event its
+        # membership.
         loader = EventLoader(self._reads, rv)
         taken: list[_QueuedMessage] = []
         flights: list[_Flight] = []

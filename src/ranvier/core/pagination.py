@@ -31,6 +31,7 @@ from typing import Any, Final, Literal, Protocol
 
 from ranvier.core.accounts import Requester
 from ranvier.core.client_events import client_event, event_content
+from ranvier.core.client_txns import TxnOwner
 from ranvier.core.erasure import ErasedForms, erasure_applied
 from ranvier.core.filters import RoomEventFilter
 from ranvier.core.notifier import StreamPosition
@@ -192,10 +193,10 @@ class MessagesStore(ReplacedStateSource, ErasedForms, Protocol):
         ...
 
     async def transaction_ids(
-        self, user_id: str, device_id: str, event_ids: Collection[str]
+        self, user_id: str, device_id: str, token_hash: bytes, event_ids: Collection[str]
     ) -> dict[str, str]:
-        """The transaction scopes the device sent those of ``event_ids``
-        under (see :mod:`ranvier.core.client_txns`).
+        """The transaction scopes the device (or device-less token) sent
+        those of ``event_ids`` under (see :mod:`ranvier.core.client_txns`).
         """
         ...
 
@@ -472,7 +473,7 @@ class TransactionScopes(Protocol):
     :class:`MessagesStore` a single event's read needs)."""
 
     async def transaction_ids(
-        self, user_id: str, device_id: str, event_ids: Collection[str]
+        self, user_id: str, device_id: str, token_hash: bytes, event_ids: Collection[str]
     ) -> dict[str, str]: ...
 
 
@@ -480,19 +481,20 @@ async def transaction_ids(
     store: MessagesStore, requester: Requester, events: Sequence[StoredEvent]
 ) -> dict[str, str]:
     """The transaction IDs of the events ``requester``'s device sent, by
-    event ID: the spec hands them back to that device alone, in ``unsigned``.
+    event ID: the spec hands them back to that device alone, in ``unsigned``
+    (to that token alone, for a token with no device).
     """
-    return await device_transaction_ids(store, requester.user_id, requester.device_id, events)
+    return await device_transaction_ids(store, TxnOwner.of(requester), events)
 
 
 async def device_transaction_ids(
-    store: TransactionScopes, user_id: str, device_id: str, events: Sequence[StoredEvent]
+    store: TransactionScopes, owner: TxnOwner, events: Sequence[StoredEvent]
 ) -> dict[str, str]:
-    """:func:`transaction_ids` of a device named by user and device ID."""
-    own = {event.event_id: event for event in events if event.sender == user_id}
+    """:func:`transaction_ids` of the events ``owner`` sent."""
+    own = {event.event_id: event for event in events if event.sender == owner.user_id}
     if not own:
         return {}
-    scopes = await store.transaction_ids(user_id, device_id, own)
+    scopes = await store.transaction_ids(owner.user_id, owner.device_id, owner.token_hash, own)
     found = {}
     for event_id, scope in scopes.items():
         txn_id = _transaction_id(scope, own[event_id])

@@ -46,6 +46,7 @@ from ranvier.storage.records import StateKey, StoredEvent
 
 from .builder import Clock, wall_clock_ms
 from .client_events import client_event, event_content
+from .client_txns import TxnOwner
 from .erasure import ErasedForms, erasure_applied
 from .interfaces import StateReader
 from .pagination import TransactionScopes, device_transaction_ids, event_allowed
@@ -273,10 +274,11 @@ class RoomReader:
     # --- Events -------------------------------------------------------------------
 
     async def event(
-        self, user_id: str, room_id: str, event_id: str, *, device_id: str | None = None
+        self, user_id: str, room_id: str, event_id: str, *, sent_by: TxnOwner | None = None
     ) -> dict[str, Any]:
-        """``GET /rooms/{roomId}/event/{eventId}``; an event ``device_id``
-        sent carries its transaction ID in ``unsigned``."""
+        """``GET /rooms/{roomId}/event/{eventId}``; an event ``sent_by``
+        (the reader's device or device-less token) sent carries its
+        transaction ID in ``unsigned``."""
         current = await self._current_member_event(user_id, room_id)
         membership = None if current is None else _membership_of(current)
         if membership in ("leave", "ban") and await self._has_forgotten(user_id, room_id):
@@ -302,8 +304,8 @@ class RoomReader:
             [event] = await erasure_applied(self._erasure, [event], {event_id: then})
         unsigned = await self._replaced(event)
         unsigned["membership"] = then
-        if device_id is not None and self._transactions is not None:
-            found = await device_transaction_ids(self._transactions, user_id, device_id, [event])
+        if sent_by is not None and self._transactions is not None:
+            found = await device_transaction_ids(self._transactions, sent_by, [event])
             if event_id in found:
                 unsigned["transaction_id"] = found[event_id]
         return client_event(event, now_ms=self._clock(), unsigned=unsigned)

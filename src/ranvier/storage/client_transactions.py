@@ -2,9 +2,10 @@
 
 A client retries a request whose answer it did not get under the same
 transaction ID; the retry must answer with the first event rather than
-send a second. The row is keyed by user, device and the transaction's
-scope (see :mod:`ranvier.core.client_txns`), and kept on disk so that a
-retry across a restart of the server is recognised too.
+send a second. The row is keyed by user, device, the access token of a
+request made with no device (empty beside a device) and the
+transaction's scope (see :mod:`ranvier.core.client_txns`), and kept on
+disk so that a retry across a restart of the server is recognised too.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from .records import EventToPersist
 from .write_backend import WriteBackend, registered_write
 from .writes import PersistEvents
 
-__all__ = ["ClientTransactionStorage", "TransactionRow"]
+__all__ = ["ClientTransactionStorage", "TransactionKey", "TransactionRow"]
 
-#: Keys looked up per query: three parameters each, well under SQLite's limit.
-_KEYS_PER_QUERY: Final = 300
+#: Keys looked up per query: four parameters each, well under SQLite's limit.
+_KEYS_PER_QUERY: Final = 200
 
-#: ``(user_id, device_id, txn_id, room_id, event_id, created_ts)``
-TransactionRow = tuple[str, str, str, str, str, int]
+#: ``(user_id, device_id, token_hash, txn_id)``
+TransactionKey = tuple[str, str, bytes, str]
+
+#: ``(user_id, device_id, token_hash, txn_id, room_id, event_id, created_ts)``
+TransactionRow = tuple[str, str, bytes, str, str, str, int]
 
 
 class ClientTransactionStorage:
@@ -36,41 +40,41 @@ class ClientTransactionStorage:
         self._actor = actor
         self._readers = readers
 
-    async def get_client_transaction(self, user_id: str, device_id: str, txn_id: str) -> str | None:
+    async def get_client_transaction(
+        self, user_id: str, device_id: str, token_hash: bytes, txn_id: str
+    ) -> str | None:
         """The event ID recorded for the transaction; None when there is none."""
 
         def select(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
                 "SELECT event_id FROM client_transactions"
-                " WHERE user_id = ? AND device_id = ? AND txn_id = ?",
-                (user_id, device_id, txn_id),
+                " WHERE user_id = ? AND device_id = ? AND token_hash = ? AND txn_id = ?",
+                (user_id, device_id, token_hash, txn_id),
             ).fetchone()
             return None if row is None else str(row[0])
 
         return await self._readers.read(select)
 
     async def get_client_transactions(
-        self, keys: Collection[tuple[str, str, str]]
-    ) -> dict[tuple[str, str, str], str]:
-        """The event IDs recorded for those of ``keys`` (``(user_id,
-        device_id, txn_id)``) that have one, in one read.
-        """
+        self, keys: Collection[TransactionKey]
+    ) -> dict[TransactionKey, str]:
+        """The event IDs recorded for those of ``keys`` that have one, in one read."""
         wanted = list(dict.fromkeys(keys))
 
-        def select(conn: sqlite3.Connection) -> dict[tuple[str, str, str], str]:
-            found: dict[tuple[str, str, str], str] = {}
+        def select(conn: sqlite3.Connection) -> dict[TransactionKey, str]:
+            found: dict[TransactionKey, str] = {}
             for start in range(0, len(wanted), _KEYS_PER_QUERY):
                 chunk = wanted[start : start + _KEYS_PER_QUERY]
                 rows = conn.execute(
-                    "WITH wanted(user_id, device_id, txn_id) AS (VALUES "
-                    + ", ".join(["(?, ?, ?)"] * len(chunk))
-                    + ") SELECT t.user_id, t.device_id, t.txn_id, t.event_id"
+                    "WITH wanted(user_id, device_id, token_hash, txn_id) AS (VALUES "
+                    + ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+                    + ") SELECT t.user_id, t.device_id, t.token_hash, t.txn_id, t.event_id"
                     " FROM wanted JOIN client_transactions AS t"
-                    " USING (user_id, device_id, txn_id)",
+                    " USING (user_id, device_id, token_hash, txn_id)",
                     [part for key in chunk for part in key],
                 )
-                for user_id, device_id, txn_id, event_id in rows:
-                    found[(user_id, device_id, txn_id)] = event_id
+                for user_id, device_id, token_hash, txn_id, event_id in rows:
+                    found[(user_id, device_id, bytes(token_hash), txn_id)] = event_id
             return found
 
         if not wanted:
@@ -81,6 +85,7 @@ class ClientTransactionStorage:
         self,
         user_id: str,
         device_id: str,
+        token_hash: bytes,
         txn_id: str,
         *,
         room_id: str,
@@ -95,6 +100,7 @@ class ClientTransactionStorage:
                 _insert_client_transaction,
                 user_id=user_id,
                 device_id=device_id,
+                token_hash=token_hash,
                 txn_id=txn_id,
                 room_id=room_id,
                 event_id=event_id,
@@ -124,11 +130,12 @@ class ClientTransactionStorage:
             )
         orderings = await self._actor.submit(PersistEvents(tuple(events)))
         recorded = []
-        for user_id, device_id, txn_id, room_id, event_id, created_ts in transactions:
+        for user_id, device_id, token_hash, txn_id, room_id, event_id, created_ts in transactions:
             recorded.append(
                 await self.add_client_transaction(
                     user_id,
                     device_id,
+                    token_hash,
                     txn_id,
                     room_id=room_id,
                     event_id=event_id,
@@ -150,6 +157,7 @@ def _insert_client_transaction(
     *,
     user_id: str,
     device_id: str,
+    token_hash: bytes,
     txn_id: str,
     room_id: str,
     event_id: str,
@@ -157,14 +165,14 @@ def _insert_client_transaction(
 ) -> str:
     conn.execute(
         "INSERT OR IGNORE INTO client_transactions"
-        " (user_id, device_id, txn_id, room_id, event_id, created_ts)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (user_id, device_id, txn_id, room_id, event_id, created_ts),
+        " (user_id, device_id, token_hash, txn_id, room_id, event_id, created_ts)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (user_id, device_id, token_hash, txn_id, room_id, event_id, created_ts),
     )
     (recorded,) = conn.execute(
         "SELECT event_id FROM client_transactions"
-        " WHERE user_id = ? AND device_id = ? AND txn_id = ?",
-        (user_id, device_id, txn_id),
+        " WHERE user_id = ? AND device_id = ? AND token_hash = ? AND txn_id = ?",
+        (user_id, device_id, token_hash, txn_id),
     ).fetchone()
     return str(recorded)
 
@@ -192,11 +200,12 @@ def _persist_events_recording(
             conn,
             user_id=user_id,
             device_id=device_id,
+            token_hash=token_hash,
             txn_id=txn_id,
             room_id=room_id,
             event_id=event_id,
             created_ts=created_ts,
         )
-        for user_id, device_id, txn_id, room_id, event_id, created_ts in transactions
+        for user_id, device_id, token_hash, txn_id, room_id, event_id, created_ts in transactions
     ]
     return orderings, recorded

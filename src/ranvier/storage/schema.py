@@ -1341,6 +1341,31 @@ def _puppet_tokens(conn: sqlite3.Connection) -> None:
     run("CREATE INDEX puppet_tokens_admin ON puppet_tokens (admin_id)")
 
 
+def _client_transaction_tokens(conn: sqlite3.Connection) -> None:
+    """Client transactions keyed by the access token too
+    (:mod:`ranvier.core.client_txns`): those of a request made with no
+    device (a puppet token, an application service naming none) are its
+    token's; the column is empty beside a device. The rows of device-less
+    requests kept so far cannot be told apart by token and are dropped:
+    all that is lost is the recognition of a retry of one of those sends.
+    """
+    run = conn.execute
+    run(
+        "CREATE TABLE client_transactions_by_token (user_id TEXT NOT NULL,"
+        " device_id TEXT NOT NULL, token_hash BLOB NOT NULL DEFAULT x'', txn_id TEXT NOT NULL,"
+        " room_id TEXT NOT NULL, event_id TEXT NOT NULL, created_ts INTEGER NOT NULL,"
+        " PRIMARY KEY (user_id, device_id, token_hash, txn_id)) STRICT"
+    )
+    run(
+        "INSERT INTO client_transactions_by_token"
+        " SELECT user_id, device_id, x'', txn_id, room_id, event_id, created_ts"
+        " FROM client_transactions WHERE device_id != ''"
+    )
+    run("DROP TABLE client_transactions")
+    run("ALTER TABLE client_transactions_by_token RENAME TO client_transactions")
+    _index(conn, "client_transactions", ["created_ts"])
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1403,6 +1428,7 @@ MIGRATIONS: Sequence[Migration] = (
     _remote_device_names,
     _pdu_outbox,
     _puppet_tokens,
+    _client_transaction_tokens,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -399,9 +399,14 @@ def room_summary(
 
 
 def transaction_ids(
-    conn: sqlite3.Connection, user_id: str, device_id: str, event_ids: Collection[str]
+    conn: sqlite3.Connection,
+    user_id: str,
+    device_id: str,
+    token_hash: bytes,
+    event_ids: Collection[str],
 ) -> dict[str, str]:
-    """The transaction IDs a device sent events under, for those of
+    """The transaction IDs a device (or a token with no device: see
+    :mod:`ranvier.core.client_txns`) sent events under, for those of
     ``event_ids`` it sent (within the time transactions are kept). The
     primary key's prefix narrows the read to the device's own.
     """
@@ -409,8 +414,9 @@ def transaction_ids(
     return {
         event_id: txn_id
         for txn_id, event_id in conn.execute(
-            "SELECT txn_id, event_id FROM client_transactions WHERE user_id = ? AND device_id = ?",
-            (user_id, device_id),
+            "SELECT txn_id, event_id FROM client_transactions"
+            " WHERE user_id = ? AND device_id = ? AND token_hash = ?",
+            (user_id, device_id, token_hash),
         )
         if event_id in wanted
     }
@@ -582,11 +588,17 @@ class SyncReads:
         )
 
     async def transaction_ids(
-        self, user_id: str, device_id: str, event_ids: Collection[str]
+        self, user_id: str, device_id: str, token_hash: bytes, event_ids: Collection[str]
     ) -> dict[str, str]:
         ids = frozenset(event_ids)
         return await self._readers.read(
-            functools.partial(transaction_ids, user_id=user_id, device_id=device_id, event_ids=ids)
+            functools.partial(
+                transaction_ids,
+                user_id=user_id,
+                device_id=device_id,
+                token_hash=token_hash,
+                event_ids=ids,
+            )
         )
 
     async def store_filter(self, user_id: str, filter_json: bytes) -> int:
