@@ -4,6 +4,8 @@ the event's ``origin_server_ts``; anyone else's changes nothing. The event
 still goes at the tip of the room, so ``/messages`` and ``/notifications``
 keep the order events were sent in, while ``/timestamp_to_event`` finds it
 by the time the service gave, on this server and on another in the room.
+A join or leave this server makes from another server's template (a room
+it is not in) is dated now, as Synapse dates it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from _client import Client, q
 from _federation import eventually
 
 from ranvier.protocol.canonical import CANONICAL_INT_MAX
-from ranvier.testing.homeserver import TestUser
+from ranvier.testing.homeserver import TestHomeserver, TestUser
 
 #: 3 January 2022, midnight UTC: a bridged network's history, long before
 #: any room of the test exists.
@@ -352,3 +354,70 @@ async def test_an_imported_message_is_found_from_another_server(tmp_path: Path) 
         await eventually(in_bs_timeline, "the imported message in B's timeline")
         event = await cb.ok(charlie, "GET", f"/rooms/{q(room_id)}/event/{q(imported['event_id'])}")
         assert (event["sender"], event["origin_server_ts"]) == (ghost, IMPORTED)
+
+
+async def test_joins_and_leaves_made_through_another_server_are_dated_now(
+    tmp_path: Path,
+) -> None:
+    """The rejection through /state of an invite from another server, and
+    a join through /state of a room this server is not in, are made from
+    that server's make_leave and make_join templates and dated by this
+    server's clock whatever ``ts`` the service gave, as Synapse dates them
+    (it hands the service's time to the events it makes in a room it is
+    in, not to those); once this server is in the room, a join and a leave
+    made here take the service's time again."""
+    async with open_with_service_and_peer(tmp_path) as (env, b, cb):
+        a = env.hs
+        charlie = await b.register_user("charlie")
+        # Of a version whose room IDs name the server: /state takes no
+        # servers to join through.
+        room_id = await cb.create_room(charlie, preset="public_chat", room_version="11")
+        ghost, latecomer, invitee = [
+            await env.register(f"_br_{name}") for name in ("ghost", "latecomer", "invitee")
+        ]
+
+        async def member(user_id: str, membership: str) -> str:
+            answer = await env.client.ok(
+                None,
+                "PUT",
+                f"/rooms/{q(room_id)}/state/m.room.member/{q(user_id)}",
+                {"membership": membership},
+                token=AS_TOKEN,
+                params={"user_id": user_id, "ts": str(IMPORTED)},
+            )
+            return str(answer["event_id"])
+
+        async def held(server: TestHomeserver, event_id: str) -> int | None:
+            found = (await server.server.storage.get_events([event_id])).get(event_id)
+            return None if found is None else found.origin_server_ts
+
+        async def dated(event_id: str) -> int:
+            """The event's time, the same on A, which made it, and on B."""
+
+            async def at_b() -> bool:
+                return await held(b, event_id) is not None
+
+            await eventually(at_b, f"{event_id} at B")
+            ts_a, ts_b = await held(a, event_id), await held(b, event_id)
+            assert ts_a == ts_b, (ts_a, ts_b)
+            assert ts_a is not None
+            return ts_a
+
+        async def invited() -> bool:
+            members = a.server.storage.room_members
+            return await members.get_latest_membership_event_id(invitee, room_id) is not None
+
+        await cb.ok(charlie, "POST", f"/rooms/{q(room_id)}/invite", {"user_id": invitee})
+        await eventually(invited, "the invite of B's room at A")
+        before = _now_ms()
+        rejected = await member(invitee, "leave")
+        remote_join = await member(ghost, "join")
+        after = _now_ms()
+        assert before <= await dated(rejected) <= after
+        assert before <= await dated(remote_join) <= after
+
+        # A is in the room: a join and a leave are made here, dated by the service.
+        with trio.fail_after(20):
+            await a.server.wait_for_full_state(room_id)
+        assert await dated(await member(latecomer, "join")) == IMPORTED
+        assert await dated(await member(ghost, "leave")) == IMPORTED

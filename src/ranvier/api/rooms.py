@@ -373,7 +373,10 @@ class _Rooms:
         ``servers`` may help reach. ``content`` is the member event's
         content as the client gave it, its shape checked, whatever its
         ``membership`` says (the action decides that);
-        ``origin_server_ts`` is an application service's timestamp.
+        ``origin_server_ts`` is an application service's timestamp, for
+        the events made here: a join or leave made from another server's
+        template is dated now (:meth:`ranvier.core.room_joins.RoomJoins.join`,
+        :meth:`ranvier.core.room_leaves.RoomLeaves.leave`).
         A suspended sender may not join, knock or invite; a shadow-banned
         one's invites, and joins of a room already joined (a change of
         per-room profile), are checked and faked.

@@ -123,7 +123,9 @@ class RoomJoins:
         server, and so do the other keys of ``content`` (a per-room display
         name, keys of the client's own). ``guest`` says the user is a
         guest, held to the room's guest access. ``origin_server_ts`` is an
-        application service's timestamp for a join made here.
+        application service's timestamp for a join made here; a join made
+        through another server's template is dated now, as Synapse dates
+        it.
 
         The join of a user already joined changes only their member event
         (a per-room profile, say): it is not handed to ``on_joined``, which
