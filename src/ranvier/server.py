@@ -1654,6 +1654,8 @@ class HomeServer:
                 self.stream_notifier,
                 account_data=account_data,
                 directory=self.room_list,
+                receipts=self._edus.receipts,
+                presence=self._edus.presence,
             ),
         )
         add_relation_routes(router, auth=self.auth, relations=relations)

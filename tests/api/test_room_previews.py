@@ -345,3 +345,147 @@ async def test_bad_requests_get_clear_errors(env: SharedRoom) -> None:
         status=401,
         errcode="M_MISSING_TOKEN",
     )
+
+
+async def _set_presence(env: SharedRoom, user: TestUser, presence: str, status: str) -> None:
+    await env.client.ok(
+        user,
+        "PUT",
+        f"/presence/{q(user.user_id)}/status",
+        {"presence": presence, "status_msg": status},
+    )
+
+
+async def _receipt(env: SharedRoom, user: TestUser, room_id: str, kind: str, event_id: str) -> None:
+    await env.client.ok(user, "POST", f"/rooms/{q(room_id)}/receipt/{kind}/{q(event_id)}", {})
+
+
+def _presence_of(events: list[dict[str, Any]]) -> dict[str, tuple[str, str | None]]:
+    """Each ``m.presence`` event's user, as ``sender`` and as the content's
+    ``user_id`` say it (they must agree), with its presence and status."""
+    shown: dict[str, tuple[str, str | None]] = {}
+    for event in events:
+        if event["type"] != "m.presence":
+            continue
+        assert event["content"]["user_id"] == event["sender"]
+        shown[event["sender"]] = (event["content"]["presence"], event["content"].get("status_msg"))
+    return shown
+
+
+def _receipts_of(events: list[dict[str, Any]], room_id: str) -> dict[str, dict[str, set[str]]]:
+    """Event ID -> receipt type -> the users with that receipt on it."""
+    found: dict[str, dict[str, set[str]]] = {}
+    for event in events:
+        if event["type"] != "m.receipt":
+            continue
+        assert event["room_id"] == room_id
+        for event_id, kinds in event["content"].items():
+            for kind, users in kinds.items():
+                for user_id, data in users.items():
+                    assert isinstance(data["ts"], int)
+                    found.setdefault(event_id, {}).setdefault(kind, set()).add(user_id)
+    return found
+
+
+async def test_a_snapshot_shows_the_members_presence_and_public_receipts(
+    env: SharedRoom,
+) -> None:
+    alice, bob, carol = env.alice, env.bob, env.carol
+    room_id = await _room(env, "world_readable")
+    await env.client.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
+    # Dave shares another room with Alice, Bob and Carol, not this one;
+    # Erin was in it and left.
+    dave = await env.hs.register_user("dave")
+    erin = await env.hs.register_user("erin")
+    for user in (dave, carol):
+        await env.client.ok(user, "POST", f"/rooms/{q(env.room_id)}/join", {})
+    await env.client.ok(erin, "POST", f"/rooms/{q(room_id)}/join", {})
+    await env.client.ok(erin, "POST", f"/rooms/{q(room_id)}/leave", {})
+    await _set_presence(env, alice, "online", "at work")
+    await _set_presence(env, bob, "unavailable", "lunch")
+    await _set_presence(env, dave, "online", "elsewhere")
+    await _set_presence(env, erin, "online", "gone")
+    first = await _say(env, room_id, "first")
+    second = await _say(env, room_id, "second", bob)
+    await _receipt(env, bob, room_id, "m.read", first)
+    await _receipt(env, alice, room_id, "m.read.private", second)
+    await _receipt(env, bob, room_id, "m.read.private", second)
+    members = {
+        alice.user_id: ("online", "at work"),
+        bob.user_id: ("unavailable", "lunch"),
+    }
+    for viewer, own_private in ((alice, alice), (bob, bob), (carol, None)):
+        preview = await _initial_sync(env, viewer, room_id)
+        assert _presence_of(preview["presence"]) == members, viewer.user_id
+        expected: dict[str, dict[str, set[str]]] = {first: {"m.read": {bob.user_id}}}
+        if own_private is not None:
+            expected[second] = {"m.read.private": {own_private.user_id}}
+        assert _receipts_of(preview["receipts"], room_id) == expected, viewer.user_id
+    # Who left shares the room no more: the room as they left it, alone.
+    left = await _initial_sync(env, erin, room_id)
+    assert left["membership"] == "leave"
+    assert (left["presence"], left["receipts"]) == ([], [])
+
+
+async def test_events_hands_over_new_receipts_and_presence_to_a_peeker(
+    env: SharedRoom,
+) -> None:
+    alice, bob, carol = env.alice, env.bob, env.carol
+    room_id = await _room(env, "world_readable")
+    await env.client.ok(bob, "POST", f"/rooms/{q(room_id)}/join", {})
+    dave = await env.hs.register_user("dave")
+    await env.client.ok(dave, "POST", f"/rooms/{q(env.room_id)}/join", {})
+    message = await _say(env, room_id, "read me")
+    end = (await _initial_sync(env, carol, room_id))["messages"]["end"]
+    answers: list[dict[str, Any]] = []
+
+    async def poll() -> None:
+        answers.append(await _events(env, carol, room_id, **{"from": end, "timeout": 60_000}))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            while env.hs.server.stream_notifier.waiting == 0:
+                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            # Neither a private receipt nor the presence of a user outside
+            # the room answers the poll.
+            await _receipt(env, alice, room_id, "m.read.private", message)
+            await _set_presence(env, dave, "online", "not here")
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            assert answers == []
+            await _receipt(env, bob, room_id, "m.read", message)
+    (answer,) = answers
+    assert answer["start"] == end
+    assert [event["type"] for event in answer["chunk"]] == ["m.receipt"]
+    assert _receipts_of(answer["chunk"], room_id) == {message: {"m.read": {bob.user_id}}}
+    # A member's change of presence comes next, once; Dave's never.
+    await _set_presence(env, bob, "unavailable", "brb")
+    changed = await _events(env, carol, room_id, **{"from": answer["end"], "timeout": 10_000})
+    assert _presence_of(changed["chunk"]) == {bob.user_id: ("unavailable", "brb")}
+    assert [event["type"] for event in changed["chunk"]] == ["m.presence"]
+    quiet = await _events(env, carol, room_id, **{"from": changed["end"], "timeout": 0})
+    assert quiet == {"chunk": [], "start": changed["end"], "end": changed["end"]}
+    # Members following on from the same token: Alice sees her own private
+    # receipt, Bob does not.
+    for viewer, kinds in ((alice, {"m.read", "m.read.private"}), (bob, {"m.read"})):
+        since = await _events(env, viewer, room_id, **{"from": end, "timeout": 0})
+        assert set(_receipts_of(since["chunk"], room_id)[message]) == kinds, viewer.user_id
+        assert bob.user_id in _presence_of(since["chunk"])
+
+
+async def test_events_from_a_messages_token_takes_receipts_after_it(env: SharedRoom) -> None:
+    """A ``/messages`` token has no receipts position: ``/events`` from it
+    answers one that has, so a receipt between two requests is not lost."""
+    room_id = await _room(env, "world_readable")
+    await env.client.ok(env.bob, "POST", f"/rooms/{q(room_id)}/join", {})
+    before = (await _initial_sync(env, env.carol, room_id))["messages"]["end"]
+    message = await _say(env, room_id, "read me")
+    # The same events position as a /messages token (a sync token's first).
+    messages_token = "t" + before[1:].split("_")[0]
+    latest = await _events(env, env.carol, room_id, **{"from": messages_token, "timeout": 0})
+    assert [event["event_id"] for event in latest["chunk"]] == [message]
+    quiet = await _events(env, env.carol, room_id, **{"from": latest["end"], "timeout": 0})
+    assert quiet["chunk"] == []
+    await _receipt(env, env.bob, room_id, "m.read", message)
+    after = await _events(env, env.carol, room_id, **{"from": quiet["end"], "timeout": 0})
+    assert _receipts_of(after["chunk"], room_id) == {message: {"m.read": {env.bob.user_id}}}

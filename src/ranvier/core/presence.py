@@ -48,7 +48,11 @@ Invariants
   :func:`trio.current_time` values, so tests can move time.
 * **Who may see.** A user's presence is for the user and for anyone
   sharing a joined room with them: ``GET`` answers others 403, and a sync
-  leaves them out, as the spec's security considerations have it.
+  leaves them out, as the spec's security considerations have it. The
+  one widening is a room's preview (:mod:`ranvier.core.room_previews`):
+  whoever may peek a ``world_readable`` room sees its joined members'
+  presence, as Synapse shows it there, the members being listed in the
+  room's state the peeker reads anyway.
 * **One holder across processes.** With workers, the main process holds
   presence and runs its timers; a worker holds a copy
   (:class:`ranvier.core.ephemeral_replica.PresenceReplica`) made from
@@ -579,4 +583,22 @@ class Presence:
             {"type": "m.presence", "sender": other, "content": self._content(self._states[other])}
             for other in changed
             if other in visible
+        ]
+
+    async def of_users(
+        self, user_ids: Collection[str], after: int | None, upto: int
+    ) -> list[dict[str, Any]]:
+        """The ``m.presence`` events of those of ``user_ids`` whose presence
+        changed after ``after`` (every one known, when None) up to ``upto``,
+        oldest change first.
+
+        Nothing here checks who may see them: the caller has chosen users
+        its reader may see, as a room's preview chooses its members.
+        """
+        wanted = user_ids if isinstance(user_ids, (set, frozenset)) else frozenset(user_ids)
+        await trio.lowlevel.checkpoint()
+        return [
+            {"type": "m.presence", "sender": other, "content": self._content(self._states[other])}
+            for other, at in self._changed.items()
+            if other in wanted and at <= upto and (after is None or at > after)
         ]
