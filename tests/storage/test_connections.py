@@ -22,6 +22,8 @@ def test_writer_is_wal_durable_and_enforces_foreign_keys(db_path: Path) -> None:
         assert _pragma(conn, "journal_mode") == "wal"
         assert _pragma(conn, "synchronous") == 2  # FULL
         assert _pragma(conn, "foreign_keys") == 1
+        # Whatever the build's default: freed space is overwritten.
+        assert _pragma(conn, "secure_delete") == 1
         assert conn.isolation_level is None
     finally:
         conn.close()

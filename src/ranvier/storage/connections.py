@@ -59,6 +59,11 @@ def open_writer(
             raise RuntimeError(f"{path}: SQLite refused WAL mode (journal mode is {mode})")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS:d}")
+        # What every write frees is overwritten, whatever the build's default
+        # (Debian's is on, SQLite's own off): the full-text index's merges and
+        # the b-trees' rebalancing free pages of text all the time, and a
+        # purge or a scrub later cannot reach the copies left in free space.
+        conn.execute("PRAGMA secure_delete = ON")
         if max_page_count is not None:
             conn.execute(f"PRAGMA max_page_count = {int(max_page_count):d}")
         if wal_autocheckpoint is not None:
