@@ -226,6 +226,7 @@ from ranvier.core.room_servers import PduSink, RoomEventSender, RoomServers
 from ranvier.core.room_summary import RoomSummaries
 from ranvier.core.rooms import FullStateWaiter, RoomReader
 from ranvier.core.search import Search
+from ranvier.core.search_scrub import ScrubbingPurger, SearchScrubber
 from ranvier.core.server_notices import NoticeGuardedLeaves, ServerNotices
 from ranvier.core.shadow_bans import NO_DELAY, ShadowBans
 from ranvier.core.sliding_sync import SlidingSyncHandler
@@ -988,6 +989,7 @@ class HomeServer:
             local_lifetime_ms=None if local_days is None else local_days * DAY_MS,
             remote_lifetime_ms=None if remote_days is None else remote_days * DAY_MS,
         )
+        self.search_scrubber = SearchScrubber(self._storage.search_scrub)
         self._housekeeping = Housekeeping(
             self._storage.housekeeping,
             ages=_housekeeping_ages(config),
@@ -1810,7 +1812,7 @@ class HomeServer:
             leaves=self.room_leaves,
             aliases=self.room_directory,
             room_list=self.room_list,
-            purger=self.storage.room_purge,
+            purger=ScrubbingPurger(self.storage.room_purge, self.search_scrubber),
             owed_pdus=self.federation_sender,
         )
         add_admin_room_routes(router, auth=self.auth, rooms=rooms)
@@ -1920,6 +1922,7 @@ class HomeServer:
                 if self.config.housekeeping.enabled
                 else []
             ),
+            _Component("search index scrub", self.search_scrubber.run),
             _Component("application service sender", self._run_appservice_sender),
             *(
                 [_Component("guest evictions", self._guest_eviction().run)]

@@ -116,6 +116,7 @@ TABLES_ADDED = {
     60: {"puppet_tokens"},
     # client_transactions, rebuilt with a column more.
     61: set(),
+    62: {"search_scrub"},
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}

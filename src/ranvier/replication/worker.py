@@ -243,6 +243,7 @@ class WorkerServer(HomeServer):
                 "push sender",
                 "media retention",
                 "housekeeping",
+                "search index scrub",
                 "application service sender",
                 "typing expiry",
                 "presence lapses",

@@ -32,8 +32,9 @@ after its ``redaction_retention_period``:
   whose membership survives does go). Reads serve it redacted all the same.
 * The write overwrites what it frees
   (:func:`~ranvier.storage.connections.secure_deletion`), so the old
-  content does not stay behind in the file's free space. The full-text
-  index may keep the words in its segments until they are merged.
+  content does not stay behind in the file's free space, and the words of
+  the full-text rows it deletes leave the index's segments too
+  (:mod:`ranvier.storage.search_scrub`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from ranvier.protocol.redaction import redact
 
 from .connections import secure_deletion
 from .redactions import redaction_applies
+from .search_scrub import after_search_deletes, before_search_deletes
 
 __all__ = ["auth_content_kept", "prune_redacted_content", "waiting_redactions"]
 
@@ -116,6 +118,8 @@ def prune_redacted_content(conn: sqlite3.Connection, *, cutoff_ms: int, rowids: 
         """,
         {"ids": json.dumps(rowids), "cutoff": cutoff_ms},
     ).fetchall()
+    searchable = 0
+    before_search_deletes(conn)
     with secure_deletion(conn):
         for (
             redaction_id,
@@ -143,8 +147,11 @@ def prune_redacted_content(conn: sqlite3.Connection, *, cutoff_ms: int, rowids: 
                         "UPDATE events SET json = ? WHERE event_id = ?",
                         (msgspec.json.encode(pruned, order="sorted"), target_id),
                     )
-                conn.execute("DELETE FROM event_search WHERE event_id = ?", (target_id,))
+                searchable += conn.execute(
+                    "DELETE FROM event_search WHERE event_id = ?", (target_id,)
+                ).rowcount
             conn.execute(
                 "UPDATE redactions SET content_pruned = 1 WHERE event_id = ?", (redaction_id,)
             )
+    after_search_deletes(conn, searchable)
     return len(rows)

@@ -51,7 +51,9 @@ Invariants
   brings no row back.
 * Deleted pages are overwritten
   (:func:`~ranvier.storage.connections.secure_deletion` for the write),
-  so the purged content does not linger in the database file's free pages.
+  so the purged content does not linger in the database file's free pages;
+  the words of the room's full-text rows leave the index's segments too,
+  in the write or by a scrub after it (:mod:`ranvier.storage.search_scrub`).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from .admin_reads import local_members_to_remove
 from .connections import secure_deletion
 from .id_floors import keep_floors
 from .pdu_outbox import keep_leaves_owed
+from .search_scrub import after_search_deletes, before_search_deletes
 from .write_backend import WriteBackend, registered_write
 
 __all__ = ["PURGED_TABLES", "PurgeResult", "RoomPurgeStorage", "purge_room"]
@@ -175,11 +178,13 @@ def purge_room(
         " (SELECT DISTINCT user_id, version FROM room_key_backup_keys WHERE room_id = ?)",
         (room_id,),
     )
+    before_search_deletes(conn)
     with secure_deletion(conn):
         rows = {
             table: conn.execute(f"DELETE FROM {table} WHERE {where}", {"room": room_id}).rowcount
             for table, where in _STATEMENTS
         }
+    after_search_deletes(conn, rows["event_search"])
     return PurgeResult(rows, tuple(owed))
 
 

@@ -1366,6 +1366,20 @@ def _client_transaction_tokens(conn: sqlite3.Connection) -> None:
     _index(conn, "client_transactions", ["created_ts"])
 
 
+def _search_scrub(conn: sqlite3.Connection) -> None:
+    """Where the full-text index's scrubs stand
+    (:mod:`ranvier.storage.search_scrub`): how many were asked for, the one
+    the merge under way was started for, the last finished. One is asked
+    for at once, for the purges and pruned redactions made before, whose
+    words may still be in the index's segments.
+    """
+    conn.execute(
+        "CREATE TABLE search_scrub (id INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),"
+        " requested INTEGER NOT NULL, started INTEGER NOT NULL, done INTEGER NOT NULL) STRICT"
+    )
+    conn.execute("INSERT INTO search_scrub (id, requested, started, done) VALUES (1, 1, 0, 0)")
+
+
 #: Migration n (1-based) brings a database from version n - 1 to n.
 MIGRATIONS: Sequence[Migration] = (
     _rooms_and_events,
@@ -1429,6 +1443,7 @@ MIGRATIONS: Sequence[Migration] = (
     _pdu_outbox,
     _puppet_tokens,
     _client_transaction_tokens,
+    _search_scrub,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

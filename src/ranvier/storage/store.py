@@ -75,6 +75,7 @@ from .room_purge import RoomPurgeStorage
 from .room_upgrades import RoomUpgradeStorage
 from .run_reads import RunReads
 from .search import SearchStorage
+from .search_scrub import SearchScrubStorage
 from .server_notices import ServerNoticeStorage
 from .sliding_sync import SlidingSyncStorage
 from .sso import SsoStorage
@@ -200,6 +201,7 @@ class Storage:
         self.housekeeping = HousekeepingStorage(self.writer, self.readers, self.e2e_keys)
         self.forgotten_rooms = ForgottenRoomStorage(self.writer, self.readers)
         self.room_purge = RoomPurgeStorage(self.writer)
+        self.search_scrub = SearchScrubStorage(self.writer, self.readers)
         self.pdu_outbox = PduOutboxStorage(self.writer, self.readers)
 
     @property

@@ -32,11 +32,13 @@ def read_tables(conn: sqlite3.Connection) -> dict[str, list[Row]]:
 def search_index_internals(tables: Iterable[str]) -> set[str]:
     """The full-text index's own structures among ``tables``: their bytes
     move with any change, and hold no rows of their own (its ``_content``
-    table, which holds the rows, is not one)."""
+    table, which holds the rows, is not one); with them ``search_scrub``,
+    whose counters a delete from the index may move."""
     return {
         table
         for table in tables
-        if table.startswith("event_search_") and not table.endswith("_content")
+        if (table.startswith("event_search_") and not table.endswith("_content"))
+        or table == "search_scrub"
     }
 
 
