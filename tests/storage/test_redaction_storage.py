@@ -183,6 +183,34 @@ async def test_a_redaction_stored_before_its_target_applies_once_it_arrives(
     assert shown.redacted_because.event_id == redaction.event_id
 
 
+async def test_the_auth_checks_read_events_as_served_but_create_events_whole(
+    storage: Storage,
+) -> None:
+    room = _public_room()
+    levels = room.state[("m.room.power_levels", "")]
+    message = room.message(BOB)
+    redaction_of(room, ALICE, levels)
+    redaction_of(room, ALICE, room.create.event_id)
+    # Dave has no power and is of another server than Bob: it does not apply.
+    redaction_of(room, DAVE, message.event_id)
+    redaction_of(room, ALICE, "$not-here-yet")
+    await ingest_all(storage, room.order)
+
+    ids = [levels, room.create.event_id, message.event_id, "$not-here-yet"]
+    for_auth = await storage.get_events_for_auth(ids)
+    served = await storage.redactions.get_served_events(ids)
+    stored = await storage.get_events(ids)
+    assert set(for_auth) == set(served) == set(stored) == set(ids[:3])
+    assert for_auth[levels] == served[levels]
+    assert isinstance(served[levels], RedactedEvent)
+    # Synapse applies no redaction to a create event.
+    assert isinstance(served[room.create.event_id], RedactedEvent)
+    assert for_auth[room.create.event_id] == stored[room.create.event_id]
+    assert for_auth[message.event_id] == stored[message.event_id]
+    # Named by a redaction, stored or not, whether it applies or not.
+    assert await storage.get_redaction_targets([*ids, room.last]) == set(ids)
+
+
 async def test_a_redacted_state_event_is_served_stripped_in_state(storage: Storage) -> None:
     room = _public_room()
     topic = room.topic(ALICE, "secret plans")

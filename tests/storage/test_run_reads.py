@@ -25,6 +25,7 @@ async def _one_by_one(
         state_groups=await storage.get_events_state_groups(prev_ids),
         forward_extremities=await storage.get_forward_extremities(ROOM),
         cited=await storage.get_events_with_accepted_children(event_ids),
+        redaction_targets=await storage.get_redaction_targets(wanted),
     )
 
 

@@ -7,7 +7,11 @@ cover every byte, and a server that later asks for the auth chain or state
 still checks what it gets against the signatures (a redacted copy passes
 those, the original also passes the content hash). The redaction is
 applied on the way out instead, to every read that serves events to
-clients or to other servers.
+clients or to other servers, and to the events the auth checks read
+(:func:`events_for_auth`): Synapse judges events against the redacted
+form of their auth events, and servers that read different content for
+the same auth event can reach different verdicts. State resolution and
+the check of outliers read events as stored, as Synapse's do.
 
 Invariants:
 
@@ -55,15 +59,18 @@ from .records import STORED_EVENT_COLUMNS, EventToPersist, StoredEvent, stored_e
 __all__ = [
     "RedactedEvent",
     "RedactionStorage",
+    "events_for_auth",
     "fill_redactions",
     "pruned_row",
     "record_redactions",
     "redaction_applies",
+    "redaction_targets",
     "served",
     "served_events",
 ]
 
 _REDACTION: Final = "m.room.redaction"
+_CREATE: Final = "m.room.create"
 _EVENT_COLUMNS: Final = ", ".join(f"e.{column}" for column in STORED_EVENT_COLUMNS)
 _INSERT_SQL: Final = (
     "INSERT INTO redactions (event_id, redacts, room_id, sender_may_redact, received_ts)"
@@ -305,6 +312,35 @@ def served_events(conn: sqlite3.Connection, event_ids: Collection[str]) -> dict[
     """The stored events of ``event_ids`` by ID, as they are served."""
     found = get_events(conn, event_ids)
     return {event.event_id: event for event in served(conn, list(found.values()))}
+
+
+def events_for_auth(conn: sqlite3.Connection, event_ids: Collection[str]) -> dict[str, StoredEvent]:
+    """The stored events of ``event_ids`` by ID, as the auth checks read them.
+
+    That is as they are served, redacted where a redaction applies, except
+    create events, which are read as stored: Synapse never applies a
+    redaction to an ``m.room.create`` event, and the rules read from it
+    what pruning drops before room version 11 (``m.federate``).
+    """
+    found = get_events(conn, event_ids)
+    redactable = [event for event in found.values() if event.type != _CREATE]
+    found.update((event.event_id, event) for event in served(conn, redactable))
+    return found
+
+
+def redaction_targets(conn: sqlite3.Connection, event_ids: Collection[str]) -> frozenset[str]:
+    """Which of ``event_ids`` a stored redaction names, whatever its verdict
+    and whether or not the event itself is stored."""
+    named: set[str] = set()
+    for chunk in _chunks(list(set(event_ids))):
+        marks = ",".join("?" * len(chunk))
+        named.update(
+            target
+            for (target,) in conn.execute(
+                f"SELECT DISTINCT redacts FROM redactions WHERE redacts IN ({marks})", chunk
+            )
+        )
+    return frozenset(named)
 
 
 class RedactionStorage:

@@ -6,10 +6,12 @@ has partial state and which of the prev events do, the state groups around
 the prev events, the room's forward extremities, and which of its own
 events an accepted event already cites; its first auth checks then need
 the entries for its events' auth keys in the state after the prev events
-and in the current state. Asked one by one, each is a trip to
-a worker thread, and the trips of one transaction wait on each other and
-on the signature checks running beside them; asked here, they are one
-trip, and one read transaction makes them one snapshot of the database.
+and in the current state, and which of the events a stored redaction
+names (the others those checks read as stored). Asked one by one, each is
+a trip to a worker thread, and the trips of one transaction wait on each
+other and on the signature checks running beside them; asked here, they
+are one trip, and one read transaction makes them one snapshot of the
+database.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from . import reads
 from .readers import ReaderPool
 from .records import EventStateGroups, StateKey, StoredEvent
+from .redactions import redaction_targets
 
 __all__ = ["RoomRunRows", "RunReads", "read_room_run"]
 
@@ -46,6 +49,9 @@ class RoomRunRows:
     state_after_prevs: dict[int, dict[StateKey, str]] | None = None
     #: The entries for ``state_keys`` of the room's current state.
     current_state: dict[StateKey, str] | None = None
+    #: The events asked for that a stored redaction names: the others are
+    #: read by the auth checks as stored.
+    redaction_targets: frozenset[str] = frozenset()
 
 
 def read_room_run(
@@ -88,6 +94,7 @@ def read_room_run(
         state_keys=keys,
         state_after_prevs=after_prevs,
         current_state=current,
+        redaction_targets=redaction_targets(conn, wanted),
     )
 
 

@@ -62,7 +62,7 @@ from .records import (
     StateMap,
     StoredEvent,
 )
-from .redactions import RedactionStorage
+from .redactions import RedactionStorage, events_for_auth, redaction_targets
 from .refresh_tokens import RefreshTokenStorage
 from .registration_tokens import RegistrationTokenStorage
 from .relations import RelationStorage
@@ -383,6 +383,14 @@ class Storage:
     async def get_events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
         ids = frozenset(event_ids)
         return await self.readers.read(functools.partial(reads.get_events, event_ids=ids))
+
+    async def get_events_for_auth(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
+        ids = frozenset(event_ids)
+        return await self.readers.read(functools.partial(events_for_auth, event_ids=ids))
+
+    async def get_redaction_targets(self, event_ids: Collection[str]) -> frozenset[str]:
+        ids = frozenset(event_ids)
+        return await self.readers.read(functools.partial(redaction_targets, event_ids=ids))
 
     async def get_replaced_state(self, event_ids: Collection[str]) -> dict[str, ReplacedState]:
         """What each state event of ``event_ids`` replaced, the replaced
