@@ -47,6 +47,11 @@ class RecordingReader:
         self._record("get_events", len(found))
         return found
 
+    async def get_events_for_auth(self, event_ids: Collection[str]) -> Mapping[str, StoredEvent]:
+        found = await self.storage.get_events_for_auth(event_ids)
+        self._record("get_events_for_auth", len(found))
+        return found
+
     async def get_event_state_groups(self, event_id: str) -> EventStateGroups | None:
         groups = await self.storage.get_event_state_groups(event_id)
         self._record("get_event_state_groups", 0 if groups is None else 1)

@@ -35,6 +35,10 @@ class CountingStorage(Storage):
         self.reads["get_events"] += 1
         return await super().get_events(event_ids)
 
+    async def get_events_for_auth(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
+        self.reads["get_events_for_auth"] += 1
+        return await super().get_events_for_auth(event_ids)
+
     async def get_event_state_groups(self, event_id: str) -> EventStateGroups | None:
         self.reads["get_event_state_groups"] += 1
         return await super().get_event_state_groups(event_id)
@@ -113,6 +117,9 @@ async def test_a_message_after_a_message_reads_only_what_can_change(
     assert storage.reads["get_room_head"] == 1
     assert storage.reads["get_forward_extremities"] == 0
     assert storage.reads["is_partial_state_room"] == 0
+    # The auth events as the checks read them, once: a redaction may have
+    # come meanwhile.
+    assert storage.reads["get_events_for_auth"] == 1
     # The prev event, its groups, its state and the auth events were all
     # written here with full state, and the room's version never changes.
     for name in (

@@ -16,7 +16,8 @@ Invariants
   for each event this server wrote itself with full state, its stored row
   and its state groups (only an event with partial state has its state,
   and so its rejection, worked out again). Everything else is asked of
-  storage each time, so writes by anyone else are seen as before.
+  storage each time, so writes by anyone else are seen as before: among
+  them an event as the auth checks read it, which a redaction can change.
 * **The forward extremities are read once per event**, and so is a "no"
   to whether the room's state is partial (only a join, which takes the
   room's lock, makes it partial), both in one read when the store can
@@ -220,6 +221,21 @@ class CreationReads:
                 found[event_id] = row
         if unknown:
             found.update(await self._store.get_events(unknown))
+        return found
+
+    async def get_events_for_auth(self, event_ids: Collection[str]) -> Mapping[str, StoredEvent]:
+        # Whether a redaction applies can change at any time, so only a
+        # staged message (which nothing has redacted yet) is answered here.
+        found: dict[str, StoredEvent] = {}
+        unknown: list[str] = []
+        for event_id in event_ids:
+            staged = self._staged.get(event_id)
+            if staged is None:
+                unknown.append(event_id)
+            else:
+                found[event_id] = staged[0]
+        if unknown:
+            found.update(await self._store.get_events_for_auth(unknown))
         return found
 
     async def get_event_state_groups(self, event_id: str) -> EventStateGroups | None:

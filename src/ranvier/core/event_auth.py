@@ -16,6 +16,11 @@ runs them in order on one context and returns the context updated with
 the verdict. Outliers are checked only against their auth events: they
 have no state.
 
+The checks read events as :meth:`~ranvier.core.loading.EventLoader.load_for_auth`
+does, redacted where a redaction applies, as Synapse's do; only an
+outlier's check reads its auth events as stored, as Synapse's check of the
+outliers it takes in does (see :mod:`ranvier.core.loading`).
+
 The rules look at a handful of state entries: those of the auth events
 selection (:func:`~ranvier.protocol.auth.auth_types_for_event`) and, from
 v12, the create event, which the room ID names. Checks 2 and 3 read just
@@ -105,7 +110,9 @@ async def run_auth_checks(event: Pdu, context: EventContext, store: StateReader)
     the current state soft-fails it.
     """
     loader = EventLoader(store, event.room_version)
-    failure = await check_against_auth_events(event, store, loader=loader)
+    failure = await check_against_auth_events(
+        event, store, loader=loader, outlier=context.is_outlier
+    )
     if failure is not None:
         return AuthOutcome(context.as_rejected(failure.rule), failure)
     if context.is_outlier:
@@ -120,18 +127,24 @@ async def run_auth_checks(event: Pdu, context: EventContext, store: StateReader)
 
 
 async def check_against_auth_events(
-    event: Pdu, store: StateReader, *, loader: EventLoader | None = None
+    event: Pdu,
+    store: StateReader,
+    *,
+    loader: EventLoader | None = None,
+    outlier: bool = False,
 ) -> AuthFailure | None:
     """Check 1: the rules about the cited events, then every rule against them.
 
     An auth event that is not stored fails the check (rule
     ``auth_events.missing``): the caller fetches missing auth events first.
+    The auth events of an ``outlier`` are read as stored, those of any
+    other event as the auth checks read them (see the module's doc).
     """
     loader = loader or EventLoader(store, event.room_version)
     wanted = list(event.auth_event_ids)
     if event.room_version.room_id_from_create_event and event.type != CREATE_KEY[0]:
         wanted.append(create_event_id_for_room(event.room_id))
-    events = await loader.load(wanted)
+    events = await (loader.load(wanted) if outlier else loader.load_for_auth(wanted))
     try:
         authorize_event(event, events, rejected=loader.rejected)
     except AuthError as error:
@@ -151,7 +164,8 @@ async def check_against_state_before(
     keys = auth_types_for_event(event)
     at_keys = _with_room_create(event, await context.get_state_before_for_keys(store, keys))
     if context.partial_state:
-        cited = await loader.load(event.auth_event_ids)
+        # Only the keys are read: loaded as check 1 read them.
+        cited = await loader.load_for_auth(event.auth_event_ids)
         claimed = {
             (auth_event.type, auth_event.state_key): auth_id
             for auth_id, auth_event in cited.items()
@@ -221,7 +235,7 @@ async def _check_against(
     A rejected event authorises nothing, and an event not stored cannot be
     looked at: both are left out, as the rules treat a key with no event.
     """
-    events = await loader.load(state_ids.values())
+    events = await loader.load_for_auth(state_ids.values())
     auth_state = {
         key: events[event_id]
         for key, event_id in state_ids.items()

@@ -879,7 +879,8 @@ class FederationIngester:
     async def _judge_in_run(self, origin: str, event: Pdu, run: RoomRun) -> IngestResult:
         """:meth:`_handle_pushed` against ``run``: the event is held, not
         written. Raises :class:`NotInMemoryError` for an event that needs
-        its auth events or the events before it fetched.
+        its auth events or the events before it fetched, and for one the
+        run takes alone (:meth:`RoomRun.takes_alone`).
         """
         known, missing_auth = await self._first_look(event, run)
         if known is not None:
@@ -887,6 +888,8 @@ class FederationIngester:
         _check_extends_room(event)
         if missing_auth:
             raise NotInMemoryError(f"{event.event_id} cites auth events not stored here")
+        if run.takes_alone(event):
+            raise NotInMemoryError(f"{event.event_id} is a redaction or a redaction names it")
         return await self._process(origin, event, pushed=True, run=run)
 
     async def _pushed_outcome(self, origin: str, event: Pdu) -> PduOutcome:
@@ -1313,7 +1316,9 @@ class FederationIngester:
         to_persist = []
         for outlier in auth_order(fetched):
             context = EventContext.for_outlier()
-            failure = await check_against_auth_events(outlier, self._store, loader=loader)
+            failure = await check_against_auth_events(
+                outlier, self._store, loader=loader, outlier=True
+            )
             if failure is not None:
                 loader.rejected.add(outlier.event_id)
                 context = context.as_rejected(failure.rule)
@@ -1371,7 +1376,9 @@ async def _run_auth_checks(
     if verdicts is not None and inputs is not None and inputs in verdicts:
         failure = verdicts[inputs]
     else:
-        failure = await check_against_auth_events(event, store, loader=loader)
+        failure = await check_against_auth_events(
+            event, store, loader=loader, outlier=context.is_outlier
+        )
         if failure is None and not context.is_outlier:
             failure = await check_against_state_before(event, context, store, loader=loader)
         if verdicts is not None and inputs is not None:

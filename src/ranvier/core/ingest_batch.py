@@ -35,6 +35,11 @@ Invariants
   the caller writes what the run holds and takes that event alone. So do
   events with a gap before them or auth events to fetch; ingestion checks
   for those before the event enters the run.
+* **No held event is read redacted.** The auth checks read events
+  redacted where a redaction applies (:mod:`ranvier.core.loading`), which
+  storage decides for stored events only. So a redaction is taken alone,
+  and so is an event that a stored redaction names (:meth:`RoomRun.takes_alone`):
+  the events after them are judged in a run that reads them from storage.
 * **One write, the same result.** :meth:`RoomRun.write` writes the held
   events in the order judged, in one request, naming the current state the
   last of the writes it stands for named. Storage derives the same
@@ -84,6 +89,7 @@ AuthInputs: TypeAlias = tuple[str, str, tuple[str, ...], int]
 
 #: The stream ordering the run gives events it holds: they have none until written.
 _UNWRITTEN: Final = 0
+_REDACTION: Final = "m.room.redaction"
 #: Whole states a run keeps once read (the newest), for the origin check of
 #: relayed events, which reads the state before each.
 _WHOLE_STATES_KEPT: Final = 4
@@ -155,6 +161,12 @@ class RoomRun:
         # Events: stored rows read, IDs found not stored, and the events held.
         self._rows: dict[str, StoredEvent] = {}
         self._absent: set[str] = set()
+        # Which events a stored redaction names, of those read when the run
+        # started (the rest the auth checks read as stored, as they do
+        # held events); and rows read as the auth checks read them.
+        self._targets_known: set[str] = set()
+        self._targets: Set[str] = frozenset()
+        self._for_auth: dict[str, StoredEvent] = {}
         self._held: dict[str, EventToPersist] = {}
         # State groups around events; held state events whose group after
         # is not stored yet, by (group before, their key).
@@ -208,6 +220,8 @@ class RoomRun:
                     self._current_keys[key] = rows.current_state.get(key)
             self._rows.update(rows.events)
             self._absent.update(wanted.difference(rows.events))
+            self._targets = rows.redaction_targets
+            self._targets_known.update(wanted)
             self._partial_room = rows.partial_state_room
             self._partial.update(rows.partial_state_events)
             self._partial_known.update(prevs)
@@ -224,6 +238,10 @@ class RoomRun:
             rows = await store.get_events(wanted)
             self._rows.update(rows)
             self._absent.update(wanted.difference(rows))
+
+        async def read_redaction_targets() -> None:
+            self._targets = await store.get_redaction_targets(wanted)
+            self._targets_known.update(wanted)
 
         async def read_prevs() -> None:
             # Partial state is asked before the groups are read, as
@@ -251,7 +269,13 @@ class RoomRun:
         # Independent reads, side by side: the run waits for the longest.
         try:
             async with trio.open_nursery() as nursery:
-                for read in (read_rows, read_prevs, read_extremities, read_cited):
+                for read in (
+                    read_rows,
+                    read_redaction_targets,
+                    read_prevs,
+                    read_extremities,
+                    read_cited,
+                ):
                     nursery.start_soon(read)
         except BaseExceptionGroup as group:
             raise sole_failure(group) from None
@@ -261,6 +285,13 @@ class RoomRun:
     def held(self) -> int:
         """How many events the run holds, to be written."""
         return len(self._held)
+
+    def takes_alone(self, event: Pdu) -> bool:
+        """Whether ``event`` must be taken alone, outside the run: a
+        redaction, or an event a stored redaction names (see the module's
+        invariants). The run must have read its events.
+        """
+        return event.type == _REDACTION or event.event_id in self._targets
 
     async def write(self) -> None:
         """Write every event held, in one request.
@@ -288,6 +319,27 @@ class RoomRun:
             self._rows.update(found)
             self._absent.update(event_id for event_id in unread if event_id not in found)
         return {event_id: self._rows[event_id] for event_id in wanted if event_id in self._rows}
+
+    async def get_events_for_auth(self, event_ids: Collection[str]) -> Mapping[str, StoredEvent]:
+        # An event no redaction names is read as stored, a held one as held
+        # (see the module's invariants); only the others are asked for.
+        found: dict[str, StoredEvent] = {}
+        unread = []
+        for event_id in set(event_ids):
+            if event_id in self._for_auth:
+                found[event_id] = self._for_auth[event_id]
+            elif event_id in self._held or (
+                event_id in self._targets_known and event_id not in self._targets
+            ):
+                if event_id in self._rows:
+                    found[event_id] = self._rows[event_id]
+            elif event_id not in self._absent:
+                unread.append(event_id)
+        if unread:
+            read = await self._store.get_events_for_auth(unread)
+            self._for_auth.update(read)
+            found.update(read)
+        return found
 
     async def get_event_state_groups(self, event_id: str) -> EventStateGroups | None:
         if event_id in self._to_derive:
@@ -473,6 +525,8 @@ class RoomRun:
             raise NotInMemoryError(f"{event.event_id} is held already")
         if event.event_id not in self._cited_known:
             raise NotInMemoryError(f"{event.event_id} was not read when the run started")
+        if event.type == _REDACTION or event.event_id in self._targets:
+            raise NotInMemoryError(f"{event.event_id} is a redaction or one names it")
 
     def _hold(self, event: EventToPersist) -> None:
         context = event.context

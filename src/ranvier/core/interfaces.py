@@ -78,6 +78,12 @@ class StateReader(Protocol):
         """The stored events among ``event_ids``, outliers and rejected ones too."""
         ...
 
+    async def get_events_for_auth(self, event_ids: Collection[str]) -> Mapping[str, StoredEvent]:
+        """The stored events among ``event_ids`` as the auth checks read
+        them: redacted where a redaction applies, create events excepted
+        (:func:`ranvier.storage.redactions.events_for_auth`)."""
+        ...
+
     async def get_event_state_groups(self, event_id: str) -> EventStateGroups | None:
         """The groups before and after an event; None for outliers and unknown events."""
         ...
@@ -152,6 +158,12 @@ class BatchStateReader(StateReader, Protocol):
     async def get_events_with_accepted_children(self, event_ids: Collection[str]) -> Set[str]:
         """Which of ``event_ids`` an accepted event in the DAG cites as a prev
         event: written, such an event does not become a forward extremity.
+        """
+        ...
+
+    async def get_redaction_targets(self, event_ids: Collection[str]) -> Set[str]:
+        """Which of ``event_ids`` a stored redaction names, stored or not:
+        once written, such an event may be read redacted.
         """
         ...
 

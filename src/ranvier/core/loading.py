@@ -6,6 +6,25 @@ more. An :class:`EventLoader` serves one piece of work: it asks storage only
 for events it has not seen, in batches, parses an event into a PDU only when
 the event itself is needed, and reads nothing but ``auth_events`` from the
 events it merely walks past.
+
+An event is read one of two ways, as Synapse reads it:
+
+- :meth:`EventLoader.load_for_auth` reads it as the auth checks do,
+  redacted where a redaction applies (create events excepted): the check
+  of an event against its auth events, against the state before it (also
+  when the un-partial-state task checks it again) and against the current
+  state, for events received and events created here alike. Synapse reads
+  the redacted form there in every room version; the version decides what
+  redaction leaves of what the rules read. Before room version 11 a power
+  levels event loses ``invite``; in every version it loses
+  ``notifications`` (whose changes the rules check), and an
+  ``m.room.third_party_invite`` event all its content. A server that read
+  the original would judge such an event differently, and could split the
+  room.
+- :meth:`EventLoader.load` reads it as stored: state resolution (its
+  iterative auth checks included) and the check of an outlier against its
+  auth events. Synapse's state resolution and its check of the outliers it
+  takes in read events as stored, and resolutions here must agree with its.
 """
 
 from __future__ import annotations
@@ -38,17 +57,23 @@ _decode_auth_events = msgspec.json.Decoder(_AuthEventsOnly).decode
 class EventLoader:
     """The events of one room that a piece of work has loaded so far.
 
-    ``events`` holds those parsed into PDUs, ``rejected`` the IDs of events
-    read that storage marked rejected (parsed or not), and ``missing`` the
-    IDs that storage does not have. Events are parsed with ``room_version``,
-    the version of the room being worked on: an event that cites an event of
-    another room is refused by the auth rules, not here.
+    ``events`` holds those parsed into PDUs as stored, ``rejected`` the IDs
+    of events read that storage marked rejected (parsed or not), and
+    ``missing`` the IDs that storage does not have. Events are parsed with
+    ``room_version``, the version of the room being worked on: an event that
+    cites an event of another room is refused by the auth rules, not here.
+    An event handed over with :meth:`add` is read as handed both ways:
+    callers hand over events not stored yet (the event being handled, a
+    run's held events), which no redaction applies to, or events read only
+    for the check of outliers, which reads them as stored.
     """
 
     def __init__(self, store: StateReader, room_version: RoomVersion) -> None:
         self._store = store
         self.room_version = room_version
         self.events: dict[str, Pdu] = {}
+        # The events as the auth checks read them (load_for_auth).
+        self._for_auth: dict[str, Pdu] = {}
         self.rejected: set[str] = set()
         self.missing: set[str] = set()
         # The auth events of every event read, parsed or not. Events only
@@ -74,9 +99,32 @@ class EventLoader:
                 self._edges[event_id] = event.auth_event_ids
         return {event_id: self.events[event_id] for event_id in wanted if event_id in self.events}
 
+    async def load_for_auth(self, event_ids: Iterable[str]) -> dict[str, Pdu]:
+        """Parse ``event_ids`` into PDUs as the auth checks read them (see
+        the module's doc), reading those not parsed that way yet; return
+        those that storage has.
+        """
+        wanted = list(dict.fromkeys(event_ids))
+        unparsed = [
+            event_id
+            for event_id in wanted
+            if event_id not in self._for_auth and event_id not in self.missing
+        ]
+        for start in range(0, len(unparsed), LOAD_BATCH):
+            batch = unparsed[start : start + LOAD_BATCH]
+            stored = await self._store.get_events_for_auth(batch)
+            for event_id, row in self._take(batch, stored):
+                event = Pdu.from_json(row.json, self.room_version, check_limits=False)
+                self._for_auth[event_id] = event
+                self._edges[event_id] = event.auth_event_ids
+        return {
+            event_id: self._for_auth[event_id] for event_id in wanted if event_id in self._for_auth
+        }
+
     def add(self, event: Pdu) -> None:
         """Make an event not yet written (the one being handled) loadable."""
         self.events[event.event_id] = event
+        self._for_auth[event.event_id] = event
         self._edges[event.event_id] = event.auth_event_ids
         self.missing.discard(event.event_id)
 

@@ -1,8 +1,9 @@
 """Events read for serving: redacted where a redaction applies.
 
-The handlers that check events, compute state and run the auth rules read
-events as stored, whole. What is handed to clients and other servers goes
-through the redaction rules of the room versions first
+State resolution reads events as stored, whole, and the auth checks read
+them redacted where a redaction applies (:mod:`ranvier.core.loading` says
+why). What is handed to clients and other servers goes through the
+redaction rules of the room versions first
 (:mod:`ranvier.storage.redactions` says when a redaction applies). Reads
 for serving take a :class:`ServedEvents`; a handler written against the
 whole :class:`~ranvier.core.interfaces.StateReader`, such as the client
@@ -55,6 +56,9 @@ class ServedStateReader:
 
     async def get_events(self, event_ids: Collection[str]) -> Mapping[str, StoredEvent]:
         return await self._served.get_served_events(event_ids)
+
+    async def get_events_for_auth(self, event_ids: Collection[str]) -> Mapping[str, StoredEvent]:
+        return await self._store.get_events_for_auth(event_ids)
 
     async def get_replaced_state(self, event_ids: Collection[str]) -> Mapping[str, ReplacedState]:
         return await self._store.get_replaced_state(event_ids)

@@ -299,7 +299,7 @@ class RemoteStateFetcher:
         keys = {key for key in auth_types_for_event(event) if key in state}
         keys.add(CREATE_KEY)
         at_keys = {key: state[key] for key in keys if key in state}
-        events = await loader.load(at_keys.values())
+        events = await loader.load_for_auth(at_keys.values())
         auth_state = {
             key: events[state_id]
             for key, state_id in at_keys.items()
@@ -759,7 +759,9 @@ class _OutlierWriter:
         checked: dict[str, tuple[Pdu, bool]] = {}
         for count, event in enumerate(ready, start=1):
             context = EventContext.for_outlier()
-            failure = await check_against_auth_events(event, self._store, loader=loader)
+            failure = await check_against_auth_events(
+                event, self._store, loader=loader, outlier=True
+            )
             if failure is not None:
                 _log.info(
                     "%s fails against its auth events: %s", event.event_id, failure.error.message

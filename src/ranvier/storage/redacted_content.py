@@ -18,16 +18,18 @@ after its ``redaction_retention_period``:
   go. The event ID, hashes and signatures are kept by the redaction
   algorithm, so the event still verifies for other servers, as a redacted
   copy does. Nothing else stores an event's content.
-* **What the auth rules read stays as it was.** The auth checks and state
-  resolution read stored events whole, and they run again long after an
-  event was first judged (state resolution, a resync). Before room version
-  11 the redaction algorithm drops content they read (a power-levels
-  event's ``invite``, a create event's ``m.federate``), so replacing such
-  an event would change what those runs decide about events already
-  judged. An auth event (create, power levels, join rules, third-party
-  invite) is replaced only when redacting leaves its content as it was, a
-  member event only when its ``membership``, ``join_authorised_via_users_server``
-  and ``third_party_invite`` stay; otherwise it keeps its content (room
+* **What the auth rules read stays as it was.** State resolution and the
+  check of outliers read stored events whole (the other auth checks read
+  them redacted already: :mod:`ranvier.core.loading`), and resolution runs
+  again long after an event was first judged. The redaction algorithm
+  drops content the rules read (a power-levels event's ``notifications``,
+  and before room version 11 its ``invite`` and a create event's
+  ``m.federate``), so replacing such an event would change what those
+  runs decide about events already judged. An auth event (create, power
+  levels, join rules, third-party invite) is replaced only when redacting
+  leaves its content as it was, a member event only when its
+  ``membership``, ``join_authorised_via_users_server`` and
+  ``third_party_invite`` stay; otherwise it keeps its content (room
   settings, not something a user said; a display name on a member event
   whose membership survives does go). Reads serve it redacted all the same.
 * The write overwrites what it frees
