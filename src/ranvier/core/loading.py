@@ -29,7 +29,7 @@ An event is read one of two ways, as Synapse reads it:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 
 import msgspec
 
@@ -84,42 +84,35 @@ class EventLoader:
         """Parse ``event_ids`` into PDUs, reading those not parsed yet; return
         those that storage has.
         """
-        wanted = list(dict.fromkeys(event_ids))
-        unparsed = [
-            event_id
-            for event_id in wanted
-            if event_id not in self.events and event_id not in self.missing
-        ]
-        for start in range(0, len(unparsed), LOAD_BATCH):
-            batch = unparsed[start : start + LOAD_BATCH]
-            stored = await self._store.get_events(batch)
-            for event_id, row in self._take(batch, stored):
-                event = Pdu.from_json(row.json, self.room_version, check_limits=False)
-                self.events[event_id] = event
-                self._edges[event_id] = event.auth_event_ids
-        return {event_id: self.events[event_id] for event_id in wanted if event_id in self.events}
+        return await self._load(event_ids, self.events, self._store.get_events)
 
     async def load_for_auth(self, event_ids: Iterable[str]) -> dict[str, Pdu]:
         """Parse ``event_ids`` into PDUs as the auth checks read them (see
         the module's doc), reading those not parsed that way yet; return
         those that storage has.
         """
+        return await self._load(event_ids, self._for_auth, self._store.get_events_for_auth)
+
+    async def _load(
+        self,
+        event_ids: Iterable[str],
+        parsed: dict[str, Pdu],
+        read: Callable[[Collection[str]], Awaitable[Mapping[str, StoredEvent]]],
+    ) -> dict[str, Pdu]:
         wanted = list(dict.fromkeys(event_ids))
         unparsed = [
             event_id
             for event_id in wanted
-            if event_id not in self._for_auth and event_id not in self.missing
+            if event_id not in parsed and event_id not in self.missing
         ]
         for start in range(0, len(unparsed), LOAD_BATCH):
             batch = unparsed[start : start + LOAD_BATCH]
-            stored = await self._store.get_events_for_auth(batch)
+            stored = await read(batch)
             for event_id, row in self._take(batch, stored):
                 event = Pdu.from_json(row.json, self.room_version, check_limits=False)
-                self._for_auth[event_id] = event
+                parsed[event_id] = event
                 self._edges[event_id] = event.auth_event_ids
-        return {
-            event_id: self._for_auth[event_id] for event_id in wanted if event_id in self._for_auth
-        }
+        return {event_id: parsed[event_id] for event_id in wanted if event_id in parsed}
 
     def add(self, event: Pdu) -> None:
         """Make an event not yet written (the one being handled) loadable."""

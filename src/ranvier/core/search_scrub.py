@@ -19,6 +19,8 @@ import trio
 
 from ranvier.storage.room_purge import PurgeResult
 
+from .admin_rooms import RoomPurger
+
 __all__ = ["ScrubStore", "ScrubbingPurger", "SearchScrubber"]
 
 _log: Final = logging.getLogger(__name__)
@@ -80,23 +82,12 @@ class SearchScrubber:
             await self._look_ended.wait()
 
 
-class _Purger(Protocol):
-    async def purge_room(
-        self,
-        room_id: str,
-        *,
-        refuse_if_members_of: str | None = None,
-        origin: str | None = None,
-        leaves: Collection[str] = (),
-    ) -> PurgeResult | None: ...
-
-
 class ScrubbingPurger:
     """A room purger (:class:`ranvier.core.admin_rooms.RoomPurger`) that
     wakes the scrubber when a purge deleted rows of the index.
     """
 
-    def __init__(self, purger: _Purger, scrubber: SearchScrubber) -> None:
+    def __init__(self, purger: RoomPurger, scrubber: SearchScrubber) -> None:
         self._purger = purger
         self._scrubber = scrubber
 
