@@ -187,7 +187,7 @@ class ServersByGroup:
             rows = await self._store.get_events(pending[start : start + _BATCH])
             for event_id in pending[start : start + _BATCH]:
                 row = rows.get(event_id)
-                is_join = row is not None and _is_join(row.json)
+                is_join = row is not None and row.rejected_reason is None and _is_join(row.json)
                 state_key = unread[event_id]
                 members[state_key] = (event_id, is_join)
                 if is_join:
@@ -255,22 +255,10 @@ class RoomServers:
         servers: set[str] = set()
         for event_id in sorted(event_ids):
             groups = await self._store.get_event_state_groups(event_id)
-            if groups is None:
+            row = (await self._store.get_events([event_id])).get(event_id)
+            if groups is None or row is None:
                 continue
-            state = await self._store.get_state_ids(groups.after)
-            members = {
-                member_id: state_key
-                for (event_type, state_key), member_id in state.items()
-                if event_type == _MEMBER and _server_of(state_key) not in servers
-            }
-            pending = sorted(members)
-            for start in range(0, len(pending), _BATCH):
-                rows = await self._store.get_events(pending[start : start + _BATCH])
-                servers.update(
-                    _server_of(members[member_id])
-                    for member_id, row in rows.items()
-                    if member_id in members and row.rejected_reason is None and _is_join(row.json)
-                )
+            servers |= await self.by_group.joined_servers_at(row.room_id, groups.after)
         return frozenset(servers)
 
     def forget(self, room_id: str) -> None:
