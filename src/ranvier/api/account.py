@@ -264,18 +264,17 @@ def add_account_routes(
         stage = None if auth_dict is None else optional_str(auth_dict, "type")
         if guest_token is not None:
             return await upgrade_guest(body, guest_token, localpart, session, stage)
-        if session is not None and uia is not None:
-            made = await uia.registered_in(session)
-            if made is not None:
-                return await registered_again(made, body, localpart)
+        again = await again_in_session(session, body, localpart)
+        if again is not None:
+            return again
         try:
             return await register_user(body, auth_dict, session, stage, localpart)
         except UserInUseError:
             # A retry racing the request that registered in its session.
-            made = None if session is None or uia is None else await uia.registered_in(session)
-            if made is None:
+            again = await again_in_session(session, body, localpart)
+            if again is None:
                 raise
-            return await registered_again(made, body, localpart)
+            return again
 
     async def register_user(
         body: Mapping[str, Any],
@@ -463,13 +462,22 @@ def add_account_routes(
         when it is anything else (on a worker the error arrives as a plain
         MatrixError with its errcode).
         """
-        if refused.errcode != SessionRegisteredError.errcode or session is None:
+        if refused.errcode != SessionRegisteredError.errcode:
             raise refused
-        assert uia is not None
+        again = await again_in_session(session, body, localpart)
+        if again is None:
+            raise refused
+        return again
+
+    async def again_in_session(
+        session: str | None, body: Mapping[str, Any], localpart: str | None
+    ) -> dict[str, Any] | None:
+        """The answer to a retry in ``session`` if it registered an account
+        already (:func:`registered_again`); None if it registered none."""
+        if session is None or uia is None:
+            return None
         made = await uia.registered_in(session)
-        if made is None:
-            raise refused
-        return await registered_again(made, body, localpart)
+        return None if made is None else await registered_again(made, body, localpart)
 
     async def register_with_token(
         body: Mapping[str, Any],
