@@ -52,6 +52,7 @@ from ranvier.core.knocks import Knocked
 from ranvier.core.pagination import parse_pagination_token
 from ranvier.core.room_forgetting import RoomForgetting
 from ranvier.core.room_joins import RoomJoins
+from ranvier.core.room_list import check_visibility
 from ranvier.core.rooms import RoomReader
 from ranvier.core.shadow_bans import NO_DELAY, ShadowBans
 from ranvier.core.suspension import (
@@ -220,12 +221,7 @@ class _Rooms:
         refuse_if_suspended(requester, "create_room")
         body = _body(request)
         visibility = _optional(body, "visibility", str) or "private"
-        if visibility not in ("public", "private"):
-            raise MatrixError(
-                f"visibility must be public or private, not {visibility!r}",
-                errcode="M_INVALID_PARAM",
-                http_status=400,
-            )
+        check_visibility(visibility)
         preset = _optional(body, "preset", str)
         if preset is None:
             preset = "public_chat" if visibility == "public" else "private_chat"
@@ -297,24 +293,24 @@ class _Rooms:
     # --- Memberships ----------------------------------------------------------------
 
     async def join(self, request: Request) -> Mapping[str, Any]:
-        requester = await self._auth.get_user(request)
-        content = _reason_only(_body(request))
-        servers = [*request.query.get("via", ()), *request.query.get("server_name", ())]
-        room = request.path_params["room_id_or_alias"]
-        joined = await self.change_membership(
-            requester, room, requester.user_id, "join", content, servers=servers
-        )
-        return {"room_id": joined.room_id}
+        return await self._own_by_id_or_alias(request, "join")
 
     async def knock(self, request: Request) -> Mapping[str, Any]:
+        return await self._own_by_id_or_alias(request, "knock")
+
+    async def _own_by_id_or_alias(
+        self, request: Request, membership: Literal["join", "knock"]
+    ) -> Mapping[str, Any]:
+        """``POST /join/{roomIdOrAlias}`` and ``/knock/{roomIdOrAlias}``: the
+        requester's own join or knock, through the servers the query names."""
         requester = await self._auth.get_user(request)
         content = _reason_only(_body(request))
         servers = [*request.query.get("via", ()), *request.query.get("server_name", ())]
         room = request.path_params["room_id_or_alias"]
-        knocked = await self.change_membership(
-            requester, room, requester.user_id, "knock", content, servers=servers
+        changed = await self.change_membership(
+            requester, room, requester.user_id, membership, content, servers=servers
         )
-        return {"room_id": knocked.room_id}
+        return {"room_id": changed.room_id}
 
     async def join_by_id(self, request: Request) -> Mapping[str, Any]:
         requester = await self._auth.get_user(request)

@@ -46,6 +46,7 @@ __all__ = [
     "RoomList",
     "RoomListStore",
     "Visibility",
+    "check_visibility",
     "chunk_flags",
     "chunk_strings",
 ]
@@ -194,12 +195,7 @@ class RoomList:
         """Publish or unpublish a room: a server admin may, and a member
         joined to it with the power to send ``m.room.canonical_alias``.
         """
-        if visibility not in ("public", "private"):
-            raise MatrixError(
-                f"visibility must be public or private, not {visibility!r}",
-                errcode="M_INVALID_PARAM",
-                http_status=400,
-            )
+        check_visibility(visibility)
         if not await self._store.room_exists(room_id):
             raise _not_found(room_id)
         if not is_admin and not await self._permissions.may_change_directory(user_id, room_id):
@@ -224,12 +220,7 @@ class RoomList:
         can say, and an ID it never reports leaves the room in a list no
         client is shown.
         """
-        if visibility not in ("public", "private"):
-            raise MatrixError(
-                f"visibility must be public or private, not {visibility!r}",
-                errcode="M_INVALID_PARAM",
-                http_status=400,
-            )
+        check_visibility(visibility)
         if len(network_id) > MAX_NETWORK_ID:
             raise MatrixError(
                 f"a network ID is at most {MAX_NETWORK_ID} characters",
@@ -337,4 +328,14 @@ class RoomList:
             search=search,
             include_all_networks=include_all_networks,
             third_party_instance_id=third_party_instance_id,
+        )
+
+
+def check_visibility(visibility: object) -> None:
+    """Refuse a room directory visibility other than the spec's two."""
+    if visibility not in ("public", "private"):
+        raise MatrixError(
+            f"visibility must be public or private, not {visibility!r}",
+            errcode="M_INVALID_PARAM",
+            http_status=400,
         )
