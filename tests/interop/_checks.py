@@ -11,10 +11,11 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
 import trio
 
+from ranvier.protocol.signing import SigningKey, encode_verify_key_base64, sign_json
 from ranvier.storage import Storage
 
 from ._synapse import SynapseUser
@@ -59,3 +60,19 @@ async def on_synapse(user: SynapseUser, room_id: str, *event_ids: str) -> bool:
         if await user.event(room_id, event_id) is None:
             return False
     return True
+
+
+def device_keys(user_id: str, device_id: str) -> tuple[dict[str, Any], SigningKey]:
+    """A new device's keys, signed by its own ed25519 key, and that key
+    (to sign the device's one-time keys with)."""
+    key = SigningKey(os.urandom(32), device_id)
+    device = {
+        "user_id": user_id,
+        "device_id": device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            f"curve25519:{device_id}": "Y3VydmU" + device_id,
+            f"ed25519:{device_id}": encode_verify_key_base64(key.verify_key),
+        },
+    }
+    return sign_json(device, user_id, key), key

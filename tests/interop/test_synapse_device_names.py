@@ -7,7 +7,6 @@ rename included; off, Synapse is never told them.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import httpx
@@ -16,10 +15,9 @@ import pytest
 
 from ranvier.config import Config
 from ranvier.core.devices import Devices
-from ranvier.protocol.signing import SigningKey, encode_verify_key_base64, sign_json
 from ranvier.server import HomeServer
 
-from ._checks import eventually, localpart
+from ._checks import device_keys, eventually, localpart
 from ._synapse import SynapseProcess, SynapseUser
 
 NAME = "Bob's phone"
@@ -32,20 +30,6 @@ def ranvier_config(ranvier_config: Config, request: pytest.FixtureRequest) -> Co
         ranvier_config.federation, allow_device_name_lookup_over_federation=request.param
     )
     return msgspec.structs.replace(ranvier_config, federation=federation)
-
-
-def _device_keys(user_id: str, device_id: str) -> dict[str, Any]:
-    key = SigningKey(os.urandom(32), device_id)
-    device = {
-        "user_id": user_id,
-        "device_id": device_id,
-        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-        "keys": {
-            f"curve25519:{device_id}": "Y3VydmU" + device_id,
-            f"ed25519:{device_id}": encode_verify_key_base64(key.verify_key),
-        },
-    }
-    return sign_json(device, user_id, key)
 
 
 async def _shown(zed: SynapseUser, user_id: str, device_id: str) -> dict[str, Any]:
@@ -64,7 +48,7 @@ async def test_synapse_users_see_ranvier_device_names_only_when_shared(
     room_id = await zed.create_room(preset="public_chat", name="Names, on Synapse")
     bob = await ranvier.accounts.register(localpart("bob"), None, device_display_name=NAME)
     assert bob.device_id is not None
-    keys = _device_keys(bob.user_id, bob.device_id)
+    keys = device_keys(bob.user_id, bob.device_id)[0]
     await ranvier.e2e_keys.upload(bob.user_id, bob.device_id, {"device_keys": keys})
     await ranvier.join_room(bob.user_id, room_id, [synapse.server_name])
 

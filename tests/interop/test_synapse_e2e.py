@@ -5,15 +5,14 @@ to-device messages each way.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import httpx
 
-from ranvier.protocol.signing import SigningKey, encode_verify_key_base64, sign_json
+from ranvier.protocol.signing import sign_json
 from ranvier.server import HomeServer
 
-from ._checks import eventually, localpart
+from ._checks import device_keys, eventually, localpart
 from ._synapse import SynapseProcess
 
 _OTK = "signed_curve25519"
@@ -21,20 +20,11 @@ _OTK = "signed_curve25519"
 
 def _keys(user_id: str, device_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Signed device keys and two signed one-time keys of a device."""
-    key = SigningKey(os.urandom(32), device_id)
-    device = {
-        "user_id": user_id,
-        "device_id": device_id,
-        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-        "keys": {
-            f"curve25519:{device_id}": "Y3VydmU" + device_id,
-            f"ed25519:{device_id}": encode_verify_key_base64(key.verify_key),
-        },
-    }
+    device, key = device_keys(user_id, device_id)
     one_time = {
         f"{_OTK}:{name}": sign_json({"key": f"b3Rr{name}"}, user_id, key) for name in ("a", "b")
     }
-    return sign_json(device, user_id, key), one_time
+    return device, one_time
 
 
 async def test_keys_and_to_device_messages_between_ranvier_and_synapse(

@@ -7,7 +7,6 @@ rename, and shows them in its users' ``/keys/query`` answers.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,10 @@ import httpx
 import pytest
 import trio
 
-from ranvier.protocol.signing import SigningKey, encode_verify_key_base64, sign_json
 from ranvier.server import HomeServer
 from ranvier.testing.network import Pki
 
-from ._checks import eventually, localpart
+from ._checks import device_keys, eventually, localpart
 from ._synapse import SynapseProcess, start_synapse, synapse_python
 
 NAME = "Zed's phone"
@@ -46,20 +44,6 @@ async def naming_synapse(tmp_path: Path, interop_pki: Pki) -> AsyncIterator[Syna
         await trio.to_thread.run_sync(started.stop)
 
 
-def _device_keys(user_id: str, device_id: str) -> dict[str, Any]:
-    key = SigningKey(os.urandom(32), device_id)
-    device = {
-        "user_id": user_id,
-        "device_id": device_id,
-        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-        "keys": {
-            f"curve25519:{device_id}": "Y3VydmU" + device_id,
-            f"ed25519:{device_id}": encode_verify_key_base64(key.verify_key),
-        },
-    }
-    return sign_json(device, user_id, key)
-
-
 async def test_ranvier_shows_the_device_names_synapse_shares(
     naming_synapse: SynapseProcess, ranvier: HomeServer
 ) -> None:
@@ -69,7 +53,7 @@ async def test_ranvier_shows_the_device_names_synapse_shares(
         device_id = (await zed.request("GET", "/_matrix/client/v3/account/whoami"))["device_id"]
         devices = f"/_matrix/client/v3/devices/{device_id}"
         await zed.request("PUT", devices, body={"display_name": NAME})
-        keys = _device_keys(zed.user_id, device_id)
+        keys = device_keys(zed.user_id, device_id)[0]
         await zed.request("POST", "/_matrix/client/v3/keys/upload", body={"device_keys": keys})
         room_id = await zed.create_room(preset="public_chat", name="Names, from Synapse")
         bob = await ranvier.accounts.register(localpart("bob"), None)
