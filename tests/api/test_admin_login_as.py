@@ -166,6 +166,26 @@ async def test_each_token_has_transaction_ids_of_its_own(env: WithAdmin) -> None
         assert event.get("unsigned", {}).get("transaction_id") == shown, (reader, event_id)
 
 
+async def test_each_token_has_to_device_transaction_ids_of_its_own(env: WithAdmin) -> None:
+    """The same for ``/sendToDevice``: one transaction ID on two puppet
+    tokens is two messages, a retry on either is none more."""
+    c, alice = env.client, env.alice
+    first = await _login_as(env, env.admin, alice.user_id)
+    second = await _login_as(env, env.admin, alice.user_id)
+
+    async def send(user: TestUser, body: str) -> None:
+        message = {"messages": {alice.user_id: {alice.device_id: {"body": body}}}}
+        await c.ok(user, "PUT", "/sendToDevice/m.test/same", message)
+
+    await send(first, "one")
+    await send(second, "two")
+    await send(first, "one again")
+    await send(second, "two again")
+    synced = await c.ok(alice, "GET", "/sync")
+    bodies = [event["content"]["body"] for event in synced["to_device"]["events"]]
+    assert sorted(bodies) == ["one", "two"]
+
+
 async def test_the_token_expires_at_valid_until_ms(env: WithAdmin) -> None:
     now = [_START_MS]
     env.hs.server.accounts.clock_ms = lambda: now[0]

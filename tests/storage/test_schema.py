@@ -117,6 +117,8 @@ TABLES_ADDED = {
     # client_transactions, rebuilt with a column more.
     61: set(),
     62: {"search_scrub"},
+    # to_device_transactions, rebuilt with a column more.
+    63: set(),
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -671,6 +673,25 @@ def test_version_53_records_what_the_state_events_stored_replaced(
         ("$leave", "$join"),
         ("$rename", None),
     ]
+
+
+def test_version_63_keys_to_device_transactions_by_token_too(raw: sqlite3.Connection) -> None:
+    migrate(raw, target=62)
+    for device, txn in (("DEV", "t1"), ("DEV", "t2"), ("", "t1")):
+        raw.execute("INSERT INTO to_device_transactions VALUES ('@a:x', ?, ?, 5)", (device, txn))
+    migrate(raw, target=63)
+    # A device's rows are kept, with no token; a device-less request's row
+    # cannot be given its token and is dropped.
+    assert raw.execute(
+        "SELECT user_id, device_id, token_hash, txn_id, created_ts"
+        " FROM to_device_transactions ORDER BY txn_id"
+    ).fetchall() == [("@a:x", "DEV", b"", "t1", 5), ("@a:x", "DEV", b"", "t2", 5)]
+    # Two tokens of the user may use one transaction ID; one token may not twice.
+    insert = "INSERT INTO to_device_transactions VALUES ('@a:x', '', ?, 't1', 6)"
+    raw.execute(insert, (b"\x01",))
+    raw.execute(insert, (b"\x02",))
+    with pytest.raises(sqlite3.IntegrityError):
+        raw.execute(insert, (b"\x01",))
 
 
 def test_version_61_keys_client_transactions_by_token_too(raw: sqlite3.Connection) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from ranvier.api.account import json_object
 from ranvier.api.app import CLIENT_VERSION_PREFIXES
 from ranvier.api.auth import Auth
+from ranvier.core.client_txns import TxnOwner
 from ranvier.core.to_device import ToDevice
 from ranvier.web import Request, Router
 
@@ -20,12 +21,14 @@ def add_to_device_routes(router: Router, *, auth: Auth, to_device: ToDevice) -> 
     async def send(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)
         params = request.path_params
+        owner = TxnOwner.of(requester)
         await to_device.send(
-            requester.user_id,
-            requester.device_id,
+            owner.user_id,
+            owner.device_id,
             params["event_type"],
             params["txn_id"],
             json_object(request),
+            token_hash=owner.token_hash,
         )
         return {}
 

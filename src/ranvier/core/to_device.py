@@ -5,7 +5,8 @@ Invariants
 ----------
 
 * **Once per transaction ID.** A client's retry of a send (same device,
-  same transaction ID) queues nothing and sends no EDU again: the
+  or same token for a request made with no device, and same transaction
+  ID) queues nothing and sends no EDU again: the
   transaction is recorded in the same write as the messages. As for room
   sends (:mod:`ranvier.core.client_txns`), a transaction is forgotten a
   day after, by a prune a send runs at most once an hour.
@@ -62,6 +63,7 @@ class ToDeviceStore(Protocol):
         messages: Sequence[tuple[str, str, bytes]],
         now_ms: int,
         remote: Sequence[tuple[str, bytes]] = ...,
+        txn_token: bytes = ...,
     ) -> tuple[bool, int | None, list[tuple[str, str]]]: ...
 
     async def forget_to_device_transactions(self, before_ms: int) -> int: ...
@@ -133,10 +135,19 @@ class ToDevice:
         self._pruned_at: int | None = None
 
     async def send(
-        self, user_id: str, device_id: str, event_type: str, txn_id: str, body: Mapping[str, Any]
+        self,
+        user_id: str,
+        device_id: str,
+        event_type: str,
+        txn_id: str,
+        body: Mapping[str, Any],
+        *,
+        token_hash: bytes = b"",
     ) -> None:
         """A client's send: local devices' inboxes, and one EDU per other
-        server with its users' messages.
+        server with its users' messages. A request made with no device
+        gives its token's hash, ``token_hash``: its transaction IDs are
+        that token's (:class:`~ranvier.core.client_txns.TxnOwner`).
         """
         messages = _messages(body)
         local: list[tuple[str, str, bytes]] = []
@@ -167,6 +178,7 @@ class ToDevice:
             messages=local,
             now_ms=self._clock(),
             remote=outbox,
+            txn_token=token_hash,
         )
         if position is not None:
             self._notifier.advance_to_device(position, {user for user, _ in reached})

@@ -7,7 +7,8 @@ Tables (the schema's ``_end_to_end`` migration)
 ``e2e_device_keys``, ``e2e_one_time_keys``, ``e2e_fallback_keys`` and
 ``e2e_cross_signing_keys`` hold keys as the JSON the client uploaded.
 ``to_device_inbox`` holds each device's messages under a stream position;
-``to_device_transactions`` the transaction IDs already sent, per device.
+``to_device_transactions`` the transaction IDs already sent, per device (or
+device-less token).
 ``device_list_changes`` logs, under a stream position, each user whose
 devices or keys changed.
 
@@ -189,12 +190,15 @@ class E2eKeyStorage:
         messages: Sequence[tuple[str, str, bytes]],
         now_ms: int,
         remote: Sequence[tuple[str, bytes]] = (),
+        txn_token: bytes = b"",
     ) -> tuple[bool, int | None, list[tuple[str, str]]]:
         """Queue messages ``(user, device or '*', JSON)`` for local devices,
         and ``m.direct_to_device`` EDUs ``(destination, JSON)`` in the
-        outbox, once per ``(sender, sender_device, txn_id)``: whether this is
-        the first time, the new position (None when nothing was queued) and
-        the ``(user, device)`` pairs reached.
+        outbox, once per ``(sender, sender_device, txn_token, txn_id)``:
+        whether this is the first time, the new position (None when nothing
+        was queued) and the ``(user, device)`` pairs reached. ``txn_token``
+        is the hash of a device-less request's access token, whose
+        transaction IDs are its own (:class:`ranvier.core.client_txns.TxnOwner`).
         """
         return await self._writer.submit(
             functools.partial(
@@ -202,6 +206,7 @@ class E2eKeyStorage:
                 sender=sender,
                 sender_device=sender_device,
                 txn_id=txn_id,
+                txn_token=txn_token,
                 messages=list(messages),
                 now_ms=now_ms,
                 remote=list(remote),
@@ -683,12 +688,13 @@ def _send_to_device(
     messages: list[tuple[str, str, bytes]],
     now_ms: int,
     remote: list[tuple[str, bytes]] | None = None,
+    txn_token: bytes = b"",
 ) -> tuple[bool, int | None, list[tuple[str, str]]]:
     if txn_id is not None:
         seen = conn.execute(
-            "INSERT OR IGNORE INTO to_device_transactions (user_id, device_id, txn_id, created_ts)"
-            " VALUES (?, ?, ?, ?)",
-            (sender, sender_device or "", txn_id, now_ms),
+            "INSERT OR IGNORE INTO to_device_transactions"
+            " (user_id, device_id, token_hash, txn_id, created_ts) VALUES (?, ?, ?, ?, ?)",
+            (sender, sender_device or "", txn_token, txn_id, now_ms),
         )
         if seen.rowcount == 0:
             return False, None, []

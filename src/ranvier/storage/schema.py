@@ -1366,6 +1366,28 @@ def _client_transaction_tokens(conn: sqlite3.Connection) -> None:
     _index(conn, "client_transactions", ["created_ts"])
 
 
+def _to_device_transaction_tokens(conn: sqlite3.Connection) -> None:
+    """To-device transactions keyed by the access token too, as client
+    transactions are since version 61: a device-less token's are its own.
+    Rows of device-less requests kept so far cannot be given their token
+    and are dropped: all that is lost is the recognition of a retry.
+    """
+    run = conn.execute
+    run(
+        "CREATE TABLE to_device_transactions_by_token (user_id TEXT NOT NULL,"
+        " device_id TEXT NOT NULL, token_hash BLOB NOT NULL DEFAULT x'', txn_id TEXT NOT NULL,"
+        " created_ts INTEGER NOT NULL, PRIMARY KEY (user_id, device_id, token_hash, txn_id))"
+        " STRICT"
+    )
+    run(
+        "INSERT INTO to_device_transactions_by_token"
+        " SELECT user_id, device_id, x'', txn_id, created_ts"
+        " FROM to_device_transactions WHERE device_id != ''"
+    )
+    run("DROP TABLE to_device_transactions")
+    run("ALTER TABLE to_device_transactions_by_token RENAME TO to_device_transactions")
+
+
 def _search_scrub(conn: sqlite3.Connection) -> None:
     """Where the full-text index's scrubs stand
     (:mod:`ranvier.storage.search_scrub`): how many were asked for, the one
@@ -1444,6 +1466,7 @@ MIGRATIONS: Sequence[Migration] = (
     _puppet_tokens,
     _client_transaction_tokens,
     _search_scrub,
+    _to_device_transaction_tokens,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
