@@ -369,7 +369,11 @@ def _fill_account(conn: sqlite3.Connection, room_id: str, event_id: str) -> None
         "INSERT INTO to_device_inbox (user_id, device_id, message) VALUES (?, 'D', x'7b7d')",
         (ALICE,),
     )
-    run("INSERT INTO to_device_transactions VALUES (?, 'D', 't', 5)", (ALICE,))
+    run(
+        "INSERT INTO to_device_transactions (user_id, device_id, txn_id, created_ts)"
+        " VALUES (?, 'D', 't', 5)",
+        (ALICE,),
+    )
     run("INSERT INTO dehydrated_devices VALUES (?, 'DRY', x'7b7d', 'up', NULL, NULL, 1)", (ALICE,))
     for room, data_type in (("", "m.push_rules"), ("", "m.ignored_user_list"), (room_id, "m.tag")):
         run(

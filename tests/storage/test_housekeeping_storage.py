@@ -39,7 +39,11 @@ def _seed(conn: sqlite3.Connection) -> None:
             "INSERT INTO client_transactions VALUES (?, ?, ?, ?, '!r:example.org', ?, ?)",
             (ALICE, device, b"" if device else b"\x01", txn, f"${device}{txn}", ts),
         )
-        run("INSERT INTO to_device_transactions VALUES (?, ?, ?, ?)", (ALICE, device, txn, ts))
+        run(
+            "INSERT INTO to_device_transactions (user_id, device_id, txn_id, created_ts)"
+            " VALUES (?, ?, ?, ?)",
+            (ALICE, device, txn, ts),
+        )
     for device in ("LIVE", "GONE"):
         run(
             "INSERT INTO to_device_inbox (user_id, device_id, message) VALUES (?, ?, x'7b7d')",
