@@ -133,13 +133,14 @@ _ONE: RateConfig = RateConfig(per_second=0.0001, burst=1)
 
 
 @asynccontextmanager
-async def _limited_to_one(tmp_path: Path, category: str) -> AsyncIterator[WithAdmin]:
-    """A server on which ``category`` allows one action at once (the other
-    categories their defaults, plenty for the set-up), with users to
-    invite."""
+async def _limited_to_one(tmp_path: Path, *categories: str) -> AsyncIterator[WithAdmin]:
+    """A server on which each of ``categories`` allows one action at once
+    (the other categories their defaults, plenty for the set-up), with
+    users to invite."""
     config = config_for_tests(tmp_path / "hs", rate_limits=True)
     config = msgspec.structs.replace(
-        config, ratelimit=msgspec.structs.replace(config.ratelimit, **{category: _ONE})
+        config,
+        ratelimit=msgspec.structs.replace(config.ratelimit, **dict.fromkeys(categories, _ONE)),
     )
     async with (
         open_test_homeserver(tmp_path / "hs", config=config) as hs,
@@ -278,24 +279,10 @@ async def test_an_own_rate_is_the_message_limits_alone(tmp_path: Path) -> None:
     """A positive rate and burst raise Alice's message limit, not her joins:
     its numbers are messages per second (Synapse's other limiters only
     look at whether the rate is 0)."""
-    config = config_for_tests(tmp_path / "hs", rate_limits=True)
-    config = msgspec.structs.replace(
-        config, ratelimit=msgspec.structs.replace(config.ratelimit, join=_ONE, message=_ONE)
-    )
-    async with (
-        open_test_homeserver(tmp_path / "hs", config=config) as hs,
-        hs.client() as http,
-    ):
-        env = WithAdmin(
-            hs,
-            Client(hs, http),
-            await hs.register_user("alice"),
-            await hs.register_user("bob"),
-            await hs.register_user("admin", admin=True),
-        )
+    async with _limited_to_one(tmp_path, "join", "message") as env:
         path = f"/v1/users/{q(env.alice.user_id)}/override_ratelimit"
         own = {"messages_per_second": 100, "burst_count": 100}
-        await admin_ok(http, env.admin, "POST", path, own)
+        await admin_ok(env.client.http, env.admin, "POST", path, own)
         await _own_room(env, env.alice)
         assert [await _message(env, env.alice, n) for n in range(3)] == [_TAKEN] * 3
         assert [await _join(env, env.alice, n) for n in range(2)] == [_TAKEN, _REFUSED]
