@@ -79,6 +79,18 @@ class Client:
         assert isinstance(answer.get("error"), str)
         assert answer["error"]
 
+    async def log_in(self, user: str, password: str, **extra: Any) -> TestUser:
+        """A password login of ``user`` (a localpart or user ID); ``extra``
+        goes into the body (``device_id``, ``initial_device_display_name``)."""
+        body = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user},
+            "password": password,
+            **extra,
+        }
+        answer = await self.ok(None, "POST", "/login", body)
+        return TestUser(answer["user_id"], answer["access_token"], answer["device_id"])
+
     async def create_room(self, user: TestUser, **body: Any) -> str:
         answer = await self.ok(user, "POST", "/createRoom", body)
         room_id: str = answer["room_id"]

@@ -25,19 +25,9 @@ async def env(tmp_path: Path) -> AsyncIterator[WithAdmin]:
 
 
 async def _login(c: Client, device_id: str) -> TestUser:
-    answer = await c.ok(
-        None,
-        "POST",
-        "/login",
-        {
-            "type": "m.login.password",
-            "identifier": {"type": "m.id.user", "user": "carol"},
-            "password": PASSWORD,
-            "device_id": device_id,
-            "initial_device_display_name": f"{device_id} phone",
-        },
+    return await c.log_in(
+        "carol", PASSWORD, device_id=device_id, initial_device_display_name=f"{device_id} phone"
     )
-    return TestUser(answer["user_id"], answer["access_token"], answer["device_id"])
 
 
 async def _refusals(env: WithAdmin, method: str, tail: str, body: Any = None) -> None:

@@ -90,18 +90,7 @@ def _dump(env: WithAdmin) -> dict[str, list[tuple[Any, ...]]]:
 
 
 async def _login(c: Client, device_id: str) -> TestUser:
-    answer = await c.ok(
-        None,
-        "POST",
-        "/login",
-        {
-            "type": "m.login.password",
-            "identifier": {"type": "m.id.user", "user": "carol"},
-            "password": PASSWORD,
-            "device_id": device_id,
-        },
-    )
-    return TestUser(answer["user_id"], answer["access_token"], answer["device_id"])
+    return await c.log_in("carol", PASSWORD, device_id=device_id)
 
 
 async def _fill(env: WithAdmin, carol: TestUser, phone: TestUser, room_id: str) -> None:

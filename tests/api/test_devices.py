@@ -23,19 +23,9 @@ class Env:
     bob: TestUser
 
     async def login(self, device_id: str) -> TestUser:
-        answer = await self.client.ok(
-            None,
-            "POST",
-            "/login",
-            {
-                "type": "m.login.password",
-                "identifier": {"type": "m.id.user", "user": "alice"},
-                "password": PASSWORD,
-                "device_id": device_id,
-                "initial_device_display_name": f"{device_id} phone",
-            },
+        return await self.client.log_in(
+            "alice", PASSWORD, device_id=device_id, initial_device_display_name=f"{device_id} phone"
         )
-        return TestUser(answer["user_id"], answer["access_token"], answer["device_id"])
 
 
 @pytest.fixture

@@ -19,17 +19,7 @@ async def env(tmp_path: Path) -> AsyncIterator[SharedRoom]:
 
 
 async def _second_device(env: SharedRoom, password: str) -> TestUser:
-    answer = await env.client.ok(
-        None,
-        "POST",
-        "/login",
-        {
-            "type": "m.login.password",
-            "identifier": {"type": "m.id.user", "user": "dora"},
-            "password": password,
-        },
-    )
-    return TestUser(answer["user_id"], answer["access_token"], answer["device_id"])
+    return await env.client.log_in("dora", password)
 
 
 async def test_the_sending_device_reads_its_transaction_id(env: SharedRoom) -> None:
