@@ -746,6 +746,18 @@ _REGISTRATION = uia.NewUiaSession(
 )
 
 
+async def _claims_the_session_alike_twice(storage: Storage, operation: WriteOperation[Any]) -> None:
+    """``operation``, run twice, leaves the database as once, with Alice
+    holding registration session ``reg``."""
+    await storage.actor.submit(operation)
+    once = _dump(Path(storage.path))
+    await storage.actor.submit(operation)
+    assert _dump(Path(storage.path)) == once
+    session = await storage.uia.uia_session("reg")
+    assert session is not None
+    assert (session.user_id, session.expires_ts) == (ALICE, 999)
+
+
 @pytest.mark.parametrize("with_secret", [True, False])
 async def test_a_registration_in_a_session_run_twice(storage: Storage, with_secret: bool) -> None:
     """The account with its claim on the session, run twice alike; even an
@@ -758,13 +770,7 @@ async def test_a_registration_in_a_session_run_twice(storage: Storage, with_secr
     )
     device = _DEVICE if with_secret else None
     operation = _call(accounts._create_account, account=account, device=device)
-    await storage.actor.submit(operation)
-    once = _dump(Path(storage.path))
-    await storage.actor.submit(operation)
-    assert _dump(Path(storage.path)) == once
-    session = await storage.uia.uia_session("reg")
-    assert session is not None
-    assert (session.user_id, session.expires_ts) == (ALICE, 999)
+    await _claims_the_session_alike_twice(storage, operation)
 
 
 async def test_a_second_registration_in_a_session_writes_nothing(storage: Storage) -> None:
@@ -800,13 +806,7 @@ async def test_a_guest_upgrade_in_a_session_run_twice(storage: Storage) -> None:
         device=_OTHER_DEVICE,
         session=claim,
     )
-    await storage.actor.submit(operation)
-    once = _dump(Path(storage.path))
-    await storage.actor.submit(operation)
-    assert _dump(Path(storage.path)) == once
-    session = await storage.uia.uia_session("reg")
-    assert session is not None
-    assert (session.user_id, session.expires_ts) == (ALICE, 999)
+    await _claims_the_session_alike_twice(storage, operation)
 
     other = "@100000000002:ours.test"
     await storage.accounts.create_account(
