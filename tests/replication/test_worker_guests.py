@@ -28,13 +28,18 @@ def _registration(tmp_path: Path) -> RegistrationConfig:
     return msgspec.structs.replace(tests, enabled=True, allow_guest_access=True)
 
 
+async def _register_guest(client: httpx.AsyncClient) -> dict[str, str]:
+    registered = await client.post(f"{_V3}/register?kind=guest", json={})
+    assert registered.status_code == 200, registered.text
+    guest: dict[str, str] = registered.json()
+    return guest
+
+
 async def test_a_guest_of_the_worker_is_held_to_the_guest_routes(tmp_path: Path) -> None:
     async with alice_on_both(tmp_path, registration=_registration(tmp_path)) as both:
         worker = TestHomeserver(both.worker)
         async with worker.client() as anonymous:
-            registered = await anonymous.post(f"{_V3}/register?kind=guest", json={})
-        assert registered.status_code == 200, registered.text
-        guest = registered.json()
+            guest = await _register_guest(anonymous)
         room_id = (await both.on_main.post(f"{_V3}/createRoom", json=_GUESTS_ROOM)).json()[
             "room_id"
         ]
@@ -82,9 +87,7 @@ async def test_an_upgrade_on_the_worker_claims_its_session(tmp_path: Path) -> No
     async with alice_on_both(tmp_path, registration=_registration(tmp_path)) as both:
         worker = TestHomeserver(both.worker)
         async with worker.client() as anonymous:
-            registered = await anonymous.post(f"{_V3}/register?kind=guest", json={})
-            assert registered.status_code == 200, registered.text
-            guest = registered.json()
+            guest = await _register_guest(anonymous)
             body = {
                 "guest_access_token": guest["access_token"],
                 "username": guest["user_id"][1:].partition(":")[0],
