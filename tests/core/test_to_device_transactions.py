@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ranvier.core.client_txns import DEFAULT_KEEP_MS, DEFAULT_PRUNE_EVERY_MS
+from ranvier.core.client_txns import DEFAULT_KEEP_MS, DEFAULT_PRUNE_EVERY_MS, TxnOwner
 from ranvier.core.notifier import StreamNotifier
 from ranvier.core.to_device import ToDevice
 from ranvier.storage import Storage
@@ -26,7 +26,7 @@ async def test_a_transaction_is_forgotten_a_day_after_by_an_hourly_prune(
     keys = storage.e2e_keys
 
     async def send(txn_id: str) -> int:
-        await to_device.send(ALICE, "A", "m.test", txn_id, {"messages": {BOB: {"B": {}}}})
+        await to_device.send(TxnOwner(ALICE, "A"), "m.test", txn_id, {"messages": {BOB: {"B": {}}}})
         upto = await keys.to_device_position()
         return len(await keys.to_device_messages(BOB, "B", 0, upto, 100))
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from ranvier.core.client_txns import TxnOwner
 from ranvier.protocol.signing import sign_json
 from ranvier.server import HomeServer
 
@@ -76,8 +77,7 @@ async def test_keys_and_to_device_messages_between_ranvier_and_synapse(
 
     # A to-device message each way.
     await ranvier.to_device.send(
-        bob.user_id,
-        bob.device_id,
+        TxnOwner(bob.user_id, bob.device_id),
         "m.test",
         "t1",
         {"messages": {zed.user_id: {zed_device: {"from": "ranvier"}}}},

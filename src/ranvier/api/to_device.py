@@ -21,14 +21,8 @@ def add_to_device_routes(router: Router, *, auth: Auth, to_device: ToDevice) -> 
     async def send(request: Request) -> Mapping[str, Any]:
         requester = await auth.get_user(request)
         params = request.path_params
-        owner = TxnOwner.of(requester)
         await to_device.send(
-            owner.user_id,
-            owner.device_id,
-            params["event_type"],
-            params["txn_id"],
-            json_object(request),
-            token_hash=owner.token_hash,
+            TxnOwner.of(requester), params["event_type"], params["txn_id"], json_object(request)
         )
         return {}
 

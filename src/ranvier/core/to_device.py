@@ -39,7 +39,7 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from ranvier.core.builder import Clock, wall_clock_ms
-from ranvier.core.client_txns import DEFAULT_KEEP_MS, DEFAULT_PRUNE_EVERY_MS
+from ranvier.core.client_txns import DEFAULT_KEEP_MS, DEFAULT_PRUNE_EVERY_MS, TxnOwner
 from ranvier.core.notifier import StreamNotifier
 from ranvier.errors import MatrixError
 from ranvier.protocol.x_matrix import split_server_name
@@ -135,20 +135,13 @@ class ToDevice:
         self._pruned_at: int | None = None
 
     async def send(
-        self,
-        user_id: str,
-        device_id: str,
-        event_type: str,
-        txn_id: str,
-        body: Mapping[str, Any],
-        *,
-        token_hash: bytes = b"",
+        self, owner: TxnOwner, event_type: str, txn_id: str, body: Mapping[str, Any]
     ) -> None:
         """A client's send: local devices' inboxes, and one EDU per other
-        server with its users' messages. A request made with no device
-        gives its token's hash, ``token_hash``: its transaction IDs are
-        that token's (:class:`~ranvier.core.client_txns.TxnOwner`).
+        server with its users' messages. ``owner`` is the sender and whose
+        transaction IDs these are: its device's, or a device-less token's.
         """
+        user_id = owner.user_id
         messages = _messages(body)
         local: list[tuple[str, str, bytes]] = []
         remote: dict[str, dict[str, dict[str, Any]]] = {}
@@ -173,12 +166,12 @@ class ToDevice:
                 outbox.append((server, msgspec.json.encode(edu)))
         fresh, position, reached = await self._store.send_to_device(
             sender=user_id,
-            sender_device=device_id,
+            sender_device=owner.device_id,
             txn_id=txn_id,
             messages=local,
             now_ms=self._clock(),
             remote=outbox,
-            txn_token=token_hash,
+            txn_token=owner.token_hash,
         )
         if position is not None:
             self._notifier.advance_to_device(position, {user for user, _ in reached})
