@@ -235,7 +235,11 @@ def _fill(conn: sqlite3.Connection, version: int) -> None:
             "INSERT INTO to_device_inbox (user_id, device_id, message)"
             " VALUES ('@a:x', 'DEV', x'7b7d')"
         )
-        run("INSERT INTO to_device_transactions VALUES ('@a:x', 'DEV', 't1', 5)")
+        # Columns named: a later version adds one.
+        run(
+            "INSERT INTO to_device_transactions (user_id, device_id, txn_id, created_ts)"
+            " VALUES ('@a:x', 'DEV', 't1', 5)"
+        )
         run("INSERT INTO device_list_changes (user_id) VALUES ('@a:x')")
     elif version == 13:
         run("INSERT INTO to_device_outbox (destination, edu) VALUES ('hs.example', x'7b7d')")

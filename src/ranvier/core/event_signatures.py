@@ -46,12 +46,12 @@ import nacl.exceptions
 import trio
 
 from ranvier.errors import BadJsonError, InvalidSignatureError, MatrixError
+from ranvier.failures import sole_failure
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.redaction import redact
 from ranvier.protocol.signing import ED25519, VerifyKeyLike
 from ranvier.protocol.unpadded_base64 import decode_unpadded_base64
 
-from .failures import sole_failure
 from .interfaces import VerifyKeySource
 
 __all__ = [

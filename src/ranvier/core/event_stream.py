@@ -22,10 +22,10 @@ from typing import Any, Final, Protocol
 
 import trio
 
+from ranvier.failures import sole_failure
 from ranvier.storage.records import StoredEvent
 
 from .client_events import client_event
-from .failures import sole_failure
 from .notifier import StreamNotifier
 from .replaced_state import ReplacedStateSource, replaced_unsigned, with_replaced
 

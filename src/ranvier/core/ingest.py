@@ -90,6 +90,7 @@ from ranvier.errors import (
     RoomGoneError,
     StorageUnavailableError,
 )
+from ranvier.failures import sole_failure
 from ranvier.protocol.auth import CREATE_KEY, StateKey, create_event_id_for_room
 from ranvier.protocol.events import Pdu, pdu_room_id
 from ranvier.protocol.hashing import compute_event_id
@@ -124,7 +125,6 @@ from .event_signatures import (
     redacted_if_hash_mismatch,
     run_signature_checks,
 )
-from .failures import sole_failure
 from .ingest_batch import AuthInputs, NotInMemoryError, RoomRun, RoomRunReader
 from .interfaces import (
     BatchStateReader,

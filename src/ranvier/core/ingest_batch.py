@@ -58,6 +58,7 @@ from typing import Final, Protocol, TypeAlias
 import msgspec
 import trio
 
+from ranvier.failures import sole_failure
 from ranvier.protocol.auth import (
     CREATE_KEY,
     StateKey,
@@ -75,7 +76,6 @@ from ranvier.storage.records import (
 from ranvier.storage.run_reads import RoomRunRows
 
 from .event_auth import AuthFailure
-from .failures import sole_failure
 from .interfaces import BatchStateReader, EventPersister
 from .loading import EventLoader
 from .policy_servers import POLICY_KEY

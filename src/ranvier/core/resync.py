@@ -55,6 +55,7 @@ from typing import Final
 import trio
 
 from ranvier.errors import AuthError, MatrixError
+from ranvier.failures import sole_failure
 from ranvier.protocol.auth import (
     CREATE_KEY,
     StateKey,
@@ -68,7 +69,6 @@ from ranvier.storage.records import EventToPersist, StoredEvent
 
 from .context import EventContext, event_to_persist
 from .event_auth import check_against_auth_events
-from .failures import sole_failure
 from .ingest import EventVerifier, auth_order
 from .interfaces import PartialStateStore, ResyncClient, RoomStateAtEvent
 from .loading import EventLoader

@@ -36,8 +36,9 @@ from typing import Any, Final, Protocol
 import msgspec
 import trio
 
-from ranvier.core.ingest import PduOutcome, sole_failure
+from ranvier.core.ingest import PduOutcome
 from ranvier.errors import BadJsonError, LimitExceededError, MatrixError
+from ranvier.failures import sole_failure
 from ranvier.federation.persistence import ReceivedTransactions
 from ranvier.federation.transport.server import Request, Router
 from ranvier.protocol.untrusted_json import untrusted_json_decoder

@@ -82,6 +82,7 @@ from typing import Any, Final, Generic, NoReturn, Protocol, TypeAlias, TypeVar, 
 import trio
 
 from ranvier.errors import StorageUnavailableError
+from ranvier.failures import sole_failure
 from ranvier.metrics import Histogram
 
 from .connections import SynchronousMode, open_checkpointer, open_writer
@@ -316,18 +317,6 @@ def _run_batch_counting_changes(
     return answers, conn.total_changes - before
 
 
-def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one exception a group holds, however deeply nested, or the group.
-
-    The actor's nursery wraps what stops it; callers expect the fatal
-    database error itself, as before the checkpoint task existed.
-    """
-    if len(group.exceptions) != 1:
-        return group
-    (only,) = group.exceptions
-    return _sole(only) if isinstance(only, BaseExceptionGroup) else only
-
-
 def _checkpoint(open_connection: Callable[[], sqlite3.Connection]) -> tuple[int, int, int]:
     """A PASSIVE checkpoint on a connection of its own: ``(busy, frames in
     the WAL, frames checkpointed)``.
@@ -513,7 +502,9 @@ class StorageActor:
                     task_status.started()
                     await self._serve(writer)
             except BaseExceptionGroup as group:
-                raise _sole(group) from None
+                # Callers expect the fatal database error itself, as before
+                # the checkpoint task existed.
+                raise sole_failure(group) from None
         except BaseException as exc:
             reason = exc
             raise
