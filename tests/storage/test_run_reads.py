@@ -43,9 +43,10 @@ async def test_one_read_answers_as_the_reads_one_by_one(
     )
     reader = RunReads(storage.readers)
     # A run of $b (already stored and cited by nothing), $c and $d, which
-    # cite $b, $a, an outlier and an event never seen.
+    # cite $b, $a, an outlier, an event never seen and $c (of the run, not
+    # stored yet).
     event_ids = {"$b", "$c", "$d"}
-    prev_ids = {"$a", "$b", "$outlier", "$unseen"}
+    prev_ids = {"$a", "$b", "$c", "$outlier", "$unseen"}
     wanted = event_ids | prev_ids | {"$create"}
     rows = await reader.read_room_run(ROOM, event_ids=event_ids, wanted=wanted, prev_ids=prev_ids)
     assert rows == await _one_by_one(storage, event_ids, wanted, prev_ids)
@@ -86,8 +87,9 @@ async def test_partial_state_is_read_for_the_prev_events(
             make_event("$full", prev=("$join",), before=g0),
         ]
     )
-    event_ids = {"$next"}
-    prev_ids = {"$join", "$full"}
+    # $after, of the run, cites $next, of the run too.
+    event_ids = {"$next", "$after"}
+    prev_ids = {"$join", "$full", "$next"}
     rows = await RunReads(storage.readers).read_room_run(
         ROOM, event_ids=event_ids, wanted=event_ids | prev_ids, prev_ids=prev_ids
     )

@@ -69,12 +69,17 @@ def read_room_run(
     of the current state.
     """
     partial_room = reads.is_partial_state_room(conn, room_id)
+    events = reads.get_events(conn, wanted)
+    # A run's events are mostly each other's prev events, and those not
+    # stored yet have neither state groups nor partial state to look up.
+    unstored = {event_id for event_id in event_ids if event_id not in events}
+    stored_prevs = [prev_id for prev_id in prev_ids if prev_id not in unstored]
     partial_events = (
-        reads.get_partial_state_event_ids(conn, prev_ids)
-        if partial_room and prev_ids
+        reads.get_partial_state_event_ids(conn, stored_prevs)
+        if partial_room and stored_prevs
         else frozenset()
     )
-    groups = reads.get_events_state_groups(conn, prev_ids)
+    groups = reads.get_events_state_groups(conn, stored_prevs)
     keys = frozenset(state_keys)
     after_prevs = None
     current = None
@@ -85,7 +90,7 @@ def read_room_run(
         }
         current = reads.get_current_state_ids_for_keys(conn, room_id, keys)
     return RoomRunRows(
-        events=reads.get_events(conn, wanted),
+        events=events,
         partial_state_room=partial_room,
         partial_state_events=partial_events,
         state_groups=groups,
