@@ -5,7 +5,8 @@ file, while the other rows are still found.
 
 The scrub is what this SQLite needs unless its FTS5 has ``secure-delete``
 (3.42 and later); the tests ask for the scrub whatever the version, so
-they run the same everywhere.
+they run the same everywhere. One test takes the path this SQLite takes
+by itself: ``nox -s sqlite_latest`` runs it on an SQLite with the option.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from ranvier.storage.connections import open_writer
 from ranvier.storage.schema import migrate
 from ranvier.storage.search_scrub import (
+    SECURE_DELETE_AVAILABLE,
     after_search_deletes,
     before_search_deletes,
     scrub_owed,
@@ -187,3 +189,41 @@ def test_nothing_deleted_asks_for_no_scrub(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
     with pytest.raises(ValueError, match="at least one page"):
         scrub_search_step(conn, pages=0)
+
+
+def test_deletes_take_this_sqlites_own_path_out_of_the_file(
+    conn: sqlite3.Connection, tmp_path: Path
+) -> None:
+    """With FTS5's ``secure-delete``, a delete takes the words out of the
+    file at once and asks for no scrub; without it, a scrub is asked for
+    and takes them out."""
+    _drain_the_migrations_scrub(conn)
+    _fill(conn, 300, seed=5)
+    secrets = [_secret(50_000 + n)[-8:] for n in range(0, 300, 10)]
+    path = tmp_path / "search.db"
+    assert _file_says(conn, path, secrets) == secrets
+
+    conn.execute("BEGIN IMMEDIATE")
+    before_search_deletes(conn)
+    deleted = conn.execute("DELETE FROM event_search WHERE room_id = ?", (_PURGED,)).rowcount
+    after_search_deletes(conn, deleted)
+    conn.execute("COMMIT")
+
+    assert deleted == 30
+    assert _matches(conn, "common") == 300
+    if SECURE_DELETE_AVAILABLE:
+        (option,) = conn.execute(
+            "SELECT v FROM event_search_config WHERE k = 'secure-delete'"
+        ).fetchone()
+        assert option == 1
+        # Turning the option on asks for one scrub, for the deletes made
+        # before it; these took their words out themselves.
+        assert _file_says(conn, path, secrets) == []
+    else:
+        assert scrub_owed(conn)
+        assert _file_says(conn, path, secrets) == secrets
+    _scrub(conn, pages=64)
+    assert not scrub_owed(conn)
+    assert _file_says(conn, path, secrets) == []
+    assert _matches(conn, "common") == 300
+    conn.execute("INSERT INTO event_search (event_search) VALUES ('integrity-check')")
