@@ -74,11 +74,14 @@ def _fill(conn: sqlite3.Connection, rows: int, *, seed: int) -> None:
         conn.execute("COMMIT")
 
 
-def _delete_room(conn: sqlite3.Connection) -> int:
+def _delete_room(conn: sqlite3.Connection, *, secure_delete: bool | None = False) -> int:
+    """The purged room's rows deleted in a write of their own, by the
+    scrub's path unless ``secure_delete`` says otherwise (None: the path
+    this SQLite takes)."""
     conn.execute("BEGIN IMMEDIATE")
-    before_search_deletes(conn, secure_delete=False)
+    before_search_deletes(conn, secure_delete=secure_delete)
     deleted = conn.execute("DELETE FROM event_search WHERE room_id = ?", (_PURGED,)).rowcount
-    after_search_deletes(conn, deleted, secure_delete=False)
+    after_search_deletes(conn, deleted, secure_delete=secure_delete)
     conn.execute("COMMIT")
     return deleted
 
@@ -203,11 +206,7 @@ def test_deletes_take_this_sqlites_own_path_out_of_the_file(
     path = tmp_path / "search.db"
     assert _file_says(conn, path, secrets) == secrets
 
-    conn.execute("BEGIN IMMEDIATE")
-    before_search_deletes(conn)
-    deleted = conn.execute("DELETE FROM event_search WHERE room_id = ?", (_PURGED,)).rowcount
-    after_search_deletes(conn, deleted)
-    conn.execute("COMMIT")
+    deleted = _delete_room(conn, secure_delete=None)
 
     assert deleted == 30
     assert _matches(conn, "common") == 300
