@@ -40,8 +40,8 @@ directly, without HTTP, TLS and request signatures, to tell their cost
 from ingestion's own (the best of as many rounds).
 ``write_requests_per_transaction`` counts the requests the storage actor
 took per transaction in the back-to-back run
-(events, state groups, the transaction record): what batching a
-transaction's events saves shows there.
+(events, state groups, the transaction record where it does not go with
+the events): what batching a transaction's events saves shows there.
 
 The database uses ``synchronous = NORMAL``: with WAL, a commit survives a
 crash of the process, though not a power cut, as with FULL, which every

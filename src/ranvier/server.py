@@ -1188,9 +1188,10 @@ class HomeServer:
         notifier = RoomEventSender(server_name, self._room_servers, self._pdu_sink())
         fetcher = FederationEventFetcher(client)
         verifier = EventVerifier(keys, offload=self.signature_process)
+        federation_persister = self._event_persister("federation")
         self._ingester = FederationIngester(
             store=storage,
-            persister=self._event_persister("federation"),
+            persister=federation_persister,
             client=fetcher,
             verifier=verifier,
             room_locks=self._room_locks,
@@ -1201,6 +1202,9 @@ class HomeServer:
                 memberships=storage.room_members,
                 persister=self._event_persister("federation"),
             ),
+            # Transactions' answers and their events in one commit, where
+            # this process writes its own events.
+            answers=storage if federation_persister is storage else None,
         )
         self._ingester.policy_servers = PolicyServers(storage, FederationPolicyClient(client))
         self._backfiller = Backfiller(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 import trio
 from _races import finish_partial_state
@@ -19,12 +20,13 @@ from _races import finish_partial_state
 from ranvier.core import compute_event_context
 from ranvier.core.context import compute_current_state_after, event_to_persist
 from ranvier.core.event_auth import run_auth_checks
-from ranvier.core.ingest import EventVerifier, FederationIngester, PduOutcome
+from ranvier.core.ingest import EventVerifier, FederationIngester, PduOutcome, TransactionAnswer
 from ranvier.core.ingest_batch import NotInMemoryError, RoomRun
 from ranvier.errors import MatrixError, PartialStateConflictError
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.signing import generate_signing_key
 from ranvier.storage import EventToPersist, ReaderPool, ReadOperation, Storage
+from ranvier.storage.records import ReceivedTransaction
 from ranvier.storage.run_reads import RunReads
 from ranvier.testing import KnownKeys, RemoteRooms, RoomBuilder, ingest_all
 
@@ -72,7 +74,11 @@ class Room:
         self.initial = list(self.builder.order)
 
     def ingester(
-        self, storage: Storage, persister: Any = None, run_reader: RunReads | None = None
+        self,
+        storage: Storage,
+        persister: Any = None,
+        run_reader: RunReads | None = None,
+        answers: Any = None,
     ) -> FederationIngester:
         return FederationIngester(
             store=storage,
@@ -80,6 +86,7 @@ class Room:
             client=RemoteRooms(self.builder),
             verifier=EventVerifier(KnownKeys(self.keys)),
             run_reader=run_reader,
+            answers=answers,
         )
 
 
@@ -459,6 +466,125 @@ async def test_a_run_conflicting_twice_is_taken_one_event_at_a_time(
         assert outcome.error.http_status == 503
         assert "changed under it twice" in outcome.error.message
     assert await counting.get_events(ids) == {}
+
+
+# --- The transaction's answer, written with the run ----------------------------------
+
+
+class Answers:
+    """A transaction's answer as the transaction handler makes it: the
+    outcomes it was made from, each time, and the record."""
+
+    def __init__(self, transaction_id: str = "t1") -> None:
+        self.made: list[list[PduOutcome]] = []
+        self.answer = TransactionAnswer(self.record)
+        self.transaction_id = transaction_id
+
+    def record(self, outcomes: Sequence[PduOutcome]) -> ReceivedTransaction:
+        self.made.append(list(outcomes))
+        body = {
+            "pdus": {
+                outcome.event_id: {} if outcome.error is None else {"error": outcome.error.errcode}
+                for outcome in outcomes
+                if outcome.event_id is not None
+            }
+        }
+        return ReceivedTransaction(
+            origin=REMOTE,
+            transaction_id=self.transaction_id,
+            response_code=200,
+            response_json=msgspec.json.encode(body),
+            received_ts=len(self.made),
+        )
+
+
+async def test_the_answer_is_written_with_the_run_that_takes_every_pdu(
+    counting: CountingStorage, room: Room
+) -> None:
+    events = [room.builder.message(BOB, f"message {n}") for n in range(5)]
+    pdus = [b"not json", *(event.raw for event in events)]
+    answers = Answers()
+    requests = counting.actor.stats.requests
+    outcomes = await room.ingester(counting, answers=counting).receive_pdus(
+        REMOTE, pdus, answer=answers.answer
+    )
+    assert _fine(outcomes[1:])
+    assert outcomes[0].error is not None
+    # Made from every PDU's outcome, the unreadable one's too, once.
+    assert answers.made == [outcomes]
+    assert counting.actor.stats.requests == requests + 1
+    assert counting.persists == []
+    recorded = await counting.get_received_transaction(REMOTE, "t1")
+    assert recorded is not None
+    assert recorded == answers.answer.recorded
+    assert set(msgspec.json.decode(recorded.response_json)["pdus"]) == {e.event_id for e in events}
+
+
+async def test_no_answer_is_written_where_one_write_does_not_take_every_pdu(
+    counting: CountingStorage, room: Room
+) -> None:
+    builder = room.builder
+    # Without storage that records answers, none is.
+    answers = Answers("plain")
+    message = builder.message(BOB, "plain")
+    ingester = room.ingester(counting)
+    assert _fine(await ingester.receive_pdus(REMOTE, [message.raw], answer=answers.answer))
+    assert answers.answer.recorded is None
+    # A redaction is written alone, and the run after it on its own.
+    answers = Answers("split")
+    redaction = builder.send("m.room.redaction", BOB, extra={"redacts": message.event_id})
+    after = builder.message(BOB, "after")
+    ingester = room.ingester(counting, answers=counting)
+    outcomes = await ingester.receive_pdus(
+        REMOTE, [redaction.raw, after.raw], answer=answers.answer
+    )
+    assert _fine(outcomes)
+    assert (answers.made, answers.answer.recorded) == ([], None)
+    # Nothing but messages, and not one of them new: nothing to write.
+    answers = Answers("known")
+    outcomes = await ingester.receive_pdus(REMOTE, [after.raw], answer=answers.answer)
+    assert outcomes[0].result is not None
+    assert outcomes[0].result.already_known
+    assert answers.answer.recorded is None
+    for transaction_id in ("plain", "split", "known"):
+        assert await counting.get_received_transaction(REMOTE, transaction_id) is None
+
+
+async def test_an_answer_refused_with_its_run_is_made_again_with_the_run(
+    counting: CountingStorage, room: Room
+) -> None:
+    builder = room.builder
+    await _partial_room(counting, builder)
+    events = [builder.message(BOB, f"after the partial one {n}") for n in range(3)]
+
+    class FinishesPartialStateFirst:
+        """Storage recording answers, with the room's partial state
+        finished just before the first write: the race, made to happen."""
+
+        def __init__(self) -> None:
+            self.writes: list[list[bool]] = []
+
+        async def persist_events_answering(
+            self, events: Sequence[EventToPersist], answer: ReceivedTransaction, **kw: Any
+        ) -> Any:
+            self.writes.append([e.context is not None and e.context.partial_state for e in events])
+            if len(self.writes) == 1:
+                await finish_partial_state(counting, builder.room_id)
+            return await counting.persist_events_answering(events, answer, **kw)
+
+    racing = FinishesPartialStateFirst()
+    answers = Answers()
+    outcomes = await room.ingester(counting, answers=racing).receive_pdus(
+        REMOTE, [event.raw for event in events], answer=answers.answer
+    )
+    assert _fine(outcomes)
+    # Refused with partial state, answer and all; then judged and made again.
+    assert racing.writes == [[True] * 3, [False] * 3]
+    assert len(answers.made) == 2
+    recorded = await counting.get_received_transaction(REMOTE, "t1")
+    assert recorded is not None
+    assert recorded == answers.answer.recorded
+    assert recorded.received_ts == 2
 
 
 # --- The run as storage will be -------------------------------------------------------

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from ranvier.errors import LimitExceededError
-from ranvier.federation.persistence import ReceivedTransactions
+from ranvier.federation.persistence import ReceivedTransactions, Recorded
 from ranvier.storage import Storage
 
 NOW = 1_700_000_000_000
@@ -56,6 +56,34 @@ async def test_the_answer_is_recorded_and_repeated(storage: Storage) -> None:
     # The record outlives this object: a restarted server answers alike.
     again = ReceivedTransactions(storage)
     assert await again.run_once("remote.test", "t1", other) == {"pdus": {"$a": {}}}
+    assert other.runs == 0
+
+
+async def test_an_answer_the_handler_recorded_is_given_and_not_written_again(
+    storage: Storage,
+) -> None:
+    transactions = ReceivedTransactions(storage, clock=lambda: NOW)
+    writes: list[Any] = []
+    record_transaction = storage.record_transaction
+
+    async def counted(transaction: Any) -> None:
+        writes.append(transaction)
+        await record_transaction(transaction)
+
+    storage.record_transaction = counted  # type: ignore[method-assign]
+
+    async def handle() -> Recorded:
+        # As a handler does that records its answer with its own writes.
+        await record_transaction(transactions.record_of("remote.test", "t1", {"pdus": {"$a": {}}}))
+        return Recorded({"pdus": {"$a": {}}})
+
+    assert await transactions.run_once("remote.test", "t1", handle) == {"pdus": {"$a": {}}}
+    assert writes == []
+    recorded = await storage.get_received_transaction("remote.test", "t1")
+    assert recorded is not None
+    assert (recorded.response_code, recorded.received_ts) == (200, NOW)
+    other = Handler({"pdus": {"$b": {}}})
+    assert await transactions.run_once("remote.test", "t1", other) == {"pdus": {"$a": {}}}
     assert other.runs == 0
 
 

@@ -132,6 +132,7 @@ async def world(
         client=FederationEventFetcher(our_client),
         verifier=EventVerifier(ring),
         room_locks=RoomLocks(),
+        answers=storage,
     )
     handler = TransactionHandler(
         pdus=ingester,
@@ -193,16 +194,65 @@ async def test_a_repeated_transaction_gets_the_first_answer_and_changes_nothing(
     assert await world.send([second], txn_id="other") == {second.event_id: {}}
 
 
+async def test_the_answer_is_recorded_with_the_pdus_when_one_write_takes_them(
+    world: World,
+) -> None:
+    def requests() -> int:
+        return world.storage.actor.stats.requests
+
+    async def recorded(txn_id: str) -> Any:
+        record = await world.storage.get_received_transaction(world.remote.server_name, txn_id)
+        assert record is not None
+        return msgspec.json.decode(record.response_json)
+
+    # The first request from the remote stores its key.
+    await world.send([world.room.message(world.bob, "first")])
+    messages = [world.room.message(world.bob, f"m{n}") for n in range(3)]
+    before = requests()
+    results = await world.send(messages, txn_id="alone")
+    assert results == {message.event_id: {} for message in messages}
+    # The events and the answer in one request: one commit holds both.
+    assert requests() == before + 1
+    assert await recorded("alone") == {"pdus": results}
+
+    # With EDUs, handled beside the PDUs, the answer waits for both and is
+    # written after them.
+    message = world.room.message(world.bob, "with an EDU")
+    edu = {"edu_type": "m.typing", "content": {"room_id": world.room.room_id, "typing": True}}
+    before = requests()
+    assert await world.send([message], edus=[edu], txn_id="edus") == {message.event_id: {}}
+    assert requests() == before + 2
+    assert await recorded("edus") == {"pdus": {message.event_id: {}}}
+
+    # A PDU that cannot be read is named in the answer recorded with the rest.
+    good = world.room.message(world.bob, "readable")
+    unreadable = dict(world.room.message(world.bob, "damaged").json, depth="deep")
+    before = requests()
+    results = await world.send([good, unreadable], txn_id="damaged")
+    assert results[good.event_id] == {}
+    assert len(results) == 2
+    assert requests() == before + 1
+    assert await recorded("damaged") == {"pdus": results}
+
+
 async def test_rooms_in_one_transaction_are_each_handled(world: World) -> None:
     other = RoomBuilder(creator=world.alice, keys=world.room.keys)
     other.public_room(world.bob)
     await ingest_all(world.storage, list(other.events.values()))
+    # The first request from the remote stores its key.
+    await world.send([world.room.message(world.bob, "first")])
     pdus = [world.room.message(world.bob, "a1"), other.message(world.bob, "b1")]
     pdus.append(world.room.message(world.bob, "a2"))
-    results = await world.send(pdus)
+    requests = world.storage.actor.stats.requests
+    results = await world.send(pdus, txn_id="two rooms")
     assert results == {pdu.event_id: {} for pdu in pdus}
     assert await world.storage.get_forward_extremities(world.room.room_id) == {pdus[2].event_id}
     assert await world.storage.get_forward_extremities(other.room_id) == {pdus[1].event_id}
+    # A write per room, and the answer in one of its own once both are done.
+    assert world.storage.actor.stats.requests == requests + 3
+    record = await world.storage.get_received_transaction(world.remote.server_name, "two rooms")
+    assert record is not None
+    assert msgspec.json.decode(record.response_json) == {"pdus": results}
 
 
 async def test_edus_never_break_a_transaction(world: World) -> None:

@@ -20,6 +20,12 @@ import msgspec
 import trio
 
 from ranvier.config import ListenerConfig, TlsConfig
+from ranvier.core.ingest import EventVerifier, FederationIngester, TransactionAnswer
+from ranvier.federation.persistence import ReceivedTransactions
+from ranvier.federation.transaction_acl import AclCheckedPdus
+from ranvier.protocol.signing import generate_signing_key
+from ranvier.storage import Storage
+from ranvier.testing import KnownKeys, RemoteRooms, RoomBuilder, ingest_all
 from ranvier.testing.homeserver import (
     TestHomeserver,
     TestUser,
@@ -148,3 +154,54 @@ async def test_a_server_the_acl_denies_is_not_heard_in_that_room(tmp_path: Path)
         # The ACL itself stands at A.
         state = await _ok(a, alice, "GET", f"/rooms/{q(denied_room)}/state/m.room.server_acl/")
         assert state == acl
+
+
+async def test_the_answer_recorded_with_the_pdus_names_those_the_acl_refused(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    # One room denies the remote, the other does not: the PDUs let through
+    # are of one room, and the answer written with them must name the
+    # refused PDU too, as the answer given does.
+    keys = {server: generate_signing_key("k1") for server in ("ours.test", "remote.test")}
+    alice, bob = "@alice:ours.test", "@bob:remote.test"
+    storage = Storage(tmp_path / "ours.db", synchronous="OFF")
+    await nursery.start(storage.run)
+    rooms = []
+    for _ in range(2):
+        room = RoomBuilder(creator=alice, keys=keys)
+        room.public_room(bob)
+        rooms.append(room)
+    denying, open_room = rooms
+    denying.state_event(alice, "m.room.server_acl", {"allow": ["*"], "deny": ["remote.test"]})
+    for room in rooms:
+        await ingest_all(storage, list(room.order))
+    ingester = FederationIngester(
+        store=storage,
+        persister=storage,
+        client=RemoteRooms(*rooms),
+        verifier=EventVerifier(KnownKeys(keys)),
+        answers=storage,
+    )
+    refused, taken = denying.message(bob, "denied"), open_room.message(bob, "let through")
+    records = ReceivedTransactions(storage)
+    answer = TransactionAnswer(
+        lambda outcomes: records.record_of(
+            "remote.test",
+            "t1",
+            {"pdus": {o.event_id: o.error is None for o in outcomes if o.event_id is not None}},
+        )
+    )
+    outcomes = await AclCheckedPdus(ingester, storage).receive_pdus(
+        "remote.test", [refused.raw, taken.raw], answer=answer
+    )
+    assert [(o.event_id, o.error is None) for o in outcomes] == [
+        (taken.event_id, True),
+        (refused.event_id, False),
+    ]
+    assert answer.recorded is not None
+    recorded = await storage.get_received_transaction("remote.test", "t1")
+    assert recorded == answer.recorded
+    assert msgspec.json.decode(recorded.response_json) == {
+        "pdus": {taken.event_id: True, refused.event_id: False}
+    }
+    assert await storage.get_event(refused.event_id) is None

@@ -96,7 +96,7 @@ from ranvier.protocol.events import Pdu, pdu_room_id
 from ranvier.protocol.hashing import compute_event_id
 from ranvier.protocol.room_versions import RoomVersion, get_room_version
 from ranvier.protocol.untrusted_json import decode_untrusted_json
-from ranvier.storage.records import EventToPersist, StoredEvent
+from ranvier.storage.records import EventToPersist, ReceivedTransaction, StoredEvent
 
 from .context import (
     EventContext,
@@ -125,7 +125,7 @@ from .event_signatures import (
     redacted_if_hash_mismatch,
     run_signature_checks,
 )
-from .ingest_batch import AuthInputs, NotInMemoryError, RoomRun, RoomRunReader
+from .ingest_batch import AnsweringPersister, AuthInputs, NotInMemoryError, RoomRun, RoomRunReader
 from .interfaces import (
     BatchStateReader,
     EventPersister,
@@ -144,6 +144,7 @@ __all__ = [
     "IngestResult",
     "PduOutcome",
     "RoomLocks",
+    "TransactionAnswer",
     "Verdict",
     "VerificationFeed",
     "auth_order",
@@ -504,6 +505,39 @@ class PduOutcome:
     error: MatrixError | None = None
 
 
+@dataclass(eq=False, slots=True)
+class TransactionAnswer:
+    """The answer to the transaction that brought a batch of PDUs, for
+    :meth:`FederationIngester.receive_pdus` to record in the commit of the
+    PDUs' last write where it can.
+
+    ``record`` makes the record from the outcomes of all the PDUs, as
+    ``receive_pdus`` returns them. ``recorded`` is the record written, once
+    it is; while it is None, the caller records the answer itself.
+    """
+
+    record: Callable[[Sequence[PduOutcome]], ReceivedTransaction]
+    recorded: ReceivedTransaction | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Sealing:
+    """A transaction's answer as one room's run may record it: the outcomes
+    known before the room's (by the index of their PDU), and where the
+    room's PDUs stand among them.
+    """
+
+    answer: TransactionAnswer
+    known: Sequence[PduOutcome | None]
+    indices: Sequence[int]
+
+    def record(self, room_outcomes: Sequence[PduOutcome]) -> ReceivedTransaction:
+        outcomes = list(self.known)
+        for index, outcome in zip(self.indices, room_outcomes, strict=True):
+            outcomes[index] = outcome
+        return self.answer.record([outcome for outcome in outcomes if outcome is not None])
+
+
 # --- Ingestion --------------------------------------------------------------------
 
 #: A pushed event as parsed, and what its signature check leaves of it, once
@@ -531,6 +565,8 @@ class FederationIngester:
     once. ``run_reader``, when given, reads what a run of pushed events
     starts from in one read. ``out_of_band`` takes the leaves and bans
     answering our users' invites and knocks in rooms we are not in.
+    ``answers``, which must write where ``persister`` does, records the
+    answers to transactions with their events (see :meth:`receive_pdus`).
     """
 
     def __init__(
@@ -546,8 +582,10 @@ class FederationIngester:
         fetch_concurrency: int = 10,
         run_reader: RoomRunReader | None = None,
         out_of_band: OutOfBandMemberships | None = None,
+        answers: AnsweringPersister | None = None,
     ) -> None:
         self._store = store
+        self._answers = answers
         #: Takes the answers to our users' invites and knocks in rooms we
         #: are not in (:mod:`ranvier.core.out_of_band`); None takes none.
         self.out_of_band = out_of_band
@@ -567,16 +605,28 @@ class FederationIngester:
 
     # Pushed events
 
-    async def receive_pdus(self, origin: str, pdus: Sequence[bytes]) -> list[PduOutcome]:
+    async def receive_pdus(
+        self, origin: str, pdus: Sequence[bytes], *, answer: TransactionAnswer | None = None
+    ) -> list[PduOutcome]:
         """Handle the PDUs of one transaction from ``origin``, in order per
         room and rooms concurrently; one outcome per PDU, in their order.
+
+        With ``answer`` and ``answers``, the transaction's answer is recorded
+        in the commit of its PDUs' write when one write takes them all: they
+        are of one room, and judged in one run. Otherwise, or when that
+        write is refused, ``answer.recorded`` stays None.
         """
         outcomes: list[PduOutcome | None] = [None] * len(pdus)
         by_room: dict[str, list[tuple[int, _Checked]]] = {}
         versions: dict[str, str | None] = {}
 
         async def handle_room(items: list[tuple[int, _Checked]]) -> None:
-            room_outcomes = await self._handle_room(origin, [item for _, item in items])
+            sealing = None
+            if answer is not None and self._answers is not None and len(by_room) == 1:
+                sealing = _Sealing(answer, list(outcomes), [index for index, _ in items])
+            room_outcomes = await self._handle_room(
+                origin, [item for _, item in items], sealing=sealing
+            )
             for (index, _), outcome in zip(items, room_outcomes, strict=True):
                 outcomes[index] = outcome
 
@@ -734,7 +784,9 @@ class FederationIngester:
             event_id = None
         return event_id, error
 
-    async def _handle_room(self, origin: str, items: Sequence[_Checked]) -> list[PduOutcome]:
+    async def _handle_room(
+        self, origin: str, items: Sequence[_Checked], *, sealing: _Sealing | None = None
+    ) -> list[PduOutcome]:
         """One room's pushed events, in order, under the room's lock.
 
         Their signatures are being checked a chunk at a time in worker
@@ -744,7 +796,8 @@ class FederationIngester:
         (:class:`~ranvier.core.ingest_batch.RoomRun`), each judged in memory
         and written at once; an event that needs something fetched first
         (a gap before it, auth events we lack) ends the run and is taken
-        alone, and the next run starts after it.
+        alone, and the next run starts after it. With ``sealing``, a first
+        run that takes every item records the transaction's answer.
         """
         outcomes: list[PduOutcome] = []
         if not items:
@@ -755,7 +808,9 @@ class FederationIngester:
             run: RoomRun | None = await self._loaded_run(items)
             rest = list(items)
             while rest:
-                taken, rest = await self._take_run(origin, rest, run)
+                taken, rest = await self._take_run(
+                    origin, rest, run, sealing=None if outcomes else sealing
+                )
                 run = None
                 outcomes.extend(taken)
                 if rest:
@@ -803,16 +858,23 @@ class FederationIngester:
             first.room_id,
             first.room_version,
             run_reader=self._run_reader,
+            answers=self._answers,
         )
         await run.load([event for event, _ in items])
         return run
 
     async def _take_run(
-        self, origin: str, items: Sequence[_Checked], run: RoomRun | None
+        self,
+        origin: str,
+        items: Sequence[_Checked],
+        run: RoomRun | None,
+        *,
+        sealing: _Sealing | None = None,
     ) -> tuple[list[PduOutcome], list[_Checked]]:
         """Judge the longest run of ``items`` that needs nothing fetched,
         write it, and give its outcomes and the items after it. ``run`` is
-        one that read the items already, if any.
+        one that read the items already, if any. With ``sealing``, a run
+        that takes every item writes the transaction's answer with it.
 
         When the room's partial state is cleared under the write, the run
         is judged again with the state as it now is and written again,
@@ -837,9 +899,17 @@ class FederationIngester:
                 except MatrixError as exc:
                     verdicts.append(exc)
             taken, rest = items[: len(verdicts)], list(items[len(verdicts) :])
+            outcomes = [
+                PduOutcome(event.event_id, error=verdict)
+                if isinstance(verdict, MatrixError)
+                else PduOutcome(event.event_id, result=verdict, error=verdict.error)
+                for (event, _), verdict in zip(taken, verdicts, strict=True)
+            ]
+            # Made anew at each attempt: a second judges the run again.
+            record = None if sealing is None or rest else sealing.record(outcomes)
             held = run.held
             try:
-                await run.write()
+                answered = await run.write(answer=record)
             except RoomGoneError as exc:
                 # Purged since it was read: nothing of the room is written.
                 self._versions.pop(room_id, None)
@@ -858,13 +928,12 @@ class FederationIngester:
                     exc,
                 )
                 return [await self._alone(origin, item) for item in taken], rest
-            outcomes = []
+            if answered:
+                assert sealing is not None
+                sealing.answer.recorded = record
             for (event, _), verdict in zip(taken, verdicts, strict=True):
                 if isinstance(verdict, MatrixError):
                     _log.info("dropped %s from %s: %s", event.event_id, origin, verdict.message)
-                    outcomes.append(PduOutcome(event.event_id, error=verdict))
-                else:
-                    outcomes.append(PduOutcome(event.event_id, result=verdict, error=verdict.error))
             return outcomes, rest
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -70,6 +70,7 @@ from ranvier.protocol.room_versions import RoomVersion
 from ranvier.storage.records import (
     EventStateGroups,
     EventToPersist,
+    ReceivedTransaction,
     StateDelta,
     StoredEvent,
 )
@@ -80,7 +81,7 @@ from .interfaces import BatchStateReader, EventPersister
 from .loading import EventLoader
 from .policy_servers import POLICY_KEY
 
-__all__ = ["AuthInputs", "NotInMemoryError", "RoomRun", "RoomRunReader"]
+__all__ = ["AnsweringPersister", "AuthInputs", "NotInMemoryError", "RoomRun", "RoomRunReader"]
 
 #: What decides the first two auth checks of an event whose rules read
 #: nothing of its own but its type and sender: those, the auth events it
@@ -121,6 +122,25 @@ class RoomRunReader(Protocol):
         ...
 
 
+class AnsweringPersister(Protocol):
+    """Writes events with the answer to the federation transaction that
+    brought them, in one commit (:class:`ranvier.storage.Storage` is one).
+    """
+
+    async def persist_events_answering(
+        self,
+        events: Sequence[EventToPersist],
+        answer: ReceivedTransaction,
+        *,
+        current_state_groups: Mapping[str, int] | None = None,
+    ) -> Mapping[str, int]:
+        """:meth:`~ranvier.core.interfaces.EventPersister.persist_events`,
+        recording ``answer`` in the same commit; neither is written if the
+        events are refused.
+        """
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Point:
     """A state: a stored group, with at most the entry of an event held on top."""
@@ -136,7 +156,9 @@ class RoomRun:
     straight to ``store``. ``loader`` is shared by the run's auth checks,
     so that an event cited by many is parsed once; each event, once held,
     is handed to it as parsed (:meth:`add_to_loader`). With ``run_reader``
-    the run reads what it starts from in one read instead of several.
+    the run reads what it starts from in one read instead of several; with
+    ``answers``, which must write where ``persister`` does, :meth:`write`
+    can record a transaction's answer in the commit of its events.
     """
 
     def __init__(
@@ -147,10 +169,12 @@ class RoomRun:
         room_version: RoomVersion,
         *,
         run_reader: RoomRunReader | None = None,
+        answers: AnsweringPersister | None = None,
     ) -> None:
         self._store = store
         self._run_reader = run_reader
         self._persister = persister
+        self._answers = answers
         self.room_id = room_id
         self.room_version = room_version
         self.loader = EventLoader(self, room_version)
@@ -293,17 +317,24 @@ class RoomRun:
         """
         return event.type == _REDACTION or event.event_id in self._targets
 
-    async def write(self) -> None:
-        """Write every event held, in one request.
+    async def write(self, *, answer: ReceivedTransaction | None = None) -> bool:
+        """Write every event held, in one request, with ``answer`` recorded
+        in its commit where the run can (it holds events, and was given
+        ``answers``); return whether ``answer`` was.
 
         Raises :class:`~ranvier.errors.PartialStateConflictError`, writing
         none of them, when one has partial state and the room no longer
         does.
         """
         if not self._held:
-            return
+            return False
+        events = list(self._held.values())
         named = None if self._named is None else {self.room_id: self._named}
-        await self._persister.persist_events(list(self._held.values()), current_state_groups=named)
+        if answer is not None and self._answers is not None:
+            await self._answers.persist_events_answering(events, answer, current_state_groups=named)
+            return True
+        await self._persister.persist_events(events, current_state_groups=named)
+        return False
 
     # --- StateReader -------------------------------------------------------------
 

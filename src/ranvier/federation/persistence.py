@@ -10,7 +10,9 @@ Invariants
 * **An answer, once given, is the answer.** Every 200 answer to a
   transaction is recorded under ``(origin, transaction ID)`` before it is
   sent; a transaction already recorded is answered from the record, and
-  nothing else happens.
+  nothing else happens. The handler may record the answer itself, in the
+  commit of the transaction's writes (:meth:`ReceivedTransactions.record_of`,
+  :class:`Recorded`); otherwise it is recorded in a write of its own.
 * **One run per transaction.** A repeat that arrives while the first is
   still being handled waits for it and gets its answer. If the first is
   cancelled or fails before it has an answer, one waiting repeat runs the
@@ -23,6 +25,7 @@ Invariants
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -31,7 +34,7 @@ import trio
 from ranvier.federation.transport.routes import wall_clock_ms
 from ranvier.storage.records import ReceivedTransaction
 
-__all__ = ["ReceivedTransactions", "TransactionStore"]
+__all__ = ["ReceivedTransactions", "Recorded", "TransactionStore"]
 
 
 class TransactionStore(Protocol):
@@ -42,6 +45,16 @@ class TransactionStore(Protocol):
     ) -> ReceivedTransaction | None: ...
 
     async def record_transaction(self, transaction: ReceivedTransaction) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What a handler returns for an answer it recorded itself, with the
+    record :meth:`ReceivedTransactions.record_of` made: ``answer`` is
+    given, and nothing more is written.
+    """
+
+    answer: Any
 
 
 class _Run:
@@ -66,6 +79,16 @@ class ReceivedTransactions:
         self._clock = clock
         self._runs: dict[tuple[str, str], _Run] = {}
 
+    def record_of(self, origin: str, transaction_id: str, answer: Any) -> ReceivedTransaction:
+        """The record of ``answer`` (a 200 answer's JSON body) to a transaction."""
+        return ReceivedTransaction(
+            origin=origin,
+            transaction_id=transaction_id,
+            response_code=200,
+            response_json=msgspec.json.encode(answer),
+            received_ts=self._clock(),
+        )
+
     def in_flight(self) -> int:
         """How many transactions are being handled now."""
         return len(self._runs)
@@ -77,9 +100,10 @@ class ReceivedTransactions:
         recorded one if there is one, else what ``handle()`` returns, which
         is recorded first.
 
-        ``handle`` returns the JSON body of a 200 answer, or raises to
-        refuse the transaction as a whole; the exception is not recorded
-        and reaches this call's caller (repeats waiting on it run again).
+        ``handle`` returns the JSON body of a 200 answer, or the body in a
+        :class:`Recorded` once it recorded it, or raises to refuse the
+        transaction as a whole; the exception is not recorded and reaches
+        this call's caller (repeats waiting on it run again).
         """
         key = (origin, transaction_id)
         while True:
@@ -98,16 +122,14 @@ class ReceivedTransactions:
             run = _Run()
             self._runs[key] = run
             try:
-                answer = await handle()
-                await self._store.record_transaction(
-                    ReceivedTransaction(
-                        origin=origin,
-                        transaction_id=transaction_id,
-                        response_code=200,
-                        response_json=msgspec.json.encode(answer),
-                        received_ts=self._clock(),
+                handled = await handle()
+                if isinstance(handled, Recorded):
+                    answer = handled.answer
+                else:
+                    answer = handled
+                    await self._store.record_transaction(
+                        self.record_of(origin, transaction_id, answer)
                     )
-                )
                 run.answer = answer
                 return answer
             finally:

@@ -10,7 +10,12 @@ Invariants
 ----------
 
 * **A repeat changes nothing.** A transaction sent again with the same ID
-  gets the first answer (:mod:`ranvier.federation.persistence`).
+  gets the first answer (:mod:`ranvier.federation.persistence`). A
+  transaction without EDUs whose PDUs one write takes has its answer
+  recorded in that write's commit (see
+  :meth:`ranvier.core.ingest.FederationIngester.receive_pdus`); EDUs are
+  handled beside the PDUs, so the answer to one with EDUs is recorded once
+  both are done.
 * **One transaction per origin at a time.** The spec has a sender wait for
   each answer; a sender that does not is served in turn. At most
   ``max_waiting_per_origin`` of its transactions wait; more are refused
@@ -36,10 +41,10 @@ from typing import Any, Final, Protocol
 import msgspec
 import trio
 
-from ranvier.core.ingest import PduOutcome
+from ranvier.core.ingest import PduOutcome, TransactionAnswer
 from ranvier.errors import BadJsonError, LimitExceededError, MatrixError
 from ranvier.failures import sole_failure
-from ranvier.federation.persistence import ReceivedTransactions
+from ranvier.federation.persistence import ReceivedTransactions, Recorded
 from ranvier.federation.transport.server import Request, Router
 from ranvier.protocol.untrusted_json import untrusted_json_decoder
 
@@ -80,9 +85,15 @@ PDU_OUTCOMES: Final = ("accepted", "rejected", "soft_failed", "already_known", "
 
 
 class PduReceiver(Protocol):
-    """Where a transaction's PDUs go; :class:`ranvier.core.ingest.FederationIngester` is one."""
+    """Where a transaction's PDUs go; :class:`ranvier.core.ingest.FederationIngester` is one.
 
-    async def receive_pdus(self, origin: str, pdus: Sequence[bytes]) -> Sequence[PduOutcome]: ...
+    ``answer``, when given, may be recorded with the PDUs' write (see
+    :meth:`ranvier.core.ingest.FederationIngester.receive_pdus`).
+    """
+
+    async def receive_pdus(
+        self, origin: str, pdus: Sequence[bytes], *, answer: TransactionAnswer | None = None
+    ) -> Sequence[PduOutcome]: ...
 
 
 class EduHandler(Protocol):
@@ -185,11 +196,13 @@ class TransactionHandler:
                 http_status=403,
             )
         answer: Mapping[str, Any] = await self._transactions.run_once(
-            origin, transaction_id, lambda: self._in_turn(origin, transaction)
+            origin, transaction_id, lambda: self._in_turn(origin, transaction_id, transaction)
         )
         return answer
 
-    async def _in_turn(self, origin: str, transaction: _IncomingTransaction) -> dict[str, Any]:
+    async def _in_turn(
+        self, origin: str, transaction_id: str, transaction: _IncomingTransaction
+    ) -> dict[str, Any] | Recorded:
         queue = self._origins.get(origin)
         if queue is None:
             queue = self._origins[origin] = _OriginQueue(trio.Lock())
@@ -201,24 +214,33 @@ class TransactionHandler:
         queue.entered += 1
         try:
             async with queue.lock, self._limiter:
-                return await self._handle(origin, transaction)
+                return await self._handle(origin, transaction_id, transaction)
         finally:
             queue.entered -= 1
             if not queue.entered:
                 del self._origins[origin]
 
-    async def _handle(self, origin: str, transaction: _IncomingTransaction) -> dict[str, Any]:
+    async def _handle(
+        self, origin: str, transaction_id: str, transaction: _IncomingTransaction
+    ) -> dict[str, Any] | Recorded:
         outcomes: Sequence[PduOutcome] = ()
+        answer: TransactionAnswer | None = None
 
         async def handle_pdus() -> None:
             nonlocal outcomes
             outcomes = await self._pdus.receive_pdus(
-                origin, [bytes(pdu) for pdu in transaction.pdus]
+                origin, [bytes(pdu) for pdu in transaction.pdus], answer=answer
             )
 
         if not transaction.edus:
             # Most of a busy room's transactions: no tasks to start, no
-            # nursery to wait on, each a few scheduler turns of the loop.
+            # nursery to wait on, each a few scheduler turns of the loop;
+            # and the answer may go with the PDUs' write, a write the fewer.
+            answer = TransactionAnswer(
+                lambda outcomes: self._transactions.record_of(
+                    origin, transaction_id, _answer_body(outcomes)
+                )
+            )
             await handle_pdus()
         else:
             try:
@@ -229,15 +251,11 @@ class TransactionHandler:
                 raise sole_failure(group) from None
         self.transactions_handled += 1
         counts = self.pdu_outcomes
-        results: dict[str, dict[str, str]] = {}
         for outcome in outcomes:
             counts[_outcome_name(outcome)] += 1
-            if outcome.event_id is None:
-                continue
-            results[outcome.event_id] = (
-                {} if outcome.error is None else {"error": _describe(outcome.error)}
-            )
-        return {"pdus": results}
+        if answer is not None and answer.recorded is not None:
+            return Recorded(msgspec.json.decode(answer.recorded.response_json))
+        return _answer_body(outcomes)
 
     async def _handle_edus(self, origin: str, edus: Sequence[msgspec.Raw]) -> None:
         for index, raw in enumerate(edus):
@@ -273,6 +291,17 @@ def _read_transaction(body: bytes) -> _IncomingTransaction:
             f" this one {len(transaction.edus)}"
         )
     return transaction
+
+
+def _answer_body(outcomes: Sequence[PduOutcome]) -> dict[str, Any]:
+    """The body of the 200 answer to a transaction whose PDUs had ``outcomes``."""
+    results: dict[str, dict[str, str]] = {}
+    for outcome in outcomes:
+        if outcome.event_id is not None:
+            results[outcome.event_id] = (
+                {} if outcome.error is None else {"error": _describe(outcome.error)}
+            )
+    return {"pdus": results}
 
 
 def _outcome_name(outcome: PduOutcome) -> str:

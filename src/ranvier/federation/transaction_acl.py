@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from ranvier.core.ingest import PduOutcome
+from ranvier.core.ingest import PduOutcome, TransactionAnswer
 from ranvier.core.interfaces import StateReader
 from ranvier.errors import MatrixError
 from ranvier.federation.room_access import RoomAccess
@@ -79,7 +79,9 @@ class AclCheckedPdus:
         self._inner = inner
         self._store = store
 
-    async def receive_pdus(self, origin: str, pdus: Sequence[bytes]) -> Sequence[PduOutcome]:
+    async def receive_pdus(
+        self, origin: str, pdus: Sequence[bytes], *, answer: TransactionAnswer | None = None
+    ) -> Sequence[PduOutcome]:
         denials = _Denials(self._store, origin)
         versions: dict[str, str | None] = {}
         refused: list[PduOutcome] = []
@@ -90,7 +92,15 @@ class AclCheckedPdus:
                 admitted.append(raw)
             else:
                 refused.append(outcome)
-        outcomes = await self._inner.receive_pdus(origin, admitted) if admitted else []
+        if not admitted:
+            return refused
+        if answer is None or not refused:
+            return [*await self._inner.receive_pdus(origin, admitted, answer=answer), *refused]
+        # The answer recorded must name the PDUs refused here too.
+        outer = answer
+        inner = TransactionAnswer(lambda outcomes: outer.record([*outcomes, *refused]))
+        outcomes = await self._inner.receive_pdus(origin, admitted, answer=inner)
+        outer.recorded = inner.recorded
         return [*outcomes, *refused]
 
     async def _refusal(

@@ -20,7 +20,7 @@ from ranvier.protocol.room_versions import RoomVersion, RoomVersionLike
 
 from . import reads, writes
 from .accounts import AccountStorage
-from .actor import StorageActor
+from .actor import StorageActor, WriteOperation
 from .admin import AdminStorage
 from .admin_federation import FederationAdminStorage
 from .admin_redactions import AdminRedactionStorage
@@ -233,10 +233,37 @@ class Storage:
         :class:`~ranvier.errors.PartialStateConflictError`, writing none of
         them, if one has partial state and its room no longer does.
         """
+        return await self._write_events(
+            writes.PersistEvents(tuple(events), dict(current_state_groups or {})), events
+        )
+
+    async def persist_events_answering(
+        self,
+        events: Sequence[EventToPersist],
+        answer: ReceivedTransaction,
+        *,
+        current_state_groups: Mapping[str, int] | None = None,
+    ) -> dict[str, int]:
+        """:meth:`persist_events`, with the answer to the federation
+        transaction that brought the events recorded in the same commit:
+        one write where the events and the record would take two, and no
+        moment at which one is stored and not the other.
+        """
+        return await self._write_events(
+            functools.partial(
+                writes.persist_events_answering,
+                events=tuple(events),
+                current_state_groups=dict(current_state_groups or {}),
+                answer=answer,
+            ),
+            events,
+        )
+
+    async def _write_events(
+        self, operation: WriteOperation[dict[str, int]], events: Sequence[EventToPersist]
+    ) -> dict[str, int]:
         try:
-            orderings = await self.writer.submit(
-                writes.PersistEvents(tuple(events), dict(current_state_groups or {}))
-            )
+            orderings = await self.writer.submit(operation)
         except PartialStateConflictError:
             self.partial_state_conflicts += 1
             raise

@@ -68,6 +68,7 @@ __all__ = [
     "clear_partial_state",
     "mark_destination_rooms_sent",
     "persist_events",
+    "persist_events_answering",
     "record_transaction",
     "set_current_state",
     "store_destination_retry",
@@ -677,6 +678,24 @@ class PersistEvents:
             {event.event_id: orderings[event.event_id] for event in write.events}
             for write in writes
         ]
+
+
+@registered_write
+def persist_events_answering(
+    conn: sqlite3.Connection,
+    *,
+    events: tuple[EventToPersist, ...],
+    current_state_groups: dict[str, int],
+    answer: ReceivedTransaction,
+) -> dict[str, int]:
+    """:func:`persist_events`, and the answer to the federation transaction
+    that brought the events, as one request: if the events are refused
+    (their room's partial state gone, the room purged), the answer is not
+    recorded either, and the transaction can be handled again.
+    """
+    orderings = persist_events(conn, events, current_state_groups)
+    record_transaction(conn, answer)
+    return orderings
 
 
 @registered_write
