@@ -70,6 +70,7 @@ Prepare = Callable[[Storage, RoomBuilder], Awaitable[WriteOperation[Any]]]
 #: is the write so named, run with other arguments.
 OUTCOMES: dict[str, str] = {
     "writes.PersistEvents": "same",
+    "writes.persist_events_answering": "same",
     "writes.store_room": "same",
     "writes.set_current_state": "same",
     "writes.store_partial_join": "same",
@@ -155,6 +156,23 @@ async def _persist(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
     message = room.message(BOB, "twice")
     context = await compute_event_context(message, storage, storage)
     return writes.PersistEvents((event_to_persist(message, context),))
+
+
+async def _persist_answering(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+    message = room.message(BOB, "twice, with the answer to the transaction that brought it")
+    context = await compute_event_context(message, storage, storage)
+    return _call(
+        writes.persist_events_answering,
+        events=(event_to_persist(message, context),),
+        current_state_groups={},
+        answer=ReceivedTransaction(
+            origin="remote.test",
+            transaction_id="t2",
+            response_code=200,
+            response_json=b'{"pdus": {}}',
+            received_ts=4,
+        ),
+    )
 
 
 async def _persist_recording(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
@@ -443,6 +461,7 @@ def _destination_rooms(function: Callable[..., Any]) -> Prepare:
 
 PREPARE: dict[str, Prepare] = {
     "writes.PersistEvents": _persist,
+    "writes.persist_events_answering": _persist_answering,
     "writes.store_room": _plain(_call(writes.store_room, room_id="!new:x", room_version="10")),
     "writes.set_current_state": _set_current_state,
     "writes.store_partial_join": _store_partial_join,
