@@ -25,6 +25,7 @@ from ranvier.protocol.signing import generate_signing_key
 from ranvier.replication import operations
 from ranvier.storage import (
     DestinationRetry,
+    EventToPersist,
     ReceivedTransaction,
     ServerKey,
     Storage,
@@ -152,18 +153,21 @@ def _call(function: Callable[..., Any], **arguments: Any) -> WriteOperation[Any]
     return functools.partial(function, **arguments)
 
 
+async def _message(storage: Storage, room: RoomBuilder, body: str) -> EventToPersist:
+    """A new message of Bob's, as it is written."""
+    message = room.message(BOB, body)
+    return event_to_persist(message, await compute_event_context(message, storage, storage))
+
+
 async def _persist(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
-    message = room.message(BOB, "twice")
-    context = await compute_event_context(message, storage, storage)
-    return writes.PersistEvents((event_to_persist(message, context),))
+    return writes.PersistEvents((await _message(storage, room, "twice"),))
 
 
 async def _persist_answering(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
-    message = room.message(BOB, "twice, with the answer to the transaction that brought it")
-    context = await compute_event_context(message, storage, storage)
+    message = await _message(storage, room, "twice, with its transaction's answer")
     return _call(
         writes.persist_events_answering,
-        events=(event_to_persist(message, context),),
+        events=(message,),
         current_state_groups={},
         answer=ReceivedTransaction(
             origin="remote.test",
@@ -176,11 +180,10 @@ async def _persist_answering(storage: Storage, room: RoomBuilder) -> WriteOperat
 
 
 async def _persist_recording(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
-    message = room.message(BOB, "twice, with the transaction that sent it")
-    context = await compute_event_context(message, storage, storage)
+    message = await _message(storage, room, "twice, with the transaction that sent it")
     return _call(
         client_transactions._persist_events_recording,
-        events=(event_to_persist(message, context),),
+        events=(message,),
         transactions=((BOB, "D", b"", "t", room.room_id, message.event_id, 5),),
     )
 
