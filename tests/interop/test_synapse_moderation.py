@@ -658,11 +658,11 @@ async def test_messages_sent_before_their_server_hears_of_new_power_levels_are_s
     receive_pdus = ranvier.ingester.receive_pdus
     intake_held, intake_released = trio.Event(), trio.Event()
 
-    async def held_receive_pdus(origin: str, pdus: Any) -> Any:
+    async def held_receive_pdus(origin: str, pdus: Any, **options: Any) -> Any:
         if origin == synapse.server_name:
             intake_held.set()
             await intake_released.wait()
-        return await receive_pdus(origin, pdus)
+        return await receive_pdus(origin, pdus, **options)
 
     monkeypatch.setattr(ranvier.ingester, "receive_pdus", held_receive_pdus)
     levels = await alice.state_event(hosted, "m.room.power_levels")
