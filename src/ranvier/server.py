@@ -1200,7 +1200,7 @@ class HomeServer:
                 server_name=server_name,
                 store=storage,
                 memberships=storage.room_members,
-                persister=self._event_persister("federation"),
+                persister=federation_persister,
             ),
             # Transactions' answers and their events in one commit, where
             # this process writes its own events.

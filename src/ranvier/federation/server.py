@@ -253,9 +253,9 @@ class TransactionHandler:
         counts = self.pdu_outcomes
         for outcome in outcomes:
             counts[_outcome_name(outcome)] += 1
-        if answer is not None and answer.recorded is not None:
-            return Recorded(msgspec.json.decode(answer.recorded.response_json))
-        return _answer_body(outcomes)
+        # The same outcomes the answer recorded with the PDUs was made from.
+        body = _answer_body(outcomes)
+        return body if answer is None or answer.recorded is None else Recorded(body)
 
     async def _handle_edus(self, origin: str, edus: Sequence[msgspec.Raw]) -> None:
         for index, raw in enumerate(edus):
