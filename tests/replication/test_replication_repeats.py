@@ -153,6 +153,17 @@ def _call(function: Callable[..., Any], **arguments: Any) -> WriteOperation[Any]
     return functools.partial(function, **arguments)
 
 
+def _received(transaction_id: str, *, received_ts: int) -> ReceivedTransaction:
+    """A transaction of the remote's, answered."""
+    return ReceivedTransaction(
+        origin="remote.test",
+        transaction_id=transaction_id,
+        response_code=200,
+        response_json=b'{"pdus": {}}',
+        received_ts=received_ts,
+    )
+
+
 async def _message(storage: Storage, room: RoomBuilder, body: str) -> EventToPersist:
     """A new message of Bob's, as it is written."""
     message = room.message(BOB, body)
@@ -169,13 +180,7 @@ async def _persist_answering(storage: Storage, room: RoomBuilder) -> WriteOperat
         writes.persist_events_answering,
         events=(message,),
         current_state_groups={},
-        answer=ReceivedTransaction(
-            origin="remote.test",
-            transaction_id="t2",
-            response_code=200,
-            response_json=b'{"pdus": {}}',
-            received_ts=4,
-        ),
+        answer=_received("t2", received_ts=4),
     )
 
 
@@ -474,13 +479,7 @@ PREPARE: dict[str, Prepare] = {
     "writes.record_transaction": _plain(
         _call(
             writes.record_transaction,
-            transaction=ReceivedTransaction(
-                origin="remote.test",
-                transaction_id="t1",
-                response_code=200,
-                response_json=b"{}",
-                received_ts=3,
-            ),
+            transaction=_received("t1", received_ts=3),
         )
     ),
     "writes.store_server_keys": _plain(
