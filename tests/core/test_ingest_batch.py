@@ -649,6 +649,40 @@ async def test_a_run_answers_as_storage_does_once_it_is_written(
     assert in_memory["current"][("m.room.topic", "")] in (ids[0], ids[3])
 
 
+@pytest.mark.parametrize("one_read", [False, True])
+async def test_the_current_state_a_run_gives_moves_with_each_event_it_holds(
+    counting: CountingStorage, room: Room, one_read: bool
+) -> None:
+    builder = room.builder
+    room_id = builder.room_id
+    topic = ("m.room.topic", "")
+    events = [
+        builder.message(BOB, "before any topic"),
+        builder.topic(ALICE, "one"),
+        builder.message(BOB, "after the first topic"),
+        builder.topic(ALICE, "two"),
+        builder.message(CAROL, "after the second"),
+    ]
+    run_reader = RunReads(counting.counting) if one_read else None
+    run = RoomRun(counting, counting, room_id, builder.room_version, run_reader=run_reader)
+    await run.load(events)
+    seen = [(await run.get_current_state_ids_for_keys(room_id, [topic])).get(topic)]
+    for event in events:
+        context = await compute_event_context(event, run, run)
+        current = await compute_current_state_after(event, context, run, run)
+        await run.persist_events(
+            [event_to_persist(event, context)],
+            current_state_groups=None if current is None else {room_id: current},
+        )
+        # Read after every event, as the policy check does: what was read
+        # before a state event must not stand in for the state after it.
+        seen.append((await run.get_current_state_ids_for_keys(room_id, [topic])).get(topic))
+    first, second = events[1].event_id, events[3].event_id
+    assert seen == [None, None, first, first, second, second]
+    await run.write()
+    assert (await counting.get_current_state_ids_for_keys(room_id, [topic])).get(topic) == second
+
+
 async def test_a_run_holds_only_events_of_its_room_it_read(
     counting: CountingStorage, room: Room
 ) -> None:

@@ -210,8 +210,10 @@ class RoomRun:
         self._group_keys: dict[int, dict[StateKey, str | None]] = {}
         self._derived: dict[int, _Point] = {}
         self._whole: dict[int, Mapping[StateKey, str]] = {}
-        # The current state: None while it is the stored one, whose entries
-        # read so far are kept.
+        # The current state: None while it is the stored one. The entries
+        # of the current state read so far are kept until it moves: every
+        # event judged reads some (the policy server's, say), and most
+        # events (messages) leave it where it was.
         self._current: _Point | None = None
         self._current_keys: dict[StateKey, str | None] = {}
         # The group the last write with an effect on current state named.
@@ -454,14 +456,16 @@ class RoomRun:
     ) -> Mapping[StateKey, str]:
         if room_id != self.room_id:
             return await self._store.get_current_state_ids_for_keys(room_id, keys)
-        if self._current is not None:
-            return await self._point_for_keys(self._current, keys)
-        unread = [key for key in keys if key not in self._current_keys]
+        known = self._current_keys
+        unread = [key for key in keys if key not in known]
         if unread:
-            found = await self._store.get_current_state_ids_for_keys(room_id, unread)
+            if self._current is None:
+                found = await self._store.get_current_state_ids_for_keys(room_id, unread)
+            else:
+                found = await self._point_for_keys(self._current, unread)
             for key in unread:
-                self._current_keys[key] = found.get(key)
-        return _present(self._current_keys, keys)
+                known[key] = found.get(key)
+        return _present(known, keys)
 
     async def get_state_deltas(
         self, state_groups: Sequence[int]
@@ -528,12 +532,19 @@ class RoomRun:
             if event.accepted:
                 last_accepted = event
         if self.room_id in named:
-            self._current = _Point(named[self.room_id])
+            self._move_current(_Point(named[self.room_id]))
             self._named = named[self.room_id]
         elif last_accepted is not None:
-            self._current = await self._current_after(last_accepted)
+            self._move_current(await self._current_after(last_accepted))
             self._named = None
         return {}
+
+    def _move_current(self, point: _Point) -> None:
+        # A point names its state exactly (a group never changes): an equal
+        # one is the same state, and the entries read of it still hold.
+        if point != self._current:
+            self._current = point
+            self._current_keys.clear()
 
     async def store_room(self, room_id: str, room_version: str) -> None:
         await self._persister.store_room(room_id, room_version)
