@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from nacl.signing import SigningKey
 from trio.testing import MockClock
 
@@ -170,6 +171,43 @@ async def test_concurrent_senders_each_get_their_own_answers() -> None:
     assert len(verdicts) == sum(t + r + 1 for t in range(tasks) for r in range(rounds))
     assert True in verdicts
     assert False in verdicts
+    assert process.starts == 1
+
+
+async def test_a_request_the_pipe_takes_is_handed_over_without_a_pause() -> None:
+    process = SignatureProcess()
+    messages = [_signed(_key(0), f"message {n}".encode()) for n in range(8)]
+    async with _running(process):
+        await _first_answer(process)
+        # No turn of the event loop: a transaction hands chunks over as it parses.
+        with trio.testing.assert_no_checkpoints():
+            request = await process.send(messages)
+        assert await request.holds() == [True] * 8
+
+
+async def test_a_frame_bigger_than_the_pipe_is_written_whole() -> None:
+    process = SignatureProcess()
+    key = _key(0)
+    # Some 256 KiB, four times what a Linux pipe holds.
+    big = [_signed(key, bytes([n]) * 65_536) for n in range(3)] + [_forged(key, b"x" * 65_536)]
+    async with _running(process):
+        pid = await _first_answer(process)
+        os.kill(pid, signal.SIGSTOP)
+        answers: list[list[bool]] = []
+
+        async def send_big() -> None:
+            request = await process.send(big)
+            answers.append(await request.holds())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_big)
+            # Stopped, the process reads nothing: the write waits for room.
+            await trio.sleep(0.05)
+            assert answers == []
+            os.kill(pid, signal.SIGCONT)
+        assert answers == [[True, True, True, False]]
+        # The frames after it are read as frames.
+        assert await process.verify([_signed(key, b"after")]) == [True]
     assert process.starts == 1
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import struct
 import subprocess
 import sys
@@ -154,10 +155,19 @@ class SignatureProcess:
         Returns once they are written, so that the caller can go on while
         they are checked. Raises :class:`SignatureProcessUnavailable` when
         the process cannot take them.
+
+        When the process runs, has room for another request, and its pipe
+        takes the whole frame, as it nearly always does, this returns
+        without letting other tasks run: a transaction hands its PDUs over
+        a chunk at a time while it parses them, and each pause there would
+        cost it a turn of the event loop (several per request).
         """
         frame = _frame(messages)
         request = _Request(len(messages))
-        await self._limiter.acquire_on_behalf_of(request)
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(request)
+        except trio.WouldBlock:
+            await self._limiter.acquire_on_behalf_of(request)
         waiting = False
         try:
             while True:
@@ -165,8 +175,13 @@ class SignatureProcess:
                     raise SignatureProcessUnavailable("the signature process failed recently")
                 generation = self._generation
                 generation.wanted.set()
-                await generation.ready.wait()
-                async with self._send_lock:
+                if not generation.ready.is_set():
+                    await generation.ready.wait()
+                try:
+                    self._send_lock.acquire_nowait()
+                except trio.WouldBlock:
+                    await self._send_lock.acquire()
+                try:
                     stdin = generation.stdin
                     if stdin is not None:
                         # Queued before it is written: the answer may be read
@@ -176,6 +191,8 @@ class SignatureProcess:
                         self._last_sent = trio.current_time()
                         await _write(stdin, frame)
                         break
+                finally:
+                    self._send_lock.release()
                 if not generation.idle:
                     raise SignatureProcessUnavailable("the signature process is not running")
                 # It is ending for want of work: the next one takes this.
@@ -287,11 +304,26 @@ async def _write(stdin: trio.abc.SendStream, frame: bytes) -> None:
     # A frame cut short would garble every later one.
     with trio.CancelScope(shield=True):
         try:
-            await stdin.send_all(frame)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            written = _write_now(stdin, frame)
+            if written < len(frame):
+                await stdin.send_all(memoryview(frame)[written:])
+        except (trio.BrokenResourceError, trio.ClosedResourceError, BrokenPipeError) as exc:
             # The process is gone: run answers every request waiting, the
             # one just queued too, as unanswerable.
             raise SignatureProcessUnavailable(f"the signature process is gone: {exc}") from exc
+
+
+def _write_now(stdin: trio.abc.SendStream, frame: bytes) -> int:
+    """Write what the pipe takes of ``frame`` now, without waiting (its
+    file descriptor is non-blocking), and say how much that was: the rest
+    goes through ``send_all``, which waits for room. The caller holds the
+    send lock, so no ``send_all`` of another frame runs meanwhile."""
+    if not isinstance(stdin, trio.lowlevel.FdStream):
+        return 0
+    try:
+        return os.write(stdin.fileno(), frame)
+    except BlockingIOError:
+        return 0
 
 
 def _frame(messages: Sequence[SignedMessage]) -> bytes:
