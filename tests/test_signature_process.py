@@ -245,6 +245,31 @@ async def test_a_request_in_flight_when_the_process_dies_fails() -> None:
         assert issubclass(SignatureProcessUnavailable, OffloadUnavailable)
 
 
+async def test_an_answer_reaches_a_callback_as_it_is_read() -> None:
+    process = SignatureProcess()
+    key = _key(0)
+    messages = [_signed(key, b"one"), _forged(key, b"two")]
+    async with _running(process):
+        pid = await _first_answer(process)
+        got: list[list[bool] | None] = []
+        request = await process.send(messages)
+        request.when_answered(got.append)
+        assert await request.holds() == [True, False]
+        assert got == [[True, False]]
+        # Asked for once it is known: at once.
+        late: list[list[bool] | None] = []
+        request.when_answered(late.append)
+        assert late == [[True, False]]
+        # A request the process dies on: None.
+        os.kill(pid, signal.SIGSTOP)
+        lost = await process.send(messages)
+        lost.when_answered(got.append)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(SignatureProcessUnavailable):
+            await lost.holds()
+        assert got == [[True, False], None]
+
+
 async def test_after_the_pause_the_process_starts_again(mock_clock: MockClock) -> None:
     process = SignatureProcess(retry_seconds=600)
     alice = _key(0)

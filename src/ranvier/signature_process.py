@@ -32,7 +32,7 @@ import struct
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -57,16 +57,32 @@ class SignatureProcessUnavailable(OffloadUnavailable):
 class _Request:
     """A request written to the process, answered in turn."""
 
-    __slots__ = ("_answered", "count", "verdicts")
+    __slots__ = ("_answered", "_then", "count", "verdicts")
 
     def __init__(self, count: int) -> None:
         self.count = count
         self._answered = trio.Event()
+        self._then: Callable[[list[bool] | None], None] | None = None
         self.verdicts: list[bool] | None = None
 
     def answer(self, verdicts: list[bool] | None) -> None:
         self.verdicts = verdicts
         self._answered.set()
+        then, self._then = self._then, None
+        if then is not None:
+            then(verdicts)
+
+    def when_answered(self, callback: Callable[[list[bool] | None], None]) -> None:
+        """Have ``callback`` called with the verdicts once they are read,
+        or with None if the process ends first; at once if that is known.
+
+        It is called on the task that reads the process's answers, and must
+        neither block nor raise.
+        """
+        if self._answered.is_set():
+            callback(self.verdicts)
+        else:
+            self._then = callback
 
     async def holds(self) -> list[bool]:
         """Whether each signature holds; raises

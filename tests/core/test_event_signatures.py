@@ -3,7 +3,7 @@ the event's time, one event or a batch (checked in a worker thread or by an offl
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import pytest
@@ -17,6 +17,7 @@ from ranvier.core.event_signatures import (
     SignedMessage,
     check_event_signatures,
     find_signature_checks,
+    offload_signature_checks,
     redacted_if_hash_mismatch,
     required_signers,
     run_signature_checks,
@@ -244,6 +245,9 @@ class _Answer:
             raise OffloadUnavailable("it ended before answering")
         return self._verdicts
 
+    def when_answered(self, callback: Callable[[list[bool] | None], None]) -> None:
+        callback(self._verdicts)
+
 
 class NaclOffload:
     """Checks what it is sent with PyNaCl, as the signature process does;
@@ -331,6 +335,26 @@ async def test_threads_check_what_an_offload_cannot(refuse: Literal["send", "hol
     assert set(failures) == bad
     # It was asked for every chunk.
     assert len(offload.sent) == 3
+
+
+@pytest.mark.parametrize("refuse", [None, "holds"])
+async def test_the_failures_reach_a_callback_as_the_offload_answers(
+    refuse: Literal["holds"] | None,
+) -> None:
+    events, bad = _mixed_batch(THREAD_THRESHOLD + 4)
+    checks = await find_signature_checks(events, KnownKeys(KEYS))
+    sent = await offload_signature_checks(checks, NaclOffload(refuse=refuse))
+    got: list[dict[str, InvalidSignatureError] | None] = []
+    sent.when_checked(got.append)
+    if refuse is None:
+        # The same failures as waiting for them, those of the events'
+        # shapes and keys (found before the offload) among them.
+        (failures,) = got
+        assert failures is not None
+        assert _messages(failures) == _messages(run_signature_checks(checks))
+        assert set(failures) == bad
+    else:
+        assert got == [None]
 
 
 # Content hashes.

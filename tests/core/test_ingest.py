@@ -8,7 +8,7 @@ the parts of other servers a test cannot start; everything of ours is real.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -17,6 +17,7 @@ import trio
 import trio.testing
 from _races import finish_partial_state
 
+import ranvier.core.ingest as ingest_module
 from ranvier.core import compute_event_context
 from ranvier.core.context import event_to_persist
 from ranvier.core.event_signatures import (
@@ -853,6 +854,9 @@ class _Unanswered:
         await trio.lowlevel.checkpoint()
         raise OffloadUnavailable("it ended before answering")
 
+    def when_answered(self, callback: Callable[[list[bool] | None], None]) -> None:
+        callback(None)
+
 
 class RefusingOffload:
     """An offload that cannot check anything, refusing each request when
@@ -925,6 +929,124 @@ async def test_threads_check_a_big_transaction_the_offload_cannot(
     # Each chunk was offered to it first.
     assert offload.asked == 3
     assert await world.stored(forged, *events) == {event.event_id for event in events}
+
+
+class _HeldAnswer:
+    """An offload's answer, given when the test gives it."""
+
+    def __init__(self) -> None:
+        self._given = trio.Event()
+        self._verdicts: list[bool] | None = None
+        self._callbacks: list[Callable[[list[bool] | None], None]] = []
+
+    def give(self, verdicts: list[bool] | None) -> None:
+        self._verdicts = verdicts
+        self._given.set()
+        for callback in self._callbacks:
+            callback(verdicts)
+
+    async def holds(self) -> list[bool]:
+        await self._given.wait()
+        if self._verdicts is None:
+            raise OffloadUnavailable("it ended before answering")
+        return self._verdicts
+
+    def when_answered(self, callback: Callable[[list[bool] | None], None]) -> None:
+        self._callbacks.append(callback)
+
+
+class HeldOffload:
+    """An offload that answers each request only when the test says."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[int, _HeldAnswer]] = []
+
+    async def send(self, messages: Sequence[SignedMessage]) -> OffloadedSignatures:
+        await trio.lowlevel.checkpoint()
+        answer = _HeldAnswer()
+        self.requests.append((len(messages), answer))
+        return answer
+
+
+def _words(world: World, count: int) -> list[Pdu]:
+    return [world.room.message(BOB, f"words {n}") for n in range(count)]
+
+
+async def test_a_chunks_verdicts_are_given_as_the_offload_answers(world: World) -> None:
+    offload = HeldOffload()
+    verifier = EventVerifier(KnownKeys(world.keys), offload=offload)
+    events = _words(world, THREAD_THRESHOLD + 4)
+    with trio.fail_after(10):
+        async with verifier.feed(len(events)) as feed:
+            verdicts = [await feed.add(event) for event in events]
+            await feed.finish()
+            assert [count for count, _ in offload.requests] == [8, 8, 4]
+            first, second, third = (answer for _, answer in offload.requests)
+            second.give([True] * 7 + [False])
+            # Given as the answer is read, not by a task that must run first.
+            with trio.testing.assert_no_checkpoints():
+                given = [await verdict.get() for verdict in verdicts[8:16]]
+            assert given[:7] == events[8:15]
+            assert isinstance(given[7], InvalidSignatureError)
+            first.give([True] * 8)
+            third.give([True] * 4)
+            assert [await verdict.get() for verdict in verdicts[:8]] == events[:8]
+            assert [await verdict.get() for verdict in verdicts[16:]] == events[16:]
+
+
+async def test_a_chunk_the_offload_cannot_answer_is_checked_in_a_thread(world: World) -> None:
+    offload = HeldOffload()
+    verifier = EventVerifier(KnownKeys(world.keys), offload=offload)
+    events = _words(world, THREAD_THRESHOLD + 4)
+    with trio.fail_after(10):
+        async with verifier.feed(len(events)) as feed:
+            verdicts = [await feed.add(event) for event in events]
+            await feed.finish()
+            for _, answer in offload.requests:
+                answer.give(None)
+            assert [await verdict.get() for verdict in verdicts] == events
+
+
+async def test_an_answer_after_the_feed_is_left_is_dropped_quietly(world: World) -> None:
+    offload = HeldOffload()
+    verifier = EventVerifier(KnownKeys(world.keys), offload=offload)
+    with trio.fail_after(10):
+        async with verifier.feed(THREAD_THRESHOLD + 4) as feed:
+            for event in _words(world, THREAD_THRESHOLD + 4):
+                await feed.add(event)
+            await feed.finish()
+    # Nobody waits for these verdicts now; nothing may start for them.
+    (_, unanswerable), (_, answered), _ = offload.requests
+    unanswerable.give(None)
+    answered.give([True] * 8)
+
+
+async def test_a_verdict_that_cannot_be_judged_fails_its_event_alone(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    offload = HeldOffload()
+    verifier = EventVerifier(KnownKeys(world.keys), offload=offload)
+    events = _words(world, THREAD_THRESHOLD + 4)
+    judge = ingest_module._after_signatures
+
+    def failing(event: Pdu, failure: MatrixError | None) -> Pdu | MatrixError:
+        if event.event_id == events[3].event_id:
+            raise RuntimeError("a bug")
+        return judge(event, failure)
+
+    monkeypatch.setattr(ingest_module, "_after_signatures", failing)
+    with trio.fail_after(10):
+        async with verifier.feed(len(events)) as feed:
+            verdicts = [await feed.add(event) for event in events]
+            await feed.finish()
+            for count, answer in offload.requests:
+                # Whoever reads the answer goes on: nothing reaches it.
+                answer.give([True] * count)
+            given = [await verdict.get() for verdict in verdicts]
+    failed = given.pop(3)
+    assert isinstance(failed, MatrixError)
+    assert failed.errcode == "M_UNKNOWN"
+    assert given == events[:3] + events[4:]
 
 
 async def test_storage_being_down_fails_the_whole_transaction(world: World) -> None:

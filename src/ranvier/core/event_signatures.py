@@ -38,7 +38,7 @@ go on with each event as soon as it is checked finds the keys once
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -131,6 +131,12 @@ class OffloadedSignatures(Protocol):
     async def holds(self) -> list[bool]:
         """Whether each signature holds, in order; raises
         :class:`OffloadUnavailable` when it cannot tell."""
+        ...
+
+    def when_answered(self, callback: Callable[[list[bool] | None], None]) -> None:
+        """Have ``callback`` called, on the event loop and at once if the
+        answer is known, with what :meth:`holds` gives, or None where it
+        raises. The callback must neither block nor raise."""
         ...
 
 
@@ -353,6 +359,18 @@ class OffloadedChecks:
         """As :func:`run_signature_checks` gives them, once the offload has
         answered; raises :class:`OffloadUnavailable` if it cannot."""
         return self._plan.failures_given(await self._sent.holds())
+
+    def when_checked(
+        self, callback: Callable[[dict[str, InvalidSignatureError] | None], None]
+    ) -> None:
+        """Have ``callback`` called with what :meth:`failures` gives, or
+        with None where it raises, as soon as the offload answers
+        (:meth:`OffloadedSignatures.when_answered`): no task waits for it.
+        """
+        plan = self._plan
+        self._sent.when_answered(
+            lambda holds: callback(None if holds is None else plan.failures_given(holds))
+        )
 
 
 async def handed_over(

@@ -85,6 +85,7 @@ import trio
 from ranvier.errors import (
     AuthError,
     BadJsonError,
+    InvalidSignatureError,
     MatrixError,
     PartialStateConflictError,
     RoomGoneError,
@@ -115,7 +116,6 @@ from .event_auth import (
 )
 from .event_signatures import (
     THREAD_THRESHOLD,
-    OffloadedChecks,
     SignatureCheck,
     SignatureOffload,
     check_event_signatures,
@@ -256,12 +256,16 @@ class EventVerifier:
         offload, if there is one.
         """
         offload = self._offload if expected > THREAD_THRESHOLD else None
-        async with trio.open_nursery() as nursery:
-            feed = VerificationFeed(self, nursery, offload=offload)
-            try:
-                yield feed
-            finally:
-                feed.close()
+        try:
+            async with trio.open_nursery() as nursery:
+                feed = VerificationFeed(self, nursery, offload=offload)
+                try:
+                    yield feed
+                finally:
+                    feed.close()
+        finally:
+            # Answers coming later start nothing in the closed nursery.
+            feed.ended = True
 
 
 class VerificationFeed:
@@ -281,7 +285,12 @@ class VerificationFeed:
     the threads can fall far behind the loop that waits for them.
 
     With an ``offload``, each chunk is handed to it as soon as it is full,
-    by a task of its own, and no thread is started.
+    and no thread is started. Its verdicts are given by the task that reads
+    the offload's answer, as it reads it, rather than by a task of the
+    feed's waiting for it: a task a chunk, started and woken, costs the
+    event loop several turns each, which a transaction waits for. Only a
+    chunk the offload could not check has a task, which checks it in a
+    thread.
     """
 
     def __init__(
@@ -301,6 +310,8 @@ class VerificationFeed:
         self._pending: list[tuple[Pdu, Verdict]] = []
         self._lanes = 0
         self._closed = False
+        #: Set once the feed's block is left: nothing waits for verdicts then.
+        self.ended = False
 
     async def add(self, event: Pdu) -> Verdict:
         """Queue ``event``'s checks; its verdict comes in what this returns."""
@@ -324,7 +335,11 @@ class VerificationFeed:
         if self._offload is not None:
             # Handed over now, to be checked while later events are parsed.
             sent = await handed_over(checks, self._offload)
-            self._nursery.start_soon(self._give_offloaded, checks, [v for _, v in items], sent)
+            verdicts = [verdict for _, verdict in items]
+            if sent is None:
+                self._nursery.start_soon(self._give_checked_in_thread, checks, verdicts)
+            else:
+                sent.when_checked(functools.partial(self._give_answer, checks, verdicts))
             return
         self._queue.put((checks, [verdict for _, verdict in items]))
         if self._lanes < self._verifier._threads:
@@ -335,11 +350,34 @@ class VerificationFeed:
                 )
             )
 
-    @staticmethod
-    async def _give_offloaded(
-        checks: Sequence[SignatureCheck], verdicts: Sequence[Verdict], sent: OffloadedChecks | None
+    def _give_answer(
+        self,
+        checks: Sequence[SignatureCheck],
+        verdicts: Sequence[Verdict],
+        failures: dict[str, InvalidSignatureError] | None,
     ) -> None:
-        failures = await failures_once_checked(checks, sent)
+        """The offload's answer for a chunk: None when it could not check it."""
+        if failures is None:
+            if not self.ended:
+                self._nursery.start_soon(self._give_checked_in_thread, checks, verdicts)
+            return
+        for check, verdict in zip(checks, verdicts, strict=True):
+            event = check.event
+            try:
+                value = _after_signatures(event, failures.get(event.event_id))
+            except Exception:
+                # Given on the offload's reader, which must go on reading.
+                _log.exception("judging the signatures of %s failed", event.event_id)
+                value = MatrixError(
+                    f"{event.event_id}: its signatures could not be judged", http_status=500
+                )
+            verdict.give(value)
+
+    @staticmethod
+    async def _give_checked_in_thread(
+        checks: Sequence[SignatureCheck], verdicts: Sequence[Verdict]
+    ) -> None:
+        failures = await failures_once_checked(checks, None)
         for check, verdict in zip(checks, verdicts, strict=True):
             verdict.give(_after_signatures(check.event, failures.get(check.event.event_id)))
 
