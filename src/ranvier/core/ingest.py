@@ -679,9 +679,14 @@ class FederationIngester:
                         verdict = await feed.add(event)
                         by_room.setdefault(event.room_id, []).append((index, (event, verdict)))
                 await feed.finish()
-                async with trio.open_nursery() as nursery:
-                    for items in by_room.values():
-                        nursery.start_soon(handle_room, items)
+                if len(by_room) == 1:
+                    # Nearly every transaction: its room needs no task of its own.
+                    (items,) = by_room.values()
+                    await handle_room(items)
+                else:
+                    async with trio.open_nursery() as nursery:
+                        for items in by_room.values():
+                            nursery.start_soon(handle_room, items)
         except BaseExceptionGroup as group:
             raise sole_failure(group) from None
         return [outcome for outcome in outcomes if outcome is not None]
