@@ -8,7 +8,8 @@ the parts of other servers a test cannot start; everything of ours is real.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import msgspec
@@ -968,53 +969,46 @@ class HeldOffload:
         return answer
 
 
-def _words(world: World, count: int) -> list[Pdu]:
-    return [world.room.message(BOB, f"words {n}") for n in range(count)]
+@asynccontextmanager
+async def _held_feed(world: World) -> AsyncIterator[tuple[HeldOffload, list[Pdu], list[Verdict]]]:
+    """A feed given THREAD_THRESHOLD + 4 of Bob's messages, in chunks its
+    offload holds until the test answers them; the block runs in the feed's."""
+    offload = HeldOffload()
+    verifier = EventVerifier(KnownKeys(world.keys), offload=offload)
+    events = [world.room.message(BOB, f"words {n}") for n in range(THREAD_THRESHOLD + 4)]
+    with trio.fail_after(10):
+        async with verifier.feed(len(events)) as feed:
+            verdicts = [await feed.add(event) for event in events]
+            await feed.finish()
+            yield offload, events, verdicts
 
 
 async def test_a_chunks_verdicts_are_given_as_the_offload_answers(world: World) -> None:
-    offload = HeldOffload()
-    verifier = EventVerifier(KnownKeys(world.keys), offload=offload)
-    events = _words(world, THREAD_THRESHOLD + 4)
-    with trio.fail_after(10):
-        async with verifier.feed(len(events)) as feed:
-            verdicts = [await feed.add(event) for event in events]
-            await feed.finish()
-            assert [count for count, _ in offload.requests] == [8, 8, 4]
-            first, second, third = (answer for _, answer in offload.requests)
-            second.give([True] * 7 + [False])
-            # Given as the answer is read, not by a task that must run first.
-            with trio.testing.assert_no_checkpoints():
-                given = [await verdict.get() for verdict in verdicts[8:16]]
-            assert given[:7] == events[8:15]
-            assert isinstance(given[7], InvalidSignatureError)
-            first.give([True] * 8)
-            third.give([True] * 4)
-            assert [await verdict.get() for verdict in verdicts[:8]] == events[:8]
-            assert [await verdict.get() for verdict in verdicts[16:]] == events[16:]
+    async with _held_feed(world) as (offload, events, verdicts):
+        assert [count for count, _ in offload.requests] == [8, 8, 4]
+        first, second, third = (answer for _, answer in offload.requests)
+        second.give([True] * 7 + [False])
+        # Given as the answer is read, not by a task that must run first.
+        with trio.testing.assert_no_checkpoints():
+            given = [await verdict.get() for verdict in verdicts[8:16]]
+        assert given[:7] == events[8:15]
+        assert isinstance(given[7], InvalidSignatureError)
+        first.give([True] * 8)
+        third.give([True] * 4)
+        assert [await verdict.get() for verdict in verdicts[:8]] == events[:8]
+        assert [await verdict.get() for verdict in verdicts[16:]] == events[16:]
 
 
 async def test_a_chunk_the_offload_cannot_answer_is_checked_in_a_thread(world: World) -> None:
-    offload = HeldOffload()
-    verifier = EventVerifier(KnownKeys(world.keys), offload=offload)
-    events = _words(world, THREAD_THRESHOLD + 4)
-    with trio.fail_after(10):
-        async with verifier.feed(len(events)) as feed:
-            verdicts = [await feed.add(event) for event in events]
-            await feed.finish()
-            for _, answer in offload.requests:
-                answer.give(None)
-            assert [await verdict.get() for verdict in verdicts] == events
+    async with _held_feed(world) as (offload, events, verdicts):
+        for _, answer in offload.requests:
+            answer.give(None)
+        assert [await verdict.get() for verdict in verdicts] == events
 
 
 async def test_an_answer_after_the_feed_is_left_is_dropped_quietly(world: World) -> None:
-    offload = HeldOffload()
-    verifier = EventVerifier(KnownKeys(world.keys), offload=offload)
-    with trio.fail_after(10):
-        async with verifier.feed(THREAD_THRESHOLD + 4) as feed:
-            for event in _words(world, THREAD_THRESHOLD + 4):
-                await feed.add(event)
-            await feed.finish()
+    async with _held_feed(world) as (offload, _, _):
+        pass
     # Nobody waits for these verdicts now; nothing may start for them.
     (_, unanswerable), (_, answered), _ = offload.requests
     unanswerable.give(None)
@@ -1024,25 +1018,19 @@ async def test_an_answer_after_the_feed_is_left_is_dropped_quietly(world: World)
 async def test_a_verdict_that_cannot_be_judged_fails_its_event_alone(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    offload = HeldOffload()
-    verifier = EventVerifier(KnownKeys(world.keys), offload=offload)
-    events = _words(world, THREAD_THRESHOLD + 4)
     judge = ingest_module._after_signatures
+    async with _held_feed(world) as (offload, events, verdicts):
 
-    def failing(event: Pdu, failure: MatrixError | None) -> Pdu | MatrixError:
-        if event.event_id == events[3].event_id:
-            raise RuntimeError("a bug")
-        return judge(event, failure)
+        def failing(event: Pdu, failure: MatrixError | None) -> Pdu | MatrixError:
+            if event.event_id == events[3].event_id:
+                raise RuntimeError("a bug")
+            return judge(event, failure)
 
-    monkeypatch.setattr(ingest_module, "_after_signatures", failing)
-    with trio.fail_after(10):
-        async with verifier.feed(len(events)) as feed:
-            verdicts = [await feed.add(event) for event in events]
-            await feed.finish()
-            for count, answer in offload.requests:
-                # Whoever reads the answer goes on: nothing reaches it.
-                answer.give([True] * count)
-            given = [await verdict.get() for verdict in verdicts]
+        monkeypatch.setattr(ingest_module, "_after_signatures", failing)
+        for count, answer in offload.requests:
+            # Whoever reads the answer goes on: nothing reaches it.
+            answer.give([True] * count)
+        given = [await verdict.get() for verdict in verdicts]
     failed = given.pop(3)
     assert isinstance(failed, MatrixError)
     assert failed.errcode == "M_UNKNOWN"

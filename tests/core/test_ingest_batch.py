@@ -18,7 +18,7 @@ import trio
 from _races import finish_partial_state
 
 from ranvier.core import compute_event_context
-from ranvier.core.context import compute_current_state_after, event_to_persist
+from ranvier.core.context import EventContext, compute_current_state_after, event_to_persist
 from ranvier.core.event_auth import run_auth_checks
 from ranvier.core.ingest import EventVerifier, FederationIngester, PduOutcome, TransactionAnswer
 from ranvier.core.ingest_batch import NotInMemoryError, RoomRun
@@ -590,6 +590,18 @@ async def test_an_answer_refused_with_its_run_is_made_again_with_the_run(
 # --- The run as storage will be -------------------------------------------------------
 
 
+async def _hold(run: RoomRun, event: Pdu, context: EventContext | None = None) -> None:
+    """Hold ``event`` in ``run`` as ingestion does: with its context (worked
+    out against the run unless given), naming the current state after it."""
+    if context is None:
+        context = await compute_event_context(event, run, run)
+    current = await compute_current_state_after(event, context, run, run)
+    await run.persist_events(
+        [event_to_persist(event, context)],
+        current_state_groups=None if current is None else {run.room_id: current},
+    )
+
+
 @pytest.mark.parametrize("one_read", [False, True])
 async def test_a_run_answers_as_storage_does_once_it_is_written(
     counting: CountingStorage, room: Room, one_read: bool
@@ -608,12 +620,7 @@ async def test_a_run_answers_as_storage_does_once_it_is_written(
     run = RoomRun(counting, counting, room_id, builder.room_version, run_reader=run_reader)
     await run.load(events)
     for event in events:
-        context = await compute_event_context(event, run, run)
-        current = await compute_current_state_after(event, context, run, run)
-        await run.persist_events(
-            [event_to_persist(event, context)],
-            current_state_groups=None if current is None else {room_id: current},
-        )
+        await _hold(run, event)
     assert run.held == len(events)
     ids = [event.event_id for event in events]
     keys = [("m.room.topic", ""), ("m.room.member", BOB), ("m.room.power_levels", "")]
@@ -668,12 +675,7 @@ async def test_the_current_state_a_run_gives_moves_with_each_event_it_holds(
     await run.load(events)
     seen = [(await run.get_current_state_ids_for_keys(room_id, [topic])).get(topic)]
     for event in events:
-        context = await compute_event_context(event, run, run)
-        current = await compute_current_state_after(event, context, run, run)
-        await run.persist_events(
-            [event_to_persist(event, context)],
-            current_state_groups=None if current is None else {room_id: current},
-        )
+        await _hold(run, event)
         # Read after every event, as the policy check does: what was read
         # before a state event must not stand in for the state after it.
         seen.append((await run.get_current_state_ids_for_keys(room_id, [topic])).get(topic))
@@ -716,11 +718,7 @@ async def test_a_run_holds_hundreds_of_state_events_in_a_line(
         context = await compute_event_context(event, run, run)
         outcome = await run_auth_checks(event, context, run)
         assert outcome.failure is None, outcome.failure
-        current = await compute_current_state_after(event, outcome.context, run, run)
-        await run.persist_events(
-            [event_to_persist(event, outcome.context)],
-            current_state_groups=None if current is None else {room_id: current},
-        )
+        await _hold(run, event, outcome.context)
     last = events[-1].event_id
     groups = await run.get_event_state_groups(last)
     assert groups is not None
