@@ -119,6 +119,8 @@ TABLES_ADDED = {
     62: {"search_scrub"},
     # to_device_transactions, rebuilt with a column more.
     63: set(),
+    # A column and indexes on event_prev_edges.
+    64: set(),
 }
 # Tables a version turns into views of the same name and columns.
 TABLES_MADE_VIEWS = {11: {"event_edges", "event_auth", "event_to_state_groups"}}
@@ -725,6 +727,56 @@ def test_version_61_keys_client_transactions_by_token_too(raw: sqlite3.Connectio
         "SELECT name FROM sqlite_master WHERE tbl_name = 'client_transactions' AND type = 'index'"
         " AND sql IS NOT NULL"
     ).fetchall() == [("idx_client_transactions_created_ts",)]
+
+
+def _event(conn: sqlite3.Connection, event_id: str) -> int:
+    """A stored event's stream ordering, the event written first."""
+    conn.execute(
+        "INSERT INTO events (event_id, room_id, type, state_key, sender, depth,"
+        " origin_server_ts, json, outlier, soft_failed, rejected_reason)"
+        " VALUES (?, '!r:x', 'm.room.message', NULL, '@a:x', 2, 5, x'7b7d', 0, 0, NULL)",
+        (event_id,),
+    )
+    (ordering,) = conn.execute(
+        "SELECT stream_ordering FROM events WHERE event_id = ?", (event_id,)
+    ).fetchone()
+    return int(ordering)
+
+
+def _prev_orderings(conn: sqlite3.Connection) -> list[tuple[str, int | None]]:
+    return conn.execute(
+        "SELECT prev_event_id, prev_ordering FROM event_prev_edges ORDER BY prev_event_id"
+    ).fetchall()
+
+
+def test_version_64_finds_prev_edges_by_the_prev_events_ordering(raw: sqlite3.Connection) -> None:
+    migrate(raw, target=63)
+    _fill(raw, 1)
+    stored = _event(raw, "$stored")
+    raw.execute("INSERT INTO event_edges VALUES ('$e', '$stored', '!r:x')")
+    migrate(raw)
+    # A stored prev event's edge gets its ordering; one not stored, none.
+    assert _prev_orderings(raw) == [("$p", None), ("$stored", stored)]
+    indexes = {
+        name
+        for (name,) in raw.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'event_prev_edges'"
+            " AND sql IS NOT NULL"
+        )
+    }
+    assert indexes == {"event_prev_edges_prev_ordering", "event_prev_edges_unstored_prev"}
+    # The view of version 11 writes the ordering too.
+    later = _event(raw, "$later")
+    raw.execute("INSERT INTO event_edges VALUES ('$later', '$stored', '!r:x')")
+    assert raw.execute(
+        "SELECT prev_ordering FROM event_prev_edges WHERE event_ordering = ?", (later,)
+    ).fetchall() == [(stored,)]
+    # The ordering follows the prev event's, and is emptied when it goes.
+    raw.execute("UPDATE events SET stream_ordering = -7 WHERE event_id = '$stored'")
+    assert {ordering for prev, ordering in _prev_orderings(raw) if prev == "$stored"} == {-7}
+    raw.execute("DELETE FROM events WHERE event_id = '$stored'")
+    assert {ordering for prev, ordering in _prev_orderings(raw) if prev == "$stored"} == {None}
+    assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
 
 
 def test_tables_and_indexes_keep_the_statements_of_their_first_release(

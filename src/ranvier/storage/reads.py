@@ -166,17 +166,28 @@ def get_events_with_accepted_children(
     cited: set[str] = set()
     for chunk in _chunks(set(event_ids)):
         marks = ",".join("?" * len(chunk))
+        # An edge names a stored event by its ordering, one not stored by ID
+        # alone (see schema migration 64).
         cited.update(
             prev_id
             for (prev_id,) in conn.execute(
                 f"""
-                SELECT DISTINCT edge.prev_event_id
-                FROM event_edges AS edge JOIN events AS child ON child.event_id = edge.event_id
-                WHERE edge.prev_event_id IN ({marks})
+                SELECT prev.event_id
+                FROM events AS prev
+                JOIN event_prev_edges AS edge ON edge.prev_ordering = prev.stream_ordering
+                JOIN events AS child ON child.stream_ordering = edge.event_ordering
+                WHERE prev.event_id IN ({marks})
+                  AND child.outlier = 0 AND child.soft_failed = 0
+                  AND child.rejected_reason IS NULL
+                UNION
+                SELECT edge.prev_event_id
+                FROM event_prev_edges AS edge
+                JOIN events AS child ON child.stream_ordering = edge.event_ordering
+                WHERE edge.prev_ordering IS NULL AND edge.prev_event_id IN ({marks})
                   AND child.outlier = 0 AND child.soft_failed = 0
                   AND child.rejected_reason IS NULL
                 """,
-                chunk,
+                (*chunk, *chunk),
             )
         )
     return frozenset(cited)

@@ -72,8 +72,8 @@ def _next_to_gap(conn: sqlite3.Connection, event: StoredEvent) -> bool:
     child = conn.execute(
         "SELECT 1 FROM event_prev_edges AS edge"
         " JOIN events AS child ON child.stream_ordering = edge.event_ordering"
-        " WHERE edge.prev_event_id = ? AND child.outlier = 0 LIMIT 1",
-        (event.event_id,),
+        " WHERE edge.prev_ordering = ? AND child.outlier = 0 LIMIT 1",
+        (event.stream_ordering,),
     ).fetchone()
     if child is not None:
         return False

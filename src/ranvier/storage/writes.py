@@ -99,9 +99,15 @@ _INSERT_STATE_GROUPS_SQL = (
     " (event_ordering, state_group_before, state_group_after, replaces_state)"
     " VALUES (?, ?, ?, ?)"
 )
+# The prev event's ordering is looked up where it is stored already (see
+# schema migration 64); storing it later fills the edges that name it in.
 _INSERT_EDGE_SQL = (
-    "INSERT OR IGNORE INTO event_prev_edges (event_ordering, prev_event_id, room_id)"
-    " VALUES (?, ?, ?)"
+    "INSERT OR IGNORE INTO event_prev_edges (event_ordering, prev_event_id, room_id, prev_ordering)"
+    " VALUES (?1, ?2, ?3, (SELECT stream_ordering FROM events WHERE event_id = ?2))"
+)
+_FILL_EDGES_SQL = (
+    "UPDATE event_prev_edges SET prev_ordering = ?1"
+    " WHERE prev_ordering IS NULL AND prev_event_id = ?2"
 )
 _INSERT_AUTH_EDGE_SQL = (
     "INSERT OR IGNORE INTO event_auth_edges (event_ordering, auth_event_id, room_id)"
@@ -114,7 +120,7 @@ INSERT OR IGNORE INTO forward_extremities (room_id, event_id)
 SELECT ?1, ?2 WHERE NOT EXISTS (
     SELECT 1 FROM event_prev_edges AS edge
     JOIN events AS child ON child.stream_ordering = edge.event_ordering
-    WHERE edge.prev_event_id = ?2
+    WHERE edge.prev_ordering = (SELECT stream_ordering FROM events WHERE event_id = ?2)
       AND child.outlier = 0 AND child.soft_failed = 0 AND child.rejected_reason IS NULL
 )
 """
@@ -156,7 +162,7 @@ WHERE candidate.room_id = ?1
   AND NOT EXISTS (
     SELECT 1 FROM event_prev_edges AS edge
     JOIN events AS child ON child.stream_ordering = edge.event_ordering
-    WHERE edge.prev_event_id = candidate.event_id
+    WHERE edge.prev_ordering = candidate.stream_ordering
       AND child.outlier = 0 AND child.soft_failed = 0 AND child.rejected_reason IS NULL
   )
 """
@@ -246,6 +252,7 @@ def _write_event_row(conn: sqlite3.Connection, event: EventToPersist) -> tuple[i
         conn.executemany(
             _INSERT_EDGE_SQL, [(ordering, prev, event.room_id) for prev in event.prev_event_ids]
         )
+        conn.execute(_FILL_EDGES_SQL, (ordering, event.event_id))
         conn.executemany(
             _INSERT_AUTH_EDGE_SQL,
             [(ordering, auth, event.room_id) for auth in event.auth_event_ids],
@@ -494,6 +501,7 @@ def _write_new_events(
         _INSERT_EDGE_SQL,
         [(orderings[e.event_id], prev, e.room_id) for e in new for prev in e.prev_event_ids],
     )
+    conn.executemany(_FILL_EDGES_SQL, [(orderings[e.event_id], e.event_id) for e in new])
     conn.executemany(
         _INSERT_AUTH_EDGE_SQL,
         [(orderings[e.event_id], auth, e.room_id) for e in new for auth in e.auth_event_ids],
