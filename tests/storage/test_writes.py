@@ -17,6 +17,7 @@ from ranvier.storage.records import (
 from ranvier.storage.schema import migrate
 from ranvier.storage.state_groups import read_state, store_state_group
 from ranvier.storage.writes import (
+    _FILL_EDGES_SQL,
     PersistEvents,
     clear_partial_state,
     persist_events,
@@ -209,6 +210,30 @@ def test_an_event_with_children_already_is_not_an_extremity(
     persist_events(conn, [make_event("$child", before=base, prev=("$parent",))])
     persist_events(conn, [make_event("$parent", before=base)])
     assert reads.get_forward_extremities(conn, ROOM) == {"$child"}
+
+
+def test_a_prev_edge_is_found_by_ordering_once_its_prev_event_is_stored(
+    conn: sqlite3.Connection, make_event: EventFactory
+) -> None:
+    base = _base(conn)
+    first = persist_events(conn, [make_event("$first", before=base)])["$first"]
+    persist_events(conn, [make_event("$child", before=base, prev=("$parent", "$first"))])
+
+    def prev_orderings() -> dict[str, int | None]:
+        return dict(conn.execute("SELECT prev_event_id, prev_ordering FROM event_prev_edges"))
+
+    assert prev_orderings() == {"$first": first, "$parent": None}
+    # Storing the prev event later fills its ordering in.
+    parent = persist_events(conn, [make_event("$parent", before=base)])["$parent"]
+    assert prev_orderings() == {"$first": first, "$parent": parent}
+    # Edges of prev events not stored are found by ID, through the partial
+    # index: through the other, every such edge would be read.
+    for sql, params in (
+        (_FILL_EDGES_SQL, (1, "$x")),
+        (reads._CITED_SQL.format(marks="?"), ("$x", "$x")),
+    ):
+        plan = " ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+        assert "event_prev_edges_unstored_prev (prev_event_id=?)" in plan
 
 
 def test_current_state_follows_the_sole_extremity_or_the_last_event(

@@ -67,6 +67,26 @@ _EVENT_COLUMNS = ", ".join(STORED_EVENT_COLUMNS)
 _CHUNK = 500
 
 
+# Which of the events ``marks`` stands for an accepted event cites. An
+# edge names a stored event by its ordering, one not stored by ID alone
+# (see schema migration 64); those go through the partial index by ID, as
+# the other would read every edge whose prev event is not stored.
+_CITED_SQL = """
+SELECT prev.event_id
+FROM events AS prev
+JOIN event_prev_edges AS edge ON edge.prev_ordering = prev.stream_ordering
+JOIN events AS child ON child.stream_ordering = edge.event_ordering
+WHERE prev.event_id IN ({marks})
+  AND child.outlier = 0 AND child.soft_failed = 0 AND child.rejected_reason IS NULL
+UNION
+SELECT edge.prev_event_id
+FROM event_prev_edges AS edge INDEXED BY event_prev_edges_unstored_prev
+JOIN events AS child ON child.stream_ordering = edge.event_ordering
+WHERE edge.prev_ordering IS NULL AND edge.prev_event_id IN ({marks})
+  AND child.outlier = 0 AND child.soft_failed = 0 AND child.rejected_reason IS NULL
+"""
+
+
 def _chunks(items: Iterable[str]) -> Iterator[list[str]]:
     chunk: list[str] = []
     for item in items:
@@ -166,29 +186,8 @@ def get_events_with_accepted_children(
     cited: set[str] = set()
     for chunk in _chunks(set(event_ids)):
         marks = ",".join("?" * len(chunk))
-        # An edge names a stored event by its ordering, one not stored by ID
-        # alone (see schema migration 64).
         cited.update(
-            prev_id
-            for (prev_id,) in conn.execute(
-                f"""
-                SELECT prev.event_id
-                FROM events AS prev
-                JOIN event_prev_edges AS edge ON edge.prev_ordering = prev.stream_ordering
-                JOIN events AS child ON child.stream_ordering = edge.event_ordering
-                WHERE prev.event_id IN ({marks})
-                  AND child.outlier = 0 AND child.soft_failed = 0
-                  AND child.rejected_reason IS NULL
-                UNION
-                SELECT edge.prev_event_id
-                FROM event_prev_edges AS edge
-                JOIN events AS child ON child.stream_ordering = edge.event_ordering
-                WHERE edge.prev_ordering IS NULL AND edge.prev_event_id IN ({marks})
-                  AND child.outlier = 0 AND child.soft_failed = 0
-                  AND child.rejected_reason IS NULL
-                """,
-                (*chunk, *chunk),
-            )
+            prev_id for (prev_id,) in conn.execute(_CITED_SQL.format(marks=marks), (*chunk, *chunk))
         )
     return frozenset(cited)
 

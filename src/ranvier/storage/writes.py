@@ -105,8 +105,10 @@ _INSERT_EDGE_SQL = (
     "INSERT OR IGNORE INTO event_prev_edges (event_ordering, prev_event_id, room_id, prev_ordering)"
     " VALUES (?1, ?2, ?3, (SELECT stream_ordering FROM events WHERE event_id = ?2))"
 )
+# Through the partial index by ID: by the other, SQLite would go through
+# every edge whose prev event is not stored.
 _FILL_EDGES_SQL = (
-    "UPDATE event_prev_edges SET prev_ordering = ?1"
+    "UPDATE event_prev_edges INDEXED BY event_prev_edges_unstored_prev SET prev_ordering = ?1"
     " WHERE prev_ordering IS NULL AND prev_event_id = ?2"
 )
 _INSERT_AUTH_EDGE_SQL = (
