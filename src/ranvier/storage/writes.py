@@ -116,13 +116,14 @@ _INSERT_AUTH_EDGE_SQL = (
     " VALUES (?, ?, ?)"
 )
 # An event that already has accepted children (it arrived late, say by
-# backfill) is not an extremity.
+# backfill) is not an extremity. ?3 is its stream ordering, which the
+# write that stores it knows.
 _ADD_EXTREMITY_SQL = """
 INSERT OR IGNORE INTO forward_extremities (room_id, event_id)
 SELECT ?1, ?2 WHERE NOT EXISTS (
     SELECT 1 FROM event_prev_edges AS edge
     JOIN events AS child ON child.stream_ordering = edge.event_ordering
-    WHERE edge.prev_ordering = (SELECT stream_ordering FROM events WHERE event_id = ?2)
+    WHERE edge.prev_ordering = ?3
       AND child.outlier = 0 AND child.soft_failed = 0 AND child.rejected_reason IS NULL
 )
 """
@@ -555,7 +556,11 @@ def _write_new_events(
     )
     conn.executemany(
         _ADD_EXTREMITY_SQL,
-        [(e.room_id, e.event_id) for e in accepted if e.event_id not in cited],
+        [
+            (e.room_id, e.event_id, orderings[e.event_id])
+            for e in accepted
+            if e.event_id not in cited
+        ],
     )
     last_state = {
         event.room_id: after
@@ -600,7 +605,7 @@ def _write_events_one_by_one(
                 "DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ?",
                 [(event.room_id, prev) for prev in event.prev_event_ids],
             )
-            conn.execute(_ADD_EXTREMITY_SQL, (event.room_id, event.event_id))
+            conn.execute(_ADD_EXTREMITY_SQL, (event.room_id, event.event_id, ordering))
             last_state[event.room_id] = after
     return orderings, last_state
 
