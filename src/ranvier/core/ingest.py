@@ -119,7 +119,6 @@ from .event_signatures import (
     SignatureCheck,
     SignatureOffload,
     check_event_signatures,
-    failures_once_checked,
     find_signature_checks,
     handed_over,
     redacted_if_hash_mismatch,
@@ -377,9 +376,7 @@ class VerificationFeed:
     async def _give_checked_in_thread(
         checks: Sequence[SignatureCheck], verdicts: Sequence[Verdict]
     ) -> None:
-        failures = await failures_once_checked(checks, None)
-        for check, verdict in zip(checks, verdicts, strict=True):
-            verdict.give(_after_signatures(check.event, failures.get(check.event.event_id)))
+        _give_all(await trio.to_thread.run_sync(_check_chunk, checks, verdicts))
 
     def close(self) -> None:
         """Let the threads end once the queue is empty."""
