@@ -23,6 +23,7 @@ __all__ = [
     "PartialStateConflictError",
     "PartialStateEventsRemainError",
     "RoomGoneError",
+    "StaleRunError",
     "StorageUnavailableError",
     "UnsupportedRoomVersionError",
 ]
@@ -146,6 +147,22 @@ class PartialStateEventsRemainError(Exception):
     def __init__(self, room_id: str) -> None:
         super().__init__(f"{room_id} still has events with partial state")
         self.room_id = room_id
+
+
+class StaleRunError(Exception):
+    """A run of events was judged against storage as a write of its room
+    left it, and storage has changed since, or holds one of the events, or
+    an event or a redaction naming one: the write is refused whole.
+
+    Ingestion judges a room's events against what it knows of the room
+    from its own last write, without reading it again; the write checks
+    that knowledge in its own transaction and refuses with this when it no
+    longer holds. Like :class:`PartialStateConflictError` it never reaches
+    a client or a remote server: the run reads the room and is judged again.
+    """
+
+    def __init__(self, message: str = "the room changed since the run's knowledge of it") -> None:
+        super().__init__(message)
 
 
 class RoomGoneError(MatrixError):

@@ -28,7 +28,9 @@ from ranvier.protocol.signing import generate_signing_key
 from ranvier.storage import EventToPersist, ReaderPool, ReadOperation, Storage
 from ranvier.storage.records import ReceivedTransaction
 from ranvier.storage.run_reads import RunReads
-from ranvier.testing import KnownKeys, RemoteRooms, RoomBuilder, ingest_all
+from ranvier.storage.write_marks import WriteMark
+from ranvier.storage.writes import RunWritten
+from ranvier.testing import KnownKeys, RemoteRooms, RoomBuilder, ingest, ingest_all
 
 OURS = "ours.test"
 REMOTE = "remote.test"
@@ -564,13 +566,16 @@ async def test_an_answer_refused_with_its_run_is_made_again_with_the_run(
         def __init__(self) -> None:
             self.writes: list[list[bool]] = []
 
-        async def persist_events_answering(
-            self, events: Sequence[EventToPersist], answer: ReceivedTransaction, **kw: Any
-        ) -> Any:
+        async def persist_run(
+            self, room_id: str, events: Sequence[EventToPersist], **kw: Any
+        ) -> RunWritten:
             self.writes.append([e.context is not None and e.context.partial_state for e in events])
             if len(self.writes) == 1:
                 await finish_partial_state(counting, builder.room_id)
-            return await counting.persist_events_answering(events, answer, **kw)
+            return await counting.persist_run(room_id, events, **kw)
+
+        def room_mark(self, room_id: str) -> WriteMark | None:
+            return counting.room_mark(room_id)
 
     racing = FinishesPartialStateFirst()
     answers = Answers()
@@ -801,3 +806,160 @@ async def test_an_event_redacted_before_it_arrived_is_read_redacted_after_it(
         [levels.event_id],
         [lowered.event_id],
     ]
+
+
+# --- Runs that follow their room's last write ------------------------------------------
+
+
+class _CountingRunReads(RunReads):
+    """The run reader, counting the runs that read."""
+
+    def __init__(self, readers: ReaderPool) -> None:
+        super().__init__(readers)
+        self.reads = 0
+
+    async def read_room_run(self, room_id: str, **kw: Any) -> Any:
+        self.reads += 1
+        return await super().read_room_run(room_id, **kw)
+
+
+class _Runs:
+    """An ingester whose runs may follow the room's last write, as the
+    server's do: storage writes its runs and hands out marks."""
+
+    def __init__(self, room: Room, storage: Storage, answers: Any = None) -> None:
+        self.run_reads = _CountingRunReads(storage.readers)
+        self.ingester = room.ingester(
+            storage, run_reader=self.run_reads, answers=storage if answers is None else answers
+        )
+
+    async def send(self, events: Sequence[Pdu]) -> list[PduOutcome]:
+        return await self.ingester.receive_pdus(REMOTE, [event.raw for event in events])
+
+
+async def test_the_next_transaction_of_a_room_is_judged_without_reading_it(
+    counting: CountingStorage, room: Room
+) -> None:
+    builder = room.builder
+    runs = _Runs(room, counting)
+    first = [builder.message(BOB, f"first {n}") for n in range(10)]
+    assert _fine(await runs.send(first))
+    assert runs.run_reads.reads == 1
+    counting.counting.count = 0
+    mark = counting.room_mark(builder.room_id)
+    second = [builder.message(BOB, f"second {n}") for n in range(10)]
+    assert _fine(await runs.send(second))
+    # Not one read: what the first run's write left was all it needed.
+    assert (runs.run_reads.reads, counting.counting.count) == (1, 0)
+    assert counting.room_mark(builder.room_id) != mark
+    assert await counting.get_forward_extremities(builder.room_id) == {second[-1].event_id}
+    assert set(await counting.get_events([e.event_id for e in second])) == {
+        e.event_id for e in second
+    }
+
+
+async def test_a_write_since_the_last_run_makes_the_next_one_read(
+    counting: CountingStorage, room: Room
+) -> None:
+    builder = room.builder
+    runs = _Runs(room, counting)
+    assert _fine(await runs.send([builder.message(BOB, "first")]))
+    # A write that may touch any room, then one of the room itself.
+    await counting.store_room("!elsewhere:ours.test", builder.version)
+    assert _fine(await runs.send([builder.message(BOB, "second")]))
+    await ingest_all(counting, [builder.message(ALICE, "written here meanwhile")])
+    assert _fine(await runs.send([builder.message(BOB, "third")]))
+    assert runs.run_reads.reads == 3
+    assert await counting.get_forward_extremities(builder.room_id) == {builder.last}
+
+
+async def test_a_run_the_room_changed_under_is_judged_again_by_one_that_reads(
+    counting: CountingStorage, room: Room
+) -> None:
+    builder = room.builder
+    start = builder.message(BOB, "first")
+    # A message of ours beside the remote's next ones, written just before
+    # their run's write: the race, made to happen.
+    local = builder.message(ALICE, "ours, meanwhile", prev=[start.event_id])
+    after = [builder.message(BOB, "after 0", prev=[start.event_id])]
+    after += [builder.message(BOB, f"after {n}") for n in range(1, 4)]
+
+    class WritesFirst:
+        """Storage, with the local message written before the first run
+        that follows a mark."""
+
+        def __init__(self) -> None:
+            self.since: list[WriteMark | None] = []
+
+        async def persist_run(
+            self, room_id: str, events: Sequence[EventToPersist], **kw: Any
+        ) -> RunWritten:
+            self.since.append(kw.get("since"))
+            if kw.get("since") is not None and len(self.since) == 2:
+                await ingest_all(counting, [local])
+            return await counting.persist_run(room_id, events, **kw)
+
+        def room_mark(self, room_id: str) -> WriteMark | None:
+            return counting.room_mark(room_id)
+
+    racing = WritesFirst()
+    runs = _Runs(room, counting, answers=racing)
+    assert _fine(await runs.send([start]))
+    outcomes = await runs.send(after)
+    assert _fine(outcomes)
+    # Refused as stale, then read and written.
+    assert [since is not None for since in racing.since] == [False, True, False]
+    assert runs.run_reads.reads == 2
+    assert await counting.get_forward_extremities(builder.room_id) == {
+        local.event_id,
+        after[-1].event_id,
+    }
+    assert set(await counting.get_events([e.event_id for e in after])) == {
+        e.event_id for e in after
+    }
+
+
+async def test_runs_that_follow_their_room_end_as_runs_that_read_do(
+    tmp_path: Path, nursery: trio.Nursery, room: Room
+) -> None:
+    reading = await _open(tmp_path, nursery, room, "reading")
+    following = await _open(tmp_path, nursery, room, "following")
+    builder = room.builder
+    m = [builder.message(BOB, f"message {n}") for n in range(3)]
+    topic = builder.topic(ALICE, "a topic")
+    after_topic = builder.message(BOB, "after the topic")
+    last_topic = builder.topic(ALICE, "a topic to end a transaction with")
+    m4, m5, m6 = (builder.message(BOB, name) for name in ("four", "five", "six"))
+    carol = builder.message(CAROL, "relayed")
+    m7 = builder.message(BOB, "seven")
+    # Stored before any run, as an outlier, then pushed in the DAG.
+    outlier = builder.message(BOB, "seen before as an outlier")
+    transactions = [
+        list(m),
+        [topic, after_topic],
+        [last_topic],
+        [m4, m5],
+        # Stored by the run before: known.
+        [m5, m6],
+        [carol],
+        [m7],
+        [outlier],
+    ]
+    for storage in (reading, following):
+        await ingest(storage, outlier, outlier=True)
+    plain = room.ingester(reading)
+    runs = _Runs(room, following)
+    for events in transactions:
+        expected = await plain.receive_pdus(REMOTE, [event.raw for event in events])
+        outcomes = await runs.send(events)
+        assert [_verdict(o) for o in outcomes] == [_verdict(o) for o in expected]
+    every_id = [event.event_id for events in transactions for event in events]
+    expected_state = await _snapshot(reading, builder.room_id, every_id)
+    assert await _snapshot(following, builder.room_id, every_id) == expected_state
+    assert expected_state["extremities"] == {outlier.event_id}
+    assert not expected_state["events"][outlier.event_id][1]
+    # Read at the start, for events citing what the run before did not hold
+    # (Alice's membership; Bob's after Alice's topic, which left no state
+    # to follow from anyway; Carol's, then Bob's again), and after a run
+    # was refused (an event stored before the mark): six times in eight.
+    assert runs.run_reads.reads == 6

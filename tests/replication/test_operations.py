@@ -32,6 +32,7 @@ from ranvier.storage import (
 )
 from ranvier.storage.records import EventStateContext
 from ranvier.storage.write_backend import registered_write, registered_writes
+from ranvier.storage.write_marks import WriteMark
 
 _EVENT = EventToPersist(
     event_id="$e",
@@ -82,6 +83,19 @@ _DEVICE = accounts.NewDevice(
 #: Arguments of every registered write, as storage's callers give them.
 SAMPLES: dict[str, Any] = {
     "writes.PersistEvents": writes.PersistEvents((_EVENT, _OUTLIER, _OUT_OF_BAND), {"!r:x": 7}),
+    "writes.PersistRun": writes.PersistRun(
+        "!r:x",
+        (_EVENT,),
+        {"!r:x": 7},
+        answer=ReceivedTransaction(
+            origin="a.test",
+            transaction_id="t2",
+            response_code=200,
+            response_json=b'{"pdus": {"$e": {}}}',
+            received_ts=9,
+        ),
+        since=WriteMark("e1", 3, 4),
+    ),
     "writes.store_room": {"room_id": "!r:x", "room_version": "10"},
     "writes.set_current_state": {"room_id": "!r:x", "state_group": 3},
     "writes.store_partial_join": {
@@ -199,6 +213,7 @@ SAMPLES: dict[str, Any] = {
 #: A result of each write's type, to check results round-trip too.
 RESULTS: dict[str, Any] = {
     "writes.PersistEvents": {"$e": 12, "$o": 11},
+    "writes.PersistRun": writes.RunWritten({"$e": 12}, WriteMark("e1", 3, 5)),
     "writes.store_room": None,
     "writes.set_current_state": None,
     "writes.store_partial_join": None,
@@ -298,9 +313,8 @@ def _plain(value: Any) -> Any:
 def _arguments(operation: Any) -> Any:
     if isinstance(operation, functools.partial):
         return operation.func, _plain(operation.keywords)
-    return type(operation), _plain(
-        {"events": operation.events, "current_state_groups": operation.current_state_groups}
-    )
+    fields = {field.name: getattr(operation, field.name) for field in dataclasses.fields(operation)}
+    return type(operation), _plain(fields)
 
 
 def test_the_samples_are_of_registered_writes() -> None:
@@ -318,6 +332,8 @@ def test_every_registered_write_round_trips(name: str) -> None:
     decoded: Any = operations.decode_operation(name, body)
     assert _arguments(decoded) == _arguments(operation)
     # The records arrive as themselves, not as dicts.
+    if name == "writes.PersistRun":
+        assert decoded == operation
     if name == "writes.PersistEvents":
         assert decoded.events == operation.events
         assert decoded.events[0].json == _EVENT.json

@@ -17,6 +17,7 @@ from ranvier.errors import (
     MatrixError,
     PartialStateConflictError,
     PartialStateEventsRemainError,
+    StaleRunError,
     StorageUnavailableError,
 )
 from ranvier.federation.transport.listener import HttpListener
@@ -246,6 +247,28 @@ async def test_a_partial_state_conflict_crosses_the_boundary_as_itself(
     attempts = worker.client.attempts
     with pytest.raises(PartialStateConflictError, match=room.room_id):
         await persister.persist_events([to_persist])
+    assert worker.client.attempts == attempts + 1  # a 409 is not retried
+    assert await worker.storage.get_event(late.event_id) is None
+
+
+async def test_a_stale_run_crosses_the_boundary_as_itself(main: Main, worker: Worker) -> None:
+    room = shared_room()
+    await ingest_all(worker.storage, list(room.events.values()))
+    # The worker cannot see the main process's marks: its runs always read.
+    assert worker.storage.room_mark(room.room_id) is None
+    first = room.message(BOB, "written by a run")
+    context = await compute_event_context(first, worker.storage, worker.storage)
+    written = await worker.storage.persist_run(room.room_id, [event_to_persist(first, context)])
+    assert written.mark == main.storage.room_mark(room.room_id)
+    # Anything written since makes a run judged against that mark stale.
+    await worker.storage.store_room("!elsewhere:ours.test", "10")
+    late = room.message(BOB, "judged against the first run's write")
+    context = await compute_event_context(late, worker.storage, worker.storage)
+    attempts = worker.client.attempts
+    with pytest.raises(StaleRunError, match="may touch any room"):
+        await worker.storage.persist_run(
+            room.room_id, [event_to_persist(late, context)], since=written.mark
+        )
     assert worker.client.attempts == attempts + 1  # a 409 is not retried
     assert await worker.storage.get_event(late.event_id) is None
 

@@ -71,7 +71,7 @@ Prepare = Callable[[Storage, RoomBuilder], Awaitable[WriteOperation[Any]]]
 #: is the write so named, run with other arguments.
 OUTCOMES: dict[str, str] = {
     "writes.PersistEvents": "same",
-    "writes.persist_events_answering": "same",
+    "writes.PersistRun": "same database",
     "writes.store_room": "same",
     "writes.set_current_state": "same",
     "writes.store_partial_join": "same",
@@ -174,14 +174,9 @@ async def _persist(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
     return writes.PersistEvents((await _message(storage, room, "twice"),))
 
 
-async def _persist_answering(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
+async def _persist_run(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
     message = await _message(storage, room, "twice, with its transaction's answer")
-    return _call(
-        writes.persist_events_answering,
-        events=(message,),
-        current_state_groups={},
-        answer=_received("t2", received_ts=4),
-    )
+    return writes.PersistRun(room.room_id, (message,), answer=_received("t2", received_ts=4))
 
 
 async def _persist_recording(storage: Storage, room: RoomBuilder) -> WriteOperation[Any]:
@@ -469,7 +464,7 @@ def _destination_rooms(function: Callable[..., Any]) -> Prepare:
 
 PREPARE: dict[str, Prepare] = {
     "writes.PersistEvents": _persist,
-    "writes.persist_events_answering": _persist_answering,
+    "writes.PersistRun": _persist_run,
     "writes.store_room": _plain(_call(writes.store_room, room_id="!new:x", room_version="10")),
     "writes.set_current_state": _set_current_state,
     "writes.store_partial_join": _store_partial_join,

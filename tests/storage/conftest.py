@@ -33,6 +33,7 @@ def build_event(
     depth: int = 1,
     version: str = VERSION,
     body_size: int = 0,
+    redacts: str | None = None,
 ) -> EventToPersist:
     """An event with real canonical JSON bytes; context only for non-outliers."""
     content: dict[str, object] = {"body": "x" * body_size}
@@ -49,6 +50,8 @@ def build_event(
     }
     if state_key is not None:
         pdu["state_key"] = state_key
+    if redacts is not None:
+        pdu["redacts"] = redacts
     context = None
     if not outlier:
         assert before is not None, "a non-outlier needs a state group before it"

@@ -89,6 +89,7 @@ from ranvier.errors import (
     MatrixError,
     PartialStateConflictError,
     RoomGoneError,
+    StaleRunError,
     StorageUnavailableError,
 )
 from ranvier.failures import sole_failure
@@ -161,6 +162,9 @@ _MEMBER: Final = "m.room.member"
 _MEMBER_BATCH: Final = 200
 #: Room versions remembered (a room's never changes); forgotten all at once past this.
 _VERSIONS_REMEMBERED: Final = 10_000
+#: Rooms whose last run is kept for the next to start from (the least
+#: recently written forgotten first).
+_SETTLED_RUNS_KEPT: Final = 64
 
 
 # --- Signatures and hashes ------------------------------------------------------
@@ -633,6 +637,10 @@ class FederationIngester:
         self._max_fetched_events = max_fetched_events
         self._fetch_concurrency = fetch_concurrency
         self._versions: dict[str, str] = {}
+        # By room, the run its last run's write left (RoomRun.settled), for
+        # the next run of the room to start from without reading; touched
+        # under the room's lock only.
+        self._settled: dict[str, RoomRun] = {}
         #: The policy server checks (:mod:`ranvier.core.policy_servers`):
         #: an event its room's policy server does not recommend is soft
         #: failed. None checks nothing; set by the server.
@@ -845,7 +853,9 @@ class FederationIngester:
         async with self.room_locks.hold(items[0][0].room_id):
             if await self._out_of_band_room(items):
                 return [await self._out_of_band_outcome(origin, item) for item in items]
-            run: RoomRun | None = await self._loaded_run(items)
+            run = self._settled.pop(items[0][0].room_id, None)
+            if run is None or not run.assume_new([event for event, _ in items]):
+                run = await self._loaded_run(items)
             rest = list(items)
             while rest:
                 taken, rest = await self._take_run(
@@ -919,9 +929,14 @@ class FederationIngester:
         When the room's partial state is cleared under the write, the run
         is judged again with the state as it now is and written again,
         once; after a second conflict its events are taken one at a time.
+        A run that read nothing (see :meth:`RoomRun.settled`) and finds the
+        room changed under it is judged again by one that reads, and that
+        is no attempt. A run that takes every item is kept, settled, for
+        the room's next.
         """
         room_id = items[0][0].room_id
-        for attempt in (1, 2):
+        conflicted = False
+        while True:
             if run is None:
                 run = await self._loaded_run(items)
             verdicts: list[IngestResult | MatrixError] = []
@@ -950,6 +965,10 @@ class FederationIngester:
             held = run.held
             try:
                 answered = await run.write(answer=record)
+            except StaleRunError as exc:
+                _log.debug("%d events of %s: %s; reading the room", held, room_id, exc)
+                run = None
+                continue
             except RoomGoneError as exc:
                 # Purged since it was read: nothing of the room is written.
                 self._versions.pop(room_id, None)
@@ -957,7 +976,8 @@ class FederationIngester:
                 return [PduOutcome(event.event_id, error=exc) for event, _ in items], []
             except PartialStateConflictError as exc:
                 run = None
-                if attempt == 1:
+                if not conflicted:
+                    conflicted = True
                     _log.info("%d events of %s: %s; judging them again", held, room_id, exc)
                     continue
                 _log.warning(
@@ -968,6 +988,8 @@ class FederationIngester:
                     exc,
                 )
                 return [await self._alone(origin, item) for item in taken], rest
+            if not rest:
+                self._keep_settled(run)
             if answered:
                 assert sealing is not None
                 sealing.answer.recorded = record
@@ -975,7 +997,16 @@ class FederationIngester:
                 if isinstance(verdict, MatrixError):
                     _log.info("dropped %s from %s: %s", event.event_id, origin, verdict.message)
             return outcomes, rest
-        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _keep_settled(self, run: RoomRun) -> None:
+        settled = run.settled()
+        if settled is None:
+            return
+        kept = self._settled
+        kept.pop(run.room_id, None)
+        if len(kept) >= _SETTLED_RUNS_KEPT:
+            del kept[next(iter(kept))]
+        kept[run.room_id] = settled
 
     async def _alone(self, origin: str, item: _Checked) -> PduOutcome:
         """A pushed event taken alone, or why its signature check dropped it."""

@@ -30,6 +30,17 @@ Invariants
   whole run, keeps every other writer of the room's DAG out; a change the
   un-partial-state task makes meanwhile is seen by the next run, as a lone
   event sees it at its next read.
+* **Or not read at all, when nothing changed.** A run whose write took the
+  room where it is gives, through :meth:`RoomRun.settled`, the next run of
+  the room: what it knew, for a room left with full state, simple current
+  state and extremities whose groups it knows. That run takes its own
+  events for new, uncited and named by no redaction
+  (:meth:`RoomRun.assume_new`) and reads nothing it holds already. Its
+  write carries the mark the earlier write got back
+  (:mod:`ranvier.storage.write_marks`), and storage refuses it whole with
+  :class:`~ranvier.errors.StaleRunError` if any write that may touch the
+  room came between, or the assumptions fail: the events are then judged
+  again by a run that reads.
 * **Only events of the room's DAG are held.** An outlier, an event of
   another room or an event already held raises :class:`NotInMemoryError`:
   the caller writes what the run holds and takes that event alone. So do
@@ -75,6 +86,8 @@ from ranvier.storage.records import (
     StoredEvent,
 )
 from ranvier.storage.run_reads import RoomRunRows
+from ranvier.storage.write_marks import WriteMark
+from ranvier.storage.writes import RunWritten
 
 from .event_auth import AuthFailure
 from .interfaces import BatchStateReader, EventPersister
@@ -94,6 +107,9 @@ _REDACTION: Final = "m.room.redaction"
 #: Whole states a run keeps once read (the newest), for the origin check of
 #: relayed events, which reads the state before each.
 _WHOLE_STATES_KEPT: Final = 4
+#: Verdicts a settled run passes on (see :meth:`RoomRun.settled`); past
+#: this many, the next run starts without them.
+_VERDICTS_KEPT: Final = 256
 
 
 class NotInMemoryError(Exception):
@@ -123,21 +139,31 @@ class RoomRunReader(Protocol):
 
 
 class AnsweringPersister(Protocol):
-    """Writes events with the answer to the federation transaction that
-    brought them, in one commit (:class:`ranvier.storage.Storage` is one).
+    """Writes a run's events with the answer to the federation transaction
+    that brought them, in one commit, and hands out the room's mark
+    (:class:`ranvier.storage.Storage` is one).
     """
 
-    async def persist_events_answering(
+    async def persist_run(
         self,
+        room_id: str,
         events: Sequence[EventToPersist],
-        answer: ReceivedTransaction,
         *,
+        answer: ReceivedTransaction | None = None,
         current_state_groups: Mapping[str, int] | None = None,
-    ) -> Mapping[str, int]:
+        since: WriteMark | None = None,
+    ) -> RunWritten:
         """:meth:`~ranvier.core.interfaces.EventPersister.persist_events`,
         recording ``answer`` in the same commit; neither is written if the
-        events are refused.
+        events are refused. With ``since``, refused with
+        :class:`~ranvier.errors.StaleRunError` unless the room is as the
+        write that got that mark left it.
         """
+        ...
+
+    def room_mark(self, room_id: str) -> WriteMark | None:
+        """The room's mark now, or None when it cannot be known here (the
+        writes are another process's): a run is then always read."""
         ...
 
 
@@ -219,6 +245,10 @@ class RoomRun:
         # The group the last write with an effect on current state named.
         self._named: int | None = None
         self._loaded = False
+        # The mark of the write whose result this run starts from without
+        # reading (see settled), and the mark its own write got back.
+        self._since: WriteMark | None = None
+        self._written: RunWritten | None = None
 
     async def load(self, events: Sequence[Pdu]) -> None:
         """Read what storage holds of ``events`` and of the events they
@@ -332,11 +362,111 @@ class RoomRun:
             return False
         events = list(self._held.values())
         named = None if self._named is None else {self.room_id: self._named}
-        if answer is not None and self._answers is not None:
-            await self._answers.persist_events_answering(events, answer, current_state_groups=named)
-            return True
+        if self._answers is not None:
+            self._written = await self._answers.persist_run(
+                self.room_id, events, answer=answer, current_state_groups=named, since=self._since
+            )
+            return answer is not None
         await self._persister.persist_events(events, current_state_groups=named)
         return False
+
+    def settled(self) -> RoomRun | None:
+        """The next run of the room, starting from what this one knows now
+        that its write is done, or None when it cannot.
+
+        It can when the write handed out the room's mark and left the room
+        with full state, a current state that is a stored group and
+        extremities whose groups are known: the next run then needs nothing
+        read but what its own events bring (:meth:`assume_new`). It keeps
+        the rows of the extremities and of the auth events this run's
+        events cited, what is known of the groups after the extremities
+        and of the current state, and the verdicts of the first two auth
+        checks: nothing that grows with the room.
+        """
+        written = self._written
+        current = self._current
+        if (
+            written is None
+            or written.mark is None
+            or self._partial_room
+            or self._to_derive
+            or current is None
+            or current.on_top
+            or not self._extremities
+            or not self._extremities <= self._groups.keys()
+        ):
+            return None
+        run = RoomRun(
+            self._store,
+            self._persister,
+            self.room_id,
+            self.room_version,
+            run_reader=self._run_reader,
+            answers=self._answers,
+        )
+        kept = set(self._extremities)
+        for event in self._held.values():
+            kept.update(event.auth_event_ids)
+        for event_id in kept:
+            row = self._rows.get(event_id)
+            if row is not None:
+                ordering = written.orderings.get(event_id)
+                if ordering is not None and row.stream_ordering == _UNWRITTEN:
+                    row = msgspec.structs.replace(row, stream_ordering=ordering)
+                run._rows[event_id] = row
+            if event_id in self._for_auth:
+                run._for_auth[event_id] = self._for_auth[event_id]
+            if event_id in self._groups:
+                run._groups[event_id] = self._groups[event_id]
+            elif event_id in self._no_groups:
+                run._no_groups.add(event_id)
+        # Every held event was checked against the redactions stored (it
+        # would have been taken alone), and none has been stored since.
+        run._targets_known = kept.intersection(self._targets_known) | kept.intersection(self._held)
+        run._targets = frozenset(kept.intersection(self._targets))
+        run._partial_known = set(kept)
+        run._extremities = set(self._extremities)
+        groups = {self._groups[event_id].after for event_id in self._extremities}
+        groups.add(current.group)
+        run._group_keys = {
+            group: dict(self._group_keys[group]) for group in groups if group in self._group_keys
+        }
+        run._whole = dict(self._whole)
+        run._current = current
+        run._current_keys = dict(self._current_keys)
+        if len(self.auth_verdicts) <= _VERDICTS_KEPT:
+            run.auth_verdicts = dict(self.auth_verdicts)
+        run.loader = self.loader.keeping(run, kept)
+        run._since = written.mark
+        return run
+
+    def assume_new(self, events: Sequence[Pdu]) -> bool:
+        """Take ``events`` for new, cited by no stored event and named by no
+        stored redaction, as a run :meth:`settled` gave, instead of reading
+        them: its write refuses them whole if they are not. False, and
+        nothing taken, when they cite an event the run does not hold, or
+        when the room was written since, as far as can be told here.
+        """
+        if self._answers is None or self._answers.room_mark(self.room_id) != self._since:
+            # Written since: the write would refuse the run.
+            return False
+        ids = {event.event_id for event in events}
+        # What an event the run holds the row of (it is stored) cites is
+        # never read: it is known already.
+        fresh = [event for event in events if event.event_id not in self._rows]
+        prevs = {prev_id for event in fresh for prev_id in event.prev_event_ids}
+        cited = prevs | {auth_id for event in fresh for auth_id in event.auth_event_ids}
+        if any(event.room_version.room_id_from_create_event for event in fresh):
+            cited.add(create_event_id_for_room(self.room_id))
+        if not all(event_id in ids or event_id in self._rows for event_id in cited):
+            return False
+        # An event the run holds the row of is stored: read as such.
+        self._absent.update(ids.difference(self._rows))
+        self._targets_known.update(ids)
+        self._cited_known.update(ids)
+        self._no_groups.update(prevs & ids)
+        self._loaded = True
+        return True
 
     # --- StateReader -------------------------------------------------------------
 

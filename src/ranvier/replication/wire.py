@@ -7,6 +7,7 @@ worker raises what the write would have raised in one process:
 * :class:`~ranvier.errors.PartialStateConflictError`: 409 with the errcode
   :data:`PARTIAL_STATE_CONFLICT`. Only that errcode becomes the conflict
   again on the worker: any other 409 stays an error of its own.
+* :class:`~ranvier.errors.StaleRunError`: 409 with :data:`STALE_RUN`.
 * :class:`~ranvier.errors.PartialStateEventsRemainError`: 409 with
   :data:`PARTIAL_STATE_EVENTS_REMAIN` and the room's ID.
 * :class:`~ranvier.errors.RoomGoneError`: 404 with :data:`ROOM_GONE` and
@@ -30,6 +31,7 @@ from ranvier.errors import (
     PartialStateConflictError,
     PartialStateEventsRemainError,
     RoomGoneError,
+    StaleRunError,
 )
 from ranvier.storage.accounts import UserInUseError
 
@@ -45,6 +47,7 @@ __all__ = [
     "RESYNC",
     "ROOM_GONE",
     "SEND_EVENT",
+    "STALE_RUN",
     "STREAM",
     "WRITE",
     "error_answer",
@@ -70,12 +73,15 @@ BODY_TYPE: Final = "application/msgpack"
 PARTIAL_STATE_CONFLICT: Final = "RANVIER_PARTIAL_STATE_CONFLICT"
 PARTIAL_STATE_EVENTS_REMAIN: Final = "RANVIER_PARTIAL_STATE_EVENTS_REMAIN"
 ROOM_GONE: Final = "RANVIER_ROOM_GONE"
+STALE_RUN: Final = "RANVIER_STALE_RUN"
 
 
 def error_answer(error: BaseException) -> tuple[int, dict[str, Any]]:
     """``(status, JSON body)`` for an error a write raised on the main process."""
     if isinstance(error, PartialStateConflictError):
         return 409, {"errcode": PARTIAL_STATE_CONFLICT, "error": str(error)}
+    if isinstance(error, StaleRunError):
+        return 409, {"errcode": STALE_RUN, "error": str(error)}
     if isinstance(error, PartialStateEventsRemainError):
         return 409, {
             "errcode": PARTIAL_STATE_EVENTS_REMAIN,
@@ -116,6 +122,8 @@ def error_from_answer(status: int, body: bytes) -> Exception:
     user_id = content.get("user_id")
     if status == 409 and errcode == PARTIAL_STATE_CONFLICT:
         return PartialStateConflictError(message)
+    if status == 409 and errcode == STALE_RUN:
+        return StaleRunError(message)
     if status == 409 and errcode == PARTIAL_STATE_EVENTS_REMAIN and isinstance(room_id, str):
         return PartialStateEventsRemainError(room_id)
     if status == 404 and errcode == ROOM_GONE and isinstance(room_id, str):

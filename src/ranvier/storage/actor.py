@@ -19,6 +19,11 @@ Invariants
   request, so the outcome is always what one savepoint per request gives.
 * **Writes are pure.** A write operation touches nothing but the database
   and does the same on the same data, because it may run twice.
+* **Writes are counted.** Each operation run, whether it succeeds or
+  not, moves the marks of :mod:`ranvier.storage.write_marks`: the counts
+  of the rooms it says it writes, or the count that stands for every room.
+  A :class:`MarkedWrite` counts itself, and may refuse to run when its
+  room's mark moved since one it was given.
 * **Answers come after the commit.** No caller hears of success before the
   transaction holding its write has committed.
 * **Writes outlive their callers.** A request that reached the channel is
@@ -87,9 +92,11 @@ from ranvier.metrics import Histogram
 
 from .connections import SynchronousMode, open_checkpointer, open_writer
 from .schema import migrate
+from .write_marks import WriteMark, WriteMarks
 
 __all__ = [
     "CombinableWrite",
+    "MarkedWrite",
     "StorageActor",
     "WriteOperation",
     "WriteStats",
@@ -133,6 +140,17 @@ class CombinableWrite(Protocol[T_co]):
     def run_combined(
         self, conn: sqlite3.Connection, writes: Sequence[Any], /
     ) -> Sequence[T_co]: ...
+
+
+class MarkedWrite(Protocol[T_co]):
+    """A write that checks or hands out marks of the writes before it
+    (:mod:`ranvier.storage.write_marks`), and so counts itself: the actor
+    runs ``run_marked`` instead of calling it, on the writer thread.
+    """
+
+    def __call__(self, conn: sqlite3.Connection, /) -> T_co: ...
+
+    def run_marked(self, conn: sqlite3.Connection, marks: WriteMarks, /) -> T_co: ...
 
 
 # Error codes (primary, the low byte) that are about the database rather than
@@ -247,7 +265,7 @@ def _runs(operations: Sequence[WriteOperation[Any]]) -> Iterator[list[WriteOpera
 
 
 def _run_straight(
-    conn: sqlite3.Connection, operations: Sequence[WriteOperation[Any]]
+    conn: sqlite3.Connection, operations: Sequence[WriteOperation[Any]], marks: WriteMarks
 ) -> list[_Answer[Any]] | _Failed:
     """Every operation's answer, combining neighbours where they allow it; or
     the first failure, with the transaction left to roll back.
@@ -256,9 +274,13 @@ def _run_straight(
     for run in _runs(operations):
         try:
             if len(run) > 1:
-                values = cast(CombinableWrite[Any], run[0]).run_combined(conn, run)
+                try:
+                    values = cast(CombinableWrite[Any], run[0]).run_combined(conn, run)
+                finally:
+                    for operation in run:
+                        marks.note(operation)
             else:
-                values = [run[0](conn)]
+                values = [_call(conn, run[0], marks)]
         except Exception as exc:
             if is_fatal_database_error(exc):
                 raise
@@ -267,10 +289,24 @@ def _run_straight(
     return answers
 
 
-def _run_alone(conn: sqlite3.Connection, operation: WriteOperation[Any]) -> _Answer[Any]:
+def _call(conn: sqlite3.Connection, operation: WriteOperation[T], marks: WriteMarks) -> T:
+    """Run one operation and count it (:mod:`ranvier.storage.write_marks`); a
+    :class:`MarkedWrite` counts itself."""
+    run_marked = getattr(operation, "run_marked", None)
+    if run_marked is not None:
+        return cast(MarkedWrite[T], operation).run_marked(conn, marks)
+    try:
+        return operation(conn)
+    finally:
+        marks.note(operation)
+
+
+def _run_alone(
+    conn: sqlite3.Connection, operation: WriteOperation[Any], marks: WriteMarks
+) -> _Answer[Any]:
     conn.execute("SAVEPOINT request")
     try:
-        value = operation(conn)
+        value = _call(conn, operation, marks)
     except Exception as exc:
         if is_fatal_database_error(exc):
             raise
@@ -282,7 +318,7 @@ def _run_alone(conn: sqlite3.Connection, operation: WriteOperation[Any]) -> _Ans
 
 
 def _run_batch(
-    conn: sqlite3.Connection, operations: Sequence[WriteOperation[Any]]
+    conn: sqlite3.Connection, operations: Sequence[WriteOperation[Any]], marks: WriteMarks
 ) -> list[_Answer[Any]]:
     """One transaction for the batch; runs on the writer thread.
 
@@ -290,14 +326,14 @@ def _run_batch(
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        answers = _run_straight(conn, operations)
+        answers = _run_straight(conn, operations, marks)
         if isinstance(answers, _Failed):
             conn.execute("ROLLBACK")
             if len(operations) == 1:
                 # Rolling back the transaction rolled back exactly it.
                 return [answers]
             conn.execute("BEGIN IMMEDIATE")
-            answers = [_run_alone(conn, operation) for operation in operations]
+            answers = [_run_alone(conn, operation, marks) for operation in operations]
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -309,11 +345,11 @@ def _run_batch(
 
 
 def _run_batch_counting_changes(
-    conn: sqlite3.Connection, operations: Sequence[WriteOperation[Any]]
+    conn: sqlite3.Connection, operations: Sequence[WriteOperation[Any]], marks: WriteMarks
 ) -> tuple[list[_Answer[Any]], int]:
     """:func:`_run_batch`, and the rows it changed (those rolled back included)."""
     before = conn.total_changes
-    answers = _run_batch(conn, operations)
+    answers = _run_batch(conn, operations, marks)
     return answers, conn.total_changes - before
 
 
@@ -454,6 +490,8 @@ class StorageActor:
         self._checkpoint_idle = trio.Event()
         self._checkpoint_idle.set()
         self._batch_cap = batch_cap
+        # Counted on the writer thread only.
+        self._marks = WriteMarks()
         self._send, self._receive = trio.open_memory_channel[_Request](queue_size)
         self._ran = False
         self._stats = WriteStats()
@@ -473,6 +511,13 @@ class StorageActor:
     @property
     def stats(self) -> WriteStats:
         return self._stats
+
+    def room_mark(self, room_id: str) -> WriteMark:
+        """The room's mark as the writes counted so far leave it. The
+        writer thread counts while this reads, so a write under way may be
+        counted or not: it is a hint, which the write's own check makes
+        sure of."""
+        return self._marks.of(room_id)
 
     async def wait_for_checkpoint(self) -> None:
         """Return once no WAL checkpoint is asked for or under way (at once
@@ -525,7 +570,9 @@ class StorageActor:
             started = time.perf_counter()
             try:
                 answers, changes = await writer.call(
-                    functools.partial(_run_batch_counting_changes, operations=operations)
+                    functools.partial(
+                        _run_batch_counting_changes, operations=operations, marks=self._marks
+                    )
                 )
             except BaseException as exc:
                 for request in batch:

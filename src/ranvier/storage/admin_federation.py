@@ -28,6 +28,7 @@ from typing import Final
 
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
+from .write_marks import writes_no_room
 
 __all__ = [
     "DESTINATION_ORDERS",
@@ -176,6 +177,7 @@ def clear_destination_backoff(conn: sqlite3.Connection, *, name: str) -> None:
 
 
 @registered_write
+@writes_no_room
 def note_delivery(conn: sqlite3.Connection, *, name: str, ts_ms: int) -> None:
     """``name`` took a transaction at ``ts_ms``; an older time than the one
     noted changes nothing (two processes' clocks, a late write)."""

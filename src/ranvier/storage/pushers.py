@@ -46,6 +46,7 @@ from .readers import ReaderPool
 from .redactions import served_events
 from .sync_reads import joined_rooms
 from .write_backend import WriteBackend, registered_write
+from .write_marks import writes_no_room
 
 __all__ = [
     "PushableEvent",
@@ -269,6 +270,7 @@ def delete_device_pushers(
 
 
 @registered_write
+@writes_no_room
 def _set_push_position(conn: sqlite3.Connection, *, stream_ordering: int) -> None:
     conn.execute(
         "INSERT INTO push_position (id, stream_ordering) VALUES (1, ?)"

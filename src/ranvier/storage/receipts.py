@@ -38,6 +38,7 @@ from ranvier.errors import RoomGoneError
 
 from .readers import ReaderPool
 from .write_backend import WriteBackend, registered_write
+from .write_marks import writes_no_room
 
 __all__ = ["ReceiptRecord", "ReceiptStorage"]
 
@@ -108,6 +109,7 @@ class ReceiptStorage:
 
 
 @registered_write
+@writes_no_room
 def _put_receipt(
     conn: sqlite3.Connection,
     *,

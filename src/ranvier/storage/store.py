@@ -11,7 +11,7 @@ import functools
 import os
 import sqlite3
 from collections.abc import Collection, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import trio
 
@@ -85,8 +85,12 @@ from .timestamps import TimestampReads
 from .uia import UiaStorage
 from .url_previews import UrlPreviewStorage
 from .write_backend import WriteBackend
+from .write_marks import WriteMark
 
 __all__ = ["Storage"]
+
+# What an event write gives back: orderings, or a run's orderings and mark.
+_Written = TypeVar("_Written", dict[str, int], writes.RunWritten)
 
 
 class StreamListener(Protocol):
@@ -237,38 +241,55 @@ class Storage:
             writes.PersistEvents(tuple(events), dict(current_state_groups or {})), events
         )
 
-    async def persist_events_answering(
+    async def persist_run(
         self,
+        room_id: str,
         events: Sequence[EventToPersist],
-        answer: ReceivedTransaction,
         *,
+        answer: ReceivedTransaction | None = None,
         current_state_groups: Mapping[str, int] | None = None,
-    ) -> dict[str, int]:
-        """:meth:`persist_events`, with the answer to the federation
-        transaction that brought the events recorded in the same commit:
-        one write where the events and the record would take two, and no
-        moment at which one is stored and not the other.
+        since: WriteMark | None = None,
+    ) -> writes.RunWritten:
+        """:meth:`persist_events` for a run of ``room_id``'s events, with the
+        answer to the federation transaction that brought them recorded in
+        the same commit: one write where the events and the record would
+        take two, and no moment at which one is stored and not the other.
+
+        With ``since``, written only if the room is as the write that got
+        that mark left it (:class:`~ranvier.storage.writes.PersistRun`);
+        else :class:`~ranvier.errors.StaleRunError`, nothing written. The
+        answer carries the room's mark after this write.
         """
         return await self._write_events(
-            functools.partial(
-                writes.persist_events_answering,
-                events=tuple(events),
-                current_state_groups=dict(current_state_groups or {}),
+            writes.PersistRun(
+                room_id,
+                tuple(events),
+                dict(current_state_groups or {}),
                 answer=answer,
+                since=since,
             ),
             events,
         )
 
+    def room_mark(self, room_id: str) -> WriteMark | None:
+        """The room's mark now (:mod:`ranvier.storage.write_marks`), or None
+        when another process's actor writes."""
+        if not isinstance(self.writer, StorageActor):
+            return None
+        return self.writer.room_mark(room_id)
+
     async def _write_events(
-        self, operation: WriteOperation[dict[str, int]], events: Sequence[EventToPersist]
-    ) -> dict[str, int]:
+        self, operation: WriteOperation[_Written], events: Sequence[EventToPersist]
+    ) -> _Written:
         try:
-            orderings = await self.writer.submit(operation)
+            written = await self.writer.submit(operation)
         except PartialStateConflictError:
             self.partial_state_conflicts += 1
             raise
-        self.events_written(orderings, events)
-        return orderings
+        self.events_written(
+            written.orderings if isinstance(written, writes.RunWritten) else written, events
+        )
+        return written
 
     async def persist_events_recording_transactions(
         self, events: Sequence[EventToPersist], transactions: Sequence[TransactionRow]

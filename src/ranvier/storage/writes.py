@@ -38,6 +38,7 @@ from ranvier.errors import (
     PartialStateConflictError,
     PartialStateEventsRemainError,
     RoomGoneError,
+    StaleRunError,
 )
 
 from .forgotten_rooms import clear_forgotten
@@ -50,7 +51,7 @@ from .records import (
     ServerKey,
     StateKey,
 )
-from .redactions import record_redactions
+from .redactions import record_redactions, redaction_targets
 from .relations import record_relations
 from .replaced_state import replaced_entry
 from .search import record_search
@@ -62,13 +63,15 @@ from .state_groups import (
     store_state_group,
 )
 from .write_backend import registered_write
+from .write_marks import WriteMark, WriteMarks, writes_no_room
 
 __all__ = [
     "PersistEvents",
+    "PersistRun",
+    "RunWritten",
     "clear_partial_state",
     "mark_destination_rooms_sent",
     "persist_events",
-    "persist_events_answering",
     "record_transaction",
     "set_current_state",
     "store_destination_retry",
@@ -614,6 +617,8 @@ def persist_events(
     conn: sqlite3.Connection,
     events: Sequence[EventToPersist],
     current_state_groups: Mapping[str, int] | None = None,
+    *,
+    new_only: bool = False,
 ) -> dict[str, int]:
     """Write events with their edges, state groups and the state entries
     they replace, partial-state rows,
@@ -628,6 +633,8 @@ def persist_events(
     outlier now given a place in the DAG. Events of a room not stored here
     raise :class:`RoomGoneError` (the room was purged), but for an invite
     or a knock of ours (``out_of_band``), which makes the room known.
+    With ``new_only``, an event already stored raises
+    :class:`~ranvier.errors.StaleRunError` instead of being skipped.
     """
     # A room becomes known here as its first state is stored (store_room,
     # store_partial_join), or with an invite or a knock of ours; any other
@@ -637,6 +644,8 @@ def persist_events(
         _ensure_room(conn, room_id, room_version, may_create=room_id in starting)
     ids = [event.event_id for event in events]
     stored = _stored_events(conn, ids)
+    if new_only and stored:
+        raise StaleRunError(f"{min(stored)} is stored already, which the run took for new")
     joins_dag = any(
         not event.outlier and stored[event.event_id][1]
         for event in events
@@ -682,6 +691,10 @@ class PersistEvents:
     def combine_key(self) -> str | None:
         return None if self.current_state_groups else "persist_events"
 
+    @property
+    def rooms_written(self) -> frozenset[str]:
+        return frozenset(event.room_id for event in self.events)
+
     def __call__(self, conn: sqlite3.Connection) -> dict[str, int]:
         return persist_events(conn, self.events, self.current_state_groups)
 
@@ -695,22 +708,86 @@ class PersistEvents:
         ]
 
 
+@dataclass(frozen=True, slots=True)
+class RunWritten:
+    """What :class:`PersistRun` gives back."""
+
+    #: The stream ordering of each event, by ID.
+    orderings: dict[str, int]
+    #: The room's mark just after the write, for the next run to be
+    #: judged against what it left; None when the write ran outside the
+    #: actor, which alone counts writes.
+    mark: WriteMark | None = None
+
+
 @registered_write
-def persist_events_answering(
-    conn: sqlite3.Connection,
-    *,
-    events: tuple[EventToPersist, ...],
-    current_state_groups: dict[str, int],
-    answer: ReceivedTransaction,
-) -> dict[str, int]:
-    """:func:`persist_events`, and the answer to the federation transaction
-    that brought the events, as one request: if the events are refused
-    (their room's partial state gone, the room purged), the answer is not
-    recorded either, and the transaction can be handled again.
+@dataclass(frozen=True, slots=True)
+class PersistRun:
+    """A run of one room's events (:class:`ranvier.core.ingest_batch.RoomRun`)
+    as one request, with the answer to the federation transaction that
+    brought them when there is one: if the events are refused (their room's
+    partial state gone, the room purged), the answer is not recorded
+    either, and the transaction can be handled again.
+
+    With ``since``, the mark an earlier write of the room got back, the run
+    was judged against what that write left rather than against a read:
+    it is written only if no write that may touch the room ran since, and
+    none of its events is stored, cited by a stored event or named by a
+    stored redaction (the run took all of them for new and uncited);
+    otherwise :class:`~ranvier.errors.StaleRunError`, and nothing is written.
     """
-    orderings = persist_events(conn, events, current_state_groups)
-    record_transaction(conn, answer)
-    return orderings
+
+    room_id: str
+    events: tuple[EventToPersist, ...]
+    current_state_groups: dict[str, int] = field(default_factory=dict)
+    answer: ReceivedTransaction | None = None
+    since: WriteMark | None = None
+
+    @property
+    def rooms_written(self) -> frozenset[str]:
+        return frozenset({self.room_id, *(event.room_id for event in self.events)})
+
+    def __call__(self, conn: sqlite3.Connection) -> RunWritten:
+        # Only the actor counts writes: a mark cannot be checked without it.
+        if self.since is not None:
+            raise StaleRunError("a run's mark can only be checked by the storage actor")
+        return RunWritten(self._write(conn, new_only=False))
+
+    def run_marked(self, conn: sqlite3.Connection, marks: WriteMarks) -> RunWritten:
+        if self.since is not None:
+            marks.check(self.room_id, self.since)
+            _check_uncited(conn, [event.event_id for event in self.events])
+        try:
+            orderings = self._write(conn, new_only=self.since is not None)
+        finally:
+            marks.wrote(self.rooms_written)
+        return RunWritten(orderings, marks.of(self.room_id))
+
+    def _write(self, conn: sqlite3.Connection, *, new_only: bool) -> dict[str, int]:
+        orderings = persist_events(conn, self.events, self.current_state_groups, new_only=new_only)
+        if self.answer is not None:
+            record_transaction(conn, self.answer)
+        return orderings
+
+
+def _check_uncited(conn: sqlite3.Connection, event_ids: Sequence[str]) -> None:
+    """Raise :class:`~ranvier.errors.StaleRunError` if a stored event cites
+    one of ``event_ids`` as a prev event, or a stored redaction names one."""
+    for start in range(0, len(event_ids), _CHUNK):
+        chunk = event_ids[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        cited = conn.execute(
+            "SELECT prev_event_id FROM event_prev_edges INDEXED BY event_prev_edges_unstored_prev"
+            f" WHERE prev_ordering IS NULL AND prev_event_id IN ({marks}) LIMIT 1",
+            chunk,
+        ).fetchone()
+        if cited is not None:
+            raise StaleRunError(f"a stored event cites {cited[0]}, which the run took for uncited")
+    named = redaction_targets(conn, event_ids)
+    if named:
+        raise StaleRunError(
+            f"a stored redaction names {min(named)}, which the run took for named by none"
+        )
 
 
 @registered_write
@@ -910,6 +987,7 @@ def store_resync_progress(
 
 
 @registered_write
+@writes_no_room
 def record_transaction(conn: sqlite3.Connection, transaction: ReceivedTransaction) -> None:
     """Remember how a received transaction was answered."""
     conn.execute(
@@ -929,6 +1007,7 @@ def record_transaction(conn: sqlite3.Connection, transaction: ReceivedTransactio
 
 
 @registered_write
+@writes_no_room
 def store_server_keys(conn: sqlite3.Connection, keys: Sequence[ServerKey]) -> None:
     """Store remote keys; for a key already known, the answer valid longest wins."""
     conn.executemany(
@@ -963,6 +1042,7 @@ def store_server_keys(conn: sqlite3.Connection, keys: Sequence[ServerKey]) -> No
 
 
 @registered_write
+@writes_no_room
 def store_destination_retry(
     conn: sqlite3.Connection, destination: str, retry: DestinationRetry | None
 ) -> None:
@@ -1017,6 +1097,7 @@ def _upsert_destination_rooms(
 
 
 @registered_write
+@writes_no_room
 def store_destination_rooms(
     conn: sqlite3.Connection, destination: str, positions: Mapping[str, int]
 ) -> None:
@@ -1040,6 +1121,7 @@ def store_destination_rooms(
 
 
 @registered_write
+@writes_no_room
 def mark_destination_rooms_sent(
     conn: sqlite3.Connection, destination: str, positions: Mapping[str, int]
 ) -> None:
