@@ -488,10 +488,13 @@ def _write_new_events(
     conn: sqlite3.Connection,
     events: Sequence[EventToPersist],
     stored: Mapping[str, tuple[int, bool]],
+    *,
+    new_only: bool = False,
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Write events none of which needs more than skipping if already stored,
     a statement per table for all of them. Returns their orderings and, per
-    room, the state after the last accepted event.
+    room, the state after the last accepted event. With ``new_only``, an
+    event a stored event cites raises :class:`~ranvier.errors.StaleRunError`.
     """
     orderings = {event_id: stored[event_id][0] for event_id in stored}
     new = [event for event in events if event.event_id not in stored]
@@ -507,7 +510,13 @@ def _write_new_events(
         _INSERT_EDGE_SQL,
         [(orderings[e.event_id], prev, e.room_id) for e in new for prev in e.prev_event_ids],
     )
-    conn.executemany(_FILL_EDGES_SQL, [(orderings[e.event_id], e.event_id) for e in new])
+    filled = conn.executemany(_FILL_EDGES_SQL, [(orderings[e.event_id], e.event_id) for e in new])
+    if new_only and filled.rowcount:
+        # Edges the events just written have found their prev events by
+        # then; an edge filled here is a stored event's.
+        raise StaleRunError(
+            "a stored event cites one of the run's events, which it took for uncited"
+        )
     conn.executemany(
         _INSERT_AUTH_EDGE_SQL,
         [(orderings[e.event_id], auth, e.room_id) for e in new for auth in e.auth_event_ids],
@@ -633,8 +642,9 @@ def persist_events(
     outlier now given a place in the DAG. Events of a room not stored here
     raise :class:`RoomGoneError` (the room was purged), but for an invite
     or a knock of ours (``out_of_band``), which makes the room known.
-    With ``new_only``, an event already stored raises
-    :class:`~ranvier.errors.StaleRunError` instead of being skipped.
+    With ``new_only``, an event already stored (or given twice), or one a
+    stored event cites, raises :class:`~ranvier.errors.StaleRunError`
+    instead of being skipped or taken as cited.
     """
     # A room becomes known here as its first state is stored (store_room,
     # store_partial_join), or with an invite or a knock of ours; any other
@@ -644,15 +654,17 @@ def persist_events(
         _ensure_room(conn, room_id, room_version, may_create=room_id in starting)
     ids = [event.event_id for event in events]
     stored = _stored_events(conn, ids)
-    if new_only and stored:
-        raise StaleRunError(f"{min(stored)} is stored already, which the run took for new")
+    if new_only and (stored or len(set(ids)) != len(ids)):
+        raise StaleRunError(
+            f"{min(stored or ids)} is stored already or twice, which the run took for new"
+        )
     joins_dag = any(
         not event.outlier and stored[event.event_id][1]
         for event in events
         if event.event_id in stored
     )
     if len(set(ids)) == len(ids) and not joins_dag:
-        orderings, last_state = _write_new_events(conn, events, stored)
+        orderings, last_state = _write_new_events(conn, events, stored, new_only=new_only)
     else:
         orderings, last_state = _write_events_one_by_one(conn, events)
 
@@ -756,7 +768,7 @@ class PersistRun:
     def run_marked(self, conn: sqlite3.Connection, marks: WriteMarks) -> RunWritten:
         if self.since is not None:
             marks.check(self.room_id, self.since)
-            _check_uncited(conn, [event.event_id for event in self.events])
+            _check_unnamed(conn, [event.event_id for event in self.events])
         try:
             orderings = self._write(conn, new_only=self.since is not None)
         finally:
@@ -770,19 +782,9 @@ class PersistRun:
         return orderings
 
 
-def _check_uncited(conn: sqlite3.Connection, event_ids: Sequence[str]) -> None:
-    """Raise :class:`~ranvier.errors.StaleRunError` if a stored event cites
-    one of ``event_ids`` as a prev event, or a stored redaction names one."""
-    for start in range(0, len(event_ids), _CHUNK):
-        chunk = event_ids[start : start + _CHUNK]
-        marks = ",".join("?" * len(chunk))
-        cited = conn.execute(
-            "SELECT prev_event_id FROM event_prev_edges INDEXED BY event_prev_edges_unstored_prev"
-            f" WHERE prev_ordering IS NULL AND prev_event_id IN ({marks}) LIMIT 1",
-            chunk,
-        ).fetchone()
-        if cited is not None:
-            raise StaleRunError(f"a stored event cites {cited[0]}, which the run took for uncited")
+def _check_unnamed(conn: sqlite3.Connection, event_ids: Sequence[str]) -> None:
+    """Raise :class:`~ranvier.errors.StaleRunError` if a stored redaction
+    names one of ``event_ids``."""
     named = redaction_targets(conn, event_ids)
     if named:
         raise StaleRunError(
