@@ -1216,7 +1216,7 @@ class HomeServer:
             ingester=self._ingester,
         )
         self._transaction_handler = TransactionHandler(
-            pdus=AclCheckedPdus(self._ingester, storage),
+            pdus=AclCheckedPdus(self._ingester, storage, known=self._ingester.known_current_entry),
             transactions=ReceivedTransactions(storage),
             edus=AclCheckedEdus(self._edus, storage),
         )

@@ -23,8 +23,10 @@ from ranvier.config import ListenerConfig, TlsConfig
 from ranvier.core.ingest import EventVerifier, FederationIngester, TransactionAnswer
 from ranvier.federation.persistence import ReceivedTransactions
 from ranvier.federation.transaction_acl import AclCheckedPdus
+from ranvier.protocol.server_acl import SERVER_ACL_KEY
 from ranvier.protocol.signing import generate_signing_key
 from ranvier.storage import Storage
+from ranvier.storage.run_reads import RunReads
 from ranvier.testing import KnownKeys, RemoteRooms, RoomBuilder, ingest_all
 from ranvier.testing.homeserver import (
     TestHomeserver,
@@ -205,3 +207,45 @@ async def test_the_answer_recorded_with_the_pdus_names_those_the_acl_refused(
         "pdus": {taken.event_id: True, refused.event_id: False}
     }
     assert await storage.get_event(refused.event_id) is None
+
+
+async def test_a_room_the_ingester_knows_has_no_acl_is_not_read_until_written(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    keys = {server: generate_signing_key("k1") for server in ("ours.test", "remote.test")}
+    alice, bob = "@alice:ours.test", "@bob:remote.test"
+    storage = Storage(tmp_path / "ours.db", synchronous="OFF")
+    await nursery.start(storage.run)
+    room = RoomBuilder(creator=alice, keys=keys)
+    room.public_room(bob)
+    await ingest_all(storage, list(room.order))
+    ingester = FederationIngester(
+        store=storage,
+        persister=storage,
+        client=RemoteRooms(room),
+        verifier=EventVerifier(KnownKeys(keys)),
+        run_reader=RunReads(storage.readers),
+        answers=storage,
+    )
+    checked = AclCheckedPdus(ingester, storage, known=ingester.known_current_entry)
+
+    async def send(text: str) -> tuple[str | None, int]:
+        """Bob's message through the checks: its error's errcode, and the reads it took."""
+        reads = storage.readers.reads
+        (outcome,) = await checked.receive_pdus("remote.test", [room.message(bob, text).raw])
+        return (None if outcome.error is None else outcome.error.errcode), (
+            storage.readers.reads - reads
+        )
+
+    # The ACL's read, the room's version and the run's read.
+    assert await send("first") == (None, 3)
+    assert ingester.known_current_entry(room.room_id, SERVER_ACL_KEY) == (True, None)
+    assert await send("second") == (None, 0)
+    # An ACL written here meanwhile: the room is read again, and the ACL holds.
+    acl = room.state_event(alice, "m.room.server_acl", {"allow": ["*"], "deny": ["remote.test"]})
+    await ingest_all(storage, [acl])
+    assert ingester.known_current_entry(room.room_id, SERVER_ACL_KEY) == (False, None)
+    errcode, reads = await send("third")
+    assert errcode == "M_FORBIDDEN"
+    assert reads >= 1
+    assert await storage.get_forward_extremities(room.room_id) == {acl.event_id}

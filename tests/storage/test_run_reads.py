@@ -26,6 +26,7 @@ async def _one_by_one(
         forward_extremities=await storage.get_forward_extremities(ROOM),
         cited=await storage.get_events_with_accepted_children(event_ids),
         redaction_targets=await storage.get_redaction_targets(wanted),
+        current_group=await storage.get_current_state_group(ROOM),
     )
 
 

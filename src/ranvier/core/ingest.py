@@ -998,6 +998,18 @@ class FederationIngester:
                     _log.info("dropped %s from %s: %s", event.event_id, origin, verdict.message)
             return outcomes, rest
 
+    def known_current_entry(self, room_id: str, key: StateKey) -> tuple[bool, str | None]:
+        """The room's current state's entry for ``key`` as the room's last
+        run left it, when nothing wrote the room since: ``(True, entry)``,
+        the entry None where the state has none; ``(False, None)`` when
+        storage must be read for it. Read without the room's lock: a run
+        is changed only once taken from those kept, which this leaves.
+        """
+        run = self._settled.get(room_id)
+        if run is None or not run.unchanged():
+            return False, None
+        return run.current_entry(key)
+
     def _keep_settled(self, run: RoomRun) -> None:
         settled = run.settled()
         if settled is None:

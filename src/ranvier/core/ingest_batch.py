@@ -78,6 +78,7 @@ from ranvier.protocol.auth import (
 )
 from ranvier.protocol.events import Pdu
 from ranvier.protocol.room_versions import RoomVersion
+from ranvier.protocol.server_acl import SERVER_ACL_KEY
 from ranvier.storage.records import (
     EventStateGroups,
     EventToPersist,
@@ -262,8 +263,13 @@ class RoomRun:
             if event.room_version.room_id_from_create_event and event.type != CREATE_KEY[0]:
                 wanted.add(create_event_id_for_room(event.room_id))
         if self._run_reader is not None:
-            # The policy server's key too: each event's check reads it.
-            keys = {POLICY_KEY, *(key for event in events for key in auth_state_keys(event))}
+            # The policy server's key too: each event's check reads it; and
+            # the ACL's, which the next transaction's check may find here.
+            keys = {
+                POLICY_KEY,
+                SERVER_ACL_KEY,
+                *(key for event in events for key in auth_state_keys(event)),
+            }
             rows = await self._run_reader.read_room_run(
                 self.room_id, event_ids=ids, wanted=wanted, prev_ids=prevs, state_keys=keys
             )
@@ -272,6 +278,10 @@ class RoomRun:
                 for key in rows.state_keys:
                     known[key] = entries.get(key)
             if rows.current_state is not None:
+                if rows.current_group is not None:
+                    # The current state named by its group: a move to the
+                    # same group (a message) keeps the entries read.
+                    self._current = _Point(rows.current_group)
                 for key in rows.state_keys:
                     self._current_keys[key] = rows.current_state.get(key)
             self._rows.update(rows.events)
@@ -440,6 +450,22 @@ class RoomRun:
         run._since = written.mark
         return run
 
+    def unchanged(self) -> bool:
+        """Whether nothing wrote the room since the write :meth:`settled`
+        made this run from, as far as can be told here."""
+        return (
+            self._since is not None
+            and self._answers is not None
+            and self._answers.room_mark(self.room_id) == self._since
+        )
+
+    def current_entry(self, key: StateKey) -> tuple[bool, str | None]:
+        """Whether the run knows the current state's entry for ``key``
+        without reading, and the entry (None: not in the state)."""
+        if key in self._current_keys:
+            return True, self._current_keys[key]
+        return False, None
+
     def assume_new(self, events: Sequence[Pdu]) -> bool:
         """Take ``events`` for new, cited by no stored event and named by no
         stored redaction, as a run :meth:`settled` gave, instead of reading
@@ -447,7 +473,7 @@ class RoomRun:
         nothing taken, when they cite an event the run does not hold, or
         when the room was written since, as far as can be told here.
         """
-        if self._answers is None or self._answers.room_mark(self.room_id) != self._since:
+        if not self.unchanged():
             # Written since: the write would refuse the run.
             return False
         ids = {event.event_id for event in events}

@@ -49,7 +49,7 @@ import msgspec
 
 from ranvier.core.interfaces import StateReader
 from ranvier.errors import MatrixError
-from ranvier.protocol.server_acl import SERVER_ACL_TYPE, server_allowed_by_acl
+from ranvier.protocol.server_acl import SERVER_ACL_KEY, server_allowed_by_acl
 from ranvier.storage.records import PartialStateRoom, StateKey, StoredEvent
 
 __all__ = [
@@ -62,7 +62,6 @@ __all__ = [
     "server_allowed_by_acl",
 ]
 
-SERVER_ACL_KEY: Final[StateKey] = (SERVER_ACL_TYPE, "")
 HISTORY_VISIBILITY_KEY: Final[StateKey] = ("m.room.history_visibility", "")
 #: The errcode of a refusal because this server has only partial state of
 #: the room: MSC3895's, with the unstable prefix Synapse sends.

@@ -16,7 +16,9 @@ is no ACL to apply, and the ingester gives such a PDU its own answer.
 
 The ACL is read from the room's current state when the transaction is
 handled, once per room and transaction: one read of the room's state for
-the ACL's key where no ACL is set, as in most rooms.
+the ACL's key where no ACL is set, as in most rooms. Not even that when
+the ingester knows the room has none (``known``): its last run of the
+room read the key, and nothing wrote the room since.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from ranvier.core.interfaces import StateReader
 from ranvier.errors import MatrixError
 from ranvier.federation.room_access import RoomAccess
 from ranvier.federation.server import EduHandler, PduReceiver
+from ranvier.protocol.auth import StateKey
 from ranvier.protocol.events import Pdu, pdu_room_id
+from ranvier.protocol.server_acl import SERVER_ACL_KEY
 from ranvier.protocol.untrusted_json import untrusted_json_decoder
 
-__all__ = ["AclCheckedEdus", "AclCheckedPdus", "AclStore"]
+__all__ = ["AclCheckedEdus", "AclCheckedPdus", "AclStore", "KnownCurrentEntry"]
 
 
 class AclStore(StateReader, Protocol):
@@ -51,15 +55,31 @@ class _RoomOnly(msgspec.Struct):
 _decode_room_only = untrusted_json_decoder(_RoomOnly, check_nesting=False)
 
 
+class KnownCurrentEntry(Protocol):
+    """A room's current state's entry for a key, known without a read:
+    ``(True, entry)``, the entry None where the state has none; or
+    ``(False, None)`` (:meth:`ranvier.core.ingest.FederationIngester.known_current_entry`)."""
+
+    def __call__(self, room_id: str, key: StateKey, /) -> tuple[bool, str | None]: ...
+
+
 class _Denials:
     """Whether the ACL of each room denies one origin, each room read once."""
 
-    def __init__(self, store: AclStore, origin: str) -> None:
+    def __init__(self, store: AclStore, origin: str, known: KnownCurrentEntry | None) -> None:
         self._access = RoomAccess(store)
         self._origin = origin
+        self._known_entry = known
         self._known: dict[str, MatrixError | None] = {}
 
     async def of(self, room_id: str) -> MatrixError | None:
+        # A room known to have no ACL needs no read.
+        if (
+            room_id not in self._known
+            and self._known_entry is not None
+            and self._known_entry(room_id, SERVER_ACL_KEY) == (True, None)
+        ):
+            self._known[room_id] = None
         if room_id not in self._known:
             try:
                 await self._access.check_server_acl(room_id, self._origin)
@@ -72,17 +92,21 @@ class _Denials:
 
 class AclCheckedPdus:
     """A :class:`~ranvier.federation.server.PduReceiver` that passes on only
-    the PDUs whose room's ACL admits the sending server.
+    the PDUs whose room's ACL admits the sending server; ``known`` spares
+    the read of a room known to have none.
     """
 
-    def __init__(self, inner: PduReceiver, store: AclStore) -> None:
+    def __init__(
+        self, inner: PduReceiver, store: AclStore, *, known: KnownCurrentEntry | None = None
+    ) -> None:
         self._inner = inner
         self._store = store
+        self._known = known
 
     async def receive_pdus(
         self, origin: str, pdus: Sequence[bytes], *, answer: TransactionAnswer | None = None
     ) -> Sequence[PduOutcome]:
-        denials = _Denials(self._store, origin)
+        denials = _Denials(self._store, origin, self._known)
         versions: dict[str, str | None] = {}
         refused: list[PduOutcome] = []
         admitted: list[bytes] = []
@@ -137,7 +161,7 @@ class AclCheckedEdus:
         self._store = store
 
     async def on_edu(self, origin: str, edu_type: str, content: Mapping[str, Any]) -> None:
-        denials = _Denials(self._store, origin)
+        denials = _Denials(self._store, origin, None)
         if edu_type == "m.typing":
             room_id = content.get("room_id")
             if isinstance(room_id, str) and await denials.of(room_id) is not None:

@@ -14,9 +14,11 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["SERVER_ACL_TYPE", "server_allowed_by_acl"]
+__all__ = ["SERVER_ACL_KEY", "SERVER_ACL_TYPE", "server_allowed_by_acl"]
 
 SERVER_ACL_TYPE: Final = "m.room.server_acl"
+#: The ACL's key in a room's state: the state key is empty.
+SERVER_ACL_KEY: Final = (SERVER_ACL_TYPE, "")
 
 
 def _glob(pattern: str) -> re.Pattern[str]:

@@ -52,6 +52,8 @@ class RoomRunRows:
     #: The events asked for that a stored redaction names: the others are
     #: read by the auth checks as stored.
     redaction_targets: frozenset[str] = frozenset()
+    #: The group the room's current state is (None: it has none).
+    current_group: int | None = None
 
 
 def read_room_run(
@@ -100,6 +102,7 @@ def read_room_run(
         state_after_prevs=after_prevs,
         current_state=current,
         redaction_targets=redaction_targets(conn, wanted),
+        current_group=reads.get_current_state_group(conn, room_id),
     )
 
 
