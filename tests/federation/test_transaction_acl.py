@@ -158,33 +158,44 @@ async def test_a_server_the_acl_denies_is_not_heard_in_that_room(tmp_path: Path)
         assert state == acl
 
 
+_ALICE, _BOB = "@alice:ours.test", "@bob:remote.test"
+
+
+async def _ours(
+    tmp_path: Path, nursery: trio.Nursery, rooms: int
+) -> tuple[Storage, list[RoomBuilder], KnownKeys]:
+    """Our storage with ``rooms`` public rooms of Alice's that Bob of the
+    remote joined, and both servers' keys."""
+    keys = {server: generate_signing_key("k1") for server in ("ours.test", "remote.test")}
+    storage = Storage(tmp_path / "ours.db", synchronous="OFF")
+    await nursery.start(storage.run)
+    made = []
+    for _ in range(rooms):
+        room = RoomBuilder(creator=_ALICE, keys=keys)
+        room.public_room(_BOB)
+        made.append(room)
+    return storage, made, KnownKeys(keys)
+
+
 async def test_the_answer_recorded_with_the_pdus_names_those_the_acl_refused(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     # One room denies the remote, the other does not: the PDUs let through
     # are of one room, and the answer written with them must name the
     # refused PDU too, as the answer given does.
-    keys = {server: generate_signing_key("k1") for server in ("ours.test", "remote.test")}
-    alice, bob = "@alice:ours.test", "@bob:remote.test"
-    storage = Storage(tmp_path / "ours.db", synchronous="OFF")
-    await nursery.start(storage.run)
-    rooms = []
-    for _ in range(2):
-        room = RoomBuilder(creator=alice, keys=keys)
-        room.public_room(bob)
-        rooms.append(room)
+    storage, rooms, keys = await _ours(tmp_path, nursery, 2)
     denying, open_room = rooms
-    denying.state_event(alice, "m.room.server_acl", {"allow": ["*"], "deny": ["remote.test"]})
+    denying.state_event(_ALICE, "m.room.server_acl", {"allow": ["*"], "deny": ["remote.test"]})
     for room in rooms:
         await ingest_all(storage, list(room.order))
     ingester = FederationIngester(
         store=storage,
         persister=storage,
         client=RemoteRooms(*rooms),
-        verifier=EventVerifier(KnownKeys(keys)),
+        verifier=EventVerifier(keys),
         answers=storage,
     )
-    refused, taken = denying.message(bob, "denied"), open_room.message(bob, "let through")
+    refused, taken = denying.message(_BOB, "denied"), open_room.message(_BOB, "let through")
     records = ReceivedTransactions(storage)
     answer = TransactionAnswer(
         lambda outcomes: records.record_of(
@@ -212,18 +223,13 @@ async def test_the_answer_recorded_with_the_pdus_names_those_the_acl_refused(
 async def test_a_room_the_ingester_knows_has_no_acl_is_not_read_until_written(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
-    keys = {server: generate_signing_key("k1") for server in ("ours.test", "remote.test")}
-    alice, bob = "@alice:ours.test", "@bob:remote.test"
-    storage = Storage(tmp_path / "ours.db", synchronous="OFF")
-    await nursery.start(storage.run)
-    room = RoomBuilder(creator=alice, keys=keys)
-    room.public_room(bob)
+    storage, (room,), keys = await _ours(tmp_path, nursery, 1)
     await ingest_all(storage, list(room.order))
     ingester = FederationIngester(
         store=storage,
         persister=storage,
         client=RemoteRooms(room),
-        verifier=EventVerifier(KnownKeys(keys)),
+        verifier=EventVerifier(keys),
         run_reader=RunReads(storage.readers),
         answers=storage,
     )
@@ -232,7 +238,7 @@ async def test_a_room_the_ingester_knows_has_no_acl_is_not_read_until_written(
     async def send(text: str) -> tuple[str | None, int]:
         """Bob's message through the checks: its error's errcode, and the reads it took."""
         reads = storage.readers.reads
-        (outcome,) = await checked.receive_pdus("remote.test", [room.message(bob, text).raw])
+        (outcome,) = await checked.receive_pdus("remote.test", [room.message(_BOB, text).raw])
         return (None if outcome.error is None else outcome.error.errcode), (
             storage.readers.reads - reads
         )
@@ -242,7 +248,7 @@ async def test_a_room_the_ingester_knows_has_no_acl_is_not_read_until_written(
     assert ingester.known_current_entry(room.room_id, SERVER_ACL_KEY) == (True, None)
     assert await send("second") == (None, 0)
     # An ACL written here meanwhile: the room is read again, and the ACL holds.
-    acl = room.state_event(alice, "m.room.server_acl", {"allow": ["*"], "deny": ["remote.test"]})
+    acl = room.state_event(_ALICE, "m.room.server_acl", {"allow": ["*"], "deny": ["remote.test"]})
     await ingest_all(storage, [acl])
     assert ingester.known_current_entry(room.room_id, SERVER_ACL_KEY) == (False, None)
     errcode, reads = await send("third")
