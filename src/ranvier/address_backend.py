@@ -6,10 +6,16 @@ checked against the operator's denylist: in both, the host name in the
 URL is not what the connection may resolve on its own. A subclass says
 which endpoints a host and port stand for; they are tried in turn, and
 when none takes the connection, the error names each with its cause.
+
+A connection whose TLS handshake fails or is cancelled is closed at once.
+httpcore's Trio backend closes it on an error, but not on a cancellation
+(``trio.Cancelled`` is no ``Exception``), which a server stopping while a
+request connects gives: the socket was then left to the garbage collector.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -64,13 +70,14 @@ class AddressBackend(httpcore.AsyncNetworkBackend):
         failures: list[str] = []
         for address, endpoint_port in await self.endpoints(host, port):
             try:
-                return await self._backend.connect_tcp(
+                stream = await self._backend.connect_tcp(
                     address,
                     endpoint_port,
                     timeout=timeout,
                     local_address=local_address,
                     socket_options=socket_options,
                 )
+                return _ClosedOnFailedHandshake(stream)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 failures.append(f"{format_endpoint(address, endpoint_port)}: {root_cause(exc)}")
         if not failures:
@@ -87,3 +94,39 @@ class AddressBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await trio.sleep(seconds)
+
+
+class _ClosedOnFailedHandshake(httpcore.AsyncNetworkStream):
+    """A connection that is closed if its TLS handshake does not complete,
+    for any reason: see the module's doc."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self._stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            return await self._stream.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            # Closed without waiting, as trio.aclose_forcefully closes a
+            # stream of Trio's: the socket closes before the first checkpoint.
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await self._stream.aclose()
+            raise
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
