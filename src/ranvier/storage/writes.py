@@ -654,7 +654,8 @@ def persist_events(
         _ensure_room(conn, room_id, room_version, may_create=room_id in starting)
     ids = [event.event_id for event in events]
     stored = _stored_events(conn, ids)
-    if new_only and (stored or len(set(ids)) != len(ids)):
+    distinct = len(set(ids)) == len(ids)
+    if new_only and (stored or not distinct):
         raise StaleRunError(
             f"{min(stored or ids)} is stored already or twice, which the run took for new"
         )
@@ -663,7 +664,7 @@ def persist_events(
         for event in events
         if event.event_id in stored
     )
-    if len(set(ids)) == len(ids) and not joins_dag:
+    if distinct and not joins_dag:
         orderings, last_state = _write_new_events(conn, events, stored, new_only=new_only)
     else:
         orderings, last_state = _write_events_one_by_one(conn, events)
