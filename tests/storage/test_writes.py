@@ -18,6 +18,7 @@ from ranvier.storage.schema import migrate
 from ranvier.storage.state_groups import read_state, store_state_group
 from ranvier.storage.writes import (
     _FILL_EDGES_SQL,
+    _FILL_MANY_EDGES_SQL,
     PersistEvents,
     clear_partial_state,
     persist_events,
@@ -226,10 +227,21 @@ def test_a_prev_edge_is_found_by_ordering_once_its_prev_event_is_stored(
     # Storing the prev event later fills its ordering in.
     parent = persist_events(conn, [make_event("$parent", before=base)])["$parent"]
     assert prev_orderings() == {"$first": first, "$parent": parent}
+    # Prev events stored together each fill in their own edges.
+    persist_events(conn, [make_event("$late", before=base, prev=("$one", "$two"))])
+    stored = persist_events(
+        conn, [make_event("$one", before=base), make_event("$two", before=base, prev=("$one",))]
+    )
+    rows = conn.execute(
+        "SELECT prev_event_id, prev_ordering FROM event_prev_edges"
+        " WHERE event_ordering = (SELECT stream_ordering FROM events WHERE event_id = '$late')"
+    )
+    assert dict(rows) == {"$one": stored["$one"], "$two": stored["$two"]}
     # Edges of prev events not stored are found by ID, through the partial
     # index: through the other, every such edge would be read.
     for sql, params in (
         (_FILL_EDGES_SQL, (1, "$x")),
+        (_FILL_MANY_EDGES_SQL.format(marks="?,?"), ("$x", "$y")),
         (reads._CITED_SQL.format(marks="?"), ("$x", "$x")),
     ):
         plan = " ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))

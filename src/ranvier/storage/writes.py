@@ -102,17 +102,25 @@ _INSERT_STATE_GROUPS_SQL = (
     " (event_ordering, state_group_before, state_group_after, replaces_state)"
     " VALUES (?, ?, ?, ?)"
 )
-# The prev event's ordering is looked up where it is stored already (see
+# The prev event's ordering is given when the write knows it (?4: the prev
+# event is one of its own), else looked up where it is stored already (see
 # schema migration 64); storing it later fills the edges that name it in.
 _INSERT_EDGE_SQL = (
     "INSERT OR IGNORE INTO event_prev_edges (event_ordering, prev_event_id, room_id, prev_ordering)"
-    " VALUES (?1, ?2, ?3, (SELECT stream_ordering FROM events WHERE event_id = ?2))"
+    " VALUES (?1, ?2, ?3, COALESCE(?4, (SELECT stream_ordering FROM events WHERE event_id = ?2)))"
 )
 # Through the partial index by ID: by the other, SQLite would go through
 # every edge whose prev event is not stored.
 _FILL_EDGES_SQL = (
     "UPDATE event_prev_edges INDEXED BY event_prev_edges_unstored_prev SET prev_ordering = ?1"
     " WHERE prev_ordering IS NULL AND prev_event_id = ?2"
+)
+# The same for many prev events at once, each edge given its own's ordering.
+_FILL_MANY_EDGES_SQL = (
+    "UPDATE event_prev_edges INDEXED BY event_prev_edges_unstored_prev"
+    " SET prev_ordering = (SELECT e.stream_ordering FROM events AS e"
+    " WHERE e.event_id = event_prev_edges.prev_event_id)"
+    " WHERE prev_ordering IS NULL AND prev_event_id IN ({marks})"
 )
 _INSERT_AUTH_EDGE_SQL = (
     "INSERT OR IGNORE INTO event_auth_edges (event_ordering, auth_event_id, room_id)"
@@ -256,7 +264,8 @@ def _write_event_row(conn: sqlite3.Connection, event: EventToPersist) -> tuple[i
         ordering = cursor.lastrowid
         assert ordering is not None
         conn.executemany(
-            _INSERT_EDGE_SQL, [(ordering, prev, event.room_id) for prev in event.prev_event_ids]
+            _INSERT_EDGE_SQL,
+            [(ordering, prev, event.room_id, None) for prev in event.prev_event_ids],
         )
         conn.execute(_FILL_EDGES_SQL, (ordering, event.event_id))
         conn.executemany(
@@ -508,10 +517,14 @@ def _write_new_events(
     conn.executemany(_INSERT_EVENT_SQL, rows)
     conn.executemany(
         _INSERT_EDGE_SQL,
-        [(orderings[e.event_id], prev, e.room_id) for e in new for prev in e.prev_event_ids],
+        [
+            (orderings[e.event_id], prev, e.room_id, orderings.get(prev))
+            for e in new
+            for prev in e.prev_event_ids
+        ],
     )
-    filled = conn.executemany(_FILL_EDGES_SQL, [(orderings[e.event_id], e.event_id) for e in new])
-    if new_only and filled.rowcount:
+    filled = _fill_edges(conn, [e.event_id for e in new])
+    if new_only and filled:
         # Edges the events just written have found their prev events by
         # then; an edge filled here is a stored event's.
         raise StaleRunError(
@@ -580,6 +593,21 @@ def _write_new_events(
         if event.accepted
     }
     return orderings, last_state
+
+
+def _fill_edges(conn: sqlite3.Connection, event_ids: Sequence[str]) -> int:
+    """Give stored events' edges naming ``event_ids``, just stored, their
+    prev events' orderings; returns how many edges were filled.
+
+    One statement a chunk: nearly always no edge is waiting, and each
+    probe of the partial index is then cheaper than a statement's step.
+    """
+    filled = 0
+    for start in range(0, len(event_ids), _CHUNK):
+        chunk = event_ids[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        filled += conn.execute(_FILL_MANY_EDGES_SQL.format(marks=marks), chunk).rowcount
+    return filled
 
 
 def _write_events_one_by_one(
