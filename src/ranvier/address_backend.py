@@ -22,7 +22,7 @@ from typing import Any
 import httpcore
 import trio
 
-__all__ = ["AddressBackend", "format_endpoint", "root_cause"]
+__all__ = ["AddressBackend", "DirectBackend", "format_endpoint", "root_cause"]
 
 
 def format_endpoint(address: str, port: int) -> str:
@@ -94,6 +94,14 @@ class AddressBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await trio.sleep(seconds)
+
+
+class DirectBackend(AddressBackend):
+    """Connects to the host and port asked for, resolving the name as
+    httpcore's Trio backend does."""
+
+    async def endpoints(self, host: str, port: int) -> Sequence[tuple[str, int]]:
+        return [(host, port)]
 
 
 class _ClosedOnFailedHandshake(httpcore.AsyncNetworkStream):

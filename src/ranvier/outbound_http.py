@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import trio
 
+from ranvier.http_transport import DirectTransport
 from ranvier.protocol.numbers import is_decimal_number
 
 __all__ = ["LazyHttpClient", "capped_body"]
@@ -36,7 +37,7 @@ class LazyHttpClient:
         if self._client is None:
             cafile = None if self._ca_file is None else str(self._ca_file)
             self._client = httpx.AsyncClient(
-                verify=ssl.create_default_context(cafile=cafile),
+                transport=DirectTransport(ssl_context=ssl.create_default_context(cafile=cafile)),
                 timeout=self._timeout,
                 follow_redirects=False,
                 trust_env=False,

@@ -62,6 +62,7 @@ from ranvier.core.accounts import Accounts
 from ranvier.core.login_tokens import LoginTokens
 from ranvier.core.profiles import MAX_DISPLAYNAME_LENGTH
 from ranvier.errors import MatrixError
+from ranvier.http_transport import DirectTransport
 from ranvier.outbound_http import capped_body
 from ranvier.storage.accounts import NewAccount, NewDevice, UserInUseError
 from ranvier.storage.sso import SsoSession
@@ -222,7 +223,7 @@ class _Provider:
             cafile = None if self.config.ca_file is None else str(self.config.ca_file)
             self._ssl = ssl.create_default_context(cafile=cafile)
         return httpx.AsyncClient(
-            verify=self._ssl,
+            transport=DirectTransport(ssl_context=self._ssl),
             timeout=_HTTP_TIMEOUT_SECONDS,
             follow_redirects=False,
             trust_env=False,

@@ -39,6 +39,7 @@ import httpx
 import trio
 
 from ranvier.errors import StorageUnavailableError
+from ranvier.http_transport import DirectTransport
 from ranvier.storage import EventToPersist, Storage, WriteOperation
 from ranvier.storage.records import StateDelta
 from ranvier.storage.writes import PersistEvents
@@ -103,8 +104,9 @@ class ReplicationClient:
         """Hold the HTTP client until cancelled."""
         if self._http is not None:
             raise RuntimeError("a ReplicationClient runs once at a time")
+        transport = DirectTransport(ssl_context=httpx.create_ssl_context(verify=self._verify))
         async with httpx.AsyncClient(
-            base_url=self.base_url, timeout=self._timeout, verify=self._verify
+            base_url=self.base_url, timeout=self._timeout, transport=transport
         ) as http:
             self._http = http
             try:

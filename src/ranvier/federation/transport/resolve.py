@@ -38,16 +38,16 @@ import re
 import socket
 import ssl
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
-import httpcore
 import httpx
 import msgspec
 import trio
 
-from ranvier.address_backend import AddressBackend, root_cause
+from ranvier.address_backend import AddressBackend
+from ranvier.http_transport import MAX_BODY_EXTENSION, PoolTransport, ResponseTooLargeError
 from ranvier.protocol.numbers import is_decimal_number
 from ranvier.protocol.untrusted_json import decode_untrusted_json
 from ranvier.protocol.x_matrix import split_server_name
@@ -649,18 +649,6 @@ _NO_SUCH_NAME_ERRNOS: Final = frozenset(
 #: Given the URL's host and port, the endpoints to try, best first.
 Router = Callable[[str, int], Awaitable[Sequence[Endpoint]]]
 
-#: The request extension that caps the response body, in bytes; set by
-#: :func:`read_body`.
-MAX_BODY_EXTENSION: Final = "ranvier.max_body_bytes"
-
-
-class ResponseTooLargeError(Exception):
-    """A response body longer than the request's :data:`MAX_BODY_EXTENSION`."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the response body is over {limit} bytes")
-        self.limit = limit
-
 
 async def read_body(response: httpx.Response, limit: int) -> bytes:
     """The whole body of a streamed response from a :class:`RoutedTransport`,
@@ -709,7 +697,7 @@ async def read_body_into_buffer(response: httpx.Response, limit: int) -> bytearr
     return buffer
 
 
-class RoutedTransport(httpx.AsyncBaseTransport):
+class RoutedTransport(PoolTransport):
     """An httpx transport that connects where ``router`` says.
 
     The URL's host and port name the connection pool a request uses; the
@@ -729,120 +717,14 @@ class RoutedTransport(httpx.AsyncBaseTransport):
         max_keepalive_connections: int | None = 20,
         keepalive_expiry: float | None = 30.0,
     ) -> None:
-        self._pool = httpcore.AsyncConnectionPool(
+        super().__init__(
+            _RoutingBackend(router),
+            schemes=("https",),
             ssl_context=ssl_context,
             max_connections=max_connections,
             max_keepalive_connections=max_keepalive_connections,
             keepalive_expiry=keepalive_expiry,
-            network_backend=_RoutingBackend(router),
         )
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.scheme != "https":
-            raise httpx.UnsupportedProtocol(
-                f"only https is spoken here, not {request.url.scheme!r}", request=request
-            )
-        assert isinstance(request.stream, AsyncIterable)
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        with _httpx_errors(request):
-            core_response = await self._pool.handle_async_request(core_request)
-        assert isinstance(core_response.stream, AsyncIterable)
-        return httpx.Response(
-            status_code=core_response.status,
-            headers=core_response.headers,
-            stream=_ResponseStream(core_response.stream, request),
-            extensions=core_response.extensions,
-        )
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()
-
-
-class _ResponseStream(httpx.AsyncByteStream):
-    """The body as httpcore reads it, with httpcore's errors turned into
-    httpx's and the body limit enforced.
-
-    Between the socket and the reader, httpx and httpcore stack several
-    async generators. A reader that stops iterating early leaves the lower
-    ones suspended, and Trio warns when the garbage collector finds them.
-    So past the limit this stream does not just stop: it cancels its next
-    read from httpcore, and the cancellation, raised at the bottom, closes
-    every generator (and the connection, whose body was not read) on its
-    way up to here, where it becomes :class:`ResponseTooLargeError`.
-    """
-
-    def __init__(self, stream: AsyncIterable[bytes], request: httpx.Request) -> None:
-        self._stream = stream
-        self._request = request
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        # Read now, not at construction: the reader sets it once it knows
-        # the status (error bodies get a smaller limit).
-        limit: int | None = self._request.extensions.get(MAX_BODY_EXTENSION)
-        size = 0
-        chunks = aiter(self._stream)
-        with _httpx_errors(self._request):
-            while True:
-                with trio.CancelScope() as scope:
-                    if limit is not None and size > limit:
-                        scope.cancel()
-                    try:
-                        chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        break
-                if scope.cancelled_caught:
-                    break
-                size += len(chunk)
-                if limit is None or size <= limit:
-                    yield chunk
-        if limit is not None and size > limit:
-            raise ResponseTooLargeError(limit)
-
-    async def aclose(self) -> None:
-        close = getattr(self._stream, "aclose", None)
-        if close is not None:
-            await close()
-
-
-# httpcore's errors and the httpx errors callers expect for them, most
-# specific first (the timeouts are subclasses of the network errors' base).
-_ERROR_MAP: Final[tuple[tuple[type[Exception], type[httpx.TransportError]], ...]] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-)
-
-
-@contextlib.contextmanager
-def _httpx_errors(request: httpx.Request) -> Any:
-    try:
-        yield
-    except Exception as exc:
-        for core_type, httpx_type in _ERROR_MAP:
-            if isinstance(exc, core_type):
-                raise httpx_type(root_cause(exc), request=request) from exc
-        raise
 
 
 class _RoutingBackend(AddressBackend):
