@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any, Final
 
 import httpcore
@@ -26,6 +26,7 @@ __all__ = [
     "DirectTransport",
     "PoolTransport",
     "ResponseTooLargeError",
+    "chunks_until",
 ]
 
 #: The request extension that caps the response body, in bytes; set by
@@ -113,17 +114,38 @@ class DirectTransport(PoolTransport):
         )
 
 
-class _ResponseStream(httpx.AsyncByteStream):
-    """The body as httpcore reads it, with httpcore's errors turned into
-    httpx's and the body limit enforced.
+async def chunks_until(
+    chunks: AsyncIterable[bytes], stop: Callable[[], bool]
+) -> AsyncGenerator[bytes, None]:
+    """The chunks of a body as they are read, until it ends or until
+    ``stop()`` holds before a read.
 
     Between the socket and the reader, httpx and httpcore stack several
     async generators. A reader that stops iterating early leaves the lower
     ones suspended, and Trio warns when the garbage collector finds them.
-    So past the limit this stream does not just stop: it cancels its next
-    read from httpcore, and the cancellation, raised at the bottom, closes
-    every generator (and the connection, whose body was not read) on its
-    way up to here, where it becomes :class:`ResponseTooLargeError`.
+    So once ``stop()`` holds, the next read is not just left: it is
+    cancelled, and the cancellation, raised at the socket, closes every
+    generator (and the connection, whose body was not read) on its way up
+    to here.
+    """
+    iterator = aiter(chunks)
+    while True:
+        with trio.CancelScope() as scope:
+            if stop():
+                scope.cancel()
+            try:
+                chunk = await anext(iterator)
+            except StopAsyncIteration:
+                return
+        if scope.cancelled_caught:
+            return
+        yield chunk
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """The body as httpcore reads it, with httpcore's errors turned into
+    httpx's and the body limit enforced: past it, reading stops
+    (:func:`chunks_until`) and :class:`ResponseTooLargeError` is raised.
     """
 
     def __init__(self, stream: AsyncIterable[bytes], request: httpx.Request) -> None:
@@ -135,21 +157,16 @@ class _ResponseStream(httpx.AsyncByteStream):
         # the status (error bodies get a smaller limit).
         limit: int | None = self._request.extensions.get(MAX_BODY_EXTENSION)
         size = 0
-        chunks = aiter(self._stream)
+
+        def over() -> bool:
+            return limit is not None and size > limit
+
         with _httpx_errors(self._request):
-            while True:
-                with trio.CancelScope() as scope:
-                    if limit is not None and size > limit:
-                        scope.cancel()
-                    try:
-                        chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        break
-                if scope.cancelled_caught:
-                    break
-                size += len(chunk)
-                if limit is None or size <= limit:
-                    yield chunk
+            async with contextlib.aclosing(chunks_until(self._stream, over)) as chunks:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if limit is None or size <= limit:
+                        yield chunk
         if limit is not None and size > limit:
             raise ResponseTooLargeError(limit)
 

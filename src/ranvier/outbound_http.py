@@ -12,13 +12,13 @@ them is trusted with this server's memory.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from pathlib import Path
 
 import httpx
-import trio
 
-from ranvier.http_transport import DirectTransport
+from ranvier.http_transport import DirectTransport, chunks_until
 from ranvier.protocol.numbers import is_decimal_number
 
 __all__ = ["LazyHttpClient", "capped_body"]
@@ -57,20 +57,8 @@ async def capped_body(response: httpx.Response, limit: int) -> bytes | None:
     if is_decimal_number(length) and int(length) > limit:
         return None
     body = bytearray()
-    chunks = aiter(response.aiter_bytes())
-    while True:
-        # Past the limit the body is not just left: the next read is
-        # cancelled, so that the cancellation, raised at the socket, closes
-        # every generator httpx and httpcore stack above it on its way up.
-        # One merely left suspended is a warning when it is collected.
-        with trio.CancelScope() as scope:
-            if len(body) > limit:
-                scope.cancel()
-            try:
-                chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
-        if scope.cancelled_caught:
-            return None
-        body += chunk
+    chunks = chunks_until(response.aiter_bytes(), lambda: len(body) > limit)
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            body += chunk
     return None if len(body) > limit else bytes(body)

@@ -41,6 +41,7 @@ import trio
 from ranvier.address_backend import AddressBackend
 from ranvier.core.url_previews import FetchedUrl
 from ranvier.errors import MatrixError
+from ranvier.http_transport import chunks_until
 from ranvier.protocol.ip_ranges import AddressPolicy
 from ranvier.protocol.numbers import is_decimal_number
 
@@ -151,23 +152,10 @@ class UrlFetcher:
         if encoding not in _ENCODINGS:
             raise _bad_gateway(f"{url.host} answered in the {encoding!r} encoding, not read here")
         body = _Body(url, encoding, self.max_bytes)
-        chunks = aiter(response.aiter_stream())
         failure: MatrixError | None = None
-        while True:
-            # Past a failure the body is not just left: the next read is
-            # cancelled, so that the cancellation, raised at the socket,
-            # closes every generator httpcore stacks above it on its way
-            # up. One merely left suspended is a warning when collected.
-            with trio.CancelScope() as scope:
-                if failure is not None:
-                    scope.cancel()
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-            if scope.cancelled_caught:
-                break
-            if failure is None:
+        chunks = chunks_until(response.aiter_stream(), lambda: failure is not None)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
                 try:
                     body.add(chunk)
                 except MatrixError as exc:
