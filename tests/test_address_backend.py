@@ -3,7 +3,6 @@ real loopback sockets."""
 
 from __future__ import annotations
 
-import functools
 import ssl
 from collections.abc import Sequence
 
@@ -12,6 +11,7 @@ import pytest
 import trio
 
 from ranvier.address_backend import AddressBackend
+from ranvier.testing import silent_server
 
 
 class _Here(AddressBackend):
@@ -23,25 +23,11 @@ class _Here(AddressBackend):
         return [("127.0.0.1", self._port)]
 
 
-async def _silent_server(nursery: trio.Nursery) -> tuple[int, trio.Event]:
-    """A server that takes connections and never answers: its port, and an
-    event set once the client has closed its end."""
-    closed = trio.Event()
-
-    async def handler(stream: trio.SocketStream) -> None:
-        while await stream.receive_some():
-            pass
-        closed.set()
-
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
-    return listeners[0].socket.getsockname()[1], closed
-
-
 @pytest.mark.parametrize("how", ["cancelled", "timed out"])
 async def test_a_connection_whose_tls_handshake_does_not_end_is_closed_at_once(
     nursery: trio.Nursery, how: str
 ) -> None:
-    port, closed = await _silent_server(nursery)
+    port, closed = await silent_server(nursery)
     stream = await _Here(port).connect_tcp("peer.test", 443)
     context = ssl.create_default_context()
     if how == "cancelled":

@@ -3,7 +3,6 @@ real loopback sockets."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import httpx
@@ -12,7 +11,7 @@ import trio
 
 from ranvier.federation.transport.listener import HttpListener
 from ranvier.http_transport import DirectTransport
-from ranvier.testing import Pki
+from ranvier.testing import Pki, silent_server
 from ranvier.web import Receive, Scope, Send, only_http
 
 
@@ -48,15 +47,7 @@ async def test_http_and_https_are_spoken(nursery: trio.Nursery, tmp_path: Path) 
 async def test_a_request_cancelled_in_its_tls_handshake_closes_its_connection(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    closed = trio.Event()
-
-    async def silent(stream: trio.SocketStream) -> None:
-        while await stream.receive_some():
-            pass
-        closed.set()
-
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
-    port = listeners[0].socket.getsockname()[1]
+    port, closed = await silent_server(nursery)
     transport = DirectTransport(ssl_context=Pki.create(tmp_path).client_context())
     async with httpx.AsyncClient(transport=transport) as client:
         with trio.move_on_after(0.2) as scope:

@@ -50,7 +50,7 @@ from .clocks import NOW_MS, ticking_clock
 from .homeserver import TestHomeserver, TestUser, config_for_tests, open_test_homeserver
 from .ingest import EventStore, ingest, ingest_all
 from .keys import FOREVER, KnownKeys
-from .network import LOOPBACK_NAMES, Pki, ZoneDns, free_port, serve
+from .network import LOOPBACK_NAMES, Pki, ZoneDns, free_port, serve, silent_server
 from .remote import Canned, RemoteHomeserver, RemoteRooms, Seen
 from .rooms import RoomBuilder, SendOptions, make_pdu, server_of
 
@@ -78,5 +78,6 @@ __all__ = [
     "open_test_homeserver",
     "serve",
     "server_of",
+    "silent_server",
     "ticking_clock",
 ]

@@ -27,6 +27,7 @@ import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +41,7 @@ from ranvier.web import Receive, read_body
 if TYPE_CHECKING:
     import trustme
 
-__all__ = ["LOOPBACK_NAMES", "Pki", "ZoneDns", "free_port", "serve", "whole_body"]
+__all__ = ["LOOPBACK_NAMES", "Pki", "ZoneDns", "free_port", "serve", "silent_server", "whole_body"]
 
 #: The names of the loopback interface itself.
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -122,6 +123,23 @@ async def serve(nursery: trio.Nursery, app: AsgiApp, context: ssl.SSLContext) ->
     listener = HttpListener(app, host="127.0.0.1", port=0, ssl_context=context)
     port: int = await nursery.start(listener.run)
     return port
+
+
+async def silent_server(nursery: trio.Nursery) -> tuple[int, trio.Event]:
+    """A TCP server on 127.0.0.1 that takes connections and never answers,
+    until ``nursery`` ends: its port, and an event set once a client has
+    closed its end of a connection (a TLS handshake that never ends, say).
+    """
+    closed = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        while await stream.receive_some():
+            pass
+        closed.set()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    port: int = listeners[0].socket.getsockname()[1]
+    return port, closed
 
 
 #: The ports free_port has handed out in this process.
