@@ -18,7 +18,6 @@ from ranvier.storage.schema import migrate
 from ranvier.storage.state_groups import read_state, store_state_group
 from ranvier.storage.writes import (
     _FILL_EDGES_SQL,
-    _FILL_MANY_EDGES_SQL,
     PersistEvents,
     clear_partial_state,
     persist_events,
@@ -237,11 +236,16 @@ def test_a_prev_edge_is_found_by_ordering_once_its_prev_event_is_stored(
         " WHERE event_ordering = (SELECT stream_ordering FROM events WHERE event_id = '$late')"
     )
     assert dict(rows) == {"$one": stored["$one"], "$two": stored["$two"]}
+    # And so does a prev event written one by one (here, as it is given twice).
+    persist_events(conn, [make_event("$later", before=base, prev=("$three",))])
+    again = make_event("$three", before=base)
+    three = persist_events(conn, [again, again])["$three"]
+    rows = conn.execute("SELECT prev_ordering FROM event_prev_edges WHERE prev_event_id = '$three'")
+    assert rows.fetchall() == [(three,)]
     # Edges of prev events not stored are found by ID, through the partial
     # index: through the other, every such edge would be read.
     for sql, params in (
-        (_FILL_EDGES_SQL, (1, "$x")),
-        (_FILL_MANY_EDGES_SQL.format(marks="?,?"), ("$x", "$y")),
+        (_FILL_EDGES_SQL.format(marks="?,?"), ("$x", "$y")),
         (reads._CITED_SQL.format(marks="?"), ("$x", "$x")),
     ):
         plan = " ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))

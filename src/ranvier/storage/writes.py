@@ -109,14 +109,10 @@ _INSERT_EDGE_SQL = (
     "INSERT OR IGNORE INTO event_prev_edges (event_ordering, prev_event_id, room_id, prev_ordering)"
     " VALUES (?1, ?2, ?3, COALESCE(?4, (SELECT stream_ordering FROM events WHERE event_id = ?2)))"
 )
-# Through the partial index by ID: by the other, SQLite would go through
+# Edges waiting for prev events just stored, each given its own's ordering;
+# through the partial index by ID: by the other, SQLite would go through
 # every edge whose prev event is not stored.
 _FILL_EDGES_SQL = (
-    "UPDATE event_prev_edges INDEXED BY event_prev_edges_unstored_prev SET prev_ordering = ?1"
-    " WHERE prev_ordering IS NULL AND prev_event_id = ?2"
-)
-# The same for many prev events at once, each edge given its own's ordering.
-_FILL_MANY_EDGES_SQL = (
     "UPDATE event_prev_edges INDEXED BY event_prev_edges_unstored_prev"
     " SET prev_ordering = (SELECT e.stream_ordering FROM events AS e"
     " WHERE e.event_id = event_prev_edges.prev_event_id)"
@@ -267,7 +263,7 @@ def _write_event_row(conn: sqlite3.Connection, event: EventToPersist) -> tuple[i
             _INSERT_EDGE_SQL,
             [(ordering, prev, event.room_id, None) for prev in event.prev_event_ids],
         )
-        conn.execute(_FILL_EDGES_SQL, (ordering, event.event_id))
+        _fill_edges(conn, [event.event_id])
         conn.executemany(
             _INSERT_AUTH_EDGE_SQL,
             [(ordering, auth, event.room_id) for auth in event.auth_event_ids],
@@ -606,7 +602,7 @@ def _fill_edges(conn: sqlite3.Connection, event_ids: Sequence[str]) -> int:
     for start in range(0, len(event_ids), _CHUNK):
         chunk = event_ids[start : start + _CHUNK]
         marks = ",".join("?" * len(chunk))
-        filled += conn.execute(_FILL_MANY_EDGES_SQL.format(marks=marks), chunk).rowcount
+        filled += conn.execute(_FILL_EDGES_SQL.format(marks=marks), chunk).rowcount
     return filled
 
 
